@@ -1,0 +1,60 @@
+# memdedup: plain Makefile. `make` builds everything into build/; `make check`
+# runs the fast test tier; `make check-all` adds the slow tier; `make demo`
+# runs two guests without and with memdedup.
+CC      ?= cc
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wpointer-arith \
+           -Wstrict-prototypes -Wmissing-prototypes -Wvla -Wformat=2 \
+           -fno-strict-aliasing -fPIC -Iinclude -Icommon -pthread
+LDFLAGS += -pthread
+B       := build
+
+AGENT_SRC  := agent/agent.c agent/regions.c agent/images.c agent/readshare.c \
+              agent/lease.c agent/accounting.c common/stats_file.c common/log.c \
+              common/sys.c
+PRELOAD_SRC := agent/preload.c
+CLI_SRC    := cli/main.c cli/cmd_run.c cli/cmd_status.c
+JSON_CFLAGS := $(shell pkg-config --cflags jansson 2>/dev/null)
+JSON_LIBS   := $(shell pkg-config --libs jansson 2>/dev/null || echo -ljansson)
+
+AGENT_OBJ   := $(AGENT_SRC:%.c=$(B)/%.o)
+PRELOAD_OBJ := $(PRELOAD_SRC:%.c=$(B)/%.o)
+CLI_OBJ     := $(CLI_SRC:%.c=$(B)/%.o)
+
+all: $(B)/memdedup $(B)/libmemdedup.so $(B)/libmemdedup-preload.so \
+     $(B)/libmemdedup.a tests-build bench-build
+
+$(B)/%.o: %.c $(wildcard include/*.h common/*.h agent/*.h cli/*.h tests/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(JSON_CFLAGS) -c -o $@ $<
+
+$(B)/libmemdedup.a: $(AGENT_OBJ)
+	ar rcs $@ $^
+
+# The library a VMM links: the API only, no interposed libc symbols.
+$(B)/libmemdedup.so: $(AGENT_OBJ)
+	$(CC) -shared -o $@ $^ $(LDFLAGS) -Wl,-soname,libmemdedup.so
+
+# The library preloaded into an unmodified VMM: the API plus the interposers.
+$(B)/libmemdedup-preload.so: $(AGENT_OBJ) $(PRELOAD_OBJ)
+	$(CC) -shared -o $@ $^ $(LDFLAGS) -ldl
+
+$(B)/memdedup: $(CLI_OBJ) $(B)/libmemdedup.a
+	$(CC) -o $@ $^ $(LDFLAGS) $(JSON_LIBS)
+
+deps:
+	scripts/install-deps.sh all
+
+include tests/tests.mk
+include bench/bench.mk
+-include guest/guest.mk
+
+demo:
+	scripts/install-deps.sh all
+	$(MAKE) all guest
+	scripts/demo.sh
+
+clean:
+	rm -rf $(B)
+
+.PHONY: all deps demo clean
