@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Boots one memdedup test guest on IMAGE and waits for it to finish.
+# Usage: guest/run-guest.sh [--wrapper "CMD..."] [--mem MB] [--hold S]
+#                           [--log FILE] [--timeout S] [--kernel F] [--initrd F]
+#                           [--qemu-opt "ARGS..."] IMAGE
+#   --wrapper   command put before qemu-system-x86_64, e.g. "build/memdedup run --"
+#   --mem       guest RAM in MB (default 512)
+#   --hold      seconds the guest stays up after reading (kernel cmdline hold=S)
+#   --log       serial console log (default build/guest/run-<pid>.log); QEMU's
+#               own stderr goes to LOG.qemu
+#   --timeout   seconds before the guest is killed and the run fails
+#               (default 300 + hold)
+# Exits 0 when the log has "MEMDEDUP-GUEST: DONE" and QEMU has exited cleanly,
+# prints the DONE line. QEMU is always killed when this script exits.
+set -euo pipefail
+die() { echo "run-guest.sh: $*" >&2; exit 1; }
+root=$(cd "$(dirname "$0")/.." && pwd)
+wrapper="" mem=512 hold=0 log="" timeout="" qopt=""
+kernel=$root/build/guest/vmlinuz initrd=$root/build/guest/initramfs.cpio.gz
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --wrapper) wrapper=$2; shift 2 ;;
+    --mem) mem=$2; shift 2 ;;
+    --hold) hold=$2; shift 2 ;;
+    --log) log=$2; shift 2 ;;
+    --timeout) timeout=$2; shift 2 ;;
+    --kernel) kernel=$2; shift 2 ;;
+    --initrd) initrd=$2; shift 2 ;;
+    --qemu-opt) qopt=$2; shift 2 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    --) shift; break ;;
+    -*) die "unknown option $1" ;;
+    *) break ;;
+  esac
+done
+[ $# -eq 1 ] || die "usage: run-guest.sh [options] IMAGE (see --help)"
+image=$1
+[ -f "$image" ] || die "no image $image (make guest builds build/guest/workload.img)"
+[ -f "$kernel" ] || die "no kernel $kernel (run: make guest)"
+[ -f "$initrd" ] || die "no initramfs $initrd (run: make guest)"
+for v in mem hold; do
+  case "${!v}" in ''|*[!0-9]*) die "--$v must be a non-negative integer" ;; esac
+done
+timeout=${timeout:-$((300 + hold))}
+command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not found (scripts/install-deps.sh guest)"
+log=${log:-$root/build/guest/run-$$.log}
+mkdir -p "$(dirname "$log")"
+: > "$log"
+
+# shellcheck disable=SC2206
+cmd=($wrapper qemu-system-x86_64 -machine pc,accel=tcg -m "$mem" -nographic -no-reboot
+     -monitor none -serial "file:$log"
+     -kernel "$kernel" -initrd "$initrd"
+     -append "console=ttyS0 quiet hold=$hold"
+     -drive "file=$image,if=virtio,format=raw,readonly=on"
+     $qopt)
+qpid=""
+cleanup() {
+  if [ -n "$qpid" ] && kill -0 "$qpid" 2>/dev/null; then
+    kill "$qpid" 2>/dev/null || true
+    for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$qpid" 2>/dev/null || break; sleep 0.2; done
+    kill -9 "$qpid" 2>/dev/null || true
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+"${cmd[@]}" < /dev/null > "$log.qemu" 2>&1 &
+qpid=$!
+start=$SECONDS
+rc=0
+while kill -0 "$qpid" 2>/dev/null; do
+  if [ $((SECONDS - start)) -ge "$timeout" ]; then
+    echo "run-guest.sh: timeout after ${timeout}s, killing QEMU (pid $qpid); log $log" >&2
+    cleanup
+    exit 124
+  fi
+  sleep 0.5
+done
+wait "$qpid" || rc=$?
+qpid=""
+if grep -q '^MEMDEDUP-GUEST: FAIL' "$log"; then
+  echo "run-guest.sh: guest failed: $(grep -m1 '^MEMDEDUP-GUEST: FAIL' "$log")" >&2
+  exit 1
+fi
+done_line=$(grep -m1 '^MEMDEDUP-GUEST: DONE' "$log" | tr -d '\r' || true)
+if [ -z "$done_line" ]; then
+  echo "run-guest.sh: guest ended without DONE (QEMU exit $rc); last log lines:" >&2
+  tail -n 5 "$log" "$log.qemu" >&2 || true
+  exit 1
+fi
+[ "$rc" -eq 0 ] || die "QEMU exited with status $rc after DONE (see $log.qemu)"
+echo "$done_line"
