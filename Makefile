@@ -10,7 +10,7 @@ LDFLAGS += -pthread
 B       := build
 
 AGENT_SRC  := agent/agent.c agent/regions.c agent/images.c agent/readshare.c \
-              agent/lease.c agent/accounting.c common/stats_file.c common/log.c \
+              agent/accounting.c common/stats_file.c common/log.c \
               common/sys.c
 PRELOAD_SRC := agent/preload.c
 CLI_SRC    := cli/main.c cli/cmd_run.c cli/cmd_status.c
@@ -22,7 +22,7 @@ PRELOAD_OBJ := $(PRELOAD_SRC:%.c=$(B)/%.o)
 CLI_OBJ     := $(CLI_SRC:%.c=$(B)/%.o)
 
 all: $(B)/memdedup $(B)/libmemdedup.so $(B)/libmemdedup-preload.so \
-     $(B)/libmemdedup.a tests-build bench-build
+     $(B)/libmemdedup.a
 
 $(B)/%.o: %.c $(wildcard include/*.h common/*.h agent/*.h cli/*.h tests/*.h)
 	@mkdir -p $(dir $@)

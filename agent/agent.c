@@ -1,0 +1,284 @@
+/*
+ * agent.c - an agent's life: options, its thread, its statistics file, and
+ * the registration of guest RAM.
+ *
+ * The agent's one thread ("md-agent") waits for lease-break signals, which
+ * the kernel directs at it alone (F_SETOWN_EX with F_OWNER_TID) and which it
+ * keeps blocked and takes with sigtimedwait(), so the VMM's own signal
+ * handling is never disturbed. Between signals it refreshes the accounting.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <semaphore.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "agent_internal.h"
+#include "log.h"
+#include "sys.h"
+
+static int agent_exists;
+
+struct thread_start {
+	struct md_agent *agent;
+	sem_t ready;
+};
+
+static uint64_t thread_cpu_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void *agent_thread(void *arg)
+{
+	struct thread_start *start = arg;
+	struct md_agent *a = start->agent;
+	sigset_t all, lease;
+
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, NULL);
+	sigemptyset(&lease);
+	sigaddset(&lease, a->lease_signal);
+	pthread_setname_np(pthread_self(), "md-agent");
+	a->thread_tid = md__sys_gettid();
+	sem_post(&start->ready);	/* start is gone after this */
+
+	struct timespec tick = { 1, 0 };
+	while (!__atomic_load_n(&a->stop, __ATOMIC_ACQUIRE)) {
+		siginfo_t info;
+		int sig = sigtimedwait(&lease, &info, &tick);
+		/* The kernel's lease signals carry si_code > 0 (POLL_MSG) and
+		 * the descriptor; a wake-up from md_agent_free() is SI_TKILL. */
+		if (sig == a->lease_signal && info.si_code > 0)
+			md__image_lease_broken(a, info.si_fd);
+		else
+			md__account(a);
+		md__set(a, MD_CTR_AGENT_CPU_NS, thread_cpu_ns());
+	}
+	return NULL;
+}
+
+static void stats_file_open(struct md_agent *a, const char *opt_dir)
+{
+	char dir[200];
+	struct md__stats_file *f;
+
+	md__run_dir(opt_dir, dir, sizeof(dir));
+	if (!*dir)
+		return;
+	if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+		goto err_say;
+	snprintf(a->stats_path, sizeof(a->stats_path), "%s/agent-%d.stats", dir, (int)getpid());
+	int fd = open(a->stats_path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (fd < 0)
+		goto err_say;
+	if (ftruncate(fd, sizeof(*f)) != 0)
+		goto err_close;
+	f = mmap(NULL, sizeof(*f), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (f == MAP_FAILED)
+		goto err_close;
+	close(fd);
+
+	memcpy(f->magic, MD_STATS_MAGIC, sizeof(f->magic));
+	f->version = MD_STATS_VERSION;
+	f->header_size = offsetof(struct md__stats_file, counters);
+	f->ncounters = MD_CTR_COUNT;
+	f->pid = (uint32_t)getpid();
+	f->start_time = md__proc_start_time(getpid());
+	int cfd = open("/proc/self/cmdline", O_RDONLY | O_CLOEXEC);
+	if (cfd >= 0) {
+		ssize_t n = read(cfd, f->command, sizeof(f->command) - 1);
+		for (ssize_t i = 0; i < n - 1; i++)
+			if (f->command[i] == '\0')
+				f->command[i] = ' ';
+		close(cfd);
+	}
+	memcpy(f->counters, a->local_ctr, sizeof(a->local_ctr));
+	a->stats_map = f;
+	a->ctr = f->counters;
+	return;
+
+err_close:
+	close(fd);
+	unlink(a->stats_path);
+err_say:
+	a->stats_path[0] = '\0';
+	md__log("no statistics file in %s (%s): `memdedup status` will not list this process",
+		dir, strerror(errno));
+}
+
+static uint64_t default_max_vmas(void)
+{
+	char buf[32] = "";
+	int fd = open("/proc/sys/vm/max_map_count", O_RDONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		ssize_t n = read(fd, buf, sizeof(buf) - 1);
+		buf[n > 0 ? n : 0] = '\0';
+		close(fd);
+	}
+	uint64_t max = strtoull(buf, NULL, 10);
+	/* Leave a quarter to the VMM itself: its own mmaps must not fail. */
+	return max ? max / 4 * 3 : 49152;
+}
+
+int md_agent_new(md_agent **agentp, const md_agent_options *opts)
+{
+	md_agent_options none = {0};
+	struct thread_start start;
+	int err;
+
+	if (!agentp)
+		return -EINVAL;
+	if (!opts)
+		opts = &none;
+	if (opts->flags & ~MD_OPT_ALL)
+		return -EINVAL;
+	if (__atomic_exchange_n(&agent_exists, 1, __ATOMIC_ACQ_REL))
+		return -EBUSY;
+
+	struct md_agent *a = calloc(1, sizeof(*a));
+	if (!a) {
+		err = -ENOMEM;
+		goto err_unclaim;
+	}
+	pthread_mutex_init(&a->lock, NULL);
+	a->ctr = a->local_ctr;
+	a->kernel_ksm = opts->kernel_ksm;
+	a->flags = opts->flags;
+	a->max_vmas = opts->max_vmas ? opts->max_vmas : default_max_vmas();
+	a->lease_signal = SIGRTMAX - 2;
+
+	start.agent = a;
+	sem_init(&start.ready, 0, 0);
+	err = -pthread_create(&a->thread, NULL, agent_thread, &start);
+	if (err)
+		goto err_free;
+	while (sem_wait(&start.ready) != 0 && errno == EINTR)
+		;
+	sem_destroy(&start.ready);
+
+	if (!opts->run_dir || *opts->run_dir)
+		stats_file_open(a, opts->run_dir);
+	*agentp = a;
+	return 0;
+
+err_free:
+	sem_destroy(&start.ready);
+	pthread_mutex_destroy(&a->lock);
+	free(a);
+err_unclaim:
+	__atomic_store_n(&agent_exists, 0, __ATOMIC_RELEASE);
+	return err;
+}
+
+void md_agent_free(md_agent *a)
+{
+	if (!a)
+		return;
+	__atomic_store_n(&a->stop, 1, __ATOMIC_RELEASE);
+	syscall(SYS_tgkill, getpid(), a->thread_tid, a->lease_signal);
+	pthread_join(a->thread, NULL);
+
+	/* Without the thread nobody would answer a lease break: make every
+	 * shared page private before the leases go. */
+	pthread_mutex_lock(&a->lock);
+	md__privatize(a, 0, UINTPTR_MAX, 0);
+	md__images_free(a);
+	md__regions_free(a);
+	pthread_mutex_unlock(&a->lock);
+
+	if (a->stats_map) {
+		unlink(a->stats_path);
+		munmap(a->stats_map, sizeof(*a->stats_map));
+	}
+	pthread_mutex_destroy(&a->lock);
+	free(a);
+	__atomic_store_n(&agent_exists, 0, __ATOMIC_RELEASE);
+}
+
+static int check_range(const void *addr, size_t len)
+{
+	uintptr_t s = (uintptr_t)addr;
+	if (len == 0 || (s & (MD_PAGE - 1)) || (len & (MD_PAGE - 1)) || s + len < s)
+		return -EINVAL;
+	return 0;
+}
+
+int md_agent_register(md_agent *a, void *addr, size_t len, unsigned advice)
+{
+	int err = check_range(addr, len);
+	if (!a || err || (advice & ~(MD_ADV_DONTFORK | MD_ADV_DONTDUMP | MD_ADV_HUGEPAGE)))
+		return -EINVAL;
+	pthread_mutex_lock(&a->lock);
+	err = md__regions_add(a, (uintptr_t)addr, (uintptr_t)addr + len, advice);
+	pthread_mutex_unlock(&a->lock);
+	return err;
+}
+
+int md_agent_unregister(md_agent *a, void *addr, size_t len)
+{
+	int err = check_range(addr, len);
+	if (!a || err)
+		return -EINVAL;
+	pthread_mutex_lock(&a->lock);
+	/* The memory stays mapped: unshare it before we stop watching it. */
+	err = md__privatize(a, (uintptr_t)addr, (uintptr_t)addr + len, 0);
+	if (!err)
+		err = md__regions_remove(a, (uintptr_t)addr, (uintptr_t)addr + len);
+	pthread_mutex_unlock(&a->lock);
+	return err;
+}
+
+int md_agent_forget(md_agent *a, void *addr, size_t len)
+{
+	int err = check_range(addr, len);
+	if (!a || err)
+		return -EINVAL;
+	pthread_mutex_lock(&a->lock);
+	err = md__regions_remove(a, (uintptr_t)addr, (uintptr_t)addr + len);
+	pthread_mutex_unlock(&a->lock);
+	return err;
+}
+
+int md_agent_advise(md_agent *a, void *addr, size_t len, unsigned advice)
+{
+	int err = check_range(addr, len);
+	if (!a || err || (advice & ~(MD_ADV_DONTFORK | MD_ADV_DONTDUMP | MD_ADV_HUGEPAGE)))
+		return -EINVAL;
+	pthread_mutex_lock(&a->lock);
+	md__regions_advise(a, (uintptr_t)addr, (uintptr_t)addr + len, advice);
+	pthread_mutex_unlock(&a->lock);
+	return 0;
+}
+
+int md_agent_discard(md_agent *a, void *addr, size_t len)
+{
+	int err = check_range(addr, len);
+	if (!a || err)
+		return -EINVAL;
+	pthread_mutex_lock(&a->lock);
+	err = md__discard(a, (uintptr_t)addr, (uintptr_t)addr + len);
+	pthread_mutex_unlock(&a->lock);
+	return err;
+}
+
+int md_agent_stats(md_agent *a, md_stats *stats)
+{
+	if (!a || !stats)
+		return -EINVAL;
+	md__account(a);
+	uint64_t snap[MD_CTR_COUNT];
+	for (int i = 0; i < MD_CTR_COUNT; i++)
+		snap[i] = __atomic_load_n(&a->ctr[i], __ATOMIC_RELAXED);
+	md__stats_from_counters(snap, stats);
+	return 0;
+}

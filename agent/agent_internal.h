@@ -1,0 +1,113 @@
+/*
+ * agent_internal.h - the agent's state, shared by its files.
+ *
+ * Lock order: agent->lock protects the region table, the per-page owner
+ * arrays and the image table. It is held while a read is mapped (so a lease
+ * break cannot miss a mapping made concurrently) but never across a copying
+ * pread, so I/O threads only wait for one another's mmap(2) calls, which the
+ * kernel serialises on the mm anyway.
+ */
+#ifndef MD_AGENT_INTERNAL_H
+#define MD_AGENT_INTERNAL_H
+
+#include <pthread.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <time.h>
+
+#include "memdedup.h"
+#include "stats_file.h"
+
+#define MD_PAGE ((uintptr_t)MD_PAGE_SIZE)
+
+/* A registered range of guest RAM. owner[i] is the id of the image page i is
+ * mapped from (0: not mapped from an image). */
+struct md__region {
+	uintptr_t start, end;
+	unsigned advice;
+	uint32_t *owner;
+};
+
+enum md__lease_state { MD_LEASE_NONE, MD_LEASE_HELD };
+
+/* An image file seen as the source of reads into guest RAM. */
+struct md__image {
+	uint32_t id;
+	dev_t dev;
+	ino_t ino;
+	int fd;                    /* the agent's own O_RDONLY description */
+	enum md__lease_state lease;
+	off_t size;                /* valid while the lease is held */
+	struct timespec retry_at;  /* next lease attempt when not held */
+};
+
+struct md_agent {
+	pthread_mutex_t lock;
+	struct md__region *regions;   /* sorted by start, disjoint */
+	size_t nregions, regions_cap;
+	struct md__image *images;
+	size_t nimages, images_cap;
+
+	int kernel_ksm;
+	unsigned flags;
+	uint64_t max_vmas;
+	uint64_t maps_since_count;    /* mmaps since the last VMA count */
+
+	uint64_t *ctr;                /* MD_CTR_COUNT counters, maybe in the stats file */
+	uint64_t local_ctr[MD_CTR_COUNT];
+	struct md__stats_file *stats_map;
+	char stats_path[256];
+
+	int lease_signal;
+	pid_t thread_tid;
+	pthread_t thread;
+	int stop;
+};
+
+static inline void md__count(struct md_agent *a, enum md__ctr c, uint64_t n)
+{
+	__atomic_fetch_add(&a->ctr[c], n, __ATOMIC_RELAXED);
+}
+static inline void md__set(struct md_agent *a, enum md__ctr c, uint64_t v)
+{
+	__atomic_store_n(&a->ctr[c], v, __ATOMIC_RELAXED);
+}
+void md__fallback(struct md_agent *a, enum md_fallback why, uint64_t pages);
+
+/* regions.c (all under agent->lock) */
+struct md__region *md__region_find(struct md_agent *a, uintptr_t addr, size_t len);
+int md__regions_add(struct md_agent *a, uintptr_t start, uintptr_t end, unsigned advice);
+int md__regions_remove(struct md_agent *a, uintptr_t start, uintptr_t end);
+void md__regions_advise(struct md_agent *a, uintptr_t start, uintptr_t end, unsigned advice);
+/* Makes every page in [start,end) mapped from image id (0: from any image)
+ * private, so the file can change without the guest seeing it. */
+int md__privatize(struct md_agent *a, uintptr_t start, uintptr_t end, uint32_t id);
+/* Replaces pages mapped from an image in [start,end) by anonymous zero pages. */
+int md__discard(struct md_agent *a, uintptr_t start, uintptr_t end);
+/* Re-applies the region's advice to a fresh mapping inside it. */
+void md__apply_advice(struct md_agent *a, const struct md__region *r, uintptr_t addr, size_t len);
+void md__regions_free(struct md_agent *a);
+
+/* images.c (under agent->lock) */
+/* Finds or creates the image behind fd and makes sure its lease is held.
+ * Returns the image, or NULL with *why set. */
+struct md__image *md__image_lease(struct md_agent *a, int fd, enum md_fallback *why);
+/* The kernel asked for the lease on fd back: privatize, then release. */
+void md__image_lease_broken(struct md_agent *a, int fd);
+void md__images_free(struct md_agent *a);
+
+/* readshare.c */
+struct md__read_plan {
+	size_t total;      /* what pread would return: min(len, size - off) */
+	size_t head;       /* bytes copied before the mapped pages */
+	size_t map_len;    /* bytes mapped, whole pages */
+	size_t tail;       /* bytes copied after them */
+	int fallback;      /* -1, or the md_fallback why nothing is mapped */
+};
+void md__plan_read(uintptr_t buf, size_t len, uint64_t off, uint64_t file_size,
+		   struct md__read_plan *p);
+
+/* accounting.c */
+void md__account(struct md_agent *a);
+uint64_t md__count_vmas(void);
+#endif

@@ -1,0 +1,171 @@
+/*
+ * images.c - image files, and the read leases that prove they cannot change.
+ *
+ * A page of an image is mapped into guest RAM only while the agent holds a
+ * read lease (F_SETLEASE, F_RDLCK) on its own read-only open of the file. The
+ * kernel grants the lease only while nobody has the file open for writing, and
+ * makes anyone who then opens it for writing or truncates it wait until the
+ * lease is given back (at most /proc/sys/fs/lease-break-time seconds). It tells
+ * the agent's thread with a signal (F_SETSIG, F_SETOWN_EX to that thread); the
+ * thread then makes every page still mapped from the file private and only
+ * then releases the lease. A writer can therefore never change what a guest
+ * has read.
+ *
+ * We chose leases over copying reads into a sealed content pool because they
+ * cost nothing per read (the page cache is the pool) and keep sharing with the
+ * host's page cache; a pool would copy every page once and double the memory
+ * of a cold image (see docs/ARCHITECTURE.md).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "agent_internal.h"
+#include "log.h"
+
+#define LEASE_RETRY_NS 1000000000ll
+
+static int time_reached(const struct timespec *t)
+{
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return now.tv_sec > t->tv_sec || (now.tv_sec == t->tv_sec && now.tv_nsec >= t->tv_nsec);
+}
+
+static void retry_later(struct md__image *img)
+{
+	clock_gettime(CLOCK_MONOTONIC, &img->retry_at);
+	long long ns = img->retry_at.tv_nsec + LEASE_RETRY_NS;
+	img->retry_at.tv_sec += ns / 1000000000ll;
+	img->retry_at.tv_nsec = ns % 1000000000ll;
+}
+
+static struct md__image *image_find(struct md_agent *a, dev_t dev, ino_t ino)
+{
+	for (size_t i = 0; i < a->nimages; i++)
+		if (a->images[i].dev == dev && a->images[i].ino == ino)
+			return &a->images[i];
+	return NULL;
+}
+
+static struct md__image *image_add(struct md_agent *a, int fd, const struct stat *st)
+{
+	char path[64];
+	struct stat own;
+
+	if (a->nimages == a->images_cap) {
+		size_t cap = a->images_cap ? a->images_cap * 2 : 8;
+		struct md__image *n = realloc(a->images, cap * sizeof(*n));
+		if (!n)
+			return NULL;
+		a->images = n;
+		a->images_cap = cap;
+	}
+	/* Our own open file description: the lease belongs to it, so it lives
+	 * on when the VMM closes its descriptor, and mappings come from it. */
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	int own_fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (own_fd < 0)
+		return NULL;
+	if (fstat(own_fd, &own) != 0 || own.st_dev != st->st_dev || own.st_ino != st->st_ino)
+		goto err_close;
+	if (fcntl(own_fd, F_SETSIG, a->lease_signal) != 0)
+		goto err_close;
+	struct f_owner_ex owner = { .type = F_OWNER_TID, .pid = a->thread_tid };
+	if (fcntl(own_fd, F_SETOWN_EX, &owner) != 0)
+		goto err_close;
+
+	struct md__image *img = &a->images[a->nimages];
+	*img = (struct md__image){
+		.id = (uint32_t)a->nimages + 1,
+		.dev = st->st_dev,
+		.ino = st->st_ino,
+		.fd = own_fd,
+		.lease = MD_LEASE_NONE,
+	};
+	a->nimages++;
+	return img;
+
+err_close:
+	close(own_fd);
+	return NULL;
+}
+
+struct md__image *md__image_lease(struct md_agent *a, int fd, enum md_fallback *why)
+{
+	struct stat st;
+
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+		*why = MD_FB_NOT_FILE;
+		return NULL;
+	}
+	struct md__image *img = image_find(a, st.st_dev, st.st_ino);
+	if (!img) {
+		img = image_add(a, fd, &st);
+		if (!img) {
+			*why = MD_FB_ERROR;
+			md__log_once(20, "cannot open an image a second time to lease it (%s): its reads are copied",
+				     strerror(errno));
+			return NULL;
+		}
+	}
+	if (img->lease == MD_LEASE_HELD)
+		return img;
+	if (img->retry_at.tv_sec && !time_reached(&img->retry_at)) {
+		*why = MD_FB_NO_LEASE;
+		return NULL;
+	}
+	if (fcntl(img->fd, F_SETLEASE, F_RDLCK) != 0) {
+		*why = MD_FB_NO_LEASE;
+		md__log_once(21, "no read lease on an image (%s): it may change, so its reads are copied",
+			     errno == EAGAIN ? "it is open for writing" : strerror(errno));
+		retry_later(img);
+		return NULL;
+	}
+	/* While the lease is held the size cannot change either. */
+	if (fstat(img->fd, &st) != 0) {
+		fcntl(img->fd, F_SETLEASE, F_UNLCK);
+		*why = MD_FB_ERROR;
+		retry_later(img);
+		return NULL;
+	}
+	img->size = st.st_size;
+	img->lease = MD_LEASE_HELD;
+	return img;
+}
+
+void md__image_lease_broken(struct md_agent *a, int fd)
+{
+	pthread_mutex_lock(&a->lock);
+	for (size_t i = 0; i < a->nimages; i++) {
+		struct md__image *img = &a->images[i];
+		if (img->fd != fd || img->lease != MD_LEASE_HELD)
+			continue;
+		/* Under the lock no read can map this image any more; every
+		 * page it already mapped is made private before the writer may
+		 * proceed. */
+		img->lease = MD_LEASE_NONE;
+		retry_later(img);
+		md__privatize(a, 0, UINTPTR_MAX, img->id);
+		fcntl(img->fd, F_SETLEASE, F_UNLCK);
+		md__count(a, MD_CTR_LEASE_BREAKS, 1);
+		md__log_once(22, "an image was opened for writing: its shared pages were made private");
+	}
+	pthread_mutex_unlock(&a->lock);
+}
+
+void md__images_free(struct md_agent *a)
+{
+	for (size_t i = 0; i < a->nimages; i++) {
+		if (a->images[i].lease == MD_LEASE_HELD)
+			fcntl(a->images[i].fd, F_SETLEASE, F_UNLCK);
+		close(a->images[i].fd);
+	}
+	free(a->images);
+	a->images = NULL;
+	a->nimages = a->images_cap = 0;
+}

@@ -1,0 +1,198 @@
+/*
+ * preload.c - the agent inside an unmodified VMM, through LD_PRELOAD.
+ *
+ * The VMM's calls to the C library are interposed: madvise(MADV_MERGEABLE)
+ * registers guest RAM (and creates the agent on first use, so a process that
+ * never asks for merging costs nothing), MADV_UNMERGEABLE, munmap, mremap and
+ * MAP_FIXED mmaps forget it, discards are made to yield zeroes, and the
+ * pread/preadv family goes through md_agent_pread()/md_agent_preadv().
+ * Options come from the environment (set by `memdedup run`):
+ *   MEMDEDUP_KERNEL_KSM=0|1  pass MADV_MERGEABLE on to kernel KSM (default 1)
+ *   MEMDEDUP_MAX_VMAS=N      the mapping budget
+ *   MEMDEDUP_POPULATE=1      fault shared pages in at read time
+ *   MEMDEDUP_NO_SHARING=1    count only
+ *   MEMDEDUP_DISABLE=1       do nothing at all
+ *   MEMDEDUP_RUN_DIR, MEMDEDUP_LOG
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "memdedup.h"
+#include "sys.h"
+
+#define EXPORT __attribute__((visibility("default")))
+
+static md_agent *agent;
+static int agent_failed;
+static int kernel_ksm = 1;
+static pthread_mutex_t agent_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int env_flag(const char *name, int dflt)
+{
+	const char *v = getenv(name);
+	if (!v || !*v)
+		return dflt;
+	return !(strcmp(v, "0") == 0 || strcmp(v, "off") == 0 || strcmp(v, "no") == 0);
+}
+
+static void child_after_fork(void)
+{
+	/* The child has none of the agent's threads: it runs plain. */
+	agent = NULL;
+	agent_failed = 1;
+}
+
+__attribute__((constructor)) static void preload_init(void)
+{
+	kernel_ksm = env_flag("MEMDEDUP_KERNEL_KSM", 1);
+	if (env_flag("MEMDEDUP_DISABLE", 0))
+		agent_failed = 1;
+	pthread_atfork(NULL, NULL, child_after_fork);
+}
+
+static md_agent *agent_get(void)
+{
+	md_agent *a = __atomic_load_n(&agent, __ATOMIC_ACQUIRE);
+	if (a || __atomic_load_n(&agent_failed, __ATOMIC_RELAXED))
+		return a;
+	pthread_mutex_lock(&agent_lock);
+	if (!agent && !agent_failed) {
+		md_agent_options o = { .kernel_ksm = kernel_ksm };
+		const char *v = getenv("MEMDEDUP_MAX_VMAS");
+		o.max_vmas = v ? strtoull(v, NULL, 10) : 0;
+		if (env_flag("MEMDEDUP_POPULATE", 0))
+			o.flags |= MD_OPT_POPULATE;
+		if (env_flag("MEMDEDUP_NO_SHARING", 0))
+			o.flags |= MD_OPT_NO_SHARING;
+		md__log_open(getenv("MEMDEDUP_LOG"));
+		int err = md_agent_new(&a, &o);
+		if (err) {
+			md__log("agent not started (%s): the process runs without memdedup", strerror(-err));
+			agent_failed = 1;
+		} else {
+			__atomic_store_n(&agent, a, __ATOMIC_RELEASE);
+		}
+	}
+	a = agent;
+	pthread_mutex_unlock(&agent_lock);
+	return a;
+}
+
+static md_agent *agent_peek(void)
+{
+	return __atomic_load_n(&agent, __ATOMIC_ACQUIRE);
+}
+
+static size_t page_len(size_t len)
+{
+	return (len + MD_PAGE_SIZE - 1) & ~(size_t)(MD_PAGE_SIZE - 1);
+}
+
+static unsigned advice_bit(int advice)
+{
+	switch (advice) {
+	case MADV_DONTFORK: return MD_ADV_DONTFORK;
+	case MADV_DONTDUMP: return MD_ADV_DONTDUMP;
+	case MADV_HUGEPAGE: return MD_ADV_HUGEPAGE;
+	default: return 0;
+	}
+}
+
+EXPORT int madvise(void *addr, size_t len, int advice)
+{
+	md_agent *a;
+	size_t plen = page_len(len);
+
+	if ((uintptr_t)addr % MD_PAGE_SIZE || plen == 0)
+		return md__sys_madvise(addr, len, advice);
+	switch (advice) {
+	case MADV_MERGEABLE:
+		a = agent_get();
+		if (a && md_agent_register(a, addr, plen, 0) != 0)
+			md__log_once(50, "cannot register guest RAM: it is not shared");
+		/* Without kernel KSM the advice is ours alone. */
+		return kernel_ksm || !a ? md__sys_madvise(addr, len, advice) : 0;
+	case MADV_UNMERGEABLE:
+		if ((a = agent_peek()))
+			md_agent_unregister(a, addr, plen);
+		return md__sys_madvise(addr, len, advice);
+	case MADV_DONTNEED:
+	case MADV_REMOVE:
+	case MADV_FREE:
+		if ((a = agent_peek()))
+			md_agent_discard(a, addr, plen);
+		return md__sys_madvise(addr, len, advice);
+	default:
+		if (advice_bit(advice) && (a = agent_peek()))
+			md_agent_advise(a, addr, plen, advice_bit(advice));
+		return md__sys_madvise(addr, len, advice);
+	}
+}
+
+EXPORT int munmap(void *addr, size_t len)
+{
+	int r = md__sys_munmap(addr, len);
+	md_agent *a = agent_peek();
+	if (r == 0 && a && page_len(len))
+		md_agent_forget(a, addr, page_len(len));
+	return r;
+}
+
+EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+	void *m = md__sys_mmap(addr, len, prot, flags, fd, off);
+	md_agent *a = agent_peek();
+	if (m != MAP_FAILED && (flags & (MAP_FIXED | MAP_FIXED_NOREPLACE)) && a && page_len(len))
+		md_agent_forget(a, m, page_len(len));
+	return m;
+}
+EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+	__attribute__((alias("mmap")));
+
+EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
+{
+	void *new_addr = NULL;
+	md_agent *a = agent_peek();
+	if (flags & MREMAP_FIXED) {
+		va_list ap;
+		va_start(ap, flags);
+		new_addr = va_arg(ap, void *);
+		va_end(ap);
+	}
+	/* Pages that move are no longer where the agent tracks them: make them
+	 * private first, so a lease break cannot miss them. */
+	if (a && page_len(old_len) && (uintptr_t)old % MD_PAGE_SIZE == 0)
+		md_agent_unregister(a, old, page_len(old_len));
+	void *m = (void *)syscall(SYS_mremap, old, old_len, new_len, flags, new_addr);
+	if (m != MAP_FAILED && a && page_len(new_len))
+		md_agent_forget(a, m, page_len(new_len));
+	return m;
+}
+
+EXPORT ssize_t pread(int fd, void *buf, size_t len, off_t off)
+{
+	return md_agent_pread(agent_peek(), fd, buf, len, off);
+}
+EXPORT ssize_t pread64(int fd, void *buf, size_t len, off_t off) __attribute__((alias("pread")));
+
+EXPORT ssize_t preadv(int fd, const struct iovec *iov, int iovcnt, off_t off)
+{
+	return md_agent_preadv(agent_peek(), fd, iov, iovcnt, off, 0);
+}
+EXPORT ssize_t preadv64(int fd, const struct iovec *iov, int iovcnt, off_t off)
+	__attribute__((alias("preadv")));
+
+EXPORT ssize_t preadv2(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags)
+{
+	return md_agent_preadv(agent_peek(), fd, iov, iovcnt, off, flags);
+}
+EXPORT ssize_t preadv64v2(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags)
+	__attribute__((alias("preadv2")));

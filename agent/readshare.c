@@ -1,0 +1,231 @@
+/*
+ * readshare.c - sharing at read time.
+ *
+ * A read into guest RAM is split into a head, a run of whole pages and a tail.
+ * The whole pages are mapped copy-on-write from the image (MAP_PRIVATE|
+ * MAP_FIXED over the guest's buffer) when the image is leased and the buffer
+ * and file offset agree modulo the page size; the head and tail, and any read
+ * that cannot be shared, are copied by an ordinary pread. The guest sees the
+ * same bytes either way: the mapping shows the file's content, which the lease
+ * keeps constant, and its writes go to private copies.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "agent_internal.h"
+#include "log.h"
+#include "sys.h"
+
+static uintptr_t round_up(uintptr_t x) { return (x + MD_PAGE - 1) & ~(MD_PAGE - 1); }
+static uintptr_t round_down(uintptr_t x) { return x & ~(MD_PAGE - 1); }
+static uint64_t pages_of(size_t len) { return (len + MD_PAGE - 1) / MD_PAGE; }
+
+void md__plan_read(uintptr_t buf, size_t len, uint64_t off, uint64_t file_size,
+		   struct md__read_plan *p)
+{
+	memset(p, 0, sizeof(*p));
+	p->fallback = -1;
+	p->total = off >= file_size ? 0 : (file_size - off < len ? (size_t)(file_size - off) : len);
+	if (((buf - (uintptr_t)off) & (MD_PAGE - 1)) != 0) {
+		p->fallback = MD_FB_UNALIGNED;
+		return;
+	}
+	/* Only pages that the file fills completely: a page past the end of
+	 * the file would fault (SIGBUS) when mapped. */
+	uintptr_t first = round_up(buf), last = round_down(buf + p->total);
+	if (p->total == 0 || last <= first) {
+		p->fallback = MD_FB_PARTIAL;
+		return;
+	}
+	p->head = first - buf;
+	p->map_len = last - first;
+	p->tail = p->total - p->head - p->map_len;
+}
+
+void md__fallback(struct md_agent *a, enum md_fallback why, uint64_t pages)
+{
+	md__count(a, MD_CTR_FALLBACK0 + why, pages);
+	md__count(a, MD_CTR_FALLBACK_TOTAL, pages);
+}
+
+/* The buffer must still be mapped for the copying read. A failed MAP_FIXED
+ * leaves the old mapping in place on current kernels; make sure of it. */
+static void ensure_mapped(struct md_agent *a, const struct md__region *r, uintptr_t addr, size_t len)
+{
+	unsigned char vec;
+	for (uintptr_t p = addr; p < addr + len; p += MD_PAGE) {
+		if (mincore((void *)p, MD_PAGE, &vec) == 0 || errno != ENOMEM)
+			continue;
+		if (md__sys_mmap((void *)p, MD_PAGE, PROT_READ | PROT_WRITE,
+				 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED)
+			md__apply_advice(a, r, p, MD_PAGE);
+		else
+			md__log("guest RAM at %#lx lost its mapping after a failed mmap", (unsigned long)p);
+	}
+}
+
+/* Maps whole pages of one read segment. Returns the bytes mapped (the plan's
+ * head is then still to be copied, and the tail), or 0 when the segment must
+ * be copied whole. Called with the buffer known to be in region r. */
+static size_t share_locked(struct md_agent *a, struct md__region *r, int fd,
+			   uintptr_t buf, size_t len, off_t off, struct md__read_plan *plan)
+{
+	enum md_fallback why = MD_FB_ERROR;
+	struct md__image *img = md__image_lease(a, fd, &why);
+
+	if (!img) {
+		md__fallback(a, why, pages_of(len));
+		return 0;
+	}
+	md__plan_read(buf, len, (uint64_t)off, (uint64_t)img->size, plan);
+	if (plan->fallback >= 0) {
+		/* A read entirely past the end of the file counts as partial. */
+		md__fallback(a, (enum md_fallback)plan->fallback, pages_of(len));
+		return 0;
+	}
+	if (a->maps_since_count + __atomic_load_n(&a->ctr[MD_CTR_VMAS], __ATOMIC_RELAXED) + 2 > a->max_vmas) {
+		md__fallback(a, MD_FB_VMA_LIMIT, pages_of(len));
+		md__log_once(30, "the mapping budget (%llu VMAs) is spent: reads are copied",
+			     (unsigned long long)a->max_vmas);
+		return 0;
+	}
+
+	uintptr_t dst = buf + plan->head;
+	off_t map_off = off + (off_t)plan->head;
+	void *m = md__sys_mmap((void *)dst, plan->map_len, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_FIXED, img->fd, map_off);
+	if (m == MAP_FAILED) {
+		int err = errno;
+		md__fallback(a, err == ENOMEM ? MD_FB_ENOMEM : MD_FB_ERROR, pages_of(len));
+		md__log_once(31, "mmap of an image into guest RAM failed (%s%s): reads are copied",
+			     strerror(err), err == ENOMEM ? ", memory or vm.max_map_count" : "");
+		ensure_mapped(a, r, dst, plan->map_len);
+		return 0;
+	}
+	a->maps_since_count += 2;	/* the new VMA, and the split it may cause */
+	md__apply_advice(a, r, dst, plan->map_len);
+	if ((a->flags & MD_OPT_POPULATE) &&
+	    md__sys_madvise((void *)dst, plan->map_len, MADV_POPULATE_READ) != 0 && errno != EINVAL) {
+		/* An I/O error: undo, and let the copying read report it. */
+		int err = errno;
+		if (md__sys_mmap((void *)dst, plan->map_len, PROT_READ | PROT_WRITE,
+				 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED)
+			md__apply_advice(a, r, dst, plan->map_len);
+		md__fallback(a, MD_FB_ERROR, pages_of(len));
+		md__log_once(32, "faulting in image pages failed (%s): reads are copied", strerror(err));
+		return 0;
+	}
+	size_t first = (dst - r->start) / MD_PAGE, n = plan->map_len / MD_PAGE;
+	for (size_t i = 0; i < n; i++)
+		r->owner[first + i] = img->id;
+	md__count(a, MD_CTR_SHARED_AT_READ, n);
+	if (plan->head || plan->tail)
+		md__fallback(a, MD_FB_PARTIAL, (plan->head != 0) + (plan->tail != 0));
+	return plan->map_len;
+}
+
+/* Copies [off, off+len) into buf with ordinary reads until done, EOF or error;
+ * returns the bytes read, or -1 with errno when nothing was. */
+static ssize_t copy_range(int fd, char *buf, size_t len, off_t off)
+{
+	size_t done = 0;
+	while (done < len) {
+		ssize_t n = md__sys_pread(fd, buf + done, len - done, off + (off_t)done);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return done ? (ssize_t)done : -1;
+		if (n == 0)
+			break;
+		done += (size_t)n;
+	}
+	return (ssize_t)done;
+}
+
+/* One segment of a read into guest RAM. Returns what pread would. */
+static ssize_t read_segment(struct md_agent *a, int fd, void *buf, size_t len, off_t off)
+{
+	struct md__read_plan plan;
+	size_t mapped = 0;
+
+	pthread_mutex_lock(&a->lock);
+	struct md__region *r = md__region_find(a, (uintptr_t)buf, len);
+	if (!r) {
+		pthread_mutex_unlock(&a->lock);
+		return md__sys_pread(fd, buf, len, off);
+	}
+	md__count(a, MD_CTR_READS_SEEN, 1);
+	if (a->flags & MD_OPT_NO_SHARING)
+		;	/* counted as seen only: the baseline of comparisons */
+	else if (len < MD_PAGE)
+		md__fallback(a, MD_FB_PARTIAL, 1);
+	else
+		mapped = share_locked(a, r, fd, (uintptr_t)buf, len, off, &plan);
+	pthread_mutex_unlock(&a->lock);
+
+	ssize_t n;
+	if (!mapped) {
+		n = md__sys_pread(fd, buf, len, off);
+	} else {
+		/* The mapped pages are the file's: copy only around them. The
+		 * size is fixed by the lease, so these reads are not short. */
+		char *b = buf;
+		ssize_t h = copy_range(fd, b, plan.head, off);
+		ssize_t t = copy_range(fd, b + plan.head + mapped, plan.tail,
+				       off + (off_t)(plan.head + mapped));
+		if (h < 0 || t < 0)
+			return -1;
+		if ((size_t)h != plan.head || (size_t)t != plan.tail)
+			n = md__sys_pread(fd, buf, len, off);	/* cannot happen; be plain */
+		else
+			n = (ssize_t)plan.total;
+	}
+	if (n > 0)
+		md__count(a, MD_CTR_BYTES_READ, (uint64_t)n);
+	return n;
+}
+
+ssize_t md_agent_pread(md_agent *a, int fd, void *buf, size_t len, off_t off)
+{
+	if (!a)
+		return md__sys_pread(fd, buf, len, off);
+	return read_segment(a, fd, buf, len, off);
+}
+
+static int any_in_ram(struct md_agent *a, const struct iovec *iov, int iovcnt)
+{
+	int found = 0;
+	pthread_mutex_lock(&a->lock);
+	for (int i = 0; i < iovcnt && !found; i++)
+		found = iov[i].iov_len && md__region_find(a, (uintptr_t)iov[i].iov_base, 1) != NULL;
+	pthread_mutex_unlock(&a->lock);
+	return found;
+}
+
+ssize_t md_agent_preadv(md_agent *a, int fd, const struct iovec *iov, int iovcnt,
+			off_t off, int flags)
+{
+	if (!a || iovcnt <= 0 || iovcnt > IOV_MAX || !any_in_ram(a, iov, iovcnt))
+		return md__sys_preadv2(fd, iov, iovcnt, off, flags);
+	if (off == -1 || flags != 0) {
+		md__fallback(a, MD_FB_FLAGS, 1);
+		return md__sys_preadv2(fd, iov, iovcnt, off, flags);
+	}
+	/* Segment by segment, as preadv fills them: stop at a short read. */
+	size_t total = 0;
+	for (int i = 0; i < iovcnt; i++) {
+		if (iov[i].iov_len == 0)
+			continue;
+		ssize_t n = read_segment(a, fd, iov[i].iov_base, iov[i].iov_len, off + (off_t)total);
+		if (n < 0)
+			return total ? (ssize_t)total : -1;
+		total += (size_t)n;
+		if ((size_t)n < iov[i].iov_len)
+			break;
+	}
+	return (ssize_t)total;
+}

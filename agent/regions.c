@@ -1,0 +1,247 @@
+/*
+ * regions.c - the guest RAM the agent may touch, and the per-page record of
+ * which pages are mapped from which image.
+ *
+ * Only memory that asked for merging is registered; everything the agent maps
+ * lies inside a region. The owner array is what makes lease breaks safe: it
+ * names every page that still shows file content, so all of them can be made
+ * private before a writer may change the file.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "agent_internal.h"
+#include "log.h"
+#include "sys.h"
+
+static int region_cmp(const void *x, const void *y)
+{
+	const struct md__region *a = x, *b = y;
+	return a->start < b->start ? -1 : a->start > b->start;
+}
+
+static void regions_publish(struct md_agent *a)
+{
+	uint64_t bytes = 0;
+	for (size_t i = 0; i < a->nregions; i++)
+		bytes += a->regions[i].end - a->regions[i].start;
+	md__set(a, MD_CTR_REGIONS, a->nregions);
+	md__set(a, MD_CTR_REGISTERED_BYTES, bytes);
+}
+
+struct md__region *md__region_find(struct md_agent *a, uintptr_t addr, size_t len)
+{
+	size_t lo = 0, hi = a->nregions;
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		struct md__region *r = &a->regions[mid];
+		if (addr < r->start)
+			hi = mid;
+		else if (addr >= r->end)
+			lo = mid + 1;
+		else
+			return len <= r->end - addr ? r : NULL;
+	}
+	return NULL;
+}
+
+static int region_push(struct md_agent *a, uintptr_t start, uintptr_t end,
+		       unsigned advice, uint32_t *owner)
+{
+	if (a->nregions == a->regions_cap) {
+		size_t cap = a->regions_cap ? a->regions_cap * 2 : 16;
+		struct md__region *n = realloc(a->regions, cap * sizeof(*n));
+		if (!n)
+			return -ENOMEM;
+		a->regions = n;
+		a->regions_cap = cap;
+	}
+	if (!owner) {
+		owner = calloc((end - start) / MD_PAGE, sizeof(*owner));
+		if (!owner)
+			return -ENOMEM;
+	}
+	a->regions[a->nregions++] = (struct md__region){ start, end, advice, owner };
+	return 0;
+}
+
+int md__regions_add(struct md_agent *a, uintptr_t start, uintptr_t end, unsigned advice)
+{
+	uintptr_t cur = start;
+	size_t n = a->nregions;
+	int err = 0;
+
+	/* Parts already registered keep their owner records; only the gaps
+	 * between them become new regions. */
+	for (size_t i = 0; i < n && cur < end && !err; i++) {
+		struct md__region *r = &a->regions[i];
+		if (r->end <= cur || r->start >= end)
+			continue;
+		r->advice |= advice;
+		if (r->start > cur)
+			err = region_push(a, cur, r->start, advice, NULL);
+		r = &a->regions[i];	/* region_push may move the array */
+		if (r->end > cur)
+			cur = r->end;
+	}
+	if (!err && cur < end)
+		err = region_push(a, cur, end, advice, NULL);
+	qsort(a->regions, a->nregions, sizeof(*a->regions), region_cmp);
+	regions_publish(a);
+	return err;
+}
+
+int md__regions_remove(struct md_agent *a, uintptr_t start, uintptr_t end)
+{
+	int err = 0;
+	for (size_t i = 0; i < a->nregions; i++) {
+		struct md__region *r = &a->regions[i];
+		if (r->end <= start || r->start >= end)
+			continue;
+		uintptr_t rs = r->start, re = r->end;
+		uint32_t *owner = r->owner;
+		unsigned advice = r->advice;
+
+		/* Remove r, then put back what lies outside [start, end). */
+		a->regions[i] = a->regions[--a->nregions];
+		i--;
+		if (re > end) {
+			size_t skip = (end - rs) / MD_PAGE, npages = (re - end) / MD_PAGE;
+			uint32_t *right = malloc(npages * sizeof(*right));
+			if (right) {
+				memcpy(right, owner + skip, npages * sizeof(*right));
+				err = region_push(a, end, re, advice, right);
+				if (err)
+					free(right);
+			} else {
+				err = -ENOMEM;
+			}
+		}
+		if (rs < start) {
+			uint32_t *left = realloc(owner, (start - rs) / MD_PAGE * sizeof(*left));
+			if (left && region_push(a, rs, start, advice, left) == 0)
+				owner = NULL;
+			else
+				err = -ENOMEM;
+		}
+		free(owner);
+	}
+	qsort(a->regions, a->nregions, sizeof(*a->regions), region_cmp);
+	regions_publish(a);
+	if (err)
+		md__log_once(40, "cannot split a region record (%s): parts of guest RAM are no longer shared", strerror(-err));
+	return err;
+}
+
+void md__regions_advise(struct md_agent *a, uintptr_t start, uintptr_t end, unsigned advice)
+{
+	for (size_t i = 0; i < a->nregions; i++)
+		if (a->regions[i].start < end && a->regions[i].end > start)
+			a->regions[i].advice |= advice;
+}
+
+void md__apply_advice(struct md_agent *a, const struct md__region *r, uintptr_t addr, size_t len)
+{
+	/* A new mapping does not inherit the flags of the one it replaced. */
+	if (a->kernel_ksm)
+		md__sys_madvise((void *)addr, len, MADV_MERGEABLE);
+	if (r->advice & MD_ADV_DONTFORK)
+		md__sys_madvise((void *)addr, len, MADV_DONTFORK);
+	if (r->advice & MD_ADV_DONTDUMP)
+		md__sys_madvise((void *)addr, len, MADV_DONTDUMP);
+}
+
+/* Calls fn on every maximal run of pages in [start, end) whose owner matches
+ * id (0: any image), then clears their owner. Returns the pages visited. */
+typedef int (*run_fn)(struct md_agent *a, struct md__region *r, uintptr_t addr, size_t len);
+
+static uint64_t for_each_run(struct md_agent *a, uintptr_t start, uintptr_t end,
+			     uint32_t id, run_fn fn, int *err)
+{
+	uint64_t pages = 0;
+	for (size_t i = 0; i < a->nregions; i++) {
+		struct md__region *r = &a->regions[i];
+		uintptr_t s = start > r->start ? start : r->start;
+		uintptr_t e = end < r->end ? end : r->end;
+		if (s >= e)
+			continue;
+		size_t p = (s - r->start) / MD_PAGE, pe = (e - r->start) / MD_PAGE;
+		while (p < pe) {
+			if (!r->owner[p] || (id && r->owner[p] != id)) {
+				p++;
+				continue;
+			}
+			size_t q = p;
+			while (q < pe && r->owner[q] && (!id || r->owner[q] == id))
+				q++;
+			int e2 = fn(a, r, r->start + p * MD_PAGE, (q - p) * MD_PAGE);
+			if (e2 && !*err)
+				*err = e2;
+			memset(&r->owner[p], 0, (q - p) * sizeof(*r->owner));
+			pages += q - p;
+			p = q;
+		}
+	}
+	return pages;
+}
+
+static int privatize_run(struct md_agent *a, struct md__region *r, uintptr_t addr, size_t len)
+{
+	(void)a, (void)r;
+	/* A write fault on a private file page copies it; pages the guest has
+	 * written already are left as they are, and a guest write racing with
+	 * us lands either before the copy (and is copied) or after it. */
+	if (md__sys_madvise((void *)addr, len, MADV_POPULATE_WRITE) == 0)
+		return 0;
+	int err = -errno;
+	if (err != -EINVAL && err != -ENOSYS)
+		return err;
+	/* Kernels before 5.14: an atomic add of zero is a write that cannot
+	 * undo a concurrent guest write to the same word. */
+	for (uintptr_t p = addr; p < addr + len; p += MD_PAGE)
+		__atomic_fetch_add((volatile uint64_t *)p, 0, __ATOMIC_SEQ_CST);
+	return 0;
+}
+
+int md__privatize(struct md_agent *a, uintptr_t start, uintptr_t end, uint32_t id)
+{
+	int err = 0;
+	uint64_t pages = for_each_run(a, start, end, id, privatize_run, &err);
+	md__count(a, MD_CTR_PRIVATIZED, pages);
+	if (err)
+		md__log("making %llu shared pages private failed: %s; the guest may see the image change",
+			(unsigned long long)pages, strerror(-err));
+	return err;
+}
+
+static int discard_run(struct md_agent *a, struct md__region *r, uintptr_t addr, size_t len)
+{
+	void *m = md__sys_mmap((void *)addr, len, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+	if (m == MAP_FAILED)
+		return -errno;
+	md__apply_advice(a, r, addr, len);
+	if (r->advice & MD_ADV_HUGEPAGE)
+		md__sys_madvise((void *)addr, len, MADV_HUGEPAGE);
+	return 0;
+}
+
+int md__discard(struct md_agent *a, uintptr_t start, uintptr_t end)
+{
+	int err = 0;
+	for_each_run(a, start, end, 0, discard_run, &err);
+	if (err)
+		md__log_once(41, "cannot replace shared pages by anonymous memory on discard: %s", strerror(-err));
+	return err;
+}
+
+void md__regions_free(struct md_agent *a)
+{
+	for (size_t i = 0; i < a->nregions; i++)
+		free(a->regions[i].owner);
+	free(a->regions);
+	a->regions = NULL;
+	a->nregions = a->regions_cap = 0;
+}

@@ -1,0 +1,24 @@
+/* cli.h - the memdedup command: a table of subcommands. */
+#ifndef MD_CLI_H
+#define MD_CLI_H
+
+/* Exit codes: 0 success, 1 failure, 2 wrong usage. */
+#define MD_EXIT_USAGE 2
+
+struct md__cmd {
+	const char *name;
+	const char *summary;
+	const char *usage;      /* the full help text */
+	int (*run)(int argc, char **argv);   /* argv[0] is the subcommand */
+};
+
+int md__cmd_run(int argc, char **argv);
+int md__cmd_status(int argc, char **argv);
+extern const struct md__cmd md__cmd_run_def, md__cmd_status_def;
+
+/* Prints "memdedup CMD: MSG" and the usage hint to stderr; returns 2. */
+int md__usage_error(const struct md__cmd *cmd, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+/* Returns 1 and prints help if argv[i] is -h/--help. */
+int md__wants_help(const struct md__cmd *cmd, const char *arg);
+#endif

@@ -1,0 +1,199 @@
+/*
+ * cmd_status.c - `memdedup status`: one row per running agent, totals, and
+ * kernel KSM's own counters beside them.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "stats_file.h"
+
+const struct md__cmd md__cmd_status_def = {
+	.name = "status",
+	.summary = "show what every running agent shares, and kernel KSM's counters",
+	.usage =
+	"usage: memdedup status [--json]\n"
+	"\n"
+	"Lists the processes running the memdedup agent: pid, command, registered\n"
+	"guest RAM, pages shared now, copy-on-write breaks, fallbacks (reads or\n"
+	"parts of reads that were copied, not shared) and mappings (VMAs); then\n"
+	"the totals, and kernel KSM's counters from /sys/kernel/mm/ksm.\n"
+	"\n"
+	"  --json      machine-readable output\n"
+	"  -h, --help  this text\n",
+	.run = md__cmd_status,
+};
+
+static const char *const ksm_keys[] = {
+	"run", "pages_shared", "pages_sharing", "pages_unshared", "pages_volatile",
+	"full_scans", "general_profit", "ksm_zero_pages",
+};
+#define NKSM (sizeof(ksm_keys) / sizeof(ksm_keys[0]))
+
+static long long read_ksm(const char *key)
+{
+	char path[128], buf[64] = "";
+	snprintf(path, sizeof(path), "/sys/kernel/mm/ksm/%s", key);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	buf[n > 0 ? n : 0] = '\0';
+	return n > 0 ? strtoll(buf, NULL, 10) : -1;
+}
+
+/* Reads the snapshots of live agents; removes files of agents that died. */
+static int load_agents(const char *dir, struct md__stats_snapshot **out, size_t *count)
+{
+	DIR *d = opendir(dir);
+	size_t n = 0, cap = 0;
+	struct md__stats_snapshot *v = NULL;
+
+	*out = NULL;
+	*count = 0;
+	if (!d)
+		return errno == ENOENT ? 0 : -errno;
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		int pid;
+		char path[512], tail[8];
+		if (sscanf(e->d_name, "agent-%d.stat%7s", &pid, tail) != 2 || strcmp(tail, "s") != 0)
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+		struct md__stats_file buf;
+		int fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		ssize_t len = read(fd, &buf, sizeof(buf));
+		close(fd);
+		struct md__stats_snapshot s;
+		if (len < 0 || md__stats_parse(&buf, (size_t)len, &s) != 0 || (int)s.pid != pid) {
+			fprintf(stderr, "memdedup status: ignoring malformed %s\n", path);
+			continue;
+		}
+		if (md__proc_start_time(pid) != s.start_time) {
+			unlink(path);	/* the agent is gone: its file is stale */
+			continue;
+		}
+		if (n == cap) {
+			cap = cap ? cap * 2 : 8;
+			struct md__stats_snapshot *nv = realloc(v, cap * sizeof(*nv));
+			if (!nv) {
+				free(v);
+				closedir(d);
+				return -ENOMEM;
+			}
+			v = nv;
+		}
+		v[n++] = s;
+	}
+	closedir(d);
+	*out = v;
+	*count = n;
+	return 0;
+}
+
+static json_t *stats_json(const md_stats *s)
+{
+	json_t *o = json_object(), *fb = json_object();
+	json_object_set_new(o, "regions", json_integer((json_int_t)s->regions));
+	json_object_set_new(o, "registered_bytes", json_integer((json_int_t)s->registered_bytes));
+	json_object_set_new(o, "reads_seen", json_integer((json_int_t)s->reads_seen));
+	json_object_set_new(o, "bytes_read", json_integer((json_int_t)s->bytes_read));
+	json_object_set_new(o, "pages_shared_at_read", json_integer((json_int_t)s->pages_shared_at_read));
+	json_object_set_new(o, "pages_shared", json_integer((json_int_t)s->pages_shared));
+	json_object_set_new(o, "breaks", json_integer((json_int_t)s->breaks));
+	json_object_set_new(o, "pages_privatized", json_integer((json_int_t)s->pages_privatized));
+	json_object_set_new(o, "lease_breaks", json_integer((json_int_t)s->lease_breaks));
+	json_object_set_new(o, "vmas", json_integer((json_int_t)s->vmas));
+	json_object_set_new(o, "fallbacks_total", json_integer((json_int_t)s->fallbacks_total));
+	for (int i = 0; i < MD_FB_COUNT; i++)
+		json_object_set_new(fb, md_fallback_name(i), json_integer((json_int_t)s->fallbacks[i]));
+	json_object_set_new(o, "fallbacks", fb);
+	json_object_set_new(o, "agent_cpu_seconds", json_real((double)s->agent_cpu_ns / 1e9));
+	return o;
+}
+
+static void add_stats(md_stats *t, const md_stats *s)
+{
+	const uint64_t *src = (const uint64_t *)s;
+	uint64_t *dst = (uint64_t *)t;
+	/* md_stats is all uint64_t counters. */
+	for (size_t i = 0; i < sizeof(*s) / sizeof(uint64_t); i++)
+		dst[i] += src[i];
+}
+
+static void print_row(const char *pid, const char *cmd, const md_stats *s)
+{
+	printf("%-8s %-28.28s %9.1f %10llu %8llu %9llu %7llu\n", pid, cmd,
+	       (double)s->registered_bytes / (1 << 20), (unsigned long long)s->pages_shared,
+	       (unsigned long long)s->breaks, (unsigned long long)s->fallbacks_total,
+	       (unsigned long long)s->vmas);
+}
+
+int md__cmd_status(int argc, char **argv)
+{
+	const struct md__cmd *cmd = &md__cmd_status_def;
+	int as_json = 0;
+	char dir[256];
+
+	for (int i = 1; i < argc; i++) {
+		if (md__wants_help(cmd, argv[i]))
+			return 0;
+		if (strcmp(argv[i], "--json") == 0)
+			as_json = 1;
+		else
+			return md__usage_error(cmd, "unknown argument '%s'", argv[i]);
+	}
+	md__run_dir(NULL, dir, sizeof(dir));
+	struct md__stats_snapshot *agents;
+	size_t n;
+	int err = load_agents(dir, &agents, &n);
+	if (err) {
+		fprintf(stderr, "memdedup status: cannot read %s: %s\n", dir, strerror(-err));
+		return 1;
+	}
+	md_stats total = {0};
+	for (size_t i = 0; i < n; i++)
+		add_stats(&total, &agents[i].stats);
+
+	if (as_json) {
+		json_t *root = json_object(), *list = json_array(), *ksm = json_object();
+		for (size_t i = 0; i < n; i++) {
+			json_t *o = stats_json(&agents[i].stats);
+			json_object_set_new(o, "pid", json_integer(agents[i].pid));
+			json_object_set_new(o, "command", json_string(agents[i].command));
+			json_array_append_new(list, o);
+		}
+		for (size_t k = 0; k < NKSM; k++)
+			json_object_set_new(ksm, ksm_keys[k], json_integer(read_ksm(ksm_keys[k])));
+		json_object_set_new(root, "agents", list);
+		json_object_set_new(root, "totals", stats_json(&total));
+		json_object_set_new(root, "kernel_ksm", ksm);
+		json_dumpf(root, stdout, JSON_INDENT(1));
+		putchar('\n');
+		json_decref(root);
+	} else {
+		printf("%-8s %-28s %9s %10s %8s %9s %7s\n", "PID", "COMMAND", "RAM_MB",
+		       "SHARED", "BREAKS", "FALLBACKS", "VMAS");
+		for (size_t i = 0; i < n; i++) {
+			char pid[16];
+			snprintf(pid, sizeof(pid), "%u", agents[i].pid);
+			print_row(pid, agents[i].command, &agents[i].stats);
+		}
+		print_row("total", n == 1 ? "1 agent" : "agents", &total);
+		printf("\nkernel KSM:");
+		for (size_t k = 0; k < NKSM; k++)
+			printf(" %s=%lld", ksm_keys[k], read_ksm(ksm_keys[k]));
+		printf("\n");
+	}
+	free(agents);
+	return 0;
+}

@@ -1,0 +1,52 @@
+#include "log.h"
+
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+static int log_fd = STDERR_FILENO;
+static uint64_t said;
+
+void md__log_open(const char *path)
+{
+	if (path && *path && strcmp(path, "-") != 0) {
+		int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+		if (fd >= 0)
+			log_fd = fd;
+	}
+}
+
+static void vlog(const char *fmt, va_list ap)
+{
+	char line[512];
+	int n = snprintf(line, sizeof(line), "memdedup[%d]: ", (int)getpid());
+	n += vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
+	if (n > (int)sizeof(line) - 2)
+		n = (int)sizeof(line) - 2;
+	line[n++] = '\n';
+	/* One write(2) keeps lines whole when threads log at once. */
+	ssize_t r = write(log_fd, line, (size_t)n);
+	(void)r;
+}
+
+void md__log(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vlog(fmt, ap);
+	va_end(ap);
+}
+
+void md__log_once(unsigned key, const char *fmt, ...)
+{
+	uint64_t bit = 1ull << (key & 63);
+	if (__atomic_fetch_or(&said, bit, __ATOMIC_RELAXED) & bit)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	vlog(fmt, ap);
+	va_end(ap);
+}

@@ -1,0 +1,134 @@
+#include "stats_file.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char *const fallback_names[MD_FB_COUNT] = {
+	[MD_FB_UNALIGNED] = "unaligned",
+	[MD_FB_PARTIAL] = "partial",
+	[MD_FB_NOT_FILE] = "not_file",
+	[MD_FB_NO_LEASE] = "no_lease",
+	[MD_FB_ENOMEM] = "enomem",
+	[MD_FB_VMA_LIMIT] = "vma_limit",
+	[MD_FB_FLAGS] = "flags",
+	[MD_FB_ERROR] = "error",
+};
+
+const char *md_fallback_name(enum md_fallback reason)
+{
+	return (unsigned)reason < MD_FB_COUNT ? fallback_names[reason] : "unknown";
+}
+
+const char *md__ctr_name(enum md__ctr c)
+{
+	static const char *const names[MD_CTR_COUNT] = {
+		[MD_CTR_REGIONS] = "regions",
+		[MD_CTR_REGISTERED_BYTES] = "registered_bytes",
+		[MD_CTR_READS_SEEN] = "reads_seen",
+		[MD_CTR_BYTES_READ] = "bytes_read",
+		[MD_CTR_SHARED_AT_READ] = "pages_shared_at_read",
+		[MD_CTR_SHARED_NOW] = "pages_shared",
+		[MD_CTR_BREAKS] = "breaks",
+		[MD_CTR_PRIVATIZED] = "pages_privatized",
+		[MD_CTR_LEASE_BREAKS] = "lease_breaks",
+		[MD_CTR_VMAS] = "vmas",
+		[MD_CTR_FALLBACK_TOTAL] = "fallbacks_total",
+		[MD_CTR_AGENT_CPU_NS] = "agent_cpu_ns",
+	};
+	if ((unsigned)c >= MD_CTR_COUNT)
+		return "unknown";
+	if (c >= MD_CTR_FALLBACK0 && c < MD_CTR_FALLBACK_TOTAL)
+		return md_fallback_name((enum md_fallback)(c - MD_CTR_FALLBACK0));
+	return names[c];
+}
+
+void md__stats_from_counters(const uint64_t *ctr, md_stats *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->regions = ctr[MD_CTR_REGIONS];
+	out->registered_bytes = ctr[MD_CTR_REGISTERED_BYTES];
+	out->reads_seen = ctr[MD_CTR_READS_SEEN];
+	out->bytes_read = ctr[MD_CTR_BYTES_READ];
+	out->pages_shared_at_read = ctr[MD_CTR_SHARED_AT_READ];
+	out->pages_shared = ctr[MD_CTR_SHARED_NOW];
+	out->breaks = ctr[MD_CTR_BREAKS];
+	out->pages_privatized = ctr[MD_CTR_PRIVATIZED];
+	out->lease_breaks = ctr[MD_CTR_LEASE_BREAKS];
+	out->vmas = ctr[MD_CTR_VMAS];
+	for (int i = 0; i < MD_FB_COUNT; i++)
+		out->fallbacks[i] = ctr[MD_CTR_FALLBACK0 + i];
+	out->fallbacks_total = ctr[MD_CTR_FALLBACK_TOTAL];
+	out->agent_cpu_ns = ctr[MD_CTR_AGENT_CPU_NS];
+}
+
+int md__stats_parse(const void *buf, size_t len, struct md__stats_snapshot *out)
+{
+	const struct md__stats_file *f = buf;
+	uint64_t ctr[MD_CTR_COUNT] = {0};
+
+	if (len < offsetof(struct md__stats_file, counters))
+		return -EINVAL;
+	if (memcmp(f->magic, MD_STATS_MAGIC, sizeof(f->magic)) != 0)
+		return -EINVAL;
+	if (f->version != MD_STATS_VERSION ||
+	    f->header_size != offsetof(struct md__stats_file, counters))
+		return -EINVAL;
+	/* A newer agent may append counters; an older one may have fewer. */
+	if (f->ncounters == 0 || f->ncounters > 4096 ||
+	    len < f->header_size + (size_t)f->ncounters * sizeof(uint64_t))
+		return -EINVAL;
+	if (memchr(f->command, '\0', sizeof(f->command)) == NULL || f->pid == 0)
+		return -EINVAL;
+
+	uint32_t n = f->ncounters < MD_CTR_COUNT ? f->ncounters : MD_CTR_COUNT;
+	memcpy(ctr, f->counters, n * sizeof(uint64_t));
+	out->pid = f->pid;
+	out->start_time = f->start_time;
+	memcpy(out->command, f->command, sizeof(out->command));
+	md__stats_from_counters(ctr, &out->stats);
+	return 0;
+}
+
+uint64_t md__proc_start_time(int pid)
+{
+	char path[64], buf[1024];
+	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = '\0';
+	/* The command may hold spaces and parentheses: count from the last ')'. */
+	char *p = strrchr(buf, ')');
+	if (!p)
+		return 0;
+	/* Field 3 follows ") "; start time is field 22. */
+	p++;
+	for (int field = 2; field < 22 && p; field++)
+		p = strchr(p + 1, ' ');
+	return p ? strtoull(p + 1, NULL, 10) : 0;
+}
+
+const char *md__run_dir(const char *opt, char *buf, size_t size)
+{
+	const char *env = getenv("MEMDEDUP_RUN_DIR");
+	const char *xdg = getenv("XDG_RUNTIME_DIR");
+	if (opt)
+		snprintf(buf, size, "%s", opt);
+	else if (env && *env)
+		snprintf(buf, size, "%s", env);
+	else if (geteuid() == 0)
+		snprintf(buf, size, "/run/memdedup");
+	else if (xdg && *xdg)
+		snprintf(buf, size, "%s/memdedup", xdg);
+	else
+		snprintf(buf, size, "/tmp/memdedup-%u", (unsigned)geteuid());
+	return buf;
+}

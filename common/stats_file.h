@@ -1,0 +1,70 @@
+/*
+ * stats_file.h - the file through which an agent publishes its counters.
+ *
+ * Each agent keeps one file, <run_dir>/agent-<pid>.stats, mapped shared into
+ * its process: the counters are updated in place with relaxed atomics, so
+ * publishing costs the read path nothing more than an increment. Readers
+ * (`memdedup status`) read(2) it and must treat it as untrusted bytes: a file
+ * of a dead process, of another version, or just garbage.
+ */
+#ifndef MD_STATS_FILE_H
+#define MD_STATS_FILE_H
+#include <stddef.h>
+#include <stdint.h>
+
+#include "memdedup.h"
+
+#define MD_STATS_MAGIC "MDSTATS"   /* 8 bytes with its NUL */
+#define MD_STATS_VERSION 1u
+#define MD_STATS_COMMAND_LEN 256
+
+/* Counter slots; the order is the file format (append only). */
+enum md__ctr {
+	MD_CTR_REGIONS,
+	MD_CTR_REGISTERED_BYTES,
+	MD_CTR_READS_SEEN,
+	MD_CTR_BYTES_READ,
+	MD_CTR_SHARED_AT_READ,
+	MD_CTR_SHARED_NOW,
+	MD_CTR_BREAKS,
+	MD_CTR_PRIVATIZED,
+	MD_CTR_LEASE_BREAKS,
+	MD_CTR_VMAS,
+	MD_CTR_FALLBACK0,
+	MD_CTR_FALLBACK_TOTAL = MD_CTR_FALLBACK0 + MD_FB_COUNT,
+	MD_CTR_AGENT_CPU_NS,
+	MD_CTR_COUNT
+};
+
+struct md__stats_file {
+	char magic[8];
+	uint32_t version;
+	uint32_t header_size;      /* offsetof(counters) */
+	uint32_t ncounters;
+	uint32_t pid;
+	uint64_t start_time;       /* field 22 of /proc/pid/stat: tells pid reuse */
+	char command[MD_STATS_COMMAND_LEN];
+	uint64_t counters[MD_CTR_COUNT];
+};
+
+/* A validated copy of a stats file. */
+struct md__stats_snapshot {
+	uint32_t pid;
+	uint64_t start_time;
+	char command[MD_STATS_COMMAND_LEN];
+	md_stats stats;
+};
+
+/* Parses len bytes of a stats file. Returns 0, or -EINVAL (bad magic, size,
+ * version or command string) without touching *out beyond what it filled. */
+int md__stats_parse(const void *buf, size_t len, struct md__stats_snapshot *out);
+/* Copies counters into an md_stats (and back). */
+void md__stats_from_counters(const uint64_t *ctr, md_stats *out);
+/* The name of a counter's JSON key. */
+const char *md__ctr_name(enum md__ctr c);
+/* Start time of a process (clock ticks since boot), 0 if unknown. */
+uint64_t md__proc_start_time(int pid);
+/* The run directory: opt if not NULL, else $MEMDEDUP_RUN_DIR, /run/memdedup
+ * for root, $XDG_RUNTIME_DIR/memdedup, /tmp/memdedup-<uid>. */
+const char *md__run_dir(const char *opt, char *buf, size_t size);
+#endif

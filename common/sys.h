@@ -1,0 +1,21 @@
+/* sys.h - raw system calls, so the agent never re-enters its own interposers. */
+#ifndef MD_SYS_H
+#define MD_SYS_H
+#include <stddef.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+ssize_t md__sys_pread(int fd, void *buf, size_t len, off_t off);
+ssize_t md__sys_preadv2(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags);
+void *md__sys_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off);
+int md__sys_munmap(void *addr, size_t len);
+int md__sys_madvise(void *addr, size_t len, int advice);
+pid_t md__sys_gettid(void);
+#endif
