@@ -1,0 +1,309 @@
+# shellcheck shell=bash
+# fleet-lib.sh: run a fleet of memdedup test guests and sample their memory.
+# Sourced by scripts/demo.sh, tests/guest/test_two_guests.sh, bench/run-bench.sh.
+#
+#   source scripts/fleet-lib.sh
+#   fleet_init                     # cleanup trap (kills every QEMU started here)
+#   fleet_run DIR N IMAGE [--wrapper "CMD"] [--mem MB] [--hold S] [--timeout S]
+#       starts N guests on IMAGE (each under the wrapper, e.g.
+#       "build/memdedup run --"), samples memory every second into
+#       DIR/samples.tsv, waits for all guests and writes DIR/guests.tsv.
+#       Returns non-zero if a guest failed or timed out.
+#   fleet_checksums DIR            # the guests' DONE results, one a line
+#   fleet_hold_window DIR          # "T0 T1": samples where every guest had
+#                                  # finished reading and none had exited
+#   fleet_window_avg DIR COL [T0 T1]  # mean of a samples.tsv column in a window
+#   fleet_last DIR COL             # last value of a column
+#
+# samples.tsv columns (one line a second, '#' header):
+#   1 t            seconds since the fleet started
+#   2 pss_kb       sum of Pss over the QEMU processes (/proc/PID/smaps_rollup)
+#   3 pss_anon_kb  sum of Pss_Anon
+#   4 pss_file_kb  sum of Pss_File + Pss_Shmem
+#   5 anon_kb      host AnonPages (/proc/meminfo)
+#   6 ksm_sharing  /sys/kernel/mm/ksm/pages_sharing
+#   7 md_shared    memdedup pages_shared of the fleet's agents (status --json; 0 without jq)
+#   8 ksmd_cpu_s   ksmd CPU seconds (utime+stime)
+#   9 agent_cpu_s  CPU seconds of the fleet's md-agent threads
+#  10 alive        guests still running
+#  11 reads_done   guests that have printed READS-DONE
+# guests.tsv: idx pid reads_done_t exit_t rc guest_read_s result
+#
+# Every QEMU runs in its own session (setsid, which execs: the pid stays
+# QEMU's, and `memdedup run` execs too), and is killed with its group on exit,
+# failure or signal. Callers add their own cleanup to FLEET_EXIT_HOOKS.
+
+FLEET_ROOT=${FLEET_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+FLEET_KERNEL=${FLEET_KERNEL:-$FLEET_ROOT/build/guest/vmlinuz}
+FLEET_INITRD=${FLEET_INITRD:-$FLEET_ROOT/build/guest/initramfs.cpio.gz}
+FLEET_MEMDEDUP=${FLEET_MEMDEDUP:-$FLEET_ROOT/build/memdedup}
+FLEET_PIDS=()
+FLEET_SAMPLER_PID=""
+FLEET_EXIT_HOOKS=()
+FLEET_CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+
+fleet_log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+fleet_die() { echo "fleet: error: $*" >&2; exit 1; }
+
+fleet_kill_guests() {
+  local p any=0
+  for p in "${FLEET_PIDS[@]}"; do
+    if kill -0 "$p" 2>/dev/null; then
+      kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true
+      any=1
+    fi
+  done
+  if [ $any = 1 ]; then
+    local i
+    for i in $(seq 1 25); do
+      any=0
+      for p in "${FLEET_PIDS[@]}"; do kill -0 "$p" 2>/dev/null && any=1; done
+      [ $any = 0 ] && break
+      sleep 0.2
+    done
+    for p in "${FLEET_PIDS[@]}"; do
+      kill -0 "$p" 2>/dev/null && { kill -KILL -- "-$p" 2>/dev/null || kill -KILL "$p" 2>/dev/null || true; }
+    done
+  fi
+  for p in "${FLEET_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  FLEET_PIDS=()
+}
+
+fleet_stop_sampler() {
+  if [ -n "$FLEET_SAMPLER_PID" ]; then
+    kill "$FLEET_SAMPLER_PID" 2>/dev/null || true
+    wait "$FLEET_SAMPLER_PID" 2>/dev/null || true
+    FLEET_SAMPLER_PID=""
+  fi
+}
+
+fleet_cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM HUP
+  fleet_stop_sampler
+  fleet_kill_guests
+  local h
+  for h in "${FLEET_EXIT_HOOKS[@]}"; do eval "$h" || true; done
+  exit $rc
+}
+
+fleet_init() {
+  trap fleet_cleanup EXIT
+  trap 'echo "fleet: interrupted" >&2; exit 130' INT
+  trap 'exit 143' TERM
+  trap 'exit 129' HUP
+  command -v qemu-system-x86_64 >/dev/null || fleet_die "qemu-system-x86_64 missing (scripts/install-deps.sh guest)"
+  [ -f "$FLEET_KERNEL" ] && [ -f "$FLEET_INITRD" ] || fleet_die "no guest kernel/initramfs in build/guest (run: make guest)"
+  FLEET_KSMD_PID=""
+  local d
+  for d in /proc/[0-9]*; do
+    if [ "$(cat "$d/comm" 2>/dev/null)" = ksmd ]; then FLEET_KSMD_PID=${d#/proc/}; break; fi
+  done
+  FLEET_HAVE_JQ=0
+  command -v jq >/dev/null && FLEET_HAVE_JQ=1
+}
+
+# Makes build/guest/workload-<MB>m.img (or returns the default image for "").
+fleet_image() {
+  local mb=${1:-} img
+  if [ -z "$mb" ]; then img=$FLEET_ROOT/build/guest/workload.img
+  else img=$FLEET_ROOT/build/guest/workload-${mb}m.img; fi
+  if [ ! -f "$img" ]; then
+    if [ -z "$mb" ]; then mb=160; fi
+    rm -rf "$img.d"
+    "$FLEET_ROOT/guest/mkworkload.sh" "$img.d" "$mb" 1 >&2
+    "$FLEET_ROOT/guest/mkimage.sh" "$img.d" "$img" >&2
+    rm -rf "$img.d"
+  fi
+  echo "$img"
+}
+
+fleet_now() {  # seconds since FLEET_T0, 2 decimals
+  local n=${EPOCHREALTIME/[.,]/}
+  local d=$(( (n - FLEET_T0_US) / 10000 ))
+  printf '%d.%02d' $((d / 100)) $((d % 100))
+}
+
+# CPU seconds (utime+stime) from a /proc/.../stat file.
+fleet_stat_cpu_ticks() {
+  local s
+  s=$(cat "$1" 2>/dev/null) || { echo 0; return; }
+  s=${s##*) }                       # fields from 3 on
+  # shellcheck disable=SC2086
+  set -- $s
+  echo $(( ${12} + ${13} ))         # fields 14 and 15
+}
+
+fleet_sample_once() {  # prints one samples.tsv line (without t) for FLEET_PIDS
+  local p pss=0 anon=0 file=0 alive=0 k v rest agent_ticks=0 t comm
+  for p in "${FLEET_PIDS[@]}"; do
+    [ -r "/proc/$p/smaps_rollup" ] || continue
+    alive=$((alive + 1))
+    while read -r k v rest; do
+      case "$k" in
+        Pss:) pss=$((pss + v)) ;;
+        Pss_Anon:) anon=$((anon + v)) ;;
+        Pss_File:|Pss_Shmem:) file=$((file + v)) ;;
+      esac
+    done < "/proc/$p/smaps_rollup" 2>/dev/null || true
+    for t in /proc/"$p"/task/*; do
+      comm=$(cat "$t/comm" 2>/dev/null) || continue
+      [ "$comm" = md-agent ] && agent_ticks=$((agent_ticks + $(fleet_stat_cpu_ticks "$t/stat")))
+    done
+  done
+  local host_anon ksm md=0 ksmd_ticks=0
+  host_anon=$(awk '/^AnonPages:/{print $2}' /proc/meminfo)
+  ksm=$(cat /sys/kernel/mm/ksm/pages_sharing 2>/dev/null || echo 0)
+  if [ "$FLEET_HAVE_JQ" = 1 ] && [ -x "$FLEET_MEMDEDUP" ] && [ $alive -gt 0 ]; then
+    md=$("$FLEET_MEMDEDUP" status --json 2>/dev/null | jq -r --arg pids "${FLEET_PIDS[*]}" '
+          ($pids | split(" ") | map(tonumber)) as $p
+          | [(.agents // [])[] | select(.pid as $x | $p | index($x)) | (.pages_shared // 0)] | add // 0' \
+          2>/dev/null) || md=0
+    case "$md" in ''|*[!0-9]*) md=0 ;; esac
+  fi
+  [ -n "$FLEET_KSMD_PID" ] && ksmd_ticks=$(fleet_stat_cpu_ticks "/proc/$FLEET_KSMD_PID/stat")
+  local reads=0 f
+  for f in "${FLEET_LOGS[@]}"; do grep -q '^MEMDEDUP-GUEST: READS-DONE' "$f" 2>/dev/null && reads=$((reads + 1)); done
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$pss" "$anon" "$file" "$host_anon" "$ksm" "$md" \
+    "$(awk -v t="$ksmd_ticks" -v h="$FLEET_CLK_TCK" 'BEGIN{printf "%.2f", t/h}')" \
+    "$(awk -v t="$agent_ticks" -v h="$FLEET_CLK_TCK" 'BEGIN{printf "%.2f", t/h}')" "$alive" "$reads"
+}
+
+fleet_sampler() {  # runs in the background until killed
+  local out=$1 next now
+  set +e
+  trap - EXIT INT TERM HUP
+  trap 'exit 0' TERM
+  printf '#t\tpss_kb\tpss_anon_kb\tpss_file_kb\tanon_kb\tksm_sharing\tmd_shared\tksmd_cpu_s\tagent_cpu_s\talive\treads_done\n' > "$out"
+  next=0
+  while :; do
+    printf '%s\t%s\n' "$(fleet_now)" "$(fleet_sample_once)" >> "$out"
+    next=$((next + 1))
+    now=${EPOCHREALTIME/[.,]/}
+    local wait_us=$(( FLEET_T0_US + next * 1000000 - now ))
+    if [ $wait_us -gt 0 ]; then
+      sleep "$(printf '%d.%06d' $((wait_us / 1000000)) $((wait_us % 1000000)))"
+    fi
+  done
+}
+
+# fleet_run DIR N IMAGE [--wrapper "CMD"] [--mem MB] [--hold S] [--timeout S] [--stagger S]
+fleet_run() {
+  local dir=$1 n=$2 image=$3
+  shift 3
+  local wrapper="" mem=512 hold=0 timeout="" stagger=0
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --wrapper) wrapper=$2; shift 2 ;;
+      --mem) mem=$2; shift 2 ;;
+      --hold) hold=$2; shift 2 ;;
+      --timeout) timeout=$2; shift 2 ;;
+      --stagger) stagger=$2; shift 2 ;;
+      *) fleet_die "fleet_run: unknown option $1" ;;
+    esac
+  done
+  [ -f "$image" ] || fleet_die "no image $image"
+  timeout=${timeout:-$((240 + hold))}
+  mkdir -p "$dir"
+  rm -f "$dir"/guest*.log "$dir"/guest*.log.qemu "$dir/samples.tsv" "$dir/guests.tsv"
+  FLEET_PIDS=() FLEET_LOGS=()
+  FLEET_T0_US=${EPOCHREALTIME/[.,]/}
+  local i log
+  for i in $(seq 1 "$n"); do
+    log=$dir/guest$i.log
+    : > "$log"
+    FLEET_LOGS+=("$log")
+    # shellcheck disable=SC2086
+    setsid $wrapper qemu-system-x86_64 -machine pc,accel=tcg -m "$mem" -nographic -no-reboot \
+      -monitor none -serial "file:$log" \
+      -kernel "$FLEET_KERNEL" -initrd "$FLEET_INITRD" \
+      -append "console=ttyS0 quiet hold=$hold" \
+      -drive "file=$image,if=virtio,format=raw,readonly=on" \
+      < /dev/null > "$log.qemu" 2>&1 &
+    FLEET_PIDS+=($!)
+    [ "$stagger" != 0 ] && [ "$i" -lt "$n" ] && sleep "$stagger"
+  done
+  fleet_log "started $n guest(s) on $(basename "$image"), pids ${FLEET_PIDS[*]}${wrapper:+, wrapper: $wrapper}, hold ${hold}s"
+  fleet_sampler "$dir/samples.tsv" &
+  FLEET_SAMPLER_PID=$!
+
+  local -a rd ex rc
+  local left=$n now_s p
+  for i in $(seq 0 $((n - 1))); do rd[i]=""; ex[i]=""; rc[i]=""; done
+  while [ "$left" -gt 0 ]; do
+    for i in $(seq 0 $((n - 1))); do
+      [ -n "${ex[i]}" ] && continue
+      p=${FLEET_PIDS[i]}
+      if [ -z "${rd[i]}" ] && grep -q '^MEMDEDUP-GUEST: READS-DONE' "${FLEET_LOGS[i]}" 2>/dev/null; then
+        rd[i]=$(fleet_now)
+      fi
+      if ! kill -0 "$p" 2>/dev/null; then
+        ex[i]=$(fleet_now)
+        [ -z "${rd[i]}" ] && grep -q '^MEMDEDUP-GUEST: READS-DONE' "${FLEET_LOGS[i]}" && rd[i]=${ex[i]}
+        local r=0
+        wait "$p" || r=$?
+        rc[i]=$r
+        left=$((left - 1))
+      fi
+    done
+    now_s=$(fleet_now)
+    if [ "${now_s%.*}" -ge "$timeout" ]; then
+      fleet_log "timeout after ${timeout}s: killing the fleet"
+      fleet_stop_sampler
+      fleet_kill_guests
+      for i in $(seq 0 $((n - 1))); do [ -z "${ex[i]}" ] && { ex[i]=$now_s; rc[i]=124; }; done
+      break
+    fi
+    sleep 0.25
+  done
+  sleep 0.5
+  fleet_stop_sampler
+  local ok=0 res rs
+  : > "$dir/guests.tsv"
+  for i in $(seq 0 $((n - 1))); do
+    log=${FLEET_LOGS[i]}
+    res=$(grep -m1 '^MEMDEDUP-GUEST: DONE ' "$log" | tr -d '\r' | awk '{print $3}' || true)
+    rs=$(grep -m1 '^MEMDEDUP-GUEST: TIME ' "$log" | tr -d '\r' | sed -n 's/.*read_s=\([0-9.]*\).*/\1/p' || true)
+    if grep -q '^MEMDEDUP-GUEST: FAIL' "$log"; then
+      fleet_log "guest $((i + 1)): $(grep -m1 '^MEMDEDUP-GUEST: FAIL' "$log" | tr -d '\r')"
+      ok=1; res=${res:-FAIL}
+    elif [ -z "$res" ]; then
+      fleet_log "guest $((i + 1)) (pid ${FLEET_PIDS[i]}) ended without DONE (exit ${rc[i]}); $log.qemu: $(tail -n 2 "$log.qemu" | tr '\n' ' ')"
+      ok=1; res=NONE
+    elif [ "${rc[i]}" != 0 ]; then
+      fleet_log "guest $((i + 1)): QEMU exit status ${rc[i]}"
+      ok=1
+    fi
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' $((i + 1)) "${FLEET_PIDS[i]}" "${rd[i]:-NA}" "${ex[i]}" "${rc[i]}" \
+      "${rs:-NA}" "$res" >> "$dir/guests.tsv"
+  done
+  FLEET_PIDS=()
+  return $ok
+}
+
+fleet_checksums() { cut -f7 "$1/guests.tsv"; }
+
+# Window in which every guest had finished reading and none had exited yet:
+# [last READS-DONE + settle, first exit - 1]. Prints "T0 T1".
+fleet_hold_window() {
+  local dir=$1 settle=${2:-2}
+  awk -F'\t' -v s="$settle" '
+    { if ($3 == "NA") bad = 1; if ($3 + 0 > r) r = $3 + 0; if (first == "" || $4 + 0 < first) first = $4 + 0 }
+    END { if (bad) { print "NA NA"; exit } printf "%.2f %.2f\n", r + s, first - 1 }' "$dir/guests.tsv"
+}
+
+# Mean of column COL (name from the header, or number) of samples in [T0, T1]
+# (whole run when no window is given). Prints NA when no sample falls in it.
+fleet_window_avg() {
+  local dir=$1 col=$2 t0=${3:--1} t1=${4:-1e12}
+  awk -F'\t' -v c="$col" -v a="$t0" -v b="$t1" '
+    NR == 1 { for (i = 1; i <= NF; i++) { h = $i; sub(/^#/, "", h); if (h == c) c = i } next }
+    $1 + 0 >= a && $1 + 0 <= b { s += $c; n++ }
+    END { if (n) printf "%.0f\n", s / n; else print "NA" }' "$dir/samples.tsv"
+}
+
+fleet_last() {
+  awk -F'\t' -v c="$2" '
+    NR == 1 { for (i = 1; i <= NF; i++) { h = $i; sub(/^#/, "", h); if (h == c) c = i } next }
+    { v = $c } END { print v }' "$1/samples.tsv"
+}
