@@ -1,0 +1,12 @@
+/* list.h - every test, in the order the runner runs them. */
+#define TEST_LIST(X) \
+	X(plan_aligned) X(plan_unaligned) X(plan_eof) X(plan_partial) \
+	X(regions_add_overlap) X(regions_remove_split) \
+	X(stats_parse_valid) X(stats_parse_rejects) \
+	X(cli_usage) \
+	X(agent_api_rejects) \
+	X(share_two_processes) X(write_is_private) X(fallback_unaligned) \
+	X(fallback_partial) X(fallback_pipe) X(fallback_writable_file) \
+	X(lease_break_keeps_content) X(map_limit_falls_back) X(vma_budget_falls_back) \
+	X(discard_yields_zeroes) X(unmerge_makes_private) X(preadv_mixed) \
+	X(fork_child_runs_plain) X(status_lists_agent)

@@ -1,0 +1,186 @@
+#include "proc.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "runner.h"
+#include "stats_file.h"
+
+static char dir[256];
+static pid_t dir_owner;
+
+static void remove_dir(void)
+{
+	char cmd[300];
+	if (getpid() != dir_owner)
+		return;	/* a forked child exiting: the test still needs it */
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	if (system(cmd) != 0)
+		fprintf(stderr, "cannot remove %s\n", dir);
+}
+
+const char *test_dir(void)
+{
+	if (!dir[0]) {
+		snprintf(dir, sizeof(dir), "/tmp/memdedup-test-XXXXXX");
+		ASSERT(mkdtemp(dir));
+		dir_owner = getpid();
+		atexit(remove_dir);
+	}
+	return dir;
+}
+
+void make_image(const char *path, size_t n, unsigned seed)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	ASSERT(fd >= 0);
+	uint64_t x = seed * 0x9e3779b97f4a7c15ull + 1;
+	char buf[65536];
+	for (size_t done = 0; done < n;) {
+		for (size_t i = 0; i < sizeof(buf); i += 8) {
+			x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+			memcpy(buf + i, &x, 8);
+		}
+		size_t k = n - done < sizeof(buf) ? n - done : sizeof(buf);
+		ASSERT(write(fd, buf, k) == (ssize_t)k);
+		done += k;
+	}
+	ASSERT(close(fd) == 0);
+}
+
+uint64_t fnv_file(const char *path, off_t off, size_t n)
+{
+	int fd = open(path, O_RDONLY);
+	ASSERT(fd >= 0);
+	unsigned char *buf = malloc(n);
+	ASSERT(pread(fd, buf, n, off) == (ssize_t)n);
+	close(fd);
+	uint64_t h = 1469598103934665603ull;
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ buf[i]) * 1099511628211ull;
+	free(buf);
+	return h;
+}
+
+void proc_start(struct proc *p, const char *const *env)
+{
+	int in[2], out[2];
+	test_dir();	/* made before the fork, so both sides agree */
+	ASSERT(pipe(in) == 0 && pipe(out) == 0);
+	p->pid = fork();
+	ASSERT(p->pid >= 0);
+	if (p->pid == 0) {
+		dup2(in[0], 0);
+		dup2(out[1], 1);
+		close(in[1]);
+		close(out[0]);
+		setenv("LD_PRELOAD", "build/libmemdedup-preload.so", 1);
+		setenv("MEMDEDUP_RUN_DIR", test_dir(), 1);
+		setenv("MEMDEDUP_KERNEL_KSM", "0", 1);
+		for (; env && *env; env++)
+			putenv((char *)*env);
+		execl("build/testproc", "testproc", (char *)NULL);
+		_exit(127);
+	}
+	close(in[0]);
+	close(out[1]);
+	p->in = fdopen(in[1], "w");
+	p->out = fdopen(out[0], "r");
+	setvbuf(p->in, NULL, _IOLBF, 0);
+	p->base = 0;
+}
+
+static const char *vcmd(struct proc *p, const char *fmt, va_list ap)
+{
+	static char line[256];
+	vfprintf(p->in, fmt, ap);
+	fputc('\n', p->in);
+	fflush(p->in);
+	if (!fgets(line, sizeof(line), p->out)) {
+		fprintf(stderr, "testproc %d died during '%s'\n", (int)p->pid, fmt);
+		abort();
+	}
+	line[strcspn(line, "\n")] = '\0';
+	return line;
+}
+
+const char *proc_cmd(struct proc *p, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	const char *r = vcmd(p, fmt, ap);
+	va_end(ap);
+	if (strncmp(fmt, "map", 3) == 0)
+		p->base = (uintptr_t)strtoull(r, NULL, 16);
+	return r;
+}
+
+long long proc_num(struct proc *p, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	const char *r = vcmd(p, fmt, ap);
+	va_end(ap);
+	return strtoll(r, NULL, 10);
+}
+
+void proc_stop(struct proc *p)
+{
+	fprintf(p->in, "quit\n");
+	fclose(p->in);
+	fclose(p->out);
+	int status;
+	ASSERT(waitpid(p->pid, &status, 0) == p->pid);
+	ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+struct pm proc_page(struct proc *p, size_t doff)
+{
+	char path[64];
+	uint64_t e = 0;
+	snprintf(path, sizeof(path), "/proc/%d/pagemap", (int)p->pid);
+	int fd = open(path, O_RDONLY);
+	ASSERT(fd >= 0);
+	ASSERT(pread(fd, &e, 8, (off_t)((p->base + doff) / 4096 * 8)) == 8);
+	close(fd);
+	struct pm r = { e & ((1ull << 55) - 1), !!(e & (1ull << 63)), !!(e & (1ull << 61)) };
+	if (!r.present)
+		r.pfn = 0;
+	return r;
+}
+
+int proc_stats(struct proc *p, md_stats *s)
+{
+	char path[512];
+	struct md__stats_file f;
+	struct md__stats_snapshot snap;
+	snprintf(path, sizeof(path), "%s/agent-%d.stats", test_dir(), (int)p->pid);
+	int fd = open(path, O_RDONLY);
+	if (fd < 0)
+		return -errno;
+	ssize_t n = read(fd, &f, sizeof(f));
+	close(fd);
+	if (n < 0 || md__stats_parse(&f, (size_t)n, &snap) != 0)
+		return -EINVAL;
+	*s = snap.stats;
+	return 0;
+}
+
+int proc_stats_wait(struct proc *p, md_stats *s, int ms, int (*cond)(const md_stats *))
+{
+	for (int waited = 0;; waited += 50) {
+		if (proc_stats(p, s) == 0 && (!cond || cond(s)))
+			return 0;
+		if (waited >= ms)
+			return -ETIMEDOUT;
+		usleep(50000);
+	}
+}

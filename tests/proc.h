@@ -1,0 +1,36 @@
+/* proc.h - drive a testproc (a stand-in VMM with the agent preloaded) and
+ * look at it from outside: its answers, its pagemap, its statistics file. */
+#ifndef MD_TEST_PROC_H
+#define MD_TEST_PROC_H
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/types.h>
+
+#include "memdedup.h"
+
+struct proc {
+	pid_t pid;
+	FILE *in, *out;
+	uintptr_t base;
+};
+
+/* A fresh directory for this test: run dir for stats, images. */
+const char *test_dir(void);
+/* Writes a file of n bytes of deterministic pseudo-random content. */
+void make_image(const char *path, size_t n, unsigned seed);
+uint64_t fnv_file(const char *path, off_t off, size_t n);
+
+/* Starts build/testproc with the preload and extra "KEY=VALUE" env (NULL-ended). */
+void proc_start(struct proc *p, const char *const *env);
+/* Sends a command line, returns the answer line (static buffer). */
+const char *proc_cmd(struct proc *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+long long proc_num(struct proc *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void proc_stop(struct proc *p);
+
+/* Pagemap of the process for base+doff: PFN (0 if not present) and flags. */
+struct pm { uint64_t pfn; int present, file; };
+struct pm proc_page(struct proc *p, size_t doff);
+/* Reads the agent's statistics of p; waits up to ms for cond on them. */
+int proc_stats(struct proc *p, md_stats *s);
+int proc_stats_wait(struct proc *p, md_stats *s, int ms, int (*cond)(const md_stats *));
+#endif

@@ -1,0 +1,80 @@
+/*
+ * runner.c - runs the tests of list.h, each in a forked child with a timeout.
+ * Usage: runner [NAME...]   (no name: all tests)
+ * Prints one line per test and "N passed, N failed, N skipped" at the end.
+ */
+#include <signal.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "list.h"
+#include "runner.h"
+
+TEST_LIST(TEST_DECLARE)
+
+struct test {
+	const char *name;
+	int (*fn)(void);
+};
+#define TEST_ENTRY(name) { #name, run_test_##name },
+static const struct test tests[] = { TEST_LIST(TEST_ENTRY) };
+#define NTESTS (sizeof(tests) / sizeof(tests[0]))
+
+static int timeout_s = 120;
+
+/* Returns 0 pass, 1 fail, 2 skip. */
+static int run_one(const struct test *t)
+{
+	pid_t pid = fork();
+	if (pid < 0) {
+		perror("fork");
+		return 1;
+	}
+	if (pid == 0) {
+		setpgid(0, 0);	/* so a timeout kills the test's helpers too */
+		alarm((unsigned)timeout_s);
+		exit(t->fn() == 0 ? 0 : 1);
+	}
+	int status;
+	while (waitpid(pid, &status, 0) < 0)
+		;
+	kill(-pid, SIGKILL);	/* helpers the test leaked */
+	if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+		return 0;
+	if (WIFEXITED(status) && WEXITSTATUS(status) == TEST_SKIP_CODE)
+		return 2;
+	if (WIFSIGNALED(status))
+		fprintf(stderr, "  %s: killed by signal %d%s\n", t->name, WTERMSIG(status),
+			WTERMSIG(status) == SIGALRM ? " (timeout)" : "");
+	return 1;
+}
+
+int main(int argc, char **argv)
+{
+	int passed = 0, failed = 0, skipped = 0;
+	const char *env = getenv("MD_TEST_TIMEOUT");
+	if (env)
+		timeout_s = atoi(env);
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	for (size_t i = 0; i < NTESTS; i++) {
+		int wanted = argc < 2;
+		for (int j = 1; j < argc; j++)
+			wanted |= strcmp(argv[j], tests[i].name) == 0;
+		if (!wanted)
+			continue;
+		struct timespec t0, t1;
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		int r = run_one(&tests[i]);
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+		const char *word = r == 0 ? "ok" : r == 2 ? "skip" : "FAIL";
+		printf("%-5s %-32s %6.2fs\n", word, tests[i].name, s);
+		passed += r == 0;
+		failed += r == 1;
+		skipped += r == 2;
+	}
+	printf("%d passed, %d failed, %d skipped\n", passed, failed, skipped);
+	return failed ? 1 : 0;
+}

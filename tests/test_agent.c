@@ -1,0 +1,391 @@
+/*
+ * test_agent.c - the agent in real processes: testproc stands in for a VMM
+ * with the preload library; we check content, frames and counters.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "proc.h"
+#include "runner.h"
+
+#define IMG_SIZE (4u << 20)
+#define RAM_PAGES 2048u
+#define MB (1u << 20)
+
+static const char *image(unsigned seed)
+{
+	static char path[512];
+	snprintf(path, sizeof(path), "%s/image-%u", test_dir(), seed);
+	if (access(path, F_OK) != 0)
+		make_image(path, IMG_SIZE, seed);
+	return path;
+}
+
+static char *hex(uint64_t h)
+{
+	static char b[4][20];
+	static int i;
+	i = (i + 1) % 4;
+	snprintf(b[i], sizeof(b[i]), "%016llx", (unsigned long long)h);
+	return b[i];
+}
+
+/* Starts a process with RAM and the image open; returns the image fd. */
+static int start_reader(struct proc *p, const char *img, const char *const *env)
+{
+	proc_start(p, env);
+	proc_cmd(p, "map %u", RAM_PAGES);
+	ASSERT(p->base != 0);
+	int fd = (int)proc_num(p, "open %s", img);
+	ASSERT(fd >= 0);
+	return fd;
+}
+
+static int has_shared(const md_stats *s) { return s->pages_shared > 0; }
+
+TEST_IMPL(share_two_processes)
+{
+	const char *img = image(1);
+	struct proc a, b;
+	int fa = start_reader(&a, img, NULL), fb = start_reader(&b, img, NULL);
+
+	/* Read the image into the first half of each process's RAM in 128 KiB
+	 * reads while four threads write the second half. */
+	fprintf(a.in, "writers 4 1500 %u %u\n", IMG_SIZE, IMG_SIZE);
+	fflush(a.in);
+	ASSERT_EQ(proc_num(&b, "read %d 0 %u 0 131072", fb, IMG_SIZE), IMG_SIZE);
+	char line[64];
+	ASSERT(fgets(line, sizeof(line), a.out) && strncmp(line, "ok", 2) == 0);
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 131072", fa, IMG_SIZE), IMG_SIZE);
+
+	/* Byte-exact. */
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", IMG_SIZE), hex(fnv_file(img, 0, IMG_SIZE))) == 0);
+	ASSERT(strcmp(proc_cmd(&b, "hash 0 %u", IMG_SIZE), hex(fnv_file(img, 0, IMG_SIZE))) == 0);
+	/* The same frames: one copy in the host. */
+	for (size_t off = 0; off < IMG_SIZE; off += 4096) {
+		struct pm pa = proc_page(&a, off), pb = proc_page(&b, off);
+		ASSERT(pa.present && pb.present && pa.file && pb.file);
+		ASSERT(pa.pfn != 0 && pa.pfn == pb.pfn);
+	}
+	/* And writers in a during a's sharing: concurrent read and writes. */
+	fprintf(a.in, "writers 4 1000 %u %u\n", IMG_SIZE, IMG_SIZE);
+	fflush(a.in);
+	ASSERT_EQ(proc_num(&b, "read %d 0 %u 0 65536", fb, IMG_SIZE), IMG_SIZE);
+	ASSERT(fgets(line, sizeof(line), a.out) && strncmp(line, "ok", 2) == 0);
+
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 3000, has_shared), 0);
+	ASSERT_EQ(s.pages_shared, IMG_SIZE / 4096);
+	ASSERT_EQ(s.pages_shared_at_read, IMG_SIZE / 4096);
+	ASSERT_EQ(s.reads_seen, IMG_SIZE / 131072);
+	ASSERT_EQ(s.fallbacks_total, 0);
+	ASSERT(s.vmas > 0);
+	proc_stop(&a);
+	proc_stop(&b);
+	return 0;
+}
+
+static int has_break(const md_stats *s) { return s->breaks > 0; }
+
+TEST_IMPL(write_is_private)
+{
+	const char *img = image(2);
+	struct proc a, b;
+	int fa = start_reader(&a, img, NULL), fb = start_reader(&b, img, NULL);
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 65536", fa, MB), MB);
+	ASSERT_EQ(proc_num(&b, "read %d 0 %u 0 65536", fb, MB), MB);
+	uint64_t page5 = fnv_file(img, 5 * 4096, 4096), whole = fnv_file(img, 0, IMG_SIZE);
+	proc_cmd(&a, "hash 0 %u", MB);	/* fault the pages in */
+	proc_cmd(&b, "hash 0 %u", MB);
+	struct pm before = proc_page(&b, 5 * 4096);
+	ASSERT(before.file && before.pfn == proc_page(&a, 5 * 4096).pfn);
+
+	ASSERT(strcmp(proc_cmd(&a, "write %u 255", 5 * 4096 + 17), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u 4096", 5 * 4096), hex(page5)) != 0);
+	/* b and the file are untouched; a's page is its own now. */
+	ASSERT(strcmp(proc_cmd(&b, "hash %u 4096", 5 * 4096), hex(page5)) == 0);
+	ASSERT_EQ(fnv_file(img, 0, IMG_SIZE), whole);
+	struct pm pa = proc_page(&a, 5 * 4096), pb = proc_page(&b, 5 * 4096);
+	ASSERT(pa.present && !pa.file && pa.pfn != pb.pfn);
+	ASSERT(pb.pfn == before.pfn);
+	ASSERT(proc_page(&a, 6 * 4096).pfn == proc_page(&b, 6 * 4096).pfn);
+
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 3000, has_break), 0);
+	ASSERT_EQ(s.breaks, 1);
+	ASSERT_EQ(s.pages_shared, MB / 4096 - 1);
+	proc_stop(&a);
+	proc_stop(&b);
+	return 0;
+}
+
+/* Reads with the given command, then checks content and that the first
+ * page of the destination is private memory, not the file's. */
+static void check_fallback(size_t doff, size_t len, off_t off,
+			   enum md_fallback why, const char *const *env, const char *open_mode)
+{
+	const char *img = image(3);
+	struct proc a;
+	proc_start(&a, env);
+	proc_cmd(&a, "map %u", RAM_PAGES);
+	int fd = (int)proc_num(&a, "open %s %s", img, open_mode);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(proc_num(&a, "read %d %lld %zu %zu %zu", fd, (long long)off, len, doff, len), len);
+	ASSERT(strcmp(proc_cmd(&a, "hash %zu %zu", doff, len), hex(fnv_file(img, off, len))) == 0);
+	size_t first_whole = (doff + 4095) / 4096 * 4096;
+	struct pm pm = proc_page(&a, first_whole);
+	ASSERT(pm.present && !pm.file);
+	md_stats s;
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT(s.fallbacks[why] > 0);
+	ASSERT_EQ(s.pages_shared_at_read, 0);
+	proc_stop(&a);
+}
+
+TEST_IMPL(fallback_unaligned)
+{
+	check_fallback(512, 65536, 0, MD_FB_UNALIGNED, NULL, "");
+	return 0;
+}
+
+TEST_IMPL(fallback_partial)
+{
+	check_fallback(0, 3000, 0, MD_FB_PARTIAL, NULL, "");
+	/* Congruent but unaligned: inner pages shared, edges copied. */
+	const char *img = image(3);
+	struct proc a;
+	int fd = start_reader(&a, img, NULL);
+	ASSERT_EQ(proc_num(&a, "read %d 100 20000 100 20000", fd), 20000);
+	ASSERT(strcmp(proc_cmd(&a, "hash 100 20000"), hex(fnv_file(img, 100, 20000))) == 0);
+	/* Bytes 100..20100: page 0 and page 4 are partial, 1-3 whole. */
+	ASSERT(!proc_page(&a, 0).file && proc_page(&a, 4096).file && proc_page(&a, 12288).file);
+	ASSERT(!proc_page(&a, 16384).file);
+	md_stats s;
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, 3);
+	ASSERT_EQ(s.fallbacks[MD_FB_PARTIAL], 2);
+	proc_stop(&a);
+	return 0;
+}
+
+TEST_IMPL(fallback_pipe)
+{
+	struct proc a;
+	proc_start(&a, NULL);
+	proc_cmd(&a, "map %u", RAM_PAGES);
+	int fd = (int)proc_num(&a, "pipe");
+	ASSERT(fd >= 0);
+	/* pread on a pipe fails as it would without the agent. */
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 0 65536", fd), -ESPIPE);
+	md_stats s;
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT(s.fallbacks[MD_FB_NOT_FILE] > 0);
+	proc_stop(&a);
+	return 0;
+}
+
+TEST_IMPL(fallback_writable_file)
+{
+	/* The reader itself has the image open for writing: no lease. */
+	check_fallback(0, 65536, 0, MD_FB_NO_LEASE, NULL, "rw");
+	/* Another process has it open for writing. */
+	const char *img = image(3);
+	int wfd = open(img, O_RDWR);
+	ASSERT(wfd >= 0);
+	check_fallback(0, 65536, 0, MD_FB_NO_LEASE, NULL, "");
+	close(wfd);
+	return 0;
+}
+
+static int has_lease_break(const md_stats *s) { return s->lease_breaks > 0; }
+
+TEST_IMPL(lease_break_keeps_content)
+{
+	char img[512];
+	snprintf(img, sizeof(img), "%s/image-mutable", test_dir());
+	make_image(img, IMG_SIZE, 9);
+	uint64_t orig = fnv_file(img, 0, IMG_SIZE);
+	struct proc a;
+	int fd = start_reader(&a, img, NULL);
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 65536", fd, IMG_SIZE), IMG_SIZE);
+	ASSERT(proc_page(&a, 0).file || !proc_page(&a, 0).present);
+
+	/* Opening for writing waits until the agent has made the pages
+	 * private; then overwrite the whole file. */
+	int wfd = open(img, O_WRONLY);
+	ASSERT(wfd >= 0);
+	char junk[65536];
+	memset(junk, 0xee, sizeof(junk));
+	for (size_t off = 0; off < IMG_SIZE; off += sizeof(junk))
+		ASSERT(pwrite(wfd, junk, sizeof(junk), (off_t)off) == (ssize_t)sizeof(junk));
+	fsync(wfd);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", IMG_SIZE), hex(orig)) == 0);
+	for (size_t off = 0; off < IMG_SIZE; off += 64 * 4096)
+		ASSERT(!proc_page(&a, off).file);
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 3000, has_lease_break), 0);
+	ASSERT_EQ(s.lease_breaks, 1);
+	ASSERT_EQ(s.pages_privatized, IMG_SIZE / 4096);
+
+	/* While the writer has it open, reads are copies of the new content. */
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u %u 65536", fd, MB, IMG_SIZE), MB);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", IMG_SIZE, MB), hex(fnv_file(img, 0, MB))) == 0);
+	ASSERT(!proc_page(&a, IMG_SIZE).file);
+	close(wfd);
+	/* Once the writer is gone, the lease comes back (retried each second). */
+	sleep(2);
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u %u 65536", fd, MB, IMG_SIZE), MB);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", IMG_SIZE, MB), hex(fnv_file(img, 0, MB))) == 0);
+	ASSERT(proc_page(&a, IMG_SIZE).file);
+	proc_stop(&a);
+	return 0;
+}
+
+TEST_IMPL(map_limit_falls_back)
+{
+	const char *img = image(4);
+	const char *env[] = { "MEMDEDUP_MAX_VMAS=100000000", NULL };
+	struct proc a;
+	int fd = start_reader(&a, img, env);
+	ASSERT(proc_num(&a, "exhaust") > 1000);
+	/* Reads into scattered pages would each need a new mapping. */
+	for (int i = 0; i < 8; i++)
+		ASSERT_EQ(proc_num(&a, "read %d %d 4096 %d 4096", fd, i * 8192, i * 8192), 4096);
+	for (int i = 0; i < 8; i++)
+		ASSERT(strcmp(proc_cmd(&a, "hash %d 4096", i * 8192), hex(fnv_file(img, i * 8192, 4096))) == 0);
+	md_stats s;
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT(s.fallbacks[MD_FB_ENOMEM] > 0);
+	ASSERT(strcmp(proc_cmd(&a, "release"), "ok") == 0);
+	/* With room again, sharing resumes. */
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 %u 65536", fd, MB), 65536);
+	ASSERT(proc_page(&a, MB).file || !proc_page(&a, MB).present);
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT(s.pages_shared_at_read >= 16);
+	proc_stop(&a);
+	return 0;
+}
+
+TEST_IMPL(vma_budget_falls_back)
+{
+	const char *img = image(4);
+	const char *env[] = { "MEMDEDUP_MAX_VMAS=1", NULL };
+	struct proc a;
+	int fd = start_reader(&a, img, env);
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 0 65536", fd), 65536);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 65536"), hex(fnv_file(img, 0, 65536))) == 0);
+	md_stats s;
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.fallbacks[MD_FB_VMA_LIMIT], 16);
+	ASSERT_EQ(s.pages_shared_at_read, 0);
+	proc_stop(&a);
+	return 0;
+}
+
+TEST_IMPL(discard_yields_zeroes)
+{
+	const char *img = image(5);
+	struct proc a;
+	int fd = start_reader(&a, img, NULL);
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 65536", fd, MB), MB);
+	ASSERT_EQ(proc_num(&a, "advise 0 65536 dontneed"), 0);
+	char *zero = calloc(1, 65536);
+	uint64_t h = 1469598103934665603ull;
+	for (int i = 0; i < 65536; i++)
+		h = (h ^ (unsigned char)zero[i]) * 1099511628211ull;
+	free(zero);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 65536"), hex(h)) == 0);
+	/* The rest is still the image's. */
+	ASSERT(strcmp(proc_cmd(&a, "hash 65536 %u", MB - 65536), hex(fnv_file(img, 65536, MB - 65536))) == 0);
+	proc_stop(&a);
+	return 0;
+}
+
+TEST_IMPL(unmerge_makes_private)
+{
+	const char *img = image(6);
+	struct proc a;
+	int fd = start_reader(&a, img, NULL);
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 65536", fd, MB), MB);
+	ASSERT_EQ(proc_num(&a, "advise 0 %u unmergeable", RAM_PAGES * 4096), 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", MB), hex(fnv_file(img, 0, MB))) == 0);
+	for (size_t off = 0; off < MB; off += 4096)
+		ASSERT(!proc_page(&a, off).file);
+	/* No longer guest RAM: later reads are plain. */
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 %u 65536", fd, MB), 65536);
+	ASSERT(!proc_page(&a, MB).file);
+	md_stats s;
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.regions, 0);
+	ASSERT_EQ(s.pages_privatized, MB / 4096);
+	proc_stop(&a);
+	return 0;
+}
+
+TEST_IMPL(preadv_mixed)
+{
+	const char *img = image(7);
+	struct proc a;
+	int fd = start_reader(&a, img, NULL);
+	/* Both halves in guest RAM: both shared. */
+	ASSERT_EQ(proc_num(&a, "preadv %d 8192 0 131072 ram", fd), 131072);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 131072"), hex(fnv_file(img, 8192, 131072))) == 0);
+	ASSERT(proc_page(&a, 0).file || !proc_page(&a, 0).present);
+	/* Second half to the heap: the first still shared, content exact. */
+	ASSERT_EQ(proc_num(&a, "preadv %d 0 %u 131072 heap", fd, MB), 131072);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u 131072", MB), hex(fnv_file(img, 0, 131072))) == 0);
+	md_stats s;
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, 32 + 16);
+	proc_stop(&a);
+	return 0;
+}
+
+TEST_IMPL(fork_child_runs_plain)
+{
+	const char *img = image(8);
+	struct proc a;
+	int fd = start_reader(&a, img, NULL);
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 0 65536", fd), 65536);
+	char expect[64];
+	snprintf(expect, sizeof(expect), "4096 %s", hex(fnv_file(img, 0, 4096)));
+	ASSERT(strcmp(proc_cmd(&a, "fork %u %d", MB, fd), expect) == 0);
+	proc_stop(&a);
+	return 0;
+}
+
+TEST_IMPL(status_lists_agent)
+{
+	const char *img = image(1);
+	struct proc a;
+	int fd = start_reader(&a, img, NULL);
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 65536", fd, MB), MB);
+	char cmd[600];
+	snprintf(cmd, sizeof(cmd), "MEMDEDUP_RUN_DIR=%s build/memdedup status --json", test_dir());
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 3000, has_shared), 0);
+	FILE *f = popen(cmd, "r");
+	ASSERT(f);
+	char out[8192];
+	size_t n = fread(out, 1, sizeof(out) - 1, f);
+	out[n] = '\0';
+	ASSERT_EQ(pclose(f), 0);
+	char want[64];
+	snprintf(want, sizeof(want), "\"pid\": %d", (int)a.pid);
+	ASSERT(strstr(out, want));
+	ASSERT(strstr(out, "\"pages_shared\": 256"));
+	ASSERT(strstr(out, "\"kernel_ksm\""));
+	proc_stop(&a);
+	/* The agent's file goes with it. */
+	FILE *g = popen(cmd, "r");
+	n = fread(out, 1, sizeof(out) - 1, g);
+	out[n] = '\0';
+	pclose(g);
+	ASSERT(!strstr(out, want));
+	return 0;
+}

@@ -1,0 +1,196 @@
+/* test_units.c - the pure logic: read planning, the region table, the
+ * statistics file parser, and the API's argument checks. */
+#include <errno.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "agent_internal.h"
+#include "runner.h"
+#include "stats_file.h"
+
+TEST_IMPL(plan_aligned)
+{
+	struct md__read_plan p;
+	md__plan_read(0x10000, 65536, 8192, 1 << 20, &p);
+	ASSERT_EQ(p.fallback, -1);
+	ASSERT_EQ(p.total, 65536);
+	ASSERT_EQ(p.head, 0);
+	ASSERT_EQ(p.map_len, 65536);
+	ASSERT_EQ(p.tail, 0);
+	/* Congruent but not aligned: whole pages inside, the rest copied. */
+	md__plan_read(0x10000 + 100, 3 * 4096, 100, 1 << 20, &p);
+	ASSERT_EQ(p.fallback, -1);
+	ASSERT_EQ(p.head, 4096 - 100);
+	ASSERT_EQ(p.map_len, 2 * 4096);
+	ASSERT_EQ(p.tail, 100);
+	ASSERT_EQ(p.head + p.map_len + p.tail, p.total);
+	return 0;
+}
+
+TEST_IMPL(plan_unaligned)
+{
+	struct md__read_plan p;
+	md__plan_read(0x10000 + 512, 65536, 0, 1 << 20, &p);
+	ASSERT_EQ(p.fallback, MD_FB_UNALIGNED);
+	ASSERT_EQ(p.map_len, 0);
+	return 0;
+}
+
+TEST_IMPL(plan_eof)
+{
+	struct md__read_plan p;
+	/* The file ends 1000 bytes into the third page: two pages mapped, the
+	 * rest copied, and the read returns what pread would. */
+	md__plan_read(0x10000, 65536, 0, 2 * 4096 + 1000, &p);
+	ASSERT_EQ(p.fallback, -1);
+	ASSERT_EQ(p.total, 2 * 4096 + 1000);
+	ASSERT_EQ(p.map_len, 2 * 4096);
+	ASSERT_EQ(p.tail, 1000);
+	md__plan_read(0x10000, 65536, 1 << 20, 1 << 20, &p);
+	ASSERT_EQ(p.total, 0);
+	ASSERT_EQ(p.map_len, 0);
+	ASSERT(p.fallback == MD_FB_PARTIAL);
+	return 0;
+}
+
+TEST_IMPL(plan_partial)
+{
+	struct md__read_plan p;
+	md__plan_read(0x10000 + 8, 4096, 8, 1 << 20, &p);
+	ASSERT_EQ(p.fallback, MD_FB_PARTIAL);
+	md__plan_read(0x10000, 4095, 0, 1 << 20, &p);
+	ASSERT_EQ(p.fallback, MD_FB_PARTIAL);
+	return 0;
+}
+
+static void agent_init(struct md_agent *a)
+{
+	memset(a, 0, sizeof(*a));
+	a->ctr = a->local_ctr;
+}
+
+TEST_IMPL(regions_add_overlap)
+{
+	struct md_agent a;
+	agent_init(&a);
+	ASSERT_EQ(md__regions_add(&a, 0x10000, 0x20000, 0), 0);
+	md__region_find(&a, 0x10000, 4096)->owner[3] = 7;
+	/* Overlapping registration keeps the existing record and fills gaps. */
+	ASSERT_EQ(md__regions_add(&a, 0x8000, 0x28000, MD_ADV_DONTFORK), 0);
+	ASSERT_EQ(a.nregions, 3);
+	ASSERT_EQ(a.local_ctr[MD_CTR_REGISTERED_BYTES], 0x20000);
+	struct md__region *r = md__region_find(&a, 0x13000, 4096);
+	ASSERT(r && r->start == 0x10000 && r->owner[3] == 7);
+	ASSERT(r->advice & MD_ADV_DONTFORK);
+	ASSERT(md__region_find(&a, 0x8000, 0x8000) != NULL);
+	/* A range crossing two records is not in one region. */
+	ASSERT(md__region_find(&a, 0xf000, 0x2000) == NULL);
+	ASSERT(md__region_find(&a, 0x30000, 1) == NULL);
+	md__regions_free(&a);
+	return 0;
+}
+
+TEST_IMPL(regions_remove_split)
+{
+	struct md_agent a;
+	agent_init(&a);
+	ASSERT_EQ(md__regions_add(&a, 0x100000, 0x200000, 0), 0);
+	struct md__region *r = md__region_find(&a, 0x100000, 1);
+	for (int i = 0; i < 256; i++)
+		r->owner[i] = (uint32_t)i + 1;
+	ASSERT_EQ(md__regions_remove(&a, 0x140000, 0x150000), 0);
+	ASSERT_EQ(a.nregions, 2);
+	ASSERT_EQ(a.local_ctr[MD_CTR_REGISTERED_BYTES], 0x100000 - 0x10000);
+	r = md__region_find(&a, 0x100000, 1);
+	ASSERT(r && r->end == 0x140000 && r->owner[0x3f] == 0x40);
+	r = md__region_find(&a, 0x150000, 1);
+	ASSERT(r && r->end == 0x200000 && r->owner[0] == 0x51);
+	ASSERT(md__region_find(&a, 0x148000, 1) == NULL);
+	ASSERT_EQ(md__regions_remove(&a, 0, 0x1000000), 0);
+	ASSERT_EQ(a.nregions, 0);
+	md__regions_free(&a);
+	return 0;
+}
+
+static void valid_file(struct md__stats_file *f)
+{
+	memset(f, 0, sizeof(*f));
+	memcpy(f->magic, MD_STATS_MAGIC, 8);
+	f->version = MD_STATS_VERSION;
+	f->header_size = offsetof(struct md__stats_file, counters);
+	f->ncounters = MD_CTR_COUNT;
+	f->pid = 42;
+	strcpy(f->command, "qemu");
+	f->counters[MD_CTR_SHARED_NOW] = 1234;
+	f->counters[MD_CTR_FALLBACK0 + MD_FB_NO_LEASE] = 5;
+}
+
+TEST_IMPL(stats_parse_valid)
+{
+	struct md__stats_file f;
+	struct md__stats_snapshot s;
+	valid_file(&f);
+	ASSERT_EQ(md__stats_parse(&f, sizeof(f), &s), 0);
+	ASSERT_EQ(s.pid, 42);
+	ASSERT_EQ(s.stats.pages_shared, 1234);
+	ASSERT_EQ(s.stats.fallbacks[MD_FB_NO_LEASE], 5);
+	ASSERT(strcmp(s.command, "qemu") == 0);
+	/* An older agent with fewer counters is still read. */
+	f.ncounters = 3;
+	ASSERT_EQ(md__stats_parse(&f, f.header_size + 3 * 8, &s), 0);
+	ASSERT_EQ(s.stats.pages_shared, 0);
+	return 0;
+}
+
+TEST_IMPL(stats_parse_rejects)
+{
+	struct md__stats_file f;
+	struct md__stats_snapshot s;
+	valid_file(&f);
+	ASSERT_EQ(md__stats_parse(&f, 10, &s), -EINVAL);
+	ASSERT_EQ(md__stats_parse(&f, sizeof(f) - 8, &s), -EINVAL);
+	f.magic[0] = 'X';
+	ASSERT_EQ(md__stats_parse(&f, sizeof(f), &s), -EINVAL);
+	valid_file(&f);
+	f.version = 99;
+	ASSERT_EQ(md__stats_parse(&f, sizeof(f), &s), -EINVAL);
+	valid_file(&f);
+	f.ncounters = 0xffffffff;
+	ASSERT_EQ(md__stats_parse(&f, sizeof(f), &s), -EINVAL);
+	valid_file(&f);
+	memset(f.command, 'a', sizeof(f.command));
+	ASSERT_EQ(md__stats_parse(&f, sizeof(f), &s), -EINVAL);
+	valid_file(&f);
+	f.header_size = 8;
+	ASSERT_EQ(md__stats_parse(&f, sizeof(f), &s), -EINVAL);
+	return 0;
+}
+
+TEST_IMPL(agent_api_rejects)
+{
+	md_agent *a, *b;
+	md_agent_options o = { .run_dir = "" , .flags = 1u << 30 };
+	ASSERT_EQ(md_agent_new(&a, &o), -EINVAL);
+	o.flags = 0;
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	ASSERT_EQ(md_agent_new(&b, &o), -EBUSY);
+	char *mem = mmap(NULL, 1 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(mem != MAP_FAILED);
+	ASSERT_EQ(md_agent_register(a, mem + 1, 4096, 0), -EINVAL);
+	ASSERT_EQ(md_agent_register(a, mem, 100, 0), -EINVAL);
+	ASSERT_EQ(md_agent_register(a, mem, 0, 0), -EINVAL);
+	ASSERT_EQ(md_agent_register(a, mem, 4096, 1u << 20), -EINVAL);
+	ASSERT_EQ(md_agent_register(a, mem, 1 << 20, 0), 0);
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.regions, 1);
+	ASSERT_EQ(s.registered_bytes, 1 << 20);
+	ASSERT_EQ(md_agent_unregister(a, mem, 1 << 20), 0);
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.regions, 0);
+	md_agent_free(a);
+	/* Freed: a new one may be made. */
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	md_agent_free(a);
+	return 0;
+}

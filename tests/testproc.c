@@ -1,0 +1,223 @@
+/*
+ * testproc.c - a stand-in for a VMM, driven line by line on stdin, run with
+ * the agent preloaded. It maps "guest RAM", marks it mergeable, reads images
+ * into it through the ordinary libc calls, writes, hashes, and answers one
+ * line per command on stdout:
+ *   map NPAGES            -> base address (mmap + MADV_MERGEABLE)
+ *   open PATH [rw]        -> fd
+ *   pipe                  -> read end of a pipe holding 64 KiB
+ *   read FD OFF LEN DOFF CHUNK  -> pread in CHUNK pieces; total or -errno
+ *   preadv FD OFF DOFF LEN [heap] -> preadv of two halves (one on the heap)
+ *   write DOFF BYTE       -> ok   (base[DOFF] = BYTE)
+ *   hash DOFF LEN         -> FNV-1a of base[DOFF..+LEN)
+ *   writers N MS DOFF LEN -> threads write and check tagged pages: "ok" or "lost K"
+ *   exhaust / release     -> fill the process's mappings up to the limit, undo
+ *   advise DOFF LEN ADVICE-> madvise result (dontneed, unmergeable)
+ *   fork DOFF             -> the child's hash of one page (child reads it)
+ *   quit
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static char *base;
+static size_t base_len;
+static void **extra;
+static size_t nextra;
+
+static uint64_t fnv(const unsigned char *p, size_t n)
+{
+	uint64_t h = 1469598103934665603ull;
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ p[i]) * 1099511628211ull;
+	return h;
+}
+
+struct writer {
+	size_t first, npages;
+	int ms;
+	unsigned seed;
+	long lost;
+};
+
+/* Each writer owns every n-th page; it writes a counter into random words of
+ * its pages and checks, at the end, that the last value of each is there. */
+static void *writer_main(void *arg)
+{
+	struct writer *w = arg;
+	size_t words = 4096 / 8;
+	uint64_t *last = calloc(w->npages * words, sizeof(uint64_t));
+	struct timespec t0, t;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	uint64_t n = 0;
+	do {
+		for (int k = 0; k < 1000; k++) {
+			size_t p = (size_t)rand_r(&w->seed) % w->npages;
+			size_t i = (size_t)rand_r(&w->seed) % words;
+			uint64_t v = ++n | ((uint64_t)w->seed << 40);
+			((volatile uint64_t *)(base + (w->first + p) * 4096))[i] = v;
+			last[p * words + i] = v;
+		}
+		clock_gettime(CLOCK_MONOTONIC, &t);
+	} while ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000 < w->ms);
+	for (size_t p = 0; p < w->npages; p++)
+		for (size_t i = 0; i < words; i++)
+			if (last[p * words + i] &&
+			    ((uint64_t *)(base + (w->first + p) * 4096))[i] != last[p * words + i])
+				w->lost++;
+	free(last);
+	return NULL;
+}
+
+static void cmd_writers(int n, int ms, size_t doff, size_t len)
+{
+	pthread_t th[16];
+	struct writer w[16];
+	if (n > 16)
+		n = 16;
+	size_t per = len / 4096 / (size_t)n;
+	for (int i = 0; i < n; i++) {
+		w[i] = (struct writer){ doff / 4096 + (size_t)i * per, per, ms, (unsigned)i + 1, 0 };
+		pthread_create(&th[i], NULL, writer_main, &w[i]);
+	}
+	long lost = 0;
+	for (int i = 0; i < n; i++) {
+		pthread_join(th[i], NULL);
+		lost += w[i].lost;
+	}
+	if (lost)
+		printf("lost %ld\n", lost);
+	else
+		printf("ok\n");
+}
+
+int main(void)
+{
+	char line[4096];
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	while (fgets(line, sizeof(line), stdin)) {
+		char cmd[32] = "", s1[2048] = "", s2[32] = "";
+		long long a1 = 0, a2 = 0, a3 = 0, a4 = 0;
+		sscanf(line, "%31s", cmd);
+		if (strcmp(cmd, "map") == 0) {
+			sscanf(line, "%*s %lld", &a1);
+			base_len = (size_t)a1 * 4096;
+			base = mmap(NULL, base_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			madvise(base, base_len, MADV_MERGEABLE);
+			printf("%p\n", (void *)base);
+		} else if (strcmp(cmd, "open") == 0) {
+			sscanf(line, "%*s %2047s %31s", s1, s2);
+			int fd = open(s1, strcmp(s2, "rw") == 0 ? O_RDWR : O_RDONLY);
+			printf("%d\n", fd < 0 ? -errno : fd);
+		} else if (strcmp(cmd, "pipe") == 0) {
+			int p[2];
+			static char buf[65536];
+			memset(buf, 'p', sizeof(buf));
+			if (pipe(p) == 0 && fcntl(p[1], F_SETPIPE_SZ, 1 << 20) >= 0 &&
+			    write(p[1], buf, sizeof(buf)) == (ssize_t)sizeof(buf))
+				printf("%d\n", p[0]);
+			else
+				printf("%d\n", -errno);
+		} else if (strcmp(cmd, "read") == 0) {
+			long long chunk = 0;
+			sscanf(line, "%*s %lld %lld %lld %lld %lld", &a1, &a2, &a3, &a4, &chunk);
+			long long total = 0;
+			if (chunk <= 0)
+				chunk = a3;
+			while (total < a3) {
+				size_t n = (size_t)(a3 - total < chunk ? a3 - total : chunk);
+				ssize_t r = pread((int)a1, base + a4 + total, n, (off_t)(a2 + total));
+				if (r < 0) {
+					total = -errno;
+					break;
+				}
+				total += r;
+				if ((size_t)r < n)
+					break;
+			}
+			printf("%lld\n", total);
+		} else if (strcmp(cmd, "preadv") == 0) {
+			sscanf(line, "%*s %lld %lld %lld %lld %31s", &a1, &a2, &a3, &a4, s2);
+			size_t half = (size_t)a4 / 2;
+			char *heap = strcmp(s2, "heap") == 0 ? malloc(half) : NULL;
+			struct iovec iov[2] = {
+				{ base + a3, half },
+				{ heap ? heap : base + a3 + half, (size_t)a4 - half },
+			};
+			ssize_t r = preadv((int)a1, iov, 2, (off_t)a2);
+			if (heap) {
+				memcpy(base + a3 + half, heap, (size_t)a4 - half);
+				free(heap);
+			}
+			printf("%lld\n", r < 0 ? (long long)-errno : (long long)r);
+		} else if (strcmp(cmd, "write") == 0) {
+			sscanf(line, "%*s %lld %lld", &a1, &a2);
+			base[a1] = (char)a2;
+			printf("ok\n");
+		} else if (strcmp(cmd, "hash") == 0) {
+			sscanf(line, "%*s %lld %lld", &a1, &a2);
+			printf("%016llx\n", (unsigned long long)fnv((unsigned char *)base + a1, (size_t)a2));
+		} else if (strcmp(cmd, "writers") == 0) {
+			sscanf(line, "%*s %lld %lld %lld %lld", &a1, &a2, &a3, &a4);
+			cmd_writers((int)a1, (int)a2, (size_t)a3, (size_t)a4);
+		} else if (strcmp(cmd, "exhaust") == 0) {
+			/* One-page mappings of alternating protection never merge. */
+			for (int prot = PROT_READ;; prot ^= PROT_READ | PROT_WRITE) {
+				void *m = mmap(NULL, 4096, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+				if (m == MAP_FAILED)
+					break;
+				if (nextra % 4096 == 0)
+					extra = realloc(extra, (nextra + 4096) * sizeof(*extra));
+				extra[nextra++] = m;
+			}
+			/* Leave room for the libc's own needs, none for a split. */
+			for (int i = 0; i < 2 && nextra; i++)
+				munmap(extra[--nextra], 4096);
+			printf("%zu\n", nextra);
+		} else if (strcmp(cmd, "release") == 0) {
+			while (nextra)
+				munmap(extra[--nextra], 4096);
+			printf("ok\n");
+		} else if (strcmp(cmd, "advise") == 0) {
+			sscanf(line, "%*s %lld %lld %31s", &a1, &a2, s2);
+			int adv = strcmp(s2, "dontneed") == 0 ? MADV_DONTNEED : MADV_UNMERGEABLE;
+			printf("%d\n", madvise(base + a1, (size_t)a2, adv) == 0 ? 0 : -errno);
+		} else if (strcmp(cmd, "fork") == 0) {
+			sscanf(line, "%*s %lld %lld", &a1, &a2);
+			int p[2];
+			if (pipe(p) != 0)
+				return 1;
+			pid_t pid = fork();
+			if (pid == 0) {
+				/* The child reads the image itself into its copy. */
+				ssize_t r = pread((int)a2, base + a1, 4096, 0);
+				char out[32];
+				int n = snprintf(out, sizeof(out), "%zd %016llx", r,
+						 (unsigned long long)fnv((unsigned char *)base + a1, 4096));
+				if (write(p[1], out, (size_t)n) < 0)
+					_exit(1);
+				_exit(0);
+			}
+			close(p[1]);
+			char out[64] = "";
+			ssize_t n = read(p[0], out, sizeof(out) - 1);
+			close(p[0]);
+			waitpid(pid, NULL, 0);
+			printf("%s\n", n > 0 ? out : "none");
+		} else if (strcmp(cmd, "quit") == 0) {
+			return 0;
+		} else {
+			printf("unknown\n");
+		}
+	}
+	return 0;
+}
