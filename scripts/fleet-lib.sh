@@ -227,13 +227,14 @@ fleet_run() {
   fleet_sampler "$dir/samples.tsv" &
   FLEET_SAMPLER_PID=$!
 
-  local -a rd ex rc
+  local -a rd ex rc pids
+  pids=("${FLEET_PIDS[@]}")
   local left=$n now_s p
   for i in $(seq 0 $((n - 1))); do rd[i]=""; ex[i]=""; rc[i]=""; done
   while [ "$left" -gt 0 ]; do
     for i in $(seq 0 $((n - 1))); do
       [ -n "${ex[i]}" ] && continue
-      p=${FLEET_PIDS[i]}
+      p=${pids[i]}
       if [ -z "${rd[i]}" ] && grep -q '^MEMDEDUP-GUEST: READS-DONE' "${FLEET_LOGS[i]}" 2>/dev/null; then
         rd[i]=$(fleet_now)
       fi
@@ -268,13 +269,13 @@ fleet_run() {
       fleet_log "guest $((i + 1)): $(grep -m1 '^MEMDEDUP-GUEST: FAIL' "$log" | tr -d '\r')"
       ok=1; res=${res:-FAIL}
     elif [ -z "$res" ]; then
-      fleet_log "guest $((i + 1)) (pid ${FLEET_PIDS[i]}) ended without DONE (exit ${rc[i]}); $log.qemu: $(tail -n 2 "$log.qemu" | tr '\n' ' ')"
+      fleet_log "guest $((i + 1)) (pid ${pids[i]}) ended without DONE (exit ${rc[i]}); $log.qemu: $(tail -n 2 "$log.qemu" | tr '\n' ' ')"
       ok=1; res=NONE
     elif [ "${rc[i]}" != 0 ]; then
       fleet_log "guest $((i + 1)): QEMU exit status ${rc[i]}"
       ok=1
     fi
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' $((i + 1)) "${FLEET_PIDS[i]}" "${rd[i]:-NA}" "${ex[i]}" "${rc[i]}" \
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' $((i + 1)) "${pids[i]}" "${rd[i]:-NA}" "${ex[i]}" "${rc[i]}" \
       "${rs:-NA}" "$res" >> "$dir/guests.tsv"
   done
   FLEET_PIDS=()
