@@ -36,7 +36,7 @@
 FLEET_ROOT=${FLEET_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 FLEET_KERNEL=${FLEET_KERNEL:-$FLEET_ROOT/build/guest/vmlinuz}
 FLEET_INITRD=${FLEET_INITRD:-$FLEET_ROOT/build/guest/initramfs.cpio.gz}
-FLEET_MEMDEDUP=${FLEET_MEMDEDUP:-$FLEET_ROOT/build/memdedup}
+FLEET_MEMDEDUP=${MEMDEDUP_BIN:-$FLEET_ROOT/build/memdedup}
 FLEET_PIDS=()
 FLEET_SAMPLER_PID=""
 FLEET_EXIT_HOOKS=()
