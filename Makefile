@@ -22,7 +22,7 @@ PRELOAD_OBJ := $(PRELOAD_SRC:%.c=$(B)/%.o)
 CLI_OBJ     := $(CLI_SRC:%.c=$(B)/%.o)
 
 all: $(B)/memdedup $(B)/libmemdedup.so $(B)/libmemdedup-preload.so \
-     $(B)/libmemdedup.a tests-build
+     $(B)/libmemdedup.a tests-build bench-build
 
 $(B)/%.o: %.c $(wildcard include/*.h common/*.h agent/*.h cli/*.h tests/*.h)
 	@mkdir -p $(dir $@)

@@ -109,9 +109,9 @@ uint64_t md__proc_start_time(int pid)
 	char *p = strrchr(buf, ')');
 	if (!p)
 		return 0;
-	/* Field 3 follows ") "; start time is field 22. */
+	/* p+1 is the space before field 3; start time is field 22. */
 	p++;
-	for (int field = 2; field < 22 && p; field++)
+	for (int field = 3; field < 22 && p; field++)
 		p = strchr(p + 1, ' ');
 	return p ? strtoull(p + 1, NULL, 10) : 0;
 }

@@ -3,6 +3,9 @@
 #include <errno.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "agent_internal.h"
 #include "runner.h"
@@ -192,5 +195,35 @@ TEST_IMPL(agent_api_rejects)
 	/* Freed: a new one may be made. */
 	ASSERT_EQ(md_agent_new(&a, &o), 0);
 	md_agent_free(a);
+	return 0;
+}
+
+TEST_IMPL(proc_start_time)
+{
+	/* A command name with spaces and a parenthesis must not confuse it. */
+	int p[2];
+	ASSERT(pipe(p) == 0);
+	pid_t pid = fork();
+	if (pid == 0) {
+		prctl(PR_SET_NAME, "a) b c", 0, 0, 0);
+		char c;
+		close(p[1]);
+		ASSERT(read(p[0], &c, 1) >= 0);
+		_exit(0);
+	}
+	usleep(100000);
+	char path[64], buf[1024];
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	FILE *f = fopen(path, "r");
+	ASSERT(f && fgets(buf, sizeof(buf), f));
+	fclose(f);
+	unsigned long long want = 0;
+	ASSERT(sscanf(strrchr(buf, ')') + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u"
+		      " %*d %*d %*d %*d %*d %*d %llu", &want) == 1);
+	ASSERT(want != 0);
+	ASSERT_EQ(md__proc_start_time(pid), want);
+	close(p[1]);
+	waitpid(pid, NULL, 0);
+	ASSERT_EQ(md__proc_start_time(pid), 0);
 	return 0;
 }

@@ -1,0 +1,16 @@
+# bench.mk - benchmarks. `make microbench`: cost per page of sharing at read
+# time vs a plain pread. `make bench`: the two-guest fleet under five modes
+# (bench/run-bench.sh); results in build/bench/.
+$(B)/microbench: $(B)/bench/microbench.o $(B)/libmemdedup.a
+	$(CC) -o $@ $^ $(LDFLAGS)
+
+bench-build: $(B)/microbench
+
+microbench: $(B)/microbench
+	$(B)/microbench 64 5
+
+bench: all guest
+	scripts/install-deps.sh all
+	bench/run-bench.sh
+
+.PHONY: bench-build microbench bench
