@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "agent_internal.h"
+#include "sys.h"
 
 #define PM_PRESENT (1ull << 63)
 #define PM_FILE (1ull << 61)
@@ -51,7 +52,7 @@ static void count_region(int pm, const struct md__region *r, uint64_t *owned, ui
 		if (first == last)
 			continue;
 		off_t off = (off_t)((r->start / MD_PAGE + first) * sizeof(uint64_t));
-		ssize_t got = pread(pm, entries, (last - first) * sizeof(uint64_t), off);
+		ssize_t got = md__sys_pread(pm, entries, (last - first) * sizeof(uint64_t), off);
 		if (got <= 0)
 			continue;
 		size_t m = (size_t)got / sizeof(uint64_t);

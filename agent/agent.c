@@ -83,7 +83,7 @@ static void stats_file_open(struct md_agent *a, const char *opt_dir)
 		goto err_say;
 	if (ftruncate(fd, sizeof(*f)) != 0)
 		goto err_close;
-	f = mmap(NULL, sizeof(*f), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	f = md__sys_mmap(NULL, sizeof(*f), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	if (f == MAP_FAILED)
 		goto err_close;
 	close(fd);
@@ -198,7 +198,7 @@ void md_agent_free(md_agent *a)
 
 	if (a->stats_map) {
 		unlink(a->stats_path);
-		munmap(a->stats_map, sizeof(*a->stats_map));
+		md__sys_munmap(a->stats_map, sizeof(*a->stats_map));
 	}
 	pthread_mutex_destroy(&a->lock);
 	free(a);
