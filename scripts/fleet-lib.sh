@@ -145,7 +145,7 @@ fleet_sample_once() {  # prints one samples.tsv line (without t) for FLEET_PIDS
         Pss_Anon:) anon=$((anon + v)) ;;
         Pss_File:|Pss_Shmem:) file=$((file + v)) ;;
       esac
-    done < "/proc/$p/smaps_rollup" 2>/dev/null || true
+    done 2>/dev/null < "/proc/$p/smaps_rollup" || true
     for t in /proc/"$p"/task/*; do
       comm=$(cat "$t/comm" 2>/dev/null) || continue
       [ "$comm" = md-agent ] && agent_ticks=$((agent_ticks + $(fleet_stat_cpu_ticks "$t/stat")))
