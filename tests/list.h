@@ -1,5 +1,7 @@
 /* list.h - every test, in the order the runner runs them. */
-#define TEST_LIST(X) \
+#include "list_engine.h"
+
+#define TEST_LIST_AGENT(X) \
 	X(plan_aligned) X(plan_unaligned) X(plan_eof) X(plan_partial) \
 	X(regions_add_overlap) X(regions_remove_split) \
 	X(stats_parse_valid) X(stats_parse_rejects) X(proc_start_time) \
@@ -10,3 +12,5 @@
 	X(lease_break_keeps_content) X(map_limit_falls_back) X(vma_budget_falls_back) \
 	X(discard_yields_zeroes) X(unmerge_makes_private) X(preadv_mixed) \
 	X(fork_child_runs_plain) X(status_lists_agent)
+
+#define TEST_LIST(X) TEST_LIST_AGENT(X) TEST_LIST_ENGINE(X)
