@@ -5,7 +5,7 @@ CC      ?= cc
 CFLAGS  ?= -O2 -g
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wpointer-arith \
            -Wstrict-prototypes -Wmissing-prototypes -Wvla -Wformat=2 \
-           -fno-strict-aliasing -fPIC -Iinclude -Icommon -pthread
+           -fno-strict-aliasing -fPIC -fvisibility=hidden -Iinclude -Icommon -pthread
 LDFLAGS += -pthread
 B       := build
 

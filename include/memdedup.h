@@ -45,6 +45,10 @@
 extern "C" {
 #endif
 
+/* Only the API is exported from the shared libraries; everything else is
+ * hidden, so nothing of the agent can clash with the VMM's own symbols. */
+#define MD_API __attribute__((visibility("default")))
+
 #define MD_VERSION_MAJOR 0
 #define MD_VERSION_MINOR 1
 
@@ -106,23 +110,23 @@ typedef struct md_stats {
 } md_stats;
 
 /* Returns a short name of a fallback reason ("unaligned", ...). */
-const char *md_fallback_name(enum md_fallback reason);
+MD_API const char *md_fallback_name(enum md_fallback reason);
 
 /* Creates an agent. There is at most one per process (it installs a lease
  * signal and owns the statistics file): a second gets -EBUSY. */
-int md_agent_new(md_agent **agentp, const md_agent_options *opts);
+MD_API int md_agent_new(md_agent **agentp, const md_agent_options *opts);
 /* Stops the agent. Shared pages stay mapped and stay correct: the leases go
  * with the mappings' files. */
-void md_agent_free(md_agent *agent);
+MD_API void md_agent_free(md_agent *agent);
 
 /* Registers [addr, addr+len) as guest RAM that may be shared. addr and len
  * must be page-aligned. advice is the madvise(2) advice the VMM gave the range
  * that a new mapping must inherit (MD_ADV_* bits). */
-int md_agent_register(md_agent *agent, void *addr, size_t len, unsigned advice);
+MD_API int md_agent_register(md_agent *agent, void *addr, size_t len, unsigned advice);
 /* Forgets [addr, addr+len); pages shared there stay as they are. */
-int md_agent_unregister(md_agent *agent, void *addr, size_t len);
+MD_API int md_agent_unregister(md_agent *agent, void *addr, size_t len);
 /* Adds advice bits to what new mappings in [addr, addr+len) inherit. */
-int md_agent_advise(md_agent *agent, void *addr, size_t len, unsigned advice);
+MD_API int md_agent_advise(md_agent *agent, void *addr, size_t len, unsigned advice);
 #define MD_ADV_DONTFORK  (1u << 0)
 #define MD_ADV_DONTDUMP  (1u << 1)
 #define MD_ADV_HUGEPAGE  (1u << 2)
@@ -130,18 +134,18 @@ int md_agent_advise(md_agent *agent, void *addr, size_t len, unsigned advice);
 /* Tells the agent the VMM is about to discard [addr, addr+len) (MADV_DONTNEED
  * and friends): pages mapped from an image there are replaced by anonymous
  * memory, so the discard yields zeroes as the VMM expects, not file content. */
-int md_agent_discard(md_agent *agent, void *addr, size_t len);
+MD_API int md_agent_discard(md_agent *agent, void *addr, size_t len);
 /* Tells the agent [addr, addr+len) was unmapped or mapped anew by the VMM:
  * it is no longer guest RAM that asked for merging. */
-int md_agent_forget(md_agent *agent, void *addr, size_t len);
+MD_API int md_agent_forget(md_agent *agent, void *addr, size_t len);
 
 /* pread(2) and preadv2(2) that share what they can (flags as preadv2). */
-ssize_t md_agent_pread(md_agent *agent, int fd, void *buf, size_t len, off_t off);
-ssize_t md_agent_preadv(md_agent *agent, int fd, const struct iovec *iov,
+MD_API ssize_t md_agent_pread(md_agent *agent, int fd, void *buf, size_t len, off_t off);
+MD_API ssize_t md_agent_preadv(md_agent *agent, int fd, const struct iovec *iov,
 			int iovcnt, off_t off, int flags);
 
 /* Fills *stats with the agent's counters, refreshing the "now" ones. */
-int md_agent_stats(md_agent *agent, md_stats *stats);
+MD_API int md_agent_stats(md_agent *agent, md_stats *stats);
 
 #ifdef __cplusplus
 }
