@@ -56,7 +56,11 @@ demo:
 	$(MAKE) all guest
 	scripts/demo.sh
 
+# clean keeps build/guest: the downloaded kernel and built images are a cache.
 clean:
-	rm -rf $(B)
+	find $(B) -mindepth 1 -maxdepth 1 ! -name guest -exec rm -rf {} + 2>/dev/null || true
 
-.PHONY: all deps demo clean
+distclean:
+	rm -rf $(B) build-asan
+
+.PHONY: all deps demo clean distclean
