@@ -2,11 +2,12 @@
 # runs the fast test tier; `make check-all` adds the slow tier; `make demo`
 # runs two guests without and with memdedup.
 CC      ?= cc
-CFLAGS  ?= -O2 -g
-CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wpointer-arith \
+OPT     ?= -O2 -g
+SAN     ?=
+MD_CFLAGS := $(OPT) $(SAN) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wpointer-arith \
            -Wstrict-prototypes -Wmissing-prototypes -Wvla -Wformat=2 \
            -fno-strict-aliasing -fPIC -fvisibility=hidden -Iinclude -Icommon -pthread
-LDFLAGS += -pthread
+LDFLAGS += -pthread $(SAN)
 B       := build
 
 AGENT_SRC  := agent/agent.c agent/regions.c agent/images.c agent/readshare.c \
@@ -28,7 +29,7 @@ all: $(B)/memdedup $(B)/libmemdedup.so $(B)/libmemdedup-preload.so \
 
 $(B)/%.o: %.c $(wildcard include/*.h common/*.h agent/*.h engine/*.h cli/*.h tests/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(JSON_CFLAGS) -c -o $@ $<
+	$(CC) $(MD_CFLAGS) $(CFLAGS) $(JSON_CFLAGS) -c -o $@ $<
 
 $(B)/libmemdedup.a: $(AGENT_OBJ)
 	ar rcs $@ $^

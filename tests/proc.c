@@ -27,6 +27,12 @@ static void remove_dir(void)
 		fprintf(stderr, "cannot remove %s\n", dir);
 }
 
+const char *build_dir(void)
+{
+	const char *b = getenv("MD_BUILD_DIR");
+	return b && *b ? b : "build";
+}
+
 const char *test_dir(void)
 {
 	if (!dir[0]) {
@@ -82,12 +88,17 @@ void proc_start(struct proc *p, const char *const *env)
 		dup2(out[1], 1);
 		close(in[1]);
 		close(out[0]);
-		setenv("LD_PRELOAD", "build/libmemdedup-preload.so", 1);
+		char preload[512], exe[300];
+		const char *extra = getenv("MD_TEST_PRELOAD_FIRST");	/* e.g. libasan */
+		snprintf(preload, sizeof(preload), "%s%s%s/libmemdedup-preload.so",
+			 extra ? extra : "", extra ? ":" : "", build_dir());
+		snprintf(exe, sizeof(exe), "%s/testproc", build_dir());
+		setenv("LD_PRELOAD", preload, 1);
 		setenv("MEMDEDUP_RUN_DIR", test_dir(), 1);
 		setenv("MEMDEDUP_KERNEL_KSM", "0", 1);
 		for (; env && *env; env++)
 			putenv((char *)*env);
-		execl("build/testproc", "testproc", (char *)NULL);
+		execl(exe, "testproc", (char *)NULL);
 		_exit(127);
 	}
 	close(in[0]);

@@ -14,6 +14,8 @@ struct proc {
 	uintptr_t base;
 };
 
+/* Where the binaries under test are: $MD_BUILD_DIR, else build. */
+const char *build_dir(void);
 /* A fresh directory for this test: run dir for stats, images. */
 const char *test_dir(void);
 /* Writes a file of n bytes of deterministic pseudo-random content. */

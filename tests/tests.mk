@@ -14,7 +14,7 @@ $(B)/testproc: $(B)/tests/testproc.o
 tests-build: $(B)/runner $(B)/testproc $(B)/fuzz-replay
 
 $(B)/fuzz-replay: fuzz/replay.c fuzz/fuzz_stats_file.c $(B)/libmemdedup.a
-	$(CC) $(CFLAGS) -o $@ $^ $(LDFLAGS)
+	$(CC) $(MD_CFLAGS) $(CFLAGS) -o $@ $^ $(LDFLAGS)
 
 check-deps:
 	scripts/install-deps.sh test
@@ -40,11 +40,12 @@ fuzz: $(AGENT_SRC) fuzz/fuzz_stats_file.c
 check-all: check
 	$(MAKE) check-sanitize
 
+# The whole suite under AddressSanitizer and UBSan: the runner, the testproc
+# and the preloaded agent (libasan must come first in LD_PRELOAD).
 check-sanitize:
-	$(MAKE) B=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer" \
-	  LDFLAGS="-fsanitize=address,undefined" build-asan/runner
-	cd . && ASAN_OPTIONS=detect_leaks=1 build-asan/runner plan_aligned plan_unaligned plan_eof \
-	  plan_partial regions_add_overlap regions_remove_split stats_parse_valid stats_parse_rejects \
-	  agent_api_rejects
+	$(MAKE) B=build-asan OPT="-O1 -g -fno-omit-frame-pointer" SAN="-fsanitize=address,undefined" all
+	build-asan/fuzz-replay fuzz/corpus/stats_file
+	MD_BUILD_DIR=build-asan MD_TEST_PRELOAD_FIRST=$$($(CC) -print-file-name=libasan.so) \
+	  ASAN_OPTIONS=detect_leaks=0 build-asan/runner
 
 .PHONY: tests-build check check-deps check-unit check-fuzz check-guest check-all check-sanitize fuzz
