@@ -76,7 +76,7 @@ set output "$out/memory.png"
 set title "Two guests reading the same image: fleet PSS (sum over both QEMU processes)"
 set xlabel "seconds since start"
 set ylabel "MB"
-set key bottom right box opaque
+set key below
 set grid
 # rows with no guest alive (after the run) are left out
 plot "$out/none/samples.tsv" using 1:(\$10 > 0 ? \$2/1024 : 1/0) with lines lw 2 title "plain QEMU: fleet PSS", \
