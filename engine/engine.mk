@@ -1,4 +1,8 @@
 # engine.mk - the content-based merging engine (issue: content sharing).
 # ENGINE_SRC joins the agent library; ENGINE_TEST_SRC joins the test runner.
-ENGINE_SRC :=
-ENGINE_TEST_SRC :=
+# checksum.c inlines XXH3 from <xxhash.h> (Debian: libxxhash-dev), so the
+# engine needs the header at build time and no library at link time.
+ENGINE_SRC := engine/uffd.c engine/pool.c engine/merge.c engine/checksum.c \
+              engine/hints.c engine/index.c
+ENGINE_LIBS :=
+ENGINE_TEST_SRC := tests/engine/test_engine.c

@@ -1,0 +1,10 @@
+/* checksum.h - page checksums: the volatility filter and the index key. */
+#ifndef MD_ENGINE_CHECKSUM_H
+#define MD_ENGINE_CHECKSUM_H
+#include <stdint.h>
+
+/* XXH3-64 of one 4 KiB page. A match is a hint, never proof of equality. */
+uint64_t md__page_hash(const void *page);
+/* 1 if the page is all zero bytes. */
+int md__page_is_zero(const void *page);
+#endif

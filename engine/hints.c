@@ -1,0 +1,68 @@
+/*
+ * hints.c - the bounded circular stack of I/O hints (see hints.h).
+ *
+ * A ring buffer used as a stack: push writes at top and advances it, pop
+ * steps top back. When count reaches cap, a push overwrites the slot at top,
+ * which is the oldest hint: the stack forgets from the bottom.
+ */
+#include <errno.h>
+#include <stdlib.h>
+
+#include "hints.h"
+
+int md__hints_init(struct md__hints *h, size_t cap)
+{
+	*h = (struct md__hints){ 0 };
+	if (cap == 0)
+		return -EINVAL;
+	h->slot = calloc(cap, sizeof(*h->slot));
+	if (!h->slot)
+		return -ENOMEM;
+	h->cap = cap;
+	pthread_mutex_init(&h->lock, NULL);
+	return 0;
+}
+
+void md__hints_free(struct md__hints *h)
+{
+	if (h->slot)
+		pthread_mutex_destroy(&h->lock);
+	free(h->slot);
+	h->slot = NULL;
+}
+
+void md__hints_push(struct md__hints *h, uintptr_t addr, size_t len)
+{
+	pthread_mutex_lock(&h->lock);
+	h->slot[h->top] = (struct md__hint){ addr, len };
+	h->top = (h->top + 1) % h->cap;
+	if (h->count == h->cap)
+		h->dropped++;	/* the slot just written held the oldest */
+	else
+		h->count++;
+	h->pushed++;
+	pthread_mutex_unlock(&h->lock);
+}
+
+int md__hints_pop(struct md__hints *h, struct md__hint *out)
+{
+	int got = 0;
+	pthread_mutex_lock(&h->lock);
+	if (h->count) {
+		h->top = (h->top + h->cap - 1) % h->cap;
+		*out = h->slot[h->top];
+		h->count--;
+		h->popped++;
+		got = 1;
+	}
+	pthread_mutex_unlock(&h->lock);
+	return got;
+}
+
+size_t md__hints_count(struct md__hints *h)
+{
+	pthread_mutex_lock(&h->lock);
+	size_t n = h->count;
+	pthread_mutex_unlock(&h->lock);
+	return n;
+}

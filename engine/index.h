@@ -1,0 +1,36 @@
+/*
+ * index.h - the content index: page hash -> pool slot. Several slots may
+ * share a hash (a collision, or the same content published twice); lookups
+ * resolve them by comparing bytes, never by the hash alone. Not thread-safe:
+ * the engine's lock covers it.
+ */
+#ifndef MD_ENGINE_INDEX_H
+#define MD_ENGINE_INDEX_H
+#include <stddef.h>
+#include <stdint.h>
+
+struct md__index_entry {
+	uint64_t hash;
+	uint32_t slot;     /* pool slot + 1; 0 empty; UINT32_MAX deleted */
+};
+
+struct md__index {
+	struct md__index_entry *e;
+	size_t cap;        /* power of two */
+	size_t used;       /* live + deleted entries */
+	size_t live;
+	uint64_t collisions; /* byte compares that found a different page */
+};
+
+/* Gives the content of a slot, for the byte compare. */
+typedef const void *(*md__slot_page_fn)(void *arg, uint32_t slot);
+
+int md__index_init(struct md__index *ix, size_t cap);
+void md__index_free(struct md__index *ix);
+int md__index_insert(struct md__index *ix, uint64_t hash, uint32_t slot);
+/* Removes the entry (hash, slot); 0 or -ENOENT. */
+int md__index_remove(struct md__index *ix, uint64_t hash, uint32_t slot);
+/* Finds a slot whose content equals page byte for byte; -1 if none. */
+int64_t md__index_find(struct md__index *ix, uint64_t hash, const void *page,
+		       md__slot_page_fn fn, void *arg);
+#endif

@@ -1,0 +1,573 @@
+/*
+ * merge.c - the merge primitive and the engine around it (see merge.h).
+ *
+ * One merge, with engine->lock held throughout:
+ *   1. freeze: UFFDIO_WRITEPROTECT the guest pages. The ioctl returns after
+ *      the TLB flush, so from then on no CPU can change them; a writer takes
+ *      a write-protect fault and sleeps until the fault thread wakes it.
+ *   2. compare every page byte for byte with its pool page.
+ *   3. check in /proc/self/pagemap that every page still carries the
+ *      write-protect bit: a zap (MADV_DONTNEED by someone who bypassed
+ *      md__engine_discard) drops it, and the page could then have been
+ *      written unseen.
+ *   4. equal runs: mmap(MAP_PRIVATE|MAP_FIXED) the pool's read-only
+ *      descriptor over them, register the new mapping for write-protect
+ *      (so the page can be merged again after a copy-on-write break) and
+ *      re-apply the region's advice; unequal runs: un-protect (which wakes
+ *      their writers).
+ * A writer that faulted during 1-4 is woken by the fault thread once the
+ * lock is free, and its retried fault finds either the pool mapping (the
+ * kernel copies the page, equal to what the writer would have written into,
+ * and the write lands in the copy) or the original, writable page.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "checksum.h"
+#include "log.h"
+#include "merge.h"
+#include "sys.h"
+
+#define PM_PRESENT (1ull << 63)
+#define PM_SWAP (1ull << 62)
+#define PM_FILE (1ull << 61)
+#define PM_UFFD_WP (1ull << 57)
+#define MAX_RUN 512
+
+uint64_t md__engine_count_vmas(void)
+{
+	char buf[65536];
+	uint64_t lines = 0;
+	int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	for (;;) {
+		ssize_t n = read(fd, buf, sizeof(buf));
+		if (n <= 0)
+			break;
+		for (char *p = buf; (p = memchr(p, '\n', (size_t)(buf + n - p))); p++)
+			lines++;
+	}
+	close(fd);
+	return lines;
+}
+
+static uint64_t default_max_vmas(void)
+{
+	long v = 65530;
+	char buf[32];
+	int fd = open("/proc/sys/vm/max_map_count", O_RDONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		ssize_t n = read(fd, buf, sizeof(buf) - 1);
+		if (n > 0) {
+			buf[n] = 0;
+			v = atol(buf);
+		}
+		close(fd);
+	}
+	/* Leave room for the VMM's own mappings and the agent's read-time
+	 * sharing: hitting the limit makes the VMM's next mmap fail. */
+	return v > 10000 ? (uint64_t)v - 5000 : (uint64_t)v / 2;
+}
+
+/* The fault thread: see the lock in merge.h. */
+static void on_fault(void *arg, uintptr_t addr)
+{
+	struct md__engine *e = arg;
+	pthread_mutex_lock(&e->lock);
+	/* No merge runs now, so the page is no longer frozen on purpose: it
+	 * was replaced (its range may not even be registered any more: just
+	 * wake the writer) or given back (un-protect is a harmless repeat). */
+	if (md__uffd_wp(&e->uffd, addr, MD_EPAGE, 0) != 0)
+		md__uffd_wake(&e->uffd, addr, MD_EPAGE);
+	e->st.wp_faults++;
+	pthread_mutex_unlock(&e->lock);
+}
+
+int md__engine_init(struct md__engine *e, const struct md__engine_options *opts)
+{
+	struct md__engine_options o = opts ? *opts : (struct md__engine_options){ 0 };
+	int err;
+
+	memset(e, 0, sizeof(*e));
+	e->pagemap_fd = -1;
+	if (!o.pool_pages)
+		o.pool_pages = 1u << 20;
+	e->kernel_ksm = o.kernel_ksm;
+	e->max_vmas = o.max_vmas ? o.max_vmas : default_max_vmas();
+	pthread_mutex_init(&e->lock, NULL);
+
+	/* WP_UNPOPULATED lets a never-touched page be frozen too; without it
+	 * freeze() faults pages in first. Shmem WP covers the pool mappings. */
+	err = md__uffd_open(&e->uffd, MD_UFFD_FEATURE_WP_UNPOPULATED |
+			    MD_UFFD_FEATURE_WP_HUGETLBFS_SHMEM, 0);
+	if (err)
+		goto undo_lock;
+	err = md__pool_open(&e->pool, o.pool_pages);
+	if (err)
+		goto close_uffd;
+	err = md__index_init(&e->index, 1024);
+	if (err)
+		goto close_pool;
+	e->slot_hash = calloc(o.pool_pages, sizeof(*e->slot_hash));
+	if (!e->slot_hash) {
+		err = -ENOMEM;
+		goto free_index;
+	}
+	e->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	if (e->pagemap_fd < 0) {
+		err = -errno;
+		goto free_hashes;
+	}
+	e->st.vmas = e->vma_estimate = md__engine_count_vmas();
+	err = md__uffd_start(&e->uffd, on_fault, e);
+	if (err)
+		goto close_pagemap;
+	return 0;
+
+close_pagemap:
+	close(e->pagemap_fd);
+free_hashes:
+	free(e->slot_hash);
+free_index:
+	md__index_free(&e->index);
+close_pool:
+	md__pool_close(&e->pool);
+close_uffd:
+	md__uffd_close(&e->uffd);
+undo_lock:
+	pthread_mutex_destroy(&e->lock);
+	return err;
+}
+
+void md__engine_fini(struct md__engine *e)
+{
+	/* Closing the userfaultfd ends registrations; merged pages stay
+	 * mapped from the pool, which lives on in those mappings. */
+	md__uffd_close(&e->uffd);
+	for (size_t i = 0; i < e->nregions; i++) {
+		free(e->regions[i].ref);
+		free(e->regions[i].hash);
+		free(e->regions[i].seen);
+	}
+	free(e->regions);
+	free(e->slot_hash);
+	md__index_free(&e->index);
+	md__pool_close(&e->pool);
+	if (e->pagemap_fd >= 0)
+		close(e->pagemap_fd);
+	pthread_mutex_destroy(&e->lock);
+}
+
+struct md__eregion *md__engine_region(struct md__engine *e, uintptr_t addr, size_t len)
+{
+	for (size_t i = 0; i < e->nregions; i++) {
+		struct md__eregion *r = &e->regions[i];
+		if (addr >= r->start && addr < r->end)
+			return len <= r->end - addr ? r : NULL;
+	}
+	return NULL;
+}
+
+int md__engine_register(struct md__engine *e, void *addr, size_t len, unsigned advice)
+{
+	uintptr_t a = (uintptr_t)addr;
+	int err = -EINVAL;
+
+	if ((a | len) % MD_EPAGE || !len)
+		return -EINVAL;
+	pthread_mutex_lock(&e->lock);
+	for (size_t i = 0; i < e->nregions; i++)
+		if (a < e->regions[i].end && a + len > e->regions[i].start)
+			goto unlock;
+	struct md__eregion *n = realloc(e->regions, (e->nregions + 1) * sizeof(*n));
+	if (!n) {
+		err = -ENOMEM;
+		goto unlock;
+	}
+	e->regions = n;
+	size_t np = len / MD_EPAGE;
+	struct md__eregion r = { a, a + len, advice, calloc(np, sizeof(uint32_t)),
+				 calloc(np, sizeof(uint64_t)), calloc(np, 1) };
+	if (!r.ref || !r.hash || !r.seen) {
+		err = -ENOMEM;
+		goto free_arrays;
+	}
+	err = md__uffd_register_wp(&e->uffd, a, len);
+	if (err)
+		goto free_arrays;
+	e->regions[e->nregions++] = r;
+	pthread_mutex_unlock(&e->lock);
+	return 0;
+
+free_arrays:
+	free(r.ref);
+	free(r.hash);
+	free(r.seen);
+unlock:
+	pthread_mutex_unlock(&e->lock);
+	return err;
+}
+
+static void apply_advice(struct md__engine *e, const struct md__eregion *r, uintptr_t addr, size_t len)
+{
+	/* A new mapping does not inherit the flags of the one it replaced. */
+	if (e->kernel_ksm)
+		md__sys_madvise((void *)addr, len, MADV_MERGEABLE);
+	if (r->advice & MD_EADV_DONTFORK)
+		md__sys_madvise((void *)addr, len, MADV_DONTFORK);
+	if (r->advice & MD_EADV_DONTDUMP)
+		md__sys_madvise((void *)addr, len, MADV_DONTDUMP);
+}
+
+static int freeze(struct md__engine *e, uintptr_t addr, size_t len)
+{
+	/* Without WP_UNPOPULATED a missing page cannot carry the protection,
+	 * and its first write would not fault: make every page present. */
+	if (!(e->uffd.features & MD_UFFD_FEATURE_WP_UNPOPULATED) &&
+	    md__sys_madvise((void *)addr, len, MADV_POPULATE_READ) != 0)
+		return -errno;
+	int err = md__uffd_wp(&e->uffd, addr, len, 1);
+	if (err == -ENOENT) {
+		/* Part of it is a mapping made since registration whose
+		 * registration failed: register, then try again. */
+		err = md__uffd_register_wp(&e->uffd, addr, len);
+		if (!err)
+			err = md__uffd_wp(&e->uffd, addr, len, 1);
+	}
+	return err;
+}
+
+static void thaw(struct md__engine *e, uintptr_t addr, size_t len)
+{
+	if (md__uffd_wp(&e->uffd, addr, len, 0) != 0)
+		md__uffd_wake(&e->uffd, addr, len);
+}
+
+/* 1 if every page of the run still carries the write-protect bit. */
+static int still_frozen(struct md__engine *e, uintptr_t addr, size_t n)
+{
+	uint64_t pm[MAX_RUN];
+	size_t len = n * sizeof(uint64_t);
+	if (md__sys_pread(e->pagemap_fd, pm, len, (off_t)(addr / MD_EPAGE * sizeof(uint64_t))) != (ssize_t)len)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if (!(pm[i] & PM_UFFD_WP))
+			return 0;
+	return 1;
+}
+
+/* Drops what page i of r holds in the pool (it is being replaced). */
+static void release_ref(struct md__engine *e, struct md__eregion *r, size_t i)
+{
+	uint32_t s = MD_REF_SLOT(r->ref[i]);
+	if (s && md__pool_put(&e->pool, s - 1))
+		md__index_remove(&e->index, e->slot_hash[s - 1], s - 1);
+	r->ref[i] = 0;
+}
+
+static int budget_ok(struct md__engine *e, size_t new_vmas)
+{
+	if (e->vma_estimate + new_vmas <= e->max_vmas)
+		return 1;
+	/* The estimate only ever rises: count for real before refusing. */
+	e->st.vmas = e->vma_estimate = md__engine_count_vmas();
+	if (e->vma_estimate + new_vmas <= e->max_vmas)
+		return 1;
+	e->st.budget_refused++;
+	return 0;
+}
+
+/* Maps n pool slots from slot over the frozen pages at addr. */
+static int map_pool(struct md__engine *e, struct md__eregion *r, uintptr_t addr,
+		    size_t n, uint32_t slot)
+{
+	void *m = md__sys_mmap((void *)addr, n * MD_EPAGE, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_FIXED, e->pool.ro_fd, (off_t)slot * MD_EPAGE);
+	if (m == MAP_FAILED) {
+		e->st.map_failed += n;
+		return -errno;
+	}
+	/* Failure to register only means the page cannot be frozen again
+	 * until freeze() registers it; it is logged, not fatal. */
+	if (md__uffd_register_wp(&e->uffd, addr, n * MD_EPAGE) != 0)
+		md__log_once(50, "cannot register a merged mapping with userfaultfd");
+	apply_advice(e, r, addr, n * MD_EPAGE);
+	/* At most two new VMAs (the split halves of what it replaced);
+	 * fewer when it joins a neighbour with adjacent pool offsets. */
+	e->vma_estimate += 2;
+	size_t first = (addr - r->start) / MD_EPAGE;
+	for (size_t i = 0; i < n; i++) {
+		release_ref(e, r, first + i);
+		md__pool_get(&e->pool, slot + (uint32_t)i);
+		r->ref[first + i] = MD_REF_FILE | (slot + (uint32_t)i + 1);
+	}
+	return 0;
+}
+
+/* Replaces pages by anonymous zero-fill memory (pool mappings) or drops
+ * them (anonymous mappings), so they read as zeroes again. */
+static int zero_run(struct md__engine *e, struct md__eregion *r, uintptr_t addr, size_t n)
+{
+	size_t first = (addr - r->start) / MD_EPAGE;
+	int in_pool = 0;
+	for (size_t i = 0; i < n; i++)
+		in_pool |= (r->ref[first + i] & MD_REF_FILE) != 0;
+	if (in_pool) {
+		/* MADV_DONTNEED in a private file mapping would show the pool
+		 * page again, not zeroes. */
+		void *m = md__sys_mmap((void *)addr, n * MD_EPAGE, PROT_READ | PROT_WRITE,
+				       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+		if (m == MAP_FAILED)
+			return -errno;
+		md__uffd_register_wp(&e->uffd, addr, n * MD_EPAGE);
+		apply_advice(e, r, addr, n * MD_EPAGE);
+		if (r->advice & MD_EADV_HUGEPAGE)
+			md__sys_madvise((void *)addr, n * MD_EPAGE, MADV_HUGEPAGE);
+		e->vma_estimate += 2;
+	} else if (md__sys_madvise((void *)addr, n * MD_EPAGE, MADV_DONTNEED) != 0) {
+		return -errno;
+	}
+	for (size_t i = 0; i < n; i++)
+		release_ref(e, r, first + i);
+	return 0;
+}
+
+int md__engine_merge(struct md__engine *e, void *addr, size_t n, uint32_t slot)
+{
+	uintptr_t a = (uintptr_t)addr;
+	unsigned char eq[MAX_RUN];
+	int err, merged = 0;
+
+	if (a % MD_EPAGE || n == 0 || n > MAX_RUN)
+		return -EINVAL;
+	pthread_mutex_lock(&e->lock);
+	struct md__eregion *r = md__engine_region(e, a, n * MD_EPAGE);
+	err = -EINVAL;
+	if (!r || (size_t)slot + n > e->pool.end)
+		goto unlock;
+	for (size_t i = 0; i < n; i++)
+		if (e->pool.state[slot + i] != MD_SLOT_LIVE)
+			goto unlock;
+	err = -ENOSPC;
+	if (!budget_ok(e, 2))
+		goto unlock;
+	err = freeze(e, a, n * MD_EPAGE);
+	if (err)
+		goto unlock;
+
+	for (size_t i = 0; i < n; i++)
+		eq[i] = memcmp((const void *)(a + i * MD_EPAGE),
+			       md__pool_page(&e->pool, slot + (uint32_t)i), MD_EPAGE) == 0;
+	if (!still_frozen(e, a, n))
+		memset(eq, 0, n);
+
+	for (size_t i = 0; i < n;) {
+		size_t j = i;
+		while (j < n && eq[j] == eq[i])
+			j++;
+		uintptr_t ra = a + i * MD_EPAGE;
+		size_t rlen = (j - i) * MD_EPAGE;
+		if (eq[i] && map_pool(e, r, ra, j - i, slot + (uint32_t)i) == 0) {
+			merged += (int)(j - i);
+			md__uffd_wake(&e->uffd, ra, rlen);
+		} else {
+			/* Unequal, or mmap failed and left the page as it
+			 * was: give it back to its writers. */
+			if (!eq[i])
+				e->st.abandoned += j - i;
+			thaw(e, ra, rlen);
+		}
+		i = j;
+	}
+	e->st.merged += (uint64_t)merged;
+	err = merged;
+unlock:
+	pthread_mutex_unlock(&e->lock);
+	return err;
+}
+
+int md__engine_merge_zero(struct md__engine *e, void *addr, size_t n)
+{
+	uintptr_t a = (uintptr_t)addr;
+	unsigned char z[MAX_RUN];
+	int err, dropped = 0;
+
+	if (a % MD_EPAGE || n == 0 || n > MAX_RUN)
+		return -EINVAL;
+	pthread_mutex_lock(&e->lock);
+	struct md__eregion *r = md__engine_region(e, a, n * MD_EPAGE);
+	err = -EINVAL;
+	if (!r)
+		goto unlock;
+	err = freeze(e, a, n * MD_EPAGE);
+	if (err)
+		goto unlock;
+	for (size_t i = 0; i < n; i++)
+		z[i] = (uint8_t)md__page_is_zero((const void *)(a + i * MD_EPAGE));
+	if (!still_frozen(e, a, n))
+		memset(z, 0, n);
+	for (size_t i = 0; i < n;) {
+		size_t j = i;
+		while (j < n && z[j] == z[i])
+			j++;
+		uintptr_t ra = a + i * MD_EPAGE;
+		size_t rlen = (j - i) * MD_EPAGE;
+		if (z[i] && zero_run(e, r, ra, j - i) == 0) {
+			dropped += (int)(j - i);
+			/* The zap took the protection with the page. */
+			md__uffd_wake(&e->uffd, ra, rlen);
+		} else {
+			thaw(e, ra, rlen);
+		}
+		i = j;
+	}
+	e->st.zero += (uint64_t)dropped;
+	err = dropped;
+unlock:
+	pthread_mutex_unlock(&e->lock);
+	return err;
+}
+
+int md__engine_publish(struct md__engine *e, void *addr, size_t n, uint32_t *slotp)
+{
+	uintptr_t a = (uintptr_t)addr;
+	uint32_t slot;
+	int err;
+
+	if (a % MD_EPAGE || n == 0 || n > MAX_RUN)
+		return -EINVAL;
+	pthread_mutex_lock(&e->lock);
+	struct md__eregion *r = md__engine_region(e, a, n * MD_EPAGE);
+	err = -EINVAL;
+	if (!r)
+		goto unlock;
+	err = -ENOSPC;
+	if (!budget_ok(e, 2))
+		goto unlock;
+	err = md__pool_reserve(&e->pool, n, &slot);
+	if (err)
+		goto unlock;
+	err = freeze(e, a, n * MD_EPAGE);
+	if (err)
+		goto unreserve;
+	/* Frozen, so what we copy is what stays; the compare after the copy
+	 * is the same proof a merge needs (a short write, a bug, a page that
+	 * was not frozen after all all show up here). */
+	err = md__pool_publish(&e->pool, slot, (const void *)a, n);
+	if (err)
+		goto thaw_pages;
+	err = -EAGAIN;
+	if (memcmp((const void *)a, md__pool_page(&e->pool, slot), n * MD_EPAGE) != 0 ||
+	    !still_frozen(e, a, n))
+		goto drop_slots;
+	err = map_pool(e, r, a, n, slot);
+	if (err)
+		goto drop_slots;
+	for (size_t i = 0; i < n; i++) {
+		uint64_t h = md__page_hash((const void *)(a + i * MD_EPAGE));
+		e->slot_hash[slot + i] = h;
+		md__index_insert(&e->index, h, slot + (uint32_t)i);
+	}
+	md__uffd_wake(&e->uffd, a, n * MD_EPAGE);
+	e->st.published += n;
+	*slotp = slot;
+	pthread_mutex_unlock(&e->lock);
+	return (int)n;
+
+drop_slots:
+	for (size_t i = 0; i < n; i++)
+		md__pool_drop_unused(&e->pool, slot + (uint32_t)i);
+thaw_pages:
+	thaw(e, a, n * MD_EPAGE);
+unreserve:
+	md__pool_unreserve(&e->pool, slot, n);
+unlock:
+	pthread_mutex_unlock(&e->lock);
+	return err;
+}
+
+static const void *slot_page(void *arg, uint32_t slot)
+{
+	return md__pool_page(arg, slot);
+}
+
+int64_t md__engine_lookup(struct md__engine *e, const void *page, uint64_t hash)
+{
+	pthread_mutex_lock(&e->lock);
+	int64_t s = md__index_find(&e->index, hash, page, slot_page, &e->pool);
+	pthread_mutex_unlock(&e->lock);
+	return s;
+}
+
+int md__engine_discard(struct md__engine *e, void *addr, size_t len)
+{
+	uintptr_t a = (uintptr_t)addr;
+	int err = 0;
+
+	pthread_mutex_lock(&e->lock);
+	struct md__eregion *r = md__engine_region(e, a, len);
+	if (!r) {
+		err = -EINVAL;
+		goto unlock;
+	}
+	/* Under the lock: a zap in the middle of a merge would drop the
+	 * write-protection of a frozen page (see still_frozen). */
+	for (size_t done = 0; done < len && !err; done += MAX_RUN * MD_EPAGE) {
+		size_t n = (len - done) / MD_EPAGE < MAX_RUN ? (len - done) / MD_EPAGE : MAX_RUN;
+		err = zero_run(e, r, a + done, n);
+	}
+unlock:
+	pthread_mutex_unlock(&e->lock);
+	return err;
+}
+
+int md__engine_reap(struct md__engine *e)
+{
+	uint64_t pm[MAX_RUN];
+	int broken = 0;
+
+	pthread_mutex_lock(&e->lock);
+	for (size_t ri = 0; ri < e->nregions; ri++) {
+		struct md__eregion *r = &e->regions[ri];
+		size_t np = (r->end - r->start) / MD_EPAGE;
+		for (size_t base = 0; base < np; base += MAX_RUN) {
+			size_t n = np - base < MAX_RUN ? np - base : MAX_RUN;
+			size_t k;
+			for (k = 0; k < n && !MD_REF_SLOT(r->ref[base + k]); k++)
+				;
+			if (k == n)
+				continue;
+			off_t off = (off_t)((r->start / MD_EPAGE + base) * sizeof(uint64_t));
+			if (md__sys_pread(e->pagemap_fd, pm, n * sizeof(uint64_t), off) != (ssize_t)(n * sizeof(uint64_t)))
+				continue;
+			for (size_t i = 0; i < n; i++) {
+				if (!MD_REF_SLOT(r->ref[base + i]))
+					continue;
+				/* A private anonymous page (present or swapped)
+				 * where the pool page was: the guest wrote it.
+				 * Not present: it still reads the pool page. */
+				int anon = (pm[i] & PM_SWAP) || ((pm[i] & PM_PRESENT) && !(pm[i] & PM_FILE));
+				if (!anon)
+					continue;
+				release_ref(e, r, base + i);
+				r->ref[base + i] = MD_REF_FILE;
+				broken++;
+			}
+		}
+	}
+	e->st.cow_broken += (uint64_t)broken;
+	pthread_mutex_unlock(&e->lock);
+	return broken;
+}
+
+void md__engine_stats(struct md__engine *e, struct md__engine_stats *st)
+{
+	pthread_mutex_lock(&e->lock);
+	*st = e->st;
+	pthread_mutex_unlock(&e->lock);
+}

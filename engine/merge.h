@@ -1,0 +1,107 @@
+/*
+ * merge.h - the engine: registered guest RAM, the content pool, the index,
+ * and the merge primitive that maps pool pages copy-on-write over guest
+ * pages with equal content.
+ *
+ * The rule: a guest page is replaced only while it is write-protected with
+ * userfaultfd and after it compared equal, byte for byte, with the pool page
+ * that replaces it. A hash is never proof. A guest write that comes during a
+ * merge waits, then lands in a private copy of the merged page (equal to the
+ * old content) or in the original page if the merge was abandoned.
+ *
+ * Lock: engine->lock is held by a merge from before the write-protect to
+ * after the pages are either replaced or un-protected, and by the fault
+ * thread while it resolves a fault. So no page is write-protected while the
+ * fault thread holds the lock, and un-protecting whatever faulted is always
+ * right. See docs/design-content-sharing.md.
+ */
+#ifndef MD_ENGINE_MERGE_H
+#define MD_ENGINE_MERGE_H
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "index.h"
+#include "pool.h"
+#include "uffd.h"
+
+#define MD_EPAGE 4096u
+
+/* Advice a replacing mapping must inherit (same bits as MD_ADV_*). */
+#define MD_EADV_DONTFORK (1u << 0)
+#define MD_EADV_DONTDUMP (1u << 1)
+#define MD_EADV_HUGEPAGE (1u << 2)
+
+/* ref[] of a page: bit 31 set when the page lies in a mapping of the pool
+ * (even after a copy-on-write break), low bits the pool slot + 1 it still
+ * shows (0: none). */
+#define MD_REF_FILE (1u << 31)
+#define MD_REF_SLOT(r) ((r) & ~MD_REF_FILE)
+
+struct md__eregion {
+	uintptr_t start, end;
+	unsigned advice;
+	uint32_t *ref;
+	uint64_t *hash;    /* last checksum the scanner saw (volatility) */
+	uint8_t *seen;     /* the scanner has a checksum for the page */
+};
+
+struct md__engine_stats {
+	uint64_t merged;        /* guest pages replaced by pool pages */
+	uint64_t zero;          /* zero pages dropped (now on the zero frame) */
+	uint64_t published;     /* guest pages copied into the pool as first copy */
+	uint64_t abandoned;     /* pages that differed under write-protect */
+	uint64_t map_failed;    /* mmap refused: the page stayed as it was */
+	uint64_t budget_refused;/* merges refused by the VMA budget */
+	uint64_t cow_broken;    /* merged pages since written (found by reap) */
+	uint64_t wp_faults;     /* writers that waited on a merge */
+	uint64_t vmas;          /* last count of the process's mappings */
+};
+
+struct md__engine_options {
+	size_t pool_pages;      /* pool slots; 0: 1 Mi (4 GiB) */
+	uint64_t max_vmas;      /* 0: vm.max_map_count - 5000 */
+	int kernel_ksm;         /* re-apply MADV_MERGEABLE to new mappings */
+};
+
+struct md__engine {
+	pthread_mutex_t lock;   /* the merge lock; see above */
+	struct md__uffd uffd;
+	struct md__pool pool;
+	struct md__index index;
+	uint64_t *slot_hash;    /* checksum of each live pool slot */
+	struct md__eregion *regions;
+	size_t nregions;
+	int pagemap_fd;
+	int kernel_ksm;
+	uint64_t max_vmas;
+	uint64_t vma_estimate;  /* upper bound since the last count */
+	struct md__engine_stats st;
+};
+
+int md__engine_init(struct md__engine *e, const struct md__engine_options *opts);
+void md__engine_fini(struct md__engine *e);
+/* Registers guest RAM [addr, addr+len) (page-aligned). */
+int md__engine_register(struct md__engine *e, void *addr, size_t len, unsigned advice);
+
+/* Merges n guest pages from addr with the live pool slots from slot on.
+ * Returns the pages merged (those that compared equal), or -errno. */
+int md__engine_merge(struct md__engine *e, void *addr, size_t n, uint32_t slot);
+/* Drops those of n pages from addr that are all zero. Returns the count. */
+int md__engine_merge_zero(struct md__engine *e, void *addr, size_t n);
+/* Copies n guest pages into new, consecutive pool slots (*slot the first)
+ * and maps them back over the guest pages, so the guest shares them from
+ * now on; indexes them. Returns n, or -errno. */
+int md__engine_publish(struct md__engine *e, void *addr, size_t n, uint32_t *slot);
+/* Finds the live slot whose content equals page (hash its XXH3), or -1. */
+int64_t md__engine_lookup(struct md__engine *e, const void *page, uint64_t hash);
+/* The VMM discards [addr, addr+len): zeroes from now on, pool or not. */
+int md__engine_discard(struct md__engine *e, void *addr, size_t len);
+/* Finds merged pages written since (copy-on-write breaks) and drops their
+ * pool references; returns how many. */
+int md__engine_reap(struct md__engine *e);
+/* The engine's region holding [addr, addr+len), or NULL (lock held). */
+struct md__eregion *md__engine_region(struct md__engine *e, uintptr_t addr, size_t len);
+uint64_t md__engine_count_vmas(void);
+void md__engine_stats(struct md__engine *e, struct md__engine_stats *st);
+#endif

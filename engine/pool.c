@@ -1,0 +1,175 @@
+/*
+ * pool.c - the content pool (see pool.h).
+ *
+ * Why a memfd and not anonymous memory: only a file lets several mappings (in
+ * this process now, in many processes once the daemon owns the pool) show one
+ * physical page, and a private mapping of it gives copy-on-write for free.
+ * Why the read-only descriptor: a holder that cannot open the pool for
+ * writing cannot change a page others share, whatever bug it has; the
+ * mapping is MAP_PRIVATE, which needs no write access.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "pool.h"
+#include "sys.h"
+
+#define POOL_PAGE 4096u
+
+int md__pool_open(struct md__pool *p, size_t max_pages)
+{
+	char path[64];
+	int err;
+
+	memset(p, 0, sizeof(*p));
+	p->fd = p->ro_fd = -1;
+	p->max_pages = max_pages;
+	p->fd = memfd_create("memdedup-pool", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (p->fd < 0)
+		return -errno;
+	/* Nobody may shrink the file: a mapping of a truncated page would
+	 * SIGBUS the guest. Growing stays allowed; that is how we append. */
+	if (fcntl(p->fd, F_ADD_SEALS, F_SEAL_SHRINK) < 0) {
+		err = -errno;
+		goto close_fd;
+	}
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", p->fd);
+	p->ro_fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (p->ro_fd < 0) {
+		err = -errno;
+		goto close_fd;
+	}
+	/* The view may extend past the end of the file: only written slots
+	 * are ever read through it. */
+	void *v = md__sys_mmap(NULL, max_pages * POOL_PAGE, PROT_READ,
+			       MAP_SHARED | MAP_NORESERVE, p->ro_fd, 0);
+	if (v == MAP_FAILED) {
+		err = -errno;
+		goto close_ro;
+	}
+	p->view = v;
+	p->refs = calloc(max_pages, sizeof(*p->refs));
+	p->state = calloc(max_pages, sizeof(*p->state));
+	p->free = malloc(max_pages * sizeof(*p->free));
+	if (!p->refs || !p->state || !p->free) {
+		err = -ENOMEM;
+		goto free_arrays;
+	}
+	return 0;
+
+free_arrays:
+	free(p->refs);
+	free(p->state);
+	free(p->free);
+	md__sys_munmap((void *)p->view, max_pages * POOL_PAGE);
+close_ro:
+	close(p->ro_fd);
+close_fd:
+	close(p->fd);
+	p->fd = p->ro_fd = -1;
+	return err;
+}
+
+void md__pool_close(struct md__pool *p)
+{
+	/* Holders' mappings keep the file alive; only our handles go. */
+	if (p->view)
+		md__sys_munmap((void *)p->view, p->max_pages * POOL_PAGE);
+	if (p->ro_fd >= 0)
+		close(p->ro_fd);
+	if (p->fd >= 0)
+		close(p->fd);
+	free(p->refs);
+	free(p->state);
+	free(p->free);
+	memset(p, 0, sizeof(*p));
+	p->fd = p->ro_fd = -1;
+}
+
+int md__pool_reserve(struct md__pool *p, size_t n, uint32_t *first)
+{
+	if (n == 0)
+		return -EINVAL;
+	if (n == 1 && p->nfree) {
+		*first = p->free[--p->nfree];
+		p->state[*first] = MD_SLOT_RESERVED;
+		p->reused++;
+		return 0;
+	}
+	if (p->end + n > p->max_pages)
+		return -ENOSPC;
+	*first = (uint32_t)p->end;
+	memset(p->state + p->end, MD_SLOT_RESERVED, n);
+	p->end += n;
+	return 0;
+}
+
+static void slot_free(struct md__pool *p, uint32_t slot)
+{
+	p->state[slot] = MD_SLOT_FREE;
+	p->free[p->nfree++] = slot;
+}
+
+void md__pool_unreserve(struct md__pool *p, uint32_t first, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (p->state[first + i] == MD_SLOT_RESERVED)
+			slot_free(p, first + (uint32_t)i);
+}
+
+int md__pool_publish(struct md__pool *p, uint32_t first, const void *src, size_t n)
+{
+	if ((size_t)first + n > p->end)
+		return -EINVAL;
+	for (size_t i = 0; i < n; i++)
+		if (p->state[first + i] != MD_SLOT_RESERVED)
+			return -EPERM;
+	size_t len = n * POOL_PAGE, done = 0;
+	while (done < len) {
+		ssize_t w = pwrite(p->fd, (const char *)src + done, len - done,
+				   (off_t)first * POOL_PAGE + (off_t)done);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return w < 0 ? -errno : -EIO;
+		done += (size_t)w;
+	}
+	for (size_t i = 0; i < n; i++) {
+		p->state[first + i] = MD_SLOT_LIVE;
+		p->refs[first + i] = 0;
+	}
+	p->published += n;
+	return 0;
+}
+
+void md__pool_get(struct md__pool *p, uint32_t slot)
+{
+	p->refs[slot]++;
+}
+
+void md__pool_drop_unused(struct md__pool *p, uint32_t slot)
+{
+	if (p->state[slot] != MD_SLOT_LIVE || p->refs[slot])
+		return;
+	/* Punch the page out so its memory goes back; reading the hole gives
+	 * zeroes, and nobody maps it any more. */
+	fallocate(p->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+		  (off_t)slot * POOL_PAGE, POOL_PAGE);
+	p->freed++;
+	slot_free(p, slot);
+}
+
+int md__pool_put(struct md__pool *p, uint32_t slot)
+{
+	if (p->state[slot] != MD_SLOT_LIVE || p->refs[slot] == 0)
+		return 0;
+	if (--p->refs[slot])
+		return 0;
+	md__pool_drop_unused(p, slot);
+	return 1;
+}

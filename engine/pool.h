@@ -1,0 +1,62 @@
+/*
+ * pool.h - the content pool: pages that never change once published.
+ *
+ * The pool is a sealed-against-shrinking memfd. The engine appends pages
+ * with pwrite and never rewrites a published page; holders map it through a
+ * second, read-only descriptor with MAP_PRIVATE, so a write gives the writer
+ * a private copy and the pool page stays as it was. A page whose last
+ * reference goes is punched out of the file and its slot reused later.
+ *
+ * Slot states: FREE (a hole, on the free list or beyond the end), RESERVED
+ * (handed to a publisher, not written yet), LIVE (written; refs counts the
+ * mappings that may show it). Not thread-safe: the engine's lock covers it.
+ */
+#ifndef MD_ENGINE_POOL_H
+#define MD_ENGINE_POOL_H
+#include <stddef.h>
+#include <stdint.h>
+
+enum md__slot { MD_SLOT_FREE, MD_SLOT_RESERVED, MD_SLOT_LIVE };
+
+struct md__pool {
+	int fd;                    /* read-write: the engine's alone */
+	int ro_fd;                 /* read-only: what holders map */
+	const unsigned char *view; /* PROT_READ, MAP_SHARED view of all slots */
+	size_t max_pages;          /* slots the view covers */
+	size_t end;                /* slots ever handed out (file size / page) */
+	uint32_t *refs;
+	uint8_t *state;
+	uint32_t *free;            /* freed slots, reused first (LIFO) */
+	size_t nfree;
+	uint64_t published, freed, reused;
+};
+
+/* Creates a pool of at most max_pages pages (address space is reserved for
+ * the view, no memory). */
+int md__pool_open(struct md__pool *p, size_t max_pages);
+void md__pool_close(struct md__pool *p);
+/* Reserves n slots with consecutive offsets; *first gets the first. One slot
+ * comes from the free list when it can; runs are appended so that adjacent
+ * guest pages get adjacent pool offsets. -ENOSPC: the pool is full. */
+int md__pool_reserve(struct md__pool *p, size_t n, uint32_t *first);
+/* Gives reserved, unwritten slots back. */
+void md__pool_unreserve(struct md__pool *p, uint32_t first, size_t n);
+/* Writes n pages from src into reserved slots from first on and makes them
+ * LIVE with no references. Refuses (-EPERM) anything but RESERVED slots:
+ * a published page is never rewritten. */
+int md__pool_publish(struct md__pool *p, uint32_t first, const void *src, size_t n);
+/* Takes / drops a reference. Dropping the last frees the slot (punches the
+ * page out of the file); returns 1 then, else 0. */
+void md__pool_get(struct md__pool *p, uint32_t slot);
+int md__pool_put(struct md__pool *p, uint32_t slot);
+/* Frees a LIVE slot nobody references (an unused publication). */
+void md__pool_drop_unused(struct md__pool *p, uint32_t slot);
+static inline const unsigned char *md__pool_page(const struct md__pool *p, uint32_t slot)
+{
+	return p->view + (size_t)slot * 4096u;
+}
+static inline uint64_t md__pool_live(const struct md__pool *p)
+{
+	return p->published - p->freed;
+}
+#endif

@@ -1,0 +1,189 @@
+/*
+ * uffd.c - userfaultfd in write-protect mode (see uffd.h).
+ *
+ * The descriptor is opened without UFFD_USER_MODE_ONLY: a VMM writes guest
+ * RAM from the kernel too (pread into guest RAM by I/O threads), and those
+ * writes must wait on a frozen page exactly like vCPU writes do.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "uffd.h"
+
+static int uffd_new_fd(void)
+{
+	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	if (fd >= 0)
+		return fd;
+	/* vm.unprivileged_userfaultfd=0 or a seccomp filter may refuse the
+	 * syscall while the device (whose permissions the admin chose) works. */
+	int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+	if (dev < 0)
+		return -errno;
+	fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+	int err = fd < 0 ? -errno : 0;
+	close(dev);
+	return fd < 0 ? err : fd;
+}
+
+static int uffd_api(int fd, uint64_t features, uint64_t *granted)
+{
+	struct uffdio_api api = { .api = UFFD_API, .features = features };
+	if (ioctl(fd, UFFDIO_API, &api) < 0)
+		return -errno;
+	*granted = api.features;
+	return 0;
+}
+
+int md__uffd_open(struct md__uffd *u, uint64_t want, uint64_t need)
+{
+	uint64_t have = 0;
+	int err;
+
+	memset(u, 0, sizeof(*u));
+	u->fd = u->stop_fd = -1;
+	want |= need;
+	/* UFFDIO_API fails for a feature it does not know and may be called
+	 * once per descriptor: ask what exists on a throw-away one first. */
+	int probe = uffd_new_fd();
+	if (probe < 0)
+		return probe;
+	err = uffd_api(probe, 0, &have);
+	close(probe);
+	if (err)
+		return err;
+	if ((have & need) != need)
+		return -ENOTSUP;
+
+	u->fd = uffd_new_fd();
+	if (u->fd < 0) {
+		err = u->fd;
+		goto undo_nothing;
+	}
+	err = uffd_api(u->fd, want & have, &u->features);
+	if (err)
+		goto close_fd;
+	u->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (u->stop_fd < 0) {
+		err = -errno;
+		goto close_fd;
+	}
+	return 0;
+
+close_fd:
+	close(u->fd);
+	u->fd = -1;
+undo_nothing:
+	return err;
+}
+
+int md__uffd_register_wp(struct md__uffd *u, uintptr_t addr, size_t len)
+{
+	struct uffdio_register reg = {
+		.range = { .start = addr, .len = len },
+		.mode = UFFDIO_REGISTER_MODE_WP,
+	};
+	if (ioctl(u->fd, UFFDIO_REGISTER, &reg) < 0)
+		return -errno;
+	if (!(reg.ioctls & (1ull << _UFFDIO_WRITEPROTECT)))
+		return -ENOTSUP;
+	return 0;
+}
+
+int md__uffd_unregister(struct md__uffd *u, uintptr_t addr, size_t len)
+{
+	struct uffdio_range r = { .start = addr, .len = len };
+	return ioctl(u->fd, UFFDIO_UNREGISTER, &r) < 0 ? -errno : 0;
+}
+
+int md__uffd_wp(struct md__uffd *u, uintptr_t addr, size_t len, int protect)
+{
+	struct uffdio_writeprotect wp = {
+		.range = { .start = addr, .len = len },
+		.mode = protect ? UFFDIO_WRITEPROTECT_MODE_WP : 0,
+	};
+	/* EAGAIN: the mm is changing under us (mmap_changing); try again. */
+	for (int tries = 0; tries < 1000; tries++) {
+		if (ioctl(u->fd, UFFDIO_WRITEPROTECT, &wp) == 0)
+			return 0;
+		if (errno != EAGAIN)
+			return -errno;
+	}
+	return -EAGAIN;
+}
+
+int md__uffd_wake(struct md__uffd *u, uintptr_t addr, size_t len)
+{
+	struct uffdio_range r = { .start = addr, .len = len };
+	return ioctl(u->fd, UFFDIO_WAKE, &r) < 0 ? -errno : 0;
+}
+
+static void *fault_thread(void *arg)
+{
+	struct md__uffd *u = arg;
+	struct uffd_msg msgs[16];
+	struct pollfd pfd[2] = {
+		{ .fd = u->fd, .events = POLLIN },
+		{ .fd = u->stop_fd, .events = POLLIN },
+	};
+
+	for (;;) {
+		if (poll(pfd, 2, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			md__log("userfaultfd poll failed: %s; write faults are no longer resolved",
+				strerror(errno));
+			return NULL;
+		}
+		if (pfd[1].revents)
+			return NULL;
+		ssize_t n = read(u->fd, msgs, sizeof(msgs));
+		if (n < 0) {
+			if (errno == EAGAIN || errno == EINTR)
+				continue;
+			md__log("userfaultfd read failed: %s", strerror(errno));
+			return NULL;
+		}
+		for (size_t i = 0; i < (size_t)n / sizeof(msgs[0]); i++) {
+			if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
+				continue;
+			uintptr_t addr = (uintptr_t)msgs[i].arg.pagefault.address & ~(uintptr_t)4095;
+			__atomic_fetch_add(&u->faults, 1, __ATOMIC_RELAXED);
+			u->fn(u->arg, addr);
+		}
+	}
+}
+
+int md__uffd_start(struct md__uffd *u, md__uffd_fault_fn fn, void *arg)
+{
+	u->fn = fn;
+	u->arg = arg;
+	int err = pthread_create(&u->thread, NULL, fault_thread, u);
+	if (err)
+		return -err;
+	u->thread_started = 1;
+	return 0;
+}
+
+void md__uffd_close(struct md__uffd *u)
+{
+	if (u->thread_started) {
+		uint64_t one = 1;
+		if (write(u->stop_fd, &one, sizeof(one)) == sizeof(one))
+			pthread_join(u->thread, NULL);
+		u->thread_started = 0;
+	}
+	if (u->stop_fd >= 0)
+		close(u->stop_fd);
+	if (u->fd >= 0)
+		close(u->fd);
+	u->fd = u->stop_fd = -1;
+}
