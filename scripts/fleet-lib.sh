@@ -23,7 +23,7 @@
 #   5 anon_kb      host AnonPages (/proc/meminfo)
 #   6 ksm_sharing  /sys/kernel/mm/ksm/pages_sharing
 #   7 md_shared    memdedup pages_shared of the fleet's agents (status --json; 0 without jq)
-#   8 ksmd_cpu_s   ksmd CPU seconds (utime+stime)
+#   8 ksmd_cpu_s   ksmd CPU seconds (utime+stime) since the fleet started
 #   9 agent_cpu_s  CPU seconds of the fleet's md-agent threads
 #  10 alive        guests still running
 #  11 reads_done   guests that have printed READS-DONE
@@ -161,7 +161,7 @@ fleet_sample_once() {  # prints one samples.tsv line (without t) for FLEET_PIDS
           2>/dev/null) || md=0
     case "$md" in ''|*[!0-9]*) md=0 ;; esac
   fi
-  [ -n "$FLEET_KSMD_PID" ] && ksmd_ticks=$(fleet_stat_cpu_ticks "/proc/$FLEET_KSMD_PID/stat")
+  [ -n "$FLEET_KSMD_PID" ] && ksmd_ticks=$(( $(fleet_stat_cpu_ticks "/proc/$FLEET_KSMD_PID/stat") - FLEET_KSMD_T0 ))
   local reads=0 f
   for f in "${FLEET_LOGS[@]}"; do grep -q '^MEMDEDUP-GUEST: READS-DONE' "$f" 2>/dev/null && reads=$((reads + 1)); done
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$pss" "$anon" "$file" "$host_anon" "$ksm" "$md" \
@@ -208,6 +208,8 @@ fleet_run() {
   rm -f "$dir"/guest*.log "$dir"/guest*.log.qemu "$dir/samples.tsv" "$dir/guests.tsv"
   FLEET_PIDS=() FLEET_LOGS=()
   FLEET_T0_US=${EPOCHREALTIME/[.,]/}
+  FLEET_KSMD_T0=0
+  [ -n "$FLEET_KSMD_PID" ] && FLEET_KSMD_T0=$(fleet_stat_cpu_ticks "/proc/$FLEET_KSMD_PID/stat")
   local i log
   for i in $(seq 1 "$n"); do
     log=$dir/guest$i.log

@@ -1,0 +1,244 @@
+#!/usr/bin/env bash
+# Two-guest fleet benchmark: the same workload (2 guests x 512 MB reading the
+# default ~160 MB image, then holding) under five modes:
+#   none           plain QEMU, kernel KSM off
+#   ksm            kernel KSM at its default rate (run=1, pages_to_scan=100, sleep_millisecs=20)
+#   ksm10x         kernel KSM at 10x (pages_to_scan=1000, sleep_millisecs=20)
+#   memdedup       memdedup run --kernel-ksm=off, kernel KSM off
+#   memdedup+ksm   memdedup run --kernel-ksm=on, kernel KSM at its default rate
+# Each mode is sampled every second (scripts/fleet-lib.sh). Outputs
+# build/bench/results.json, build/bench/memory.png, build/bench/<mode>/.
+#
+# Usage: bench/run-bench.sh [--hold S] [--hold-short S] [--quick] [--modes "m1 m2"]
+#                           [--image FILE] [--mem MB] [--out DIR]
+#   --hold S        hold after reading for the KSM modes (default 240: KSM converges)
+#   --hold-short S  hold for none and memdedup (default 30)
+#   --quick         hold 50 s / 12 s: ~5 minutes in all (KSM will not have converged)
+#   --modes         subset of the modes, in order; none is the reference for savings
+# The KSM knobs run, pages_to_scan and sleep_millisecs are saved first and
+# restored on any exit (Ctrl-C and failures included); between modes KSM is
+# stopped with run=2 (unmerge) and run=0. Needs root for the KSM knobs.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
+
+hold_ksm=240 hold_short=30 modes="none ksm ksm10x memdedup memdedup+ksm"
+image="" mem=512 out=$root/build/bench
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --hold) hold_ksm=$2; shift 2 ;;
+    --hold-short) hold_short=$2; shift 2 ;;
+    --quick) hold_ksm=50 hold_short=12; shift ;;
+    --modes) modes=$2; shift 2 ;;
+    --image) image=$2; shift 2 ;;
+    --mem) mem=$2; shift 2 ;;
+    --out) out=$2; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "run-bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+for m in $modes; do
+  case "$m" in none|ksm|ksm10x|memdedup|memdedup+ksm) ;;
+    *) echo "run-bench.sh: unknown mode '$m'" >&2; exit 2 ;; esac
+done
+
+scripts/install-deps.sh all
+source scripts/fleet-lib.sh
+md=${MEMDEDUP_BIN:-$root/build/memdedup}
+ksm=/sys/kernel/mm/ksm
+[ -w $ksm/run ] || fleet_die "cannot write $ksm/run (kernel KSM missing, or not root)"
+case " $modes " in *" memdedup"*) [ -x "$md" ] || fleet_die "no $md: run 'make all' first" ;; esac
+[ -f build/guest/vmlinuz ] && [ -f build/guest/initramfs.cpio.gz ] \
+  || fleet_die "no guest kit in build/guest: run 'make guest' first"
+if [ -z "$image" ]; then
+  image=$root/build/guest/workload.img
+  [ -f "$image" ] || fleet_die "no $image: run 'make guest' first"
+fi
+[ -f "$image" ] || fleet_die "no image $image"
+
+# --- kernel KSM knobs: save now, restore on every exit ------------------------
+KSM_SAVED_RUN=$(cat $ksm/run)
+KSM_SAVED_SCAN=$(cat $ksm/pages_to_scan)
+KSM_SAVED_SLEEP=$(cat $ksm/sleep_millisecs)
+ksm_write() { echo "$2" > "$ksm/$1" || echo "run-bench.sh: could not write $2 to $ksm/$1" >&2; }
+ksm_stop() {  # unmerge everything, then stop
+  [ "$(cat $ksm/run)" = 0 ] && return 0
+  ksm_write run 2
+  ksm_write run 0
+}
+ksm_restore() {
+  local cur
+  cur=$(cat $ksm/run)
+  if [ "$cur" != "$KSM_SAVED_RUN" ]; then
+    [ "$cur" = 1 ] && ksm_write run 2   # unmerge before stopping
+    ksm_write run "$KSM_SAVED_RUN"
+  fi
+  ksm_write pages_to_scan "$KSM_SAVED_SCAN"
+  ksm_write sleep_millisecs "$KSM_SAVED_SLEEP"
+  echo "run-bench.sh: kernel KSM restored: run=$(cat $ksm/run) pages_to_scan=$(cat $ksm/pages_to_scan) sleep_millisecs=$(cat $ksm/sleep_millisecs)" >&2
+}
+fleet_init
+FLEET_EXIT_HOOKS+=(ksm_restore)
+echo "run-bench.sh: saved kernel KSM: run=$KSM_SAVED_RUN pages_to_scan=$KSM_SAVED_SCAN sleep_millisecs=$KSM_SAVED_SLEEP" >&2
+
+ksm_set() {  # run pages_to_scan sleep_millisecs
+  ksm_stop
+  ksm_write pages_to_scan "$2"
+  ksm_write sleep_millisecs "$3"
+  [ "$1" = 1 ] && ksm_write run 1
+  return 0
+}
+
+mkdir -p "$out"
+rm -f "$out/results.json" "$out/memory.png"
+t_all=$SECONDS
+image_mb=$(( $(stat -c %s "$image") / 1048576 ))
+echo "== bench: 2 guests x ${mem} MB on $(basename "$image") (${image_mb} MiB); modes: $modes; hold ${hold_ksm}s (KSM) / ${hold_short}s"
+for m in $modes; do
+  wrapper="" hold=$hold_short
+  case "$m" in
+    none)         ksm_set 0 100 20 ;;
+    ksm)          ksm_set 1 100 20; hold=$hold_ksm ;;
+    ksm10x)       ksm_set 1 1000 20; hold=$hold_ksm ;;
+    memdedup)     ksm_set 0 100 20; wrapper="$md run --kernel-ksm=off --" ;;
+    memdedup+ksm) ksm_set 1 100 20; wrapper="$md run --kernel-ksm=on --"; hold=$hold_ksm ;;
+  esac
+  echo "-- mode $m: KSM run=$(cat $ksm/run) pages_to_scan=$(cat $ksm/pages_to_scan) sleep_millisecs=$(cat $ksm/sleep_millisecs)${wrapper:+; wrapper: $wrapper}; hold ${hold}s"
+  cat "$image" > /dev/null          # every mode starts with the image in the host page cache
+  printf '%s\n%s\n%s\n%s\n%s\n' "$m" "$wrapper" "$hold" \
+    "$(cat $ksm/run) $(cat $ksm/pages_to_scan) $(cat $ksm/sleep_millisecs)" "$(date -u +%FT%TZ)" > "$out/$m.meta"
+  mkdir -p "$out/$m"
+  fleet_run "$out/$m" 2 "$image" --mem "$mem" --hold "$hold" ${wrapper:+--wrapper "$wrapper"} \
+    || fleet_die "mode $m: a guest failed (logs in $out/$m)"
+  mv "$out/$m.meta" "$out/$m/meta"
+  ksm_stop
+done
+ksm_restore
+FLEET_EXIT_HOOKS=()
+
+# --- results.json ---------------------------------------------------------------
+# Per mode: final fleet PSS = mean of the last 5 samples with every guest alive;
+# saving = final PSS of mode none - final PSS of the mode; t50/t90 = seconds
+# after the last guest's READS-DONE until saving(t) = PSS_none_final - PSS(t)
+# first reached 50 % / 90 % of the mode's final saving (0 when reached by then;
+# null when the saving is under 16 MB, the run-to-run noise of the fleet PSS);
+# ksm_t50/ksm_t90: the same for kernel KSM pages_sharing and its final value.
+metrics() {  # DIR REF_PSS_KB -> "key value" lines
+  awk -F'\t' -v ref="$2" -v n=2 -v noise=16384 -v gfile="$1/guests.tsv" '
+    BEGIN {
+      while ((getline line < gfile) > 0) {
+        split(line, g, "\t"); if (g[3] != "NA" && g[3] + 0 > rd) rd = g[3] + 0
+      }
+    }
+    NR == 1 { next }
+    {
+      t[NR] = $1; p[NR] = $2; ks[NR] = $6; alive[NR] = $10; last = NR
+      if ($8 + 0 > kmax) kmax = $8 + 0; if (NR == 2) kmin = $8 + 0
+      if ($9 + 0 > amax) amax = $9 + 0
+    }
+    function after(i) { return t[i] - rd < 1 ? "0" : sprintf("%.1f", t[i] - rd) }
+    END {
+      c = 0; s = 0; kf = 0
+      for (i = last; i >= 2 && c < 5; i--) if (alive[i] == n) { s += p[i]; c++; if (!kf) kf = ks[i] }
+      fin = c ? s / c : -1
+      printf "reads_done_s %.2f\nfinal_pss_kb %.0f\n", rd, fin
+      printf "ksmd_cpu_s %.2f\nagent_cpu_s %.2f\n", kmax - kmin, amax
+      # kernel KSM: time until pages_sharing reached 50 % / 90 % of its final value
+      k50 = "NA"; k90 = "NA"
+      if (kf > 0) for (i = 2; i <= last; i++) {
+        if (alive[i] != n) continue
+        if (k50 == "NA" && ks[i] >= 0.5 * kf) k50 = after(i)
+        if (k90 == "NA" && ks[i] >= 0.9 * kf) k90 = after(i)
+      }
+      print "ksm_t50_s " k50; print "ksm_t90_s " k90
+      if (ref == "" || fin < 0) { print "saving_kb NA\nt50_s NA\nt90_s NA"; exit }
+      sav = ref - fin
+      printf "saving_kb %.0f\n", sav
+      t50 = "NA"; t90 = "NA"
+      if (sav >= noise) {                  # below ~16 MB the saving is run-to-run noise
+        for (i = 2; i <= last; i++) {
+          if (alive[i] != n || t[i] + 0 < rd) continue
+          if (t50 == "NA" && ref - p[i] >= 0.5 * sav) t50 = after(i)
+          if (t90 == "NA" && ref - p[i] >= 0.9 * sav) t90 = after(i)
+        }
+      }
+      print "t50_s " t50; print "t90_s " t90
+    }' "$1/samples.tsv"
+}
+get() { awk -v k="$2" '$1 == k {print $2}' <<< "$1"; }
+json_num() { case "$1" in ''|NA) echo null ;; *) echo "$1" ;; esac; }
+ref=""
+[ -f "$out/none/samples.tsv" ] && ref=$(get "$(metrics "$out/none" "")" final_pss_kb)
+
+{
+  printf '{\n  "generated": "%s",\n  "host": {"kernel": "%s", "cpus": %s, "qemu": "%s"},\n' \
+    "$(date -u +%FT%TZ)" "$(uname -r)" "$(nproc)" "$(qemu-system-x86_64 --version | head -1)"
+  printf '  "guests": 2, "guest_mem_mb": %s, "image": "%s", "image_mb": %s,\n' "$mem" "$(basename "$image")" "$image_mb"
+  printf '  "saved_ksm": {"run": %s, "pages_to_scan": %s, "sleep_millisecs": %s},\n' \
+    "$KSM_SAVED_RUN" "$KSM_SAVED_SCAN" "$KSM_SAVED_SLEEP"
+  printf '  "definitions": {"final_pss_mb": "mean fleet PSS over the last 5 samples with both guests alive", "saving_mb": "final_pss_mb of none minus that of the mode", "t50_s/t90_s": "seconds after the last READS-DONE until the PSS saving first reached 50 %%/90 %% of the final saving (null below 16 MB: noise)", "ksm_t50_s/ksm_t90_s": "seconds after the last READS-DONE until kernel KSM pages_sharing reached 50 %%/90 %% of its final value", "guest_workload_s": "host seconds from the fleet start to each guest READS-DONE", "dedup_cpu_s": "ksmd CPU during the mode + md-agent thread CPU (not the sharing work done inside QEMU I/O threads)"},\n'
+  printf '  "modes": [\n'
+  first=1
+  for m in $modes; do
+    d=$out/$m
+    [ -f "$d/samples.tsv" ] || continue
+    mt=$(metrics "$d" "$( [ "$m" = none ] || echo "$ref")")
+    { read -r _; read -r wrapper; read -r hold; read -r kr ks kz; read -r started; } < "$d/meta"
+    fin=$(get "$mt" final_pss_kb) sav=$(get "$mt" saving_kb)
+    kc=$(get "$mt" ksmd_cpu_s) ac=$(get "$mt" agent_cpu_s)
+    [ $first = 1 ] || printf ',\n'
+    first=0
+    printf '    {"mode": "%s", "started": "%s", "wrapper": "%s", "hold_s": %s,\n' "$m" "$started" "$wrapper" "$hold"
+    printf '     "ksm": {"run": %s, "pages_to_scan": %s, "sleep_millisecs": %s},\n' "$kr" "$ks" "$kz"
+    printf '     "checksums": [%s], "checksums_match": %s,\n' \
+      "$(cut -f7 "$d/guests.tsv" | sed 's/.*/"&"/' | paste -sd, | sed 's/,/, /g')" \
+      "$( [ "$(cut -f7 "$d/guests.tsv" | sort -u | wc -l)" = 1 ] && echo true || echo false)"
+    printf '     "guest_workload_s": [%s], "guest_read_s_in_guest": [%s], "reads_done_s": %s,\n' \
+      "$(cut -f3 "$d/guests.tsv" | sed 's/^NA$/null/' | paste -sd, | sed 's/,/, /g')" \
+      "$(cut -f6 "$d/guests.tsv" | sed 's/^NA$/null/' | paste -sd, | sed 's/,/, /g')" \
+      "$(json_num "$(get "$mt" reads_done_s)")"
+    printf '     "final_pss_mb": %s, "saving_mb": %s, "t50_s": %s, "t90_s": %s,\n' \
+      "$(awk -v k="$fin" 'BEGIN{printf "%.1f", k/1024}')" \
+      "$( [ "$sav" = NA ] && echo null || awk -v k="$sav" 'BEGIN{printf "%.1f", k/1024}')" \
+      "$(json_num "$(get "$mt" t50_s)")" "$(json_num "$(get "$mt" t90_s)")"
+    printf '     "ksm_t50_s": %s, "ksm_t90_s": %s,\n' \
+      "$(json_num "$(get "$mt" ksm_t50_s)")" "$(json_num "$(get "$mt" ksm_t90_s)")"
+    printf '     "ksm_pages_sharing_final": %s, "md_pages_shared_final": %s,\n' \
+      "$(awk -F'\t' 'NR > 1 && $10 == 2 {v = $6} END {print v + 0}' "$d/samples.tsv")" \
+      "$(awk -F'\t' 'NR > 1 && $10 == 2 {v = $7} END {print v + 0}' "$d/samples.tsv")"
+    printf '     "ksmd_cpu_s": %s, "agent_cpu_s": %s, "dedup_cpu_s": %s,\n' "$kc" "$ac" \
+      "$(awk -v a="$kc" -v b="$ac" 'BEGIN{printf "%.2f", a + b}')"
+    printf '     "samples": {"columns": [%s],\n                 "rows": [' \
+      "$(head -1 "$d/samples.tsv" | sed 's/^#//' | tr '\t' '\n' | sed 's/.*/"&"/' | paste -sd, | sed 's/,/, /g')"
+    awk -F'\t' 'NR > 1 { printf "%s[", (NR > 2 ? ",\n                          " : ""); for (i = 1; i <= NF; i++) printf "%s%s", (i > 1 ? ", " : ""), $i; printf "]" }' "$d/samples.tsv"
+    printf ']}}'
+  done
+  printf '\n  ]\n}\n'
+} > "$out/results.json.tmp"
+mv "$out/results.json.tmp" "$out/results.json"
+if command -v jq >/dev/null; then
+  jq empty "$out/results.json" || fleet_die "results.json is not valid JSON"
+fi
+
+# --- summary table and plot -----------------------------------------------------
+printf '\n%-13s %10s %10s %8s %8s %11s %11s %s\n' mode "PSS MB" "saved MB" "t50 s" "t90 s" "dedup CPU" "reads s" checksums
+for m in $modes; do
+  [ -f "$out/$m/samples.tsv" ] || continue
+  mt=$(metrics "$out/$m" "$( [ "$m" = none ] || echo "$ref")")
+  printf '%-13s %10s %10s %8s %8s %11s %11s %s\n' "$m" \
+    "$(awk -v k="$(get "$mt" final_pss_kb)" 'BEGIN{printf "%.1f", k/1024}')" \
+    "$(awk -v k="$(get "$mt" saving_kb)" 'BEGIN{ if (k == "NA") print "NA"; else printf "%.1f", k/1024}')" \
+    "$(get "$mt" t50_s)" "$(get "$mt" t90_s)" \
+    "$(awk -v a="$(get "$mt" ksmd_cpu_s)" -v b="$(get "$mt" agent_cpu_s)" 'BEGIN{printf "%.2f", a + b}')" \
+    "$(cut -f3 "$out/$m/guests.tsv" | paste -sd/)" \
+    "$(cut -f7 "$out/$m/guests.tsv" | sort -u | sed 's/^\(........\).*/\1/' | paste -sd,)"
+done | tee "$out/summary.txt"
+
+if command -v gnuplot >/dev/null; then
+  present=""
+  for m in $modes; do [ -f "$out/$m/samples.tsv" ] && present="$present $m"; done
+  gnuplot -e "outdir='$out'; modes='${present# }'" bench/plot.gp \
+    || echo "run-bench.sh: gnuplot failed; samples are in $out/*/samples.tsv" >&2
+fi
+echo "Results: $out/results.json${present:+, $out/memory.png}; took $((SECONDS - t_all)) s"
