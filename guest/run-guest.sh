@@ -55,17 +55,20 @@ cmd=($wrapper qemu-system-x86_64 -machine pc,accel=tcg -m "$mem" -nographic -no-
      -drive "file=$image,if=virtio,format=raw,readonly=on"
      $qopt)
 qpid=""
-cleanup() {
+cleanup() {  # QEMU runs in its own session: kill its whole process group
   if [ -n "$qpid" ] && kill -0 "$qpid" 2>/dev/null; then
-    kill "$qpid" 2>/dev/null || true
+    kill -TERM -- "-$qpid" 2>/dev/null || kill -TERM "$qpid" 2>/dev/null || true
     for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$qpid" 2>/dev/null || break; sleep 0.2; done
-    kill -9 "$qpid" 2>/dev/null || true
+    kill -KILL -- "-$qpid" 2>/dev/null || kill -KILL "$qpid" 2>/dev/null || true
+    wait "$qpid" 2>/dev/null || true
   fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-"${cmd[@]}" < /dev/null > "$log.qemu" 2>&1 &
+# setsid execs (this background child is no group leader), so $! is the
+# wrapper's pid, and QEMU's once the wrapper execs.
+setsid "${cmd[@]}" < /dev/null > "$log.qemu" 2>&1 &
 qpid=$!
 start=$SECONDS
 rc=0

@@ -210,7 +210,7 @@ fleet_run() {
   FLEET_T0_US=${EPOCHREALTIME/[.,]/}
   FLEET_KSMD_T0=0
   [ -n "$FLEET_KSMD_PID" ] && FLEET_KSMD_T0=$(fleet_stat_cpu_ticks "/proc/$FLEET_KSMD_PID/stat")
-  local i log
+  local i log p
   for i in $(seq 1 "$n"); do
     log=$dir/guest$i.log
     : > "$log"
@@ -223,11 +223,19 @@ fleet_run() {
       -drive "file=$image,if=virtio,format=raw,readonly=on" \
       < /dev/null > "$log.qemu" 2>&1 &
     FLEET_PIDS+=($!)
-    [ "$stagger" != 0 ] && [ "$i" -lt "$n" ] && sleep "$stagger"
+    if [ "$stagger" != 0 ] && [ "$i" -lt "$n" ]; then sleep "$stagger"; fi
   done
   fleet_log "started $n guest(s) on $(basename "$image"), pids ${FLEET_PIDS[*]}${wrapper:+, wrapper: $wrapper}, hold ${hold}s"
   fleet_sampler "$dir/samples.tsv" &
   FLEET_SAMPLER_PID=$!
+  sleep 1
+  for p in "${FLEET_PIDS[@]}"; do   # the sampler measures these pids: they must be QEMU
+    local comm
+    comm=$(cat "/proc/$p/comm" 2>/dev/null || echo exited)
+    case "$comm" in qemu-system*|exited) ;;
+      *) fleet_log "warning: pid $p is '$comm', not QEMU: a wrapper that forks instead of exec'ing is measured, not QEMU" ;;
+    esac
+  done
 
   local -a rd ex rc pids
   pids=("${FLEET_PIDS[@]}")
