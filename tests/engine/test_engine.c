@@ -1,0 +1,624 @@
+/*
+ * test_engine.c - the content-sharing engine: its small parts, and the merge
+ * primitive proven by outcomes: frames in /proc/self/pagemap, contents read
+ * back, and no write lost while merges run at full speed.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "checksum.h"
+#include "hints.h"
+#include "index.h"
+#include "merge.h"
+#include "pool.h"
+#include "runner.h"
+
+#define PG 4096u
+#define PM_PRESENT (1ull << 63)
+#define PM_FILE (1ull << 61)
+#define PM_UFFD_WP (1ull << 57)
+#define PFN_MASK ((1ull << 55) - 1)
+
+static uint64_t pagemap(const void *addr)
+{
+	/* Opened per call: a forked child must read its own. */
+	uint64_t e = 0;
+	int fd = open("/proc/self/pagemap", O_RDONLY);
+	ASSERT(fd >= 0);
+	ASSERT(pread(fd, &e, 8, (off_t)((uintptr_t)addr / PG * 8)) == 8);
+	close(fd);
+	return e;
+}
+
+static uint64_t pfn(const void *addr)
+{
+	/* Read first, so the page is present. */
+	(void)*(volatile const char *)addr;
+	uint64_t e = pagemap(addr);
+	ASSERT(e & PM_PRESENT);
+	ASSERT((e & PFN_MASK) != 0);	/* PFNs need root (CAP_SYS_ADMIN) */
+	return e & PFN_MASK;
+}
+
+static unsigned char *map_ram(size_t pages)
+{
+	void *m = mmap(NULL, pages * PG, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	return m;
+}
+
+static void fill(unsigned char *p, unsigned seed)
+{
+	uint32_t x = seed * 2654435761u + 1;
+	for (unsigned i = 0; i < PG; i += 4) {
+		x = x * 1103515245u + 12345u;
+		memcpy(p + i, &x, 4);
+	}
+}
+
+static double now(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+static void engine_up(struct md__engine *e)
+{
+	int err = md__engine_init(e, NULL);
+	if (err == -ENOSYS || err == -EPERM || err == -ENOTSUP || err == -ENOENT)
+		SKIP("userfaultfd write-protect unavailable (%s)", strerror(-err));
+	ASSERT_EQ(err, 0);
+}
+
+TEST_IMPL(engine_hints_stack)
+{
+	struct md__hints h;
+	struct md__hint x;
+	ASSERT_EQ(md__hints_init(&h, 4), 0);
+	ASSERT_EQ(md__hints_pop(&h, &x), 0);
+	for (uintptr_t i = 1; i <= 6; i++)
+		md__hints_push(&h, i * PG, i);
+	/* Newest first; 1 and 2 were the oldest and fell off. */
+	ASSERT_EQ(h.dropped, 2);
+	ASSERT_EQ(md__hints_count(&h), 4);
+	for (uintptr_t i = 6; i >= 3; i--) {
+		ASSERT_EQ(md__hints_pop(&h, &x), 1);
+		ASSERT_EQ(x.addr, i * PG);
+		ASSERT_EQ(x.len, i);
+	}
+	ASSERT_EQ(md__hints_pop(&h, &x), 0);
+	md__hints_push(&h, 7 * PG, 7);
+	ASSERT_EQ(md__hints_pop(&h, &x), 1);
+	ASSERT_EQ(x.addr, 7 * PG);
+	ASSERT_EQ(h.pushed, 7);
+	ASSERT_EQ(h.popped, 5);
+	md__hints_free(&h);
+	return 0;
+}
+
+static unsigned char idx_pages[3][PG];
+static const void *idx_page(void *arg, uint32_t slot)
+{
+	(void)arg;
+	return idx_pages[slot];
+}
+
+TEST_IMPL(engine_index_collision)
+{
+	struct md__index ix;
+	ASSERT_EQ(md__index_init(&ix, 8), 0);
+	fill(idx_pages[0], 1);
+	fill(idx_pages[1], 2);
+	fill(idx_pages[2], 3);
+	/* Slots 0 and 1 under one hash: a forced collision. */
+	ASSERT_EQ(md__index_insert(&ix, 42, 0), 0);
+	ASSERT_EQ(md__index_insert(&ix, 42, 1), 0);
+	ASSERT_EQ(md__index_find(&ix, 42, idx_pages[1], idx_page, NULL), 1);
+	ASSERT_EQ(md__index_find(&ix, 42, idx_pages[0], idx_page, NULL), 0);
+	ASSERT(ix.collisions >= 1);
+	/* Same hash, content in neither slot: no match, whatever the hash says. */
+	ASSERT_EQ(md__index_find(&ix, 42, idx_pages[2], idx_page, NULL), -1);
+	ASSERT_EQ(md__index_remove(&ix, 42, 0), 0);
+	ASSERT_EQ(md__index_find(&ix, 42, idx_pages[0], idx_page, NULL), -1);
+	ASSERT_EQ(md__index_find(&ix, 42, idx_pages[1], idx_page, NULL), 1);
+	/* Growth keeps every entry. */
+	for (uint32_t i = 0; i < 5000; i++)
+		ASSERT_EQ(md__index_insert(&ix, 1000 + i, 2), 0);
+	ASSERT_EQ(md__index_find(&ix, 1000 + 4321, idx_pages[2], idx_page, NULL), 2);
+	ASSERT_EQ(md__index_find(&ix, 42, idx_pages[1], idx_page, NULL), 1);
+	md__index_free(&ix);
+	/* The checksum sees a one-byte change; zero detection is exact. */
+	static unsigned char a[PG], b[PG];
+	fill(a, 9);
+	memcpy(b, a, PG);
+	ASSERT(md__page_hash(a) == md__page_hash(b));
+	b[PG - 1] ^= 1;
+	ASSERT(md__page_hash(a) != md__page_hash(b));
+	memset(b, 0, PG);
+	ASSERT(md__page_is_zero(b));
+	b[PG - 1] = 1;
+	ASSERT(!md__page_is_zero(b));
+	return 0;
+}
+
+TEST_IMPL(engine_pool_write_once)
+{
+	struct md__pool p;
+	static unsigned char pg[2 * PG];
+	uint32_t s, s2;
+	ASSERT_EQ(md__pool_open(&p, 64), 0);
+	fill(pg, 1);
+	fill(pg + PG, 2);
+	ASSERT_EQ(md__pool_reserve(&p, 2, &s), 0);
+	ASSERT_EQ(s, 0);
+	ASSERT_EQ(md__pool_publish(&p, s, pg, 2), 0);
+	ASSERT(memcmp(md__pool_page(&p, 1), pg + PG, PG) == 0);
+	/* A published page is never rewritten. */
+	ASSERT_EQ(md__pool_publish(&p, s, pg + PG, 1), -EPERM);
+	/* The holders' descriptor cannot write, nor map shared-writable. */
+	ASSERT(write(p.ro_fd, pg, 1) < 0);
+	ASSERT(mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_SHARED, p.ro_fd, 0) == MAP_FAILED);
+	ASSERT_EQ(errno, EACCES);
+	ASSERT(ftruncate(p.fd, 0) < 0);	/* sealed against shrinking */
+	/* A private mapping writes its own copy. */
+	unsigned char *m = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_PRIVATE, p.ro_fd, 0);
+	ASSERT(m != MAP_FAILED);
+	m[0] ^= 0xff;
+	ASSERT(memcmp(md__pool_page(&p, 0), pg, PG) == 0);
+	munmap(m, PG);
+	/* Refcounts: the last put punches the page out; the slot is reused. */
+	md__pool_get(&p, 0);
+	md__pool_get(&p, 0);
+	ASSERT_EQ(md__pool_put(&p, 0), 0);
+	ASSERT_EQ(md__pool_put(&p, 0), 1);
+	ASSERT(md__page_is_zero(md__pool_page(&p, 0)));
+	ASSERT_EQ(md__pool_live(&p), 1);
+	ASSERT_EQ(md__pool_reserve(&p, 1, &s2), 0);
+	ASSERT_EQ(s2, 0);
+	ASSERT_EQ(p.reused, 1);
+	ASSERT_EQ(md__pool_publish(&p, s2, pg + PG, 1), 0);
+	ASSERT(memcmp(md__pool_page(&p, 0), pg + PG, PG) == 0);
+	/* A run is appended, so its offsets are consecutive. */
+	ASSERT_EQ(md__pool_reserve(&p, 3, &s), 0);
+	ASSERT_EQ(s, 2);
+	md__pool_unreserve(&p, s, 3);
+	ASSERT_EQ(p.nfree, 3);
+	md__pool_close(&p);
+	return 0;
+}
+
+/* Two "guests" with the same content: A publishes, B merges. */
+TEST_IMPL(engine_merge_shares)
+{
+	struct md__engine e;
+	struct md__engine_stats st;
+	const size_t n = 16;
+	unsigned char *a = map_ram(n), *b = map_ram(n);
+	uint32_t slot;
+
+	engine_up(&e);
+	for (size_t i = 0; i < n; i++) {
+		fill(a + i * PG, (unsigned)i + 1);
+		fill(b + i * PG, (unsigned)i + 1);
+	}
+	b[5 * PG + 100] ^= 1;	/* one page of B differs by one bit */
+	ASSERT_EQ(md__engine_register(&e, a, n * PG, 0), 0);
+	ASSERT_EQ(md__engine_register(&e, b, n * PG, 0), 0);
+	ASSERT_EQ(md__engine_publish(&e, a, n, &slot), (int)n);
+	ASSERT_EQ(md__engine_merge(&e, b, n, slot), (int)n - 1);
+
+	for (size_t i = 0; i < n; i++) {
+		unsigned char want[PG];
+		fill(want, (unsigned)i + 1);
+		ASSERT(memcmp(a + i * PG, want, PG) == 0);
+		ASSERT(pagemap(a + i * PG) & PM_FILE);
+		if (i == 5) {
+			want[100] ^= 1;
+			ASSERT(memcmp(b + i * PG, want, PG) == 0);
+			ASSERT(pfn(a + i * PG) != pfn(b + i * PG));
+			ASSERT(!(pagemap(b + i * PG) & PM_FILE));
+			continue;
+		}
+		ASSERT(memcmp(b + i * PG, want, PG) == 0);
+		ASSERT_EQ(pfn(a + i * PG), pfn(b + i * PG));
+		ASSERT_EQ(pfn(b + i * PG), pfn(md__pool_page(&e.pool, slot + (uint32_t)i)));
+	}
+	md__engine_stats(&e, &st);
+	ASSERT_EQ(st.published, n);
+	ASSERT_EQ(st.merged, n - 1);
+	ASSERT_EQ(st.abandoned, 1);
+
+	/* Copy-on-write: B writes page 3; A and the pool keep the old bytes. */
+	uint64_t shared = pfn(a + 3 * PG);
+	b[3 * PG + 7] = 0x5a;
+	ASSERT_EQ(b[3 * PG + 7], 0x5a);
+	ASSERT(pfn(b + 3 * PG) != shared);
+	ASSERT_EQ(pfn(a + 3 * PG), shared);
+	unsigned char want[PG];
+	fill(want, 4);
+	ASSERT(memcmp(a + 3 * PG, want, PG) == 0);
+	ASSERT(memcmp(md__pool_page(&e.pool, slot + 3), want, PG) == 0);
+	ASSERT_EQ(md__engine_reap(&e), 1);
+	ASSERT_EQ(e.pool.refs[slot + 3], 1);
+
+	/* The written page can be merged again once its content is back. */
+	b[3 * PG + 7] = want[7];
+	ASSERT_EQ(md__engine_merge(&e, b + 3 * PG, 1, slot + 3), 1);
+	ASSERT_EQ(pfn(b + 3 * PG), shared);
+
+	/* Discard: zeroes, not pool content, and the reference goes. */
+	ASSERT_EQ(md__engine_discard(&e, b + 3 * PG, PG), 0);
+	ASSERT(md__page_is_zero(b + 3 * PG));
+	ASSERT_EQ(e.pool.refs[slot + 3], 1);
+	md__engine_fini(&e);
+	return 0;
+}
+
+TEST_IMPL(engine_zero_pages)
+{
+	struct md__engine e;
+	const size_t n = 8;
+	unsigned char *r = map_ram(n), *z = map_ram(1);
+	uint64_t zero_pfn = pfn(z);	/* a read of untouched memory: the zero page */
+
+	engine_up(&e);
+	for (size_t i = 0; i < n; i++)
+		memset(r + i * PG, i == 2 ? 1 : 0, PG);	/* populated, all zero but page 2 */
+	ASSERT(pfn(r) != zero_pfn);
+	ASSERT_EQ(md__engine_register(&e, r, n * PG, 0), 0);
+	ASSERT_EQ(md__engine_merge_zero(&e, r, n), (int)n - 1);
+	for (size_t i = 0; i < n; i++) {
+		if (i == 2) {
+			ASSERT(pfn(r + i * PG) != zero_pfn);
+			ASSERT_EQ(r[i * PG + 9], 1);
+			continue;
+		}
+		ASSERT_EQ(pfn(r + i * PG), zero_pfn);
+		ASSERT(md__page_is_zero(r + i * PG));
+	}
+	/* A write after the drop gets a fresh page, the zero page stays zero. */
+	r[0] = 7;
+	ASSERT(pfn(r) != zero_pfn);
+	ASSERT(md__page_is_zero(z));
+
+	/* A zero page inside a pool mapping (merged, then written zero) is
+	 * replaced by anonymous memory, not by the pool page again. */
+	unsigned char *p = map_ram(2);
+	uint32_t slot;
+	fill(p, 1);
+	fill(p + PG, 2);
+	ASSERT_EQ(md__engine_register(&e, p, 2 * PG, 0), 0);
+	ASSERT_EQ(md__engine_publish(&e, p, 2, &slot), 2);
+	memset(p, 0, PG);
+	ASSERT_EQ(md__engine_merge_zero(&e, p, 1), 1);
+	ASSERT(md__page_is_zero(p));
+	ASSERT_EQ(pfn(p), zero_pfn);
+	struct md__engine_stats st;
+	md__engine_stats(&e, &st);
+	ASSERT_EQ(st.zero, n);
+	md__engine_fini(&e);
+	return 0;
+}
+
+TEST_IMPL(engine_fork_after_merge)
+{
+	struct md__engine e;
+	const size_t n = 4;
+	unsigned char *a = map_ram(n), *b = map_ram(n);
+	uint32_t slot;
+	unsigned char want[PG];
+
+	engine_up(&e);
+	for (size_t i = 0; i < n; i++) {
+		fill(a + i * PG, (unsigned)i + 10);
+		fill(b + i * PG, (unsigned)i + 10);
+	}
+	ASSERT_EQ(md__engine_register(&e, a, n * PG, 0), 0);
+	ASSERT_EQ(md__engine_register(&e, b, n * PG, 0), 0);
+	ASSERT_EQ(md__engine_publish(&e, a, n, &slot), (int)n);
+	ASSERT_EQ(md__engine_merge(&e, b, n, slot), (int)n);
+	uint64_t shared = pfn(b);
+
+	int up[2], down[2];	/* child -> parent, parent -> child */
+	ASSERT_EQ(pipe(up), 0);
+	ASSERT_EQ(pipe(down), 0);
+	pid_t pid = fork();
+	ASSERT(pid >= 0);
+	if (pid == 0) {
+		/* The child sees the merged content on the same frame, and
+		 * its writes (no userfaultfd in the child) are its own. */
+		char ok = 1;
+		fill(want, 10);
+		ok &= memcmp(b, want, PG) == 0;
+		ok &= pfn(b) == shared;
+		b[0] ^= 0xff;
+		a[1] ^= 0xff;
+		ok &= b[0] == (unsigned char)(want[0] ^ 0xff);
+		ok &= pfn(b) != shared;
+		ok &= write(up[1], &ok, 1) == 1;
+		/* Wait for the parent's write before checking isolation. */
+		char c;
+		ok &= read(down[0], &c, 1) == 1;
+		fill(want, 11);
+		ok &= memcmp(b + PG, want, PG) == 0;
+		_exit(ok ? 0 : 1);
+	}
+	char ok = 0;
+	ASSERT_EQ(read(up[0], &ok, 1), 1);
+	ASSERT_EQ(ok, 1);
+	/* The child's writes did not reach us. */
+	fill(want, 10);
+	ASSERT(memcmp(b, want, PG) == 0);
+	ASSERT(memcmp(a, want, PG) == 0);
+	ASSERT_EQ(pfn(b), shared);
+	/* Our write (with the engine's userfaultfd live) is ours alone. */
+	b[PG + 1] ^= 0xff;
+	ASSERT_EQ(write(down[1], "x", 1), 1);
+	int status;
+	ASSERT_EQ(waitpid(pid, &status, 0), pid);
+	ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	md__engine_fini(&e);
+	return 0;
+}
+
+struct waiter {
+	volatile unsigned char *p;
+	unsigned char v;
+	volatile int done;
+};
+
+static void *write_one(void *arg)
+{
+	struct waiter *w = arg;
+	w->p[0] = w->v;
+	__atomic_store_n(&w->done, 1, __ATOMIC_SEQ_CST);
+	return NULL;
+}
+
+/* The lock, step by step: a writer on a frozen page waits for the merge,
+ * then writes into a private copy of the merged page (or the original). */
+TEST_IMPL(engine_writer_waits_for_merge)
+{
+	struct md__engine e;
+	unsigned char *a = map_ram(2), *b = map_ram(2);
+	uint32_t slot;
+	pthread_t t;
+
+	engine_up(&e);
+	fill(a, 1);
+	fill(b, 1);
+	fill(a + PG, 2);
+	fill(b + PG, 2);
+	ASSERT_EQ(md__engine_register(&e, a, 2 * PG, 0), 0);
+	ASSERT_EQ(md__engine_register(&e, b, 2 * PG, 0), 0);
+	ASSERT_EQ(md__engine_publish(&e, a, 2, &slot), 2);
+
+	for (int abandon = 0; abandon < 2; abandon++) {
+		unsigned char *pg = b + (size_t)abandon * PG;
+		struct waiter w = { pg + 11, 0xa5, 0 };
+		/* Do by hand what md__engine_merge does, pausing inside. */
+		pthread_mutex_lock(&e.lock);
+		ASSERT_EQ(md__uffd_wp(&e.uffd, (uintptr_t)pg, PG, 1), 0);
+		ASSERT(pagemap(pg) & PM_UFFD_WP);
+		ASSERT_EQ(pthread_create(&t, NULL, write_one, &w), 0);
+		usleep(100000);
+		ASSERT_EQ(w.done, 0);	/* the writer waits */
+		ASSERT(memcmp(pg, md__pool_page(&e.pool, slot + (uint32_t)abandon), PG) == 0);
+		if (!abandon) {
+			void *m = mmap(pg, PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED,
+				       e.pool.ro_fd, (off_t)slot * PG);
+			ASSERT(m == pg);
+		} else {
+			/* md__engine_merge's abandon path: un-protect. */
+			ASSERT_EQ(md__uffd_wp(&e.uffd, (uintptr_t)pg, PG, 0), 0);
+		}
+		usleep(20000);
+		if (!abandon)
+			ASSERT_EQ(w.done, 0);	/* still waits: the fault thread needs the lock */
+		pthread_mutex_unlock(&e.lock);
+		ASSERT_EQ(pthread_join(t, NULL), 0);
+		ASSERT_EQ(w.done, 1);
+		ASSERT_EQ(pg[11], 0xa5);
+		unsigned char want[PG];
+		fill(want, 1 + (unsigned)abandon);
+		ASSERT(memcmp(md__pool_page(&e.pool, slot + (uint32_t)abandon), want, PG) == 0);
+		ASSERT(memcmp(a + (size_t)abandon * PG, want, PG) == 0);
+		want[11] = 0xa5;
+		ASSERT(memcmp(pg, want, PG) == 0);
+		ASSERT(!(pagemap(pg) & PM_FILE));	/* a private copy */
+	}
+	struct md__engine_stats st;
+	md__engine_stats(&e, &st);
+	ASSERT(st.wp_faults >= 1);
+	md__engine_fini(&e);
+	return 0;
+}
+
+/* What a merge costs, and what it does to the number of mappings. */
+TEST_IMPL(engine_merge_cost)
+{
+	struct md__engine e;
+	const size_t n = 2048;
+	unsigned char *a = map_ram(n), *b = map_ram(n), *c = map_ram(n);
+	uint32_t slot;
+
+	engine_up(&e);
+	for (size_t i = 0; i < n; i++) {
+		fill(a + i * PG, (unsigned)i + 1);
+		fill(b + i * PG, (unsigned)i + 1);
+		fill(c + i * PG, (unsigned)i + 1);
+	}
+	ASSERT_EQ(md__engine_register(&e, a, n * PG, 0), 0);
+	ASSERT_EQ(md__engine_register(&e, b, n * PG, 0), 0);
+	ASSERT_EQ(md__engine_register(&e, c, n * PG, 0), 0);
+	double t0 = now();
+	for (size_t i = 0; i < n; i += 512)
+		ASSERT_EQ(md__engine_publish(&e, a + i * PG, 512, &slot), 512);
+	double t_pub = now() - t0;
+	slot = 0;
+
+	/* Scattered: every other page of B, one page per merge. */
+	uint64_t v0 = md__engine_count_vmas();
+	t0 = now();
+	for (size_t i = 0; i < n; i += 2)
+		ASSERT_EQ(md__engine_merge(&e, b + i * PG, 1, slot + (uint32_t)i), 1);
+	double t_scat = now() - t0;
+	uint64_t v1 = md__engine_count_vmas();
+	/* The pages in between, one at a time: each joins its neighbours'
+	 * mappings because their pool offsets are adjacent. */
+	t0 = now();
+	for (size_t i = 1; i < n; i += 2)
+		ASSERT_EQ(md__engine_merge(&e, b + i * PG, 1, slot + (uint32_t)i), 1);
+	double t_fill = now() - t0;
+	uint64_t v2 = md__engine_count_vmas();
+	/* Runs: C in 64-page merges. */
+	t0 = now();
+	for (size_t i = 0; i < n; i += 64)
+		ASSERT_EQ(md__engine_merge(&e, c + i * PG, 64, slot + (uint32_t)i), 64);
+	double t_run = now() - t0;
+	uint64_t v3 = md__engine_count_vmas();
+
+	printf("  publish: %.2f us/page (512-page runs)\n", t_pub * 1e6 / (double)n);
+	printf("  merge 1 scattered page: %.2f us; VMAs +%llu for %zu pages (%.2f per merge)\n",
+	       t_scat * 1e6 / (double)(n / 2), (unsigned long long)(v1 - v0), n / 2,
+	       (double)(v1 - v0) / (double)(n / 2));
+	printf("  merge 1 page between merged neighbours (adjacent offsets): %.2f us; VMAs %lld\n",
+	       t_fill * 1e6 / (double)(n / 2), (long long)v2 - (long long)v1);
+	printf("  merge 64-page runs: %.2f us/page; VMAs %lld for %zu pages\n",
+	       t_run * 1e6 / (double)n, (long long)v3 - (long long)v2, n);
+	for (size_t i = 0; i < n; i++)
+		ASSERT_EQ(pfn(b + i * PG), pfn(c + i * PG));
+	ASSERT((long long)v2 - (long long)v1 < 0);	/* filling the gaps merged VMAs */
+	ASSERT(v3 - v2 <= 2);
+	md__engine_fini(&e);
+	return 0;
+}
+
+/* Stress: writers change random bytes of random pages, and sometimes copy a
+ * template in whole, while the merger merges at full speed; afterwards every
+ * page equals its shadow copy: no write lost. */
+#define S_PAGES 1024u
+#define S_TEMPLATES 8u
+#define S_WRITERS 2u
+static unsigned char *s_ram, *s_shadow, *s_tmpl;
+static volatile int s_stop;
+static uint64_t s_writes[S_WRITERS];
+
+static void *stress_writer(void *arg)
+{
+	unsigned id = (unsigned)(uintptr_t)arg;
+	uint64_t x = 0x9e3779b97f4a7c15ull * (id + 1), n = 0;
+	while (!__atomic_load_n(&s_stop, __ATOMIC_RELAXED)) {
+		x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+		/* Writer id owns the pages p with p % S_WRITERS == id. */
+		size_t p = (size_t)(x % (S_PAGES / S_WRITERS)) * S_WRITERS + id;
+		unsigned char *g = s_ram + p * PG, *s = s_shadow + p * PG;
+		if ((x >> 20) % 4 == 0) {
+			const unsigned char *t = s_tmpl + ((x >> 24) % S_TEMPLATES) * PG;
+			memcpy(g, t, PG);
+			memcpy(s, t, PG);
+		} else {
+			size_t off = (size_t)(x >> 32) % PG;
+			unsigned char v = (unsigned char)(x >> 8);
+			if ((x >> 28) % 2)	/* half the writes put back the template byte */
+				v = s_tmpl[((x >> 24) % S_TEMPLATES) * PG + off];
+			g[off] = v;
+			s[off] = v;
+		}
+		n++;
+	}
+	s_writes[id] = n;
+	return NULL;
+}
+
+TEST_IMPL(engine_stress_no_lost_write)
+{
+	struct md__engine e;
+	pthread_t t[S_WRITERS];
+	uint32_t slot;
+
+	engine_up(&e);
+	s_ram = map_ram(S_PAGES);
+	s_shadow = map_ram(S_PAGES);
+	s_tmpl = map_ram(S_TEMPLATES);
+	for (unsigned i = 0; i < S_TEMPLATES; i++)
+		fill(s_tmpl + i * PG, 100 + i);
+	for (size_t p = 0; p < S_PAGES; p++) {
+		memcpy(s_ram + p * PG, s_tmpl + (p % S_TEMPLATES) * PG, PG);
+		memcpy(s_shadow + p * PG, s_ram + p * PG, PG);
+	}
+	ASSERT_EQ(md__engine_register(&e, s_tmpl, S_TEMPLATES * PG, 0), 0);
+	ASSERT_EQ(md__engine_register(&e, s_ram, S_PAGES * PG, 0), 0);
+	ASSERT_EQ(md__engine_publish(&e, s_tmpl, S_TEMPLATES, &slot), (int)S_TEMPLATES);
+	for (unsigned i = 0; i < S_WRITERS; i++)
+		ASSERT_EQ(pthread_create(&t[i], NULL, stress_writer, (void *)(uintptr_t)i), 0);
+
+	uint64_t x = 88172645463325252ull, attempts = 0, merged = 0, zero = 0;
+	double end = now() + 6.0;
+	while (now() < end) {
+		for (int k = 0; k < 64; k++) {
+			x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+			size_t p = (size_t)(x % S_PAGES);
+			size_t run = 1 + (x >> 40) % 4;
+			if (p + run > S_PAGES)
+				run = S_PAGES - p;
+			unsigned tm = (unsigned)((x >> 20) % S_TEMPLATES);
+			int r;
+			/* A run of the same template slot: merge each page of
+			 * the run with one pool page, a page at a time, or
+			 * try a zero drop now and then (never succeeds: the
+			 * templates are not zero, but it freezes pages). */
+			unsigned sel = (unsigned)((x >> 50) % 16);
+			if (sel == 0) {
+				r = md__engine_merge_zero(&e, s_ram + p * PG, run), zero++;
+			} else if (sel < 5) {
+				/* A run whose pages started as consecutive
+				 * templates: one mmap for what still matches. */
+				unsigned t0 = (unsigned)(p % S_TEMPLATES);
+				if (run > S_TEMPLATES - t0)
+					run = S_TEMPLATES - t0;
+				r = md__engine_merge(&e, s_ram + p * PG, run, slot + t0);
+			} else
+				r = md__engine_merge(&e, s_ram + p * PG, 1, slot + tm);
+			ASSERT(r >= 0);
+			merged += (uint64_t)r;
+			attempts++;
+		}
+		if ((attempts & 4095) == 0)
+			md__engine_reap(&e);
+	}
+	__atomic_store_n(&s_stop, 1, __ATOMIC_RELAXED);
+	for (unsigned i = 0; i < S_WRITERS; i++)
+		pthread_join(t[i], NULL);
+
+	size_t bad = 0;
+	for (size_t p = 0; p < S_PAGES; p++)
+		bad += memcmp(s_ram + p * PG, s_shadow + p * PG, PG) != 0;
+	for (unsigned i = 0; i < S_TEMPLATES; i++) {
+		unsigned char want[PG];
+		fill(want, 100 + i);
+		ASSERT(memcmp(md__pool_page(&e.pool, slot + i), want, PG) == 0);
+	}
+	struct md__engine_stats st;
+	md__engine_stats(&e, &st);
+	printf("  %llu merge attempts, %llu merged, %llu abandoned, %llu writers waited, "
+	       "%llu+%llu writes, %zu pages wrong\n",
+	       (unsigned long long)attempts, (unsigned long long)merged,
+	       (unsigned long long)st.abandoned, (unsigned long long)st.wp_faults,
+	       (unsigned long long)s_writes[0], (unsigned long long)s_writes[1], bad);
+	ASSERT_EQ(bad, 0);
+	ASSERT(merged > 100);
+	ASSERT(st.wp_faults > 0);	/* writers did hit frozen pages */
+	(void)zero;
+	md__engine_fini(&e);
+	return 0;
+}
