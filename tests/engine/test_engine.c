@@ -19,6 +19,7 @@
 #include "merge.h"
 #include "pool.h"
 #include "runner.h"
+#include "scanner.h"
 
 #define PG 4096u
 #define PM_PRESENT (1ull << 63)
@@ -619,6 +620,76 @@ TEST_IMPL(engine_stress_no_lost_write)
 	ASSERT(merged > 100);
 	ASSERT(st.wp_faults > 0);	/* writers did hit frozen pages */
 	(void)zero;
+	md__engine_fini(&e);
+	return 0;
+}
+
+/* The scanner finds duplicates from hints at once and from the linear scan
+ * after one pass of the volatility filter, and drops zero pages. */
+TEST_IMPL(engine_scanner_merges)
+{
+	struct md__engine e;
+	struct md__hints h;
+	struct md__scanner s;
+	const size_t n = 256, hinted = 64;
+	unsigned char *a = map_ram(n), *b = map_ram(n);
+	size_t perm[256];
+
+	engine_up(&e);
+	ASSERT_EQ(md__hints_init(&h, 16), 0);
+	/* B holds A's pages: the first 64 at the same place (as if both read
+	 * the same file there), the rest shuffled; every 16th page is zero. */
+	for (size_t i = 0; i < n; i++)
+		perm[i] = i;
+	for (size_t i = n - 1; i > hinted; i--) {
+		size_t j = hinted + (i * 7919) % (i - hinted + 1);
+		size_t t = perm[i];
+		perm[i] = perm[j];
+		perm[j] = t;
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (i % 16 == 15)
+			memset(a + i * PG, 0, PG);
+		else
+			fill(a + i * PG, (unsigned)i + 1);
+	}
+	for (size_t i = 0; i < n; i++)
+		memcpy(b + i * PG, a + perm[i] * PG, PG);
+	ASSERT_EQ(md__engine_register(&e, a, n * PG, 0), 0);
+	ASSERT_EQ(md__engine_register(&e, b, n * PG, 0), 0);
+	ASSERT_EQ(md__scanner_init(&s, &e, &h), 0);
+	md__hints_push(&h, (uintptr_t)a, hinted * PG);
+	md__hints_push(&h, (uintptr_t)b, hinted * PG);
+
+	/* Half the visits go to hints: 256 visits use up both. */
+	md__scanner_step(&s, 4 * hinted);
+	ASSERT_EQ(md__hints_count(&h), 0);
+	ASSERT_EQ(s.st.hinted, 2 * hinted);
+	ASSERT_EQ(s.st.merged_hint, hinted - hinted / 16);
+	for (size_t i = 0; i < hinted; i++)
+		if (i % 16 != 15)
+			ASSERT_EQ(pfn(a + i * PG), pfn(b + i * PG));
+
+	/* Three passes: the first records checksums, the next merge. */
+	for (int k = 0; k < 3; k++)
+		md__scanner_step(&s, 2 * n);
+	uint64_t zero_pfn = pfn(map_ram(1));
+	for (size_t i = 0; i < n; i++) {
+		ASSERT(memcmp(b + i * PG, a + perm[i] * PG, PG) == 0);
+		if (perm[i] % 16 == 15)
+			ASSERT_EQ(pfn(b + i * PG), zero_pfn);
+		else
+			ASSERT_EQ(pfn(b + i * PG), pfn(a + perm[i] * PG));
+	}
+	printf("  scanned %llu, hinted %llu, merged %llu+%llu (scan+hint), zero %llu, volatile %llu, "
+	       "published %llu, passes %llu, ratio %u/8\n",
+	       (unsigned long long)s.st.scanned, (unsigned long long)s.st.hinted,
+	       (unsigned long long)s.st.merged_scan, (unsigned long long)s.st.merged_hint,
+	       (unsigned long long)s.st.zero, (unsigned long long)s.st.volatile_skips,
+	       (unsigned long long)s.st.published, (unsigned long long)s.st.passes, s.st.ratio);
+	ASSERT(s.st.passes >= 2);
+	md__scanner_free(&s);
+	md__hints_free(&h);
 	md__engine_fini(&e);
 	return 0;
 }

@@ -1,0 +1,280 @@
+/*
+ * scanner.c - the content scanner, after mm/ksm.c's ksm_do_scan and KSM++.
+ *
+ * Overview. A thread wakes every sleep_ms and visits batch pages, then
+ * sleeps again; the batch and the sleep bound its CPU use. Each visit takes
+ * its page from one of two sources:
+ *   - the cursor, which walks every registered region page by page (linear
+ *     order, like KSM) or jumps to random pages (like ESX), and
+ *   - the hints: the bounded circular stack of (address, length) ranges the
+ *     VMM's reads just filled, newest first (KSM++): disk content is the
+ *     likeliest duplicate, and it is caught before it changes.
+ * Of every 8 visits, `ratio` come from hints while there are any, the rest
+ * from the cursor, so hints cannot starve the scan of other duplicates. Every
+ * 4096 visits the ratio moves one step toward the source that found more
+ * merges per visit (between 1 and 7 of 8).
+ *
+ * A visit (the page is not frozen yet; nothing here is proof):
+ *   1. a page still showing a pool page is skipped (already merged);
+ *   2. an all-zero page is dropped by md__engine_merge_zero (apart from the
+ *      pool: the kernel's zero page needs no pool slot);
+ *   3. the checksum (XXH3) is compared with the last visit's: a page that
+ *      changed is volatile and skipped this time (pages from hints skip this
+ *      filter: the read that just filled them is the one change expected);
+ *   4. the index is asked for a pool page with equal content: if there is
+ *      one, md__engine_merge freezes, byte-compares and maps it;
+ *   5. else the unstable table (this pass's hash -> page, like KSM's
+ *      unstable tree) may name another guest page with the same hash and,
+ *      compared now, the same bytes: that one is published into the pool
+ *      (frozen, copied, compared, mapped back) and this one merged with it;
+ *      otherwise this page enters the table. The table is emptied at the end
+ *      of every pass, as its entries go stale.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "checksum.h"
+#include "scanner.h"
+
+#define EPOCH 4096
+
+static int un_init(struct md__unstable *u, size_t cap)
+{
+	size_t c = 1024;
+	while (c < cap * 2)
+		c *= 2;
+	u->hash = calloc(c, sizeof(*u->hash));
+	u->addr = calloc(c, sizeof(*u->addr));
+	u->cap = c;
+	return u->hash && u->addr ? 0 : -ENOMEM;
+}
+
+static void un_clear(struct md__unstable *u)
+{
+	memset(u->addr, 0, u->cap * sizeof(*u->addr));
+}
+
+/* Returns a page with this hash other than addr, else records addr. The
+ * table is lossy when full: a dropped candidate is found next pass. */
+static uintptr_t un_find_insert(struct md__unstable *u, uint64_t h, uintptr_t addr)
+{
+	size_t i = (size_t)h & (u->cap - 1);
+	for (size_t k = 0; k < 16; k++, i = (i + 1) & (u->cap - 1)) {
+		if (!u->addr[i]) {
+			u->hash[i] = h;
+			u->addr[i] = addr;
+			return 0;
+		}
+		if (u->hash[i] == h && u->addr[i] != addr)
+			return u->addr[i];
+		if (u->hash[i] == h)
+			return 0;
+	}
+	return 0;
+}
+
+int md__scanner_init(struct md__scanner *s, struct md__engine *e, struct md__hints *h)
+{
+	size_t pages = 0;
+	memset(s, 0, sizeof(*s));
+	s->e = e;
+	s->hints = h;
+	s->batch = 100;
+	s->sleep_ms = 20;
+	s->ratio = 4;
+	s->rng = 0x2545f4914f6cdd1dull;
+	for (size_t i = 0; i < e->nregions; i++)
+		pages += (e->regions[i].end - e->regions[i].start) / MD_EPAGE;
+	if (un_init(&s->un, pages)) {
+		md__scanner_free(s);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+void md__scanner_free(struct md__scanner *s)
+{
+	free(s->un.hash);
+	free(s->un.addr);
+	s->un.hash = NULL;
+	s->un.addr = NULL;
+}
+
+static uint64_t next_rand(struct md__scanner *s)
+{
+	s->rng ^= s->rng << 13;
+	s->rng ^= s->rng >> 7;
+	s->rng ^= s->rng << 17;
+	return s->rng;
+}
+
+/* The cursor's next page, or 0 when nothing is registered. */
+static uintptr_t cursor_next(struct md__scanner *s)
+{
+	struct md__engine *e = s->e;
+	if (!e->nregions)
+		return 0;
+	if (s->random_order) {
+		struct md__eregion *r = &e->regions[next_rand(s) % e->nregions];
+		size_t np = (r->end - r->start) / MD_EPAGE;
+		if (++s->page >= np * e->nregions) {	/* a "pass" of as many visits */
+			s->page = 0;
+			s->st.passes++;
+			un_clear(&s->un);
+		}
+		return r->start + (next_rand(s) % np) * MD_EPAGE;
+	}
+	if (s->region >= e->nregions)
+		s->region = 0;
+	struct md__eregion *r = &e->regions[s->region];
+	uintptr_t a = r->start + s->page * MD_EPAGE;
+	if (a + MD_EPAGE >= r->end) {
+		s->page = 0;
+		if (++s->region >= e->nregions) {
+			s->region = 0;
+			s->st.passes++;
+			un_clear(&s->un);
+			md__engine_reap(e);
+		}
+	} else {
+		s->page++;
+	}
+	return a;
+}
+
+/* The next hinted page, or 0 when there are no hints. */
+static uintptr_t hint_next(struct md__scanner *s)
+{
+	while (s->cur.len < MD_EPAGE) {
+		if (!s->hints || !md__hints_pop(s->hints, &s->cur))
+			return 0;
+		/* Whole pages only: round the start up, the end down. */
+		uintptr_t a = (s->cur.addr + MD_EPAGE - 1) & ~(uintptr_t)(MD_EPAGE - 1);
+		uintptr_t end = (s->cur.addr + s->cur.len) & ~(uintptr_t)(MD_EPAGE - 1);
+		s->cur.addr = a;
+		s->cur.len = end > a ? end - a : 0;
+	}
+	uintptr_t a = s->cur.addr;
+	s->cur.addr += MD_EPAGE;
+	s->cur.len -= MD_EPAGE;
+	return a;
+}
+
+/* Visits one page; returns 1 if it was merged. */
+static int visit(struct md__scanner *s, uintptr_t a, int hinted)
+{
+	struct md__engine *e = s->e;
+	/* The region table only grows while scanning; reading it unlocked
+	 * is safe as long as regions are not removed (see the design doc). */
+	struct md__eregion *r = md__engine_region(e, a, MD_EPAGE);
+	if (!r)
+		return 0;
+	size_t i = (a - r->start) / MD_EPAGE;
+	if (MD_REF_SLOT(__atomic_load_n(&r->ref[i], __ATOMIC_RELAXED)))
+		return 0;
+	const void *page = (const void *)a;
+	if (md__page_is_zero(page)) {
+		int z = md__engine_merge_zero(e, (void *)a, 1);
+		s->st.zero += z > 0;
+		return 0;	/* counted apart, not as a merge */
+	}
+	uint64_t h = md__page_hash(page);
+	if (!hinted && (!r->seen[i] || r->hash[i] != h)) {
+		r->hash[i] = h;
+		r->seen[i] = 1;
+		s->st.volatile_skips++;
+		return 0;
+	}
+	r->hash[i] = h;
+	r->seen[i] = 1;
+	int64_t slot = md__engine_lookup(e, page, h);
+	if (slot >= 0)
+		return md__engine_merge(e, (void *)a, 1, (uint32_t)slot) > 0;
+	uintptr_t other = un_find_insert(&s->un, h, a);
+	if (!other || memcmp((const void *)other, page, MD_EPAGE) != 0)
+		return 0;
+	uint32_t ns;
+	struct md__eregion *ro = md__engine_region(e, other, MD_EPAGE);
+	if (!ro || MD_REF_SLOT(ro->ref[(other - ro->start) / MD_EPAGE]))
+		return 0;
+	if (md__engine_publish(e, (void *)other, 1, &ns) != 1)
+		return 0;
+	s->st.published++;
+	return md__engine_merge(e, (void *)a, 1, ns) > 0;
+}
+
+static void adapt(struct md__scanner *s)
+{
+	/* Merges per visit of each source, compared without division. */
+	uint64_t sv = s->epoch_visits[0], hv = s->epoch_visits[1];
+	uint64_t sm = s->epoch_merges[0], hm = s->epoch_merges[1];
+	if (sv + hv < EPOCH)
+		return;
+	if (hv && hm * (sv ? sv : 1) > sm * hv && s->ratio < 7)
+		s->ratio++;
+	else if (sv && sm * (hv ? hv : 1) > hm * sv && s->ratio > 1)
+		s->ratio--;
+	memset(s->epoch_visits, 0, sizeof(s->epoch_visits));
+	memset(s->epoch_merges, 0, sizeof(s->epoch_merges));
+}
+
+int md__scanner_step(struct md__scanner *s, size_t npages)
+{
+	int merges = 0;
+	for (size_t k = 0; k < npages; k++) {
+		uintptr_t a = 0;
+		int hinted = 0;
+		if (k % 8 < s->ratio && (a = hint_next(s)) != 0)
+			hinted = 1;
+		else
+			a = cursor_next(s);
+		if (!a)
+			break;
+		int m = visit(s, a, hinted);
+		merges += m;
+		s->epoch_visits[hinted]++;
+		s->epoch_merges[hinted] += (uint64_t)m;
+		if (hinted) {
+			s->st.hinted++;
+			s->st.merged_hint += (uint64_t)m;
+		} else {
+			s->st.scanned++;
+			s->st.merged_scan += (uint64_t)m;
+		}
+		adapt(s);
+	}
+	s->st.ratio = s->ratio;
+	return merges;
+}
+
+static void *scan_thread(void *arg)
+{
+	struct md__scanner *s = arg;
+	while (!__atomic_load_n(&s->stop, __ATOMIC_RELAXED)) {
+		md__scanner_step(s, s->batch);
+		struct timespec ts = { s->sleep_ms / 1000, (long)(s->sleep_ms % 1000) * 1000000L };
+		nanosleep(&ts, NULL);
+	}
+	return NULL;
+}
+
+int md__scanner_start(struct md__scanner *s)
+{
+	s->stop = 0;
+	int err = pthread_create(&s->thread, NULL, scan_thread, s);
+	if (err)
+		return -err;
+	s->running = 1;
+	return 0;
+}
+
+void md__scanner_stop(struct md__scanner *s)
+{
+	if (!s->running)
+		return;
+	__atomic_store_n(&s->stop, 1, __ATOMIC_RELAXED);
+	pthread_join(s->thread, NULL);
+	s->running = 0;
+}

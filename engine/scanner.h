@@ -1,0 +1,52 @@
+/*
+ * scanner.h - the scanner: visits registered guest RAM a batch at a time,
+ * interleaving pages named by I/O hints, and merges what it finds equal.
+ * See scanner.c for the algorithm.
+ */
+#ifndef MD_ENGINE_SCANNER_H
+#define MD_ENGINE_SCANNER_H
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hints.h"
+#include "merge.h"
+
+struct md__scanner_stats {
+	uint64_t scanned, hinted;          /* pages visited from each source */
+	uint64_t merged_scan, merged_hint; /* merges found by each source */
+	uint64_t zero, volatile_skips, published, passes;
+	unsigned ratio;                    /* now: hinted pages per 8 */
+};
+
+struct md__unstable {                      /* hash -> guest page, one pass */
+	uint64_t *hash;
+	uintptr_t *addr;
+	size_t cap;
+};
+
+struct md__scanner {
+	struct md__engine *e;
+	struct md__hints *hints;
+	size_t batch;           /* pages per wake-up */
+	unsigned sleep_ms;
+	int random_order;
+	unsigned ratio;         /* of every 8 pages, how many come from hints */
+	size_t region, page;    /* the linear cursor */
+	uint64_t rng;
+	struct md__hint cur;    /* the hint being worked through */
+	struct md__unstable un;
+	uint64_t epoch_visits[2], epoch_merges[2];	/* [0] scan, [1] hints */
+	struct md__scanner_stats st;
+	pthread_t thread;
+	int running, stop;
+};
+
+int md__scanner_init(struct md__scanner *s, struct md__engine *e, struct md__hints *h);
+void md__scanner_free(struct md__scanner *s);
+/* Visits up to npages pages; returns the merges made. */
+int md__scanner_step(struct md__scanner *s, size_t npages);
+/* The sleeping loop on a thread of its own: step(batch), sleep, again. */
+int md__scanner_start(struct md__scanner *s);
+void md__scanner_stop(struct md__scanner *s);
+#endif
