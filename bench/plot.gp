@@ -7,7 +7,7 @@ set output outdir."/memory.png"
 set datafile separator "\t"
 set multiplot layout 2,1 title "Two guests reading the same image (2 x 512 MB, TCG)"
 set grid
-set key below horizontal
+set key below horizontal width 3
 set xlabel "seconds since the guests started"
 set ylabel "fleet PSS (MB)"
 set yrange [0:*]
