@@ -14,7 +14,8 @@ AGENT_SRC  := agent/agent.c agent/regions.c agent/images.c agent/readshare.c \
               agent/accounting.c common/stats_file.c common/log.c \
               common/sys.c
 include engine/engine.mk
-AGENT_SRC  += $(ENGINE_SRC)
+include daemon/daemon.mk
+AGENT_SRC  += $(ENGINE_SRC) $(COMMON_DAEMON_SRC)
 PRELOAD_SRC := agent/preload.c
 CLI_SRC    := cli/main.c cli/cmd_run.c cli/cmd_status.c
 JSON_CFLAGS := $(shell pkg-config --cflags jansson 2>/dev/null)
@@ -27,7 +28,7 @@ CLI_OBJ     := $(CLI_SRC:%.c=$(B)/%.o)
 all: $(B)/memdedup $(B)/libmemdedup.so $(B)/libmemdedup-preload.so \
      $(B)/libmemdedup.a tests-build bench-build
 
-$(B)/%.o: %.c $(wildcard include/*.h common/*.h agent/*.h engine/*.h cli/*.h tests/*.h)
+$(B)/%.o: %.c $(wildcard include/*.h common/*.h agent/*.h engine/*.h daemon/*.h cli/*.h tests/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(MD_CFLAGS) $(CFLAGS) $(JSON_CFLAGS) -c -o $@ $<
 

@@ -1,4 +1,5 @@
 /* list.h - every test, in the order the runner runs them. */
+#include "list_daemon.h"
 #include "list_engine.h"
 
 #define TEST_LIST_AGENT(X) \
@@ -13,4 +14,4 @@
 	X(discard_yields_zeroes) X(unmerge_makes_private) X(preadv_mixed) \
 	X(fork_child_runs_plain) X(status_lists_agent)
 
-#define TEST_LIST(X) TEST_LIST_AGENT(X) TEST_LIST_ENGINE(X)
+#define TEST_LIST(X) TEST_LIST_AGENT(X) TEST_LIST_ENGINE(X) TEST_LIST_DAEMON(X)

@@ -1,0 +1,4 @@
+# daemon.mk - memdedupd, the protocol and the client library.
+DAEMON_SRC :=
+COMMON_DAEMON_SRC :=
+DAEMON_TEST_SRC :=

@@ -1,0 +1,2 @@
+/* list_daemon.h - the daemon's and protocol's tests. */
+#define TEST_LIST_DAEMON(X)
