@@ -47,7 +47,7 @@ log=${log:-$root/build/guest/run-$$.log}
 mkdir -p "$(dirname "$log")"
 : > "$log"
 
-# shellcheck disable=SC2206
+# shellcheck disable=SC2206,SC2054
 cmd=($wrapper qemu-system-x86_64 -machine pc,accel=tcg -m "$mem" -nographic -no-reboot
      -monitor none -serial "file:$log"
      -kernel "$kernel" -initrd "$initrd"

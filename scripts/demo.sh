@@ -61,7 +61,7 @@ row() {  # mode dir pages-column
   row memdedup "$out/memdedup" md_shared
   echo
   echo "Guest read time (s, in-guest): plain $(cut -f6 "$out/none/guests.tsv" | tr '\n' ' ')| memdedup $(cut -f6 "$out/memdedup/guests.tsv" | tr '\n' ' ')"
-  echo "Pages shared: kernel KSM pages_sharing for 'none', memdedup pages_shared (status --json) for 'memdedup'."
+  echo "Pages shared: kernel KSM pages_sharing for 'none'; for 'memdedup' the sum of both agents' pages_shared (status --json), so twice the pages saved."
 } | tee "$out/summary.txt"
 
 sums=$(cat "$out/none/guests.tsv" "$out/memdedup/guests.tsv" | cut -f7 | sort -u | wc -l)
