@@ -99,6 +99,7 @@ int md__engine_init(struct md__engine *e, const struct md__engine_options *opts)
 		o.pool_pages = 1u << 20;
 	e->kernel_ksm = o.kernel_ksm;
 	e->max_vmas = o.max_vmas ? o.max_vmas : default_max_vmas();
+	pthread_rwlock_init(&e->regions_lock, NULL);
 	pthread_mutex_init(&e->lock, NULL);
 
 	/* WP_UNPOPULATED lets a never-touched page be frozen too; without it
@@ -141,6 +142,7 @@ close_uffd:
 	md__uffd_close(&e->uffd);
 undo_lock:
 	pthread_mutex_destroy(&e->lock);
+	pthread_rwlock_destroy(&e->regions_lock);
 	return err;
 }
 
@@ -161,6 +163,7 @@ void md__engine_fini(struct md__engine *e)
 	if (e->pagemap_fd >= 0)
 		close(e->pagemap_fd);
 	pthread_mutex_destroy(&e->lock);
+	pthread_rwlock_destroy(&e->regions_lock);
 }
 
 struct md__eregion *md__engine_region(struct md__engine *e, uintptr_t addr, size_t len)
@@ -180,6 +183,7 @@ int md__engine_register(struct md__engine *e, void *addr, size_t len, unsigned a
 
 	if ((a | len) % MD_EPAGE || !len)
 		return -EINVAL;
+	pthread_rwlock_wrlock(&e->regions_lock);
 	pthread_mutex_lock(&e->lock);
 	for (size_t i = 0; i < e->nregions; i++)
 		if (a < e->regions[i].end && a + len > e->regions[i].start)
@@ -202,6 +206,7 @@ int md__engine_register(struct md__engine *e, void *addr, size_t len, unsigned a
 		goto free_arrays;
 	e->regions[e->nregions++] = r;
 	pthread_mutex_unlock(&e->lock);
+	pthread_rwlock_unlock(&e->regions_lock);
 	return 0;
 
 free_arrays:
@@ -210,6 +215,7 @@ free_arrays:
 	free(r.seen);
 unlock:
 	pthread_mutex_unlock(&e->lock);
+	pthread_rwlock_unlock(&e->regions_lock);
 	return err;
 }
 
@@ -268,6 +274,103 @@ static void release_ref(struct md__engine *e, struct md__eregion *r, size_t i)
 	if (s && md__pool_put(&e->pool, s - 1))
 		md__index_remove(&e->index, e->slot_hash[s - 1], s - 1);
 	r->ref[i] = 0;
+}
+
+/* Copies pages [from, from+n) of r's per-page arrays into a new region. */
+static int region_slice(const struct md__eregion *r, size_t from, size_t n, struct md__eregion *out)
+{
+	*out = (struct md__eregion){ r->start + from * MD_EPAGE, r->start + (from + n) * MD_EPAGE,
+				     r->advice, malloc(n * sizeof(uint32_t)),
+				     malloc(n * sizeof(uint64_t)), malloc(n) };
+	if (!out->ref || !out->hash || !out->seen) {
+		free(out->ref);
+		free(out->hash);
+		free(out->seen);
+		return -ENOMEM;
+	}
+	memcpy(out->ref, r->ref + from, n * sizeof(uint32_t));
+	memcpy(out->hash, r->hash + from, n * sizeof(uint64_t));
+	memcpy(out->seen, r->seen + from, n);
+	return 0;
+}
+
+int md__engine_unregister(struct md__engine *e, void *addr, size_t len)
+{
+	uintptr_t a = (uintptr_t)addr, end = a + len;
+	int err = 0;
+
+	pthread_rwlock_wrlock(&e->regions_lock);
+	pthread_mutex_lock(&e->lock);
+	for (size_t ri = 0; ri < e->nregions; ri++) {
+		struct md__eregion r = e->regions[ri];
+		if (r.end <= a || r.start >= end)
+			continue;
+		uintptr_t s0 = a > r.start ? a : r.start, s1 = end < r.end ? end : r.end;
+		for (uintptr_t p = s0; p < s1; p += MD_EPAGE)
+			release_ref(e, &r, (p - r.start) / MD_EPAGE);
+		/* Fails harmlessly where the memory is already gone. */
+		md__uffd_unregister(&e->uffd, s0, s1 - s0);
+		struct md__eregion left = { 0 }, right = { 0 };
+		size_t np = (r.end - r.start) / MD_EPAGE;
+		if (r.start < s0 && (err = region_slice(&r, 0, (s0 - r.start) / MD_EPAGE, &left)))
+			break;
+		if (s1 < r.end && (err = region_slice(&r, (s1 - r.start) / MD_EPAGE,
+						      np - (s1 - r.start) / MD_EPAGE, &right))) {
+			free(left.ref), free(left.hash), free(left.seen);
+			break;
+		}
+		size_t extra = (left.ref != NULL) + (right.ref != NULL);
+		struct md__eregion *n = e->regions;
+		if (extra > 1) {
+			n = realloc(e->regions, (e->nregions + 1) * sizeof(*n));
+			if (!n) {
+				free(left.ref), free(left.hash), free(left.seen);
+				free(right.ref), free(right.hash), free(right.seen);
+				err = -ENOMEM;
+				break;
+			}
+			e->regions = n;
+		}
+		free(r.ref), free(r.hash), free(r.seen);
+		/* Replace r in place by what is left of it. */
+		memmove(&e->regions[ri], &e->regions[ri + 1], (e->nregions - ri - 1) * sizeof(*n));
+		e->nregions--;
+		if (left.ref)
+			e->regions[e->nregions++] = left;
+		if (right.ref)
+			e->regions[e->nregions++] = right;
+		/* The table changed: start over (what was left of r lies
+		 * outside [a, end) and is skipped). */
+		ri = (size_t)-1;
+	}
+	pthread_mutex_unlock(&e->lock);
+	pthread_rwlock_unlock(&e->regions_lock);
+	return err;
+}
+
+int md__engine_exclude(struct md__engine *e, void *addr, size_t len,
+		       int (*map)(void *arg), void *arg)
+{
+	uintptr_t a = (uintptr_t)addr;
+
+	pthread_rwlock_rdlock(&e->regions_lock);
+	pthread_mutex_lock(&e->lock);
+	/* Under the merge lock no page here is frozen: the image mapping
+	 * cannot be overwritten by a merge that compared the old content. */
+	int err = map(arg);
+	if (err == 0) {
+		for (uintptr_t p = a; p < a + len; p += MD_EPAGE) {
+			struct md__eregion *r = md__engine_region(e, p, MD_EPAGE);
+			if (!r)
+				continue;
+			size_t i = (p - r->start) / MD_EPAGE;
+			release_ref(e, r, i);
+			r->ref[i] = MD_REF_IMAGE;
+		}
+	}
+	pthread_mutex_unlock(&e->lock);
+	pthread_rwlock_unlock(&e->regions_lock);
+	return err;
 }
 
 static int budget_ok(struct md__engine *e, size_t new_vmas)

@@ -14,6 +14,11 @@
  * thread while it resolves a fault. So no page is write-protected while the
  * fault thread holds the lock, and un-protecting whatever faulted is always
  * right. See docs/design-content-sharing.md.
+ *
+ * Lock order: regions_lock, then lock. The scanner holds regions_lock for
+ * reading across a batch (it reads guest pages outside the merge lock), so a
+ * region can only be removed - and its memory unmapped - between batches.
+ * The agent's own lock comes before both.
  */
 #ifndef MD_ENGINE_MERGE_H
 #define MD_ENGINE_MERGE_H
@@ -36,7 +41,11 @@
  * (even after a copy-on-write break), low bits the pool slot + 1 it still
  * shows (0: none). */
 #define MD_REF_FILE (1u << 31)
-#define MD_REF_SLOT(r) ((r) & ~MD_REF_FILE)
+/* The page is mapped from a disk image by read-time sharing: not ours. */
+#define MD_REF_IMAGE (1u << 30)
+#define MD_REF_SLOT(r) ((r) & ~(MD_REF_FILE | MD_REF_IMAGE))
+/* Nothing for the scanner to do: merged already, or an image page. */
+#define MD_REF_BUSY(r) ((r) & ~MD_REF_FILE)
 
 struct md__eregion {
 	uintptr_t start, end;
@@ -65,6 +74,7 @@ struct md__engine_options {
 };
 
 struct md__engine {
+	pthread_rwlock_t regions_lock;	/* see the lock order above */
 	pthread_mutex_t lock;   /* the merge lock; see above */
 	struct md__uffd uffd;
 	struct md__pool pool;
@@ -84,6 +94,14 @@ void md__engine_fini(struct md__engine *e);
 /* Registers guest RAM [addr, addr+len) (page-aligned). */
 int md__engine_register(struct md__engine *e, void *addr, size_t len, unsigned advice);
 
+/* Forgets guest RAM [addr, addr+len) (before it is unmapped, or when it no
+ * longer asks for merging): drops its pool references and registration. */
+int md__engine_unregister(struct md__engine *e, void *addr, size_t len);
+/* Runs map(arg) - which replaces [addr, addr+len) by an image mapping - with
+ * no merge in progress, then marks those pages as image pages the scanner
+ * leaves alone (dropping any pool reference they had). */
+int md__engine_exclude(struct md__engine *e, void *addr, size_t len,
+		       int (*map)(void *arg), void *arg);
 /* Merges n guest pages from addr with the live pool slots from slot on.
  * Returns the pages merged (those that compared equal), or -errno. */
 int md__engine_merge(struct md__engine *e, void *addr, size_t n, uint32_t slot);

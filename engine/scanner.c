@@ -29,6 +29,10 @@
  *      (frozen, copied, compared, mapped back) and this one merged with it;
  *      otherwise this page enters the table. The table is emptied at the end
  *      of every pass, as its entries go stale.
+ *
+ * The loop can be paused, and its CPU time is capped: after a batch that
+ * took c seconds of the thread's CPU, it sleeps at least long enough that
+ * c is no more than cpu_percent of the time since the batch began.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -166,13 +170,12 @@ static uintptr_t hint_next(struct md__scanner *s)
 static int visit(struct md__scanner *s, uintptr_t a, int hinted)
 {
 	struct md__engine *e = s->e;
-	/* The region table only grows while scanning; reading it unlocked
-	 * is safe as long as regions are not removed (see the design doc). */
+	/* The caller holds regions_lock: r cannot go away under us. */
 	struct md__eregion *r = md__engine_region(e, a, MD_EPAGE);
 	if (!r)
 		return 0;
 	size_t i = (a - r->start) / MD_EPAGE;
-	if (MD_REF_SLOT(__atomic_load_n(&r->ref[i], __ATOMIC_RELAXED)))
+	if (MD_REF_BUSY(__atomic_load_n(&r->ref[i], __ATOMIC_RELAXED)))
 		return 0;
 	const void *page = (const void *)a;
 	if (md__page_is_zero(page)) {
@@ -193,12 +196,14 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted)
 	if (slot >= 0)
 		return md__engine_merge(e, (void *)a, 1, (uint32_t)slot) > 0;
 	uintptr_t other = un_find_insert(&s->un, h, a);
-	if (!other || memcmp((const void *)other, page, MD_EPAGE) != 0)
+	if (!other)
+		return 0;
+	/* The other page's region may have gone since it was recorded. */
+	struct md__eregion *ro = md__engine_region(e, other, MD_EPAGE);
+	if (!ro || MD_REF_BUSY(ro->ref[(other - ro->start) / MD_EPAGE]) ||
+	    memcmp((const void *)other, page, MD_EPAGE) != 0)
 		return 0;
 	uint32_t ns;
-	struct md__eregion *ro = md__engine_region(e, other, MD_EPAGE);
-	if (!ro || MD_REF_SLOT(ro->ref[(other - ro->start) / MD_EPAGE]))
-		return 0;
 	if (md__engine_publish(e, (void *)other, 1, &ns) != 1)
 		return 0;
 	s->st.published++;
@@ -223,6 +228,7 @@ static void adapt(struct md__scanner *s)
 int md__scanner_step(struct md__scanner *s, size_t npages)
 {
 	int merges = 0;
+	pthread_rwlock_rdlock(&s->e->regions_lock);
 	for (size_t k = 0; k < npages; k++) {
 		uintptr_t a = 0;
 		int hinted = 0;
@@ -245,16 +251,36 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 		}
 		adapt(s);
 	}
+	pthread_rwlock_unlock(&s->e->regions_lock);
 	s->st.ratio = s->ratio;
 	return merges;
+}
+
+static uint64_t clock_ns(clockid_t c)
+{
+	struct timespec t;
+	clock_gettime(c, &t);
+	return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
 }
 
 static void *scan_thread(void *arg)
 {
 	struct md__scanner *s = arg;
+	pthread_setname_np(pthread_self(), "md-scan");
 	while (!__atomic_load_n(&s->stop, __ATOMIC_RELAXED)) {
-		md__scanner_step(s, s->batch);
-		struct timespec ts = { s->sleep_ms / 1000, (long)(s->sleep_ms % 1000) * 1000000L };
+		uint64_t sleep_ns = (uint64_t)__atomic_load_n(&s->sleep_ms, __ATOMIC_RELAXED) * 1000000ull;
+		uint64_t wall0 = clock_ns(CLOCK_MONOTONIC), cpu0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+		if (!__atomic_load_n(&s->paused, __ATOMIC_RELAXED))
+			md__scanner_step(s, __atomic_load_n(&s->batch, __ATOMIC_RELAXED));
+		uint64_t cpu = clock_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0;
+		uint64_t wall = clock_ns(CLOCK_MONOTONIC) - wall0;
+		s->st.cpu_ns += cpu;
+		unsigned cap = __atomic_load_n(&s->cpu_percent, __ATOMIC_RELAXED);
+		if (cap && cap < 100 && cpu * 100 / cap > wall + sleep_ns)
+			sleep_ns = cpu * 100 / cap - wall;
+		if (sleep_ns < 1000000)
+			sleep_ns = 1000000;	/* always yield a little */
+		struct timespec ts = { (time_t)(sleep_ns / 1000000000ull), (long)(sleep_ns % 1000000000ull) };
 		nanosleep(&ts, NULL);
 	}
 	return NULL;

@@ -16,6 +16,7 @@ struct md__scanner_stats {
 	uint64_t scanned, hinted;          /* pages visited from each source */
 	uint64_t merged_scan, merged_hint; /* merges found by each source */
 	uint64_t zero, volatile_skips, published, passes;
+	uint64_t cpu_ns;                   /* the scanning thread's CPU time */
 	unsigned ratio;                    /* now: hinted pages per 8 */
 };
 
@@ -28,8 +29,11 @@ struct md__unstable {                      /* hash -> guest page, one pass */
 struct md__scanner {
 	struct md__engine *e;
 	struct md__hints *hints;
+	/* Tunables, changed live with relaxed atomics. */
 	size_t batch;           /* pages per wake-up */
 	unsigned sleep_ms;
+	unsigned cpu_percent;   /* cap of one core, 0: none */
+	int paused;
 	int random_order;
 	unsigned ratio;         /* of every 8 pages, how many come from hints */
 	size_t region, page;    /* the linear cursor */
