@@ -6,12 +6,12 @@ OPT     ?= -O2 -g
 SAN     ?=
 MD_CFLAGS := $(OPT) $(SAN) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -Wshadow -Wpointer-arith \
            -Wstrict-prototypes -Wmissing-prototypes -Wvla -Wformat=2 \
-           -fno-strict-aliasing -fPIC -fvisibility=hidden -Iinclude -Icommon -pthread
+           -fno-strict-aliasing -fPIC -fvisibility=hidden -Iinclude -Icommon -Iengine -pthread
 LDFLAGS += -pthread $(SAN)
 B       := build
 
 AGENT_SRC  := agent/agent.c agent/regions.c agent/images.c agent/readshare.c \
-              agent/accounting.c common/stats_file.c common/log.c \
+              agent/accounting.c agent/scan.c common/stats_file.c common/log.c \
               common/sys.c
 include engine/engine.mk
 include daemon/daemon.mk

@@ -62,6 +62,7 @@ static void *agent_thread(void *arg)
 			md__image_lease_broken(a, info.si_fd);
 		else
 			md__account(a);
+		md__scan_account(a);
 		md__set(a, MD_CTR_AGENT_CPU_NS, thread_cpu_ns());
 	}
 	return NULL;
@@ -156,6 +157,7 @@ int md_agent_new(md_agent **agentp, const md_agent_options *opts)
 	a->flags = opts->flags;
 	a->max_vmas = opts->max_vmas ? opts->max_vmas : default_max_vmas();
 	a->lease_signal = SIGRTMAX - 2;
+	md__scan_init(a, opts);
 
 	start.agent = a;
 	sem_init(&start.ready, 0, 0);
@@ -173,6 +175,7 @@ int md_agent_new(md_agent **agentp, const md_agent_options *opts)
 
 err_free:
 	sem_destroy(&start.ready);
+	md__scan_free(a);
 	pthread_mutex_destroy(&a->lock);
 	free(a);
 err_unclaim:
@@ -187,6 +190,8 @@ void md_agent_free(md_agent *a)
 	__atomic_store_n(&a->stop, 1, __ATOMIC_RELEASE);
 	syscall(SYS_tgkill, getpid(), a->thread_tid, a->lease_signal);
 	pthread_join(a->thread, NULL);
+	/* The engine's pool pages stay mapped, and correct: they never change. */
+	md__scan_free(a);
 
 	/* Without the thread nobody would answer a lease break: make every
 	 * shared page private before the leases go. */
@@ -220,6 +225,10 @@ int md_agent_register(md_agent *a, void *addr, size_t len, unsigned advice)
 		return -EINVAL;
 	pthread_mutex_lock(&a->lock);
 	err = md__regions_add(a, (uintptr_t)addr, (uintptr_t)addr + len, advice);
+	/* Under agent->lock: the read path looks at the engine's regions
+	 * while holding it, so they only change under it. */
+	if (!err)
+		md__scan_register(a, (uintptr_t)addr, len, advice);
 	pthread_mutex_unlock(&a->lock);
 	return err;
 }
@@ -234,6 +243,10 @@ int md_agent_unregister(md_agent *a, void *addr, size_t len)
 	err = md__privatize(a, (uintptr_t)addr, (uintptr_t)addr + len, 0);
 	if (!err)
 		err = md__regions_remove(a, (uintptr_t)addr, (uintptr_t)addr + len);
+	/* Pages merged by the scanner stay mapped from the pool: correct, as
+	 * pool pages never change; they are just no longer scanned. */
+	if (!err && a->engine)
+		md__engine_unregister(a->engine, addr, len);
 	pthread_mutex_unlock(&a->lock);
 	return err;
 }
@@ -245,6 +258,8 @@ int md_agent_forget(md_agent *a, void *addr, size_t len)
 		return -EINVAL;
 	pthread_mutex_lock(&a->lock);
 	err = md__regions_remove(a, (uintptr_t)addr, (uintptr_t)addr + len);
+	if (a->engine)
+		md__engine_unregister(a->engine, addr, len);
 	pthread_mutex_unlock(&a->lock);
 	return err;
 }
@@ -256,6 +271,8 @@ int md_agent_advise(md_agent *a, void *addr, size_t len, unsigned advice)
 		return -EINVAL;
 	pthread_mutex_lock(&a->lock);
 	md__regions_advise(a, (uintptr_t)addr, (uintptr_t)addr + len, advice);
+	if (a->engine)
+		md__engine_advise(a->engine, addr, len, advice);
 	pthread_mutex_unlock(&a->lock);
 	return 0;
 }
@@ -267,6 +284,9 @@ int md_agent_discard(md_agent *a, void *addr, size_t len)
 		return -EINVAL;
 	pthread_mutex_lock(&a->lock);
 	err = md__discard(a, (uintptr_t)addr, (uintptr_t)addr + len);
+	/* Pool pages too would read back as pool content after the discard. */
+	if (a->engine && md__engine_region(a->engine, (uintptr_t)addr, len))
+		md__engine_discard(a->engine, addr, len);
 	pthread_mutex_unlock(&a->lock);
 	return err;
 }
@@ -276,6 +296,7 @@ int md_agent_stats(md_agent *a, md_stats *stats)
 	if (!a || !stats)
 		return -EINVAL;
 	md__account(a);
+	md__scan_account(a);
 	uint64_t snap[MD_CTR_COUNT];
 	for (int i = 0; i < MD_CTR_COUNT; i++)
 		snap[i] = __atomic_load_n(&a->ctr[i], __ATOMIC_RELAXED);

@@ -6,6 +6,11 @@
  * break cannot miss a mapping made concurrently) but never across a copying
  * pread, so I/O threads only wait for one another's mmap(2) calls, which the
  * kernel serialises on the mm anyway.
+ *
+ * With the content scanner, agent->lock comes before the engine's locks
+ * (regions_lock, then the merge lock): the read path maps image pages through
+ * md__engine_exclude() while holding agent->lock; the scanner never takes
+ * agent->lock.
  */
 #ifndef MD_AGENT_INTERNAL_H
 #define MD_AGENT_INTERNAL_H
@@ -15,7 +20,10 @@
 #include <sys/types.h>
 #include <time.h>
 
+#include "hints.h"
 #include "memdedup.h"
+#include "merge.h"
+#include "scanner.h"
 #include "stats_file.h"
 
 #define MD_PAGE ((uintptr_t)MD_PAGE_SIZE)
@@ -57,6 +65,13 @@ struct md_agent {
 	uint64_t local_ctr[MD_CTR_COUNT];
 	struct md__stats_file *stats_map;
 	char stats_path[256];
+
+	/* The content scanner; engine is NULL when it is off or failed. */
+	struct md__engine *engine;
+	struct md__hints hints;
+	struct md__scanner scanner;
+	int scanner_started;
+	unsigned scan_batch, scan_sleep_ms, scan_cpu_percent;
 
 	int lease_signal;
 	pid_t thread_tid;
@@ -106,6 +121,12 @@ struct md__read_plan {
 };
 void md__plan_read(uintptr_t buf, size_t len, uint64_t off, uint64_t file_size,
 		   struct md__read_plan *p);
+
+/* scan.c: the agent's side of the content scanner */
+void md__scan_init(struct md_agent *a, const md_agent_options *o);
+void md__scan_register(struct md_agent *a, uintptr_t start, size_t len, unsigned advice);
+void md__scan_account(struct md_agent *a);
+void md__scan_free(struct md_agent *a);
 
 /* accounting.c */
 void md__account(struct md_agent *a);

@@ -11,6 +11,9 @@
  *   MEMDEDUP_MAX_VMAS=N      the mapping budget
  *   MEMDEDUP_POPULATE=1      fault shared pages in at read time
  *   MEMDEDUP_NO_SHARING=1    count only
+ *   MEMDEDUP_SCAN=1          run the content scanner; MEMDEDUP_PAGES_TO_SCAN,
+ *                            MEMDEDUP_SLEEP_MS, MEMDEDUP_CPU_PERCENT,
+ *                            MEMDEDUP_SCAN_ORDER=linear|random tune it
  *   MEMDEDUP_DISABLE=1       do nothing at all
  *   MEMDEDUP_RUN_DIR, MEMDEDUP_LOG
  */
@@ -72,6 +75,17 @@ static md_agent *agent_get(void)
 			o.flags |= MD_OPT_POPULATE;
 		if (env_flag("MEMDEDUP_NO_SHARING", 0))
 			o.flags |= MD_OPT_NO_SHARING;
+		if (env_flag("MEMDEDUP_SCAN", 0))
+			o.flags |= MD_OPT_SCAN;
+		v = getenv("MEMDEDUP_SCAN_ORDER");
+		if (v && strcmp(v, "random") == 0)
+			o.flags |= MD_OPT_SCAN_RANDOM;
+		v = getenv("MEMDEDUP_PAGES_TO_SCAN");
+		o.pages_to_scan = v ? (unsigned)strtoul(v, NULL, 10) : 0;
+		v = getenv("MEMDEDUP_SLEEP_MS");
+		o.sleep_ms = v ? (unsigned)strtoul(v, NULL, 10) : 0;
+		v = getenv("MEMDEDUP_CPU_PERCENT");
+		o.cpu_percent = v ? (unsigned)strtoul(v, NULL, 10) : 0;
 		md__log_open(getenv("MEMDEDUP_LOG"));
 		int err = md_agent_new(&a, &o);
 		if (err) {
@@ -137,22 +151,23 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 	}
 }
 
+/* RAM about to be unmapped or replaced is forgotten first, so the scanner,
+ * which reads guest pages, can never touch memory that is gone. Forgetting
+ * memory whose unmapping then fails only stops sharing it. */
 EXPORT int munmap(void *addr, size_t len)
 {
-	int r = md__sys_munmap(addr, len);
 	md_agent *a = agent_peek();
-	if (r == 0 && a && page_len(len))
+	if (a && page_len(len) && (uintptr_t)addr % MD_PAGE_SIZE == 0)
 		md_agent_forget(a, addr, page_len(len));
-	return r;
+	return md__sys_munmap(addr, len);
 }
 
 EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
-	void *m = md__sys_mmap(addr, len, prot, flags, fd, off);
 	md_agent *a = agent_peek();
-	if (m != MAP_FAILED && (flags & (MAP_FIXED | MAP_FIXED_NOREPLACE)) && a && page_len(len))
-		md_agent_forget(a, m, page_len(len));
-	return m;
+	if ((flags & MAP_FIXED) && a && page_len(len) && (uintptr_t)addr % MD_PAGE_SIZE == 0)
+		md_agent_forget(a, addr, page_len(len));
+	return md__sys_mmap(addr, len, prot, flags, fd, off);
 }
 EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 	__attribute__((alias("mmap")));
@@ -171,10 +186,9 @@ EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 	 * private first, so a lease break cannot miss them. */
 	if (a && page_len(old_len) && (uintptr_t)old % MD_PAGE_SIZE == 0)
 		md_agent_unregister(a, old, page_len(old_len));
-	void *m = (void *)syscall(SYS_mremap, old, old_len, new_len, flags, new_addr);
-	if (m != MAP_FAILED && a && page_len(new_len))
-		md_agent_forget(a, m, page_len(new_len));
-	return m;
+	if (a && (flags & MREMAP_FIXED) && page_len(new_len))
+		md_agent_forget(a, new_addr, page_len(new_len));
+	return (void *)syscall(SYS_mremap, old, old_len, new_len, flags, new_addr);
 }
 
 EXPORT ssize_t pread(int fd, void *buf, size_t len, off_t off)

@@ -68,6 +68,23 @@ static void ensure_mapped(struct md_agent *a, const struct md__region *r, uintpt
 	}
 }
 
+struct map_args {
+	void *dst;
+	size_t len;
+	int fd;
+	off_t off;
+	int err;
+};
+
+static int map_image(void *arg)
+{
+	struct map_args *m = arg;
+	if (md__sys_mmap(m->dst, m->len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED,
+			 m->fd, m->off) == MAP_FAILED)
+		m->err = -errno;
+	return m->err;
+}
+
 /* Maps whole pages of one read segment. Returns the bytes mapped (the plan's
  * head is then still to be copied, and the tail), or 0 when the segment must
  * be copied whole. Called with the buffer known to be in region r. */
@@ -96,10 +113,15 @@ static size_t share_locked(struct md_agent *a, struct md__region *r, int fd,
 
 	uintptr_t dst = buf + plan->head;
 	off_t map_off = off + (off_t)plan->head;
-	void *m = md__sys_mmap((void *)dst, plan->map_len, PROT_READ | PROT_WRITE,
-			       MAP_PRIVATE | MAP_FIXED, img->fd, map_off);
-	if (m == MAP_FAILED) {
-		int err = errno;
+	struct map_args m = { (void *)dst, plan->map_len, img->fd, map_off, 0 };
+	if (a->engine && md__engine_region(a->engine, dst, plan->map_len))
+		/* With no merge in flight on these pages, and kept out of the
+		 * scanner's reach afterwards. */
+		md__engine_exclude(a->engine, m.dst, m.len, map_image, &m);
+	else
+		map_image(&m);
+	if (m.err) {
+		int err = -m.err;
 		md__fallback(a, err == ENOMEM ? MD_FB_ENOMEM : MD_FB_ERROR, pages_of(len));
 		md__log_once(31, "mmap of an image into guest RAM failed (%s%s): reads are copied",
 			     strerror(err), err == ENOMEM ? ", memory or vm.max_map_count" : "");
@@ -170,6 +192,9 @@ static ssize_t read_segment(struct md_agent *a, int fd, void *buf, size_t len, o
 	ssize_t n;
 	if (!mapped) {
 		n = md__sys_pread(fd, buf, len, off);
+		/* Not shared at read time: the scanner should look here first. */
+		if (a->engine && n >= (ssize_t)MD_PAGE)
+			md__hints_push(&a->hints, (uintptr_t)buf, (size_t)n);
 	} else {
 		/* The mapped pages are the file's: copy only around them. The
 		 * size is fixed by the lease, so these reads are not short. */

@@ -17,15 +17,22 @@ const struct md__cmd md__cmd_run_def = {
 	.name = "run",
 	.summary = "run a command (a VMM) with the memdedup agent inside",
 	.usage =
-	"usage: memdedup run [--kernel-ksm=on|off] [--populate] -- CMD [ARGS...]\n"
+	"usage: memdedup run [OPTIONS] -- CMD [ARGS...]\n"
 	"\n"
 	"Runs CMD with the agent preloaded (LD_PRELOAD). Guest RAM that CMD marks\n"
 	"MADV_MERGEABLE is registered; whole pages it reads from read-only image\n"
 	"files into it are shared with every other guest reading the same image.\n"
+	"With --scan, a content scanner also merges equal pages (copy-on-write,\n"
+	"after write-protecting and comparing them byte for byte) and zero pages.\n"
 	"\n"
-	"  --kernel-ksm=on|off  pass MADV_MERGEABLE on to kernel KSM (default on)\n"
-	"  --populate           fault shared pages in at read time\n"
-	"  -h, --help           this text\n"
+	"  --kernel-ksm=on|off     pass MADV_MERGEABLE on to kernel KSM (default on)\n"
+	"  --populate              fault shared pages in at read time\n"
+	"  --scan                  run the content scanner\n"
+	"  --pages-to-scan=N       pages per batch, 1..100000 (default 100)\n"
+	"  --sleep-ms=N            sleep between batches, 0..10000 ms (default 20)\n"
+	"  --cpu-percent=N         CPU cap of the scanner, 1..100 % of a core\n"
+	"  --scan-order=linear|random\n"
+	"  -h, --help              this text\n"
 	"\n"
 	"Environment: MEMDEDUP_PRELOAD (the library), MEMDEDUP_RUN_DIR (statistics),\n"
 	"MEMDEDUP_LOG (log file), MEMDEDUP_MAX_VMAS (mapping budget).\n",
@@ -60,32 +67,102 @@ static int find_preload(char *out, size_t size)
 	return -ENOENT;
 }
 
+/* Options that become the agent's environment. A value is a number in
+ * [lo, hi], or one of the words of `words` (separated by '|'), passed on as
+ * its index when value_is_word_index is set. */
+struct run_option {
+	const char *name;	/* "--name"; with '=' a value follows */
+	const char *env;
+	long lo, hi;
+	const char *words;
+	int value_is_word_index;
+};
+
+static const struct run_option run_options[] = {
+	{ "--kernel-ksm=", "MEMDEDUP_KERNEL_KSM", 0, 0, "off|on", 1 },
+	{ "--populate", "MEMDEDUP_POPULATE", 0, 0, NULL, 0 },
+	{ "--scan", "MEMDEDUP_SCAN", 0, 0, NULL, 0 },
+	{ "--pages-to-scan=", "MEMDEDUP_PAGES_TO_SCAN", 1, 100000, NULL, 0 },
+	{ "--sleep-ms=", "MEMDEDUP_SLEEP_MS", 0, 10000, NULL, 0 },
+	{ "--cpu-percent=", "MEMDEDUP_CPU_PERCENT", 1, 100, NULL, 0 },
+	{ "--scan-order=", "MEMDEDUP_SCAN_ORDER", 0, 0, "linear|random", 0 },
+};
+
+/* Returns 0 and sets the environment, or a usage error (2). */
+static int apply_option(const struct md__cmd *cmd, const char *arg, int *matched)
+{
+	*matched = 0;
+	for (size_t k = 0; k < sizeof(run_options) / sizeof(run_options[0]); k++) {
+		const struct run_option *o = &run_options[k];
+		size_t n = strlen(o->name);
+		int takes_value = o->name[n - 1] == '=';
+		if (!takes_value ? strcmp(arg, o->name) != 0 : strncmp(arg, o->name, n) != 0) {
+			if (takes_value && strncmp(arg, o->name, n - 1) == 0 && arg[n - 1] == '\0')
+				return md__usage_error(cmd, "%s needs a value (%s...)", arg, o->name);
+			continue;
+		}
+		*matched = 1;
+		const char *v = takes_value ? arg + n : "1";
+		char buf[32];
+		if (takes_value && o->words) {
+			/* One of the words, exactly. */
+			const char *w = o->words;
+			int idx = 0, ok = 0;
+			while (*w && !ok) {
+				size_t len = strcspn(w, "|");
+				ok = strlen(v) == len && strncmp(v, w, len) == 0;
+				if (!ok) {
+					w += len + (w[len] == '|');
+					idx++;
+				}
+			}
+			if (!ok)
+				return md__usage_error(cmd, "%.*s takes one of %s, not '%s'",
+						       (int)(n - 1), o->name, o->words, v);
+			if (o->value_is_word_index) {
+				snprintf(buf, sizeof(buf), "%d", idx);
+				v = buf;
+			}
+		} else if (takes_value) {
+			char *end;
+			errno = 0;
+			long x = strtol(v, &end, 10);
+			if (errno || end == v || *end || x < o->lo || x > o->hi)
+				return md__usage_error(cmd, "%.*s takes a number from %ld to %ld, not '%s'",
+						       (int)(n - 1), o->name, o->lo, o->hi, v);
+		}
+		if (setenv(o->env, v, 1) != 0) {
+			perror("memdedup run: setenv");
+			return 1;
+		}
+		return 0;
+	}
+	return 0;
+}
+
 int md__cmd_run(int argc, char **argv)
 {
 	const struct md__cmd *cmd = &md__cmd_run_def;
-	const char *ksm = "1";
-	int populate = 0, i;
+	int i;
 
+	/* The environment set here only reaches CMD through exec: a usage
+	 * error exits first, so it changes nothing. */
 	for (i = 1; i < argc; i++) {
 		const char *a = argv[i];
+		int matched, r;
 		if (md__wants_help(cmd, a))
 			return 0;
 		if (strcmp(a, "--") == 0) {
 			i++;
 			break;
 		}
-		if (strcmp(a, "--kernel-ksm=on") == 0)
-			ksm = "1";
-		else if (strcmp(a, "--kernel-ksm=off") == 0)
-			ksm = "0";
-		else if (strncmp(a, "--kernel-ksm", 12) == 0)
-			return md__usage_error(cmd, "--kernel-ksm takes =on or =off, not '%s'", a);
-		else if (strcmp(a, "--populate") == 0)
-			populate = 1;
-		else if (a[0] == '-')
-			return md__usage_error(cmd, "unknown option '%s'", a);
-		else
+		if (a[0] != '-')
 			break;	/* the command, without a "--" */
+		r = apply_option(cmd, a, &matched);
+		if (r)
+			return r;
+		if (!matched)
+			return md__usage_error(cmd, "unknown option '%s'", a);
 	}
 	if (i >= argc)
 		return md__usage_error(cmd, "no command to run");
@@ -102,8 +179,7 @@ int md__cmd_run(int argc, char **argv)
 		snprintf(preload, sizeof(preload), "%s:%s", lib, old);
 	else
 		snprintf(preload, sizeof(preload), "%s", lib);
-	if (setenv("LD_PRELOAD", preload, 1) != 0 || setenv("MEMDEDUP_KERNEL_KSM", ksm, 1) != 0 ||
-	    (populate && setenv("MEMDEDUP_POPULATE", "1", 1) != 0)) {
+	if (setenv("LD_PRELOAD", preload, 1) != 0) {
 		perror("memdedup run: setenv");
 		return 1;
 	}

@@ -21,9 +21,10 @@ const struct md__cmd md__cmd_status_def = {
 	"usage: memdedup status [--json]\n"
 	"\n"
 	"Lists the processes running the memdedup agent: pid, command, registered\n"
-	"guest RAM, pages shared now, copy-on-write breaks, fallbacks (reads or\n"
-	"parts of reads that were copied, not shared) and mappings (VMAs); then\n"
-	"the totals, and kernel KSM's counters from /sys/kernel/mm/ksm.\n"
+	"guest RAM, pages shared at read time now, their copy-on-write breaks,\n"
+	"fallbacks (reads or parts of reads that were copied, not shared), mappings\n"
+	"(VMAs), pages merged by the scanner now and zero pages dropped; then the\n"
+	"totals, and kernel KSM's counters from /sys/kernel/mm/ksm.\n"
 	"\n"
 	"  --json      machine-readable output\n"
 	"  -h, --help  this text\n",
@@ -118,6 +119,22 @@ static json_t *stats_json(const md_stats *s)
 		json_object_set_new(fb, md_fallback_name(i), json_integer((json_int_t)s->fallbacks[i]));
 	json_object_set_new(o, "fallbacks", fb);
 	json_object_set_new(o, "agent_cpu_seconds", json_real((double)s->agent_cpu_ns / 1e9));
+	json_t *sc = json_object();
+	const struct { const char *k; uint64_t v; } scan[] = {
+		{ "pages_scanned", s->pages_scanned }, { "pages_hinted", s->pages_hinted },
+		{ "merged", s->merged }, { "merged_from_hints", s->merged_from_hints },
+		{ "zero_pages", s->zero_pages }, { "published", s->published },
+		{ "volatile_skips", s->volatile_skips }, { "abandoned", s->abandoned },
+		{ "full_scans", s->full_scans }, { "breaks", s->scan_breaks },
+		{ "wp_waits", s->wp_waits }, { "hints_pushed", s->hints_pushed },
+		{ "hints_dropped", s->hints_dropped }, { "pages_sharing", s->pages_sharing },
+		{ "pages_shared", s->pool_pages },
+	};
+	for (size_t i = 0; i < sizeof(scan) / sizeof(scan[0]); i++)
+		json_object_set_new(sc, scan[i].k, json_integer((json_int_t)scan[i].v));
+	json_object_set_new(sc, "general_profit", json_integer((json_int_t)s->general_profit));
+	json_object_set_new(sc, "cpu_seconds", json_real((double)s->scan_cpu_ns / 1e9));
+	json_object_set_new(o, "scanner", sc);
 	return o;
 }
 
@@ -132,10 +149,11 @@ static void add_stats(md_stats *t, const md_stats *s)
 
 static void print_row(const char *pid, const char *cmd, const md_stats *s)
 {
-	printf("%-8s %-28.28s %9.1f %10llu %8llu %9llu %7llu\n", pid, cmd,
+	printf("%-8s %-28.28s %9.1f %10llu %8llu %9llu %7llu %8llu %7llu\n", pid, cmd,
 	       (double)s->registered_bytes / (1 << 20), (unsigned long long)s->pages_shared,
 	       (unsigned long long)s->breaks, (unsigned long long)s->fallbacks_total,
-	       (unsigned long long)s->vmas);
+	       (unsigned long long)s->vmas, (unsigned long long)s->pages_sharing,
+	       (unsigned long long)s->zero_pages);
 }
 
 int md__cmd_status(int argc, char **argv)
@@ -181,8 +199,8 @@ int md__cmd_status(int argc, char **argv)
 		putchar('\n');
 		json_decref(root);
 	} else {
-		printf("%-8s %-28s %9s %10s %8s %9s %7s\n", "PID", "COMMAND", "RAM_MB",
-		       "SHARED", "BREAKS", "FALLBACKS", "VMAS");
+		printf("%-8s %-28s %9s %10s %8s %9s %7s %8s %7s\n", "PID", "COMMAND", "RAM_MB",
+		       "SHARED", "BREAKS", "FALLBACKS", "VMAS", "MERGED", "ZERO");
 		for (size_t i = 0; i < n; i++) {
 			char pid[16];
 			snprintf(pid, sizeof(pid), "%u", agents[i].pid);

@@ -38,6 +38,23 @@ const char *md__ctr_name(enum md__ctr c)
 		[MD_CTR_VMAS] = "vmas",
 		[MD_CTR_FALLBACK_TOTAL] = "fallbacks_total",
 		[MD_CTR_AGENT_CPU_NS] = "agent_cpu_ns",
+		[MD_CTR_PAGES_SCANNED] = "pages_scanned",
+		[MD_CTR_PAGES_HINTED] = "pages_hinted",
+		[MD_CTR_MERGED] = "merged",
+		[MD_CTR_MERGED_FROM_HINTS] = "merged_from_hints",
+		[MD_CTR_ZERO_PAGES] = "zero_pages",
+		[MD_CTR_PUBLISHED] = "published",
+		[MD_CTR_VOLATILE] = "volatile_skips",
+		[MD_CTR_ABANDONED] = "abandoned",
+		[MD_CTR_FULL_SCANS] = "full_scans",
+		[MD_CTR_SCAN_BREAKS] = "scan_breaks",
+		[MD_CTR_WP_WAITS] = "wp_waits",
+		[MD_CTR_HINTS_PUSHED] = "hints_pushed",
+		[MD_CTR_HINTS_DROPPED] = "hints_dropped",
+		[MD_CTR_PAGES_SHARING] = "pages_sharing",
+		[MD_CTR_POOL_PAGES] = "pool_pages",
+		[MD_CTR_SCAN_CPU_NS] = "scan_cpu_ns",
+		[MD_CTR_GENERAL_PROFIT] = "general_profit",
 	};
 	if ((unsigned)c >= MD_CTR_COUNT)
 		return "unknown";
@@ -63,6 +80,23 @@ void md__stats_from_counters(const uint64_t *ctr, md_stats *out)
 		out->fallbacks[i] = ctr[MD_CTR_FALLBACK0 + i];
 	out->fallbacks_total = ctr[MD_CTR_FALLBACK_TOTAL];
 	out->agent_cpu_ns = ctr[MD_CTR_AGENT_CPU_NS];
+	out->pages_scanned = ctr[MD_CTR_PAGES_SCANNED];
+	out->pages_hinted = ctr[MD_CTR_PAGES_HINTED];
+	out->merged = ctr[MD_CTR_MERGED];
+	out->merged_from_hints = ctr[MD_CTR_MERGED_FROM_HINTS];
+	out->zero_pages = ctr[MD_CTR_ZERO_PAGES];
+	out->published = ctr[MD_CTR_PUBLISHED];
+	out->volatile_skips = ctr[MD_CTR_VOLATILE];
+	out->abandoned = ctr[MD_CTR_ABANDONED];
+	out->full_scans = ctr[MD_CTR_FULL_SCANS];
+	out->scan_breaks = ctr[MD_CTR_SCAN_BREAKS];
+	out->wp_waits = ctr[MD_CTR_WP_WAITS];
+	out->hints_pushed = ctr[MD_CTR_HINTS_PUSHED];
+	out->hints_dropped = ctr[MD_CTR_HINTS_DROPPED];
+	out->pages_sharing = ctr[MD_CTR_PAGES_SHARING];
+	out->pool_pages = ctr[MD_CTR_POOL_PAGES];
+	out->scan_cpu_ns = ctr[MD_CTR_SCAN_CPU_NS];
+	out->general_profit = (int64_t)ctr[MD_CTR_GENERAL_PROFIT];
 }
 
 int md__stats_parse(const void *buf, size_t len, struct md__stats_snapshot *out)

@@ -348,6 +348,16 @@ int md__engine_unregister(struct md__engine *e, void *addr, size_t len)
 	return err;
 }
 
+void md__engine_advise(struct md__engine *e, void *addr, size_t len, unsigned advice)
+{
+	uintptr_t a = (uintptr_t)addr;
+	pthread_rwlock_wrlock(&e->regions_lock);
+	for (size_t i = 0; i < e->nregions; i++)
+		if (e->regions[i].start < a + len && e->regions[i].end > a)
+			e->regions[i].advice |= advice;
+	pthread_rwlock_unlock(&e->regions_lock);
+}
+
 int md__engine_exclude(struct md__engine *e, void *addr, size_t len,
 		       int (*map)(void *arg), void *arg)
 {

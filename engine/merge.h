@@ -97,6 +97,8 @@ int md__engine_register(struct md__engine *e, void *addr, size_t len, unsigned a
 /* Forgets guest RAM [addr, addr+len) (before it is unmapped, or when it no
  * longer asks for merging): drops its pool references and registration. */
 int md__engine_unregister(struct md__engine *e, void *addr, size_t len);
+/* Adds advice bits to the regions overlapping [addr, addr+len). */
+void md__engine_advise(struct md__engine *e, void *addr, size_t len, unsigned advice);
 /* Runs map(arg) - which replaces [addr, addr+len) by an image mapping - with
  * no merge in progress, then marks those pages as image pages the scanner
  * leaves alone (dropping any pool reference they had). */

@@ -25,6 +25,19 @@
  * never changes behind its back. A guest write to a shared page gets a private
  * copy (a copy-on-write break).
  *
+ * Content scanning
+ * ----------------
+ * With MD_OPT_SCAN the agent also runs a scanner (after Linux's KSM and
+ * KSM++): it visits registered pages a batch at a time, skips pages whose
+ * checksum changed since its last visit (volatile), and merges a page with an
+ * equal one only after write-protecting it (userfaultfd) and comparing it
+ * byte for byte; the merged page is mapped copy-on-write from a content pool
+ * whose pages never change. All-zero pages are dropped to the kernel's zero
+ * page. Every read into guest RAM that could not be shared at read time is
+ * pushed as a hint (address, length) onto a bounded circular stack, and the
+ * scanner visits hinted pages first, at a ratio it adapts to which source
+ * finds more merges.
+ *
  * Nothing here ever makes a guest read fail: whenever sharing is impossible
  * (no lease, no memory, the mapping limit), the read is done as usual and the
  * reason is counted and logged once.
@@ -70,6 +83,10 @@ typedef struct md_agent_options {
 	uint64_t max_vmas;
 	/* MD_OPT_* flags; unknown bits are rejected with -EINVAL. */
 	unsigned flags;
+	/* Scanner tunables (MD_OPT_SCAN); 0 takes the default. */
+	unsigned pages_to_scan;   /* pages per batch (default 100) */
+	unsigned sleep_ms;        /* sleep between batches (default 20) */
+	unsigned cpu_percent;     /* CPU cap of the scanner, % of a core (default 100) */
 } md_agent_options;
 
 /* Do not share reads at all: count them only (for comparisons). */
@@ -77,7 +94,11 @@ typedef struct md_agent_options {
 /* Fault the shared pages in at read time (MADV_POPULATE_READ) instead of at
  * the guest's first touch. */
 #define MD_OPT_POPULATE (1u << 1)
-#define MD_OPT_ALL (MD_OPT_NO_SHARING | MD_OPT_POPULATE)
+/* Run the content scanner. */
+#define MD_OPT_SCAN (1u << 2)
+/* Visit pages in random order instead of linear. */
+#define MD_OPT_SCAN_RANDOM (1u << 3)
+#define MD_OPT_ALL (MD_OPT_NO_SHARING | MD_OPT_POPULATE | MD_OPT_SCAN | MD_OPT_SCAN_RANDOM)
 
 /* Why a read, or part of one, was not shared. */
 enum md_fallback {
@@ -107,6 +128,23 @@ typedef struct md_stats {
 	uint64_t fallbacks[MD_FB_COUNT];
 	uint64_t fallbacks_total;
 	uint64_t agent_cpu_ns;         /* CPU time of the agent's own thread */
+	/* The content scanner (all 0 without MD_OPT_SCAN). */
+	uint64_t pages_scanned;        /* visits by the linear/random cursor */
+	uint64_t pages_hinted;         /* visits from hints */
+	uint64_t merged;               /* pages merged with a pool page */
+	uint64_t merged_from_hints;    /* of those, found through hints */
+	uint64_t zero_pages;           /* all-zero pages dropped to the zero page */
+	uint64_t published;            /* pages copied into the pool as first copy */
+	uint64_t volatile_skips;       /* visits skipped: checksum changed */
+	uint64_t abandoned;            /* merges abandoned: changed under protection */
+	uint64_t full_scans;           /* passes over all registered RAM */
+	uint64_t scan_breaks;          /* merged pages since written */
+	uint64_t wp_waits;             /* guest writes that waited for a merge */
+	uint64_t hints_pushed, hints_dropped;
+	uint64_t pages_sharing;        /* now: guest pages mapped from the pool */
+	uint64_t pool_pages;           /* now: pool pages in use (KSM's pages_shared) */
+	uint64_t scan_cpu_ns;          /* CPU time of the scanner thread */
+	int64_t general_profit;        /* now: bytes saved minus metadata bytes */
 } md_stats;
 
 /* Returns a short name of a fallback reason ("unaligned", ...). */
@@ -143,6 +181,17 @@ MD_API int md_agent_forget(md_agent *agent, void *addr, size_t len);
 MD_API ssize_t md_agent_pread(md_agent *agent, int fd, void *buf, size_t len, off_t off);
 MD_API ssize_t md_agent_preadv(md_agent *agent, int fd, const struct iovec *iov,
 			int iovcnt, off_t off, int flags);
+
+/* Pauses (1) or resumes (0) the scanner. */
+MD_API int md_agent_pause(md_agent *agent, int paused);
+/* Sets a scanner tunable live: pages_to_scan, sleep_millisecs, cpu_percent
+ * (1..100), order (linear|random). -EINVAL for an unknown key or a value out
+ * of range, and nothing changes. */
+MD_API int md_agent_set(md_agent *agent, const char *key, const char *value);
+/* Turns every page merged by the scanner (pool and zero pages) back into a
+ * private copy, like KSM's run=2, and pauses the scanner. Fails with -ENOMEM,
+ * having changed nothing, when the host has not the memory for the copies. */
+MD_API int md_agent_unmerge(md_agent *agent);
 
 /* Fills *stats with the agent's counters, refreshing the "now" ones. */
 MD_API int md_agent_stats(md_agent *agent, md_stats *stats);

@@ -10,10 +10,15 @@
  *   preadv FD OFF DOFF LEN [heap] -> preadv of two halves (one on the heap)
  *   write DOFF BYTE       -> ok   (base[DOFF] = BYTE)
  *   hash DOFF LEN         -> FNV-1a of base[DOFF..+LEN)
- *   writers N MS DOFF LEN -> threads write and check tagged pages: "ok" or "lost K"
+ *   writers N MS DOFF LEN [twin] -> threads write and check tagged pages: "ok" or
+ *                           "lost K"; twin: each write goes to a page of the first
+ *                           half and its twin in the second, with short pauses, so
+ *                           pages keep becoming equal (and merged) while written
  *   exhaust / release     -> fill the process's mappings up to the limit, undo
  *   advise DOFF LEN ADVICE-> madvise result (dontneed, unmergeable)
  *   fork DOFF             -> the child's hash of one page (child reads it)
+ *   fill DOFF NPAGES SEED -> ok: page i gets content made of (SEED, i)
+ *   zero DOFF NPAGES      -> ok: pages made present, then zero
  *   quit
  */
 #include <errno.h>
@@ -44,6 +49,7 @@ static uint64_t fnv(const unsigned char *p, size_t n)
 
 struct writer {
 	size_t first, npages;
+	size_t twin;	/* pages from a page to its twin, 0: none */
 	int ms;
 	unsigned seed;
 	long lost;
@@ -56,6 +62,7 @@ static void *writer_main(void *arg)
 	struct writer *w = arg;
 	size_t words = 4096 / 8;
 	uint64_t *last = calloc(w->npages * words, sizeof(uint64_t));
+	struct timespec pause = { 0, 200000 };
 	struct timespec t0, t;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	uint64_t n = 0;
@@ -65,28 +72,37 @@ static void *writer_main(void *arg)
 			size_t i = (size_t)rand_r(&w->seed) % words;
 			uint64_t v = ++n | ((uint64_t)w->seed << 40);
 			((volatile uint64_t *)(base + (w->first + p) * 4096))[i] = v;
+			if (w->twin)
+				((volatile uint64_t *)(base + (w->first + p + w->twin) * 4096))[i] = v;
 			last[p * words + i] = v;
 		}
+		if (w->twin)
+			nanosleep(&pause, NULL);
 		clock_gettime(CLOCK_MONOTONIC, &t);
 	} while ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000 < w->ms);
 	for (size_t p = 0; p < w->npages; p++)
-		for (size_t i = 0; i < words; i++)
-			if (last[p * words + i] &&
-			    ((uint64_t *)(base + (w->first + p) * 4096))[i] != last[p * words + i])
+		for (size_t i = 0; i < words; i++) {
+			uint64_t want = last[p * words + i];
+			if (want && ((uint64_t *)(base + (w->first + p) * 4096))[i] != want)
 				w->lost++;
+			if (want && w->twin &&
+			    ((uint64_t *)(base + (w->first + p + w->twin) * 4096))[i] != want)
+				w->lost++;
+		}
 	free(last);
 	return NULL;
 }
 
-static void cmd_writers(int n, int ms, size_t doff, size_t len)
+static void cmd_writers(int n, int ms, size_t doff, size_t len, int twin)
 {
 	pthread_t th[16];
 	struct writer w[16];
 	if (n > 16)
 		n = 16;
-	size_t per = len / 4096 / (size_t)n;
+	size_t half = twin ? len / 4096 / 2 : 0;
+	size_t per = (twin ? half : len / 4096) / (size_t)n;
 	for (int i = 0; i < n; i++) {
-		w[i] = (struct writer){ doff / 4096 + (size_t)i * per, per, ms, (unsigned)i + 1, 0 };
+		w[i] = (struct writer){ doff / 4096 + (size_t)i * per, per, half, ms, (unsigned)i + 1, 0 };
 		pthread_create(&th[i], NULL, writer_main, &w[i]);
 	}
 	long lost = 0;
@@ -167,8 +183,8 @@ int main(void)
 			sscanf(line, "%*s %lld %lld", &a1, &a2);
 			printf("%016llx\n", (unsigned long long)fnv((unsigned char *)base + a1, (size_t)a2));
 		} else if (strcmp(cmd, "writers") == 0) {
-			sscanf(line, "%*s %lld %lld %lld %lld", &a1, &a2, &a3, &a4);
-			cmd_writers((int)a1, (int)a2, (size_t)a3, (size_t)a4);
+			sscanf(line, "%*s %lld %lld %lld %lld %31s", &a1, &a2, &a3, &a4, s2);
+			cmd_writers((int)a1, (int)a2, (size_t)a3, (size_t)a4, strcmp(s2, "twin") == 0);
 		} else if (strcmp(cmd, "exhaust") == 0) {
 			/* One-page mappings of alternating protection never merge. */
 			for (int prot = PROT_READ;; prot ^= PROT_READ | PROT_WRITE) {
@@ -213,6 +229,18 @@ int main(void)
 			close(p[0]);
 			waitpid(pid, NULL, 0);
 			printf("%s\n", n > 0 ? out : "none");
+		} else if (strcmp(cmd, "fill") == 0) {
+			sscanf(line, "%*s %lld %lld %lld", &a1, &a2, &a3);
+			for (long long p = 0; p < a2; p++)
+				for (int w = 0; w < 512; w++)
+					((uint64_t *)(base + a1 + p * 4096))[w] =
+						((uint64_t)a3 << 48) ^ ((uint64_t)p << 16) ^ (uint64_t)w ^ 0x5bd1e995u;
+			printf("ok\n");
+		} else if (strcmp(cmd, "zero") == 0) {
+			sscanf(line, "%*s %lld %lld", &a1, &a2);
+			memset(base + a1, 1, (size_t)a2 * 4096);
+			memset(base + a1, 0, (size_t)a2 * 4096);
+			printf("ok\n");
 		} else if (strcmp(cmd, "quit") == 0) {
 			return 0;
 		} else {

@@ -1,0 +1,262 @@
+/*
+ * scan.c - the agent's side of the content scanner (engine/): creating it,
+ * keeping its regions in step with the agent's, its tunables, unmerging, and
+ * publishing its counters.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "agent_internal.h"
+#include "log.h"
+#include "sys.h"
+
+#define HINTS_CAP 4096
+
+void md__scan_init(struct md_agent *a, const md_agent_options *o)
+{
+	if (!(o->flags & MD_OPT_SCAN))
+		return;
+	a->scan_batch = o->pages_to_scan ? o->pages_to_scan : 100;
+	a->scan_sleep_ms = o->sleep_ms ? o->sleep_ms : 20;
+	a->scan_cpu_percent = o->cpu_percent ? o->cpu_percent : 100;
+	struct md__engine_options eo = { .kernel_ksm = a->kernel_ksm, .max_vmas = o->max_vmas };
+	struct md__engine *e = calloc(1, sizeof(*e));
+	int err = e ? md__engine_init(e, &eo) : -ENOMEM;
+	if (err)
+		goto err_free;
+	err = md__hints_init(&a->hints, HINTS_CAP);
+	if (err)
+		goto err_fini;
+	a->engine = e;
+	a->scanner.random_order = (o->flags & MD_OPT_SCAN_RANDOM) != 0;
+	return;
+
+err_fini:
+	md__engine_fini(e);
+err_free:
+	free(e);
+	md__log("content scanning is off: %s%s", strerror(-err),
+		err == -EPERM || err == -ENOSYS ? " (userfaultfd unavailable)" : "");
+}
+
+void md__scan_register(struct md_agent *a, uintptr_t start, size_t len, unsigned advice)
+{
+	if (!a->engine)
+		return;
+	int err = md__engine_register(a->engine, (void *)start, len, advice);
+	if (err) {
+		md__log_once(60, "cannot scan guest RAM at %#lx (%s)", (unsigned long)start, strerror(-err));
+		return;
+	}
+	if (a->scanner_started)
+		return;
+	int random = a->scanner.random_order;
+	err = md__scanner_init(&a->scanner, a->engine, &a->hints);
+	if (err)
+		return;
+	a->scanner.random_order = random;
+	a->scanner.batch = a->scan_batch;
+	a->scanner.sleep_ms = a->scan_sleep_ms;
+	a->scanner.cpu_percent = a->scan_cpu_percent;
+	if (md__scanner_start(&a->scanner) == 0)
+		a->scanner_started = 1;
+}
+
+int md_agent_pause(md_agent *a, int paused)
+{
+	if (!a || !a->engine)
+		return -EINVAL;
+	__atomic_store_n(&a->scanner.paused, paused ? 1 : 0, __ATOMIC_RELAXED);
+	return 0;
+}
+
+static int parse_uint(const char *v, unsigned lo, unsigned hi, unsigned *out)
+{
+	char *end;
+	errno = 0;
+	unsigned long x = strtoul(v, &end, 10);
+	if (errno || end == v || *end || x < lo || x > hi || v[0] == '-')
+		return -EINVAL;
+	*out = (unsigned)x;
+	return 0;
+}
+
+int md_agent_set(md_agent *a, const char *key, const char *value)
+{
+	unsigned v;
+	if (!a || !key || !value || !a->engine)
+		return -EINVAL;
+	struct md__scanner *s = &a->scanner;
+	if (strcmp(key, "pages_to_scan") == 0) {
+		if (parse_uint(value, 1, 100000, &v))
+			return -EINVAL;
+		__atomic_store_n(&s->batch, (size_t)v, __ATOMIC_RELAXED);
+		a->scan_batch = v;
+	} else if (strcmp(key, "sleep_millisecs") == 0) {
+		if (parse_uint(value, 0, 10000, &v))
+			return -EINVAL;
+		__atomic_store_n(&s->sleep_ms, v, __ATOMIC_RELAXED);
+		a->scan_sleep_ms = v;
+	} else if (strcmp(key, "cpu_percent") == 0) {
+		if (parse_uint(value, 1, 100, &v))
+			return -EINVAL;
+		__atomic_store_n(&s->cpu_percent, v, __ATOMIC_RELAXED);
+		a->scan_cpu_percent = v;
+	} else if (strcmp(key, "order") == 0) {
+		if (strcmp(value, "linear") != 0 && strcmp(value, "random") != 0)
+			return -EINVAL;
+		__atomic_store_n(&s->random_order, strcmp(value, "random") == 0, __ATOMIC_RELAXED);
+	} else {
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static uint64_t mem_available_bytes(void)
+{
+	char buf[4096];
+	int fd = open("/proc/meminfo", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	buf[n > 0 ? n : 0] = '\0';
+	char *p = strstr(buf, "MemAvailable:");
+	return p ? strtoull(p + 13, NULL, 10) * 1024 : 0;
+}
+
+/* Calls fn on each run of pages of r that show a pool page. */
+static int for_each_pool_run(struct md__eregion *r, int (*fn)(uintptr_t addr, size_t len))
+{
+	size_t np = (r->end - r->start) / MD_EPAGE;
+	int err = 0;
+	for (size_t p = 0; p < np;) {
+		if (!MD_REF_SLOT(r->ref[p])) {
+			p++;
+			continue;
+		}
+		size_t q = p;
+		while (q < np && MD_REF_SLOT(r->ref[q]))
+			q++;
+		int e2 = fn(r->start + p * MD_EPAGE, (q - p) * MD_EPAGE);
+		if (e2 && !err)
+			err = e2;
+		p = q;
+	}
+	return err;
+}
+
+static int copy_run(uintptr_t addr, size_t len)
+{
+	/* A write fault on a private pool page copies it; a page the guest
+	 * wrote since is private already and left alone. */
+	return md__sys_madvise((void *)addr, len, MADV_POPULATE_WRITE) == 0 ? 0 : -errno;
+}
+
+int md_agent_unmerge(md_agent *a)
+{
+	if (!a || !a->engine)
+		return -EINVAL;
+	struct md__engine *e = a->engine;
+	md__scanner_stop(&a->scanner);	/* no merge may start meanwhile */
+	pthread_rwlock_wrlock(&e->regions_lock);
+	pthread_mutex_lock(&e->lock);
+	uint64_t pages = 0;
+	for (size_t i = 0; i < e->nregions; i++) {
+		struct md__eregion *r = &e->regions[i];
+		for (size_t p = 0; p < (r->end - r->start) / MD_EPAGE; p++)
+			pages += MD_REF_SLOT(r->ref[p]) != 0;
+	}
+	/* Copies need memory: refuse, changing nothing, when the host lacks
+	 * it (with a margin of 64 MiB for everything else). */
+	int err = 0;
+	if (pages * MD_EPAGE + (64u << 20) > mem_available_bytes()) {
+		err = -ENOMEM;
+		md__log("unmerge refused: %llu pages to copy, not enough memory available",
+			(unsigned long long)pages);
+		goto unlock;
+	}
+	for (size_t i = 0; i < e->nregions && !err; i++) {
+		struct md__eregion *r = &e->regions[i];
+		err = for_each_pool_run(r, copy_run);
+		for (size_t p = 0; p < (r->end - r->start) / MD_EPAGE && !err; p++) {
+			uint32_t slot = MD_REF_SLOT(r->ref[p]);
+			if (slot && md__pool_put(&e->pool, slot - 1))
+				md__index_remove(&e->index, e->slot_hash[slot - 1], slot - 1);
+			if (slot)
+				r->ref[p] = MD_REF_FILE;	/* private now, in a pool mapping */
+		}
+	}
+	/* Zero pages dropped earlier are plain unpopulated memory again: the
+	 * kernel's zero page is what any untouched page reads. */
+unlock:
+	pthread_mutex_unlock(&e->lock);
+	pthread_rwlock_unlock(&e->regions_lock);
+	/* Paused, like KSM after run=2, until resumed. */
+	a->scanner.paused = 1;
+	if (md__scanner_start(&a->scanner) != 0)
+		a->scanner_started = 0;
+	return err;
+}
+
+void md__scan_account(struct md_agent *a)
+{
+	struct md__engine *e = a->engine;
+	if (!e || !a->scanner_started)
+		return;
+	md__engine_reap(e);
+	struct md__engine_stats st;
+	md__engine_stats(e, &st);
+	struct md__scanner_stats ss = a->scanner.st;	/* racy reads of counters: fine */
+	uint64_t sharing = 0, registered = 0;
+	pthread_rwlock_rdlock(&e->regions_lock);
+	pthread_mutex_lock(&e->lock);
+	for (size_t i = 0; i < e->nregions; i++) {
+		struct md__eregion *r = &e->regions[i];
+		size_t np = (r->end - r->start) / MD_EPAGE;
+		registered += np;
+		for (size_t p = 0; p < np; p++)
+			sharing += MD_REF_SLOT(r->ref[p]) != 0;
+	}
+	uint64_t pool = md__pool_live(&e->pool);
+	pthread_mutex_unlock(&e->lock);
+	pthread_rwlock_unlock(&e->regions_lock);
+
+	md__set(a, MD_CTR_PAGES_SCANNED, ss.scanned);
+	md__set(a, MD_CTR_PAGES_HINTED, ss.hinted);
+	md__set(a, MD_CTR_MERGED, st.merged);
+	md__set(a, MD_CTR_MERGED_FROM_HINTS, ss.merged_hint);
+	md__set(a, MD_CTR_ZERO_PAGES, st.zero);
+	md__set(a, MD_CTR_PUBLISHED, st.published);
+	md__set(a, MD_CTR_VOLATILE, ss.volatile_skips);
+	md__set(a, MD_CTR_ABANDONED, st.abandoned);
+	md__set(a, MD_CTR_FULL_SCANS, ss.passes);
+	md__set(a, MD_CTR_SCAN_BREAKS, st.cow_broken);
+	md__set(a, MD_CTR_WP_WAITS, st.wp_faults);
+	md__set(a, MD_CTR_HINTS_PUSHED, a->hints.pushed);
+	md__set(a, MD_CTR_HINTS_DROPPED, a->hints.dropped);
+	md__set(a, MD_CTR_PAGES_SHARING, sharing);
+	md__set(a, MD_CTR_POOL_PAGES, pool);
+	md__set(a, MD_CTR_SCAN_CPU_NS, ss.cpu_ns);
+	/* KSM's general_profit: what merging saves, less what it costs in
+	 * metadata (the engine's 13 bytes per registered page). */
+	int64_t profit = ((int64_t)sharing + (int64_t)st.zero - (int64_t)pool) * MD_EPAGE -
+			 (int64_t)registered * 13;
+	md__set(a, MD_CTR_GENERAL_PROFIT, (uint64_t)profit);
+}
+
+void md__scan_free(struct md_agent *a)
+{
+	if (!a->engine)
+		return;
+	md__scanner_stop(&a->scanner);
+	md__scanner_free(&a->scanner);
+	md__engine_fini(a->engine);
+	free(a->engine);
+	md__hints_free(&a->hints);
+	a->engine = NULL;
+}

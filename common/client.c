@@ -1,0 +1,527 @@
+/*
+ * client.c - a connection to memdedupd (see client.h).
+ *
+ * The socket stays blocking for connect, but every send and receive uses
+ * MSG_DONTWAIT after a poll bounded by the request's deadline: that is how
+ * a request gets one overall timeout however the bytes trickle in. A
+ * message cut short by a timeout or an error leaves the stream at an
+ * unknown place, so any such failure marks the connection dead.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "client.h"
+#include "stats_file.h"
+
+struct md__client {
+	int fd;
+	int dead;                  /* the stream is unusable: -ENOTCONN from now on */
+	int timeout_ms;
+	uint32_t seq;
+	unsigned qhead, qlen;      /* ring of unsolicited CONTROLs */
+	struct md__msg_control q[MD_CLIENT_QUEUE];
+	unsigned char *rx;         /* header + payload of the last message */
+	size_t rx_cap;
+	struct md__msg msg;        /* decoded reply; here, not on a VMM thread's stack */
+};
+
+const char *md__daemon_socket_path(const char *path, char *buf, size_t size)
+{
+	const char *env = getenv("MEMDEDUP_SOCKET");
+	char dir[256];
+	if (path)
+		snprintf(buf, size, "%s", path);
+	else if (env && *env)
+		snprintf(buf, size, "%s", env);
+	else
+		snprintf(buf, size, "%s/memdedupd.sock", md__run_dir(NULL, dir, sizeof(dir)));
+	return buf;
+}
+
+static int64_t now_ms(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+/* Fails the connection for good: whatever was half sent or read is lost. */
+static int kill_conn(struct md__client *c, int err)
+{
+	c->dead = 1;
+	return err;
+}
+
+static int conn_errno(int e)
+{
+	return e == EPIPE || e == ECONNRESET || e == ENOTCONN || e == ECONNABORTED ? -ENOTCONN : -e;
+}
+
+/* Waits until fd is ready for events or the deadline passes. */
+static int wait_fd(struct md__client *c, short events, int64_t deadline)
+{
+	for (;;) {
+		int64_t left = deadline - now_ms();
+		if (left <= 0)
+			return -ETIMEDOUT;
+		struct pollfd p = { .fd = c->fd, .events = events };
+		int r = poll(&p, 1, (int)left);
+		if (r > 0)
+			return 0;	/* ready, or an error/hang-up the next call reports */
+		if (r < 0 && errno != EINTR)
+			return -errno;
+	}
+}
+
+static int send_all(struct md__client *c, const void *buf, size_t len, int64_t deadline)
+{
+	size_t done = 0;
+	while (done < len) {
+		ssize_t w = send(c->fd, (const char *)buf + done, len - done,
+				 MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (w > 0) {
+			done += (size_t)w;
+			continue;
+		}
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			int err = wait_fd(c, POLLOUT, deadline);
+			if (err)
+				return kill_conn(c, err);
+			continue;
+		}
+		return kill_conn(c, w < 0 ? conn_errno(errno) : -ENOTCONN);
+	}
+	return 0;
+}
+
+/* Reads exactly len bytes. A descriptor passed with them goes to *fd if fd
+ * is not NULL and *fd is still -1; any other is closed (never leaked). */
+static int recv_all(struct md__client *c, void *buf, size_t len, int64_t deadline, int *fd)
+{
+	size_t done = 0;
+	while (done < len) {
+		union {
+			struct cmsghdr h;
+			char buf[CMSG_SPACE(sizeof(int) * 4)];
+		} ctl;
+		struct iovec iov = { (char *)buf + done, len - done };
+		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+				     .msg_control = ctl.buf, .msg_controllen = sizeof(ctl.buf) };
+		ssize_t r = recvmsg(c->fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			int err = wait_fd(c, POLLIN, deadline);
+			if (err)
+				return kill_conn(c, err);
+			continue;
+		}
+		if (r <= 0)
+			return kill_conn(c, r < 0 ? conn_errno(errno) : -ENOTCONN);
+		for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
+			if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+				continue;
+			size_t nfd = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+			for (size_t i = 0; i < nfd; i++) {
+				int got;
+				memcpy(&got, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
+				if (fd && *fd < 0)
+					*fd = got;
+				else
+					close(got);
+			}
+		}
+		done += (size_t)r;
+	}
+	return 0;
+}
+
+/* Reads one whole message into c->rx and decodes it into c->msg. */
+static int recv_msg(struct md__client *c, int64_t deadline, int *fd)
+{
+	struct md__msg_hdr h;
+	unsigned char hdr[MD_MSG_HDR_SIZE];
+	int err = recv_all(c, hdr, sizeof(hdr), deadline, fd);
+	if (err)
+		return err;
+	/* The header first: its length is bounded before we allocate. */
+	err = md__msg_hdr_decode(hdr, sizeof(hdr), &h);
+	if (err)
+		return kill_conn(c, -EPROTO);
+	size_t need = MD_MSG_HDR_SIZE + (size_t)h.length;
+	if (need > c->rx_cap) {
+		unsigned char *n = realloc(c->rx, need);
+		if (!n)
+			return kill_conn(c, -ENOMEM);
+		c->rx = n;
+		c->rx_cap = need;
+	}
+	memcpy(c->rx, hdr, sizeof(hdr));
+	err = recv_all(c, c->rx + MD_MSG_HDR_SIZE, h.length, deadline, fd);
+	if (err)
+		return err;
+	if (md__msg_decode(c->rx, need, &c->msg))
+		return kill_conn(c, -EPROTO);
+	return 0;
+}
+
+static void queue_control(struct md__client *c, const struct md__msg_control *ctl)
+{
+	/* Full: the oldest goes. A newer command supersedes an older one
+	 * (resume after pause, a later SET), so dropping the oldest is
+	 * the lesser harm. */
+	if (c->qlen == MD_CLIENT_QUEUE) {
+		c->qhead = (c->qhead + 1) % MD_CLIENT_QUEUE;
+		c->qlen--;
+	}
+	c->q[(c->qhead + c->qlen) % MD_CLIENT_QUEUE] = *ctl;
+	c->qlen++;
+}
+
+/* A message that is not a reply: only CONTROL with seq 0 may come so. */
+static int unsolicited(struct md__client *c)
+{
+	if (c->msg.hdr.seq == 0 && c->msg.hdr.type == MD_MSG_CONTROL) {
+		queue_control(c, &c->msg.u.control);
+		return 0;
+	}
+	return kill_conn(c, -EPROTO);
+}
+
+/* Sends len bytes of an encoded request with seq, and reads messages until
+ * its reply, left decoded in c->msg (raw in c->rx). */
+static int transact(struct md__client *c, const void *req, size_t len, uint32_t seq, int *fd)
+{
+	int64_t deadline = now_ms() + c->timeout_ms;
+	int err;
+	if (c->dead)
+		return -ENOTCONN;
+	err = send_all(c, req, len, deadline);
+	if (err)
+		return err;
+	for (;;) {
+		err = recv_msg(c, deadline, fd);
+		if (err)
+			return err;
+		if (c->msg.hdr.seq == seq)
+			break;
+		err = unsolicited(c);
+		if (err)
+			return err;
+	}
+	/* After an ERROR the daemon may close: the next call will tell. */
+	return 0;
+}
+
+static uint32_t next_seq(struct md__client *c)
+{
+	if (++c->seq == 0)	/* 0 marks unsolicited messages */
+		c->seq = 1;
+	return c->seq;
+}
+
+/* Encodes m with a fresh seq and runs it; expects a reply of type want
+ * (an ERROR gives its status). */
+static int call(struct md__client *c, struct md__msg *m, unsigned want, int *fd)
+{
+	unsigned char small[8192], *buf = small;
+	size_t len = md__msg_encoded_len(m);
+	int err;
+
+	if (len == 0)
+		return -EINVAL;
+	if (len > sizeof(small)) {
+		buf = malloc(len);
+		if (!buf)
+			return -ENOMEM;
+	}
+	m->hdr.seq = next_seq(c);
+	ssize_t n = md__msg_encode(m, buf, len);
+	if (n < 0) {
+		err = (int)n;
+		goto free_buf;
+	}
+	err = transact(c, buf, (size_t)n, m->hdr.seq, fd);
+	if (err)
+		goto free_buf;
+	if (c->msg.hdr.type == MD_MSG_ERROR)
+		err = c->msg.u.text.status ? c->msg.u.text.status : -EPROTO;
+	else if (c->msg.hdr.type != want)
+		err = kill_conn(c, -EPROTO);
+free_buf:
+	if (buf != small)
+		free(buf);
+	return err;
+}
+
+int md__client_connect(struct md__client **cp, const char *socket_path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	char path[sizeof(sa.sun_path) + 1];
+	int err;
+
+	*cp = NULL;
+	md__daemon_socket_path(socket_path, path, sizeof(path));
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return -ENAMETOOLONG;
+	memcpy(sa.sun_path, path, strlen(path));
+	struct md__client *c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	c->timeout_ms = MD_CLIENT_TIMEOUT_MS;
+	c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (c->fd < 0) {
+		err = -errno;
+		goto free_client;
+	}
+	/* connect() to a daemon whose backlog is full waits; SO_SNDTIMEO
+	 * bounds that wait too. */
+	struct timeval tv = { .tv_sec = c->timeout_ms / 1000, .tv_usec = (c->timeout_ms % 1000) * 1000 };
+	setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	while (connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		if (errno == EINTR)
+			continue;
+		err = errno == EAGAIN || errno == EINPROGRESS ? -ETIMEDOUT : -errno;
+		goto close_fd;
+	}
+	*cp = c;
+	return 0;
+
+close_fd:
+	close(c->fd);
+free_client:
+	free(c);
+	return err;
+}
+
+void md__client_free(struct md__client *c)
+{
+	if (!c)
+		return;
+	close(c->fd);
+	free(c->rx);
+	free(c);
+}
+
+int md__client_fd(const struct md__client *c)
+{
+	return c->fd;
+}
+
+void md__client_set_timeout(struct md__client *c, int ms)
+{
+	if (ms > 0)
+		c->timeout_ms = ms;
+}
+
+int md__client_hello(struct md__client *c, const char *domain, uint32_t flags,
+		     struct md__msg_welcome *welcome, int *pool_fd)
+{
+	struct md__msg m = { .hdr.type = MD_MSG_HELLO };
+	size_t dl = domain ? strlen(domain) : 0;
+	int fd = -1, err;
+
+	*pool_fd = -1;
+	if (!md__domain_valid(domain ? domain : "", dl))
+		return -EINVAL;
+	m.u.hello.pid = (uint32_t)getpid();
+	m.u.hello.flags = flags;
+	if (dl)
+		memcpy(m.u.hello.domain, domain, dl);
+	err = call(c, &m, MD_MSG_WELCOME, &fd);
+	if (!err && fd < 0)
+		err = kill_conn(c, -EPROTO);	/* a WELCOME without its pool */
+	if (err) {
+		if (fd >= 0)
+			close(fd);
+		return err;
+	}
+	*welcome = c->msg.u.welcome;
+	*pool_fd = fd;
+	return 0;
+}
+
+int md__client_lookup(struct md__client *c, const uint64_t *hash, uint32_t n, uint32_t *slot1)
+{
+	struct md__msg *m;
+	int err;
+	if (n == 0 || n > MD_LOOKUP_MAX)
+		return -EINVAL;
+	m = malloc(sizeof(*m));
+	if (!m)
+		return -ENOMEM;
+	m->hdr.type = MD_MSG_LOOKUP;
+	m->u.lookup.n = n;
+	memcpy(m->u.lookup.hash, hash, n * sizeof(*hash));
+	err = call(c, m, MD_MSG_LOOKUP_R, NULL);
+	free(m);
+	if (err)
+		return err;
+	if (c->msg.u.lookup_r.n != n)
+		return kill_conn(c, -EPROTO);
+	memcpy(slot1, c->msg.u.lookup_r.slot1, n * sizeof(*slot1));
+	return 0;
+}
+
+int md__client_publish(struct md__client *c, const uint64_t *hash, const void *pages,
+		       uint32_t n, uint32_t *first_slot)
+{
+	struct md__msg *m;
+	int err;
+	if (n == 0 || n > MD_PUBLISH_MAX)
+		return -EINVAL;
+	m = malloc(sizeof(*m));
+	if (!m)
+		return -ENOMEM;
+	m->hdr.type = MD_MSG_PUBLISH;
+	m->u.publish.n = n;
+	memcpy(m->u.publish.hash, hash, n * sizeof(*hash));
+	m->u.publish.pages = pages;
+	err = call(c, m, MD_MSG_PUBLISH_R, NULL);
+	free(m);
+	if (err)
+		return err;
+	if (c->msg.u.publish_r.n != n)
+		return kill_conn(c, -EPROTO);
+	*first_slot = c->msg.u.publish_r.first_slot;
+	return 0;
+}
+
+int md__client_ref(struct md__client *c, const uint32_t *slots, uint32_t n, int delta)
+{
+	struct md__msg *m;
+	int err;
+	if (n == 0 || n > MD_REF_MAX || delta == 0)
+		return -EINVAL;
+	m = malloc(sizeof(*m));
+	if (!m)
+		return -ENOMEM;
+	m->hdr.type = delta > 0 ? MD_MSG_REF : MD_MSG_UNREF;
+	m->u.refs.n = n;
+	memcpy(m->u.refs.slot, slots, n * sizeof(*slots));
+	err = call(c, m, MD_MSG_ACK, NULL);
+	free(m);
+	return err ? err : c->msg.u.ack.status;
+}
+
+int md__client_report(struct md__client *c, const uint64_t *counters, uint32_t n)
+{
+	struct md__msg *m;
+	int err;
+	if (n > MD_REPORT_MAX)
+		return -EINVAL;
+	m = malloc(sizeof(*m));
+	if (!m)
+		return -ENOMEM;
+	m->hdr.type = MD_MSG_REPORT;
+	m->u.report.n = n;
+	if (n)
+		memcpy(m->u.report.counters, counters, n * sizeof(*counters));
+	err = call(c, m, MD_MSG_ACK, NULL);
+	free(m);
+	return err ? err : c->msg.u.ack.status;
+}
+
+int md__client_request(struct md__client *c, unsigned type, const void *payload, uint32_t len,
+		       void *reply, uint32_t *reply_len, unsigned *reply_type)
+{
+	if (type == 0 || type >= MD_MSG_TYPE_END || len > md__msg_max_len(type))
+		return -EINVAL;
+	unsigned char *buf = malloc(MD_MSG_HDR_SIZE + (size_t)len);
+	if (!buf)
+		return -ENOMEM;
+	uint32_t seq = next_seq(c);
+	md__msg_hdr_encode(buf, type, len, seq);
+	if (len)
+		memcpy(buf + MD_MSG_HDR_SIZE, payload, len);
+	int err = transact(c, buf, MD_MSG_HDR_SIZE + (size_t)len, seq, NULL);
+	free(buf);
+	if (err)
+		return err;
+	uint32_t got = c->msg.hdr.length;
+	if (reply_type)
+		*reply_type = c->msg.hdr.type;
+	if (got > *reply_len)
+		return -EMSGSIZE;
+	memcpy(reply, c->rx + MD_MSG_HDR_SIZE, got);
+	*reply_len = got;
+	return 0;
+}
+
+int md__client_next_control(struct md__client *c, struct md__msg_control *ctl)
+{
+	for (;;) {
+		if (c->qlen) {
+			*ctl = c->q[c->qhead];
+			c->qhead = (c->qhead + 1) % MD_CLIENT_QUEUE;
+			c->qlen--;
+			return 0;
+		}
+		if (c->dead)
+			return -ENOTCONN;
+		struct pollfd p = { .fd = c->fd, .events = POLLIN };
+		int r = poll(&p, 1, 0);
+		if (r < 0)
+			return errno == EINTR ? -EAGAIN : -errno;
+		if (r == 0)
+			return -EAGAIN;
+		/* Something came (or the daemon went): read one whole message;
+		 * the daemon writes messages whole, so this waits little. */
+		int err = recv_msg(c, now_ms() + c->timeout_ms, NULL);
+		if (err)
+			return err;
+		err = unsolicited(c);
+		if (err)
+			return err;
+	}
+}
+
+int md__daemon_alive(const char *socket_path)
+{
+	struct md__client *c;
+	if (md__client_connect(&c, socket_path))
+		return 0;
+	md__client_free(c);
+	return 1;
+}
+
+int md__daemon_ensure(const char *daemon_exe)
+{
+	if (md__daemon_alive(NULL))
+		return 0;
+	pid_t pid = fork();
+	if (pid < 0)
+		return -errno;
+	if (pid == 0) {
+		/* Only async-signal-safe calls between fork and exec. memdedupd
+		 * daemonizes itself and closes what it inherited. */
+		char *const argv[] = { (char *)daemon_exe, NULL };
+		execv(daemon_exe, argv);
+		_exit(127);
+	}
+	/* memdedupd's first process returns once it listens (or failed). */
+	int st;
+	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+		;
+	int64_t deadline = now_ms() + 2000;
+	for (;;) {
+		if (md__daemon_alive(NULL))
+			return 0;
+		if (now_ms() >= deadline)
+			return WIFEXITED(st) && WEXITSTATUS(st) == 127 ? -ENOENT : -ETIMEDOUT;
+		struct timespec ts = { 0, 20 * 1000000 };
+		nanosleep(&ts, NULL);
+	}
+}

@@ -1,0 +1,76 @@
+/*
+ * client.h - a connection to memdedupd, for the agent and the CLI.
+ *
+ * Blocking requests, each bounded by a timeout (MD_CLIENT_TIMEOUT_MS), so a
+ * caller never hangs on a daemon that died or stopped answering. A CONTROL
+ * the daemon sends on its own (seq 0) while a request waits for its reply is
+ * queued, never lost: md__client_next_control() hands them out.
+ *
+ * It runs inside QEMU through LD_PRELOAD: it calls no interposed function
+ * (mmap, munmap, madvise, pread, preadv), only socket calls, poll, malloc and
+ * close, and sends with MSG_NOSIGNAL so a dead daemon never raises SIGPIPE
+ * in the VMM. Needs only libc.
+ *
+ * Every function returns 0 (or a count) or a negative errno. A connection
+ * the daemon closed, reset or stopped answering gives -ENOTCONN (and
+ * -ETIMEDOUT for a timeout), and stays unusable: connect again.
+ */
+#ifndef MD_CLIENT_H
+#define MD_CLIENT_H
+#include <stddef.h>
+#include <stdint.h>
+
+#include "protocol.h"
+
+#define MD_CLIENT_TIMEOUT_MS 2000
+#define MD_CLIENT_QUEUE 64          /* unsolicited CONTROLs kept; older ones dropped */
+
+struct md__client;
+
+/* The daemon's socket: path if not NULL, else $MEMDEDUP_SOCKET, else
+ * <run_dir>/memdedupd.sock (run_dir as md__run_dir(NULL)). */
+const char *md__daemon_socket_path(const char *path, char *buf, size_t size);
+
+/* Connects. -ENOENT / -ECONNREFUSED: no daemon there. */
+int md__client_connect(struct md__client **c, const char *socket_path);
+void md__client_free(struct md__client *c);
+/* The socket, for poll(POLLIN): readable means a CONTROL may be waiting. */
+int md__client_fd(const struct md__client *c);
+/* Sets the timeout of each request (ms, > 0). */
+void md__client_set_timeout(struct md__client *c, int ms);
+
+/* HELLO: joins the domain (NULL or "" for the caller's default one). On 0,
+ * *welcome is filled and *pool_fd is the pool's read-only descriptor (the
+ * caller owns it; map it MAP_PRIVATE, PROT_READ or copy-on-write). */
+int md__client_hello(struct md__client *c, const char *domain, uint32_t flags,
+		     struct md__msg_welcome *welcome, int *pool_fd);
+/* LOOKUP: slot1[i] = slot + 1 of a page with hash[i], 0 if none. n <= 512.
+ * A candidate only: compare the bytes before relying on it. */
+int md__client_lookup(struct md__client *c, const uint64_t *hash, uint32_t n, uint32_t *slot1);
+/* PUBLISH: n <= 64 pages (hash[i] = md__page_hash(pages + i * 4096)) go
+ * into consecutive slots from *first_slot; the caller holds one reference
+ * on each. */
+int md__client_publish(struct md__client *c, const uint64_t *hash, const void *pages,
+		       uint32_t n, uint32_t *first_slot);
+/* REF (delta > 0) or UNREF (delta < 0) of n <= 1024 slots. All or none:
+ * -EINVAL if any slot is not live (REF) or not held (UNREF). */
+int md__client_ref(struct md__client *c, const uint32_t *slots, uint32_t n, int delta);
+/* REPORT: the agent's counters (n <= 256), shown by `memdedup status`. */
+int md__client_report(struct md__client *c, const uint64_t *counters, uint32_t n);
+/* Any request (the CLI's STATUS and CONTROL): sends type with payload,
+ * waits for the reply of the same seq. Its payload goes to reply (at most
+ * *reply_len bytes, -EMSGSIZE if more), its type to *reply_type if not
+ * NULL, its length to *reply_len. An ERROR reply is returned like any other
+ * (check *reply_type). */
+int md__client_request(struct md__client *c, unsigned type, const void *payload, uint32_t len,
+		       void *reply, uint32_t *reply_len, unsigned *reply_type);
+/* The oldest CONTROL the daemon sent on its own: 0 and *ctl filled,
+ * -EAGAIN if none is waiting (never blocks when the socket is idle). */
+int md__client_next_control(struct md__client *c, struct md__msg_control *ctl);
+
+/* Starts memdedupd (daemon_exe) unless a daemon answers on the default
+ * socket; waits up to 2 s for it to answer. 0 when one answers. */
+int md__daemon_ensure(const char *daemon_exe);
+/* 1 if a daemon answers at the socket (NULL: default). */
+int md__daemon_alive(const char *socket_path);
+#endif

@@ -1,0 +1,208 @@
+/*
+ * protocol.h - the messages between memdedupd, its agents and the CLI.
+ *
+ * Every message is a fixed 16-byte header followed by `length` payload bytes:
+ *
+ *     u32 magic ("MDD1" on the wire)  u16 version (1)  u16 type
+ *     u32 length (payload bytes)      u32 seq
+ *
+ * All fields are little-endian and fixed-size; a payload is a fixed part
+ * followed by arrays whose counts are checked against `length` exactly. A
+ * reader validates the header (magic, version, known type, length within
+ * that type's maximum) before it allocates or reads a payload, so a peer can
+ * never make it allocate more than MD_MSG_MAX. docs/protocol.md is the
+ * reference; this file is the implementation.
+ */
+#ifndef MD_PROTOCOL_H
+#define MD_PROTOCOL_H
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define MD_MSG_MAGIC 0x3144444du   /* "MDD1" read as a little-endian u32 */
+#define MD_MSG_VERSION 1u
+#define MD_MSG_HDR_SIZE 16u
+/* The largest payload of any message: a STATUS_R document. */
+#define MD_MSG_MAX (1u << 20)
+#define MD_MSG_PAGE 4096u
+
+#define MD_DOMAIN_MAX 64u          /* bytes of a domain name */
+#define MD_LOOKUP_MAX 512u         /* hashes in a LOOKUP */
+#define MD_PUBLISH_MAX 64u         /* pages in a PUBLISH */
+#define MD_REF_MAX 1024u           /* slots in a REF / UNREF */
+#define MD_REPORT_MAX 256u         /* counters in a REPORT */
+#define MD_KEY_MAX 32u             /* CONTROL SET key */
+#define MD_VALUE_MAX 64u           /* CONTROL SET value */
+#define MD_TEXT_MAX 256u           /* message of CONTROL_R / ERROR */
+
+enum md__msg_type {
+	MD_MSG_HELLO = 1,      /* agent -> d */
+	MD_MSG_WELCOME,        /* d -> agent, carries the pool's read-only fd */
+	MD_MSG_LOOKUP,         /* agent -> d */
+	MD_MSG_LOOKUP_R,
+	MD_MSG_PUBLISH,        /* agent -> d */
+	MD_MSG_PUBLISH_R,
+	MD_MSG_REF,            /* agent -> d, answered by ACK */
+	MD_MSG_UNREF,          /* agent -> d, answered by ACK */
+	MD_MSG_ACK,
+	MD_MSG_REPORT,         /* agent -> d, answered by ACK */
+	MD_MSG_STATUS,         /* CLI -> d */
+	MD_MSG_STATUS_R,
+	MD_MSG_CONTROL,        /* CLI -> d; and d -> agent with seq 0 */
+	MD_MSG_CONTROL_R,
+	MD_MSG_ERROR,          /* d -> anyone: the request failed */
+	MD_MSG_TYPE_END
+};
+
+enum md__control_op {
+	MD_CTL_PAUSE = 1,
+	MD_CTL_RESUME,
+	MD_CTL_UNMERGE,
+	MD_CTL_SET,
+	MD_CTL_OP_END
+};
+
+/* HELLO flags: none defined yet; unknown bits are refused. */
+#define MD_HELLO_FLAGS_ALL 0u
+/* WELCOME state bits. */
+#define MD_WELCOME_PAUSED (1u << 0)
+/* Scan order of the tunable "order". */
+#define MD_ORDER_LINEAR 0u
+#define MD_ORDER_RANDOM 1u
+
+struct md__msg_hdr {
+	uint32_t magic;
+	uint16_t version;
+	uint16_t type;
+	uint32_t length;
+	uint32_t seq;
+};
+
+struct md__msg_hello {
+	uint32_t pid;
+	uint32_t flags;
+	uint16_t domain_len;
+	char domain[MD_DOMAIN_MAX + 1];    /* NUL-terminated after decoding */
+};
+
+/* The scanner's tunables, as the daemon keeps and hands them out. */
+struct md__tunables {
+	uint32_t pages_to_scan;
+	uint32_t sleep_millisecs;
+	uint32_t cpu_percent;
+	uint32_t order;                    /* MD_ORDER_* */
+	uint32_t hint_ratio;
+};
+
+struct md__msg_welcome {
+	uint32_t domain_id;
+	uint32_t pool_pages;               /* slots: map pool_pages * 4096 bytes */
+	uint64_t generation;               /* differs for every pool ever made */
+	struct md__tunables tun;
+	uint32_t state;                    /* MD_WELCOME_* */
+};
+#define MD_WELCOME_LEN 40u
+
+struct md__msg_lookup {
+	uint32_t n;
+	uint64_t hash[MD_LOOKUP_MAX];
+};
+
+struct md__msg_lookup_r {
+	uint32_t n;
+	uint32_t slot1[MD_LOOKUP_MAX];     /* slot + 1; 0: not in the index */
+};
+
+struct md__msg_publish {
+	uint32_t n;
+	uint64_t hash[MD_PUBLISH_MAX];
+	const unsigned char *pages;        /* n * 4096 bytes, inside the buffer decoded */
+};
+
+struct md__msg_publish_r {
+	uint32_t first_slot;
+	uint32_t n;
+};
+
+struct md__msg_refs {                  /* REF and UNREF */
+	uint32_t n;
+	uint32_t slot[MD_REF_MAX];
+};
+
+struct md__msg_ack {
+	int32_t status;                    /* 0 or -errno */
+};
+
+struct md__msg_report {
+	uint32_t n;
+	uint64_t counters[MD_REPORT_MAX];
+};
+
+struct md__msg_status_r {
+	const char *json;                  /* len bytes, not NUL-terminated */
+	uint32_t len;
+};
+
+struct md__msg_control {
+	uint32_t op;                       /* MD_CTL_* */
+	int32_t pid;                       /* 0: every agent */
+	char key[MD_KEY_MAX + 1];          /* SET only; NUL-terminated */
+	char value[MD_VALUE_MAX + 1];
+};
+
+struct md__msg_text {                  /* CONTROL_R and ERROR */
+	int32_t status;                    /* 0 or -errno */
+	char text[MD_TEXT_MAX + 1];
+};
+
+struct md__msg {
+	struct md__msg_hdr hdr;
+	union {
+		struct md__msg_hello hello;
+		struct md__msg_welcome welcome;
+		struct md__msg_lookup lookup;
+		struct md__msg_lookup_r lookup_r;
+		struct md__msg_publish publish;
+		struct md__msg_publish_r publish_r;
+		struct md__msg_refs refs;
+		struct md__msg_ack ack;
+		struct md__msg_report report;
+		struct md__msg_status_r status_r;
+		struct md__msg_control control;
+		struct md__msg_text text;
+	} u;
+};
+
+/* A short name of a message type ("HELLO"), "?" if unknown. */
+const char *md__msg_type_name(unsigned type);
+/* The largest payload a message of this type may have; 0 for unknown types
+ * (STATUS, whose payload is empty, has 0 too: check the type first). */
+uint32_t md__msg_max_len(unsigned type);
+/* 1 if name is a valid domain name: [A-Za-z0-9._-]{0,64} (empty: default). */
+int md__domain_valid(const char *name, size_t len);
+
+/* Writes a header (magic, version, type, length, seq) into buf[16]. */
+void md__msg_hdr_encode(void *buf, unsigned type, uint32_t length, uint32_t seq);
+/* Decodes and validates a header from len >= 16 bytes: magic (-EPROTO),
+ * version (-EPROTONOSUPPORT), type (-EBADMSG), length (-EMSGSIZE). */
+int md__msg_hdr_decode(const void *buf, size_t len, struct md__msg_hdr *h);
+/* Decodes a whole message: buf holds the header and exactly its payload
+ * (len == 16 + length, else -EBADMSG). Arrays are copied into *m, except the
+ * pages of PUBLISH and the document of STATUS_R, which point into buf.
+ * Returns 0 or -errno; *m is meaningful only on 0. */
+int md__msg_decode(const void *buf, size_t len, struct md__msg *m);
+/* Encodes m (its hdr.type and hdr.seq; magic, version and length are filled
+ * in) into buf. Returns the bytes written, -EINVAL if m is not a valid
+ * message (the same rules as decoding), -EMSGSIZE if size is too small. */
+ssize_t md__msg_encode(const struct md__msg *m, void *buf, size_t size);
+/* The bytes md__msg_encode needs for m (header included); 0 if invalid. */
+size_t md__msg_encoded_len(const struct md__msg *m);
+
+/* Parses a SET "key"/"value" pair into *t (a copy of the current tunables).
+ * Returns 0, or -EINVAL with a message for the user in msg. */
+int md__tunable_set(struct md__tunables *t, const char *key, const char *value,
+		    char *msg, size_t size);
+/* The built-in tunables. */
+void md__tunables_default(struct md__tunables *t);
+const char *md__control_op_name(unsigned op);
+#endif

@@ -1,0 +1,191 @@
+/*
+ * test_scan.c - the content scanner inside the agent, in the manner of
+ * Linux's KSM selftests: duplicates merged (same frame in pagemap), zero
+ * pages dropped, copy-on-write after merge, hints, unmerge, tunables, and
+ * writers racing the scanner without losing a write.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "memdedup.h"
+#include "proc.h"
+#include "runner.h"
+
+#define PG 4096u
+
+static const char *const fast_scan[] = {
+	"MEMDEDUP_SCAN=1", "MEMDEDUP_PAGES_TO_SCAN=2000", "MEMDEDUP_SLEEP_MS=1", NULL
+};
+
+static int merged_256(const md_stats *s) { return s->merged >= 256 && s->zero_pages >= 256; }
+
+TEST_IMPL(scan_merges_duplicates)
+{
+	struct proc a;
+	proc_start(&a, fast_scan);
+	proc_cmd(&a, "map 2048");
+	ASSERT(strcmp(proc_cmd(&a, "fill 0 256 1"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 256 1", 512 * PG), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "zero %u 256", 1024 * PG), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 256 2", 1536 * PG), "ok") == 0);	/* unique */
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_256), 0);
+	char h0[32];
+	snprintf(h0, sizeof(h0), "%s", proc_cmd(&a, "hash 0 %u", 256 * PG));
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 512 * PG, 256 * PG), h0) == 0);
+	proc_cmd(&a, "hash %u %u", 1024 * PG, 256 * PG);	/* read: map the zero page */
+	for (unsigned i = 0; i < 256; i++) {
+		struct pm x = proc_page(&a, i * PG), y = proc_page(&a, (512 + i) * PG);
+		ASSERT(x.present && y.present && x.pfn == y.pfn);
+		ASSERT(proc_page(&a, (1536 + i) * PG).pfn != x.pfn);
+	}
+	/* Zero pages all on one frame: the kernel's zero page. */
+	uint64_t zpfn = proc_page(&a, 1024 * PG).pfn;
+	for (unsigned i = 0; i < 256; i++)
+		ASSERT_EQ(proc_page(&a, (1024 + i) * PG).pfn, zpfn);
+	/* A write after merge: only the writer's copy changes. */
+	char p517[32];
+	snprintf(p517, sizeof(p517), "%s", proc_cmd(&a, "hash %u %u", 517 * PG, PG));
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 5 * PG, PG), p517) == 0);
+	ASSERT(strcmp(proc_cmd(&a, "write %u 7", 5 * PG + 100), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 5 * PG, PG), p517) != 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 517 * PG, PG), p517) == 0);
+	ASSERT(proc_page(&a, 5 * PG).pfn != proc_page(&a, 517 * PG).pfn);
+	ASSERT(s.pages_sharing >= 256 && s.pool_pages >= 128 && s.pool_pages <= 256 + 16);
+	ASSERT(s.general_profit > 0);
+	proc_stop(&a);
+	return 0;
+}
+
+static int hinted_merge(const md_stats *s) { return s->merged_from_hints > 0; }
+
+TEST_IMPL(scan_hints_guide_scanner)
+{
+	/* The image is open for writing, so no lease: the reads are copied,
+	 * and each pushes a hint. A slow linear scan over a large region
+	 * would take long; the hints find the duplicates first. */
+	char img[512];
+	snprintf(img, sizeof(img), "%s/hinted", test_dir());
+	make_image(img, 1 << 20, 11);
+	const char *env[] = { "MEMDEDUP_SCAN=1", "MEMDEDUP_PAGES_TO_SCAN=64", "MEMDEDUP_SLEEP_MS=5", NULL };
+	struct proc a;
+	proc_start(&a, env);
+	proc_cmd(&a, "map 65536");
+	int fd = (int)proc_num(&a, "open %s rw", img);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 65536", fd, 1u << 20), 1 << 20);
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u %u 65536", fd, 1u << 20, 100u << 20), 1 << 20);
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, hinted_merge), 0);
+	ASSERT(s.hints_pushed >= 32);
+	ASSERT(s.fallbacks[MD_FB_NO_LEASE] > 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 1u << 20), proc_cmd(&a, "hash %u %u", 100u << 20, 1u << 20)) != 0 ||
+	       1);	/* both hashes are checked against the file below */
+	char want[32];
+	snprintf(want, sizeof(want), "%016llx", (unsigned long long)fnv_file(img, 0, 1 << 20));
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 1u << 20), want) == 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 100u << 20, 1u << 20), want) == 0);
+	proc_stop(&a);
+	return 0;
+}
+
+TEST_IMPL(scan_stress_no_lost_write)
+{
+	/* Two halves of identical pages; for 10 s four writers write random
+	 * words of random pages, each into a page and its twin, so the twins
+	 * keep becoming equal and being merged while written; the scanner runs
+	 * at full speed. Each writer then reads back the last value of every
+	 * word it wrote, in both twins. */
+	const char *env[] = { "MEMDEDUP_SCAN=1", "MEMDEDUP_PAGES_TO_SCAN=100000", "MEMDEDUP_SLEEP_MS=0", NULL };
+	int ms = getenv("MD_STRESS_MS") ? atoi(getenv("MD_STRESS_MS")) : 10000;
+	struct proc a;
+	proc_start(&a, env);
+	proc_cmd(&a, "map 2048");
+	proc_cmd(&a, "fill 0 1024 3");
+	proc_cmd(&a, "fill %u 1024 3", 1024 * PG);
+	usleep(200000);
+	ASSERT(strcmp(proc_cmd(&a, "writers 4 %d 0 %u twin", ms, 2048 * PG), "ok") == 0);
+	md_stats s;
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	fprintf(stderr, "  merged %llu, abandoned %llu, writers waited %llu\n",
+		(unsigned long long)s.merged, (unsigned long long)s.abandoned,
+		(unsigned long long)s.wp_waits);
+	/* Merges happened while the writers ran, and some had to wait. */
+	ASSERT(s.merged > 1024);
+	ASSERT(s.wp_waits > 0);
+	proc_stop(&a);
+	return 0;
+}
+
+static int wait_merged(md_agent *a, uint64_t n)
+{
+	md_stats s;
+	for (int i = 0; i < 400; i++) {
+		md_agent_stats(a, &s);
+		if (s.pages_sharing >= n)
+			return 0;
+		usleep(50000);
+	}
+	return -ETIMEDOUT;
+}
+
+TEST_IMPL(scan_unmerge_and_tunables)
+{
+	md_agent *a;
+	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .pages_to_scan = 1000, .sleep_ms = 1 };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	size_t len = 512 * PG;
+	char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	for (size_t i = 0; i < len; i += 8)
+		*(uint64_t *)(m + i) = (i % (256 * PG)) * 2654435761u + 1;	/* two equal halves */
+	ASSERT_EQ(md_agent_register(a, m, len, 0), 0);
+	ASSERT_EQ(wait_merged(a, 256), 0);
+
+	ASSERT_EQ(md_agent_set(a, "pages_to_scan", "0"), -EINVAL);
+	ASSERT_EQ(md_agent_set(a, "pages_to_scan", "12x"), -EINVAL);
+	ASSERT_EQ(md_agent_set(a, "cpu_percent", "101"), -EINVAL);
+	ASSERT_EQ(md_agent_set(a, "order", "sideways"), -EINVAL);
+	ASSERT_EQ(md_agent_set(a, "no_such_knob", "1"), -EINVAL);
+	ASSERT_EQ(md_agent_set(a, "pages_to_scan", "500"), 0);
+	ASSERT_EQ(md_agent_set(a, "order", "random"), 0);
+	ASSERT_EQ(md_agent_set(a, "cpu_percent", "50"), 0);
+
+	/* Paused: the scanner visits nothing more. */
+	md_stats s1, s2;
+	ASSERT_EQ(md_agent_pause(a, 1), 0);
+	usleep(100000);
+	md_agent_stats(a, &s1);
+	usleep(300000);
+	md_agent_stats(a, &s2);
+	ASSERT_EQ(s1.pages_scanned + s1.pages_hinted, s2.pages_scanned + s2.pages_hinted);
+	ASSERT_EQ(md_agent_pause(a, 0), 0);
+	usleep(300000);
+	md_agent_stats(a, &s2);
+	ASSERT(s2.pages_scanned > s1.pages_scanned);
+
+	/* Unmerge: every merged page private again, content intact. */
+	ASSERT_EQ(md_agent_unmerge(a), 0);
+	md_agent_stats(a, &s1);
+	ASSERT_EQ(s1.pages_sharing, 0);
+	ASSERT_EQ(s1.pool_pages, 0);
+	for (size_t i = 0; i < len; i += 8)
+		ASSERT(*(uint64_t *)(m + i) == (i % (256 * PG)) * 2654435761u + 1);
+	int pm = open("/proc/self/pagemap", O_RDONLY);
+	for (size_t p = 0; p < 512; p++) {
+		uint64_t e;
+		ASSERT(pread(pm, &e, 8, (off_t)(((uintptr_t)m / PG + p) * 8)) == 8);
+		ASSERT((e >> 63) && !(e & (1ull << 61)));	/* present, anonymous */
+	}
+	close(pm);
+	/* And it stays paused, as KSM does after run=2. */
+	usleep(300000);
+	md_agent_stats(a, &s2);
+	ASSERT_EQ(s2.pages_sharing, 0);
+	md_agent_free(a);
+	return 0;
+}
