@@ -318,6 +318,14 @@ int md__msg_decode(const void *buf, size_t len, struct md__msg *m)
 	return decode_payload((const unsigned char *)buf + MD_MSG_HDR_SIZE, m->hdr.length, m);
 }
 
+int md__msg_decode_payload(unsigned type, const void *payload, uint32_t len, struct md__msg *m)
+{
+	if (type == 0 || type >= MD_MSG_TYPE_END || len > md__msg_max_len(type))
+		return -EBADMSG;
+	m->hdr = (struct md__msg_hdr){ MD_MSG_MAGIC, MD_MSG_VERSION, (uint16_t)type, len, 0 };
+	return decode_payload(payload, len, m);
+}
+
 /* The payload length of m, or 0 with *ok = 0 if m breaks a rule. */
 static uint32_t payload_len(const struct md__msg *m, int *ok)
 {

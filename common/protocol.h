@@ -191,6 +191,9 @@ int md__msg_hdr_decode(const void *buf, size_t len, struct md__msg_hdr *h);
  * pages of PUBLISH and the document of STATUS_R, which point into buf.
  * Returns 0 or -errno; *m is meaningful only on 0. */
 int md__msg_decode(const void *buf, size_t len, struct md__msg *m);
+/* Decodes a payload alone (type and len from a header already checked,
+ * e.g. what md__client_request returned). */
+int md__msg_decode_payload(unsigned type, const void *payload, uint32_t len, struct md__msg *m);
 /* Encodes m (its hdr.type and hdr.seq; magic, version and length are filled
  * in) into buf. Returns the bytes written, -EINVAL if m is not a valid
  * message (the same rules as decoding), -EMSGSIZE if size is too small. */

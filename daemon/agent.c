@@ -1,0 +1,251 @@
+/*
+ * agent.c - agents: one record per VMM process that said HELLO, with the
+ * references it holds on its domain's pool slots.
+ *
+ * Why references belong to the process, not to the connection: an agent
+ * whose connection drops (a daemon-side close after a malformed message,
+ * a reconnect) still maps the pages. Punching them would make its guest read
+ * zeroes. So a record outlives its connection and goes only when the process
+ * exits, which its pidfd tells (SO_PEERPIDFD, else pidfd_open). A process
+ * that reconnects to the same domain gets its record back, references and
+ * all. Without pidfds (old kernels) references go with the connection.
+ */
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "daemon.h"
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+
+static int pidfd_exited(int pidfd)
+{
+	struct pollfd p = { .fd = pidfd, .events = POLLIN };
+	return poll(&p, 1, 0) > 0;
+}
+
+static struct md__agent *find_agent(struct md__daemon *d, pid_t pid)
+{
+	for (struct md__agent *a = d->agents; a; a = a->next)
+		if (a->pid == pid)
+			return a;
+	return NULL;
+}
+
+int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__msg_hello *h,
+		    char *why, size_t size)
+{
+	struct md__agent *a;
+	int err;
+
+	/* The pid is what status shows and what CONTROL targets: it must be
+	 * the peer's own, as the kernel saw it at connect. */
+	if ((pid_t)h->pid != c->pid) {
+		snprintf(why, size, "HELLO names pid %u but the peer is pid %d", h->pid, (int)c->pid);
+		return -EPERM;
+	}
+	a = find_agent(d, c->pid);
+	if (a && a->pidfd >= 0 && pidfd_exited(a->pidfd)) {
+		md__agent_exited(d, a);	/* a pid reused before we saw the exit */
+		a = NULL;
+	}
+	if (a) {
+		if (a->conn) {
+			snprintf(why, size, "pid %d is already connected", (int)c->pid);
+			return -EBUSY;
+		}
+		if (a->uid != c->uid || strcmp(a->dom->name, h->domain) != 0) {
+			snprintf(why, size, "pid %d still holds references in domain '%s'",
+				 (int)c->pid, a->dom->name);
+			return -EBUSY;
+		}
+		a->conn = c;	/* a reconnect: same pool, same references */
+		c->agent = a;
+		return 0;
+	}
+
+	a = calloc(1, sizeof(*a));
+	if (!a) {
+		snprintf(why, size, "out of memory");
+		return -ENOMEM;
+	}
+	a->ep.kind = MD_EP_PIDFD;
+	a->pid = c->pid;
+	a->uid = c->uid;
+	a->pidfd = c->peer_pidfd;
+	c->peer_pidfd = -1;
+	if (a->pidfd < 0)
+		a->pidfd = (int)syscall(SYS_pidfd_open, c->pid, 0);
+	err = md__domain_get(d, c->uid, h->domain, &a->dom);
+	if (err) {
+		snprintf(why, size, err == -EUSERS ? "too many domains for uid %u" :
+			 "cannot create the pool of uid %u", (unsigned)c->uid);
+		goto close_pidfd;
+	}
+	if (a->pidfd >= 0) {
+		err = md__ep_add(d, a->pidfd, &a->ep, EPOLLIN);
+		if (err) {
+			snprintf(why, size, "cannot watch pid %d", (int)c->pid);
+			goto release_domain;
+		}
+	}
+	a->conn = c;
+	c->agent = a;
+	a->next = d->agents;
+	d->agents = a;
+	md__dlog("agent %d (uid %u) joined domain %u '%s'", (int)a->pid, (unsigned)a->uid,
+		 a->dom->id, a->dom->name);
+	return 0;
+
+release_domain:
+	md__domain_release(d, a->dom);
+close_pidfd:
+	if (a->pidfd >= 0)
+		close(a->pidfd);
+	free(a);
+	return err;
+}
+
+static int refs_grow(struct md__agent *a, size_t need)
+{
+	if (need <= a->refs_cap)
+		return 0;
+	size_t cap = a->refs_cap ? a->refs_cap : 1024;
+	while (cap < need)
+		cap *= 2;
+	if (cap > a->dom->pool.max_pages)
+		cap = a->dom->pool.max_pages;
+	uint32_t *n = realloc(a->refs, cap * sizeof(*n));
+	if (!n)
+		return -ENOMEM;
+	memset(n + a->refs_cap, 0, (cap - a->refs_cap) * sizeof(*n));
+	a->refs = n;
+	a->refs_cap = cap;
+	return 0;
+}
+
+int md__agent_refs(struct md__agent *a, const uint32_t *slots, uint32_t n, int delta)
+{
+	struct md__domain *dom = a->dom;
+	uint32_t i, max = 0;
+
+	if (delta > 0) {
+		/* Check all first: a REF is all or nothing. n bounds how many
+		 * references one message can add to a slot. */
+		for (i = 0; i < n; i++) {
+			if (!md__domain_slot_ok(dom, slots[i], n))
+				return -EINVAL;
+			if (slots[i] > max)
+				max = slots[i];
+		}
+		if (refs_grow(a, (size_t)max + 1))
+			return -ENOMEM;
+		for (i = 0; i < n; i++) {
+			a->refs[slots[i]]++;
+			md__domain_get_ref(dom, slots[i]);
+		}
+		a->nrefs += n;
+		return 0;
+	}
+	/* UNREF: take the agent's own counts first, undo them all if one is
+	 * not held (duplicates in one message count). */
+	for (i = 0; i < n; i++) {
+		if (slots[i] >= a->refs_cap || a->refs[slots[i]] == 0) {
+			while (i--)
+				a->refs[slots[i]]++;
+			return -EINVAL;
+		}
+		a->refs[slots[i]]--;
+	}
+	for (i = 0; i < n; i++)
+		md__domain_put_ref(dom, slots[i]);
+	a->nrefs -= n;
+	return 0;
+}
+
+int md__agent_publish(struct md__agent *a, const struct md__msg_publish *p, uint32_t *first)
+{
+	/* Room for the publisher's references before the slots exist: after
+	 * publishing, nothing may fail. */
+	uint32_t end = (uint32_t)a->dom->pool.end;
+	int err = refs_grow(a, (size_t)end + p->n);
+	if (err)
+		return err;
+	err = md__domain_publish(a->dom, p->hash, p->pages, p->n, first);
+	if (err)
+		return err;
+	/* A one-page run may reuse a freed slot below end: covered above. */
+	for (uint32_t i = 0; i < p->n; i++)
+		a->refs[*first + i]++;
+	a->nrefs += p->n;
+	return 0;
+}
+
+void md__agent_report(struct md__agent *a, const struct md__msg_report *r)
+{
+	memcpy(a->counters, r->counters, r->n * sizeof(r->counters[0]));
+	a->ncounters = r->n;
+	a->reported_ms = md__now_ms();
+}
+
+static void agent_free(struct md__daemon *d, struct md__agent *a)
+{
+	for (struct md__agent **pp = &d->agents; *pp; pp = &(*pp)->next) {
+		if (*pp == a) {
+			*pp = a->next;
+			break;
+		}
+	}
+	if (a->conn)
+		a->conn->agent = NULL;
+	md__ep_forget(d, &a->ep);
+	if (a->pidfd >= 0)
+		close(a->pidfd);	/* leaves the epoll set with it */
+	free(a->refs);
+	free(a);
+}
+
+void md__agent_exited(struct md__daemon *d, struct md__agent *a)
+{
+	uint64_t dropped = a->nrefs;
+	/* Its mappings are gone with the process: every reference goes, and
+	 * slots nobody else holds are punched. */
+	for (size_t s = 0; s < a->refs_cap; s++)
+		while (a->refs[s]) {
+			a->refs[s]--;
+			md__domain_put_ref(a->dom, (uint32_t)s);
+		}
+	md__dlog("agent %d gone: %llu references dropped, domain %u has %llu live pages",
+		 (int)a->pid, (unsigned long long)dropped, a->dom->id,
+		 (unsigned long long)md__pool_live(&a->dom->pool));
+	md__domain_release(d, a->dom);
+	agent_free(d, a);
+}
+
+void md__agent_detach(struct md__daemon *d, struct md__agent *a)
+{
+	a->conn = NULL;
+	/* No pidfd: the connection is all we can watch. */
+	if (a->pidfd < 0)
+		md__agent_exited(d, a);
+}
+
+void md__agent_free_all(struct md__daemon *d)
+{
+	/* Shutdown: the pools close too; live mappings keep their memfds. */
+	while (d->agents) {
+		struct md__agent *a = d->agents;
+		d->agents = a->next;
+		if (a->pidfd >= 0)
+			close(a->pidfd);
+		free(a->refs);
+		free(a);
+	}
+}

@@ -1,0 +1,154 @@
+/*
+ * daemon.h - memdedupd's state, shared by its files:
+ *   main.c     options, single instance, daemonizing, signals
+ *   server.c   the epoll loop, connections, framing, dispatch
+ *   domain.c   domains: one content pool and index per (uid, name)
+ *   agent.c    agents and their per-slot references, process exit
+ *   status.c   the STATUS document
+ *   control.c  CONTROL: tunables, forwarding to agents
+ *
+ * One thread: everything below is touched by the loop alone, so nothing
+ * here is locked.
+ */
+#ifndef MD_DAEMON_H
+#define MD_DAEMON_H
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/epoll.h>
+#include <sys/types.h>
+
+#include "index.h"
+#include "pool.h"
+#include "protocol.h"
+
+/* Limits that keep one user from exhausting the daemon. */
+#define MD_D_MAX_CONNS 4096
+#define MD_D_DOMAINS_PER_UID 64
+#define MD_D_OUT_PAUSE (1u << 20)   /* stop reading a peer with this much unsent */
+#define MD_D_OUT_MAX (16u << 20)    /* drop a peer that lets this much pile up */
+#define MD_D_POOL_PAGES_DEFAULT (1u << 20)   /* 4 GiB of address space per pool */
+#define MD_D_POOL_PAGES_MAX (1u << 26)
+
+/* What an epoll event points at. */
+enum md__ep_kind { MD_EP_LISTEN, MD_EP_SIGNAL, MD_EP_CONN, MD_EP_PIDFD };
+struct md__ep { enum md__ep_kind kind; };
+
+struct md__domain {
+	struct md__domain *next;
+	uint32_t id;
+	uid_t uid;
+	char name[MD_DOMAIN_MAX + 1];
+	uint64_t generation;
+	struct md__pool pool;
+	struct md__index index;
+	uint64_t *slot_hash;       /* hash of each live slot, to unindex it */
+	uint64_t refs_total;       /* references over all agents */
+	size_t nagents;            /* agent records (connected or not) in it */
+};
+
+struct md__conn;
+
+struct md__agent {
+	struct md__ep ep;          /* MD_EP_PIDFD: the process exited */
+	struct md__agent *next;
+	pid_t pid;
+	uid_t uid;
+	int pidfd;                 /* -1: no pidfd; refs go with the connection */
+	struct md__domain *dom;
+	struct md__conn *conn;     /* NULL: detached, refs kept until exit */
+	uint32_t *refs;            /* references per slot, refs_cap slots */
+	size_t refs_cap;
+	uint64_t nrefs;
+	uint64_t counters[MD_REPORT_MAX];
+	uint32_t ncounters;
+	int64_t reported_ms;       /* when the last REPORT came; 0 never */
+};
+
+struct md__conn {
+	struct md__ep ep;          /* MD_EP_CONN */
+	struct md__conn *next, **pprev;
+	int fd;
+	pid_t pid;                 /* SO_PEERCRED at accept */
+	uid_t uid;
+	int peer_pidfd;            /* SO_PEERPIDFD, -1 if the kernel has none */
+	unsigned char *in;         /* the message being received */
+	size_t in_len, in_cap;
+	unsigned char *out;        /* bytes to send: out[out_head, out_len) */
+	size_t out_head, out_len, out_cap;
+	int out_fd;                /* descriptor to pass with the byte at out_fd_off */
+	size_t out_fd_off;
+	int closing;               /* close once out is flushed (after an ERROR) */
+	uint32_t events;           /* epoll mask now registered */
+	struct md__agent *agent;   /* after HELLO */
+};
+
+struct md__daemon {
+	int epfd, lfd, sigfd;
+	struct md__ep listen_ep, signal_ep;
+	char socket_path[300];
+	char pid_path[300];
+	size_t pool_pages;
+	struct md__conn *conns;
+	size_t nconns;
+	struct md__agent *agents;
+	struct md__domain *domains;
+	uint32_t next_domain_id;
+	uint64_t last_generation;
+	struct md__tunables tun;   /* what a new agent starts with */
+	int paused;
+	int64_t start_ms;          /* monotonic */
+	int stop;
+	struct md__msg msg;        /* the message being handled */
+	struct epoll_event *evs;   /* this wake-up's events, while handled */
+	int nev;
+};
+
+void md__dlog(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+int64_t md__now_ms(void);
+
+/* server.c */
+int md__server_listen(struct md__daemon *d);
+int md__server_run(struct md__daemon *d);
+void md__server_close(struct md__daemon *d);
+/* Queues a message to a connection; fd (or -1) travels with its first
+ * byte. A peer that lets too much pile up is closed. */
+int md__conn_send(struct md__daemon *d, struct md__conn *c, const struct md__msg *m, int fd);
+/* Queues ERROR {err, text} with seq; the connection closes after it. */
+void md__conn_fail(struct md__daemon *d, struct md__conn *c, uint32_t seq, int err,
+		   const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+int md__ep_add(struct md__daemon *d, int fd, struct md__ep *ep, uint32_t events);
+/* ep is about to be freed: drop its pending events of this wake-up. */
+void md__ep_forget(struct md__daemon *d, struct md__ep *ep);
+
+/* domain.c */
+int md__domain_get(struct md__daemon *d, uid_t uid, const char *name, struct md__domain **out);
+void md__domain_release(struct md__daemon *d, struct md__domain *dom);
+uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash);
+int md__domain_publish(struct md__domain *dom, const uint64_t *hash, const unsigned char *pages,
+		       uint32_t n, uint32_t *first);
+/* 1 if slot is live in dom and one more reference fits. */
+int md__domain_slot_ok(const struct md__domain *dom, uint32_t slot, uint32_t more);
+void md__domain_get_ref(struct md__domain *dom, uint32_t slot);
+void md__domain_put_ref(struct md__domain *dom, uint32_t slot);
+void md__domain_free_all(struct md__daemon *d);
+
+/* agent.c */
+int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__msg_hello *h,
+		    char *why, size_t size);
+/* REF (delta 1) / UNREF (-1) of slots, all or none: 0 or -EINVAL/-ENOMEM. */
+int md__agent_refs(struct md__agent *a, const uint32_t *slots, uint32_t n, int delta);
+int md__agent_publish(struct md__agent *a, const struct md__msg_publish *p, uint32_t *first);
+void md__agent_report(struct md__agent *a, const struct md__msg_report *r);
+/* The connection of a goes away; its references stay while it lives. */
+void md__agent_detach(struct md__daemon *d, struct md__agent *a);
+/* The process exited: its references go. */
+void md__agent_exited(struct md__daemon *d, struct md__agent *a);
+void md__agent_free_all(struct md__daemon *d);
+
+/* status.c: the document for a requester of uid (root: everything). */
+int md__status_json(struct md__daemon *d, uid_t uid, char **json, size_t *len);
+
+/* control.c: fills reply text; returns the status. */
+int md__control(struct md__daemon *d, struct md__conn *c, const struct md__msg_control *ctl,
+		char *text, size_t size);
+#endif

@@ -1,0 +1,203 @@
+/*
+ * domain.c - domains: one content pool and one index per (uid, name).
+ *
+ * Why the uid is part of the identity: a page published by one user must
+ * never be mapped by another (it would leak content, and a lookup hit is
+ * itself a side channel), so two users never share a pool whatever name
+ * they ask for. A domain lives while agent records point at it; with the
+ * last one it goes, pool and all (mappings still hold the memfd).
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "checksum.h"
+#include "daemon.h"
+
+static uint64_t new_generation(struct md__daemon *d)
+{
+	/* Wall-clock nanoseconds, forced upward: unique across restarts of
+	 * the daemon too (an agent compares it to the pool it maps). */
+	struct timespec t;
+	clock_gettime(CLOCK_REALTIME, &t);
+	uint64_t g = (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+	if (g <= d->last_generation)
+		g = d->last_generation + 1;
+	d->last_generation = g;
+	return g;
+}
+
+static int domain_new(struct md__daemon *d, uid_t uid, const char *name, struct md__domain **out)
+{
+	struct md__domain *dom = calloc(1, sizeof(*dom));
+	int err;
+	if (!dom)
+		return -ENOMEM;
+	dom->uid = uid;
+	snprintf(dom->name, sizeof(dom->name), "%s", name);
+	err = md__pool_open(&dom->pool, d->pool_pages);
+	if (err)
+		goto free_dom;
+	/* The pool's inode is created 0777 by memfd_create. A holder of the
+	 * read-only fd could reopen /proc/self/fd/N for writing and change
+	 * pages others map; owner-read-only stops any non-root agent of
+	 * another uid than ours. (Our own writable fd is already open.) */
+	if (fchmod(dom->pool.fd, 0400) < 0) {
+		err = -errno;
+		goto close_pool;
+	}
+	err = md__index_init(&dom->index, 1024);
+	if (err)
+		goto close_pool;
+	/* calloc of this size is lazily zero-mapped: costs only what slots use. */
+	dom->slot_hash = calloc(d->pool_pages, sizeof(*dom->slot_hash));
+	if (!dom->slot_hash) {
+		err = -ENOMEM;
+		goto free_index;
+	}
+	dom->id = ++d->next_domain_id;
+	dom->generation = new_generation(d);
+	dom->next = d->domains;
+	d->domains = dom;
+	*out = dom;
+	md__dlog("domain %u '%s' of uid %u: new pool, generation %llu", dom->id, dom->name,
+		 (unsigned)uid, (unsigned long long)dom->generation);
+	return 0;
+
+free_index:
+	md__index_free(&dom->index);
+close_pool:
+	md__pool_close(&dom->pool);
+free_dom:
+	free(dom);
+	return err;
+}
+
+int md__domain_get(struct md__daemon *d, uid_t uid, const char *name, struct md__domain **out)
+{
+	size_t mine = 0;
+	for (struct md__domain *dom = d->domains; dom; dom = dom->next) {
+		if (dom->uid != uid)
+			continue;
+		if (strcmp(dom->name, name) == 0) {
+			dom->nagents++;
+			*out = dom;
+			return 0;
+		}
+		mine++;
+	}
+	if (mine >= MD_D_DOMAINS_PER_UID)
+		return -EUSERS;
+	int err = domain_new(d, uid, name, out);
+	if (!err)
+		(*out)->nagents++;
+	return err;
+}
+
+static void domain_free(struct md__domain *dom)
+{
+	free(dom->slot_hash);
+	md__index_free(&dom->index);
+	md__pool_close(&dom->pool);
+	free(dom);
+}
+
+void md__domain_release(struct md__daemon *d, struct md__domain *dom)
+{
+	if (--dom->nagents)
+		return;
+	for (struct md__domain **pp = &d->domains; *pp; pp = &(*pp)->next) {
+		if (*pp == dom) {
+			*pp = dom->next;
+			break;
+		}
+	}
+	md__dlog("domain %u '%s' of uid %u: last agent gone, pool closed", dom->id, dom->name,
+		 (unsigned)dom->uid);
+	domain_free(dom);
+}
+
+void md__domain_free_all(struct md__daemon *d)
+{
+	while (d->domains) {
+		struct md__domain *dom = d->domains;
+		d->domains = dom->next;
+		domain_free(dom);
+	}
+}
+
+/* A comparator that accepts the first candidate: the daemon answers hash
+ * lookups only, and the agent compares bytes itself under write-protect. */
+static const void *any_candidate(void *arg, uint32_t slot)
+{
+	(void)slot;
+	return arg;
+}
+
+uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash)
+{
+	static const unsigned char page[4096];
+	int64_t s = md__index_find(&dom->index, hash, page, any_candidate, (void *)page);
+	return s < 0 ? 0 : (uint32_t)s + 1;
+}
+
+int md__domain_slot_ok(const struct md__domain *dom, uint32_t slot, uint32_t more)
+{
+	const struct md__pool *p = &dom->pool;
+	return slot < p->end && p->state[slot] == MD_SLOT_LIVE && p->refs[slot] <= UINT32_MAX - more;
+}
+
+void md__domain_get_ref(struct md__domain *dom, uint32_t slot)
+{
+	md__pool_get(&dom->pool, slot);
+	dom->refs_total++;
+}
+
+void md__domain_put_ref(struct md__domain *dom, uint32_t slot)
+{
+	dom->refs_total--;
+	/* The last reference: the pool punches the page; forget its hash so
+	 * no lookup offers a hole. */
+	if (md__pool_put(&dom->pool, slot))
+		md__index_remove(&dom->index, dom->slot_hash[slot], slot);
+}
+
+int md__domain_publish(struct md__domain *dom, const uint64_t *hash, const unsigned char *pages,
+		       uint32_t n, uint32_t *first)
+{
+	uint32_t i;
+	int err;
+
+	/* The index is only worth its hits if its hashes are true. */
+	for (i = 0; i < n; i++)
+		if (md__page_hash(pages + (size_t)i * MD_MSG_PAGE) != hash[i])
+			return -EINVAL;
+	err = md__pool_reserve(&dom->pool, n, first);
+	if (err)
+		return err;
+	err = md__pool_publish(&dom->pool, *first, pages, n);
+	if (err) {
+		md__pool_unreserve(&dom->pool, *first, n);
+		return err;
+	}
+	for (i = 0; i < n; i++) {
+		err = md__index_insert(&dom->index, hash[i], *first + i);
+		if (err)
+			goto unindex;
+		dom->slot_hash[*first + i] = hash[i];
+	}
+	/* The publisher's reference (it is about to map them). */
+	for (i = 0; i < n; i++)
+		md__domain_get_ref(dom, *first + i);
+	return 0;
+
+unindex:
+	while (i--)
+		md__index_remove(&dom->index, hash[i], *first + i);
+	for (i = 0; i < n; i++)
+		md__pool_drop_unused(&dom->pool, *first + i);
+	return err;
+}

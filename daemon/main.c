@@ -1,0 +1,251 @@
+/*
+ * main.c - memdedupd: options, one instance per run directory, daemonizing,
+ * signals. See daemon.h for the other files and docs/protocol.md for what
+ * it speaks.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/file.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "client.h"
+#include "daemon.h"
+#include "stats_file.h"
+
+static const char usage_text[] =
+	"usage: memdedupd [--foreground] [--socket PATH] [--run-dir DIR] [--pool-pages N]\n"
+	"\n"
+	"The memdedup daemon: keeps one content pool and index per user and domain,\n"
+	"shared by the agents of that user's VMs, and answers `memdedup status`,\n"
+	"`pause`, `resume`, `unmerge` and `set`.\n"
+	"\n"
+	"  --foreground     stay in the foreground, log to stderr\n"
+	"  --socket PATH    listen there (default: $MEMDEDUP_SOCKET, else\n"
+	"                   RUN_DIR/memdedupd.sock)\n"
+	"  --run-dir DIR    pid file, log and default socket (default: $MEMDEDUP_RUN_DIR,\n"
+	"                   /run/memdedup for root, else $XDG_RUNTIME_DIR/memdedup)\n"
+	"  --pool-pages N   slots of each pool (default 1048576: 4 GiB)\n"
+	"  -h, --help       this text\n";
+
+void md__dlog(const char *fmt, ...)
+{
+	char buf[512];
+	struct timespec t;
+	va_list ap;
+	clock_gettime(CLOCK_REALTIME, &t);
+	struct tm tm;
+	localtime_r(&t.tv_sec, &tm);
+	size_t n = strftime(buf, sizeof(buf), "%F %T ", &tm);
+	va_start(ap, fmt);
+	vsnprintf(buf + n, sizeof(buf) - n, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "memdedupd[%d]: %s\n", (int)getpid(), buf);
+}
+
+int64_t md__now_ms(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+static int mkdir_p(const char *dir)
+{
+	char buf[256];
+	snprintf(buf, sizeof(buf), "%s", dir);
+	for (char *p = buf + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = '\0';
+		if (mkdir(buf, 0755) < 0 && errno != EEXIST)
+			return -errno;
+		*p = '/';
+	}
+	return mkdir(buf, 0755) < 0 && errno != EEXIST ? -errno : 0;
+}
+
+/* The pid file is locked for the daemon's life: a second daemon of the same
+ * run directory fails on the lock whatever the socket does. */
+static int lock_pid_file(const char *path)
+{
+	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -errno;
+	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+		char buf[32] = "";
+		ssize_t n = read(fd, buf, sizeof(buf) - 1);
+		buf[n > 0 ? n : 0] = '\0';
+		fprintf(stderr, "memdedupd: another daemon (pid %ld) holds %s\n", strtol(buf, NULL, 10), path);
+		close(fd);
+		return -EEXIST;
+	}
+	return fd;
+}
+
+static void write_pid(int fd)
+{
+	char buf[32];
+	int n = snprintf(buf, sizeof(buf), "%d\n", (int)getpid());
+	if (ftruncate(fd, 0) < 0 || pwrite(fd, buf, (size_t)n, 0) != n)
+		md__dlog("cannot write the pid file: %s", strerror(errno));
+}
+
+static int daemonize(const char *log_path)
+{
+	pid_t pid = fork();
+	if (pid < 0)
+		return -errno;
+	if (pid > 0)
+		_exit(0);	/* the socket listens already: callers may connect */
+	setsid();
+	if (chdir("/") < 0)
+		return -errno;
+	int in = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	int out = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+	if (out < 0)
+		out = open("/dev/null", O_WRONLY | O_CLOEXEC);
+	if (in < 0 || out < 0)
+		return -errno;
+	dup2(in, 0);
+	dup2(out, 1);
+	dup2(out, 2);
+	close(in);
+	close(out);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "foreground", no_argument, NULL, 'f' },
+		{ "socket", required_argument, NULL, 's' },
+		{ "run-dir", required_argument, NULL, 'r' },
+		{ "pool-pages", required_argument, NULL, 'p' },
+		{ "help", no_argument, NULL, 'h' },
+		{ 0 },
+	};
+	struct md__daemon d = { .epfd = -1, .lfd = -1, .sigfd = -1 };
+	const char *socket_opt = NULL, *run_opt = NULL;
+	int foreground = 0, c, err, ret = 1;
+	char run_dir[256], log_path[300];
+	unsigned long long pages = MD_D_POOL_PAGES_DEFAULT;
+
+	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+		char *end;
+		switch (c) {
+		case 'f': foreground = 1; break;
+		case 's': socket_opt = optarg; break;
+		case 'r': run_opt = optarg; break;
+		case 'p':
+			errno = 0;
+			pages = strtoull(optarg, &end, 10);
+			if (errno || *end || optarg[0] < '0' || optarg[0] > '9' || pages < 1 ||
+			    pages > MD_D_POOL_PAGES_MAX) {
+				fprintf(stderr, "memdedupd: --pool-pages must be 1..%u\n", MD_D_POOL_PAGES_MAX);
+				return 2;
+			}
+			break;
+		case 'h': fputs(usage_text, stdout); return 0;
+		default: fputs(usage_text, stderr); return 2;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "memdedupd: unexpected argument '%s'\n%s", argv[optind], usage_text);
+		return 2;
+	}
+	d.pool_pages = (size_t)pages;
+	md__tunables_default(&d.tun);
+	md__run_dir(run_opt, run_dir, sizeof(run_dir));
+	const char *env = getenv("MEMDEDUP_SOCKET");
+	if (socket_opt)
+		snprintf(d.socket_path, sizeof(d.socket_path), "%s", socket_opt);
+	else if (env && *env)
+		snprintf(d.socket_path, sizeof(d.socket_path), "%s", env);
+	else
+		snprintf(d.socket_path, sizeof(d.socket_path), "%s/memdedupd.sock", run_dir);
+	snprintf(d.pid_path, sizeof(d.pid_path), "%s/memdedupd.pid", run_dir);
+	snprintf(log_path, sizeof(log_path), "%s/memdedupd.log", run_dir);
+
+	err = mkdir_p(run_dir);
+	if (err) {
+		fprintf(stderr, "memdedupd: cannot create %s: %s\n", run_dir, strerror(-err));
+		return 1;
+	}
+	int pid_fd = lock_pid_file(d.pid_path);
+	if (pid_fd < 0) {
+		if (pid_fd != -EEXIST)
+			fprintf(stderr, "memdedupd: %s: %s\n", d.pid_path, strerror(-pid_fd));
+		return 1;
+	}
+	if (md__daemon_alive(d.socket_path)) {
+		fprintf(stderr, "memdedupd: another daemon answers on %s\n", d.socket_path);
+		goto close_pid;
+	}
+	/* Signals as events of the loop; SIGPIPE never (we send with
+	 * MSG_NOSIGNAL, this is for anything else). */
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGHUP);
+	sigprocmask(SIG_BLOCK, &set, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	err = md__server_listen(&d);
+	if (err) {
+		fprintf(stderr, "memdedupd: cannot listen on %s: %s\n", d.socket_path, strerror(-err));
+		goto close_pid;
+	}
+	struct stat sock_st;
+	stat(d.socket_path, &sock_st);
+	if (!foreground) {
+		err = daemonize(log_path);
+		if (err)
+			goto close_listen;
+	}
+	write_pid(pid_fd);
+	d.sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+	d.epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (d.sigfd < 0 || d.epfd < 0) {
+		md__dlog("cannot set up the loop: %s", strerror(errno));
+		goto close_loop;
+	}
+	d.start_ms = md__now_ms();
+	md__dlog("listening on %s, %zu slots per pool", d.socket_path, d.pool_pages);
+	err = md__server_run(&d);
+	if (err)
+		md__dlog("loop failed: %s", strerror(-err));
+	else
+		ret = 0;
+
+close_loop:
+	md__server_close(&d);
+	md__agent_free_all(&d);
+	md__domain_free_all(&d);
+	if (d.sigfd >= 0)
+		close(d.sigfd);
+	if (d.epfd >= 0)
+		close(d.epfd);
+	unlink(d.pid_path);
+close_listen:
+	if (d.lfd >= 0)
+		close(d.lfd);
+	/* Only our own socket: someone may have replaced it since. */
+	struct stat now_st;
+	if (stat(d.socket_path, &now_st) == 0 && now_st.st_ino == sock_st.st_ino &&
+	    now_st.st_dev == sock_st.st_dev)
+		unlink(d.socket_path);
+close_pid:
+	close(pid_fd);
+	return ret;
+}

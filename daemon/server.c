@@ -1,0 +1,567 @@
+/*
+ * server.c - the loop: one epoll set holding the listening socket, a
+ * signalfd, every connection and every agent's pidfd.
+ *
+ * Connections are non-blocking. Each receives one message at a time into
+ * its own buffer: the 16-byte header first, validated (magic, version,
+ * type, length within the type's maximum) before the buffer grows to hold
+ * the payload, so a peer decides nothing about our allocations beyond
+ * MD_MSG_MAX. Replies are queued and flushed as the socket takes them; a
+ * peer with a lot unsent is not read until it catches up (backpressure).
+ *
+ * A malformed message gets an ERROR and the connection closes once the
+ * ERROR is out; the agent record behind it stays while its process lives
+ * (see agent.c). Nothing a peer sends can stop the loop.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "daemon.h"
+
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77
+#endif
+
+#define MD_D_BATCH 16   /* messages per connection per wake-up: fairness */
+#define IN_MIN 512      /* first receive buffer, before any header is known */
+
+int md__ep_add(struct md__daemon *d, int fd, struct md__ep *ep, uint32_t events)
+{
+	struct epoll_event ev = { .events = events, .data.ptr = ep };
+	return epoll_ctl(d->epfd, EPOLL_CTL_ADD, fd, &ev) < 0 ? -errno : 0;
+}
+
+int md__server_listen(struct md__daemon *d)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int err;
+
+	if (strlen(d->socket_path) >= sizeof(sa.sun_path))
+		return -ENAMETOOLONG;
+	memcpy(sa.sun_path, d->socket_path, strlen(d->socket_path));
+	d->lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (d->lfd < 0)
+		return -errno;
+	/* Only called once no daemon answers: what is there is stale. */
+	unlink(d->socket_path);
+	if (bind(d->lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		err = -errno;
+		goto close_lfd;
+	}
+	/* Anyone may connect: peers are identified by SO_PEERCRED and get
+	 * only their own uid's pools. */
+	if (chmod(d->socket_path, 0666) < 0 || listen(d->lfd, 128) < 0) {
+		err = -errno;
+		goto unlink_socket;
+	}
+	return 0;
+
+unlink_socket:
+	unlink(d->socket_path);
+close_lfd:
+	close(d->lfd);
+	d->lfd = -1;
+	return err;
+}
+
+static void set_events(struct md__daemon *d, struct md__conn *c, uint32_t events)
+{
+	if (events == c->events)
+		return;
+	struct epoll_event ev = { .events = events, .data.ptr = &c->ep };
+	epoll_ctl(d->epfd, EPOLL_CTL_MOD, c->fd, &ev);
+	c->events = events;
+}
+
+/* What the connection waits for now: input unless closing or backed up,
+ * output while something is queued. */
+static void update_events(struct md__daemon *d, struct md__conn *c)
+{
+	uint32_t ev = 0;
+	size_t pending = c->out_len - c->out_head;
+	if (!c->closing && pending < MD_D_OUT_PAUSE)
+		ev |= EPOLLIN;
+	/* Closing with nothing left: the writable event closes it. */
+	if (pending || c->closing)
+		ev |= EPOLLOUT;
+	set_events(d, c, ev);
+}
+
+void md__ep_forget(struct md__daemon *d, struct md__ep *ep)
+{
+	/* Events of this wake-up not handled yet must not reach freed memory. */
+	for (int i = 0; i < d->nev; i++)
+		if (d->evs[i].data.ptr == ep)
+			d->evs[i].data.ptr = NULL;
+}
+
+static void conn_close(struct md__daemon *d, struct md__conn *c)
+{
+	struct md__agent *a = c->agent;
+	c->agent = NULL;
+	if (a)
+		md__agent_detach(d, a);
+	md__ep_forget(d, &c->ep);
+	*c->pprev = c->next;
+	if (c->next)
+		c->next->pprev = c->pprev;
+	d->nconns--;
+	close(c->fd);
+	if (c->peer_pidfd >= 0)
+		close(c->peer_pidfd);
+	free(c->in);
+	free(c->out);
+	free(c);
+}
+
+static void accept_all(struct md__daemon *d)
+{
+	for (;;) {
+		int fd = accept4(d->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0) {
+			if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+				md__dlog("accept: %s", strerror(errno));
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			return;
+		}
+		struct ucred cr;
+		socklen_t cl = sizeof(cr);
+		if (d->nconns >= MD_D_MAX_CONNS ||
+		    getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) < 0) {
+			close(fd);
+			continue;
+		}
+		struct md__conn *c = calloc(1, sizeof(*c));
+		if (!c) {
+			close(fd);
+			continue;
+		}
+		c->ep.kind = MD_EP_CONN;
+		c->fd = fd;
+		c->pid = cr.pid;
+		c->uid = cr.uid;
+		c->out_fd = -1;
+		/* A pidfd of the peer taken at connect time cannot name a
+		 * later process that reused the pid. */
+		c->peer_pidfd = -1;
+		int pfd;
+		socklen_t pl = sizeof(pfd);
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pfd, &pl) == 0)
+			c->peer_pidfd = pfd;
+		if (md__ep_add(d, fd, &c->ep, EPOLLIN)) {
+			if (c->peer_pidfd >= 0)
+				close(c->peer_pidfd);
+			close(fd);
+			free(c);
+			continue;
+		}
+		c->events = EPOLLIN;
+		c->next = d->conns;
+		if (c->next)
+			c->next->pprev = &c->next;
+		c->pprev = &d->conns;
+		d->conns = c;
+		d->nconns++;
+	}
+}
+
+/* Sends what the socket takes. Returns -1 if the connection had to close. */
+static int flush_out(struct md__daemon *d, struct md__conn *c)
+{
+	while (c->out_head < c->out_len) {
+		size_t end = c->out_len;
+		ssize_t w;
+		if (c->out_fd >= 0 && c->out_fd_off > c->out_head)
+			end = c->out_fd_off;	/* the fd goes with the next message */
+		if (c->out_fd >= 0 && c->out_fd_off == c->out_head) {
+			union {
+				struct cmsghdr h;
+				char buf[CMSG_SPACE(sizeof(int))];
+			} ctl;
+			memset(&ctl, 0, sizeof(ctl));
+			struct iovec iov = { c->out + c->out_head, end - c->out_head };
+			struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+					     .msg_control = ctl.buf, .msg_controllen = sizeof(ctl.buf) };
+			struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+			cm->cmsg_level = SOL_SOCKET;
+			cm->cmsg_type = SCM_RIGHTS;
+			cm->cmsg_len = CMSG_LEN(sizeof(int));
+			memcpy(CMSG_DATA(cm), &c->out_fd, sizeof(int));
+			w = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+			if (w > 0)
+				c->out_fd = -1;	/* the kernel took it with byte one */
+		} else {
+			w = send(c->fd, c->out + c->out_head, end - c->out_head,
+				 MSG_NOSIGNAL | MSG_DONTWAIT);
+		}
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			break;
+		if (w <= 0) {
+			conn_close(d, c);
+			return -1;
+		}
+		c->out_head += (size_t)w;
+	}
+	if (c->out_head == c->out_len) {
+		c->out_head = c->out_len = 0;
+		if (c->closing) {
+			conn_close(d, c);
+			return -1;
+		}
+	}
+	update_events(d, c);
+	return 0;
+}
+
+int md__conn_send(struct md__daemon *d, struct md__conn *c, const struct md__msg *m, int fd)
+{
+	size_t len = md__msg_encoded_len(m);
+	if (len == 0)
+		return -EINVAL;
+	if (c->out_len - c->out_head + len > MD_D_OUT_MAX) {
+		md__dlog("pid %d does not read its socket: closing it", (int)c->pid);
+		c->closing = 1;
+		c->out_head = c->out_len = 0;
+		c->out_fd = -1;
+		update_events(d, c);
+		return -ENOBUFS;
+	}
+	if (c->out_len + len > c->out_cap) {
+		/* Compact first: what was sent is dead space. */
+		memmove(c->out, c->out + c->out_head, c->out_len - c->out_head);
+		c->out_len -= c->out_head;
+		if (c->out_fd >= 0)
+			c->out_fd_off -= c->out_head;
+		c->out_head = 0;
+		size_t cap = c->out_cap ? c->out_cap : 4096;
+		while (cap < c->out_len + len)
+			cap *= 2;
+		unsigned char *n = realloc(c->out, cap);
+		if (!n)
+			return -ENOMEM;
+		c->out = n;
+		c->out_cap = cap;
+	}
+	if (fd >= 0) {
+		if (c->out_fd >= 0)
+			return -EBUSY;	/* one descriptor in flight at a time */
+		c->out_fd = fd;
+		c->out_fd_off = c->out_len;
+	}
+	md__msg_encode(m, c->out + c->out_len, len);
+	c->out_len += len;
+	update_events(d, c);
+	return 0;
+}
+
+void md__conn_fail(struct md__daemon *d, struct md__conn *c, uint32_t seq, int err,
+		   const char *fmt, ...)
+{
+	struct md__msg m = { .hdr = { .type = MD_MSG_ERROR, .seq = seq } };
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(m.u.text.text, sizeof(m.u.text.text), fmt, ap);
+	va_end(ap);
+	m.u.text.status = err;
+	md__dlog("pid %d: %s (%s); closing", (int)c->pid, m.u.text.text, strerror(-err));
+	/* Nothing more is read from it; what was queued goes out first. */
+	md__conn_send(d, c, &m, -1);
+	c->closing = 1;
+	update_events(d, c);
+}
+
+/* ERROR without closing: the request was well formed but failed. */
+static void reply_error(struct md__daemon *d, struct md__conn *c, uint32_t seq, int err,
+			const char *text)
+{
+	struct md__msg m = { .hdr = { .type = MD_MSG_ERROR, .seq = seq } };
+	snprintf(m.u.text.text, sizeof(m.u.text.text), "%s", text);
+	m.u.text.status = err;
+	md__conn_send(d, c, &m, -1);
+}
+
+static void reply_ack(struct md__daemon *d, struct md__conn *c, uint32_t seq, int status)
+{
+	struct md__msg m = { .hdr = { .type = MD_MSG_ACK, .seq = seq } };
+	m.u.ack.status = status;
+	md__conn_send(d, c, &m, -1);
+}
+
+static void handle_status(struct md__daemon *d, struct md__conn *c, uint32_t seq)
+{
+	char *json;
+	size_t len;
+	int err = md__status_json(d, c->uid, &json, &len);
+	if (err) {
+		reply_error(d, c, seq, err, "cannot build the status document");
+		return;
+	}
+	if (len > MD_MSG_MAX) {
+		reply_error(d, c, seq, -E2BIG, "status document larger than a message");
+	} else {
+		struct md__msg m = { .hdr = { .type = MD_MSG_STATUS_R, .seq = seq } };
+		m.u.status_r.json = json;
+		m.u.status_r.len = (uint32_t)len;
+		md__conn_send(d, c, &m, -1);
+	}
+	free(json);
+}
+
+/* Handles the whole message in c->in. */
+static void dispatch(struct md__daemon *d, struct md__conn *c)
+{
+	struct md__msg *m = &d->msg, *r;
+	uint32_t seq = m->hdr.seq;
+	char why[MD_TEXT_MAX + 1];
+	int err;
+
+	/* Only the requests a peer may send; an agent's only after HELLO. */
+	switch (m->hdr.type) {
+	case MD_MSG_LOOKUP: case MD_MSG_PUBLISH: case MD_MSG_REF: case MD_MSG_UNREF:
+	case MD_MSG_REPORT:
+		if (!c->agent) {
+			md__conn_fail(d, c, seq, -EPROTO, "%s before HELLO",
+				      md__msg_type_name(m->hdr.type));
+			return;
+		}
+		break;
+	case MD_MSG_HELLO: case MD_MSG_STATUS: case MD_MSG_CONTROL:
+		break;
+	default:
+		md__conn_fail(d, c, seq, -EBADMSG, "%s is not a request",
+			      md__msg_type_name(m->hdr.type));
+		return;
+	}
+
+	switch (m->hdr.type) {
+	case MD_MSG_HELLO: {
+		if (c->agent) {
+			md__conn_fail(d, c, seq, -EPROTO, "HELLO twice");
+			return;
+		}
+		err = md__agent_hello(d, c, &m->u.hello, why, sizeof(why));
+		if (err) {
+			md__conn_fail(d, c, seq, err, "%s", why);
+			return;
+		}
+		struct md__domain *dom = c->agent->dom;
+		struct md__msg w = { .hdr = { .type = MD_MSG_WELCOME, .seq = seq } };
+		w.u.welcome.domain_id = dom->id;
+		w.u.welcome.pool_pages = (uint32_t)dom->pool.max_pages;
+		w.u.welcome.generation = dom->generation;
+		w.u.welcome.tun = d->tun;
+		w.u.welcome.state = d->paused ? MD_WELCOME_PAUSED : 0;
+		md__conn_send(d, c, &w, dom->pool.ro_fd);
+		return;
+	}
+	case MD_MSG_LOOKUP:
+		r = malloc(sizeof(*r));
+		if (!r) {
+			reply_error(d, c, seq, -ENOMEM, "out of memory");
+			return;
+		}
+		r->hdr = (struct md__msg_hdr){ .type = MD_MSG_LOOKUP_R, .seq = seq };
+		r->u.lookup_r.n = m->u.lookup.n;
+		for (uint32_t i = 0; i < m->u.lookup.n; i++)
+			r->u.lookup_r.slot1[i] = md__domain_lookup(c->agent->dom, m->u.lookup.hash[i]);
+		md__conn_send(d, c, r, -1);
+		free(r);
+		return;
+	case MD_MSG_PUBLISH: {
+		uint32_t first;
+		err = md__agent_publish(c->agent, &m->u.publish, &first);
+		if (err) {
+			reply_error(d, c, seq, err, err == -EINVAL ? "a hash does not match its page" :
+				    err == -ENOSPC ? "the pool is full" : "cannot publish");
+			return;
+		}
+		struct md__msg p = { .hdr = { .type = MD_MSG_PUBLISH_R, .seq = seq } };
+		p.u.publish_r.first_slot = first;
+		p.u.publish_r.n = m->u.publish.n;
+		md__conn_send(d, c, &p, -1);
+		return;
+	}
+	case MD_MSG_REF:
+	case MD_MSG_UNREF:
+		reply_ack(d, c, seq, md__agent_refs(c->agent, m->u.refs.slot, m->u.refs.n,
+						     m->hdr.type == MD_MSG_REF ? 1 : -1));
+		return;
+	case MD_MSG_REPORT:
+		md__agent_report(c->agent, &m->u.report);
+		reply_ack(d, c, seq, 0);
+		return;
+	case MD_MSG_STATUS:
+		handle_status(d, c, seq);
+		return;
+	case MD_MSG_CONTROL: {
+		struct md__msg cr = { .hdr = { .type = MD_MSG_CONTROL_R, .seq = seq } };
+		cr.u.text.status = md__control(d, c, &m->u.control, cr.u.text.text,
+					       sizeof(cr.u.text.text));
+		md__conn_send(d, c, &cr, -1);
+		return;
+	}
+	}
+}
+
+/* Reads and handles up to MD_D_BATCH messages. -1: the connection closed. */
+static int read_conn(struct md__daemon *d, struct md__conn *c)
+{
+	for (int handled = 0; handled < MD_D_BATCH && !c->closing;) {
+		size_t need = MD_MSG_HDR_SIZE;
+		struct md__msg_hdr h;
+		int err = 0;
+		if (c->in_len >= MD_MSG_HDR_SIZE) {
+			err = md__msg_hdr_decode(c->in, c->in_len, &h);
+			need += h.length;
+		}
+		if (!c->in) {
+			c->in = malloc(IN_MIN);
+			if (!c->in) {
+				conn_close(d, c);
+				return -1;
+			}
+			c->in_cap = IN_MIN;
+		}
+		if (err) {
+			/* The seq field is where it always is: echo it, so the
+			 * sender can tell which message we refused. */
+			uint32_t seq = (uint32_t)c->in[12] | (uint32_t)c->in[13] << 8 |
+				       (uint32_t)c->in[14] << 16 | (uint32_t)c->in[15] << 24;
+			md__conn_fail(d, c, seq, err, "bad header (%s)",
+				      err == -EPROTO ? "magic" : err == -EPROTONOSUPPORT ? "version" :
+				      err == -EMSGSIZE ? "length too large for its type" : "type");
+			break;
+		}
+		if (need > c->in_cap) {
+			/* need is bounded by the validated header. */
+			unsigned char *n = realloc(c->in, need);
+			if (!n) {
+				conn_close(d, c);
+				return -1;
+			}
+			c->in = n;
+			c->in_cap = need;
+		}
+		if (c->in_len < need) {
+			ssize_t r = recv(c->fd, c->in + c->in_len, need - c->in_len, MSG_DONTWAIT);
+			if (r < 0 && errno == EINTR)
+				continue;
+			if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+				break;
+			if (r <= 0) {
+				conn_close(d, c);	/* EOF or reset */
+				return -1;
+			}
+			c->in_len += (size_t)r;
+			continue;	/* maybe the header is complete now */
+		}
+		err = md__msg_decode(c->in, need, &d->msg);
+		c->in_len = 0;
+		handled++;
+		if (err) {
+			md__conn_fail(d, c, d->msg.hdr.seq, err, "malformed %s payload",
+				      md__msg_type_name(d->msg.hdr.type));
+			break;
+		}
+		dispatch(d, c);
+		/* A big buffer is not kept for a connection that needed it once. */
+		if (c->in_cap > 64 * 1024) {
+			free(c->in);
+			c->in = NULL;
+			c->in_cap = 0;
+		}
+	}
+	return 0;
+}
+
+static void handle_signal(struct md__daemon *d)
+{
+	struct signalfd_siginfo si;
+	while (read(d->sigfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+		md__dlog("signal %u: shutting down", si.ssi_signo);
+		d->stop = 1;
+	}
+}
+
+int md__server_run(struct md__daemon *d)
+{
+	struct epoll_event evs[64];
+	int err;
+
+	d->listen_ep.kind = MD_EP_LISTEN;
+	d->signal_ep.kind = MD_EP_SIGNAL;
+	err = md__ep_add(d, d->lfd, &d->listen_ep, EPOLLIN);
+	if (!err)
+		err = md__ep_add(d, d->sigfd, &d->signal_ep, EPOLLIN);
+	if (err)
+		return err;
+	while (!d->stop) {
+		int n = epoll_wait(d->epfd, evs, 64, -1);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		d->evs = evs;
+		d->nev = n;
+		for (int i = 0; i < n && !d->stop; i++) {
+			struct md__ep *ep = evs[i].data.ptr;
+			if (!ep)
+				continue;	/* its owner was freed meanwhile */
+			switch (ep->kind) {
+			case MD_EP_LISTEN:
+				accept_all(d);
+				break;
+			case MD_EP_SIGNAL:
+				handle_signal(d);
+				break;
+			case MD_EP_PIDFD:
+				md__agent_exited(d, (struct md__agent *)ep);
+				break;
+			case MD_EP_CONN: {
+				struct md__conn *c = (struct md__conn *)ep;
+				if ((evs[i].events & EPOLLOUT) && flush_out(d, c) < 0)
+					break;
+				if ((evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) && !c->closing &&
+				    read_conn(d, c) < 0)
+					break;
+				if (c->closing && (evs[i].events & (EPOLLHUP | EPOLLERR))) {
+					conn_close(d, c);
+					break;
+				}
+				flush_out(d, c);
+				break;
+			}
+			}
+		}
+		d->nev = 0;
+	}
+	return 0;
+}
+
+void md__server_close(struct md__daemon *d)
+{
+	while (d->conns) {
+		struct md__conn *c = d->conns;
+		if (c->agent)
+			c->agent->conn = NULL;
+		c->agent = NULL;
+		conn_close(d, c);
+	}
+	if (d->lfd >= 0) {
+		close(d->lfd);
+		d->lfd = -1;
+	}
+}

@@ -1,0 +1,130 @@
+/*
+ * status.c - the STATUS document (JSON): the daemon, its domains, its
+ * agents and the totals. A requester sees its own uid's domains and agents;
+ * root and the daemon's own uid see everything.
+ *
+ * Sharing, in kernel KSM's terms: pages_shared is the pool pages in use
+ * (every live slot is referenced: the last reference frees it),
+ * pages_sharing the references to them (mappings in agents), and
+ * general_profit the memory saved, (pages_sharing - pages_shared) pages,
+ * minus what the daemon spends to keep track of them.
+ */
+#include <errno.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "daemon.h"
+#include "stats_file.h"
+
+/* Bookkeeping bytes per slot handed out: refs, state, free list, hash. */
+#define SLOT_META (sizeof(uint32_t) + sizeof(uint8_t) + sizeof(uint32_t) + sizeof(uint64_t))
+
+static int visible(struct md__daemon *d, uid_t requester, uid_t owner)
+{
+	(void)d;
+	return requester == 0 || requester == geteuid() || requester == owner;
+}
+
+static json_int_t domain_meta(const struct md__domain *dom)
+{
+	return (json_int_t)(dom->pool.end * SLOT_META +
+			    dom->index.cap * sizeof(struct md__index_entry));
+}
+
+int md__status_json(struct md__daemon *d, uid_t uid, char **json, size_t *len)
+{
+	json_t *root = json_object(), *daemon = json_object(), *tun = json_object();
+	json_t *domains = json_array(), *agents = json_array(), *totals = json_object();
+	json_int_t t_live = 0, t_shared = 0, t_sharing = 0, t_profit = 0, t_domains = 0, t_agents = 0;
+
+	if (!root || !daemon || !tun || !domains || !agents || !totals) {
+		json_decref(root), json_decref(daemon), json_decref(tun);
+		json_decref(domains), json_decref(agents), json_decref(totals);
+		return -ENOMEM;
+	}
+	json_object_set_new(daemon, "pid", json_integer(getpid()));
+	json_object_set_new(daemon, "uptime_seconds",
+			    json_real((double)(md__now_ms() - d->start_ms) / 1000.0));
+	json_object_set_new(daemon, "protocol_version", json_integer(MD_MSG_VERSION));
+	json_object_set_new(daemon, "paused", json_boolean(d->paused));
+	json_object_set_new(tun, "pages_to_scan", json_integer(d->tun.pages_to_scan));
+	json_object_set_new(tun, "sleep_millisecs", json_integer(d->tun.sleep_millisecs));
+	json_object_set_new(tun, "cpu_percent", json_integer(d->tun.cpu_percent));
+	json_object_set_new(tun, "order", json_string(d->tun.order == MD_ORDER_RANDOM ? "random" : "linear"));
+	json_object_set_new(tun, "hint_ratio", json_integer(d->tun.hint_ratio));
+	json_object_set_new(daemon, "tunables", tun);
+
+	for (struct md__domain *dom = d->domains; dom; dom = dom->next) {
+		if (!visible(d, uid, dom->uid))
+			continue;
+		json_t *o = json_object();
+		json_int_t live = (json_int_t)md__pool_live(&dom->pool);
+		json_int_t sharing = (json_int_t)dom->refs_total;
+		json_int_t profit = (sharing - live) * MD_MSG_PAGE - domain_meta(dom);
+		json_object_set_new(o, "id", json_integer(dom->id));
+		json_object_set_new(o, "name", json_string(dom->name));
+		json_object_set_new(o, "uid", json_integer(dom->uid));
+		json_object_set_new(o, "generation", json_integer((json_int_t)dom->generation));
+		json_object_set_new(o, "pool_slots", json_integer((json_int_t)dom->pool.max_pages));
+		json_object_set_new(o, "pool_live_pages", json_integer(live));
+		json_object_set_new(o, "pool_bytes", json_integer(live * MD_MSG_PAGE));
+		json_object_set_new(o, "index_entries", json_integer((json_int_t)dom->index.live));
+		json_object_set_new(o, "pages_shared", json_integer(live));
+		json_object_set_new(o, "pages_sharing", json_integer(sharing));
+		json_object_set_new(o, "general_profit", json_integer(profit));
+		json_object_set_new(o, "agents", json_integer((json_int_t)dom->nagents));
+		json_object_set_new(o, "published", json_integer((json_int_t)dom->pool.published));
+		json_object_set_new(o, "freed", json_integer((json_int_t)dom->pool.freed));
+		json_array_append_new(domains, o);
+		t_domains++;
+		t_live += live;
+		t_shared += live;
+		t_sharing += sharing;
+		t_profit += profit;
+	}
+	for (struct md__agent *a = d->agents; a; a = a->next) {
+		if (!visible(d, uid, a->uid))
+			continue;
+		json_t *o = json_object(), *ctr = json_array(), *named = json_object();
+		json_object_set_new(o, "pid", json_integer(a->pid));
+		json_object_set_new(o, "uid", json_integer(a->uid));
+		json_object_set_new(o, "domain", json_string(a->dom->name));
+		json_object_set_new(o, "domain_id", json_integer(a->dom->id));
+		json_object_set_new(o, "connected", json_boolean(a->conn != NULL));
+		json_object_set_new(o, "references", json_integer((json_int_t)a->nrefs));
+		for (uint32_t i = 0; i < a->ncounters; i++) {
+			json_array_append_new(ctr, json_integer((json_int_t)a->counters[i]));
+			/* The stats-file layout, where the agent sent it: names too. */
+			if (i < MD_CTR_COUNT)
+				json_object_set_new(named, md__ctr_name((enum md__ctr)i),
+						    json_integer((json_int_t)a->counters[i]));
+		}
+		json_object_set_new(o, "counters", ctr);
+		json_object_set_new(o, "counters_named", named);
+		json_object_set_new(o, "report_age_seconds", a->reported_ms ?
+				    json_real((double)(md__now_ms() - a->reported_ms) / 1000.0) :
+				    json_null());
+		json_array_append_new(agents, o);
+		t_agents++;
+	}
+	json_object_set_new(totals, "domains", json_integer(t_domains));
+	json_object_set_new(totals, "agents", json_integer(t_agents));
+	json_object_set_new(totals, "pool_live_pages", json_integer(t_live));
+	json_object_set_new(totals, "pool_bytes", json_integer(t_live * MD_MSG_PAGE));
+	json_object_set_new(totals, "pages_shared", json_integer(t_shared));
+	json_object_set_new(totals, "pages_sharing", json_integer(t_sharing));
+	json_object_set_new(totals, "general_profit", json_integer(t_profit));
+
+	json_object_set_new(root, "daemon", daemon);
+	json_object_set_new(root, "domains", domains);
+	json_object_set_new(root, "agents", agents);
+	json_object_set_new(root, "totals", totals);
+	*json = json_dumps(root, JSON_COMPACT);
+	json_decref(root);
+	if (!*json)
+		return -ENOMEM;
+	*len = strlen(*json);
+	return 0;
+}
