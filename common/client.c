@@ -515,12 +515,18 @@ int md__daemon_ensure(const char *daemon_exe)
 	int st;
 	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
 		;
+	if (WIFEXITED(st) && WEXITSTATUS(st) == 127)
+		return -ENOENT;		/* no such program */
 	int64_t deadline = now_ms() + 2000;
 	for (;;) {
 		if (md__daemon_alive(NULL))
 			return 0;
+		/* It failed (another one starting at the same time may still
+		 * come up: the loop gave it its chance once). */
+		if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+			return -EIO;
 		if (now_ms() >= deadline)
-			return WIFEXITED(st) && WEXITSTATUS(st) == 127 ? -ENOENT : -ETIMEDOUT;
+			return -ETIMEDOUT;
 		struct timespec ts = { 0, 20 * 1000000 };
 		nanosleep(&ts, NULL);
 	}

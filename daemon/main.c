@@ -92,21 +92,25 @@ static int lock_pid_file(const char *path)
 	return fd;
 }
 
-static void write_pid(int fd)
+static void write_pid(int fd, pid_t pid)
 {
 	char buf[32];
-	int n = snprintf(buf, sizeof(buf), "%d\n", (int)getpid());
+	int n = snprintf(buf, sizeof(buf), "%d\n", (int)pid);
 	if (ftruncate(fd, 0) < 0 || pwrite(fd, buf, (size_t)n, 0) != n)
 		md__dlog("cannot write the pid file: %s", strerror(errno));
 }
 
-static int daemonize(const char *log_path)
+static int daemonize(const char *log_path, int pid_fd)
 {
 	pid_t pid = fork();
 	if (pid < 0)
 		return -errno;
-	if (pid > 0)
-		_exit(0);	/* the socket listens already: callers may connect */
+	if (pid > 0) {
+		/* The socket listens already and the pid file is right: a
+		 * caller waiting for us to return finds both. */
+		write_pid(pid_fd, pid);
+		_exit(0);
+	}
 	setsid();
 	if (chdir("/") < 0)
 		return -errno;
@@ -209,11 +213,11 @@ int main(int argc, char **argv)
 	struct stat sock_st;
 	stat(d.socket_path, &sock_st);
 	if (!foreground) {
-		err = daemonize(log_path);
+		err = daemonize(log_path, pid_fd);
 		if (err)
 			goto close_listen;
 	}
-	write_pid(pid_fd);
+	write_pid(pid_fd, getpid());
 	d.sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
 	d.epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (d.sigfd < 0 || d.epfd < 0) {

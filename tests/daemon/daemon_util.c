@@ -1,0 +1,162 @@
+/* daemon_util.c - see daemon_util.h. */
+#include "daemon_util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "proc.h"
+#include "runner.h"
+
+void td_start(struct tdaemon *t, unsigned pool_pages)
+{
+	static int n;
+	char exe[300], pages[32], log[400];
+	snprintf(t->dir, sizeof(t->dir), "%s/d%d", test_dir(), n++);
+	ASSERT(mkdir(t->dir, 0755) == 0);
+	ASSERT(chmod(test_dir(), 0755) == 0);
+	snprintf(t->sock, sizeof(t->sock), "%s/sock", t->dir);
+	snprintf(exe, sizeof(exe), "%s/memdedupd", build_dir());
+	snprintf(pages, sizeof(pages), "%u", pool_pages);
+	snprintf(log, sizeof(log), "%s/log", t->dir);
+	if (access(exe, X_OK) != 0)
+		SKIP("%s not built", exe);
+	t->pid = fork();
+	ASSERT(t->pid >= 0);
+	if (t->pid == 0) {
+		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+		if (fd >= 0)
+			dup2(fd, 2);
+		execl(exe, exe, "--foreground", "--socket", t->sock, "--run-dir", t->dir,
+		      "--pool-pages", pages, (char *)NULL);
+		_exit(127);
+	}
+	for (int i = 0; i < 300; i++) {
+		if (md__daemon_alive(t->sock))
+			return;
+		int st;
+		ASSERT(waitpid(t->pid, &st, WNOHANG) == 0);	/* it must not have died */
+		usleep(10000);
+	}
+	ASSERT(!"memdedupd did not come up");
+}
+
+void td_stop(struct tdaemon *t)
+{
+	int st;
+	ASSERT(kill(t->pid, SIGTERM) == 0);
+	ASSERT(waitpid(t->pid, &st, 0) == t->pid);
+	ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	ASSERT(access(t->sock, F_OK) != 0);	/* the socket went with it */
+}
+
+struct md__client *td_connect(const struct tdaemon *t)
+{
+	struct md__client *c;
+	ASSERT_EQ(md__client_connect(&c, t->sock), 0);
+	return c;
+}
+
+struct md__client *td_agent(const struct tdaemon *t, const char *domain,
+			    struct md__msg_welcome *w, int *pool_fd)
+{
+	struct md__client *c = td_connect(t);
+	ASSERT_EQ(md__client_hello(c, domain, 0, w, pool_fd), 0);
+	ASSERT(*pool_fd >= 0);
+	return c;
+}
+
+json_t *td_status(const struct tdaemon *t)
+{
+	struct md__client *c = td_connect(t);
+	static char buf[MD_MSG_MAX];
+	uint32_t len = sizeof(buf);
+	unsigned type;
+	ASSERT_EQ(md__client_request(c, MD_MSG_STATUS, NULL, 0, buf, &len, &type), 0);
+	ASSERT_EQ(type, MD_MSG_STATUS_R);
+	md__client_free(c);
+	json_t *j = json_loadb(buf, len, 0, NULL);
+	ASSERT(j && json_is_object(j));
+	return j;
+}
+
+json_t *td_domain(json_t *status, uint32_t id)
+{
+	size_t i;
+	json_t *d;
+	json_array_foreach(json_object_get(status, "domains"), i, d)
+		if (json_integer_value(json_object_get(d, "id")) == id)
+			return d;
+	return NULL;
+}
+
+long long td_int(json_t *obj, const char *key)
+{
+	json_t *v = json_object_get(obj, key);
+	ASSERT(json_is_integer(v));
+	return json_integer_value(v);
+}
+
+static int read_n(int fd, void *buf, size_t n)
+{
+	size_t done = 0;
+	while (done < n) {
+		struct pollfd p = { fd, POLLIN, 0 };
+		ASSERT(poll(&p, 1, 3000) == 1);
+		ssize_t r = read(fd, (char *)buf + done, n - done);
+		if (r <= 0)
+			return r < 0 ? -errno : 0;
+		done += (size_t)r;
+	}
+	return 1;
+}
+
+void td_sockaddr(const struct tdaemon *t, struct sockaddr_un *sa)
+{
+	ASSERT(strlen(t->sock) < sizeof(sa->sun_path));
+	memcpy(sa->sun_path, t->sock, strlen(t->sock) + 1);
+}
+
+int td_raw(const struct tdaemon *t, const void *msg, size_t len, struct md__msg *reply)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	static unsigned char buf[MD_MSG_HDR_SIZE + MD_MSG_MAX];
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ASSERT(fd >= 0);
+	td_sockaddr(t, &sa);
+	ASSERT(connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+	ASSERT(send(fd, msg, len, MSG_NOSIGNAL) == (ssize_t)len);
+	int type = 0;
+	if (read_n(fd, buf, MD_MSG_HDR_SIZE) == 1) {
+		struct md__msg_hdr h;
+		ASSERT_EQ(md__msg_hdr_decode(buf, MD_MSG_HDR_SIZE, &h), 0);
+		ASSERT_EQ(read_n(fd, buf + MD_MSG_HDR_SIZE, h.length), 1);
+		ASSERT_EQ(md__msg_decode(buf, MD_MSG_HDR_SIZE + h.length, reply), 0);
+		type = h.type;
+		/* After an ERROR the daemon closes: EOF must follow. */
+		if (type == MD_MSG_ERROR) {
+			char c;
+			ASSERT(read_n(fd, &c, 1) <= 0);	/* EOF, or reset if it left bytes unread */
+		}
+	}
+	close(fd);
+	return type;
+}
+
+void td_fill_page(unsigned char *p, unsigned seed)
+{
+	uint32_t x = seed * 2654435761u + 7;
+	for (unsigned i = 0; i < MD_MSG_PAGE; i += 4) {
+		x = x * 1103515245u + 12345u;
+		memcpy(p + i, &x, 4);
+	}
+}

@@ -1,0 +1,609 @@
+/* test_daemon.c - memdedupd in a process of its own, driven through the
+ * client library and raw sockets: pools per user, publish/lookup through the
+ * read-only descriptor, references dropped with the agents that die, a
+ * daemon that dies, malformed peers, CONTROL, and the CLI's commands. */
+#include <errno.h>
+#include <fcntl.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "checksum.h"
+#include "daemon_util.h"
+#include "proc.h"
+#include "runner.h"
+
+#define PG MD_MSG_PAGE
+
+static double now(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* Publishes n pages of seeds seed.. and returns the first slot. */
+static uint32_t publish(struct md__client *c, unsigned seed, uint32_t n, unsigned char *pages,
+			uint64_t *hash)
+{
+	uint32_t first;
+	for (uint32_t i = 0; i < n; i++) {
+		td_fill_page(pages + i * PG, seed + i);
+		hash[i] = md__page_hash(pages + i * PG);
+	}
+	ASSERT_EQ(md__client_publish(c, hash, pages, n, &first), 0);
+	return first;
+}
+
+TEST_IMPL(daemon_publish_lookup)
+{
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	static unsigned char pages[3 * PG];
+	uint64_t hash[3];
+	uint32_t slot1[4];
+	int fd;
+
+	td_start(&t, 64);
+	struct md__client *c = td_agent(&t, NULL, &w, &fd);
+	ASSERT_EQ(w.pool_pages, 64);
+	ASSERT(w.generation != 0);
+	uint32_t first = publish(c, 1, 3, pages, hash);
+
+	uint64_t q[4] = { hash[0], hash[1], hash[2], 12345 };
+	ASSERT_EQ(md__client_lookup(c, q, 4, slot1), 0);
+	ASSERT_EQ(slot1[0], first + 1);
+	ASSERT_EQ(slot1[1], first + 2);
+	ASSERT_EQ(slot1[2], first + 3);
+	ASSERT_EQ(slot1[3], 0);
+
+	/* What we read through the received descriptor is what we published. */
+	const unsigned char *v = mmap(NULL, 64 * PG, PROT_READ, MAP_SHARED, fd, 0);
+	ASSERT(v != MAP_FAILED);
+	ASSERT_EQ(memcmp(v + (size_t)first * PG, pages, 3 * PG), 0);
+	/* And nothing can write the pool through it. */
+	void *wm = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	ASSERT(wm == MAP_FAILED && (errno == EACCES || errno == EPERM));
+	ASSERT_EQ(write(fd, pages, 16), -1);
+	ASSERT_EQ(errno, EBADF);
+	ASSERT(pwrite(fd, pages, 16, 0) == -1 && errno == EBADF);
+	ASSERT(fcntl(fd, F_GETFL) >= 0 && (fcntl(fd, F_GETFL) & O_ACCMODE) == O_RDONLY);
+	/* A private mapping is copy-on-write: the writer's copy only. */
+	unsigned char *pm = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd,
+				 (off_t)first * PG);
+	ASSERT(pm != MAP_FAILED);
+	pm[0] ^= 0xff;
+	ASSERT(v[(size_t)first * PG] == pages[0]);
+	munmap(pm, PG);
+
+	/* A wrong hash is refused; the connection stays. */
+	uint64_t bad = hash[0] ^ 1;
+	uint32_t s;
+	ASSERT_EQ(md__client_publish(c, &bad, pages, 1, &s), -EINVAL);
+
+	/* REF / UNREF: all or none; the last UNREF frees and unindexes. */
+	uint32_t refs[2] = { first, 63 };
+	ASSERT_EQ(md__client_ref(c, refs, 2, +1), -EINVAL);	/* 63 is not live */
+	ASSERT_EQ(md__client_ref(c, refs, 1, +1), 0);
+	json_t *st = td_status(&t);
+	json_t *dom = td_domain(st, w.domain_id);
+	ASSERT(dom);
+	ASSERT_EQ(td_int(dom, "pool_live_pages"), 3);
+	ASSERT_EQ(td_int(dom, "pages_sharing"), 4);
+	ASSERT_EQ(td_int(dom, "index_entries"), 3);
+	json_decref(st);
+	uint32_t un[2] = { first, first };
+	ASSERT_EQ(md__client_ref(c, un, 2, -1), 0);
+	ASSERT_EQ(md__client_ref(c, un, 1, -1), -EINVAL);	/* no longer held */
+	ASSERT_EQ(md__client_lookup(c, q, 1, slot1), 0);
+	ASSERT_EQ(slot1[0], 0);
+	st = td_status(&t);
+	dom = td_domain(st, w.domain_id);
+	ASSERT_EQ(td_int(dom, "pool_live_pages"), 2);
+	ASSERT_EQ(td_int(dom, "index_entries"), 2);
+	json_decref(st);
+
+	/* REPORT shows in status. */
+	uint64_t ctr[3] = { 5, 6, 7 };
+	ASSERT_EQ(md__client_report(c, ctr, 3), 0);
+	st = td_status(&t);
+	json_t *a = json_array_get(json_object_get(st, "agents"), 0);
+	ASSERT(a);
+	ASSERT_EQ(td_int(a, "pid"), getpid());
+	ASSERT_EQ(json_integer_value(json_array_get(json_object_get(a, "counters"), 2)), 7);
+	json_decref(st);
+
+	munmap((void *)v, 64 * PG);
+	close(fd);
+	md__client_free(c);
+	td_stop(&t);
+	return 0;
+}
+
+TEST_IMPL(daemon_domains_per_uid)
+{
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	static unsigned char pages[PG];
+	uint64_t hash;
+	int fd, pfd[2];
+
+	struct passwd *pw = getpwnam("nobody");
+	if (getuid() != 0 || !pw)
+		SKIP("needs root and a 'nobody' user");
+	td_start(&t, 64);
+	struct md__client *c = td_agent(&t, "shared", &w, &fd);
+	publish(c, 9, 1, pages, &hash);
+
+	/* Named domains of one user are distinct too. */
+	struct md__msg_welcome w2;
+	int fd2;
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		struct md__client *c2 = td_agent(&t, "other", &w2, &fd2);
+		_exit(w2.domain_id != w.domain_id ? 0 : 1);
+		(void)c2;
+	}
+	int st;
+	ASSERT(waitpid(kid, &st, 0) == kid && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+
+	ASSERT(pipe(pfd) == 0);
+	kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		/* Another user asking for the same name gets another pool. */
+		if (setresgid(pw->pw_gid, pw->pw_gid, pw->pw_gid) || setresuid(pw->pw_uid, pw->pw_uid, pw->pw_uid))
+			_exit(10);
+		struct md__client *c2;
+		if (md__client_connect(&c2, t.sock))
+			_exit(11);
+		if (md__client_hello(c2, "shared", 0, &w2, &fd2))
+			_exit(12);
+		if (w2.domain_id == w.domain_id || w2.generation == w.generation)
+			_exit(13);
+		uint32_t s1 = 99;
+		if (md__client_lookup(c2, &hash, 1, &s1) || s1 != 0)
+			_exit(14);
+		/* Nor can it reopen its read-only pool for writing. */
+		char path[64];
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd2);
+		int rw = open(path, O_RDWR);
+		if (rw >= 0 || errno != EACCES)
+			_exit(15);
+		/* Its status shows its own domain only. */
+		char buf[65536];
+		uint32_t len = sizeof(buf) - 1;
+		unsigned type;
+		if (md__client_request(c2, MD_MSG_STATUS, NULL, 0, buf, &len, &type))
+			_exit(16);
+		buf[len] = '\0';
+		if (strstr(buf, "\"uid\":0,") || !strstr(buf, "\"name\":\"shared\""))
+			_exit(17);
+		_exit(0);
+	}
+	ASSERT(waitpid(kid, &st, 0) == kid);
+	ASSERT(WIFEXITED(st));
+	ASSERT_EQ(WEXITSTATUS(st), 0);
+	/* And ours is still found by us. */
+	uint32_t s1;
+	ASSERT_EQ(md__client_lookup(c, &hash, 1, &s1), 0);
+	ASSERT(s1 != 0);
+	md__client_free(c);
+	td_stop(&t);
+	return 0;
+}
+
+TEST_IMPL(daemon_hello_wrong_pid)
+{
+	struct tdaemon t;
+	struct md__msg m = { .hdr = { .type = MD_MSG_HELLO, .seq = 5 } }, r;
+	unsigned char buf[128];
+
+	td_start(&t, 16);
+	m.u.hello.pid = (uint32_t)getppid();	/* not us */
+	ssize_t n = md__msg_encode(&m, buf, sizeof(buf));
+	ASSERT(n > 0);
+	ASSERT_EQ(td_raw(&t, buf, (size_t)n, &r), MD_MSG_ERROR);	/* and closed */
+	ASSERT_EQ(r.hdr.seq, 5);
+	ASSERT_EQ(r.u.text.status, -EPERM);
+	json_t *st = td_status(&t);
+	ASSERT_EQ(json_array_size(json_object_get(st, "agents")), 0);
+	json_decref(st);
+	td_stop(&t);
+	return 0;
+}
+
+TEST_IMPL(daemon_malformed_closes)
+{
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	struct md__msg r;
+	unsigned char buf[64];
+	int fd;
+
+	td_start(&t, 16);
+	/* A well-behaved agent, connected throughout. */
+	struct md__client *good = td_agent(&t, NULL, &w, &fd);
+
+	memcpy(buf, "GET / HTTP/1.0\r\n\r\n", 18);
+	ASSERT_EQ(td_raw(&t, buf, 18, &r), MD_MSG_ERROR);
+	ASSERT_EQ(r.u.text.status, -EPROTO);
+	md__msg_hdr_encode(buf, MD_MSG_PUBLISH, 0x7fffffff, 3);	/* huge length */
+	ASSERT_EQ(td_raw(&t, buf, 16, &r), MD_MSG_ERROR);
+	ASSERT_EQ(r.u.text.status, -EMSGSIZE);
+	ASSERT_EQ(r.hdr.seq, 3);
+	md__msg_hdr_encode(buf, MD_MSG_LOOKUP, 12, 4);		/* count > length */
+	memset(buf + 16, 0, 12);
+	buf[16] = 9;
+	ASSERT_EQ(td_raw(&t, buf, 28, &r), MD_MSG_ERROR);
+	ASSERT_EQ(r.u.text.status, -EBADMSG);
+	md__msg_hdr_encode(buf, MD_MSG_REF, 8, 4);		/* REF before HELLO */
+	memset(buf + 16, 0, 8);
+	buf[16] = 1;
+	ASSERT_EQ(td_raw(&t, buf, 24, &r), MD_MSG_ERROR);
+	ASSERT_EQ(r.u.text.status, -EPROTO);
+	md__msg_hdr_encode(buf, MD_MSG_WELCOME, 0, 4);		/* not a request */
+	ASSERT_EQ(td_raw(&t, buf, 16, &r), MD_MSG_ERROR);
+	md__msg_hdr_encode(buf, MD_MSG_STATUS, 0, 4);
+	buf[4] = 9;						/* version */
+	ASSERT_EQ(td_raw(&t, buf, 16, &r), MD_MSG_ERROR);
+	ASSERT_EQ(r.u.text.status, -EPROTONOSUPPORT);
+	/* Half a header, then gone. */
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	td_sockaddr(&t, &sa);
+	int raw = socket(AF_UNIX, SOCK_STREAM, 0);
+	ASSERT(connect(raw, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+	ASSERT(write(raw, buf, 7) == 7);
+	close(raw);
+
+	/* The good one never noticed. */
+	uint64_t h = 1;
+	uint32_t s;
+	ASSERT_EQ(md__client_lookup(good, &h, 1, &s), 0);
+	json_t *st = td_status(&t);
+	ASSERT_EQ(json_array_size(json_object_get(st, "agents")), 1);
+	json_decref(st);
+	md__client_free(good);
+	td_stop(&t);
+	return 0;
+}
+
+/* Waits up to ms for the domain's live pages to reach want. */
+static int wait_live(struct tdaemon *t, uint32_t id, long long want, int ms)
+{
+	for (double end = now() + ms / 1000.0; now() < end; usleep(10000)) {
+		json_t *st = td_status(t);
+		json_t *dom = td_domain(st, id);
+		long long live = dom ? td_int(dom, "pool_live_pages") : -1;
+		json_decref(st);
+		if (live == want)
+			return 1;
+	}
+	return 0;
+}
+
+TEST_IMPL(daemon_agent_killed)
+{
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	int fd, pfd[2];
+
+	td_start(&t, 64);
+	/* We stay in the domain, so it (and its counters) outlive the kid. */
+	struct md__client *c = td_agent(&t, "vm", &w, &fd);
+	ASSERT(pipe(pfd) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		static unsigned char pages[8 * PG];
+		uint64_t hash[8];
+		struct md__msg_welcome w2;
+		int fd2;
+		struct md__client *c2 = td_agent(&t, "vm", &w2, &fd2);
+		uint32_t first = publish(c2, 100, 8, pages, hash);
+		ASSERT_EQ(md__client_ref(c2, &first, 1, +1), 0);
+		char ok = 'k';
+		ASSERT(write(pfd[1], &ok, 1) == 1);
+		pause();
+		_exit(0);
+	}
+	char b;
+	ASSERT(read(pfd[0], &b, 1) == 1);
+	ASSERT(wait_live(&t, w.domain_id, 8, 1000));
+	json_t *st = td_status(&t);
+	ASSERT_EQ(td_int(td_domain(st, w.domain_id), "pages_sharing"), 9);
+	json_decref(st);
+	/* The kid's pages were found by us, then it dies holding them. */
+	ASSERT(kill(kid, SIGKILL) == 0);
+	ASSERT(waitpid(kid, NULL, 0) == kid);
+	ASSERT(wait_live(&t, w.domain_id, 0, 3000));
+	st = td_status(&t);
+	json_t *dom = td_domain(st, w.domain_id);
+	ASSERT_EQ(td_int(dom, "pages_sharing"), 0);
+	ASSERT_EQ(td_int(dom, "index_entries"), 0);
+	ASSERT_EQ(td_int(dom, "agents"), 1);
+	ASSERT_EQ(json_array_size(json_object_get(st, "agents")), 1);
+	json_decref(st);
+	md__client_free(c);
+	td_stop(&t);
+	return 0;
+}
+
+TEST_IMPL(daemon_reconnect_keeps_refs)
+{
+	struct tdaemon t;
+	struct md__msg_welcome w, w2;
+	static unsigned char pages[2 * PG];
+	uint64_t hash[2];
+	int fd, fd2;
+
+	td_start(&t, 64);
+	struct md__client *c = td_agent(&t, NULL, &w, &fd);
+	uint32_t first = publish(c, 7, 2, pages, hash);
+	/* Our connection goes (as after a malformed message), we live on:
+	 * our pages must not be freed under our mappings. */
+	md__client_free(c);
+	usleep(200000);
+	ASSERT(wait_live(&t, w.domain_id, 2, 500));
+	json_t *st = td_status(&t);
+	json_t *a = json_array_get(json_object_get(st, "agents"), 0);
+	ASSERT(a && json_is_false(json_object_get(a, "connected")));
+	json_decref(st);
+	/* Back: the same pool, our references still ours. */
+	c = td_agent(&t, NULL, &w2, &fd2);
+	ASSERT_EQ(w2.domain_id, w.domain_id);
+	ASSERT(w2.generation == w.generation);
+	uint32_t un[2] = { first, first + 1 };
+	ASSERT_EQ(md__client_ref(c, un, 2, -1), 0);
+	ASSERT(wait_live(&t, w.domain_id, 0, 500));
+	md__client_free(c);
+	td_stop(&t);
+	return 0;
+}
+
+TEST_IMPL(daemon_dies_client_enotconn)
+{
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	uint64_t h = 1;
+	uint32_t s;
+	int fd;
+
+	td_start(&t, 16);
+	struct md__client *c = td_agent(&t, NULL, &w, &fd);
+	/* The pool outlives the daemon in our descriptor. */
+	ASSERT(kill(t.pid, SIGKILL) == 0);
+	ASSERT(waitpid(t.pid, NULL, 0) == t.pid);
+	double t0 = now();
+	ASSERT_EQ(md__client_lookup(c, &h, 1, &s), -ENOTCONN);
+	ASSERT(now() - t0 < 0.5);
+	ASSERT_EQ(md__client_lookup(c, &h, 1, &s), -ENOTCONN);
+	struct md__msg_control ctl;
+	ASSERT_EQ(md__client_next_control(c, &ctl), -ENOTCONN);
+	md__client_free(c);
+	const void *v = mmap(NULL, 16 * PG, PROT_READ, MAP_SHARED, fd, 0);
+	ASSERT(v != MAP_FAILED);
+	ASSERT(md__client_connect(&c, t.sock) == -ECONNREFUSED);
+
+	/* A daemon that hangs: the timeout, not forever. */
+	td_start(&t, 16);
+	c = td_agent(&t, NULL, &w, &fd);
+	md__client_set_timeout(c, 300);
+	ASSERT(kill(t.pid, SIGSTOP) == 0);
+	t0 = now();
+	ASSERT_EQ(md__client_lookup(c, &h, 1, &s), -ETIMEDOUT);
+	ASSERT(now() - t0 < 1.5);
+	ASSERT_EQ(md__client_lookup(c, &h, 1, &s), -ENOTCONN);	/* the stream is lost */
+	kill(t.pid, SIGCONT);
+	md__client_free(c);
+	td_stop(&t);
+	return 0;
+}
+
+static int control(struct md__client *cli, unsigned op, int pid, const char *key,
+		   const char *value, char *text)
+{
+	struct md__msg m = { .hdr.type = MD_MSG_CONTROL }, r;
+	unsigned char buf[256], reply[512];
+	uint32_t len = sizeof(reply);
+	unsigned type;
+	m.u.control.op = op;
+	m.u.control.pid = pid;
+	if (key) {
+		strcpy(m.u.control.key, key);
+		strcpy(m.u.control.value, value);
+	}
+	ssize_t n = md__msg_encode(&m, buf, sizeof(buf));
+	ASSERT(n > 0);
+	ASSERT_EQ(md__client_request(cli, MD_MSG_CONTROL, buf + MD_MSG_HDR_SIZE,
+				     (uint32_t)n - MD_MSG_HDR_SIZE, reply, &len, &type), 0);
+	ASSERT_EQ(type, MD_MSG_CONTROL_R);
+	ASSERT_EQ(md__msg_decode_payload(type, reply, len, &r), 0);
+	if (text)
+		strcpy(text, r.u.text.text);
+	return r.u.text.status;
+}
+
+TEST_IMPL(daemon_control)
+{
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	struct md__msg_control ctl;
+	char text[MD_TEXT_MAX + 1];
+	int fd;
+
+	td_start(&t, 16);
+	struct md__client *agent = td_agent(&t, NULL, &w, &fd);
+	ASSERT_EQ(w.tun.pages_to_scan, 100);
+	ASSERT_EQ(w.state, 0);
+	struct md__client *cli = td_connect(&t);
+
+	/* Refused before anything is sent. */
+	ASSERT_EQ(control(cli, MD_CTL_SET, 0, "pages", "5", text), -EINVAL);
+	ASSERT(strstr(text, "unknown key"));
+	ASSERT_EQ(control(cli, MD_CTL_SET, 0, "pages_to_scan", "0", text), -EINVAL);
+	ASSERT_EQ(control(cli, MD_CTL_SET, 0, "order", "up", text), -EINVAL);
+	ASSERT_EQ(control(cli, MD_CTL_PAUSE, 999999, NULL, NULL, text), -ESRCH);
+	usleep(50000);
+	ASSERT_EQ(md__client_next_control(agent, &ctl), -EAGAIN);
+
+	/* Good ones reach the agent, in order. */
+	ASSERT_EQ(control(cli, MD_CTL_SET, 0, "pages_to_scan", "500", text), 0);
+	ASSERT(strstr(text, "1 agent"));
+	ASSERT_EQ(control(cli, MD_CTL_SET, getpid(), "order", "random", NULL), 0);
+	ASSERT_EQ(control(cli, MD_CTL_PAUSE, 0, NULL, NULL, NULL), 0);
+	/* They arrive while the agent waits for a reply: queued, not lost. */
+	uint64_t h = 3;
+	uint32_t s;
+	ASSERT_EQ(md__client_lookup(agent, &h, 1, &s), 0);
+	ASSERT_EQ(md__client_next_control(agent, &ctl), 0);
+	ASSERT_EQ(ctl.op, MD_CTL_SET);
+	ASSERT_EQ(strcmp(ctl.key, "pages_to_scan"), 0);
+	ASSERT_EQ(strcmp(ctl.value, "500"), 0);
+	ASSERT_EQ(ctl.pid, getpid());
+	ASSERT_EQ(md__client_next_control(agent, &ctl), 0);
+	ASSERT_EQ(strcmp(ctl.value, "random"), 0);
+	ASSERT_EQ(md__client_next_control(agent, &ctl), 0);
+	ASSERT_EQ(ctl.op, MD_CTL_PAUSE);
+	ASSERT_EQ(md__client_next_control(agent, &ctl), -EAGAIN);
+	/* Straight from the socket when nothing else is going on. */
+	ASSERT_EQ(control(cli, MD_CTL_RESUME, 0, NULL, NULL, NULL), 0);
+	ASSERT_EQ(control(cli, MD_CTL_UNMERGE, getpid(), NULL, NULL, NULL), 0);
+	usleep(50000);
+	ASSERT_EQ(md__client_next_control(agent, &ctl), 0);
+	ASSERT_EQ(ctl.op, MD_CTL_RESUME);
+	ASSERT_EQ(md__client_next_control(agent, &ctl), 0);
+	ASSERT_EQ(ctl.op, MD_CTL_UNMERGE);
+
+	/* A new agent starts with the defaults as changed (pid 0 only). */
+	ASSERT_EQ(control(cli, MD_CTL_PAUSE, 0, NULL, NULL, NULL), 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		struct md__msg_welcome w2;
+		int fd2;
+		md__client_free(agent);
+		struct md__client *a2 = td_agent(&t, NULL, &w2, &fd2);
+		(void)a2;
+		_exit(w2.tun.pages_to_scan == 500 && w2.tun.order == MD_ORDER_LINEAR &&
+		      (w2.state & MD_WELCOME_PAUSED) ? 0 : 1);
+	}
+	int st;
+	ASSERT(waitpid(kid, &st, 0) == kid && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	json_t *js = td_status(&t);
+	json_t *tun = json_object_get(json_object_get(js, "daemon"), "tunables");
+	ASSERT_EQ(td_int(tun, "pages_to_scan"), 500);
+	json_decref(js);
+	md__client_free(cli);
+	md__client_free(agent);
+	td_stop(&t);
+	return 0;
+}
+
+static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int sh(const char *fmt, ...)
+{
+	char cmd[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof(cmd), fmt, ap);
+	va_end(ap);
+	int st = system(cmd);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+TEST_IMPL(daemon_cli_control)
+{
+	struct tdaemon t;
+	const char *b = build_dir();
+	if (sh("%s/memdedup pause --help >/dev/null 2>&1", b) != 0)
+		SKIP("memdedup pause is not in the command table yet");
+	ASSERT_EQ(sh("%s/memdedup resume --help >/dev/null", b), 0);
+	ASSERT_EQ(sh("%s/memdedup unmerge --help >/dev/null", b), 0);
+	ASSERT_EQ(sh("%s/memdedup set --help >/dev/null", b), 0);
+	/* Wrong usage: 2, daemon or not. */
+	ASSERT_EQ(sh("%s/memdedup pause extra 2>/dev/null", b), 2);
+	ASSERT_EQ(sh("%s/memdedup unmerge --pid 2>/dev/null", b), 2);
+	ASSERT_EQ(sh("%s/memdedup unmerge --pid x1 2>/dev/null", b), 2);
+	ASSERT_EQ(sh("%s/memdedup set 2>/dev/null", b), 2);
+	ASSERT_EQ(sh("%s/memdedup set pages_to_scan 2>/dev/null", b), 2);
+	ASSERT_EQ(sh("%s/memdedup set =5 2>/dev/null", b), 2);
+	/* No daemon: 1, and says so. */
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s/none %s/memdedup pause 2>%s/err", test_dir(), b, test_dir()), 1);
+	ASSERT_EQ(sh("grep -q 'not running' %s/err", test_dir()), 0);
+	td_start(&t, 16);
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup set pages_to_scan=200 order=random >/dev/null", t.sock, b), 0);
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup set pages_to_scan=0 2>%s/err", t.sock, b, test_dir()), 1);
+	ASSERT_EQ(sh("grep -q 'pages_to_scan must be' %s/err", test_dir()), 0);
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup set bogus=1 2>/dev/null", t.sock, b), 1);
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup unmerge --pid 999999 2>/dev/null", t.sock, b), 1);
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup pause >/dev/null", t.sock, b), 0);
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup resume >/dev/null", t.sock, b), 0);
+	json_t *js = td_status(&t);
+	json_t *tun = json_object_get(json_object_get(js, "daemon"), "tunables");
+	ASSERT_EQ(td_int(tun, "pages_to_scan"), 200);
+	json_decref(js);
+	td_stop(&t);
+	return 0;
+}
+
+TEST_IMPL(daemon_single_instance)
+{
+	struct tdaemon t;
+	const char *b = build_dir();
+	td_start(&t, 16);
+	/* Same run dir: the pid file lock. Same socket elsewhere: it answers. */
+	ASSERT_EQ(sh("%s/memdedupd --foreground --run-dir %s --socket %s/other 2>/dev/null", b, t.dir, t.dir), 1);
+	ASSERT_EQ(sh("mkdir -p %s/x && %s/memdedupd --foreground --run-dir %s/x --socket %s 2>/dev/null",
+		     t.dir, b, t.dir, t.sock), 1);
+	ASSERT(md__daemon_alive(t.sock));
+	ASSERT_EQ(sh("%s/memdedupd --pool-pages 0 2>/dev/null", b), 2);
+	ASSERT_EQ(sh("%s/memdedupd --bogus 2>/dev/null", b), 2);
+	ASSERT_EQ(sh("%s/memdedupd --help >/dev/null", b), 0);
+	td_stop(&t);
+	return 0;
+}
+
+TEST_IMPL(daemon_ensure_starts)
+{
+	char dir[300], exe[300], sock[400], pidf[400];
+	snprintf(dir, sizeof(dir), "%s/ens", test_dir());
+	ASSERT(mkdir(dir, 0755) == 0);
+	snprintf(sock, sizeof(sock), "%s/memdedupd.sock", dir);
+	snprintf(pidf, sizeof(pidf), "%s/memdedupd.pid", dir);
+	snprintf(exe, sizeof(exe), "%s/memdedupd", build_dir());
+	if (access(exe, X_OK) != 0)
+		SKIP("%s not built", exe);
+	setenv("MEMDEDUP_RUN_DIR", dir, 1);
+	unsetenv("MEMDEDUP_SOCKET");
+	ASSERT(!md__daemon_alive(NULL));
+	ASSERT_EQ(md__daemon_ensure(exe), 0);
+	ASSERT(md__daemon_alive(sock));
+	ASSERT_EQ(md__daemon_ensure(exe), 0);	/* already there: nothing started */
+	FILE *f = fopen(pidf, "r");
+	ASSERT(f);
+	int pid = 0;
+	ASSERT(fscanf(f, "%d", &pid) == 1 && pid > 0);
+	fclose(f);
+	/* It daemonized: not our child, in a session of its own. */
+	ASSERT(getsid(pid) == pid);
+	ASSERT(kill(pid, SIGTERM) == 0);
+	/* Not our child: its exit shows as its files going. */
+	for (int i = 0; i < 200 && access(pidf, F_OK) == 0; i++)
+		usleep(10000);
+	ASSERT(access(pidf, F_OK) != 0);
+	ASSERT(access(sock, F_OK) != 0);
+	ASSERT_EQ(md__daemon_ensure("/nonexistent/memdedupd"), -ENOENT);
+	return 0;
+}

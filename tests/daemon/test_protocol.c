@@ -1,0 +1,283 @@
+/* test_protocol.c - memdedupd's messages: every type survives an encode /
+ * decode round trip, and the decoder refuses what breaks a rule. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "protocol.h"
+#include "runner.h"
+
+static unsigned char buf[MD_MSG_HDR_SIZE + MD_MSG_MAX + 64];
+
+/* Encodes m, decodes it into *out, and checks the bytes re-encode equal. */
+static size_t round_trip(const struct md__msg *m, struct md__msg *out)
+{
+	static unsigned char again[MD_MSG_HDR_SIZE + MD_MSG_MAX];
+	ssize_t n = md__msg_encode(m, buf, sizeof(buf));
+	ASSERT(n >= (ssize_t)MD_MSG_HDR_SIZE);
+	ASSERT_EQ((size_t)n, md__msg_encoded_len(m));
+	ASSERT_EQ(memcmp(buf, "MDD1", 4), 0);
+	ASSERT_EQ(md__msg_decode(buf, (size_t)n, out), 0);
+	ASSERT_EQ(out->hdr.type, m->hdr.type);
+	ASSERT_EQ(out->hdr.seq, m->hdr.seq);
+	ASSERT_EQ(out->hdr.length, (size_t)n - MD_MSG_HDR_SIZE);
+	ASSERT_EQ(md__msg_encode(out, again, sizeof(again)), n);
+	ASSERT_EQ(memcmp(buf, again, (size_t)n), 0);
+	/* Every shorter prefix is refused. */
+	for (size_t cut = 0; cut < (size_t)n; cut += 1 + cut / 4)
+		ASSERT(md__msg_decode(buf, cut, out) < 0);
+	return (size_t)n;
+}
+
+TEST_IMPL(daemon_proto_round_trip)
+{
+	static struct md__msg m, o;
+	static unsigned char pages[MD_PUBLISH_MAX * MD_MSG_PAGE];
+
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_HELLO, .seq = 1 } };
+	m.u.hello.pid = 1234;
+	strcpy(m.u.hello.domain, "vm-group_1.a");
+	round_trip(&m, &o);
+	ASSERT_EQ(o.u.hello.pid, 1234);
+	ASSERT_EQ(strcmp(o.u.hello.domain, "vm-group_1.a"), 0);
+	ASSERT_EQ(o.u.hello.domain_len, 12);
+	m.u.hello.domain[0] = '\0';	/* the default domain */
+	ASSERT_EQ(round_trip(&m, &o), MD_MSG_HDR_SIZE + 10);
+
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_WELCOME, .seq = 2 } };
+	m.u.welcome = (struct md__msg_welcome){ 7, 1024, 0x1122334455667788ull,
+						{ 100, 20, 50, MD_ORDER_RANDOM, 3 }, MD_WELCOME_PAUSED };
+	ASSERT_EQ(round_trip(&m, &o), MD_MSG_HDR_SIZE + MD_WELCOME_LEN);
+	ASSERT_EQ(memcmp(&o.u.welcome, &m.u.welcome, sizeof(m.u.welcome)), 0);
+
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_LOOKUP, .seq = 3 } };
+	m.u.lookup.n = MD_LOOKUP_MAX;
+	for (unsigned i = 0; i < MD_LOOKUP_MAX; i++)
+		m.u.lookup.hash[i] = 0x0102030405060708ull * (i + 1);
+	round_trip(&m, &o);
+	ASSERT_EQ(o.u.lookup.hash[MD_LOOKUP_MAX - 1], m.u.lookup.hash[MD_LOOKUP_MAX - 1]);
+
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_LOOKUP_R, .seq = 3 } };
+	m.u.lookup_r.n = 2;
+	m.u.lookup_r.slot1[0] = 0;
+	m.u.lookup_r.slot1[1] = 99;
+	round_trip(&m, &o);
+	ASSERT_EQ(o.u.lookup_r.slot1[1], 99);
+
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_PUBLISH, .seq = 4 } };
+	m.u.publish.n = MD_PUBLISH_MAX;
+	for (unsigned i = 0; i < sizeof(pages); i++)
+		pages[i] = (unsigned char)(i * 7 + i / 4096);
+	m.u.publish.pages = pages;
+	ASSERT_EQ(round_trip(&m, &o), MD_MSG_HDR_SIZE + md__msg_max_len(MD_MSG_PUBLISH));
+	ASSERT_EQ(memcmp(o.u.publish.pages, pages, sizeof(pages)), 0);
+
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_PUBLISH_R, .seq = 4 } };
+	m.u.publish_r.first_slot = 10;
+	m.u.publish_r.n = 3;
+	round_trip(&m, &o);
+
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_REF, .seq = 5 } };
+	m.u.refs.n = MD_REF_MAX;
+	for (unsigned i = 0; i < MD_REF_MAX; i++)
+		m.u.refs.slot[i] = i * 3;
+	round_trip(&m, &o);
+	m.hdr.type = MD_MSG_UNREF;
+	m.u.refs.n = 1;
+	round_trip(&m, &o);
+
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_ACK, .seq = 6 } };
+	m.u.ack.status = -EINVAL;
+	round_trip(&m, &o);
+	ASSERT_EQ(o.u.ack.status, -EINVAL);
+
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_REPORT, .seq = 7 } };
+	m.u.report.n = 0;
+	round_trip(&m, &o);
+	m.u.report.n = MD_REPORT_MAX;
+	m.u.report.counters[MD_REPORT_MAX - 1] = UINT64_MAX;
+	round_trip(&m, &o);
+	ASSERT(o.u.report.counters[MD_REPORT_MAX - 1] == UINT64_MAX);
+
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_STATUS, .seq = 8 } };
+	ASSERT_EQ(round_trip(&m, &o), MD_MSG_HDR_SIZE);
+
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_STATUS_R, .seq = 8 } };
+	m.u.status_r.json = "{\"a\":1}";
+	m.u.status_r.len = 7;
+	round_trip(&m, &o);
+	ASSERT_EQ(memcmp(o.u.status_r.json, "{\"a\":1}", 7), 0);
+
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_CONTROL, .seq = 9 } };
+	m.u.control.op = MD_CTL_SET;
+	m.u.control.pid = 42;
+	strcpy(m.u.control.key, "pages_to_scan");
+	strcpy(m.u.control.value, "500");
+	round_trip(&m, &o);
+	ASSERT_EQ(strcmp(o.u.control.value, "500"), 0);
+	m.u.control = (struct md__msg_control){ .op = MD_CTL_UNMERGE };
+	round_trip(&m, &o);
+
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_CONTROL_R, .seq = 9 } };
+	m.u.text.status = -ESRCH;
+	strcpy(m.u.text.text, "no agent with pid 42");
+	round_trip(&m, &o);
+	m.hdr.type = MD_MSG_ERROR;
+	m.u.text.text[0] = '\0';
+	round_trip(&m, &o);
+	return 0;
+}
+
+/* Encodes a header and raw payload into buf; returns the length. */
+static size_t raw(unsigned type, const void *payload, uint32_t len)
+{
+	md__msg_hdr_encode(buf, type, len, 1);
+	memcpy(buf + MD_MSG_HDR_SIZE, payload, len);
+	return MD_MSG_HDR_SIZE + len;
+}
+
+static void put32(unsigned char *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		p[i] = (unsigned char)(v >> (8 * i));
+}
+
+TEST_IMPL(daemon_proto_rejects)
+{
+	static struct md__msg m;
+	static unsigned char p[MD_MSG_MAX];
+	struct md__msg_hdr h;
+	size_t n;
+
+	/* Header. */
+	n = raw(MD_MSG_STATUS, NULL, 0);
+	ASSERT_EQ(md__msg_decode(buf, n, &m), 0);
+	ASSERT_EQ(md__msg_hdr_decode(buf, n - 1, &h), -EBADMSG);	/* truncated */
+	buf[0] = 'X';
+	ASSERT_EQ(md__msg_decode(buf, n, &m), -EPROTO);			/* magic */
+	n = raw(MD_MSG_STATUS, NULL, 0);
+	buf[4] = 2;
+	ASSERT_EQ(md__msg_decode(buf, n, &m), -EPROTONOSUPPORT);	/* version */
+	n = raw(0, NULL, 0);
+	ASSERT_EQ(md__msg_decode(buf, n, &m), -EBADMSG);		/* type 0 */
+	n = raw(MD_MSG_TYPE_END, NULL, 0);
+	ASSERT_EQ(md__msg_decode(buf, n, &m), -EBADMSG);		/* unknown type */
+	md__msg_hdr_encode(buf, MD_MSG_HELLO, 0xffffffffu, 1);		/* huge length */
+	ASSERT_EQ(md__msg_hdr_decode(buf, MD_MSG_HDR_SIZE, &h), -EMSGSIZE);
+	md__msg_hdr_encode(buf, MD_MSG_STATUS_R, MD_MSG_MAX + 1, 1);
+	ASSERT_EQ(md__msg_hdr_decode(buf, MD_MSG_HDR_SIZE, &h), -EMSGSIZE);
+	md__msg_hdr_encode(buf, MD_MSG_STATUS, 1, 1);			/* STATUS has none */
+	ASSERT_EQ(md__msg_hdr_decode(buf, MD_MSG_HDR_SIZE, &h), -EMSGSIZE);
+	n = raw(MD_MSG_STATUS, NULL, 0);
+	ASSERT_EQ(md__msg_decode(buf, n + 1, &m), -EBADMSG);		/* trailing byte */
+
+	/* Counts against lengths. */
+	memset(p, 0, sizeof(p));
+	put32(p, 2);		/* two hashes, one present */
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_LOOKUP, p, 12), &m), -EBADMSG);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_LOOKUP, p, 20), &m), 0);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_LOOKUP, p, 28), &m), -EBADMSG);	/* extra */
+	put32(p, 0);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_LOOKUP, p, 4), &m), -EBADMSG);	/* empty */
+	put32(p, 0xffffffffu);	/* a count that would overflow 4 + 8n */
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_LOOKUP, p, 20), &m), -EBADMSG);
+	put32(p, 0x20000001u);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_LOOKUP, p, 12), &m), -EBADMSG);
+	put32(p, MD_REF_MAX + 1);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_REF, p, 4 + 4 * 10), &m), -EBADMSG);
+	put32(p, 1);		/* one page without its content */
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_PUBLISH, p, 12), &m), -EBADMSG);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_PUBLISH, p, 12 + 4096), &m), 0);
+	put32(p, MD_PUBLISH_MAX + 1);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_PUBLISH, p, 12 + 4096), &m), -EBADMSG);
+	put32(p, MD_REPORT_MAX + 1);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_REPORT, p, 4), &m), -EBADMSG);
+	put32(p, 0xffffffffu);	/* PUBLISH_R whose run would wrap */
+	put32(p + 4, 2);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_PUBLISH_R, p, 8), &m), -EBADMSG);
+
+	/* HELLO: pid, flags, domain length and characters. */
+	memset(p, 0, 16);
+	put32(p, 100);
+	p[8] = 3;
+	memcpy(p + 10, "a/b", 3);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_HELLO, p, 13), &m), -EBADMSG);
+	memcpy(p + 10, "a.b", 3);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_HELLO, p, 13), &m), 0);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_HELLO, p, 12), &m), -EBADMSG);
+	p[8] = 65;
+	memset(p + 10, 'a', 65);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_HELLO, p, 75), &m), -EMSGSIZE);
+	p[8] = 0;
+	put32(p + 4, 1);	/* unknown flag */
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_HELLO, p, 10), &m), -EBADMSG);
+	put32(p + 4, 0);
+	put32(p, 0);		/* pid 0 */
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_HELLO, p, 10), &m), -EBADMSG);
+
+	/* CONTROL: op, key/value presence and characters. */
+	memset(p, 0, 32);
+	put32(p, MD_CTL_PAUSE);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_CONTROL, p, 12), &m), 0);
+	put32(p, 99);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_CONTROL, p, 12), &m), -EBADMSG);
+	put32(p, MD_CTL_SET);	/* SET without a key */
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_CONTROL, p, 12), &m), -EBADMSG);
+	p[8] = 1, p[10] = 1, p[12] = 'k', p[13] = '\n';
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_CONTROL, p, 14), &m), -EBADMSG);
+	p[13] = 'v';
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_CONTROL, p, 14), &m), 0);
+	put32(p + 4, 0xffffffffu);	/* negative pid */
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_CONTROL, p, 14), &m), -EBADMSG);
+
+	/* ERROR text: no control characters, status a negative errno. */
+	memset(p, 0, 16);
+	put32(p, (uint32_t)-EINVAL);
+	p[4] = 2, p[6] = 'o', p[7] = 0x1b;
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_ERROR, p, 8), &m), -EBADMSG);
+	p[7] = 'k';
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_ERROR, p, 8), &m), 0);
+	put32(p, 5);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_ERROR, p, 8), &m), -EBADMSG);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_STATUS_R, "{\0}", 3), &m), -EBADMSG);
+
+	/* The encoder keeps the same rules. */
+	m = (struct md__msg){ .hdr.type = MD_MSG_LOOKUP };
+	ASSERT_EQ(md__msg_encode(&m, buf, sizeof(buf)), -EINVAL);		/* n = 0 */
+	m.u.lookup.n = 1;
+	ASSERT_EQ(md__msg_encode(&m, buf, 10), -EMSGSIZE);
+	m = (struct md__msg){ .hdr.type = MD_MSG_HELLO };
+	m.u.hello.pid = 1;
+	strcpy(m.u.hello.domain, "bad name");
+	ASSERT_EQ(md__msg_encode(&m, buf, sizeof(buf)), -EINVAL);
+	m = (struct md__msg){ .hdr.type = MD_MSG_TYPE_END };
+	ASSERT_EQ(md__msg_encode(&m, buf, sizeof(buf)), -EINVAL);
+	return 0;
+}
+
+TEST_IMPL(daemon_tunables)
+{
+	struct md__tunables t, d;
+	char msg[MD_TEXT_MAX];
+	md__tunables_default(&t);
+	d = t;
+	ASSERT_EQ(md__tunable_set(&t, "pages_to_scan", "100000", msg, sizeof(msg)), 0);
+	ASSERT_EQ(t.pages_to_scan, 100000);
+	ASSERT_EQ(md__tunable_set(&t, "pages_to_scan", "100001", msg, sizeof(msg)), -EINVAL);
+	ASSERT(strstr(msg, "1 to 100000"));
+	ASSERT_EQ(md__tunable_set(&t, "pages_to_scan", "0", msg, sizeof(msg)), -EINVAL);
+	ASSERT_EQ(md__tunable_set(&t, "sleep_millisecs", "0", msg, sizeof(msg)), 0);
+	ASSERT_EQ(md__tunable_set(&t, "sleep_millisecs", "-1", msg, sizeof(msg)), -EINVAL);
+	ASSERT_EQ(md__tunable_set(&t, "sleep_millisecs", "10x", msg, sizeof(msg)), -EINVAL);
+	ASSERT_EQ(md__tunable_set(&t, "cpu_percent", "101", msg, sizeof(msg)), -EINVAL);
+	ASSERT_EQ(md__tunable_set(&t, "cpu_percent", "1", msg, sizeof(msg)), 0);
+	ASSERT_EQ(md__tunable_set(&t, "hint_ratio", "9", msg, sizeof(msg)), -EINVAL);
+	ASSERT_EQ(md__tunable_set(&t, "hint_ratio", "8", msg, sizeof(msg)), 0);
+	ASSERT_EQ(md__tunable_set(&t, "order", "random", msg, sizeof(msg)), 0);
+	ASSERT_EQ(t.order, MD_ORDER_RANDOM);
+	ASSERT_EQ(md__tunable_set(&t, "order", "sideways", msg, sizeof(msg)), -EINVAL);
+	ASSERT_EQ(md__tunable_set(&t, "pages", "1", msg, sizeof(msg)), -EINVAL);
+	ASSERT(strstr(msg, "unknown key 'pages'"));
+	ASSERT(d.pages_to_scan == 100 && d.hint_ratio == 4);
+	return 0;
+}
