@@ -52,18 +52,23 @@ static void *agent_thread(void *arg)
 	a->thread_tid = md__sys_gettid();
 	sem_post(&start->ready);	/* start is gone after this */
 
-	struct timespec tick = { 1, 0 };
-	while (!__atomic_load_n(&a->stop, __ATOMIC_ACQUIRE)) {
+	/* Ticks of 100 ms: daemon messages are taken every tick, the
+	 * accounting is refreshed every 10th. */
+	struct timespec tick = { 0, 100000000 };
+	for (unsigned n = 1; !__atomic_load_n(&a->stop, __ATOMIC_ACQUIRE); n++) {
 		siginfo_t info;
 		int sig = sigtimedwait(&lease, &info, &tick);
 		/* The kernel's lease signals carry si_code > 0 (POLL_MSG) and
 		 * the descriptor; a wake-up from md_agent_free() is SI_TKILL. */
 		if (sig == a->lease_signal && info.si_code > 0)
 			md__image_lease_broken(a, info.si_fd);
-		else
+		int second = n % 10 == 0;
+		if (second) {
 			md__account(a);
-		md__scan_account(a);
-		md__set(a, MD_CTR_AGENT_CPU_NS, thread_cpu_ns());
+			md__scan_account(a);
+			md__set(a, MD_CTR_AGENT_CPU_NS, thread_cpu_ns());
+		}
+		md__scan_daemon(a, second);
 	}
 	return NULL;
 }

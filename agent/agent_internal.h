@@ -72,6 +72,7 @@ struct md_agent {
 	struct md__scanner scanner;
 	int scanner_started;
 	unsigned scan_batch, scan_sleep_ms, scan_cpu_percent;
+	struct timespec next_connect;	/* to memdedupd, while disconnected */
 
 	int lease_signal;
 	pid_t thread_tid;
@@ -126,6 +127,9 @@ void md__plan_read(uintptr_t buf, size_t len, uint64_t off, uint64_t file_size,
 void md__scan_init(struct md_agent *a, const md_agent_options *o);
 void md__scan_register(struct md_agent *a, uintptr_t start, size_t len, unsigned advice);
 void md__scan_account(struct md_agent *a);
+/* From the agent thread, often: reconnects to memdedupd, applies its
+ * CONTROL messages; report: also send our counters. */
+void md__scan_daemon(struct md_agent *a, int report);
 void md__scan_free(struct md_agent *a);
 
 /* accounting.c */

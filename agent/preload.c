@@ -13,7 +13,8 @@
  *   MEMDEDUP_NO_SHARING=1    count only
  *   MEMDEDUP_SCAN=1          run the content scanner; MEMDEDUP_PAGES_TO_SCAN,
  *                            MEMDEDUP_SLEEP_MS, MEMDEDUP_CPU_PERCENT,
- *                            MEMDEDUP_SCAN_ORDER=linear|random tune it
+ *                            MEMDEDUP_SCAN_ORDER=linear|random tune it;
+ *                            MEMDEDUP_DOMAIN the sharing domain
  *   MEMDEDUP_DISABLE=1       do nothing at all
  *   MEMDEDUP_RUN_DIR, MEMDEDUP_LOG
  */
@@ -86,6 +87,8 @@ static md_agent *agent_get(void)
 		o.sleep_ms = v ? (unsigned)strtoul(v, NULL, 10) : 0;
 		v = getenv("MEMDEDUP_CPU_PERCENT");
 		o.cpu_percent = v ? (unsigned)strtoul(v, NULL, 10) : 0;
+		o.domain = getenv("MEMDEDUP_DOMAIN");
+		o.daemon_socket = getenv("MEMDEDUP_SOCKET");
 		md__log_open(getenv("MEMDEDUP_LOG"));
 		int err = md_agent_new(&a, &o);
 		if (err) {

@@ -33,6 +33,29 @@ void md__scan_init(struct md_agent *a, const md_agent_options *o)
 		goto err_fini;
 	a->engine = e;
 	a->scanner.random_order = (o->flags & MD_OPT_SCAN_RANDOM) != 0;
+
+	/* The pool: memdedupd's for a shared domain, else our own. */
+	const char *domain = o->domain ? o->domain : "";
+	if (strcmp(domain, "private") != 0) {
+		struct md__remote *rm = calloc(1, sizeof(*rm));
+		if (!rm || md__remote_init(rm, o->daemon_socket, domain) != 0) {
+			free(rm);
+			md__log("invalid sharing domain '%s': merging within this process only", domain);
+			return;
+		}
+		e->remote = rm;
+		err = md__engine_remote_connect(e);
+		if (err && !*domain) {
+			/* No daemon, and no domain asked for: stay private. */
+			md__remote_fini(rm);
+			free(rm);
+			e->remote = NULL;
+			md__log("memdedupd not reachable (%s): merging within this process only",
+				strerror(-err));
+		} else if (err) {
+			md__log("memdedupd not reachable (%s): domain '%s' waits for it", strerror(-err), domain);
+		}
+	}
 	return;
 
 err_fini:
@@ -184,11 +207,10 @@ int md_agent_unmerge(md_agent *a)
 		struct md__eregion *r = &e->regions[i];
 		err = for_each_pool_run(r, copy_run);
 		for (size_t p = 0; p < (r->end - r->start) / MD_EPAGE && !err; p++) {
-			uint32_t slot = MD_REF_SLOT(r->ref[p]);
-			if (slot && md__pool_put(&e->pool, slot - 1))
-				md__index_remove(&e->index, e->slot_hash[slot - 1], slot - 1);
-			if (slot)
+			if (MD_REF_SLOT(r->ref[p])) {
+				md__engine_release_ref(e, r, p);
 				r->ref[p] = MD_REF_FILE;	/* private now, in a pool mapping */
+			}
 		}
 	}
 	/* Zero pages dropped earlier are plain unpopulated memory again: the
@@ -222,7 +244,9 @@ void md__scan_account(struct md_agent *a)
 		for (size_t p = 0; p < np; p++)
 			sharing += MD_REF_SLOT(r->ref[p]) != 0;
 	}
-	uint64_t pool = md__pool_live(&e->pool);
+	/* With the daemon's pool, what the domain's pool holds is the
+	 * daemon's to say; we count the first copies we put there. */
+	uint64_t pool = e->remote ? st.published : md__pool_live(&e->pool);
 	pthread_mutex_unlock(&e->lock);
 	pthread_rwlock_unlock(&e->regions_lock);
 
@@ -249,12 +273,72 @@ void md__scan_account(struct md_agent *a)
 	md__set(a, MD_CTR_GENERAL_PROFIT, (uint64_t)profit);
 }
 
+static void apply_control(struct md_agent *a, const struct md__msg_control *ctl)
+{
+	int err = 0;
+	switch (ctl->op) {
+	case MD_CTL_PAUSE: err = md_agent_pause(a, 1); break;
+	case MD_CTL_RESUME: err = md_agent_pause(a, 0); break;
+	case MD_CTL_UNMERGE: err = md_agent_unmerge(a); break;
+	case MD_CTL_SET: err = md_agent_set(a, ctl->key, ctl->value); break;
+	default: err = -EINVAL;
+	}
+	if (err)
+		md__log("%s from memdedupd failed: %s", md__control_op_name(ctl->op), strerror(-err));
+}
+
+static void apply_welcome(struct md_agent *a, const struct md__msg_welcome *w)
+{
+	char v[16];
+	snprintf(v, sizeof(v), "%u", w->tun.pages_to_scan);
+	md_agent_set(a, "pages_to_scan", v);
+	snprintf(v, sizeof(v), "%u", w->tun.sleep_millisecs);
+	md_agent_set(a, "sleep_millisecs", v);
+	snprintf(v, sizeof(v), "%u", w->tun.cpu_percent);
+	md_agent_set(a, "cpu_percent", v);
+	md_agent_set(a, "order", w->tun.order == MD_ORDER_RANDOM ? "random" : "linear");
+	md_agent_pause(a, (w->state & MD_WELCOME_PAUSED) != 0);
+}
+
+void md__scan_daemon(struct md_agent *a, int report)
+{
+	struct md__engine *e = a->engine;
+	if (!e || !e->remote)
+		return;
+	struct md__remote *rm = e->remote;
+	if (!md__remote_connected(rm)) {
+		struct timespec now;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		if (now.tv_sec < a->next_connect.tv_sec)
+			return;
+		a->next_connect.tv_sec = now.tv_sec + 1;
+		if (md__engine_remote_connect(e) != 0)
+			return;
+		md__log("connected to memdedupd (pool generation %llu)",
+			(unsigned long long)rm->generation);
+		apply_welcome(a, &rm->welcome);
+	}
+	struct md__msg_control ctl;
+	while (md__remote_next_control(rm, &ctl) == 0)
+		apply_control(a, &ctl);
+	if (report) {
+		uint64_t snap[MD_CTR_COUNT];
+		for (int i = 0; i < MD_CTR_COUNT; i++)
+			snap[i] = __atomic_load_n(&a->ctr[i], __ATOMIC_RELAXED);
+		md__remote_report(rm, snap, MD_CTR_COUNT);
+	}
+}
+
 void md__scan_free(struct md_agent *a)
 {
 	if (!a->engine)
 		return;
 	md__scanner_stop(&a->scanner);
 	md__scanner_free(&a->scanner);
+	if (a->engine->remote) {
+		md__remote_fini(a->engine->remote);
+		free(a->engine->remote);
+	}
 	md__engine_fini(a->engine);
 	free(a->engine);
 	md__hints_free(&a->hints);

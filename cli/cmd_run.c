@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "client.h"
 
 const struct md__cmd md__cmd_run_def = {
 	.name = "run",
@@ -32,6 +33,10 @@ const struct md__cmd md__cmd_run_def = {
 	"  --sleep-ms=N            sleep between batches, 0..10000 ms (default 20)\n"
 	"  --cpu-percent=N         CPU cap of the scanner, 1..100 % of a core\n"
 	"  --scan-order=linear|random\n"
+	"  --domain=NAME           sharing domain: pages of different domains never\n"
+	"                          share a frame; 'private' merges within the process;\n"
+	"                          default: this user's domain in memdedupd, which is\n"
+	"                          started if needed\n"
 	"  -h, --help              this text\n"
 	"\n"
 	"Environment: MEMDEDUP_PRELOAD (the library), MEMDEDUP_RUN_DIR (statistics),\n"
@@ -76,16 +81,23 @@ struct run_option {
 	long lo, hi;
 	const char *words;
 	int value_is_word_index;
+	int free_text;		/* any value that valid_text() accepts */
 };
 
+static int valid_text(const char *v)
+{
+	return *v && md__domain_valid(v, strlen(v));
+}
+
 static const struct run_option run_options[] = {
-	{ "--kernel-ksm=", "MEMDEDUP_KERNEL_KSM", 0, 0, "off|on", 1 },
-	{ "--populate", "MEMDEDUP_POPULATE", 0, 0, NULL, 0 },
-	{ "--scan", "MEMDEDUP_SCAN", 0, 0, NULL, 0 },
-	{ "--pages-to-scan=", "MEMDEDUP_PAGES_TO_SCAN", 1, 100000, NULL, 0 },
-	{ "--sleep-ms=", "MEMDEDUP_SLEEP_MS", 0, 10000, NULL, 0 },
-	{ "--cpu-percent=", "MEMDEDUP_CPU_PERCENT", 1, 100, NULL, 0 },
-	{ "--scan-order=", "MEMDEDUP_SCAN_ORDER", 0, 0, "linear|random", 0 },
+	{ .name = "--kernel-ksm=", .env = "MEMDEDUP_KERNEL_KSM", .words = "off|on", .value_is_word_index = 1 },
+	{ .name = "--populate", .env = "MEMDEDUP_POPULATE" },
+	{ .name = "--scan", .env = "MEMDEDUP_SCAN" },
+	{ .name = "--pages-to-scan=", .env = "MEMDEDUP_PAGES_TO_SCAN", .lo = 1, .hi = 100000 },
+	{ .name = "--sleep-ms=", .env = "MEMDEDUP_SLEEP_MS", .lo = 0, .hi = 10000 },
+	{ .name = "--cpu-percent=", .env = "MEMDEDUP_CPU_PERCENT", .lo = 1, .hi = 100 },
+	{ .name = "--scan-order=", .env = "MEMDEDUP_SCAN_ORDER", .words = "linear|random" },
+	{ .name = "--domain=", .env = "MEMDEDUP_DOMAIN", .free_text = 1 },
 };
 
 /* Returns 0 and sets the environment, or a usage error (2). */
@@ -123,6 +135,10 @@ static int apply_option(const struct md__cmd *cmd, const char *arg, int *matched
 				snprintf(buf, sizeof(buf), "%d", idx);
 				v = buf;
 			}
+		} else if (takes_value && o->free_text) {
+			if (!valid_text(v))
+				return md__usage_error(cmd, "%.*s takes a name of 1 to 64 of A-Z a-z 0-9 . _ -, not '%s'",
+						       (int)(n - 1), o->name, v);
 		} else if (takes_value) {
 			char *end;
 			errno = 0;
@@ -173,6 +189,20 @@ int md__cmd_run(int argc, char **argv)
 		fprintf(stderr, "memdedup run: cannot find libmemdedup-preload.so (%s); set MEMDEDUP_PRELOAD\n",
 			strerror(-err));
 		return 1;
+	}
+	/* Scanning in a shared domain needs memdedupd: start it unless one
+	 * answers. Without it the agent merges within its process only. */
+	const char *scan = getenv("MEMDEDUP_SCAN"), *domain = getenv("MEMDEDUP_DOMAIN");
+	if (scan && strcmp(scan, "1") == 0 && !(domain && strcmp(domain, "private") == 0)) {
+		char daemon[PATH_MAX + 64];
+		snprintf(daemon, sizeof(daemon), "%s", lib);
+		char *slash = strrchr(daemon, '/');
+		snprintf(slash ? slash + 1 : daemon, sizeof(daemon) - (size_t)(slash ? slash + 1 - daemon : 0),
+			 "memdedupd");
+		int derr = md__daemon_ensure(daemon);
+		if (derr)
+			fprintf(stderr, "memdedup run: memdedupd not started (%s): merging stays within the process\n",
+				strerror(-derr));
 	}
 	const char *old = getenv("LD_PRELOAD");
 	if (old && *old)

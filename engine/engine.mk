@@ -3,6 +3,6 @@
 # checksum.c inlines XXH3 from <xxhash.h> (Debian: libxxhash-dev), so the
 # engine needs the header at build time and no library at link time.
 ENGINE_SRC := engine/uffd.c engine/pool.c engine/merge.c engine/checksum.c \
-              engine/hints.c engine/index.c engine/scanner.c
+              engine/hints.c engine/index.c engine/scanner.c engine/remote.c
 ENGINE_LIBS :=
 ENGINE_TEST_SRC := tests/engine/test_engine.c

@@ -268,12 +268,22 @@ static int still_frozen(struct md__engine *e, uintptr_t addr, size_t n)
 }
 
 /* Drops what page i of r holds in the pool (it is being replaced). */
-static void release_ref(struct md__engine *e, struct md__eregion *r, size_t i)
+void md__engine_release_ref(struct md__engine *e, struct md__eregion *r, size_t i)
 {
 	uint32_t s = MD_REF_SLOT(r->ref[i]);
-	if (s && md__pool_put(&e->pool, s - 1))
+	if (s && e->remote)
+		md__remote_ref(e->remote, s - 1, -1);	/* a dead daemon counts nothing */
+	else if (s && md__pool_put(&e->pool, s - 1))
 		md__index_remove(&e->index, e->slot_hash[s - 1], s - 1);
 	r->ref[i] = 0;
+}
+#define release_ref md__engine_release_ref
+
+const unsigned char *md__engine_pool_page(struct md__engine *e, uint32_t slot)
+{
+	if (e->remote)
+		return e->remote->view + (size_t)slot * MD_EPAGE;
+	return md__pool_page(&e->pool, slot);
 }
 
 /* Copies pages [from, from+n) of r's per-page arrays into a new region. */
@@ -399,8 +409,9 @@ static int budget_ok(struct md__engine *e, size_t new_vmas)
 static int map_pool(struct md__engine *e, struct md__eregion *r, uintptr_t addr,
 		    size_t n, uint32_t slot)
 {
+	int fd = e->remote ? e->remote->ro_fd : e->pool.ro_fd;
 	void *m = md__sys_mmap((void *)addr, n * MD_EPAGE, PROT_READ | PROT_WRITE,
-			       MAP_PRIVATE | MAP_FIXED, e->pool.ro_fd, (off_t)slot * MD_EPAGE);
+			       MAP_PRIVATE | MAP_FIXED, fd, (off_t)slot * MD_EPAGE);
 	if (m == MAP_FAILED) {
 		e->st.map_failed += n;
 		return -errno;
@@ -416,7 +427,9 @@ static int map_pool(struct md__engine *e, struct md__eregion *r, uintptr_t addr,
 	size_t first = (addr - r->start) / MD_EPAGE;
 	for (size_t i = 0; i < n; i++) {
 		release_ref(e, r, first + i);
-		md__pool_get(&e->pool, slot + (uint32_t)i);
+		/* A remote slot was pinned by whoever asked for this merge. */
+		if (!e->remote)
+			md__pool_get(&e->pool, slot + (uint32_t)i);
 		r->ref[first + i] = MD_REF_FILE | (slot + (uint32_t)i + 1);
 	}
 	return 0;
@@ -461,11 +474,18 @@ int md__engine_merge(struct md__engine *e, void *addr, size_t n, uint32_t slot)
 	pthread_mutex_lock(&e->lock);
 	struct md__eregion *r = md__engine_region(e, a, n * MD_EPAGE);
 	err = -EINVAL;
-	if (!r || (size_t)slot + n > e->pool.end)
+	if (!r)
 		goto unlock;
-	for (size_t i = 0; i < n; i++)
-		if (e->pool.state[slot + i] != MD_SLOT_LIVE)
+	if (e->remote) {
+		if (!md__remote_valid(e->remote, slot, n))
 			goto unlock;
+	} else {
+		if ((size_t)slot + n > e->pool.end)
+			goto unlock;
+		for (size_t i = 0; i < n; i++)
+			if (e->pool.state[slot + i] != MD_SLOT_LIVE)
+				goto unlock;
+	}
 	err = -ENOSPC;
 	if (!budget_ok(e, 2))
 		goto unlock;
@@ -475,7 +495,7 @@ int md__engine_merge(struct md__engine *e, void *addr, size_t n, uint32_t slot)
 
 	for (size_t i = 0; i < n; i++)
 		eq[i] = memcmp((const void *)(a + i * MD_EPAGE),
-			       md__pool_page(&e->pool, slot + (uint32_t)i), MD_EPAGE) == 0;
+			       md__engine_pool_page(e, slot + (uint32_t)i), MD_EPAGE) == 0;
 	if (!still_frozen(e, a, n))
 		memset(eq, 0, n);
 

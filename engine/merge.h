@@ -28,6 +28,7 @@
 
 #include "index.h"
 #include "pool.h"
+#include "remote.h"
 #include "uffd.h"
 
 #define MD_EPAGE 4096u
@@ -77,7 +78,8 @@ struct md__engine {
 	pthread_rwlock_t regions_lock;	/* see the lock order above */
 	pthread_mutex_t lock;   /* the merge lock; see above */
 	struct md__uffd uffd;
-	struct md__pool pool;
+	struct md__pool pool;       /* our own pool, when remote is NULL */
+	struct md__remote *remote;  /* memdedupd's pool of our domain, or NULL */
 	struct md__index index;
 	uint64_t *slot_hash;    /* checksum of each live pool slot */
 	struct md__eregion *regions;
@@ -94,6 +96,10 @@ void md__engine_fini(struct md__engine *e);
 /* Registers guest RAM [addr, addr+len) (page-aligned). */
 int md__engine_register(struct md__engine *e, void *addr, size_t len, unsigned advice);
 
+/* Drops what page i of r holds in the pool (lock held). */
+void md__engine_release_ref(struct md__engine *e, struct md__eregion *r, size_t i);
+/* The content of pool slot s (lock held, slot known valid). */
+const unsigned char *md__engine_pool_page(struct md__engine *e, uint32_t slot);
 /* Forgets guest RAM [addr, addr+len) (before it is unmapped, or when it no
  * longer asks for merging): drops its pool references and registration. */
 int md__engine_unregister(struct md__engine *e, void *addr, size_t len);

@@ -29,6 +29,12 @@
  *      (frozen, copied, compared, mapped back) and this one merged with it;
  *      otherwise this page enters the table. The table is emptied at the end
  *      of every pass, as its entries go stale.
+ *   With the pool in memdedupd (shared by a domain across processes), 4-5
+ *   become: ask the daemon's index; pin the candidate (REF) and merge; and
+ *   if no pool page has this content, publish this page, which is stable
+ *   (it passed the volatility filter), so the next process with the same
+ *   content finds it. Pages published in cursor order get consecutive
+ *   slots, so their mappings join into one VMA.
  *
  * The loop can be paused, and its CPU time is capped: after a batch that
  * took c seconds of the thread's CPU, it sleeps at least long enough that
@@ -166,6 +172,38 @@ static uintptr_t hint_next(struct md__scanner *s)
 	return a;
 }
 
+/* Steps 4-5 with the daemon's pool. */
+static int visit_remote(struct md__scanner *s, uintptr_t a, uint64_t h)
+{
+	struct md__engine *e = s->e;
+	struct md__remote *rm = e->remote;
+	uint32_t slot;
+	int m;
+
+	if (!md__remote_connected(rm))
+		return 0;
+	int err = md__remote_lookup(rm, h, &slot);
+	if (err == 0) {
+		if (md__remote_ref(rm, slot, +1) != 0)
+			return 0;	/* freed meanwhile, or the daemon went away */
+		m = md__engine_merge(e, (void *)a, 1, slot);
+		if (m <= 0)
+			md__remote_ref(rm, slot, -1);
+		return m > 0;
+	}
+	if (err != -ENOENT)
+		return 0;
+	if (md__remote_publish(rm, h, (const void *)a, &slot) != 0)
+		return 0;
+	s->st.published++;
+	/* The page may have changed since it was sent: the merge's compare
+	 * under write-protection decides, as always. */
+	m = md__engine_merge(e, (void *)a, 1, slot);
+	if (m <= 0)
+		md__remote_ref(rm, slot, -1);
+	return 0;	/* a first copy saves nothing yet */
+}
+
 /* Visits one page; returns 1 if it was merged. */
 static int visit(struct md__scanner *s, uintptr_t a, int hinted)
 {
@@ -192,6 +230,8 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted)
 	}
 	r->hash[i] = h;
 	r->seen[i] = 1;
+	if (e->remote)
+		return visit_remote(s, a, h);
 	int64_t slot = md__engine_lookup(e, page, h);
 	if (slot >= 0)
 		return md__engine_merge(e, (void *)a, 1, (uint32_t)slot) > 0;

@@ -87,6 +87,13 @@ typedef struct md_agent_options {
 	unsigned pages_to_scan;   /* pages per batch (default 100) */
 	unsigned sleep_ms;        /* sleep between batches (default 20) */
 	unsigned cpu_percent;     /* CPU cap of the scanner, % of a core (default 100) */
+	/* The sharing domain: pages of different domains never share a frame.
+	 * "private": merge only within this process (a pool of its own).
+	 * NULL or "": the default domain of this Unix user in memdedupd if
+	 * it answers at start, else private. Any other name: that domain of
+	 * this user in memdedupd (waiting for it if it is not running). */
+	const char *domain;
+	const char *daemon_socket;  /* NULL: $MEMDEDUP_SOCKET or the default */
 } md_agent_options;
 
 /* Do not share reads at all: count them only (for comparisons). */

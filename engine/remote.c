@@ -1,0 +1,173 @@
+/*
+ * remote.c - the engine's pool in memdedupd (see remote.h).
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "merge.h"
+#include "remote.h"
+#include "sys.h"
+
+int md__remote_init(struct md__remote *rm, const char *socket, const char *domain)
+{
+	memset(rm, 0, sizeof(*rm));
+	rm->ro_fd = -1;
+	if (domain && !md__domain_valid(domain, strlen(domain)))
+		return -EINVAL;
+	snprintf(rm->domain, sizeof(rm->domain), "%s", domain ? domain : "");
+	md__daemon_socket_path(socket, rm->socket, sizeof(rm->socket));
+	pthread_mutex_init(&rm->lock, NULL);
+	return 0;
+}
+
+void md__remote_fini(struct md__remote *rm)
+{
+	if (rm->c)
+		md__client_free(rm->c);
+	if (rm->view)
+		md__sys_munmap((void *)rm->view, rm->view_pages * MD_EPAGE);
+	if (rm->ro_fd >= 0)
+		close(rm->ro_fd);
+	pthread_mutex_destroy(&rm->lock);
+}
+
+/* Called with rm->lock held when a call says the daemon is gone. */
+static int lost(struct md__remote *rm, int err)
+{
+	if (err == -ENOTCONN || err == -ETIMEDOUT || err == -EPIPE || err == -ECONNRESET) {
+		md__client_free(rm->c);
+		rm->c = NULL;
+		rm->lost++;
+		md__log_once(70, "memdedupd went away: merged pages stay; merging resumes when it is back");
+		return -ENOTCONN;
+	}
+	return err;
+}
+
+int md__remote_connected(struct md__remote *rm)
+{
+	return __atomic_load_n(&rm->c, __ATOMIC_RELAXED) != NULL;
+}
+
+int md__engine_remote_connect(struct md__engine *e)
+{
+	struct md__remote *rm = e->remote;
+	struct md__client *c;
+	struct md__msg_welcome w;
+	int fd = -1;
+
+	int err = md__client_connect(&c, rm->socket);
+	if (err)
+		return err;
+	err = md__client_hello(c, rm->domain, 0, &w, &fd);
+	if (err)
+		goto free_client;
+	struct stat st;
+	err = -EINVAL;
+	if (fstat(fd, &st) != 0 || w.pool_pages == 0)
+		goto close_fd;
+	void *view = md__sys_mmap(NULL, (size_t)w.pool_pages * MD_EPAGE, PROT_READ, MAP_SHARED, fd, 0);
+	if (view == MAP_FAILED) {
+		err = -errno;
+		goto close_fd;
+	}
+
+	/* Switch pools with no batch and no merge in flight. Slots of the old
+	 * pool are forgotten: the daemon that counted them is gone (a
+	 * reconnect to the same daemon keeps its generation and them). */
+	pthread_rwlock_wrlock(&e->regions_lock);
+	pthread_mutex_lock(&e->lock);
+	pthread_mutex_lock(&rm->lock);
+	const void *old_view = rm->view;
+	size_t old_pages = rm->view_pages;
+	int old_fd = rm->ro_fd;
+	if (rm->generation != w.generation)
+		for (size_t i = 0; i < e->nregions; i++) {
+			struct md__eregion *r = &e->regions[i];
+			for (size_t p = 0; p < (r->end - r->start) / MD_EPAGE; p++)
+				if (MD_REF_SLOT(r->ref[p]))
+					r->ref[p] = MD_REF_FILE;
+		}
+	rm->view = view;
+	rm->view_pages = w.pool_pages;
+	rm->ro_fd = fd;
+	rm->generation = w.generation;
+	rm->welcome = w;
+	if (rm->c)
+		md__client_free(rm->c);
+	rm->c = c;
+	rm->connects++;
+	pthread_mutex_unlock(&rm->lock);
+	pthread_mutex_unlock(&e->lock);
+	pthread_rwlock_unlock(&e->regions_lock);
+	if (old_view)
+		md__sys_munmap((void *)old_view, old_pages * MD_EPAGE);
+	if (old_fd >= 0)
+		close(old_fd);
+	return 0;
+
+close_fd:
+	close(fd);
+free_client:
+	md__client_free(c);
+	return err;
+}
+
+int md__remote_valid(struct md__remote *rm, uint32_t slot, size_t n)
+{
+	struct stat st;
+	/* The pool file never shrinks (sealed): a slot inside it stays
+	 * readable through the view; one beyond it would raise SIGBUS. */
+	return (size_t)slot + n <= rm->view_pages && fstat(rm->ro_fd, &st) == 0 &&
+	       (uint64_t)st.st_size >= ((uint64_t)slot + n) * MD_EPAGE;
+}
+
+#define CALL(rm, expr) ({ \
+	int _r; \
+	pthread_mutex_lock(&(rm)->lock); \
+	_r = (rm)->c ? (expr) : -ENOTCONN; \
+	if (_r < 0 && (rm)->c) \
+		_r = lost(rm, _r); \
+	pthread_mutex_unlock(&(rm)->lock); \
+	_r; })
+
+int md__remote_lookup(struct md__remote *rm, uint64_t hash, uint32_t *slot)
+{
+	uint32_t slot1 = 0;
+	int err = CALL(rm, md__client_lookup(rm->c, &hash, 1, &slot1));
+	if (err < 0)
+		return err;
+	if (!slot1)
+		return -ENOENT;
+	*slot = slot1 - 1;
+	return 0;
+}
+
+int md__remote_publish(struct md__remote *rm, uint64_t hash, const void *page, uint32_t *slot)
+{
+	int err = CALL(rm, md__client_publish(rm->c, &hash, page, 1, slot));
+	return err < 0 ? err : 0;
+}
+
+int md__remote_ref(struct md__remote *rm, uint32_t slot, int delta)
+{
+	int err = CALL(rm, md__client_ref(rm->c, &slot, 1, delta));
+	return err < 0 ? err : 0;
+}
+
+int md__remote_report(struct md__remote *rm, const uint64_t *ctr, uint32_t n)
+{
+	int err = CALL(rm, md__client_report(rm->c, ctr, n));
+	return err < 0 ? err : 0;
+}
+
+int md__remote_next_control(struct md__remote *rm, struct md__msg_control *ctl)
+{
+	int err = CALL(rm, md__client_next_control(rm->c, ctl));
+	return err;
+}

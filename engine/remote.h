@@ -1,0 +1,55 @@
+/*
+ * remote.h - the engine's pool when it belongs to memdedupd: shared by every
+ * agent of a sharing domain, across processes.
+ *
+ * The daemon owns the pool and its index; the agent holds a read-only
+ * descriptor of it (it maps pool pages MAP_PRIVATE, copy-on-write, and never
+ * can write them) and a view for byte compares. A pool slot is pinned (REF)
+ * before a page is frozen and compared with it, so the daemon can never free
+ * a slot under a fresh mapping; a merge that fails unpins it (UNREF).
+ *
+ * When the daemon goes away, calls fail with -ENOTCONN: the agent keeps every
+ * page it merged (their pool lives on in those mappings), stops merging, and
+ * reconnects; a new daemon brings a new pool (generation), and the old slot
+ * references are forgotten, as the daemon that counted them is gone.
+ */
+#ifndef MD_ENGINE_REMOTE_H
+#define MD_ENGINE_REMOTE_H
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "client.h"
+
+struct md__remote {
+	pthread_mutex_t lock;         /* the client is shared by the scanner and the agent thread */
+	struct md__client *c;         /* NULL while disconnected */
+	char socket[256];
+	char domain[MD_DOMAIN_MAX + 1];
+	int ro_fd;                    /* the pool, read-only; -1 before the first hello */
+	const unsigned char *view;    /* PROT_READ, MAP_SHARED view of ro_fd */
+	size_t view_pages;
+	uint64_t generation;
+	struct md__msg_welcome welcome;
+	uint64_t connects, lost;
+};
+
+struct md__engine;
+
+/* Prepares a remote pool (no connection yet). socket NULL: the default. */
+int md__remote_init(struct md__remote *rm, const char *socket, const char *domain);
+void md__remote_fini(struct md__remote *rm);
+/* Connects, says hello and switches the engine to the new pool. 0 or -errno. */
+int md__engine_remote_connect(struct md__engine *e);
+int md__remote_connected(struct md__remote *rm);
+/* 1 if slots [slot, slot+n) lie in the pool file (their view pages readable). */
+int md__remote_valid(struct md__remote *rm, uint32_t slot, size_t n);
+/* LOOKUP one hash: *slot, or -ENOENT. */
+int md__remote_lookup(struct md__remote *rm, uint64_t hash, uint32_t *slot);
+/* PUBLISH one page: *slot, pinned for us. */
+int md__remote_publish(struct md__remote *rm, uint64_t hash, const void *page, uint32_t *slot);
+/* REF (+1) / UNREF (-1) one slot. */
+int md__remote_ref(struct md__remote *rm, uint32_t slot, int delta);
+int md__remote_report(struct md__remote *rm, const uint64_t *ctr, uint32_t n);
+int md__remote_next_control(struct md__remote *rm, struct md__msg_control *ctl);
+#endif
