@@ -246,7 +246,7 @@ void md__scan_account(struct md_agent *a)
 	}
 	/* With the daemon's pool, what the domain's pool holds is the
 	 * daemon's to say; we count the first copies we put there. */
-	uint64_t pool = e->remote ? st.published : md__pool_live(&e->pool);
+	uint64_t pool = e->remote ? ss.published : md__pool_live(&e->pool);
 	pthread_mutex_unlock(&e->lock);
 	pthread_rwlock_unlock(&e->regions_lock);
 
@@ -255,7 +255,7 @@ void md__scan_account(struct md_agent *a)
 	md__set(a, MD_CTR_MERGED, st.merged);
 	md__set(a, MD_CTR_MERGED_FROM_HINTS, ss.merged_hint);
 	md__set(a, MD_CTR_ZERO_PAGES, st.zero);
-	md__set(a, MD_CTR_PUBLISHED, st.published);
+	md__set(a, MD_CTR_PUBLISHED, ss.published);
 	md__set(a, MD_CTR_VOLATILE, ss.volatile_skips);
 	md__set(a, MD_CTR_ABANDONED, st.abandoned);
 	md__set(a, MD_CTR_FULL_SCANS, ss.passes);

@@ -15,6 +15,9 @@ struct md__cmd {
 int md__cmd_run(int argc, char **argv);
 int md__cmd_status(int argc, char **argv);
 extern const struct md__cmd md__cmd_run_def, md__cmd_status_def;
+/* cmd_control.c: orders for the agents, through memdedupd. */
+extern const struct md__cmd md__cmd_pause_def, md__cmd_resume_def, md__cmd_unmerge_def,
+	md__cmd_set_def;
 
 /* Prints "memdedup CMD: MSG" and the usage hint to stderr; returns 2. */
 int md__usage_error(const struct md__cmd *cmd, const char *fmt, ...)

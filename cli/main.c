@@ -11,6 +11,10 @@
 static const struct md__cmd *const commands[] = {
 	&md__cmd_run_def,
 	&md__cmd_status_def,
+	&md__cmd_pause_def,
+	&md__cmd_resume_def,
+	&md__cmd_unmerge_def,
+	&md__cmd_set_def,
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 

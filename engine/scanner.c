@@ -15,6 +15,11 @@
  * merges per visit (between 1 and 7 of 8).
  *
  * A visit (the page is not frozen yet; nothing here is proof):
+ *   0. like ksmd, only pages of anonymous memory that are there are
+ *      visited: /proc/self/pagemap says a page never touched or dropped
+ *      (not present) or showing the kernel's zero page (present, not
+ *      anonymous) has nothing to merge, and reading it would only map the
+ *      zero page to drop it again;
  *   1. a page still showing a pool page is skipped (already merged);
  *   2. an all-zero page is dropped by md__engine_merge_zero (apart from the
  *      pool: the kernel's zero page needs no pool slot);
@@ -47,6 +52,7 @@
 
 #include "checksum.h"
 #include "scanner.h"
+#include "sys.h"
 
 #define EPOCH 4096
 
@@ -213,7 +219,12 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted)
 	if (!r)
 		return 0;
 	size_t i = (a - r->start) / MD_EPAGE;
-	if (MD_REF_BUSY(__atomic_load_n(&r->ref[i], __ATOMIC_RELAXED)))
+	uint32_t ref = __atomic_load_n(&r->ref[i], __ATOMIC_RELAXED);
+	if (MD_REF_BUSY(ref))
+		return 0;
+	uint64_t pm;
+	if (md__sys_pread(e->pagemap_fd, &pm, sizeof(pm), (off_t)(a / MD_EPAGE * sizeof(pm))) != sizeof(pm) ||
+	    !(pm & (1ull << 63)) || (pm & (1ull << 61)))
 		return 0;
 	const void *page = (const void *)a;
 	if (md__page_is_zero(page)) {
