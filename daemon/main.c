@@ -102,15 +102,24 @@ static void write_pid(int fd, pid_t pid)
 
 static int daemonize(const char *log_path, int pid_fd)
 {
+	int ready[2];
+	if (pipe2(ready, O_CLOEXEC) < 0)
+		return -errno;
 	pid_t pid = fork();
 	if (pid < 0)
 		return -errno;
 	if (pid > 0) {
-		/* The socket listens already and the pid file is right: a
-		 * caller waiting for us to return finds both. */
+		/* Return only once the daemon is fully detached: the socket
+		 * listens already, and the pid file then names it, so a
+		 * caller waiting for us finds everything in place. */
+		char ok;
+		close(ready[1]);
+		if (read(ready[0], &ok, 1) != 1)
+			_exit(1);
 		write_pid(pid_fd, pid);
 		_exit(0);
 	}
+	close(ready[0]);
 	setsid();
 	if (chdir("/") < 0)
 		return -errno;
@@ -125,6 +134,9 @@ static int daemonize(const char *log_path, int pid_fd)
 	dup2(out, 2);
 	close(in);
 	close(out);
+	if (write(ready[1], "", 1) != 1)
+		return -errno;
+	close(ready[1]);
 	return 0;
 }
 

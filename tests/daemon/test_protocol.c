@@ -132,7 +132,8 @@ TEST_IMPL(daemon_proto_round_trip)
 static size_t raw(unsigned type, const void *payload, uint32_t len)
 {
 	md__msg_hdr_encode(buf, type, len, 1);
-	memcpy(buf + MD_MSG_HDR_SIZE, payload, len);
+	if (len)
+		memcpy(buf + MD_MSG_HDR_SIZE, payload, len);
 	return MD_MSG_HDR_SIZE + len;
 }
 
