@@ -146,6 +146,14 @@ void md__msg_hdr_encode(void *buf, unsigned type, uint32_t length, uint32_t seq)
 	put32(p, seq);
 }
 
+/* The ranges SET accepts (md__tunable_set): WELCOME carries no others. */
+static int tunables_valid(const struct md__tunables *t)
+{
+	return t->pages_to_scan >= 1 && t->pages_to_scan <= 100000 && t->sleep_millisecs <= 10000 &&
+	       t->cpu_percent >= 1 && t->cpu_percent <= 100 && t->order <= MD_ORDER_RANDOM &&
+	       t->hint_ratio <= 8;
+}
+
 int md__msg_hdr_decode(const void *buf, size_t len, struct md__msg_hdr *h)
 {
 	const unsigned char *p = buf;
@@ -216,7 +224,9 @@ static int decode_payload(const unsigned char *p, uint32_t len, struct md__msg *
 		w->tun.order = get32(p + 28);
 		w->tun.hint_ratio = get32(p + 32);
 		w->state = get32(p + 36);
-		return w->pool_pages ? 0 : -EBADMSG;
+		if (w->pool_pages == 0 || (w->state & ~MD_WELCOME_PAUSED) || !tunables_valid(&w->tun))
+			return -EBADMSG;
+		return 0;
 	}
 	case MD_MSG_LOOKUP:
 		if (len < 4 || (n = get32(p)) == 0 || n > MD_LOOKUP_MAX || len != 4 + 8 * n)
@@ -340,7 +350,8 @@ static uint32_t payload_len(const struct md__msg *m, int *ok)
 			break;
 		return 10 + (uint32_t)l;
 	case MD_MSG_WELCOME:
-		if (m->u.welcome.pool_pages == 0)
+		if (m->u.welcome.pool_pages == 0 || (m->u.welcome.state & ~MD_WELCOME_PAUSED) ||
+		    !tunables_valid(&m->u.welcome.tun))
 			break;
 		return MD_WELCOME_LEN;
 	case MD_MSG_LOOKUP:

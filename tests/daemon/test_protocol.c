@@ -216,6 +216,18 @@ TEST_IMPL(daemon_proto_rejects)
 	put32(p, 0);		/* pid 0 */
 	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_HELLO, p, 10), &m), -EBADMSG);
 
+	/* WELCOME: tunables and state bits as SET would allow. */
+	memset(p, 0, MD_WELCOME_LEN);
+	put32(p + 4, 16);		/* pool_pages */
+	put32(p + 16, 100);		/* pages_to_scan */
+	put32(p + 24, 100);		/* cpu_percent */
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_WELCOME, p, MD_WELCOME_LEN), &m), 0);
+	put32(p + 28, 2);		/* order */
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_WELCOME, p, MD_WELCOME_LEN), &m), -EBADMSG);
+	put32(p + 28, 0);
+	put32(p + 36, 2);		/* unknown state bit */
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_WELCOME, p, MD_WELCOME_LEN), &m), -EBADMSG);
+
 	/* CONTROL: op, key/value presence and characters. */
 	memset(p, 0, 32);
 	put32(p, MD_CTL_PAUSE);
