@@ -15,6 +15,8 @@
 #   --hold-short S  hold for none and memdedup (default 30)
 #   --quick         hold 50 s / 12 s: ~5 minutes in all (KSM will not have converged)
 #   --modes         subset of the modes, in order; none is the reference for savings
+#   --report-only   no guests: rebuild results.json, summary and plot from the
+#                   samples of an earlier run in the output directory
 # The KSM knobs run, pages_to_scan and sleep_millisecs are saved first and
 # restored on any exit (Ctrl-C and failures included); between modes KSM is
 # stopped with run=2 (unmerge) and run=0. Needs root for the KSM knobs.
@@ -24,7 +26,7 @@ cd "$root"
 usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
 
 hold_ksm=240 hold_short=30 modes="none ksm ksm10x memdedup memdedup+ksm"
-image="" mem=512 out=$root/build/bench
+image="" mem=512 out=$root/build/bench report_only=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --hold) hold_ksm=$2; shift 2 ;;
@@ -34,6 +36,7 @@ while [ $# -gt 0 ]; do
     --image) image=$2; shift 2 ;;
     --mem) mem=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
+    --report-only) report_only=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run-bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -47,78 +50,88 @@ scripts/install-deps.sh all
 source scripts/fleet-lib.sh
 md=${MEMDEDUP_BIN:-$root/build/memdedup}
 ksm=/sys/kernel/mm/ksm
-[ -w $ksm/run ] || fleet_die "cannot write $ksm/run (kernel KSM missing, or not root)"
-case " $modes " in *" memdedup"*) [ -x "$md" ] || fleet_die "no $md: run 'make all' first" ;; esac
-[ -f build/guest/vmlinuz ] && [ -f build/guest/initramfs.cpio.gz ] \
-  || fleet_die "no guest kit in build/guest: run 'make guest' first"
-if [ -z "$image" ]; then
-  image=$root/build/guest/workload.img
-  [ -f "$image" ] || fleet_die "no $image: run 'make guest' first"
-fi
-[ -f "$image" ] || fleet_die "no image $image"
-
-# --- kernel KSM knobs: save now, restore on every exit ------------------------
-KSM_SAVED_RUN=$(cat $ksm/run)
-KSM_SAVED_SCAN=$(cat $ksm/pages_to_scan)
-KSM_SAVED_SLEEP=$(cat $ksm/sleep_millisecs)
-ksm_write() { echo "$2" > "$ksm/$1" || echo "run-bench.sh: could not write $2 to $ksm/$1" >&2; }
-ksm_stop() {  # unmerge everything, then stop
-  [ "$(cat $ksm/run)" = 0 ] && return 0
-  ksm_write run 2
-  ksm_write run 0
-}
-ksm_restore() {
-  local cur
-  cur=$(cat $ksm/run)
-  if [ "$cur" != "$KSM_SAVED_RUN" ]; then
-    [ "$cur" = 1 ] && ksm_write run 2   # unmerge before stopping
-    ksm_write run "$KSM_SAVED_RUN"
-  fi
-  ksm_write pages_to_scan "$KSM_SAVED_SCAN"
-  ksm_write sleep_millisecs "$KSM_SAVED_SLEEP"
-  echo "run-bench.sh: kernel KSM restored: run=$(cat $ksm/run) pages_to_scan=$(cat $ksm/pages_to_scan) sleep_millisecs=$(cat $ksm/sleep_millisecs)" >&2
-}
-fleet_init
-FLEET_EXIT_HOOKS+=(ksm_restore)
-echo "run-bench.sh: saved kernel KSM: run=$KSM_SAVED_RUN pages_to_scan=$KSM_SAVED_SCAN sleep_millisecs=$KSM_SAVED_SLEEP" >&2
-
-ksm_set() {  # run pages_to_scan sleep_millisecs
-  ksm_stop
-  ksm_write pages_to_scan "$2"
-  ksm_write sleep_millisecs "$3"
-  [ "$1" = 1 ] && ksm_write run 1
-  return 0
-}
-
-mkdir -p "$out"
-rm -f "$out/results.json" "$out/memory.png"
 t_all=$SECONDS
-image_mb=$(( $(stat -c %s "$image") / 1048576 ))
-echo "== bench: 2 guests x ${mem} MB on $(basename "$image") (${image_mb} MiB); modes: $modes; hold ${hold_ksm}s (KSM) / ${hold_short}s"
-for m in $modes; do
-  wrapper="" hold=$hold_short
-  case "$m" in
-    none)         ksm_set 0 100 20 ;;
-    ksm)          ksm_set 1 100 20; hold=$hold_ksm ;;
-    ksm10x)       ksm_set 1 1000 20; hold=$hold_ksm ;;
-    memdedup)     ksm_set 0 100 20; wrapper="$md run --kernel-ksm=off --" ;;
-    memdedup+ksm) ksm_set 1 100 20; wrapper="$md run --kernel-ksm=on --"; hold=$hold_ksm ;;
-  esac
-  echo "-- mode $m: KSM run=$(cat $ksm/run) pages_to_scan=$(cat $ksm/pages_to_scan) sleep_millisecs=$(cat $ksm/sleep_millisecs)${wrapper:+; wrapper: $wrapper}; hold ${hold}s"
-  cat "$image" > /dev/null          # every mode starts with the image in the host page cache
-  printf '%s\n%s\n%s\n%s\n%s\n' "$m" "$wrapper" "$hold" \
-    "$(cat $ksm/run) $(cat $ksm/pages_to_scan) $(cat $ksm/sleep_millisecs)" "$(date -u +%FT%TZ)" > "$out/$m.meta"
-  mkdir -p "$out/$m"
-  fleet_run "$out/$m" 2 "$image" --mem "$mem" --hold "$hold" ${wrapper:+--wrapper "$wrapper"} \
-    || fleet_die "mode $m: a guest failed (logs in $out/$m)"
-  mv "$out/$m.meta" "$out/$m/meta"
-  ksm_stop
-done
-ksm_restore
-FLEET_EXIT_HOOKS=()
+if [ "$report_only" = 1 ]; then
+  [ -f "$out/run.meta" ] || fleet_die "no $out/run.meta: nothing to report (run the benchmark first)"
+  # shellcheck disable=SC1091
+  source "$out/run.meta"
+else
+  [ -w $ksm/run ] || fleet_die "cannot write $ksm/run (kernel KSM missing, or not root)"
+  case " $modes " in *" memdedup"*) [ -x "$md" ] || fleet_die "no $md: run 'make all' first" ;; esac
+  [ -f build/guest/vmlinuz ] && [ -f build/guest/initramfs.cpio.gz ] \
+    || fleet_die "no guest kit in build/guest: run 'make guest' first"
+  if [ -z "$image" ]; then
+    image=$root/build/guest/workload.img
+    [ -f "$image" ] || fleet_die "no $image: run 'make guest' first"
+  fi
+  [ -f "$image" ] || fleet_die "no image $image"
+
+  # --- kernel KSM knobs: save now, restore on every exit ------------------------
+  KSM_SAVED_RUN=$(cat $ksm/run)
+  KSM_SAVED_SCAN=$(cat $ksm/pages_to_scan)
+  KSM_SAVED_SLEEP=$(cat $ksm/sleep_millisecs)
+  ksm_write() { echo "$2" > "$ksm/$1" || echo "run-bench.sh: could not write $2 to $ksm/$1" >&2; }
+  ksm_stop() {  # unmerge everything, then stop
+    [ "$(cat $ksm/run)" = 0 ] && return 0
+    ksm_write run 2
+    ksm_write run 0
+  }
+  ksm_restore() {
+    local cur
+    cur=$(cat $ksm/run)
+    if [ "$cur" != "$KSM_SAVED_RUN" ]; then
+      [ "$cur" = 1 ] && ksm_write run 2   # unmerge before stopping
+      ksm_write run "$KSM_SAVED_RUN"
+    fi
+    ksm_write pages_to_scan "$KSM_SAVED_SCAN"
+    ksm_write sleep_millisecs "$KSM_SAVED_SLEEP"
+    echo "run-bench.sh: kernel KSM restored: run=$(cat $ksm/run) pages_to_scan=$(cat $ksm/pages_to_scan) sleep_millisecs=$(cat $ksm/sleep_millisecs)" >&2
+  }
+  fleet_init
+  FLEET_EXIT_HOOKS+=(ksm_restore)
+  echo "run-bench.sh: saved kernel KSM: run=$KSM_SAVED_RUN pages_to_scan=$KSM_SAVED_SCAN sleep_millisecs=$KSM_SAVED_SLEEP" >&2
+
+  ksm_set() {  # run pages_to_scan sleep_millisecs
+    ksm_stop
+    ksm_write pages_to_scan "$2"
+    ksm_write sleep_millisecs "$3"
+    [ "$1" = 1 ] && ksm_write run 1
+    return 0
+  }
+
+  mkdir -p "$out"
+  rm -f "$out/results.json" "$out/memory.png"
+  image_mb=$(( $(stat -c %s "$image") / 1048576 ))
+  printf 'KSM_SAVED_RUN=%s\nKSM_SAVED_SCAN=%s\nKSM_SAVED_SLEEP=%s\nimage=%q\nimage_mb=%s\nmem=%s\nmodes=%q\n' \
+    "$KSM_SAVED_RUN" "$KSM_SAVED_SCAN" "$KSM_SAVED_SLEEP" "$image" "$image_mb" "$mem" "$modes" > "$out/run.meta"
+  echo "== bench: 2 guests x ${mem} MB on $(basename "$image") (${image_mb} MiB); modes: $modes; hold ${hold_ksm}s (KSM) / ${hold_short}s"
+  for m in $modes; do
+    wrapper="" hold=$hold_short
+    case "$m" in
+      none)         ksm_set 0 100 20 ;;
+      ksm)          ksm_set 1 100 20; hold=$hold_ksm ;;
+      ksm10x)       ksm_set 1 1000 20; hold=$hold_ksm ;;
+      memdedup)     ksm_set 0 100 20; wrapper="$md run --kernel-ksm=off --" ;;
+      memdedup+ksm) ksm_set 1 100 20; wrapper="$md run --kernel-ksm=on --"; hold=$hold_ksm ;;
+    esac
+    echo "-- mode $m: KSM run=$(cat $ksm/run) pages_to_scan=$(cat $ksm/pages_to_scan) sleep_millisecs=$(cat $ksm/sleep_millisecs)${wrapper:+; wrapper: $wrapper}; hold ${hold}s"
+    cat "$image" > /dev/null          # every mode starts with the image in the host page cache
+    printf '%s\n%s\n%s\n%s\n%s\n' "$m" "$wrapper" "$hold" \
+      "$(cat $ksm/run) $(cat $ksm/pages_to_scan) $(cat $ksm/sleep_millisecs)" "$(date -u +%FT%TZ)" > "$out/$m.meta"
+    mkdir -p "$out/$m"
+    fleet_run "$out/$m" 2 "$image" --mem "$mem" --hold "$hold" ${wrapper:+--wrapper "$wrapper"} \
+      || fleet_die "mode $m: a guest failed (logs in $out/$m)"
+    mv "$out/$m.meta" "$out/$m/meta"
+    ksm_stop
+  done
+  ksm_restore
+  FLEET_EXIT_HOOKS=()
+
+fi
 
 # --- results.json ---------------------------------------------------------------
-# Per mode: final fleet PSS = mean of the last 5 samples with every guest alive;
+# Per mode: final fleet PSS = mean of the last 5 samples with every guest alive
+# (and none within 1.5 s of exiting);
 # saving = final PSS of mode none - final PSS of the mode; t50/t90 = seconds
 # after the last guest's READS-DONE until saving(t) = PSS_none_final - PSS(t)
 # first reached 50 % / 90 % of the mode's final saving (0 when reached by then;
@@ -129,25 +142,30 @@ metrics() {  # DIR REF_PSS_KB -> "key value" lines
     BEGIN {
       while ((getline line < gfile) > 0) {
         split(line, g, "\t"); if (g[3] != "NA" && g[3] + 0 > rd) rd = g[3] + 0
+        if (fe == "" || g[4] + 0 < fe) fe = g[4] + 0
       }
     }
+    # a sample counts when every guest was alive and none was within 1.5 s of
+    # exiting (a QEMU tearing down its memory, or an agent already gone)
+    function ok(i) { return alive[i] == n && t[i] + 0 <= fe - 1.5 }
     NR == 1 { next }
     {
-      t[NR] = $1; p[NR] = $2; ks[NR] = $6; alive[NR] = $10; last = NR
+      t[NR] = $1; p[NR] = $2; ks[NR] = $6; md[NR] = $7; alive[NR] = $10; last = NR
       if ($8 + 0 > kmax) kmax = $8 + 0; if (NR == 2) kmin = $8 + 0
       if ($9 + 0 > amax) amax = $9 + 0
     }
     function after(i) { return t[i] - rd < 1 ? "0" : sprintf("%.1f", t[i] - rd) }
     END {
       c = 0; s = 0; kf = 0
-      for (i = last; i >= 2 && c < 5; i--) if (alive[i] == n) { s += p[i]; c++; if (!kf) kf = ks[i] }
+      for (i = last; i >= 2 && c < 5; i--) if (ok(i)) { s += p[i]; c++; if (!kf) { kf = ks[i]; mf = md[i] } }
       fin = c ? s / c : -1
       printf "reads_done_s %.2f\nfinal_pss_kb %.0f\n", rd, fin
+      printf "ksm_sharing_final %d\nmd_shared_final %d\n", kf, mf
       printf "ksmd_cpu_s %.2f\nagent_cpu_s %.2f\n", kmax - kmin, amax
       # kernel KSM: time until pages_sharing reached 50 % / 90 % of its final value
       k50 = "NA"; k90 = "NA"
       if (kf > 0) for (i = 2; i <= last; i++) {
-        if (alive[i] != n) continue
+        if (!ok(i)) continue
         if (k50 == "NA" && ks[i] >= 0.5 * kf) k50 = after(i)
         if (k90 == "NA" && ks[i] >= 0.9 * kf) k90 = after(i)
       }
@@ -158,7 +176,7 @@ metrics() {  # DIR REF_PSS_KB -> "key value" lines
       t50 = "NA"; t90 = "NA"
       if (sav >= noise) {                  # below ~16 MB the saving is run-to-run noise
         for (i = 2; i <= last; i++) {
-          if (alive[i] != n || t[i] + 0 < rd) continue
+          if (!ok(i) || t[i] + 0 < rd) continue
           if (t50 == "NA" && ref - p[i] >= 0.5 * sav) t50 = after(i)
           if (t90 == "NA" && ref - p[i] >= 0.9 * sav) t90 = after(i)
         }
@@ -177,7 +195,7 @@ ref=""
   printf '  "guests": 2, "guest_mem_mb": %s, "image": "%s", "image_mb": %s,\n' "$mem" "$(basename "$image")" "$image_mb"
   printf '  "saved_ksm": {"run": %s, "pages_to_scan": %s, "sleep_millisecs": %s},\n' \
     "$KSM_SAVED_RUN" "$KSM_SAVED_SCAN" "$KSM_SAVED_SLEEP"
-  printf '  "definitions": {"final_pss_mb": "mean fleet PSS over the last 5 samples with both guests alive", "saving_mb": "final_pss_mb of none minus that of the mode", "t50_s/t90_s": "seconds after the last READS-DONE until the PSS saving first reached 50 %%/90 %% of the final saving (null below 16 MB: noise)", "ksm_t50_s/ksm_t90_s": "seconds after the last READS-DONE until kernel KSM pages_sharing reached 50 %%/90 %% of its final value", "guest_workload_s": "host seconds from the fleet start to each guest READS-DONE", "dedup_cpu_s": "ksmd CPU during the mode + md-agent thread CPU (not the sharing work done inside QEMU I/O threads)"},\n'
+  printf '  "definitions": {"final_pss_mb": "mean fleet PSS over the last 5 samples with both guests alive and none within 1.5 s of exiting", "ksm_pages_sharing_final/md_pages_shared_final": "at the last of those samples (md: sum over both agents)", "saving_mb": "final_pss_mb of none minus that of the mode", "t50_s/t90_s": "seconds after the last READS-DONE until the PSS saving first reached 50 %%/90 %% of the final saving (null below 16 MB: noise)", "ksm_t50_s/ksm_t90_s": "seconds after the last READS-DONE until kernel KSM pages_sharing reached 50 %%/90 %% of its final value", "guest_workload_s": "host seconds from the fleet start to each guest READS-DONE", "dedup_cpu_s": "ksmd CPU during the mode + md-agent thread CPU (not the sharing work done inside QEMU I/O threads)"},\n'
   printf '  "modes": [\n'
   first=1
   for m in $modes; do
@@ -205,8 +223,7 @@ ref=""
     printf '     "ksm_t50_s": %s, "ksm_t90_s": %s,\n' \
       "$(json_num "$(get "$mt" ksm_t50_s)")" "$(json_num "$(get "$mt" ksm_t90_s)")"
     printf '     "ksm_pages_sharing_final": %s, "md_pages_shared_final": %s,\n' \
-      "$(awk -F'\t' 'NR > 1 && $10 == 2 {v = $6} END {print v + 0}' "$d/samples.tsv")" \
-      "$(awk -F'\t' 'NR > 1 && $10 == 2 {v = $7} END {print v + 0}' "$d/samples.tsv")"
+      "$(get "$mt" ksm_sharing_final)" "$(get "$mt" md_shared_final)"
     printf '     "ksmd_cpu_s": %s, "agent_cpu_s": %s, "dedup_cpu_s": %s,\n' "$kc" "$ac" \
       "$(awk -v a="$kc" -v b="$ac" 'BEGIN{printf "%.2f", a + b}')"
     printf '     "samples": {"columns": [%s],\n                 "rows": [' \

@@ -27,6 +27,7 @@
 #   9 agent_cpu_s  CPU seconds of the fleet's md-agent threads
 #  10 alive        guests still running
 #  11 reads_done   guests that have printed READS-DONE
+#  12 thp_kb       sum of AnonHugePages (transparent huge pages in guest RAM)
 # guests.tsv: idx pid reads_done_t exit_t rc guest_read_s result
 #
 # Every QEMU runs in its own session (setsid, which execs: the pid stays
@@ -135,7 +136,7 @@ fleet_stat_cpu_ticks() {
 }
 
 fleet_sample_once() {  # prints one samples.tsv line (without t) for FLEET_PIDS
-  local p pss=0 anon=0 file=0 alive=0 k v rest agent_ticks=0 t comm
+  local p pss=0 anon=0 file=0 thp=0 alive=0 k v rest agent_ticks=0 t comm
   for p in "${FLEET_PIDS[@]}"; do
     [ -r "/proc/$p/smaps_rollup" ] || continue
     alive=$((alive + 1))
@@ -144,6 +145,7 @@ fleet_sample_once() {  # prints one samples.tsv line (without t) for FLEET_PIDS
         Pss:) pss=$((pss + v)) ;;
         Pss_Anon:) anon=$((anon + v)) ;;
         Pss_File:|Pss_Shmem:) file=$((file + v)) ;;
+        AnonHugePages:) thp=$((thp + v)) ;;
       esac
     done 2>/dev/null < "/proc/$p/smaps_rollup" || true
     for t in /proc/"$p"/task/*; do
@@ -164,9 +166,9 @@ fleet_sample_once() {  # prints one samples.tsv line (without t) for FLEET_PIDS
   [ -n "$FLEET_KSMD_PID" ] && ksmd_ticks=$(( $(fleet_stat_cpu_ticks "/proc/$FLEET_KSMD_PID/stat") - FLEET_KSMD_T0 ))
   local reads=0 f
   for f in "${FLEET_LOGS[@]}"; do grep -q '^MEMDEDUP-GUEST: READS-DONE' "$f" 2>/dev/null && reads=$((reads + 1)); done
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$pss" "$anon" "$file" "$host_anon" "$ksm" "$md" \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$pss" "$anon" "$file" "$host_anon" "$ksm" "$md" \
     "$(awk -v t="$ksmd_ticks" -v h="$FLEET_CLK_TCK" 'BEGIN{printf "%.2f", t/h}')" \
-    "$(awk -v t="$agent_ticks" -v h="$FLEET_CLK_TCK" 'BEGIN{printf "%.2f", t/h}')" "$alive" "$reads"
+    "$(awk -v t="$agent_ticks" -v h="$FLEET_CLK_TCK" 'BEGIN{printf "%.2f", t/h}')" "$alive" "$reads" "$thp"
 }
 
 fleet_sampler() {  # runs in the background until killed
@@ -174,7 +176,7 @@ fleet_sampler() {  # runs in the background until killed
   set +e
   trap - EXIT INT TERM HUP
   trap 'exit 0' TERM
-  printf '#t\tpss_kb\tpss_anon_kb\tpss_file_kb\tanon_kb\tksm_sharing\tmd_shared\tksmd_cpu_s\tagent_cpu_s\talive\treads_done\n' > "$out"
+  printf '#t\tpss_kb\tpss_anon_kb\tpss_file_kb\tanon_kb\tksm_sharing\tmd_shared\tksmd_cpu_s\tagent_cpu_s\talive\treads_done\tthp_kb\n' > "$out"
   next=0
   while :; do
     printf '%s\t%s\n' "$(fleet_now)" "$(fleet_sample_once)" >> "$out"
