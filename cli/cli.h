@@ -19,6 +19,10 @@ extern const struct md__cmd md__cmd_run_def, md__cmd_status_def;
 extern const struct md__cmd md__cmd_pause_def, md__cmd_resume_def, md__cmd_unmerge_def,
 	md__cmd_set_def;
 
+/* status_daemon.c: memdedupd's STATUS document, or -errno (no daemon). */
+struct json_t;
+int md__status_daemon(struct json_t **out);
+
 /* Prints "memdedup CMD: MSG" and the usage hint to stderr; returns 2. */
 int md__usage_error(const struct md__cmd *cmd, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));

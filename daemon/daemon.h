@@ -43,6 +43,7 @@ struct md__domain {
 	struct md__index index;
 	uint64_t *slot_hash;       /* hash of each live slot, to unindex it */
 	uint64_t refs_total;       /* references over all agents */
+	uint64_t publish_hits;     /* publications answered with an equal live page */
 	size_t nagents;            /* agent records (connected or not) in it */
 };
 

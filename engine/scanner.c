@@ -222,9 +222,19 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted)
 	uint32_t ref = __atomic_load_n(&r->ref[i], __ATOMIC_RELAXED);
 	if (MD_REF_BUSY(ref))
 		return 0;
-	uint64_t pm;
-	if (md__sys_pread(e->pagemap_fd, &pm, sizeof(pm), (off_t)(a / MD_EPAGE * sizeof(pm))) != sizeof(pm) ||
-	    !(pm & (1ull << 63)) || (pm & (1ull << 61)))
+	if (a < s->pm_base || a >= s->pm_base + s->pm_n * MD_EPAGE) {
+		/* Not past the region's end: the window must stay inside it. */
+		size_t n = (r->end - a) / MD_EPAGE;
+		n = n < 256 ? n : 256;
+		ssize_t got = md__sys_pread(e->pagemap_fd, s->pm, n * sizeof(uint64_t),
+					    (off_t)(a / MD_EPAGE * sizeof(uint64_t)));
+		s->pm_base = a;
+		s->pm_n = got > 0 ? (size_t)got / sizeof(uint64_t) : 0;
+		if (!s->pm_n)
+			return 0;
+	}
+	uint64_t pm = s->pm[(a - s->pm_base) / MD_EPAGE];
+	if (!(pm & (1ull << 63)) || (pm & (1ull << 61)))
 		return 0;
 	const void *page = (const void *)a;
 	if (md__page_is_zero(page)) {
@@ -280,6 +290,7 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 {
 	int merges = 0;
 	pthread_rwlock_rdlock(&s->e->regions_lock);
+	s->pm_n = 0;	/* the window is as old as the batch at most */
 	for (size_t k = 0; k < npages; k++) {
 		uintptr_t a = 0;
 		int hinted = 0;

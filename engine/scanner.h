@@ -40,6 +40,11 @@ struct md__scanner {
 	uint64_t rng;
 	struct md__hint cur;    /* the hint being worked through */
 	struct md__unstable un;
+	/* A window of /proc/self/pagemap, refreshed every batch: a filter only
+	 * (present anonymous pages are worth a visit), never proof. */
+	uint64_t pm[256];
+	uintptr_t pm_base;
+	size_t pm_n;
 	uint64_t epoch_visits[2], epoch_merges[2];	/* [0] scan, [1] hints */
 	struct md__scanner_stats st;
 	pthread_t thread;

@@ -14,6 +14,8 @@
 	X(discard_yields_zeroes) X(unmerge_makes_private) X(preadv_mixed) \
 	X(fork_child_runs_plain) X(status_lists_agent) \
 	X(scan_merges_duplicates) X(scan_hints_guide_scanner) X(scan_unmerge_and_tunables) \
-	X(scan_stress_no_lost_write)
+	X(scan_stress_no_lost_write) \
+	X(cross_process_sharing) X(cross_domains_never_share) X(cross_daemon_killed) \
+	X(cross_stress_no_lost_write)
 
 #define TEST_LIST(X) TEST_LIST_AGENT(X) TEST_LIST_ENGINE(X) TEST_LIST_DAEMON(X)

@@ -1,9 +1,9 @@
 # tests.mk - the test tiers. `make check`: unit and process tests, the fuzz
 # corpus replay, and two real guests. `make check-all` adds the slow tier.
-TEST_SRC := tests/runner.c tests/proc.c tests/test_units.c tests/test_agent.c tests/test_cli.c tests/test_scan.c \
+TEST_SRC := tests/runner.c tests/proc.c tests/test_units.c tests/test_agent.c tests/test_cli.c tests/test_scan.c tests/test_cross.c \
             $(ENGINE_TEST_SRC) $(DAEMON_TEST_SRC)
 TEST_OBJ := $(TEST_SRC:%.c=$(B)/%.o)
-$(TEST_OBJ): CFLAGS += -Iagent -Iengine -Idaemon -Itests
+$(TEST_OBJ): CFLAGS += -Iagent -Iengine -Idaemon -Itests -Itests/daemon
 
 $(B)/runner: $(TEST_OBJ) $(B)/libmemdedup.a
 	$(CC) -o $@ $^ $(LDFLAGS)
@@ -22,8 +22,9 @@ check-deps:
 check-unit: all
 	$(B)/runner
 
-check-fuzz: $(B)/fuzz-replay
+check-fuzz: $(B)/fuzz-replay $(B)/fuzz-replay-protocol
 	$(B)/fuzz-replay fuzz/corpus/stats_file
+	$(B)/fuzz-replay-protocol fuzz/corpus/protocol
 
 check-guest: all guest
 	tests/guest/test_two_guests.sh
@@ -45,6 +46,7 @@ check-all: check
 check-sanitize:
 	$(MAKE) B=build-asan OPT="-O1 -g -fno-omit-frame-pointer" SAN="-fsanitize=address,undefined" all
 	build-asan/fuzz-replay fuzz/corpus/stats_file
+	build-asan/fuzz-replay-protocol fuzz/corpus/protocol
 	MD_BUILD_DIR=build-asan MD_TEST_PRELOAD_FIRST=$$($(CC) -print-file-name=libasan.so) \
 	  ASAN_OPTIONS=detect_leaks=0 build-asan/runner
 

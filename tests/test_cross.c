@@ -1,0 +1,237 @@
+/*
+ * test_cross.c - content sharing across processes through memdedupd: two
+ * stand-in VMMs with the agent preloaded and a private daemon. Sharing is
+ * proven by equal frame numbers in /proc/PID/pagemap; isolation by unequal
+ * ones; robustness by killing agents and the daemon, then checking content
+ * and that the pool holds no page nobody maps.
+ */
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "daemon_util.h"
+#include "proc.h"
+#include "runner.h"
+
+#define PG 4096u
+#define N 256u
+
+static char sock_env[400];
+
+static void start_agent(struct proc *p, const struct tdaemon *t, const char *domain_env)
+{
+	snprintf(sock_env, sizeof(sock_env), "MEMDEDUP_SOCKET=%s", t->sock);
+	const char *env[] = { sock_env, "MEMDEDUP_SCAN=1", "MEMDEDUP_PAGES_TO_SCAN=4000",
+			      "MEMDEDUP_SLEEP_MS=1", domain_env ? domain_env : "MEMDEDUP_X=1", NULL };
+	proc_start(p, env);
+	proc_cmd(p, "map 1024");
+}
+
+static int sharing_n(const md_stats *s) { return s->pages_sharing >= N; }
+
+static long long domain_live(const struct tdaemon *t)
+{
+	json_t *st = td_status(t);
+	json_t *doms = json_object_get(st, "domains");
+	long long live = 0;
+	size_t i;
+	json_t *d;
+	json_array_foreach(doms, i, d)
+		live += td_int(d, "pool_live_pages");
+	json_decref(st);
+	return live;
+}
+
+/* Pool files the daemon still has open. */
+static int memfds(pid_t pid)
+{
+	char cmd[128], out[32] = "";
+	snprintf(cmd, sizeof(cmd), "ls -l /proc/%d/fd 2>/dev/null | grep -c memfd:", (int)pid);
+	FILE *f = popen(cmd, "r");
+	ASSERT(f);
+	if (!fgets(out, sizeof(out), f))
+		out[0] = '\0';
+	pclose(f);
+	return atoi(out);
+}
+
+static int same_frames(struct proc *a, struct proc *b, size_t off, size_t n)
+{
+	int same = 0;
+	/* A fresh mapping is not present until touched: read the pages. */
+	proc_cmd(a, "hash %zu %zu", off, n * PG);
+	proc_cmd(b, "hash %zu %zu", off, n * PG);
+	for (size_t i = 0; i < n; i++) {
+		struct pm x = proc_page(a, off + i * PG), y = proc_page(b, off + i * PG);
+		same += x.present && y.present && x.pfn == y.pfn;
+	}
+	return same;
+}
+
+TEST_IMPL(cross_process_sharing)
+{
+	struct tdaemon t;
+	struct proc a, b;
+	md_stats s;
+	td_start(&t, 65536);
+	start_agent(&a, &t, NULL);
+	start_agent(&b, &t, NULL);
+	proc_cmd(&a, "fill 0 %u 5", N);
+	proc_cmd(&b, "fill 0 %u 5", N);
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, sharing_n), 0);
+	ASSERT_EQ(proc_stats_wait(&b, &s, 20000, sharing_n), 0);
+	/* One frame per page for both processes. */
+	ASSERT_EQ(same_frames(&a, &b, 0, N), N);
+	char h[32];
+	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", N * PG));
+	ASSERT(strcmp(proc_cmd(&b, "hash 0 %u", N * PG), h) == 0);
+	/* A write in one is private to it. */
+	char p3[32];
+	snprintf(p3, sizeof(p3), "%s", proc_cmd(&b, "hash %u %u", 3 * PG, PG));
+	proc_cmd(&a, "write %u 1", 3 * PG + 9);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 3 * PG, PG), p3) != 0);
+	ASSERT(strcmp(proc_cmd(&b, "hash %u %u", 3 * PG, PG), p3) == 0);
+	ASSERT_EQ(same_frames(&a, &b, 0, N), N - 1);
+
+	/* An agent killed: the other keeps its pages; the daemon drops the
+	 * dead one's references. */
+	kill(a.pid, SIGKILL);
+	waitpid(a.pid, NULL, 0);
+	fclose(a.in);
+	fclose(a.out);
+	ASSERT(strcmp(proc_cmd(&b, "hash 0 %u", N * PG), h) == 0);
+	/* b holds every page; what only a held (page 3's old slot is b's). */
+	for (int i = 0; i < 50 && domain_live(&t) != N; i++)
+		usleep(100000);
+	ASSERT_EQ(domain_live(&t), N);
+	proc_stop(&b);
+	/* Nobody maps the pool any more: no page may be left in it, and the
+	 * daemon holds no pool file. */
+	for (int i = 0; i < 50 && (domain_live(&t) > 0 || memfds(t.pid) > 0); i++)
+		usleep(100000);
+	ASSERT_EQ(domain_live(&t), 0);
+	ASSERT_EQ(memfds(t.pid), 0);
+	td_stop(&t);
+	return 0;
+}
+
+TEST_IMPL(cross_domains_never_share)
+{
+	struct tdaemon t;
+	struct proc a, b, c;
+	md_stats s;
+	td_start(&t, 65536);
+	start_agent(&a, &t, "MEMDEDUP_DOMAIN=red");
+	start_agent(&b, &t, "MEMDEDUP_DOMAIN=blue");
+	start_agent(&c, &t, "MEMDEDUP_DOMAIN=red");
+	proc_cmd(&a, "fill 0 %u 6", N);
+	proc_cmd(&b, "fill 0 %u 6", N);
+	proc_cmd(&c, "fill 0 %u 6", N);
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, sharing_n), 0);
+	ASSERT_EQ(proc_stats_wait(&b, &s, 20000, sharing_n), 0);
+	ASSERT_EQ(proc_stats_wait(&c, &s, 20000, sharing_n), 0);
+	/* Same domain: shared; different domains: not one frame in common. */
+	ASSERT_EQ(same_frames(&a, &c, 0, N), N);
+	ASSERT_EQ(same_frames(&a, &b, 0, N), 0);
+	ASSERT_EQ(same_frames(&c, &b, 0, N), 0);
+	proc_stop(&a);
+	proc_stop(&b);
+	proc_stop(&c);
+	td_stop(&t);
+	return 0;
+}
+
+TEST_IMPL(cross_daemon_killed)
+{
+	struct tdaemon t;
+	struct proc a, b;
+	md_stats s;
+	td_start(&t, 65536);
+	start_agent(&a, &t, NULL);
+	start_agent(&b, &t, NULL);
+	proc_cmd(&a, "fill 0 %u 7", N);
+	proc_cmd(&b, "fill 0 %u 7", N);
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, sharing_n), 0);
+	ASSERT_EQ(proc_stats_wait(&b, &s, 20000, sharing_n), 0);
+	char h[32];
+	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", N * PG));
+
+	/* The daemon dies mid-scan: the agents keep what they share. */
+	kill(t.pid, SIGKILL);
+	waitpid(t.pid, NULL, 0);
+	unlink(t.sock);
+	usleep(500000);
+	ASSERT_EQ(same_frames(&a, &b, 0, N), N);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", N * PG), h) == 0);
+	ASSERT(strcmp(proc_cmd(&b, "hash 0 %u", N * PG), h) == 0);
+	/* Writes keep working and stay private. */
+	proc_cmd(&b, "write %u 2", 10 * PG);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", N * PG), h) == 0);
+
+	/* A new daemon on the same socket: the agents reconnect and merge
+	 * new content into its pool. */
+	struct tdaemon t2 = t;
+	char cmd[1400];
+	snprintf(cmd, sizeof(cmd), "%s/memdedupd --foreground --socket %s --run-dir %s >>%s/log2 2>&1 & echo $!",
+		 build_dir(), t.sock, t.dir, t.dir);
+	FILE *f = popen(cmd, "r");
+	ASSERT(f && fscanf(f, "%d", &t2.pid) == 1);
+	pclose(f);
+	proc_cmd(&a, "fill %u %u 8", 512 * PG, N);
+	proc_cmd(&b, "fill %u %u 8", 512 * PG, N);
+	int shared = 0;
+	for (int i = 0; i < 200 && shared < (int)N; i++) {
+		usleep(100000);
+		shared = same_frames(&a, &b, 512 * PG, N);
+	}
+	ASSERT_EQ(shared, N);
+	proc_stop(&a);
+	proc_stop(&b);
+	for (int i = 0; i < 50 && domain_live(&t2) > 0; i++)
+		usleep(100000);
+	ASSERT_EQ(domain_live(&t2), 0);
+	kill(t2.pid, SIGTERM);
+	return 0;
+}
+
+TEST_IMPL(cross_stress_no_lost_write)
+{
+	/* Two processes, each with two halves of the same pages as the other;
+	 * writers in both write twin pages for 10 s while both scanners merge
+	 * at full speed through one pool. Every write is read back. */
+	struct tdaemon t;
+	struct proc a, b;
+	int ms = getenv("MD_STRESS_MS") ? atoi(getenv("MD_STRESS_MS")) : 10000;
+	td_start(&t, 65536);
+	start_agent(&a, &t, NULL);
+	start_agent(&b, &t, NULL);
+	proc_cmd(&a, "fill 0 512 4");
+	proc_cmd(&a, "fill %u 512 4", 512 * PG);
+	proc_cmd(&b, "fill 0 512 4");
+	proc_cmd(&b, "fill %u 512 4", 512 * PG);
+	md_stats a0, b0;
+	ASSERT_EQ(proc_stats_wait(&a, &a0, 20000, sharing_n), 0);
+	ASSERT_EQ(proc_stats_wait(&b, &b0, 20000, sharing_n), 0);
+	fprintf(a.in, "writers 4 %d 0 %u twin\n", ms, 1024 * PG);
+	fflush(a.in);
+	ASSERT(strcmp(proc_cmd(&b, "writers 4 %d 0 %u twin", ms, 1024 * PG), "ok") == 0);
+	char line[64];
+	ASSERT(fgets(line, sizeof(line), a.out) && strncmp(line, "ok", 2) == 0);
+	md_stats sa, sb;
+	ASSERT_EQ(proc_stats(&a, &sa), 0);
+	ASSERT_EQ(proc_stats(&b, &sb), 0);
+	fprintf(stderr, "  merged %llu+%llu, writers waited %llu+%llu\n",
+		(unsigned long long)sa.merged, (unsigned long long)sb.merged,
+		(unsigned long long)sa.wp_waits, (unsigned long long)sb.wp_waits);
+	/* Merges went on while the writers ran. */
+	ASSERT(sa.merged + sb.merged > a0.merged + b0.merged);
+	proc_stop(&a);
+	proc_stop(&b);
+	for (int i = 0; i < 50 && domain_live(&t) > 0; i++)
+		usleep(100000);
+	ASSERT_EQ(domain_live(&t), 0);
+	td_stop(&t);
+	return 0;
+}
