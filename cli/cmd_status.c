@@ -24,7 +24,8 @@ const struct md__cmd md__cmd_status_def = {
 	"guest RAM, pages shared at read time now, their copy-on-write breaks,\n"
 	"fallbacks (reads or parts of reads that were copied, not shared), mappings\n"
 	"(VMAs), pages merged by the scanner now and zero pages dropped; then the\n"
-	"totals, and kernel KSM's counters from /sys/kernel/mm/ksm.\n"
+	"totals; memdedupd's sharing domains and their pools, if it runs; and\n"
+	"kernel KSM's counters from /sys/kernel/mm/ksm.\n"
 	"\n"
 	"  --json      machine-readable output\n"
 	"  -h, --help  this text\n",
@@ -181,6 +182,8 @@ int md__cmd_status(int argc, char **argv)
 	md_stats total = {0};
 	for (size_t i = 0; i < n; i++)
 		add_stats(&total, &agents[i].stats);
+	json_t *daemon = NULL;
+	md__status_daemon(&daemon);	/* none running is fine */
 
 	if (as_json) {
 		json_t *root = json_object(), *list = json_array(), *ksm = json_object();
@@ -194,6 +197,7 @@ int md__cmd_status(int argc, char **argv)
 			json_object_set_new(ksm, ksm_keys[k], json_integer(read_ksm(ksm_keys[k])));
 		json_object_set_new(root, "agents", list);
 		json_object_set_new(root, "totals", stats_json(&total));
+		json_object_set_new(root, "daemon", daemon ? json_incref(daemon) : json_null());
 		json_object_set_new(root, "kernel_ksm", ksm);
 		json_dumpf(root, stdout, JSON_INDENT(1));
 		putchar('\n');
@@ -207,11 +211,32 @@ int md__cmd_status(int argc, char **argv)
 			print_row(pid, agents[i].command, &agents[i].stats);
 		}
 		print_row("total", n == 1 ? "1 agent" : "agents", &total);
+		json_t *doms = daemon ? json_object_get(daemon, "domains") : NULL;
+		if (doms && json_array_size(doms)) {
+			size_t i;
+			json_t *d;
+			printf("\n%-4s %-16s %6s %7s %11s %13s %15s\n", "DOM", "NAME", "UID", "AGENTS",
+			       "POOL_PAGES", "PAGES_SHARING", "PROFIT_MB");
+			json_array_foreach(doms, i, d) {
+				const char *name = json_string_value(json_object_get(d, "name"));
+				printf("%-4lld %-16.16s %6lld %7lld %11lld %13lld %15.1f\n",
+				       (long long)json_integer_value(json_object_get(d, "id")),
+				       name && *name ? name : "(default)",
+				       (long long)json_integer_value(json_object_get(d, "uid")),
+				       (long long)json_integer_value(json_object_get(d, "agents")),
+				       (long long)json_integer_value(json_object_get(d, "pool_live_pages")),
+				       (long long)json_integer_value(json_object_get(d, "pages_sharing")),
+				       (double)json_integer_value(json_object_get(d, "general_profit")) / (1 << 20));
+			}
+		} else if (!daemon) {
+			printf("\nmemdedupd: not running\n");
+		}
 		printf("\nkernel KSM:");
 		for (size_t k = 0; k < NKSM; k++)
 			printf(" %s=%lld", ksm_keys[k], read_ksm(ksm_keys[k]));
 		printf("\n");
 	}
 	free(agents);
+	json_decref(daemon);
 	return 0;
 }
