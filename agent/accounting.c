@@ -21,24 +21,6 @@
 #define PM_FILE (1ull << 61)
 #define PM_CHUNK 4096
 
-uint64_t md__count_vmas(void)
-{
-	char buf[65536];
-	uint64_t lines = 0;
-	int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return 0;
-	for (;;) {
-		ssize_t n = read(fd, buf, sizeof(buf));
-		if (n <= 0)
-			break;
-		for (char *p = buf; (p = memchr(p, '\n', (size_t)(buf + n - p))); p++)
-			lines++;
-	}
-	close(fd);
-	return lines;
-}
-
 static void count_region(int pm, const struct md__region *r, uint64_t *owned, uint64_t *broken)
 {
 	static uint64_t entries[PM_CHUNK];

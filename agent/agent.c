@@ -64,6 +64,7 @@ static void *agent_thread(void *arg)
 			md__image_lease_broken(a, info.si_fd);
 		int second = n % 10 == 0;
 		if (second) {
+			md__regions_flush_advice(a);
 			md__account(a);
 			md__scan_account(a);
 			md__set(a, MD_CTR_AGENT_CPU_NS, thread_cpu_ns());

@@ -33,6 +33,7 @@
 struct md__region {
 	uintptr_t start, end;
 	unsigned advice;
+	int advice_pending;	/* reads mapped pages here since the last flush */
 	uint32_t *owner;
 };
 
@@ -71,8 +72,11 @@ struct md_agent {
 	struct md__hints hints;
 	struct md__scanner scanner;
 	int scanner_started;
-	unsigned scan_batch, scan_sleep_ms, scan_cpu_percent;
+	unsigned scan_batch, scan_sleep_ms, scan_cpu_percent, scan_hint_ratio;
+	unsigned scan_explicit;	/* MD_SET_*: set by our options; the daemon's defaults do not override them */
 	struct timespec next_connect;	/* to memdedupd, while disconnected */
+	struct timespec rate_at;	/* merge and break rates: the last pass */
+	uint64_t rate_merged, rate_broken;
 
 	int lease_signal;
 	pid_t thread_tid;
@@ -102,6 +106,9 @@ int md__privatize(struct md_agent *a, uintptr_t start, uintptr_t end, uint32_t i
 int md__discard(struct md_agent *a, uintptr_t start, uintptr_t end);
 /* Re-applies the region's advice to a fresh mapping inside it. */
 void md__apply_advice(struct md_agent *a, const struct md__region *r, uintptr_t addr, size_t len);
+/* Gives the advice to every mapping made by reads since the last call: one
+ * madvise per region, off the guest's I/O path. */
+void md__regions_flush_advice(struct md_agent *a);
 void md__regions_free(struct md_agent *a);
 
 /* images.c (under agent->lock) */
@@ -124,6 +131,11 @@ void md__plan_read(uintptr_t buf, size_t len, uint64_t off, uint64_t file_size,
 		   struct md__read_plan *p);
 
 /* scan.c: the agent's side of the content scanner */
+#define MD_SET_PAGES (1u << 0)
+#define MD_SET_SLEEP (1u << 1)
+#define MD_SET_CPU (1u << 2)
+#define MD_SET_ORDER (1u << 3)
+#define MD_SET_HINTS (1u << 4)
 void md__scan_init(struct md_agent *a, const md_agent_options *o);
 void md__scan_register(struct md_agent *a, uintptr_t start, size_t len, unsigned advice);
 void md__scan_account(struct md_agent *a);
@@ -134,5 +146,4 @@ void md__scan_free(struct md_agent *a);
 
 /* accounting.c */
 void md__account(struct md_agent *a);
-uint64_t md__count_vmas(void);
 #endif

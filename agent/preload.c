@@ -14,6 +14,7 @@
  *   MEMDEDUP_SCAN=1          run the content scanner; MEMDEDUP_PAGES_TO_SCAN,
  *                            MEMDEDUP_SLEEP_MS, MEMDEDUP_CPU_PERCENT,
  *                            MEMDEDUP_SCAN_ORDER=linear|random tune it;
+ *                            MEMDEDUP_HINTS=0 scans without hints;
  *                            MEMDEDUP_DOMAIN the sharing domain
  *   MEMDEDUP_DISABLE=1       do nothing at all
  *   MEMDEDUP_RUN_DIR, MEMDEDUP_LOG
@@ -87,6 +88,8 @@ static md_agent *agent_get(void)
 		o.sleep_ms = v ? (unsigned)strtoul(v, NULL, 10) : 0;
 		v = getenv("MEMDEDUP_CPU_PERCENT");
 		o.cpu_percent = v ? (unsigned)strtoul(v, NULL, 10) : 0;
+		if (!env_flag("MEMDEDUP_HINTS", 1))
+			o.flags |= MD_OPT_NO_HINTS;
 		o.domain = getenv("MEMDEDUP_DOMAIN");
 		o.daemon_socket = getenv("MEMDEDUP_SOCKET");
 		md__log_open(getenv("MEMDEDUP_LOG"));

@@ -129,7 +129,11 @@ static size_t share_locked(struct md_agent *a, struct md__region *r, int fd,
 		return 0;
 	}
 	a->maps_since_count += 2;	/* the new VMA, and the split it may cause */
-	md__apply_advice(a, r, dst, plan->map_len);
+	/* MADV_DONTFORK and MADV_MERGEABLE (with kernel KSM) come within a
+	 * second, for all new mappings at once (md__regions_flush_advice):
+	 * two madvise calls per read were a tenth of its cost. Until then a
+	 * fork would give the child a copy-on-write view of these pages. */
+	r->advice_pending = 1;
 	if ((a->flags & MD_OPT_POPULATE) &&
 	    md__sys_madvise((void *)dst, plan->map_len, MADV_POPULATE_READ) != 0 && errno != EINVAL) {
 		/* An I/O error: undo, and let the copying read report it. */

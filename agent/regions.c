@@ -63,7 +63,7 @@ static int region_push(struct md_agent *a, uintptr_t start, uintptr_t end,
 		if (!owner)
 			return -ENOMEM;
 	}
-	a->regions[a->nregions++] = (struct md__region){ start, end, advice, owner };
+	a->regions[a->nregions++] = (struct md__region){ start, end, advice, 0, owner };
 	return 0;
 }
 
@@ -144,13 +144,21 @@ void md__regions_advise(struct md_agent *a, uintptr_t start, uintptr_t end, unsi
 
 void md__apply_advice(struct md_agent *a, const struct md__region *r, uintptr_t addr, size_t len)
 {
-	/* A new mapping does not inherit the flags of the one it replaced. */
-	if (a->kernel_ksm)
-		md__sys_madvise((void *)addr, len, MADV_MERGEABLE);
-	if (r->advice & MD_ADV_DONTFORK)
-		md__sys_madvise((void *)addr, len, MADV_DONTFORK);
-	if (r->advice & MD_ADV_DONTDUMP)
-		md__sys_madvise((void *)addr, len, MADV_DONTDUMP);
+	md__advise_new_mapping((void *)addr, len, r->advice, a->kernel_ksm);
+}
+
+void md__regions_flush_advice(struct md_agent *a)
+{
+	pthread_mutex_lock(&a->lock);
+	for (size_t i = 0; i < a->nregions; i++) {
+		struct md__region *r = &a->regions[i];
+		if (!r->advice_pending)
+			continue;
+		/* Anonymous parts have the advice already: a no-op for them. */
+		md__apply_advice(a, r, r->start, r->end - r->start);
+		r->advice_pending = 0;
+	}
+	pthread_mutex_unlock(&a->lock);
 }
 
 /* Calls fn on every maximal run of pages in [start, end) whose owner matches

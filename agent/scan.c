@@ -16,6 +16,8 @@
 
 #define HINTS_CAP 4096
 
+static void apply_welcome(struct md_agent *a, const struct md__msg_welcome *w);
+
 void md__scan_init(struct md_agent *a, const md_agent_options *o)
 {
 	if (!(o->flags & MD_OPT_SCAN))
@@ -23,6 +25,13 @@ void md__scan_init(struct md_agent *a, const md_agent_options *o)
 	a->scan_batch = o->pages_to_scan ? o->pages_to_scan : 100;
 	a->scan_sleep_ms = o->sleep_ms ? o->sleep_ms : 20;
 	a->scan_cpu_percent = o->cpu_percent ? o->cpu_percent : 100;
+	a->scan_hint_ratio = o->hint_ratio ? (o->hint_ratio > 8 ? 8 : o->hint_ratio) : 4;
+	if (o->flags & MD_OPT_NO_HINTS)
+		a->scan_hint_ratio = 0;
+	a->scan_explicit = (o->pages_to_scan ? MD_SET_PAGES : 0) | (o->sleep_ms ? MD_SET_SLEEP : 0) |
+			   (o->cpu_percent ? MD_SET_CPU : 0) |
+			   (o->flags & MD_OPT_SCAN_RANDOM ? MD_SET_ORDER : 0) |
+			   (o->hint_ratio || (o->flags & MD_OPT_NO_HINTS) ? MD_SET_HINTS : 0);
 	struct md__engine_options eo = { .kernel_ksm = a->kernel_ksm, .max_vmas = o->max_vmas };
 	struct md__engine *e = calloc(1, sizeof(*e));
 	int err = e ? md__engine_init(e, &eo) : -ENOMEM;
@@ -54,6 +63,8 @@ void md__scan_init(struct md_agent *a, const md_agent_options *o)
 				strerror(-err));
 		} else if (err) {
 			md__log("memdedupd not reachable (%s): domain '%s' waits for it", strerror(-err), domain);
+		} else {
+			apply_welcome(a, &rm->welcome);
 		}
 	}
 	return;
@@ -77,11 +88,14 @@ void md__scan_register(struct md_agent *a, uintptr_t start, size_t len, unsigned
 	}
 	if (a->scanner_started)
 		return;
-	int random = a->scanner.random_order;
+	/* Tunables set before the scanner existed live in a->scanner too. */
+	int random = a->scanner.random_order, paused = a->scanner.paused;
 	err = md__scanner_init(&a->scanner, a->engine, &a->hints);
 	if (err)
 		return;
 	a->scanner.random_order = random;
+	a->scanner.paused = paused;
+	a->scanner.ratio = a->scan_hint_ratio;
 	a->scanner.batch = a->scan_batch;
 	a->scanner.sleep_ms = a->scan_sleep_ms;
 	a->scanner.cpu_percent = a->scan_cpu_percent;
@@ -129,6 +143,12 @@ int md_agent_set(md_agent *a, const char *key, const char *value)
 			return -EINVAL;
 		__atomic_store_n(&s->cpu_percent, v, __ATOMIC_RELAXED);
 		a->scan_cpu_percent = v;
+	} else if (strcmp(key, "hint_ratio") == 0) {
+		/* Hinted visits of every 8; 0: no hints at all. */
+		if (parse_uint(value, 0, 8, &v))
+			return -EINVAL;
+		__atomic_store_n(&s->ratio, v, __ATOMIC_RELAXED);
+		a->scan_hint_ratio = v;
 	} else if (strcmp(key, "order") == 0) {
 		if (strcmp(value, "linear") != 0 && strcmp(value, "random") != 0)
 			return -EINVAL;
@@ -252,6 +272,17 @@ void md__scan_account(struct md_agent *a)
 
 	md__set(a, MD_CTR_PAGES_SCANNED, ss.scanned);
 	md__set(a, MD_CTR_PAGES_HINTED, ss.hinted);
+	/* Rates over the time since the last pass (about a second). */
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	double dt = (double)(now.tv_sec - a->rate_at.tv_sec) + (double)(now.tv_nsec - a->rate_at.tv_nsec) / 1e9;
+	if (a->rate_at.tv_sec && dt > 0.1) {
+		md__set(a, MD_CTR_MERGE_RATE, (uint64_t)((double)(st.merged - a->rate_merged) / dt));
+		md__set(a, MD_CTR_BREAK_RATE, (uint64_t)((double)(st.cow_broken - a->rate_broken) / dt));
+	}
+	a->rate_at = now;
+	a->rate_merged = st.merged;
+	a->rate_broken = st.cow_broken;
 	md__set(a, MD_CTR_MERGED, st.merged);
 	md__set(a, MD_CTR_MERGED_FROM_HINTS, ss.merged_hint);
 	md__set(a, MD_CTR_ZERO_PAGES, st.zero);
@@ -287,16 +318,30 @@ static void apply_control(struct md_agent *a, const struct md__msg_control *ctl)
 		md__log("%s from memdedupd failed: %s", md__control_op_name(ctl->op), strerror(-err));
 }
 
+/* The daemon's current tunables, for those our own options left unset
+ * (`memdedup run --pages-to-scan=...` wins for this agent). */
 static void apply_welcome(struct md_agent *a, const struct md__msg_welcome *w)
 {
 	char v[16];
-	snprintf(v, sizeof(v), "%u", w->tun.pages_to_scan);
-	md_agent_set(a, "pages_to_scan", v);
-	snprintf(v, sizeof(v), "%u", w->tun.sleep_millisecs);
-	md_agent_set(a, "sleep_millisecs", v);
-	snprintf(v, sizeof(v), "%u", w->tun.cpu_percent);
-	md_agent_set(a, "cpu_percent", v);
-	md_agent_set(a, "order", w->tun.order == MD_ORDER_RANDOM ? "random" : "linear");
+	unsigned set = a->scan_explicit;
+	if (!(set & MD_SET_PAGES)) {
+		snprintf(v, sizeof(v), "%u", w->tun.pages_to_scan);
+		md_agent_set(a, "pages_to_scan", v);
+	}
+	if (!(set & MD_SET_SLEEP)) {
+		snprintf(v, sizeof(v), "%u", w->tun.sleep_millisecs);
+		md_agent_set(a, "sleep_millisecs", v);
+	}
+	if (!(set & MD_SET_CPU)) {
+		snprintf(v, sizeof(v), "%u", w->tun.cpu_percent);
+		md_agent_set(a, "cpu_percent", v);
+	}
+	if (!(set & MD_SET_ORDER))
+		md_agent_set(a, "order", w->tun.order == MD_ORDER_RANDOM ? "random" : "linear");
+	if (!(set & MD_SET_HINTS)) {
+		snprintf(v, sizeof(v), "%u", w->tun.hint_ratio);
+		md_agent_set(a, "hint_ratio", v);
+	}
 	md_agent_pause(a, (w->state & MD_WELCOME_PAUSED) != 0);
 }
 

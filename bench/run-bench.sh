@@ -6,11 +6,21 @@
 #   ksm10x         kernel KSM at 10x (pages_to_scan=1000, sleep_millisecs=20)
 #   memdedup       memdedup run --kernel-ksm=off, kernel KSM off
 #   memdedup+ksm   memdedup run --kernel-ksm=on, kernel KSM at its default rate
+# and, for content scanning (memdedupd is started per mode and stopped after):
+#   scan           memdedup run --scan (read-time sharing and the scanner)
+#   scan-noread    the scanner alone (MEMDEDUP_NO_SHARING=1), hints on
+#   scan-noread-linear  the scanner alone without hints (--hints=off)
+# Scanner modes run at --scan-rate N pages per 20 ms batch (default 100, like
+# kernel KSM's default; the per-batch rate is the knob both share).
 # Each mode is sampled every second (scripts/fleet-lib.sh). Outputs
 # build/bench/results.json, build/bench/memory.png, build/bench/<mode>/.
 #
 # Usage: bench/run-bench.sh [--hold S] [--hold-short S] [--quick] [--modes "m1 m2"]
 #                           [--image FILE] [--mem MB] [--out DIR]
+#                           [--workload image|tmpfs] [--scan-rate N]
+#   --workload      image: the guests read the image (default); tmpfs: each guest
+#                   copies the image's files into tmpfs (duplicates that do not
+#                   come through shared image reads) and checksums the copies
 #   --hold S        hold after reading for the KSM modes (default 240: KSM converges)
 #   --hold-short S  hold for none and memdedup (default 30)
 #   --quick         hold 50 s / 12 s: ~5 minutes in all (KSM will not have converged)
@@ -26,6 +36,7 @@ cd "$root"
 usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
 
 hold_ksm=240 hold_short=30 modes="none ksm ksm10x memdedup memdedup+ksm"
+workload=image scan_rate=100 hold_scan=""
 image="" mem=512 out=$root/build/bench report_only=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -33,6 +44,9 @@ while [ $# -gt 0 ]; do
     --hold-short) hold_short=$2; shift 2 ;;
     --quick) hold_ksm=50 hold_short=12; shift ;;
     --modes) modes=$2; shift 2 ;;
+    --workload) workload=$2; shift 2 ;;
+    --scan-rate) scan_rate=$2; shift 2 ;;
+    --hold-scan) hold_scan=$2; shift 2 ;;
     --image) image=$2; shift 2 ;;
     --mem) mem=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
@@ -42,9 +56,12 @@ while [ $# -gt 0 ]; do
   esac
 done
 for m in $modes; do
-  case "$m" in none|ksm|ksm10x|memdedup|memdedup+ksm) ;;
+  case "$m" in none|ksm|ksm10x|memdedup|memdedup+ksm|scan|scan-noread|scan-noread-linear) ;;
     *) echo "run-bench.sh: unknown mode '$m'" >&2; exit 2 ;; esac
 done
+case "$workload" in image|tmpfs) ;; *) echo "run-bench.sh: --workload is image or tmpfs" >&2; exit 2 ;; esac
+case "$scan_rate" in ''|*[!0-9]*) echo "run-bench.sh: --scan-rate takes a number" >&2; exit 2 ;; esac
+hold_scan=${hold_scan:-$hold_ksm}
 
 scripts/install-deps.sh all
 source scripts/fleet-lib.sh
@@ -60,6 +77,18 @@ else
   case " $modes " in *" memdedup"*) [ -x "$md" ] || fleet_die "no $md: run 'make all' first" ;; esac
   [ -f build/guest/vmlinuz ] && [ -f build/guest/initramfs.cpio.gz ] \
     || fleet_die "no guest kit in build/guest: run 'make guest' first"
+  if [ -z "$image" ] && [ "$workload" = tmpfs ]; then
+    # The same files, and a run.sh that copies them into tmpfs: the copies
+    # are anonymous guest memory, found only by scanning.
+    image=$root/build/guest/workload-tmpfs.img
+    if [ ! -f "$image" ]; then
+      wd=$(mktemp -d)
+      guest/mkworkload.sh "$wd" 96 >/dev/null
+      cp bench/tmpfs-run.sh "$wd/run.sh"
+      guest/mkimage.sh "$wd" "$image" >/dev/null
+      rm -rf "$wd"
+    fi
+  fi
   if [ -z "$image" ]; then
     image=$root/build/guest/workload.img
     [ -f "$image" ] || fleet_die "no $image: run 'make guest' first"
@@ -113,7 +142,14 @@ else
       ksm10x)       ksm_set 1 1000 20; hold=$hold_ksm ;;
       memdedup)     ksm_set 0 100 20; wrapper="$md run --kernel-ksm=off --" ;;
       memdedup+ksm) ksm_set 1 100 20; wrapper="$md run --kernel-ksm=on --"; hold=$hold_ksm ;;
+      scan)         ksm_set 0 100 20; hold=$hold_scan
+                    wrapper="$md run --kernel-ksm=off --scan --pages-to-scan=$scan_rate --sleep-ms=20 --" ;;
+      scan-noread)  ksm_set 0 100 20; hold=$hold_scan
+                    wrapper="env MEMDEDUP_NO_SHARING=1 $md run --kernel-ksm=off --scan --pages-to-scan=$scan_rate --sleep-ms=20 --" ;;
+      scan-noread-linear) ksm_set 0 100 20; hold=$hold_scan
+                    wrapper="env MEMDEDUP_NO_SHARING=1 $md run --kernel-ksm=off --scan --hints=off --pages-to-scan=$scan_rate --sleep-ms=20 --" ;;
     esac
+    pkill -x memdedupd 2>/dev/null && sleep 0.5   # each scan mode gets a fresh daemon
     echo "-- mode $m: KSM run=$(cat $ksm/run) pages_to_scan=$(cat $ksm/pages_to_scan) sleep_millisecs=$(cat $ksm/sleep_millisecs)${wrapper:+; wrapper: $wrapper}; hold ${hold}s"
     cat "$image" > /dev/null          # every mode starts with the image in the host page cache
     printf '%s\n%s\n%s\n%s\n%s\n' "$m" "$wrapper" "$hold" \
@@ -122,6 +158,7 @@ else
     fleet_run "$out/$m" 2 "$image" --mem "$mem" --hold "$hold" ${wrapper:+--wrapper "$wrapper"} \
       || fleet_die "mode $m: a guest failed (logs in $out/$m)"
     mv "$out/$m.meta" "$out/$m/meta"
+    pkill -x memdedupd 2>/dev/null || true
     ksm_stop
   done
   ksm_restore

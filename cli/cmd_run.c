@@ -33,6 +33,7 @@ const struct md__cmd md__cmd_run_def = {
 	"  --sleep-ms=N            sleep between batches, 0..10000 ms (default 20)\n"
 	"  --cpu-percent=N         CPU cap of the scanner, 1..100 % of a core\n"
 	"  --scan-order=linear|random\n"
+	"  --hints=on|off          let I/O hints guide the scanner (default on)\n"
 	"  --domain=NAME           sharing domain: pages of different domains never\n"
 	"                          share a frame; 'private' merges within the process;\n"
 	"                          default: this user's domain in memdedupd, which is\n"
@@ -98,6 +99,7 @@ static const struct run_option run_options[] = {
 	{ .name = "--cpu-percent=", .env = "MEMDEDUP_CPU_PERCENT", .lo = 1, .hi = 100 },
 	{ .name = "--scan-order=", .env = "MEMDEDUP_SCAN_ORDER", .words = "linear|random" },
 	{ .name = "--domain=", .env = "MEMDEDUP_DOMAIN", .free_text = 1 },
+	{ .name = "--hints=", .env = "MEMDEDUP_HINTS", .words = "off|on", .value_is_word_index = 1 },
 };
 
 /* Returns 0 and sets the environment, or a usage error (2). */

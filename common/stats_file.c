@@ -55,6 +55,8 @@ const char *md__ctr_name(enum md__ctr c)
 		[MD_CTR_POOL_PAGES] = "pool_pages",
 		[MD_CTR_SCAN_CPU_NS] = "scan_cpu_ns",
 		[MD_CTR_GENERAL_PROFIT] = "general_profit",
+		[MD_CTR_MERGE_RATE] = "merge_rate",
+		[MD_CTR_BREAK_RATE] = "break_rate",
 	};
 	if ((unsigned)c >= MD_CTR_COUNT)
 		return "unknown";
@@ -97,6 +99,8 @@ void md__stats_from_counters(const uint64_t *ctr, md_stats *out)
 	out->pool_pages = ctr[MD_CTR_POOL_PAGES];
 	out->scan_cpu_ns = ctr[MD_CTR_SCAN_CPU_NS];
 	out->general_profit = (int64_t)ctr[MD_CTR_GENERAL_PROFIT];
+	out->merge_rate = ctr[MD_CTR_MERGE_RATE];
+	out->break_rate = ctr[MD_CTR_BREAK_RATE];
 }
 
 int md__stats_parse(const void *buf, size_t len, struct md__stats_snapshot *out)

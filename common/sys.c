@@ -1,7 +1,12 @@
 #include "sys.h"
 
+#include <fcntl.h>
+#include <string.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+#include "memdedup.h"
 
 /* syscall(2) returns -1 and sets errno like the libc wrappers do. */
 ssize_t md__sys_pread(int fd, void *buf, size_t len, off_t off)
@@ -35,4 +40,32 @@ int md__sys_madvise(void *addr, size_t len, int advice)
 pid_t md__sys_gettid(void)
 {
 	return (pid_t)syscall(SYS_gettid);
+}
+
+uint64_t md__count_vmas(void)
+{
+	char buf[65536];
+	uint64_t lines = 0;
+	int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	for (;;) {
+		ssize_t n = read(fd, buf, sizeof(buf));
+		if (n <= 0)
+			break;
+		for (char *p = buf; (p = memchr(p, '\n', (size_t)(buf + n - p))); p++)
+			lines++;
+	}
+	close(fd);
+	return lines;
+}
+
+void md__advise_new_mapping(void *addr, size_t len, unsigned advice, int kernel_ksm)
+{
+	if (kernel_ksm)
+		md__sys_madvise(addr, len, MADV_MERGEABLE);
+	if (advice & MD_ADV_DONTFORK)
+		md__sys_madvise(addr, len, MADV_DONTFORK);
+	if (advice & MD_ADV_DONTDUMP)
+		md__sys_madvise(addr, len, MADV_DONTDUMP);
 }

@@ -2,6 +2,7 @@
 #ifndef MD_SYS_H
 #define MD_SYS_H
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 #include <sys/uio.h>
 
@@ -18,4 +19,10 @@ void *md__sys_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t of
 int md__sys_munmap(void *addr, size_t len);
 int md__sys_madvise(void *addr, size_t len, int advice);
 pid_t md__sys_gettid(void);
+
+/* Lines of /proc/self/maps: the process's mappings (VMAs) now. */
+uint64_t md__count_vmas(void);
+/* A mapping made over guest RAM does not inherit the advice of the one it
+ * replaced: give it back (MD_ADV_* bits; kernel_ksm adds MADV_MERGEABLE). */
+void md__advise_new_mapping(void *addr, size_t len, unsigned advice, int kernel_ksm);
 #endif

@@ -38,24 +38,6 @@
 #define PM_UFFD_WP (1ull << 57)
 #define MAX_RUN 512
 
-uint64_t md__engine_count_vmas(void)
-{
-	char buf[65536];
-	uint64_t lines = 0;
-	int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return 0;
-	for (;;) {
-		ssize_t n = read(fd, buf, sizeof(buf));
-		if (n <= 0)
-			break;
-		for (char *p = buf; (p = memchr(p, '\n', (size_t)(buf + n - p))); p++)
-			lines++;
-	}
-	close(fd);
-	return lines;
-}
-
 static uint64_t default_max_vmas(void)
 {
 	long v = 65530;
@@ -124,7 +106,7 @@ int md__engine_init(struct md__engine *e, const struct md__engine_options *opts)
 		err = -errno;
 		goto free_hashes;
 	}
-	e->st.vmas = e->vma_estimate = md__engine_count_vmas();
+	e->st.vmas = e->vma_estimate = md__count_vmas();
 	err = md__uffd_start(&e->uffd, on_fault, e);
 	if (err)
 		goto close_pagemap;
@@ -221,13 +203,8 @@ unlock:
 
 static void apply_advice(struct md__engine *e, const struct md__eregion *r, uintptr_t addr, size_t len)
 {
-	/* A new mapping does not inherit the flags of the one it replaced. */
-	if (e->kernel_ksm)
-		md__sys_madvise((void *)addr, len, MADV_MERGEABLE);
-	if (r->advice & MD_EADV_DONTFORK)
-		md__sys_madvise((void *)addr, len, MADV_DONTFORK);
-	if (r->advice & MD_EADV_DONTDUMP)
-		md__sys_madvise((void *)addr, len, MADV_DONTDUMP);
+	/* MD_EADV_* are the MD_ADV_* bits. */
+	md__advise_new_mapping((void *)addr, len, r->advice, e->kernel_ksm);
 }
 
 static int freeze(struct md__engine *e, uintptr_t addr, size_t len)
@@ -398,7 +375,7 @@ static int budget_ok(struct md__engine *e, size_t new_vmas)
 	if (e->vma_estimate + new_vmas <= e->max_vmas)
 		return 1;
 	/* The estimate only ever rises: count for real before refusing. */
-	e->st.vmas = e->vma_estimate = md__engine_count_vmas();
+	e->st.vmas = e->vma_estimate = md__count_vmas();
 	if (e->vma_estimate + new_vmas <= e->max_vmas)
 		return 1;
 	e->st.budget_refused++;

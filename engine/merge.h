@@ -128,6 +128,5 @@ int md__engine_discard(struct md__engine *e, void *addr, size_t len);
 int md__engine_reap(struct md__engine *e);
 /* The engine's region holding [addr, addr+len), or NULL (lock held). */
 struct md__eregion *md__engine_region(struct md__engine *e, uintptr_t addr, size_t len);
-uint64_t md__engine_count_vmas(void);
 void md__engine_stats(struct md__engine *e, struct md__engine_stats *st);
 #endif

@@ -12,7 +12,8 @@
  * Of every 8 visits, `ratio` come from hints while there are any, the rest
  * from the cursor, so hints cannot starve the scan of other duplicates. Every
  * 4096 visits the ratio moves one step toward the source that found more
- * merges per visit (between 1 and 7 of 8).
+ * merges per visit (between 1 and 7 of 8). A ratio set to 0 turns hints off
+ * (and their adaptation): the plain linear or random scan, for comparison.
  *
  * A visit (the page is not frozen yet; nothing here is proof):
  *   0. like ksmd, only pages of anonymous memory that are there are
@@ -276,7 +277,7 @@ static void adapt(struct md__scanner *s)
 	/* Merges per visit of each source, compared without division. */
 	uint64_t sv = s->epoch_visits[0], hv = s->epoch_visits[1];
 	uint64_t sm = s->epoch_merges[0], hm = s->epoch_merges[1];
-	if (sv + hv < EPOCH)
+	if (sv + hv < EPOCH || s->ratio == 0)
 		return;
 	if (hv && hm * (sv ? sv : 1) > sm * hv && s->ratio < 7)
 		s->ratio++;

@@ -130,6 +130,7 @@ static void *fault_thread(void *arg)
 {
 	struct md__uffd *u = arg;
 	struct uffd_msg msgs[16];
+	pthread_setname_np(pthread_self(), "md-uffd");
 	struct pollfd pfd[2] = {
 		{ .fd = u->fd, .events = POLLIN },
 		{ .fd = u->stop_fd, .events = POLLIN },

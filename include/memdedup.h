@@ -87,6 +87,7 @@ typedef struct md_agent_options {
 	unsigned pages_to_scan;   /* pages per batch (default 100) */
 	unsigned sleep_ms;        /* sleep between batches (default 20) */
 	unsigned cpu_percent;     /* CPU cap of the scanner, % of a core (default 100) */
+	unsigned hint_ratio;      /* hinted visits of every 8 to start with (default 4) */
 	/* The sharing domain: pages of different domains never share a frame.
 	 * "private": merge only within this process (a pool of its own).
 	 * NULL or "": the default domain of this Unix user in memdedupd if
@@ -105,7 +106,10 @@ typedef struct md_agent_options {
 #define MD_OPT_SCAN (1u << 2)
 /* Visit pages in random order instead of linear. */
 #define MD_OPT_SCAN_RANDOM (1u << 3)
-#define MD_OPT_ALL (MD_OPT_NO_SHARING | MD_OPT_POPULATE | MD_OPT_SCAN | MD_OPT_SCAN_RANDOM)
+/* Scan without hints (for comparisons). */
+#define MD_OPT_NO_HINTS (1u << 4)
+#define MD_OPT_ALL (MD_OPT_NO_SHARING | MD_OPT_POPULATE | MD_OPT_SCAN | MD_OPT_SCAN_RANDOM | \
+		    MD_OPT_NO_HINTS)
 
 /* Why a read, or part of one, was not shared. */
 enum md_fallback {
@@ -152,6 +156,8 @@ typedef struct md_stats {
 	uint64_t pool_pages;           /* now: pool pages in use (KSM's pages_shared) */
 	uint64_t scan_cpu_ns;          /* CPU time of the scanner thread */
 	int64_t general_profit;        /* now: bytes saved minus metadata bytes */
+	uint64_t merge_rate;           /* now: pages merged per second (last second) */
+	uint64_t break_rate;           /* now: merged pages written per second */
 } md_stats;
 
 /* Returns a short name of a fallback reason ("unaligned", ...). */
@@ -192,7 +198,8 @@ MD_API ssize_t md_agent_preadv(md_agent *agent, int fd, const struct iovec *iov,
 /* Pauses (1) or resumes (0) the scanner. */
 MD_API int md_agent_pause(md_agent *agent, int paused);
 /* Sets a scanner tunable live: pages_to_scan, sleep_millisecs, cpu_percent
- * (1..100), order (linear|random). -EINVAL for an unknown key or a value out
+ * (1..100), hint_ratio (0..8 hinted visits of every 8, 0: no hints), order
+ * (linear|random). -EINVAL for an unknown key or a value out
  * of range, and nothing changes. */
 MD_API int md_agent_set(md_agent *agent, const char *key, const char *value);
 /* Turns every page merged by the scanner (pool and zero pages) back into a

@@ -24,7 +24,8 @@
 #   6 ksm_sharing  /sys/kernel/mm/ksm/pages_sharing
 #   7 md_shared    memdedup pages_shared of the fleet's agents (status --json; 0 without jq)
 #   8 ksmd_cpu_s   ksmd CPU seconds (utime+stime) since the fleet started
-#   9 agent_cpu_s  CPU seconds of the fleet's md-agent threads
+#   9 agent_cpu_s  CPU seconds of memdedup's own threads in the fleet (md-agent,
+#                  md-scan, md-uffd) and of memdedupd
 #  10 alive        guests still running
 #  11 reads_done   guests that have printed READS-DONE
 #  12 thp_kb       sum of AnonHugePages (transparent huge pages in guest RAM)
@@ -150,8 +151,22 @@ fleet_sample_once() {  # prints one samples.tsv line (without t) for FLEET_PIDS
     done 2>/dev/null < "/proc/$p/smaps_rollup" || true
     for t in /proc/"$p"/task/*; do
       comm=$(cat "$t/comm" 2>/dev/null) || continue
-      [ "$comm" = md-agent ] && agent_ticks=$((agent_ticks + $(fleet_stat_cpu_ticks "$t/stat")))
+      case "$comm" in
+        md-agent|md-scan|md-uffd) agent_ticks=$((agent_ticks + $(fleet_stat_cpu_ticks "$t/stat"))) ;;
+      esac
     done
+  done
+  # memdedupd is part of what memdedup runs: its memory (its view of the
+  # pools) and its CPU count with the fleet.
+  for p in $(pgrep -x memdedupd 2>/dev/null); do
+    while read -r k v rest; do
+      case "$k" in
+        Pss:) pss=$((pss + v)) ;;
+        Pss_Anon:) anon=$((anon + v)) ;;
+        Pss_File:|Pss_Shmem:) file=$((file + v)) ;;
+      esac
+    done 2>/dev/null < "/proc/$p/smaps_rollup" || true
+    agent_ticks=$((agent_ticks + $(fleet_stat_cpu_ticks "/proc/$p/stat")))
   done
   local host_anon ksm md=0 ksmd_ticks=0
   host_anon=$(awk '/^AnonPages:/{print $2}' /proc/meminfo)
@@ -159,7 +174,7 @@ fleet_sample_once() {  # prints one samples.tsv line (without t) for FLEET_PIDS
   if [ "$FLEET_HAVE_JQ" = 1 ] && [ -x "$FLEET_MEMDEDUP" ] && [ $alive -gt 0 ]; then
     md=$("$FLEET_MEMDEDUP" status --json 2>/dev/null | jq -r --arg pids "${FLEET_PIDS[*]}" '
           ($pids | split(" ") | map(tonumber)) as $p
-          | [(.agents // [])[] | select(.pid as $x | $p | index($x)) | (.pages_shared // 0)] | add // 0' \
+          | [(.agents // [])[] | select(.pid as $x | $p | index($x)) | ((.pages_shared // 0) + (.scanner.pages_sharing // 0))] | add // 0' \
           2>/dev/null) || md=0
     case "$md" in ''|*[!0-9]*) md=0 ;; esac
   fi

@@ -391,3 +391,45 @@ TEST_IMPL(status_lists_agent)
 	ASSERT(!strstr(out, want));
 	return 0;
 }
+
+/* The VmFlags of the mapping holding base+doff in p, from /proc/PID/smaps. */
+static void vm_flags(struct proc *p, size_t doff, char *out, size_t size)
+{
+	char path[64], line[500];
+	uintptr_t want = p->base + doff;
+	snprintf(path, sizeof(path), "/proc/%d/smaps", (int)p->pid);
+	FILE *f = fopen(path, "r");
+	ASSERT(f);
+	int in = 0;
+	out[0] = '\0';
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long lo, hi;
+		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' '))
+			in = want >= lo && want < hi;
+		else if (in && strncmp(line, "VmFlags:", 8) == 0)
+			snprintf(out, size, "%s", line + 8);
+	}
+	fclose(f);
+}
+
+static int advice_flushed(const md_stats *s) { return s->pages_shared > 0; }
+
+TEST_IMPL(advice_reaches_new_mappings)
+{
+	/* QEMU marks guest RAM MADV_DONTFORK; pages mapped at read time get
+	 * it too (within a second, off the I/O path). */
+	const char *img = image(10);
+	struct proc a;
+	int fd = start_reader(&a, img, NULL);
+	ASSERT_EQ(proc_num(&a, "advise 0 %u dontfork", RAM_PAGES * 4096), 0);
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 %u 65536", fd, MB), 65536);
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 3000, advice_flushed), 0);
+	usleep(1200000);	/* one more accounting pass: the flush precedes it */
+	char flags[512];
+	vm_flags(&a, MB, flags, sizeof(flags));
+	ASSERT(proc_page(&a, MB).file || !proc_page(&a, MB).present);
+	ASSERT(strstr(flags, " dc") != NULL);
+	proc_stop(&a);
+	return 0;
+}

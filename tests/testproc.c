@@ -15,7 +15,7 @@
  *                           half and its twin in the second, with short pauses, so
  *                           pages keep becoming equal (and merged) while written
  *   exhaust / release     -> fill the process's mappings up to the limit, undo
- *   advise DOFF LEN ADVICE-> madvise result (dontneed, unmergeable)
+ *   advise DOFF LEN ADVICE-> madvise result (dontneed, dontfork, unmergeable)
  *   fork DOFF             -> the child's hash of one page (child reads it)
  *   fill DOFF NPAGES SEED -> ok: page i gets content made of (SEED, i)
  *   zero DOFF NPAGES      -> ok: pages made present, then zero
@@ -205,7 +205,8 @@ int main(void)
 			printf("ok\n");
 		} else if (strcmp(cmd, "advise") == 0) {
 			sscanf(line, "%*s %lld %lld %31s", &a1, &a2, s2);
-			int adv = strcmp(s2, "dontneed") == 0 ? MADV_DONTNEED : MADV_UNMERGEABLE;
+			int adv = strcmp(s2, "dontneed") == 0 ? MADV_DONTNEED :
+				  strcmp(s2, "dontfork") == 0 ? MADV_DONTFORK : MADV_UNMERGEABLE;
 			printf("%d\n", madvise(base + a1, (size_t)a2, adv) == 0 ? 0 : -errno);
 		} else if (strcmp(cmd, "fork") == 0) {
 			sscanf(line, "%*s %lld %lld", &a1, &a2);

@@ -38,8 +38,13 @@ fuzz: $(AGENT_SRC) fuzz/fuzz_stats_file.c
 	  -o $(B)/fuzz-stats-file fuzz/fuzz_stats_file.c common/stats_file.c
 	$(B)/fuzz-stats-file -max_total_time=60 fuzz/corpus/stats_file
 
+# The slow tier: sanitizers, the writer stress tests for 10 minutes each, and
+# two guests whose duplicates only scanning finds.
 check-all: check
 	$(MAKE) check-sanitize
+	MD_STRESS_MS=600000 MD_TEST_TIMEOUT=900 $(B)/runner scan_stress_no_lost_write \
+	  cross_stress_no_lost_write
+	tests/guest/test_scan_guests.sh
 
 # The whole suite under AddressSanitizer and UBSan: the runner, the testproc
 # and the preloaded agent (libasan must come first in LD_PRELOAD).

@@ -19,6 +19,7 @@
 #include "merge.h"
 #include "pool.h"
 #include "runner.h"
+#include "sys.h"
 #include "scanner.h"
 
 #define PG 4096u
@@ -468,25 +469,25 @@ TEST_IMPL(engine_merge_cost)
 	slot = 0;
 
 	/* Scattered: every other page of B, one page per merge. */
-	uint64_t v0 = md__engine_count_vmas();
+	uint64_t v0 = md__count_vmas();
 	t0 = now();
 	for (size_t i = 0; i < n; i += 2)
 		ASSERT_EQ(md__engine_merge(&e, b + i * PG, 1, slot + (uint32_t)i), 1);
 	double t_scat = now() - t0;
-	uint64_t v1 = md__engine_count_vmas();
+	uint64_t v1 = md__count_vmas();
 	/* The pages in between, one at a time: each joins its neighbours'
 	 * mappings because their pool offsets are adjacent. */
 	t0 = now();
 	for (size_t i = 1; i < n; i += 2)
 		ASSERT_EQ(md__engine_merge(&e, b + i * PG, 1, slot + (uint32_t)i), 1);
 	double t_fill = now() - t0;
-	uint64_t v2 = md__engine_count_vmas();
+	uint64_t v2 = md__count_vmas();
 	/* Runs: C in 64-page merges. */
 	t0 = now();
 	for (size_t i = 0; i < n; i += 64)
 		ASSERT_EQ(md__engine_merge(&e, c + i * PG, 64, slot + (uint32_t)i), 64);
 	double t_run = now() - t0;
-	uint64_t v3 = md__engine_count_vmas();
+	uint64_t v3 = md__count_vmas();
 
 	printf("  publish: %.2f us/page (512-page runs)\n", t_pub * 1e6 / (double)n);
 	printf("  merge 1 scattered page: %.2f us; VMAs +%llu for %zu pages (%.2f per merge)\n",

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Two guests whose duplicates do not come through shared image reads: each
+# copies the image's files into tmpfs (bench/tmpfs-run.sh), anonymous guest
+# memory that only content scanning can merge. Runs the pair with read-time
+# sharing only, then with the scanner (through a private memdedupd), and
+# checks: identical checksums everywhere; the scanner saves at least half of
+# one guest's tmpfs copy on top of read-time sharing. Part of make check-all.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$root"
+source scripts/fleet-lib.sh
+name=test_scan_guests
+size=${TEST_IMAGE_MB:-96}
+hold=${TEST_HOLD:-25}
+md=${MEMDEDUP_BIN:-$root/build/memdedup}
+out=$root/build/tests/guest-scan
+fails=0 passes=0
+pass() { echo "PASS: $name: $*"; passes=$((passes + 1)); }
+fail() { echo "FAIL: $name: $*"; fails=$((fails + 1)); }
+
+[ -x "$md" ] || { echo "FAIL: $name: no $md (run make first)"; exit 1; }
+if [ ! -f build/guest/vmlinuz ] || [ ! -f build/guest/initramfs.cpio.gz ]; then
+  scripts/install-deps.sh guest
+  guest/build-kernel.sh build/guest >&2
+fi
+fleet_init
+mkdir -p "$out"
+img=$out/tmpfs-$size.img
+if [ ! -f "$img" ]; then
+  wd=$(mktemp -d)
+  guest/mkworkload.sh "$wd" "$size" >/dev/null
+  cp bench/tmpfs-run.sh "$wd/run.sh"
+  guest/mkimage.sh "$wd" "$img" >/dev/null
+  rm -rf "$wd"
+fi
+
+# A daemon of our own, on our own socket, stopped whatever happens.
+export MEMDEDUP_SOCKET=$out/memdedupd.sock
+rm -f "$MEMDEDUP_SOCKET"
+"$(dirname "$md")/memdedupd" --foreground --socket "$MEMDEDUP_SOCKET" --run-dir "$out" 2>"$out/memdedupd.log" &
+daemon=$!
+stop_daemon() { kill "$daemon" 2>/dev/null || true; wait "$daemon" 2>/dev/null || true; }
+FLEET_EXIT_HOOKS+=(stop_daemon)
+
+if fleet_run "$out/read" 2 "$img" --hold "$hold" --timeout 200 --wrapper "$md run --kernel-ksm=off --"; then
+  pass "read-time sharing only: both guests finished"
+else
+  fail "read-time sharing only: a guest failed (logs in $out/read)"
+fi
+if fleet_run "$out/scan" 2 "$img" --hold "$hold" --timeout 200 \
+     --wrapper "$md run --kernel-ksm=off --scan --pages-to-scan=2000 --sleep-ms=20 --"; then
+  pass "scanning: both guests finished"
+else
+  fail "scanning: a guest failed (logs in $out/scan)"
+fi
+
+sums=$(cat "$out/read/guests.tsv" "$out/scan/guests.tsv" | cut -f7)
+echo "checksums: $(echo "$sums" | tr '\n' ' ')"
+if [ "$(echo "$sums" | sort -u | wc -l)" = 1 ] && [ "$(echo "$sums" | wc -l)" = 4 ] \
+   && ! echo "$sums" | grep -qE '^(FAIL|NONE|)$'; then
+  pass "all four guests copied identical data"
+else
+  fail "checksums differ across guests"
+fi
+
+# The last 5 s of the hold: the scanner has had the whole hold to merge.
+end_window() { local w; w=$(fleet_hold_window "$1"); set -- $w; [ "$2" = NA ] && echo "NA NA" || awk -v b="$2" 'BEGIN{printf "%.2f %.2f\n", b - 5, b}'; }
+p_read=$(fleet_window_avg "$out/read" pss_kb $(end_window "$out/read"))
+p_scan=$(fleet_window_avg "$out/scan" pss_kb $(end_window "$out/scan"))
+echo "fleet PSS while holding: read-time only ${p_read} kB, with scanning ${p_scan} kB"
+if [ "$p_read" = NA ] || [ "$p_scan" = NA ]; then
+  fail "no samples in the hold window"
+else
+  need=$((size * 1024 / 2))
+  saved=$((p_read - p_scan))
+  msg="scanning saves $((saved / 1024)) MB more (need >= $((need / 1024)) MB = half of one guest's ${size} MB tmpfs copy)"
+  if [ "$saved" -ge "$need" ]; then pass "$msg"; else fail "$msg"; fi
+fi
+echo "$passes passed, $fails failed"
+[ "$fails" = 0 ]
