@@ -172,11 +172,19 @@ static ssize_t copy_range(int fd, char *buf, size_t len, off_t off)
 	return (ssize_t)done;
 }
 
+static uint64_t now_ns(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+
 /* One segment of a read into guest RAM. Returns what pread would. */
 static ssize_t read_segment(struct md_agent *a, int fd, void *buf, size_t len, off_t off)
 {
 	struct md__read_plan plan;
 	size_t mapped = 0;
+	uint64_t t0 = now_ns();
 
 	pthread_mutex_lock(&a->lock);
 	struct md__region *r = md__region_find(a, (uintptr_t)buf, len);
@@ -215,6 +223,9 @@ static ssize_t read_segment(struct md_agent *a, int fd, void *buf, size_t len, o
 	}
 	if (n > 0)
 		md__count(a, MD_CTR_BYTES_READ, (uint64_t)n);
+	/* The cost of a read into guest RAM, shared or copied: with
+	 * MD_OPT_NO_SHARING the same reads give the cost of copying. */
+	md__count(a, MD_CTR_READ_NS, now_ns() - t0);
 	return n;
 }
 

@@ -117,7 +117,8 @@ else
     echo "run-bench.sh: kernel KSM restored: run=$(cat $ksm/run) pages_to_scan=$(cat $ksm/pages_to_scan) sleep_millisecs=$(cat $ksm/sleep_millisecs)" >&2
   }
   fleet_init
-  FLEET_EXIT_HOOKS+=(ksm_restore)
+  stop_daemons() { pkill -x memdedupd 2>/dev/null || true; }
+  FLEET_EXIT_HOOKS+=(ksm_restore stop_daemons)
   echo "run-bench.sh: saved kernel KSM: run=$KSM_SAVED_RUN pages_to_scan=$KSM_SAVED_SCAN sleep_millisecs=$KSM_SAVED_SLEEP" >&2
 
   ksm_set() {  # run pages_to_scan sleep_millisecs

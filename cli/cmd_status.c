@@ -109,6 +109,7 @@ static json_t *stats_json(const md_stats *s)
 	json_object_set_new(o, "registered_bytes", json_integer((json_int_t)s->registered_bytes));
 	json_object_set_new(o, "reads_seen", json_integer((json_int_t)s->reads_seen));
 	json_object_set_new(o, "bytes_read", json_integer((json_int_t)s->bytes_read));
+	json_object_set_new(o, "read_seconds", json_real((double)s->read_ns / 1e9));
 	json_object_set_new(o, "pages_shared_at_read", json_integer((json_int_t)s->pages_shared_at_read));
 	json_object_set_new(o, "pages_shared", json_integer((json_int_t)s->pages_shared));
 	json_object_set_new(o, "breaks", json_integer((json_int_t)s->breaks));

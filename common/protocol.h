@@ -110,8 +110,12 @@ struct md__msg_lookup {
 
 struct md__msg_lookup_r {
 	uint32_t n;
-	uint32_t slot1[MD_LOOKUP_MAX];     /* slot + 1; 0: not in the index */
+	uint32_t slot1[MD_LOOKUP_MAX];     /* slot + 1; 0: not in the index;
+					    * MD_LOOKUP_PUBLISH: not in the index,
+					    * but another agent of the domain looked
+					    * this hash up lately: publish the page */
 };
+#define MD_LOOKUP_PUBLISH UINT32_MAX
 
 struct md__msg_publish {
 	uint32_t n;

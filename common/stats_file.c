@@ -57,6 +57,7 @@ const char *md__ctr_name(enum md__ctr c)
 		[MD_CTR_GENERAL_PROFIT] = "general_profit",
 		[MD_CTR_MERGE_RATE] = "merge_rate",
 		[MD_CTR_BREAK_RATE] = "break_rate",
+		[MD_CTR_READ_NS] = "read_ns",
 	};
 	if ((unsigned)c >= MD_CTR_COUNT)
 		return "unknown";
@@ -101,6 +102,7 @@ void md__stats_from_counters(const uint64_t *ctr, md_stats *out)
 	out->general_profit = (int64_t)ctr[MD_CTR_GENERAL_PROFIT];
 	out->merge_rate = ctr[MD_CTR_MERGE_RATE];
 	out->break_rate = ctr[MD_CTR_BREAK_RATE];
+	out->read_ns = ctr[MD_CTR_READ_NS];
 }
 
 int md__stats_parse(const void *buf, size_t len, struct md__stats_snapshot *out)

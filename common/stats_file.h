@@ -52,6 +52,7 @@ enum md__ctr {
 	MD_CTR_GENERAL_PROFIT,     /* int64_t stored as uint64_t */
 	MD_CTR_MERGE_RATE,         /* pages merged per second, over the last second */
 	MD_CTR_BREAK_RATE,         /* merged pages written per second, likewise */
+	MD_CTR_READ_NS,            /* time spent in reads into guest RAM */
 	MD_CTR_COUNT
 };
 

@@ -44,6 +44,13 @@ struct md__domain {
 	uint64_t *slot_hash;       /* hash of each live slot, to unindex it */
 	uint64_t refs_total;       /* references over all agents */
 	uint64_t publish_hits;     /* publications answered with an equal live page */
+	/* First sightings (KSM's unstable tree, lossy): hash -> pid of the
+	 * agent that looked it up and found nothing. A second agent asking
+	 * for the same hash is told to publish: only content seen in two
+	 * processes is copied into the pool. */
+	uint64_t *seen_hash;
+	pid_t *seen_pid;
+	size_t seen_cap;           /* power of two; 0: no table */
 	size_t nagents;            /* agent records (connected or not) in it */
 };
 
@@ -124,7 +131,7 @@ void md__ep_forget(struct md__daemon *d, struct md__ep *ep);
 /* domain.c */
 int md__domain_get(struct md__daemon *d, uid_t uid, const char *name, struct md__domain **out);
 void md__domain_release(struct md__daemon *d, struct md__domain *dom);
-uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash);
+uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash, pid_t asker);
 int md__domain_publish(struct md__domain *dom, const uint64_t *hash, const unsigned char *pages,
 		       uint32_t n, uint32_t *first);
 /* 1 if slot is live in dom and one more reference fits. */

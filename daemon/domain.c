@@ -99,6 +99,8 @@ int md__domain_get(struct md__daemon *d, uid_t uid, const char *name, struct md_
 
 static void domain_free(struct md__domain *dom)
 {
+	free(dom->seen_hash);
+	free(dom->seen_pid);
 	free(dom->slot_hash);
 	md__index_free(&dom->index);
 	md__pool_close(&dom->pool);
@@ -137,11 +139,36 @@ static const void *any_candidate(void *arg, uint32_t slot)
 	return arg;
 }
 
-uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash)
+#define SEEN_CAP (1u << 20)
+
+uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash, pid_t asker)
 {
 	static const unsigned char page[4096];
 	int64_t s = md__index_find(&dom->index, hash, page, any_candidate, (void *)page);
-	return s < 0 ? 0 : (uint32_t)s + 1;
+	if (s >= 0)
+		return (uint32_t)s + 1;
+	if (!dom->seen_cap) {
+		dom->seen_hash = calloc(SEEN_CAP, sizeof(*dom->seen_hash));
+		dom->seen_pid = calloc(SEEN_CAP, sizeof(*dom->seen_pid));
+		if (!dom->seen_hash || !dom->seen_pid) {
+			free(dom->seen_hash);
+			free(dom->seen_pid);
+			dom->seen_hash = NULL;
+			dom->seen_pid = NULL;
+			return 0;	/* without the table: never told to publish */
+		}
+		dom->seen_cap = SEEN_CAP;
+	}
+	/* Direct-mapped and lossy, like a cache: a collision forgets the
+	 * older sighting, which costs a merge found one pass later. */
+	size_t i = (size_t)(hash ^ (hash >> 29)) & (dom->seen_cap - 1);
+	if (dom->seen_pid[i] && dom->seen_hash[i] == hash && dom->seen_pid[i] != asker) {
+		dom->seen_pid[i] = 0;
+		return MD_LOOKUP_PUBLISH;
+	}
+	dom->seen_hash[i] = hash;
+	dom->seen_pid[i] = asker;
+	return 0;
 }
 
 int md__domain_slot_ok(const struct md__domain *dom, uint32_t slot, uint32_t more)

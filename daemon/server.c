@@ -375,7 +375,8 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
 		r->hdr = (struct md__msg_hdr){ .type = MD_MSG_LOOKUP_R, .seq = seq };
 		r->u.lookup_r.n = m->u.lookup.n;
 		for (uint32_t i = 0; i < m->u.lookup.n; i++)
-			r->u.lookup_r.slot1[i] = md__domain_lookup(c->agent->dom, m->u.lookup.hash[i]);
+			r->u.lookup_r.slot1[i] = md__domain_lookup(c->agent->dom, m->u.lookup.hash[i],
+								   c->agent->pid);
 		md__conn_send(d, c, r, -1);
 		free(r);
 		return;

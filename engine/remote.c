@@ -136,6 +136,25 @@ int md__remote_valid(struct md__remote *rm, uint32_t slot, size_t n)
 	pthread_mutex_unlock(&(rm)->lock); \
 	_r; })
 
+int md__remote_lookup_n(struct md__remote *rm, const uint64_t *hash, uint32_t n, uint32_t *slot1)
+{
+	int err = CALL(rm, md__client_lookup(rm->c, hash, n, slot1));
+	return err < 0 ? err : 0;
+}
+
+int md__remote_publish_n(struct md__remote *rm, const uint64_t *hash, const void *pages,
+			 uint32_t n, uint32_t *first)
+{
+	int err = CALL(rm, md__client_publish(rm->c, hash, pages, n, first));
+	return err < 0 ? err : 0;
+}
+
+int md__remote_ref_n(struct md__remote *rm, const uint32_t *slots, uint32_t n, int delta)
+{
+	int err = CALL(rm, md__client_ref(rm->c, slots, n, delta));
+	return err < 0 ? err : 0;
+}
+
 int md__remote_lookup(struct md__remote *rm, uint64_t hash, uint32_t *slot)
 {
 	uint32_t slot1 = 0;

@@ -44,6 +44,14 @@ int md__engine_remote_connect(struct md__engine *e);
 int md__remote_connected(struct md__remote *rm);
 /* 1 if slots [slot, slot+n) lie in the pool file (their view pages readable). */
 int md__remote_valid(struct md__remote *rm, uint32_t slot, size_t n);
+/* LOOKUP n hashes: slot1[i] as in LOOKUP_R (slot + 1, 0, MD_LOOKUP_PUBLISH). */
+int md__remote_lookup_n(struct md__remote *rm, const uint64_t *hash, uint32_t n, uint32_t *slot1);
+/* PUBLISH n pages (copied from pages[i]): consecutive slots from *first,
+ * each pinned for us. */
+int md__remote_publish_n(struct md__remote *rm, const uint64_t *hash, const void *pages,
+			 uint32_t n, uint32_t *first);
+/* REF / UNREF n slots, all or none. */
+int md__remote_ref_n(struct md__remote *rm, const uint32_t *slots, uint32_t n, int delta);
 /* LOOKUP one hash: *slot, or -ENOENT. */
 int md__remote_lookup(struct md__remote *rm, uint64_t hash, uint32_t *slot);
 /* PUBLISH one page: *slot, pinned for us. */

@@ -104,7 +104,8 @@ int md__scanner_init(struct md__scanner *s, struct md__engine *e, struct md__hin
 	s->rng = 0x2545f4914f6cdd1dull;
 	for (size_t i = 0; i < e->nregions; i++)
 		pages += (e->regions[i].end - e->regions[i].start) / MD_EPAGE;
-	if (un_init(&s->un, pages)) {
+	s->pub_buf = malloc(64 * MD_EPAGE);
+	if (!s->pub_buf || un_init(&s->un, pages)) {
 		md__scanner_free(s);
 		return -ENOMEM;
 	}
@@ -113,6 +114,8 @@ int md__scanner_init(struct md__scanner *s, struct md__engine *e, struct md__hin
 
 void md__scanner_free(struct md__scanner *s)
 {
+	free(s->pub_buf);
+	s->pub_buf = NULL;
 	free(s->un.hash);
 	free(s->un.addr);
 	s->un.hash = NULL;
@@ -179,36 +182,74 @@ static uintptr_t hint_next(struct md__scanner *s)
 	return a;
 }
 
-/* Steps 4-5 with the daemon's pool. */
-static int visit_remote(struct md__scanner *s, uintptr_t a, uint64_t h)
+/* Steps 4-5 with the daemon's pool, for the candidates of a batch:
+ * LOOKUP all their hashes at once; pin (REF) and merge those the index
+ * has; publish those the daemon says another process has too (KSM's
+ * unstable tree, kept by the daemon), then merge them with their copies;
+ * leave the rest. Returns the merges, counted per source. */
+static void flush_remote(struct md__scanner *s)
 {
 	struct md__engine *e = s->e;
 	struct md__remote *rm = e->remote;
-	uint32_t slot;
-	int m;
+	size_t n = s->npend;
+	uint32_t slot1[64], pin[64], pub_slot[64];
+	uint64_t pub_hash[64];
+	size_t npin = 0, npub = 0, pin_of[64], pub_of[64];
 
-	if (!md__remote_connected(rm))
-		return 0;
-	int err = md__remote_lookup(rm, h, &slot);
-	if (err == 0) {
-		if (md__remote_ref(rm, slot, +1) != 0)
-			return 0;	/* freed meanwhile, or the daemon went away */
-		m = md__engine_merge(e, (void *)a, 1, slot);
-		if (m <= 0)
-			md__remote_ref(rm, slot, -1);
-		return m > 0;
+	s->npend = 0;
+	if (!n || !md__remote_connected(rm) || md__remote_lookup_n(rm, s->pend_hash, (uint32_t)n, slot1))
+		return;
+	for (size_t k = 0; k < n; k++) {
+		if (slot1[k] == MD_LOOKUP_PUBLISH) {
+			/* Copied unfrozen: the merge's compare decides. */
+			memcpy(s->pub_buf + npub * MD_EPAGE, (const void *)s->pend_addr[k], MD_EPAGE);
+			pub_hash[npub] = md__page_hash(s->pub_buf + npub * MD_EPAGE);
+			pub_of[npub++] = k;
+		} else if (slot1[k]) {
+			pin[npin] = slot1[k] - 1;
+			pin_of[npin++] = k;
+		}
 	}
-	if (err != -ENOENT)
-		return 0;
-	if (md__remote_publish(rm, h, (const void *)a, &slot) != 0)
-		return 0;
-	s->st.published++;
-	/* The page may have changed since it was sent: the merge's compare
-	 * under write-protection decides, as always. */
-	m = md__engine_merge(e, (void *)a, 1, slot);
-	if (m <= 0)
-		md__remote_ref(rm, slot, -1);
-	return 0;	/* a first copy saves nothing yet */
+	/* Pin all candidates at once; if one was freed meanwhile the daemon
+	 * refuses them all, and then they go one by one. */
+	if (npin && md__remote_ref_n(rm, pin, (uint32_t)npin, +1) != 0) {
+		size_t kept = 0;
+		for (size_t j = 0; j < npin; j++)
+			if (md__remote_ref(rm, pin[j], +1) == 0) {
+				pin[kept] = pin[j];
+				pin_of[kept++] = pin_of[j];
+			}
+		npin = kept;
+	}
+	uint32_t unpin[128];
+	size_t nunpin = 0;
+	for (size_t j = 0; j < npin; j++) {
+		size_t k = pin_of[j];
+		int m = md__engine_merge(e, (void *)s->pend_addr[k], 1, pin[j]);
+		if (m <= 0)
+			unpin[nunpin++] = pin[j];
+		s->epoch_merges[s->pend_hinted[k]] += m > 0;
+		if (m > 0 && s->pend_hinted[k])
+			s->st.merged_hint++;
+		else if (m > 0)
+			s->st.merged_scan++;
+	}
+	/* One page per PUBLISH: the daemon then answers with an equal live
+	 * page when another agent published the same content meanwhile (it
+	 * compares single pages only), so no content is in the pool twice.
+	 * Publishing happens once per duplicated content: rare next to
+	 * lookups. */
+	for (size_t j = 0; j < npub; j++) {
+		if (md__remote_publish_n(rm, &pub_hash[j], s->pub_buf + j * MD_EPAGE, 1, &pub_slot[j]) != 0)
+			continue;
+		s->st.published++;
+		/* The page may have changed since it was copied: the compare
+		 * under write-protection decides, as always. */
+		if (md__engine_merge(e, (void *)s->pend_addr[pub_of[j]], 1, pub_slot[j]) <= 0)
+			unpin[nunpin++] = pub_slot[j];
+	}
+	if (nunpin)
+		md__remote_ref_n(rm, unpin, (uint32_t)nunpin, -1);
 }
 
 /* Visits one page; returns 1 if it was merged. */
@@ -252,8 +293,15 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted)
 	}
 	r->hash[i] = h;
 	r->seen[i] = 1;
-	if (e->remote)
-		return visit_remote(s, a, h);
+	if (e->remote) {
+		/* Resolved with the rest of the batch (flush_remote). */
+		s->pend_addr[s->npend] = a;
+		s->pend_hash[s->npend] = h;
+		s->pend_hinted[s->npend++] = (unsigned char)hinted;
+		if (s->npend == 64)
+			flush_remote(s);
+		return 0;
+	}
 	int64_t slot = md__engine_lookup(e, page, h);
 	if (slot >= 0)
 		return md__engine_merge(e, (void *)a, 1, (uint32_t)slot) > 0;
@@ -314,6 +362,8 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 		}
 		adapt(s);
 	}
+	if (s->npend)
+		flush_remote(s);	/* before the pages may go away */
 	pthread_rwlock_unlock(&s->e->regions_lock);
 	s->st.ratio = s->ratio;
 	return merges;

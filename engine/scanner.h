@@ -45,6 +45,13 @@ struct md__scanner {
 	uint64_t pm[256];
 	uintptr_t pm_base;
 	size_t pm_n;
+	/* With the daemon's pool: candidates of this batch, resolved together
+	 * (one LOOKUP, one REF, one PUBLISH instead of one each per page). */
+	uintptr_t pend_addr[64];
+	uint64_t pend_hash[64];
+	unsigned char pend_hinted[64];
+	size_t npend;
+	unsigned char *pub_buf;	/* 64 pages to publish */
 	uint64_t epoch_visits[2], epoch_merges[2];	/* [0] scan, [1] hints */
 	struct md__scanner_stats st;
 	pthread_t thread;

@@ -130,6 +130,7 @@ typedef struct md_stats {
 	uint64_t registered_bytes;     /* now: bytes in them */
 	uint64_t reads_seen;           /* reads whose destination is guest RAM */
 	uint64_t bytes_read;           /* bytes those reads returned */
+	uint64_t read_ns;              /* time spent in them, sharing or copying */
 	uint64_t pages_shared_at_read; /* pages mapped from an image at read time */
 	uint64_t pages_shared;         /* now: pages still mapped from an image */
 	uint64_t breaks;               /* now: of those mapped, written since (private) */

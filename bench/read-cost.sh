@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The cost per 4 KiB page of reads into guest RAM in the real guest workload:
+# a pair of guests reads the default image once with the agent counting only
+# (MEMDEDUP_NO_SHARING=1: every read is an ordinary pread) and once sharing;
+# the agents' read_ns / pages gives the time per page each way, for the mix of
+# read sizes the guests really issue. Prints a JSON line per mode, and writes
+# build/bench/read-cost.json.
+# Usage: bench/read-cost.sh [ROUNDS]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+rounds=${1:-3}
+md=$root/build/memdedup
+img=$root/build/guest/workload.img
+out=$root/build/bench
+[ -x "$md" ] && [ -f "$img" ] || { echo "read-cost.sh: run 'make all guest' first" >&2; exit 1; }
+command -v jq >/dev/null || { echo "read-cost.sh: needs jq" >&2; exit 1; }
+mkdir -p "$out"
+export MEMDEDUP_RUN_DIR=$out/read-cost-run
+rm -rf "$MEMDEDUP_RUN_DIR"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+one() {  # MODE ROUND -> JSON line
+  local mode=$1 r=$2 env=() i
+  [ "$mode" = copy ] && env=(env MEMDEDUP_NO_SHARING=1)
+  pids=()
+  for i in 1 2; do
+    guest/run-guest.sh --hold 6 --wrapper "${env[*]} $md run --kernel-ksm=off --" \
+      --log "$out/rc-$mode-$r-$i.log" "$img" >/dev/null 2>&1 &
+    pids+=($!)
+  done
+  for _ in $(seq 600); do
+    [ "$(grep -l 'READS-DONE' "$out"/rc-"$mode-$r"-*.log 2>/dev/null | wc -l)" = 2 ] && break
+    sleep 0.1
+  done
+  sleep 1
+  "$md" status --json | jq -c --arg m "$mode" '.totals | {mode: $m, reads: .reads_seen,
+      pages: (.bytes_read / 4096 | floor), shared_at_read: .pages_shared_at_read,
+      read_s: .read_seconds, us_per_page: (.read_seconds * 1e6 / (.bytes_read / 4096)),
+      pages_per_read: ((.bytes_read / 4096) / .reads_seen)}'
+  for i in 0 1; do wait "${pids[$i]}" || true; done
+  pids=()
+}
+
+for r in $(seq "$rounds"); do
+  cat "$img" > /dev/null
+  one copy "$r"
+  one share "$r"
+done | tee "$out/read-cost.jsonl"
+jq -s 'group_by(.mode) | map({mode: .[0].mode, rounds: length,
+        us_per_page: ((map(.us_per_page) | add) / length),
+        pages_per_read: ((map(.pages_per_read) | add) / length)})' "$out/read-cost.jsonl" \
+  | tee "$out/read-cost.json"
