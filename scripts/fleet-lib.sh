@@ -335,3 +335,14 @@ fleet_last() {
     NR == 1 { for (i = 1; i <= NF; i++) { h = $i; sub(/^#/, "", h); if (h == c) c = i } next }
     { v = $c } END { print v }' "$1/samples.tsv"
 }
+
+# 0 if every guest of the given runs (directories) printed one and the same
+# checksum, and there are N of them; prints them.
+fleet_same_checksums() {  # N DIR...
+  local n=$1 sums
+  shift
+  sums=$(for d in "$@"; do cut -f7 "$d/guests.tsv"; done)
+  echo "checksums: $(echo "$sums" | tr '\n' ' ')"
+  [ "$(echo "$sums" | sort -u | wc -l)" = 1 ] && [ "$(echo "$sums" | wc -l)" = "$n" ] \
+    && ! echo "$sums" | grep -qE '^(FAIL|NONE|)$'
+}

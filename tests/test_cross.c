@@ -57,6 +57,18 @@ static int memfds(pid_t pid)
 	return atoi(out);
 }
 
+/* Two agents of one domain with the same N pages (from seed), merged. */
+static void start_sharing_pair(const struct tdaemon *t, struct proc *a, struct proc *b, unsigned seed)
+{
+	md_stats s;
+	start_agent(a, t, NULL);
+	start_agent(b, t, NULL);
+	proc_cmd(a, "fill 0 %u %u", N, seed);
+	proc_cmd(b, "fill 0 %u %u", N, seed);
+	ASSERT_EQ(proc_stats_wait(a, &s, 20000, sharing_n), 0);
+	ASSERT_EQ(proc_stats_wait(b, &s, 20000, sharing_n), 0);
+}
+
 static int same_frames(struct proc *a, struct proc *b, size_t off, size_t n)
 {
 	int same = 0;
@@ -74,14 +86,8 @@ TEST_IMPL(cross_process_sharing)
 {
 	struct tdaemon t;
 	struct proc a, b;
-	md_stats s;
 	td_start(&t, 65536);
-	start_agent(&a, &t, NULL);
-	start_agent(&b, &t, NULL);
-	proc_cmd(&a, "fill 0 %u 5", N);
-	proc_cmd(&b, "fill 0 %u 5", N);
-	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, sharing_n), 0);
-	ASSERT_EQ(proc_stats_wait(&b, &s, 20000, sharing_n), 0);
+	start_sharing_pair(&t, &a, &b, 5);
 	/* One frame per page for both processes. */
 	ASSERT_EQ(same_frames(&a, &b, 0, N), N);
 	char h[32];
@@ -151,14 +157,8 @@ TEST_IMPL(cross_daemon_killed)
 {
 	struct tdaemon t;
 	struct proc a, b;
-	md_stats s;
 	td_start(&t, 65536);
-	start_agent(&a, &t, NULL);
-	start_agent(&b, &t, NULL);
-	proc_cmd(&a, "fill 0 %u 7", N);
-	proc_cmd(&b, "fill 0 %u 7", N);
-	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, sharing_n), 0);
-	ASSERT_EQ(proc_stats_wait(&b, &s, 20000, sharing_n), 0);
+	start_sharing_pair(&t, &a, &b, 7);
 	char h[32];
 	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", N * PG));
 

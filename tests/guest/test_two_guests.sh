@@ -53,10 +53,7 @@ else
   fail "memdedup: a guest failed (logs in $out/memdedup)"
 fi
 
-sums=$(cat "$out/none/guests.tsv" "$out/memdedup/guests.tsv" | cut -f7)
-echo "checksums: $(echo "$sums" | tr '\n' ' ')"
-if [ "$(echo "$sums" | sort -u | wc -l)" = 1 ] && [ "$(echo "$sums" | wc -l)" = 4 ] \
-   && ! echo "$sums" | grep -qE '^(FAIL|NONE|)$'; then
+if fleet_same_checksums 4 "$out/none" "$out/memdedup"; then
   pass "all four guests read identical data"
 else
   fail "checksums differ across guests"
