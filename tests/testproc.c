@@ -65,10 +65,17 @@ static void *writer_main(void *arg)
 	struct timespec pause = { 0, 200000 };
 	struct timespec t0, t;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
+	t = t0;
 	uint64_t n = 0;
 	do {
+		/* Twin mode: one eighth of the pages at a time, rotating every
+		 * 200 ms, so the rest settle, get merged, and are written again
+		 * later (copy-on-write of merged pages, writers meeting merges). */
+		long ms_now = (t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000;
+		size_t win = w->twin && w->npages >= 8 ? w->npages / 8 : w->npages;
+		size_t from = w->twin ? (size_t)(ms_now / 200 % 8) * win % w->npages : 0;
 		for (int k = 0; k < 1000; k++) {
-			size_t p = (size_t)rand_r(&w->seed) % w->npages;
+			size_t p = from + (size_t)rand_r(&w->seed) % win;
 			size_t i = (size_t)rand_r(&w->seed) % words;
 			uint64_t v = ++n | ((uint64_t)w->seed << 40);
 			((volatile uint64_t *)(base + (w->first + p) * 4096))[i] = v;
