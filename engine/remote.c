@@ -155,24 +155,6 @@ int md__remote_ref_n(struct md__remote *rm, const uint32_t *slots, uint32_t n, i
 	return err < 0 ? err : 0;
 }
 
-int md__remote_lookup(struct md__remote *rm, uint64_t hash, uint32_t *slot)
-{
-	uint32_t slot1 = 0;
-	int err = CALL(rm, md__client_lookup(rm->c, &hash, 1, &slot1));
-	if (err < 0)
-		return err;
-	if (!slot1)
-		return -ENOENT;
-	*slot = slot1 - 1;
-	return 0;
-}
-
-int md__remote_publish(struct md__remote *rm, uint64_t hash, const void *page, uint32_t *slot)
-{
-	int err = CALL(rm, md__client_publish(rm->c, &hash, page, 1, slot));
-	return err < 0 ? err : 0;
-}
-
 int md__remote_ref(struct md__remote *rm, uint32_t slot, int delta)
 {
 	int err = CALL(rm, md__client_ref(rm->c, &slot, 1, delta));

@@ -52,10 +52,6 @@ int md__remote_publish_n(struct md__remote *rm, const uint64_t *hash, const void
 			 uint32_t n, uint32_t *first);
 /* REF / UNREF n slots, all or none. */
 int md__remote_ref_n(struct md__remote *rm, const uint32_t *slots, uint32_t n, int delta);
-/* LOOKUP one hash: *slot, or -ENOENT. */
-int md__remote_lookup(struct md__remote *rm, uint64_t hash, uint32_t *slot);
-/* PUBLISH one page: *slot, pinned for us. */
-int md__remote_publish(struct md__remote *rm, uint64_t hash, const void *page, uint32_t *slot);
 /* REF (+1) / UNREF (-1) one slot. */
 int md__remote_ref(struct md__remote *rm, uint32_t slot, int delta);
 int md__remote_report(struct md__remote *rm, const uint64_t *ctr, uint32_t n);
