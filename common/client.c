@@ -506,7 +506,7 @@ int md__daemon_ensure(const char *daemon_exe)
 		return -errno;
 	if (pid == 0) {
 		/* Only async-signal-safe calls between fork and exec. memdedupd
-		 * daemonizes itself and closes what it inherited. */
+		 * daemonizes itself and closes the descriptors it inherited. */
 		char *const argv[] = { (char *)daemon_exe, NULL };
 		execv(daemon_exe, argv);
 		_exit(127);

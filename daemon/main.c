@@ -179,6 +179,10 @@ int main(int argc, char **argv)
 		fprintf(stderr, "memdedupd: unexpected argument '%s'\n%s", argv[optind], usage_text);
 		return 2;
 	}
+	/* Started by a VMM's `memdedup run`, we inherit whatever it had open
+	 * (disk images, pipes, lock files): holding them would keep them busy
+	 * for as long as we live. */
+	close_range(3, ~0u, 0);
 	d.pool_pages = (size_t)pages;
 	md__tunables_default(&d.tun);
 	md__run_dir(run_opt, run_dir, sizeof(run_dir));

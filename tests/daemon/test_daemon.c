@@ -588,8 +588,17 @@ TEST_IMPL(daemon_ensure_starts)
 	setenv("MEMDEDUP_RUN_DIR", dir, 1);
 	unsetenv("MEMDEDUP_SOCKET");
 	ASSERT(!md__daemon_alive(NULL));
+	/* A descriptor the VMM had open (without close-on-exec), as a lock
+	 * file or a pipe: the daemon must not keep it. */
+	int keep[2];
+	ASSERT(pipe2(keep, O_NONBLOCK) == 0);
 	ASSERT_EQ(md__daemon_ensure(exe), 0);
 	ASSERT(md__daemon_alive(sock));
+	close(keep[1]);
+	char c;
+	/* End of file, not EAGAIN: no writer is left, the daemon included. */
+	ASSERT_EQ(read(keep[0], &c, 1), 0);
+	close(keep[0]);
 	ASSERT_EQ(md__daemon_ensure(exe), 0);	/* already there: nothing started */
 	FILE *f = fopen(pidf, "r");
 	ASSERT(f);
