@@ -254,15 +254,18 @@ void md__scan_account(struct md_agent *a)
 	struct md__engine_stats st;
 	md__engine_stats(e, &st);
 	struct md__scanner_stats ss = a->scanner.st;	/* racy reads of counters: fine */
-	uint64_t sharing = 0, registered = 0;
+	uint64_t sharing = 0, registered = 0, unshared = 0;
 	pthread_rwlock_rdlock(&e->regions_lock);
 	pthread_mutex_lock(&e->lock);
 	for (size_t i = 0; i < e->nregions; i++) {
 		struct md__eregion *r = &e->regions[i];
 		size_t np = (r->end - r->start) / MD_EPAGE;
 		registered += np;
-		for (size_t p = 0; p < np; p++)
+		for (size_t p = 0; p < np; p++) {
 			sharing += MD_REF_SLOT(r->ref[p]) != 0;
+			/* KSM's pages_unshared: found stable and unique. */
+			unshared += !MD_REF_BUSY(r->ref[p]) && MD_SEEN_AGE(r->seen[p]) > 0;
+		}
 	}
 	/* With the daemon's pool, what the domain's pool holds is the
 	 * daemon's to say; we count the first copies we put there. */
@@ -297,6 +300,10 @@ void md__scan_account(struct md_agent *a)
 	md__set(a, MD_CTR_PAGES_SHARING, sharing);
 	md__set(a, MD_CTR_POOL_PAGES, pool);
 	md__set(a, MD_CTR_SCAN_CPU_NS, ss.cpu_ns);
+	md__set(a, MD_CTR_PAGES_UNSHARED, unshared);
+	md__set(a, MD_CTR_SMART_SKIPS, ss.skipped);
+	md__set(a, MD_CTR_CANDIDATES, ss.candidates);
+	md__set(a, MD_CTR_MERGED_FROM_CANDIDATES, ss.merged_candidate);
 	/* KSM's general_profit: what merging saves, less what it costs in
 	 * metadata (the engine's 13 bytes per registered page). */
 	int64_t profit = ((int64_t)sharing + (int64_t)st.zero - (int64_t)pool) * MD_EPAGE -
@@ -366,6 +373,15 @@ void md__scan_daemon(struct md_agent *a, int report)
 	struct md__msg_control ctl;
 	while (md__remote_next_control(rm, &ctl) == 0)
 		apply_control(a, &ctl);
+	/* The daemon's rate and CPU cap are for all its agents together; a
+	 * value given to this agent itself (memdedup run --pages-to-scan) is
+	 * this agent's alone. */
+	unsigned share = md__remote_share(rm);
+	share = share ? share : 1;
+	__atomic_store_n(&a->scanner.share_batch, a->scan_explicit & MD_SET_PAGES ? 1 : share,
+			 __ATOMIC_RELAXED);
+	__atomic_store_n(&a->scanner.share_cpu, a->scan_explicit & MD_SET_CPU ? 1 : share,
+			 __ATOMIC_RELAXED);
 	if (report) {
 		uint64_t snap[MD_CTR_COUNT];
 		for (int i = 0; i < MD_CTR_COUNT; i++)

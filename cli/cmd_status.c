@@ -131,7 +131,9 @@ static json_t *stats_json(const md_stats *s)
 		{ "wp_waits", s->wp_waits }, { "hints_pushed", s->hints_pushed },
 		{ "hints_dropped", s->hints_dropped }, { "pages_sharing", s->pages_sharing },
 		{ "pages_shared", s->pool_pages }, { "merge_rate", s->merge_rate },
-		{ "break_rate", s->break_rate },
+		{ "break_rate", s->break_rate }, { "pages_unshared", s->pages_unshared },
+		{ "smart_skips", s->smart_skips }, { "candidates", s->candidates },
+		{ "merged_from_candidates", s->merged_from_candidates },
 	};
 	for (size_t i = 0; i < sizeof(scan) / sizeof(scan[0]); i++)
 		json_object_set_new(sc, scan[i].k, json_integer((json_int_t)scan[i].v));

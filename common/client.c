@@ -30,6 +30,9 @@ struct md__client {
 	uint32_t seq;
 	unsigned qhead, qlen;      /* ring of unsolicited CONTROLs */
 	struct md__msg_control q[MD_CLIENT_QUEUE];
+	unsigned chead, clen;      /* ring of CANDIDATES addresses */
+	uint64_t cand[MD_CLIENT_CANDIDATES];
+	uint32_t share;            /* the last SHARE; 0: none came */
 	unsigned char *rx;         /* header + payload of the last message */
 	size_t rx_cap;
 	struct md__msg msg;        /* decoded reply; here, not on a VMM thread's stack */
@@ -190,11 +193,35 @@ static void queue_control(struct md__client *c, const struct md__msg_control *ct
 	c->qlen++;
 }
 
-/* A message that is not a reply: only CONTROL with seq 0 may come so. */
+static void queue_candidates(struct md__client *c, const struct md__msg_candidates *m)
+{
+	/* Full: the oldest go, like the hint stack's: a candidate only
+	 * makes a merge come sooner, the scan finds it anyway. */
+	for (uint32_t i = 0; i < m->n; i++) {
+		if (c->clen == MD_CLIENT_CANDIDATES) {
+			c->chead = (c->chead + 1) % MD_CLIENT_CANDIDATES;
+			c->clen--;
+		}
+		c->cand[(c->chead + c->clen) % MD_CLIENT_CANDIDATES] = m->addr[i];
+		c->clen++;
+	}
+}
+
+/* A message that is not a reply: only CONTROL, CANDIDATES and SHARE with
+ * seq 0 may come so. */
 static int unsolicited(struct md__client *c)
 {
-	if (c->msg.hdr.seq == 0 && c->msg.hdr.type == MD_MSG_CONTROL) {
+	if (c->msg.hdr.seq != 0)
+		return kill_conn(c, -EPROTO);
+	switch (c->msg.hdr.type) {
+	case MD_MSG_CONTROL:
 		queue_control(c, &c->msg.u.control);
+		return 0;
+	case MD_MSG_CANDIDATES:
+		queue_candidates(c, &c->msg.u.candidates);
+		return 0;
+	case MD_MSG_SHARE:
+		c->share = c->msg.u.share.agents;
 		return 0;
 	}
 	return kill_conn(c, -EPROTO);
@@ -353,7 +380,8 @@ int md__client_hello(struct md__client *c, const char *domain, uint32_t flags,
 	return 0;
 }
 
-int md__client_lookup(struct md__client *c, const uint64_t *hash, uint32_t n, uint32_t *slot1)
+int md__client_lookup(struct md__client *c, const uint64_t *hash, const uint64_t *addr,
+		      uint32_t n, uint32_t *slot1)
 {
 	struct md__msg *m;
 	int err;
@@ -365,6 +393,10 @@ int md__client_lookup(struct md__client *c, const uint64_t *hash, uint32_t n, ui
 	m->hdr.type = MD_MSG_LOOKUP;
 	m->u.lookup.n = n;
 	memcpy(m->u.lookup.hash, hash, n * sizeof(*hash));
+	if (addr)
+		memcpy(m->u.lookup.addr, addr, n * sizeof(*addr));
+	else
+		memset(m->u.lookup.addr, 0, n * sizeof(*addr));
 	err = call(c, m, MD_MSG_LOOKUP_R, NULL);
 	free(m);
 	if (err)
@@ -460,25 +492,20 @@ int md__client_request(struct md__client *c, unsigned type, const void *payload,
 	return 0;
 }
 
-int md__client_next_control(struct md__client *c, struct md__msg_control *ctl)
+/* Reads every message waiting on the socket now (the daemon writes them
+ * whole, so this waits little) into the queues. 0, or -errno if the
+ * connection failed. */
+static int pump(struct md__client *c)
 {
 	for (;;) {
-		if (c->qlen) {
-			*ctl = c->q[c->qhead];
-			c->qhead = (c->qhead + 1) % MD_CLIENT_QUEUE;
-			c->qlen--;
-			return 0;
-		}
 		if (c->dead)
 			return -ENOTCONN;
 		struct pollfd p = { .fd = c->fd, .events = POLLIN };
 		int r = poll(&p, 1, 0);
 		if (r < 0)
-			return errno == EINTR ? -EAGAIN : -errno;
+			return errno == EINTR ? 0 : -errno;
 		if (r == 0)
-			return -EAGAIN;
-		/* Something came (or the daemon went): read one whole message;
-		 * the daemon writes messages whole, so this waits little. */
+			return 0;
 		int err = recv_msg(c, now_ms() + c->timeout_ms, NULL);
 		if (err)
 			return err;
@@ -486,6 +513,21 @@ int md__client_next_control(struct md__client *c, struct md__msg_control *ctl)
 		if (err)
 			return err;
 	}
+}
+
+int md__client_next_control(struct md__client *c, struct md__msg_control *ctl)
+{
+	if (!c->qlen) {
+		int err = pump(c);
+		if (err)
+			return err;
+		if (!c->qlen)
+			return -EAGAIN;
+	}
+	*ctl = c->q[c->qhead];
+	c->qhead = (c->qhead + 1) % MD_CLIENT_QUEUE;
+	c->qlen--;
+	return 0;
 }
 
 int md__daemon_alive(const char *socket_path)
@@ -530,4 +572,21 @@ int md__daemon_ensure(const char *daemon_exe)
 		struct timespec ts = { 0, 20 * 1000000 };
 		nanosleep(&ts, NULL);
 	}
+}
+
+size_t md__client_take_candidates(struct md__client *c, uint64_t *addr, size_t max)
+{
+	size_t n = 0;
+	pump(c);	/* a failure shows in the next request */
+	for (; n < max && c->clen; n++) {
+		addr[n] = c->cand[c->chead];
+		c->chead = (c->chead + 1) % MD_CLIENT_CANDIDATES;
+		c->clen--;
+	}
+	return n;
+}
+
+uint32_t md__client_share(const struct md__client *c)
+{
+	return c->share;
 }

@@ -4,7 +4,9 @@
  * Blocking requests, each bounded by a timeout (MD_CLIENT_TIMEOUT_MS), so a
  * caller never hangs on a daemon that died or stopped answering. A CONTROL
  * the daemon sends on its own (seq 0) while a request waits for its reply is
- * queued, never lost: md__client_next_control() hands them out.
+ * queued, never lost: md__client_next_control() hands them out. So are the
+ * CANDIDATES (md__client_take_candidates(), the oldest dropped when full)
+ * and the last SHARE (md__client_share()).
  *
  * It runs inside QEMU through LD_PRELOAD: it calls no interposed function
  * (mmap, munmap, madvise, pread, preadv), only socket calls, poll, malloc and
@@ -24,6 +26,7 @@
 
 #define MD_CLIENT_TIMEOUT_MS 2000
 #define MD_CLIENT_QUEUE 64          /* unsolicited CONTROLs kept; older ones dropped */
+#define MD_CLIENT_CANDIDATES 4096   /* CANDIDATES addresses kept; older ones dropped */
 
 struct md__client;
 
@@ -44,9 +47,13 @@ void md__client_set_timeout(struct md__client *c, int ms);
  * caller owns it; map it MAP_PRIVATE, PROT_READ or copy-on-write). */
 int md__client_hello(struct md__client *c, const char *domain, uint32_t flags,
 		     struct md__msg_welcome *welcome, int *pool_fd);
-/* LOOKUP: slot1[i] = slot + 1 of a page with hash[i], 0 if none. n <= 512.
- * A candidate only: compare the bytes before relying on it. */
-int md__client_lookup(struct md__client *c, const uint64_t *hash, uint32_t n, uint32_t *slot1);
+/* LOOKUP: slot1[i] = slot + 1 of a page with hash[i], 0 if none,
+ * MD_LOOKUP_PUBLISH to publish it. n <= 512. A candidate only: compare the
+ * bytes before relying on it. addr[i] (or NULL: none) is where the caller
+ * holds the page: when another agent publishes that content, the daemon
+ * sends it back in a CANDIDATES. */
+int md__client_lookup(struct md__client *c, const uint64_t *hash, const uint64_t *addr,
+		      uint32_t n, uint32_t *slot1);
 /* PUBLISH: n <= 64 pages (hash[i] = md__page_hash(pages + i * 4096)) go
  * into consecutive slots from *first_slot; the caller holds one reference
  * on each. */
@@ -67,6 +74,11 @@ int md__client_request(struct md__client *c, unsigned type, const void *payload,
 /* The oldest CONTROL the daemon sent on its own: 0 and *ctl filled,
  * -EAGAIN if none is waiting (never blocks when the socket is idle). */
 int md__client_next_control(struct md__client *c, struct md__msg_control *ctl);
+/* Moves up to max CANDIDATES addresses, oldest first, to addr; returns
+ * how many. Reads what is waiting on the socket first, without blocking. */
+size_t md__client_take_candidates(struct md__client *c, uint64_t *addr, size_t max);
+/* The agents the daemon last said its tunables are split among; 0: none. */
+uint32_t md__client_share(const struct md__client *c);
 
 /* Starts memdedupd (daemon_exe) unless a daemon answers on the default
  * socket; waits up to 2 s for it to answer. 0 when one answers. */

@@ -59,6 +59,7 @@ static const char *const type_names[MD_MSG_TYPE_END] = {
 	[MD_MSG_REPORT] = "REPORT", [MD_MSG_STATUS] = "STATUS",
 	[MD_MSG_STATUS_R] = "STATUS_R", [MD_MSG_CONTROL] = "CONTROL",
 	[MD_MSG_CONTROL_R] = "CONTROL_R", [MD_MSG_ERROR] = "ERROR",
+	[MD_MSG_CANDIDATES] = "CANDIDATES", [MD_MSG_SHARE] = "SHARE",
 };
 
 const char *md__msg_type_name(unsigned type)
@@ -80,7 +81,7 @@ uint32_t md__msg_max_len(unsigned type)
 	switch (type) {
 	case MD_MSG_HELLO: return 10 + MD_DOMAIN_MAX;
 	case MD_MSG_WELCOME: return MD_WELCOME_LEN;
-	case MD_MSG_LOOKUP: return 4 + 8 * MD_LOOKUP_MAX;
+	case MD_MSG_LOOKUP: return 4 + 16 * MD_LOOKUP_MAX;
 	case MD_MSG_LOOKUP_R: return 4 + 4 * MD_LOOKUP_MAX;
 	case MD_MSG_PUBLISH: return 4 + (8 + MD_MSG_PAGE) * MD_PUBLISH_MAX;
 	case MD_MSG_PUBLISH_R: return 8;
@@ -93,6 +94,8 @@ uint32_t md__msg_max_len(unsigned type)
 	case MD_MSG_CONTROL: return 12 + MD_KEY_MAX + MD_VALUE_MAX;
 	case MD_MSG_CONTROL_R:
 	case MD_MSG_ERROR: return 6 + MD_TEXT_MAX;
+	case MD_MSG_CANDIDATES: return 4 + 8 * MD_CANDIDATES_MAX;
+	case MD_MSG_SHARE: return 4;
 	}
 	return 0;
 }
@@ -229,11 +232,13 @@ static int decode_payload(const unsigned char *p, uint32_t len, struct md__msg *
 		return 0;
 	}
 	case MD_MSG_LOOKUP:
-		if (len < 4 || (n = get32(p)) == 0 || n > MD_LOOKUP_MAX || len != 4 + 8 * n)
+		if (len < 4 || (n = get32(p)) == 0 || n > MD_LOOKUP_MAX || len != 4 + 16 * n)
 			return -EBADMSG;
 		m->u.lookup.n = n;
-		for (uint32_t i = 0; i < n; i++)
+		for (uint32_t i = 0; i < n; i++) {
 			m->u.lookup.hash[i] = get64(p + 4 + 8 * i);
+			m->u.lookup.addr[i] = get64(p + 4 + 8 * n + 8 * i);
+		}
 		return 0;
 	case MD_MSG_LOOKUP_R:
 		if (len < 4 || (n = get32(p)) == 0 || n > MD_LOOKUP_MAX || len != 4 + 4 * n)
@@ -314,6 +319,18 @@ static int decode_payload(const unsigned char *p, uint32_t len, struct md__msg *
 	case MD_MSG_CONTROL_R:
 	case MD_MSG_ERROR:
 		return decode_text(p, len, &m->u.text);
+	case MD_MSG_CANDIDATES:
+		if (len < 4 || (n = get32(p)) == 0 || n > MD_CANDIDATES_MAX || len != 4 + 8 * n)
+			return -EBADMSG;
+		m->u.candidates.n = n;
+		for (uint32_t i = 0; i < n; i++)
+			m->u.candidates.addr[i] = get64(p + 4 + 8 * i);
+		return 0;
+	case MD_MSG_SHARE:
+		if (len != 4 || (n = get32(p)) == 0 || n > MD_SHARE_MAX)
+			return -EBADMSG;
+		m->u.share.agents = n;
+		return 0;
 	}
 	return -EBADMSG;
 }
@@ -359,7 +376,7 @@ static uint32_t payload_len(const struct md__msg *m, int *ok)
 		n = m->hdr.type == MD_MSG_LOOKUP ? m->u.lookup.n : m->u.lookup_r.n;
 		if (n == 0 || n > MD_LOOKUP_MAX)
 			break;
-		return 4 + (m->hdr.type == MD_MSG_LOOKUP ? 8 : 4) * n;
+		return 4 + (m->hdr.type == MD_MSG_LOOKUP ? 16 : 4) * n;
 	case MD_MSG_PUBLISH:
 		n = m->u.publish.n;
 		if (n == 0 || n > MD_PUBLISH_MAX || !m->u.publish.pages)
@@ -406,6 +423,15 @@ static uint32_t payload_len(const struct md__msg *m, int *ok)
 		if (!text_valid(m->u.text.text, l) || m->u.text.status > 0 || m->u.text.status < -4095)
 			break;
 		return 6 + (uint32_t)l;
+	case MD_MSG_CANDIDATES:
+		n = m->u.candidates.n;
+		if (n == 0 || n > MD_CANDIDATES_MAX)
+			break;
+		return 4 + 8 * n;
+	case MD_MSG_SHARE:
+		if (m->u.share.agents == 0 || m->u.share.agents > MD_SHARE_MAX)
+			break;
+		return 4;
 	}
 	*ok = 0;
 	return 0;
@@ -454,6 +480,8 @@ ssize_t md__msg_encode(const struct md__msg *m, void *buf, size_t size)
 		p = put32(p, m->u.lookup.n);
 		for (uint32_t i = 0; i < m->u.lookup.n; i++)
 			p = put64(p, m->u.lookup.hash[i]);
+		for (uint32_t i = 0; i < m->u.lookup.n; i++)
+			p = put64(p, m->u.lookup.addr[i]);
 		break;
 	case MD_MSG_LOOKUP_R:
 		p = put32(p, m->u.lookup_r.n);
@@ -505,6 +533,14 @@ ssize_t md__msg_encode(const struct md__msg *m, void *buf, size_t size)
 		p = put32(p, (uint32_t)m->u.text.status);
 		p = put16(p, (uint16_t)(len - 6));
 		memcpy(p, m->u.text.text, len - 6);
+		break;
+	case MD_MSG_CANDIDATES:
+		p = put32(p, m->u.candidates.n);
+		for (uint32_t i = 0; i < m->u.candidates.n; i++)
+			p = put64(p, m->u.candidates.addr[i]);
+		break;
+	case MD_MSG_SHARE:
+		put32(p, m->u.share.agents);
 		break;
 	}
 	return (ssize_t)(MD_MSG_HDR_SIZE + len);

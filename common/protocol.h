@@ -3,7 +3,7 @@
  *
  * Every message is a fixed 16-byte header followed by `length` payload bytes:
  *
- *     u32 magic ("MDD1" on the wire)  u16 version (1)  u16 type
+ *     u32 magic ("MDD1" on the wire)  u16 version (2)  u16 type
  *     u32 length (payload bytes)      u32 seq
  *
  * All fields are little-endian and fixed-size; a payload is a fixed part
@@ -20,7 +20,7 @@
 #include <sys/types.h>
 
 #define MD_MSG_MAGIC 0x3144444du   /* "MDD1" read as a little-endian u32 */
-#define MD_MSG_VERSION 1u
+#define MD_MSG_VERSION 2u
 #define MD_MSG_HDR_SIZE 16u
 /* The largest payload of any message: a STATUS_R document. */
 #define MD_MSG_MAX (1u << 20)
@@ -28,6 +28,8 @@
 
 #define MD_DOMAIN_MAX 64u          /* bytes of a domain name */
 #define MD_LOOKUP_MAX 512u         /* hashes in a LOOKUP */
+#define MD_CANDIDATES_MAX 64u      /* addresses in a CANDIDATES */
+#define MD_SHARE_MAX 65535u        /* agents a SHARE splits the rate among */
 #define MD_PUBLISH_MAX 64u         /* pages in a PUBLISH */
 #define MD_REF_MAX 1024u           /* slots in a REF / UNREF */
 #define MD_REPORT_MAX 256u         /* counters in a REPORT */
@@ -51,6 +53,8 @@ enum md__msg_type {
 	MD_MSG_CONTROL,        /* CLI -> d; and d -> agent with seq 0 */
 	MD_MSG_CONTROL_R,
 	MD_MSG_ERROR,          /* d -> anyone: the request failed */
+	MD_MSG_CANDIDATES,     /* d -> agent, seq 0: pages now in the pool */
+	MD_MSG_SHARE,          /* d -> agent, seq 0: agents sharing the rate */
 	MD_MSG_TYPE_END
 };
 
@@ -106,6 +110,7 @@ struct md__msg_welcome {
 struct md__msg_lookup {
 	uint32_t n;
 	uint64_t hash[MD_LOOKUP_MAX];
+	uint64_t addr[MD_LOOKUP_MAX];      /* where the asker holds each page */
 };
 
 struct md__msg_lookup_r {
@@ -147,6 +152,19 @@ struct md__msg_status_r {
 	uint32_t len;
 };
 
+/* CANDIDATES: addresses this agent looked up (LOOKUP addr) whose content
+ * another agent has just published: a merge is likely there now. */
+struct md__msg_candidates {
+	uint32_t n;
+	uint64_t addr[MD_CANDIDATES_MAX];
+};
+
+/* SHARE: the scanning agents the daemon's tunables are split among (the
+ * rate and the CPU cap are for all of them together). */
+struct md__msg_share {
+	uint32_t agents;                   /* 1..MD_SHARE_MAX */
+};
+
 struct md__msg_control {
 	uint32_t op;                       /* MD_CTL_* */
 	int32_t pid;                       /* 0: every agent */
@@ -174,6 +192,8 @@ struct md__msg {
 		struct md__msg_status_r status_r;
 		struct md__msg_control control;
 		struct md__msg_text text;
+		struct md__msg_candidates candidates;
+		struct md__msg_share share;
 	} u;
 };
 

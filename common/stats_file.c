@@ -58,6 +58,10 @@ const char *md__ctr_name(enum md__ctr c)
 		[MD_CTR_MERGE_RATE] = "merge_rate",
 		[MD_CTR_BREAK_RATE] = "break_rate",
 		[MD_CTR_READ_NS] = "read_ns",
+		[MD_CTR_PAGES_UNSHARED] = "pages_unshared",
+		[MD_CTR_SMART_SKIPS] = "smart_skips",
+		[MD_CTR_CANDIDATES] = "candidates",
+		[MD_CTR_MERGED_FROM_CANDIDATES] = "merged_from_candidates",
 	};
 	if ((unsigned)c >= MD_CTR_COUNT)
 		return "unknown";
@@ -103,6 +107,10 @@ void md__stats_from_counters(const uint64_t *ctr, md_stats *out)
 	out->merge_rate = ctr[MD_CTR_MERGE_RATE];
 	out->break_rate = ctr[MD_CTR_BREAK_RATE];
 	out->read_ns = ctr[MD_CTR_READ_NS];
+	out->pages_unshared = ctr[MD_CTR_PAGES_UNSHARED];
+	out->smart_skips = ctr[MD_CTR_SMART_SKIPS];
+	out->candidates = ctr[MD_CTR_CANDIDATES];
+	out->merged_from_candidates = ctr[MD_CTR_MERGED_FROM_CANDIDATES];
 }
 
 int md__stats_parse(const void *buf, size_t len, struct md__stats_snapshot *out)

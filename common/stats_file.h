@@ -53,6 +53,10 @@ enum md__ctr {
 	MD_CTR_MERGE_RATE,         /* pages merged per second, over the last second */
 	MD_CTR_BREAK_RATE,         /* merged pages written per second, likewise */
 	MD_CTR_READ_NS,            /* time spent in reads into guest RAM */
+	MD_CTR_PAGES_UNSHARED,     /* stable unique pages the scanner keeps checking */
+	MD_CTR_SMART_SKIPS,        /* visits saved by skipping pages that stayed unique */
+	MD_CTR_CANDIDATES,         /* pages memdedupd named after another agent published */
+	MD_CTR_MERGED_FROM_CANDIDATES,
 	MD_CTR_COUNT
 };
 

@@ -44,12 +44,16 @@ struct md__domain {
 	uint64_t *slot_hash;       /* hash of each live slot, to unindex it */
 	uint64_t refs_total;       /* references over all agents */
 	uint64_t publish_hits;     /* publications answered with an equal live page */
-	/* First sightings (KSM's unstable tree, lossy): hash -> pid of the
-	 * agent that looked it up and found nothing. A second agent asking
-	 * for the same hash is told to publish: only content seen in two
-	 * processes is copied into the pool. */
+	/* First sightings (KSM's unstable tree, lossy): hash -> the agent
+	 * (pid) and address of the page that was looked up and found
+	 * nothing. Another page asking for the same hash is told to publish:
+	 * only content seen twice is copied into the pool. The entry then
+	 * waits (seen_asked) for that publication, and the first page's
+	 * agent is sent its address as a CANDIDATE to merge. */
 	uint64_t *seen_hash;
+	uint64_t *seen_addr;
 	pid_t *seen_pid;
+	uint8_t *seen_asked;
 	size_t seen_cap;           /* power of two; 0: no table */
 	size_t nagents;            /* agent records (connected or not) in it */
 };
@@ -103,6 +107,7 @@ struct md__daemon {
 	uint32_t next_domain_id;
 	uint64_t last_generation;
 	struct md__tunables tun;   /* what a new agent starts with */
+	uint32_t shared_among;     /* connected agents the tunables are split among */
 	int paused;
 	int64_t start_ms;          /* monotonic */
 	int stop;
@@ -131,7 +136,12 @@ void md__ep_forget(struct md__daemon *d, struct md__ep *ep);
 /* domain.c */
 int md__domain_get(struct md__daemon *d, uid_t uid, const char *name, struct md__domain **out);
 void md__domain_release(struct md__daemon *d, struct md__domain *dom);
-uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash, pid_t asker);
+uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash, pid_t asker, uint64_t addr);
+/* Frees the first-sighting table (it comes back on the next lookup). */
+void md__domain_seen_free(struct md__domain *dom);
+/* Content with this hash was just published: if a first sighting waits for
+ * it, returns 1 with the pid and address of that page (and forgets it). */
+int md__domain_published(struct md__domain *dom, uint64_t hash, pid_t *pid, uint64_t *addr);
 int md__domain_publish(struct md__domain *dom, const uint64_t *hash, const unsigned char *pages,
 		       uint32_t n, uint32_t *first);
 /* 1 if slot is live in dom and one more reference fits. */

@@ -99,8 +99,7 @@ int md__domain_get(struct md__daemon *d, uid_t uid, const char *name, struct md_
 
 static void domain_free(struct md__domain *dom)
 {
-	free(dom->seen_hash);
-	free(dom->seen_pid);
+	md__domain_seen_free(dom);
 	free(dom->slot_hash);
 	md__index_free(&dom->index);
 	md__pool_close(&dom->pool);
@@ -141,34 +140,77 @@ static const void *any_candidate(void *arg, uint32_t slot)
 
 #define SEEN_CAP (1u << 20)
 
-uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash, pid_t asker)
+static size_t seen_index(const struct md__domain *dom, uint64_t hash)
+{
+	return (size_t)(hash ^ (hash >> 29)) & (dom->seen_cap - 1);
+}
+
+static int seen_alloc(struct md__domain *dom)
+{
+	dom->seen_hash = calloc(SEEN_CAP, sizeof(*dom->seen_hash));
+	dom->seen_addr = calloc(SEEN_CAP, sizeof(*dom->seen_addr));
+	dom->seen_pid = calloc(SEEN_CAP, sizeof(*dom->seen_pid));
+	dom->seen_asked = calloc(SEEN_CAP, sizeof(*dom->seen_asked));
+	if (!dom->seen_hash || !dom->seen_addr || !dom->seen_pid || !dom->seen_asked) {
+		md__domain_seen_free(dom);
+		return -ENOMEM;
+	}
+	dom->seen_cap = SEEN_CAP;
+	return 0;
+}
+
+void md__domain_seen_free(struct md__domain *dom)
+{
+	free(dom->seen_hash);
+	free(dom->seen_addr);
+	free(dom->seen_pid);
+	free(dom->seen_asked);
+	dom->seen_hash = dom->seen_addr = NULL;
+	dom->seen_pid = NULL;
+	dom->seen_asked = NULL;
+	dom->seen_cap = 0;
+}
+
+uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash, pid_t asker, uint64_t addr)
 {
 	static const unsigned char page[4096];
 	int64_t s = md__index_find(&dom->index, hash, page, any_candidate, (void *)page);
 	if (s >= 0)
 		return (uint32_t)s + 1;
-	if (!dom->seen_cap) {
-		dom->seen_hash = calloc(SEEN_CAP, sizeof(*dom->seen_hash));
-		dom->seen_pid = calloc(SEEN_CAP, sizeof(*dom->seen_pid));
-		if (!dom->seen_hash || !dom->seen_pid) {
-			free(dom->seen_hash);
-			free(dom->seen_pid);
-			dom->seen_hash = NULL;
-			dom->seen_pid = NULL;
-			return 0;	/* without the table: never told to publish */
-		}
-		dom->seen_cap = SEEN_CAP;
-	}
+	if (!dom->seen_cap && seen_alloc(dom))
+		return 0;	/* without the table: never told to publish */
 	/* Direct-mapped and lossy, like a cache: a collision forgets the
 	 * older sighting, which costs a merge found one pass later. */
-	size_t i = (size_t)(hash ^ (hash >> 29)) & (dom->seen_cap - 1);
-	if (dom->seen_pid[i] && dom->seen_hash[i] == hash && dom->seen_pid[i] != asker) {
-		dom->seen_pid[i] = 0;
-		return MD_LOOKUP_PUBLISH;
+	size_t i = seen_index(dom, hash);
+	if (dom->seen_pid[i] && dom->seen_hash[i] == hash) {
+		/* The same page again (address 0: the asker did not say) is
+		 * no second copy; any other page is, in this process or not. */
+		int same = dom->seen_pid[i] == asker && dom->seen_addr[i] == addr;
+		if (dom->seen_asked[i] || !same) {
+			dom->seen_asked[i] = 1;
+			return MD_LOOKUP_PUBLISH;
+		}
+		return 0;
 	}
 	dom->seen_hash[i] = hash;
+	dom->seen_addr[i] = addr;
 	dom->seen_pid[i] = asker;
+	dom->seen_asked[i] = 0;
 	return 0;
+}
+
+int md__domain_published(struct md__domain *dom, uint64_t hash, pid_t *pid, uint64_t *addr)
+{
+	if (!dom->seen_cap)
+		return 0;
+	size_t i = seen_index(dom, hash);
+	if (!dom->seen_pid[i] || dom->seen_hash[i] != hash || !dom->seen_asked[i])
+		return 0;
+	*pid = dom->seen_pid[i];
+	*addr = dom->seen_addr[i];
+	dom->seen_pid[i] = 0;
+	dom->seen_asked[i] = 0;
+	return *addr != 0;
 }
 
 int md__domain_slot_ok(const struct md__domain *dom, uint32_t slot, uint32_t more)

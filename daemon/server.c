@@ -104,12 +104,35 @@ void md__ep_forget(struct md__daemon *d, struct md__ep *ep)
 			d->evs[i].data.ptr = NULL;
 }
 
+/* The tunables are for all connected agents together, as KSM's are for the
+ * whole host: whenever their number changes, each is told it. */
+static void reshare(struct md__daemon *d)
+{
+	uint32_t n = 0;
+	for (struct md__agent *a = d->agents; a; a = a->next)
+		n += a->conn != NULL;
+	if (n > MD_SHARE_MAX)
+		n = MD_SHARE_MAX;
+	if (n == d->shared_among)
+		return;
+	d->shared_among = n;
+	if (!n)
+		return;
+	struct md__msg m = { .hdr = { .type = MD_MSG_SHARE } };
+	m.u.share.agents = n;
+	for (struct md__agent *a = d->agents; a; a = a->next)
+		if (a->conn)
+			md__conn_send(d, a->conn, &m, -1);
+}
+
 static void conn_close(struct md__daemon *d, struct md__conn *c)
 {
 	struct md__agent *a = c->agent;
 	c->agent = NULL;
-	if (a)
+	if (a) {
 		md__agent_detach(d, a);
+		reshare(d);
+	}
 	md__ep_forget(d, &c->ep);
 	*c->pprev = c->next;
 	if (c->next)
@@ -320,6 +343,25 @@ static void handle_status(struct md__daemon *d, struct md__conn *c, uint32_t seq
 }
 
 /* Handles the whole message in c->in. */
+/* Tells the agent whose page was the first sighting of content just
+ * published where that page is: it can merge it at once, not a pass later. */
+static void send_candidate(struct md__daemon *d, struct md__domain *dom, uint64_t hash)
+{
+	pid_t pid;
+	uint64_t addr;
+	if (!md__domain_published(dom, hash, &pid, &addr))
+		return;
+	for (struct md__agent *a = d->agents; a; a = a->next) {
+		if (a->pid != pid || a->dom != dom || !a->conn)
+			continue;
+		struct md__msg m = { .hdr = { .type = MD_MSG_CANDIDATES } };
+		m.u.candidates.n = 1;
+		m.u.candidates.addr[0] = addr;
+		md__conn_send(d, a->conn, &m, -1);
+		return;
+	}
+}
+
 static void dispatch(struct md__daemon *d, struct md__conn *c)
 {
 	struct md__msg *m = &d->msg, *r;
@@ -364,6 +406,7 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
 		w.u.welcome.tun = d->tun;
 		w.u.welcome.state = d->paused ? MD_WELCOME_PAUSED : 0;
 		md__conn_send(d, c, &w, dom->pool.ro_fd);
+		reshare(d);
 		return;
 	}
 	case MD_MSG_LOOKUP:
@@ -376,7 +419,7 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
 		r->u.lookup_r.n = m->u.lookup.n;
 		for (uint32_t i = 0; i < m->u.lookup.n; i++)
 			r->u.lookup_r.slot1[i] = md__domain_lookup(c->agent->dom, m->u.lookup.hash[i],
-								   c->agent->pid);
+								   c->agent->pid, m->u.lookup.addr[i]);
 		md__conn_send(d, c, r, -1);
 		free(r);
 		return;
@@ -392,6 +435,8 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
 		p.u.publish_r.first_slot = first;
 		p.u.publish_r.n = m->u.publish.n;
 		md__conn_send(d, c, &p, -1);
+		for (uint32_t i = 0; i < m->u.publish.n; i++)
+			send_candidate(d, c->agent->dom, m->u.publish.hash[i]);
 		return;
 	}
 	case MD_MSG_REF:

@@ -442,10 +442,18 @@ static int zero_run(struct md__engine *e, struct md__eregion *r, uintptr_t addr,
 
 int md__engine_merge(struct md__engine *e, void *addr, size_t n, uint32_t slot)
 {
+	return md__engine_merge_some(e, addr, n, slot, NULL);
+}
+
+int md__engine_merge_some(struct md__engine *e, void *addr, size_t n, uint32_t slot,
+			  unsigned char *done)
+{
 	uintptr_t a = (uintptr_t)addr;
 	unsigned char eq[MAX_RUN];
 	int err, merged = 0;
 
+	if (done && n <= MAX_RUN)
+		memset(done, 0, n);
 	if (a % MD_EPAGE || n == 0 || n > MAX_RUN)
 		return -EINVAL;
 	pthread_mutex_lock(&e->lock);
@@ -484,6 +492,8 @@ int md__engine_merge(struct md__engine *e, void *addr, size_t n, uint32_t slot)
 		size_t rlen = (j - i) * MD_EPAGE;
 		if (eq[i] && map_pool(e, r, ra, j - i, slot + (uint32_t)i) == 0) {
 			merged += (int)(j - i);
+			if (done)
+				memset(done + i, 1, j - i);
 			md__uffd_wake(&e->uffd, ra, rlen);
 		} else {
 			/* Unequal, or mmap failed and left the page as it

@@ -48,12 +48,22 @@
 /* Nothing for the scanner to do: merged already, or an image page. */
 #define MD_REF_BUSY(r) ((r) & ~MD_REF_FILE)
 
+/* seen[] of a page: 0 until the scanner has its checksum; then MD_SEEN, the
+ * page's age (passes it was visited, unchanged and without a partner,
+ * capped at 3) and how many passes the cursor still skips it. Like KSM's
+ * smart scan, a page that stays unique is visited every 2^age passes; a
+ * partner appearing elsewhere reaches it sooner as a candidate. */
+#define MD_SEEN 1u
+#define MD_SEEN_AGE(s) (((s) >> 1) & 3u)
+#define MD_SEEN_SKIP(s) ((s) >> 4)
+#define MD_SEEN_MAKE(age, skip) (MD_SEEN | (unsigned)(age) << 1 | (unsigned)(skip) << 4)
+
 struct md__eregion {
 	uintptr_t start, end;
 	unsigned advice;
 	uint32_t *ref;
 	uint64_t *hash;    /* last checksum the scanner saw (volatility) */
-	uint8_t *seen;     /* the scanner has a checksum for the page */
+	uint8_t *seen;     /* the scanner's state of the page: MD_SEEN_* */
 };
 
 struct md__engine_stats {
@@ -113,6 +123,10 @@ int md__engine_exclude(struct md__engine *e, void *addr, size_t len,
 /* Merges n guest pages from addr with the live pool slots from slot on.
  * Returns the pages merged (those that compared equal), or -errno. */
 int md__engine_merge(struct md__engine *e, void *addr, size_t n, uint32_t slot);
+/* The same, and done[i] = 1 for each page i that now shows its pool page
+ * (the caller's pin on that slot now belongs to the page). */
+int md__engine_merge_some(struct md__engine *e, void *addr, size_t n, uint32_t slot,
+			  unsigned char *done);
 /* Drops those of n pages from addr that are all zero. Returns the count. */
 int md__engine_merge_zero(struct md__engine *e, void *addr, size_t n);
 /* Copies n guest pages into new, consecutive pool slots (*slot the first)

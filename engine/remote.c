@@ -136,9 +136,10 @@ int md__remote_valid(struct md__remote *rm, uint32_t slot, size_t n)
 	pthread_mutex_unlock(&(rm)->lock); \
 	_r; })
 
-int md__remote_lookup_n(struct md__remote *rm, const uint64_t *hash, uint32_t n, uint32_t *slot1)
+int md__remote_lookup_n(struct md__remote *rm, const uint64_t *hash, const uint64_t *addr,
+			uint32_t n, uint32_t *slot1)
 {
-	int err = CALL(rm, md__client_lookup(rm->c, hash, n, slot1));
+	int err = CALL(rm, md__client_lookup(rm->c, hash, addr, n, slot1));
 	return err < 0 ? err : 0;
 }
 
@@ -171,4 +172,24 @@ int md__remote_next_control(struct md__remote *rm, struct md__msg_control *ctl)
 {
 	int err = CALL(rm, md__client_next_control(rm->c, ctl));
 	return err;
+}
+
+size_t md__remote_take_candidates(struct md__remote *rm, uint64_t *addr, size_t max)
+{
+	size_t n = 0;
+	pthread_mutex_lock(&rm->lock);
+	if (rm->c)
+		n = md__client_take_candidates(rm->c, addr, max);
+	pthread_mutex_unlock(&rm->lock);
+	return n;
+}
+
+uint32_t md__remote_share(struct md__remote *rm)
+{
+	uint32_t n = 0;
+	pthread_mutex_lock(&rm->lock);
+	if (rm->c)
+		n = md__client_share(rm->c);
+	pthread_mutex_unlock(&rm->lock);
+	return n;
 }

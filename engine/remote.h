@@ -44,8 +44,10 @@ int md__engine_remote_connect(struct md__engine *e);
 int md__remote_connected(struct md__remote *rm);
 /* 1 if slots [slot, slot+n) lie in the pool file (their view pages readable). */
 int md__remote_valid(struct md__remote *rm, uint32_t slot, size_t n);
-/* LOOKUP n hashes: slot1[i] as in LOOKUP_R (slot + 1, 0, MD_LOOKUP_PUBLISH). */
-int md__remote_lookup_n(struct md__remote *rm, const uint64_t *hash, uint32_t n, uint32_t *slot1);
+/* LOOKUP n hashes of the pages at addr[]: slot1[i] as in LOOKUP_R (slot + 1,
+ * 0, MD_LOOKUP_PUBLISH). */
+int md__remote_lookup_n(struct md__remote *rm, const uint64_t *hash, const uint64_t *addr,
+			uint32_t n, uint32_t *slot1);
 /* PUBLISH n pages (copied from pages[i]): consecutive slots from *first,
  * each pinned for us. */
 int md__remote_publish_n(struct md__remote *rm, const uint64_t *hash, const void *pages,
@@ -56,4 +58,9 @@ int md__remote_ref_n(struct md__remote *rm, const uint32_t *slots, uint32_t n, i
 int md__remote_ref(struct md__remote *rm, uint32_t slot, int delta);
 int md__remote_report(struct md__remote *rm, const uint64_t *ctr, uint32_t n);
 int md__remote_next_control(struct md__remote *rm, struct md__msg_control *ctl);
+/* Pages this agent looked up whose content another agent has published
+ * since (the daemon's CANDIDATES): up to max addresses, oldest first. */
+size_t md__remote_take_candidates(struct md__remote *rm, uint64_t *addr, size_t max);
+/* The scanning agents the daemon's tunables are split among (0: not said). */
+uint32_t md__remote_share(struct md__remote *rm);
 #endif

@@ -182,11 +182,58 @@ static uintptr_t hint_next(struct md__scanner *s)
 	return a;
 }
 
+/* A visited page stayed unique (no pool page, no partner): it ages, and the
+ * cursor skips it for 2^age - 1 passes (the smart scan, see merge.h). */
+static void page_aged(struct md__engine *e, uintptr_t a)
+{
+	struct md__eregion *r = md__engine_region(e, a, MD_EPAGE);
+	if (!r)
+		return;
+	size_t i = (a - r->start) / MD_EPAGE;
+	unsigned age = MD_SEEN_AGE(r->seen[i]);
+	age += age < 3;
+	r->seen[i] = (uint8_t)MD_SEEN_MAKE(age, (1u << age) - 1);
+}
+
+/* Merges the pending pages of[0..n) with slot[0..n): adjacent pages whose
+ * slots are consecutive too go in one merge, one mapping (the pool hands
+ * out consecutive slots to pages published in cursor order). A slot whose
+ * page did not merge goes to unpin; a merged page owns its pin. */
+static void merge_pending(struct md__scanner *s, const size_t *of, const uint32_t *slot, size_t n,
+			  uint32_t *unpin, size_t *nunpin)
+{
+	unsigned char done[64];
+	for (size_t j = 0; j < n;) {
+		size_t run = 1;
+		while (j + run < n && s->pend_addr[of[j + run]] == s->pend_addr[of[j]] + run * MD_EPAGE &&
+		       slot[j + run] == slot[j] + run)
+			run++;
+		md__engine_merge_some(s->e, (void *)s->pend_addr[of[j]], run, slot[j], done);
+		for (size_t q = 0; q < run; q++) {
+			size_t k = of[j + q];
+			if (!done[q]) {
+				unpin[(*nunpin)++] = slot[j + q];
+				continue;
+			}
+			if (s->pend_hinted[k] < 2)	/* candidates are neither source's */
+				s->epoch_merges[s->pend_hinted[k]]++;
+			if (s->pend_hinted[k] == 2)
+				s->st.merged_candidate++;
+			else if (s->pend_hinted[k])
+				s->st.merged_hint++;
+			else
+				s->st.merged_scan++;
+		}
+		j += run;
+	}
+}
+
 /* Steps 4-5 with the daemon's pool, for the candidates of a batch:
- * LOOKUP all their hashes at once; pin (REF) and merge those the index
- * has; publish those the daemon says another process has too (KSM's
- * unstable tree, kept by the daemon), then merge them with their copies;
- * leave the rest. Returns the merges, counted per source. */
+ * LOOKUP all their hashes at once (with their addresses, so the daemon can
+ * tell us when another agent publishes one of them); pin (REF) and merge
+ * those the index has; publish those the daemon says another process has
+ * too (KSM's unstable tree, kept by the daemon), then merge them with their
+ * copies; the rest stayed unique this time and age. */
 static void flush_remote(struct md__scanner *s)
 {
 	struct md__engine *e = s->e;
@@ -197,7 +244,8 @@ static void flush_remote(struct md__scanner *s)
 	size_t npin = 0, npub = 0, pin_of[64], pub_of[64];
 
 	s->npend = 0;
-	if (!n || !md__remote_connected(rm) || md__remote_lookup_n(rm, s->pend_hash, (uint32_t)n, slot1))
+	if (!n || !md__remote_connected(rm) ||
+	    md__remote_lookup_n(rm, s->pend_hash, s->pend_addr, (uint32_t)n, slot1))
 		return;
 	for (size_t k = 0; k < n; k++) {
 		if (slot1[k] == MD_LOOKUP_PUBLISH) {
@@ -208,6 +256,8 @@ static void flush_remote(struct md__scanner *s)
 		} else if (slot1[k]) {
 			pin[npin] = slot1[k] - 1;
 			pin_of[npin++] = k;
+		} else {
+			page_aged(e, s->pend_addr[k]);
 		}
 	}
 	/* Pin all candidates at once; if one was freed meanwhile the daemon
@@ -223,36 +273,29 @@ static void flush_remote(struct md__scanner *s)
 	}
 	uint32_t unpin[128];
 	size_t nunpin = 0;
-	for (size_t j = 0; j < npin; j++) {
-		size_t k = pin_of[j];
-		int m = md__engine_merge(e, (void *)s->pend_addr[k], 1, pin[j]);
-		if (m <= 0)
-			unpin[nunpin++] = pin[j];
-		s->epoch_merges[s->pend_hinted[k]] += m > 0;
-		if (m > 0 && s->pend_hinted[k])
-			s->st.merged_hint++;
-		else if (m > 0)
-			s->st.merged_scan++;
-	}
+	merge_pending(s, pin_of, pin, npin, unpin, &nunpin);
 	/* One page per PUBLISH: the daemon then answers with an equal live
 	 * page when another agent published the same content meanwhile (it
 	 * compares single pages only), so no content is in the pool twice.
 	 * Publishing happens once per duplicated content: rare next to
 	 * lookups. */
+	size_t npubd = 0;
 	for (size_t j = 0; j < npub; j++) {
-		if (md__remote_publish_n(rm, &pub_hash[j], s->pub_buf + j * MD_EPAGE, 1, &pub_slot[j]) != 0)
+		if (md__remote_publish_n(rm, &pub_hash[j], s->pub_buf + j * MD_EPAGE, 1, &pub_slot[npubd]) != 0)
 			continue;
 		s->st.published++;
-		/* The page may have changed since it was copied: the compare
-		 * under write-protection decides, as always. */
-		if (md__engine_merge(e, (void *)s->pend_addr[pub_of[j]], 1, pub_slot[j]) <= 0)
-			unpin[nunpin++] = pub_slot[j];
+		pub_of[npubd++] = pub_of[j];
 	}
+	/* The pages may have changed since they were copied: the compare
+	 * under write-protection decides, as always. */
+	merge_pending(s, pub_of, pub_slot, npubd, unpin, &nunpin);
 	if (nunpin)
 		md__remote_ref_n(rm, unpin, (uint32_t)nunpin, -1);
 }
 
-/* Visits one page; returns 1 if it was merged. */
+/* Visits one page found by the cursor (hinted 0), a hint (1) or a daemon's
+ * candidate (2); returns 1 if it was merged (the remote path counts its
+ * merges itself, when the batch's candidates are resolved). */
 static int visit(struct md__scanner *s, uintptr_t a, int hinted)
 {
 	struct md__engine *e = s->e;
@@ -264,6 +307,11 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted)
 	uint32_t ref = __atomic_load_n(&r->ref[i], __ATOMIC_RELAXED);
 	if (MD_REF_BUSY(ref))
 		return 0;
+	if (!hinted && MD_SEEN_SKIP(r->seen[i])) {
+		r->seen[i] = (uint8_t)(r->seen[i] - (1u << 4));
+		s->st.skipped++;
+		return 0;
+	}
 	if (a < s->pm_base || a >= s->pm_base + s->pm_n * MD_EPAGE) {
 		/* Not past the region's end: the window must stay inside it. */
 		size_t n = (r->end - a) / MD_EPAGE;
@@ -287,12 +335,13 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted)
 	uint64_t h = md__page_hash(page);
 	if (!hinted && (!r->seen[i] || r->hash[i] != h)) {
 		r->hash[i] = h;
-		r->seen[i] = 1;
+		r->seen[i] = MD_SEEN;	/* changed: young again */
 		s->st.volatile_skips++;
 		return 0;
 	}
+	if (hinted || r->hash[i] != h)
+		r->seen[i] = MD_SEEN;
 	r->hash[i] = h;
-	r->seen[i] = 1;
 	if (e->remote) {
 		/* Resolved with the rest of the batch (flush_remote). */
 		s->pend_addr[s->npend] = a;
@@ -305,6 +354,8 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted)
 	int64_t slot = md__engine_lookup(e, page, h);
 	if (slot >= 0)
 		return md__engine_merge(e, (void *)a, 1, (uint32_t)slot) > 0;
+	/* No aging here: without the daemon's candidates, two unique pages
+	 * skipping on different passes could never meet in the table. */
 	uintptr_t other = un_find_insert(&s->un, h, a);
 	if (!other)
 		return 0;
@@ -338,9 +389,23 @@ static void adapt(struct md__scanner *s)
 int md__scanner_step(struct md__scanner *s, size_t npages)
 {
 	int merges = 0;
+	size_t k = 0;
 	pthread_rwlock_rdlock(&s->e->regions_lock);
 	s->pm_n = 0;	/* the window is as old as the batch at most */
-	for (size_t k = 0; k < npages; k++) {
+	if (s->e->remote) {
+		/* First the pages the daemon named: their content was just
+		 * published by another agent, a merge is all but certain. An
+		 * address is only a guess: visit() finds it registered or not,
+		 * and the merge compares under write-protection as ever. */
+		uint64_t cand[64];
+		size_t nc = md__remote_take_candidates(s->e->remote, cand, npages < 64 ? npages : 64);
+		for (; k < nc; k++) {
+			s->st.candidates++;
+			if (cand[k] % MD_EPAGE == 0 && cand[k] == (uintptr_t)cand[k])
+				visit(s, (uintptr_t)cand[k], 2);
+		}
+	}
+	for (; k < npages; k++) {
 		uintptr_t a = 0;
 		int hinted = 0;
 		if (k % 8 < s->ratio && (a = hint_next(s)) != 0)
@@ -383,12 +448,18 @@ static void *scan_thread(void *arg)
 	while (!__atomic_load_n(&s->stop, __ATOMIC_RELAXED)) {
 		uint64_t sleep_ns = (uint64_t)__atomic_load_n(&s->sleep_ms, __ATOMIC_RELAXED) * 1000000ull;
 		uint64_t wall0 = clock_ns(CLOCK_MONOTONIC), cpu0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
+		unsigned nb = __atomic_load_n(&s->share_batch, __ATOMIC_RELAXED);
+		unsigned nc = __atomic_load_n(&s->share_cpu, __ATOMIC_RELAXED);
+		size_t batch = __atomic_load_n(&s->batch, __ATOMIC_RELAXED);
+		batch = nb > 1 ? (batch + nb - 1) / nb : batch;
 		if (!__atomic_load_n(&s->paused, __ATOMIC_RELAXED))
-			md__scanner_step(s, __atomic_load_n(&s->batch, __ATOMIC_RELAXED));
+			md__scanner_step(s, batch);
 		uint64_t cpu = clock_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0;
 		uint64_t wall = clock_ns(CLOCK_MONOTONIC) - wall0;
 		s->st.cpu_ns += cpu;
 		unsigned cap = __atomic_load_n(&s->cpu_percent, __ATOMIC_RELAXED);
+		if (nc > 1)
+			cap = cap / nc ? cap / nc : 1;
 		if (cap && cap < 100 && cpu * 100 / cap > wall + sleep_ns)
 			sleep_ns = cpu * 100 / cap - wall;
 		if (sleep_ns < 1000000)

@@ -16,6 +16,8 @@ struct md__scanner_stats {
 	uint64_t scanned, hinted;          /* pages visited from each source */
 	uint64_t merged_scan, merged_hint; /* merges found by each source */
 	uint64_t zero, volatile_skips, published, passes;
+	uint64_t skipped;                  /* visits the smart scan saved */
+	uint64_t candidates, merged_candidate; /* pages the daemon named, merged */
 	uint64_t cpu_ns;                   /* the scanning thread's CPU time */
 	unsigned ratio;                    /* now: hinted pages per 8 */
 };
@@ -33,6 +35,9 @@ struct md__scanner {
 	size_t batch;           /* pages per wake-up */
 	unsigned sleep_ms;
 	unsigned cpu_percent;   /* cap of one core, 0: none */
+	/* The daemon's tunables are for all its agents together: this agent
+	 * takes batch / share_batch pages and cpu_percent / share_cpu (1: all). */
+	unsigned share_batch, share_cpu;
 	int paused;
 	int random_order;
 	unsigned ratio;         /* of every 8 pages, how many come from hints */
@@ -47,7 +52,7 @@ struct md__scanner {
 	size_t pm_n;
 	/* With the daemon's pool: candidates of this batch, resolved together
 	 * (one LOOKUP, one REF, one PUBLISH instead of one each per page). */
-	uintptr_t pend_addr[64];
+	uint64_t pend_addr[64];
 	uint64_t pend_hash[64];
 	unsigned char pend_hinted[64];
 	size_t npend;

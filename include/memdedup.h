@@ -159,6 +159,11 @@ typedef struct md_stats {
 	int64_t general_profit;        /* now: bytes saved minus metadata bytes */
 	uint64_t merge_rate;           /* now: pages merged per second (last second) */
 	uint64_t break_rate;           /* now: merged pages written per second */
+	uint64_t pages_unshared;       /* now: unique pages still checked (KSM's) */
+	uint64_t smart_skips;          /* visits saved on pages that stayed unique */
+	uint64_t candidates;           /* pages memdedupd named: their content was
+	                                * just published by another page */
+	uint64_t merged_from_candidates; /* of merged, found through candidates */
 } md_stats;
 
 /* Returns a short name of a fallback reason ("unaligned", ...). */

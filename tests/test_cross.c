@@ -6,6 +6,7 @@
  * and that the pool holds no page nobody maps.
  */
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
@@ -20,13 +21,19 @@
 
 static char sock_env[400];
 
-static void start_agent(struct proc *p, const struct tdaemon *t, const char *domain_env)
+static void start_agent_at(struct proc *p, const struct tdaemon *t, const char *domain_env,
+			   const char *rate_env)
 {
 	snprintf(sock_env, sizeof(sock_env), "MEMDEDUP_SOCKET=%s", t->sock);
-	const char *env[] = { sock_env, "MEMDEDUP_SCAN=1", "MEMDEDUP_PAGES_TO_SCAN=4000",
-			      "MEMDEDUP_SLEEP_MS=1", domain_env ? domain_env : "MEMDEDUP_X=1", NULL };
+	const char *env[] = { sock_env, "MEMDEDUP_SCAN=1", rate_env, "MEMDEDUP_SLEEP_MS=1",
+			      domain_env ? domain_env : "MEMDEDUP_X=1", NULL };
 	proc_start(p, env);
 	proc_cmd(p, "map 1024");
+}
+
+static void start_agent(struct proc *p, const struct tdaemon *t, const char *domain_env)
+{
+	start_agent_at(p, t, domain_env, "MEMDEDUP_PAGES_TO_SCAN=4000");
 }
 
 static int sharing_n(const md_stats *s) { return s->pages_sharing >= N; }
@@ -119,6 +126,44 @@ TEST_IMPL(cross_process_sharing)
 		usleep(100000);
 	ASSERT_EQ(domain_live(&t), 0);
 	ASSERT_EQ(memfds(t.pid), 0);
+	td_stop(&t);
+	return 0;
+}
+
+static int sharing_all(const md_stats *s) { return s->pages_sharing >= N && s->merged_from_candidates > 0; }
+
+/* Duplicates inside one process share through the daemon's pool too: the
+ * second copy is published, and the daemon names the first copy back to its
+ * agent (a candidate), which then merges it without waiting for a pass. */
+TEST_IMPL(cross_in_process_duplicates)
+{
+	struct tdaemon t;
+	struct proc a;
+	md_stats s;
+	td_start(&t, 65536);
+	/* Batches far smaller than the region: a pass takes several, so the
+	 * cursor does not come back to a first copy before its candidate. */
+	start_agent_at(&a, &t, NULL, "MEMDEDUP_PAGES_TO_SCAN=64");
+	proc_cmd(&a, "fill 0 %u 9", N / 2);
+	proc_cmd(&a, "fill %u %u 9", N / 2 * PG, N / 2);
+	int waited = proc_stats_wait(&a, &s, 20000, sharing_all);
+	if (waited)
+		fprintf(stderr, "  sharing %llu, candidates %llu (merged %llu), published %llu, merged %llu\n",
+			(unsigned long long)s.pages_sharing, (unsigned long long)s.candidates,
+			(unsigned long long)s.merged_from_candidates, (unsigned long long)s.published,
+			(unsigned long long)s.merged);
+	ASSERT_EQ(waited, 0);
+	ASSERT(s.candidates > 0);
+	proc_cmd(&a, "hash 0 %u", N * PG);
+	int same = 0;
+	for (unsigned i = 0; i < N / 2; i++) {
+		struct pm x = proc_page(&a, i * PG), y = proc_page(&a, (N / 2 + i) * PG);
+		same += x.present && y.present && x.pfn == y.pfn;
+	}
+	ASSERT_EQ(same, N / 2);
+	/* One pool page per content. */
+	ASSERT_EQ(domain_live(&t), N / 2);
+	proc_stop(&a);
 	td_stop(&t);
 	return 0;
 }

@@ -61,7 +61,7 @@ TEST_IMPL(daemon_publish_lookup)
 	uint32_t first = publish(c, 1, 3, pages, hash);
 
 	uint64_t q[4] = { hash[0], hash[1], hash[2], 12345 };
-	ASSERT_EQ(md__client_lookup(c, q, 4, slot1), 0);
+	ASSERT_EQ(md__client_lookup(c, q, NULL, 4, slot1), 0);
 	ASSERT_EQ(slot1[0], first + 1);
 	ASSERT_EQ(slot1[1], first + 2);
 	ASSERT_EQ(slot1[2], first + 3);
@@ -105,7 +105,7 @@ TEST_IMPL(daemon_publish_lookup)
 	uint32_t un[2] = { first, first };
 	ASSERT_EQ(md__client_ref(c, un, 2, -1), 0);
 	ASSERT_EQ(md__client_ref(c, un, 1, -1), -EINVAL);	/* no longer held */
-	ASSERT_EQ(md__client_lookup(c, q, 1, slot1), 0);
+	ASSERT_EQ(md__client_lookup(c, q, NULL, 1, slot1), 0);
 	ASSERT_EQ(slot1[0], 0);
 	st = td_status(&t);
 	dom = td_domain(st, w.domain_id);
@@ -173,7 +173,7 @@ TEST_IMPL(daemon_domains_per_uid)
 		if (w2.domain_id == w.domain_id || w2.generation == w.generation)
 			_exit(13);
 		uint32_t s1 = 99;
-		if (md__client_lookup(c2, &hash, 1, &s1) || s1 != 0)
+		if (md__client_lookup(c2, &hash, NULL, 1, &s1) || s1 != 0)
 			_exit(14);
 		/* Nor can it reopen its read-only pool for writing. */
 		char path[64];
@@ -197,8 +197,96 @@ TEST_IMPL(daemon_domains_per_uid)
 	ASSERT_EQ(WEXITSTATUS(st), 0);
 	/* And ours is still found by us. */
 	uint32_t s1;
-	ASSERT_EQ(md__client_lookup(c, &hash, 1, &s1), 0);
+	ASSERT_EQ(md__client_lookup(c, &hash, NULL, 1, &s1), 0);
 	ASSERT(s1 != 0);
+	md__client_free(c);
+	td_stop(&t);
+	return 0;
+}
+
+/* Reads what the daemon sent on its own until cond holds (up to 2 s);
+ * cond is evaluated once more after, so it must stay true when repeated. */
+#define POLL_UNTIL(c, cond) do { \
+	struct md__msg_control ctl_; \
+	for (int i_ = 0; i_ < 200 && !(cond); i_++) { \
+		md__client_next_control(c, &ctl_); \
+		usleep(10000); \
+	} \
+	ASSERT(cond); \
+} while (0)
+
+TEST_IMPL(daemon_candidates_and_share)
+{
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	unsigned char page[PG];
+	uint64_t h1, h2, got[8];
+	uint32_t s1, first;
+	int fd, sync[2];
+
+	td_start(&t, 64);
+	struct md__client *c = td_agent(&t, "cand", &w, &fd);
+	POLL_UNTIL(c, md__client_share(c) == 1);
+
+	/* In one process: the same page looked up again is no duplicate, a
+	 * second page with its content is, and once it is published the
+	 * first page comes back as a candidate. */
+	td_fill_page(page, 1);
+	h1 = md__page_hash(page);
+	uint64_t a1 = 0x7f0000001000ull, a2 = 0x7f0000002000ull;
+	ASSERT_EQ(md__client_lookup(c, &h1, &a1, 1, &s1), 0);
+	ASSERT_EQ(s1, 0);
+	ASSERT_EQ(md__client_lookup(c, &h1, &a1, 1, &s1), 0);
+	ASSERT_EQ(s1, 0);
+	ASSERT_EQ(md__client_lookup(c, &h1, &a2, 1, &s1), 0);
+	ASSERT_EQ(s1, MD_LOOKUP_PUBLISH);
+	ASSERT_EQ(md__client_take_candidates(c, got, 8), 0);
+	ASSERT_EQ(md__client_publish(c, &h1, page, 1, &first), 0);
+	size_t ncand = 0;
+	POLL_UNTIL(c, (ncand += md__client_take_candidates(c, got, 8)) >= 1);
+	ASSERT_EQ(ncand, 1);
+	ASSERT_EQ(got[0], a1);
+	ASSERT_EQ(md__client_lookup(c, &h1, &a1, 1, &s1), 0);
+	ASSERT_EQ(s1, first + 1);
+
+	/* Across processes: the first sighter is told when another agent
+	 * publishes; the rate is split between the two while both are on. */
+	td_fill_page(page, 2);
+	h2 = md__page_hash(page);
+	uint64_t a3 = 0x7f0000003000ull;
+	ASSERT_EQ(md__client_lookup(c, &h2, &a3, 1, &s1), 0);
+	ASSERT_EQ(s1, 0);
+	ASSERT(pipe(sync) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		struct md__msg_welcome w2;
+		int fd2;
+		uint64_t a5 = 0x7f0000005000ull;
+		uint32_t k1, kf;
+		struct md__client *c2 = td_agent(&t, "cand", &w2, &fd2);
+		if (md__client_lookup(c2, &h2, &a5, 1, &k1) || k1 != MD_LOOKUP_PUBLISH)
+			_exit(1);
+		if (md__client_publish(c2, &h2, page, 1, &kf))
+			_exit(2);
+		char b;
+		if (read(sync[0], &b, 1) != 1)	/* stay until the parent saw it all */
+			_exit(3);
+		_exit(0);
+	}
+	POLL_UNTIL(c, md__client_share(c) == 2);
+	ncand = 0;
+	POLL_UNTIL(c, (ncand += md__client_take_candidates(c, got, 8)) >= 1);
+	ASSERT_EQ(ncand, 1);
+	ASSERT_EQ(got[0], a3);
+	ASSERT(write(sync[1], "x", 1) == 1);
+	int st;
+	ASSERT(waitpid(kid, &st, 0) == kid && WIFEXITED(st));
+	ASSERT_EQ(WEXITSTATUS(st), 0);
+	POLL_UNTIL(c, md__client_share(c) == 1);
+	close(sync[0]);
+	close(sync[1]);
+	close(fd);
 	md__client_free(c);
 	td_stop(&t);
 	return 0;
@@ -270,7 +358,7 @@ TEST_IMPL(daemon_malformed_closes)
 	/* The good one never noticed. */
 	uint64_t h = 1;
 	uint32_t s;
-	ASSERT_EQ(md__client_lookup(good, &h, 1, &s), 0);
+	ASSERT_EQ(md__client_lookup(good, &h, NULL, 1, &s), 0);
 	json_t *st = td_status(&t);
 	ASSERT_EQ(json_array_size(json_object_get(st, "agents")), 1);
 	json_decref(st);
@@ -386,9 +474,9 @@ TEST_IMPL(daemon_dies_client_enotconn)
 	ASSERT(kill(t.pid, SIGKILL) == 0);
 	ASSERT(waitpid(t.pid, NULL, 0) == t.pid);
 	double t0 = now();
-	ASSERT_EQ(md__client_lookup(c, &h, 1, &s), -ENOTCONN);
+	ASSERT_EQ(md__client_lookup(c, &h, NULL, 1, &s), -ENOTCONN);
 	ASSERT(now() - t0 < 0.5);
-	ASSERT_EQ(md__client_lookup(c, &h, 1, &s), -ENOTCONN);
+	ASSERT_EQ(md__client_lookup(c, &h, NULL, 1, &s), -ENOTCONN);
 	struct md__msg_control ctl;
 	ASSERT_EQ(md__client_next_control(c, &ctl), -ENOTCONN);
 	md__client_free(c);
@@ -402,9 +490,9 @@ TEST_IMPL(daemon_dies_client_enotconn)
 	md__client_set_timeout(c, 300);
 	ASSERT(kill(t.pid, SIGSTOP) == 0);
 	t0 = now();
-	ASSERT_EQ(md__client_lookup(c, &h, 1, &s), -ETIMEDOUT);
+	ASSERT_EQ(md__client_lookup(c, &h, NULL, 1, &s), -ETIMEDOUT);
 	ASSERT(now() - t0 < 1.5);
-	ASSERT_EQ(md__client_lookup(c, &h, 1, &s), -ENOTCONN);	/* the stream is lost */
+	ASSERT_EQ(md__client_lookup(c, &h, NULL, 1, &s), -ENOTCONN);	/* the stream is lost */
 	kill(t.pid, SIGCONT);
 	md__client_free(c);
 	td_stop(&t);
@@ -466,7 +554,7 @@ TEST_IMPL(daemon_control)
 	/* They arrive while the agent waits for a reply: queued, not lost. */
 	uint64_t h = 3;
 	uint32_t s;
-	ASSERT_EQ(md__client_lookup(agent, &h, 1, &s), 0);
+	ASSERT_EQ(md__client_lookup(agent, &h, NULL, 1, &s), 0);
 	ASSERT_EQ(md__client_next_control(agent, &ctl), 0);
 	ASSERT_EQ(ctl.op, MD_CTL_SET);
 	ASSERT_EQ(strcmp(ctl.key, "pages_to_scan"), 0);

@@ -52,10 +52,25 @@ TEST_IMPL(daemon_proto_round_trip)
 
 	m = (struct md__msg){ .hdr = { .type = MD_MSG_LOOKUP, .seq = 3 } };
 	m.u.lookup.n = MD_LOOKUP_MAX;
-	for (unsigned i = 0; i < MD_LOOKUP_MAX; i++)
+	for (unsigned i = 0; i < MD_LOOKUP_MAX; i++) {
 		m.u.lookup.hash[i] = 0x0102030405060708ull * (i + 1);
-	round_trip(&m, &o);
+		m.u.lookup.addr[i] = 0x7f0000000000ull + 4096ull * i;
+	}
+	ASSERT_EQ(round_trip(&m, &o), MD_MSG_HDR_SIZE + md__msg_max_len(MD_MSG_LOOKUP));
 	ASSERT_EQ(o.u.lookup.hash[MD_LOOKUP_MAX - 1], m.u.lookup.hash[MD_LOOKUP_MAX - 1]);
+	ASSERT_EQ(memcmp(o.u.lookup.addr, m.u.lookup.addr, sizeof(m.u.lookup.addr)), 0);
+
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_CANDIDATES } };
+	m.u.candidates.n = MD_CANDIDATES_MAX;
+	for (unsigned i = 0; i < MD_CANDIDATES_MAX; i++)
+		m.u.candidates.addr[i] = 0x7f0000000000ull + 8192ull * i;
+	ASSERT_EQ(round_trip(&m, &o), MD_MSG_HDR_SIZE + md__msg_max_len(MD_MSG_CANDIDATES));
+	ASSERT_EQ(memcmp(o.u.candidates.addr, m.u.candidates.addr, sizeof(m.u.candidates.addr)), 0);
+
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_SHARE } };
+	m.u.share.agents = 7;
+	ASSERT_EQ(round_trip(&m, &o), MD_MSG_HDR_SIZE + 4);
+	ASSERT_EQ(o.u.share.agents, 7);
 
 	m = (struct md__msg){ .hdr = { .type = MD_MSG_LOOKUP_R, .seq = 3 } };
 	m.u.lookup_r.n = 2;
@@ -157,7 +172,7 @@ TEST_IMPL(daemon_proto_rejects)
 	buf[0] = 'X';
 	ASSERT_EQ(md__msg_decode(buf, n, &m), -EPROTO);			/* magic */
 	n = raw(MD_MSG_STATUS, NULL, 0);
-	buf[4] = 2;
+	buf[4] = 1;	/* version 1: LOOKUP had no addresses */
 	ASSERT_EQ(md__msg_decode(buf, n, &m), -EPROTONOSUPPORT);	/* version */
 	n = raw(0, NULL, 0);
 	ASSERT_EQ(md__msg_decode(buf, n, &m), -EBADMSG);		/* type 0 */
@@ -174,16 +189,29 @@ TEST_IMPL(daemon_proto_rejects)
 
 	/* Counts against lengths. */
 	memset(p, 0, sizeof(p));
-	put32(p, 2);		/* two hashes, one present */
-	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_LOOKUP, p, 12), &m), -EBADMSG);
-	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_LOOKUP, p, 20), &m), 0);
-	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_LOOKUP, p, 28), &m), -EBADMSG);	/* extra */
+	put32(p, 2);		/* two hashes and addresses, one pair present */
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_LOOKUP, p, 20), &m), -EBADMSG);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_LOOKUP, p, 36), &m), 0);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_LOOKUP, p, 44), &m), -EBADMSG);	/* extra */
 	put32(p, 0);
 	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_LOOKUP, p, 4), &m), -EBADMSG);	/* empty */
-	put32(p, 0xffffffffu);	/* a count that would overflow 4 + 8n */
+	put32(p, 0xffffffffu);	/* a count that would overflow 4 + 16n */
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_LOOKUP, p, 36), &m), -EBADMSG);
+	put32(p, 0x10000001u);
 	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_LOOKUP, p, 20), &m), -EBADMSG);
-	put32(p, 0x20000001u);
-	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_LOOKUP, p, 12), &m), -EBADMSG);
+	put32(p, MD_CANDIDATES_MAX + 1);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_CANDIDATES, p, 12), &m), -EBADMSG);
+	put32(p, 1);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_CANDIDATES, p, 12), &m), 0);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_CANDIDATES, p, 20), &m), -EBADMSG);
+	put32(p, 0);		/* SHARE among no agent */
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_SHARE, p, 4), &m), -EBADMSG);
+	put32(p, MD_SHARE_MAX + 1);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_SHARE, p, 4), &m), -EBADMSG);
+	put32(p, 3);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_SHARE, p, 4), &m), 0);
+	ASSERT_EQ(m.u.share.agents, 3);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_SHARE, p, 3), &m), -EBADMSG);
 	put32(p, MD_REF_MAX + 1);
 	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_REF, p, 4 + 4 * 10), &m), -EBADMSG);
 	put32(p, 1);		/* one page without its content */
