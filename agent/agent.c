@@ -53,8 +53,13 @@ static void *agent_thread(void *arg)
 	sem_post(&start->ready);	/* start is gone after this */
 
 	/* Ticks of 100 ms: daemon messages are taken every tick, the
-	 * accounting is refreshed every 10th. */
+	 * counters are refreshed every 10th. What walks /proc/self/pagemap
+	 * over every shared page (copy-on-write breaks, the VMA count) runs
+	 * then only while reads or merges happen, else every 10 s: on a quiet
+	 * host it was most of memdedup's CPU time. */
 	struct timespec tick = { 0, 100000000 };
+	uint64_t last_activity = 0;
+	unsigned last_full = 0;
 	for (unsigned n = 1; !__atomic_load_n(&a->stop, __ATOMIC_ACQUIRE); n++) {
 		siginfo_t info;
 		int sig = sigtimedwait(&lease, &info, &tick);
@@ -65,8 +70,15 @@ static void *agent_thread(void *arg)
 		int second = n % 10 == 0;
 		if (second) {
 			md__regions_flush_advice(a);
-			md__account(a);
-			md__scan_account(a);
+			uint64_t act = __atomic_load_n(&a->ctr[MD_CTR_READS_SEEN], __ATOMIC_RELAXED) +
+				       md__scan_activity(a);
+			int full = act != last_activity || n - last_full >= 100;
+			if (full) {
+				md__account(a);
+				last_activity = act;
+				last_full = n;
+			}
+			md__scan_account(a, full);
 			md__set(a, MD_CTR_AGENT_CPU_NS, thread_cpu_ns());
 		}
 		md__scan_daemon(a, second);
@@ -302,7 +314,7 @@ int md_agent_stats(md_agent *a, md_stats *stats)
 	if (!a || !stats)
 		return -EINVAL;
 	md__account(a);
-	md__scan_account(a);
+	md__scan_account(a, 1);
 	uint64_t snap[MD_CTR_COUNT];
 	for (int i = 0; i < MD_CTR_COUNT; i++)
 		snap[i] = __atomic_load_n(&a->ctr[i], __ATOMIC_RELAXED);

@@ -138,7 +138,11 @@ void md__plan_read(uintptr_t buf, size_t len, uint64_t off, uint64_t file_size,
 #define MD_SET_HINTS (1u << 4)
 void md__scan_init(struct md_agent *a, const md_agent_options *o);
 void md__scan_register(struct md_agent *a, uintptr_t start, size_t len, unsigned advice);
-void md__scan_account(struct md_agent *a);
+/* Refreshes the scanner's counters; full: also finds the merged pages
+ * written since (a walk of /proc/self/pagemap). */
+void md__scan_account(struct md_agent *a, int full);
+/* A number that changes whenever reads or merges happen. */
+uint64_t md__scan_activity(struct md_agent *a);
 /* From the agent thread, often: reconnects to memdedupd, applies its
  * CONTROL messages; report: also send our counters. */
 void md__scan_daemon(struct md_agent *a, int report);

@@ -245,12 +245,19 @@ unlock:
 	return err;
 }
 
-void md__scan_account(struct md_agent *a)
+uint64_t md__scan_activity(struct md_agent *a)
+{
+	const struct md__scanner_stats *ss = &a->scanner.st;	/* racy reads: fine */
+	return ss->merged_scan + ss->merged_hint + ss->merged_candidate + ss->zero + ss->published;
+}
+
+void md__scan_account(struct md_agent *a, int full)
 {
 	struct md__engine *e = a->engine;
 	if (!e || !a->scanner_started)
 		return;
-	md__engine_reap(e);
+	if (full)
+		md__engine_reap(e);
 	struct md__engine_stats st;
 	md__engine_stats(e, &st);
 	struct md__scanner_stats ss = a->scanner.st;	/* racy reads of counters: fine */
