@@ -58,6 +58,7 @@ const char *md__ctr_name(enum md__ctr c)
 		[MD_CTR_MERGE_RATE] = "merge_rate",
 		[MD_CTR_BREAK_RATE] = "break_rate",
 		[MD_CTR_READ_NS] = "read_ns",
+		[MD_CTR_READ_SMALL] = "read_small_pages",
 	};
 	if ((unsigned)c >= MD_CTR_COUNT)
 		return "unknown";
@@ -103,6 +104,7 @@ void md__stats_from_counters(const uint64_t *ctr, md_stats *out)
 	out->merge_rate = ctr[MD_CTR_MERGE_RATE];
 	out->break_rate = ctr[MD_CTR_BREAK_RATE];
 	out->read_ns = ctr[MD_CTR_READ_NS];
+	out->read_small_pages = ctr[MD_CTR_READ_SMALL];
 }
 
 int md__stats_parse(const void *buf, size_t len, struct md__stats_snapshot *out)

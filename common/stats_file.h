@@ -53,6 +53,7 @@ enum md__ctr {
 	MD_CTR_MERGE_RATE,         /* pages merged per second, over the last second */
 	MD_CTR_BREAK_RATE,         /* merged pages written per second, likewise */
 	MD_CTR_READ_NS,            /* time spent in reads into guest RAM */
+	MD_CTR_READ_SMALL,         /* pages of reads below share_min_pages, copied */
 	MD_CTR_COUNT
 };
 

@@ -95,7 +95,16 @@ typedef struct md_agent_options {
 	 * this user in memdedupd (waiting for it if it is not running). */
 	const char *domain;
 	const char *daemon_socket;  /* NULL: $MEMDEDUP_SOCKET or the default */
+	/* Reads that would map fewer whole pages than this are copied as
+	 * usual (and hinted to the scanner) instead of shared: below it one
+	 * mmap costs more than the copy it replaces. 1..MD_SHARE_MIN_PAGES_MAX;
+	 * 0 takes MD_SHARE_MIN_PAGES_DEFAULT; above the maximum: -EINVAL. */
+	unsigned share_min_pages;
 } md_agent_options;
+
+/* The break-even of the microbenchmark (docs/benchmarks.md section 2). */
+#define MD_SHARE_MIN_PAGES_DEFAULT 16u
+#define MD_SHARE_MIN_PAGES_MAX 4096u
 
 /* Do not share reads at all: count them only (for comparisons). */
 #define MD_OPT_NO_SHARING (1u << 0)
@@ -159,6 +168,8 @@ typedef struct md_stats {
 	int64_t general_profit;        /* now: bytes saved minus metadata bytes */
 	uint64_t merge_rate;           /* now: pages merged per second (last second) */
 	uint64_t break_rate;           /* now: merged pages written per second */
+	uint64_t read_small_pages;     /* pages of reads below share_min_pages: copied
+	                                  by choice (and hinted), not a fallback */
 } md_stats;
 
 /* Returns a short name of a fallback reason ("unaligned", ...). */
