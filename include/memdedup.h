@@ -15,7 +15,8 @@
  * the read is mapped copy-on-write from the image's page cache instead of being
  * copied, so every guest reading the same image shares one host copy. The rest
  * of the read (partial pages, pipes, sockets, files that may change) is an
- * ordinary read.
+ * ordinary read, and so is a read of fewer whole pages than share_min_pages
+ * (default 16): mapping them would cost more than copying them.
  *
  * An image is shared only while the agent holds a read lease on it (see
  * fcntl(2), F_SETLEASE): the kernel grants one only while nobody has the file
