@@ -21,44 +21,71 @@
 #define PM_FILE (1ull << 61)
 #define PM_CHUNK 4096
 
-static void count_region(int pm, const struct md__region *r, uint64_t *owned, uint64_t *broken)
+/* Copies which pages of the next chunk at or after *addr are owned into
+ * owned[], under agent->lock. Returns the chunk's pages (0: no region left)
+ * and its start in *addr. */
+static size_t snapshot_chunk(struct md_agent *a, uintptr_t *addr, unsigned char *owned)
 {
-	static uint64_t entries[PM_CHUNK];
-	size_t npages = (r->end - r->start) / MD_PAGE;
+	size_t n = 0;
+	pthread_mutex_lock(&a->lock);
+	for (size_t i = 0; i < a->nregions; i++) {
+		const struct md__region *r = &a->regions[i];
+		if (r->end <= *addr)
+			continue;
+		if (*addr < r->start)
+			*addr = r->start;
+		size_t first = (*addr - r->start) / MD_PAGE, left = (r->end - *addr) / MD_PAGE;
+		n = left < PM_CHUNK ? left : PM_CHUNK;
+		for (size_t k = 0; k < n; k++)
+			owned[k] = r->owner[first + k] != 0;
+		break;
+	}
+	pthread_mutex_unlock(&a->lock);
+	return n;
+}
 
-	for (size_t base = 0; base < npages; base += PM_CHUNK) {
-		size_t n = npages - base < PM_CHUNK ? npages - base : PM_CHUNK;
-		size_t first = base, last = base + n;
-		while (first < last && !r->owner[first])
+void md__account(struct md_agent *a)
+{
+	/* The agent's thread and md_agent_stats() may both count: one at a
+	 * time, for the buffers. */
+	static pthread_mutex_t account_lock = PTHREAD_MUTEX_INITIALIZER;
+	static int pm = -1;
+	static uint64_t entries[PM_CHUNK];
+	static unsigned char owned_map[PM_CHUNK];
+	uint64_t owned = 0, broken = 0;
+	size_t n;
+
+	pthread_mutex_lock(&account_lock);
+	if (pm < 0)
+		pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	/* A chunk at a time, and the pagemap read outside agent->lock: a
+	 * walk of all guest RAM takes milliseconds, and every read into guest
+	 * RAM would wait for it (the regions may change between chunks; the
+	 * counts describe the present only approximately anyway). */
+	for (uintptr_t addr = 0; pm >= 0 && (n = snapshot_chunk(a, &addr, owned_map)) != 0;
+	     addr += n * MD_PAGE) {
+		size_t first = 0, last = n;
+		while (first < last && !owned_map[first])
 			first++;
+		while (last > first && !owned_map[last - 1])
+			last--;
 		if (first == last)
 			continue;
-		off_t off = (off_t)((r->start / MD_PAGE + first) * sizeof(uint64_t));
+		off_t off = (off_t)((addr / MD_PAGE + first) * sizeof(uint64_t));
 		ssize_t got = md__sys_pread(pm, entries, (last - first) * sizeof(uint64_t), off);
 		if (got <= 0)
 			continue;
 		size_t m = (size_t)got / sizeof(uint64_t);
 		for (size_t i = 0; i < m; i++) {
-			if (!r->owner[first + i])
+			if (!owned_map[first + i])
 				continue;
-			(*owned)++;
+			owned++;
 			if ((entries[i] & PM_PRESENT) && !(entries[i] & PM_FILE))
-				(*broken)++;
+				broken++;
 		}
 	}
-}
-
-void md__account(struct md_agent *a)
-{
-	static int pm = -1;
-	uint64_t owned = 0, broken = 0;
-
-	if (pm < 0)
-		pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	pthread_mutex_unlock(&account_lock);
 	pthread_mutex_lock(&a->lock);
-	if (pm >= 0)
-		for (size_t i = 0; i < a->nregions; i++)
-			count_region(pm, &a->regions[i], &owned, &broken);
 	a->maps_since_count = 0;
 	pthread_mutex_unlock(&a->lock);
 

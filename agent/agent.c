@@ -159,7 +159,7 @@ int md_agent_new(md_agent **agentp, const md_agent_options *opts)
 		return -EINVAL;
 	if (!opts)
 		opts = &none;
-	if (opts->flags & ~MD_OPT_ALL)
+	if ((opts->flags & ~MD_OPT_ALL) || opts->share_min_pages > MD_SHARE_MIN_PAGES_MAX)
 		return -EINVAL;
 	if (__atomic_exchange_n(&agent_exists, 1, __ATOMIC_ACQ_REL))
 		return -EBUSY;
@@ -174,6 +174,7 @@ int md_agent_new(md_agent **agentp, const md_agent_options *opts)
 	a->kernel_ksm = opts->kernel_ksm;
 	a->flags = opts->flags;
 	a->max_vmas = opts->max_vmas ? opts->max_vmas : default_max_vmas();
+	a->share_min_pages = opts->share_min_pages ? opts->share_min_pages : MD_SHARE_MIN_PAGES_DEFAULT;
 	a->lease_signal = SIGRTMAX - 2;
 	md__scan_init(a, opts);
 

@@ -61,6 +61,7 @@ struct md_agent {
 	unsigned flags;
 	uint64_t max_vmas;
 	uint64_t maps_since_count;    /* mmaps since the last VMA count */
+	unsigned share_min_pages;     /* fewer whole pages per read: copied */
 
 	uint64_t *ctr;                /* MD_CTR_COUNT counters, maybe in the stats file */
 	uint64_t local_ctr[MD_CTR_COUNT];

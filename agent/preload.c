@@ -11,6 +11,7 @@
  *   MEMDEDUP_MAX_VMAS=N      the mapping budget
  *   MEMDEDUP_POPULATE=1      fault shared pages in at read time
  *   MEMDEDUP_NO_SHARING=1    count only
+ *   MEMDEDUP_SHARE_MIN_PAGES=N  copy reads of fewer whole pages (1..4096)
  *   MEMDEDUP_SCAN=1          run the content scanner; MEMDEDUP_PAGES_TO_SCAN,
  *                            MEMDEDUP_SLEEP_MS, MEMDEDUP_CPU_PERCENT,
  *                            MEMDEDUP_SCAN_ORDER=linear|random tune it;
@@ -46,6 +47,25 @@ static int env_flag(const char *name, int dflt)
 	if (!v || !*v)
 		return dflt;
 	return !(strcmp(v, "0") == 0 || strcmp(v, "off") == 0 || strcmp(v, "no") == 0);
+}
+
+/* MEMDEDUP_SHARE_MIN_PAGES: a number in 1..MD_SHARE_MIN_PAGES_MAX, else the
+ * default (said in the log: `memdedup run` checks it, but not everyone
+ * starts the VMM through it). */
+static unsigned env_share_min_pages(void)
+{
+	const char *v = getenv("MEMDEDUP_SHARE_MIN_PAGES");
+	char *end;
+	if (!v || !*v)
+		return 0;
+	errno = 0;
+	unsigned long n = strtoul(v, &end, 10);
+	if (errno || end == v || *end || *v == '-' || n < 1 || n > MD_SHARE_MIN_PAGES_MAX) {
+		md__log("MEMDEDUP_SHARE_MIN_PAGES='%s' is not a number from 1 to %u: using %u",
+			v, MD_SHARE_MIN_PAGES_MAX, MD_SHARE_MIN_PAGES_DEFAULT);
+		return 0;
+	}
+	return (unsigned)n;
 }
 
 static void child_after_fork(void)
@@ -93,6 +113,7 @@ static md_agent *agent_get(void)
 		o.domain = getenv("MEMDEDUP_DOMAIN");
 		o.daemon_socket = getenv("MEMDEDUP_SOCKET");
 		md__log_open(getenv("MEMDEDUP_LOG"));
+		o.share_min_pages = env_share_min_pages();
 		int err = md_agent_new(&a, &o);
 		if (err) {
 			md__log("agent not started (%s): the process runs without memdedup", strerror(-err));

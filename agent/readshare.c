@@ -24,6 +24,13 @@ static uintptr_t round_up(uintptr_t x) { return (x + MD_PAGE - 1) & ~(MD_PAGE - 
 static uintptr_t round_down(uintptr_t x) { return x & ~(MD_PAGE - 1); }
 static uint64_t pages_of(size_t len) { return (len + MD_PAGE - 1) / MD_PAGE; }
 
+/* Whole pages of guest RAM inside [buf, buf+len): the most a read can map. */
+static size_t whole_pages(uintptr_t buf, size_t len)
+{
+	uintptr_t first = round_up(buf), last = round_down(buf + len);
+	return last > first ? (last - first) / MD_PAGE : 0;
+}
+
 void md__plan_read(uintptr_t buf, size_t len, uint64_t off, uint64_t file_size,
 		   struct md__read_plan *p)
 {
@@ -102,6 +109,11 @@ static size_t share_locked(struct md_agent *a, struct md__region *r, int fd,
 	if (plan->fallback >= 0) {
 		/* A read entirely past the end of the file counts as partial. */
 		md__fallback(a, (enum md_fallback)plan->fallback, pages_of(len));
+		return 0;
+	}
+	if (plan->map_len / MD_PAGE < a->share_min_pages) {
+		/* Cut short by the end of the file. */
+		md__count(a, MD_CTR_READ_SMALL, pages_of(len));
 		return 0;
 	}
 	if (a->maps_since_count + __atomic_load_n(&a->ctr[MD_CTR_VMAS], __ATOMIC_RELAXED) + 2 > a->max_vmas) {
@@ -197,6 +209,13 @@ static ssize_t read_segment(struct md_agent *a, int fd, void *buf, size_t len, o
 		;	/* counted as seen only: the baseline of comparisons */
 	else if (len < MD_PAGE)
 		md__fallback(a, MD_FB_PARTIAL, 1);
+	else if (((uintptr_t)buf - (uintptr_t)off) % MD_PAGE == 0 &&
+		 whole_pages((uintptr_t)buf, len) < a->share_min_pages)
+		/* One mmap costs more than copying this few pages (and, with
+		 * another thread of the VMM running, a TLB shootdown to its
+		 * core): copy, and hint the scanner below. Unaligned reads go
+		 * on, to be counted as such. */
+		md__count(a, MD_CTR_READ_SMALL, pages_of(len));
 	else
 		mapped = share_locked(a, r, fd, (uintptr_t)buf, len, off, &plan);
 	pthread_mutex_unlock(&a->lock);

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The cost per 4 KiB page of reads into guest RAM in the real guest workload:
 # a pair of guests reads the default image once with the agent counting only
-# (MEMDEDUP_NO_SHARING=1: every read is an ordinary pread) and once sharing;
-# the agents' read_ns / pages gives the time per page each way, for the mix of
-# read sizes the guests really issue. Prints a JSON line per mode, and writes
-# build/bench/read-cost.json.
+# (MEMDEDUP_NO_SHARING=1: every read is an ordinary pread), once sharing with
+# the default minimum read size (share), once sharing every whole page
+# (share-all: MEMDEDUP_SHARE_MIN_PAGES=1); the agents' read_ns / pages gives
+# the time per page each way, for the mix of read sizes the guests really
+# issue. TLB shootdowns (/proc/interrupts, the whole host) and PMD splits
+# (/proc/vmstat) are counted over the reads. Prints a JSON line per mode, and
+# writes build/bench/read-cost.json.
 # Usage: bench/read-cost.sh [ROUNDS]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -25,6 +28,10 @@ trap cleanup EXIT
 one() {  # MODE ROUND -> JSON line
   local mode=$1 r=$2 env=() i
   [ "$mode" = copy ] && env=(env MEMDEDUP_NO_SHARING=1)
+  [ "$mode" = share-all ] && env=(env MEMDEDUP_SHARE_MIN_PAGES=1)
+  local tlb0 split0 tlb1 split1
+  tlb0=$(awk '/^ *TLB:/ { for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) s += $i; print s + 0 }' /proc/interrupts)
+  split0=$(awk '$1 == "thp_split_pmd" { print $2 }' /proc/vmstat)
   pids=()
   for i in 1 2; do
     guest/run-guest.sh --hold 6 --wrapper "${env[*]} $md run --kernel-ksm=off --" \
@@ -35,11 +42,16 @@ one() {  # MODE ROUND -> JSON line
     [ "$(grep -l 'READS-DONE' "$out"/rc-"$mode-$r"-*.log 2>/dev/null | wc -l)" = 2 ] && break
     sleep 0.1
   done
+  tlb1=$(awk '/^ *TLB:/ { for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) s += $i; print s + 0 }' /proc/interrupts)
+  split1=$(awk '$1 == "thp_split_pmd" { print $2 }' /proc/vmstat)
   sleep 1
-  "$md" status --json | jq -c --arg m "$mode" '.totals | {mode: $m, reads: .reads_seen,
+  "$md" status --json | jq -c --arg m "$mode" --argjson tlb $((tlb1 - tlb0)) \
+      --argjson split $((${split1:-0} - ${split0:-0})) '.totals | {mode: $m, reads: .reads_seen,
       pages: (.bytes_read / 4096 | floor), shared_at_read: .pages_shared_at_read,
+      small_read_pages: .read_small_pages,
       read_s: .read_seconds, us_per_page: (.read_seconds * 1e6 / (.bytes_read / 4096)),
-      pages_per_read: ((.bytes_read / 4096) / .reads_seen)}'
+      pages_per_read: ((.bytes_read / 4096) / .reads_seen),
+      tlb_shootdowns_per_read: ($tlb / .reads_seen), pmd_splits_per_read: ($split / .reads_seen)}'
   for i in 0 1; do wait "${pids[$i]}" || true; done
   pids=()
 }
@@ -48,8 +60,11 @@ for r in $(seq "$rounds"); do
   cat "$img" > /dev/null
   one copy "$r"
   one share "$r"
+  one share-all "$r"
 done | tee "$out/read-cost.jsonl"
 jq -s 'group_by(.mode) | map({mode: .[0].mode, rounds: length,
         us_per_page: ((map(.us_per_page) | add) / length),
+        tlb_shootdowns_per_read: ((map(.tlb_shootdowns_per_read) | add) / length),
+        shared_at_read: ((map(.shared_at_read) | add) / length),
         pages_per_read: ((map(.pages_per_read) | add) / length)})' "$out/read-cost.jsonl" \
   | tee "$out/read-cost.json"

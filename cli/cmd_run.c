@@ -13,6 +13,7 @@
 
 #include "cli.h"
 #include "client.h"
+#include "memdedup.h"
 
 const struct md__cmd md__cmd_run_def = {
 	.name = "run",
@@ -28,6 +29,10 @@ const struct md__cmd md__cmd_run_def = {
 	"\n"
 	"  --kernel-ksm=on|off     pass MADV_MERGEABLE on to kernel KSM (default on)\n"
 	"  --populate              fault shared pages in at read time\n"
+	"  --share-min-pages=N     share only reads of at least N whole pages,\n"
+	"                          1..4096 (default 16); smaller reads are copied\n"
+	"                          (and hinted to the scanner): one mapping costs\n"
+	"                          more than copying a few pages\n"
 	"  --scan                  run the content scanner\n"
 	"  --pages-to-scan=N       pages per batch, 1..100000 (default 100)\n"
 	"  --sleep-ms=N            sleep between batches, 0..10000 ms (default 20)\n"
@@ -93,6 +98,7 @@ static int valid_text(const char *v)
 static const struct run_option run_options[] = {
 	{ .name = "--kernel-ksm=", .env = "MEMDEDUP_KERNEL_KSM", .words = "off|on", .value_is_word_index = 1 },
 	{ .name = "--populate", .env = "MEMDEDUP_POPULATE" },
+	{ .name = "--share-min-pages=", .env = "MEMDEDUP_SHARE_MIN_PAGES", .lo = 1, .hi = MD_SHARE_MIN_PAGES_MAX },
 	{ .name = "--scan", .env = "MEMDEDUP_SCAN" },
 	{ .name = "--pages-to-scan=", .env = "MEMDEDUP_PAGES_TO_SCAN", .lo = 1, .hi = 100000 },
 	{ .name = "--sleep-ms=", .env = "MEMDEDUP_SLEEP_MS", .lo = 0, .hi = 10000 },

@@ -120,6 +120,7 @@ static json_t *stats_json(const md_stats *s)
 	for (int i = 0; i < MD_FB_COUNT; i++)
 		json_object_set_new(fb, md_fallback_name(i), json_integer((json_int_t)s->fallbacks[i]));
 	json_object_set_new(o, "fallbacks", fb);
+	json_object_set_new(o, "read_small_pages", json_integer((json_int_t)s->read_small_pages));
 	json_object_set_new(o, "agent_cpu_seconds", json_real((double)s->agent_cpu_ns / 1e9));
 	json_t *sc = json_object();
 	const struct { const char *k; uint64_t v; } scan[] = {

@@ -62,6 +62,7 @@ const char *md__ctr_name(enum md__ctr c)
 		[MD_CTR_SMART_SKIPS] = "smart_skips",
 		[MD_CTR_CANDIDATES] = "candidates",
 		[MD_CTR_MERGED_FROM_CANDIDATES] = "merged_from_candidates",
+		[MD_CTR_READ_SMALL] = "read_small_pages",
 	};
 	if ((unsigned)c >= MD_CTR_COUNT)
 		return "unknown";
@@ -111,6 +112,7 @@ void md__stats_from_counters(const uint64_t *ctr, md_stats *out)
 	out->smart_skips = ctr[MD_CTR_SMART_SKIPS];
 	out->candidates = ctr[MD_CTR_CANDIDATES];
 	out->merged_from_candidates = ctr[MD_CTR_MERGED_FROM_CANDIDATES];
+	out->read_small_pages = ctr[MD_CTR_READ_SMALL];
 }
 
 int md__stats_parse(const void *buf, size_t len, struct md__stats_snapshot *out)

@@ -57,6 +57,7 @@ enum md__ctr {
 	MD_CTR_SMART_SKIPS,        /* visits saved by skipping pages that stayed unique */
 	MD_CTR_CANDIDATES,         /* pages memdedupd named after another agent published */
 	MD_CTR_MERGED_FROM_CANDIDATES,
+	MD_CTR_READ_SMALL,         /* pages of reads below share_min_pages, copied */
 	MD_CTR_COUNT
 };
 

@@ -15,7 +15,8 @@
  * the read is mapped copy-on-write from the image's page cache instead of being
  * copied, so every guest reading the same image shares one host copy. The rest
  * of the read (partial pages, pipes, sockets, files that may change) is an
- * ordinary read.
+ * ordinary read, and so is a read of fewer whole pages than share_min_pages
+ * (default 16): mapping them would cost more than copying them.
  *
  * An image is shared only while the agent holds a read lease on it (see
  * fcntl(2), F_SETLEASE): the kernel grants one only while nobody has the file
@@ -95,7 +96,16 @@ typedef struct md_agent_options {
 	 * this user in memdedupd (waiting for it if it is not running). */
 	const char *domain;
 	const char *daemon_socket;  /* NULL: $MEMDEDUP_SOCKET or the default */
+	/* Reads that would map fewer whole pages than this are copied as
+	 * usual (and hinted to the scanner) instead of shared: below it one
+	 * mmap costs more than the copy it replaces. 1..MD_SHARE_MIN_PAGES_MAX;
+	 * 0 takes MD_SHARE_MIN_PAGES_DEFAULT; above the maximum: -EINVAL. */
+	unsigned share_min_pages;
 } md_agent_options;
+
+/* The break-even of the microbenchmark (docs/benchmarks.md section 2). */
+#define MD_SHARE_MIN_PAGES_DEFAULT 16u
+#define MD_SHARE_MIN_PAGES_MAX 4096u
 
 /* Do not share reads at all: count them only (for comparisons). */
 #define MD_OPT_NO_SHARING (1u << 0)
@@ -164,6 +174,8 @@ typedef struct md_stats {
 	uint64_t candidates;           /* pages memdedupd named: their content was
 	                                * just published by another page */
 	uint64_t merged_from_candidates; /* of merged, found through candidates */
+	uint64_t read_small_pages;     /* pages of reads below share_min_pages: copied
+	                                  by choice (and hinted), not a fallback */
 } md_stats;
 
 /* Returns a short name of a fallback reason ("unaligned", ...). */

@@ -9,7 +9,7 @@
 	X(cli_usage) \
 	X(agent_api_rejects) \
 	X(share_two_processes) X(write_is_private) X(fallback_unaligned) \
-	X(fallback_partial) X(fallback_pipe) X(fallback_writable_file) \
+	X(fallback_partial) X(small_reads_copied) X(fallback_pipe) X(fallback_writable_file) \
 	X(lease_break_keeps_content) X(map_limit_falls_back) X(vma_budget_falls_back) \
 	X(discard_yields_zeroes) X(unmerge_makes_private) X(preadv_mixed) \
 	X(fork_child_runs_plain) X(status_lists_agent) X(advice_reaches_new_mappings) \

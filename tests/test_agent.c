@@ -156,10 +156,12 @@ TEST_IMPL(fallback_unaligned)
 TEST_IMPL(fallback_partial)
 {
 	check_fallback(0, 3000, 0, MD_FB_PARTIAL, NULL, "");
-	/* Congruent but unaligned: inner pages shared, edges copied. */
+	/* Congruent but unaligned: inner pages shared, edges copied (however
+	 * few: sharing them is what is tested). */
 	const char *img = image(3);
+	const char *env[] = { "MEMDEDUP_SHARE_MIN_PAGES=1", NULL };
 	struct proc a;
-	int fd = start_reader(&a, img, NULL);
+	int fd = start_reader(&a, img, env);
 	ASSERT_EQ(proc_num(&a, "read %d 100 20000 100 20000", fd), 20000);
 	ASSERT(strcmp(proc_cmd(&a, "hash 100 20000"), hex(fnv_file(img, 100, 20000))) == 0);
 	/* Bytes 100..20100: page 0 and page 4 are partial, 1-3 whole. */
@@ -169,6 +171,67 @@ TEST_IMPL(fallback_partial)
 	ASSERT_EQ(proc_stats(&a, &s), 0);
 	ASSERT_EQ(s.pages_shared_at_read, 3);
 	ASSERT_EQ(s.fallbacks[MD_FB_PARTIAL], 2);
+	proc_stop(&a);
+	return 0;
+}
+
+/* Reads [0, len) of img into RAM at doff in chunks; checks the content and
+ * whether the first page shows the file's frame. */
+static void read_and_check(struct proc *a, int fd, const char *img, size_t doff, size_t len,
+			   size_t chunk, int shared)
+{
+	ASSERT_EQ(proc_num(a, "read %d 0 %zu %zu %zu", fd, len, doff, chunk), len);
+	ASSERT(strcmp(proc_cmd(a, "hash %zu %zu", doff, len), hex(fnv_file(img, 0, len))) == 0);
+	struct pm pm = proc_page(a, doff);
+	ASSERT(pm.present || shared);
+	ASSERT_EQ(pm.present && pm.file, shared);
+}
+
+static int hints_counted(const md_stats *s) { return s->hints_pushed > 0; }
+
+TEST_IMPL(small_reads_copied)
+{
+	const char *img = image(3);
+	const char *env_scan[] = { "MEMDEDUP_SCAN=1", "MEMDEDUP_DOMAIN=private",
+				   "MEMDEDUP_SLEEP_MS=10000", NULL };
+	struct proc a;
+	int fd = start_reader(&a, img, env_scan);
+	/* The default minimum: reads of 8 pages are copied, counted apart
+	 * (not as fallbacks) and hinted to the scanner; 16 pages are shared. */
+	read_and_check(&a, fd, img, 0, 65536, 32768, 0);
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 3000, hints_counted), 0);
+	ASSERT_EQ(s.read_small_pages, 16);
+	ASSERT_EQ(s.pages_shared_at_read, 0);
+	ASSERT_EQ(s.fallbacks_total, 0);
+	ASSERT_EQ(s.hints_pushed, 2);
+	proc_cmd(&a, "hash %u 65536", MB);	/* fault them in: shared pages map the file */
+	read_and_check(&a, fd, img, MB, 65536, 65536, 1);
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, 16);
+	ASSERT_EQ(s.read_small_pages, 16);
+	proc_stop(&a);
+
+	/* A smaller minimum shares smaller reads; unaligned reads are still
+	 * counted as unaligned. */
+	const char *env4[] = { "MEMDEDUP_SHARE_MIN_PAGES=4", NULL };
+	fd = start_reader(&a, img, env4);
+	read_and_check(&a, fd, img, 0, 65536, 16384, 1);
+	read_and_check(&a, fd, img, MB, 65536, 12288, 0);
+	ASSERT_EQ(proc_num(&a, "read %d 0 8192 %u 8192", fd, 2 * MB + 512), 8192);
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, 16);
+	ASSERT_EQ(s.read_small_pages, 16);
+	ASSERT_EQ(s.fallbacks[MD_FB_UNALIGNED], 2);
+	proc_stop(&a);
+
+	/* A bad value is said in the log; the agent runs with the default. */
+	const char *env_bad[] = { "MEMDEDUP_SHARE_MIN_PAGES=0", NULL };
+	fd = start_reader(&a, img, env_bad);
+	read_and_check(&a, fd, img, 0, 65536, 32768, 0);
+	read_and_check(&a, fd, img, MB, 65536, 65536, 1);
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.read_small_pages, 16);
 	proc_stop(&a);
 	return 0;
 }
@@ -249,7 +312,7 @@ TEST_IMPL(lease_break_keeps_content)
 TEST_IMPL(map_limit_falls_back)
 {
 	const char *img = image(4);
-	const char *env[] = { "MEMDEDUP_MAX_VMAS=100000000", NULL };
+	const char *env[] = { "MEMDEDUP_MAX_VMAS=100000000", "MEMDEDUP_SHARE_MIN_PAGES=1", NULL };
 	struct proc a;
 	if (getenv("MD_TEST_PRELOAD_FIRST"))
 		SKIP("under AddressSanitizer, whose own mmaps fail at the mapping limit");

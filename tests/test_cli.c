@@ -21,6 +21,15 @@ TEST_IMPL(cli_usage)
 	ASSERT_EQ(run("build/memdedup run 2>/dev/null"), 2);
 	ASSERT_EQ(run("build/memdedup run --kernel-ksm=maybe -- true 2>/dev/null"), 2);
 	ASSERT_EQ(run("build/memdedup run --nope -- true 2>/dev/null"), 2);
+	ASSERT_EQ(run("build/memdedup run --share-min-pages=0 -- true 2>/dev/null"), 2);
+	ASSERT_EQ(run("build/memdedup run --share-min-pages=4097 -- true 2>/dev/null"), 2);
+	ASSERT_EQ(run("build/memdedup run --share-min-pages=16x -- true 2>/dev/null"), 2);
+	ASSERT_EQ(run("build/memdedup run --share-min-pages= -- true 2>/dev/null"), 2);
+	ASSERT_EQ(run("build/memdedup run --share-min-pages -- true 2>/dev/null"), 2);
+	ASSERT_EQ(run("build/memdedup run --share-min-pages=0 -- true 2>&1 | "
+		      "grep -q 'share-min-pages takes a number from 1 to 4096'"), 0);
+	ASSERT_EQ(run("build/memdedup run --share-min-pages=4096 -- "
+		      "sh -c 'test \"$MEMDEDUP_SHARE_MIN_PAGES\" = 4096'"), 0);
 	ASSERT_EQ(run("build/memdedup status --bogus 2>/dev/null"), 2);
 	/* run execs the command: its exit code comes through. */
 	ASSERT_EQ(run("build/memdedup run -- sh -c 'exit 7'"), 7);

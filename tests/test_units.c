@@ -175,6 +175,9 @@ TEST_IMPL(agent_api_rejects)
 	md_agent_options o = { .run_dir = "" , .flags = 1u << 30 };
 	ASSERT_EQ(md_agent_new(&a, &o), -EINVAL);
 	o.flags = 0;
+	o.share_min_pages = MD_SHARE_MIN_PAGES_MAX + 1;
+	ASSERT_EQ(md_agent_new(&a, &o), -EINVAL);
+	o.share_min_pages = MD_SHARE_MIN_PAGES_MAX;
 	ASSERT_EQ(md_agent_new(&a, &o), 0);
 	ASSERT_EQ(md_agent_new(&b, &o), -EBUSY);
 	char *mem = mmap(NULL, 1 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
