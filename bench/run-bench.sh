@@ -10,7 +10,8 @@
 #   scan           memdedup run --scan (read-time sharing and the scanner)
 #   scan-noread    the scanner alone (MEMDEDUP_NO_SHARING=1), hints on
 #   scan-noread-linear  the scanner alone without hints (--hints=off)
-# Scanner modes run at --scan-rate N pages per 20 ms batch (default 100, like
+# Scanner modes run at --scan-rate N pages per 20 ms batch for both agents
+# together (memdedupd's tunables, split among its agents; default 100, like
 # kernel KSM's default; the per-batch rate is the knob both share).
 # Each mode is sampled every second (scripts/fleet-lib.sh). Outputs
 # build/bench/results.json, build/bench/memory.png, build/bench/<mode>/.
@@ -144,13 +145,19 @@ else
       memdedup)     ksm_set 0 100 20; wrapper="$md run --kernel-ksm=off --" ;;
       memdedup+ksm) ksm_set 1 100 20; wrapper="$md run --kernel-ksm=on --"; hold=$hold_ksm ;;
       scan)         ksm_set 0 100 20; hold=$hold_scan
-                    wrapper="$md run --kernel-ksm=off --scan --pages-to-scan=$scan_rate --sleep-ms=20 --" ;;
+                    wrapper="$md run --kernel-ksm=off --scan --" ;;
       scan-noread)  ksm_set 0 100 20; hold=$hold_scan
-                    wrapper="env MEMDEDUP_NO_SHARING=1 $md run --kernel-ksm=off --scan --pages-to-scan=$scan_rate --sleep-ms=20 --" ;;
+                    wrapper="env MEMDEDUP_NO_SHARING=1 $md run --kernel-ksm=off --scan --" ;;
       scan-noread-linear) ksm_set 0 100 20; hold=$hold_scan
-                    wrapper="env MEMDEDUP_NO_SHARING=1 $md run --kernel-ksm=off --scan --hints=off --pages-to-scan=$scan_rate --sleep-ms=20 --" ;;
+                    wrapper="env MEMDEDUP_NO_SHARING=1 $md run --kernel-ksm=off --scan --hints=off --" ;;
     esac
     pkill -x memdedupd 2>/dev/null && sleep 0.5   # each scan mode gets a fresh daemon
+    case "$m" in
+      scan*)  # the rate is the daemon's, for both agents together, as KSM's is for the host
+        "$root/build/memdedupd" || fleet_die "mode $m: memdedupd did not start"
+        "$md" set "pages_to_scan=$scan_rate" >/dev/null && "$md" set sleep_millisecs=20 >/dev/null \
+          || fleet_die "mode $m: cannot set the scan rate" ;;
+    esac
     echo "-- mode $m: KSM run=$(cat $ksm/run) pages_to_scan=$(cat $ksm/pages_to_scan) sleep_millisecs=$(cat $ksm/sleep_millisecs)${wrapper:+; wrapper: $wrapper}; hold ${hold}s"
     cat "$image" > /dev/null          # every mode starts with the image in the host page cache
     printf '%s\n%s\n%s\n%s\n%s\n' "$m" "$wrapper" "$hold" \
