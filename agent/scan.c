@@ -108,6 +108,7 @@ int md_agent_pause(md_agent *a, int paused)
 	if (!a || !a->engine)
 		return -EINVAL;
 	__atomic_store_n(&a->scanner.paused, paused ? 1 : 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&a->scanner.idle, 0, __ATOMIC_RELAXED);	/* the set rate again */
 	return 0;
 }
 

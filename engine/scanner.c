@@ -2,7 +2,11 @@
  * scanner.c - the content scanner, after mm/ksm.c's ksm_do_scan and KSM++.
  *
  * Overview. A thread wakes every sleep_ms and visits batch pages, then
- * sleeps again; the batch and the sleep bound its CPU use. Each visit takes
+ * sleeps again; the batch and the sleep bound its CPU use. Like KSM's
+ * pages_to_scan, the batch counts the pages whose content was read: pages
+ * not there, merged already, or skipped cost next to nothing and do not
+ * count. A whole pass that finds nothing to do doubles the sleep, up to 8x;
+ * anything done (a merge, a zero page, a hint, a candidate) restores it. Each visit takes
  * its page from one of two sources:
  *   - the cursor, which walks every registered region page by page (linear
  *     order, like KSM) or jumps to random pages (like ESX), and
@@ -36,15 +40,22 @@
  *      otherwise this page enters the table. The table is emptied at the end
  *      of every pass, as its entries go stale.
  *   With the pool in memdedupd (shared by a domain across processes), 4-5
- *   become: ask the daemon's index; pin the candidate (REF) and merge; and
- *   if no pool page has this content, publish this page, which is stable
- *   (it passed the volatility filter), so the next process with the same
- *   content finds it. Pages published in cursor order get consecutive
- *   slots, so their mappings join into one VMA.
+ *   become: ask the daemon's index, for the whole batch at once, telling it
+ *   where each page is; pin what it has (REF) and merge; publish the pages
+ *   it says another page has too (its first sighting), and merge them. The
+ *   daemon then names the first sighting back to its agent (CANDIDATES),
+ *   which visits it at the start of its next batch: both copies merge within
+ *   a batch of each other, not a pass. Pages published in cursor order get
+ *   consecutive slots; merged as runs, their mappings join into one VMA. A
+ *   page the daemon had nothing for ages: the cursor skips it for 1, 3, then
+ *   7 passes (KSM's smart scan); its content showing up elsewhere brings it
+ *   back as a candidate sooner.
  *
  * The loop can be paused, and its CPU time is capped: after a batch that
  * took c seconds of the thread's CPU, it sleeps at least long enough that
- * c is no more than cpu_percent of the time since the batch began.
+ * c is no more than cpu_percent of the time since the batch began. The
+ * daemon's batch and cap are for all its agents together: each takes its
+ * share (share_batch, share_cpu).
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -295,8 +306,10 @@ static void flush_remote(struct md__scanner *s)
 
 /* Visits one page found by the cursor (hinted 0), a hint (1) or a daemon's
  * candidate (2); returns 1 if it was merged (the remote path counts its
- * merges itself, when the batch's candidates are resolved). */
-static int visit(struct md__scanner *s, uintptr_t a, int hinted)
+ * merges itself, when the batch's candidates are resolved). *read is set
+ * when the page's content was read: only such visits count against the
+ * rate, as only pages that are there count in KSM's pages_to_scan. */
+static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 {
 	struct md__engine *e = s->e;
 	/* The caller holds regions_lock: r cannot go away under us. */
@@ -327,6 +340,7 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted)
 	if (!(pm & (1ull << 63)) || (pm & (1ull << 61)))
 		return 0;
 	const void *page = (const void *)a;
+	*read = 1;
 	if (md__page_is_zero(page)) {
 		int z = md__engine_merge_zero(e, (void *)a, 1);
 		s->st.zero += z > 0;
@@ -386,10 +400,18 @@ static void adapt(struct md__scanner *s)
 	memset(s->epoch_merges, 0, sizeof(s->epoch_merges));
 }
 
+/* What the scanner has done that a quiet host would not make it do. */
+static uint64_t progress(const struct md__scanner *s)
+{
+	return s->st.merged_scan + s->st.merged_hint + s->st.merged_candidate + s->st.zero +
+	       s->st.published + s->st.hinted + s->st.candidates;
+}
+
 int md__scanner_step(struct md__scanner *s, size_t npages)
 {
 	int merges = 0;
-	size_t k = 0;
+	size_t k = 0, examined = 0;
+	uint64_t passes = s->st.passes;
 	pthread_rwlock_rdlock(&s->e->regions_lock);
 	s->pm_n = 0;	/* the window is as old as the batch at most */
 	if (s->e->remote) {
@@ -399,22 +421,30 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 		 * and the merge compares under write-protection as ever. */
 		uint64_t cand[64];
 		size_t nc = md__remote_take_candidates(s->e->remote, cand, npages < 64 ? npages : 64);
-		for (; k < nc; k++) {
+		for (size_t c = 0; c < nc; c++) {
+			int read = 0;
 			s->st.candidates++;
-			if (cand[k] % MD_EPAGE == 0 && cand[k] == (uintptr_t)cand[k])
-				visit(s, (uintptr_t)cand[k], 2);
+			if (cand[c] % MD_EPAGE == 0 && cand[c] == (uintptr_t)cand[c])
+				visit(s, (uintptr_t)cand[c], 2, &read);
+			k += (size_t)read;
 		}
 	}
-	for (; k < npages; k++) {
+	/* Pages that are not there, merged already or skipped cost next to
+	 * nothing and do not count; the loop still ends after 16 batches'
+	 * worth of them. */
+	for (; k < npages && examined < 16 * npages; examined++) {
 		uintptr_t a = 0;
-		int hinted = 0;
+		int hinted = 0, read = 0;
 		if (k % 8 < s->ratio && (a = hint_next(s)) != 0)
 			hinted = 1;
 		else
 			a = cursor_next(s);
 		if (!a)
 			break;
-		int m = visit(s, a, hinted);
+		int m = visit(s, a, hinted, &read);
+		if (!read)
+			continue;
+		k++;
 		merges += m;
 		s->epoch_visits[hinted]++;
 		s->epoch_merges[hinted] += (uint64_t)m;
@@ -431,6 +461,17 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 		flush_remote(s);	/* before the pages may go away */
 	pthread_rwlock_unlock(&s->e->regions_lock);
 	s->st.ratio = s->ratio;
+	/* A whole pass that found nothing to do doubles the sleep (up to 8x):
+	 * a quiet host costs less. Anything done brings the set rate back. */
+	uint64_t done = progress(s);
+	unsigned idle = __atomic_load_n(&s->idle, __ATOMIC_RELAXED);
+	if (done != s->pass_progress) {
+		idle = 0;
+		s->pass_progress = done;
+	} else if (s->st.passes != passes && idle < 3) {
+		idle++;
+	}
+	__atomic_store_n(&s->idle, idle, __ATOMIC_RELAXED);
 	return merges;
 }
 
@@ -446,7 +487,8 @@ static void *scan_thread(void *arg)
 	struct md__scanner *s = arg;
 	pthread_setname_np(pthread_self(), "md-scan");
 	while (!__atomic_load_n(&s->stop, __ATOMIC_RELAXED)) {
-		uint64_t sleep_ns = (uint64_t)__atomic_load_n(&s->sleep_ms, __ATOMIC_RELAXED) * 1000000ull;
+		uint64_t sleep_ns = ((uint64_t)__atomic_load_n(&s->sleep_ms, __ATOMIC_RELAXED) * 1000000ull)
+				    << __atomic_load_n(&s->idle, __ATOMIC_RELAXED);
 		uint64_t wall0 = clock_ns(CLOCK_MONOTONIC), cpu0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
 		unsigned nb = __atomic_load_n(&s->share_batch, __ATOMIC_RELAXED);
 		unsigned nc = __atomic_load_n(&s->share_cpu, __ATOMIC_RELAXED);

@@ -131,6 +131,7 @@ TEST_IMPL(cross_process_sharing)
 }
 
 static int sharing_all(const md_stats *s) { return s->pages_sharing >= N && s->merged_from_candidates > 0; }
+static int unique_aged(const md_stats *s) { return s->pages_unshared >= 64 && s->smart_skips > 0; }
 
 /* Duplicates inside one process share through the daemon's pool too: the
  * second copy is published, and the daemon names the first copy back to its
@@ -146,6 +147,7 @@ TEST_IMPL(cross_in_process_duplicates)
 	start_agent_at(&a, &t, NULL, "MEMDEDUP_PAGES_TO_SCAN=64");
 	proc_cmd(&a, "fill 0 %u 9", N / 2);
 	proc_cmd(&a, "fill %u %u 9", N / 2 * PG, N / 2);
+	proc_cmd(&a, "fill %u 64 10", N * PG);	/* unique: never published */
 	int waited = proc_stats_wait(&a, &s, 20000, sharing_all);
 	if (waited)
 		fprintf(stderr, "  sharing %llu, candidates %llu (merged %llu), published %llu, merged %llu\n",
@@ -162,6 +164,10 @@ TEST_IMPL(cross_in_process_duplicates)
 	}
 	ASSERT_EQ(same, N / 2);
 	/* One pool page per content. */
+	ASSERT_EQ(domain_live(&t), N / 2);
+	/* The unique pages age: counted as unshared, and skipped by the
+	 * cursor on some passes (the smart scan). */
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, unique_aged), 0);
 	ASSERT_EQ(domain_live(&t), N / 2);
 	proc_stop(&a);
 	td_stop(&t);
