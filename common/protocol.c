@@ -31,6 +31,16 @@ static uint64_t get64(const unsigned char *p)
 	return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
 }
 
+/* A payload that is a u32 count n in 1..max and then exactly n elements of
+ * size bytes (max * size is small: no overflow). */
+static int array_count(const unsigned char *p, uint32_t len, uint32_t max, uint32_t size, uint32_t *n)
+{
+	if (len < 4)
+		return 0;
+	*n = get32(p);
+	return *n != 0 && *n <= max && len == 4 + size * *n;
+}
+
 static unsigned char *put16(unsigned char *p, uint16_t v)
 {
 	p[0] = (unsigned char)v;
@@ -232,7 +242,7 @@ static int decode_payload(const unsigned char *p, uint32_t len, struct md__msg *
 		return 0;
 	}
 	case MD_MSG_LOOKUP:
-		if (len < 4 || (n = get32(p)) == 0 || n > MD_LOOKUP_MAX || len != 4 + 16 * n)
+		if (!array_count(p, len, MD_LOOKUP_MAX, 16, &n))
 			return -EBADMSG;
 		m->u.lookup.n = n;
 		for (uint32_t i = 0; i < n; i++) {
@@ -241,15 +251,14 @@ static int decode_payload(const unsigned char *p, uint32_t len, struct md__msg *
 		}
 		return 0;
 	case MD_MSG_LOOKUP_R:
-		if (len < 4 || (n = get32(p)) == 0 || n > MD_LOOKUP_MAX || len != 4 + 4 * n)
+		if (!array_count(p, len, MD_LOOKUP_MAX, 4, &n))
 			return -EBADMSG;
 		m->u.lookup_r.n = n;
 		for (uint32_t i = 0; i < n; i++)
 			m->u.lookup_r.slot1[i] = get32(p + 4 + 4 * i);
 		return 0;
 	case MD_MSG_PUBLISH:
-		if (len < 4 || (n = get32(p)) == 0 || n > MD_PUBLISH_MAX ||
-		    len != 4 + (8 + MD_MSG_PAGE) * n)
+		if (!array_count(p, len, MD_PUBLISH_MAX, 8 + MD_MSG_PAGE, &n))
 			return -EBADMSG;
 		m->u.publish.n = n;
 		for (uint32_t i = 0; i < n; i++)
@@ -268,7 +277,7 @@ static int decode_payload(const unsigned char *p, uint32_t len, struct md__msg *
 		return 0;
 	case MD_MSG_REF:
 	case MD_MSG_UNREF:
-		if (len < 4 || (n = get32(p)) == 0 || n > MD_REF_MAX || len != 4 + 4 * n)
+		if (!array_count(p, len, MD_REF_MAX, 4, &n))
 			return -EBADMSG;
 		m->u.refs.n = n;
 		for (uint32_t i = 0; i < n; i++)
@@ -320,7 +329,7 @@ static int decode_payload(const unsigned char *p, uint32_t len, struct md__msg *
 	case MD_MSG_ERROR:
 		return decode_text(p, len, &m->u.text);
 	case MD_MSG_CANDIDATES:
-		if (len < 4 || (n = get32(p)) == 0 || n > MD_CANDIDATES_MAX || len != 4 + 8 * n)
+		if (!array_count(p, len, MD_CANDIDATES_MAX, 8, &n))
 			return -EBADMSG;
 		m->u.candidates.n = n;
 		for (uint32_t i = 0; i < n; i++)
