@@ -5,8 +5,9 @@
  * sleeps again; the batch and the sleep bound its CPU use. Like KSM's
  * pages_to_scan, the batch counts the pages whose content was read: pages
  * not there, merged already, or skipped cost next to nothing and do not
- * count. A whole pass that finds nothing to do doubles the sleep, up to 8x;
- * anything done (a merge, a zero page, a hint, a candidate) restores it. Each visit takes
+ * count. A whole pass that finds next to nothing to do doubles the sleep,
+ * up to 8x; a burst of work (merges, zero pages, hints, candidates)
+ * restores it. Each visit takes
  * its page from one of two sources:
  *   - the cursor, which walks every registered region page by page (linear
  *     order, like KSM) or jumps to random pages (like ESX), and
@@ -461,15 +462,18 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 		flush_remote(s);	/* before the pages may go away */
 	pthread_rwlock_unlock(&s->e->regions_lock);
 	s->st.ratio = s->ratio;
-	/* A whole pass that found nothing to do doubles the sleep (up to 8x):
-	 * a quiet host costs less. Anything done brings the set rate back. */
+	/* A whole pass that found next to nothing to do (fewer than 64 pages
+	 * merged, dropped, published, hinted or named: a guest's trickle)
+	 * doubles the sleep, up to 8x: a quiet host costs less. As much done
+	 * at any time brings the set rate back. */
 	uint64_t done = progress(s);
 	unsigned idle = __atomic_load_n(&s->idle, __ATOMIC_RELAXED);
-	if (done != s->pass_progress) {
+	if (done - s->pass_progress >= 64) {
 		idle = 0;
 		s->pass_progress = done;
-	} else if (s->st.passes != passes && idle < 3) {
-		idle++;
+	} else if (s->st.passes != passes) {
+		idle += idle < 3;
+		s->pass_progress = done;
 	}
 	__atomic_store_n(&s->idle, idle, __ATOMIC_RELAXED);
 	return merges;

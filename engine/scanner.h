@@ -58,8 +58,8 @@ struct md__scanner {
 	size_t npend;
 	unsigned char *pub_buf;	/* 64 pages to publish */
 	uint64_t epoch_visits[2], epoch_merges[2];	/* [0] scan, [1] hints */
-	unsigned idle;          /* passes in a row with nothing done (max 3) */
-	uint64_t pass_progress; /* progress() when something was last done */
+	unsigned idle;          /* passes in a row with next to nothing done (max 3) */
+	uint64_t pass_progress; /* progress() at the last pass end or burst */
 	struct md__scanner_stats st;
 	pthread_t thread;
 	int running, stop;
