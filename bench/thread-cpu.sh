@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Where memdedup's CPU goes: runs a pair of guests on the default image under
+# `memdedup run --kernel-ksm=off ARGS` and prints, every 10 s, the CPU ticks
+# (1/100 s) of each memdedup thread in each QEMU (md-agent, md-scan, md-uffd)
+# and of memdedupd, and the fleet PSS in kB.
+# Usage: bench/thread-cpu.sh OUTDIR [HOLD_S] -- [memdedup run options, e.g. --scan]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+[ $# -ge 1 ] || { echo "usage: bench/thread-cpu.sh OUTDIR [HOLD_S] -- [run options]" >&2; exit 2; }
+out=$1; shift
+hold=100
+if [ $# -gt 0 ] && [ "$1" != "--" ]; then hold=$1; shift; fi
+[ "${1:-}" = "--" ] && shift
+case "$hold" in ''|*[!0-9]*) echo "thread-cpu.sh: HOLD_S must be a number" >&2; exit 2 ;; esac
+[ -x build/memdedup ] && [ -f build/guest/workload.img ] || { echo "thread-cpu.sh: run 'make all guest' first" >&2; exit 1; }
+mkdir -p "$out"
+export MEMDEDUP_RUN_DIR=$root/$out/run
+pids=()
+cleanup() {  # the guests, and the memdedupd of this run directory only
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$MEMDEDUP_RUN_DIR/memdedupd.pid" ] && kill "$(cat "$MEMDEDUP_RUN_DIR/memdedupd.pid")" 2>/dev/null || true
+}
+trap cleanup EXIT
+for i in 1 2; do
+  guest/run-guest.sh --hold "$hold" --wrapper "build/memdedup run --kernel-ksm=off $* --" \
+    --log "$out/g$i.log" build/guest/workload.img >/dev/null 2>&1 &
+  pids+=($!)
+done
+t0=$(date +%s)
+while [ "$(jobs -r | wc -l)" -gt 0 ]; do
+  sleep 10
+  line="$(( $(date +%s) - t0 ))s"
+  pss=0
+  for p in $(pgrep -f qemu-system-x86_64 || true); do
+    for t in /proc/$p/task/*; do
+      n=$(cat "$t/comm" 2>/dev/null || true)
+      case "$n" in md-*) line="$line $p/$n=$(awk '{print $14+$15}' "$t/stat")" ;; esac
+    done
+    pss=$(( pss + $(awk '/^Pss:/{print $2}' /proc/$p/smaps_rollup 2>/dev/null || echo 0) ))
+  done
+  d=$(cat "$MEMDEDUP_RUN_DIR/memdedupd.pid" 2>/dev/null || true)
+  [ -n "$d" ] && [ -r "/proc/$d/stat" ] && line="$line memdedupd=$(awk '{print $14+$15}' /proc/$d/stat)"
+  echo "$line pss_kb=$pss"
+done
