@@ -36,6 +36,7 @@
 #define PM_SWAP (1ull << 62)
 #define PM_FILE (1ull << 61)
 #define PM_UFFD_WP (1ull << 57)
+#define PM_PFN ((1ull << 55) - 1)
 #define MAX_RUN 512
 
 static uint64_t default_max_vmas(void)
@@ -54,6 +55,24 @@ static uint64_t default_max_vmas(void)
 	/* Leave room for the VMM's own mappings and the agent's read-time
 	 * sharing: hitting the limit makes the VMM's next mmap fail. */
 	return v > 10000 ? (uint64_t)v - 5000 : (uint64_t)v / 2;
+}
+
+/* The frame of the kernel's zero page, as /proc/self/pagemap shows it
+ * (0 if it hides frames from us). The zero page is not a normal page, so
+ * pagemap flags it neither anonymous-exclusive nor file: only its frame
+ * tells a dropped zero page that was read again from a page to visit. */
+static uint64_t zero_pfn(int pagemap_fd)
+{
+	uint64_t pm = 0;
+	volatile unsigned char *p = md__sys_mmap(NULL, MD_EPAGE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if ((void *)p == MAP_FAILED)
+		return 0;
+	(void)p[0];	/* a read fault maps the zero page */
+	if (md__sys_pread(pagemap_fd, &pm, sizeof(pm), (off_t)((uintptr_t)p / MD_EPAGE * sizeof(pm))) !=
+	    (ssize_t)sizeof(pm))
+		pm = 0;
+	md__sys_munmap((void *)p, MD_EPAGE);
+	return (pm & PM_PRESENT) ? pm & PM_PFN : 0;
 }
 
 /* The fault thread: see the lock in merge.h. */
@@ -106,6 +125,7 @@ int md__engine_init(struct md__engine *e, const struct md__engine_options *opts)
 		err = -errno;
 		goto free_hashes;
 	}
+	e->zero_pfn = zero_pfn(e->pagemap_fd);
 	e->st.vmas = e->vma_estimate = md__count_vmas();
 	err = md__uffd_start(&e->uffd, on_fault, e);
 	if (err)

@@ -23,9 +23,9 @@
  * A visit (the page is not frozen yet; nothing here is proof):
  *   0. like ksmd, only pages of anonymous memory that are there are
  *      visited: /proc/self/pagemap says a page never touched or dropped
- *      (not present) or showing the kernel's zero page (present, not
- *      anonymous) has nothing to merge, and reading it would only map the
- *      zero page to drop it again;
+ *      (not present) or showing the kernel's zero page (present, its frame
+ *      the zero page's: pagemap flags it neither anonymous nor file) has
+ *      nothing to merge, and dropping it again would only be counted twice;
  *   1. a page still showing a pool page is skipped (already merged);
  *   2. an all-zero page is dropped by md__engine_merge_zero (apart from the
  *      pool: the kernel's zero page needs no pool slot);
@@ -39,7 +39,7 @@
  *      compared now, the same bytes: that one is published into the pool
  *      (frozen, copied, compared, mapped back) and this one merged with it;
  *      otherwise this page enters the table. The table is emptied at the end
- *      of every pass, as its entries go stale.
+ *      of a pass, as its entries go stale (see pass_ended()).
  *   With the pool in memdedupd (shared by a domain across processes), 4-5
  *   become: ask the daemon's index, for the whole batch at once, telling it
  *   where each page is; pin what it has (REF) and merge; publish the pages
@@ -80,9 +80,18 @@ static int un_init(struct md__unstable *u, size_t cap)
 	return u->hash && u->addr ? 0 : -ENOMEM;
 }
 
-static void un_clear(struct md__unstable *u)
+/* At the end of a pass, like KSM's unstable tree - but only once a
+ * quarter of the table's size in pages was read since: a pass over sparse
+ * memory reads little and ends fast, and two hinted copies read in
+ * consecutive passes must still meet. A stale entry costs one compare. */
+static void pass_ended(struct md__scanner *s)
 {
+	struct md__unstable *u = &s->un;
+	s->st.passes++;
+	if (u->reads < u->cap / 4)
+		return;
 	memset(u->addr, 0, u->cap * sizeof(*u->addr));
+	u->reads = 0;
 }
 
 /* Returns a page with this hash other than addr, else records addr. The
@@ -153,8 +162,7 @@ static uintptr_t cursor_next(struct md__scanner *s)
 		size_t np = (r->end - r->start) / MD_EPAGE;
 		if (++s->page >= np * e->nregions) {	/* a "pass" of as many visits */
 			s->page = 0;
-			s->st.passes++;
-			un_clear(&s->un);
+			pass_ended(s);
 		}
 		return r->start + (next_rand(s) % np) * MD_EPAGE;
 	}
@@ -165,10 +173,11 @@ static uintptr_t cursor_next(struct md__scanner *s)
 	if (a + MD_EPAGE >= r->end) {
 		s->page = 0;
 		if (++s->region >= e->nregions) {
+			/* Pages written since they merged are found by the
+			 * agent's accounting (md__engine_reap), not here:
+			 * passes over sparse memory come many a second. */
 			s->region = 0;
-			s->st.passes++;
-			un_clear(&s->un);
-			md__engine_reap(e);
+			pass_ended(s);
 		}
 	} else {
 		s->page++;
@@ -338,7 +347,8 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 			return 0;
 	}
 	uint64_t pm = s->pm[(a - s->pm_base) / MD_EPAGE];
-	if (!(pm & (1ull << 63)) || (pm & (1ull << 61)))
+	if (!(pm & (1ull << 63)) || (pm & (1ull << 61)) ||
+	    (e->zero_pfn && (pm & ((1ull << 55) - 1)) == e->zero_pfn))
 		return 0;
 	const void *page = (const void *)a;
 	*read = 1;
@@ -354,8 +364,8 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 		s->st.volatile_skips++;
 		return 0;
 	}
-	if (hinted || r->hash[i] != h)
-		r->seen[i] = MD_SEEN;
+	if (hinted)
+		r->seen[i] = MD_SEEN;	/* just filled: young again */
 	r->hash[i] = h;
 	if (e->remote) {
 		/* Resolved with the rest of the batch (flush_remote). */
@@ -446,6 +456,7 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 		if (!read)
 			continue;
 		k++;
+		s->un.reads++;
 		merges += m;
 		s->epoch_visits[hinted]++;
 		s->epoch_merges[hinted] += (uint64_t)m;

@@ -22,10 +22,11 @@ struct md__scanner_stats {
 	unsigned ratio;                    /* now: hinted pages per 8 */
 };
 
-struct md__unstable {                      /* hash -> guest page, one pass */
+struct md__unstable {                      /* hash -> guest page, about a pass */
 	uint64_t *hash;
 	uintptr_t *addr;
 	size_t cap;
+	size_t reads;                      /* pages read since it was emptied */
 };
 
 struct md__scanner {

@@ -47,6 +47,15 @@ TEST_IMPL(scan_merges_duplicates)
 	uint64_t zpfn = proc_page(&a, 1024 * PG).pfn;
 	for (unsigned i = 0; i < 256; i++)
 		ASSERT_EQ(proc_page(&a, (1024 + i) * PG).pfn, zpfn);
+	/* Read again, they show the zero page: nothing left to drop, and not
+	 * counted again while the scanner goes round. */
+	md_stats z0, z1;
+	ASSERT_EQ(proc_stats(&a, &z0), 0);
+	usleep(1500000);	/* the stats file is refreshed once a second */
+	ASSERT_EQ(proc_stats(&a, &z1), 0);
+	ASSERT(z1.full_scans > z0.full_scans);
+	ASSERT_EQ(z1.zero_pages, z0.zero_pages);
+	ASSERT_EQ(proc_page(&a, 1024 * PG).pfn, zpfn);
 	/* A write after merge: only the writer's copy changes. */
 	char p517[32];
 	snprintf(p517, sizeof(p517), "%s", proc_cmd(&a, "hash %u %u", 517 * PG, PG));
