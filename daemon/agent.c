@@ -31,7 +31,7 @@ static int pidfd_exited(int pidfd)
 	return poll(&p, 1, 0) > 0;
 }
 
-static struct md__agent *find_agent(struct md__daemon *d, pid_t pid)
+struct md__agent *md__agent_find(struct md__daemon *d, pid_t pid)
 {
 	for (struct md__agent *a = d->agents; a; a = a->next)
 		if (a->pid == pid)
@@ -51,7 +51,7 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 		snprintf(why, size, "HELLO names pid %u but the peer is pid %d", h->pid, (int)c->pid);
 		return -EPERM;
 	}
-	a = find_agent(d, c->pid);
+	a = md__agent_find(d, c->pid);
 	if (a && a->pidfd >= 0 && pidfd_exited(a->pidfd)) {
 		md__agent_exited(d, a);	/* a pid reused before we saw the exit */
 		a = NULL;

@@ -154,6 +154,8 @@ void md__domain_free_all(struct md__daemon *d);
 int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__msg_hello *h,
 		    char *why, size_t size);
 /* REF (delta 1) / UNREF (-1) of slots, all or none: 0 or -EINVAL/-ENOMEM. */
+/* The agent record of a pid (connected or not), or NULL. */
+struct md__agent *md__agent_find(struct md__daemon *d, pid_t pid);
 int md__agent_refs(struct md__agent *a, const uint32_t *slots, uint32_t n, int delta);
 int md__agent_publish(struct md__agent *a, const struct md__msg_publish *p, uint32_t *first);
 void md__agent_report(struct md__agent *a, const struct md__msg_report *r);

@@ -342,7 +342,6 @@ static void handle_status(struct md__daemon *d, struct md__conn *c, uint32_t seq
 	free(json);
 }
 
-/* Handles the whole message in c->in. */
 /* Tells the agent whose page was the first sighting of content just
  * published where that page is: it can merge it at once, not a pass later. */
 static void send_candidate(struct md__daemon *d, struct md__domain *dom, uint64_t hash)
@@ -351,17 +350,16 @@ static void send_candidate(struct md__daemon *d, struct md__domain *dom, uint64_
 	uint64_t addr;
 	if (!md__domain_published(dom, hash, &pid, &addr))
 		return;
-	for (struct md__agent *a = d->agents; a; a = a->next) {
-		if (a->pid != pid || a->dom != dom || !a->conn)
-			continue;
-		struct md__msg m = { .hdr = { .type = MD_MSG_CANDIDATES } };
-		m.u.candidates.n = 1;
-		m.u.candidates.addr[0] = addr;
-		md__conn_send(d, a->conn, &m, -1);
-		return;
-	}
+	struct md__agent *a = md__agent_find(d, pid);
+	if (!a || a->dom != dom || !a->conn)
+		return;	/* gone meanwhile: its next pass finds the page */
+	struct md__msg m = { .hdr = { .type = MD_MSG_CANDIDATES } };
+	m.u.candidates.n = 1;
+	m.u.candidates.addr[0] = addr;
+	md__conn_send(d, a->conn, &m, -1);
 }
 
+/* Handles the whole message in c->in. */
 static void dispatch(struct md__daemon *d, struct md__conn *c)
 {
 	struct md__msg *m = &d->msg, *r;
