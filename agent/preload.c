@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "protocol.h"
 #include "memdedup.h"
 #include "sys.h"
 
@@ -49,23 +50,20 @@ static int env_flag(const char *name, int dflt)
 	return !(strcmp(v, "0") == 0 || strcmp(v, "off") == 0 || strcmp(v, "no") == 0);
 }
 
-/* MEMDEDUP_SHARE_MIN_PAGES: a number in 1..MD_SHARE_MIN_PAGES_MAX, else the
- * default (said in the log: `memdedup run` checks it, but not everyone
- * starts the VMM through it). */
-static unsigned env_share_min_pages(void)
+/* A numeric variable in lo..hi, else 0: the option's default (a bad value
+ * is said in the log: `memdedup run` checks them, but not everyone starts
+ * the VMM through it). */
+static unsigned env_uint(const char *name, unsigned lo, unsigned hi)
 {
-	const char *v = getenv("MEMDEDUP_SHARE_MIN_PAGES");
-	char *end;
+	const char *v = getenv(name);
+	unsigned n;
 	if (!v || !*v)
 		return 0;
-	errno = 0;
-	unsigned long n = strtoul(v, &end, 10);
-	if (errno || end == v || *end || *v == '-' || n < 1 || n > MD_SHARE_MIN_PAGES_MAX) {
-		md__log("MEMDEDUP_SHARE_MIN_PAGES='%s' is not a number from 1 to %u: using %u",
-			v, MD_SHARE_MIN_PAGES_MAX, MD_SHARE_MIN_PAGES_DEFAULT);
+	if (md__parse_uint(v, lo, hi, &n)) {
+		md__log("%s='%s' is not a number from %u to %u: using the default", name, v, lo, hi);
 		return 0;
 	}
-	return (unsigned)n;
+	return n;
 }
 
 static void child_after_fork(void)
@@ -91,6 +89,7 @@ static md_agent *agent_get(void)
 	pthread_mutex_lock(&agent_lock);
 	if (!agent && !agent_failed) {
 		md_agent_options o = { .kernel_ksm = kernel_ksm };
+		md__log_open(getenv("MEMDEDUP_LOG"));	/* before a bad variable is said */
 		const char *v = getenv("MEMDEDUP_MAX_VMAS");
 		o.max_vmas = v ? strtoull(v, NULL, 10) : 0;
 		if (env_flag("MEMDEDUP_POPULATE", 0))
@@ -102,18 +101,14 @@ static md_agent *agent_get(void)
 		v = getenv("MEMDEDUP_SCAN_ORDER");
 		if (v && strcmp(v, "random") == 0)
 			o.flags |= MD_OPT_SCAN_RANDOM;
-		v = getenv("MEMDEDUP_PAGES_TO_SCAN");
-		o.pages_to_scan = v ? (unsigned)strtoul(v, NULL, 10) : 0;
-		v = getenv("MEMDEDUP_SLEEP_MS");
-		o.sleep_ms = v ? (unsigned)strtoul(v, NULL, 10) : 0;
-		v = getenv("MEMDEDUP_CPU_PERCENT");
-		o.cpu_percent = v ? (unsigned)strtoul(v, NULL, 10) : 0;
+		o.pages_to_scan = env_uint("MEMDEDUP_PAGES_TO_SCAN", 1, 100000);
+		o.sleep_ms = env_uint("MEMDEDUP_SLEEP_MS", 0, 10000);
+		o.cpu_percent = env_uint("MEMDEDUP_CPU_PERCENT", 1, 100);
 		if (!env_flag("MEMDEDUP_HINTS", 1))
 			o.flags |= MD_OPT_NO_HINTS;
 		o.domain = getenv("MEMDEDUP_DOMAIN");
 		o.daemon_socket = getenv("MEMDEDUP_SOCKET");
-		md__log_open(getenv("MEMDEDUP_LOG"));
-		o.share_min_pages = env_share_min_pages();
+		o.share_min_pages = env_uint("MEMDEDUP_SHARE_MIN_PAGES", 1, MD_SHARE_MIN_PAGES_MAX);
 		int err = md_agent_new(&a, &o);
 		if (err) {
 			md__log("agent not started (%s): the process runs without memdedup", strerror(-err));

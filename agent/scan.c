@@ -112,17 +112,6 @@ int md_agent_pause(md_agent *a, int paused)
 	return 0;
 }
 
-static int parse_uint(const char *v, unsigned lo, unsigned hi, unsigned *out)
-{
-	char *end;
-	errno = 0;
-	unsigned long x = strtoul(v, &end, 10);
-	if (errno || end == v || *end || x < lo || x > hi || v[0] == '-')
-		return -EINVAL;
-	*out = (unsigned)x;
-	return 0;
-}
-
 int md_agent_set(md_agent *a, const char *key, const char *value)
 {
 	unsigned v;
@@ -130,23 +119,23 @@ int md_agent_set(md_agent *a, const char *key, const char *value)
 		return -EINVAL;
 	struct md__scanner *s = &a->scanner;
 	if (strcmp(key, "pages_to_scan") == 0) {
-		if (parse_uint(value, 1, 100000, &v))
+		if (md__parse_uint(value, 1, 100000, &v))
 			return -EINVAL;
 		__atomic_store_n(&s->batch, (size_t)v, __ATOMIC_RELAXED);
 		a->scan_batch = v;
 	} else if (strcmp(key, "sleep_millisecs") == 0) {
-		if (parse_uint(value, 0, 10000, &v))
+		if (md__parse_uint(value, 0, 10000, &v))
 			return -EINVAL;
 		__atomic_store_n(&s->sleep_ms, v, __ATOMIC_RELAXED);
 		a->scan_sleep_ms = v;
 	} else if (strcmp(key, "cpu_percent") == 0) {
-		if (parse_uint(value, 1, 100, &v))
+		if (md__parse_uint(value, 1, 100, &v))
 			return -EINVAL;
 		__atomic_store_n(&s->cpu_percent, v, __ATOMIC_RELAXED);
 		a->scan_cpu_percent = v;
 	} else if (strcmp(key, "hint_ratio") == 0) {
 		/* Hinted visits of every 8; 0: no hints at all. */
-		if (parse_uint(value, 0, 8, &v))
+		if (md__parse_uint(value, 0, 8, &v))
 			return -EINVAL;
 		__atomic_store_n(&s->ratio, v, __ATOMIC_RELAXED);
 		a->scan_hint_ratio = v;

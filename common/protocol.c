@@ -564,8 +564,7 @@ void md__tunables_default(struct md__tunables *t)
 	};
 }
 
-/* Parses a whole decimal number in [min, max]. */
-static int parse_range(const char *s, uint32_t min, uint32_t max, uint32_t *out)
+int md__parse_uint(const char *s, uint32_t min, uint32_t max, uint32_t *out)
 {
 	char *end;
 	if (*s < '0' || *s > '9')
@@ -595,7 +594,7 @@ int md__tunable_set(struct md__tunables *t, const char *key, const char *value,
 		if (strcmp(key, nums[i].key) != 0)
 			continue;
 		uint32_t v;
-		if (parse_range(value, nums[i].min, nums[i].max, &v)) {
+		if (md__parse_uint(value, nums[i].min, nums[i].max, &v)) {
 			snprintf(msg, size, "%s must be a whole number from %u to %u, not '%s'",
 				 key, nums[i].min, nums[i].max, value);
 			return -EINVAL;
