@@ -72,6 +72,7 @@ struct md_agent {
 	struct md__engine *engine;
 	struct md__hints hints;
 	struct md__scanner scanner;
+	struct md__imagepages *imgpages;	/* NULL: not scanning, or no read-time sharing */
 	int scanner_started;
 	unsigned scan_batch, scan_sleep_ms, scan_cpu_percent, scan_hint_ratio;
 	unsigned scan_explicit;	/* MD_SET_*: set by our options; the daemon's defaults do not override them */
@@ -148,6 +149,17 @@ uint64_t md__scan_activity(struct md_agent *a);
  * CONTROL messages; report: also send our counters. */
 void md__scan_daemon(struct md_agent *a, int report);
 void md__scan_free(struct md_agent *a);
+
+/* imagepages.c: guest pages equal to image pages, merged onto the image */
+struct md__imagepages;
+int md__imagepages_new(struct md__imagepages **out);
+void md__imagepages_free(struct md__imagepages *ip);
+/* The read path mapped n pages of image img from page pgoff (agent->lock). */
+void md__imagepages_queue(struct md_agent *a, uint32_t img, uint64_t pgoff, size_t n);
+/* Offers the image pages to the scanner (before it starts). */
+void md__imagepages_attach(struct md_agent *a);
+/* Memory the index takes. */
+uint64_t md__imagepages_bytes(const struct md__imagepages *ip);
 
 /* accounting.c */
 void md__account(struct md_agent *a);

@@ -41,6 +41,9 @@ void md__scan_init(struct md_agent *a, const md_agent_options *o)
 	if (err)
 		goto err_fini;
 	a->engine = e;
+	/* Without read-time sharing no image page is mapped to merge onto. */
+	if (!(o->flags & MD_OPT_NO_SHARING) && md__imagepages_new(&a->imgpages) != 0)
+		md__log("no index of image pages (out of memory): copies of them merge through the pool");
 	a->scanner.random_order = (o->flags & MD_OPT_SCAN_RANDOM) != 0;
 
 	/* The pool: memdedupd's for a shared domain, else our own. */
@@ -99,6 +102,7 @@ void md__scan_register(struct md_agent *a, uintptr_t start, size_t len, unsigned
 	a->scanner.batch = a->scan_batch;
 	a->scanner.sleep_ms = a->scan_sleep_ms;
 	a->scanner.cpu_percent = a->scan_cpu_percent;
+	md__imagepages_attach(a);
 	if (md__scanner_start(&a->scanner) == 0)
 		a->scanner_started = 1;
 }
@@ -302,9 +306,11 @@ void md__scan_account(struct md_agent *a, int full)
 	md__set(a, MD_CTR_CANDIDATES, ss.candidates);
 	md__set(a, MD_CTR_MERGED_FROM_CANDIDATES, ss.merged_candidate);
 	/* KSM's general_profit: what merging saves, less what it costs in
-	 * metadata (the engine's 13 bytes per registered page). */
+	 * metadata (the engine's 13 bytes per registered page, the index of
+	 * image pages). Pages mapped from images, by reads or merges, count
+	 * with read-time sharing (pages_shared), as before. */
 	int64_t profit = ((int64_t)sharing + (int64_t)st.zero - (int64_t)pool) * MD_EPAGE -
-			 (int64_t)registered * 13;
+			 (int64_t)registered * 13 - (int64_t)md__imagepages_bytes(a->imgpages);
 	md__set(a, MD_CTR_GENERAL_PROFIT, (uint64_t)profit);
 }
 
@@ -393,6 +399,8 @@ void md__scan_free(struct md_agent *a)
 		return;
 	md__scanner_stop(&a->scanner);
 	md__scanner_free(&a->scanner);
+	md__imagepages_free(a->imgpages);
+	a->imgpages = NULL;
 	if (a->engine->remote) {
 		md__remote_fini(a->engine->remote);
 		free(a->engine->remote);

@@ -58,6 +58,8 @@ enum md__ctr {
 	MD_CTR_CANDIDATES,         /* pages memdedupd named after another agent published */
 	MD_CTR_MERGED_FROM_CANDIDATES,
 	MD_CTR_READ_SMALL,         /* pages of reads below share_min_pages, copied */
+	MD_CTR_MERGED_IMAGE,       /* guest pages the scanner merged onto image pages */
+	MD_CTR_IMAGE_INDEXED,      /* image pages hashed for that */
 	MD_CTR_COUNT
 };
 

@@ -93,9 +93,18 @@ int64_t md__index_find(struct md__index *ix, uint64_t hash, const void *page,
 		struct md__index_entry *e = &ix->e[i];
 		if (e->slot == DELETED || e->hash != hash)
 			continue;
-		if (memcmp(fn(arg, e->slot - 1), page, 4096) == 0)
+		const void *content = fn(arg, e->slot - 1);
+		if (content && memcmp(content, page, 4096) == 0)
 			return e->slot - 1;
 		ix->collisions++;
 	}
 	return -1;
+}
+
+int md__index_has(const struct md__index *ix, uint64_t hash)
+{
+	for (size_t i = bucket(ix, hash); ix->e[i].slot; i = (i + 1) & (ix->cap - 1))
+		if (ix->e[i].slot != DELETED && ix->e[i].hash == hash)
+			return 1;
+	return 0;
 }

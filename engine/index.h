@@ -22,7 +22,8 @@ struct md__index {
 	uint64_t collisions; /* byte compares that found a different page */
 };
 
-/* Gives the content of a slot, for the byte compare. */
+/* Gives the content of a slot, for the byte compare (NULL: unreadable, no
+ * match). */
 typedef const void *(*md__slot_page_fn)(void *arg, uint32_t slot);
 
 int md__index_init(struct md__index *ix, size_t cap);
@@ -33,4 +34,6 @@ int md__index_remove(struct md__index *ix, uint64_t hash, uint32_t slot);
 /* Finds a slot whose content equals page byte for byte; -1 if none. */
 int64_t md__index_find(struct md__index *ix, uint64_t hash, const void *page,
 		       md__slot_page_fn fn, void *arg);
+/* 1 if some entry has this hash (no compare: a hint only). */
+int md__index_has(const struct md__index *ix, uint64_t hash);
 #endif

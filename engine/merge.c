@@ -531,6 +531,62 @@ unlock:
 	return err;
 }
 
+int md__engine_merge_file(struct md__engine *e, void *addr, size_t n, int fd, off_t off,
+			  const void *content)
+{
+	uintptr_t a = (uintptr_t)addr;
+	int err;
+
+	if (a % MD_EPAGE || off % MD_EPAGE || n == 0 || n > MAX_RUN)
+		return -EINVAL;
+	pthread_rwlock_rdlock(&e->regions_lock);
+	pthread_mutex_lock(&e->lock);
+	struct md__eregion *r = md__engine_region(e, a, n * MD_EPAGE);
+	err = -EINVAL;
+	if (!r)
+		goto unlock;
+	err = -ENOSPC;
+	if (!budget_ok(e, 2))
+		goto unlock;
+	err = freeze(e, a, n * MD_EPAGE);
+	if (err)
+		goto unlock;
+	/* All or nothing: the callers pass runs of pages that matched by
+	 * hash, which are equal unless a guest wrote one just now. */
+	err = 0;
+	if (memcmp((const void *)a, content, n * MD_EPAGE) != 0 || !still_frozen(e, a, n)) {
+		e->st.abandoned += n;
+		goto thaw_pages;
+	}
+	if (md__sys_mmap((void *)a, n * MD_EPAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED,
+			 fd, off) == MAP_FAILED) {
+		err = -errno;
+		e->st.map_failed += n;
+		goto thaw_pages;
+	}
+	/* Not registered with userfaultfd (file pages other than shmem cannot
+	 * be write-protected): like a page shared at read time, the scanner
+	 * leaves it alone from now on, written or not. */
+	apply_advice(e, r, a, n * MD_EPAGE);
+	e->vma_estimate += 2;
+	size_t first = (a - r->start) / MD_EPAGE;
+	for (size_t i = 0; i < n; i++) {
+		release_ref(e, r, first + i);
+		r->ref[first + i] = MD_REF_IMAGE;
+	}
+	md__uffd_wake(&e->uffd, a, n * MD_EPAGE);
+	e->st.merged_file += n;
+	err = (int)n;
+	goto unlock;
+
+thaw_pages:
+	thaw(e, a, n * MD_EPAGE);
+unlock:
+	pthread_mutex_unlock(&e->lock);
+	pthread_rwlock_unlock(&e->regions_lock);
+	return err;
+}
+
 int md__engine_merge_zero(struct md__engine *e, void *addr, size_t n)
 {
 	uintptr_t a = (uintptr_t)addr;

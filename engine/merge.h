@@ -25,6 +25,7 @@
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "index.h"
 #include "pool.h"
@@ -68,6 +69,7 @@ struct md__eregion {
 
 struct md__engine_stats {
 	uint64_t merged;        /* guest pages replaced by pool pages */
+	uint64_t merged_file;   /* guest pages replaced by equal image pages */
 	uint64_t zero;          /* zero pages dropped (now on the zero frame) */
 	uint64_t published;     /* guest pages copied into the pool as first copy */
 	uint64_t abandoned;     /* pages that differed under write-protect */
@@ -128,6 +130,13 @@ int md__engine_merge(struct md__engine *e, void *addr, size_t n, uint32_t slot);
  * (the caller's pin on that slot now belongs to the page). */
 int md__engine_merge_some(struct md__engine *e, void *addr, size_t n, uint32_t slot,
 			  unsigned char *done);
+/* Merges n guest pages from addr with n pages of a file that cannot change
+ * while the caller holds what proves it (a read lease): content is what the
+ * file holds at off, read by the caller. All pages are frozen and compared
+ * with content; if all are equal they are mapped MAP_PRIVATE from fd at off
+ * and marked MD_REF_IMAGE. Returns n, 0 (they differ), or -errno. */
+int md__engine_merge_file(struct md__engine *e, void *addr, size_t n, int fd, off_t off,
+			  const void *content);
 /* Drops those of n pages from addr that are all zero. Returns the count. */
 int md__engine_merge_zero(struct md__engine *e, void *addr, size_t n);
 /* Copies n guest pages into new, consecutive pool slots (*slot the first)

@@ -367,6 +367,16 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 	if (hinted)
 		r->seen[i] = MD_SEEN;	/* just filled: young again */
 	r->hash[i] = h;
+	/* A page equal to an image page the VMM maps anyway costs nothing
+	 * more once it maps that page too: no pool page is needed. */
+	if (s->files.find && s->nfm < 64 &&
+	    s->files.find(s->files.arg, h, page, &s->fm_cookie[s->nfm])) {
+		s->fm_addr[s->nfm++] = a;
+		s->st.file_matches++;
+		if (hinted < 2)
+			s->epoch_merges[hinted]++;
+		return 0;
+	}
 	if (e->remote) {
 		/* Resolved with the rest of the batch (flush_remote). */
 		s->pend_addr[s->npend] = a;
@@ -415,7 +425,7 @@ static void adapt(struct md__scanner *s)
 static uint64_t progress(const struct md__scanner *s)
 {
 	return s->st.merged_scan + s->st.merged_hint + s->st.merged_candidate + s->st.zero +
-	       s->st.published + s->st.hinted + s->st.candidates;
+	       s->st.published + s->st.hinted + s->st.candidates + s->st.file_matches;
 }
 
 int md__scanner_step(struct md__scanner *s, size_t npages)
@@ -472,6 +482,9 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 	if (s->npend)
 		flush_remote(s);	/* before the pages may go away */
 	pthread_rwlock_unlock(&s->e->regions_lock);
+	if (s->files.merge)
+		s->files.merge(s->files.arg, s->fm_addr, s->fm_cookie, s->nfm);
+	s->nfm = 0;
 	s->st.ratio = s->ratio;
 	/* A whole pass that found next to nothing to do (fewer than 64 pages
 	 * merged, dropped, published, hinted or named: a guest's trickle)

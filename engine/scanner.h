@@ -18,8 +18,21 @@ struct md__scanner_stats {
 	uint64_t zero, volatile_skips, published, passes;
 	uint64_t skipped;                  /* visits the smart scan saved */
 	uint64_t candidates, merged_candidate; /* pages the daemon named, merged */
+	uint64_t file_matches;             /* pages found equal to a file page */
 	uint64_t cpu_ns;                   /* the scanning thread's CPU time */
 	unsigned ratio;                    /* now: hinted pages per 8 */
+};
+
+/* Pages of files that cannot change (image pages the agent shares at read
+ * time), offered by the agent so guest pages equal to them can map them:
+ * find() tells whether a page's content is such a file page (a guess; the
+ * merge compares); the matches of a batch go to merge() once the batch is
+ * done and the engine's locks are free, and merge() is called after every
+ * batch, also with none, so the agent can index new file pages then. */
+struct md__file_source {
+	void *arg;
+	int (*find)(void *arg, uint64_t hash, const void *page, uint64_t *cookie);
+	void (*merge)(void *arg, const uintptr_t *addr, const uint64_t *cookie, size_t n);
 };
 
 struct md__unstable {                      /* hash -> guest page, about a pass */
@@ -58,6 +71,10 @@ struct md__scanner {
 	unsigned char pend_hinted[64];
 	size_t npend;
 	unsigned char *pub_buf;	/* 64 pages to publish */
+	struct md__file_source files;	/* none: find is NULL */
+	uintptr_t fm_addr[64];	/* this batch's pages equal to file pages */
+	uint64_t fm_cookie[64];
+	size_t nfm;
 	uint64_t epoch_visits[2], epoch_merges[2];	/* [0] scan, [1] hints */
 	unsigned idle;          /* passes in a row with next to nothing done (max 3) */
 	uint64_t pass_progress; /* progress() at the last pass end or burst */

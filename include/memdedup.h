@@ -176,6 +176,10 @@ typedef struct md_stats {
 	uint64_t merged_from_candidates; /* of merged, found through candidates */
 	uint64_t read_small_pages;     /* pages of reads below share_min_pages: copied
 	                                  by choice (and hinted), not a fallback */
+	uint64_t merged_image;         /* guest pages the scanner found equal to image
+	                                  pages shared at read time and mapped from the
+	                                  image (no pool page needed) */
+	uint64_t image_pages_indexed;  /* image pages hashed for that */
 } md_stats;
 
 /* Returns a short name of a fallback reason ("unaligned", ...). */

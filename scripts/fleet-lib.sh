@@ -172,10 +172,15 @@ fleet_sample_once() {  # prints one samples.tsv line (without t) for FLEET_PIDS
   host_anon=$(awk '/^AnonPages:/{print $2}' /proc/meminfo)
   ksm=$(cat /sys/kernel/mm/ksm/pages_sharing 2>/dev/null || echo 0)
   if [ "$FLEET_HAVE_JQ" = 1 ] && [ -x "$FLEET_MEMDEDUP" ] && [ $alive -gt 0 ]; then
-    md=$("$FLEET_MEMDEDUP" status --json 2>/dev/null | jq -r --arg pids "${FLEET_PIDS[*]}" '
+    # The last answer with agents in it is kept (DIR/status.json): the
+    # counters a run ended with.
+    "$FLEET_MEMDEDUP" status --json > "$FLEET_DIR/status.json.tmp" 2>/dev/null \
+      && jq -e '(.agents | length) > 0' "$FLEET_DIR/status.json.tmp" >/dev/null 2>&1 \
+      && mv -f "$FLEET_DIR/status.json.tmp" "$FLEET_DIR/status.json"
+    md=$(jq -r --arg pids "${FLEET_PIDS[*]}" '
           ($pids | split(" ") | map(tonumber)) as $p
           | [(.agents // [])[] | select(.pid as $x | $p | index($x)) | ((.pages_shared // 0) + (.scanner.pages_sharing // 0))] | add // 0' \
-          2>/dev/null) || md=0
+          "$FLEET_DIR/status.json" 2>/dev/null) || md=0
     case "$md" in ''|*[!0-9]*) md=0 ;; esac
   fi
   [ -n "$FLEET_KSMD_PID" ] && ksmd_ticks=$(( $(fleet_stat_cpu_ticks "/proc/$FLEET_KSMD_PID/stat") - FLEET_KSMD_T0 ))
@@ -223,7 +228,8 @@ fleet_run() {
   timeout=${timeout:-$((240 + hold))}
   mkdir -p "$dir"
   rm -f "$dir"/guest*.log "$dir"/guest*.log.qemu "$dir/samples.tsv" "$dir/guests.tsv"
-  FLEET_PIDS=() FLEET_LOGS=()
+  FLEET_PIDS=() FLEET_LOGS=() FLEET_DIR=$dir
+  rm -f "$dir/status.json" "$dir/status.json.tmp"
   FLEET_T0_US=${EPOCHREALTIME/[.,]/}
   FLEET_KSMD_T0=0
   [ -n "$FLEET_KSMD_PID" ] && FLEET_KSMD_T0=$(fleet_stat_cpu_ticks "/proc/$FLEET_KSMD_PID/stat")

@@ -206,3 +206,59 @@ TEST_IMPL(scan_unmerge_and_tunables)
 	md_agent_free(a);
 	return 0;
 }
+
+static int merged_image_256(const md_stats *s) { return s->merged_image >= 256; }
+
+TEST_IMPL(scan_merges_onto_image)
+{
+	/* The guest reads an image (shared at read time), then copies what it
+	 * read elsewhere in its RAM, as into a tmpfs: the scanner maps the
+	 * copies from the image as well, with no pool page. A write changes
+	 * only the writer's page; the image opened for writing changes
+	 * nothing the guest sees, copies included. */
+	char img[512], want[32], page5[32];
+	snprintf(img, sizeof(img), "%s/copied", test_dir());
+	make_image(img, 1 << 20, 12);
+	snprintf(want, sizeof(want), "%016llx", (unsigned long long)fnv_file(img, 0, 1 << 20));
+	struct proc a;
+	proc_start(&a, fast_scan);
+	proc_cmd(&a, "map 2048");
+	int fd = (int)proc_num(&a, "open %s", img);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 0", fd, 1u << 20), 1 << 20);
+	ASSERT(strcmp(proc_cmd(&a, "copy 0 %u %u", 1024 * PG, 1u << 20), "ok") == 0);
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_image_256), 0);
+	ASSERT(s.pages_shared_at_read >= 256 && s.image_pages_indexed >= 256);
+	ASSERT_EQ(s.pool_pages, 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 1u << 20), want) == 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 1024 * PG, 1u << 20), want) == 0);
+	for (unsigned i = 0; i < 256; i++) {
+		struct pm x = proc_page(&a, i * PG), y = proc_page(&a, (1024 + i) * PG);
+		ASSERT(x.present && x.file && y.present && y.file && x.pfn == y.pfn);
+	}
+	/* A write to a merged copy: only that page changes. */
+	snprintf(page5, sizeof(page5), "%s", proc_cmd(&a, "hash %u %u", 5 * PG, PG));
+	ASSERT(strcmp(proc_cmd(&a, "write %u 7", 1029 * PG + 100), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 1029 * PG, PG), page5) != 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 5 * PG, PG), page5) == 0);
+	ASSERT_EQ(fnv_file(img, 0, 1 << 20), strtoull(want, NULL, 16));
+	ASSERT(proc_page(&a, 1029 * PG).pfn != proc_page(&a, 5 * PG).pfn);
+	/* A writer opens the image: it waits until every page mapped from it,
+	 * merged copies too, is private; then it overwrites the file. */
+	char old_copy[32], junk[65536];
+	snprintf(old_copy, sizeof(old_copy), "%s", proc_cmd(&a, "hash %u %u", 1024 * PG, 1u << 20));
+	int wfd = open(img, O_WRONLY);
+	ASSERT(wfd >= 0);
+	memset(junk, 0xee, sizeof(junk));
+	for (size_t off = 0; off < (1u << 20); off += sizeof(junk))
+		ASSERT(pwrite(wfd, junk, sizeof(junk), (off_t)off) == (ssize_t)sizeof(junk));
+	fsync(wfd);
+	close(wfd);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 1u << 20), want) == 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 1024 * PG, 1u << 20), old_copy) == 0);
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT(s.pages_privatized >= 512 - 1);
+	proc_stop(&a);
+	return 0;
+}

@@ -19,6 +19,8 @@
  *   fork DOFF             -> the child's hash of one page (child reads it)
  *   fill DOFF NPAGES SEED -> ok: page i gets content made of (SEED, i)
  *   zero DOFF NPAGES      -> ok: pages made present, then zero
+ *   copy SOFF DOFF LEN    -> ok: memcpy inside guest RAM (a guest copying a
+ *                           file it read, say into tmpfs)
  *   quit
  */
 #include <errno.h>
@@ -248,6 +250,10 @@ int main(void)
 			sscanf(line, "%*s %lld %lld", &a1, &a2);
 			memset(base + a1, 1, (size_t)a2 * 4096);
 			memset(base + a1, 0, (size_t)a2 * 4096);
+			printf("ok\n");
+		} else if (strcmp(cmd, "copy") == 0) {
+			sscanf(line, "%*s %lld %lld %lld", &a1, &a2, &a3);
+			memcpy(base + a2, base + a1, (size_t)a3);
 			printf("ok\n");
 		} else if (strcmp(cmd, "quit") == 0) {
 			return 0;

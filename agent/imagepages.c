@@ -1,0 +1,244 @@
+/*
+ * imagepages.c - guest pages equal to image pages: merged onto the image.
+ *
+ * Read-time sharing maps image pages into guest RAM; the guest often copies
+ * them on (a file copied into tmpfs, a buffer filled from the page cache).
+ * Such a copy merged into the pool would cost a pool page beside the image
+ * page that stays mapped; mapped from the image instead, it costs nothing.
+ *
+ * So the read path queues every run of image pages it maps (imgq, under
+ * agent->lock: cheap, no I/O); after each batch the scanner's thread reads
+ * and hashes what was queued (pread from the agent's own descriptor, never
+ * from guest RAM, which the guest may have written since) into an index of
+ * hash -> (image, page). The scanner asks the index about every page it
+ * hashes (find, a byte compare against the file); the matches of a batch
+ * come back here, outside the engine's locks, and are merged under
+ * agent->lock while the image's lease is held: the lease keeps the file
+ * constant (images.c), the engine freezes and compares the guest pages, and
+ * the pages join the image's owner records so a lease break makes them
+ * private like any page shared at read time.
+ *
+ * Only the scanner's thread touches the index, so it needs no lock.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "agent_internal.h"
+#include "checksum.h"
+#include "log.h"
+#include "sys.h"
+
+#define QUEUE_CAP 4096
+#define FEED_PAGES 2048    /* image pages indexed after one batch at most */
+#define RUN_MAX 64
+
+struct queued {
+	uint32_t img;      /* image id */
+	uint32_t n;        /* pages */
+	uint64_t pgoff;    /* first page in the file */
+};
+
+struct file_page {
+	int fd;            /* the image's own descriptor (lives as the agent) */
+	uint32_t img;
+	uint64_t pgoff;
+};
+
+struct md__imagepages {
+	struct queued q[QUEUE_CAP];   /* ring, under agent->lock */
+	size_t head, len;
+	struct md__index ix;          /* hash -> pages[] entry */
+	struct file_page *pages;
+	size_t npages, cap;
+	unsigned char *buf;           /* RUN_MAX pages */
+	unsigned char page[4096];     /* find()'s compare */
+};
+
+int md__imagepages_new(struct md__imagepages **out)
+{
+	struct md__imagepages *ip = calloc(1, sizeof(*ip));
+	if (!ip)
+		return -ENOMEM;
+	ip->buf = malloc((size_t)RUN_MAX * MD_PAGE);
+	if (!ip->buf || md__index_init(&ip->ix, 1024) != 0) {
+		free(ip->buf);
+		free(ip);
+		return -ENOMEM;
+	}
+	*out = ip;
+	return 0;
+}
+
+void md__imagepages_free(struct md__imagepages *ip)
+{
+	if (!ip)
+		return;
+	md__index_free(&ip->ix);
+	free(ip->pages);
+	free(ip->buf);
+	free(ip);
+}
+
+uint64_t md__imagepages_bytes(const struct md__imagepages *ip)
+{
+	return ip ? ip->ix.cap * sizeof(*ip->ix.e) + ip->cap * sizeof(*ip->pages) : 0;
+}
+
+void md__imagepages_queue(struct md_agent *a, uint32_t img, uint64_t pgoff, size_t n)
+{
+	struct md__imagepages *ip = a->imgpages;
+	if (!ip)
+		return;
+	/* Full: these pages go unindexed; the guest's copies of them then
+	 * merge through the pool, as any duplicate does. */
+	if (ip->len == QUEUE_CAP) {
+		md__log_once(61, "image pages come faster than the scanner indexes them: some are left out");
+		return;
+	}
+	ip->q[(ip->head + ip->len++) % QUEUE_CAP] = (struct queued){ img, (uint32_t)n, pgoff };
+}
+
+static const void *entry_page(void *arg, uint32_t entry)
+{
+	struct md__imagepages *ip = arg;
+	const struct file_page *fp = &ip->pages[entry];
+	if (md__sys_pread(fp->fd, ip->page, MD_PAGE, (off_t)(fp->pgoff * MD_PAGE)) != (ssize_t)MD_PAGE)
+		return NULL;
+	return ip->page;
+}
+
+/* The scanner's question, on its thread: is this page an image page? */
+static int find(void *arg, uint64_t hash, const void *page, uint64_t *cookie)
+{
+	struct md_agent *a = arg;
+	int64_t e = md__index_find(&a->imgpages->ix, hash, page, entry_page, a->imgpages);
+	if (e < 0)
+		return 0;
+	*cookie = (uint64_t)e;
+	return 1;
+}
+
+/* Merges n guest pages from addr onto the image pages of entry fp and the
+ * n - 1 after it. Returns the pages merged. */
+static int merge_run(struct md_agent *a, uintptr_t addr, const struct file_page *fp, size_t n)
+{
+	struct md__imagepages *ip = a->imgpages;
+	int merged = 0;
+	off_t off = (off_t)(fp->pgoff * MD_PAGE);
+
+	pthread_mutex_lock(&a->lock);
+	struct md__image *img = fp->img && fp->img <= a->nimages ? &a->images[fp->img - 1] : NULL;
+	struct md__region *r = md__region_find(a, addr, n * MD_PAGE);
+	if (!img || img->lease != MD_LEASE_HELD || !r ||
+	    (uint64_t)off + n * MD_PAGE > (uint64_t)img->size)
+		goto unlock;	/* the file may change, or the RAM went */
+	size_t first = (addr - r->start) / MD_PAGE;
+	for (size_t i = 0; i < n; i++)
+		if (r->owner[first + i])
+			goto unlock;	/* shared at read time meanwhile */
+	if (a->maps_since_count + __atomic_load_n(&a->ctr[MD_CTR_VMAS], __ATOMIC_RELAXED) + 2 > a->max_vmas)
+		goto unlock;
+	/* Under the lease the file cannot change: this is what the mapping
+	 * will show, and what the guest pages must equal. */
+	if (md__sys_pread(img->fd, ip->buf, n * MD_PAGE, off) != (ssize_t)(n * MD_PAGE))
+		goto unlock;
+	int got = md__engine_merge_file(a->engine, (void *)addr, n, img->fd, off, ip->buf);
+	if (got > 0) {
+		for (size_t i = 0; i < n; i++)
+			r->owner[first + i] = img->id;
+		a->maps_since_count += 2;
+		merged = got;
+	}
+unlock:
+	pthread_mutex_unlock(&a->lock);
+	return merged;
+}
+
+/* Reads and hashes queued image pages into the index. */
+static void feed(struct md_agent *a)
+{
+	struct md__imagepages *ip = a->imgpages;
+	struct file_page todo[64];
+	uint32_t todo_n[64];
+	size_t nt = 0, pages = 0;
+
+	pthread_mutex_lock(&a->lock);
+	while (ip->len && nt < 64 && pages < FEED_PAGES) {
+		struct queued *q = &ip->q[ip->head];
+		uint32_t n = q->n < RUN_MAX ? q->n : RUN_MAX;
+		if (q->img && q->img <= a->nimages) {
+			todo[nt] = (struct file_page){ a->images[q->img - 1].fd, q->img, q->pgoff };
+			todo_n[nt++] = n;
+			pages += n;
+		}
+		q->pgoff += n;
+		q->n -= n;
+		if (!q->n) {
+			ip->head = (ip->head + 1) % QUEUE_CAP;
+			ip->len--;
+		}
+	}
+	pthread_mutex_unlock(&a->lock);
+
+	uint64_t indexed = 0;
+	for (size_t t = 0; t < nt; t++) {
+		ssize_t got = md__sys_pread(todo[t].fd, ip->buf, todo_n[t] * MD_PAGE,
+					    (off_t)(todo[t].pgoff * MD_PAGE));
+		for (size_t i = 0; got > 0 && i < (size_t)got / MD_PAGE; i++) {
+			const unsigned char *p = ip->buf + i * MD_PAGE;
+			if (md__page_is_zero(p))
+				continue;	/* zero pages are dropped, not merged */
+			uint64_t h = md__page_hash(p);
+			if (md__index_has(&ip->ix, h))
+				continue;	/* the same content, or read again */
+			if (ip->npages == ip->cap) {
+				size_t cap = ip->cap ? ip->cap * 2 : 1024;
+				struct file_page *np = realloc(ip->pages, cap * sizeof(*np));
+				if (!np)
+					return;
+				ip->pages = np;
+				ip->cap = cap;
+			}
+			if (md__index_insert(&ip->ix, h, (uint32_t)ip->npages) != 0)
+				return;
+			ip->pages[ip->npages++] = (struct file_page){ todo[t].fd, todo[t].img,
+								       todo[t].pgoff + i };
+			indexed++;
+		}
+	}
+	md__count(a, MD_CTR_IMAGE_INDEXED, indexed);
+}
+
+/* After every batch, on the scanner's thread with no engine lock held. */
+static void merge(void *arg, const uintptr_t *addr, const uint64_t *cookie, size_t n)
+{
+	struct md_agent *a = arg;
+	struct md__imagepages *ip = a->imgpages;
+	uint64_t merged = 0;
+
+	for (size_t j = 0; j < n;) {
+		/* Adjacent guest pages equal to adjacent pages of one image
+		 * map in one go. */
+		const struct file_page *fp = &ip->pages[cookie[j]];
+		size_t run = 1;
+		while (j + run < n && addr[j + run] == addr[j] + run * MD_PAGE) {
+			const struct file_page *nx = &ip->pages[cookie[j + run]];
+			if (nx->img != fp->img || nx->pgoff != fp->pgoff + run)
+				break;
+			run++;
+		}
+		merged += (uint64_t)merge_run(a, addr[j], fp, run);
+		j += run;
+	}
+	md__count(a, MD_CTR_MERGED_IMAGE, merged);
+	if (ip->len)
+		feed(a);
+}
+
+void md__imagepages_attach(struct md_agent *a)
+{
+	if (a->imgpages)
+		a->scanner.files = (struct md__file_source){ a, find, merge };
+}
