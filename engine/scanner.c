@@ -69,6 +69,8 @@
 
 #define EPOCH 4096
 
+/* Made on first use: with memdedupd's pool the daemon keeps this table,
+ * and ours would only cost memory (16 bytes per two pages of guest RAM). */
 static int un_init(struct md__unstable *u, size_t cap)
 {
 	size_t c = 1024;
@@ -88,7 +90,7 @@ static void pass_ended(struct md__scanner *s)
 {
 	struct md__unstable *u = &s->un;
 	s->st.passes++;
-	if (u->reads < u->cap / 4)
+	if (!u->addr || u->reads < u->cap / 4)
 		return;
 	memset(u->addr, 0, u->cap * sizeof(*u->addr));
 	u->reads = 0;
@@ -115,7 +117,6 @@ static uintptr_t un_find_insert(struct md__unstable *u, uint64_t h, uintptr_t ad
 
 int md__scanner_init(struct md__scanner *s, struct md__engine *e, struct md__hints *h)
 {
-	size_t pages = 0;
 	memset(s, 0, sizeof(*s));
 	s->e = e;
 	s->hints = h;
@@ -123,24 +124,26 @@ int md__scanner_init(struct md__scanner *s, struct md__engine *e, struct md__hin
 	s->sleep_ms = 20;
 	s->ratio = 4;
 	s->rng = 0x2545f4914f6cdd1dull;
-	for (size_t i = 0; i < e->nregions; i++)
-		pages += (e->regions[i].end - e->regions[i].start) / MD_EPAGE;
 	s->pub_buf = malloc(64 * MD_EPAGE);
-	if (!s->pub_buf || un_init(&s->un, pages)) {
+	if (!s->pub_buf) {
 		md__scanner_free(s);
 		return -ENOMEM;
 	}
 	return 0;
 }
 
+static void free_unstable(struct md__scanner *s)
+{
+	free(s->un.hash);
+	free(s->un.addr);
+	s->un = (struct md__unstable){ 0 };
+}
+
 void md__scanner_free(struct md__scanner *s)
 {
 	free(s->pub_buf);
 	s->pub_buf = NULL;
-	free(s->un.hash);
-	free(s->un.addr);
-	s->un.hash = NULL;
-	s->un.addr = NULL;
+	free_unstable(s);
 }
 
 static uint64_t next_rand(struct md__scanner *s)
@@ -391,6 +394,15 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 		return md__engine_merge(e, (void *)a, 1, (uint32_t)slot) > 0;
 	/* No aging here: without the daemon's candidates, two unique pages
 	 * skipping on different passes could never meet in the table. */
+	if (!s->un.addr) {
+		size_t pages = 0;
+		for (size_t ri = 0; ri < e->nregions; ri++)
+			pages += (e->regions[ri].end - e->regions[ri].start) / MD_EPAGE;
+		if (un_init(&s->un, pages) != 0) {
+			free_unstable(s);
+			return 0;
+		}
+	}
 	uintptr_t other = un_find_insert(&s->un, h, a);
 	if (!other)
 		return 0;
