@@ -172,6 +172,10 @@ static uintptr_t cursor_next(struct md__scanner *s)
 	if (s->region >= e->nregions)
 		s->region = 0;
 	struct md__eregion *r = &e->regions[s->region];
+	/* Zero pages dropped with the last one (zero_run keeps this inside
+	 * the region). */
+	s->page += s->zero_ahead;
+	s->zero_ahead = 0;
 	uintptr_t a = r->start + s->page * MD_EPAGE;
 	if (a + MD_EPAGE >= r->end) {
 		s->page = 0;
@@ -317,6 +321,26 @@ static void flush_remote(struct md__scanner *s)
 		md__remote_ref_n(rm, unpin, (uint32_t)nunpin, -1);
 }
 
+/* How many pages from the zero page a, which the cursor found, are zero
+ * too and may be dropped with it: present anonymous pages of the same
+ * region, inside the pagemap window, short of the region's last page (so
+ * the cursor can step over them without leaving the region). */
+static size_t zero_run(struct md__scanner *s, const struct md__eregion *r, uintptr_t a)
+{
+	struct md__engine *e = s->e;
+	size_t i = (a - r->start) / MD_EPAGE, np = (r->end - r->start) / MD_EPAGE;
+	size_t w = (a - s->pm_base) / MD_EPAGE, n = 1;
+	while (n < 256 && i + n + 1 < np && w + n < s->pm_n) {
+		uint64_t pm = s->pm[w + n];
+		if (MD_REF_BUSY(r->ref[i + n]) || !(pm & (1ull << 63)) || (pm & (1ull << 61)) ||
+		    (e->zero_pfn && (pm & ((1ull << 55) - 1)) == e->zero_pfn) ||
+		    !md__page_is_zero((const void *)(a + n * MD_EPAGE)))
+			break;
+		n++;
+	}
+	return n;
+}
+
 /* Visits one page found by the cursor (hinted 0), a hint (1) or a daemon's
  * candidate (2); returns 1 if it was merged (the remote path counts its
  * merges itself, when the batch's candidates are resolved). *read is set
@@ -356,8 +380,12 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 	const void *page = (const void *)a;
 	*read = 1;
 	if (md__page_is_zero(page)) {
-		int z = md__engine_merge_zero(e, (void *)a, 1);
-		s->st.zero += z > 0;
+		/* The linear cursor drops the zero pages that follow too, in
+		 * one freeze and one madvise, and steps over them. */
+		size_t n = !hinted && !s->random_order ? zero_run(s, r, a) : 1;
+		int z = md__engine_merge_zero(e, (void *)a, n);
+		s->st.zero += z > 0 ? (uint64_t)z : 0;
+		s->zero_ahead = n - 1;
 		return 0;	/* counted apart, not as a merge */
 	}
 	uint64_t h = md__page_hash(page);
@@ -477,7 +505,9 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 		int m = visit(s, a, hinted, &read);
 		if (!read)
 			continue;
-		k++;
+		/* A zero page costs a check, a quarter of a visit's hash,
+		 * lookup and merge: a run of them counts that much. */
+		k += 1 + (hinted ? 0 : (s->zero_ahead + 3) / 4);
 		s->un.reads++;
 		merges += m;
 		s->epoch_visits[hinted]++;

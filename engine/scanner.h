@@ -56,6 +56,7 @@ struct md__scanner {
 	int random_order;
 	unsigned ratio;         /* of every 8 pages, how many come from hints */
 	size_t region, page;    /* the linear cursor */
+	size_t zero_ahead;      /* pages after it dropped as zero: stepped over */
 	uint64_t rng;
 	struct md__hint cur;    /* the hint being worked through */
 	struct md__unstable un;
