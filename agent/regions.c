@@ -150,9 +150,10 @@ void md__apply_advice(struct md_agent *a, const struct md__region *r, uintptr_t 
 void md__regions_flush_advice(struct md_agent *a)
 {
 	pthread_mutex_lock(&a->lock);
+	int merged = a->engine && md__engine_take_advice(a->engine);
 	for (size_t i = 0; i < a->nregions; i++) {
 		struct md__region *r = &a->regions[i];
-		if (!r->advice_pending)
+		if (!r->advice_pending && !merged)
 			continue;
 		/* Anonymous parts have the advice already: a no-op for them. */
 		md__apply_advice(a, r, r->start, r->end - r->start);

@@ -413,11 +413,12 @@ static int map_pool(struct md__engine *e, struct md__eregion *r, uintptr_t addr,
 		e->st.map_failed += n;
 		return -errno;
 	}
-	/* Failure to register only means the page cannot be frozen again
-	 * until freeze() registers it; it is logged, not fatal. */
-	if (md__uffd_register_wp(&e->uffd, addr, n * MD_EPAGE) != 0)
-		md__log_once(50, "cannot register a merged mapping with userfaultfd");
-	apply_advice(e, r, addr, n * MD_EPAGE);
+	/* Neither registered with userfaultfd nor advised here: freeze()
+	 * registers a mapping the first time it must freeze it again (after
+	 * a copy-on-write break, rare), and the agent gives the region's
+	 * advice to all new mappings at once (md__engine_take_advice). Two
+	 * system calls fewer per merge: a third of its cost. */
+	__atomic_store_n(&e->advice_pending, 1, __ATOMIC_RELAXED);
 	/* At most two new VMAs (the split halves of what it replaced);
 	 * fewer when it joins a neighbour with adjacent pool offsets. */
 	e->vma_estimate += 2;
@@ -566,8 +567,8 @@ int md__engine_merge_file(struct md__engine *e, void *addr, size_t n, int fd, of
 	}
 	/* Not registered with userfaultfd (file pages other than shmem cannot
 	 * be write-protected): like a page shared at read time, the scanner
-	 * leaves it alone from now on, written or not. */
-	apply_advice(e, r, a, n * MD_EPAGE);
+	 * leaves it alone from now on, written or not. Advised later. */
+	__atomic_store_n(&e->advice_pending, 1, __ATOMIC_RELAXED);
 	e->vma_estimate += 2;
 	size_t first = (a - r->start) / MD_EPAGE;
 	for (size_t i = 0; i < n; i++) {
@@ -759,6 +760,11 @@ int md__engine_reap(struct md__engine *e)
 	e->st.cow_broken += (uint64_t)broken;
 	pthread_mutex_unlock(&e->lock);
 	return broken;
+}
+
+int md__engine_take_advice(struct md__engine *e)
+{
+	return __atomic_exchange_n(&e->advice_pending, 0, __ATOMIC_RELAXED);
 }
 
 void md__engine_stats(struct md__engine *e, struct md__engine_stats *st)

@@ -28,10 +28,17 @@
  *      nothing to merge, and dropping it again would only be counted twice;
  *   1. a page still showing a pool page is skipped (already merged);
  *   2. an all-zero page is dropped by md__engine_merge_zero (apart from the
- *      pool: the kernel's zero page needs no pool slot);
+ *      pool: the kernel's zero page needs no pool slot); the linear cursor
+ *      drops the zero pages right after it with it (one freeze, one
+ *      madvise: the untouched rest of a guest's huge page is such a run)
+ *      and steps over them, each counting a quarter of a visit;
  *   3. the checksum (XXH3) is compared with the last visit's: a page that
  *      changed is volatile and skipped this time (pages from hints skip this
  *      filter: the read that just filled them is the one change expected);
+ *   3a. the agent's index of image pages (pages the VMM maps from disk
+ *      images it reads) is asked first: a page equal to one of them is
+ *      mapped from the image after the batch (md__file_source), no pool
+ *      page needed - a guest copying files it read, say into a tmpfs;
  *   4. the index is asked for a pool page with equal content: if there is
  *      one, md__engine_merge freezes, byte-compares and maps it;
  *   5. else the unstable table (this pass's hash -> page, like KSM's
