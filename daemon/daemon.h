@@ -33,6 +33,15 @@
 enum md__ep_kind { MD_EP_LISTEN, MD_EP_SIGNAL, MD_EP_CONN, MD_EP_PIDFD };
 struct md__ep { enum md__ep_kind kind; };
 
+/* A first sighting, 16 bytes: the table's memory counts with the fleet's.
+ * Its slot gives the low bits of the hash; tag keeps 31 high ones. */
+struct md__sighting {
+	uint32_t tag;              /* hash >> 33, and MD_SIGHTING_ASKED */
+	pid_t pid;                 /* 0: empty */
+	uint64_t addr;
+};
+#define MD_SIGHTING_ASKED (1u << 31)
+
 struct md__domain {
 	struct md__domain *next;
 	uint32_t id;
@@ -50,10 +59,7 @@ struct md__domain {
 	 * only content seen twice is copied into the pool. The entry then
 	 * waits (seen_asked) for that publication, and the first page's
 	 * agent is sent its address as a CANDIDATE to merge. */
-	uint64_t *seen_hash;
-	uint64_t *seen_addr;
-	pid_t *seen_pid;
-	uint8_t *seen_asked;
+	struct md__sighting *seen;
 	size_t seen_cap;           /* power of two; 0: no table */
 	size_t nagents;            /* agent records (connected or not) in it */
 };

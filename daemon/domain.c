@@ -138,36 +138,26 @@ static const void *any_candidate(void *arg, uint32_t slot)
 	return arg;
 }
 
-#define SEEN_CAP (1u << 20)
+/* 512 Ki sightings, 8 MiB touched at most: about two per page of the
+ * guest RAM of a pair of 1 GiB guests (KSM's unstable tree lives in the
+ * kernel, but ours counts against what we save). A sighting lost to a
+ * collision costs a merge found a pass later. */
+#define SEEN_CAP (1u << 19)
 
 static size_t seen_index(const struct md__domain *dom, uint64_t hash)
 {
 	return (size_t)(hash ^ (hash >> 29)) & (dom->seen_cap - 1);
 }
 
-static int seen_alloc(struct md__domain *dom)
+static uint32_t seen_tag(uint64_t hash)
 {
-	dom->seen_hash = calloc(SEEN_CAP, sizeof(*dom->seen_hash));
-	dom->seen_addr = calloc(SEEN_CAP, sizeof(*dom->seen_addr));
-	dom->seen_pid = calloc(SEEN_CAP, sizeof(*dom->seen_pid));
-	dom->seen_asked = calloc(SEEN_CAP, sizeof(*dom->seen_asked));
-	if (!dom->seen_hash || !dom->seen_addr || !dom->seen_pid || !dom->seen_asked) {
-		md__domain_seen_free(dom);
-		return -ENOMEM;
-	}
-	dom->seen_cap = SEEN_CAP;
-	return 0;
+	return (uint32_t)(hash >> 33);
 }
 
 void md__domain_seen_free(struct md__domain *dom)
 {
-	free(dom->seen_hash);
-	free(dom->seen_addr);
-	free(dom->seen_pid);
-	free(dom->seen_asked);
-	dom->seen_hash = dom->seen_addr = NULL;
-	dom->seen_pid = NULL;
-	dom->seen_asked = NULL;
+	free(dom->seen);
+	dom->seen = NULL;
 	dom->seen_cap = 0;
 }
 
@@ -177,25 +167,27 @@ uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash, pid_t asker, u
 	int64_t s = md__index_find(&dom->index, hash, page, any_candidate, (void *)page);
 	if (s >= 0)
 		return (uint32_t)s + 1;
-	if (!dom->seen_cap && seen_alloc(dom))
-		return 0;	/* without the table: never told to publish */
+	if (!dom->seen_cap) {
+		/* calloc of this size is lazily zero-mapped, like the slots. */
+		dom->seen = calloc(SEEN_CAP, sizeof(*dom->seen));
+		if (!dom->seen)
+			return 0;	/* without the table: never told to publish */
+		dom->seen_cap = SEEN_CAP;
+	}
 	/* Direct-mapped and lossy, like a cache: a collision forgets the
 	 * older sighting, which costs a merge found one pass later. */
-	size_t i = seen_index(dom, hash);
-	if (dom->seen_pid[i] && dom->seen_hash[i] == hash) {
+	struct md__sighting *e = &dom->seen[seen_index(dom, hash)];
+	if (e->pid && (e->tag & ~MD_SIGHTING_ASKED) == seen_tag(hash)) {
 		/* The same page again (address 0: the asker did not say) is
 		 * no second copy; any other page is, in this process or not. */
-		int same = dom->seen_pid[i] == asker && dom->seen_addr[i] == addr;
-		if (dom->seen_asked[i] || !same) {
-			dom->seen_asked[i] = 1;
+		int same = e->pid == asker && e->addr == addr;
+		if ((e->tag & MD_SIGHTING_ASKED) || !same) {
+			e->tag |= MD_SIGHTING_ASKED;
 			return MD_LOOKUP_PUBLISH;
 		}
 		return 0;
 	}
-	dom->seen_hash[i] = hash;
-	dom->seen_addr[i] = addr;
-	dom->seen_pid[i] = asker;
-	dom->seen_asked[i] = 0;
+	*e = (struct md__sighting){ seen_tag(hash), asker, addr };
 	return 0;
 }
 
@@ -203,13 +195,12 @@ int md__domain_published(struct md__domain *dom, uint64_t hash, pid_t *pid, uint
 {
 	if (!dom->seen_cap)
 		return 0;
-	size_t i = seen_index(dom, hash);
-	if (!dom->seen_pid[i] || dom->seen_hash[i] != hash || !dom->seen_asked[i])
+	struct md__sighting *e = &dom->seen[seen_index(dom, hash)];
+	if (!e->pid || e->tag != (seen_tag(hash) | MD_SIGHTING_ASKED))
 		return 0;
-	*pid = dom->seen_pid[i];
-	*addr = dom->seen_addr[i];
-	dom->seen_pid[i] = 0;
-	dom->seen_asked[i] = 0;
+	*pid = e->pid;
+	*addr = e->addr;
+	*e = (struct md__sighting){ 0 };
 	return *addr != 0;
 }
 
