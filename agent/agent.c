@@ -55,10 +55,11 @@ static void *agent_thread(void *arg)
 	/* Ticks of 100 ms: daemon messages are taken every tick, the
 	 * counters are refreshed every 10th. What walks /proc/self/pagemap
 	 * over every shared page (copy-on-write breaks) and /proc/self/maps
-	 * (the VMA count) runs every 3 s while reads or merges happen, else
-	 * every 10 s: once a second, it was half of memdedup's CPU time. */
+	 * (the VMA count) runs every 3 s while reads come or merges by the
+	 * dozen, else every 30 s: once a second it was half of memdedup's
+	 * CPU time, and every 10 s still most of it once all had merged. */
 	struct timespec tick = { 0, 100000000 };
-	uint64_t last_activity = 0;
+	uint64_t last_reads = 0, last_merges = 0;
 	unsigned last_full = 0;
 	for (unsigned n = 1; !__atomic_load_n(&a->stop, __ATOMIC_ACQUIRE); n++) {
 		siginfo_t info;
@@ -70,12 +71,14 @@ static void *agent_thread(void *arg)
 		int second = n % 10 == 0;
 		if (second) {
 			md__regions_flush_advice(a);
-			uint64_t act = __atomic_load_n(&a->ctr[MD_CTR_READS_SEEN], __ATOMIC_RELAXED) +
-				       md__scan_activity(a);
-			int full = (act != last_activity && n - last_full >= 30) || n - last_full >= 100;
+			uint64_t reads = __atomic_load_n(&a->ctr[MD_CTR_READS_SEEN], __ATOMIC_RELAXED);
+			uint64_t merges = md__scan_activity(a);
+			int busy = reads != last_reads || merges - last_merges >= 64;
+			int full = (busy && n - last_full >= 30) || n - last_full >= 300;
 			if (full) {
 				md__account(a);
-				last_activity = act;
+				last_reads = reads;
+				last_merges = merges;
 				last_full = n;
 			}
 			md__scan_account(a, full);

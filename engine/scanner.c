@@ -6,7 +6,7 @@
  * pages_to_scan, the batch counts the pages whose content was read: pages
  * not there, merged already, or skipped cost next to nothing and do not
  * count. A whole pass that finds next to nothing to do doubles the sleep,
- * up to 8x; a burst of work (merges, zero pages, hints, candidates)
+ * up to 32x; a burst of work (merges, zero pages, hints, candidates)
  * restores it. Each visit takes
  * its page from one of two sources:
  *   - the cursor, which walks every registered region page by page (linear
@@ -537,7 +537,7 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 	s->st.ratio = s->ratio;
 	/* A whole pass that found next to nothing to do (fewer than 64 pages
 	 * merged, dropped, published, hinted or named: a guest's trickle)
-	 * doubles the sleep, up to 8x: a quiet host costs less. As much done
+	 * doubles the sleep, up to 32x: a quiet host costs less. As much done
 	 * at any time brings the set rate back. */
 	uint64_t done = progress(s);
 	unsigned idle = __atomic_load_n(&s->idle, __ATOMIC_RELAXED);
@@ -545,7 +545,7 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 		idle = 0;
 		s->pass_progress = done;
 	} else if (s->st.passes != passes) {
-		idle += idle < 3;
+		idle += idle < MD_SCAN_IDLE_MAX;
 		s->pass_progress = done;
 	}
 	__atomic_store_n(&s->idle, idle, __ATOMIC_RELAXED);

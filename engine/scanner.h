@@ -12,6 +12,9 @@
 #include "hints.h"
 #include "merge.h"
 
+/* The sleep doubles per idle pass up to 2^MD_SCAN_IDLE_MAX times the set one. */
+#define MD_SCAN_IDLE_MAX 5
+
 struct md__scanner_stats {
 	uint64_t scanned, hinted;          /* pages visited from each source */
 	uint64_t merged_scan, merged_hint; /* merges found by each source */
@@ -77,7 +80,7 @@ struct md__scanner {
 	uint64_t fm_cookie[64];
 	size_t nfm;
 	uint64_t epoch_visits[2], epoch_merges[2];	/* [0] scan, [1] hints */
-	unsigned idle;          /* passes in a row with next to nothing done (max 3) */
+	unsigned idle;          /* passes in a row with next to nothing done */
 	uint64_t pass_progress; /* progress() at the last pass end or burst */
 	struct md__scanner_stats st;
 	pthread_t thread;
