@@ -114,6 +114,12 @@ static const void *idx_page(void *arg, uint32_t slot)
 	return idx_pages[slot];
 }
 
+static const void *no_page(void *arg, uint32_t slot)
+{
+	(void)arg, (void)slot;
+	return NULL;
+}
+
 TEST_IMPL(engine_index_collision)
 {
 	struct md__index ix;
@@ -137,6 +143,11 @@ TEST_IMPL(engine_index_collision)
 		ASSERT_EQ(md__index_insert(&ix, 1000 + i, 2), 0);
 	ASSERT_EQ(md__index_find(&ix, 1000 + 4321, idx_pages[2], idx_page, NULL), 2);
 	ASSERT_EQ(md__index_find(&ix, 42, idx_pages[1], idx_page, NULL), 1);
+	/* A hash alone says only that an entry may match; an unreadable
+	 * entry (NULL content) matches nothing. */
+	ASSERT(md__index_has(&ix, 42) && md__index_has(&ix, 1000 + 4999));
+	ASSERT(!md__index_has(&ix, 999));
+	ASSERT_EQ(md__index_find(&ix, 1000 + 7, idx_pages[2], no_page, NULL), -1);
 	md__index_free(&ix);
 	/* The checksum sees a one-byte change; zero detection is exact. */
 	static unsigned char a[PG], b[PG];
