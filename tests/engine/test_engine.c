@@ -707,3 +707,43 @@ TEST_IMPL(engine_scanner_merges)
 	md__engine_fini(&e);
 	return 0;
 }
+
+TEST_IMPL(engine_scanner_zero_runs)
+{
+	/* The linear cursor drops a run of zero pages (the untouched rest of
+	 * a huge page) in one visit, as far as its pagemap window reaches,
+	 * counts each a quarter of a visit, and steps over the run. */
+	struct md__engine e;
+	struct md__scanner s;
+	const size_t n = 512;
+	unsigned char *r = map_ram(n);
+	uint64_t zero_pfn = pfn(map_ram(1));
+
+	engine_up(&e);
+	fill(r, 1);
+	memset(r + PG, 0, 300 * PG);	/* populated: written, with zeroes */
+	fill(r + 301 * PG, 2);		/* the rest is never touched */
+	ASSERT_EQ(md__engine_register(&e, r, n * PG, 0), 0);
+	ASSERT_EQ(md__scanner_init(&s, &e, NULL), 0);
+	s.ratio = 0;
+	/* Page 0, then page 1 and the 254 after it: the window of 256. */
+	md__scanner_step(&s, 2);
+	ASSERT_EQ(s.st.scanned, 2);
+	ASSERT_EQ(s.st.zero, 255);
+	/* The next visit starts after the run: pages 256-300 in one more. */
+	md__scanner_step(&s, 1);
+	ASSERT_EQ(s.st.scanned, 3);
+	ASSERT_EQ(s.st.zero, 300);
+	for (size_t i = 1; i <= 300; i++) {
+		ASSERT(md__page_is_zero(r + i * PG));
+		ASSERT_EQ(pfn(r + i * PG), zero_pfn);
+	}
+	unsigned char want[PG];
+	fill(want, 2);
+	ASSERT(memcmp(r + 301 * PG, want, PG) == 0);
+	fill(want, 1);
+	ASSERT(memcmp(r, want, PG) == 0);
+	md__scanner_free(&s);
+	md__engine_fini(&e);
+	return 0;
+}
