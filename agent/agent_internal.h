@@ -79,6 +79,9 @@ struct md_agent {
 	struct timespec next_connect;	/* to memdedupd, while disconnected */
 	struct timespec rate_at;	/* merge and break rates: the last pass */
 	uint64_t rate_merged, rate_broken;
+	/* md__scan_account's last walk of the pages' state, and when. */
+	uint64_t walk_sharing, walk_registered, walk_unshared, walk_activity;
+	unsigned walk_age;
 
 	int lease_signal;
 	pid_t thread_tid;

@@ -255,24 +255,37 @@ void md__scan_account(struct md_agent *a, int full)
 	struct md__engine_stats st;
 	md__engine_stats(e, &st);
 	struct md__scanner_stats ss = a->scanner.st;	/* racy reads of counters: fine */
-	uint64_t sharing = 0, registered = 0, unshared = 0;
-	pthread_rwlock_rdlock(&e->regions_lock);
-	pthread_mutex_lock(&e->lock);
-	for (size_t i = 0; i < e->nregions; i++) {
-		struct md__eregion *r = &e->regions[i];
-		size_t np = (r->end - r->start) / MD_EPAGE;
-		registered += np;
-		for (size_t p = 0; p < np; p++) {
-			sharing += MD_REF_SLOT(r->ref[p]) != 0;
-			/* KSM's pages_unshared: found stable and unique. */
-			unshared += !MD_REF_BUSY(r->ref[p]) && MD_SEEN_AGE(r->seen[p]) > 0;
+	/* The walk over every page's state, a few hundred microseconds per
+	 * GiB, is done again only when merges changed it, or every 10 s
+	 * (pages age without merges): once converged it was a third of the
+	 * agent's CPU time. */
+	uint64_t changed = md__scan_activity(a) + st.cow_broken;
+	if (full || changed != a->walk_activity || ++a->walk_age >= 10) {
+		uint64_t sharing = 0, registered = 0, unshared = 0;
+		pthread_rwlock_rdlock(&e->regions_lock);
+		pthread_mutex_lock(&e->lock);
+		for (size_t i = 0; i < e->nregions; i++) {
+			struct md__eregion *r = &e->regions[i];
+			size_t np = (r->end - r->start) / MD_EPAGE;
+			registered += np;
+			for (size_t p = 0; p < np; p++) {
+				sharing += MD_REF_SLOT(r->ref[p]) != 0;
+				/* KSM's pages_unshared: found stable and unique. */
+				unshared += !MD_REF_BUSY(r->ref[p]) && MD_SEEN_AGE(r->seen[p]) > 0;
+			}
 		}
+		pthread_mutex_unlock(&e->lock);
+		pthread_rwlock_unlock(&e->regions_lock);
+		a->walk_sharing = sharing;
+		a->walk_registered = registered;
+		a->walk_unshared = unshared;
+		a->walk_activity = changed;
+		a->walk_age = 0;
 	}
+	uint64_t sharing = a->walk_sharing, registered = a->walk_registered, unshared = a->walk_unshared;
 	/* With the daemon's pool, what the domain's pool holds is the
 	 * daemon's to say; we count the first copies we put there. */
 	uint64_t pool = e->remote ? ss.published : md__pool_live(&e->pool);
-	pthread_mutex_unlock(&e->lock);
-	pthread_rwlock_unlock(&e->regions_lock);
 
 	md__set(a, MD_CTR_PAGES_SCANNED, ss.scanned);
 	md__set(a, MD_CTR_PAGES_HINTED, ss.hinted);
