@@ -165,6 +165,12 @@ static void feed(struct md_agent *a)
 	size_t nt = 0, pages = 0;
 
 	pthread_mutex_lock(&a->lock);
+	/* No more entries than pages of guest RAM: a guest's page cache
+	 * cannot hold more, and reading many images must not grow the index
+	 * without bound. Full, it starts over with what is read now. */
+	size_t cap = 0;
+	for (size_t i = 0; i < a->nregions; i++)
+		cap += (a->regions[i].end - a->regions[i].start) / MD_PAGE;
 	while (ip->len && nt < 64 && pages < FEED_PAGES) {
 		struct queued *q = &ip->q[ip->head];
 		uint32_t n = q->n < RUN_MAX ? q->n : RUN_MAX;
@@ -184,6 +190,14 @@ static void feed(struct md_agent *a)
 
 	uint64_t indexed = 0;
 	for (size_t t = 0; t < nt; t++) {
+		if (ip->npages && ip->npages + todo_n[t] > cap) {
+			struct md__index fresh;
+			if (md__index_init(&fresh, 1024) != 0)
+				return;
+			md__index_free(&ip->ix);
+			ip->ix = fresh;
+			ip->npages = 0;
+		}
 		ssize_t got = md__sys_pread(todo[t].fd, ip->buf, todo_n[t] * MD_PAGE,
 					    (off_t)(todo[t].pgoff * MD_PAGE));
 		for (size_t i = 0; got > 0 && i < (size_t)got / MD_PAGE; i++) {

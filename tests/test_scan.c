@@ -262,3 +262,49 @@ TEST_IMPL(scan_merges_onto_image)
 	proc_stop(&a);
 	return 0;
 }
+
+static int indexed_512(const md_stats *s) { return s->image_pages_indexed >= 512; }
+static int merged_image_32(const md_stats *s) { return s->merged_image >= 32; }
+
+TEST_IMPL(scan_image_index_bounded)
+{
+	/* The index of image pages holds no more entries than guest RAM has
+	 * pages (300 here): reading 512 pages of images starts it over, and
+	 * what was read last is what copies merge onto. */
+	char img[512];
+	snprintf(img, sizeof(img), "%s/bounded", test_dir());
+	make_image(img, 2 << 20, 13);
+	struct proc a;
+	proc_start(&a, fast_scan);
+	proc_cmd(&a, "map 300");
+	int fd = (int)proc_num(&a, "open %s", img);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 0", fd, 1u << 20), 1 << 20);
+	ASSERT_EQ(proc_num(&a, "read %d %u %u 0 0", fd, 1u << 20, 1u << 20), 1 << 20);
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, indexed_512), 0);
+	/* RAM now shows the second MiB; a copy of its first 32 pages merges. */
+	ASSERT(strcmp(proc_cmd(&a, "copy 0 %u %u", 256 * PG, 32 * PG), "ok") == 0);
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_image_32), 0);
+	for (unsigned i = 0; i < 32; i++)
+		ASSERT_EQ(proc_page(&a, (256 + i) * PG).pfn, proc_page(&a, i * PG).pfn);
+	char want[32];
+	snprintf(want, sizeof(want), "%016llx", (unsigned long long)fnv_file(img, 1 << 20, 32 * PG));
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 256 * PG, 32 * PG), want) == 0);
+	/* Pages of the first MiB, copied by a small read (and hinted): their
+	 * entries are gone, so they stay anonymous. */
+	uint64_t hinted = s.pages_hinted;
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u %u 0", fd, 4 * PG, 290 * PG), 4 * PG);
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, NULL), 0);
+	for (int i = 0; i < 100 && s.pages_hinted < hinted + 4; i++) {
+		usleep(100000);
+		ASSERT_EQ(proc_stats(&a, &s), 0);
+	}
+	ASSERT(s.pages_hinted >= hinted + 4);
+	usleep(300000);	/* a batch's matches merge once the batch is done */
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.merged_image, 32);
+	ASSERT(!proc_page(&a, 290 * PG).file);
+	proc_stop(&a);
+	return 0;
+}
