@@ -168,9 +168,9 @@ static void feed(struct md_agent *a)
 	/* No more entries than pages of guest RAM: a guest's page cache
 	 * cannot hold more, and reading many images must not grow the index
 	 * without bound. Full, it starts over with what is read now. */
-	size_t cap = 0;
+	size_t limit = 0;
 	for (size_t i = 0; i < a->nregions; i++)
-		cap += (a->regions[i].end - a->regions[i].start) / MD_PAGE;
+		limit += (a->regions[i].end - a->regions[i].start) / MD_PAGE;
 	while (ip->len && nt < 64 && pages < FEED_PAGES) {
 		struct queued *q = &ip->q[ip->head];
 		uint32_t n = q->n < RUN_MAX ? q->n : RUN_MAX;
@@ -190,7 +190,7 @@ static void feed(struct md_agent *a)
 
 	uint64_t indexed = 0;
 	for (size_t t = 0; t < nt; t++) {
-		if (ip->npages && ip->npages + todo_n[t] > cap) {
+		if (ip->npages && ip->npages + todo_n[t] > limit) {
 			struct md__index fresh;
 			if (md__index_init(&fresh, 1024) != 0)
 				return;
