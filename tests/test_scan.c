@@ -286,11 +286,12 @@ TEST_IMPL(scan_image_index_bounded)
 	/* RAM now shows the second MiB; a copy of its first 32 pages merges. */
 	ASSERT(strcmp(proc_cmd(&a, "copy 0 %u %u", 256 * PG, 32 * PG), "ok") == 0);
 	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_image_32), 0);
-	for (unsigned i = 0; i < 32; i++)
-		ASSERT_EQ(proc_page(&a, (256 + i) * PG).pfn, proc_page(&a, i * PG).pfn);
 	char want[32];
 	snprintf(want, sizeof(want), "%016llx", (unsigned long long)fnv_file(img, 1 << 20, 32 * PG));
 	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 256 * PG, 32 * PG), want) == 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 32 * PG), want) == 0);	/* faults both in */
+	for (unsigned i = 0; i < 32; i++)
+		ASSERT_EQ(proc_page(&a, (256 + i) * PG).pfn, proc_page(&a, i * PG).pfn);
 	/* Pages of the first MiB, copied by a small read (and hinted): their
 	 * entries are gone, so they stay anonymous. */
 	uint64_t hinted = s.pages_hinted;
