@@ -369,7 +369,11 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 		s->st.skipped++;
 		return 0;
 	}
-	if (a < s->pm_base || a >= s->pm_base + s->pm_n * MD_EPAGE) {
+	/* A hint names pages a read has just filled, perhaps since the
+	 * window was read this batch: it starts a fresh window (once per
+	 * hinted run), or the pages would look absent and the hint be lost. */
+	int stale = hinted == 1 && s->pm_fresh != a;
+	if (stale || a < s->pm_base || a >= s->pm_base + s->pm_n * MD_EPAGE) {
 		/* Not past the region's end: the window must stay inside it. */
 		size_t n = (r->end - a) / MD_EPAGE;
 		n = n < 256 ? n : 256;
@@ -380,6 +384,8 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 		if (!s->pm_n)
 			return 0;
 	}
+	if (hinted == 1)
+		s->pm_fresh = a + MD_EPAGE;	/* the next page of the run is fresh too */
 	uint64_t pm = s->pm[(a - s->pm_base) / MD_EPAGE];
 	if (!(pm & (1ull << 63)) || (pm & (1ull << 61)) ||
 	    (e->zero_pfn && (pm & ((1ull << 55) - 1)) == e->zero_pfn))

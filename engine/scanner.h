@@ -68,6 +68,7 @@ struct md__scanner {
 	uint64_t pm[256];
 	uintptr_t pm_base;
 	size_t pm_n;
+	uintptr_t pm_fresh;     /* the next hinted page the window is fresh for */
 	/* With the daemon's pool: candidates of this batch, resolved together
 	 * (one LOOKUP, one REF, one PUBLISH instead of one each per page). */
 	uint64_t pend_addr[64];
