@@ -17,8 +17,6 @@
 #include "agent_internal.h"
 #include "sys.h"
 
-#define PM_PRESENT (1ull << 63)
-#define PM_FILE (1ull << 61)
 #define PM_CHUNK 4096
 
 /* Copies which pages of the next chunk at or after *addr are owned into
@@ -80,7 +78,7 @@ void md__account(struct md_agent *a)
 			if (!owned_map[first + i])
 				continue;
 			owned++;
-			if ((entries[i] & PM_PRESENT) && !(entries[i] & PM_FILE))
+			if ((entries[i] & MD_PM_PRESENT) && !(entries[i] & MD_PM_FILE))
 				broken++;
 		}
 	}

@@ -98,6 +98,14 @@ static inline void md__set(struct md_agent *a, enum md__ctr c, uint64_t v)
 	__atomic_store_n(&a->ctr[c], v, __ATOMIC_RELAXED);
 }
 void md__fallback(struct md_agent *a, enum md_fallback why, uint64_t pages);
+/* Room for one more mapping over guest RAM (and the split it may cause)
+ * within the VMA budget, counting those made since the last VMA count
+ * (agent->lock held). */
+static inline int md__vma_room(struct md_agent *a)
+{
+	return a->maps_since_count + __atomic_load_n(&a->ctr[MD_CTR_VMAS], __ATOMIC_RELAXED) + 2 <=
+	       a->max_vmas;
+}
 
 /* regions.c (all under agent->lock) */
 struct md__region *md__region_find(struct md_agent *a, uintptr_t addr, size_t len);

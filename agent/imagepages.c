@@ -138,7 +138,7 @@ static int merge_run(struct md_agent *a, uintptr_t addr, const struct file_page 
 	for (size_t i = 0; i < n; i++)
 		if (r->owner[first + i])
 			goto unlock;	/* shared at read time meanwhile */
-	if (a->maps_since_count + __atomic_load_n(&a->ctr[MD_CTR_VMAS], __ATOMIC_RELAXED) + 2 > a->max_vmas)
+	if (!md__vma_room(a))
 		goto unlock;
 	/* Under the lease the file cannot change: this is what the mapping
 	 * will show, and what the guest pages must equal. */

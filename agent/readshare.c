@@ -116,7 +116,7 @@ static size_t share_locked(struct md_agent *a, struct md__region *r, int fd,
 		md__count(a, MD_CTR_READ_SMALL, pages_of(len));
 		return 0;
 	}
-	if (a->maps_since_count + __atomic_load_n(&a->ctr[MD_CTR_VMAS], __ATOMIC_RELAXED) + 2 > a->max_vmas) {
+	if (!md__vma_room(a)) {
 		md__fallback(a, MD_FB_VMA_LIMIT, pages_of(len));
 		md__log_once(30, "the mapping budget (%llu VMAs) is spent: reads are copied",
 			     (unsigned long long)a->max_vmas);

@@ -225,11 +225,11 @@ ssize_t md__msg_encode(const struct md__msg *m, void *buf, size_t size);
 /* The bytes md__msg_encode needs for m (header included); 0 if invalid. */
 size_t md__msg_encoded_len(const struct md__msg *m);
 
-/* Parses a SET "key"/"value" pair into *t (a copy of the current tunables).
- * Returns 0, or -EINVAL with a message for the user in msg. */
 /* A whole decimal number in [min, max] (digits only: no sign, no space,
  * nothing after): 0 and *out, else -EINVAL. */
 int md__parse_uint(const char *s, uint32_t min, uint32_t max, uint32_t *out);
+/* Parses a SET "key"/"value" pair into *t (a copy of the current tunables).
+ * Returns 0, or -EINVAL with a message for the user in msg. */
 int md__tunable_set(struct md__tunables *t, const char *key, const char *value,
 		    char *msg, size_t size);
 /* The built-in tunables. */

@@ -57,7 +57,7 @@ struct md__domain {
 	 * (pid) and address of the page that was looked up and found
 	 * nothing. Another page asking for the same hash is told to publish:
 	 * only content seen twice is copied into the pool. The entry then
-	 * waits (seen_asked) for that publication, and the first page's
+	 * waits (MD_SIGHTING_ASKED) for that publication, and the first page's
 	 * agent is sent its address as a CANDIDATE to merge. */
 	struct md__sighting *seen;
 	size_t seen_cap;           /* power of two; 0: no table */
@@ -159,9 +159,9 @@ void md__domain_free_all(struct md__daemon *d);
 /* agent.c */
 int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__msg_hello *h,
 		    char *why, size_t size);
-/* REF (delta 1) / UNREF (-1) of slots, all or none: 0 or -EINVAL/-ENOMEM. */
 /* The agent record of a pid (connected or not), or NULL. */
 struct md__agent *md__agent_find(struct md__daemon *d, pid_t pid);
+/* REF (delta 1) / UNREF (-1) of slots, all or none: 0 or -EINVAL/-ENOMEM. */
 int md__agent_refs(struct md__agent *a, const uint32_t *slots, uint32_t n, int delta);
 int md__agent_publish(struct md__agent *a, const struct md__msg_publish *p, uint32_t *first);
 void md__agent_report(struct md__agent *a, const struct md__msg_report *r);

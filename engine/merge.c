@@ -32,11 +32,6 @@
 #include "merge.h"
 #include "sys.h"
 
-#define PM_PRESENT (1ull << 63)
-#define PM_SWAP (1ull << 62)
-#define PM_FILE (1ull << 61)
-#define PM_UFFD_WP (1ull << 57)
-#define PM_PFN ((1ull << 55) - 1)
 #define MAX_RUN 512
 
 static uint64_t default_max_vmas(void)
@@ -72,7 +67,7 @@ static uint64_t zero_pfn(int pagemap_fd)
 	    (ssize_t)sizeof(pm))
 		pm = 0;
 	md__sys_munmap((void *)p, MD_EPAGE);
-	return (pm & PM_PRESENT) ? pm & PM_PFN : 0;
+	return (pm & MD_PM_PRESENT) ? pm & MD_PM_PFN : 0;
 }
 
 /* The fault thread: see the lock in merge.h. */
@@ -259,7 +254,7 @@ static int still_frozen(struct md__engine *e, uintptr_t addr, size_t n)
 	if (md__sys_pread(e->pagemap_fd, pm, len, (off_t)(addr / MD_EPAGE * sizeof(uint64_t))) != (ssize_t)len)
 		return 0;
 	for (size_t i = 0; i < n; i++)
-		if (!(pm[i] & PM_UFFD_WP))
+		if (!(pm[i] & MD_PM_UFFD_WP))
 			return 0;
 	return 1;
 }
@@ -365,6 +360,13 @@ void md__engine_advise(struct md__engine *e, void *addr, size_t len, unsigned ad
 	pthread_rwlock_unlock(&e->regions_lock);
 }
 
+/* Page i of r now shows an image page: not ours, left alone by the scanner. */
+static void set_image(struct md__engine *e, struct md__eregion *r, size_t i)
+{
+	release_ref(e, r, i);
+	r->ref[i] = MD_REF_IMAGE;
+}
+
 int md__engine_exclude(struct md__engine *e, void *addr, size_t len,
 		       int (*map)(void *arg), void *arg)
 {
@@ -380,9 +382,7 @@ int md__engine_exclude(struct md__engine *e, void *addr, size_t len,
 			struct md__eregion *r = md__engine_region(e, p, MD_EPAGE);
 			if (!r)
 				continue;
-			size_t i = (p - r->start) / MD_EPAGE;
-			release_ref(e, r, i);
-			r->ref[i] = MD_REF_IMAGE;
+			set_image(e, r, (p - r->start) / MD_EPAGE);
 		}
 	}
 	pthread_mutex_unlock(&e->lock);
@@ -402,6 +402,16 @@ static int budget_ok(struct md__engine *e, size_t new_vmas)
 	return 0;
 }
 
+/* The region of the n pages from a, if a mapping may replace them (lock
+ * held); else NULL and *err: -EINVAL, not registered; -ENOSPC, the VMA
+ * budget is spent. */
+static struct md__eregion *replaceable(struct md__engine *e, uintptr_t a, size_t n, int *err)
+{
+	struct md__eregion *r = md__engine_region(e, a, n * MD_EPAGE);
+	*err = !r ? -EINVAL : budget_ok(e, 2) ? 0 : -ENOSPC;
+	return *err ? NULL : r;
+}
+
 /* Maps n pool slots from slot over the frozen pages at addr. */
 static int map_pool(struct md__engine *e, struct md__eregion *r, uintptr_t addr,
 		    size_t n, uint32_t slot)
@@ -416,8 +426,10 @@ static int map_pool(struct md__engine *e, struct md__eregion *r, uintptr_t addr,
 	/* Neither registered with userfaultfd nor advised here: freeze()
 	 * registers a mapping the first time it must freeze it again (after
 	 * a copy-on-write break, rare), and the agent gives the region's
-	 * advice to all new mappings at once (md__engine_take_advice). Two
-	 * system calls fewer per merge: a third of its cost. */
+	 * advice to all new mappings at once (md__engine_take_advice): one
+	 * ioctl and, under QEMU (MADV_DONTFORK), one madvise fewer per merge.
+	 * engine_merge_cost shows no gain beyond its noise: the mmap and its
+	 * TLB shootdown dominate. */
 	__atomic_store_n(&e->advice_pending, 1, __ATOMIC_RELAXED);
 	/* At most two new VMAs (the split halves of what it replaced);
 	 * fewer when it joins a neighbour with adjacent pool offsets. */
@@ -478,10 +490,7 @@ int md__engine_merge_some(struct md__engine *e, void *addr, size_t n, uint32_t s
 	if (a % MD_EPAGE || n == 0 || n > MAX_RUN)
 		return -EINVAL;
 	pthread_mutex_lock(&e->lock);
-	struct md__eregion *r = md__engine_region(e, a, n * MD_EPAGE);
 	err = -EINVAL;
-	if (!r)
-		goto unlock;
 	if (e->remote) {
 		if (!md__remote_valid(e->remote, slot, n))
 			goto unlock;
@@ -492,8 +501,8 @@ int md__engine_merge_some(struct md__engine *e, void *addr, size_t n, uint32_t s
 			if (e->pool.state[slot + i] != MD_SLOT_LIVE)
 				goto unlock;
 	}
-	err = -ENOSPC;
-	if (!budget_ok(e, 2))
+	struct md__eregion *r = replaceable(e, a, n, &err);
+	if (!r)
 		goto unlock;
 	err = freeze(e, a, n * MD_EPAGE);
 	if (err)
@@ -542,12 +551,8 @@ int md__engine_merge_file(struct md__engine *e, void *addr, size_t n, int fd, of
 		return -EINVAL;
 	pthread_rwlock_rdlock(&e->regions_lock);
 	pthread_mutex_lock(&e->lock);
-	struct md__eregion *r = md__engine_region(e, a, n * MD_EPAGE);
-	err = -EINVAL;
+	struct md__eregion *r = replaceable(e, a, n, &err);
 	if (!r)
-		goto unlock;
-	err = -ENOSPC;
-	if (!budget_ok(e, 2))
 		goto unlock;
 	err = freeze(e, a, n * MD_EPAGE);
 	if (err)
@@ -571,10 +576,8 @@ int md__engine_merge_file(struct md__engine *e, void *addr, size_t n, int fd, of
 	__atomic_store_n(&e->advice_pending, 1, __ATOMIC_RELAXED);
 	e->vma_estimate += 2;
 	size_t first = (a - r->start) / MD_EPAGE;
-	for (size_t i = 0; i < n; i++) {
-		release_ref(e, r, first + i);
-		r->ref[first + i] = MD_REF_IMAGE;
-	}
+	for (size_t i = 0; i < n; i++)
+		set_image(e, r, first + i);
 	md__uffd_wake(&e->uffd, a, n * MD_EPAGE);
 	e->st.merged_file += n;
 	err = (int)n;
@@ -639,12 +642,8 @@ int md__engine_publish(struct md__engine *e, void *addr, size_t n, uint32_t *slo
 	if (a % MD_EPAGE || n == 0 || n > MAX_RUN)
 		return -EINVAL;
 	pthread_mutex_lock(&e->lock);
-	struct md__eregion *r = md__engine_region(e, a, n * MD_EPAGE);
-	err = -EINVAL;
+	struct md__eregion *r = replaceable(e, a, n, &err);
 	if (!r)
-		goto unlock;
-	err = -ENOSPC;
-	if (!budget_ok(e, 2))
 		goto unlock;
 	err = md__pool_reserve(&e->pool, n, &slot);
 	if (err)
@@ -748,7 +747,7 @@ int md__engine_reap(struct md__engine *e)
 				/* A private anonymous page (present or swapped)
 				 * where the pool page was: the guest wrote it.
 				 * Not present: it still reads the pool page. */
-				int anon = (pm[i] & PM_SWAP) || ((pm[i] & PM_PRESENT) && !(pm[i] & PM_FILE));
+				int anon = (pm[i] & MD_PM_SWAP) || ((pm[i] & MD_PM_PRESENT) && !(pm[i] & MD_PM_FILE));
 				if (!anon)
 					continue;
 				release_ref(e, r, base + i);

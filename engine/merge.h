@@ -34,6 +34,13 @@
 
 #define MD_EPAGE 4096u
 
+/* Bits of a /proc/self/pagemap entry. */
+#define MD_PM_PRESENT (1ull << 63)
+#define MD_PM_SWAP (1ull << 62)
+#define MD_PM_FILE (1ull << 61)     /* file page or shared anonymous */
+#define MD_PM_UFFD_WP (1ull << 57)
+#define MD_PM_PFN ((1ull << 55) - 1)
+
 /* Advice a replacing mapping must inherit (same bits as MD_ADV_*). */
 #define MD_EADV_DONTFORK (1u << 0)
 #define MD_EADV_DONTDUMP (1u << 1)

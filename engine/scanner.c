@@ -328,19 +328,25 @@ static void flush_remote(struct md__scanner *s)
 		md__remote_ref_n(rm, unpin, (uint32_t)nunpin, -1);
 }
 
+/* Step 0 of a visit: a page of anonymous memory that is there and is not
+ * the kernel's zero page (pagemap flags that one neither anonymous nor file:
+ * only its frame tells). */
+static int worth_reading(const struct md__engine *e, uint64_t pm)
+{
+	return (pm & MD_PM_PRESENT) && !(pm & MD_PM_FILE) &&
+	       !(e->zero_pfn && (pm & MD_PM_PFN) == e->zero_pfn);
+}
+
 /* How many pages from the zero page a, which the cursor found, are zero
  * too and may be dropped with it: present anonymous pages of the same
  * region, inside the pagemap window, short of the region's last page (so
  * the cursor can step over them without leaving the region). */
 static size_t zero_run(struct md__scanner *s, const struct md__eregion *r, uintptr_t a)
 {
-	struct md__engine *e = s->e;
 	size_t i = (a - r->start) / MD_EPAGE, np = (r->end - r->start) / MD_EPAGE;
 	size_t w = (a - s->pm_base) / MD_EPAGE, n = 1;
 	while (n < 256 && i + n + 1 < np && w + n < s->pm_n) {
-		uint64_t pm = s->pm[w + n];
-		if (MD_REF_BUSY(r->ref[i + n]) || !(pm & (1ull << 63)) || (pm & (1ull << 61)) ||
-		    (e->zero_pfn && (pm & ((1ull << 55) - 1)) == e->zero_pfn) ||
+		if (MD_REF_BUSY(r->ref[i + n]) || !worth_reading(s->e, s->pm[w + n]) ||
 		    !md__page_is_zero((const void *)(a + n * MD_EPAGE)))
 			break;
 		n++;
@@ -386,9 +392,7 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 	}
 	if (hinted == 1)
 		s->pm_fresh = a + MD_EPAGE;	/* the next page of the run is fresh too */
-	uint64_t pm = s->pm[(a - s->pm_base) / MD_EPAGE];
-	if (!(pm & (1ull << 63)) || (pm & (1ull << 61)) ||
-	    (e->zero_pfn && (pm & ((1ull << 55) - 1)) == e->zero_pfn))
+	if (!worth_reading(e, s->pm[(a - s->pm_base) / MD_EPAGE]))
 		return 0;
 	const void *page = (const void *)a;
 	*read = 1;
