@@ -303,6 +303,7 @@ void md__scan_account(struct md_agent *a, int full)
 	md__set(a, MD_CTR_MERGED, st.merged);
 	md__set(a, MD_CTR_MERGED_FROM_HINTS, ss.merged_hint);
 	md__set(a, MD_CTR_ZERO_PAGES, st.zero);
+	md__set(a, MD_CTR_ZERO_NEAR_HINTS, ss.zero_swept);
 	md__set(a, MD_CTR_PUBLISHED, ss.published);
 	md__set(a, MD_CTR_VOLATILE, ss.volatile_skips);
 	md__set(a, MD_CTR_ABANDONED, st.abandoned);

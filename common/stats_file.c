@@ -64,6 +64,7 @@ const char *md__ctr_name(enum md__ctr c)
 		[MD_CTR_MERGED_FROM_CANDIDATES] = "merged_from_candidates",
 		[MD_CTR_MERGED_IMAGE] = "merged_image",
 		[MD_CTR_IMAGE_INDEXED] = "image_pages_indexed",
+		[MD_CTR_ZERO_NEAR_HINTS] = "zero_pages_near_hints",
 		[MD_CTR_READ_SMALL] = "read_small_pages",
 	};
 	if ((unsigned)c >= MD_CTR_COUNT)
@@ -117,6 +118,7 @@ void md__stats_from_counters(const uint64_t *ctr, md_stats *out)
 	out->read_small_pages = ctr[MD_CTR_READ_SMALL];
 	out->merged_image = ctr[MD_CTR_MERGED_IMAGE];
 	out->image_pages_indexed = ctr[MD_CTR_IMAGE_INDEXED];
+	out->zero_pages_near_hints = ctr[MD_CTR_ZERO_NEAR_HINTS];
 }
 
 int md__stats_parse(const void *buf, size_t len, struct md__stats_snapshot *out)

@@ -60,6 +60,7 @@ enum md__ctr {
 	MD_CTR_READ_SMALL,         /* pages of reads below share_min_pages, copied */
 	MD_CTR_MERGED_IMAGE,       /* guest pages the scanner merged onto image pages */
 	MD_CTR_IMAGE_INDEXED,      /* image pages hashed for that */
+	MD_CTR_ZERO_NEAR_HINTS,    /* of zero pages, found sweeping a hint's huge page */
 	MD_CTR_COUNT
 };
 

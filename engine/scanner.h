@@ -19,6 +19,7 @@ struct md__scanner_stats {
 	uint64_t scanned, hinted;          /* pages visited from each source */
 	uint64_t merged_scan, merged_hint; /* merges found by each source */
 	uint64_t zero, volatile_skips, published, passes;
+	uint64_t zero_swept;               /* of zero: dropped near a hint */
 	uint64_t skipped;                  /* visits the smart scan saved */
 	uint64_t candidates, merged_candidate; /* pages the daemon named, merged */
 	uint64_t file_matches;             /* pages found equal to a file page */
@@ -62,6 +63,8 @@ struct md__scanner {
 	size_t zero_ahead;      /* pages after it dropped as zero: stepped over */
 	uint64_t rng;
 	struct md__hint cur;    /* the hint being worked through */
+	uintptr_t sweep;        /* its huge page, swept for zero pages after it */
+	uintptr_t swept[256];   /* huge pages swept, by address bits 21-28 */
 	struct md__unstable un;
 	/* A window of /proc/self/pagemap, refreshed every batch: a filter only
 	 * (present anonymous pages are worth a visit), never proof. */

@@ -180,6 +180,8 @@ typedef struct md_stats {
 	                                  pages shared at read time and mapped from the
 	                                  image (no pool page needed) */
 	uint64_t image_pages_indexed;  /* image pages hashed for that */
+	uint64_t zero_pages_near_hints; /* of zero_pages, found in the huge page
+	                                   of a read (a hint), right after it */
 } md_stats;
 
 /* Returns a short name of a fallback reason ("unaligned", ...). */

@@ -747,3 +747,60 @@ TEST_IMPL(engine_scanner_zero_runs)
 	md__engine_fini(&e);
 	return 0;
 }
+
+TEST_IMPL(engine_scanner_sweeps_near_hints)
+{
+	/* After a hinted run, the scanner drops the zero pages of the huge
+	 * page the read landed in, once per huge page; a page that is not
+	 * zero stays, and the cursor's pages are not touched by it. */
+	struct md__engine e;
+	struct md__hints h;
+	struct md__scanner s;
+	const size_t n = 1024, hp = 512;
+	unsigned char *m = map_ram(n + hp);
+	unsigned char *r = (unsigned char *)(((uintptr_t)m + hp * PG - 1) & ~(uintptr_t)(hp * PG - 1));
+	uint64_t zero_pfn = pfn(map_ram(1));
+
+	engine_up(&e);
+	ASSERT_EQ(md__hints_init(&h, 16), 0);
+	for (size_t i = 0; i < n; i++) {
+		if (i >= hp + 16 && i != 700)
+			memset(r + i * PG, 0, PG);	/* present, zero */
+		else
+			fill(r + i * PG, (unsigned)i + 1);
+	}
+	ASSERT_EQ(md__engine_register(&e, r, n * PG, 0), 0);
+	ASSERT_EQ(md__scanner_init(&s, &e, &h), 0);
+	s.ratio = 7;
+	md__hints_push(&h, (uintptr_t)(r + hp * PG), 16 * PG);
+	/* 7 of the first 8 visits are hinted pages: the run is not done. */
+	md__scanner_step(&s, 8);
+	ASSERT_EQ(s.st.hinted, 7);
+	ASSERT_EQ(s.st.zero, 0);
+	/* The run ends: its huge page is swept (pages 528-1023 but 700). */
+	md__scanner_step(&s, 16);
+	ASSERT_EQ(s.st.hinted, 16);
+	ASSERT_EQ(s.st.zero_swept, 495);
+	ASSERT_EQ(s.st.zero, 495);
+	for (size_t i = hp + 16; i < n; i++)
+		if (i != 700)
+			ASSERT_EQ(pfn(r + i * PG), zero_pfn);
+	unsigned char want[PG];
+	fill(want, 701);
+	ASSERT(memcmp(r + 700 * PG, want, PG) == 0);
+	ASSERT(pfn(r + 700 * PG) != zero_pfn);
+	/* Swept once: a page zeroed since stays until the cursor comes. */
+	memset(r + 700 * PG, 0, PG);
+	md__hints_push(&h, (uintptr_t)(r + hp * PG), 4 * PG);
+	md__scanner_step(&s, 8);
+	ASSERT_EQ(s.st.zero_swept, 495);
+	ASSERT(pfn(r + 700 * PG) != zero_pfn);
+	for (size_t i = 0; i < hp + 16; i++) {
+		fill(want, (unsigned)i + 1);
+		ASSERT(memcmp(r + i * PG, want, PG) == 0);
+	}
+	md__scanner_free(&s);
+	md__hints_free(&h);
+	md__engine_fini(&e);
+	return 0;
+}
