@@ -561,7 +561,11 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 		/* First the pages the daemon named: their content was just
 		 * published by another agent, a merge is all but certain. An
 		 * address is only a guess: visit() finds it registered or not,
-		 * and the merge compares under write-protection as ever. */
+		 * and the merge compares under write-protection as ever. They
+		 * do not count against the rate: they finish the visit (of
+		 * another agent) that found their copy, as KSM merges the
+		 * unstable tree's page in the step that scanned its twin; at
+		 * most a batch of them per batch. */
 		uint64_t cand[64];
 		size_t nc = md__remote_take_candidates(s->e->remote, cand, npages < 64 ? npages : 64);
 		for (size_t c = 0; c < nc; c++) {
@@ -569,7 +573,6 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 			s->st.candidates++;
 			if (cand[c] % MD_EPAGE == 0 && cand[c] == (uintptr_t)cand[c])
 				visit(s, (uintptr_t)cand[c], 2, &read);
-			k += (size_t)read;
 		}
 	}
 	/* Pages that are not there, merged already or skipped cost next to

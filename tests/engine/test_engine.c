@@ -677,8 +677,9 @@ TEST_IMPL(engine_scanner_merges)
 	md__scanner_step(&s, 4 * hinted);
 	ASSERT_EQ(md__hints_count(&h), 0);
 	/* Hinted visits count the pages read: the cursor, walking A from
-	 * its start too, may drop a zero page of A before its hint comes. */
-	ASSERT(s.st.hinted >= 2 * hinted - hinted / 16 && s.st.hinted <= 2 * hinted);
+	 * its start too, may drop a zero page of A before its hint comes,
+	 * and the sweep after A's run those of B if both share a huge page. */
+	ASSERT(s.st.hinted >= 2 * (hinted - hinted / 16) && s.st.hinted <= 2 * hinted);
 	ASSERT_EQ(s.st.merged_hint, hinted - hinted / 16);
 	for (size_t i = 0; i < hinted; i++)
 		if (i % 16 != 15)
