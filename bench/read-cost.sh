@@ -5,7 +5,9 @@
 # the default minimum read size (share), once sharing every whole page
 # (share-all: MEMDEDUP_SHARE_MIN_PAGES=1); the agents' read_ns / pages gives
 # the time per page each way, for the mix of read sizes the guests really
-# issue. TLB shootdowns (/proc/interrupts, the whole host) and PMD splits
+# issue. Beside it: the time per page of the reads that shared (share modes)
+# and of a plain 4 KiB pread as the guests issue them (their single-page
+# reads, copied in every mode). TLB shootdowns (/proc/interrupts, the whole host) and PMD splits
 # (/proc/vmstat) are counted over the reads. Prints a JSON line per mode, and
 # writes build/bench/read-cost.json.
 # Usage: bench/read-cost.sh [ROUNDS]
@@ -51,6 +53,9 @@ one() {  # MODE ROUND -> JSON line
       small_read_pages: .read_small_pages,
       read_s: .read_seconds, us_per_page: (.read_seconds * 1e6 / (.bytes_read / 4096)),
       pages_per_read: ((.bytes_read / 4096) / .reads_seen),
+      shared_us_per_page: (if .read_shared_bytes > 0 then .read_shared_seconds * 1e6 / (.read_shared_bytes / 4096) else null end),
+      page_reads: .reads_page,
+      page_read_us: (if .reads_page > 0 then .read_page_seconds * 1e6 / .reads_page else null end),
       tlb_shootdowns_per_read: ($tlb / .reads_seen), pmd_splits_per_read: ($split / .reads_seen)}'
   for i in 0 1; do wait "${pids[$i]}" || true; done
   pids=()
@@ -64,6 +69,8 @@ for r in $(seq "$rounds"); do
 done | tee "$out/read-cost.jsonl"
 jq -s 'group_by(.mode) | map({mode: .[0].mode, rounds: length,
         us_per_page: ((map(.us_per_page) | add) / length),
+        shared_us_per_page: (map(.shared_us_per_page // empty) | if length > 0 then add / length else null end),
+        page_read_us: (map(.page_read_us // empty) | if length > 0 then add / length else null end),
         tlb_shootdowns_per_read: ((map(.tlb_shootdowns_per_read) | add) / length),
         shared_at_read: ((map(.shared_at_read) | add) / length),
         pages_per_read: ((map(.pages_per_read) | add) / length)})' "$out/read-cost.jsonl" \

@@ -110,6 +110,10 @@ static json_t *stats_json(const md_stats *s)
 	json_object_set_new(o, "reads_seen", json_integer((json_int_t)s->reads_seen));
 	json_object_set_new(o, "bytes_read", json_integer((json_int_t)s->bytes_read));
 	json_object_set_new(o, "read_seconds", json_real((double)s->read_ns / 1e9));
+	json_object_set_new(o, "read_shared_seconds", json_real((double)s->read_shared_ns / 1e9));
+	json_object_set_new(o, "read_shared_bytes", json_integer((json_int_t)s->read_shared_bytes));
+	json_object_set_new(o, "read_page_seconds", json_real((double)s->read_page_ns / 1e9));
+	json_object_set_new(o, "reads_page", json_integer((json_int_t)s->reads_page));
 	json_object_set_new(o, "pages_shared_at_read", json_integer((json_int_t)s->pages_shared_at_read));
 	json_object_set_new(o, "pages_shared", json_integer((json_int_t)s->pages_shared));
 	json_object_set_new(o, "breaks", json_integer((json_int_t)s->breaks));

@@ -65,6 +65,10 @@ const char *md__ctr_name(enum md__ctr c)
 		[MD_CTR_MERGED_IMAGE] = "merged_image",
 		[MD_CTR_IMAGE_INDEXED] = "image_pages_indexed",
 		[MD_CTR_ZERO_NEAR_HINTS] = "zero_pages_near_hints",
+		[MD_CTR_READ_SHARED_NS] = "read_shared_ns",
+		[MD_CTR_READ_SHARED_BYTES] = "read_shared_bytes",
+		[MD_CTR_READ_PAGE_NS] = "read_page_ns",
+		[MD_CTR_READS_PAGE] = "reads_page",
 		[MD_CTR_READ_SMALL] = "read_small_pages",
 	};
 	if ((unsigned)c >= MD_CTR_COUNT)
@@ -119,6 +123,10 @@ void md__stats_from_counters(const uint64_t *ctr, md_stats *out)
 	out->merged_image = ctr[MD_CTR_MERGED_IMAGE];
 	out->image_pages_indexed = ctr[MD_CTR_IMAGE_INDEXED];
 	out->zero_pages_near_hints = ctr[MD_CTR_ZERO_NEAR_HINTS];
+	out->read_shared_ns = ctr[MD_CTR_READ_SHARED_NS];
+	out->read_shared_bytes = ctr[MD_CTR_READ_SHARED_BYTES];
+	out->read_page_ns = ctr[MD_CTR_READ_PAGE_NS];
+	out->reads_page = ctr[MD_CTR_READS_PAGE];
 }
 
 int md__stats_parse(const void *buf, size_t len, struct md__stats_snapshot *out)

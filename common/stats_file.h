@@ -61,6 +61,10 @@ enum md__ctr {
 	MD_CTR_MERGED_IMAGE,       /* guest pages the scanner merged onto image pages */
 	MD_CTR_IMAGE_INDEXED,      /* image pages hashed for that */
 	MD_CTR_ZERO_NEAR_HINTS,    /* of zero pages, found sweeping a hint's huge page */
+	MD_CTR_READ_SHARED_NS,     /* of READ_NS, in reads that mapped image pages */
+	MD_CTR_READ_SHARED_BYTES,  /* the bytes those returned */
+	MD_CTR_READ_PAGE_NS,       /* of READ_NS, in copied reads of one 4 KiB page */
+	MD_CTR_READS_PAGE,         /* how many those were */
 	MD_CTR_COUNT
 };
 

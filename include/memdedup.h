@@ -182,6 +182,12 @@ typedef struct md_stats {
 	uint64_t image_pages_indexed;  /* image pages hashed for that */
 	uint64_t zero_pages_near_hints; /* of zero_pages, found in the huge page
 	                                   of a read (a hint), right after it */
+	/* What read_ns splits into, to price sharing against copying in the
+	 * VMM's own conditions: */
+	uint64_t read_shared_ns;       /* in reads that mapped image pages */
+	uint64_t read_shared_bytes;    /* the bytes those reads returned */
+	uint64_t read_page_ns;         /* in copied reads of exactly one 4 KiB page */
+	uint64_t reads_page;           /* how many such reads */
 } md_stats;
 
 /* Returns a short name of a fallback reason ("unaligned", ...). */

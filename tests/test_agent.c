@@ -210,6 +210,15 @@ TEST_IMPL(small_reads_copied)
 	ASSERT_EQ(proc_stats(&a, &s), 0);
 	ASSERT_EQ(s.pages_shared_at_read, 16);
 	ASSERT_EQ(s.read_small_pages, 16);
+	/* The read time splits: the sharing read apart, single pages apart. */
+	ASSERT_EQ(s.read_shared_bytes, 65536);
+	ASSERT(s.read_shared_ns > 0 && s.read_shared_ns < s.read_ns);
+	ASSERT_EQ(s.reads_page, 0);
+	read_and_check(&a, fd, img, 2 * MB, 16384, 4096, 0);
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.reads_page, 4);
+	ASSERT(s.read_page_ns > 0 && s.read_page_ns + s.read_shared_ns < s.read_ns);
+	ASSERT_EQ(s.read_shared_bytes, 65536);
 	proc_stop(&a);
 
 	/* A smaller minimum shares smaller reads; unaligned reads are still
