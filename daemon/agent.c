@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "daemon.h"
+#include "stats_file.h"
 
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
@@ -188,10 +189,17 @@ int md__agent_publish(struct md__agent *a, const struct md__msg_publish *p, uint
 	return 0;
 }
 
+static uint64_t registered_pages(const struct md__agent *a)
+{
+	return a->ncounters > MD_CTR_REGISTERED_BYTES ? a->counters[MD_CTR_REGISTERED_BYTES] / 4096 : 0;
+}
+
 void md__agent_report(struct md__agent *a, const struct md__msg_report *r)
 {
+	a->dom->registered_pages -= registered_pages(a);
 	memcpy(a->counters, r->counters, r->n * sizeof(r->counters[0]));
 	a->ncounters = r->n;
+	a->dom->registered_pages += registered_pages(a);
 	a->reported_ms = md__now_ms();
 }
 
@@ -222,6 +230,7 @@ void md__agent_exited(struct md__daemon *d, struct md__agent *a)
 			a->refs[s]--;
 			md__domain_put_ref(a->dom, (uint32_t)s);
 		}
+	a->dom->registered_pages -= registered_pages(a);
 	md__dlog("agent %d gone: %llu references dropped, domain %u has %llu live pages",
 		 (int)a->pid, (unsigned long long)dropped, a->dom->id,
 		 (unsigned long long)md__pool_live(&a->dom->pool));

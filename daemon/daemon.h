@@ -33,12 +33,13 @@
 enum md__ep_kind { MD_EP_LISTEN, MD_EP_SIGNAL, MD_EP_CONN, MD_EP_PIDFD };
 struct md__ep { enum md__ep_kind kind; };
 
-/* A first sighting, 16 bytes: the table's memory counts with the fleet's.
- * Its slot gives the low bits of the hash; tag keeps 31 high ones. */
+/* A first sighting, 12 bytes: the table's memory counts with the fleet's.
+ * Its slot gives the low bits of the hash; tag keeps 31 high ones. Where
+ * the page is, packed in two words: the pid (below 2^22, the kernel's
+ * limit) above the page number (user addresses below 2^47). */
 struct md__sighting {
 	uint32_t tag;              /* hash >> 33, and MD_SIGHTING_ASKED */
-	pid_t pid;                 /* 0: empty */
-	uint64_t addr;
+	uint32_t where[2];         /* pid << 35 | addr >> 12; 0: empty */
 };
 #define MD_SIGHTING_ASKED (1u << 31)
 
@@ -61,6 +62,7 @@ struct md__domain {
 	 * agent is sent its address as a CANDIDATE to merge. */
 	struct md__sighting *seen;
 	size_t seen_cap;           /* power of two; 0: no table */
+	uint64_t registered_pages; /* of its agents, as they last reported */
 	size_t nagents;            /* agent records (connected or not) in it */
 };
 

@@ -138,11 +138,32 @@ static const void *any_candidate(void *arg, uint32_t slot)
 	return arg;
 }
 
-/* 512 Ki sightings, 8 MiB touched at most: about two per page of the
- * guest RAM of a pair of 1 GiB guests (KSM's unstable tree lives in the
- * kernel, but ours counts against what we save). A sighting lost to a
+/* One sighting per page of the domain's guest RAM (a power of two, 64 Ki
+ * to 1 Mi: 0.75 to 12 MiB, touched all over): KSM's unstable tree lives in
+ * the kernel, but ours counts against what we save, so it is sized by what
+ * the agents registered, not for the largest fleet. A sighting lost to a
  * collision costs a merge found a pass later. */
-#define SEEN_CAP (1u << 19)
+#define SEEN_MIN (1u << 16)
+#define SEEN_MAX (1u << 20)
+
+static size_t seen_want(const struct md__domain *dom)
+{
+	size_t c = SEEN_MIN;
+	while (c < SEEN_MAX && c < dom->registered_pages)
+		c *= 2;
+	return c;
+}
+
+static uint64_t where_get(const struct md__sighting *e)
+{
+	return (uint64_t)e->where[1] << 32 | e->where[0];
+}
+
+static void where_set(struct md__sighting *e, uint64_t w)
+{
+	e->where[0] = (uint32_t)w;
+	e->where[1] = (uint32_t)(w >> 32);
+}
 
 static size_t seen_index(const struct md__domain *dom, uint64_t hash)
 {
@@ -167,27 +188,39 @@ uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash, pid_t asker, u
 	int64_t s = md__index_find(&dom->index, hash, page, any_candidate, (void *)page);
 	if (s >= 0)
 		return (uint32_t)s + 1;
+	/* Remade (empty: it is lossy anyway) when the agents registered
+	 * twice the RAM it was made for, or a quarter of it. */
+	size_t want = seen_want(dom);
+	if (dom->seen_cap && (want > dom->seen_cap || want * 4 <= dom->seen_cap))
+		md__domain_seen_free(dom);
 	if (!dom->seen_cap) {
 		/* calloc of this size is lazily zero-mapped, like the slots. */
-		dom->seen = calloc(SEEN_CAP, sizeof(*dom->seen));
+		dom->seen = calloc(want, sizeof(*dom->seen));
 		if (!dom->seen)
 			return 0;	/* without the table: never told to publish */
-		dom->seen_cap = SEEN_CAP;
+		dom->seen_cap = want;
 	}
+	/* A page past what an entry holds (above 2^47, or a pid beyond the
+	 * kernel's limit) can meet a sighting, but never be one. */
+	int fits = addr % 4096 == 0 && !(addr >> 47) && asker > 0 && !((uint64_t)asker >> 22);
+	uint64_t w = fits ? (uint64_t)asker << 35 | addr >> 12 : 0;
 	/* Direct-mapped and lossy, like a cache: a collision forgets the
 	 * older sighting, which costs a merge found one pass later. */
 	struct md__sighting *e = &dom->seen[seen_index(dom, hash)];
-	if (e->pid && (e->tag & ~MD_SIGHTING_ASKED) == seen_tag(hash)) {
+	if (where_get(e) && (e->tag & ~MD_SIGHTING_ASKED) == seen_tag(hash)) {
 		/* The same page again (address 0: the asker did not say) is
 		 * no second copy; any other page is, in this process or not. */
-		int same = e->pid == asker && e->addr == addr;
+		int same = where_get(e) == w;
 		if ((e->tag & MD_SIGHTING_ASKED) || !same) {
 			e->tag |= MD_SIGHTING_ASKED;
 			return MD_LOOKUP_PUBLISH;
 		}
 		return 0;
 	}
-	*e = (struct md__sighting){ seen_tag(hash), asker, addr };
+	if (fits) {
+		e->tag = seen_tag(hash);
+		where_set(e, w);
+	}
 	return 0;
 }
 
@@ -196,10 +229,11 @@ int md__domain_published(struct md__domain *dom, uint64_t hash, pid_t *pid, uint
 	if (!dom->seen_cap)
 		return 0;
 	struct md__sighting *e = &dom->seen[seen_index(dom, hash)];
-	if (!e->pid || e->tag != (seen_tag(hash) | MD_SIGHTING_ASKED))
+	uint64_t w = where_get(e);
+	if (!w || e->tag != (seen_tag(hash) | MD_SIGHTING_ASKED))
 		return 0;
-	*pid = e->pid;
-	*addr = e->addr;
+	*pid = (pid_t)(w >> 35);
+	*addr = (w & ((1ull << 35) - 1)) << 12;
 	*e = (struct md__sighting){ 0 };
 	return *addr != 0;
 }

@@ -30,7 +30,8 @@ static int visible(struct md__daemon *d, uid_t requester, uid_t owner)
 static json_int_t domain_meta(const struct md__domain *dom)
 {
 	return (json_int_t)(dom->pool.end * SLOT_META +
-			    dom->index.cap * sizeof(struct md__index_entry));
+			    dom->index.cap * sizeof(struct md__index_entry) +
+			    dom->seen_cap * sizeof(struct md__sighting));
 }
 
 int md__status_json(struct md__daemon *d, uid_t uid, char **json, size_t *len)
@@ -71,6 +72,7 @@ int md__status_json(struct md__daemon *d, uid_t uid, char **json, size_t *len)
 		json_object_set_new(o, "pool_live_pages", json_integer(live));
 		json_object_set_new(o, "pool_bytes", json_integer(live * MD_MSG_PAGE));
 		json_object_set_new(o, "index_entries", json_integer((json_int_t)dom->index.live));
+		json_object_set_new(o, "sighting_slots", json_integer((json_int_t)dom->seen_cap));
 		json_object_set_new(o, "pages_shared", json_integer(live));
 		json_object_set_new(o, "pages_sharing", json_integer(sharing));
 		json_object_set_new(o, "general_profit", json_integer(profit));

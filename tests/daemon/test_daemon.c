@@ -704,3 +704,54 @@ TEST_IMPL(daemon_ensure_starts)
 	ASSERT_EQ(md__daemon_ensure("/nonexistent/memdedupd"), -ENOENT);
 	return 0;
 }
+
+TEST_IMPL(daemon_sightings_table)
+{
+	/* The first-sighting table is sized by the RAM the domain's agents
+	 * registered (one slot per page, 64 Ki at least), and a page whose
+	 * address an entry cannot hold meets sightings but is never one. */
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	unsigned char page[PG];
+	uint32_t s1;
+	int fd;
+
+	td_start(&t, 64);
+	struct md__client *c = td_agent(&t, "seen", &w, &fd);
+	td_fill_page(page, 7);
+	uint64_t h = md__page_hash(page), high = 1ull << 47, a1 = 0x7f0000001000ull;
+	ASSERT_EQ(md__client_lookup(c, &h, &high, 1, &s1), 0);
+	ASSERT_EQ(s1, 0);
+	uint64_t high2 = high + PG;
+	ASSERT_EQ(md__client_lookup(c, &h, &high2, 1, &s1), 0);
+	ASSERT_EQ(s1, 0);	/* the first was not recorded */
+	ASSERT_EQ(md__client_lookup(c, &h, &a1, 1, &s1), 0);
+	ASSERT_EQ(s1, 0);
+	ASSERT_EQ(md__client_lookup(c, &h, &high, 1, &s1), 0);
+	ASSERT_EQ(s1, MD_LOOKUP_PUBLISH);
+	json_t *st = td_status(&t);
+	ASSERT_EQ(td_int(td_domain(st, w.domain_id), "sighting_slots"), 65536);
+	json_decref(st);
+
+	/* 300,000 pages registered: the next lookup remakes it with 512 Ki
+	 * slots, empty (a sighting lost costs a pass, nothing more). */
+	uint64_t ctr[2] = { 1, 300000ull * PG };
+	ASSERT_EQ(md__client_report(c, ctr, 2), 0);
+	uint64_t a2 = 0x7f0000002000ull;
+	ASSERT_EQ(md__client_lookup(c, &h, &a2, 1, &s1), 0);
+	ASSERT_EQ(s1, 0);
+	st = td_status(&t);
+	ASSERT_EQ(td_int(td_domain(st, w.domain_id), "sighting_slots"), 524288);
+	json_decref(st);
+	/* Back to a small registration: a quarter or less shrinks it. */
+	ctr[1] = 1000ull * PG;
+	ASSERT_EQ(md__client_report(c, ctr, 2), 0);
+	ASSERT_EQ(md__client_lookup(c, &h, &a2, 1, &s1), 0);
+	st = td_status(&t);
+	ASSERT_EQ(td_int(td_domain(st, w.domain_id), "sighting_slots"), 65536);
+	json_decref(st);
+	close(fd);
+	md__client_free(c);
+	td_stop(&t);
+	return 0;
+}
