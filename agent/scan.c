@@ -320,11 +320,11 @@ void md__scan_account(struct md_agent *a, int full)
 	md__set(a, MD_CTR_CANDIDATES, ss.candidates);
 	md__set(a, MD_CTR_MERGED_FROM_CANDIDATES, ss.merged_candidate);
 	/* KSM's general_profit: what merging saves, less what it costs in
-	 * metadata (the engine's 13 bytes per registered page, the index of
+	 * metadata (the engine's MD_EPAGE_META bytes per registered page, the index of
 	 * image pages). Pages mapped from images, by reads or merges, count
 	 * with read-time sharing (pages_shared), as before. */
 	int64_t profit = ((int64_t)sharing + (int64_t)st.zero - (int64_t)pool) * MD_EPAGE -
-			 (int64_t)registered * 13 - (int64_t)md__imagepages_bytes(a->imgpages);
+			 (int64_t)(registered * MD_EPAGE_META) - (int64_t)md__imagepages_bytes(a->imgpages);
 	md__set(a, MD_CTR_GENERAL_PROFIT, (uint64_t)profit);
 }
 

@@ -66,11 +66,15 @@
 #define MD_SEEN_SKIP(s) ((s) >> 4)
 #define MD_SEEN_MAKE(age, skip) (MD_SEEN | (unsigned)(age) << 1 | (unsigned)(skip) << 4)
 
+/* What the engine keeps per registered page: ref, hash and seen. */
+#define MD_EPAGE_META (sizeof(uint32_t) + sizeof(uint32_t) + sizeof(uint8_t))
+
 struct md__eregion {
 	uintptr_t start, end;
 	unsigned advice;
 	uint32_t *ref;
-	uint64_t *hash;    /* last checksum the scanner saw (volatility) */
+	uint32_t *hash;    /* last checksum the scanner saw, its low half: a
+	                    * volatility filter, as KSM's 32-bit checksum */
 	uint8_t *seen;     /* the scanner's state of the page: MD_SEEN_* */
 };
 

@@ -471,15 +471,15 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 		return 0;	/* counted apart, not as a merge */
 	}
 	uint64_t h = md__page_hash(page);
-	if (!hinted && (!r->seen[i] || r->hash[i] != h)) {
-		r->hash[i] = h;
+	if (!hinted && (!r->seen[i] || r->hash[i] != (uint32_t)h)) {
+		r->hash[i] = (uint32_t)h;
 		r->seen[i] = MD_SEEN;	/* changed: young again */
 		s->st.volatile_skips++;
 		return 0;
 	}
 	if (hinted)
 		r->seen[i] = MD_SEEN;	/* just filled: young again */
-	r->hash[i] = h;
+	r->hash[i] = (uint32_t)h;
 	/* A page equal to an image page the VMM maps anyway costs nothing
 	 * more once it maps that page too: no pool page is needed. */
 	if (s->files.find && s->nfm < 64 &&
