@@ -138,8 +138,8 @@ static const void *any_candidate(void *arg, uint32_t slot)
 	return arg;
 }
 
-/* One sighting per page of the domain's guest RAM (a power of two, 64 Ki
- * to 1 Mi: 0.75 to 12 MiB, touched all over): KSM's unstable tree lives in
+/* One sighting per page of the domain's guest RAM (rounded down to a power
+ * of two, 64 Ki to 1 Mi: 0.75 to 12 MiB, touched all over): KSM's unstable tree lives in
  * the kernel, but ours counts against what we save, so it is sized by what
  * the agents registered, not for the largest fleet. A sighting lost to a
  * collision costs a merge found a pass later. */
@@ -149,7 +149,7 @@ static const void *any_candidate(void *arg, uint32_t slot)
 static size_t seen_want(const struct md__domain *dom)
 {
 	size_t c = SEEN_MIN;
-	while (c < SEEN_MAX && c < dom->registered_pages)
+	while (c < SEEN_MAX && c * 2 <= dom->registered_pages)
 		c *= 2;
 	return c;
 }

@@ -733,7 +733,7 @@ TEST_IMPL(daemon_sightings_table)
 	ASSERT_EQ(td_int(td_domain(st, w.domain_id), "sighting_slots"), 65536);
 	json_decref(st);
 
-	/* 300,000 pages registered: the next lookup remakes it with 512 Ki
+	/* 300,000 pages registered: the next lookup remakes it with 256 Ki
 	 * slots, empty (a sighting lost costs a pass, nothing more). */
 	uint64_t ctr[2] = { 1, 300000ull * PG };
 	ASSERT_EQ(md__client_report(c, ctr, 2), 0);
@@ -741,7 +741,7 @@ TEST_IMPL(daemon_sightings_table)
 	ASSERT_EQ(md__client_lookup(c, &h, &a2, 1, &s1), 0);
 	ASSERT_EQ(s1, 0);
 	st = td_status(&t);
-	ASSERT_EQ(td_int(td_domain(st, w.domain_id), "sighting_slots"), 524288);
+	ASSERT_EQ(td_int(td_domain(st, w.domain_id), "sighting_slots"), 262144);
 	json_decref(st);
 	/* Back to a small registration: a quarter or less shrinks it. */
 	ctr[1] = 1000ull * PG;
