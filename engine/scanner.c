@@ -2,7 +2,9 @@
  * scanner.c - the content scanner, after mm/ksm.c's ksm_do_scan and KSM++.
  *
  * Overview. A thread wakes every sleep_ms and visits batch pages, then
- * sleeps again; the batch and the sleep bound its CPU use. Like KSM's
+ * sleeps again (a batch below 128 pages is gathered over a few sleeps into
+ * one wake-up, at the same pages per second); the batch and the sleep bound
+ * its CPU use. Like KSM's
  * pages_to_scan, the batch counts the pages whose content was read: pages
  * not there, merged already, or skipped cost next to nothing and do not
  * count. A whole pass that finds next to nothing to do doubles the sleep,
@@ -80,6 +82,7 @@
 
 #define EPOCH 4096
 #define HPAGE ((uintptr_t)2 << 20)	/* a transparent huge page on x86-64 */
+#define GATHER 128	/* pages a wake-up visits at least, when the rate allows */
 
 /* Made on first use: with memdedupd's pool the daemon keeps this table,
  * and ours would only cost memory (16 bytes per two pages of guest RAM). */
@@ -651,6 +654,17 @@ static void *scan_thread(void *arg)
 		unsigned nc = __atomic_load_n(&s->share_cpu, __ATOMIC_RELAXED);
 		size_t batch = __atomic_load_n(&s->batch, __ATOMIC_RELAXED);
 		batch = nb > 1 ? (batch + nb - 1) / nb : batch;
+		/* A small share (KSM's 100 pages split among agents) is
+		 * gathered over a few sleeps into one wake-up of about 128
+		 * pages: the pages per second stay those set, and each
+		 * wake-up, and each round trip to the daemon, is worth more
+		 * (they were a third of this thread's time). */
+		if (batch && batch < GATHER) {
+			size_t k = (GATHER + batch - 1) / batch;
+			k = k < 8 ? k : 8;
+			batch *= k;
+			sleep_ns *= k;
+		}
 		if (!__atomic_load_n(&s->paused, __ATOMIC_RELAXED))
 			md__scanner_step(s, batch);
 		uint64_t cpu = clock_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0;
