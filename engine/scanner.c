@@ -347,6 +347,19 @@ static int worth_reading(const struct md__engine *e, uint64_t pm)
 	       !(e->zero_pfn && (pm & MD_PM_PFN) == e->zero_pfn);
 }
 
+/* Reads the pagemap window: entries for up to 256 pages from a, short of
+ * end. Returns how many it holds (0: none, the read failed). */
+static size_t read_window(struct md__scanner *s, uintptr_t a, uintptr_t end)
+{
+	size_t n = (end - a) / MD_EPAGE;
+	n = n < 256 ? n : 256;
+	ssize_t got = md__sys_pread(s->e->pagemap_fd, s->pm, n * sizeof(uint64_t),
+				    (off_t)(a / MD_EPAGE * sizeof(uint64_t)));
+	s->pm_base = a;
+	s->pm_n = got > 0 ? (size_t)got / sizeof(uint64_t) : 0;
+	return s->pm_n;
+}
+
 /* How many pages from the zero page a, which the cursor found, are zero
  * too and may be dropped with it: present anonymous pages of the same
  * region, inside the pagemap window, short of the region's last page (so
@@ -391,13 +404,7 @@ static size_t sweep_zero(struct md__scanner *s)
 	uintptr_t end = blk + HPAGE < r->end ? blk + HPAGE : r->end;
 	s->pm_fresh = 0;	/* the window below is not the hinted run's */
 	while (a < end) {
-		size_t n = (end - a) / MD_EPAGE;
-		n = n < 256 ? n : 256;
-		ssize_t got = md__sys_pread(e->pagemap_fd, s->pm, n * sizeof(uint64_t),
-					    (off_t)(a / MD_EPAGE * sizeof(uint64_t)));
-		s->pm_base = a;
-		s->pm_n = got > 0 ? (size_t)got / sizeof(uint64_t) : 0;
-		if (!s->pm_n)
+		if (!read_window(s, a, end))
 			break;
 		for (size_t w = 0; w < s->pm_n;) {
 			size_t run = 0, i = (a - r->start) / MD_EPAGE + w;
@@ -449,13 +456,7 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 	int stale = hinted == 1 && s->pm_fresh != a;
 	if (stale || a < s->pm_base || a >= s->pm_base + s->pm_n * MD_EPAGE) {
 		/* Not past the region's end: the window must stay inside it. */
-		size_t n = (r->end - a) / MD_EPAGE;
-		n = n < 256 ? n : 256;
-		ssize_t got = md__sys_pread(e->pagemap_fd, s->pm, n * sizeof(uint64_t),
-					    (off_t)(a / MD_EPAGE * sizeof(uint64_t)));
-		s->pm_base = a;
-		s->pm_n = got > 0 ? (size_t)got / sizeof(uint64_t) : 0;
-		if (!s->pm_n)
+		if (!read_window(s, a, r->end))
 			return 0;
 	}
 	if (hinted == 1)
