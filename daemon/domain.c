@@ -139,10 +139,10 @@ static const void *any_candidate(void *arg, uint32_t slot)
 }
 
 /* One sighting per page of the domain's guest RAM (rounded down to a power
- * of two, 64 Ki to 1 Mi: 0.75 to 12 MiB, touched all over): KSM's unstable tree lives in
- * the kernel, but ours counts against what we save, so it is sized by what
- * the agents registered, not for the largest fleet. A sighting lost to a
- * collision costs a merge found a pass later. */
+ * of two, 64 Ki to 1 Mi: 0.75 to 12 MiB, touched all over). KSM's unstable
+ * tree lives in the kernel, but ours counts against what we save, so it is
+ * sized by what the agents registered, not for the largest fleet. A
+ * sighting lost to a collision costs a merge found a pass later. */
 #define SEEN_MIN (1u << 16)
 #define SEEN_MAX (1u << 20)
 
