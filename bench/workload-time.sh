@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Guest workload time with and without memdedup, measured the only way this
 # noisy 2-core machine allows: ROUNDS rounds, each running a pair of guests
-# plain and then a pair under `memdedup run`, alternating, and comparing the
+# plain and a pair under `memdedup run`, which first alternating, comparing the
 # means of the read times each guest measures itself (MEMDEDUP-GUEST: TIME).
 # Usage: bench/workload-time.sh [ROUNDS] [-- extra memdedup run options]
 # Writes build/bench/workload-time.json and prints the ratio.
@@ -37,9 +37,17 @@ pair() {  # MODE ROUND -> two read times on stdout
 
 plain=() shared=()
 for r in $(seq "$rounds"); do
+  # Which pair goes first alternates: the second of a round runs on a host
+  # the first has just left (its freed memory, its page cache), and a fixed
+  # order would charge that to one mode.
   cat "$img" > /dev/null
-  mapfile -t a < <(pair plain "$r")
-  mapfile -t b < <(pair memdedup "$r")
+  if [ $((r % 2)) = 1 ]; then
+    mapfile -t a < <(pair plain "$r")
+    mapfile -t b < <(pair memdedup "$r")
+  else
+    mapfile -t b < <(pair memdedup "$r")
+    mapfile -t a < <(pair plain "$r")
+  fi
   plain+=("${a[@]}") shared+=("${b[@]}")
   echo "round $r: plain ${a[*]}  memdedup ${b[*]}"
 done
