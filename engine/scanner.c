@@ -360,21 +360,26 @@ static size_t read_window(struct md__scanner *s, uintptr_t a, uintptr_t end)
 	return s->pm_n;
 }
 
+/* How many pages from a (inside the pagemap window, in r) are zero and may
+ * be dropped: present anonymous pages no merge holds. At most max. */
+static size_t zeros_at(struct md__scanner *s, const struct md__eregion *r, uintptr_t a, size_t max)
+{
+	size_t i = (a - r->start) / MD_EPAGE, w = (a - s->pm_base) / MD_EPAGE, n = 0;
+	while (n < max && w + n < s->pm_n && !MD_REF_BUSY(r->ref[i + n]) &&
+	       worth_reading(s->e, s->pm[w + n]) && md__page_is_zero((const void *)(a + n * MD_EPAGE)))
+		n++;
+	return n;
+}
+
 /* How many pages from the zero page a, which the cursor found, are zero
- * too and may be dropped with it: present anonymous pages of the same
- * region, inside the pagemap window, short of the region's last page (so
- * the cursor can step over them without leaving the region). */
+ * too and may be dropped with it: at most 256 in all, and short of the
+ * region's last page (so the cursor can step over them without leaving
+ * the region). */
 static size_t zero_run(struct md__scanner *s, const struct md__eregion *r, uintptr_t a)
 {
 	size_t i = (a - r->start) / MD_EPAGE, np = (r->end - r->start) / MD_EPAGE;
-	size_t w = (a - s->pm_base) / MD_EPAGE, n = 1;
-	while (n < 256 && i + n + 1 < np && w + n < s->pm_n) {
-		if (MD_REF_BUSY(r->ref[i + n]) || !worth_reading(s->e, s->pm[w + n]) ||
-		    !md__page_is_zero((const void *)(a + n * MD_EPAGE)))
-			break;
-		n++;
-	}
-	return n;
+	size_t max = i + 2 < np ? np - i - 2 : 0;
+	return 1 + zeros_at(s, r, a + MD_EPAGE, max < 255 ? max : 255);
 }
 
 /* After a hinted run, its 2 MiB page (KSM++'s hints, extended to zero
@@ -407,11 +412,7 @@ static size_t sweep_zero(struct md__scanner *s)
 		if (!read_window(s, a, end))
 			break;
 		for (size_t w = 0; w < s->pm_n;) {
-			size_t run = 0, i = (a - r->start) / MD_EPAGE + w;
-			while (w + run < s->pm_n && worth_reading(e, s->pm[w + run]) &&
-			       !MD_REF_BUSY(r->ref[i + run]) &&
-			       md__page_is_zero((const void *)(a + (w + run) * MD_EPAGE)))
-				run++;
+			size_t run = zeros_at(s, r, a + w * MD_EPAGE, s->pm_n - w);
 			if (run) {
 				int z = md__engine_merge_zero(e, (void *)(a + w * MD_EPAGE), run);
 				dropped += z > 0 ? (size_t)z : 0;
