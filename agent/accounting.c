@@ -42,7 +42,7 @@ static size_t snapshot_chunk(struct md_agent *a, uintptr_t *addr, unsigned char 
 	return n;
 }
 
-void md__account(struct md_agent *a)
+void md__account(struct md_agent *a, int count_vmas)
 {
 	/* The agent's thread and md_agent_stats() may both count: one at a
 	 * time, for the buffers. */
@@ -83,11 +83,14 @@ void md__account(struct md_agent *a)
 		}
 	}
 	pthread_mutex_unlock(&account_lock);
+	md__set(a, MD_CTR_SHARED_NOW, owned - broken);
+	md__set(a, MD_CTR_BREAKS, broken);
+	if (!count_vmas)
+		return;
+	/* Reset before the count: a mapping made meanwhile is counted twice
+	 * at worst, never missed. */
 	pthread_mutex_lock(&a->lock);
 	a->maps_since_count = 0;
 	pthread_mutex_unlock(&a->lock);
-
-	md__set(a, MD_CTR_SHARED_NOW, owned - broken);
-	md__set(a, MD_CTR_BREAKS, broken);
 	md__set(a, MD_CTR_VMAS, md__count_vmas());
 }

@@ -173,5 +173,8 @@ void md__imagepages_attach(struct md_agent *a);
 uint64_t md__imagepages_bytes(const struct md__imagepages *ip);
 
 /* accounting.c */
-void md__account(struct md_agent *a);
+/* Refreshes the shared-now and break counters (a walk of /proc/self/pagemap
+ * over the shared pages) and, if count_vmas, the VMA count (a read of
+ * /proc/self/maps: milliseconds with thousands of mappings). */
+void md__account(struct md_agent *a, int count_vmas);
 #endif

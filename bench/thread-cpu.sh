@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Where memdedup's CPU goes: runs a pair of guests on the default image under
-# `memdedup run --kernel-ksm=off ARGS` and prints, every 10 s, the CPU ticks
-# (1/100 s) of each memdedup thread in each QEMU (md-agent, md-scan, md-uffd)
-# and of memdedupd, and the fleet PSS in kB.
+# `memdedup run --kernel-ksm=off ARGS` and prints, every 10 s, the CPU time in
+# ms and the number of times it was scheduled in (/proc/.../schedstat) of each
+# memdedup thread in each QEMU (md-agent, md-scan, md-uffd) and of memdedupd,
+# as NAME=MS/SWITCHES, and the fleet PSS in kB.
 # Usage: bench/thread-cpu.sh OUTDIR [HOLD_S] -- [memdedup run options, e.g. --scan]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -35,11 +36,12 @@ while [ "$(jobs -r | wc -l)" -gt 0 ]; do
   for p in $(pgrep -f qemu-system-x86_64 || true); do
     for t in /proc/$p/task/*; do
       n=$(cat "$t/comm" 2>/dev/null || true)
-      case "$n" in md-*) line="$line $p/$n=$(awk '{print $14+$15}' "$t/stat")" ;; esac
+      case "$n" in md-*) line="$line $p/$n=$(awk '{printf "%d/%d", $1 / 1e6, $3}' "$t/schedstat")" ;; esac
     done
     pss=$(( pss + $(awk '/^Pss:/{print $2}' /proc/$p/smaps_rollup 2>/dev/null || echo 0) ))
   done
   d=$(cat "$MEMDEDUP_RUN_DIR/memdedupd.pid" 2>/dev/null || true)
-  [ -n "$d" ] && [ -r "/proc/$d/stat" ] && line="$line memdedupd=$(awk '{print $14+$15}' /proc/$d/stat)"
+  [ -n "$d" ] && [ -d "/proc/$d/task" ] &&
+    line="$line memdedupd=$(cat /proc/"$d"/task/*/schedstat 2>/dev/null | awk '{ns += $1; sw += $3} END {printf "%d/%d", ns / 1e6, sw}')"
   echo "$line pss_kb=$pss"
 done

@@ -1,13 +1,25 @@
 #!/usr/bin/env bash
 # Guest workload time with and without memdedup, measured the only way this
-# noisy 2-core machine allows: ROUNDS rounds, each running a pair of guests
-# plain and a pair under `memdedup run`, which first alternating, comparing the
-# means of the read times each guest measures itself (MEMDEDUP-GUEST: TIME).
-# Usage: bench/workload-time.sh [ROUNDS] [-- extra memdedup run options]
+# noisy 2-core machine allows: many rounds, comparing the means (and medians)
+# of the read times each guest measures itself (MEMDEDUP-GUEST: TIME).
+#
+# Two layouts:
+#   paired (default)  each round boots one plain guest and one guest under
+#                     `memdedup run` at the same time, each QEMU (with every
+#                     thread it and the agent start) pinned to a core of its
+#                     own, the cores swapping every round. Both guests meet
+#                     the same host at the same moment, so the host's noise
+#                     falls on both, and every cycle the agent spends is
+#                     taken from its own guest's core.
+#   sequential        each round runs a plain pair of guests and a pair under
+#                     `memdedup run`, which first alternating.
+# Usage: bench/workload-time.sh [--sequential] [ROUNDS] [-- extra memdedup run options]
 # Writes build/bench/workload-time.json and prints the ratio.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+layout=paired
+[ "${1:-}" = --sequential ] && { layout=sequential; shift; }
 rounds=${1:-5}
 shift || true
 [ "${1:-}" = -- ] && shift
@@ -35,8 +47,42 @@ pair() {  # MODE ROUND -> two read times on stdout
   for i in 1 2; do grep -o 'read_s=[0-9.]*' "$out/wt-$mode-$r-$i.log" | cut -d= -f2; done
 }
 
-plain=() shared=()
+# One plain guest on core C, one memdedup guest on the other core, at once.
+paired() {  # ROUND -> "plain_s memdedup_s" on stdout
+  local r=$1 c=$(( $1 % 2 )) p m
+  # `times` in the subshell: the CPU time of QEMU and everything it ran
+  # (the agent's threads included), boot to power-off, as a second measure.
+  ( guest/run-guest.sh --wrapper "taskset -c $c" --log "$out/wt-plain-$r-1.log" "$img" >/dev/null 2>&1
+    rc=$?; times > "$out/wt-plain-$r-1.cpu"; exit $rc ) &
+  p=$!
+  ( guest/run-guest.sh --wrapper "taskset -c $((1 - c)) $md run --kernel-ksm=off ${extra[*]} --" \
+      --log "$out/wt-memdedup-$r-1.log" "$img" >/dev/null 2>&1
+    rc=$?; times > "$out/wt-memdedup-$r-1.cpu"; exit $rc ) &
+  m=$!
+  pids=("$p" "$m")
+  wait "$p" || { echo "workload-time.sh: the plain guest failed" >&2; exit 1; }
+  wait "$m" || { echo "workload-time.sh: the memdedup guest failed" >&2; exit 1; }
+  pids=()
+  for f in plain memdedup; do grep -o 'read_s=[0-9.]*' "$out/wt-$f-$r-1.log" | cut -d= -f2; done
+}
+
+# `times` prints the shell's and its children's user and system time
+# ("0m1.234s 0m0.123s"): the second line, summed, in seconds.
+cpu_s() { sed -n 2p "$1" | awk '{t = 0; for (i = 1; i <= 2; i++) {split($i, a, /[ms]/); t += a[1] * 60 + a[2]} printf "%.2f", t}'; }
+
+command -v taskset >/dev/null || { echo "workload-time.sh: taskset not found (util-linux)" >&2; exit 1; }
+plain=() shared=() plain_cpu=() shared_cpu=()
 for r in $(seq "$rounds"); do
+  if [ "$layout" = paired ]; then
+    cat "$img" > /dev/null
+    mapfile -t t < <(paired "$r")
+    [ "${#t[@]}" = 2 ] || { echo "workload-time.sh: round $r gave no times" >&2; exit 1; }
+    plain+=("${t[0]}") shared+=("${t[1]}")
+    cp=$(cpu_s "$out/wt-plain-$r-1.cpu") cm=$(cpu_s "$out/wt-memdedup-$r-1.cpu")
+    plain_cpu+=("$cp") shared_cpu+=("$cm")
+    echo "round $r: plain ${t[0]} (core $((r % 2)), cpu $cp)  memdedup ${t[1]} (core $((1 - r % 2)), cpu $cm)"
+    continue
+  fi
   # Which pair goes first alternates: the second of a round runs on a host
   # the first has just left (its freed memory, its page cache), and a fixed
   # order would charge that to one mode.
@@ -56,7 +102,19 @@ median() { printf '%s\n' "$@" | sort -n | awk '{v[NR] = $1} END {printf "%.3f", 
 mp=$(mean "${plain[@]}") mm=$(mean "${shared[@]}")
 dp=$(median "${plain[@]}") dm=$(median "${shared[@]}")
 ratio=$(awk -v a="$mm" -v b="$mp" 'BEGIN{printf "%.3f", a / b}')
+# The geometric mean of each round's own ratio: in the paired layout both
+# guests of a round met the same host, so this is the least noisy figure.
+gratio=$(paste <(printf '%s\n' "${plain[@]}") <(printf '%s\n' "${shared[@]}") |
+  awk '{s += log($2 / $1); n++} END {printf "%.3f", exp(s / n)}')
 mratio=$(awk -v a="$dm" -v b="$dp" 'BEGIN{printf "%.3f", a / b}')
-printf '{"rounds": %s, "plain_read_s": [%s], "memdedup_read_s": [%s], "plain_mean_s": %s, "memdedup_mean_s": %s, "ratio": %s, "plain_median_s": %s, "memdedup_median_s": %s, "median_ratio": %s}\n' \
-  "$rounds" "$(IFS=,; echo "${plain[*]}")" "$(IFS=,; echo "${shared[*]}")" "$mp" "$mm" "$ratio" "$dp" "$dm" "$mratio" > "$out/workload-time.json"
-echo "read time: plain mean ${mp} s / median ${dp} s; memdedup mean ${mm} s / median ${dm} s; ratio of means ${ratio}, of medians ${mratio}"
+cpu_json=""
+if [ "$layout" = paired ]; then
+  cpp=$(mean "${plain_cpu[@]}") cpm=$(mean "${shared_cpu[@]}")
+  cpu_json=$(printf ', "plain_cpu_s": [%s], "memdedup_cpu_s": [%s], "cpu_ratio": %s' \
+    "$(IFS=,; echo "${plain_cpu[*]}")" "$(IFS=,; echo "${shared_cpu[*]}")" \
+    "$(awk -v a="$cpm" -v b="$cpp" 'BEGIN{printf "%.3f", a / b}')")
+  echo "CPU time of each QEMU, boot to power-off: plain mean ${cpp} s, memdedup mean ${cpm} s"
+fi
+printf '{"layout": "%s", "rounds": %s, "plain_read_s": [%s], "memdedup_read_s": [%s], "plain_mean_s": %s, "memdedup_mean_s": %s, "ratio": %s, "plain_median_s": %s, "memdedup_median_s": %s, "median_ratio": %s, "round_ratio_geomean": %s%s}\n' \
+  "$layout" "$rounds" "$(IFS=,; echo "${plain[*]}")" "$(IFS=,; echo "${shared[*]}")" "$mp" "$mm" "$ratio" "$dp" "$dm" "$mratio" "$gratio" "$cpu_json" > "$out/workload-time.json"
+echo "read time: plain mean ${mp} s / median ${dp} s; memdedup mean ${mm} s / median ${dm} s; ratio of means ${ratio}, of medians ${mratio}, geometric mean of the rounds' ratios ${gratio}"

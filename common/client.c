@@ -227,8 +227,23 @@ static int unsolicited(struct md__client *c)
 	return kill_conn(c, -EPROTO);
 }
 
-/* Sends len bytes of an encoded request with seq, and reads messages until
- * its reply, left decoded in c->msg (raw in c->rx). */
+/* Reads messages until the reply with seq, left decoded in c->msg (raw in
+ * c->rx); the unsolicited ones met on the way are queued. */
+static int await_reply(struct md__client *c, uint32_t seq, int64_t deadline, int *fd)
+{
+	for (;;) {
+		int err = recv_msg(c, deadline, fd);
+		if (err)
+			return err;
+		if (c->msg.hdr.seq == seq)
+			return 0;
+		err = unsolicited(c);
+		if (err)
+			return err;
+	}
+}
+
+/* Sends len bytes of an encoded request with seq, and reads its reply. */
 static int transact(struct md__client *c, const void *req, size_t len, uint32_t seq, int *fd)
 {
 	int64_t deadline = now_ms() + c->timeout_ms;
@@ -238,18 +253,8 @@ static int transact(struct md__client *c, const void *req, size_t len, uint32_t 
 	err = send_all(c, req, len, deadline);
 	if (err)
 		return err;
-	for (;;) {
-		err = recv_msg(c, deadline, fd);
-		if (err)
-			return err;
-		if (c->msg.hdr.seq == seq)
-			break;
-		err = unsolicited(c);
-		if (err)
-			return err;
-	}
 	/* After an ERROR the daemon may close: the next call will tell. */
-	return 0;
+	return await_reply(c, seq, deadline, fd);
 }
 
 static uint32_t next_seq(struct md__client *c)
@@ -429,6 +434,67 @@ int md__client_publish(struct md__client *c, const uint64_t *hash, const void *p
 		return kill_conn(c, -EPROTO);
 	*first_slot = c->msg.u.publish_r.first_slot;
 	return 0;
+}
+
+int md__client_publish_each(struct md__client *c, const uint64_t *hash, const void *pages,
+			    uint32_t n, uint32_t *slot, int *status)
+{
+	struct md__msg *m;
+	unsigned char *buf;
+	uint32_t seq[MD_PUBLISH_MAX];
+	size_t len, off = 0;
+	int err = 0;
+
+	if (n == 0 || n > MD_PUBLISH_MAX)
+		return -EINVAL;
+	if (c->dead)
+		return -ENOTCONN;
+	m = malloc(sizeof(*m));
+	if (!m)
+		return -ENOMEM;
+	m->hdr.type = MD_MSG_PUBLISH;
+	m->u.publish.n = 1;
+	m->u.publish.pages = pages;
+	len = md__msg_encoded_len(m);
+	buf = malloc(len * n);
+	if (!buf) {
+		err = -ENOMEM;
+		goto free_msg;
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		m->hdr.seq = seq[i] = next_seq(c);
+		m->u.publish.hash[0] = hash[i];
+		m->u.publish.pages = (const unsigned char *)pages + (size_t)i * MD_MSG_PAGE;
+		ssize_t w = md__msg_encode(m, buf + off, len);
+		if (w < 0) {
+			err = (int)w;
+			goto free_buf;
+		}
+		off += (size_t)w;
+	}
+	/* All the requests in one send, then the replies, which the daemon
+	 * sends in order: one round trip (a wake-up of each side) for the
+	 * lot. */
+	int64_t deadline = now_ms() + c->timeout_ms;
+	err = send_all(c, buf, off, deadline);
+	for (uint32_t i = 0; i < n && !err; i++) {
+		err = await_reply(c, seq[i], deadline, NULL);
+		if (err)
+			break;
+		if (c->msg.hdr.type == MD_MSG_ERROR) {
+			status[i] = c->msg.u.text.status ? c->msg.u.text.status : -EPROTO;
+		} else if (c->msg.hdr.type != MD_MSG_PUBLISH_R || c->msg.u.publish_r.n != 1) {
+			err = kill_conn(c, -EPROTO);
+		} else {
+			status[i] = 0;
+			slot[i] = c->msg.u.publish_r.first_slot;
+		}
+	}
+free_buf:
+	free(buf);
+free_msg:
+	free(m);
+	return err;
 }
 
 int md__client_ref(struct md__client *c, const uint32_t *slots, uint32_t n, int delta)

@@ -120,6 +120,7 @@ struct md__daemon {
 	int64_t start_ms;          /* monotonic */
 	int stop;
 	struct md__msg msg;        /* the message being handled */
+	struct md__conn *reading;  /* the connection read_conn() handles: flushed after */
 	struct epoll_event *evs;   /* this wake-up's events, while handled */
 	int nev;
 };

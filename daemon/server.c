@@ -285,7 +285,11 @@ int md__conn_send(struct md__daemon *d, struct md__conn *c, const struct md__msg
 	}
 	md__msg_encode(m, c->out + c->out_len, len);
 	c->out_len += len;
-	update_events(d, c);
+	/* A reply to the connection being read goes out when its messages
+	 * are handled (flush_out), most often without waiting for EPOLLOUT:
+	 * arming it here would cost two epoll_ctl per request. */
+	if (c != d->reading)
+		update_events(d, c);
 	return 0;
 }
 
@@ -578,8 +582,11 @@ int md__server_run(struct md__daemon *d)
 				struct md__conn *c = (struct md__conn *)ep;
 				if ((evs[i].events & EPOLLOUT) && flush_out(d, c) < 0)
 					break;
-				if ((evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) && !c->closing &&
-				    read_conn(d, c) < 0)
+				d->reading = c;
+				int gone = (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) && !c->closing &&
+					   read_conn(d, c) < 0;
+				d->reading = NULL;
+				if (gone)
 					break;
 				if (c->closing && (evs[i].events & (EPOLLHUP | EPOLLERR))) {
 					conn_close(d, c);

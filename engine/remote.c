@@ -143,10 +143,10 @@ int md__remote_lookup_n(struct md__remote *rm, const uint64_t *hash, const uint6
 	return err < 0 ? err : 0;
 }
 
-int md__remote_publish_n(struct md__remote *rm, const uint64_t *hash, const void *pages,
-			 uint32_t n, uint32_t *first)
+int md__remote_publish_each(struct md__remote *rm, const uint64_t *hash, const void *pages,
+			    uint32_t n, uint32_t *slot, int *status)
 {
-	int err = CALL(rm, md__client_publish(rm->c, hash, pages, n, first));
+	int err = CALL(rm, md__client_publish_each(rm->c, hash, pages, n, slot, status));
 	return err < 0 ? err : 0;
 }
 

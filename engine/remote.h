@@ -48,10 +48,11 @@ int md__remote_valid(struct md__remote *rm, uint32_t slot, size_t n);
  * 0, MD_LOOKUP_PUBLISH). */
 int md__remote_lookup_n(struct md__remote *rm, const uint64_t *hash, const uint64_t *addr,
 			uint32_t n, uint32_t *slot1);
-/* PUBLISH n pages (copied from pages[i]): consecutive slots from *first,
- * each pinned for us. */
-int md__remote_publish_n(struct md__remote *rm, const uint64_t *hash, const void *pages,
-			 uint32_t n, uint32_t *first);
+/* PUBLISH n pages one by one, in one round trip: status[i] 0 and slot[i]
+ * (pinned for us; an equal live page's slot if the pool had one), or the
+ * daemon's refusal. 0, or -errno when the daemon went away. */
+int md__remote_publish_each(struct md__remote *rm, const uint64_t *hash, const void *pages,
+			    uint32_t n, uint32_t *slot, int *status);
 /* REF / UNREF n slots, all or none. */
 int md__remote_ref_n(struct md__remote *rm, const uint32_t *slots, uint32_t n, int delta);
 /* REF (+1) / UNREF (-1) one slot. */

@@ -322,14 +322,19 @@ static void flush_remote(struct md__scanner *s)
 	/* One page per PUBLISH: the daemon then answers with an equal live
 	 * page when another agent published the same content meanwhile (it
 	 * compares single pages only), so no content is in the pool twice.
-	 * Publishing happens once per duplicated content: rare next to
-	 * lookups. */
+	 * All of them in one round trip: while guests converge, one per page
+	 * was most of this thread's wake-ups. */
 	size_t npubd = 0;
-	for (size_t j = 0; j < npub; j++) {
-		if (md__remote_publish_n(rm, &pub_hash[j], s->pub_buf + j * MD_EPAGE, 1, &pub_slot[npubd]) != 0)
-			continue;
-		s->st.published++;
-		pub_of[npubd++] = pub_of[j];
+	int pub_status[64];
+	if (npub && md__remote_publish_each(rm, pub_hash, s->pub_buf, (uint32_t)npub, pub_slot,
+					    pub_status) == 0) {
+		for (size_t j = 0; j < npub; j++) {
+			if (pub_status[j])
+				continue;
+			s->st.published++;
+			pub_slot[npubd] = pub_slot[j];
+			pub_of[npubd++] = pub_of[j];
+		}
 	}
 	/* The pages may have changed since they were copied: the compare
 	 * under write-protection decides, as always. */

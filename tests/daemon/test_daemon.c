@@ -113,6 +113,37 @@ TEST_IMPL(daemon_publish_lookup)
 	ASSERT_EQ(td_int(dom, "index_entries"), 2);
 	json_decref(st);
 
+	/* Pipelined PUBLISHes: a page equal to a live one (here: to the page
+	 * before it in the same send) gets that one's slot, a wrong hash is
+	 * refused alone, and the connection stays. */
+	static unsigned char four[4 * PG];
+	uint64_t h4[4];
+	uint32_t s4[4];
+	int st4[4];
+	td_fill_page(four, 40);
+	td_fill_page(four + PG, 41);
+	memcpy(four + 2 * PG, four + PG, PG);
+	td_fill_page(four + 3 * PG, 43);
+	for (int i = 0; i < 4; i++)
+		h4[i] = md__page_hash(four + i * PG);
+	h4[3] ^= 1;
+	ASSERT_EQ(md__client_publish_each(c, h4, four, 4, s4, st4), 0);
+	ASSERT_EQ(st4[0], 0);
+	ASSERT_EQ(st4[1], 0);
+	ASSERT_EQ(st4[2], 0);
+	ASSERT_EQ(st4[3], -EINVAL);
+	ASSERT(s4[0] != s4[1]);
+	ASSERT_EQ(s4[2], s4[1]);
+	ASSERT_EQ(memcmp(v + (size_t)s4[0] * PG, four, PG), 0);
+	ASSERT_EQ(memcmp(v + (size_t)s4[1] * PG, four + PG, PG), 0);
+	st = td_status(&t);
+	dom = td_domain(st, w.domain_id);
+	ASSERT_EQ(td_int(dom, "pool_live_pages"), 4);
+	ASSERT_EQ(td_int(dom, "pages_sharing"), 5);
+	json_decref(st);
+	ASSERT_EQ(md__client_publish_each(c, h4, four, 0, s4, st4), -EINVAL);
+	ASSERT_EQ(md__client_publish_each(c, h4, four, MD_PUBLISH_MAX + 1, s4, st4), -EINVAL);
+
 	/* REPORT shows in status. */
 	uint64_t ctr[3] = { 5, 6, 7 };
 	ASSERT_EQ(md__client_report(c, ctr, 3), 0);
