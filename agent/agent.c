@@ -63,7 +63,7 @@ static void *agent_thread(void *arg)
 	 * memdedup's CPU time while guests converged. */
 	struct timespec tick = { 0, 100000000 };
 	uint64_t last_reads = 0, last_merges = 0, vma_merges = 0;
-	unsigned last_full = 0, last_vmas = 0;
+	unsigned last_full = 0, last_vmas = 0, last_reap = 0, reap_every = 30;
 	int was_busy = 0, edge_due = 0;
 	for (unsigned n = 1; !__atomic_load_n(&a->stop, __ATOMIC_ACQUIRE); n++) {
 		siginfo_t info;
@@ -99,9 +99,18 @@ static void *agent_thread(void *arg)
 				edge_due = 0;
 			}
 			/* Pages the guests wrote since they merged are found by
-			 * the reap, a pagemap read of the merged pages alone:
-			 * every 3 s, so the scanner may merge them again. */
-			md__scan_account(a, full || n % 30 == 0);
+			 * the reap, a pagemap read over the merged pages (as
+			 * costly as a walk of all guest RAM when they are
+			 * spread): every 3 s while it finds some or merges go
+			 * on, so the scanner may merge them again, doubling up
+			 * to 60 s while it finds next to none. */
+			if (full || n - last_reap >= reap_every) {
+				int found = md__scan_account(a, 1);
+				last_reap = n;
+				reap_every = found >= 16 || busy ? 30 : (reap_every * 2 < 600 ? reap_every * 2 : 600);
+			} else {
+				md__scan_account(a, 0);
+			}
 			md__set(a, MD_CTR_AGENT_CPU_NS, thread_cpu_ns());
 		}
 		md__scan_daemon(a, second);

@@ -151,9 +151,9 @@ void md__plan_read(uintptr_t buf, size_t len, uint64_t off, uint64_t file_size,
 #define MD_SET_HINTS (1u << 4)
 void md__scan_init(struct md_agent *a, const md_agent_options *o);
 void md__scan_register(struct md_agent *a, uintptr_t start, size_t len, unsigned advice);
-/* Refreshes the scanner's counters; full: also finds the merged pages
- * written since (a walk of /proc/self/pagemap). */
-void md__scan_account(struct md_agent *a, int full);
+/* Refreshes the scanner's counters; reap: also finds the merged pages
+ * written since (a walk of /proc/self/pagemap), and returns how many. */
+int md__scan_account(struct md_agent *a, int reap);
 /* A number that changes whenever reads or merges happen. */
 uint64_t md__scan_activity(struct md_agent *a);
 /* From the agent thread, often: reconnects to memdedupd, applies its

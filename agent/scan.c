@@ -245,13 +245,14 @@ uint64_t md__scan_activity(struct md_agent *a)
 	return ss->merged_scan + ss->merged_hint + ss->merged_candidate + ss->zero + ss->published;
 }
 
-void md__scan_account(struct md_agent *a, int full)
+int md__scan_account(struct md_agent *a, int full)
 {
 	struct md__engine *e = a->engine;
+	int reaped = 0;
 	if (!e || !a->scanner_started)
-		return;
+		return 0;
 	if (full)
-		md__engine_reap(e);
+		reaped = md__engine_reap(e);
 	struct md__engine_stats st;
 	md__engine_stats(e, &st);
 	struct md__scanner_stats ss = a->scanner.st;	/* racy reads of counters: fine */
@@ -304,6 +305,7 @@ void md__scan_account(struct md_agent *a, int full)
 	md__set(a, MD_CTR_MERGED_FROM_HINTS, ss.merged_hint);
 	md__set(a, MD_CTR_ZERO_PAGES, st.zero);
 	md__set(a, MD_CTR_ZERO_NEAR_HINTS, ss.zero_swept);
+	md__set(a, MD_CTR_HINT_RATIO, ss.ratio);
 	md__set(a, MD_CTR_PUBLISHED, ss.published);
 	md__set(a, MD_CTR_VOLATILE, ss.volatile_skips);
 	md__set(a, MD_CTR_ABANDONED, st.abandoned);
@@ -326,6 +328,7 @@ void md__scan_account(struct md_agent *a, int full)
 	int64_t profit = ((int64_t)sharing + (int64_t)st.zero - (int64_t)pool) * MD_EPAGE -
 			 (int64_t)(registered * MD_EPAGE_META) - (int64_t)md__imagepages_bytes(a->imgpages);
 	md__set(a, MD_CTR_GENERAL_PROFIT, (uint64_t)profit);
+	return reaped;
 }
 
 static void apply_control(struct md_agent *a, const struct md__msg_control *ctl)

@@ -188,6 +188,8 @@ typedef struct md_stats {
 	uint64_t read_shared_bytes;    /* the bytes those reads returned */
 	uint64_t read_page_ns;         /* in copied reads of exactly one 4 KiB page */
 	uint64_t reads_page;           /* how many such reads */
+	uint64_t hint_ratio;           /* now: of every 8 visits, how many go to
+	                                  hints while there are any (adapted) */
 } md_stats;
 
 /* Returns a short name of a fallback reason ("unaligned", ...). */
