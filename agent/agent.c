@@ -52,68 +52,83 @@ static void *agent_thread(void *arg)
 	a->thread_tid = md__sys_gettid();
 	sem_post(&start->ready);	/* start is gone after this */
 
-	/* Ticks of 100 ms: daemon messages are taken every tick, the
-	 * counters are refreshed every 10th. What walks /proc/self/pagemap
-	 * over every shared page (copy-on-write breaks) runs when reads or
-	 * merges by the dozen begin, every 10 s while they go on, when they
-	 * stop, and every 60 s else; the VMA count (a read of
-	 * /proc/self/maps, 7 ms with the 3,400 mappings of a guest's page
-	 * cache) only in those walks after we mapped something, or every 10
-	 * minutes. Every 3 s, as it was, these walks were a third of
-	 * memdedup's CPU time while guests converged. */
-	struct timespec tick = { 0, 100000000 };
+	/* Once a second: daemon messages (CONTROLs wait at most that long),
+	 * the counters, the report to memdedupd. Ten wake-ups a second, as
+	 * there were, were half of this thread's time once guests had
+	 * converged. Lease breaks wake it at once (the signal).
+	 * What walks /proc/self/pagemap over every shared page (copy-on-write
+	 * breaks) runs when reads or merges by the dozen begin, every 10 s
+	 * while they go on, when they stop, and every 60 s else; the VMA
+	 * count (a read of /proc/self/maps, 7 ms with the 3,400 mappings of a
+	 * guest's page cache) only in those walks after we mapped something,
+	 * or every 10 minutes. Every 3 s, as it was, these walks were a third
+	 * of memdedup's CPU time while guests converged. */
 	uint64_t last_reads = 0, last_merges = 0, vma_merges = 0;
-	unsigned last_full = 0, last_vmas = 0, last_reap = 0, reap_every = 30;
+	unsigned last_full = 0, last_vmas = 0, last_reap = 0, reap_every = 3;
 	int was_busy = 0, edge_due = 0;
-	for (unsigned n = 1; !__atomic_load_n(&a->stop, __ATOMIC_ACQUIRE); n++) {
-		siginfo_t info;
-		int sig = sigtimedwait(&lease, &info, &tick);
-		/* The kernel's lease signals carry si_code > 0 (POLL_MSG) and
-		 * the descriptor; a wake-up from md_agent_free() is SI_TKILL. */
-		if (sig == a->lease_signal && info.si_code > 0)
-			md__image_lease_broken(a, info.si_fd);
-		int second = n % 10 == 0;
-		if (second) {
-			md__regions_flush_advice(a);
-			uint64_t reads = __atomic_load_n(&a->ctr[MD_CTR_READS_SEEN], __ATOMIC_RELAXED);
-			uint64_t merges = md__scan_activity(a);
-			int busy = reads != last_reads || merges - last_merges >= 64;
-			/* A burst's start and end are walked, at most every 2 s
-			 * (merges may come and go by the second): an edge too
-			 * close to the last walk waits for the next one. */
-			edge_due |= busy != was_busy;
-			int edge = edge_due && (!last_full || n - last_full >= 20);
-			int full = edge || (busy && n - last_full >= 100) || n - last_full >= 600;
-			was_busy = busy;
-			last_reads = reads;
-			last_merges = merges;
-			if (full) {
-				int vmas = __atomic_load_n(&a->maps_since_count, __ATOMIC_RELAXED) ||
-					   merges - vma_merges >= 64 || n - last_vmas >= 6000;
-				md__account(a, vmas);
-				if (vmas) {
-					vma_merges = merges;
-					last_vmas = n;
-				}
-				last_full = n;
-				edge_due = 0;
-			}
-			/* Pages the guests wrote since they merged are found by
-			 * the reap, a pagemap read over the merged pages (as
-			 * costly as a walk of all guest RAM when they are
-			 * spread): every 3 s while it finds some or merges go
-			 * on, so the scanner may merge them again, doubling up
-			 * to 60 s while it finds next to none. */
-			if (full || n - last_reap >= reap_every) {
-				int found = md__scan_account(a, 1);
-				last_reap = n;
-				reap_every = found >= 16 || busy ? 30 : (reap_every * 2 < 600 ? reap_every * 2 : 600);
-			} else {
-				md__scan_account(a, 0);
-			}
-			md__set(a, MD_CTR_AGENT_CPU_NS, thread_cpu_ns());
+	struct timespec next;
+	clock_gettime(CLOCK_MONOTONIC, &next);
+	for (unsigned n = 1; !__atomic_load_n(&a->stop, __ATOMIC_ACQUIRE);) {
+		struct timespec now, wait;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		int64_t left = (int64_t)(next.tv_sec - now.tv_sec) * 1000000000 + (next.tv_nsec - now.tv_nsec);
+		if (left > 0) {
+			wait.tv_sec = (time_t)(left / 1000000000);
+			wait.tv_nsec = (long)(left % 1000000000);
+			siginfo_t info;
+			int sig = sigtimedwait(&lease, &info, &wait);
+			/* The kernel's lease signals carry si_code > 0
+			 * (POLL_MSG) and the descriptor; a wake-up from
+			 * md_agent_free() is SI_TKILL. */
+			if (sig == a->lease_signal && info.si_code > 0)
+				md__image_lease_broken(a, info.si_fd);
+			if (sig >= 0)
+				continue;	/* the second is not over */
 		}
-		md__scan_daemon(a, second);
+		next.tv_sec = now.tv_sec + 1;
+		next.tv_nsec = now.tv_nsec;
+		n++;
+		md__regions_flush_advice(a);
+		uint64_t reads = __atomic_load_n(&a->ctr[MD_CTR_READS_SEEN], __ATOMIC_RELAXED);
+		uint64_t merges = md__scan_activity(a);
+		int busy = reads != last_reads || merges - last_merges >= 64;
+		/* A burst's start and end are walked, at most every 2 s
+		 * (merges may come and go by the second): an edge too close
+		 * to the last walk waits for the next one. */
+		edge_due |= busy != was_busy;
+		int edge = edge_due && (!last_full || n - last_full >= 2);
+		int full = edge || (busy && n - last_full >= 10) || n - last_full >= 60;
+		was_busy = busy;
+		last_reads = reads;
+		last_merges = merges;
+		if (full) {
+			int vmas = __atomic_load_n(&a->maps_since_count, __ATOMIC_RELAXED) ||
+				   merges - vma_merges >= 64 || n - last_vmas >= 600;
+			md__account(a, vmas);
+			if (vmas) {
+				vma_merges = merges;
+				last_vmas = n;
+			}
+			last_full = n;
+			edge_due = 0;
+		}
+		/* Pages the guests wrote since they merged are found by the
+		 * reap, a pagemap read over the merged pages (as costly as a
+		 * walk of all guest RAM when they are spread): every 3 s
+		 * while it finds some, so the scanner may merge them again,
+		 * its interval doubling while it finds next to none, up to
+		 * 12 s while merges go on and 60 s else. Every 3 s through a
+		 * convergence it cost more than the scanner's own merging. */
+		if (n - last_reap >= reap_every) {
+			int found = md__scan_account(a, 1);
+			unsigned cap = busy ? 12 : 60;
+			last_reap = n;
+			reap_every = found >= 16 ? 3 : reap_every * 2 < cap ? reap_every * 2 : cap;
+		} else {
+			md__scan_account(a, 0);
+		}
+		md__set(a, MD_CTR_AGENT_CPU_NS, thread_cpu_ns());
+		md__scan_daemon(a, 1);
 	}
 	return NULL;
 }

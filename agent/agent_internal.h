@@ -23,6 +23,7 @@
 #include "hints.h"
 #include "memdedup.h"
 #include "merge.h"
+#include "rangeset.h"
 #include "scanner.h"
 #include "stats_file.h"
 
@@ -33,7 +34,7 @@
 struct md__region {
 	uintptr_t start, end;
 	unsigned advice;
-	int advice_pending;	/* reads mapped pages here since the last flush */
+	struct md__rangeset advice_pending; /* mapped by reads, not advised yet */
 	uint32_t *owner;
 };
 

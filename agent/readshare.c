@@ -145,7 +145,7 @@ static size_t share_locked(struct md_agent *a, struct md__region *r, int fd,
 	 * second, for all new mappings at once (md__regions_flush_advice):
 	 * two madvise calls per read were a tenth of its cost. Until then a
 	 * fork would give the child a copy-on-write view of these pages. */
-	r->advice_pending = 1;
+	md__rangeset_add(&r->advice_pending, dst, dst + plan->map_len);
 	if ((a->flags & MD_OPT_POPULATE) &&
 	    md__sys_madvise((void *)dst, plan->map_len, MADV_POPULATE_READ) != 0 && errno != EINVAL) {
 		/* An I/O error: undo, and let the copying read report it. */

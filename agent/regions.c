@@ -63,7 +63,8 @@ static int region_push(struct md_agent *a, uintptr_t start, uintptr_t end,
 		if (!owner)
 			return -ENOMEM;
 	}
-	a->regions[a->nregions++] = (struct md__region){ start, end, advice, 0, owner };
+	a->regions[a->nregions++] = (struct md__region){ .start = start, .end = end,
+							 .advice = advice, .owner = owner };
 	return 0;
 }
 
@@ -147,17 +148,25 @@ void md__apply_advice(struct md_agent *a, const struct md__region *r, uintptr_t 
 	md__advise_new_mapping((void *)addr, len, r->advice, a->kernel_ksm);
 }
 
+static void advise_ranges(struct md_agent *a, const struct md__region *r, const struct md__rangeset *rs)
+{
+	for (size_t k = 0; k < rs->n; k++) {
+		uintptr_t s = rs->start[k] > r->start ? rs->start[k] : r->start;
+		uintptr_t e = rs->end[k] < r->end ? rs->end[k] : r->end;
+		if (s < e)
+			md__apply_advice(a, r, s, e - s);
+	}
+}
+
 void md__regions_flush_advice(struct md_agent *a)
 {
 	pthread_mutex_lock(&a->lock);
-	int merged = a->engine && md__engine_take_advice(a->engine);
 	for (size_t i = 0; i < a->nregions; i++) {
 		struct md__region *r = &a->regions[i];
-		if (!r->advice_pending && !merged)
-			continue;
-		/* Anonymous parts have the advice already: a no-op for them. */
-		md__apply_advice(a, r, r->start, r->end - r->start);
-		r->advice_pending = 0;
+		/* Anonymous parts have the advice already: a no-op for them.
+		 * A region split since keeps the ranges: clip them. */
+		advise_ranges(a, r, &r->advice_pending);
+		r->advice_pending.n = 0;
 	}
 	pthread_mutex_unlock(&a->lock);
 }

@@ -441,11 +441,11 @@ int md__client_publish_each(struct md__client *c, const uint64_t *hash, const vo
 {
 	struct md__msg *m;
 	unsigned char *buf;
-	uint32_t seq[MD_PUBLISH_MAX];
+	uint32_t seq[MD_PUBLISH_EACH_MAX];
 	size_t len, off = 0;
 	int err = 0;
 
-	if (n == 0 || n > MD_PUBLISH_MAX)
+	if (n == 0 || n > MD_PUBLISH_EACH_MAX)
 		return -EINVAL;
 	if (c->dead)
 		return -ENOTCONN;

@@ -27,6 +27,7 @@
 #define MD_CLIENT_TIMEOUT_MS 2000
 #define MD_CLIENT_QUEUE 64          /* unsolicited CONTROLs kept; older ones dropped */
 #define MD_CLIENT_CANDIDATES 4096   /* CANDIDATES addresses kept; older ones dropped */
+#define MD_PUBLISH_EACH_MAX 256     /* one-page PUBLISHes sent at once */
 
 struct md__client;
 
@@ -59,7 +60,7 @@ int md__client_lookup(struct md__client *c, const uint64_t *hash, const uint64_t
  * on each. */
 int md__client_publish(struct md__client *c, const uint64_t *hash, const void *pages,
 		       uint32_t n, uint32_t *first_slot);
-/* n <= 64 PUBLISHes of one page each, sent at once, their replies read
+/* n <= MD_PUBLISH_EACH_MAX PUBLISHes of one page each, sent at once, their replies read
  * after: status[i] is 0 (slot[i] filled, one reference held) or the
  * daemon's refusal of page i (an ERROR's status). Returns 0 when every
  * reply came, else a negative errno (the connection is then dead). Each

@@ -423,14 +423,12 @@ static int map_pool(struct md__engine *e, struct md__eregion *r, uintptr_t addr,
 		e->st.map_failed += n;
 		return -errno;
 	}
-	/* Neither registered with userfaultfd nor advised here: freeze()
-	 * registers a mapping the first time it must freeze it again (after
-	 * a copy-on-write break, rare), and the agent gives the region's
-	 * advice to all new mappings at once (md__engine_take_advice): one
-	 * ioctl and, under QEMU (MADV_DONTFORK), one madvise fewer per merge.
-	 * engine_merge_cost shows no gain beyond its noise: the mmap and its
-	 * TLB shootdown dominate. */
-	__atomic_store_n(&e->advice_pending, 1, __ATOMIC_RELAXED);
+	/* Not registered with userfaultfd here: freeze() registers a mapping
+	 * the first time it must freeze it again (after a copy-on-write
+	 * break, rare). Advised at once: left to the agent's thread, merges
+	 * spread over all guest RAM made it advise nearly all of it, walking
+	 * thousands of mappings, every second of a convergence. */
+	apply_advice(e, r, addr, n * MD_EPAGE);
 	/* At most two new VMAs (the split halves of what it replaced);
 	 * fewer when it joins a neighbour with adjacent pool offsets. */
 	e->vma_estimate += 2;
@@ -572,8 +570,8 @@ int md__engine_merge_file(struct md__engine *e, void *addr, size_t n, int fd, of
 	}
 	/* Not registered with userfaultfd (file pages other than shmem cannot
 	 * be write-protected): like a page shared at read time, the scanner
-	 * leaves it alone from now on, written or not. Advised later. */
-	__atomic_store_n(&e->advice_pending, 1, __ATOMIC_RELAXED);
+	 * leaves it alone from now on, written or not. */
+	apply_advice(e, r, a, n * MD_EPAGE);
 	e->vma_estimate += 2;
 	size_t first = (a - r->start) / MD_EPAGE;
 	for (size_t i = 0; i < n; i++)
@@ -761,10 +759,6 @@ int md__engine_reap(struct md__engine *e)
 	return broken;
 }
 
-int md__engine_take_advice(struct md__engine *e)
-{
-	return __atomic_exchange_n(&e->advice_pending, 0, __ATOMIC_RELAXED);
-}
 
 void md__engine_stats(struct md__engine *e, struct md__engine_stats *st)
 {

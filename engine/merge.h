@@ -112,7 +112,6 @@ struct md__engine {
 	int kernel_ksm;
 	uint64_t max_vmas;
 	uint64_t vma_estimate;  /* upper bound since the last count */
-	int advice_pending;     /* merges mapped pages since md__engine_take_advice */
 	struct md__engine_stats st;
 };
 
@@ -165,9 +164,4 @@ int md__engine_reap(struct md__engine *e);
 /* The engine's region holding [addr, addr+len), or NULL (lock held). */
 struct md__eregion *md__engine_region(struct md__engine *e, uintptr_t addr, size_t len);
 void md__engine_stats(struct md__engine *e, struct md__engine_stats *st);
-/* 1 if merges mapped pages that still lack their region's advice
- * (MADV_DONTFORK, ...) since the last call: the caller gives it to the whole
- * region, as the agent does for reads. Until then a fork shows the child
- * those pages copy-on-write. */
-int md__engine_take_advice(struct md__engine *e);
 #endif

@@ -2,7 +2,7 @@
  * scanner.c - the content scanner, after mm/ksm.c's ksm_do_scan and KSM++.
  *
  * Overview. A thread wakes every sleep_ms and visits batch pages, then
- * sleeps again (a batch below 128 pages is gathered over a few sleeps into
+ * sleeps again (a batch below 256 pages is gathered over a few sleeps into
  * one wake-up, at the same pages per second); the batch and the sleep bound
  * its CPU use. Like KSM's
  * pages_to_scan, the batch counts the pages whose content was read: pages
@@ -82,7 +82,7 @@
 
 #define EPOCH 4096
 #define HPAGE ((uintptr_t)2 << 20)	/* a transparent huge page on x86-64 */
-#define GATHER 128	/* pages a wake-up visits at least, when the rate allows */
+#define GATHER MD_SCAN_PEND	/* pages a wake-up visits at least, when the rate allows */
 
 /* Made on first use: with memdedupd's pool the daemon keeps this table,
  * and ours would only cost memory (16 bytes per two pages of guest RAM). */
@@ -139,7 +139,7 @@ int md__scanner_init(struct md__scanner *s, struct md__engine *e, struct md__hin
 	s->sleep_ms = 20;
 	s->ratio = 4;
 	s->rng = 0x2545f4914f6cdd1dull;
-	s->pub_buf = malloc(64 * MD_EPAGE);
+	s->pub_buf = malloc(MD_SCAN_PEND * MD_EPAGE);
 	if (!s->pub_buf) {
 		md__scanner_free(s);
 		return -ENOMEM;
@@ -250,7 +250,8 @@ static void merge_pending(struct md__scanner *s, const size_t *of, const uint32_
 	unsigned char done[64];
 	for (size_t j = 0; j < n;) {
 		size_t run = 1;
-		while (j + run < n && s->pend_addr[of[j + run]] == s->pend_addr[of[j]] + run * MD_EPAGE &&
+		while (j + run < n && run < 64 &&
+		       s->pend_addr[of[j + run]] == s->pend_addr[of[j]] + run * MD_EPAGE &&
 		       slot[j + run] == slot[j] + run)
 			run++;
 		md__engine_merge_some(s->e, (void *)s->pend_addr[of[j]], run, slot[j], done);
@@ -284,9 +285,9 @@ static void flush_remote(struct md__scanner *s)
 	struct md__engine *e = s->e;
 	struct md__remote *rm = e->remote;
 	size_t n = s->npend;
-	uint32_t slot1[64], pin[64], pub_slot[64];
-	uint64_t pub_hash[64];
-	size_t npin = 0, npub = 0, pin_of[64], pub_of[64];
+	uint32_t slot1[MD_SCAN_PEND], pin[MD_SCAN_PEND], pub_slot[MD_SCAN_PEND];
+	uint64_t pub_hash[MD_SCAN_PEND];
+	size_t npin = 0, npub = 0, pin_of[MD_SCAN_PEND], pub_of[MD_SCAN_PEND];
 
 	s->npend = 0;
 	if (!n || !md__remote_connected(rm) ||
@@ -316,7 +317,7 @@ static void flush_remote(struct md__scanner *s)
 			}
 		npin = kept;
 	}
-	uint32_t unpin[128];
+	uint32_t unpin[2 * MD_SCAN_PEND];
 	size_t nunpin = 0;
 	merge_pending(s, pin_of, pin, npin, unpin, &nunpin);
 	/* One page per PUBLISH: the daemon then answers with an equal live
@@ -325,7 +326,7 @@ static void flush_remote(struct md__scanner *s)
 	 * All of them in one round trip: while guests converge, one per page
 	 * was most of this thread's wake-ups. */
 	size_t npubd = 0;
-	int pub_status[64];
+	int pub_status[MD_SCAN_PEND];
 	if (npub && md__remote_publish_each(rm, pub_hash, s->pub_buf, (uint32_t)npub, pub_slot,
 					    pub_status) == 0) {
 		for (size_t j = 0; j < npub; j++) {
@@ -505,7 +506,7 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 		s->pend_addr[s->npend] = a;
 		s->pend_hash[s->npend] = h;
 		s->pend_hinted[s->npend++] = (unsigned char)hinted;
-		if (s->npend == 64)
+		if (s->npend == MD_SCAN_PEND)
 			flush_remote(s);
 		return 0;
 	}
@@ -662,7 +663,7 @@ static void *scan_thread(void *arg)
 		size_t batch = __atomic_load_n(&s->batch, __ATOMIC_RELAXED);
 		batch = nb > 1 ? (batch + nb - 1) / nb : batch;
 		/* A small share (KSM's 100 pages split among agents) is
-		 * gathered over a few sleeps into one wake-up of about 128
+		 * gathered over a few sleeps into one wake-up of about 256
 		 * pages: the pages per second stay those set, and each
 		 * wake-up, and each round trip to the daemon, is worth more
 		 * (they were a third of this thread's time). */

@@ -46,6 +46,11 @@ struct md__unstable {                      /* hash -> guest page, about a pass *
 	size_t reads;                      /* pages read since it was emptied */
 };
 
+/* Pages a batch resolves with the daemon at once: a wake-up gathers about
+ * this many (GATHER in scanner.c), so a batch costs one round trip of each
+ * kind. */
+#define MD_SCAN_PEND 256
+
 struct md__scanner {
 	struct md__engine *e;
 	struct md__hints *hints;
@@ -74,11 +79,11 @@ struct md__scanner {
 	uintptr_t pm_fresh;     /* the next hinted page the window is fresh for */
 	/* With the daemon's pool: candidates of this batch, resolved together
 	 * (one LOOKUP, one REF, one PUBLISH instead of one each per page). */
-	uint64_t pend_addr[64];
-	uint64_t pend_hash[64];
-	unsigned char pend_hinted[64];
+	uint64_t pend_addr[MD_SCAN_PEND];
+	uint64_t pend_hash[MD_SCAN_PEND];
+	unsigned char pend_hinted[MD_SCAN_PEND];
 	size_t npend;
-	unsigned char *pub_buf;	/* 64 pages to publish */
+	unsigned char *pub_buf;	/* MD_SCAN_PEND pages to publish */
 	struct md__file_source files;	/* none: find is NULL */
 	uintptr_t fm_addr[64];	/* this batch's pages equal to file pages */
 	uint64_t fm_cookie[64];

@@ -72,6 +72,42 @@ static void agent_init(struct md_agent *a)
 	a->ctr = a->local_ctr;
 }
 
+/* Whatever was added is inside some range; touching ranges join; past
+ * MD_RANGESET_MAX the nearest range grows. */
+static int covered(const struct md__rangeset *s, uintptr_t a, uintptr_t b)
+{
+	for (size_t i = 0; i < s->n; i++)
+		if (s->start[i] <= a && b <= s->end[i])
+			return 1;
+	return 0;
+}
+
+TEST_IMPL(rangeset_covers)
+{
+	struct md__rangeset s = { 0 };
+	md__rangeset_add(&s, 0x10000, 0x20000);
+	md__rangeset_add(&s, 0x20000, 0x30000);	/* touches: joins */
+	ASSERT_EQ(s.n, 1);
+	ASSERT(s.start[0] == 0x10000 && s.end[0] == 0x30000);
+	md__rangeset_add(&s, 0x18000, 0x19000);	/* inside: nothing new */
+	ASSERT_EQ(s.n, 1);
+	uintptr_t added[3 * MD_RANGESET_MAX][2];
+	size_t n = 0;
+	for (uintptr_t i = 0; i < 3 * MD_RANGESET_MAX; i++) {
+		/* Far apart, in a scattered order. */
+		uintptr_t a = 0x100000000ull + ((i * 37) % (3 * MD_RANGESET_MAX)) * 0x100000;
+		md__rangeset_add(&s, a, a + 0x3000);
+		added[n][0] = a;
+		added[n++][1] = a + 0x3000;
+		ASSERT(s.n <= MD_RANGESET_MAX);
+	}
+	ASSERT_EQ(s.n, MD_RANGESET_MAX);
+	ASSERT(covered(&s, 0x10000, 0x30000));
+	for (size_t i = 0; i < n; i++)
+		ASSERT(covered(&s, added[i][0], added[i][1]));
+	return 0;
+}
+
 TEST_IMPL(regions_add_overlap)
 {
 	struct md_agent a;

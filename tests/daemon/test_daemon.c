@@ -142,7 +142,7 @@ TEST_IMPL(daemon_publish_lookup)
 	ASSERT_EQ(td_int(dom, "pages_sharing"), 5);
 	json_decref(st);
 	ASSERT_EQ(md__client_publish_each(c, h4, four, 0, s4, st4), -EINVAL);
-	ASSERT_EQ(md__client_publish_each(c, h4, four, MD_PUBLISH_MAX + 1, s4, st4), -EINVAL);
+	ASSERT_EQ(md__client_publish_each(c, h4, four, MD_PUBLISH_EACH_MAX + 1, s4, st4), -EINVAL);
 
 	/* REPORT shows in status. */
 	uint64_t ctr[3] = { 5, 6, 7 };

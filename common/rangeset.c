@@ -1,0 +1,32 @@
+/*
+ * rangeset.c - see rangeset.h.
+ */
+#include "rangeset.h"
+
+/* The distance between [s, e) and [a, b): 0 when they touch or overlap. */
+static uintptr_t gap(uintptr_t s, uintptr_t e, uintptr_t a, uintptr_t b)
+{
+	return b < s ? s - b : a > e ? a - e : 0;
+}
+
+void md__rangeset_add(struct md__rangeset *s, uintptr_t start, uintptr_t end)
+{
+	size_t best = 0;
+	uintptr_t best_gap = UINTPTR_MAX;
+	for (size_t i = 0; i < s->n; i++) {
+		uintptr_t g = gap(s->start[i], s->end[i], start, end);
+		if (g < best_gap) {
+			best_gap = g;
+			best = i;
+		}
+	}
+	if (best_gap != 0 && s->n < MD_RANGESET_MAX) {
+		s->start[s->n] = start;
+		s->end[s->n++] = end;
+		return;
+	}
+	if (start < s->start[best])
+		s->start[best] = start;
+	if (end > s->end[best])
+		s->end[best] = end;
+}
