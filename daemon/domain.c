@@ -142,7 +142,11 @@ static const void *any_candidate(void *arg, uint32_t slot)
  * of two, 64 Ki to 1 Mi: 0.75 to 12 MiB, touched all over). KSM's unstable
  * tree lives in the kernel, but ours counts against what we save, so it is
  * sized by what the agents registered, not for the largest fleet. A
- * sighting lost to a collision costs a merge found a pass later. */
+ * sighting lost to a collision costs a merge found a pass later.
+ * Two ways per bucket, the newest first: direct-mapped, two copies of one
+ * page could stay apart for good when a third, unique page of the same
+ * bucket was looked up between theirs pass after pass (the smart scan
+ * gives all three the same period). */
 #define SEEN_MIN (1u << 16)
 #define SEEN_MAX (1u << 20)
 
@@ -165,9 +169,10 @@ static void where_set(struct md__sighting *e, uint64_t w)
 	e->where[1] = (uint32_t)(w >> 32);
 }
 
-static size_t seen_index(const struct md__domain *dom, uint64_t hash)
+/* The bucket's first way (the second is the next entry). */
+static size_t seen_bucket(const struct md__domain *dom, uint64_t hash)
 {
-	return (size_t)(hash ^ (hash >> 29)) & (dom->seen_cap - 1);
+	return (size_t)(hash ^ (hash >> 29)) & (dom->seen_cap - 2);
 }
 
 static uint32_t seen_tag(uint64_t hash)
@@ -204,10 +209,13 @@ uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash, pid_t asker, u
 	 * kernel's limit) can meet a sighting, but never be one. */
 	int fits = addr % 4096 == 0 && !(addr >> 47) && asker > 0 && !((uint64_t)asker >> 22);
 	uint64_t w = fits ? (uint64_t)asker << 35 | addr >> 12 : 0;
-	/* Direct-mapped and lossy, like a cache: a collision forgets the
-	 * older sighting, which costs a merge found one pass later. */
-	struct md__sighting *e = &dom->seen[seen_index(dom, hash)];
-	if (where_get(e) && (e->tag & ~MD_SIGHTING_ASKED) == seen_tag(hash)) {
+	/* Lossy, like a cache: a third sighting in a bucket forgets the
+	 * older one, which costs a merge found one pass later. */
+	struct md__sighting *b = &dom->seen[seen_bucket(dom, hash)];
+	for (int way = 0; way < 2; way++) {
+		struct md__sighting *e = &b[way];
+		if (!where_get(e) || (e->tag & ~MD_SIGHTING_ASKED) != seen_tag(hash))
+			continue;
 		/* The same page again (address 0: the asker did not say) is
 		 * no second copy; any other page is, in this process or not. */
 		int same = where_get(e) == w;
@@ -218,8 +226,9 @@ uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash, pid_t asker, u
 		return 0;
 	}
 	if (fits) {
-		e->tag = seen_tag(hash);
-		where_set(e, w);
+		b[1] = b[0];
+		b[0].tag = seen_tag(hash);
+		where_set(&b[0], w);
 	}
 	return 0;
 }
@@ -228,14 +237,18 @@ int md__domain_published(struct md__domain *dom, uint64_t hash, pid_t *pid, uint
 {
 	if (!dom->seen_cap)
 		return 0;
-	struct md__sighting *e = &dom->seen[seen_index(dom, hash)];
-	uint64_t w = where_get(e);
-	if (!w || e->tag != (seen_tag(hash) | MD_SIGHTING_ASKED))
-		return 0;
-	*pid = (pid_t)(w >> 35);
-	*addr = (w & ((1ull << 35) - 1)) << 12;
-	*e = (struct md__sighting){ 0 };
-	return *addr != 0;
+	struct md__sighting *b = &dom->seen[seen_bucket(dom, hash)];
+	for (int way = 0; way < 2; way++) {
+		struct md__sighting *e = &b[way];
+		uint64_t w = where_get(e);
+		if (!w || e->tag != (seen_tag(hash) | MD_SIGHTING_ASKED))
+			continue;
+		*pid = (pid_t)(w >> 35);
+		*addr = (w & ((1ull << 35) - 1)) << 12;
+		*e = (struct md__sighting){ 0 };
+		return *addr != 0;
+	}
+	return 0;
 }
 
 int md__domain_slot_ok(const struct md__domain *dom, uint32_t slot, uint32_t more)

@@ -577,8 +577,9 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 		 * another agent) that found their copy, as KSM merges the
 		 * unstable tree's page in the step that scanned its twin; at
 		 * most a batch of them per batch. */
-		uint64_t cand[64];
-		size_t nc = md__remote_take_candidates(s->e->remote, cand, npages < 64 ? npages : 64);
+		uint64_t cand[MD_SCAN_PEND];
+		size_t nc = md__remote_take_candidates(s->e->remote, cand,
+						       npages < MD_SCAN_PEND ? npages : MD_SCAN_PEND);
 		for (size_t c = 0; c < nc; c++) {
 			int read = 0;
 			s->st.candidates++;

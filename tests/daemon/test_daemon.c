@@ -781,6 +781,22 @@ TEST_IMPL(daemon_sightings_table)
 	st = td_status(&t);
 	ASSERT_EQ(td_int(td_domain(st, w.domain_id), "sighting_slots"), 65536);
 	json_decref(st);
+
+	/* A page of another hash in the same bucket (as domain.c places
+	 * them, in 64 Ki slots), looked up between two copies, does not
+	 * make them miss each other: a bucket holds two sightings. */
+	td_fill_page(page, 8);
+	h = md__page_hash(page);
+	uint64_t other = h, ha = 0x7f0000010000ull, hb = 0x7f0000020000ull, hc = 0x7f0000030000ull;
+	do
+		other += 1ull << 33;	/* another tag */
+	while (((other ^ (other >> 29)) & 0xfffe) != ((h ^ (h >> 29)) & 0xfffe));
+	ASSERT_EQ(md__client_lookup(c, &h, &ha, 1, &s1), 0);
+	ASSERT_EQ(s1, 0);
+	ASSERT_EQ(md__client_lookup(c, &other, &hc, 1, &s1), 0);
+	ASSERT_EQ(s1, 0);
+	ASSERT_EQ(md__client_lookup(c, &h, &hb, 1, &s1), 0);
+	ASSERT_EQ(s1, MD_LOOKUP_PUBLISH);
 	close(fd);
 	md__client_free(c);
 	td_stop(&t);
