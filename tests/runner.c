@@ -58,6 +58,17 @@ int main(int argc, char **argv)
 	if (env)
 		timeout_s = atoi(env);
 	setvbuf(stdout, NULL, _IOLBF, 0);
+	/* No test may meet the host's own memdedupd (a benchmark's, say) or
+	 * its statistics files: agents made in-process find their daemon and
+	 * their run directory from here, tests that start a daemon give it
+	 * their own socket. */
+	char run_dir[] = "/tmp/memdedup-runner-XXXXXX";
+	if (!mkdtemp(run_dir)) {
+		perror("runner: mkdtemp");
+		return 1;
+	}
+	setenv("MEMDEDUP_RUN_DIR", run_dir, 1);
+	unsetenv("MEMDEDUP_SOCKET");
 	for (size_t i = 0; i < NTESTS; i++) {
 		int wanted = argc < 2;
 		for (int j = 1; j < argc; j++)
@@ -75,6 +86,10 @@ int main(int argc, char **argv)
 		failed += r == 1;
 		skipped += r == 2;
 	}
+	char rm[sizeof(run_dir) + 16];
+	snprintf(rm, sizeof(rm), "rm -rf %s", run_dir);
+	if (system(rm) != 0)
+		fprintf(stderr, "runner: could not remove %s\n", run_dir);
 	printf("%d passed, %d failed, %d skipped\n", passed, failed, skipped);
 	return failed ? 1 : 0;
 }

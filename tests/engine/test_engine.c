@@ -809,3 +809,38 @@ TEST_IMPL(engine_scanner_sweeps_near_hints)
 	md__engine_fini(&e);
 	return 0;
 }
+
+TEST_IMPL(engine_scanner_adapts_ratio)
+{
+	/* Hints that merge and a cursor that finds nothing: after an epoch
+	 * of visits (1,024) in which hints merged, their share has grown. */
+	struct md__engine e;
+	struct md__hints h;
+	struct md__scanner s;
+	const size_t dup = 1024, uniq = 2048;
+	unsigned char *d = map_ram(dup), *u = map_ram(uniq);
+
+	engine_up(&e);
+	ASSERT_EQ(md__hints_init(&h, 64), 0);
+	for (size_t i = 0; i < dup; i++)
+		fill(d + i * PG, (unsigned)(i % (dup / 2)) + 1);	/* two copies each */
+	for (size_t i = 0; i < uniq; i++)
+		fill(u + i * PG, (unsigned)(i + 100000));
+	ASSERT_EQ(md__engine_register(&e, u, uniq * PG, 0), 0);
+	ASSERT_EQ(md__engine_register(&e, d, dup * PG, 0), 0);
+	ASSERT_EQ(md__scanner_init(&s, &e, &h), 0);
+	s.ratio = 4;
+	for (size_t i = 0; i < dup; i += 16)
+		md__hints_push(&h, (uintptr_t)(d + i * PG), 16 * PG);
+	/* The first epoch holds the first copies (no merge yet, LIFO: the
+	 * second half first), the second their twins. */
+	for (int i = 0; i < 20 && s.st.hinted + s.st.scanned < 2100; i++)
+		md__scanner_step(&s, 128);
+	ASSERT(s.st.merged_hint > 0);
+	ASSERT_EQ(s.st.merged_scan, 0);
+	ASSERT(s.ratio > 4);
+	md__scanner_free(&s);
+	md__hints_free(&h);
+	md__engine_fini(&e);
+	return 0;
+}
