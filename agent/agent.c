@@ -57,11 +57,11 @@ static void *agent_thread(void *arg)
 	 * there were, were half of this thread's time once guests had
 	 * converged. Lease breaks wake it at once (the signal).
 	 * What walks /proc/self/pagemap over every shared page (copy-on-write
-	 * breaks) runs when reads or merges by the dozen begin, every 10 s
+	 * breaks) runs when reads or merges by the dozen begin, every 30 s
 	 * while they go on, when they stop, and every 60 s else; the VMA
 	 * count (a read of /proc/self/maps, 7 ms with the 3,400 mappings of a
-	 * guest's page cache) only in those walks after we mapped something,
-	 * or every 10 minutes. Every 3 s, as it was, pagemap walks were the
+	 * guest's page cache) in at most one of those walks a minute after we
+	 * mapped something, or every 10 minutes. Every 3 s, as it was, pagemap walks were the
 	 * largest part of this thread's time while guests converged (about
 	 * 40 % of its perf samples). */
 	uint64_t last_reads = 0, last_merges = 0, vma_merges = 0;
@@ -98,13 +98,20 @@ static void *agent_thread(void *arg)
 		 * to the last walk waits for the next one. */
 		edge_due |= busy != was_busy;
 		int edge = edge_due && (!last_full || n - last_full >= 2);
-		int full = edge || (busy && n - last_full >= 10) || n - last_full >= 60;
+		int full = edge || (busy && n - last_full >= 30) || n - last_full >= 60;
 		was_busy = busy;
 		last_reads = reads;
 		last_merges = merges;
 		if (full) {
-			int vmas = __atomic_load_n(&a->maps_since_count, __ATOMIC_RELAXED) ||
-				   merges - vma_merges >= 64 || n - last_vmas >= 600;
+			/* The budget check adds what was mapped since to the
+			 * last count, so a stale count is safe: counted again
+			 * when it matters (half the budget), else at most
+			 * once a minute while mappings change. */
+			uint64_t since = __atomic_load_n(&a->maps_since_count, __ATOMIC_RELAXED);
+			uint64_t est = __atomic_load_n(&a->ctr[MD_CTR_VMAS], __ATOMIC_RELAXED) + since;
+			int changed = since || merges - vma_merges >= 64;
+			int vmas = !last_vmas || n - last_vmas >= 600 ||
+				   (changed && (n - last_vmas >= 60 || est * 2 > a->max_vmas));
 			md__account(a, vmas);
 			if (vmas) {
 				vma_merges = merges;
@@ -116,7 +123,7 @@ static void *agent_thread(void *arg)
 		/* Pages the guests wrote since they merged are found by the
 		 * reap, a pagemap read over the merged pages (as costly as a
 		 * walk of all guest RAM when they are spread): every 3 s
-		 * while it finds some, so the scanner may merge them again,
+		 * while it finds dozens, so the scanner may merge them again,
 		 * its interval doubling while it finds next to none, up to
 		 * 12 s while merges go on and 60 s else. Every 3 s for good,
 		 * it cost 85 ms more per agent over a two-minute run. */
@@ -124,7 +131,7 @@ static void *agent_thread(void *arg)
 			int found = md__scan_account(a, 1);
 			unsigned cap = busy ? 12 : 60;
 			last_reap = n;
-			reap_every = found >= 16 ? 3 : reap_every * 2 < cap ? reap_every * 2 : cap;
+			reap_every = found >= 64 ? 3 : reap_every * 2 < cap ? reap_every * 2 : cap;
 		} else {
 			md__scan_account(a, 0);
 		}
