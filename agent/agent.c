@@ -61,9 +61,9 @@ static void *agent_thread(void *arg)
 	 * while they go on, when they stop, and every 60 s else; the VMA
 	 * count (a read of /proc/self/maps, 7 ms with the 3,400 mappings of a
 	 * guest's page cache) in at most one of those walks a minute after we
-	 * mapped something, or every 10 minutes. Every 3 s, as it was, pagemap walks were the
-	 * largest part of this thread's time while guests converged (about
-	 * 40 % of its perf samples). */
+	 * mapped something, or every 10 minutes. Every 3 s, as it was,
+	 * pagemap walks were the largest part of this thread's time while
+	 * guests converged (about 40 % of its perf samples). */
 	uint64_t last_reads = 0, last_merges = 0, vma_merges = 0;
 	unsigned last_full = 0, last_vmas = 0, last_reap = 0, reap_every = 3;
 	int was_busy = 0, edge_due = 0;
@@ -127,13 +127,12 @@ static void *agent_thread(void *arg)
 		 * its interval doubling while it finds next to none, up to
 		 * 12 s while merges go on and 60 s else. Every 3 s for good,
 		 * it cost 85 ms more per agent over a two-minute run. */
-		if (n - last_reap >= reap_every) {
-			int found = md__scan_account(a, 1);
+		int reap = n - last_reap >= reap_every;
+		int found = md__scan_account(a, reap);
+		if (reap) {
 			unsigned cap = busy ? 12 : 60;
 			last_reap = n;
 			reap_every = found >= 64 ? 3 : reap_every * 2 < cap ? reap_every * 2 : cap;
-		} else {
-			md__scan_account(a, 0);
 		}
 		md__set(a, MD_CTR_AGENT_CPU_NS, thread_cpu_ns());
 		md__scan_daemon(a, 1);

@@ -245,13 +245,13 @@ uint64_t md__scan_activity(struct md_agent *a)
 	return ss->merged_scan + ss->merged_hint + ss->merged_candidate + ss->zero + ss->published;
 }
 
-int md__scan_account(struct md_agent *a, int full)
+int md__scan_account(struct md_agent *a, int reap)
 {
 	struct md__engine *e = a->engine;
 	int reaped = 0;
 	if (!e || !a->scanner_started)
 		return 0;
-	if (full)
+	if (reap)
 		reaped = md__engine_reap(e);
 	struct md__engine_stats st;
 	md__engine_stats(e, &st);
@@ -261,7 +261,7 @@ int md__scan_account(struct md_agent *a, int full)
 	 * (pages age without merges): once converged it was a third of the
 	 * agent's CPU time. */
 	uint64_t changed = md__scan_activity(a) + st.cow_broken;
-	if (full || changed != a->walk_activity || ++a->walk_age >= 10) {
+	if (reap || changed != a->walk_activity || ++a->walk_age >= 10) {
 		uint64_t sharing = 0, registered = 0, unshared = 0;
 		pthread_rwlock_rdlock(&e->regions_lock);
 		pthread_mutex_lock(&e->lock);

@@ -253,7 +253,7 @@ static void merge_pending(struct md__scanner *s, const size_t *of, const uint32_
 	unsigned char done[64];
 	for (size_t j = 0; j < n;) {
 		size_t run = 1;
-		while (j + run < n && run < 64 &&
+		while (j + run < n && run < sizeof(done) &&
 		       s->pend_addr[of[j + run]] == s->pend_addr[of[j]] + run * MD_EPAGE &&
 		       slot[j + run] == slot[j] + run)
 			run++;
@@ -320,7 +320,7 @@ static void flush_remote(struct md__scanner *s)
 			}
 		npin = kept;
 	}
-	uint32_t unpin[2 * MD_SCAN_PEND];
+	uint32_t unpin[MD_SCAN_PEND];	/* a pending page pins one slot at most */
 	size_t nunpin = 0;
 	merge_pending(s, pin_of, pin, npin, unpin, &nunpin);
 	/* One page per PUBLISH: the daemon then answers with an equal live
