@@ -195,17 +195,17 @@ metrics() {  # DIR REF_PSS_KB -> "key value" lines
     function ok(i) { return alive[i] == n && t[i] + 0 <= fe - 1.5 }
     NR == 1 { next }
     {
-      t[NR] = $1; p[NR] = $2; ks[NR] = $6; md[NR] = $7; alive[NR] = $10; last = NR
+      t[NR] = $1; p[NR] = $2; ks[NR] = $6; md[NR] = $7; alive[NR] = $10; km[NR] = $13 + 0; last = NR
       if ($8 + 0 > kmax) kmax = $8 + 0; if (NR == 2) kmin = $8 + 0
       if ($9 + 0 > amax) amax = $9 + 0
     }
     function after(i) { return t[i] - rd < 1 ? "0" : sprintf("%.1f", t[i] - rd) }
     END {
       c = 0; s = 0; kf = 0
-      for (i = last; i >= 2 && c < 5; i--) if (ok(i)) { s += p[i]; c++; if (!kf) { kf = ks[i]; mf = md[i] } }
+      for (i = last; i >= 2 && c < 5; i--) if (ok(i)) { s += p[i]; c++; if (!kf) { kf = ks[i]; mf = md[i]; kmf = km[i] } }
       fin = c ? s / c : -1
       printf "reads_done_s %.2f\nfinal_pss_kb %.0f\n", rd, fin
-      printf "ksm_sharing_final %d\nmd_shared_final %d\n", kf, mf
+      printf "ksm_sharing_final %d\nmd_shared_final %d\nksm_meta_kb %d\n", kf, mf, kmf
       printf "ksmd_cpu_s %.2f\nagent_cpu_s %.2f\n", kmax - kmin, amax
       # kernel KSM: time until pages_sharing reached 50 % / 90 % of its final value
       k50 = "NA"; k90 = "NA"
@@ -240,7 +240,7 @@ ref=""
   printf '  "guests": 2, "guest_mem_mb": %s, "image": "%s", "image_mb": %s,\n' "$mem" "$(basename "$image")" "$image_mb"
   printf '  "saved_ksm": {"run": %s, "pages_to_scan": %s, "sleep_millisecs": %s},\n' \
     "$KSM_SAVED_RUN" "$KSM_SAVED_SCAN" "$KSM_SAVED_SLEEP"
-  printf '  "definitions": {"final_pss_mb": "mean fleet PSS over the last 5 samples with both guests alive and none within 1.5 s of exiting", "ksm_pages_sharing_final/md_pages_shared_final": "at the last of those samples (md: sum over both agents)", "saving_mb": "final_pss_mb of none minus that of the mode", "t50_s/t90_s": "seconds after the last READS-DONE until the PSS saving first reached 50 %%/90 %% of the final saving (null below 16 MB: noise)", "ksm_t50_s/ksm_t90_s": "seconds after the last READS-DONE until kernel KSM pages_sharing reached 50 %%/90 %% of its final value", "guest_workload_s": "host seconds from the fleet start to each guest READS-DONE", "dedup_cpu_s": "ksmd CPU during the mode + md-agent thread CPU (not the sharing work done inside QEMU I/O threads)"},\n'
+  printf '  "definitions": {"final_pss_mb": "mean fleet PSS over the last 5 samples with both guests alive and none within 1.5 s of exiting", "ksm_pages_sharing_final/md_pages_shared_final": "at the last of those samples (md: sum over both agents)", "saving_mb": "final_pss_mb of none minus that of the mode", "t50_s/t90_s": "seconds after the last READS-DONE until the PSS saving first reached 50 %%/90 %% of the final saving (null below 16 MB: noise)", "ksm_t50_s/ksm_t90_s": "seconds after the last READS-DONE until kernel KSM pages_sharing reached 50 %%/90 %% of its final value", "guest_workload_s": "host seconds from the fleet start to each guest READS-DONE", "dedup_cpu_s": "ksmd CPU during the mode + md-agent thread CPU (not the sharing work done inside QEMU I/O threads)", "ksm_meta_mb": "kernel KSM metadata at the final sample: (pages_sharing + ksm_zero_pages) x 4 KiB - general_profit, i.e. its rmap items, kept in kernel slab and so in no PSS (memdedup keeps its metadata in its processes: in the PSS)"},\n'
   printf '  "modes": [\n'
   first=1
   for m in $modes; do
@@ -267,8 +267,9 @@ ref=""
       "$(json_num "$(get "$mt" t50_s)")" "$(json_num "$(get "$mt" t90_s)")"
     printf '     "ksm_t50_s": %s, "ksm_t90_s": %s,\n' \
       "$(json_num "$(get "$mt" ksm_t50_s)")" "$(json_num "$(get "$mt" ksm_t90_s)")"
-    printf '     "ksm_pages_sharing_final": %s, "md_pages_shared_final": %s,\n' \
-      "$(get "$mt" ksm_sharing_final)" "$(get "$mt" md_shared_final)"
+    printf '     "ksm_pages_sharing_final": %s, "md_pages_shared_final": %s, "ksm_meta_mb": %s,\n' \
+      "$(get "$mt" ksm_sharing_final)" "$(get "$mt" md_shared_final)" \
+      "$(awk -v k="$(get "$mt" ksm_meta_kb)" 'BEGIN{printf "%.1f", k/1024}')"
     printf '     "ksmd_cpu_s": %s, "agent_cpu_s": %s, "dedup_cpu_s": %s,\n' "$kc" "$ac" \
       "$(awk -v a="$kc" -v b="$ac" 'BEGIN{printf "%.2f", a + b}')"
     printf '     "samples": {"columns": [%s],\n                 "rows": [' \

@@ -29,6 +29,9 @@
 #  10 alive        guests still running
 #  11 reads_done   guests that have printed READS-DONE
 #  12 thp_kb       sum of AnonHugePages (transparent huge pages in guest RAM)
+#  13 ksm_meta_kb  kernel KSM's metadata (its rmap items, in kernel slab, so in
+#                  no process's PSS): (pages_sharing + ksm_zero_pages) pages
+#                  less general_profit; 0 where the kernel has no general_profit
 # guests.tsv: idx pid reads_done_t exit_t rc guest_read_s result
 #
 # Every QEMU runs in its own session (setsid, which execs: the pid stays
@@ -171,6 +174,11 @@ fleet_sample_once() {  # prints one samples.tsv line (without t) for FLEET_PIDS
   local host_anon ksm md=0 ksmd_ticks=0
   host_anon=$(awk '/^AnonPages:/{print $2}' /proc/meminfo)
   ksm=$(cat /sys/kernel/mm/ksm/pages_sharing 2>/dev/null || echo 0)
+  local ksm_meta=0 kz kp
+  if kp=$(cat /sys/kernel/mm/ksm/general_profit 2>/dev/null); then
+    kz=$(cat /sys/kernel/mm/ksm/ksm_zero_pages 2>/dev/null || echo 0)
+    ksm_meta=$(( ((ksm + kz) * 4096 - kp) / 1024 ))
+  fi
   if [ "$FLEET_HAVE_JQ" = 1 ] && [ -x "$FLEET_MEMDEDUP" ] && [ $alive -gt 0 ]; then
     # The last answer with agents in it is kept (DIR/status.json): the
     # counters a run ended with.
@@ -186,9 +194,9 @@ fleet_sample_once() {  # prints one samples.tsv line (without t) for FLEET_PIDS
   [ -n "$FLEET_KSMD_PID" ] && ksmd_ticks=$(( $(fleet_stat_cpu_ticks "/proc/$FLEET_KSMD_PID/stat") - FLEET_KSMD_T0 ))
   local reads=0 f
   for f in "${FLEET_LOGS[@]}"; do grep -q '^MEMDEDUP-GUEST: READS-DONE' "$f" 2>/dev/null && reads=$((reads + 1)); done
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$pss" "$anon" "$file" "$host_anon" "$ksm" "$md" \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$pss" "$anon" "$file" "$host_anon" "$ksm" "$md" \
     "$(awk -v t="$ksmd_ticks" -v h="$FLEET_CLK_TCK" 'BEGIN{printf "%.2f", t/h}')" \
-    "$(awk -v t="$agent_ticks" -v h="$FLEET_CLK_TCK" 'BEGIN{printf "%.2f", t/h}')" "$alive" "$reads" "$thp"
+    "$(awk -v t="$agent_ticks" -v h="$FLEET_CLK_TCK" 'BEGIN{printf "%.2f", t/h}')" "$alive" "$reads" "$thp" "$ksm_meta"
 }
 
 fleet_sampler() {  # runs in the background until killed
@@ -196,7 +204,7 @@ fleet_sampler() {  # runs in the background until killed
   set +e
   trap - EXIT INT TERM HUP
   trap 'exit 0' TERM
-  printf '#t\tpss_kb\tpss_anon_kb\tpss_file_kb\tanon_kb\tksm_sharing\tmd_shared\tksmd_cpu_s\tagent_cpu_s\talive\treads_done\tthp_kb\n' > "$out"
+  printf '#t\tpss_kb\tpss_anon_kb\tpss_file_kb\tanon_kb\tksm_sharing\tmd_shared\tksmd_cpu_s\tagent_cpu_s\talive\treads_done\tthp_kb\tksm_meta_kb\n' > "$out"
   next=0
   while :; do
     printf '%s\t%s\n' "$(fleet_now)" "$(fleet_sample_once)" >> "$out"
