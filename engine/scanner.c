@@ -40,10 +40,7 @@
  *      and steps over them, each counting a quarter of a visit;
  *   3. the checksum (XXH3) is compared with the last visit's: a page that
  *      changed is volatile and skipped this time (pages from hints skip this
- *      filter: the read that just filled them is the one change expected).
- *      Unlike KSM, a page seen for the first time is not held back for a
- *      second visit: that cost every page of a guest one more hash and a
- *      whole pass before its first merge;
+ *      filter: the read that just filled them is the one change expected);
  *   3a. the agent's index of image pages (pages the VMM maps from disk
  *      images it reads) is asked first: a page equal to one of them is
  *      mapped from the image after the batch (md__file_source), no pool
@@ -488,19 +485,14 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 		return 0;	/* counted apart, not as a merge */
 	}
 	uint64_t h = md__page_hash(page);
-	/* Only a change seen is volatility. A first visit goes on to the
-	 * index: KSM's two visits before a page may enter its unstable tree
-	 * cost a whole pass of hashing for every page, and the guest's pages
-	 * are mostly as stable as its disk's; a page that changes right after
-	 * merging costs one copy-on-write break, counted. */
-	if (!hinted && r->seen[i] && r->hash[i] != (uint32_t)h) {
+	if (!hinted && (!r->seen[i] || r->hash[i] != (uint32_t)h)) {
 		r->hash[i] = (uint32_t)h;
 		r->seen[i] = MD_SEEN;	/* changed: young again */
 		s->st.volatile_skips++;
 		return 0;
 	}
-	if (hinted || !r->seen[i])
-		r->seen[i] = MD_SEEN;	/* just filled, or first seen: young */
+	if (hinted)
+		r->seen[i] = MD_SEEN;	/* just filled: young again */
 	r->hash[i] = (uint32_t)h;
 	/* A page equal to an image page the VMM maps anyway costs nothing
 	 * more once it maps that page too: no pool page is needed. */
