@@ -66,6 +66,7 @@ struct md_agent {
 
 	uint64_t *ctr;                /* MD_CTR_COUNT counters, maybe in the stats file */
 	uint64_t local_ctr[MD_CTR_COUNT];
+	uint64_t reported[MD_CTR_COUNT]; /* as last sent to memdedupd */
 	struct md__stats_file *stats_map;
 	char stats_path[256];
 
@@ -160,6 +161,9 @@ uint64_t md__scan_activity(struct md_agent *a);
 /* From the agent thread, often: reconnects to memdedupd, applies its
  * CONTROL messages; report: also send our counters. */
 void md__scan_daemon(struct md_agent *a, int report);
+/* Whether a counter that status readers wait on moved since the last
+ * report (not the clocks, nor what an idle scan moves every pass). */
+int md__counters_moved(const struct md_agent *a);
 void md__scan_free(struct md_agent *a);
 
 /* imagepages.c: guest pages equal to image pages, merged onto the image */

@@ -272,7 +272,8 @@ int md__scan_account(struct md_agent *a, int reap)
 			for (size_t p = 0; p < np; p++) {
 				sharing += MD_REF_SLOT(r->ref[p]) != 0;
 				/* KSM's pages_unshared: found stable and unique. */
-				unshared += !MD_REF_BUSY(r->ref[p]) && MD_SEEN_AGE(r->seen[p]) > 0;
+				unshared += !MD_REF_BUSY(r->ref[p]) && MD_SEEN_AGE(r->seen[p]) > 0 &&
+					    !(r->seen[p] & MD_SEEN_ABSENT);
 			}
 		}
 		pthread_mutex_unlock(&e->lock);
@@ -407,7 +408,23 @@ void md__scan_daemon(struct md_agent *a, int report)
 		for (int i = 0; i < MD_CTR_COUNT; i++)
 			snap[i] = __atomic_load_n(&a->ctr[i], __ATOMIC_RELAXED);
 		md__remote_report(rm, snap, MD_CTR_COUNT);
+		memcpy(a->reported, snap, sizeof(snap));
 	}
+}
+
+int md__counters_moved(const struct md_agent *a)
+{
+	for (int i = 0; i < MD_CTR_COUNT; i++) {
+		switch (i) {
+		case MD_CTR_AGENT_CPU_NS: case MD_CTR_SCAN_CPU_NS: case MD_CTR_PAGES_SCANNED:
+		case MD_CTR_SMART_SKIPS: case MD_CTR_FULL_SCANS: case MD_CTR_VOLATILE:
+		case MD_CTR_PAGES_UNSHARED: case MD_CTR_MERGE_RATE: case MD_CTR_BREAK_RATE:
+			continue;
+		}
+		if (__atomic_load_n(&a->ctr[i], __ATOMIC_RELAXED) != a->reported[i])
+			return 1;
+	}
+	return 0;
 }
 
 void md__scan_free(struct md_agent *a)
