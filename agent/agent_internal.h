@@ -171,7 +171,7 @@ struct md__imagepages;
 int md__imagepages_new(struct md__imagepages **out);
 void md__imagepages_free(struct md__imagepages *ip);
 /* The read path mapped n pages of image img from page pgoff (agent->lock). */
-void md__imagepages_queue(struct md_agent *a, uint32_t img, uint64_t pgoff, size_t n);
+void md__imagepages_queue(struct md_agent *a, uint32_t img, uint64_t pgoff, size_t n, uintptr_t addr);
 /* Offers the image pages to the scanner (before it starts). */
 void md__imagepages_attach(struct md_agent *a);
 /* Memory the index takes. */

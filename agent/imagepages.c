@@ -7,10 +7,13 @@
  * page that stays mapped; mapped from the image instead, it costs nothing.
  *
  * So the read path queues every run of image pages it maps (imgq, under
- * agent->lock: cheap, no I/O); after each batch the scanner's thread reads
- * and hashes what was queued (pread from the agent's own descriptor, never
- * from guest RAM, which the guest may have written since) into an index of
- * hash -> (image, page). The scanner asks the index about every page it
+ * agent->lock: cheap, no I/O); after each batch the scanner's thread hashes
+ * what was queued into an index of hash -> (image, page). It hashes them
+ * where the read mapped them, in guest RAM, under agent->lock while the
+ * page's owner record still names the image: the mapping and the lease
+ * then stand, so the read cannot fault (a copy with pread was a tenth of
+ * the scanner's time). A page the guest wrote since gives an entry that
+ * is wrong, never unsafe: find() compares with the file, as ever. The scanner asks the index about every page it
  * hashes (find, a byte compare against the file); the matches of a batch
  * come back here, outside the engine's locks, and are merged under
  * agent->lock while the image's lease is held: the lease keeps the file
@@ -38,6 +41,7 @@ struct queued {
 	uint32_t img;      /* image id */
 	uint32_t n;        /* pages */
 	uint64_t pgoff;    /* first page in the file */
+	uintptr_t addr;    /* where the read mapped it in guest RAM */
 };
 
 struct file_page {
@@ -54,6 +58,7 @@ struct md__imagepages {
 	size_t npages, cap;
 	unsigned char *buf;           /* RUN_MAX pages */
 	unsigned char page[4096];     /* find()'s compare */
+	uint64_t zero_hash;           /* an all-zero page's */
 };
 
 int md__imagepages_new(struct md__imagepages **out)
@@ -67,6 +72,8 @@ int md__imagepages_new(struct md__imagepages **out)
 		free(ip);
 		return -ENOMEM;
 	}
+	memset(ip->page, 0, sizeof(ip->page));
+	ip->zero_hash = md__page_hash(ip->page);
 	*out = ip;
 	return 0;
 }
@@ -86,7 +93,7 @@ uint64_t md__imagepages_bytes(const struct md__imagepages *ip)
 	return ip ? ip->ix.cap * sizeof(*ip->ix.e) + ip->cap * sizeof(*ip->pages) : 0;
 }
 
-void md__imagepages_queue(struct md_agent *a, uint32_t img, uint64_t pgoff, size_t n)
+void md__imagepages_queue(struct md_agent *a, uint32_t img, uint64_t pgoff, size_t n, uintptr_t addr)
 {
 	struct md__imagepages *ip = a->imgpages;
 	if (!ip)
@@ -97,7 +104,29 @@ void md__imagepages_queue(struct md_agent *a, uint32_t img, uint64_t pgoff, size
 		md__log_once(61, "image pages come faster than the scanner indexes them: some are left out");
 		return;
 	}
-	ip->q[(ip->head + ip->len++) % QUEUE_CAP] = (struct queued){ img, (uint32_t)n, pgoff };
+	/* Guest RAM that a queued run names and this read maps anew shows
+	 * other pages now: that run must not be hashed there. Trimmed (or
+	 * left out, when this read falls inside it), newest first. */
+	uintptr_t end = addr + n * MD_PAGE;
+	for (size_t k = ip->len; k-- > 0;) {
+		struct queued *q = &ip->q[(ip->head + k) % QUEUE_CAP];
+		uintptr_t qa = q->addr, qe = q->addr + (uintptr_t)q->n * MD_PAGE;
+		if (!q->img || qe <= addr || qa >= end)
+			continue;
+		if (qa >= addr && qe <= end) {
+			q->img = 0;		/* all of it remapped */
+		} else if (qa >= addr) {	/* its head */
+			uint32_t cut = (uint32_t)((end - qa) / MD_PAGE);
+			q->addr += (uintptr_t)cut * MD_PAGE;
+			q->pgoff += cut;
+			q->n -= cut;
+		} else if (qe <= end) {		/* its tail */
+			q->n = (uint32_t)((addr - qa) / MD_PAGE);
+		} else {
+			q->img = 0;		/* its middle: not worth a split */
+		}
+	}
+	ip->q[(ip->head + ip->len++) % QUEUE_CAP] = (struct queued){ img, (uint32_t)n, pgoff, addr };
 }
 
 static const void *entry_page(void *arg, uint32_t entry)
@@ -156,12 +185,11 @@ unlock:
 	return merged;
 }
 
-/* Reads and hashes queued image pages into the index. */
+/* Hashes queued image pages into the index. */
 static void feed(struct md_agent *a)
 {
 	struct md__imagepages *ip = a->imgpages;
-	struct file_page todo[64];
-	uint32_t todo_n[64];
+	struct queued todo[64];
 	size_t nt = 0, pages = 0;
 
 	pthread_mutex_lock(&a->lock);
@@ -175,11 +203,12 @@ static void feed(struct md_agent *a)
 		struct queued *q = &ip->q[ip->head];
 		uint32_t n = q->n < RUN_MAX ? q->n : RUN_MAX;
 		if (q->img && q->img <= a->nimages) {
-			todo[nt] = (struct file_page){ a->images[q->img - 1].fd, q->img, q->pgoff };
-			todo_n[nt++] = n;
+			todo[nt] = *q;
+			todo[nt++].n = n;
 			pages += n;
 		}
 		q->pgoff += n;
+		q->addr += (uintptr_t)n * MD_PAGE;
 		q->n -= n;
 		if (!q->n) {
 			ip->head = (ip->head + 1) % QUEUE_CAP;
@@ -188,9 +217,9 @@ static void feed(struct md_agent *a)
 	}
 	pthread_mutex_unlock(&a->lock);
 
-	uint64_t indexed = 0;
+	uint64_t indexed = 0, hash[RUN_MAX];
 	for (size_t t = 0; t < nt; t++) {
-		if (ip->npages && ip->npages + todo_n[t] > limit) {
+		if (ip->npages && ip->npages + todo[t].n > limit) {
 			struct md__index fresh;
 			if (md__index_init(&fresh, 1024) != 0)
 				return;
@@ -198,14 +227,24 @@ static void feed(struct md_agent *a)
 			ip->ix = fresh;
 			ip->npages = 0;
 		}
-		ssize_t got = md__sys_pread(todo[t].fd, ip->buf, todo_n[t] * MD_PAGE,
-					    (off_t)(todo[t].pgoff * MD_PAGE));
-		for (size_t i = 0; got > 0 && i < (size_t)got / MD_PAGE; i++) {
-			const unsigned char *p = ip->buf + i * MD_PAGE;
-			if (md__page_is_zero(p))
-				continue;	/* zero pages are dropped, not merged */
-			uint64_t h = md__page_hash(p);
-			if (md__index_has(&ip->ix, h))
+		/* Under agent->lock the owner records, the mappings they stand
+		 * for, and the lease (its break privatizes the pages under this
+		 * lock first) hold still. A page mapped no more is left out. */
+		size_t n = todo[t].n;
+		pthread_mutex_lock(&a->lock);
+		int fd = a->images[todo[t].img - 1].fd;
+		struct md__region *r = md__region_find(a, todo[t].addr, n * MD_PAGE);
+		for (size_t i = 0; i < n; i++) {
+			hash[i] = ip->zero_hash;	/* left out, as zero pages are */
+			if (r && r->owner[(todo[t].addr - r->start) / MD_PAGE + i] == todo[t].img)
+				hash[i] = md__page_hash((const void *)(todo[t].addr + i * MD_PAGE));
+		}
+		pthread_mutex_unlock(&a->lock);
+		for (size_t i = 0; i < n; i++) {
+			uint64_t h = hash[i];
+			/* Zero pages are dropped, not merged: equal hashes tell
+			 * them well enough here, where nothing is merged. */
+			if (h == ip->zero_hash || md__index_has(&ip->ix, h))
 				continue;	/* the same content, or read again */
 			if (ip->npages == ip->cap) {
 				size_t cap = ip->cap ? ip->cap * 2 : 1024;
@@ -217,8 +256,7 @@ static void feed(struct md_agent *a)
 			}
 			if (md__index_insert(&ip->ix, h, (uint32_t)ip->npages) != 0)
 				return;
-			ip->pages[ip->npages++] = (struct file_page){ todo[t].fd, todo[t].img,
-								       todo[t].pgoff + i };
+			ip->pages[ip->npages++] = (struct file_page){ fd, todo[t].img, todo[t].pgoff + i };
 			indexed++;
 		}
 	}

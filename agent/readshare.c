@@ -161,7 +161,7 @@ static size_t share_locked(struct md_agent *a, struct md__region *r, int fd,
 	for (size_t i = 0; i < n; i++)
 		r->owner[first + i] = img->id;
 	md__count(a, MD_CTR_SHARED_AT_READ, n);
-	md__imagepages_queue(a, img->id, (uint64_t)map_off / MD_PAGE, n);
+	md__imagepages_queue(a, img->id, (uint64_t)map_off / MD_PAGE, n, dst);
 	if (plan->head || plan->tail)
 		md__fallback(a, MD_FB_PARTIAL, (plan->head != 0) + (plan->tail != 0));
 	return plan->map_len;

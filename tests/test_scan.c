@@ -263,8 +263,37 @@ TEST_IMPL(scan_merges_onto_image)
 	return 0;
 }
 
+static int indexed_256(const md_stats *s) { return s->image_pages_indexed >= 256; }
 static int indexed_512(const md_stats *s) { return s->image_pages_indexed >= 512; }
 static int merged_image_32(const md_stats *s) { return s->merged_image >= 32; }
+
+TEST_IMPL(scan_image_index_remapped)
+{
+	/* Two reads map different image pages at the same guest RAM, one
+	 * right after the other: the index, which hashes image pages where
+	 * they were mapped, must not file what RAM shows now under the first
+	 * read's pages, or copies of the second would match the wrong file
+	 * pages and never merge. */
+	char img[512];
+	snprintf(img, sizeof(img), "%s/remapped", test_dir());
+	make_image(img, 2 << 20, 14);
+	struct proc a;
+	proc_start(&a, fast_scan);
+	proc_cmd(&a, "map 600");
+	int fd = (int)proc_num(&a, "open %s", img);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(proc_num(&a, "reread %d 0 %u %u 0", fd, 1u << 20, 1u << 20), 1 << 20);
+	ASSERT(strcmp(proc_cmd(&a, "copy 0 %u %u", 300 * PG, 32 * PG), "ok") == 0);
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_image_32), 0);
+	char want[32];
+	snprintf(want, sizeof(want), "%016llx", (unsigned long long)fnv_file(img, 1 << 20, 32 * PG));
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 300 * PG, 32 * PG), want) == 0);
+	for (unsigned i = 0; i < 32; i++)
+		ASSERT_EQ(proc_page(&a, (300 + i) * PG).pfn, proc_page(&a, i * PG).pfn);
+	proc_stop(&a);
+	return 0;
+}
 
 TEST_IMPL(scan_image_index_bounded)
 {
@@ -279,9 +308,12 @@ TEST_IMPL(scan_image_index_bounded)
 	proc_cmd(&a, "map 300");
 	int fd = (int)proc_num(&a, "open %s", img);
 	ASSERT(fd >= 0);
-	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 0", fd, 1u << 20), 1 << 20);
-	ASSERT_EQ(proc_num(&a, "read %d %u %u 0 0", fd, 1u << 20, 1u << 20), 1 << 20);
 	md_stats s;
+	/* Indexed where the read mapped them: the first MiB before the
+	 * second replaces it in RAM (a page no longer mapped is not hashed). */
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 0", fd, 1u << 20), 1 << 20);
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, indexed_256), 0);
+	ASSERT_EQ(proc_num(&a, "read %d %u %u 0 0", fd, 1u << 20, 1u << 20), 1 << 20);
 	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, indexed_512), 0);
 	/* RAM now shows the second MiB; a copy of its first 32 pages merges. */
 	ASSERT(strcmp(proc_cmd(&a, "copy 0 %u %u", 256 * PG, 32 * PG), "ok") == 0);

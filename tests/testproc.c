@@ -7,6 +7,7 @@
  *   open PATH [rw]        -> fd
  *   pipe                  -> read end of a pipe holding 64 KiB
  *   read FD OFF LEN DOFF CHUNK  -> pread in CHUNK pieces; total or -errno
+ *   reread FD OFF1 OFF2 LEN DOFF -> two preads into the same RAM; the second's result
  *   preadv FD OFF DOFF LEN [heap] -> preadv of two halves (one on the heap)
  *   write DOFF BYTE       -> ok   (base[DOFF] = BYTE)
  *   hash DOFF LEN         -> FNV-1a of base[DOFF..+LEN)
@@ -170,6 +171,15 @@ int main(void)
 					break;
 			}
 			printf("%lld\n", total);
+		} else if (strcmp(cmd, "reread") == 0) {
+			/* reread FD OFF1 OFF2 LEN RAMOFF: two reads into the same
+			 * RAM, back to back; prints what the second returned. */
+			long long off2 = 0;
+			sscanf(line, "%*s %lld %lld %lld %lld %lld", &a1, &a2, &off2, &a3, &a4);
+			ssize_t r = pread((int)a1, base + a4, (size_t)a3, (off_t)a2);
+			if (r == (ssize_t)a3)
+				r = pread((int)a1, base + a4, (size_t)a3, (off_t)off2);
+			printf("%lld\n", r < 0 ? (long long)-errno : (long long)r);
 		} else if (strcmp(cmd, "preadv") == 0) {
 			sscanf(line, "%*s %lld %lld %lld %lld %31s", &a1, &a2, &a3, &a4, s2);
 			size_t half = (size_t)a4 / 2;
