@@ -272,8 +272,7 @@ int md__scan_account(struct md_agent *a, int reap)
 			for (size_t p = 0; p < np; p++) {
 				sharing += MD_REF_SLOT(r->ref[p]) != 0;
 				/* KSM's pages_unshared: found stable and unique. */
-				unshared += !MD_REF_BUSY(r->ref[p]) && MD_SEEN_AGE(r->seen[p]) > 0 &&
-					    !(r->seen[p] & MD_SEEN_ABSENT);
+				unshared += !MD_REF_BUSY(r->ref[p]) && MD_SEEN_AGE(r->seen[p]) > 0;
 			}
 		}
 		pthread_mutex_unlock(&e->lock);

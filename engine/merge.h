@@ -65,11 +65,6 @@
 #define MD_SEEN_AGE(s) (((s) >> 1) & 3u)
 #define MD_SEEN_SKIP(s) ((s) >> 4)
 #define MD_SEEN_MAKE(age, skip) (MD_SEEN | (unsigned)(age) << 1 | (unsigned)(skip) << 4)
-/* The page was not there (never touched, dropped, or the zero page) on the
- * cursor's last visits: the age then counts those visits, and the cursor
- * skips it as it would a unique page, without reading /proc/self/pagemap
- * (most of an idle pass's cost). A page that comes back is fresh content. */
-#define MD_SEEN_ABSENT 8u
 
 /* What the engine keeps per registered page: ref, hash and seen. */
 #define MD_EPAGE_META (sizeof(uint32_t) + sizeof(uint32_t) + sizeof(uint8_t))

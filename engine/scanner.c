@@ -243,17 +243,6 @@ static void page_aged(struct md__engine *e, uintptr_t a)
 	r->seen[i] = (uint8_t)MD_SEEN_MAKE(age, (1u << age) - 1);
 }
 
-/* The cursor found page i of r not there: skipped for 1, 3, then 7 passes
- * as long as it stays so. Memory a guest never touched, and the zero pages
- * dropped, are then read from pagemap a pass in 8; a page the guest fills
- * meanwhile waits that long unless a read's hint names it. */
-static void page_absent(struct md__eregion *r, size_t i)
-{
-	unsigned age = r->seen[i] & MD_SEEN_ABSENT ? MD_SEEN_AGE(r->seen[i]) : 0;
-	age += age < 3;
-	r->seen[i] = (uint8_t)(MD_SEEN_MAKE(age, (1u << age) - 1) | MD_SEEN_ABSENT);
-}
-
 /* Merges the pending pages of[0..n) with slot[0..n): adjacent pages whose
  * slots are consecutive too go in one merge, one mapping (the pool hands
  * out consecutive slots to pages published in cursor order). A slot whose
@@ -375,7 +364,6 @@ static size_t read_window(struct md__scanner *s, uintptr_t a, uintptr_t end)
 	n = n < 256 ? n : 256;
 	ssize_t got = md__sys_pread(s->e->pagemap_fd, s->pm, n * sizeof(uint64_t),
 				    (off_t)(a / MD_EPAGE * sizeof(uint64_t)));
-	s->st.pagemap_reads++;
 	s->pm_base = a;
 	s->pm_n = got > 0 ? (size_t)got / sizeof(uint64_t) : 0;
 	return s->pm_n;
@@ -470,7 +458,6 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 	if (!hinted && MD_SEEN_SKIP(r->seen[i])) {
 		r->seen[i] = (uint8_t)(r->seen[i] - (1u << 4));
 		s->st.skipped++;
-		s->st.absent_skips += (r->seen[i] & MD_SEEN_ABSENT) != 0;
 		return 0;
 	}
 	/* A hint names pages a read has just filled, perhaps since the
@@ -484,13 +471,8 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 	}
 	if (hinted == 1)
 		s->pm_fresh = a + MD_EPAGE;	/* the next page of the run is fresh too */
-	if (!worth_reading(e, s->pm[(a - s->pm_base) / MD_EPAGE])) {
-		if (!hinted)
-			page_absent(r, i);
+	if (!worth_reading(e, s->pm[(a - s->pm_base) / MD_EPAGE]))
 		return 0;
-	}
-	if (r->seen[i] & MD_SEEN_ABSENT)
-		r->seen[i] = 0;	/* back: new content, its checksum unknown */
 	const void *page = (const void *)a;
 	*read = 1;
 	if (md__page_is_zero(page)) {

@@ -21,8 +21,6 @@ struct md__scanner_stats {
 	uint64_t zero, volatile_skips, published, passes;
 	uint64_t zero_swept;               /* of zero: dropped near a hint */
 	uint64_t skipped;                  /* visits the smart scan saved */
-	uint64_t absent_skips;             /* of those, of pages not there */
-	uint64_t pagemap_reads;            /* windows of /proc/self/pagemap read */
 	uint64_t candidates, merged_candidate; /* pages the daemon named, merged */
 	uint64_t file_matches;             /* pages found equal to a file page */
 	uint64_t cpu_ns;                   /* the scanning thread's CPU time */

@@ -794,60 +794,6 @@ TEST_IMPL(engine_scanner_skips_volatile)
 	return 0;
 }
 
-TEST_IMPL(engine_scanner_skips_absent)
-{
-	/* Pages that are not there are skipped for 1, 3, then 7 passes, so
-	 * a pass over memory the guest never touched reads no pagemap; a page
-	 * the guest fills comes back within 8 passes, at once when hinted. */
-	struct md__engine e;
-	struct md__hints h;
-	struct md__scanner s;
-	const size_t n = 1024;
-	unsigned char *r = map_ram(n);
-
-	engine_up(&e);
-	ASSERT_EQ(md__hints_init(&h, 4), 0);
-	fill(r, 1);	/* the only page there */
-	ASSERT_EQ(md__engine_register(&e, r, n * PG, 0), 0);
-	ASSERT_EQ(md__scanner_init(&s, &e, &h), 0);
-	s.ratio = 4;
-	uint64_t passes = 0, reads = 0;
-	for (int k = 0; s.st.passes < 1 && k < 8; k++)
-		md__scanner_step(&s, 16);
-	ASSERT_EQ(s.st.passes, 1);
-	ASSERT(s.st.pagemap_reads >= n / 256);	/* every window, once */
-	ASSERT_EQ(s.st.absent_skips, 0);
-	/* The second pass skips the 1,023 absent pages unread: one window,
-	 * for page 0. */
-	reads = s.st.pagemap_reads;
-	passes = s.st.passes;
-	for (int k = 0; s.st.passes == passes && k < 8; k++)
-		md__scanner_step(&s, 16);
-	ASSERT_EQ(s.st.passes, passes + 1);
-	ASSERT_EQ(s.st.absent_skips, n - 1);
-	ASSERT_EQ(s.st.pagemap_reads, reads + 1);
-	/* Filled now: the cursor comes back to it within 8 passes. */
-	fill(r + 700 * PG, 2);
-	uint64_t scanned = s.st.scanned;
-	for (int k = 0; s.st.scanned < scanned + 2 && k < 64; k++)
-		md__scanner_step(&s, 16);
-	ASSERT(s.st.scanned >= scanned + 2);
-	ASSERT(s.st.passes <= passes + 1 + 8);
-	/* Filled and hinted: visited at once, skip or not. */
-	fill(r + 900 * PG, 3);
-	md__hints_push(&h, (uintptr_t)(r + 900 * PG), PG);
-	uint64_t hinted = s.st.hinted;
-	md__scanner_step(&s, 2);
-	ASSERT_EQ(s.st.hinted, hinted + 1);
-	unsigned char want[PG];
-	fill(want, 2);
-	ASSERT(memcmp(r + 700 * PG, want, PG) == 0);
-	md__scanner_free(&s);
-	md__hints_free(&h);
-	md__engine_fini(&e);
-	return 0;
-}
-
 TEST_IMPL(engine_scanner_sweeps_near_hints)
 {
 	/* After a hinted run, the scanner drops the zero pages of the huge
