@@ -53,7 +53,7 @@ static void *agent_thread(void *arg)
 	sem_post(&start->ready);	/* start is gone after this */
 
 	/* Once a second: daemon messages (CONTROLs wait at most that long),
-	 * the counters, the report to memdedupd. Ten wake-ups a second, as
+	 * the counters, the report to memdedupd (when they moved). Ten wake-ups a second, as
 	 * there were, were half of this thread's time once guests had
 	 * converged. Lease breaks wake it at once (the signal).
 	 * What walks /proc/self/pagemap over every page shared at read time

@@ -389,6 +389,7 @@ void md__scan_daemon(struct md_agent *a, int report)
 		md__log("connected to memdedupd (pool generation %llu)",
 			(unsigned long long)rm->generation);
 		apply_welcome(a, &rm->welcome);
+		report = 1;	/* a new daemon has none of our counters */
 	}
 	struct md__msg_control ctl;
 	while (md__remote_next_control(rm, &ctl) == 0)
@@ -406,8 +407,8 @@ void md__scan_daemon(struct md_agent *a, int report)
 		uint64_t snap[MD_CTR_COUNT];
 		for (int i = 0; i < MD_CTR_COUNT; i++)
 			snap[i] = __atomic_load_n(&a->ctr[i], __ATOMIC_RELAXED);
-		md__remote_report(rm, snap, MD_CTR_COUNT);
-		memcpy(a->reported, snap, sizeof(snap));
+		if (md__remote_report(rm, snap, MD_CTR_COUNT) == 0)
+			memcpy(a->reported, snap, sizeof(snap));
 	}
 }
 
