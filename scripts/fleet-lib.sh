@@ -139,6 +139,13 @@ fleet_stat_cpu_ticks() {
   echo $(( ${12} + ${13} ))         # fields 14 and 15
 }
 
+fleet_daemon_ours() {  # PID: is this memdedupd's MEMDEDUP_RUN_DIR ours?
+  local env dir=""
+  env=$(tr '\0' '\n' < "/proc/$1/environ" 2>/dev/null) || return 1
+  dir=$(sed -n 's/^MEMDEDUP_RUN_DIR=//p' <<< "$env")
+  [ "$dir" = "${MEMDEDUP_RUN_DIR:-}" ]
+}
+
 fleet_sample_once() {  # prints one samples.tsv line (without t) for FLEET_PIDS
   local p pss=0 anon=0 file=0 thp=0 alive=0 k v rest agent_ticks=0 t comm
   for p in "${FLEET_PIDS[@]}"; do
@@ -160,8 +167,10 @@ fleet_sample_once() {  # prints one samples.tsv line (without t) for FLEET_PIDS
     done
   done
   # memdedupd is part of what memdedup runs: its memory (its view of the
-  # pools) and its CPU count with the fleet.
+  # pools) and its CPU count with the fleet. Only the daemon of this run
+  # directory: another one (a test suite's, say) is not the fleet's.
   for p in $(pgrep -x memdedupd 2>/dev/null); do
+    fleet_daemon_ours "$p" || continue
     while read -r k v rest; do
       case "$k" in
         Pss:) pss=$((pss + v)) ;;
