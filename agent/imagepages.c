@@ -272,10 +272,10 @@ static void merge(void *arg, const uintptr_t *addr, const uint64_t *cookie, size
 
 	for (size_t j = 0; j < n;) {
 		/* Adjacent guest pages equal to adjacent pages of one image
-		 * map in one go. */
+		 * map in one go, as many as ip->buf holds. */
 		const struct file_page *fp = &ip->pages[cookie[j]];
 		size_t run = 1;
-		while (j + run < n && addr[j + run] == addr[j] + run * MD_PAGE) {
+		while (j + run < n && run < RUN_MAX && addr[j + run] == addr[j] + run * MD_PAGE) {
 			const struct file_page *nx = &ip->pages[cookie[j + run]];
 			if (nx->img != fp->img || nx->pgoff != fp->pgoff + run)
 				break;

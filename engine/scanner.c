@@ -496,7 +496,7 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 	r->hash[i] = (uint32_t)h;
 	/* A page equal to an image page the VMM maps anyway costs nothing
 	 * more once it maps that page too: no pool page is needed. */
-	if (s->files.find && s->nfm < 64 &&
+	if (s->files.find && s->nfm < MD_SCAN_PEND &&
 	    s->files.find(s->files.arg, h, page, &s->fm_cookie[s->nfm])) {
 		s->fm_addr[s->nfm++] = a;
 		s->st.file_matches++;
@@ -583,7 +583,7 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 		uint64_t cand[MD_SCAN_PEND];
 		size_t nc = md__remote_take_candidates(s->e->remote, cand,
 						       npages < MD_SCAN_PEND ? npages : MD_SCAN_PEND);
-		for (size_t c = 0; c < nc; c++) {
+		for (size_t c = 0; c < nc && s->nfm < MD_SCAN_PEND; c++) {
 			int read = 0;
 			s->st.candidates++;
 			if (cand[c] % MD_EPAGE == 0 && cand[c] == (uintptr_t)cand[c])
@@ -593,7 +593,7 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 	/* Pages that are not there, merged already or skipped cost next to
 	 * nothing and do not count; the loop still ends after 16 batches'
 	 * worth of them. */
-	for (; k < npages && examined < 16 * npages; examined++) {
+	for (; k < npages && examined < 16 * npages && s->nfm < MD_SCAN_PEND; examined++) {
 		uintptr_t a = 0;
 		int hinted = 0, read = 0;
 		if (k % 8 < s->ratio && (a = hint_next(s)) != 0)

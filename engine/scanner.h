@@ -85,8 +85,11 @@ struct md__scanner {
 	size_t npend;
 	unsigned char *pub_buf;	/* MD_SCAN_PEND pages to publish */
 	struct md__file_source files;	/* none: find is NULL */
-	uintptr_t fm_addr[64];	/* this batch's pages equal to file pages */
-	uint64_t fm_cookie[64];
+	/* This batch's pages equal to file pages. A batch ends when these
+	 * are full: with 64 and batches of 256, three in four of a tmpfs
+	 * copy's pages went to the pool instead of onto the image. */
+	uintptr_t fm_addr[MD_SCAN_PEND];
+	uint64_t fm_cookie[MD_SCAN_PEND];
 	size_t nfm;
 	uint64_t epoch_visits[2], epoch_merges[2];	/* [0] scan, [1] hints */
 	unsigned idle;          /* passes in a row with next to nothing done */
