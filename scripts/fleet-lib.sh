@@ -141,7 +141,7 @@ fleet_stat_cpu_ticks() {
 
 fleet_daemon_ours() {  # PID: is this memdedupd's MEMDEDUP_RUN_DIR ours?
   local env dir=""
-  env=$(tr '\0' '\n' < "/proc/$1/environ" 2>/dev/null) || return 1
+  env=$( { tr '\0' '\n' < "/proc/$1/environ"; } 2>/dev/null) || return 1
   dir=$(sed -n 's/^MEMDEDUP_RUN_DIR=//p' <<< "$env")
   [ "$dir" = "${MEMDEDUP_RUN_DIR:-}" ]
 }
