@@ -53,9 +53,10 @@ static void *agent_thread(void *arg)
 	sem_post(&start->ready);	/* start is gone after this */
 
 	/* Once a second: daemon messages (CONTROLs wait at most that long),
-	 * the counters, the report to memdedupd (when they moved). Ten wake-ups a second, as
-	 * there were, were half of this thread's time once guests had
-	 * converged. Lease breaks wake it at once (the signal).
+	 * the counters, the report to memdedupd (when they moved). Ten
+	 * wake-ups a second, as there were, were half of this thread's time
+	 * once guests had converged. Lease breaks wake it at once (the
+	 * signal).
 	 * What walks /proc/self/pagemap over every page shared at read time
 	 * (copy-on-write breaks) runs when reads begin and when they stop (at
 	 * most every 2 s), every 30 s while reads or merges by the dozen go
@@ -139,10 +140,11 @@ static void *agent_thread(void *arg)
 			reap_every = found >= 64 ? 3 : reap_every * 2 < cap ? reap_every * 2 : cap;
 		}
 		md__set(a, MD_CTR_AGENT_CPU_NS, thread_cpu_ns());
-		/* The counters go to memdedupd while something happens, and
-		 * every 10 s when nothing does: a round trip a second for
-		 * each agent was a third of both sides' time once converged. */
-		int report = busy || reap || n - last_report >= 10 || md__counters_moved(a);
+		/* The counters go to memdedupd when they moved (reads and
+		 * merges move them), and every 10 s else: a round trip a
+		 * second for each agent was a third of both sides' time once
+		 * converged. */
+		int report = n - last_report >= 10 || md__counters_moved(a);
 		if (report)
 			last_report = n;
 		md__scan_daemon(a, report);

@@ -13,8 +13,9 @@
  * page's owner record still names the image: the mapping and the lease
  * then stand, so the read cannot fault (a copy with pread was a tenth of
  * the scanner's time). A page the guest wrote since gives an entry that
- * is wrong, never unsafe: find() compares with the file, as ever. The scanner asks the index about every page it
- * hashes (find, a byte compare against the file); the matches of a batch
+ * is wrong, never unsafe: find() compares with the file, as ever.
+ * The scanner asks the index about every page it hashes (find, a byte
+ * compare against the file); the matches of a batch
  * come back here, outside the engine's locks, and are merged under
  * agent->lock while the image's lease is held: the lease keeps the file
  * constant (images.c), the engine freezes and compares the guest pages, and
@@ -104,29 +105,29 @@ void md__imagepages_queue(struct md_agent *a, uint32_t img, uint64_t pgoff, size
 		md__log_once(61, "image pages come faster than the scanner indexes them: some are left out");
 		return;
 	}
-	/* Guest RAM that a queued run names and this read maps anew shows
-	 * other pages now: that run must not be hashed there. Trimmed (or
-	 * left out, when this read falls inside it), newest first. */
-	uintptr_t end = addr + n * MD_PAGE;
-	for (size_t k = ip->len; k-- > 0;) {
-		struct queued *q = &ip->q[(ip->head + k) % QUEUE_CAP];
-		uintptr_t qa = q->addr, qe = q->addr + (uintptr_t)q->n * MD_PAGE;
-		if (!q->img || qe <= addr || qa >= end)
-			continue;
-		if (qa >= addr && qe <= end) {
-			q->img = 0;		/* all of it remapped */
-		} else if (qa >= addr) {	/* its head */
-			uint32_t cut = (uint32_t)((end - qa) / MD_PAGE);
-			q->addr += (uintptr_t)cut * MD_PAGE;
-			q->pgoff += cut;
-			q->n -= cut;
-		} else if (qe <= end) {		/* its tail */
-			q->n = (uint32_t)((addr - qa) / MD_PAGE);
-		} else {
-			q->img = 0;		/* its middle: not worth a split */
-		}
-	}
 	ip->q[(ip->head + ip->len++) % QUEUE_CAP] = (struct queued){ img, (uint32_t)n, pgoff, addr };
+}
+
+/* Guest RAM that run q names and a newer read mapped at [addr, end) shows
+ * other pages now: q must not be hashed there. Trimmed, or left out when
+ * the newer read falls inside it. */
+static void trim(struct queued *q, uintptr_t addr, uintptr_t end)
+{
+	uintptr_t qa = q->addr, qe = q->addr + (uintptr_t)q->n * MD_PAGE;
+	if (!q->img || qe <= addr || qa >= end)
+		return;
+	if (qa >= addr && qe <= end) {
+		q->img = 0;		/* all of it remapped */
+	} else if (qa >= addr) {	/* its head */
+		uint32_t cut = (uint32_t)((end - qa) / MD_PAGE);
+		q->addr += (uintptr_t)cut * MD_PAGE;
+		q->pgoff += cut;
+		q->n -= cut;
+	} else if (qe <= end) {		/* its tail */
+		q->n = (uint32_t)((addr - qa) / MD_PAGE);
+	} else {
+		q->img = 0;		/* its middle: not worth a split */
+	}
 }
 
 static const void *entry_page(void *arg, uint32_t entry)
@@ -229,9 +230,23 @@ static void feed(struct md_agent *a)
 		}
 		/* Under agent->lock the owner records, the mappings they stand
 		 * for, and the lease (its break privatizes the pages under this
-		 * lock first) hold still. A page mapped no more is left out. */
-		size_t n = todo[t].n;
+		 * lock first) hold still. A page mapped no more is left out, and
+		 * so is what a newer read mapped over: the owner records name
+		 * the image, not the page. Checked here, on the scanner's
+		 * thread, not on each read: a paused scanner leaves the queue
+		 * full. */
 		pthread_mutex_lock(&a->lock);
+		for (size_t u = t + 1; u < nt; u++)
+			trim(&todo[t], todo[u].addr, todo[u].addr + (uintptr_t)todo[u].n * MD_PAGE);
+		for (size_t k = 0; k < ip->len; k++) {
+			const struct queued *q = &ip->q[(ip->head + k) % QUEUE_CAP];
+			trim(&todo[t], q->addr, q->addr + (uintptr_t)q->n * MD_PAGE);
+		}
+		if (!todo[t].img) {
+			pthread_mutex_unlock(&a->lock);
+			continue;
+		}
+		size_t n = todo[t].n;
 		int fd = a->images[todo[t].img - 1].fd;
 		struct md__region *r = md__region_find(a, todo[t].addr, n * MD_PAGE);
 		for (size_t i = 0; i < n; i++) {

@@ -583,7 +583,7 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 		uint64_t cand[MD_SCAN_PEND];
 		size_t nc = md__remote_take_candidates(s->e->remote, cand,
 						       npages < MD_SCAN_PEND ? npages : MD_SCAN_PEND);
-		for (size_t c = 0; c < nc && s->nfm < MD_SCAN_PEND; c++) {
+		for (size_t c = 0; c < nc; c++) {	/* nfm stays within MD_SCAN_PEND */
 			int read = 0;
 			s->st.candidates++;
 			if (cand[c] % MD_EPAGE == 0 && cand[c] == (uintptr_t)cand[c])

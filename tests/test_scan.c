@@ -267,6 +267,34 @@ static int indexed_256(const md_stats *s) { return s->image_pages_indexed >= 256
 static int indexed_512(const md_stats *s) { return s->image_pages_indexed >= 512; }
 static int merged_image_32(const md_stats *s) { return s->merged_image >= 32; }
 
+/* A process with `pages` of RAM, scanning fast, and a 2 MiB image named
+ * name (path in img[512]) open in it; returns its descriptor there. */
+static int start_on_2mib_image(struct proc *a, char *img, const char *name, unsigned seed,
+			       unsigned pages)
+{
+	snprintf(img, 512, "%s/%s", test_dir(), name);
+	make_image(img, 2 << 20, seed);
+	proc_start(a, fast_scan);
+	proc_cmd(a, "map %u", pages);
+	int fd = (int)proc_num(a, "open %s", img);
+	ASSERT(fd >= 0);
+	return fd;
+}
+
+/* RAM's first 32 pages show the image's second MiB: copied to page dst,
+ * they merge onto the image, the same frames as the read's. */
+static void second_mib_copy_merges(struct proc *a, const char *img, unsigned dst, md_stats *s)
+{
+	ASSERT(strcmp(proc_cmd(a, "copy 0 %u %u", dst * PG, 32 * PG), "ok") == 0);
+	ASSERT_EQ(proc_stats_wait(a, s, 20000, merged_image_32), 0);
+	char want[32];
+	snprintf(want, sizeof(want), "%016llx", (unsigned long long)fnv_file(img, 1 << 20, 32 * PG));
+	ASSERT(strcmp(proc_cmd(a, "hash %u %u", dst * PG, 32 * PG), want) == 0);
+	ASSERT(strcmp(proc_cmd(a, "hash 0 %u", 32 * PG), want) == 0);	/* faults both in */
+	for (unsigned i = 0; i < 32; i++)
+		ASSERT_EQ(proc_page(a, (dst + i) * PG).pfn, proc_page(a, i * PG).pfn);
+}
+
 TEST_IMPL(scan_image_index_remapped)
 {
 	/* Two reads map different image pages at the same guest RAM, one
@@ -275,22 +303,11 @@ TEST_IMPL(scan_image_index_remapped)
 	 * read's pages, or copies of the second would match the wrong file
 	 * pages and never merge. */
 	char img[512];
-	snprintf(img, sizeof(img), "%s/remapped", test_dir());
-	make_image(img, 2 << 20, 14);
 	struct proc a;
-	proc_start(&a, fast_scan);
-	proc_cmd(&a, "map 600");
-	int fd = (int)proc_num(&a, "open %s", img);
-	ASSERT(fd >= 0);
+	int fd = start_on_2mib_image(&a, img, "remapped", 14, 600);
 	ASSERT_EQ(proc_num(&a, "reread %d 0 %u %u 0", fd, 1u << 20, 1u << 20), 1 << 20);
-	ASSERT(strcmp(proc_cmd(&a, "copy 0 %u %u", 300 * PG, 32 * PG), "ok") == 0);
 	md_stats s;
-	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_image_32), 0);
-	char want[32];
-	snprintf(want, sizeof(want), "%016llx", (unsigned long long)fnv_file(img, 1 << 20, 32 * PG));
-	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 300 * PG, 32 * PG), want) == 0);
-	for (unsigned i = 0; i < 32; i++)
-		ASSERT_EQ(proc_page(&a, (300 + i) * PG).pfn, proc_page(&a, i * PG).pfn);
+	second_mib_copy_merges(&a, img, 300, &s);
 	proc_stop(&a);
 	return 0;
 }
@@ -301,13 +318,8 @@ TEST_IMPL(scan_image_index_bounded)
 	 * pages (300 here): reading 512 pages of images starts it over, and
 	 * what was read last is what copies merge onto. */
 	char img[512];
-	snprintf(img, sizeof(img), "%s/bounded", test_dir());
-	make_image(img, 2 << 20, 13);
 	struct proc a;
-	proc_start(&a, fast_scan);
-	proc_cmd(&a, "map 300");
-	int fd = (int)proc_num(&a, "open %s", img);
-	ASSERT(fd >= 0);
+	int fd = start_on_2mib_image(&a, img, "bounded", 13, 300);
 	md_stats s;
 	/* Indexed where the read mapped them: the first MiB before the
 	 * second replaces it in RAM (a page no longer mapped is not hashed). */
@@ -316,14 +328,7 @@ TEST_IMPL(scan_image_index_bounded)
 	ASSERT_EQ(proc_num(&a, "read %d %u %u 0 0", fd, 1u << 20, 1u << 20), 1 << 20);
 	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, indexed_512), 0);
 	/* RAM now shows the second MiB; a copy of its first 32 pages merges. */
-	ASSERT(strcmp(proc_cmd(&a, "copy 0 %u %u", 256 * PG, 32 * PG), "ok") == 0);
-	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_image_32), 0);
-	char want[32];
-	snprintf(want, sizeof(want), "%016llx", (unsigned long long)fnv_file(img, 1 << 20, 32 * PG));
-	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 256 * PG, 32 * PG), want) == 0);
-	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 32 * PG), want) == 0);	/* faults both in */
-	for (unsigned i = 0; i < 32; i++)
-		ASSERT_EQ(proc_page(&a, (256 + i) * PG).pfn, proc_page(&a, i * PG).pfn);
+	second_mib_copy_merges(&a, img, 256, &s);
 	/* Pages of the first MiB, copied by a small read (and hinted): their
 	 * entries are gone, so they stay anonymous. */
 	uint64_t hinted = s.pages_hinted;
