@@ -4,7 +4,11 @@
 $(B)/microbench: $(B)/bench/microbench.o $(B)/libmemdedup.a
 	$(CC) -o $@ $^ $(LDFLAGS)
 
-bench-build: $(B)/microbench
+# What is left to share in running guests' RAM (frames vs distinct contents).
+$(B)/census: $(B)/bench/census.o
+	$(CC) -o $@ $^ $(LDFLAGS)
+
+bench-build: $(B)/microbench $(B)/census
 
 microbench: $(B)/microbench
 	$(B)/microbench 64 5

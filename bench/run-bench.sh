@@ -28,17 +28,19 @@
 #   --modes         subset of the modes, in order; none is the reference for savings
 #   --report-only   no guests: rebuild results.json, summary and plot from the
 #                   samples of an earlier run in the output directory
+#   --census S      S seconds after both guests' reads, count what is left to
+#                   share in their RAM (build/census) into OUTDIR/MODE/census.json
 # The KSM knobs run, pages_to_scan and sleep_millisecs are saved first and
 # restored on any exit (Ctrl-C and failures included); between modes KSM is
 # stopped with run=2 (unmerge) and run=0. Needs root for the KSM knobs.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 
 hold_ksm=240 hold_short=30 modes="none ksm ksm10x memdedup memdedup+ksm"
 workload=image scan_rate=100 hold_scan=""
-image="" mem=512 out=$root/build/bench report_only=0
+image="" mem=512 out=$root/build/bench report_only=0 census=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --hold) hold_ksm=$2; shift 2 ;;
@@ -52,6 +54,7 @@ while [ $# -gt 0 ]; do
     --mem) mem=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --report-only) report_only=1; shift ;;
+    --census) census=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run-bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -62,6 +65,7 @@ for m in $modes; do
 done
 case "$workload" in image|tmpfs) ;; *) echo "run-bench.sh: --workload is image or tmpfs" >&2; exit 2 ;; esac
 case "$scan_rate" in ''|*[!0-9]*) echo "run-bench.sh: --scan-rate takes a number" >&2; exit 2 ;; esac
+case "$census" in *[!0-9]*) echo "run-bench.sh: --census takes a number of seconds" >&2; exit 2 ;; esac
 hold_scan=${hold_scan:-$hold_ksm}
 
 scripts/install-deps.sh all
@@ -163,6 +167,17 @@ else
     printf '%s\n%s\n%s\n%s\n%s\n' "$m" "$wrapper" "$hold" \
       "$(cat $ksm/run) $(cat $ksm/pages_to_scan) $(cat $ksm/sleep_millisecs)" "$(date -u +%FT%TZ)" > "$out/$m.meta"
     mkdir -p "$out/$m"
+    if [ -n "$census" ]; then  # the guests' pids are QEMU's: nothing else runs one here
+      ( d=$out/$m
+        until [ "$(awk -F'\t' 'END {print $11}' "$d/samples.tsv" 2>/dev/null)" = 2 ]; do
+          [ -f "$d/guests.tsv" ] && exit 0
+          sleep 1
+        done
+        sleep "$census"
+        [ -f "$d/guests.tsv" ] && exit 0   # this mode's guests are gone
+        # shellcheck disable=SC2046
+        build/census $(pgrep -x qemu-system-x86) > "$d/census.json" 2> "$d/census.log" ) &
+    fi
     fleet_run "$out/$m" 2 "$image" --mem "$mem" --hold "$hold" ${wrapper:+--wrapper "$wrapper"} \
       || fleet_die "mode $m: a guest failed (logs in $out/$m)"
     mv "$out/$m.meta" "$out/$m/meta"
