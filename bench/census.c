@@ -13,6 +13,8 @@
  *   - the difference, "left": frames holding a content that another frame
  *     holds too (split into contents seen in one process only and in
  *     several), and zero-filled pages in frames of their own.
+ * and, per process, the PSS (/proc/PID/smaps) inside its guest RAM and
+ * outside it (the VMM's own memory, and what an agent adds to it).
  * It answers "does memdedup (or KSM) miss duplicates, or is the gap in the
  * fleet's PSS metadata?". Contents are told apart by XXH3-128; this is a
  * measurement, not a merge, so a hash is enough here.
@@ -47,7 +49,31 @@ struct census {
 	struct entry *e;
 	size_t n, cap;
 	uint64_t pages, present, on_zero_pfn;
+	uint64_t pss_in_kb, pss_out_kb;
 };
+
+/* PSS of pid's mappings inside [start, end) and outside it, in kB. */
+static int pss_split(int pid, uintptr_t start, uintptr_t end, uint64_t *in, uint64_t *out)
+{
+	char path[64], line[512];
+	snprintf(path, sizeof(path), "/proc/%d/smaps", pid);
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return -errno;
+	int inside = 0;
+	*in = *out = 0;
+	while (fgets(line, sizeof(line), f)) {
+		uintptr_t s, e;
+		unsigned long kb;
+		/* A mapping's line starts "start-end "; its fields "Name: ". */
+		if (sscanf(line, "%" SCNxPTR "-%" SCNxPTR " ", &s, &e) == 2)
+			inside = s >= start && e <= end;
+		else if (sscanf(line, "Pss: %lu kB", &kb) == 1)
+			*(inside ? in : out) += kb;
+	}
+	fclose(f);
+	return 0;
+}
 
 /* The kernel's zero page: what a read fault of untouched anonymous memory maps. */
 static uint64_t zero_pfn(void)
@@ -151,8 +177,13 @@ static int add_process(struct census *c, int pid, uint32_t proc, uint64_t zpfn)
 		close(pm_fd);
 	if (mem_fd >= 0)
 		close(mem_fd);
-	fprintf(stderr, "census: pid %d guest RAM %#" PRIxPTR "-%#" PRIxPTR " (%zu MiB)\n", pid, start,
-		end, (size_t)((end - start) >> 20));
+	uint64_t in = 0, out = 0;
+	if (!err)
+		err = pss_split(pid, start, end, &in, &out);
+	c->pss_in_kb += in;
+	c->pss_out_kb += out;
+	fprintf(stderr, "census: pid %d guest RAM %#" PRIxPTR "-%#" PRIxPTR " (%zu MiB), PSS %" PRIu64
+		" kB in it, %" PRIu64 " kB outside\n", pid, start, end, (size_t)((end - start) >> 20), in, out);
 	return err;
 }
 
@@ -212,9 +243,11 @@ int main(int argc, char **argv)
 	printf("{\"pages\": %" PRIu64 ", \"present\": %" PRIu64 ", \"on_zero_pfn\": %" PRIu64
 	       ", \"frames\": %" PRIu64 ", \"ideal_frames\": %" PRIu64 ", \"left_frames\": %" PRIu64
 	       ", \"left_mb\": %.1f, \"left_zero\": %" PRIu64 ", \"left_dup_one_process\": %" PRIu64
-	       ", \"left_dup_cross\": %" PRIu64 "}\n",
+	       ", \"left_dup_cross\": %" PRIu64 ", \"pss_guest_ram_kb\": %" PRIu64
+	       ", \"pss_outside_kb\": %" PRIu64 "}\n",
 	       c.pages, c.present, c.on_zero_pfn, frames, ideal, frames - ideal,
-	       (double)(frames - ideal) * PAGE / 1e6, zero_frames, left_one, left_cross);
+	       (double)(frames - ideal) * PAGE / 1e6, zero_frames, left_one, left_cross,
+	       c.pss_in_kb, c.pss_out_kb);
 	free(c.e);
 	return 0;
 }
