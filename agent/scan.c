@@ -230,7 +230,7 @@ int md_agent_unmerge(md_agent *a)
 	/* Zero pages dropped earlier are plain unpopulated memory again: the
 	 * kernel's zero page is what any untouched page reads. */
 unlock:
-	pthread_mutex_unlock(&e->lock);
+	md__engine_unlock(e);
 	pthread_rwlock_unlock(&e->regions_lock);
 	/* Paused, like KSM after run=2, until resumed. */
 	a->scanner.paused = 1;

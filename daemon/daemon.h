@@ -82,6 +82,7 @@ struct md__agent {
 	uint64_t counters[MD_REPORT_MAX];
 	uint32_t ncounters;
 	int64_t reported_ms;       /* when the last REPORT came; 0 never */
+	uint64_t requests;         /* messages handled after its HELLO */
 };
 
 struct md__conn {

@@ -380,6 +380,7 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
 				      md__msg_type_name(m->hdr.type));
 			return;
 		}
+		c->agent->requests++;
 		break;
 	case MD_MSG_HELLO: case MD_MSG_STATUS: case MD_MSG_CONTROL:
 		break;

@@ -96,6 +96,7 @@ int md__status_json(struct md__daemon *d, uid_t uid, char **json, size_t *len)
 		json_object_set_new(o, "domain_id", json_integer(a->dom->id));
 		json_object_set_new(o, "connected", json_boolean(a->conn != NULL));
 		json_object_set_new(o, "references", json_integer((json_int_t)a->nrefs));
+		json_object_set_new(o, "requests", json_integer((json_int_t)a->requests));
 		for (uint32_t i = 0; i < a->ncounters; i++) {
 			json_array_append_new(ctr, json_integer((json_int_t)a->counters[i]));
 			/* The stats-file layout, where the agent sent it: names too. */

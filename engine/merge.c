@@ -202,7 +202,7 @@ int md__engine_register(struct md__engine *e, void *addr, size_t len, unsigned a
 	if (err)
 		goto free_arrays;
 	e->regions[e->nregions++] = r;
-	pthread_mutex_unlock(&e->lock);
+	md__engine_unlock(e);
 	pthread_rwlock_unlock(&e->regions_lock);
 	return 0;
 
@@ -211,7 +211,7 @@ free_arrays:
 	free(r.hash);
 	free(r.seen);
 unlock:
-	pthread_mutex_unlock(&e->lock);
+	md__engine_unlock(e);
 	pthread_rwlock_unlock(&e->regions_lock);
 	return err;
 }
@@ -260,16 +260,38 @@ static int still_frozen(struct md__engine *e, uintptr_t addr, size_t n)
 }
 
 /* Drops what page i of r holds in the pool (it is being replaced). */
+/* One UNREF for the queued slots; if memdedupd refuses it (a slot of a
+ * pool from before a reconnection is not held), one each, so the valid
+ * ones still go. A dead daemon counts nothing. */
+static void flush_unrefs(struct md__engine *e)
+{
+	if (!e->nunref)
+		return;
+	if (md__remote_ref_n(e->remote, e->unref, (uint32_t)e->nunref, -1) != 0)
+		for (size_t k = 0; k < e->nunref; k++)
+			md__remote_ref(e->remote, e->unref[k], -1);
+	e->nunref = 0;
+}
+
 void md__engine_release_ref(struct md__engine *e, struct md__eregion *r, size_t i)
 {
 	uint32_t s = MD_REF_SLOT(r->ref[i]);
-	if (s && e->remote)
-		md__remote_ref(e->remote, s - 1, -1);	/* a dead daemon counts nothing */
-	else if (s && md__pool_put(&e->pool, s - 1))
+	if (s && e->remote) {
+		e->unref[e->nunref++] = s - 1;
+		if (e->nunref == MD_REF_BATCH)
+			flush_unrefs(e);
+	} else if (s && md__pool_put(&e->pool, s - 1)) {
 		md__index_remove(&e->index, e->slot_hash[s - 1], s - 1);
+	}
 	r->ref[i] = 0;
 }
 #define release_ref md__engine_release_ref
+
+void md__engine_unlock(struct md__engine *e)
+{
+	flush_unrefs(e);
+	pthread_mutex_unlock(&e->lock);
+}
 
 const unsigned char *md__engine_pool_page(struct md__engine *e, uint32_t slot)
 {
@@ -345,7 +367,7 @@ int md__engine_unregister(struct md__engine *e, void *addr, size_t len)
 		 * outside [a, end) and is skipped). */
 		ri = (size_t)-1;
 	}
-	pthread_mutex_unlock(&e->lock);
+	md__engine_unlock(e);
 	pthread_rwlock_unlock(&e->regions_lock);
 	return err;
 }
@@ -385,7 +407,7 @@ int md__engine_exclude(struct md__engine *e, void *addr, size_t len,
 			set_image(e, r, (p - r->start) / MD_EPAGE);
 		}
 	}
-	pthread_mutex_unlock(&e->lock);
+	md__engine_unlock(e);
 	pthread_rwlock_unlock(&e->regions_lock);
 	return err;
 }
@@ -535,7 +557,7 @@ int md__engine_merge_some(struct md__engine *e, void *addr, size_t n, uint32_t s
 	e->st.merged += (uint64_t)merged;
 	err = merged;
 unlock:
-	pthread_mutex_unlock(&e->lock);
+	md__engine_unlock(e);
 	return err;
 }
 
@@ -584,7 +606,7 @@ int md__engine_merge_file(struct md__engine *e, void *addr, size_t n, int fd, of
 thaw_pages:
 	thaw(e, a, n * MD_EPAGE);
 unlock:
-	pthread_mutex_unlock(&e->lock);
+	md__engine_unlock(e);
 	pthread_rwlock_unlock(&e->regions_lock);
 	return err;
 }
@@ -627,7 +649,7 @@ int md__engine_merge_zero(struct md__engine *e, void *addr, size_t n)
 	e->st.zero += (uint64_t)dropped;
 	err = dropped;
 unlock:
-	pthread_mutex_unlock(&e->lock);
+	md__engine_unlock(e);
 	return err;
 }
 
@@ -670,7 +692,7 @@ int md__engine_publish(struct md__engine *e, void *addr, size_t n, uint32_t *slo
 	md__uffd_wake(&e->uffd, a, n * MD_EPAGE);
 	e->st.published += n;
 	*slotp = slot;
-	pthread_mutex_unlock(&e->lock);
+	md__engine_unlock(e);
 	return (int)n;
 
 drop_slots:
@@ -681,7 +703,7 @@ thaw_pages:
 unreserve:
 	md__pool_unreserve(&e->pool, slot, n);
 unlock:
-	pthread_mutex_unlock(&e->lock);
+	md__engine_unlock(e);
 	return err;
 }
 
@@ -694,7 +716,7 @@ int64_t md__engine_lookup(struct md__engine *e, const void *page, uint64_t hash)
 {
 	pthread_mutex_lock(&e->lock);
 	int64_t s = md__index_find(&e->index, hash, page, slot_page, &e->pool);
-	pthread_mutex_unlock(&e->lock);
+	md__engine_unlock(e);
 	return s;
 }
 
@@ -716,7 +738,7 @@ int md__engine_discard(struct md__engine *e, void *addr, size_t len)
 		err = zero_run(e, r, a + done, n);
 	}
 unlock:
-	pthread_mutex_unlock(&e->lock);
+	md__engine_unlock(e);
 	return err;
 }
 
@@ -755,7 +777,7 @@ int md__engine_reap(struct md__engine *e)
 		}
 	}
 	e->st.cow_broken += (uint64_t)broken;
-	pthread_mutex_unlock(&e->lock);
+	md__engine_unlock(e);
 	return broken;
 }
 
@@ -764,5 +786,5 @@ void md__engine_stats(struct md__engine *e, struct md__engine_stats *st)
 {
 	pthread_mutex_lock(&e->lock);
 	*st = e->st;
-	pthread_mutex_unlock(&e->lock);
+	md__engine_unlock(e);
 }

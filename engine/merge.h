@@ -33,6 +33,8 @@
 #include "uffd.h"
 
 #define MD_EPAGE 4096u
+/* Pool references dropped per UNREF at most (within MD_REF_MAX). */
+#define MD_REF_BATCH 512u
 
 /* Bits of a /proc/self/pagemap entry. */
 #define MD_PM_PRESENT (1ull << 63)
@@ -113,6 +115,12 @@ struct md__engine {
 	uint64_t max_vmas;
 	uint64_t vma_estimate;  /* upper bound since the last count */
 	struct md__engine_stats st;
+	/* Pool references of memdedupd's slots dropped but not yet sent
+	 * (lock held): one UNREF for many pages. One round trip per page made
+	 * a reap of boot-time copy-on-write breaks thousands of round trips,
+	 * under the merge lock, at 10x KSM's rate. */
+	uint32_t unref[MD_REF_BATCH];
+	size_t nunref;
 };
 
 int md__engine_init(struct md__engine *e, const struct md__engine_options *opts);
@@ -120,8 +128,11 @@ void md__engine_fini(struct md__engine *e);
 /* Registers guest RAM [addr, addr+len) (page-aligned). */
 int md__engine_register(struct md__engine *e, void *addr, size_t len, unsigned advice);
 
-/* Drops what page i of r holds in the pool (lock held). */
+/* Drops what page i of r holds in the pool (lock held). A reference to a
+ * slot of memdedupd's pool is queued, sent with md__engine_unlock(). */
 void md__engine_release_ref(struct md__engine *e, struct md__eregion *r, size_t i);
+/* Sends the queued references to memdedupd, then drops the merge lock. */
+void md__engine_unlock(struct md__engine *e);
 /* The content of pool slot s (lock held, slot known valid). */
 const unsigned char *md__engine_pool_page(struct md__engine *e, uint32_t slot);
 /* Forgets guest RAM [addr, addr+len) (before it is unmapped, or when it no

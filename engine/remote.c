@@ -86,13 +86,15 @@ int md__engine_remote_connect(struct md__engine *e)
 	const void *old_view = rm->view;
 	size_t old_pages = rm->view_pages;
 	int old_fd = rm->ro_fd;
-	if (rm->generation != w.generation)
+	if (rm->generation != w.generation) {
+		e->nunref = 0;	/* empty after every unlock; slots of the old pool anyway */
 		for (size_t i = 0; i < e->nregions; i++) {
 			struct md__eregion *r = &e->regions[i];
 			for (size_t p = 0; p < (r->end - r->start) / MD_EPAGE; p++)
 				if (MD_REF_SLOT(r->ref[p]))
 					r->ref[p] = MD_REF_FILE;
 		}
+	}
 	rm->view = view;
 	rm->view_pages = w.pool_pages;
 	rm->ro_fd = fd;

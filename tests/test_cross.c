@@ -204,6 +204,51 @@ TEST_IMPL(cross_domains_never_share)
 	return 0;
 }
 
+/* A field of the daemon's record of the agent pid (-1: none). */
+static long long agent_field(const struct tdaemon *t, pid_t pid, const char *key)
+{
+	json_t *st = td_status(t);
+	json_t *agents = json_object_get(st, "agents");
+	long long v = -1;
+	size_t i;
+	json_t *o;
+	json_array_foreach(agents, i, o)
+		if (td_int(o, "pid") == pid)
+			v = td_int(o, key);
+	json_decref(st);
+	return v;
+}
+
+/* Pages that stop showing the pool drop their references in one UNREF a
+ * batch, not a round trip each (the reap of boot-time copy-on-write
+ * breaks made thousands of them): forgetting N merged pages costs a few
+ * requests, the content stays, and the pool pages the other agent still
+ * maps stay in the pool. */
+TEST_IMPL(cross_unrefs_batched)
+{
+	struct tdaemon t;
+	struct proc a, b;
+	td_start(&t, 65536);
+	start_sharing_pair(&t, &a, &b, 8);
+	for (int i = 0; i < 50 && agent_field(&t, a.pid, "references") != N; i++)
+		usleep(100000);
+	ASSERT_EQ(agent_field(&t, a.pid, "references"), N);
+	char h[32];
+	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", N * PG));
+	long long before = agent_field(&t, a.pid, "requests");
+	ASSERT(strcmp(proc_cmd(&a, "advise 0 %u unmergeable", N * PG), "0") == 0);
+	ASSERT_EQ(agent_field(&t, a.pid, "references"), 0);
+	/* Counter reports and lookups of the scanner may come meanwhile. */
+	ASSERT(agent_field(&t, a.pid, "requests") - before < 16);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", N * PG), h) == 0);
+	ASSERT_EQ(domain_live(&t), N);
+	ASSERT_EQ(agent_field(&t, b.pid, "references"), N);
+	proc_stop(&a);
+	proc_stop(&b);
+	td_stop(&t);
+	return 0;
+}
+
 TEST_IMPL(cross_daemon_killed)
 {
 	struct tdaemon t;
