@@ -253,6 +253,7 @@ int md__scan_account(struct md_agent *a, int reap)
 		return 0;
 	if (reap)
 		reaped = md__engine_reap(e);
+	md__engine_trim(e);
 	struct md__engine_stats st;
 	md__engine_stats(e, &st);
 	struct md__scanner_stats ss = a->scanner.st;	/* racy reads of counters: fine */

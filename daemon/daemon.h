@@ -159,6 +159,9 @@ int md__domain_slot_ok(const struct md__domain *dom, uint32_t slot, uint32_t mor
 void md__domain_get_ref(struct md__domain *dom, uint32_t slot);
 void md__domain_put_ref(struct md__domain *dom, uint32_t slot);
 void md__domain_free_all(struct md__daemon *d);
+/* 1 if a pool holds freed pages not punched yet; md__domains_trim punches them. */
+int md__domains_trim_due(const struct md__daemon *d);
+void md__domains_trim(struct md__daemon *d);
 
 /* agent.c */
 int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__msg_hello *h,

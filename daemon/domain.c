@@ -130,6 +130,20 @@ void md__domain_free_all(struct md__daemon *d)
 	}
 }
 
+int md__domains_trim_due(const struct md__daemon *d)
+{
+	for (const struct md__domain *dom = d->domains; dom; dom = dom->next)
+		if (dom->pool.ndirty)
+			return 1;
+	return 0;
+}
+
+void md__domains_trim(struct md__daemon *d)
+{
+	for (struct md__domain *dom = d->domains; dom; dom = dom->next)
+		md__pool_trim(&dom->pool);
+}
+
 /* A comparator that accepts the first candidate: the daemon answers hash
  * lookups only, and the agent compares bytes itself under write-protect. */
 static const void *any_candidate(void *arg, uint32_t slot)

@@ -557,12 +557,16 @@ int md__server_run(struct md__daemon *d)
 	if (err)
 		return err;
 	while (!d->stop) {
-		int n = epoll_wait(d->epfd, evs, 64, -1);
+		/* Freed pool pages are punched a second after the last
+		 * message at the latest (in batches at once while busy). */
+		int n = epoll_wait(d->epfd, evs, 64, md__domains_trim_due(d) ? 1000 : -1);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
 			return -errno;
 		}
+		if (n == 0)
+			md__domains_trim(d);
 		d->evs = evs;
 		d->nev = n;
 		for (int i = 0; i < n && !d->stop; i++) {

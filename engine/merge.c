@@ -259,7 +259,6 @@ static int still_frozen(struct md__engine *e, uintptr_t addr, size_t n)
 	return 1;
 }
 
-/* Drops what page i of r holds in the pool (it is being replaced). */
 /* One UNREF for the queued slots; if memdedupd refuses it (a slot of a
  * pool from before a reconnection is not held), one each, so the valid
  * ones still go. A dead daemon counts nothing. */
@@ -273,6 +272,7 @@ static void flush_unrefs(struct md__engine *e)
 	e->nunref = 0;
 }
 
+/* Drops what page i of r holds in the pool (it is being replaced). */
 void md__engine_release_ref(struct md__engine *e, struct md__eregion *r, size_t i)
 {
 	uint32_t s = MD_REF_SLOT(r->ref[i]);
@@ -781,6 +781,15 @@ int md__engine_reap(struct md__engine *e)
 	return broken;
 }
 
+
+void md__engine_trim(struct md__engine *e)
+{
+	if (e->remote)
+		return;
+	pthread_mutex_lock(&e->lock);
+	md__pool_trim(&e->pool);
+	md__engine_unlock(e);
+}
 
 void md__engine_stats(struct md__engine *e, struct md__engine_stats *st)
 {

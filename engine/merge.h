@@ -175,4 +175,6 @@ int md__engine_reap(struct md__engine *e);
 /* The engine's region holding [addr, addr+len), or NULL (lock held). */
 struct md__eregion *md__engine_region(struct md__engine *e, uintptr_t addr, size_t len);
 void md__engine_stats(struct md__engine *e, struct md__engine_stats *st);
+/* Punches our own pool's freed pages (see pool.h); memdedupd trims its. */
+void md__engine_trim(struct md__engine *e);
 #endif

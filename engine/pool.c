@@ -95,8 +95,9 @@ int md__pool_reserve(struct md__pool *p, size_t n, uint32_t *first)
 {
 	if (n == 0)
 		return -EINVAL;
-	if (n == 1 && p->nfree) {
-		*first = p->free[--p->nfree];
+	if (n == 1 && (p->ndirty || p->nfree)) {
+		/* A page not punched yet first: rewritten in place. */
+		*first = p->ndirty ? p->dirty[--p->ndirty] : p->free[--p->nfree];
 		p->state[*first] = MD_SLOT_RESERVED;
 		p->reused++;
 		return 0;
@@ -109,10 +110,36 @@ int md__pool_reserve(struct md__pool *p, size_t n, uint32_t *first)
 	return 0;
 }
 
+static int by_slot(const void *x, const void *y)
+{
+	uint32_t a = *(const uint32_t *)x, b = *(const uint32_t *)y;
+	return a < b ? -1 : a > b;
+}
+
+size_t md__pool_trim(struct md__pool *p)
+{
+	size_t n = p->ndirty;
+	qsort(p->dirty, n, sizeof(*p->dirty), by_slot);
+	for (size_t i = 0, run; i < n; i += run) {
+		for (run = 1; i + run < n && p->dirty[i + run] == p->dirty[i] + run; run++)
+			;
+		/* Reading the hole gives zeroes; nobody maps it any more. */
+		fallocate(p->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			  (off_t)p->dirty[i] * POOL_PAGE, (off_t)run * POOL_PAGE);
+	}
+	/* Lowest last: the free list is LIFO, low slots are reused first. */
+	for (size_t i = n; i-- > 0;)
+		p->free[p->nfree++] = p->dirty[i];
+	p->ndirty = 0;
+	return n;
+}
+
 static void slot_free(struct md__pool *p, uint32_t slot)
 {
 	p->state[slot] = MD_SLOT_FREE;
-	p->free[p->nfree++] = slot;
+	if (p->ndirty == MD_POOL_DIRTY)
+		md__pool_trim(p);
+	p->dirty[p->ndirty++] = slot;
 }
 
 void md__pool_unreserve(struct md__pool *p, uint32_t first, size_t n)
@@ -156,10 +183,6 @@ void md__pool_drop_unused(struct md__pool *p, uint32_t slot)
 {
 	if (p->state[slot] != MD_SLOT_LIVE || p->refs[slot])
 		return;
-	/* Punch the page out so its memory goes back; reading the hole gives
-	 * zeroes, and nobody maps it any more. */
-	fallocate(p->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-		  (off_t)slot * POOL_PAGE, POOL_PAGE);
 	p->freed++;
 	slot_free(p, slot);
 }

@@ -7,8 +7,10 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -188,13 +190,14 @@ TEST_IMPL(engine_pool_write_once)
 	m[0] ^= 0xff;
 	ASSERT(memcmp(md__pool_page(&p, 0), pg, PG) == 0);
 	munmap(m, PG);
-	/* Refcounts: the last put punches the page out; the slot is reused. */
+	/* Refcounts: the last put frees the slot; its page is rewritten in
+	 * place by the next publication (not punched first). */
 	md__pool_get(&p, 0);
 	md__pool_get(&p, 0);
 	ASSERT_EQ(md__pool_put(&p, 0), 0);
 	ASSERT_EQ(md__pool_put(&p, 0), 1);
-	ASSERT(md__page_is_zero(md__pool_page(&p, 0)));
 	ASSERT_EQ(md__pool_live(&p), 1);
+	ASSERT_EQ(p.ndirty, 1);
 	ASSERT_EQ(md__pool_reserve(&p, 1, &s2), 0);
 	ASSERT_EQ(s2, 0);
 	ASSERT_EQ(p.reused, 1);
@@ -204,8 +207,61 @@ TEST_IMPL(engine_pool_write_once)
 	ASSERT_EQ(md__pool_reserve(&p, 3, &s), 0);
 	ASSERT_EQ(s, 2);
 	md__pool_unreserve(&p, s, 3);
+	ASSERT_EQ(md__pool_trim(&p), 3);
 	ASSERT_EQ(p.nfree, 3);
 	md__pool_close(&p);
+	return 0;
+}
+
+/* Blocks of the pool file in use (st_blocks: 512-byte units). */
+static long long pool_blocks(const struct md__pool *p)
+{
+	struct stat st;
+	return fstat(p->fd, &st) == 0 ? (long long)st.st_blocks : -1;
+}
+
+/* Freed pages go back to the host in coalesced punches: not one by one (a
+ * TLB shootdown in every holder each), and not never. */
+TEST_IMPL(engine_pool_frees_in_batches)
+{
+	struct md__pool p;
+	const size_t n = MD_POOL_DIRTY + 44;
+	unsigned char *pg = malloc(n * PG);
+	ASSERT(pg);
+	for (size_t i = 0; i < n * PG; i++)
+		pg[i] = (unsigned char)(i * 7 + i / PG);
+	ASSERT_EQ(md__pool_open(&p, 4096), 0);
+	uint32_t s;
+	ASSERT_EQ(md__pool_reserve(&p, n, &s), 0);
+	ASSERT_EQ(md__pool_publish(&p, s, pg, n), 0);
+	long long full = pool_blocks(&p);
+	ASSERT(full >= (long long)(n * PG / 512));
+	for (size_t i = 0; i < n; i++)
+		md__pool_get(&p, (uint32_t)i);
+	/* A few freed: their memory stays until trimmed or reused. */
+	for (size_t i = 0; i < 10; i++)
+		ASSERT_EQ(md__pool_put(&p, (uint32_t)i), 1);
+	ASSERT_EQ(pool_blocks(&p), full);
+	ASSERT_EQ(md__pool_trim(&p), 10);
+	ASSERT_EQ(pool_blocks(&p), full - 10 * PG / 512);
+	/* (pread: a read through a shared mapping would fill the hole.) */
+	unsigned char back[PG];
+	ASSERT_EQ(pread(p.fd, back, PG, 3 * PG), (ssize_t)PG);
+	ASSERT(md__page_is_zero(back));
+	/* Many freed: punched once MD_POOL_DIRTY gathered, the rest waits. */
+	for (size_t i = 10; i < n; i++)
+		ASSERT_EQ(md__pool_put(&p, (uint32_t)i), 1);
+	ASSERT_EQ(p.ndirty, n - 10 - MD_POOL_DIRTY);
+	ASSERT_EQ(pool_blocks(&p), (long long)(p.ndirty * PG / 512));
+	ASSERT_EQ(md__pool_live(&p), 0);
+	/* The unpunched ones are reused first, rewritten in place. */
+	uint32_t r;
+	ASSERT_EQ(md__pool_reserve(&p, 1, &r), 0);
+	ASSERT(r >= 10 + MD_POOL_DIRTY);
+	ASSERT_EQ(md__pool_publish(&p, r, pg, 1), 0);
+	ASSERT(memcmp(md__pool_page(&p, r), pg, PG) == 0);
+	md__pool_close(&p);
+	free(pg);
 	return 0;
 }
 
