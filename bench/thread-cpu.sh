@@ -5,6 +5,8 @@
 # memdedup thread in each QEMU (md-agent, md-scan, md-uffd) and of memdedupd,
 # as NAME=MS/SWITCHES, and the fleet PSS in kB.
 # Usage: bench/thread-cpu.sh OUTDIR [HOLD_S] -- [memdedup run options, e.g. --scan]
+# IMAGE=FILE runs the guests on another image (e.g. build/guest/workload-tmpfs.img,
+# made by bench/run-bench.sh --workload tmpfs).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -14,7 +16,8 @@ hold=100
 if [ $# -gt 0 ] && [ "$1" != "--" ]; then hold=$1; shift; fi
 [ "${1:-}" = "--" ] && shift
 case "$hold" in ''|*[!0-9]*) echo "thread-cpu.sh: HOLD_S must be a number" >&2; exit 2 ;; esac
-[ -x build/memdedup ] && [ -f build/guest/workload.img ] || { echo "thread-cpu.sh: run 'make all guest' first" >&2; exit 1; }
+image=${IMAGE:-build/guest/workload.img}
+[ -x build/memdedup ] && [ -f "$image" ] || { echo "thread-cpu.sh: run 'make all guest' first (no $image)" >&2; exit 1; }
 mkdir -p "$out"
 export MEMDEDUP_RUN_DIR=$root/$out/run
 pids=()
@@ -25,7 +28,7 @@ cleanup() {  # the guests, and the memdedupd of this run directory only
 trap cleanup EXIT
 for i in 1 2; do
   guest/run-guest.sh --hold "$hold" --wrapper "build/memdedup run --kernel-ksm=off $* --" \
-    --log "$out/g$i.log" build/guest/workload.img >/dev/null 2>&1 &
+    --log "$out/g$i.log" "$image" >/dev/null 2>&1 &
   pids+=($!)
 done
 t0=$(date +%s)
