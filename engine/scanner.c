@@ -38,13 +38,14 @@
  *      drops the zero pages right after it with it (one freeze, one
  *      madvise: the untouched rest of a guest's huge page is such a run)
  *      and steps over them, each counting a quarter of a visit;
- *   3. the checksum (XXH3) is compared with the last visit's: a page that
- *      changed is volatile and skipped this time (pages from hints skip this
- *      filter: the read that just filled them is the one change expected);
- *   3a. the agent's index of image pages (pages the VMM maps from disk
+ *   3. the agent's index of image pages (pages the VMM maps from disk
  *      images it reads) is asked first: a page equal to one of them is
  *      mapped from the image after the batch (md__file_source), no pool
- *      page needed - a guest copying files it read, say into a tmpfs;
+ *      page needed - a guest copying files it read, say into a tmpfs; it
+ *      is local and cheap, so even a page seen for the first time asks it;
+ *   3a. the checksum (XXH3) is compared with the last visit's: a page that
+ *      changed is volatile and skipped this time (pages from hints skip this
+ *      filter: the read that just filled them is the one change expected);
  *   4. the index is asked for a pool page with equal content: if there is
  *      one, md__engine_merge freezes, byte-compares and maps it;
  *   5. else the unstable table (this pass's hash -> page, like KSM's
@@ -485,23 +486,27 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 		return 0;	/* counted apart, not as a merge */
 	}
 	uint64_t h = md__page_hash(page);
-	if (!hinted && (!r->seen[i] || r->hash[i] != (uint32_t)h)) {
-		r->hash[i] = (uint32_t)h;
-		r->seen[i] = MD_SEEN;	/* changed: young again */
-		s->st.volatile_skips++;
-		return 0;
-	}
-	if (hinted)
-		r->seen[i] = MD_SEEN;	/* just filled: young again */
+	int changed = !r->seen[i] || r->hash[i] != (uint32_t)h;
 	r->hash[i] = (uint32_t)h;
+	if (hinted || changed)
+		r->seen[i] = MD_SEEN;	/* just filled or changed: young again */
 	/* A page equal to an image page the VMM maps anyway costs nothing
-	 * more once it maps that page too: no pool page is needed. */
+	 * more once it maps that page too: no pool page is needed. Asked
+	 * before the volatility filter, so a copy (a file copied into a
+	 * tmpfs) merges on its first visit, not a pass later: the index is
+	 * local and a miss costs one probe, so boot churn costs nothing more
+	 * here (looking every first visit up in memdedupd did: see
+	 * docs/benchmarks.md), and the merge freezes and compares as ever. */
 	if (s->files.find && s->nfm < MD_SCAN_PEND &&
 	    s->files.find(s->files.arg, h, page, &s->fm_cookie[s->nfm])) {
 		s->fm_addr[s->nfm++] = a;
 		s->st.file_matches++;
 		if (hinted < 2)
 			s->epoch_merges[hinted]++;
+		return 0;
+	}
+	if (!hinted && changed) {
+		s->st.volatile_skips++;
 		return 0;
 	}
 	if (e->remote) {
