@@ -557,8 +557,8 @@ int md__server_run(struct md__daemon *d)
 	if (err)
 		return err;
 	while (!d->stop) {
-		/* Freed pool pages are punched a second after the last
-		 * message at the latest (in batches at once while busy). */
+		/* Freed pool pages not reused are punched once a second
+		 * passes without a message (while busy, 256 at a time). */
 		int n = epoll_wait(d->epfd, evs, 64, md__domains_trim_due(d) ? 1000 : -1);
 		if (n < 0) {
 			if (errno == EINTR)
