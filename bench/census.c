@@ -2,8 +2,8 @@
  * census.c - what is left to share in the guest RAM of running VMMs.
  *
  * For each process named, finds its guest RAM (the largest run of adjacent
- * read-write mappings: QEMU's RAM block, however memdedup or KSM split it
- * into VMAs), reads the frame of every page from /proc/PID/pagemap and its
+ * read-write MADV_DONTFORK mappings: QEMU's RAM block, however memdedup or
+ * KSM split it into VMAs), reads the frame of every page from /proc/PID/pagemap and its
  * content from /proc/PID/mem, and counts, over all processes together:
  *   - present pages and the frames they use (a frame mapped twice, by two
  *     processes or two addresses, counts once: KSM's pages, memdedup's pool
@@ -92,21 +92,31 @@ static uint64_t zero_pfn(void)
 	return pm & PM_PRESENT ? pm & PM_PFN : 0;
 }
 
-/* The largest run of adjacent rw-p/rw-s mappings of pid: its guest RAM. */
+/* pid's guest RAM: the largest run of adjacent read-write mappings that
+ * are not copied on fork ("dc" in VmFlags: QEMU advises its RAM blocks
+ * MADV_DONTFORK, and memdedup's own mappings over them inherit it), so that
+ * a thread stack or heap right beside the RAM is not counted as RAM. */
 static int guest_ram(int pid, uintptr_t *start, uintptr_t *end)
 {
 	char path[64], line[512];
-	snprintf(path, sizeof(path), "/proc/%d/maps", pid);
+	snprintf(path, sizeof(path), "/proc/%d/smaps", pid);
 	FILE *f = fopen(path, "r");
 	if (!f)
 		return -errno;
-	uintptr_t rs = 0, re = 0, bs = 0, be = 0;
+	uintptr_t rs = 0, re = 0, bs = 0, be = 0, s = 0, e = 0;
+	int rw = 0;
 	while (fgets(line, sizeof(line), f)) {
-		uintptr_t s, e;
 		char perm[5];
-		if (sscanf(line, "%" SCNxPTR "-%" SCNxPTR " %4s", &s, &e, perm) != 3)
+		uintptr_t s1, e1;
+		if (sscanf(line, "%" SCNxPTR "-%" SCNxPTR " %4s", &s1, &e1, perm) == 3) {
+			s = s1;
+			e = e1;
+			rw = strncmp(perm, "rw-", 3) == 0;
 			continue;
-		if (strncmp(perm, "rw-", 3) != 0) {
+		}
+		if (strncmp(line, "VmFlags:", 8) != 0)
+			continue;
+		if (!rw || !strstr(line, " dc")) {
 			re = 0;
 			continue;
 		}
