@@ -223,10 +223,13 @@ int main(int argc, char **argv)
 			return 2;
 		}
 		int err = add_process(&c, (int)pid, (uint32_t)i, zpfn);
-		if (err) {
+		if (err == -ENOENT)
+			fprintf(stderr, "census: pid %ld: no guest RAM (no read-write MADV_DONTFORK "
+				"mapping), or no such process\n", pid);
+		else if (err)
 			fprintf(stderr, "census: pid %ld: %s\n", pid, strerror(-err));
+		if (err)
 			return 1;
-		}
 	}
 	qsort(c.e, c.n, sizeof(*c.e), by_content);
 	/* Per content: its distinct frames; the ideal keeps one (none if zero). */
