@@ -7,6 +7,7 @@
 #define MD_TEST_RUNNER_H
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 
 #define TEST_SKIP_CODE 77
 
@@ -24,6 +25,14 @@
 	} } while (0)
 #define SKIP(...) do { fprintf(stderr, "SKIP: " __VA_ARGS__); fputc('\n', stderr); \
 	exit(TEST_SKIP_CODE); } while (0)
+
+/* Blocks a file holds (st_blocks: 512-byte units), -1 on error: what a
+ * pool's memfd really keeps, holes punched out. */
+static inline long long test_file_blocks(int fd)
+{
+	struct stat st;
+	return fstat(fd, &st) == 0 ? (long long)st.st_blocks : -1;
+}
 
 #define TEST_IMPL(name) int run_test_##name(void); int run_test_##name(void)
 #define TEST_DECLARE(name) int run_test_##name(void);

@@ -459,13 +459,6 @@ TEST_IMPL(daemon_agent_killed)
 	return 0;
 }
 
-/* Blocks of the pool file in use (st_blocks: 512-byte units). */
-static long long blocks(int fd)
-{
-	struct stat st;
-	return fstat(fd, &st) == 0 ? (long long)st.st_blocks : -1;
-}
-
 /* Freed pool pages go back to the host, not one punch at a time (each one
  * a TLB shootdown in every agent mapping the pool) but together, once
  * memdedupd has had a second without messages. */
@@ -481,7 +474,7 @@ TEST_IMPL(daemon_pool_trimmed_when_quiet)
 	td_start(&t, 64);
 	struct md__client *c = td_agent(&t, NULL, &w, &fd);
 	uint32_t first = publish(c, 300, 8, pages, hash);	/* we hold each once */
-	long long full = blocks(fd);
+	long long full = test_file_blocks(fd);
 	ASSERT(full >= 8 * PG / 512);
 	for (uint32_t i = 0; i < 8; i++)
 		slots[i] = first + i;
@@ -490,10 +483,10 @@ TEST_IMPL(daemon_pool_trimmed_when_quiet)
 	ASSERT(wait_live(&t, w.domain_id, 0, 1000));
 	/* Freed, not punched yet: a publication would rewrite them in place. */
 	if (now() - t0 < 0.5)
-		ASSERT_EQ(blocks(fd), full);
-	while (blocks(fd) > 0 && now() - t0 < 5)
+		ASSERT_EQ(test_file_blocks(fd), full);
+	while (test_file_blocks(fd) > 0 && now() - t0 < 5)
 		usleep(20000);
-	ASSERT_EQ(blocks(fd), 0);
+	ASSERT_EQ(test_file_blocks(fd), 0);
 	ASSERT(now() - t0 >= 0.5);
 	md__client_free(c);
 	close(fd);

@@ -10,7 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -190,14 +189,16 @@ TEST_IMPL(engine_pool_write_once)
 	m[0] ^= 0xff;
 	ASSERT(memcmp(md__pool_page(&p, 0), pg, PG) == 0);
 	munmap(m, PG);
-	/* Refcounts: the last put frees the slot; its page is rewritten in
-	 * place by the next publication (not punched first). */
+	/* Refcounts: the last put frees the slot; its page stays until the
+	 * next publication rewrites it or a trim punches it out. */
 	md__pool_get(&p, 0);
 	md__pool_get(&p, 0);
 	ASSERT_EQ(md__pool_put(&p, 0), 0);
 	ASSERT_EQ(md__pool_put(&p, 0), 1);
 	ASSERT_EQ(md__pool_live(&p), 1);
 	ASSERT_EQ(p.ndirty, 1);
+	ASSERT_EQ(md__pool_trim(&p), 1);
+	ASSERT(md__page_is_zero(md__pool_page(&p, 0)));
 	ASSERT_EQ(md__pool_reserve(&p, 1, &s2), 0);
 	ASSERT_EQ(s2, 0);
 	ASSERT_EQ(p.reused, 1);
@@ -211,13 +212,6 @@ TEST_IMPL(engine_pool_write_once)
 	ASSERT_EQ(p.nfree, 3);
 	md__pool_close(&p);
 	return 0;
-}
-
-/* Blocks of the pool file in use (st_blocks: 512-byte units). */
-static long long pool_blocks(const struct md__pool *p)
-{
-	struct stat st;
-	return fstat(p->fd, &st) == 0 ? (long long)st.st_blocks : -1;
 }
 
 /* Freed pages go back to the host in coalesced punches: not one by one (a
@@ -234,16 +228,16 @@ TEST_IMPL(engine_pool_frees_in_batches)
 	uint32_t s;
 	ASSERT_EQ(md__pool_reserve(&p, n, &s), 0);
 	ASSERT_EQ(md__pool_publish(&p, s, pg, n), 0);
-	long long full = pool_blocks(&p);
+	long long full = test_file_blocks(p.fd);
 	ASSERT(full >= (long long)(n * PG / 512));
 	for (size_t i = 0; i < n; i++)
 		md__pool_get(&p, (uint32_t)i);
 	/* A few freed: their memory stays until trimmed or reused. */
 	for (size_t i = 0; i < 10; i++)
 		ASSERT_EQ(md__pool_put(&p, (uint32_t)i), 1);
-	ASSERT_EQ(pool_blocks(&p), full);
+	ASSERT_EQ(test_file_blocks(p.fd), full);
 	ASSERT_EQ(md__pool_trim(&p), 10);
-	ASSERT_EQ(pool_blocks(&p), full - 10 * PG / 512);
+	ASSERT_EQ(test_file_blocks(p.fd), full - 10 * PG / 512);
 	/* (pread: a read through a shared mapping would fill the hole.) */
 	unsigned char back[PG];
 	ASSERT_EQ(pread(p.fd, back, PG, 3 * PG), (ssize_t)PG);
@@ -252,7 +246,7 @@ TEST_IMPL(engine_pool_frees_in_batches)
 	for (size_t i = 10; i < n; i++)
 		ASSERT_EQ(md__pool_put(&p, (uint32_t)i), 1);
 	ASSERT_EQ(p.ndirty, n - 10 - MD_POOL_DIRTY);
-	ASSERT_EQ(pool_blocks(&p), (long long)(p.ndirty * PG / 512));
+	ASSERT_EQ(test_file_blocks(p.fd), (long long)(p.ndirty * PG / 512));
 	ASSERT_EQ(md__pool_live(&p), 0);
 	/* The unpunched ones are reused first, rewritten in place. */
 	uint32_t r;
