@@ -7,4 +7,8 @@
 uint64_t md__page_hash(const void *page);
 /* 1 if the page is all zero bytes. */
 int md__page_is_zero(const void *page);
+/* The two builds md__page_hash chooses from; the AVX2 one only where the
+ * CPU has it. Equal results. */
+uint64_t md__page_hash_sse2(const void *page);
+uint64_t md__page_hash_avx2(const void *page);
 #endif
