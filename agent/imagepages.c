@@ -13,9 +13,9 @@
  * page's owner record still names the image: the mapping and the lease
  * then stand, so the read cannot fault (a copy with pread was a tenth of
  * the scanner's time). A page the guest wrote since gives an entry that
- * is wrong, never unsafe: find() compares with the file, as ever.
- * The scanner asks the index about every page it hashes (find, a byte
- * compare against the file); the matches of a batch
+ * is wrong, never unsafe: merge_run() compares with the file, as ever.
+ * The scanner asks the index about every page it hashes (find, the hash
+ * alone); the matches of a batch
  * come back here, outside the engine's locks, and are merged under
  * agent->lock while the image's lease is held: the lease keeps the file
  * constant (images.c), the engine freezes and compares the guest pages, and
@@ -46,9 +46,9 @@ struct queued {
 };
 
 struct file_page {
-	int fd;            /* the image's own descriptor (lives as the agent) */
+	uint64_t hash;     /* its index key: a wrong one is pruned (merge_run) */
 	uint32_t img;
-	uint64_t pgoff;
+	uint32_t pgoff;    /* pages past 16 TiB into an image are not indexed */
 };
 
 struct md__imagepages {
@@ -58,7 +58,6 @@ struct md__imagepages {
 	struct file_page *pages;
 	size_t npages, cap;
 	unsigned char *buf;           /* RUN_MAX pages */
-	unsigned char page[4096];     /* find()'s compare */
 	uint64_t zero_hash;           /* an all-zero page's */
 };
 
@@ -73,8 +72,8 @@ int md__imagepages_new(struct md__imagepages **out)
 		free(ip);
 		return -ENOMEM;
 	}
-	memset(ip->page, 0, sizeof(ip->page));
-	ip->zero_hash = md__page_hash(ip->page);
+	memset(ip->buf, 0, MD_PAGE);
+	ip->zero_hash = md__page_hash(ip->buf);
 	*out = ip;
 	return 0;
 }
@@ -130,33 +129,29 @@ static void trim(struct queued *q, uintptr_t addr, uintptr_t end)
 	}
 }
 
-static const void *entry_page(void *arg, uint32_t entry)
-{
-	struct md__imagepages *ip = arg;
-	const struct file_page *fp = &ip->pages[entry];
-	if (md__sys_pread(fp->fd, ip->page, MD_PAGE, (off_t)(fp->pgoff * MD_PAGE)) != (ssize_t)MD_PAGE)
-		return NULL;
-	return ip->page;
-}
-
-/* The scanner's question, on its thread: is this page an image page? */
+/* The scanner's question, on its thread: is this page an image page? The
+ * hash says so; merge_run compares under the lease and write-protect, the
+ * proof. (A pread to compare here too was most of the time of reading the
+ * image, for a hash collision seen never.) */
 static int find(void *arg, uint64_t hash, const void *page, uint64_t *cookie)
 {
 	struct md_agent *a = arg;
-	int64_t e = md__index_find(&a->imgpages->ix, hash, page, entry_page, a->imgpages);
+	(void)page;
+	int64_t e = md__index_find(&a->imgpages->ix, hash, NULL, NULL, NULL);
 	if (e < 0)
 		return 0;
 	*cookie = (uint64_t)e;
 	return 1;
 }
 
-/* Merges n guest pages from addr onto the image pages of entry fp and the
- * n - 1 after it. Returns the pages merged. */
-static int merge_run(struct md_agent *a, uintptr_t addr, const struct file_page *fp, size_t n)
+/* Merges n guest pages from addr onto the image pages of entries
+ * cookie[0..n) (consecutive pages of one image). Returns the pages merged. */
+static int merge_run(struct md_agent *a, uintptr_t addr, const uint64_t *cookie, size_t n)
 {
 	struct md__imagepages *ip = a->imgpages;
+	const struct file_page *fp = &ip->pages[cookie[0]];
 	int merged = 0;
-	off_t off = (off_t)(fp->pgoff * MD_PAGE);
+	off_t off = (off_t)((uint64_t)fp->pgoff * MD_PAGE);
 
 	pthread_mutex_lock(&a->lock);
 	struct md__image *img = fp->img && fp->img <= a->nimages ? &a->images[fp->img - 1] : NULL;
@@ -180,6 +175,16 @@ static int merge_run(struct md_agent *a, uintptr_t addr, const struct file_page 
 			r->owner[first + i] = img->id;
 		a->maps_since_count += 2;
 		merged = got;
+	} else if (got == 0) {
+		/* A guest page differed: it was written just now, or an
+		 * entry's hash is not its file page's (the guest wrote the
+		 * page before feed() hashed it). Such an entry would draw
+		 * the same failed freeze on every pass: drop it. */
+		for (size_t i = 0; i < n; i++) {
+			const struct file_page *e = &ip->pages[cookie[i]];
+			if (md__page_hash(ip->buf + i * MD_PAGE) != e->hash)
+				md__index_remove(&ip->ix, e->hash, (uint32_t)cookie[i]);
+		}
 	}
 unlock:
 	pthread_mutex_unlock(&a->lock);
@@ -247,7 +252,6 @@ static void feed(struct md_agent *a)
 			continue;
 		}
 		size_t n = todo[t].n;
-		int fd = a->images[todo[t].img - 1].fd;
 		struct md__region *r = md__region_find(a, todo[t].addr, n * MD_PAGE);
 		for (size_t i = 0; i < n; i++) {
 			hash[i] = ip->zero_hash;	/* left out, as zero pages are */
@@ -259,7 +263,8 @@ static void feed(struct md_agent *a)
 			uint64_t h = hash[i];
 			/* Zero pages are dropped, not merged: equal hashes tell
 			 * them well enough here, where nothing is merged. */
-			if (h == ip->zero_hash || md__index_has(&ip->ix, h))
+			if (h == ip->zero_hash || md__index_has(&ip->ix, h) ||
+			    todo[t].pgoff + i > UINT32_MAX)
 				continue;	/* the same content, or read again */
 			if (ip->npages == ip->cap) {
 				size_t cap = ip->cap ? ip->cap * 2 : 1024;
@@ -271,7 +276,8 @@ static void feed(struct md_agent *a)
 			}
 			if (md__index_insert(&ip->ix, h, (uint32_t)ip->npages) != 0)
 				return;
-			ip->pages[ip->npages++] = (struct file_page){ fd, todo[t].img, todo[t].pgoff + i };
+			ip->pages[ip->npages++] = (struct file_page){ h, todo[t].img,
+								  (uint32_t)(todo[t].pgoff + i) };
 			indexed++;
 		}
 	}
@@ -296,7 +302,7 @@ static void merge(void *arg, const uintptr_t *addr, const uint64_t *cookie, size
 				break;
 			run++;
 		}
-		merged += (uint64_t)merge_run(a, addr[j], fp, run);
+		merged += (uint64_t)merge_run(a, addr[j], &cookie[j], run);
 		j += run;
 	}
 	md__count(a, MD_CTR_MERGED_IMAGE, merged);

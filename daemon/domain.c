@@ -144,14 +144,6 @@ void md__domains_trim(struct md__daemon *d)
 		md__pool_trim(&dom->pool);
 }
 
-/* A comparator that accepts the first candidate: the daemon answers hash
- * lookups only, and the agent compares bytes itself under write-protect. */
-static const void *any_candidate(void *arg, uint32_t slot)
-{
-	(void)slot;
-	return arg;
-}
-
 /* One sighting per page of the domain's guest RAM (rounded down to a power
  * of two, 64 Ki to 1 Mi: 0.75 to 12 MiB, touched all over). KSM's unstable
  * tree lives in the kernel, but ours counts against what we save, so it is
@@ -203,8 +195,9 @@ void md__domain_seen_free(struct md__domain *dom)
 
 uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash, pid_t asker, uint64_t addr)
 {
-	static const unsigned char page[4096];
-	int64_t s = md__index_find(&dom->index, hash, page, any_candidate, (void *)page);
+	/* The first candidate: the daemon answers hash lookups only, and the
+	 * agent compares bytes itself under write-protect. */
+	int64_t s = md__index_find(&dom->index, hash, NULL, NULL, NULL);
 	if (s >= 0)
 		return (uint32_t)s + 1;
 	/* Remade (empty: it is lossy anyway) when the agents registered

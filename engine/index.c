@@ -93,6 +93,8 @@ int64_t md__index_find(struct md__index *ix, uint64_t hash, const void *page,
 		struct md__index_entry *e = &ix->e[i];
 		if (e->slot == DELETED || e->hash != hash)
 			continue;
+		if (!page)
+			return e->slot - 1;
 		const void *content = fn(arg, e->slot - 1);
 		if (content && memcmp(content, page, 4096) == 0)
 			return e->slot - 1;

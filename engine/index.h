@@ -31,7 +31,9 @@ void md__index_free(struct md__index *ix);
 int md__index_insert(struct md__index *ix, uint64_t hash, uint32_t slot);
 /* Removes the entry (hash, slot); 0 or -ENOENT. */
 int md__index_remove(struct md__index *ix, uint64_t hash, uint32_t slot);
-/* Finds a slot whose content equals page byte for byte; -1 if none. */
+/* Finds a slot whose content equals page byte for byte; -1 if none. With
+ * page NULL (fn unused), the first slot under this hash: a candidate for a
+ * caller that compares under write-protect itself, never proof. */
 int64_t md__index_find(struct md__index *ix, uint64_t hash, const void *page,
 		       md__slot_page_fn fn, void *arg);
 /* 1 if some entry has this hash (no compare: a hint only). */
