@@ -14,10 +14,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "agent_internal.h"
 #include "log.h"
+#include "protocol.h"
 #include "sys.h"
 
 static uintptr_t round_up(uintptr_t x) { return (x + MD_PAGE - 1) & ~(MD_PAGE - 1); }
@@ -224,9 +226,17 @@ static ssize_t read_segment(struct md_agent *a, int fd, void *buf, size_t len, o
 	ssize_t n;
 	if (!mapped) {
 		n = md__sys_pread(fd, buf, len, off);
-		/* Not shared at read time: the scanner should look here first. */
-		if (a->engine && n >= (ssize_t)MD_PAGE)
-			md__hints_push(&a->hints, (uintptr_t)buf, (size_t)n);
+		/* Not shared at read time: the scanner should look here first;
+		 * and memdedupd learns which file page went where, so that
+		 * another guest's scanner, finding the same file page in its
+		 * RAM, names this copy (READS). */
+		if (a->engine && n >= (ssize_t)MD_PAGE) {
+			struct stat st;
+			int tell = a->engine->remote && __atomic_load_n(&a->scanner.ratio, __ATOMIC_RELAXED);
+			uint64_t key = tell && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ?
+					md__read_key((uint64_t)st.st_dev, (uint64_t)st.st_ino) : 0;
+			md__hints_push(&a->hints, (uintptr_t)buf, (size_t)n, key, (uint64_t)off);
+		}
 	} else {
 		/* The mapped pages are the file's: copy only around them. The
 		 * size is fixed by the lease, so these reads are not short. */

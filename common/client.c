@@ -388,6 +388,12 @@ int md__client_hello(struct md__client *c, const char *domain, uint32_t flags,
 int md__client_lookup(struct md__client *c, const uint64_t *hash, const uint64_t *addr,
 		      uint32_t n, uint32_t *slot1)
 {
+	return md__client_lookup_tagged(c, hash, addr, NULL, n, slot1);
+}
+
+int md__client_lookup_tagged(struct md__client *c, const uint64_t *hash, const uint64_t *addr,
+			     const uint64_t *tag, uint32_t n, uint32_t *slot1)
+{
 	struct md__msg *m;
 	int err;
 	if (n == 0 || n > MD_LOOKUP_MAX)
@@ -402,6 +408,10 @@ int md__client_lookup(struct md__client *c, const uint64_t *hash, const uint64_t
 		memcpy(m->u.lookup.addr, addr, n * sizeof(*addr));
 	else
 		memset(m->u.lookup.addr, 0, n * sizeof(*addr));
+	if (tag)
+		memcpy(m->u.lookup.tag, tag, n * sizeof(*tag));
+	else
+		memset(m->u.lookup.tag, 0, n * sizeof(*tag));
 	err = call(c, m, MD_MSG_LOOKUP_R, NULL);
 	free(m);
 	if (err)
@@ -527,6 +537,23 @@ int md__client_report(struct md__client *c, const uint64_t *counters, uint32_t n
 	m->u.report.n = n;
 	if (n)
 		memcpy(m->u.report.counters, counters, n * sizeof(*counters));
+	err = call(c, m, MD_MSG_ACK, NULL);
+	free(m);
+	return err ? err : c->msg.u.ack.status;
+}
+
+int md__client_reads(struct md__client *c, const struct md__read_run *run, uint32_t n)
+{
+	struct md__msg *m;
+	int err;
+	if (n == 0 || n > MD_READS_MAX)
+		return -EINVAL;
+	m = malloc(sizeof(*m));
+	if (!m)
+		return -ENOMEM;
+	m->hdr.type = MD_MSG_READS;
+	m->u.reads.n = n;
+	memcpy(m->u.reads.run, run, n * sizeof(*run));
 	err = call(c, m, MD_MSG_ACK, NULL);
 	free(m);
 	return err ? err : c->msg.u.ack.status;

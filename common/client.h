@@ -55,6 +55,12 @@ int md__client_hello(struct md__client *c, const char *domain, uint32_t flags,
  * sends it back in a CANDIDATES. */
 int md__client_lookup(struct md__client *c, const uint64_t *hash, const uint64_t *addr,
 		      uint32_t n, uint32_t *slot1);
+/* The same, with md__read_tag of the file page each one holds (0: not from
+ * a read; tag NULL: none at all). */
+int md__client_lookup_tagged(struct md__client *c, const uint64_t *hash, const uint64_t *addr,
+			     const uint64_t *tag, uint32_t n, uint32_t *slot1);
+/* READS: n runs of guest pages reads just filled (protocol.h). */
+int md__client_reads(struct md__client *c, const struct md__read_run *run, uint32_t n);
 /* PUBLISH: n <= 64 pages (hash[i] = md__page_hash(pages + i * 4096)) go
  * into consecutive slots from *first_slot; the caller holds one reference
  * on each. */

@@ -70,7 +70,38 @@ static const char *const type_names[MD_MSG_TYPE_END] = {
 	[MD_MSG_STATUS_R] = "STATUS_R", [MD_MSG_CONTROL] = "CONTROL",
 	[MD_MSG_CONTROL_R] = "CONTROL_R", [MD_MSG_ERROR] = "ERROR",
 	[MD_MSG_CANDIDATES] = "CANDIDATES", [MD_MSG_SHARE] = "SHARE",
+	[MD_MSG_READS] = "READS",
 };
+
+/* splitmix64's finalizer: every input bit moves every output bit. */
+static uint64_t mix64(uint64_t x)
+{
+	x ^= x >> 30;
+	x *= 0xbf58476d1ce4e5b9ull;
+	x ^= x >> 27;
+	x *= 0x94d049bb133111ebull;
+	return x ^ (x >> 31);
+}
+
+uint64_t md__read_key(uint64_t dev, uint64_t ino)
+{
+	return mix64(mix64(dev) ^ ino);
+}
+
+uint64_t md__read_tag(uint64_t key, uint64_t off)
+{
+	uint64_t t = mix64(key ^ mix64(off + 0x9e3779b97f4a7c15ull));
+	return t ? t : 1;
+}
+
+#define READ_RUN_LEN 28u	/* key, off, addr, npages on the wire */
+
+static int read_run_valid(const struct md__read_run *r)
+{
+	uint64_t bytes = (uint64_t)r->npages * MD_MSG_PAGE;
+	return r->npages && r->npages <= MD_READ_RUN_PAGES && r->addr % MD_MSG_PAGE == 0 &&
+	       r->addr <= (1ull << 47) - bytes && r->off <= UINT64_MAX - bytes;
+}
 
 const char *md__msg_type_name(unsigned type)
 {
@@ -91,7 +122,7 @@ uint32_t md__msg_max_len(unsigned type)
 	switch (type) {
 	case MD_MSG_HELLO: return 10 + MD_DOMAIN_MAX;
 	case MD_MSG_WELCOME: return MD_WELCOME_LEN;
-	case MD_MSG_LOOKUP: return 4 + 16 * MD_LOOKUP_MAX;
+	case MD_MSG_LOOKUP: return 4 + 24 * MD_LOOKUP_MAX;
 	case MD_MSG_LOOKUP_R: return 4 + 4 * MD_LOOKUP_MAX;
 	case MD_MSG_PUBLISH: return 4 + (8 + MD_MSG_PAGE) * MD_PUBLISH_MAX;
 	case MD_MSG_PUBLISH_R: return 8;
@@ -106,6 +137,7 @@ uint32_t md__msg_max_len(unsigned type)
 	case MD_MSG_ERROR: return 6 + MD_TEXT_MAX;
 	case MD_MSG_CANDIDATES: return 4 + 8 * MD_CANDIDATES_MAX;
 	case MD_MSG_SHARE: return 4;
+	case MD_MSG_READS: return 4 + READ_RUN_LEN * MD_READS_MAX;
 	}
 	return 0;
 }
@@ -242,12 +274,13 @@ static int decode_payload(const unsigned char *p, uint32_t len, struct md__msg *
 		return 0;
 	}
 	case MD_MSG_LOOKUP:
-		if (!array_count(p, len, MD_LOOKUP_MAX, 16, &n))
+		if (!array_count(p, len, MD_LOOKUP_MAX, 24, &n))
 			return -EBADMSG;
 		m->u.lookup.n = n;
 		for (uint32_t i = 0; i < n; i++) {
 			m->u.lookup.hash[i] = get64(p + 4 + 8 * i);
 			m->u.lookup.addr[i] = get64(p + 4 + 8 * n + 8 * i);
+			m->u.lookup.tag[i] = get64(p + 4 + 16 * n + 8 * i);
 		}
 		return 0;
 	case MD_MSG_LOOKUP_R:
@@ -340,6 +373,18 @@ static int decode_payload(const unsigned char *p, uint32_t len, struct md__msg *
 			return -EBADMSG;
 		m->u.share.agents = n;
 		return 0;
+	case MD_MSG_READS:
+		if (!array_count(p, len, MD_READS_MAX, READ_RUN_LEN, &n))
+			return -EBADMSG;
+		m->u.reads.n = n;
+		for (uint32_t i = 0; i < n; i++) {
+			const unsigned char *q = p + 4 + READ_RUN_LEN * i;
+			struct md__read_run *r = &m->u.reads.run[i];
+			*r = (struct md__read_run){ get64(q), get64(q + 8), get64(q + 16), get32(q + 24) };
+			if (!read_run_valid(r))
+				return -EBADMSG;
+		}
+		return 0;
 	}
 	return -EBADMSG;
 }
@@ -385,7 +430,7 @@ static uint32_t payload_len(const struct md__msg *m, int *ok)
 		n = m->hdr.type == MD_MSG_LOOKUP ? m->u.lookup.n : m->u.lookup_r.n;
 		if (n == 0 || n > MD_LOOKUP_MAX)
 			break;
-		return 4 + (m->hdr.type == MD_MSG_LOOKUP ? 16 : 4) * n;
+		return 4 + (m->hdr.type == MD_MSG_LOOKUP ? 24 : 4) * n;
 	case MD_MSG_PUBLISH:
 		n = m->u.publish.n;
 		if (n == 0 || n > MD_PUBLISH_MAX || !m->u.publish.pages)
@@ -441,6 +486,16 @@ static uint32_t payload_len(const struct md__msg *m, int *ok)
 		if (m->u.share.agents == 0 || m->u.share.agents > MD_SHARE_MAX)
 			break;
 		return 4;
+	case MD_MSG_READS:
+		n = m->u.reads.n;
+		if (n == 0 || n > MD_READS_MAX)
+			break;
+		for (uint32_t i = 0; i < n; i++)
+			if (!read_run_valid(&m->u.reads.run[i]))
+				n = 0;
+		if (!n)
+			break;
+		return 4 + READ_RUN_LEN * n;
 	}
 	*ok = 0;
 	return 0;
@@ -491,6 +546,8 @@ ssize_t md__msg_encode(const struct md__msg *m, void *buf, size_t size)
 			p = put64(p, m->u.lookup.hash[i]);
 		for (uint32_t i = 0; i < m->u.lookup.n; i++)
 			p = put64(p, m->u.lookup.addr[i]);
+		for (uint32_t i = 0; i < m->u.lookup.n; i++)
+			p = put64(p, m->u.lookup.tag[i]);
 		break;
 	case MD_MSG_LOOKUP_R:
 		p = put32(p, m->u.lookup_r.n);
@@ -550,6 +607,16 @@ ssize_t md__msg_encode(const struct md__msg *m, void *buf, size_t size)
 		break;
 	case MD_MSG_SHARE:
 		put32(p, m->u.share.agents);
+		break;
+	case MD_MSG_READS:
+		p = put32(p, m->u.reads.n);
+		for (uint32_t i = 0; i < m->u.reads.n; i++) {
+			const struct md__read_run *r = &m->u.reads.run[i];
+			p = put64(p, r->key);
+			p = put64(p, r->off);
+			p = put64(p, r->addr);
+			p = put32(p, r->npages);
+		}
 		break;
 	}
 	return (ssize_t)(MD_MSG_HDR_SIZE + len);

@@ -3,7 +3,7 @@
  *
  * Every message is a fixed 16-byte header followed by `length` payload bytes:
  *
- *     u32 magic ("MDD1" on the wire)  u16 version (2)  u16 type
+ *     u32 magic ("MDD1" on the wire)  u16 version (3)  u16 type
  *     u32 length (payload bytes)      u32 seq
  *
  * All fields are little-endian and fixed-size; a payload is a fixed part
@@ -20,7 +20,7 @@
 #include <sys/types.h>
 
 #define MD_MSG_MAGIC 0x3144444du   /* "MDD1" read as a little-endian u32 */
-#define MD_MSG_VERSION 2u
+#define MD_MSG_VERSION 3u
 #define MD_MSG_HDR_SIZE 16u
 /* The largest payload of any message: a STATUS_R document. */
 #define MD_MSG_MAX (1u << 20)
@@ -33,6 +33,8 @@
 #define MD_PUBLISH_MAX 64u         /* pages in a PUBLISH */
 #define MD_REF_MAX 1024u           /* slots in a REF / UNREF */
 #define MD_REPORT_MAX 256u         /* counters in a REPORT */
+#define MD_READS_MAX 128u          /* runs in a READS */
+#define MD_READ_RUN_PAGES 1024u    /* pages in one run of a READS */
 #define MD_KEY_MAX 32u             /* CONTROL SET key */
 #define MD_VALUE_MAX 64u           /* CONTROL SET value */
 #define MD_TEXT_MAX 256u           /* message of CONTROL_R / ERROR */
@@ -55,6 +57,7 @@ enum md__msg_type {
 	MD_MSG_ERROR,          /* d -> anyone: the request failed */
 	MD_MSG_CANDIDATES,     /* d -> agent, seq 0: pages now in the pool */
 	MD_MSG_SHARE,          /* d -> agent, seq 0: agents sharing the rate */
+	MD_MSG_READS,          /* agent -> d, answered by ACK */
 	MD_MSG_TYPE_END
 };
 
@@ -111,6 +114,8 @@ struct md__msg_lookup {
 	uint32_t n;
 	uint64_t hash[MD_LOOKUP_MAX];
 	uint64_t addr[MD_LOOKUP_MAX];      /* where the asker holds each page */
+	uint64_t tag[MD_LOOKUP_MAX];       /* md__read_tag of the file page a read
+					    * put there; 0: none (see READS) */
 };
 
 struct md__msg_lookup_r {
@@ -159,6 +164,24 @@ struct md__msg_candidates {
 	uint64_t addr[MD_CANDIDATES_MAX];
 };
 
+/* READS: runs of guest pages that reads just filled from files, each page
+ * whole, and not shared at read time: page i of a run holds the file (key)
+ * at off + 4096 i. Another agent whose scanner meets the same file page in
+ * its own RAM (LOOKUP tag) is told to publish it, and this page is named
+ * back as a candidate: one visit merges both copies (KSM++'s hints, across
+ * guests reading one image). Only a guess: the merge compares bytes. */
+struct md__read_run {
+	uint64_t key;                      /* md__read_key of the file */
+	uint64_t off;                      /* file offset of the first page */
+	uint64_t addr;                     /* page-aligned, below 2^47 */
+	uint32_t npages;                   /* 1..MD_READ_RUN_PAGES */
+};
+
+struct md__msg_reads {
+	uint32_t n;
+	struct md__read_run run[MD_READS_MAX];
+};
+
 /* SHARE: the scanning agents the daemon's tunables are split among (the
  * rate and the CPU cap are for all of them together). */
 struct md__msg_share {
@@ -194,8 +217,14 @@ struct md__msg {
 		struct md__msg_text text;
 		struct md__msg_candidates candidates;
 		struct md__msg_share share;
+		struct md__msg_reads reads;
 	} u;
 };
+
+/* A file's identity for READS (its device and inode), and a file page's:
+ * both agents compute them alike, and 0 is never a tag. */
+uint64_t md__read_key(uint64_t dev, uint64_t ino);
+uint64_t md__read_tag(uint64_t key, uint64_t off);
 
 /* A short name of a message type ("HELLO"), "?" if unknown. */
 const char *md__msg_type_name(unsigned type);

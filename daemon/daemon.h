@@ -62,6 +62,13 @@ struct md__domain {
 	 * agent is sent its address as a CANDIDATE to merge. */
 	struct md__sighting *seen;
 	size_t seen_cap;           /* power of two; 0: no table */
+	/* Pages reads just filled, by file page (READS; lossy, the same
+	 * entries and size as the sightings, tag the read tag's high half):
+	 * a LOOKUP of the same file page elsewhere (its tag) is told to
+	 * publish, and this page waits for it as a first sighting would. */
+	struct md__sighting *reads;
+	size_t reads_cap;          /* power of two; 0: no table (no READS yet) */
+	uint64_t read_pairs;       /* lookups paired with another's read */
 	uint64_t registered_pages; /* of its agents, as they last reported */
 	size_t nagents;            /* agent records (connected or not) in it */
 };
@@ -146,7 +153,11 @@ void md__ep_forget(struct md__daemon *d, struct md__ep *ep);
 /* domain.c */
 int md__domain_get(struct md__daemon *d, uid_t uid, const char *name, struct md__domain **out);
 void md__domain_release(struct md__daemon *d, struct md__domain *dom);
-uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash, pid_t asker, uint64_t addr);
+/* tag: md__read_tag of the file page the asker's read put at addr, or 0. */
+uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash, pid_t asker, uint64_t addr,
+			   uint64_t tag);
+/* Records a READS run of agent pid. */
+void md__domain_reads(struct md__domain *dom, pid_t pid, const struct md__read_run *run);
 /* Frees the first-sighting table (it comes back on the next lookup). */
 void md__domain_seen_free(struct md__domain *dom);
 /* Content with this hash was just published: if a first sighting waits for

@@ -100,6 +100,7 @@ int md__domain_get(struct md__daemon *d, uid_t uid, const char *name, struct md_
 static void domain_free(struct md__domain *dom)
 {
 	md__domain_seen_free(dom);
+	free(dom->reads);
 	free(dom->slot_hash);
 	md__index_free(&dom->index);
 	md__pool_close(&dom->pool);
@@ -186,6 +187,59 @@ static uint32_t seen_tag(uint64_t hash)
 	return (uint32_t)(hash >> 33);
 }
 
+/* Where a page is, packed; 0 for one that cannot be recorded (above 2^47,
+ * unaligned, or a pid beyond the kernel's limit). */
+static uint64_t where_of(pid_t pid, uint64_t addr)
+{
+	int fits = addr % 4096 == 0 && !(addr >> 47) && pid > 0 && !((uint64_t)pid >> 22);
+	return fits ? (uint64_t)pid << 35 | addr >> 12 : 0;
+}
+
+static size_t read_bucket(const struct md__domain *dom, uint64_t tag)
+{
+	return (size_t)(tag ^ (tag >> 29)) & (dom->reads_cap - 2);
+}
+
+void md__domain_reads(struct md__domain *dom, pid_t pid, const struct md__read_run *run)
+{
+	/* Sized as the sightings are, once, on the first READS: a domain
+	 * whose reads are all shared at read time never has one. */
+	if (!dom->reads_cap) {
+		size_t want = seen_want(dom);
+		dom->reads = calloc(want, sizeof(*dom->reads));
+		if (!dom->reads)
+			return;	/* no pairing by reads: sightings still pair */
+		dom->reads_cap = want;
+	}
+	for (uint32_t i = 0; i < run->npages; i++) {
+		uint64_t tag = md__read_tag(run->key, run->off + (uint64_t)i * 4096);
+		uint64_t w = where_of(pid, run->addr + (uint64_t)i * 4096);
+		struct md__sighting *b = &dom->reads[read_bucket(dom, tag)];
+		if (!w || (b[0].tag == (uint32_t)(tag >> 32) && where_get(&b[0]) == w))
+			continue;	/* the same page read again */
+		b[1] = b[0];
+		b[0].tag = (uint32_t)(tag >> 32);
+		where_set(&b[0], w);
+	}
+}
+
+/* Another page (not w) that a read filled with the file page tag, taken
+ * from the table; 0 if none. */
+static uint64_t read_partner(struct md__domain *dom, uint64_t tag, uint64_t w)
+{
+	if (!dom->reads_cap)
+		return 0;
+	struct md__sighting *b = &dom->reads[read_bucket(dom, tag)];
+	for (int way = 0; way < 2; way++) {
+		uint64_t o = where_get(&b[way]);
+		if (o && o != w && b[way].tag == (uint32_t)(tag >> 32)) {
+			b[way] = (struct md__sighting){ 0 };
+			return o;
+		}
+	}
+	return 0;
+}
+
 void md__domain_seen_free(struct md__domain *dom)
 {
 	free(dom->seen);
@@ -193,7 +247,8 @@ void md__domain_seen_free(struct md__domain *dom)
 	dom->seen_cap = 0;
 }
 
-uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash, pid_t asker, uint64_t addr)
+uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash, pid_t asker, uint64_t addr,
+			   uint64_t tag)
 {
 	/* The first candidate: the daemon answers hash lookups only, and the
 	 * agent compares bytes itself under write-protect. */
@@ -214,8 +269,8 @@ uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash, pid_t asker, u
 	}
 	/* A page past what an entry holds (above 2^47, or a pid beyond the
 	 * kernel's limit) can meet a sighting, but never be one. */
-	int fits = addr % 4096 == 0 && !(addr >> 47) && asker > 0 && !((uint64_t)asker >> 22);
-	uint64_t w = fits ? (uint64_t)asker << 35 | addr >> 12 : 0;
+	uint64_t w = where_of(asker, addr);
+	int fits = w != 0;
 	/* Lossy, like a cache: a third sighting in a bucket forgets the
 	 * older one, which costs a merge found one pass later. */
 	struct md__sighting *b = &dom->seen[seen_bucket(dom, hash)];
@@ -231,6 +286,18 @@ uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash, pid_t asker, u
 			return MD_LOOKUP_PUBLISH;
 		}
 		return 0;
+	}
+	/* Seen first here, but a read put the same file page elsewhere
+	 * (another guest reading the same image): that page is this one's
+	 * first sighting, as if looked up already. This one is published
+	 * now and that one named to its agent: one visit merges both. */
+	uint64_t other = fits && tag ? read_partner(dom, tag, w) : 0;
+	if (other) {
+		b[1] = b[0];
+		b[0].tag = seen_tag(hash) | MD_SIGHTING_ASKED;
+		where_set(&b[0], other);
+		dom->read_pairs++;
+		return MD_LOOKUP_PUBLISH;
 	}
 	if (fits) {
 		b[1] = b[0];

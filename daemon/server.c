@@ -374,7 +374,7 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
 	/* Only the requests a peer may send; an agent's only after HELLO. */
 	switch (m->hdr.type) {
 	case MD_MSG_LOOKUP: case MD_MSG_PUBLISH: case MD_MSG_REF: case MD_MSG_UNREF:
-	case MD_MSG_REPORT:
+	case MD_MSG_REPORT: case MD_MSG_READS:
 		if (!c->agent) {
 			md__conn_fail(d, c, seq, -EPROTO, "%s before HELLO",
 				      md__msg_type_name(m->hdr.type));
@@ -422,7 +422,8 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
 		r->u.lookup_r.n = m->u.lookup.n;
 		for (uint32_t i = 0; i < m->u.lookup.n; i++)
 			r->u.lookup_r.slot1[i] = md__domain_lookup(c->agent->dom, m->u.lookup.hash[i],
-								   c->agent->pid, m->u.lookup.addr[i]);
+								   c->agent->pid, m->u.lookup.addr[i],
+								   m->u.lookup.tag[i]);
 		md__conn_send(d, c, r, -1);
 		free(r);
 		return;
@@ -449,6 +450,11 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
 		return;
 	case MD_MSG_REPORT:
 		md__agent_report(c->agent, &m->u.report);
+		reply_ack(d, c, seq, 0);
+		return;
+	case MD_MSG_READS:
+		for (uint32_t i = 0; i < m->u.reads.n; i++)
+			md__domain_reads(c->agent->dom, c->agent->pid, &m->u.reads.run[i]);
 		reply_ack(d, c, seq, 0);
 		return;
 	case MD_MSG_STATUS:

@@ -31,7 +31,7 @@ static json_int_t domain_meta(const struct md__domain *dom)
 {
 	return (json_int_t)(dom->pool.end * SLOT_META +
 			    dom->index.cap * sizeof(struct md__index_entry) +
-			    dom->seen_cap * sizeof(struct md__sighting));
+			    (dom->seen_cap + dom->reads_cap) * sizeof(struct md__sighting));
 }
 
 int md__status_json(struct md__daemon *d, uid_t uid, char **json, size_t *len)
@@ -73,6 +73,8 @@ int md__status_json(struct md__daemon *d, uid_t uid, char **json, size_t *len)
 		json_object_set_new(o, "pool_bytes", json_integer(live * MD_MSG_PAGE));
 		json_object_set_new(o, "index_entries", json_integer((json_int_t)dom->index.live));
 		json_object_set_new(o, "sighting_slots", json_integer((json_int_t)dom->seen_cap));
+		json_object_set_new(o, "read_slots", json_integer((json_int_t)dom->reads_cap));
+		json_object_set_new(o, "read_pairs", json_integer((json_int_t)dom->read_pairs));
 		json_object_set_new(o, "pages_shared", json_integer(live));
 		json_object_set_new(o, "pages_sharing", json_integer(sharing));
 		json_object_set_new(o, "general_profit", json_integer(profit));

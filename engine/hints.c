@@ -7,6 +7,7 @@
  */
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "hints.h"
 
@@ -31,10 +32,20 @@ void md__hints_free(struct md__hints *h)
 	h->slot = NULL;
 }
 
-void md__hints_push(struct md__hints *h, uintptr_t addr, size_t len)
+void md__hints_push(struct md__hints *h, uintptr_t addr, size_t len, uint64_t key, uint64_t off)
 {
+	struct md__hint x = { addr, len, key, off };
 	pthread_mutex_lock(&h->lock);
-	h->slot[h->top] = (struct md__hint){ addr, len };
+	h->slot[h->top] = x;
+	if (key) {
+		/* Full (the scanner paused): the oldest go; they matter least. */
+		if (h->nfresh == MD_HINTS_FRESH) {
+			memmove(h->fresh, h->fresh + 1, (MD_HINTS_FRESH - 1) * sizeof(*h->fresh));
+			h->nfresh--;
+			h->fresh_dropped++;
+		}
+		h->fresh[h->nfresh++] = x;
+	}
 	h->top = (h->top + 1) % h->cap;
 	if (h->count == h->cap)
 		h->dropped++;	/* the slot just written held the oldest */
@@ -57,6 +68,17 @@ int md__hints_pop(struct md__hints *h, struct md__hint *out)
 	}
 	pthread_mutex_unlock(&h->lock);
 	return got;
+}
+
+size_t md__hints_take_fresh(struct md__hints *h, struct md__hint *out, size_t max)
+{
+	pthread_mutex_lock(&h->lock);
+	size_t n = h->nfresh < max ? h->nfresh : max;
+	memcpy(out, h->fresh, n * sizeof(*out));
+	memmove(h->fresh, h->fresh + n, (h->nfresh - n) * sizeof(*h->fresh));
+	h->nfresh -= n;
+	pthread_mutex_unlock(&h->lock);
+	return n;
 }
 
 size_t md__hints_count(struct md__hints *h)

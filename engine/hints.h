@@ -14,7 +14,12 @@
 struct md__hint {
 	uintptr_t addr;
 	size_t len;
+	uint64_t key;    /* md__read_key of the file read; 0: not known */
+	uint64_t off;    /* file offset that landed at addr */
 };
+
+/* Hints with a key not yet told to memdedupd (READS), oldest first. */
+#define MD_HINTS_FRESH 256
 
 struct md__hints {
 	pthread_mutex_t lock;
@@ -23,12 +28,19 @@ struct md__hints {
 	size_t top;      /* index one past the newest */
 	size_t count;    /* hints held */
 	uint64_t pushed, popped, dropped;
+	struct md__hint fresh[MD_HINTS_FRESH];
+	size_t nfresh;
+	uint64_t fresh_dropped;
 };
 
 int md__hints_init(struct md__hints *h, size_t cap);
 void md__hints_free(struct md__hints *h);
-/* Pushes a hint; drops the oldest if full. */
-void md__hints_push(struct md__hints *h, uintptr_t addr, size_t len);
+/* Pushes a hint; drops the oldest if full. A hint with a key is also kept
+ * to be reported (at most MD_HINTS_FRESH, the newest). */
+void md__hints_push(struct md__hints *h, uintptr_t addr, size_t len, uint64_t key, uint64_t off);
+/* Moves up to max unreported keyed hints into out, oldest first; returns
+ * how many. */
+size_t md__hints_take_fresh(struct md__hints *h, struct md__hint *out, size_t max);
 /* Pops the newest hint into *out; 0 if the stack is empty, else 1. */
 int md__hints_pop(struct md__hints *h, struct md__hint *out);
 size_t md__hints_count(struct md__hints *h);

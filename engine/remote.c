@@ -139,9 +139,15 @@ int md__remote_valid(struct md__remote *rm, uint32_t slot, size_t n)
 	_r; })
 
 int md__remote_lookup_n(struct md__remote *rm, const uint64_t *hash, const uint64_t *addr,
-			uint32_t n, uint32_t *slot1)
+			const uint64_t *tag, uint32_t n, uint32_t *slot1)
 {
-	int err = CALL(rm, md__client_lookup(rm->c, hash, addr, n, slot1));
+	int err = CALL(rm, md__client_lookup_tagged(rm->c, hash, addr, tag, n, slot1));
+	return err < 0 ? err : 0;
+}
+
+int md__remote_reads(struct md__remote *rm, const struct md__read_run *run, uint32_t n)
+{
+	int err = CALL(rm, md__client_reads(rm->c, run, n));
 	return err < 0 ? err : 0;
 }
 

@@ -44,10 +44,12 @@ int md__engine_remote_connect(struct md__engine *e);
 int md__remote_connected(struct md__remote *rm);
 /* 1 if slots [slot, slot+n) lie in the pool file (their view pages readable). */
 int md__remote_valid(struct md__remote *rm, uint32_t slot, size_t n);
-/* LOOKUP n hashes of the pages at addr[]: slot1[i] as in LOOKUP_R (slot + 1,
- * 0, MD_LOOKUP_PUBLISH). */
+/* LOOKUP n hashes of the pages at addr[] (tag[]: their file pages, 0 or
+ * NULL: none): slot1[i] as in LOOKUP_R (slot + 1, 0, MD_LOOKUP_PUBLISH). */
 int md__remote_lookup_n(struct md__remote *rm, const uint64_t *hash, const uint64_t *addr,
-			uint32_t n, uint32_t *slot1);
+			const uint64_t *tag, uint32_t n, uint32_t *slot1);
+/* READS: n runs of pages reads just filled. */
+int md__remote_reads(struct md__remote *rm, const struct md__read_run *run, uint32_t n);
 /* PUBLISH n pages one by one, in one round trip: status[i] 0 and slot[i]
  * (pinned for us; an equal live page's slot if the pool had one), or the
  * daemon's refusal. 0, or -errno when the daemon went away. */

@@ -220,15 +220,49 @@ static uintptr_t hint_next(struct md__scanner *s)
 		/* Whole pages only: round the start up, the end down. */
 		uintptr_t a = (s->cur.addr + MD_EPAGE - 1) & ~(uintptr_t)(MD_EPAGE - 1);
 		uintptr_t end = (s->cur.addr + s->cur.len) & ~(uintptr_t)(MD_EPAGE - 1);
+		s->cur.off += a - s->cur.addr;
 		s->cur.addr = a;
 		s->cur.len = end > a ? end - a : 0;
 		if (s->cur.len)
 			s->sweep = a & ~(HPAGE - 1);
 	}
 	uintptr_t a = s->cur.addr;
+	s->hint_tag = s->cur.key ? md__read_tag(s->cur.key, s->cur.off) : 0;
 	s->cur.addr += MD_EPAGE;
+	s->cur.off += MD_EPAGE;
 	s->cur.len -= MD_EPAGE;
 	return a;
+}
+
+/* Tells memdedupd which file pages the reads since the last batch put
+ * where, whole pages only (READS), before this batch's lookups: another
+ * agent's visit of the same file page can then merge both copies. */
+static void report_reads(struct md__scanner *s)
+{
+	struct md__hint fresh[MD_HINTS_FRESH];
+	struct md__read_run run[MD_READS_MAX];
+	uint32_t n = 0;
+	size_t nf = md__hints_take_fresh(s->hints, fresh, MD_HINTS_FRESH);
+	for (size_t i = 0; i < nf; i++) {
+		uintptr_t a = (fresh[i].addr + MD_EPAGE - 1) & ~(uintptr_t)(MD_EPAGE - 1);
+		uintptr_t end = (fresh[i].addr + fresh[i].len) & ~(uintptr_t)(MD_EPAGE - 1);
+		uint64_t off = fresh[i].off + (a - fresh[i].addr);
+		while (a < end && !(a >> 47)) {
+			size_t np = (end - a) / MD_EPAGE;
+			np = np < MD_READ_RUN_PAGES ? np : MD_READ_RUN_PAGES;
+			if (off > UINT64_MAX - np * MD_EPAGE)
+				break;
+			run[n++] = (struct md__read_run){ fresh[i].key, off, a, (uint32_t)np };
+			if (n == MD_READS_MAX) {
+				md__remote_reads(s->e->remote, run, n);
+				n = 0;
+			}
+			a += np * MD_EPAGE;
+			off += np * MD_EPAGE;
+		}
+	}
+	if (n)
+		md__remote_reads(s->e->remote, run, n);
 }
 
 /* A visited page stayed unique (no pool page, no partner): it ages, and the
@@ -295,7 +329,7 @@ static void flush_remote(struct md__scanner *s)
 
 	s->npend = 0;
 	if (!n || !md__remote_connected(rm) ||
-	    md__remote_lookup_n(rm, s->pend_hash, s->pend_addr, (uint32_t)n, slot1))
+	    md__remote_lookup_n(rm, s->pend_hash, s->pend_addr, s->pend_tag, (uint32_t)n, slot1))
 		return;
 	for (size_t k = 0; k < n; k++) {
 		if (slot1[k] == MD_LOOKUP_PUBLISH) {
@@ -513,6 +547,7 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 		/* Resolved with the rest of the batch (flush_remote). */
 		s->pend_addr[s->npend] = a;
 		s->pend_hash[s->npend] = h;
+		s->pend_tag[s->npend] = hinted == 1 ? s->hint_tag : 0;
 		s->pend_hinted[s->npend++] = (unsigned char)hinted;
 		if (s->npend == MD_SCAN_PEND)
 			flush_remote(s);
@@ -576,6 +611,10 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 	uint64_t passes = s->st.passes;
 	pthread_rwlock_rdlock(&s->e->regions_lock);
 	s->pm_n = 0;	/* the window is as old as the batch at most */
+	/* Hints off (the plain scan), no lookup carries a tag to meet them. */
+	if (s->e->remote && s->hints && __atomic_load_n(&s->ratio, __ATOMIC_RELAXED) &&
+	    md__remote_connected(s->e->remote))
+		report_reads(s);
 	if (s->e->remote) {
 		/* First the pages the daemon named: their content was just
 		 * published by another agent, a merge is all but certain. An

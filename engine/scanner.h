@@ -68,6 +68,7 @@ struct md__scanner {
 	size_t zero_ahead;      /* pages after it dropped as zero: stepped over */
 	uint64_t rng;
 	struct md__hint cur;    /* the hint being worked through */
+	uint64_t hint_tag;      /* md__read_tag of the page hint_next() gave, or 0 */
 	uintptr_t sweep;        /* its huge page, swept for zero pages after it */
 	uintptr_t swept[256];   /* huge pages swept, by address bits 21-28 */
 	struct md__unstable un;
@@ -81,6 +82,7 @@ struct md__scanner {
 	 * (one LOOKUP, one REF, one PUBLISH instead of one each per page). */
 	uint64_t pend_addr[MD_SCAN_PEND];
 	uint64_t pend_hash[MD_SCAN_PEND];
+	uint64_t pend_tag[MD_SCAN_PEND];
 	unsigned char pend_hinted[MD_SCAN_PEND];
 	size_t npend;
 	unsigned char *pub_buf;	/* MD_SCAN_PEND pages to publish */

@@ -16,6 +16,6 @@
 	X(scan_merges_duplicates) X(scan_merges_onto_image) X(scan_image_index_bounded) X(scan_image_index_remapped) X(scan_image_index_prunes_written) X(scan_hints_guide_scanner) X(scan_unmerge_and_tunables) \
 	X(scan_stress_no_lost_write) \
 	X(cross_process_sharing) X(cross_in_process_duplicates) X(cross_domains_never_share) X(cross_daemon_killed) \
-	X(cross_stress_no_lost_write) X(cross_unrefs_batched)
+	X(cross_stress_no_lost_write) X(cross_unrefs_batched) X(cross_reads_pair)
 
 #define TEST_LIST(X) TEST_LIST_AGENT(X) TEST_LIST_ENGINE(X) TEST_LIST_DAEMON(X)

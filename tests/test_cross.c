@@ -335,3 +335,56 @@ TEST_IMPL(cross_stress_no_lost_write)
 	td_stop(&t);
 	return 0;
 }
+
+static long long domain_int(const struct tdaemon *t, const char *key)
+{
+	json_t *st = td_status(t);
+	json_t *doms = json_object_get(st, "domains");
+	long long v = 0;
+	size_t i;
+	json_t *d;
+	json_array_foreach(doms, i, d)
+		v += td_int(d, key);
+	json_decref(st);
+	return v;
+}
+
+TEST_IMPL(cross_reads_pair)
+{
+	/* Two guests read one image, each page copied (no sharing at read
+	 * time). The slow one tells memdedupd which file page went where
+	 * (READS) before its scanner has visited them; the fast one's hinted
+	 * visits then find their partners by file page, publish, and name
+	 * the slow one's copies, which merge out of its rate: one visit per
+	 * pair. Both end on the same frames with the image's content. */
+	struct tdaemon t;
+	struct proc x, y;
+	char img[512], want[32];
+	snprintf(img, sizeof(img), "%s/pair.img", test_dir());
+	make_image(img, N * PG, 31);
+	snprintf(want, sizeof(want), "%016llx", (unsigned long long)fnv_file(img, 0, N * PG));
+	td_start(&t, 65536);
+	start_agent_at(&y, &t, "MEMDEDUP_NO_SHARING=1", "MEMDEDUP_PAGES_TO_SCAN=1");
+	int fy = (int)proc_num(&y, "open %s", img);
+	ASSERT(fy >= 0);
+	ASSERT_EQ(proc_num(&y, "read %d 0 %u 0 0", fy, N * PG), (long long)N * PG);
+	for (int i = 0; i < 2000 && !domain_int(&t, "read_slots"); i++)
+		usleep(10000);
+	ASSERT(domain_int(&t, "read_slots") > 0);	/* y's reads are known */
+	start_agent_at(&x, &t, "MEMDEDUP_NO_SHARING=1", "MEMDEDUP_PAGES_TO_SCAN=4000");
+	int fx = (int)proc_num(&x, "open %s", img);
+	ASSERT(fx >= 0);
+	ASSERT_EQ(proc_num(&x, "read %d 0 %u 0 0", fx, N * PG), (long long)N * PG);
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&x, &s, 20000, sharing_n), 0);
+	ASSERT_EQ(proc_stats_wait(&y, &s, 20000, sharing_n), 0);
+	ASSERT_EQ(s.pages_shared_at_read, 0);
+	ASSERT(domain_int(&t, "read_pairs") >= N / 4);
+	ASSERT_EQ(same_frames(&x, &y, 0, N), N);
+	ASSERT(strcmp(proc_cmd(&x, "hash 0 %u", N * PG), want) == 0);
+	ASSERT(strcmp(proc_cmd(&y, "hash 0 %u", N * PG), want) == 0);
+	proc_stop(&x);
+	proc_stop(&y);
+	td_stop(&t);
+	return 0;
+}

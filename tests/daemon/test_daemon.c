@@ -323,6 +323,91 @@ TEST_IMPL(daemon_candidates_and_share)
 	return 0;
 }
 
+TEST_IMPL(daemon_reads_pair)
+{
+	/* A page whose file page another page of the domain was read into
+	 * (READS) is told to publish on its first lookup, and that page is
+	 * named back: one lookup pairs both. Never across domains, never a
+	 * page with itself, and an entry pairs once. */
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	unsigned char page[PG];
+	uint64_t got[8], key = md__read_key(8, 1234), key_other = md__read_key(8, 99);
+	uint32_t s1, first;
+	int fd, ready[2], done[2];
+
+	td_start(&t, 64);
+	ASSERT(pipe(ready) == 0 && pipe(done) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {	/* another domain read key_other's first page */
+		struct md__msg_welcome w2;
+		int fd2;
+		char b;
+		struct md__client *c2 = td_agent(&t, "elsewhere", &w2, &fd2);
+		struct md__read_run r = { key_other, 0, 0x7f0000100000ull, 1 };
+		if (md__client_reads(c2, &r, 1) || write(ready[1], "r", 1) != 1)
+			_exit(1);
+		_exit(read(done[0], &b, 1) == 1 ? 0 : 2);
+	}
+	char b;
+	ASSERT(read(ready[0], &b, 1) == 1);
+	struct md__client *c = td_agent(&t, "pair", &w, &fd);
+	uint64_t x = 0x7f0000010000ull, y = 0x7f0000020000ull;
+	struct md__read_run run = { key, 0, x, 4 };
+	ASSERT_EQ(md__client_reads(c, &run, 1), 0);
+
+	/* The file's third page, met at y: publish, and x + 2 pages comes back. */
+	td_fill_page(page, 21);
+	uint64_t h = md__page_hash(page), tag = md__read_tag(key, 2 * PG);
+	ASSERT_EQ(md__client_lookup_tagged(c, &h, &y, &tag, 1, &s1), 0);
+	ASSERT_EQ(s1, MD_LOOKUP_PUBLISH);
+	ASSERT_EQ(md__client_publish(c, &h, page, 1, &first), 0);
+	size_t ncand = 0;
+	POLL_UNTIL(c, (ncand += md__client_take_candidates(c, got, 8)) >= 1);
+	ASSERT_EQ(ncand, 1);
+	ASSERT_EQ(got[0], x + 2 * PG);
+	/* That read is paired: the same file page met again is a first sighting. */
+	td_fill_page(page, 22);
+	uint64_t h2 = md__page_hash(page), y2 = y + PG;
+	ASSERT_EQ(md__client_lookup_tagged(c, &h2, &y2, &tag, 1, &s1), 0);
+	ASSERT_EQ(s1, 0);
+	/* A page is not its own partner. */
+	td_fill_page(page, 23);
+	uint64_t h3 = md__page_hash(page), x1 = x + PG, tag1 = md__read_tag(key, PG);
+	ASSERT_EQ(md__client_lookup_tagged(c, &h3, &x1, &tag1, 1, &s1), 0);
+	ASSERT_EQ(s1, 0);
+	/* Another domain's read of a file page pairs with nothing here. */
+	td_fill_page(page, 24);
+	uint64_t h4 = md__page_hash(page), y4 = y + 4 * PG, tag_o = md__read_tag(key_other, 0);
+	ASSERT_EQ(md__client_lookup_tagged(c, &h4, &y4, &tag_o, 1, &s1), 0);
+	ASSERT_EQ(s1, 0);
+	/* Untagged and unread pages: as before. */
+	td_fill_page(page, 25);
+	uint64_t h5 = md__page_hash(page), y5 = y + 5 * PG, tag_x = md__read_tag(key, 40 * PG);
+	ASSERT_EQ(md__client_lookup_tagged(c, &h5, &y5, &tag_x, 1, &s1), 0);
+	ASSERT_EQ(s1, 0);
+	json_t *st = td_status(&t), *dom = td_domain(st, w.domain_id);
+	ASSERT_EQ(td_int(dom, "read_pairs"), 1);
+	ASSERT(td_int(dom, "read_slots") >= 65536);
+	json_decref(st);
+	/* A run that is not whole pages is refused, and nothing breaks. */
+	struct md__read_run bad = { key, 0, x + 100, 1 };
+	ASSERT(md__client_reads(c, &bad, 1) < 0);
+
+	ASSERT(write(done[1], "x", 1) == 1);
+	int ws;
+	ASSERT(waitpid(kid, &ws, 0) == kid && WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+	close(ready[0]);
+	close(ready[1]);
+	close(done[0]);
+	close(done[1]);
+	close(fd);
+	md__client_free(c);
+	td_stop(&t);
+	return 0;
+}
+
 TEST_IMPL(daemon_hello_wrong_pid)
 {
 	struct tdaemon t;

@@ -55,10 +55,31 @@ TEST_IMPL(daemon_proto_round_trip)
 	for (unsigned i = 0; i < MD_LOOKUP_MAX; i++) {
 		m.u.lookup.hash[i] = 0x0102030405060708ull * (i + 1);
 		m.u.lookup.addr[i] = 0x7f0000000000ull + 4096ull * i;
+		m.u.lookup.tag[i] = i % 3 ? md__read_tag(42, 4096ull * i) : 0;
 	}
 	ASSERT_EQ(round_trip(&m, &o), MD_MSG_HDR_SIZE + md__msg_max_len(MD_MSG_LOOKUP));
 	ASSERT_EQ(o.u.lookup.hash[MD_LOOKUP_MAX - 1], m.u.lookup.hash[MD_LOOKUP_MAX - 1]);
 	ASSERT_EQ(memcmp(o.u.lookup.addr, m.u.lookup.addr, sizeof(m.u.lookup.addr)), 0);
+	ASSERT_EQ(memcmp(o.u.lookup.tag, m.u.lookup.tag, sizeof(m.u.lookup.tag)), 0);
+
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_READS, .seq = 4 } };
+	m.u.reads.n = MD_READS_MAX;
+	for (unsigned i = 0; i < MD_READS_MAX; i++)
+		m.u.reads.run[i] = (struct md__read_run){ md__read_key(3, i), 4096ull * i * 7,
+							  0x7f0000000000ull + (1ull << 22) * i,
+							  1 + i % MD_READ_RUN_PAGES };
+	m.u.reads.run[5].npages = MD_READ_RUN_PAGES;
+	ASSERT_EQ(round_trip(&m, &o), MD_MSG_HDR_SIZE + md__msg_max_len(MD_MSG_READS));
+	for (unsigned i = 0; i < MD_READS_MAX; i++) {
+		const struct md__read_run *x = &m.u.reads.run[i], *y = &o.u.reads.run[i];
+		ASSERT(x->key == y->key && x->off == y->off && x->addr == y->addr &&
+		       x->npages == y->npages);
+	}
+	/* Tags: a function of the file and the offset only, never 0. */
+	ASSERT(md__read_tag(md__read_key(8, 1), 4096) == md__read_tag(md__read_key(8, 1), 4096));
+	ASSERT(md__read_tag(md__read_key(8, 1), 4096) != md__read_tag(md__read_key(8, 1), 8192));
+	ASSERT(md__read_tag(md__read_key(8, 1), 4096) != md__read_tag(md__read_key(8, 2), 4096));
+	ASSERT(md__read_key(8, 1) != md__read_key(9, 1));
 
 	m = (struct md__msg){ .hdr = { .type = MD_MSG_CANDIDATES } };
 	m.u.candidates.n = MD_CANDIDATES_MAX;
@@ -158,6 +179,12 @@ static void put32(unsigned char *p, uint32_t v)
 		p[i] = (unsigned char)(v >> (8 * i));
 }
 
+static void put64(unsigned char *p, uint64_t v)
+{
+	put32(p, (uint32_t)v);
+	put32(p + 4, (uint32_t)(v >> 32));
+}
+
 TEST_IMPL(daemon_proto_rejects)
 {
 	static struct md__msg m;
@@ -189,10 +216,11 @@ TEST_IMPL(daemon_proto_rejects)
 
 	/* Counts against lengths. */
 	memset(p, 0, sizeof(p));
-	put32(p, 2);		/* two hashes and addresses, one pair present */
-	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_LOOKUP, p, 20), &m), -EBADMSG);
-	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_LOOKUP, p, 36), &m), 0);
-	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_LOOKUP, p, 44), &m), -EBADMSG);	/* extra */
+	put32(p, 2);		/* two hashes, addresses and tags; one of each present */
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_LOOKUP, p, 28), &m), -EBADMSG);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_LOOKUP, p, 36), &m), -EBADMSG);	/* version 2's */
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_LOOKUP, p, 52), &m), 0);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_LOOKUP, p, 60), &m), -EBADMSG);	/* extra */
 	put32(p, 0);
 	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_LOOKUP, p, 4), &m), -EBADMSG);	/* empty */
 	put32(p, 0xffffffffu);	/* a count that would overflow 4 + 16n */
@@ -214,6 +242,34 @@ TEST_IMPL(daemon_proto_rejects)
 	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_SHARE, p, 3), &m), -EBADMSG);
 	put32(p, MD_REF_MAX + 1);
 	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_REF, p, 4 + 4 * 10), &m), -EBADMSG);
+	/* READS: whole pages of user space, 1..1024 a run, offsets that do
+	 * not wrap. */
+	memset(p, 0, 64);
+	put32(p, 1);
+	put64(p + 4, 77);				/* key */
+	put64(p + 12, 8192);				/* off */
+	put64(p + 20, 0x7f0000001000ull);		/* addr */
+	put32(p + 28, 3);				/* npages */
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_READS, p, 32), &m), 0);
+	ASSERT_EQ(m.u.reads.run[0].npages, 3);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_READS, p, 31), &m), -EBADMSG);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_READS, p, 60), &m), -EBADMSG);
+	put32(p + 28, 0);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_READS, p, 32), &m), -EBADMSG);
+	put32(p + 28, MD_READ_RUN_PAGES + 1);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_READS, p, 32), &m), -EBADMSG);
+	put32(p + 28, 1);
+	put64(p + 20, 0x7f0000001008ull);		/* not a page */
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_READS, p, 32), &m), -EBADMSG);
+	put64(p + 20, 1ull << 47);			/* not user space */
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_READS, p, 32), &m), -EBADMSG);
+	put64(p + 20, 0x1000);
+	put64(p + 12, UINT64_MAX - 100);		/* the run's offsets wrap */
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_READS, p, 32), &m), -EBADMSG);
+	put64(p + 12, 0);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_READS, p, 32), &m), 0);
+	put32(p, MD_READS_MAX + 1);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_READS, p, 32), &m), -EBADMSG);
 	put32(p, 1);		/* one page without its content */
 	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_PUBLISH, p, 12), &m), -EBADMSG);
 	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_PUBLISH, p, 12 + 4096), &m), 0);

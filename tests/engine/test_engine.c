@@ -89,7 +89,7 @@ TEST_IMPL(engine_hints_stack)
 	ASSERT_EQ(md__hints_init(&h, 4), 0);
 	ASSERT_EQ(md__hints_pop(&h, &x), 0);
 	for (uintptr_t i = 1; i <= 6; i++)
-		md__hints_push(&h, i * PG, i);
+		md__hints_push(&h, i * PG, i, 0, 0);
 	/* Newest first; 1 and 2 were the oldest and fell off. */
 	ASSERT_EQ(h.dropped, 2);
 	ASSERT_EQ(md__hints_count(&h), 4);
@@ -99,7 +99,7 @@ TEST_IMPL(engine_hints_stack)
 		ASSERT_EQ(x.len, i);
 	}
 	ASSERT_EQ(md__hints_pop(&h, &x), 0);
-	md__hints_push(&h, 7 * PG, 7);
+	md__hints_push(&h, 7 * PG, 7, 0, 0);
 	ASSERT_EQ(md__hints_pop(&h, &x), 1);
 	ASSERT_EQ(x.addr, 7 * PG);
 	ASSERT_EQ(h.pushed, 7);
@@ -735,8 +735,8 @@ TEST_IMPL(engine_scanner_merges)
 	ASSERT_EQ(md__engine_register(&e, a, n * PG, 0), 0);
 	ASSERT_EQ(md__engine_register(&e, b, n * PG, 0), 0);
 	ASSERT_EQ(md__scanner_init(&s, &e, &h), 0);
-	md__hints_push(&h, (uintptr_t)a, hinted * PG);
-	md__hints_push(&h, (uintptr_t)b, hinted * PG);
+	md__hints_push(&h, (uintptr_t)a, hinted * PG, 0, 0);
+	md__hints_push(&h, (uintptr_t)b, hinted * PG, 0, 0);
 
 	/* Half the visits go to hints: 256 visits use up both, unless the
 	 * sweep of a hint's huge page took some of them: then a few more. */
@@ -930,7 +930,7 @@ TEST_IMPL(engine_scanner_sweeps_near_hints)
 	ASSERT_EQ(md__engine_register(&e, r, n * PG, 0), 0);
 	ASSERT_EQ(md__scanner_init(&s, &e, &h), 0);
 	s.ratio = 7;
-	md__hints_push(&h, (uintptr_t)(r + hp * PG), 16 * PG);
+	md__hints_push(&h, (uintptr_t)(r + hp * PG), 16 * PG, 0, 0);
 	/* 7 of the first 8 visits are hinted pages: the run is not done. */
 	md__scanner_step(&s, 8);
 	ASSERT_EQ(s.st.hinted, 7);
@@ -949,7 +949,7 @@ TEST_IMPL(engine_scanner_sweeps_near_hints)
 	ASSERT(pfn(r + 700 * PG) != zero_pfn);
 	/* Swept once: a page zeroed since stays until the cursor comes. */
 	memset(r + 700 * PG, 0, PG);
-	md__hints_push(&h, (uintptr_t)(r + hp * PG), 4 * PG);
+	md__hints_push(&h, (uintptr_t)(r + hp * PG), 4 * PG, 0, 0);
 	md__scanner_step(&s, 8);
 	ASSERT_EQ(s.st.zero_swept, 495);
 	ASSERT(pfn(r + 700 * PG) != zero_pfn);
@@ -984,7 +984,7 @@ TEST_IMPL(engine_scanner_adapts_ratio)
 	ASSERT_EQ(md__scanner_init(&s, &e, &h), 0);
 	s.ratio = 4;
 	for (size_t i = 0; i < dup; i += 16)
-		md__hints_push(&h, (uintptr_t)(d + i * PG), 16 * PG);
+		md__hints_push(&h, (uintptr_t)(d + i * PG), 16 * PG, 0, 0);
 	/* The first epoch holds the first copies (no merge yet, LIFO: the
 	 * second half first), the second their twins. */
 	for (int i = 0; i < 20 && s.st.hinted + s.st.scanned < 2100; i++)
