@@ -62,12 +62,13 @@ struct md__domain {
 	 * agent is sent its address as a CANDIDATE to merge. */
 	struct md__sighting *seen;
 	size_t seen_cap;           /* power of two; 0: no table */
-	/* Pages reads just filled, by file page (READS; lossy, the same
-	 * entries and size as the sightings, tag the read tag's high half):
+	/* Pages reads just filled, by file page (READS; lossy, entries like
+	 * the sightings', tag the read tag's high half; sized by use):
 	 * a LOOKUP of the same file page elsewhere (its tag) is told to
 	 * publish, and this page waits for it as a first sighting would. */
 	struct md__sighting *reads;
 	size_t reads_cap;          /* power of two; 0: no table (no READS yet) */
+	size_t reads_added;        /* entries added since it last grew */
 	uint64_t read_pairs;       /* lookups paired with another's read */
 	uint64_t registered_pages; /* of its agents, as they last reported */
 	size_t nagents;            /* agent records (connected or not) in it */

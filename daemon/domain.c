@@ -195,31 +195,68 @@ static uint64_t where_of(pid_t pid, uint64_t addr)
 	return fits ? (uint64_t)pid << 35 | addr >> 12 : 0;
 }
 
-static size_t read_bucket(const struct md__domain *dom, uint64_t tag)
+/* The reads table holds the high half of each tag, and its bucket comes
+ * from that half too, so the table can grow without losing entries. */
+static uint32_t read_tag32(uint64_t tag)
 {
-	return (size_t)(tag ^ (tag >> 29)) & (dom->reads_cap - 2);
+	return (uint32_t)(tag >> 32);
+}
+
+static size_t read_bucket(size_t cap, uint32_t t)
+{
+	return (size_t)(t * 2654435761u) & (cap - 2);
+}
+
+static void read_put(struct md__sighting *tab, size_t cap, uint32_t t, uint64_t w)
+{
+	struct md__sighting *b = &tab[read_bucket(cap, t)];
+	if (b[0].tag == t && where_get(&b[0]) == w)
+		return;	/* the same page read again */
+	b[1] = b[0];
+	b[0].tag = t;
+	where_set(&b[0], w);
+}
+
+/* Made on the first READS, small: with read-time sharing on, few reads are
+ * told, and a few hundred entries spread over a large table would touch
+ * every page of it (memory that counts against what is saved). It doubles
+ * whenever half as many entries were added as it has (two ways a bucket
+ * lose a tenth of them by then, a quarter when as many), up to READS_MAX
+ * (768 KiB), as a guest reading an image unshared fills it. */
+#define READS_MIN 4096u
+#define READS_MAX 65536u
+
+static int reads_room(struct md__domain *dom)
+{
+	if (dom->reads_cap && (dom->reads_added * 2 < dom->reads_cap || dom->reads_cap >= READS_MAX))
+		return 0;
+	size_t cap = dom->reads_cap ? dom->reads_cap * 2 : READS_MIN;
+	struct md__sighting *t = calloc(cap, sizeof(*t));
+	if (!t)
+		return dom->reads_cap ? 0 : -ENOMEM;	/* the old one goes on */
+	/* Oldest first, so each bucket keeps its newest two. */
+	for (size_t i = 0; i < dom->reads_cap; i += 2)
+		for (int way = 1; way >= 0; way--) {
+			const struct md__sighting *e = &dom->reads[i + (size_t)way];
+			if (where_get(e))
+				read_put(t, cap, e->tag, where_get(e));
+		}
+	free(dom->reads);
+	dom->reads = t;
+	dom->reads_cap = cap;
+	dom->reads_added = 0;
+	return 0;
 }
 
 void md__domain_reads(struct md__domain *dom, pid_t pid, const struct md__read_run *run)
 {
-	/* Sized as the sightings are, once, on the first READS: a domain
-	 * whose reads are all shared at read time never has one. */
-	if (!dom->reads_cap) {
-		size_t want = seen_want(dom);
-		dom->reads = calloc(want, sizeof(*dom->reads));
-		if (!dom->reads)
-			return;	/* no pairing by reads: sightings still pair */
-		dom->reads_cap = want;
-	}
 	for (uint32_t i = 0; i < run->npages; i++) {
-		uint64_t tag = md__read_tag(run->key, run->off + (uint64_t)i * 4096);
 		uint64_t w = where_of(pid, run->addr + (uint64_t)i * 4096);
-		struct md__sighting *b = &dom->reads[read_bucket(dom, tag)];
-		if (!w || (b[0].tag == (uint32_t)(tag >> 32) && where_get(&b[0]) == w))
-			continue;	/* the same page read again */
-		b[1] = b[0];
-		b[0].tag = (uint32_t)(tag >> 32);
-		where_set(&b[0], w);
+		if (!w || reads_room(dom))
+			continue;	/* no pairing by reads: sightings still pair */
+		read_put(dom->reads, dom->reads_cap,
+			 read_tag32(md__read_tag(run->key, run->off + (uint64_t)i * 4096)), w);
+		dom->reads_added++;
 	}
 }
 
@@ -229,10 +266,11 @@ static uint64_t read_partner(struct md__domain *dom, uint64_t tag, uint64_t w)
 {
 	if (!dom->reads_cap)
 		return 0;
-	struct md__sighting *b = &dom->reads[read_bucket(dom, tag)];
+	uint32_t t = read_tag32(tag);
+	struct md__sighting *b = &dom->reads[read_bucket(dom->reads_cap, t)];
 	for (int way = 0; way < 2; way++) {
 		uint64_t o = where_get(&b[way]);
-		if (o && o != w && b[way].tag == (uint32_t)(tag >> 32)) {
+		if (o && o != w && b[way].tag == t) {
 			b[way] = (struct md__sighting){ 0 };
 			return o;
 		}
