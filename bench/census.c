@@ -18,8 +18,14 @@
  * It answers "does memdedup (or KSM) miss duplicates, or is the gap in the
  * fleet's PSS metadata?". Contents are told apart by XXH3-128; this is a
  * measurement, not a merge, so a hash is enough here.
+ * With --image FILE, the duplicates left (not zero) are also counted by
+ * whether their content is a 4 KiB-aligned page of FILE: a copy of what the
+ * guests read from their disk (I/O names it: hints can find it), or not
+ * (what the guests computed, or what QEMU copied in without a read: the
+ * kernel and initrd of -kernel/-initrd).
  *
- * Usage: census PID...   (root: pagemap frame numbers need CAP_SYS_ADMIN)
+ * Usage: census [--image FILE] PID...   (root: pagemap frame numbers need
+ * CAP_SYS_ADMIN)
  * Prints one JSON object.
  */
 #define XXH_INLINE_ALL
@@ -197,6 +203,45 @@ static int add_process(struct census *c, int pid, uint32_t proc, uint64_t zpfn)
 	return err;
 }
 
+static int by_hash(const void *x, const void *y)
+{
+	const XXH128_hash_t *a = x, *b = y;
+	if (a->high64 != b->high64)
+		return a->high64 < b->high64 ? -1 : 1;
+	return a->low64 < b->low64 ? -1 : a->low64 > b->low64;
+}
+
+/* The sorted hashes of path's 4 KiB-aligned pages into *out. */
+static int image_pages(const char *path, XXH128_hash_t **out, size_t *n)
+{
+	static unsigned char buf[512 * PAGE];
+	int fd = open(path, O_RDONLY);
+	if (fd < 0)
+		return -errno;
+	size_t cap = 0;
+	*out = NULL;
+	*n = 0;
+	ssize_t got;
+	while ((got = read(fd, buf, sizeof(buf))) > 0) {
+		for (size_t i = 0; i + PAGE <= (size_t)got; i += PAGE) {
+			if (*n == cap) {
+				cap = cap ? cap * 2 : 65536;
+				XXH128_hash_t *h = realloc(*out, cap * sizeof(*h));
+				if (!h) {
+					close(fd);
+					return -ENOMEM;
+				}
+				*out = h;
+			}
+			(*out)[(*n)++] = XXH3_128bits(buf + i, PAGE);
+		}
+	}
+	int err = got < 0 ? -errno : 0;
+	close(fd);
+	qsort(*out, *n, sizeof(**out), by_hash);
+	return err;
+}
+
 static int by_content(const void *x, const void *y)
 {
 	const struct entry *a = x, *b = y;
@@ -209,13 +254,24 @@ static int by_content(const void *x, const void *y)
 
 int main(int argc, char **argv)
 {
-	if (argc < 2) {
-		fprintf(stderr, "usage: census PID...\n");
+	XXH128_hash_t *img = NULL;
+	size_t nimg = 0;
+	int first = 1;
+	if (argc > 2 && strcmp(argv[1], "--image") == 0) {
+		int err = image_pages(argv[2], &img, &nimg);
+		if (err) {
+			fprintf(stderr, "census: %s: %s\n", argv[2], strerror(-err));
+			return 1;
+		}
+		first = 3;
+	}
+	if (argc <= first) {
+		fprintf(stderr, "usage: census [--image FILE] PID...\n");
 		return 2;
 	}
 	struct census c = { 0 };
 	uint64_t zpfn = zero_pfn();
-	for (int i = 1; i < argc; i++) {
+	for (int i = first; i < argc; i++) {
 		char *endp;
 		long pid = strtol(argv[i], &endp, 10);
 		if (*endp || pid <= 0) {
@@ -233,7 +289,7 @@ int main(int argc, char **argv)
 	}
 	qsort(c.e, c.n, sizeof(*c.e), by_content);
 	/* Per content: its distinct frames; the ideal keeps one (none if zero). */
-	uint64_t frames = 0, ideal = 0, zero_frames = 0, left_one = 0, left_cross = 0;
+	uint64_t frames = 0, ideal = 0, zero_frames = 0, left_one = 0, left_cross = 0, left_image = 0;
 	for (size_t i = 0; i < c.n;) {
 		size_t j = i, nf = 0;
 		int cross = 0;
@@ -250,17 +306,21 @@ int main(int argc, char **argv)
 				left_cross += nf - 1;
 			else
 				left_one += nf - 1;
+			if (nf > 1 && nimg && bsearch(&c.e[i].h, img, nimg, sizeof(*img), by_hash))
+				left_image += nf - 1;
 		}
 		i = j;
 	}
 	printf("{\"pages\": %" PRIu64 ", \"present\": %" PRIu64 ", \"on_zero_pfn\": %" PRIu64
 	       ", \"frames\": %" PRIu64 ", \"ideal_frames\": %" PRIu64 ", \"left_frames\": %" PRIu64
 	       ", \"left_mb\": %.1f, \"left_zero\": %" PRIu64 ", \"left_dup_one_process\": %" PRIu64
-	       ", \"left_dup_cross\": %" PRIu64 ", \"pss_guest_ram_kb\": %" PRIu64
+	       ", \"left_dup_cross\": %" PRIu64 ", \"left_dup_image\": %" PRIu64
+	       ", \"pss_guest_ram_kb\": %" PRIu64
 	       ", \"pss_outside_kb\": %" PRIu64 "}\n",
 	       c.pages, c.present, c.on_zero_pfn, frames, ideal, frames - ideal,
 	       (double)(frames - ideal) * PAGE / 1e6, zero_frames, left_one, left_cross,
-	       c.pss_in_kb, c.pss_out_kb);
+	       left_image, c.pss_in_kb, c.pss_out_kb);
 	free(c.e);
+	free(img);
 	return 0;
 }

@@ -176,7 +176,7 @@ else
         sleep "$census"
         [ -f "$d/guests.tsv" ] && exit 0   # this mode's guests are gone
         # shellcheck disable=SC2046
-        build/census $(pgrep -x qemu-system-x86) > "$d/census.json" 2> "$d/census.log"
+        build/census --image "$image" $(pgrep -x qemu-system-x86) > "$d/census.json" 2> "$d/census.log"
         for p in $(pgrep -x memdedupd); do  # its PSS is in the fleet's too
           echo "census: memdedupd $p PSS $(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup") kB" >> "$d/census.log"
         done ) &
