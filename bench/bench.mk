@@ -8,10 +8,15 @@ $(B)/microbench: $(B)/bench/microbench.o $(B)/libmemdedup.a
 $(B)/census: $(B)/bench/census.o
 	$(CC) -o $@ $^ $(LDFLAGS)
 
-bench-build: $(B)/microbench $(B)/census
+# The page checksum's cost, baseline build against the one used (AVX2).
+$(B)/hashbench: $(B)/bench/hashbench.o $(B)/libmemdedup.a
+	$(CC) -o $@ $^ $(LDFLAGS)
 
-microbench: $(B)/microbench
+bench-build: $(B)/microbench $(B)/census $(B)/hashbench
+
+microbench: $(B)/microbench $(B)/hashbench
 	$(B)/microbench 64 5
+	$(B)/hashbench 3
 
 bench: all guest
 	scripts/install-deps.sh all
