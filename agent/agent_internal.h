@@ -130,6 +130,9 @@ void md__regions_free(struct md_agent *a);
 /* Finds or creates the image behind fd and makes sure its lease is held.
  * Returns the image, or NULL with *why set. */
 struct md__image *md__image_lease(struct md_agent *a, int fd, enum md_fallback *why);
+/* The image behind fd if it is known and its lease held, else NULL (never
+ * takes a lease). */
+struct md__image *md__image_leased(struct md_agent *a, int fd);
 /* The kernel asked for the lease on fd back: privatize, then release. */
 void md__image_lease_broken(struct md_agent *a, int fd);
 void md__images_free(struct md_agent *a);
@@ -170,8 +173,10 @@ void md__scan_free(struct md_agent *a);
 struct md__imagepages;
 int md__imagepages_new(struct md__imagepages **out);
 void md__imagepages_free(struct md__imagepages *ip);
-/* The read path mapped n pages of image img from page pgoff (agent->lock). */
-void md__imagepages_queue(struct md_agent *a, uint32_t img, uint64_t pgoff, size_t n, uintptr_t addr);
+/* The read path mapped n pages of image img from page pgoff (agent->lock);
+ * or, copied, copied them there (a read too small to map). */
+void md__imagepages_queue(struct md_agent *a, uint32_t img, uint64_t pgoff, size_t n, uintptr_t addr,
+			  int copied);
 /* Offers the image pages to the scanner (before it starts). */
 void md__imagepages_attach(struct md_agent *a);
 /* Memory the index takes. */

@@ -7,7 +7,10 @@
  * page that stays mapped; mapped from the image instead, it costs nothing.
  *
  * So the read path queues every run of image pages it maps (imgq, under
- * agent->lock: cheap, no I/O); after each batch the scanner's thread hashes
+ * agent->lock: cheap, no I/O), and the whole pages of reads of a leased
+ * image it copied as too small to map (else a guest that copied a page the
+ * other guest mapped would keep its copy: the pool never sees a page mapped
+ * from an image); before and after each batch the scanner's thread hashes
  * what was queued into an index of hash -> (image, page). It hashes them
  * where the read mapped them, in guest RAM, under agent->lock while the
  * page's owner record still names the image: the mapping and the lease
@@ -43,6 +46,7 @@ struct queued {
 	uint32_t n;        /* pages */
 	uint64_t pgoff;    /* first page in the file */
 	uintptr_t addr;    /* where the read mapped it in guest RAM */
+	int copied;        /* copied there, not mapped (a small read) */
 };
 
 struct file_page {
@@ -93,7 +97,8 @@ uint64_t md__imagepages_bytes(const struct md__imagepages *ip)
 	return ip ? ip->ix.cap * sizeof(*ip->ix.e) + ip->cap * sizeof(*ip->pages) : 0;
 }
 
-void md__imagepages_queue(struct md_agent *a, uint32_t img, uint64_t pgoff, size_t n, uintptr_t addr)
+void md__imagepages_queue(struct md_agent *a, uint32_t img, uint64_t pgoff, size_t n, uintptr_t addr,
+			  int copied)
 {
 	struct md__imagepages *ip = a->imgpages;
 	if (!ip)
@@ -104,7 +109,7 @@ void md__imagepages_queue(struct md_agent *a, uint32_t img, uint64_t pgoff, size
 		md__log_once(61, "image pages come faster than the scanner indexes them: some are left out");
 		return;
 	}
-	ip->q[(ip->head + ip->len++) % QUEUE_CAP] = (struct queued){ img, (uint32_t)n, pgoff, addr };
+	ip->q[(ip->head + ip->len++) % QUEUE_CAP] = (struct queued){ img, (uint32_t)n, pgoff, addr, copied };
 }
 
 /* Guest RAM that run q names and a newer read mapped at [addr, end) shows
@@ -253,9 +258,13 @@ static void feed(struct md_agent *a)
 		}
 		size_t n = todo[t].n;
 		struct md__region *r = md__region_find(a, todo[t].addr, n * MD_PAGE);
+		/* A copied page is hashed as it is now: if the guest wrote
+		 * it since the read, the entry is wrong, found out and
+		 * dropped by the merge's compare (merge_run). */
+		uint32_t owner = todo[t].copied ? 0 : todo[t].img;
 		for (size_t i = 0; i < n; i++) {
 			hash[i] = ip->zero_hash;	/* left out, as zero pages are */
-			if (r && r->owner[(todo[t].addr - r->start) / MD_PAGE + i] == todo[t].img)
+			if (r && r->owner[(todo[t].addr - r->start) / MD_PAGE + i] == owner)
 				hash[i] = md__page_hash((const void *)(todo[t].addr + i * MD_PAGE));
 		}
 		pthread_mutex_unlock(&a->lock);

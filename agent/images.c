@@ -95,6 +95,15 @@ err_close:
 	return NULL;
 }
 
+struct md__image *md__image_leased(struct md_agent *a, int fd)
+{
+	struct stat st;
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
+		return NULL;
+	struct md__image *img = image_find(a, st.st_dev, st.st_ino);
+	return img && img->lease == MD_LEASE_HELD ? img : NULL;
+}
+
 struct md__image *md__image_lease(struct md_agent *a, int fd, enum md_fallback *why)
 {
 	struct stat st;

@@ -163,7 +163,7 @@ static size_t share_locked(struct md_agent *a, struct md__region *r, int fd,
 	for (size_t i = 0; i < n; i++)
 		r->owner[first + i] = img->id;
 	md__count(a, MD_CTR_SHARED_AT_READ, n);
-	md__imagepages_queue(a, img->id, (uint64_t)map_off / MD_PAGE, n, dst);
+	md__imagepages_queue(a, img->id, (uint64_t)map_off / MD_PAGE, n, dst, 0);
 	if (plan->head || plan->tail)
 		md__fallback(a, MD_FB_PARTIAL, (plan->head != 0) + (plan->tail != 0));
 	return plan->map_len;
@@ -194,6 +194,23 @@ static uint64_t now_ns(void)
 	return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
 }
 
+/* A small read of a leased image was copied into guest RAM: its whole
+ * pages (the buffer is aligned with the file) are the image's, so the
+ * scanner can map them from it like the pages the other reads mapped. */
+static void index_copied(struct md_agent *a, int fd, uintptr_t buf, size_t n, off_t off)
+{
+	uintptr_t first = (buf + MD_PAGE - 1) & ~(uintptr_t)(MD_PAGE - 1);
+	uintptr_t end = (buf + n) & ~(uintptr_t)(MD_PAGE - 1);
+	if (end <= first)
+		return;
+	pthread_mutex_lock(&a->lock);
+	struct md__image *img = md__image_leased(a, fd);
+	if (img)
+		md__imagepages_queue(a, img->id, ((uint64_t)off + (first - buf)) / MD_PAGE,
+				     (end - first) / MD_PAGE, first, 1);
+	pthread_mutex_unlock(&a->lock);
+}
+
 /* One segment of a read into guest RAM. Returns what pread would. */
 static ssize_t read_segment(struct md_agent *a, int fd, void *buf, size_t len, off_t off)
 {
@@ -208,18 +225,20 @@ static ssize_t read_segment(struct md_agent *a, int fd, void *buf, size_t len, o
 		return md__sys_pread(fd, buf, len, off);
 	}
 	md__count(a, MD_CTR_READS_SEEN, 1);
+	int small = 0;
 	if (a->flags & MD_OPT_NO_SHARING)
 		;	/* counted as seen only: the baseline of comparisons */
 	else if (len < MD_PAGE)
 		md__fallback(a, MD_FB_PARTIAL, 1);
 	else if (((uintptr_t)buf - (uintptr_t)off) % MD_PAGE == 0 &&
-		 whole_pages((uintptr_t)buf, len) < a->share_min_pages)
+		 whole_pages((uintptr_t)buf, len) < a->share_min_pages) {
 		/* One mmap costs more than copying this few pages (and, with
 		 * another thread of the VMM running, a TLB shootdown to its
 		 * core): copy, and hint the scanner below. Unaligned reads go
 		 * on, to be counted as such. */
 		md__count(a, MD_CTR_READ_SMALL, pages_of(len));
-	else
+		small = 1;
+	} else
 		mapped = share_locked(a, r, fd, (uintptr_t)buf, len, off, &plan);
 	pthread_mutex_unlock(&a->lock);
 
@@ -230,6 +249,8 @@ static ssize_t read_segment(struct md_agent *a, int fd, void *buf, size_t len, o
 		 * and memdedupd learns which file page went where, so that
 		 * another guest's scanner, finding the same file page in its
 		 * RAM, names this copy (READS). */
+		if (small && n >= (ssize_t)MD_PAGE && a->imgpages)
+			index_copied(a, fd, (uintptr_t)buf, (size_t)n, off);
 		if (a->engine && n >= (ssize_t)MD_PAGE) {
 			struct stat st;
 			int tell = a->engine->remote && __atomic_load_n(&a->scanner.ratio, __ATOMIC_RELAXED);

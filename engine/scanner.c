@@ -609,6 +609,10 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 	int merges = 0;
 	size_t k = 0, examined = 0;
 	uint64_t passes = s->st.passes;
+	/* File pages read since the last batch are offered before this one's
+	 * visits (a hinted copy then finds its file page at once). */
+	if (s->files.merge)
+		s->files.merge(s->files.arg, NULL, NULL, 0);
 	pthread_rwlock_rdlock(&s->e->regions_lock);
 	s->pm_n = 0;	/* the window is as old as the batch at most */
 	/* Hints off (the plain scan), no lookup carries a tag to meet them. */

@@ -31,8 +31,9 @@ struct md__scanner_stats {
  * time), offered by the agent so guest pages equal to them can map them:
  * find() tells whether a page's content is such a file page (a guess; the
  * merge compares); the matches of a batch go to merge() once the batch is
- * done and the engine's locks are free, and merge() is called after every
- * batch, also with none, so the agent can index new file pages then. */
+ * done and the engine's locks are free, and merge() is called before and
+ * after every batch, also with none, so the agent can index new file pages
+ * then. */
 struct md__file_source {
 	void *arg;
 	int (*find)(void *arg, uint64_t hash, const void *page, uint64_t *cookie);

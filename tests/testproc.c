@@ -8,6 +8,7 @@
  *   pipe                  -> read end of a pipe holding 64 KiB
  *   read FD OFF LEN DOFF CHUNK  -> pread in CHUNK pieces; total or -errno
  *   reread FD OFF1 OFF2 LEN DOFF -> two preads into the same RAM; the second's result
+ *   rawread FD OFF LEN DOFF -> the pread system call, unseen by the agent
  *   preadv FD OFF DOFF LEN [heap] -> preadv of two halves (one on the heap)
  *   write DOFF BYTE       -> ok   (base[DOFF] = BYTE)
  *   hash DOFF LEN         -> FNV-1a of base[DOFF..+LEN)
@@ -32,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -171,6 +173,13 @@ int main(void)
 					break;
 			}
 			printf("%lld\n", total);
+		} else if (strcmp(cmd, "rawread") == 0) {
+			/* rawread FD OFF LEN RAMOFF: a read the agent does not
+			 * see (the system call itself), as content that reaches
+			 * guest RAM by other means than the VMM's reads. */
+			sscanf(line, "%*s %lld %lld %lld %lld", &a1, &a2, &a3, &a4);
+			long r = syscall(SYS_pread64, (int)a1, base + a4, (size_t)a3, (off_t)a2);
+			printf("%lld\n", r < 0 ? (long long)-errno : (long long)r);
 		} else if (strcmp(cmd, "reread") == 0) {
 			/* reread FD OFF1 OFF2 LEN RAMOFF: two reads into the same
 			 * RAM, back to back; prints what the second returned. */
