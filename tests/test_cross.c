@@ -38,17 +38,23 @@ static void start_agent(struct proc *p, const struct tdaemon *t, const char *dom
 
 static int sharing_n(const md_stats *s) { return s->pages_sharing >= N; }
 
-static long long domain_live(const struct tdaemon *t)
+/* The sum of a counter over the daemon's domains. */
+static long long domain_int(const struct tdaemon *t, const char *key)
 {
 	json_t *st = td_status(t);
 	json_t *doms = json_object_get(st, "domains");
-	long long live = 0;
+	long long v = 0;
 	size_t i;
 	json_t *d;
 	json_array_foreach(doms, i, d)
-		live += td_int(d, "pool_live_pages");
+		v += td_int(d, key);
 	json_decref(st);
-	return live;
+	return v;
+}
+
+static long long domain_live(const struct tdaemon *t)
+{
+	return domain_int(t, "pool_live_pages");
 }
 
 /* Pool files the daemon still has open. */
@@ -336,18 +342,6 @@ TEST_IMPL(cross_stress_no_lost_write)
 	return 0;
 }
 
-static long long domain_int(const struct tdaemon *t, const char *key)
-{
-	json_t *st = td_status(t);
-	json_t *doms = json_object_get(st, "domains");
-	long long v = 0;
-	size_t i;
-	json_t *d;
-	json_array_foreach(doms, i, d)
-		v += td_int(d, key);
-	json_decref(st);
-	return v;
-}
 
 TEST_IMPL(cross_reads_pair)
 {

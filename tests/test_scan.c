@@ -148,14 +148,23 @@ static int wait_merged(md_agent *a, uint64_t n)
 	return -ETIMEDOUT;
 }
 
+/* An agent in this process, scanning fast, and len bytes of anonymous
+ * memory (not registered yet). */
+static char *inproc_agent(md_agent **a, unsigned pages_to_scan, size_t len)
+{
+	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .pages_to_scan = pages_to_scan,
+			       .sleep_ms = 1 };
+	ASSERT_EQ(md_agent_new(a, &o), 0);
+	char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	return m;
+}
+
 TEST_IMPL(scan_unmerge_and_tunables)
 {
 	md_agent *a;
-	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .pages_to_scan = 1000, .sleep_ms = 1 };
-	ASSERT_EQ(md_agent_new(&a, &o), 0);
 	size_t len = 512 * PG;
-	char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	ASSERT(m != MAP_FAILED);
+	char *m = inproc_agent(&a, 1000, len);
 	for (size_t i = 0; i < len; i += 8)
 		*(uint64_t *)(m + i) = (i % (256 * PG)) * 2654435761u + 1;	/* two equal halves */
 	ASSERT_EQ(md_agent_register(a, m, len, 0), 0);
@@ -360,11 +369,8 @@ TEST_IMPL(scan_image_index_prunes_written)
 	snprintf(img, sizeof(img), "%s/written", test_dir());
 	make_image(img, 1 << 20, 15);
 	md_agent *a;
-	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .pages_to_scan = 2000, .sleep_ms = 1 };
-	ASSERT_EQ(md_agent_new(&a, &o), 0);
 	size_t len = 512 * PG;
-	char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	ASSERT(m != MAP_FAILED);
+	char *m = inproc_agent(&a, 2000, len);
 	memset(m, 0x5a, len);
 	ASSERT_EQ(md_agent_register(a, m, len, 0), 0);
 	ASSERT_EQ(md_agent_pause(a, 1), 0);	/* nothing is indexed until it resumes */
