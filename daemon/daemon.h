@@ -91,6 +91,11 @@ struct md__agent {
 	uint32_t ncounters;
 	int64_t reported_ms;       /* when the last REPORT came; 0 never */
 	uint64_t requests;         /* messages handled after its HELLO */
+	/* Candidates named to it, sent as one CANDIDATES when full or when
+	 * the messages of this wake-up are handled (one message a page was
+	 * most of both sides' messages while guests converged). */
+	uint64_t cand[MD_CANDIDATES_MAX];
+	uint32_t ncand;
 };
 
 struct md__conn {

@@ -346,8 +346,22 @@ static void handle_status(struct md__daemon *d, struct md__conn *c, uint32_t seq
 	free(json);
 }
 
+static void flush_candidates(struct md__daemon *d, struct md__agent *a)
+{
+	if (!a->ncand)
+		return;
+	if (a->conn) {
+		struct md__msg m = { .hdr = { .type = MD_MSG_CANDIDATES } };
+		m.u.candidates.n = a->ncand;
+		memcpy(m.u.candidates.addr, a->cand, a->ncand * sizeof(a->cand[0]));
+		md__conn_send(d, a->conn, &m, -1);
+	}
+	a->ncand = 0;
+}
+
 /* Tells the agent whose page was the first sighting of content just
- * published where that page is: it can merge it at once, not a pass later. */
+ * published where that page is: it can merge it at once, not a pass later.
+ * Queued: they go out together once this wake-up's messages are handled. */
 static void send_candidate(struct md__daemon *d, struct md__domain *dom, uint64_t hash)
 {
 	pid_t pid;
@@ -357,10 +371,9 @@ static void send_candidate(struct md__daemon *d, struct md__domain *dom, uint64_
 	struct md__agent *a = md__agent_find(d, pid);
 	if (!a || a->dom != dom || !a->conn)
 		return;	/* gone meanwhile: its next pass finds the page */
-	struct md__msg m = { .hdr = { .type = MD_MSG_CANDIDATES } };
-	m.u.candidates.n = 1;
-	m.u.candidates.addr[0] = addr;
-	md__conn_send(d, a->conn, &m, -1);
+	a->cand[a->ncand++] = addr;
+	if (a->ncand == MD_CANDIDATES_MAX)
+		flush_candidates(d, a);
 }
 
 /* Handles the whole message in c->in. */
@@ -609,6 +622,8 @@ int md__server_run(struct md__daemon *d)
 			}
 		}
 		d->nev = 0;
+		for (struct md__agent *a = d->agents; a; a = a->next)
+			flush_candidates(d, a);
 	}
 	return 0;
 }

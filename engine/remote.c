@@ -98,6 +98,7 @@ int md__engine_remote_connect(struct md__engine *e)
 	rm->view = view;
 	rm->view_pages = w.pool_pages;
 	rm->ro_fd = fd;
+	rm->pool_size = 0;	/* a new pool: its size is to be seen */
 	rm->generation = w.generation;
 	rm->welcome = w;
 	if (rm->c)
@@ -123,10 +124,18 @@ free_client:
 int md__remote_valid(struct md__remote *rm, uint32_t slot, size_t n)
 {
 	struct stat st;
+	uint64_t need = ((uint64_t)slot + n) * MD_EPAGE;
 	/* The pool file never shrinks (sealed): a slot inside it stays
-	 * readable through the view; one beyond it would raise SIGBUS. */
-	return (size_t)slot + n <= rm->view_pages && fstat(rm->ro_fd, &st) == 0 &&
-	       (uint64_t)st.st_size >= ((uint64_t)slot + n) * MD_EPAGE;
+	 * readable through the view; one beyond it would raise SIGBUS. So a
+	 * size seen once holds, and only a slot past it costs an fstat. */
+	if ((size_t)slot + n > rm->view_pages)
+		return 0;
+	if (need <= __atomic_load_n(&rm->pool_size, __ATOMIC_RELAXED))
+		return 1;
+	if (fstat(rm->ro_fd, &st) != 0 || (uint64_t)st.st_size < need)
+		return 0;
+	__atomic_store_n(&rm->pool_size, (uint64_t)st.st_size, __ATOMIC_RELAXED);
+	return 1;
 }
 
 #define CALL(rm, expr) ({ \

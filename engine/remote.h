@@ -29,6 +29,7 @@ struct md__remote {
 	int ro_fd;                    /* the pool, read-only; -1 before the first hello */
 	const unsigned char *view;    /* PROT_READ, MAP_SHARED view of ro_fd */
 	size_t view_pages;
+	uint64_t pool_size;           /* the pool file's size as last seen: it only grows */
 	uint64_t generation;
 	struct md__msg_welcome welcome;
 	uint64_t connects, lost;

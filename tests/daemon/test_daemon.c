@@ -323,6 +323,70 @@ TEST_IMPL(daemon_candidates_and_share)
 	return 0;
 }
 
+TEST_IMPL(daemon_candidates_batched)
+{
+	/* Another agent publishes 70 pages this agent sighted first, back to
+	 * back: every address comes back, in CANDIDATES of up to 64 (sent
+	 * when full, and when the daemon has handled what it read). */
+	enum { NP = 70 };
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	static unsigned char pages[NP * PG];
+	uint64_t h[NP], addr[NP], got[128];
+	uint32_t s1[NP];
+	int fd, sync[2];
+
+	td_start(&t, 256);
+	struct md__client *c = td_agent(&t, "batch", &w, &fd);
+	for (unsigned i = 0; i < NP; i++) {
+		td_fill_page(pages + i * PG, 300 + i);
+		h[i] = md__page_hash(pages + i * PG);
+		addr[i] = 0x7f0000100000ull + (uint64_t)i * PG;
+	}
+	ASSERT_EQ(md__client_lookup(c, h, addr, NP, s1), 0);
+	for (unsigned i = 0; i < NP; i++)
+		ASSERT_EQ(s1[i], 0);
+	ASSERT(pipe(sync) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		struct md__msg_welcome w2;
+		int fd2, st[NP];
+		uint64_t other[NP];
+		uint32_t k[NP], slot[NP];
+		char b;
+		struct md__client *c2 = td_agent(&t, "batch", &w2, &fd2);
+		for (unsigned i = 0; i < NP; i++)
+			other[i] = 0x7f0000900000ull + (uint64_t)i * PG;
+		if (md__client_lookup(c2, h, other, NP, k))
+			_exit(1);
+		for (unsigned i = 0; i < NP; i++)
+			if (k[i] != MD_LOOKUP_PUBLISH)
+				_exit(2);
+		if (md__client_publish_each(c2, h, pages, NP, slot, st))
+			_exit(3);
+		_exit(read(sync[0], &b, 1) == 1 ? 0 : 4);
+	}
+	size_t n = 0;
+	POLL_UNTIL(c, (n += md__client_take_candidates(c, got + n, 128 - n)) >= NP);
+	ASSERT_EQ(n, NP);
+	for (unsigned i = 0; i < NP; i++) {
+		int found = 0;
+		for (size_t j = 0; j < n; j++)
+			found |= got[j] == addr[i];
+		ASSERT(found);
+	}
+	ASSERT(write(sync[1], "x", 1) == 1);
+	int ws;
+	ASSERT(waitpid(kid, &ws, 0) == kid && WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+	close(sync[0]);
+	close(sync[1]);
+	close(fd);
+	md__client_free(c);
+	td_stop(&t);
+	return 0;
+}
+
 TEST_IMPL(daemon_reads_pair)
 {
 	/* A page whose file page another page of the domain was read into
