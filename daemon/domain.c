@@ -221,14 +221,17 @@ static void read_put(struct md__sighting *tab, size_t cap, uint32_t t, uint64_t 
  * told, and a few hundred entries spread over a large table would touch
  * every page of it (memory that counts against what is saved). It doubles
  * whenever half as many entries were added as it has (two ways a bucket
- * lose a tenth of them by then, a quarter when as many), up to READS_MAX
- * (768 KiB), as a guest reading an image unshared fills it. */
+ * lose a tenth of them by then, a quarter when as many), as guests reading
+ * an image unshared fill it, up to the sightings' size (one entry per page
+ * the domain registered, rounded down): capped at 65,536 entries, the hints
+ * of two guests reading 160 MiB lost their pairs before their visits came,
+ * and t50 went from 4.9 to 8.5 s (docs/benchmarks.md, image28). */
 #define READS_MIN 4096u
-#define READS_MAX 65536u
 
 static int reads_room(struct md__domain *dom)
 {
-	if (dom->reads_cap && (dom->reads_added * 2 < dom->reads_cap || dom->reads_cap >= READS_MAX))
+	size_t max = seen_want(dom) > READS_MIN ? seen_want(dom) : READS_MIN;
+	if (dom->reads_cap && (dom->reads_added * 2 < dom->reads_cap || dom->reads_cap >= max))
 		return 0;
 	size_t cap = dom->reads_cap ? dom->reads_cap * 2 : READS_MIN;
 	struct md__sighting *t = calloc(cap, sizeof(*t));
