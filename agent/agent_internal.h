@@ -130,9 +130,10 @@ void md__regions_free(struct md_agent *a);
 /* Finds or creates the image behind fd and makes sure its lease is held.
  * Returns the image, or NULL with *why set. */
 struct md__image *md__image_lease(struct md_agent *a, int fd, enum md_fallback *why);
-/* The image behind fd if it is known and its lease held, else NULL (never
- * takes a lease). */
-struct md__image *md__image_leased(struct md_agent *a, int fd);
+/* The image of that file (fstat of its descriptor) if it is known and its
+ * lease held, else NULL (never takes a lease). */
+struct stat;
+struct md__image *md__image_leased(struct md_agent *a, const struct stat *st);
 /* The kernel asked for the lease on fd back: privatize, then release. */
 void md__image_lease_broken(struct md_agent *a, int fd);
 void md__images_free(struct md_agent *a);

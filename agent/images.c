@@ -95,12 +95,9 @@ err_close:
 	return NULL;
 }
 
-struct md__image *md__image_leased(struct md_agent *a, int fd)
+struct md__image *md__image_leased(struct md_agent *a, const struct stat *st)
 {
-	struct stat st;
-	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
-		return NULL;
-	struct md__image *img = image_find(a, st.st_dev, st.st_ino);
+	struct md__image *img = image_find(a, st->st_dev, st->st_ino);
 	return img && img->lease == MD_LEASE_HELD ? img : NULL;
 }
 

@@ -194,21 +194,30 @@ static uint64_t now_ns(void)
 	return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
 }
 
-/* A small read of a leased image was copied into guest RAM: its whole
- * pages (the buffer is aligned with the file) are the image's, so the
- * scanner can map them from it like the pages the other reads mapped. */
-static void index_copied(struct md_agent *a, int fd, uintptr_t buf, size_t n, off_t off)
+/* A read into guest RAM was copied, not shared. The scanner should look
+ * there first (a hint). With memdedupd and hints on, the hint carries the
+ * file it read, so memdedupd learns which file page went where and another
+ * guest's scanner, meeting the same file page, names this copy (READS). A
+ * small read of a leased image is also indexed as that image's pages (the
+ * buffer is aligned with the file), so the scanner maps its whole pages
+ * from it like those the other reads mapped. One fstat serves both. */
+static void copied_read(struct md_agent *a, int fd, uintptr_t buf, size_t n, off_t off, int small)
 {
-	uintptr_t first = (buf + MD_PAGE - 1) & ~(uintptr_t)(MD_PAGE - 1);
-	uintptr_t end = (buf + n) & ~(uintptr_t)(MD_PAGE - 1);
-	if (end <= first)
-		return;
-	pthread_mutex_lock(&a->lock);
-	struct md__image *img = md__image_leased(a, fd);
-	if (img)
-		md__imagepages_queue(a, img->id, ((uint64_t)off + (first - buf)) / MD_PAGE,
-				     (end - first) / MD_PAGE, first, 1);
-	pthread_mutex_unlock(&a->lock);
+	struct stat st;
+	int tell = a->engine->remote && __atomic_load_n(&a->scanner.ratio, __ATOMIC_RELAXED);
+	int index = small && a->imgpages;
+	int file = (tell || index) && fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+	uintptr_t first = round_up(buf), end = round_down(buf + n);
+	if (file && index && end > first) {
+		pthread_mutex_lock(&a->lock);
+		struct md__image *img = md__image_leased(a, &st);
+		if (img)
+			md__imagepages_queue(a, img->id, ((uint64_t)off + (first - buf)) / MD_PAGE,
+					     (end - first) / MD_PAGE, first, 1);
+		pthread_mutex_unlock(&a->lock);
+	}
+	uint64_t key = file && tell ? md__read_key((uint64_t)st.st_dev, (uint64_t)st.st_ino) : 0;
+	md__hints_push(&a->hints, buf, n, key, (uint64_t)off);
 }
 
 /* One segment of a read into guest RAM. Returns what pread would. */
@@ -245,19 +254,8 @@ static ssize_t read_segment(struct md_agent *a, int fd, void *buf, size_t len, o
 	ssize_t n;
 	if (!mapped) {
 		n = md__sys_pread(fd, buf, len, off);
-		/* Not shared at read time: the scanner should look here first;
-		 * and memdedupd learns which file page went where, so that
-		 * another guest's scanner, finding the same file page in its
-		 * RAM, names this copy (READS). */
-		if (small && n >= (ssize_t)MD_PAGE && a->imgpages)
-			index_copied(a, fd, (uintptr_t)buf, (size_t)n, off);
-		if (a->engine && n >= (ssize_t)MD_PAGE) {
-			struct stat st;
-			int tell = a->engine->remote && __atomic_load_n(&a->scanner.ratio, __ATOMIC_RELAXED);
-			uint64_t key = tell && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ?
-					md__read_key((uint64_t)st.st_dev, (uint64_t)st.st_ino) : 0;
-			md__hints_push(&a->hints, (uintptr_t)buf, (size_t)n, key, (uint64_t)off);
-		}
+		if (a->engine && n >= (ssize_t)MD_PAGE)
+			copied_read(a, fd, (uintptr_t)buf, (size_t)n, off, small);
 	} else {
 		/* The mapped pages are the file's: copy only around them. The
 		 * size is fixed by the lease, so these reads are not short. */

@@ -7,7 +7,6 @@
  */
 #include <errno.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "hints.h"
 
@@ -38,13 +37,13 @@ void md__hints_push(struct md__hints *h, uintptr_t addr, size_t len, uint64_t ke
 	pthread_mutex_lock(&h->lock);
 	h->slot[h->top] = x;
 	if (key) {
-		/* Full (the scanner paused): the oldest go; they matter least. */
+		/* Full (the scanner paused, memdedupd away): the oldest go;
+		 * they matter least. */
 		if (h->nfresh == MD_HINTS_FRESH) {
-			memmove(h->fresh, h->fresh + 1, (MD_HINTS_FRESH - 1) * sizeof(*h->fresh));
+			h->fresh_head = (h->fresh_head + 1) % MD_HINTS_FRESH;
 			h->nfresh--;
-			h->fresh_dropped++;
 		}
-		h->fresh[h->nfresh++] = x;
+		h->fresh[(h->fresh_head + h->nfresh++) % MD_HINTS_FRESH] = x;
 	}
 	h->top = (h->top + 1) % h->cap;
 	if (h->count == h->cap)
@@ -74,8 +73,9 @@ size_t md__hints_take_fresh(struct md__hints *h, struct md__hint *out, size_t ma
 {
 	pthread_mutex_lock(&h->lock);
 	size_t n = h->nfresh < max ? h->nfresh : max;
-	memcpy(out, h->fresh, n * sizeof(*out));
-	memmove(h->fresh, h->fresh + n, (h->nfresh - n) * sizeof(*h->fresh));
+	for (size_t i = 0; i < n; i++)
+		out[i] = h->fresh[(h->fresh_head + i) % MD_HINTS_FRESH];
+	h->fresh_head = (h->fresh_head + n) % MD_HINTS_FRESH;
 	h->nfresh -= n;
 	pthread_mutex_unlock(&h->lock);
 	return n;

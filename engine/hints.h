@@ -28,9 +28,8 @@ struct md__hints {
 	size_t top;      /* index one past the newest */
 	size_t count;    /* hints held */
 	uint64_t pushed, popped, dropped;
-	struct md__hint fresh[MD_HINTS_FRESH];
-	size_t nfresh;
-	uint64_t fresh_dropped;
+	struct md__hint fresh[MD_HINTS_FRESH];	/* a ring: nfresh from fresh_head */
+	size_t fresh_head, nfresh;
 };
 
 int md__hints_init(struct md__hints *h, size_t cap);

@@ -104,6 +104,17 @@ TEST_IMPL(engine_hints_stack)
 	ASSERT_EQ(x.addr, 7 * PG);
 	ASSERT_EQ(h.pushed, 7);
 	ASSERT_EQ(h.popped, 5);
+	/* Hints with a file (key) wait to be reported, oldest first, popped
+	 * or not; unreported beyond MD_HINTS_FRESH, the oldest go. */
+	static struct md__hint fresh[MD_HINTS_FRESH];
+	ASSERT_EQ(md__hints_take_fresh(&h, fresh, MD_HINTS_FRESH), 0);	/* none had a key */
+	for (uint64_t i = 0; i < MD_HINTS_FRESH + 44; i++)
+		md__hints_push(&h, (uintptr_t)(100 + i) * PG, PG, 9, i * PG);
+	ASSERT_EQ(md__hints_take_fresh(&h, fresh, 10), 10);
+	ASSERT(fresh[0].off == 44 * PG && fresh[9].off == 53 * PG && fresh[9].key == 9);
+	ASSERT_EQ(md__hints_take_fresh(&h, fresh, MD_HINTS_FRESH), MD_HINTS_FRESH - 10);
+	ASSERT_EQ(fresh[MD_HINTS_FRESH - 11].off, (uint64_t)(MD_HINTS_FRESH + 43) * PG);
+	ASSERT_EQ(md__hints_take_fresh(&h, fresh, MD_HINTS_FRESH), 0);
 	md__hints_free(&h);
 	return 0;
 }
