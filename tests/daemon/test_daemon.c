@@ -246,6 +246,17 @@ TEST_IMPL(daemon_domains_per_uid)
 	ASSERT(cond); \
 } while (0)
 
+/* Lets a child agent that waits on sync[0] go, and checks it exited 0. */
+static void child_release(pid_t kid, int sync[2])
+{
+	int st;
+	ASSERT(write(sync[1], "x", 1) == 1);
+	ASSERT(waitpid(kid, &st, 0) == kid && WIFEXITED(st));
+	ASSERT_EQ(WEXITSTATUS(st), 0);
+	close(sync[0]);
+	close(sync[1]);
+}
+
 TEST_IMPL(daemon_candidates_and_share)
 {
 	struct tdaemon t;
@@ -310,13 +321,8 @@ TEST_IMPL(daemon_candidates_and_share)
 	POLL_UNTIL(c, (ncand += md__client_take_candidates(c, got, 8)) >= 1);
 	ASSERT_EQ(ncand, 1);
 	ASSERT_EQ(got[0], a3);
-	ASSERT(write(sync[1], "x", 1) == 1);
-	int st;
-	ASSERT(waitpid(kid, &st, 0) == kid && WIFEXITED(st));
-	ASSERT_EQ(WEXITSTATUS(st), 0);
+	child_release(kid, sync);
 	POLL_UNTIL(c, md__client_share(c) == 1);
-	close(sync[0]);
-	close(sync[1]);
 	close(fd);
 	md__client_free(c);
 	td_stop(&t);
@@ -376,11 +382,7 @@ TEST_IMPL(daemon_candidates_batched)
 			found |= got[j] == addr[i];
 		ASSERT(found);
 	}
-	ASSERT(write(sync[1], "x", 1) == 1);
-	int ws;
-	ASSERT(waitpid(kid, &ws, 0) == kid && WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
-	close(sync[0]);
-	close(sync[1]);
+	child_release(kid, sync);
 	close(fd);
 	md__client_free(c);
 	td_stop(&t);
