@@ -33,8 +33,13 @@ struct md__client {
 	unsigned chead, clen;      /* ring of CANDIDATES addresses */
 	uint64_t cand[MD_CLIENT_CANDIDATES];
 	uint32_t share;            /* the last SHARE; 0: none came */
-	unsigned char *rx;         /* header + payload of the last message */
-	size_t rx_cap;
+	/* What came from the socket and is not handled yet: bytes
+	 * [in_head, in_len) of in. Read as much as is there per recvmsg, not
+	 * a header and a payload apart: a batch of replies costs one call. */
+	unsigned char *in;
+	size_t in_cap, in_head, in_len;
+	int in_fd;                 /* a descriptor that came with them, or -1 */
+	const unsigned char *rx;   /* header + payload of the last message, in in */
 	struct md__msg msg;        /* decoded reply; here, not on a VMM thread's stack */
 };
 
@@ -109,23 +114,49 @@ static int send_all(struct md__client *c, const void *buf, size_t len, int64_t d
 	return 0;
 }
 
-/* Reads exactly len bytes. A descriptor passed with them goes to *fd if fd
- * is not NULL and *fd is still -1; any other is closed (never leaked). */
-static int recv_all(struct md__client *c, void *buf, size_t len, int64_t deadline, int *fd)
+#define IN_SIZE 16384u        /* the receive buffer, most of the time */
+
+/* Makes room for a message of need bytes from in_head on, then receives
+ * whatever is waiting, as much as fits. A descriptor passed with the bytes
+ * is kept in in_fd (one at a time: any other is closed, never leaked).
+ * 1: bytes came; 0: none are waiting and wait is 0; else -errno. */
+static int fill(struct md__client *c, size_t need, int64_t deadline, int wait)
 {
-	size_t done = 0;
-	while (done < len) {
+	size_t have = c->in_len - c->in_head;
+	if (c->in_head + need > c->in_cap || (!have && c->in_cap > IN_SIZE)) {
+		/* The handled bytes are dead space (the last message's
+		 * decoding was used up before this receive). */
+		if (have)
+			memmove(c->in, c->in + c->in_head, have);
+		c->in_head = 0;
+		c->in_len = have;
+		/* need is bounded by a validated header. A big buffer is not
+		 * kept once the messages that needed it are gone. */
+		size_t cap = need > IN_SIZE ? need : IN_SIZE;
+		if (have && cap < c->in_cap)
+			cap = c->in_cap;
+		if (cap != c->in_cap) {
+			unsigned char *n = realloc(c->in, cap);
+			if (!n)
+				return kill_conn(c, -ENOMEM);
+			c->in = n;
+			c->in_cap = cap;
+		}
+	}
+	for (;;) {
 		union {
 			struct cmsghdr h;
 			char buf[CMSG_SPACE(sizeof(int) * 4)];
 		} ctl;
-		struct iovec iov = { (char *)buf + done, len - done };
+		struct iovec iov = { c->in + c->in_len, c->in_cap - c->in_len };
 		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
 				     .msg_control = ctl.buf, .msg_controllen = sizeof(ctl.buf) };
 		ssize_t r = recvmsg(c->fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			if (!wait)
+				return 0;
 			int err = wait_fd(c, POLLIN, deadline);
 			if (err)
 				return kill_conn(c, err);
@@ -140,41 +171,53 @@ static int recv_all(struct md__client *c, void *buf, size_t len, int64_t deadlin
 			for (size_t i = 0; i < nfd; i++) {
 				int got;
 				memcpy(&got, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
-				if (fd && *fd < 0)
-					*fd = got;
+				if (c->in_fd < 0)
+					c->in_fd = got;
 				else
 					close(got);
 			}
 		}
-		done += (size_t)r;
+		c->in_len += (size_t)r;
+		return 1;
 	}
-	return 0;
 }
 
-/* Reads one whole message into c->rx and decodes it into c->msg. */
-static int recv_msg(struct md__client *c, int64_t deadline, int *fd)
+/* Takes the next whole message from the buffer (receiving more while it
+ * is not all there; with wait 0, only what is waiting now: -EAGAIN if that
+ * is not a whole message) and decodes it into c->msg, c->rx its bytes. A
+ * descriptor that came goes to *fd if fd is not NULL and *fd is still -1;
+ * else it is closed. */
+static int recv_msg(struct md__client *c, int64_t deadline, int *fd, int wait)
 {
 	struct md__msg_hdr h;
-	unsigned char hdr[MD_MSG_HDR_SIZE];
-	int err = recv_all(c, hdr, sizeof(hdr), deadline, fd);
-	if (err)
-		return err;
-	/* The header first: its length is bounded before we allocate. */
-	err = md__msg_hdr_decode(hdr, sizeof(hdr), &h);
-	if (err)
-		return kill_conn(c, -EPROTO);
-	size_t need = MD_MSG_HDR_SIZE + (size_t)h.length;
-	if (need > c->rx_cap) {
-		unsigned char *n = realloc(c->rx, need);
-		if (!n)
-			return kill_conn(c, -ENOMEM);
-		c->rx = n;
-		c->rx_cap = need;
+	size_t need;
+	for (;;) {
+		size_t have = c->in_len - c->in_head;
+		need = MD_MSG_HDR_SIZE;
+		if (have >= MD_MSG_HDR_SIZE) {
+			/* The header first: its length is bounded before we
+			 * make room for it. */
+			if (md__msg_hdr_decode(c->in + c->in_head, have, &h))
+				return kill_conn(c, -EPROTO);
+			need += h.length;
+			if (have >= need)
+				break;
+		}
+		int got = fill(c, need, deadline, wait);
+		if (got < 0)
+			return got;
+		if (got == 0)
+			return -EAGAIN;
 	}
-	memcpy(c->rx, hdr, sizeof(hdr));
-	err = recv_all(c, c->rx + MD_MSG_HDR_SIZE, h.length, deadline, fd);
-	if (err)
-		return err;
+	c->rx = c->in + c->in_head;
+	c->in_head += need;
+	if (c->in_fd >= 0) {
+		if (fd && *fd < 0)
+			*fd = c->in_fd;
+		else
+			close(c->in_fd);
+		c->in_fd = -1;
+	}
 	if (md__msg_decode(c->rx, need, &c->msg))
 		return kill_conn(c, -EPROTO);
 	return 0;
@@ -232,7 +275,7 @@ static int unsolicited(struct md__client *c)
 static int await_reply(struct md__client *c, uint32_t seq, int64_t deadline, int *fd)
 {
 	for (;;) {
-		int err = recv_msg(c, deadline, fd);
+		int err = recv_msg(c, deadline, fd, 1);
 		if (err)
 			return err;
 		if (c->msg.hdr.seq == seq)
@@ -313,6 +356,7 @@ int md__client_connect(struct md__client **cp, const char *socket_path)
 	if (!c)
 		return -ENOMEM;
 	c->timeout_ms = MD_CLIENT_TIMEOUT_MS;
+	c->in_fd = -1;
 	c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (c->fd < 0) {
 		err = -errno;
@@ -343,7 +387,9 @@ void md__client_free(struct md__client *c)
 	if (!c)
 		return;
 	close(c->fd);
-	free(c->rx);
+	if (c->in_fd >= 0)
+		close(c->in_fd);
+	free(c->in);
 	free(c);
 }
 
@@ -585,21 +631,16 @@ int md__client_request(struct md__client *c, unsigned type, const void *payload,
 	return 0;
 }
 
-/* Reads every message waiting on the socket now (the daemon writes them
- * whole, so this waits little) into the queues. 0, or -errno if the
- * connection failed. */
+/* Handles every whole message waiting now (the daemon writes them whole)
+ * into the queues. 0, or -errno if the connection failed. */
 static int pump(struct md__client *c)
 {
 	for (;;) {
 		if (c->dead)
 			return -ENOTCONN;
-		struct pollfd p = { .fd = c->fd, .events = POLLIN };
-		int r = poll(&p, 1, 0);
-		if (r < 0)
-			return errno == EINTR ? 0 : -errno;
-		if (r == 0)
+		int err = recv_msg(c, 0, NULL, 0);
+		if (err == -EAGAIN)
 			return 0;
-		int err = recv_msg(c, now_ms() + c->timeout_ms, NULL);
 		if (err)
 			return err;
 		err = unsolicited(c);

@@ -105,8 +105,11 @@ struct md__conn {
 	pid_t pid;                 /* SO_PEERCRED at accept */
 	uid_t uid;
 	int peer_pidfd;            /* SO_PEERPIDFD, -1 if the kernel has none */
-	unsigned char *in;         /* the message being received */
-	size_t in_len, in_cap;
+	/* What came and is not handled yet: bytes [in_head, in_len) of in,
+	 * as much as was waiting per recv (a pipelined batch of requests
+	 * costs one call, not two per message). */
+	unsigned char *in;
+	size_t in_head, in_len, in_cap;
 	unsigned char *out;        /* bytes to send: out[out_head, out_len) */
 	size_t out_head, out_len, out_cap;
 	int out_fd;                /* descriptor to pass with the byte at out_fd_off */

@@ -32,7 +32,7 @@
 #endif
 
 #define MD_D_BATCH 16   /* messages per connection per wake-up: fairness */
-#define IN_MIN 512      /* first receive buffer, before any header is known */
+#define IN_SIZE 16384u  /* the receive buffer, most of the time */
 
 int md__ep_add(struct md__daemon *d, int fd, struct md__ep *ep, uint32_t events)
 {
@@ -483,73 +483,93 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
 	}
 }
 
-/* Reads and handles up to MD_D_BATCH messages. -1: the connection closed. */
+/* Makes room for need bytes from in_head on: the handled bytes are dead
+ * space; need is bounded by a validated header. A big buffer is not kept
+ * for a connection that needed it once. 0, or -ENOMEM. */
+static int make_room(struct md__conn *c, size_t need)
+{
+	size_t have = c->in_len - c->in_head;
+	if (c->in && c->in_head + need <= c->in_cap && (have || c->in_cap <= IN_SIZE))
+		return 0;
+	if (have)
+		memmove(c->in, c->in + c->in_head, have);
+	c->in_head = 0;
+	c->in_len = have;
+	size_t cap = need > IN_SIZE ? need : IN_SIZE;
+	if (have && cap < c->in_cap)
+		cap = c->in_cap;
+	if (cap != c->in_cap || !c->in) {
+		unsigned char *n = realloc(c->in, cap);
+		if (!n)
+			return -ENOMEM;
+		c->in = n;
+		c->in_cap = cap;
+	}
+	return 0;
+}
+
+/* Reads and handles up to MD_D_BATCH messages, then those already read.
+ * -1: the connection closed. */
 static int read_conn(struct md__daemon *d, struct md__conn *c)
 {
-	for (int handled = 0; handled < MD_D_BATCH && !c->closing;) {
+	for (int handled = 0; !c->closing;) {
+		size_t have = c->in_len - c->in_head;
 		size_t need = MD_MSG_HDR_SIZE;
 		struct md__msg_hdr h;
-		int err = 0;
-		if (c->in_len >= MD_MSG_HDR_SIZE) {
-			err = md__msg_hdr_decode(c->in, c->in_len, &h);
+		if (have >= MD_MSG_HDR_SIZE) {
+			const unsigned char *p = c->in + c->in_head;
+			int err = md__msg_hdr_decode(p, have, &h);
+			if (err) {
+				/* The seq field is where it always is: echo
+				 * it, so the sender can tell which message we
+				 * refused. */
+				uint32_t seq = (uint32_t)p[12] | (uint32_t)p[13] << 8 |
+					       (uint32_t)p[14] << 16 | (uint32_t)p[15] << 24;
+				md__conn_fail(d, c, seq, err, "bad header (%s)",
+					      err == -EPROTO ? "magic" :
+					      err == -EPROTONOSUPPORT ? "version" :
+					      err == -EMSGSIZE ? "length too large for its type" : "type");
+				break;
+			}
 			need += h.length;
 		}
-		if (!c->in) {
-			c->in = malloc(IN_MIN);
-			if (!c->in) {
-				conn_close(d, c);
-				return -1;
-			}
-			c->in_cap = IN_MIN;
-		}
-		if (err) {
-			/* The seq field is where it always is: echo it, so the
-			 * sender can tell which message we refused. */
-			uint32_t seq = (uint32_t)c->in[12] | (uint32_t)c->in[13] << 8 |
-				       (uint32_t)c->in[14] << 16 | (uint32_t)c->in[15] << 24;
-			md__conn_fail(d, c, seq, err, "bad header (%s)",
-				      err == -EPROTO ? "magic" : err == -EPROTONOSUPPORT ? "version" :
-				      err == -EMSGSIZE ? "length too large for its type" : "type");
-			break;
-		}
-		if (need > c->in_cap) {
-			/* need is bounded by the validated header. */
-			unsigned char *n = realloc(c->in, need);
-			if (!n) {
-				conn_close(d, c);
-				return -1;
-			}
-			c->in = n;
-			c->in_cap = need;
-		}
-		if (c->in_len < need) {
-			ssize_t r = recv(c->fd, c->in + c->in_len, need - c->in_len, MSG_DONTWAIT);
-			if (r < 0 && errno == EINTR)
-				continue;
-			if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+		if (have >= need) {
+			int err = md__msg_decode(c->in + c->in_head, need, &d->msg);
+			c->in_head += need;
+			handled++;
+			if (err) {
+				md__conn_fail(d, c, d->msg.hdr.seq, err, "malformed %s payload",
+					      md__msg_type_name(d->msg.hdr.type));
 				break;
-			if (r <= 0) {
-				conn_close(d, c);	/* EOF or reset */
-				return -1;
 			}
-			c->in_len += (size_t)r;
-			continue;	/* maybe the header is complete now */
+			dispatch(d, c);
+			continue;
 		}
-		err = md__msg_decode(c->in, need, &d->msg);
-		c->in_len = 0;
-		handled++;
-		if (err) {
-			md__conn_fail(d, c, d->msg.hdr.seq, err, "malformed %s payload",
-				      md__msg_type_name(d->msg.hdr.type));
+		/* Past the batch, only what was read already is handled: the
+		 * rest waits in the socket for the next wake-up (epoll is
+		 * level-triggered), so one busy peer cannot hold the others. */
+		if (handled >= MD_D_BATCH)
 			break;
+		if (make_room(c, need) != 0) {
+			conn_close(d, c);
+			return -1;
 		}
-		dispatch(d, c);
-		/* A big buffer is not kept for a connection that needed it once. */
-		if (c->in_cap > 64 * 1024) {
-			free(c->in);
-			c->in = NULL;
-			c->in_cap = 0;
+		ssize_t r = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, MSG_DONTWAIT);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			break;
+		if (r <= 0) {
+			conn_close(d, c);	/* EOF or reset */
+			return -1;
 		}
+		c->in_len += (size_t)r;
+	}
+	/* Nothing kept: the buffer may go back to its small size. */
+	if (c->in_head == c->in_len && c->in_cap > IN_SIZE) {
+		free(c->in);
+		c->in = NULL;
+		c->in_cap = c->in_head = c->in_len = 0;
 	}
 	return 0;
 }

@@ -447,10 +447,11 @@ static int map_pool(struct md__engine *e, struct md__eregion *r, uintptr_t addr,
 	}
 	/* Not registered with userfaultfd here: freeze() registers a mapping
 	 * the first time it must freeze it again (after a copy-on-write
-	 * break, rare). Advised at once: left to the agent's thread, merges
-	 * spread over all guest RAM made it advise nearly all of it, walking
-	 * thousands of mappings, every second of a convergence. */
-	apply_advice(e, r, addr, n * MD_EPAGE);
+	 * break, rare). Not advised here either: the caller advises the
+	 * whole run it mapped at once (apply_advice), before it lets go of
+	 * the lock. Left to the agent's thread, merges spread over all guest
+	 * RAM made it advise nearly all of it, walking thousands of
+	 * mappings, every second of a convergence. */
 	/* At most two new VMAs (the split halves of what it replaced);
 	 * fewer when it joins a neighbour with adjacent pool offsets. */
 	e->vma_estimate += 2;
@@ -501,6 +502,27 @@ int md__engine_merge(struct md__engine *e, void *addr, size_t n, uint32_t slot)
 int md__engine_merge_some(struct md__engine *e, void *addr, size_t n, uint32_t slot,
 			  unsigned char *done)
 {
+	uint32_t slots[MAX_RUN];
+	if (n == 0 || n > MAX_RUN) {
+		if (done && n <= MAX_RUN)
+			memset(done, 0, n);
+		return -EINVAL;
+	}
+	for (size_t i = 0; i < n; i++)
+		slots[i] = slot + (uint32_t)i;
+	return md__engine_merge_slots(e, addr, n, slots, done);
+}
+
+static int slot_mergeable(struct md__engine *e, uint32_t slot)
+{
+	if (e->remote)
+		return md__remote_valid(e->remote, slot, 1);
+	return (size_t)slot < e->pool.end && e->pool.state[slot] == MD_SLOT_LIVE;
+}
+
+int md__engine_merge_slots(struct md__engine *e, void *addr, size_t n, const uint32_t *slots,
+			   unsigned char *done)
+{
 	uintptr_t a = (uintptr_t)addr;
 	unsigned char eq[MAX_RUN];
 	int err, merged = 0;
@@ -510,41 +532,39 @@ int md__engine_merge_some(struct md__engine *e, void *addr, size_t n, uint32_t s
 	if (a % MD_EPAGE || n == 0 || n > MAX_RUN)
 		return -EINVAL;
 	pthread_mutex_lock(&e->lock);
-	err = -EINVAL;
-	if (e->remote) {
-		if (!md__remote_valid(e->remote, slot, n))
-			goto unlock;
-	} else {
-		if ((size_t)slot + n > e->pool.end)
-			goto unlock;
-		for (size_t i = 0; i < n; i++)
-			if (e->pool.state[slot + i] != MD_SLOT_LIVE)
-				goto unlock;
-	}
 	struct md__eregion *r = replaceable(e, a, n, &err);
 	if (!r)
 		goto unlock;
+	/* One freeze, one check and one advice for the whole run of guest
+	 * pages, whatever slots they go to: a guest's copies of one page
+	 * lie side by side and map the same slot, a mapping each. */
 	err = freeze(e, a, n * MD_EPAGE);
 	if (err)
 		goto unlock;
-
 	for (size_t i = 0; i < n; i++)
-		eq[i] = memcmp((const void *)(a + i * MD_EPAGE),
-			       md__engine_pool_page(e, slot + (uint32_t)i), MD_EPAGE) == 0;
+		eq[i] = slot_mergeable(e, slots[i]) &&
+			memcmp((const void *)(a + i * MD_EPAGE), md__engine_pool_page(e, slots[i]),
+			       MD_EPAGE) == 0;
 	if (!still_frozen(e, a, n))
 		memset(eq, 0, n);
 
+	size_t lo = n, hi = 0;	/* the merged span, advised at once */
 	for (size_t i = 0; i < n;) {
-		size_t j = i;
-		while (j < n && eq[j] == eq[i])
-			j++;
+		size_t j = i + 1;
+		if (eq[i])	/* equal pages of consecutive slots map at once */
+			while (j < n && eq[j] && slots[j] == slots[i] + (j - i))
+				j++;
+		else
+			while (j < n && !eq[j])
+				j++;
 		uintptr_t ra = a + i * MD_EPAGE;
 		size_t rlen = (j - i) * MD_EPAGE;
-		if (eq[i] && map_pool(e, r, ra, j - i, slot + (uint32_t)i) == 0) {
+		if (eq[i] && map_pool(e, r, ra, j - i, slots[i]) == 0) {
 			merged += (int)(j - i);
 			if (done)
 				memset(done + i, 1, j - i);
-			md__uffd_wake(&e->uffd, ra, rlen);
+			lo = i < lo ? i : lo;
+			hi = j;
 		} else {
 			/* Unequal, or mmap failed and left the page as it
 			 * was: give it back to its writers. */
@@ -553,6 +573,14 @@ int md__engine_merge_some(struct md__engine *e, void *addr, size_t n, uint32_t s
 			thaw(e, ra, rlen);
 		}
 		i = j;
+	}
+	if (merged) {
+		/* Pages between that were not merged have their region's
+		 * advice already: advising them again changes nothing. */
+		apply_advice(e, r, a + lo * MD_EPAGE, (hi - lo) * MD_EPAGE);
+		/* A writer that hit the freeze waits: wake it to fault again
+		 * on the new mapping. */
+		md__uffd_wake(&e->uffd, a + lo * MD_EPAGE, (hi - lo) * MD_EPAGE);
 	}
 	e->st.merged += (uint64_t)merged;
 	err = merged;
@@ -684,6 +712,7 @@ int md__engine_publish(struct md__engine *e, void *addr, size_t n, uint32_t *slo
 	err = map_pool(e, r, a, n, slot);
 	if (err)
 		goto drop_slots;
+	apply_advice(e, r, a, n * MD_EPAGE);
 	for (size_t i = 0; i < n; i++) {
 		uint64_t h = md__page_hash((const void *)(a + i * MD_EPAGE));
 		e->slot_hash[slot + i] = h;

@@ -152,6 +152,10 @@ int md__engine_merge(struct md__engine *e, void *addr, size_t n, uint32_t slot);
  * (the caller's pin on that slot now belongs to the page). */
 int md__engine_merge_some(struct md__engine *e, void *addr, size_t n, uint32_t slot,
 			  unsigned char *done);
+/* The same with a slot per page: page i with slots[i]. A slot that is not
+ * live (or not in the daemon's pool) leaves its page as it was. */
+int md__engine_merge_slots(struct md__engine *e, void *addr, size_t n, const uint32_t *slots,
+			   unsigned char *done);
 /* Merges n guest pages from addr with n pages of a file that cannot change
  * while the caller holds what proves it (a read lease): content is what the
  * file holds at off, read by the caller. All pages are frozen and compared

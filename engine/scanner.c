@@ -287,12 +287,13 @@ static void merge_pending(struct md__scanner *s, const size_t *of, const uint32_
 {
 	unsigned char done[64];
 	for (size_t j = 0; j < n;) {
+		/* A run of side-by-side guest pages, whatever their slots: one
+		 * freeze and one advice for all (md__engine_merge_slots). */
 		size_t run = 1;
 		while (j + run < n && run < sizeof(done) &&
-		       s->pend_addr[of[j + run]] == s->pend_addr[of[j]] + run * MD_EPAGE &&
-		       slot[j + run] == slot[j] + run)
+		       s->pend_addr[of[j + run]] == s->pend_addr[of[j]] + run * MD_EPAGE)
 			run++;
-		md__engine_merge_some(s->e, (void *)s->pend_addr[of[j]], run, slot[j], done);
+		md__engine_merge_slots(s->e, (void *)s->pend_addr[of[j]], run, slot + j, done);
 		for (size_t q = 0; q < run; q++) {
 			size_t k = of[j + q];
 			if (!done[q]) {

@@ -4,6 +4,7 @@
  * daemon that dies, malformed peers, CONTROL, and the CLI's commands. */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -567,6 +568,227 @@ TEST_IMPL(daemon_malformed_closes)
 	json_decref(st);
 	md__client_free(good);
 	td_stop(&t);
+	return 0;
+}
+
+/* Reads exactly n bytes (3 s at most), or fails the test. */
+static void read_all(int fd, void *buf, size_t n)
+{
+	for (size_t done = 0; done < n;) {
+		struct pollfd p = { fd, POLLIN, 0 };
+		ASSERT(poll(&p, 1, 3000) == 1);
+		ssize_t r = read(fd, (char *)buf + done, n - done);
+		ASSERT(r > 0);
+		done += (size_t)r;
+	}
+}
+
+static size_t encode(struct md__msg *m, unsigned char *buf, size_t size)
+{
+	ssize_t n = md__msg_encode(m, buf, size);
+	ASSERT(n > 0);
+	return (size_t)n;
+}
+
+/* Requests pipelined in one write, many more than the daemon handles per
+ * wake-up, then one cut in two writes: every reply comes, in order. */
+TEST_IMPL(daemon_stream_framing)
+{
+	struct tdaemon t;
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	static struct md__msg m, r;
+	static unsigned char buf[64 * 1024], in[MD_MSG_HDR_SIZE + MD_MSG_MAX];
+	const uint32_t nreq = 101;
+
+	td_start(&t, 16);
+	td_sockaddr(&t, &sa);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ASSERT(fd >= 0);
+	ASSERT(connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+	memset(&m, 0, sizeof(m));
+	m.hdr = (struct md__msg_hdr){ .type = MD_MSG_HELLO, .seq = 1 };
+	m.u.hello.pid = (uint32_t)getpid();
+	size_t len = encode(&m, buf, sizeof(buf));
+	ASSERT(send(fd, buf, len, MSG_NOSIGNAL) == (ssize_t)len);
+	read_all(fd, in, MD_MSG_HDR_SIZE);	/* the pool's descriptor is dropped by read() */
+	ASSERT_EQ(md__msg_hdr_decode(in, MD_MSG_HDR_SIZE, &r.hdr), 0);
+	ASSERT_EQ(r.hdr.type, MD_MSG_WELCOME);
+	read_all(fd, in + MD_MSG_HDR_SIZE, r.hdr.length);
+
+	/* Many more than a wake-up's batch in one write, nothing after
+	 * them to wake the daemon again; then one cut inside its header. */
+	len = 0;
+	for (uint32_t i = 0; i < nreq; i++) {
+		memset(&m, 0, sizeof(m));
+		m.hdr = (struct md__msg_hdr){ .type = MD_MSG_LOOKUP, .seq = 100 + i };
+		m.u.lookup.n = 1;
+		m.u.lookup.hash[0] = 1000 + i;
+		len += encode(&m, buf + len, sizeof(buf) - len);
+	}
+	size_t last = len - encode(&m, in, sizeof(in));
+	ASSERT(send(fd, buf, last, MSG_NOSIGNAL) == (ssize_t)last);
+	for (uint32_t i = 0; i < nreq; i++) {
+		if (i == nreq - 1) {
+			ASSERT(send(fd, buf + last, 10, MSG_NOSIGNAL) == 10);
+			usleep(50 * 1000);
+			ASSERT(send(fd, buf + last + 10, len - last - 10, MSG_NOSIGNAL) ==
+			       (ssize_t)(len - last - 10));
+		}
+		struct md__msg_hdr h;
+		for (;;) {	/* SHARE may come unasked (seq 0) */
+			read_all(fd, in, MD_MSG_HDR_SIZE);
+			ASSERT_EQ(md__msg_hdr_decode(in, MD_MSG_HDR_SIZE, &h), 0);
+			read_all(fd, in + MD_MSG_HDR_SIZE, h.length);
+			if (h.seq)
+				break;
+		}
+		ASSERT_EQ(md__msg_decode(in, MD_MSG_HDR_SIZE + h.length, &r), 0);
+		ASSERT_EQ(r.hdr.type, MD_MSG_LOOKUP_R);
+		ASSERT_EQ(r.hdr.seq, 100 + i);
+		ASSERT_EQ(r.u.lookup_r.n, 1);
+	}
+	close(fd);
+	/* Each counted once (its record stays while this process lives). */
+	json_t *st = td_status(&t);
+	json_t *agents = json_object_get(st, "agents");
+	ASSERT_EQ(json_array_size(agents), 1);
+	ASSERT_EQ(td_int(json_array_get(agents, 0), "requests"), nreq);
+	json_decref(st);
+	td_stop(&t);
+	return 0;
+}
+
+static void send_with_fd(int fd, const void *buf, size_t len, int pass)
+{
+	union {
+		struct cmsghdr h;
+		char b[CMSG_SPACE(sizeof(int))];
+	} ctl;
+	struct iovec iov = { (void *)buf, len };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+			     .msg_control = ctl.b, .msg_controllen = sizeof(ctl.b) };
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(cm), &pass, sizeof(int));
+	ASSERT(sendmsg(fd, &mh, MSG_NOSIGNAL) == (ssize_t)len);
+}
+
+/* The client's side of the stream, against a fake daemon: a reply and
+ * unasked messages in one write (the descriptor with the reply), and
+ * messages cut anywhere, in pieces that come apart in time. */
+TEST_IMPL(daemon_client_framing)
+{
+	char dir[] = "/tmp/md-framing-XXXXXX", path[64];
+	ASSERT(mkdtemp(dir) != NULL);
+	snprintf(path, sizeof(path), "%s/sock", dir);
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+	int l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ASSERT(l >= 0);
+	ASSERT(bind(l, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+	ASSERT(listen(l, 1) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		static struct md__msg m;
+		static unsigned char buf[8192], in[MD_MSG_HDR_SIZE + MD_MSG_MAX];
+		struct md__msg_hdr h;
+		int c = accept(l, NULL, NULL);
+		if (c < 0)
+			_exit(1);
+		read_all(c, in, MD_MSG_HDR_SIZE);	/* HELLO */
+		ASSERT_EQ(md__msg_hdr_decode(in, MD_MSG_HDR_SIZE, &h), 0);
+		read_all(c, in + MD_MSG_HDR_SIZE, h.length);
+		size_t len = 0;
+		memset(&m, 0, sizeof(m));
+		m.hdr = (struct md__msg_hdr){ .type = MD_MSG_WELCOME, .seq = h.seq };
+		m.u.welcome.domain_id = 5;
+		m.u.welcome.pool_pages = 16;
+		m.u.welcome.tun = (struct md__tunables){ .pages_to_scan = 100, .sleep_millisecs = 20,
+							 .cpu_percent = 100, .hint_ratio = 4 };
+		len += encode(&m, buf + len, sizeof(buf) - len);
+		memset(&m, 0, sizeof(m));
+		m.hdr.type = MD_MSG_SHARE;
+		m.u.share.agents = 3;
+		len += encode(&m, buf + len, sizeof(buf) - len);
+		memset(&m, 0, sizeof(m));
+		m.hdr.type = MD_MSG_CANDIDATES;
+		m.u.candidates.n = 2;
+		m.u.candidates.addr[0] = 0x1000;
+		m.u.candidates.addr[1] = 0x2000;
+		len += encode(&m, buf + len, sizeof(buf) - len);
+		int pass = memfd_create("pool", MFD_CLOEXEC);
+		send_with_fd(c, buf, len, pass);
+
+		read_all(c, in, MD_MSG_HDR_SIZE);	/* LOOKUP */
+		ASSERT_EQ(md__msg_hdr_decode(in, MD_MSG_HDR_SIZE, &h), 0);
+		read_all(c, in + MD_MSG_HDR_SIZE, h.length);
+		len = 0;
+		memset(&m, 0, sizeof(m));
+		m.hdr.type = MD_MSG_CANDIDATES;
+		m.u.candidates.n = 1;
+		m.u.candidates.addr[0] = 0x3000;
+		len += encode(&m, buf + len, sizeof(buf) - len);
+		memset(&m, 0, sizeof(m));
+		m.hdr = (struct md__msg_hdr){ .type = MD_MSG_LOOKUP_R, .seq = h.seq };
+		m.u.lookup_r.n = 1;
+		m.u.lookup_r.slot1[0] = 7;
+		len += encode(&m, buf + len, sizeof(buf) - len);
+		size_t cut = len;
+		memset(&m, 0, sizeof(m));
+		m.hdr.type = MD_MSG_CANDIDATES;
+		m.u.candidates.n = 1;
+		m.u.candidates.addr[0] = 0x4000;
+		len += encode(&m, buf + len, sizeof(buf) - len);
+		/* In the middle of a header; past it, in a payload; the rest
+		 * with the start of the next message. */
+		size_t parts[] = { 10, 18, cut + 5 - 28, len - cut - 5 };
+		for (size_t i = 0, off = 0; i < 4; off += parts[i++]) {
+			ASSERT(send(c, buf + off, parts[i], MSG_NOSIGNAL) == (ssize_t)parts[i]);
+			usleep(100 * 1000);
+		}
+		char x;
+		while (read(c, &x, 1) > 0)	/* until the client goes */
+			;
+		_exit(0);
+	}
+	close(l);
+	struct md__client *c;
+	ASSERT_EQ(md__client_connect(&c, path), 0);
+	struct md__msg_welcome w;
+	int pool = -1;
+	ASSERT_EQ(md__client_hello(c, NULL, 0, &w, &pool), 0);
+	ASSERT(pool >= 0);
+	ASSERT_EQ(w.domain_id, 5);
+	ASSERT_EQ(w.pool_pages, 16);
+	close(pool);
+	/* They came with the WELCOME: already read, the socket is empty. */
+	uint64_t got[4];
+	ASSERT_EQ(md__client_take_candidates(c, got, 4), 2);
+	ASSERT_EQ(got[0], 0x1000);
+	ASSERT_EQ(got[1], 0x2000);
+	ASSERT_EQ(md__client_share(c), 3);
+
+	uint64_t h = 42;
+	uint32_t slot1 = 0;
+	ASSERT_EQ(md__client_lookup(c, &h, NULL, 1, &slot1), 0);
+	ASSERT_EQ(slot1, 7);
+	/* Met on the way to the reply: queued. The next one is in halves. */
+	ASSERT_EQ(md__client_take_candidates(c, got, 4), 1);
+	ASSERT_EQ(got[0], 0x3000);
+	size_t n = 0;
+	for (double end = now() + 3; n == 0 && now() < end; usleep(10 * 1000))
+		n = md__client_take_candidates(c, got, 4);
+	ASSERT_EQ(n, 1);
+	ASSERT_EQ(got[0], 0x4000);
+	md__client_free(c);
+	int status;
+	ASSERT_EQ(waitpid(kid, &status, 0), kid);
+	ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	unlink(path);
+	rmdir(dir);
 	return 0;
 }
 

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -348,6 +349,91 @@ TEST_IMPL(engine_merge_shares)
 	ASSERT_EQ(md__engine_discard(&e, b + 3 * PG, PG), 0);
 	ASSERT(md__page_is_zero(b + 3 * PG));
 	ASSERT_EQ(e.pool.refs[slot + 3], 1);
+	md__engine_fini(&e);
+	return 0;
+}
+
+/* The VmFlags line of the mapping that holds addr, from /proc/self/smaps. */
+static void vm_flags(const void *addr, char *out, size_t size)
+{
+	FILE *f = fopen("/proc/self/smaps", "r");
+	char line[512];
+	int in = 0;
+	ASSERT(f != NULL);
+	*out = 0;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long lo, hi;
+		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' '))
+			in = (uintptr_t)addr >= lo && (uintptr_t)addr < hi;
+		else if (in && strncmp(line, "VmFlags:", 8) == 0) {
+			snprintf(out, size, "%s", line + 8);
+			break;
+		}
+	}
+	fclose(f);
+}
+
+/* A run of side-by-side guest pages merged at once, each with its own slot:
+ * copies of one page map that one slot; a page that differs, and one whose
+ * slot is not live, stay as they were; the region's advice covers every
+ * new mapping. */
+TEST_IMPL(engine_merge_slots_run)
+{
+	struct md__engine e;
+	const size_t n = 8;
+	unsigned char *a = map_ram(2), *b = map_ram(n);
+	unsigned char want[PG], done[8];
+	unsigned seed[8] = { 1, 1, 1, 2, 1, 1, 1, 2 };
+	uint32_t slot;
+
+	engine_up(&e);
+	fill(a, 1);
+	fill(a + PG, 2);
+	for (size_t i = 0; i < n; i++)
+		fill(b + i * PG, seed[i]);
+	b[4 * PG + 9] ^= 1;	/* page 4 differs by a bit */
+	ASSERT_EQ(md__engine_register(&e, a, 2 * PG, 0), 0);
+	ASSERT_EQ(md__engine_register(&e, b, n * PG, MD_EADV_DONTFORK | MD_EADV_DONTDUMP), 0);
+	ASSERT_EQ(md__engine_publish(&e, a, 2, &slot), 2);
+	uint32_t slots[8] = { slot, slot, slot, slot + 1, slot, slot, slot + 100, slot + 1 };
+	ASSERT_EQ(md__engine_merge_slots(&e, b, n, slots, done), 6);
+
+	for (size_t i = 0; i < n; i++) {
+		fill(want, seed[i]);
+		if (i == 4)
+			want[9] ^= 1;
+		ASSERT(memcmp(b + i * PG, want, PG) == 0);
+		if (i == 4 || i == 6) {	/* unequal; slot not live */
+			ASSERT_EQ(done[i], 0);
+			ASSERT(!(pagemap(b + i * PG) & PM_FILE));
+			ASSERT(pfn(b + i * PG) != pfn(a));
+			continue;
+		}
+		ASSERT_EQ(done[i], 1);
+		ASSERT_EQ(pfn(b + i * PG), pfn(a + (seed[i] - 1) * PG));
+		char fl[512];
+		vm_flags(b + i * PG, fl, sizeof(fl));
+		ASSERT(strstr(fl, " dc") != NULL);	/* MADV_DONTFORK */
+		ASSERT(strstr(fl, " dd") != NULL);	/* MADV_DONTDUMP */
+	}
+	struct md__engine_stats st;
+	md__engine_stats(&e, &st);
+	ASSERT_EQ(st.merged, 6);
+	ASSERT_EQ(st.abandoned, 2);
+	ASSERT_EQ(e.pool.refs[slot], 1 + 4);
+	ASSERT_EQ(e.pool.refs[slot + 1], 1 + 2);
+
+	/* A write to one copy is its own; its neighbours keep the slot. */
+	uint64_t shared = pfn(b + PG);
+	b[PG + 5] ^= 0xff;
+	ASSERT(pfn(b + PG) != shared);
+	ASSERT_EQ(pfn(b), shared);
+	ASSERT_EQ(pfn(b + 2 * PG), shared);
+	fill(want, 1);
+	ASSERT(memcmp(b, want, PG) == 0);
+	ASSERT(memcmp(a, want, PG) == 0);
+	want[5] ^= 0xff;
+	ASSERT(memcmp(b + PG, want, PG) == 0);
 	md__engine_fini(&e);
 	return 0;
 }
