@@ -258,11 +258,12 @@ int md__scan_account(struct md_agent *a, int reap)
 	md__engine_stats(e, &st);
 	struct md__scanner_stats ss = a->scanner.st;	/* racy reads of counters: fine */
 	/* The walk over every page's state, a few hundred microseconds per
-	 * GiB, is done again only when merges changed it, or every 10 s
-	 * (pages age without merges): once converged it was a third of the
-	 * agent's CPU time. */
+	 * GiB, is done again only when merges changed it, or every 30 s
+	 * (pages age without merges: pages_unshared may lag that much). Once
+	 * converged, every second it was a third of the agent's CPU time,
+	 * every 10 s still a tenth of all memdedup's. */
 	uint64_t changed = md__scan_activity(a) + st.cow_broken;
-	if (reap || changed != a->walk_activity || ++a->walk_age >= 10) {
+	if (reap || changed != a->walk_activity || ++a->walk_age >= 30) {
 		uint64_t sharing = 0, registered = 0, unshared = 0;
 		pthread_rwlock_rdlock(&e->regions_lock);
 		pthread_mutex_lock(&e->lock);

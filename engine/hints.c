@@ -49,7 +49,7 @@ void md__hints_push(struct md__hints *h, uintptr_t addr, size_t len, uint64_t ke
 	if (h->count == h->cap)
 		h->dropped++;	/* the slot just written held the oldest */
 	else
-		h->count++;
+		__atomic_store_n(&h->count, h->count + 1, __ATOMIC_RELAXED);
 	h->pushed++;
 	pthread_mutex_unlock(&h->lock);
 }
@@ -57,11 +57,16 @@ void md__hints_push(struct md__hints *h, uintptr_t addr, size_t len, uint64_t ke
 int md__hints_pop(struct md__hints *h, struct md__hint *out)
 {
 	int got = 0;
+	/* The scanner asks for every hinted share of its visits, and mostly
+	 * finds none once reads stop: no lock for that. A push racing with
+	 * this read is popped the next time. */
+	if (!__atomic_load_n(&h->count, __ATOMIC_RELAXED))
+		return 0;
 	pthread_mutex_lock(&h->lock);
 	if (h->count) {
 		h->top = (h->top + h->cap - 1) % h->cap;
 		*out = h->slot[h->top];
-		h->count--;
+		__atomic_store_n(&h->count, h->count - 1, __ATOMIC_RELAXED);
 		h->popped++;
 		got = 1;
 	}
