@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "client.h"
+#include "rxbuf.h"
 #include "stats_file.h"
 
 struct md__client {
@@ -33,12 +34,8 @@ struct md__client {
 	unsigned chead, clen;      /* ring of CANDIDATES addresses */
 	uint64_t cand[MD_CLIENT_CANDIDATES];
 	uint32_t share;            /* the last SHARE; 0: none came */
-	/* What came from the socket and is not handled yet: bytes
-	 * [in_head, in_len) of in. Read as much as is there per recvmsg, not
-	 * a header and a payload apart: a batch of replies costs one call. */
-	unsigned char *in;
-	size_t in_cap, in_head, in_len;
-	int in_fd;                 /* a descriptor that came with them, or -1 */
+	struct md__rxbuf in;       /* read ahead of what was handled */
+	int in_fd;                 /* a descriptor that came with it, or -1 */
 	const unsigned char *rx;   /* header + payload of the last message, in in */
 	struct md__msg msg;        /* decoded reply; here, not on a VMM thread's stack */
 };
@@ -114,41 +111,21 @@ static int send_all(struct md__client *c, const void *buf, size_t len, int64_t d
 	return 0;
 }
 
-#define IN_SIZE 16384u        /* the receive buffer, most of the time */
-
-/* Makes room for a message of need bytes from in_head on, then receives
- * whatever is waiting, as much as fits. A descriptor passed with the bytes
- * is kept in in_fd (one at a time: any other is closed, never leaked).
- * 1: bytes came; 0: none are waiting and wait is 0; else -errno. */
+/* Makes room for a message of need bytes, then receives whatever is
+ * waiting, as much as fits. A descriptor passed with the bytes is kept in
+ * in_fd (one at a time: any other is closed, never leaked). 1: bytes came;
+ * 0: none are waiting and wait is 0; else -errno. */
 static int fill(struct md__client *c, size_t need, int64_t deadline, int wait)
 {
-	size_t have = c->in_len - c->in_head;
-	if (c->in_head + need > c->in_cap || (!have && c->in_cap > IN_SIZE)) {
-		/* The handled bytes are dead space (the last message's
-		 * decoding was used up before this receive). */
-		if (have)
-			memmove(c->in, c->in + c->in_head, have);
-		c->in_head = 0;
-		c->in_len = have;
-		/* need is bounded by a validated header. A big buffer is not
-		 * kept once the messages that needed it are gone. */
-		size_t cap = need > IN_SIZE ? need : IN_SIZE;
-		if (have && cap < c->in_cap)
-			cap = c->in_cap;
-		if (cap != c->in_cap) {
-			unsigned char *n = realloc(c->in, cap);
-			if (!n)
-				return kill_conn(c, -ENOMEM);
-			c->in = n;
-			c->in_cap = cap;
-		}
-	}
+	/* The last message's decoding was used up before this receive. */
+	if (md__rxbuf_room(&c->in, need) != 0)
+		return kill_conn(c, -ENOMEM);
 	for (;;) {
 		union {
 			struct cmsghdr h;
 			char buf[CMSG_SPACE(sizeof(int) * 4)];
 		} ctl;
-		struct iovec iov = { c->in + c->in_len, c->in_cap - c->in_len };
+		struct iovec iov = { c->in.buf + c->in.len, c->in.cap - c->in.len };
 		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
 				     .msg_control = ctl.buf, .msg_controllen = sizeof(ctl.buf) };
 		ssize_t r = recvmsg(c->fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
@@ -177,7 +154,7 @@ static int fill(struct md__client *c, size_t need, int64_t deadline, int wait)
 					close(got);
 			}
 		}
-		c->in_len += (size_t)r;
+		c->in.len += (size_t)r;
 		return 1;
 	}
 }
@@ -191,26 +168,18 @@ static int recv_msg(struct md__client *c, int64_t deadline, int *fd, int wait)
 {
 	struct md__msg_hdr h;
 	size_t need;
-	for (;;) {
-		size_t have = c->in_len - c->in_head;
-		need = MD_MSG_HDR_SIZE;
-		if (have >= MD_MSG_HDR_SIZE) {
-			/* The header first: its length is bounded before we
-			 * make room for it. */
-			if (md__msg_hdr_decode(c->in + c->in_head, have, &h))
-				return kill_conn(c, -EPROTO);
-			need += h.length;
-			if (have >= need)
-				break;
-		}
-		int got = fill(c, need, deadline, wait);
+	int got;
+	while ((got = md__rxbuf_next(&c->in, &h, &need)) != 1) {
+		if (got < 0)
+			return kill_conn(c, -EPROTO);
+		got = fill(c, need, deadline, wait);
 		if (got < 0)
 			return got;
 		if (got == 0)
 			return -EAGAIN;
 	}
-	c->rx = c->in + c->in_head;
-	c->in_head += need;
+	c->rx = c->in.buf + c->in.head;
+	c->in.head += need;
 	if (c->in_fd >= 0) {
 		if (fd && *fd < 0)
 			*fd = c->in_fd;
@@ -389,7 +358,7 @@ void md__client_free(struct md__client *c)
 	close(c->fd);
 	if (c->in_fd >= 0)
 		close(c->in_fd);
-	free(c->in);
+	md__rxbuf_free(&c->in);
 	free(c);
 }
 

@@ -20,6 +20,7 @@
 #include "index.h"
 #include "pool.h"
 #include "protocol.h"
+#include "rxbuf.h"
 
 /* Limits that keep one user from exhausting the daemon. */
 #define MD_D_MAX_CONNS 4096
@@ -105,11 +106,7 @@ struct md__conn {
 	pid_t pid;                 /* SO_PEERCRED at accept */
 	uid_t uid;
 	int peer_pidfd;            /* SO_PEERPIDFD, -1 if the kernel has none */
-	/* What came and is not handled yet: bytes [in_head, in_len) of in,
-	 * as much as was waiting per recv (a pipelined batch of requests
-	 * costs one call, not two per message). */
-	unsigned char *in;
-	size_t in_head, in_len, in_cap;
+	struct md__rxbuf in;       /* read ahead of what was handled */
 	unsigned char *out;        /* bytes to send: out[out_head, out_len) */
 	size_t out_head, out_len, out_cap;
 	int out_fd;                /* descriptor to pass with the byte at out_fd_off */

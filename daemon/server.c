@@ -32,7 +32,6 @@
 #endif
 
 #define MD_D_BATCH 16   /* messages per connection per wake-up: fairness */
-#define IN_SIZE 16384u  /* the receive buffer, most of the time */
 
 int md__ep_add(struct md__daemon *d, int fd, struct md__ep *ep, uint32_t events)
 {
@@ -141,7 +140,7 @@ static void conn_close(struct md__daemon *d, struct md__conn *c)
 	close(c->fd);
 	if (c->peer_pidfd >= 0)
 		close(c->peer_pidfd);
-	free(c->in);
+	md__rxbuf_free(&c->in);
 	free(c->out);
 	free(c);
 }
@@ -376,7 +375,7 @@ static void send_candidate(struct md__daemon *d, struct md__domain *dom, uint64_
 		flush_candidates(d, a);
 }
 
-/* Handles the whole message in c->in. */
+/* Handles the message just decoded into d->msg. */
 static void dispatch(struct md__daemon *d, struct md__conn *c)
 {
 	struct md__msg *m = &d->msg, *r;
@@ -483,59 +482,28 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
 	}
 }
 
-/* Makes room for need bytes from in_head on: the handled bytes are dead
- * space; need is bounded by a validated header. A big buffer is not kept
- * for a connection that needed it once. 0, or -ENOMEM. */
-static int make_room(struct md__conn *c, size_t need)
-{
-	size_t have = c->in_len - c->in_head;
-	if (c->in && c->in_head + need <= c->in_cap && (have || c->in_cap <= IN_SIZE))
-		return 0;
-	if (have)
-		memmove(c->in, c->in + c->in_head, have);
-	c->in_head = 0;
-	c->in_len = have;
-	size_t cap = need > IN_SIZE ? need : IN_SIZE;
-	if (have && cap < c->in_cap)
-		cap = c->in_cap;
-	if (cap != c->in_cap || !c->in) {
-		unsigned char *n = realloc(c->in, cap);
-		if (!n)
-			return -ENOMEM;
-		c->in = n;
-		c->in_cap = cap;
-	}
-	return 0;
-}
-
 /* Reads and handles up to MD_D_BATCH messages, then those already read.
  * -1: the connection closed. */
 static int read_conn(struct md__daemon *d, struct md__conn *c)
 {
 	for (int handled = 0; !c->closing;) {
-		size_t have = c->in_len - c->in_head;
-		size_t need = MD_MSG_HDR_SIZE;
 		struct md__msg_hdr h;
-		if (have >= MD_MSG_HDR_SIZE) {
-			const unsigned char *p = c->in + c->in_head;
-			int err = md__msg_hdr_decode(p, have, &h);
-			if (err) {
-				/* The seq field is where it always is: echo
-				 * it, so the sender can tell which message we
-				 * refused. */
-				uint32_t seq = (uint32_t)p[12] | (uint32_t)p[13] << 8 |
-					       (uint32_t)p[14] << 16 | (uint32_t)p[15] << 24;
-				md__conn_fail(d, c, seq, err, "bad header (%s)",
-					      err == -EPROTO ? "magic" :
-					      err == -EPROTONOSUPPORT ? "version" :
-					      err == -EMSGSIZE ? "length too large for its type" : "type");
-				break;
-			}
-			need += h.length;
+		size_t need;
+		int got = md__rxbuf_next(&c->in, &h, &need);
+		if (got < 0) {
+			/* The seq field is where it always is: echo it, so the
+			 * sender can tell which message we refused. */
+			const unsigned char *p = c->in.buf + c->in.head;
+			uint32_t seq = (uint32_t)p[12] | (uint32_t)p[13] << 8 |
+				       (uint32_t)p[14] << 16 | (uint32_t)p[15] << 24;
+			md__conn_fail(d, c, seq, got, "bad header (%s)",
+				      got == -EPROTO ? "magic" : got == -EPROTONOSUPPORT ? "version" :
+				      got == -EMSGSIZE ? "length too large for its type" : "type");
+			break;
 		}
-		if (have >= need) {
-			int err = md__msg_decode(c->in + c->in_head, need, &d->msg);
-			c->in_head += need;
+		if (got) {
+			int err = md__msg_decode(c->in.buf + c->in.head, need, &d->msg);
+			c->in.head += need;
 			handled++;
 			if (err) {
 				md__conn_fail(d, c, d->msg.hdr.seq, err, "malformed %s payload",
@@ -550,11 +518,11 @@ static int read_conn(struct md__daemon *d, struct md__conn *c)
 		 * level-triggered), so one busy peer cannot hold the others. */
 		if (handled >= MD_D_BATCH)
 			break;
-		if (make_room(c, need) != 0) {
+		if (md__rxbuf_room(&c->in, need) != 0) {
 			conn_close(d, c);
 			return -1;
 		}
-		ssize_t r = recv(c->fd, c->in + c->in_len, c->in_cap - c->in_len, MSG_DONTWAIT);
+		ssize_t r = recv(c->fd, c->in.buf + c->in.len, c->in.cap - c->in.len, MSG_DONTWAIT);
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
@@ -563,14 +531,9 @@ static int read_conn(struct md__daemon *d, struct md__conn *c)
 			conn_close(d, c);	/* EOF or reset */
 			return -1;
 		}
-		c->in_len += (size_t)r;
+		c->in.len += (size_t)r;
 	}
-	/* Nothing kept: the buffer may go back to its small size. */
-	if (c->in_head == c->in_len && c->in_cap > IN_SIZE) {
-		free(c->in);
-		c->in = NULL;
-		c->in_cap = c->in_head = c->in_len = 0;
-	}
+	md__rxbuf_trim(&c->in);	/* a big buffer is not kept for one message */
 	return 0;
 }
 

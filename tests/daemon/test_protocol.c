@@ -6,6 +6,7 @@
 
 #include "protocol.h"
 #include "runner.h"
+#include "rxbuf.h"
 
 static unsigned char buf[MD_MSG_HDR_SIZE + MD_MSG_MAX + 64];
 
@@ -376,5 +377,105 @@ TEST_IMPL(daemon_tunables)
 	ASSERT_EQ(md__tunable_set(&t, "pages", "1", msg, sizeof(msg)), -EINVAL);
 	ASSERT(strstr(msg, "unknown key 'pages'"));
 	ASSERT(d.pages_to_scan == 100 && d.hint_ratio == 4);
+	return 0;
+}
+
+/* Appends n bytes to the receive buffer as a recv would (room first). */
+static void rx_put(struct md__rxbuf *b, const unsigned char *p, size_t n, size_t need)
+{
+	ASSERT_EQ(md__rxbuf_room(b, need), 0);
+	ASSERT(b->cap - b->len >= n);
+	memcpy(b->buf + b->len, p, n);
+	b->len += n;
+}
+
+/* The receive buffer: whole messages come out in order however the bytes
+ * arrive; a big one grows the buffer, which shrinks once it is handled; a
+ * bad header is told before any room is made for it. */
+TEST_IMPL(daemon_proto_rxbuf)
+{
+	static struct md__msg m;
+	static unsigned char big[MD_MSG_HDR_SIZE + MD_MSG_MAX];
+	struct md__rxbuf b = { 0 };
+	struct md__msg_hdr h;
+	size_t need, len = 0;
+
+	for (uint32_t i = 0; i < 3; i++) {	/* REF of 1, 2, 3 slots */
+		memset(&m, 0, sizeof(m));
+		m.hdr = (struct md__msg_hdr){ .type = MD_MSG_REF, .seq = 10 + i };
+		m.u.refs.n = i + 1;
+		ssize_t n = md__msg_encode(&m, buf + len, sizeof(buf) - len);
+		ASSERT(n > 0);
+		len += (size_t)n;
+	}
+	ASSERT_EQ(md__rxbuf_next(&b, &h, &need), 0);
+	ASSERT_EQ(need, MD_MSG_HDR_SIZE);
+	/* A byte at a time: no message before its last byte. */
+	size_t took = 0;
+	uint32_t seq = 10;
+	for (size_t i = 0; i < len; i++) {
+		rx_put(&b, buf + i, 1, need);
+		int got = md__rxbuf_next(&b, &h, &need);
+		ASSERT(got == 0 || got == 1);
+		if (got) {
+			ASSERT_EQ(h.seq, seq++);
+			ASSERT_EQ(md__msg_decode(b.buf + b.head, need, &m), 0);
+			ASSERT_EQ(m.u.refs.n, h.seq - 9);
+			b.head += need;
+			took += need;
+			ASSERT_EQ(md__rxbuf_next(&b, &h, &need), 0);
+		}
+	}
+	ASSERT_EQ(seq, 13);
+	ASSERT_EQ(took, len);
+	ASSERT(b.cap <= MD_RXBUF_SIZE);
+
+	/* A message bigger than the buffer: it grows to hold it whole. */
+	memset(&m, 0, sizeof(m));
+	m.hdr = (struct md__msg_hdr){ .type = MD_MSG_PUBLISH, .seq = 20 };
+	m.u.publish.n = 8;
+	m.u.publish.pages = big + 1024;	/* any bytes */
+	ssize_t n = md__msg_encode(&m, big, sizeof(big));
+	ASSERT(n > (ssize_t)MD_RXBUF_SIZE);
+	rx_put(&b, big, MD_MSG_HDR_SIZE, need);
+	ASSERT_EQ(md__rxbuf_next(&b, &h, &need), 0);
+	ASSERT_EQ(need, (size_t)n);
+	rx_put(&b, big + MD_MSG_HDR_SIZE, (size_t)n - MD_MSG_HDR_SIZE, need);
+	ASSERT_EQ(md__rxbuf_next(&b, &h, &need), 1);
+	ASSERT_EQ(memcmp(b.buf + b.head, big, (size_t)n), 0);
+	b.head += need;
+	ASSERT(b.cap >= (size_t)n);
+	md__rxbuf_trim(&b);	/* nothing kept: back to nothing */
+	ASSERT(b.buf == NULL && b.cap == 0);
+
+	/* Half a message kept across a compaction. */
+	rx_put(&b, buf, len - 3, MD_MSG_HDR_SIZE);
+	ASSERT_EQ(md__rxbuf_next(&b, &h, &need), 1);
+	b.head += need;
+	md__rxbuf_trim(&b);	/* bytes kept: stays */
+	ASSERT(b.buf != NULL);
+	ASSERT_EQ(md__rxbuf_next(&b, &h, &need), 1);
+	b.head += need;
+	ASSERT_EQ(md__rxbuf_next(&b, &h, &need), 0);
+	size_t kept = b.len - b.head, cap = b.cap;
+	ASSERT_EQ(md__rxbuf_room(&b, cap - b.head + 1), 0);	/* must compact */
+	ASSERT_EQ(b.head, 0);
+	ASSERT_EQ(b.cap, cap);
+	ASSERT_EQ(b.len, kept);
+	rx_put(&b, buf + len - 3, 3, need);
+	ASSERT_EQ(md__rxbuf_next(&b, &h, &need), 1);
+	ASSERT_EQ(h.seq, 12);
+
+	/* A bad header is an error at once, whatever follows. */
+	md__rxbuf_free(&b);
+	memcpy(big, buf, MD_MSG_HDR_SIZE);
+	big[0] = 'X';
+	rx_put(&b, big, MD_MSG_HDR_SIZE, MD_MSG_HDR_SIZE);
+	ASSERT_EQ(md__rxbuf_next(&b, &h, &need), -EPROTO);
+	md__rxbuf_free(&b);
+	md__msg_hdr_encode(big, MD_MSG_PUBLISH, 0x7fffffff, 1);
+	rx_put(&b, big, MD_MSG_HDR_SIZE, MD_MSG_HDR_SIZE);
+	ASSERT_EQ(md__rxbuf_next(&b, &h, &need), -EMSGSIZE);
+	md__rxbuf_free(&b);
 	return 0;
 }
