@@ -541,25 +541,27 @@ int md__engine_merge_slots(struct md__engine *e, void *addr, size_t n, const uin
 	err = freeze(e, a, n * MD_EPAGE);
 	if (err)
 		goto unlock;
+	/* eq: 1 equal, 0 unequal (abandoned), 2 a slot not live (left). */
 	for (size_t i = 0; i < n; i++)
-		eq[i] = slot_mergeable(e, slots[i]) &&
+		eq[i] = !slot_mergeable(e, slots[i]) ? 2 :
 			memcmp((const void *)(a + i * MD_EPAGE), md__engine_pool_page(e, slots[i]),
 			       MD_EPAGE) == 0;
 	if (!still_frozen(e, a, n))
-		memset(eq, 0, n);
+		for (size_t i = 0; i < n; i++)
+			eq[i] = eq[i] == 1 ? 0 : eq[i];
 
 	size_t lo = n, hi = 0;	/* the merged span, advised at once */
 	for (size_t i = 0; i < n;) {
 		size_t j = i + 1;
-		if (eq[i])	/* equal pages of consecutive slots map at once */
-			while (j < n && eq[j] && slots[j] == slots[i] + (j - i))
+		if (eq[i] == 1)	/* equal pages of consecutive slots map at once */
+			while (j < n && eq[j] == 1 && slots[j] == slots[i] + (j - i))
 				j++;
 		else
-			while (j < n && !eq[j])
+			while (j < n && eq[j] == eq[i])
 				j++;
 		uintptr_t ra = a + i * MD_EPAGE;
 		size_t rlen = (j - i) * MD_EPAGE;
-		if (eq[i] && map_pool(e, r, ra, j - i, slots[i]) == 0) {
+		if (eq[i] == 1 && map_pool(e, r, ra, j - i, slots[i]) == 0) {
 			merged += (int)(j - i);
 			if (done)
 				memset(done + i, 1, j - i);
@@ -568,7 +570,7 @@ int md__engine_merge_slots(struct md__engine *e, void *addr, size_t n, const uin
 		} else {
 			/* Unequal, or mmap failed and left the page as it
 			 * was: give it back to its writers. */
-			if (!eq[i])
+			if (eq[i] == 0)
 				e->st.abandoned += j - i;
 			thaw(e, ra, rlen);
 		}

@@ -419,7 +419,7 @@ TEST_IMPL(engine_merge_slots_run)
 	struct md__engine_stats st;
 	md__engine_stats(&e, &st);
 	ASSERT_EQ(st.merged, 6);
-	ASSERT_EQ(st.abandoned, 2);
+	ASSERT_EQ(st.abandoned, 1);	/* page 4: it changed; page 6 was never tried */
 	ASSERT_EQ(e.pool.refs[slot], 1 + 4);
 	ASSERT_EQ(e.pool.refs[slot + 1], 1 + 2);
 
