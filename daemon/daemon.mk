@@ -32,7 +32,7 @@ tests-build: $(B)/fuzz-replay-protocol
 fuzz-protocol:
 	@mkdir -p $(B)
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -Iinclude -Icommon \
-	  -o $(B)/fuzz-protocol fuzz/fuzz_protocol.c common/protocol.c
+	  -o $(B)/fuzz-protocol fuzz/fuzz_protocol.c common/protocol.c common/rxbuf.c
 	$(B)/fuzz-protocol -max_total_time=60 fuzz/corpus/protocol
 
 .PHONY: fuzz-protocol

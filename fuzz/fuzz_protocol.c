@@ -4,17 +4,19 @@
  * whatever decodes must encode back to the same bytes (nothing read past
  * the declared lengths, nothing accepted that we would not send).
  *
- * The input is tried three ways: as a whole message (header included); with
+ * The input is tried four ways: as a whole message (header included); with
  * its first byte choosing a type and the rest taken as that type's payload
  * behind a correct header (so the fuzzer reaches every payload decoder
- * without having to find the magic first); and as a payload for
- * md__msg_decode_payload. */
+ * without having to find the magic first); as a payload for
+ * md__msg_decode_payload; and as a stream (common/rxbuf.c, as memdedupd and
+ * the client read it), arriving in chunks whose size its first byte sets. */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "protocol.h"
+#include "rxbuf.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -41,10 +43,46 @@ static void try_whole(const uint8_t *buf, size_t size)
 		check_round_trip(buf, size, &m);
 }
 
+/* Whole messages out of the stream, in order, until a bad header; each one
+ * decoded where it lies. The buffer never holds more than a message's room
+ * past what was handled. */
+static void try_stream(const uint8_t *data, size_t size)
+{
+	static struct md__msg m;
+	struct md__rxbuf b = { 0 };
+	size_t chunk = size ? 1 + data[0] % 64 * 97 : 1, off = 0;
+	for (;;) {
+		struct md__msg_hdr h;
+		size_t need;
+		int got = md__rxbuf_next(&b, &h, &need);
+		if (got < 0)
+			break;
+		if (got == 1) {
+			if (need != MD_MSG_HDR_SIZE + (size_t)h.length)
+				__builtin_trap();
+			md__msg_decode(b.buf + b.head, need, &m);
+			b.head += need;
+			continue;
+		}
+		if (off == size || md__rxbuf_room(&b, need) != 0)
+			break;
+		if (b.cap < b.head + need)
+			__builtin_trap();
+		size_t n = size - off < chunk ? size - off : chunk;
+		if (n > b.cap - b.len)
+			n = b.cap - b.len;
+		memcpy(b.buf + b.len, data + off, n);
+		b.len += n;
+		off += n;
+	}
+	md__rxbuf_free(&b);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	static struct md__msg m;
 	try_whole(data, size);
+	try_stream(data, size);
 	if (size < 1)
 		return 0;
 	unsigned type = 1 + data[0] % (MD_MSG_TYPE_END - 1);
