@@ -395,7 +395,7 @@ static void rx_put(struct md__rxbuf *b, const unsigned char *p, size_t n, size_t
 TEST_IMPL(daemon_proto_rxbuf)
 {
 	static struct md__msg m;
-	static unsigned char big[MD_MSG_HDR_SIZE + MD_MSG_MAX];
+	static unsigned char big[MD_MSG_HDR_SIZE + MD_MSG_MAX], pages[8 * MD_MSG_PAGE];
 	struct md__rxbuf b = { 0 };
 	struct md__msg_hdr h;
 	size_t need, len = 0;
@@ -434,7 +434,8 @@ TEST_IMPL(daemon_proto_rxbuf)
 	memset(&m, 0, sizeof(m));
 	m.hdr = (struct md__msg_hdr){ .type = MD_MSG_PUBLISH, .seq = 20 };
 	m.u.publish.n = 8;
-	m.u.publish.pages = big + 1024;	/* any bytes */
+	memset(pages, 0x5a, sizeof(pages));
+	m.u.publish.pages = pages;
 	ssize_t n = md__msg_encode(&m, big, sizeof(big));
 	ASSERT(n > (ssize_t)MD_RXBUF_SIZE);
 	rx_put(&b, big, MD_MSG_HDR_SIZE, need);
