@@ -3,7 +3,9 @@
  *
  * The socket stays blocking for connect, but every send and receive uses
  * MSG_DONTWAIT after a poll bounded by the request's deadline: that is how
- * a request gets one overall timeout however the bytes trickle in. A
+ * a request gets one overall timeout however the bytes trickle in. Each
+ * receive takes whatever is waiting into a buffer (common/rxbuf.c), whole
+ * messages are taken from it: a batch of replies costs one call. A
  * message cut short by a timeout or an error leaves the stream at an
  * unknown place, so any such failure marks the connection dead.
  */
