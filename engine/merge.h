@@ -145,8 +145,8 @@ void md__engine_advise(struct md__engine *e, void *addr, size_t len, unsigned ad
  * leaves alone (dropping any pool reference they had). */
 int md__engine_exclude(struct md__engine *e, void *addr, size_t len,
 		       int (*map)(void *arg), void *arg);
-/* Merges n guest pages from addr with the live pool slots from slot on.
- * Returns the pages merged (those that compared equal), or -errno. */
+/* Merges n guest pages from addr with the pool slots from slot on. Returns
+ * the pages merged (those that compared equal, on a live slot), or -errno. */
 int md__engine_merge(struct md__engine *e, void *addr, size_t n, uint32_t slot);
 /* The same, and done[i] = 1 for each page i that now shows its pool page
  * (the caller's pin on that slot now belongs to the page). */
