@@ -496,21 +496,12 @@ static int zero_run(struct md__engine *e, struct md__eregion *r, uintptr_t addr,
 
 int md__engine_merge(struct md__engine *e, void *addr, size_t n, uint32_t slot)
 {
-	return md__engine_merge_some(e, addr, n, slot, NULL);
-}
-
-int md__engine_merge_some(struct md__engine *e, void *addr, size_t n, uint32_t slot,
-			  unsigned char *done)
-{
 	uint32_t slots[MAX_RUN];
-	if (n == 0 || n > MAX_RUN) {
-		if (done && n <= MAX_RUN)
-			memset(done, 0, n);
+	if (n == 0 || n > MAX_RUN)
 		return -EINVAL;
-	}
 	for (size_t i = 0; i < n; i++)
 		slots[i] = slot + (uint32_t)i;
-	return md__engine_merge_slots(e, addr, n, slots, done);
+	return md__engine_merge_slots(e, addr, n, slots, NULL);
 }
 
 static int slot_mergeable(struct md__engine *e, uint32_t slot)
@@ -577,8 +568,9 @@ int md__engine_merge_slots(struct md__engine *e, void *addr, size_t n, const uin
 		i = j;
 	}
 	if (merged) {
-		/* Pages between that were not merged have their region's
-		 * advice already: advising them again changes nothing. */
+		/* Pages between that were not merged get their region's
+		 * advice again (or early, for a read's mapping the agent has
+		 * not advised yet): the same flags, nothing changes for them. */
 		apply_advice(e, r, a + lo * MD_EPAGE, (hi - lo) * MD_EPAGE);
 		/* A writer that hit the freeze waits: wake it to fault again
 		 * on the new mapping. */

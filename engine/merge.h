@@ -148,12 +148,10 @@ int md__engine_exclude(struct md__engine *e, void *addr, size_t len,
 /* Merges n guest pages from addr with the pool slots from slot on. Returns
  * the pages merged (those that compared equal, on a live slot), or -errno. */
 int md__engine_merge(struct md__engine *e, void *addr, size_t n, uint32_t slot);
-/* The same, and done[i] = 1 for each page i that now shows its pool page
- * (the caller's pin on that slot now belongs to the page). */
-int md__engine_merge_some(struct md__engine *e, void *addr, size_t n, uint32_t slot,
-			  unsigned char *done);
 /* The same with a slot per page: page i with slots[i]. A slot that is not
- * live (or not in the daemon's pool) leaves its page as it was. */
+ * live (or not in the daemon's pool) leaves its page as it was. done, if
+ * not NULL, gets done[i] = 1 for each page i that now shows its pool page
+ * (the caller's pin on that slot now belongs to the page). */
 int md__engine_merge_slots(struct md__engine *e, void *addr, size_t n, const uint32_t *slots,
 			   unsigned char *done);
 /* Merges n guest pages from addr with n pages of a file that cannot change
