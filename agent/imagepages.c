@@ -94,7 +94,7 @@ void md__imagepages_free(struct md__imagepages *ip)
 
 uint64_t md__imagepages_bytes(const struct md__imagepages *ip)
 {
-	return ip ? ip->ix.cap * sizeof(*ip->ix.e) + ip->cap * sizeof(*ip->pages) : 0;
+	return ip ? md__index_bytes(&ip->ix) + ip->cap * sizeof(*ip->pages) : 0;
 }
 
 void md__imagepages_queue(struct md_agent *a, uint32_t img, uint64_t pgoff, size_t n, uintptr_t addr,

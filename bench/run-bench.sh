@@ -177,6 +177,9 @@ else
         [ -f "$d/guests.tsv" ] && exit 0   # this mode's guests are gone
         # shellcheck disable=SC2046
         build/census --image "$image" $(pgrep -x qemu-system-x86) > "$d/census.json" 2> "$d/census.log"
+        for p in $(pgrep -x qemu-system-x86) $(pgrep -x memdedupd); do  # where the PSS outside guest RAM is
+          cat "/proc/$p/smaps" > "$d/smaps.$p" 2>/dev/null
+        done
         for p in $(pgrep -x memdedupd); do  # its PSS is in the fleet's too
           echo "census: memdedupd $p PSS $(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup") kB" >> "$d/census.log"
         done ) &

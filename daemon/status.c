@@ -30,7 +30,7 @@ static int visible(struct md__daemon *d, uid_t requester, uid_t owner)
 static json_int_t domain_meta(const struct md__domain *dom)
 {
 	return (json_int_t)(dom->pool.end * SLOT_META +
-			    dom->index.cap * sizeof(struct md__index_entry) +
+			    md__index_bytes(&dom->index) +
 			    (dom->seen_cap + dom->reads_cap) * sizeof(struct md__sighting));
 }
 

@@ -17,8 +17,11 @@ int md__index_init(struct md__index *ix, size_t cap)
 		c *= 2;
 	*ix = (struct md__index){ 0 };
 	ix->e = calloc(c, sizeof(*ix->e));
-	if (!ix->e)
+	ix->filter = calloc(c / 8, sizeof(*ix->filter));
+	if (!ix->e || !ix->filter) {
+		md__index_free(ix);
 		return -ENOMEM;
+	}
 	ix->cap = c;
 	return 0;
 }
@@ -26,7 +29,33 @@ int md__index_init(struct md__index *ix, size_t cap)
 void md__index_free(struct md__index *ix)
 {
 	free(ix->e);
+	free(ix->filter);
 	*ix = (struct md__index){ 0 };
+}
+
+size_t md__index_bytes(const struct md__index *ix)
+{
+	return ix->cap * sizeof(*ix->e) + ix->cap / 8 * sizeof(*ix->filter);
+}
+
+/* The filter's bit for a hash: its high half, apart from the bucket's bits. */
+static uint64_t *filter_word(const struct md__index *ix, uint64_t hash, uint64_t *bit)
+{
+	size_t b = (size_t)(hash >> 32) & (ix->cap * 8 - 1);
+	*bit = 1ull << (b % 64);
+	return &ix->filter[b / 64];
+}
+
+static int filter_may_have(const struct md__index *ix, uint64_t hash)
+{
+	uint64_t bit;
+	return (*filter_word(ix, hash, &bit) & bit) != 0;
+}
+
+static void filter_add(struct md__index *ix, uint64_t hash)
+{
+	uint64_t bit;
+	*filter_word(ix, hash, &bit) |= bit;
 }
 
 /* The hash is already well mixed (XXH3): its low bits pick the bucket. */
@@ -44,6 +73,7 @@ static void put(struct md__index *ix, uint64_t hash, uint32_t slot1)
 		ix->used++;
 	ix->e[i] = (struct md__index_entry){ hash, slot1 };
 	ix->live++;
+	filter_add(ix, hash);
 }
 
 static int grow(struct md__index *ix)
@@ -59,6 +89,7 @@ static int grow(struct md__index *ix)
 			put(&n, ix->e[i].hash, ix->e[i].slot);
 	n.collisions = ix->collisions;
 	free(ix->e);
+	free(ix->filter);
 	*ix = n;
 	return 0;
 }
@@ -80,6 +111,13 @@ int md__index_remove(struct md__index *ix, uint64_t hash, uint32_t slot)
 		if (ix->e[i].hash == hash && ix->e[i].slot == slot + 1) {
 			ix->e[i].slot = DELETED;
 			ix->live--;
+			if (++ix->removed >= ix->cap / 4) {	/* drop the stale bits */
+				memset(ix->filter, 0, ix->cap / 8 * sizeof(*ix->filter));
+				for (size_t k = 0; k < ix->cap; k++)
+					if (ix->e[k].slot && ix->e[k].slot != DELETED)
+						filter_add(ix, ix->e[k].hash);
+				ix->removed = 0;
+			}
 			return 0;
 		}
 	}
@@ -89,6 +127,8 @@ int md__index_remove(struct md__index *ix, uint64_t hash, uint32_t slot)
 int64_t md__index_find(struct md__index *ix, uint64_t hash, const void *page,
 		       md__slot_page_fn fn, void *arg)
 {
+	if (!filter_may_have(ix, hash))
+		return -1;
 	for (size_t i = bucket(ix, hash); ix->e[i].slot; i = (i + 1) & (ix->cap - 1)) {
 		struct md__index_entry *e = &ix->e[i];
 		if (e->slot == DELETED || e->hash != hash)
@@ -105,6 +145,8 @@ int64_t md__index_find(struct md__index *ix, uint64_t hash, const void *page,
 
 int md__index_has(const struct md__index *ix, uint64_t hash)
 {
+	if (!filter_may_have(ix, hash))
+		return 0;
 	for (size_t i = bucket(ix, hash); ix->e[i].slot; i = (i + 1) & (ix->cap - 1))
 		if (ix->e[i].slot != DELETED && ix->e[i].hash == hash)
 			return 1;

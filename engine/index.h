@@ -20,6 +20,13 @@ struct md__index {
 	size_t used;       /* live + deleted entries */
 	size_t live;
 	uint64_t collisions; /* byte compares that found a different page */
+	/* A bit per eight buckets' worth of hashes, set for every entry's (by
+	 * the hash's high half): most lookups are misses, and a miss in this
+	 * bitmap, an eighth of the table's size, costs no probe of the
+	 * table's scattered cache lines. Bits of removed entries stay set
+	 * until `removed` reaches a quarter of cap, then it is made anew. */
+	uint64_t *filter;  /* cap / 8 words */
+	size_t removed;
 };
 
 /* Gives the content of a slot, for the byte compare (NULL: unreadable, no
@@ -36,6 +43,8 @@ int md__index_remove(struct md__index *ix, uint64_t hash, uint32_t slot);
  * caller that compares under write-protect itself, never proof. */
 int64_t md__index_find(struct md__index *ix, uint64_t hash, const void *page,
 		       md__slot_page_fn fn, void *arg);
+/* Bytes the index holds: its table and its filter. */
+size_t md__index_bytes(const struct md__index *ix);
 /* 1 if some entry has this hash (no compare: a hint only). */
 int md__index_has(const struct md__index *ix, uint64_t hash);
 #endif

@@ -405,6 +405,23 @@ static size_t read_window(struct md__scanner *s, uintptr_t a, uintptr_t end)
 	return s->pm_n;
 }
 
+/* Where a pagemap window from page i of r should end: after the last of
+ * the next 256 pages a visit may read (not merged, and for the cursor not
+ * skipped this pass), page i itself at least. Reading a window walks the
+ * page tables entry by entry and mapping by mapping, and once guests have
+ * converged every merged page is a mapping of its own: windows over pages
+ * no visit reads were most of what the cursor's passes cost. */
+static uintptr_t window_end(const struct md__eregion *r, size_t i, int cursor)
+{
+	size_t np = (r->end - r->start) / MD_EPAGE, last = i;
+	size_t lim = np - i > 256 ? i + 256 : np;
+	for (size_t k = i + 1; k < lim; k++)
+		if (!MD_REF_BUSY(__atomic_load_n(&r->ref[k], __ATOMIC_RELAXED)) &&
+		    !(cursor && MD_SEEN_SKIP(r->seen[k])))
+			last = k;
+	return r->start + (last + 1) * MD_EPAGE;
+}
+
 /* How many pages from a (inside the pagemap window, in r) are zero and may
  * be dropped: present anonymous pages no merge holds. At most max. */
 static size_t zeros_at(struct md__scanner *s, const struct md__eregion *r, uintptr_t a, size_t max)
@@ -502,7 +519,7 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 	int stale = hinted == 1 && s->pm_fresh != a;
 	if (stale || a < s->pm_base || a >= s->pm_base + s->pm_n * MD_EPAGE) {
 		/* Not past the region's end: the window must stay inside it. */
-		if (!read_window(s, a, r->end))
+		if (!read_window(s, a, window_end(r, i, !hinted)))
 			return 0;
 	}
 	if (hinted == 1)

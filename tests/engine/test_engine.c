@@ -127,6 +127,48 @@ static const void *idx_page(void *arg, uint32_t slot)
 	return idx_pages[slot];
 }
 
+/* Well-mixed 64-bit values, as page hashes are. */
+static uint64_t mix64(uint64_t x)
+{
+	x += 0x9e3779b97f4a7c15ull;
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+	return x ^ (x >> 31);
+}
+
+/* The filter in front of the table: every live entry is found through it,
+ * also after removals made it anew; most absent hashes stop at it. */
+TEST_IMPL(engine_index_filter)
+{
+	struct md__index ix;
+	enum { N = 20000 };
+	ASSERT_EQ(md__index_init(&ix, 8), 0);
+	for (uint32_t i = 0; i < N; i++)
+		ASSERT_EQ(md__index_insert(&ix, mix64(i), i), 0);
+	/* Remove every other one: more than a quarter of cap, so the
+	 * filter is made anew (at least once) from the entries left. */
+	for (uint32_t i = 0; i < N; i += 2)
+		ASSERT_EQ(md__index_remove(&ix, mix64(i), i), 0);
+	for (uint32_t i = 0; i < N; i++) {
+		ASSERT_EQ(md__index_has(&ix, mix64(i)), (int)(i % 2));
+		ASSERT_EQ(md__index_find(&ix, mix64(i), NULL, NULL, NULL), i % 2 ? (int64_t)i : -1);
+	}
+	/* Absent hashes: count those the filter lets through to the table. */
+	size_t passed = 0;
+	uint64_t bit;
+	for (uint32_t i = 0; i < N; i++) {
+		uint64_t h = mix64(N + i);
+		size_t b = (size_t)(h >> 32) & (ix.cap * 8 - 1);
+		bit = 1ull << (b % 64);
+		passed += (ix.filter[b / 64] & bit) != 0;
+		ASSERT(!md__index_has(&ix, h));
+	}
+	ASSERT(passed < N / 5);
+	ASSERT_EQ(md__index_bytes(&ix), ix.cap * 17);
+	md__index_free(&ix);
+	return 0;
+}
+
 static const void *no_page(void *arg, uint32_t slot)
 {
 	(void)arg, (void)slot;
