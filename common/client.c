@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -463,47 +464,57 @@ int md__client_publish(struct md__client *c, const uint64_t *hash, const void *p
 	return 0;
 }
 
-int md__client_publish_each(struct md__client *c, const uint64_t *hash, const void *pages,
+/* Sends the iovecs whole (advancing them over partial sends). */
+static int send_iov(struct md__client *c, struct iovec *iov, size_t cnt, int64_t deadline)
+{
+	while (cnt) {
+		struct msghdr mh = { .msg_iov = iov, .msg_iovlen = cnt };
+		ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			int err = wait_fd(c, POLLOUT, deadline);
+			if (err)
+				return kill_conn(c, err);
+			continue;
+		}
+		if (w <= 0)
+			return kill_conn(c, w < 0 ? conn_errno(errno) : -ENOTCONN);
+		for (size_t done = (size_t)w; cnt && done >= iov->iov_len; iov++, cnt--)
+			done -= iov->iov_len, w = (ssize_t)done;
+		if (cnt) {
+			iov->iov_base = (char *)iov->iov_base + w;
+			iov->iov_len -= (size_t)w;
+		}
+	}
+	return 0;
+}
+
+int md__client_publish_each(struct md__client *c, const uint64_t *hash, const void *const *pages,
 			    uint32_t n, uint32_t *slot, int *status)
 {
-	struct md__msg *m;
-	unsigned char *buf;
 	uint32_t seq[MD_PUBLISH_EACH_MAX];
-	size_t len, off = 0;
+	unsigned char head[MD_PUBLISH_EACH_MAX][MD_PUBLISH1_HEAD];
+	struct iovec iov[2 * MD_PUBLISH_EACH_MAX];
 	int err = 0;
 
 	if (n == 0 || n > MD_PUBLISH_EACH_MAX)
 		return -EINVAL;
 	if (c->dead)
 		return -ENOTCONN;
-	m = malloc(sizeof(*m));
-	if (!m)
-		return -ENOMEM;
-	m->hdr.type = MD_MSG_PUBLISH;
-	m->u.publish.n = 1;
-	m->u.publish.pages = pages;
-	len = md__msg_encoded_len(m);
-	buf = malloc(len * n);
-	if (!buf) {
-		err = -ENOMEM;
-		goto free_msg;
-	}
+	/* Each page goes from where it is, after its head: a copy of every
+	 * page into one buffer cost a megabyte held by the allocator, and a
+	 * pass over each page. */
 	for (uint32_t i = 0; i < n; i++) {
-		m->hdr.seq = seq[i] = next_seq(c);
-		m->u.publish.hash[0] = hash[i];
-		m->u.publish.pages = (const unsigned char *)pages + (size_t)i * MD_MSG_PAGE;
-		ssize_t w = md__msg_encode(m, buf + off, len);
-		if (w < 0) {
-			err = (int)w;
-			goto free_buf;
-		}
-		off += (size_t)w;
+		md__msg_publish1_head(head[i], seq[i] = next_seq(c), hash[i]);
+		iov[2 * i] = (struct iovec){ head[i], MD_PUBLISH1_HEAD };
+		iov[2 * i + 1] = (struct iovec){ (void *)pages[i], MD_MSG_PAGE };
 	}
 	/* All the requests in one send, then the replies, which the daemon
 	 * sends in order: one round trip (a wake-up of each side) for the
 	 * lot. */
 	int64_t deadline = now_ms() + c->timeout_ms;
-	err = send_all(c, buf, off, deadline);
+	err = send_iov(c, iov, 2 * (size_t)n, deadline);
 	for (uint32_t i = 0; i < n && !err; i++) {
 		err = await_reply(c, seq[i], deadline, NULL);
 		if (err)
@@ -517,10 +528,6 @@ int md__client_publish_each(struct md__client *c, const uint64_t *hash, const vo
 			slot[i] = c->msg.u.publish_r.first_slot;
 		}
 	}
-free_buf:
-	free(buf);
-free_msg:
-	free(m);
 	return err;
 }
 

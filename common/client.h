@@ -66,13 +66,14 @@ int md__client_reads(struct md__client *c, const struct md__read_run *run, uint3
  * on each. */
 int md__client_publish(struct md__client *c, const uint64_t *hash, const void *pages,
 		       uint32_t n, uint32_t *first_slot);
-/* n <= MD_PUBLISH_EACH_MAX PUBLISHes of one page each, sent at once, their replies read
- * after: status[i] is 0 (slot[i] filled, one reference held) or the
+/* n <= MD_PUBLISH_EACH_MAX PUBLISHes of one page each (pages[i], sent from
+ * where it is: a page that changed since it was hashed is refused), sent
+ * at once, their replies read after: status[i] is 0 (slot[i] filled, one reference held) or the
  * daemon's refusal of page i (an ERROR's status). Returns 0 when every
  * reply came, else a negative errno (the connection is then dead). Each
  * page gets the live slot of an equal page if the pool has one, as with a
  * one-page md__client_publish(). */
-int md__client_publish_each(struct md__client *c, const uint64_t *hash, const void *pages,
+int md__client_publish_each(struct md__client *c, const uint64_t *hash, const void *const *pages,
 			    uint32_t n, uint32_t *slot, int *status);
 /* REF (delta > 0) or UNREF (delta < 0) of n <= 1024 slots. All or none:
  * -EINVAL if any slot is not live (REF) or not held (UNREF). */

@@ -508,6 +508,13 @@ size_t md__msg_encoded_len(const struct md__msg *m)
 	return ok ? MD_MSG_HDR_SIZE + len : 0;
 }
 
+void md__msg_publish1_head(void *buf, uint32_t seq, uint64_t hash)
+{
+	unsigned char *p = buf;
+	md__msg_hdr_encode(p, MD_MSG_PUBLISH, 4 + 8 + MD_MSG_PAGE, seq);
+	put64(put32(p + MD_MSG_HDR_SIZE, 1), hash);
+}
+
 ssize_t md__msg_encode(const struct md__msg *m, void *buf, size_t size)
 {
 	int ok;

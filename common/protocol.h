@@ -236,6 +236,10 @@ int md__domain_valid(const char *name, size_t len);
 
 /* Writes a header (magic, version, type, length, seq) into buf[16]. */
 void md__msg_hdr_encode(void *buf, unsigned type, uint32_t length, uint32_t seq);
+/* The bytes of a PUBLISH of one page that come before the page: the page's
+ * 4096 bytes follow on the wire, sent from where they are (no copy). */
+#define MD_PUBLISH1_HEAD (MD_MSG_HDR_SIZE + 4 + 8)
+void md__msg_publish1_head(void *buf, uint32_t seq, uint64_t hash);
 /* Decodes and validates a header from len >= 16 bytes: magic (-EPROTO),
  * version (-EPROTONOSUPPORT), type (-EBADMSG), length (-EMSGSIZE). */
 int md__msg_hdr_decode(const void *buf, size_t len, struct md__msg_hdr *h);

@@ -160,7 +160,7 @@ int md__remote_reads(struct md__remote *rm, const struct md__read_run *run, uint
 	return err < 0 ? err : 0;
 }
 
-int md__remote_publish_each(struct md__remote *rm, const uint64_t *hash, const void *pages,
+int md__remote_publish_each(struct md__remote *rm, const uint64_t *hash, const void *const *pages,
 			    uint32_t n, uint32_t *slot, int *status)
 {
 	int err = CALL(rm, md__client_publish_each(rm->c, hash, pages, n, slot, status));

@@ -54,7 +54,7 @@ int md__remote_reads(struct md__remote *rm, const struct md__read_run *run, uint
 /* PUBLISH n pages one by one, in one round trip: status[i] 0 and slot[i]
  * (pinned for us; an equal live page's slot if the pool had one), or the
  * daemon's refusal. 0, or -errno when the daemon went away. */
-int md__remote_publish_each(struct md__remote *rm, const uint64_t *hash, const void *pages,
+int md__remote_publish_each(struct md__remote *rm, const uint64_t *hash, const void *const *pages,
 			    uint32_t n, uint32_t *slot, int *status);
 /* REF / UNREF n slots, all or none. */
 int md__remote_ref_n(struct md__remote *rm, const uint32_t *slots, uint32_t n, int delta);

@@ -143,11 +143,6 @@ int md__scanner_init(struct md__scanner *s, struct md__engine *e, struct md__hin
 	s->sleep_ms = 20;
 	s->ratio = 4;
 	s->rng = 0x2545f4914f6cdd1dull;
-	s->pub_buf = malloc(MD_SCAN_PEND * MD_EPAGE);
-	if (!s->pub_buf) {
-		md__scanner_free(s);
-		return -ENOMEM;
-	}
 	return 0;
 }
 
@@ -160,8 +155,6 @@ static void free_unstable(struct md__scanner *s)
 
 void md__scanner_free(struct md__scanner *s)
 {
-	free(s->pub_buf);
-	s->pub_buf = NULL;
 	free_unstable(s);
 }
 
@@ -326,6 +319,7 @@ static void flush_remote(struct md__scanner *s)
 	size_t n = s->npend;
 	uint32_t slot1[MD_SCAN_PEND], pin[MD_SCAN_PEND], pub_slot[MD_SCAN_PEND];
 	uint64_t pub_hash[MD_SCAN_PEND];
+	const void *pub_page[MD_SCAN_PEND];
 	size_t npin = 0, npub = 0, pin_of[MD_SCAN_PEND], pub_of[MD_SCAN_PEND];
 
 	s->npend = 0;
@@ -334,9 +328,11 @@ static void flush_remote(struct md__scanner *s)
 		return;
 	for (size_t k = 0; k < n; k++) {
 		if (slot1[k] == MD_LOOKUP_PUBLISH) {
-			/* Copied unfrozen: the merge's compare decides. */
-			memcpy(s->pub_buf + npub * MD_EPAGE, (const void *)s->pend_addr[k], MD_EPAGE);
-			pub_hash[npub] = md__page_hash(s->pub_buf + npub * MD_EPAGE);
+			/* Sent from guest RAM, unfrozen: memdedupd refuses a
+			 * page that no longer has the hash of the visit, and
+			 * the merge's compare decides, as ever. */
+			pub_page[npub] = (const void *)s->pend_addr[k];
+			pub_hash[npub] = s->pend_hash[k];
 			pub_of[npub++] = k;
 		} else if (slot1[k]) {
 			pin[npin] = slot1[k] - 1;
@@ -366,7 +362,7 @@ static void flush_remote(struct md__scanner *s)
 	 * was most of this thread's wake-ups. */
 	size_t npubd = 0;
 	int pub_status[MD_SCAN_PEND];
-	if (npub && md__remote_publish_each(rm, pub_hash, s->pub_buf, (uint32_t)npub, pub_slot,
+	if (npub && md__remote_publish_each(rm, pub_hash, pub_page, (uint32_t)npub, pub_slot,
 					    pub_status) == 0) {
 		for (size_t j = 0; j < npub; j++) {
 			if (pub_status[j])

@@ -86,7 +86,6 @@ struct md__scanner {
 	uint64_t pend_tag[MD_SCAN_PEND];
 	unsigned char pend_hinted[MD_SCAN_PEND];
 	size_t npend;
-	unsigned char *pub_buf;	/* MD_SCAN_PEND pages to publish */
 	struct md__file_source files;	/* none: find is NULL */
 	/* This batch's pages equal to file pages. A batch ends when these
 	 * are full: with 64 and batches of 256, three in four of a tmpfs
