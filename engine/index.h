@@ -1,8 +1,9 @@
 /*
  * index.h - the content index: page hash -> pool slot. Several slots may
- * share a hash (a collision, or the same content published twice); lookups
- * resolve them by comparing bytes, never by the hash alone. Not thread-safe:
- * the engine's lock covers it.
+ * share a hash, or the high half of one that the index keeps (a collision,
+ * or the same content published twice); lookups resolve them by comparing
+ * bytes, never by the hash alone. Not thread-safe: the engine's lock
+ * covers it.
  */
 #ifndef MD_ENGINE_INDEX_H
 #define MD_ENGINE_INDEX_H
@@ -10,7 +11,7 @@
 #include <stdint.h>
 
 struct md__index_entry {
-	uint64_t hash;
+	uint32_t tag;      /* the hash's high half */
 	uint32_t slot;     /* pool slot + 1; 0 empty; UINT32_MAX deleted */
 };
 
@@ -20,11 +21,11 @@ struct md__index {
 	size_t used;       /* live + deleted entries */
 	size_t live;
 	uint64_t collisions; /* byte compares that found a different page */
-	/* A bit per eight buckets' worth of hashes, set for every entry's (by
-	 * the hash's high half): most lookups are misses, and a miss in this
-	 * bitmap, an eighth of the table's size, costs no probe of the
-	 * table's scattered cache lines. Bits of removed entries stay set
-	 * until `removed` reaches a quarter of cap, then it is made anew. */
+	/* Eight bits per bucket, one set for every entry's tag: most lookups
+	 * are misses, and a miss in this bitmap, a sixteenth of the table's
+	 * size, costs no probe of the table's scattered cache lines. Bits of
+	 * removed entries stay set until `removed` reaches a quarter of cap,
+	 * then it is made anew. */
 	uint64_t *filter;  /* cap / 8 words */
 	size_t removed;
 };
@@ -35,6 +36,7 @@ typedef const void *(*md__slot_page_fn)(void *arg, uint32_t slot);
 
 int md__index_init(struct md__index *ix, size_t cap);
 void md__index_free(struct md__index *ix);
+/* 0, -EINVAL for a slot past UINT32_MAX - 2, or -ENOMEM. */
 int md__index_insert(struct md__index *ix, uint64_t hash, uint32_t slot);
 /* Removes the entry (hash, slot); 0 or -ENOENT. */
 int md__index_remove(struct md__index *ix, uint64_t hash, uint32_t slot);
@@ -45,6 +47,8 @@ int64_t md__index_find(struct md__index *ix, uint64_t hash, const void *page,
 		       md__slot_page_fn fn, void *arg);
 /* Bytes the index holds: its table and its filter. */
 size_t md__index_bytes(const struct md__index *ix);
+/* 0 if the filter says no entry has this hash; 1 if one may. */
+int md__index_may_have(const struct md__index *ix, uint64_t hash);
 /* 1 if some entry has this hash (no compare: a hint only). */
 int md__index_has(const struct md__index *ix, uint64_t hash);
 #endif
