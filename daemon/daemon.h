@@ -34,15 +34,23 @@
 enum md__ep_kind { MD_EP_LISTEN, MD_EP_SIGNAL, MD_EP_CONN, MD_EP_PIDFD };
 struct md__ep { enum md__ep_kind kind; };
 
-/* A first sighting, 12 bytes: the table's memory counts with the fleet's.
- * Its slot gives the low bits of the hash; tag keeps 31 high ones. Where
- * the page is, packed in two words: the pid (below 2^22, the kernel's
- * limit) above the page number (user addresses below 2^47). */
+/* A read's entry, 12 bytes: its slot gives the low bits of the read tag's
+ * high half, tag keeps that half (so the table can grow). Where the page
+ * is, packed in two words: the pid (below 2^22, the kernel's limit) above
+ * the page number (user addresses below 2^47). */
 struct md__sighting {
 	uint32_t tag;              /* hash >> 33, and MD_SIGHTING_ASKED */
 	uint32_t where[2];         /* pid << 35 | addr >> 12; 0: empty */
 };
 #define MD_SIGHTING_ASKED (1u << 31)
+
+/* A first sighting packed in 64 bits: where the page is (as above, 57
+ * bits), 6 more bits of the hash than its bucket gives (the bucket gives
+ * 17 or more: a false match, a page published for nothing, is one in eight
+ * million lookups or fewer), and the ASKED bit. 0: empty. */
+#define MD_SIGHT_WHERE(e) ((e) & ((1ull << 57) - 1))
+#define MD_SIGHT_TAG(e) (((e) >> 57) & 63u)
+#define MD_SIGHT_ASKED (1ull << 63)
 
 struct md__domain {
 	struct md__domain *next;
@@ -60,8 +68,9 @@ struct md__domain {
 	 * nothing. Another page asking for the same hash is told to publish:
 	 * only content seen twice is copied into the pool. The entry then
 	 * waits (MD_SIGHTING_ASKED) for that publication, and the first page's
-	 * agent is sent its address as a CANDIDATE to merge. */
-	struct md__sighting *seen;
+	 * agent is sent its address as a CANDIDATE to merge. An entry is 8
+	 * bytes (MD_SEEN_*): the table's memory counts with the fleet's. */
+	uint64_t *seen;
 	size_t seen_cap;           /* power of two; 0: no table */
 	/* Pages reads just filled, by file page (READS; lossy, entries like
 	 * the sightings', tag the read tag's high half; sized by use):

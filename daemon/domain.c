@@ -146,7 +146,7 @@ void md__domains_trim(struct md__daemon *d)
 }
 
 /* One sighting per page of the domain's guest RAM (rounded down to a power
- * of two, 64 Ki to 1 Mi: 0.75 to 12 MiB, touched all over). KSM's unstable
+ * of two, 64 Ki to 1 Mi: 0.5 to 8 MiB, touched all over). KSM's unstable
  * tree lives in the kernel, but ours counts against what we save, so it is
  * sized by what the agents registered, not for the largest fleet. A
  * sighting lost to a collision costs a merge found a pass later.
@@ -182,9 +182,15 @@ static size_t seen_bucket(const struct md__domain *dom, uint64_t hash)
 	return (size_t)(hash ^ (hash >> 29)) & (dom->seen_cap - 2);
 }
 
-static uint32_t seen_tag(uint64_t hash)
+/* The hash's top 6 bits, which the bucket does not use. */
+static uint64_t seen_tag(uint64_t hash)
 {
-	return (uint32_t)(hash >> 33);
+	return hash >> 58;
+}
+
+static uint64_t seen_make(uint64_t hash, uint64_t where, int asked)
+{
+	return where | seen_tag(hash) << 57 | (asked ? MD_SIGHT_ASKED : 0);
 }
 
 /* Where a page is, packed; 0 for one that cannot be recorded (above 2^47,
@@ -314,16 +320,16 @@ uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash, pid_t asker, u
 	int fits = w != 0;
 	/* Lossy, like a cache: a third sighting in a bucket forgets the
 	 * older one, which costs a merge found one pass later. */
-	struct md__sighting *b = &dom->seen[seen_bucket(dom, hash)];
+	uint64_t *b = &dom->seen[seen_bucket(dom, hash)];
 	for (int way = 0; way < 2; way++) {
-		struct md__sighting *e = &b[way];
-		if (!where_get(e) || (e->tag & ~MD_SIGHTING_ASKED) != seen_tag(hash))
+		uint64_t *e = &b[way];
+		if (!MD_SIGHT_WHERE(*e) || MD_SIGHT_TAG(*e) != seen_tag(hash))
 			continue;
 		/* The same page again (address 0: the asker did not say) is
 		 * no second copy; any other page is, in this process or not. */
-		int same = where_get(e) == w;
-		if ((e->tag & MD_SIGHTING_ASKED) || !same) {
-			e->tag |= MD_SIGHTING_ASKED;
+		int same = MD_SIGHT_WHERE(*e) == w;
+		if ((*e & MD_SIGHT_ASKED) || !same) {
+			*e |= MD_SIGHT_ASKED;
 			return MD_LOOKUP_PUBLISH;
 		}
 		return 0;
@@ -335,15 +341,13 @@ uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash, pid_t asker, u
 	uint64_t other = fits && tag ? read_partner(dom, tag, w) : 0;
 	if (other) {
 		b[1] = b[0];
-		b[0].tag = seen_tag(hash) | MD_SIGHTING_ASKED;
-		where_set(&b[0], other);
+		b[0] = seen_make(hash, other, 1);
 		dom->read_pairs++;
 		return MD_LOOKUP_PUBLISH;
 	}
 	if (fits) {
 		b[1] = b[0];
-		b[0].tag = seen_tag(hash);
-		where_set(&b[0], w);
+		b[0] = seen_make(hash, w, 0);
 	}
 	return 0;
 }
@@ -352,15 +356,15 @@ int md__domain_published(struct md__domain *dom, uint64_t hash, pid_t *pid, uint
 {
 	if (!dom->seen_cap)
 		return 0;
-	struct md__sighting *b = &dom->seen[seen_bucket(dom, hash)];
+	uint64_t *b = &dom->seen[seen_bucket(dom, hash)];
 	for (int way = 0; way < 2; way++) {
-		struct md__sighting *e = &b[way];
-		uint64_t w = where_get(e);
-		if (!w || e->tag != (seen_tag(hash) | MD_SIGHTING_ASKED))
+		uint64_t *e = &b[way];
+		uint64_t w = MD_SIGHT_WHERE(*e);
+		if (!w || !(*e & MD_SIGHT_ASKED) || MD_SIGHT_TAG(*e) != seen_tag(hash))
 			continue;
 		*pid = (pid_t)(w >> 35);
 		*addr = (w & ((1ull << 35) - 1)) << 12;
-		*e = (struct md__sighting){ 0 };
+		*e = 0;
 		return *addr != 0;
 	}
 	return 0;

@@ -31,7 +31,7 @@ static json_int_t domain_meta(const struct md__domain *dom)
 {
 	return (json_int_t)(dom->pool.end * SLOT_META +
 			    md__index_bytes(&dom->index) +
-			    (dom->seen_cap + dom->reads_cap) * sizeof(struct md__sighting));
+			    dom->seen_cap * sizeof(*dom->seen) + dom->reads_cap * sizeof(struct md__sighting));
 }
 
 int md__status_json(struct md__daemon *d, uid_t uid, char **json, size_t *len)
