@@ -480,15 +480,21 @@ static int send_iov(struct md__client *c, struct iovec *iov, size_t cnt, int64_t
 		}
 		if (w <= 0)
 			return kill_conn(c, w < 0 ? conn_errno(errno) : -ENOTCONN);
-		for (size_t done = (size_t)w; cnt && done >= iov->iov_len; iov++, cnt--)
-			done -= iov->iov_len, w = (ssize_t)done;
+		size_t done = (size_t)w;
+		while (cnt && done >= iov->iov_len) {
+			done -= iov->iov_len;
+			iov++;
+			cnt--;
+		}
 		if (cnt) {
-			iov->iov_base = (char *)iov->iov_base + w;
-			iov->iov_len -= (size_t)w;
+			iov->iov_base = (char *)iov->iov_base + done;
+			iov->iov_len -= done;
 		}
 	}
 	return 0;
 }
+
+_Static_assert(2 * MD_PUBLISH_EACH_MAX <= 1024, "a batch's iovecs fit in one sendmsg (IOV_MAX)");
 
 int md__client_publish_each(struct md__client *c, const uint64_t *hash, const void *const *pages,
 			    uint32_t n, uint32_t *slot, int *status)

@@ -405,8 +405,8 @@ static size_t read_window(struct md__scanner *s, uintptr_t a, uintptr_t end)
  * the next 256 pages a visit may read (not merged, and for the cursor not
  * skipped this pass), page i itself at least. Reading a window walks the
  * page tables entry by entry and mapping by mapping, and once guests have
- * converged every merged page is a mapping of its own: windows over pages
- * no visit reads were most of what the cursor's passes cost. */
+ * converged every merged page is a mapping of its own: a window over
+ * pages no visit reads walks them for nothing. */
 static uintptr_t window_end(const struct md__eregion *r, size_t i, int cursor)
 {
 	size_t np = (r->end - r->start) / MD_EPAGE, last = i;
