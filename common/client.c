@@ -91,16 +91,17 @@ static int wait_fd(struct md__client *c, short events, int64_t deadline)
 	}
 }
 
-static int send_all(struct md__client *c, const void *buf, size_t len, int64_t deadline)
+/* Sends the iovecs whole (advancing them over partial sends). */
+static int send_iov(struct md__client *c, struct iovec *iov, size_t cnt, int64_t deadline)
 {
-	size_t done = 0;
-	while (done < len) {
-		ssize_t w = send(c->fd, (const char *)buf + done, len - done,
-				 MSG_NOSIGNAL | MSG_DONTWAIT);
-		if (w > 0) {
-			done += (size_t)w;
+	while (cnt) {
+		if (!iov->iov_len) {
+			iov++;
+			cnt--;
 			continue;
 		}
+		struct msghdr mh = { .msg_iov = iov, .msg_iovlen = cnt };
+		ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
 		if (w < 0 && errno == EINTR)
 			continue;
 		if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
@@ -109,9 +110,26 @@ static int send_all(struct md__client *c, const void *buf, size_t len, int64_t d
 				return kill_conn(c, err);
 			continue;
 		}
-		return kill_conn(c, w < 0 ? conn_errno(errno) : -ENOTCONN);
+		if (w <= 0)
+			return kill_conn(c, w < 0 ? conn_errno(errno) : -ENOTCONN);
+		size_t done = (size_t)w;
+		while (cnt && done >= iov->iov_len) {
+			done -= iov->iov_len;
+			iov++;
+			cnt--;
+		}
+		if (cnt) {
+			iov->iov_base = (char *)iov->iov_base + done;
+			iov->iov_len -= done;
+		}
 	}
 	return 0;
+}
+
+static int send_all(struct md__client *c, const void *buf, size_t len, int64_t deadline)
+{
+	struct iovec iov = { (void *)buf, len };
+	return send_iov(c, &iov, 1, deadline);
 }
 
 /* Makes room for a message of need bytes, then receives whatever is
@@ -461,36 +479,6 @@ int md__client_publish(struct md__client *c, const uint64_t *hash, const void *p
 	if (c->msg.u.publish_r.n != n)
 		return kill_conn(c, -EPROTO);
 	*first_slot = c->msg.u.publish_r.first_slot;
-	return 0;
-}
-
-/* Sends the iovecs whole (advancing them over partial sends). */
-static int send_iov(struct md__client *c, struct iovec *iov, size_t cnt, int64_t deadline)
-{
-	while (cnt) {
-		struct msghdr mh = { .msg_iov = iov, .msg_iovlen = cnt };
-		ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-			int err = wait_fd(c, POLLOUT, deadline);
-			if (err)
-				return kill_conn(c, err);
-			continue;
-		}
-		if (w <= 0)
-			return kill_conn(c, w < 0 ? conn_errno(errno) : -ENOTCONN);
-		size_t done = (size_t)w;
-		while (cnt && done >= iov->iov_len) {
-			done -= iov->iov_len;
-			iov++;
-			cnt--;
-		}
-		if (cnt) {
-			iov->iov_base = (char *)iov->iov_base + done;
-			iov->iov_len -= done;
-		}
-	}
 	return 0;
 }
 
