@@ -39,15 +39,19 @@ struct md__ep { enum md__ep_kind kind; };
  * is, packed in two words: the pid (below 2^22, the kernel's limit) above
  * the page number (user addresses below 2^47). */
 struct md__sighting {
-	uint32_t tag;              /* hash >> 33, and MD_SIGHTING_ASKED */
+	uint32_t tag;              /* the read tag's high half */
 	uint32_t where[2];         /* pid << 35 | addr >> 12; 0: empty */
 };
-#define MD_SIGHTING_ASKED (1u << 31)
 
 /* A first sighting packed in 64 bits: where the page is (as above, 57
- * bits), 6 more bits of the hash than its bucket gives (the bucket gives
- * 17 or more: a false match, a page published for nothing, is one in eight
- * million lookups or fewer), and the ASKED bit. 0: empty. */
+ * bits), 6 bits of the hash that its bucket does not use, and the ASKED
+ * bit; 0: empty. The table's memory counts with the fleet's: 8 bytes, not
+ * 12, is a third less (1 MiB for two 512 MiB guests). The price: a lookup
+ * of content not recorded matches another page's entry of its bucket when
+ * those 6 bits agree, one in 64 per entry there. The asker then publishes a
+ * page nobody else has (it maps it itself, memory unchanged) and the other
+ * page's compare fails; in the tmpfs benches pool pages freed rose from 5 to
+ * 35-45 and publications did not rise (docs/benchmarks.md). */
 #define MD_SIGHT_WHERE(e) ((e) & ((1ull << 57) - 1))
 #define MD_SIGHT_TAG(e) (((e) >> 57) & 63u)
 #define MD_SIGHT_ASKED (1ull << 63)
@@ -67,9 +71,9 @@ struct md__domain {
 	 * (pid) and address of the page that was looked up and found
 	 * nothing. Another page asking for the same hash is told to publish:
 	 * only content seen twice is copied into the pool. The entry then
-	 * waits (MD_SIGHTING_ASKED) for that publication, and the first page's
-	 * agent is sent its address as a CANDIDATE to merge. An entry is 8
-	 * bytes (MD_SEEN_*): the table's memory counts with the fleet's. */
+	 * waits (MD_SIGHT_ASKED) for that publication, and the first page's
+	 * agent is sent its address as a CANDIDATE to merge. Entries are
+	 * packed (MD_SIGHT_*). */
 	uint64_t *seen;
 	size_t seen_cap;           /* power of two; 0: no table */
 	/* Pages reads just filled, by file page (READS; lossy, entries like
