@@ -40,6 +40,29 @@ struct md__agent *md__agent_find(struct md__daemon *d, pid_t pid)
 	return NULL;
 }
 
+struct md__agent *md__agent_find_num(struct md__daemon *d, unsigned num)
+{
+	for (struct md__agent *a = d->agents; a && num; a = a->next)
+		if (a->num == num)
+			return a;
+	return NULL;
+}
+
+/* The next number after the last given that no agent has, or 0 when all
+ * are taken. */
+static unsigned free_num(struct md__daemon *d)
+{
+	uint64_t used[(MD_AGENT_NUM_MAX + 1) / 64] = { 0 };
+	for (const struct md__agent *a = d->agents; a; a = a->next)
+		used[a->num / 64] |= 1ull << (a->num % 64);
+	for (unsigned k = 1; k <= MD_AGENT_NUM_MAX; k++) {
+		unsigned n = (d->last_agent_num + k - 1) % MD_AGENT_NUM_MAX + 1;
+		if (!(used[n / 64] & 1ull << (n % 64)))
+			return d->last_agent_num = n;
+	}
+	return 0;
+}
+
 int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__msg_hello *h,
 		    char *why, size_t size)
 {
@@ -79,6 +102,7 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 	}
 	a->ep.kind = MD_EP_PIDFD;
 	a->pid = c->pid;
+	a->num = free_num(d);
 	a->uid = c->uid;
 	a->pidfd = c->peer_pidfd;
 	c->peer_pidfd = -1;

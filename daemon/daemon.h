@@ -34,27 +34,31 @@
 enum md__ep_kind { MD_EP_LISTEN, MD_EP_SIGNAL, MD_EP_CONN, MD_EP_PIDFD };
 struct md__ep { enum md__ep_kind kind; };
 
+/* Where a page is, in 47 bits: its agent's number (md__agent.num, 12 bits)
+ * above its page number (user addresses are below 2^47). 0: nowhere. */
+#define MD_WHERE_BITS 47
+
 /* A read's entry, 12 bytes: its slot gives the low bits of the read tag's
- * high half, tag keeps that half (so the table can grow). Where the page
- * is, packed in two words: the pid (below 2^22, the kernel's limit) above
- * the page number (user addresses below 2^47). */
+ * high half, tag keeps that half (so the table can grow). */
 struct md__sighting {
 	uint32_t tag;              /* the read tag's high half */
-	uint32_t where[2];         /* pid << 35 | addr >> 12; 0: empty */
+	uint32_t where[2];         /* where the page is (MD_WHERE_BITS) */
 };
 
-/* A first sighting packed in 64 bits: where the page is (as above, 57
- * bits), 6 bits of the hash that its bucket does not use, and the ASKED
- * bit; 0: empty. The table's memory counts with the fleet's: 8 bytes, not
- * 12, is a third less (1 MiB for two 512 MiB guests). The price: a lookup
- * of content not recorded matches another page's entry of its bucket when
- * those 6 bits agree, one in 64 per entry there. The asker then publishes a
- * page nobody else has (it maps it itself, memory unchanged) and the other
- * page's compare fails; in the tmpfs benches pool pages freed rose from 5 to
- * 35-45 and publications did not rise (docs/benchmarks.md). */
-#define MD_SIGHT_WHERE(e) ((e) & ((1ull << 57) - 1))
-#define MD_SIGHT_TAG(e) (((e) >> 57) & 63u)
+/* A first sighting packed in 64 bits: where the page is (47 bits), 16 bits
+ * of the hash that its bucket does not use, and the ASKED bit; 0: empty.
+ * The table's memory counts with the fleet's: 8 bytes, not 12, is a third
+ * less (1 MiB for two 512 MiB guests). A lookup of content not recorded
+ * matches another page's entry of its bucket when those 16 bits agree, one
+ * in 65,536 per entry there: the asker then publishes a page nobody else
+ * has (and maps it itself: memory unchanged), and the other's compare
+ * fails. (With the pid in place of the agent's number there was room for 6
+ * bits only, and pool pages freed rose from 5 to 35-45 in a tmpfs bench.) */
+#define MD_SIGHT_WHERE(e) ((e) & ((1ull << MD_WHERE_BITS) - 1))
+#define MD_SIGHT_TAG(e) (((e) >> MD_WHERE_BITS) & 0xffffu)
 #define MD_SIGHT_ASKED (1ull << 63)
+/* Agents numbered at once: a sighting names its agent by number. */
+#define MD_AGENT_NUM_MAX 4095u
 
 struct md__domain {
 	struct md__domain *next;
@@ -95,6 +99,12 @@ struct md__agent {
 	struct md__agent *next;
 	pid_t pid;
 	uid_t uid;
+	/* 1..MD_AGENT_NUM_MAX, unique among the daemon's agents, given in
+	 * turn (so a number comes back only after the others: sightings of
+	 * an agent gone are long overwritten by then, and one that is not
+	 * names a page that a compare refuses); 0 when none was free: its
+	 * pages are never first sightings, they only meet them. */
+	unsigned num;
 	int pidfd;                 /* -1: no pidfd; refs go with the connection */
 	struct md__domain *dom;
 	struct md__conn *conn;     /* NULL: detached, refs kept until exit */
@@ -138,6 +148,7 @@ struct md__daemon {
 	struct md__conn *conns;
 	size_t nconns;
 	struct md__agent *agents;
+	unsigned last_agent_num;   /* the number given last (md__agent.num) */
 	struct md__domain *domains;
 	uint32_t next_domain_id;
 	uint64_t last_generation;
@@ -172,16 +183,18 @@ void md__ep_forget(struct md__daemon *d, struct md__ep *ep);
 /* domain.c */
 int md__domain_get(struct md__daemon *d, uid_t uid, const char *name, struct md__domain **out);
 void md__domain_release(struct md__daemon *d, struct md__domain *dom);
-/* tag: md__read_tag of the file page the asker's read put at addr, or 0. */
-uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash, pid_t asker, uint64_t addr,
+/* asker: the agent's number; tag: md__read_tag of the file page the
+ * asker's read put at addr, or 0. */
+uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash, unsigned asker, uint64_t addr,
 			   uint64_t tag);
-/* Records a READS run of agent pid. */
-void md__domain_reads(struct md__domain *dom, pid_t pid, const struct md__read_run *run);
+/* Records a READS run of the agent numbered num. */
+void md__domain_reads(struct md__domain *dom, unsigned num, const struct md__read_run *run);
 /* Frees the first-sighting table (it comes back on the next lookup). */
 void md__domain_seen_free(struct md__domain *dom);
 /* Content with this hash was just published: if a first sighting waits for
- * it, returns 1 with the pid and address of that page (and forgets it). */
-int md__domain_published(struct md__domain *dom, uint64_t hash, pid_t *pid, uint64_t *addr);
+ * it, returns 1 with the agent's number and address of that page (and
+ * forgets it). */
+int md__domain_published(struct md__domain *dom, uint64_t hash, unsigned *num, uint64_t *addr);
 int md__domain_publish(struct md__domain *dom, const uint64_t *hash, const unsigned char *pages,
 		       uint32_t n, uint32_t *first);
 /* 1 if slot is live in dom and one more reference fits. */
@@ -198,6 +211,8 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 		    char *why, size_t size);
 /* The agent record of a pid (connected or not), or NULL. */
 struct md__agent *md__agent_find(struct md__daemon *d, pid_t pid);
+/* The agent record numbered num (md__agent.num), or NULL. */
+struct md__agent *md__agent_find_num(struct md__daemon *d, unsigned num);
 /* REF (delta 1) / UNREF (-1) of slots, all or none: 0 or -EINVAL/-ENOMEM. */
 int md__agent_refs(struct md__agent *a, const uint32_t *slots, uint32_t n, int delta);
 int md__agent_publish(struct md__agent *a, const struct md__msg_publish *p, uint32_t *first);

@@ -182,23 +182,23 @@ static size_t seen_bucket(const struct md__domain *dom, uint64_t hash)
 	return (size_t)(hash ^ (hash >> 29)) & (dom->seen_cap - 2);
 }
 
-/* The hash's top 6 bits, which the bucket does not use. */
+/* The hash's top 16 bits, which the bucket does not use. */
 static uint64_t seen_tag(uint64_t hash)
 {
-	return hash >> 58;
+	return hash >> 48;
 }
 
 static uint64_t seen_make(uint64_t hash, uint64_t where, int asked)
 {
-	return where | seen_tag(hash) << 57 | (asked ? MD_SIGHT_ASKED : 0);
+	return where | seen_tag(hash) << MD_WHERE_BITS | (asked ? MD_SIGHT_ASKED : 0);
 }
 
-/* Where a page is, packed; 0 for one that cannot be recorded (above 2^47,
- * unaligned, or a pid beyond the kernel's limit). */
-static uint64_t where_of(pid_t pid, uint64_t addr)
+/* Where a page is, packed (MD_WHERE_BITS); 0 for one that cannot be
+ * recorded (above 2^47, unaligned, or of an agent without a number). */
+static uint64_t where_of(unsigned num, uint64_t addr)
 {
-	int fits = addr % 4096 == 0 && !(addr >> 47) && pid > 0 && !((uint64_t)pid >> 22);
-	return fits ? (uint64_t)pid << 35 | addr >> 12 : 0;
+	int fits = addr % 4096 == 0 && !(addr >> 47) && num > 0 && num <= MD_AGENT_NUM_MAX;
+	return fits ? (uint64_t)num << 35 | addr >> 12 : 0;
 }
 
 /* The reads table holds the high half of each tag, and its bucket comes
@@ -257,10 +257,10 @@ static int reads_room(struct md__domain *dom)
 	return 0;
 }
 
-void md__domain_reads(struct md__domain *dom, pid_t pid, const struct md__read_run *run)
+void md__domain_reads(struct md__domain *dom, unsigned num, const struct md__read_run *run)
 {
 	for (uint32_t i = 0; i < run->npages; i++) {
-		uint64_t w = where_of(pid, run->addr + (uint64_t)i * 4096);
+		uint64_t w = where_of(num, run->addr + (uint64_t)i * 4096);
 		if (!w || reads_room(dom))
 			continue;	/* no pairing by reads: sightings still pair */
 		read_put(dom->reads, dom->reads_cap,
@@ -294,7 +294,7 @@ void md__domain_seen_free(struct md__domain *dom)
 	dom->seen_cap = 0;
 }
 
-uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash, pid_t asker, uint64_t addr,
+uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash, unsigned asker, uint64_t addr,
 			   uint64_t tag)
 {
 	/* The first candidate: the daemon answers hash lookups only, and the
@@ -314,8 +314,8 @@ uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash, pid_t asker, u
 			return 0;	/* without the table: never told to publish */
 		dom->seen_cap = want;
 	}
-	/* A page past what an entry holds (above 2^47, or a pid beyond the
-	 * kernel's limit) can meet a sighting, but never be one. */
+	/* A page past what an entry holds (above 2^47, or of an agent
+	 * without a number) can meet a sighting, but never be one. */
 	uint64_t w = where_of(asker, addr);
 	int fits = w != 0;
 	/* Lossy, like a cache: a third sighting in a bucket forgets the
@@ -352,7 +352,7 @@ uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash, pid_t asker, u
 	return 0;
 }
 
-int md__domain_published(struct md__domain *dom, uint64_t hash, pid_t *pid, uint64_t *addr)
+int md__domain_published(struct md__domain *dom, uint64_t hash, unsigned *num, uint64_t *addr)
 {
 	if (!dom->seen_cap)
 		return 0;
@@ -362,7 +362,7 @@ int md__domain_published(struct md__domain *dom, uint64_t hash, pid_t *pid, uint
 		uint64_t w = MD_SIGHT_WHERE(*e);
 		if (!w || !(*e & MD_SIGHT_ASKED) || MD_SIGHT_TAG(*e) != seen_tag(hash))
 			continue;
-		*pid = (pid_t)(w >> 35);
+		*num = (unsigned)(w >> 35);
 		*addr = (w & ((1ull << 35) - 1)) << 12;
 		*e = 0;
 		return *addr != 0;

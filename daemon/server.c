@@ -363,11 +363,11 @@ static void flush_candidates(struct md__daemon *d, struct md__agent *a)
  * Queued: they go out together once this wake-up's messages are handled. */
 static void send_candidate(struct md__daemon *d, struct md__domain *dom, uint64_t hash)
 {
-	pid_t pid;
+	unsigned num;
 	uint64_t addr;
-	if (!md__domain_published(dom, hash, &pid, &addr))
+	if (!md__domain_published(dom, hash, &num, &addr))
 		return;
-	struct md__agent *a = md__agent_find(d, pid);
+	struct md__agent *a = md__agent_find_num(d, num);
 	if (!a || a->dom != dom || !a->conn)
 		return;	/* gone meanwhile: its next pass finds the page */
 	a->cand[a->ncand++] = addr;
@@ -434,7 +434,7 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
 		r->u.lookup_r.n = m->u.lookup.n;
 		for (uint32_t i = 0; i < m->u.lookup.n; i++)
 			r->u.lookup_r.slot1[i] = md__domain_lookup(c->agent->dom, m->u.lookup.hash[i],
-								   c->agent->pid, m->u.lookup.addr[i],
+								   c->agent->num, m->u.lookup.addr[i],
 								   m->u.lookup.tag[i]);
 		md__conn_send(d, c, r, -1);
 		free(r);
@@ -466,7 +466,7 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
 		return;
 	case MD_MSG_READS:
 		for (uint32_t i = 0; i < m->u.reads.n; i++)
-			md__domain_reads(c->agent->dom, c->agent->pid, &m->u.reads.run[i]);
+			md__domain_reads(c->agent->dom, c->agent->num, &m->u.reads.run[i]);
 		reply_ack(d, c, seq, 0);
 		return;
 	case MD_MSG_STATUS:

@@ -1226,7 +1226,7 @@ TEST_IMPL(daemon_sightings_table)
 	td_fill_page(page, 8);
 	h = md__page_hash(page);
 	uint64_t ha = 0x7f0000010000ull, hb = 0x7f0000020000ull, hc = 0x7f0000030000ull;
-	uint64_t other = h ^ 1ull << 58;	/* another tag (the top 6 bits), same bucket */
+	uint64_t other = h ^ 1ull << 63;	/* another tag (the top 16 bits), same bucket */
 	ASSERT_EQ((other ^ (other >> 29)) & 0xfffe, (h ^ (h >> 29)) & 0xfffe);
 	ASSERT_EQ(md__client_lookup(c, &h, &ha, 1, &s1), 0);
 	ASSERT_EQ(s1, 0);
