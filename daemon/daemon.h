@@ -53,7 +53,7 @@ struct md__sighting {
  * in 65,536 per entry there: the asker then publishes a page nobody else
  * has (and maps it itself: memory unchanged), and the other's compare
  * fails. (With the pid in place of the agent's number there was room for 6
- * bits only, and pool pages freed rose from 5 to 35-45 in a tmpfs bench.) */
+ * bits only: one in 64.) */
 #define MD_SIGHT_WHERE(e) ((e) & ((1ull << MD_WHERE_BITS) - 1))
 #define MD_SIGHT_TAG(e) (((e) >> MD_WHERE_BITS) & 0xffffu)
 #define MD_SIGHT_ASKED (1ull << 63)
