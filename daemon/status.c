@@ -93,6 +93,7 @@ int md__status_json(struct md__daemon *d, uid_t uid, char **json, size_t *len)
 			continue;
 		json_t *o = json_object(), *ctr = json_array(), *named = json_object();
 		json_object_set_new(o, "pid", json_integer(a->pid));
+		json_object_set_new(o, "number", json_integer(a->num));
 		json_object_set_new(o, "uid", json_integer(a->uid));
 		json_object_set_new(o, "domain", json_string(a->dom->name));
 		json_object_set_new(o, "domain_id", json_integer(a->dom->id));

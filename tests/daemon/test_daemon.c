@@ -1174,6 +1174,72 @@ TEST_IMPL(daemon_ensure_starts)
 	return 0;
 }
 
+/* The number status shows for agent pid (-1: not listed). */
+static long long agent_number(const struct tdaemon *t, pid_t pid)
+{
+	json_t *st = td_status(t), *a;
+	long long num = -1;
+	size_t i;
+	json_array_foreach(json_object_get(st, "agents"), i, a)
+		if (json_integer_value(json_object_get(a, "pid")) == pid)
+			num = json_integer_value(json_object_get(a, "number"));
+	json_decref(st);
+	return num;
+}
+
+TEST_IMPL(daemon_agent_numbers)
+{
+	/* A first sighting names its agent by number: numbers are distinct,
+	 * and given in turn, so an agent gone leaves its number unused until
+	 * the others have been given (its sightings would name the new one's
+	 * pages). */
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	int fd, sync[2];
+
+	td_start(&t, 64);
+	struct md__client *c = td_agent(&t, "num", &w, &fd);
+	ASSERT_EQ(agent_number(&t, getpid()), 1);
+	ASSERT(pipe(sync) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		struct md__msg_welcome w2;
+		int fd2;
+		char b;
+		struct md__client *c2 = td_agent(&t, "num", &w2, &fd2);
+		_exit(read(sync[0], &b, 1) == 1 && c2 ? 0 : 1);
+	}
+	long long n2 = -1;
+	for (int i = 0; i < 200 && (n2 = agent_number(&t, kid)) < 0; i++)
+		usleep(10000);
+	ASSERT_EQ(n2, 2);
+	child_release(kid, sync);
+	for (int i = 0; i < 200 && agent_number(&t, kid) >= 0; i++)
+		usleep(10000);
+	ASSERT_EQ(agent_number(&t, kid), -1);	/* gone with its process */
+	ASSERT(pipe(sync) == 0);
+	kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		struct md__msg_welcome w2;
+		int fd2;
+		char b;
+		struct md__client *c2 = td_agent(&t, "num", &w2, &fd2);
+		_exit(read(sync[0], &b, 1) == 1 && c2 ? 0 : 1);
+	}
+	long long n3 = -1;
+	for (int i = 0; i < 200 && (n3 = agent_number(&t, kid)) < 0; i++)
+		usleep(10000);
+	ASSERT_EQ(n3, 3);	/* not 2 again */
+	ASSERT_EQ(agent_number(&t, getpid()), 1);
+	child_release(kid, sync);
+	close(fd);
+	md__client_free(c);
+	td_stop(&t);
+	return 0;
+}
+
 TEST_IMPL(daemon_sightings_table)
 {
 	/* The first-sighting table is sized by the RAM the domain's agents
