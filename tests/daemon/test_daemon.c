@@ -1187,6 +1187,26 @@ static long long agent_number(const struct tdaemon *t, pid_t pid)
 	return num;
 }
 
+/* Forks an agent of domain "num" that stays until child_release(); returns
+ * its pid once status lists it, with its number in *num. */
+static pid_t numbered_agent(const struct tdaemon *t, int sync[2], long long *num)
+{
+	ASSERT(pipe(sync) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		struct md__msg_welcome w;
+		int fd;
+		char b;
+		struct md__client *c = td_agent(t, "num", &w, &fd);
+		_exit(read(sync[0], &b, 1) == 1 && c ? 0 : 1);
+	}
+	*num = -1;
+	for (int i = 0; i < 200 && (*num = agent_number(t, kid)) < 0; i++)
+		usleep(10000);
+	return kid;
+}
+
 TEST_IMPL(daemon_agent_numbers)
 {
 	/* A first sighting names its agent by number: numbers are distinct,
@@ -1196,42 +1216,19 @@ TEST_IMPL(daemon_agent_numbers)
 	struct tdaemon t;
 	struct md__msg_welcome w;
 	int fd, sync[2];
+	long long num;
 
 	td_start(&t, 64);
 	struct md__client *c = td_agent(&t, "num", &w, &fd);
 	ASSERT_EQ(agent_number(&t, getpid()), 1);
-	ASSERT(pipe(sync) == 0);
-	pid_t kid = fork();
-	ASSERT(kid >= 0);
-	if (kid == 0) {
-		struct md__msg_welcome w2;
-		int fd2;
-		char b;
-		struct md__client *c2 = td_agent(&t, "num", &w2, &fd2);
-		_exit(read(sync[0], &b, 1) == 1 && c2 ? 0 : 1);
-	}
-	long long n2 = -1;
-	for (int i = 0; i < 200 && (n2 = agent_number(&t, kid)) < 0; i++)
-		usleep(10000);
-	ASSERT_EQ(n2, 2);
+	pid_t kid = numbered_agent(&t, sync, &num);
+	ASSERT_EQ(num, 2);
 	child_release(kid, sync);
 	for (int i = 0; i < 200 && agent_number(&t, kid) >= 0; i++)
 		usleep(10000);
 	ASSERT_EQ(agent_number(&t, kid), -1);	/* gone with its process */
-	ASSERT(pipe(sync) == 0);
-	kid = fork();
-	ASSERT(kid >= 0);
-	if (kid == 0) {
-		struct md__msg_welcome w2;
-		int fd2;
-		char b;
-		struct md__client *c2 = td_agent(&t, "num", &w2, &fd2);
-		_exit(read(sync[0], &b, 1) == 1 && c2 ? 0 : 1);
-	}
-	long long n3 = -1;
-	for (int i = 0; i < 200 && (n3 = agent_number(&t, kid)) < 0; i++)
-		usleep(10000);
-	ASSERT_EQ(n3, 3);	/* not 2 again */
+	kid = numbered_agent(&t, sync, &num);
+	ASSERT_EQ(num, 3);	/* not 2 again */
 	ASSERT_EQ(agent_number(&t, getpid()), 1);
 	child_release(kid, sync);
 	close(fd);
