@@ -35,7 +35,9 @@ enum md__ep_kind { MD_EP_LISTEN, MD_EP_SIGNAL, MD_EP_CONN, MD_EP_PIDFD };
 struct md__ep { enum md__ep_kind kind; };
 
 /* Where a page is, in 47 bits: its agent's number (md__agent.num, 12 bits)
- * above its page number (user addresses are below 2^47). 0: nowhere. */
+ * above its page number (35 bits: user addresses are below 2^47). 0:
+ * nowhere. */
+#define MD_WHERE_PAGE_BITS 35
 #define MD_WHERE_BITS 47
 
 /* A read's entry, 12 bytes: its slot gives the low bits of the read tag's
@@ -45,8 +47,9 @@ struct md__sighting {
 	uint32_t where[2];         /* where the page is (MD_WHERE_BITS) */
 };
 
-/* A first sighting packed in 64 bits: where the page is (47 bits), 16 bits
- * of the hash that its bucket does not use, and the ASKED bit; 0: empty.
+/* A first sighting packed in 64 bits: where the page is (47 bits), the
+ * hash's top 16 bits (which the bucket uses one of at most, in the largest
+ * table), and the ASKED bit; 0: empty.
  * The table's memory counts with the fleet's: 8 bytes, not 12, is a third
  * less (1 MiB for two 512 MiB guests). A lookup of content not recorded
  * matches another page's entry of its bucket when those 16 bits agree, one
@@ -72,7 +75,7 @@ struct md__domain {
 	uint64_t refs_total;       /* references over all agents */
 	uint64_t publish_hits;     /* publications answered with an equal live page */
 	/* First sightings (KSM's unstable tree, lossy): hash -> the agent
-	 * (pid) and address of the page that was looked up and found
+	 * (its number) and address of the page that was looked up and found
 	 * nothing. Another page asking for the same hash is told to publish:
 	 * only content seen twice is copied into the pool. The entry then
 	 * waits (MD_SIGHT_ASKED) for that publication, and the first page's
@@ -80,8 +83,8 @@ struct md__domain {
 	 * packed (MD_SIGHT_*). */
 	uint64_t *seen;
 	size_t seen_cap;           /* power of two; 0: no table */
-	/* Pages reads just filled, by file page (READS; lossy, entries like
-	 * the sightings', tag the read tag's high half; sized by use):
+	/* Pages reads just filled, by file page (READS; lossy, 12-byte
+	 * entries, tag the read tag's high half; sized by use):
 	 * a LOOKUP of the same file page elsewhere (its tag) is told to
 	 * publish, and this page waits for it as a first sighting would. */
 	struct md__sighting *reads;

@@ -182,7 +182,8 @@ static size_t seen_bucket(const struct md__domain *dom, uint64_t hash)
 	return (size_t)(hash ^ (hash >> 29)) & (dom->seen_cap - 2);
 }
 
-/* The hash's top 16 bits, which the bucket does not use. */
+/* The hash's top 16 bits (the bucket uses bit 48 only in the largest
+ * table). */
 static uint64_t seen_tag(uint64_t hash)
 {
 	return hash >> 48;
@@ -198,7 +199,7 @@ static uint64_t seen_make(uint64_t hash, uint64_t where, int asked)
 static uint64_t where_of(unsigned num, uint64_t addr)
 {
 	int fits = addr % 4096 == 0 && !(addr >> 47) && num > 0 && num <= MD_AGENT_NUM_MAX;
-	return fits ? (uint64_t)num << 35 | addr >> 12 : 0;
+	return fits ? (uint64_t)num << MD_WHERE_PAGE_BITS | addr >> 12 : 0;
 }
 
 /* The reads table holds the high half of each tag, and its bucket comes
@@ -362,8 +363,8 @@ int md__domain_published(struct md__domain *dom, uint64_t hash, unsigned *num, u
 		uint64_t w = MD_SIGHT_WHERE(*e);
 		if (!w || !(*e & MD_SIGHT_ASKED) || MD_SIGHT_TAG(*e) != seen_tag(hash))
 			continue;
-		*num = (unsigned)(w >> 35);
-		*addr = (w & ((1ull << 35) - 1)) << 12;
+		*num = (unsigned)(w >> MD_WHERE_PAGE_BITS);
+		*addr = (w & ((1ull << MD_WHERE_PAGE_BITS) - 1)) << 12;
 		*e = 0;
 		return *addr != 0;
 	}

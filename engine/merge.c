@@ -504,6 +504,9 @@ int md__engine_merge(struct md__engine *e, void *addr, size_t n, uint32_t slot)
 	return md__engine_merge_slots(e, addr, n, slots, NULL);
 }
 
+/* What md__engine_merge_slots found for each page. */
+enum { EQ_DIFFERS, EQ_SAME, EQ_NO_SLOT };
+
 static int slot_mergeable(struct md__engine *e, uint32_t slot)
 {
 	if (e->remote)
@@ -532,27 +535,28 @@ int md__engine_merge_slots(struct md__engine *e, void *addr, size_t n, const uin
 	err = freeze(e, a, n * MD_EPAGE);
 	if (err)
 		goto unlock;
-	/* eq: 1 equal, 0 unequal (abandoned), 2 a slot not live (left). */
+	/* Unequal pages are abandoned merges; pages whose slot is not live
+	 * are only left as they were. */
 	for (size_t i = 0; i < n; i++)
-		eq[i] = !slot_mergeable(e, slots[i]) ? 2 :
+		eq[i] = !slot_mergeable(e, slots[i]) ? EQ_NO_SLOT :
 			memcmp((const void *)(a + i * MD_EPAGE), md__engine_pool_page(e, slots[i]),
-			       MD_EPAGE) == 0;
+			       MD_EPAGE) == 0 ? EQ_SAME : EQ_DIFFERS;
 	if (!still_frozen(e, a, n))
 		for (size_t i = 0; i < n; i++)
-			eq[i] = eq[i] == 1 ? 0 : eq[i];
+			eq[i] = eq[i] == EQ_SAME ? EQ_DIFFERS : eq[i];
 
 	size_t lo = n, hi = 0;	/* the merged span, advised at once */
 	for (size_t i = 0; i < n;) {
 		size_t j = i + 1;
-		if (eq[i] == 1)	/* equal pages of consecutive slots map at once */
-			while (j < n && eq[j] == 1 && slots[j] == slots[i] + (j - i))
+		if (eq[i] == EQ_SAME)	/* equal pages of consecutive slots map at once */
+			while (j < n && eq[j] == EQ_SAME && slots[j] == slots[i] + (j - i))
 				j++;
 		else
 			while (j < n && eq[j] == eq[i])
 				j++;
 		uintptr_t ra = a + i * MD_EPAGE;
 		size_t rlen = (j - i) * MD_EPAGE;
-		if (eq[i] == 1 && map_pool(e, r, ra, j - i, slots[i]) == 0) {
+		if (eq[i] == EQ_SAME && map_pool(e, r, ra, j - i, slots[i]) == 0) {
 			merged += (int)(j - i);
 			if (done)
 				memset(done + i, 1, j - i);
@@ -561,7 +565,7 @@ int md__engine_merge_slots(struct md__engine *e, void *addr, size_t n, const uin
 		} else {
 			/* Unequal, or mmap failed and left the page as it
 			 * was: give it back to its writers. */
-			if (eq[i] == 0)
+			if (eq[i] == EQ_DIFFERS)
 				e->st.abandoned += j - i;
 			thaw(e, ra, rlen);
 		}
