@@ -21,11 +21,13 @@
 
 static char sock_env[400];
 
+/* sleep_env NULL: the scanner sleeps 1 ms between batches. */
 static void start_agent_at(struct proc *p, const struct tdaemon *t, const char *domain_env,
-			   const char *rate_env)
+			   const char *rate_env, const char *sleep_env)
 {
 	snprintf(sock_env, sizeof(sock_env), "MEMDEDUP_SOCKET=%s", t->sock);
-	const char *env[] = { sock_env, "MEMDEDUP_SCAN=1", rate_env, "MEMDEDUP_SLEEP_MS=1",
+	const char *env[] = { sock_env, "MEMDEDUP_SCAN=1", rate_env,
+			      sleep_env ? sleep_env : "MEMDEDUP_SLEEP_MS=1",
 			      domain_env ? domain_env : "MEMDEDUP_X=1", NULL };
 	proc_start(p, env);
 	proc_cmd(p, "map 1024");
@@ -33,7 +35,7 @@ static void start_agent_at(struct proc *p, const struct tdaemon *t, const char *
 
 static void start_agent(struct proc *p, const struct tdaemon *t, const char *domain_env)
 {
-	start_agent_at(p, t, domain_env, "MEMDEDUP_PAGES_TO_SCAN=4000");
+	start_agent_at(p, t, domain_env, "MEMDEDUP_PAGES_TO_SCAN=4000", NULL);
 }
 
 static int sharing_n(const md_stats *s) { return s->pages_sharing >= N; }
@@ -150,7 +152,7 @@ TEST_IMPL(cross_in_process_duplicates)
 	td_start(&t, 65536);
 	/* Batches far smaller than the region: a pass takes several, so the
 	 * cursor does not come back to a first copy before its candidate. */
-	start_agent_at(&a, &t, NULL, "MEMDEDUP_PAGES_TO_SCAN=64");
+	start_agent_at(&a, &t, NULL, "MEMDEDUP_PAGES_TO_SCAN=64", NULL);
 	proc_cmd(&a, "fill 0 %u 9", N / 2);
 	proc_cmd(&a, "fill %u %u 9", N / 2 * PG, N / 2);
 	proc_cmd(&a, "fill %u 64 10", N * PG);	/* unique: never published */
@@ -358,14 +360,17 @@ TEST_IMPL(cross_reads_pair)
 	make_image(img, N * PG, 31);
 	snprintf(want, sizeof(want), "%016llx", (unsigned long long)fnv_file(img, 0, N * PG));
 	td_start(&t, 65536);
-	start_agent_at(&y, &t, "MEMDEDUP_NO_SHARING=1", "MEMDEDUP_PAGES_TO_SCAN=1");
+	/* y visits its pages at about 100 a second (a page a batch, gathered
+	 * 8 batches a wake-up, 10 ms apart): with 1 ms it visited all 256
+	 * before x's first lookup now and then, and no pair was by reads. */
+	start_agent_at(&y, &t, "MEMDEDUP_NO_SHARING=1", "MEMDEDUP_PAGES_TO_SCAN=1", "MEMDEDUP_SLEEP_MS=10");
 	int fy = (int)proc_num(&y, "open %s", img);
 	ASSERT(fy >= 0);
 	ASSERT_EQ(proc_num(&y, "read %d 0 %u 0 0", fy, N * PG), (long long)N * PG);
 	for (int i = 0; i < 2000 && !domain_int(&t, "read_slots"); i++)
 		usleep(10000);
 	ASSERT(domain_int(&t, "read_slots") > 0);	/* y's reads are known */
-	start_agent_at(&x, &t, "MEMDEDUP_NO_SHARING=1", "MEMDEDUP_PAGES_TO_SCAN=4000");
+	start_agent_at(&x, &t, "MEMDEDUP_NO_SHARING=1", "MEMDEDUP_PAGES_TO_SCAN=4000", NULL);
 	int fx = (int)proc_num(&x, "open %s", img);
 	ASSERT(fx >= 0);
 	ASSERT_EQ(proc_num(&x, "read %d 0 %u 0 0", fx, N * PG), (long long)N * PG);
