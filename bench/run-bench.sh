@@ -30,6 +30,11 @@
 #                   samples of an earlier run in the output directory
 #   --census S      S seconds after both guests' reads, count what is left to
 #                   share in their RAM (build/census) into OUTDIR/MODE/census.json
+#   --cpu-window S  the CPU compared between modes is what each spent in its
+#                   first S seconds from the fleet's start (default 150, the
+#                   scanner modes' usual hold): the modes hold for different
+#                   times, and ksmd keeps scanning after it has converged, so
+#                   the CPU of whole modes is not comparable
 # The KSM knobs run, pages_to_scan and sleep_millisecs are saved first and
 # restored on any exit (Ctrl-C and failures included); between modes KSM is
 # stopped with run=2 (unmerge) and run=0. Needs root for the KSM knobs.
@@ -40,7 +45,7 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 
 hold_ksm=240 hold_short=30 modes="none ksm ksm10x memdedup memdedup+ksm"
 workload=image scan_rate=100 hold_scan=""
-image="" mem=512 out=$root/build/bench report_only=0 census=""
+image="" mem=512 out=$root/build/bench report_only=0 census="" cpu_window=150
 while [ $# -gt 0 ]; do
   case "$1" in
     --hold) hold_ksm=$2; shift 2 ;;
@@ -55,6 +60,7 @@ while [ $# -gt 0 ]; do
     --out) out=$2; shift 2 ;;
     --report-only) report_only=1; shift ;;
     --census) census=$2; shift 2 ;;
+    --cpu-window) cpu_window=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run-bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -66,6 +72,7 @@ done
 case "$workload" in image|tmpfs) ;; *) echo "run-bench.sh: --workload is image or tmpfs" >&2; exit 2 ;; esac
 case "$scan_rate" in ''|*[!0-9]*) echo "run-bench.sh: --scan-rate takes a number" >&2; exit 2 ;; esac
 case "$census" in *[!0-9]*) echo "run-bench.sh: --census takes a number of seconds" >&2; exit 2 ;; esac
+case "$cpu_window" in ''|*[!0-9]*) echo "run-bench.sh: --cpu-window takes a number of seconds" >&2; exit 2 ;; esac
 hold_scan=${hold_scan:-$hold_ksm}
 
 scripts/install-deps.sh all
@@ -204,7 +211,7 @@ fi
 # null when the saving is under 16 MB, the run-to-run noise of the fleet PSS);
 # ksm_t50/ksm_t90: the same for kernel KSM pages_sharing and its final value.
 metrics() {  # DIR REF_PSS_KB -> "key value" lines
-  awk -F'\t' -v ref="$2" -v n=2 -v noise=16384 -v gfile="$1/guests.tsv" '
+  awk -F'\t' -v ref="$2" -v n=2 -v noise=16384 -v gfile="$1/guests.tsv" -v win="$cpu_window" '
     BEGIN {
       while ((getline line < gfile) > 0) {
         split(line, g, "\t"); if (g[3] != "NA" && g[3] + 0 > rd) rd = g[3] + 0
@@ -219,6 +226,8 @@ metrics() {  # DIR REF_PSS_KB -> "key value" lines
       t[NR] = $1; p[NR] = $2; ks[NR] = $6; md[NR] = $7; alive[NR] = $10; km[NR] = $13 + 0; last = NR
       if ($8 + 0 > kmax) kmax = $8 + 0; if (NR == 2) kmin = $8 + 0
       if ($9 + 0 > amax) amax = $9 + 0
+      # the CPU of the first win seconds (the agents column drops as they exit)
+      if ($1 + 0 <= win) { kwin = $8 + 0; if ($9 + 0 > awin) awin = $9 + 0; twin = $1 + 0 }
     }
     function after(i) { return t[i] - rd < 1 ? "0" : sprintf("%.1f", t[i] - rd) }
     END {
@@ -228,6 +237,9 @@ metrics() {  # DIR REF_PSS_KB -> "key value" lines
       printf "reads_done_s %.2f\nfinal_pss_kb %.0f\n", rd, fin
       printf "ksm_sharing_final %d\nmd_shared_final %d\nksm_meta_kb %d\n", kf, mf, kmf
       printf "ksmd_cpu_s %.2f\nagent_cpu_s %.2f\n", kmax - kmin, amax
+      # a mode that ended before the window has no CPU at it
+      if (t[last] + 0 >= win - 2) printf "cpu_window_s %.2f\n", kwin - kmin + awin
+      else print "cpu_window_s NA"
       # kernel KSM: time until pages_sharing reached 50 % / 90 % of its final value
       k50 = "NA"; k90 = "NA"
       if (kf > 0) for (i = 2; i <= last; i++) {
@@ -261,7 +273,7 @@ ref=""
   printf '  "guests": 2, "guest_mem_mb": %s, "image": "%s", "image_mb": %s,\n' "$mem" "$(basename "$image")" "$image_mb"
   printf '  "saved_ksm": {"run": %s, "pages_to_scan": %s, "sleep_millisecs": %s},\n' \
     "$KSM_SAVED_RUN" "$KSM_SAVED_SCAN" "$KSM_SAVED_SLEEP"
-  printf '  "definitions": {"final_pss_mb": "mean fleet PSS over the last 5 samples with both guests alive and none within 1.5 s of exiting", "ksm_pages_sharing_final/md_pages_shared_final": "at the last of those samples (md: sum over both agents)", "saving_mb": "final_pss_mb of none minus that of the mode", "t50_s/t90_s": "seconds after the last READS-DONE until the PSS saving first reached 50 %%/90 %% of the final saving (null below 16 MB: noise)", "ksm_t50_s/ksm_t90_s": "seconds after the last READS-DONE until kernel KSM pages_sharing reached 50 %%/90 %% of its final value", "guest_workload_s": "host seconds from the fleet start to each guest READS-DONE", "dedup_cpu_s": "ksmd CPU during the mode + md-agent thread CPU (not the sharing work done inside QEMU I/O threads)", "ksm_meta_mb": "kernel KSM metadata at the final sample: (pages_sharing + ksm_zero_pages) x 4 KiB - general_profit, i.e. its rmap items, kept in kernel slab and so in no PSS (memdedup keeps its metadata in its processes: in the PSS)"},\n'
+  printf '  "definitions": {"final_pss_mb": "mean fleet PSS over the last 5 samples with both guests alive and none within 1.5 s of exiting", "ksm_pages_sharing_final/md_pages_shared_final": "at the last of those samples (md: sum over both agents)", "saving_mb": "final_pss_mb of none minus that of the mode", "t50_s/t90_s": "seconds after the last READS-DONE until the PSS saving first reached 50 %%/90 %% of the final saving (null below 16 MB: noise)", "ksm_t50_s/ksm_t90_s": "seconds after the last READS-DONE until kernel KSM pages_sharing reached 50 %%/90 %% of its final value", "guest_workload_s": "host seconds from the fleet start to each guest READS-DONE", "dedup_cpu_s": "ksmd CPU during the mode + md-agent thread CPU (not the sharing work done inside QEMU I/O threads)", "dedup_cpu_in_window_s": "the same over the first cpu_window_s seconds from the fleet start, the same for every mode: the CPU to compare (ksmd keeps scanning once converged, and modes hold for different times)", "ksm_meta_mb": "kernel KSM metadata at the final sample: (pages_sharing + ksm_zero_pages) x 4 KiB - general_profit, i.e. its rmap items, kept in kernel slab and so in no PSS (memdedup keeps its metadata in its processes: in the PSS)"},\n'
   printf '  "modes": [\n'
   first=1
   for m in $modes; do
@@ -293,6 +305,7 @@ ref=""
       "$(awk -v k="$(get "$mt" ksm_meta_kb)" 'BEGIN{printf "%.1f", k/1024}')"
     printf '     "ksmd_cpu_s": %s, "agent_cpu_s": %s, "dedup_cpu_s": %s,\n' "$kc" "$ac" \
       "$(awk -v a="$kc" -v b="$ac" 'BEGIN{printf "%.2f", a + b}')"
+    printf '     "cpu_window_s": %s, "dedup_cpu_in_window_s": %s,\n' "$cpu_window" "$(json_num "$(get "$mt" cpu_window_s)")"
     printf '     "samples": {"columns": [%s],\n                 "rows": [' \
       "$(head -1 "$d/samples.tsv" | sed 's/^#//' | tr '\t' '\n' | sed 's/.*/"&"/' | paste -sd, | sed 's/,/, /g')"
     awk -F'\t' 'NR > 1 { printf "%s[", (NR > 2 ? ",\n                          " : ""); for (i = 1; i <= NF; i++) printf "%s%s", (i > 1 ? ", " : ""), $i; printf "]" }' "$d/samples.tsv"
@@ -306,18 +319,40 @@ if command -v jq >/dev/null; then
 fi
 
 # --- summary table and plot -----------------------------------------------------
-printf '\n%-13s %10s %10s %8s %8s %11s %11s %s\n' mode "PSS MB" "saved MB" "t50 s" "t90 s" "dedup CPU" "reads s" checksums
+# CPU per GB saved over the window, and against kernel KSM's (ksm, else ksm10x)
+per_gb() { awk -v c="$1" -v k="$2" 'BEGIN{ if (c == "NA" || k == "NA" || k <= 0) print "NA"; else printf "%.2f", c / (k / 1024 / 1000)}'; }
+ksm_per_gb=NA
+for m in ksm10x ksm; do
+  case " $modes " in *" $m "*) ;; *) continue ;; esac
+  [ -f "$out/$m/samples.tsv" ] || continue
+  mt=$(metrics "$out/$m" "$ref")
+  ksm_per_gb=$(per_gb "$(get "$mt" cpu_window_s)" "$(get "$mt" saving_kb)")
+done
+{
+printf '\n%-13s %10s %10s %8s %8s %11s %9s %9s %11s %s\n' mode "PSS MB" "saved MB" "t50 s" "t90 s" "dedup CPU" "CPU@${cpu_window}s" "s/GB@${cpu_window}" "reads s" checksums
 for m in $modes; do
   [ -f "$out/$m/samples.tsv" ] || continue
   mt=$(metrics "$out/$m" "$( [ "$m" = none ] || echo "$ref")")
-  printf '%-13s %10s %10s %8s %8s %11s %11s %s\n' "$m" \
+  printf '%-13s %10s %10s %8s %8s %11s %9s %9s %11s %s\n' "$m" \
     "$(awk -v k="$(get "$mt" final_pss_kb)" 'BEGIN{printf "%.1f", k/1024}')" \
     "$(awk -v k="$(get "$mt" saving_kb)" 'BEGIN{ if (k == "NA") print "NA"; else printf "%.1f", k/1024}')" \
     "$(get "$mt" t50_s)" "$(get "$mt" t90_s)" \
     "$(awk -v a="$(get "$mt" ksmd_cpu_s)" -v b="$(get "$mt" agent_cpu_s)" 'BEGIN{printf "%.2f", a + b}')" \
+    "$(get "$mt" cpu_window_s)" "$(per_gb "$(get "$mt" cpu_window_s)" "$(get "$mt" saving_kb)")" \
     "$(cut -f3 "$out/$m/guests.tsv" | paste -sd/)" \
     "$(cut -f7 "$out/$m/guests.tsv" | sort -u | sed 's/^\(........\).*/\1/' | paste -sd,)"
-done | tee "$out/summary.txt"
+done
+if [ "$ksm_per_gb" != NA ]; then
+  for m in $modes; do
+    case "$m" in none|ksm|ksm10x) continue ;; esac
+    [ -f "$out/$m/samples.tsv" ] || continue
+    mt=$(metrics "$out/$m" "$ref")
+    g=$(per_gb "$(get "$mt" cpu_window_s)" "$(get "$mt" saving_kb)")
+    [ "$g" = NA ] || awk -v m="$m" -v g="$g" -v k="$ksm_per_gb" -v w="$cpu_window" \
+      'BEGIN{printf "%s: CPU per GB saved in the first %d s %.2fx kernel KSM'"'"'s\n", m, w, g / k}'
+  done
+fi
+} | tee "$out/summary.txt"
 
 if command -v gnuplot >/dev/null; then
   present=""
