@@ -306,6 +306,7 @@ int md__scan_account(struct md_agent *a, int reap)
 	md__set(a, MD_CTR_MERGED, st.merged);
 	md__set(a, MD_CTR_MERGED_FROM_HINTS, ss.merged_hint);
 	md__set(a, MD_CTR_ZERO_PAGES, st.zero);
+	md__set(a, MD_CTR_FILLED_PAGES, st.filled);
 	md__set(a, MD_CTR_ZERO_NEAR_HINTS, ss.zero_swept);
 	md__set(a, MD_CTR_HINT_RATIO, ss.ratio);
 	md__set(a, MD_CTR_PUBLISHED, ss.published);
@@ -326,8 +327,13 @@ int md__scan_account(struct md_agent *a, int reap)
 	/* KSM's general_profit: what merging saves, less what it costs in
 	 * metadata (the engine's MD_EPAGE_META bytes per registered page, the index of
 	 * image pages). Pages mapped from images, by reads or merges, count
-	 * with read-time sharing (pages_shared), as before. */
-	int64_t profit = ((int64_t)sharing + (int64_t)st.zero - (int64_t)pool) * MD_EPAGE -
+	 * with read-time sharing (pages_shared), as before. Fill strips are
+	 * pool pages of our own (racy read: fine). */
+	uint64_t strips = 0;
+	for (size_t i = 0; i < MD_FILLS; i++)
+		strips += e->fills[i].slot != 0;
+	int64_t profit = ((int64_t)sharing + (int64_t)st.zero - (int64_t)pool -
+			  (int64_t)(strips * MD_FILL_STRIP)) * MD_EPAGE -
 			 (int64_t)(registered * MD_EPAGE_META) - (int64_t)md__imagepages_bytes(a->imgpages);
 	md__set(a, MD_CTR_GENERAL_PROFIT, (uint64_t)profit);
 	return reaped;

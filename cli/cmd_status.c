@@ -141,7 +141,7 @@ static json_t *stats_json(const md_stats *s)
 		{ "merged_from_candidates", s->merged_from_candidates },
 		{ "merged_image", s->merged_image }, { "image_pages_indexed", s->image_pages_indexed },
 		{ "zero_pages_near_hints", s->zero_pages_near_hints },
-		{ "hint_ratio", s->hint_ratio },
+		{ "hint_ratio", s->hint_ratio }, { "filled_pages", s->filled_pages },
 	};
 	for (size_t i = 0; i < sizeof(scan) / sizeof(scan[0]); i++)
 		json_object_set_new(sc, scan[i].k, json_integer((json_int_t)scan[i].v));

@@ -50,3 +50,25 @@ int md__page_is_zero(const void *page)
 	}
 	return 1;
 }
+
+int md__page_is_filled(const void *page, uint64_t word)
+{
+	const uint64_t *w = page;
+	for (size_t i = 0; i < 4096 / sizeof(*w); i += 8) {
+		uint64_t x = (w[i] ^ word) | (w[i + 1] ^ word) | (w[i + 2] ^ word) | (w[i + 3] ^ word) |
+			     (w[i + 4] ^ word) | (w[i + 5] ^ word) | (w[i + 6] ^ word) | (w[i + 7] ^ word);
+		if (x)
+			return 0;
+	}
+	return 1;
+}
+
+int md__page_fill(const void *page, uint64_t *word)
+{
+	const uint64_t *w = page;
+	/* Most pages differ from their first word at the second. */
+	if (w[1] != w[0] || !md__page_is_filled(page, w[0]))
+		return 0;
+	*word = w[0];
+	return 1;
+}

@@ -7,6 +7,11 @@
 uint64_t md__page_hash(const void *page);
 /* 1 if the page is all zero bytes. */
 int md__page_is_zero(const void *page);
+/* 1 if the page is one 8-byte word repeated (*word gets it; zero pages
+ * included): freed kernel memory poisoned with one byte, say. */
+int md__page_fill(const void *page, uint64_t *word);
+/* 1 if the page is word repeated. */
+int md__page_is_filled(const void *page, uint64_t word);
 /* The two builds md__page_hash chooses from; the AVX2 one only where the
  * CPU has it. Equal results. */
 uint64_t md__page_hash_sse2(const void *page);

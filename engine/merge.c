@@ -276,7 +276,9 @@ static void flush_unrefs(struct md__engine *e)
 void md__engine_release_ref(struct md__engine *e, struct md__eregion *r, size_t i)
 {
 	uint32_t s = MD_REF_SLOT(r->ref[i]);
-	if (s && e->remote) {
+	if (s && (r->ref[i] & MD_REF_FILL)) {
+		md__pool_put(&e->pool, s - 1);	/* never the last: the strip's own stays */
+	} else if (s && e->remote) {
 		e->unref[e->nunref++] = s - 1;
 		if (e->nunref == MD_REF_BATCH)
 			flush_unrefs(e);
@@ -674,6 +676,124 @@ int md__engine_merge_zero(struct md__engine *e, void *addr, size_t n)
 	}
 	e->st.zero += (uint64_t)dropped;
 	err = dropped;
+unlock:
+	md__engine_unlock(e);
+	return err;
+}
+
+/* The strip of word, made if there is none yet (lock held); its first
+ * slot, or -ENOSPC. */
+static int64_t fill_strip(struct md__engine *e, uint64_t word)
+{
+	struct md__fill *f = NULL;
+	for (size_t i = 0; i < MD_FILLS; i++) {
+		if (e->fills[i].slot && e->fills[i].word == word)
+			return (int64_t)e->fills[i].slot - 1;
+		if (!e->fills[i].slot && !f)
+			f = &e->fills[i];
+	}
+	if (!f)
+		return -ENOSPC;
+	uint64_t page[MD_EPAGE / sizeof(uint64_t)];
+	for (size_t k = 0; k < MD_EPAGE / sizeof(uint64_t); k++)
+		page[k] = word;
+	uint32_t slot;
+	int err = md__pool_reserve(&e->pool, MD_FILL_STRIP, &slot);
+	if (err)
+		return err;
+	if (slot + MD_FILL_STRIP > MD_REF_SLOTS_MAX) {
+		md__pool_unreserve(&e->pool, slot, MD_FILL_STRIP);
+		return -ENOSPC;
+	}
+	for (uint32_t k = 0; k < MD_FILL_STRIP; k++) {
+		err = md__pool_publish(&e->pool, slot + k, page, 1);
+		if (err) {
+			for (uint32_t j = 0; j < k; j++)
+				md__pool_put(&e->pool, slot + j);
+			md__pool_unreserve(&e->pool, slot + k, MD_FILL_STRIP - k);
+			return err;
+		}
+		md__pool_get(&e->pool, slot + k);	/* the strip's own */
+	}
+	*f = (struct md__fill){ word, slot + 1 };
+	return slot;
+}
+
+/* Maps the n frozen, equal pages at addr from the strip at slot, up to
+ * MD_FILL_STRIP pages per mapping. */
+static int map_fill(struct md__engine *e, struct md__eregion *r, uintptr_t addr, size_t n,
+		    uint32_t slot)
+{
+	for (size_t done = 0; done < n;) {
+		size_t k = n - done < MD_FILL_STRIP ? n - done : MD_FILL_STRIP;
+		uintptr_t a = addr + done * MD_EPAGE;
+		if (md__sys_mmap((void *)a, k * MD_EPAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED,
+				 e->pool.ro_fd, (off_t)slot * MD_EPAGE) == MAP_FAILED) {
+			e->st.map_failed += n - done;
+			thaw(e, a, (n - done) * MD_EPAGE);
+			return (int)done;
+		}
+		e->vma_estimate += 2;
+		size_t first = (a - r->start) / MD_EPAGE;
+		for (size_t i = 0; i < k; i++) {
+			release_ref(e, r, first + i);
+			md__pool_get(&e->pool, slot + (uint32_t)i);
+			r->ref[first + i] = MD_REF_FILE | MD_REF_FILL | (slot + (uint32_t)i + 1);
+		}
+		done += k;
+	}
+	return (int)n;
+}
+
+int md__engine_merge_fill(struct md__engine *e, void *addr, size_t n, uint64_t word)
+{
+	uintptr_t a = (uintptr_t)addr;
+	unsigned char eq[MAX_RUN];
+	int err, merged = 0;
+
+	if (a % MD_EPAGE || n == 0 || n > MAX_RUN || word == 0)
+		return -EINVAL;
+	pthread_mutex_lock(&e->lock);
+	/* A mapping per strip's worth of pages, and its two split halves. */
+	struct md__eregion *r = md__engine_region(e, a, n * MD_EPAGE);
+	err = !r ? -EINVAL : budget_ok(e, 2 * ((n + MD_FILL_STRIP - 1) / MD_FILL_STRIP)) ? 0 : -ENOSPC;
+	if (err)
+		goto unlock;
+	int64_t slot = fill_strip(e, word);
+	if (slot < 0) {
+		err = (int)slot;
+		goto unlock;
+	}
+	err = freeze(e, a, n * MD_EPAGE);
+	if (err)
+		goto unlock;
+	for (size_t i = 0; i < n; i++)
+		eq[i] = (uint8_t)md__page_is_filled((const void *)(a + i * MD_EPAGE), word);
+	if (!still_frozen(e, a, n))
+		memset(eq, 0, n);
+	size_t lo = n, hi = 0;
+	for (size_t i = 0; i < n;) {
+		size_t j = i;
+		while (j < n && eq[j] == eq[i])
+			j++;
+		uintptr_t ra = a + i * MD_EPAGE;
+		if (!eq[i]) {
+			e->st.abandoned += j - i;
+			thaw(e, ra, (j - i) * MD_EPAGE);
+		} else {
+			int m = map_fill(e, r, ra, j - i, (uint32_t)slot);
+			merged += m;
+			lo = i < lo ? i : lo;
+			hi = i + (size_t)m > hi ? i + (size_t)m : hi;
+		}
+		i = j;
+	}
+	if (merged) {
+		apply_advice(e, r, a + lo * MD_EPAGE, (hi - lo) * MD_EPAGE);
+		md__uffd_wake(&e->uffd, a + lo * MD_EPAGE, (hi - lo) * MD_EPAGE);
+	}
+	e->st.filled += (uint64_t)merged;
+	err = merged;
 unlock:
 	md__engine_unlock(e);
 	return err;

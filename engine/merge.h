@@ -54,7 +54,12 @@
 #define MD_REF_FILE (1u << 31)
 /* The page is mapped from a disk image by read-time sharing: not ours. */
 #define MD_REF_IMAGE (1u << 30)
-#define MD_REF_SLOT(r) ((r) & ~(MD_REF_FILE | MD_REF_IMAGE))
+/* With MD_REF_FILE: the slot is one of our own pool's fill strips (below),
+ * even when the other slots are memdedupd's. */
+#define MD_REF_FILL (1u << 29)
+#define MD_REF_SLOT(r) ((r) & ~(MD_REF_FILE | MD_REF_IMAGE | MD_REF_FILL))
+/* Slots must stay below the flag bits. */
+#define MD_REF_SLOTS_MAX (MD_REF_FILL - 1u)
 /* Nothing for the scanner to do: merged already, or an image page. */
 #define MD_REF_BUSY(r) ((r) & ~MD_REF_FILE)
 
@@ -84,6 +89,7 @@ struct md__engine_stats {
 	uint64_t merged;        /* guest pages replaced by pool pages */
 	uint64_t merged_file;   /* guest pages replaced by equal image pages */
 	uint64_t zero;          /* zero pages dropped (now on the zero frame) */
+	uint64_t filled;        /* pages of one repeated word mapped from a fill strip */
 	uint64_t published;     /* guest pages copied into the pool as first copy */
 	uint64_t abandoned;     /* pages that differed under write-protect */
 	uint64_t map_failed;    /* mmap refused: the page stayed as it was */
@@ -97,6 +103,20 @@ struct md__engine_options {
 	size_t pool_pages;      /* pool slots; 0: 1 Mi (4 GiB) */
 	uint64_t max_vmas;      /* 0: vm.max_map_count - 5000 */
 	int kernel_ksm;         /* re-apply MADV_MERGEABLE to new mappings */
+};
+
+/* A fill strip: MD_FILL_STRIP consecutive slots of our own pool, each one
+ * page of one repeated word (freed guest kernel memory is poisoned with
+ * 0xcc, say: thousands of such pages side by side). A run of those pages
+ * maps a strip in one mmap, one VMA for 16 pages; mapped from one pool
+ * page, each would be a mapping of its own (a VMA holds consecutive file
+ * offsets only). The engine holds a reference on every slot of its strips,
+ * which live as long as it does: 64 KiB a word, in each process. */
+#define MD_FILL_STRIP 16u
+#define MD_FILLS 4u
+struct md__fill {
+	uint64_t word;
+	uint32_t slot;          /* the strip's first slot + 1; 0: unused */
 };
 
 struct md__engine {
@@ -114,6 +134,7 @@ struct md__engine {
 	int kernel_ksm;
 	uint64_t max_vmas;
 	uint64_t vma_estimate;  /* upper bound since the last count */
+	struct md__fill fills[MD_FILLS];
 	struct md__engine_stats st;
 	/* Pool references of memdedupd's slots dropped but not yet sent
 	 * (lock held): one UNREF for many pages. One round trip per page made
@@ -163,6 +184,11 @@ int md__engine_merge_file(struct md__engine *e, void *addr, size_t n, int fd, of
 			  const void *content);
 /* Drops those of n pages from addr that are all zero. Returns the count. */
 int md__engine_merge_zero(struct md__engine *e, void *addr, size_t n);
+/* Maps those of n pages from addr that are word repeated (not zero) from a
+ * fill strip of our own pool (made on first use), a strip per MD_FILL_STRIP
+ * pages side by side. Returns the count, or -errno (-ENOSPC: no strip for
+ * one more word, or the VMA budget is spent). */
+int md__engine_merge_fill(struct md__engine *e, void *addr, size_t n, uint64_t word);
 /* Copies n guest pages into new, consecutive pool slots (*slot the first)
  * and maps them back over the guest pages, so the guest shares them from
  * now on; indexes them. Returns n, or -errno. */

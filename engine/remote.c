@@ -69,7 +69,8 @@ int md__engine_remote_connect(struct md__engine *e)
 		goto free_client;
 	struct stat st;
 	err = -EINVAL;
-	if (fstat(fd, &st) != 0 || w.pool_pages == 0)
+	/* Slots at or past MD_REF_SLOTS_MAX would not fit in ref[]. */
+	if (fstat(fd, &st) != 0 || w.pool_pages == 0 || w.pool_pages > MD_REF_SLOTS_MAX)
 		goto close_fd;
 	void *view = md__sys_mmap(NULL, (size_t)w.pool_pages * MD_EPAGE, PROT_READ, MAP_SHARED, fd, 0);
 	if (view == MAP_FAILED) {
@@ -91,7 +92,7 @@ int md__engine_remote_connect(struct md__engine *e)
 		for (size_t i = 0; i < e->nregions; i++) {
 			struct md__eregion *r = &e->regions[i];
 			for (size_t p = 0; p < (r->end - r->start) / MD_EPAGE; p++)
-				if (MD_REF_SLOT(r->ref[p]))
+				if (MD_REF_SLOT(r->ref[p]) && !(r->ref[p] & MD_REF_FILL))
 					r->ref[p] = MD_REF_FILE;
 		}
 	}

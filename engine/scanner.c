@@ -37,7 +37,12 @@
  *      pool: the kernel's zero page needs no pool slot); the linear cursor
  *      drops the zero pages right after it with it (one freeze, one
  *      madvise: the untouched rest of a guest's huge page is such a run)
- *      and steps over them, each counting a quarter of a visit;
+ *      and steps over them, each counting a quarter of a visit. A page of
+ *      one other repeated word (guest kernel memory freed and poisoned
+ *      with 0xcc) is mapped from a fill strip of the engine's own pool
+ *      (md__engine_merge_fill), with the run after it, in the same way: a
+ *      mapping per 16 pages, where the pool's one page of that content
+ *      took a mapping per page;
  *   3. the agent's index of image pages (pages the VMM maps from disk
  *      images it reads) is asked first: a page equal to one of them is
  *      mapped from the image after the batch (md__file_source), no pool
@@ -418,26 +423,29 @@ static uintptr_t window_end(const struct md__eregion *r, size_t i, int cursor)
 	return r->start + (last + 1) * MD_EPAGE;
 }
 
-/* How many pages from a (inside the pagemap window, in r) are zero and may
- * be dropped: present anonymous pages no merge holds. At most max. */
-static size_t zeros_at(struct md__scanner *s, const struct md__eregion *r, uintptr_t a, size_t max)
+/* How many pages from a (inside the pagemap window, in r) are word
+ * repeated and may be merged as such: present anonymous pages no merge
+ * holds. At most max. */
+static size_t fills_at(struct md__scanner *s, const struct md__eregion *r, uintptr_t a, size_t max,
+		       uint64_t word)
 {
 	size_t i = (a - r->start) / MD_EPAGE, w = (a - s->pm_base) / MD_EPAGE, n = 0;
 	while (n < max && w + n < s->pm_n && !MD_REF_BUSY(r->ref[i + n]) &&
-	       worth_reading(s->e, s->pm[w + n]) && md__page_is_zero((const void *)(a + n * MD_EPAGE)))
+	       worth_reading(s->e, s->pm[w + n]) &&
+	       md__page_is_filled((const void *)(a + n * MD_EPAGE), word))
 		n++;
 	return n;
 }
 
-/* How many pages from the zero page a, which the cursor found, are zero
- * too and may be dropped with it: at most 256 in all, and short of the
- * region's last page (so the cursor can step over them without leaving
- * the region). */
-static size_t zero_run(struct md__scanner *s, const struct md__eregion *r, uintptr_t a)
+/* How many pages from the page a of word repeated, which the cursor found,
+ * are the same and may be taken with it: at most 256 in all, and short of
+ * the region's last page (so the cursor can step over them without
+ * leaving the region). */
+static size_t fill_run(struct md__scanner *s, const struct md__eregion *r, uintptr_t a, uint64_t word)
 {
 	size_t i = (a - r->start) / MD_EPAGE, np = (r->end - r->start) / MD_EPAGE;
 	size_t max = i + 2 < np ? np - i - 2 : 0;
-	return 1 + zeros_at(s, r, a + MD_EPAGE, max < 255 ? max : 255);
+	return 1 + fills_at(s, r, a + MD_EPAGE, max < 255 ? max : 255, word);
 }
 
 /* After a hinted run, its 2 MiB page (KSM++'s hints, extended to zero
@@ -470,7 +478,7 @@ static size_t sweep_zero(struct md__scanner *s)
 		if (!read_window(s, a, end))
 			break;
 		for (size_t w = 0; w < s->pm_n;) {
-			size_t run = zeros_at(s, r, a + w * MD_EPAGE, s->pm_n - w);
+			size_t run = fills_at(s, r, a + w * MD_EPAGE, s->pm_n - w, 0);
 			if (run) {
 				int z = md__engine_merge_zero(e, (void *)(a + w * MD_EPAGE), run);
 				dropped += z > 0 ? (size_t)z : 0;
@@ -524,14 +532,24 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 		return 0;
 	const void *page = (const void *)a;
 	*read = 1;
-	if (md__page_is_zero(page)) {
-		/* The linear cursor drops the zero pages that follow too, in
-		 * one freeze and one madvise, and steps over them. */
-		size_t n = !hinted && !s->random_order ? zero_run(s, r, a) : 1;
-		int z = md__engine_merge_zero(e, (void *)a, n);
-		s->st.zero += z > 0 ? (uint64_t)z : 0;
-		s->zero_ahead = n - 1;
-		return 0;	/* counted apart, not as a merge */
+	uint64_t word;
+	if (md__page_fill(page, &word)) {
+		/* The linear cursor takes the pages that follow with it when
+		 * they are the same word, in one freeze, and steps over them:
+		 * zero pages are dropped (one madvise), others mapped from a
+		 * fill strip (a mapping per 16 pages). */
+		size_t n = !hinted && !s->random_order ? fill_run(s, r, a, word) : 1;
+		int z = word ? md__engine_merge_fill(e, (void *)a, n, word)
+			     : md__engine_merge_zero(e, (void *)a, n);
+		if (word == 0 || z >= 0) {
+			if (word)
+				s->st.filled += z > 0 ? (uint64_t)z : 0;
+			else
+				s->st.zero += z > 0 ? (uint64_t)z : 0;
+			s->zero_ahead = n - 1;
+			return 0;	/* counted apart, not as a merge */
+		}
+		/* No strip for one more word: a page like any other. */
 	}
 	uint64_t h = md__page_hash(page);
 	int changed = !r->seen[i] || r->hash[i] != (uint32_t)h;

@@ -20,6 +20,7 @@ struct md__scanner_stats {
 	uint64_t merged_scan, merged_hint; /* merges found by each source */
 	uint64_t zero, volatile_skips, published, passes;
 	uint64_t zero_swept;               /* of zero: dropped near a hint */
+	uint64_t filled;                   /* pages of one repeated word mapped from a fill strip */
 	uint64_t skipped;                  /* visits the smart scan saved */
 	uint64_t candidates, merged_candidate; /* pages the daemon named, merged */
 	uint64_t file_matches;             /* pages found equal to a file page */

@@ -190,6 +190,10 @@ typedef struct md_stats {
 	uint64_t reads_page;           /* how many such reads */
 	uint64_t hint_ratio;           /* now: of every 8 visits, how many go to
 	                                  hints while there are any (adapted) */
+	uint64_t filled_pages;         /* pages of one repeated non-zero word (freed
+	                                  guest kernel memory poisoned with 0xcc, say)
+	                                  mapped from the process's fill strips:
+	                                  counted apart, like zero_pages */
 } md_stats;
 
 /* Returns a short name of a fallback reason ("unaligned", ...). */

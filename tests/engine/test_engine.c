@@ -526,6 +526,79 @@ TEST_IMPL(engine_zero_pages)
 	return 0;
 }
 
+/* Mappings of the pool that lie in [lo, hi). */
+static size_t pool_mappings(const void *lo, const void *hi)
+{
+	FILE *f = fopen("/proc/self/maps", "r");
+	char line[512];
+	size_t n = 0;
+	ASSERT(f != NULL);
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long a, b;
+		if (sscanf(line, "%lx-%lx ", &a, &b) == 2 && strstr(line, "memdedup-pool") &&
+		    a >= (uintptr_t)lo && b <= (uintptr_t)hi)
+			n++;
+	}
+	fclose(f);
+	return n;
+}
+
+/* Pages of one repeated word (not zero) map from a fill strip of the
+ * engine's own pool: 16 slots of that word, a mapping per 16 pages side by
+ * side, so page i and page i + 16 share a frame; a page that differs stays
+ * as it was; a write gives the writer its copy only. */
+TEST_IMPL(engine_fill_strips)
+{
+	struct md__engine e;
+	const size_t n = 40;
+	const uint64_t cc = 0xccccccccccccccccull;
+	unsigned char *r = map_ram(n + 6);
+
+	engine_up(&e);
+	memset(r, 0xcc, n * PG);
+	r[17 * PG + 100] = 1;			/* page 17 differs */
+	for (size_t i = n; i < n + 6; i++)
+		memset(r + i * PG, 0x11 * (int)(i - n + 1), PG);
+	ASSERT_EQ(md__engine_register(&e, r, (n + 6) * PG, 0), 0);
+	uint64_t word;
+	ASSERT(md__page_fill(r, &word) && word == cc);
+	ASSERT(!md__page_fill(r + 17 * PG, &word));
+	ASSERT_EQ(md__engine_merge_fill(&e, r, n, 0), -EINVAL);
+	ASSERT_EQ(md__engine_merge_fill(&e, r, n, cc), (int)n - 1);
+	/* Runs 0-16 and 18-39: strips of 16, 1, 16 and 6 pages. */
+	ASSERT_EQ(pfn(r), pfn(r + 16 * PG));
+	ASSERT_EQ(pfn(r), pfn(r + 18 * PG));
+	ASSERT_EQ(pfn(r + 5 * PG), pfn(r + 23 * PG));
+	ASSERT(pfn(r) != pfn(r + PG));
+	ASSERT(pagemap(r + 5 * PG) & PM_FILE);
+	ASSERT(!(pagemap(r + 17 * PG) & PM_FILE));
+	ASSERT_EQ(r[17 * PG + 100], 1);
+	ASSERT(pool_mappings(r, r + n * PG) <= 4);
+	for (size_t i = 0; i < n; i++)
+		ASSERT(i == 17 || md__page_is_filled(r + i * PG, cc));
+	/* A write to page 5 leaves page 23, on the same strip page, as it was. */
+	uint64_t shared = pfn(r + 23 * PG);
+	r[5 * PG + 9] = 7;
+	ASSERT(pfn(r + 5 * PG) != shared);
+	ASSERT_EQ(pfn(r + 23 * PG), shared);
+	ASSERT(md__page_is_filled(r + 23 * PG, cc));
+	ASSERT_EQ(r[5 * PG + 9], 7);
+	/* Three words more fill the engine's four strips; a fifth has none. */
+	for (size_t i = n; i < n + 3; i++) {
+		ASSERT(md__page_fill(r + i * PG, &word));
+		ASSERT_EQ(md__engine_merge_fill(&e, r + i * PG, 1, word), 1);
+	}
+	ASSERT(md__page_fill(r + (n + 3) * PG, &word));
+	ASSERT_EQ(md__engine_merge_fill(&e, r + (n + 3) * PG, 1, word), -ENOSPC);
+	ASSERT(!(pagemap(r + (n + 3) * PG) & PM_FILE));
+	ASSERT(md__page_is_filled(r + (n + 3) * PG, word));
+	struct md__engine_stats st;
+	md__engine_stats(&e, &st);
+	ASSERT_EQ(st.filled, n - 1 + 3);
+	md__engine_fini(&e);
+	return 0;
+}
+
 TEST_IMPL(engine_fork_after_merge)
 {
 	struct md__engine e;
@@ -952,6 +1025,44 @@ TEST_IMPL(engine_scanner_zero_runs)
 	ASSERT(memcmp(r + 301 * PG, want, PG) == 0);
 	fill(want, 1);
 	ASSERT(memcmp(r, want, PG) == 0);
+	md__scanner_free(&s);
+	md__engine_fini(&e);
+	return 0;
+}
+
+/* The linear cursor takes a run of pages of one word (freed guest kernel
+ * memory poisoned with 0xcc) with the page it found, maps it from a fill
+ * strip, and steps over it, as it does zero pages. */
+TEST_IMPL(engine_scanner_fill_runs)
+{
+	struct md__engine e;
+	struct md__scanner s;
+	const size_t n = 512;
+	unsigned char *r = map_ram(n);
+
+	engine_up(&e);
+	fill(r, 1);
+	memset(r + PG, 0xcc, 300 * PG);
+	fill(r + 301 * PG, 2);
+	ASSERT_EQ(md__engine_register(&e, r, n * PG, 0), 0);
+	ASSERT_EQ(md__scanner_init(&s, &e, NULL), 0);
+	s.ratio = 0;
+	md__scanner_step(&s, 2);
+	ASSERT_EQ(s.st.scanned, 2);
+	ASSERT_EQ(s.st.filled, 255);
+	md__scanner_step(&s, 1);
+	ASSERT_EQ(s.st.scanned, 3);
+	ASSERT_EQ(s.st.filled, 300);
+	ASSERT_EQ(s.st.zero, 0);
+	for (size_t i = 1; i <= 300; i++) {
+		ASSERT(md__page_is_filled(r + i * PG, 0xccccccccccccccccull));
+		ASSERT(pagemap(r + i * PG) & PM_FILE);
+	}
+	ASSERT_EQ(pfn(r + PG), pfn(r + 17 * PG));
+	ASSERT(pool_mappings(r, r + n * PG) <= 300 / 16 + 2);
+	unsigned char want[PG];
+	fill(want, 2);
+	ASSERT(memcmp(r + 301 * PG, want, PG) == 0);
 	md__scanner_free(&s);
 	md__engine_fini(&e);
 	return 0;
