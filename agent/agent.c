@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -36,6 +37,15 @@ static uint64_t thread_cpu_ns(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Page faults (minor and major) of all the process's threads so far. */
+static uint64_t process_faults(void)
+{
+	struct rusage ru;
+	if (getrusage(RUSAGE_SELF, &ru) != 0)
+		return 0;
+	return (uint64_t)ru.ru_minflt + (uint64_t)ru.ru_majflt;
 }
 
 static void *agent_thread(void *arg)
@@ -68,7 +78,7 @@ static void *agent_thread(void *arg)
 	 * mapped something, or every 10 minutes. Every 3 s, as it was,
 	 * pagemap walks were the largest part of this thread's time while
 	 * guests converged (about 40 % of its perf samples). */
-	uint64_t last_reads = 0, last_merges = 0, vma_merges = 0;
+	uint64_t last_reads = 0, last_merges = 0, vma_merges = 0, full_faults = 0, reap_faults = 0;
 	unsigned last_full = 0, last_vmas = 0, last_reap = 0, reap_every = 3, last_report = 0;
 	int was_reading = 0, edge_due = 0;
 	struct timespec next;
@@ -103,7 +113,13 @@ static void *agent_thread(void *arg)
 		 * close to the last walk waits for the next one. */
 		edge_due |= reading != was_reading;
 		int edge = edge_due && (!last_full || n - last_full >= 2);
-		int full = edge || (busy && n - last_full >= 30) || n - last_full >= 60;
+		/* A copy-on-write break is a page fault of this process: with
+		 * none since a walk, the same walk would find the same (an
+		 * idle guest takes none for minutes; its walks were a third
+		 * of this thread's time once converged). */
+		uint64_t faults = process_faults();
+		int full = edge || (busy && n - last_full >= 30) ||
+			   (n - last_full >= 60 && (faults != full_faults || n - last_vmas >= 600));
 		was_reading = reading;
 		last_reads = reads;
 		last_merges = merges;
@@ -118,6 +134,7 @@ static void *agent_thread(void *arg)
 			int vmas = !last_vmas || n - last_vmas >= 600 ||
 				   (changed && (n - last_vmas >= 60 || est * 2 > a->max_vmas));
 			md__account(a, vmas);
+			full_faults = faults;
 			if (vmas) {
 				vma_merges = merges;
 				last_vmas = n;
@@ -132,10 +149,11 @@ static void *agent_thread(void *arg)
 		 * its interval doubling while it finds next to none, up to
 		 * 12 s while merges go on and 60 s else. Every 3 s for good,
 		 * it cost 85 ms more per agent over a two-minute run. */
-		int reap = n - last_reap >= reap_every;
+		int reap = n - last_reap >= reap_every && (faults != reap_faults || busy);
 		int found = md__scan_account(a, reap);
 		if (reap) {
 			unsigned cap = busy ? 12 : 60;
+			reap_faults = faults;
 			last_reap = n;
 			reap_every = found >= 64 ? 3 : reap_every * 2 < cap ? reap_every * 2 : cap;
 		}

@@ -4,6 +4,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -266,3 +267,37 @@ TEST_IMPL(proc_start_time)
 	ASSERT_EQ(md__proc_start_time(pid), 0);
 	return 0;
 }
+
+static uint64_t faults_now(void)
+{
+	struct rusage ru;
+	ASSERT_EQ(getrusage(RUSAGE_SELF, &ru), 0);
+	return (uint64_t)ru.ru_minflt + (uint64_t)ru.ru_majflt;
+}
+
+/* The agent walks the pages it shared (copy-on-write breaks) only after
+ * the process took a page fault since its last walk: a write to a private
+ * file page that shows the file is one, reads of mapped pages are none. */
+TEST_IMPL(cow_break_is_a_fault)
+{
+	int fd = memfd_create("t", MFD_CLOEXEC);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(ftruncate(fd, 4 * 4096), 0);
+	ASSERT_EQ(pwrite(fd, "shared", 6, 4096), 6);
+	volatile char *m = mmap(NULL, 4 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+	ASSERT(m != MAP_FAILED);
+	ASSERT_EQ(m[4096], 's');		/* mapped: a read fault */
+	uint64_t before = faults_now();
+	for (int i = 0; i < 100; i++)
+		ASSERT_EQ(m[4096 + i % 6], "shared"[i % 6]);
+	ASSERT_EQ(faults_now(), before);	/* reads of a mapped page: none */
+	m[4096] = 'S';				/* the break */
+	ASSERT(faults_now() > before);
+	char c;
+	ASSERT_EQ(pread(fd, &c, 1, 4096), 1);
+	ASSERT_EQ(c, 's');
+	munmap((void *)m, 4 * 4096);
+	close(fd);
+	return 0;
+}
+
