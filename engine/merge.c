@@ -193,7 +193,7 @@ int md__engine_register(struct md__engine *e, void *addr, size_t len, unsigned a
 	e->regions = n;
 	size_t np = len / MD_EPAGE;
 	struct md__eregion r = { a, a + len, advice, calloc(np, sizeof(uint32_t)),
-				 calloc(np, sizeof(uint32_t)), calloc(np, 1) };
+				 calloc(np, sizeof(uint16_t)), calloc(np, 1) };
 	if (!r.ref || !r.hash || !r.seen) {
 		err = -ENOMEM;
 		goto free_arrays;
@@ -307,7 +307,7 @@ static int region_slice(const struct md__eregion *r, size_t from, size_t n, stru
 {
 	*out = (struct md__eregion){ r->start + from * MD_EPAGE, r->start + (from + n) * MD_EPAGE,
 				     r->advice, malloc(n * sizeof(uint32_t)),
-				     malloc(n * sizeof(uint32_t)), malloc(n) };
+				     malloc(n * sizeof(uint16_t)), malloc(n) };
 	if (!out->ref || !out->hash || !out->seen) {
 		free(out->ref);
 		free(out->hash);
@@ -315,7 +315,7 @@ static int region_slice(const struct md__eregion *r, size_t from, size_t n, stru
 		return -ENOMEM;
 	}
 	memcpy(out->ref, r->ref + from, n * sizeof(uint32_t));
-	memcpy(out->hash, r->hash + from, n * sizeof(uint32_t));
+	memcpy(out->hash, r->hash + from, n * sizeof(uint16_t));
 	memcpy(out->seen, r->seen + from, n);
 	return 0;
 }

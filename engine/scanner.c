@@ -448,6 +448,41 @@ static size_t fill_run(struct md__scanner *s, const struct md__eregion *r, uintp
 	return 1 + fills_at(s, r, a + MD_EPAGE, max < 255 ? max : 255, word);
 }
 
+/* Pages [a, a + n) of r, all word repeated (not zero): those that were so
+ * at their last visit too are mapped from a fill strip, the others only
+ * recorded. Unlike zero pages, these pass the volatility filter: a guest
+ * poisons the memory it frees with such a word, and hands much of it out
+ * again soon (taken at first sight, a thousand pages per guest were
+ * written after their merge). A hint's page is taken at once, as hinted
+ * pages are. Returns 0, or -ENOSPC (no strip for one more word). */
+static int fill_visit(struct md__scanner *s, struct md__eregion *r, uintptr_t a, size_t n,
+		      uint64_t word, int hinted)
+{
+	uint16_t h = (uint16_t)md__page_hash((const void *)a);	/* the same for all n */
+	size_t first = (a - r->start) / MD_EPAGE;
+	for (size_t j = 0; j < n;) {
+		size_t i = first + j;
+		int stable = hinted || (r->seen[i] && r->hash[i] == h);
+		size_t k = j + 1;
+		while (k < n && (r->seen[first + k] && r->hash[first + k] == h) == stable)
+			k++;
+		if (stable) {
+			int z = md__engine_merge_fill(s->e, (void *)(a + j * MD_EPAGE), k - j, word);
+			if (z == -ENOSPC && j == 0)
+				return z;	/* else the rest waits for the next pass */
+			s->st.filled += z > 0 ? (uint64_t)z : 0;
+		} else {
+			for (size_t q = j; q < k; q++) {
+				r->hash[first + q] = h;
+				r->seen[first + q] = MD_SEEN;	/* changed: young again */
+			}
+			s->st.volatile_skips++;
+		}
+		j = k;
+	}
+	return 0;
+}
+
 /* After a hinted run, its 2 MiB page (KSM++'s hints, extended to zero
  * pages). QEMU backs guest RAM with transparent huge pages: a read lands in
  * a huge page whose untouched rest is zero, and no read names those pages.
@@ -539,21 +574,21 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 		 * zero pages are dropped (one madvise), others mapped from a
 		 * fill strip (a mapping per 16 pages). */
 		size_t n = !hinted && !s->random_order ? fill_run(s, r, a, word) : 1;
-		int z = word ? md__engine_merge_fill(e, (void *)a, n, word)
-			     : md__engine_merge_zero(e, (void *)a, n);
-		if (word == 0 || z >= 0) {
-			if (word)
-				s->st.filled += z > 0 ? (uint64_t)z : 0;
-			else
-				s->st.zero += z > 0 ? (uint64_t)z : 0;
+		if (!word) {
+			int z = md__engine_merge_zero(e, (void *)a, n);
+			s->st.zero += z > 0 ? (uint64_t)z : 0;
 			s->zero_ahead = n - 1;
 			return 0;	/* counted apart, not as a merge */
+		}
+		if (fill_visit(s, r, a, n, word, hinted) == 0) {
+			s->zero_ahead = n - 1;
+			return 0;
 		}
 		/* No strip for one more word: a page like any other. */
 	}
 	uint64_t h = md__page_hash(page);
-	int changed = !r->seen[i] || r->hash[i] != (uint32_t)h;
-	r->hash[i] = (uint32_t)h;
+	int changed = !r->seen[i] || r->hash[i] != (uint16_t)h;
+	r->hash[i] = (uint16_t)h;
 	if (hinted || changed)
 		r->seen[i] = MD_SEEN;	/* just filled or changed: young again */
 	/* A page equal to an image page the VMM maps anyway costs nothing
