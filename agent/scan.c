@@ -328,9 +328,10 @@ int md__scan_account(struct md_agent *a, int reap)
 	 * metadata (the engine's MD_EPAGE_META bytes per registered page, the index of
 	 * image pages). Pages mapped from images, by reads or merges, count
 	 * with read-time sharing (pages_shared), as before. Fill strips are
-	 * pool pages of our own (racy read: fine). */
+	 * pages of our own pool, which pool counts already without the
+	 * daemon (racy read: fine). */
 	uint64_t strips = 0;
-	for (size_t i = 0; i < MD_FILLS; i++)
+	for (size_t i = 0; e->remote && i < MD_FILLS; i++)
 		strips += e->fills[i].slot != 0;
 	int64_t profit = ((int64_t)sharing + (int64_t)st.zero - (int64_t)pool -
 			  (int64_t)(strips * MD_FILL_STRIP)) * MD_EPAGE -
