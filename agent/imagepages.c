@@ -50,10 +50,16 @@ struct queued {
 };
 
 struct file_page {
-	uint64_t hash;     /* its index key: a wrong one is pruned (merge_run) */
+	uint32_t key;      /* its index key, the hash's high half (all the index
+	                    * keeps): a wrong one is pruned (merge_run) */
 	uint32_t img;
 	uint32_t pgoff;    /* pages past 16 TiB into an image are not indexed */
 };
+
+static uint32_t key_of(uint64_t hash)
+{
+	return (uint32_t)(hash >> 32);
+}
 
 struct md__imagepages {
 	struct queued q[QUEUE_CAP];   /* ring, under agent->lock */
@@ -187,8 +193,8 @@ static int merge_run(struct md_agent *a, uintptr_t addr, const uint64_t *cookie,
 		 * the same failed freeze on every pass: drop it. */
 		for (size_t i = 0; i < n; i++) {
 			const struct file_page *e = &ip->pages[cookie[i]];
-			if (md__page_hash(ip->buf + i * MD_PAGE) != e->hash)
-				md__index_remove(&ip->ix, e->hash, (uint32_t)cookie[i]);
+			if (key_of(md__page_hash(ip->buf + i * MD_PAGE)) != e->key)
+				md__index_remove(&ip->ix, (uint64_t)e->key << 32, (uint32_t)cookie[i]);
 		}
 	}
 unlock:
@@ -285,7 +291,7 @@ static void feed(struct md_agent *a)
 			}
 			if (md__index_insert(&ip->ix, h, (uint32_t)ip->npages) != 0)
 				return;
-			ip->pages[ip->npages++] = (struct file_page){ h, todo[t].img,
+			ip->pages[ip->npages++] = (struct file_page){ key_of(h), todo[t].img,
 								  (uint32_t)(todo[t].pgoff + i) };
 			indexed++;
 		}
