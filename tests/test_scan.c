@@ -70,6 +70,47 @@ TEST_IMPL(scan_merges_duplicates)
 	return 0;
 }
 
+static int filled_300(const md_stats *s) { return s->filled_pages >= 300; }
+
+/* Memory a guest freed and poisoned with one byte (0xcc): mapped from the
+ * agent's fill strip, 16 frames for all of it, counted in the statistics
+ * as filled_pages; a write gives the writer its own copy. */
+TEST_IMPL(scan_fill_pages)
+{
+	struct proc a;
+	proc_start(&a, fast_scan);
+	proc_cmd(&a, "map 1024");
+	ASSERT(strcmp(proc_cmd(&a, "poison %u 300 204", 100 * PG), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill 0 50 3"), "ok") == 0);
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, filled_300), 0);
+	ASSERT_EQ(s.filled_pages, 300);
+	char h[32];
+	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash %u %u", 100 * PG, PG));
+	/* All 300 on the strip's 16 frames. */
+	uint64_t frames[300];
+	size_t nframes = 0;
+	for (unsigned i = 0; i < 300; i++) {
+		/* Read first: a mapped page is there once touched. */
+		ASSERT(strcmp(proc_cmd(&a, "hash %u %u", (100 + i) * PG, PG), h) == 0);
+		struct pm x = proc_page(&a, (100 + i) * PG);
+		ASSERT(x.present);
+		size_t k = 0;
+		while (k < nframes && frames[k] != x.pfn)
+			k++;
+		if (k == nframes)
+			frames[nframes++] = x.pfn;
+	}
+	ASSERT_EQ(nframes, 16);
+	ASSERT(proc_page(&a, 100 * PG).pfn != proc_page(&a, 101 * PG).pfn);
+	ASSERT(strcmp(proc_cmd(&a, "write %u 7", 120 * PG + 5), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 120 * PG, PG), h) != 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 104 * PG, PG), h) == 0);
+	ASSERT(proc_page(&a, 120 * PG).pfn != proc_page(&a, 104 * PG).pfn);
+	proc_stop(&a);
+	return 0;
+}
+
 static int hinted_merge(const md_stats *s) { return s->merged_from_hints > 0; }
 
 TEST_IMPL(scan_hints_guide_scanner)

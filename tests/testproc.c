@@ -270,6 +270,10 @@ int main(void)
 			memset(base + a1, 1, (size_t)a2 * 4096);
 			memset(base + a1, 0, (size_t)a2 * 4096);
 			printf("ok\n");
+		} else if (strcmp(cmd, "poison") == 0) {	/* OFF PAGES BYTE */
+			sscanf(line, "%*s %lld %lld %lld", &a1, &a2, &a3);
+			memset(base + a1, (int)a3, (size_t)a2 * 4096);
+			printf("ok\n");
 		} else if (strcmp(cmd, "copy") == 0) {
 			sscanf(line, "%*s %lld %lld %lld", &a1, &a2, &a3);
 			memcpy(base + a2, base + a1, (size_t)a3);
