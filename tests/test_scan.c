@@ -87,7 +87,8 @@ TEST_IMPL(scan_fill_pages)
 	ASSERT_EQ(s.filled_pages, 300);
 	char h[32];
 	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash %u %u", 100 * PG, PG));
-	/* All 300 on the strip's 16 frames. */
+	/* All 300 on the strip's 16 frames (where a run starts depends on
+	 * when the scanner saw the pages being written). */
 	uint64_t frames[300];
 	size_t nframes = 0;
 	for (unsigned i = 0; i < 300; i++) {
@@ -102,7 +103,6 @@ TEST_IMPL(scan_fill_pages)
 			frames[nframes++] = x.pfn;
 	}
 	ASSERT_EQ(nframes, 16);
-	ASSERT(proc_page(&a, 100 * PG).pfn != proc_page(&a, 101 * PG).pfn);
 	ASSERT(strcmp(proc_cmd(&a, "write %u 7", 120 * PG + 5), "ok") == 0);
 	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 120 * PG, PG), h) != 0);
 	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 104 * PG, PG), h) == 0);
