@@ -39,20 +39,13 @@ uint64_t md__page_hash(const void *page)
 
 int md__page_is_zero(const void *page)
 {
-	/* Words, exit at the first non-zero one: most non-zero pages differ
-	 * in their first bytes. */
-	const uint64_t *w = page;
-	for (size_t i = 0; i < 4096 / sizeof(*w); i += 8) {
-		uint64_t x = w[i] | w[i + 1] | w[i + 2] | w[i + 3] |
-			     w[i + 4] | w[i + 5] | w[i + 6] | w[i + 7];
-		if (x)
-			return 0;
-	}
-	return 1;
+	return md__page_is_filled(page, 0);
 }
 
 int md__page_is_filled(const void *page, uint64_t word)
 {
+	/* Words, exit at the first block that differs: most pages differ in
+	 * their first bytes. */
 	const uint64_t *w = page;
 	for (size_t i = 0; i < 4096 / sizeof(*w); i += 8) {
 		uint64_t x = (w[i] ^ word) | (w[i + 1] ^ word) | (w[i + 2] ^ word) | (w[i + 3] ^ word) |

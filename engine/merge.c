@@ -639,6 +639,20 @@ unlock:
 	return err;
 }
 
+/* Freezes the n pages at addr and sets eq[i] when page i is word
+ * repeated, all 0 if the protection did not hold (see still_frozen). */
+static int freeze_filled(struct md__engine *e, uintptr_t a, size_t n, uint64_t word, unsigned char *eq)
+{
+	int err = freeze(e, a, n * MD_EPAGE);
+	if (err)
+		return err;
+	for (size_t i = 0; i < n; i++)
+		eq[i] = (uint8_t)md__page_is_filled((const void *)(a + i * MD_EPAGE), word);
+	if (!still_frozen(e, a, n))
+		memset(eq, 0, n);
+	return 0;
+}
+
 int md__engine_merge_zero(struct md__engine *e, void *addr, size_t n)
 {
 	uintptr_t a = (uintptr_t)addr;
@@ -652,13 +666,9 @@ int md__engine_merge_zero(struct md__engine *e, void *addr, size_t n)
 	err = -EINVAL;
 	if (!r)
 		goto unlock;
-	err = freeze(e, a, n * MD_EPAGE);
+	err = freeze_filled(e, a, n, 0, z);
 	if (err)
 		goto unlock;
-	for (size_t i = 0; i < n; i++)
-		z[i] = (uint8_t)md__page_is_zero((const void *)(a + i * MD_EPAGE));
-	if (!still_frozen(e, a, n))
-		memset(z, 0, n);
 	for (size_t i = 0; i < n;) {
 		size_t j = i;
 		while (j < n && z[j] == z[i])
@@ -764,13 +774,9 @@ int md__engine_merge_fill(struct md__engine *e, void *addr, size_t n, uint64_t w
 		err = (int)slot;
 		goto unlock;
 	}
-	err = freeze(e, a, n * MD_EPAGE);
+	err = freeze_filled(e, a, n, word, eq);
 	if (err)
 		goto unlock;
-	for (size_t i = 0; i < n; i++)
-		eq[i] = (uint8_t)md__page_is_filled((const void *)(a + i * MD_EPAGE), word);
-	if (!still_frozen(e, a, n))
-		memset(eq, 0, n);
 	size_t lo = n, hi = 0;
 	for (size_t i = 0; i < n;) {
 		size_t j = i;
