@@ -39,13 +39,16 @@ static uint64_t thread_cpu_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-/* Page faults (minor and major) of all the process's threads so far. */
-static uint64_t process_faults(void)
+/* Page faults (minor and major) of the process's threads so far, less
+ * those of this thread and the scanner's: theirs (the first read of a
+ * pool page, of a page to hash) are no sign the guest wrote anything. */
+static uint64_t process_faults(const struct md_agent *a)
 {
-	struct rusage ru;
-	if (getrusage(RUSAGE_SELF, &ru) != 0)
+	struct rusage all, own;
+	if (getrusage(RUSAGE_SELF, &all) != 0 || getrusage(RUSAGE_THREAD, &own) != 0)
 		return 0;
-	return (uint64_t)ru.ru_minflt + (uint64_t)ru.ru_majflt;
+	return (uint64_t)all.ru_minflt + (uint64_t)all.ru_majflt - (uint64_t)own.ru_minflt -
+	       (uint64_t)own.ru_majflt - __atomic_load_n(&a->scanner.st.faults, __ATOMIC_RELAXED);
 }
 
 static void *agent_thread(void *arg)
@@ -117,7 +120,7 @@ static void *agent_thread(void *arg)
 		 * none since a walk, the same walk would find the same (an
 		 * idle guest takes none for minutes; its walks were a third
 		 * of this thread's time once converged). */
-		uint64_t faults = process_faults();
+		uint64_t faults = process_faults(a);
 		int full = edge || (busy && n - last_full >= 30) ||
 			   (n - last_full >= 60 && (faults != full_faults || n - last_vmas >= 600));
 		was_reading = reading;

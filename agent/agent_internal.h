@@ -48,6 +48,8 @@ struct md__image {
 	int fd;                    /* the agent's own O_RDONLY description */
 	enum md__lease_state lease;
 	off_t size;                /* valid while the lease is held */
+	const unsigned char *view; /* read-only mapping of all of it, made on
+	                            * first use while the lease is held */
 	struct timespec retry_at;  /* next lease attempt when not held */
 };
 
@@ -136,6 +138,9 @@ struct stat;
 struct md__image *md__image_leased(struct md_agent *a, const struct stat *st);
 /* The kernel asked for the lease on fd back: privatize, then release. */
 void md__image_lease_broken(struct md_agent *a, int fd);
+/* A read-only view of all of img while its lease is held (mapped on first
+ * use; gone with the lease), or NULL. */
+const unsigned char *md__image_view(struct md_agent *a, struct md__image *img);
 void md__images_free(struct md_agent *a);
 
 /* readshare.c */

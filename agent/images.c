@@ -21,11 +21,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "agent_internal.h"
 #include "log.h"
+#include "sys.h"
 
 #define LEASE_RETRY_NS 1000000000ll
 
@@ -144,6 +146,34 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, enum md_fallback *
 	return img;
 }
 
+/* The page-aligned length of a view of img. */
+static size_t view_len(const struct md__image *img)
+{
+	return ((size_t)img->size + MD_PAGE - 1) / MD_PAGE * MD_PAGE;
+}
+
+const unsigned char *md__image_view(struct md_agent *a, struct md__image *img)
+{
+	if (img->view || img->lease != MD_LEASE_HELD || img->size <= 0 || !md__vma_room(a))
+		return img->view;
+	/* Shared and read-only: the page cache's pages themselves, no copy.
+	 * Under the lease the file can neither change nor shrink, so no
+	 * access can fault past its end; the view goes before the lease. */
+	void *v = md__sys_mmap(NULL, view_len(img), PROT_READ, MAP_SHARED, img->fd, 0);
+	if (v == MAP_FAILED)
+		return NULL;
+	a->maps_since_count++;
+	img->view = v;
+	return img->view;
+}
+
+static void view_drop(struct md__image *img)
+{
+	if (img->view)
+		md__sys_munmap((void *)img->view, view_len(img));
+	img->view = NULL;
+}
+
 void md__image_lease_broken(struct md_agent *a, int fd)
 {
 	pthread_mutex_lock(&a->lock);
@@ -157,6 +187,7 @@ void md__image_lease_broken(struct md_agent *a, int fd)
 		img->lease = MD_LEASE_NONE;
 		retry_later(img);
 		md__privatize(a, 0, UINTPTR_MAX, img->id);
+		view_drop(img);
 		fcntl(img->fd, F_SETLEASE, F_UNLCK);
 		md__count(a, MD_CTR_LEASE_BREAKS, 1);
 		md__log_once(22, "an image was opened for writing: its shared pages were made private");
@@ -167,6 +198,7 @@ void md__image_lease_broken(struct md_agent *a, int fd)
 void md__images_free(struct md_agent *a)
 {
 	for (size_t i = 0; i < a->nimages; i++) {
+		view_drop(&a->images[i]);
 		if (a->images[i].lease == MD_LEASE_HELD)
 			fcntl(a->images[i].fd, F_SETLEASE, F_UNLCK);
 		close(a->images[i].fd);

@@ -259,6 +259,22 @@ TEST_IMPL(scan_unmerge_and_tunables)
 
 static int merged_image_256(const md_stats *s) { return s->merged_image >= 256; }
 
+/* Lines of /proc/PID/maps that map the file at path shared, read-only:
+ * the agent's view of an image (guest RAM maps it private). */
+static int views_of(pid_t pid, const char *path)
+{
+	char name[64], line[1024];
+	int n = 0;
+	snprintf(name, sizeof(name), "/proc/%d/maps", (int)pid);
+	FILE *f = fopen(name, "r");
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		n += strstr(line, path) && strstr(line, " r--s ");
+	fclose(f);
+	return n;
+}
+
 TEST_IMPL(scan_merges_onto_image)
 {
 	/* The guest reads an image (shared at read time), then copies what it
@@ -295,7 +311,9 @@ TEST_IMPL(scan_merges_onto_image)
 	ASSERT_EQ(fnv_file(img, 0, 1 << 20), strtoull(want, NULL, 16));
 	ASSERT(proc_page(&a, 1029 * PG).pfn != proc_page(&a, 5 * PG).pfn);
 	/* A writer opens the image: it waits until every page mapped from it,
-	 * merged copies too, is private; then it overwrites the file. */
+	 * merged copies too, is private, and the agent's view of it (which
+	 * merges compare with) is gone; then it overwrites the file. */
+	ASSERT_EQ(views_of(a.pid, img), 1);
 	char old_copy[32], junk[65536];
 	snprintf(old_copy, sizeof(old_copy), "%s", proc_cmd(&a, "hash %u %u", 1024 * PG, 1u << 20));
 	int wfd = open(img, O_WRONLY);
@@ -309,6 +327,7 @@ TEST_IMPL(scan_merges_onto_image)
 	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 1024 * PG, 1u << 20), old_copy) == 0);
 	ASSERT_EQ(proc_stats(&a, &s), 0);
 	ASSERT(s.pages_privatized >= 512 - 1);
+	ASSERT_EQ(views_of(a.pid, img), 0);
 	proc_stop(&a);
 	return 0;
 }
