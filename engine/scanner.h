@@ -12,7 +12,7 @@
 #include "hints.h"
 #include "merge.h"
 
-/* The sleep doubles per idle pass up to 2^MD_SCAN_IDLE_MAX times the set one. */
+/* The sleep doubles per idle pass (or 4,096 pages read) up to 2^MD_SCAN_IDLE_MAX times the set one. */
 #define MD_SCAN_IDLE_MAX 5
 
 struct md__scanner_stats {
@@ -98,6 +98,7 @@ struct md__scanner {
 	uint64_t epoch_visits[2], epoch_merges[2];	/* [0] scan, [1] hints */
 	unsigned idle;          /* passes in a row with next to nothing done */
 	uint64_t pass_progress; /* progress() at the last pass end or burst */
+	uint64_t pass_reads;    /* pages read (scanned + hinted) then */
 	struct md__scanner_stats st;
 	pthread_t thread;
 	int running, stop;
