@@ -15,7 +15,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -37,18 +36,6 @@ static uint64_t thread_cpu_ns(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-/* Page faults (minor and major) of the process's threads so far, less
- * those of this thread and the scanner's: theirs (the first read of a
- * pool page, of a page to hash) are no sign the guest wrote anything. */
-static uint64_t process_faults(const struct md_agent *a)
-{
-	struct rusage all, own;
-	if (getrusage(RUSAGE_SELF, &all) != 0 || getrusage(RUSAGE_THREAD, &own) != 0)
-		return 0;
-	return (uint64_t)all.ru_minflt + (uint64_t)all.ru_majflt - (uint64_t)own.ru_minflt -
-	       (uint64_t)own.ru_majflt - __atomic_load_n(&a->scanner.st.faults, __ATOMIC_RELAXED);
 }
 
 static void *agent_thread(void *arg)
@@ -81,7 +68,7 @@ static void *agent_thread(void *arg)
 	 * mapped something, or every 10 minutes. Every 3 s, as it was,
 	 * pagemap walks were the largest part of this thread's time while
 	 * guests converged (about 40 % of its perf samples). */
-	uint64_t last_reads = 0, last_merges = 0, vma_merges = 0, full_faults = 0, reap_faults = 0;
+	uint64_t last_reads = 0, last_merges = 0, vma_merges = 0, full_mapped = 0, reap_mapped = 0;
 	unsigned last_full = 0, last_vmas = 0, last_reap = 0, reap_every = 3, last_report = 0;
 	int was_reading = 0, edge_due = 0;
 	struct timespec next;
@@ -116,13 +103,17 @@ static void *agent_thread(void *arg)
 		 * close to the last walk waits for the next one. */
 		edge_due |= reading != was_reading;
 		int edge = edge_due && (!last_full || n - last_full >= 2);
-		/* A copy-on-write break is a page fault of this process: with
-		 * none since a walk, the same walk would find the same (an
-		 * idle guest takes none for minutes; its walks were a third
-		 * of this thread's time once converged). */
-		uint64_t faults = process_faults(a);
+		/* A copy-on-write break of a page shared at read time or
+		 * merged replaces a file or shared-memory page by an anonymous
+		 * one: with the count of those the process maps unchanged
+		 * since a walk, the same walk would find the same (its walks
+		 * were a third of this thread's time once converged). Page
+		 * faults, the gate before, opened it every half minute or so:
+		 * an idle QEMU took a few (the scanner reading pool pages, a
+		 * vCPU thread). */
+		uint64_t mapped = md__mapped_file_pages();
 		int full = edge || (busy && n - last_full >= 30) ||
-			   (n - last_full >= 60 && (faults != full_faults || n - last_vmas >= 600));
+			   (n - last_full >= 60 && (mapped != full_mapped || n - last_vmas >= 600));
 		was_reading = reading;
 		last_reads = reads;
 		last_merges = merges;
@@ -137,7 +128,7 @@ static void *agent_thread(void *arg)
 			int vmas = !last_vmas || n - last_vmas >= 600 ||
 				   (changed && (n - last_vmas >= 60 || est * 2 > a->max_vmas));
 			md__account(a, vmas);
-			full_faults = faults;
+			full_mapped = mapped;
 			if (vmas) {
 				vma_merges = merges;
 				last_vmas = n;
@@ -152,11 +143,11 @@ static void *agent_thread(void *arg)
 		 * its interval doubling while it finds next to none, up to
 		 * 12 s while merges go on and 60 s else. Every 3 s for good,
 		 * it cost 85 ms more per agent over a two-minute run. */
-		int reap = n - last_reap >= reap_every && (faults != reap_faults || busy);
+		int reap = n - last_reap >= reap_every && (mapped != reap_mapped || busy);
 		int found = md__scan_account(a, reap);
 		if (reap) {
 			unsigned cap = busy ? 12 : 60;
-			reap_faults = faults;
+			reap_mapped = mapped;
 			last_reap = n;
 			reap_every = found >= 64 ? 3 : reap_every * 2 < cap ? reap_every * 2 : cap;
 		}

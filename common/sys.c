@@ -1,6 +1,7 @@
 #include "sys.h"
 
 #include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -58,6 +59,21 @@ uint64_t md__count_vmas(void)
 	}
 	close(fd);
 	return lines;
+}
+
+uint64_t md__mapped_file_pages(void)
+{
+	char buf[256];
+	unsigned long size, resident, shared;
+	int fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = 0;
+	return sscanf(buf, "%lu %lu %lu", &size, &resident, &shared) == 3 ? shared : 0;
 }
 
 void md__advise_new_mapping(void *addr, size_t len, unsigned advice, int kernel_ksm)

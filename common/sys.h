@@ -22,6 +22,10 @@ pid_t md__sys_gettid(void);
 
 /* Lines of /proc/self/maps: the process's mappings (VMAs) now. */
 uint64_t md__count_vmas(void);
+/* Pages of files and shared memory the process maps now (RssFile +
+ * RssShmem, from /proc/self/statm): a copy-on-write break of such a page
+ * lowers it, without a walk of the page tables. */
+uint64_t md__mapped_file_pages(void);
 /* A mapping made over guest RAM does not inherit the advice of the one it
  * replaced: give it back (MD_ADV_* bits; kernel_ksm adds MADV_MERGEABLE). */
 void md__advise_new_mapping(void *addr, size_t len, unsigned advice, int kernel_ksm);

@@ -80,7 +80,6 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <time.h>
 
 #include "checksum.h"
@@ -804,10 +803,6 @@ static void *scan_thread(void *arg)
 		uint64_t cpu = clock_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0;
 		uint64_t wall = clock_ns(CLOCK_MONOTONIC) - wall0;
 		s->st.cpu_ns += cpu;
-		struct rusage ru;
-		if (getrusage(RUSAGE_THREAD, &ru) == 0)
-			__atomic_store_n(&s->st.faults, (uint64_t)ru.ru_minflt + (uint64_t)ru.ru_majflt,
-					 __ATOMIC_RELAXED);
 		unsigned cap = __atomic_load_n(&s->cpu_percent, __ATOMIC_RELAXED);
 		if (nc > 1)
 			cap = cap / nc ? cap / nc : 1;

@@ -25,7 +25,6 @@ struct md__scanner_stats {
 	uint64_t candidates, merged_candidate; /* pages the daemon named, merged */
 	uint64_t file_matches;             /* pages found equal to a file page */
 	uint64_t cpu_ns;                   /* the scanning thread's CPU time */
-	uint64_t faults;                   /* page faults it took (reading pool pages) */
 	unsigned ratio;                    /* now: hinted pages per 8 */
 };
 
