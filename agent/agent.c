@@ -104,14 +104,12 @@ static void *agent_thread(void *arg)
 		edge_due |= reading != was_reading;
 		int edge = edge_due && (!last_full || n - last_full >= 2);
 		/* A copy-on-write break of a page shared at read time or
-		 * merged replaces a file or shared-memory page by an anonymous
-		 * one: with the count of those the process maps unchanged
-		 * since a walk, the same walk would find the same (its walks
-		 * were a third of this thread's time once converged). Page
-		 * faults, the gate before, opened it every half minute or so:
-		 * an idle QEMU took a few (the scanner reading pool pages, a
-		 * vCPU thread). */
-		uint64_t mapped = md__mapped_file_pages();
+		 * merged changes the pages the process maps (a file page
+		 * replaced by an anonymous one, or a new anonymous one where
+		 * the file page was not mapped yet): with them unchanged since
+		 * a walk, the same walk would find the same (its walks were a
+		 * third of this thread's time once converged). */
+		uint64_t mapped = md__resident_pages();
 		int full = edge || (busy && n - last_full >= 30) ||
 			   (n - last_full >= 60 && (mapped != full_mapped || n - last_vmas >= 600));
 		was_reading = reading;

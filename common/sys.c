@@ -61,7 +61,7 @@ uint64_t md__count_vmas(void)
 	return lines;
 }
 
-uint64_t md__mapped_file_pages(void)
+uint64_t md__resident_pages(void)
 {
 	char buf[256];
 	unsigned long size, resident, shared;
@@ -73,7 +73,9 @@ uint64_t md__mapped_file_pages(void)
 	if (n <= 0)
 		return 0;
 	buf[n] = 0;
-	return sscanf(buf, "%lu %lu %lu", &size, &resident, &shared) == 3 ? shared : 0;
+	if (sscanf(buf, "%lu %lu %lu", &size, &resident, &shared) != 3)
+		return 0;
+	return (uint64_t)resident << 32 ^ shared;
 }
 
 void md__advise_new_mapping(void *addr, size_t len, unsigned advice, int kernel_ksm)

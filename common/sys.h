@@ -22,10 +22,12 @@ pid_t md__sys_gettid(void);
 
 /* Lines of /proc/self/maps: the process's mappings (VMAs) now. */
 uint64_t md__count_vmas(void);
-/* Pages of files and shared memory the process maps now (RssFile +
- * RssShmem, from /proc/self/statm): a copy-on-write break of such a page
- * lowers it, without a walk of the page tables. */
-uint64_t md__mapped_file_pages(void);
+/* The pages the process maps now, all of them and those of files and
+ * shared memory (RssFile + RssShmem), from /proc/self/statm, in one value
+ * that changes when either does: a copy-on-write break of a file page
+ * (mapped or not yet: then the anonymous copy is new) changes it, without
+ * a walk of the page tables. */
+uint64_t md__resident_pages(void);
 /* A mapping made over guest RAM does not inherit the advice of the one it
  * replaced: give it back (MD_ADV_* bits; kernel_ksm adds MADV_MERGEABLE). */
 void md__advise_new_mapping(void *addr, size_t len, unsigned advice, int kernel_ksm);
