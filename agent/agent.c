@@ -72,6 +72,7 @@ static void *agent_thread(void *arg)
 	unsigned last_full = 0, last_vmas = 0, last_reap = 0, reap_every = 3, last_report = 0;
 	int was_reading = 0, edge_due = 0;
 	struct timespec next;
+	int statm_fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
 	clock_gettime(CLOCK_MONOTONIC, &next);
 	for (unsigned n = 1; !__atomic_load_n(&a->stop, __ATOMIC_ACQUIRE);) {
 		struct timespec now, wait;
@@ -109,7 +110,9 @@ static void *agent_thread(void *arg)
 		 * the file page was not mapped yet): with them unchanged since
 		 * a walk, the same walk would find the same (its walks were a
 		 * third of this thread's time once converged). */
-		uint64_t mapped = md__resident_pages();
+		uint64_t mapped = md__resident_pages(statm_fd);
+		if (!mapped)
+			mapped = n;	/* not known: a change every second */
 		int full = edge || (busy && n - last_full >= 30) ||
 			   (n - last_full >= 60 && (mapped != full_mapped || n - last_vmas >= 600));
 		was_reading = reading;
@@ -159,6 +162,8 @@ static void *agent_thread(void *arg)
 			last_report = n;
 		md__scan_daemon(a, report);
 	}
+	if (statm_fd >= 0)
+		close(statm_fd);
 	return NULL;
 }
 

@@ -61,15 +61,11 @@ uint64_t md__count_vmas(void)
 	return lines;
 }
 
-uint64_t md__resident_pages(void)
+uint64_t md__resident_pages(int statm_fd)
 {
 	char buf[256];
 	unsigned long size, resident, shared;
-	int fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return 0;
-	ssize_t n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
+	ssize_t n = pread(statm_fd, buf, sizeof(buf) - 1, 0);
 	if (n <= 0)
 		return 0;
 	buf[n] = 0;

@@ -1,6 +1,7 @@
 /* test_units.c - the pure logic: read planning, the region table, the
  * statistics file parser, and the API's argument checks. */
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -282,26 +283,29 @@ TEST_IMPL(cow_break_changes_resident_pages)
 	ASSERT_EQ(pwrite(fd, "unread", 6, 3 * 4096), 6);
 	volatile char *m = mmap(NULL, 4 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
 	ASSERT(m != MAP_FAILED);
-	ASSERT(md__resident_pages() != 0);
+	int statm = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+	ASSERT(statm >= 0);
+	ASSERT(md__resident_pages(statm) != 0);
 	ASSERT_EQ(m[4096], 's');		/* mapped by the read */
-	uint64_t before = md__resident_pages();
+	uint64_t before = md__resident_pages(statm);
 	for (int i = 0; i < 100; i++)
 		ASSERT_EQ(m[4096 + i % 6], "shared"[i % 6]);
-	ASSERT_EQ(md__resident_pages(), before);	/* reads of a mapped page */
+	ASSERT_EQ(md__resident_pages(statm), before);	/* reads of a mapped page */
 	m[4096] = 'S';				/* the break of a mapped page */
-	uint64_t after = md__resident_pages();
+	uint64_t after = md__resident_pages(statm);
 	ASSERT(after != before);
 	/* Page 3: never read here, so not mapped (4 KiB apart from page 1,
 	 * fault-around may have mapped it: drop it from the mapping). */
 	ASSERT_EQ(madvise((void *)(m + 3 * 4096), 4096, MADV_DONTNEED), 0);
-	after = md__resident_pages();
+	after = md__resident_pages(statm);
 	m[3 * 4096] = 'U';			/* the break of an unmapped page */
-	ASSERT(md__resident_pages() != after);
+	ASSERT(md__resident_pages(statm) != after);
 	char c;
 	ASSERT_EQ(pread(fd, &c, 1, 4096), 1);
 	ASSERT_EQ(c, 's');
 	ASSERT_EQ(pread(fd, &c, 1, 3 * 4096), 1);
 	ASSERT_EQ(c, 'u');
+	close(statm);
 	munmap((void *)m, 4 * 4096);
 	close(fd);
 	return 0;
