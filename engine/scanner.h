@@ -98,6 +98,7 @@ struct md__scanner {
 	unsigned idle;          /* passes in a row with next to nothing done */
 	uint64_t pass_progress; /* progress() at the last pass end or burst */
 	uint64_t pass_reads;    /* pages read (scanned + hinted) then */
+	uint64_t first_seen;    /* pages whose checksum was first taken */
 	struct md__scanner_stats st;
 	pthread_t thread;
 	int running, stop;

@@ -1035,6 +1035,44 @@ TEST_IMPL(engine_scanner_zero_runs)
  * it does zero pages; unlike those, it maps them from a fill strip only
  * when they were the same at its last visit too (the guest hands such
  * memory out again soon). */
+TEST_IMPL(engine_scanner_slows_when_quiet)
+{
+	/* 6,000 pages of unique content: the first pass takes every page's
+	 * checksum (work a new guest needs, though it merges nothing) and
+	 * keeps the set rate; the second finds nothing, and its 4,096 pages
+	 * read double the sleep before the pass ends, and the pass's end
+	 * again. */
+	struct md__engine e;
+	struct md__scanner s;
+	const size_t n = 6000;
+	unsigned char *r = map_ram(n);
+
+	engine_up(&e);
+	for (size_t i = 0; i < n; i++)
+		fill(r + i * PG, (unsigned)i + 1);
+	ASSERT_EQ(md__engine_register(&e, r, n * PG, 0), 0);
+	ASSERT_EQ(md__scanner_init(&s, &e, NULL), 0);
+	s.ratio = 0;
+	for (int k = 0; k < 200 && s.st.passes < 1; k++)
+		md__scanner_step(&s, 256);
+	ASSERT_EQ(s.st.passes, 1);
+	ASSERT_EQ(s.idle, 0);
+	unsigned idle_mid = 0;
+	for (int k = 0; k < 200 && s.st.passes < 2; k++) {
+		md__scanner_step(&s, 256);
+		if (s.st.passes < 2 && s.idle > idle_mid)
+			idle_mid = s.idle;
+	}
+	ASSERT_EQ(s.st.passes, 2);
+	ASSERT_EQ(s.st.merged_scan, 0);
+	ASSERT_EQ(idle_mid, 1);			/* 4,096 pages read, nothing found */
+	ASSERT_EQ(s.idle, 2);			/* and the pass's end */
+	md__scanner_free(&s);
+	md__engine_fini(&e);
+	munmap(r, n * PG);
+	return 0;
+}
+
 TEST_IMPL(engine_scanner_fill_runs)
 {
 	struct md__engine e;
