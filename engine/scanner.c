@@ -755,11 +755,12 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 	s->st.ratio = s->ratio;
 	/* A whole pass, or QUIET_READS pages read, that found next to
 	 * nothing to do (fewer than 64 pages merged, dropped, published,
-	 * hinted or named: a guest's trickle) doubles the sleep, up to 32x: a
-	 * quiet host costs less. As much done at any time brings the set rate
-	 * back. By passes alone, a pass over converged guests' unique pages
-	 * took 20 s at the set rate, the next 40 s: the scanner spent minutes
-	 * near its full rate after the guests had converged. */
+	 * hinted, named or checksummed for the first time: a guest's
+	 * trickle) doubles the sleep, up to 32x: a quiet host costs less.
+	 * As much done at any time brings the set rate back. By passes
+	 * alone, a pass over converged guests' unique pages took 20 s at the
+	 * set rate, the next 40 s: the scanner spent minutes near its full
+	 * rate after the guests had converged. */
 	uint64_t done = progress(s), reads = s->st.scanned + s->st.hinted;
 	unsigned idle = __atomic_load_n(&s->idle, __ATOMIC_RELAXED);
 	if (done - s->pass_progress >= 64) {
