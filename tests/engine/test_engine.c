@@ -1035,6 +1035,20 @@ TEST_IMPL(engine_scanner_zero_runs)
  * it does zero pages; unlike those, it maps them from a fill strip only
  * when they were the same at its last visit too (the guest hands such
  * memory out again soon). */
+/* n pages of unique content, registered, and a linear scanner over them
+ * (hints off). */
+static unsigned char *unique_pages_scanned(struct md__engine *e, struct md__scanner *s, size_t n)
+{
+	unsigned char *r = map_ram(n);
+	engine_up(e);
+	for (size_t i = 0; i < n; i++)
+		fill(r + i * PG, (unsigned)i + 1);
+	ASSERT_EQ(md__engine_register(e, r, n * PG, 0), 0);
+	ASSERT_EQ(md__scanner_init(s, e, NULL), 0);
+	s->ratio = 0;
+	return r;
+}
+
 TEST_IMPL(engine_scanner_slows_when_quiet)
 {
 	/* 6,000 pages of unique content: the first pass takes every page's
@@ -1045,14 +1059,8 @@ TEST_IMPL(engine_scanner_slows_when_quiet)
 	struct md__engine e;
 	struct md__scanner s;
 	const size_t n = 6000;
-	unsigned char *r = map_ram(n);
+	unsigned char *r = unique_pages_scanned(&e, &s, n);
 
-	engine_up(&e);
-	for (size_t i = 0; i < n; i++)
-		fill(r + i * PG, (unsigned)i + 1);
-	ASSERT_EQ(md__engine_register(&e, r, n * PG, 0), 0);
-	ASSERT_EQ(md__scanner_init(&s, &e, NULL), 0);
-	s.ratio = 0;
 	for (int k = 0; k < 200 && s.st.passes < 1; k++)
 		md__scanner_step(&s, 256);
 	ASSERT_EQ(s.st.passes, 1);
@@ -1186,14 +1194,8 @@ TEST_IMPL(engine_scanner_file_matches_all)
 	struct md__engine e;
 	struct md__scanner s;
 	const size_t n = 1024;
-	unsigned char *r = map_ram(n);
+	unsigned char *r = unique_pages_scanned(&e, &s, n);
 
-	engine_up(&e);
-	for (size_t i = 0; i < n; i++)
-		fill(r + i * PG, (unsigned)i + 1);
-	ASSERT_EQ(md__engine_register(&e, r, n * PG, 0), 0);
-	ASSERT_EQ(md__scanner_init(&s, &e, NULL), 0);
-	s.ratio = 0;
 	s.files = (struct md__file_source){ NULL, fm_find, fm_merge };
 	fm_merged = 0;
 	/* The index of image pages is asked before the volatility filter:
@@ -1207,6 +1209,7 @@ TEST_IMPL(engine_scanner_file_matches_all)
 	ASSERT_EQ(s.st.published, 0);
 	md__scanner_free(&s);
 	md__engine_fini(&e);
+	munmap(r, n * PG);
 	return 0;
 }
 
