@@ -26,8 +26,9 @@ uint64_t md__count_vmas(void);
  * shared memory (RssFile + RssShmem), from /proc/self/statm, in one value
  * that changes when either does: a copy-on-write break of a file page
  * (mapped or not yet: then the anonymous copy is new) changes it, without
- * a walk of the page tables. 0 if it cannot be read. statm_fd: /proc/self/statm, kept open (an
- * open a second was a sixth of the agent thread's time once idle). */
+ * a walk of the page tables. 0 if it cannot be read. statm_fd:
+ * /proc/self/statm, kept open (an open a second was a sixth of the agent
+ * thread's time once idle). */
 uint64_t md__resident_pages(int statm_fd);
 /* A mapping made over guest RAM does not inherit the advice of the one it
  * replaced: give it back (MD_ADV_* bits; kernel_ksm adds MADV_MERGEABLE). */
