@@ -1030,11 +1030,6 @@ TEST_IMPL(engine_scanner_zero_runs)
 	return 0;
 }
 
-/* The linear cursor takes a run of pages of one word (freed guest kernel
- * memory poisoned with 0xcc) with the page it found and steps over it, as
- * it does zero pages; unlike those, it maps them from a fill strip only
- * when they were the same at its last visit too (the guest hands such
- * memory out again soon). */
 /* n pages of unique content, registered, and a linear scanner over them
  * (hints off). */
 static unsigned char *unique_pages_scanned(struct md__engine *e, struct md__scanner *s, size_t n)
@@ -1081,6 +1076,11 @@ TEST_IMPL(engine_scanner_slows_when_quiet)
 	return 0;
 }
 
+/* The linear cursor takes a run of pages of one word (freed guest kernel
+ * memory poisoned with 0xcc) with the page it found and steps over it, as
+ * it does zero pages; unlike those, it maps them from a fill strip only
+ * when they were the same at its last visit too (the guest hands such
+ * memory out again soon). */
 TEST_IMPL(engine_scanner_fill_runs)
 {
 	struct md__engine e;
