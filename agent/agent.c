@@ -38,6 +38,15 @@ static uint64_t thread_cpu_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+int md__walk_worth(int known, const struct md__resident *now, const struct md__resident *then,
+		   unsigned since)
+{
+	if (!known)
+		return 1;
+	uint64_t moved = md__resident_moved(now, then);
+	return moved >= 64 || (moved && since >= 300);
+}
+
 static void *agent_thread(void *arg)
 {
 	struct thread_start *start = arg;
@@ -60,7 +69,8 @@ static void *agent_thread(void *arg)
 	 * What walks /proc/self/pagemap over every page shared at read time
 	 * (copy-on-write breaks) runs when reads begin and when they stop (at
 	 * most every 2 s), every 30 s while reads or merges by the dozen go
-	 * on, and every 60 s else: on scanner bursts too, as it was, it was
+	 * on, and else every 60 s at most, when the pages the process maps
+	 * moved (below): on scanner bursts too, as it was, it was
 	 * two thirds of this thread's time while guests converged (27 walks
 	 * of 1.1 ms in a minute). The VMA
 	 * count (a read of /proc/self/maps, 7 ms with the 3,400 mappings of a
@@ -68,8 +78,9 @@ static void *agent_thread(void *arg)
 	 * mapped something, or every 10 minutes. Every 3 s, as it was,
 	 * pagemap walks were the largest part of this thread's time while
 	 * guests converged (about 40 % of its perf samples). */
-	uint64_t last_reads = 0, last_merges = 0, vma_merges = 0, full_mapped = 0, reap_mapped = 0;
-	unsigned last_full = 0, last_vmas = 0, last_reap = 0, reap_every = 3, last_report = 0;
+	uint64_t last_reads = 0, last_merges = 0, vma_merges = 0;
+	unsigned last_full = 0, last_vmas = 0, last_reap = 0, reap_every = 3, last_report = 0, looked = 0;
+	struct md__resident full_at = { 0 }, reap_at = { 0 };
 	int was_reading = 0, edge_due = 0;
 	struct timespec next;
 	int statm_fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
@@ -105,16 +116,37 @@ static void *agent_thread(void *arg)
 		edge_due |= reading != was_reading;
 		int edge = edge_due && (!last_full || n - last_full >= 2);
 		/* A copy-on-write break of a page shared at read time or
-		 * merged changes the pages the process maps (a file page
+		 * merged moves the pages the process maps by one (a file page
 		 * replaced by an anonymous one, or a new anonymous one where
-		 * the file page was not mapped yet): with them unchanged since
-		 * a walk, the same walk would find the same (its walks were a
-		 * third of this thread's time once converged). */
-		uint64_t mapped = md__resident_pages(statm_fd);
-		if (!mapped)
-			mapped = n;	/* not known: a change every second */
-		int full = edge || (busy && n - last_full >= 30) ||
-			   (n - last_full >= 60 && (mapped != full_mapped || n - last_vmas >= 600));
+		 * the file page was not mapped yet). A quiet guest maps a page
+		 * more or less now and then (0 to 3 in 5 s once converged,
+		 * tcpu120 in docs/benchmarks.md), and a walk would find as
+		 * little: the walks of a quiet process wait for 64 pages to
+		 * move, or 5 minutes for fewer. Looked at every 10 s once a
+		 * walk is due by time, not every second (the read was a sixth
+		 * of this thread's time once idle, tcpu119). */
+		unsigned since_full = n - last_full, since_reap = n - last_reap;
+		int full_due = since_full >= 60, reap_due = since_reap >= reap_every;
+		int look = (full_due || (reap_due && !busy)) && n - looked >= 10;
+		struct md__resident now_res = { 0 };
+		int res_known = 0;
+		if (look) {
+			looked = n;
+			res_known = statm_fd >= 0 && md__resident_pages(statm_fd, &now_res) == 0;
+		}
+		int full = edge || (busy && since_full >= 30) ||
+			   (full_due && look &&
+			    (md__walk_worth(res_known, &now_res, &full_at, since_full) || n - last_vmas >= 600));
+		/* Pages the guests wrote since they merged are found by the
+		 * reap, a pagemap read over the merged pages (as costly as a
+		 * walk of all guest RAM when they are spread): every 3 s
+		 * while it finds dozens, so the scanner may merge them again,
+		 * its interval doubling while it finds next to none, up to
+		 * 12 s while merges go on and 60 s else. Every 3 s for good,
+		 * it cost 85 ms more per agent over a two-minute run. */
+		int reap = reap_due && (busy || (look && md__walk_worth(res_known, &now_res, &reap_at, since_reap)));
+		if ((full || reap) && !res_known && statm_fd >= 0)
+			res_known = md__resident_pages(statm_fd, &now_res) == 0;	/* the walk's baseline */
 		was_reading = reading;
 		last_reads = reads;
 		last_merges = merges;
@@ -129,7 +161,7 @@ static void *agent_thread(void *arg)
 			int vmas = !last_vmas || n - last_vmas >= 600 ||
 				   (changed && (n - last_vmas >= 60 || est * 2 > a->max_vmas));
 			md__account(a, vmas);
-			full_mapped = mapped;
+			full_at = now_res;
 			if (vmas) {
 				vma_merges = merges;
 				last_vmas = n;
@@ -137,18 +169,10 @@ static void *agent_thread(void *arg)
 			last_full = n;
 			edge_due = 0;
 		}
-		/* Pages the guests wrote since they merged are found by the
-		 * reap, a pagemap read over the merged pages (as costly as a
-		 * walk of all guest RAM when they are spread): every 3 s
-		 * while it finds dozens, so the scanner may merge them again,
-		 * its interval doubling while it finds next to none, up to
-		 * 12 s while merges go on and 60 s else. Every 3 s for good,
-		 * it cost 85 ms more per agent over a two-minute run. */
-		int reap = n - last_reap >= reap_every && (mapped != reap_mapped || busy);
 		int found = md__scan_account(a, reap);
 		if (reap) {
 			unsigned cap = busy ? 12 : 60;
-			reap_mapped = mapped;
+			reap_at = now_res;
 			last_reap = n;
 			reap_every = found >= 64 ? 3 : reap_every * 2 < cap ? reap_every * 2 : cap;
 		}

@@ -188,6 +188,14 @@ void md__imagepages_attach(struct md_agent *a);
 /* Memory the index takes. */
 uint64_t md__imagepages_bytes(const struct md__imagepages *ip);
 
+/* agent.c */
+struct md__resident;
+/* Whether a quiet process's pages moved enough since a walk (then, since
+ * seconds ago) for another walk to find something: 64 pages, or any after
+ * 5 minutes; not known (statm unreadable): yes. */
+int md__walk_worth(int known, const struct md__resident *now, const struct md__resident *then,
+		   unsigned since);
+
 /* accounting.c */
 /* Refreshes the shared-now and break counters (a walk of /proc/self/pagemap
  * over the shared pages) and, if count_vmas, the VMA count (a read of

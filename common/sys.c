@@ -1,5 +1,6 @@
 #include "sys.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
@@ -61,17 +62,29 @@ uint64_t md__count_vmas(void)
 	return lines;
 }
 
-uint64_t md__resident_pages(int statm_fd)
+int md__resident_pages(int statm_fd, struct md__resident *out)
 {
 	char buf[256];
 	unsigned long size, resident, shared;
 	ssize_t n = pread(statm_fd, buf, sizeof(buf) - 1, 0);
-	if (n <= 0)
-		return 0;
+	if (n < 0)
+		return -errno;
 	buf[n] = 0;
 	if (sscanf(buf, "%lu %lu %lu", &size, &resident, &shared) != 3)
-		return 0;
-	return (uint64_t)resident << 32 ^ shared;
+		return -EINVAL;
+	out->all = resident;
+	out->files = shared;
+	return 0;
+}
+
+static uint64_t distance(uint64_t a, uint64_t b)
+{
+	return a > b ? a - b : b - a;
+}
+
+uint64_t md__resident_moved(const struct md__resident *a, const struct md__resident *b)
+{
+	return distance(a->all, b->all) + distance(a->files, b->files);
 }
 
 void md__advise_new_mapping(void *addr, size_t len, unsigned advice, int kernel_ksm)

@@ -23,13 +23,18 @@ pid_t md__sys_gettid(void);
 /* Lines of /proc/self/maps: the process's mappings (VMAs) now. */
 uint64_t md__count_vmas(void);
 /* The pages the process maps now, all of them and those of files and
- * shared memory (RssFile + RssShmem), from /proc/self/statm, in one value
- * that changes when either does: a copy-on-write break of a file page
- * (mapped or not yet: then the anonymous copy is new) changes it, without
- * a walk of the page tables. 0 if it cannot be read. statm_fd:
- * /proc/self/statm, kept open (an open a second was a sixth of the agent
- * thread's time once idle). */
-uint64_t md__resident_pages(int statm_fd);
+ * shared memory (RssFile + RssShmem), from /proc/self/statm: a
+ * copy-on-write break of a file page moves one of them by one page (a
+ * mapped file page replaced by an anonymous one, or a new anonymous page
+ * where the file page was not mapped yet), without a walk of the page
+ * tables. statm_fd: /proc/self/statm, kept open (an open a second was a
+ * sixth of the agent thread's time once idle). Returns 0 or -errno. */
+struct md__resident {
+	uint64_t all, files;
+};
+int md__resident_pages(int statm_fd, struct md__resident *out);
+/* How many pages moved from one reading to the other (in either count). */
+uint64_t md__resident_moved(const struct md__resident *a, const struct md__resident *b);
 /* A mapping made over guest RAM does not inherit the advice of the one it
  * replaced: give it back (MD_ADV_* bits; kernel_ksm adds MADV_MERGEABLE). */
 void md__advise_new_mapping(void *addr, size_t len, unsigned advice, int kernel_ksm);

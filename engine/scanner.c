@@ -7,7 +7,7 @@
  * its CPU use. Like KSM's
  * pages_to_scan, the batch counts the pages whose content was read: pages
  * not there, merged already, or skipped cost next to nothing and do not
- * count. A whole pass (or 4,096 pages read) that finds next to nothing to
+ * count. A whole pass (or 1,024 pages read) that finds next to nothing to
  * do doubles the sleep, up to 32x; a burst of work (merges, zero pages,
  * hints, candidates) restores it. Each visit takes its page from one of
  * two sources:
@@ -92,7 +92,12 @@
 #define EPOCH 1024
 #define HPAGE ((uintptr_t)2 << 20)	/* a transparent huge page on x86-64 */
 #define GATHER MD_SCAN_PEND	/* pages a wake-up visits at least, when the rate allows */
-#define QUIET_READS 4096	/* pages read with next to nothing found: slow down */
+/* Pages read with fewer than QUIET_FOUND found (1.6 %): slow down. Over
+ * 4,096 pages, the five steps down to the slowest rate once guests had
+ * converged read 20,480 pages per agent, most of md-scan's time after the
+ * convergence (tcpu118 in docs/benchmarks.md). */
+#define QUIET_READS 1024
+#define QUIET_FOUND 16
 
 /* Made on first use: with memdedupd's pool the daemon keeps this table,
  * and ours would only cost memory (16 bytes per two pages of guest RAM). */
@@ -754,10 +759,10 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 	s->nfm = 0;
 	s->st.ratio = s->ratio;
 	/* A whole pass, or QUIET_READS pages read, that found next to
-	 * nothing to do (fewer than 64 pages merged, dropped, published,
-	 * hinted, named or checksummed for the first time: a guest's
-	 * trickle) doubles the sleep, up to 32x: a quiet host costs less.
-	 * As much done at any time brings the set rate back. By passes
+	 * nothing to do (fewer than QUIET_FOUND pages merged, dropped,
+	 * published, hinted, named or checksummed for the first time: a
+	 * guest's trickle) doubles the sleep, up to 32x: a quiet host costs
+	 * less. 64 done at any time bring the set rate back. By passes
 	 * alone (a pass reads every page not merged, at the set rate), the
 	 * scanner stayed near the set rate after the guests had converged:
 	 * 0.40 ms of CPU a second per agent, against 0.08-0.14 with the
@@ -769,7 +774,8 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 		s->pass_progress = done;
 		s->pass_reads = reads;
 	} else if (s->st.passes != passes || reads - s->pass_reads >= QUIET_READS) {
-		idle += idle < MD_SCAN_IDLE_MAX;
+		if (done - s->pass_progress < QUIET_FOUND)
+			idle += idle < MD_SCAN_IDLE_MAX;
 		s->pass_progress = done;
 		s->pass_reads = reads;
 	}

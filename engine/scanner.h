@@ -12,7 +12,7 @@
 #include "hints.h"
 #include "merge.h"
 
-/* The sleep doubles per idle pass (or 4,096 pages read) up to
+/* The sleep doubles per idle pass (or 1,024 pages read) up to
  * 2^MD_SCAN_IDLE_MAX times the set one. */
 #define MD_SCAN_IDLE_MAX 5
 
@@ -96,7 +96,7 @@ struct md__scanner {
 	uint64_t fm_cookie[MD_SCAN_PEND];
 	size_t nfm;
 	uint64_t epoch_visits[2], epoch_merges[2];	/* [0] scan, [1] hints */
-	unsigned idle;          /* idle passes (or 4,096 reads) in a row */
+	unsigned idle;          /* idle passes (or 1,024 reads) in a row */
 	uint64_t pass_progress; /* progress() at the last pass end or burst */
 	uint64_t pass_reads;    /* pages read (scanned + hinted) then */
 	uint64_t first_seen;    /* pages whose checksum was first taken */

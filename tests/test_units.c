@@ -270,9 +270,9 @@ TEST_IMPL(proc_start_time)
 }
 
 /* The agent walks the pages it shared (copy-on-write breaks) only after
- * the pages the process maps changed since its last walk: a write to a
- * private file page changes them, whether the page was mapped (read) or
- * not yet; reads of mapped pages do not. */
+ * the pages the process maps moved since its last walk: a write to a
+ * private file page moves them by one, whether the page was mapped (read)
+ * or not yet; reads of mapped pages do not. */
 TEST_IMPL(cow_break_changes_resident_pages)
 {
 	int fd = memfd_create("t", MFD_CLOEXEC);
@@ -284,21 +284,32 @@ TEST_IMPL(cow_break_changes_resident_pages)
 	ASSERT(m != MAP_FAILED);
 	int statm = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
 	ASSERT(statm >= 0);
-	ASSERT(md__resident_pages(statm) != 0);
-	ASSERT_EQ(m[4096], 's');		/* mapped by the read */
-	uint64_t before = md__resident_pages(statm);
-	for (int i = 0; i < 100; i++)
-		ASSERT_EQ(m[4096 + i % 6], "shared"[i % 6]);
-	ASSERT_EQ(md__resident_pages(statm), before);	/* reads of a mapped page */
+	struct md__resident before, after, later;
+	ASSERT_EQ(md__resident_pages(-1, &before), -EBADF);
+	/* Once through all of it first: a forked test maps the runner's
+	 * code as it first runs it (file pages too). */
+	for (int round = 0; round < 2; round++) {
+		ASSERT_EQ(m[4096], 's');	/* mapped by the read */
+		ASSERT_EQ(md__resident_pages(statm, &before), 0);
+		ASSERT(before.all > 0 && before.files > 0 && before.files <= before.all);
+		for (int i = 0; i < 100; i++)
+			ASSERT_EQ(m[4096 + i % 6], "shared"[i % 6]);
+		ASSERT_EQ(md__resident_pages(statm, &after), 0);
+		ASSERT(round == 0 || md__resident_moved(&before, &after) == 0);	/* reads of a mapped page */
+	}
 	m[4096] = 'S';				/* the break of a mapped page */
-	uint64_t after = md__resident_pages(statm);
-	ASSERT(after != before);
+	ASSERT_EQ(md__resident_pages(statm, &after), 0);
+	ASSERT_EQ(after.all, before.all);	/* a file page became an anonymous one */
+	ASSERT_EQ(md__resident_moved(&before, &after), 1);
 	/* Page 3: never read here (fault-around may have mapped it with
 	 * page 1: drop it from the mapping). */
 	ASSERT_EQ(madvise((void *)(m + 3 * 4096), 4096, MADV_DONTNEED), 0);
-	after = md__resident_pages(statm);
+	ASSERT_EQ(md__resident_pages(statm, &after), 0);
 	m[3 * 4096] = 'U';			/* the break of an unmapped page */
-	ASSERT(md__resident_pages(statm) != after);
+	ASSERT_EQ(md__resident_pages(statm, &later), 0);
+	ASSERT_EQ(later.files, after.files);	/* a new anonymous page */
+	ASSERT_EQ(md__resident_moved(&after, &later), 1);
+	ASSERT_EQ(md__resident_moved(&later, &after), 1);
 	char c;
 	ASSERT_EQ(pread(fd, &c, 1, 4096), 1);
 	ASSERT_EQ(c, 's');
@@ -307,6 +318,23 @@ TEST_IMPL(cow_break_changes_resident_pages)
 	close(statm);
 	munmap((void *)m, 4 * 4096);
 	close(fd);
+	return 0;
+}
+
+/* A quiet process is walked again only when its pages moved enough for a
+ * walk to find something: 64, or any after 5 minutes. */
+TEST_IMPL(quiet_walks_wait_for_moved_pages)
+{
+	struct md__resident then = { 1000, 400 }, now = then;
+	ASSERT(md__walk_worth(0, &now, &then, 0));	/* not known: walk */
+	ASSERT(!md__walk_worth(1, &now, &then, 100000));
+	now.all += 40;
+	now.files -= 23;
+	ASSERT(!md__walk_worth(1, &now, &then, 299));
+	ASSERT(md__walk_worth(1, &now, &then, 300));
+	now.files--;
+	ASSERT(md__walk_worth(1, &now, &then, 60));
+	ASSERT(md__walk_worth(1, &then, &now, 60));
 	return 0;
 }
 

@@ -1046,14 +1046,14 @@ static unsigned char *unique_pages_scanned(struct md__engine *e, struct md__scan
 
 TEST_IMPL(engine_scanner_slows_when_quiet)
 {
-	/* 6,000 pages of unique content: the first pass takes every page's
+	/* 3,000 pages of unique content: the first pass takes every page's
 	 * checksum (work a new guest needs, though it merges nothing) and
-	 * keeps the set rate; the second finds nothing, and its 4,096 pages
-	 * read double the sleep before the pass ends, and the pass's end
+	 * keeps the set rate; the second finds nothing, and each 1,024 pages
+	 * it reads double the sleep before the pass ends, and the pass's end
 	 * again. */
 	struct md__engine e;
 	struct md__scanner s;
-	const size_t n = 6000;
+	const size_t n = 3000;
 	unsigned char *r = unique_pages_scanned(&e, &s, n);
 
 	for (int k = 0; k < 200 && s.st.passes < 1; k++)
@@ -1068,8 +1068,8 @@ TEST_IMPL(engine_scanner_slows_when_quiet)
 	}
 	ASSERT_EQ(s.st.passes, 2);
 	ASSERT_EQ(s.st.merged_scan, 0);
-	ASSERT_EQ(idle_mid, 1);			/* 4,096 pages read, nothing found */
-	ASSERT_EQ(s.idle, 2);			/* and the pass's end */
+	ASSERT_EQ(idle_mid, 2);			/* 2 x 1,024 pages read, nothing found */
+	ASSERT_EQ(s.idle, 3);			/* and the pass's end */
 	md__scanner_free(&s);
 	md__engine_fini(&e);
 	munmap(r, n * PG);
