@@ -18,7 +18,7 @@ const struct md__cmd md__cmd_status_def = {
 	.name = "status",
 	.summary = "show what every running agent shares, and kernel KSM's counters",
 	.usage =
-	"usage: memdedup status [--json]\n"
+	"usage: memdedup status [--json] [--agents]\n"
 	"\n"
 	"Lists the processes running the memdedup agent: pid, command, registered\n"
 	"guest RAM, pages shared at read time now, their copy-on-write breaks,\n"
@@ -28,6 +28,9 @@ const struct md__cmd md__cmd_status_def = {
 	"kernel KSM's counters from /sys/kernel/mm/ksm.\n"
 	"\n"
 	"  --json      machine-readable output\n"
+	"  --agents    the agents' rows and kernel KSM's only: memdedupd is not\n"
+	"              asked (its answer costs it CPU time: a monitor that polls\n"
+	"              every second should use this)\n"
 	"  -h, --help  this text\n",
 	.run = md__cmd_status,
 };
@@ -172,7 +175,7 @@ static void print_row(const char *pid, const char *cmd, const md_stats *s)
 int md__cmd_status(int argc, char **argv)
 {
 	const struct md__cmd *cmd = &md__cmd_status_def;
-	int as_json = 0;
+	int as_json = 0, agents_only = 0;
 	char dir[256];
 
 	for (int i = 1; i < argc; i++) {
@@ -180,6 +183,8 @@ int md__cmd_status(int argc, char **argv)
 			return 0;
 		if (strcmp(argv[i], "--json") == 0)
 			as_json = 1;
+		else if (strcmp(argv[i], "--agents") == 0)
+			agents_only = 1;
 		else
 			return md__usage_error(cmd, "unknown argument '%s'", argv[i]);
 	}
@@ -195,7 +200,8 @@ int md__cmd_status(int argc, char **argv)
 	for (size_t i = 0; i < n; i++)
 		add_stats(&total, &agents[i].stats);
 	json_t *daemon = NULL;
-	md__status_daemon(&daemon);	/* none running is fine */
+	if (!agents_only)
+		md__status_daemon(&daemon);	/* none running is fine */
 
 	if (as_json) {
 		json_t *root = json_object(), *list = json_array(), *ksm = json_object();
@@ -209,7 +215,8 @@ int md__cmd_status(int argc, char **argv)
 			json_object_set_new(ksm, ksm_keys[k], json_integer(read_ksm(ksm_keys[k])));
 		json_object_set_new(root, "agents", list);
 		json_object_set_new(root, "totals", stats_json(&total));
-		json_object_set_new(root, "daemon", daemon ? json_incref(daemon) : json_null());
+		if (!agents_only)
+			json_object_set_new(root, "daemon", daemon ? json_incref(daemon) : json_null());
 		json_object_set_new(root, "kernel_ksm", ksm);
 		json_dumpf(root, stdout, JSON_INDENT(1));
 		putchar('\n');
@@ -240,7 +247,7 @@ int md__cmd_status(int argc, char **argv)
 				       (long long)json_integer_value(json_object_get(d, "pages_sharing")),
 				       (double)json_integer_value(json_object_get(d, "general_profit")) / (1 << 20));
 			}
-		} else if (!daemon) {
+		} else if (!daemon && !agents_only) {
 			printf("\nmemdedupd: not running\n");
 		}
 		printf("\nkernel KSM:");

@@ -454,6 +454,15 @@ TEST_IMPL(status_lists_agent)
 	ASSERT(strstr(out, want));
 	ASSERT(strstr(out, "\"pages_shared\": 256"));
 	ASSERT(strstr(out, "\"kernel_ksm\""));
+	ASSERT(strstr(out, "\"daemon\": "));
+	/* --agents: the same rows, memdedupd not asked. */
+	snprintf(cmd + strlen(cmd), sizeof(cmd) - strlen(cmd), " --agents");
+	f = popen(cmd, "r");
+	ASSERT(f);
+	n = fread(out, 1, sizeof(out) - 1, f);
+	out[n] = '\0';
+	ASSERT_EQ(pclose(f), 0);
+	ASSERT(strstr(out, want) && strstr(out, "\"pages_shared\": 256") && !strstr(out, "\"daemon\""));
 	proc_stop(&a);
 	/* The agent's file goes with it. */
 	FILE *g = popen(cmd, "r");
