@@ -272,7 +272,10 @@ TEST_IMPL(proc_start_time)
 /* The agent walks the pages it shared (copy-on-write breaks) only after
  * the pages the process maps moved since its last walk: a write to a
  * private file page moves them by one, whether the page was mapped (read)
- * or not yet; reads of mapped pages do not. */
+ * or not yet; reads of mapped pages do not. (statm counts to the page on
+ * this machine's kernel, 6.18; one that left per-CPU deltas out of it
+ * would fail the exact counts here, and the agent's gate would only see
+ * 64 moved pages late, or walk after 5 minutes anyway.) */
 TEST_IMPL(cow_break_changes_resident_pages)
 {
 	int fd = memfd_create("t", MFD_CLOEXEC);
