@@ -119,7 +119,7 @@ static void *agent_thread(void *arg)
 		 * merged moves the pages the process maps by one (a file page
 		 * replaced by an anonymous one, or a new anonymous one where
 		 * the file page was not mapped yet). A quiet guest maps a page
-		 * more or less now and then (0 to 3 in 5 s once converged,
+		 * more or less now and then (0 to 5 in 5 s once converged,
 		 * tcpu120 in docs/benchmarks.md), and a walk would find as
 		 * little: the walks of a quiet process wait for 64 pages to
 		 * move, or 5 minutes for fewer. Looked at every 10 s once a
@@ -146,7 +146,7 @@ static void *agent_thread(void *arg)
 		 * it cost 85 ms more per agent over a two-minute run. */
 		int reap = reap_due && (busy || (look && md__walk_worth(res_known, &now_res, &reap_at, since_reap)));
 		if ((full || reap) && !res_known && statm_fd >= 0)
-			res_known = md__resident_pages(statm_fd, &now_res) == 0;	/* the walk's baseline */
+			md__resident_pages(statm_fd, &now_res);	/* the walk's baseline */
 		was_reading = reading;
 		last_reads = reads;
 		last_merges = merges;
