@@ -19,10 +19,7 @@
  * When a hinted run is done, the 2 MiB huge page it lies in is swept for
  * zero pages (sweep_zero): QEMU backs guest RAM with transparent huge pages,
  * and the untouched rest of the one a read landed in is zero, which no read
- * names. Each huge page is swept once. The same holds for every huge page a
- * guest touched, read or not: with hints on, a huge page sweep of its own
- * goes over the registered huge pages ahead of the cursor (sweep_huge), with
- * at most half of each batch, and sweeps each one that has pages there, once.
+ * names. Each huge page is swept once.
  * Of every 8 visits, `ratio` come from hints while there are any, the rest
  * from the cursor, so hints cannot starve the scan of other duplicates. Every
  * 1024 visits the ratio moves one step toward the source that found more
@@ -592,10 +589,8 @@ static size_t sweep_zero(struct md__scanner *s)
 	return used;
 }
 
-/* Huge pages examined per batch by sweep_huge(), at most, and the batches
- * it rests after a round over them all that swept none. */
+/* Huge pages examined per batch by sweep_huge(), at most. */
 #define SWEEP_LOOKS 16
-#define SWEEP_REST 32
 
 /* The huge page sweep: its own cursor goes over the registered huge pages,
  * and sweeps each one that has pages there, once. A guest touching a page
@@ -609,19 +604,10 @@ static size_t sweep_huge(struct md__scanner *s, size_t budget)
 {
 	struct md__engine *e = s->e;
 	size_t used = 0;
-	if (s->sweep_rest) {
-		s->sweep_rest--;
-		return 0;
-	}
 	for (unsigned n = 0; n < SWEEP_LOOKS && used < budget && e->nregions; n++) {
 		if (s->sweep_region >= e->nregions) {
-			/* A round that swept nothing: the huge pages not there
-			 * yet are looked at again SWEEP_REST batches later. */
 			s->sweep_region = 0;
 			s->sweep_next = 0;
-			s->sweep_rest = s->sweep_round ? 0 : SWEEP_REST;
-			s->sweep_round = 0;
-			break;
 		}
 		struct md__eregion *r = &e->regions[s->sweep_region];
 		uintptr_t blk = s->sweep_next;
@@ -641,7 +627,6 @@ static size_t sweep_huge(struct md__scanner *s, size_t budget)
 		if (present) {	/* a huge page not there yet is looked at again */
 			*slot = key;
 			s->swept_n++;
-			s->sweep_round++;
 		}
 	}
 	return used;

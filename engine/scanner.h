@@ -82,8 +82,6 @@ struct md__scanner {
 	size_t sweep_region;
 	uintptr_t sweep_next;
 	size_t sweep_debt;      /* rate a sweep took beyond its batch */
-	size_t sweep_round;     /* huge pages swept in this round over them */
-	unsigned sweep_rest;    /* batches until the next round */
 	struct md__unstable un;
 	/* A window of /proc/self/pagemap, refreshed every batch: a filter only
 	 * (present anonymous pages are worth a visit), never proof. */
