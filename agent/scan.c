@@ -308,7 +308,6 @@ int md__scan_account(struct md_agent *a, int reap)
 	md__set(a, MD_CTR_ZERO_PAGES, st.zero);
 	md__set(a, MD_CTR_FILLED_PAGES, st.filled);
 	md__set(a, MD_CTR_ZERO_NEAR_HINTS, ss.zero_swept);
-	md__set(a, MD_CTR_ZERO_SWEPT, ss.zero_swept_huge);
 	md__set(a, MD_CTR_HINT_RATIO, ss.ratio);
 	md__set(a, MD_CTR_PUBLISHED, ss.published);
 	md__set(a, MD_CTR_VOLATILE, ss.volatile_skips);

@@ -144,7 +144,6 @@ static json_t *stats_json(const md_stats *s)
 		{ "merged_from_candidates", s->merged_from_candidates },
 		{ "merged_image", s->merged_image }, { "image_pages_indexed", s->image_pages_indexed },
 		{ "zero_pages_near_hints", s->zero_pages_near_hints },
-		{ "zero_pages_swept", s->zero_pages_swept },
 		{ "hint_ratio", s->hint_ratio }, { "filled_pages", s->filled_pages },
 	};
 	for (size_t i = 0; i < sizeof(scan) / sizeof(scan[0]); i++)

@@ -65,7 +65,6 @@ const char *md__ctr_name(enum md__ctr c)
 		[MD_CTR_MERGED_IMAGE] = "merged_image",
 		[MD_CTR_IMAGE_INDEXED] = "image_pages_indexed",
 		[MD_CTR_ZERO_NEAR_HINTS] = "zero_pages_near_hints",
-		[MD_CTR_ZERO_SWEPT] = "zero_pages_swept",
 		[MD_CTR_FILLED_PAGES] = "filled_pages",
 		[MD_CTR_HINT_RATIO] = "hint_ratio",
 		[MD_CTR_READ_SHARED_NS] = "read_shared_ns",
@@ -126,7 +125,6 @@ void md__stats_from_counters(const uint64_t *ctr, md_stats *out)
 	out->merged_image = ctr[MD_CTR_MERGED_IMAGE];
 	out->image_pages_indexed = ctr[MD_CTR_IMAGE_INDEXED];
 	out->zero_pages_near_hints = ctr[MD_CTR_ZERO_NEAR_HINTS];
-	out->zero_pages_swept = ctr[MD_CTR_ZERO_SWEPT];
 	out->filled_pages = ctr[MD_CTR_FILLED_PAGES];
 	out->hint_ratio = ctr[MD_CTR_HINT_RATIO];
 	out->read_shared_ns = ctr[MD_CTR_READ_SHARED_NS];

@@ -67,7 +67,6 @@ enum md__ctr {
 	MD_CTR_READS_PAGE,         /* how many those were */
 	MD_CTR_HINT_RATIO,         /* now: hinted visits of every 8 */
 	MD_CTR_FILLED_PAGES,       /* pages of one repeated word mapped from fill strips */
-	MD_CTR_ZERO_SWEPT,         /* of zero pages, found by the huge page sweep */
 	MD_CTR_COUNT
 };
 

@@ -153,7 +153,6 @@ int md__scanner_init(struct md__scanner *s, struct md__engine *e, struct md__hin
 	s->batch = 100;
 	s->sleep_ms = 20;
 	s->ratio = 4;
-	s->sweep_share = 4;
 	s->rng = 0x2545f4914f6cdd1dull;
 	return 0;
 }
@@ -168,8 +167,6 @@ static void free_unstable(struct md__scanner *s)
 void md__scanner_free(struct md__scanner *s)
 {
 	free_unstable(s);
-	free(s->swept);
-	s->swept = NULL;
 }
 
 static uint64_t next_rand(struct md__scanner *s)
@@ -493,61 +490,40 @@ static int fill_visit(struct md__scanner *s, struct md__eregion *r, uintptr_t a,
 	return 0;
 }
 
-static uintptr_t *swept_slot_in(uintptr_t *set, size_t cap, uintptr_t blk)
-{
-	size_t i = (size_t)((blk >> 21) * 0x9e3779b97f4a7c15ull >> 32) & (cap - 1);
-	while (set[i] && set[i] != blk)
-		i = (i + 1) & (cap - 1);
-	return &set[i];
-}
-
-/* The set of huge pages swept (by the first address of the part in a
- * region): Fibonacci hashing, linear probing, never emptied. Returns the
- * slot of blk, or of the empty entry where it would go; NULL when the set
- * is full and cannot grow (then nothing more is swept: the cursor finds
- * the zero pages, as without the sweeps). */
-static uintptr_t *swept_slot(struct md__scanner *s, uintptr_t blk)
-{
-	if (s->swept_n * 2 >= s->swept_cap) {
-		size_t cap = s->swept_cap ? s->swept_cap * 2 : 256;
-		uintptr_t *t = calloc(cap, sizeof(*t));
-		if (!t)
-			return s->swept_n < s->swept_cap ? swept_slot_in(s->swept, s->swept_cap, blk) : NULL;
-		for (size_t i = 0; i < s->swept_cap; i++)
-			if (s->swept[i])
-				*swept_slot_in(t, cap, s->swept[i]) = s->swept[i];
-		free(s->swept);
-		s->swept = t;
-		s->swept_cap = cap;
-	}
-	return swept_slot_in(s->swept, s->swept_cap, blk);
-}
-
-/* Sweeps the part of huge page blk in r for zero pages, a run per freeze
- * as the linear cursor would. Most data pages fail the zero check at their
- * first bytes. Returns the rate it used: a quarter of a visit per zero
- * page, a sixteenth per other page read; *present counts the pages there
- * (anonymous or the zero page's), *dropped those it dropped. */
-static size_t sweep_block(struct md__scanner *s, struct md__eregion *r, uintptr_t blk,
-			  size_t *present, size_t *dropped)
+/* After a hinted run, its 2 MiB page (KSM++'s hints, extended to zero
+ * pages). QEMU backs guest RAM with transparent huge pages: a read lands in
+ * a huge page whose untouched rest is zero, and no read names those pages.
+ * The sweep drops them, a run per freeze, as the linear cursor would, but
+ * now. Most data pages fail the zero check at their first bytes; a huge
+ * page is swept once (swept[] remembers the last 256). Returns the rate it
+ * used: a quarter of a visit per zero page, a sixteenth per other page. */
+static size_t sweep_zero(struct md__scanner *s)
 {
 	struct md__engine *e = s->e;
-	size_t checked = 0;
+	uintptr_t blk = s->sweep, *seen = &s->swept[(blk / HPAGE) % 256];
+	struct md__eregion *r = NULL;
+	size_t dropped = 0, checked = 0;
+
+	s->sweep = 0;
+	if (*seen == blk)
+		return 0;
+	*seen = blk;
+	for (size_t ri = 0; ri < e->nregions && !r; ri++)
+		if (e->regions[ri].start < blk + HPAGE && e->regions[ri].end > blk)
+			r = &e->regions[ri];
+	if (!r)
+		return 0;
 	uintptr_t a = blk > r->start ? blk : r->start;
 	uintptr_t end = blk + HPAGE < r->end ? blk + HPAGE : r->end;
-	*present = *dropped = 0;
-	s->pm_fresh = 0;	/* the window below is not a hinted run's */
+	s->pm_fresh = 0;	/* the window below is not the hinted run's */
 	while (a < end) {
 		if (!read_window(s, a, end))
 			break;
 		for (size_t w = 0; w < s->pm_n;) {
-			*present += (s->pm[w] & MD_PM_PRESENT) != 0;
 			size_t run = fills_at(s, r, a + w * MD_EPAGE, s->pm_n - w, 0);
 			if (run) {
 				int z = md__engine_merge_zero(e, (void *)(a + w * MD_EPAGE), run);
-				*dropped += z > 0 ? (size_t)z : 0;
-				for (size_t q = 1; q < run; q++)
-					*present += (s->pm[w + q] & MD_PM_PRESENT) != 0;
+				dropped += z > 0 ? (size_t)z : 0;
 				w += run;
 				continue;
 			}
@@ -557,79 +533,9 @@ static size_t sweep_block(struct md__scanner *s, struct md__eregion *r, uintptr_
 		a += s->pm_n * MD_EPAGE;
 	}
 	s->pm_n = 0;
-	s->st.zero += *dropped;
-	return (*dropped + 3) / 4 + checked / 16;
-}
-
-/* After a hinted run, its 2 MiB page (KSM++'s hints, extended to zero
- * pages). QEMU backs guest RAM with transparent huge pages: a read lands in
- * a huge page whose untouched rest is zero, and no read names those pages.
- * The sweep drops them now, not when the cursor comes; a huge page is swept
- * once. Returns the rate it used. */
-static size_t sweep_zero(struct md__scanner *s)
-{
-	struct md__engine *e = s->e;
-	uintptr_t blk = s->sweep;
-	struct md__eregion *r = NULL;
-	size_t present, dropped;
-
-	s->sweep = 0;
-	for (size_t ri = 0; ri < e->nregions && !r; ri++)
-		if (e->regions[ri].start < blk + HPAGE && e->regions[ri].end > blk)
-			r = &e->regions[ri];
-	if (!r)
-		return 0;
-	uintptr_t key = blk > r->start ? blk : r->start, *slot = swept_slot(s, key);
-	if (!slot || *slot)
-		return 0;
-	*slot = key;
-	s->swept_n++;
-	size_t used = sweep_block(s, r, blk, &present, &dropped);
+	s->st.zero += dropped;
 	s->st.zero_swept += dropped;
-	return used;
-}
-
-/* Huge pages examined per batch by sweep_huge(), at most. */
-#define SWEEP_LOOKS 16
-
-/* The huge page sweep: its own cursor goes over the registered huge pages,
- * and sweeps each one that has pages there, once. A guest touching a page
- * of a huge page it never used makes all of it present, and zero but that
- * page (QEMU backs guest RAM with transparent huge pages); no read names
- * those pages, and the linear cursor reaches them only at the pace of a
- * pass: in guests reading an image unshared, they were half of what there
- * was to save (docs/benchmarks.md). Stops once it used budget. Returns
- * the rate it used. */
-static size_t sweep_huge(struct md__scanner *s, size_t budget)
-{
-	struct md__engine *e = s->e;
-	size_t used = 0;
-	for (unsigned n = 0; n < SWEEP_LOOKS && used < budget && e->nregions; n++) {
-		if (s->sweep_region >= e->nregions) {
-			s->sweep_region = 0;
-			s->sweep_next = 0;
-		}
-		struct md__eregion *r = &e->regions[s->sweep_region];
-		uintptr_t blk = s->sweep_next;
-		if (blk < (r->start & ~(HPAGE - 1)) || blk >= r->end)
-			blk = r->start & ~(HPAGE - 1);
-		s->sweep_next = blk + HPAGE;
-		if (s->sweep_next >= r->end) {
-			s->sweep_region++;
-			s->sweep_next = 0;
-		}
-		uintptr_t key = blk > r->start ? blk : r->start, *slot = swept_slot(s, key);
-		if (!slot || *slot)
-			continue;
-		size_t present, dropped;
-		used += sweep_block(s, r, blk, &present, &dropped);
-		s->st.zero_swept_huge += dropped;
-		if (present) {	/* a huge page not there yet is looked at again */
-			*slot = key;
-			s->swept_n++;
-		}
-	}
-	return used;
+	return (dropped + 3) / 4 + checked / 16;
 }
 
 /* Visits one page found by the cursor (hinted 0), a hint (1) or a daemon's
@@ -810,19 +716,6 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 			s->st.candidates++;
 			if (cand[c] % MD_EPAGE == 0 && cand[c] == (uintptr_t)cand[c])
 				visit(s, (uintptr_t)cand[c], 2, &read);
-		}
-	}
-	/* With hints on, the huge page sweep first, with sweep_share of 8 of
-	 * the batch at most; what a huge page took beyond the batch is taken
-	 * from the next. */
-	size_t share = npages * s->sweep_share / 8;
-	k = s->sweep_debt < npages ? s->sweep_debt : npages;
-	s->sweep_debt -= k;
-	if (s->hints && __atomic_load_n(&s->ratio, __ATOMIC_RELAXED) && k < share) {
-		k += sweep_huge(s, share - k);
-		if (k > npages) {
-			s->sweep_debt += k - npages;
-			k = npages;
 		}
 	}
 	/* Pages that are not there, merged already or skipped cost next to

@@ -21,7 +21,6 @@ struct md__scanner_stats {
 	uint64_t merged_scan, merged_hint; /* merges found by each source */
 	uint64_t zero, volatile_skips, published, passes;
 	uint64_t zero_swept;               /* of zero: dropped near a hint */
-	uint64_t zero_swept_huge;          /* of zero: dropped by the huge page sweep */
 	uint64_t filled;                   /* pages of one repeated word mapped from a fill strip */
 	uint64_t skipped;                  /* visits the smart scan saved */
 	uint64_t candidates, merged_candidate; /* pages the daemon named, merged */
@@ -68,20 +67,13 @@ struct md__scanner {
 	int paused;
 	int random_order;
 	unsigned ratio;         /* of every 8 pages, how many come from hints */
-	unsigned sweep_share;   /* of every 8, how many the huge page sweep may take */
 	size_t region, page;    /* the linear cursor */
 	size_t zero_ahead;      /* pages after it dropped as zero: stepped over */
 	uint64_t rng;
 	struct md__hint cur;    /* the hint being worked through */
 	uint64_t hint_tag;      /* md__read_tag of the page hint_next() gave, or 0 */
 	uintptr_t sweep;        /* its huge page, swept for zero pages after it */
-	/* Huge pages swept for zero pages (an open-addressed set, grown as
-	 * it fills) and the sweep's own cursor over the registered ones. */
-	uintptr_t *swept;
-	size_t swept_cap, swept_n;
-	size_t sweep_region;
-	uintptr_t sweep_next;
-	size_t sweep_debt;      /* rate a sweep took beyond its batch */
+	uintptr_t swept[256];   /* huge pages swept, by address bits 21-28 */
 	struct md__unstable un;
 	/* A window of /proc/self/pagemap, refreshed every batch: a filter only
 	 * (present anonymous pages are worth a visit), never proof. */

@@ -194,9 +194,6 @@ typedef struct md_stats {
 	                                  guest kernel memory poisoned with 0xcc, say)
 	                                  mapped from the process's fill strips:
 	                                  counted apart, like zero_pages */
-	uint64_t zero_pages_swept;     /* of zero_pages, found by the sweep of the
-	                                  huge pages guests touched (with hints on),
-	                                  ahead of the cursor */
 } md_stats;
 
 /* Returns a short name of a fallback reason ("unaligned", ...). */

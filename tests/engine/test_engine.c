@@ -1237,7 +1237,6 @@ TEST_IMPL(engine_scanner_sweeps_near_hints)
 	ASSERT_EQ(md__engine_register(&e, r, n * PG, 0), 0);
 	ASSERT_EQ(md__scanner_init(&s, &e, &h), 0);
 	s.ratio = 7;
-	s.sweep_share = 0;	/* the huge page sweep: its own test */
 	md__hints_push(&h, (uintptr_t)(r + hp * PG), 16 * PG, 0, 0);
 	/* 7 of the first 8 visits are hinted pages: the run is not done. */
 	md__scanner_step(&s, 8);
@@ -1262,87 +1261,6 @@ TEST_IMPL(engine_scanner_sweeps_near_hints)
 	ASSERT_EQ(s.st.zero_swept, 495);
 	ASSERT(pfn(r + 700 * PG) != zero_pfn);
 	for (size_t i = 0; i < hp + 16; i++) {
-		fill(want, (unsigned)i + 1);
-		ASSERT(memcmp(r + i * PG, want, PG) == 0);
-	}
-	md__scanner_free(&s);
-	md__hints_free(&h);
-	md__engine_fini(&e);
-	return 0;
-}
-
-TEST_IMPL(engine_scanner_sweeps_huge_pages)
-{
-	/* With hints on, the huge page sweep drops the zero pages of every
-	 * huge page that has pages there, once each, within its share of
-	 * the rate, ahead of the cursor; a huge page not there yet is swept
-	 * once it is. With hints off (the plain linear scan) it does not
-	 * run. */
-	struct md__engine e;
-	struct md__hints h;
-	struct md__scanner s;
-	const size_t hp = 512, n = 3 * hp;
-	unsigned char *m = map_ram(n + hp);
-	unsigned char *r = (unsigned char *)(((uintptr_t)m + hp * PG - 1) & ~(uintptr_t)(hp * PG - 1));
-	uint64_t zero_pfn = pfn(map_ram(1));
-	unsigned char want[PG];
-
-	/* Small pages only, so what is there is what the test touched. */
-	ASSERT_EQ(madvise(r, n * PG, MADV_NOHUGEPAGE), 0);
-	engine_up(&e);
-	ASSERT_EQ(md__hints_init(&h, 16), 0);
-	for (size_t i = 0; i < 2 * hp; i++) {
-		if ((i >= 100 && i < 200) || (i >= hp && i != 600))
-			memset(r + i * PG, 0, PG);	/* present, zero */
-		else
-			fill(r + i * PG, (unsigned)i + 1);
-	}
-	ASSERT_EQ(md__engine_register(&e, r, n * PG, 0), 0);
-	ASSERT_EQ(md__scanner_init(&s, &e, &h), 0);
-
-	/* Hints off: the cursor alone, 64 pages from the first. */
-	s.ratio = 0;
-	md__scanner_step(&s, 64);
-	ASSERT_EQ(s.st.zero_swept_huge, 0);
-	ASSERT(pfn(r + 150 * PG) != zero_pfn);
-
-	/* The first huge page: 100 zero pages (25) and 412 others read
-	 * (25): more than half a batch of 64, so 14 visits are left. */
-	s.ratio = 4;
-	uint64_t scanned = s.st.scanned;
-	md__scanner_step(&s, 64);
-	ASSERT_EQ(s.st.zero_swept_huge, 100);
-	ASSERT_EQ(s.st.scanned - scanned, 14);
-	for (size_t i = 100; i < 200; i++)
-		ASSERT_EQ(pfn(r + i * PG), zero_pfn);
-	/* The second: 511 zero pages (128), twice a batch: the next batch
-	 * is all spent by it, and the cursor waits. */
-	scanned = s.st.scanned;
-	md__scanner_step(&s, 64);
-	ASSERT_EQ(s.st.zero_swept_huge, 611);
-	ASSERT_EQ(s.st.scanned, scanned);
-	md__scanner_step(&s, 64);
-	ASSERT_EQ(s.st.scanned, scanned);
-	ASSERT_EQ(pfn(r + 700 * PG), zero_pfn);
-	fill(want, 601);
-	ASSERT(memcmp(r + 600 * PG, want, PG) == 0);
-	ASSERT(pfn(r + 600 * PG) != zero_pfn);
-
-	/* The third was not there (looked at: it has nothing to drop): swept
-	 * once the guest touched it. Swept once: zero pages made since in
-	 * the others wait for the cursor. */
-	md__scanner_step(&s, 64);
-	ASSERT_EQ(s.st.zero_swept_huge, 611);
-	memset(r + 600 * PG, 0, PG);
-	memset(r + (2 * hp + 7) * PG, 0, PG);
-	fill(r + (2 * hp + 8) * PG, 9);
-	for (int k = 0; k < 8; k++)
-		md__scanner_step(&s, 64);
-	ASSERT_EQ(s.st.zero_swept_huge, 612);
-	ASSERT_EQ(pfn(r + (2 * hp + 7) * PG), zero_pfn);
-	for (size_t i = 0; i < 2 * hp; i++) {
-		if ((i >= 100 && i < 200) || i >= hp)
-			continue;
 		fill(want, (unsigned)i + 1);
 		ASSERT(memcmp(r + i * PG, want, PG) == 0);
 	}
