@@ -596,7 +596,6 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 	uint64_t h = md__page_hash(page);
 	int changed = !r->seen[i] || r->hash[i] != (uint16_t)h;
 	s->first_seen += !r->seen[i];
-	s->rewritten += changed && r->seen[i];
 	r->hash[i] = (uint16_t)h;
 	if (hinted || changed)
 		r->seen[i] = MD_SEEN;	/* just filled or changed: young again */
@@ -767,28 +766,18 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 	 * alone (a pass reads every page not merged, at the set rate), the
 	 * scanner stayed near the set rate after the guests had converged:
 	 * 0.40 ms of CPU a second per agent, against 0.08-0.14 with the
-	 * reads counted too (docs/benchmarks.md). But a window in which a
-	 * quarter of the pages read had changed since their last visit (at
-	 * least QUIET_FOUND) brings the set rate back too: a guest filling
-	 * its page cache is busy, not quiet, and its pages merge once they
-	 * settle; slowed down by it, the linear scan of two guests reading
-	 * an image saved nothing for 15 s after the reads (image56). */
+	 * reads counted too (docs/benchmarks.md). */
 	uint64_t done = progress(s), reads = s->st.scanned + s->st.hinted;
 	unsigned idle = __atomic_load_n(&s->idle, __ATOMIC_RELAXED);
 	if (done - s->pass_progress >= 64) {
 		idle = 0;
 		s->pass_progress = done;
 		s->pass_reads = reads;
-		s->pass_rewritten = s->rewritten;
 	} else if (s->st.passes != passes || reads - s->pass_reads >= QUIET_READS) {
-		uint64_t rw = s->rewritten - s->pass_rewritten;
-		if (rw >= QUIET_FOUND && rw * 4 >= reads - s->pass_reads)
-			idle = 0;	/* a busy guest: its pages merge once they settle */
-		else if (done - s->pass_progress < QUIET_FOUND)
+		if (done - s->pass_progress < QUIET_FOUND)
 			idle += idle < MD_SCAN_IDLE_MAX;
 		s->pass_progress = done;
 		s->pass_reads = reads;
-		s->pass_rewritten = s->rewritten;
 	}
 	__atomic_store_n(&s->idle, idle, __ATOMIC_RELAXED);
 	return merges;

@@ -100,8 +100,6 @@ struct md__scanner {
 	uint64_t pass_progress; /* progress() at the last pass end or burst */
 	uint64_t pass_reads;    /* pages read (scanned + hinted) then */
 	uint64_t first_seen;    /* pages whose checksum was first taken */
-	uint64_t rewritten;     /* pages read changed since their last visit */
-	uint64_t pass_rewritten;/* rewritten then */
 	struct md__scanner_stats st;
 	pthread_t thread;
 	int running, stop;

@@ -1076,40 +1076,6 @@ TEST_IMPL(engine_scanner_slows_when_quiet)
 	return 0;
 }
 
-TEST_IMPL(engine_scanner_busy_while_rewritten)
-{
-	/* The same 3,000 pages, each rewritten after the first pass (a guest
-	 * filling its page cache): the second pass finds them all changed,
-	 * merges nothing and keeps the set rate; the third finds them as they
-	 * were and slows down as a quiet pass does. */
-	struct md__engine e;
-	struct md__scanner s;
-	const size_t n = 3000;
-	unsigned char *r = unique_pages_scanned(&e, &s, n);
-
-	for (int k = 0; k < 200 && s.st.passes < 1; k++)
-		md__scanner_step(&s, 256);
-	ASSERT_EQ(s.st.passes, 1);
-	for (size_t i = 0; i < n; i++)
-		fill(r + i * PG, (unsigned)(n + i + 1));
-	unsigned idle_max = 0;
-	for (int k = 0; k < 200 && s.st.passes < 2; k++) {
-		md__scanner_step(&s, 256);
-		idle_max = s.idle > idle_max ? s.idle : idle_max;
-	}
-	ASSERT_EQ(s.st.passes, 2);
-	ASSERT_EQ(s.st.merged_scan, 0);
-	ASSERT_EQ(idle_max, 0);
-	for (int k = 0; k < 200 && s.st.passes < 3; k++)
-		md__scanner_step(&s, 256);
-	ASSERT_EQ(s.st.passes, 3);
-	ASSERT_EQ(s.idle, 3);
-	md__scanner_free(&s);
-	md__engine_fini(&e);
-	munmap(r, n * PG);
-	return 0;
-}
-
 /* The linear cursor takes a run of pages of one word (freed guest kernel
  * memory poisoned with 0xcc) with the page it found and steps over it, as
  * it does zero pages; unlike those, it maps them from a fill strip only
