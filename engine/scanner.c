@@ -538,24 +538,6 @@ static size_t sweep_zero(struct md__scanner *s)
 	return (dropped + 3) / 4 + checked / 16;
 }
 
-/* Pages ahead of a visit whose first bytes are fetched as it begins. */
-#define PREFETCH 4
-
-/* The first touch of a guest page was most of what a visit cost (40 % of
- * md-scan's time in tcpu122, on the load of its first word: a TLB miss,
- * its page walk and a cache miss, behind a hypervisor's nested paging
- * here), as ksmd reads pages through the kernel's direct map of huge
- * pages. The next pages of the window that are worth reading are touched
- * now, without waiting, so their misses overlap this page's work. A
- * prefetch never faults; the window only guesses what is there. */
-static void prefetch_next(const struct md__scanner *s, uintptr_t a)
-{
-	size_t w = (a - s->pm_base) / MD_EPAGE;
-	for (size_t k = 1; k <= PREFETCH && w + k < s->pm_n; k++)
-		if (worth_reading(s->e, s->pm[w + k]))
-			__builtin_prefetch((const void *)(a + k * MD_EPAGE), 0, 3);
-}
-
 /* Visits one page found by the cursor (hinted 0), a hint (1) or a daemon's
  * candidate (2); returns 1 if it was merged (the remote path counts its
  * merges itself, when the batch's candidates are resolved). *read is set
@@ -590,7 +572,6 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 		s->pm_fresh = a + MD_EPAGE;	/* the next page of the run is fresh too */
 	if (!worth_reading(e, s->pm[(a - s->pm_base) / MD_EPAGE]))
 		return 0;
-	prefetch_next(s, a);
 	const void *page = (const void *)a;
 	*read = 1;
 	uint64_t word;
