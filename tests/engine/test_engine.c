@@ -1076,6 +1076,41 @@ TEST_IMPL(engine_scanner_slows_when_quiet)
 	return 0;
 }
 
+TEST_IMPL(engine_scanner_keeps_rate_in_band)
+{
+	/* The same 3,000 pages; before the second pass, 32 pages of its
+	 * second 1,024 are zeroed, apart from each other: that window finds
+	 * 32 things to do, not fewer than 16 (slow down) nor 64 (the set rate
+	 * again), and the sleep stays as the first window left it. */
+	struct md__engine e;
+	struct md__scanner s;
+	const size_t n = 3000;
+	unsigned char *r = unique_pages_scanned(&e, &s, n);
+
+	for (int k = 0; k < 200 && s.st.passes < 1; k++)
+		md__scanner_step(&s, 256);
+	ASSERT_EQ(s.st.passes, 1);
+	for (size_t i = 0; i < 32; i++)
+		memset(r + (1400 + 8 * i) * PG, 0, PG);
+	unsigned idle_mid = 0, fell = 0;
+	for (int k = 0; k < 200 && s.st.passes < 2; k++) {
+		unsigned before = s.idle;
+		md__scanner_step(&s, 256);
+		fell += s.idle < before;
+		if (s.st.passes < 2 && s.idle > idle_mid)
+			idle_mid = s.idle;
+	}
+	ASSERT_EQ(s.st.passes, 2);
+	ASSERT_EQ(s.st.zero, 32);
+	ASSERT_EQ(idle_mid, 1);	/* the first window: quiet; the second kept it */
+	ASSERT_EQ(fell, 0);	/* and did not bring the set rate back */
+	ASSERT_EQ(s.idle, 2);	/* and the pass's end: quiet */
+	md__scanner_free(&s);
+	md__engine_fini(&e);
+	munmap(r, n * PG);
+	return 0;
+}
+
 /* The linear cursor takes a run of pages of one word (freed guest kernel
  * memory poisoned with 0xcc) with the page it found and steps over it, as
  * it does zero pages; unlike those, it maps them from a fill strip only
