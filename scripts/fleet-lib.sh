@@ -32,6 +32,9 @@
 #  13 ksm_meta_kb  kernel KSM's metadata (its rmap items, in kernel slab, so in
 #                  no process's PSS): (pages_sharing + ksm_zero_pages) pages
 #                  less general_profit; 0 where the kernel has no general_profit
+#  14 md_read      pages the fleet's scanners read (pages_scanned + pages_hinted)
+#  15 md_merged    guest pages they merged (onto pool or image pages)
+#  16 md_zero      zero pages they dropped (14-16: 0 without jq or agents)
 # guests.tsv: idx pid reads_done_t exit_t rc guest_read_s result
 #
 # Every QEMU runs in its own session (setsid, which execs: the pid stays
@@ -180,7 +183,7 @@ fleet_sample_once() {  # [N] prints one samples.tsv line (without t) for FLEET_P
     done 2>/dev/null < "/proc/$p/smaps_rollup" || true
     agent_ticks=$((agent_ticks + $(fleet_stat_cpu_ticks "/proc/$p/stat")))
   done
-  local host_anon ksm md=0 ksmd_ticks=0
+  local host_anon ksm md=0 ksmd_ticks=0 md_read=0 md_merged=0 md_zero=0
   host_anon=$(awk '/^AnonPages:/{print $2}' /proc/meminfo)
   ksm=$(cat /sys/kernel/mm/ksm/pages_sharing 2>/dev/null || echo 0)
   local ksm_meta=0 kz kp
@@ -198,18 +201,26 @@ fleet_sample_once() {  # [N] prints one samples.tsv line (without t) for FLEET_P
     "$FLEET_MEMDEDUP" status --json $only > "$FLEET_DIR/status.json.tmp" 2>/dev/null \
       && jq -e '(.agents | length) > 0' "$FLEET_DIR/status.json.tmp" >/dev/null 2>&1 \
       && mv -f "$FLEET_DIR/status.json.tmp" "$FLEET_DIR/status.json"
-    md=$(jq -r --arg pids "${FLEET_PIDS[*]}" '
+    read -r md md_read md_merged md_zero < <(jq -r --arg pids "${FLEET_PIDS[*]}" '
           ($pids | split(" ") | map(tonumber)) as $p
-          | [(.agents // [])[] | select(.pid as $x | $p | index($x)) | ((.pages_shared // 0) + (.scanner.pages_sharing // 0))] | add // 0' \
-          "$FLEET_DIR/status.json" 2>/dev/null) || md=0
+          | [(.agents // [])[] | select(.pid as $x | $p | index($x))] as $a
+          | [([$a[] | (.pages_shared // 0) + (.scanner.pages_sharing // 0)] | add // 0),
+             ([$a[] | (.scanner.pages_scanned // 0) + (.scanner.pages_hinted // 0)] | add // 0),
+             ([$a[] | (.scanner.merged // 0) + (.scanner.merged_image // 0)] | add // 0),
+             ([$a[] | .scanner.zero_pages // 0] | add // 0)] | map(tostring) | join(" ")' \
+          "$FLEET_DIR/status.json" 2>/dev/null) || true
     case "$md" in ''|*[!0-9]*) md=0 ;; esac
+    case "$md_read" in ''|*[!0-9]*) md_read=0 ;; esac
+    case "$md_merged" in ''|*[!0-9]*) md_merged=0 ;; esac
+    case "$md_zero" in ''|*[!0-9]*) md_zero=0 ;; esac
   fi
   [ -n "$FLEET_KSMD_PID" ] && ksmd_ticks=$(( $(fleet_stat_cpu_ticks "/proc/$FLEET_KSMD_PID/stat") - FLEET_KSMD_T0 ))
   local reads=0 f
   for f in "${FLEET_LOGS[@]}"; do grep -q '^MEMDEDUP-GUEST: READS-DONE' "$f" 2>/dev/null && reads=$((reads + 1)); done
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$pss" "$anon" "$file" "$host_anon" "$ksm" "$md" \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$pss" "$anon" "$file" "$host_anon" "$ksm" "$md" \
     "$(awk -v t="$ksmd_ticks" -v h="$FLEET_CLK_TCK" 'BEGIN{printf "%.2f", t/h}')" \
-    "$(awk -v t="$agent_ticks" -v h="$FLEET_CLK_TCK" 'BEGIN{printf "%.2f", t/h}')" "$alive" "$reads" "$thp" "$ksm_meta"
+    "$(awk -v t="$agent_ticks" -v h="$FLEET_CLK_TCK" 'BEGIN{printf "%.2f", t/h}')" "$alive" "$reads" "$thp" "$ksm_meta" \
+    "$md_read" "$md_merged" "$md_zero"
 }
 
 fleet_sampler() {  # runs in the background until killed
@@ -217,7 +228,7 @@ fleet_sampler() {  # runs in the background until killed
   set +e
   trap - EXIT INT TERM HUP
   trap 'exit 0' TERM
-  printf '#t\tpss_kb\tpss_anon_kb\tpss_file_kb\tanon_kb\tksm_sharing\tmd_shared\tksmd_cpu_s\tagent_cpu_s\talive\treads_done\tthp_kb\tksm_meta_kb\n' > "$out"
+  printf '#t\tpss_kb\tpss_anon_kb\tpss_file_kb\tanon_kb\tksm_sharing\tmd_shared\tksmd_cpu_s\tagent_cpu_s\talive\treads_done\tthp_kb\tksm_meta_kb\tmd_read\tmd_merged\tmd_zero\n' > "$out"
   next=0
   while :; do
     printf '%s\t%s\n' "$(fleet_now)" "$(fleet_sample_once "$next")" >> "$out"
