@@ -209,10 +209,10 @@ fleet_sample_once() {  # [N] prints one samples.tsv line (without t) for FLEET_P
              ([$a[] | (.scanner.merged // 0) + (.scanner.merged_image // 0)] | add // 0),
              ([$a[] | .scanner.zero_pages // 0] | add // 0)] | map(tostring) | join(" ")' \
           "$FLEET_DIR/status.json" 2>/dev/null) || true
-    case "$md" in ''|*[!0-9]*) md=0 ;; esac
-    case "$md_read" in ''|*[!0-9]*) md_read=0 ;; esac
-    case "$md_merged" in ''|*[!0-9]*) md_merged=0 ;; esac
-    case "$md_zero" in ''|*[!0-9]*) md_zero=0 ;; esac
+    local v
+    for v in md md_read md_merged md_zero; do
+      case "${!v}" in ''|*[!0-9]*) printf -v "$v" 0 ;; esac
+    done
   fi
   [ -n "$FLEET_KSMD_PID" ] && ksmd_ticks=$(( $(fleet_stat_cpu_ticks "/proc/$FLEET_KSMD_PID/stat") - FLEET_KSMD_T0 ))
   local reads=0 f

@@ -1044,6 +1044,23 @@ static unsigned char *unique_pages_scanned(struct md__engine *e, struct md__scan
 	return r;
 }
 
+/* Steps s, 256 pages a batch, until it has made pass passes. Returns the
+ * highest idle it had before that pass ended; *fell counts the batches
+ * after which its idle was lower than before. */
+static unsigned step_to_pass(struct md__scanner *s, uint64_t pass, unsigned *fell)
+{
+	unsigned idle_mid = 0;
+	for (int k = 0; k < 200 && s->st.passes < pass; k++) {
+		unsigned before = s->idle;
+		md__scanner_step(s, 256);
+		*fell += s->idle < before;
+		if (s->st.passes < pass && s->idle > idle_mid)
+			idle_mid = s->idle;
+	}
+	ASSERT_EQ(s->st.passes, pass);
+	return idle_mid;
+}
+
 TEST_IMPL(engine_scanner_slows_when_quiet)
 {
 	/* 3,000 pages of unique content: the first pass takes every page's
@@ -1055,18 +1072,11 @@ TEST_IMPL(engine_scanner_slows_when_quiet)
 	struct md__scanner s;
 	const size_t n = 3000;
 	unsigned char *r = unique_pages_scanned(&e, &s, n);
+	unsigned fell = 0;
 
-	for (int k = 0; k < 200 && s.st.passes < 1; k++)
-		md__scanner_step(&s, 256);
-	ASSERT_EQ(s.st.passes, 1);
+	step_to_pass(&s, 1, &fell);
 	ASSERT_EQ(s.idle, 0);
-	unsigned idle_mid = 0;
-	for (int k = 0; k < 200 && s.st.passes < 2; k++) {
-		md__scanner_step(&s, 256);
-		if (s.st.passes < 2 && s.idle > idle_mid)
-			idle_mid = s.idle;
-	}
-	ASSERT_EQ(s.st.passes, 2);
+	unsigned idle_mid = step_to_pass(&s, 2, &fell);
 	ASSERT_EQ(s.st.merged_scan, 0);
 	ASSERT_EQ(idle_mid, 2);			/* 2 x 1,024 pages read, nothing found */
 	ASSERT_EQ(s.idle, 3);			/* and the pass's end */
@@ -1086,21 +1096,13 @@ TEST_IMPL(engine_scanner_keeps_rate_in_band)
 	struct md__scanner s;
 	const size_t n = 3000;
 	unsigned char *r = unique_pages_scanned(&e, &s, n);
+	unsigned fell = 0;
 
-	for (int k = 0; k < 200 && s.st.passes < 1; k++)
-		md__scanner_step(&s, 256);
-	ASSERT_EQ(s.st.passes, 1);
+	step_to_pass(&s, 1, &fell);
 	for (size_t i = 0; i < 32; i++)
 		memset(r + (1400 + 8 * i) * PG, 0, PG);
-	unsigned idle_mid = 0, fell = 0;
-	for (int k = 0; k < 200 && s.st.passes < 2; k++) {
-		unsigned before = s.idle;
-		md__scanner_step(&s, 256);
-		fell += s.idle < before;
-		if (s.st.passes < 2 && s.idle > idle_mid)
-			idle_mid = s.idle;
-	}
-	ASSERT_EQ(s.st.passes, 2);
+	fell = 0;
+	unsigned idle_mid = step_to_pass(&s, 2, &fell);
 	ASSERT_EQ(s.st.zero, 32);
 	ASSERT_EQ(idle_mid, 1);	/* the first window: quiet; the second kept it */
 	ASSERT_EQ(fell, 0);	/* and did not bring the set rate back */
