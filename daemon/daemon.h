@@ -40,6 +40,8 @@ struct md__ep { enum md__ep_kind kind; };
 #define MD_WHERE_PAGE_BITS 35
 #define MD_WHERE_BITS 47
 
+#define MD_PAIR_PUBLISHERS 64
+
 /* A read's entry, 12 bytes: its slot gives the low bits of the read tag's
  * high half, tag keeps that half (so the table can grow). */
 struct md__sighting {
@@ -91,6 +93,10 @@ struct md__domain {
 	size_t reads_cap;          /* power of two; 0: no table (no READS yet) */
 	size_t reads_added;        /* entries added since it last grew */
 	uint64_t read_pairs;       /* lookups paired with another's read */
+	/* Which agent publishes the read pairs of two agents: (lower, higher,
+	 * publisher) numbers, 12 bits each; lossy, by the pair. */
+	uint64_t pair_publisher[MD_PAIR_PUBLISHERS];
+	uint64_t read_yields;      /* lookups left to the pair's publisher */
 	uint64_t registered_pages; /* of its agents, as they last reported */
 	size_t nagents;            /* agent records (connected or not) in it */
 };

@@ -270,10 +270,30 @@ void md__domain_reads(struct md__domain *dom, unsigned num, const struct md__rea
 	}
 }
 
-/* Another page (not w) that a read filled with the file page tag, taken
- * from the table; 0 if none. */
-static uint64_t read_partner(struct md__domain *dom, uint64_t tag, uint64_t w)
+/* Whether agent num publishes the read pairs it shares with agent other:
+ * the first of the two to pair one does, from then on. Of two guests
+ * reading an image in step, whichever looked first published each pair,
+ * the two agents took turns within a run, and each guest's runs mapped
+ * slots from both agents' publications: 12,000-15,000 mappings a guest,
+ * against 3,200 with one publisher (docs/benchmarks.md, ninth session). A
+ * fast agent still publishes the pairs of a slow one that read first. */
+static int pair_publishes(struct md__domain *dom, unsigned num, unsigned other)
 {
+	if (num == other)
+		return 1;
+	uint64_t lo = num < other ? num : other, hi = num < other ? other : num;
+	uint64_t *e = &dom->pair_publisher[(lo * 31 + hi) % MD_PAIR_PUBLISHERS];
+	if ((*e >> 12) != (lo << 12 | hi))
+		*e = (lo << 12 | hi) << 12 | num;	/* the first (or a lost entry) */
+	return (*e & 0xfff) == num;
+}
+
+/* Another page (not w) that a read filled with the file page tag, taken
+ * from the table; 0 if none, or if that page's agent publishes the pairs
+ * of the two (*yield set: the asker's page is left to it). */
+static uint64_t read_partner(struct md__domain *dom, uint64_t tag, uint64_t w, int *yield)
+{
+	*yield = 0;
 	if (!dom->reads_cap)
 		return 0;
 	uint32_t t = read_tag32(tag);
@@ -281,6 +301,11 @@ static uint64_t read_partner(struct md__domain *dom, uint64_t tag, uint64_t w)
 	for (int way = 0; way < 2; way++) {
 		uint64_t o = where_get(&b[way]);
 		if (o && o != w && b[way].tag == t) {
+			if (!pair_publishes(dom, (unsigned)(w >> MD_WHERE_PAGE_BITS),
+					    (unsigned)(o >> MD_WHERE_PAGE_BITS))) {
+				*yield = 1;
+				return 0;
+			}
 			b[way] = (struct md__sighting){ 0 };
 			return o;
 		}
@@ -339,7 +364,11 @@ uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash, unsigned asker
 	 * (another guest reading the same image): that page is this one's
 	 * first sighting, as if looked up already. This one is published
 	 * now and that one named to its agent: one visit merges both. */
-	uint64_t other = fits && tag ? read_partner(dom, tag, w) : 0;
+	int yield = 0;
+	uint64_t other = fits && tag ? read_partner(dom, tag, w, &yield) : 0;
+	/* Left to the other agent: a sighting, which its lookup of the same
+	 * content finds (publish, and this page named back). */
+	dom->read_yields += (uint64_t)yield;
 	if (other) {
 		b[1] = b[0];
 		b[0] = seen_make(hash, other, 1);

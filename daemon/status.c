@@ -75,6 +75,7 @@ int md__status_json(struct md__daemon *d, uid_t uid, char **json, size_t *len)
 		json_object_set_new(o, "sighting_slots", json_integer((json_int_t)dom->seen_cap));
 		json_object_set_new(o, "read_slots", json_integer((json_int_t)dom->reads_cap));
 		json_object_set_new(o, "read_pairs", json_integer((json_int_t)dom->read_pairs));
+		json_object_set_new(o, "read_yields", json_integer((json_int_t)dom->read_yields));
 		json_object_set_new(o, "pages_shared", json_integer(live));
 		json_object_set_new(o, "pages_sharing", json_integer(sharing));
 		json_object_set_new(o, "general_profit", json_integer(profit));

@@ -317,6 +317,32 @@ static void merge_pending(struct md__scanner *s, const size_t *of, const uint32_
 	}
 }
 
+/* Puts the batch's pending pages in address order, so publications take
+ * slots in that order and merge_pending maps runs of adjacent pages with
+ * consecutive slots at once. In visit order, two reads that a guest's page
+ * cache had interleaved page by page (two hinted runs, visited one after
+ * the other) took two streams of slots, and every page or two became a
+ * mapping of its own (docs/benchmarks.md, ninth session). Insertion sort:
+ * at most MD_SCAN_PEND pages, in ascending runs. */
+static void sort_pending(struct md__scanner *s)
+{
+	for (size_t k = 1; k < s->npend; k++) {
+		uint64_t a = s->pend_addr[k], h = s->pend_hash[k], t = s->pend_tag[k];
+		unsigned char hi = s->pend_hinted[k];
+		size_t j = k;
+		for (; j > 0 && s->pend_addr[j - 1] > a; j--) {
+			s->pend_addr[j] = s->pend_addr[j - 1];
+			s->pend_hash[j] = s->pend_hash[j - 1];
+			s->pend_tag[j] = s->pend_tag[j - 1];
+			s->pend_hinted[j] = s->pend_hinted[j - 1];
+		}
+		s->pend_addr[j] = a;
+		s->pend_hash[j] = h;
+		s->pend_tag[j] = t;
+		s->pend_hinted[j] = hi;
+	}
+}
+
 /* Steps 4-5 with the daemon's pool, for the candidates of a batch:
  * LOOKUP all their hashes at once (with their addresses, so the daemon can
  * tell us when another agent publishes one of them); pin (REF) and merge
@@ -333,6 +359,7 @@ static void flush_remote(struct md__scanner *s)
 	const void *pub_page[MD_SCAN_PEND];
 	size_t npin = 0, npub = 0, pin_of[MD_SCAN_PEND], pub_of[MD_SCAN_PEND];
 
+	sort_pending(s);
 	s->npend = 0;
 	if (!n || !md__remote_connected(rm) ||
 	    md__remote_lookup_n(rm, s->pend_hash, s->pend_addr, s->pend_tag, (uint32_t)n, slot1))

@@ -505,6 +505,99 @@ TEST_IMPL(daemon_reads_pair)
 	return 0;
 }
 
+/* In a child: waits up to 2 s for candidates at a and b. */
+static int child_candidates(struct md__client *c, uint64_t a, uint64_t b)
+{
+	uint64_t got[8];
+	struct md__msg_control ctl;
+	int seen_a = 0, seen_b = 0;
+	for (int i = 0; i < 200 && !(seen_a && seen_b); i++) {
+		size_t n = md__client_take_candidates(c, got, 8);
+		for (size_t k = 0; k < n; k++) {
+			seen_a |= got[k] == a;
+			seen_b |= got[k] == b;
+		}
+		md__client_next_control(c, &ctl);
+		usleep(10000);
+	}
+	return seen_a && seen_b;
+}
+
+TEST_IMPL(daemon_reads_pair_publisher)
+{
+	/* Two agents read the same file pages (READS). The parent pairs one
+	 * first and so publishes the pairs of the two from then on: the
+	 * child's lookup of another such page is left to it (0, a sighting),
+	 * the parent's lookup of that content publishes it, and both of the
+	 * child's copies come back as candidates. Without it both published
+	 * by turns, and neither guest's runs mapped consecutive slots. */
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	unsigned char page[PG];
+	uint64_t key = md__read_key(9, 4321), h[2], tag[2];
+	uint64_t x = 0x7f0000040000ull, y = 0x7f0000080000ull;
+	uint32_t s1, first;
+	int fd, ready[2], go[2];
+	char b;
+
+	for (int i = 0; i < 2; i++) {
+		td_fill_page(page, 40 + i);
+		h[i] = md__page_hash(page);
+		tag[i] = md__read_tag(key, (uint64_t)i * PG);
+	}
+	td_start(&t, 64);
+	struct md__client *c = td_agent(&t, "pairs", &w, &fd);
+	struct md__read_run run = { key, 0, x, 4 };
+	ASSERT_EQ(md__client_reads(c, &run, 1), 0);
+	ASSERT(pipe(ready) == 0 && pipe(go) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		struct md__msg_welcome w2;
+		int fd2;
+		uint32_t k1;
+		struct md__client *c2 = td_agent(&t, "pairs", &w2, &fd2);
+		struct md__read_run r2 = { key, 0, y, 4 };
+		if (md__client_reads(c2, &r2, 1) || write(ready[1], "r", 1) != 1 || read(go[0], &b, 1) != 1)
+			_exit(1);
+		uint64_t y1 = y + PG;
+		if (md__client_lookup_tagged(c2, &h[1], &y1, &tag[1], 1, &k1) || k1 != 0)
+			_exit(2);	/* the parent publishes the pairs of the two */
+		if (write(ready[1], "2", 1) != 1 || read(go[0], &b, 1) != 1)
+			_exit(3);
+		if (!child_candidates(c2, y, y1))
+			_exit(4);
+		_exit(write(ready[1], "3", 1) == 1 && read(go[0], &b, 1) == 1 ? 0 : 5);
+	}
+	close(ready[1]);	/* a child that failed is an end of file */
+	ASSERT(read(ready[0], &b, 1) == 1);
+	/* The first pair: found by the child's read, published here. */
+	ASSERT_EQ(md__client_lookup_tagged(c, &h[0], &x, &tag[0], 1, &s1), 0);
+	ASSERT_EQ(s1, MD_LOOKUP_PUBLISH);
+	td_fill_page(page, 40);
+	ASSERT_EQ(md__client_publish(c, &h[0], page, 1, &first), 0);
+	ASSERT(write(go[1], "1", 1) == 1);
+	ASSERT(read(ready[0], &b, 1) == 1 && b == '2');
+	/* The second: the child left it, its sighting says publish. */
+	uint64_t x1 = x + PG;
+	ASSERT_EQ(md__client_lookup_tagged(c, &h[1], &x1, &tag[1], 1, &s1), 0);
+	ASSERT_EQ(s1, MD_LOOKUP_PUBLISH);
+	td_fill_page(page, 41);
+	ASSERT_EQ(md__client_publish(c, &h[1], page, 1, &first), 0);
+	ASSERT(write(go[1], "2", 1) == 1);
+	ASSERT(read(ready[0], &b, 1) == 1 && b == '3');
+	json_t *st = td_status(&t), *dom = td_domain(st, w.domain_id);
+	ASSERT_EQ(td_int(dom, "read_pairs"), 1);
+	ASSERT_EQ(td_int(dom, "read_yields"), 1);
+	json_decref(st);
+	child_release(kid, go);
+	close(ready[0]);
+	close(fd);
+	md__client_free(c);
+	td_stop(&t);
+	return 0;
+}
+
 TEST_IMPL(daemon_hello_wrong_pid)
 {
 	struct tdaemon t;
