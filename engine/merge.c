@@ -53,21 +53,37 @@ static uint64_t default_max_vmas(void)
 }
 
 /* The frame of the kernel's zero page, as /proc/self/pagemap shows it
- * (0 if it hides frames from us). The zero page is not a normal page, so
- * pagemap flags it neither anonymous-exclusive nor file: only its frame
- * tells a dropped zero page that was read again from a page to visit. */
+ * (0 if it hides frames from us, or if there is none). The zero page is
+ * not a normal page, so pagemap flags it neither anonymous-exclusive nor
+ * file: only its frame tells a dropped zero page that was read again from
+ * a page to visit. Some kernels have no zero page for anonymous memory
+ * (a guest kernel booted with pvm_no_zero_page=1): a read fault there
+ * allocates a page, which is why two pages are read and must show the same
+ * frame. Without one, a dropped page read again is a fresh page of zeroes,
+ * visited and dropped again (merge.h: zero_pfn). */
 static uint64_t zero_pfn(int pagemap_fd)
 {
-	uint64_t pm = 0;
-	volatile unsigned char *p = md__sys_mmap(NULL, MD_EPAGE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uint64_t pm[2] = {0, 0};
+	volatile unsigned char *p = md__sys_mmap(NULL, 2 * MD_EPAGE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if ((void *)p == MAP_FAILED)
 		return 0;
-	(void)p[0];	/* a read fault maps the zero page */
-	if (md__sys_pread(pagemap_fd, &pm, sizeof(pm), (off_t)((uintptr_t)p / MD_EPAGE * sizeof(pm))) !=
+	(void)p[0];	/* a read fault maps the zero page, where there is one */
+	(void)p[MD_EPAGE];
+	if (md__sys_pread(pagemap_fd, pm, sizeof(pm), (off_t)((uintptr_t)p / MD_EPAGE * sizeof(pm[0]))) !=
 	    (ssize_t)sizeof(pm))
-		pm = 0;
-	md__sys_munmap((void *)p, MD_EPAGE);
-	return (pm & MD_PM_PRESENT) ? pm & MD_PM_PFN : 0;
+		pm[0] = 0;
+	md__sys_munmap((void *)p, 2 * MD_EPAGE);
+	uint64_t f = pm[0] & MD_PM_PFN, g = pm[1] & MD_PM_PFN;
+	if (!(pm[0] & MD_PM_PRESENT) || !(pm[1] & MD_PM_PRESENT) || !f)
+		return 0;
+	if (f != g) {
+		static int told;
+		if (!__atomic_exchange_n(&told, 1, __ATOMIC_RELAXED))
+			md__log("this kernel maps no zero page (read faults allocate): a dropped zero "
+				"page read again is a page of its own until the scanner drops it again");
+		return 0;
+	}
+	return f;
 }
 
 /* The fault thread: see the lock in merge.h. */

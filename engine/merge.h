@@ -133,7 +133,7 @@ struct md__engine {
 	struct md__eregion *regions;
 	size_t nregions;
 	int pagemap_fd;
-	uint64_t zero_pfn;      /* the kernel's zero page in pagemap, 0: unknown */
+	uint64_t zero_pfn;      /* the kernel's zero page in pagemap, 0: unknown or none */
 	int kernel_ksm;
 	uint64_t max_vmas;
 	uint64_t vma_estimate;  /* upper bound since the last count */
