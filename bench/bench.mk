@@ -12,7 +12,12 @@ $(B)/census: $(B)/bench/census.o
 $(B)/hashbench: $(B)/bench/hashbench.o $(B)/libmemdedup.a
 	$(CC) -o $@ $^ $(LDFLAGS)
 
-bench-build: $(B)/microbench $(B)/census $(B)/hashbench
+# What a merge's page-table work costs on this machine (zero page, TLB
+# shootdowns, huge page splits): `build/ptcost`.
+$(B)/ptcost: $(B)/bench/ptcost.o
+	$(CC) -o $@ $^ $(LDFLAGS)
+
+bench-build: $(B)/microbench $(B)/census $(B)/hashbench $(B)/ptcost
 
 microbench: $(B)/microbench $(B)/hashbench
 	$(B)/microbench 64 5
