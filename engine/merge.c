@@ -67,6 +67,8 @@ static uint64_t zero_pfn(int pagemap_fd)
 	volatile unsigned char *p = md__sys_mmap(NULL, 2 * MD_EPAGE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if ((void *)p == MAP_FAILED)
 		return 0;
+	/* Not the huge zero page, whose 4 KiB frames differ. */
+	md__sys_madvise((void *)p, 2 * MD_EPAGE, MADV_NOHUGEPAGE);
 	(void)p[0];	/* a read fault maps the zero page, where there is one */
 	(void)p[MD_EPAGE];
 	if (md__sys_pread(pagemap_fd, pm, sizeof(pm), (off_t)((uintptr_t)p / MD_EPAGE * sizeof(pm[0]))) !=

@@ -26,6 +26,7 @@ static inline uint64_t test_zero_pfn(void)
 	uint64_t pm[2] = {0, 0};
 	volatile char *p = mmap(NULL, 2 * 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	ASSERT((void *)p != MAP_FAILED);
+	madvise((void *)p, 2 * 4096, MADV_NOHUGEPAGE);	/* not the huge zero page */
 	(void)p[0];
 	(void)p[4096];
 	int fd = open("/proc/self/pagemap", O_RDONLY);
