@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "checksum.h"
@@ -173,6 +174,7 @@ void md__engine_fini(struct md__engine *e)
 	}
 	free(e->regions);
 	free(e->slot_hash);
+	free(e->cmp_buf);
 	md__index_free(&e->index);
 	md__pool_close(&e->pool);
 	if (e->pagemap_fd >= 0)
@@ -262,6 +264,24 @@ static void thaw(struct md__engine *e, uintptr_t addr, size_t len)
 {
 	if (md__uffd_wp(&e->uffd, addr, len, 0) != 0)
 		md__uffd_wake(&e->uffd, addr, len);
+}
+
+#define CMP_PAGES 64
+
+/* The content of the n (at most CMP_PAGES) frozen pages at a, for the
+ * compare that proves a merge: a copy read through the kernel
+ * (process_vm_readv), or the pages themselves if that fails. Frozen, they
+ * read the same either way; but on some machines our first touch of a
+ * page of a huge page that a merge split costs 4.6 us (a shadow page-table
+ * fault under the hypervisor), the copy 0.43 us, and the compare is often
+ * that first touch (`build/ptcost`, docs/benchmarks.md). */
+static const unsigned char *frozen_pages(struct md__engine *e, uintptr_t a, size_t n)
+{
+	if (!e->cmp_buf && !(e->cmp_buf = aligned_alloc(64, CMP_PAGES * MD_EPAGE)))
+		return (const unsigned char *)a;
+	struct iovec loc = { e->cmp_buf, n * MD_EPAGE }, rem = { (void *)a, n * MD_EPAGE };
+	return process_vm_readv(getpid(), &loc, 1, &rem, 1, 0) == (ssize_t)(n * MD_EPAGE) ?
+	       e->cmp_buf : (const unsigned char *)a;
 }
 
 /* 1 if every page of the run still carries the write-protect bit. */
@@ -557,10 +577,14 @@ int md__engine_merge_slots(struct md__engine *e, void *addr, size_t n, const uin
 		goto unlock;
 	/* Unequal pages are abandoned merges; pages whose slot is not live
 	 * are only left as they were. */
-	for (size_t i = 0; i < n; i++)
-		eq[i] = !slot_mergeable(e, slots[i]) ? EQ_NO_SLOT :
-			memcmp((const void *)(a + i * MD_EPAGE), md__engine_pool_page(e, slots[i]),
-			       MD_EPAGE) == 0 ? EQ_SAME : EQ_DIFFERS;
+	for (size_t c = 0; c < n; c += CMP_PAGES) {
+		size_t m = n - c < CMP_PAGES ? n - c : CMP_PAGES;
+		const unsigned char *g = frozen_pages(e, a + c * MD_EPAGE, m);
+		for (size_t i = c; i < c + m; i++)
+			eq[i] = !slot_mergeable(e, slots[i]) ? EQ_NO_SLOT :
+				memcmp(g + (i - c) * MD_EPAGE, md__engine_pool_page(e, slots[i]),
+				       MD_EPAGE) == 0 ? EQ_SAME : EQ_DIFFERS;
+	}
 	if (!still_frozen(e, a, n))
 		for (size_t i = 0; i < n; i++)
 			eq[i] = eq[i] == EQ_SAME ? EQ_DIFFERS : eq[i];
@@ -626,7 +650,13 @@ int md__engine_merge_file(struct md__engine *e, void *addr, size_t n, int fd, of
 	/* All or nothing: the callers pass runs of pages that matched by
 	 * hash, which are equal unless a guest wrote one just now. */
 	err = 0;
-	if (memcmp((const void *)a, content, n * MD_EPAGE) != 0 || !still_frozen(e, a, n)) {
+	int differ = 0;
+	for (size_t c = 0; c < n && !differ; c += CMP_PAGES) {
+		size_t m = n - c < CMP_PAGES ? n - c : CMP_PAGES;
+		differ = memcmp(frozen_pages(e, a + c * MD_EPAGE, m),
+				(const unsigned char *)content + c * MD_EPAGE, m * MD_EPAGE) != 0;
+	}
+	if (differ || !still_frozen(e, a, n)) {
 		e->st.abandoned += n;
 		goto thaw_pages;
 	}

@@ -26,7 +26,8 @@
  * merges per visit (between 1 and 7 of 8). A ratio set to 0 turns hints off
  * (and their adaptation): the plain linear or random scan, for comparison.
  *
- * A visit (the page is not frozen yet; nothing here is proof):
+ * A visit (the page is not frozen yet; nothing here is proof; the cursor
+ * reads its pages through the kernel, 64 at a time, see content()):
  *   0. like ksmd, only pages of anonymous memory that are there are
  *      visited: /proc/self/pagemap says a page never touched or dropped
  *      (not present) or showing the kernel's zero page (present, its frame
@@ -80,7 +81,9 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "checksum.h"
 #include "scanner.h"
@@ -167,6 +170,8 @@ static void free_unstable(struct md__scanner *s)
 void md__scanner_free(struct md__scanner *s)
 {
 	free_unstable(s);
+	free(s->copy);
+	s->copy = NULL;
 }
 
 static uint64_t next_rand(struct md__scanner *s)
@@ -456,6 +461,14 @@ static uintptr_t window_end(const struct md__eregion *r, size_t i, int cursor)
 	return r->start + (last + 1) * MD_EPAGE;
 }
 
+/* Page a's copy if the cursor's last read has it, else a itself. */
+static const void *copied(const struct md__scanner *s, uintptr_t a)
+{
+	size_t k = (a - s->copy_base) / MD_EPAGE;
+	return a >= s->copy_base && k < MD_SCAN_COPY && (s->copy_have >> k & 1) ?
+	       (const void *)(s->copy + k * MD_EPAGE) : (const void *)a;
+}
+
 /* How many pages from a (inside the pagemap window, in r) are word
  * repeated and may be merged as such: present anonymous pages no merge
  * holds. At most max. */
@@ -465,9 +478,64 @@ static size_t fills_at(struct md__scanner *s, const struct md__eregion *r, uintp
 	size_t i = (a - r->start) / MD_EPAGE, w = (a - s->pm_base) / MD_EPAGE, n = 0;
 	while (n < max && w + n < s->pm_n && !MD_REF_BUSY(r->ref[i + n]) &&
 	       worth_reading(s->e, s->pm[w + n]) &&
-	       md__page_is_filled((const void *)(a + n * MD_EPAGE), word))
+	       md__page_is_filled(copied(s, a + n * MD_EPAGE), word))
 		n++;
 	return n;
+}
+
+/* The content of page a of r (in the pagemap window) for the cursor: a
+ * copy read through the kernel (process_vm_readv), together with the next
+ * pages of the window a visit may read, or a itself if that fails. On some
+ * machines our first touch of a page of a huge page that a merge split
+ * costs 4.6 us (a shadow page-table fault under the hypervisor), the copy
+ * 0.43 us (`build/ptcost`, docs/benchmarks.md): half the scanner's CPU
+ * there. Only pages pagemap shows present are read: the kernel's read of
+ * an absent one would populate guest RAM. Never proof: a merge compares
+ * under write-protection. */
+static const void *content(struct md__scanner *s, const struct md__eregion *r, uintptr_t a)
+{
+	const void *c = copied(s, a);
+	if (c != (const void *)a)
+		return c;
+	if (!s->copy && !(s->copy = aligned_alloc(64, MD_SCAN_COPY * MD_EPAGE)))
+		return c;
+	struct iovec loc[MD_SCAN_COPY], rem[MD_SCAN_COPY];
+	size_t niov = 0, w = (a - s->pm_base) / MD_EPAGE, i = (a - r->start) / MD_EPAGE;
+	size_t np = (r->end - r->start) / MD_EPAGE;
+	size_t lim = s->random_order ? 1 : MD_SCAN_COPY;	/* random: the next visit is elsewhere */
+	uint64_t want = 0;
+	for (size_t k = 0; k < lim && w + k < s->pm_n && i + k < np; k++) {
+		if (k && (MD_REF_BUSY(r->ref[i + k]) || MD_SEEN_SKIP(r->seen[i + k]) ||
+			  !worth_reading(s->e, s->pm[w + k])))
+			continue;
+		want |= 1ull << k;
+		if (niov && (uintptr_t)rem[niov - 1].iov_base + rem[niov - 1].iov_len == a + k * MD_EPAGE) {
+			rem[niov - 1].iov_len += MD_EPAGE;
+			loc[niov - 1].iov_len += MD_EPAGE;
+		} else {
+			rem[niov].iov_base = (void *)(a + k * MD_EPAGE);
+			rem[niov].iov_len = MD_EPAGE;
+			loc[niov].iov_base = s->copy + k * MD_EPAGE;
+			loc[niov].iov_len = MD_EPAGE;
+			niov++;
+		}
+	}
+	s->copy_base = a;
+	s->copy_have = 0;
+	ssize_t got = process_vm_readv(getpid(), loc, niov, rem, niov, 0);
+	if (got <= 0)
+		return (const void *)a;
+	/* A partial read stops at the first range it could not read. */
+	size_t left = (size_t)got;
+	for (size_t v = 0; v < niov && left; v++) {
+		size_t k0 = ((uintptr_t)rem[v].iov_base - a) / MD_EPAGE;
+		size_t len = rem[v].iov_len < left ? rem[v].iov_len : left;
+		for (size_t q = 0; q < len / MD_EPAGE; q++)
+			s->copy_have |= 1ull << (k0 + q);
+		left -= len;
+	}
+	s->copy_have &= want;
+	return s->copy_have & 1 ? s->copy : c;
 }
 
 /* How many pages from the page a of word repeated, which the cursor found,
@@ -491,7 +559,7 @@ static size_t fill_run(struct md__scanner *s, const struct md__eregion *r, uintp
 static int fill_visit(struct md__scanner *s, struct md__eregion *r, uintptr_t a, size_t n,
 		      uint64_t word, int hinted)
 {
-	uint16_t h = (uint16_t)md__page_hash((const void *)a);	/* the same for all n */
+	uint16_t h = (uint16_t)md__page_hash(copied(s, a));	/* the same for all n */
 	size_t first = (a - r->start) / MD_EPAGE;
 	for (size_t j = 0; j < n;) {
 		size_t i = first + j;
@@ -599,7 +667,7 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 		s->pm_fresh = a + MD_EPAGE;	/* the next page of the run is fresh too */
 	if (!worth_reading(e, s->pm[(a - s->pm_base) / MD_EPAGE]))
 		return 0;
-	const void *page = (const void *)a;
+	const void *page = hinted ? (const void *)a : content(s, r, a);
 	*read = 1;
 	uint64_t word;
 	if (md__page_fill(page, &word)) {
@@ -722,6 +790,7 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 		s->files.merge(s->files.arg, NULL, NULL, 0);
 	pthread_rwlock_rdlock(&s->e->regions_lock);
 	s->pm_n = 0;	/* the window is as old as the batch at most */
+	s->copy_have = 0;	/* and so are the copies */
 	/* Hints off (the plain scan), no lookup carries a tag to meet them. */
 	if (s->e->remote && s->hints && __atomic_load_n(&s->ratio, __ATOMIC_RELAXED) &&
 	    md__remote_connected(s->e->remote))

@@ -53,6 +53,7 @@ struct md__unstable {                      /* hash -> guest page, about a pass *
  * this many (GATHER in scanner.c), so a batch costs one round trip of each
  * kind. */
 #define MD_SCAN_PEND 256
+#define MD_SCAN_COPY 64
 
 struct md__scanner {
 	struct md__engine *e;
@@ -81,6 +82,9 @@ struct md__scanner {
 	uintptr_t pm_base;
 	size_t pm_n;
 	uintptr_t pm_fresh;     /* the next hinted page the window is fresh for */
+	unsigned char *copy;    /* MD_SCAN_COPY pages read through the kernel (256 KiB) */
+	uintptr_t copy_base;
+	uint64_t copy_have;     /* bit k: page copy_base + k is in copy */
 	/* With the daemon's pool: candidates of this batch, resolved together
 	 * (one LOOKUP, one REF, one PUBLISH instead of one each per page). */
 	uint64_t pend_addr[MD_SCAN_PEND];
