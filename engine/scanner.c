@@ -503,12 +503,10 @@ static const void *content(struct md__scanner *s, const struct md__eregion *r, u
 	size_t niov = 0, w = (a - s->pm_base) / MD_EPAGE, i = (a - r->start) / MD_EPAGE;
 	size_t np = (r->end - r->start) / MD_EPAGE;
 	size_t lim = s->random_order ? 1 : MD_SCAN_COPY;	/* random: the next visit is elsewhere */
-	uint64_t want = 0;
 	for (size_t k = 0; k < lim && w + k < s->pm_n && i + k < np; k++) {
 		if (k && (MD_REF_BUSY(r->ref[i + k]) || MD_SEEN_SKIP(r->seen[i + k]) ||
 			  !worth_reading(s->e, s->pm[w + k])))
 			continue;
-		want |= 1ull << k;
 		if (niov && (uintptr_t)rem[niov - 1].iov_base + rem[niov - 1].iov_len == a + k * MD_EPAGE) {
 			rem[niov - 1].iov_len += MD_EPAGE;
 			loc[niov - 1].iov_len += MD_EPAGE;
@@ -524,7 +522,7 @@ static const void *content(struct md__scanner *s, const struct md__eregion *r, u
 	s->copy_have = 0;
 	ssize_t got = process_vm_readv(getpid(), loc, niov, rem, niov, 0);
 	if (got <= 0)
-		return (const void *)a;
+		return c;
 	/* A partial read stops at the first range it could not read. */
 	size_t left = (size_t)got;
 	for (size_t v = 0; v < niov && left; v++) {
@@ -534,7 +532,6 @@ static const void *content(struct md__scanner *s, const struct md__eregion *r, u
 			s->copy_have |= 1ull << (k0 + q);
 		left -= len;
 	}
-	s->copy_have &= want;
 	return s->copy_have & 1 ? s->copy : c;
 }
 
