@@ -16,6 +16,29 @@ ssize_t md__sys_pread(int fd, void *buf, size_t len, off_t off)
 	return syscall(SYS_pread64, fd, buf, len, off);
 }
 
+int md__copy_own_pages(void *buf, const void **p, size_t n)
+{
+	struct iovec loc[MD_COPY_PAGES_MAX], rem[MD_COPY_PAGES_MAX];
+	size_t niov = 0;
+	if (n > MD_COPY_PAGES_MAX)
+		return -EINVAL;
+	for (size_t i = 0; i < n; i++) {
+		if (niov && (const char *)rem[niov - 1].iov_base + rem[niov - 1].iov_len == p[i]) {
+			rem[niov - 1].iov_len += 4096;
+			loc[niov - 1].iov_len += 4096;
+			continue;
+		}
+		rem[niov] = (struct iovec){ (void *)p[i], 4096 };
+		loc[niov++] = (struct iovec){ (char *)buf + i * 4096, 4096 };
+	}
+	ssize_t got = process_vm_readv(getpid(), loc, niov, rem, niov, 0);
+	if (got != (ssize_t)(n * 4096))
+		return got < 0 ? -errno : -EFAULT;
+	for (size_t i = 0; i < n; i++)
+		p[i] = (const char *)buf + i * 4096;
+	return 0;
+}
+
 ssize_t md__sys_preadv2(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags)
 {
 	/* The kernel takes the offset as two longs; on 64-bit the high one is 0. */

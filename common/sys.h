@@ -20,6 +20,18 @@ int md__sys_munmap(void *addr, size_t len);
 int md__sys_madvise(void *addr, size_t len, int advice);
 pid_t md__sys_gettid(void);
 
+/* Copies the n pages of our own memory at p[0..n) (n at most 64) to buf,
+ * page i at buf + i * 4096, through the kernel (process_vm_readv): one
+ * call, adjacent pages as one range. On success points p[i] at its copy and
+ * returns 0; else returns -errno and leaves p as it was. Why: on some
+ * machines our first touch of a page (a guest page of a huge page a merge
+ * split, a pool or image page we map and never read) costs 4-5 us, a
+ * shadow page-table fault under the hypervisor, and the copy 0.4-2 us
+ * (`build/ptcost`, docs/benchmarks.md). Reading an absent page populates
+ * it: only pages known present (or file pages) may be read so. */
+#define MD_COPY_PAGES_MAX 64
+int md__copy_own_pages(void *buf, const void **p, size_t n);
+
 /* Lines of /proc/self/maps: the process's mappings (VMAs) now. */
 uint64_t md__count_vmas(void);
 /* The pages the process maps now, all of them and those of files and

@@ -266,22 +266,38 @@ static void thaw(struct md__engine *e, uintptr_t addr, size_t len)
 		md__uffd_wake(&e->uffd, addr, len);
 }
 
-#define CMP_PAGES 64
+#define CMP_PAGES MD_COPY_PAGES_MAX
+
+/* The compare buffers: CMP_PAGES pages of frozen guest memory, then
+ * CMP_PAGES of what they must equal. NULL if there is no memory. */
+static unsigned char *cmp_buf(struct md__engine *e)
+{
+	if (!e->cmp_buf)
+		e->cmp_buf = aligned_alloc(64, 2 * CMP_PAGES * MD_EPAGE);
+	return e->cmp_buf;
+}
 
 /* The content of the n (at most CMP_PAGES) frozen pages at a, for the
- * compare that proves a merge: a copy read through the kernel
- * (process_vm_readv), or the pages themselves if that fails. Frozen, they
- * read the same either way; but on some machines our first touch of a
- * page of a huge page that a merge split costs 4.6 us (a shadow page-table
- * fault under the hypervisor), the copy 0.43 us, and the compare is often
- * that first touch (`build/ptcost`, docs/benchmarks.md). */
+ * compare that proves a merge: a copy read through the kernel, or the
+ * pages themselves if that fails. Frozen, they read the same either way,
+ * and the copy spares our first touch of them (md__copy_own_pages). */
 static const unsigned char *frozen_pages(struct md__engine *e, uintptr_t a, size_t n)
 {
-	if (!e->cmp_buf && !(e->cmp_buf = aligned_alloc(64, CMP_PAGES * MD_EPAGE)))
-		return (const unsigned char *)a;
-	struct iovec loc = { e->cmp_buf, n * MD_EPAGE }, rem = { (void *)a, n * MD_EPAGE };
-	return process_vm_readv(getpid(), &loc, 1, &rem, 1, 0) == (ssize_t)(n * MD_EPAGE) ?
-	       e->cmp_buf : (const unsigned char *)a;
+	const void *p[CMP_PAGES];
+	unsigned char *b = cmp_buf(e);
+	for (size_t i = 0; i < n; i++)
+		p[i] = (const void *)(a + i * MD_EPAGE);
+	return b && md__copy_own_pages(b, p, n) == 0 ? b : (const unsigned char *)a;
+}
+
+/* What the n (at most CMP_PAGES) pool or image pages at p[0..n) hold, for
+ * the same compare: p[i] set to their copies in the second buffer, or
+ * left as they are if that fails. */
+static void other_pages(struct md__engine *e, const unsigned char **p, size_t n)
+{
+	unsigned char *b = cmp_buf(e);
+	if (b)
+		md__copy_own_pages(b + CMP_PAGES * MD_EPAGE, (const void **)p, n);
 }
 
 /* 1 if every page of the run still carries the write-protect bit. */
@@ -578,12 +594,17 @@ int md__engine_merge_slots(struct md__engine *e, void *addr, size_t n, const uin
 	/* Unequal pages are abandoned merges; pages whose slot is not live
 	 * are only left as they were. */
 	for (size_t c = 0; c < n; c += CMP_PAGES) {
-		size_t m = n - c < CMP_PAGES ? n - c : CMP_PAGES;
-		const unsigned char *g = frozen_pages(e, a + c * MD_EPAGE, m);
-		for (size_t i = c; i < c + m; i++)
-			eq[i] = !slot_mergeable(e, slots[i]) ? EQ_NO_SLOT :
-				memcmp(g + (i - c) * MD_EPAGE, md__engine_pool_page(e, slots[i]),
-				       MD_EPAGE) == 0 ? EQ_SAME : EQ_DIFFERS;
+		size_t m = n - c < CMP_PAGES ? n - c : CMP_PAGES, np = 0;
+		const unsigned char *g = frozen_pages(e, a + c * MD_EPAGE, m), *pp[CMP_PAGES];
+		for (size_t i = c; i < c + m; i++) {
+			eq[i] = slot_mergeable(e, slots[i]) ? EQ_DIFFERS : EQ_NO_SLOT;
+			if (eq[i] == EQ_DIFFERS)
+				pp[np++] = md__engine_pool_page(e, slots[i]);
+		}
+		other_pages(e, pp, np);
+		for (size_t i = c, k = 0; i < c + m; i++)
+			if (eq[i] == EQ_DIFFERS && memcmp(g + (i - c) * MD_EPAGE, pp[k++], MD_EPAGE) == 0)
+				eq[i] = EQ_SAME;
 	}
 	if (!still_frozen(e, a, n))
 		for (size_t i = 0; i < n; i++)
@@ -653,8 +674,11 @@ int md__engine_merge_file(struct md__engine *e, void *addr, size_t n, int fd, of
 	int differ = 0;
 	for (size_t c = 0; c < n && !differ; c += CMP_PAGES) {
 		size_t m = n - c < CMP_PAGES ? n - c : CMP_PAGES;
-		differ = memcmp(frozen_pages(e, a + c * MD_EPAGE, m),
-				(const unsigned char *)content + c * MD_EPAGE, m * MD_EPAGE) != 0;
+		const unsigned char *f[CMP_PAGES];
+		for (size_t i = 0; i < m; i++)
+			f[i] = (const unsigned char *)content + (c + i) * MD_EPAGE;
+		other_pages(e, f, m);	/* one range: all copied, or none */
+		differ = memcmp(frozen_pages(e, a + c * MD_EPAGE, m), f[0], m * MD_EPAGE) != 0;
 	}
 	if (differ || !still_frozen(e, a, n)) {
 		e->st.abandoned += n;
@@ -694,8 +718,12 @@ static int freeze_filled(struct md__engine *e, uintptr_t a, size_t n, uint64_t w
 	int err = freeze(e, a, n * MD_EPAGE);
 	if (err)
 		return err;
-	for (size_t i = 0; i < n; i++)
-		eq[i] = (uint8_t)md__page_is_filled((const void *)(a + i * MD_EPAGE), word);
+	for (size_t c = 0; c < n; c += CMP_PAGES) {
+		size_t m = n - c < CMP_PAGES ? n - c : CMP_PAGES;
+		const unsigned char *g = frozen_pages(e, a + c * MD_EPAGE, m);
+		for (size_t i = 0; i < m; i++)
+			eq[c + i] = (uint8_t)md__page_is_filled(g + i * MD_EPAGE, word);
+	}
 	if (!still_frozen(e, a, n))
 		memset(eq, 0, n);
 	return 0;
@@ -871,22 +899,22 @@ int md__engine_publish(struct md__engine *e, void *addr, size_t n, uint32_t *slo
 	err = freeze(e, a, n * MD_EPAGE);
 	if (err)
 		goto unreserve;
-	/* Frozen, so what we copy is what stays; the compare after the copy
-	 * is the same proof a merge needs (a short write, a bug, a page that
+	/* Frozen, so what we copy (read through the kernel, frozen_pages) is
+	 * what stays; the compare after the copy is the same proof a merge needs (a short write, a bug, a page that
 	 * was not frozen after all all show up here). */
-	err = md__pool_publish(&e->pool, slot, (const void *)a, n);
+	const unsigned char *g = n <= CMP_PAGES ? frozen_pages(e, a, n) : (const unsigned char *)a;
+	err = md__pool_publish(&e->pool, slot, g, n);
 	if (err)
 		goto thaw_pages;
 	err = -EAGAIN;
-	if (memcmp((const void *)a, md__pool_page(&e->pool, slot), n * MD_EPAGE) != 0 ||
-	    !still_frozen(e, a, n))
+	if (memcmp(g, md__pool_page(&e->pool, slot), n * MD_EPAGE) != 0 || !still_frozen(e, a, n))
 		goto drop_slots;
 	err = map_pool(e, r, a, n, slot);
 	if (err)
 		goto drop_slots;
 	apply_advice(e, r, a, n * MD_EPAGE);
 	for (size_t i = 0; i < n; i++) {
-		uint64_t h = md__page_hash((const void *)(a + i * MD_EPAGE));
+		uint64_t h = md__page_hash(g + i * MD_EPAGE);
 		e->slot_hash[slot + i] = h;
 		md__index_insert(&e->index, h, slot + (uint32_t)i);
 	}

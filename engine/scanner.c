@@ -348,6 +348,20 @@ static void sort_pending(struct md__scanner *s)
 	}
 }
 
+/* Replaces the n (at most MD_SCAN_COPY) guest pages p[0..n) by copies
+ * (md__copy_own_pages) in the cursor's copy buffer, which then holds no
+ * window: the next visit reads its own. Sending a page from guest RAM was
+ * our first touch of it. */
+_Static_assert(MD_SCAN_COPY <= MD_COPY_PAGES_MAX, "copy_out copies a copy buffer's worth");
+
+static void copy_out(struct md__scanner *s, const void **p, size_t n)
+{
+	if (!s->copy && !(s->copy = aligned_alloc(64, MD_SCAN_COPY * MD_EPAGE)))
+		return;
+	s->copy_have = 0;
+	md__copy_own_pages(s->copy, p, n);
+}
+
 /* Steps 4-5 with the daemon's pool, for the candidates of a batch:
  * LOOKUP all their hashes at once (with their addresses, so the daemon can
  * tell us when another agent publishes one of them); pin (REF) and merge
@@ -371,9 +385,10 @@ static void flush_remote(struct md__scanner *s)
 		return;
 	for (size_t k = 0; k < n; k++) {
 		if (slot1[k] == MD_LOOKUP_PUBLISH) {
-			/* Sent from guest RAM, unfrozen: memdedupd refuses a
-			 * page that no longer has the hash of the visit, and
-			 * the merge's compare decides, as ever. */
+			/* Sent unfrozen (copied just before, copy_out):
+			 * memdedupd refuses a page that no longer has the
+			 * hash of the visit, and the merge's compare decides,
+			 * as ever. */
 			pub_page[npub] = (const void *)s->pend_addr[k];
 			pub_hash[npub] = s->pend_hash[k];
 			pub_of[npub++] = k;
@@ -405,9 +420,13 @@ static void flush_remote(struct md__scanner *s)
 	 * was most of this thread's wake-ups. */
 	size_t npubd = 0;
 	int pub_status[MD_SCAN_PEND];
-	if (npub && md__remote_publish_each(rm, pub_hash, pub_page, (uint32_t)npub, pub_slot,
-					    pub_status) == 0) {
-		for (size_t j = 0; j < npub; j++) {
+	for (size_t c = 0; c < npub; c += MD_SCAN_COPY) {
+		size_t m = npub - c < MD_SCAN_COPY ? npub - c : MD_SCAN_COPY;
+		copy_out(s, pub_page + c, m);
+		if (md__remote_publish_each(rm, pub_hash + c, pub_page + c, (uint32_t)m, pub_slot + c,
+					    pub_status + c) != 0)
+			break;
+		for (size_t j = c; j < c + m; j++) {
 			if (pub_status[j])
 				continue;
 			s->st.published++;
