@@ -269,6 +269,41 @@ TEST_IMPL(proc_start_time)
 	return 0;
 }
 
+/* md__copy_own_pages: copies in p's order (adjacent pages as one range),
+ * file pages as well as anonymous ones, and all or nothing: a page that
+ * cannot be read leaves p as it was. */
+TEST_IMPL(copy_own_pages_all_or_nothing)
+{
+	int fd = memfd_create("t", MFD_CLOEXEC);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(ftruncate(fd, 4096), 0);
+	ASSERT_EQ(pwrite(fd, "file", 4, 0), 4);
+	const char *f = mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, 0);
+	char *m = mmap(NULL, 4 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	static char buf[MD_COPY_PAGES_MAX * 4096];
+	ASSERT(f != MAP_FAILED && m != MAP_FAILED);
+	for (int i = 0; i < 4; i++)
+		memset(m + i * 4096, 'a' + i, 4096);
+	const void *p[5] = { m + 2 * 4096, m, m + 4096, f, m + 3 * 4096 };
+	ASSERT_EQ(md__copy_own_pages(buf, p, 5), 0);
+	static const char want[] = "cabfd";
+	for (int i = 0; i < 5; i++) {
+		ASSERT(p[i] == buf + i * 4096);
+		ASSERT_EQ(((const char *)p[i])[i == 3 ? 0 : 4095], want[i]);
+	}
+	ASSERT_EQ(memcmp(buf + 3 * 4096, "file", 4), 0);
+
+	ASSERT_EQ(munmap(m + 4096, 4096), 0);	/* a hole: nothing to read */
+	const void *q[3] = { m, m + 4096, m + 2 * 4096 };
+	ASSERT(md__copy_own_pages(buf, q, 3) < 0);
+	ASSERT(q[0] == m && q[1] == m + 4096 && q[2] == m + 2 * 4096);
+	ASSERT_EQ(md__copy_own_pages(buf, q, MD_COPY_PAGES_MAX + 1), -EINVAL);
+	munmap(m, 4 * 4096);
+	munmap((void *)f, 4096);
+	close(fd);
+	return 0;
+}
+
 /* The agent walks the pages it shared (copy-on-write breaks) only after
  * the pages the process maps moved since its last walk: a write to a
  * private file page moves them by one, whether the page was mapped (read)
