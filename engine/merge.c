@@ -900,8 +900,9 @@ int md__engine_publish(struct md__engine *e, void *addr, size_t n, uint32_t *slo
 	if (err)
 		goto unreserve;
 	/* Frozen, so what we copy (read through the kernel, frozen_pages) is
-	 * what stays; the compare after the copy is the same proof a merge needs (a short write, a bug, a page that
-	 * was not frozen after all all show up here). */
+	 * what stays; the compare after the copy is the same proof a merge
+	 * needs (a short write, a bug, a page that was not frozen after all
+	 * all show up here). */
 	const unsigned char *g = n <= CMP_PAGES ? frozen_pages(e, a, n) : (const unsigned char *)a;
 	err = md__pool_publish(&e->pool, slot, g, n);
 	if (err)

@@ -348,12 +348,12 @@ static void sort_pending(struct md__scanner *s)
 	}
 }
 
+_Static_assert(MD_SCAN_COPY <= MD_COPY_PAGES_MAX, "copy_out copies a copy buffer's worth");
+
 /* Replaces the n (at most MD_SCAN_COPY) guest pages p[0..n) by copies
  * (md__copy_own_pages) in the cursor's copy buffer, which then holds no
  * window: the next visit reads its own. Sending a page from guest RAM was
  * our first touch of it. */
-_Static_assert(MD_SCAN_COPY <= MD_COPY_PAGES_MAX, "copy_out copies a copy buffer's worth");
-
 static void copy_out(struct md__scanner *s, const void **p, size_t n)
 {
 	if (!s->copy && !(s->copy = aligned_alloc(64, MD_SCAN_COPY * MD_EPAGE)))
@@ -416,8 +416,9 @@ static void flush_remote(struct md__scanner *s)
 	/* One page per PUBLISH: the daemon then answers with an equal live
 	 * page when another agent published the same content meanwhile (it
 	 * compares single pages only), so no content is in the pool twice.
-	 * All of them in one round trip: while guests converge, one per page
-	 * was most of this thread's wake-ups. */
+	 * A round trip for 64 of them (the copies they are sent from fill the
+	 * cursor's buffer): while guests converge, one per page was most of
+	 * this thread's wake-ups. */
 	size_t npubd = 0;
 	int pub_status[MD_SCAN_PEND];
 	for (size_t c = 0; c < npub; c += MD_SCAN_COPY) {
