@@ -489,27 +489,17 @@ static const void *copied(const struct md__scanner *s, uintptr_t a)
 	       (const void *)(s->copy + k * MD_EPAGE) : (const void *)a;
 }
 
-static const void *content(struct md__scanner *s, const struct md__eregion *r, uintptr_t a);
-
 /* How many pages from a (inside the pagemap window, in r) are word
  * repeated and may be merged as such: present anonymous pages no merge
- * holds. At most max. For the cursor, read as its pages are (content()):
- * past its copies it copies the next ones, which it visits next (the copy
- * of the page it started from may then be gone). A sweep reads the pages
- * themselves: it visits none of them, and most fail at their first bytes. */
+ * holds. At most max. */
 static size_t fills_at(struct md__scanner *s, const struct md__eregion *r, uintptr_t a, size_t max,
-		       uint64_t word, int cursor)
+		       uint64_t word)
 {
 	size_t i = (a - r->start) / MD_EPAGE, w = (a - s->pm_base) / MD_EPAGE, n = 0;
-	for (; n < max && w + n < s->pm_n && !MD_REF_BUSY(r->ref[i + n]) &&
-	       worth_reading(s->e, s->pm[w + n]); n++) {
-		uintptr_t p = a + n * MD_EPAGE;
-		const void *c = copied(s, p);
-		if (c == (const void *)p && cursor)
-			c = content(s, r, p);	/* past the copies: the next ones */
-		if (!md__page_is_filled(c, word))
-			break;
-	}
+	while (n < max && w + n < s->pm_n && !MD_REF_BUSY(r->ref[i + n]) &&
+	       worth_reading(s->e, s->pm[w + n]) &&
+	       md__page_is_filled(copied(s, a + n * MD_EPAGE), word))
+		n++;
 	return n;
 }
 
@@ -573,7 +563,7 @@ static size_t fill_run(struct md__scanner *s, const struct md__eregion *r, uintp
 {
 	size_t i = (a - r->start) / MD_EPAGE, np = (r->end - r->start) / MD_EPAGE;
 	size_t max = i + 2 < np ? np - i - 2 : 0;
-	return 1 + fills_at(s, r, a + MD_EPAGE, max < 255 ? max : 255, word, 1);
+	return 1 + fills_at(s, r, a + MD_EPAGE, max < 255 ? max : 255, word);
 }
 
 /* Pages [a, a + n) of r, all word repeated (not zero): those that were so
@@ -642,7 +632,7 @@ static size_t sweep_zero(struct md__scanner *s)
 		if (!read_window(s, a, end))
 			break;
 		for (size_t w = 0; w < s->pm_n;) {
-			size_t run = fills_at(s, r, a + w * MD_EPAGE, s->pm_n - w, 0, 0);
+			size_t run = fills_at(s, r, a + w * MD_EPAGE, s->pm_n - w, 0);
 			if (run) {
 				int z = md__engine_merge_zero(e, (void *)(a + w * MD_EPAGE), run);
 				dropped += z > 0 ? (size_t)z : 0;
@@ -713,9 +703,7 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 			s->zero_ahead = n - 1;
 			return 0;
 		}
-		/* No strip for one more word: a page like any other (its
-		 * copy may be gone: fills_at). */
-		page = hinted ? (const void *)a : copied(s, a);
+		/* No strip for one more word: a page like any other. */
 	}
 	uint64_t h = md__page_hash(page);
 	int changed = !r->seen[i] || r->hash[i] != (uint16_t)h;
