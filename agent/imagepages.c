@@ -177,9 +177,10 @@ static int merge_run(struct md_agent *a, uintptr_t addr, const uint64_t *cookie,
 	if (!md__vma_room(a))
 		goto unlock;
 	/* Under the lease the file cannot change: this is what the mapping
-	 * will show, and what the guest pages must equal. Compared through
-	 * the image's view: a pread copying it was a tenth of the scanner's
-	 * time on guests that copy image files (docs/benchmarks.md). */
+	 * will show, and what the guest pages must equal. Named by the
+	 * image's view (the engine reads it through the kernel, one call for
+	 * the run): a pread of every run was a tenth of the scanner's time on
+	 * guests that copy image files (docs/benchmarks.md). */
 	const unsigned char *view = md__image_view(a, img);
 	const unsigned char *file = view ? view + off : ip->buf;
 	if (!view && md__sys_pread(img->fd, ip->buf, n * MD_PAGE, off) != (ssize_t)(n * MD_PAGE))
