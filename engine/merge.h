@@ -133,7 +133,7 @@ struct md__engine {
 	struct md__eregion *regions;
 	size_t nregions;
 	int pagemap_fd;
-	unsigned char *cmp_buf;	/* CMP_PAGES frozen pages read through the kernel */
+	unsigned char *cmp_buf;	/* the compare's copies: frozen pages, then what they must equal */
 	uint64_t zero_pfn;      /* the kernel's zero page in pagemap, 0: unknown or none */
 	int kernel_ksm;
 	uint64_t max_vmas;

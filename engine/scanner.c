@@ -81,9 +81,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/uio.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "checksum.h"
 #include "scanner.h"
@@ -348,7 +346,15 @@ static void sort_pending(struct md__scanner *s)
 	}
 }
 
-_Static_assert(MD_SCAN_COPY <= MD_COPY_PAGES_MAX, "copy_out copies a copy buffer's worth");
+_Static_assert(MD_SCAN_COPY <= MD_COPY_PAGES_MAX, "a copy buffer's worth is one md__copy_own_pages");
+
+/* The cursor's copy buffer, MD_SCAN_COPY pages; NULL if there is no memory. */
+static unsigned char *copy_buf(struct md__scanner *s)
+{
+	if (!s->copy)
+		s->copy = aligned_alloc(64, MD_SCAN_COPY * MD_EPAGE);
+	return s->copy;
+}
 
 /* Replaces the n (at most MD_SCAN_COPY) guest pages p[0..n) by copies
  * (md__copy_own_pages) in the cursor's copy buffer, which then holds no
@@ -356,10 +362,9 @@ _Static_assert(MD_SCAN_COPY <= MD_COPY_PAGES_MAX, "copy_out copies a copy buffer
  * our first touch of it. */
 static void copy_out(struct md__scanner *s, const void **p, size_t n)
 {
-	if (!s->copy && !(s->copy = aligned_alloc(64, MD_SCAN_COPY * MD_EPAGE)))
-		return;
 	s->copy_have = 0;
-	md__copy_own_pages(s->copy, p, n);
+	if (copy_buf(s))
+		md__copy_own_pages(s->copy, p, n);
 }
 
 /* Steps 4-5 with the daemon's pool, for the candidates of a batch:
@@ -481,13 +486,16 @@ static uintptr_t window_end(const struct md__eregion *r, size_t i, int cursor)
 	return r->start + (last + 1) * MD_EPAGE;
 }
 
-/* Page a's copy if the cursor's last read has it, else a itself. */
+/* Page a's copy if the cursor's last read has it, else a itself. The
+ * copies lie side by side, in address order, the pages not read left out. */
 static const void *copied(const struct md__scanner *s, uintptr_t a)
 {
 	size_t k = (a - s->copy_base) / MD_EPAGE;
-	return a >= s->copy_base && k < MD_SCAN_COPY && (s->copy_have >> k & 1) ?
-	       (const void *)(s->copy + k * MD_EPAGE) : (const void *)a;
+	if (a < s->copy_base || k >= MD_SCAN_COPY || !(s->copy_have >> k & 1))
+		return (const void *)a;
+	return s->copy + (size_t)__builtin_popcountll(s->copy_have & ((1ull << k) - 1)) * MD_EPAGE;
 }
+
 
 /* How many pages from a (inside the pagemap window, in r) are word
  * repeated and may be merged as such: present anonymous pages no merge
@@ -504,55 +512,33 @@ static size_t fills_at(struct md__scanner *s, const struct md__eregion *r, uintp
 }
 
 /* The content of page a of r (in the pagemap window) for the cursor: a
- * copy read through the kernel (process_vm_readv), together with the next
- * pages of the window a visit may read, or a itself if that fails. On some
- * machines our first touch of a page of a huge page that a merge split
- * costs 4.6 us (a shadow page-table fault under the hypervisor), the copy
- * 0.43 us (`build/ptcost`, docs/benchmarks.md): half the scanner's CPU
- * there. Only pages pagemap shows present are read: the kernel's read of
- * an absent one would populate guest RAM. Never proof: a merge compares
+ * copy read through the kernel (md__copy_own_pages), together with the
+ * next pages of the window a visit may read, or a itself if that fails.
+ * On some machines our first touch of a page of a huge page that a merge
+ * split costs 4.6 us (a shadow page-table fault under the hypervisor), the
+ * copy 0.43 us (`build/ptcost`, docs/benchmarks.md): half the scanner's
+ * CPU there. Only pages pagemap shows present are read: the kernel's read
+ * of an absent one would populate guest RAM. Never proof: a merge compares
  * under write-protection. */
 static const void *content(struct md__scanner *s, const struct md__eregion *r, uintptr_t a)
 {
-	const void *c = copied(s, a);
-	if (c != (const void *)a)
+	const void *c = copied(s, a), *p[MD_SCAN_COPY];
+	if (c != (const void *)a || !copy_buf(s))
 		return c;
-	if (!s->copy && !(s->copy = aligned_alloc(64, MD_SCAN_COPY * MD_EPAGE)))
-		return c;
-	struct iovec loc[MD_SCAN_COPY], rem[MD_SCAN_COPY];
-	size_t niov = 0, w = (a - s->pm_base) / MD_EPAGE, i = (a - r->start) / MD_EPAGE;
+	uint64_t want = 0;
+	size_t n = 0, w = (a - s->pm_base) / MD_EPAGE, i = (a - r->start) / MD_EPAGE;
 	size_t np = (r->end - r->start) / MD_EPAGE;
 	size_t lim = s->random_order ? 1 : MD_SCAN_COPY;	/* random: the next visit is elsewhere */
 	for (size_t k = 0; k < lim && w + k < s->pm_n && i + k < np; k++) {
 		if (k && (MD_REF_BUSY(r->ref[i + k]) || MD_SEEN_SKIP(r->seen[i + k]) ||
 			  !worth_reading(s->e, s->pm[w + k])))
 			continue;
-		if (niov && (uintptr_t)rem[niov - 1].iov_base + rem[niov - 1].iov_len == a + k * MD_EPAGE) {
-			rem[niov - 1].iov_len += MD_EPAGE;
-			loc[niov - 1].iov_len += MD_EPAGE;
-		} else {
-			rem[niov].iov_base = (void *)(a + k * MD_EPAGE);
-			rem[niov].iov_len = MD_EPAGE;
-			loc[niov].iov_base = s->copy + k * MD_EPAGE;
-			loc[niov].iov_len = MD_EPAGE;
-			niov++;
-		}
+		want |= 1ull << k;
+		p[n++] = (const void *)(a + k * MD_EPAGE);
 	}
 	s->copy_base = a;
-	s->copy_have = 0;
-	ssize_t got = process_vm_readv(getpid(), loc, niov, rem, niov, 0);
-	if (got <= 0)
-		return c;
-	/* A partial read stops at the first range it could not read. */
-	size_t left = (size_t)got;
-	for (size_t v = 0; v < niov && left; v++) {
-		size_t k0 = ((uintptr_t)rem[v].iov_base - a) / MD_EPAGE;
-		size_t len = rem[v].iov_len < left ? rem[v].iov_len : left;
-		for (size_t q = 0; q < len / MD_EPAGE; q++)
-			s->copy_have |= 1ull << (k0 + q);
-		left -= len;
-	}
-	return s->copy_have & 1 ? s->copy : c;
+	s->copy_have = md__copy_own_pages(s->copy, p, n) == 0 ? want : 0;
+	return s->copy_have ? s->copy : c;
 }
 
 /* How many pages from the page a of word repeated, which the cursor found,
