@@ -145,14 +145,17 @@ int md__stats_parse(const void *buf, size_t len, struct md__stats_snapshot *out)
 	if (f->version != MD_STATS_VERSION ||
 	    f->header_size != offsetof(struct md__stats_file, counters))
 		return -EINVAL;
-	/* A newer agent may append counters; an older one may have fewer. */
-	if (f->ncounters == 0 || f->ncounters > 4096 ||
-	    len < f->header_size + (size_t)f->ncounters * sizeof(uint64_t))
+	/* A newer agent may append counters, an older one may have fewer.
+	 * Readers read sizeof(struct md__stats_file) bytes: only the counters
+	 * this version knows must be there. */
+	if (f->ncounters == 0 || f->ncounters > 4096)
+		return -EINVAL;
+	uint32_t n = f->ncounters < MD_CTR_COUNT ? f->ncounters : MD_CTR_COUNT;
+	if (len < f->header_size + (size_t)n * sizeof(uint64_t))
 		return -EINVAL;
 	if (memchr(f->command, '\0', sizeof(f->command)) == NULL || f->pid == 0)
 		return -EINVAL;
 
-	uint32_t n = f->ncounters < MD_CTR_COUNT ? f->ncounters : MD_CTR_COUNT;
 	memcpy(ctr, f->counters, n * sizeof(uint64_t));
 	out->pid = f->pid;
 	out->start_time = f->start_time;

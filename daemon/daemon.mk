@@ -33,6 +33,12 @@ fuzz-protocol:
 	@mkdir -p $(B)
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -Iinclude -Icommon \
 	  -o $(B)/fuzz-protocol fuzz/fuzz_protocol.c common/protocol.c common/rxbuf.c
-	$(B)/fuzz-protocol -max_total_time=60 fuzz/corpus/protocol
+	$(B)/fuzz-protocol -max_total_time=60 -max_len=16384 fuzz/corpus/protocol
 
-.PHONY: fuzz-protocol
+# One valid message of every type into the corpus (after a protocol change).
+$(B)/fuzz-seeds: fuzz/protocol_seeds.c $(B)/libmemdedup.a
+	$(CC) $(MD_CFLAGS) $(CFLAGS) -o $@ $^ $(LDFLAGS)
+fuzz-seeds: $(B)/fuzz-seeds
+	$(B)/fuzz-seeds fuzz/corpus/protocol
+
+.PHONY: fuzz-protocol fuzz-seeds

@@ -180,6 +180,11 @@ TEST_IMPL(stats_parse_valid)
 	f.ncounters = 3;
 	ASSERT_EQ(md__stats_parse(&f, f.header_size + 3 * 8, &s), 0);
 	ASSERT_EQ(s.stats.pages_shared, 0);
+	/* A newer agent's file, read as far as this version's struct reaches. */
+	valid_file(&f);
+	f.ncounters = MD_CTR_COUNT + 8;
+	ASSERT_EQ(md__stats_parse(&f, sizeof(f), &s), 0);
+	ASSERT_EQ(s.stats.pages_shared, 1234);
 	return 0;
 }
 

@@ -37,6 +37,7 @@ fuzz: $(AGENT_SRC) fuzz/fuzz_stats_file.c
 	clang -g -O1 -fsanitize=fuzzer,address -std=c11 -D_GNU_SOURCE -Iinclude -Icommon \
 	  -o $(B)/fuzz-stats-file fuzz/fuzz_stats_file.c common/stats_file.c
 	$(B)/fuzz-stats-file -max_total_time=60 fuzz/corpus/stats_file
+	$(MAKE) fuzz-protocol
 
 # The slow tier: sanitizers, the writer stress tests for 10 minutes each, and
 # two guests whose duplicates only scanning finds.

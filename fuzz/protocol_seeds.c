@@ -1,0 +1,126 @@
+/* protocol_seeds.c - writes one valid message of every type, encoded by this
+ * version's encoder, into a corpus directory as seed-<TYPE> (`make
+ * fuzz-seeds`). The fuzzer mutates from them, and the replay (which must
+ * decode a whole message of every type, see fuzz_protocol.c) notices a
+ * corpus left behind by a change of the protocol. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "protocol.h"
+
+static int write_seed(const char *dir, struct md__msg *m, unsigned type)
+{
+	static unsigned char buf[MD_MSG_HDR_SIZE + 64 * MD_MSG_PAGE + 4096];
+	char path[4096];
+	m->hdr.type = (uint16_t)type;
+	m->hdr.seq = 7;
+	ssize_t n = md__msg_encode(m, buf, sizeof(buf));
+	if (n < 0) {
+		fprintf(stderr, "protocol_seeds: %s does not encode: %s\n", md__msg_type_name(type),
+			strerror((int)-n));
+		return 1;
+	}
+	snprintf(path, sizeof(path), "%s/seed-%s", dir, md__msg_type_name(type));
+	FILE *f = fopen(path, "wb");
+	if (!f || fwrite(buf, 1, (size_t)n, f) != (size_t)n || fclose(f) != 0) {
+		fprintf(stderr, "protocol_seeds: cannot write %s\n", path);
+		return 1;
+	}
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	static struct md__msg m;
+	static unsigned char pages[2 * MD_MSG_PAGE];
+	static const char json[] = "{\"agents\": []}";
+	int bad = 0;
+
+	if (argc != 2) {
+		fprintf(stderr, "usage: protocol_seeds DIR\n");
+		return 2;
+	}
+	for (unsigned type = 1; type < MD_MSG_TYPE_END; type++) {
+		memset(&m, 0, sizeof(m));
+		switch (type) {
+		case MD_MSG_HELLO:
+			m.u.hello.pid = 1234;
+			m.u.hello.domain_len = 4;
+			memcpy(m.u.hello.domain, "blue", 5);
+			break;
+		case MD_MSG_WELCOME:
+			m.u.welcome.domain_id = 1;
+			m.u.welcome.pool_pages = 1024;
+			m.u.welcome.generation = 99;
+			md__tunables_default(&m.u.welcome.tun);
+			break;
+		case MD_MSG_LOOKUP:
+			m.u.lookup.n = 2;
+			m.u.lookup.hash[0] = 0x1111, m.u.lookup.hash[1] = 0x2222;
+			m.u.lookup.addr[0] = 0x7f0000000000, m.u.lookup.addr[1] = 0x7f0000001000;
+			m.u.lookup.tag[1] = md__read_tag(md__read_key(8, 12), 4096);
+			break;
+		case MD_MSG_LOOKUP_R:
+			m.u.lookup_r.n = 2;
+			m.u.lookup_r.slot1[0] = 5, m.u.lookup_r.slot1[1] = MD_LOOKUP_PUBLISH;
+			break;
+		case MD_MSG_PUBLISH:
+			memset(pages + MD_MSG_PAGE, 0xa5, MD_MSG_PAGE);
+			m.u.publish.n = 2;
+			m.u.publish.hash[0] = 0x1111, m.u.publish.hash[1] = 0x2222;
+			m.u.publish.pages = pages;
+			break;
+		case MD_MSG_PUBLISH_R:
+			m.u.publish_r.first_slot = 3, m.u.publish_r.n = 2;
+			break;
+		case MD_MSG_REF:
+		case MD_MSG_UNREF:
+			m.u.refs.n = 3;
+			m.u.refs.slot[0] = 1, m.u.refs.slot[1] = 2, m.u.refs.slot[2] = 9;
+			break;
+		case MD_MSG_ACK:
+			m.u.ack.status = -ENOMEM;
+			break;
+		case MD_MSG_REPORT:
+			m.u.report.n = 4;
+			m.u.report.counters[0] = 10, m.u.report.counters[3] = 40;
+			break;
+		case MD_MSG_STATUS:
+			break;
+		case MD_MSG_STATUS_R:
+			m.u.status_r.json = json;
+			m.u.status_r.len = sizeof(json) - 1;
+			break;
+		case MD_MSG_CONTROL:
+			m.u.control.op = MD_CTL_SET;
+			strcpy(m.u.control.key, "pages_to_scan");
+			strcpy(m.u.control.value, "200");
+			break;
+		case MD_MSG_CONTROL_R:
+		case MD_MSG_ERROR:
+			m.u.text.status = -EINVAL;
+			strcpy(m.u.text.text, "unknown key");
+			break;
+		case MD_MSG_CANDIDATES:
+			m.u.candidates.n = 1;
+			m.u.candidates.addr[0] = 0x7f0000002000;
+			break;
+		case MD_MSG_SHARE:
+			m.u.share.agents = 2;
+			break;
+		case MD_MSG_READS:
+			m.u.reads.n = 1;
+			m.u.reads.run[0] = (struct md__read_run){ md__read_key(8, 12), 8192, 0x7f0000003000, 4 };
+			break;
+		default:
+			fprintf(stderr, "protocol_seeds: no seed for type %u (%s): add one\n", type,
+				md__msg_type_name(type));
+			bad = 1;
+			continue;
+		}
+		bad |= write_seed(argv[1], &m, type);
+	}
+	return bad;
+}
