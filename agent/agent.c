@@ -367,10 +367,8 @@ int md_agent_unregister(md_agent *a, void *addr, size_t len)
 	err = md__privatize(a, (uintptr_t)addr, (uintptr_t)addr + len, 0);
 	if (!err)
 		err = md__regions_remove(a, (uintptr_t)addr, (uintptr_t)addr + len);
-	/* Pages merged by the scanner stay mapped from the pool: correct, as
-	 * pool pages never change; they are just no longer scanned. */
 	if (!err && a->engine)
-		md__engine_unregister(a->engine, addr, len);
+		md__engine_unregister(a->engine, addr, len, MD_UNREG_MAPPED);
 	pthread_mutex_unlock(&a->lock);
 	return err;
 }
@@ -383,7 +381,7 @@ int md_agent_forget(md_agent *a, void *addr, size_t len)
 	pthread_mutex_lock(&a->lock);
 	err = md__regions_remove(a, (uintptr_t)addr, (uintptr_t)addr + len);
 	if (a->engine)
-		md__engine_unregister(a->engine, addr, len);
+		md__engine_unregister(a->engine, addr, len, MD_UNREG_GONE);
 	pthread_mutex_unlock(&a->lock);
 	return err;
 }

@@ -373,7 +373,37 @@ static int region_slice(const struct md__eregion *r, size_t from, size_t n, stru
 	return 0;
 }
 
-int md__engine_unregister(struct md__engine *e, void *addr, size_t len)
+/* Pages [i, j) of r stay mapped but leave the engine: each one mapped from
+ * a file (pool or image) becomes a private copy, a run at a time. Pages
+ * that cannot be copied keep their pool reference (see MD_UNREG_MAPPED).
+ * Called after the range left userfaultfd, so no write fault can wait for
+ * the lock we hold. */
+static void privatize_pages(struct md__engine *e, struct md__eregion *r, size_t i, size_t j)
+{
+	while (i < j) {
+		if (!r->ref[i]) {
+			i++;
+			continue;
+		}
+		size_t k = i;
+		while (k < j && r->ref[k])
+			k++;
+		if (md__sys_madvise((void *)(r->start + i * MD_EPAGE), (k - i) * MD_EPAGE,
+				    MADV_POPULATE_WRITE) != 0) {
+			md__log_once(62, "cannot make merged pages private (%s): their pool pages stay "
+				     "allocated until the process exits", strerror(errno));
+			for (; i < k; i++)
+				if (MD_REF_SLOT(r->ref[i]) && !(r->ref[i] & MD_REF_FILL)) {
+					e->st.refs_kept++;
+					r->ref[i] = 0;	/* the reference stays taken */
+				}
+			continue;
+		}
+		i = k;
+	}
+}
+
+int md__engine_unregister(struct md__engine *e, void *addr, size_t len, int how)
 {
 	uintptr_t a = (uintptr_t)addr, end = a + len;
 	int err = 0;
@@ -385,10 +415,12 @@ int md__engine_unregister(struct md__engine *e, void *addr, size_t len)
 		if (r.end <= a || r.start >= end)
 			continue;
 		uintptr_t s0 = a > r.start ? a : r.start, s1 = end < r.end ? end : r.end;
-		for (uintptr_t p = s0; p < s1; p += MD_EPAGE)
-			release_ref(e, &r, (p - r.start) / MD_EPAGE);
 		/* Fails harmlessly where the memory is already gone. */
 		md__uffd_unregister(&e->uffd, s0, s1 - s0);
+		if (how == MD_UNREG_MAPPED)
+			privatize_pages(e, &r, (s0 - r.start) / MD_EPAGE, (s1 - r.start) / MD_EPAGE);
+		for (uintptr_t p = s0; p < s1; p += MD_EPAGE)
+			release_ref(e, &r, (p - r.start) / MD_EPAGE);
 		struct md__eregion left = { 0 }, right = { 0 };
 		size_t np = (r.end - r.start) / MD_EPAGE;
 		if (r.start < s0 && (err = region_slice(&r, 0, (s0 - r.start) / MD_EPAGE, &left)))
@@ -993,11 +1025,11 @@ int md__engine_reap(struct md__engine *e)
 			for (size_t i = 0; i < n; i++) {
 				if (!MD_REF_SLOT(r->ref[base + i]))
 					continue;
-				/* A private anonymous page (present or swapped)
-				 * where the pool page was: the guest wrote it.
-				 * Not present: it still reads the pool page. */
-				int anon = (pm[i] & MD_PM_SWAP) || ((pm[i] & MD_PM_PRESENT) && !(pm[i] & MD_PM_FILE));
-				if (!anon)
+				/* A private anonymous page where the pool page
+				 * was: the guest wrote it. Not present, or a
+				 * file page (even migrating): it still reads the
+				 * pool page, whose slot must stay. */
+				if (!md__pm_private_anon(pm[i]))
 					continue;
 				release_ref(e, r, base + i);
 				r->ref[base + i] = MD_REF_FILE;

@@ -43,6 +43,15 @@
 #define MD_PM_UFFD_WP (1ull << 57)
 #define MD_PM_PFN ((1ull << 55) - 1)
 
+/* A pagemap entry showing a private anonymous page, present or swapped: a
+ * page written since a file page was mapped there. A swap entry of a file
+ * page (a pool page being migrated, say) also shows MD_PM_SWAP, with
+ * MD_PM_FILE: still the file page. */
+static inline int md__pm_private_anon(uint64_t pm)
+{
+	return (pm & (MD_PM_PRESENT | MD_PM_SWAP)) && !(pm & MD_PM_FILE);
+}
+
 /* Advice a replacing mapping must inherit (same bits as MD_ADV_*). */
 #define MD_EADV_DONTFORK (1u << 0)
 #define MD_EADV_DONTDUMP (1u << 1)
@@ -99,6 +108,8 @@ struct md__engine_stats {
 	uint64_t budget_refused;/* merges refused by the VMA budget */
 	uint64_t cow_broken;    /* merged pages since written (found by reap) */
 	uint64_t wp_faults;     /* writers that waited on a merge */
+	uint64_t refs_kept;     /* references kept for pages left mapped that
+				 * could not be made private (unregister) */
 	uint64_t vmas;          /* last count of the process's mappings */
 };
 
@@ -160,9 +171,17 @@ void md__engine_release_ref(struct md__engine *e, struct md__eregion *r, size_t 
 void md__engine_unlock(struct md__engine *e);
 /* The content of pool slot s (lock held, slot known valid). */
 const unsigned char *md__engine_pool_page(struct md__engine *e, uint32_t slot);
-/* Forgets guest RAM [addr, addr+len) (before it is unmapped, or when it no
- * longer asks for merging): drops its pool references and registration. */
-int md__engine_unregister(struct md__engine *e, void *addr, size_t len);
+/* Forgets guest RAM [addr, addr+len): drops its pool references and its
+ * registration. MD_UNREG_GONE: the memory is about to be unmapped or
+ * replaced. MD_UNREG_MAPPED: it stays mapped (it no longer asks for
+ * merging, or moves): every page mapped from the pool or an image is made a
+ * private copy first, since a slot nobody references is punched or reused
+ * and the page would then read zeroes or another page's content. A page
+ * that cannot be copied (memory short) keeps its reference, which is then
+ * only dropped when the engine goes; counted in refs_kept. */
+#define MD_UNREG_GONE 0
+#define MD_UNREG_MAPPED 1
+int md__engine_unregister(struct md__engine *e, void *addr, size_t len, int how);
 /* Adds advice bits to the regions overlapping [addr, addr+len). */
 void md__engine_advise(struct md__engine *e, void *addr, size_t len, unsigned advice);
 /* Runs map(arg) - which replaces [addr, addr+len) by an image mapping - with

@@ -407,6 +407,62 @@ TEST_IMPL(engine_merge_shares)
 	return 0;
 }
 
+/* The reap's test of a pagemap entry: only a private anonymous page (the
+ * guest wrote there) gives the pool page up; a file page, even one being
+ * migrated (a swap entry with the file bit), still reads the pool. */
+TEST_IMPL(engine_pm_private_anon)
+{
+	ASSERT_EQ(md__pm_private_anon(MD_PM_PRESENT | 1234), 1);
+	ASSERT_EQ(md__pm_private_anon(MD_PM_SWAP | 77), 1);
+	ASSERT_EQ(md__pm_private_anon(MD_PM_PRESENT | MD_PM_FILE | 1234), 0);
+	ASSERT_EQ(md__pm_private_anon(MD_PM_SWAP | MD_PM_FILE | 77), 0);
+	ASSERT_EQ(md__pm_private_anon(0), 0);
+	ASSERT_EQ(md__pm_private_anon(MD_PM_UFFD_WP), 0);
+	return 0;
+}
+
+/* Memory that stops asking for merging but stays mapped (MADV_UNMERGEABLE,
+ * mremap) keeps its content after the engine lets it go, even once the pool
+ * slots it was merged onto are freed and punched: its pages became private
+ * copies first. */
+TEST_IMPL(engine_unregister_keeps_content)
+{
+	struct md__engine e;
+	const size_t n = 8;
+	unsigned char *a = map_ram(n), *b = map_ram(n);
+	uint32_t slot;
+
+	engine_up(&e);
+	for (size_t i = 0; i < n; i++) {
+		fill(a + i * PG, (unsigned)i + 40);
+		fill(b + i * PG, (unsigned)i + 40);
+	}
+	ASSERT_EQ(md__engine_register(&e, a, n * PG, 0), 0);
+	ASSERT_EQ(md__engine_register(&e, b, n * PG, 0), 0);
+	ASSERT_EQ(md__engine_publish(&e, a, n, &slot), (int)n);
+	ASSERT_EQ(md__engine_merge(&e, b, n, slot), (int)n);
+	ASSERT_EQ(pfn(b + 2 * PG), pfn(md__pool_page(&e.pool, slot + 2)));
+
+	ASSERT_EQ(md__engine_unregister(&e, b, n * PG, MD_UNREG_MAPPED), 0);
+	ASSERT_EQ(md__engine_unregister(&e, a, n * PG, MD_UNREG_MAPPED), 0);
+	for (size_t i = 0; i < n; i++)
+		ASSERT_EQ(e.pool.refs[slot + i], 0);
+	md__engine_trim(&e);	/* the freed slots are punched */
+	for (size_t i = 0; i < n; i++) {
+		unsigned char want[PG];
+		fill(want, (unsigned)i + 40);
+		ASSERT(!(pagemap(b + i * PG) & PM_FILE));
+		ASSERT(memcmp(a + i * PG, want, PG) == 0);
+		ASSERT(memcmp(b + i * PG, want, PG) == 0);
+	}
+	md__engine_stats(&e, &(struct md__engine_stats){ 0 });
+	ASSERT_EQ(e.st.refs_kept, 0);
+	md__engine_fini(&e);
+	munmap(a, n * PG);
+	munmap(b, n * PG);
+	return 0;
+}
+
 /* The VmFlags line of the mapping that holds addr, from /proc/self/smaps. */
 static void vm_flags(const void *addr, char *out, size_t size)
 {
