@@ -30,6 +30,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "agent_internal.h"
 #include "log.h"
 #include "protocol.h"
 #include "memdedup.h"
@@ -154,8 +155,9 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 		a = agent_get();
 		if (a && md_agent_register(a, addr, plen, 0) != 0)
 			md__log_once(50, "cannot register guest RAM: it is not shared");
-		/* Without kernel KSM the advice is ours alone. */
-		return kernel_ksm || !a ? md__sys_madvise(addr, len, advice) : 0;
+		/* Without kernel KSM (or with our own scanner) the advice is
+		 * ours alone. */
+		return !a || a->kernel_ksm ? md__sys_madvise(addr, len, advice) : 0;
 	case MADV_UNMERGEABLE:
 		if ((a = agent_peek()))
 			md_agent_unregister(a, addr, plen);

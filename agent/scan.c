@@ -32,7 +32,7 @@ void md__scan_init(struct md_agent *a, const md_agent_options *o)
 			   (o->cpu_percent ? MD_SET_CPU : 0) |
 			   (o->flags & MD_OPT_SCAN_RANDOM ? MD_SET_ORDER : 0) |
 			   (o->hint_ratio || (o->flags & MD_OPT_NO_HINTS) ? MD_SET_HINTS : 0);
-	struct md__engine_options eo = { .kernel_ksm = a->kernel_ksm, .max_vmas = o->max_vmas };
+	struct md__engine_options eo = { .kernel_ksm = 0, .max_vmas = o->max_vmas };
 	struct md__engine *e = calloc(1, sizeof(*e));
 	int err = e ? md__engine_init(e, &eo) : -ENOMEM;
 	if (err)
@@ -41,6 +41,13 @@ void md__scan_init(struct md_agent *a, const md_agent_options *o)
 	if (err)
 		goto err_fini;
 	a->engine = e;
+	/* The engine is the content scanner: kernel KSM must not merge the
+	 * same pages, as its replace of a page we froze would drop the
+	 * write-protection between our compare and our mapping. */
+	if (a->kernel_ksm) {
+		a->kernel_ksm = 0;
+		md__log("content scanning is on: MADV_MERGEABLE is not passed on to kernel KSM");
+	}
 	/* Without read-time sharing no image page is mapped to merge onto. */
 	if (!(o->flags & MD_OPT_NO_SHARING) && md__imagepages_new(&a->imgpages) != 0)
 		md__log("no index of image pages (out of memory): copies of them merge through the pool");

@@ -241,6 +241,12 @@ static void apply_advice(struct md__engine *e, const struct md__eregion *r, uint
 	md__advise_new_mapping((void *)addr, len, r->advice, e->kernel_ksm);
 }
 
+static void thaw(struct md__engine *e, uintptr_t addr, size_t len)
+{
+	if (md__uffd_wp(&e->uffd, addr, len, 0) != 0)
+		md__uffd_wake(&e->uffd, addr, len);
+}
+
 static int freeze(struct md__engine *e, uintptr_t addr, size_t len)
 {
 	/* Without WP_UNPOPULATED a missing page cannot carry the protection,
@@ -256,13 +262,11 @@ static int freeze(struct md__engine *e, uintptr_t addr, size_t len)
 		if (!err)
 			err = md__uffd_wp(&e->uffd, addr, len, 1);
 	}
+	/* The ioctl protects mapping by mapping: a failure may leave some
+	 * pages protected, whose writers would wait for the fault thread. */
+	if (err)
+		thaw(e, addr, len);
 	return err;
-}
-
-static void thaw(struct md__engine *e, uintptr_t addr, size_t len)
-{
-	if (md__uffd_wp(&e->uffd, addr, len, 0) != 0)
-		md__uffd_wake(&e->uffd, addr, len);
 }
 
 #define CMP_PAGES MD_COPY_PAGES_MAX

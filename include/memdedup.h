@@ -73,7 +73,9 @@ typedef struct md_agent md_agent;
 
 /* Options of an agent. Zero-initialise, then set what you need. */
 typedef struct md_agent_options {
-	/* Pass MADV_MERGEABLE on to the kernel (kernel KSM) too. */
+	/* Pass MADV_MERGEABLE on to the kernel (kernel KSM) too. Ignored
+	 * with MD_OPT_SCAN: content scanning is then ours alone, as two
+	 * scanners merging one page could lose a write. */
 	int kernel_ksm;
 	/* Directory for the agent's statistics file (what `memdedup status`
 	 * reads); NULL: $MEMDEDUP_RUN_DIR, else /run/memdedup for root, else

@@ -95,6 +95,49 @@ static int filled_300(const md_stats *s) { return s->filled_pages >= 300; }
 /* Memory a guest freed and poisoned with one byte (0xcc): mapped from the
  * agent's fill strip, 16 frames for all of it, counted in the statistics
  * as filled_pages; a write gives the writer its own copy. */
+/* 1 if the VmFlags of the mapping of process pid holding addr has flag. */
+static int vm_flag(int pid, unsigned long addr, const char *flag)
+{
+	char path[64], line[512];
+	int in = 0, found = 0;
+	snprintf(path, sizeof(path), "/proc/%d/smaps", pid);
+	FILE *f = fopen(path, "r");
+	ASSERT(f != NULL);
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long lo, hi;
+		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' ')) {
+			in = addr >= lo && addr < hi;
+		} else if (in && strncmp(line, "VmFlags:", 8) == 0) {
+			char want[8];
+			snprintf(want, sizeof(want), " %s", flag);
+			found = strstr(line + 8, want) != NULL;
+			break;
+		}
+	}
+	fclose(f);
+	return found;
+}
+
+/* With our scanner on, kernel KSM never gets the memory too, even when
+ * asked to (two scanners replacing one page could lose a write); without
+ * it, the advice is passed on. */
+TEST_IMPL(scan_not_given_to_kernel_ksm)
+{
+	static const char *const scan_ksm[] = { "MEMDEDUP_SCAN=1", "MEMDEDUP_KERNEL_KSM=1", NULL };
+	static const char *const ksm_only[] = { "MEMDEDUP_KERNEL_KSM=1", NULL };
+	struct proc a, b;
+	proc_start(&a, scan_ksm);
+	proc_start(&b, ksm_only);
+	unsigned long pa = strtoul(proc_cmd(&a, "map 64"), NULL, 16);
+	unsigned long pb = strtoul(proc_cmd(&b, "map 64"), NULL, 16);
+	ASSERT(pa && pb);
+	ASSERT_EQ(vm_flag(a.pid, pa, "mg"), 0);
+	ASSERT_EQ(vm_flag(b.pid, pb, "mg"), 1);
+	proc_stop(&a);
+	proc_stop(&b);
+	return 0;
+}
+
 TEST_IMPL(scan_fill_pages)
 {
 	struct proc a;
