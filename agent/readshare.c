@@ -220,6 +220,21 @@ static void copied_read(struct md_agent *a, int fd, uintptr_t buf, size_t n, off
 	md__hints_push(&a->hints, buf, n, key, (uint64_t)off);
 }
 
+static ssize_t read_copied(struct md_agent *a, int fd, void *buf, size_t len, off_t off, int small,
+			   size_t mapped, const struct md__read_plan *plan);
+
+/* A plain read, recorded while in flight when the scanner runs. */
+static ssize_t tracked_preadv(struct md_agent *a, int fd, const struct iovec *iov, int cnt, off_t off,
+			      int flags)
+{
+	if (!a->engine)
+		return md__sys_preadv2(fd, iov, cnt, off, flags);
+	int token = md__inflight_begin(&a->engine->io, iov, cnt);
+	ssize_t n = md__sys_preadv2(fd, iov, cnt, off, flags);
+	md__inflight_end(&a->engine->io, token);
+	return n;
+}
+
 /* One segment of a read into guest RAM. Returns what pread would. */
 static ssize_t read_segment(struct md_agent *a, int fd, void *buf, size_t len, off_t off)
 {
@@ -231,7 +246,9 @@ static ssize_t read_segment(struct md_agent *a, int fd, void *buf, size_t len, o
 	struct md__region *r = md__region_find(a, (uintptr_t)buf, len);
 	if (!r) {
 		pthread_mutex_unlock(&a->lock);
-		return md__sys_pread(fd, buf, len, off);
+		/* Not all in one region; may still overlap scanned RAM. */
+		struct iovec io = { buf, len };
+		return tracked_preadv(a, fd, &io, 1, off, 0);
 	}
 	md__count(a, MD_CTR_READS_SEEN, 1);
 	int small = 0;
@@ -251,25 +268,13 @@ static ssize_t read_segment(struct md_agent *a, int fd, void *buf, size_t len, o
 		mapped = share_locked(a, r, fd, (uintptr_t)buf, len, off, &plan);
 	pthread_mutex_unlock(&a->lock);
 
-	ssize_t n;
-	if (!mapped) {
-		n = md__sys_pread(fd, buf, len, off);
-		if (a->engine && n >= (ssize_t)MD_PAGE)
-			copied_read(a, fd, (uintptr_t)buf, (size_t)n, off, small);
-	} else {
-		/* The mapped pages are the file's: copy only around them. The
-		 * size is fixed by the lease, so these reads are not short. */
-		char *b = buf;
-		ssize_t h = copy_range(fd, b, plan.head, off);
-		ssize_t t = copy_range(fd, b + plan.head + mapped, plan.tail,
-				       off + (off_t)(plan.head + mapped));
-		if (h < 0 || t < 0)
-			return -1;
-		if ((size_t)h != plan.head || (size_t)t != plan.tail)
-			n = md__sys_pread(fd, buf, len, off);	/* cannot happen; be plain */
-		else
-			n = (ssize_t)plan.total;
-	}
+	/* The scanner must not replace pages the kernel may be writing
+	 * behind the page tables (O_DIRECT): engine/inflight.h. */
+	struct iovec io = { buf, len };
+	int token = a->engine ? md__inflight_begin(&a->engine->io, &io, 1) : 0;
+	ssize_t n = read_copied(a, fd, buf, len, off, small, mapped, &plan);
+	if (a->engine)
+		md__inflight_end(&a->engine->io, token);
 	if (n > 0)
 		md__count(a, MD_CTR_BYTES_READ, (uint64_t)n);
 	/* The cost of a read into guest RAM, shared or copied: with
@@ -283,6 +288,32 @@ static ssize_t read_segment(struct md_agent *a, int fd, void *buf, size_t len, o
 	} else if (len == MD_PAGE && n == (ssize_t)MD_PAGE) {
 		md__count(a, MD_CTR_READ_PAGE_NS, ns);
 		md__count(a, MD_CTR_READS_PAGE, 1);
+	}
+	return n;
+}
+
+/* The bytes of a read into guest RAM that read_segment did not map. */
+static ssize_t read_copied(struct md_agent *a, int fd, void *buf, size_t len, off_t off, int small,
+			   size_t mapped, const struct md__read_plan *plan)
+{
+	ssize_t n;
+	if (!mapped) {
+		n = md__sys_pread(fd, buf, len, off);
+		if (a->engine && n >= (ssize_t)MD_PAGE)
+			copied_read(a, fd, (uintptr_t)buf, (size_t)n, off, small);
+	} else {
+		/* The mapped pages are the file's: copy only around them. The
+		 * size is fixed by the lease, so these reads are not short. */
+		char *b = buf;
+		ssize_t h = copy_range(fd, b, plan->head, off);
+		ssize_t t = copy_range(fd, b + plan->head + mapped, plan->tail,
+				       off + (off_t)(plan->head + mapped));
+		if (h < 0 || t < 0)
+			return -1;
+		if ((size_t)h != plan->head || (size_t)t != plan->tail)
+			n = md__sys_pread(fd, buf, len, off);	/* cannot happen; be plain */
+		else
+			n = (ssize_t)plan->total;
 	}
 	return n;
 }
@@ -307,11 +338,13 @@ static int any_in_ram(struct md_agent *a, const struct iovec *iov, int iovcnt)
 ssize_t md_agent_preadv(md_agent *a, int fd, const struct iovec *iov, int iovcnt,
 			off_t off, int flags)
 {
-	if (!a || iovcnt <= 0 || iovcnt > IOV_MAX || !any_in_ram(a, iov, iovcnt))
+	if (!a || iovcnt <= 0 || iovcnt > IOV_MAX)
 		return md__sys_preadv2(fd, iov, iovcnt, off, flags);
+	if (!any_in_ram(a, iov, iovcnt))
+		return tracked_preadv(a, fd, iov, iovcnt, off, flags);
 	if (off == -1 || flags != 0) {
 		md__fallback(a, MD_FB_FLAGS, 1);
-		return md__sys_preadv2(fd, iov, iovcnt, off, flags);
+		return tracked_preadv(a, fd, iov, iovcnt, off, flags);
 	}
 	/* Segment by segment, as preadv fills them: stop at a short read. */
 	size_t total = 0;

@@ -4,7 +4,8 @@
 # engine needs the header at build time and no library at link time.
 ENGINE_SRC := engine/uffd.c engine/pool.c engine/merge.c engine/checksum.c \
               engine/checksum_avx2.c \
-              engine/hints.c engine/index.c engine/scanner.c engine/remote.c
+              engine/hints.c engine/index.c engine/scanner.c engine/remote.c \
+              engine/inflight.c
 ENGINE_LIBS :=
 # One file built for AVX2, called only when the CPU has it (checksum.c).
 $(B)/engine/checksum_avx2.o: MD_CFLAGS += -mavx2

@@ -264,9 +264,17 @@ static int freeze(struct md__engine *e, uintptr_t addr, size_t len)
 	}
 	/* The ioctl protects mapping by mapping: a failure may leave some
 	 * pages protected, whose writers would wait for the fault thread. */
-	if (err)
+	if (err) {
 		thaw(e, addr, len);
-	return err;
+		return err;
+	}
+	/* After the protection, before the compare: see inflight.h. */
+	if (md__inflight_busy(&e->io, addr, len)) {
+		thaw(e, addr, len);
+		e->st.io_busy++;
+		return -EBUSY;
+	}
+	return 0;
 }
 
 #define CMP_PAGES MD_COPY_PAGES_MAX

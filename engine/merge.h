@@ -28,6 +28,7 @@
 #include <sys/types.h>
 
 #include "index.h"
+#include "inflight.h"
 #include "pool.h"
 #include "remote.h"
 #include "uffd.h"
@@ -110,6 +111,7 @@ struct md__engine_stats {
 	uint64_t wp_faults;     /* writers that waited on a merge */
 	uint64_t refs_kept;     /* references kept for pages left mapped that
 				 * could not be made private (unregister) */
+	uint64_t io_busy;       /* runs left alone: a read was writing them */
 	uint64_t vmas;          /* last count of the process's mappings */
 };
 
@@ -157,6 +159,7 @@ struct md__engine {
 	 * under the merge lock, at 10x KSM's rate. */
 	uint32_t unref[MD_REF_BATCH];
 	size_t nunref;
+	struct md__inflight io; /* the VMM's reads into guest RAM (any thread) */
 };
 
 int md__engine_init(struct md__engine *e, const struct md__engine_options *opts);

@@ -6,9 +6,11 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "memdedup.h"
@@ -317,6 +319,91 @@ TEST_IMPL(scan_unmerge_and_tunables)
 	md_agent_stats(a, &s2);
 	ASSERT_EQ(s2.pages_sharing, 0);
 	md_agent_free(a);
+	return 0;
+}
+
+static uint64_t self_pfn(const void *p)
+{
+	uint64_t e = 0;
+	int pm = open("/proc/self/pagemap", O_RDONLY);
+	ASSERT(pm >= 0);
+	ASSERT(pread(pm, &e, 8, (off_t)((uintptr_t)p / PG * 8)) == 8);
+	close(pm);
+	return (e >> 63) ? e & ((1ull << 55) - 1) : 0;
+}
+
+/* Waits until every pair of pages (i, i + 32) but skip's shares a frame,
+ * and pair skip too unless skip < 0. */
+static int wait_pairs(const char *m, int skip)
+{
+	for (int t = 0; t < 400; t++) {
+		int ok = 1;
+		for (int i = 0; i < 32 && ok; i++)
+			if (i != skip)
+				ok = self_pfn(m + i * PG) == self_pfn(m + (i + 32) * PG);
+		if (ok)
+			return 0;
+		usleep(50000);
+	}
+	return -ETIMEDOUT;
+}
+
+struct blocked_read {
+	md_agent *a;
+	int fd;
+	void *buf;
+	ssize_t got;
+};
+
+static void *blocked_reader(void *arg)
+{
+	struct blocked_read *r = arg;
+	struct iovec io = { r->buf, PG };
+	r->got = md_agent_preadv(r->a, r->fd, &io, 1, -1, 0);
+	return NULL;
+}
+
+/* A page a read is writing (here a read blocked on an empty pipe, standing
+ * for an O_DIRECT read whose DMA the page tables do not see) is never
+ * replaced while the read runs: its twin merges with everything else, it
+ * stays its own page; once the read returns, it merges too. */
+TEST_IMPL(scan_leaves_pages_being_read)
+{
+	md_agent *a;
+	size_t len = 64 * PG;
+	char *m = inproc_agent(&a, 1000, len);
+	for (size_t i = 0; i < len; i += 8)
+		*(uint64_t *)(m + i) = (i % (32 * PG)) * 2654435761u + 7;	/* two equal halves */
+	int p[2];
+	ASSERT_EQ(pipe(p), 0);
+	pthread_t t;
+	struct blocked_read r = { a, p[0], m + 5 * PG, 0 };
+	ASSERT_EQ(pthread_create(&t, NULL, blocked_reader, &r), 0);
+	usleep(100000);	/* the reader is in the kernel, waiting */
+	ASSERT_EQ(md_agent_register(a, m, len, 0), 0);
+	ASSERT_EQ(wait_pairs(m, 5), 0);
+	md_stats s0, s1;
+	md_agent_stats(a, &s0);
+	for (int i = 0; i < 100; i++) {
+		md_agent_stats(a, &s1);
+		if (s1.full_scans >= s0.full_scans + 3)
+			break;
+		usleep(50000);
+	}
+	ASSERT(s1.full_scans >= s0.full_scans + 3);
+	ASSERT(self_pfn(m + 5 * PG) != self_pfn(m + 37 * PG));
+	/* The read brings the page's own bytes: it returns, and the page
+	 * merges with its twin. */
+	ASSERT_EQ(write(p[1], m + 37 * PG, PG), (ssize_t)PG);
+	ASSERT_EQ(pthread_join(t, NULL), 0);
+	ASSERT_EQ(r.got, (ssize_t)PG);
+	ASSERT_EQ(wait_pairs(m, -1), 0);
+	for (size_t i = 0; i < len; i += 8)
+		ASSERT(*(uint64_t *)(m + i) == (i % (32 * PG)) * 2654435761u + 7);
+	close(p[0]);
+	close(p[1]);
+	md_agent_free(a);
+	munmap(m, len);
 	return 0;
 }
 

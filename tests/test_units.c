@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "agent_internal.h"
+#include "inflight.h"
 #include "runner.h"
 #include "stats_file.h"
 #include "sys.h"
@@ -164,6 +165,42 @@ static void valid_file(struct md__stats_file *f)
 	strcpy(f->command, "qemu");
 	f->counters[MD_CTR_SHARED_NOW] = 1234;
 	f->counters[MD_CTR_FALLBACK0 + MD_FB_NO_LEASE] = 5;
+}
+
+/* Reads in flight: each read's buffers kept apart, more than 16 as one
+ * range over them all, more reads than slots: every range busy. */
+TEST_IMPL(inflight_ranges)
+{
+	static struct md__inflight f;
+	struct iovec two[2] = { { (void *)0x10000, 0x1000 }, { (void *)0x30000, 0x2000 } };
+	int t = md__inflight_begin(&f, two, 2);
+	ASSERT_EQ(md__inflight_busy(&f, 0x10000, 0x1000), 1);
+	ASSERT_EQ(md__inflight_busy(&f, 0x31000, 0x1000), 1);
+	ASSERT_EQ(md__inflight_busy(&f, 0x20000, 0x1000), 0);	/* between the two */
+	ASSERT_EQ(md__inflight_busy(&f, 0x11000, 0x1000), 0);	/* just after */
+	ASSERT_EQ(md__inflight_busy(&f, 0xf000, 0x1000), 0);	/* just before */
+	md__inflight_end(&f, t);
+	ASSERT_EQ(md__inflight_busy(&f, 0x10000, 0x1000), 0);
+
+	struct iovec many[MD_IO_RANGES + 1];
+	for (int i = 0; i <= MD_IO_RANGES; i++)
+		many[i] = (struct iovec){ (void *)(uintptr_t)(0x100000 + i * 0x2000), 0x1000 };
+	t = md__inflight_begin(&f, many, MD_IO_RANGES + 1);
+	ASSERT_EQ(md__inflight_busy(&f, 0x101000, 0x1000), 1);	/* a gap, inside the span */
+	ASSERT_EQ(md__inflight_busy(&f, 0x100000 + (MD_IO_RANGES + 1) * 0x2000, 0x1000), 0);
+	md__inflight_end(&f, t);
+
+	int tok[MD_IO_SLOTS + 1];
+	for (int i = 0; i <= MD_IO_SLOTS; i++)
+		tok[i] = md__inflight_begin(&f, two, 1);
+	ASSERT_EQ(md__inflight_busy(&f, 0x900000, 0x1000), 1);	/* one read without a slot */
+	md__inflight_end(&f, tok[MD_IO_SLOTS]);
+	ASSERT_EQ(md__inflight_busy(&f, 0x900000, 0x1000), 0);
+	ASSERT_EQ(md__inflight_busy(&f, 0x10000, 0x1000), 1);
+	for (int i = 0; i < MD_IO_SLOTS; i++)
+		md__inflight_end(&f, tok[i]);
+	ASSERT_EQ(md__inflight_busy(&f, 0x10000, 0x1000), 0);
+	return 0;
 }
 
 TEST_IMPL(stats_parse_valid)
