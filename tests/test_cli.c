@@ -78,6 +78,40 @@ static const char *slurp(const char *name)
 	return buf;
 }
 
+/* Writes a statistics file as an agent would: path, pid, start time,
+ * command, and every counter set to ctr. */
+static void write_stats(const char *path, uint32_t pid, uint64_t start, const char *command,
+			uint64_t ctr)
+{
+	struct md__stats_file f;
+	memset(&f, 0, sizeof(f));
+	memcpy(f.magic, MD_STATS_MAGIC, sizeof(f.magic));
+	f.version = MD_STATS_VERSION;
+	f.header_size = offsetof(struct md__stats_file, counters);
+	f.ncounters = MD_CTR_COUNT;
+	f.pid = pid;
+	f.start_time = start;
+	snprintf(f.command, sizeof(f.command), "%s", command);
+	for (int i = 0; i < MD_CTR_COUNT; i++)
+		f.counters[i] = ctr;
+	f.counters[MD_CTR_GENERAL_PROFIT] = 0;
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	ASSERT(fd >= 0);
+	ASSERT(write(fd, &f, sizeof(f)) == (ssize_t)sizeof(f));
+	close(fd);
+}
+
+/* A pid that was ours and is gone. */
+static pid_t dead_pid(void)
+{
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0)
+		_exit(0);
+	ASSERT(waitpid(kid, NULL, 0) == kid);
+	return kid;
+}
+
 /* `memdedup help CMD`: a command's help; an unknown one is wrong usage. */
 TEST_IMPL(cli_help_unknown)
 {
@@ -88,5 +122,77 @@ TEST_IMPL(cli_help_unknown)
 	ASSERT_EQ(sh("%s/memdedup help bogus", b), 2);
 	ASSERT(strstr(slurp("err"), "unknown command 'bogus'"));
 	ASSERT_EQ(sh("%s/memdedup help set run", b), 2);
+	return 0;
+}
+
+/* `set`: one bad pair and nothing is set, not even the good ones before
+ * it; a bad value says which key and why, as wrong usage (2). */
+TEST_IMPL(cli_set_checks_all_first)
+{
+	struct tdaemon t;
+	const char *b = build_dir();
+	td_start(&t, 16);
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup set pages_to_scan=500 bogus=1", t.sock, b), 2);
+	ASSERT(strstr(slurp("err"), "unknown key 'bogus'"));
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup set pages_to_scan=500 order=up", t.sock, b), 2);
+	ASSERT(strstr(slurp("err"), "order must be 'linear' or 'random', not 'up'"));
+	json_t *js = td_status(&t);
+	json_t *tun = json_object_get(json_object_get(js, "daemon"), "tunables");
+	ASSERT_EQ(td_int(tun, "pages_to_scan"), 100);
+	json_decref(js);
+	/* All good: all set. */
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup set pages_to_scan=500 order=random", t.sock, b), 0);
+	js = td_status(&t);
+	tun = json_object_get(json_object_get(js, "daemon"), "tunables");
+	ASSERT_EQ(td_int(tun, "pages_to_scan"), 500);
+	json_decref(js);
+	td_stop(&t);
+	return 0;
+}
+
+TEST_IMPL(cli_set_bad_value_says_why)
+{
+	const char *b = build_dir();
+	/* Checked before the daemon is looked for: none is needed. */
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s/none %s/memdedup set pages_to_scan=\xc3\xa9", test_dir(), b), 2);
+	ASSERT(strstr(slurp("err"), "pages_to_scan must be a whole number from 1 to 100000, not '\xc3\xa9'"));
+	/* What it echoes cannot drive the terminal. */
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s/none %s/memdedup set \"$(printf 'cpu_percent=1\\033[2J')\"",
+		     test_dir(), b), 2);
+	ASSERT(strstr(slurp("err"), "cpu_percent must be a whole number from 1 to 100, not '1?[2J'"));
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s/none %s/memdedup set cpu_percent=0", test_dir(), b), 2);
+	return 0;
+}
+
+static void make_rd(char *path, size_t size, const char *name)
+{
+	snprintf(path, size, "%s/rd", test_dir());
+	mkdir(path, 0700);
+	snprintf(path, size, "%s/rd/%s", test_dir(), name);
+}
+
+/* pause --pid of an agent that runs without --scan: memdedupd does not
+ * know it, status lists it: say it is not scanning. */
+TEST_IMPL(cli_pause_not_scanning)
+{
+	struct tdaemon t;
+	char path[512], name[64];
+	const char *b = build_dir();
+	snprintf(name, sizeof(name), "agent-%d.stats", (int)getpid());
+	make_rd(path, sizeof(path), name);
+	write_stats(path, (uint32_t)getpid(), md__proc_start_time(getpid()), "plain", 1);
+	td_start(&t, 16);
+	int c1 = sh("MEMDEDUP_RUN_DIR=%s/rd MEMDEDUP_SOCKET=%s %s/memdedup pause --pid %d", test_dir(), t.sock, b,
+		    (int)getpid());
+	char err1[1024];
+	snprintf(err1, sizeof(err1), "%s", slurp("err"));
+	pid_t dead = dead_pid();
+	int c2 = sh("MEMDEDUP_RUN_DIR=%s/rd MEMDEDUP_SOCKET=%s %s/memdedup pause --pid %d", test_dir(), t.sock, b,
+		    (int)dead);
+	td_stop(&t);
+	ASSERT_EQ(c1, 1);
+	ASSERT(strstr(err1, "is not scanning"));
+	ASSERT_EQ(c2, 1);
+	ASSERT(strstr(slurp("err"), "no agent with pid"));
 	return 0;
 }
