@@ -164,6 +164,89 @@ TEST_IMPL(cli_set_bad_value_says_why)
 	return 0;
 }
 
+/* The daemon pid file in dir, killed if there (0: none). */
+static int kill_daemon_of(const char *dir)
+{
+	char path[512];
+	int pid = 0;
+	snprintf(path, sizeof(path), "%s/memdedupd.pid", dir);
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return 0;
+	if (fscanf(f, "%d", &pid) == 1 && pid > 0)
+		kill(pid, SIGTERM);
+	fclose(f);
+	for (int i = 0; i < 200 && access(path, F_OK) == 0; i++)
+		usleep(10000);
+	return pid;
+}
+
+/* `run --scan` with a command that cannot run: 127 (126), and no daemon. */
+TEST_IMPL(cli_run_missing_command_no_daemon)
+{
+	const char *b = build_dir();
+	char dir[400], sock[450];
+	snprintf(dir, sizeof(dir), "%s/run", test_dir());
+	ASSERT(mkdir(dir, 0700) == 0);
+	snprintf(sock, sizeof(sock), "%s/memdedupd.sock", dir);
+	int c1 = sh("MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- /nonexistent/cmd", dir, b);
+	int alive1 = md__daemon_alive(sock), pid1 = kill_daemon_of(dir);
+	int c2 = sh("MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- memdedup-no-such-cmd", dir, b);
+	int alive2 = md__daemon_alive(sock), pid2 = kill_daemon_of(dir);
+	char err2[1024];
+	snprintf(err2, sizeof(err2), "%s", slurp("err"));
+	char noexec[450];
+	snprintf(noexec, sizeof(noexec), "%s/noexec", test_dir());
+	write_stats(noexec, 1, 1, "x", 0);	/* any file, mode 0644 */
+	int c3 = sh("MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- %s", dir, b, noexec);
+	int alive3 = md__daemon_alive(sock), pid3 = kill_daemon_of(dir);
+	ASSERT_EQ(c1, 127);
+	ASSERT_EQ(c2, 127);
+	ASSERT_EQ(c3, 126);
+	ASSERT(!alive1 && !alive2 && !alive3);
+	ASSERT(!pid1 && !pid2 && !pid3);
+	ASSERT(strstr(err2, "cannot run 'memdedup-no-such-cmd': command not found"));
+	return 0;
+}
+
+/* `run --scan` finds memdedupd in PATH when it is not beside the library
+ * or the program (as daemon/memdedupd.service installs it). */
+TEST_IMPL(cli_run_finds_daemon_in_path)
+{
+	const char *b = build_dir(), *d = test_dir();
+	char dir[400], sock[450];
+	snprintf(dir, sizeof(dir), "%s/run", d);
+	snprintf(sock, sizeof(sock), "%s/memdedupd.sock", dir);
+	ASSERT_EQ(sh("mkdir %s/run %s/bin %s/lib %s/sbin && cp %s/memdedup %s/bin/ && "
+		     "cp %s/libmemdedup-preload.so %s/lib/ && ln -s \"$(realpath %s/memdedupd)\" %s/sbin/",
+		     d, d, d, d, b, d, b, d, b, d), 0);
+	int code = sh("PATH=%s/sbin:$PATH MEMDEDUP_RUN_DIR=%s MEMDEDUP_PRELOAD=%s/lib/libmemdedup-preload.so "
+		      "%s/bin/memdedup run --scan -- true", d, dir, d, d);
+	int alive = md__daemon_alive(sock), pid = kill_daemon_of(dir);
+	ASSERT_EQ(code, 0);
+	ASSERT(alive && pid > 0);
+	ASSERT(!strstr(slurp("err"), "memdedupd"));
+	return 0;
+}
+
+/* Options of the scanner without --scan would do nothing: wrong usage. */
+TEST_IMPL(cli_run_scan_options_need_scan)
+{
+	const char *b = build_dir();
+	static const char *const opts[] = {
+		"--pages-to-scan=5", "--sleep-ms=5", "--cpu-percent=5", "--scan-order=random",
+		"--hints=off", "--domain=private",
+	};
+	for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++) {
+		ASSERT_EQ(sh("%s/memdedup run %s -- true", b, opts[i]), 2);
+		ASSERT(strstr(slurp("err"), "works only with --scan"));
+	}
+	ASSERT_EQ(sh("%s/memdedup run --scan --domain=private --sleep-ms=5 -- "
+		     "sh -c 'test \"$MEMDEDUP_SLEEP_MS\" = 5'", b), 0);
+	ASSERT_EQ(sh("MEMDEDUP_SCAN=1 %s/memdedup run --domain=private --sleep-ms=5 -- true", b), 0);
+	return 0;
+}
+
 static void make_rd(char *path, size_t size, const char *name)
 {
 	snprintf(path, size, "%s/rd", test_dir());
