@@ -247,11 +247,136 @@ TEST_IMPL(cli_run_scan_options_need_scan)
 	return 0;
 }
 
+/* `status --agents --json` on test_dir()/rd; returns its exit code. */
+static int status_json(void)
+{
+	return sh("MEMDEDUP_RUN_DIR=%s/rd MEMDEDUP_SOCKET=%s/none timeout 10 %s/memdedup status --agents --json",
+		  test_dir(), test_dir(), build_dir());
+}
+
 static void make_rd(char *path, size_t size, const char *name)
 {
 	snprintf(path, size, "%s/rd", test_dir());
 	mkdir(path, 0700);
 	snprintf(path, size, "%s/rd/%s", test_dir(), name);
+}
+
+/* A file whose pid is gone is dropped, also when its start time is 0 (no
+ * process has that start time: it is what "no such process" reads as). */
+TEST_IMPL(cli_status_dead_agent_gone)
+{
+	char path[512], name[64], want[64];
+	pid_t dead = dead_pid();
+	snprintf(name, sizeof(name), "agent-%d.stats", (int)dead);
+	make_rd(path, sizeof(path), name);
+	write_stats(path, (uint32_t)dead, 0, "ghost", 1);
+	ASSERT_EQ(status_json(), 0);
+	snprintf(want, sizeof(want), "\"pid\": %d", (int)dead);
+	ASSERT(!strstr(slurp("out"), want));
+	ASSERT(access(path, F_OK) != 0);	/* stale: removed */
+	return 0;
+}
+
+/* Only agent-PID.stats with PID 1..INT_MAX is an agent's file: others are
+ * neither listed nor removed. */
+TEST_IMPL(cli_status_pid_names)
+{
+	char path[512];
+	make_rd(path, sizeof(path), "agent--5.stats");
+	write_stats(path, (uint32_t)-5, 0, "minus", 1);
+	ASSERT_EQ(status_json(), 0);
+	ASSERT(!strstr(slurp("out"), "4294967291"));
+	ASSERT(access(path, F_OK) == 0);
+	return 0;
+}
+
+/* A FIFO (or a symbolic link) by an agent's name is not read: no hang. */
+TEST_IMPL(cli_status_fifo_no_hang)
+{
+	char path[512], name[64], target[512], want[64];
+	snprintf(name, sizeof(name), "agent-%d.stats", (int)getpid());
+	make_rd(path, sizeof(path), name);
+	ASSERT(mkfifo(path, 0600) == 0);
+	ASSERT_EQ(status_json(), 0);	/* 124: timeout killed it */
+	ASSERT(strstr(slurp("err"), "not a regular file"));
+	/* A link to a valid file of ours. */
+	ASSERT(unlink(path) == 0);
+	snprintf(target, sizeof(target), "%s/elsewhere", test_dir());
+	write_stats(target, (uint32_t)getpid(), md__proc_start_time(getpid()), "linked", 1);
+	ASSERT(symlink(target, path) == 0);
+	ASSERT_EQ(status_json(), 0);
+	snprintf(want, sizeof(want), "\"pid\": %d", (int)getpid());
+	ASSERT(!strstr(slurp("out"), want));
+	ASSERT(strstr(slurp("err"), "symbolic link"));
+	return 0;
+}
+
+/* The command as printable text (terminal and JSON), counters never
+ * negative. */
+TEST_IMPL(cli_status_sanitized)
+{
+	char path[512], name[64], want[64];
+	const char *b = build_dir();
+	snprintf(name, sizeof(name), "agent-%d.stats", (int)getpid());
+	make_rd(path, sizeof(path), name);
+	uint64_t start = md__proc_start_time(getpid());
+	write_stats(path, (uint32_t)getpid(), start, "vm\033]0;pwned\007\302\233x", (1ull << 63) + 5);
+	ASSERT_EQ(sh("MEMDEDUP_RUN_DIR=%s/rd %s/memdedup status --agents", test_dir(), b), 0);
+	const char *out = slurp("out");
+	ASSERT(!strchr(out, '\033') && !strchr(out, '\007') && !strstr(out, "\302\233"));
+	ASSERT(strstr(out, "vm?]0;pwned??x"));
+	ASSERT(strstr(out, "9223372036854775813"));	/* the table: unsigned */
+	write_stats(path, (uint32_t)getpid(), start, "q\377emu", (1ull << 63) + 5);
+	ASSERT_EQ(status_json(), 0);
+	out = slurp("out");
+	snprintf(want, sizeof(want), "\"pid\": %d", (int)getpid());
+	ASSERT(strstr(out, want));
+	ASSERT(strstr(out, "\"command\": \"q?emu\""));
+	ASSERT(strstr(out, "\"pages_shared\": 9223372036854775807"));
+	ASSERT(!strstr(out, ": -"));
+	return 0;
+}
+
+/* memdedupd there but answering garbage: said, and exit 1 (none running
+ * is still fine). */
+TEST_IMPL(cli_status_daemon_error)
+{
+	const char *b = build_dir();
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/bad.sock", test_dir());
+	int ls = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ASSERT(ls >= 0);
+	ASSERT(bind(ls, (struct sockaddr *)&sa, sizeof(sa)) == 0 && listen(ls, 8) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		for (;;) {
+			int c = accept(ls, NULL, NULL);
+			char junk[64];
+			memset(junk, 'x', sizeof(junk));
+			if (c < 0)
+				_exit(1);
+			usleep(20000);
+			if (write(c, junk, sizeof(junk)) < 0)
+				_exit(1);
+			close(c);
+		}
+	}
+	close(ls);
+	int c1 = sh("MEMDEDUP_RUN_DIR=%s MEMDEDUP_SOCKET=%s %s/memdedup status", test_dir(), sa.sun_path, b);
+	char err1[1024];
+	snprintf(err1, sizeof(err1), "%s", slurp("err"));
+	int c2 = sh("MEMDEDUP_RUN_DIR=%s MEMDEDUP_SOCKET=%s %s/memdedup status --json", test_dir(), sa.sun_path, b);
+	int c3 = sh("MEMDEDUP_RUN_DIR=%s MEMDEDUP_SOCKET=%s %s/memdedup status --agents", test_dir(), sa.sun_path, b);
+	kill(kid, SIGKILL);
+	waitpid(kid, NULL, 0);
+	ASSERT_EQ(c1, 1);
+	ASSERT(strstr(err1, "did not answer properly"));
+	ASSERT_EQ(c2, 1);
+	ASSERT_EQ(c3, 0);
+	ASSERT_EQ(sh("MEMDEDUP_RUN_DIR=%s MEMDEDUP_SOCKET=%s/none %s/memdedup status", test_dir(), test_dir(), b), 0);
+	ASSERT(strstr(slurp("out"), "memdedupd: not running"));
+	return 0;
 }
 
 /* pause --pid of an agent that runs without --scan: memdedupd does not
