@@ -206,12 +206,13 @@ static int parse(const struct md__cmd *cmd, int argc, char **argv, int32_t *pid,
 			return -1;
 		if (strcmp(argv[i], "--pid") == 0 || strncmp(argv[i], "--pid=", 6) == 0) {
 			const char *v = argv[i][5] == '=' ? argv[i] + 6 : (i + 1 < argc ? argv[++i] : NULL);
-			char *end;
+			char *end, shown[64];
 			if (!v)
 				return md__usage_error(cmd, "--pid needs a process id");
 			long p = strtol(v, &end, 10);
 			if (*v < '1' || *v > '9' || *end || p <= 0 || p > INT_MAX)
-				return md__usage_error(cmd, "invalid pid '%s'", v);
+				return md__usage_error(cmd, "invalid pid '%s'",
+						       md__printable(v, shown, sizeof(shown)));
 			*pid = (int32_t)p;
 		} else if (want_pairs && argv[i][0] != '-') {
 			const char *eq = strchr(argv[i], '=');

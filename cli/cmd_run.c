@@ -134,7 +134,8 @@ static int apply_option(const struct md__cmd *cmd, const char *arg, const struct
 		}
 		*matched = o;
 		const char *v = takes_value ? arg + n : "1";
-		char buf[32];
+		char buf[32], shown[256];
+		md__printable(v, shown, sizeof(shown));	/* for messages */
 		if (takes_value && o->words) {
 			/* One of the words, exactly. */
 			const char *w = o->words;
@@ -149,7 +150,7 @@ static int apply_option(const struct md__cmd *cmd, const char *arg, const struct
 			}
 			if (!ok)
 				return md__usage_error(cmd, "%.*s takes one of %s, not '%s'",
-						       (int)(n - 1), o->name, o->words, v);
+						       (int)(n - 1), o->name, o->words, shown);
 			if (o->value_is_word_index) {
 				snprintf(buf, sizeof(buf), "%d", idx);
 				v = buf;
@@ -157,14 +158,14 @@ static int apply_option(const struct md__cmd *cmd, const char *arg, const struct
 		} else if (takes_value && o->free_text) {
 			if (!valid_text(v))
 				return md__usage_error(cmd, "%.*s takes a name of 1 to 64 of A-Z a-z 0-9 . _ -, not '%s'",
-						       (int)(n - 1), o->name, v);
+						       (int)(n - 1), o->name, shown);
 		} else if (takes_value) {
 			char *end;
 			errno = 0;
 			long x = strtol(v, &end, 10);
 			if (errno || end == v || *end || x < o->lo || x > o->hi)
 				return md__usage_error(cmd, "%.*s takes a number from %ld to %ld, not '%s'",
-						       (int)(n - 1), o->name, o->lo, o->hi, v);
+						       (int)(n - 1), o->name, o->lo, o->hi, shown);
 		}
 		if (setenv(o->env, v, 1) != 0) {
 			perror("memdedup run: setenv");

@@ -161,6 +161,11 @@ TEST_IMPL(cli_set_bad_value_says_why)
 		     test_dir(), b), 2);
 	ASSERT(strstr(slurp("err"), "cpu_percent must be a whole number from 1 to 100, not '1?[2J'"));
 	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s/none %s/memdedup set cpu_percent=0", test_dir(), b), 2);
+	/* Nor do other commands' messages. */
+	ASSERT_EQ(sh("%s/memdedup run --share-min-pages=\"$(printf '1\033[2J')\" -- true", b), 2);
+	ASSERT(strstr(slurp("err"), "not '1?[2J'"));
+	ASSERT_EQ(sh("%s/memdedup pause --pid \"$(printf '1\033[2J')\"", b), 2);
+	ASSERT(strstr(slurp("err"), "invalid pid '1?[2J'"));
 	return 0;
 }
 
