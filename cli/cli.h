@@ -1,6 +1,7 @@
 /* cli.h - the memdedup command: a table of subcommands. */
 #ifndef MD_CLI_H
 #define MD_CLI_H
+#include <stddef.h>
 
 /* Exit codes: 0 success, 1 failure, 2 wrong usage. */
 #define MD_EXIT_USAGE 2
@@ -26,6 +27,11 @@ int md__status_daemon(struct json_t **out);
 /* Prints "memdedup CMD: MSG" and the usage hint to stderr; returns 2. */
 int md__usage_error(const struct md__cmd *cmd, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
+/* Copies s into buf (size > 0) fit for a terminal and for JSON: printable
+ * characters of valid UTF-8 as they are, '?' for each control character
+ * (C0, DEL, C1), invisible format character, and byte that is not valid
+ * UTF-8. Stops before a character that would not fit. Returns buf. */
+const char *md__printable(const char *s, char *buf, size_t size);
 /* Returns 1 and prints help if argv[i] is -h/--help. */
 int md__wants_help(const struct md__cmd *cmd, const char *arg);
 #endif

@@ -1,16 +1,22 @@
 /*
  * cmd_control.c - `memdedup pause|resume|unmerge|set`: ask memdedupd to
- * forward a command to the running agents. The daemon validates (a SET key
- * and its range) and answers; this prints its answer.
+ * forward a command to the running agents. SET's pairs are all checked
+ * here first (md__tunable_set, as the daemon checks them): one bad pair is a
+ * usage error and nothing is sent. The daemon checks again and answers;
+ * this prints its answer.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "cli.h"
 #include "client.h"
+#include "stats_file.h"
 
 static int cmd_pause(int argc, char **argv);
 static int cmd_resume(int argc, char **argv);
@@ -67,8 +73,8 @@ const struct md__cmd md__cmd_set_def = {
 	.usage =
 	"usage: memdedup set [--pid P] KEY=VALUE...\n"
 	"\n"
-	"Changes tunables of the agents' scanners, in the order given; stops at the\n"
-	"first one the daemon refuses (those before it stay changed).\n"
+	"Changes tunables of the agents' scanners, in the order given. Every\n"
+	"KEY=VALUE is checked first: if any is wrong, nothing is changed (exit 2).\n"
 	"\n"
 	"  pages_to_scan=N     pages per wake-up, 1..100000 (default 100)\n"
 	"  sleep_millisecs=N   sleep between wake-ups, 0..10000 (default 20)\n"
@@ -79,6 +85,28 @@ const struct md__cmd md__cmd_set_def = {
 	"\n" PID_HELP,
 	.run = cmd_set,
 };
+
+/* 1 if pid runs an agent: its statistics file is there and names it (the
+ * process that wrote it, by its start time, as `memdedup status` checks). */
+static int agent_listed(int32_t pid)
+{
+	char dir[256], path[512];
+	struct md__stats_file buf;
+	struct md__stats_snapshot s;
+	struct stat st;
+
+	md__run_dir(NULL, dir, sizeof(dir));
+	snprintf(path, sizeof(path), "%s/agent-%d.stats", dir, (int)pid);
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW);
+	if (fd < 0)
+		return 0;
+	ssize_t len = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? read(fd, &buf, sizeof(buf)) : -1;
+	close(fd);
+	if (len < 0 || md__stats_parse(&buf, (size_t)len, &s) != 0 || s.pid != (uint32_t)pid)
+		return 0;
+	uint64_t start = md__proc_start_time(pid);
+	return start != 0 && start == s.start_time;
+}
 
 /* Sends one CONTROL; prints the daemon's answer. Returns the exit code. */
 static int send_control(const struct md__cmd *cmd, struct md__client *c,
@@ -93,7 +121,11 @@ static int send_control(const struct md__cmd *cmd, struct md__client *c,
 	m.u.control = *ctl;
 	ssize_t n = md__msg_encode(&m, buf, sizeof(buf));
 	if (n < 0) {
-		fprintf(stderr, "memdedup %s: invalid request\n", cmd->name);
+		char key[MD_KEY_MAX + 1], value[MD_VALUE_MAX + 1];
+		fprintf(stderr, "memdedup %s: cannot encode the request%s%s%s%s: %s\n", cmd->name,
+			ctl->key[0] ? " " : "", md__printable(ctl->key, key, sizeof(key)),
+			ctl->key[0] ? "=" : "", md__printable(ctl->value, value, sizeof(value)),
+			strerror((int)-n));
 		return 1;
 	}
 	int err = md__client_request(c, MD_MSG_CONTROL, buf + MD_MSG_HDR_SIZE,
@@ -104,6 +136,14 @@ static int send_control(const struct md__cmd *cmd, struct md__client *c,
 		err = -EPROTO;
 	if (err) {
 		fprintf(stderr, "memdedup %s: no answer from the daemon: %s\n", cmd->name, strerror(-err));
+		return 1;
+	}
+	if (m.u.text.status == -ESRCH && ctl->pid && agent_listed(ctl->pid)) {
+		/* memdedupd knows only the agents that scan (they connect to
+		 * it); `memdedup status` lists every agent by its stats file. */
+		fprintf(stderr, "memdedup %s: the agent of pid %d is not scanning (it runs without\n"
+			"--scan, or has not reached memdedupd): there is nothing to %s\n",
+			cmd->name, (int)ctl->pid, cmd->name);
 		return 1;
 	}
 	if (m.u.text.status) {
@@ -131,6 +171,28 @@ static int connect_daemon(const struct md__cmd *cmd, struct md__client **c)
 	return 1;
 }
 
+/* Checks one KEY=VALUE (eq at its '=') as memdedupd will, on a copy of the
+ * defaults: 0, or -EINVAL and what is wrong in msg (the key and value made
+ * printable). */
+static int check_pair(const char *pair, const char *eq, char *msg, size_t size)
+{
+	struct md__tunables t;
+	char key[MD_KEY_MAX + 1], value[MD_VALUE_MAX + 1];
+	char pkey[3 * MD_KEY_MAX + 1], pvalue[3 * MD_VALUE_MAX + 1];
+
+	snprintf(key, sizeof(key), "%.*s", (int)(eq - pair), pair);
+	snprintf(value, sizeof(value), "%s", eq + 1);
+	md__tunables_default(&t);
+	if (md__tunable_set(&t, key, value, msg, size) == 0)
+		return 0;
+	/* Say it again with what a terminal may show: a changed byte ('?')
+	 * is wrong in any key and value, so this fails the same way. */
+	md__tunables_default(&t);
+	md__tunable_set(&t, md__printable(key, pkey, sizeof(pkey)),
+			md__printable(value, pvalue, sizeof(pvalue)), msg, size);
+	return -EINVAL;
+}
+
 /* Parses the common options; KEY=VALUE words go to pairs (set only).
  * Returns -1 when done (help printed), else an exit code, 0 to go on. */
 static int parse(const struct md__cmd *cmd, int argc, char **argv, int32_t *pid,
@@ -144,22 +206,30 @@ static int parse(const struct md__cmd *cmd, int argc, char **argv, int32_t *pid,
 			return -1;
 		if (strcmp(argv[i], "--pid") == 0 || strncmp(argv[i], "--pid=", 6) == 0) {
 			const char *v = argv[i][5] == '=' ? argv[i] + 6 : (i + 1 < argc ? argv[++i] : NULL);
-			char *end;
+			char *end, shown[64];
 			if (!v)
 				return md__usage_error(cmd, "--pid needs a process id");
 			long p = strtol(v, &end, 10);
 			if (*v < '1' || *v > '9' || *end || p <= 0 || p > INT_MAX)
-				return md__usage_error(cmd, "invalid pid '%s'", v);
+				return md__usage_error(cmd, "invalid pid '%s'",
+						       md__printable(v, shown, sizeof(shown)));
 			*pid = (int32_t)p;
 		} else if (want_pairs && argv[i][0] != '-') {
 			const char *eq = strchr(argv[i], '=');
 			size_t kl = eq ? (size_t)(eq - argv[i]) : 0;
+			char shown[3 * (MD_KEY_MAX + MD_VALUE_MAX)];
+			md__printable(argv[i], shown, sizeof(shown));
 			if (!eq || kl == 0 || kl > MD_KEY_MAX || !eq[1] || strlen(eq + 1) > MD_VALUE_MAX ||
 			    strchr(eq + 1, '=') || strpbrk(argv[i], " \t\n"))
-				return md__usage_error(cmd, "expected KEY=VALUE, not '%s'", argv[i]);
+				return md__usage_error(cmd, "expected KEY=VALUE, not '%s'", shown);
+			int err = check_pair(argv[i], eq, shown, sizeof(shown));
+			if (err)
+				return md__usage_error(cmd, "%s", shown);
 			(*pairs)[(*npairs)++] = argv[i];
 		} else {
-			return md__usage_error(cmd, "unknown argument '%s'", argv[i]);
+			char shown[256];
+			return md__usage_error(cmd, "unknown argument '%s'",
+					       md__printable(argv[i], shown, sizeof(shown)));
 		}
 	}
 	if (want_pairs && *npairs == 0)

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -34,7 +35,10 @@ const struct md__cmd md__cmd_run_def = {
 	"                          1..4096 (default 16); smaller reads are copied\n"
 	"                          (and hinted to the scanner): one mapping costs\n"
 	"                          more than copying a few pages\n"
-	"  --scan                  run the content scanner\n"
+	"  --scan                  run the content scanner (needed by the options\n"
+	"                          below, --domain included); starts memdedupd\n"
+	"                          unless it answers: found beside the library,\n"
+	"                          beside memdedup, in PATH, or in /usr/local/sbin\n"
 	"  --pages-to-scan=N       pages per batch, 1..100000, for this VMM alone\n"
 	"                          (default: memdedupd's, 100, split among its agents)\n"
 	"  --sleep-ms=N            sleep between batches, 0..10000 ms (default 20)\n"
@@ -49,7 +53,10 @@ const struct md__cmd md__cmd_run_def = {
 	"  -h, --help              this text\n"
 	"\n"
 	"Environment: MEMDEDUP_PRELOAD (the library), MEMDEDUP_RUN_DIR (statistics),\n"
-	"MEMDEDUP_LOG (log file), MEMDEDUP_MAX_VMAS (mapping budget).\n",
+	"MEMDEDUP_LOG (log file), MEMDEDUP_MAX_VMAS (mapping budget).\n"
+	"\n"
+	"Exit status: CMD's; 127 CMD not found, 126 not executable (nothing started),\n"
+	"1 no preload library, 2 wrong usage.\n",
 	.run = md__cmd_run,
 };
 
@@ -91,6 +98,7 @@ struct run_option {
 	const char *words;
 	int value_is_word_index;
 	int free_text;		/* any value that valid_text() accepts */
+	int scan_only;		/* means something only with --scan */
 };
 
 static int valid_text(const char *v)
@@ -103,18 +111,19 @@ static const struct run_option run_options[] = {
 	{ .name = "--populate", .env = "MEMDEDUP_POPULATE" },
 	{ .name = "--share-min-pages=", .env = "MEMDEDUP_SHARE_MIN_PAGES", .lo = 1, .hi = MD_SHARE_MIN_PAGES_MAX },
 	{ .name = "--scan", .env = "MEMDEDUP_SCAN" },
-	{ .name = "--pages-to-scan=", .env = "MEMDEDUP_PAGES_TO_SCAN", .lo = 1, .hi = 100000 },
-	{ .name = "--sleep-ms=", .env = "MEMDEDUP_SLEEP_MS", .lo = 0, .hi = 10000 },
-	{ .name = "--cpu-percent=", .env = "MEMDEDUP_CPU_PERCENT", .lo = 1, .hi = 100 },
-	{ .name = "--scan-order=", .env = "MEMDEDUP_SCAN_ORDER", .words = "linear|random" },
-	{ .name = "--domain=", .env = "MEMDEDUP_DOMAIN", .free_text = 1 },
-	{ .name = "--hints=", .env = "MEMDEDUP_HINTS", .words = "off|on", .value_is_word_index = 1 },
+	{ .name = "--pages-to-scan=", .env = "MEMDEDUP_PAGES_TO_SCAN", .lo = 1, .hi = 100000, .scan_only = 1 },
+	{ .name = "--sleep-ms=", .env = "MEMDEDUP_SLEEP_MS", .lo = 0, .hi = 10000, .scan_only = 1 },
+	{ .name = "--cpu-percent=", .env = "MEMDEDUP_CPU_PERCENT", .lo = 1, .hi = 100, .scan_only = 1 },
+	{ .name = "--scan-order=", .env = "MEMDEDUP_SCAN_ORDER", .words = "linear|random", .scan_only = 1 },
+	{ .name = "--domain=", .env = "MEMDEDUP_DOMAIN", .free_text = 1, .scan_only = 1 },
+	{ .name = "--hints=", .env = "MEMDEDUP_HINTS", .words = "off|on", .value_is_word_index = 1, .scan_only = 1 },
 };
 
-/* Returns 0 and sets the environment, or a usage error (2). */
-static int apply_option(const struct md__cmd *cmd, const char *arg, int *matched)
+/* Returns 0 and sets the environment, or a usage error (2). *matched: the
+ * option, or NULL if arg is none. */
+static int apply_option(const struct md__cmd *cmd, const char *arg, const struct run_option **matched)
 {
-	*matched = 0;
+	*matched = NULL;
 	for (size_t k = 0; k < sizeof(run_options) / sizeof(run_options[0]); k++) {
 		const struct run_option *o = &run_options[k];
 		size_t n = strlen(o->name);
@@ -124,9 +133,10 @@ static int apply_option(const struct md__cmd *cmd, const char *arg, int *matched
 				return md__usage_error(cmd, "%s needs a value (%s...)", arg, o->name);
 			continue;
 		}
-		*matched = 1;
+		*matched = o;
 		const char *v = takes_value ? arg + n : "1";
-		char buf[32];
+		char buf[32], shown[256];
+		md__printable(v, shown, sizeof(shown));	/* for messages */
 		if (takes_value && o->words) {
 			/* One of the words, exactly. */
 			const char *w = o->words;
@@ -141,7 +151,7 @@ static int apply_option(const struct md__cmd *cmd, const char *arg, int *matched
 			}
 			if (!ok)
 				return md__usage_error(cmd, "%.*s takes one of %s, not '%s'",
-						       (int)(n - 1), o->name, o->words, v);
+						       (int)(n - 1), o->name, o->words, shown);
 			if (o->value_is_word_index) {
 				snprintf(buf, sizeof(buf), "%d", idx);
 				v = buf;
@@ -149,14 +159,14 @@ static int apply_option(const struct md__cmd *cmd, const char *arg, int *matched
 		} else if (takes_value && o->free_text) {
 			if (!valid_text(v))
 				return md__usage_error(cmd, "%.*s takes a name of 1 to 64 of A-Z a-z 0-9 . _ -, not '%s'",
-						       (int)(n - 1), o->name, v);
+						       (int)(n - 1), o->name, shown);
 		} else if (takes_value) {
 			char *end;
 			errno = 0;
 			long x = strtol(v, &end, 10);
 			if (errno || end == v || *end || x < o->lo || x > o->hi)
 				return md__usage_error(cmd, "%.*s takes a number from %ld to %ld, not '%s'",
-						       (int)(n - 1), o->name, o->lo, o->hi, v);
+						       (int)(n - 1), o->name, o->lo, o->hi, shown);
 		}
 		if (setenv(o->env, v, 1) != 0) {
 			perror("memdedup run: setenv");
@@ -167,16 +177,107 @@ static int apply_option(const struct md__cmd *cmd, const char *arg, int *matched
 	return 0;
 }
 
+/* 1 if the agent reads the variable as on (agent/preload.c's env_flag). */
+static int env_on(const char *name)
+{
+	const char *v = getenv(name);
+	return v && *v && strcmp(v, "0") != 0 && strcmp(v, "off") != 0 && strcmp(v, "no") != 0;
+}
+
+/* 1 if path is a regular file we may execute. */
+static int executable(const char *path)
+{
+	struct stat st;
+	return stat(path, &st) == 0 && S_ISREG(st.st_mode) && access(path, X_OK) == 0;
+}
+
+/* Resolves a command as execvp() will: a name with a '/' as it is, else
+ * the first executable file of that name in $PATH (unset: the system's
+ * default path; an empty entry: the current directory). 0 and the path in
+ * out; -ENOENT none; -EACCES one is there but not executable. */
+static int resolve_command(const char *name, char *out, size_t size)
+{
+	struct stat st;
+	int err = -ENOENT;
+
+	if (!*name)
+		return -ENOENT;
+	if (strchr(name, '/')) {
+		if (snprintf(out, size, "%s", name) >= (int)size)
+			return -ENAMETOOLONG;
+		if (executable(out))
+			return 0;
+		return stat(out, &st) == 0 ? -EACCES : -errno;
+	}
+	const char *path = getenv("PATH");
+	char def[256];
+	if (!path) {
+		if (!confstr(_CS_PATH, def, sizeof(def)))
+			snprintf(def, sizeof(def), "/bin:/usr/bin");
+		path = def;
+	}
+	for (const char *p = path;; p++) {
+		size_t len = strcspn(p, ":");
+		int n = len ? snprintf(out, size, "%.*s/%s", (int)len, p, name)
+			    : snprintf(out, size, "./%s", name);
+		if (n > 0 && (size_t)n < size) {
+			if (executable(out))
+				return 0;
+			if (stat(out, &st) == 0 && S_ISREG(st.st_mode))
+				err = -EACCES;
+		}
+		p += len;
+		if (!*p)
+			break;
+	}
+	return err;
+}
+
+/* memdedupd: beside the preload library (lib), beside this program, in
+ * $PATH, or where daemon/memdedupd.service installs it. 0 and its path in
+ * out, or -ENOENT. */
+static int find_daemon(const char *lib, char *out, size_t size)
+{
+	char dir[PATH_MAX];
+	const char *slash = strrchr(lib, '/');
+
+	snprintf(out, size, "%.*s/memdedupd", slash ? (int)(slash - lib) : 1, slash ? lib : ".");
+	if (executable(out))
+		return 0;
+	ssize_t n = readlink("/proc/self/exe", dir, sizeof(dir) - 1);
+	if (n > 0) {
+		dir[n] = '\0';
+		char *s = strrchr(dir, '/');
+		if (s) {
+			*s = '\0';
+			snprintf(out, size, "%s/memdedupd", dir);
+			if (executable(out))
+				return 0;
+		}
+	}
+	if (resolve_command("memdedupd", out, size) == 0) {
+		/* md__daemon_ensure execs it by path: make a relative one
+		 * absolute. */
+		if (out[0] != '/' && realpath(out, dir))
+			snprintf(out, size, "%s", dir);
+		return 0;
+	}
+	snprintf(out, size, "/usr/local/sbin/memdedupd");
+	return executable(out) ? 0 : -ENOENT;
+}
+
 int md__cmd_run(int argc, char **argv)
 {
 	const struct md__cmd *cmd = &md__cmd_run_def;
-	int i;
+	const struct run_option *scan_only = NULL;
+	int i, scan = 0;
 
 	/* The environment set here only reaches CMD through exec: a usage
 	 * error exits first, so it changes nothing. */
 	for (i = 1; i < argc; i++) {
 		const char *a = argv[i];
-		int matched, r;
+		const struct run_option *o;
+		int r;
 		if (md__wants_help(cmd, a))
 			return 0;
 		if (strcmp(a, "--") == 0) {
@@ -185,35 +286,59 @@ int md__cmd_run(int argc, char **argv)
 		}
 		if (a[0] != '-')
 			break;	/* the command, without a "--" */
-		r = apply_option(cmd, a, &matched);
+		r = apply_option(cmd, a, &o);
 		if (r)
 			return r;
-		if (!matched)
-			return md__usage_error(cmd, "unknown option '%s'", a);
+		if (!o) {
+			char shown[256];
+			return md__usage_error(cmd, "unknown option '%s'",
+					       md__printable(a, shown, sizeof(shown)));
+		}
+		if (o->scan_only && !scan_only)
+			scan_only = o;
+		scan |= strcmp(o->name, "--scan") == 0;
+	}
+	/* Scanning: --scan, or MEMDEDUP_SCAN already in the environment. */
+	if (scan_only && !scan && !env_on("MEMDEDUP_SCAN")) {
+		size_t n = strlen(scan_only->name);
+		return md__usage_error(cmd, "%.*s works only with --scan",
+				       (int)(n - (scan_only->name[n - 1] == '=')), scan_only->name);
 	}
 	if (i >= argc)
 		return md__usage_error(cmd, "no command to run");
 
-	char lib[PATH_MAX + 64], preload[2 * PATH_MAX + 128];
+	char lib[PATH_MAX + 64], preload[2 * PATH_MAX + 128], exe[PATH_MAX + 64];
 	int err = find_preload(lib, sizeof(lib));
 	if (err) {
 		fprintf(stderr, "memdedup run: cannot find libmemdedup-preload.so (%s); set MEMDEDUP_PRELOAD\n",
 			strerror(-err));
 		return 1;
 	}
+	/* The command first: one that cannot run must not leave a daemon
+	 * started for it (exit codes as the shell's: 127 not found, 126 not
+	 * executable). */
+	err = resolve_command(argv[i], exe, sizeof(exe));
+	if (err) {
+		char shown[256];
+		fprintf(stderr, "memdedup run: cannot run '%s': %s\n",
+			md__printable(argv[i], shown, sizeof(shown)),
+			err == -ENOENT && !strchr(argv[i], '/') ? "command not found in PATH" :
+			strerror(-err));
+		return err == -EACCES ? 126 : 127;
+	}
 	/* Scanning in a shared domain needs memdedupd: start it unless one
 	 * answers. Without it the agent merges within its process only. */
-	const char *scan = getenv("MEMDEDUP_SCAN"), *domain = getenv("MEMDEDUP_DOMAIN");
-	if (scan && strcmp(scan, "1") == 0 && !(domain && strcmp(domain, "private") == 0)) {
+	const char *domain = getenv("MEMDEDUP_DOMAIN");
+	if (env_on("MEMDEDUP_SCAN") && !(domain && strcmp(domain, "private") == 0) &&
+	    !md__daemon_alive(NULL)) {
 		char daemon[PATH_MAX + 64];
-		snprintf(daemon, sizeof(daemon), "%s", lib);
-		char *slash = strrchr(daemon, '/');
-		snprintf(slash ? slash + 1 : daemon, sizeof(daemon) - (size_t)(slash ? slash + 1 - daemon : 0),
-			 "memdedupd");
-		int derr = md__daemon_ensure(daemon);
+		int derr = find_daemon(lib, daemon, sizeof(daemon));
 		if (derr)
-			fprintf(stderr, "memdedup run: memdedupd not started (%s): merging stays within the process\n",
-				strerror(-derr));
+			fprintf(stderr, "memdedup run: memdedupd not found (beside %s, beside memdedup,\n"
+				"in PATH, in /usr/local/sbin): merging stays within the process\n", lib);
+		else if ((derr = md__daemon_ensure(daemon)))
+			fprintf(stderr, "memdedup run: memdedupd (%s) not started (%s): merging stays within the process\n",
+				daemon, strerror(-derr));
 	}
 	const char *old = getenv("LD_PRELOAD");
 	if (old && *old)
@@ -224,7 +349,9 @@ int md__cmd_run(int argc, char **argv)
 		perror("memdedup run: setenv");
 		return 1;
 	}
-	execvp(argv[i], argv + i);
-	fprintf(stderr, "memdedup run: cannot run '%s': %s\n", argv[i], strerror(errno));
+	/* The path found above (execvp still runs a script without a #! line
+	 * through the shell); argv[0] stays as given. */
+	execvp(exe, argv + i);
+	fprintf(stderr, "memdedup run: cannot run '%s': %s\n", exe, strerror(errno));
 	return errno == ENOENT ? 127 : 126;
 }

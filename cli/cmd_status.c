@@ -6,12 +6,16 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli.h"
+#include "client.h"
 #include "stats_file.h"
 
 const struct md__cmd md__cmd_status_def = {
@@ -31,7 +35,12 @@ const struct md__cmd md__cmd_status_def = {
 	"  --agents    the agents' rows and kernel KSM's only: memdedupd is not\n"
 	"              asked (its answer costs it CPU time: a monitor that polls\n"
 	"              every second should use this)\n"
-	"  -h, --help  this text\n",
+	"  -h, --help  this text\n"
+	"\n"
+	"Commands are shown with '?' for control characters and bytes that are not\n"
+	"UTF-8; in JSON, a counter past 2^63-1 (a damaged file) shows as 2^63-1.\n"
+	"Exit status: 0 done (memdedupd not running is fine), 1 the run directory\n"
+	"cannot be read or memdedupd runs but does not answer properly, 2 wrong usage.\n",
 	.run = md__cmd_status,
 };
 
@@ -54,6 +63,22 @@ static long long read_ksm(const char *key)
 	return n > 0 ? strtoll(buf, NULL, 10) : -1;
 }
 
+/* The pid of a name "agent-PID.stats" (PID: decimal, no sign or leading
+ * zero, 1..INT_MAX), else -1. */
+static int stats_file_pid(const char *name)
+{
+	const char *p = name + 6;
+	long pid = 0;
+	if (strncmp(name, "agent-", 6) != 0 || *p < '1' || *p > '9')
+		return -1;
+	for (; *p >= '0' && *p <= '9'; p++) {
+		pid = pid * 10 + (*p - '0');
+		if (pid > INT_MAX)
+			return -1;
+	}
+	return strcmp(p, ".stats") == 0 ? (int)pid : -1;
+}
+
 /* Reads the snapshots of live agents; removes files of agents that died. */
 static int load_agents(const char *dir, struct md__stats_snapshot **out, size_t *count)
 {
@@ -67,23 +92,37 @@ static int load_agents(const char *dir, struct md__stats_snapshot **out, size_t 
 		return errno == ENOENT ? 0 : -errno;
 	struct dirent *e;
 	while ((e = readdir(d))) {
-		int pid;
-		char path[512], tail[8];
-		if (sscanf(e->d_name, "agent-%d.stat%7s", &pid, tail) != 2 || strcmp(tail, "s") != 0)
+		int pid = stats_file_pid(e->d_name);
+		char path[512], shown[512];
+		struct stat st;
+		if (pid <= 0)
 			continue;
 		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+		md__printable(path, shown, sizeof(shown));
 		struct md__stats_file buf;
-		int fd = open(path, O_RDONLY | O_CLOEXEC);
-		if (fd < 0)
+		/* Not a FIFO that blocks us, nor a link to anything. */
+		int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW);
+		if (fd < 0) {
+			if (errno != ENOENT)	/* else gone since readdir */
+				fprintf(stderr, "memdedup status: ignoring %s: %s\n", shown,
+					errno == ELOOP ? "a symbolic link" : strerror(errno));
 			continue;
+		}
+		if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+			close(fd);
+			fprintf(stderr, "memdedup status: ignoring %s: not a regular file\n", shown);
+			continue;
+		}
 		ssize_t len = read(fd, &buf, sizeof(buf));
 		close(fd);
 		struct md__stats_snapshot s;
-		if (len < 0 || md__stats_parse(&buf, (size_t)len, &s) != 0 || (int)s.pid != pid) {
-			fprintf(stderr, "memdedup status: ignoring malformed %s\n", path);
+		if (len < 0 || md__stats_parse(&buf, (size_t)len, &s) != 0 || s.pid != (uint32_t)pid) {
+			fprintf(stderr, "memdedup status: ignoring malformed %s\n", shown);
 			continue;
 		}
-		if (md__proc_start_time(pid) != s.start_time) {
+		/* 0: no such process (or unreadable): as gone as a reused pid. */
+		uint64_t start = md__proc_start_time(pid);
+		if (start == 0 || start != s.start_time) {
 			unlink(path);	/* the agent is gone: its file is stale */
 			continue;
 		}
@@ -105,29 +144,36 @@ static int load_agents(const char *dir, struct md__stats_snapshot **out, size_t 
 	return 0;
 }
 
+/* A counter for JSON, whose integers end at 2^63 - 1: a larger one (no
+ * agent counts that far: a damaged file) is shown as 2^63 - 1. */
+static json_t *ju64(uint64_t v)
+{
+	return json_integer(v > INT64_MAX ? INT64_MAX : (json_int_t)v);
+}
+
 static json_t *stats_json(const md_stats *s)
 {
 	json_t *o = json_object(), *fb = json_object();
-	json_object_set_new(o, "regions", json_integer((json_int_t)s->regions));
-	json_object_set_new(o, "registered_bytes", json_integer((json_int_t)s->registered_bytes));
-	json_object_set_new(o, "reads_seen", json_integer((json_int_t)s->reads_seen));
-	json_object_set_new(o, "bytes_read", json_integer((json_int_t)s->bytes_read));
+	json_object_set_new(o, "regions", ju64(s->regions));
+	json_object_set_new(o, "registered_bytes", ju64(s->registered_bytes));
+	json_object_set_new(o, "reads_seen", ju64(s->reads_seen));
+	json_object_set_new(o, "bytes_read", ju64(s->bytes_read));
 	json_object_set_new(o, "read_seconds", json_real((double)s->read_ns / 1e9));
 	json_object_set_new(o, "read_shared_seconds", json_real((double)s->read_shared_ns / 1e9));
-	json_object_set_new(o, "read_shared_bytes", json_integer((json_int_t)s->read_shared_bytes));
+	json_object_set_new(o, "read_shared_bytes", ju64(s->read_shared_bytes));
 	json_object_set_new(o, "read_page_seconds", json_real((double)s->read_page_ns / 1e9));
-	json_object_set_new(o, "reads_page", json_integer((json_int_t)s->reads_page));
-	json_object_set_new(o, "pages_shared_at_read", json_integer((json_int_t)s->pages_shared_at_read));
-	json_object_set_new(o, "pages_shared", json_integer((json_int_t)s->pages_shared));
-	json_object_set_new(o, "breaks", json_integer((json_int_t)s->breaks));
-	json_object_set_new(o, "pages_privatized", json_integer((json_int_t)s->pages_privatized));
-	json_object_set_new(o, "lease_breaks", json_integer((json_int_t)s->lease_breaks));
-	json_object_set_new(o, "vmas", json_integer((json_int_t)s->vmas));
-	json_object_set_new(o, "fallbacks_total", json_integer((json_int_t)s->fallbacks_total));
+	json_object_set_new(o, "reads_page", ju64(s->reads_page));
+	json_object_set_new(o, "pages_shared_at_read", ju64(s->pages_shared_at_read));
+	json_object_set_new(o, "pages_shared", ju64(s->pages_shared));
+	json_object_set_new(o, "breaks", ju64(s->breaks));
+	json_object_set_new(o, "pages_privatized", ju64(s->pages_privatized));
+	json_object_set_new(o, "lease_breaks", ju64(s->lease_breaks));
+	json_object_set_new(o, "vmas", ju64(s->vmas));
+	json_object_set_new(o, "fallbacks_total", ju64(s->fallbacks_total));
 	for (int i = 0; i < MD_FB_COUNT; i++)
-		json_object_set_new(fb, md_fallback_name(i), json_integer((json_int_t)s->fallbacks[i]));
+		json_object_set_new(fb, md_fallback_name(i), ju64(s->fallbacks[i]));
 	json_object_set_new(o, "fallbacks", fb);
-	json_object_set_new(o, "read_small_pages", json_integer((json_int_t)s->read_small_pages));
+	json_object_set_new(o, "read_small_pages", ju64(s->read_small_pages));
 	json_object_set_new(o, "agent_cpu_seconds", json_real((double)s->agent_cpu_ns / 1e9));
 	json_t *sc = json_object();
 	const struct { const char *k; uint64_t v; } scan[] = {
@@ -147,20 +193,26 @@ static json_t *stats_json(const md_stats *s)
 		{ "hint_ratio", s->hint_ratio }, { "filled_pages", s->filled_pages },
 	};
 	for (size_t i = 0; i < sizeof(scan) / sizeof(scan[0]); i++)
-		json_object_set_new(sc, scan[i].k, json_integer((json_int_t)scan[i].v));
+		json_object_set_new(sc, scan[i].k, ju64(scan[i].v));
 	json_object_set_new(sc, "general_profit", json_integer((json_int_t)s->general_profit));
 	json_object_set_new(sc, "cpu_seconds", json_real((double)s->scan_cpu_ns / 1e9));
 	json_object_set_new(o, "scanner", sc);
 	return o;
 }
 
+/* Adds s to t, staying at the largest value rather than wrapping. */
 static void add_stats(md_stats *t, const md_stats *s)
 {
 	const uint64_t *src = (const uint64_t *)s;
 	uint64_t *dst = (uint64_t *)t;
-	/* md_stats is all uint64_t counters. */
+	int64_t profit;
+	if (__builtin_add_overflow(t->general_profit, s->general_profit, &profit))
+		profit = s->general_profit < 0 ? INT64_MIN : INT64_MAX;
+	/* md_stats is all uint64_t counters, but for general_profit. */
 	for (size_t i = 0; i < sizeof(*s) / sizeof(uint64_t); i++)
-		dst[i] += src[i];
+		if (__builtin_add_overflow(dst[i], src[i], &dst[i]))
+			dst[i] = UINT64_MAX;
+	t->general_profit = profit;
 }
 
 static void print_row(const char *pid, const char *cmd, const md_stats *s)
@@ -186,7 +238,8 @@ int md__cmd_status(int argc, char **argv)
 		else if (strcmp(argv[i], "--agents") == 0)
 			agents_only = 1;
 		else
-			return md__usage_error(cmd, "unknown argument '%s'", argv[i]);
+			return md__usage_error(cmd, "unknown argument '%s'",
+					       md__printable(argv[i], dir, sizeof(dir)));
 	}
 	md__run_dir(NULL, dir, sizeof(dir));
 	struct md__stats_snapshot *agents;
@@ -200,15 +253,22 @@ int md__cmd_status(int argc, char **argv)
 	for (size_t i = 0; i < n; i++)
 		add_stats(&total, &agents[i].stats);
 	json_t *daemon = NULL;
-	if (!agents_only)
-		md__status_daemon(&daemon);	/* none running is fine */
+	int derr = 0;
+	if (!agents_only) {
+		derr = md__status_daemon(&daemon);
+		if (derr == -ENOENT || derr == -ECONNREFUSED)
+			derr = 0;	/* none running is fine */
+	}
 
 	if (as_json) {
 		json_t *root = json_object(), *list = json_array(), *ksm = json_object();
 		for (size_t i = 0; i < n; i++) {
 			json_t *o = stats_json(&agents[i].stats);
 			json_object_set_new(o, "pid", json_integer(agents[i].pid));
-			json_object_set_new(o, "command", json_string(agents[i].command));
+			/* Made valid UTF-8: json_string() refuses anything else. */
+			char command[MD_STATS_COMMAND_LEN];
+			json_object_set_new(o, "command", json_string(md__printable(agents[i].command,
+						    command, sizeof(command))));
 			json_array_append_new(list, o);
 		}
 		for (size_t k = 0; k < NKSM; k++)
@@ -225,9 +285,10 @@ int md__cmd_status(int argc, char **argv)
 		printf("%-8s %-28s %9s %10s %8s %9s %7s %8s %7s\n", "PID", "COMMAND", "RAM_MB",
 		       "SHARED", "BREAKS", "FALLBACKS", "VMAS", "MERGED", "ZERO");
 		for (size_t i = 0; i < n; i++) {
-			char pid[16];
+			char pid[16], command[29];	/* its column's 28 bytes */
 			snprintf(pid, sizeof(pid), "%u", agents[i].pid);
-			print_row(pid, agents[i].command, &agents[i].stats);
+			print_row(pid, md__printable(agents[i].command, command, sizeof(command)),
+				  &agents[i].stats);
 		}
 		print_row("total", n == 1 ? "1 agent" : "agents", &total);
 		json_t *doms = daemon ? json_object_get(daemon, "domains") : NULL;
@@ -238,6 +299,9 @@ int md__cmd_status(int argc, char **argv)
 			       "POOL_PAGES", "PAGES_SHARING", "PROFIT_MB");
 			json_array_foreach(doms, i, d) {
 				const char *name = json_string_value(json_object_get(d, "name"));
+				char shown[17];
+				if (name)
+					name = md__printable(name, shown, sizeof(shown));
 				printf("%-4lld %-16.16s %6lld %7lld %11lld %13lld %15.1f\n",
 				       (long long)json_integer_value(json_object_get(d, "id")),
 				       name && *name ? name : "(default)",
@@ -247,8 +311,10 @@ int md__cmd_status(int argc, char **argv)
 				       (long long)json_integer_value(json_object_get(d, "pages_sharing")),
 				       (double)json_integer_value(json_object_get(d, "general_profit")) / (1 << 20));
 			}
-		} else if (!daemon && !agents_only) {
+		} else if (!daemon && !agents_only && !derr) {
 			printf("\nmemdedupd: not running\n");
+		} else if (derr) {
+			printf("\nmemdedupd: no proper answer (see the error)\n");
 		}
 		printf("\nkernel KSM:");
 		for (size_t k = 0; k < NKSM; k++)
@@ -257,5 +323,13 @@ int md__cmd_status(int argc, char **argv)
 	}
 	free(agents);
 	json_decref(daemon);
+	if (derr) {
+		/* After the rest, so it is the last line a user sees. */
+		char sock[256];
+		md__daemon_socket_path(NULL, sock, sizeof(sock));
+		fprintf(stderr, "memdedup status: memdedupd at %s did not answer properly: %s\n",
+			md__printable(sock, dir, sizeof(dir)), strerror(-derr));
+		return 1;
+	}
 	return 0;
 }

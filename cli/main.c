@@ -2,6 +2,7 @@
  * main.c - `memdedup`: dispatches to a subcommand from the table below.
  */
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -42,6 +43,70 @@ int md__usage_error(const struct md__cmd *cmd, const char *fmt, ...)
 	return MD_EXIT_USAGE;
 }
 
+/* The code point of the UTF-8 sequence at s (n bytes left) in *cp; returns
+ * its length, or 0 if it is not valid UTF-8 (overlong forms, surrogates and
+ * code points past U+10FFFF are not). */
+static size_t utf8_decode(const unsigned char *s, size_t n, uint32_t *cp)
+{
+	size_t len;
+	uint32_t min;
+	if (s[0] < 0x80) {
+		*cp = s[0];
+		return 1;
+	} else if (s[0] >= 0xc2 && s[0] <= 0xdf) {
+		len = 2, min = 0x80, *cp = s[0] & 0x1f;
+	} else if (s[0] >= 0xe0 && s[0] <= 0xef) {
+		len = 3, min = 0x800, *cp = s[0] & 0x0f;
+	} else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
+		len = 4, min = 0x10000, *cp = s[0] & 0x07;
+	} else {
+		return 0;
+	}
+	if (n < len)
+		return 0;
+	for (size_t i = 1; i < len; i++) {
+		if ((s[i] & 0xc0) != 0x80)
+			return 0;
+		*cp = *cp << 6 | (s[i] & 0x3f);
+	}
+	if (*cp < min || *cp > 0x10ffff || (*cp >= 0xd800 && *cp <= 0xdfff))
+		return 0;
+	return len;
+}
+
+/* Characters a terminal acts on or that hide or reorder text: C0 and C1
+ * controls, DEL, and Unicode's invisible format characters (zero widths,
+ * line and paragraph separators, bidirectional overrides, BOM). */
+static int unprintable(uint32_t cp)
+{
+	return cp < 0x20 || (cp >= 0x7f && cp < 0xa0) || (cp >= 0x200b && cp <= 0x200f) ||
+	       (cp >= 0x2028 && cp <= 0x202e) || (cp >= 0x2060 && cp <= 0x206f) || cp == 0xfeff;
+}
+
+const char *md__printable(const char *s, char *buf, size_t size)
+{
+	const unsigned char *p = (const unsigned char *)s;
+	size_t left = strlen(s), o = 0;
+	while (left) {
+		uint32_t cp;
+		size_t len = utf8_decode(p, left, &cp);
+		int bad = len == 0 || unprintable(cp);
+		size_t out = bad ? 1 : len;
+		if (o + out >= size)
+			break;
+		if (bad)
+			buf[o] = '?';
+		else
+			memcpy(buf + o, p, len);
+		o += out;
+		len = len ? len : 1;
+		p += len;
+		left -= len;
+	}
+	buf[o] = '\0';
+	return buf;
+}
+
 int md__wants_help(const struct md__cmd *cmd, const char *arg)
 {
 	if (strcmp(arg, "-h") != 0 && strcmp(arg, "--help") != 0)
@@ -56,14 +121,25 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return MD_EXIT_USAGE;
 	}
+	if (strcmp(argv[1], "help") == 0 && argc > 2) {
+		char name[64];
+		if (argc > 3) {
+			fprintf(stderr, "memdedup help: one command at most\n");
+			usage(stderr);
+			return MD_EXIT_USAGE;
+		}
+		for (size_t i = 0; i < NCOMMANDS; i++)
+			if (strcmp(argv[2], commands[i]->name) == 0) {
+				fputs(commands[i]->usage, stdout);
+				return 0;
+			}
+		fprintf(stderr, "memdedup help: unknown command '%s'\n",
+			md__printable(argv[2], name, sizeof(name)));
+		usage(stderr);
+		return MD_EXIT_USAGE;
+	}
 	if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0 ||
 	    strcmp(argv[1], "help") == 0) {
-		if (argc > 2 && strcmp(argv[1], "help") == 0)
-			for (size_t i = 0; i < NCOMMANDS; i++)
-				if (strcmp(argv[2], commands[i]->name) == 0) {
-					fputs(commands[i]->usage, stdout);
-					return 0;
-				}
 		usage(stdout);
 		return 0;
 	}
@@ -74,7 +150,8 @@ int main(int argc, char **argv)
 	for (size_t i = 0; i < NCOMMANDS; i++)
 		if (strcmp(argv[1], commands[i]->name) == 0)
 			return commands[i]->run(argc - 1, argv + 1);
-	fprintf(stderr, "memdedup: unknown command '%s'\n", argv[1]);
+	char name[64];
+	fprintf(stderr, "memdedup: unknown command '%s'\n", md__printable(argv[1], name, sizeof(name)));
 	usage(stderr);
 	return MD_EXIT_USAGE;
 }

@@ -6,7 +6,10 @@
 	X(plan_aligned) X(plan_unaligned) X(plan_eof) X(plan_partial) \
 	X(regions_add_overlap) X(regions_remove_split) X(rangeset_covers) \
 	X(inflight_ranges) X(stats_parse_valid) X(stats_parse_rejects) X(proc_start_time) X(copy_own_pages_all_or_nothing) X(cow_break_changes_resident_pages) X(quiet_walks_wait_for_moved_pages) \
-	X(cli_usage) \
+	X(cli_usage) X(cli_help_unknown) X(cli_set_checks_all_first) X(cli_set_bad_value_says_why) \
+	X(cli_run_missing_command_no_daemon) X(cli_run_finds_daemon_in_path) X(cli_run_scan_options_need_scan) \
+	X(cli_status_dead_agent_gone) X(cli_status_pid_names) X(cli_status_fifo_no_hang) X(cli_status_sanitized) \
+	X(cli_status_daemon_error) X(cli_pause_not_scanning) \
 	X(agent_api_rejects) \
 	X(share_two_processes) X(write_is_private) X(fallback_unaligned) \
 	X(fallback_partial) X(small_reads_copied) X(fallback_pipe) X(fallback_writable_file) \

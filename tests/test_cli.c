@@ -1,9 +1,21 @@
 /* test_cli.c - the command line: help, and wrong usage exits 2 and changes
  * nothing. */
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
+#include "daemon_util.h"
+#include "proc.h"
 #include "runner.h"
+#include "stats_file.h"
 
 static int run(const char *cmd)
 {
@@ -35,5 +47,365 @@ TEST_IMPL(cli_usage)
 	ASSERT_EQ(run("build/memdedup run -- sh -c 'exit 7'"), 7);
 	ASSERT_EQ(run("build/memdedup run -- /nonexistent/cmd 2>/dev/null"), 127);
 	ASSERT_EQ(run("build/memdedup run -- sh -c 'case $LD_PRELOAD in *libmemdedup-preload.so*) exit 0;; esac; exit 1'"), 0);
+	return 0;
+}
+
+/* The shell's exit code of a command made from fmt; its stdout and stderr
+ * go to test_dir()/out and test_dir()/err unless the command redirects. */
+static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int sh(const char *fmt, ...)
+{
+	char cmd[2048], full[2600];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof(cmd), fmt, ap);
+	va_end(ap);
+	snprintf(full, sizeof(full), "(%s) >%s/out 2>%s/err", cmd, test_dir(), test_dir());
+	return run(full);
+}
+
+/* The whole of test_dir()/name, NUL-terminated (static buffer). */
+static const char *slurp(const char *name)
+{
+	static char buf[65536];
+	char path[512];
+	snprintf(path, sizeof(path), "%s/%s", test_dir(), name);
+	FILE *f = fopen(path, "r");
+	ASSERT(f);
+	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+	buf[n] = '\0';
+	fclose(f);
+	return buf;
+}
+
+/* Writes a statistics file as an agent would: path, pid, start time,
+ * command, and every counter set to ctr. */
+static void write_stats(const char *path, uint32_t pid, uint64_t start, const char *command,
+			uint64_t ctr)
+{
+	struct md__stats_file f;
+	memset(&f, 0, sizeof(f));
+	memcpy(f.magic, MD_STATS_MAGIC, sizeof(f.magic));
+	f.version = MD_STATS_VERSION;
+	f.header_size = offsetof(struct md__stats_file, counters);
+	f.ncounters = MD_CTR_COUNT;
+	f.pid = pid;
+	f.start_time = start;
+	snprintf(f.command, sizeof(f.command), "%s", command);
+	for (int i = 0; i < MD_CTR_COUNT; i++)
+		f.counters[i] = ctr;
+	f.counters[MD_CTR_GENERAL_PROFIT] = 0;
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	ASSERT(fd >= 0);
+	ASSERT(write(fd, &f, sizeof(f)) == (ssize_t)sizeof(f));
+	close(fd);
+}
+
+/* A pid that was ours and is gone. */
+static pid_t dead_pid(void)
+{
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0)
+		_exit(0);
+	ASSERT(waitpid(kid, NULL, 0) == kid);
+	return kid;
+}
+
+/* `memdedup help CMD`: a command's help; an unknown one is wrong usage. */
+TEST_IMPL(cli_help_unknown)
+{
+	const char *b = build_dir();
+	ASSERT_EQ(sh("%s/memdedup help set", b), 0);
+	ASSERT(strstr(slurp("out"), "usage: memdedup set"));
+	ASSERT_EQ(sh("%s/memdedup help", b), 0);
+	ASSERT_EQ(sh("%s/memdedup help bogus", b), 2);
+	ASSERT(strstr(slurp("err"), "unknown command 'bogus'"));
+	ASSERT_EQ(sh("%s/memdedup help set run", b), 2);
+	return 0;
+}
+
+/* `set`: one bad pair and nothing is set, not even the good ones before
+ * it; a bad value says which key and why, as wrong usage (2). */
+TEST_IMPL(cli_set_checks_all_first)
+{
+	struct tdaemon t;
+	const char *b = build_dir();
+	td_start(&t, 16);
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup set pages_to_scan=500 bogus=1", t.sock, b), 2);
+	ASSERT(strstr(slurp("err"), "unknown key 'bogus'"));
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup set pages_to_scan=500 order=up", t.sock, b), 2);
+	ASSERT(strstr(slurp("err"), "order must be 'linear' or 'random', not 'up'"));
+	json_t *js = td_status(&t);
+	json_t *tun = json_object_get(json_object_get(js, "daemon"), "tunables");
+	ASSERT_EQ(td_int(tun, "pages_to_scan"), 100);
+	json_decref(js);
+	/* All good: all set. */
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup set pages_to_scan=500 order=random", t.sock, b), 0);
+	js = td_status(&t);
+	tun = json_object_get(json_object_get(js, "daemon"), "tunables");
+	ASSERT_EQ(td_int(tun, "pages_to_scan"), 500);
+	json_decref(js);
+	td_stop(&t);
+	return 0;
+}
+
+TEST_IMPL(cli_set_bad_value_says_why)
+{
+	const char *b = build_dir();
+	/* Checked before the daemon is looked for: none is needed. */
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s/none %s/memdedup set pages_to_scan=\xc3\xa9", test_dir(), b), 2);
+	ASSERT(strstr(slurp("err"), "pages_to_scan must be a whole number from 1 to 100000, not '\xc3\xa9'"));
+	/* What it echoes cannot drive the terminal. */
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s/none %s/memdedup set \"$(printf 'cpu_percent=1\\033[2J')\"",
+		     test_dir(), b), 2);
+	ASSERT(strstr(slurp("err"), "cpu_percent must be a whole number from 1 to 100, not '1?[2J'"));
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s/none %s/memdedup set cpu_percent=0", test_dir(), b), 2);
+	/* Nor do other commands' messages. */
+	ASSERT_EQ(sh("%s/memdedup run --share-min-pages=\"$(printf '1\033[2J')\" -- true", b), 2);
+	ASSERT(strstr(slurp("err"), "not '1?[2J'"));
+	ASSERT_EQ(sh("%s/memdedup pause --pid \"$(printf '1\033[2J')\"", b), 2);
+	ASSERT(strstr(slurp("err"), "invalid pid '1?[2J'"));
+	return 0;
+}
+
+/* The daemon pid file in dir, killed if there (0: none). */
+static int kill_daemon_of(const char *dir)
+{
+	char path[512];
+	int pid = 0;
+	snprintf(path, sizeof(path), "%s/memdedupd.pid", dir);
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return 0;
+	if (fscanf(f, "%d", &pid) == 1 && pid > 0)
+		kill(pid, SIGTERM);
+	fclose(f);
+	for (int i = 0; i < 200 && access(path, F_OK) == 0; i++)
+		usleep(10000);
+	return pid;
+}
+
+/* `run --scan` with a command that cannot run: 127 (126), and no daemon. */
+TEST_IMPL(cli_run_missing_command_no_daemon)
+{
+	const char *b = build_dir();
+	char dir[400], sock[450];
+	snprintf(dir, sizeof(dir), "%s/run", test_dir());
+	ASSERT(mkdir(dir, 0700) == 0);
+	snprintf(sock, sizeof(sock), "%s/memdedupd.sock", dir);
+	int c1 = sh("MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- /nonexistent/cmd", dir, b);
+	int alive1 = md__daemon_alive(sock), pid1 = kill_daemon_of(dir);
+	int c2 = sh("MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- memdedup-no-such-cmd", dir, b);
+	int alive2 = md__daemon_alive(sock), pid2 = kill_daemon_of(dir);
+	char err2[1024];
+	snprintf(err2, sizeof(err2), "%s", slurp("err"));
+	char noexec[450];
+	snprintf(noexec, sizeof(noexec), "%s/noexec", test_dir());
+	write_stats(noexec, 1, 1, "x", 0);	/* any file, mode 0644 */
+	int c3 = sh("MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- %s", dir, b, noexec);
+	int alive3 = md__daemon_alive(sock), pid3 = kill_daemon_of(dir);
+	ASSERT_EQ(c1, 127);
+	ASSERT_EQ(c2, 127);
+	ASSERT_EQ(c3, 126);
+	ASSERT(!alive1 && !alive2 && !alive3);
+	ASSERT(!pid1 && !pid2 && !pid3);
+	ASSERT(strstr(err2, "cannot run 'memdedup-no-such-cmd': command not found"));
+	return 0;
+}
+
+/* `run --scan` finds memdedupd in PATH when it is not beside the library
+ * or the program (as daemon/memdedupd.service installs it). */
+TEST_IMPL(cli_run_finds_daemon_in_path)
+{
+	const char *b = build_dir(), *d = test_dir();
+	char dir[400], sock[450];
+	snprintf(dir, sizeof(dir), "%s/run", d);
+	snprintf(sock, sizeof(sock), "%s/memdedupd.sock", dir);
+	ASSERT_EQ(sh("mkdir %s/run %s/bin %s/lib %s/sbin && cp %s/memdedup %s/bin/ && "
+		     "cp %s/libmemdedup-preload.so %s/lib/ && ln -s \"$(realpath %s/memdedupd)\" %s/sbin/",
+		     d, d, d, d, b, d, b, d, b, d), 0);
+	int code = sh("PATH=%s/sbin:$PATH MEMDEDUP_RUN_DIR=%s MEMDEDUP_PRELOAD=%s/lib/libmemdedup-preload.so "
+		      "%s/bin/memdedup run --scan -- true", d, dir, d, d);
+	int alive = md__daemon_alive(sock), pid = kill_daemon_of(dir);
+	ASSERT_EQ(code, 0);
+	ASSERT(alive && pid > 0);
+	ASSERT(!strstr(slurp("err"), "memdedupd"));
+	return 0;
+}
+
+/* Options of the scanner without --scan would do nothing: wrong usage. */
+TEST_IMPL(cli_run_scan_options_need_scan)
+{
+	const char *b = build_dir();
+	static const char *const opts[] = {
+		"--pages-to-scan=5", "--sleep-ms=5", "--cpu-percent=5", "--scan-order=random",
+		"--hints=off", "--domain=private",
+	};
+	for (size_t i = 0; i < sizeof(opts) / sizeof(opts[0]); i++) {
+		ASSERT_EQ(sh("%s/memdedup run %s -- true", b, opts[i]), 2);
+		ASSERT(strstr(slurp("err"), "works only with --scan"));
+	}
+	ASSERT_EQ(sh("%s/memdedup run --scan --domain=private --sleep-ms=5 -- "
+		     "sh -c 'test \"$MEMDEDUP_SLEEP_MS\" = 5'", b), 0);
+	ASSERT_EQ(sh("MEMDEDUP_SCAN=1 %s/memdedup run --domain=private --sleep-ms=5 -- true", b), 0);
+	return 0;
+}
+
+/* `status --agents --json` on test_dir()/rd; returns its exit code. */
+static int status_json(void)
+{
+	return sh("MEMDEDUP_RUN_DIR=%s/rd MEMDEDUP_SOCKET=%s/none timeout 10 %s/memdedup status --agents --json",
+		  test_dir(), test_dir(), build_dir());
+}
+
+static void make_rd(char *path, size_t size, const char *name)
+{
+	snprintf(path, size, "%s/rd", test_dir());
+	mkdir(path, 0700);
+	snprintf(path, size, "%s/rd/%s", test_dir(), name);
+}
+
+/* A file whose pid is gone is dropped, also when its start time is 0 (no
+ * process has that start time: it is what "no such process" reads as). */
+TEST_IMPL(cli_status_dead_agent_gone)
+{
+	char path[512], name[64], want[64];
+	pid_t dead = dead_pid();
+	snprintf(name, sizeof(name), "agent-%d.stats", (int)dead);
+	make_rd(path, sizeof(path), name);
+	write_stats(path, (uint32_t)dead, 0, "ghost", 1);
+	ASSERT_EQ(status_json(), 0);
+	snprintf(want, sizeof(want), "\"pid\": %d", (int)dead);
+	ASSERT(!strstr(slurp("out"), want));
+	ASSERT(access(path, F_OK) != 0);	/* stale: removed */
+	return 0;
+}
+
+/* Only agent-PID.stats with PID 1..INT_MAX is an agent's file: others are
+ * neither listed nor removed. */
+TEST_IMPL(cli_status_pid_names)
+{
+	char path[512];
+	make_rd(path, sizeof(path), "agent--5.stats");
+	write_stats(path, (uint32_t)-5, 0, "minus", 1);
+	ASSERT_EQ(status_json(), 0);
+	ASSERT(!strstr(slurp("out"), "4294967291"));
+	ASSERT(access(path, F_OK) == 0);
+	return 0;
+}
+
+/* A FIFO (or a symbolic link) by an agent's name is not read: no hang. */
+TEST_IMPL(cli_status_fifo_no_hang)
+{
+	char path[512], name[64], target[512], want[64];
+	snprintf(name, sizeof(name), "agent-%d.stats", (int)getpid());
+	make_rd(path, sizeof(path), name);
+	ASSERT(mkfifo(path, 0600) == 0);
+	ASSERT_EQ(status_json(), 0);	/* 124: timeout killed it */
+	ASSERT(strstr(slurp("err"), "not a regular file"));
+	/* A link to a valid file of ours. */
+	ASSERT(unlink(path) == 0);
+	snprintf(target, sizeof(target), "%s/elsewhere", test_dir());
+	write_stats(target, (uint32_t)getpid(), md__proc_start_time(getpid()), "linked", 1);
+	ASSERT(symlink(target, path) == 0);
+	ASSERT_EQ(status_json(), 0);
+	snprintf(want, sizeof(want), "\"pid\": %d", (int)getpid());
+	ASSERT(!strstr(slurp("out"), want));
+	ASSERT(strstr(slurp("err"), "symbolic link"));
+	return 0;
+}
+
+/* The command as printable text (terminal and JSON), counters never
+ * negative. */
+TEST_IMPL(cli_status_sanitized)
+{
+	char path[512], name[64], want[64];
+	const char *b = build_dir();
+	snprintf(name, sizeof(name), "agent-%d.stats", (int)getpid());
+	make_rd(path, sizeof(path), name);
+	uint64_t start = md__proc_start_time(getpid());
+	write_stats(path, (uint32_t)getpid(), start, "vm\033]0;pwned\007\302\233x", (1ull << 63) + 5);
+	ASSERT_EQ(sh("MEMDEDUP_RUN_DIR=%s/rd %s/memdedup status --agents", test_dir(), b), 0);
+	const char *out = slurp("out");
+	ASSERT(!strchr(out, '\033') && !strchr(out, '\007') && !strstr(out, "\302\233"));
+	ASSERT(strstr(out, "vm?]0;pwned??x"));
+	ASSERT(strstr(out, "9223372036854775813"));	/* the table: unsigned */
+	write_stats(path, (uint32_t)getpid(), start, "q\377emu", (1ull << 63) + 5);
+	ASSERT_EQ(status_json(), 0);
+	out = slurp("out");
+	snprintf(want, sizeof(want), "\"pid\": %d", (int)getpid());
+	ASSERT(strstr(out, want));
+	ASSERT(strstr(out, "\"command\": \"q?emu\""));
+	ASSERT(strstr(out, "\"pages_shared\": 9223372036854775807"));
+	ASSERT(!strstr(out, ": -"));
+	return 0;
+}
+
+/* memdedupd there but answering garbage: said, and exit 1 (none running
+ * is still fine). */
+TEST_IMPL(cli_status_daemon_error)
+{
+	const char *b = build_dir();
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/bad.sock", test_dir());
+	int ls = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ASSERT(ls >= 0);
+	ASSERT(bind(ls, (struct sockaddr *)&sa, sizeof(sa)) == 0 && listen(ls, 8) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		for (;;) {
+			int c = accept(ls, NULL, NULL);
+			char junk[64];
+			memset(junk, 'x', sizeof(junk));
+			if (c < 0)
+				_exit(1);
+			usleep(20000);
+			if (write(c, junk, sizeof(junk)) < 0)
+				_exit(1);
+			close(c);
+		}
+	}
+	close(ls);
+	int c1 = sh("MEMDEDUP_RUN_DIR=%s MEMDEDUP_SOCKET=%s %s/memdedup status", test_dir(), sa.sun_path, b);
+	char err1[1024];
+	snprintf(err1, sizeof(err1), "%s", slurp("err"));
+	int c2 = sh("MEMDEDUP_RUN_DIR=%s MEMDEDUP_SOCKET=%s %s/memdedup status --json", test_dir(), sa.sun_path, b);
+	int c3 = sh("MEMDEDUP_RUN_DIR=%s MEMDEDUP_SOCKET=%s %s/memdedup status --agents", test_dir(), sa.sun_path, b);
+	kill(kid, SIGKILL);
+	waitpid(kid, NULL, 0);
+	ASSERT_EQ(c1, 1);
+	ASSERT(strstr(err1, "did not answer properly"));
+	ASSERT_EQ(c2, 1);
+	ASSERT_EQ(c3, 0);
+	ASSERT_EQ(sh("MEMDEDUP_RUN_DIR=%s MEMDEDUP_SOCKET=%s/none %s/memdedup status", test_dir(), test_dir(), b), 0);
+	ASSERT(strstr(slurp("out"), "memdedupd: not running"));
+	return 0;
+}
+
+/* pause --pid of an agent that runs without --scan: memdedupd does not
+ * know it, status lists it: say it is not scanning. */
+TEST_IMPL(cli_pause_not_scanning)
+{
+	struct tdaemon t;
+	char path[512], name[64];
+	const char *b = build_dir();
+	snprintf(name, sizeof(name), "agent-%d.stats", (int)getpid());
+	make_rd(path, sizeof(path), name);
+	write_stats(path, (uint32_t)getpid(), md__proc_start_time(getpid()), "plain", 1);
+	td_start(&t, 16);
+	int c1 = sh("MEMDEDUP_RUN_DIR=%s/rd MEMDEDUP_SOCKET=%s %s/memdedup pause --pid %d", test_dir(), t.sock, b,
+		    (int)getpid());
+	char err1[1024];
+	snprintf(err1, sizeof(err1), "%s", slurp("err"));
+	pid_t dead = dead_pid();
+	int c2 = sh("MEMDEDUP_RUN_DIR=%s/rd MEMDEDUP_SOCKET=%s %s/memdedup pause --pid %d", test_dir(), t.sock, b,
+		    (int)dead);
+	td_stop(&t);
+	ASSERT_EQ(c1, 1);
+	ASSERT(strstr(err1, "is not scanning"));
+	ASSERT_EQ(c2, 1);
+	ASSERT(strstr(slurp("err"), "no agent with pid"));
 	return 0;
 }

@@ -1194,9 +1194,9 @@ TEST_IMPL(daemon_cli_control)
 	ASSERT_EQ(sh("grep -q 'not running' %s/err", test_dir()), 0);
 	td_start(&t, 16);
 	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup set pages_to_scan=200 order=random >/dev/null", t.sock, b), 0);
-	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup set pages_to_scan=0 2>%s/err", t.sock, b, test_dir()), 1);
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup set pages_to_scan=0 2>%s/err", t.sock, b, test_dir()), 2);
 	ASSERT_EQ(sh("grep -q 'pages_to_scan must be' %s/err", test_dir()), 0);
-	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup set bogus=1 2>/dev/null", t.sock, b), 1);
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup set bogus=1 2>/dev/null", t.sock, b), 2);
 	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup unmerge --pid 999999 2>/dev/null", t.sock, b), 1);
 	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup pause >/dev/null", t.sock, b), 0);
 	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup resume >/dev/null", t.sock, b), 0);
