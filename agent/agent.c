@@ -347,6 +347,17 @@ int md_agent_register(md_agent *a, void *addr, size_t len, unsigned advice)
 	int err = check_range(addr, len);
 	if (!a || err || (advice & ~(MD_ADV_DONTFORK | MD_ADV_DONTDUMP | MD_ADV_HUGEPAGE)))
 		return -EINVAL;
+	/* Shared memory (a memfd backend with share=on, say) is also written
+	 * by others, a vhost-user process or a device: a private mapping put
+	 * over it would hide their writes from the guest and the guest's
+	 * from them. Like kernel KSM, merge private memory only. */
+	int shared = md__range_shared((uintptr_t)addr, len);
+	if (shared) {
+		md__log_once(63, "memory at %p (%zu bytes) %s: not merged", addr, len,
+			     shared > 0 ? "is shared with other processes (MAP_SHARED)"
+					: "has mappings we cannot read");
+		return shared > 0 ? -EPERM : shared;
+	}
 	pthread_mutex_lock(&a->lock);
 	err = md__regions_add(a, (uintptr_t)addr, (uintptr_t)addr + len, advice);
 	/* Under agent->lock: the read path looks at the engine's regions

@@ -85,6 +85,54 @@ uint64_t md__count_vmas(void)
 	return lines;
 }
 
+/* One line of /proc/self/maps: 1 if it maps part of [a, end) shared. */
+static int line_shares(const char *line, uintptr_t a, uintptr_t end)
+{
+	unsigned long lo, hi;
+	char perms[5];
+	if (sscanf(line, "%lx-%lx %4s", &lo, &hi, perms) != 3)
+		return 0;
+	return lo < end && hi > a && perms[3] == 's';
+}
+
+int md__range_shared(uintptr_t a, size_t len)
+{
+	char buf[65536];
+	size_t have = 0;
+	int shared = 0;
+	int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	for (;;) {
+		ssize_t n = read(fd, buf + have, sizeof(buf) - 1 - have);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			shared = -errno;
+			break;
+		}
+		have += (size_t)n;
+		buf[have] = 0;
+		char *line = buf, *nl;
+		while ((nl = memchr(line, '\n', (size_t)(buf + have - line)))) {
+			*nl = 0;
+			shared |= line_shares(line, a, a + len);
+			line = nl + 1;
+		}
+		if (n == 0) {
+			shared |= line_shares(line, a, a + len);	/* a last line without a newline */
+			break;
+		}
+		/* Keep the partial line; a line never fills the buffer. */
+		have = (size_t)(buf + have - line);
+		memmove(buf, line, have);
+		if (have == sizeof(buf) - 1)
+			have = 0;
+	}
+	close(fd);
+	return shared;
+}
+
 int md__resident_pages(int statm_fd, struct md__resident *out)
 {
 	char buf[256];

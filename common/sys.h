@@ -32,6 +32,9 @@ pid_t md__sys_gettid(void);
 #define MD_COPY_PAGES_MAX 64
 int md__copy_own_pages(void *buf, const void **p, size_t n);
 
+/* 1 if a mapping of this process shares part of [a, a+len) (MAP_SHARED:
+ * memory other processes or devices also write), 0 if none, or -errno. */
+int md__range_shared(uintptr_t a, size_t len);
 /* Lines of /proc/self/maps: the process's mappings (VMAs) now. */
 uint64_t md__count_vmas(void);
 /* The pages the process maps now, all of them and those of files and

@@ -274,7 +274,19 @@ TEST_IMPL(agent_api_rejects)
 	ASSERT_EQ(md_agent_unregister(a, mem, 1 << 20), 0);
 	ASSERT_EQ(md_agent_stats(a, &s), 0);
 	ASSERT_EQ(s.regions, 0);
+	/* Shared memory is refused, also when only part of the range is. */
+	char *sh = mmap(NULL, 1 << 20, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	ASSERT(sh != MAP_FAILED);
+	ASSERT_EQ(md_agent_register(a, sh, 1 << 20, 0), -EPERM);
+	ASSERT(mmap(mem + (1 << 19), 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED,
+		    -1, 0) == mem + (1 << 19));
+	ASSERT_EQ(md_agent_register(a, mem, 1 << 20, 0), -EPERM);
+	ASSERT_EQ(md_agent_register(a, mem, 1 << 19, 0), 0);	/* the private part */
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.regions, 1);
+	munmap(sh, 1 << 20);
 	md_agent_free(a);
+	munmap(mem, 1 << 20);
 	/* Freed: a new one may be made. */
 	ASSERT_EQ(md_agent_new(&a, &o), 0);
 	md_agent_free(a);
