@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 #include "cli.h"
 #include "client.h"
 #include "memdedup.h"
+#include "protocol.h"
 
 const struct md__cmd md__cmd_run_def = {
 	.name = "run",
@@ -86,7 +88,7 @@ static int find_preload(char *out, size_t size)
 struct run_option {
 	const char *name;	/* "--name"; with '=' a value follows */
 	const char *env;
-	long lo, hi;
+	uint32_t lo, hi;
 	const char *words;
 	int value_is_word_index;
 	int free_text;		/* any value that valid_text() accepts */
@@ -150,11 +152,10 @@ static int apply_option(const struct md__cmd *cmd, const char *arg, int *matched
 				return md__usage_error(cmd, "%.*s takes a name of 1 to 64 of A-Z a-z 0-9 . _ -, not '%s'",
 						       (int)(n - 1), o->name, v);
 		} else if (takes_value) {
-			char *end;
-			errno = 0;
-			long x = strtol(v, &end, 10);
-			if (errno || end == v || *end || x < o->lo || x > o->hi)
-				return md__usage_error(cmd, "%.*s takes a number from %ld to %ld, not '%s'",
+			/* The agent's parser: what passes here, the agent takes. */
+			uint32_t x;
+			if (md__parse_uint(v, o->lo, o->hi, &x))
+				return md__usage_error(cmd, "%.*s takes a number from %u to %u, not '%s'",
 						       (int)(n - 1), o->name, o->lo, o->hi, v);
 		}
 		if (setenv(o->env, v, 1) != 0) {

@@ -1,5 +1,6 @@
 /* test_cli.c - the command line: help, and wrong usage exits 2 and changes
  * nothing. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <sys/wait.h>
 
@@ -35,5 +36,26 @@ TEST_IMPL(cli_usage)
 	ASSERT_EQ(run("build/memdedup run -- sh -c 'exit 7'"), 7);
 	ASSERT_EQ(run("build/memdedup run -- /nonexistent/cmd 2>/dev/null"), 127);
 	ASSERT_EQ(run("build/memdedup run -- sh -c 'case $LD_PRELOAD in *libmemdedup-preload.so*) exit 0;; esac; exit 1'"), 0);
+	return 0;
+}
+
+TEST_IMPL(cli_run_numbers_strict)
+{
+	/* The agent's parser (digits only): what `run` passes on, the agent
+	 * takes; strtol once let ' 32' and '+32' through, which the agent
+	 * then refused. */
+	const char *bad[] = { "' 32'", "+32", "32x", "0x20", "-0", "' '", "99999999999999999999" };
+	char cmd[256];
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		snprintf(cmd, sizeof(cmd), "build/memdedup run --pages-to-scan=%s -- true 2>/dev/null", bad[i]);
+		ASSERT_EQ(run(cmd), 2);
+	}
+	ASSERT_EQ(run("build/memdedup run --sleep-ms=+5 -- true 2>/dev/null"), 2);
+	ASSERT_EQ(run("build/memdedup run --cpu-percent=' 50' -- true 2>/dev/null"), 2);
+	ASSERT_EQ(run("build/memdedup run --share-min-pages=+4 -- true 2>/dev/null"), 2);
+	ASSERT_EQ(run("build/memdedup run --pages-to-scan=+32 -- true 2>&1 | "
+		      "grep -q \"pages-to-scan takes a number from 1 to 100000, not '+32'\""), 0);
+	ASSERT_EQ(run("build/memdedup run --pages-to-scan=32 --sleep-ms=0 --cpu-percent=100 -- "
+		      "sh -c 'test \"$MEMDEDUP_PAGES_TO_SCAN $MEMDEDUP_SLEEP_MS $MEMDEDUP_CPU_PERCENT\" = \"32 0 100\"'"), 0);
 	return 0;
 }
