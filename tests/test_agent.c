@@ -667,3 +667,42 @@ TEST_IMPL(env_bad_order_and_log_said)
 	ASSERT_EQ(count_lines(said), 1);
 	return 0;
 }
+
+TEST_IMPL(scan_off_says_why)
+{
+	/* An unprivileged user under vm.unprivileged_userfaultfd=0, without
+	 * access to /dev/userfaultfd: the syscall fails with EPERM, the
+	 * device with EACCES, and the log says what to do. */
+	char v[8] = "";
+	int fd = open("/proc/sys/vm/unprivileged_userfaultfd", O_RDONLY);
+	if (fd >= 0) {
+		ASSERT(read(fd, v, sizeof(v) - 1) >= 0);
+		close(fd);
+	}
+	struct stat st;
+	if (geteuid() != 0)
+		SKIP("needs root, to run the agent as nobody");
+	if (v[0] != '0')
+		SKIP("vm.unprivileged_userfaultfd is not 0: userfaultfd works for everyone");
+	if (stat("/dev/userfaultfd", &st) == 0 && (st.st_mode & 0006) == 0006)
+		SKIP("/dev/userfaultfd is open to everyone");
+	if (system("command -v setpriv >/dev/null") != 0)
+		SKIP("no setpriv");
+	char dir[] = "/tmp/memdedup-uffd-XXXXXX", env[1400], log[600], err[600], cmd[700];
+	ASSERT(mkdtemp(dir));
+	ASSERT(chmod(dir, 0777) == 0);
+	snprintf(log, sizeof(log), "%s/log", dir);
+	snprintf(err, sizeof(err), "%s/err", dir);
+	snprintf(env, sizeof(env), "MEMDEDUP_RUN_DIR=%s MEMDEDUP_LOG=%s MEMDEDUP_SCAN=1 MEMDEDUP_DOMAIN=private",
+		 dir, log);
+	int r = run_testproc("setpriv --reuid=65534 --regid=65534 --clear-groups", env, err);
+	char said[4096];
+	snprintf(said, sizeof(said), "%s", slurp(log));
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	ASSERT(system(cmd) == 0);
+	ASSERT_EQ(r, 0);
+	ASSERT(strstr(said, "content scanning is off: Permission denied (userfaultfd unavailable: "
+			    "set the sysctl vm.unprivileged_userfaultfd=1, or give this user read-write "
+			    "access to /dev/userfaultfd)"));
+	return 0;
+}

@@ -399,3 +399,15 @@ TEST_IMPL(parse_bool_strict)
 		ASSERT_EQ(md__parse_bool(bad[i]), -EINVAL);
 	return 0;
 }
+
+TEST_IMPL(scan_off_hint_says_what_to_do)
+{
+	/* Opening /dev/userfaultfd fails with EACCES, the syscall with EPERM:
+	 * both say what to change. */
+	ASSERT(strstr(md__scan_off_hint(-EACCES), "vm.unprivileged_userfaultfd=1"));
+	ASSERT(strstr(md__scan_off_hint(-EACCES), "/dev/userfaultfd"));
+	ASSERT(strstr(md__scan_off_hint(-EPERM), "vm.unprivileged_userfaultfd=1"));
+	ASSERT(strstr(md__scan_off_hint(-ENOSYS), "userfaultfd unavailable"));
+	ASSERT_EQ(strlen(md__scan_off_hint(-ENOMEM)), 0);
+	return 0;
+}
