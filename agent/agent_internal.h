@@ -15,6 +15,7 @@
 #ifndef MD_AGENT_INTERNAL_H
 #define MD_AGENT_INTERNAL_H
 
+#include <limits.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -70,7 +71,7 @@ struct md_agent {
 	uint64_t local_ctr[MD_CTR_COUNT];
 	uint64_t reported[MD_CTR_COUNT]; /* as last sent to memdedupd */
 	struct md__stats_file *stats_map;
-	char stats_path[256];
+	char stats_path[PATH_MAX];
 
 	/* The content scanner; engine is NULL when it is off or failed. */
 	struct md__engine *engine;

@@ -706,3 +706,55 @@ TEST_IMPL(scan_off_says_why)
 			    "access to /dev/userfaultfd)"));
 	return 0;
 }
+
+TEST_IMPL(stats_dir_too_long)
+{
+	/* A run dir of nearly PATH_MAX bytes: directories of 200 bytes each,
+	 * made one by one (the agent once cut the path at 200 bytes and made
+	 * the cut directory, stats file and all). */
+	static char base[4200];
+	char comp[201];
+	memset(comp, 'd', 200);
+	comp[200] = '\0';
+	snprintf(base, sizeof(base), "%s", test_dir());
+	while (strlen(base) + 201 + 32 < PATH_MAX) {
+		snprintf(base + strlen(base), sizeof(base) - strlen(base), "/%s", comp);
+		ASSERT(mkdir(base, 0755) == 0);
+	}
+	/* Long, but the stats file's path fits: it is made. */
+	const char *img = image(12);
+	char run[4300], runenv[4400], log[600], logenv[700];
+	snprintf(log, sizeof(log), "%s/longdir.log", test_dir());
+	snprintf(logenv, sizeof(logenv), "MEMDEDUP_LOG=%s", log);
+	snprintf(run, sizeof(run), "%s/run", base);
+	snprintf(runenv, sizeof(runenv), "MEMDEDUP_RUN_DIR=%s", run);
+	const char *env[] = { logenv, runenv, NULL };
+	struct proc a;
+	proc_start(&a, env);
+	proc_cmd(&a, "map 16");
+	char path[4400];
+	snprintf(path, sizeof(path), "%s/agent-%d.stats", run, (int)a.pid);
+	ASSERT(access(path, F_OK) == 0);
+	proc_stop(&a);
+	ASSERT_EQ(strlen(slurp(log)), 0);
+
+	/* Too long: no statistics file, said once; the agent runs. */
+	snprintf(run, sizeof(run), "%s/%.300s", base,
+		 "rrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr"
+		 "rrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr"
+		 "rrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr");
+	ASSERT(strlen(run) > 4096);
+	snprintf(runenv, sizeof(runenv), "MEMDEDUP_RUN_DIR=%s", run);
+	int fd = start_reader(&a, img, env);
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 0 65536", fd), 65536);
+	ASSERT(proc_page(&a, 0).file || !proc_page(&a, 0).present);
+	proc_stop(&a);
+	/* Nothing was made beside the directory that fitted: no cut path. */
+	char ls[4400];
+	snprintf(ls, sizeof(ls), "ls -A '%s' | grep -qvx run", base);
+	ASSERT(system(ls) != 0);
+	ASSERT(strstr(slurp(log), "no statistics file: the run directory '"));
+	ASSERT(strstr(slurp(log), "is too long"));
+	ASSERT_EQ(count_lines(slurp(log)), 1);
+	return 0;
+}
