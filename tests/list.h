@@ -7,7 +7,7 @@
 	X(regions_add_overlap) X(regions_remove_split) X(rangeset_covers) \
 	X(stats_parse_valid) X(stats_parse_rejects) X(proc_start_time) X(copy_own_pages_all_or_nothing) X(cow_break_changes_resident_pages) X(quiet_walks_wait_for_moved_pages) \
 	X(parse_bool_strict) X(scan_off_hint_says_what_to_do) \
-	X(cli_usage) X(cli_run_numbers_strict) \
+	X(cli_usage) X(cli_run_numbers_strict) X(cli_run_checks_preload) \
 	X(agent_api_rejects) \
 	X(share_two_processes) X(write_is_private) X(fallback_unaligned) \
 	X(fallback_partial) X(small_reads_copied) X(fallback_pipe) X(fallback_writable_file) \

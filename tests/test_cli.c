@@ -59,3 +59,28 @@ TEST_IMPL(cli_run_numbers_strict)
 		      "sh -c 'test \"$MEMDEDUP_PAGES_TO_SCAN $MEMDEDUP_SLEEP_MS $MEMDEDUP_CPU_PERCENT\" = \"32 0 100\"'"), 0);
 	return 0;
 }
+
+TEST_IMPL(cli_run_checks_preload)
+{
+	/* ld.so skips a library it cannot load with a warning, and the command
+	 * runs without the agent: `run` refuses first, running nothing. */
+	char dir[] = "/tmp/memdedup-cli-XXXXXX", cmd[512];
+	ASSERT(mkdtemp(dir));
+	const char *bad[] = { "/etc/passwd", "/", "/nonexistent/libmemdedup-preload.so", "build/a:b.so" };
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		snprintf(cmd, sizeof(cmd), "MEMDEDUP_PRELOAD='%s' build/memdedup run -- touch %s/ran 2>/dev/null",
+			 bad[i], dir);
+		ASSERT_EQ(run(cmd), 2);
+		snprintf(cmd, sizeof(cmd), "test -e %s/ran", dir);
+		ASSERT(run(cmd) != 0);
+	}
+	ASSERT_EQ(run("MEMDEDUP_PRELOAD=/etc/passwd build/memdedup run -- true 2>&1 | grep -q "
+		      "\"MEMDEDUP_PRELOAD='/etc/passwd' cannot be preloaded: not a shared library\""), 0);
+	ASSERT_EQ(run("MEMDEDUP_PRELOAD=/ build/memdedup run -- true 2>&1 | grep -q 'not a regular file'"), 0);
+	/* The real one runs the command. */
+	snprintf(cmd, sizeof(cmd), "MEMDEDUP_PRELOAD=build/libmemdedup-preload.so build/memdedup run -- touch %s/ran", dir);
+	ASSERT_EQ(run(cmd), 0);
+	snprintf(cmd, sizeof(cmd), "rm -r %s", dir);
+	ASSERT_EQ(run(cmd), 0);
+	return 0;
+}
