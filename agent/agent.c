@@ -9,6 +9,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <semaphore.h>
 #include <signal.h>
 #include <stdio.h>
@@ -193,15 +194,24 @@ static void *agent_thread(void *arg)
 
 static void stats_file_open(struct md_agent *a, const char *opt_dir)
 {
-	char dir[200];
+	char dir[sizeof(a->stats_path)];
 	struct md__stats_file *f;
 
 	md__run_dir(opt_dir, dir, sizeof(dir));
 	if (!*dir)
 		return;
+	/* A path cut short would put the file (and a directory) elsewhere:
+	 * md__run_dir() truncates to the buffer, so a full one may be cut. */
+	int plen = snprintf(a->stats_path, sizeof(a->stats_path), "%s/agent-%d.stats", dir, (int)getpid());
+	if (strlen(dir) + 1 >= sizeof(dir) || plen < 0 || (size_t)plen >= sizeof(a->stats_path)) {
+		a->stats_path[0] = '\0';
+		md__log("no statistics file: the run directory '%.64s...' is too long (the file's path "
+			"must fit in %zu bytes): `memdedup status` will not list this process",
+			dir, sizeof(a->stats_path) - 1);
+		return;
+	}
 	if (mkdir(dir, 0755) != 0 && errno != EEXIST)
 		goto err_say;
-	snprintf(a->stats_path, sizeof(a->stats_path), "%s/agent-%d.stats", dir, (int)getpid());
 	int fd = open(a->stats_path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (fd < 0)
 		goto err_say;

@@ -15,6 +15,7 @@
 #ifndef MD_AGENT_INTERNAL_H
 #define MD_AGENT_INTERNAL_H
 
+#include <limits.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -70,7 +71,7 @@ struct md_agent {
 	uint64_t local_ctr[MD_CTR_COUNT];
 	uint64_t reported[MD_CTR_COUNT]; /* as last sent to memdedupd */
 	struct md__stats_file *stats_map;
-	char stats_path[256];
+	char stats_path[PATH_MAX];
 
 	/* The content scanner; engine is NULL when it is off or failed. */
 	struct md__engine *engine;
@@ -161,6 +162,9 @@ void md__plan_read(uintptr_t buf, size_t len, uint64_t off, uint64_t file_size,
 #define MD_SET_ORDER (1u << 3)
 #define MD_SET_HINTS (1u << 4)
 void md__scan_init(struct md_agent *a, const md_agent_options *o);
+/* What to do about it, after "content scanning is off: <strerror(-err)>"
+ * ("" when there is nothing to say). */
+const char *md__scan_off_hint(int err);
 void md__scan_register(struct md_agent *a, uintptr_t start, size_t len, unsigned advice);
 /* Refreshes the scanner's counters; reap: also finds the merged pages
  * written since (a walk of /proc/self/pagemap), and returns how many. */

@@ -19,12 +19,17 @@
  *                            MEMDEDUP_DOMAIN the sharing domain
  *   MEMDEDUP_DISABLE=1       do nothing at all
  *   MEMDEDUP_RUN_DIR, MEMDEDUP_LOG
+ * Yes/no variables take 1/on/yes/true or 0/off/no/false (any case), numbers
+ * digits only; a bad value is said in the log once (when the agent starts)
+ * and the default applies: a setting never makes the VMM fail.
  */
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -43,17 +48,26 @@ static int agent_failed;
 static int kernel_ksm = 1;
 static pthread_mutex_t agent_lock = PTHREAD_MUTEX_INITIALIZER;
 
+/* A yes/no variable: 1/on/yes/true or 0/off/no/false, in any case; unset
+ * or empty: the default. Anything else is said in the log and the default
+ * applies (MEMDEDUP_DISABLE=false must not disable the agent). */
 static int env_flag(const char *name, int dflt)
 {
 	const char *v = getenv(name);
 	if (!v || !*v)
 		return dflt;
-	return !(strcmp(v, "0") == 0 || strcmp(v, "off") == 0 || strcmp(v, "no") == 0);
+	int on = md__parse_bool(v);
+	if (on < 0) {
+		md__log("%s='%s' is not one of 1, on, yes, true, 0, off, no, false: using the default (%s)",
+			name, v, dflt ? "on" : "off");
+		return dflt;
+	}
+	return on;
 }
 
 /* A numeric variable in lo..hi, else 0: the option's default (a bad value
  * is said in the log: `memdedup run` checks them, but not everyone starts
- * the VMM through it). */
+ * the VMM through it). Digits only, the same parser as `memdedup run`'s. */
 static unsigned env_uint(const char *name, unsigned lo, unsigned hi)
 {
 	const char *v = getenv(name);
@@ -76,10 +90,36 @@ static void child_after_fork(void)
 
 __attribute__((constructor)) static void preload_init(void)
 {
-	kernel_ksm = env_flag("MEMDEDUP_KERNEL_KSM", 1);
-	if (env_flag("MEMDEDUP_DISABLE", 0))
-		agent_failed = 1;
 	pthread_atfork(NULL, NULL, child_after_fork);
+}
+
+/* The agent's options from the environment, each read (and a bad one said)
+ * once, when the agent is created. */
+static void env_options(md_agent_options *o)
+{
+	kernel_ksm = env_flag("MEMDEDUP_KERNEL_KSM", 1);
+	o->kernel_ksm = kernel_ksm;
+	/* The mapping budget: vm.max_map_count is an int. */
+	o->max_vmas = env_uint("MEMDEDUP_MAX_VMAS", 1, INT32_MAX);
+	if (env_flag("MEMDEDUP_POPULATE", 0))
+		o->flags |= MD_OPT_POPULATE;
+	if (env_flag("MEMDEDUP_NO_SHARING", 0))
+		o->flags |= MD_OPT_NO_SHARING;
+	if (env_flag("MEMDEDUP_SCAN", 0))
+		o->flags |= MD_OPT_SCAN;
+	const char *v = getenv("MEMDEDUP_SCAN_ORDER");
+	if (v && strcasecmp(v, "random") == 0)
+		o->flags |= MD_OPT_SCAN_RANDOM;
+	else if (v && *v && strcasecmp(v, "linear") != 0)
+		md__log("MEMDEDUP_SCAN_ORDER='%s' is neither linear nor random: using the default", v);
+	o->pages_to_scan = env_uint("MEMDEDUP_PAGES_TO_SCAN", 1, 100000);
+	o->sleep_ms = env_uint("MEMDEDUP_SLEEP_MS", 0, 10000);
+	o->cpu_percent = env_uint("MEMDEDUP_CPU_PERCENT", 1, 100);
+	if (!env_flag("MEMDEDUP_HINTS", 1))
+		o->flags |= MD_OPT_NO_HINTS;
+	o->domain = getenv("MEMDEDUP_DOMAIN");
+	o->daemon_socket = getenv("MEMDEDUP_SOCKET");
+	o->share_min_pages = env_uint("MEMDEDUP_SHARE_MIN_PAGES", 1, MD_SHARE_MIN_PAGES_MAX);
 }
 
 static md_agent *agent_get(void)
@@ -89,33 +129,29 @@ static md_agent *agent_get(void)
 		return a;
 	pthread_mutex_lock(&agent_lock);
 	if (!agent && !agent_failed) {
-		md_agent_options o = { .kernel_ksm = kernel_ksm };
-		md__log_open(getenv("MEMDEDUP_LOG"));	/* before a bad variable is said */
-		const char *v = getenv("MEMDEDUP_MAX_VMAS");
-		o.max_vmas = v ? strtoull(v, NULL, 10) : 0;
-		if (env_flag("MEMDEDUP_POPULATE", 0))
-			o.flags |= MD_OPT_POPULATE;
-		if (env_flag("MEMDEDUP_NO_SHARING", 0))
-			o.flags |= MD_OPT_NO_SHARING;
-		if (env_flag("MEMDEDUP_SCAN", 0))
-			o.flags |= MD_OPT_SCAN;
-		v = getenv("MEMDEDUP_SCAN_ORDER");
-		if (v && strcmp(v, "random") == 0)
-			o.flags |= MD_OPT_SCAN_RANDOM;
-		o.pages_to_scan = env_uint("MEMDEDUP_PAGES_TO_SCAN", 1, 100000);
-		o.sleep_ms = env_uint("MEMDEDUP_SLEEP_MS", 0, 10000);
-		o.cpu_percent = env_uint("MEMDEDUP_CPU_PERCENT", 1, 100);
-		if (!env_flag("MEMDEDUP_HINTS", 1))
-			o.flags |= MD_OPT_NO_HINTS;
-		o.domain = getenv("MEMDEDUP_DOMAIN");
-		o.daemon_socket = getenv("MEMDEDUP_SOCKET");
-		o.share_min_pages = env_uint("MEMDEDUP_SHARE_MIN_PAGES", 1, MD_SHARE_MIN_PAGES_MAX);
-		int err = md_agent_new(&a, &o);
-		if (err) {
-			md__log("agent not started (%s): the process runs without memdedup", strerror(-err));
+		md_agent_options o = { 0 };
+		/* Disabled: nothing at all, not even a log file. */
+		const char *dis = getenv("MEMDEDUP_DISABLE");
+		int disabled = dis && *dis && md__parse_bool(dis) == 1;
+		if (!disabled) {
+			/* Before a bad variable is said. */
+			const char *log = getenv("MEMDEDUP_LOG");
+			int lerr = md__log_open(log);
+			if (lerr)
+				md__log("cannot open MEMDEDUP_LOG='%s' (%s): logging to stderr", log, strerror(-lerr));
+			disabled = env_flag("MEMDEDUP_DISABLE", 0);
+		}
+		if (disabled) {
 			agent_failed = 1;
 		} else {
-			__atomic_store_n(&agent, a, __ATOMIC_RELEASE);
+			env_options(&o);
+			int err = md_agent_new(&a, &o);
+			if (err) {
+				md__log("agent not started (%s): the process runs without memdedup", strerror(-err));
+				agent_failed = 1;
+			} else {
+				__atomic_store_n(&agent, a, __ATOMIC_RELEASE);
+			}
 		}
 	}
 	a = agent;

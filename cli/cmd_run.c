@@ -4,8 +4,11 @@
  * It execs rather than forks, so the VMM keeps the pid the caller knows and
  * its exit status is the command's.
  */
+#include <elf.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +18,7 @@
 #include "cli.h"
 #include "client.h"
 #include "memdedup.h"
+#include "protocol.h"
 
 const struct md__cmd md__cmd_run_def = {
 	.name = "run",
@@ -55,21 +59,77 @@ const struct md__cmd md__cmd_run_def = {
 	"Environment: MEMDEDUP_PRELOAD (the library), MEMDEDUP_RUN_DIR (statistics),\n"
 	"MEMDEDUP_LOG (log file), MEMDEDUP_MAX_VMAS (mapping budget).\n"
 	"\n"
-	"Exit status: CMD's; 127 CMD not found, 126 not executable (nothing started),\n"
-	"1 no preload library, 2 wrong usage.\n",
+	"Exit status: CMD's; 127 CMD not found, 126 not executable, 2 wrong usage\n"
+	"or a library that cannot be preloaded (nothing started in these cases).\n",
 	.run = md__cmd_run,
 };
 
+/* Whether path is a library ld.so can preload into what we run: a readable
+ * regular file with an ELF header of a shared object for this machine (a
+ * path LD_PRELOAD cannot carry, or any other file, would be skipped by
+ * ld.so with a warning, and the command would run without the agent).
+ * 0, else -errno and what is wrong in why. */
+static int preload_usable(const char *path, char *why, size_t size)
+{
+	Elf64_Ehdr want, have;
+	struct stat st;
+	int err = 0;
+
+	if (strpbrk(path, ": \t\n")) {
+		snprintf(why, size, "LD_PRELOAD cannot carry a path with ':' or white space");
+		return -EINVAL;
+	}
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 || fstat(fd, &st) != 0) {
+		err = -errno;
+		snprintf(why, size, "%s", strerror(-err));
+		goto out;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		err = -EINVAL;
+		snprintf(why, size, "not a regular file");
+		goto out;
+	}
+	/* The ELF class, byte order and machine of this executable: the
+	 * command's are the same in all but exotic cases (and then ld.so
+	 * says so itself). */
+	int self = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+	ssize_t n = self >= 0 ? pread(self, &want, sizeof(want), 0) : -1;
+	if (self >= 0)
+		close(self);
+	if (pread(fd, &have, sizeof(have), 0) != (ssize_t)sizeof(have) ||
+	    memcmp(have.e_ident, ELFMAG, SELFMAG) != 0) {
+		err = -ENOEXEC;
+		snprintf(why, size, "not a shared library (no ELF header)");
+	} else if (have.e_type != ET_DYN) {
+		err = -ENOEXEC;
+		snprintf(why, size, "not a shared library (ELF type %u)", (unsigned)have.e_type);
+	} else if (n == (ssize_t)sizeof(want) &&
+		   (have.e_ident[EI_CLASS] != want.e_ident[EI_CLASS] ||
+		    have.e_ident[EI_DATA] != want.e_ident[EI_DATA] || have.e_machine != want.e_machine)) {
+		err = -ENOEXEC;
+		snprintf(why, size, "a library for another machine");
+	}
+out:
+	if (fd >= 0)
+		close(fd);
+	return err;
+}
+
 /* The preload library: $MEMDEDUP_PRELOAD, else beside this executable, else
- * in the installed library directory. */
+ * in the installed library directory; 0, or -errno with what is wrong said. */
 static int find_preload(char *out, size_t size)
 {
 	const char *env = getenv("MEMDEDUP_PRELOAD");
-	char exe[PATH_MAX - 64];
+	char exe[PATH_MAX - 64], why[128];
+	int err;
 
 	if (env && *env) {
 		snprintf(out, size, "%s", env);
-		return access(out, R_OK) == 0 ? 0 : -errno;
+		err = preload_usable(out, why, sizeof(why));
+		if (err)
+			fprintf(stderr, "memdedup run: MEMDEDUP_PRELOAD='%s' cannot be preloaded: %s\n", env, why);
+		return err;
 	}
 	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
 	if (n > 0) {
@@ -78,13 +138,17 @@ static int find_preload(char *out, size_t size)
 		if (slash) {
 			*slash = '\0';
 			snprintf(out, size, "%s/libmemdedup-preload.so", exe);
-			if (access(out, R_OK) == 0)
-				return 0;
-			snprintf(out, size, "%s/../lib/memdedup/libmemdedup-preload.so", exe);
-			if (access(out, R_OK) == 0)
-				return 0;
+			if (access(out, F_OK) != 0)
+				snprintf(out, size, "%s/../lib/memdedup/libmemdedup-preload.so", exe);
+			if (access(out, F_OK) == 0) {
+				err = preload_usable(out, why, sizeof(why));
+				if (err)
+					fprintf(stderr, "memdedup run: %s cannot be preloaded: %s\n", out, why);
+				return err;
+			}
 		}
 	}
+	fprintf(stderr, "memdedup run: cannot find libmemdedup-preload.so; set MEMDEDUP_PRELOAD\n");
 	return -ENOENT;
 }
 
@@ -94,7 +158,7 @@ static int find_preload(char *out, size_t size)
 struct run_option {
 	const char *name;	/* "--name"; with '=' a value follows */
 	const char *env;
-	long lo, hi;
+	uint32_t lo, hi;
 	const char *words;
 	int value_is_word_index;
 	int free_text;		/* any value that valid_text() accepts */
@@ -161,11 +225,10 @@ static int apply_option(const struct md__cmd *cmd, const char *arg, const struct
 				return md__usage_error(cmd, "%.*s takes a name of 1 to 64 of A-Z a-z 0-9 . _ -, not '%s'",
 						       (int)(n - 1), o->name, shown);
 		} else if (takes_value) {
-			char *end;
-			errno = 0;
-			long x = strtol(v, &end, 10);
-			if (errno || end == v || *end || x < o->lo || x > o->hi)
-				return md__usage_error(cmd, "%.*s takes a number from %ld to %ld, not '%s'",
+			/* The agent's parser: what passes here, the agent takes. */
+			uint32_t x;
+			if (md__parse_uint(v, o->lo, o->hi, &x))
+				return md__usage_error(cmd, "%.*s takes a number from %u to %u, not '%s'",
 						       (int)(n - 1), o->name, o->lo, o->hi, shown);
 		}
 		if (setenv(o->env, v, 1) != 0) {
@@ -308,12 +371,11 @@ int md__cmd_run(int argc, char **argv)
 		return md__usage_error(cmd, "no command to run");
 
 	char lib[PATH_MAX + 64], preload[2 * PATH_MAX + 128], exe[PATH_MAX + 64];
+	/* Without the library the command would run, and succeed, without
+	 * the agent: refuse instead. */
 	int err = find_preload(lib, sizeof(lib));
-	if (err) {
-		fprintf(stderr, "memdedup run: cannot find libmemdedup-preload.so (%s); set MEMDEDUP_PRELOAD\n",
-			strerror(-err));
-		return 1;
-	}
+	if (err)
+		return 2;
 	/* The command first: one that cannot run must not leave a daemon
 	 * started for it (exit codes as the shell's: 127 not found, 126 not
 	 * executable). */

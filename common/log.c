@@ -1,5 +1,6 @@
 #include "log.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -10,13 +11,15 @@
 static int log_fd = STDERR_FILENO;
 static uint64_t said;
 
-void md__log_open(const char *path)
+int md__log_open(const char *path)
 {
 	if (path && *path && strcmp(path, "-") != 0) {
 		int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-		if (fd >= 0)
-			log_fd = fd;
+		if (fd < 0)
+			return -errno;
+		log_fd = fd;
 	}
+	return 0;
 }
 
 static void vlog(const char *fmt, va_list ap)

@@ -2,8 +2,9 @@
 #ifndef MD_LOG_H
 #define MD_LOG_H
 
-/* Where log lines go: a path, "-" or NULL for stderr. */
-void md__log_open(const char *path);
+/* Where log lines go: a path, "-" or NULL for stderr. 0, or -errno when
+ * the file cannot be opened (lines keep going to stderr). */
+int md__log_open(const char *path);
 void md__log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Logs only the first time for this key (0..63). */
 void md__log_once(unsigned key, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

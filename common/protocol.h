@@ -261,6 +261,9 @@ size_t md__msg_encoded_len(const struct md__msg *m);
 /* A whole decimal number in [min, max] (digits only: no sign, no space,
  * nothing after): 0 and *out, else -EINVAL. */
 int md__parse_uint(const char *s, uint32_t min, uint32_t max, uint32_t *out);
+/* A yes/no word: 1 for 1, on, yes, true; 0 for 0, off, no, false (any
+ * case, nothing around them); else -EINVAL. */
+int md__parse_bool(const char *s);
 /* Parses a SET "key"/"value" pair into *t (a copy of the current tunables).
  * Returns 0, or -EINVAL with a message for the user in msg. */
 int md__tunable_set(struct md__tunables *t, const char *key, const char *value,

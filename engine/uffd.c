@@ -23,11 +23,14 @@ static int uffd_new_fd(void)
 	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
 	if (fd >= 0)
 		return fd;
+	int sys_err = -errno;
 	/* vm.unprivileged_userfaultfd=0 or a seccomp filter may refuse the
-	 * syscall while the device (whose permissions the admin chose) works. */
+	 * syscall while the device (whose permissions the admin chose) works.
+	 * Without the device (before Linux 6.1) the syscall's error is the
+	 * one to report. */
 	int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
 	if (dev < 0)
-		return -errno;
+		return errno == ENOENT ? sys_err : -errno;
 	fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
 	int err = fd < 0 ? -errno : 0;
 	close(dev);

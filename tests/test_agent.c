@@ -4,6 +4,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -512,5 +513,248 @@ TEST_IMPL(advice_reaches_new_mappings)
 	ASSERT(proc_page(&a, MB).file || !proc_page(&a, MB).present);
 	ASSERT(strstr(flags, " dc") != NULL);
 	proc_stop(&a);
+	return 0;
+}
+
+/* A file's contents (up to 64 KiB; "" when it does not exist). */
+static const char *slurp(const char *path)
+{
+	static char buf[65536];
+	buf[0] = '\0';
+	int fd = open(path, O_RDONLY);
+	if (fd < 0)
+		return buf;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	buf[n > 0 ? n : 0] = '\0';
+	return buf;
+}
+
+static int count_lines(const char *s)
+{
+	int n = 0;
+	for (; *s; s++)
+		n += *s == '\n';
+	return n;
+}
+
+/* Runs a testproc with env (words for env(1)) that maps RAM, so the agent
+ * starts, and quits; its stderr goes to errfile. Returns its exit status. */
+static int run_testproc(const char *runas, const char *env, const char *errfile)
+{
+	char cmd[2048], bdir[512];
+	if (!realpath(build_dir(), bdir))
+		snprintf(bdir, sizeof(bdir), "%s", build_dir());
+	const char *first = getenv("MD_TEST_PRELOAD_FIRST");
+	snprintf(cmd, sizeof(cmd),
+		 "printf 'map 16\\nquit\\n' | %s env LD_PRELOAD=%s%s%s/libmemdedup-preload.so "
+		 "MEMDEDUP_KERNEL_KSM=0 %s %s/testproc >/dev/null 2>'%s'",
+		 runas, first ? first : "", first ? ":" : "", bdir, env, bdir, errfile);
+	int st = system(cmd);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int cpu_seen(const md_stats *s) { return s->agent_cpu_ns > 0; }
+static int zeroes_dropped(const md_stats *s) { return s->zero_pages > 0; }
+
+TEST_IMPL(env_flags_strict)
+{
+	char log[600], logenv[700];
+	snprintf(log, sizeof(log), "%s/flags.log", test_dir());
+	snprintf(logenv, sizeof(logenv), "MEMDEDUP_LOG=%s", log);
+	struct proc a;
+	md_stats s;
+
+	/* Disabled, in capitals: no agent, not even a log file. */
+	const char *env_true[] = { logenv, "MEMDEDUP_DISABLE=TRUE", NULL };
+	proc_start(&a, env_true);
+	proc_cmd(&a, "map 16");
+	ASSERT_EQ(proc_stats(&a, &s), -ENOENT);
+	proc_stop(&a);
+	ASSERT(access(log, F_OK) != 0);
+	/* MEMDEDUP_DISABLE=false once disabled the agent too. */
+	const char *env_false[] = { logenv, "MEMDEDUP_DISABLE=false", NULL };
+	proc_start(&a, env_false);
+	proc_cmd(&a, "map 16");
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	proc_stop(&a);
+	ASSERT_EQ(strlen(slurp(log)), 0);
+	/* A word it does not know is said, once, and the default applies. */
+	const char *env_bad[] = { logenv, "MEMDEDUP_DISABLE=maybe", NULL };
+	proc_start(&a, env_bad);
+	proc_cmd(&a, "map 16");
+	proc_cmd(&a, "map 16");
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	proc_stop(&a);
+	ASSERT(strstr(slurp(log), "MEMDEDUP_DISABLE='maybe' is not one of 1, on, yes, true, 0, off, no, false"));
+	ASSERT_EQ(count_lines(slurp(log)), 1);
+
+	/* MEMDEDUP_SCAN=false once turned scanning on. */
+	const char *env_noscan[] = { "MEMDEDUP_SCAN=false", "MEMDEDUP_DOMAIN=private", NULL };
+	proc_start(&a, env_noscan);
+	proc_cmd(&a, "map 16");
+	ASSERT(strcmp(proc_cmd(&a, "zero 0 16"), "ok") == 0);
+	ASSERT_EQ(proc_stats_wait(&a, &s, 3000, cpu_seen), 0);
+	usleep(1500000);	/* more of the agent's seconds */
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.pages_scanned, 0);
+	ASSERT_EQ(s.zero_pages, 0);
+	proc_stop(&a);
+	const char *env_scan[] = { "MEMDEDUP_SCAN=Yes", "MEMDEDUP_DOMAIN=private", NULL };
+	proc_start(&a, env_scan);
+	proc_cmd(&a, "map 16");
+	ASSERT(strcmp(proc_cmd(&a, "zero 0 16"), "ok") == 0);
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, zeroes_dropped), 0);
+	proc_stop(&a);
+	return 0;
+}
+
+TEST_IMPL(env_numbers_strict)
+{
+	/* MEMDEDUP_MAX_VMAS=1x once meant a budget of 1 (nothing shared),
+	 * -1 no budget at all: each is said and the default budget applies. */
+	const char *img = image(11);
+	const char *bad[] = { "1x", "-1", " 5", "+5", "0", "4294967297" };
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char log[600], logenv[700], vmas[64], want[128];
+		snprintf(log, sizeof(log), "%s/numbers-%zu.log", test_dir(), i);
+		snprintf(logenv, sizeof(logenv), "MEMDEDUP_LOG=%s", log);
+		snprintf(vmas, sizeof(vmas), "MEMDEDUP_MAX_VMAS=%s", bad[i]);
+		const char *env[] = { logenv, vmas, NULL };
+		struct proc a;
+		int fd = start_reader(&a, img, env);
+		ASSERT_EQ(proc_num(&a, "read %d 0 65536 0 65536", fd), 65536);
+		md_stats s;
+		ASSERT_EQ(proc_stats(&a, &s), 0);
+		ASSERT_EQ(s.pages_shared_at_read, 16);
+		ASSERT_EQ(s.fallbacks[MD_FB_VMA_LIMIT], 0);
+		proc_stop(&a);
+		snprintf(want, sizeof(want), "MEMDEDUP_MAX_VMAS='%s' is not a number from 1 to", bad[i]);
+		ASSERT(strstr(slurp(log), want));
+		ASSERT_EQ(count_lines(slurp(log)), 1);
+	}
+	/* The scanner's numbers take the same digits-only parser as the CLI. */
+	char log[600], logenv[700];
+	snprintf(log, sizeof(log), "%s/numbers-scan.log", test_dir());
+	snprintf(logenv, sizeof(logenv), "MEMDEDUP_LOG=%s", log);
+	const char *env[] = { logenv, "MEMDEDUP_SCAN=1", "MEMDEDUP_DOMAIN=private",
+			      "MEMDEDUP_PAGES_TO_SCAN=+32", "MEMDEDUP_CPU_PERCENT= 50", NULL };
+	struct proc a;
+	proc_start(&a, env);
+	proc_cmd(&a, "map 16");
+	proc_stop(&a);
+	ASSERT(strstr(slurp(log), "MEMDEDUP_PAGES_TO_SCAN='+32' is not a number from 1 to 100000"));
+	ASSERT(strstr(slurp(log), "MEMDEDUP_CPU_PERCENT=' 50' is not a number from 1 to 100"));
+	return 0;
+}
+
+TEST_IMPL(env_bad_order_and_log_said)
+{
+	char log[600], env[1400], err[600];
+	snprintf(log, sizeof(log), "%s/order.log", test_dir());
+	snprintf(err, sizeof(err), "%s/order.err", test_dir());
+	snprintf(env, sizeof(env), "MEMDEDUP_RUN_DIR='%s' MEMDEDUP_LOG='%s' MEMDEDUP_SCAN_ORDER=rand",
+		 test_dir(), log);
+	ASSERT_EQ(run_testproc("", env, err), 0);
+	ASSERT(strstr(slurp(log), "MEMDEDUP_SCAN_ORDER='rand' is neither linear nor random: using the default"));
+	/* A log that cannot be opened is said on stderr, once. */
+	snprintf(env, sizeof(env), "MEMDEDUP_RUN_DIR='%s' MEMDEDUP_LOG='%s/no-such-dir/x.log'",
+		 test_dir(), test_dir());
+	ASSERT_EQ(run_testproc("", env, err), 0);
+	const char *said = slurp(err);
+	ASSERT(strstr(said, "cannot open MEMDEDUP_LOG='"));
+	ASSERT(strstr(said, "/no-such-dir/x.log' (No such file or directory): logging to stderr"));
+	ASSERT_EQ(count_lines(said), 1);
+	return 0;
+}
+
+TEST_IMPL(scan_off_says_why)
+{
+	/* An unprivileged user under vm.unprivileged_userfaultfd=0, without
+	 * access to /dev/userfaultfd: the syscall fails with EPERM, the
+	 * device with EACCES, and the log says what to do. */
+	char v[8] = "";
+	int fd = open("/proc/sys/vm/unprivileged_userfaultfd", O_RDONLY);
+	if (fd >= 0) {
+		ASSERT(read(fd, v, sizeof(v) - 1) >= 0);
+		close(fd);
+	}
+	struct stat st;
+	if (geteuid() != 0)
+		SKIP("needs root, to run the agent as nobody");
+	if (v[0] != '0')
+		SKIP("vm.unprivileged_userfaultfd is not 0: userfaultfd works for everyone");
+	if (stat("/dev/userfaultfd", &st) == 0 && (st.st_mode & 0006) == 0006)
+		SKIP("/dev/userfaultfd is open to everyone");
+	if (system("command -v setpriv >/dev/null") != 0)
+		SKIP("no setpriv");
+	char dir[] = "/tmp/memdedup-uffd-XXXXXX", env[1400], log[600], err[600], cmd[700];
+	ASSERT(mkdtemp(dir));
+	ASSERT(chmod(dir, 0777) == 0);
+	snprintf(log, sizeof(log), "%s/log", dir);
+	snprintf(err, sizeof(err), "%s/err", dir);
+	snprintf(env, sizeof(env), "MEMDEDUP_RUN_DIR=%s MEMDEDUP_LOG=%s MEMDEDUP_SCAN=1 MEMDEDUP_DOMAIN=private",
+		 dir, log);
+	int r = run_testproc("setpriv --reuid=65534 --regid=65534 --clear-groups", env, err);
+	char said[4096];
+	snprintf(said, sizeof(said), "%s", slurp(log));
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	ASSERT(system(cmd) == 0);
+	ASSERT_EQ(r, 0);
+	ASSERT(strstr(said, "content scanning is off: Permission denied (userfaultfd unavailable: "
+			    "set the sysctl vm.unprivileged_userfaultfd=1, or give this user read-write "
+			    "access to /dev/userfaultfd)"));
+	return 0;
+}
+
+TEST_IMPL(stats_dir_too_long)
+{
+	/* A run dir of nearly PATH_MAX bytes: directories of 200 bytes each,
+	 * made one by one (the agent once cut the path at 200 bytes and made
+	 * the cut directory, stats file and all). */
+	static char base[4200];
+	char comp[201];
+	memset(comp, 'd', 200);
+	comp[200] = '\0';
+	snprintf(base, sizeof(base), "%s", test_dir());
+	while (strlen(base) + 201 + 32 < PATH_MAX) {
+		snprintf(base + strlen(base), sizeof(base) - strlen(base), "/%s", comp);
+		ASSERT(mkdir(base, 0755) == 0);
+	}
+	/* Long, but the stats file's path fits: it is made. */
+	const char *img = image(12);
+	char run[4300], runenv[4400], log[600], logenv[700];
+	snprintf(log, sizeof(log), "%s/longdir.log", test_dir());
+	snprintf(logenv, sizeof(logenv), "MEMDEDUP_LOG=%s", log);
+	snprintf(run, sizeof(run), "%s/run", base);
+	snprintf(runenv, sizeof(runenv), "MEMDEDUP_RUN_DIR=%s", run);
+	const char *env[] = { logenv, runenv, NULL };
+	struct proc a;
+	proc_start(&a, env);
+	proc_cmd(&a, "map 16");
+	char path[4400];
+	snprintf(path, sizeof(path), "%s/agent-%d.stats", run, (int)a.pid);
+	ASSERT(access(path, F_OK) == 0);
+	proc_stop(&a);
+	ASSERT_EQ(strlen(slurp(log)), 0);
+
+	/* Too long: no statistics file, said once; the agent runs. */
+	snprintf(run, sizeof(run), "%s/%.300s", base,
+		 "rrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr"
+		 "rrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr"
+		 "rrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrrr");
+	ASSERT(strlen(run) > 4096);
+	snprintf(runenv, sizeof(runenv), "MEMDEDUP_RUN_DIR=%s", run);
+	int fd = start_reader(&a, img, env);
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 0 65536", fd), 65536);
+	ASSERT(proc_page(&a, 0).file || !proc_page(&a, 0).present);
+	proc_stop(&a);
+	/* Nothing was made beside the directory that fitted: no cut path. */
+	char ls[4400];
+	snprintf(ls, sizeof(ls), "ls -A '%s' | grep -qvx run", base);
+	ASSERT(system(ls) != 0);
+	ASSERT(strstr(slurp(log), "no statistics file: the run directory '"));
+	ASSERT(strstr(slurp(log), "is too long"));
+	ASSERT_EQ(count_lines(slurp(log)), 1);
 	return 0;
 }

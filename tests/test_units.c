@@ -10,6 +10,7 @@
 
 #include "agent_internal.h"
 #include "inflight.h"
+#include "protocol.h"
 #include "runner.h"
 #include "stats_file.h"
 #include "sys.h"
@@ -430,3 +431,32 @@ TEST_IMPL(quiet_walks_wait_for_moved_pages)
 	return 0;
 }
 
+
+TEST_IMPL(parse_bool_strict)
+{
+	/* The words of yes and no, in any case; nothing else (the agent's
+	 * MEMDEDUP_DISABLE=false once disabled it). */
+	const char *yes[] = { "1", "on", "yes", "true", "ON", "Yes", "TRUE" };
+	const char *no[] = { "0", "off", "no", "false", "OFF", "No", "False" };
+	for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
+		ASSERT_EQ(md__parse_bool(yes[i]), 1);
+		ASSERT_EQ(md__parse_bool(no[i]), 0);
+	}
+	const char *bad[] = { "", "2", "-1", "y", "n", "t", "f", "enable", "disabled", " 1", "1 ",
+			      "on\n", "yess", "00", "01", "truefalse" };
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		ASSERT_EQ(md__parse_bool(bad[i]), -EINVAL);
+	return 0;
+}
+
+TEST_IMPL(scan_off_hint_says_what_to_do)
+{
+	/* Opening /dev/userfaultfd fails with EACCES, the syscall with EPERM:
+	 * both say what to change. */
+	ASSERT(strstr(md__scan_off_hint(-EACCES), "vm.unprivileged_userfaultfd=1"));
+	ASSERT(strstr(md__scan_off_hint(-EACCES), "/dev/userfaultfd"));
+	ASSERT(strstr(md__scan_off_hint(-EPERM), "vm.unprivileged_userfaultfd=1"));
+	ASSERT(strstr(md__scan_off_hint(-ENOSYS), "userfaultfd unavailable"));
+	ASSERT_EQ(strlen(md__scan_off_hint(-ENOMEM)), 0);
+	return 0;
+}
