@@ -93,7 +93,7 @@ else
     # The same files, and a run.sh that copies them into tmpfs: the copies
     # are anonymous guest memory, found only by scanning.
     image=$root/build/guest/workload-tmpfs.img
-    if [ ! -f "$image" ]; then
+    if [ ! -f "$image" ] || [ bench/tmpfs-run.sh -nt "$image" ]; then
       wd=$(mktemp -d)
       guest/mkworkload.sh "$wd" 96 >/dev/null
       cp bench/tmpfs-run.sh "$wd/run.sh"

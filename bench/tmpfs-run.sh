@@ -3,7 +3,13 @@
 # every file of the image into tmpfs, then checksum the copies in sorted path
 # order. The copies are anonymous guest memory, equal across guests, that no
 # shared image read can catch: only scanning finds them.
+# `--recheck`: only the checksum of the copies made before.
 set -e
+if [ "${1:-}" = --recheck ]; then
+  cd /tmp/copy
+  sed 's|^|/tmp/copy/|' /tmp/files | xargs cat | md5sum | cut -d' ' -f1
+  exit 0
+fi
 mkdir -p /tmp/copy
 mount -t tmpfs -o size=300m tmpfs /tmp/copy
 cd /mnt

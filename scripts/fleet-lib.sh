@@ -116,7 +116,7 @@ fleet_image() {
   local mb=${1:-} img
   if [ -z "$mb" ]; then img=$FLEET_ROOT/build/guest/workload.img
   else img=$FLEET_ROOT/build/guest/workload-${mb}m.img; fi
-  if [ ! -f "$img" ]; then
+  if [ ! -f "$img" ] || [ ! -f "$img.md5" ]; then
     if [ -z "$mb" ]; then mb=160; fi
     rm -rf "$img.d"
     "$FLEET_ROOT/guest/mkworkload.sh" "$img.d" "$mb" 1 >&2
@@ -332,7 +332,7 @@ fleet_run() {
     rs=$(grep -m1 '^MEMDEDUP-GUEST: TIME ' "$log" | tr -d '\r' | sed -n 's/.*read_s=\([0-9.]*\).*/\1/p' || true)
     if grep -q '^MEMDEDUP-GUEST: FAIL' "$log"; then
       fleet_log "guest $((i + 1)): $(grep -m1 '^MEMDEDUP-GUEST: FAIL' "$log" | tr -d '\r')"
-      ok=1; res=${res:-FAIL}
+      ok=1; res=FAIL   # also after DONE: the data changed during the hold
     elif [ -z "$res" ]; then
       fleet_log "guest $((i + 1)) (pid ${pids[i]}) ended without DONE (exit ${rc[i]}); $log.qemu: $(tail -n 2 "$log.qemu" | tr '\n' ' ')"
       ok=1; res=NONE
@@ -374,13 +374,3 @@ fleet_last() {
     { v = $c } END { print v }' "$1/samples.tsv"
 }
 
-# 0 if every guest of the given runs (directories) printed one and the same
-# checksum, and there are N of them; prints them.
-fleet_same_checksums() {  # N DIR...
-  local n=$1 sums
-  shift
-  sums=$(for d in "$@"; do cut -f7 "$d/guests.tsv"; done)
-  echo "checksums: $(echo "$sums" | tr '\n' ' ')"
-  [ "$(echo "$sums" | sort -u | wc -l)" = 1 ] && [ "$(echo "$sums" | wc -l)" = "$n" ] \
-    && ! echo "$sums" | grep -qE '^(FAIL|NONE|)$'
-}

@@ -31,6 +31,36 @@ expect_pair() {
   fi
 }
 
+# expect_data IMG DIR...: every guest of each DIR printed the checksum the
+# image's files have on the host (IMG.md5, made by guest/mkimage.sh), and the
+# same again after its hold (RECHECK): what it read, and what it still reads
+# once the host has merged and shared it, is what the image holds.
+expect_data() {
+  local img=$1 want d log done again n=0 bad=0
+  shift
+  want=$(cat "$img.md5" 2>/dev/null || true)
+  if [ -z "$want" ]; then
+    fail "no $img.md5 (remake the image with guest/mkimage.sh)"
+    return
+  fi
+  for d in "$@"; do
+    for log in "$d"/guest*.log; do
+      n=$((n + 1))
+      done=$(grep -m1 '^MEMDEDUP-GUEST: DONE ' "$log" | tr -d '\r' | awk '{print $3}' || true)
+      again=$(grep -m1 '^MEMDEDUP-GUEST: RECHECK ' "$log" | tr -d '\r' | awk '{print $3}' || true)
+      if [ "$done" != "$want" ] || [ "$again" != "$want" ]; then
+        echo "  $log: read ${done:-nothing}, after the hold ${again:-nothing}; the image holds $want"
+        bad=$((bad + 1))
+      fi
+    done
+  done
+  if [ "$n" -gt 0 ] && [ "$bad" = 0 ]; then
+    pass "all $n guests read the image's data, and the same after the hold"
+  else
+    fail "$bad of $n guests did not read the image's data before and after the hold"
+  fi
+}
+
 # expect_saving WHAT BASE_KB WITH_KB NEED_KB: BASE - WITH must be >= NEED.
 expect_saving() {
   local what=$1 base=$2 with=$3 need=$4

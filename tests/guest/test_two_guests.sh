@@ -2,7 +2,8 @@
 # Integration test: two real guests (QEMU/TCG, Debian kernel, busybox) read the
 # same ext4 image, first as plain QEMU, then each under
 # `memdedup run --kernel-ksm=off`. Checks:
-#   1. every guest finished (DONE) and all four checksums are identical;
+#   1. every guest finished and printed the checksum of the image's files
+#      (computed on the host), and the same again after its hold;
 #   2. with the agent, the fleet PSS (mean over the seconds in which both
 #      guests hold after reading) is lower than without it by at least half
 #      of the workload size.
@@ -33,11 +34,7 @@ expect_pair "plain QEMU" "$out/none" "$img" --hold "$hold" --timeout 150
 expect_pair memdedup "$out/memdedup" "$img" --hold "$hold" --timeout 150 \
   --wrapper "$md run --kernel-ksm=off --"
 
-if fleet_same_checksums 4 "$out/none" "$out/memdedup"; then
-  pass "all four guests read identical data"
-else
-  fail "checksums differ across guests"
-fi
+expect_data "$img" "$out/none" "$out/memdedup"
 
 # shellcheck disable=SC2046
 p_none=$(fleet_window_avg "$out/none" pss_kb $(fleet_hold_window "$out/none"))
