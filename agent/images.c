@@ -186,7 +186,10 @@ void md__image_lease_broken(struct md_agent *a, int fd)
 		 * proceed. */
 		img->lease = MD_LEASE_NONE;
 		retry_later(img);
-		md__privatize(a, 0, UINTPTR_MAX, img->id);
+		/* A failure (memory short) leaves those pages' owners set:
+		 * try again a few times before the writer may go on. */
+		for (int tries = 0; md__privatize(a, 0, UINTPTR_MAX, img->id) != 0 && tries < 5; tries++)
+			usleep(20000);
 		view_drop(img);
 		fcntl(img->fd, F_SETLEASE, F_UNLCK);
 		md__count(a, MD_CTR_LEASE_BREAKS, 1);

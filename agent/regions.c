@@ -172,7 +172,8 @@ void md__regions_flush_advice(struct md_agent *a)
 }
 
 /* Calls fn on every maximal run of pages in [start, end) whose owner matches
- * id (0: any image), then clears their owner. Returns the pages visited. */
+ * id (0: any image), then clears their owner where fn succeeded: a run it
+ * failed on still shows the file. Returns the pages done. */
 typedef int (*run_fn)(struct md_agent *a, struct md__region *r, uintptr_t addr, size_t len);
 
 static uint64_t for_each_run(struct md_agent *a, uintptr_t start, uintptr_t end,
@@ -197,8 +198,10 @@ static uint64_t for_each_run(struct md_agent *a, uintptr_t start, uintptr_t end,
 			int e2 = fn(a, r, r->start + p * MD_PAGE, (q - p) * MD_PAGE);
 			if (e2 && !*err)
 				*err = e2;
-			memset(&r->owner[p], 0, (q - p) * sizeof(*r->owner));
-			pages += q - p;
+			if (!e2) {
+				memset(&r->owner[p], 0, (q - p) * sizeof(*r->owner));
+				pages += q - p;
+			}
 			p = q;
 		}
 	}

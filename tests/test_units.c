@@ -155,6 +155,35 @@ TEST_IMPL(regions_remove_split)
 	return 0;
 }
 
+/* Pages that cannot be made private keep their owner (they still show the
+ * image); those that could lose it. */
+TEST_IMPL(privatize_keeps_failed_owners)
+{
+	struct md_agent a;
+	agent_init(&a);
+	/* Nothing is mapped at 1 MiB: populating it fails. */
+	ASSERT_EQ(md__regions_add(&a, 0x100000, 0x200000, 0), 0);
+	char *m = mmap(NULL, 16 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	ASSERT_EQ(md__regions_add(&a, (uintptr_t)m, (uintptr_t)m + 16 * 4096, 0), 0);
+	struct md__region *r = md__region_find(&a, 0x100000, 1);
+	for (int i = 0; i < 8; i++)
+		r->owner[i] = 3;
+	struct md__region *q = md__region_find(&a, (uintptr_t)m, 1);
+	for (int i = 0; i < 8; i++)
+		q->owner[i] = 3;
+	ASSERT(md__privatize(&a, 0, UINTPTR_MAX, 3) < 0);
+	r = md__region_find(&a, 0x100000, 1);
+	q = md__region_find(&a, (uintptr_t)m, 1);
+	for (int i = 0; i < 8; i++) {
+		ASSERT_EQ(r->owner[i], 3);
+		ASSERT_EQ(q->owner[i], 0);
+	}
+	md__regions_free(&a);
+	munmap(m, 16 * 4096);
+	return 0;
+}
+
 static void valid_file(struct md__stats_file *f)
 {
 	memset(f, 0, sizeof(*f));
