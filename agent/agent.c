@@ -196,13 +196,22 @@ static void stats_file_open(struct md_agent *a, const char *opt_dir)
 	char dir[200];
 	struct md__stats_file *f;
 
-	md__run_dir(opt_dir, dir, sizeof(dir));
+	int err = md__run_dir(opt_dir, dir, sizeof(dir));
+	if (err) {
+		errno = -err;
+		goto err_say;
+	}
 	if (!*dir)
 		return;
 	if (mkdir(dir, 0755) != 0 && errno != EEXIST)
 		goto err_say;
-	snprintf(a->stats_path, sizeof(a->stats_path), "%s/agent-%d.stats", dir, (int)getpid());
-	int fd = open(a->stats_path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	int len = snprintf(a->stats_path, sizeof(a->stats_path), "%s/agent-%d.stats", dir, (int)getpid());
+	if (len < 0 || (size_t)len >= sizeof(a->stats_path)) {
+		errno = ENAMETOOLONG;
+		goto err_say;
+	}
+	/* Not through a link someone put there: we would truncate its target. */
+	int fd = open(a->stats_path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
 	if (fd < 0)
 		goto err_say;
 	if (ftruncate(fd, sizeof(*f)) != 0)

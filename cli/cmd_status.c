@@ -73,7 +73,7 @@ static int load_agents(const char *dir, struct md__stats_snapshot **out, size_t 
 			continue;
 		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
 		struct md__stats_file buf;
-		int fd = open(path, O_RDONLY | O_CLOEXEC);
+		int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 		if (fd < 0)
 			continue;
 		ssize_t len = read(fd, &buf, sizeof(buf));
@@ -188,10 +188,14 @@ int md__cmd_status(int argc, char **argv)
 		else
 			return md__usage_error(cmd, "unknown argument '%s'", argv[i]);
 	}
-	md__run_dir(NULL, dir, sizeof(dir));
 	struct md__stats_snapshot *agents;
 	size_t n;
-	int err = load_agents(dir, &agents, &n);
+	int err = md__run_dir(NULL, dir, sizeof(dir));
+	if (err) {
+		fprintf(stderr, "memdedup status: no usable run directory (%s)\n", strerror(-err));
+		return 1;
+	}
+	err = load_agents(dir, &agents, &n);
 	if (err) {
 		fprintf(stderr, "memdedup status: cannot read %s: %s\n", dir, strerror(-err));
 		return 1;
