@@ -197,11 +197,20 @@ static void stats_file_open(struct md_agent *a, const char *opt_dir)
 	char dir[sizeof(a->stats_path)];
 	struct md__stats_file *f;
 
-	md__run_dir(opt_dir, dir, sizeof(dir));
+	int err = md__run_dir(opt_dir, dir, sizeof(dir));
+	if (err == -ENAMETOOLONG) {
+		md__log("no statistics file: the run directory is too long (the file's path must fit in "
+			"%zu bytes): `memdedup status` will not list this process", sizeof(a->stats_path) - 1);
+		return;
+	}
+	if (err) {
+		errno = -err;
+		snprintf(dir, sizeof(dir), "the run directory");
+		goto err_say;
+	}
 	if (!*dir)
 		return;
-	/* A path cut short would put the file (and a directory) elsewhere:
-	 * md__run_dir() truncates to the buffer, so a full one may be cut. */
+	/* A path cut short would put the file (and a directory) elsewhere. */
 	int plen = snprintf(a->stats_path, sizeof(a->stats_path), "%s/agent-%d.stats", dir, (int)getpid());
 	if (strlen(dir) + 1 >= sizeof(dir) || plen < 0 || (size_t)plen >= sizeof(a->stats_path)) {
 		a->stats_path[0] = '\0';
@@ -212,7 +221,8 @@ static void stats_file_open(struct md_agent *a, const char *opt_dir)
 	}
 	if (mkdir(dir, 0755) != 0 && errno != EEXIST)
 		goto err_say;
-	int fd = open(a->stats_path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	/* Not through a link someone put there: we would truncate its target. */
+	int fd = open(a->stats_path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
 	if (fd < 0)
 		goto err_say;
 	if (ftruncate(fd, sizeof(*f)) != 0)

@@ -57,9 +57,11 @@ void md__scan_init(struct md_agent *a, const md_agent_options *o)
 	const char *domain = o->domain ? o->domain : "";
 	if (strcmp(domain, "private") != 0) {
 		struct md__remote *rm = calloc(1, sizeof(*rm));
-		if (!rm || md__remote_init(rm, o->daemon_socket, domain) != 0) {
+		err = rm ? md__remote_init(rm, o->daemon_socket, domain) : -ENOMEM;
+		if (err) {
 			free(rm);
-			md__log("invalid sharing domain '%s': merging within this process only", domain);
+			md__log("%s sharing domain '%s' (%s): merging within this process only",
+				err == -EINVAL ? "invalid" : "no daemon socket for", domain, strerror(-err));
 			return;
 		}
 		e->remote = rm;

@@ -161,7 +161,8 @@ static int connect_daemon(const struct md__cmd *cmd, struct md__client **c)
 	int err = md__client_connect(c, NULL);
 	if (!err)
 		return 0;
-	md__daemon_socket_path(NULL, path, sizeof(path));
+	if (md__daemon_socket_path(NULL, path, sizeof(path)) != 0)
+		snprintf(path, sizeof(path), "(no usable path)");
 	if (err == -ENOENT || err == -ECONNREFUSED)
 		fprintf(stderr, "memdedup %s: the daemon is not running (nothing answers on %s);\n"
 			"start memdedupd, or run a VM with `memdedup run`\n", cmd->name, path);

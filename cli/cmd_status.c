@@ -241,10 +241,14 @@ int md__cmd_status(int argc, char **argv)
 			return md__usage_error(cmd, "unknown argument '%s'",
 					       md__printable(argv[i], dir, sizeof(dir)));
 	}
-	md__run_dir(NULL, dir, sizeof(dir));
 	struct md__stats_snapshot *agents;
 	size_t n;
-	int err = load_agents(dir, &agents, &n);
+	int err = md__run_dir(NULL, dir, sizeof(dir));
+	if (err) {
+		fprintf(stderr, "memdedup status: no usable run directory (%s)\n", strerror(-err));
+		return 1;
+	}
+	err = load_agents(dir, &agents, &n);
 	if (err) {
 		fprintf(stderr, "memdedup status: cannot read %s: %s\n", dir, strerror(-err));
 		return 1;

@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "client.h"
+#include "log.h"
 #include "rxbuf.h"
 #include "stats_file.h"
 
@@ -43,17 +44,22 @@ struct md__client {
 	struct md__msg msg;        /* decoded reply; here, not on a VMM thread's stack */
 };
 
-const char *md__daemon_socket_path(const char *path, char *buf, size_t size)
+int md__daemon_socket_path(const char *path, char *buf, size_t size)
 {
 	const char *env = getenv("MEMDEDUP_SOCKET");
 	char dir[256];
+	int n, err;
 	if (path)
-		snprintf(buf, size, "%s", path);
+		n = snprintf(buf, size, "%s", path);
 	else if (env && *env)
-		snprintf(buf, size, "%s", env);
-	else
-		snprintf(buf, size, "%s/memdedupd.sock", md__run_dir(NULL, dir, sizeof(dir)));
-	return buf;
+		n = snprintf(buf, size, "%s", env);
+	else {
+		err = md__run_dir(NULL, dir, sizeof(dir));
+		if (err)
+			return err;
+		n = snprintf(buf, size, "%s/memdedupd.sock", dir);
+	}
+	return n < 0 || (size_t)n >= size ? -ENAMETOOLONG : 0;
 }
 
 static int64_t now_ms(void)
@@ -241,12 +247,16 @@ static void queue_candidates(struct md__client *c, const struct md__msg_candidat
 }
 
 /* A message that is not a reply: only CONTROL, CANDIDATES and SHARE with
- * seq 0 may come so. */
+ * seq 0 may come so, and an ERROR when the daemon refused the connection
+ * (too many) before any request. */
 static int unsolicited(struct md__client *c)
 {
 	if (c->msg.hdr.seq != 0)
 		return kill_conn(c, -EPROTO);
 	switch (c->msg.hdr.type) {
+	case MD_MSG_ERROR:
+		md__log("memdedupd refused the connection: %s", c->msg.u.text.text);
+		return kill_conn(c, c->msg.u.text.status ? c->msg.u.text.status : -EPROTO);
 	case MD_MSG_CONTROL:
 		queue_control(c, &c->msg.u.control);
 		return 0;
@@ -284,6 +294,9 @@ static int transact(struct md__client *c, const void *req, size_t len, uint32_t 
 	if (c->dead)
 		return -ENOTCONN;
 	err = send_all(c, req, len, deadline);
+	/* A daemon that refused us said why before it hung up. */
+	if (err == -ENOTCONN && recv_msg(c, 0, NULL, 0) == 0 && c->msg.hdr.type == MD_MSG_ERROR)
+		return unsolicited(c);
 	if (err)
 		return err;
 	/* After an ERROR the daemon may close: the next call will tell. */
@@ -331,6 +344,22 @@ free_buf:
 	return err;
 }
 
+/* A daemon is trusted with our guests' pages and told where they are: only
+ * root's or our own, never another user's socket in our path. */
+static int check_daemon(int fd, const char *path)
+{
+	struct ucred cr;
+	socklen_t cl = sizeof(cr);
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) < 0)
+		return -errno;
+	if (cr.uid != 0 && cr.uid != geteuid()) {
+		md__log("the daemon at %s runs as uid %u, neither root nor us (uid %u): not using it",
+			path, (unsigned)cr.uid, (unsigned)geteuid());
+		return -EPERM;
+	}
+	return 0;
+}
+
 int md__client_connect(struct md__client **cp, const char *socket_path)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -338,7 +367,9 @@ int md__client_connect(struct md__client **cp, const char *socket_path)
 	int err;
 
 	*cp = NULL;
-	md__daemon_socket_path(socket_path, path, sizeof(path));
+	err = md__daemon_socket_path(socket_path, path, sizeof(path));
+	if (err)
+		return err;
 	if (strlen(path) >= sizeof(sa.sun_path))
 		return -ENAMETOOLONG;
 	memcpy(sa.sun_path, path, strlen(path));
@@ -362,6 +393,9 @@ int md__client_connect(struct md__client **cp, const char *socket_path)
 		err = errno == EAGAIN || errno == EINPROGRESS ? -ETIMEDOUT : -errno;
 		goto close_fd;
 	}
+	err = check_daemon(c->fd, path);
+	if (err)
+		goto close_fd;
 	*cp = c;
 	return 0;
 

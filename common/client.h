@@ -31,11 +31,13 @@
 
 struct md__client;
 
-/* The daemon's socket: path if not NULL, else $MEMDEDUP_SOCKET, else
- * <run_dir>/memdedupd.sock (run_dir as md__run_dir(NULL)). */
-const char *md__daemon_socket_path(const char *path, char *buf, size_t size);
+/* The daemon's socket into buf: path if not NULL, else $MEMDEDUP_SOCKET,
+ * else <run_dir>/memdedupd.sock (run_dir as md__run_dir(NULL)). 0, or
+ * -ENAMETOOLONG, or md__run_dir's error. */
+int md__daemon_socket_path(const char *path, char *buf, size_t size);
 
-/* Connects. -ENOENT / -ECONNREFUSED: no daemon there. */
+/* Connects. -ENOENT / -ECONNREFUSED: no daemon there. -EPERM (logged): the
+ * daemon there runs as neither root nor our euid. */
 int md__client_connect(struct md__client **c, const char *socket_path);
 void md__client_free(struct md__client *c);
 /* The socket, for poll(POLLIN): readable means a CONTROL may be waiting. */

@@ -5,7 +5,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include "log.h"
 
 static const char *const fallback_names[MD_FB_COUNT] = {
 	[MD_FB_UNALIGNED] = "unaligned",
@@ -187,19 +190,42 @@ uint64_t md__proc_start_time(int pid)
 	return p ? strtoull(p + 1, NULL, 10) : 0;
 }
 
-const char *md__run_dir(const char *opt, char *buf, size_t size)
+/* The shared /tmp default: anyone can create /tmp/memdedup-UID before us,
+ * so use it only if it is a directory of ours that nobody else can enter
+ * (made so if absent). */
+static int tmp_dir_ours(const char *dir)
+{
+	struct stat st;
+	if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+		return -errno;
+	if (lstat(dir, &st) != 0)
+		return -errno;
+	if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 07777) != 0700) {
+		md__log("%s is not a directory of uid %u with mode 0700: not using it "
+			"(set MEMDEDUP_RUN_DIR or XDG_RUNTIME_DIR, or remove it)",
+			dir, (unsigned)geteuid());
+		return -EPERM;
+	}
+	return 0;
+}
+
+int md__run_dir(const char *opt, char *buf, size_t size)
 {
 	const char *env = getenv("MEMDEDUP_RUN_DIR");
 	const char *xdg = getenv("XDG_RUNTIME_DIR");
+	int n;
 	if (opt)
-		snprintf(buf, size, "%s", opt);
+		n = snprintf(buf, size, "%s", opt);
 	else if (env && *env)
-		snprintf(buf, size, "%s", env);
+		n = snprintf(buf, size, "%s", env);
 	else if (geteuid() == 0)
-		snprintf(buf, size, "/run/memdedup");
+		n = snprintf(buf, size, "/run/memdedup");
 	else if (xdg && *xdg)
-		snprintf(buf, size, "%s/memdedup", xdg);
-	else
-		snprintf(buf, size, "/tmp/memdedup-%u", (unsigned)geteuid());
-	return buf;
+		n = snprintf(buf, size, "%s/memdedup", xdg);
+	else {
+		n = snprintf(buf, size, "/tmp/memdedup-%u", (unsigned)geteuid());
+		if (n >= 0 && (size_t)n < size)
+			return tmp_dir_ours(buf);
+	}
+	return n < 0 || (size_t)n >= size ? -ENAMETOOLONG : 0;
 }

@@ -108,6 +108,15 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 	c->peer_pidfd = -1;
 	if (a->pidfd < 0)
 		a->pidfd = (int)syscall(SYS_pidfd_open, c->pid, 0);
+	/* Without a pidfd its references would go with the connection, while
+	 * the process may still map the pages: a slot freed so is rewritten
+	 * under its guest. Only a kernel without pidfds is served so. */
+	if (a->pidfd < 0 && errno != ENOSYS) {
+		err = errno == ESRCH ? -ESRCH : -EMFILE;
+		snprintf(why, size, "cannot watch pid %d (%s)", (int)c->pid, strerror(errno));
+		free(a);
+		return err;
+	}
 	err = md__domain_get(d, c->uid, h->domain, &a->dom);
 	if (err) {
 		snprintf(why, size, err == -EUSERS ? "too many domains for uid %u" :

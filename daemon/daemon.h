@@ -23,12 +23,17 @@
 #include "rxbuf.h"
 
 /* Limits that keep one user from exhausting the daemon. */
-#define MD_D_MAX_CONNS 4096
+#define MD_D_MAX_CONNS 4096         /* or fewer, as RLIMIT_NOFILE allows */
+#define MD_D_CONNS_PER_UID 256      /* of one uid other than root */
 #define MD_D_DOMAINS_PER_UID 64
 #define MD_D_OUT_PAUSE (1u << 20)   /* stop reading a peer with this much unsent */
 #define MD_D_OUT_MAX (16u << 20)    /* drop a peer that lets this much pile up */
 #define MD_D_POOL_PAGES_DEFAULT (1u << 20)   /* 4 GiB of address space per pool */
 #define MD_D_POOL_PAGES_MAX (1u << 26)
+
+/* Paths: the run directory (absolute), a socket's (sun_path less its NUL). */
+#define MD_D_RUN_DIR_MAX 256
+#define MD_D_SOCKET_MAX 107
 
 /* What an epoll event points at. */
 enum md__ep_kind { MD_EP_LISTEN, MD_EP_SIGNAL, MD_EP_CONN, MD_EP_PIDFD };
@@ -151,11 +156,12 @@ struct md__conn {
 struct md__daemon {
 	int epfd, lfd, sigfd;
 	struct md__ep listen_ep, signal_ep;
-	char socket_path[300];
-	char pid_path[300];
+	char socket_path[MD_D_SOCKET_MAX + 1];
+	char pid_path[MD_D_RUN_DIR_MAX + 32];
 	size_t pool_pages;
 	struct md__conn *conns;
 	size_t nconns;
+	size_t max_conns;          /* MD_D_MAX_CONNS, or what RLIMIT_NOFILE allows */
 	struct md__agent *agents;
 	unsigned last_agent_num;   /* the number given last (md__agent.num) */
 	struct md__domain *domains;

@@ -12,7 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <limits.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -59,26 +61,89 @@ int64_t md__now_ms(void)
 	return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
 }
 
-static int mkdir_p(const char *dir)
+/* Creates dir and its missing parents. *made: the length of the shortest
+ * prefix of dir this call created (0: none), for rmdir_made(). */
+static int mkdir_p(const char *dir, size_t *made)
 {
-	char buf[256];
-	snprintf(buf, sizeof(buf), "%s", dir);
-	for (char *p = buf + 1; *p; p++) {
-		if (*p != '/')
+	char buf[MD_D_RUN_DIR_MAX];
+	*made = 0;
+	if ((size_t)snprintf(buf, sizeof(buf), "%s", dir) >= sizeof(buf))
+		return -ENAMETOOLONG;
+	for (char *p = buf + 1;; p++) {
+		char c = *p;
+		if (c != '/' && c)
 			continue;
 		*p = '\0';
-		if (mkdir(buf, 0755) < 0 && errno != EEXIST)
+		if (mkdir(buf, 0755) == 0) {
+			if (!*made)
+				*made = (size_t)(p - buf);
+		} else if (errno != EEXIST) {
 			return -errno;
-		*p = '/';
+		}
+		*p = c;
+		if (!c)
+			return 0;
 	}
-	return mkdir(buf, 0755) < 0 && errno != EEXIST ? -errno : 0;
+}
+
+/* Removes what mkdir_p(dir) made, deepest first, as long as it is empty. */
+static void rmdir_made(const char *dir, size_t made)
+{
+	char buf[MD_D_RUN_DIR_MAX];
+	if (!made || (size_t)snprintf(buf, sizeof(buf), "%s", dir) >= sizeof(buf))
+		return;
+	for (;;) {
+		if (rmdir(buf) != 0)
+			return;
+		char *slash = strrchr(buf, '/');
+		while (slash && slash > buf && slash[-1] == '/')
+			slash--;
+		if (!slash || (size_t)(slash - buf) < made)
+			return;
+		*slash = '\0';
+	}
+}
+
+/* We chdir("/") when we daemonize: a relative path would then name
+ * something else. */
+static int absolute(const char *path, char *buf, size_t size)
+{
+	char cwd[PATH_MAX];
+	int n;
+	if (path[0] == '/') {
+		n = snprintf(buf, size, "%s", path);
+	} else {
+		if (!getcwd(cwd, sizeof(cwd)))
+			return -errno;
+		n = snprintf(buf, size, "%s/%s", strcmp(cwd, "/") ? cwd : "", path);
+	}
+	return n < 0 || (size_t)n >= size ? -ENAMETOOLONG : 0;
+}
+
+/* Every connection costs a descriptor, and its agent a pidfd: the kernel's
+ * default of 1024 would run out before MD_D_MAX_CONNS. What the hard limit
+ * allows is ours; what it does not, the connection limit follows. */
+static size_t raise_nofile(void)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+		return 256;
+	if (rl.rlim_cur < rl.rlim_max) {
+		rlim_t want = rl.rlim_max;
+		rl.rlim_cur = want;
+		if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+			getrlimit(RLIMIT_NOFILE, &rl);
+	}
+	/* A connection, its agent's pidfd, and room for the pools. */
+	size_t n = rl.rlim_cur > 128 ? (size_t)(rl.rlim_cur - 64) / 4 : 16;
+	return n < MD_D_MAX_CONNS ? n : MD_D_MAX_CONNS;
 }
 
 /* The pid file is locked for the daemon's life: a second daemon of the same
  * run directory fails on the lock whatever the socket does. */
 static int lock_pid_file(const char *path)
 {
-	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
 	if (fd < 0)
 		return -errno;
 	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
@@ -124,7 +189,7 @@ static int daemonize(const char *log_path, int pid_fd)
 	if (chdir("/") < 0)
 		return -errno;
 	int in = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	int out = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+	int out = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0644);
 	if (out < 0)
 		out = open("/dev/null", O_WRONLY | O_CLOEXEC);
 	if (in < 0 || out < 0)
@@ -152,8 +217,9 @@ int main(int argc, char **argv)
 	};
 	struct md__daemon d = { .epfd = -1, .lfd = -1, .sigfd = -1 };
 	const char *socket_opt = NULL, *run_opt = NULL;
-	int foreground = 0, c, err, ret = 1;
-	char run_dir[256], log_path[300];
+	int foreground = 0, c, err, ret = 1, pid_fd = -1;
+	char run_dir[MD_D_RUN_DIR_MAX], log_path[MD_D_RUN_DIR_MAX + 32];
+	size_t made = 0;
 	unsigned long long pages = MD_D_POOL_PAGES_DEFAULT;
 
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -184,28 +250,55 @@ int main(int argc, char **argv)
 	 * for as long as we live. */
 	close_range(3, ~0u, 0);
 	d.pool_pages = (size_t)pages;
+	d.max_conns = raise_nofile();
 	md__tunables_default(&d.tun);
-	md__run_dir(run_opt, run_dir, sizeof(run_dir));
-	const char *env = getenv("MEMDEDUP_SOCKET");
-	if (socket_opt)
-		snprintf(d.socket_path, sizeof(d.socket_path), "%s", socket_opt);
-	else if (env && *env)
-		snprintf(d.socket_path, sizeof(d.socket_path), "%s", env);
-	else
-		snprintf(d.socket_path, sizeof(d.socket_path), "%s/memdedupd.sock", run_dir);
-	snprintf(d.pid_path, sizeof(d.pid_path), "%s/memdedupd.pid", run_dir);
-	snprintf(log_path, sizeof(log_path), "%s/memdedupd.log", run_dir);
 
-	err = mkdir_p(run_dir);
+	/* Every path is whole and absolute before anything is created. */
+	char given[MD_D_RUN_DIR_MAX];
+	const char *env = getenv("MEMDEDUP_SOCKET");
+	if ((run_opt && !*run_opt) || (socket_opt && !*socket_opt)) {
+		fprintf(stderr, "memdedupd: --run-dir and --socket need a path\n");
+		return 2;
+	}
+	err = md__run_dir(run_opt, given, sizeof(given));
+	if (!err)
+		err = absolute(given, run_dir, sizeof(run_dir));
 	if (err) {
-		fprintf(stderr, "memdedupd: cannot create %s: %s\n", run_dir, strerror(-err));
+		if (err == -ENAMETOOLONG)
+			fprintf(stderr, "memdedupd: the run directory is too long (at most %zu bytes, absolute)\n",
+				sizeof(run_dir) - 1);
+		else
+			fprintf(stderr, "memdedupd: no usable run directory: %s\n", strerror(-err));
 		return 1;
 	}
-	int pid_fd = lock_pid_file(d.pid_path);
+	if (socket_opt || (env && *env))
+		err = absolute(socket_opt ? socket_opt : env, d.socket_path, sizeof(d.socket_path));
+	else if ((size_t)snprintf(d.socket_path, sizeof(d.socket_path), "%s/memdedupd.sock", run_dir) >=
+		 sizeof(d.socket_path))
+		err = -ENAMETOOLONG;
+	if (!err && strlen(d.socket_path) > MD_D_SOCKET_MAX)
+		err = -ENAMETOOLONG;
+	if (err) {
+		fprintf(stderr, "memdedupd: no socket path: %s (a Unix socket's absolute path has at most %d bytes)\n",
+			strerror(-err), MD_D_SOCKET_MAX);
+		return 1;
+	}
+	if ((size_t)snprintf(d.pid_path, sizeof(d.pid_path), "%s/memdedupd.pid", run_dir) >= sizeof(d.pid_path) ||
+	    (size_t)snprintf(log_path, sizeof(log_path), "%s/memdedupd.log", run_dir) >= sizeof(log_path)) {
+		fprintf(stderr, "memdedupd: the run directory is too long\n");
+		return 1;
+	}
+
+	err = mkdir_p(run_dir, &made);
+	if (err) {
+		fprintf(stderr, "memdedupd: cannot create %s: %s\n", run_dir, strerror(-err));
+		goto remove_dirs;
+	}
+	pid_fd = lock_pid_file(d.pid_path);
 	if (pid_fd < 0) {
 		if (pid_fd != -EEXIST)
 			fprintf(stderr, "memdedupd: %s: %s\n", d.pid_path, strerror(-pid_fd));
-		return 1;
+		goto remove_dirs;
 	}
 	if (md__daemon_alive(d.socket_path)) {
 		fprintf(stderr, "memdedupd: another daemon answers on %s\n", d.socket_path);
@@ -222,10 +315,17 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 
 	err = md__server_listen(&d);
-	if (err) {
+	if (err == -EISDIR)
+		fprintf(stderr, "memdedupd: %s is a directory: --socket wants the socket's own path "
+			"(such as %s/memdedupd.sock)\n", d.socket_path, d.socket_path);
+	else if (err == -ENOTSOCK)
+		fprintf(stderr, "memdedupd: %s exists and is not a socket: left alone\n", d.socket_path);
+	else if (err == -EADDRINUSE)
+		fprintf(stderr, "memdedupd: another daemon answers on %s\n", d.socket_path);
+	else if (err)
 		fprintf(stderr, "memdedupd: cannot listen on %s: %s\n", d.socket_path, strerror(-err));
+	if (err)
 		goto close_pid;
-	}
 	struct stat sock_st;
 	stat(d.socket_path, &sock_st);
 	if (!foreground) {
@@ -256,7 +356,6 @@ close_loop:
 		close(d.sigfd);
 	if (d.epfd >= 0)
 		close(d.epfd);
-	unlink(d.pid_path);
 close_listen:
 	if (d.lfd >= 0)
 		close(d.lfd);
@@ -266,6 +365,10 @@ close_listen:
 	    now_st.st_dev == sock_st.st_dev)
 		unlink(d.socket_path);
 close_pid:
+	unlink(d.pid_path);	/* ours while we hold its lock */
 	close(pid_fd);
+remove_dirs:
+	if (ret)
+		rmdir_made(run_dir, made);	/* a failed start leaves nothing behind */
 	return ret;
 }

@@ -14,6 +14,7 @@
  * (see agent.c). Nothing a peer sends can stop the loop.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,19 +40,47 @@ int md__ep_add(struct md__daemon *d, int fd, struct md__ep *ep, uint32_t events)
 	return epoll_ctl(d->epfd, EPOLL_CTL_ADD, fd, &ev) < 0 ? -errno : 0;
 }
 
+/* What is at the socket path: 0 nothing, 1 a socket nobody answers on
+ * (stale: ours to remove), else -EISDIR, -ENOTSOCK (a file, a link: not
+ * ours to touch), -EADDRINUSE (a listener answers) or another -errno. */
+static int socket_stale(const struct sockaddr_un *sa, struct stat *st)
+{
+	if (lstat(sa->sun_path, st) != 0)
+		return errno == ENOENT ? 0 : -errno;
+	if (S_ISDIR(st->st_mode))
+		return -EISDIR;
+	if (!S_ISSOCK(st->st_mode))
+		return -ENOTSOCK;
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	int r = connect(fd, (const struct sockaddr *)sa, sizeof(*sa));
+	int e = errno;
+	close(fd);
+	if (r == 0 || e == EAGAIN || e == EINPROGRESS)
+		return -EADDRINUSE;	/* a listener, its backlog full or not */
+	return e == ECONNREFUSED ? 1 : -e;
+}
+
 int md__server_listen(struct md__daemon *d)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct stat st, again;
 	int err;
 
 	if (strlen(d->socket_path) >= sizeof(sa.sun_path))
 		return -ENAMETOOLONG;
 	memcpy(sa.sun_path, d->socket_path, strlen(d->socket_path));
+	err = socket_stale(&sa, &st);
+	if (err < 0)
+		return err;
+	/* Removed only if it is still the socket that was found stale. */
+	if (err == 1 && lstat(d->socket_path, &again) == 0 && again.st_ino == st.st_ino &&
+	    again.st_dev == st.st_dev && S_ISSOCK(again.st_mode))
+		unlink(d->socket_path);
 	d->lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (d->lfd < 0)
 		return -errno;
-	/* Only called once no daemon answers: what is there is stale. */
-	unlink(d->socket_path);
 	if (bind(d->lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
 		err = -errno;
 		goto close_lfd;
@@ -140,9 +169,36 @@ static void conn_close(struct md__daemon *d, struct md__conn *c)
 	close(c->fd);
 	if (c->peer_pidfd >= 0)
 		close(c->peer_pidfd);
+	if (c->out_fd >= 0)
+		close(c->out_fd);
 	md__rxbuf_free(&c->in);
 	free(c->out);
 	free(c);
+}
+
+/* Tells a peer we will not serve why, and hangs up: an ERROR with seq 0 on
+ * a fresh socket (it fits in its buffer whole). */
+static void refuse(int fd, int err, const char *fmt, ...)
+{
+	struct md__msg m = { .hdr = { .type = MD_MSG_ERROR } };
+	unsigned char buf[MD_MSG_HDR_SIZE + 8 + MD_TEXT_MAX];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(m.u.text.text, sizeof(m.u.text.text), fmt, ap);
+	va_end(ap);
+	m.u.text.status = err;
+	ssize_t n = md__msg_encode(&m, buf, sizeof(buf));
+	if (n > 0 && send(fd, buf, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
+		md__dlog("cannot tell a refused peer why: %s", strerror(errno));
+	close(fd);
+}
+
+static size_t conns_of(const struct md__daemon *d, uid_t uid)
+{
+	size_t n = 0;
+	for (const struct md__conn *c = d->conns; c; c = c->next)
+		n += c->uid == uid;
+	return n;
 }
 
 static void accept_all(struct md__daemon *d)
@@ -158,9 +214,23 @@ static void accept_all(struct md__daemon *d)
 		}
 		struct ucred cr;
 		socklen_t cl = sizeof(cr);
-		if (d->nconns >= MD_D_MAX_CONNS ||
-		    getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) < 0) {
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) < 0) {
 			close(fd);
+			continue;
+		}
+		if (d->nconns >= d->max_conns) {
+			md__dlog("pid %d (uid %u) refused: %zu connections", (int)cr.pid,
+				 (unsigned)cr.uid, d->nconns);
+			refuse(fd, -EUSERS, "too many connections (%zu)", d->nconns);
+			continue;
+		}
+		/* Root may stop the daemon anyway; any other user could
+		 * otherwise take every connection from the rest. */
+		if (cr.uid != 0 && conns_of(d, cr.uid) >= MD_D_CONNS_PER_UID) {
+			md__dlog("pid %d (uid %u) refused: %u connections of that uid", (int)cr.pid,
+				 (unsigned)cr.uid, MD_D_CONNS_PER_UID);
+			refuse(fd, -EUSERS, "too many connections of uid %u (at most %u)",
+			       (unsigned)cr.uid, MD_D_CONNS_PER_UID);
 			continue;
 		}
 		struct md__conn *c = calloc(1, sizeof(*c));
@@ -220,8 +290,10 @@ static int flush_out(struct md__daemon *d, struct md__conn *c)
 			cm->cmsg_len = CMSG_LEN(sizeof(int));
 			memcpy(CMSG_DATA(cm), &c->out_fd, sizeof(int));
 			w = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
-			if (w > 0)
-				c->out_fd = -1;	/* the kernel took it with byte one */
+			if (w > 0) {
+				close(c->out_fd);	/* the kernel took its own with byte one */
+				c->out_fd = -1;
+			}
 		} else {
 			w = send(c->fd, c->out + c->out_head, end - c->out_head,
 				 MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -256,6 +328,8 @@ int md__conn_send(struct md__daemon *d, struct md__conn *c, const struct md__msg
 		md__dlog("pid %d does not read its socket: closing it", (int)c->pid);
 		c->closing = 1;
 		c->out_head = c->out_len = 0;
+		if (c->out_fd >= 0)
+			close(c->out_fd);
 		c->out_fd = -1;
 		update_events(d, c);
 		return -ENOBUFS;
@@ -279,7 +353,11 @@ int md__conn_send(struct md__daemon *d, struct md__conn *c, const struct md__msg
 	if (fd >= 0) {
 		if (c->out_fd >= 0)
 			return -EBUSY;	/* one descriptor in flight at a time */
-		c->out_fd = fd;
+		/* A copy: the queue may wait while the original is closed (its
+		 * domain freed) and its number given to another user's pool. */
+		c->out_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+		if (c->out_fd < 0)
+			return -errno;
 		c->out_fd_off = c->out_len;
 	}
 	md__msg_encode(m, c->out + c->out_len, len);

@@ -20,7 +20,9 @@ int md__remote_init(struct md__remote *rm, const char *socket, const char *domai
 	if (domain && !md__domain_valid(domain, strlen(domain)))
 		return -EINVAL;
 	snprintf(rm->domain, sizeof(rm->domain), "%s", domain ? domain : "");
-	md__daemon_socket_path(socket, rm->socket, sizeof(rm->socket));
+	int err = md__daemon_socket_path(socket, rm->socket, sizeof(rm->socket));
+	if (err)
+		return err;
 	pthread_mutex_init(&rm->lock, NULL);
 	return 0;
 }

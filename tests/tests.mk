@@ -35,7 +35,7 @@ check: check-deps
 # libFuzzer build of the same targets (clang): `make fuzz`.
 fuzz: $(AGENT_SRC) fuzz/fuzz_stats_file.c
 	clang -g -O1 -fsanitize=fuzzer,address -std=c11 -D_GNU_SOURCE -Iinclude -Icommon \
-	  -o $(B)/fuzz-stats-file fuzz/fuzz_stats_file.c common/stats_file.c
+	  -o $(B)/fuzz-stats-file fuzz/fuzz_stats_file.c common/stats_file.c common/log.c
 	$(B)/fuzz-stats-file -max_total_time=60 fuzz/corpus/stats_file
 	$(MAKE) fuzz-protocol
 

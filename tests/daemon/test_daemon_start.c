@@ -1,0 +1,626 @@
+/*
+ * test_daemon_start.c - memdedupd's start and its trust boundaries: what it
+ * may remove at its socket path, what a failed start leaves, long and
+ * relative paths, descriptors it passes, its limits; and the client's
+ * checks of whom it talks to.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "checksum.h"
+#include "daemon.h"
+#include "daemon_util.h"
+#include "proc.h"
+#include "runner.h"
+#include "stats_file.h"
+
+static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int sh(const char *fmt, ...)
+{
+	char cmd[2048];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof(cmd), fmt, ap);
+	va_end(ap);
+	int st = system(cmd);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static const char *daemon_exe(void)
+{
+	static char exe[300];
+	snprintf(exe, sizeof(exe), "%s/memdedupd", build_dir());
+	if (access(exe, X_OK) != 0)
+		SKIP("%s not built", exe);
+	return exe;
+}
+
+/* memdedupd --foreground with args; its exit status, stderr in err. */
+static int run_daemon(const char *args, const char *err)
+{
+	return sh("timeout 10 %s --foreground %s 2>%s </dev/null", daemon_exe(), args, err);
+}
+
+TEST_IMPL(daemon_socket_path_kept)
+{
+	char dir[200], path[300], err[400], link[300], args[900];
+	snprintf(dir, sizeof(dir), "%s/sk", test_dir());
+	ASSERT(mkdir(dir, 0755) == 0);
+	snprintf(err, sizeof(err), "%s/err", test_dir());
+
+	/* A regular file where the socket would go: refused, untouched. */
+	snprintf(path, sizeof(path), "%s/file", dir);
+	ASSERT_EQ(sh("echo precious > %s", path), 0);
+	snprintf(args, sizeof(args), "--run-dir %s --socket %s", dir, path);
+	ASSERT_EQ(run_daemon(args, err), 1);
+	ASSERT_EQ(sh("grep -q precious %s", path), 0);
+	ASSERT_EQ(sh("grep -q 'is not a socket' %s", err), 0);
+
+	/* A link to it: the same (the link stays, so does its target). */
+	snprintf(link, sizeof(link), "%s/link", dir);
+	ASSERT(symlink(path, link) == 0);
+	snprintf(args, sizeof(args), "--run-dir %s --socket %s", dir, link);
+	ASSERT_EQ(run_daemon(args, err), 1);
+	struct stat st;
+	ASSERT(lstat(link, &st) == 0 && S_ISLNK(st.st_mode));
+	ASSERT_EQ(sh("grep -q precious %s", path), 0);
+
+	/* A directory: says so. */
+	snprintf(args, sizeof(args), "--run-dir %s --socket %s", dir, dir);
+	ASSERT_EQ(run_daemon(args, err), 1);
+	ASSERT_EQ(sh("grep -q 'is a directory' %s", err), 0);
+	ASSERT(lstat(dir, &st) == 0 && S_ISDIR(st.st_mode));
+
+	/* A socket nobody answers on is stale: replaced. */
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	snprintf(path, sizeof(path), "%s/stale", dir);
+	ASSERT(strlen(path) < sizeof(sa.sun_path));
+	memcpy(sa.sun_path, path, strlen(path));
+	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	ASSERT(fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+	close(fd);
+	ASSERT(lstat(path, &st) == 0 && S_ISSOCK(st.st_mode));
+	pid_t pid = fork();
+	ASSERT(pid >= 0);
+	if (pid == 0) {
+		execl(daemon_exe(), "memdedupd", "--foreground", "--run-dir", dir, "--socket", path,
+		      (char *)NULL);
+		_exit(127);
+	}
+	for (int i = 0; i < 300 && !md__daemon_alive(path); i++)
+		usleep(10000);
+	ASSERT(md__daemon_alive(path));
+	/* And one that answers is not: the second daemon leaves it. */
+	char dir2[400];
+	snprintf(dir2, sizeof(dir2), "%s/second", dir);
+	snprintf(args, sizeof(args), "--run-dir %s --socket %s", dir2, path);
+	ASSERT_EQ(run_daemon(args, err), 1);
+	ASSERT(md__daemon_alive(path));
+	ASSERT(kill(pid, SIGTERM) == 0);
+	int ws;
+	ASSERT(waitpid(pid, &ws, 0) == pid && WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+	return 0;
+}
+
+TEST_IMPL(daemon_failed_start_cleans)
+{
+	char base[300], run[400], args[1200], err[400], file[400];
+	struct stat st;
+	snprintf(base, sizeof(base), "%s/fs", test_dir());
+	ASSERT(mkdir(base, 0755) == 0);
+	snprintf(err, sizeof(err), "%s/err", test_dir());
+	snprintf(file, sizeof(file), "%s/file", base);
+	ASSERT_EQ(sh("echo x > %s", file), 0);
+
+	/* It fails after creating a/b/c and locking the pid file in it. */
+	snprintf(run, sizeof(run), "%s/a/b/c", base);
+	snprintf(args, sizeof(args), "--run-dir %s --socket %s", run, file);
+	ASSERT_EQ(run_daemon(args, err), 1);
+	snprintf(run, sizeof(run), "%s/a", base);
+	ASSERT(access(run, F_OK) != 0);
+
+	/* In a directory that was there: only the pid file goes. */
+	snprintf(args, sizeof(args), "--run-dir %s --socket %s", base, file);
+	ASSERT_EQ(run_daemon(args, err), 1);
+	snprintf(run, sizeof(run), "%s/memdedupd.pid", base);
+	ASSERT(access(run, F_OK) != 0);
+	ASSERT(stat(base, &st) == 0 && S_ISDIR(st.st_mode));
+
+	/* A pid file that is a link: not followed (its target untouched). */
+	ASSERT(symlink(file, run) == 0);
+	snprintf(args, sizeof(args), "--run-dir %s --socket %s/s", base, base);
+	ASSERT_EQ(run_daemon(args, err), 1);
+	ASSERT_EQ(sh("grep -qx x %s", file), 0);
+	ASSERT(lstat(run, &st) == 0 && S_ISLNK(st.st_mode));
+	return 0;
+}
+
+TEST_IMPL(daemon_run_dir_too_long)
+{
+	char run[600], args[1400], err[400], top[400];
+	snprintf(err, sizeof(err), "%s/err", test_dir());
+	snprintf(top, sizeof(top), "%s/long", test_dir());
+	/* 300 bytes and more, below a directory that does not exist yet. */
+	int n = snprintf(run, sizeof(run), "%s", top);
+	while (n < 320)
+		n += snprintf(run + n, sizeof(run) - (size_t)n, "/%s", "0123456789abcdef");
+	snprintf(args, sizeof(args), "--run-dir %s", run);
+	ASSERT_EQ(run_daemon(args, err), 1);
+	ASSERT_EQ(sh("grep -q 'too long' %s", err), 0);
+	ASSERT(access(top, F_OK) != 0);	/* nothing created, truncated or not */
+
+	/* The socket path too: it must fit a Unix address. */
+	snprintf(args, sizeof(args), "--run-dir %s/short --socket %s/sock", test_dir(), run);
+	ASSERT_EQ(run_daemon(args, err), 1);
+	ASSERT_EQ(sh("grep -q 'at most 107 bytes' %s", err), 0);
+	snprintf(top, sizeof(top), "%s/short", test_dir());
+	ASSERT(access(top, F_OK) != 0);
+
+	/* The library's own: an error, never a cut path. */
+	char small[16];
+	ASSERT_EQ(md__run_dir(run, small, sizeof(small)), -ENAMETOOLONG);
+	char big[700];
+	ASSERT_EQ(md__run_dir(run, big, sizeof(big)), 0);
+	ASSERT_EQ(strcmp(big, run), 0);
+	setenv("MEMDEDUP_RUN_DIR", run, 1);
+	unsetenv("MEMDEDUP_SOCKET");
+	ASSERT_EQ(md__daemon_socket_path(NULL, big, 108), -ENAMETOOLONG);
+	struct md__client *c;
+	ASSERT_EQ(md__client_connect(&c, NULL), -ENAMETOOLONG);
+	return 0;
+}
+
+static pid_t read_pid(const char *path)
+{
+	int pid = 0;
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return 0;
+	if (fscanf(f, "%d", &pid) != 1)
+		pid = 0;
+	fclose(f);
+	return pid;
+}
+
+TEST_IMPL(daemon_relative_paths)
+{
+	char dir[300], sock[400], pidf[400], log[400];
+	snprintf(dir, sizeof(dir), "%s/rel", test_dir());
+	ASSERT(mkdir(dir, 0755) == 0);
+	const char *exe = daemon_exe();
+	char abs_exe[300];
+	ASSERT(realpath(exe, abs_exe));
+	/* Daemonized: its directory is / from then on. */
+	ASSERT_EQ(sh("cd %s && %s --run-dir run --socket run/s.sock 2>%s/err", dir, abs_exe, dir), 0);
+	snprintf(sock, sizeof(sock), "%s/run/s.sock", dir);
+	snprintf(pidf, sizeof(pidf), "%s/run/memdedupd.pid", dir);
+	snprintf(log, sizeof(log), "%s/run/memdedupd.log", dir);
+	ASSERT(md__daemon_alive(sock));
+	pid_t pid = read_pid(pidf);
+	ASSERT(pid > 0);
+	ASSERT(access(log, F_OK) == 0);
+	ASSERT(kill(pid, SIGTERM) == 0);
+	/* It found its own socket and pid file again, by absolute paths. */
+	for (int i = 0; i < 300 && (access(sock, F_OK) == 0 || access(pidf, F_OK) == 0); i++)
+		usleep(10000);
+	ASSERT(access(sock, F_OK) != 0);
+	ASSERT(access(pidf, F_OK) != 0);
+	return 0;
+}
+
+/* Receives from fd until a descriptor comes with the bytes (returned) or
+ * the stream ends (-1). */
+static int recv_fd(int fd)
+{
+	static char buf[65536];
+	for (;;) {
+		union {
+			struct cmsghdr h;
+			char b[CMSG_SPACE(sizeof(int) * 4)];
+		} ctl;
+		struct iovec iov = { buf, sizeof(buf) };
+		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b,
+				     .msg_controllen = sizeof(ctl.b) };
+		struct pollfd p = { fd, POLLIN, 0 };
+		if (poll(&p, 1, 5000) != 1)
+			return -1;
+		ssize_t r = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC);
+		if (r <= 0)
+			return -1;
+		struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+		if (cm && cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) {
+			int got;
+			memcpy(&got, CMSG_DATA(cm), sizeof(int));
+			return got;
+		}
+	}
+}
+
+static int agent_listed(const struct tdaemon *t, pid_t pid)
+{
+	json_t *st = td_status(t), *a;
+	size_t i;
+	int found = 0;
+	json_array_foreach(json_object_get(st, "agents"), i, a)
+		found |= json_integer_value(json_object_get(a, "pid")) == pid;
+	json_decref(st);
+	return found;
+}
+
+/* A WELCOME that waits in the send queue while its domain goes (its agent's
+ * process exited, a child kept the socket) must still carry that pool,
+ * not whatever took its descriptor's number since. */
+TEST_IMPL(daemon_welcome_fd_kept)
+{
+	struct tdaemon t;
+	td_start(&t, 16);
+	unsigned char req[MD_MSG_HDR_SIZE];
+	md__msg_hdr_encode(req, MD_MSG_STATUS, 0, 1);
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	td_sockaddr(&t, &sa);
+
+	/* The socket is ours too; the child connects it, so it is the peer. */
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ASSERT(fd >= 0);
+	int sync[2];
+	ASSERT(pipe(sync) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0)
+			_exit(1);
+		/* Replies we do not read, ~600 KB: more than the socket
+		 * buffers hold, less than the 1 MiB that stops the reading. */
+		size_t nreq = 1500, len = nreq * MD_MSG_HDR_SIZE;
+		unsigned char *buf = malloc(len + 128);
+		for (size_t i = 0; i < nreq; i++) {
+			md__msg_hdr_encode(buf + i * MD_MSG_HDR_SIZE, MD_MSG_STATUS, 0, (uint32_t)i + 1);
+		}
+		struct md__msg m = { .hdr = { .type = MD_MSG_HELLO, .seq = 99999 } };
+		m.u.hello.pid = (uint32_t)getpid();
+		memcpy(m.u.hello.domain, "gone", 4);
+		ssize_t n = md__msg_encode(&m, buf + len, 128);
+		if (n <= 0 || send(fd, buf, len + (size_t)n, MSG_NOSIGNAL) != (ssize_t)(len + (size_t)n))
+			_exit(2);
+		char b;
+		_exit(read(sync[0], &b, 1) == 1 ? 0 : 3);
+	}
+	close(sync[0]);
+	for (int i = 0; i < 300 && !agent_listed(&t, kid); i++)
+		usleep(10000);
+	ASSERT(agent_listed(&t, kid));
+	/* Its process goes: the daemon drops its record and the domain's pool. */
+	ASSERT(kill(kid, SIGKILL) == 0);
+	ASSERT(waitpid(kid, NULL, 0) == kid);
+	for (int i = 0; i < 300 && agent_listed(&t, kid); i++)
+		usleep(10000);
+	ASSERT(!agent_listed(&t, kid));
+	/* Another domain's pool takes the lowest descriptors free. */
+	struct md__msg_welcome w;
+	int other;
+	struct md__client *c = td_agent(&t, "other", &w, &other);
+	struct stat ost, got_st;
+	ASSERT(fstat(other, &ost) == 0);
+
+	int got = recv_fd(fd);
+	ASSERT(got >= 0);
+	ASSERT(fstat(got, &got_st) == 0);
+	char link[64], target[256] = "";
+	snprintf(link, sizeof(link), "/proc/self/fd/%d", got);
+	ASSERT(readlink(link, target, sizeof(target) - 1) > 0);
+	ASSERT(strstr(target, "memdedup-pool") != NULL);
+	ASSERT(got_st.st_ino != ost.st_ino);	/* the gone domain's pool, not the other's */
+	ASSERT_EQ(fcntl(got, F_GETFL) & O_ACCMODE, O_RDONLY);
+	close(got);
+	close(fd);
+	close(sync[1]);
+	md__client_free(c);
+	close(other);
+	td_stop(&t);
+	return 0;
+}
+
+static struct passwd *nobody(void)
+{
+	struct passwd *pw = getpwnam("nobody");
+	if (getuid() != 0 || !pw)
+		SKIP("needs root and a 'nobody' user");
+	return pw;
+}
+
+static int become(const struct passwd *pw)
+{
+	return setresgid(pw->pw_gid, pw->pw_gid, pw->pw_gid) || setresuid(pw->pw_uid, pw->pw_uid, pw->pw_uid);
+}
+
+/* The client talks only to a daemon of root or of its own uid. */
+TEST_IMPL(daemon_client_checks_daemon)
+{
+	struct passwd *pw = nobody();
+	char dir[300], sock[400];
+	snprintf(dir, sizeof(dir), "%s/nb", test_dir());
+	ASSERT(mkdir(dir, 0755) == 0 && chown(dir, pw->pw_uid, pw->pw_gid) == 0);
+	ASSERT(chmod(test_dir(), 0755) == 0);
+	snprintf(sock, sizeof(sock), "%s/sock", dir);
+	const char *exe = daemon_exe();
+	pid_t d = fork();
+	ASSERT(d >= 0);
+	if (d == 0) {
+		if (become(pw))
+			_exit(126);
+		int fd = open("/dev/null", O_WRONLY);
+		dup2(fd, 2);
+		execl(exe, "memdedupd", "--foreground", "--run-dir", dir, "--socket", sock, (char *)NULL);
+		_exit(127);
+	}
+	struct stat st;
+	for (int i = 0; i < 300 && stat(sock, &st) != 0; i++)
+		usleep(10000);
+	usleep(50000);
+	/* Root's client: the daemon is another user's. */
+	struct md__client *c;
+	ASSERT_EQ(md__client_connect(&c, sock), -EPERM);
+	ASSERT(!md__daemon_alive(sock));
+	/* Its own user's client: fine. */
+	pid_t k = fork();
+	ASSERT(k >= 0);
+	if (k == 0) {
+		if (become(pw))
+			_exit(10);
+		if (md__client_connect(&c, sock))
+			_exit(11);
+		md__client_free(c);
+		_exit(0);
+	}
+	int ws;
+	ASSERT(waitpid(k, &ws, 0) == k && WIFEXITED(ws));
+	ASSERT_EQ(WEXITSTATUS(ws), 0);
+	ASSERT(kill(d, SIGTERM) == 0);
+	ASSERT(waitpid(d, &ws, 0) == d);
+	return 0;
+}
+
+/* The /tmp default run directory: ours and 0700, or not used. */
+TEST_IMPL(daemon_tmp_run_dir_checked)
+{
+	struct passwd *pw = nobody();
+	char dir[64], buf[256];
+	snprintf(dir, sizeof(dir), "/tmp/memdedup-%u", (unsigned)pw->pw_uid);
+	struct stat st;
+	if (lstat(dir, &st) == 0)
+		SKIP("%s exists already", dir);
+	pid_t k = fork();
+	ASSERT(k >= 0);
+	if (k == 0) {
+		unsetenv("MEMDEDUP_RUN_DIR");
+		unsetenv("XDG_RUNTIME_DIR");
+		unsetenv("MEMDEDUP_SOCKET");
+		if (become(pw))
+			_exit(10);
+		/* Absent: made ours, 0700. */
+		if (md__run_dir(NULL, buf, sizeof(buf)) != 0 || strcmp(buf, dir) != 0)
+			_exit(11);
+		if (lstat(dir, &st) != 0 || !S_ISDIR(st.st_mode) || (st.st_mode & 07777) != 0700)
+			_exit(12);
+		/* Others may enter: refused, and so is the socket in it. */
+		if (chmod(dir, 0755) != 0 || md__run_dir(NULL, buf, sizeof(buf)) != -EPERM)
+			_exit(13);
+		struct md__client *c;
+		if (md__client_connect(&c, NULL) != -EPERM)
+			_exit(14);
+		if (rmdir(dir) != 0)
+			_exit(15);
+		/* A link to a directory of ours: refused too. */
+		if (symlink("/tmp", dir) != 0 || md__run_dir(NULL, buf, sizeof(buf)) != -EPERM)
+			_exit(16);
+		unlink(dir);
+		_exit(0);
+	}
+	int ws;
+	ASSERT(waitpid(k, &ws, 0) == k && WIFEXITED(ws));
+	rmdir(dir);
+	unlink(dir);
+	ASSERT_EQ(WEXITSTATUS(ws), 0);
+	/* Someone else's: refused (root's run dir is /run/memdedup, so the
+	 * check is seen as nobody, in a directory root made). */
+	ASSERT(mkdir(dir, 0700) == 0);
+	k = fork();
+	ASSERT(k >= 0);
+	if (k == 0) {
+		unsetenv("MEMDEDUP_RUN_DIR");
+		unsetenv("XDG_RUNTIME_DIR");
+		if (become(pw))
+			_exit(10);
+		_exit(md__run_dir(NULL, buf, sizeof(buf)) == -EPERM ? 0 : 11);
+	}
+	ASSERT(waitpid(k, &ws, 0) == k && WIFEXITED(ws));
+	rmdir(dir);
+	ASSERT_EQ(WEXITSTATUS(ws), 0);
+	return 0;
+}
+
+static long long limit_of(pid_t pid, int hard)
+{
+	char path[64], line[256];
+	long long soft_v = -1, hard_v = -1;
+	snprintf(path, sizeof(path), "/proc/%d/limits", (int)pid);
+	FILE *f = fopen(path, "r");
+	ASSERT(f);
+	while (fgets(line, sizeof(line), f))
+		if (strncmp(line, "Max open files", 14) == 0)
+			sscanf(line + 14, "%lld %lld", &soft_v, &hard_v);
+	fclose(f);
+	return hard ? hard_v : soft_v;
+}
+
+/* RLIMIT_NOFILE raised to the hard limit; 256 connections per uid but
+ * root's, the next refused with an ERROR that says why. */
+TEST_IMPL(daemon_connection_limits)
+{
+	struct passwd *pw = nobody();
+	struct tdaemon t;
+	struct rlimit rl;
+	ASSERT(getrlimit(RLIMIT_NOFILE, &rl) == 0);
+	if (rl.rlim_max < 2048)
+		SKIP("hard RLIMIT_NOFILE %llu too low", (unsigned long long)rl.rlim_max);
+	struct rlimit low = { 1024, rl.rlim_max };
+	ASSERT(setrlimit(RLIMIT_NOFILE, &low) == 0);
+	td_start(&t, 16);
+	ASSERT(setrlimit(RLIMIT_NOFILE, &rl) == 0);
+	ASSERT_EQ(limit_of(t.pid, 0), limit_of(t.pid, 1));
+
+	int sync[2], res[2];
+	ASSERT(pipe(sync) == 0 && pipe(res) == 0);
+	pid_t k = fork();
+	ASSERT(k >= 0);
+	if (k == 0) {
+		static struct md__client *cs[MD_D_CONNS_PER_UID + 1];
+		char out = 0;
+		if (become(pw))
+			_exit(10);
+		for (int i = 0; i < MD_D_CONNS_PER_UID; i++)
+			if (md__client_connect(&cs[i], t.sock))
+				_exit(11);
+		/* Each answers: all were taken. */
+		static char buf[MD_MSG_MAX];
+		for (int i = 0; i < MD_D_CONNS_PER_UID; i++) {
+			uint32_t len = sizeof(buf);
+			unsigned type;
+			if (md__client_request(cs[i], MD_MSG_STATUS, NULL, 0, buf, &len, &type) ||
+			    type != MD_MSG_STATUS_R)
+				_exit(12);
+		}
+		struct md__client *extra;
+		if (md__client_connect(&extra, t.sock))
+			_exit(13);
+		uint32_t len = sizeof(buf);
+		unsigned type;
+		int err = md__client_request(extra, MD_MSG_STATUS, NULL, 0, buf, &len, &type);
+		out = err == -EUSERS ? 'r' : 'x';
+		if (write(res[1], &out, 1) != 1)
+			_exit(14);
+		md__client_free(extra);
+		/* One fewer: room again. */
+		md__client_free(cs[0]);
+		usleep(100000);
+		if (md__client_connect(&extra, t.sock))
+			_exit(15);
+		len = sizeof(buf);
+		if (md__client_request(extra, MD_MSG_STATUS, NULL, 0, buf, &len, &type) || type != MD_MSG_STATUS_R)
+			_exit(16);
+		_exit(read(sync[0], &out, 1) == 1 ? 0 : 17);
+	}
+	char r = 0;
+	ASSERT_EQ(read(res[0], &r, 1), 1);
+	ASSERT_EQ(r, 'r');
+	/* Root is not counted with nobody, and not capped. */
+	json_t *js = td_status(&t);
+	json_decref(js);
+	ASSERT(write(sync[1], "x", 1) == 1);
+	int ws;
+	ASSERT(waitpid(k, &ws, 0) == k && WIFEXITED(ws));
+	ASSERT_EQ(WEXITSTATUS(ws), 0);
+	ASSERT_EQ(sh("grep -q 'refused: 256 connections of that uid' %s/log", t.dir), 0);
+	td_stop(&t);
+	return 0;
+}
+
+/* Agents that got no pidfd (the daemon is out of descriptors) are refused,
+ * not served with references that would go with their connection while
+ * they still map the pages. n: the daemon's RLIMIT_NOFILE. */
+static void pidfd_or_refused(unsigned n)
+{
+	struct tdaemon t;
+	struct rlimit low = { n, n };
+	td_start(&t, 64);
+	ASSERT(prlimit(t.pid, RLIMIT_NOFILE, &low, NULL) == 0);
+	pid_t kids[64];
+	int go[64], nk = 0, joined = 0;
+	/* Agents of one domain, each holding a page, until one is refused. */
+	for (; nk < 64; nk++) {
+		int p[2], res[2];
+		ASSERT(pipe(p) == 0 && pipe(res) == 0);
+		pid_t k = fork();
+		ASSERT(k >= 0);
+		if (k == 0) {
+			struct md__client *c;
+			struct md__msg_welcome w;
+			int fd, err;
+			static unsigned char page[MD_MSG_PAGE];
+			char out = 'x', b;
+			err = md__client_connect(&c, t.sock);
+			if (!err)
+				err = md__client_hello(c, "one", 0, &w, &fd);
+			if (!err) {
+				uint32_t slot;
+				uint64_t h;
+				td_fill_page(page, (unsigned)getpid());
+				h = md__page_hash(page);
+				err = md__client_publish(c, &h, page, 1, &slot);
+			}
+			out = err ? 'n' : 'y';
+			if (write(res[1], &out, 1) != 1)
+				_exit(1);
+			if (err)
+				_exit(0);
+			/* Told to: drop the connection and stay. */
+			if (read(p[0], &b, 1) != 1)
+				_exit(1);
+			md__client_free(c);
+			if (read(p[0], &b, 1) != 1)
+				_exit(1);
+			_exit(0);
+		}
+		close(p[0]);
+		close(res[1]);
+		char r = 0;
+		ASSERT_EQ(read(res[0], &r, 1), 1);
+		close(res[0]);
+		if (r != 'y') {
+			close(p[1]);
+			waitpid(k, NULL, 0);
+			break;
+		}
+		kids[nk] = k;
+		go[nk] = p[1];
+		joined++;
+	}
+	ASSERT(joined > 0 && nk < 64);
+	/* Every one that joined keeps its page after dropping its connection. */
+	for (int i = 0; i < joined; i++)
+		ASSERT(write(go[i], "d", 1) == 1);
+	usleep(300000);
+	json_t *st = td_status(&t);
+	long long live = td_int(json_array_get(json_object_get(st, "domains"), 0), "pool_live_pages");
+	json_decref(st);
+	ASSERT_EQ(live, joined);
+	for (int i = 0; i < joined; i++) {
+		ASSERT(write(go[i], "e", 1) == 1);
+		ASSERT(waitpid(kids[i], NULL, 0) == kids[i]);
+		close(go[i]);
+	}
+	td_stop(&t);
+}
+
+TEST_IMPL(daemon_agent_without_pidfd_refused)
+{
+	/* Descriptors run out with agents connected: every agent served
+	 * keeps its page when its connection goes. (Here the accept is what
+	 * fails first: this does not reach the HELLO that finds no pidfd.) */
+	pidfd_or_refused(30);
+	pidfd_or_refused(31);
+	return 0;
+}
