@@ -437,9 +437,12 @@ int md_agent_discard(md_agent *a, void *addr, size_t len)
 		return -EINVAL;
 	pthread_mutex_lock(&a->lock);
 	err = md__discard(a, (uintptr_t)addr, (uintptr_t)addr + len);
-	/* Pool pages too would read back as pool content after the discard. */
-	if (a->engine && md__engine_region(a->engine, (uintptr_t)addr, len))
-		md__engine_discard(a->engine, addr, len);
+	/* Pool pages too would read back as pool content after the discard
+	 * (in every region the range overlaps). */
+	if (a->engine) {
+		int e2 = md__engine_discard(a->engine, addr, len);
+		err = err ? err : e2;
+	}
 	pthread_mutex_unlock(&a->lock);
 	return err;
 }

@@ -200,10 +200,16 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 		return md__sys_madvise(addr, len, advice);
 	case MADV_DONTNEED:
 	case MADV_REMOVE:
-	case MADV_FREE:
-		if ((a = agent_peek()))
-			md_agent_discard(a, addr, plen);
+	case MADV_FREE: {
+		/* Shared pages not replaced would read back as their file's
+		 * content, not zeroes: then the discard fails as a whole. */
+		int err = (a = agent_peek()) ? md_agent_discard(a, addr, plen) : 0;
+		if (err) {
+			errno = -err;
+			return -1;
+		}
 		return md__sys_madvise(addr, len, advice);
+	}
 	default:
 		if (advice_bit(advice) && (a = agent_peek()))
 			md_agent_advise(a, addr, plen, advice_bit(advice));

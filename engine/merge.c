@@ -999,18 +999,17 @@ int md__engine_discard(struct md__engine *e, void *addr, size_t len)
 	int err = 0;
 
 	pthread_mutex_lock(&e->lock);
-	struct md__eregion *r = md__engine_region(e, a, len);
-	if (!r) {
-		err = -EINVAL;
-		goto unlock;
+	/* Every region the range overlaps: a discard may span two. Under the
+	 * lock: a zap in the middle of a merge would drop the write-protection
+	 * of a frozen page (see still_frozen). */
+	for (size_t ri = 0; ri < e->nregions && !err; ri++) {
+		struct md__eregion *r = &e->regions[ri];
+		uintptr_t s0 = a > r->start ? a : r->start, s1 = a + len < r->end ? a + len : r->end;
+		for (uintptr_t p = s0; p < s1 && !err; p += MAX_RUN * MD_EPAGE) {
+			size_t n = (s1 - p) / MD_EPAGE < MAX_RUN ? (s1 - p) / MD_EPAGE : MAX_RUN;
+			err = zero_run(e, r, p, n);
+		}
 	}
-	/* Under the lock: a zap in the middle of a merge would drop the
-	 * write-protection of a frozen page (see still_frozen). */
-	for (size_t done = 0; done < len && !err; done += MAX_RUN * MD_EPAGE) {
-		size_t n = (len - done) / MD_EPAGE < MAX_RUN ? (len - done) / MD_EPAGE : MAX_RUN;
-		err = zero_run(e, r, a + done, n);
-	}
-unlock:
 	md__engine_unlock(e);
 	return err;
 }

@@ -222,8 +222,10 @@ MD_API int md_agent_advise(md_agent *agent, void *addr, size_t len, unsigned adv
 #define MD_ADV_HUGEPAGE  (1u << 2)
 
 /* Tells the agent the VMM is about to discard [addr, addr+len) (MADV_DONTNEED
- * and friends): pages mapped from an image there are replaced by anonymous
- * memory, so the discard yields zeroes as the VMM expects, not file content. */
+ * and friends): pages mapped from an image or the pool there are replaced by
+ * anonymous memory, so the discard yields zeroes as the VMM expects, not file
+ * content. Returns 0, or -errno if some could not be (memory short): the VMM
+ * must then not discard, as those pages would read back as file content. */
 MD_API int md_agent_discard(md_agent *agent, void *addr, size_t len);
 /* Tells the agent [addr, addr+len) was unmapped or mapped anew by the VMM:
  * it is no longer guest RAM that asked for merging. */

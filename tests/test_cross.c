@@ -376,15 +376,17 @@ TEST_IMPL(cross_reads_pair)
 	 * machine where x took longer to start (docs/benchmarks.md, tenth
 	 * session). */
 	start_agent_at(&y, &t, "MEMDEDUP_NO_SHARING=1", "MEMDEDUP_PAGES_TO_SCAN=1", "MEMDEDUP_SLEEP_MS=30");
+	/* x up and connected before y reads: on a loaded machine x's start
+	 * took seconds, in which y visited most of its pages itself. */
+	start_agent_at(&x, &t, "MEMDEDUP_NO_SHARING=1", "MEMDEDUP_PAGES_TO_SCAN=4000", NULL);
+	int fx = (int)proc_num(&x, "open %s", img);
+	ASSERT(fx >= 0);
 	int fy = (int)proc_num(&y, "open %s", img);
 	ASSERT(fy >= 0);
 	ASSERT_EQ(proc_num(&y, "read %d 0 %u 0 0", fy, N * PG), (long long)N * PG);
 	for (int i = 0; i < 2000 && !domain_int(&t, "read_slots"); i++)
 		usleep(10000);
 	ASSERT(domain_int(&t, "read_slots") > 0);	/* y's reads are known */
-	start_agent_at(&x, &t, "MEMDEDUP_NO_SHARING=1", "MEMDEDUP_PAGES_TO_SCAN=4000", NULL);
-	int fx = (int)proc_num(&x, "open %s", img);
-	ASSERT(fx >= 0);
 	ASSERT_EQ(proc_num(&x, "read %d 0 %u 0 0", fx, N * PG), (long long)N * PG);
 	md_stats s;
 	ASSERT_EQ(proc_stats_wait(&x, &s, 40000, sharing_n), 0);

@@ -1177,8 +1177,7 @@ TEST_IMPL(daemon_cli_control)
 {
 	struct tdaemon t;
 	const char *b = build_dir();
-	if (sh("%s/memdedup pause --help >/dev/null 2>&1", b) != 0)
-		SKIP("memdedup pause is not in the command table yet");
+	ASSERT_EQ(sh("%s/memdedup pause --help >/dev/null 2>&1", b), 0);
 	ASSERT_EQ(sh("%s/memdedup resume --help >/dev/null", b), 0);
 	ASSERT_EQ(sh("%s/memdedup unmerge --help >/dev/null", b), 0);
 	ASSERT_EQ(sh("%s/memdedup set --help >/dev/null", b), 0);
@@ -1233,8 +1232,7 @@ TEST_IMPL(daemon_ensure_starts)
 	snprintf(sock, sizeof(sock), "%s/memdedupd.sock", dir);
 	snprintf(pidf, sizeof(pidf), "%s/memdedupd.pid", dir);
 	snprintf(exe, sizeof(exe), "%s/memdedupd", build_dir());
-	if (access(exe, X_OK) != 0)
-		SKIP("%s not built", exe);
+	ASSERT(access(exe, X_OK) == 0);	/* built by make all, which the tests need */
 	setenv("MEMDEDUP_RUN_DIR", dir, 1);
 	unsetenv("MEMDEDUP_SOCKET");
 	ASSERT(!md__daemon_alive(NULL));

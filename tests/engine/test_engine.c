@@ -463,6 +463,52 @@ TEST_IMPL(engine_unregister_keeps_content)
 	return 0;
 }
 
+/* A discard that spans two registered regions yields zeroes in both, pool
+ * pages included (not the pool's content again), and drops their
+ * references. */
+TEST_IMPL(engine_discard_spans_regions)
+{
+	struct md__engine e;
+	const size_t n = 8;
+	unsigned char *a = map_ram(2 * n), *b = map_ram(2 * n);
+	uint32_t slot;
+
+	engine_up(&e);
+	for (size_t i = 0; i < 2 * n; i++) {
+		fill(a + i * PG, (unsigned)(i % n) + 60);
+		fill(b + i * PG, (unsigned)(i % n) + 60);
+	}
+	ASSERT_EQ(md__engine_register(&e, a, 2 * n * PG, 0), 0);
+	ASSERT_EQ(md__engine_register(&e, b, n * PG, 0), 0);
+	ASSERT_EQ(md__engine_register(&e, b + n * PG, n * PG, 0), 0);
+	ASSERT(md__engine_region(&e, (uintptr_t)b, 2 * n * PG) == NULL);	/* two regions */
+	ASSERT_EQ(md__engine_publish(&e, a, n, &slot), (int)n);
+	ASSERT_EQ(md__engine_merge(&e, a + n * PG, n, slot), (int)n);
+	ASSERT_EQ(md__engine_merge(&e, b, n, slot), (int)n);
+	ASSERT_EQ(md__engine_merge(&e, b + n * PG, n, slot), (int)n);
+	ASSERT_EQ(e.pool.refs[slot], 4);
+
+	/* The VMM's discard: first ours, then its own MADV_DONTNEED. */
+	ASSERT_EQ(md__engine_discard(&e, b + 4 * PG, n * PG), 0);
+	ASSERT_EQ(madvise(b + 4 * PG, n * PG, MADV_DONTNEED), 0);
+	for (size_t i = 0; i < 2 * n; i++) {
+		unsigned char want[PG];
+		fill(want, (unsigned)(i % n) + 60);
+		if (i >= 4 && i < 4 + n)
+			ASSERT(md__page_is_zero(b + i * PG));
+		else
+			ASSERT(memcmp(b + i * PG, want, PG) == 0);
+		ASSERT(memcmp(a + i * PG, want, PG) == 0);
+	}
+	/* b's pages 4-7 and 8-11 let go of slots 4-7 and 0-3: each once. */
+	for (size_t i = 0; i < n; i++)
+		ASSERT_EQ(e.pool.refs[slot + i], 3);
+	md__engine_fini(&e);
+	munmap(a, 2 * n * PG);
+	munmap(b, 2 * n * PG);
+	return 0;
+}
+
 /* The VmFlags line of the mapping that holds addr, from /proc/self/smaps. */
 static void vm_flags(const void *addr, char *out, size_t size)
 {
