@@ -62,6 +62,7 @@ struct md_agent {
 	size_t nimages, images_cap;
 
 	int kernel_ksm;
+	int io_unseen;          /* md_agent_io_unseen was called */
 	unsigned flags;
 	uint64_t max_vmas;
 	uint64_t maps_since_count;    /* mmaps since the last VMA count */

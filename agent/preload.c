@@ -23,6 +23,7 @@
  * digits only; a bad value is said in the log once (when the agent starts)
  * and the default applies: a setting never makes the VMM fail.
  */
+#include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -46,6 +47,7 @@
 static md_agent *agent;
 static int agent_failed;
 static int kernel_ksm = 1;
+static int io_unseen;		/* the VMM set up I/O we do not see (below) */
 static pthread_mutex_t agent_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* A yes/no variable: 1/on/yes/true or 0/off/no/false, in any case; unset
@@ -151,6 +153,8 @@ static md_agent *agent_get(void)
 				agent_failed = 1;
 			} else {
 				__atomic_store_n(&agent, a, __ATOMIC_RELEASE);
+				if (__atomic_load_n(&io_unseen, __ATOMIC_ACQUIRE))
+					md_agent_io_unseen(a);
 			}
 		}
 	}
@@ -255,6 +259,49 @@ EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 	if (a && (flags & MREMAP_FIXED) && page_len(new_len))
 		md_agent_forget(a, new_addr, page_len(new_len));
 	return (void *)syscall(SYS_mremap, old, old_len, new_len, flags, new_addr);
+}
+
+/* Asynchronous I/O the agent does not see: once the VMM sets it up, reads
+ * may write guest RAM by DMA behind the write-protection (O_DIRECT), and
+ * no merge is safe (engine/inflight.h). QEMU sets it up when it opens a
+ * drive, before its RAM exists and the agent with it: remembered in
+ * io_unseen for the agent to come. */
+static void *io_unseen_setup(const char *real_name)
+{
+	__atomic_store_n(&io_unseen, 1, __ATOMIC_RELEASE);
+	md_agent *a = agent_peek();
+	if (a)
+		md_agent_io_unseen(a);
+	return real_name ? dlsym(RTLD_NEXT, real_name) : NULL;
+}
+
+/* Not in the headers we build with: declared here, as libaio and liburing
+ * declare them (pointer arguments opaque to us). */
+int io_setup(int maxevents, void *ctxp);
+int io_uring_queue_init(unsigned entries, void *ring, unsigned flags);
+int io_uring_queue_init_params(unsigned entries, void *ring, void *params);
+
+/* libaio's: it returns -errno. */
+EXPORT int io_setup(int maxevents, void *ctxp)
+{
+	io_unseen_setup(NULL);
+	long r = syscall(SYS_io_setup, maxevents, ctxp);
+	return r < 0 ? -errno : 0;
+}
+
+/* liburing's, found behind us. */
+EXPORT int io_uring_queue_init(unsigned entries, void *ring, unsigned flags)
+{
+	int (*real)(unsigned, void *, unsigned);
+	*(void **)&real = io_unseen_setup("io_uring_queue_init");
+	return real ? real(entries, ring, flags) : -ENOSYS;
+}
+
+EXPORT int io_uring_queue_init_params(unsigned entries, void *ring, void *params)
+{
+	int (*real)(unsigned, void *, void *);
+	*(void **)&real = io_unseen_setup("io_uring_queue_init_params");
+	return real ? real(entries, ring, params) : -ENOSYS;
 }
 
 EXPORT ssize_t pread(int fd, void *buf, size_t len, off_t off)

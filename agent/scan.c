@@ -141,6 +141,16 @@ int md_agent_pause(md_agent *a, int paused)
 	return 0;
 }
 
+void md_agent_io_unseen(md_agent *a)
+{
+	if (!a || !a->engine || __atomic_exchange_n(&a->io_unseen, 1, __ATOMIC_ACQ_REL))
+		return;
+	md__inflight_block(&a->engine->io);
+	md_agent_pause(a, 1);
+	md__log("the VMM set up asynchronous I/O the agent does not see (Linux AIO or io_uring): "
+		"content scanning stops merging (use aio=threads to keep it)");
+}
+
 int md_agent_set(md_agent *a, const char *key, const char *value)
 {
 	unsigned v;

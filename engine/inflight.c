@@ -59,6 +59,11 @@ void md__inflight_end(struct md__inflight *f, int token)
 	__atomic_store_n(&sl->used, 0, __ATOMIC_RELEASE);
 }
 
+void md__inflight_block(struct md__inflight *f)
+{
+	__atomic_fetch_add(&f->overflow, 1, __ATOMIC_SEQ_CST);
+}
+
 /* A slot may be ended and claimed again while we read it: only reads in
  * flight through the whole check matter (inflight.h), and their ranges do
  * not change under us. */

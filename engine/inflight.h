@@ -15,8 +15,10 @@
  * order that record before our check; a read that pins after the freeze
  * takes a write-protect fault first and waits for the merge to end; one
  * that returned before the check wrote before the compare, which sees it.
- * Reads the agent does not see (io_uring, Linux AIO, VFIO's pins) are not
- * covered: docs/ARCHITECTURE.md says so.
+ * Reads the agent does not see cannot be recorded: once the VMM sets up
+ * Linux AIO or io_uring (the agent sees io_setup and io_uring_queue_init*),
+ * md__inflight_block makes every range busy. A device assigned with VFIO
+ * (pinned, written by DMA) is not seen at all: docs/ARCHITECTURE.md.
  */
 #ifndef MD_INFLIGHT_H
 #define MD_INFLIGHT_H
@@ -45,6 +47,9 @@ struct md__inflight {
  * md__inflight_end. Never fails: without a slot the read covers all. */
 int md__inflight_begin(struct md__inflight *f, const struct iovec *iov, int cnt);
 void md__inflight_end(struct md__inflight *f, int token);
+/* From now on every range is busy, for good: the VMM writes guest RAM in a
+ * way we do not see (inflight.h), and no merge is safe any more. */
+void md__inflight_block(struct md__inflight *f);
 /* 1 if a recorded read covers part of [addr, addr+len). */
 int md__inflight_busy(struct md__inflight *f, uintptr_t addr, size_t len);
 #endif

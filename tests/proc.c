@@ -195,3 +195,16 @@ int proc_stats_wait(struct proc *p, md_stats *s, int ms, int (*cond)(const md_st
 		usleep(50000);
 	}
 }
+
+const char *file_text(const char *path)
+{
+	static char buf[65536];
+	buf[0] = '\0';
+	int fd = open(path, O_RDONLY);
+	if (fd < 0)
+		return buf;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	buf[n > 0 ? n : 0] = '\0';
+	return buf;
+}

@@ -27,6 +27,9 @@ void proc_start(struct proc *p, const char *const *env);
 /* Sends a command line, returns the answer line (static buffer). */
 const char *proc_cmd(struct proc *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 long long proc_num(struct proc *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* A file's contents (up to 64 KiB; "" when it does not exist), in a static
+ * buffer. */
+const char *file_text(const char *path);
 void proc_stop(struct proc *p);
 
 /* Pagemap of the process for base+doff: PFN (0 if not present) and flags. */

@@ -516,20 +516,6 @@ TEST_IMPL(advice_reaches_new_mappings)
 	return 0;
 }
 
-/* A file's contents (up to 64 KiB; "" when it does not exist). */
-static const char *slurp(const char *path)
-{
-	static char buf[65536];
-	buf[0] = '\0';
-	int fd = open(path, O_RDONLY);
-	if (fd < 0)
-		return buf;
-	ssize_t n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	buf[n > 0 ? n : 0] = '\0';
-	return buf;
-}
-
 static int count_lines(const char *s)
 {
 	int n = 0;
@@ -578,7 +564,7 @@ TEST_IMPL(env_flags_strict)
 	proc_cmd(&a, "map 16");
 	ASSERT_EQ(proc_stats(&a, &s), 0);
 	proc_stop(&a);
-	ASSERT_EQ(strlen(slurp(log)), 0);
+	ASSERT_EQ(strlen(file_text(log)), 0);
 	/* A word it does not know is said, once, and the default applies. */
 	const char *env_bad[] = { logenv, "MEMDEDUP_DISABLE=maybe", NULL };
 	proc_start(&a, env_bad);
@@ -586,8 +572,8 @@ TEST_IMPL(env_flags_strict)
 	proc_cmd(&a, "map 16");
 	ASSERT_EQ(proc_stats(&a, &s), 0);
 	proc_stop(&a);
-	ASSERT(strstr(slurp(log), "MEMDEDUP_DISABLE='maybe' is not one of 1, on, yes, true, 0, off, no, false"));
-	ASSERT_EQ(count_lines(slurp(log)), 1);
+	ASSERT(strstr(file_text(log), "MEMDEDUP_DISABLE='maybe' is not one of 1, on, yes, true, 0, off, no, false"));
+	ASSERT_EQ(count_lines(file_text(log)), 1);
 
 	/* MEMDEDUP_SCAN=false once turned scanning on. */
 	const char *env_noscan[] = { "MEMDEDUP_SCAN=false", "MEMDEDUP_DOMAIN=private", NULL };
@@ -630,8 +616,8 @@ TEST_IMPL(env_numbers_strict)
 		ASSERT_EQ(s.fallbacks[MD_FB_VMA_LIMIT], 0);
 		proc_stop(&a);
 		snprintf(want, sizeof(want), "MEMDEDUP_MAX_VMAS='%s' is not a number from 1 to", bad[i]);
-		ASSERT(strstr(slurp(log), want));
-		ASSERT_EQ(count_lines(slurp(log)), 1);
+		ASSERT(strstr(file_text(log), want));
+		ASSERT_EQ(count_lines(file_text(log)), 1);
 	}
 	/* The scanner's numbers take the same digits-only parser as the CLI. */
 	char log[600], logenv[700];
@@ -643,8 +629,8 @@ TEST_IMPL(env_numbers_strict)
 	proc_start(&a, env);
 	proc_cmd(&a, "map 16");
 	proc_stop(&a);
-	ASSERT(strstr(slurp(log), "MEMDEDUP_PAGES_TO_SCAN='+32' is not a number from 1 to 100000"));
-	ASSERT(strstr(slurp(log), "MEMDEDUP_CPU_PERCENT=' 50' is not a number from 1 to 100"));
+	ASSERT(strstr(file_text(log), "MEMDEDUP_PAGES_TO_SCAN='+32' is not a number from 1 to 100000"));
+	ASSERT(strstr(file_text(log), "MEMDEDUP_CPU_PERCENT=' 50' is not a number from 1 to 100"));
 	return 0;
 }
 
@@ -656,12 +642,12 @@ TEST_IMPL(env_bad_order_and_log_said)
 	snprintf(env, sizeof(env), "MEMDEDUP_RUN_DIR='%s' MEMDEDUP_LOG='%s' MEMDEDUP_SCAN_ORDER=rand",
 		 test_dir(), log);
 	ASSERT_EQ(run_testproc("", env, err), 0);
-	ASSERT(strstr(slurp(log), "MEMDEDUP_SCAN_ORDER='rand' is neither linear nor random: using the default"));
+	ASSERT(strstr(file_text(log), "MEMDEDUP_SCAN_ORDER='rand' is neither linear nor random: using the default"));
 	/* A log that cannot be opened is said on stderr, once. */
 	snprintf(env, sizeof(env), "MEMDEDUP_RUN_DIR='%s' MEMDEDUP_LOG='%s/no-such-dir/x.log'",
 		 test_dir(), test_dir());
 	ASSERT_EQ(run_testproc("", env, err), 0);
-	const char *said = slurp(err);
+	const char *said = file_text(err);
 	ASSERT(strstr(said, "cannot open MEMDEDUP_LOG='"));
 	ASSERT(strstr(said, "/no-such-dir/x.log' (No such file or directory): logging to stderr"));
 	ASSERT_EQ(count_lines(said), 1);
@@ -697,7 +683,7 @@ TEST_IMPL(scan_off_says_why)
 		 dir, log);
 	int r = run_testproc("setpriv --reuid=65534 --regid=65534 --clear-groups", env, err);
 	char said[4096];
-	snprintf(said, sizeof(said), "%s", slurp(log));
+	snprintf(said, sizeof(said), "%s", file_text(log));
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
 	ASSERT(system(cmd) == 0);
 	ASSERT_EQ(r, 0);
@@ -736,7 +722,7 @@ TEST_IMPL(stats_dir_too_long)
 	snprintf(path, sizeof(path), "%s/agent-%d.stats", run, (int)a.pid);
 	ASSERT(access(path, F_OK) == 0);
 	proc_stop(&a);
-	ASSERT_EQ(strlen(slurp(log)), 0);
+	ASSERT_EQ(strlen(file_text(log)), 0);
 
 	/* Too long: no statistics file, said once; the agent runs. */
 	snprintf(run, sizeof(run), "%s/%.300s", base,
@@ -753,8 +739,8 @@ TEST_IMPL(stats_dir_too_long)
 	char ls[4400];
 	snprintf(ls, sizeof(ls), "ls -A '%s' | grep -qvx run", base);
 	ASSERT(system(ls) != 0);
-	ASSERT(strstr(slurp(log), "no statistics file: the run directory "));
-	ASSERT(strstr(slurp(log), "is too long"));
-	ASSERT_EQ(count_lines(slurp(log)), 1);
+	ASSERT(strstr(file_text(log), "no statistics file: the run directory "));
+	ASSERT(strstr(file_text(log), "is too long"));
+	ASSERT_EQ(count_lines(file_text(log)), 1);
 	return 0;
 }

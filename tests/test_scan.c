@@ -140,6 +140,37 @@ TEST_IMPL(scan_not_given_to_kernel_ksm)
 	return 0;
 }
 
+/* A VMM that sets up Linux AIO (here before its RAM, as QEMU does when it
+ * opens a drive with aio=native) may write guest RAM by DMA the agent does
+ * not see: nothing is merged, and the log says why. */
+TEST_IMPL(scan_stops_for_unseen_io)
+{
+	char log[600], logenv[700];
+	snprintf(log, sizeof(log), "%s/aio.log", test_dir());
+	snprintf(logenv, sizeof(logenv), "MEMDEDUP_LOG=%s", log);
+	const char *env[] = { "MEMDEDUP_SCAN=1", "MEMDEDUP_PAGES_TO_SCAN=2000", "MEMDEDUP_SLEEP_MS=1",
+			      logenv, NULL };
+	struct proc a;
+	proc_start(&a, env);
+	ASSERT_EQ(proc_num(&a, "iosetup"), 0);
+	proc_cmd(&a, "map 512");
+	ASSERT(strcmp(proc_cmd(&a, "fill 0 256 5"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 256 5", 256 * PG), "ok") == 0);
+	md_stats s0, s;
+	ASSERT_EQ(proc_stats_wait(&a, &s0, 5000, NULL), 0);
+	for (int i = 0; i < 40; i++) {	/* time for a few passes, were it scanning */
+		usleep(50000);
+		ASSERT_EQ(proc_stats(&a, &s), 0);
+	}
+	ASSERT_EQ(s.merged, 0);
+	ASSERT_EQ(s.pages_sharing, 0);
+	for (unsigned i = 0; i < 256; i += 17)
+		ASSERT(proc_page(&a, i * PG).pfn != proc_page(&a, (256 + i) * PG).pfn);
+	proc_stop(&a);
+	ASSERT(strstr(file_text(log), "content scanning stops merging"));
+	return 0;
+}
+
 TEST_IMPL(scan_fill_pages)
 {
 	struct proc a;

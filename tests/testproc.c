@@ -23,8 +23,11 @@
  *   zero DOFF NPAGES      -> ok: pages made present, then zero
  *   copy SOFF DOFF LEN    -> ok: memcpy inside guest RAM (a guest copying a
  *                           file it read, say into tmpfs)
+ *   iosetup               -> io_setup's result (libaio's, found by name as QEMU's
+ *                           linux-aio finds it: the agent's when preloaded)
  *   quit
  */
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -146,6 +149,11 @@ int main(void)
 			sscanf(line, "%*s %2047s %31s", s1, s2);
 			int fd = open(s1, strcmp(s2, "rw") == 0 ? O_RDWR : O_RDONLY);
 			printf("%d\n", fd < 0 ? -errno : fd);
+		} else if (strcmp(cmd, "iosetup") == 0) {
+			int (*setup)(int, unsigned long *);
+			unsigned long ctx = 0;
+			*(void **)&setup = dlsym(RTLD_DEFAULT, "io_setup");
+			printf("%d\n", setup ? setup(8, &ctx) : -ENOSYS);
 		} else if (strcmp(cmd, "pipe") == 0) {
 			int p[2];
 			static char buf[65536];

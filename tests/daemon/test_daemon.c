@@ -163,6 +163,96 @@ TEST_IMPL(daemon_publish_lookup)
 	return 0;
 }
 
+/* A random session against a model of the pool: publishes of a few
+ * contents (an equal live page gives its slot), REF and UNREF of live,
+ * dead and never-used slots, more than held or not, lookups; every answer
+ * as the model says, and at the end every page freed. Seeded: the same
+ * session every run. */
+TEST_IMPL(daemon_random_session)
+{
+	enum { CONTENTS = 6, POOL = 32, OPS = 600 };
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	static unsigned char page[CONTENTS][PG];
+	uint64_t hash[CONTENTS];
+	int held[POOL] = { 0 };		/* our references per slot */
+	int content_of[POOL];		/* live slot: its content */
+	int fd;
+	unsigned seed = 12345;
+
+	for (int c = 0; c < CONTENTS; c++) {
+		td_fill_page(page[c], 900 + (unsigned)c);
+		hash[c] = md__page_hash(page[c]);
+	}
+	td_start(&t, POOL);
+	struct md__client *cl = td_agent(&t, NULL, &w, &fd);
+	for (int op = 0; op < OPS; op++) {
+		unsigned r = rand_r(&seed) % 100;
+		int c = rand_r(&seed) % CONTENTS;
+		int live = -1;
+		for (int s = 0; s < POOL; s++)
+			if (held[s] && content_of[s] == c)
+				live = s;
+		if (r < 35) {
+			uint32_t slot;
+			ASSERT_EQ(md__client_publish(cl, &hash[c], page[c], 1, &slot), 0);
+			ASSERT(slot < POOL);
+			if (live >= 0)
+				ASSERT_EQ((int)slot, live);	/* the live copy's slot */
+			else
+				ASSERT_EQ(held[slot], 0);	/* a free one */
+			held[slot]++;
+			content_of[slot] = c;
+		} else if (r < 65) {
+			/* REF of one to three slots, any of them maybe dead. */
+			uint32_t sl[3];
+			uint32_t n = 1 + rand_r(&seed) % 3;
+			int ok = 1;
+			for (uint32_t i = 0; i < n; i++) {
+				sl[i] = rand_r(&seed) % (POOL + 4);	/* some past the pool */
+				ok &= sl[i] < POOL && held[sl[i]] > 0;
+			}
+			ASSERT_EQ(md__client_ref(cl, sl, n, +1), ok ? 0 : -EINVAL);
+			for (uint32_t i = 0; ok && i < n; i++)
+				held[sl[i]]++;
+		} else if (r < 92) {
+			/* UNREF: all or none, each slot at most as often as held. */
+			uint32_t sl[3];
+			uint32_t n = 1 + rand_r(&seed) % 3;
+			int want[POOL + 4] = { 0 }, ok = 1;
+			for (uint32_t i = 0; i < n; i++) {
+				sl[i] = rand_r(&seed) % (POOL + 4);
+				want[sl[i]]++;
+			}
+			for (uint32_t i = 0; i < n; i++)
+				ok &= sl[i] < POOL && want[sl[i]] <= held[sl[i]];
+			ASSERT_EQ(md__client_ref(cl, sl, n, -1), ok ? 0 : -EINVAL);
+			for (uint32_t i = 0; ok && i < n; i++)
+				held[sl[i]]--;
+		} else {
+			uint32_t slot1;
+			ASSERT_EQ(md__client_lookup(cl, &hash[c], NULL, 1, &slot1), 0);
+			ASSERT_EQ(slot1, live >= 0 ? (uint32_t)live + 1 : 0);
+		}
+	}
+	int nlive = 0;
+	for (int s = 0; s < POOL; s++)
+		nlive += held[s] > 0;
+	json_t *st = td_status(&t);
+	ASSERT_EQ(td_int(td_domain(st, w.domain_id), "pool_live_pages"), nlive);
+	json_decref(st);
+	for (int s = 0; s < POOL; s++)
+		for (; held[s] > 0; held[s]--)
+			ASSERT_EQ(md__client_ref(cl, (uint32_t[]){ (uint32_t)s }, 1, -1), 0);
+	st = td_status(&t);
+	ASSERT_EQ(td_int(td_domain(st, w.domain_id), "pool_live_pages"), 0);
+	json_decref(st);
+	close(fd);
+	md__client_free(cl);
+	td_stop(&t);
+	return 0;
+}
+
 TEST_IMPL(daemon_domains_per_uid)
 {
 	struct tdaemon t;
