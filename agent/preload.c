@@ -23,7 +23,6 @@
  * digits only; a bad value is said in the log once (when the agent starts)
  * and the default applies: a setting never makes the VMM fail.
  */
-#include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -47,7 +46,7 @@
 static md_agent *agent;
 static int agent_failed;
 static int kernel_ksm = 1;
-static int io_unseen;		/* the VMM set up I/O we do not see (below) */
+static int io_unseen;		/* the VMM set up Linux AIO (below) */
 static pthread_mutex_t agent_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* A yes/no variable: 1/on/yes/true or 0/off/no/false, in any case; unset
@@ -261,47 +260,22 @@ EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 	return (void *)syscall(SYS_mremap, old, old_len, new_len, flags, new_addr);
 }
 
-/* Asynchronous I/O the agent does not see: once the VMM sets it up, reads
- * may write guest RAM by DMA behind the write-protection (O_DIRECT), and
- * no merge is safe (engine/inflight.h). QEMU sets it up when it opens a
- * drive, before its RAM exists and the agent with it: remembered in
- * io_unseen for the agent to come. */
-static void *io_unseen_setup(const char *real_name)
+/* Linux AIO, which the agent does not see: once the VMM sets it up (QEMU's
+ * aio=native, when it opens such a drive, before its RAM exists and the
+ * agent with it: remembered in io_unseen), reads may write guest RAM by DMA
+ * behind the write-protection (O_DIRECT), and no merge is safe
+ * (engine/inflight.h). libaio's io_setup returns -errno. Not io_uring:
+ * QEMU sets up a ring for every event loop whatever its drives use, and the
+ * set-up does not tell a drive's ring from those. */
+int io_setup(int maxevents, void *ctxp);
+EXPORT int io_setup(int maxevents, void *ctxp)
 {
 	__atomic_store_n(&io_unseen, 1, __ATOMIC_RELEASE);
 	md_agent *a = agent_peek();
 	if (a)
 		md_agent_io_unseen(a);
-	return real_name ? dlsym(RTLD_NEXT, real_name) : NULL;
-}
-
-/* Not in the headers we build with: declared here, as libaio and liburing
- * declare them (pointer arguments opaque to us). */
-int io_setup(int maxevents, void *ctxp);
-int io_uring_queue_init(unsigned entries, void *ring, unsigned flags);
-int io_uring_queue_init_params(unsigned entries, void *ring, void *params);
-
-/* libaio's: it returns -errno. */
-EXPORT int io_setup(int maxevents, void *ctxp)
-{
-	io_unseen_setup(NULL);
 	long r = syscall(SYS_io_setup, maxevents, ctxp);
 	return r < 0 ? -errno : 0;
-}
-
-/* liburing's, found behind us. */
-EXPORT int io_uring_queue_init(unsigned entries, void *ring, unsigned flags)
-{
-	int (*real)(unsigned, void *, unsigned);
-	*(void **)&real = io_unseen_setup("io_uring_queue_init");
-	return real ? real(entries, ring, flags) : -ENOSYS;
-}
-
-EXPORT int io_uring_queue_init_params(unsigned entries, void *ring, void *params)
-{
-	int (*real)(unsigned, void *, void *);
-	*(void **)&real = io_unseen_setup("io_uring_queue_init_params");
-	return real ? real(entries, ring, params) : -ENOSYS;
 }
 
 EXPORT ssize_t pread(int fd, void *buf, size_t len, off_t off)

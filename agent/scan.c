@@ -147,7 +147,7 @@ void md_agent_io_unseen(md_agent *a)
 		return;
 	md__inflight_block(&a->engine->io);
 	md_agent_pause(a, 1);
-	md__log("the VMM set up asynchronous I/O the agent does not see (Linux AIO or io_uring): "
+	md__log("the VMM set up asynchronous I/O the agent does not see (Linux AIO): "
 		"content scanning stops merging (use aio=threads to keep it)");
 }
 

@@ -16,9 +16,9 @@
  * takes a write-protect fault first and waits for the merge to end; one
  * that returned before the check wrote before the compare, which sees it.
  * Reads the agent does not see cannot be recorded: once the VMM sets up
- * Linux AIO or io_uring (the agent sees io_setup and io_uring_queue_init*),
- * md__inflight_block makes every range busy. A device assigned with VFIO
- * (pinned, written by DMA) is not seen at all: docs/ARCHITECTURE.md.
+ * Linux AIO (the agent sees libaio's io_setup), md__inflight_block makes
+ * every range busy. io_uring (QEMU's aio=io_uring) and a device assigned
+ * with VFIO (pinned, written by DMA) are not seen: docs/ARCHITECTURE.md.
  */
 #ifndef MD_INFLIGHT_H
 #define MD_INFLIGHT_H

@@ -242,7 +242,7 @@ MD_API int md_agent_pause(md_agent *agent, int paused);
  * (Linux AIO, io_uring, a device doing DMA): a merge could then replace a
  * page a transfer is still writing, so content scanning stops merging for
  * good (said once in the log). The preload library calls it when QEMU sets
- * up Linux AIO or io_uring. */
+ * up Linux AIO (aio=native). */
 MD_API void md_agent_io_unseen(md_agent *agent);
 /* Sets a scanner tunable live: pages_to_scan, sleep_millisecs, cpu_percent
  * (1..100), hint_ratio (0..8 hinted visits of every 8, 0: no hints), order
