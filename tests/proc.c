@@ -208,3 +208,14 @@ const char *file_text(const char *path)
 	buf[n > 0 ? n : 0] = '\0';
 	return buf;
 }
+
+uint64_t self_pagemap(const void *addr)
+{
+	/* Opened per call: a forked child must read its own. */
+	uint64_t e = 0;
+	int fd = open("/proc/self/pagemap", O_RDONLY);
+	ASSERT(fd >= 0);
+	ASSERT(pread(fd, &e, 8, (off_t)((uintptr_t)addr / 4096 * 8)) == 8);
+	close(fd);
+	return e;
+}

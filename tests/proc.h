@@ -30,6 +30,8 @@ long long proc_num(struct proc *p, const char *fmt, ...) __attribute__((format(p
 /* A file's contents (up to 64 KiB; "" when it does not exist), in a static
  * buffer. */
 const char *file_text(const char *path);
+/* This process's /proc/self/pagemap entry for addr. */
+uint64_t self_pagemap(const void *addr);
 void proc_stop(struct proc *p);
 
 /* Pagemap of the process for base+doff: PFN (0 if not present) and flags. */

@@ -355,11 +355,7 @@ TEST_IMPL(scan_unmerge_and_tunables)
 
 static uint64_t self_pfn(const void *p)
 {
-	uint64_t e = 0;
-	int pm = open("/proc/self/pagemap", O_RDONLY);
-	ASSERT(pm >= 0);
-	ASSERT(pread(pm, &e, 8, (off_t)((uintptr_t)p / PG * 8)) == 8);
-	close(pm);
+	uint64_t e = self_pagemap(p);
 	return (e >> 63) ? e & ((1ull << 55) - 1) : 0;
 }
 

@@ -33,4 +33,6 @@ int td_raw(const struct tdaemon *t, const void *msg, size_t len, struct md__msg 
 struct sockaddr_un;
 void td_sockaddr(const struct tdaemon *t, struct sockaddr_un *sa);
 void td_fill_page(unsigned char *p, unsigned seed);
+/* system(3) of a printf-formatted command: its exit status, -1 if killed. */
+int td_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 #endif

@@ -1251,44 +1251,33 @@ TEST_IMPL(daemon_control)
 	return 0;
 }
 
-static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int sh(const char *fmt, ...)
-{
-	char cmd[1024];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(cmd, sizeof(cmd), fmt, ap);
-	va_end(ap);
-	int st = system(cmd);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
 
 TEST_IMPL(daemon_cli_control)
 {
 	struct tdaemon t;
 	const char *b = build_dir();
-	ASSERT_EQ(sh("%s/memdedup pause --help >/dev/null 2>&1", b), 0);
-	ASSERT_EQ(sh("%s/memdedup resume --help >/dev/null", b), 0);
-	ASSERT_EQ(sh("%s/memdedup unmerge --help >/dev/null", b), 0);
-	ASSERT_EQ(sh("%s/memdedup set --help >/dev/null", b), 0);
+	ASSERT_EQ(td_sh("%s/memdedup pause --help >/dev/null 2>&1", b), 0);
+	ASSERT_EQ(td_sh("%s/memdedup resume --help >/dev/null", b), 0);
+	ASSERT_EQ(td_sh("%s/memdedup unmerge --help >/dev/null", b), 0);
+	ASSERT_EQ(td_sh("%s/memdedup set --help >/dev/null", b), 0);
 	/* Wrong usage: 2, daemon or not. */
-	ASSERT_EQ(sh("%s/memdedup pause extra 2>/dev/null", b), 2);
-	ASSERT_EQ(sh("%s/memdedup unmerge --pid 2>/dev/null", b), 2);
-	ASSERT_EQ(sh("%s/memdedup unmerge --pid x1 2>/dev/null", b), 2);
-	ASSERT_EQ(sh("%s/memdedup set 2>/dev/null", b), 2);
-	ASSERT_EQ(sh("%s/memdedup set pages_to_scan 2>/dev/null", b), 2);
-	ASSERT_EQ(sh("%s/memdedup set =5 2>/dev/null", b), 2);
+	ASSERT_EQ(td_sh("%s/memdedup pause extra 2>/dev/null", b), 2);
+	ASSERT_EQ(td_sh("%s/memdedup unmerge --pid 2>/dev/null", b), 2);
+	ASSERT_EQ(td_sh("%s/memdedup unmerge --pid x1 2>/dev/null", b), 2);
+	ASSERT_EQ(td_sh("%s/memdedup set 2>/dev/null", b), 2);
+	ASSERT_EQ(td_sh("%s/memdedup set pages_to_scan 2>/dev/null", b), 2);
+	ASSERT_EQ(td_sh("%s/memdedup set =5 2>/dev/null", b), 2);
 	/* No daemon: 1, and says so. */
-	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s/none %s/memdedup pause 2>%s/err", test_dir(), b, test_dir()), 1);
-	ASSERT_EQ(sh("grep -q 'not running' %s/err", test_dir()), 0);
+	ASSERT_EQ(td_sh("MEMDEDUP_SOCKET=%s/none %s/memdedup pause 2>%s/err", test_dir(), b, test_dir()), 1);
+	ASSERT_EQ(td_sh("grep -q 'not running' %s/err", test_dir()), 0);
 	td_start(&t, 16);
-	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup set pages_to_scan=200 order=random >/dev/null", t.sock, b), 0);
-	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup set pages_to_scan=0 2>%s/err", t.sock, b, test_dir()), 2);
-	ASSERT_EQ(sh("grep -q 'pages_to_scan must be' %s/err", test_dir()), 0);
-	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup set bogus=1 2>/dev/null", t.sock, b), 2);
-	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup unmerge --pid 999999 2>/dev/null", t.sock, b), 1);
-	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup pause >/dev/null", t.sock, b), 0);
-	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup resume >/dev/null", t.sock, b), 0);
+	ASSERT_EQ(td_sh("MEMDEDUP_SOCKET=%s %s/memdedup set pages_to_scan=200 order=random >/dev/null", t.sock, b), 0);
+	ASSERT_EQ(td_sh("MEMDEDUP_SOCKET=%s %s/memdedup set pages_to_scan=0 2>%s/err", t.sock, b, test_dir()), 2);
+	ASSERT_EQ(td_sh("grep -q 'pages_to_scan must be' %s/err", test_dir()), 0);
+	ASSERT_EQ(td_sh("MEMDEDUP_SOCKET=%s %s/memdedup set bogus=1 2>/dev/null", t.sock, b), 2);
+	ASSERT_EQ(td_sh("MEMDEDUP_SOCKET=%s %s/memdedup unmerge --pid 999999 2>/dev/null", t.sock, b), 1);
+	ASSERT_EQ(td_sh("MEMDEDUP_SOCKET=%s %s/memdedup pause >/dev/null", t.sock, b), 0);
+	ASSERT_EQ(td_sh("MEMDEDUP_SOCKET=%s %s/memdedup resume >/dev/null", t.sock, b), 0);
 	json_t *js = td_status(&t);
 	json_t *tun = json_object_get(json_object_get(js, "daemon"), "tunables");
 	ASSERT_EQ(td_int(tun, "pages_to_scan"), 200);
@@ -1303,13 +1292,13 @@ TEST_IMPL(daemon_single_instance)
 	const char *b = build_dir();
 	td_start(&t, 16);
 	/* Same run dir: the pid file lock. Same socket elsewhere: it answers. */
-	ASSERT_EQ(sh("%s/memdedupd --foreground --run-dir %s --socket %s/other 2>/dev/null", b, t.dir, t.dir), 1);
-	ASSERT_EQ(sh("mkdir -p %s/x && %s/memdedupd --foreground --run-dir %s/x --socket %s 2>/dev/null",
+	ASSERT_EQ(td_sh("%s/memdedupd --foreground --run-dir %s --socket %s/other 2>/dev/null", b, t.dir, t.dir), 1);
+	ASSERT_EQ(td_sh("mkdir -p %s/x && %s/memdedupd --foreground --run-dir %s/x --socket %s 2>/dev/null",
 		     t.dir, b, t.dir, t.sock), 1);
 	ASSERT(md__daemon_alive(t.sock));
-	ASSERT_EQ(sh("%s/memdedupd --pool-pages 0 2>/dev/null", b), 2);
-	ASSERT_EQ(sh("%s/memdedupd --bogus 2>/dev/null", b), 2);
-	ASSERT_EQ(sh("%s/memdedupd --help >/dev/null", b), 0);
+	ASSERT_EQ(td_sh("%s/memdedupd --pool-pages 0 2>/dev/null", b), 2);
+	ASSERT_EQ(td_sh("%s/memdedupd --bogus 2>/dev/null", b), 2);
+	ASSERT_EQ(td_sh("%s/memdedupd --help >/dev/null", b), 0);
 	td_stop(&t);
 	return 0;
 }

@@ -27,17 +27,6 @@
 #include "runner.h"
 #include "stats_file.h"
 
-static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int sh(const char *fmt, ...)
-{
-	char cmd[2048];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(cmd, sizeof(cmd), fmt, ap);
-	va_end(ap);
-	int st = system(cmd);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
 
 static const char *daemon_exe(void)
 {
@@ -51,7 +40,7 @@ static const char *daemon_exe(void)
 /* memdedupd --foreground with args; its exit status, stderr in err. */
 static int run_daemon(const char *args, const char *err)
 {
-	return sh("timeout 10 %s --foreground %s 2>%s </dev/null", daemon_exe(), args, err);
+	return td_sh("timeout 10 %s --foreground %s 2>%s </dev/null", daemon_exe(), args, err);
 }
 
 TEST_IMPL(daemon_socket_path_kept)
@@ -63,11 +52,11 @@ TEST_IMPL(daemon_socket_path_kept)
 
 	/* A regular file where the socket would go: refused, untouched. */
 	snprintf(path, sizeof(path), "%s/file", dir);
-	ASSERT_EQ(sh("echo precious > %s", path), 0);
+	ASSERT_EQ(td_sh("echo precious > %s", path), 0);
 	snprintf(args, sizeof(args), "--run-dir %s --socket %s", dir, path);
 	ASSERT_EQ(run_daemon(args, err), 1);
-	ASSERT_EQ(sh("grep -q precious %s", path), 0);
-	ASSERT_EQ(sh("grep -q 'is not a socket' %s", err), 0);
+	ASSERT_EQ(td_sh("grep -q precious %s", path), 0);
+	ASSERT_EQ(td_sh("grep -q 'is not a socket' %s", err), 0);
 
 	/* A link to it: the same (the link stays, so does its target). */
 	snprintf(link, sizeof(link), "%s/link", dir);
@@ -76,12 +65,12 @@ TEST_IMPL(daemon_socket_path_kept)
 	ASSERT_EQ(run_daemon(args, err), 1);
 	struct stat st;
 	ASSERT(lstat(link, &st) == 0 && S_ISLNK(st.st_mode));
-	ASSERT_EQ(sh("grep -q precious %s", path), 0);
+	ASSERT_EQ(td_sh("grep -q precious %s", path), 0);
 
 	/* A directory: says so. */
 	snprintf(args, sizeof(args), "--run-dir %s --socket %s", dir, dir);
 	ASSERT_EQ(run_daemon(args, err), 1);
-	ASSERT_EQ(sh("grep -q 'is a directory' %s", err), 0);
+	ASSERT_EQ(td_sh("grep -q 'is a directory' %s", err), 0);
 	ASSERT(lstat(dir, &st) == 0 && S_ISDIR(st.st_mode));
 
 	/* A socket nobody answers on is stale: replaced. */
@@ -123,7 +112,7 @@ TEST_IMPL(daemon_failed_start_cleans)
 	ASSERT(mkdir(base, 0755) == 0);
 	snprintf(err, sizeof(err), "%s/err", test_dir());
 	snprintf(file, sizeof(file), "%s/file", base);
-	ASSERT_EQ(sh("echo x > %s", file), 0);
+	ASSERT_EQ(td_sh("echo x > %s", file), 0);
 
 	/* It fails after creating a/b/c and locking the pid file in it. */
 	snprintf(run, sizeof(run), "%s/a/b/c", base);
@@ -143,7 +132,7 @@ TEST_IMPL(daemon_failed_start_cleans)
 	ASSERT(symlink(file, run) == 0);
 	snprintf(args, sizeof(args), "--run-dir %s --socket %s/s", base, base);
 	ASSERT_EQ(run_daemon(args, err), 1);
-	ASSERT_EQ(sh("grep -qx x %s", file), 0);
+	ASSERT_EQ(td_sh("grep -qx x %s", file), 0);
 	ASSERT(lstat(run, &st) == 0 && S_ISLNK(st.st_mode));
 	return 0;
 }
@@ -159,13 +148,13 @@ TEST_IMPL(daemon_run_dir_too_long)
 		n += snprintf(run + n, sizeof(run) - (size_t)n, "/%s", "0123456789abcdef");
 	snprintf(args, sizeof(args), "--run-dir %s", run);
 	ASSERT_EQ(run_daemon(args, err), 1);
-	ASSERT_EQ(sh("grep -q 'too long' %s", err), 0);
+	ASSERT_EQ(td_sh("grep -q 'too long' %s", err), 0);
 	ASSERT(access(top, F_OK) != 0);	/* nothing created, truncated or not */
 
 	/* The socket path too: it must fit a Unix address. */
 	snprintf(args, sizeof(args), "--run-dir %s/short --socket %s/sock", test_dir(), run);
 	ASSERT_EQ(run_daemon(args, err), 1);
-	ASSERT_EQ(sh("grep -q 'at most 107 bytes' %s", err), 0);
+	ASSERT_EQ(td_sh("grep -q 'at most 107 bytes' %s", err), 0);
 	snprintf(top, sizeof(top), "%s/short", test_dir());
 	ASSERT(access(top, F_OK) != 0);
 
@@ -204,7 +193,7 @@ TEST_IMPL(daemon_relative_paths)
 	char abs_exe[300];
 	ASSERT(realpath(exe, abs_exe));
 	/* Daemonized: its directory is / from then on. */
-	ASSERT_EQ(sh("cd %s && %s --run-dir run --socket run/s.sock 2>%s/err", dir, abs_exe, dir), 0);
+	ASSERT_EQ(td_sh("cd %s && %s --run-dir run --socket run/s.sock 2>%s/err", dir, abs_exe, dir), 0);
 	snprintf(sock, sizeof(sock), "%s/run/s.sock", dir);
 	snprintf(pidf, sizeof(pidf), "%s/run/memdedupd.pid", dir);
 	snprintf(log, sizeof(log), "%s/run/memdedupd.log", dir);
@@ -533,7 +522,7 @@ TEST_IMPL(daemon_connection_limits)
 	int ws;
 	ASSERT(waitpid(k, &ws, 0) == k && WIFEXITED(ws));
 	ASSERT_EQ(WEXITSTATUS(ws), 0);
-	ASSERT_EQ(sh("grep -q 'refused: 256 connections of that uid' %s/log", t.dir), 0);
+	ASSERT_EQ(td_sh("grep -q 'refused: 256 connections of that uid' %s/log", t.dir), 0);
 	td_stop(&t);
 	return 0;
 }

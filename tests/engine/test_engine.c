@@ -20,6 +20,7 @@
 #include "index.h"
 #include "merge.h"
 #include "pool.h"
+#include "proc.h"
 #include "runner.h"
 #include "zeropage.h"
 #include "sys.h"
@@ -31,16 +32,7 @@
 #define PM_UFFD_WP (1ull << 57)
 #define PFN_MASK ((1ull << 55) - 1)
 
-static uint64_t pagemap(const void *addr)
-{
-	/* Opened per call: a forked child must read its own. */
-	uint64_t e = 0;
-	int fd = open("/proc/self/pagemap", O_RDONLY);
-	ASSERT(fd >= 0);
-	ASSERT(pread(fd, &e, 8, (off_t)((uintptr_t)addr / PG * 8)) == 8);
-	close(fd);
-	return e;
-}
+#define pagemap self_pagemap
 
 static uint64_t pfn(const void *addr)
 {
