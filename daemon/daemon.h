@@ -156,6 +156,7 @@ struct md__conn {
 struct md__daemon {
 	int epfd, lfd, sigfd;
 	struct md__ep listen_ep, signal_ep;
+	uint64_t accept_paused;	/* out of descriptors: not listening since (ms), 0: listening */
 	char socket_path[MD_D_SOCKET_MAX + 1];
 	char pid_path[MD_D_RUN_DIR_MAX + 32];
 	size_t pool_pages;

@@ -24,6 +24,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "daemon.h"
@@ -201,15 +202,30 @@ static size_t conns_of(const struct md__daemon *d, uid_t uid)
 	return n;
 }
 
+static uint64_t now_ms(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)t.tv_sec * 1000 + (uint64_t)t.tv_nsec / 1000000 + 1;	/* never 0 */
+}
+
 static void accept_all(struct md__daemon *d)
 {
 	for (;;) {
 		int fd = accept4(d->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
-			if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
-				md__dlog("accept: %s", strerror(errno));
 			if (errno == EINTR || errno == ECONNABORTED)
 				continue;
+			if (errno == EAGAIN)
+				return;
+			/* Out of descriptors or memory: the pending connection
+			 * stays pending, and a level-triggered listener would
+			 * wake us at once, forever. Stop listening for a second
+			 * (md__server_run listens again). */
+			md__dlog("accept: %s: not accepting for a second", strerror(errno));
+			if (epoll_ctl(d->epfd, EPOLL_CTL_MOD, d->lfd,
+				      &(struct epoll_event){ .events = 0, .data.ptr = &d->listen_ep }) == 0)
+				d->accept_paused = now_ms();
 			return;
 		}
 		struct ucred cr;
@@ -639,7 +655,7 @@ int md__server_run(struct md__daemon *d)
 	while (!d->stop) {
 		/* Freed pool pages not reused are punched once a second
 		 * passes without a message (while busy, 256 at a time). */
-		int n = epoll_wait(d->epfd, evs, 64, md__domains_trim_due(d) ? 1000 : -1);
+		int n = epoll_wait(d->epfd, evs, 64, md__domains_trim_due(d) || d->accept_paused ? 1000 : -1);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -647,6 +663,10 @@ int md__server_run(struct md__daemon *d)
 		}
 		if (n == 0)
 			md__domains_trim(d);
+		if (d->accept_paused && now_ms() - d->accept_paused >= 1000 &&
+		    epoll_ctl(d->epfd, EPOLL_CTL_MOD, d->lfd,
+			      &(struct epoll_event){ .events = EPOLLIN, .data.ptr = &d->listen_ep }) == 0)
+			d->accept_paused = 0;
 		d->evs = evs;
 		d->nev = n;
 		for (int i = 0; i < n && !d->stop; i++) {

@@ -709,7 +709,7 @@ TEST_IMPL(stats_dir_too_long)
 	}
 	/* Long, but the stats file's path fits: it is made. */
 	const char *img = image(12);
-	char run[4300], runenv[4400], log[600], logenv[700];
+	char run[4600], runenv[4700], log[600], logenv[700];
 	snprintf(log, sizeof(log), "%s/longdir.log", test_dir());
 	snprintf(logenv, sizeof(logenv), "MEMDEDUP_LOG=%s", log);
 	snprintf(run, sizeof(run), "%s/run", base);
@@ -718,7 +718,7 @@ TEST_IMPL(stats_dir_too_long)
 	struct proc a;
 	proc_start(&a, env);
 	proc_cmd(&a, "map 16");
-	char path[4400];
+	char path[4800];
 	snprintf(path, sizeof(path), "%s/agent-%d.stats", run, (int)a.pid);
 	ASSERT(access(path, F_OK) == 0);
 	proc_stop(&a);

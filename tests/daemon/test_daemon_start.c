@@ -5,6 +5,7 @@
  * checks of whom it talks to.
  */
 #include <errno.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <pwd.h>
@@ -602,6 +603,47 @@ static void pidfd_or_refused(unsigned n)
 		close(go[i]);
 	}
 	td_stop(&t);
+}
+
+/* Out of descriptors, the daemon stops listening for a second at a time
+ * instead of spinning on a listener that stays readable (the log had a line
+ * per failed accept, thousands a second); once descriptors are back, the
+ * connection that waited is served. */
+TEST_IMPL(daemon_accept_backs_off)
+{
+	struct tdaemon t;
+	char path[64];
+	td_start(&t, 16);
+	snprintf(path, sizeof(path), "/proc/%d/fd", (int)t.pid);
+	long long open_fds = 0;
+	DIR *dir = opendir(path);
+	ASSERT(dir);
+	for (struct dirent *e; (e = readdir(dir));)
+		open_fds += e->d_name[0] != '.';
+	closedir(dir);
+	struct rlimit back;
+	ASSERT(prlimit(t.pid, RLIMIT_NOFILE, NULL, &back) == 0);
+	struct rlimit none = { (rlim_t)open_fds, back.rlim_max };
+	ASSERT(prlimit(t.pid, RLIMIT_NOFILE, &none, NULL) == 0);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	td_sockaddr(&t, &sa);
+	ASSERT(connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0);	/* in the backlog */
+	usleep(2500000);
+	char cmd[600];
+	snprintf(cmd, sizeof(cmd), "grep -c '^.*accept: ' %s/log", t.dir);
+	FILE *f = popen(cmd, "r");
+	int lines = -1;
+	ASSERT(f && fscanf(f, "%d", &lines) == 1);
+	pclose(f);
+	ASSERT(lines >= 1 && lines <= 4);
+	ASSERT(prlimit(t.pid, RLIMIT_NOFILE, &back, NULL) == 0);
+	close(fd);
+	json_t *st = td_status(&t);	/* accepted again within a second */
+	ASSERT(st);
+	json_decref(st);
+	td_stop(&t);
+	return 0;
 }
 
 TEST_IMPL(daemon_agent_without_pidfd_refused)
