@@ -192,13 +192,11 @@ struct md__eregion *md__engine_region(struct md__engine *e, uintptr_t addr, size
 	return NULL;
 }
 
-int md__engine_register(struct md__engine *e, void *addr, size_t len, unsigned advice)
+/* Registers [a, a+len), which no region overlaps. */
+static int register_one(struct md__engine *e, uintptr_t a, size_t len, unsigned advice)
 {
-	uintptr_t a = (uintptr_t)addr;
 	int err = -EINVAL;
 
-	if ((a | len) % MD_EPAGE || !len)
-		return -EINVAL;
 	pthread_rwlock_wrlock(&e->regions_lock);
 	pthread_mutex_lock(&e->lock);
 	for (size_t i = 0; i < e->nregions; i++)
@@ -233,6 +231,37 @@ unlock:
 	md__engine_unlock(e);
 	pthread_rwlock_unlock(&e->regions_lock);
 	return err;
+}
+
+/* The VMM may advise a range again, or a larger one: only the parts not
+ * registered yet become new regions, as in the agent (md__regions_add). */
+int md__engine_register(struct md__engine *e, void *addr, size_t len, unsigned advice)
+{
+	uintptr_t cur = (uintptr_t)addr, end = cur + len;
+
+	if ((cur | len) % MD_EPAGE || !len || end < cur)
+		return -EINVAL;
+	while (cur < end) {
+		uintptr_t next = end, covered = 0;
+		pthread_rwlock_rdlock(&e->regions_lock);
+		for (size_t i = 0; i < e->nregions; i++) {
+			const struct md__eregion *r = &e->regions[i];
+			if (r->start <= cur && cur < r->end)
+				covered = r->end;
+			else if (r->start > cur && r->start < next)
+				next = r->start;
+		}
+		pthread_rwlock_unlock(&e->regions_lock);
+		if (covered) {
+			cur = covered;
+			continue;
+		}
+		int err = register_one(e, cur, next - cur, advice);
+		if (err)
+			return err;
+		cur = next;
+	}
+	return 0;
 }
 
 static void apply_advice(struct md__engine *e, const struct md__eregion *r, uintptr_t addr, size_t len)

@@ -455,6 +455,27 @@ TEST_IMPL(engine_unregister_keeps_content)
 	return 0;
 }
 
+/* A range advised again, and a larger one around it: only what was not
+ * registered becomes new regions (an overlap was refused, and the rest of
+ * the larger range never scanned). */
+TEST_IMPL(engine_register_again)
+{
+	struct md__engine e;
+	unsigned char *m = map_ram(16);
+	engine_up(&e);
+	ASSERT_EQ(md__engine_register(&e, m + 4 * PG, 4 * PG, 0), 0);
+	ASSERT_EQ(md__engine_register(&e, m + 4 * PG, 4 * PG, 0), 0);
+	ASSERT_EQ(e.nregions, 1);
+	ASSERT_EQ(md__engine_register(&e, m, 16 * PG, 0), 0);
+	ASSERT_EQ(e.nregions, 3);
+	for (size_t i = 0; i < 16; i++)
+		ASSERT(md__engine_region(&e, (uintptr_t)m + i * PG, PG) != NULL);
+	ASSERT_EQ(md__engine_register(&e, m + 1, PG, 0), -EINVAL);
+	md__engine_fini(&e);
+	munmap(m, 16 * PG);
+	return 0;
+}
+
 /* A discard that spans two registered regions yields zeroes in both, pool
  * pages included (not the pool's content again), and drops their
  * references. */
