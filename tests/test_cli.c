@@ -51,6 +51,14 @@ TEST_IMPL(cli_usage)
 	return 0;
 }
 
+/* The build whose `memdedup run` runs commands: under the sanitizers, the
+ * plain one (an instrumented preload library needs libasan before it, and
+ * `run` puts the library first), as cli_usage does. */
+static const char *run_build_dir(void)
+{
+	return getenv("MD_TEST_PRELOAD_FIRST") ? "build" : build_dir();
+}
+
 /* The shell's exit code of a command made from fmt; its stdout and stderr
  * go to test_dir()/out and test_dir()/err unless the command redirects. */
 static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -219,7 +227,7 @@ TEST_IMPL(cli_run_missing_command_no_daemon)
  * or the program (as daemon/memdedupd.service installs it). */
 TEST_IMPL(cli_run_finds_daemon_in_path)
 {
-	const char *b = build_dir(), *d = test_dir();
+	const char *b = run_build_dir(), *d = test_dir();
 	char dir[400], sock[450];
 	snprintf(dir, sizeof(dir), "%s/run", d);
 	snprintf(sock, sizeof(sock), "%s/memdedupd.sock", dir);
@@ -238,7 +246,7 @@ TEST_IMPL(cli_run_finds_daemon_in_path)
 /* Options of the scanner without --scan would do nothing: wrong usage. */
 TEST_IMPL(cli_run_scan_options_need_scan)
 {
-	const char *b = build_dir();
+	const char *b = run_build_dir();
 	static const char *const opts[] = {
 		"--pages-to-scan=5", "--sleep-ms=5", "--cpu-percent=5", "--scan-order=random",
 		"--hints=off", "--domain=private",
