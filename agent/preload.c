@@ -114,7 +114,7 @@ static void env_options(md_agent_options *o)
 	else if (v && *v && strcasecmp(v, "linear") != 0)
 		md__log("MEMDEDUP_SCAN_ORDER='%s' is neither linear nor random: using the default", v);
 	o->pages_to_scan = env_uint("MEMDEDUP_PAGES_TO_SCAN", 1, 100000);
-	o->sleep_ms = env_uint("MEMDEDUP_SLEEP_MS", 0, 10000);
+	o->sleep_ms = env_uint("MEMDEDUP_SLEEP_MS", 1, 10000);
 	o->cpu_percent = env_uint("MEMDEDUP_CPU_PERCENT", 1, 100);
 	if (!env_flag("MEMDEDUP_HINTS", 1))
 		o->flags |= MD_OPT_NO_HINTS;

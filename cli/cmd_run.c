@@ -45,7 +45,7 @@ const struct md__cmd md__cmd_run_def = {
 	"                          beside memdedup, in PATH, or in /usr/local/sbin\n"
 	"  --pages-to-scan=N       pages per batch, 1..100000, for this VMM alone\n"
 	"                          (default: memdedupd's, 100, split among its agents)\n"
-	"  --sleep-ms=N            sleep between batches, 0..10000 ms (default 20)\n"
+	"  --sleep-ms=N            sleep between batches, 1..10000 ms (default 20)\n"
 	"  --cpu-percent=N         CPU cap of the scanner, 1..100 % of a core, for\n"
 	"                          this VMM alone (default: memdedupd's, split)\n"
 	"  --scan-order=linear|random\n"
@@ -176,7 +176,7 @@ static const struct run_option run_options[] = {
 	{ .name = "--share-min-pages=", .env = "MEMDEDUP_SHARE_MIN_PAGES", .lo = 1, .hi = MD_SHARE_MIN_PAGES_MAX },
 	{ .name = "--scan", .env = "MEMDEDUP_SCAN" },
 	{ .name = "--pages-to-scan=", .env = "MEMDEDUP_PAGES_TO_SCAN", .lo = 1, .hi = 100000, .scan_only = 1 },
-	{ .name = "--sleep-ms=", .env = "MEMDEDUP_SLEEP_MS", .lo = 0, .hi = 10000, .scan_only = 1 },
+	{ .name = "--sleep-ms=", .env = "MEMDEDUP_SLEEP_MS", .lo = 1, .hi = 10000, .scan_only = 1 },
 	{ .name = "--cpu-percent=", .env = "MEMDEDUP_CPU_PERCENT", .lo = 1, .hi = 100, .scan_only = 1 },
 	{ .name = "--scan-order=", .env = "MEMDEDUP_SCAN_ORDER", .words = "linear|random", .scan_only = 1 },
 	{ .name = "--domain=", .env = "MEMDEDUP_DOMAIN", .free_text = 1, .scan_only = 1 },

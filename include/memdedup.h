@@ -88,7 +88,7 @@ typedef struct md_agent_options {
 	unsigned flags;
 	/* Scanner tunables (MD_OPT_SCAN); 0 takes the default. */
 	unsigned pages_to_scan;   /* pages per batch (default 100) */
-	unsigned sleep_ms;        /* sleep between batches (default 20) */
+	unsigned sleep_ms;        /* ms between batches, 1..10000; 0: the default (20) */
 	unsigned cpu_percent;     /* CPU cap of the scanner, % of a core (default 100) */
 	unsigned hint_ratio;      /* hinted visits of every 8 to start with (default 4) */
 	/* The sharing domain: pages of different domains never share a frame.

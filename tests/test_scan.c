@@ -253,7 +253,7 @@ TEST_IMPL(scan_stress_no_lost_write)
 	 * keep becoming equal and being merged while written; the scanner runs
 	 * at full speed. Each writer then reads back the last value of every
 	 * word it wrote, in both twins. */
-	const char *env[] = { "MEMDEDUP_SCAN=1", "MEMDEDUP_PAGES_TO_SCAN=100000", "MEMDEDUP_SLEEP_MS=0", NULL };
+	const char *env[] = { "MEMDEDUP_SCAN=1", "MEMDEDUP_PAGES_TO_SCAN=100000", "MEMDEDUP_SLEEP_MS=1", NULL };
 	int ms = getenv("MD_STRESS_MS") ? atoi(getenv("MD_STRESS_MS")) : 10000;
 	struct proc a;
 	proc_start(&a, env);
