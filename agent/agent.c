@@ -198,25 +198,20 @@ static void stats_file_open(struct md_agent *a, const char *opt_dir)
 	struct md__stats_file *f;
 
 	int err = md__run_dir(opt_dir, dir, sizeof(dir));
-	if (err == -ENAMETOOLONG) {
-		md__log("no statistics file: the run directory is too long (the file's path must fit in "
-			"%zu bytes): `memdedup status` will not list this process", sizeof(a->stats_path) - 1);
-		return;
-	}
-	if (err) {
+	if (err && err != -ENAMETOOLONG) {
 		errno = -err;
 		snprintf(dir, sizeof(dir), "the run directory");
 		goto err_say;
 	}
-	if (!*dir)
+	if (!err && !*dir)
 		return;
 	/* A path cut short would put the file (and a directory) elsewhere. */
-	int plen = snprintf(a->stats_path, sizeof(a->stats_path), "%s/agent-%d.stats", dir, (int)getpid());
-	if (strlen(dir) + 1 >= sizeof(dir) || plen < 0 || (size_t)plen >= sizeof(a->stats_path)) {
+	int plen = err ? -1 : snprintf(a->stats_path, sizeof(a->stats_path), "%s/agent-%d.stats", dir,
+				       (int)getpid());
+	if (plen < 0 || (size_t)plen >= sizeof(a->stats_path)) {
 		a->stats_path[0] = '\0';
-		md__log("no statistics file: the run directory '%.64s...' is too long (the file's path "
-			"must fit in %zu bytes): `memdedup status` will not list this process",
-			dir, sizeof(a->stats_path) - 1);
+		md__log("no statistics file: the run directory is too long (the file's path must fit in "
+			"%zu bytes): `memdedup status` will not list this process", sizeof(a->stats_path) - 1);
 		return;
 	}
 	if (mkdir(dir, 0755) != 0 && errno != EEXIST)

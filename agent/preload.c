@@ -45,7 +45,6 @@
 
 static md_agent *agent;
 static int agent_failed;
-static int kernel_ksm = 1;
 static int io_unseen;		/* the VMM set up Linux AIO (below) */
 static pthread_mutex_t agent_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -98,8 +97,7 @@ __attribute__((constructor)) static void preload_init(void)
  * once, when the agent is created. */
 static void env_options(md_agent_options *o)
 {
-	kernel_ksm = env_flag("MEMDEDUP_KERNEL_KSM", 1);
-	o->kernel_ksm = kernel_ksm;
+	o->kernel_ksm = env_flag("MEMDEDUP_KERNEL_KSM", 1);
 	/* The mapping budget: vm.max_map_count is an int. */
 	o->max_vmas = env_uint("MEMDEDUP_MAX_VMAS", 1, INT32_MAX);
 	if (env_flag("MEMDEDUP_POPULATE", 0))

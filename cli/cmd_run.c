@@ -116,6 +116,20 @@ out:
 	return err;
 }
 
+/* The directory of this executable: 0, or -ENOENT. */
+static int exe_dir(char *buf, size_t size)
+{
+	ssize_t n = readlink("/proc/self/exe", buf, size - 1);
+	if (n <= 0)
+		return -ENOENT;
+	buf[n] = '\0';
+	char *slash = strrchr(buf, '/');
+	if (!slash)
+		return -ENOENT;
+	*slash = '\0';
+	return 0;
+}
+
 /* The preload library: $MEMDEDUP_PRELOAD, else beside this executable, else
  * in the installed library directory; 0, or -errno with what is wrong said. */
 static int find_preload(char *out, size_t size)
@@ -131,21 +145,15 @@ static int find_preload(char *out, size_t size)
 			fprintf(stderr, "memdedup run: MEMDEDUP_PRELOAD='%s' cannot be preloaded: %s\n", env, why);
 		return err;
 	}
-	ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
-	if (n > 0) {
-		exe[n] = '\0';
-		char *slash = strrchr(exe, '/');
-		if (slash) {
-			*slash = '\0';
-			snprintf(out, size, "%s/libmemdedup-preload.so", exe);
-			if (access(out, F_OK) != 0)
-				snprintf(out, size, "%s/../lib/memdedup/libmemdedup-preload.so", exe);
-			if (access(out, F_OK) == 0) {
-				err = preload_usable(out, why, sizeof(why));
-				if (err)
-					fprintf(stderr, "memdedup run: %s cannot be preloaded: %s\n", out, why);
-				return err;
-			}
+	if (exe_dir(exe, sizeof(exe)) == 0) {
+		snprintf(out, size, "%s/libmemdedup-preload.so", exe);
+		if (access(out, F_OK) != 0)
+			snprintf(out, size, "%s/../lib/memdedup/libmemdedup-preload.so", exe);
+		if (access(out, F_OK) == 0) {
+			err = preload_usable(out, why, sizeof(why));
+			if (err)
+				fprintf(stderr, "memdedup run: %s cannot be preloaded: %s\n", out, why);
+			return err;
 		}
 	}
 	fprintf(stderr, "memdedup run: cannot find libmemdedup-preload.so; set MEMDEDUP_PRELOAD\n");
@@ -307,16 +315,10 @@ static int find_daemon(const char *lib, char *out, size_t size)
 	snprintf(out, size, "%.*s/memdedupd", slash ? (int)(slash - lib) : 1, slash ? lib : ".");
 	if (executable(out))
 		return 0;
-	ssize_t n = readlink("/proc/self/exe", dir, sizeof(dir) - 1);
-	if (n > 0) {
-		dir[n] = '\0';
-		char *s = strrchr(dir, '/');
-		if (s) {
-			*s = '\0';
-			snprintf(out, size, "%s/memdedupd", dir);
-			if (executable(out))
-				return 0;
-		}
+	if (exe_dir(dir, sizeof(dir)) == 0) {
+		snprintf(out, size, "%s/memdedupd", dir);
+		if (executable(out))
+			return 0;
 	}
 	if (resolve_command("memdedupd", out, size) == 0) {
 		/* md__daemon_ensure execs it by path: make a relative one

@@ -111,7 +111,6 @@ int md__engine_init(struct md__engine *e, const struct md__engine_options *opts)
 	e->pagemap_fd = -1;
 	if (!o.pool_pages)
 		o.pool_pages = 1u << 20;
-	e->kernel_ksm = o.kernel_ksm;
 	e->max_vmas = o.max_vmas ? o.max_vmas : default_max_vmas();
 	pthread_rwlock_init(&e->regions_lock, NULL);
 	pthread_mutex_init(&e->lock, NULL);
@@ -264,10 +263,11 @@ int md__engine_register(struct md__engine *e, void *addr, size_t len, unsigned a
 	return 0;
 }
 
-static void apply_advice(struct md__engine *e, const struct md__eregion *r, uintptr_t addr, size_t len)
+static void apply_advice(const struct md__eregion *r, uintptr_t addr, size_t len)
 {
-	/* MD_EADV_* are the MD_ADV_* bits. */
-	md__advise_new_mapping((void *)addr, len, r->advice, e->kernel_ksm);
+	/* MD_EADV_* are the MD_ADV_* bits. Never MADV_MERGEABLE: the engine
+	 * is the only scanner of what it merges (agent/scan.c). */
+	md__advise_new_mapping((void *)addr, len, r->advice, 0);
 }
 
 static void thaw(struct md__engine *e, uintptr_t addr, size_t len)
@@ -610,7 +610,7 @@ static int zero_run(struct md__engine *e, struct md__eregion *r, uintptr_t addr,
 		if (m == MAP_FAILED)
 			return -errno;
 		md__uffd_register_wp(&e->uffd, addr, n * MD_EPAGE);
-		apply_advice(e, r, addr, n * MD_EPAGE);
+		apply_advice(r, addr, n * MD_EPAGE);
 		if (r->advice & MD_EADV_HUGEPAGE)
 			md__sys_madvise((void *)addr, n * MD_EPAGE, MADV_HUGEPAGE);
 		e->vma_estimate += 2;
@@ -712,7 +712,7 @@ int md__engine_merge_slots(struct md__engine *e, void *addr, size_t n, const uin
 		/* Pages between that were not merged get their region's
 		 * advice again (or early, for a read's mapping the agent has
 		 * not advised yet): the same flags, nothing changes for them. */
-		apply_advice(e, r, a + lo * MD_EPAGE, (hi - lo) * MD_EPAGE);
+		apply_advice(r, a + lo * MD_EPAGE, (hi - lo) * MD_EPAGE);
 		/* A writer that hit the freeze waits: wake it to fault again
 		 * on the new mapping. */
 		md__uffd_wake(&e->uffd, a + lo * MD_EPAGE, (hi - lo) * MD_EPAGE);
@@ -765,7 +765,7 @@ int md__engine_merge_file(struct md__engine *e, void *addr, size_t n, int fd, of
 	/* Not registered with userfaultfd (file pages other than shmem cannot
 	 * be write-protected): like a page shared at read time, the scanner
 	 * leaves it alone from now on, written or not. */
-	apply_advice(e, r, a, n * MD_EPAGE);
+	apply_advice(r, a, n * MD_EPAGE);
 	e->vma_estimate += 2;
 	size_t first = (a - r->start) / MD_EPAGE;
 	for (size_t i = 0; i < n; i++)
@@ -943,7 +943,7 @@ int md__engine_merge_fill(struct md__engine *e, void *addr, size_t n, uint64_t w
 		i = j;
 	}
 	if (merged) {
-		apply_advice(e, r, a + lo * MD_EPAGE, (hi - lo) * MD_EPAGE);
+		apply_advice(r, a + lo * MD_EPAGE, (hi - lo) * MD_EPAGE);
 		md__uffd_wake(&e->uffd, a + lo * MD_EPAGE, (hi - lo) * MD_EPAGE);
 	}
 	e->st.filled += (uint64_t)merged;
@@ -985,7 +985,7 @@ int md__engine_publish(struct md__engine *e, void *addr, size_t n, uint32_t *slo
 	err = map_pool(e, r, a, n, slot);
 	if (err)
 		goto drop_slots;
-	apply_advice(e, r, a, n * MD_EPAGE);
+	apply_advice(r, a, n * MD_EPAGE);
 	for (size_t i = 0; i < n; i++) {
 		uint64_t h = md__page_hash(g + i * MD_EPAGE);
 		e->slot_hash[slot + i] = h;

@@ -118,7 +118,6 @@ struct md__engine_stats {
 struct md__engine_options {
 	size_t pool_pages;      /* pool slots; 0: 1 Mi (4 GiB) */
 	uint64_t max_vmas;      /* 0: vm.max_map_count - 5000 */
-	int kernel_ksm;         /* re-apply MADV_MERGEABLE to new mappings */
 };
 
 /* A fill strip: MD_FILL_STRIP consecutive slots of our own pool, each one
@@ -148,7 +147,6 @@ struct md__engine {
 	int pagemap_fd;
 	unsigned char *cmp_buf;	/* the compare's copies: frozen pages, then what they must equal */
 	uint64_t zero_pfn;      /* the kernel's zero page in pagemap, 0: unknown or none */
-	int kernel_ksm;
 	uint64_t max_vmas;
 	uint64_t vma_estimate;  /* upper bound since the last count */
 	struct md__fill fills[MD_FILLS];
