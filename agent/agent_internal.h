@@ -206,4 +206,11 @@ int md__walk_worth(int known, const struct md__resident *now, const struct md__r
  * over the shared pages) and, if count_vmas, the VMA count (a read of
  * /proc/self/maps: milliseconds with thousands of mappings). */
 void md__account(struct md_agent *a, int count_vmas);
+
+/* unseen_io.c */
+/* 1 if the entries a liburing submit call on ring (a struct io_uring) is
+ * about to hand the kernel include one that may write user memory. */
+int md__uring_submits_writes(const void *ring);
+/* 1 if an ioctl request maps memory for a device's DMA (VFIO, iommufd). */
+int md__ioctl_maps_dma(unsigned long request);
 #endif

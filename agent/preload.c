@@ -6,6 +6,8 @@
  * never asks for merging costs nothing), MADV_UNMERGEABLE, munmap, mremap and
  * MAP_FIXED mmaps forget it, discards are made to yield zeroes, and the
  * pread/preadv family goes through md_agent_pread()/md_agent_preadv().
+ * libaio's io_setup, liburing's submit calls and the DMA-mapping ioctls
+ * are watched for I/O the agent does not see (below).
  * Options come from the environment (set by `memdedup run`):
  *   MEMDEDUP_KERNEL_KSM=0|1  pass MADV_MERGEABLE on to kernel KSM (default 1)
  *   MEMDEDUP_MAX_VMAS=N      the mapping budget
@@ -23,13 +25,16 @@
  * digits only; a bad value is said in the log once (when the agent starts)
  * and the default applies: a setting never makes the VMM fail.
  */
+#include <dlfcn.h>
 #include <errno.h>
+#include <liburing.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -45,7 +50,7 @@
 
 static md_agent *agent;
 static int agent_failed;
-static int io_unseen;		/* the VMM set up Linux AIO (below) */
+static const char *io_unseen;	/* I/O the agent does not see, before it exists (below) */
 static pthread_mutex_t agent_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* A yes/no variable: 1/on/yes/true or 0/off/no/false, in any case; unset
@@ -149,9 +154,12 @@ static md_agent *agent_get(void)
 				md__log("agent not started (%s): the process runs without memdedup", strerror(-err));
 				agent_failed = 1;
 			} else {
-				__atomic_store_n(&agent, a, __ATOMIC_RELEASE);
-				if (__atomic_load_n(&io_unseen, __ATOMIC_ACQUIRE))
-					md_agent_io_unseen(a);
+				/* Sequentially consistent with unseen_io(): one of
+				 * the two sees the other's store. */
+				__atomic_store_n(&agent, a, __ATOMIC_SEQ_CST);
+				const char *what = __atomic_load_n(&io_unseen, __ATOMIC_SEQ_CST);
+				if (what)
+					md_agent_io_unseen(a, what);
 			}
 		}
 	}
@@ -258,22 +266,130 @@ EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 	return (void *)syscall(SYS_mremap, old, old_len, new_len, flags, new_addr);
 }
 
-/* Linux AIO, which the agent does not see: once the VMM sets it up (QEMU's
- * aio=native, when it opens such a drive, before its RAM exists and the
- * agent with it: remembered in io_unseen), reads may write guest RAM by DMA
- * behind the write-protection (O_DIRECT), and no merge is safe
- * (engine/inflight.h). libaio's io_setup returns -errno. Not io_uring:
- * QEMU sets up a ring for every event loop whatever its drives use, and the
- * set-up does not tell a drive's ring from those. */
+/* Transfers into guest RAM the agent does not see: reads submitted through
+ * Linux AIO or io_uring (with O_DIRECT the device writes guest RAM by DMA,
+ * behind the write-protection) and devices given guest RAM for DMA. Once
+ * the VMM uses one, no merge is safe any more (engine/inflight.h): the agent
+ * stops merging, or, when it does not exist yet (QEMU opens its drives
+ * before its RAM), starts so. */
+static void unseen_io(const char *what)
+{
+	const char *none = NULL;
+	__atomic_compare_exchange_n(&io_unseen, &none, what, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+	md_agent *a = __atomic_load_n(&agent, __ATOMIC_SEQ_CST);
+	if (a)
+		md_agent_io_unseen(a, what);
+}
+
+/* Linux AIO (QEMU's aio=native): the set-up is enough, as reads and their
+ * buffers go straight to the kernel. libaio's io_setup returns -errno. */
 int io_setup(int maxevents, void *ctxp);
 EXPORT int io_setup(int maxevents, void *ctxp)
 {
-	__atomic_store_n(&io_unseen, 1, __ATOMIC_RELEASE);
-	md_agent *a = agent_peek();
-	if (a)
-		md_agent_io_unseen(a);
+	unseen_io("set up Linux AIO (aio=native)");
 	long r = syscall(SYS_io_setup, maxevents, ctxp);
 	return r < 0 ? -errno : 0;
+}
+
+/* io_uring through liburing (QEMU's aio=io_uring): not the set-up, which
+ * QEMU does for every event loop, but the entries each submit call hands
+ * the kernel (agent/unseen_io.c), checked before they are submitted.
+ * liburing's own functions are found next in the lookup order; a caller
+ * that reached ours without liburing loaded gets -ENOSYS, as liburing
+ * returns -errno. */
+static void *next_fn(void **slot, const char *name)
+{
+	void *f = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+	if (!f) {
+		f = dlsym(RTLD_NEXT, name);
+		__atomic_store_n(slot, f, __ATOMIC_RELEASE);
+	}
+	return f;
+}
+
+#define URING_NEXT(name, ...)								\
+	do {										\
+		static void *next;							\
+		__typeof__(&name) fn = (__typeof__(&name))next_fn(&next, #name);	\
+		return fn ? fn(__VA_ARGS__) : -ENOSYS;					\
+	} while (0)
+
+static void uring_check(struct io_uring *ring)
+{
+	if (md__uring_submits_writes(ring))
+		unseen_io("submitted reads through io_uring (aio=io_uring)");
+}
+
+EXPORT int io_uring_submit(struct io_uring *ring)
+{
+	uring_check(ring);
+	URING_NEXT(io_uring_submit, ring);
+}
+
+EXPORT int io_uring_submit_and_wait(struct io_uring *ring, unsigned wait_nr)
+{
+	uring_check(ring);
+	URING_NEXT(io_uring_submit_and_wait, ring, wait_nr);
+}
+
+EXPORT int io_uring_submit_and_wait_timeout(struct io_uring *ring, struct io_uring_cqe **cqe,
+					    unsigned wait_nr, struct __kernel_timespec *ts, sigset_t *sigmask)
+{
+	uring_check(ring);
+	URING_NEXT(io_uring_submit_and_wait_timeout, ring, cqe, wait_nr, ts, sigmask);
+}
+
+EXPORT int io_uring_submit_and_get_events(struct io_uring *ring)
+{
+	uring_check(ring);
+	URING_NEXT(io_uring_submit_and_get_events, ring);
+}
+
+/* Without the kernel's timeout argument these submit a timeout entry, and
+ * with it whatever else is queued. */
+EXPORT int io_uring_wait_cqes(struct io_uring *ring, struct io_uring_cqe **cqe, unsigned wait_nr,
+			      struct __kernel_timespec *ts, sigset_t *sigmask)
+{
+	uring_check(ring);
+	URING_NEXT(io_uring_wait_cqes, ring, cqe, wait_nr, ts, sigmask);
+}
+
+EXPORT int io_uring_wait_cqe_timeout(struct io_uring *ring, struct io_uring_cqe **cqe,
+				     struct __kernel_timespec *ts)
+{
+	uring_check(ring);
+	URING_NEXT(io_uring_wait_cqe_timeout, ring, cqe, ts);
+}
+
+/* The raw entry points submit entries we cannot see. */
+EXPORT int io_uring_enter(unsigned fd, unsigned to_submit, unsigned min_complete, unsigned flags,
+			  sigset_t *sig)
+{
+	if (to_submit)
+		unseen_io("submitted io_uring entries it cannot see (io_uring_enter)");
+	URING_NEXT(io_uring_enter, fd, to_submit, min_complete, flags, sig);
+}
+
+EXPORT int io_uring_enter2(unsigned fd, unsigned to_submit, unsigned min_complete, unsigned flags,
+			   sigset_t *sig, size_t sz)
+{
+	if (to_submit)
+		unseen_io("submitted io_uring entries it cannot see (io_uring_enter2)");
+	URING_NEXT(io_uring_enter2, fd, to_submit, min_complete, flags, sig, sz);
+}
+
+/* A device given guest RAM for DMA (VFIO's type-1 container, iommufd) pins
+ * it and writes it without faults. QEMU calls ioctl(2) through the C
+ * library, KVM_RUN included: one comparison more each. */
+EXPORT int ioctl(int fd, unsigned long request, ...)
+{
+	va_list ap;
+	va_start(ap, request);
+	void *arg = va_arg(ap, void *);
+	va_end(ap);
+	if (md__ioctl_maps_dma(request))
+		unseen_io("mapped memory for a device's DMA (VFIO)");
+	return (int)syscall(SYS_ioctl, fd, request, arg);
 }
 
 EXPORT ssize_t pread(int fd, void *buf, size_t len, off_t off)

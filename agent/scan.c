@@ -141,14 +141,14 @@ int md_agent_pause(md_agent *a, int paused)
 	return 0;
 }
 
-void md_agent_io_unseen(md_agent *a)
+void md_agent_io_unseen(md_agent *a, const char *what)
 {
 	if (!a || !a->engine || __atomic_exchange_n(&a->io_unseen, 1, __ATOMIC_ACQ_REL))
 		return;
 	md__inflight_block(&a->engine->io);
 	md_agent_pause(a, 1);
-	md__log("the VMM set up asynchronous I/O the agent does not see (Linux AIO): "
-		"content scanning stops merging (use aio=threads to keep it)");
+	md__log("the VMM %s, I/O the agent does not see: content scanning stops merging "
+		"(QEMU keeps it with aio=threads and no assigned devices)", what ? what : "writes guest RAM");
 }
 
 int md_agent_set(md_agent *a, const char *key, const char *value)

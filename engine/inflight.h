@@ -16,9 +16,10 @@
  * takes a write-protect fault first and waits for the merge to end; one
  * that returned before the check wrote before the compare, which sees it.
  * Reads the agent does not see cannot be recorded: once the VMM sets up
- * Linux AIO (the agent sees libaio's io_setup), md__inflight_block makes
- * every range busy. io_uring (QEMU's aio=io_uring) and a device assigned
- * with VFIO (pinned, written by DMA) are not seen: docs/ARCHITECTURE.md.
+ * Linux AIO (libaio's io_setup), submits through liburing an io_uring entry
+ * that may write memory, or maps memory for a device's DMA (VFIO, iommufd),
+ * md__inflight_block makes every range busy (agent/unseen_io.c). A VMM
+ * driving io_uring without liburing is not seen: docs/ARCHITECTURE.md.
  */
 #ifndef MD_INFLIGHT_H
 #define MD_INFLIGHT_H

@@ -241,9 +241,11 @@ MD_API int md_agent_pause(md_agent *agent, int paused);
 /* Tells the agent the VMM will write guest RAM in ways it does not see
  * (Linux AIO, io_uring, a device doing DMA): a merge could then replace a
  * page a transfer is still writing, so content scanning stops merging for
- * good (said once in the log). The preload library calls it when QEMU sets
- * up Linux AIO (aio=native). */
-MD_API void md_agent_io_unseen(md_agent *agent);
+ * good, said once in the log with `what` ("set up Linux AIO"). The preload
+ * library calls it when QEMU sets up Linux AIO (aio=native), submits
+ * io_uring entries that may write memory (aio=io_uring), or maps memory for
+ * a device's DMA (VFIO, iommufd). */
+MD_API void md_agent_io_unseen(md_agent *agent, const char *what);
 /* Sets a scanner tunable live: pages_to_scan, sleep_millisecs, cpu_percent
  * (1..100), hint_ratio (0..8 hinted visits of every 8, 0: no hints), order
  * (linear|random). -EINVAL for an unknown key or a value out

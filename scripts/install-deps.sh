@@ -3,7 +3,7 @@
 # but only those that are missing. Usage: install-deps.sh [build|test|guest|all]
 set -euo pipefail
 want=${1:-all}
-pkgs_build="gcc make pkg-config libjansson-dev libxxhash-dev"
+pkgs_build="gcc make pkg-config libjansson-dev libxxhash-dev liburing-dev"
 pkgs_guest="qemu-system-x86 busybox-static cpio kmod e2fsprogs zstd xz-utils"
 pkgs_plot="gnuplot-nox"
 case "$want" in

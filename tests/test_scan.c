@@ -25,6 +25,7 @@ static const char *const fast_scan[] = {
 };
 
 static int merged_256(const md_stats *s) { return s->merged >= 256 && s->zero_pages >= 256; }
+static int merged_256_only(const md_stats *s) { return s->merged >= 256; }
 
 static uint64_t zero_want;
 static int zero_wanted(const md_stats *s)
@@ -140,20 +141,37 @@ TEST_IMPL(scan_not_given_to_kernel_ksm)
 	return 0;
 }
 
-/* A VMM that sets up Linux AIO (here before its RAM, as QEMU does when it
- * opens a drive with aio=native) may write guest RAM by DMA the agent does
- * not see: nothing is merged, and the log says why. */
-TEST_IMPL(scan_stops_for_unseen_io)
+/* Guest RAM holding 256 pairs of equal pages; `io` (a testproc command,
+ * before the RAM exists when `early`, as QEMU sets up Linux AIO when it
+ * opens its drives; when `reads`, given a file's descriptor, offset 0, a
+ * page's length and the RAM's last page) answers `result` and is I/O the
+ * agent cannot follow: nothing is merged, and the log says what stopped it. */
+static int stops_for_unseen_io(int early, int reads, const char *io, const char *result,
+			       const char *said)
 {
-	char log[600], logenv[700];
-	snprintf(log, sizeof(log), "%s/aio.log", test_dir());
+	char log[600], logenv[700], file[600];
+	snprintf(log, sizeof(log), "%s/unseen.log", test_dir());
 	snprintf(logenv, sizeof(logenv), "MEMDEDUP_LOG=%s", log);
+	snprintf(file, sizeof(file), "%s/disk", test_dir());
+	static char block[PG];
+	memset(block, 'd', sizeof(block));
+	int fd = open(file, O_CREAT | O_TRUNC | O_WRONLY, 0600);
+	ASSERT(fd >= 0 && write(fd, block, sizeof(block)) == (ssize_t)sizeof(block));
+	close(fd);
 	const char *env[] = { "MEMDEDUP_SCAN=1", "MEMDEDUP_PAGES_TO_SCAN=2000", "MEMDEDUP_SLEEP_MS=1",
 			      logenv, NULL };
 	struct proc a;
 	proc_start(&a, env);
-	ASSERT_EQ(proc_num(&a, "iosetup"), 0);
-	proc_cmd(&a, "map 512");
+	if (early)
+		ASSERT(strcmp(proc_cmd(&a, "%s", io), result) == 0);
+	proc_cmd(&a, "map 520");
+	if (!early && reads) {
+		long long vfd = proc_num(&a, "open %s", file);
+		ASSERT(vfd >= 0);
+		ASSERT(strcmp(proc_cmd(&a, "%s %lld 0 %u %u", io, vfd, PG, 512 * PG), result) == 0);
+	} else if (!early) {
+		ASSERT(strcmp(proc_cmd(&a, "%s", io), result) == 0);
+	}
 	ASSERT(strcmp(proc_cmd(&a, "fill 0 256 5"), "ok") == 0);
 	ASSERT(strcmp(proc_cmd(&a, "fill %u 256 5", 256 * PG), "ok") == 0);
 	md_stats s0, s;
@@ -168,6 +186,52 @@ TEST_IMPL(scan_stops_for_unseen_io)
 		ASSERT(proc_page(&a, i * PG).pfn != proc_page(&a, (256 + i) * PG).pfn);
 	proc_stop(&a);
 	ASSERT(strstr(file_text(log), "content scanning stops merging"));
+	ASSERT(strstr(file_text(log), said));
+	return 0;
+}
+
+/* aio=native: Linux AIO set up, before the RAM. */
+TEST_IMPL(scan_stops_for_unseen_io)
+{
+	return stops_for_unseen_io(1, 0, "iosetup", "0", "set up Linux AIO");
+}
+
+/* aio=io_uring: a read submitted through liburing into guest RAM. */
+TEST_IMPL(scan_stops_for_uring_reads)
+{
+	return stops_for_unseen_io(0, 1, "uring read", "4096", "submitted reads through io_uring");
+}
+
+/* A device given memory for DMA through VFIO (the ioctl need not succeed:
+ * the agent stops before it). */
+TEST_IMPL(scan_stops_for_device_dma)
+{
+	return stops_for_unseen_io(0, 0, "vfio", "-9", "for a device's DMA");
+}
+
+/* QEMU sets up a ring for every event loop, polls and timeouts only: the
+ * scanner goes on merging. */
+TEST_IMPL(scan_merges_beside_event_rings)
+{
+	char log[600], logenv[700];
+	snprintf(log, sizeof(log), "%s/rings.log", test_dir());
+	snprintf(logenv, sizeof(logenv), "MEMDEDUP_LOG=%s", log);
+	const char *env[] = { "MEMDEDUP_SCAN=1", "MEMDEDUP_PAGES_TO_SCAN=2000", "MEMDEDUP_SLEEP_MS=1",
+			      logenv, NULL };
+	struct proc a;
+	proc_start(&a, env);
+	ASSERT_EQ(proc_num(&a, "uring poll"), 3);
+	proc_cmd(&a, "map 512");
+	ASSERT_EQ(proc_num(&a, "uring poll"), 3);
+	ASSERT(strcmp(proc_cmd(&a, "fill 0 256 5"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 256 5", 256 * PG), "ok") == 0);
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_256_only), 0);
+	ASSERT_EQ(proc_num(&a, "uring poll"), 3);
+	for (unsigned i = 0; i < 256; i += 17)
+		ASSERT(proc_page(&a, i * PG).pfn == proc_page(&a, (256 + i) * PG).pfn);
+	proc_stop(&a);
+	ASSERT(!strstr(file_text(log), "stops merging"));
 	return 0;
 }
 

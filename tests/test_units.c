@@ -2,6 +2,8 @@
  * statistics file parser, and the API's argument checks. */
 #include <errno.h>
 #include <fcntl.h>
+#include <liburing.h>
+#include <linux/vfio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
@@ -460,6 +462,51 @@ TEST_IMPL(quiet_walks_wait_for_moved_pages)
 	return 0;
 }
 
+/* The entries a liburing submit hands the kernel are judged one by one,
+ * from sqe_head to sqe_tail around the ring, never more than it holds. */
+TEST_IMPL(uring_entries_judged)
+{
+	struct io_uring_sqe sqes[2 * 8];
+	struct io_uring r;
+	memset(&r, 0, sizeof(r));
+	memset(sqes, 0, sizeof(sqes));
+	ASSERT(!md__uring_submits_writes(NULL));
+	ASSERT(!md__uring_submits_writes(&r));	/* not set up */
+	r.sq.sqes = sqes;
+	r.sq.ring_entries = 8;
+	r.sq.ring_mask = 7;
+	for (unsigned i = 0; i < 8; i++)
+		sqes[i].opcode = i % 2 ? IORING_OP_POLL_ADD : IORING_OP_TIMEOUT;
+	r.sq.sqe_head = 0xfffffffe;	/* the counters wrap */
+	r.sq.sqe_tail = 6;
+	ASSERT(!md__uring_submits_writes(&r));
+	sqes[5].opcode = IORING_OP_READV;	/* index 5: past the wrap */
+	ASSERT(md__uring_submits_writes(&r));
+	r.sq.sqe_tail = 5;			/* not queued */
+	ASSERT(!md__uring_submits_writes(&r));
+	sqes[5].opcode = IORING_OP_MADVISE;	/* may discard guest RAM */
+	r.sq.sqe_tail = 6;
+	ASSERT(md__uring_submits_writes(&r));
+	sqes[5].opcode = IORING_OP_WRITE;
+	r.sq.sqe_head = 100;			/* corrupt: still one lap */
+	sqes[(100 + 8) & 7].opcode = IORING_OP_READ;
+	ASSERT(md__uring_submits_writes(&r));
+	sqes[(100 + 8) & 7].opcode = IORING_OP_NOP;
+	ASSERT(!md__uring_submits_writes(&r));
+	/* 128-byte entries: entry i is sqes[2 * i]. */
+	r.flags = IORING_SETUP_SQE128;
+	r.sq.sqe_head = 0;
+	r.sq.sqe_tail = 2;
+	ASSERT(!md__uring_submits_writes(&r));
+	sqes[2].opcode = IORING_OP_RECV;
+	ASSERT(md__uring_submits_writes(&r));
+	sqes[2].opcode = IORING_OP_NOP;
+	sqes[1].opcode = IORING_OP_RECV;	/* the second half of entry 0 */
+	ASSERT(!md__uring_submits_writes(&r));
+	ASSERT(md__ioctl_maps_dma(VFIO_IOMMU_MAP_DMA));
+	ASSERT(!md__ioctl_maps_dma(VFIO_IOMMU_UNMAP_DMA));
+	return 0;
+}
 
 TEST_IMPL(parse_bool_strict)
 {

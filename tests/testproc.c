@@ -25,16 +25,25 @@
  *                           file it read, say into tmpfs)
  *   iosetup               -> io_setup's result (libaio's, found by name as QEMU's
  *                           linux-aio finds it: the agent's when preloaded)
+ *   uring poll            -> submitted: a ring like QEMU's event loop's (a poll
+ *                           on a pipe, a timeout, a no-op) through liburing
+ *   uring read FD OFF LEN DOFF -> the read's result, through liburing
+ *   vfio                  -> -errno of VFIO_IOMMU_MAP_DMA on no descriptor
  *   quit
  */
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <liburing.h>
+#include <linux/vfio.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -131,6 +140,43 @@ static void cmd_writers(int n, int ms, size_t doff, size_t len, int twin)
 		printf("ok\n");
 }
 
+/* QEMU's rings: fdmon-io_uring's polls and timeouts, block/io_uring.c's
+ * reads. The ring stays set up, as QEMU's do. */
+static long long cmd_uring(const char *kind, int fd, long long off, long long len, long long doff)
+{
+	static struct io_uring ring;
+	static int ready, p[2];
+	static struct __kernel_timespec ts = { .tv_sec = 3600 };
+	if (!ready) {
+		int r = io_uring_queue_init(8, &ring, 0);
+		if (r < 0)
+			return r;
+		if (pipe(p))
+			return -errno;
+		ready = 1;
+	}
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
+	if (!sqe)
+		return -EBUSY;
+	if (strcmp(kind, "poll") == 0) {
+		io_uring_prep_poll_add(sqe, p[0], POLLIN);
+		io_uring_prep_timeout(io_uring_get_sqe(&ring), &ts, 0, 0);
+		io_uring_prep_nop(io_uring_get_sqe(&ring));
+		return io_uring_submit(&ring);
+	}
+	io_uring_prep_read(sqe, fd, base + doff, (unsigned)len, (uint64_t)off);
+	io_uring_sqe_set_data64(sqe, 42);
+	int r = io_uring_submit_and_wait(&ring, 1);
+	/* The poll and the timeout stay pending: find the read's completion. */
+	for (struct io_uring_cqe *cqe; r >= 0 && (r = io_uring_wait_cqe(&ring, &cqe)) == 0;) {
+		long long res = cqe->user_data == 42 ? cqe->res : LLONG_MIN;
+		io_uring_cqe_seen(&ring, cqe);
+		if (res != LLONG_MIN)
+			return res;
+	}
+	return r;
+}
+
 int main(void)
 {
 	char line[4096];
@@ -154,6 +200,12 @@ int main(void)
 			unsigned long ctx = 0;
 			*(void **)&setup = dlsym(RTLD_DEFAULT, "io_setup");
 			printf("%d\n", setup ? setup(8, &ctx) : -ENOSYS);
+		} else if (strcmp(cmd, "uring") == 0) {
+			sscanf(line, "%*s %31s %lld %lld %lld %lld", s2, &a1, &a2, &a3, &a4);
+			printf("%lld\n", cmd_uring(s2, (int)a1, a2, a3, a4));
+		} else if (strcmp(cmd, "vfio") == 0) {
+			struct vfio_iommu_type1_dma_map m = { .argsz = sizeof(m) };
+			printf("%d\n", ioctl(-1, VFIO_IOMMU_MAP_DMA, &m) < 0 ? -errno : 0);
 		} else if (strcmp(cmd, "pipe") == 0) {
 			int p[2];
 			static char buf[65536];

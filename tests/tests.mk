@@ -9,7 +9,7 @@ $(B)/runner: $(TEST_OBJ) $(B)/libmemdedup.a
 	$(CC) -o $@ $^ $(LDFLAGS)
 
 $(B)/testproc: $(B)/tests/testproc.o
-	$(CC) -o $@ $^ $(LDFLAGS)
+	$(CC) -o $@ $^ $(LDFLAGS) -luring
 
 tests-build: $(B)/runner $(B)/testproc $(B)/fuzz-replay
 

@@ -1,0 +1,87 @@
+/*
+ * unseen_io.c - telling, from the VMM's calls, that guest RAM may be written
+ * by transfers the agent does not see.
+ *
+ * A merge is safe against reads that write guest RAM by DMA (O_DIRECT) only
+ * because the agent records each one while it is in flight (engine/
+ * inflight.h). Reads submitted through io_uring, and devices given guest RAM
+ * for DMA through VFIO or iommufd, bypass the interposed read calls: once a
+ * VMM uses either, content scanning must stop merging (md_agent_io_unseen).
+ *
+ * io_uring cannot be judged by its set-up: QEMU sets up a ring for every
+ * event loop (polls and timeouts only) whatever its drives use. So the
+ * entries are judged as they are submitted, through liburing's submit
+ * calls (QEMU's path; the layout of struct io_uring is liburing's, the
+ * version we build against being the one Debian ships to QEMU). An entry
+ * whose opcode is not known to leave user memory unwritten counts as a read
+ * into guest RAM: its target may be registered later, buffers it selects are
+ * not in the entry, and MADVISE could discard pool pages behind the agent.
+ * A VMM that drives the ring without liburing is not seen (documented).
+ */
+#include <errno.h>
+#include <linux/vfio.h>
+#include <sys/ioctl.h>
+#include <liburing.h>
+
+#include "agent_internal.h"
+
+/* linux/iommufd.h (Linux 6.2) is newer than Debian 12's headers. */
+#ifndef IOMMU_IOAS_MAP
+#define IOMMU_IOAS_MAP _IO(';', 0x85)
+#endif
+
+/* Operations that never write user memory: I/O from it, polls, timeouts,
+ * syncs, cancels. Everything else may (reads, receives, statx, provided
+ * buffers) or may discard it (madvise), or is newer than this list. */
+static int op_leaves_memory(unsigned op)
+{
+	switch (op) {
+	case IORING_OP_NOP:
+	case IORING_OP_WRITEV:
+	case IORING_OP_WRITE_FIXED:
+	case IORING_OP_WRITE:
+	case IORING_OP_SEND:
+	case IORING_OP_SENDMSG:
+	case IORING_OP_FSYNC:
+	case IORING_OP_SYNC_FILE_RANGE:
+	case IORING_OP_FALLOCATE:
+	case IORING_OP_FADVISE:
+	case IORING_OP_POLL_ADD:
+	case IORING_OP_POLL_REMOVE:
+	case IORING_OP_TIMEOUT:
+	case IORING_OP_TIMEOUT_REMOVE:
+	case IORING_OP_LINK_TIMEOUT:
+	case IORING_OP_ASYNC_CANCEL:
+	case IORING_OP_CLOSE:
+	case IORING_OP_SHUTDOWN:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+int md__uring_submits_writes(const void *ring_arg)
+{
+	const struct io_uring *ring = ring_arg;
+	if (!ring || !ring->sq.sqes)
+		return 0;
+	const struct io_uring_sq *sq = &ring->sq;
+	/* Entries queued since the last submit, as liburing's flush takes them;
+	 * never more than the ring holds, whatever the counters say. */
+	unsigned n = sq->sqe_tail - sq->sqe_head;
+	if (n > sq->ring_entries)
+		n = sq->ring_entries;
+	unsigned shift = (ring->flags & IORING_SETUP_SQE128) ? 1 : 0;
+	for (unsigned i = 0; i < n; i++) {
+		unsigned idx = ((sq->sqe_head + i) & sq->ring_mask) << shift;
+		if (!op_leaves_memory(sq->sqes[idx].opcode))
+			return 1;
+	}
+	return 0;
+}
+
+int md__ioctl_maps_dma(unsigned long request)
+{
+	return request == (unsigned long)VFIO_IOMMU_MAP_DMA ||
+	       request == (unsigned long)IOMMU_IOAS_MAP;
+}
