@@ -412,6 +412,53 @@ int md_agent_forget(md_agent *a, void *addr, size_t len)
 	return err;
 }
 
+int md__agent_unmap(md_agent *a, void *addr, size_t len, int (*op)(void *arg), void *arg)
+{
+	if (!a || check_range(addr, len))
+		return op(arg);
+	uintptr_t s = (uintptr_t)addr, e = s + len;
+	/* agent->lock across op: a lease break cannot look at the regions
+	 * while the memory goes (lock order: agent_internal.h). */
+	pthread_mutex_lock(&a->lock);
+	int r = a->engine ? md__engine_unmap(a->engine, addr, len, op, arg) : op(arg);
+	if (r == 0) {
+		md__regions_remove(a, s, e);
+	} else {
+		/* Nothing to forget where the memory is still mapped; parts
+		 * partly gone are made private (image pages) and forgotten. */
+		for (size_t i = 0; i < a->nregions; i++) {
+			struct md__region *x = &a->regions[i];
+			uintptr_t s0 = s > x->start ? s : x->start, s1 = e < x->end ? e : x->end;
+			if (s0 >= s1 || md__range_mapped(s0, s1 - s0))
+				continue;
+			md__privatize(a, s0, s1, 0);
+			md__regions_remove(a, s0, s1);
+			i = (size_t)-1;	/* the table changed */
+		}
+	}
+	pthread_mutex_unlock(&a->lock);
+	return r;
+}
+
+struct unmap_arg {
+	void *addr;
+	size_t len;
+};
+
+static int unmap_op(void *p)
+{
+	struct unmap_arg *u = p;
+	return md__sys_munmap(u->addr, u->len) == 0 ? 0 : -errno;
+}
+
+int md_agent_unmap(md_agent *a, void *addr, size_t len)
+{
+	struct unmap_arg u = { addr, len };
+	if (!a || check_range(addr, len))
+		return -EINVAL;
+	return md__agent_unmap(a, addr, len, unmap_op, &u);
+}
+
 int md_agent_advise(md_agent *a, void *addr, size_t len, unsigned advice)
 {
 	int err = check_range(addr, len);

@@ -201,6 +201,12 @@ struct md__resident;
 int md__walk_worth(int known, const struct md__resident *now, const struct md__resident *then,
 		   unsigned since);
 
+/* agent.c: the VMM's munmap, MAP_FIXED mmap or mremap over [addr,
+ * addr+len), done by op(arg) (0 or -errno) with the scanner kept out (see
+ * md__engine_unmap); the range is forgotten if op succeeded, else only its
+ * parts that are partly gone. Returns op's result. */
+int md__agent_unmap(md_agent *a, void *addr, size_t len, int (*op)(void *arg), void *arg);
+
 /* accounting.c */
 /* Refreshes the shared-now and break counters (a walk of /proc/self/pagemap
  * over the shared pages) and, if count_vmas, the VMA count (a read of

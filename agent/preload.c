@@ -226,23 +226,49 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 	}
 }
 
-/* RAM about to be unmapped or replaced is forgotten first, so the scanner,
- * which reads guest pages, can never touch memory that is gone. Forgetting
- * memory whose unmapping then fails only stops sharing it. */
-EXPORT int munmap(void *addr, size_t len)
+/* RAM unmapped or replaced goes through md__agent_unmap: the scanner, which
+ * reads guest pages, is kept out while it goes, and it is forgotten once
+ * gone. A call that fails leaves it registered, with its pool references
+ * (forgotten first, their slots could be reused under pages still mapped). */
+struct vm_call {
+	long nr;		/* SYS_munmap, SYS_mmap or SYS_mremap */
+	long arg[6];		/* unused ones are 0 */
+	long ret;
+};
+
+static int vm_call_run(void *p)
+{
+	struct vm_call *c = p;
+	c->ret = syscall(c->nr, c->arg[0], c->arg[1], c->arg[2], c->arg[3], c->arg[4], c->arg[5]);
+	return c->ret == -1 ? -errno : 0;
+}
+
+/* The call on [addr, addr+len) through the agent; errno as the call left it. */
+static long vm_call(struct vm_call *c, void *addr, size_t len)
 {
 	md_agent *a = agent_peek();
-	if (a && page_len(len) && (uintptr_t)addr % MD_PAGE_SIZE == 0)
-		md_agent_forget(a, addr, page_len(len));
-	return md__sys_munmap(addr, len);
+	if (!a || !page_len(len) || (uintptr_t)addr % MD_PAGE_SIZE) {
+		vm_call_run(c);
+		return c->ret;
+	}
+	int r = md__agent_unmap(a, addr, page_len(len), vm_call_run, c);
+	if (r)
+		errno = -r;
+	return c->ret;
+}
+
+EXPORT int munmap(void *addr, size_t len)
+{
+	struct vm_call c = { SYS_munmap, { (long)addr, (long)len }, 0 };
+	return (int)vm_call(&c, addr, len);
 }
 
 EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
-	md_agent *a = agent_peek();
-	if ((flags & MAP_FIXED) && a && page_len(len) && (uintptr_t)addr % MD_PAGE_SIZE == 0)
-		md_agent_forget(a, addr, page_len(len));
-	return md__sys_mmap(addr, len, prot, flags, fd, off);
+	if (!(flags & MAP_FIXED))
+		return md__sys_mmap(addr, len, prot, flags, fd, off);
+	struct vm_call c = { SYS_mmap, { (long)addr, (long)len, prot, flags, fd, (long)off }, 0 };
+	return (void *)vm_call(&c, addr, len);
 }
 EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 	__attribute__((alias("mmap")));
@@ -261,9 +287,11 @@ EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 	 * private first, so a lease break cannot miss them. */
 	if (a && page_len(old_len) && (uintptr_t)old % MD_PAGE_SIZE == 0)
 		md_agent_unregister(a, old, page_len(old_len));
-	if (a && (flags & MREMAP_FIXED) && page_len(new_len))
-		md_agent_forget(a, new_addr, page_len(new_len));
-	return (void *)syscall(SYS_mremap, old, old_len, new_len, flags, new_addr);
+	struct vm_call c = { SYS_mremap, { (long)old, (long)old_len, (long)new_len, flags, (long)new_addr }, 0 };
+	if (flags & MREMAP_FIXED)	/* what was at new_addr goes */
+		return (void *)vm_call(&c, new_addr, new_len);
+	vm_call_run(&c);
+	return (void *)c.ret;
 }
 
 /* Transfers into guest RAM the agent does not see: reads submitted through
@@ -389,7 +417,7 @@ EXPORT int ioctl(int fd, unsigned long request, ...)
 	va_end(ap);
 	if (md__ioctl_maps_dma(request))
 		unseen_io("mapped memory for a device's DMA (VFIO)");
-	return (int)syscall(SYS_ioctl, fd, request, arg);
+	return md__sys_ioctl(fd, request, arg);
 }
 
 EXPORT ssize_t pread(int fd, void *buf, size_t len, off_t off)

@@ -57,6 +57,11 @@ int md__sys_munmap(void *addr, size_t len)
 	return (int)syscall(SYS_munmap, addr, len);
 }
 
+int md__sys_ioctl(int fd, unsigned long request, void *arg)
+{
+	return (int)syscall(SYS_ioctl, fd, request, arg);
+}
+
 int md__sys_madvise(void *addr, size_t len, int advice)
 {
 	return (int)syscall(SYS_madvise, addr, len, advice);
@@ -93,6 +98,13 @@ static int line_shares(const char *line, uintptr_t a, uintptr_t end)
 	if (sscanf(line, "%lx-%lx %4s", &lo, &hi, perms) != 3)
 		return 0;
 	return lo < end && hi > a && perms[3] == 's';
+}
+
+/* msync without flags only checks that the range is mapped (ENOMEM where
+ * it is not), writes nothing back and allocates nothing. */
+int md__range_mapped(uintptr_t a, size_t len)
+{
+	return syscall(SYS_msync, a, len, 0) == 0;
 }
 
 int md__range_shared(uintptr_t a, size_t len)

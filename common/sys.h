@@ -18,6 +18,7 @@ ssize_t md__sys_preadv2(int fd, const struct iovec *iov, int iovcnt, off_t off, 
 void *md__sys_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off);
 int md__sys_munmap(void *addr, size_t len);
 int md__sys_madvise(void *addr, size_t len, int advice);
+int md__sys_ioctl(int fd, unsigned long request, void *arg);
 pid_t md__sys_gettid(void);
 
 /* Copies the n pages of our own memory at p[0..n) (n at most 64) to buf,
@@ -35,6 +36,8 @@ int md__copy_own_pages(void *buf, const void **p, size_t n);
 /* 1 if a mapping of this process shares part of [a, a+len) (MAP_SHARED:
  * memory other processes or devices also write), 0 if none, or -errno. */
 int md__range_shared(uintptr_t a, size_t len);
+/* 1 if every page of [a, a+len) is mapped, else 0. */
+int md__range_mapped(uintptr_t a, size_t len);
 /* Lines of /proc/self/maps: the process's mappings (VMAs) now. */
 uint64_t md__count_vmas(void);
 /* The pages the process maps now, all of them and those of files and

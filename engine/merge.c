@@ -444,13 +444,10 @@ static void privatize_pages(struct md__engine *e, struct md__eregion *r, size_t 
 	}
 }
 
-int md__engine_unregister(struct md__engine *e, void *addr, size_t len, int how)
+/* md__engine_unregister with both locks held. */
+static int unregister_locked(struct md__engine *e, uintptr_t a, uintptr_t end, int how)
 {
-	uintptr_t a = (uintptr_t)addr, end = a + len;
 	int err = 0;
-
-	pthread_rwlock_wrlock(&e->regions_lock);
-	pthread_mutex_lock(&e->lock);
 	for (size_t ri = 0; ri < e->nregions; ri++) {
 		struct md__eregion r = e->regions[ri];
 		if (r.end <= a || r.start >= end)
@@ -495,9 +492,47 @@ int md__engine_unregister(struct md__engine *e, void *addr, size_t len, int how)
 		 * outside [a, end) and is skipped). */
 		ri = (size_t)-1;
 	}
+	return err;
+}
+
+int md__engine_unregister(struct md__engine *e, void *addr, size_t len, int how)
+{
+	pthread_rwlock_wrlock(&e->regions_lock);
+	pthread_mutex_lock(&e->lock);
+	int err = unregister_locked(e, (uintptr_t)addr, (uintptr_t)addr + len, how);
 	md__engine_unlock(e);
 	pthread_rwlock_unlock(&e->regions_lock);
 	return err;
+}
+
+/* Both locks are held across op, so the scanner cannot read the memory
+ * while it goes, and nothing is frozen (a merge holds the merge lock from
+ * freeze to thaw): no thread of the VMM waits for us while op waits for
+ * the mm. A failed op leaves what is still mapped registered, with its
+ * references: forgetting it first would free slots its pages still map. */
+int md__engine_unmap(struct md__engine *e, void *addr, size_t len, int (*op)(void *arg), void *arg)
+{
+	uintptr_t a = (uintptr_t)addr, end = a + len;
+	pthread_rwlock_wrlock(&e->regions_lock);
+	pthread_mutex_lock(&e->lock);
+	int r = op(arg);
+	if (r == 0) {
+		unregister_locked(e, a, end, MD_UNREG_GONE);
+	} else {
+		/* Parts partly gone are made private where still mapped and
+		 * keep their references elsewhere (MD_UNREG_MAPPED). */
+		for (size_t ri = 0; ri < e->nregions; ri++) {
+			struct md__eregion *x = &e->regions[ri];
+			uintptr_t s0 = a > x->start ? a : x->start, s1 = end < x->end ? end : x->end;
+			if (s0 >= s1 || md__range_mapped(s0, s1 - s0))
+				continue;
+			unregister_locked(e, s0, s1, MD_UNREG_MAPPED);
+			ri = (size_t)-1;	/* the table changed */
+		}
+	}
+	md__engine_unlock(e);
+	pthread_rwlock_unlock(&e->regions_lock);
+	return r;
 }
 
 void md__engine_advise(struct md__engine *e, void *addr, size_t len, unsigned advice)

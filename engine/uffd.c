@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "sys.h"
 #include "uffd.h"
 
 static int uffd_new_fd(void)
@@ -31,7 +32,7 @@ static int uffd_new_fd(void)
 	int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
 	if (dev < 0)
 		return errno == ENOENT ? sys_err : -errno;
-	fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+	fd = md__sys_ioctl(dev, USERFAULTFD_IOC_NEW, (void *)(long)(O_CLOEXEC | O_NONBLOCK));
 	int err = fd < 0 ? -errno : 0;
 	close(dev);
 	return fd < 0 ? err : fd;
@@ -40,7 +41,7 @@ static int uffd_new_fd(void)
 static int uffd_api(int fd, uint64_t features, uint64_t *granted)
 {
 	struct uffdio_api api = { .api = UFFD_API, .features = features };
-	if (ioctl(fd, UFFDIO_API, &api) < 0)
+	if (md__sys_ioctl(fd, UFFDIO_API, &api) < 0)
 		return -errno;
 	*granted = api.features;
 	return 0;
@@ -94,7 +95,7 @@ int md__uffd_register_wp(struct md__uffd *u, uintptr_t addr, size_t len)
 		.range = { .start = addr, .len = len },
 		.mode = UFFDIO_REGISTER_MODE_WP,
 	};
-	if (ioctl(u->fd, UFFDIO_REGISTER, &reg) < 0)
+	if (md__sys_ioctl(u->fd, UFFDIO_REGISTER, &reg) < 0)
 		return -errno;
 	if (!(reg.ioctls & (1ull << _UFFDIO_WRITEPROTECT)))
 		return -ENOTSUP;
@@ -104,7 +105,7 @@ int md__uffd_register_wp(struct md__uffd *u, uintptr_t addr, size_t len)
 int md__uffd_unregister(struct md__uffd *u, uintptr_t addr, size_t len)
 {
 	struct uffdio_range r = { .start = addr, .len = len };
-	return ioctl(u->fd, UFFDIO_UNREGISTER, &r) < 0 ? -errno : 0;
+	return md__sys_ioctl(u->fd, UFFDIO_UNREGISTER, &r) < 0 ? -errno : 0;
 }
 
 int md__uffd_wp(struct md__uffd *u, uintptr_t addr, size_t len, int protect)
@@ -115,7 +116,7 @@ int md__uffd_wp(struct md__uffd *u, uintptr_t addr, size_t len, int protect)
 	};
 	/* EAGAIN: the mm is changing under us (mmap_changing); try again. */
 	for (int tries = 0; tries < 1000; tries++) {
-		if (ioctl(u->fd, UFFDIO_WRITEPROTECT, &wp) == 0)
+		if (md__sys_ioctl(u->fd, UFFDIO_WRITEPROTECT, &wp) == 0)
 			return 0;
 		if (errno != EAGAIN)
 			return -errno;
@@ -126,7 +127,7 @@ int md__uffd_wp(struct md__uffd *u, uintptr_t addr, size_t len, int protect)
 int md__uffd_wake(struct md__uffd *u, uintptr_t addr, size_t len)
 {
 	struct uffdio_range r = { .start = addr, .len = len };
-	return ioctl(u->fd, UFFDIO_WAKE, &r) < 0 ? -errno : 0;
+	return md__sys_ioctl(u->fd, UFFDIO_WAKE, &r) < 0 ? -errno : 0;
 }
 
 static void *fault_thread(void *arg)

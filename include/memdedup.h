@@ -213,7 +213,8 @@ MD_API void md_agent_free(md_agent *agent);
  * that a new mapping must inherit (MD_ADV_* bits). Memory mapped MAP_SHARED
  * (other processes or devices write it too) is refused with -EPERM. */
 MD_API int md_agent_register(md_agent *agent, void *addr, size_t len, unsigned advice);
-/* Forgets [addr, addr+len); pages shared there stay as they are. */
+/* Forgets [addr, addr+len), which stays mapped: pages shared there are made
+ * private copies first (their content stays as it is). */
 MD_API int md_agent_unregister(md_agent *agent, void *addr, size_t len);
 /* Adds advice bits to what new mappings in [addr, addr+len) inherit. */
 MD_API int md_agent_advise(md_agent *agent, void *addr, size_t len, unsigned advice);
@@ -227,9 +228,17 @@ MD_API int md_agent_advise(md_agent *agent, void *addr, size_t len, unsigned adv
  * content. Returns 0, or -errno if some could not be (memory short): the VMM
  * must then not discard, as those pages would read back as file content. */
 MD_API int md_agent_discard(md_agent *agent, void *addr, size_t len);
-/* Tells the agent [addr, addr+len) was unmapped or mapped anew by the VMM:
- * it is no longer guest RAM that asked for merging. */
+/* Tells the agent [addr, addr+len) is about to be unmapped or mapped anew by
+ * the VMM: it is no longer guest RAM that asked for merging. Call it before:
+ * the scanner must not touch memory that is gone. If the unmapping then
+ * fails, the pages it left mapped may show other content: prefer
+ * md_agent_unmap. */
 MD_API int md_agent_forget(md_agent *agent, void *addr, size_t len);
+/* munmap(2) of [addr, addr+len) through the agent: the scanner is kept out
+ * while the memory goes, and the range is forgotten once gone. If munmap
+ * fails nothing changes. Returns 0 or munmap's -errno. The preload library
+ * does the same for the VMM's munmap, MAP_FIXED mmap and fixed mremap. */
+MD_API int md_agent_unmap(md_agent *agent, void *addr, size_t len);
 
 /* pread(2) and preadv2(2) that share what they can (flags as preadv2). */
 MD_API ssize_t md_agent_pread(md_agent *agent, int fd, void *buf, size_t len, off_t off);

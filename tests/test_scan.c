@@ -235,6 +235,40 @@ TEST_IMPL(scan_merges_beside_event_rings)
 	return 0;
 }
 
+static int merged_512(const md_stats *s) { return s->merged >= 512; }
+
+/* A munmap that fails (EINVAL here: a length past the end of the address
+ * space) unmaps nothing: merged pages keep their pool pages, which later
+ * merges must not reuse under them, and stay merged. */
+TEST_IMPL(scan_failed_unmap_keeps_pages)
+{
+	struct proc a;
+	proc_start(&a, fast_scan);
+	proc_cmd(&a, "map 1024");
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 256 7", 512 * PG), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 256 7", 768 * PG), "ok") == 0);
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_256_only), 0);
+	char h[32];
+	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash %u %u", 512 * PG, 256 * PG));
+	ASSERT_EQ(proc_num(&a, "unmap %u 800000000000", 512 * PG), -EINVAL);
+	/* New duplicates below: merging them takes free pool slots. */
+	ASSERT(strcmp(proc_cmd(&a, "fill 0 256 9"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 256 9", 256 * PG), "ok") == 0);
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_512), 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 512 * PG, 256 * PG), h) == 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 768 * PG, 256 * PG), h) == 0);
+	for (unsigned i = 0; i < 256; i += 15)
+		ASSERT(proc_page(&a, (512 + i) * PG).pfn == proc_page(&a, (768 + i) * PG).pfn);
+	/* Unmapped for real, it is forgotten, and the rest stays merged. */
+	ASSERT_EQ(proc_num(&a, "unmap %u %x", 512 * PG, 512 * PG), 0);
+	ASSERT_EQ(proc_stats_wait(&a, &s, 5000, NULL), 0);
+	for (unsigned i = 0; i < 256; i += 15)
+		ASSERT(proc_page(&a, i * PG).pfn == proc_page(&a, (256 + i) * PG).pfn);
+	proc_stop(&a);
+	return 0;
+}
+
 TEST_IMPL(scan_fill_pages)
 {
 	struct proc a;

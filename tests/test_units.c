@@ -316,6 +316,16 @@ TEST_IMPL(agent_api_rejects)
 	ASSERT_EQ(md_agent_register(a, mem, 1 << 19, 0), 0);	/* the private part */
 	ASSERT_EQ(md_agent_stats(a, &s), 0);
 	ASSERT_EQ(s.regions, 1);
+	/* md_agent_unmap: a failed munmap (past the address space) forgets
+	 * nothing; the real one forgets what it unmapped. */
+	ASSERT_EQ(md_agent_unmap(a, mem + 1, 4096), -EINVAL);
+	ASSERT_EQ(md_agent_unmap(NULL, mem, 4096), -EINVAL);
+	ASSERT_EQ(md_agent_unmap(a, mem, (size_t)1 << 47), -EINVAL);
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.registered_bytes, 1 << 19);
+	ASSERT_EQ(md_agent_unmap(a, mem + (1 << 18), 1 << 18), 0);
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.registered_bytes, 1 << 18);
 	munmap(sh, 1 << 20);
 	md_agent_free(a);
 	munmap(mem, 1 << 20);

@@ -18,6 +18,7 @@
  *                           pages keep becoming equal (and merged) while written
  *   exhaust / release     -> fill the process's mappings up to the limit, undo
  *   advise DOFF LEN ADVICE-> madvise result (dontneed, dontfork, unmergeable)
+ *   unmap DOFF HEXLEN     -> munmap result (0 or -errno)
  *   fork DOFF             -> the child's hash of one page (child reads it)
  *   fill DOFF NPAGES SEED -> ok: page i gets content made of (SEED, i)
  *   zero DOFF NPAGES      -> ok: pages made present, then zero
@@ -296,6 +297,9 @@ int main(void)
 			int adv = strcmp(s2, "dontneed") == 0 ? MADV_DONTNEED :
 				  strcmp(s2, "dontfork") == 0 ? MADV_DONTFORK : MADV_UNMERGEABLE;
 			printf("%d\n", madvise(base + a1, (size_t)a2, adv) == 0 ? 0 : -errno);
+		} else if (strcmp(cmd, "unmap") == 0) {
+			sscanf(line, "%*s %lld %llx", &a1, (unsigned long long *)&a2);
+			printf("%d\n", munmap(base + a1, (size_t)a2) == 0 ? 0 : -errno);
 		} else if (strcmp(cmd, "fork") == 0) {
 			sscanf(line, "%*s %lld %lld", &a1, &a2);
 			int p[2];
