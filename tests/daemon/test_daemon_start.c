@@ -646,11 +646,60 @@ TEST_IMPL(daemon_accept_backs_off)
 	return 0;
 }
 
+/* The daemon has one descriptor left when an agent connects: the accept
+ * takes it, and no pidfd of the agent can be had (SO_PEERPIDFD, then
+ * pidfd_open at HELLO). The agent is refused, not served with references
+ * only its connection would hold. Its domain's pool exists already (a
+ * first agent made it), so nothing else needs a descriptor before. */
+TEST_IMPL(daemon_agent_without_pidfd_refused_at_hello)
+{
+	struct tdaemon t;
+	td_start(&t, 16);
+	struct md__msg_welcome w;
+	int pool;
+	struct md__client *first = td_agent(&t, "one", &w, &pool);
+	close(pool);
+	char fds[64];
+	snprintf(fds, sizeof(fds), "/proc/%d/fd", (int)t.pid);
+	DIR *dir = opendir(fds);
+	ASSERT(dir);
+	unsigned open_fds = 0;
+	for (struct dirent *e; (e = readdir(dir));)
+		open_fds += e->d_name[0] != '.';
+	closedir(dir);
+	struct rlimit room, one_left;
+	ASSERT(prlimit(t.pid, RLIMIT_NOFILE, NULL, &room) == 0);
+	one_left = (struct rlimit){ open_fds + 1, room.rlim_max };
+	ASSERT(prlimit(t.pid, RLIMIT_NOFILE, &one_left, NULL) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		struct md__client *c;
+		int fd;
+		int err = md__client_connect(&c, t.sock);
+		if (!err)
+			err = md__client_hello(c, "one", 0, &w, &fd);
+		_exit(err == -EMFILE ? 0 : 1);
+	}
+	int st;
+	ASSERT_EQ(waitpid(kid, &st, 0), kid);
+	ASSERT_EQ(st, 0);
+	char log[400], want[64];
+	snprintf(log, sizeof(log), "%s/log", t.dir);
+	snprintf(want, sizeof(want), "cannot watch pid %d", (int)kid);
+	ASSERT(strstr(file_text(log), want));
+	ASSERT(prlimit(t.pid, RLIMIT_NOFILE, &room, NULL) == 0);	/* td_stop's STATUS */
+	md__client_free(first);
+	td_stop(&t);
+	return 0;
+}
+
 TEST_IMPL(daemon_agent_without_pidfd_refused)
 {
 	/* Descriptors run out with agents connected: every agent served
 	 * keeps its page when its connection goes. (Here the accept is what
-	 * fails first: this does not reach the HELLO that finds no pidfd.) */
+	 * fails first; daemon_agent_without_pidfd_refused_at_hello reaches
+	 * the HELLO that finds no pidfd.) */
 	pidfd_or_refused(30);
 	pidfd_or_refused(31);
 	return 0;
