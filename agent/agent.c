@@ -412,7 +412,7 @@ int md_agent_forget(md_agent *a, void *addr, size_t len)
 	return err;
 }
 
-int md__agent_unmap(md_agent *a, void *addr, size_t len, int (*op)(void *arg), void *arg)
+int md__agent_unmap(md_agent *a, void *addr, size_t len, int (*op)(void *arg), void *arg, int keep_mapped)
 {
 	if (!a || check_range(addr, len))
 		return op(arg);
@@ -420,21 +420,26 @@ int md__agent_unmap(md_agent *a, void *addr, size_t len, int (*op)(void *arg), v
 	/* agent->lock across op: a lease break cannot look at the regions
 	 * while the memory goes (lock order: agent_internal.h). */
 	pthread_mutex_lock(&a->lock);
-	int r = a->engine ? md__engine_unmap(a->engine, addr, len, op, arg) : op(arg);
+	int r = a->engine ? md__engine_unmap(a->engine, addr, len, op, arg, keep_mapped) : op(arg);
+	struct md__run *run;
+	size_t n;
 	if (r == 0) {
 		md__regions_remove(a, s, e);
-	} else {
-		/* Nothing to forget where the memory is still mapped; parts
-		 * partly gone are made private (image pages) and forgotten. */
-		for (size_t i = 0; i < a->nregions; i++) {
-			struct md__region *x = &a->regions[i];
-			uintptr_t s0 = s > x->start ? s : x->start, s1 = e < x->end ? e : x->end;
-			if (s0 >= s1 || md__range_mapped(s0, s1 - s0))
+	} else if (md__range_runs(s, e, &run, &n) == 0) {
+		/* As the engine does (md__engine_unmap): image pages of what
+		 * is mapped and not kept are made private before they are
+		 * forgotten. */
+		for (size_t i = 0; i < n; i++) {
+			if (run[i].mapped && keep_mapped)
 				continue;
-			md__privatize(a, s0, s1, 0);
-			md__regions_remove(a, s0, s1);
-			i = (size_t)-1;	/* the table changed */
+			if (run[i].mapped)
+				md__privatize(a, run[i].lo, run[i].hi, 0);
+			md__regions_remove(a, run[i].lo, run[i].hi);
 		}
+		free(run);
+	} else {
+		md__privatize(a, s, e, 0);
+		md__regions_remove(a, s, e);
 	}
 	pthread_mutex_unlock(&a->lock);
 	return r;
@@ -456,7 +461,7 @@ int md_agent_unmap(md_agent *a, void *addr, size_t len)
 	struct unmap_arg u = { addr, len };
 	if (!a || check_range(addr, len))
 		return -EINVAL;
-	return md__agent_unmap(a, addr, len, unmap_op, &u);
+	return md__agent_unmap(a, addr, len, unmap_op, &u, 1);
 }
 
 int md_agent_advise(md_agent *a, void *addr, size_t len, unsigned advice)

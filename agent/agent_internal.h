@@ -9,8 +9,9 @@
  *
  * With the content scanner, agent->lock comes before the engine's locks
  * (regions_lock, then the merge lock): the read path maps image pages through
- * md__engine_exclude() while holding agent->lock; the scanner never takes
- * agent->lock.
+ * md__engine_exclude() while holding agent->lock; the scanner takes
+ * agent->lock (the image-page index, agent/imagepages.c) only outside the
+ * engine's locks. md__agent_unmap holds all three across the VMM's munmap.
  */
 #ifndef MD_AGENT_INTERNAL_H
 #define MD_AGENT_INTERNAL_H
@@ -62,7 +63,7 @@ struct md_agent {
 	size_t nimages, images_cap;
 
 	int kernel_ksm;
-	int io_unseen;          /* md_agent_io_unseen was called */
+	int io_unseen;          /* md_agent_io_unseen was called (set under lock) */
 	unsigned flags;
 	uint64_t max_vmas;
 	uint64_t maps_since_count;    /* mmaps since the last VMA count */
@@ -202,10 +203,10 @@ int md__walk_worth(int known, const struct md__resident *now, const struct md__r
 		   unsigned since);
 
 /* agent.c: the VMM's munmap, MAP_FIXED mmap or mremap over [addr,
- * addr+len), done by op(arg) (0 or -errno) with the scanner kept out (see
- * md__engine_unmap); the range is forgotten if op succeeded, else only its
- * parts that are partly gone. Returns op's result. */
-int md__agent_unmap(md_agent *a, void *addr, size_t len, int (*op)(void *arg), void *arg);
+ * addr+len), done by op(arg) (0 or -errno) with the scanner kept out; the
+ * range is forgotten if op succeeded, else as md__engine_unmap says
+ * (keep_mapped: op was a munmap). Returns op's result. */
+int md__agent_unmap(md_agent *a, void *addr, size_t len, int (*op)(void *arg), void *arg, int keep_mapped);
 
 /* accounting.c */
 /* Refreshes the shared-now and break counters (a walk of /proc/self/pagemap

@@ -246,12 +246,14 @@ static int vm_call_run(void *p)
 /* The call on [addr, addr+len) through the agent; errno as the call left it. */
 static long vm_call(struct vm_call *c, void *addr, size_t len)
 {
+	/* A failed munmap unmaps nothing; a failed mmap or mremap may have. */
+	int keep_mapped = c->nr == SYS_munmap;
 	md_agent *a = agent_peek();
 	if (!a || !page_len(len) || (uintptr_t)addr % MD_PAGE_SIZE) {
 		vm_call_run(c);
 		return c->ret;
 	}
-	int r = md__agent_unmap(a, addr, page_len(len), vm_call_run, c);
+	int r = md__agent_unmap(a, addr, page_len(len), vm_call_run, c, keep_mapped);
 	if (r)
 		errno = -r;
 	return c->ret;
@@ -330,6 +332,13 @@ static void *next_fn(void **slot, const char *name)
 	void *f = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
 	if (!f) {
 		f = dlsym(RTLD_NEXT, name);
+		/* liburing loaded by a module of its own (RTLD_LOCAL) is not
+		 * in the global scope, but our symbol still shadows its. */
+		void *lib = f ? NULL : dlopen("liburing.so.2", RTLD_LAZY | RTLD_NOLOAD);
+		if (lib) {
+			f = dlsym(lib, name);
+			dlclose(lib);
+		}
 		__atomic_store_n(slot, f, __ATOMIC_RELEASE);
 	}
 	return f;
@@ -387,6 +396,42 @@ EXPORT int io_uring_wait_cqe_timeout(struct io_uring *ring, struct io_uring_cqe 
 {
 	uring_check(ring);
 	URING_NEXT(io_uring_wait_cqe_timeout, ring, cqe, ts);
+}
+
+/* Buffers registered with a ring are pinned for as long as they stay
+ * registered: reads (READ_FIXED) would land, and writes (WRITE_FIXED) read,
+ * in frames a merge had unmapped. */
+static void uring_pins(void)
+{
+	unseen_io("registered buffers with io_uring (pinned)");
+}
+
+EXPORT int io_uring_register_buffers(struct io_uring *ring, const struct iovec *iov, unsigned nr)
+{
+	uring_pins();
+	URING_NEXT(io_uring_register_buffers, ring, iov, nr);
+}
+
+EXPORT int io_uring_register_buffers_tags(struct io_uring *ring, const struct iovec *iov,
+					  const __u64 *tags, unsigned nr)
+{
+	uring_pins();
+	URING_NEXT(io_uring_register_buffers_tags, ring, iov, tags, nr);
+}
+
+EXPORT int io_uring_register_buffers_update_tag(struct io_uring *ring, unsigned off,
+						const struct iovec *iov, const __u64 *tags, unsigned nr)
+{
+	uring_pins();
+	URING_NEXT(io_uring_register_buffers_update_tag, ring, off, iov, tags, nr);
+}
+
+EXPORT int io_uring_register(unsigned fd, unsigned opcode, const void *arg, unsigned nr_args)
+{
+	if (opcode == IORING_REGISTER_BUFFERS || opcode == IORING_REGISTER_BUFFERS2 ||
+	    opcode == IORING_REGISTER_BUFFERS_UPDATE)
+		uring_pins();
+	URING_NEXT(io_uring_register, fd, opcode, arg, nr_args);
 }
 
 /* The raw entry points submit entries we cannot see. */

@@ -254,6 +254,8 @@ static ssize_t read_segment(struct md_agent *a, int fd, void *buf, size_t len, o
 	int small = 0;
 	if (a->flags & MD_OPT_NO_SHARING)
 		;	/* counted as seen only: the baseline of comparisons */
+	else if (__atomic_load_n(&a->io_unseen, __ATOMIC_ACQUIRE))
+		;	/* a device may hold pages we would replace: md_agent_io_unseen */
 	else if (len < MD_PAGE)
 		md__fallback(a, MD_FB_PARTIAL, 1);
 	else if (((uintptr_t)buf - (uintptr_t)off) % MD_PAGE == 0 &&

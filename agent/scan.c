@@ -136,6 +136,9 @@ int md_agent_pause(md_agent *a, int paused)
 {
 	if (!a || !a->engine)
 		return -EINVAL;
+	/* Nothing could be merged: resuming would only spend CPU. */
+	if (!paused && __atomic_load_n(&a->io_unseen, __ATOMIC_ACQUIRE))
+		return -EPERM;
 	__atomic_store_n(&a->scanner.paused, paused ? 1 : 0, __ATOMIC_RELAXED);
 	__atomic_store_n(&a->scanner.idle, 0, __ATOMIC_RELAXED);	/* the set rate again */
 	return 0;
@@ -143,12 +146,24 @@ int md_agent_pause(md_agent *a, int paused)
 
 void md_agent_io_unseen(md_agent *a, const char *what)
 {
-	if (!a || !a->engine || __atomic_exchange_n(&a->io_unseen, 1, __ATOMIC_ACQ_REL))
+	if (!a)
 		return;
-	md__inflight_block(&a->engine->io);
-	md_agent_pause(a, 1);
-	md__log("the VMM %s, I/O the agent does not see: content scanning stops merging "
-		"(QEMU keeps it with aio=threads and no assigned devices)", what ? what : "writes guest RAM");
+	/* Under the lock: a read mapping image pages over guest RAM is done
+	 * before we return (and so before the device pins what it will use),
+	 * and none maps after. */
+	pthread_mutex_lock(&a->lock);
+	int before = __atomic_exchange_n(&a->io_unseen, 1, __ATOMIC_ACQ_REL);
+	pthread_mutex_unlock(&a->lock);
+	if (before)
+		return;
+	if (a->engine) {
+		md__inflight_block(&a->engine->io);
+		__atomic_store_n(&a->scanner.paused, 1, __ATOMIC_RELAXED);
+	}
+	md__set(a, MD_CTR_MERGING_STOPPED, 1);
+	md__log("the VMM %s, I/O the agent does not see: reads into guest RAM are copied%s from now on "
+		"(QEMU keeps sharing with aio=threads and no assigned devices)", what ? what : "writes guest RAM",
+		a->engine ? " and content scanning stops merging" : "");
 }
 
 int md_agent_set(md_agent *a, const char *key, const char *value)

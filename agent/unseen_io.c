@@ -82,6 +82,7 @@ int md__uring_submits_writes(const void *ring_arg)
 
 int md__ioctl_maps_dma(unsigned long request)
 {
-	return request == (unsigned long)VFIO_IOMMU_MAP_DMA ||
-	       request == (unsigned long)IOMMU_IOAS_MAP;
+	/* The kernel looks at the low 32 bits only. */
+	unsigned int r = (unsigned int)request;
+	return r == (unsigned int)VFIO_IOMMU_MAP_DMA || r == (unsigned int)IOMMU_IOAS_MAP;
 }

@@ -191,6 +191,7 @@ static json_t *stats_json(const md_stats *s)
 		{ "merged_image", s->merged_image }, { "image_pages_indexed", s->image_pages_indexed },
 		{ "zero_pages_near_hints", s->zero_pages_near_hints },
 		{ "hint_ratio", s->hint_ratio }, { "filled_pages", s->filled_pages },
+		{ "merging_stopped", s->merging_stopped },
 	};
 	for (size_t i = 0; i < sizeof(scan) / sizeof(scan[0]); i++)
 		json_object_set_new(sc, scan[i].k, ju64(scan[i].v));
@@ -295,6 +296,10 @@ int md__cmd_status(int argc, char **argv)
 				  &agents[i].stats);
 		}
 		print_row("total", n == 1 ? "1 agent" : "agents", &total);
+		for (size_t i = 0; i < n; i++)
+			if (agents[i].stats.merging_stopped)
+				printf("pid %u: merging stopped: the VMM does I/O the agent cannot "
+				       "follow (its log says which)\n", agents[i].pid);
 		json_t *doms = daemon ? json_object_get(daemon, "domains") : NULL;
 		if (doms && json_array_size(doms)) {
 			size_t i;

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -90,16 +91,6 @@ uint64_t md__count_vmas(void)
 	return lines;
 }
 
-/* One line of /proc/self/maps: 1 if it maps part of [a, end) shared. */
-static int line_shares(const char *line, uintptr_t a, uintptr_t end)
-{
-	unsigned long lo, hi;
-	char perms[5];
-	if (sscanf(line, "%lx-%lx %4s", &lo, &hi, perms) != 3)
-		return 0;
-	return lo < end && hi > a && perms[3] == 's';
-}
-
 /* msync without flags only checks that the range is mapped (ENOMEM where
  * it is not), writes nothing back and allocates nothing. */
 int md__range_mapped(uintptr_t a, size_t len)
@@ -107,11 +98,13 @@ int md__range_mapped(uintptr_t a, size_t len)
 	return syscall(SYS_msync, a, len, 0) == 0;
 }
 
-int md__range_shared(uintptr_t a, size_t len)
+/* Calls line(arg, lo, hi, perms) for each mapping in /proc/self/maps, in
+ * address order. 0, or -errno if the file cannot be read. */
+static int maps_each(void (*line)(void *arg, uintptr_t lo, uintptr_t hi, const char *perms), void *arg)
 {
 	char buf[65536];
 	size_t have = 0;
-	int shared = 0;
+	int err = 0;
 	int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
@@ -120,29 +113,106 @@ int md__range_shared(uintptr_t a, size_t len)
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0) {
-			shared = -errno;
+			err = -errno;
 			break;
 		}
 		have += (size_t)n;
 		buf[have] = 0;
-		char *line = buf, *nl;
-		while ((nl = memchr(line, '\n', (size_t)(buf + have - line)))) {
-			*nl = 0;
-			shared |= line_shares(line, a, a + len);
-			line = nl + 1;
+		char *p = buf, *nl;
+		/* At the end, a last line may come without a newline. */
+		while ((nl = memchr(p, '\n', (size_t)(buf + have - p))) || (n == 0 && *p)) {
+			unsigned long lo, hi;
+			char perms[5];
+			if (nl)
+				*nl = 0;
+			if (sscanf(p, "%lx-%lx %4s", &lo, &hi, perms) == 3)
+				line(arg, lo, hi, perms);
+			p = nl ? nl + 1 : p + strlen(p);
 		}
-		if (n == 0) {
-			shared |= line_shares(line, a, a + len);	/* a last line without a newline */
+		if (n == 0)
 			break;
-		}
 		/* Keep the partial line; a line never fills the buffer. */
-		have = (size_t)(buf + have - line);
-		memmove(buf, line, have);
+		have = (size_t)(buf + have - p);
+		memmove(buf, p, have);
 		if (have == sizeof(buf) - 1)
 			have = 0;
 	}
 	close(fd);
-	return shared;
+	return err;
+}
+
+struct shares {
+	uintptr_t a, end;
+	int shared;
+};
+
+/* A mapping that shares part of [a, end) (MAP_SHARED: perms "...s"). */
+static void line_shares(void *arg, uintptr_t lo, uintptr_t hi, const char *perms)
+{
+	struct shares *s = arg;
+	s->shared |= lo < s->end && hi > s->a && perms[3] == 's';
+}
+
+int md__range_shared(uintptr_t a, size_t len)
+{
+	struct shares s = { a, a + len, 0 };
+	int err = maps_each(line_shares, &s);
+	return err ? err : s.shared;
+}
+
+struct runs {
+	uintptr_t cursor, end;
+	struct md__run *run;
+	size_t n, cap;
+	int err;
+};
+
+static void runs_push(struct runs *r, uintptr_t lo, uintptr_t hi, int mapped)
+{
+	if (r->n && r->run[r->n - 1].mapped == mapped && r->run[r->n - 1].hi == lo) {
+		r->run[r->n - 1].hi = hi;	/* adjacent mappings: one run */
+		return;
+	}
+	if (r->n == r->cap) {
+		size_t cap = r->cap ? 2 * r->cap : 16;
+		struct md__run *grown = realloc(r->run, cap * sizeof(*grown));
+		if (!grown) {
+			r->err = -ENOMEM;
+			return;
+		}
+		r->run = grown;
+		r->cap = cap;
+	}
+	r->run[r->n++] = (struct md__run){ lo, hi, mapped };
+}
+
+static void line_runs(void *arg, uintptr_t lo, uintptr_t hi, const char *perms)
+{
+	struct runs *r = arg;
+	(void)perms;
+	if (hi <= r->cursor || lo >= r->end)
+		return;
+	if (lo > r->cursor)
+		runs_push(r, r->cursor, lo, 0);
+	uintptr_t to = hi < r->end ? hi : r->end;
+	runs_push(r, lo > r->cursor ? lo : r->cursor, to, 1);
+	r->cursor = to;
+}
+
+int md__range_runs(uintptr_t a, uintptr_t end, struct md__run **runs, size_t *n)
+{
+	struct runs r = { a, end, NULL, 0, 0, 0 };
+	int err = maps_each(line_runs, &r);
+	if (!err && r.cursor < end)
+		runs_push(&r, r.cursor, end, 0);
+	err = err ? err : r.err;
+	if (err) {
+		free(r.run);
+		return err;
+	}
+	*runs = r.run;
+	*n = r.n;
+	return 0;
 }
 
 int md__resident_pages(int statm_fd, struct md__resident *out)

@@ -38,6 +38,13 @@ int md__copy_own_pages(void *buf, const void **p, size_t n);
 int md__range_shared(uintptr_t a, size_t len);
 /* 1 if every page of [a, a+len) is mapped, else 0. */
 int md__range_mapped(uintptr_t a, size_t len);
+/* [a, end) as runs mapped and not, in order (from /proc/self/maps):
+ * *runs (malloc'd; the caller frees it) and *n. 0 or -errno. */
+struct md__run {
+	uintptr_t lo, hi;
+	int mapped;
+};
+int md__range_runs(uintptr_t a, uintptr_t end, struct md__run **runs, size_t *n);
 /* Lines of /proc/self/maps: the process's mappings (VMAs) now. */
 uint64_t md__count_vmas(void);
 /* The pages the process maps now, all of them and those of files and

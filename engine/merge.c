@@ -510,25 +510,32 @@ int md__engine_unregister(struct md__engine *e, void *addr, size_t len, int how)
  * freeze to thaw): no thread of the VMM waits for us while op waits for
  * the mm. A failed op leaves what is still mapped registered, with its
  * references: forgetting it first would free slots its pages still map. */
-int md__engine_unmap(struct md__engine *e, void *addr, size_t len, int (*op)(void *arg), void *arg)
+int md__engine_unmap(struct md__engine *e, void *addr, size_t len, int (*op)(void *arg), void *arg,
+		     int keep_mapped)
 {
 	uintptr_t a = (uintptr_t)addr, end = a + len;
 	pthread_rwlock_wrlock(&e->regions_lock);
 	pthread_mutex_lock(&e->lock);
 	int r = op(arg);
+	struct md__run *run;
+	size_t n;
 	if (r == 0) {
 		unregister_locked(e, a, end, MD_UNREG_GONE);
+	} else if (md__range_runs(a, end, &run, &n) == 0) {
+		/* What is gone is forgotten. What is mapped stays after a
+		 * failed munmap (which unmaps nothing); after a failed mmap or
+		 * mremap it may be the old memory or, in a hole the call left,
+		 * another thread's new mapping: made private and forgotten. */
+		for (size_t i = 0; i < n; i++)
+			if (!(run[i].mapped && keep_mapped) &&
+			    unregister_locked(e, run[i].lo, run[i].hi,
+					      run[i].mapped ? MD_UNREG_MAPPED : MD_UNREG_GONE))
+				break;	/* memory short: the rest stays registered */
+		free(run);
 	} else {
-		/* Parts partly gone are made private where still mapped and
-		 * keep their references elsewhere (MD_UNREG_MAPPED). */
-		for (size_t ri = 0; ri < e->nregions; ri++) {
-			struct md__eregion *x = &e->regions[ri];
-			uintptr_t s0 = a > x->start ? a : x->start, s1 = end < x->end ? end : x->end;
-			if (s0 >= s1 || md__range_mapped(s0, s1 - s0))
-				continue;
-			unregister_locked(e, s0, s1, MD_UNREG_MAPPED);
-			ri = (size_t)-1;	/* the table changed */
-		}
+		/* Where is what not known: references that cannot be copied
+		 * away are kept, never dropped under a mapping. */
+		unregister_locked(e, a, end, MD_UNREG_MAPPED);
 	}
 	md__engine_unlock(e);
 	pthread_rwlock_unlock(&e->regions_lock);

@@ -185,10 +185,12 @@ const unsigned char *md__engine_pool_page(struct md__engine *e, uint32_t slot);
 int md__engine_unregister(struct md__engine *e, void *addr, size_t len, int how);
 /* Runs op(arg), which unmaps or replaces [addr, addr+len) (the VMM's munmap,
  * MAP_FIXED mmap or mremap) and returns 0 or -errno, with the scanner kept
- * out; then forgets the range (MD_UNREG_GONE) if op succeeded. If it failed,
- * what is still mapped stays registered, and parts that are partly gone are
- * unregistered with MD_UNREG_MAPPED. Returns op's result. */
-int md__engine_unmap(struct md__engine *e, void *addr, size_t len, int (*op)(void *arg), void *arg);
+ * out; then forgets the range (MD_UNREG_GONE) if op succeeded. If it failed:
+ * what is gone is forgotten (MD_UNREG_GONE), what is still mapped stays
+ * registered if keep_mapped (op was a munmap), else is unregistered with
+ * MD_UNREG_MAPPED. Returns op's result. */
+int md__engine_unmap(struct md__engine *e, void *addr, size_t len, int (*op)(void *arg), void *arg,
+		     int keep_mapped);
 /* Adds advice bits to the regions overlapping [addr, addr+len). */
 void md__engine_advise(struct md__engine *e, void *addr, size_t len, unsigned advice);
 /* Runs map(arg) - which replaces [addr, addr+len) by an image mapping - with

@@ -196,6 +196,9 @@ typedef struct md_stats {
 	                                  guest kernel memory poisoned with 0xcc, say)
 	                                  mapped from the process's fill strips:
 	                                  counted apart, like zero_pages */
+	uint64_t merging_stopped;      /* now: 1 once I/O the agent cannot follow
+	                                  (Linux AIO, io_uring reads, a device's DMA)
+	                                  stopped merging for good (md_agent_io_unseen) */
 } md_stats;
 
 /* Returns a short name of a fallback reason ("unaligned", ...). */
@@ -245,12 +248,14 @@ MD_API ssize_t md_agent_pread(md_agent *agent, int fd, void *buf, size_t len, of
 MD_API ssize_t md_agent_preadv(md_agent *agent, int fd, const struct iovec *iov,
 			int iovcnt, off_t off, int flags);
 
-/* Pauses (1) or resumes (0) the scanner. */
+/* Pauses (1) or resumes (0) the scanner. -EPERM to resume once merging
+ * stopped for good (md_agent_io_unseen). */
 MD_API int md_agent_pause(md_agent *agent, int paused);
 /* Tells the agent the VMM will write guest RAM in ways it does not see
- * (Linux AIO, io_uring, a device doing DMA): a merge could then replace a
- * page a transfer is still writing, so content scanning stops merging for
- * good, said once in the log with `what` ("set up Linux AIO"). The preload
+ * (Linux AIO, io_uring, a device doing DMA): a merge or a read shared at
+ * read time could then replace a page a transfer is still using, so from
+ * now on reads are copied and content scanning stops merging, for good;
+ * said once in the log with `what` ("set up Linux AIO"). The preload
  * library calls it when QEMU sets up Linux AIO (aio=native), submits
  * io_uring entries that may write memory (aio=io_uring), or maps memory for
  * a device's DMA (VFIO, iommufd). */

@@ -319,6 +319,31 @@ TEST_IMPL(lease_break_keeps_content)
 	return 0;
 }
 
+/* A device given guest RAM for DMA (VFIO) keeps the pages it pinned: a read
+ * mapping image pages over them would part the guest's view from the
+ * device's. From then on reads are copied, and the state shows. */
+TEST_IMPL(device_dma_stops_read_sharing)
+{
+	const char *img = image(1);
+	const char *env[] = { "MEMDEDUP_SHARE_MIN_PAGES=1", NULL };
+	struct proc a;
+	int fd = start_reader(&a, img, env);
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 0 65536", fd), 65536);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 65536"), hex(fnv_file(img, 0, 65536))) == 0);
+	ASSERT(proc_page(&a, 0).file);	/* shared before (read, so present) */
+	ASSERT_EQ(proc_num(&a, "vfio"), -EBADF);
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 %u 65536", fd, MB), 65536);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u 65536", MB), hex(fnv_file(img, 0, 65536))) == 0);
+	for (unsigned i = 0; i < 16; i++)
+		ASSERT(!proc_page(&a, MB + i * 4096).file);
+	md_stats s;
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, 16);
+	ASSERT_EQ(s.merging_stopped, 1);
+	proc_stop(&a);
+	return 0;
+}
+
 TEST_IMPL(map_limit_falls_back)
 {
 	const char *img = image(4);

@@ -351,6 +351,31 @@ TEST_IMPL(cli_status_sanitized)
 	return 0;
 }
 
+/* An agent whose merging stopped for good (I/O it cannot follow) is
+ * pointed out under the table, and in the JSON; one merging is not. */
+TEST_IMPL(cli_status_merging_stopped)
+{
+	char path[512], name[64], want[64];
+	const char *b = build_dir();
+	snprintf(name, sizeof(name), "agent-%d.stats", (int)getpid());
+	make_rd(path, sizeof(path), name);
+	write_stats(path, (uint32_t)getpid(), md__proc_start_time(getpid()), "vmm", 0);
+	ASSERT_EQ(sh("MEMDEDUP_RUN_DIR=%s/rd %s/memdedup status --agents", test_dir(), b), 0);
+	ASSERT(!strstr(slurp("out"), "merging stopped"));
+	uint64_t one = 1;
+	int fd = open(path, O_WRONLY);
+	ASSERT(fd >= 0);
+	ASSERT(pwrite(fd, &one, sizeof(one), (off_t)(offsetof(struct md__stats_file, counters) +
+						     MD_CTR_MERGING_STOPPED * sizeof(uint64_t))) == 8);
+	close(fd);
+	ASSERT_EQ(sh("MEMDEDUP_RUN_DIR=%s/rd %s/memdedup status --agents", test_dir(), b), 0);
+	snprintf(want, sizeof(want), "pid %d: merging stopped", (int)getpid());
+	ASSERT(strstr(slurp("out"), want));
+	ASSERT_EQ(status_json(), 0);
+	ASSERT(strstr(slurp("out"), "\"merging_stopped\": 1"));
+	return 0;
+}
+
 /* memdedupd there but answering garbage: said, and exit 1 (none running
  * is still fine). */
 TEST_IMPL(cli_status_daemon_error)

@@ -29,6 +29,7 @@
  *   uring poll            -> submitted: a ring like QEMU's event loop's (a poll
  *                           on a pipe, a timeout, a no-op) through liburing
  *   uring read FD OFF LEN DOFF -> the read's result, through liburing
+ *   uring register        -> io_uring_register_buffers of the RAM's first page
  *   vfio                  -> -errno of VFIO_IOMMU_MAP_DMA on no descriptor
  *   quit
  */
@@ -159,6 +160,11 @@ static long long cmd_uring(const char *kind, int fd, long long off, long long le
 	struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
 	if (!sqe)
 		return -EBUSY;
+	if (strcmp(kind, "register") == 0) {	/* fixed buffers: pinned */
+		struct iovec iov = { base, 4096 };
+		io_uring_prep_nop(sqe);
+		return io_uring_register_buffers(&ring, &iov, 1);
+	}
 	if (strcmp(kind, "poll") == 0) {
 		io_uring_prep_poll_add(sqe, p[0], POLLIN);
 		io_uring_prep_timeout(io_uring_get_sqe(&ring), &ts, 0, 0);
@@ -167,7 +173,7 @@ static long long cmd_uring(const char *kind, int fd, long long off, long long le
 	}
 	io_uring_prep_read(sqe, fd, base + doff, (unsigned)len, (uint64_t)off);
 	io_uring_sqe_set_data64(sqe, 42);
-	int r = io_uring_submit_and_wait(&ring, 1);
+	int r = io_uring_submit(&ring);	/* as QEMU's block/io_uring.c */
 	/* The poll and the timeout stay pending: find the read's completion. */
 	for (struct io_uring_cqe *cqe; r >= 0 && (r = io_uring_wait_cqe(&ring, &cqe)) == 0;) {
 		long long res = cqe->user_data == 42 ? cqe->res : LLONG_MIN;

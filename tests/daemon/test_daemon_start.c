@@ -659,14 +659,24 @@ TEST_IMPL(daemon_agent_without_pidfd_refused_at_hello)
 	int pool;
 	struct md__client *first = td_agent(&t, "one", &w, &pool);
 	close(pool);
+	/* The daemon closes its copy of the pool's descriptor after sending
+	 * the WELCOME: a request answered means it is done with it. */
+	uint64_t h = 1;
+	uint32_t slot1;
+	ASSERT_EQ(md__client_lookup(first, &h, NULL, 1, &slot1), 0);
 	char fds[64];
 	snprintf(fds, sizeof(fds), "/proc/%d/fd", (int)t.pid);
-	DIR *dir = opendir(fds);
-	ASSERT(dir);
-	unsigned open_fds = 0;
-	for (struct dirent *e; (e = readdir(dir));)
-		open_fds += e->d_name[0] != '.';
-	closedir(dir);
+	unsigned open_fds = 0, last = 0;
+	for (int same = 0; same < 3; usleep(20000)) {	/* and it holds still */
+		DIR *dir = opendir(fds);
+		ASSERT(dir);
+		open_fds = 0;
+		for (struct dirent *e; (e = readdir(dir));)
+			open_fds += e->d_name[0] != '.';
+		closedir(dir);
+		same = open_fds == last ? same + 1 : 0;
+		last = open_fds;
+	}
 	struct rlimit room, one_left;
 	ASSERT(prlimit(t.pid, RLIMIT_NOFILE, NULL, &room) == 0);
 	one_left = (struct rlimit){ open_fds + 1, room.rlim_max };
