@@ -429,6 +429,7 @@ int md__agent_unmap(md_agent *a, void *addr, size_t len, int (*op)(void *arg), v
 		/* As the engine does (md__engine_unmap): image pages of what
 		 * is mapped and not kept are made private before they are
 		 * forgotten. */
+		keep_mapped |= n == 1 && run[0].mapped;
 		for (size_t i = 0; i < n; i++) {
 			if (run[i].mapped && keep_mapped)
 				continue;

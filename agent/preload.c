@@ -154,10 +154,14 @@ static md_agent *agent_get(void)
 				md__log("agent not started (%s): the process runs without memdedup", strerror(-err));
 				agent_failed = 1;
 			} else {
-				/* Sequentially consistent with unseen_io(): one of
-				 * the two sees the other's store. */
-				__atomic_store_n(&agent, a, __ATOMIC_SEQ_CST);
+				/* Told before others can use it; and, sequentially
+				 * consistent with unseen_io(), after it is
+				 * published: one of the two sees the other's store. */
 				const char *what = __atomic_load_n(&io_unseen, __ATOMIC_SEQ_CST);
+				if (what)
+					md_agent_io_unseen(a, what);
+				__atomic_store_n(&agent, a, __ATOMIC_SEQ_CST);
+				what = __atomic_load_n(&io_unseen, __ATOMIC_SEQ_CST);
 				if (what)
 					md_agent_io_unseen(a, what);
 			}
@@ -428,8 +432,10 @@ EXPORT int io_uring_register_buffers_update_tag(struct io_uring *ring, unsigned 
 
 EXPORT int io_uring_register(unsigned fd, unsigned opcode, const void *arg, unsigned nr_args)
 {
-	if (opcode == IORING_REGISTER_BUFFERS || opcode == IORING_REGISTER_BUFFERS2 ||
-	    opcode == IORING_REGISTER_BUFFERS_UPDATE)
+	/* Linux 6.3's IORING_REGISTER_USE_REGISTERED_RING flag: the top bit. */
+	unsigned op = opcode & ~(1u << 31);
+	if (op == IORING_REGISTER_BUFFERS || op == IORING_REGISTER_BUFFERS2 ||
+	    op == IORING_REGISTER_BUFFERS_UPDATE)
 		uring_pins();
 	URING_NEXT(io_uring_register, fd, opcode, arg, nr_args);
 }

@@ -137,30 +137,39 @@ int md_agent_pause(md_agent *a, int paused)
 	if (!a || !a->engine)
 		return -EINVAL;
 	/* Nothing could be merged: resuming would only spend CPU. */
-	if (!paused && __atomic_load_n(&a->io_unseen, __ATOMIC_ACQUIRE))
+	if (!paused && __atomic_load_n(&a->io_unseen, __ATOMIC_SEQ_CST))
 		return -EPERM;
-	__atomic_store_n(&a->scanner.paused, paused ? 1 : 0, __ATOMIC_RELAXED);
+	__atomic_store_n(&a->scanner.paused, paused ? 1 : 0, __ATOMIC_SEQ_CST);
+	/* md_agent_io_unseen may have paused it between the check and the
+	 * store: its pause wins. */
+	if (!paused && __atomic_load_n(&a->io_unseen, __ATOMIC_SEQ_CST)) {
+		__atomic_store_n(&a->scanner.paused, 1, __ATOMIC_SEQ_CST);
+		return -EPERM;
+	}
 	__atomic_store_n(&a->scanner.idle, 0, __ATOMIC_RELAXED);	/* the set rate again */
 	return 0;
 }
 
 void md_agent_io_unseen(md_agent *a, const char *what)
 {
-	if (!a)
+	/* Called on every submit of io_uring reads: once is enough. The flag
+	 * only goes from 0 to 1, under the lock. */
+	if (!a || __atomic_load_n(&a->io_unseen, __ATOMIC_ACQUIRE))
 		return;
 	/* Under the lock: a read mapping image pages over guest RAM is done
 	 * before we return (and so before the device pins what it will use),
-	 * and none maps after. */
+	 * and none maps after; md__scan_register, which saves and restores
+	 * the pause, runs under it too. */
 	pthread_mutex_lock(&a->lock);
-	int before = __atomic_exchange_n(&a->io_unseen, 1, __ATOMIC_ACQ_REL);
+	int before = __atomic_exchange_n(&a->io_unseen, 1, __ATOMIC_SEQ_CST);
+	if (!before && a->engine) {
+		md__inflight_block(&a->engine->io);
+		__atomic_store_n(&a->scanner.paused, 1, __ATOMIC_SEQ_CST);
+	}
 	pthread_mutex_unlock(&a->lock);
 	if (before)
 		return;
-	if (a->engine) {
-		md__inflight_block(&a->engine->io);
-		__atomic_store_n(&a->scanner.paused, 1, __ATOMIC_RELAXED);
-	}
-	md__set(a, MD_CTR_MERGING_STOPPED, 1);
+	md__set(a, MD_CTR_IO_UNSEEN, 1);
 	md__log("the VMM %s, I/O the agent does not see: reads into guest RAM are copied%s from now on "
 		"(QEMU keeps sharing with aio=threads and no assigned devices)", what ? what : "writes guest RAM",
 		a->engine ? " and content scanning stops merging" : "");

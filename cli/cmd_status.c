@@ -175,6 +175,7 @@ static json_t *stats_json(const md_stats *s)
 	json_object_set_new(o, "fallbacks", fb);
 	json_object_set_new(o, "read_small_pages", ju64(s->read_small_pages));
 	json_object_set_new(o, "agent_cpu_seconds", json_real((double)s->agent_cpu_ns / 1e9));
+	json_object_set_new(o, "io_unseen", ju64(s->io_unseen));
 	json_t *sc = json_object();
 	const struct { const char *k; uint64_t v; } scan[] = {
 		{ "pages_scanned", s->pages_scanned }, { "pages_hinted", s->pages_hinted },
@@ -191,7 +192,6 @@ static json_t *stats_json(const md_stats *s)
 		{ "merged_image", s->merged_image }, { "image_pages_indexed", s->image_pages_indexed },
 		{ "zero_pages_near_hints", s->zero_pages_near_hints },
 		{ "hint_ratio", s->hint_ratio }, { "filled_pages", s->filled_pages },
-		{ "merging_stopped", s->merging_stopped },
 	};
 	for (size_t i = 0; i < sizeof(scan) / sizeof(scan[0]); i++)
 		json_object_set_new(sc, scan[i].k, ju64(scan[i].v));
@@ -297,8 +297,8 @@ int md__cmd_status(int argc, char **argv)
 		}
 		print_row("total", n == 1 ? "1 agent" : "agents", &total);
 		for (size_t i = 0; i < n; i++)
-			if (agents[i].stats.merging_stopped)
-				printf("pid %u: merging stopped: the VMM does I/O the agent cannot "
+			if (agents[i].stats.io_unseen)
+				printf("pid %u: sharing stopped: the VMM does I/O the agent cannot "
 				       "follow (its log says which)\n", agents[i].pid);
 		json_t *doms = daemon ? json_object_get(daemon, "domains") : NULL;
 		if (doms && json_array_size(doms)) {

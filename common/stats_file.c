@@ -69,7 +69,7 @@ const char *md__ctr_name(enum md__ctr c)
 		[MD_CTR_IMAGE_INDEXED] = "image_pages_indexed",
 		[MD_CTR_ZERO_NEAR_HINTS] = "zero_pages_near_hints",
 		[MD_CTR_FILLED_PAGES] = "filled_pages",
-		[MD_CTR_MERGING_STOPPED] = "merging_stopped",
+		[MD_CTR_IO_UNSEEN] = "io_unseen",
 		[MD_CTR_HINT_RATIO] = "hint_ratio",
 		[MD_CTR_READ_SHARED_NS] = "read_shared_ns",
 		[MD_CTR_READ_SHARED_BYTES] = "read_shared_bytes",
@@ -130,7 +130,7 @@ void md__stats_from_counters(const uint64_t *ctr, md_stats *out)
 	out->image_pages_indexed = ctr[MD_CTR_IMAGE_INDEXED];
 	out->zero_pages_near_hints = ctr[MD_CTR_ZERO_NEAR_HINTS];
 	out->filled_pages = ctr[MD_CTR_FILLED_PAGES];
-	out->merging_stopped = ctr[MD_CTR_MERGING_STOPPED];
+	out->io_unseen = ctr[MD_CTR_IO_UNSEEN];
 	out->hint_ratio = ctr[MD_CTR_HINT_RATIO];
 	out->read_shared_ns = ctr[MD_CTR_READ_SHARED_NS];
 	out->read_shared_bytes = ctr[MD_CTR_READ_SHARED_BYTES];

@@ -523,14 +523,15 @@ int md__engine_unmap(struct md__engine *e, void *addr, size_t len, int (*op)(voi
 		unregister_locked(e, a, end, MD_UNREG_GONE);
 	} else if (md__range_runs(a, end, &run, &n) == 0) {
 		/* What is gone is forgotten. What is mapped stays after a
-		 * failed munmap (which unmaps nothing); after a failed mmap or
-		 * mremap it may be the old memory or, in a hole the call left,
-		 * another thread's new mapping: made private and forgotten. */
+		 * failed munmap (which unmaps nothing), or a failed call that
+		 * left all of it; else it may be the old memory or, in a hole
+		 * the call left, another thread's new mapping: made private
+		 * and forgotten. A run that cannot be (memory short) stays. */
+		keep_mapped |= n == 1 && run[0].mapped;
 		for (size_t i = 0; i < n; i++)
-			if (!(run[i].mapped && keep_mapped) &&
-			    unregister_locked(e, run[i].lo, run[i].hi,
-					      run[i].mapped ? MD_UNREG_MAPPED : MD_UNREG_GONE))
-				break;	/* memory short: the rest stays registered */
+			if (!(run[i].mapped && keep_mapped))
+				unregister_locked(e, run[i].lo, run[i].hi,
+						  run[i].mapped ? MD_UNREG_MAPPED : MD_UNREG_GONE);
 		free(run);
 	} else {
 		/* Where is what not known: references that cannot be copied

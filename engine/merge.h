@@ -187,8 +187,8 @@ int md__engine_unregister(struct md__engine *e, void *addr, size_t len, int how)
  * MAP_FIXED mmap or mremap) and returns 0 or -errno, with the scanner kept
  * out; then forgets the range (MD_UNREG_GONE) if op succeeded. If it failed:
  * what is gone is forgotten (MD_UNREG_GONE), what is still mapped stays
- * registered if keep_mapped (op was a munmap), else is unregistered with
- * MD_UNREG_MAPPED. Returns op's result. */
+ * registered if keep_mapped (op was a munmap) or all of it is, else is
+ * unregistered with MD_UNREG_MAPPED. Returns op's result. */
 int md__engine_unmap(struct md__engine *e, void *addr, size_t len, int (*op)(void *arg), void *arg,
 		     int keep_mapped);
 /* Adds advice bits to the regions overlapping [addr, addr+len). */

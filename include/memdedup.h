@@ -196,9 +196,10 @@ typedef struct md_stats {
 	                                  guest kernel memory poisoned with 0xcc, say)
 	                                  mapped from the process's fill strips:
 	                                  counted apart, like zero_pages */
-	uint64_t merging_stopped;      /* now: 1 once I/O the agent cannot follow
+	uint64_t io_unseen;            /* now: 1 once I/O the agent cannot follow
 	                                  (Linux AIO, io_uring reads, a device's DMA)
-	                                  stopped merging for good (md_agent_io_unseen) */
+	                                  stopped read-time sharing and merging for
+	                                  good (md_agent_io_unseen) */
 } md_stats;
 
 /* Returns a short name of a fallback reason ("unaligned", ...). */

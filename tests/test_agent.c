@@ -339,7 +339,7 @@ TEST_IMPL(device_dma_stops_read_sharing)
 	md_stats s;
 	ASSERT_EQ(proc_stats(&a, &s), 0);
 	ASSERT_EQ(s.pages_shared_at_read, 16);
-	ASSERT_EQ(s.merging_stopped, 1);
+	ASSERT_EQ(s.io_unseen, 1);
 	proc_stop(&a);
 	return 0;
 }

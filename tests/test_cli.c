@@ -351,9 +351,9 @@ TEST_IMPL(cli_status_sanitized)
 	return 0;
 }
 
-/* An agent whose merging stopped for good (I/O it cannot follow) is
+/* An agent whose sharing stopped for good (I/O it cannot follow) is
  * pointed out under the table, and in the JSON; one merging is not. */
-TEST_IMPL(cli_status_merging_stopped)
+TEST_IMPL(cli_status_io_unseen)
 {
 	char path[512], name[64], want[64];
 	const char *b = build_dir();
@@ -361,18 +361,18 @@ TEST_IMPL(cli_status_merging_stopped)
 	make_rd(path, sizeof(path), name);
 	write_stats(path, (uint32_t)getpid(), md__proc_start_time(getpid()), "vmm", 0);
 	ASSERT_EQ(sh("MEMDEDUP_RUN_DIR=%s/rd %s/memdedup status --agents", test_dir(), b), 0);
-	ASSERT(!strstr(slurp("out"), "merging stopped"));
+	ASSERT(!strstr(slurp("out"), "sharing stopped"));
 	uint64_t one = 1;
 	int fd = open(path, O_WRONLY);
 	ASSERT(fd >= 0);
 	ASSERT(pwrite(fd, &one, sizeof(one), (off_t)(offsetof(struct md__stats_file, counters) +
-						     MD_CTR_MERGING_STOPPED * sizeof(uint64_t))) == 8);
+						     MD_CTR_IO_UNSEEN * sizeof(uint64_t))) == 8);
 	close(fd);
 	ASSERT_EQ(sh("MEMDEDUP_RUN_DIR=%s/rd %s/memdedup status --agents", test_dir(), b), 0);
-	snprintf(want, sizeof(want), "pid %d: merging stopped", (int)getpid());
+	snprintf(want, sizeof(want), "pid %d: sharing stopped", (int)getpid());
 	ASSERT(strstr(slurp("out"), want));
 	ASSERT_EQ(status_json(), 0);
-	ASSERT(strstr(slurp("out"), "\"merging_stopped\": 1"));
+	ASSERT(strstr(slurp("out"), "\"io_unseen\": 1"));
 	return 0;
 }
 
