@@ -218,6 +218,7 @@ void md__account(struct md_agent *a, int count_vmas);
 /* 1 if the entries a liburing submit call on ring (a struct io_uring) is
  * about to hand the kernel include one that may write user memory. */
 int md__uring_submits_writes(const void *ring);
-/* 1 if an ioctl request maps memory for a device's DMA (VFIO, iommufd). */
+/* 1 if an ioctl request maps memory for a device's DMA (VFIO, iommufd) or
+ * sets up a device that will (vhost-vdpa). */
 int md__ioctl_maps_dma(unsigned long request);
 #endif

@@ -467,7 +467,7 @@ EXPORT int ioctl(int fd, unsigned long request, ...)
 	void *arg = va_arg(ap, void *);
 	va_end(ap);
 	if (md__ioctl_maps_dma(request))
-		unseen_io("mapped memory for a device's DMA (VFIO)");
+		unseen_io("gave a device memory for DMA (VFIO, iommufd or vhost-vdpa)");
 	return md__sys_ioctl(fd, request, arg);
 }
 

@@ -5,7 +5,7 @@
  * A merge is safe against reads that write guest RAM by DMA (O_DIRECT) only
  * because the agent records each one while it is in flight (engine/
  * inflight.h). Reads submitted through io_uring, and devices given guest RAM
- * for DMA through VFIO or iommufd, bypass the interposed read calls: once a
+ * for DMA through VFIO, iommufd or vhost-vdpa, bypass the interposed read calls: once a
  * VMM uses either, content scanning must stop merging (md_agent_io_unseen).
  *
  * io_uring cannot be judged by its set-up: QEMU sets up a ring for every
@@ -20,6 +20,7 @@
  */
 #include <errno.h>
 #include <linux/vfio.h>
+#include <linux/vhost.h>
 #include <sys/ioctl.h>
 #include <liburing.h>
 
@@ -84,5 +85,12 @@ int md__ioctl_maps_dma(unsigned long request)
 {
 	/* The kernel looks at the low 32 bits only. */
 	unsigned int r = (unsigned int)request;
-	return r == (unsigned int)VFIO_IOMMU_MAP_DMA || r == (unsigned int)IOMMU_IOAS_MAP;
+	if (r == (unsigned int)VFIO_IOMMU_MAP_DMA || r == (unsigned int)IOMMU_IOAS_MAP)
+		return 1;
+	/* vhost-vdpa: a device behind it maps guest RAM through IOTLB
+	 * updates, written to its descriptor; the set-up before them asks
+	 * the vdpa-only ioctls (number 0x70 and up; the kernel's vhost-net,
+	 * -scsi and -vsock, which copy through the page tables, stay
+	 * below). */
+	return _IOC_TYPE(r) == VHOST_VIRTIO && _IOC_NR(r) >= 0x70;
 }

@@ -217,7 +217,14 @@ TEST_IMPL(scan_stops_for_uring_buffers)
  * the agent stops before it). */
 TEST_IMPL(scan_stops_for_device_dma)
 {
-	return stops_for_unseen_io(0, 0, "vfio", "-9", "for a device's DMA");
+	return stops_for_unseen_io(0, 0, "vfio", "-9", "gave a device memory for DMA");
+}
+
+/* A vhost-vdpa device (its set-up ioctls; the kernel's vhost-net ones do
+ * not count). */
+TEST_IMPL(scan_stops_for_vdpa)
+{
+	return stops_for_unseen_io(0, 0, "vdpa", "-9", "for DMA (VFIO, iommufd or vhost-vdpa)");
 }
 
 /* QEMU sets up a ring for every event loop, polls and timeouts only: the

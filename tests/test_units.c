@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <liburing.h>
 #include <linux/vfio.h>
+#include <linux/vhost.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -548,6 +549,10 @@ TEST_IMPL(uring_entries_judged)
 	ASSERT(md__ioctl_maps_dma(VFIO_IOMMU_MAP_DMA));
 	ASSERT(md__ioctl_maps_dma(VFIO_IOMMU_MAP_DMA | (1ul << 40)));	/* high bits ignored, as the kernel does */
 	ASSERT(!md__ioctl_maps_dma(VFIO_IOMMU_UNMAP_DMA));
+	ASSERT(md__ioctl_maps_dma(VHOST_VDPA_GET_DEVICE_ID));
+	ASSERT(md__ioctl_maps_dma(VHOST_VDPA_GET_IOVA_RANGE));
+	ASSERT(!md__ioctl_maps_dma(VHOST_GET_FEATURES));	/* vhost-net too */
+	ASSERT(!md__ioctl_maps_dma(VHOST_NET_SET_BACKEND));
 	return 0;
 }
 

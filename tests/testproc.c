@@ -31,6 +31,7 @@
  *   uring read FD OFF LEN DOFF -> the read's result, through liburing
  *   uring register        -> io_uring_register_buffers of the RAM's first page
  *   vfio                  -> -errno of VFIO_IOMMU_MAP_DMA on no descriptor
+ *   vdpa                  -> -errno of VHOST_VDPA_GET_DEVICE_ID on no descriptor
  *   quit
  */
 #include <dlfcn.h>
@@ -39,6 +40,7 @@
 #include <limits.h>
 #include <liburing.h>
 #include <linux/vfio.h>
+#include <linux/vhost.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -213,6 +215,9 @@ int main(void)
 		} else if (strcmp(cmd, "vfio") == 0) {
 			struct vfio_iommu_type1_dma_map m = { .argsz = sizeof(m) };
 			printf("%d\n", ioctl(-1, VFIO_IOMMU_MAP_DMA, &m) < 0 ? -errno : 0);
+		} else if (strcmp(cmd, "vdpa") == 0) {
+			uint32_t id;
+			printf("%d\n", ioctl(-1, VHOST_VDPA_GET_DEVICE_ID, &id) < 0 ? -errno : 0);
 		} else if (strcmp(cmd, "pipe") == 0) {
 			int p[2];
 			static char buf[65536];
