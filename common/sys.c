@@ -91,13 +91,6 @@ uint64_t md__count_vmas(void)
 	return lines;
 }
 
-/* msync without flags only checks that the range is mapped (ENOMEM where
- * it is not), writes nothing back and allocates nothing. */
-int md__range_mapped(uintptr_t a, size_t len)
-{
-	return syscall(SYS_msync, a, len, 0) == 0;
-}
-
 /* Calls line(arg, lo, hi, perms) for each mapping in /proc/self/maps, in
  * address order. 0, or -errno if the file cannot be read. */
 static int maps_each(void (*line)(void *arg, uintptr_t lo, uintptr_t hi, const char *perms), void *arg)
