@@ -303,9 +303,10 @@ EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 /* Transfers into guest RAM the agent does not see: reads submitted through
  * Linux AIO or io_uring (with O_DIRECT the device writes guest RAM by DMA,
  * behind the write-protection) and devices given guest RAM for DMA. Once
- * the VMM uses one, no merge is safe any more (engine/inflight.h): the agent
- * stops merging, or, when it does not exist yet (QEMU opens its drives
- * before its RAM), starts so. */
+ * the VMM uses one, no page of guest RAM may be replaced any more
+ * (engine/inflight.h): the agent copies reads and stops merging
+ * (md_agent_io_unseen), or, when it does not exist yet (QEMU opens its
+ * drives before its RAM), starts so. */
 static void unseen_io(const char *what)
 {
 	const char *none = NULL;
@@ -457,9 +458,9 @@ EXPORT int io_uring_enter2(unsigned fd, unsigned to_submit, unsigned min_complet
 	URING_NEXT(io_uring_enter2, fd, to_submit, min_complete, flags, sig, sz);
 }
 
-/* A device given guest RAM for DMA (VFIO's type-1 container, iommufd) pins
- * it and writes it without faults. QEMU calls ioctl(2) through the C
- * library, KVM_RUN included: one comparison more each. */
+/* A device given guest RAM for DMA (VFIO's type-1 container, iommufd,
+ * vhost-vdpa) pins it and writes it without faults. QEMU calls ioctl(2)
+ * through the C library, KVM_RUN included: a few comparisons more each. */
 EXPORT int ioctl(int fd, unsigned long request, ...)
 {
 	va_list ap;
