@@ -4,9 +4,10 @@
  *
  * A merge is safe against reads that write guest RAM by DMA (O_DIRECT) only
  * because the agent records each one while it is in flight (engine/
- * inflight.h). Reads submitted through io_uring, and devices given guest RAM
- * for DMA through VFIO, iommufd or vhost-vdpa, bypass the interposed read calls: once a
- * VMM uses either, content scanning must stop merging (md_agent_io_unseen).
+ * inflight.h). Reads submitted through io_uring, and devices given guest
+ * RAM for DMA through VFIO, iommufd or vhost-vdpa, bypass the interposed
+ * read calls: once a VMM uses any of them, no page of guest RAM may be
+ * replaced any more (md_agent_io_unseen).
  *
  * io_uring cannot be judged by its set-up: QEMU sets up a ring for every
  * event loop (polls and timeouts only) whatever its drives use. So the

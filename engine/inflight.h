@@ -17,8 +17,8 @@
  * that returned before the check wrote before the compare, which sees it.
  * Reads the agent does not see cannot be recorded: once the VMM sets up
  * Linux AIO (libaio's io_setup), submits through liburing an io_uring entry
- * that may write memory, or maps memory for a device's DMA (VFIO, iommufd),
- * md__inflight_block makes every range busy (agent/unseen_io.c). A VMM
+ * that may write memory or registers buffers, or gives a device memory for
+ * DMA (VFIO, iommufd, vhost-vdpa), md__inflight_block makes every range busy (agent/unseen_io.c). A VMM
  * driving io_uring without liburing is not seen: docs/ARCHITECTURE.md.
  */
 #ifndef MD_INFLIGHT_H
