@@ -106,6 +106,7 @@ static void *agent_thread(void *arg)
 		next.tv_sec = now.tv_sec + 1;
 		next.tv_nsec = now.tv_nsec;
 		n++;
+		md__image_lease_broken(a, -1);	/* a lease break whose signal was lost */
 		md__regions_flush_advice(a);
 		uint64_t reads = __atomic_load_n(&a->ctr[MD_CTR_READS_SEEN], __ATOMIC_RELAXED);
 		uint64_t merges = md__scan_activity(a);

@@ -139,7 +139,8 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, enum md_fallback *
  * lease held, else NULL (never takes a lease). */
 struct stat;
 struct md__image *md__image_leased(struct md_agent *a, const struct stat *st);
-/* The kernel asked for the lease on fd back: privatize, then release. */
+/* The kernel asked for the lease on fd back (fd < 0: any lease F_GETLEASE
+ * shows being broken): privatize, then release. */
 void md__image_lease_broken(struct md_agent *a, int fd);
 /* A read-only view of all of img while its lease is held (mapped on first
  * use; gone with the lease), or NULL. */

@@ -174,12 +174,19 @@ static void view_drop(struct md__image *img)
 	img->view = NULL;
 }
 
+/* fd's lease is being broken (its signal), or any lease is (fd < 0: the
+ * once-a-second look, in case a signal was lost: the kernel falls back to a
+ * plain SIGIO when it cannot queue ours, and an owner changed by someone
+ * else would send none; F_GETLEASE then shows the type the lease is being
+ * broken to). */
 void md__image_lease_broken(struct md_agent *a, int fd)
 {
 	pthread_mutex_lock(&a->lock);
 	for (size_t i = 0; i < a->nimages; i++) {
 		struct md__image *img = &a->images[i];
-		if (img->fd != fd || img->lease != MD_LEASE_HELD)
+		if (img->lease != MD_LEASE_HELD)
+			continue;
+		if (fd >= 0 ? img->fd != fd : fcntl(img->fd, F_GETLEASE) != F_UNLCK)
 			continue;
 		/* Under the lock no read can map this image any more; every
 		 * page it already mapped is made private before the writer may

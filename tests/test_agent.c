@@ -319,6 +319,42 @@ TEST_IMPL(lease_break_keeps_content)
 	return 0;
 }
 
+/* A lease break whose signal never comes (here the lease's owner was
+ * cleared; the kernel also falls back to a plain SIGIO when it cannot queue
+ * the agent's signal): the agent's look once a second finds it, and the
+ * writer waits for the pages to be made private, not for the kernel to
+ * revoke the lease after lease-break-time (45 s here) with them mapped. */
+TEST_IMPL(lease_break_without_signal)
+{
+	char img[512];
+	snprintf(img, sizeof(img), "%s/image-nosig", test_dir());
+	make_image(img, IMG_SIZE, 11);
+	uint64_t orig = fnv_file(img, 0, IMG_SIZE);
+	struct proc a;
+	int fd = start_reader(&a, img, NULL);
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 65536", fd, IMG_SIZE), IMG_SIZE);
+	ASSERT_EQ(proc_num(&a, "nosig %s", img), 1);
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	int wfd = open(img, O_WRONLY);
+	ASSERT(wfd >= 0);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	char junk[65536];
+	memset(junk, 0xee, sizeof(junk));
+	for (size_t off = 0; off < IMG_SIZE; off += sizeof(junk))
+		ASSERT(pwrite(wfd, junk, sizeof(junk), (off_t)off) == (ssize_t)sizeof(junk));
+	fsync(wfd);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", IMG_SIZE), hex(orig)) == 0);
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 3000, has_lease_break), 0);
+	ASSERT_EQ(s.lease_breaks, 1);
+	/* Well before the kernel would have revoked it. */
+	ASSERT(t1.tv_sec - t0.tv_sec < 20);
+	close(wfd);
+	proc_stop(&a);
+	return 0;
+}
+
 /* A device given guest RAM for DMA (VFIO) keeps the pages it pinned: a read
  * mapping image pages over them would part the guest's view from the
  * device's. From then on reads are copied, and the state shows. */

@@ -19,6 +19,8 @@
  *   exhaust / release     -> fill the process's mappings up to the limit, undo
  *   advise DOFF LEN ADVICE-> madvise result (dontneed, dontfork, unmergeable)
  *   unmap DOFF HEXLEN     -> munmap result (0 or -errno)
+ *   nosig PATH            -> how many read leases on PATH (the agent's) were
+ *                           made to send no signal when broken (F_SETOWN 0)
  *   fork DOFF             -> the child's hash of one page (child reads it)
  *   fill DOFF NPAGES SEED -> ok: page i gets content made of (SEED, i)
  *   zero DOFF NPAGES      -> ok: pages made present, then zero
@@ -311,6 +313,21 @@ int main(void)
 		} else if (strcmp(cmd, "unmap") == 0) {
 			sscanf(line, "%*s %lld %llx", &a1, (unsigned long long *)&a2);
 			printf("%d\n", munmap(base + a1, (size_t)a2) == 0 ? 0 : -errno);
+		} else if (strcmp(cmd, "nosig") == 0) {
+			sscanf(line, "%*s %2047s", s1);
+			int n = 0;
+			for (int fd = 0; fd < 1024; fd++) {
+				char link[64], target[2048];
+				snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+				ssize_t len = readlink(link, target, sizeof(target) - 1);
+				if (len <= 0)
+					continue;
+				target[len] = 0;
+				if (strcmp(target, s1) == 0 && fcntl(fd, F_GETLEASE) == F_RDLCK &&
+				    fcntl(fd, F_SETOWN, 0) == 0)
+					n++;
+			}
+			printf("%d\n", n);
 		} else if (strcmp(cmd, "fork") == 0) {
 			sscanf(line, "%*s %lld %lld", &a1, &a2);
 			int p[2];
