@@ -277,6 +277,25 @@ TEST_IMPL(fallback_writable_file)
 
 static int has_lease_break(const md_stats *s) { return s->lease_breaks > 0; }
 
+/* Opens img for writing (which waits for the agent to give its lease back;
+ * *waited: how long, in seconds) and overwrites all of it. Returns the fd. */
+static int overwrite_image(const char *img, time_t *waited)
+{
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	int wfd = open(img, O_WRONLY);
+	ASSERT(wfd >= 0);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	if (waited)
+		*waited = t1.tv_sec - t0.tv_sec;
+	char junk[65536];
+	memset(junk, 0xee, sizeof(junk));
+	for (size_t off = 0; off < IMG_SIZE; off += sizeof(junk))
+		ASSERT(pwrite(wfd, junk, sizeof(junk), (off_t)off) == (ssize_t)sizeof(junk));
+	fsync(wfd);
+	return wfd;
+}
+
 TEST_IMPL(lease_break_keeps_content)
 {
 	char img[512];
@@ -290,13 +309,7 @@ TEST_IMPL(lease_break_keeps_content)
 
 	/* Opening for writing waits until the agent has made the pages
 	 * private; then overwrite the whole file. */
-	int wfd = open(img, O_WRONLY);
-	ASSERT(wfd >= 0);
-	char junk[65536];
-	memset(junk, 0xee, sizeof(junk));
-	for (size_t off = 0; off < IMG_SIZE; off += sizeof(junk))
-		ASSERT(pwrite(wfd, junk, sizeof(junk), (off_t)off) == (ssize_t)sizeof(junk));
-	fsync(wfd);
+	int wfd = overwrite_image(img, NULL);
 	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", IMG_SIZE), hex(orig)) == 0);
 	for (size_t off = 0; off < IMG_SIZE; off += 64 * 4096)
 		ASSERT(!proc_page(&a, off).file);
@@ -334,22 +347,14 @@ TEST_IMPL(lease_break_without_signal)
 	int fd = start_reader(&a, img, NULL);
 	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 65536", fd, IMG_SIZE), IMG_SIZE);
 	ASSERT_EQ(proc_num(&a, "nosig %s", img), 1);
-	struct timespec t0, t1;
-	clock_gettime(CLOCK_MONOTONIC, &t0);
-	int wfd = open(img, O_WRONLY);
-	ASSERT(wfd >= 0);
-	clock_gettime(CLOCK_MONOTONIC, &t1);
-	char junk[65536];
-	memset(junk, 0xee, sizeof(junk));
-	for (size_t off = 0; off < IMG_SIZE; off += sizeof(junk))
-		ASSERT(pwrite(wfd, junk, sizeof(junk), (off_t)off) == (ssize_t)sizeof(junk));
-	fsync(wfd);
+	time_t waited;
+	int wfd = overwrite_image(img, &waited);
 	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", IMG_SIZE), hex(orig)) == 0);
 	md_stats s;
 	ASSERT_EQ(proc_stats_wait(&a, &s, 3000, has_lease_break), 0);
 	ASSERT_EQ(s.lease_breaks, 1);
 	/* Well before the kernel would have revoked it. */
-	ASSERT(t1.tv_sec - t0.tv_sec < 20);
+	ASSERT(waited < 20);
 	close(wfd);
 	proc_stop(&a);
 	return 0;
