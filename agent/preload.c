@@ -6,8 +6,9 @@
  * never asks for merging costs nothing), MADV_UNMERGEABLE, munmap, mremap and
  * MAP_FIXED mmaps forget it, discards are made to yield zeroes, and the
  * pread/preadv family goes through md_agent_pread()/md_agent_preadv().
- * libaio's io_setup, liburing's submit calls and the DMA-mapping ioctls
- * are watched for I/O the agent does not see (below).
+ * libaio's io_setup, liburing's submit calls, io_uring through syscall(2),
+ * the DMA-mapping ioctls and libibverbs' memory registrations are watched
+ * for I/O the agent does not see (below).
  * Options come from the environment (set by `memdedup run`):
  *   MEMDEDUP_KERNEL_KSM=0|1  pass MADV_MERGEABLE on to kernel KSM (default 1)
  *   MEMDEDUP_MAX_VMAS=N      the mapping budget
@@ -86,6 +87,8 @@ static unsigned env_uint(const char *name, unsigned lo, unsigned hi)
 	return n;
 }
 
+static void find_libc_syscall(void);
+
 static void child_after_fork(void)
 {
 	/* The child has none of the agent's threads: it runs plain. */
@@ -96,6 +99,7 @@ static void child_after_fork(void)
 __attribute__((constructor)) static void preload_init(void)
 {
 	pthread_atfork(NULL, NULL, child_after_fork);
+	find_libc_syscall();
 }
 
 /* The agent's options from the environment, each read (and a bad one said)
@@ -271,10 +275,16 @@ EXPORT int munmap(void *addr, size_t len)
 
 EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
-	if (!(flags & MAP_FIXED))
-		return md__sys_mmap(addr, len, prot, flags, fd, off);
-	struct vm_call c = { SYS_mmap, { (long)addr, (long)len, prot, flags, fd, (long)off }, 0 };
-	return (void *)vm_call(&c, addr, len);
+	void *p;
+	if (!(flags & MAP_FIXED)) {
+		p = md__sys_mmap(addr, len, prot, flags, fd, off);
+	} else {
+		struct vm_call c = { SYS_mmap, { (long)addr, (long)len, prot, flags, fd, (long)off }, 0 };
+		p = (void *)vm_call(&c, addr, len);
+	}
+	if (fd >= 0)	/* an io_uring set up through syscall(2), mapped (below) */
+		md__raw_ring_mapped(fd, (uint64_t)off, p, len);
+	return p;
 }
 EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 	__attribute__((alias("mmap")));
@@ -332,14 +342,14 @@ EXPORT int io_setup(int maxevents, void *ctxp)
  * liburing's own functions are found next in the lookup order; a caller
  * that reached ours without liburing loaded gets -ENOSYS, as liburing
  * returns -errno. */
-static void *next_fn(void **slot, const char *name)
+static void *next_fn(void **slot, const char *name, const char *lib_name)
 {
 	void *f = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
 	if (!f) {
 		f = dlsym(RTLD_NEXT, name);
-		/* liburing loaded by a module of its own (RTLD_LOCAL) is not
+		/* A library loaded by a module of its own (RTLD_LOCAL) is not
 		 * in the global scope, but our symbol still shadows its. */
-		void *lib = f ? NULL : dlopen("liburing.so.2", RTLD_LAZY | RTLD_NOLOAD);
+		void *lib = f ? NULL : dlopen(lib_name, RTLD_LAZY | RTLD_NOLOAD);
 		if (lib) {
 			f = dlsym(lib, name);
 			dlclose(lib);
@@ -349,12 +359,17 @@ static void *next_fn(void **slot, const char *name)
 	return f;
 }
 
-#define URING_NEXT(name, ...)								\
-	do {										\
-		static void *next;							\
-		__typeof__(&name) fn = (__typeof__(&name))next_fn(&next, #name);	\
-		return fn ? fn(__VA_ARGS__) : -ENOSYS;					\
+/* Calls the next definition of name (in lib_name), or returns missing. */
+#define NEXT_OR(missing, lib_name, name, ...)							\
+	do {											\
+		static void *next;								\
+		__typeof__(&name) fn = (__typeof__(&name))next_fn(&next, #name, lib_name);	\
+		if (fn)									\
+			return fn(__VA_ARGS__);						\
+		errno = ENOSYS;								\
+		return (missing);							\
 	} while (0)
+#define URING_NEXT(name, ...) NEXT_OR(-ENOSYS, "liburing.so.2", name, __VA_ARGS__)
 
 static void uring_check(struct io_uring *ring)
 {
@@ -456,6 +471,106 @@ EXPORT int io_uring_enter2(unsigned fd, unsigned to_submit, unsigned min_complet
 	if (to_submit)
 		unseen_io("submitted io_uring entries it cannot see (io_uring_enter2)");
 	URING_NEXT(io_uring_enter2, fd, to_submit, min_complete, flags, sig, sz);
+}
+
+/* The C library's syscall(2): how VMMs without liburing reach io_uring
+ * (Rust's io-uring crate, Cloud Hypervisor's block devices) and Linux AIO.
+ * Every other call passes through, ours too (common/sys.c). The libc's is
+ * found once, before the VMM runs (preload_init). */
+static long (*libc_syscall)(long, ...);
+
+static void find_libc_syscall(void)
+{
+	if (!__atomic_load_n(&libc_syscall, __ATOMIC_ACQUIRE))
+		__atomic_store_n(&libc_syscall, (long (*)(long, ...))dlsym(RTLD_NEXT, "syscall"),
+				 __ATOMIC_RELEASE);
+}
+
+EXPORT long syscall(long nr, ...)
+{
+	long a[6];
+	va_list ap;
+	va_start(ap, nr);
+	for (int i = 0; i < 6; i++)
+		a[i] = va_arg(ap, long);
+	va_end(ap);
+	find_libc_syscall();
+	long (*call)(long, ...) = __atomic_load_n(&libc_syscall, __ATOMIC_ACQUIRE);
+	if (!call) {
+		errno = ENOSYS;
+		return -1;
+	}
+	int seen = __atomic_load_n(&io_unseen, __ATOMIC_RELAXED) != NULL;
+	switch (nr) {
+	case SYS_io_setup:
+		unseen_io("set up Linux AIO (io_setup)");
+		break;
+	case SYS_io_uring_setup: {
+		long fd = call(nr, a[0], a[1]);
+		if (fd >= 0 && md__raw_ring_setup((int)fd, (const struct io_uring_params *)a[1]))
+			unseen_io("set up an io_uring whose entries the kernel polls (SQPOLL)");
+		return fd;
+	}
+	case SYS_io_uring_enter:
+		/* Judged before the kernel takes them; once stopped, never again. */
+		if (!seen && md__raw_ring_submits_writes((int)a[0], (unsigned)a[1], (unsigned)a[3]))
+			unseen_io("submitted reads through io_uring (io_uring_enter)");
+		break;
+	case SYS_io_uring_register: {
+		unsigned op = (unsigned)a[1] & ~(1u << 31);	/* as in io_uring_register() */
+		if (op == IORING_REGISTER_BUFFERS || op == IORING_REGISTER_BUFFERS2 ||
+		    op == IORING_REGISTER_BUFFERS_UPDATE)
+			uring_pins();
+		break;
+	}
+	}
+	return call(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
+}
+
+/* RDMA (libibverbs, which QEMU links for RDMA migration and its pvrdma
+ * device): memory registered with an adapter is pinned and written by it.
+ * Declared here, so that building needs no verbs headers. */
+struct ibv_pd;
+struct ibv_mr;
+#define VERBS "libibverbs.so.1"
+#define IBV_REREG_MR_CHANGE_TRANSLATION 1	/* verbs.h's enum ibv_rereg_mr_flags */
+struct ibv_mr *ibv_reg_mr(struct ibv_pd *pd, void *addr, size_t length, int access);
+struct ibv_mr *ibv_reg_mr_iova(struct ibv_pd *pd, void *addr, size_t length, uint64_t iova, int access);
+struct ibv_mr *ibv_reg_mr_iova2(struct ibv_pd *pd, void *addr, size_t length, uint64_t iova,
+				unsigned int access);
+int ibv_rereg_mr(struct ibv_mr *mr, int flags, struct ibv_pd *pd, void *addr, size_t length, int access);
+
+static void rdma_pins(void)
+{
+	unseen_io("registered memory with an RDMA adapter (libibverbs)");
+}
+
+EXPORT struct ibv_mr *ibv_reg_mr(struct ibv_pd *pd, void *addr, size_t length, int access)
+{
+	rdma_pins();
+	NEXT_OR(NULL, VERBS, ibv_reg_mr, pd, addr, length, access);
+}
+
+EXPORT struct ibv_mr *ibv_reg_mr_iova(struct ibv_pd *pd, void *addr, size_t length, uint64_t iova,
+				      int access)
+{
+	rdma_pins();
+	NEXT_OR(NULL, VERBS, ibv_reg_mr_iova, pd, addr, length, iova, access);
+}
+
+EXPORT struct ibv_mr *ibv_reg_mr_iova2(struct ibv_pd *pd, void *addr, size_t length, uint64_t iova,
+				       unsigned int access)
+{
+	rdma_pins();
+	NEXT_OR(NULL, VERBS, ibv_reg_mr_iova2, pd, addr, length, iova, access);
+}
+
+EXPORT int ibv_rereg_mr(struct ibv_mr *mr, int flags, struct ibv_pd *pd, void *addr, size_t length,
+			int access)
+{
+	if (flags & IBV_REREG_MR_CHANGE_TRANSLATION)	/* new memory registered */
+		rdma_pins();
+	NEXT_OR(-1, VERBS, ibv_rereg_mr, mr, flags, pd, addr, length, access);
 }
 
 /* A device given guest RAM for DMA (VFIO's type-1 container, iommufd,

@@ -1,4 +1,5 @@
-/* sys.h - raw system calls, so the agent never re-enters its own interposers. */
+/* sys.h - raw system calls, so the agent never re-enters its own interposers
+ * (the preloaded syscall(2) one passes these straight to the C library's). */
 #ifndef MD_SYS_H
 #define MD_SYS_H
 #include <stddef.h>

@@ -5,7 +5,7 @@
 #define TEST_LIST_AGENT(X) \
 	X(plan_aligned) X(plan_unaligned) X(plan_eof) X(plan_partial) \
 	X(regions_add_overlap) X(regions_remove_split) X(privatize_keeps_failed_owners) X(rangeset_covers) \
-	X(inflight_ranges) X(stats_parse_valid) X(stats_parse_rejects) X(proc_start_time) X(copy_own_pages_all_or_nothing) X(cow_break_changes_resident_pages) X(quiet_walks_wait_for_moved_pages) X(uring_entries_judged) X(range_runs_mapped_and_gone) \
+	X(inflight_ranges) X(stats_parse_valid) X(stats_parse_rejects) X(proc_start_time) X(copy_own_pages_all_or_nothing) X(cow_break_changes_resident_pages) X(quiet_walks_wait_for_moved_pages) X(uring_entries_judged) X(raw_ring_entries_judged) X(range_runs_mapped_and_gone) \
 	X(parse_bool_strict) X(scan_off_hint_says_what_to_do) \
 	X(cli_usage) X(cli_run_numbers_strict) X(cli_run_checks_preload) X(cli_help_unknown) X(cli_set_checks_all_first) X(cli_set_bad_value_says_why) \
 	X(cli_run_missing_command_no_daemon) X(cli_run_finds_daemon_in_path) X(cli_run_scan_options_need_scan) \
@@ -18,7 +18,7 @@
 	X(discard_yields_zeroes) X(unmerge_makes_private) X(preadv_mixed) \
 	X(fork_child_runs_plain) X(status_lists_agent) X(advice_reaches_new_mappings) \
 	X(env_flags_strict) X(env_numbers_strict) X(env_bad_order_and_log_said) X(stats_dir_too_long) \
-	X(scan_merges_duplicates) X(scan_not_given_to_kernel_ksm) X(scan_stops_for_unseen_io) X(scan_stops_for_uring_reads) X(scan_stops_for_device_dma) X(scan_stops_for_uring_buffers) X(scan_stops_for_vdpa) X(scan_merges_beside_event_rings) X(scan_failed_unmap_keeps_pages) X(scan_fill_pages) X(scan_merges_onto_image) X(scan_image_index_bounded) X(scan_image_index_remapped) X(scan_image_index_prunes_written) X(scan_image_copied_read_merges) X(scan_hints_guide_scanner) X(scan_unmerge_and_tunables) X(scan_leaves_pages_being_read) \
+	X(scan_merges_duplicates) X(scan_not_given_to_kernel_ksm) X(scan_stops_for_unseen_io) X(scan_stops_for_uring_reads) X(scan_stops_for_raw_uring_reads) X(scan_stops_for_sqpoll) X(scan_stops_for_rdma) X(scan_stops_for_device_dma) X(scan_stops_for_uring_buffers) X(scan_stops_for_vdpa) X(scan_merges_beside_event_rings) X(scan_failed_unmap_keeps_pages) X(scan_fill_pages) X(scan_merges_onto_image) X(scan_image_index_bounded) X(scan_image_index_remapped) X(scan_image_index_prunes_written) X(scan_image_copied_read_merges) X(scan_hints_guide_scanner) X(scan_unmerge_and_tunables) X(scan_leaves_pages_being_read) \
 	X(scan_off_says_why) \
 	X(scan_stress_no_lost_write) \
 	X(cross_process_sharing) X(cross_in_process_duplicates) X(cross_domains_never_share) X(cross_daemon_killed) \

@@ -162,7 +162,8 @@ static int stops_for_unseen_io(int early, int reads, const char *io, const char 
 			      logenv, NULL };
 	struct proc a;
 	proc_start(&a, env);
-	if (strncmp(io, "uring", 5) == 0 && proc_num(&a, "uring poll") < 0) {
+	if ((strncmp(io, "uring", 5) == 0 || strncmp(io, "rawuring", 8) == 0) &&
+	    proc_num(&a, "uring poll") < 0) {
 		proc_stop(&a);
 		SKIP("io_uring is not available here (kernel.io_uring_disabled, seccomp)");
 	}
@@ -207,6 +208,35 @@ TEST_IMPL(scan_stops_for_uring_reads)
 	return stops_for_unseen_io(0, 1, "uring read", "4096", "submitted reads through io_uring");
 }
 
+/* The same read through syscall(2) and the kernel's ring layout (Rust's
+ * io-uring crate: Cloud Hypervisor's block devices), no liburing. */
+TEST_IMPL(scan_stops_for_raw_uring_reads)
+{
+	return stops_for_unseen_io(0, 1, "rawuring read", "4096", "submitted reads through io_uring (io_uring_enter)");
+}
+
+/* A ring the kernel's own thread polls: no call to judge its entries at. */
+TEST_IMPL(scan_stops_for_sqpoll)
+{
+	return stops_for_unseen_io(0, 0, "rawuring sqpoll", "0", "whose entries the kernel polls (SQPOLL)");
+}
+
+/* Memory registered with an RDMA adapter (QEMU's RDMA migration calls
+ * ibv_reg_mr_iova2, its pvrdma device ibv_reg_mr): pinned. A stand-in
+ * library answers; "0" shows the call reached it. */
+TEST_IMPL(scan_stops_for_rdma)
+{
+	char io[700];
+	const char *how[] = { "", "iova2" };
+	for (int i = 0; i < 2; i++) {
+		snprintf(io, sizeof(io), "rdma %s/libibverbs-stub.so %s", build_dir(), how[i]);
+		int r = stops_for_unseen_io(0, 0, io, "0", "registered memory with an RDMA adapter");
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
 /* Buffers registered with a ring (fixed buffers) stay pinned. */
 TEST_IMPL(scan_stops_for_uring_buffers)
 {
@@ -246,11 +276,14 @@ TEST_IMPL(scan_merges_beside_event_rings)
 	ASSERT_EQ(first, 3);
 	proc_cmd(&a, "map 512");
 	ASSERT_EQ(proc_num(&a, "uring poll"), 3);
+	ASSERT_EQ(proc_num(&a, "rawuring poll"), 3);	/* the same, without liburing */
 	ASSERT(strcmp(proc_cmd(&a, "fill 0 256 5"), "ok") == 0);
 	ASSERT(strcmp(proc_cmd(&a, "fill %u 256 5", 256 * PG), "ok") == 0);
 	md_stats s;
 	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_256_only), 0);
 	ASSERT_EQ(proc_num(&a, "uring poll"), 3);
+	ASSERT_EQ(proc_num(&a, "rawuring poll"), 3);
+	ASSERT_EQ(proc_stats(&a, &s), 0);
 	ASSERT_EQ(s.io_unseen, 0);
 	for (unsigned i = 0; i < 256; i += 17)
 		ASSERT(proc_page(&a, i * PG).pfn == proc_page(&a, (256 + i) * PG).pfn);

@@ -32,6 +32,13 @@
  *                           on a pipe, a timeout, a no-op) through liburing
  *   uring read FD OFF LEN DOFF -> the read's result, through liburing
  *   uring register        -> io_uring_register_buffers of the RAM's first page
+ *   rawuring poll|sqpoll|read FD OFF LEN DOFF -> as uring, but through the C
+ *                           library's syscall(2) and the kernel's ring layout, as
+ *                           Rust's io-uring crate does (sqpoll: a ring the
+ *                           kernel's thread polls, set up only)
+ *   rdma LIB [iova2]      -> 0 if ibv_reg_mr (or ibv_reg_mr_iova2) of the RAM's
+ *                           first page, looked up by name after LIB is loaded
+ *                           (a stand-in for libibverbs), returned a region, or -errno
  *   vfio                  -> -errno of VFIO_IOMMU_MAP_DMA on no descriptor
  *   vdpa                  -> -errno of VHOST_VDPA_GET_DEVICE_ID on no descriptor
  *   quit
@@ -188,6 +195,104 @@ static long long cmd_uring(const char *kind, int fd, long long off, long long le
 	return r;
 }
 
+/* A ring driven as Rust's io-uring crate drives it: syscall(2), the
+ * kernel's layout, no liburing. Set up once (kept, as a VMM keeps it). */
+static long long cmd_rawuring(const char *kind, int fd, long long off, long long len, long long doff)
+{
+	static struct io_uring_params p;
+	static int rfd = -1;
+	static unsigned char *sq, *cq;
+	static struct io_uring_sqe *sqes;
+	static int pp[2];
+	static struct __kernel_timespec ts = { .tv_sec = 3600 };
+	if (rfd < 0) {
+		memset(&p, 0, sizeof(p));
+		p.flags = strcmp(kind, "sqpoll") == 0 ? IORING_SETUP_SQPOLL : 0;
+		rfd = (int)syscall(SYS_io_uring_setup, 8, &p);
+		if (rfd < 0)
+			return -errno;
+		if (p.flags & IORING_SETUP_SQPOLL)
+			return 0;
+		size_t sq_len = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+		size_t cq_len = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
+		sq = mmap(NULL, sq_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, rfd, IORING_OFF_SQ_RING);
+		cq = mmap(NULL, cq_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, rfd, IORING_OFF_CQ_RING);
+		sqes = mmap(NULL, p.sq_entries * sizeof(*sqes), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
+			    rfd, IORING_OFF_SQES);
+		if (sq == MAP_FAILED || cq == MAP_FAILED || sqes == MAP_FAILED || pipe(pp))
+			return -errno;
+	}
+	unsigned *tail = (unsigned *)(sq + p.sq_off.tail), *array = (unsigned *)(sq + p.sq_off.array);
+	unsigned mask = *(unsigned *)(sq + p.sq_off.ring_mask), t = *tail, n = 0;
+	struct io_uring_sqe e[3];
+	memset(e, 0, sizeof(e));
+	if (strcmp(kind, "poll") == 0) {
+		e[0].opcode = IORING_OP_POLL_ADD;
+		e[0].fd = pp[0];
+		e[0].poll32_events = POLLIN;
+		e[1].opcode = IORING_OP_TIMEOUT;
+		e[1].fd = -1;
+		e[1].addr = (uintptr_t)&ts;
+		e[1].len = 1;
+		e[2].opcode = IORING_OP_NOP;
+		n = 3;
+	} else if (strcmp(kind, "read") == 0) {
+		e[0].opcode = IORING_OP_READ;
+		e[0].fd = fd;
+		e[0].off = (uint64_t)off;
+		e[0].addr = (uintptr_t)(base + doff);
+		e[0].len = (unsigned)len;
+		e[0].user_data = 42;
+		n = 1;
+	} else {
+		return -EINVAL;
+	}
+	for (unsigned i = 0; i < n; i++) {
+		/* Entries in reverse slots, so the index array is what finds them. */
+		unsigned slot = (mask - ((t + i) & mask));
+		sqes[slot] = e[i];
+		array[(t + i) & mask] = slot;
+	}
+	__atomic_store_n(tail, t + n, __ATOMIC_RELEASE);
+	long r = syscall(SYS_io_uring_enter, rfd, n, n == 1 ? 1 : 0, IORING_ENTER_GETEVENTS, NULL, 0);
+	if (r < 0)
+		return -errno;
+	if (n != 1)
+		return r;
+	/* The read's completion (the poll and the timeout stay pending). */
+	unsigned *chead = (unsigned *)(cq + p.cq_off.head), *ctail = (unsigned *)(cq + p.cq_off.tail);
+	struct io_uring_cqe *cqes = (struct io_uring_cqe *)(cq + p.cq_off.cqes);
+	unsigned cmask = *(unsigned *)(cq + p.cq_off.ring_mask);
+	for (;;) {
+		for (unsigned h = *chead; h != __atomic_load_n(ctail, __ATOMIC_ACQUIRE); h++) {
+			struct io_uring_cqe *c = &cqes[h & cmask];
+			__atomic_store_n(chead, h + 1, __ATOMIC_RELEASE);
+			if (c->user_data == 42)
+				return c->res;
+		}
+		if (syscall(SYS_io_uring_enter, rfd, 0, 1, IORING_ENTER_GETEVENTS, NULL, 0) < 0)
+			return -errno;
+	}
+}
+
+/* libibverbs as QEMU's RDMA migration calls it (the stand-in answers). */
+static long long cmd_rdma(const char *lib, const char *how)
+{
+	if (!dlopen(lib, RTLD_NOW | RTLD_GLOBAL))
+		return -ENOENT;
+	void *mr;
+	if (strcmp(how, "iova2") == 0) {
+		void *(*reg)(void *, void *, size_t, uint64_t, unsigned);
+		*(void **)&reg = dlsym(RTLD_DEFAULT, "ibv_reg_mr_iova2");
+		mr = reg ? reg(NULL, base, 4096, (uintptr_t)base, 7) : NULL;
+	} else {
+		void *(*reg)(void *, void *, size_t, int);
+		*(void **)&reg = dlsym(RTLD_DEFAULT, "ibv_reg_mr");
+		mr = reg ? reg(NULL, base, 4096, 7) : NULL;
+	}
+	return mr ? 0 : -(errno ? errno : ENOSYS);
+}
+
 int main(void)
 {
 	char line[4096];
@@ -214,6 +319,12 @@ int main(void)
 		} else if (strcmp(cmd, "uring") == 0) {
 			sscanf(line, "%*s %31s %lld %lld %lld %lld", s2, &a1, &a2, &a3, &a4);
 			printf("%lld\n", cmd_uring(s2, (int)a1, a2, a3, a4));
+		} else if (strcmp(cmd, "rawuring") == 0) {
+			sscanf(line, "%*s %31s %lld %lld %lld %lld", s2, &a1, &a2, &a3, &a4);
+			printf("%lld\n", cmd_rawuring(s2, (int)a1, a2, a3, a4));
+		} else if (strcmp(cmd, "rdma") == 0) {
+			sscanf(line, "%*s %2047s %31s", s1, s2);
+			printf("%lld\n", cmd_rdma(s1, s2));
 		} else if (strcmp(cmd, "vfio") == 0) {
 			struct vfio_iommu_type1_dma_map m = { .argsz = sizeof(m) };
 			printf("%d\n", ioctl(-1, VFIO_IOMMU_MAP_DMA, &m) < 0 ? -errno : 0);

@@ -11,7 +11,11 @@ $(B)/runner: $(TEST_OBJ) $(B)/libmemdedup.a
 $(B)/testproc: $(B)/tests/testproc.o
 	$(CC) -o $@ $^ $(LDFLAGS) -luring
 
-tests-build: $(B)/runner $(B)/testproc $(B)/fuzz-replay
+# A stand-in for libibverbs (no RDMA adapter here), loaded by the testproc.
+$(B)/libibverbs-stub.so: $(B)/tests/stub_ibverbs.o
+	$(CC) -shared -o $@ $^ $(LDFLAGS)
+
+tests-build: $(B)/runner $(B)/testproc $(B)/libibverbs-stub.so $(B)/fuzz-replay
 
 $(B)/fuzz-replay: fuzz/replay.c fuzz/fuzz_stats_file.c $(B)/libmemdedup.a
 	$(CC) $(MD_CFLAGS) $(CFLAGS) -o $@ $^ $(LDFLAGS)
