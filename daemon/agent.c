@@ -8,7 +8,10 @@
  * zeroes. So a record outlives its connection and goes only when the process
  * exits, which its pidfd tells (SO_PEERPIDFD, else pidfd_open). A process
  * that reconnects to the same domain gets its record back, references and
- * all. Without pidfds (old kernels) references go with the connection.
+ * all. Without a pidfd (a kernel before Linux 5.3, descriptors run out) an
+ * agent is refused: its references could only go with the connection, and
+ * an agent that timed out and reconnected would still map slots freed and
+ * rewritten meanwhile.
  */
 #include <errno.h>
 #include <poll.h>
@@ -76,7 +79,7 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 		return -EPERM;
 	}
 	a = md__agent_find(d, c->pid);
-	if (a && a->pidfd >= 0 && pidfd_exited(a->pidfd)) {
+	if (a && pidfd_exited(a->pidfd)) {
 		md__agent_exited(d, a);	/* a pid reused before we saw the exit */
 		a = NULL;
 	}
@@ -110,10 +113,11 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 		a->pidfd = (int)syscall(SYS_pidfd_open, c->pid, 0);
 	/* Without a pidfd its references would go with the connection, while
 	 * the process may still map the pages: a slot freed so is rewritten
-	 * under its guest. Only a kernel without pidfds is served so. */
-	if (a->pidfd < 0 && errno != ENOSYS) {
-		err = errno == ESRCH ? -ESRCH : -EMFILE;
-		snprintf(why, size, "cannot watch pid %d (%s)", (int)c->pid, strerror(errno));
+	 * under its guest. */
+	if (a->pidfd < 0) {
+		err = errno == ESRCH ? -ESRCH : errno == ENOSYS ? -ENOSYS : -EMFILE;
+		snprintf(why, size, "cannot watch pid %d (%s)%s", (int)c->pid, strerror(errno),
+			 err == -ENOSYS ? ": this kernel has no pidfd_open (Linux 5.3)" : "");
 		free(a);
 		return err;
 	}
@@ -123,12 +127,10 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 			 "cannot create the pool of uid %u", (unsigned)c->uid);
 		goto close_pidfd;
 	}
-	if (a->pidfd >= 0) {
-		err = md__ep_add(d, a->pidfd, &a->ep, EPOLLIN);
-		if (err) {
-			snprintf(why, size, "cannot watch pid %d", (int)c->pid);
-			goto release_domain;
-		}
+	err = md__ep_add(d, a->pidfd, &a->ep, EPOLLIN);
+	if (err) {
+		snprintf(why, size, "cannot watch pid %d", (int)c->pid);
+		goto release_domain;
 	}
 	a->conn = c;
 	c->agent = a;
@@ -141,8 +143,7 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 release_domain:
 	md__domain_release(d, a->dom);
 close_pidfd:
-	if (a->pidfd >= 0)
-		close(a->pidfd);
+	close(a->pidfd);
 	free(a);
 	return err;
 }
@@ -247,8 +248,7 @@ static void agent_free(struct md__daemon *d, struct md__agent *a)
 	if (a->conn)
 		a->conn->agent = NULL;
 	md__ep_forget(d, &a->ep);
-	if (a->pidfd >= 0)
-		close(a->pidfd);	/* leaves the epoll set with it */
+	close(a->pidfd);	/* leaves the epoll set with it */
 	free(a->refs);
 	free(a);
 }
@@ -271,12 +271,9 @@ void md__agent_exited(struct md__daemon *d, struct md__agent *a)
 	agent_free(d, a);
 }
 
-void md__agent_detach(struct md__daemon *d, struct md__agent *a)
+void md__agent_detach(struct md__agent *a)
 {
-	a->conn = NULL;
-	/* No pidfd: the connection is all we can watch. */
-	if (a->pidfd < 0)
-		md__agent_exited(d, a);
+	a->conn = NULL;	/* the record stays until the process exits */
 }
 
 void md__agent_free_all(struct md__daemon *d)

@@ -234,7 +234,7 @@ int md__agent_refs(struct md__agent *a, const uint32_t *slots, uint32_t n, int d
 int md__agent_publish(struct md__agent *a, const struct md__msg_publish *p, uint32_t *first);
 void md__agent_report(struct md__agent *a, const struct md__msg_report *r);
 /* The connection of a goes away; its references stay while it lives. */
-void md__agent_detach(struct md__daemon *d, struct md__agent *a);
+void md__agent_detach(struct md__agent *a);
 /* The process exited: its references go. */
 void md__agent_exited(struct md__daemon *d, struct md__agent *a);
 void md__agent_free_all(struct md__daemon *d);
