@@ -390,7 +390,14 @@ int md_agent_unregister(md_agent *a, void *addr, size_t len)
 	if (!a || err)
 		return -EINVAL;
 	pthread_mutex_lock(&a->lock);
-	/* The memory stays mapped: unshare it before we stop watching it. */
+	/* The memory stays mapped: unshare it before we stop watching it. Its
+	 * copies stay in the pool's and images' mappings, forgotten. */
+	for (size_t i = 0; i < a->nregions; i++) {
+		uintptr_t lo = a->regions[i].start > (uintptr_t)addr ? a->regions[i].start : (uintptr_t)addr;
+		uintptr_t hi = a->regions[i].end < (uintptr_t)addr + len ? a->regions[i].end : (uintptr_t)addr + len;
+		if (lo < hi)
+			md__rangeset_add(&a->forgotten, lo, hi);
+	}
 	err = md__privatize(a, (uintptr_t)addr, (uintptr_t)addr + len, 0);
 	if (!err)
 		err = md__regions_remove(a, (uintptr_t)addr, (uintptr_t)addr + len);
@@ -443,8 +450,22 @@ int md__agent_unmap(md_agent *a, void *addr, size_t len, int (*op)(void *arg), v
 		md__privatize(a, s, e, 0);
 		md__regions_remove(a, s, e);
 	}
+	/* What failed to go may be left as private copies in pool mappings. */
+	if (r)
+		md__rangeset_add(&a->forgotten, s, e);
 	pthread_mutex_unlock(&a->lock);
 	return r;
+}
+
+void md__agent_moved(md_agent *a, void *old, size_t old_len, void *now, size_t now_len)
+{
+	uintptr_t o = (uintptr_t)old, n = (uintptr_t)now;
+	if (!a || !old_len || !now_len || o + old_len < o || n + now_len < n)
+		return;
+	pthread_mutex_lock(&a->lock);
+	if (md__rangeset_overlaps(&a->forgotten, o, o + old_len))
+		md__rangeset_add(&a->forgotten, n, n + now_len);
+	pthread_mutex_unlock(&a->lock);
 }
 
 struct unmap_arg {
@@ -492,6 +513,9 @@ int md_agent_discard(md_agent *a, void *addr, size_t len)
 		int e2 = md__engine_discard(a->engine, addr, len);
 		err = err ? err : e2;
 	}
+	/* And copies no record tracks any more. */
+	int e3 = md__discard_forgotten(a, (uintptr_t)addr, (uintptr_t)addr + len);
+	err = err ? err : e3;
 	pthread_mutex_unlock(&a->lock);
 	return err;
 }

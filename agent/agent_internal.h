@@ -62,6 +62,13 @@ struct md_agent {
 	struct md__image *images;
 	size_t nimages, images_cap;
 
+	/* Where pages may be private copies inside file mappings (an image's,
+	 * the pool's) that no record tracks any more: made private by a lease
+	 * break, or left guest RAM while still mapped. A discard there must
+	 * replace them by anonymous memory, or it would show the file's page
+	 * again (md__discard_forgotten). Covers at least those places. */
+	struct md__rangeset forgotten;
+
 	int kernel_ksm;
 	int io_unseen;          /* md_agent_io_unseen was called (set under lock) */
 	unsigned flags;
@@ -124,6 +131,10 @@ void md__regions_advise(struct md_agent *a, uintptr_t start, uintptr_t end, unsi
 int md__privatize(struct md_agent *a, uintptr_t start, uintptr_t end, uint32_t id);
 /* Replaces pages mapped from an image in [start,end) by anonymous zero pages. */
 int md__discard(struct md_agent *a, uintptr_t start, uintptr_t end);
+/* Replaces the parts of [start,end) in a->forgotten that lie in private
+ * file mappings, outside the engine's regions (its discard replaced what
+ * it tracks), by anonymous zero pages with the same protection and advice. */
+int md__discard_forgotten(struct md_agent *a, uintptr_t start, uintptr_t end);
 /* Re-applies the region's advice to a fresh mapping inside it. */
 void md__apply_advice(struct md_agent *a, const struct md__region *r, uintptr_t addr, size_t len);
 /* Gives the advice to every mapping made by reads since the last call: one
@@ -208,6 +219,9 @@ int md__walk_worth(int known, const struct md__resident *now, const struct md__r
  * range is forgotten if op succeeded, else as md__engine_unmap says
  * (keep_mapped: op was a munmap). Returns op's result. */
 int md__agent_unmap(md_agent *a, void *addr, size_t len, int (*op)(void *arg), void *arg, int keep_mapped);
+/* agent.c: the VMM's mremap moved (or resized) [old, old+old_len) to
+ * [now, now+now_len): forgotten copies move with their mappings. */
+void md__agent_moved(md_agent *a, void *old, size_t old_len, void *now, size_t now_len);
 
 /* accounting.c */
 /* Refreshes the shared-now and break counters (a walk of /proc/self/pagemap

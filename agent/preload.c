@@ -305,8 +305,14 @@ EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 		md_agent_unregister(a, old, page_len(old_len));
 	struct vm_call c = { SYS_mremap, { (long)old, (long)old_len, (long)new_len, flags, (long)new_addr }, 0 };
 	if (flags & MREMAP_FIXED)	/* what was at new_addr goes */
-		return (void *)vm_call(&c, new_addr, new_len);
-	vm_call_run(&c);
+		vm_call(&c, new_addr, new_len);
+	else
+		vm_call_run(&c);
+	if (a && (void *)c.ret != MAP_FAILED && (uintptr_t)old % MD_PAGE_SIZE == 0) {
+		int saved = errno;
+		md__agent_moved(a, old, page_len(old_len), (void *)c.ret, page_len(new_len));
+		errno = saved;
+	}
 	return (void *)c.ret;
 }
 

@@ -210,7 +210,9 @@ static uint64_t for_each_run(struct md_agent *a, uintptr_t start, uintptr_t end,
 
 static int privatize_run(struct md_agent *a, struct md__region *r, uintptr_t addr, size_t len)
 {
-	(void)a, (void)r;
+	(void)r;
+	/* The copies stay in the image's mapping, untracked from now on. */
+	md__rangeset_add(&a->forgotten, addr, addr + len);
 	/* A write fault on a private file page copies it; pages the guest has
 	 * written already are left as they are, and a guest write racing with
 	 * us lands either before the copy (and is copied) or after it. */
@@ -255,6 +257,40 @@ int md__discard(struct md_agent *a, uintptr_t start, uintptr_t end)
 	for_each_run(a, start, end, 0, discard_run, &err);
 	if (err)
 		md__log_once(41, "cannot replace shared pages by anonymous memory on discard: %s", strerror(-err));
+	return err;
+}
+
+int md__discard_forgotten(struct md_agent *a, uintptr_t start, uintptr_t end)
+{
+	if (!md__rangeset_overlaps(&a->forgotten, start, end))
+		return 0;
+	struct md__vma *v;
+	size_t n;
+	int err = md__range_file_vmas(start, end, &v, &n);
+	if (err)
+		return err;
+	for (size_t i = 0; i < n && !err; i++) {
+		for (uintptr_t lo = v[i].lo, hi; lo < v[i].hi; lo = hi) {
+			int engine = a->engine && md__engine_covers(a->engine, lo, v[i].hi, &hi);
+			if (!a->engine)
+				hi = v[i].hi;
+			if (engine)
+				continue;
+			void *m = md__sys_mmap((void *)lo, hi - lo, v[i].prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+					       -1, 0);
+			if (m == MAP_FAILED) {
+				err = -errno;
+				break;
+			}
+			md__advise_new_mapping(m, hi - lo, v[i].advice, v[i].mergeable);
+			if (v[i].advice & MD_ADV_HUGEPAGE)
+				md__sys_madvise(m, hi - lo, MADV_HUGEPAGE);
+			a->maps_since_count += 2;
+		}
+	}
+	free(v);
+	if (err)
+		md__log_once(42, "cannot replace private copies in file mappings on discard: %s", strerror(-err));
 	return err;
 }
 

@@ -30,3 +30,11 @@ void md__rangeset_add(struct md__rangeset *s, uintptr_t start, uintptr_t end)
 	if (end > s->end[best])
 		s->end[best] = end;
 }
+
+int md__rangeset_overlaps(const struct md__rangeset *s, uintptr_t start, uintptr_t end)
+{
+	for (size_t i = 0; i < s->n; i++)
+		if (s->start[i] < end && s->end[i] > start)
+			return 1;
+	return 0;
+}

@@ -1,6 +1,7 @@
 /*
  * rangeset.h - a few address ranges that cover at least what was added:
- * where new mappings still lack their region's advice (MADV_DONTFORK, ...).
+ * where new mappings still lack their region's advice (MADV_DONTFORK, ...),
+ * where private copies may lie in file mappings no record tracks.
  *
  * Giving the advice to a whole region walked every one of its thousands of
  * mappings each second while guests read or merged; the ranges of one
@@ -22,4 +23,6 @@ struct md__rangeset {
 
 /* Adds [start, end) (start < end). Never fails. */
 void md__rangeset_add(struct md__rangeset *s, uintptr_t start, uintptr_t end);
+/* 1 if [start, end) overlaps a range of s. */
+int md__rangeset_overlaps(const struct md__rangeset *s, uintptr_t start, uintptr_t end);
 #endif

@@ -91,14 +91,14 @@ uint64_t md__count_vmas(void)
 	return lines;
 }
 
-/* Calls line(arg, lo, hi, perms) for each mapping in /proc/self/maps, in
- * address order. 0, or -errno if the file cannot be read. */
-static int maps_each(void (*line)(void *arg, uintptr_t lo, uintptr_t hi, const char *perms), void *arg)
+/* Calls line(arg, text) for each line of a file of /proc/self, in order.
+ * 0, or -errno if the file cannot be read. */
+static int proc_lines(const char *path, void (*line)(void *arg, char *text), void *arg)
 {
 	char buf[65536];
 	size_t have = 0;
 	int err = 0;
-	int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
 	for (;;) {
@@ -114,12 +114,9 @@ static int maps_each(void (*line)(void *arg, uintptr_t lo, uintptr_t hi, const c
 		char *p = buf, *nl;
 		/* At the end, a last line may come without a newline. */
 		while ((nl = memchr(p, '\n', (size_t)(buf + have - p))) || (n == 0 && *p)) {
-			unsigned long lo, hi;
-			char perms[5];
 			if (nl)
 				*nl = 0;
-			if (sscanf(p, "%lx-%lx %4s", &lo, &hi, perms) == 3)
-				line(arg, lo, hi, perms);
+			line(arg, p);
 			p = nl ? nl + 1 : p + strlen(p);
 		}
 		if (n == 0)
@@ -132,6 +129,92 @@ static int maps_each(void (*line)(void *arg, uintptr_t lo, uintptr_t hi, const c
 	}
 	close(fd);
 	return err;
+}
+
+struct maps_line {
+	void (*line)(void *arg, uintptr_t lo, uintptr_t hi, const char *perms);
+	void *arg;
+};
+
+static void maps_line(void *arg, char *text)
+{
+	struct maps_line *m = arg;
+	unsigned long lo, hi;
+	char perms[5];
+	if (sscanf(text, "%lx-%lx %4s", &lo, &hi, perms) == 3)
+		m->line(m->arg, lo, hi, perms);
+}
+
+/* Calls line(arg, lo, hi, perms) for each mapping in /proc/self/maps, in
+ * address order. 0, or -errno if the file cannot be read. */
+static int maps_each(void (*line)(void *arg, uintptr_t lo, uintptr_t hi, const char *perms), void *arg)
+{
+	struct maps_line m = { line, arg };
+	return proc_lines("/proc/self/maps", maps_line, &m);
+}
+
+struct file_vmas {
+	uintptr_t a, end;
+	struct md__vma cur;	/* the mapping whose lines are being read; lo == hi: none */
+	struct md__vma *vma;
+	size_t n, cap;
+	int err;
+};
+
+/* smaps: a header line per mapping ("lo-hi perms offset dev inode path"),
+ * then its fields, VmFlags last. */
+static void file_vma_line(void *arg, char *text)
+{
+	struct file_vmas *f = arg;
+	unsigned long lo, hi, off, inode;
+	unsigned maj, mnr;
+	char perms[5];
+	if (sscanf(text, "%lx-%lx %4s %lx %x:%x %lu", &lo, &hi, perms, &off, &maj, &mnr, &inode) == 7) {
+		f->cur = (struct md__vma){ 0 };
+		/* Private, of a file (an inode: anonymous memory has none). */
+		if (inode && perms[3] == 'p' && lo < f->end && hi > f->a) {
+			f->cur.lo = lo > f->a ? lo : f->a;
+			f->cur.hi = hi < f->end ? hi : f->end;
+			f->cur.prot = (perms[0] == 'r' ? PROT_READ : 0) | (perms[1] == 'w' ? PROT_WRITE : 0) |
+				      (perms[2] == 'x' ? PROT_EXEC : 0);
+		}
+		return;
+	}
+	if (strncmp(text, "VmFlags:", 8) != 0 || f->cur.lo == f->cur.hi)
+		return;
+	char *save = NULL;
+	for (char *t = strtok_r(text + 8, " ", &save); t; t = strtok_r(NULL, " ", &save)) {
+		f->cur.advice |= strcmp(t, "dc") == 0 ? MD_ADV_DONTFORK : 0;
+		f->cur.advice |= strcmp(t, "dd") == 0 ? MD_ADV_DONTDUMP : 0;
+		f->cur.advice |= strcmp(t, "hg") == 0 ? MD_ADV_HUGEPAGE : 0;
+		f->cur.mergeable |= strcmp(t, "mg") == 0;
+	}
+	if (f->n == f->cap) {
+		size_t cap = f->cap ? 2 * f->cap : 8;
+		struct md__vma *grown = realloc(f->vma, cap * sizeof(*grown));
+		if (!grown) {
+			f->err = -ENOMEM;
+			return;
+		}
+		f->vma = grown;
+		f->cap = cap;
+	}
+	f->vma[f->n++] = f->cur;
+	f->cur.hi = f->cur.lo;
+}
+
+int md__range_file_vmas(uintptr_t a, uintptr_t end, struct md__vma **vmas, size_t *n)
+{
+	struct file_vmas f = { .a = a, .end = end };
+	int err = proc_lines("/proc/self/smaps", file_vma_line, &f);
+	err = err ? err : f.err;
+	if (err) {
+		free(f.vma);
+		return err;
+	}
+	*vmas = f.vma;
+	*n = f.n;
+	return 0;
 }
 
 struct shares {

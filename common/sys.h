@@ -44,6 +44,18 @@ struct md__run {
 	int mapped;
 };
 int md__range_runs(uintptr_t a, uintptr_t end, struct md__run **runs, size_t *n);
+/* The private mappings of files (pool, image, memfd: an inode) that
+ * overlap [a, end), clipped to it, in address order, with what a mapping
+ * replacing them must have again: protection, advice (MD_ADV_* bits, from
+ * smaps' VmFlags) and MADV_MERGEABLE. *vmas is malloc'd (the caller frees
+ * it). 0 or -errno. */
+struct md__vma {
+	uintptr_t lo, hi;
+	int prot;
+	unsigned advice;
+	int mergeable;
+};
+int md__range_file_vmas(uintptr_t a, uintptr_t end, struct md__vma **vmas, size_t *n);
 /* Lines of /proc/self/maps: the process's mappings (VMAs) now. */
 uint64_t md__count_vmas(void);
 /* The pages the process maps now, all of them and those of files and

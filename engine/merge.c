@@ -192,6 +192,44 @@ struct md__eregion *md__engine_region(struct md__engine *e, uintptr_t addr, size
 }
 
 /* Registers [a, a+len), which no region overlaps. */
+int md__engine_covers(struct md__engine *e, uintptr_t lo, uintptr_t hi, uintptr_t *end)
+{
+	int in = 0;
+	*end = hi;
+	pthread_rwlock_rdlock(&e->regions_lock);
+	for (size_t i = 0; i < e->nregions; i++) {
+		const struct md__eregion *r = &e->regions[i];
+		if (r->start <= lo && lo < r->end) {
+			in = 1;
+			*end = r->end < hi ? r->end : hi;
+			break;
+		}
+		if (r->start > lo && r->start < *end)
+			*end = r->start;
+	}
+	pthread_rwlock_unlock(&e->regions_lock);
+	return in;
+}
+
+/* Pages of [a, a+len) in private file mappings when registered (memory
+ * made private and forgotten, advised again): a later zero page there must
+ * become anonymous memory, as a discard would show the file's page. */
+static void mark_file_pages(uintptr_t a, size_t len, uint32_t *ref)
+{
+	struct md__vma *v;
+	size_t n;
+	if (md__range_file_vmas(a, a + len, &v, &n) != 0) {
+		/* Not known: a zero page anywhere becomes anonymous memory. */
+		for (size_t i = 0; i < len / MD_EPAGE; i++)
+			ref[i] = MD_REF_FILE;
+		return;
+	}
+	for (size_t i = 0; i < n; i++)
+		for (uintptr_t p = v[i].lo; p < v[i].hi; p += MD_EPAGE)
+			ref[(p - a) / MD_EPAGE] = MD_REF_FILE;
+	free(v);
+}
+
 static int register_one(struct md__engine *e, uintptr_t a, size_t len, unsigned advice)
 {
 	int err = -EINVAL;
@@ -214,6 +252,7 @@ static int register_one(struct md__engine *e, uintptr_t a, size_t len, unsigned 
 		err = -ENOMEM;
 		goto free_arrays;
 	}
+	mark_file_pages(a, len, r.ref);
 	err = md__uffd_register_wp(&e->uffd, a, len);
 	if (err)
 		goto free_arrays;
@@ -637,17 +676,20 @@ static int map_pool(struct md__engine *e, struct md__eregion *r, uintptr_t addr,
 	return 0;
 }
 
-/* Replaces pages by anonymous zero-fill memory (pool mappings) or drops
- * them (anonymous mappings), so they read as zeroes again. */
+/* Replaces pages by anonymous zero-fill memory (file mappings: the pool's,
+ * an image's) or drops them (anonymous mappings), so they read as zeroes
+ * again. */
 static int zero_run(struct md__engine *e, struct md__eregion *r, uintptr_t addr, size_t n)
 {
 	size_t first = (addr - r->start) / MD_EPAGE;
-	int in_pool = 0;
+	int in_file = 0;
 	for (size_t i = 0; i < n; i++)
-		in_pool |= (r->ref[first + i] & MD_REF_FILE) != 0;
-	if (in_pool) {
-		/* MADV_DONTNEED in a private file mapping would show the pool
-		 * page again, not zeroes. */
+		in_file |= (r->ref[first + i] & (MD_REF_FILE | MD_REF_IMAGE)) != 0;
+	if (in_file) {
+		/* MADV_DONTNEED in a private file mapping would show the file's
+		 * page again, not zeroes: a pool slot since reused, an image
+		 * a writer changed after its lease broke (the agent made the
+		 * page a private copy, in the same mapping). */
 		void *m = md__sys_mmap((void *)addr, n * MD_EPAGE, PROT_READ | PROT_WRITE,
 				       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
 		if (m == MAP_FAILED)

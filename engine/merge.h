@@ -229,6 +229,9 @@ int md__engine_publish(struct md__engine *e, void *addr, size_t n, uint32_t *slo
 int64_t md__engine_lookup(struct md__engine *e, const void *page, uint64_t hash);
 /* The VMM discards [addr, addr+len): zeroes from now on, pool or not. */
 int md__engine_discard(struct md__engine *e, void *addr, size_t len);
+/* 1 if lo lies in a region of e, and *end is where that stops (at most hi);
+ * else 0, and *end is where the next region starts (at most hi). */
+int md__engine_covers(struct md__engine *e, uintptr_t lo, uintptr_t hi, uintptr_t *end);
 /* Finds merged pages written since (copy-on-write breaks) and drops their
  * pool references; returns how many. */
 int md__engine_reap(struct md__engine *e);

@@ -76,6 +76,23 @@ uint64_t fnv_file(const char *path, off_t off, size_t n)
 	return h;
 }
 
+const char *hex(uint64_t h)
+{
+	static char b[4][20];
+	static int i;
+	i = (i + 1) % 4;
+	snprintf(b[i], sizeof(b[i]), "%016llx", (unsigned long long)h);
+	return b[i];
+}
+
+uint64_t fnv_zero(size_t n)
+{
+	uint64_t h = 1469598103934665603ull;
+	for (size_t i = 0; i < n; i++)
+		h *= 1099511628211ull;	/* (h ^ 0) * prime */
+	return h;
+}
+
 void proc_start(struct proc *p, const char *const *env)
 {
 	int in[2], out[2];

@@ -21,6 +21,10 @@ const char *test_dir(void);
 /* Writes a file of n bytes of deterministic pseudo-random content. */
 void make_image(const char *path, size_t n, unsigned seed);
 uint64_t fnv_file(const char *path, off_t off, size_t n);
+/* A hash as the testproc prints it (one of four buffers, reused). */
+const char *hex(uint64_t h);
+/* The same hash of n zero bytes (what the testproc's hash says of them). */
+uint64_t fnv_zero(size_t n);
 
 /* Starts build/testproc with the preload and extra "KEY=VALUE" env (NULL-ended). */
 void proc_start(struct proc *p, const char *const *env);

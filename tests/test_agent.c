@@ -27,15 +27,6 @@ static const char *image(unsigned seed)
 	return path;
 }
 
-static char *hex(uint64_t h)
-{
-	static char b[4][20];
-	static int i;
-	i = (i + 1) % 4;
-	snprintf(b[i], sizeof(b[i]), "%016llx", (unsigned long long)h);
-	return b[i];
-}
-
 /* Starts a process with RAM and the image open; returns the image fd. */
 static int start_reader(struct proc *p, const char *img, const char *const *env)
 {
@@ -332,6 +323,36 @@ TEST_IMPL(lease_break_keeps_content)
 	return 0;
 }
 
+/* After a lease break the pages are private copies inside the image's
+ * mapping, which no record tracks any more: a discard there (a balloon,
+ * free page reporting) must read back zeroes, not the writer's new data
+ * that a plain MADV_DONTNEED would show. Read-time sharing alone, and with
+ * the scanner (whose engine knows the pages as image pages). */
+TEST_IMPL(lease_break_then_discard_yields_zeroes)
+{
+	static const char *const scan[] = { "MEMDEDUP_SCAN=1", NULL };
+	const char *const *envs[] = { NULL, scan };
+	for (int k = 0; k < 2; k++) {
+		char img[512];
+		snprintf(img, sizeof(img), "%s/image-discard%d", test_dir(), k);
+		make_image(img, IMG_SIZE, 12 + k);
+		uint64_t orig = fnv_file(img, 0, IMG_SIZE);
+		struct proc a;
+		int fd = start_reader(&a, img, envs[k]);
+		ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 65536", fd, IMG_SIZE), IMG_SIZE);
+		char rest[32];
+		snprintf(rest, sizeof(rest), "%s", proc_cmd(&a, "hash %u %u", 16 * 4096, IMG_SIZE - 16 * 4096));
+		int wfd = overwrite_image(img, NULL);
+		ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", IMG_SIZE), hex(orig)) == 0);
+		ASSERT_EQ(proc_num(&a, "advise 0 %u dontneed", 16 * 4096), 0);
+		ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 16 * 4096), hex(fnv_zero(16 * 4096))) == 0);
+		ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 16 * 4096, IMG_SIZE - 16 * 4096), rest) == 0);
+		close(wfd);
+		proc_stop(&a);
+	}
+	return 0;
+}
+
 /* A lease break whose signal never comes (here the lease's owner was
  * cleared; the kernel also falls back to a plain SIGIO when it cannot queue
  * the agent's signal): the agent's look once a second finds it, and the
@@ -464,6 +485,11 @@ TEST_IMPL(unmerge_makes_private)
 	ASSERT_EQ(proc_stats(&a, &s), 0);
 	ASSERT_EQ(s.regions, 0);
 	ASSERT_EQ(s.pages_privatized, MB / 4096);
+	/* Forgotten, the copies still lie in the image's mapping: a discard
+	 * reads back zeroes, not the image (the rest stays as it was). */
+	ASSERT_EQ(proc_num(&a, "advise 0 65536 dontneed"), 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 65536"), hex(fnv_zero(65536))) == 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 65536 %u", MB - 65536), hex(fnv_file(img, 65536, MB - 65536))) == 0);
 	proc_stop(&a);
 	return 0;
 }
