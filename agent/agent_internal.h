@@ -233,19 +233,10 @@ void md__account(struct md_agent *a, int count_vmas);
 /* 1 if the entries a liburing submit call on ring (a struct io_uring) is
  * about to hand the kernel include one that may write user memory. */
 int md__uring_submits_writes(const void *ring);
-/* Rings set up through syscall(2), not liburing: recorded when set up
- * (md__raw_ring_setup returns 1 if the ring's entries can never be judged:
- * the kernel's thread polls them, IORING_SETUP_SQPOLL), located when the
- * VMM maps them (every mmap of a descriptor, cheap without such rings),
- * and judged at io_uring_enter: 1 if the to_submit entries it hands the
- * kernel may write user memory, or cannot be read. */
-struct io_uring_params;
-#ifndef IORING_SETUP_NO_SQARRAY
-#define IORING_SETUP_NO_SQARRAY (1U << 16)	/* Linux 6.6, newer than Debian 12's headers */
-#endif
-int md__raw_ring_setup(int fd, const struct io_uring_params *p);
-void md__raw_ring_mapped(int fd, uint64_t off, const void *addr, size_t len);
-int md__raw_ring_submits_writes(int fd, unsigned to_submit, unsigned enter_flags);
+/* 1 unless an io_uring_register opcode is known to neither pin user memory
+ * (buffers), let the kernel write it outside an entry (zero-copy receive),
+ * nor move the rings. */
+int md__uring_register_pins(unsigned opcode);
 /* 1 if an ioctl request maps memory for a device's DMA (VFIO, iommufd) or
  * sets up a device that will (vhost-vdpa). */
 int md__ioctl_maps_dma(unsigned long request);

@@ -275,16 +275,10 @@ EXPORT int munmap(void *addr, size_t len)
 
 EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
-	void *p;
-	if (!(flags & MAP_FIXED)) {
-		p = md__sys_mmap(addr, len, prot, flags, fd, off);
-	} else {
-		struct vm_call c = { SYS_mmap, { (long)addr, (long)len, prot, flags, fd, (long)off }, 0 };
-		p = (void *)vm_call(&c, addr, len);
-	}
-	if (fd >= 0)	/* an io_uring set up through syscall(2), mapped (below) */
-		md__raw_ring_mapped(fd, (uint64_t)off, p, len);
-	return p;
+	if (!(flags & MAP_FIXED))
+		return md__sys_mmap(addr, len, prot, flags, fd, off);
+	struct vm_call c = { SYS_mmap, { (long)addr, (long)len, prot, flags, fd, (long)off }, 0 };
+	return (void *)vm_call(&c, addr, len);
 }
 EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 	__attribute__((alias("mmap")));
@@ -429,7 +423,7 @@ EXPORT int io_uring_wait_cqe_timeout(struct io_uring *ring, struct io_uring_cqe 
  * in frames a merge had unmapped. */
 static void uring_pins(void)
 {
-	unseen_io("registered buffers with io_uring (pinned)");
+	unseen_io("registered buffers with io_uring (pinned), or memory by an operation it does not know");
 }
 
 EXPORT int io_uring_register_buffers(struct io_uring *ring, const struct iovec *iov, unsigned nr)
@@ -454,10 +448,7 @@ EXPORT int io_uring_register_buffers_update_tag(struct io_uring *ring, unsigned 
 
 EXPORT int io_uring_register(unsigned fd, unsigned opcode, const void *arg, unsigned nr_args)
 {
-	/* Linux 6.3's IORING_REGISTER_USE_REGISTERED_RING flag: the top bit. */
-	unsigned op = opcode & ~(1u << 31);
-	if (op == IORING_REGISTER_BUFFERS || op == IORING_REGISTER_BUFFERS2 ||
-	    op == IORING_REGISTER_BUFFERS_UPDATE)
+	if (md__uring_register_pins(opcode))
 		uring_pins();
 	URING_NEXT(io_uring_register, fd, opcode, arg, nr_args);
 }
@@ -506,29 +497,29 @@ EXPORT long syscall(long nr, ...)
 		errno = ENOSYS;
 		return -1;
 	}
-	int seen = __atomic_load_n(&io_unseen, __ATOMIC_RELAXED) != NULL;
 	switch (nr) {
 	case SYS_io_setup:
 		unseen_io("set up Linux AIO (io_setup)");
 		break;
 	case SYS_io_uring_setup: {
+		/* The kernel's own thread takes a polled ring's entries: no
+		 * call tells when. Read after the call: the kernel may change
+		 * the flags it was given. */
 		long fd = call(nr, a[0], a[1]);
-		if (fd >= 0 && md__raw_ring_setup((int)fd, (const struct io_uring_params *)a[1]))
+		const struct io_uring_params *p = (const void *)a[1];
+		if (fd >= 0 && (p->flags & IORING_SETUP_SQPOLL))
 			unseen_io("set up an io_uring whose entries the kernel polls (SQPOLL)");
 		return fd;
 	}
 	case SYS_io_uring_enter:
-		/* Judged before the kernel takes them; once stopped, never again. */
-		if (!seen && md__raw_ring_submits_writes((int)a[0], (unsigned)a[1], (unsigned)a[3]))
-			unseen_io("submitted reads through io_uring (io_uring_enter)");
+		/* Before the kernel takes them; entries are not judged here. */
+		if ((unsigned)a[1])
+			unseen_io("submitted io_uring entries through syscall(2), which it does not judge");
 		break;
-	case SYS_io_uring_register: {
-		unsigned op = (unsigned)a[1] & ~(1u << 31);	/* as in io_uring_register() */
-		if (op == IORING_REGISTER_BUFFERS || op == IORING_REGISTER_BUFFERS2 ||
-		    op == IORING_REGISTER_BUFFERS_UPDATE)
+	case SYS_io_uring_register:
+		if (md__uring_register_pins((unsigned)a[1]))
 			uring_pins();
 		break;
-	}
 	}
 	return call(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
 }

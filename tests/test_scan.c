@@ -151,6 +151,7 @@ static int stops_for_unseen_io(int early, int reads, const char *io, const char 
 {
 	char log[600], logenv[700], file[600];
 	snprintf(log, sizeof(log), "%s/unseen.log", test_dir());
+	unlink(log);	/* a test may call this more than once */
 	snprintf(logenv, sizeof(logenv), "MEMDEDUP_LOG=%s", log);
 	snprintf(file, sizeof(file), "%s/disk", test_dir());
 	static char block[PG];
@@ -209,10 +210,11 @@ TEST_IMPL(scan_stops_for_uring_reads)
 }
 
 /* The same read through syscall(2) and the kernel's ring layout (Rust's
- * io-uring crate: Cloud Hypervisor's block devices), no liburing. */
+ * io-uring crate: Cloud Hypervisor's block devices), no liburing: not
+ * judged, any entry submitted so stops merging. */
 TEST_IMPL(scan_stops_for_raw_uring_reads)
 {
-	return stops_for_unseen_io(0, 1, "rawuring read", "4096", "submitted reads through io_uring (io_uring_enter)");
+	return stops_for_unseen_io(0, 1, "rawuring read", "4096", "submitted io_uring entries through syscall(2)");
 }
 
 /* A ring the kernel's own thread polls: no call to judge its entries at. */
@@ -222,7 +224,7 @@ TEST_IMPL(scan_stops_for_sqpoll)
 }
 
 /* Memory registered with an RDMA adapter (QEMU's RDMA migration calls
- * ibv_reg_mr_iova2, its pvrdma device ibv_reg_mr): pinned. A stand-in
+ * ibv_reg_mr_iova2, its pvrdma device, up to QEMU 9.0, ibv_reg_mr): pinned. A stand-in
  * library answers; "0" shows the call reached it. */
 TEST_IMPL(scan_stops_for_rdma)
 {
@@ -240,7 +242,7 @@ TEST_IMPL(scan_stops_for_rdma)
 /* Buffers registered with a ring (fixed buffers) stay pinned. */
 TEST_IMPL(scan_stops_for_uring_buffers)
 {
-	return stops_for_unseen_io(0, 0, "uring register", "0", "registered buffers with io_uring");
+	return stops_for_unseen_io(0, 0, "uring register", "0", "registered buffers with io_uring (pinned)");
 }
 
 /* A device given memory for DMA through VFIO (the ioctl need not succeed:
@@ -258,7 +260,8 @@ TEST_IMPL(scan_stops_for_vdpa)
 }
 
 /* QEMU sets up a ring for every event loop, polls and timeouts only: the
- * scanner goes on merging. */
+ * scanner goes on merging; and so it does beside a ring set up through
+ * syscall(2) that submits nothing. */
 TEST_IMPL(scan_merges_beside_event_rings)
 {
 	char log[600], logenv[700];
@@ -276,13 +279,14 @@ TEST_IMPL(scan_merges_beside_event_rings)
 	ASSERT_EQ(first, 3);
 	proc_cmd(&a, "map 512");
 	ASSERT_EQ(proc_num(&a, "uring poll"), 3);
-	ASSERT_EQ(proc_num(&a, "rawuring poll"), 3);	/* the same, without liburing */
+	/* A ring set up through syscall(2), not polled by the kernel: only
+	 * what it submits would stop merging. */
+	ASSERT_EQ(proc_num(&a, "rawuring setup"), 0);
 	ASSERT(strcmp(proc_cmd(&a, "fill 0 256 5"), "ok") == 0);
 	ASSERT(strcmp(proc_cmd(&a, "fill %u 256 5", 256 * PG), "ok") == 0);
 	md_stats s;
 	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_256_only), 0);
 	ASSERT_EQ(proc_num(&a, "uring poll"), 3);
-	ASSERT_EQ(proc_num(&a, "rawuring poll"), 3);
 	ASSERT_EQ(proc_stats(&a, &s), 0);
 	ASSERT_EQ(s.io_unseen, 0);
 	for (unsigned i = 0; i < 256; i += 17)

@@ -503,69 +503,20 @@ TEST_IMPL(range_runs_mapped_and_gone)
 	return 0;
 }
 
-/* Rings driven through syscall(2) are judged from the kernel's layout: the
- * head and tail in the mapped ring, the index array (not with NO_SQARRAY),
- * the entries; at most to_submit of them; anything unreadable is a read. */
-TEST_IMPL(raw_ring_entries_judged)
+/* io_uring_register: only operations known to leave user memory alone
+ * (files, eventfds, the workers, ...) let merging go on. */
+TEST_IMPL(uring_register_judged)
 {
-	static struct { uint32_t head, tail, mask, entries, array[8]; } ring;
-	static struct io_uring_sqe sqes[2 * 8];
-	struct io_uring_params p;
-	memset(&p, 0, sizeof(p));
-	p.sq_off.head = offsetof(__typeof__(ring), head);
-	p.sq_off.tail = offsetof(__typeof__(ring), tail);
-	p.sq_off.ring_mask = offsetof(__typeof__(ring), mask);
-	p.sq_off.ring_entries = offsetof(__typeof__(ring), entries);
-	p.sq_off.array = offsetof(__typeof__(ring), array);
-	ASSERT_EQ(md__raw_ring_setup(900, &p), 0);
-	ASSERT(!md__raw_ring_submits_writes(900, 0, 0));	/* nothing submitted */
-	ASSERT(md__raw_ring_submits_writes(900, 1, 0));		/* not mapped yet */
-	ASSERT(md__raw_ring_submits_writes(901, 1, 0));		/* not set up here */
-	md__raw_ring_mapped(900, IORING_OFF_SQ_RING, &ring, sizeof(ring));
-	md__raw_ring_mapped(900, IORING_OFF_SQES, sqes, 8 * sizeof(*sqes));
-	ring.mask = 7;
-	ring.entries = 8;
-	for (unsigned i = 0; i < 8; i++) {
-		sqes[i].opcode = IORING_OP_POLL_ADD;
-		ring.array[i] = 7 - i;	/* entries found through the array */
-	}
-	ring.head = 0xfffffffe;	/* the counters wrap */
-	ring.tail = 2;
-	ASSERT(!md__raw_ring_submits_writes(900, 4, 0));
-	sqes[7 - 1].opcode = IORING_OP_READ;	/* array[(head + 3) & 7] = array[1] */
-	ASSERT(md__raw_ring_submits_writes(900, 4, 0));
-	ASSERT(!md__raw_ring_submits_writes(900, 3, 0));	/* the kernel takes 3 only */
-	ASSERT(md__raw_ring_submits_writes(900, 4, IORING_ENTER_REGISTERED_RING));
-	ring.array[1] = 9;	/* out of range: dropped by the kernel */
-	ASSERT(!md__raw_ring_submits_writes(900, 4, 0));
-	ring.array[1] = 6;
-	ring.mask = 3;		/* corrupt */
-	ASSERT(md__raw_ring_submits_writes(900, 4, 0));
-	ring.mask = 7;
-	md__raw_ring_mapped(900, IORING_OFF_SQ_RING, &ring, offsetof(__typeof__(ring), array) + 4);
-	ASSERT(md__raw_ring_submits_writes(900, 4, 0));		/* the array past the mapping */
-	md__raw_ring_mapped(900, IORING_OFF_SQ_RING, &ring, sizeof(ring));
-	/* Without the array (Linux 6.6): entry i is sqes[(head + i) & mask]; 128-byte
-	 * entries: sqes[2 * i]. The same descriptor set up again replaces the ring. */
-	p.flags = IORING_SETUP_NO_SQARRAY | IORING_SETUP_SQE128;
-	ASSERT_EQ(md__raw_ring_setup(900, &p), 0);
-	ASSERT(md__raw_ring_submits_writes(900, 1, 0));		/* not mapped again yet */
-	md__raw_ring_mapped(900, IORING_OFF_SQ_RING, &ring, sizeof(ring));
-	md__raw_ring_mapped(900, IORING_OFF_SQES, sqes, 8 * sizeof(*sqes));
-	memset(sqes, 0, sizeof(sqes));
-	ring.mask = 3;
-	ring.entries = 4;
-	ring.head = 3;
-	ring.tail = 5;	/* entries 3 and 0: sqes[6] and sqes[0] */
-	sqes[1].opcode = IORING_OP_READ;	/* the second half of entry 0 */
-	ASSERT(!md__raw_ring_submits_writes(900, 2, 0));
-	sqes[6].opcode = IORING_OP_RECV;
-	ASSERT(md__raw_ring_submits_writes(900, 2, 0));
-	md__raw_ring_mapped(900, IORING_OFF_SQES, sqes, 7 * sizeof(*sqes));	/* entry 3 past it */
-	sqes[6].opcode = IORING_OP_NOP;
-	ASSERT(md__raw_ring_submits_writes(900, 2, 0));
-	p.flags = IORING_SETUP_SQPOLL;
-	ASSERT_EQ(md__raw_ring_setup(902, &p), 1);
+	ASSERT(md__uring_register_pins(IORING_REGISTER_BUFFERS));
+	ASSERT(md__uring_register_pins(IORING_REGISTER_BUFFERS2));
+	ASSERT(md__uring_register_pins(IORING_REGISTER_BUFFERS_UPDATE));
+	ASSERT(md__uring_register_pins(IORING_REGISTER_BUFFERS | (1u << 31)));	/* a registered ring's */
+	ASSERT(md__uring_register_pins(30));	/* Linux 6.13's CLONE_BUFFERS: not known here */
+	ASSERT(md__uring_register_pins(33));	/* RESIZE_RINGS */
+	ASSERT(!md__uring_register_pins(IORING_REGISTER_FILES));
+	ASSERT(!md__uring_register_pins(IORING_REGISTER_EVENTFD | (1u << 31)));
+	ASSERT(!md__uring_register_pins(IORING_UNREGISTER_BUFFERS));
+	ASSERT(!md__uring_register_pins(IORING_REGISTER_FILE_ALLOC_RANGE));
 	return 0;
 }
 

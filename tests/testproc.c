@@ -32,10 +32,11 @@
  *                           on a pipe, a timeout, a no-op) through liburing
  *   uring read FD OFF LEN DOFF -> the read's result, through liburing
  *   uring register        -> io_uring_register_buffers of the RAM's first page
- *   rawuring poll|sqpoll|read FD OFF LEN DOFF -> as uring, but through the C
+ *   rawuring setup|sqpoll|read FD OFF LEN DOFF -> as uring, but through the C
  *                           library's syscall(2) and the kernel's ring layout, as
- *                           Rust's io-uring crate does (sqpoll: a ring the
- *                           kernel's thread polls, set up only)
+ *                           Rust's io-uring crate does (setup: a ring set up and
+ *                           mapped, nothing submitted; sqpoll: one the kernel's
+ *                           thread polls, set up only)
  *   rdma LIB [iova2]      -> 0 if ibv_reg_mr (or ibv_reg_mr_iova2) of the RAM's
  *                           first page, looked up by name after LIB is loaded
  *                           (a stand-in for libibverbs), returned a region, or -errno
@@ -203,8 +204,6 @@ static long long cmd_rawuring(const char *kind, int fd, long long off, long long
 	static int rfd = -1;
 	static unsigned char *sq, *cq;
 	static struct io_uring_sqe *sqes;
-	static int pp[2];
-	static struct __kernel_timespec ts = { .tv_sec = 3600 };
 	if (rfd < 0) {
 		memset(&p, 0, sizeof(p));
 		p.flags = strcmp(kind, "sqpoll") == 0 ? IORING_SETUP_SQPOLL : 0;
@@ -219,47 +218,28 @@ static long long cmd_rawuring(const char *kind, int fd, long long off, long long
 		cq = mmap(NULL, cq_len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, rfd, IORING_OFF_CQ_RING);
 		sqes = mmap(NULL, p.sq_entries * sizeof(*sqes), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
 			    rfd, IORING_OFF_SQES);
-		if (sq == MAP_FAILED || cq == MAP_FAILED || sqes == MAP_FAILED || pipe(pp))
+		if (sq == MAP_FAILED || cq == MAP_FAILED || sqes == MAP_FAILED)
 			return -errno;
 	}
-	unsigned *tail = (unsigned *)(sq + p.sq_off.tail), *array = (unsigned *)(sq + p.sq_off.array);
-	unsigned mask = *(unsigned *)(sq + p.sq_off.ring_mask), t = *tail, n = 0;
-	struct io_uring_sqe e[3];
-	memset(e, 0, sizeof(e));
-	if (strcmp(kind, "poll") == 0) {
-		e[0].opcode = IORING_OP_POLL_ADD;
-		e[0].fd = pp[0];
-		e[0].poll32_events = POLLIN;
-		e[1].opcode = IORING_OP_TIMEOUT;
-		e[1].fd = -1;
-		e[1].addr = (uintptr_t)&ts;
-		e[1].len = 1;
-		e[2].opcode = IORING_OP_NOP;
-		n = 3;
-	} else if (strcmp(kind, "read") == 0) {
-		e[0].opcode = IORING_OP_READ;
-		e[0].fd = fd;
-		e[0].off = (uint64_t)off;
-		e[0].addr = (uintptr_t)(base + doff);
-		e[0].len = (unsigned)len;
-		e[0].user_data = 42;
-		n = 1;
-	} else {
+	if (strcmp(kind, "setup") == 0)	/* a wait that submits nothing */
+		return syscall(SYS_io_uring_enter, rfd, 0, 0, IORING_ENTER_GETEVENTS, NULL, 0) < 0 ? -errno : 0;
+	if (strcmp(kind, "read") != 0)
 		return -EINVAL;
-	}
-	for (unsigned i = 0; i < n; i++) {
-		/* Entries in reverse slots, so the index array is what finds them. */
-		unsigned slot = (mask - ((t + i) & mask));
-		sqes[slot] = e[i];
-		array[(t + i) & mask] = slot;
-	}
-	__atomic_store_n(tail, t + n, __ATOMIC_RELEASE);
-	long r = syscall(SYS_io_uring_enter, rfd, n, n == 1 ? 1 : 0, IORING_ENTER_GETEVENTS, NULL, 0);
-	if (r < 0)
+	unsigned *tail = (unsigned *)(sq + p.sq_off.tail), *array = (unsigned *)(sq + p.sq_off.array);
+	unsigned mask = *(unsigned *)(sq + p.sq_off.ring_mask), t = *tail;
+	struct io_uring_sqe *e = &sqes[t & mask];
+	memset(e, 0, sizeof(*e));
+	e->opcode = IORING_OP_READ;
+	e->fd = fd;
+	e->off = (uint64_t)off;
+	e->addr = (uintptr_t)(base + doff);
+	e->len = (unsigned)len;
+	e->user_data = 42;
+	array[t & mask] = t & mask;
+	__atomic_store_n(tail, t + 1, __ATOMIC_RELEASE);
+	if (syscall(SYS_io_uring_enter, rfd, 1, 1, IORING_ENTER_GETEVENTS, NULL, 0) < 0)
 		return -errno;
-	if (n != 1)
-		return r;
-	/* The read's completion (the poll and the timeout stay pending). */
+	/* The read's completion. */
 	unsigned *chead = (unsigned *)(cq + p.cq_off.head), *ctail = (unsigned *)(cq + p.cq_off.tail);
 	struct io_uring_cqe *cqes = (struct io_uring_cqe *)(cq + p.cq_off.cqes);
 	unsigned cmask = *(unsigned *)(cq + p.cq_off.ring_mask);
