@@ -229,6 +229,13 @@ void md__agent_moved(md_agent *a, void *old, size_t old_len, void *now, size_t n
  * /proc/self/maps: milliseconds with thousands of mappings). */
 void md__account(struct md_agent *a, int count_vmas);
 
+/* Linux 6.4's switch for kernel KSM over a whole process, newer than
+ * Debian 12's headers. */
+#ifndef PR_SET_MEMORY_MERGE
+#define PR_SET_MEMORY_MERGE 67
+#define PR_GET_MEMORY_MERGE 68
+#endif
+
 /* unseen_io.c */
 /* 1 if the entries a liburing submit call on ring (a struct io_uring) is
  * about to hand the kernel include one that may write user memory. */

@@ -37,6 +37,7 @@
 #include <strings.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -468,6 +469,24 @@ EXPORT int io_uring_enter2(unsigned fd, unsigned to_submit, unsigned min_complet
 	if (to_submit)
 		unseen_io("submitted io_uring entries it cannot see (io_uring_enter2)");
 	URING_NEXT(io_uring_enter2, fd, to_submit, min_complete, flags, sig, sz);
+}
+
+/* Kernel KSM over the whole process (Linux 6.4): not while our scanner
+ * merges it (agent/scan.c), as the advice is not passed on either. */
+EXPORT int prctl(int option, ...)
+{
+	unsigned long arg[4];
+	va_list ap;
+	va_start(ap, option);
+	for (int i = 0; i < 4; i++)
+		arg[i] = va_arg(ap, unsigned long);
+	va_end(ap);
+	md_agent *a = agent_peek();
+	if (option == PR_SET_MEMORY_MERGE && arg[0] && !arg[1] && !arg[2] && !arg[3] && a && a->engine) {
+		md__log_once(64, "prctl(PR_SET_MEMORY_MERGE) not passed on to kernel KSM: content scanning is on");
+		return 0;
+	}
+	return (int)syscall(SYS_prctl, option, arg[0], arg[1], arg[2], arg[3]);
 }
 
 /* The C library's syscall(2): how VMMs without liburing reach io_uring

@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "agent_internal.h"
@@ -37,6 +39,20 @@ void md__scan_init(struct md_agent *a, const md_agent_options *o)
 	int err = e ? md__engine_init(e, &eo) : -ENOMEM;
 	if (err)
 		goto err_free;
+	/* Kernel KSM must not merge what we do (see below), not even through
+	 * the switch for the whole process of Linux 6.4 (prctl
+	 * PR_SET_MEMORY_MERGE; systemd's MemoryKSM=yes sets it before exec,
+	 * and it outlives exec), which ignores the advice. */
+	if (syscall(SYS_prctl, PR_GET_MEMORY_MERGE, 0L, 0L, 0L, 0L) == 1) {
+		if (syscall(SYS_prctl, PR_SET_MEMORY_MERGE, 0L, 0L, 0L, 0L) != 0) {
+			err = -errno;
+			md__log("kernel KSM merges this whole process (prctl PR_SET_MEMORY_MERGE, systemd's "
+				"MemoryKSM=) and it cannot be turned off (%s)", strerror(errno));
+			goto err_fini;
+		}
+		md__log("content scanning is on: kernel KSM's merging of the whole process "
+			"(prctl PR_SET_MEMORY_MERGE, systemd's MemoryKSM=) is turned off");
+	}
 	err = md__hints_init(&a->hints, HINTS_CAP);
 	if (err)
 		goto err_fini;

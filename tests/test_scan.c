@@ -259,6 +259,35 @@ TEST_IMPL(scan_stops_for_vdpa)
 	return stops_for_unseen_io(0, 0, "vdpa", "-9", "for DMA (VFIO, iommufd or vhost-vdpa)");
 }
 
+/* Kernel KSM over the whole process (prctl PR_SET_MEMORY_MERGE, which
+ * systemd's MemoryKSM=yes sets before exec) would merge the pages our
+ * scanner freezes: turned off when the scanner starts, and not passed on
+ * while it runs. Without the scanner, the VMM's call goes through. */
+TEST_IMPL(scan_turns_off_kernel_merge_any)
+{
+	struct proc a, b;
+	proc_start(&a, fast_scan);
+	long long set = proc_num(&a, "mergeany rawset 1");	/* before the agent, as from exec */
+	if (set == -EINVAL) {
+		proc_stop(&a);
+		SKIP("no prctl PR_SET_MEMORY_MERGE here (Linux 6.4)");
+	}
+	ASSERT_EQ(set, 0);
+	ASSERT_EQ(proc_num(&a, "mergeany get"), 1);
+	proc_cmd(&a, "map 64");	/* the agent and its scanner start */
+	ASSERT_EQ(proc_num(&a, "mergeany get"), 0);
+	ASSERT_EQ(proc_num(&a, "mergeany set 1"), 0);
+	ASSERT_EQ(proc_num(&a, "mergeany get"), 0);
+	proc_stop(&a);
+	proc_start(&b, NULL);
+	proc_cmd(&b, "map 64");
+	ASSERT_EQ(proc_num(&b, "mergeany set 1"), 0);
+	ASSERT_EQ(proc_num(&b, "mergeany get"), 1);
+	ASSERT_EQ(proc_num(&b, "mergeany set 0"), 0);
+	proc_stop(&b);
+	return 0;
+}
+
 /* QEMU sets up a ring for every event loop, polls and timeouts only: the
  * scanner goes on merging; and so it does beside a ring set up through
  * syscall(2) that submits nothing. */

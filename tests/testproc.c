@@ -40,6 +40,9 @@
  *   rdma LIB [iova2]      -> 0 if ibv_reg_mr (or ibv_reg_mr_iova2) of the RAM's
  *                           first page, looked up by name after LIB is loaded
  *                           (a stand-in for libibverbs), returned a region, or -errno
+ *   mergeany get|set N|rawset N -> kernel KSM over the whole process (prctl
+ *                           PR_GET/SET_MEMORY_MERGE): the state, or the result of
+ *                           setting it through the C library or the system call
  *   vfio                  -> -errno of VFIO_IOMMU_MAP_DMA on no descriptor
  *   vdpa                  -> -errno of VHOST_VDPA_GET_DEVICE_ID on no descriptor
  *   quit
@@ -59,6 +62,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
@@ -305,6 +309,12 @@ int main(void)
 		} else if (strcmp(cmd, "rdma") == 0) {
 			sscanf(line, "%*s %2047s %31s", s1, s2);
 			printf("%lld\n", cmd_rdma(s1, s2));
+		} else if (strcmp(cmd, "mergeany") == 0) {
+			sscanf(line, "%*s %31s %lld", s2, &a1);
+			long r = strcmp(s2, "get") == 0 ? syscall(SYS_prctl, 68, 0L, 0L, 0L, 0L) :
+				 strcmp(s2, "set") == 0 ? prctl(67, (unsigned long)a1, 0L, 0L, 0L) :
+				 syscall(SYS_prctl, 67, (long)a1, 0L, 0L, 0L);
+			printf("%ld\n", r < 0 ? -(long)errno : r);
 		} else if (strcmp(cmd, "vfio") == 0) {
 			struct vfio_iommu_type1_dma_map m = { .argsz = sizeof(m) };
 			printf("%d\n", ioctl(-1, VFIO_IOMMU_MAP_DMA, &m) < 0 ? -errno : 0);
