@@ -296,8 +296,18 @@ EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 	}
 	/* Pages that move are no longer where the agent tracks them: make them
 	 * private first, so a lease break cannot miss them. */
-	if (a && page_len(old_len) && (uintptr_t)old % MD_PAGE_SIZE == 0)
-		md_agent_unregister(a, old, page_len(old_len));
+	if (a && page_len(old_len) && (uintptr_t)old % MD_PAGE_SIZE == 0) {
+		/* If that fails the memory must not move: the agent would
+		 * go on tracking, and the scanner merging, what comes to lie
+		 * where it was. */
+		int err = md_agent_unregister(a, old, page_len(old_len));
+		if (err) {
+			md__log_once(65, "cannot make guest RAM private before it moves (%s): mremap refused",
+				     strerror(-err));
+			errno = -err;
+			return MAP_FAILED;
+		}
+	}
 	struct vm_call c = { SYS_mremap, { (long)old, (long)old_len, (long)new_len, flags, (long)new_addr }, 0 };
 	if (flags & MREMAP_FIXED)	/* what was at new_addr goes */
 		vm_call(&c, new_addr, new_len);

@@ -325,8 +325,11 @@ static int freeze(struct md__engine *e, uintptr_t addr, size_t len)
 	int err = md__uffd_wp(&e->uffd, addr, len, 1);
 	if (err == -ENOENT) {
 		/* Part of it is a mapping made since registration whose
-		 * registration failed: register, then try again. */
-		err = md__uffd_register_wp(&e->uffd, addr, len);
+		 * registration failed: register, then try again - unless it
+		 * is shared memory, which only a region gone stale (its
+		 * forgetting failed) could hold here: a private page put over
+		 * it would hide another sharer's writes. */
+		err = md__range_shared(addr, len) == 0 ? md__uffd_register_wp(&e->uffd, addr, len) : -EPERM;
 		if (!err)
 			err = md__uffd_wp(&e->uffd, addr, len, 1);
 	}
