@@ -208,6 +208,23 @@ static uint64_t for_each_run(struct md_agent *a, uintptr_t start, uintptr_t end,
 	return pages;
 }
 
+/* Whether this kernel knows MADV_POPULATE_WRITE (Linux 5.14): EINVAL also
+ * means a mapping without write permission, where the older kernels'
+ * fallback below would fault. Asked once, of a page of our own. */
+static int populate_write_known(void)
+{
+	static int known = -1;
+	int k = __atomic_load_n(&known, __ATOMIC_RELAXED);
+	if (k < 0) {
+		void *p = md__sys_mmap(NULL, MD_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		k = p != MAP_FAILED && md__sys_madvise(p, MD_PAGE, MADV_POPULATE_WRITE) == 0;
+		if (p != MAP_FAILED)
+			md__sys_munmap(p, MD_PAGE);
+		__atomic_store_n(&known, k, __ATOMIC_RELAXED);
+	}
+	return k;
+}
+
 static int privatize_run(struct md_agent *a, struct md__region *r, uintptr_t addr, size_t len)
 {
 	(void)r;
@@ -219,8 +236,8 @@ static int privatize_run(struct md_agent *a, struct md__region *r, uintptr_t add
 	if (md__sys_madvise((void *)addr, len, MADV_POPULATE_WRITE) == 0)
 		return 0;
 	int err = -errno;
-	if (err != -EINVAL && err != -ENOSYS)
-		return err;
+	if ((err != -EINVAL && err != -ENOSYS) || populate_write_known())
+		return err;	/* memory short, or made read-only by the VMM */
 	/* Kernels before 5.14: an atomic add of zero is a write that cannot
 	 * undo a concurrent guest write to the same word. */
 	for (uintptr_t p = addr; p < addr + len; p += MD_PAGE)

@@ -353,6 +353,33 @@ TEST_IMPL(lease_break_then_discard_yields_zeroes)
 	return 0;
 }
 
+/* Guest RAM the VMM made read-only cannot be written to make its image
+ * pages private: the lease break says so and the VMM lives on (the
+ * fallback for kernels without MADV_POPULATE_WRITE wrote to them, and
+ * killed it with SIGSEGV). */
+TEST_IMPL(lease_break_read_only_pages)
+{
+	char img[512], log[600], logenv[700];
+	snprintf(img, sizeof(img), "%s/image-ro", test_dir());
+	snprintf(log, sizeof(log), "%s/ro.log", test_dir());
+	snprintf(logenv, sizeof(logenv), "MEMDEDUP_LOG=%s", log);
+	const char *env[] = { logenv, NULL };
+	make_image(img, IMG_SIZE, 14);
+	struct proc a;
+	int fd = start_reader(&a, img, env);
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 65536", fd, IMG_SIZE), IMG_SIZE);
+	ASSERT(proc_page(&a, 0).file || !proc_page(&a, 0).present);
+	ASSERT_EQ(proc_num(&a, "protect 0 %u ro", IMG_SIZE), 0);
+	int wfd = overwrite_image(img, NULL);
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 3000, has_lease_break), 0);
+	ASSERT_EQ(proc_num(&a, "protect 0 %u rw", IMG_SIZE), 0);	/* still there */
+	ASSERT(strstr(file_text(log), "making"));
+	close(wfd);
+	proc_stop(&a);
+	return 0;
+}
+
 /* A lease break whose signal never comes (here the lease's owner was
  * cleared; the kernel also falls back to a plain SIGIO when it cannot queue
  * the agent's signal): the agent's look once a second finds it, and the

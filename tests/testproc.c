@@ -19,6 +19,7 @@
  *   exhaust / release     -> fill the process's mappings up to the limit, undo
  *   advise DOFF LEN ADVICE-> madvise result (dontneed, dontfork, mergeable, unmergeable)
  *   unmap DOFF HEXLEN     -> munmap result (0 or -errno)
+ *   protect DOFF LEN ro|rw -> mprotect result (0 or -errno)
  *   nosig PATH            -> how many read leases on PATH (the agent's) were
  *                           made to send no signal when broken (F_SETOWN 0)
  *   fork DOFF             -> the child's hash of one page (child reads it)
@@ -412,6 +413,10 @@ int main(void)
 				  strcmp(s2, "dontfork") == 0 ? MADV_DONTFORK :
 				  strcmp(s2, "mergeable") == 0 ? MADV_MERGEABLE : MADV_UNMERGEABLE;
 			printf("%d\n", madvise(base + a1, (size_t)a2, adv) == 0 ? 0 : -errno);
+		} else if (strcmp(cmd, "protect") == 0) {
+			sscanf(line, "%*s %lld %lld %31s", &a1, &a2, s2);
+			int prot = strcmp(s2, "rw") == 0 ? PROT_READ | PROT_WRITE : PROT_READ;
+			printf("%d\n", mprotect(base + a1, (size_t)a2, prot) == 0 ? 0 : -errno);
 		} else if (strcmp(cmd, "unmap") == 0) {
 			sscanf(line, "%*s %lld %llx", &a1, (unsigned long long *)&a2);
 			printf("%d\n", munmap(base + a1, (size_t)a2) == 0 ? 0 : -errno);
