@@ -469,6 +469,19 @@ static void send_candidate(struct md__daemon *d, struct md__domain *dom, uint64_
 		flush_candidates(d, a);
 }
 
+/* What a peer may send (an agent's after its HELLO). */
+static int is_request(unsigned type)
+{
+	switch (type) {
+	case MD_MSG_LOOKUP: case MD_MSG_PUBLISH: case MD_MSG_REF: case MD_MSG_UNREF:
+	case MD_MSG_REPORT: case MD_MSG_READS:
+	case MD_MSG_HELLO: case MD_MSG_STATUS: case MD_MSG_CONTROL:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
 /* Handles the message just decoded into d->msg. */
 static void dispatch(struct md__daemon *d, struct md__conn *c)
 {
@@ -488,12 +501,13 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
 		}
 		c->agent->requests++;
 		break;
-	case MD_MSG_HELLO: case MD_MSG_STATUS: case MD_MSG_CONTROL:
-		break;
 	default:
-		md__conn_fail(d, c, seq, -EBADMSG, "%s is not a request",
-			      md__msg_type_name(m->hdr.type));
-		return;
+		if (!is_request(m->hdr.type)) {	/* read_conn refused these, at their header */
+			md__conn_fail(d, c, seq, -EBADMSG, "%s is not a request",
+				      md__msg_type_name(m->hdr.type));
+			return;
+		}
+		break;
 	}
 
 	switch (m->hdr.type) {
@@ -606,6 +620,13 @@ static int read_conn(struct md__daemon *d, struct md__conn *c)
 			}
 			dispatch(d, c);
 			continue;
+		}
+		/* A header that is all there says what comes: a peer may send
+		 * requests only, so no room is made for a reply's length (a
+		 * STATUS_R's would be a megabyte). */
+		if (c->in.len - c->in.head >= MD_MSG_HDR_SIZE && !is_request(h.type)) {
+			md__conn_fail(d, c, h.seq, -EBADMSG, "%s is not a request", md__msg_type_name(h.type));
+			break;
 		}
 		/* Past the batch, only what was read already is handled: the
 		 * rest waits in the socket for the next wake-up (epoll is

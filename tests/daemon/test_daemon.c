@@ -739,6 +739,12 @@ TEST_IMPL(daemon_malformed_closes)
 	ASSERT_EQ(r.u.text.status, -EPROTO);
 	md__msg_hdr_encode(buf, MD_MSG_WELCOME, 0, 4);		/* not a request */
 	ASSERT_EQ(td_raw(&t, buf, 16, &r), MD_MSG_ERROR);
+	/* A reply's header is refused as it comes, its length never awaited
+	 * nor made room for (a STATUS_R may be a megabyte). */
+	md__msg_hdr_encode(buf, MD_MSG_STATUS_R, MD_MSG_MAX, 5);
+	ASSERT_EQ(td_raw(&t, buf, 16, &r), MD_MSG_ERROR);
+	ASSERT_EQ(r.u.text.status, -EBADMSG);
+	ASSERT_EQ(r.hdr.seq, 5);
 	md__msg_hdr_encode(buf, MD_MSG_STATUS, 0, 4);
 	buf[4] = 9;						/* version */
 	ASSERT_EQ(td_raw(&t, buf, 16, &r), MD_MSG_ERROR);
