@@ -469,6 +469,16 @@ static void send_candidate(struct md__daemon *d, struct md__domain *dom, uint64_
 		flush_candidates(d, a);
 }
 
+/* The live pool pages of all the domains of uid. */
+static uint64_t uid_live_pages(const struct md__daemon *d, uid_t uid)
+{
+	uint64_t n = 0;
+	for (const struct md__domain *dom = d->domains; dom; dom = dom->next)
+		if (dom->uid == uid)
+			n += md__pool_live(&dom->pool);
+	return n;
+}
+
 /* What a peer may send (an agent's after its HELLO). */
 static int is_request(unsigned type)
 {
@@ -549,6 +559,15 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
 		return;
 	case MD_MSG_PUBLISH: {
 		uint32_t first;
+		/* One user's domains together hold no more than one pool's
+		 * worth (64 domains of a pool each would be 64 pools of
+		 * memory, which memdedupd's users share). */
+		if (c->uid != 0 && uid_live_pages(d, c->uid) + m->u.publish.n > d->pool_pages) {
+			snprintf(why, sizeof(why), "uid %u has a pool's worth of pages in its domains",
+				 (unsigned)c->uid);
+			reply_error(d, c, seq, -ENOSPC, why);
+			return;
+		}
 		err = md__agent_publish(c->agent, &m->u.publish, &first);
 		if (err) {
 			reply_error(d, c, seq, err, err == -EINVAL ? "a hash does not match its page" :

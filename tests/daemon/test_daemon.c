@@ -253,6 +253,57 @@ TEST_IMPL(daemon_random_session)
 	return 0;
 }
 
+/* A user other than root holds at most a pool's worth of pages in all
+ * its domains together: 64 domains of a pool each would take 64 pools of
+ * the host's memory. */
+TEST_IMPL(daemon_pool_pages_per_uid)
+{
+	struct tdaemon t;
+	struct passwd *pw = getpwnam("nobody");
+	if (getuid() != 0 || !pw)
+		SKIP("needs root and a 'nobody' user");
+	td_start(&t, 8);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		static unsigned char pages[8 * PG];
+		uint64_t hash[8];
+		uint32_t first;
+		struct md__msg_welcome w;
+		struct md__client *c;
+		int fd;
+		if (setresgid(pw->pw_gid, pw->pw_gid, pw->pw_gid) || setresuid(pw->pw_uid, pw->pw_uid, pw->pw_uid))
+			_exit(10);
+		for (unsigned i = 0; i < 8; i++) {
+			td_fill_page(pages + i * PG, 40 + i);
+			hash[i] = md__page_hash(pages + i * PG);
+		}
+		if (md__client_connect(&c, t.sock) || md__client_hello(c, "a", 0, &w, &fd) ||
+		    md__client_publish(c, hash, pages, 7, &first))
+			_exit(11);
+		pid_t grandkid = fork();	/* one process, one domain */
+		if (grandkid == 0) {
+			if (md__client_connect(&c, t.sock) || md__client_hello(c, "b", 0, &w, &fd))
+				_exit(12);
+			if (md__client_publish(c, hash + 7, pages + 7 * PG, 1, &first))
+				_exit(13);	/* the eighth fits */
+			td_fill_page(pages, 60);
+			hash[0] = md__page_hash(pages);
+			_exit(md__client_publish(c, hash, pages, 1, &first) == -ENOSPC ? 0 : 14);
+		}
+		int st;
+		if (grandkid < 0 || waitpid(grandkid, &st, 0) != grandkid || !WIFEXITED(st))
+			_exit(15);
+		_exit(WEXITSTATUS(st));
+	}
+	int st;
+	ASSERT_EQ(waitpid(kid, &st, 0), kid);
+	ASSERT(WIFEXITED(st));
+	ASSERT_EQ(WEXITSTATUS(st), 0);
+	td_stop(&t);
+	return 0;
+}
+
 TEST_IMPL(daemon_domains_per_uid)
 {
 	struct tdaemon t;
