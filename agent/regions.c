@@ -122,6 +122,8 @@ int md__regions_remove(struct md_agent *a, uintptr_t start, uintptr_t end)
 		}
 		if (rs < start) {
 			uint32_t *left = realloc(owner, (start - rs) / MD_PAGE * sizeof(*left));
+			if (left)
+				owner = left;	/* realloc freed the old one, if it moved */
 			if (left && region_push(a, rs, start, advice, left) == 0)
 				owner = NULL;
 			else
