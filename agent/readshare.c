@@ -128,9 +128,11 @@ static size_t share_locked(struct md_agent *a, struct md__region *r, int fd,
 	uintptr_t dst = buf + plan->head;
 	off_t map_off = off + (off_t)plan->head;
 	struct map_args m = { (void *)dst, plan->map_len, img->fd, map_off, 0 };
-	if (a->engine && md__engine_region(a->engine, dst, plan->map_len))
+	if (a->engine)
 		/* With no merge in flight on these pages, and kept out of the
-		 * scanner's reach afterwards. */
+		 * scanner's reach afterwards: whatever part of them the engine
+		 * has (its regions are looked at under its lock; they may have
+		 * parted from ours after an allocation failed). */
 		md__engine_exclude(a->engine, m.dst, m.len, map_image, &m);
 	else
 		map_image(&m);

@@ -153,6 +153,26 @@ static int maps_each(void (*line)(void *arg, uintptr_t lo, uintptr_t hi, const c
 	return proc_lines("/proc/self/maps", maps_line, &m);
 }
 
+struct mappings_in {
+	uintptr_t a, end;
+	void (*fn)(void *arg, uintptr_t lo, uintptr_t hi);
+	void *arg;
+};
+
+static void mapping_in(void *arg, uintptr_t lo, uintptr_t hi, const char *perms)
+{
+	struct mappings_in *m = arg;
+	(void)perms;
+	if (lo < m->end && hi > m->a)
+		m->fn(m->arg, lo > m->a ? lo : m->a, hi < m->end ? hi : m->end);
+}
+
+int md__range_mappings(uintptr_t a, uintptr_t end, void (*fn)(void *arg, uintptr_t lo, uintptr_t hi), void *arg)
+{
+	struct mappings_in m = { a, end, fn, arg };
+	return maps_each(mapping_in, &m);
+}
+
 struct file_vmas {
 	uintptr_t a, end;
 	struct md__vma cur;	/* the mapping whose lines are being read; lo == hi: none */

@@ -486,6 +486,11 @@ static void privatize_pages(struct md__engine *e, struct md__eregion *r, size_t 
 	}
 }
 
+static void unregister_mapping(void *uffd, uintptr_t lo, uintptr_t hi)
+{
+	md__uffd_unregister(uffd, lo, hi - lo);
+}
+
 /* md__engine_unregister with both locks held. */
 static int unregister_locked(struct md__engine *e, uintptr_t a, uintptr_t end, int how)
 {
@@ -495,8 +500,14 @@ static int unregister_locked(struct md__engine *e, uintptr_t a, uintptr_t end, i
 		if (r.end <= a || r.start >= end)
 			continue;
 		uintptr_t s0 = a > r.start ? a : r.start, s1 = end < r.end ? end : r.end;
-		/* Fails harmlessly where the memory is already gone. */
-		md__uffd_unregister(&e->uffd, s0, s1 - s0);
+		/* Fails harmlessly where the memory is already gone; and as a
+		 * whole if one mapping in the range cannot be registered (an
+		 * image's: the kernel write-protects anonymous memory and
+		 * shmem only), leaving the others registered, maybe with a
+		 * protection a failed thaw left, which the copies below would
+		 * wait on forever: then one mapping at a time. */
+		if (md__uffd_unregister(&e->uffd, s0, s1 - s0) != 0)
+			md__range_mappings(s0, s1, unregister_mapping, &e->uffd);
 		if (how == MD_UNREG_MAPPED)
 			privatize_pages(e, &r, (s0 - r.start) / MD_EPAGE, (s1 - r.start) / MD_EPAGE);
 		for (uintptr_t p = s0; p < s1; p += MD_EPAGE)

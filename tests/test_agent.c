@@ -495,6 +495,48 @@ TEST_IMPL(discard_yields_zeroes)
 	return 0;
 }
 
+/* 1 if a mapping of pid in [lo, hi) is still registered with a
+ * userfaultfd for write-protection (smaps' VmFlags "uw"). */
+static int uffd_wp_left(pid_t pid, uintptr_t lo, uintptr_t hi)
+{
+	char path[64], line[512];
+	snprintf(path, sizeof(path), "/proc/%d/smaps", (int)pid);
+	FILE *f = fopen(path, "r");
+	ASSERT(f);
+	int in = 0, left = 0;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long a, b;
+		if (sscanf(line, "%lx-%lx ", &a, &b) == 2 && strchr(line, '-') < strchr(line, ' '))
+			in = a < hi && b > lo;
+		else if (in && strncmp(line, "VmFlags:", 8) == 0 && strstr(line, " uw"))
+			left = 1;
+	}
+	fclose(f);
+	return left;
+}
+
+/* With the scanner, guest RAM is registered with a userfaultfd; an image
+ * mapped into it by a read cannot be (the kernel write-protects anonymous
+ * memory and shmem only), and made the unregistration of the whole range
+ * fail: what stayed registered after MADV_UNMERGEABLE could keep a
+ * protection nobody would lift. */
+TEST_IMPL(unmerge_unregisters_beside_images)
+{
+	const char *img = image(6);
+	static const char *const scan[] = { "MEMDEDUP_SCAN=1", NULL };
+	struct proc a;
+	int fd = start_reader(&a, img, scan);
+	uintptr_t base = (uintptr_t)a.base;
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u %u 65536", fd, MB, MB), MB);
+	ASSERT(proc_page(&a, MB).file || !proc_page(&a, MB).present);
+	ASSERT(uffd_wp_left(a.pid, base, base + RAM_PAGES * 4096));
+	ASSERT_EQ(proc_num(&a, "advise 0 %u unmergeable", RAM_PAGES * 4096), 0);
+	ASSERT(!uffd_wp_left(a.pid, base, base + RAM_PAGES * 4096));
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", MB, MB), hex(fnv_file(img, 0, MB))) == 0);
+	proc_stop(&a);
+	return 0;
+}
+
 TEST_IMPL(unmerge_makes_private)
 {
 	const char *img = image(6);
