@@ -28,6 +28,7 @@
 #define MD_D_DOMAINS_PER_UID 64
 #define MD_D_OUT_PAUSE (1u << 20)   /* stop reading a peer with this much unsent */
 #define MD_D_OUT_MAX (16u << 20)    /* drop a peer that lets this much pile up */
+#define MD_D_STALL_MS 10000         /* drop a peer that sends no request, or half a message, this long */
 #define MD_D_POOL_PAGES_DEFAULT (1u << 20)   /* 4 GiB of address space per pool */
 #define MD_D_POOL_PAGES_MAX (1u << 26)
 
@@ -151,12 +152,17 @@ struct md__conn {
 	int closing;               /* close once out is flushed (after an ERROR) */
 	uint32_t events;           /* epoll mask now registered */
 	struct md__agent *agent;   /* after HELLO */
+	/* Since when (ms) it owes us bytes: connected and no request yet, or
+	 * half a message read; 0: it owes nothing (a quiet agent is fine). */
+	uint64_t owing_since;
+	int requested;             /* a whole request came */
 };
 
 struct md__daemon {
 	int epfd, lfd, sigfd;
 	struct md__ep listen_ep, signal_ep;
 	uint64_t accept_paused;	/* out of descriptors: not listening since (ms), 0: listening */
+	int owing;		/* some connection owes bytes (md__conn.owing_since): wake each second */
 	char socket_path[MD_D_SOCKET_MAX + 1];
 	char pid_path[MD_D_RUN_DIR_MAX + 32];
 	size_t pool_pages;

@@ -194,19 +194,42 @@ static void refuse(int fd, int err, const char *fmt, ...)
 	close(fd);
 }
 
+static uint64_t now_ms(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)t.tv_sec * 1000 + (uint64_t)t.tv_nsec / 1000000 + 1;	/* never 0 */
+}
+
+/* Peers that owe bytes too long (a connection that never sends a request,
+ * half a message never finished) hold a connection slot of their user and
+ * a buffer each: they go. 1 if some peer still owes, so the loop wakes to
+ * look again. */
+static int drop_stalled(struct md__daemon *d)
+{
+	uint64_t now = now_ms();
+	int owing = 0;
+	for (struct md__conn *c = d->conns, *next; c; c = next) {
+		next = c->next;
+		if (!c->owing_since || c->closing)
+			continue;
+		if (now - c->owing_since < MD_D_STALL_MS) {
+			owing = 1;
+			continue;
+		}
+		md__dlog("pid %d (uid %u) dropped: %s for %u s", (int)c->pid, (unsigned)c->uid,
+			 c->in.len > c->in.head ? "half a message" : "no request", MD_D_STALL_MS / 1000);
+		conn_close(d, c);
+	}
+	return owing;
+}
+
 static size_t conns_of(const struct md__daemon *d, uid_t uid)
 {
 	size_t n = 0;
 	for (const struct md__conn *c = d->conns; c; c = c->next)
 		n += c->uid == uid;
 	return n;
-}
-
-static uint64_t now_ms(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (uint64_t)t.tv_sec * 1000 + (uint64_t)t.tv_nsec / 1000000 + 1;	/* never 0 */
 }
 
 static void accept_all(struct md__daemon *d)
@@ -274,6 +297,8 @@ static void accept_all(struct md__daemon *d)
 			continue;
 		}
 		c->events = EPOLLIN;
+		c->owing_since = now_ms();
+		d->owing = 1;
 		c->next = d->conns;
 		if (c->next)
 			c->next->pprev = &c->next;
@@ -637,6 +662,7 @@ static int read_conn(struct md__daemon *d, struct md__conn *c)
 					      md__msg_type_name(d->msg.hdr.type));
 				break;
 			}
+			c->requested = 1;
 			dispatch(d, c);
 			continue;
 		}
@@ -667,6 +693,12 @@ static int read_conn(struct md__daemon *d, struct md__conn *c)
 		}
 		c->in.len += (size_t)r;
 	}
+	if (c->requested && c->in.len == c->in.head) {
+		c->owing_since = 0;
+	} else if (!c->owing_since) {
+		c->owing_since = now_ms();
+		d->owing = 1;
+	}
 	md__rxbuf_trim(&c->in);	/* a big buffer is not kept for one message */
 	return 0;
 }
@@ -692,10 +724,12 @@ int md__server_run(struct md__daemon *d)
 		err = md__ep_add(d, d->sigfd, &d->signal_ep, EPOLLIN);
 	if (err)
 		return err;
+	uint64_t swept = now_ms();
 	while (!d->stop) {
 		/* Freed pool pages not reused are punched once a second
 		 * passes without a message (while busy, 256 at a time). */
-		int n = epoll_wait(d->epfd, evs, 64, md__domains_trim_due(d) || d->accept_paused ? 1000 : -1);
+		int n = epoll_wait(d->epfd, evs, 64,
+				   md__domains_trim_due(d) || d->accept_paused || d->owing ? 1000 : -1);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -709,6 +743,11 @@ int md__server_run(struct md__daemon *d)
 			d->accept_paused = 0;
 		d->evs = evs;
 		d->nev = n;
+		/* After evs is known: a connection closed here leaves it. */
+		if (now_ms() - swept >= 1000) {
+			d->owing = drop_stalled(d);
+			swept = now_ms();
+		}
 		for (int i = 0; i < n && !d->stop; i++) {
 			struct md__ep *ep = evs[i].data.ptr;
 			if (!ep)

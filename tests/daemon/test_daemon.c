@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "checksum.h"
+#include "daemon.h"
 #include "daemon_util.h"
 #include "proc.h"
 #include "runner.h"
@@ -815,6 +816,47 @@ TEST_IMPL(daemon_malformed_closes)
 	json_t *st = td_status(&t);
 	ASSERT_EQ(json_array_size(json_object_get(st, "agents")), 1);
 	json_decref(st);
+	md__client_free(good);
+	td_stop(&t);
+	return 0;
+}
+
+/* Peers that owe bytes (no request since they connected, half a message)
+ * are dropped after MD_D_STALL_MS, each holding a connection slot of their
+ * user and a buffer; an agent quiet after its requests is not. */
+TEST_IMPL(daemon_drops_stalled_peers)
+{
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	int fd;
+	td_start(&t, 16);
+	struct md__client *good = td_agent(&t, NULL, &w, &fd);
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	td_sockaddr(&t, &sa);
+	int silent = socket(AF_UNIX, SOCK_STREAM, 0), half = socket(AF_UNIX, SOCK_STREAM, 0);
+	ASSERT(connect(silent, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+	ASSERT(connect(half, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+	unsigned char buf[MD_MSG_HDR_SIZE];
+	md__msg_hdr_encode(buf, MD_MSG_STATUS, 0, 1);
+	ASSERT(write(half, buf, 7) == 7);
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (int i = 0; i < 2; i++) {
+		struct pollfd p = { i ? half : silent, POLLIN, 0 };
+		ASSERT(poll(&p, 1, MD_D_STALL_MS + 5000) == 1);
+		ASSERT_EQ(read(p.fd, buf, sizeof(buf)), 0);	/* hung up */
+	}
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	ASSERT(t1.tv_sec - t0.tv_sec >= MD_D_STALL_MS / 1000 - 1);
+	close(silent);
+	close(half);
+	uint64_t h = 1;
+	uint32_t s;
+	ASSERT_EQ(md__client_lookup(good, &h, NULL, 1, &s), 0);	/* quiet, not dropped */
+	char log[400];
+	snprintf(log, sizeof(log), "%s/log", t.dir);
+	ASSERT(strstr(file_text(log), "dropped: no request"));
+	ASSERT(strstr(file_text(log), "dropped: half a message"));
 	md__client_free(good);
 	td_stop(&t);
 	return 0;
