@@ -638,7 +638,8 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
  * -1: the connection closed. */
 static int read_conn(struct md__daemon *d, struct md__conn *c)
 {
-	for (int handled = 0; !c->closing;) {
+	int handled = 0;
+	while (!c->closing) {
 		struct md__msg_hdr h;
 		size_t need;
 		int got = md__rxbuf_next(&c->in, &h, &need);
@@ -693,9 +694,11 @@ static int read_conn(struct md__daemon *d, struct md__conn *c)
 		}
 		c->in.len += (size_t)r;
 	}
+	/* What is owed is timed from the last message handled: a peer
+	 * that streams is never late. */
 	if (c->requested && c->in.len == c->in.head) {
 		c->owing_since = 0;
-	} else if (!c->owing_since) {
+	} else if (!c->owing_since || (handled && c->requested)) {
 		c->owing_since = now_ms();
 		d->owing = 1;
 	}
