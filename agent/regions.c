@@ -290,10 +290,8 @@ int md__discard_forgotten(struct md_agent *a, uintptr_t start, uintptr_t end)
 		return err;
 	for (size_t i = 0; i < n && !err; i++) {
 		for (uintptr_t lo = v[i].lo, hi; lo < v[i].hi; lo = hi) {
-			int engine = a->engine && md__engine_covers(a->engine, lo, v[i].hi, &hi);
-			if (!a->engine)
-				hi = v[i].hi;
-			if (engine)
+			hi = v[i].hi;
+			if (a->engine && md__engine_covers(a->engine, lo, v[i].hi, &hi))
 				continue;
 			void *m = md__sys_mmap((void *)lo, hi - lo, v[i].prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
 					       -1, 0);

@@ -287,15 +287,27 @@ static int overwrite_image(const char *img, time_t *waited)
 	return wfd;
 }
 
+/* A fresh image (in img: test_dir()/name, content from seed; its hash in
+ * *orig if asked) read whole, at offset 0 of the RAM of a started process
+ * (shared at read time). Returns the image's descriptor in the process. */
+static int read_fresh_image(struct proc *a, char *img, size_t size, const char *name, unsigned seed,
+			    const char *const *env, uint64_t *orig)
+{
+	snprintf(img, size, "%s/%s", test_dir(), name);
+	make_image(img, IMG_SIZE, seed);
+	if (orig)
+		*orig = fnv_file(img, 0, IMG_SIZE);
+	int fd = start_reader(a, img, env);
+	ASSERT_EQ(proc_num(a, "read %d 0 %u 0 65536", fd, IMG_SIZE), IMG_SIZE);
+	return fd;
+}
+
 TEST_IMPL(lease_break_keeps_content)
 {
 	char img[512];
-	snprintf(img, sizeof(img), "%s/image-mutable", test_dir());
-	make_image(img, IMG_SIZE, 9);
-	uint64_t orig = fnv_file(img, 0, IMG_SIZE);
+	uint64_t orig;
 	struct proc a;
-	int fd = start_reader(&a, img, NULL);
-	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 65536", fd, IMG_SIZE), IMG_SIZE);
+	int fd = read_fresh_image(&a, img, sizeof(img), "image-mutable", 9, NULL, &orig);
 	ASSERT(proc_page(&a, 0).file || !proc_page(&a, 0).present);
 
 	/* Opening for writing waits until the agent has made the pages
@@ -333,13 +345,11 @@ TEST_IMPL(lease_break_then_discard_yields_zeroes)
 	static const char *const scan[] = { "MEMDEDUP_SCAN=1", NULL };
 	const char *const *envs[] = { NULL, scan };
 	for (int k = 0; k < 2; k++) {
-		char img[512];
-		snprintf(img, sizeof(img), "%s/image-discard%d", test_dir(), k);
-		make_image(img, IMG_SIZE, 12 + k);
-		uint64_t orig = fnv_file(img, 0, IMG_SIZE);
+		char img[512], name[32];
+		uint64_t orig;
 		struct proc a;
-		int fd = start_reader(&a, img, envs[k]);
-		ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 65536", fd, IMG_SIZE), IMG_SIZE);
+		snprintf(name, sizeof(name), "image-discard%d", k);
+		read_fresh_image(&a, img, sizeof(img), name, 12 + (unsigned)k, envs[k], &orig);
 		char rest[32];
 		snprintf(rest, sizeof(rest), "%s", proc_cmd(&a, "hash %u %u", 16 * 4096, IMG_SIZE - 16 * 4096));
 		int wfd = overwrite_image(img, NULL);
@@ -360,14 +370,11 @@ TEST_IMPL(lease_break_then_discard_yields_zeroes)
 TEST_IMPL(lease_break_read_only_pages)
 {
 	char img[512], log[600], logenv[700];
-	snprintf(img, sizeof(img), "%s/image-ro", test_dir());
 	snprintf(log, sizeof(log), "%s/ro.log", test_dir());
 	snprintf(logenv, sizeof(logenv), "MEMDEDUP_LOG=%s", log);
 	const char *env[] = { logenv, NULL };
-	make_image(img, IMG_SIZE, 14);
 	struct proc a;
-	int fd = start_reader(&a, img, env);
-	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 65536", fd, IMG_SIZE), IMG_SIZE);
+	read_fresh_image(&a, img, sizeof(img), "image-ro", 14, env, NULL);
 	ASSERT(proc_page(&a, 0).file || !proc_page(&a, 0).present);
 	ASSERT_EQ(proc_num(&a, "protect 0 %u ro", IMG_SIZE), 0);
 	int wfd = overwrite_image(img, NULL);
@@ -388,12 +395,9 @@ TEST_IMPL(lease_break_read_only_pages)
 TEST_IMPL(lease_break_without_signal)
 {
 	char img[512];
-	snprintf(img, sizeof(img), "%s/image-nosig", test_dir());
-	make_image(img, IMG_SIZE, 11);
-	uint64_t orig = fnv_file(img, 0, IMG_SIZE);
+	uint64_t orig;
 	struct proc a;
-	int fd = start_reader(&a, img, NULL);
-	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 65536", fd, IMG_SIZE), IMG_SIZE);
+	read_fresh_image(&a, img, sizeof(img), "image-nosig", 11, NULL, &orig);
 	ASSERT_EQ(proc_num(&a, "nosig %s", img), 1);
 	time_t waited;
 	int wfd = overwrite_image(img, &waited);
