@@ -12,14 +12,66 @@
 /* Until cli.h declares it. */
 int md__status_daemon(json_t **out);
 
+/* Pages a document may take: one domain or agent a page at least, and
+ * root sees at most 4,095 numbered agents' worth of each; more is a daemon
+ * that does not move on. */
+#define STATUS_PAGES_MAX 65536
+
+/* The page of the document from (domain_from, agent_from), parsed. */
+static int status_page(struct md__client *c, char *buf, uint32_t domain_from,
+		       uint32_t agent_from, json_t **page)
+{
+	unsigned char from[8];
+	uint32_t len = MD_MSG_MAX, flen = domain_from || agent_from ? 8 : 0;
+	unsigned type;
+	for (int i = 0; i < 4; i++) {
+		from[i] = (unsigned char)(domain_from >> (8 * i));
+		from[4 + i] = (unsigned char)(agent_from >> (8 * i));
+	}
+	int err = md__client_request(c, MD_MSG_STATUS, from, flen, buf, &len, &type);
+	if (err)
+		return err;
+	if (type != MD_MSG_STATUS_R)
+		return -EPROTO;
+	/* Untrusted text: jansson validates it; we want an object. */
+	*page = json_loadb(buf, len, JSON_REJECT_DUPLICATES, NULL);
+	if (!*page || !json_is_object(*page)) {
+		json_decref(*page);
+		*page = NULL;
+		return -EBADMSG;
+	}
+	return 0;
+}
+
+/* Where the page after this one starts: 1 and the cursor, 0 at the end,
+ * -EBADMSG when "next" is malformed or does not move forward. */
+static int status_next(json_t *page, uint32_t *domain_from, uint32_t *agent_from)
+{
+	json_t *next = json_object_get(page, "next");
+	json_int_t dom, agent;
+	if (!next || json_is_null(next))
+		return 0;
+	if (json_unpack(next, "{s:I,s:I}", "domain", &dom, "agent", &agent) != 0 ||
+	    dom < 0 || dom > UINT32_MAX || agent < 0 || agent > UINT32_MAX)
+		return -EBADMSG;
+	if ((uint32_t)dom < *domain_from ||
+	    ((uint32_t)dom == *domain_from && (uint32_t)agent <= *agent_from))
+		return -EBADMSG;
+	*domain_from = (uint32_t)dom;
+	*agent_from = (uint32_t)agent;
+	return 1;
+}
+
 /* 0 and *out (the caller's reference); -ENOENT or -ECONNREFUSED when no
- * daemon runs, other -errno when it did not answer properly. */
+ * daemon runs, other -errno when it did not answer properly. A document
+ * larger than a message comes in pages: the first gives the daemon and the
+ * totals, every page its domains and agents, appended here. */
 int md__status_daemon(json_t **out)
 {
 	struct md__client *c;
-	uint32_t len = MD_MSG_MAX;
-	unsigned type;
-	int err;
+	uint32_t domain_from = 0, agent_from = 0;
+	json_t *page = NULL;
+	int err, more = 1;
 
 	*out = NULL;
 	err = md__client_connect(&c, NULL);
@@ -30,20 +82,38 @@ int md__status_daemon(json_t **out)
 		err = -ENOMEM;
 		goto free_client;
 	}
-	err = md__client_request(c, MD_MSG_STATUS, NULL, 0, buf, &len, &type);
-	if (err)
-		goto free_buf;
-	if (type != MD_MSG_STATUS_R) {
-		err = -EPROTO;
-		goto free_buf;
+	for (int pages = 0; more; pages++) {
+		err = pages < STATUS_PAGES_MAX ? status_page(c, buf, domain_from, agent_from, &page)
+					       : -EBADMSG;
+		if (err)
+			goto free_doc;
+		more = status_next(page, &domain_from, &agent_from);
+		if (more < 0) {
+			err = more;
+			goto free_page;
+		}
+		json_object_del(page, "next");
+		if (!*out) {
+			*out = page;
+			continue;
+		}
+		const char *keys[] = { "domains", "agents" };
+		for (int k = 0; k < 2; k++) {
+			json_t *to = json_object_get(*out, keys[k]), *from = json_object_get(page, keys[k]);
+			if (!json_is_array(to) || !json_is_array(from) || json_array_extend(to, from)) {
+				err = -EBADMSG;
+				goto free_page;
+			}
+		}
+		json_decref(page);
 	}
-	/* Untrusted text: jansson validates it; we want an object. */
-	*out = json_loadb(buf, len, JSON_REJECT_DUPLICATES, NULL);
-	if (!*out || !json_is_object(*out)) {
-		json_decref(*out);
-		*out = NULL;
-		err = -EBADMSG;
-	}
+	goto free_buf;
+free_page:
+	if (page != *out)
+		json_decref(page);
+free_doc:
+	json_decref(*out);
+	*out = NULL;
 free_buf:
 	free(buf);
 free_client:

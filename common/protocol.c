@@ -131,7 +131,7 @@ uint32_t md__msg_max_len(unsigned type)
 	case MD_MSG_UNREF: return 4 + 4 * MD_REF_MAX;
 	case MD_MSG_ACK: return 4;
 	case MD_MSG_REPORT: return 4 + 8 * MD_REPORT_MAX;
-	case MD_MSG_STATUS: return 0;
+	case MD_MSG_STATUS: return 8;
 	case MD_MSG_STATUS_R: return MD_MSG_MAX;
 	case MD_MSG_CONTROL: return 12 + MD_KEY_MAX + MD_VALUE_MAX;
 	case MD_MSG_CONTROL_R:
@@ -330,7 +330,11 @@ static int decode_payload(const unsigned char *p, uint32_t len, struct md__msg *
 			m->u.report.counters[i] = get64(p + 4 + 8 * i);
 		return 0;
 	case MD_MSG_STATUS:
-		return len == 0 ? 0 : -EBADMSG;
+		if (len != 0 && len != 8)
+			return -EBADMSG;
+		m->u.status.domain_from = len ? get32(p) : 0;
+		m->u.status.agent_from = len ? get32(p + 4) : 0;
+		return 0;
 	case MD_MSG_STATUS_R:
 		/* A document for jansson: text, so no NUL inside. */
 		if (len == 0 || memchr(p, '\0', len))
@@ -457,7 +461,7 @@ static uint32_t payload_len(const struct md__msg *m, int *ok)
 		return 4 + 8 * m->u.report.n;
 	case MD_MSG_STATUS:
 		*ok = 1;
-		return 0;
+		return m->u.status.domain_from || m->u.status.agent_from ? 8 : 0;
 	case MD_MSG_STATUS_R:
 		if (!m->u.status_r.json || m->u.status_r.len == 0 || m->u.status_r.len > MD_MSG_MAX ||
 		    memchr(m->u.status_r.json, '\0', m->u.status_r.len))
@@ -587,6 +591,10 @@ ssize_t md__msg_encode(const struct md__msg *m, void *buf, size_t size)
 			p = put64(p, m->u.report.counters[i]);
 		break;
 	case MD_MSG_STATUS:
+		if (len) {
+			p = put32(p, m->u.status.domain_from);
+			put32(p, m->u.status.agent_from);
+		}
 		break;
 	case MD_MSG_STATUS_R:
 		memcpy(p, m->u.status_r.json, len);

@@ -152,6 +152,13 @@ struct md__msg_report {
 	uint64_t counters[MD_REPORT_MAX];
 };
 
+/* STATUS: where a page of the document starts. Both 0, the first page, is
+ * sent as an empty payload (the only STATUS before pages existed). */
+struct md__msg_status {
+	uint32_t domain_from;              /* the first domain id to list */
+	uint32_t agent_from;               /* the first agent number to list */
+};
+
 struct md__msg_status_r {
 	const char *json;                  /* len bytes, not NUL-terminated */
 	uint32_t len;
@@ -212,6 +219,7 @@ struct md__msg {
 		struct md__msg_refs refs;
 		struct md__msg_ack ack;
 		struct md__msg_report report;
+		struct md__msg_status status;
 		struct md__msg_status_r status_r;
 		struct md__msg_control control;
 		struct md__msg_text text;

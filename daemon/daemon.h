@@ -245,8 +245,11 @@ void md__agent_detach(struct md__agent *a);
 void md__agent_exited(struct md__daemon *d, struct md__agent *a);
 void md__agent_free_all(struct md__daemon *d);
 
-/* status.c: the document for a requester of uid (root: everything). */
-int md__status_json(struct md__daemon *d, uid_t uid, char **json, size_t *len);
+/* status.c: a page of the document for a requester of uid (root:
+ * everything): domains from id domain_from, then agents from pid
+ * agent_from, as many as fit in a message. */
+int md__status_json(struct md__daemon *d, uid_t uid, uint32_t domain_from, uint32_t agent_from,
+		    char **json, size_t *len);
 
 /* control.c: fills reply text; returns the status. */
 int md__control(struct md__daemon *d, struct md__conn *c, const struct md__msg_control *ctl,

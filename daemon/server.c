@@ -444,11 +444,12 @@ static void reply_ack(struct md__daemon *d, struct md__conn *c, uint32_t seq, in
 	md__conn_send(d, c, &m, -1);
 }
 
-static void handle_status(struct md__daemon *d, struct md__conn *c, uint32_t seq)
+static void handle_status(struct md__daemon *d, struct md__conn *c, uint32_t seq,
+			  const struct md__msg_status *from)
 {
 	char *json;
 	size_t len;
-	int err = md__status_json(d, c->uid, &json, &len);
+	int err = md__status_json(d, c->uid, from->domain_from, from->agent_from, &json, &len);
 	if (err) {
 		reply_error(d, c, seq, err, "cannot build the status document");
 		return;
@@ -622,7 +623,7 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
 		reply_ack(d, c, seq, 0);
 		return;
 	case MD_MSG_STATUS:
-		handle_status(d, c, seq);
+		handle_status(d, c, seq, &m->u.status);
 		return;
 	case MD_MSG_CONTROL: {
 		struct md__msg cr = { .hdr = { .type = MD_MSG_CONTROL_R, .seq = seq } };

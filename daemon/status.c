@@ -34,17 +34,117 @@ static json_int_t domain_meta(const struct md__domain *dom)
 			    dom->seen_cap * sizeof(*dom->seen) + dom->reads_cap * sizeof(struct md__sighting));
 }
 
-int md__status_json(struct md__daemon *d, uid_t uid, char **json, size_t *len)
-{
-	json_t *root = json_object(), *daemon = json_object(), *tun = json_object();
-	json_t *domains = json_array(), *agents = json_array(), *totals = json_object();
-	json_int_t t_live = 0, t_shared = 0, t_sharing = 0, t_profit = 0, t_domains = 0, t_agents = 0;
+/* Room a page's domains and agents may take: the rest of the document
+ * (daemon, totals, next) is well under 4 KiB. */
+#define PAGE_ITEMS_MAX (MD_MSG_MAX - 4096u)
 
-	if (!root || !daemon || !tun || !domains || !agents || !totals) {
-		json_decref(root), json_decref(daemon), json_decref(tun);
-		json_decref(domains), json_decref(agents), json_decref(totals);
-		return -ENOMEM;
+static int by_domain_id(const void *x, const void *y)
+{
+	uint32_t a = (*(struct md__domain *const *)x)->id, b = (*(struct md__domain *const *)y)->id;
+	return (a > b) - (a < b);
+}
+
+static int by_agent_pid(const void *x, const void *y)
+{
+	pid_t a = (*(struct md__agent *const *)x)->pid, b = (*(struct md__agent *const *)y)->pid;
+	return (a > b) - (a < b);
+}
+
+static json_t *domain_json(const struct md__domain *dom, json_int_t *profit)
+{
+	json_t *o = json_object();
+	json_int_t live = (json_int_t)md__pool_live(&dom->pool);
+	json_int_t sharing = (json_int_t)dom->refs_total;
+	*profit = (sharing - live) * MD_MSG_PAGE - domain_meta(dom);
+	if (!o)
+		return NULL;
+	json_object_set_new(o, "id", json_integer(dom->id));
+	json_object_set_new(o, "name", json_string(dom->name));
+	json_object_set_new(o, "uid", json_integer(dom->uid));
+	json_object_set_new(o, "generation", json_integer((json_int_t)dom->generation));
+	json_object_set_new(o, "pool_slots", json_integer((json_int_t)dom->pool.max_pages));
+	json_object_set_new(o, "pool_live_pages", json_integer(live));
+	json_object_set_new(o, "pool_bytes", json_integer(live * MD_MSG_PAGE));
+	json_object_set_new(o, "index_entries", json_integer((json_int_t)dom->index.live));
+	json_object_set_new(o, "sighting_slots", json_integer((json_int_t)dom->seen_cap));
+	json_object_set_new(o, "read_slots", json_integer((json_int_t)dom->reads_cap));
+	json_object_set_new(o, "read_pairs", json_integer((json_int_t)dom->read_pairs));
+	json_object_set_new(o, "read_yields", json_integer((json_int_t)dom->read_yields));
+	json_object_set_new(o, "pages_shared", json_integer(live));
+	json_object_set_new(o, "pages_sharing", json_integer(sharing));
+	json_object_set_new(o, "general_profit", json_integer(*profit));
+	json_object_set_new(o, "agents", json_integer((json_int_t)dom->nagents));
+	json_object_set_new(o, "published", json_integer((json_int_t)dom->pool.published));
+	json_object_set_new(o, "freed", json_integer((json_int_t)dom->pool.freed));
+	return o;
+}
+
+static json_t *agent_json(const struct md__agent *a)
+{
+	json_t *o = json_object(), *ctr = json_array(), *named = json_object();
+	if (!o || !ctr || !named) {
+		json_decref(o), json_decref(ctr), json_decref(named);
+		return NULL;
 	}
+	json_object_set_new(o, "pid", json_integer(a->pid));
+	json_object_set_new(o, "number", json_integer(a->num));
+	json_object_set_new(o, "uid", json_integer(a->uid));
+	json_object_set_new(o, "domain", json_string(a->dom->name));
+	json_object_set_new(o, "domain_id", json_integer(a->dom->id));
+	json_object_set_new(o, "connected", json_boolean(a->conn != NULL));
+	json_object_set_new(o, "references", json_integer((json_int_t)a->nrefs));
+	json_object_set_new(o, "requests", json_integer((json_int_t)a->requests));
+	for (uint32_t i = 0; i < a->ncounters; i++) {
+		json_array_append_new(ctr, json_integer((json_int_t)a->counters[i]));
+		/* The stats-file layout, where the agent sent it: names too. */
+		if (i < MD_CTR_COUNT)
+			json_object_set_new(named, md__ctr_name((enum md__ctr)i),
+					    json_integer((json_int_t)a->counters[i]));
+	}
+	json_object_set_new(o, "counters", ctr);
+	json_object_set_new(o, "counters_named", named);
+	json_object_set_new(o, "report_age_seconds", a->reported_ms ?
+			    json_real((double)(md__now_ms() - a->reported_ms) / 1000.0) :
+			    json_null());
+	return o;
+}
+
+/* Appends o to list if the page has room for it (always the page's first
+ * item, so every page makes progress); 0 when it did not fit. */
+static int page_append(json_t *list, json_t *o, size_t *used, int *items)
+{
+	size_t len = json_dumpb(o, NULL, 0, JSON_COMPACT) + 1;
+	if (*items && *used + len > PAGE_ITEMS_MAX) {
+		json_decref(o);
+		return 0;
+	}
+	*used += len;
+	(*items)++;
+	json_array_append_new(list, o);
+	return 1;
+}
+
+int md__status_json(struct md__daemon *d, uid_t uid, uint32_t domain_from, uint32_t agent_from,
+		    char **json, size_t *len)
+{
+	json_t *next = NULL, *root = json_object(), *daemon = json_object(), *tun = json_object();
+	json_t *domains = json_array(), *agents = json_array(), *totals = json_object();
+	json_int_t t_live = 0, t_sharing = 0, t_profit = 0;
+	size_t ndom = 0, nag = 0, used = 0;
+	struct md__domain **dv = NULL;
+	struct md__agent **av = NULL;
+	int items = 0, err = -ENOMEM;
+
+	*json = NULL;
+	if (!root || !daemon || !tun || !domains || !agents || !totals) {
+		json_decref(daemon), json_decref(tun);
+		json_decref(domains), json_decref(agents), json_decref(totals);
+		goto free_root;
+	}
+	json_object_set_new(root, "daemon", daemon);
+	json_object_set_new(root, "domains", domains);
+	json_object_set_new(root, "agents", agents);
+	json_object_set_new(root, "totals", totals);
 	json_object_set_new(daemon, "pid", json_integer(getpid()));
 	json_object_set_new(daemon, "uptime_seconds",
 			    json_real((double)(md__now_ms() - d->start_ms) / 1000.0));
@@ -57,81 +157,73 @@ int md__status_json(struct md__daemon *d, uid_t uid, char **json, size_t *len)
 	json_object_set_new(tun, "hint_ratio", json_integer(d->tun.hint_ratio));
 	json_object_set_new(daemon, "tunables", tun);
 
-	for (struct md__domain *dom = d->domains; dom; dom = dom->next) {
-		if (!visible(d, uid, dom->uid))
-			continue;
-		json_t *o = json_object();
-		json_int_t live = (json_int_t)md__pool_live(&dom->pool);
-		json_int_t sharing = (json_int_t)dom->refs_total;
-		json_int_t profit = (sharing - live) * MD_MSG_PAGE - domain_meta(dom);
-		json_object_set_new(o, "id", json_integer(dom->id));
-		json_object_set_new(o, "name", json_string(dom->name));
-		json_object_set_new(o, "uid", json_integer(dom->uid));
-		json_object_set_new(o, "generation", json_integer((json_int_t)dom->generation));
-		json_object_set_new(o, "pool_slots", json_integer((json_int_t)dom->pool.max_pages));
-		json_object_set_new(o, "pool_live_pages", json_integer(live));
-		json_object_set_new(o, "pool_bytes", json_integer(live * MD_MSG_PAGE));
-		json_object_set_new(o, "index_entries", json_integer((json_int_t)dom->index.live));
-		json_object_set_new(o, "sighting_slots", json_integer((json_int_t)dom->seen_cap));
-		json_object_set_new(o, "read_slots", json_integer((json_int_t)dom->reads_cap));
-		json_object_set_new(o, "read_pairs", json_integer((json_int_t)dom->read_pairs));
-		json_object_set_new(o, "read_yields", json_integer((json_int_t)dom->read_yields));
-		json_object_set_new(o, "pages_shared", json_integer(live));
-		json_object_set_new(o, "pages_sharing", json_integer(sharing));
-		json_object_set_new(o, "general_profit", json_integer(profit));
-		json_object_set_new(o, "agents", json_integer((json_int_t)dom->nagents));
-		json_object_set_new(o, "published", json_integer((json_int_t)dom->pool.published));
-		json_object_set_new(o, "freed", json_integer((json_int_t)dom->pool.freed));
-		json_array_append_new(domains, o);
-		t_domains++;
-		t_live += live;
-		t_shared += live;
-		t_sharing += sharing;
+	/* What the requester sees, in the order pages go through it; the
+	 * totals are over all of it, on every page. */
+	for (struct md__domain *dom = d->domains; dom; dom = dom->next)
+		ndom += visible(d, uid, dom->uid);
+	for (struct md__agent *a = d->agents; a; a = a->next)
+		nag += visible(d, uid, a->uid);
+	dv = calloc(ndom + 1, sizeof(*dv));
+	av = calloc(nag + 1, sizeof(*av));
+	if (!dv || !av)
+		goto free_vectors;
+	ndom = nag = 0;
+	for (struct md__domain *dom = d->domains; dom; dom = dom->next)
+		if (visible(d, uid, dom->uid))
+			dv[ndom++] = dom;
+	for (struct md__agent *a = d->agents; a; a = a->next)
+		if (visible(d, uid, a->uid))
+			av[nag++] = a;
+	qsort(dv, ndom, sizeof(*dv), by_domain_id);
+	qsort(av, nag, sizeof(*av), by_agent_pid);
+
+	/* A page lists domains from domain_from on (by id), then agents
+	 * from agent_from on (by pid: one agent a process), while they fit;
+	 * "next" says where the next page starts (domain UINT32_MAX: past
+	 * every domain, ids being smaller). */
+	for (size_t i = 0; i < ndom; i++) {
+		json_int_t profit;
+		json_t *o = domain_json(dv[i], &profit);
+		if (!o)
+			goto free_vectors;
+		t_live += (json_int_t)md__pool_live(&dv[i]->pool);
+		t_sharing += (json_int_t)dv[i]->refs_total;
 		t_profit += profit;
-	}
-	for (struct md__agent *a = d->agents; a; a = a->next) {
-		if (!visible(d, uid, a->uid))
+		if (dv[i]->id < domain_from || next) {
+			json_decref(o);
 			continue;
-		json_t *o = json_object(), *ctr = json_array(), *named = json_object();
-		json_object_set_new(o, "pid", json_integer(a->pid));
-		json_object_set_new(o, "number", json_integer(a->num));
-		json_object_set_new(o, "uid", json_integer(a->uid));
-		json_object_set_new(o, "domain", json_string(a->dom->name));
-		json_object_set_new(o, "domain_id", json_integer(a->dom->id));
-		json_object_set_new(o, "connected", json_boolean(a->conn != NULL));
-		json_object_set_new(o, "references", json_integer((json_int_t)a->nrefs));
-		json_object_set_new(o, "requests", json_integer((json_int_t)a->requests));
-		for (uint32_t i = 0; i < a->ncounters; i++) {
-			json_array_append_new(ctr, json_integer((json_int_t)a->counters[i]));
-			/* The stats-file layout, where the agent sent it: names too. */
-			if (i < MD_CTR_COUNT)
-				json_object_set_new(named, md__ctr_name((enum md__ctr)i),
-						    json_integer((json_int_t)a->counters[i]));
 		}
-		json_object_set_new(o, "counters", ctr);
-		json_object_set_new(o, "counters_named", named);
-		json_object_set_new(o, "report_age_seconds", a->reported_ms ?
-				    json_real((double)(md__now_ms() - a->reported_ms) / 1000.0) :
-				    json_null());
-		json_array_append_new(agents, o);
-		t_agents++;
+		if (!page_append(domains, o, &used, &items))
+			next = json_pack("{s:I,s:I}", "domain", (json_int_t)dv[i]->id,
+					 "agent", (json_int_t)0);
 	}
-	json_object_set_new(totals, "domains", json_integer(t_domains));
-	json_object_set_new(totals, "agents", json_integer(t_agents));
+	for (size_t i = 0; i < nag && !next; i++) {
+		if ((uint32_t)av[i]->pid < agent_from)
+			continue;
+		json_t *o = agent_json(av[i]);
+		if (!o)
+			goto free_vectors;
+		if (!page_append(agents, o, &used, &items))
+			next = json_pack("{s:I,s:I}", "domain", (json_int_t)UINT32_MAX,
+					 "agent", (json_int_t)av[i]->pid);
+	}
+	json_object_set_new(root, "next", next ? next : json_null());
+	json_object_set_new(totals, "domains", json_integer((json_int_t)ndom));
+	json_object_set_new(totals, "agents", json_integer((json_int_t)nag));
 	json_object_set_new(totals, "pool_live_pages", json_integer(t_live));
 	json_object_set_new(totals, "pool_bytes", json_integer(t_live * MD_MSG_PAGE));
-	json_object_set_new(totals, "pages_shared", json_integer(t_shared));
+	json_object_set_new(totals, "pages_shared", json_integer(t_live));
 	json_object_set_new(totals, "pages_sharing", json_integer(t_sharing));
 	json_object_set_new(totals, "general_profit", json_integer(t_profit));
-
-	json_object_set_new(root, "daemon", daemon);
-	json_object_set_new(root, "domains", domains);
-	json_object_set_new(root, "agents", agents);
-	json_object_set_new(root, "totals", totals);
 	*json = json_dumps(root, JSON_COMPACT);
+	if (*json) {
+		*len = strlen(*json);
+		err = 0;
+	}
+free_vectors:
+	free(dv);
+	free(av);
+free_root:
 	json_decref(root);
-	if (!*json)
-		return -ENOMEM;
-	*len = strlen(*json);
-	return 0;
+	return err;
 }

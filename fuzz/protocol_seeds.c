@@ -88,6 +88,8 @@ int main(int argc, char **argv)
 			m.u.report.counters[0] = 10, m.u.report.counters[3] = 40;
 			break;
 		case MD_MSG_STATUS:
+			m.u.status.domain_from = UINT32_MAX;
+			m.u.status.agent_from = 1234;
 			break;
 		case MD_MSG_STATUS_R:
 			m.u.status_r.json = json;

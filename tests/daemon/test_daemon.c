@@ -1385,6 +1385,87 @@ TEST_IMPL(daemon_cli_control)
 	return 0;
 }
 
+/* A status document larger than a message comes in pages: 200 agents
+ * with 256 counters of 19 digits are about 1.5 MB. */
+#define PAGED_AGENTS 200
+#define PAGED_COUNTER(i, k) (1000000000000000000ull + (uint64_t)(i) * 1000 + (k))
+
+TEST_IMPL(daemon_status_pages)
+{
+	struct tdaemon t;
+	pid_t kids[PAGED_AGENTS];
+	int sync[2], ready[2];
+	char path[400];
+
+	td_start(&t, 16);
+	ASSERT(pipe(sync) == 0 && pipe(ready) == 0);
+	for (int i = 0; i < PAGED_AGENTS; i++) {
+		kids[i] = fork();
+		ASSERT(kids[i] >= 0);
+		if (kids[i] == 0) {
+			static uint64_t ctr[MD_REPORT_MAX];
+			struct md__msg_welcome w;
+			int fd;
+			char b;
+			close(sync[1]);
+			struct md__client *c = td_agent(&t, i % 2 ? "odd" : "even", &w, &fd);
+			for (unsigned k = 0; k < MD_REPORT_MAX; k++)
+				ctr[k] = PAGED_COUNTER(i, k);
+			b = md__client_report(c, ctr, MD_REPORT_MAX) == 0;
+			ASSERT(write(ready[1], &b, 1) == 1);
+			_exit(read(sync[0], &b, 1) == 0 ? 0 : 1);	/* EOF: released */
+		}
+	}
+	close(sync[0]);
+	for (int i = 0; i < PAGED_AGENTS; i++) {
+		char b = 0;
+		ASSERT(read(ready[0], &b, 1) == 1);
+		ASSERT_EQ(b, 1);
+	}
+	/* One request gets one page, saying where the next starts. */
+	json_t *st = td_status(&t);
+	size_t first = json_array_size(json_object_get(st, "agents"));
+	ASSERT(first > 0 && first < PAGED_AGENTS);
+	ASSERT(json_is_object(json_object_get(st, "next")));
+	ASSERT_EQ(td_int(json_object_get(st, "totals"), "agents"), PAGED_AGENTS);
+	json_decref(st);
+
+	/* The CLI puts the pages together: every agent once, whole. */
+	snprintf(path, sizeof(path), "%s/status.json", t.dir);
+	ASSERT_EQ(td_sh("MEMDEDUP_SOCKET=%s MEMDEDUP_RUN_DIR=%s %s/memdedup status --json >%s",
+			t.sock, t.dir, build_dir(), path), 0);
+	json_t *all = json_load_file(path, 0, NULL);
+	ASSERT(all);
+	json_t *dd = json_object_get(all, "daemon"), *agents = json_object_get(dd, "agents"), *a;
+	ASSERT_EQ(json_array_size(agents), PAGED_AGENTS);
+	ASSERT_EQ(json_array_size(json_object_get(dd, "domains")), 2);
+	ASSERT(json_object_get(dd, "next") == NULL);
+	int seen[PAGED_AGENTS] = {0};
+	size_t j;
+	json_array_foreach(agents, j, a) {
+		int i = 0;
+		while (i < PAGED_AGENTS && kids[i] != td_int(a, "pid"))
+			i++;
+		ASSERT(i < PAGED_AGENTS);
+		ASSERT_EQ(seen[i]++, 0);
+		json_t *ctr = json_object_get(a, "counters");
+		ASSERT_EQ(json_array_size(ctr), MD_REPORT_MAX);
+		for (unsigned k = 0; k < MD_REPORT_MAX; k += 51)
+			ASSERT(json_integer_value(json_array_get(ctr, (size_t)k)) ==
+			       (json_int_t)PAGED_COUNTER(i, k));
+	}
+	json_decref(all);
+	close(sync[1]);
+	for (int i = 0; i < PAGED_AGENTS; i++) {
+		int wst;
+		ASSERT(waitpid(kids[i], &wst, 0) == kids[i]);
+		ASSERT(WIFEXITED(wst) && WEXITSTATUS(wst) == 0);
+	}
+	close(ready[0]), close(ready[1]);
+	td_stop(&t);
+	return 0;
+}
+
 TEST_IMPL(daemon_single_instance)
 {
 	struct tdaemon t;

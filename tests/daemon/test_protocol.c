@@ -137,7 +137,14 @@ TEST_IMPL(daemon_proto_round_trip)
 	ASSERT(o.u.report.counters[MD_REPORT_MAX - 1] == UINT64_MAX);
 
 	m = (struct md__msg){ .hdr = { .type = MD_MSG_STATUS, .seq = 8 } };
-	ASSERT_EQ(round_trip(&m, &o), MD_MSG_HDR_SIZE);
+	ASSERT_EQ(round_trip(&m, &o), MD_MSG_HDR_SIZE);	/* the first page: empty */
+	m.u.status.agent_from = 4242;
+	ASSERT_EQ(round_trip(&m, &o), MD_MSG_HDR_SIZE + 8);
+	ASSERT_EQ(o.u.status.domain_from, 0);
+	ASSERT_EQ(o.u.status.agent_from, 4242);
+	m.u.status.domain_from = UINT32_MAX;
+	round_trip(&m, &o);
+	ASSERT_EQ(o.u.status.domain_from, UINT32_MAX);
 
 	m = (struct md__msg){ .hdr = { .type = MD_MSG_STATUS_R, .seq = 8 } };
 	m.u.status_r.json = "{\"a\":1}";
@@ -210,10 +217,12 @@ TEST_IMPL(daemon_proto_rejects)
 	ASSERT_EQ(md__msg_hdr_decode(buf, MD_MSG_HDR_SIZE, &h), -EMSGSIZE);
 	md__msg_hdr_encode(buf, MD_MSG_STATUS_R, MD_MSG_MAX + 1, 1);
 	ASSERT_EQ(md__msg_hdr_decode(buf, MD_MSG_HDR_SIZE, &h), -EMSGSIZE);
-	md__msg_hdr_encode(buf, MD_MSG_STATUS, 1, 1);			/* STATUS has none */
+	md__msg_hdr_encode(buf, MD_MSG_STATUS, 9, 1);			/* STATUS: 0 or 8 */
 	ASSERT_EQ(md__msg_hdr_decode(buf, MD_MSG_HDR_SIZE, &h), -EMSGSIZE);
 	n = raw(MD_MSG_STATUS, NULL, 0);
 	ASSERT_EQ(md__msg_decode(buf, n + 1, &m), -EBADMSG);		/* trailing byte */
+	n = raw(MD_MSG_STATUS, "\1\0\0\0\2\0\0", 7);
+	ASSERT_EQ(md__msg_decode(buf, n, &m), -EBADMSG);		/* half a cursor */
 
 	/* Counts against lengths. */
 	memset(p, 0, sizeof(p));
