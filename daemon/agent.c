@@ -98,6 +98,22 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 		return 0;
 	}
 
+	/* Each record holds a pidfd and a number while its process lives:
+	 * at most one a connection the descriptor budget allows, and 256 of
+	 * one user other than root, so no user can take them from the rest. */
+	size_t all = 0, mine = 0;
+	for (const struct md__agent *o = d->agents; o; o = o->next) {
+		all++;
+		mine += o->uid == c->uid;
+	}
+	if (all >= d->max_conns || (c->uid != 0 && mine >= MD_D_AGENTS_PER_UID)) {
+		if (all >= d->max_conns)
+			snprintf(why, size, "too many agents (%zu)", all);
+		else
+			snprintf(why, size, "too many agents of uid %u (at most %u)", (unsigned)c->uid,
+				 MD_D_AGENTS_PER_UID);
+		return -EUSERS;
+	}
 	a = calloc(1, sizeof(*a));
 	if (!a) {
 		snprintf(why, size, "out of memory");
@@ -271,9 +287,17 @@ void md__agent_exited(struct md__daemon *d, struct md__agent *a)
 	agent_free(d, a);
 }
 
-void md__agent_detach(struct md__agent *a)
+void md__agent_detach(struct md__daemon *d, struct md__agent *a)
 {
-	a->conn = NULL;	/* the record stays until the process exits */
+	a->conn = NULL;
+	/* With references the record stays until the process exits (it
+	 * still maps those pages); without, nothing is left to keep, and a
+	 * process that connects and goes away cannot pile up records, each
+	 * holding a number and a pidfd. */
+	if (!a->nrefs) {
+		md__dlog("agent %d left holding no references", (int)a->pid);
+		md__agent_exited(d, a);
+	}
 }
 
 void md__agent_free_all(struct md__daemon *d)

@@ -25,6 +25,7 @@
 /* Limits that keep one user from exhausting the daemon. */
 #define MD_D_MAX_CONNS 4096         /* or fewer, as RLIMIT_NOFILE allows */
 #define MD_D_CONNS_PER_UID 256      /* of one uid other than root */
+#define MD_D_AGENTS_PER_UID 256     /* agent records of one uid other than root */
 #define MD_D_DOMAINS_PER_UID 64
 #define MD_D_OUT_PAUSE (1u << 20)   /* stop reading a peer with this much unsent */
 #define MD_D_OUT_MAX (16u << 20)    /* drop a peer that lets this much pile up */
@@ -239,8 +240,9 @@ struct md__agent *md__agent_find_num(struct md__daemon *d, unsigned num);
 int md__agent_refs(struct md__agent *a, const uint32_t *slots, uint32_t n, int delta);
 int md__agent_publish(struct md__agent *a, const struct md__msg_publish *p, uint32_t *first);
 void md__agent_report(struct md__agent *a, const struct md__msg_report *r);
-/* The connection of a goes away; its references stay while it lives. */
-void md__agent_detach(struct md__agent *a);
+/* The connection of a goes away; its references stay while it lives (a
+ * record without any goes). */
+void md__agent_detach(struct md__daemon *d, struct md__agent *a);
 /* The process exited: its references go. */
 void md__agent_exited(struct md__daemon *d, struct md__agent *a);
 void md__agent_free_all(struct md__daemon *d);

@@ -159,7 +159,7 @@ static void conn_close(struct md__daemon *d, struct md__conn *c)
 	struct md__agent *a = c->agent;
 	c->agent = NULL;
 	if (a) {
-		md__agent_detach(a);
+		md__agent_detach(d, a);
 		reshare(d);
 	}
 	md__ep_forget(d, &c->ep);

@@ -528,6 +528,113 @@ TEST_IMPL(daemon_connection_limits)
 	return 0;
 }
 
+/* Agents of uid still listed in status: all, and connected ones. */
+static void agents_of(const struct tdaemon *t, uid_t uid, int *all, int *connected)
+{
+	json_t *st = td_status(t), *a;
+	size_t i;
+	*all = *connected = 0;
+	json_array_foreach(json_object_get(st, "agents"), i, a)
+		if (td_int(a, "uid") == (long long)uid) {
+			(*all)++;
+			*connected += json_is_true(json_object_get(a, "connected"));
+		}
+	json_decref(st);
+}
+
+/* Each agent record holds a pidfd and a number while its process lives:
+ * one that leaves holding no references goes at once; one user other than
+ * root keeps at most 256 (holding references, disconnected), the next
+ * HELLO is refused saying why, and root is not counted with them. */
+TEST_IMPL(daemon_agents_per_uid)
+{
+	struct passwd *pw = nobody();
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	int go[2], res[2], fd, all, conn;
+	char r = 0;
+
+	td_start(&t, 16);
+	ASSERT(pipe(go) == 0 && pipe(res) == 0);
+	pid_t k = fork();
+	ASSERT(k >= 0);
+	if (k == 0) {
+		int gsync[2], gready[2];
+		char b;
+		if (become(pw) || pipe(gsync) || pipe(gready))
+			_exit(10);
+		/* A HELLO and gone, the process alive: no record stays. */
+		struct md__client *c = td_agent(&t, "n", &w, &fd);
+		md__client_free(c);
+		close(fd);
+		for (int i = 0; i < MD_D_AGENTS_PER_UID; i++) {
+			pid_t g = fork();
+			if (g < 0)
+				_exit(11);
+			if (g == 0) {
+				static unsigned char page[MD_MSG_PAGE];
+				uint64_t h;
+				uint32_t slot;
+				td_fill_page(page, 5);
+				h = md__page_hash(page);
+				close(gsync[1]);
+				c = td_agent(&t, "n", &w, &fd);
+				b = md__client_publish(c, &h, page, 1, &slot) == 0 ? 'k' : 'x';
+				md__client_free(c);	/* disconnected, holding a reference */
+				if (write(gready[1], &b, 1) != 1)
+					_exit(1);
+				_exit(read(gsync[0], &b, 1) == 0 ? 0 : 1);
+			}
+		}
+		for (int i = 0; i < MD_D_AGENTS_PER_UID; i++)
+			if (read(gready[0], &b, 1) != 1 || b != 'k')
+				_exit(12);
+		if (write(res[1], "a", 1) != 1 || read(go[0], &b, 1) != 1)
+			_exit(13);
+		struct md__client *extra;
+		int pool_fd, err = md__client_connect(&extra, t.sock);
+		if (!err)
+			err = md__client_hello(extra, "n", 0, &w, &pool_fd);
+		b = err == -EUSERS ? 'r' : 'x';
+		if (write(res[1], &b, 1) != 1)
+			_exit(14);
+		close(gsync[1]);
+		int bad = 0, st;
+		for (int i = 0; i < MD_D_AGENTS_PER_UID; i++)
+			bad |= wait(&st) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0;
+		_exit(bad ? 15 : 0);
+	}
+	ASSERT_EQ(read(res[0], &r, 1), 1);
+	ASSERT_EQ(r, 'a');
+	/* All 256 are listed once their connections closed, and the first
+	 * HELLO, which held nothing, left none. */
+	for (int i = 0; i < 300; i++) {
+		agents_of(&t, pw->pw_uid, &all, &conn);
+		if (all == MD_D_AGENTS_PER_UID && conn == 0)
+			break;
+		usleep(10000);
+	}
+	ASSERT_EQ(all, MD_D_AGENTS_PER_UID);
+	ASSERT_EQ(conn, 0);
+	ASSERT_EQ(td_sh("grep -q 'left holding no references' %s/log", t.dir), 0);
+	ASSERT(write(go[1], "x", 1) == 1);
+	ASSERT_EQ(read(res[0], &r, 1), 1);
+	ASSERT_EQ(r, 'r');
+	ASSERT_EQ(td_sh("grep -q 'too many agents of uid %u (at most %u)' %s/log",
+			(unsigned)pw->pw_uid, MD_D_AGENTS_PER_UID, t.dir), 0);
+	struct md__client *c = td_agent(&t, "root", &w, &fd);	/* not counted with nobody */
+	md__client_free(c);
+	close(fd);
+	int ws;
+	ASSERT(waitpid(k, &ws, 0) == k && WIFEXITED(ws));
+	ASSERT_EQ(WEXITSTATUS(ws), 0);
+	for (int i = 0; i < 300 && (agents_of(&t, pw->pw_uid, &all, &conn), all); i++)
+		usleep(10000);
+	ASSERT_EQ(all, 0);	/* gone with their processes */
+	td_stop(&t);
+	return 0;
+}
+
 /* Agents that got no pidfd (the daemon is out of descriptors) are refused,
  * not served with references that would go with their connection while
  * they still map the pages. n: the daemon's RLIMIT_NOFILE. */
