@@ -28,7 +28,8 @@
 #define MD_D_AGENTS_PER_UID 256     /* agent records of one uid other than root */
 #define MD_D_DOMAINS_PER_UID 64
 #define MD_D_OUT_PAUSE (1u << 20)   /* stop reading a peer with this much unsent */
-#define MD_D_OUT_MAX (16u << 20)    /* drop a peer that lets this much pile up */
+#define MD_D_OUT_MAX (4u << 20)     /* drop a peer that lets this much pile up */
+#define MD_D_OUT_UID_MAX (32u << 20) /* or whose uid's peers (root's not) have this much */
 #define MD_D_STALL_MS 10000         /* drop a peer that sends no request, or half a message, this long */
 #define MD_D_POOL_PAGES_DEFAULT (1u << 20)   /* 4 GiB of address space per pool */
 #define MD_D_POOL_PAGES_MAX (1u << 26)

@@ -111,6 +111,17 @@ static void set_events(struct md__daemon *d, struct md__conn *c, uint32_t events
 	c->events = events;
 }
 
+/* Whether requests wait in the connection's buffer that read_conn left
+ * there while too much was unsent, and there is room now to answer them
+ * (a header read_conn would refuse counts too). */
+static int requests_resumable(const struct md__conn *c)
+{
+	struct md__msg_hdr h;
+	size_t need;
+	return !c->closing && c->out_len - c->out_head < MD_D_OUT_PAUSE &&
+	       md__rxbuf_next(&c->in, &h, &need) != 0;
+}
+
 /* What the connection waits for now: input unless closing or backed up,
  * output while something is queued. */
 static void update_events(struct md__daemon *d, struct md__conn *c)
@@ -119,8 +130,10 @@ static void update_events(struct md__daemon *d, struct md__conn *c)
 	size_t pending = c->out_len - c->out_head;
 	if (!c->closing && pending < MD_D_OUT_PAUSE)
 		ev |= EPOLLIN;
-	/* Closing with nothing left: the writable event closes it. */
-	if (pending || c->closing)
+	/* Closing with nothing left: the writable event closes it. Requests
+	 * left buffered: the socket being writable wakes us to answer them,
+	 * as no more input may come to. */
+	if (pending || c->closing || requests_resumable(c))
 		ev |= EPOLLOUT;
 	set_events(d, c, ev);
 }
@@ -360,12 +373,28 @@ static int flush_out(struct md__daemon *d, struct md__conn *c)
 	return 0;
 }
 
+/* Unsent bytes queued for the connections of uid. */
+static size_t uid_unsent(const struct md__daemon *d, uid_t uid)
+{
+	size_t n = 0;
+	for (const struct md__conn *c = d->conns; c; c = c->next)
+		if (c->uid == uid)
+			n += c->out_len - c->out_head;
+	return n;
+}
+
 int md__conn_send(struct md__daemon *d, struct md__conn *c, const struct md__msg *m, int fd)
 {
 	size_t len = md__msg_encoded_len(m);
 	if (len == 0)
 		return -EINVAL;
-	if (c->out_len - c->out_head + len > MD_D_OUT_MAX) {
+	/* A peer stops being read at MD_D_OUT_PAUSE, and its requests of a
+	 * wake-up stop there too, so past it only what the daemon sends
+	 * unasked piles up: bounded per peer, and (counted only then) for
+	 * all the peers of a user together. */
+	size_t unsent = c->out_len - c->out_head + len;
+	if (unsent > MD_D_OUT_MAX ||
+	    (unsent > MD_D_OUT_PAUSE && c->uid != 0 && uid_unsent(d, c->uid) + len > MD_D_OUT_UID_MAX)) {
 		md__dlog("pid %d does not read its socket: closing it", (int)c->pid);
 		c->closing = 1;
 		c->out_head = c->out_len = 0;
@@ -469,7 +498,9 @@ static void flush_candidates(struct md__daemon *d, struct md__agent *a)
 {
 	if (!a->ncand)
 		return;
-	if (a->conn) {
+	/* Candidates only save the agent a wait for its next pass: to one
+	 * that does not read what it was sent, they are dropped, not queued. */
+	if (a->conn && a->conn->out_len - a->conn->out_head < MD_D_OUT_PAUSE) {
 		struct md__msg m = { .hdr = { .type = MD_MSG_CANDIDATES } };
 		m.u.candidates.n = a->ncand;
 		memcpy(m.u.candidates.addr, a->cand, a->ncand * sizeof(a->cand[0]));
@@ -656,6 +687,10 @@ static int read_conn(struct md__daemon *d, struct md__conn *c)
 			break;
 		}
 		if (got) {
+			/* Replies wait for the peer to read what it was sent: the
+			 * rest stays buffered until flush_out makes room. */
+			if (c->out_len - c->out_head >= MD_D_OUT_PAUSE)
+				break;
 			int err = md__msg_decode(c->in.buf + c->in.head, need, &d->msg);
 			c->in.head += need;
 			handled++;
@@ -771,8 +806,11 @@ int md__server_run(struct md__daemon *d)
 				if ((evs[i].events & EPOLLOUT) && flush_out(d, c) < 0)
 					break;
 				d->reading = c;
-				int gone = (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) && !c->closing &&
-					   read_conn(d, c) < 0;
+				/* Or requests left buffered while it had too much
+				 * unsent, if flush_out made room. */
+				int gone = ((evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) ||
+					    requests_resumable(c)) &&
+					   !c->closing && read_conn(d, c) < 0;
 				d->reading = NULL;
 				if (gone)
 					break;

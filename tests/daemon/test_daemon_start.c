@@ -635,6 +635,135 @@ TEST_IMPL(daemon_agents_per_uid)
 	return 0;
 }
 
+/* A connection to the daemon that has sent STATUS n times, seq 1..n, in
+ * one write. */
+static int status_pipelined(const struct tdaemon *t, int n)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	unsigned char req[64 * MD_MSG_HDR_SIZE];
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	td_sockaddr(t, &sa);
+	if (fd < 0 || n > 64 || connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0)
+		return -1;
+	for (int i = 0; i < n; i++)
+		md__msg_hdr_encode(req + i * MD_MSG_HDR_SIZE, MD_MSG_STATUS, 0, (uint32_t)i + 1);
+	if (send(fd, req, (size_t)n * MD_MSG_HDR_SIZE, MSG_NOSIGNAL) != n * MD_MSG_HDR_SIZE) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/* The next message's type if it is whole and has seq, 0 on EOF or reset,
+ * -1 if anything else (or nothing for 3 s). */
+static int status_reply(int fd, uint32_t seq)
+{
+	static unsigned char buf[MD_MSG_HDR_SIZE + MD_MSG_MAX];
+	size_t want = MD_MSG_HDR_SIZE;
+	struct md__msg_hdr h;
+	for (size_t done = 0; done < want;) {
+		struct pollfd p = { fd, POLLIN, 0 };
+		if (poll(&p, 1, 3000) != 1)
+			return -1;
+		ssize_t r = read(fd, buf + done, want - done);
+		if (r <= 0)
+			return done == 0 && (r == 0 || errno == ECONNRESET) ? 0 : -1;
+		done += (size_t)r;
+		if (done == MD_MSG_HDR_SIZE) {
+			if (md__msg_hdr_decode(buf, MD_MSG_HDR_SIZE, &h) != 0 || h.seq != seq)
+				return -1;
+			want += h.length;
+		}
+	}
+	return h.type;
+}
+
+/* Replies wait while a peer does not read them: requests it pipelined are
+ * handled as it reads, none dropped, however large the replies; and what
+ * is queued for one user's peers is bounded together: of forty peers
+ * that each asked for four megabytes and read nothing, some are dropped
+ * (the daemon would otherwise hold about two megabytes for each). */
+#define BIG_AGENTS 150
+TEST_IMPL(daemon_unsent_bounded)
+{
+	struct passwd *pw = nobody();
+	struct tdaemon t;
+	int res[2];
+
+	td_start(&t, 16);
+	ASSERT(pipe(res) == 0);
+	pid_t k = fork();
+	ASSERT(k >= 0);
+	if (k == 0) {
+		int gsync[2], gready[2], full = 0, cut = 0, fds[40];
+		char b;
+		if (become(pw) || pipe(gsync) || pipe(gready))
+			_exit(10);
+		for (int i = 0; i < BIG_AGENTS; i++) {
+			pid_t g = fork();
+			if (g < 0)
+				_exit(11);
+			if (g == 0) {
+				static uint64_t ctr[MD_REPORT_MAX];
+				struct md__msg_welcome w;
+				int fd;
+				close(gsync[1]);
+				struct md__client *c = td_agent(&t, "big", &w, &fd);
+				for (unsigned j = 0; j < MD_REPORT_MAX; j++)
+					ctr[j] = 1000000000000000000ull + j;
+				b = md__client_report(c, ctr, MD_REPORT_MAX) == 0 ? 'k' : 'x';
+				if (write(gready[1], &b, 1) != 1)
+					_exit(1);
+				_exit(read(gsync[0], &b, 1) == 0 ? 0 : 1);
+			}
+		}
+		for (int i = 0; i < BIG_AGENTS; i++)
+			if (read(gready[0], &b, 1) != 1 || b != 'k')
+				_exit(12);
+		/* Forty pages of about a megabyte each, asked at once. */
+		int fd = status_pipelined(&t, 40);
+		usleep(300000);
+		for (int i = 0; i < 40; i++)
+			if (fd < 0 || status_reply(fd, (uint32_t)i + 1) != MD_MSG_STATUS_R)
+				_exit(13);
+		close(fd);
+		for (int i = 0; i < 40; i++)
+			if ((fds[i] = status_pipelined(&t, 4)) < 0)
+				_exit(14);
+		usleep(1000000);
+		for (int i = 0; i < 40; i++) {
+			int got = 0, type;
+			while (got < 4 && (type = status_reply(fds[i], (uint32_t)got + 1)) == MD_MSG_STATUS_R)
+				got++;
+			if (got < 4 && type != 0)
+				_exit(15);	/* neither whole nor closed */
+			full += got == 4;
+			cut += got < 4;
+			close(fds[i]);
+		}
+		unsigned char counts[2] = { (unsigned char)full, (unsigned char)cut };
+		if (write(res[1], counts, 2) != 2)
+			_exit(16);
+		close(gsync[1]);
+		int bad = 0, st;
+		for (int i = 0; i < BIG_AGENTS; i++)
+			bad |= wait(&st) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0;
+		_exit(bad ? 17 : 0);
+	}
+	unsigned char counts[2] = { 0, 0 };
+	close(res[1]);
+	ssize_t got = read(res[0], counts, 2);
+	int ws;
+	ASSERT(waitpid(k, &ws, 0) == k && WIFEXITED(ws));
+	ASSERT_EQ(WEXITSTATUS(ws), 0);
+	ASSERT_EQ(got, 2);
+	ASSERT(counts[0] >= 1);	/* the first peers get every reply */
+	ASSERT(counts[1] >= 1);	/* and the user's bound drops later ones */
+	ASSERT_EQ(td_sh("grep -q 'does not read its socket' %s/log", t.dir), 0);
+	td_stop(&t);
+	return 0;
+}
+
 /* Agents that got no pidfd (the daemon is out of descriptors) are refused,
  * not served with references that would go with their connection while
  * they still map the pages. n: the daemon's RLIMIT_NOFILE. */
