@@ -96,46 +96,66 @@ int md__regions_add(struct md_agent *a, uintptr_t start, uintptr_t end, unsigned
 
 int md__regions_remove(struct md_agent *a, uintptr_t start, uintptr_t end)
 {
-	int err = 0;
+	/* All or nothing: what a split needs is allocated before any record
+	 * changes. A record dropped while its pages still show an image would
+	 * leave them out of a lease break (they would show the writer's new
+	 * data); one kept for memory gone costs a populate that fails. Only
+	 * the region across end needs an owner array of its own (regions do
+	 * not overlap), and the records grow by one at most. */
+	uint32_t *right = NULL;
+	for (size_t i = 0; i < a->nregions; i++) {
+		struct md__region *r = &a->regions[i];
+		if (r->start < end && r->end > end) {
+			right = malloc((r->end - end) / MD_PAGE * sizeof(*right));
+			if (!right)
+				goto nomem;
+		}
+	}
+	if (a->nregions == a->regions_cap) {
+		size_t cap = a->regions_cap ? a->regions_cap * 2 : 16;
+		struct md__region *n = realloc(a->regions, cap * sizeof(*n));
+		if (!n)
+			goto free_right;
+		a->regions = n;
+		a->regions_cap = cap;
+	}
 	for (size_t i = 0; i < a->nregions; i++) {
 		struct md__region *r = &a->regions[i];
 		if (r->end <= start || r->start >= end)
 			continue;
-		uintptr_t rs = r->start, re = r->end;
-		uint32_t *owner = r->owner;
-		unsigned advice = r->advice;
+		struct md__region old = *r;
 
-		/* Remove r, then put back what lies outside [start, end). */
+		/* Remove r, then put back what lies outside [start, end),
+		 * with the ranges still to advise (clipped when advised):
+		 * region_push cannot fail, room being made above. */
 		a->regions[i] = a->regions[--a->nregions];
 		i--;
-		if (re > end) {
-			size_t skip = (end - rs) / MD_PAGE, npages = (re - end) / MD_PAGE;
-			uint32_t *right = malloc(npages * sizeof(*right));
-			if (right) {
-				memcpy(right, owner + skip, npages * sizeof(*right));
-				err = region_push(a, end, re, advice, right);
-				if (err)
-					free(right);
-			} else {
-				err = -ENOMEM;
-			}
+		if (old.end > end) {
+			memcpy(right, old.owner + (end - old.start) / MD_PAGE,
+			       (old.end - end) / MD_PAGE * sizeof(*right));
+			region_push(a, end, old.end, old.advice, right);
+			a->regions[a->nregions - 1].advice_pending = old.advice_pending;
+			right = NULL;
 		}
-		if (rs < start) {
-			uint32_t *left = realloc(owner, (start - rs) / MD_PAGE * sizeof(*left));
-			if (left)
-				owner = left;	/* realloc freed the old one, if it moved */
-			if (left && region_push(a, rs, start, advice, left) == 0)
-				owner = NULL;
-			else
-				err = -ENOMEM;
+		if (old.start < start) {
+			/* A smaller array, or the same one if realloc fails. */
+			uint32_t *left = realloc(old.owner, (start - old.start) / MD_PAGE * sizeof(*left));
+			region_push(a, old.start, start, old.advice, left ? left : old.owner);
+			a->regions[a->nregions - 1].advice_pending = old.advice_pending;
+		} else {
+			free(old.owner);
 		}
-		free(owner);
 	}
 	qsort(a->regions, a->nregions, sizeof(*a->regions), region_cmp);
 	regions_publish(a);
-	if (err)
-		md__log_once(40, "cannot split a region record (%s): parts of guest RAM are no longer shared", strerror(-err));
-	return err;
+	return 0;
+
+free_right:
+	free(right);
+nomem:
+	md__log_once(40, "cannot split a region record (out of memory): [%#lx, %#lx) stays registered",
+		     (unsigned long)start, (unsigned long)end);
+	return -ENOMEM;
 }
 
 void md__regions_advise(struct md_agent *a, uintptr_t start, uintptr_t end, unsigned advice)

@@ -5,9 +5,11 @@
 #include <liburing.h>
 #include <linux/vfio.h>
 #include <linux/vhost.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -280,6 +282,54 @@ TEST_IMPL(stats_parse_rejects)
 	valid_file(&f);
 	f.header_size = 8;
 	ASSERT_EQ(md__stats_parse(&f, sizeof(f), &s), -EINVAL);
+	return 0;
+}
+
+/* VmSize of this process, in bytes. */
+static size_t vm_size(void)
+{
+	char line[256];
+	size_t kb = 0;
+	FILE *f = fopen("/proc/self/status", "r");
+	ASSERT(f);
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmSize: %zu kB", &kb) == 1)
+			break;
+	fclose(f);
+	ASSERT(kb > 0);
+	return kb << 10;
+}
+
+/* Unregistering part of a region splits its record: when the memory for
+ * that is short, nothing changes (a record dropped while its pages may
+ * still show an image would leave them out of a lease break), and the
+ * call says so; with memory, the same call splits it. */
+TEST_IMPL(agent_unregister_all_or_nothing)
+{
+	const size_t len = (size_t)8 << 30;	/* an owner array of 8 MiB */
+	md_agent *a;
+	md_agent_options o = { .run_dir = "" };
+	md_stats s;
+	struct rlimit old, low;
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	char *mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+			 -1, 0);
+	ASSERT(mem != MAP_FAILED);
+	ASSERT_EQ(md_agent_register(a, mem, len, 0), 0);
+	ASSERT(getrlimit(RLIMIT_AS, &old) == 0);
+	low = (struct rlimit){ vm_size() + (1 << 20), old.rlim_max };
+	ASSERT(setrlimit(RLIMIT_AS, &low) == 0);
+	ASSERT_EQ(md_agent_unregister(a, mem + 4096, 4096), -ENOMEM);
+	ASSERT(setrlimit(RLIMIT_AS, &old) == 0);
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.regions, 1);
+	ASSERT_EQ(s.registered_bytes, len);
+	ASSERT_EQ(md_agent_unregister(a, mem + 4096, 4096), 0);
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.regions, 2);
+	ASSERT_EQ(s.registered_bytes, len - 4096);
+	md_agent_free(a);
+	munmap(mem, len);
 	return 0;
 }
 
