@@ -31,13 +31,21 @@
 
 #define MD_PAGE ((uintptr_t)MD_PAGE_SIZE)
 
+/* Owner records, allocated once per registered range: the parts a split
+ * leaves share them (refs), so a split allocates nothing. */
+struct md__owners {
+	size_t refs;
+	uint32_t id[];
+};
+
 /* A registered range of guest RAM. owner[i] is the id of the image page i is
  * mapped from (0: not mapped from an image). */
 struct md__region {
 	uintptr_t start, end;
 	unsigned advice;
 	struct md__rangeset advice_pending; /* mapped by reads, not advised yet */
-	uint32_t *owner;
+	uint32_t *owner;                    /* into owners->id */
+	struct md__owners *owners;
 };
 
 enum md__lease_state { MD_LEASE_NONE, MD_LEASE_HELD };

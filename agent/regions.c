@@ -47,24 +47,40 @@ struct md__region *md__region_find(struct md_agent *a, uintptr_t addr, size_t le
 	return NULL;
 }
 
-static int region_push(struct md_agent *a, uintptr_t start, uintptr_t end,
-		       unsigned advice, uint32_t *owner)
+/* Room for one record more than there are, so that a split, which adds
+ * one, never needs memory (the records grow here, when a range is added). */
+static int regions_reserve(struct md_agent *a, size_t more)
 {
-	if (a->nregions == a->regions_cap) {
-		size_t cap = a->regions_cap ? a->regions_cap * 2 : 16;
-		struct md__region *n = realloc(a->regions, cap * sizeof(*n));
-		if (!n)
-			return -ENOMEM;
-		a->regions = n;
-		a->regions_cap = cap;
+	if (a->nregions + more + 1 <= a->regions_cap)
+		return 0;
+	size_t cap = a->regions_cap ? a->regions_cap * 2 : 16;
+	while (cap < a->nregions + more + 1)
+		cap *= 2;
+	struct md__region *n = realloc(a->regions, cap * sizeof(*n));
+	if (!n)
+		return -ENOMEM;
+	a->regions = n;
+	a->regions_cap = cap;
+	return 0;
+}
+
+static void owners_put(struct md__owners *o)
+{
+	if (--o->refs == 0)
+		free(o);
+}
+
+/* A new region of pages no image backs yet. */
+static int region_push_new(struct md_agent *a, uintptr_t start, uintptr_t end, unsigned advice)
+{
+	struct md__owners *o = calloc(1, sizeof(*o) + (end - start) / MD_PAGE * sizeof(o->id[0]));
+	if (!o || regions_reserve(a, 1)) {
+		free(o);
+		return -ENOMEM;
 	}
-	if (!owner) {
-		owner = calloc((end - start) / MD_PAGE, sizeof(*owner));
-		if (!owner)
-			return -ENOMEM;
-	}
-	a->regions[a->nregions++] = (struct md__region){ .start = start, .end = end,
-							 .advice = advice, .owner = owner };
+	o->refs = 1;
+	a->regions[a->nregions++] = (struct md__region){ .start = start, .end = end, .advice = advice,
+							 .owner = o->id, .owners = o };
 	return 0;
 }
 
@@ -82,13 +98,13 @@ int md__regions_add(struct md_agent *a, uintptr_t start, uintptr_t end, unsigned
 			continue;
 		r->advice |= advice;
 		if (r->start > cur)
-			err = region_push(a, cur, r->start, advice, NULL);
-		r = &a->regions[i];	/* region_push may move the array */
+			err = region_push_new(a, cur, r->start, advice);
+		r = &a->regions[i];	/* region_push_new may move the array */
 		if (r->end > cur)
 			cur = r->end;
 	}
 	if (!err && cur < end)
-		err = region_push(a, cur, end, advice, NULL);
+		err = region_push_new(a, cur, end, advice);
 	qsort(a->regions, a->nregions, sizeof(*a->regions), region_cmp);
 	regions_publish(a);
 	return err;
@@ -96,29 +112,20 @@ int md__regions_add(struct md_agent *a, uintptr_t start, uintptr_t end, unsigned
 
 int md__regions_remove(struct md_agent *a, uintptr_t start, uintptr_t end)
 {
-	/* All or nothing: what a split needs is allocated before any record
-	 * changes. A record dropped while its pages still show an image would
-	 * leave them out of a lease break (they would show the writer's new
-	 * data); one kept for memory gone costs a populate that fails. Only
-	 * the region across end needs an owner array of its own (regions do
-	 * not overlap), and the records grow by one at most. */
-	uint32_t *right = NULL;
-	for (size_t i = 0; i < a->nregions; i++) {
-		struct md__region *r = &a->regions[i];
-		if (r->start < end && r->end > end) {
-			right = malloc((r->end - end) / MD_PAGE * sizeof(*right));
-			if (!right)
-				goto nomem;
+	/* A record must go with its memory (a stale one would make a later
+	 * mapping there guest RAM to read-time sharing), and must stay while
+	 * its pages may still show an image (a lease break privatizes only
+	 * what records name). So a split allocates nothing: its parts share
+	 * the owner records, and there is always room for the one record
+	 * more that a range inside a region leaves. */
+	for (size_t i = 0; i < a->nregions; i++)
+		if (a->regions[i].start < start && a->regions[i].end > end &&
+		    a->nregions == a->regions_cap && regions_reserve(a, 0) != 0) {
+			md__log_once(40, "cannot split a region record (out of memory): "
+				     "[%#lx, %#lx) stays registered", (unsigned long)start,
+				     (unsigned long)end);
+			return -ENOMEM;
 		}
-	}
-	if (a->nregions == a->regions_cap) {
-		size_t cap = a->regions_cap ? a->regions_cap * 2 : 16;
-		struct md__region *n = realloc(a->regions, cap * sizeof(*n));
-		if (!n)
-			goto free_right;
-		a->regions = n;
-		a->regions_cap = cap;
-	}
 	for (size_t i = 0; i < a->nregions; i++) {
 		struct md__region *r = &a->regions[i];
 		if (r->end <= start || r->start >= end)
@@ -126,36 +133,29 @@ int md__regions_remove(struct md_agent *a, uintptr_t start, uintptr_t end)
 		struct md__region old = *r;
 
 		/* Remove r, then put back what lies outside [start, end),
-		 * with the ranges still to advise (clipped when advised):
-		 * region_push cannot fail, room being made above. */
+		 * with the ranges still to advise (clipped when advised). */
 		a->regions[i] = a->regions[--a->nregions];
 		i--;
 		if (old.end > end) {
-			memcpy(right, old.owner + (end - old.start) / MD_PAGE,
-			       (old.end - end) / MD_PAGE * sizeof(*right));
-			region_push(a, end, old.end, old.advice, right);
-			a->regions[a->nregions - 1].advice_pending = old.advice_pending;
-			right = NULL;
+			struct md__region *n = &a->regions[a->nregions++];
+			*n = old;
+			n->start = end;
+			n->owner = old.owner + (end - old.start) / MD_PAGE;
+			n->owners->refs++;
 		}
 		if (old.start < start) {
-			/* A smaller array, or the same one if realloc fails. */
-			uint32_t *left = realloc(old.owner, (start - old.start) / MD_PAGE * sizeof(*left));
-			region_push(a, old.start, start, old.advice, left ? left : old.owner);
-			a->regions[a->nregions - 1].advice_pending = old.advice_pending;
-		} else {
-			free(old.owner);
+			struct md__region *n = &a->regions[a->nregions++];
+			*n = old;
+			n->end = start;
+			n->owners->refs++;
 		}
+		owners_put(old.owners);
 	}
 	qsort(a->regions, a->nregions, sizeof(*a->regions), region_cmp);
 	regions_publish(a);
+	/* Room again for the next split (if not now, it is made then). */
+	regions_reserve(a, 0);
 	return 0;
-
-free_right:
-	free(right);
-nomem:
-	md__log_once(40, "cannot split a region record (out of memory): [%#lx, %#lx) stays registered",
-		     (unsigned long)start, (unsigned long)end);
-	return -ENOMEM;
 }
 
 void md__regions_advise(struct md_agent *a, uintptr_t start, uintptr_t end, unsigned advice)
@@ -334,7 +334,7 @@ int md__discard_forgotten(struct md_agent *a, uintptr_t start, uintptr_t end)
 void md__regions_free(struct md_agent *a)
 {
 	for (size_t i = 0; i < a->nregions; i++)
-		free(a->regions[i].owner);
+		owners_put(a->regions[i].owners);
 	free(a->regions);
 	a->regions = NULL;
 	a->nregions = a->regions_cap = 0;
