@@ -156,7 +156,7 @@ struct md__msg_report {
  * sent as an empty payload (the only STATUS before pages existed). */
 struct md__msg_status {
 	uint32_t domain_from;              /* the first domain id to list */
-	uint32_t agent_from;               /* the first agent number to list */
+	uint32_t agent_from;               /* the first agent pid to list */
 };
 
 struct md__msg_status_r {

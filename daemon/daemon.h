@@ -29,7 +29,8 @@
 #define MD_D_DOMAINS_PER_UID 64
 #define MD_D_OUT_PAUSE (1u << 20)   /* stop reading a peer with this much unsent */
 #define MD_D_OUT_MAX (4u << 20)     /* drop a peer that lets this much pile up */
-#define MD_D_OUT_UID_MAX (32u << 20) /* or whose uid's peers (root's not) have this much */
+#define MD_D_OUT_KEEP (64u << 10)   /* a send buffer larger is freed once empty */
+#define MD_D_OUT_UID_MAX (32u << 20) /* unsent to one uid's peers (root's not): its largest queue goes */
 #define MD_D_STALL_MS 10000         /* drop a peer that sends no request, or half a message, this long */
 #define MD_D_POOL_PAGES_DEFAULT (1u << 20)   /* 4 GiB of address space per pool */
 #define MD_D_POOL_PAGES_MAX (1u << 26)
@@ -139,8 +140,17 @@ struct md__agent {
 	uint32_t ncand;
 };
 
+/* A uid with connections, and what they hold together. */
+struct md__user {
+	struct md__user *next;
+	uid_t uid;
+	size_t conns;
+	size_t unsent;             /* bytes queued for its connections, not sent yet */
+};
+
 struct md__conn {
 	struct md__ep ep;          /* MD_EP_CONN */
+	struct md__user *user;     /* its uid's */
 	struct md__conn *next, **pprev;
 	int fd;
 	pid_t pid;                 /* SO_PEERCRED at accept */
@@ -149,6 +159,7 @@ struct md__conn {
 	struct md__rxbuf in;       /* read ahead of what was handled */
 	unsigned char *out;        /* bytes to send: out[out_head, out_len) */
 	size_t out_head, out_len, out_cap;
+	uint64_t out_moved_ms;     /* when out last moved (sent, or started) */
 	int out_fd;                /* descriptor to pass with the byte at out_fd_off */
 	size_t out_fd_off;
 	int closing;               /* close once out is flushed (after an ERROR) */
@@ -170,6 +181,7 @@ struct md__daemon {
 	size_t pool_pages;
 	struct md__conn *conns;
 	size_t nconns;
+	struct md__user *users;    /* of the connections */
 	size_t max_conns;          /* MD_D_MAX_CONNS, or what RLIMIT_NOFILE allows */
 	struct md__agent *agents;
 	unsigned last_agent_num;   /* the number given last (md__agent.num) */

@@ -30,6 +30,22 @@ static uint64_t new_generation(struct md__daemon *d)
 	return g;
 }
 
+/* An id no live domain has, never 0 or UINT32_MAX (STATUS pages use it to
+ * mean past every domain), even once the count wraps. */
+static uint32_t new_domain_id(struct md__daemon *d)
+{
+	for (;;) {
+		uint32_t id = ++d->next_domain_id;
+		if (id == 0 || id == UINT32_MAX)
+			continue;
+		const struct md__domain *o = d->domains;
+		while (o && o->id != id)
+			o = o->next;
+		if (!o)
+			return id;
+	}
+}
+
 static int domain_new(struct md__daemon *d, uid_t uid, const char *name, struct md__domain **out)
 {
 	struct md__domain *dom = calloc(1, sizeof(*dom));
@@ -58,7 +74,7 @@ static int domain_new(struct md__daemon *d, uid_t uid, const char *name, struct 
 		err = -ENOMEM;
 		goto free_index;
 	}
-	dom->id = ++d->next_domain_id;
+	dom->id = new_domain_id(d);
 	dom->generation = new_generation(d);
 	dom->next = d->domains;
 	d->domains = dom;

@@ -167,6 +167,36 @@ static void reshare(struct md__daemon *d)
 			md__conn_send(d, a->conn, &m, -1);
 }
 
+/* The record of uid's connections, one more counted; NULL if out of
+ * memory. */
+static struct md__user *user_get(struct md__daemon *d, uid_t uid)
+{
+	struct md__user *u = d->users;
+	while (u && u->uid != uid)
+		u = u->next;
+	if (!u) {
+		u = calloc(1, sizeof(*u));
+		if (!u)
+			return NULL;
+		u->uid = uid;
+		u->next = d->users;
+		d->users = u;
+	}
+	u->conns++;
+	return u;
+}
+
+static void user_put(struct md__daemon *d, struct md__user *u)
+{
+	if (--u->conns)
+		return;
+	struct md__user **pp = &d->users;
+	while (*pp != u)
+		pp = &(*pp)->next;
+	*pp = u->next;
+	free(u);
+}
+
 static void conn_close(struct md__daemon *d, struct md__conn *c)
 {
 	struct md__agent *a = c->agent;
@@ -187,6 +217,8 @@ static void conn_close(struct md__daemon *d, struct md__conn *c)
 		close(c->out_fd);
 	md__rxbuf_free(&c->in);
 	free(c->out);
+	c->user->unsent -= c->out_len - c->out_head;
+	user_put(d, c->user);
 	free(c);
 }
 
@@ -237,14 +269,6 @@ static int drop_stalled(struct md__daemon *d)
 	return owing;
 }
 
-static size_t conns_of(const struct md__daemon *d, uid_t uid)
-{
-	size_t n = 0;
-	for (const struct md__conn *c = d->conns; c; c = c->next)
-		n += c->uid == uid;
-	return n;
-}
-
 static void accept_all(struct md__daemon *d)
 {
 	for (;;) {
@@ -278,7 +302,10 @@ static void accept_all(struct md__daemon *d)
 		}
 		/* Root may stop the daemon anyway; any other user could
 		 * otherwise take every connection from the rest. */
-		if (cr.uid != 0 && conns_of(d, cr.uid) >= MD_D_CONNS_PER_UID) {
+		struct md__user *u = d->users;
+		while (u && u->uid != cr.uid)
+			u = u->next;
+		if (cr.uid != 0 && u && u->conns >= MD_D_CONNS_PER_UID) {
 			md__dlog("pid %d (uid %u) refused: %u connections of that uid", (int)cr.pid,
 				 (unsigned)cr.uid, MD_D_CONNS_PER_UID);
 			refuse(fd, -EUSERS, "too many connections of uid %u (at most %u)",
@@ -286,6 +313,10 @@ static void accept_all(struct md__daemon *d)
 			continue;
 		}
 		struct md__conn *c = calloc(1, sizeof(*c));
+		if (c && !(c->user = user_get(d, cr.uid))) {
+			free(c);
+			c = NULL;
+		}
 		if (!c) {
 			close(fd);
 			continue;
@@ -306,6 +337,7 @@ static void accept_all(struct md__daemon *d)
 			if (c->peer_pidfd >= 0)
 				close(c->peer_pidfd);
 			close(fd);
+			user_put(d, c->user);
 			free(c);
 			continue;
 		}
@@ -361,9 +393,17 @@ static int flush_out(struct md__daemon *d, struct md__conn *c)
 			return -1;
 		}
 		c->out_head += (size_t)w;
+		c->user->unsent -= (size_t)w;
+		c->out_moved_ms = now_ms();
 	}
 	if (c->out_head == c->out_len) {
 		c->out_head = c->out_len = 0;
+		/* A large queue once is not kept for good. */
+		if (c->out_cap > MD_D_OUT_KEEP) {
+			free(c->out);
+			c->out = NULL;
+			c->out_cap = 0;
+		}
 		if (c->closing) {
 			conn_close(d, c);
 			return -1;
@@ -373,14 +413,23 @@ static int flush_out(struct md__daemon *d, struct md__conn *c)
 	return 0;
 }
 
-/* Unsent bytes queued for the connections of uid. */
-static size_t uid_unsent(const struct md__daemon *d, uid_t uid)
+/* Drops what is queued for c, and closes it: it does not read. The peer
+ * of a user whose queue moved least recently goes first: one that reads
+ * keeps its queue moving, however long. */
+static void conn_drop_queue(struct md__daemon *d, struct md__conn *c)
 {
-	size_t n = 0;
-	for (const struct md__conn *c = d->conns; c; c = c->next)
-		if (c->uid == uid)
-			n += c->out_len - c->out_head;
-	return n;
+	md__dlog("pid %d does not read its socket (%zu bytes unsent): closing it", (int)c->pid,
+		 c->out_len - c->out_head);
+	c->user->unsent -= c->out_len - c->out_head;
+	c->closing = 1;
+	c->out_head = c->out_len = 0;
+	if (c->out_fd >= 0)
+		close(c->out_fd);
+	c->out_fd = -1;
+	/* Its socket buffer may be full for good: shut down, it reports
+	 * writable (and hung up) at once, and the event loop closes it. */
+	shutdown(c->fd, SHUT_RDWR);
+	update_events(d, c);
 }
 
 int md__conn_send(struct md__daemon *d, struct md__conn *c, const struct md__msg *m, int fd)
@@ -388,22 +437,30 @@ int md__conn_send(struct md__daemon *d, struct md__conn *c, const struct md__msg
 	size_t len = md__msg_encoded_len(m);
 	if (len == 0)
 		return -EINVAL;
-	/* A peer stops being read at MD_D_OUT_PAUSE, and its requests of a
-	 * wake-up stop there too, so past it only what the daemon sends
-	 * unasked piles up: bounded per peer, and (counted only then) for
-	 * all the peers of a user together. */
-	size_t unsent = c->out_len - c->out_head + len;
-	if (unsent > MD_D_OUT_MAX ||
-	    (unsent > MD_D_OUT_PAUSE && c->uid != 0 && uid_unsent(d, c->uid) + len > MD_D_OUT_UID_MAX)) {
-		md__dlog("pid %d does not read its socket: closing it", (int)c->pid);
-		c->closing = 1;
-		c->out_head = c->out_len = 0;
-		if (c->out_fd >= 0)
-			close(c->out_fd);
-		c->out_fd = -1;
-		update_events(d, c);
+	if (c->closing && c->out_len == 0)
+		return -ENOBUFS;	/* dropped: nothing more goes to it */
+	/* A peer stops being read at MD_D_OUT_PAUSE, and its requests wait
+	 * then too: past it only what is sent unasked piles up, bounded per
+	 * peer. The peers of a user (root's not) are bounded together: the
+	 * one whose queue has not moved for longest goes. */
+	if (c->out_len - c->out_head + len > MD_D_OUT_MAX) {
+		conn_drop_queue(d, c);
 		return -ENOBUFS;
 	}
+	while (c->uid != 0 && c->user->unsent + len > MD_D_OUT_UID_MAX) {
+		struct md__conn *stuck = NULL;
+		for (struct md__conn *o = d->conns; o; o = o->next)
+			if (o->user == c->user && o->out_len > o->out_head && !o->closing &&
+			    (!stuck || o->out_moved_ms < stuck->out_moved_ms))
+				stuck = o;
+		if (!stuck)
+			break;
+		conn_drop_queue(d, stuck);
+		if (stuck == c)
+			return -ENOBUFS;
+	}
+	if (c->out_len == c->out_head)
+		c->out_moved_ms = now_ms();	/* a queue starts */
 	if (c->out_len + len > c->out_cap) {
 		/* Compact first: what was sent is dead space. */
 		memmove(c->out, c->out + c->out_head, c->out_len - c->out_head);
@@ -432,6 +489,7 @@ int md__conn_send(struct md__daemon *d, struct md__conn *c, const struct md__msg
 	}
 	md__msg_encode(m, c->out + c->out_len, len);
 	c->out_len += len;
+	c->user->unsent += len;
 	/* A reply to the connection being read goes out when its messages
 	 * are handled (flush_out), most often without waiting for EPOLLOUT:
 	 * arming it here would cost two epoll_ctl per request. */
@@ -670,7 +728,7 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
  * -1: the connection closed. */
 static int read_conn(struct md__daemon *d, struct md__conn *c)
 {
-	int handled = 0;
+	int handled = 0, backed_up = 0;
 	while (!c->closing) {
 		struct md__msg_hdr h;
 		size_t need;
@@ -689,8 +747,10 @@ static int read_conn(struct md__daemon *d, struct md__conn *c)
 		if (got) {
 			/* Replies wait for the peer to read what it was sent: the
 			 * rest stays buffered until flush_out makes room. */
-			if (c->out_len - c->out_head >= MD_D_OUT_PAUSE)
+			if (c->out_len - c->out_head >= MD_D_OUT_PAUSE) {
+				backed_up = 1;
 				break;
+			}
 			int err = md__msg_decode(c->in.buf + c->in.head, need, &d->msg);
 			c->in.head += need;
 			handled++;
@@ -732,8 +792,8 @@ static int read_conn(struct md__daemon *d, struct md__conn *c)
 	}
 	/* What is owed is timed from the last message handled: a peer
 	 * that streams is never late. */
-	if (c->requested && c->in.len == c->in.head) {
-		c->owing_since = 0;
+	if (backed_up || (c->requested && c->in.len == c->in.head)) {
+		c->owing_since = 0;	/* we owe it replies, or nothing is owed */
 	} else if (!c->owing_since || (handled && c->requested)) {
 		c->owing_since = now_ms();
 		d->owing = 1;

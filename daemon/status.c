@@ -193,9 +193,10 @@ int md__status_json(struct md__daemon *d, uid_t uid, uint32_t domain_from, uint3
 			json_decref(o);
 			continue;
 		}
-		if (!page_append(domains, o, &used, &items))
-			next = json_pack("{s:I,s:I}", "domain", (json_int_t)dv[i]->id,
-					 "agent", (json_int_t)0);
+		if (!page_append(domains, o, &used, &items) &&
+		    !(next = json_pack("{s:I,s:I}", "domain", (json_int_t)dv[i]->id,
+				       "agent", (json_int_t)0)))
+			goto free_vectors;
 	}
 	for (size_t i = 0; i < nag && !next; i++) {
 		if ((uint32_t)av[i]->pid < agent_from)
@@ -203,9 +204,10 @@ int md__status_json(struct md__daemon *d, uid_t uid, uint32_t domain_from, uint3
 		json_t *o = agent_json(av[i]);
 		if (!o)
 			goto free_vectors;
-		if (!page_append(agents, o, &used, &items))
-			next = json_pack("{s:I,s:I}", "domain", (json_int_t)UINT32_MAX,
-					 "agent", (json_int_t)av[i]->pid);
+		if (!page_append(agents, o, &used, &items) &&
+		    !(next = json_pack("{s:I,s:I}", "domain", (json_int_t)UINT32_MAX,
+				       "agent", (json_int_t)av[i]->pid)))
+			goto free_vectors;
 	}
 	json_object_set_new(root, "next", next ? next : json_null());
 	json_object_set_new(totals, "domains", json_integer((json_int_t)ndom));
