@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -428,6 +429,18 @@ void md__client_set_timeout(struct md__client *c, int ms)
 		c->timeout_ms = ms;
 }
 
+/* The pool is what the protocol promises: a read-only descriptor of a
+ * regular file sealed against shrinking, since a guest page mapped from a
+ * slot cut off would raise SIGBUS in the VMM, and one we could write would
+ * be other guests' pages. */
+static int pool_fd_valid(int fd)
+{
+	struct stat st;
+	int flags = fcntl(fd, F_GETFL), seals = fcntl(fd, F_GET_SEALS);
+	return fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && flags >= 0 &&
+	       (flags & O_ACCMODE) == O_RDONLY && seals >= 0 && (seals & F_SEAL_SHRINK);
+}
+
 int md__client_hello(struct md__client *c, const char *domain, uint32_t flags,
 		     struct md__msg_welcome *welcome, int *pool_fd)
 {
@@ -445,6 +458,11 @@ int md__client_hello(struct md__client *c, const char *domain, uint32_t flags,
 	err = call(c, &m, MD_MSG_WELCOME, &fd);
 	if (!err && fd < 0)
 		err = kill_conn(c, -EPROTO);	/* a WELCOME without its pool */
+	if (!err && !pool_fd_valid(fd)) {
+		md__log_once(71, "memdedupd sent a pool that is not a read-only file sealed "
+			     "against shrinking: not using it");
+		err = kill_conn(c, -EPROTO);
+	}
 	if (err) {
 		if (fd >= 0)
 			close(fd);

@@ -966,6 +966,99 @@ static void send_with_fd(int fd, const void *buf, size_t len, int pass)
 	ASSERT(sendmsg(fd, &mh, MSG_NOSIGNAL) == (ssize_t)len);
 }
 
+/* A pool descriptor as a daemon might send it: a memfd, sealed against
+ * shrinking or not, reopened read-only or not. */
+static int test_pool_fd(int sealed, int rdonly)
+{
+	char path[64];
+	int fd = memfd_create("memdedup-pool", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	ASSERT(fd >= 0);
+	if (sealed)
+		ASSERT(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK) == 0);
+	if (!rdonly)
+		return fd;
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	int ro = open(path, O_RDONLY | O_CLOEXEC);
+	ASSERT(ro >= 0);
+	close(fd);
+	return ro;
+}
+
+/* A fake daemon at path that answers one HELLO with a WELCOME carrying
+ * pass, then waits for the client to go. */
+static pid_t fake_welcome(const char *path, int pass)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+	unlink(path);
+	int l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ASSERT(l >= 0);
+	ASSERT(bind(l, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+	ASSERT(listen(l, 1) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		static struct md__msg m;
+		static unsigned char buf[256], in[MD_MSG_HDR_SIZE + 128];
+		struct md__msg_hdr h;
+		char x;
+		int c = accept(l, NULL, NULL);
+		if (c < 0)
+			_exit(1);
+		read_all(c, in, MD_MSG_HDR_SIZE);
+		ASSERT_EQ(md__msg_hdr_decode(in, MD_MSG_HDR_SIZE, &h), 0);
+		ASSERT_EQ(h.type, MD_MSG_HELLO);
+		read_all(c, in + MD_MSG_HDR_SIZE, h.length);
+		m.hdr = (struct md__msg_hdr){ .type = MD_MSG_WELCOME, .seq = h.seq };
+		m.u.welcome.domain_id = 5;
+		m.u.welcome.pool_pages = 16;
+		md__tunables_default(&m.u.welcome.tun);
+		send_with_fd(c, buf, encode(&m, buf, sizeof(buf)), pass);
+		while (read(c, &x, 1) > 0)	/* until the client goes */
+			;
+		_exit(0);
+	}
+	close(l);
+	return kid;
+}
+
+/* The client takes as a pool only a read-only descriptor of a file sealed
+ * against shrinking: a guest page mapped from a slot cut off would raise
+ * SIGBUS in the VMM, and a pool it could write is other guests' pages. */
+TEST_IMPL(daemon_client_checks_pool)
+{
+	char dir[] = "/tmp/md-pool-XXXXXX", path[64];
+	ASSERT(mkdtemp(dir) != NULL);
+	snprintf(path, sizeof(path), "%s/sock", dir);
+	int pipefd[2];
+	ASSERT(pipe(pipefd) == 0);
+	struct { int fd, want; } cases[] = {
+		{ test_pool_fd(1, 1), 0 },		/* as memdedupd sends it */
+		{ test_pool_fd(0, 1), -EPROTO },	/* may shrink */
+		{ test_pool_fd(1, 0), -EPROTO },	/* writable */
+		{ pipefd[0], -EPROTO },			/* not a file */
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		pid_t kid = fake_welcome(path, cases[i].fd);
+		close(cases[i].fd);
+		struct md__client *c;
+		struct md__msg_welcome w;
+		int pool = -1, st;
+		ASSERT_EQ(md__client_connect(&c, path), 0);
+		ASSERT_EQ(md__client_hello(c, NULL, 0, &w, &pool), cases[i].want);
+		ASSERT_EQ(pool >= 0, cases[i].want == 0);
+		if (pool >= 0)
+			close(pool);
+		md__client_free(c);
+		ASSERT_EQ(waitpid(kid, &st, 0), kid);
+		ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	}
+	close(pipefd[1]);
+	unlink(path);
+	rmdir(dir);
+	return 0;
+}
+
 /* The client's side of the stream, against a fake daemon: a reply and
  * unasked messages in one write (the descriptor with the reply), and
  * messages cut anywhere, in pieces that come apart in time. */
@@ -1010,8 +1103,7 @@ TEST_IMPL(daemon_client_framing)
 		m.u.candidates.addr[0] = 0x1000;
 		m.u.candidates.addr[1] = 0x2000;
 		len += encode(&m, buf + len, sizeof(buf) - len);
-		int pass = memfd_create("pool", MFD_CLOEXEC);
-		send_with_fd(c, buf, len, pass);
+		send_with_fd(c, buf, len, test_pool_fd(1, 1));
 
 		read_all(c, in, MD_MSG_HDR_SIZE);	/* LOOKUP */
 		ASSERT_EQ(md__msg_hdr_decode(in, MD_MSG_HDR_SIZE, &h), 0);
