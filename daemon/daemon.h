@@ -30,7 +30,7 @@
 #define MD_D_OUT_PAUSE (1u << 20)   /* stop reading a peer with this much unsent */
 #define MD_D_OUT_MAX (4u << 20)     /* drop a peer that lets this much pile up */
 #define MD_D_OUT_KEEP (64u << 10)   /* a send buffer larger is freed once empty */
-#define MD_D_OUT_UID_MAX (32u << 20) /* unsent to one uid's peers (root's not): its largest queue goes */
+#define MD_D_OUT_UID_MAX (32u << 20) /* unsent to one uid's peers (root's not): the stalest queue goes */
 #define MD_D_STALL_MS 10000         /* drop a peer that sends no request, or half a message, this long */
 #define MD_D_POOL_PAGES_DEFAULT (1u << 20)   /* 4 GiB of address space per pool */
 #define MD_D_POOL_PAGES_MAX (1u << 26)

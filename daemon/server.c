@@ -246,6 +246,8 @@ static uint64_t now_ms(void)
 	return (uint64_t)t.tv_sec * 1000 + (uint64_t)t.tv_nsec / 1000000 + 1;	/* never 0 */
 }
 
+static void conn_drop_queue(struct md__daemon *d, struct md__conn *c);
+
 /* Peers that owe bytes too long (a connection that never sends a request,
  * half a message never finished) hold a connection slot of their user and
  * a buffer each: they go. 1 if some peer still owes, so the loop wakes to
@@ -256,6 +258,18 @@ static int drop_stalled(struct md__daemon *d)
 	int owing = 0;
 	for (struct md__conn *c = d->conns, *next; c; c = next) {
 		next = c->next;
+		/* A peer we hang up on after an ERROR gets what was queued
+		 * first, if it reads it. */
+		if (c->closing && c->out_len > c->out_head) {
+			if (now - c->out_moved_ms < MD_D_STALL_MS) {
+				owing = 1;
+			} else {
+				md__dlog("pid %d (uid %u) dropped: read nothing for %u s", (int)c->pid,
+					 (unsigned)c->uid, MD_D_STALL_MS / 1000);
+				conn_drop_queue(d, c);
+			}
+			continue;
+		}
 		if (!c->owing_since || c->closing)
 			continue;
 		if (now - c->owing_since < MD_D_STALL_MS) {
@@ -413,9 +427,9 @@ static int flush_out(struct md__daemon *d, struct md__conn *c)
 	return 0;
 }
 
-/* Drops what is queued for c, and closes it: it does not read. The peer
- * of a user whose queue moved least recently goes first: one that reads
- * keeps its queue moving, however long. */
+/* Drops what is queued for c, and closes it: it does not read. Of a
+ * user's peers, one closing anyway goes first, then the one whose queue
+ * moved least recently: one that reads keeps its queue moving. */
 static void conn_drop_queue(struct md__daemon *d, struct md__conn *c)
 {
 	md__dlog("pid %d does not read its socket (%zu bytes unsent): closing it", (int)c->pid,
@@ -426,8 +440,8 @@ static void conn_drop_queue(struct md__daemon *d, struct md__conn *c)
 	if (c->out_fd >= 0)
 		close(c->out_fd);
 	c->out_fd = -1;
-	/* Its socket buffer may be full for good: shut down, it reports
-	 * writable (and hung up) at once, and the event loop closes it. */
+	/* Its socket buffer may be full for good: shut down, it reports a
+	 * hang-up at once, and the event loop closes it. */
 	shutdown(c->fd, SHUT_RDWR);
 	update_events(d, c);
 }
@@ -441,8 +455,9 @@ int md__conn_send(struct md__daemon *d, struct md__conn *c, const struct md__msg
 		return -ENOBUFS;	/* dropped: nothing more goes to it */
 	/* A peer stops being read at MD_D_OUT_PAUSE, and its requests wait
 	 * then too: past it only what is sent unasked piles up, bounded per
-	 * peer. The peers of a user (root's not) are bounded together: the
-	 * one whose queue has not moved for longest goes. */
+	 * peer. The peers of a user (root's not) are bounded together: one
+	 * closing anyway goes first, then the one whose queue has not moved
+	 * for longest. */
 	if (c->out_len - c->out_head + len > MD_D_OUT_MAX) {
 		conn_drop_queue(d, c);
 		return -ENOBUFS;
@@ -450,8 +465,9 @@ int md__conn_send(struct md__daemon *d, struct md__conn *c, const struct md__msg
 	while (c->uid != 0 && c->user->unsent + len > MD_D_OUT_UID_MAX) {
 		struct md__conn *stuck = NULL;
 		for (struct md__conn *o = d->conns; o; o = o->next)
-			if (o->user == c->user && o->out_len > o->out_head && !o->closing &&
-			    (!stuck || o->out_moved_ms < stuck->out_moved_ms))
+			if (o->user == c->user && o->out_len > o->out_head &&
+			    (!stuck || (o->closing && !stuck->closing) ||
+			     (o->closing == stuck->closing && o->out_moved_ms < stuck->out_moved_ms)))
 				stuck = o;
 		if (!stuck)
 			break;
@@ -463,7 +479,8 @@ int md__conn_send(struct md__daemon *d, struct md__conn *c, const struct md__msg
 		c->out_moved_ms = now_ms();	/* a queue starts */
 	if (c->out_len + len > c->out_cap) {
 		/* Compact first: what was sent is dead space. */
-		memmove(c->out, c->out + c->out_head, c->out_len - c->out_head);
+		if (c->out_head)
+			memmove(c->out, c->out + c->out_head, c->out_len - c->out_head);
 		c->out_len -= c->out_head;
 		if (c->out_fd >= 0)
 			c->out_fd_off -= c->out_head;
@@ -508,9 +525,11 @@ void md__conn_fail(struct md__daemon *d, struct md__conn *c, uint32_t seq, int e
 	va_end(ap);
 	m.u.text.status = err;
 	md__dlog("pid %d: %s (%s); closing", (int)c->pid, m.u.text.text, strerror(-err));
-	/* Nothing more is read from it; what was queued goes out first. */
+	/* Nothing more is read from it; what was queued goes out first, if
+	 * it reads it within MD_D_STALL_MS (drop_stalled). */
 	md__conn_send(d, c, &m, -1);
 	c->closing = 1;
+	d->owing = 1;
 	update_events(d, c);
 }
 

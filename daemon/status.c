@@ -110,7 +110,8 @@ static json_t *agent_json(const struct md__agent *a)
 }
 
 /* Appends o to list if the page has room for it (always the page's first
- * item, so every page makes progress); 0 when it did not fit. */
+ * item, so every page makes progress); 0 when it did not fit, -1 when
+ * memory is short. */
 static int page_append(json_t *list, json_t *o, size_t *used, int *items)
 {
 	size_t len = json_dumpb(o, NULL, 0, JSON_COMPACT) + 1;
@@ -118,9 +119,10 @@ static int page_append(json_t *list, json_t *o, size_t *used, int *items)
 		json_decref(o);
 		return 0;
 	}
+	if (json_array_append_new(list, o) != 0)
+		return -1;
 	*used += len;
 	(*items)++;
-	json_array_append_new(list, o);
 	return 1;
 }
 
@@ -193,9 +195,9 @@ int md__status_json(struct md__daemon *d, uid_t uid, uint32_t domain_from, uint3
 			json_decref(o);
 			continue;
 		}
-		if (!page_append(domains, o, &used, &items) &&
-		    !(next = json_pack("{s:I,s:I}", "domain", (json_int_t)dv[i]->id,
-				       "agent", (json_int_t)0)))
+		int fit = page_append(domains, o, &used, &items);
+		if (fit < 0 || (!fit && !(next = json_pack("{s:I,s:I}", "domain", (json_int_t)dv[i]->id,
+							   "agent", (json_int_t)0))))
 			goto free_vectors;
 	}
 	for (size_t i = 0; i < nag && !next; i++) {
@@ -204,9 +206,9 @@ int md__status_json(struct md__daemon *d, uid_t uid, uint32_t domain_from, uint3
 		json_t *o = agent_json(av[i]);
 		if (!o)
 			goto free_vectors;
-		if (!page_append(agents, o, &used, &items) &&
-		    !(next = json_pack("{s:I,s:I}", "domain", (json_int_t)UINT32_MAX,
-				       "agent", (json_int_t)av[i]->pid)))
+		int fit = page_append(agents, o, &used, &items);
+		if (fit < 0 || (!fit && !(next = json_pack("{s:I,s:I}", "domain", (json_int_t)UINT32_MAX,
+							   "agent", (json_int_t)av[i]->pid))))
 			goto free_vectors;
 	}
 	json_object_set_new(root, "next", next ? next : json_null());
@@ -223,6 +225,8 @@ int md__status_json(struct md__daemon *d, uid_t uid, uint32_t domain_from, uint3
 		err = 0;
 	}
 free_vectors:
+	if (err)
+		json_decref(next);	/* not in the document yet */
 	free(dv);
 	free(av);
 free_root:
