@@ -966,6 +966,18 @@ static void send_with_fd(int fd, const void *buf, size_t len, int pass)
 	ASSERT(sendmsg(fd, &mh, MSG_NOSIGNAL) == (ssize_t)len);
 }
 
+/* A socket listening at path, for a fake daemon. */
+static int listen_at(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+	int l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ASSERT(l >= 0);
+	ASSERT(bind(l, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+	ASSERT(listen(l, 1) == 0);
+	return l;
+}
+
 /* A pool descriptor as a daemon might send it: a memfd, sealed against
  * shrinking or not, reopened read-only or not. */
 static int test_pool_fd(int sealed, int rdonly)
@@ -988,13 +1000,8 @@ static int test_pool_fd(int sealed, int rdonly)
  * pass, then waits for the client to go. */
 static pid_t fake_welcome(const char *path, int pass)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
 	unlink(path);
-	int l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	ASSERT(l >= 0);
-	ASSERT(bind(l, (struct sockaddr *)&sa, sizeof(sa)) == 0);
-	ASSERT(listen(l, 1) == 0);
+	int l = listen_at(path);
 	pid_t kid = fork();
 	ASSERT(kid >= 0);
 	if (kid == 0) {
@@ -1067,12 +1074,7 @@ TEST_IMPL(daemon_client_framing)
 	char dir[] = "/tmp/md-framing-XXXXXX", path[64];
 	ASSERT(mkdtemp(dir) != NULL);
 	snprintf(path, sizeof(path), "%s/sock", dir);
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
-	int l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	ASSERT(l >= 0);
-	ASSERT(bind(l, (struct sockaddr *)&sa, sizeof(sa)) == 0);
-	ASSERT(listen(l, 1) == 0);
+	int l = listen_at(path);
 	pid_t kid = fork();
 	ASSERT(kid >= 0);
 	if (kid == 0) {

@@ -528,6 +528,66 @@ TEST_IMPL(daemon_connection_limits)
 	return 0;
 }
 
+/* Agents held for a test, each its own process (run in a forked child):
+ * hold_agents forks n that each run join(t, i), which returns 0 once it
+ * did what it must, and stay until release_agents. Exits the caller with
+ * 12 if one failed. */
+struct held { int release[2]; int n; };
+
+static void hold_agents(struct held *h, const struct tdaemon *t, int n,
+			int (*join)(const struct tdaemon *t, int i))
+{
+	int ready[2];
+	char b;
+	if (pipe(h->release) || pipe(ready))
+		_exit(11);
+	h->n = n;
+	for (int i = 0; i < n; i++) {
+		pid_t g = fork();
+		if (g < 0)
+			_exit(11);
+		if (g == 0) {
+			close(h->release[1]);
+			b = join(t, i) == 0 ? 'k' : 'x';
+			if (write(ready[1], &b, 1) != 1)
+				_exit(1);
+			_exit(read(h->release[0], &b, 1) == 0 ? 0 : 1);	/* EOF: released */
+		}
+	}
+	for (int i = 0; i < n; i++)
+		if (read(ready[0], &b, 1) != 1 || b != 'k')
+			_exit(12);
+	close(ready[0]), close(ready[1]), close(h->release[0]);
+}
+
+/* Lets them go; 0 if every one exited 0. */
+static int release_agents(struct held *h)
+{
+	int bad = 0, st;
+	close(h->release[1]);
+	for (int i = 0; i < h->n; i++)
+		bad |= wait(&st) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0;
+	return bad;
+}
+
+/* An agent of domain "n" that publishes a page and disconnects, still
+ * holding its reference. */
+static int join_holding(const struct tdaemon *t, int i)
+{
+	static unsigned char page[MD_MSG_PAGE];
+	struct md__msg_welcome w;
+	uint64_t h;
+	uint32_t slot;
+	int fd;
+	(void)i;
+	td_fill_page(page, 5);
+	h = md__page_hash(page);
+	struct md__client *c = td_agent(t, "n", &w, &fd);
+	int err = md__client_publish(c, &h, page, 1, &slot);
+	md__client_free(c);
+	return err;
+}
+
 /* Agents of uid still listed in status: all, and connected ones. */
 static void agents_of(const struct tdaemon *t, uid_t uid, int *all, int *connected)
 {
@@ -559,36 +619,15 @@ TEST_IMPL(daemon_agents_per_uid)
 	pid_t k = fork();
 	ASSERT(k >= 0);
 	if (k == 0) {
-		int gsync[2], gready[2];
+		struct held held;
 		char b;
-		if (become(pw) || pipe(gsync) || pipe(gready))
+		if (become(pw))
 			_exit(10);
 		/* A HELLO and gone, the process alive: no record stays. */
 		struct md__client *c = td_agent(&t, "n", &w, &fd);
 		md__client_free(c);
 		close(fd);
-		for (int i = 0; i < MD_D_AGENTS_PER_UID; i++) {
-			pid_t g = fork();
-			if (g < 0)
-				_exit(11);
-			if (g == 0) {
-				static unsigned char page[MD_MSG_PAGE];
-				uint64_t h;
-				uint32_t slot;
-				td_fill_page(page, 5);
-				h = md__page_hash(page);
-				close(gsync[1]);
-				c = td_agent(&t, "n", &w, &fd);
-				b = md__client_publish(c, &h, page, 1, &slot) == 0 ? 'k' : 'x';
-				md__client_free(c);	/* disconnected, holding a reference */
-				if (write(gready[1], &b, 1) != 1)
-					_exit(1);
-				_exit(read(gsync[0], &b, 1) == 0 ? 0 : 1);
-			}
-		}
-		for (int i = 0; i < MD_D_AGENTS_PER_UID; i++)
-			if (read(gready[0], &b, 1) != 1 || b != 'k')
-				_exit(12);
+		hold_agents(&held, &t, MD_D_AGENTS_PER_UID, join_holding);
 		if (write(res[1], "a", 1) != 1 || read(go[0], &b, 1) != 1)
 			_exit(13);
 		struct md__client *extra;
@@ -598,11 +637,7 @@ TEST_IMPL(daemon_agents_per_uid)
 		b = err == -EUSERS ? 'r' : 'x';
 		if (write(res[1], &b, 1) != 1)
 			_exit(14);
-		close(gsync[1]);
-		int bad = 0, st;
-		for (int i = 0; i < MD_D_AGENTS_PER_UID; i++)
-			bad |= wait(&st) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0;
-		_exit(bad ? 15 : 0);
+		_exit(release_agents(&held) ? 15 : 0);
 	}
 	ASSERT_EQ(read(res[0], &r, 1), 1);
 	ASSERT_EQ(r, 'a');
@@ -702,6 +737,21 @@ static int closed_by_daemon(int fd)
  * nothing, some are dropped (the daemon would otherwise hold about two
  * megabytes for each), not a peer of the same user that reads. */
 #define BIG_AGENTS 150
+
+/* An agent of domain "big" that reports all 256 counters, 19 digits each:
+ * BIG_AGENTS of them make a status page of about a megabyte. */
+static int join_reporting(const struct tdaemon *t, int i)
+{
+	static uint64_t ctr[MD_REPORT_MAX];
+	struct md__msg_welcome w;
+	int fd;
+	(void)i;
+	struct md__client *c = td_agent(t, "big", &w, &fd);
+	for (unsigned j = 0; j < MD_REPORT_MAX; j++)
+		ctr[j] = 1000000000000000000ull + j;
+	return md__client_report(c, ctr, MD_REPORT_MAX);
+}
+
 TEST_IMPL(daemon_unsent_bounded)
 {
 	struct passwd *pw = nobody();
@@ -713,31 +763,11 @@ TEST_IMPL(daemon_unsent_bounded)
 	pid_t k = fork();
 	ASSERT(k >= 0);
 	if (k == 0) {
-		int gsync[2], gready[2], full = 0, cut = 0, fds[40];
-		char b;
-		if (become(pw) || pipe(gsync) || pipe(gready))
+		int full = 0, cut = 0, fds[40];
+		struct held held;
+		if (become(pw))
 			_exit(10);
-		for (int i = 0; i < BIG_AGENTS; i++) {
-			pid_t g = fork();
-			if (g < 0)
-				_exit(11);
-			if (g == 0) {
-				static uint64_t ctr[MD_REPORT_MAX];
-				struct md__msg_welcome w;
-				int fd;
-				close(gsync[1]);
-				struct md__client *c = td_agent(&t, "big", &w, &fd);
-				for (unsigned j = 0; j < MD_REPORT_MAX; j++)
-					ctr[j] = 1000000000000000000ull + j;
-				b = md__client_report(c, ctr, MD_REPORT_MAX) == 0 ? 'k' : 'x';
-				if (write(gready[1], &b, 1) != 1)
-					_exit(1);
-				_exit(read(gsync[0], &b, 1) == 0 ? 0 : 1);
-			}
-		}
-		for (int i = 0; i < BIG_AGENTS; i++)
-			if (read(gready[0], &b, 1) != 1 || b != 'k')
-				_exit(12);
+		hold_agents(&held, &t, BIG_AGENTS, join_reporting);
 		/* Forty pages of about a megabyte each, asked at once. */
 		int fd = status_pipelined(&t, 40);
 		usleep(300000);
@@ -784,11 +814,7 @@ TEST_IMPL(daemon_unsent_bounded)
 		unsigned char counts[2] = { (unsigned char)full, (unsigned char)cut };
 		if (write(res[1], counts, 2) != 2)
 			_exit(18);
-		close(gsync[1]);
-		int bad = 0, st;
-		for (int i = 0; i < BIG_AGENTS; i++)
-			bad |= wait(&st) < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0;
-		_exit(bad ? 17 : 0);
+		_exit(release_agents(&held) ? 17 : 0);
 	}
 	unsigned char counts[2] = { 0, 0 };
 	close(res[1]);
