@@ -242,7 +242,8 @@ static uint64_t mem_available_bytes(void)
 }
 
 /* Calls fn on each run of pages of r that show a pool page. */
-static int for_each_pool_run(struct md__eregion *r, int (*fn)(uintptr_t addr, size_t len))
+static int for_each_pool_run(struct md__engine *e, struct md__eregion *r,
+			     int (*fn)(struct md__engine *e, uintptr_t addr, size_t len))
 {
 	size_t np = (r->end - r->start) / MD_EPAGE;
 	int err = 0;
@@ -254,7 +255,7 @@ static int for_each_pool_run(struct md__eregion *r, int (*fn)(uintptr_t addr, si
 		size_t q = p;
 		while (q < np && MD_REF_SLOT(r->ref[q]))
 			q++;
-		int e2 = fn(r->start + p * MD_EPAGE, (q - p) * MD_EPAGE);
+		int e2 = fn(e, r->start + p * MD_EPAGE, (q - p) * MD_EPAGE);
 		if (e2 && !err)
 			err = e2;
 		p = q;
@@ -262,8 +263,13 @@ static int for_each_pool_run(struct md__eregion *r, int (*fn)(uintptr_t addr, si
 	return err;
 }
 
-static int copy_run(uintptr_t addr, size_t len)
+static int copy_run(struct md__engine *e, uintptr_t addr, size_t len)
 {
+	/* No merge runs (the engine's lock is held), so no page is frozen on
+	 * purpose; one a failed thaw left protected would make the copy wait
+	 * for the fault thread, which waits for that lock. Lifting it is what
+	 * the fault thread would do (and a no-op where none is left). */
+	md__uffd_wp(&e->uffd, addr, len, 0);
 	/* A write fault on a private pool page copies it; a page the guest
 	 * wrote since is private already and left alone. */
 	return md__sys_madvise((void *)addr, len, MADV_POPULATE_WRITE) == 0 ? 0 : -errno;
@@ -294,7 +300,7 @@ int md_agent_unmerge(md_agent *a)
 	}
 	for (size_t i = 0; i < e->nregions && !err; i++) {
 		struct md__eregion *r = &e->regions[i];
-		err = for_each_pool_run(r, copy_run);
+		err = for_each_pool_run(e, r, copy_run);
 		for (size_t p = 0; p < (r->end - r->start) / MD_EPAGE && !err; p++) {
 			if (MD_REF_SLOT(r->ref[p])) {
 				md__engine_release_ref(e, r, p);
