@@ -429,7 +429,8 @@ static int flush_out(struct md__daemon *d, struct md__conn *c)
 
 /* Drops what is queued for c, and closes it: it does not read. Of a
  * user's peers, one closing anyway goes first, then the one whose queue
- * moved least recently: one that reads keeps its queue moving. */
+ * moved least recently (a guess: one that reads keeps its queue moving,
+ * but the daemon may not have come to it lately). */
 static void conn_drop_queue(struct md__daemon *d, struct md__conn *c)
 {
 	md__dlog("pid %d does not read its socket (%zu bytes unsent): closing it", (int)c->pid,

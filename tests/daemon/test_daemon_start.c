@@ -735,7 +735,7 @@ static int closed_by_daemon(int fd)
  * long it waits; and what is queued for one user's peers is bounded
  * together: of forty peers that each asked for four megabytes and read
  * nothing, some are dropped (the daemon would otherwise hold about two
- * megabytes for each), not a peer of the same user that reads. */
+ * megabytes for each), while another user is served in full. */
 #define BIG_AGENTS 150
 
 /* An agent of domain "big" that reports all 256 counters, 19 digits each:
@@ -756,15 +756,16 @@ TEST_IMPL(daemon_unsent_bounded)
 {
 	struct passwd *pw = nobody();
 	struct tdaemon t;
-	int res[2];
+	int res[2], go[2];
 
 	td_start(&t, 16);
-	ASSERT(pipe(res) == 0);
+	ASSERT(pipe(res) == 0 && pipe(go) == 0);
 	pid_t k = fork();
 	ASSERT(k >= 0);
 	if (k == 0) {
 		int full = 0, cut = 0, fds[40];
 		struct held held;
+		char b;
 		if (become(pw))
 			_exit(10);
 		hold_agents(&held, &t, BIG_AGENTS, join_reporting);
@@ -775,18 +776,15 @@ TEST_IMPL(daemon_unsent_bounded)
 			if (fd < 0 || status_reply(fd, (uint32_t)i + 1) != MD_MSG_STATUS_R)
 				_exit(13);
 		close(fd);
-		/* Forty that read nothing, then one that reads as it goes:
-		 * that one gets every reply, the others are dropped as their
-		 * replies would pass the user's bound. */
+		/* Forty that read nothing: some are dropped as their replies
+		 * would pass the user's bound; meanwhile another user reads
+		 * (the parent). */
 		for (int i = 0; i < 40; i++)
 			if ((fds[i] = status_pipelined(&t, 4)) < 0)
 				_exit(14);
 		usleep(1000000);
-		fd = status_pipelined(&t, 40);
-		for (int i = 0; i < 40; i++)
-			if (fd < 0 || status_reply(fd, (uint32_t)i + 1) != MD_MSG_STATUS_R)
-				_exit(19);
-		close(fd);
+		if (write(res[1], "b", 1) != 1 || read(go[0], &b, 1) != 1)
+			_exit(19);
 		for (int i = 0; i < 40; i++) {
 			int got = 0;
 			while (got < 4 && status_reply(fds[i], (uint32_t)got + 1) == MD_MSG_STATUS_R)
@@ -816,8 +814,19 @@ TEST_IMPL(daemon_unsent_bounded)
 			_exit(18);
 		_exit(release_agents(&held) ? 17 : 0);
 	}
-	unsigned char counts[2] = { 0, 0 };
+	/* Root reads forty pages while that user's peers are over its
+	 * bound: it is not counted with them, and none of its is dropped. */
+	char b = 0;
 	close(res[1]);
+	ASSERT_EQ(read(res[0], &b, 1), 1);
+	ASSERT_EQ(b, 'b');
+	int fd = status_pipelined(&t, 40);
+	ASSERT(fd >= 0);
+	for (int i = 0; i < 40; i++)
+		ASSERT_EQ(status_reply(fd, (uint32_t)i + 1), MD_MSG_STATUS_R);
+	close(fd);
+	ASSERT(write(go[1], "g", 1) == 1);
+	unsigned char counts[2] = { 0, 0 };
 	ssize_t got = read(res[0], counts, 2);
 	int ws;
 	ASSERT(waitpid(k, &ws, 0) == k && WIFEXITED(ws));
