@@ -690,7 +690,8 @@ static int status_pipelined(const struct tdaemon *t, int n)
 }
 
 /* The next message's type if it is whole and has seq, 0 on EOF or reset,
- * -1 if anything else (or nothing for 3 s). */
+ * -1 if anything else (or nothing for 20 s: a daemon under a sanitizer
+ * builds about a page a tenth of a second, and others' pages come first). */
 static int status_reply(int fd, uint32_t seq)
 {
 	static unsigned char buf[MD_MSG_HDR_SIZE + MD_MSG_MAX];
@@ -698,7 +699,7 @@ static int status_reply(int fd, uint32_t seq)
 	struct md__msg_hdr h;
 	for (size_t done = 0; done < want;) {
 		struct pollfd p = { fd, POLLIN, 0 };
-		if (poll(&p, 1, 3000) != 1)
+		if (poll(&p, 1, 20000) != 1)
 			return -1;
 		ssize_t r = read(fd, buf + done, want - done);
 		if (r <= 0)
@@ -714,13 +715,13 @@ static int status_reply(int fd, uint32_t seq)
 }
 
 /* 1 once the daemon's end of fd is closed (what it sent read through),
- * 0 if it stays open for 3 s. */
+ * 0 if nothing comes for 20 s. */
 static int closed_by_daemon(int fd)
 {
 	static char buf[1 << 16];
 	for (;;) {
 		struct pollfd p = { fd, POLLIN, 0 };
-		if (poll(&p, 1, 3000) != 1)
+		if (poll(&p, 1, 20000) != 1)
 			return 0;
 		ssize_t r = read(fd, buf, sizeof(buf));
 		if (r == 0 || (r < 0 && errno == ECONNRESET))
