@@ -2,6 +2,7 @@
  * client library and raw sockets: pools per user, publish/lookup through the
  * read-only descriptor, references dropped with the agents that die, a
  * daemon that dies, malformed peers, CONTROL, and the CLI's commands. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -976,6 +977,131 @@ static int listen_at(const char *path)
 	ASSERT(bind(l, (struct sockaddr *)&sa, sizeof(sa)) == 0);
 	ASSERT(listen(l, 1) == 0);
 	return l;
+}
+
+/* An agent of domain "fz" for one input: HELLO, retried while the daemon
+ * has not yet seen the last connection of this process go. */
+static struct md__client *corpus_agent(const struct tdaemon *t)
+{
+	for (int i = 0; i < 1000; i++) {
+		struct md__client *c;
+		struct md__msg_welcome w;
+		int fd, err = md__client_connect(&c, t->sock);
+		if (!err && (err = md__client_hello(c, "fz", 0, &w, &fd)) == 0) {
+			close(fd);
+			return c;
+		}
+		if (!err || err != -EBUSY)
+			_exit(11);
+		md__client_free(c);
+		usleep(1000);
+	}
+	_exit(12);
+}
+
+/* Past the decoder: every input of the protocol corpus goes to a live
+ * memdedupd from an agent (after its HELLO), as it is and behind a correct
+ * header of the type its first byte names, so REF, UNREF, PUBLISH and the
+ * rest reach dispatch and the reference counts with what a fuzzer found.
+ * The daemon answers or hangs up on each and lives on; once the agent's
+ * process exits, every reference it took is gone with it. */
+TEST_IMPL(daemon_survives_corpus)
+{
+	struct tdaemon t;
+	int hold[2], ready[2], st;
+	char b = 0;
+	td_start(&t, 64);
+	/* Another agent keeps the domain with four live slots, so the
+	 * inputs' REFs and UNREFs of low slots meet live pages. */
+	ASSERT(pipe(hold) == 0 && pipe(ready) == 0);
+	pid_t holder = fork();
+	ASSERT(holder >= 0);
+	if (holder == 0) {
+		static unsigned char pages[4 * PG];
+		uint64_t hash[4];
+		uint32_t first;
+		struct md__msg_welcome w;
+		int fd;
+		close(hold[1]);
+		for (unsigned i = 0; i < 4; i++) {
+			td_fill_page(pages + i * PG, 90 + i);
+			hash[i] = md__page_hash(pages + i * PG);
+		}
+		struct md__client *c = td_agent(&t, "fz", &w, &fd);
+		b = md__client_publish(c, hash, pages, 4, &first) == 0 && first == 0 ? 'k' : 'x';
+		if (write(ready[1], &b, 1) != 1)
+			_exit(1);
+		_exit(read(hold[0], &b, 1) == 0 ? 0 : 1);	/* EOF: released */
+	}
+	close(hold[0]);
+	ASSERT_EQ(read(ready[0], &b, 1), 1);
+	ASSERT_EQ(b, 'k');
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		static unsigned char in[MD_MSG_HDR_SIZE + 300000], msg[MD_MSG_HDR_SIZE + 300000];
+		char path[512];
+		int n = 0;
+		DIR *dir = opendir("fuzz/corpus/protocol");
+		if (!dir)
+			_exit(10);
+		for (struct dirent *de; (de = readdir(dir));) {
+			if (de->d_name[0] == '.')
+				continue;
+			snprintf(path, sizeof(path), "fuzz/corpus/protocol/%s", de->d_name);
+			FILE *f = fopen(path, "rb");
+			size_t size = f ? fread(in, 1, sizeof(in), f) : 0;
+			if (f)
+				fclose(f);
+			if (size == 0 || size == sizeof(in))
+				continue;
+			unsigned type = in[0] % (MD_MSG_TYPE_END - 1) + 1;
+			for (int way = 0; way < 2; way++) {
+				size_t len = size;
+				const unsigned char *bytes = in;
+				if (way == 1) {
+					if (size - 1 > md__msg_max_len(type))
+						continue;
+					md__msg_hdr_encode(msg, type, (uint32_t)(size - 1), 7);
+					memcpy(msg + MD_MSG_HDR_SIZE, in + 1, size - 1);
+					bytes = msg;
+					len = MD_MSG_HDR_SIZE + size - 1;
+				}
+				struct md__client *c = corpus_agent(&t);
+				(void)!send(md__client_fd(c), bytes, len, MSG_NOSIGNAL);
+				md__client_free(c);
+			}
+			if (++n % 100 == 0 && !md__daemon_alive(t.sock))
+				_exit(13);
+		}
+		closedir(dir);
+		_exit(n >= 800 ? 0 : 14);
+	}
+	ASSERT_EQ(waitpid(kid, &st, 0), kid);
+	ASSERT(WIFEXITED(st));
+	ASSERT_EQ(WEXITSTATUS(st), 0);
+	/* The inputs' agent gone: only the holder's four pages and
+	 * references are left. */
+	json_t *js = NULL, *dom = NULL;
+	for (int i = 0; i < 300; i++) {
+		json_decref(js);
+		js = td_status(&t);
+		if (json_array_size(json_object_get(js, "agents")) == 1)
+			break;
+		usleep(10000);
+	}
+	ASSERT_EQ(json_array_size(json_object_get(js, "agents")), 1);
+	dom = json_array_get(json_object_get(js, "domains"), 0);
+	ASSERT(dom);
+	ASSERT_EQ(td_int(dom, "pool_live_pages"), 4);
+	ASSERT_EQ(td_int(dom, "pages_sharing"), 4);
+	json_decref(js);
+	close(hold[1]);
+	ASSERT_EQ(waitpid(holder, &st, 0), holder);
+	ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	close(ready[0]), close(ready[1]);
+	td_stop(&t);	/* exits 0: it did not crash */
+	return 0;
 }
 
 /* A pool descriptor as a daemon might send it: a memfd, sealed against
