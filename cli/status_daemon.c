@@ -21,14 +21,17 @@ int md__status_daemon(json_t **out);
 static int status_page(struct md__client *c, char *buf, uint32_t domain_from,
 		       uint32_t agent_from, json_t **page)
 {
-	unsigned char from[8];
-	uint32_t len = MD_MSG_MAX, flen = domain_from || agent_from ? 8 : 0;
+	static struct md__msg m;
+	unsigned char req[MD_MSG_HDR_SIZE + 8];
+	uint32_t len = MD_MSG_MAX;
 	unsigned type;
-	for (int i = 0; i < 4; i++) {
-		from[i] = (unsigned char)(domain_from >> (8 * i));
-		from[4 + i] = (unsigned char)(agent_from >> (8 * i));
-	}
-	int err = md__client_request(c, MD_MSG_STATUS, from, flen, buf, &len, &type);
+	m.hdr.type = MD_MSG_STATUS;
+	m.u.status = (struct md__msg_status){ domain_from, agent_from };
+	ssize_t n = md__msg_encode(&m, req, sizeof(req));
+	if (n < 0)
+		return (int)n;
+	int err = md__client_request(c, MD_MSG_STATUS, req + MD_MSG_HDR_SIZE,
+				     (uint32_t)n - MD_MSG_HDR_SIZE, buf, &len, &type);
 	if (err)
 		return err;
 	if (type != MD_MSG_STATUS_R)

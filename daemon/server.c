@@ -167,13 +167,19 @@ static void reshare(struct md__daemon *d)
 			md__conn_send(d, a->conn, &m, -1);
 }
 
-/* The record of uid's connections, one more counted; NULL if out of
- * memory. */
-static struct md__user *user_get(struct md__daemon *d, uid_t uid)
+static struct md__user *user_find(const struct md__daemon *d, uid_t uid)
 {
 	struct md__user *u = d->users;
 	while (u && u->uid != uid)
 		u = u->next;
+	return u;
+}
+
+/* The record of uid's connections, one more counted; NULL if out of
+ * memory. */
+static struct md__user *user_get(struct md__daemon *d, uid_t uid)
+{
+	struct md__user *u = user_find(d, uid);
 	if (!u) {
 		u = calloc(1, sizeof(*u));
 		if (!u)
@@ -316,9 +322,7 @@ static void accept_all(struct md__daemon *d)
 		}
 		/* Root may stop the daemon anyway; any other user could
 		 * otherwise take every connection from the rest. */
-		struct md__user *u = d->users;
-		while (u && u->uid != cr.uid)
-			u = u->next;
+		struct md__user *u = user_find(d, cr.uid);
 		if (cr.uid != 0 && u && u->conns >= MD_D_CONNS_PER_UID) {
 			md__dlog("pid %d (uid %u) refused: %u connections of that uid", (int)cr.pid,
 				 (unsigned)cr.uid, MD_D_CONNS_PER_UID);
@@ -427,10 +431,7 @@ static int flush_out(struct md__daemon *d, struct md__conn *c)
 	return 0;
 }
 
-/* Drops what is queued for c, and closes it: it does not read. Of a
- * user's peers, one closing anyway goes first, then the one whose queue
- * moved least recently (a guess: one that reads keeps its queue moving,
- * but the daemon may not have come to it lately). */
+/* Drops what is queued for c, and closes it: it does not read. */
 static void conn_drop_queue(struct md__daemon *d, struct md__conn *c)
 {
 	md__dlog("pid %d does not read its socket (%zu bytes unsent): closing it", (int)c->pid,
@@ -458,7 +459,8 @@ int md__conn_send(struct md__daemon *d, struct md__conn *c, const struct md__msg
 	 * then too: past it only what is sent unasked piles up, bounded per
 	 * peer. The peers of a user (root's not) are bounded together: one
 	 * closing anyway goes first, then the one whose queue has not moved
-	 * for longest. */
+	 * for longest (a guess: one that reads keeps its queue moving, but
+	 * the daemon may not have come to it lately). */
 	if (c->out_len - c->out_head + len > MD_D_OUT_MAX) {
 		conn_drop_queue(d, c);
 		return -ENOBUFS;

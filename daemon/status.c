@@ -50,12 +50,18 @@ static int by_agent_pid(const void *x, const void *y)
 	return (a > b) - (a < b);
 }
 
-static json_t *domain_json(const struct md__domain *dom, json_int_t *profit)
+/* KSM's general_profit: the memory saved less the bookkeeping. */
+static json_int_t domain_profit(const struct md__domain *dom)
+{
+	return ((json_int_t)dom->refs_total - (json_int_t)md__pool_live(&dom->pool)) * MD_MSG_PAGE -
+	       domain_meta(dom);
+}
+
+static json_t *domain_json(const struct md__domain *dom)
 {
 	json_t *o = json_object();
 	json_int_t live = (json_int_t)md__pool_live(&dom->pool);
 	json_int_t sharing = (json_int_t)dom->refs_total;
-	*profit = (sharing - live) * MD_MSG_PAGE - domain_meta(dom);
 	if (!o)
 		return NULL;
 	json_object_set_new(o, "id", json_integer(dom->id));
@@ -72,7 +78,7 @@ static json_t *domain_json(const struct md__domain *dom, json_int_t *profit)
 	json_object_set_new(o, "read_yields", json_integer((json_int_t)dom->read_yields));
 	json_object_set_new(o, "pages_shared", json_integer(live));
 	json_object_set_new(o, "pages_sharing", json_integer(sharing));
-	json_object_set_new(o, "general_profit", json_integer(*profit));
+	json_object_set_new(o, "general_profit", json_integer(domain_profit(dom)));
 	json_object_set_new(o, "agents", json_integer((json_int_t)dom->nagents));
 	json_object_set_new(o, "published", json_integer((json_int_t)dom->pool.published));
 	json_object_set_new(o, "freed", json_integer((json_int_t)dom->pool.freed));
@@ -184,17 +190,16 @@ int md__status_json(struct md__daemon *d, uid_t uid, uint32_t domain_from, uint3
 	 * "next" says where the next page starts (domain UINT32_MAX: past
 	 * every domain, ids being smaller). */
 	for (size_t i = 0; i < ndom; i++) {
-		json_int_t profit;
-		json_t *o = domain_json(dv[i], &profit);
-		if (!o)
-			goto free_vectors;
 		t_live += (json_int_t)md__pool_live(&dv[i]->pool);
 		t_sharing += (json_int_t)dv[i]->refs_total;
-		t_profit += profit;
-		if (dv[i]->id < domain_from || next) {
-			json_decref(o);
+		t_profit += domain_profit(dv[i]);
+	}
+	for (size_t i = 0; i < ndom && !next; i++) {
+		if (dv[i]->id < domain_from)
 			continue;
-		}
+		json_t *o = domain_json(dv[i]);
+		if (!o)
+			goto free_vectors;
 		int fit = page_append(domains, o, &used, &items);
 		if (fit < 0 || (!fit && !(next = json_pack("{s:I,s:I}", "domain", (json_int_t)dv[i]->id,
 							   "agent", (json_int_t)0))))
