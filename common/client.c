@@ -6,8 +6,18 @@
  * a request gets one overall timeout however the bytes trickle in. Each
  * receive takes whatever is waiting into a buffer (common/rxbuf.c), whole
  * messages are taken from it: a batch of replies costs one call. A
- * message cut short by a timeout or an error leaves the stream at an
- * unknown place, so any such failure marks the connection dead.
+ * send cut short or an error leaves the stream at an unknown place, so any
+ * such failure marks the connection dead.
+ *
+ * A reply that does not come in time leaves the stream whole (the bytes
+ * that came wait in the buffer), so the connection lives on: the request
+ * is owed a reply. The daemon answers in order, so owed replies are read
+ * before any later one, and settled: what a late PUBLISH or REF granted is
+ * given back with UNREFs, since its caller, told -ETIMEDOUT, maps nothing
+ * of it. Before, the connection was dropped and those references stayed
+ * pinned until the process exited. While a late reply is still to come,
+ * the daemon is behind: requests fail at once with -ETIMEDOUT, rather than
+ * each waiting out its timeout, and UNREFs are queued, not lost.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -29,6 +39,21 @@
 #include "rxbuf.h"
 #include "stats_file.h"
 
+/* A request sent whose reply is not read yet. */
+struct owed {
+	uint32_t seq;
+	uint8_t type;              /* the request's */
+	uint8_t late;              /* its caller stopped waiting: settle what it granted */
+	uint32_t n;                /* a REF's slots (granted if ACKed), an UNREF's (split if refused) */
+	uint32_t *slots;
+};
+
+/* References to give back in one UNREF. */
+struct batch {
+	uint32_t n;
+	uint32_t *slots;
+};
+
 struct md__client {
 	int fd;
 	int dead;                  /* the stream is unusable: -ENOTCONN from now on */
@@ -43,6 +68,11 @@ struct md__client {
 	int in_fd;                 /* a descriptor that came with it, or -1 */
 	const unsigned char *rx;   /* header + payload of the last message, in in */
 	struct md__msg msg;        /* decoded reply; here, not on a VMM thread's stack */
+	unsigned ohead, olen;      /* ring of owed replies, oldest first */
+	unsigned nlate;            /* owed replies whose callers timed out */
+	struct owed owed[MD_CLIENT_OWED];
+	struct batch *back;        /* references to give back, nback batches */
+	size_t nback, back_cap, back_slots;
 };
 
 int md__daemon_socket_path(const char *path, char *buf, size_t size)
@@ -162,9 +192,11 @@ static int fill(struct md__client *c, size_t need, int64_t deadline, int wait)
 		if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
 			if (!wait)
 				return 0;
+			/* Out of time, the stream stays whole: what came of
+			 * a message waits in the buffer for the rest. */
 			int err = wait_fd(c, POLLIN, deadline);
 			if (err)
-				return kill_conn(c, err);
+				return err == -ETIMEDOUT ? err : kill_conn(c, err);
 			continue;
 		}
 		if (r <= 0)
@@ -247,13 +279,114 @@ static void queue_candidates(struct md__client *c, const struct md__msg_candidat
 	}
 }
 
-/* A message that is not a reply: only CONTROL, CANDIDATES and SHARE with
- * seq 0 may come so, and an ERROR when the daemon refused the connection
- * (too many) before any request. */
-static int unsolicited(struct md__client *c)
+/* Queues n references to give back with an UNREF (slots copied). One that
+ * cannot be queued stays pinned in the daemon until this process exits,
+ * which never frees a page under a mapping. 0, or -ENOBUFS. */
+static int give_back(struct md__client *c, const uint32_t *slots, uint32_t n)
 {
-	if (c->msg.hdr.seq != 0)
-		return kill_conn(c, -EPROTO);
+	uint32_t *copy = NULL;
+	if (!n)
+		return 0;
+	if (c->back_slots + n > MD_CLIENT_BACK_MAX)
+		goto dropped;
+	if (c->nback == c->back_cap) {
+		size_t cap = c->back_cap ? 2 * c->back_cap : 16;
+		struct batch *b = realloc(c->back, cap * sizeof(*b));
+		if (!b)
+			goto dropped;
+		c->back = b;
+		c->back_cap = cap;
+	}
+	copy = malloc(n * sizeof(*slots));
+	if (!copy)
+		goto dropped;
+	memcpy(copy, slots, n * sizeof(*slots));
+	c->back[c->nback++] = (struct batch){ n, copy };
+	c->back_slots += n;
+	return 0;
+
+dropped:
+	md__log_once(72, "could not queue %u pool references to give back to memdedupd: "
+		     "they stay pinned until this process exits", n);
+	return -ENOBUFS;
+}
+
+/* Records a request sent whose reply is read later; late: its caller
+ * stopped waiting. slots (n) are copied. 0, or -ENOBUFS / -ENOMEM. */
+static int owe(struct md__client *c, uint32_t seq, unsigned type, int late, const uint32_t *slots,
+	       uint32_t n)
+{
+	if (c->olen == MD_CLIENT_OWED)
+		return -ENOBUFS;
+	struct owed o = { .seq = seq, .type = (uint8_t)type, .late = (uint8_t)late };
+	if (n) {
+		o.slots = malloc(n * sizeof(*slots));
+		if (!o.slots)
+			return -ENOMEM;
+		memcpy(o.slots, slots, n * sizeof(*slots));
+		o.n = n;
+	}
+	c->owed[(c->ohead + c->olen++) % MD_CLIENT_OWED] = o;
+	c->nlate += (unsigned)late;
+	return 0;
+}
+
+/* The reply type a request expects (an ERROR may answer any). */
+static unsigned reply_type(unsigned type)
+{
+	switch (type) {
+	case MD_MSG_HELLO: return MD_MSG_WELCOME;
+	case MD_MSG_LOOKUP: return MD_MSG_LOOKUP_R;
+	case MD_MSG_PUBLISH: return MD_MSG_PUBLISH_R;
+	case MD_MSG_STATUS: return MD_MSG_STATUS_R;
+	case MD_MSG_CONTROL: return MD_MSG_CONTROL_R;
+	default: return MD_MSG_ACK;	/* REF, UNREF, REPORT, READS */
+	}
+}
+
+/* c->msg answers the oldest owed request: a late one's grants go back; a
+ * refused UNREF of several slots (one was not held) is split, as the
+ * engine's own are, so the others still go. */
+static int settle(struct md__client *c)
+{
+	struct owed o = c->owed[c->ohead];
+	const struct md__msg *m = &c->msg;
+	int err = 0;
+	c->ohead = (c->ohead + 1) % MD_CLIENT_OWED;
+	c->olen--;
+	c->nlate -= o.late;
+	int acked = m->hdr.type == MD_MSG_ACK && m->u.ack.status == 0;
+	if (m->hdr.type != MD_MSG_ERROR && m->hdr.type != reply_type(o.type)) {
+		err = kill_conn(c, -EPROTO);
+	} else if (o.late && m->hdr.type == MD_MSG_PUBLISH_R) {
+		uint32_t s[MD_PUBLISH_MAX];	/* decoding bounds n */
+		for (uint32_t i = 0; i < m->u.publish_r.n; i++)
+			s[i] = m->u.publish_r.first_slot + i;
+		give_back(c, s, m->u.publish_r.n);
+	} else if (o.late && o.type == MD_MSG_REF && acked) {
+		give_back(c, o.slots, o.n);
+	} else if (o.type == MD_MSG_UNREF && !acked) {
+		if (o.n > 1)
+			for (uint32_t i = 0; i < o.n; i++)
+				give_back(c, &o.slots[i], 1);
+		else
+			md__log_once(73, "memdedupd refused to take back a pool reference: it stays "
+				     "pinned until this process exits");
+	}
+	free(o.slots);
+	return err;
+}
+
+/* A message that is not the reply awaited: an owed one, settled; else
+ * only CONTROL, CANDIDATES and SHARE with seq 0 may come so, and an ERROR
+ * when the daemon refused the connection (too many) before any request. */
+static int other(struct md__client *c)
+{
+	if (c->msg.hdr.seq != 0) {
+		if (!c->olen || c->msg.hdr.seq != c->owed[c->ohead].seq)
+			return kill_conn(c, -EPROTO);
+		return settle(c);
+	}
 	switch (c->msg.hdr.type) {
 	case MD_MSG_ERROR:
 		md__log("memdedupd refused the connection: %s", c->msg.u.text.text);
@@ -272,23 +405,110 @@ static int unsolicited(struct md__client *c)
 }
 
 /* Reads messages until the reply with seq, left decoded in c->msg (raw in
- * c->rx); the unsolicited ones met on the way are queued. */
+ * c->rx); owed replies met on the way are settled, unsolicited ones queued.
+ * -ETIMEDOUT leaves the connection usable (see the top). */
 static int await_reply(struct md__client *c, uint32_t seq, int64_t deadline, int *fd)
 {
 	for (;;) {
 		int err = recv_msg(c, deadline, fd, 1);
 		if (err)
 			return err;
-		if (c->msg.hdr.seq == seq)
+		if (c->msg.hdr.seq == seq && !c->olen)
 			return 0;
-		err = unsolicited(c);
+		err = other(c);
 		if (err)
 			return err;
 	}
 }
 
-/* Sends len bytes of an encoded request with seq, and reads its reply. */
-static int transact(struct md__client *c, const void *req, size_t len, uint32_t seq, int *fd)
+/* The request with seq timed out: its reply is owed. grant (n): the slots
+ * a REF asked for. If it cannot be followed, the connection goes. */
+static int timed_out(struct md__client *c, uint32_t seq, unsigned type, const uint32_t *grant,
+		     uint32_t n)
+{
+	if ((type == MD_MSG_REF && !grant) || owe(c, seq, type, 1, grant, n) != 0)
+		return kill_conn(c, -ETIMEDOUT);
+	md__log_once(74, "memdedupd is slow to answer: requests fail until it catches up; "
+		     "what it grants late is given back");
+	return -ETIMEDOUT;
+}
+
+/* Handles whole messages waiting now (the daemon writes them whole), no
+ * blocking. 0, or -errno if the connection failed. */
+static int pump(struct md__client *c)
+{
+	for (;;) {
+		if (c->dead)
+			return -ENOTCONN;
+		int err = recv_msg(c, 0, NULL, 0);
+		if (err == -EAGAIN)
+			return 0;
+		if (err)
+			return err;
+		err = other(c);
+		if (err)
+			return err;
+	}
+}
+
+static uint32_t next_seq(struct md__client *c)
+{
+	if (++c->seq == 0)	/* 0 marks unsolicited messages */
+		c->seq = 1;
+	return c->seq;
+}
+
+/* Sends one UNREF per queued batch, while owed replies have room. */
+static int send_back(struct md__client *c)
+{
+	int64_t deadline = now_ms() + c->timeout_ms;
+	unsigned char buf[MD_MSG_HDR_SIZE + 4 + 4 * MD_REF_MAX];
+	struct md__msg *m = malloc(sizeof(*m));
+	int err = 0;
+	if (!m)
+		return -ENOMEM;
+	while (c->nback && c->olen < MD_CLIENT_OWED) {
+		struct batch *b = &c->back[c->nback - 1];
+		m->hdr.type = MD_MSG_UNREF;
+		m->hdr.seq = next_seq(c);
+		m->u.refs.n = b->n;
+		memcpy(m->u.refs.slot, b->slots, b->n * sizeof(*b->slots));
+		ssize_t len = md__msg_encode(m, buf, sizeof(buf));
+		err = len < 0 ? (int)len : owe(c, m->hdr.seq, MD_MSG_UNREF, 0, b->slots, b->n);
+		if (err)
+			break;
+		free(b->slots);
+		c->back_slots -= b->n;
+		c->nback--;
+		err = send_all(c, buf, (size_t)len, deadline);
+		if (err)
+			break;
+	}
+	free(m);
+	return err;
+}
+
+/* Before a request: the late replies that came are settled and what they
+ * granted goes back first. While one is still to come the daemon is
+ * behind: -ETIMEDOUT at once, not another wait. */
+static int ready(struct md__client *c)
+{
+	if (c->dead)
+		return -ENOTCONN;
+	if (c->nlate) {
+		int err = pump(c);
+		if (err)
+			return err;
+		if (c->nlate)
+			return -ETIMEDOUT;
+	}
+	return c->nback ? send_back(c) : 0;
+}
+
+/* Sends len bytes of an encoded request with seq, and reads its reply. A
+ * timeout owes the reply (grant: as timed_out's). */
+static int transact(struct md__client *c, const void *req, size_t len, unsigned type, uint32_t seq,
+		    int *fd, const uint32_t *grant, uint32_t n)
 {
 	int64_t deadline = now_ms() + c->timeout_ms;
 	int err;
@@ -297,18 +517,14 @@ static int transact(struct md__client *c, const void *req, size_t len, uint32_t 
 	err = send_all(c, req, len, deadline);
 	/* A daemon that refused us said why before it hung up. */
 	if (err == -ENOTCONN && recv_msg(c, 0, NULL, 0) == 0 && c->msg.hdr.type == MD_MSG_ERROR)
-		return unsolicited(c);
+		return other(c);
 	if (err)
 		return err;
 	/* After an ERROR the daemon may close: the next call will tell. */
-	return await_reply(c, seq, deadline, fd);
-}
-
-static uint32_t next_seq(struct md__client *c)
-{
-	if (++c->seq == 0)	/* 0 marks unsolicited messages */
-		c->seq = 1;
-	return c->seq;
+	err = await_reply(c, seq, deadline, fd);
+	if (err == -ETIMEDOUT && !c->dead)
+		return timed_out(c, seq, type, grant, n);
+	return err;
 }
 
 /* Encodes m with a fresh seq and runs it; expects a reply of type want
@@ -321,6 +537,9 @@ static int call(struct md__client *c, struct md__msg *m, unsigned want, int *fd)
 
 	if (len == 0)
 		return -EINVAL;
+	err = ready(c);
+	if (err)
+		return err;
 	if (len > sizeof(small)) {
 		buf = malloc(len);
 		if (!buf)
@@ -332,7 +551,9 @@ static int call(struct md__client *c, struct md__msg *m, unsigned want, int *fd)
 		err = (int)n;
 		goto free_buf;
 	}
-	err = transact(c, buf, (size_t)n, m->hdr.seq, fd);
+	int ref = m->hdr.type == MD_MSG_REF;
+	err = transact(c, buf, (size_t)n, m->hdr.type, m->hdr.seq, fd, ref ? m->u.refs.slot : NULL,
+		       ref ? m->u.refs.n : 0);
 	if (err)
 		goto free_buf;
 	if (c->msg.hdr.type == MD_MSG_ERROR)
@@ -415,12 +636,22 @@ void md__client_free(struct md__client *c)
 	if (c->in_fd >= 0)
 		close(c->in_fd);
 	md__rxbuf_free(&c->in);
+	for (unsigned i = 0; i < c->olen; i++)
+		free(c->owed[(c->ohead + i) % MD_CLIENT_OWED].slots);
+	for (size_t i = 0; i < c->nback; i++)
+		free(c->back[i].slots);
+	free(c->back);
 	free(c);
 }
 
 int md__client_fd(const struct md__client *c)
 {
 	return c->fd;
+}
+
+int md__client_alive(const struct md__client *c)
+{
+	return !c->dead;
 }
 
 void md__client_set_timeout(struct md__client *c, int ms)
@@ -546,8 +777,9 @@ int md__client_publish_each(struct md__client *c, const uint64_t *hash, const vo
 
 	if (n == 0 || n > MD_PUBLISH_EACH_MAX)
 		return -EINVAL;
-	if (c->dead)
-		return -ENOTCONN;
+	err = ready(c);
+	if (err)
+		return err;
 	/* Each page goes from where it is, after its head: a copy of every
 	 * page into one buffer cost a megabyte held by the allocator, and a
 	 * pass over each page. */
@@ -563,6 +795,15 @@ int md__client_publish_each(struct md__client *c, const uint64_t *hash, const vo
 	err = send_iov(c, iov, 2 * (size_t)n, deadline);
 	for (uint32_t i = 0; i < n && !err; i++) {
 		err = await_reply(c, seq[i], deadline, NULL);
+		if (err == -ETIMEDOUT && !c->dead) {
+			/* The caller takes none of them: what came goes back,
+			 * what is to come is settled when it comes. */
+			for (uint32_t j = 0; j < i; j++)
+				if (!status[j])
+					give_back(c, &slot[j], 1);
+			for (uint32_t j = i; j < n && !c->dead; j++)
+				timed_out(c, seq[j], MD_MSG_PUBLISH, NULL, 0);
+		}
 		if (err)
 			break;
 		if (c->msg.hdr.type == MD_MSG_ERROR) {
@@ -583,6 +824,10 @@ int md__client_ref(struct md__client *c, const uint32_t *slots, uint32_t n, int 
 	int err;
 	if (n == 0 || n > MD_REF_MAX || delta == 0)
 		return -EINVAL;
+	/* Behind: an UNREF waits its turn rather than be lost (the page it
+	 * held is gone from the caller already). */
+	if (delta < 0 && ready(c) == -ETIMEDOUT && !c->dead)
+		return give_back(c, slots, n);
 	m = malloc(sizeof(*m));
 	if (!m)
 		return -ENOMEM;
@@ -637,11 +882,16 @@ int md__client_request(struct md__client *c, unsigned type, const void *payload,
 	unsigned char *buf = malloc(MD_MSG_HDR_SIZE + (size_t)len);
 	if (!buf)
 		return -ENOMEM;
+	int err = ready(c);
+	if (err)
+		goto free_buf;
 	uint32_t seq = next_seq(c);
 	md__msg_hdr_encode(buf, type, len, seq);
 	if (len)
 		memcpy(buf + MD_MSG_HDR_SIZE, payload, len);
-	int err = transact(c, buf, MD_MSG_HDR_SIZE + (size_t)len, seq, NULL);
+	/* A REF's grants are not followed from here: it goes if late. */
+	err = transact(c, buf, MD_MSG_HDR_SIZE + (size_t)len, type, seq, NULL, NULL, 0);
+free_buf:
 	free(buf);
 	if (err)
 		return err;
@@ -655,28 +905,12 @@ int md__client_request(struct md__client *c, unsigned type, const void *payload,
 	return 0;
 }
 
-/* Handles every whole message waiting now (the daemon writes them whole)
- * into the queues. 0, or -errno if the connection failed. */
-static int pump(struct md__client *c)
-{
-	for (;;) {
-		if (c->dead)
-			return -ENOTCONN;
-		int err = recv_msg(c, 0, NULL, 0);
-		if (err == -EAGAIN)
-			return 0;
-		if (err)
-			return err;
-		err = unsolicited(c);
-		if (err)
-			return err;
-	}
-}
-
 int md__client_next_control(struct md__client *c, struct md__msg_control *ctl)
 {
 	if (!c->qlen) {
 		int err = pump(c);
+		if (!err && !c->nlate && c->nback)
+			err = send_back(c);	/* an idle agent gives back too */
 		if (err)
 			return err;
 		if (!c->qlen)

@@ -14,8 +14,12 @@
  * in the VMM. Needs only libc.
  *
  * Every function returns 0 (or a count) or a negative errno. A connection
- * the daemon closed, reset or stopped answering gives -ENOTCONN (and
- * -ETIMEDOUT for a timeout), and stays unusable: connect again.
+ * the daemon closed or reset gives -ENOTCONN and stays unusable: connect
+ * again (md__client_alive says 0). A reply that did not come in time gives
+ * -ETIMEDOUT and the connection lives on: the reply is read when it comes,
+ * and what it granted (a PUBLISH's or REF's references) is given back, as
+ * the caller took none of it. Until then requests fail at once with
+ * -ETIMEDOUT and UNREFs are queued.
  */
 #ifndef MD_CLIENT_H
 #define MD_CLIENT_H
@@ -28,6 +32,8 @@
 #define MD_CLIENT_QUEUE 64          /* unsolicited CONTROLs kept; older ones dropped */
 #define MD_CLIENT_CANDIDATES 4096   /* CANDIDATES addresses kept; older ones dropped */
 #define MD_PUBLISH_EACH_MAX 256     /* one-page PUBLISHes sent at once */
+#define MD_CLIENT_OWED 512          /* requests sent, replies not read yet */
+#define MD_CLIENT_BACK_MAX (1u << 20) /* references queued to give back */
 
 struct md__client;
 
@@ -42,6 +48,8 @@ int md__client_connect(struct md__client **c, const char *socket_path);
 void md__client_free(struct md__client *c);
 /* The socket, for poll(POLLIN): readable means a CONTROL may be waiting. */
 int md__client_fd(const struct md__client *c);
+/* 1 while the connection can carry requests (it may be behind). */
+int md__client_alive(const struct md__client *c);
 /* Sets the timeout of each request (ms, > 0). */
 void md__client_set_timeout(struct md__client *c, int ms);
 
@@ -72,7 +80,8 @@ int md__client_publish(struct md__client *c, const uint64_t *hash, const void *p
  * where it is: a page that changed since it was hashed is refused), sent
  * at once, their replies read after: status[i] is 0 (slot[i] filled, one reference held) or the
  * daemon's refusal of page i (an ERROR's status). Returns 0 when every
- * reply came, else a negative errno (the connection is then dead). Each
+ * reply came, else a negative errno, and the caller holds none of them
+ * (-ETIMEDOUT: those that came are given back, like the late ones). Each
  * page gets the live slot of an equal page if the pool has one, as with a
  * one-page md__client_publish(). */
 int md__client_publish_each(struct md__client *c, const uint64_t *hash, const void *const *pages,

@@ -9,7 +9,7 @@
 #include <unistd.h>
 
 static int log_fd = STDERR_FILENO;
-static uint64_t said;
+static uint64_t said[2];     /* keys said once: 0..127 */
 
 int md__log_open(const char *path)
 {
@@ -45,8 +45,8 @@ void md__log(const char *fmt, ...)
 
 void md__log_once(unsigned key, const char *fmt, ...)
 {
-	uint64_t bit = 1ull << (key & 63);
-	if (__atomic_fetch_or(&said, bit, __ATOMIC_RELAXED) & bit)
+	uint64_t bit = 1ull << (key % 64);
+	if (__atomic_fetch_or(&said[key / 64 % 2], bit, __ATOMIC_RELAXED) & bit)
 		return;
 	va_list ap;
 	va_start(ap, fmt);

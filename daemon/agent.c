@@ -94,6 +94,7 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 			return -EBUSY;
 		}
 		a->conn = c;	/* a reconnect: same pool, same references */
+		a->hellos++;
 		c->agent = a;
 		return 0;
 	}
@@ -149,6 +150,7 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 		goto release_domain;
 	}
 	a->conn = c;
+	a->hellos = 1;
 	c->agent = a;
 	a->next = d->agents;
 	d->agents = a;

@@ -133,6 +133,7 @@ struct md__agent {
 	uint32_t ncounters;
 	int64_t reported_ms;       /* when the last REPORT came; 0 never */
 	uint64_t requests;         /* messages handled after its HELLO */
+	uint64_t hellos;           /* connections it came on (reconnects + 1) */
 	/* Candidates named to it, sent as one CANDIDATES when full or when
 	 * the messages of this wake-up are handled (one message a page was
 	 * most of both sides' messages while guests converged). */

@@ -100,6 +100,7 @@ static json_t *agent_json(const struct md__agent *a)
 	json_object_set_new(o, "connected", json_boolean(a->conn != NULL));
 	json_object_set_new(o, "references", json_integer((json_int_t)a->nrefs));
 	json_object_set_new(o, "requests", json_integer((json_int_t)a->requests));
+	json_object_set_new(o, "hellos", json_integer((json_int_t)a->hellos));
 	for (uint32_t i = 0; i < a->ncounters; i++) {
 		json_array_append_new(ctr, json_integer((json_int_t)a->counters[i]));
 		/* The stats-file layout, where the agent sent it: names too. */

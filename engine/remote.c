@@ -38,9 +38,13 @@ void md__remote_fini(struct md__remote *rm)
 	pthread_mutex_destroy(&rm->lock);
 }
 
-/* Called with rm->lock held when a call says the daemon is gone. */
+/* Called with rm->lock held when a call failed. A daemon that is only slow
+ * keeps its connection: the client reads the late replies there and gives
+ * back what they granted, which a new connection could not. */
 static int lost(struct md__remote *rm, int err)
 {
+	if (err == -ETIMEDOUT && md__client_alive(rm->c))
+		return err;
 	if (err == -ENOTCONN || err == -ETIMEDOUT || err == -EPIPE || err == -ECONNRESET) {
 		md__client_free(rm->c);
 		rm->c = NULL;

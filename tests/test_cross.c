@@ -328,6 +328,56 @@ TEST_IMPL(cross_daemon_killed)
 	return 0;
 }
 
+/* memdedupd stopped mid-scan for longer than the agents' timeout (a
+ * stalled host): the agents' requests time out, and they keep their
+ * connections (one HELLO each; a new connection could not follow the late
+ * replies and give back what they granted), merge on once it is back,
+ * and hold no reference they do not map. */
+TEST_IMPL(cross_daemon_stopped)
+{
+	struct tdaemon t;
+	struct proc a, b;
+	char log[600], logenv[700];
+	snprintf(log, sizeof(log), "%s/a.log", test_dir());
+	snprintf(logenv, sizeof(logenv), "MEMDEDUP_LOG=%s", log);
+	td_start(&t, 65536);
+	start_agent(&a, &t, logenv);
+	start_agent(&b, &t, NULL);
+	proc_cmd(&a, "fill 0 %u 9", N);
+	proc_cmd(&b, "fill 0 %u 9", N);
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, sharing_n), 0);
+	ASSERT_EQ(proc_stats_wait(&b, &s, 20000, sharing_n), 0);
+	/* New duplicates while it is stopped: both scanners ask it. Their
+	 * records hold references, so a reconnect would find them again. */
+	ASSERT(kill(t.pid, SIGSTOP) == 0);
+	proc_cmd(&a, "fill %u %u 10", 512 * PG, N);
+	proc_cmd(&b, "fill %u %u 10", 512 * PG, N);
+	usleep(3000000);
+	ASSERT(kill(t.pid, SIGCONT) == 0);
+	int shared = 0;
+	for (int i = 0; i < 200 && shared < (int)N; i++) {
+		usleep(100000);
+		shared = same_frames(&a, &b, 512 * PG, N);
+	}
+	ASSERT_EQ(shared, N);
+	ASSERT(strstr(file_text(log), "slow to answer"));
+	ASSERT_EQ(agent_field(&t, a.pid, "hellos"), 1);
+	ASSERT_EQ(agent_field(&t, b.pid, "hellos"), 1);
+	for (int i = 0; i < 50 && agent_field(&t, a.pid, "references") != 2 * N; i++)
+		usleep(100000);
+	ASSERT_EQ(agent_field(&t, a.pid, "references"), 2 * N);
+	ASSERT(strcmp(proc_cmd(&a, "advise 0 %u unmergeable", 1024 * PG), "0") == 0);
+	ASSERT_EQ(agent_field(&t, a.pid, "references"), 0);
+	proc_stop(&a);
+	proc_stop(&b);
+	for (int i = 0; i < 50 && domain_live(&t) > 0; i++)
+		usleep(100000);
+	ASSERT_EQ(domain_live(&t), 0);
+	td_stop(&t);
+	return 0;
+}
+
 TEST_IMPL(cross_stress_no_lost_write)
 {
 	/* Two processes, each with two halves of the same pages as the other;

@@ -1459,9 +1459,87 @@ TEST_IMPL(daemon_dies_client_enotconn)
 	t0 = now();
 	ASSERT_EQ(md__client_lookup(c, &h, NULL, 1, &s), -ETIMEDOUT);
 	ASSERT(now() - t0 < 1.5);
-	ASSERT_EQ(md__client_lookup(c, &h, NULL, 1, &s), -ENOTCONN);	/* the stream is lost */
 	kill(t.pid, SIGCONT);
 	md__client_free(c);
+	td_stop(&t);
+	return 0;
+}
+
+/* This agent's references as the daemon counts them. */
+static long long my_references(const struct tdaemon *t)
+{
+	json_t *st = td_status(t);
+	json_t *a = json_array_get(json_object_get(st, "agents"), 0);
+	long long v = a && td_int(a, "pid") == getpid() ? td_int(a, "references") : -1;
+	json_decref(st);
+	return v;
+}
+
+/* A lookup once the daemon has caught up with c (up to 5 s). */
+static int lookup_caught_up(struct md__client *c)
+{
+	uint64_t h = 1;
+	uint32_t s;
+	int err = -ETIMEDOUT;
+	for (double end = now() + 5; err == -ETIMEDOUT && now() < end;) {
+		err = md__client_lookup(c, &h, NULL, 1, &s);
+		if (err == -ETIMEDOUT)
+			usleep(10000);
+	}
+	return err;
+}
+
+/* A daemon that stops answering for a while (a stalled host, SIGSTOP
+ * here): the request times out and the connection lives on; while a reply
+ * is late, requests fail at once and an UNREF waits its turn; and what the
+ * late replies granted goes back, since the caller took none of it. Before,
+ * the connection went and those references stayed pinned until the
+ * process exited. */
+TEST_IMPL(daemon_late_replies_given_back)
+{
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	static unsigned char pages[3 * PG];
+	const void *each[2] = { pages + PG, pages + 2 * PG };
+	uint64_t hash[3], h = 1;
+	uint32_t s, slot[2];
+	int fd, status[2];
+
+	td_start(&t, 64);
+	struct md__client *c = td_agent(&t, NULL, &w, &fd);
+	md__client_set_timeout(c, 400);
+	uint32_t a = publish(c, 40, 1, pages, hash);	/* held once */
+
+	/* A REF answered late. */
+	ASSERT(kill(t.pid, SIGSTOP) == 0);
+	ASSERT_EQ(md__client_ref(c, &a, 1, +1), -ETIMEDOUT);
+	ASSERT(md__client_alive(c));
+	double t0 = now();
+	ASSERT_EQ(md__client_lookup(c, &h, NULL, 1, &s), -ETIMEDOUT);
+	ASSERT(now() - t0 < 0.3);	/* at once, not another timeout */
+	ASSERT(kill(t.pid, SIGCONT) == 0);
+	ASSERT_EQ(lookup_caught_up(c), 0);
+	ASSERT_EQ(my_references(&t), 1);
+
+	/* PUBLISHes answered late, and an UNREF asked meanwhile. */
+	for (int i = 1; i < 3; i++) {
+		td_fill_page(pages + i * PG, 40 + (unsigned)i);
+		hash[i] = md__page_hash(pages + i * PG);
+	}
+	ASSERT(kill(t.pid, SIGSTOP) == 0);
+	ASSERT_EQ(md__client_publish_each(c, hash + 1, each, 2, slot, status), -ETIMEDOUT);
+	ASSERT_EQ(md__client_ref(c, &a, 1, -1), 0);
+	ASSERT(kill(t.pid, SIGCONT) == 0);
+	ASSERT_EQ(lookup_caught_up(c), 0);
+	ASSERT_EQ(my_references(&t), 0);
+	ASSERT(wait_live(&t, w.domain_id, 0, 1000));
+	ASSERT(md__client_alive(c));
+
+	/* The connection still serves. */
+	publish(c, 50, 1, pages, hash);
+	ASSERT_EQ(my_references(&t), 1);
+	md__client_free(c);
+	close(fd);
 	td_stop(&t);
 	return 0;
 }
