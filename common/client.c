@@ -21,6 +21,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -44,13 +45,16 @@ struct owed {
 	uint32_t seq;
 	uint8_t type;              /* the request's */
 	uint8_t late;              /* its caller stopped waiting: settle what it granted */
+	uint32_t pages;            /* a PUBLISH's: its reply must name as many slots */
 	uint32_t n;                /* a REF's slots (granted if ACKed), an UNREF's (split if refused) */
 	uint32_t *slots;
 };
 
-/* References to give back in one UNREF. */
+/* References to give back in one UNREF; alone: the rest of a refused one,
+ * sent one by one (UNREF is all or none), never joined to others. */
 struct batch {
 	uint32_t n;
+	int alone;
 	uint32_t *slots;
 };
 
@@ -70,6 +74,7 @@ struct md__client {
 	struct md__msg msg;        /* decoded reply; here, not on a VMM thread's stack */
 	unsigned ohead, olen;      /* ring of owed replies, oldest first */
 	unsigned nlate;            /* owed replies whose callers timed out */
+	int64_t late_since;        /* when the oldest of them was last waited for */
 	struct owed owed[MD_CLIENT_OWED];
 	struct batch *back;        /* references to give back, nback batches */
 	size_t nback, back_cap, back_slots;
@@ -279,16 +284,28 @@ static void queue_candidates(struct md__client *c, const struct md__msg_candidat
 	}
 }
 
-/* Queues n references to give back with an UNREF (slots copied). One that
- * cannot be queued stays pinned in the daemon until this process exits,
- * which never frees a page under a mapping. 0, or -ENOBUFS. */
-static int give_back(struct md__client *c, const uint32_t *slots, uint32_t n)
+/* Queues n <= MD_REF_MAX references to give back with an UNREF (slots
+ * copied; alone: see struct batch). One that cannot be queued stays pinned
+ * in the daemon until this process exits, which never frees a page under a
+ * mapping. 0, or -ENOBUFS. */
+static int give_back(struct md__client *c, const uint32_t *slots, uint32_t n, int alone)
 {
 	uint32_t *copy = NULL;
 	if (!n)
 		return 0;
 	if (c->back_slots + n > MD_CLIENT_BACK_MAX)
 		goto dropped;
+	struct batch *last = c->nback ? &c->back[c->nback - 1] : NULL;
+	if (!alone && last && !last->alone && last->n + n <= MD_REF_MAX) {
+		copy = realloc(last->slots, (last->n + n) * sizeof(*slots));
+		if (!copy)
+			goto dropped;
+		memcpy(copy + last->n, slots, n * sizeof(*slots));
+		last->slots = copy;
+		last->n += n;
+		c->back_slots += n;
+		return 0;
+	}
 	if (c->nback == c->back_cap) {
 		size_t cap = c->back_cap ? 2 * c->back_cap : 16;
 		struct batch *b = realloc(c->back, cap * sizeof(*b));
@@ -301,7 +318,7 @@ static int give_back(struct md__client *c, const uint32_t *slots, uint32_t n)
 	if (!copy)
 		goto dropped;
 	memcpy(copy, slots, n * sizeof(*slots));
-	c->back[c->nback++] = (struct batch){ n, copy };
+	c->back[c->nback++] = (struct batch){ n, alone, copy };
 	c->back_slots += n;
 	return 0;
 
@@ -319,6 +336,10 @@ static int owe(struct md__client *c, uint32_t seq, unsigned type, int late, cons
 	if (c->olen == MD_CLIENT_OWED)
 		return -ENOBUFS;
 	struct owed o = { .seq = seq, .type = (uint8_t)type, .late = (uint8_t)late };
+	if (type == MD_MSG_PUBLISH) {	/* n pages, no slots known */
+		o.pages = n;
+		n = 0;
+	}
 	if (n) {
 		o.slots = malloc(n * sizeof(*slots));
 		if (!o.slots)
@@ -327,7 +348,8 @@ static int owe(struct md__client *c, uint32_t seq, unsigned type, int late, cons
 		o.n = n;
 	}
 	c->owed[(c->ohead + c->olen++) % MD_CLIENT_OWED] = o;
-	c->nlate += (unsigned)late;
+	if (late && !c->nlate++)
+		c->late_since = now_ms();
 	return 0;
 }
 
@@ -355,20 +377,23 @@ static int settle(struct md__client *c)
 	c->ohead = (c->ohead + 1) % MD_CLIENT_OWED;
 	c->olen--;
 	c->nlate -= o.late;
+	if (o.late)
+		c->late_since = now_ms();	/* it moves: the next may wait as long */
 	int acked = m->hdr.type == MD_MSG_ACK && m->u.ack.status == 0;
-	if (m->hdr.type != MD_MSG_ERROR && m->hdr.type != reply_type(o.type)) {
+	if (m->hdr.type != MD_MSG_ERROR && (m->hdr.type != reply_type(o.type) ||
+	    (m->hdr.type == MD_MSG_PUBLISH_R && m->u.publish_r.n != o.pages))) {
 		err = kill_conn(c, -EPROTO);
 	} else if (o.late && m->hdr.type == MD_MSG_PUBLISH_R) {
 		uint32_t s[MD_PUBLISH_MAX];	/* decoding bounds n */
 		for (uint32_t i = 0; i < m->u.publish_r.n; i++)
 			s[i] = m->u.publish_r.first_slot + i;
-		give_back(c, s, m->u.publish_r.n);
+		give_back(c, s, m->u.publish_r.n, 0);
 	} else if (o.late && o.type == MD_MSG_REF && acked) {
-		give_back(c, o.slots, o.n);
+		give_back(c, o.slots, o.n, 0);
 	} else if (o.type == MD_MSG_UNREF && !acked) {
 		if (o.n > 1)
 			for (uint32_t i = 0; i < o.n; i++)
-				give_back(c, &o.slots[i], 1);
+				give_back(c, &o.slots[i], 1, 1);
 		else
 			md__log_once(73, "memdedupd refused to take back a pool reference: it stays "
 				     "pinned until this process exits");
@@ -421,12 +446,14 @@ static int await_reply(struct md__client *c, uint32_t seq, int64_t deadline, int
 	}
 }
 
-/* The request with seq timed out: its reply is owed. grant (n): the slots
- * a REF asked for. If it cannot be followed, the connection goes. */
-static int timed_out(struct md__client *c, uint32_t seq, unsigned type, const uint32_t *grant,
+/* The request with seq timed out: its reply is owed. slots (n): a REF's or
+ * UNREF's; n: a PUBLISH's pages. If it cannot be followed, the connection
+ * goes. */
+static int timed_out(struct md__client *c, uint32_t seq, unsigned type, const uint32_t *slots,
 		     uint32_t n)
 {
-	if ((type == MD_MSG_REF && !grant) || owe(c, seq, type, 1, grant, n) != 0)
+	int refs = type == MD_MSG_REF || type == MD_MSG_UNREF;
+	if ((refs && !slots) || owe(c, seq, type, 1, slots, n) != 0)
 		return kill_conn(c, -ETIMEDOUT);
 	md__log_once(74, "memdedupd is slow to answer: requests fail until it catches up; "
 		     "what it grants late is given back");
@@ -458,8 +485,9 @@ static uint32_t next_seq(struct md__client *c)
 	return c->seq;
 }
 
-/* Sends one UNREF per queued batch, while owed replies have room. */
-static int send_back(struct md__client *c)
+/* Sends one UNREF per queued batch, at most max, while a quarter of the
+ * owed ring is free of them: the rest is for requests that time out. */
+static int send_back(struct md__client *c, unsigned max)
 {
 	int64_t deadline = now_ms() + c->timeout_ms;
 	unsigned char buf[MD_MSG_HDR_SIZE + 4 + 4 * MD_REF_MAX];
@@ -467,7 +495,7 @@ static int send_back(struct md__client *c)
 	int err = 0;
 	if (!m)
 		return -ENOMEM;
-	while (c->nback && c->olen < MD_CLIENT_OWED) {
+	for (; max && c->nback && c->olen < MD_CLIENT_OWED / 4; max--) {
 		struct batch *b = &c->back[c->nback - 1];
 		m->hdr.type = MD_MSG_UNREF;
 		m->hdr.seq = next_seq(c);
@@ -490,7 +518,10 @@ static int send_back(struct md__client *c)
 
 /* Before a request: the late replies that came are settled and what they
  * granted goes back first. While one is still to come the daemon is
- * behind: -ETIMEDOUT at once, not another wait. */
+ * behind: -ETIMEDOUT at once, not another wait. One that never comes (a
+ * daemon hung, or one that lost a reply) would stop merging for good: past
+ * MD_CLIENT_LATE_MAX_MS without one, the connection goes, and what the
+ * late ones granted stays pinned until the process exits. */
 static int ready(struct md__client *c)
 {
 	if (c->dead)
@@ -499,10 +530,15 @@ static int ready(struct md__client *c)
 		int err = pump(c);
 		if (err)
 			return err;
+		if (c->nlate && now_ms() - c->late_since > MD_CLIENT_LATE_MAX_MS) {
+			md__log_once(75, "memdedupd owes replies for %d s: connecting again",
+				     MD_CLIENT_LATE_MAX_MS / 1000);
+			return kill_conn(c, -ENOTCONN);
+		}
 		if (c->nlate)
 			return -ETIMEDOUT;
 	}
-	return c->nback ? send_back(c) : 0;
+	return c->nback ? send_back(c, UINT_MAX) : 0;
 }
 
 /* Sends len bytes of an encoded request with seq, and reads its reply. A
@@ -515,9 +551,10 @@ static int transact(struct md__client *c, const void *req, size_t len, unsigned 
 	if (c->dead)
 		return -ENOTCONN;
 	err = send_all(c, req, len, deadline);
-	/* A daemon that refused us said why before it hung up. */
-	if (err == -ENOTCONN && recv_msg(c, 0, NULL, 0) == 0 && c->msg.hdr.type == MD_MSG_ERROR)
-		return other(c);
+	/* A daemon that refused us said why before it hung up (seq 0). */
+	while (err == -ENOTCONN && recv_msg(c, 0, NULL, 0) == 0)
+		if (!c->msg.hdr.seq && c->msg.hdr.type == MD_MSG_ERROR)
+			return other(c);
 	if (err)
 		return err;
 	/* After an ERROR the daemon may close: the next call will tell. */
@@ -551,9 +588,10 @@ static int call(struct md__client *c, struct md__msg *m, unsigned want, int *fd)
 		err = (int)n;
 		goto free_buf;
 	}
-	int ref = m->hdr.type == MD_MSG_REF;
-	err = transact(c, buf, (size_t)n, m->hdr.type, m->hdr.seq, fd, ref ? m->u.refs.slot : NULL,
-		       ref ? m->u.refs.n : 0);
+	int refs = m->hdr.type == MD_MSG_REF || m->hdr.type == MD_MSG_UNREF;
+	int pub = m->hdr.type == MD_MSG_PUBLISH;
+	err = transact(c, buf, (size_t)n, m->hdr.type, m->hdr.seq, fd, refs ? m->u.refs.slot : NULL,
+		       refs ? m->u.refs.n : pub ? m->u.publish.n : 0);
 	if (err)
 		goto free_buf;
 	if (c->msg.hdr.type == MD_MSG_ERROR)
@@ -800,9 +838,9 @@ int md__client_publish_each(struct md__client *c, const uint64_t *hash, const vo
 			 * what is to come is settled when it comes. */
 			for (uint32_t j = 0; j < i; j++)
 				if (!status[j])
-					give_back(c, &slot[j], 1);
+					give_back(c, &slot[j], 1, 0);
 			for (uint32_t j = i; j < n && !c->dead; j++)
-				timed_out(c, seq[j], MD_MSG_PUBLISH, NULL, 0);
+				timed_out(c, seq[j], MD_MSG_PUBLISH, NULL, 1);
 		}
 		if (err)
 			break;
@@ -827,7 +865,7 @@ int md__client_ref(struct md__client *c, const uint32_t *slots, uint32_t n, int 
 	/* Behind: an UNREF waits its turn rather than be lost (the page it
 	 * held is gone from the caller already). */
 	if (delta < 0 && ready(c) == -ETIMEDOUT && !c->dead)
-		return give_back(c, slots, n);
+		return give_back(c, slots, n, 0);
 	m = malloc(sizeof(*m));
 	if (!m)
 		return -ENOMEM;
@@ -836,6 +874,11 @@ int md__client_ref(struct md__client *c, const uint32_t *slots, uint32_t n, int 
 	memcpy(m->u.refs.slot, slots, n * sizeof(*slots));
 	err = call(c, m, MD_MSG_ACK, NULL);
 	free(m);
+	/* An UNREF sent whole is done: the daemon applies it when it gets to
+	 * it (a refusal is split when its late ACK comes). Had it failed, a
+	 * caller's retry would drop the references twice. */
+	if (err == -ETIMEDOUT && delta < 0 && !c->dead)
+		return 0;
 	return err ? err : c->msg.u.ack.status;
 }
 
@@ -910,7 +953,7 @@ int md__client_next_control(struct md__client *c, struct md__msg_control *ctl)
 	if (!c->qlen) {
 		int err = pump(c);
 		if (!err && !c->nlate && c->nback)
-			err = send_back(c);	/* an idle agent gives back too */
+			err = send_back(c, 8);	/* an idle agent gives back too, a little at a time */
 		if (err)
 			return err;
 		if (!c->qlen)

@@ -32,7 +32,8 @@
 #define MD_CLIENT_QUEUE 64          /* unsolicited CONTROLs kept; older ones dropped */
 #define MD_CLIENT_CANDIDATES 4096   /* CANDIDATES addresses kept; older ones dropped */
 #define MD_PUBLISH_EACH_MAX 256     /* one-page PUBLISHes sent at once */
-#define MD_CLIENT_OWED 512          /* requests sent, replies not read yet */
+#define MD_CLIENT_OWED 1024         /* requests sent, replies not read yet */
+#define MD_CLIENT_LATE_MAX_MS 10000 /* a late reply not come by then: the connection goes */
 #define MD_CLIENT_BACK_MAX (1u << 20) /* references queued to give back */
 
 struct md__client;
@@ -87,7 +88,9 @@ int md__client_publish(struct md__client *c, const uint64_t *hash, const void *p
 int md__client_publish_each(struct md__client *c, const uint64_t *hash, const void *const *pages,
 			    uint32_t n, uint32_t *slot, int *status);
 /* REF (delta > 0) or UNREF (delta < 0) of n <= 1024 slots. All or none:
- * -EINVAL if any slot is not live (REF) or not held (UNREF). */
+ * -EINVAL if any slot is not live (REF) or not held (UNREF). An UNREF that
+ * was sent, or queued while the daemon is behind, returns 0 even if its
+ * answer is late: it is applied, or split and sent again if refused. */
 int md__client_ref(struct md__client *c, const uint32_t *slots, uint32_t n, int delta);
 /* REPORT: the agent's counters (n <= 256), shown by `memdedup status`. */
 int md__client_report(struct md__client *c, const uint64_t *counters, uint32_t n);

@@ -448,7 +448,7 @@ static void conn_drop_queue(struct md__daemon *d, struct md__conn *c)
 	update_events(d, c);
 }
 
-int md__conn_send(struct md__daemon *d, struct md__conn *c, const struct md__msg *m, int fd)
+static int queue_msg(struct md__daemon *d, struct md__conn *c, const struct md__msg *m, int fd)
 {
 	size_t len = md__msg_encoded_len(m);
 	if (len == 0)
@@ -516,6 +516,19 @@ int md__conn_send(struct md__daemon *d, struct md__conn *c, const struct md__msg
 	if (c != d->reading)
 		update_events(d, c);
 	return 0;
+}
+
+int md__conn_send(struct md__daemon *d, struct md__conn *c, const struct md__msg *m, int fd)
+{
+	int err = queue_msg(d, c, m, fd);
+	/* A reply that cannot be queued (memory short, no descriptor for the
+	 * pool's copy) would leave its peer waiting for it, every later reply
+	 * behind it: the connection goes instead (-ENOBUFS: it went). */
+	if (err && err != -ENOBUFS && m->hdr.seq) {
+		md__dlog("pid %d: a reply could not be queued (%s)", (int)c->pid, strerror(-err));
+		conn_drop_queue(d, c);
+	}
+	return err;
 }
 
 void md__conn_fail(struct md__daemon *d, struct md__conn *c, uint32_t seq, int err,

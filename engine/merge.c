@@ -397,12 +397,13 @@ static int still_frozen(struct md__engine *e, uintptr_t addr, size_t n)
 
 /* One UNREF for the queued slots; if memdedupd refuses it (a slot of a
  * pool from before a reconnection is not held), one each, so the valid
- * ones still go. A dead daemon counts nothing. */
+ * ones still go: only then, as an UNREF that went but failed otherwise
+ * may yet be applied. A dead daemon counts nothing. */
 static void flush_unrefs(struct md__engine *e)
 {
 	if (!e->nunref)
 		return;
-	if (md__remote_ref_n(e->remote, e->unref, (uint32_t)e->nunref, -1) != 0)
+	if (md__remote_ref_n(e->remote, e->unref, (uint32_t)e->nunref, -1) == -EINVAL)
 		for (size_t k = 0; k < e->nunref; k++)
 			md__remote_ref(e->remote, e->unref[k], -1);
 	e->nunref = 0;

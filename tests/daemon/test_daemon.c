@@ -1188,6 +1188,136 @@ TEST_IMPL(daemon_client_checks_pool)
 	return 0;
 }
 
+/* The next message on c, decoded into m (its bytes in buf). */
+static void fake_recv(int c, struct md__msg *m, unsigned char *buf)
+{
+	struct md__msg_hdr h;
+	read_all(c, buf, MD_MSG_HDR_SIZE);
+	ASSERT_EQ(md__msg_hdr_decode(buf, MD_MSG_HDR_SIZE, &h), 0);
+	read_all(c, buf + MD_MSG_HDR_SIZE, h.length);
+	ASSERT_EQ(md__msg_decode(buf, MD_MSG_HDR_SIZE + h.length, m), 0);
+}
+
+static void fake_reply(int c, struct md__msg *m, unsigned type, uint32_t seq)
+{
+	static unsigned char buf[512];
+	m->hdr.type = type;
+	m->hdr.seq = seq;
+	ASSERT(write(c, buf, encode(m, buf, sizeof(buf))) > 0);
+}
+
+/* Slots of the UNREFs the fake daemon reads next, up to the LOOKUP after
+ * them (answered); each UNREF is ACKed with status. Returns how many, in
+ * got[] (a bitmap of slots < 64), and the largest UNREF in *most. */
+static unsigned fake_unrefs(int c, int status, uint64_t *got, uint32_t *most)
+{
+	static struct md__msg m, r;
+	static unsigned char buf[MD_MSG_HDR_SIZE + 8192];
+	unsigned n = 0;
+	for (*got = 0, *most = 0;;) {
+		fake_recv(c, &m, buf);
+		if (m.hdr.type == MD_MSG_LOOKUP) {
+			r.u.lookup_r.n = m.u.lookup.n;
+			memset(r.u.lookup_r.slot1, 0, sizeof(r.u.lookup_r.slot1));
+			fake_reply(c, &r, MD_MSG_LOOKUP_R, m.hdr.seq);
+			return n;
+		}
+		ASSERT_EQ(m.hdr.type, MD_MSG_UNREF);
+		for (uint32_t i = 0; i < m.u.refs.n; i++) {
+			ASSERT(m.u.refs.slot[i] < 64);
+			*got |= 1ull << m.u.refs.slot[i];
+		}
+		n += m.u.refs.n;
+		*most = m.u.refs.n > *most ? m.u.refs.n : *most;
+		r.u.ack.status = status;
+		fake_reply(c, &r, MD_MSG_ACK, m.hdr.seq);
+	}
+}
+
+/* Late replies against a fake daemon that answers exactly when the test
+ * says: of two PUBLISHes one answered in time and one late, both slots go
+ * back (the caller took neither) in one UNREF; the daemon refuses it, and
+ * they go again one by one. */
+TEST_IMPL(daemon_client_late_replies)
+{
+	char dir[] = "/tmp/md-late-XXXXXX", path[64];
+	ASSERT(mkdtemp(dir) != NULL);
+	snprintf(path, sizeof(path), "%s/sock", dir);
+	int go[2], l = listen_at(path);
+	ASSERT(pipe(go) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		static struct md__msg m, r, p2;
+		static unsigned char buf[MD_MSG_HDR_SIZE + 8192], out[256];
+		uint64_t got;
+		uint32_t most;
+		char x;
+		close(go[1]);
+		int c = accept(l, NULL, NULL);
+		ASSERT(c >= 0);
+		fake_recv(c, &m, buf);
+		ASSERT_EQ(m.hdr.type, MD_MSG_HELLO);
+		r.hdr = (struct md__msg_hdr){ .type = MD_MSG_WELCOME, .seq = m.hdr.seq };
+		r.u.welcome.domain_id = 5;
+		r.u.welcome.pool_pages = 16;
+		md__tunables_default(&r.u.welcome.tun);
+		send_with_fd(c, out, encode(&r, out, sizeof(out)), test_pool_fd(1, 1));
+		fake_recv(c, &m, buf);
+		ASSERT_EQ(m.hdr.type, MD_MSG_PUBLISH);
+		fake_recv(c, &p2, buf);
+		ASSERT_EQ(p2.hdr.type, MD_MSG_PUBLISH);
+		r.u.publish_r.first_slot = 5;
+		r.u.publish_r.n = 1;
+		fake_reply(c, &r, MD_MSG_PUBLISH_R, m.hdr.seq);
+		ASSERT(read(go[0], &x, 1) == 1);	/* the client timed out */
+		r.u.publish_r.first_slot = 6;
+		fake_reply(c, &r, MD_MSG_PUBLISH_R, p2.hdr.seq);
+		/* Both back in one UNREF, refused; then one by one. */
+		ASSERT_EQ(fake_unrefs(c, -EINVAL, &got, &most), 2);
+		ASSERT(got == ((1ull << 5) | (1ull << 6)) && most == 2);
+		ASSERT_EQ(fake_unrefs(c, 0, &got, &most), 2);
+		ASSERT(got == ((1ull << 5) | (1ull << 6)) && most == 1);
+		ASSERT_EQ(fake_unrefs(c, 0, &got, &most), 0);
+		_exit(0);
+	}
+	close(l);
+	close(go[0]);
+	static unsigned char pages[2 * PG];
+	const void *each[2] = { pages, pages + PG };
+	uint64_t hash[2], h = 1;
+	uint32_t slot[2], s1;
+	int status[2], fd, st;
+	struct md__client *c;
+	struct md__msg_welcome w;
+	for (int i = 0; i < 2; i++) {
+		td_fill_page(pages + i * PG, 60 + (unsigned)i);
+		hash[i] = md__page_hash(pages + i * PG);
+	}
+	ASSERT_EQ(md__client_connect(&c, path), 0);
+	ASSERT_EQ(md__client_hello(c, NULL, 0, &w, &fd), 0);
+	md__client_set_timeout(c, 200);
+	ASSERT_EQ(md__client_publish_each(c, hash, each, 2, slot, status), -ETIMEDOUT);
+	ASSERT(write(go[1], "g", 1) == 1);
+	int err = -ETIMEDOUT;
+	for (int i = 0; i < 500 && err == -ETIMEDOUT; i++) {
+		err = md__client_lookup(c, &h, NULL, 1, &s1);
+		if (err == -ETIMEDOUT)
+			usleep(2000);
+	}
+	ASSERT_EQ(err, 0);
+	ASSERT_EQ(md__client_lookup(c, &h, NULL, 1, &s1), 0);
+	ASSERT_EQ(md__client_lookup(c, &h, NULL, 1, &s1), 0);
+	md__client_free(c);
+	close(fd);
+	ASSERT_EQ(waitpid(kid, &st, 0), kid);
+	ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	close(go[1]);
+	unlink(path);
+	rmdir(dir);
+	return 0;
+}
+
 /* The client's side of the stream, against a fake daemon: a reply and
  * unasked messages in one write (the descriptor with the reply), and
  * messages cut anywhere, in pieces that come apart in time. */
@@ -1475,6 +1605,27 @@ static long long my_references(const struct tdaemon *t)
 	return v;
 }
 
+/* SIGSTOP, and waits until pid is stopped: a request sent before would be
+ * answered in time. */
+static void stop_daemon(pid_t pid)
+{
+	char path[64], st[512];
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	ASSERT(kill(pid, SIGSTOP) == 0);
+	for (int i = 0; i < 500; i++) {
+		FILE *f = fopen(path, "r");
+		ASSERT(f);
+		size_t n = fread(st, 1, sizeof(st) - 1, f);
+		fclose(f);
+		st[n] = '\0';
+		const char *p = strrchr(st, ')');
+		if (p && p[1] == ' ' && p[2] == 'T')
+			return;
+		usleep(1000);
+	}
+	ASSERT(!"the daemon did not stop");
+}
+
 /* A lookup once the daemon has caught up with c (up to 5 s). */
 static int lookup_caught_up(struct md__client *c)
 {
@@ -1509,9 +1660,10 @@ TEST_IMPL(daemon_late_replies_given_back)
 	struct md__client *c = td_agent(&t, NULL, &w, &fd);
 	md__client_set_timeout(c, 400);
 	uint32_t a = publish(c, 40, 1, pages, hash);	/* held once */
+	ASSERT_EQ(my_references(&t), 1);
 
 	/* A REF answered late. */
-	ASSERT(kill(t.pid, SIGSTOP) == 0);
+	stop_daemon(t.pid);
 	ASSERT_EQ(md__client_ref(c, &a, 1, +1), -ETIMEDOUT);
 	ASSERT(md__client_alive(c));
 	double t0 = now();
@@ -1526,7 +1678,7 @@ TEST_IMPL(daemon_late_replies_given_back)
 		td_fill_page(pages + i * PG, 40 + (unsigned)i);
 		hash[i] = md__page_hash(pages + i * PG);
 	}
-	ASSERT(kill(t.pid, SIGSTOP) == 0);
+	stop_daemon(t.pid);
 	ASSERT_EQ(md__client_publish_each(c, hash + 1, each, 2, slot, status), -ETIMEDOUT);
 	ASSERT_EQ(md__client_ref(c, &a, 1, -1), 0);
 	ASSERT(kill(t.pid, SIGCONT) == 0);
@@ -1535,9 +1687,17 @@ TEST_IMPL(daemon_late_replies_given_back)
 	ASSERT(wait_live(&t, w.domain_id, 0, 1000));
 	ASSERT(md__client_alive(c));
 
-	/* The connection still serves. */
-	publish(c, 50, 1, pages, hash);
+	/* An UNREF answered late counts once: it went, so it is done (a
+	 * caller that tried again would drop a reference of a page it
+	 * still maps). */
+	uint32_t u = publish(c, 43, 1, pages, hash);
+	ASSERT_EQ(md__client_ref(c, &u, 1, +1), 0);	/* two pages map it */
+	stop_daemon(t.pid);
+	ASSERT_EQ(md__client_ref(c, &u, 1, -1), 0);
+	ASSERT(kill(t.pid, SIGCONT) == 0);
+	ASSERT_EQ(lookup_caught_up(c), 0);
 	ASSERT_EQ(my_references(&t), 1);
+	ASSERT(md__client_alive(c));
 	md__client_free(c);
 	close(fd);
 	td_stop(&t);
