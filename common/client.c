@@ -453,7 +453,7 @@ static int timed_out(struct md__client *c, uint32_t seq, unsigned type, const ui
 		     uint32_t n)
 {
 	int refs = type == MD_MSG_REF || type == MD_MSG_UNREF;
-	if ((refs && !slots) || owe(c, seq, type, 1, slots, n) != 0)
+	if ((refs && !slots) || (type == MD_MSG_PUBLISH && !n) || owe(c, seq, type, 1, slots, n) != 0)
 		return kill_conn(c, -ETIMEDOUT);
 	md__log_once(74, "memdedupd is slow to answer: requests fail until it catches up; "
 		     "what it grants late is given back");

@@ -350,10 +350,10 @@ TEST_IMPL(cross_daemon_stopped)
 	ASSERT_EQ(proc_stats_wait(&b, &s, 20000, sharing_n), 0);
 	/* New duplicates while it is stopped: both scanners ask it. Their
 	 * records hold references, so a reconnect would find them again. */
-	ASSERT(kill(t.pid, SIGSTOP) == 0);
+	td_pause(&t);
 	proc_cmd(&a, "fill %u %u 10", 512 * PG, N);
 	proc_cmd(&b, "fill %u %u 10", 512 * PG, N);
-	usleep(3000000);
+	usleep(4000000);
 	ASSERT(kill(t.pid, SIGCONT) == 0);
 	int shared = 0;
 	for (int i = 0; i < 200 && shared < (int)N; i++) {

@@ -172,3 +172,24 @@ int td_sh(const char *fmt, ...)
 	int st = system(cmd);
 	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
+
+/* SIGSTOP, and waits until pid is stopped: a request sent before would be
+ * answered in time. */
+void td_pause(const struct tdaemon *t)
+{
+	char path[64], st[512];
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)t->pid);
+	ASSERT(kill(t->pid, SIGSTOP) == 0);
+	for (int i = 0; i < 500; i++) {
+		FILE *f = fopen(path, "r");
+		ASSERT(f);
+		size_t n = fread(st, 1, sizeof(st) - 1, f);
+		fclose(f);
+		st[n] = '\0';
+		const char *p = strrchr(st, ')');
+		if (p && p[1] == ' ' && p[2] == 'T')
+			return;
+		usleep(1000);
+	}
+	ASSERT(!"the daemon did not stop");
+}

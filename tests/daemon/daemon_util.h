@@ -18,6 +18,8 @@ struct tdaemon {
 void td_start(struct tdaemon *t, unsigned pool_pages);
 /* SIGTERM, and checks it exits 0 and removes its socket. */
 void td_stop(struct tdaemon *t);
+/* SIGSTOP, and waits until it is stopped (SIGCONT resumes it). */
+void td_pause(const struct tdaemon *t);
 struct md__client *td_connect(const struct tdaemon *t);
 /* Connects and says HELLO as this process. */
 struct md__client *td_agent(const struct tdaemon *t, const char *domain,
