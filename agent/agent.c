@@ -407,6 +407,28 @@ int md_agent_unregister(md_agent *a, void *addr, size_t len)
 	return err;
 }
 
+int md_agent_userfault(md_agent *a, void *addr, size_t len)
+{
+	uintptr_t s = (uintptr_t)addr & ~(uintptr_t)(MD_PAGE - 1), e = (uintptr_t)addr + len;
+	if (!a || len == 0 || e < s || e > UINTPTR_MAX - MD_PAGE)
+		return -EINVAL;
+	e = (e + MD_PAGE - 1) & ~(uintptr_t)(MD_PAGE - 1);
+	int ours = 0;
+	pthread_mutex_lock(&a->lock);
+	for (size_t i = 0; i < a->nregions && !ours; i++)
+		ours = a->regions[i].start < e && a->regions[i].end > s;
+	pthread_mutex_unlock(&a->lock);
+	if (!ours)
+		return 0;
+	/* Made private where they stand: pages mapped from the pool or an
+	 * image stay in those private file mappings, as copies. */
+	int err = md_agent_unregister(a, (void *)s, e - s);
+	md__log_once(76, "the VMM registers guest RAM with its own userfaultfd (postcopy migration, "
+		     "a background snapshot): that memory is no longer shared or merged%s",
+		     err ? ", but its shared pages could not all be made private" : "");
+	return err;
+}
+
 int md_agent_forget(md_agent *a, void *addr, size_t len)
 {
 	int err = check_range(addr, len);

@@ -28,6 +28,7 @@
  */
 #include <dlfcn.h>
 #include <errno.h>
+#include <linux/userfaultfd.h>
 #include <liburing.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -610,6 +611,13 @@ EXPORT int ioctl(int fd, unsigned long request, ...)
 	va_end(ap);
 	if (md__ioctl_maps_dma(request))
 		unseen_io("gave a device memory for DMA (VFIO, iommufd or vhost-vdpa)");
+	/* The VMM's own userfaultfd over guest RAM (the engine's calls do not
+	 * come here): ours gives the range up first. */
+	md_agent *a;
+	if ((unsigned int)request == (unsigned int)UFFDIO_REGISTER && arg && (a = agent_peek())) {
+		const struct uffdio_register *r = arg;
+		md_agent_userfault(a, (void *)(uintptr_t)r->range.start, (size_t)r->range.len);
+	}
 	return md__sys_ioctl(fd, request, arg);
 }
 

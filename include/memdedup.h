@@ -220,6 +220,16 @@ MD_API int md_agent_register(md_agent *agent, void *addr, size_t len, unsigned a
 /* Forgets [addr, addr+len), which stays mapped: pages shared there are made
  * private copies first (their content stays as it is). */
 MD_API int md_agent_unregister(md_agent *agent, void *addr, size_t len);
+/* Tells the agent the VMM is about to register [addr, addr+len) with its
+ * own userfaultfd (QEMU's postcopy migration and background snapshots do):
+ * a range belongs to one userfaultfd only, and the scanner's holds guest
+ * RAM, so the VMM's registration would fail (EBUSY). The agent gives the
+ * guest RAM there up as md_agent_unregister does (shared pages made private
+ * copies, no more merging or sharing at read time there) and says so once
+ * in the log. The preload library calls it on the VMM's UFFDIO_REGISTER. 0,
+ * or md_agent_unregister's -errno (then the VMM's registration fails as it
+ * would have). */
+MD_API int md_agent_userfault(md_agent *agent, void *addr, size_t len);
 /* Adds advice bits to what new mappings in [addr, addr+len) inherit. */
 MD_API int md_agent_advise(md_agent *agent, void *addr, size_t len, unsigned advice);
 #define MD_ADV_DONTFORK  (1u << 0)

@@ -259,6 +259,64 @@ TEST_IMPL(scan_stops_for_vdpa)
 	return stops_for_unseen_io(0, 0, "vdpa", "-9", "for DMA (VFIO, iommufd or vhost-vdpa)");
 }
 
+static int merged_512(const md_stats *s) { return s->merged >= 512; }
+static int merged_384(const md_stats *s) { return s->merged >= 384; }
+
+/* The VMM's own userfaultfd over guest RAM (QEMU's postcopy migration
+ * registers it for missing pages; the scanner's registration made that
+ * fail with EBUSY): the agent gives the range up first, its merged pages
+ * made private with their content, and merges there no more. */
+TEST_IMPL(scan_gives_ram_to_vmm_userfault)
+{
+	char log[600], logenv[700];
+	snprintf(log, sizeof(log), "%s/uffd.log", test_dir());
+	snprintf(logenv, sizeof(logenv), "MEMDEDUP_LOG=%s", log);
+	const char *env[] = { "MEMDEDUP_SCAN=1", "MEMDEDUP_PAGES_TO_SCAN=2000", "MEMDEDUP_SLEEP_MS=1",
+			      logenv, NULL };
+	struct proc a;
+	proc_start(&a, env);
+	proc_cmd(&a, "map 1024");
+	ASSERT(strcmp(proc_cmd(&a, "fill 0 256 3"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 256 3", 256 * PG), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 64 5", 512 * PG), "ok") == 0);	/* unique */
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 128 4", 640 * PG), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 128 4", 768 * PG), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 64 6", 896 * PG), "ok") == 0);	/* unique */
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_384), 0);
+	unsigned same = 0;
+	for (unsigned i = 0; i < 256; i++)
+		same += proc_page(&a, i * PG).pfn == proc_page(&a, (256 + i) * PG).pfn;
+	ASSERT_EQ(same, 256);
+	char h[32];
+	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", 1024 * PG));
+
+	/* The merged pairs and the unique pages go to the VMM's userfaultfd. */
+	ASSERT_EQ(proc_num(&a, "uffd 0 %u missing", 576 * PG), 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 1024 * PG), h) == 0);
+	usleep(500000);	/* passes of the scanner, were it merging there */
+	for (unsigned i = 0; i < 256; i++) {
+		struct pm x = proc_page(&a, i * PG), y = proc_page(&a, (256 + i) * PG);
+		ASSERT(x.present && y.present && !x.file && !y.file && x.pfn != y.pfn);
+	}
+	for (unsigned i = 0; i < 64; i++)
+		ASSERT(proc_page(&a, (512 + i) * PG).present);
+	ASSERT_EQ(proc_num(&a, "uffd %u %u wp", 896 * PG, 64 * PG), 0);
+	/* The rest is the scanner's still. */
+	for (unsigned i = 0; i < 128; i += 7)
+		ASSERT_EQ(proc_page(&a, (640 + i) * PG).pfn, proc_page(&a, (768 + i) * PG).pfn);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 1024 * PG), h) == 0);
+	/* Write-protection (a background snapshot) takes merged pages too,
+	 * made private in the pool's mapping. */
+	ASSERT_EQ(proc_num(&a, "uffd %u %u wp", 640 * PG, 256 * PG), 0);
+	for (unsigned i = 0; i < 128; i += 7)
+		ASSERT(proc_page(&a, (640 + i) * PG).pfn != proc_page(&a, (768 + i) * PG).pfn);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 1024 * PG), h) == 0);
+	proc_stop(&a);
+	ASSERT(strstr(file_text(log), "its own userfaultfd"));
+	return 0;
+}
+
 /* Kernel KSM over the whole process (prctl PR_SET_MEMORY_MERGE, which
  * systemd's MemoryKSM=yes sets before exec) would merge the pages our
  * scanner freezes: turned off when the scanner starts, and not passed on
@@ -324,8 +382,6 @@ TEST_IMPL(scan_merges_beside_event_rings)
 	ASSERT(!strstr(file_text(log), "stops merging"));
 	return 0;
 }
-
-static int merged_512(const md_stats *s) { return s->merged >= 512; }
 
 /* A munmap that fails (EINVAL here: a length past the end of the address
  * space, with 5-level paging too) unmaps nothing: merged pages keep their pool pages, which later

@@ -46,6 +46,9 @@
  *                           setting it through the C library or the system call
  *   vfio                  -> -errno of VFIO_IOMMU_MAP_DMA on no descriptor
  *   vdpa                  -> -errno of VHOST_VDPA_GET_DEVICE_ID on no descriptor
+ *   uffd OFF LEN missing|wp -> 0 or -errno of registering the RAM's range with a
+ *                           userfaultfd of its own (kept open), as QEMU's postcopy
+ *                           migration (missing) or background snapshot (wp) does
  *   quit
  */
 #include <dlfcn.h>
@@ -53,6 +56,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <liburing.h>
+#include <linux/userfaultfd.h>
 #include <linux/vfio.h>
 #include <linux/vhost.h>
 #include <poll.h>
@@ -319,6 +323,22 @@ int main(void)
 		} else if (strcmp(cmd, "vfio") == 0) {
 			struct vfio_iommu_type1_dma_map m = { .argsz = sizeof(m) };
 			printf("%d\n", ioctl(-1, VFIO_IOMMU_MAP_DMA, &m) < 0 ? -errno : 0);
+		} else if (strcmp(cmd, "uffd") == 0) {
+			sscanf(line, "%*s %lld %lld %31s", &a1, &a2, s2);
+			struct uffdio_api api = { .api = UFFD_API };
+			struct uffdio_register reg = {
+				.range = { (uintptr_t)(base + a1), (uint64_t)a2 },
+				.mode = strcmp(s2, "wp") == 0 ? UFFDIO_REGISTER_MODE_WP : UFFDIO_REGISTER_MODE_MISSING,
+			};
+			int u = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+			if (u < 0) {
+				int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+				u = dev < 0 ? -1 : ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+				if (dev >= 0)
+					close(dev);
+			}
+			printf("%d\n", u < 0 || ioctl(u, UFFDIO_API, &api) < 0 ||
+			       ioctl(u, UFFDIO_REGISTER, &reg) < 0 ? -errno : 0);
 		} else if (strcmp(cmd, "vdpa") == 0) {
 			uint32_t id;
 			printf("%d\n", ioctl(-1, VHOST_VDPA_GET_DEVICE_ID, &id) < 0 ? -errno : 0);
