@@ -413,19 +413,24 @@ int md_agent_userfault(md_agent *a, void *addr, size_t len)
 	if (!a || len == 0 || e < s || e > UINTPTR_MAX - MD_PAGE)
 		return -EINVAL;
 	e = (e + MD_PAGE - 1) & ~(uintptr_t)(MD_PAGE - 1);
-	int ours = 0;
+	int ours = 0, err = 0;
 	pthread_mutex_lock(&a->lock);
 	for (size_t i = 0; i < a->nregions && !ours; i++)
 		ours = a->regions[i].start < e && a->regions[i].end > s;
+	/* The scanner's part first: the zero pages it dropped put back (the
+	 * VMM's userfaultfd would take them for pages still to come). */
+	if (ours && a->engine)
+		err = md__engine_unregister(a->engine, (void *)s, e - s, MD_UNREG_HANDOVER);
 	pthread_mutex_unlock(&a->lock);
 	if (!ours)
 		return 0;
 	/* Made private where they stand: pages mapped from the pool or an
 	 * image stay in those private file mappings, as copies. */
-	int err = md_agent_unregister(a, (void *)s, e - s);
+	if (!err)
+		err = md_agent_unregister(a, (void *)s, e - s);
 	md__log_once(76, "the VMM registers guest RAM with its own userfaultfd (postcopy migration, "
 		     "a background snapshot): that memory is no longer shared or merged%s",
-		     err ? ", but its shared pages could not all be made private" : "");
+		     err ? "; it could not all be given back as it was: the registration fails" : "");
 	return err;
 }
 

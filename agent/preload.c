@@ -616,7 +616,11 @@ EXPORT int ioctl(int fd, unsigned long request, ...)
 	md_agent *a;
 	if ((unsigned int)request == (unsigned int)UFFDIO_REGISTER && arg && (a = agent_peek())) {
 		const struct uffdio_register *r = arg;
-		md_agent_userfault(a, (void *)(uintptr_t)r->range.start, (size_t)r->range.len);
+		int err = md_agent_userfault(a, (void *)(uintptr_t)r->range.start, (size_t)r->range.len);
+		if (err && err != -EINVAL) {
+			errno = -err;	/* a hole of ours would be taken for a page to come */
+			return -1;
+		}
 	}
 	return md__sys_ioctl(fd, request, arg);
 }

@@ -492,10 +492,49 @@ static void unregister_mapping(void *uffd, uintptr_t lo, uintptr_t hi)
 	md__uffd_unregister(uffd, lo, hi - lo);
 }
 
+/* Puts back the zero pages the engine dropped in [a, end) that are still
+ * not there (MD_UNREG_HANDOVER), before anything is forgotten. */
+static int fill_dropped(struct md__engine *e, uintptr_t a, uintptr_t end)
+{
+	uint64_t pm[MAX_RUN];
+	for (size_t ri = 0; ri < e->nregions; ri++) {
+		const struct md__eregion *r = &e->regions[ri];
+		uintptr_t s0 = a > r->start ? a : r->start, s1 = end < r->end ? end : r->end;
+		for (uintptr_t p = s0; p < s1; p += MAX_RUN * MD_EPAGE) {
+			size_t n = (s1 - p) / MD_EPAGE < MAX_RUN ? (s1 - p) / MD_EPAGE : MAX_RUN;
+			size_t first = (p - r->start) / MD_EPAGE, k;
+			for (k = 0; k < n && !(r->seen[first + k] & MD_SEEN_DROPPED); k++)
+				;
+			if (k == n)
+				continue;
+			size_t len = n * sizeof(uint64_t);
+			if (md__sys_pread(e->pagemap_fd, pm, len, (off_t)(p / MD_EPAGE * sizeof(uint64_t))) != (ssize_t)len)
+				return -EIO;
+			/* A page the guest touches meanwhile is there: populating
+			 * it again changes nothing. */
+			for (k = 0; k < n; k++)
+				if ((r->seen[first + k] & MD_SEEN_DROPPED) && !(pm[k] & MD_PM_PRESENT) &&
+				    md__sys_madvise((void *)(p + k * MD_EPAGE), MD_EPAGE, MADV_POPULATE_WRITE) != 0)
+					return -errno;
+		}
+	}
+	return 0;
+}
+
 /* md__engine_unregister with both locks held. */
 static int unregister_locked(struct md__engine *e, uintptr_t a, uintptr_t end, int how)
 {
 	int err = 0;
+	if (how == MD_UNREG_HANDOVER) {
+		/* Not write-protected any more first: a populating write would
+		 * wait for our fault thread, which waits for our lock. */
+		if (md__uffd_unregister(&e->uffd, a, end - a) != 0)
+			md__range_mappings(a, end, unregister_mapping, &e->uffd);
+		err = fill_dropped(e, a, end);
+		if (err)
+			return err;
+		how = MD_UNREG_MAPPED;
+	}
 	for (size_t ri = 0; ri < e->nregions; ri++) {
 		struct md__eregion r = e->regions[ri];
 		if (r.end <= a || r.start >= end)
@@ -925,6 +964,8 @@ int md__engine_merge_zero(struct md__engine *e, void *addr, size_t n)
 		size_t rlen = (j - i) * MD_EPAGE;
 		if (z[i] && zero_run(e, r, ra, j - i) == 0) {
 			dropped += (int)(j - i);
+			for (size_t k = i; k < j; k++)
+				r->seen[(ra - r->start) / MD_EPAGE + k - i] |= MD_SEEN_DROPPED;
 			/* The zap took the protection with the page. */
 			md__uffd_wake(&e->uffd, ra, rlen);
 		} else {
@@ -1137,6 +1178,8 @@ int md__engine_discard(struct md__engine *e, void *addr, size_t len)
 		for (uintptr_t p = s0; p < s1 && !err; p += MAX_RUN * MD_EPAGE) {
 			size_t n = (s1 - p) / MD_EPAGE < MAX_RUN ? (s1 - p) / MD_EPAGE : MAX_RUN;
 			err = zero_run(e, r, p, n);
+			for (size_t k = 0; k < n && !err; k++)	/* the VMM's holes now */
+				r->seen[(p - r->start) / MD_EPAGE + k] &= (uint8_t)~MD_SEEN_DROPPED;
 		}
 	}
 	md__engine_unlock(e);

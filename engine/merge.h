@@ -82,6 +82,11 @@ static inline int md__pm_private_anon(uint64_t pm)
 #define MD_SEEN_AGE(s) (((s) >> 1) & 3u)
 #define MD_SEEN_SKIP(s) ((s) >> 4)
 #define MD_SEEN_MAKE(age, skip) (MD_SEEN | (unsigned)(age) << 1 | (unsigned)(skip) << 4)
+/* Also in seen[]: the engine dropped the page as a zero page, so it is not
+ * there until touched, and the VMM has not discarded it since: a hole that
+ * is ours, not the VMM's (MD_UNREG_HANDOVER fills it). A visit of the page,
+ * there again, clears it. */
+#define MD_SEEN_DROPPED 8u
 
 /* What the engine keeps per registered page: ref, hash and seen. */
 #define MD_EPAGE_META (sizeof(uint32_t) + sizeof(uint16_t) + sizeof(uint8_t))
@@ -182,6 +187,11 @@ const unsigned char *md__engine_pool_page(struct md__engine *e, uint32_t slot);
  * only dropped when the engine goes; counted in refs_kept. */
 #define MD_UNREG_GONE 0
 #define MD_UNREG_MAPPED 1
+/* As MD_UNREG_MAPPED, for the VMM's own userfaultfd (postcopy migration):
+ * it takes a page that is not there for one not received yet, and waits for
+ * it forever. So the zero pages the engine dropped are put back first (and
+ * if that fails, -errno and nothing is forgotten). */
+#define MD_UNREG_HANDOVER 2
 int md__engine_unregister(struct md__engine *e, void *addr, size_t len, int how);
 /* Runs op(arg), which unmaps or replaces [addr, addr+len) (the VMM's munmap,
  * MAP_FIXED mmap or mremap) and returns 0 or -errno, with the scanner kept

@@ -225,10 +225,11 @@ MD_API int md_agent_unregister(md_agent *agent, void *addr, size_t len);
  * a range belongs to one userfaultfd only, and the scanner's holds guest
  * RAM, so the VMM's registration would fail (EBUSY). The agent gives the
  * guest RAM there up as md_agent_unregister does (shared pages made private
- * copies, no more merging or sharing at read time there) and says so once
- * in the log. The preload library calls it on the VMM's UFFDIO_REGISTER. 0,
- * or md_agent_unregister's -errno (then the VMM's registration fails as it
- * would have). */
+ * copies, no more merging or sharing at read time there), after putting
+ * back the zero pages the scanner dropped (a userfaultfd for missing pages
+ * would take those for pages still to come), and says so once in the log.
+ * The preload library calls it on the VMM's UFFDIO_REGISTER. 0, or -errno
+ * (memory short): then the preload library fails the registration. */
 MD_API int md_agent_userfault(md_agent *agent, void *addr, size_t len);
 /* Adds advice bits to what new mappings in [addr, addr+len) inherit. */
 MD_API int md_agent_advise(md_agent *agent, void *addr, size_t len, unsigned advice);
