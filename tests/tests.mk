@@ -1,5 +1,5 @@
 # tests.mk - the test tiers. `make check`: unit and process tests, the fuzz
-# corpus replay, two real guests, and a background snapshot of a merged one.
+# corpus replay, two real guests, and QEMU's snapshot and postcopy migration.
 # `make check-all` adds the slow tier.
 TEST_SRC := tests/runner.c tests/proc.c tests/test_units.c tests/test_agent.c tests/test_cli.c tests/test_scan.c tests/test_cross.c \
             $(ENGINE_TEST_SRC) $(DAEMON_TEST_SRC)
@@ -33,7 +33,7 @@ check-fuzz: $(B)/fuzz-replay $(B)/fuzz-replay-protocol
 
 check-guest: all guest
 	tests/guest/test_two_guests.sh
-	tests/guest/test_snapshot_guest.sh
+	tests/guest/test_migration_guest.sh
 
 check: check-deps
 	$(MAKE) check-unit check-fuzz check-guest

@@ -1,40 +1,42 @@
 #!/usr/bin/env bash
-# Integration test: QEMU's background snapshot of a guest whose RAM the
-# scanner merges. QEMU write-protects guest RAM with a userfaultfd of its
-# own for it (its postcopy migration registers one too), which the
-# scanner's registration made fail ("not compatible with guest memory
-# configuration"): the agent now gives the RAM up when QEMU registers it.
-# One guest under `memdedup run --scan` (read-time sharing off: pages shared
-# at read time stay in the image's file mapping, which the kernel will not
+# Integration test: QEMU's own userfaultfd over guest RAM the scanner
+# merges. Its background snapshot write-protects guest RAM with one, its
+# postcopy migration registers one on the destination for pages still to
+# come; the scanner's registration made both fail, and the zero pages the
+# scanner dropped made a postcopy destination wait forever. Guests run
+# under `memdedup run --scan` (read-time sharing off: pages shared at read
+# time stay in the image's file mapping, which the kernel will not
 # register; docs/ARCHITECTURE.md). Checks:
-#   1. QEMU takes the capability and the snapshot completes;
-#   2. the agent said it gave the RAM up;
-#   3. the guest reads the image's data before and after (its checksum);
-#   4. the snapshot restored in a plain QEMU runs on, and the guest there
-#      reads the same data again after its hold: what was merged went into
-#      the snapshot as the guest wrote it.
-# Env: TEST_HOLD (s, default 30), MEMDEDUP_BIN. Runtime here: ~60 s.
+#   1. background snapshot: the scanner merged pages first; QEMU takes the
+#      capability, the snapshot completes, the agent says it gave the RAM
+#      up; the guest reads the image's data before and after; the snapshot
+#      restored in a plain QEMU reads it again after its hold;
+#   2. postcopy migration from a plain QEMU to one under the scanner
+#      completes, and the guest on the destination reads the image's data
+#      again after its hold.
+# Env: TEST_HOLD (s, default 30), MEMDEDUP_BIN. Runtime here: ~2 min.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
 source scripts/fleet-lib.sh
 source tests/guest/guest-test-lib.sh
-name=test_snapshot_guest
+name=test_migration_guest
 hold=${TEST_HOLD:-30}
 md=${MEMDEDUP_BIN:-$root/build/memdedup}
-out=$root/build/tests/guest-snapshot
+out=$root/build/tests/guest-migration
 guest_test_init
 img=$(fleet_image 96)
 want=$(cat "$img.md5")
 rm -rf "$out"
 mkdir -p "$out"
-port=$((20000 + $$ % 20000))
+port=$((20000 + $$ % 20000 * 2))   # this, +1 (monitors) and +2 (migration)
 
-# HMP commands on the guest's monitor (a TCP port: bash needs no tool for
-# it); prints the replies.
+# HMP commands on the monitor at port $P (a TCP port: bash needs no tool
+# for it); prints the replies.
+P=$port
 hmp() {
   local c
-  exec 3<>"/dev/tcp/127.0.0.1/$port" || return 1
+  exec 3<>"/dev/tcp/127.0.0.1/$P" || return 1
   sleep 0.3
   for c in "$@"; do printf '%s\n' "$c" >&3; sleep 0.5; done
   timeout 1 cat <&3 | tr -d '\r' | sed 's/\x1b\[[0-9;]*[A-Za-z]//g' || true
@@ -110,5 +112,56 @@ if [ "$(got RECHECK "$out/restored.log")" = "$want" ]; then
   pass "the restored guest read the image's data again"
 else
   fail "the restored guest read '$(got RECHECK "$out/restored.log")'; the image holds $want (log $out/restored.log)"
+fi
+
+# Postcopy: a plain QEMU migrates to one under the scanner; the switch to
+# postcopy comes while pages are still to come (the bandwidth is capped).
+guests=()
+guest/run-guest.sh --hold "$hold" --log "$out/source.log" --timeout $((hold + 150)) \
+  --qemu-opt "-monitor tcp:127.0.0.1:$port,server,nowait" "$img" > "$out/source.out" 2>&1 &
+guests+=($!)
+MEMDEDUP_NO_SHARING=1 MEMDEDUP_LOG=$out/dest-agent.log MEMDEDUP_RUN_DIR=$out/run guest/run-guest.sh \
+  --hold "$hold" --log "$out/dest.log" --timeout $((hold + 150)) \
+  --wrapper "$md run --kernel-ksm=off --scan --domain=private --pages-to-scan=2000 --" \
+  --qemu-opt "-monitor tcp:127.0.0.1:$((port + 1)),server,nowait -incoming tcp:127.0.0.1:$((port + 2))" \
+  "$img" > "$out/dest.out" 2>&1 &
+guests+=($!)
+for _ in $(seq 1 240); do
+  grep -q '^MEMDEDUP-GUEST: DONE' "$out/source.log" 2>/dev/null && break
+  sleep 0.5
+done
+P=$((port + 1)) hmp "migrate_set_capability postcopy-ram on" > "$out/hmp-dest" || true
+reply=$(hmp "migrate_set_capability postcopy-ram on" "migrate_set_parameter max-bandwidth 20M" \
+        "migrate -d tcp:127.0.0.1:$((port + 2))")
+sleep 4
+reply+=$(hmp "migrate_start_postcopy")
+if grep -qi error <<<"$reply$(cat "$out/hmp-dest")"; then
+  fail "QEMU refused postcopy: $(grep -hi error <<<"$reply$(cat "$out/hmp-dest")" | head -1)"
+fi
+status=""
+for _ in $(seq 1 90); do
+  status=$(hmp "info migrate" | grep -m1 '^Migration status:' | awk '{print $3}' || true)
+  case "$status" in completed|failed|cancelled) break ;; esac
+  sleep 1
+done
+if [ "$status" = completed ]; then
+  pass "postcopy migration to a QEMU under the scanner completed"
+else
+  fail "postcopy migration ended '${status:-never}' (logs in $out)"
+fi
+for _ in $(seq 1 $((2 * hold + 120))); do
+  grep -q '^MEMDEDUP-GUEST: \(RECHECK\|FAIL\)' "$out/dest.log" 2>/dev/null && break
+  sleep 0.5
+done
+stop_guests
+if grep -q 'registers guest RAM with its own userfaultfd' "$out/dest-agent.log"; then
+  pass "the destination's agent gave the guest's RAM up to QEMU's userfaultfd"
+else
+  fail "the destination's agent did not say it gave the RAM up (log $out/dest-agent.log)"
+fi
+if [ "$(got RECHECK "$out/dest.log")" = "$want" ]; then
+  pass "the migrated guest read the image's data again"
+else
+  fail "the migrated guest read '$(got RECHECK "$out/dest.log")'; the image holds $want (log $out/dest.log)"
 fi
 finish
