@@ -375,6 +375,12 @@ int md_agent_register(md_agent *a, void *addr, size_t len, unsigned advice)
 		return shared > 0 ? -EPERM : shared;
 	}
 	pthread_mutex_lock(&a->lock);
+	if (md__rangeset_overlaps(&a->handed, (uintptr_t)addr, (uintptr_t)addr + len)) {
+		pthread_mutex_unlock(&a->lock);
+		md__log_once(77, "memory at %p (%zu bytes) was given to the VMM's own userfaultfd: "
+			     "not merged", addr, len);
+		return -EBUSY;
+	}
 	err = md__regions_add(a, (uintptr_t)addr, (uintptr_t)addr + len, advice);
 	/* Under agent->lock: the read path looks at the engine's regions
 	 * while holding it, so they only change under it. */
@@ -421,6 +427,10 @@ int md_agent_userfault(md_agent *a, void *addr, size_t len)
 	 * VMM's userfaultfd would take them for pages still to come). */
 	if (ours && a->engine)
 		err = md__engine_unregister(a->engine, (void *)s, e - s, MD_UNREG_HANDOVER);
+	if (err == -EINVAL)
+		err = -EIO;	/* -EINVAL is for bad arguments: the VMM would go on */
+	if (ours && !err)
+		md__rangeset_add(&a->handed, s, e);
 	pthread_mutex_unlock(&a->lock);
 	if (!ours)
 		return 0;

@@ -160,16 +160,34 @@ undo_lock:
 	return err;
 }
 
+static void region_free(struct md__eregion *r)
+{
+	free(r->ref);
+	free(r->hash);
+	free(r->seen);
+	free(r->dropped);
+}
+
+static int dropped_get(const struct md__eregion *r, size_t i)
+{
+	return (r->dropped[i / 8] >> (i % 8)) & 1;
+}
+
+static void dropped_set(struct md__eregion *r, size_t i, int on)
+{
+	if (on)
+		r->dropped[i / 8] |= (uint8_t)(1u << (i % 8));
+	else
+		r->dropped[i / 8] &= (uint8_t)~(1u << (i % 8));
+}
+
 void md__engine_fini(struct md__engine *e)
 {
 	/* Closing the userfaultfd ends registrations; merged pages stay
 	 * mapped from the pool, which lives on in those mappings. */
 	md__uffd_close(&e->uffd);
-	for (size_t i = 0; i < e->nregions; i++) {
-		free(e->regions[i].ref);
-		free(e->regions[i].hash);
-		free(e->regions[i].seen);
-	}
+	for (size_t i = 0; i < e->nregions; i++)
+		region_free(&e->regions[i]);
 	free(e->regions);
 	free(e->slot_hash);
 	free(e->cmp_buf);
@@ -247,8 +265,8 @@ static int register_one(struct md__engine *e, uintptr_t a, size_t len, unsigned 
 	e->regions = n;
 	size_t np = len / MD_EPAGE;
 	struct md__eregion r = { a, a + len, advice, calloc(np, sizeof(uint32_t)),
-				 calloc(np, sizeof(uint16_t)), calloc(np, 1) };
-	if (!r.ref || !r.hash || !r.seen) {
+				 calloc(np, sizeof(uint16_t)), calloc(np, 1), calloc((np + 7) / 8, 1) };
+	if (!r.ref || !r.hash || !r.seen || !r.dropped) {
 		err = -ENOMEM;
 		goto free_arrays;
 	}
@@ -262,9 +280,7 @@ static int register_one(struct md__engine *e, uintptr_t a, size_t len, unsigned 
 	return 0;
 
 free_arrays:
-	free(r.ref);
-	free(r.hash);
-	free(r.seen);
+	region_free(&r);
 unlock:
 	md__engine_unlock(e);
 	pthread_rwlock_unlock(&e->regions_lock);
@@ -444,16 +460,16 @@ static int region_slice(const struct md__eregion *r, size_t from, size_t n, stru
 {
 	*out = (struct md__eregion){ r->start + from * MD_EPAGE, r->start + (from + n) * MD_EPAGE,
 				     r->advice, malloc(n * sizeof(uint32_t)),
-				     malloc(n * sizeof(uint16_t)), malloc(n) };
-	if (!out->ref || !out->hash || !out->seen) {
-		free(out->ref);
-		free(out->hash);
-		free(out->seen);
+				     malloc(n * sizeof(uint16_t)), malloc(n), calloc((n + 7) / 8, 1) };
+	if (!out->ref || !out->hash || !out->seen || !out->dropped) {
+		region_free(out);
 		return -ENOMEM;
 	}
 	memcpy(out->ref, r->ref + from, n * sizeof(uint32_t));
 	memcpy(out->hash, r->hash + from, n * sizeof(uint16_t));
 	memcpy(out->seen, r->seen + from, n);
+	for (size_t i = 0; i < n; i++)
+		dropped_set(out, i, dropped_get(r, from + i));
 	return 0;
 }
 
@@ -493,7 +509,9 @@ static void unregister_mapping(void *uffd, uintptr_t lo, uintptr_t hi)
 }
 
 /* Puts back the zero pages the engine dropped in [a, end) that are still
- * not there (MD_UNREG_HANDOVER), before anything is forgotten. */
+ * not there (MD_UNREG_HANDOVER), before anything is forgotten: by reading
+ * them, runs at a time, which maps the zero page where the kernel has one
+ * and takes no memory then, and never waits for a write-protection. */
 static int fill_dropped(struct md__engine *e, uintptr_t a, uintptr_t end)
 {
 	uint64_t pm[MAX_RUN];
@@ -503,7 +521,7 @@ static int fill_dropped(struct md__engine *e, uintptr_t a, uintptr_t end)
 		for (uintptr_t p = s0; p < s1; p += MAX_RUN * MD_EPAGE) {
 			size_t n = (s1 - p) / MD_EPAGE < MAX_RUN ? (s1 - p) / MD_EPAGE : MAX_RUN;
 			size_t first = (p - r->start) / MD_EPAGE, k;
-			for (k = 0; k < n && !(r->seen[first + k] & MD_SEEN_DROPPED); k++)
+			for (k = 0; k < n && !dropped_get(r, first + k); k++)
 				;
 			if (k == n)
 				continue;
@@ -512,10 +530,15 @@ static int fill_dropped(struct md__engine *e, uintptr_t a, uintptr_t end)
 				return -EIO;
 			/* A page the guest touches meanwhile is there: populating
 			 * it again changes nothing. */
-			for (k = 0; k < n; k++)
-				if ((r->seen[first + k] & MD_SEEN_DROPPED) && !(pm[k] & MD_PM_PRESENT) &&
-				    md__sys_madvise((void *)(p + k * MD_EPAGE), MD_EPAGE, MADV_POPULATE_WRITE) != 0)
-					return -errno;
+			for (k = 0; k < n;) {
+				size_t j = k;
+				while (j < n && dropped_get(r, first + j) && !(pm[j] & MD_PM_PRESENT))
+					j++;
+				if (j > k && md__sys_madvise((void *)(p + k * MD_EPAGE), (j - k) * MD_EPAGE,
+							     MADV_POPULATE_READ) != 0)
+					return errno == EINVAL ? -EIO : -errno;
+				k = j > k ? j : k + 1;
+			}
 		}
 	}
 	return 0;
@@ -558,7 +581,7 @@ static int unregister_locked(struct md__engine *e, uintptr_t a, uintptr_t end, i
 			break;
 		if (s1 < r.end && (err = region_slice(&r, (s1 - r.start) / MD_EPAGE,
 						      np - (s1 - r.start) / MD_EPAGE, &right))) {
-			free(left.ref), free(left.hash), free(left.seen);
+			region_free(&left);
 			break;
 		}
 		size_t extra = (left.ref != NULL) + (right.ref != NULL);
@@ -566,14 +589,14 @@ static int unregister_locked(struct md__engine *e, uintptr_t a, uintptr_t end, i
 		if (extra > 1) {
 			n = realloc(e->regions, (e->nregions + 1) * sizeof(*n));
 			if (!n) {
-				free(left.ref), free(left.hash), free(left.seen);
-				free(right.ref), free(right.hash), free(right.seen);
+				region_free(&left);
+				region_free(&right);
 				err = -ENOMEM;
 				break;
 			}
 			e->regions = n;
 		}
-		free(r.ref), free(r.hash), free(r.seen);
+		region_free(&r);
 		/* Replace r in place by what is left of it. */
 		memmove(&e->regions[ri], &e->regions[ri + 1], (e->nregions - ri - 1) * sizeof(*n));
 		e->nregions--;
@@ -953,9 +976,20 @@ int md__engine_merge_zero(struct md__engine *e, void *addr, size_t n)
 	err = -EINVAL;
 	if (!r)
 		goto unlock;
+	/* Only pages there now (the scanner's window may be a batch old):
+	 * one the VMM discarded since is its hole, not ours to drop and
+	 * mark. Under the lock no discard of the VMM's can come between
+	 * (md__engine_discard), and the freeze holds the writers off. */
+	uint64_t pm[MAX_RUN];
+	size_t pml = n * sizeof(uint64_t);
+	err = -EIO;
+	if (md__sys_pread(e->pagemap_fd, pm, pml, (off_t)(a / MD_EPAGE * sizeof(uint64_t))) != (ssize_t)pml)
+		goto unlock;
 	err = freeze_filled(e, a, n, 0, z);
 	if (err)
 		goto unlock;
+	for (size_t i = 0; i < n; i++)
+		z[i] = z[i] && (pm[i] & MD_PM_PRESENT) && !(e->zero_pfn && (pm[i] & MD_PM_PFN) == e->zero_pfn);
 	for (size_t i = 0; i < n;) {
 		size_t j = i;
 		while (j < n && z[j] == z[i])
@@ -965,7 +999,7 @@ int md__engine_merge_zero(struct md__engine *e, void *addr, size_t n)
 		if (z[i] && zero_run(e, r, ra, j - i) == 0) {
 			dropped += (int)(j - i);
 			for (size_t k = i; k < j; k++)
-				r->seen[(ra - r->start) / MD_EPAGE + k - i] |= MD_SEEN_DROPPED;
+				dropped_set(r, (a - r->start) / MD_EPAGE + k, 1);
 			/* The zap took the protection with the page. */
 			md__uffd_wake(&e->uffd, ra, rlen);
 		} else {
@@ -1179,7 +1213,7 @@ int md__engine_discard(struct md__engine *e, void *addr, size_t len)
 			size_t n = (s1 - p) / MD_EPAGE < MAX_RUN ? (s1 - p) / MD_EPAGE : MAX_RUN;
 			err = zero_run(e, r, p, n);
 			for (size_t k = 0; k < n && !err; k++)	/* the VMM's holes now */
-				r->seen[(p - r->start) / MD_EPAGE + k] &= (uint8_t)~MD_SEEN_DROPPED;
+				dropped_set(r, (p - r->start) / MD_EPAGE + k, 0);
 		}
 	}
 	md__engine_unlock(e);

@@ -82,11 +82,6 @@ static inline int md__pm_private_anon(uint64_t pm)
 #define MD_SEEN_AGE(s) (((s) >> 1) & 3u)
 #define MD_SEEN_SKIP(s) ((s) >> 4)
 #define MD_SEEN_MAKE(age, skip) (MD_SEEN | (unsigned)(age) << 1 | (unsigned)(skip) << 4)
-/* Also in seen[]: the engine dropped the page as a zero page, so it is not
- * there until touched, and the VMM has not discarded it since: a hole that
- * is ours, not the VMM's (MD_UNREG_HANDOVER fills it). A visit of the page,
- * there again, clears it. */
-#define MD_SEEN_DROPPED 8u
 
 /* What the engine keeps per registered page: ref, hash and seen. */
 #define MD_EPAGE_META (sizeof(uint32_t) + sizeof(uint16_t) + sizeof(uint8_t))
@@ -101,6 +96,11 @@ struct md__eregion {
 	                    * compared like any other), 2 bytes a page less in
 	                    * every guest's process than KSM's 32-bit one */
 	uint8_t *seen;     /* the scanner's state of the page: MD_SEEN_* */
+	uint8_t *dropped;  /* bitmap: the engine dropped the page as a zero page
+	                    * and the VMM has not discarded it since, so where it
+	                    * is not there the hole is ours, not the VMM's
+	                    * (MD_UNREG_HANDOVER fills it). Written under the
+	                    * merge lock only, unlike seen[]. */
 };
 
 struct md__engine_stats {

@@ -326,6 +326,24 @@ TEST_IMPL(scan_gives_ram_to_vmm_userfault)
 		ASSERT(proc_page(&a, (640 + i) * PG).pfn != proc_page(&a, (768 + i) * PG).pfn);
 	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 576 * PG), h) == 0);
 	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 640 * PG, 384 * PG), h2) == 0);
+	/* Advised again, it stays the VMM's: a mapping of ours there (a read
+	 * shared at read time, here) would drop the VMM's registration. */
+	char file[600];
+	static char block[16 * PG];
+	snprintf(file, sizeof(file), "%s/image", test_dir());
+	memset(block, 'i', sizeof(block));
+	int fd = open(file, O_CREAT | O_TRUNC | O_WRONLY, 0600);
+	ASSERT(fd >= 0 && write(fd, block, sizeof(block)) == (ssize_t)sizeof(block));
+	close(fd);
+	ASSERT_EQ(proc_num(&a, "advise 0 %u mergeable", 1024 * PG), 0);
+	long long vfd = proc_num(&a, "open %s", file);
+	ASSERT(vfd >= 0);
+	ASSERT_EQ(proc_num(&a, "read %lld 0 %u %u", vfd, 16 * PG, 512 * PG), 16 * PG);
+	proc_cmd(&a, "hash %u %u", 512 * PG, 16 * PG);
+	for (unsigned i = 0; i < 16; i++) {
+		struct pm x = proc_page(&a, (512 + i) * PG);
+		ASSERT(x.present && !x.file);	/* copied, not mapped */
+	}
 	proc_stop(&a);
 	ASSERT(strstr(file_text(log), "its own userfaultfd"));
 	return 0;
