@@ -548,14 +548,15 @@ static int fill_dropped(struct md__engine *e, uintptr_t a, uintptr_t end)
 static int unregister_locked(struct md__engine *e, uintptr_t a, uintptr_t end, int how)
 {
 	int err = 0;
-	if (how == MD_UNREG_HANDOVER) {
-		/* Not write-protected any more first: a populating write would
-		 * wait for our fault thread, which waits for our lock. */
-		if (md__uffd_unregister(&e->uffd, a, end - a) != 0)
-			md__range_mappings(a, end, unregister_mapping, &e->uffd);
+	/* Memory that stays mapped gets back the zero pages we dropped: a
+	 * userfaultfd for missing pages the VMM registers there, now or
+	 * later, would take them for pages still to come. Only the handover
+	 * fails for it; else the holes stay, as they were. */
+	if (how == MD_UNREG_HANDOVER || how == MD_UNREG_MAPPED) {
 		err = fill_dropped(e, a, end);
-		if (err)
+		if (err && how == MD_UNREG_HANDOVER)
 			return err;
+		err = 0;
 		how = MD_UNREG_MAPPED;
 	}
 	for (size_t ri = 0; ri < e->nregions; ri++) {
@@ -976,10 +977,12 @@ int md__engine_merge_zero(struct md__engine *e, void *addr, size_t n)
 	err = -EINVAL;
 	if (!r)
 		goto unlock;
-	/* Only pages there now (the scanner's window may be a batch old):
-	 * one the VMM discarded since is its hole, not ours to drop and
-	 * mark. Under the lock no discard of the VMM's can come between
-	 * (md__engine_discard), and the freeze holds the writers off. */
+	/* Which pages are there before the freeze (the scanner's window may
+	 * be a batch old): a page that is not was dropped by us before, or
+	 * discarded by the VMM since, its hole then; the freeze may read it
+	 * in. It is dropped again, but only a page that was there is marked
+	 * ours. Under the lock no discard of the VMM's comes between
+	 * (md__engine_discard). */
 	uint64_t pm[MAX_RUN];
 	size_t pml = n * sizeof(uint64_t);
 	err = -EIO;
@@ -988,8 +991,6 @@ int md__engine_merge_zero(struct md__engine *e, void *addr, size_t n)
 	err = freeze_filled(e, a, n, 0, z);
 	if (err)
 		goto unlock;
-	for (size_t i = 0; i < n; i++)
-		z[i] = z[i] && (pm[i] & MD_PM_PRESENT) && !(e->zero_pfn && (pm[i] & MD_PM_PFN) == e->zero_pfn);
 	for (size_t i = 0; i < n;) {
 		size_t j = i;
 		while (j < n && z[j] == z[i])
@@ -999,7 +1000,9 @@ int md__engine_merge_zero(struct md__engine *e, void *addr, size_t n)
 		if (z[i] && zero_run(e, r, ra, j - i) == 0) {
 			dropped += (int)(j - i);
 			for (size_t k = i; k < j; k++)
-				dropped_set(r, (a - r->start) / MD_EPAGE + k, 1);
+				if ((pm[k] & MD_PM_PRESENT) &&
+				    !(e->zero_pfn && (pm[k] & MD_PM_PFN) == e->zero_pfn))
+					dropped_set(r, (a - r->start) / MD_EPAGE + k, 1);
 			/* The zap took the protection with the page. */
 			md__uffd_wake(&e->uffd, ra, rlen);
 		} else {

@@ -189,8 +189,8 @@ const unsigned char *md__engine_pool_page(struct md__engine *e, uint32_t slot);
 #define MD_UNREG_MAPPED 1
 /* As MD_UNREG_MAPPED, for the VMM's own userfaultfd (postcopy migration):
  * it takes a page that is not there for one not received yet, and waits for
- * it forever. So the zero pages the engine dropped are put back first (and
- * if that fails, -errno and nothing is forgotten). */
+ * it forever. Both put back the zero pages the engine dropped first; here,
+ * if that fails, -errno and nothing is forgotten. */
 #define MD_UNREG_HANDOVER 2
 int md__engine_unregister(struct md__engine *e, void *addr, size_t len, int how);
 /* Runs op(arg), which unmaps or replaces [addr, addr+len) (the VMM's munmap,

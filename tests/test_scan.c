@@ -349,6 +349,37 @@ TEST_IMPL(scan_gives_ram_to_vmm_userfault)
 	return 0;
 }
 
+static int zero_64(const md_stats *s) { return s->zero_pages >= 64; }
+
+/* Memory that stops asking for merging (MADV_UNMERGEABLE) gets back the
+ * zero pages the scanner dropped: a userfaultfd for missing pages the VMM
+ * registers there later would take them for pages still to come. */
+TEST_IMPL(scan_unmergeable_fills_dropped)
+{
+	struct proc a;
+	proc_start(&a, fast_scan);
+	proc_cmd(&a, "map 256");
+	ASSERT(strcmp(proc_cmd(&a, "zero 0 64"), "ok") == 0);
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, zero_64), 0);
+	unsigned there = 64;
+	for (int t = 0; t < 200 && there; t++) {	/* all dropped */
+		there = 0;
+		for (unsigned i = 0; i < 64; i++)
+			there += proc_page(&a, i * PG).present;
+		if (there)
+			usleep(100000);
+	}
+	ASSERT_EQ(there, 0);
+	ASSERT_EQ(proc_num(&a, "advise 0 %u unmergeable", 256 * PG), 0);
+	for (unsigned i = 0; i < 64; i++)
+		ASSERT(proc_page(&a, i * PG).present);
+	ASSERT_EQ(proc_num(&a, "uffd 0 %u missing", 64 * PG), 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 64 * PG), hex(fnv_zero(64 * PG))) == 0);
+	proc_stop(&a);
+	return 0;
+}
+
 /* Kernel KSM over the whole process (prctl PR_SET_MEMORY_MERGE, which
  * systemd's MemoryKSM=yes sets before exec) would merge the pages our
  * scanner freezes: turned off when the scanner starts, and not passed on
