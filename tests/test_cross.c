@@ -328,6 +328,18 @@ TEST_IMPL(cross_daemon_killed)
 	return 0;
 }
 
+/* Both agents go; then no page may be left in the pool, and the daemon
+ * stops. */
+static void stop_pair_pool_empty(struct tdaemon *t, struct proc *a, struct proc *b)
+{
+	proc_stop(a);
+	proc_stop(b);
+	for (int i = 0; i < 50 && domain_live(t) > 0; i++)
+		usleep(100000);
+	ASSERT_EQ(domain_live(t), 0);
+	td_stop(t);
+}
+
 /* memdedupd stopped mid-scan for longer than the agents' timeout (a
  * stalled host): the agents' requests time out, and they keep their
  * connections (one HELLO each; a new connection could not follow the late
@@ -369,12 +381,7 @@ TEST_IMPL(cross_daemon_stopped)
 	ASSERT_EQ(agent_field(&t, a.pid, "references"), 2 * N);
 	ASSERT(strcmp(proc_cmd(&a, "advise 0 %u unmergeable", 1024 * PG), "0") == 0);
 	ASSERT_EQ(agent_field(&t, a.pid, "references"), 0);
-	proc_stop(&a);
-	proc_stop(&b);
-	for (int i = 0; i < 50 && domain_live(&t) > 0; i++)
-		usleep(100000);
-	ASSERT_EQ(domain_live(&t), 0);
-	td_stop(&t);
+	stop_pair_pool_empty(&t, &a, &b);
 	return 0;
 }
 
@@ -411,12 +418,7 @@ TEST_IMPL(cross_stress_no_lost_write)
 	/* Merges went on while the writers ran (pages merged again after
 	 * the writers broke them: the baseline is the converged state). */
 	ASSERT(sa.merged + sb.merged > a0.merged + b0.merged);
-	proc_stop(&a);
-	proc_stop(&b);
-	for (int i = 0; i < 50 && domain_live(&t) > 0; i++)
-		usleep(100000);
-	ASSERT_EQ(domain_live(&t), 0);
-	td_stop(&t);
+	stop_pair_pool_empty(&t, &a, &b);
 	return 0;
 }
 
