@@ -515,6 +515,7 @@ static void unregister_mapping(void *uffd, uintptr_t lo, uintptr_t hi)
 static int fill_dropped(struct md__engine *e, uintptr_t a, uintptr_t end)
 {
 	uint64_t pm[MAX_RUN];
+	int err = 0;	/* the first failure; the other runs are still filled */
 	for (size_t ri = 0; ri < e->nregions; ri++) {
 		const struct md__eregion *r = &e->regions[ri];
 		uintptr_t s0 = a > r->start ? a : r->start, s1 = end < r->end ? end : r->end;
@@ -526,8 +527,10 @@ static int fill_dropped(struct md__engine *e, uintptr_t a, uintptr_t end)
 			if (k == n)
 				continue;
 			size_t len = n * sizeof(uint64_t);
-			if (md__sys_pread(e->pagemap_fd, pm, len, (off_t)(p / MD_EPAGE * sizeof(uint64_t))) != (ssize_t)len)
-				return -EIO;
+			if (md__sys_pread(e->pagemap_fd, pm, len, (off_t)(p / MD_EPAGE * sizeof(uint64_t))) != (ssize_t)len) {
+				err = err ? err : -EIO;
+				continue;
+			}
 			/* A page the guest touches meanwhile is there: populating
 			 * it again changes nothing. */
 			for (k = 0; k < n;) {
@@ -535,13 +538,13 @@ static int fill_dropped(struct md__engine *e, uintptr_t a, uintptr_t end)
 				while (j < n && dropped_get(r, first + j) && !(pm[j] & MD_PM_PRESENT))
 					j++;
 				if (j > k && md__sys_madvise((void *)(p + k * MD_EPAGE), (j - k) * MD_EPAGE,
-							     MADV_POPULATE_READ) != 0)
-					return errno == EINVAL ? -EIO : -errno;
+							     MADV_POPULATE_READ) != 0 && !err)
+					err = errno == EINVAL ? -EIO : -errno;
 				k = j > k ? j : k + 1;
 			}
 		}
 	}
-	return 0;
+	return err;
 }
 
 /* md__engine_unregister with both locks held. */
@@ -964,6 +967,16 @@ static int freeze_filled(struct md__engine *e, uintptr_t a, size_t n, uint64_t w
 	return 0;
 }
 
+/* A page that held something before the drop's freeze: there, or in swap
+ * (a swap entry with the write-protect bit may be a marker of ours over
+ * nothing), and not the kernel's zero page. */
+static int had_content(const struct md__engine *e, uint64_t pm)
+{
+	if (pm & MD_PM_PRESENT)
+		return !(e->zero_pfn && (pm & MD_PM_PFN) == e->zero_pfn);
+	return (pm & MD_PM_SWAP) && !(pm & MD_PM_UFFD_WP);
+}
+
 int md__engine_merge_zero(struct md__engine *e, void *addr, size_t n)
 {
 	uintptr_t a = (uintptr_t)addr;
@@ -1000,8 +1013,7 @@ int md__engine_merge_zero(struct md__engine *e, void *addr, size_t n)
 		if (z[i] && zero_run(e, r, ra, j - i) == 0) {
 			dropped += (int)(j - i);
 			for (size_t k = i; k < j; k++)
-				if ((pm[k] & MD_PM_PRESENT) &&
-				    !(e->zero_pfn && (pm[k] & MD_PM_PFN) == e->zero_pfn))
+				if (had_content(e, pm[k]))
 					dropped_set(r, (a - r->start) / MD_EPAGE + k, 1);
 			/* The zap took the protection with the page. */
 			md__uffd_wake(&e->uffd, ra, rlen);
