@@ -564,9 +564,9 @@ static int transact(struct md__client *c, const void *req, size_t len, unsigned 
 	return err;
 }
 
-/* Encodes m with a fresh seq and runs it; expects a reply of type want
- * (an ERROR gives its status). */
-static int call(struct md__client *c, struct md__msg *m, unsigned want, int *fd)
+/* Encodes m with a fresh seq and runs it; expects the reply its type
+ * asks for (an ERROR gives its status). */
+static int call(struct md__client *c, struct md__msg *m, int *fd)
 {
 	unsigned char small[8192], *buf = small;
 	size_t len = md__msg_encoded_len(m);
@@ -596,7 +596,7 @@ static int call(struct md__client *c, struct md__msg *m, unsigned want, int *fd)
 		goto free_buf;
 	if (c->msg.hdr.type == MD_MSG_ERROR)
 		err = c->msg.u.text.status ? c->msg.u.text.status : -EPROTO;
-	else if (c->msg.hdr.type != want)
+	else if (c->msg.hdr.type != reply_type(m->hdr.type))
 		err = kill_conn(c, -EPROTO);
 free_buf:
 	if (buf != small)
@@ -724,7 +724,7 @@ int md__client_hello(struct md__client *c, const char *domain, uint32_t flags,
 	m.u.hello.flags = flags;
 	if (dl)
 		memcpy(m.u.hello.domain, domain, dl);
-	err = call(c, &m, MD_MSG_WELCOME, &fd);
+	err = call(c, &m, &fd);
 	if (!err && fd < 0)
 		err = kill_conn(c, -EPROTO);	/* a WELCOME without its pool */
 	if (!err && !pool_fd_valid(fd)) {
@@ -769,7 +769,7 @@ int md__client_lookup_tagged(struct md__client *c, const uint64_t *hash, const u
 		memcpy(m->u.lookup.tag, tag, n * sizeof(*tag));
 	else
 		memset(m->u.lookup.tag, 0, n * sizeof(*tag));
-	err = call(c, m, MD_MSG_LOOKUP_R, NULL);
+	err = call(c, m, NULL);
 	free(m);
 	if (err)
 		return err;
@@ -793,7 +793,7 @@ int md__client_publish(struct md__client *c, const uint64_t *hash, const void *p
 	m->u.publish.n = n;
 	memcpy(m->u.publish.hash, hash, n * sizeof(*hash));
 	m->u.publish.pages = pages;
-	err = call(c, m, MD_MSG_PUBLISH_R, NULL);
+	err = call(c, m, NULL);
 	free(m);
 	if (err)
 		return err;
@@ -872,7 +872,7 @@ int md__client_ref(struct md__client *c, const uint32_t *slots, uint32_t n, int 
 	m->hdr.type = delta > 0 ? MD_MSG_REF : MD_MSG_UNREF;
 	m->u.refs.n = n;
 	memcpy(m->u.refs.slot, slots, n * sizeof(*slots));
-	err = call(c, m, MD_MSG_ACK, NULL);
+	err = call(c, m, NULL);
 	free(m);
 	/* An UNREF sent whole is done: the daemon applies it when it gets to
 	 * it (a refusal is split when its late ACK comes). Had it failed, a
@@ -895,7 +895,7 @@ int md__client_report(struct md__client *c, const uint64_t *counters, uint32_t n
 	m->u.report.n = n;
 	if (n)
 		memcpy(m->u.report.counters, counters, n * sizeof(*counters));
-	err = call(c, m, MD_MSG_ACK, NULL);
+	err = call(c, m, NULL);
 	free(m);
 	return err ? err : c->msg.u.ack.status;
 }
@@ -912,7 +912,7 @@ int md__client_reads(struct md__client *c, const struct md__read_run *run, uint3
 	m->hdr.type = MD_MSG_READS;
 	m->u.reads.n = n;
 	memcpy(m->u.reads.run, run, n * sizeof(*run));
-	err = call(c, m, MD_MSG_ACK, NULL);
+	err = call(c, m, NULL);
 	free(m);
 	return err ? err : c->msg.u.ack.status;
 }

@@ -398,12 +398,19 @@ static void other_pages(struct md__engine *e, const unsigned char **p, size_t n)
 		md__copy_own_pages(b + CMP_PAGES * MD_EPAGE, (const void **)p, n);
 }
 
+/* The pagemap entries of the n pages from addr into pm: 0 or -EIO. */
+static int pagemap_read(const struct md__engine *e, uintptr_t addr, size_t n, uint64_t *pm)
+{
+	size_t len = n * sizeof(uint64_t);
+	return md__sys_pread(e->pagemap_fd, pm, len, (off_t)(addr / MD_EPAGE * sizeof(uint64_t))) ==
+	       (ssize_t)len ? 0 : -EIO;
+}
+
 /* 1 if every page of the run still carries the write-protect bit. */
 static int still_frozen(struct md__engine *e, uintptr_t addr, size_t n)
 {
 	uint64_t pm[MAX_RUN];
-	size_t len = n * sizeof(uint64_t);
-	if (md__sys_pread(e->pagemap_fd, pm, len, (off_t)(addr / MD_EPAGE * sizeof(uint64_t))) != (ssize_t)len)
+	if (pagemap_read(e, addr, n, pm))
 		return 0;
 	for (size_t i = 0; i < n; i++)
 		if (!(pm[i] & MD_PM_UFFD_WP))
@@ -526,8 +533,7 @@ static int fill_dropped(struct md__engine *e, uintptr_t a, uintptr_t end)
 				;
 			if (k == n)
 				continue;
-			size_t len = n * sizeof(uint64_t);
-			if (md__sys_pread(e->pagemap_fd, pm, len, (off_t)(p / MD_EPAGE * sizeof(uint64_t))) != (ssize_t)len) {
+			if (pagemap_read(e, p, n, pm)) {
 				err = err ? err : -EIO;
 				continue;
 			}
@@ -540,7 +546,7 @@ static int fill_dropped(struct md__engine *e, uintptr_t a, uintptr_t end)
 				if (j > k && md__sys_madvise((void *)(p + k * MD_EPAGE), (j - k) * MD_EPAGE,
 							     MADV_POPULATE_READ) != 0 && !err)
 					err = errno == EINVAL ? -EIO : -errno;
-				k = j > k ? j : k + 1;
+				k = j + (j == k);
 			}
 		}
 	}
@@ -997,9 +1003,8 @@ int md__engine_merge_zero(struct md__engine *e, void *addr, size_t n)
 	 * ours. Under the lock no discard of the VMM's comes between
 	 * (md__engine_discard). */
 	uint64_t pm[MAX_RUN];
-	size_t pml = n * sizeof(uint64_t);
-	err = -EIO;
-	if (md__sys_pread(e->pagemap_fd, pm, pml, (off_t)(a / MD_EPAGE * sizeof(uint64_t))) != (ssize_t)pml)
+	err = pagemap_read(e, a, n, pm);
+	if (err)
 		goto unlock;
 	err = freeze_filled(e, a, n, 0, z);
 	if (err)
@@ -1251,8 +1256,7 @@ int md__engine_reap(struct md__engine *e)
 				;
 			if (k == n)
 				continue;
-			off_t off = (off_t)((r->start / MD_EPAGE + base) * sizeof(uint64_t));
-			if (md__sys_pread(e->pagemap_fd, pm, n * sizeof(uint64_t), off) != (ssize_t)(n * sizeof(uint64_t)))
+			if (pagemap_read(e, r->start + base * MD_EPAGE, n, pm))
 				continue;
 			for (size_t i = 0; i < n; i++) {
 				if (!MD_REF_SLOT(r->ref[base + i]))

@@ -146,23 +146,30 @@ TEST_IMPL(scan_not_given_to_kernel_ksm)
  * opens its drives; when `reads`, given a file's descriptor, offset 0, a
  * page's length and the RAM's last page) answers `result` and is I/O the
  * agent cannot follow: nothing is merged, and the log says what stopped it. */
+/* Starts p with the scanner at full speed, logging to test_dir()/name (a
+ * fresh file: a test may start more than one), whose path goes to log. */
+static void start_scan_logged(struct proc *p, const char *name, char *log, size_t size)
+{
+	char logenv[700];
+	snprintf(log, size, "%s/%s", test_dir(), name);
+	unlink(log);
+	snprintf(logenv, sizeof(logenv), "MEMDEDUP_LOG=%s", log);
+	const char *env[] = { fast_scan[0], fast_scan[1], fast_scan[2], logenv, NULL };
+	proc_start(p, env);
+}
+
 static int stops_for_unseen_io(int early, int reads, const char *io, const char *result,
 			       const char *said)
 {
-	char log[600], logenv[700], file[600];
-	snprintf(log, sizeof(log), "%s/unseen.log", test_dir());
-	unlink(log);	/* a test may call this more than once */
-	snprintf(logenv, sizeof(logenv), "MEMDEDUP_LOG=%s", log);
+	char log[600], file[600];
 	snprintf(file, sizeof(file), "%s/disk", test_dir());
 	static char block[PG];
 	memset(block, 'd', sizeof(block));
 	int fd = open(file, O_CREAT | O_TRUNC | O_WRONLY, 0600);
 	ASSERT(fd >= 0 && write(fd, block, sizeof(block)) == (ssize_t)sizeof(block));
 	close(fd);
-	const char *env[] = { "MEMDEDUP_SCAN=1", "MEMDEDUP_PAGES_TO_SCAN=2000", "MEMDEDUP_SLEEP_MS=1",
-			      logenv, NULL };
 	struct proc a;
-	proc_start(&a, env);
+	start_scan_logged(&a, "unseen.log", log, sizeof(log));
 	if ((strncmp(io, "uring", 5) == 0 || strncmp(io, "rawuring", 8) == 0) &&
 	    proc_num(&a, "uring poll") < 0) {
 		proc_stop(&a);
@@ -271,13 +278,9 @@ static int merged_384(const md_stats *s) { return s->merged >= 384 && s->zero_pa
  * own hole, left as it is. */
 TEST_IMPL(scan_gives_ram_to_vmm_userfault)
 {
-	char log[600], logenv[700];
-	snprintf(log, sizeof(log), "%s/uffd.log", test_dir());
-	snprintf(logenv, sizeof(logenv), "MEMDEDUP_LOG=%s", log);
-	const char *env[] = { "MEMDEDUP_SCAN=1", "MEMDEDUP_PAGES_TO_SCAN=2000", "MEMDEDUP_SLEEP_MS=1",
-			      logenv, NULL };
+	char log[600];
 	struct proc a;
-	proc_start(&a, env);
+	start_scan_logged(&a, "uffd.log", log, sizeof(log));
 	proc_cmd(&a, "map 1024");
 	ASSERT(strcmp(proc_cmd(&a, "fill 0 256 3"), "ok") == 0);
 	ASSERT(strcmp(proc_cmd(&a, "fill %u 256 3", 256 * PG), "ok") == 0);
@@ -414,13 +417,9 @@ TEST_IMPL(scan_turns_off_kernel_merge_any)
  * syscall(2) that submits nothing. */
 TEST_IMPL(scan_merges_beside_event_rings)
 {
-	char log[600], logenv[700];
-	snprintf(log, sizeof(log), "%s/rings.log", test_dir());
-	snprintf(logenv, sizeof(logenv), "MEMDEDUP_LOG=%s", log);
-	const char *env[] = { "MEMDEDUP_SCAN=1", "MEMDEDUP_PAGES_TO_SCAN=2000", "MEMDEDUP_SLEEP_MS=1",
-			      logenv, NULL };
+	char log[600];
 	struct proc a;
-	proc_start(&a, env);
+	start_scan_logged(&a, "rings.log", log, sizeof(log));
 	long long first = proc_num(&a, "uring poll");
 	if (first < 0) {
 		proc_stop(&a);
