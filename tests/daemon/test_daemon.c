@@ -1118,6 +1118,18 @@ static int test_pool_fd(int sealed, int rdonly)
 	return ro;
 }
 
+/* A fake daemon's WELCOME answering seq, with pass as the pool. */
+static void fake_send_welcome(int c, uint32_t seq, int pass)
+{
+	static struct md__msg m;
+	static unsigned char buf[256];
+	m.hdr = (struct md__msg_hdr){ .type = MD_MSG_WELCOME, .seq = seq };
+	m.u.welcome.domain_id = 5;
+	m.u.welcome.pool_pages = 16;
+	md__tunables_default(&m.u.welcome.tun);
+	send_with_fd(c, buf, encode(&m, buf, sizeof(buf)), pass);
+}
+
 /* A fake daemon at path that answers one HELLO with a WELCOME carrying
  * pass, then waits for the client to go. */
 static pid_t fake_welcome(const char *path, int pass)
@@ -1127,8 +1139,7 @@ static pid_t fake_welcome(const char *path, int pass)
 	pid_t kid = fork();
 	ASSERT(kid >= 0);
 	if (kid == 0) {
-		static struct md__msg m;
-		static unsigned char buf[256], in[MD_MSG_HDR_SIZE + 128];
+		static unsigned char in[MD_MSG_HDR_SIZE + 128];
 		struct md__msg_hdr h;
 		char x;
 		int c = accept(l, NULL, NULL);
@@ -1138,11 +1149,7 @@ static pid_t fake_welcome(const char *path, int pass)
 		ASSERT_EQ(md__msg_hdr_decode(in, MD_MSG_HDR_SIZE, &h), 0);
 		ASSERT_EQ(h.type, MD_MSG_HELLO);
 		read_all(c, in + MD_MSG_HDR_SIZE, h.length);
-		m.hdr = (struct md__msg_hdr){ .type = MD_MSG_WELCOME, .seq = h.seq };
-		m.u.welcome.domain_id = 5;
-		m.u.welcome.pool_pages = 16;
-		md__tunables_default(&m.u.welcome.tun);
-		send_with_fd(c, buf, encode(&m, buf, sizeof(buf)), pass);
+		fake_send_welcome(c, h.seq, pass);
 		while (read(c, &x, 1) > 0)	/* until the client goes */
 			;
 		_exit(0);
@@ -1249,7 +1256,7 @@ TEST_IMPL(daemon_client_late_replies)
 	ASSERT(kid >= 0);
 	if (kid == 0) {
 		static struct md__msg m, r, p2;
-		static unsigned char buf[MD_MSG_HDR_SIZE + 8192], out[256];
+		static unsigned char buf[MD_MSG_HDR_SIZE + 8192];
 		uint64_t got;
 		uint32_t most;
 		char x;
@@ -1258,11 +1265,7 @@ TEST_IMPL(daemon_client_late_replies)
 		ASSERT(c >= 0);
 		fake_recv(c, &m, buf);
 		ASSERT_EQ(m.hdr.type, MD_MSG_HELLO);
-		r.hdr = (struct md__msg_hdr){ .type = MD_MSG_WELCOME, .seq = m.hdr.seq };
-		r.u.welcome.domain_id = 5;
-		r.u.welcome.pool_pages = 16;
-		md__tunables_default(&r.u.welcome.tun);
-		send_with_fd(c, out, encode(&r, out, sizeof(out)), test_pool_fd(1, 1));
+		fake_send_welcome(c, m.hdr.seq, test_pool_fd(1, 1));
 		fake_recv(c, &m, buf);
 		ASSERT_EQ(m.hdr.type, MD_MSG_PUBLISH);
 		fake_recv(c, &p2, buf);
