@@ -331,8 +331,39 @@ static void thaw(struct md__engine *e, uintptr_t addr, size_t len)
 		md__uffd_wake(&e->uffd, addr, len);
 }
 
-static int freeze(struct md__engine *e, uintptr_t addr, size_t len)
+/* The pagemap entries of the n pages from addr into pm: 0 or -EIO. */
+static int pagemap_read(const struct md__engine *e, uintptr_t addr, size_t n, uint64_t *pm)
 {
+	size_t len = n * sizeof(uint64_t);
+	return md__sys_pread(e->pagemap_fd, pm, len, (off_t)(addr / MD_EPAGE * sizeof(uint64_t))) ==
+	       (ssize_t)len ? 0 : -EIO;
+}
+
+/* A page with content: there, or in swap (a swap entry with the
+ * write-protect bit may be a marker of ours over nothing). */
+static int has_page(uint64_t pm)
+{
+	return (pm & MD_PM_PRESENT) || ((pm & MD_PM_SWAP) && !(pm & MD_PM_UFFD_WP));
+}
+
+/* Write-protects the n pages at addr (in r), with their pagemap entries
+ * from before into pm (MAX_RUN of them) - only if none is a hole in
+ * anonymous memory: that is the VMM's, discarded since the scanner's
+ * visit, and the compare's read would fill it in behind its back (a
+ * balloon's page, one a postcopy destination waits for). In a file mapping
+ * (the pool's, an image's) a page not there yet reads the file. Under the
+ * lock no discard comes between the check and the compare
+ * (md__engine_discard). */
+static int freeze(struct md__engine *e, const struct md__eregion *r, uintptr_t addr, size_t n, uint64_t *pm)
+{
+	size_t len = n * MD_EPAGE, first = (addr - r->start) / MD_EPAGE;
+	if (pagemap_read(e, addr, n, pm))
+		return -EIO;
+	for (size_t i = 0; i < n; i++)
+		if (!has_page(pm[i]) && !(r->ref[first + i] & (MD_REF_FILE | MD_REF_IMAGE))) {
+			e->st.holes += n;
+			return -EAGAIN;
+		}
 	/* Without WP_UNPOPULATED a missing page cannot carry the protection,
 	 * and its first write would not fault: make every page present. */
 	if (!(e->uffd.features & MD_UFFD_FEATURE_WP_UNPOPULATED) &&
@@ -396,14 +427,6 @@ static void other_pages(struct md__engine *e, const unsigned char **p, size_t n)
 	unsigned char *b = cmp_buf(e);
 	if (b)
 		md__copy_own_pages(b + CMP_PAGES * MD_EPAGE, (const void **)p, n);
-}
-
-/* The pagemap entries of the n pages from addr into pm: 0 or -EIO. */
-static int pagemap_read(const struct md__engine *e, uintptr_t addr, size_t n, uint64_t *pm)
-{
-	size_t len = n * sizeof(uint64_t);
-	return md__sys_pread(e->pagemap_fd, pm, len, (off_t)(addr / MD_EPAGE * sizeof(uint64_t))) ==
-	       (ssize_t)len ? 0 : -EIO;
 }
 
 /* 1 if every page of the run still carries the write-protect bit. */
@@ -832,7 +855,8 @@ int md__engine_merge_slots(struct md__engine *e, void *addr, size_t n, const uin
 	/* One freeze, one check and one advice for the whole run of guest
 	 * pages, whatever slots they go to: a guest's copies of one page
 	 * lie side by side and map the same slot, a mapping each. */
-	err = freeze(e, a, n * MD_EPAGE);
+	uint64_t pm[MAX_RUN];
+	err = freeze(e, r, a, n, pm);
 	if (err)
 		goto unlock;
 	/* Unequal pages are abandoned merges; pages whose slot is not live
@@ -909,7 +933,8 @@ int md__engine_merge_file(struct md__engine *e, void *addr, size_t n, int fd, of
 	struct md__eregion *r = replaceable(e, a, n, &err);
 	if (!r)
 		goto unlock;
-	err = freeze(e, a, n * MD_EPAGE);
+	uint64_t pm[MAX_RUN];
+	err = freeze(e, r, a, n, pm);
 	if (err)
 		goto unlock;
 	/* All or nothing: the callers pass runs of pages that matched by
@@ -957,9 +982,10 @@ unlock:
 
 /* Freezes the n pages at addr and sets eq[i] when page i is word
  * repeated, all 0 if the protection did not hold (see still_frozen). */
-static int freeze_filled(struct md__engine *e, uintptr_t a, size_t n, uint64_t word, unsigned char *eq)
+static int freeze_filled(struct md__engine *e, const struct md__eregion *r, uintptr_t a, size_t n,
+			 uint64_t word, unsigned char *eq, uint64_t *pm)
 {
-	int err = freeze(e, a, n * MD_EPAGE);
+	int err = freeze(e, r, a, n, pm);
 	if (err)
 		return err;
 	for (size_t c = 0; c < n; c += CMP_PAGES) {
@@ -973,14 +999,11 @@ static int freeze_filled(struct md__engine *e, uintptr_t a, size_t n, uint64_t w
 	return 0;
 }
 
-/* A page that held something before the drop's freeze: there, or in swap
- * (a swap entry with the write-protect bit may be a marker of ours over
- * nothing), and not the kernel's zero page. */
+/* A page that held something before the drop's freeze: has_page(), and
+ * not the kernel's zero page. */
 static int had_content(const struct md__engine *e, uint64_t pm)
 {
-	if (pm & MD_PM_PRESENT)
-		return !(e->zero_pfn && (pm & MD_PM_PFN) == e->zero_pfn);
-	return (pm & MD_PM_SWAP) && !(pm & MD_PM_UFFD_WP);
+	return has_page(pm) && !((pm & MD_PM_PRESENT) && e->zero_pfn && (pm & MD_PM_PFN) == e->zero_pfn);
 }
 
 int md__engine_merge_zero(struct md__engine *e, void *addr, size_t n)
@@ -996,17 +1019,11 @@ int md__engine_merge_zero(struct md__engine *e, void *addr, size_t n)
 	err = -EINVAL;
 	if (!r)
 		goto unlock;
-	/* Which pages are there before the freeze (the scanner's window may
-	 * be a batch old): a page that is not was dropped by us before, or
-	 * discarded by the VMM since, its hole then; the freeze may read it
-	 * in. It is dropped again, but only a page that was there is marked
-	 * ours. Under the lock no discard of the VMM's comes between
-	 * (md__engine_discard). */
+	/* Only pages there before the freeze (a hole the VMM made since the
+	 * scanner's window makes the run wait for its next visit), and of
+	 * those only the ones that held something are marked ours. */
 	uint64_t pm[MAX_RUN];
-	err = pagemap_read(e, a, n, pm);
-	if (err)
-		goto unlock;
-	err = freeze_filled(e, a, n, 0, z);
+	err = freeze_filled(e, r, a, n, 0, z, pm);
 	if (err)
 		goto unlock;
 	for (size_t i = 0; i < n;) {
@@ -1117,7 +1134,8 @@ int md__engine_merge_fill(struct md__engine *e, void *addr, size_t n, uint64_t w
 		err = (int)slot;
 		goto unlock;
 	}
-	err = freeze_filled(e, a, n, word, eq);
+	uint64_t pm[MAX_RUN];
+	err = freeze_filled(e, r, a, n, word, eq, pm);
 	if (err)
 		goto unlock;
 	size_t lo = n, hi = 0;
@@ -1163,7 +1181,8 @@ int md__engine_publish(struct md__engine *e, void *addr, size_t n, uint32_t *slo
 	err = md__pool_reserve(&e->pool, n, &slot);
 	if (err)
 		goto unlock;
-	err = freeze(e, a, n * MD_EPAGE);
+	uint64_t pm[MAX_RUN];
+	err = freeze(e, r, a, n, pm);
 	if (err)
 		goto unreserve;
 	/* Frozen, so what we copy (read through the kernel, frozen_pages) is
@@ -1236,6 +1255,10 @@ int md__engine_discard(struct md__engine *e, void *addr, size_t len)
 				dropped_set(r, (p - r->start) / MD_EPAGE + k, 0);
 		}
 	}
+	/* The range is holes now (zero_run), before the VMM's own zap: a
+	 * merge after this finds them (freeze), and the scanner's windows
+	 * read before are stale (see md__scanner_step). */
+	__atomic_add_fetch(&e->zap_gen, 1, __ATOMIC_RELEASE);
 	md__engine_unlock(e);
 	return err;
 }

@@ -117,6 +117,8 @@ struct md__engine_stats {
 	uint64_t refs_kept;     /* references kept for pages left mapped that
 				 * could not be made private (unregister) */
 	uint64_t io_busy;       /* runs left alone: a read was writing them */
+	uint64_t holes;         /* pages of runs left alone: one was a hole (the
+				 * VMM discarded it since the visit) */
 	uint64_t vmas;          /* last count of the process's mappings */
 };
 
@@ -152,6 +154,8 @@ struct md__engine {
 	int pagemap_fd;
 	unsigned char *cmp_buf;	/* the compare's copies: frozen pages, then what they must equal */
 	uint64_t zero_pfn;      /* the kernel's zero page in pagemap, 0: unknown or none */
+	uint64_t zap_gen;       /* VMM discards done (md__engine_discard), counted
+				 * under the lock once the range is holes (atomic) */
 	uint64_t max_vmas;
 	uint64_t vma_estimate;  /* upper bound since the last count */
 	struct md__fill fills[MD_FILLS];
@@ -237,7 +241,9 @@ int md__engine_merge_fill(struct md__engine *e, void *addr, size_t n, uint64_t w
 int md__engine_publish(struct md__engine *e, void *addr, size_t n, uint32_t *slot);
 /* Finds the live slot whose content equals page (hash its XXH3), or -1. */
 int64_t md__engine_lookup(struct md__engine *e, const void *page, uint64_t hash);
-/* The VMM discards [addr, addr+len): zeroes from now on, pool or not. */
+/* The VMM discards [addr, addr+len): zeroes from now on, pool or not. The
+ * engine's pages there become holes now, under the merge lock (the VMM's
+ * own discard follows). */
 int md__engine_discard(struct md__engine *e, void *addr, size_t len);
 /* 1 if lo lies in a region of e, and *end is where that stops (at most hi);
  * else 0, and *end is where the next region starts (at most hi). */

@@ -26,8 +26,10 @@
  * merges per visit (between 1 and 7 of 8). A ratio set to 0 turns hints off
  * (and their adaptation): the plain linear or random scan, for comparison.
  *
- * A visit (the page is not frozen yet; nothing here is proof; the cursor
- * reads its pages through the kernel, 64 at a time, see content()):
+ * A visit (the page is not frozen yet; nothing here is proof; pages are
+ * read through the kernel, the cursor's 64 at a time, see content(), and
+ * never once the VMM has discarded memory since the batch's windows were
+ * read: the read would fill its hole in, see read_guest()):
  *   0. like ksmd, only pages of anonymous memory that are there are
  *      visited: /proc/self/pagemap says a page never touched or dropped
  *      (not present) or showing the kernel's zero page (present, its frame
@@ -55,9 +57,9 @@
  *   4. the index is asked for a pool page with equal content: if there is
  *      one, md__engine_merge freezes, byte-compares and maps it;
  *   5. else the unstable table (this pass's hash -> page, like KSM's
- *      unstable tree) may name another guest page with the same hash and,
- *      compared now, the same bytes: that one is published into the pool
- *      (frozen, copied, compared, mapped back) and this one merged with it;
+ *      unstable tree) may name another guest page with the same hash: that
+ *      one is published into the pool (frozen, copied, compared, mapped
+ *      back) and this one merged with it (the merge compares the two);
  *      otherwise this page enters the table. The table is emptied at the end
  *      of a pass, as its entries go stale (see pass_ended()).
  *   With the pool in memdedupd (shared by a domain across processes), 4-5
@@ -356,15 +358,32 @@ static unsigned char *copy_buf(struct md__scanner *s)
 	return s->copy;
 }
 
-/* Replaces the n (at most MD_SCAN_COPY) guest pages p[0..n) by copies
- * (md__copy_own_pages) in the cursor's copy buffer, which then holds no
- * window: the next visit reads its own. Sending a page from guest RAM was
- * our first touch of it. */
-static void copy_out(struct md__scanner *s, const void **p, size_t n)
+/* Copies the n (at most MD_SCAN_COPY) guest pages p[0..n), which this
+ * batch's windows showed there, into buf through the kernel
+ * (md__copy_own_pages, which points p[] at the copies): 0, or -EAGAIN if
+ * the VMM discarded memory since the batch began. A hole the VMM made must
+ * stay one until it writes there (a balloon's page, one a postcopy
+ * destination waits for), and reading it would fill it in: the check and
+ * the read are under the merge lock, under which a discard makes its
+ * holes and counts itself (md__engine_discard). */
+static int read_guest(struct md__scanner *s, void *buf, const void **p, size_t n)
+{
+	int err = -EAGAIN;
+	pthread_mutex_lock(&s->e->lock);
+	if (__atomic_load_n(&s->e->zap_gen, __ATOMIC_RELAXED) == s->step_gen)
+		err = md__copy_own_pages(buf, p, n);
+	pthread_mutex_unlock(&s->e->lock);
+	return err;
+}
+
+/* Replaces the n (at most MD_SCAN_COPY) guest pages p[0..n) by copies in
+ * the cursor's copy buffer (read_guest), which then holds no window: the
+ * next visit reads its own. Sending a page from guest RAM was our first
+ * touch of it. 0, or -errno: p[] still points at guest RAM. */
+static int copy_out(struct md__scanner *s, const void **p, size_t n)
 {
 	s->copy_have = 0;
-	if (copy_buf(s))
-		md__copy_own_pages(s->copy, p, n);
+	return copy_buf(s) ? read_guest(s, s->copy, p, n) : -ENOMEM;
 }
 
 /* Steps 4-5 with the daemon's pool, for the candidates of a batch:
@@ -428,7 +447,8 @@ static void flush_remote(struct md__scanner *s)
 	int pub_status[MD_SCAN_PEND];
 	for (size_t c = 0; c < npub; c += MD_SCAN_COPY) {
 		size_t m = npub - c < MD_SCAN_COPY ? npub - c : MD_SCAN_COPY;
-		copy_out(s, pub_page + c, m);
+		if (copy_out(s, pub_page + c, m) != 0)
+			break;	/* the rest waits for their next visit */
 		if (md__remote_publish_each(rm, pub_hash + c, pub_page + c, (uint32_t)m, pub_slot + c,
 					    pub_status + c) != 0)
 			break;
@@ -486,13 +506,13 @@ static uintptr_t window_end(const struct md__eregion *r, size_t i, int cursor)
 	return r->start + (last + 1) * MD_EPAGE;
 }
 
-/* Page a's copy if the cursor's last read has it, else a itself. The
- * copies lie side by side, in address order, the pages not read left out. */
+/* Page a's copy if the cursor's last read has it, else NULL. The copies
+ * lie side by side, in address order, the pages not read left out. */
 static const void *copied(const struct md__scanner *s, uintptr_t a)
 {
 	size_t k = (a - s->copy_base) / MD_EPAGE;
 	if (a < s->copy_base || k >= MD_SCAN_COPY || !(s->copy_have >> k & 1))
-		return (const void *)a;
+		return NULL;
 	return s->copy + (size_t)__builtin_popcountll(s->copy_have & ((1ull << k) - 1)) * MD_EPAGE;
 }
 
@@ -504,31 +524,41 @@ static size_t fills_at(struct md__scanner *s, const struct md__eregion *r, uintp
 		       uint64_t word)
 {
 	size_t i = (a - r->start) / MD_EPAGE, w = (a - s->pm_base) / MD_EPAGE, n = 0;
-	while (n < max && w + n < s->pm_n && !MD_REF_BUSY(r->ref[i + n]) &&
-	       worth_reading(s->e, s->pm[w + n]) &&
-	       md__page_is_filled(copied(s, a + n * MD_EPAGE), word))
-		n++;
+	/* Pages past the copies are read in place: under the merge lock, and
+	 * only if no discard came since the window (see read_guest). */
+	pthread_mutex_lock(&s->e->lock);
+	if (__atomic_load_n(&s->e->zap_gen, __ATOMIC_RELAXED) == s->step_gen)
+		while (n < max && w + n < s->pm_n && !MD_REF_BUSY(r->ref[i + n]) &&
+		       worth_reading(s->e, s->pm[w + n])) {
+			const void *c = copied(s, a + n * MD_EPAGE);
+			if (!md__page_is_filled(c ? c : (const void *)(a + n * MD_EPAGE), word))
+				break;
+			n++;
+		}
+	pthread_mutex_unlock(&s->e->lock);
 	return n;
 }
 
-/* The content of page a of r (in the pagemap window) for the cursor: a
- * copy read through the kernel (md__copy_own_pages), together with the
- * next pages of the window a visit may read, or a itself if that fails.
+/* The content of page a of r (in the pagemap window): a copy read through
+ * the kernel (read_guest), for the cursor together with the next pages of
+ * the window a visit may read; NULL if that fails (the VMM discarded
+ * memory since the batch began, say): the page waits for its next visit.
  * On some machines our first touch of a page of a huge page that a merge
  * split costs 4.6 us (a shadow page-table fault under the hypervisor), the
  * copy 0.43 us (`build/ptcost`, docs/benchmarks.md): half the scanner's
  * CPU there. Only pages pagemap shows present are read: the kernel's read
  * of an absent one would populate guest RAM. Never proof: a merge compares
  * under write-protection. */
-static const void *content(struct md__scanner *s, const struct md__eregion *r, uintptr_t a)
+static const void *content(struct md__scanner *s, const struct md__eregion *r, uintptr_t a, int hinted)
 {
 	const void *c = copied(s, a), *p[MD_SCAN_COPY];
-	if (c != (const void *)a || !copy_buf(s))
+	if (c || !copy_buf(s))
 		return c;
 	uint64_t want = 0;
 	size_t n = 0, w = (a - s->pm_base) / MD_EPAGE, i = (a - r->start) / MD_EPAGE;
 	size_t np = (r->end - r->start) / MD_EPAGE;
-	size_t lim = s->random_order ? 1 : MD_SCAN_COPY;	/* random: the next visit is elsewhere */
+	/* Random order, a hint, a candidate: the next visit is elsewhere. */
+	size_t lim = s->random_order || hinted ? 1 : MD_SCAN_COPY;
 	for (size_t k = 0; k < lim && w + k < s->pm_n && i + k < np; k++) {
 		if (k && (MD_REF_BUSY(r->ref[i + k]) || MD_SEEN_SKIP(r->seen[i + k]) ||
 			  !worth_reading(s->e, s->pm[w + k])))
@@ -537,8 +567,8 @@ static const void *content(struct md__scanner *s, const struct md__eregion *r, u
 		p[n++] = (const void *)(a + k * MD_EPAGE);
 	}
 	s->copy_base = a;
-	s->copy_have = md__copy_own_pages(s->copy, p, n) == 0 ? want : 0;
-	return s->copy_have ? s->copy : c;
+	s->copy_have = read_guest(s, s->copy, p, n) == 0 ? want : 0;
+	return s->copy_have ? s->copy : NULL;
 }
 
 /* How many pages from the page a of word repeated, which the cursor found,
@@ -559,10 +589,10 @@ static size_t fill_run(struct md__scanner *s, const struct md__eregion *r, uintp
  * again soon (taken at first sight, a thousand pages per guest were
  * written after their merge). A hint's page is taken at once, as hinted
  * pages are. Returns 0, or -ENOSPC (no strip for one more word). */
-static int fill_visit(struct md__scanner *s, struct md__eregion *r, uintptr_t a, size_t n,
-		      uint64_t word, int hinted)
+static int fill_visit(struct md__scanner *s, struct md__eregion *r, uintptr_t a, const void *page,
+		      size_t n, uint64_t word, int hinted)
 {
-	uint16_t h = (uint16_t)md__page_hash(copied(s, a));	/* the same for all n */
+	uint16_t h = (uint16_t)md__page_hash(page);	/* the same for all n */
 	size_t first = (a - r->start) / MD_EPAGE;
 	for (size_t j = 0; j < n;) {
 		size_t i = first + j;
@@ -670,7 +700,9 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 		s->pm_fresh = a + MD_EPAGE;	/* the next page of the run is fresh too */
 	if (!worth_reading(e, s->pm[(a - s->pm_base) / MD_EPAGE]))
 		return 0;
-	const void *page = hinted ? (const void *)a : content(s, r, a);
+	const void *page = content(s, r, a, hinted);
+	if (!page)
+		return 0;
 	*read = 1;
 	uint64_t word;
 	if (md__page_fill(page, &word)) {
@@ -685,7 +717,7 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 			s->zero_ahead = n - 1;
 			return 0;	/* counted apart, not as a merge */
 		}
-		if (fill_visit(s, r, a, n, word, hinted) == 0) {
+		if (fill_visit(s, r, a, page, n, word, hinted) == 0) {
 			s->zero_ahead = n - 1;
 			return 0;
 		}
@@ -743,10 +775,12 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 	uintptr_t other = un_find_insert(&s->un, h, a);
 	if (!other)
 		return 0;
-	/* The other page's region may have gone since it was recorded. */
+	/* The other page's region may have gone since it was recorded. Not
+	 * read here: the VMM may have discarded it since, and the read would
+	 * fill its hole in. Its publication finds that out under
+	 * write-protection, and this page's merge compares the two. */
 	struct md__eregion *ro = md__engine_region(e, other, MD_EPAGE);
-	if (!ro || MD_REF_BUSY(ro->ref[(other - ro->start) / MD_EPAGE]) ||
-	    memcmp((const void *)other, page, MD_EPAGE) != 0)
+	if (!ro || MD_REF_BUSY(ro->ref[(other - ro->start) / MD_EPAGE]))
 		return 0;
 	uint32_t ns;
 	if (md__engine_publish(e, (void *)other, 1, &ns) != 1)
@@ -794,6 +828,9 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 	pthread_rwlock_rdlock(&s->e->regions_lock);
 	s->pm_n = 0;	/* the window is as old as the batch at most */
 	s->copy_have = 0;	/* and so are the copies */
+	/* Before any window is read: a discard done after this stales them
+	 * all (read_guest), one done before shows in them. */
+	s->step_gen = __atomic_load_n(&s->e->zap_gen, __ATOMIC_ACQUIRE);
 	/* Hints off (the plain scan), no lookup carries a tag to meet them. */
 	if (s->e->remote && s->hints && __atomic_load_n(&s->ratio, __ATOMIC_RELAXED) &&
 	    md__remote_connected(s->e->remote))

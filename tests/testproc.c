@@ -49,6 +49,10 @@
  *   uffd OFF LEN missing|wp -> 0 or -errno of registering the RAM's range with a
  *                           userfaultfd of its own (kept open), as QEMU's postcopy
  *                           migration (missing) or background snapshot (wp) does
+ *   holes DOFF NPAGES MS  -> "ITERATIONS PRESENT": for MS ms, fill the pages (two equal
+ *                           quarters, a half new each time), wait 0-20 ms, discard them (MADV_DONTNEED), wait
+ *                           30 ms and count the pages pagemap shows there: holes the
+ *                           VMM made that something filled in behind its back
  *   quit
  */
 #include <dlfcn.h>
@@ -161,6 +165,52 @@ static void cmd_writers(int n, int ms, size_t doff, size_t len, int twin)
 		printf("lost %ld\n", lost);
 	else
 		printf("ok\n");
+}
+
+static void fill_pages(size_t doff, size_t npages, uint64_t seed)
+{
+	for (size_t p = 0; p < npages; p++)
+		for (int w = 0; w < 512; w++)
+			((uint64_t *)(base + doff + p * 4096))[w] =
+				(seed << 48) ^ ((uint64_t)p << 16) ^ (uint64_t)w ^ 0x5bd1e995u;
+}
+
+static uint64_t now_ms(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)t.tv_sec * 1000 + (uint64_t)t.tv_nsec / 1000000;
+}
+
+/* A balloon, or a postcopy destination, discards RAM and expects it to stay
+ * a hole until it writes there itself; the scanner must not read it in. */
+static void cmd_holes(size_t doff, size_t npages, int ms)
+{
+	int pm = open("/proc/self/pagemap", O_RDONLY);
+	uint64_t *e = calloc(npages, sizeof(*e)), end = now_ms() + (uint64_t)ms;
+	long iters = 0, present = 0;
+	unsigned seed = 1;
+	while (pm >= 0 && e && now_ms() < end) {
+		/* Two equal quarters (merged soon after), and a half new in
+		 * every round (visited every pass, never merged). */
+		fill_pages(doff, npages / 4, 3);
+		fill_pages(doff + npages / 4 * 4096, npages / 4, 3);
+		fill_pages(doff + npages / 2 * 4096, npages - npages / 2, 100 + (uint64_t)iters);
+		usleep(rand_r(&seed) % 20000);
+		if (madvise(base + doff, npages * 4096, MADV_DONTNEED) != 0)
+			break;
+		usleep(30000);
+		if (pread(pm, e, npages * sizeof(*e), (off_t)((uintptr_t)(base + doff) / 4096 * 8)) !=
+		    (ssize_t)(npages * sizeof(*e)))
+			break;
+		for (size_t i = 0; i < npages; i++)
+			present += (e[i] >> 63) & 1;
+		iters++;
+	}
+	free(e);
+	if (pm >= 0)
+		close(pm);
+	printf("%ld %ld\n", iters, present);
 }
 
 /* QEMU's rings: fdmon-io_uring's polls and timeouts, block/io_uring.c's
@@ -479,11 +529,11 @@ int main(void)
 			printf("%s\n", n > 0 ? out : "none");
 		} else if (strcmp(cmd, "fill") == 0) {
 			sscanf(line, "%*s %lld %lld %lld", &a1, &a2, &a3);
-			for (long long p = 0; p < a2; p++)
-				for (int w = 0; w < 512; w++)
-					((uint64_t *)(base + a1 + p * 4096))[w] =
-						((uint64_t)a3 << 48) ^ ((uint64_t)p << 16) ^ (uint64_t)w ^ 0x5bd1e995u;
+			fill_pages((size_t)a1, (size_t)a2, (uint64_t)a3);
 			printf("ok\n");
+		} else if (strcmp(cmd, "holes") == 0) {
+			sscanf(line, "%*s %lld %lld %lld", &a1, &a2, &a3);
+			cmd_holes((size_t)a1, (size_t)a2, (int)a3);
 		} else if (strcmp(cmd, "zero") == 0) {
 			sscanf(line, "%*s %lld %lld", &a1, &a2);
 			memset(base + a1, 1, (size_t)a2 * 4096);

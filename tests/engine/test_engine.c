@@ -522,6 +522,50 @@ TEST_IMPL(engine_discard_spans_regions)
 	return 0;
 }
 
+/* What the VMM made a hole stays one: merges, publications and drops of
+ * pages visited before a discard find the hole under write-protection and
+ * leave it alone (reading it for the compare would fill it in behind the
+ * VMM's back: a balloon's page, a page a postcopy destination waits for). */
+TEST_IMPL(engine_leaves_vmm_holes)
+{
+	struct md__engine e;
+	unsigned char *a = map_ram(4), *b = map_ram(4);
+	uint32_t slot;
+
+	engine_up(&e);
+	for (size_t i = 0; i < 4; i++) {
+		fill(a + i * PG, (unsigned)i + 90);
+		fill(b + i * PG, (unsigned)i + 90);
+	}
+	ASSERT_EQ(md__engine_register(&e, a, 4 * PG, 0), 0);
+	ASSERT_EQ(md__engine_register(&e, b, 4 * PG, 0), 0);
+	ASSERT_EQ(md__engine_publish(&e, a, 4, &slot), 4);
+
+	/* b's pages 0-2 discarded, as a balloon would, after the scanner saw
+	 * them: a merge of 0-3, one of a single page, a publication, a zero
+	 * drop and a fill merge all leave them holes. */
+	ASSERT_EQ(md__engine_discard(&e, b, 3 * PG), 0);
+	ASSERT_EQ(madvise(b, 3 * PG, MADV_DONTNEED), 0);
+	ASSERT(md__engine_merge(&e, b, 4, slot) <= 0);
+	ASSERT(md__engine_merge(&e, b + PG, 1, slot + 1) <= 0);
+	ASSERT(md__engine_publish(&e, b + 2 * PG, 1, &(uint32_t){ 0 }) <= 0);
+	ASSERT(md__engine_merge_zero(&e, b, 2) <= 0);
+	ASSERT(md__engine_merge_fill(&e, b, 1, 0xccccccccccccccccull) <= 0);
+	for (size_t i = 0; i < 3; i++)
+		ASSERT(!(pagemap(b + i * PG) & PM_PRESENT));
+	struct md__engine_stats st;
+	md__engine_stats(&e, &st);
+	ASSERT(st.holes >= 5);
+	/* Page 3 was no hole: it merges as ever. */
+	ASSERT_EQ(md__engine_merge(&e, b + 3 * PG, 1, slot + 3), 1);
+	ASSERT_EQ(pfn(b + 3 * PG), pfn(a + 3 * PG));
+
+	md__engine_fini(&e);
+	munmap(a, 4 * PG);
+	munmap(b, 4 * PG);
+	return 0;
+}
+
 /* The VmFlags line of the mapping that holds addr, from /proc/self/smaps. */
 static void vm_flags(const void *addr, char *out, size_t size)
 {
@@ -1113,6 +1157,69 @@ TEST_IMPL(engine_scanner_merges)
 	md__scanner_free(&s);
 	md__hints_free(&h);
 	md__engine_fini(&e);
+	return 0;
+}
+
+struct discard_in_visit {
+	struct md__engine *e;
+	unsigned char *addr;
+	size_t len;
+	int calls;
+};
+
+/* The agent's image index, asked on the batch's first visit: the VMM
+ * discards pages further on in the scanner's pagemap window meanwhile. */
+static int find_and_discard(void *arg, uint64_t hash, const void *page, uint64_t *cookie)
+{
+	struct discard_in_visit *v = arg;
+	(void)hash, (void)page, (void)cookie;
+	if (v->calls++ == 0) {
+		ASSERT_EQ(md__engine_discard(v->e, v->addr, v->len), 0);
+		ASSERT_EQ(madvise(v->addr, v->len, MADV_DONTNEED), 0);
+	}
+	return 0;
+}
+
+/* A hole the VMM makes after the cursor read its pagemap window stays a
+ * hole: the window is stale from then on, and the pages it showed there
+ * are not read (a read would fill them in behind the VMM's back). */
+TEST_IMPL(engine_scanner_leaves_vmm_holes)
+{
+	struct md__engine e;
+	struct md__scanner s;
+	const size_t n = 256;
+	unsigned char *r = map_ram(n);
+
+	engine_up(&e);
+	for (size_t i = 0; i < n; i++)
+		fill(r + i * PG, (unsigned)i + 500);
+	ASSERT_EQ(md__engine_register(&e, r, n * PG, 0), 0);
+	ASSERT_EQ(md__scanner_init(&s, &e, NULL), 0);
+	s.ratio = 0;
+	struct discard_in_visit v = { &e, r + 128 * PG, 64 * PG, 0 };
+	s.files = (struct md__file_source){ &v, find_and_discard, NULL };
+	md__scanner_step(&s, n);
+	ASSERT(v.calls >= 1);
+	/* Read in, they would be zero pages of their own (on this kind of
+	 * kernel, without a zero page) that a drop would mark ours, for a
+	 * handover to the VMM's userfaultfd to fill in again. */
+	ASSERT_EQ(s.st.zero, 0);
+	const struct md__eregion *er = md__engine_region(&e, (uintptr_t)r, n * PG);
+	for (size_t i = 128; i < 192; i++) {
+		ASSERT(!(pagemap(r + i * PG) & PM_PRESENT));
+		ASSERT(!(er->dropped[i / 8] >> (i % 8) & 1));
+	}
+	/* The next batch reads windows of its own: the pages around the
+	 * holes are visited again, the holes not. */
+	uint64_t before = s.st.scanned;
+	md__scanner_step(&s, n);
+	ASSERT_EQ(s.st.scanned - before, n);
+	ASSERT_EQ(s.st.zero, 0);
+	for (size_t i = 128; i < 192; i++)
+		ASSERT(!(pagemap(r + i * PG) & PM_PRESENT));
+	md__scanner_free(&s);
+	md__engine_fini(&e);
+	munmap(r, n * PG);
 	return 0;
 }
 
