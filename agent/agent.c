@@ -339,6 +339,7 @@ void md_agent_free(md_agent *a)
 	md__privatize(a, 0, UINTPTR_MAX, 0);
 	md__images_free(a);
 	md__regions_free(a);
+	free(a->handed);
 	pthread_mutex_unlock(&a->lock);
 
 	if (a->stats_map) {
@@ -355,6 +356,14 @@ static int check_range(const void *addr, size_t len)
 	uintptr_t s = (uintptr_t)addr;
 	if (len == 0 || (s & (MD_PAGE - 1)) || (len & (MD_PAGE - 1)) || s + len < s)
 		return -EINVAL;
+	return 0;
+}
+
+static int handed_overlaps(const md_agent *a, uintptr_t s, uintptr_t e)
+{
+	for (size_t i = 0; i < a->nhanded; i++)
+		if (a->handed[i].start < e && a->handed[i].end > s)
+			return 1;
 	return 0;
 }
 
@@ -375,7 +384,7 @@ int md_agent_register(md_agent *a, void *addr, size_t len, unsigned advice)
 		return shared > 0 ? -EPERM : shared;
 	}
 	pthread_mutex_lock(&a->lock);
-	if (md__rangeset_overlaps(&a->handed, (uintptr_t)addr, (uintptr_t)addr + len)) {
+	if (handed_overlaps(a, (uintptr_t)addr, (uintptr_t)addr + len)) {
 		pthread_mutex_unlock(&a->lock);
 		md__log_once(77, "memory at %p (%zu bytes) was given to the VMM's own userfaultfd: "
 			     "not merged", addr, len);
@@ -413,24 +422,47 @@ int md_agent_unregister(md_agent *a, void *addr, size_t len)
 	return err;
 }
 
+/* The page-aligned range [*s, *e) that [addr, addr+len) covers: 0, or
+ * -EINVAL if it is empty or wraps. */
+static int page_range(const void *addr, size_t len, uintptr_t *s, uintptr_t *e)
+{
+	*s = (uintptr_t)addr & ~(uintptr_t)(MD_PAGE - 1);
+	*e = (uintptr_t)addr + len;
+	if (len == 0 || *e < *s || *e > UINTPTR_MAX - MD_PAGE)
+		return -EINVAL;
+	*e = (*e + MD_PAGE - 1) & ~(uintptr_t)(MD_PAGE - 1);
+	return 0;
+}
+
 int md_agent_userfault(md_agent *a, void *addr, size_t len)
 {
-	uintptr_t s = (uintptr_t)addr & ~(uintptr_t)(MD_PAGE - 1), e = (uintptr_t)addr + len;
-	if (!a || len == 0 || e < s || e > UINTPTR_MAX - MD_PAGE)
+	uintptr_t s, e;
+	if (!a || page_range(addr, len, &s, &e))
 		return -EINVAL;
-	e = (e + MD_PAGE - 1) & ~(uintptr_t)(MD_PAGE - 1);
-	int ours = 0, err = 0;
+	size_t ours = 0;
+	int err = 0;
 	pthread_mutex_lock(&a->lock);
-	for (size_t i = 0; i < a->nregions && !ours; i++)
-		ours = a->regions[i].start < e && a->regions[i].end > s;
+	for (size_t i = 0; i < a->nregions; i++)
+		ours += a->regions[i].start < e && a->regions[i].end > s;
+	/* Room to remember what is given up, and with which advice, first:
+	 * without the record the RAM could be taken back too soon. */
+	struct md__handed *h = ours ? realloc(a->handed, (a->nhanded + ours) * sizeof(*h)) : NULL;
+	if (ours && !h)
+		err = -ENOMEM;
+	else if (ours)
+		a->handed = h;
 	/* The scanner's part first: the zero pages it dropped put back (the
 	 * VMM's userfaultfd would take them for pages still to come). */
-	if (ours && a->engine)
+	if (ours && !err && a->engine)
 		err = md__engine_unregister(a->engine, (void *)s, e - s, MD_UNREG_HANDOVER);
 	if (err == -EINVAL)
 		err = -EIO;	/* -EINVAL is for bad arguments: the VMM would go on */
-	if (ours && !err)
-		md__rangeset_add(&a->handed, s, e);
+	for (size_t i = 0; i < a->nregions && ours && !err; i++) {
+		const struct md__region *r = &a->regions[i];
+		if (r->start < e && r->end > s)
+			a->handed[a->nhanded++] = (struct md__handed){ r->start > s ? r->start : s,
+								       r->end < e ? r->end : e, r->advice };
+	}
 	pthread_mutex_unlock(&a->lock);
 	if (!ours)
 		return 0;
@@ -441,6 +473,58 @@ int md_agent_userfault(md_agent *a, void *addr, size_t len)
 	md__log_once(76, "the VMM registers guest RAM with its own userfaultfd (postcopy migration, "
 		     "a background snapshot): that memory is no longer shared or merged%s",
 		     err ? "; it could not all be given back as it was: the registration fails" : "");
+	return err;
+}
+
+int md_agent_userfault_end(md_agent *a, void *addr, size_t len)
+{
+	uintptr_t s, e;
+	if (!a || page_range(addr, len, &s, &e))
+		return -EINVAL;
+	struct md__handed back[64];
+	size_t nback = 0;
+	int err = 0;
+	pthread_mutex_lock(&a->lock);
+	for (size_t i = 0; i < a->nhanded && nback < 64;) {
+		struct md__handed *h = &a->handed[i];
+		if (h->start >= e || h->end <= s) {
+			i++;
+			continue;
+		}
+		uintptr_t lo = h->start > s ? h->start : s, hi = h->end < e ? h->end : e;
+		if (h->start < lo && h->end > hi) {
+			/* The middle goes back: the record splits in two. */
+			struct md__handed *m = realloc(a->handed, (a->nhanded + 1) * sizeof(*m));
+			if (!m) {
+				err = -ENOMEM;	/* kept whole: that RAM stays the VMM's */
+				i++;
+				continue;
+			}
+			a->handed = m;
+			h = &a->handed[i];
+			a->handed[a->nhanded++] = (struct md__handed){ hi, h->end, h->advice };
+			h->end = lo;
+		} else if (h->start < lo) {
+			h->end = lo;
+		} else if (h->end > hi) {
+			h->start = hi;
+		} else {
+			back[nback] = *h;
+			*h = a->handed[--a->nhanded];
+			nback++;
+			continue;
+		}
+		back[nback++] = (struct md__handed){ lo, hi, h->advice };
+		i++;
+	}
+	pthread_mutex_unlock(&a->lock);
+	for (size_t i = 0; i < nback; i++) {
+		int r = md_agent_register(a, (void *)back[i].start, back[i].end - back[i].start, back[i].advice);
+		err = err ? err : r;
+	}
+	if (nback)
+		md__log_once(78, "the VMM's userfaultfd let go of guest RAM: it is merged again%s",
+			     err ? " (not all of it: memory short)" : "");
 	return err;
 }
 

@@ -76,10 +76,16 @@ struct md_agent {
 	 * replace them by anonymous memory, or it would show the file's page
 	 * again (md__discard_forgotten). Covers at least those places. */
 	struct md__rangeset forgotten;
-	/* Guest RAM given up to the VMM's own userfaultfd (md_agent_userfault):
-	 * never taken back, as a mapping of ours there would drop the VMM's
-	 * registration (a snapshot would miss writes). Covers at least it. */
-	struct md__rangeset handed;
+	/* Guest RAM given up to the VMM's own userfaultfd (md_agent_userfault),
+	 * with the advice it had: not taken back while that registration
+	 * lasts, as a mapping of ours there would drop it (a snapshot would
+	 * miss writes); merged again once the VMM unregisters it
+	 * (md_agent_userfault_end). */
+	struct md__handed {
+		uintptr_t start, end;
+		unsigned advice;
+	} *handed;
+	size_t nhanded;
 
 	int kernel_ksm;
 	int io_unseen;          /* md_agent_io_unseen was called (set under lock) */

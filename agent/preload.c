@@ -612,7 +612,8 @@ EXPORT int ioctl(int fd, unsigned long request, ...)
 	if (md__ioctl_maps_dma(request))
 		unseen_io("gave a device memory for DMA (VFIO, iommufd or vhost-vdpa)");
 	/* The VMM's own userfaultfd over guest RAM (the engine's calls do not
-	 * come here): ours gives the range up first. */
+	 * come here): ours gives the range up first, and takes it back once
+	 * the VMM's lets go. */
 	md_agent *a;
 	if ((unsigned int)request == (unsigned int)UFFDIO_REGISTER && arg && (a = agent_peek())) {
 		const struct uffdio_register *r = arg;
@@ -621,6 +622,13 @@ EXPORT int ioctl(int fd, unsigned long request, ...)
 			errno = -err;	/* a hole of ours would be taken for a page to come */
 			return -1;
 		}
+	}
+	if ((unsigned int)request == (unsigned int)UFFDIO_UNREGISTER && arg && (a = agent_peek())) {
+		struct uffdio_range r = *(const struct uffdio_range *)arg;
+		int ret = md__sys_ioctl(fd, request, arg);
+		if (ret == 0)
+			md_agent_userfault_end(a, (void *)(uintptr_t)r.start, (size_t)r.len);
+		return ret;
 	}
 	return md__sys_ioctl(fd, request, arg);
 }

@@ -229,8 +229,15 @@ MD_API int md_agent_unregister(md_agent *agent, void *addr, size_t len);
  * back the zero pages the scanner dropped (a userfaultfd for missing pages
  * would take those for pages still to come), and says so once in the log.
  * The preload library calls it on the VMM's UFFDIO_REGISTER. 0, or -errno
- * (memory short): then the preload library fails the registration. */
+ * (memory short): then the preload library fails the registration. Until
+ * md_agent_userfault_end, the range is refused to md_agent_register. */
 MD_API int md_agent_userfault(md_agent *agent, void *addr, size_t len);
+/* Tells the agent the VMM's userfaultfd no longer covers [addr, addr+len)
+ * (its UFFDIO_UNREGISTER succeeded: a snapshot or a postcopy migration is
+ * over): guest RAM given up there by md_agent_userfault is registered again,
+ * with the advice it had, and merged again. 0, or the first -errno of those
+ * registrations (md_agent_register). */
+MD_API int md_agent_userfault_end(md_agent *agent, void *addr, size_t len);
 /* Adds advice bits to what new mappings in [addr, addr+len) inherit. */
 MD_API int md_agent_advise(md_agent *agent, void *addr, size_t len, unsigned advice);
 #define MD_ADV_DONTFORK  (1u << 0)

@@ -352,6 +352,49 @@ TEST_IMPL(scan_gives_ram_to_vmm_userfault)
 	return 0;
 }
 
+static uint64_t merged_want;
+static int merged_wanted(const md_stats *s) { return s->merged >= merged_want; }
+
+/* Once the VMM's userfaultfd lets go of guest RAM (a background snapshot
+ * or a postcopy migration is over: UFFDIO_UNREGISTER), the scanner takes
+ * it back and merges there again; a part still registered stays the VMM's. */
+TEST_IMPL(scan_takes_ram_back_from_vmm_userfault)
+{
+	char log[600];
+	struct proc a;
+	start_scan_logged(&a, "uffd-end.log", log, sizeof(log));
+	proc_cmd(&a, "map 1024");
+	ASSERT(strcmp(proc_cmd(&a, "fill 0 256 3"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 256 3", 256 * PG), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 256 4", 512 * PG), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 256 4", 768 * PG), "ok") == 0);
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_512), 0);
+	char h[32];
+	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", 1024 * PG));
+	ASSERT_EQ(proc_num(&a, "uffd 0 %u wp", 1024 * PG), 0);
+	for (unsigned i = 0; i < 256; i += 5)
+		ASSERT(proc_page(&a, i * PG).pfn != proc_page(&a, (256 + i) * PG).pfn);
+	/* The first half let go of, the second still the VMM's. */
+	ASSERT_EQ(proc_num(&a, "uffdoff 0 %u", 512 * PG), 0);
+	merged_want = s.merged + 256;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_wanted), 0);
+	for (unsigned i = 0; i < 256; i++)
+		ASSERT_EQ(proc_page(&a, i * PG).pfn, proc_page(&a, (256 + i) * PG).pfn);
+	usleep(500000);	/* passes of the scanner, were it merging there */
+	for (unsigned i = 0; i < 256; i += 5)
+		ASSERT(proc_page(&a, (512 + i) * PG).pfn != proc_page(&a, (768 + i) * PG).pfn);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 1024 * PG), h) == 0);
+	/* Advised again meanwhile, the part still registered is refused. */
+	ASSERT_EQ(proc_num(&a, "advise %u %u mergeable", 512 * PG, 512 * PG), 0);
+	usleep(500000);
+	for (unsigned i = 0; i < 256; i += 5)
+		ASSERT(proc_page(&a, (512 + i) * PG).pfn != proc_page(&a, (768 + i) * PG).pfn);
+	proc_stop(&a);
+	ASSERT(strstr(file_text(log), "merged again"));
+	return 0;
+}
+
 static int zero_64(const md_stats *s) { return s->zero_pages >= 64; }
 
 /* Memory that stops asking for merging (MADV_UNMERGEABLE) gets back the

@@ -49,6 +49,8 @@
  *   uffd OFF LEN missing|wp -> 0 or -errno of registering the RAM's range with a
  *                           userfaultfd of its own (kept open), as QEMU's postcopy
  *                           migration (missing) or background snapshot (wp) does
+ *   uffdoff OFF LEN       -> 0 or -errno of unregistering the range from the last
+ *                           of those userfaultfds (the migration or snapshot is over)
  *   holes DOFF NPAGES MS  -> "ITERATIONS PRESENT": for MS ms, fill the pages (two equal
  *                           quarters, a half new each time), wait 0-20 ms, discard them (MADV_DONTNEED), wait
  *                           30 ms and count the pages pagemap shows there: holes the
@@ -80,6 +82,7 @@
 
 static char *base;
 static size_t base_len;
+static int last_uffd = -1;
 static void **extra;
 static size_t nextra;
 
@@ -389,6 +392,11 @@ int main(void)
 			}
 			printf("%d\n", u < 0 || ioctl(u, UFFDIO_API, &api) < 0 ||
 			       ioctl(u, UFFDIO_REGISTER, &reg) < 0 ? -errno : 0);
+			last_uffd = u;
+		} else if (strcmp(cmd, "uffdoff") == 0) {
+			sscanf(line, "%*s %lld %lld", &a1, &a2);
+			struct uffdio_range range = { (uintptr_t)(base + a1), (uint64_t)a2 };
+			printf("%d\n", ioctl(last_uffd, UFFDIO_UNREGISTER, &range) < 0 ? -errno : 0);
 		} else if (strcmp(cmd, "vdpa") == 0) {
 			uint32_t id;
 			printf("%d\n", ioctl(-1, VHOST_VDPA_GET_DEVICE_ID, &id) < 0 ? -errno : 0);

@@ -9,11 +9,13 @@
 # register; docs/ARCHITECTURE.md). Checks:
 #   1. background snapshot: the scanner merged pages first; QEMU takes the
 #      capability, the snapshot completes, the agent says it gave the RAM
-#      up; the guest reads the image's data before and after; the snapshot
-#      restored in a plain QEMU reads it again after its hold;
+#      up, and takes it back once QEMU lets go (merging again); the guest
+#      reads the image's data before and after; the snapshot restored in a
+#      plain QEMU reads it again after its hold;
 #   2. postcopy migration from a plain QEMU to one under the scanner
-#      completes, and the guest on the destination reads the image's data
-#      again after its hold.
+#      completes, the destination's agent takes the RAM back after it, and
+#      the guest on the destination reads the image's data again after its
+#      hold.
 # Env: TEST_HOLD (s, default 30), MEMDEDUP_BIN. Runtime here: ~2 min.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -43,6 +45,11 @@ hmp() {
   exec 3>&-
 }
 
+agent_counter() {   # one counter of the agent under the scanner
+  MEMDEDUP_RUN_DIR=$out/run "$md" status --json --agents 2>/dev/null |
+    grep -o "\"$1\": *[0-9]*" | head -1 | grep -o '[0-9]*$' || echo 0
+}
+
 guests=()
 stop_guests() { local p; for p in "${guests[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; }
 FLEET_EXIT_HOOKS+=(stop_guests)
@@ -59,11 +66,11 @@ for _ in $(seq 1 240); do
 done
 merged=0
 for _ in $(seq 1 40); do   # the scanner merges meanwhile
-  merged=$(MEMDEDUP_RUN_DIR=$out/run "$md" status --json --agents 2>/dev/null |
-           grep -o '"merged": *[0-9]*' | head -1 | grep -o '[0-9]*$' || echo 0)
+  merged=$(agent_counter merged)
   [ "${merged:-0}" -ge 1000 ] && break
   sleep 0.5
 done
+zero0=$(agent_counter zero_pages)
 if [ "${merged:-0}" -ge 1000 ]; then
   pass "the scanner merged $merged pages before the snapshot"
 else
@@ -90,6 +97,21 @@ if grep -q 'registers guest RAM with its own userfaultfd' "$out/agent.log"; then
   pass "the agent gave the guest's RAM up to QEMU's userfaultfd"
 else
   fail "the agent did not say it gave the RAM up (log $out/agent.log)"
+fi
+# The snapshot over, QEMU unregisters its userfaultfd: the scanner takes the
+# RAM back, drops again the zero pages the handover read back in, and
+# merges again what it made private (first the zero pages: most of RAM).
+merged1=$(agent_counter merged) zero1=$zero0 t0=$SECONDS
+for _ in $(seq 1 40); do
+  merged1=$(agent_counter merged) zero1=$(agent_counter zero_pages)
+  [ "${merged1:-0}" -gt "$merged" ] && [ "${zero1:-0}" -ge $((zero0 + 1000)) ] && break
+  sleep 0.5
+done
+if grep -q 'merged again' "$out/agent.log" && [ "${merged1:-0}" -gt "$merged" ] &&
+   [ "${zero1:-0}" -ge $((zero0 + 1000)) ]; then
+  pass "the scanner took the RAM back after the snapshot ($((zero1 - zero0)) zero pages dropped again, $((merged1 - merged)) pages merged in $((SECONDS - t0)) s)"
+else
+  fail "the scanner did not take the RAM back after the snapshot (merged ${merged1:-?} after, $merged before; zero pages ${zero1:-?}, $zero0 before)"
 fi
 
 # The snapshot, restored in a plain QEMU, goes on with the guest's hold.
@@ -171,6 +193,11 @@ if grep -q 'registers guest RAM with its own userfaultfd' "$out/dest-agent.log";
   pass "the destination's agent gave the guest's RAM up to QEMU's userfaultfd (postcopy's listen)"
 else
   fail "the destination's agent did not say it gave the RAM up (log $out/dest-agent.log)"
+fi
+if grep -q 'merged again' "$out/dest-agent.log"; then
+  pass "the destination's agent took the RAM back once postcopy was over"
+else
+  fail "the destination's agent did not take the RAM back after postcopy (log $out/dest-agent.log)"
 fi
 if [ "$(got RECHECK "$out/dest.log")" = "$want" ]; then
   pass "the migrated guest read the image's data again"
