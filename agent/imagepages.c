@@ -273,9 +273,22 @@ static void feed(struct md_agent *a)
 		 * it since the read, the entry is wrong, found out and
 		 * dropped by the merge's compare (merge_run). */
 		uint32_t owner = todo[t].copied ? 0 : todo[t].img;
+		/* Nor is a copy the VMM discarded since the read: the hash's
+		 * read would fill its hole in. Under agent->lock no discard
+		 * comes between (md_agent_discard makes the engine's holes
+		 * under it). A page mapped from the image reads the file. */
+		uint64_t pm[RUN_MAX];
+		for (size_t i = 0; i < n; i++)
+			pm[i] = MD_PM_PRESENT;
+		if (todo[t].copied && (!a->engine ||
+				       md__sys_pread(a->engine->pagemap_fd, pm, n * sizeof(pm[0]),
+						     (off_t)(todo[t].addr / MD_PAGE * sizeof(pm[0]))) !=
+					       (ssize_t)(n * sizeof(pm[0]))))
+			r = NULL;
 		for (size_t i = 0; i < n; i++) {
 			hash[i] = ip->zero_hash;	/* left out, as zero pages are */
-			if (r && r->owner[(todo[t].addr - r->start) / MD_PAGE + i] == owner)
+			if (r && r->owner[(todo[t].addr - r->start) / MD_PAGE + i] == owner &&
+			    md__pm_has_page(pm[i]))
 				hash[i] = md__page_hash((const void *)(todo[t].addr + i * MD_PAGE));
 		}
 		pthread_mutex_unlock(&a->lock);

@@ -339,13 +339,6 @@ static int pagemap_read(const struct md__engine *e, uintptr_t addr, size_t n, ui
 	       (ssize_t)len ? 0 : -EIO;
 }
 
-/* A page with content: there, or in swap (a swap entry with the
- * write-protect bit may be a marker of ours over nothing). */
-static int has_page(uint64_t pm)
-{
-	return (pm & MD_PM_PRESENT) || ((pm & MD_PM_SWAP) && !(pm & MD_PM_UFFD_WP));
-}
-
 /* Write-protects the n pages at addr (in r), with their pagemap entries
  * from before into pm (MAX_RUN of them) - only if none is a hole in
  * anonymous memory: that is the VMM's, discarded since the scanner's
@@ -360,7 +353,7 @@ static int freeze(struct md__engine *e, const struct md__eregion *r, uintptr_t a
 	if (pagemap_read(e, addr, n, pm))
 		return -EIO;
 	for (size_t i = 0; i < n; i++)
-		if (!has_page(pm[i]) && !(r->ref[first + i] & (MD_REF_FILE | MD_REF_IMAGE))) {
+		if (!md__pm_has_page(pm[i]) && !(r->ref[first + i] & (MD_REF_FILE | MD_REF_IMAGE))) {
 			e->st.holes += n;
 			return -EAGAIN;
 		}
@@ -999,11 +992,11 @@ static int freeze_filled(struct md__engine *e, const struct md__eregion *r, uint
 	return 0;
 }
 
-/* A page that held something before the drop's freeze: has_page(), and
- * not the kernel's zero page. */
+/* A page that held something before the drop's freeze: md__pm_has_page(),
+ * and not the kernel's zero page. */
 static int had_content(const struct md__engine *e, uint64_t pm)
 {
-	return has_page(pm) && !((pm & MD_PM_PRESENT) && e->zero_pfn && (pm & MD_PM_PFN) == e->zero_pfn);
+	return md__pm_has_page(pm) && !((pm & MD_PM_PRESENT) && e->zero_pfn && (pm & MD_PM_PFN) == e->zero_pfn);
 }
 
 int md__engine_merge_zero(struct md__engine *e, void *addr, size_t n)
@@ -1241,6 +1234,7 @@ int md__engine_discard(struct md__engine *e, void *addr, size_t len)
 	uintptr_t a = (uintptr_t)addr;
 	int err = 0;
 
+	int ours = 0;
 	pthread_mutex_lock(&e->lock);
 	/* Every region the range overlaps: a discard may span two. Under the
 	 * lock: a zap in the middle of a merge would drop the write-protection
@@ -1248,6 +1242,7 @@ int md__engine_discard(struct md__engine *e, void *addr, size_t len)
 	for (size_t ri = 0; ri < e->nregions && !err; ri++) {
 		struct md__eregion *r = &e->regions[ri];
 		uintptr_t s0 = a > r->start ? a : r->start, s1 = a + len < r->end ? a + len : r->end;
+		ours |= s0 < s1;
 		for (uintptr_t p = s0; p < s1 && !err; p += MAX_RUN * MD_EPAGE) {
 			size_t n = (s1 - p) / MD_EPAGE < MAX_RUN ? (s1 - p) / MD_EPAGE : MAX_RUN;
 			err = zero_run(e, r, p, n);
@@ -1258,7 +1253,8 @@ int md__engine_discard(struct md__engine *e, void *addr, size_t len)
 	/* The range is holes now (zero_run), before the VMM's own zap: a
 	 * merge after this finds them (freeze), and the scanner's windows
 	 * read before are stale (see md__scanner_step). */
-	__atomic_add_fetch(&e->zap_gen, 1, __ATOMIC_RELEASE);
+	if (ours)
+		__atomic_add_fetch(&e->zap_gen, 1, __ATOMIC_RELEASE);
 	md__engine_unlock(e);
 	return err;
 }

@@ -53,6 +53,15 @@ static inline int md__pm_private_anon(uint64_t pm)
 	return (pm & (MD_PM_PRESENT | MD_PM_SWAP)) && !(pm & MD_PM_FILE);
 }
 
+/* A pagemap entry showing a page with content: there, or in swap (a swap
+ * entry with the write-protect bit may be a userfaultfd marker over
+ * nothing). Anything else in anonymous memory is a hole, which a read
+ * would fill in. */
+static inline int md__pm_has_page(uint64_t pm)
+{
+	return (pm & MD_PM_PRESENT) || ((pm & MD_PM_SWAP) && !(pm & MD_PM_UFFD_WP));
+}
+
 /* Advice a replacing mapping must inherit (same bits as MD_ADV_*). */
 #define MD_EADV_DONTFORK (1u << 0)
 #define MD_EADV_DONTDUMP (1u << 1)

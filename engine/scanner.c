@@ -358,32 +358,58 @@ static unsigned char *copy_buf(struct md__scanner *s)
 	return s->copy;
 }
 
-/* Copies the n (at most MD_SCAN_COPY) guest pages p[0..n), which this
- * batch's windows showed there, into buf through the kernel
- * (md__copy_own_pages, which points p[] at the copies): 0, or -EAGAIN if
- * the VMM discarded memory since the batch began. A hole the VMM made must
- * stay one until it writes there (a balloon's page, one a postcopy
- * destination waits for), and reading it would fill it in: the check and
- * the read are under the merge lock, under which a discard makes its
- * holes and counts itself (md__engine_discard). */
-static int read_guest(struct md__scanner *s, void *buf, const void **p, size_t n)
+/* Copies the n (at most MD_SCAN_COPY) guest pages p[0..n), which pagemap
+ * windows read since the engine's discard count was gen showed there, into
+ * buf through the kernel (md__copy_own_pages, which points p[] at the
+ * copies): 0, or -EAGAIN if the VMM discarded memory since. A hole the VMM
+ * made must stay one until it writes there (a balloon's page, one a
+ * postcopy destination waits for), and reading it would fill it in: the
+ * check and the read are under the merge lock, under which a discard makes
+ * its holes and counts itself (md__engine_discard). */
+static int read_guest(struct md__scanner *s, uint64_t gen, void *buf, const void **p, size_t n)
 {
 	int err = -EAGAIN;
 	pthread_mutex_lock(&s->e->lock);
-	if (__atomic_load_n(&s->e->zap_gen, __ATOMIC_RELAXED) == s->step_gen)
+	if (__atomic_load_n(&s->e->zap_gen, __ATOMIC_RELAXED) == gen)
 		err = md__copy_own_pages(buf, p, n);
 	pthread_mutex_unlock(&s->e->lock);
 	return err;
 }
 
-/* Replaces the n (at most MD_SCAN_COPY) guest pages p[0..n) by copies in
- * the cursor's copy buffer (read_guest), which then holds no window: the
- * next visit reads its own. Sending a page from guest RAM was our first
- * touch of it. 0, or -errno: p[] still points at guest RAM. */
+/* Copies the guest page at addr, which no window of this batch showed
+ * (the unstable table's partner, up to a pass old), into buf: 0 if it is
+ * there, else -EAGAIN without reading it. Under the merge lock, no discard
+ * comes between the check and the read. */
+static int read_guest_page(struct md__scanner *s, uintptr_t addr, void *buf)
+{
+	uint64_t pm = 0;
+	const void *p = (const void *)addr;
+	int err = -EAGAIN;
+	pthread_mutex_lock(&s->e->lock);
+	if (md__sys_pread(s->e->pagemap_fd, &pm, sizeof(pm), (off_t)(addr / MD_EPAGE * sizeof(pm))) ==
+	    (ssize_t)sizeof(pm) && md__pm_has_page(pm))
+		err = md__copy_own_pages(buf, &p, 1);
+	pthread_mutex_unlock(&s->e->lock);
+	return err;
+}
+
+/* After a discard: the window and the copies are stale, the next read of
+ * a window holds from now on. */
+static void windows_stale(struct md__scanner *s)
+{
+	s->pm_n = 0;
+	s->copy_have = 0;
+	s->step_gen = __atomic_load_n(&s->e->zap_gen, __ATOMIC_ACQUIRE);
+}
+
+/* Replaces the n (at most MD_SCAN_COPY) pending guest pages p[0..n) by
+ * copies in the cursor's copy buffer (read_guest), which then holds no
+ * window: the next visit reads its own. Sending a page from guest RAM was
+ * our first touch of it. 0, or -errno: p[] still points at guest RAM. */
 static int copy_out(struct md__scanner *s, const void **p, size_t n)
 {
 	s->copy_have = 0;
-	return copy_buf(s) ? read_guest(s, s->copy, p, n) : -ENOMEM;
+	return copy_buf(s) ? read_guest(s, s->pend_gen, s->copy, p, n) : -ENOMEM;
 }
 
 /* Steps 4-5 with the daemon's pool, for the candidates of a batch:
@@ -517,28 +543,6 @@ static const void *copied(const struct md__scanner *s, uintptr_t a)
 }
 
 
-/* How many pages from a (inside the pagemap window, in r) are word
- * repeated and may be merged as such: present anonymous pages no merge
- * holds. At most max. */
-static size_t fills_at(struct md__scanner *s, const struct md__eregion *r, uintptr_t a, size_t max,
-		       uint64_t word)
-{
-	size_t i = (a - r->start) / MD_EPAGE, w = (a - s->pm_base) / MD_EPAGE, n = 0;
-	/* Pages past the copies are read in place: under the merge lock, and
-	 * only if no discard came since the window (see read_guest). */
-	pthread_mutex_lock(&s->e->lock);
-	if (__atomic_load_n(&s->e->zap_gen, __ATOMIC_RELAXED) == s->step_gen)
-		while (n < max && w + n < s->pm_n && !MD_REF_BUSY(r->ref[i + n]) &&
-		       worth_reading(s->e, s->pm[w + n])) {
-			const void *c = copied(s, a + n * MD_EPAGE);
-			if (!md__page_is_filled(c ? c : (const void *)(a + n * MD_EPAGE), word))
-				break;
-			n++;
-		}
-	pthread_mutex_unlock(&s->e->lock);
-	return n;
-}
-
 /* The content of page a of r (in the pagemap window): a copy read through
  * the kernel (read_guest), for the cursor together with the next pages of
  * the window a visit may read; NULL if that fails (the VMM discarded
@@ -551,24 +555,56 @@ static size_t fills_at(struct md__scanner *s, const struct md__eregion *r, uintp
  * under write-protection. */
 static const void *content(struct md__scanner *s, const struct md__eregion *r, uintptr_t a, int hinted)
 {
-	const void *c = copied(s, a), *p[MD_SCAN_COPY];
+	/* A hint's page was just filled by a read: never a copy made before. */
+	const void *c = hinted == 1 ? NULL : copied(s, a), *p[MD_SCAN_COPY];
 	if (c || !copy_buf(s))
 		return c;
-	uint64_t want = 0;
-	size_t n = 0, w = (a - s->pm_base) / MD_EPAGE, i = (a - r->start) / MD_EPAGE;
-	size_t np = (r->end - r->start) / MD_EPAGE;
+	size_t i = (a - r->start) / MD_EPAGE, np = (r->end - r->start) / MD_EPAGE;
 	/* Random order, a hint, a candidate: the next visit is elsewhere. */
 	size_t lim = s->random_order || hinted ? 1 : MD_SCAN_COPY;
-	for (size_t k = 0; k < lim && w + k < s->pm_n && i + k < np; k++) {
-		if (k && (MD_REF_BUSY(r->ref[i + k]) || MD_SEEN_SKIP(r->seen[i + k]) ||
-			  !worth_reading(s->e, s->pm[w + k])))
-			continue;
-		want |= 1ull << k;
-		p[n++] = (const void *)(a + k * MD_EPAGE);
+	for (int tries = 0; tries < 2; tries++) {
+		uint64_t want = 0;
+		size_t n = 0, w = (a - s->pm_base) / MD_EPAGE;
+		for (size_t k = 0; k < lim && w + k < s->pm_n && i + k < np; k++) {
+			if (k && (MD_REF_BUSY(r->ref[i + k]) || MD_SEEN_SKIP(r->seen[i + k]) ||
+				  !worth_reading(s->e, s->pm[w + k])))
+				continue;
+			want |= 1ull << k;
+			p[n++] = (const void *)(a + k * MD_EPAGE);
+		}
+		s->copy_base = a;
+		s->copy_have = n && read_guest(s, s->step_gen, s->copy, p, n) == 0 ? want : 0;
+		if (s->copy_have)
+			return s->copy;
+		/* The VMM discarded memory since the window: a fresh one, and
+		 * the page once more if it is still there. */
+		windows_stale(s);
+		if (!read_window(s, a, window_end(r, i, !hinted)) || !worth_reading(s->e, s->pm[0]))
+			break;
 	}
-	s->copy_base = a;
-	s->copy_have = read_guest(s, s->copy, p, n) == 0 ? want : 0;
-	return s->copy_have ? s->copy : NULL;
+	return NULL;
+}
+
+/* How many pages from a (inside the pagemap window, in r) are word
+ * repeated and may be merged as such: present anonymous pages no merge
+ * holds. At most max. */
+static size_t fills_at(struct md__scanner *s, const struct md__eregion *r, uintptr_t a, size_t max,
+		       uint64_t word)
+{
+	size_t i = (a - r->start) / MD_EPAGE, n = 0;
+	for (; n < max && !MD_REF_BUSY(r->ref[i + n]); n++) {
+		uintptr_t pg = a + n * MD_EPAGE;
+		/* content() may have read a window of its own (a discard). */
+		if (pg < s->pm_base || pg >= s->pm_base + s->pm_n * MD_EPAGE ||
+		    !worth_reading(s->e, s->pm[(pg - s->pm_base) / MD_EPAGE]))
+			break;
+		const void *c = copied(s, pg);
+		if (!c)
+			c = content(s, r, pg, 0);
+		if (!c || !md__page_is_filled(c, word))
+			break;
+	}
+	return n;
 }
 
 /* How many pages from the page a of word repeated, which the cursor found,
@@ -643,22 +679,22 @@ static size_t sweep_zero(struct md__scanner *s)
 		return 0;
 	uintptr_t a = blk > r->start ? blk : r->start;
 	uintptr_t end = blk + HPAGE < r->end ? blk + HPAGE : r->end;
-	s->pm_fresh = 0;	/* the window below is not the hinted run's */
-	while (a < end) {
-		if (!read_window(s, a, end))
+	s->pm_fresh = 0;	/* the windows below are not the hinted run's */
+	s->pm_n = 0;
+	for (uintptr_t pg = a; pg < end;) {
+		if ((pg < s->pm_base || pg >= s->pm_base + s->pm_n * MD_EPAGE) && !read_window(s, pg, end))
 			break;
-		for (size_t w = 0; w < s->pm_n;) {
-			size_t run = fills_at(s, r, a + w * MD_EPAGE, s->pm_n - w, 0);
-			if (run) {
-				int z = md__engine_merge_zero(e, (void *)(a + w * MD_EPAGE), run);
-				dropped += z > 0 ? (size_t)z : 0;
-				w += run;
-				continue;
-			}
-			checked += worth_reading(e, s->pm[w]);
-			w++;
+		size_t run = fills_at(s, r, pg, (end - pg) / MD_EPAGE, 0);
+		if (run) {
+			int z = md__engine_merge_zero(e, (void *)pg, run);
+			dropped += z > 0 ? (size_t)z : 0;
+			pg += run * MD_EPAGE;
+			continue;
 		}
-		a += s->pm_n * MD_EPAGE;
+		/* Still in the window, unless a read found it stale. */
+		if (pg >= s->pm_base && pg < s->pm_base + s->pm_n * MD_EPAGE)
+			checked += worth_reading(e, s->pm[(pg - s->pm_base) / MD_EPAGE]);
+		pg += MD_EPAGE;
 	}
 	s->pm_n = 0;
 	s->st.zero += dropped;
@@ -704,13 +740,17 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 	if (!page)
 		return 0;
 	*read = 1;
-	uint64_t word;
+	uint64_t word, filled[MD_EPAGE / sizeof(uint64_t)];
 	if (md__page_fill(page, &word)) {
 		/* The linear cursor takes the pages that follow with it when
 		 * they are the same word, in one freeze, and steps over them:
 		 * zero pages are dropped (one madvise), others mapped from a
 		 * fill strip (a mapping per 16 pages). */
 		size_t n = !hinted && !s->random_order ? fill_run(s, r, a, word) : 1;
+		/* The run's reads may have reused the copy buffer. */
+		for (size_t k = 0; k < MD_EPAGE / sizeof(uint64_t); k++)
+			filled[k] = word;
+		page = filled;
 		if (!word) {
 			int z = md__engine_merge_zero(e, (void *)a, n);
 			s->st.zero += z > 0 ? (uint64_t)z : 0;
@@ -750,6 +790,8 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 	}
 	if (e->remote) {
 		/* Resolved with the rest of the batch (flush_remote). */
+		if (!s->npend)
+			s->pend_gen = s->step_gen;	/* what copy_out checks */
 		s->pend_addr[s->npend] = a;
 		s->pend_hash[s->npend] = h;
 		s->pend_tag[s->npend] = hinted == 1 ? s->hint_tag : 0;
@@ -775,12 +817,12 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 	uintptr_t other = un_find_insert(&s->un, h, a);
 	if (!other)
 		return 0;
-	/* The other page's region may have gone since it was recorded. Not
-	 * read here: the VMM may have discarded it since, and the read would
-	 * fill its hole in. Its publication finds that out under
-	 * write-protection, and this page's merge compares the two. */
+	/* The other page's region may have gone since it was recorded, the
+	 * page changed or become a hole of the VMM's (read_guest_page). */
 	struct md__eregion *ro = md__engine_region(e, other, MD_EPAGE);
-	if (!ro || MD_REF_BUSY(ro->ref[(other - ro->start) / MD_EPAGE]))
+	unsigned char twin[MD_EPAGE];
+	if (!ro || MD_REF_BUSY(ro->ref[(other - ro->start) / MD_EPAGE]) ||
+	    read_guest_page(s, other, twin) != 0 || memcmp(twin, page, MD_EPAGE) != 0)
 		return 0;
 	uint32_t ns;
 	if (md__engine_publish(e, (void *)other, 1, &ns) != 1)

@@ -85,8 +85,9 @@ struct md__scanner {
 	unsigned char *copy;    /* MD_SCAN_COPY pages read through the kernel (256 KiB) */
 	uintptr_t copy_base;
 	uint64_t copy_have;     /* bit k: page copy_base + k is in copy */
-	uint64_t step_gen;      /* the engine's zap_gen when this batch began:
-				 * its windows hold while it is still the same */
+	uint64_t step_gen;      /* the engine's zap_gen before the window was
+				 * read: it holds while that is still the same */
+	uint64_t pend_gen;      /* step_gen when the first pending page was visited */
 	/* With the daemon's pool: candidates of this batch, resolved together
 	 * (one LOOKUP, one REF, one PUBLISH instead of one each per page). */
 	uint64_t pend_addr[MD_SCAN_PEND];

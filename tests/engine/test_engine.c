@@ -1182,7 +1182,8 @@ static int find_and_discard(void *arg, uint64_t hash, const void *page, uint64_t
 
 /* A hole the VMM makes after the cursor read its pagemap window stays a
  * hole: the window is stale from then on, and the pages it showed there
- * are not read (a read would fill them in behind the VMM's back). */
+ * are not read (a read would fill them in behind the VMM's back); the
+ * batch goes on with a fresh one. */
 TEST_IMPL(engine_scanner_leaves_vmm_holes)
 {
 	struct md__engine e;
@@ -1200,6 +1201,9 @@ TEST_IMPL(engine_scanner_leaves_vmm_holes)
 	s.files = (struct md__file_source){ &v, find_and_discard, NULL };
 	md__scanner_step(&s, n);
 	ASSERT(v.calls >= 1);
+	/* The batch went on with a fresh window: every page still there was
+	 * read, and the first 64 again, for as many reads as it was given. */
+	ASSERT_EQ(s.st.scanned, n);
 	/* Read in, they would be zero pages of their own (on this kind of
 	 * kernel, without a zero page) that a drop would mark ours, for a
 	 * handover to the VMM's userfaultfd to fill in again. */
