@@ -367,6 +367,22 @@ static int handed_overlaps(const md_agent *a, uintptr_t s, uintptr_t e)
 	return 0;
 }
 
+/* md_agent_register's work, agent->lock held. */
+static int register_locked(md_agent *a, uintptr_t s, size_t len, unsigned advice)
+{
+	if (handed_overlaps(a, s, s + len)) {
+		md__log_once(77, "memory at %p (%zu bytes) was given to the VMM's own userfaultfd: "
+			     "not merged", (void *)s, len);
+		return -EBUSY;
+	}
+	int err = md__regions_add(a, s, s + len, advice);
+	/* Under agent->lock: the read path looks at the engine's regions
+	 * while holding it, so they only change under it. */
+	if (!err)
+		md__scan_register(a, s, len, advice);
+	return err;
+}
+
 int md_agent_register(md_agent *a, void *addr, size_t len, unsigned advice)
 {
 	int err = check_range(addr, len);
@@ -384,18 +400,70 @@ int md_agent_register(md_agent *a, void *addr, size_t len, unsigned advice)
 		return shared > 0 ? -EPERM : shared;
 	}
 	pthread_mutex_lock(&a->lock);
-	if (handed_overlaps(a, (uintptr_t)addr, (uintptr_t)addr + len)) {
-		pthread_mutex_unlock(&a->lock);
-		md__log_once(77, "memory at %p (%zu bytes) was given to the VMM's own userfaultfd: "
-			     "not merged", addr, len);
-		return -EBUSY;
-	}
-	err = md__regions_add(a, (uintptr_t)addr, (uintptr_t)addr + len, advice);
-	/* Under agent->lock: the read path looks at the engine's regions
-	 * while holding it, so they only change under it. */
-	if (!err)
-		md__scan_register(a, (uintptr_t)addr, len, advice);
+	err = register_locked(a, (uintptr_t)addr, len, advice);
 	pthread_mutex_unlock(&a->lock);
+	return err;
+}
+
+/* Takes [s, e) out of what was given up to the VMM's userfaultfd (lock
+ * held): the records shrink, split or go. With take_back, each piece is
+ * registered again with its advice. 0, or the first -errno (a split that
+ * found no memory keeps its record whole: that RAM stays the VMM's). */
+static int handed_take(md_agent *a, uintptr_t s, uintptr_t e, int take_back)
+{
+	int err = 0;
+	for (size_t i = 0; i < a->nhanded;) {
+		struct md__handed *h = &a->handed[i];
+		if (h->start >= e || h->end <= s) {
+			i++;
+			continue;
+		}
+		struct md__handed piece = { h->start > s ? h->start : s, h->end < e ? h->end : e, h->advice };
+		if (h->start < piece.start && h->end > piece.end) {
+			/* The middle goes: the record splits in two (the new
+			 * one, after e, is not met again by this loop). */
+			struct md__handed *m = realloc(a->handed, (a->nhanded + 1) * sizeof(*m));
+			if (!m) {
+				err = err ? err : -ENOMEM;
+				i++;
+				continue;
+			}
+			a->handed = m;
+			h = &a->handed[i];
+			a->handed[a->nhanded++] = (struct md__handed){ piece.end, h->end, h->advice };
+			h->end = piece.start;
+			i++;
+		} else if (h->start < piece.start) {
+			h->end = piece.start;
+			i++;
+		} else if (h->end > piece.end) {
+			h->start = piece.end;
+			i++;
+		} else {
+			*h = a->handed[--a->nhanded];	/* gone: look at what moved here */
+		}
+		int r = take_back ? register_locked(a, piece.start, piece.end - piece.start, piece.advice) : 0;
+		err = err ? err : r;
+	}
+	return err;
+}
+
+/* md_agent_unregister's work, agent->lock held. */
+static int unregister_locked(md_agent *a, uintptr_t s, uintptr_t e)
+{
+	/* The memory stays mapped: unshare it before we stop watching it. Its
+	 * copies stay in the pool's and images' mappings, forgotten. */
+	for (size_t i = 0; i < a->nregions; i++) {
+		uintptr_t lo = a->regions[i].start > s ? a->regions[i].start : s;
+		uintptr_t hi = a->regions[i].end < e ? a->regions[i].end : e;
+		if (lo < hi)
+			md__rangeset_add(&a->forgotten, lo, hi);
+	}
+	int err = md__privatize(a, s, e, 0);
+	if (!err)
+		err = md__regions_remove(a, s, e);
+	if (!err && a->engine)
+		md__engine_unregister(a->engine, (void *)s, e - s, MD_UNREG_MAPPED);
 	return err;
 }
 
@@ -404,20 +472,12 @@ int md_agent_unregister(md_agent *a, void *addr, size_t len)
 	int err = check_range(addr, len);
 	if (!a || err)
 		return -EINVAL;
+	uintptr_t s = (uintptr_t)addr, e = s + len;
 	pthread_mutex_lock(&a->lock);
-	/* The memory stays mapped: unshare it before we stop watching it. Its
-	 * copies stay in the pool's and images' mappings, forgotten. */
-	for (size_t i = 0; i < a->nregions; i++) {
-		uintptr_t lo = a->regions[i].start > (uintptr_t)addr ? a->regions[i].start : (uintptr_t)addr;
-		uintptr_t hi = a->regions[i].end < (uintptr_t)addr + len ? a->regions[i].end : (uintptr_t)addr + len;
-		if (lo < hi)
-			md__rangeset_add(&a->forgotten, lo, hi);
-	}
-	err = md__privatize(a, (uintptr_t)addr, (uintptr_t)addr + len, 0);
-	if (!err)
-		err = md__regions_remove(a, (uintptr_t)addr, (uintptr_t)addr + len);
-	if (!err && a->engine)
-		md__engine_unregister(a->engine, addr, len, MD_UNREG_MAPPED);
+	/* RAM the VMM's userfaultfd holds and that asks for merging no more
+	 * is not taken back when the VMM lets go. */
+	handed_take(a, s, e, 0);
+	err = unregister_locked(a, s, e);
 	pthread_mutex_unlock(&a->lock);
 	return err;
 }
@@ -444,36 +504,50 @@ int md_agent_userfault(md_agent *a, void *addr, size_t len)
 	pthread_mutex_lock(&a->lock);
 	for (size_t i = 0; i < a->nregions; i++)
 		ours += a->regions[i].start < e && a->regions[i].end > s;
-	/* Room to remember what is given up, and with which advice, first:
-	 * without the record the RAM could be taken back too soon. */
-	struct md__handed *h = ours ? realloc(a->handed, (a->nhanded + ours) * sizeof(*h)) : NULL;
-	if (ours && !h)
-		err = -ENOMEM;
-	else if (ours)
-		a->handed = h;
-	/* The scanner's part first: the zero pages it dropped put back (the
-	 * VMM's userfaultfd would take them for pages still to come). */
-	if (ours && !err && a->engine)
-		err = md__engine_unregister(a->engine, (void *)s, e - s, MD_UNREG_HANDOVER);
-	if (err == -EINVAL)
-		err = -EIO;	/* -EINVAL is for bad arguments: the VMM would go on */
-	for (size_t i = 0; i < a->nregions && ours && !err; i++) {
+	if (!ours) {
+		pthread_mutex_unlock(&a->lock);
+		return 0;
+	}
+	/* What is given up, and with which advice, noted first (recorded only
+	 * if it all goes): without the record the RAM could be taken back
+	 * while the VMM's userfaultfd holds it. */
+	struct md__handed *h = realloc(a->handed, (a->nhanded + ours) * sizeof(*h));
+	if (!h) {
+		pthread_mutex_unlock(&a->lock);
+		return -ENOMEM;
+	}
+	a->handed = h;
+	size_t k = 0;
+	for (size_t i = 0; i < a->nregions; i++) {
 		const struct md__region *r = &a->regions[i];
 		if (r->start < e && r->end > s)
-			a->handed[a->nhanded++] = (struct md__handed){ r->start > s ? r->start : s,
-								       r->end < e ? r->end : e, r->advice };
+			h[a->nhanded + k++] = (struct md__handed){ r->start > s ? r->start : s,
+								   r->end < e ? r->end : e, r->advice };
+	}
+	/* The scanner's part first: the zero pages it dropped put back (the
+	 * VMM's userfaultfd would take them for pages still to come). Then
+	 * the rest, made private where it stands: pages mapped from the pool
+	 * or an image stay in those private file mappings, as copies. */
+	if (a->engine)
+		err = md__engine_unregister(a->engine, (void *)s, e - s, MD_UNREG_HANDOVER);
+	if (!err)
+		err = unregister_locked(a, s, e);
+	if (!err) {
+		a->nhanded += k;
+	} else {
+		/* The VMM's registration fails: what went is registered again
+		 * (the engine's part went first, perhaps alone). */
+		for (size_t j = 0; j < k; j++)
+			register_locked(a, h[a->nhanded + j].start, h[a->nhanded + j].end - h[a->nhanded + j].start,
+					h[a->nhanded + j].advice);
 	}
 	pthread_mutex_unlock(&a->lock);
-	if (!ours)
-		return 0;
-	/* Made private where they stand: pages mapped from the pool or an
-	 * image stay in those private file mappings, as copies. */
-	if (!err)
-		err = md_agent_unregister(a, (void *)s, e - s);
+	if (err == -EINVAL)
+		err = -EIO;	/* -EINVAL is for bad arguments: the VMM would go on */
 	md__log_once(76, "the VMM registers guest RAM with its own userfaultfd (postcopy migration, "
 		     "a background snapshot): that memory is no longer shared or merged%s",
 		     err ? "; it could not all be given back as it was: the registration fails" : "");
-	return err;
+	return err ? err : 1;
 }
 
 int md_agent_userfault_end(md_agent *a, void *addr, size_t len)
@@ -481,50 +555,15 @@ int md_agent_userfault_end(md_agent *a, void *addr, size_t len)
 	uintptr_t s, e;
 	if (!a || page_range(addr, len, &s, &e))
 		return -EINVAL;
-	struct md__handed back[64];
-	size_t nback = 0;
-	int err = 0;
 	pthread_mutex_lock(&a->lock);
-	for (size_t i = 0; i < a->nhanded && nback < 64;) {
-		struct md__handed *h = &a->handed[i];
-		if (h->start >= e || h->end <= s) {
-			i++;
-			continue;
-		}
-		uintptr_t lo = h->start > s ? h->start : s, hi = h->end < e ? h->end : e;
-		if (h->start < lo && h->end > hi) {
-			/* The middle goes back: the record splits in two. */
-			struct md__handed *m = realloc(a->handed, (a->nhanded + 1) * sizeof(*m));
-			if (!m) {
-				err = -ENOMEM;	/* kept whole: that RAM stays the VMM's */
-				i++;
-				continue;
-			}
-			a->handed = m;
-			h = &a->handed[i];
-			a->handed[a->nhanded++] = (struct md__handed){ hi, h->end, h->advice };
-			h->end = lo;
-		} else if (h->start < lo) {
-			h->end = lo;
-		} else if (h->end > hi) {
-			h->start = hi;
-		} else {
-			back[nback] = *h;
-			*h = a->handed[--a->nhanded];
-			nback++;
-			continue;
-		}
-		back[nback++] = (struct md__handed){ lo, hi, h->advice };
-		i++;
-	}
+	int had = handed_overlaps(a, s, e);
+	/* Registered again under the lock: a registration of the VMM's
+	 * coming meanwhile finds the RAM ours and is given it properly. */
+	int err = had ? handed_take(a, s, e, 1) : 0;
 	pthread_mutex_unlock(&a->lock);
-	for (size_t i = 0; i < nback; i++) {
-		int r = md_agent_register(a, (void *)back[i].start, back[i].end - back[i].start, back[i].advice);
-		err = err ? err : r;
-	}
-	if (nback)
-		md__log_once(78, "the VMM's userfaultfd let go of guest RAM: it is merged again%s",
-			     err ? " (not all of it: memory short)" : "");
+	if (had)
+		md__log_once(78, "the VMM's userfaultfd let go of guest RAM: it is merged again%s%s",
+			     err ? "; not all of it: " : "", err ? strerror(-err) : "");
 	return err;
 }
 
@@ -535,6 +574,7 @@ int md_agent_forget(md_agent *a, void *addr, size_t len)
 		return -EINVAL;
 	pthread_mutex_lock(&a->lock);
 	err = md__regions_remove(a, (uintptr_t)addr, (uintptr_t)addr + len);
+	handed_take(a, (uintptr_t)addr, (uintptr_t)addr + len, 0);
 	if (a->engine)
 		md__engine_unregister(a->engine, addr, len, MD_UNREG_GONE);
 	pthread_mutex_unlock(&a->lock);
@@ -554,6 +594,7 @@ int md__agent_unmap(md_agent *a, void *addr, size_t len, int (*op)(void *arg), v
 	size_t n;
 	if (r == 0) {
 		md__regions_remove(a, s, e);
+		handed_take(a, s, e, 0);	/* the memory is gone, the VMM's hold with it */
 	} else if (md__range_runs(s, e, &run, &n) == 0) {
 		/* As the engine does (md__engine_unmap): image pages of what
 		 * is mapped and not kept are made private before they are
@@ -586,6 +627,17 @@ void md__agent_moved(md_agent *a, void *old, size_t old_len, void *now, size_t n
 	pthread_mutex_lock(&a->lock);
 	if (md__rangeset_overlaps(&a->forgotten, o, o + old_len))
 		md__rangeset_add(&a->forgotten, n, n + now_len);
+	/* The VMM's userfaultfd moves with the mapping: its hold too. */
+	for (size_t i = 0; i < a->nhanded; i++) {
+		if (a->handed[i].start >= o + old_len || a->handed[i].end <= o)
+			continue;
+		struct md__handed *h = realloc(a->handed, (a->nhanded + 1) * sizeof(*h));
+		if (h) {
+			a->handed = h;
+			h[a->nhanded++] = (struct md__handed){ n, n + now_len, h[i].advice };
+		}
+		break;
+	}
 	pthread_mutex_unlock(&a->lock);
 }
 
@@ -615,6 +667,10 @@ int md_agent_advise(md_agent *a, void *addr, size_t len, unsigned advice)
 		return -EINVAL;
 	pthread_mutex_lock(&a->lock);
 	md__regions_advise(a, (uintptr_t)addr, (uintptr_t)addr + len, advice);
+	/* And what the VMM's userfaultfd holds, for when it is taken back. */
+	for (size_t i = 0; i < a->nhanded; i++)
+		if (a->handed[i].start < (uintptr_t)addr + len && a->handed[i].end > (uintptr_t)addr)
+			a->handed[i].advice |= advice;
 	if (a->engine)
 		md__engine_advise(a->engine, addr, len, advice);
 	pthread_mutex_unlock(&a->lock);

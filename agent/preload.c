@@ -616,12 +616,19 @@ EXPORT int ioctl(int fd, unsigned long request, ...)
 	 * the VMM's lets go. */
 	md_agent *a;
 	if ((unsigned int)request == (unsigned int)UFFDIO_REGISTER && arg && (a = agent_peek())) {
-		const struct uffdio_register *r = arg;
-		int err = md_agent_userfault(a, (void *)(uintptr_t)r->range.start, (size_t)r->range.len);
-		if (err && err != -EINVAL) {
-			errno = -err;	/* a hole of ours would be taken for a page to come */
+		struct uffdio_range r = ((const struct uffdio_register *)arg)->range;
+		int gave = md_agent_userfault(a, (void *)(uintptr_t)r.start, (size_t)r.len);
+		if (gave < 0 && gave != -EINVAL) {
+			errno = -gave;	/* a hole of ours would be taken for a page to come */
 			return -1;
 		}
+		int ret = md__sys_ioctl(fd, request, arg);
+		if (ret != 0 && gave > 0) {
+			int saved = errno;	/* refused: the RAM is ours again */
+			md_agent_userfault_end(a, (void *)(uintptr_t)r.start, (size_t)r.len);
+			errno = saved;
+		}
+		return ret;
 	}
 	if ((unsigned int)request == (unsigned int)UFFDIO_UNREGISTER && arg && (a = agent_peek())) {
 		struct uffdio_range r = *(const struct uffdio_range *)arg;

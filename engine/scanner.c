@@ -148,6 +148,17 @@ static uintptr_t un_find_insert(struct md__unstable *u, uint64_t h, uintptr_t ad
 	return 0;
 }
 
+/* Puts addr in place of old as the page of hash h. */
+static void un_replace(struct md__unstable *u, uint64_t h, uintptr_t old, uintptr_t addr)
+{
+	size_t i = (size_t)h & (u->cap - 1);
+	for (size_t k = 0; k < 16; k++, i = (i + 1) & (u->cap - 1))
+		if (u->hash[i] == h && u->addr[i] == old) {
+			u->addr[i] = addr;
+			return;
+		}
+}
+
 int md__scanner_init(struct md__scanner *s, struct md__engine *e, struct md__hints *h)
 {
 	memset(s, 0, sizeof(*s));
@@ -553,20 +564,27 @@ static const void *copied(const struct md__scanner *s, uintptr_t a)
  * CPU there. Only pages pagemap shows present are read: the kernel's read
  * of an absent one would populate guest RAM. Never proof: a merge compares
  * under write-protection. */
-static const void *content(struct md__scanner *s, const struct md__eregion *r, uintptr_t a, int hinted)
+/* Who reads a page through content(): a visit (its `hinted`), or a run of
+ * pages of one word after a visit's page (fills_at). */
+enum { READ_CURSOR, READ_HINT, READ_CANDIDATE, READ_RUN };
+
+static const void *content(struct md__scanner *s, const struct md__eregion *r, uintptr_t a, int who)
 {
 	/* A hint's page was just filled by a read: never a copy made before. */
-	const void *c = hinted == 1 ? NULL : copied(s, a), *p[MD_SCAN_COPY];
+	const void *c = who == READ_HINT ? NULL : copied(s, a), *p[MD_SCAN_COPY];
 	if (c || !copy_buf(s))
 		return c;
 	size_t i = (a - r->start) / MD_EPAGE, np = (r->end - r->start) / MD_EPAGE;
-	/* Random order, a hint, a candidate: the next visit is elsewhere. */
-	size_t lim = s->random_order || hinted ? 1 : MD_SCAN_COPY;
+	/* Random order, a hint, a candidate: the next visit is elsewhere. A
+	 * run takes every page that is there; the cursor leaves out the
+	 * pages it skips this pass. */
+	size_t lim = who == READ_RUN || (who == READ_CURSOR && !s->random_order) ? MD_SCAN_COPY : 1;
 	for (int tries = 0; tries < 2; tries++) {
 		uint64_t want = 0;
 		size_t n = 0, w = (a - s->pm_base) / MD_EPAGE;
 		for (size_t k = 0; k < lim && w + k < s->pm_n && i + k < np; k++) {
-			if (k && (MD_REF_BUSY(r->ref[i + k]) || MD_SEEN_SKIP(r->seen[i + k]) ||
+			if (k && (MD_REF_BUSY(r->ref[i + k]) ||
+				  (who == READ_CURSOR && MD_SEEN_SKIP(r->seen[i + k])) ||
 				  !worth_reading(s->e, s->pm[w + k])))
 				continue;
 			want |= 1ull << k;
@@ -579,7 +597,7 @@ static const void *content(struct md__scanner *s, const struct md__eregion *r, u
 		/* The VMM discarded memory since the window: a fresh one, and
 		 * the page once more if it is still there. */
 		windows_stale(s);
-		if (!read_window(s, a, window_end(r, i, !hinted)) || !worth_reading(s->e, s->pm[0]))
+		if (!read_window(s, a, window_end(r, i, who == READ_CURSOR)) || !worth_reading(s->e, s->pm[0]))
 			break;
 	}
 	return NULL;
@@ -600,7 +618,7 @@ static size_t fills_at(struct md__scanner *s, const struct md__eregion *r, uintp
 			break;
 		const void *c = copied(s, pg);
 		if (!c)
-			c = content(s, r, pg, 0);
+			c = content(s, r, pg, READ_RUN);
 		if (!c || !md__page_is_filled(c, word))
 			break;
 	}
@@ -822,8 +840,10 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 	struct md__eregion *ro = md__engine_region(e, other, MD_EPAGE);
 	unsigned char twin[MD_EPAGE];
 	if (!ro || MD_REF_BUSY(ro->ref[(other - ro->start) / MD_EPAGE]) ||
-	    read_guest_page(s, other, twin) != 0 || memcmp(twin, page, MD_EPAGE) != 0)
+	    read_guest_page(s, other, twin) != 0 || memcmp(twin, page, MD_EPAGE) != 0) {
+		un_replace(&s->un, h, other, a);	/* this page is the one to meet now */
 		return 0;
+	}
 	uint32_t ns;
 	if (md__engine_publish(e, (void *)other, 1, &ns) != 1)
 		return 0;

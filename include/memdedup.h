@@ -228,9 +228,11 @@ MD_API int md_agent_unregister(md_agent *agent, void *addr, size_t len);
  * copies, no more merging or sharing at read time there), after putting
  * back the zero pages the scanner dropped (a userfaultfd for missing pages
  * would take those for pages still to come), and says so once in the log.
- * The preload library calls it on the VMM's UFFDIO_REGISTER. 0, or -errno
- * (memory short): then the preload library fails the registration. Until
- * md_agent_userfault_end, the range is refused to md_agent_register. */
+ * The preload library calls it on the VMM's UFFDIO_REGISTER. 1 if it gave
+ * memory up, 0 if none there was the agent's, or -errno (memory short): then
+ * the preload library fails the registration, and what went is registered
+ * again. Until md_agent_userfault_end (which the VMM calls if its own
+ * registration then fails), the range is refused to md_agent_register. */
 MD_API int md_agent_userfault(md_agent *agent, void *addr, size_t len);
 /* Tells the agent the VMM's userfaultfd no longer covers [addr, addr+len)
  * (its UFFDIO_UNREGISTER succeeded: a snapshot or a postcopy migration is

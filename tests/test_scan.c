@@ -356,8 +356,10 @@ static uint64_t merged_want;
 static int merged_wanted(const md_stats *s) { return s->merged >= merged_want; }
 
 /* Once the VMM's userfaultfd lets go of guest RAM (a background snapshot
- * or a postcopy migration is over: UFFDIO_UNREGISTER), the scanner takes
- * it back and merges there again; a part still registered stays the VMM's. */
+ * or a postcopy migration is over: UFFDIO_UNREGISTER), or the kernel
+ * refuses its registration, the scanner takes it back and merges there
+ * again; a part still registered stays the VMM's, and a part advised
+ * unmergeable meanwhile stays unmerged. */
 TEST_IMPL(scan_takes_ram_back_from_vmm_userfault)
 {
 	char log[600];
@@ -372,6 +374,12 @@ TEST_IMPL(scan_takes_ram_back_from_vmm_userfault)
 	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_512), 0);
 	char h[32];
 	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", 1024 * PG));
+	/* A registration the kernel refuses: the RAM, given up first, is
+	 * taken back at once, and what was made private merges again. */
+	ASSERT_EQ(proc_num(&a, "uffd 0 %u bad", 512 * PG), -EINVAL);
+	merged_want = s.merged + 256;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_wanted), 0);
+	ASSERT_EQ(proc_page(&a, 7 * PG).pfn, proc_page(&a, 263 * PG).pfn);
 	ASSERT_EQ(proc_num(&a, "uffd 0 %u wp", 1024 * PG), 0);
 	for (unsigned i = 0; i < 256; i += 5)
 		ASSERT(proc_page(&a, i * PG).pfn != proc_page(&a, (256 + i) * PG).pfn);
@@ -385,8 +393,14 @@ TEST_IMPL(scan_takes_ram_back_from_vmm_userfault)
 	for (unsigned i = 0; i < 256; i += 5)
 		ASSERT(proc_page(&a, (512 + i) * PG).pfn != proc_page(&a, (768 + i) * PG).pfn);
 	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 1024 * PG), h) == 0);
-	/* Advised again meanwhile, the part still registered is refused. */
+	/* Advised again meanwhile, the part still registered is refused;
+	 * advised unmergeable, it is not taken back when the VMM lets go. */
 	ASSERT_EQ(proc_num(&a, "advise %u %u mergeable", 512 * PG, 512 * PG), 0);
+	usleep(500000);
+	for (unsigned i = 0; i < 256; i += 5)
+		ASSERT(proc_page(&a, (512 + i) * PG).pfn != proc_page(&a, (768 + i) * PG).pfn);
+	ASSERT_EQ(proc_num(&a, "advise %u %u unmergeable", 512 * PG, 512 * PG), 0);
+	ASSERT_EQ(proc_num(&a, "uffdoff %u %u", 512 * PG, 512 * PG), 0);
 	usleep(500000);
 	for (unsigned i = 0; i < 256; i += 5)
 		ASSERT(proc_page(&a, (512 + i) * PG).pfn != proc_page(&a, (768 + i) * PG).pfn);

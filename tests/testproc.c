@@ -46,9 +46,10 @@
  *                           setting it through the C library or the system call
  *   vfio                  -> -errno of VFIO_IOMMU_MAP_DMA on no descriptor
  *   vdpa                  -> -errno of VHOST_VDPA_GET_DEVICE_ID on no descriptor
- *   uffd OFF LEN missing|wp -> 0 or -errno of registering the RAM's range with a
+ *   uffd OFF LEN missing|wp|bad -> 0 or -errno of registering the RAM's range with a
  *                           userfaultfd of its own (kept open), as QEMU's postcopy
  *                           migration (missing) or background snapshot (wp) does
+ *                           (bad: a mode the kernel refuses)
  *   uffdoff OFF LEN       -> 0 or -errno of unregistering the range from the last
  *                           of those userfaultfds (the migration or snapshot is over)
  *   holes DOFF NPAGES MS  -> "ITERATIONS PRESENT": for MS ms, fill the pages (two equal
@@ -381,7 +382,8 @@ int main(void)
 			struct uffdio_api api = { .api = UFFD_API };
 			struct uffdio_register reg = {
 				.range = { (uintptr_t)(base + a1), (uint64_t)a2 },
-				.mode = strcmp(s2, "wp") == 0 ? UFFDIO_REGISTER_MODE_WP : UFFDIO_REGISTER_MODE_MISSING,
+				.mode = strcmp(s2, "wp") == 0 ? UFFDIO_REGISTER_MODE_WP :
+					strcmp(s2, "bad") == 0 ? 1u << 7 : UFFDIO_REGISTER_MODE_MISSING,
 			};
 			int u = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
 			if (u < 0) {
