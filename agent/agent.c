@@ -371,6 +371,10 @@ static int handed_overlaps(const md_agent *a, uintptr_t s, uintptr_t e)
 static int register_locked(md_agent *a, uintptr_t s, size_t len, unsigned advice)
 {
 	if (handed_overlaps(a, s, s + len)) {
+		/* Asked for merging again: taken back once the VMM lets go. */
+		for (size_t i = 0; i < a->nhanded; i++)
+			if (a->handed[i].start < s + len && a->handed[i].end > s)
+				a->handed[i].opted_out = 0;
 		md__log_once(77, "memory at %p (%zu bytes) was given to the VMM's own userfaultfd: "
 			     "not merged", (void *)s, len);
 		return -EBUSY;
@@ -418,7 +422,9 @@ static int handed_take(md_agent *a, uintptr_t s, uintptr_t e, int take_back)
 			i++;
 			continue;
 		}
-		struct md__handed piece = { h->start > s ? h->start : s, h->end < e ? h->end : e, h->advice };
+		struct md__handed piece = *h;
+		piece.start = h->start > s ? h->start : s;
+		piece.end = h->end < e ? h->end : e;
 		if (h->start < piece.start && h->end > piece.end) {
 			/* The middle goes: the record splits in two (the new
 			 * one, after e, is not met again by this loop). */
@@ -430,7 +436,8 @@ static int handed_take(md_agent *a, uintptr_t s, uintptr_t e, int take_back)
 			}
 			a->handed = m;
 			h = &a->handed[i];
-			a->handed[a->nhanded++] = (struct md__handed){ piece.end, h->end, h->advice };
+			a->handed[a->nhanded] = *h;
+			a->handed[a->nhanded++].start = piece.end;
 			h->end = piece.start;
 			i++;
 		} else if (h->start < piece.start) {
@@ -442,7 +449,11 @@ static int handed_take(md_agent *a, uintptr_t s, uintptr_t e, int take_back)
 		} else {
 			*h = a->handed[--a->nhanded];	/* gone: look at what moved here */
 		}
-		int r = take_back ? register_locked(a, piece.start, piece.end - piece.start, piece.advice) : 0;
+		/* Not if it asked for merging no more, or is shared memory now
+		 * (replaced behind our back: md_agent_register's check). */
+		int r = 0;
+		if (take_back && !piece.opted_out && md__range_shared(piece.start, piece.end - piece.start) == 0)
+			r = register_locked(a, piece.start, piece.end - piece.start, piece.advice);
 		err = err ? err : r;
 	}
 	return err;
@@ -475,8 +486,11 @@ int md_agent_unregister(md_agent *a, void *addr, size_t len)
 	uintptr_t s = (uintptr_t)addr, e = s + len;
 	pthread_mutex_lock(&a->lock);
 	/* RAM the VMM's userfaultfd holds and that asks for merging no more
-	 * is not taken back when the VMM lets go. */
-	handed_take(a, s, e, 0);
+	 * is not taken back when the VMM lets go; the record stays, so that
+	 * it is refused while the VMM holds it, if it asks again. */
+	for (size_t i = 0; i < a->nhanded; i++)
+		if (a->handed[i].start < e && a->handed[i].end > s)
+			a->handed[i].opted_out = 1;
 	err = unregister_locked(a, s, e);
 	pthread_mutex_unlock(&a->lock);
 	return err;
@@ -493,6 +507,10 @@ static int page_range(const void *addr, size_t len, uintptr_t *s, uintptr_t *e)
 	*e = (*e + MD_PAGE - 1) & ~(uintptr_t)(MD_PAGE - 1);
 	return 0;
 }
+
+/* The last handover md_agent_userfault made on this thread (its tag): the
+ * VMM's registration follows on the same thread. */
+static __thread unsigned last_handover;
 
 int md_agent_userfault(md_agent *a, void *addr, size_t len)
 {
@@ -518,11 +536,12 @@ int md_agent_userfault(md_agent *a, void *addr, size_t len)
 	}
 	a->handed = h;
 	size_t k = 0;
+	unsigned tag = ++a->handovers;
 	for (size_t i = 0; i < a->nregions; i++) {
 		const struct md__region *r = &a->regions[i];
 		if (r->start < e && r->end > s)
 			h[a->nhanded + k++] = (struct md__handed){ r->start > s ? r->start : s,
-								   r->end < e ? r->end : e, r->advice };
+								   r->end < e ? r->end : e, r->advice, tag, 0 };
 	}
 	/* The scanner's part first: the zero pages it dropped put back (the
 	 * VMM's userfaultfd would take them for pages still to come). Then
@@ -534,6 +553,7 @@ int md_agent_userfault(md_agent *a, void *addr, size_t len)
 		err = unregister_locked(a, s, e);
 	if (!err) {
 		a->nhanded += k;
+		last_handover = tag;
 	} else {
 		/* The VMM's registration fails: what went is registered again
 		 * (the engine's part went first, perhaps alone). */
@@ -548,6 +568,23 @@ int md_agent_userfault(md_agent *a, void *addr, size_t len)
 		     "a background snapshot): that memory is no longer shared or merged%s",
 		     err ? "; it could not all be given back as it was: the registration fails" : "");
 	return err ? err : 1;
+}
+
+void md__agent_userfault_undo(md_agent *a)
+{
+	pthread_mutex_lock(&a->lock);
+	for (size_t i = 0; i < a->nhanded;) {
+		struct md__handed h = a->handed[i];
+		if (h.tag != last_handover) {
+			i++;
+			continue;
+		}
+		a->handed[i] = a->handed[--a->nhanded];
+		if (!h.opted_out)
+			register_locked(a, h.start, h.end - h.start, h.advice);
+	}
+	last_handover = 0;
+	pthread_mutex_unlock(&a->lock);
 }
 
 int md_agent_userfault_end(md_agent *a, void *addr, size_t len)
@@ -627,17 +664,6 @@ void md__agent_moved(md_agent *a, void *old, size_t old_len, void *now, size_t n
 	pthread_mutex_lock(&a->lock);
 	if (md__rangeset_overlaps(&a->forgotten, o, o + old_len))
 		md__rangeset_add(&a->forgotten, n, n + now_len);
-	/* The VMM's userfaultfd moves with the mapping: its hold too. */
-	for (size_t i = 0; i < a->nhanded; i++) {
-		if (a->handed[i].start >= o + old_len || a->handed[i].end <= o)
-			continue;
-		struct md__handed *h = realloc(a->handed, (a->nhanded + 1) * sizeof(*h));
-		if (h) {
-			a->handed = h;
-			h[a->nhanded++] = (struct md__handed){ n, n + now_len, h[i].advice };
-		}
-		break;
-	}
 	pthread_mutex_unlock(&a->lock);
 }
 

@@ -84,8 +84,11 @@ struct md_agent {
 	struct md__handed {
 		uintptr_t start, end;
 		unsigned advice;
+		unsigned tag;           /* which handover (md__agent_userfault_undo) */
+		int opted_out;          /* advised unmergeable since: not taken back */
 	} *handed;
 	size_t nhanded;
+	unsigned handovers;
 
 	int kernel_ksm;
 	int io_unseen;          /* md_agent_io_unseen was called (set under lock) */
@@ -240,6 +243,9 @@ int md__agent_unmap(md_agent *a, void *addr, size_t len, int (*op)(void *arg), v
 /* agent.c: the VMM's mremap moved (or resized) [old, old+old_len) to
  * [now, now+now_len): forgotten copies move with their mappings. */
 void md__agent_moved(md_agent *a, void *old, size_t old_len, void *now, size_t now_len);
+/* The VMM's registration failed after md_agent_userfault gave memory up on
+ * this thread: what that call gave up (only that) is registered again. */
+void md__agent_userfault_undo(md_agent *a);
 
 /* accounting.c */
 /* Refreshes the shared-now and break counters (a walk of /proc/self/pagemap

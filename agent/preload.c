@@ -624,8 +624,8 @@ EXPORT int ioctl(int fd, unsigned long request, ...)
 		}
 		int ret = md__sys_ioctl(fd, request, arg);
 		if (ret != 0 && gave > 0) {
-			int saved = errno;	/* refused: the RAM is ours again */
-			md_agent_userfault_end(a, (void *)(uintptr_t)r.start, (size_t)r.len);
+			int saved = errno;	/* refused: what it gave up is ours again */
+			md__agent_userfault_undo(a);
 			errno = saved;
 		}
 		return ret;

@@ -231,8 +231,9 @@ MD_API int md_agent_unregister(md_agent *agent, void *addr, size_t len);
  * The preload library calls it on the VMM's UFFDIO_REGISTER. 1 if it gave
  * memory up, 0 if none there was the agent's, or -errno (memory short): then
  * the preload library fails the registration, and what went is registered
- * again. Until md_agent_userfault_end (which the VMM calls if its own
- * registration then fails), the range is refused to md_agent_register. */
+ * again. Until md_agent_userfault_end, the range is refused to
+ * md_agent_register (the preload library also takes back what one call gave
+ * up when the VMM's own registration then fails). */
 MD_API int md_agent_userfault(md_agent *agent, void *addr, size_t len);
 /* Tells the agent the VMM's userfaultfd no longer covers [addr, addr+len)
  * (its UFFDIO_UNREGISTER succeeded: a snapshot or a postcopy migration is

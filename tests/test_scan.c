@@ -276,6 +276,35 @@ static int merged_384(const md_stats *s) { return s->merged >= 384 && s->zero_pa
  * page not there is one still to come for postcopy, which waited for it
  * forever), and merges there no more. A page the VMM discarded is its
  * own hole, left as it is. */
+/* An image of 16 pages opened read-only in a: its descriptor there. */
+static long long open_test_image(struct proc *a)
+{
+	char file[600];
+	static char block[16 * PG];
+	snprintf(file, sizeof(file), "%s/image", test_dir());
+	memset(block, 'i', sizeof(block));
+	int fd = open(file, O_CREAT | O_TRUNC | O_WRONLY, 0600);
+	ASSERT(fd >= 0 && write(fd, block, sizeof(block)) == (ssize_t)sizeof(block));
+	close(fd);
+	long long vfd = proc_num(a, "open %s", file);
+	ASSERT(vfd >= 0);
+	return vfd;
+}
+
+/* 1 if a read of the image into the 16 pages from page `at` was copied
+ * there, not shared at read time (no mapping of the image's). */
+static int read_copied(struct proc *a, long long vfd, unsigned at)
+{
+	ASSERT_EQ(proc_num(a, "read %lld 0 %u %u", vfd, 16 * PG, at * PG), 16 * PG);
+	proc_cmd(a, "hash %u %u", at * PG, 16 * PG);
+	for (unsigned i = 0; i < 16; i++) {
+		struct pm x = proc_page(a, (at + i) * PG);
+		if (!x.present || x.file)
+			return 0;
+	}
+	return 1;
+}
+
 TEST_IMPL(scan_gives_ram_to_vmm_userfault)
 {
 	char log[600];
@@ -331,22 +360,9 @@ TEST_IMPL(scan_gives_ram_to_vmm_userfault)
 	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 640 * PG, 384 * PG), h2) == 0);
 	/* Advised again, it stays the VMM's: a mapping of ours there (a read
 	 * shared at read time, here) would drop the VMM's registration. */
-	char file[600];
-	static char block[16 * PG];
-	snprintf(file, sizeof(file), "%s/image", test_dir());
-	memset(block, 'i', sizeof(block));
-	int fd = open(file, O_CREAT | O_TRUNC | O_WRONLY, 0600);
-	ASSERT(fd >= 0 && write(fd, block, sizeof(block)) == (ssize_t)sizeof(block));
-	close(fd);
+	long long vfd = open_test_image(&a);
 	ASSERT_EQ(proc_num(&a, "advise 0 %u mergeable", 1024 * PG), 0);
-	long long vfd = proc_num(&a, "open %s", file);
-	ASSERT(vfd >= 0);
-	ASSERT_EQ(proc_num(&a, "read %lld 0 %u %u", vfd, 16 * PG, 512 * PG), 16 * PG);
-	proc_cmd(&a, "hash %u %u", 512 * PG, 16 * PG);
-	for (unsigned i = 0; i < 16; i++) {
-		struct pm x = proc_page(&a, (512 + i) * PG);
-		ASSERT(x.present && !x.file);	/* copied, not mapped */
-	}
+	ASSERT(read_copied(&a, vfd, 512));
 	proc_stop(&a);
 	ASSERT(strstr(file_text(log), "its own userfaultfd"));
 	return 0;
@@ -393,17 +409,30 @@ TEST_IMPL(scan_takes_ram_back_from_vmm_userfault)
 	for (unsigned i = 0; i < 256; i += 5)
 		ASSERT(proc_page(&a, (512 + i) * PG).pfn != proc_page(&a, (768 + i) * PG).pfn);
 	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 1024 * PG), h) == 0);
-	/* Advised again meanwhile, the part still registered is refused;
-	 * advised unmergeable, it is not taken back when the VMM lets go. */
+	/* A registration over both halves that the kernel refuses takes back
+	 * what it gave up (the first half), not the half the VMM still
+	 * holds: a read there is copied, not shared (a mapping of ours would
+	 * drop the VMM's registration). */
+	long long vfd = open_test_image(&a);
+	ASSERT_EQ(proc_num(&a, "uffd 0 %u bad", 1024 * PG), -EINVAL);
+	merged_want = s.merged + 256;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_wanted), 0);
+	ASSERT_EQ(proc_page(&a, 9 * PG).pfn, proc_page(&a, 265 * PG).pfn);
+	ASSERT(read_copied(&a, vfd, 512));
+	/* Advised again meanwhile, the part still registered is refused,
+	 * also after it was advised unmergeable in between; advised
+	 * unmergeable, it is not taken back when the VMM lets go. */
 	ASSERT_EQ(proc_num(&a, "advise %u %u mergeable", 512 * PG, 512 * PG), 0);
-	usleep(500000);
-	for (unsigned i = 0; i < 256; i += 5)
-		ASSERT(proc_page(&a, (512 + i) * PG).pfn != proc_page(&a, (768 + i) * PG).pfn);
+	ASSERT(read_copied(&a, vfd, 528));
+	ASSERT_EQ(proc_num(&a, "advise %u %u unmergeable", 512 * PG, 512 * PG), 0);
+	ASSERT_EQ(proc_num(&a, "advise %u %u mergeable", 512 * PG, 512 * PG), 0);
+	ASSERT(read_copied(&a, vfd, 544));
 	ASSERT_EQ(proc_num(&a, "advise %u %u unmergeable", 512 * PG, 512 * PG), 0);
 	ASSERT_EQ(proc_num(&a, "uffdoff %u %u", 512 * PG, 512 * PG), 0);
+	ASSERT(read_copied(&a, vfd, 560));
 	usleep(500000);
-	for (unsigned i = 0; i < 256; i += 5)
-		ASSERT(proc_page(&a, (512 + i) * PG).pfn != proc_page(&a, (768 + i) * PG).pfn);
+	for (unsigned i = 0; i < 128; i += 5)
+		ASSERT(proc_page(&a, (640 + i) * PG).pfn != proc_page(&a, (896 + i) * PG).pfn);
 	proc_stop(&a);
 	ASSERT(strstr(file_text(log), "merged again"));
 	return 0;

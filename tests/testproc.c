@@ -51,7 +51,8 @@
  *                           migration (missing) or background snapshot (wp) does
  *                           (bad: a mode the kernel refuses)
  *   uffdoff OFF LEN       -> 0 or -errno of unregistering the range from the last
- *                           of those userfaultfds (the migration or snapshot is over)
+ *                           of those userfaultfds that registered (the migration or
+ *                           snapshot is over)
  *   holes DOFF NPAGES MS  -> "ITERATIONS PRESENT": for MS ms, fill the pages (two equal
  *                           quarters, a half new each time), wait 0-20 ms, discard them (MADV_DONTNEED), wait
  *                           30 ms and count the pages pagemap shows there: holes the
@@ -392,9 +393,10 @@ int main(void)
 				if (dev >= 0)
 					close(dev);
 			}
-			printf("%d\n", u < 0 || ioctl(u, UFFDIO_API, &api) < 0 ||
-			       ioctl(u, UFFDIO_REGISTER, &reg) < 0 ? -errno : 0);
-			last_uffd = u;
+			int r = u < 0 || ioctl(u, UFFDIO_API, &api) < 0 || ioctl(u, UFFDIO_REGISTER, &reg) < 0 ? -errno : 0;
+			if (r == 0)
+				last_uffd = u;	/* kept open, as the VMM's */
+			printf("%d\n", r);
 		} else if (strcmp(cmd, "uffdoff") == 0) {
 			sscanf(line, "%*s %lld %lld", &a1, &a2);
 			struct uffdio_range range = { (uintptr_t)(base + a1), (uint64_t)a2 };
