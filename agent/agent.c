@@ -367,14 +367,41 @@ static int handed_overlaps(const md_agent *a, uintptr_t s, uintptr_t e)
 	return 0;
 }
 
+/* Marks what is given up in [s, e) as asking for merging no more (1) or
+ * again (0), splitting records at s and e (lock held). A record that
+ * cannot be split (memory short) is marked whole when it opts out, left
+ * as it is when it opts in: less merging, never more. */
+static void handed_opt_out(md_agent *a, uintptr_t s, uintptr_t e, int out)
+{
+	for (size_t i = 0; i < a->nhanded; i++) {
+		struct md__handed *h = &a->handed[i];
+		if (h->start >= e || h->end <= s)
+			continue;
+		uintptr_t cut = h->start < s ? s : h->end > e ? e : 0;
+		if (cut) {
+			struct md__handed *m = realloc(a->handed, (a->nhanded + 1) * sizeof(*m));
+			if (m) {
+				a->handed = m;
+				h = &a->handed[i];
+				m[a->nhanded] = *h;
+				m[a->nhanded++].start = cut;	/* met again later in this loop */
+				h->end = cut;
+				if (cut == s)
+					continue;	/* h lies before s now */
+			} else if (!out) {
+				continue;
+			}
+		}
+		h->opted_out = out;
+	}
+}
+
 /* md_agent_register's work, agent->lock held. */
 static int register_locked(md_agent *a, uintptr_t s, size_t len, unsigned advice)
 {
 	if (handed_overlaps(a, s, s + len)) {
 		/* Asked for merging again: taken back once the VMM lets go. */
-		for (size_t i = 0; i < a->nhanded; i++)
-			if (a->handed[i].start < s + len && a->handed[i].end > s)
-				a->handed[i].opted_out = 0;
+		handed_opt_out(a, s, s + len, 0);
 		md__log_once(77, "memory at %p (%zu bytes) was given to the VMM's own userfaultfd: "
 			     "not merged", (void *)s, len);
 		return -EBUSY;
@@ -488,9 +515,7 @@ int md_agent_unregister(md_agent *a, void *addr, size_t len)
 	/* RAM the VMM's userfaultfd holds and that asks for merging no more
 	 * is not taken back when the VMM lets go; the record stays, so that
 	 * it is refused while the VMM holds it, if it asks again. */
-	for (size_t i = 0; i < a->nhanded; i++)
-		if (a->handed[i].start < e && a->handed[i].end > s)
-			a->handed[i].opted_out = 1;
+	handed_opt_out(a, s, e, 1);
 	err = unregister_locked(a, s, e);
 	pthread_mutex_unlock(&a->lock);
 	return err;
@@ -664,6 +689,12 @@ void md__agent_moved(md_agent *a, void *old, size_t old_len, void *now, size_t n
 	pthread_mutex_lock(&a->lock);
 	if (md__rangeset_overlaps(&a->forgotten, o, o + old_len))
 		md__rangeset_add(&a->forgotten, n, n + now_len);
+	/* What moved or was cut off is no longer there: nor is the VMM's
+	 * hold on it (the kernel drops a registration from a moved mapping). */
+	if (n != o)
+		handed_take(a, o, o + old_len, 0);
+	else if (now_len < old_len)
+		handed_take(a, o + now_len, o + old_len, 0);
 	pthread_mutex_unlock(&a->lock);
 }
 
