@@ -458,6 +458,10 @@ TEST_IMPL(copy_own_pages_all_or_nothing)
  * 64 moved pages late, or walk after 5 minutes anyway.) */
 TEST_IMPL(cow_break_changes_resident_pages)
 {
+	/* Seen: 12 pages more across the break, 4 runs in 5 (its shadow
+	 * memory and allocator pages count as the process's too). */
+	if (getenv("MD_TEST_PRELOAD_FIRST"))
+		SKIP("under AddressSanitizer, whose own pages change the resident count");
 	int fd = memfd_create("t", MFD_CLOEXEC);
 	ASSERT(fd >= 0);
 	ASSERT_EQ(ftruncate(fd, 4 * 4096), 0);
