@@ -568,6 +568,12 @@ static const void *copied(const struct md__scanner *s, uintptr_t a)
  * pages of one word after a visit's page (fills_at). */
 enum { READ_CURSOR, READ_HINT, READ_CANDIDATE, READ_RUN };
 
+/* 1 if the pagemap window holds page pg. */
+static int in_window(const struct md__scanner *s, uintptr_t pg)
+{
+	return pg >= s->pm_base && pg < s->pm_base + s->pm_n * MD_EPAGE;
+}
+
 static const void *content(struct md__scanner *s, const struct md__eregion *r, uintptr_t a, int who)
 {
 	/* A hint's page was just filled by a read: never a copy made before. */
@@ -613,12 +619,9 @@ static size_t fills_at(struct md__scanner *s, const struct md__eregion *r, uintp
 	for (; n < max && !MD_REF_BUSY(r->ref[i + n]); n++) {
 		uintptr_t pg = a + n * MD_EPAGE;
 		/* content() may have read a window of its own (a discard). */
-		if (pg < s->pm_base || pg >= s->pm_base + s->pm_n * MD_EPAGE ||
-		    !worth_reading(s->e, s->pm[(pg - s->pm_base) / MD_EPAGE]))
+		if (!in_window(s, pg) || !worth_reading(s->e, s->pm[(pg - s->pm_base) / MD_EPAGE]))
 			break;
-		const void *c = copied(s, pg);
-		if (!c)
-			c = content(s, r, pg, READ_RUN);
+		const void *c = content(s, r, pg, READ_RUN);
 		if (!c || !md__page_is_filled(c, word))
 			break;
 	}
@@ -700,7 +703,7 @@ static size_t sweep_zero(struct md__scanner *s)
 	s->pm_fresh = 0;	/* the windows below are not the hinted run's */
 	s->pm_n = 0;
 	for (uintptr_t pg = a; pg < end;) {
-		if ((pg < s->pm_base || pg >= s->pm_base + s->pm_n * MD_EPAGE) && !read_window(s, pg, end))
+		if (!in_window(s, pg) && !read_window(s, pg, end))
 			break;
 		size_t run = fills_at(s, r, pg, (end - pg) / MD_EPAGE, 0);
 		if (run) {
@@ -710,7 +713,7 @@ static size_t sweep_zero(struct md__scanner *s)
 			continue;
 		}
 		/* Still in the window, unless a read found it stale. */
-		if (pg >= s->pm_base && pg < s->pm_base + s->pm_n * MD_EPAGE)
+		if (in_window(s, pg))
 			checked += worth_reading(e, s->pm[(pg - s->pm_base) / MD_EPAGE]);
 		pg += MD_EPAGE;
 	}
@@ -745,7 +748,7 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 	 * window was read this batch: it starts a fresh window (once per
 	 * hinted run), or the pages would look absent and the hint be lost. */
 	int stale = hinted == 1 && s->pm_fresh != a;
-	if (stale || a < s->pm_base || a >= s->pm_base + s->pm_n * MD_EPAGE) {
+	if (stale || !in_window(s, a)) {
 		/* Not past the region's end: the window must stay inside it. */
 		if (!read_window(s, a, window_end(r, i, !hinted)))
 			return 0;
