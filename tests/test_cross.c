@@ -486,7 +486,15 @@ TEST_IMPL(cross_reads_pair)
 			(int)y.pid), 0);
 	ASSERT_EQ(proc_num(&x, "read %d 0 %u 0 0", fx, N * PG), (long long)N * PG);
 	md_stats xs;
-	ASSERT_EQ(proc_stats_wait(&x, &xs, 40000, hinted_n), 0);
+	if (proc_stats_wait(&x, &xs, 40000, hinted_n) != 0)
+		fprintf(stderr, "  x: hinted %llu scanned %llu pushed %llu dropped %llu ratio %llu merged %llu hm %llu cand %llu zero %llu vol %llu passes %llu\n",
+			(unsigned long long)xs.pages_hinted, (unsigned long long)xs.pages_scanned,
+			(unsigned long long)xs.hints_pushed, (unsigned long long)xs.hints_dropped,
+			(unsigned long long)xs.hint_ratio, (unsigned long long)xs.merged,
+			(unsigned long long)xs.merged_from_hints, (unsigned long long)xs.candidates,
+			(unsigned long long)xs.zero_pages, (unsigned long long)xs.volatile_skips,
+			(unsigned long long)xs.full_scans);
+	ASSERT(hinted_n(&xs));
 	ASSERT_EQ(td_sh("MEMDEDUP_SOCKET=%s %s/memdedup resume --pid %d >/dev/null", t.sock, build_dir(),
 			(int)y.pid), 0);
 	md_stats s;

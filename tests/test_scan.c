@@ -428,18 +428,51 @@ TEST_IMPL(scan_takes_ram_back_from_vmm_userfault)
 	ASSERT_EQ(proc_num(&a, "advise %u %u mergeable", 512 * PG, 512 * PG), 0);
 	ASSERT(read_copied(&a, vfd, 544));
 	/* A part advised unmergeable is not taken back when the VMM lets go;
-	 * the rest is, and merges again. */
+	 * the rest is, and merges again, with the middle of that part
+	 * advised mergeable once more (pages 512-575 now hold the image's
+	 * content, read above). */
 	ASSERT_EQ(proc_num(&a, "advise %u %u unmergeable", 512 * PG, 128 * PG), 0);
+	ASSERT_EQ(proc_num(&a, "advise %u %u mergeable", 576 * PG, 16 * PG), 0);
 	ASSERT_EQ(proc_num(&a, "uffdoff %u %u", 512 * PG, 512 * PG), 0);
 	ASSERT(read_copied(&a, vfd, 560));
-	merged_want = s.merged + 128;
+	merged_want = s.merged + 128 + 16;
 	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_wanted), 0);
 	for (unsigned i = 0; i < 128; i++)
 		ASSERT_EQ(proc_page(&a, (640 + i) * PG).pfn, proc_page(&a, (896 + i) * PG).pfn);
-	for (unsigned i = 0; i < 128; i += 5)
+	for (unsigned i = 64; i < 80; i++)
+		ASSERT_EQ(proc_page(&a, (512 + i) * PG).pfn, proc_page(&a, (768 + i) * PG).pfn);
+	for (unsigned i = 80; i < 128; i += 5)
 		ASSERT(proc_page(&a, (512 + i) * PG).pfn != proc_page(&a, (768 + i) * PG).pfn);
 	proc_stop(&a);
 	ASSERT(strstr(file_text(log), "merged again"));
+	return 0;
+}
+
+/* RAM the VMM's userfaultfd holds that moves elsewhere (mremap) is no
+ * longer held where it was (the kernel drops the registration from a moved
+ * mapping): fresh memory mapped there merges; the part that did not move
+ * is still held (a read there is copied, not shared). */
+TEST_IMPL(scan_forgets_vmm_hold_on_moved_ram)
+{
+	struct proc a;
+	proc_start(&a, fast_scan);
+	proc_cmd(&a, "map 1024");
+	ASSERT(strcmp(proc_cmd(&a, "fill 0 256 3"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 256 3", 256 * PG), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 512 5", 512 * PG), "ok") == 0);	/* unique */
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_256_only), 0);
+	ASSERT_EQ(proc_num(&a, "uffd %u %u wp", 512 * PG, 512 * PG), 0);
+	ASSERT_EQ(proc_num(&a, "move %u 128", 896 * PG), 0);
+	ASSERT_EQ(proc_num(&a, "remap %u 128", 896 * PG), 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 128 3", 896 * PG), "ok") == 0);
+	merged_want = s.merged + 128;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_wanted), 0);
+	for (unsigned i = 0; i < 128; i++)
+		ASSERT_EQ(proc_page(&a, (896 + i) * PG).pfn, proc_page(&a, i * PG).pfn);
+	long long vfd = open_test_image(&a);
+	ASSERT(read_copied(&a, vfd, 800));
+	proc_stop(&a);
 	return 0;
 }
 

@@ -499,6 +499,25 @@ int main(void)
 			sscanf(line, "%*s %lld %lld %31s", &a1, &a2, s2);
 			int prot = strcmp(s2, "rw") == 0 ? PROT_READ | PROT_WRITE : PROT_READ;
 			printf("%d\n", mprotect(base + a1, (size_t)a2, prot) == 0 ? 0 : -errno);
+		} else if (strcmp(cmd, "move") == 0) {	/* OFF PAGES: moved elsewhere, a hole left */
+			sscanf(line, "%*s %lld %lld", &a1, &a2);
+			size_t len = (size_t)a2 * 4096;
+			void *to = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			void *got = to == MAP_FAILED ? MAP_FAILED :
+				    mremap(base + a1, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to);
+			printf("%d\n", got == MAP_FAILED ? -errno : 0);
+		} else if (strcmp(cmd, "remap") == 0) {	/* OFF PAGES: fresh memory in a hole there, mergeable */
+			sscanf(line, "%*s %lld %lld", &a1, &a2);
+			size_t len = (size_t)a2 * 4096;
+			/* A hint, not MAP_FIXED: the VMM's mapping had unmapped
+			 * anything there, and its hold with it. */
+			void *got = mmap(base + a1, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			if (got != MAP_FAILED && got != base + a1) {
+				munmap(got, len);
+				got = MAP_FAILED;
+				errno = EEXIST;
+			}
+			printf("%d\n", got == MAP_FAILED || madvise(got, len, MADV_MERGEABLE) ? -errno : 0);
 		} else if (strcmp(cmd, "unmap") == 0) {
 			sscanf(line, "%*s %lld %llx", &a1, (unsigned long long *)&a2);
 			printf("%d\n", munmap(base + a1, (size_t)a2) == 0 ? 0 : -errno);
