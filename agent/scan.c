@@ -163,6 +163,8 @@ int md_agent_pause(md_agent *a, int paused)
 		return -EPERM;
 	}
 	__atomic_store_n(&a->scanner.idle, 0, __ATOMIC_RELAXED);	/* the set rate again */
+	if (!paused)
+		__atomic_store_n(&a->unmerged, 0, __ATOMIC_RELAXED);
 	return 0;
 }
 
@@ -228,6 +230,77 @@ int md_agent_set(md_agent *a, const char *key, const char *value)
 	return 0;
 }
 
+/* The number a cgroup file holds; UINT64_MAX for none ("max") or none
+ * readable. */
+static uint64_t file_u64(const char *dir, const char *name)
+{
+	char path[PATH_MAX + 32], buf[64];
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return UINT64_MAX;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	buf[n > 0 ? n : 0] = '\0';
+	if (buf[0] < '0' || buf[0] > '9')	/* "max": no limit */
+		return UINT64_MAX;
+	return strtoull(buf, NULL, 10);
+}
+
+/* What the memory limits of this process's cgroup and its ancestors
+ * leave (limit - usage, the least of them), in bytes: UINT64_MAX if none.
+ * Copies beyond it would have the kernel reclaim or kill the VMM. cgroup
+ * v1's memory controller where it is mounted, else v2's. */
+static uint64_t cgroup_headroom(void)
+{
+	char buf[4096], dir[PATH_MAX];
+	const char *limit = NULL, *usage = NULL;
+	int fd = open("/proc/self/cgroup", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return UINT64_MAX;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	buf[n > 0 ? n : 0] = '\0';
+	dir[0] = '\0';
+	char *lines, *names;
+	for (char *line = strtok_r(buf, "\n", &lines); line; line = strtok_r(NULL, "\n", &lines)) {
+		/* id:controllers:path, the controllers comma-separated */
+		char *ctl = strchr(line, ':'), *path = ctl ? strchr(ctl + 1, ':') : NULL;
+		if (!path)
+			continue;
+		*path++ = '\0';
+		ctl++;
+		int memory = 0;
+		for (char *c = strtok_r(ctl, ",", &names); c; c = strtok_r(NULL, ",", &names))
+			memory |= strcmp(c, "memory") == 0;
+		if (memory) {
+			snprintf(dir, sizeof(dir), "/sys/fs/cgroup/memory%s", path);
+			limit = "memory.limit_in_bytes", usage = "memory.usage_in_bytes";
+			break;
+		}
+		if (!*ctl && !limit) {
+			snprintf(dir, sizeof(dir), "/sys/fs/cgroup%s", path);
+			limit = "memory.max", usage = "memory.current";
+		}
+	}
+	uint64_t room = UINT64_MAX;
+	size_t root = strlen(limit && !strcmp(limit, "memory.max") ? "/sys/fs/cgroup" : "/sys/fs/cgroup/memory");
+	while (limit && strlen(dir) >= root) {
+		uint64_t l = file_u64(dir, limit), u = file_u64(dir, usage);
+		if (l != UINT64_MAX && u != UINT64_MAX) {
+			uint64_t left = l > u ? l - u : 0;
+			room = left < room ? left : room;
+		}
+		char *slash = strrchr(dir, '/');
+		if (!slash || (size_t)(slash - dir) < root)
+			break;
+		*slash = '\0';
+	}
+	return room;
+}
+
+/* Memory the copies of an unmerge may take: what the host has available,
+ * or less if a cgroup limits this process. */
 static uint64_t mem_available_bytes(void)
 {
 	char buf[4096];
@@ -238,7 +311,8 @@ static uint64_t mem_available_bytes(void)
 	close(fd);
 	buf[n > 0 ? n : 0] = '\0';
 	char *p = strstr(buf, "MemAvailable:");
-	return p ? strtoull(p + 13, NULL, 10) * 1024 : 0;
+	uint64_t host = p ? strtoull(p + 13, NULL, 10) * 1024 : 0, room = cgroup_headroom();
+	return room < host ? room : host;
 }
 
 /* Calls fn on each run of pages of r that show a pool page. */
@@ -275,7 +349,8 @@ static int copy_run(struct md__engine *e, uintptr_t addr, size_t len)
 	return md__sys_madvise((void *)addr, len, MADV_POPULATE_WRITE) == 0 ? 0 : -errno;
 }
 
-int md_agent_unmerge(md_agent *a)
+/* md_agent_unmerge, and why it refused, for people (why may be NULL). */
+static int unmerge(md_agent *a, char *why, size_t size)
 {
 	if (!a || !a->engine)
 		return -EINVAL;
@@ -292,10 +367,15 @@ int md_agent_unmerge(md_agent *a)
 	/* Copies need memory: refuse, changing nothing, when the host lacks
 	 * it (with a margin of 64 MiB for everything else). */
 	int err = 0;
-	if (pages * MD_EPAGE + (64u << 20) > mem_available_bytes()) {
+	uint64_t avail = mem_available_bytes();
+	if (pages * MD_EPAGE + (64u << 20) > avail) {
 		err = -ENOMEM;
-		md__log("unmerge refused: %llu pages to copy, not enough memory available",
-			(unsigned long long)pages);
+		if (why)
+			snprintf(why, size, "not enough memory for the copies: %llu MiB to copy, %llu MiB "
+				 "available (64 MiB kept spare); nothing changed",
+				 (unsigned long long)(pages * MD_EPAGE >> 20), (unsigned long long)(avail >> 20));
+		md__log("unmerge refused: %llu pages to copy, not enough memory available (%llu MiB)",
+			(unsigned long long)pages, (unsigned long long)(avail >> 20));
 		goto unlock;
 	}
 	for (size_t i = 0; i < e->nregions && !err; i++) {
@@ -313,11 +393,21 @@ int md_agent_unmerge(md_agent *a)
 unlock:
 	md__engine_unlock(e);
 	pthread_rwlock_unlock(&e->regions_lock);
-	/* Paused, like KSM after run=2, until resumed. */
-	a->scanner.paused = 1;
+	/* Paused, like KSM after run=2, until resumed; refused, as it was. */
+	if (!err) {
+		a->scanner.paused = 1;
+		__atomic_store_n(&a->unmerged, 1, __ATOMIC_RELAXED);
+	}
 	if (md__scanner_start(&a->scanner) != 0)
 		a->scanner_started = 0;
+	if (err && why && !*why)
+		snprintf(why, size, "%s", strerror(-err));
 	return err;
+}
+
+int md_agent_unmerge(md_agent *a)
+{
+	return unmerge(a, NULL, 0);
 }
 
 uint64_t md__scan_activity(struct md_agent *a)
@@ -421,18 +511,29 @@ int md__scan_account(struct md_agent *a, int reap)
 	return reaped;
 }
 
+/* Does what memdedupd forwarded, and tells it how that went. */
 static void apply_control(struct md_agent *a, const struct md__msg_control *ctl)
 {
+	char why[MD_TEXT_MAX + 1] = "";
 	int err = 0;
 	switch (ctl->op) {
 	case MD_CTL_PAUSE: err = md_agent_pause(a, 1); break;
-	case MD_CTL_RESUME: err = md_agent_pause(a, 0); break;
-	case MD_CTL_UNMERGE: err = md_agent_unmerge(a); break;
+	case MD_CTL_RESUME:
+		err = md_agent_pause(a, 0);
+		if (err == -EPERM)
+			snprintf(why, sizeof(why), "merging stopped for good: the VMM does I/O the agent "
+				 "cannot follow");
+		break;
+	case MD_CTL_UNMERGE: err = unmerge(a, why, sizeof(why)); break;
 	case MD_CTL_SET: err = md_agent_set(a, ctl->key, ctl->value); break;
 	default: err = -EINVAL;
 	}
+	if (err && !why[0])
+		snprintf(why, sizeof(why), "%s", strerror(-err));
 	if (err)
-		md__log("%s from memdedupd failed: %s", md__control_op_name(ctl->op), strerror(-err));
+		md__log("%s from memdedupd failed: %s", md__control_op_name(ctl->op), why);
+	if (ctl->token)
+		md__remote_control_done(a->engine->remote, ctl->token, err, why);
 }
 
 /* The daemon's current tunables, for those our own options left unset
@@ -459,7 +560,7 @@ static void apply_welcome(struct md_agent *a, const struct md__msg_welcome *w)
 		snprintf(v, sizeof(v), "%u", w->tun.hint_ratio);
 		md_agent_set(a, "hint_ratio", v);
 	}
-	md_agent_pause(a, (w->state & MD_WELCOME_PAUSED) != 0);
+	md_agent_pause(a, (w->state & MD_WELCOME_PAUSED) || __atomic_load_n(&a->unmerged, __ATOMIC_RELAXED));
 }
 
 void md__scan_daemon(struct md_agent *a, int report)

@@ -23,13 +23,16 @@ static int cmd_resume(int argc, char **argv);
 static int cmd_unmerge(int argc, char **argv);
 static int cmd_set(int argc, char **argv);
 
-#define PID_HELP \
-	"  --pid P     only the agent of process P (default: every agent; for root,\n" \
-	"              also the default for agents that start later)\n" \
+#define PID_OPTION \
+	"  --pid P     only the agent of process P (default: every agent)\n" \
 	"  -h, --help  this text\n" \
 	"\n" \
-	"Needs memdedupd running (memdedup run starts it). Exit status: 0 done,\n" \
-	"1 refused or no daemon, 2 wrong usage.\n"
+	"Needs memdedupd running (memdedup run starts it); answers once the agents\n" \
+	"have done it (at most a minute). Exit status: 0 done, 1 refused (the text\n" \
+	"names the agent and why), not answered, or no daemon; 2 wrong usage.\n"
+#define PID_HELP \
+	"Without --pid, from root (or memdedupd's user) it is also the default for\n" \
+	"agents that start later.\n" PID_OPTION
 
 const struct md__cmd md__cmd_pause_def = {
 	.name = "pause",
@@ -62,8 +65,11 @@ const struct md__cmd md__cmd_unmerge_def = {
 	"\n"
 	"Asks every agent (or one) to give each guest page it merged a private copy\n"
 	"again, and to drop its references to the shared pool (like kernel KSM's\n"
-	"run=2). Memory use grows back to what it was without sharing.\n"
-	"\n" PID_HELP,
+	"run=2), then to stay paused until `memdedup resume`. Memory use grows back\n"
+	"to what it was without sharing. An agent refuses, changing nothing, when\n"
+	"the host or its cgroup has not the memory for the copies (and 64 MiB to\n"
+	"spare).\n"
+	"\n" PID_OPTION,
 	.run = cmd_unmerge,
 };
 
@@ -113,7 +119,7 @@ static int send_control(const struct md__cmd *cmd, struct md__client *c,
 			const struct md__msg_control *ctl)
 {
 	struct md__msg m = { .hdr.type = MD_MSG_CONTROL };
-	unsigned char buf[MD_MSG_HDR_SIZE + 12 + MD_KEY_MAX + MD_VALUE_MAX];
+	unsigned char buf[MD_MSG_HDR_SIZE + 16 + MD_KEY_MAX + MD_VALUE_MAX];
 	unsigned char reply[MD_MSG_HDR_SIZE + 6 + MD_TEXT_MAX];
 	uint32_t rlen = sizeof(reply);
 	unsigned rtype;
@@ -250,6 +256,9 @@ static int run_op(const struct md__cmd *cmd, unsigned op, int argc, char **argv)
 		return ret < 0 ? 0 : ret;
 	if (connect_daemon(cmd, &c))
 		return 1;
+	/* The daemon answers once the agents have done it (an unmerge copies
+	 * every merged page) or MD_CONTROL_WAIT_MS passed. */
+	md__client_set_timeout(c, MD_CONTROL_WAIT_MS + 5000);
 	if (op != MD_CTL_SET) {
 		ret = send_control(cmd, c, &ctl);
 	} else {

@@ -900,6 +900,25 @@ int md__client_report(struct md__client *c, const uint64_t *counters, uint32_t n
 	return err ? err : c->msg.u.ack.status;
 }
 
+int md__client_control_done(struct md__client *c, uint32_t token, int status, const char *why)
+{
+	struct md__msg *m;
+	int err;
+	if (status > 0 || status < -4095)
+		return -EINVAL;
+	m = malloc(sizeof(*m));
+	if (!m)
+		return -ENOMEM;
+	m->hdr.type = MD_MSG_CONTROL_DONE;
+	m->u.control_done.token = token;
+	m->u.control_done.result.status = status;
+	snprintf(m->u.control_done.result.text, sizeof(m->u.control_done.result.text), "%s",
+		 why ? why : "");
+	err = call(c, m, NULL);
+	free(m);
+	return err ? err : c->msg.u.ack.status;
+}
+
 int md__client_reads(struct md__client *c, const struct md__read_run *run, uint32_t n)
 {
 	struct md__msg *m;

@@ -94,6 +94,9 @@ int md__client_publish_each(struct md__client *c, const uint64_t *hash, const vo
 int md__client_ref(struct md__client *c, const uint32_t *slots, uint32_t n, int delta);
 /* REPORT: the agent's counters (n <= 256), shown by `memdedup status`. */
 int md__client_report(struct md__client *c, const uint64_t *counters, uint32_t n);
+/* CONTROL_DONE: how the CONTROL of token went (status 0 or -errno, why: a
+ * line for people, may be NULL). */
+int md__client_control_done(struct md__client *c, uint32_t token, int status, const char *why);
 /* Any request (the CLI's STATUS and CONTROL): sends type with payload,
  * waits for the reply of the same seq. Its payload goes to reply (at most
  * *reply_len bytes, -EMSGSIZE if more), its type to *reply_type if not

@@ -71,7 +71,7 @@ static const char *const type_names[MD_MSG_TYPE_END] = {
 	[MD_MSG_STATUS_R] = "STATUS_R", [MD_MSG_CONTROL] = "CONTROL",
 	[MD_MSG_CONTROL_R] = "CONTROL_R", [MD_MSG_ERROR] = "ERROR",
 	[MD_MSG_CANDIDATES] = "CANDIDATES", [MD_MSG_SHARE] = "SHARE",
-	[MD_MSG_READS] = "READS",
+	[MD_MSG_READS] = "READS", [MD_MSG_CONTROL_DONE] = "CONTROL_DONE",
 };
 
 /* splitmix64's finalizer: every input bit moves every output bit. */
@@ -133,12 +133,13 @@ uint32_t md__msg_max_len(unsigned type)
 	case MD_MSG_REPORT: return 4 + 8 * MD_REPORT_MAX;
 	case MD_MSG_STATUS: return 8;
 	case MD_MSG_STATUS_R: return MD_MSG_MAX;
-	case MD_MSG_CONTROL: return 12 + MD_KEY_MAX + MD_VALUE_MAX;
+	case MD_MSG_CONTROL: return 16 + MD_KEY_MAX + MD_VALUE_MAX;
 	case MD_MSG_CONTROL_R:
 	case MD_MSG_ERROR: return 6 + MD_TEXT_MAX;
 	case MD_MSG_CANDIDATES: return 4 + 8 * MD_CANDIDATES_MAX;
 	case MD_MSG_SHARE: return 4;
 	case MD_MSG_READS: return 4 + READ_RUN_LEN * MD_READS_MAX;
+	case MD_MSG_CONTROL_DONE: return 10 + MD_TEXT_MAX;
 	}
 	return 0;
 }
@@ -344,28 +345,34 @@ static int decode_payload(const unsigned char *p, uint32_t len, struct md__msg *
 		return 0;
 	case MD_MSG_CONTROL: {
 		struct md__msg_control *c = &m->u.control;
-		if (len < 12)
+		if (len < 16)
 			return -EBADMSG;
 		c->op = get32(p);
 		c->pid = (int32_t)get32(p + 4);
-		uint16_t kl = get16(p + 8), vl = get16(p + 10);
-		if (c->op == 0 || c->op >= MD_CTL_OP_END || c->pid < 0 || len != 12u + kl + vl)
+		c->token = get32(p + 8);
+		uint16_t kl = get16(p + 12), vl = get16(p + 14);
+		if (c->op == 0 || c->op >= MD_CTL_OP_END || c->pid < 0 || len != 16u + kl + vl)
 			return -EBADMSG;
-		if (!word_valid((const char *)p + 12, kl, MD_KEY_MAX) ||
-		    !word_valid((const char *)p + 12 + kl, vl, MD_VALUE_MAX))
+		if (!word_valid((const char *)p + 16, kl, MD_KEY_MAX) ||
+		    !word_valid((const char *)p + 16 + kl, vl, MD_VALUE_MAX))
 			return -EBADMSG;
 		/* SET needs both; the other operations take neither. */
 		if ((c->op == MD_CTL_SET) != (kl > 0) || (kl > 0) != (vl > 0))
 			return -EBADMSG;
-		memcpy(c->key, p + 12, kl);
+		memcpy(c->key, p + 16, kl);
 		c->key[kl] = '\0';
-		memcpy(c->value, p + 12 + kl, vl);
+		memcpy(c->value, p + 16 + kl, vl);
 		c->value[vl] = '\0';
 		return 0;
 	}
 	case MD_MSG_CONTROL_R:
 	case MD_MSG_ERROR:
 		return decode_text(p, len, &m->u.text);
+	case MD_MSG_CONTROL_DONE:
+		if (len < 4)
+			return -EBADMSG;
+		m->u.control_done.token = get32(p);
+		return decode_text(p + 4, len - 4, &m->u.control_done.result);
 	case MD_MSG_CANDIDATES:
 		if (!array_count(p, len, MD_CANDIDATES_MAX, 8, &n))
 			return -EBADMSG;
@@ -474,14 +481,18 @@ static uint32_t payload_len(const struct md__msg *m, int *ok)
 		    !word_valid(c->key, kl, MD_KEY_MAX) || !word_valid(c->value, vl, MD_VALUE_MAX) ||
 		    (c->op == MD_CTL_SET) != (kl > 0) || (kl > 0) != (vl > 0))
 			break;
-		return 12 + (uint32_t)(kl + vl);
+		return 16 + (uint32_t)(kl + vl);
 	}
 	case MD_MSG_CONTROL_R:
 	case MD_MSG_ERROR:
-		l = strnlen(m->u.text.text, sizeof(m->u.text.text));
-		if (!text_valid(m->u.text.text, l) || m->u.text.status > 0 || m->u.text.status < -4095)
+	case MD_MSG_CONTROL_DONE: {
+		const struct md__msg_text *t = m->hdr.type == MD_MSG_CONTROL_DONE ?
+					       &m->u.control_done.result : &m->u.text;
+		l = strnlen(t->text, sizeof(t->text));
+		if (!text_valid(t->text, l) || t->status > 0 || t->status < -4095)
 			break;
-		return 6 + (uint32_t)l;
+		return (m->hdr.type == MD_MSG_CONTROL_DONE ? 10 : 6) + (uint32_t)l;
+	}
 	case MD_MSG_CANDIDATES:
 		n = m->u.candidates.n;
 		if (n == 0 || n > MD_CANDIDATES_MAX)
@@ -604,6 +615,7 @@ ssize_t md__msg_encode(const struct md__msg *m, void *buf, size_t size)
 		size_t kl = strlen(c->key), vl = strlen(c->value);
 		p = put32(p, c->op);
 		p = put32(p, (uint32_t)c->pid);
+		p = put32(p, c->token);
 		p = put16(p, (uint16_t)kl);
 		p = put16(p, (uint16_t)vl);
 		memcpy(p, c->key, kl);
@@ -615,6 +627,12 @@ ssize_t md__msg_encode(const struct md__msg *m, void *buf, size_t size)
 		p = put32(p, (uint32_t)m->u.text.status);
 		p = put16(p, (uint16_t)(len - 6));
 		memcpy(p, m->u.text.text, len - 6);
+		break;
+	case MD_MSG_CONTROL_DONE:
+		p = put32(p, m->u.control_done.token);
+		p = put32(p, (uint32_t)m->u.control_done.result.status);
+		p = put16(p, (uint16_t)(len - 10));
+		memcpy(p, m->u.control_done.result.text, len - 10);
 		break;
 	case MD_MSG_CANDIDATES:
 		p = put32(p, m->u.candidates.n);

@@ -20,7 +20,7 @@
 #include <sys/types.h>
 
 #define MD_MSG_MAGIC 0x3144444du   /* "MDD1" read as a little-endian u32 */
-#define MD_MSG_VERSION 3u
+#define MD_MSG_VERSION 4u
 #define MD_MSG_HDR_SIZE 16u
 /* The largest payload of any message: a STATUS_R document. */
 #define MD_MSG_MAX (1u << 20)
@@ -38,6 +38,7 @@
 #define MD_KEY_MAX 32u             /* CONTROL SET key */
 #define MD_VALUE_MAX 64u           /* CONTROL SET value */
 #define MD_TEXT_MAX 256u           /* message of CONTROL_R / ERROR */
+#define MD_CONTROL_WAIT_MS 60000   /* a CONTROL_R comes at the latest after this */
 
 enum md__msg_type {
 	MD_MSG_HELLO = 1,      /* agent -> d */
@@ -58,6 +59,7 @@ enum md__msg_type {
 	MD_MSG_CANDIDATES,     /* d -> agent, seq 0: pages now in the pool */
 	MD_MSG_SHARE,          /* d -> agent, seq 0: agents sharing the rate */
 	MD_MSG_READS,          /* agent -> d, answered by ACK */
+	MD_MSG_CONTROL_DONE,   /* agent -> d, answered by ACK: how a CONTROL went */
 	MD_MSG_TYPE_END
 };
 
@@ -198,6 +200,8 @@ struct md__msg_share {
 struct md__msg_control {
 	uint32_t op;                       /* MD_CTL_* */
 	int32_t pid;                       /* 0: every agent */
+	uint32_t token;                    /* d -> agent: answer with CONTROL_DONE
+					    * of this token (0 from the CLI) */
 	char key[MD_KEY_MAX + 1];          /* SET only; NUL-terminated */
 	char value[MD_VALUE_MAX + 1];
 };
@@ -205,6 +209,12 @@ struct md__msg_control {
 struct md__msg_text {                  /* CONTROL_R and ERROR */
 	int32_t status;                    /* 0 or -errno */
 	char text[MD_TEXT_MAX + 1];
+};
+
+/* CONTROL_DONE: an agent's outcome of the CONTROL with this token. */
+struct md__msg_control_done {
+	uint32_t token;
+	struct md__msg_text result;        /* why, if it failed */
 };
 
 struct md__msg {
@@ -223,6 +233,7 @@ struct md__msg {
 		struct md__msg_status_r status_r;
 		struct md__msg_control control;
 		struct md__msg_text text;
+		struct md__msg_control_done control_done;
 		struct md__msg_candidates candidates;
 		struct md__msg_share share;
 		struct md__msg_reads reads;

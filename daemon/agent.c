@@ -274,6 +274,7 @@ static void agent_free(struct md__daemon *d, struct md__agent *a)
 void md__agent_exited(struct md__daemon *d, struct md__agent *a)
 {
 	uint64_t dropped = a->nrefs;
+	md__control_gone(d, NULL, a->pid);
 	/* Its mappings are gone with the process: every reference goes, and
 	 * slots nobody else holds are punched. */
 	for (size_t s = 0; s < a->refs_cap; s++)

@@ -1,50 +1,158 @@
 /*
  * control.c - CONTROL from the CLI: pause, resume, unmerge, set. The daemon
  * checks the request (a SET key and its range) before anything is sent, so
- * a bad value never reaches an agent; then it forwards one CONTROL (seq 0)
- * to each matching agent and answers CONTROL_R.
+ * a bad value never reaches an agent; then it forwards one CONTROL (seq 0,
+ * a token of its own) to each matching agent, and answers CONTROL_R once
+ * each has said how it went (CONTROL_DONE with that token), has gone away,
+ * or MD_CONTROL_WAIT_MS have passed. An agent may refuse: unmerge when the
+ * host (or its cgroup) lacks the memory for the copies, resume once it
+ * stopped merging for good; the CLI then says which agent and why, and
+ * exits 1.
  *
  * Who may do what: a user controls the agents of its own uid; root and the
  * daemon's own uid control all, and only they change the defaults that
  * WELCOME hands to new agents (pid 0: every agent, and the defaults).
  */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "daemon.h"
 
-int md__control(struct md__daemon *d, struct md__conn *c, const struct md__msg_control *ctl,
-		char *text, size_t size)
+struct md__pending_control {
+	struct md__pending_control *next;
+	struct md__conn *cli;
+	uint32_t seq, token;
+	int64_t deadline_ms;
+	size_t nowed;              /* agents that have not answered: owed[0..nowed) */
+	pid_t *owed;
+	unsigned done, failed, detached;
+	int status;                /* the first failure's */
+	char why[MD_TEXT_MAX + 1];
+	char what[MD_KEY_MAX + MD_VALUE_MAX + 16];
+};
+
+static void plural(char *buf, size_t size, unsigned n, const char *one)
+{
+	snprintf(buf, size, "%u %s%s", n, one, n == 1 ? "" : "s");
+}
+
+/* Answers the CLI and forgets p. */
+static void finish(struct md__daemon *d, struct md__pending_control *p)
+{
+	struct md__pending_control **pp = &d->controls;
+	while (*pp && *pp != p)
+		pp = &(*pp)->next;
+	if (*pp)
+		*pp = p->next;
+	struct md__msg cr = { .hdr = { .type = MD_MSG_CONTROL_R, .seq = p->seq } };
+	char n_done[32], n_all[32];
+	plural(n_done, sizeof(n_done), p->done, "agent");
+	plural(n_all, sizeof(n_all), p->done + p->failed, "agent");
+	cr.u.text.status = p->failed ? p->status : 0;
+	if (p->failed)
+		snprintf(cr.u.text.text, sizeof(cr.u.text.text), "%.64s: %.130s (done by %u of %s)", p->what,
+			 p->why, p->done, n_all);
+	else
+		snprintf(cr.u.text.text, sizeof(cr.u.text.text), "%.64s done by %s%s", p->what, n_done,
+			 p->detached ? "; agents not connected now get it when back" : "");
+	if (p->cli)
+		md__conn_send(d, p->cli, &cr, -1);
+	md__dlog("%s", cr.u.text.text);
+	free(p->owed);
+	free(p);
+}
+
+static void failed(struct md__pending_control *p, int status, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void failed(struct md__pending_control *p, int status, const char *fmt, ...)
+{
+	if (!p->failed++) {
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(p->why, sizeof(p->why), fmt, ap);
+		va_end(ap);
+		p->status = status < 0 ? status : -EIO;
+	}
+}
+
+/* p no longer waits for pid: 1 if it did. */
+static int settle(struct md__pending_control *p, pid_t pid)
+{
+	for (size_t i = 0; i < p->nowed; i++)
+		if (p->owed[i] == pid) {
+			p->owed[i] = p->owed[--p->nowed];
+			return 1;
+		}
+	return 0;
+}
+
+void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const struct md__msg_control *ctl)
 {
 	struct md__tunables tun = d->tun;
 	int admin = c->uid == 0 || c->uid == geteuid();
-	unsigned sent = 0;
+	struct md__msg cr = { .hdr = { .type = MD_MSG_CONTROL_R, .seq = seq } };
+	struct md__pending_control *p = NULL;
+	size_t cap = 0;
 
 	if (ctl->op == MD_CTL_SET) {
-		int err = md__tunable_set(&tun, ctl->key, ctl->value, text, size);
-		if (err)
-			return err;
+		int err = md__tunable_set(&tun, ctl->key, ctl->value, cr.u.text.text, sizeof(cr.u.text.text));
+		if (err) {
+			cr.u.text.status = err;
+			goto reply;
+		}
 	}
+	for (struct md__agent *a = d->agents; a; a = a->next)
+		cap++;
+	p = calloc(1, sizeof(*p));
+	if (!p || !(p->owed = calloc(cap ? cap : 1, sizeof(*p->owed)))) {
+		cr.u.text.status = -ENOMEM;
+		snprintf(cr.u.text.text, sizeof(cr.u.text.text), "out of memory");
+		goto free_pending;
+	}
+	p->cli = c;
+	p->seq = seq;
+	p->token = ++d->last_token ? d->last_token : ++d->last_token;	/* never 0 */
+	p->deadline_ms = md__now_ms() + MD_CONTROL_WAIT_MS;
+	if (ctl->op == MD_CTL_SET)
+		snprintf(p->what, sizeof(p->what), "%s=%s", ctl->key, ctl->value);
+	else
+		snprintf(p->what, sizeof(p->what), "%s", md__control_op_name(ctl->op));
+
+	/* Refused before anything is sent: a pid that is no agent of ours. */
+	int matched = 0;
+	for (struct md__agent *a = d->agents; a && ctl->pid; a = a->next)
+		matched |= a->pid == ctl->pid && (admin || a->uid == c->uid);
+	if (ctl->pid && !matched) {
+		cr.u.text.status = -ESRCH;
+		snprintf(cr.u.text.text, sizeof(cr.u.text.text), "no agent with pid %d", (int)ctl->pid);
+		goto free_pending;
+	}
+	/* Detached agents get the defaults when back: only what changes the
+	 * defaults reaches them so. */
+	int defaults = ctl->pid == 0 && admin && ctl->op != MD_CTL_UNMERGE;
 	struct md__msg fwd = { .hdr = { .type = MD_MSG_CONTROL, .seq = 0 } };
 	fwd.u.control = *ctl;
-	int matched = 0;
+	fwd.u.control.token = p->token;
 	for (struct md__agent *a = d->agents; a; a = a->next) {
 		if (ctl->pid && a->pid != ctl->pid)
 			continue;
 		if (!admin && a->uid != c->uid)
 			continue;	/* another user's agent: as if absent */
-		matched = 1;
-		if (!a->conn)
-			continue;	/* detached: it gets the defaults when back */
-		fwd.u.control.pid = a->pid;
-		if (md__conn_send(d, a->conn, &fwd, -1) == 0)
-			sent++;
-	}
-	if (ctl->pid && !matched) {
-		snprintf(text, size, "no agent with pid %d", (int)ctl->pid);
-		return -ESRCH;
+		if (!a->conn && defaults) {
+			p->detached++;
+		} else if (!a->conn) {
+			failed(p, -ENOTCONN, "pid %d is not connected to memdedupd now", (int)a->pid);
+		} else {
+			fwd.u.control.pid = a->pid;
+			if (md__conn_send(d, a->conn, &fwd, -1) == 0)
+				p->owed[p->nowed++] = a->pid;
+			else
+				failed(p, -EIO, "pid %d could not be sent it", (int)a->pid);
+		}
 	}
 	if (ctl->pid == 0 && admin) {
 		if (ctl->op == MD_CTL_SET)
@@ -54,12 +162,71 @@ int md__control(struct md__daemon *d, struct md__conn *c, const struct md__msg_c
 		else if (ctl->op == MD_CTL_RESUME)
 			d->paused = 0;
 	}
-	if (ctl->op == MD_CTL_SET)
-		snprintf(text, size, "%s=%s sent to %u agent%s", ctl->key, ctl->value, sent,
-			 sent == 1 ? "" : "s");
-	else
-		snprintf(text, size, "%s sent to %u agent%s", md__control_op_name(ctl->op), sent,
-			 sent == 1 ? "" : "s");
-	md__dlog("pid %d (uid %u): %s", (int)c->pid, (unsigned)c->uid, text);
-	return 0;
+	md__dlog("pid %d (uid %u): %s sent to %zu agents", (int)c->pid, (unsigned)c->uid, p->what,
+		 p->nowed);
+	if (!p->nowed) {
+		finish(d, p);
+		return;
+	}
+	p->next = d->controls;
+	d->controls = p;
+	return;
+
+free_pending:
+	if (p)
+		free(p->owed);
+	free(p);
+reply:
+	md__conn_send(d, c, &cr, -1);
+}
+
+void md__control_done(struct md__daemon *d, struct md__conn *c, uint32_t seq,
+		      const struct md__msg_control_done *done)
+{
+	struct md__msg ack = { .hdr = { .type = MD_MSG_ACK, .seq = seq } };
+	/* Late (answered already, or its CLI went): nothing waits for it. */
+	for (struct md__pending_control *p = d->controls; p; p = p->next) {
+		if (p->token != done->token || !settle(p, c->agent->pid))
+			continue;
+		if (done->result.status)
+			failed(p, done->result.status, "pid %d: %s", (int)c->agent->pid,
+			       done->result.text[0] ? done->result.text : strerror(-done->result.status));
+		else
+			p->done++;
+		if (!p->nowed)
+			finish(d, p);
+		break;
+	}
+	md__conn_send(d, c, &ack, -1);
+}
+
+void md__control_gone(struct md__daemon *d, struct md__conn *c, pid_t pid)
+{
+	for (struct md__pending_control *p = d->controls, *next; p; p = next) {
+		next = p->next;
+		if (c && p->cli == c)
+			p->cli = NULL;	/* answered to nobody, but still finished */
+		if (pid > 0 && settle(p, pid))
+			failed(p, -ESRCH, "pid %d went away before it answered", (int)pid);
+		if (pid < 0)
+			p->nowed = 0;	/* the daemon stops */
+		if (!p->nowed)
+			finish(d, p);
+	}
+}
+
+int md__control_tick(struct md__daemon *d)
+{
+	int64_t now = md__now_ms();
+	for (struct md__pending_control *p = d->controls, *next; p; p = next) {
+		next = p->next;
+		if (now < p->deadline_ms)
+			continue;
+		failed(p, -ETIMEDOUT, "pid %d did not answer in %d s (it may still do it)",
+		       (int)p->owed[0], MD_CONTROL_WAIT_MS / 1000);
+		p->failed += (unsigned)p->nowed - 1;
+		p->nowed = 0;
+		finish(d, p);
+	}
+	return d->controls != NULL;
 }

@@ -190,6 +190,8 @@ struct md__daemon {
 	uint32_t next_domain_id;
 	uint64_t last_generation;
 	struct md__tunables tun;   /* what a new agent starts with */
+	struct md__pending_control *controls;	/* CONTROLs whose agents have not all answered */
+	uint32_t last_token;
 	uint32_t shared_among;     /* connected agents the tunables are split among */
 	int paused;
 	int64_t start_ms;          /* monotonic */
@@ -267,7 +269,18 @@ void md__agent_free_all(struct md__daemon *d);
 int md__status_json(struct md__daemon *d, uid_t uid, uint32_t domain_from, uint32_t agent_from,
 		    char **json, size_t *len);
 
-/* control.c: fills reply text; returns the status. */
-int md__control(struct md__daemon *d, struct md__conn *c, const struct md__msg_control *ctl,
-		char *text, size_t size);
+/* control.c. A CONTROL from c (seq): checked, forwarded to the agents it
+ * names, and answered (CONTROL_R) once they all said how it went
+ * (CONTROL_DONE), went away, or MD_CONTROL_WAIT_MS passed. */
+struct md__pending_control;
+void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const struct md__msg_control *ctl);
+/* An agent's CONTROL_DONE (acknowledged here). */
+void md__control_done(struct md__daemon *d, struct md__conn *c, uint32_t seq,
+		      const struct md__msg_control_done *done);
+/* A connection closes (the CLI waiting goes unanswered), or the agent of
+ * pid went (pid > 0: what it owed counts as failed; -1: all, the daemon
+ * stops). */
+void md__control_gone(struct md__daemon *d, struct md__conn *c, pid_t pid);
+/* Answers what waited too long; 1 if some still wait (wake each second). */
+int md__control_tick(struct md__daemon *d);
 #endif

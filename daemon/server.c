@@ -206,6 +206,7 @@ static void user_put(struct md__daemon *d, struct md__user *u)
 static void conn_close(struct md__daemon *d, struct md__conn *c)
 {
 	struct md__agent *a = c->agent;
+	md__control_gone(d, c, a ? a->pid : 0);
 	c->agent = NULL;
 	if (a) {
 		md__agent_detach(d, a);
@@ -634,7 +635,7 @@ static int is_request(unsigned type)
 {
 	switch (type) {
 	case MD_MSG_LOOKUP: case MD_MSG_PUBLISH: case MD_MSG_REF: case MD_MSG_UNREF:
-	case MD_MSG_REPORT: case MD_MSG_READS:
+	case MD_MSG_REPORT: case MD_MSG_READS: case MD_MSG_CONTROL_DONE:
 	case MD_MSG_HELLO: case MD_MSG_STATUS: case MD_MSG_CONTROL:
 		return 1;
 	default:
@@ -653,7 +654,7 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
 	/* Only the requests a peer may send; an agent's only after HELLO. */
 	switch (m->hdr.type) {
 	case MD_MSG_LOOKUP: case MD_MSG_PUBLISH: case MD_MSG_REF: case MD_MSG_UNREF:
-	case MD_MSG_REPORT: case MD_MSG_READS:
+	case MD_MSG_REPORT: case MD_MSG_READS: case MD_MSG_CONTROL_DONE:
 		if (!c->agent) {
 			md__conn_fail(d, c, seq, -EPROTO, "%s before HELLO",
 				      md__msg_type_name(m->hdr.type));
@@ -749,13 +750,12 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
 	case MD_MSG_STATUS:
 		handle_status(d, c, seq, &m->u.status);
 		return;
-	case MD_MSG_CONTROL: {
-		struct md__msg cr = { .hdr = { .type = MD_MSG_CONTROL_R, .seq = seq } };
-		cr.u.text.status = md__control(d, c, &m->u.control, cr.u.text.text,
-					       sizeof(cr.u.text.text));
-		md__conn_send(d, c, &cr, -1);
+	case MD_MSG_CONTROL:
+		md__control(d, c, seq, &m->u.control);
 		return;
-	}
+	case MD_MSG_CONTROL_DONE:
+		md__control_done(d, c, seq, &m->u.control_done);
+		return;
 	}
 }
 
@@ -863,7 +863,8 @@ int md__server_run(struct md__daemon *d)
 		/* Freed pool pages not reused are punched once a second
 		 * passes without a message (while busy, 256 at a time). */
 		int n = epoll_wait(d->epfd, evs, 64,
-				   md__domains_trim_due(d) || d->accept_paused || d->owing ? 1000 : -1);
+				   md__domains_trim_due(d) || d->accept_paused || d->owing ||
+				   d->controls ? 1000 : -1);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -871,6 +872,8 @@ int md__server_run(struct md__daemon *d)
 		}
 		if (n == 0)
 			md__domains_trim(d);
+		if (d->controls)
+			md__control_tick(d);
 		if (d->accept_paused && now_ms() - d->accept_paused >= 1000 &&
 		    epoll_ctl(d->epfd, EPOLL_CTL_MOD, d->lfd,
 			      &(struct epoll_event){ .events = EPOLLIN, .data.ptr = &d->listen_ep }) == 0)
@@ -934,6 +937,7 @@ void md__server_close(struct md__daemon *d)
 		c->agent = NULL;
 		conn_close(d, c);
 	}
+	md__control_gone(d, NULL, -1);
 	if (d->lfd >= 0) {
 		close(d->lfd);
 		d->lfd = -1;

@@ -192,6 +192,12 @@ int md__remote_report(struct md__remote *rm, const uint64_t *ctr, uint32_t n)
 	return err < 0 ? err : 0;
 }
 
+int md__remote_control_done(struct md__remote *rm, uint32_t token, int status, const char *why)
+{
+	int err = CALL(rm, md__client_control_done(rm->c, token, status, why));
+	return err < 0 ? err : 0;
+}
+
 int md__remote_next_control(struct md__remote *rm, struct md__msg_control *ctl)
 {
 	int err = CALL(rm, md__client_next_control(rm->c, ctl));

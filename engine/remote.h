@@ -62,6 +62,7 @@ int md__remote_ref_n(struct md__remote *rm, const uint32_t *slots, uint32_t n, i
 int md__remote_ref(struct md__remote *rm, uint32_t slot, int delta);
 int md__remote_report(struct md__remote *rm, const uint64_t *ctr, uint32_t n);
 int md__remote_next_control(struct md__remote *rm, struct md__msg_control *ctl);
+int md__remote_control_done(struct md__remote *rm, uint32_t token, int status, const char *why);
 /* Pages this agent looked up whose content another agent has published
  * since (the daemon's CANDIDATES): up to max addresses, oldest first. */
 size_t md__remote_take_candidates(struct md__remote *rm, uint64_t *addr, size_t max);

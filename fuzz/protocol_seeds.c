@@ -97,6 +97,7 @@ int main(int argc, char **argv)
 			break;
 		case MD_MSG_CONTROL:
 			m.u.control.op = MD_CTL_SET;
+			m.u.control.token = 5;
 			strcpy(m.u.control.key, "pages_to_scan");
 			strcpy(m.u.control.value, "200");
 			break;
@@ -104,6 +105,11 @@ int main(int argc, char **argv)
 		case MD_MSG_ERROR:
 			m.u.text.status = -EINVAL;
 			strcpy(m.u.text.text, "unknown key");
+			break;
+		case MD_MSG_CONTROL_DONE:
+			m.u.control_done.token = 5;
+			m.u.control_done.result.status = -ENOMEM;
+			strcpy(m.u.control_done.result.text, "not enough memory available");
 			break;
 		case MD_MSG_CANDIDATES:
 			m.u.candidates.n = 1;

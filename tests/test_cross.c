@@ -5,10 +5,13 @@
  * ones; robustness by killing agents and the daemon, then checking content
  * and that the pool holds no page nobody maps.
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -411,6 +414,171 @@ TEST_IMPL(cross_leaves_vmm_holes)
 	ASSERT(s.merged >= 256);	/* the scanner was at work between the discards */
 	ASSERT_EQ(present, 0);
 	stop_pair_pool_empty(&t, &a, &b);
+	return 0;
+}
+
+/* A memory cgroup of our own below this process's (v1's memory controller
+ * where it is mounted, else v2), for a test to put an agent in: its limit
+ * file in *limit. A guard process moves what is left in it back and removes
+ * it when the test ends, failed or not. 0, or -errno (none to be had). */
+struct test_cgroup {
+	char dir[600], parent[600];
+	const char *limit;
+	int guard;	/* the pipe whose close tells the guard */
+};
+
+static int write_text(const char *dir, const char *file, const char *text)
+{
+	char path[700];
+	snprintf(path, sizeof(path), "%s/%s", dir, file);
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	int err = write(fd, text, strlen(text)) == (ssize_t)strlen(text) ? 0 : -errno;
+	close(fd);
+	return err;
+}
+
+static int cgroup_make(struct test_cgroup *cg)
+{
+	char buf[4096];
+	int fd = open("/proc/self/cgroup", O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd < 0 ? -1 : read(fd, buf, sizeof(buf) - 1);
+	if (fd >= 0)
+		close(fd);
+	buf[n > 0 ? n : 0] = '\0';
+	cg->parent[0] = '\0';
+	for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
+		char *ctl = strchr(line, ':'), *path = ctl ? strchr(ctl + 1, ':') : NULL;
+		if (!path)
+			continue;
+		*path++ = '\0';
+		if (strcmp(ctl + 1, "memory") == 0) {
+			snprintf(cg->parent, sizeof(cg->parent), "/sys/fs/cgroup/memory%s", path);
+			cg->limit = "memory.limit_in_bytes";
+			break;
+		}
+		if (!ctl[1]) {
+			snprintf(cg->parent, sizeof(cg->parent), "/sys/fs/cgroup%s", path);
+			cg->limit = "memory.max";
+		}
+	}
+	if (!cg->parent[0])
+		return -ENOENT;
+	snprintf(cg->dir, sizeof(cg->dir), "%s/memdedup-test-%d", cg->parent, (int)getpid());
+	if (mkdir(cg->dir, 0755) != 0)
+		return -errno;
+	char path[700];
+	snprintf(path, sizeof(path), "%s/%s", cg->dir, cg->limit);
+	if (access(path, W_OK) != 0) {
+		rmdir(cg->dir);
+		return -ENOTSUP;	/* v2 without the memory controller below us */
+	}
+	int p[2];
+	/* Close-on-exec: the agents and daemons started later must not keep
+	 * the guard waiting. */
+	if (pipe2(p, O_CLOEXEC) != 0) {
+		rmdir(cg->dir);
+		return -errno;
+	}
+	pid_t guard = fork();
+	if (guard == 0) {
+		char c;
+		setsid();	/* out of the test's process group, which the runner kills */
+		close(p[1]);
+		while (read(p[0], &c, 1) > 0)
+			;
+		/* The test is over: what is still in the cgroup goes back. */
+		snprintf(path, sizeof(path), "%s/cgroup.procs", cg->dir);
+		for (int tries = 0; tries < 50 && rmdir(cg->dir) != 0; tries++) {
+			FILE *f = fopen(path, "r");
+			int pid;
+			while (f && fscanf(f, "%d", &pid) == 1) {
+				char t[32];
+				snprintf(t, sizeof(t), "%d", pid);
+				write_text(cg->parent, "cgroup.procs", t);
+			}
+			if (f)
+				fclose(f);
+			usleep(100000);
+		}
+		_exit(0);
+	}
+	close(p[0]);
+	cg->guard = p[1];
+	return guard > 0 ? 0 : -errno;
+}
+
+static int cgroup_limit(struct test_cgroup *cg, unsigned long long bytes)
+{
+	char text[32];
+	snprintf(text, sizeof(text), "%llu", bytes);
+	return write_text(cg->dir, cg->limit, text);
+}
+
+static int cgroup_enter(struct test_cgroup *cg, pid_t pid)
+{
+	char text[32];
+	snprintf(text, sizeof(text), "%d", (int)pid);
+	return write_text(cg->dir, "cgroup.procs", text);
+}
+
+/* `memdedup unmerge` when the agent's cgroup lacks the memory for the
+ * copies: the CLI says which agent refused and why, and exits 1; nothing
+ * changed (the pages stay merged, the scanner goes on merging). With the
+ * memory there, it unmerges (exit 0) and the agent stays paused until
+ * resumed. An agent that stopped merging for good refuses a resume. */
+static int merged_more(const md_stats *s);
+static uint64_t merged_floor;
+static int merged_more(const md_stats *s) { return s->merged >= merged_floor; }
+
+TEST_IMPL(cross_unmerge_short_of_memory)
+{
+	struct test_cgroup cg;
+	int err = cgroup_make(&cg);
+	if (err)
+		SKIP("no memory cgroup of our own to be had here");
+	struct tdaemon t;
+	struct proc a;
+	const char *b = build_dir();
+	char cmd[2200];
+	td_start(&t, 65536);
+	start_agent(&a, &t, NULL);
+	proc_cmd(&a, "fill 0 128 3");
+	proc_cmd(&a, "fill %u 128 3", 128 * PG);
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, sharing_128), 0);
+	char h[32];
+	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", 256 * PG));
+	ASSERT_EQ(cgroup_limit(&cg, 40ull << 20), 0);	/* below the 64 MiB kept spare */
+	ASSERT_EQ(cgroup_enter(&cg, a.pid), 0);
+	snprintf(cmd, sizeof(cmd), "MEMDEDUP_SOCKET=%s %s/memdedup unmerge --pid %d", t.sock, b, (int)a.pid);
+	ASSERT_EQ(td_sh("%s >%s/out 2>%s/err", cmd, test_dir(), test_dir()), 1);
+	ASSERT_EQ(td_sh("grep -q 'pid %d: not enough memory for the copies' %s/err", (int)a.pid, test_dir()), 0);
+	for (unsigned i = 0; i < 128; i++)
+		ASSERT_EQ(proc_page(&a, i * PG).pfn, proc_page(&a, (128 + i) * PG).pfn);
+	/* Not paused: new twins merge. */
+	merged_floor = s.merged + 64;
+	proc_cmd(&a, "fill %u 64 4", 256 * PG);
+	proc_cmd(&a, "fill %u 64 4", 320 * PG);
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_more), 0);
+	/* With the memory: done, every page private, content intact. */
+	ASSERT_EQ(cgroup_limit(&cg, 1ull << 30), 0);
+	ASSERT_EQ(td_sh("%s >%s/out 2>%s/err", cmd, test_dir(), test_dir()), 0);
+	ASSERT_EQ(td_sh("grep -q 'unmerge done by 1 agent' %s/out", test_dir()), 0);
+	for (unsigned i = 0; i < 128; i += 3)
+		ASSERT(proc_page(&a, i * PG).pfn != proc_page(&a, (128 + i) * PG).pfn);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 256 * PG), h) == 0);
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.pages_sharing, 0);
+	/* Stopped for good (Linux AIO): a resume is refused, and says why. */
+	ASSERT_EQ(proc_num(&a, "iosetup"), 0);
+	snprintf(cmd, sizeof(cmd), "MEMDEDUP_SOCKET=%s %s/memdedup resume --pid %d", t.sock, b, (int)a.pid);
+	ASSERT_EQ(td_sh("%s >%s/out 2>%s/err", cmd, test_dir(), test_dir()), 1);
+	ASSERT_EQ(td_sh("grep -q 'merging stopped for good' %s/err", test_dir()), 0);
+	proc_stop(&a);
+	td_stop(&t);
+	close(cg.guard);
 	return 0;
 }
 

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -1719,11 +1720,55 @@ static int control(struct md__client *cli, unsigned op, int pid, const char *key
 	return r.u.text.status;
 }
 
+/* A CONTROL sent from a thread of its own: it is answered only once the
+ * agents have answered. */
+struct control_call {
+	struct md__client *cli;
+	unsigned op;
+	int pid;
+	const char *key, *value;
+	char text[MD_TEXT_MAX + 1];
+	int status;
+	pthread_t thread;
+};
+
+static void *control_thread(void *arg)
+{
+	struct control_call *k = arg;
+	k->status = control(k->cli, k->op, k->pid, k->key, k->value, k->text);
+	return NULL;
+}
+
+static void control_start(struct control_call *k, struct md__client *cli, unsigned op, int pid,
+			  const char *key, const char *value)
+{
+	*k = (struct control_call){ .cli = cli, .op = op, .pid = pid, .key = key, .value = value };
+	ASSERT_EQ(pthread_create(&k->thread, NULL, control_thread, k), 0);
+}
+
+static int control_end(struct control_call *k)
+{
+	ASSERT_EQ(pthread_join(k->thread, NULL), 0);
+	return k->status;
+}
+
+/* The next CONTROL the agent gets, waiting for it. */
+static void next_control(struct md__client *agent, struct md__msg_control *ctl)
+{
+	int err = -EAGAIN;
+	for (int i = 0; i < 400 && err == -EAGAIN; i++)
+		if ((err = md__client_next_control(agent, ctl)) == -EAGAIN)
+			usleep(5000);
+	ASSERT_EQ(err, 0);
+	ASSERT(ctl->token != 0);
+}
+
 TEST_IMPL(daemon_control)
 {
 	struct tdaemon t;
 	struct md__msg_welcome w;
 	struct md__msg_control ctl;
+	struct control_call k;
 	char text[MD_TEXT_MAX + 1];
 	int fd;
 
@@ -1742,42 +1787,52 @@ TEST_IMPL(daemon_control)
 	usleep(50000);
 	ASSERT_EQ(md__client_next_control(agent, &ctl), -EAGAIN);
 
-	/* Good ones reach the agent, in order. */
-	ASSERT_EQ(control(cli, MD_CTL_SET, 0, "pages_to_scan", "500", text), 0);
-	ASSERT(strstr(text, "1 agent"));
-	ASSERT_EQ(control(cli, MD_CTL_SET, getpid(), "order", "random", NULL), 0);
-	ASSERT_EQ(control(cli, MD_CTL_PAUSE, 0, NULL, NULL, NULL), 0);
-	/* They arrive while the agent waits for a reply: queued, not lost. */
+	/* A good one reaches the agent, queued while it waits for a reply
+	 * of its own; the CLI has its answer once the agent said it is done. */
+	control_start(&k, cli, MD_CTL_SET, 0, "pages_to_scan", "500");
+	usleep(100000);
 	uint64_t h = 3;
 	uint32_t s;
 	ASSERT_EQ(md__client_lookup(agent, &h, NULL, 1, &s), 0);
-	ASSERT_EQ(md__client_next_control(agent, &ctl), 0);
+	next_control(agent, &ctl);
 	ASSERT_EQ(ctl.op, MD_CTL_SET);
 	ASSERT_EQ(strcmp(ctl.key, "pages_to_scan"), 0);
 	ASSERT_EQ(strcmp(ctl.value, "500"), 0);
 	ASSERT_EQ(ctl.pid, getpid());
-	ASSERT_EQ(md__client_next_control(agent, &ctl), 0);
-	ASSERT_EQ(strcmp(ctl.value, "random"), 0);
-	ASSERT_EQ(md__client_next_control(agent, &ctl), 0);
-	ASSERT_EQ(ctl.op, MD_CTL_PAUSE);
-	ASSERT_EQ(md__client_next_control(agent, &ctl), -EAGAIN);
-	/* Straight from the socket when nothing else is going on. */
-	ASSERT_EQ(control(cli, MD_CTL_RESUME, 0, NULL, NULL, NULL), 0);
-	ASSERT_EQ(control(cli, MD_CTL_UNMERGE, getpid(), NULL, NULL, NULL), 0);
-	usleep(50000);
-	ASSERT_EQ(md__client_next_control(agent, &ctl), 0);
-	ASSERT_EQ(ctl.op, MD_CTL_RESUME);
-	ASSERT_EQ(md__client_next_control(agent, &ctl), 0);
+	ASSERT_EQ(md__client_control_done(agent, ctl.token, 0, NULL), 0);
+	ASSERT_EQ(control_end(&k), 0);
+	ASSERT(strstr(k.text, "done by 1 agent"));
+	/* An agent that refuses: the CLI hears which and why. */
+	control_start(&k, cli, MD_CTL_UNMERGE, getpid(), NULL, NULL);
+	next_control(agent, &ctl);
 	ASSERT_EQ(ctl.op, MD_CTL_UNMERGE);
+	/* An answer nobody waits for (a token never given) is acknowledged
+	 * and changes nothing. */
+	ASSERT_EQ(md__client_control_done(agent, ctl.token + 1000, 0, NULL), 0);
+	ASSERT_EQ(md__client_control_done(agent, ctl.token, -ENOMEM, "not enough memory for the copies"), 0);
+	ASSERT_EQ(control_end(&k), -ENOMEM);
+	char want[64];
+	snprintf(want, sizeof(want), "pid %d: not enough memory", (int)getpid());
+	ASSERT(strstr(k.text, want));
+	ASSERT(strstr(k.text, "done by 0 of 1 agent"));
+	ASSERT(md__client_alive(agent));
+	/* An agent that goes away before it answers. */
+	control_start(&k, cli, MD_CTL_RESUME, 0, NULL, NULL);
+	next_control(agent, &ctl);
+	ASSERT_EQ(ctl.op, MD_CTL_RESUME);
+	md__client_free(agent);
+	ASSERT_EQ(control_end(&k), -ESRCH);
+	ASSERT(strstr(k.text, "went away"));
 
-	/* A new agent starts with the defaults as changed (pid 0 only). */
-	ASSERT_EQ(control(cli, MD_CTL_PAUSE, 0, NULL, NULL, NULL), 0);
+	/* A new agent starts with the defaults as changed (pid 0 only);
+	 * with no agent connected, the answer comes at once. */
+	ASSERT_EQ(control(cli, MD_CTL_PAUSE, 0, NULL, NULL, text), 0);
+	ASSERT(strstr(text, "done by 0 agents"));
 	pid_t kid = fork();
 	ASSERT(kid >= 0);
 	if (kid == 0) {
 		struct md__msg_welcome w2;
 		int fd2;
-		md__client_free(agent);
 		struct md__client *a2 = td_agent(&t, NULL, &w2, &fd2);
 		(void)a2;
 		_exit(w2.tun.pages_to_scan == 500 && w2.tun.order == MD_ORDER_LINEAR &&
@@ -1790,7 +1845,6 @@ TEST_IMPL(daemon_control)
 	ASSERT_EQ(td_int(tun, "pages_to_scan"), 500);
 	json_decref(js);
 	md__client_free(cli);
-	md__client_free(agent);
 	td_stop(&t);
 	return 0;
 }
@@ -1803,6 +1857,8 @@ TEST_IMPL(daemon_cli_control)
 	ASSERT_EQ(td_sh("%s/memdedup pause --help >/dev/null 2>&1", b), 0);
 	ASSERT_EQ(td_sh("%s/memdedup resume --help >/dev/null", b), 0);
 	ASSERT_EQ(td_sh("%s/memdedup unmerge --help >/dev/null", b), 0);
+	/* An unmerge sets no default for agents that start later. */
+	ASSERT_EQ(td_sh("%s/memdedup unmerge --help | grep -q 'start later'", b), 1);
 	ASSERT_EQ(td_sh("%s/memdedup set --help >/dev/null", b), 0);
 	/* Wrong usage: 2, daemon or not. */
 	ASSERT_EQ(td_sh("%s/memdedup pause extra 2>/dev/null", b), 2);

@@ -159,8 +159,20 @@ TEST_IMPL(daemon_proto_round_trip)
 	strcpy(m.u.control.value, "500");
 	round_trip(&m, &o);
 	ASSERT_EQ(strcmp(o.u.control.value, "500"), 0);
-	m.u.control = (struct md__msg_control){ .op = MD_CTL_UNMERGE };
+	m.u.control = (struct md__msg_control){ .op = MD_CTL_UNMERGE, .token = 0xfeedf00d };
 	round_trip(&m, &o);
+	ASSERT_EQ(o.u.control.token, 0xfeedf00d);
+
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_CONTROL_DONE, .seq = 10 } };
+	m.u.control_done.token = 77;
+	m.u.control_done.result.status = -ENOMEM;
+	strcpy(m.u.control_done.result.text, "not enough memory");
+	round_trip(&m, &o);
+	ASSERT_EQ(o.u.control_done.token, 77);
+	ASSERT_EQ(o.u.control_done.result.status, -ENOMEM);
+	ASSERT_EQ(strcmp(o.u.control_done.result.text, "not enough memory"), 0);
+	m.u.control_done.result.status = 1;	/* not an errno */
+	ASSERT(md__msg_encode(&m, buf, sizeof(buf)) < 0);
 
 	m = (struct md__msg){ .hdr = { .type = MD_MSG_CONTROL_R, .seq = 9 } };
 	m.u.text.status = -ESRCH;
@@ -325,17 +337,30 @@ TEST_IMPL(daemon_proto_rejects)
 	/* CONTROL: op, key/value presence and characters. */
 	memset(p, 0, 32);
 	put32(p, MD_CTL_PAUSE);
-	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_CONTROL, p, 12), &m), 0);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_CONTROL, p, 16), &m), 0);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_CONTROL, p, 12), &m), -EBADMSG);	/* version 3's */
 	put32(p, 99);
-	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_CONTROL, p, 12), &m), -EBADMSG);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_CONTROL, p, 16), &m), -EBADMSG);
 	put32(p, MD_CTL_SET);	/* SET without a key */
-	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_CONTROL, p, 12), &m), -EBADMSG);
-	p[8] = 1, p[10] = 1, p[12] = 'k', p[13] = '\n';
-	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_CONTROL, p, 14), &m), -EBADMSG);
-	p[13] = 'v';
-	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_CONTROL, p, 14), &m), 0);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_CONTROL, p, 16), &m), -EBADMSG);
+	p[12] = 1, p[14] = 1, p[16] = 'k', p[17] = '\n';
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_CONTROL, p, 18), &m), -EBADMSG);
+	p[17] = 'v';
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_CONTROL, p, 18), &m), 0);
 	put32(p + 4, 0xffffffffu);	/* negative pid */
-	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_CONTROL, p, 14), &m), -EBADMSG);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_CONTROL, p, 18), &m), -EBADMSG);
+
+	/* CONTROL_DONE: a token, then a status and text as CONTROL_R's. */
+	memset(p, 0, 32);
+	put32(p, 5);
+	put32(p + 4, (uint32_t)-ENOMEM);
+	p[8] = 2, p[10] = 'n', p[11] = 'o';
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_CONTROL_DONE, p, 12), &m), 0);
+	ASSERT_EQ(m.u.control_done.token, 5);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_CONTROL_DONE, p, 11), &m), -EBADMSG);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_CONTROL_DONE, p, 3), &m), -EBADMSG);
+	put32(p + 4, 7);	/* a status that is no errno */
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_CONTROL_DONE, p, 12), &m), -EBADMSG);
 
 	/* ERROR text: no control characters, status a negative errno. */
 	memset(p, 0, 16);
