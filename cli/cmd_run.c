@@ -248,11 +248,18 @@ static int apply_option(const struct md__cmd *cmd, const char *arg, const struct
 	return 0;
 }
 
-/* 1 if the agent reads the variable as on (agent/preload.c's env_flag). */
+/* 1 if the agent reads the variable as on (agent/preload.c's env_flag:
+ * a word it does not know is the default, off). */
 static int env_on(const char *name)
 {
 	const char *v = getenv(name);
-	return v && *v && strcmp(v, "0") != 0 && strcmp(v, "off") != 0 && strcmp(v, "no") != 0;
+	return v && *v && md__parse_bool(v) == 1;
+}
+
+/* 1 if the agent will scan: MEMDEDUP_SCAN on and the agent not disabled. */
+static int agent_scans(void)
+{
+	return env_on("MEMDEDUP_SCAN") && !env_on("MEMDEDUP_DISABLE");
 }
 
 /* 1 if path is a regular file we may execute. */
@@ -335,7 +342,7 @@ int md__cmd_run(int argc, char **argv)
 {
 	const struct md__cmd *cmd = &md__cmd_run_def;
 	const struct run_option *scan_only = NULL;
-	int i, scan = 0;
+	int i, scan = 0, kernel_ksm_on = 0;
 
 	/* The environment set here only reaches CMD through exec: a usage
 	 * error exits first, so it changes nothing. */
@@ -362,7 +369,13 @@ int md__cmd_run(int argc, char **argv)
 		if (o->scan_only && !scan_only)
 			scan_only = o;
 		scan |= strcmp(o->name, "--scan") == 0;
+		if (strcmp(o->name, "--kernel-ksm=") == 0)
+			kernel_ksm_on = strcmp(a + strlen(o->name), "on") == 0;
 	}
+	/* Both would merge the same pages, each behind the other's back. */
+	if (kernel_ksm_on && (scan || env_on("MEMDEDUP_SCAN")))
+		return md__usage_error(cmd, "--kernel-ksm=on cannot go with --scan: kernel KSM and the "
+				       "scanner would merge the same pages");
 	/* Scanning: --scan, or MEMDEDUP_SCAN already in the environment. */
 	if (scan_only && !scan && !env_on("MEMDEDUP_SCAN")) {
 		size_t n = strlen(scan_only->name);
@@ -384,16 +397,18 @@ int md__cmd_run(int argc, char **argv)
 	err = resolve_command(argv[i], exe, sizeof(exe));
 	if (err) {
 		char shown[256];
+		struct stat st;
 		fprintf(stderr, "memdedup run: cannot run '%s': %s\n",
 			md__printable(argv[i], shown, sizeof(shown)),
 			err == -ENOENT && !strchr(argv[i], '/') ? "command not found in PATH" :
+			err == -EACCES && stat(exe, &st) == 0 && S_ISDIR(st.st_mode) ? "Is a directory" :
 			strerror(-err));
 		return err == -EACCES ? 126 : 127;
 	}
 	/* Scanning in a shared domain needs memdedupd: start it unless one
 	 * answers. Without it the agent merges within its process only. */
 	const char *domain = getenv("MEMDEDUP_DOMAIN");
-	if (env_on("MEMDEDUP_SCAN") && !(domain && strcmp(domain, "private") == 0) &&
+	if (agent_scans() && !(domain && strcmp(domain, "private") == 0) &&
 	    !md__daemon_alive(NULL)) {
 		char daemon[PATH_MAX + 64];
 		int derr = find_daemon(lib, daemon, sizeof(daemon));

@@ -50,9 +50,12 @@ static const char *const ksm_keys[] = {
 };
 #define NKSM (sizeof(ksm_keys) / sizeof(ksm_keys[0]))
 
-static long long read_ksm(const char *key)
+/* A kernel KSM counter: 0 and *v, or -1 where this kernel has none
+ * (general_profit and ksm_zero_pages came in Linux 6.4 and 6.10; no KSM at
+ * all without CONFIG_KSM): shown as n/a, and null in JSON. */
+static int read_ksm(const char *key, long long *v)
 {
-	char path[128], buf[64] = "";
+	char path[128], buf[64] = "", *end;
 	snprintf(path, sizeof(path), "/sys/kernel/mm/ksm/%s", key);
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
@@ -60,7 +63,9 @@ static long long read_ksm(const char *key)
 	ssize_t n = read(fd, buf, sizeof(buf) - 1);
 	close(fd);
 	buf[n > 0 ? n : 0] = '\0';
-	return n > 0 ? strtoll(buf, NULL, 10) : -1;
+	errno = 0;
+	*v = strtoll(buf, &end, 10);
+	return n > 0 && end != buf && !errno ? 0 : -1;
 }
 
 /* The pid of a name "agent-PID.stats" (PID: decimal, no sign or leading
@@ -276,8 +281,11 @@ int md__cmd_status(int argc, char **argv)
 						    command, sizeof(command))));
 			json_array_append_new(list, o);
 		}
-		for (size_t k = 0; k < NKSM; k++)
-			json_object_set_new(ksm, ksm_keys[k], json_integer(read_ksm(ksm_keys[k])));
+		for (size_t k = 0; k < NKSM; k++) {
+			long long v;
+			json_object_set_new(ksm, ksm_keys[k], read_ksm(ksm_keys[k], &v) == 0 ?
+					    json_integer(v) : json_null());
+		}
 		json_object_set_new(root, "agents", list);
 		json_object_set_new(root, "totals", stats_json(&total));
 		if (!agents_only)
@@ -326,8 +334,13 @@ int md__cmd_status(int argc, char **argv)
 			printf("\nmemdedupd: no proper answer (see the error)\n");
 		}
 		printf("\nkernel KSM:");
-		for (size_t k = 0; k < NKSM; k++)
-			printf(" %s=%lld", ksm_keys[k], read_ksm(ksm_keys[k]));
+		for (size_t k = 0; k < NKSM; k++) {
+			long long v;
+			if (read_ksm(ksm_keys[k], &v) == 0)
+				printf(" %s=%lld", ksm_keys[k], v);
+			else
+				printf(" %s=n/a", ksm_keys[k]);
+		}
 		printf("\n");
 	}
 	free(agents);

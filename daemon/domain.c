@@ -339,9 +339,10 @@ void md__domain_seen_free(struct md__domain *dom)
 uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash, unsigned asker, uint64_t addr,
 			   uint64_t tag)
 {
-	/* The first candidate: the daemon answers hash lookups only, and the
-	 * agent compares bytes itself under write-protect. */
-	int64_t s = md__index_find(&dom->index, hash, NULL, NULL, NULL);
+	/* The first candidate with the whole hash (the index keeps its high
+	 * half): the daemon answers hash lookups only, and the agent compares
+	 * bytes itself under write-protect. */
+	int64_t s = md__index_find_hash(&dom->index, hash, dom->slot_hash);
 	if (s >= 0)
 		return (uint32_t)s + 1;
 	/* Remade (empty: it is lossy anyway) when the agents registered
@@ -443,7 +444,7 @@ static const void *pool_slot_page(void *arg, uint32_t slot)
 }
 
 int md__domain_publish(struct md__domain *dom, const uint64_t *hash, const unsigned char *pages,
-		       uint32_t n, uint32_t *first)
+		       uint32_t n, uint32_t *first, int match_only)
 {
 	uint32_t i;
 	int err;
@@ -464,6 +465,8 @@ int md__domain_publish(struct md__domain *dom, const uint64_t *hash, const unsig
 			return 0;
 		}
 	}
+	if (match_only)
+		return -ENOSPC;
 	err = md__pool_reserve(&dom->pool, n, first);
 	if (err)
 		return err;

@@ -712,14 +712,16 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
 		uint32_t first;
 		/* One user's domains together hold no more than one pool's
 		 * worth (64 domains of a pool each would be 64 pools of
-		 * memory, which memdedupd's users share). */
-		if (c->uid != 0 && uid_live_pages(d, c->uid) + m->u.publish.n > d->pool_pages) {
+		 * memory, which memdedupd's users share); a page equal to a
+		 * live one takes no new slot, and is still given it. */
+		int full = c->uid != 0 && uid_live_pages(d, c->uid) + m->u.publish.n > d->pool_pages;
+		err = md__agent_publish(c->agent, &m->u.publish, &first, full);
+		if (err == -ENOSPC && full) {
 			snprintf(why, sizeof(why), "uid %u has a pool's worth of pages in its domains",
 				 (unsigned)c->uid);
 			reply_error(d, c, seq, -ENOSPC, why);
 			return;
 		}
-		err = md__agent_publish(c->agent, &m->u.publish, &first);
 		if (err) {
 			reply_error(d, c, seq, err, err == -EINVAL ? "a hash does not match its page" :
 				    err == -ENOSPC ? "the pool is full" : "cannot publish");

@@ -167,6 +167,19 @@ int64_t md__index_find(struct md__index *ix, uint64_t hash, const void *page,
 	return -1;
 }
 
+int64_t md__index_find_hash(struct md__index *ix, uint64_t hash, const uint64_t *slot_hash)
+{
+	uint32_t tag = tag_of(hash);
+	if (!filter_may_have(ix, tag))
+		return -1;
+	for (size_t i = bucket(ix, tag); ix->e[i].slot; i = (i + 1) & (ix->cap - 1)) {
+		struct md__index_entry *e = &ix->e[i];
+		if (e->slot != DELETED && e->tag == tag && slot_hash[e->slot - 1] == hash)
+			return e->slot - 1;
+	}
+	return -1;
+}
+
 int md__index_has(const struct md__index *ix, uint64_t hash)
 {
 	uint32_t tag = tag_of(hash);

@@ -45,6 +45,10 @@ int md__index_remove(struct md__index *ix, uint64_t hash, uint32_t slot);
  * caller that compares under write-protect itself, never proof. */
 int64_t md__index_find(struct md__index *ix, uint64_t hash, const void *page,
 		       md__slot_page_fn fn, void *arg);
+/* The first slot s under this hash whose whole hash, slot_hash[s], is
+ * hash (the index keeps only its high half); -1 if none. A candidate, as
+ * above: for memdedupd, which keeps the hashes but does not compare. */
+int64_t md__index_find_hash(struct md__index *ix, uint64_t hash, const uint64_t *slot_hash);
 /* Bytes the index holds: its table and its filter. */
 size_t md__index_bytes(const struct md__index *ix);
 /* 0 if the filter says no entry has this hash; 1 if one may. */

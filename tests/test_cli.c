@@ -214,12 +214,26 @@ TEST_IMPL(cli_run_missing_command_no_daemon)
 	write_stats(noexec, 1, 1, "x", 0);	/* any file, mode 0644 */
 	int c3 = sh("MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- %s", dir, b, noexec);
 	int alive3 = md__daemon_alive(sock), pid3 = kill_daemon_of(dir);
+	int c4 = sh("MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- %s", dir, b, test_dir());
+	int alive4 = md__daemon_alive(sock), pid4 = kill_daemon_of(dir);
+	char err4[1024];
+	snprintf(err4, sizeof(err4), "%s", slurp("err"));
+	/* An agent that will not scan (MEMDEDUP_SCAN off, in any of the
+	 * agent's words for it, or the agent disabled) needs no daemon. */
+	int c5 = sh("MEMDEDUP_SCAN=false MEMDEDUP_RUN_DIR=%s %s/memdedup run -- true", dir, b);
+	int alive5 = md__daemon_alive(sock), pid5 = kill_daemon_of(dir);
+	int c6 = sh("MEMDEDUP_DISABLE=1 MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- true", dir, b);
+	int alive6 = md__daemon_alive(sock), pid6 = kill_daemon_of(dir);
 	ASSERT_EQ(c1, 127);
 	ASSERT_EQ(c2, 127);
 	ASSERT_EQ(c3, 126);
-	ASSERT(!alive1 && !alive2 && !alive3);
-	ASSERT(!pid1 && !pid2 && !pid3);
+	ASSERT_EQ(c4, 126);
+	ASSERT_EQ(c5, 0);
+	ASSERT_EQ(c6, 0);
+	ASSERT(!alive1 && !alive2 && !alive3 && !alive4 && !alive5 && !alive6);
+	ASSERT(!pid1 && !pid2 && !pid3 && !pid4 && !pid5 && !pid6);
 	ASSERT(strstr(err2, "cannot run 'memdedup-no-such-cmd': command not found"));
+	ASSERT(strstr(err4, "Is a directory"));
 	return 0;
 }
 
@@ -255,6 +269,14 @@ TEST_IMPL(cli_run_scan_options_need_scan)
 		ASSERT_EQ(sh("%s/memdedup run %s -- true", b, opts[i]), 2);
 		ASSERT(strstr(slurp("err"), "works only with --scan"));
 	}
+	/* MEMDEDUP_SCAN read as the agent reads it: "false" is off. */
+	ASSERT_EQ(sh("MEMDEDUP_SCAN=false %s/memdedup run --pages-to-scan=5 -- true", b), 2);
+	ASSERT(strstr(slurp("err"), "works only with --scan"));
+	/* Kernel KSM and the scanner both: refused, whichever comes first. */
+	ASSERT_EQ(sh("%s/memdedup run --scan --kernel-ksm=on -- true", b), 2);
+	ASSERT(strstr(slurp("err"), "cannot go with --scan"));
+	ASSERT_EQ(sh("MEMDEDUP_SCAN=1 %s/memdedup run --kernel-ksm=on -- true", b), 2);
+	ASSERT_EQ(sh("%s/memdedup run --scan --domain=private --kernel-ksm=off -- true", b), 0);
 	ASSERT_EQ(sh("%s/memdedup run --scan --domain=private --sleep-ms=5 -- "
 		     "sh -c 'test \"$MEMDEDUP_SLEEP_MS\" = 5'", b), 0);
 	ASSERT_EQ(sh("MEMDEDUP_SCAN=1 %s/memdedup run --domain=private --sleep-ms=5 -- true", b), 0);
@@ -273,6 +295,31 @@ static void make_rd(char *path, size_t size, const char *name)
 	snprintf(path, size, "%s/rd", test_dir());
 	mkdir(path, 0700);
 	snprintf(path, size, "%s/rd/%s", test_dir(), name);
+}
+
+/* A kernel KSM counter this kernel does not have (general_profit came in
+ * Linux 6.4) is shown as n/a (null in JSON), not as a number. Seen in a
+ * mount namespace of its own, where a tmpfs over /sys/kernel/mm/ksm holds
+ * only `run`: the host's mounts are not touched. */
+TEST_IMPL(cli_status_ksm_counter_missing)
+{
+	const char *b = build_dir();
+	if (sh("unshare -m true") != 0)
+		SKIP("cannot make a mount namespace here (unshare -m)");
+	const char *fake = "mount -t tmpfs none /sys/kernel/mm/ksm && echo 1 >/sys/kernel/mm/ksm/run";
+	ASSERT_EQ(sh("unshare -m sh -c '%s && MEMDEDUP_RUN_DIR=%s/rd MEMDEDUP_SOCKET=%s/none "
+		     "%s/memdedup status --agents --json'", fake, test_dir(), test_dir(), b), 0);
+	const char *out = slurp("out");
+	ASSERT(strstr(out, "\"general_profit\": null"));
+	ASSERT(strstr(out, "\"pages_sharing\": null"));
+	ASSERT(strstr(out, "\"run\": 1"));
+	ASSERT_EQ(sh("unshare -m sh -c '%s && MEMDEDUP_RUN_DIR=%s/rd MEMDEDUP_SOCKET=%s/none "
+		     "%s/memdedup status --agents'", fake, test_dir(), test_dir(), b), 0);
+	out = slurp("out");
+	ASSERT(strstr(out, " run=1 "));
+	ASSERT(strstr(out, " general_profit=n/a"));
+	ASSERT(!strstr(out, "=-1"));
+	return 0;
 }
 
 /* A file whose pid is gone is dropped, also when its start time is 0 (no

@@ -70,6 +70,11 @@ TEST_IMPL(daemon_publish_lookup)
 	ASSERT_EQ(slot1[1], first + 2);
 	ASSERT_EQ(slot1[2], first + 3);
 	ASSERT_EQ(slot1[3], 0);
+	/* A hash that shares only its high half with a page's (all the
+	 * index keeps) names no slot. */
+	q[0] = hash[0] ^ 0xffffffffu;
+	ASSERT_EQ(md__client_lookup(c, q, NULL, 1, slot1), 0);
+	ASSERT_EQ(slot1[0], 0);
 
 	/* What we read through the received descriptor is what we published. */
 	const unsigned char *v = mmap(NULL, 64 * PG, PROT_READ, MAP_SHARED, fd, 0);
@@ -290,9 +295,15 @@ TEST_IMPL(daemon_pool_pages_per_uid)
 				_exit(12);
 			if (md__client_publish(c, hash + 7, pages + 7 * PG, 1, &first))
 				_exit(13);	/* the eighth fits */
+			uint32_t eighth = first;
 			td_fill_page(pages, 60);
 			hash[0] = md__page_hash(pages);
-			_exit(md__client_publish(c, hash, pages, 1, &first) == -ENOSPC ? 0 : 14);
+			if (md__client_publish(c, hash, pages, 1, &first) != -ENOSPC)
+				_exit(14);
+			/* A copy of a live page takes no new slot: still given. */
+			if (md__client_publish(c, hash + 7, pages + 7 * PG, 1, &first) || first != eighth)
+				_exit(16);
+			_exit(0);
 		}
 		int st;
 		if (grandkid < 0 || waitpid(grandkid, &st, 0) != grandkid || !WIFEXITED(st))
