@@ -900,6 +900,37 @@ int md__client_report(struct md__client *c, const uint64_t *counters, uint32_t n
 	return err ? err : c->msg.u.ack.status;
 }
 
+int md__client_take_back(struct md__client *c, uint32_t **slots, size_t *n)
+{
+	*slots = NULL;
+	*n = 0;
+	if (!c->back_slots)
+		return 0;
+	uint32_t *all = malloc(c->back_slots * sizeof(*all));
+	if (!all)
+		return -ENOMEM;
+	for (size_t i = 0; i < c->nback; i++) {
+		memcpy(all + *n, c->back[i].slots, c->back[i].n * sizeof(*all));
+		*n += c->back[i].n;
+		free(c->back[i].slots);
+	}
+	c->nback = 0;
+	c->back_slots = 0;
+	*slots = all;
+	return 0;
+}
+
+int md__client_give_back(struct md__client *c, const uint32_t *slots, size_t n)
+{
+	/* An UNREF carries at most MD_REF_MAX slots. */
+	for (size_t k = 0; k < n; k += MD_REF_MAX) {
+		int err = give_back(c, slots + k, (uint32_t)(n - k < MD_REF_MAX ? n - k : MD_REF_MAX), 0);
+		if (err)
+			return err;
+	}
+	return 0;
+}
+
 int md__client_control_done(struct md__client *c, uint32_t token, int status, const char *why)
 {
 	struct md__msg *m;

@@ -94,6 +94,14 @@ int md__client_publish_each(struct md__client *c, const uint64_t *hash, const vo
 int md__client_ref(struct md__client *c, const uint32_t *slots, uint32_t n, int delta);
 /* REPORT: the agent's counters (n <= 256), shown by `memdedup status`. */
 int md__client_report(struct md__client *c, const uint64_t *counters, uint32_t n);
+/* The references queued to give back, taken out of c (its connection is
+ * going: another one to the same daemon may send them): *slots malloc'd
+ * (NULL if none; the caller frees it), *n. -ENOMEM leaves them in c. */
+int md__client_take_back(struct md__client *c, uint32_t **slots, size_t *n);
+/* Queues n references to give back (UNREF), sent with the next requests
+ * or when idle, as an UNREF answered late is. 0, or -ENOBUFS past
+ * MD_CLIENT_BACK_MAX (they stay pinned; said once in the log). */
+int md__client_give_back(struct md__client *c, const uint32_t *slots, size_t n);
 /* CONTROL_DONE: how the CONTROL of token went (status 0 or -errno, why: a
  * line for people, may be NULL). */
 int md__client_control_done(struct md__client *c, uint32_t token, int status, const char *why);

@@ -3,6 +3,7 @@
  */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -27,8 +28,26 @@ int md__remote_init(struct md__remote *rm, const char *socket, const char *domai
 	return 0;
 }
 
+/* Keeps n references to give back for the next connection (rm->lock held). */
+static void owe(struct md__remote *rm, const uint32_t *slots, size_t n)
+{
+	if (!n)
+		return;
+	uint32_t *o = rm->nowed + n <= MD_CLIENT_BACK_MAX ?
+		      realloc(rm->owed, (rm->nowed + n) * sizeof(*o)) : NULL;
+	if (!o) {
+		md__log_once(79, "could not keep %zu pool references to give back to memdedupd: "
+			     "they stay pinned until this process exits", n);
+		return;
+	}
+	memcpy(o + rm->nowed, slots, n * sizeof(*o));
+	rm->owed = o;
+	rm->nowed += n;
+}
+
 void md__remote_fini(struct md__remote *rm)
 {
+	free(rm->owed);
 	if (rm->c)
 		md__client_free(rm->c);
 	if (rm->view)
@@ -46,6 +65,12 @@ static int lost(struct md__remote *rm, int err)
 	if (err == -ETIMEDOUT && md__client_alive(rm->c))
 		return err;
 	if (err == -ENOTCONN || err == -ETIMEDOUT || err == -EPIPE || err == -ECONNRESET) {
+		uint32_t *back;
+		size_t n;
+		if (md__client_take_back(rm->c, &back, &n) == 0) {
+			owe(rm, back, n);
+			free(back);
+		}
 		md__client_free(rm->c);
 		rm->c = NULL;
 		rm->lost++;
@@ -106,6 +131,12 @@ int md__engine_remote_connect(struct md__engine *e)
 	rm->view_pages = w.pool_pages;
 	rm->ro_fd = fd;
 	rm->pool_size = 0;	/* a new pool: its size is to be seen */
+	/* The same daemon still counts what we owe it; another never had it. */
+	if (rm->nowed && rm->generation == w.generation)
+		md__client_give_back(c, rm->owed, rm->nowed);
+	free(rm->owed);
+	rm->owed = NULL;
+	rm->nowed = 0;
 	rm->generation = w.generation;
 	rm->welcome = w;
 	if (rm->c)
@@ -174,16 +205,26 @@ int md__remote_publish_each(struct md__remote *rm, const uint64_t *hash, const v
 	return err < 0 ? err : 0;
 }
 
+/* An UNREF with no connection to take it is owed to the next one. */
+#define REF_CALL(rm, slots, n, delta) ({ \
+	int _e; \
+	pthread_mutex_lock(&(rm)->lock); \
+	_e = (rm)->c ? md__client_ref((rm)->c, slots, n, delta) : -ENOTCONN; \
+	if (_e < 0 && (rm)->c) \
+		_e = lost(rm, _e); \
+	if (_e == -ENOTCONN && (delta) < 0) \
+		owe(rm, slots, n); \
+	pthread_mutex_unlock(&(rm)->lock); \
+	_e < 0 ? _e : 0; })
+
 int md__remote_ref_n(struct md__remote *rm, const uint32_t *slots, uint32_t n, int delta)
 {
-	int err = CALL(rm, md__client_ref(rm->c, slots, n, delta));
-	return err < 0 ? err : 0;
+	return REF_CALL(rm, slots, n, delta);
 }
 
 int md__remote_ref(struct md__remote *rm, uint32_t slot, int delta)
 {
-	int err = CALL(rm, md__client_ref(rm->c, &slot, 1, delta));
-	return err < 0 ? err : 0;
+	return REF_CALL(rm, &slot, 1, delta);
 }
 
 int md__remote_report(struct md__remote *rm, const uint64_t *ctr, uint32_t n)

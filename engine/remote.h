@@ -11,7 +11,10 @@
  * When the daemon goes away, calls fail with -ENOTCONN: the agent keeps every
  * page it merged (their pool lives on in those mappings), stops merging, and
  * reconnects; a new daemon brings a new pool (generation), and the old slot
- * references are forgotten, as the daemon that counted them is gone.
+ * references are forgotten, as the daemon that counted them is gone. A
+ * connection that went while the daemon lives (a reply more than 10 s late)
+ * leaves the references it still had to give back: the next connection to
+ * that daemon gives them back.
  */
 #ifndef MD_ENGINE_REMOTE_H
 #define MD_ENGINE_REMOTE_H
@@ -33,6 +36,11 @@ struct md__remote {
 	uint64_t generation;
 	struct md__msg_welcome welcome;
 	uint64_t connects, lost;
+	/* References to give back that no connection took (it went, or there
+	 * was none): a reconnect to the same daemon (generation) sends them;
+	 * its record of this agent still counts them. */
+	uint32_t *owed;
+	size_t nowed;
 };
 
 struct md__engine;

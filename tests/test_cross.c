@@ -389,6 +389,53 @@ TEST_IMPL(cross_daemon_stopped)
 	return 0;
 }
 
+/* memdedupd stalled for longer than an agent waits for a late reply (10 s):
+ * the agent's connection goes while the daemon lives, and its record of
+ * the agent, references and all, stays. The references the agent gave up
+ * meanwhile (pages written since they were merged) are given back once it
+ * is connected again, or they would stay pinned until the VMM exits. */
+TEST_IMPL(cross_daemon_stalled_unrefs_kept)
+{
+	struct tdaemon t;
+	struct proc a, b;
+	td_start(&t, 65536);
+	start_agent(&a, &t, NULL);
+	start_agent(&b, &t, NULL);
+	proc_cmd(&a, "fill 0 %u 9", N);
+	proc_cmd(&b, "fill 0 %u 9", N);
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, sharing_n), 0);
+	ASSERT_EQ(proc_stats_wait(&b, &s, 20000, sharing_n), 0);
+	for (int i = 0; i < 50 && agent_field(&t, a.pid, "references") != N; i++)
+		usleep(100000);
+	ASSERT_EQ(agent_field(&t, a.pid, "references"), N);
+	td_pause(&t);
+	/* Writes break 64 merged pages; new content makes the scanner ask
+	 * (and its request go late). */
+	proc_cmd(&a, "fill 0 64 11");
+	proc_cmd(&a, "fill %u %u 12", 512 * PG, N);
+	/* More after the connection went, while none takes them: pages
+	 * that ask for merging no more are made private at once. */
+	usleep(15000000);
+	ASSERT(strcmp(proc_cmd(&a, "advise %u %u unmergeable", 64 * PG, 64 * PG), "0") == 0);
+	usleep(1000000);
+	ASSERT(kill(t.pid, SIGCONT) == 0);
+	long long hellos = 0, refs = -1;
+	for (int i = 0; i < 100 && refs != N - 128; i++) {
+		usleep(100000);
+		hellos = agent_field(&t, a.pid, "hellos");
+		refs = agent_field(&t, a.pid, "references");
+	}
+	/* Its connection went, and it came back (a HELLO sent while the
+	 * daemon was stopped, given up, may count too). */
+	ASSERT(hellos >= 2);
+	ASSERT_EQ(refs, N - 128);
+	for (unsigned i = 128; i < N; i += 7)
+		ASSERT_EQ(proc_page(&a, i * PG).pfn, proc_page(&b, i * PG).pfn);
+	stop_pair_pool_empty(&t, &a, &b);
+	return 0;
+}
+
 /* A hole the VMM made (a balloon's page, one a postcopy destination waits
  * for) stays a hole: neither the scanner's reads nor a merge of a page it
  * visited just before may fill it behind the VMM's back. Agent a fills,
