@@ -14,6 +14,7 @@
  * rewritten meanwhile.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +25,7 @@
 
 #include "daemon.h"
 #include "stats_file.h"
+#include "sys.h"
 
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
@@ -241,17 +243,34 @@ int md__agent_publish(struct md__agent *a, const struct md__msg_publish *p, uint
 	return 0;
 }
 
-static uint64_t registered_pages(const struct md__agent *a)
+/* Pages the process has resident (/proc/PID/statm), UINT64_MAX if not
+ * known. */
+static uint64_t resident_pages(pid_t pid)
 {
-	return a->ncounters > MD_CTR_REGISTERED_BYTES ? a->counters[MD_CTR_REGISTERED_BYTES] / 4096 : 0;
+	char path[64];
+	struct md__resident r;
+	snprintf(path, sizeof(path), "/proc/%d/statm", (int)pid);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int err = md__resident_pages(fd, &r);
+	if (fd >= 0)
+		close(fd);
+	return err ? UINT64_MAX : r.all;
 }
 
+/* What the agent says it registered sizes its domain's tables (first
+ * sightings, reads), which count against no budget: from a user other than
+ * root (as the pool's per-user bound) taken as at most what the process has
+ * resident, so a peer that claims 2^45 bytes cannot make memdedupd allocate
+ * tables for them in each of its domains. */
 void md__agent_report(struct md__agent *a, const struct md__msg_report *r)
 {
-	a->dom->registered_pages -= registered_pages(a);
 	memcpy(a->counters, r->counters, r->n * sizeof(r->counters[0]));
 	a->ncounters = r->n;
-	a->dom->registered_pages += registered_pages(a);
+	uint64_t claimed = r->n > MD_CTR_REGISTERED_BYTES ? r->counters[MD_CTR_REGISTERED_BYTES] / 4096 : 0;
+	uint64_t resident = a->uid ? resident_pages(a->pid) : UINT64_MAX;
+	a->dom->registered_pages -= a->registered_counted;
+	a->registered_counted = claimed < resident ? claimed : resident;
+	a->dom->registered_pages += a->registered_counted;
 	a->reported_ms = md__now_ms();
 }
 
@@ -282,7 +301,7 @@ void md__agent_exited(struct md__daemon *d, struct md__agent *a)
 			a->refs[s]--;
 			md__domain_put_ref(a->dom, (uint32_t)s);
 		}
-	a->dom->registered_pages -= registered_pages(a);
+	a->dom->registered_pages -= a->registered_counted;
 	md__dlog("agent %d gone: %llu references dropped, domain %u has %llu live pages",
 		 (int)a->pid, (unsigned long long)dropped, a->dom->id,
 		 (unsigned long long)md__pool_live(&a->dom->pool));

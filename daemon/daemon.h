@@ -131,6 +131,7 @@ struct md__agent {
 	uint64_t nrefs;
 	uint64_t counters[MD_REPORT_MAX];
 	uint32_t ncounters;
+	uint64_t registered_counted; /* added to dom->registered_pages for it */
 	int64_t reported_ms;       /* when the last REPORT came; 0 never */
 	uint64_t requests;         /* messages handled after its HELLO */
 	uint64_t hellos;           /* connections it came on (reconnects + 1) */

@@ -2161,6 +2161,34 @@ TEST_IMPL(daemon_sightings_table)
 	ASSERT_EQ(s1, MD_LOOKUP_PUBLISH);
 	close(fd);
 	md__client_free(c);
+
+	/* A user other than root that claims more than its process has
+	 * resident sizes no table for it: 2^45 bytes claimed leave it at the
+	 * least (8 MiB would have been given). */
+	struct passwd *pw = getpwnam("nobody");
+	if (getuid() == 0 && pw) {
+		pid_t kid = fork();
+		ASSERT(kid >= 0);
+		if (kid == 0) {
+			struct md__msg_welcome w2;
+			struct md__client *n;
+			int fd2;
+			uint64_t big[2] = { 1, 1ull << 45 }, a3 = 0x7f0000003000ull;
+			if (setresgid(pw->pw_gid, pw->pw_gid, pw->pw_gid) ||
+			    setresuid(pw->pw_uid, pw->pw_uid, pw->pw_uid))
+				_exit(10);
+			if (md__client_connect(&n, t.sock) || md__client_hello(n, "claims", 0, &w2, &fd2) ||
+			    md__client_report(n, big, 2) || md__client_lookup(n, &h, &a3, 1, &s1))
+				_exit(11);
+			json_t *js = td_status(&t);
+			long long slots = td_int(td_domain(js, w2.domain_id), "sighting_slots");
+			_exit(slots == 65536 ? 0 : 12);
+		}
+		int kst;
+		ASSERT_EQ(waitpid(kid, &kst, 0), kid);
+		ASSERT(WIFEXITED(kst));
+		ASSERT_EQ(WEXITSTATUS(kst), 0);
+	}
 	td_stop(&t);
 	return 0;
 }
