@@ -247,14 +247,36 @@ static uint64_t file_u64(const char *dir, const char *name)
 	return strtoull(buf, NULL, 10);
 }
 
+/* The value of key in a cgroup's memory.stat ("key value" lines), 0 if
+ * none. */
+static uint64_t stat_u64(const char *dir, const char *key)
+{
+	char path[PATH_MAX + 32], buf[8192];
+	snprintf(path, sizeof(path), "%s/memory.stat", dir);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	buf[n > 0 ? n : 0] = '\0';
+	size_t kl = strlen(key);
+	for (char *p = buf; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL)
+		if (strncmp(p, key, kl) == 0 && p[kl] == ' ')
+			return strtoull(p + kl + 1, NULL, 10);
+	return 0;
+}
+
 /* What the memory limits of this process's cgroup and its ancestors
  * leave (limit - usage, the least of them), in bytes: UINT64_MAX if none.
- * Copies beyond it would have the kernel reclaim or kill the VMM. cgroup
- * v1's memory controller where it is mounted, else v2's. */
+ * Copies beyond it would have the kernel reclaim or kill the VMM. The
+ * usage counts page cache, of which the inactive part is reclaimed first
+ * (a VMM doing buffered I/O sits near its limit): left out, as the host's
+ * MemAvailable leaves it out. cgroup v1's memory controller where it is
+ * mounted, else v2's. */
 static uint64_t cgroup_headroom(void)
 {
 	char buf[4096], dir[PATH_MAX];
-	const char *limit = NULL, *usage = NULL;
+	const char *limit = NULL, *usage = NULL, *inactive = NULL;
 	int fd = open("/proc/self/cgroup", O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return UINT64_MAX;
@@ -276,11 +298,12 @@ static uint64_t cgroup_headroom(void)
 		if (memory) {
 			snprintf(dir, sizeof(dir), "/sys/fs/cgroup/memory%s", path);
 			limit = "memory.limit_in_bytes", usage = "memory.usage_in_bytes";
+			inactive = "total_inactive_file";
 			break;
 		}
 		if (!*ctl && !limit) {
 			snprintf(dir, sizeof(dir), "/sys/fs/cgroup%s", path);
-			limit = "memory.max", usage = "memory.current";
+			limit = "memory.max", usage = "memory.current", inactive = "inactive_file";
 		}
 	}
 	uint64_t room = UINT64_MAX;
@@ -288,6 +311,8 @@ static uint64_t cgroup_headroom(void)
 	while (limit && strlen(dir) >= root) {
 		uint64_t l = file_u64(dir, limit), u = file_u64(dir, usage);
 		if (l != UINT64_MAX && u != UINT64_MAX) {
+			uint64_t cache = stat_u64(dir, inactive);
+			u = u > cache ? u - cache : 0;
 			uint64_t left = l > u ? l - u : 0;
 			room = left < room ? left : room;
 		}
@@ -366,10 +391,11 @@ static int unmerge(md_agent *a, char *why, size_t size)
 	}
 	/* Copies need memory: refuse, changing nothing, when the host lacks
 	 * it (with a margin of 64 MiB for everything else). */
-	int err = 0;
+	int err = 0, refused = 0;
 	uint64_t avail = mem_available_bytes();
 	if (pages * MD_EPAGE + (64u << 20) > avail) {
 		err = -ENOMEM;
+		refused = 1;
 		if (why)
 			snprintf(why, size, "not enough memory for the copies: %llu MiB to copy, %llu MiB "
 				 "available (64 MiB kept spare); nothing changed",
@@ -393,8 +419,10 @@ static int unmerge(md_agent *a, char *why, size_t size)
 unlock:
 	md__engine_unlock(e);
 	pthread_rwlock_unlock(&e->regions_lock);
-	/* Paused, like KSM after run=2, until resumed; refused, as it was. */
-	if (!err) {
+	/* Paused, like KSM after run=2, until resumed (also when the copies
+	 * failed part of the way: the pages copied would merge again at
+	 * once); refused up front, as it was. */
+	if (!refused) {
 		a->scanner.paused = 1;
 		__atomic_store_n(&a->unmerged, 1, __ATOMIC_RELAXED);
 	}

@@ -943,8 +943,13 @@ int md__client_control_done(struct md__client *c, uint32_t token, int status, co
 	m->hdr.type = MD_MSG_CONTROL_DONE;
 	m->u.control_done.token = token;
 	m->u.control_done.result.status = status;
-	snprintf(m->u.control_done.result.text, sizeof(m->u.control_done.result.text), "%s",
-		 why ? why : "");
+	char *t = m->u.control_done.result.text;
+	snprintf(t, sizeof(m->u.control_done.result.text), "%s", why ? why : "");
+	/* strerror() in the VMM's locale may not be ASCII: it would not
+	 * encode, and the CLI would wait in vain. */
+	for (; *t; t++)
+		if ((*t < ' ' && *t != '\t') || (unsigned char)*t > '~')
+			*t = '?';
 	err = call(c, m, NULL);
 	free(m);
 	return err ? err : c->msg.u.ack.status;

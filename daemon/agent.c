@@ -243,8 +243,7 @@ int md__agent_publish(struct md__agent *a, const struct md__msg_publish *p, uint
 	return 0;
 }
 
-/* Pages the process has resident (/proc/PID/statm), UINT64_MAX if not
- * known. */
+/* Pages the process has resident (/proc/PID/statm), 0 if not known. */
 static uint64_t resident_pages(pid_t pid)
 {
 	char path[64];
@@ -254,7 +253,7 @@ static uint64_t resident_pages(pid_t pid)
 	int err = md__resident_pages(fd, &r);
 	if (fd >= 0)
 		close(fd);
-	return err ? UINT64_MAX : r.all;
+	return err ? 0 : r.all;
 }
 
 /* What the agent says it registered sizes its domain's tables (first

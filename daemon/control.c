@@ -59,8 +59,10 @@ static void finish(struct md__daemon *d, struct md__pending_control *p)
 	else
 		snprintf(cr.u.text.text, sizeof(cr.u.text.text), "%.64s done by %s%s", p->what, n_done,
 			 p->detached ? "; agents not connected now get it when back" : "");
-	if (p->cli)
+	if (p->cli) {
+		p->cli->awaiting = 0;	/* its next requests may go on: md__conn_send wakes it */
 		md__conn_send(d, p->cli, &cr, -1);
+	}
 	md__dlog("%s", cr.u.text.text);
 	free(p->owed);
 	free(p);
@@ -170,6 +172,7 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 	}
 	p->next = d->controls;
 	d->controls = p;
+	c->awaiting = 1;	/* one at a time: read_conn leaves its next requests */
 	return;
 
 free_pending:

@@ -171,6 +171,7 @@ struct md__conn {
 	 * half a message read; 0: it owes nothing (a quiet agent is fine). */
 	uint64_t owing_since;
 	int requested;             /* a whole request came */
+	int awaiting;              /* a CONTROL waits for its agents: its later requests wait */
 };
 
 struct md__daemon {

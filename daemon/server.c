@@ -118,7 +118,7 @@ static int requests_resumable(const struct md__conn *c)
 {
 	struct md__msg_hdr h;
 	size_t need;
-	return !c->closing && c->out_len - c->out_head < MD_D_OUT_PAUSE &&
+	return !c->closing && !c->awaiting && c->out_len - c->out_head < MD_D_OUT_PAUSE &&
 	       md__rxbuf_next(&c->in, &h, &need) != 0;
 }
 
@@ -128,7 +128,7 @@ static void update_events(struct md__daemon *d, struct md__conn *c)
 {
 	uint32_t ev = 0;
 	size_t pending = c->out_len - c->out_head;
-	if (!c->closing && pending < MD_D_OUT_PAUSE)
+	if (!c->closing && !c->awaiting && pending < MD_D_OUT_PAUSE)
 		ev |= EPOLLIN;
 	/* Closing with nothing left: the writable event closes it. Requests
 	 * left buffered: the socket being writable wakes us to answer them,
@@ -783,8 +783,10 @@ static int read_conn(struct md__daemon *d, struct md__conn *c)
 		}
 		if (got) {
 			/* Replies wait for the peer to read what it was sent: the
-			 * rest stays buffered until flush_out makes room. */
-			if (c->out_len - c->out_head >= MD_D_OUT_PAUSE) {
+			 * rest stays buffered until flush_out makes room; and
+			 * while a CONTROL waits for its agents, as its reply
+			 * comes before theirs. */
+			if (c->out_len - c->out_head >= MD_D_OUT_PAUSE || c->awaiting) {
 				backed_up = 1;
 				break;
 			}
@@ -914,7 +916,10 @@ int md__server_run(struct md__daemon *d)
 				d->reading = NULL;
 				if (gone)
 					break;
-				if (c->closing && (evs[i].events & (EPOLLHUP | EPOLLERR))) {
+				/* Gone while a CONTROL waits for its agents (and
+				 * its input is not read meanwhile): no one to
+				 * answer. */
+				if ((c->closing || c->awaiting) && (evs[i].events & (EPOLLHUP | EPOLLERR))) {
 					conn_close(d, c);
 					break;
 				}

@@ -205,14 +205,18 @@ int md__remote_publish_each(struct md__remote *rm, const uint64_t *hash, const v
 	return err < 0 ? err : 0;
 }
 
-/* An UNREF with no connection to take it is owed to the next one. */
+/* An UNREF with no connection to take it is owed to the next one. Only
+ * then: one that failed on a connection may have been applied (its ACK
+ * lost as the connection closed), and sent again it would drop a
+ * reference of a page still mapped, freeing the slot under it. */
 #define REF_CALL(rm, slots, n, delta) ({ \
-	int _e; \
+	int _e, _unsent; \
 	pthread_mutex_lock(&(rm)->lock); \
-	_e = (rm)->c ? md__client_ref((rm)->c, slots, n, delta) : -ENOTCONN; \
+	_unsent = !(rm)->c || !md__client_alive((rm)->c); \
+	_e = _unsent ? -ENOTCONN : md__client_ref((rm)->c, slots, n, delta); \
 	if (_e < 0 && (rm)->c) \
 		_e = lost(rm, _e); \
-	if (_e == -ENOTCONN && (delta) < 0) \
+	if (_e == -ENOTCONN && _unsent && (delta) < 0) \
 		owe(rm, slots, n); \
 	pthread_mutex_unlock(&(rm)->lock); \
 	_e < 0 ? _e : 0; })

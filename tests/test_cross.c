@@ -470,7 +470,7 @@ TEST_IMPL(cross_leaves_vmm_holes)
  * it when the test ends, failed or not. 0, or -errno (none to be had). */
 struct test_cgroup {
 	char dir[600], parent[600];
-	const char *limit;
+	const char *limit, *usage;
 	int guard;	/* the pipe whose close tells the guard */
 };
 
@@ -502,12 +502,12 @@ static int cgroup_make(struct test_cgroup *cg)
 		*path++ = '\0';
 		if (strcmp(ctl + 1, "memory") == 0) {
 			snprintf(cg->parent, sizeof(cg->parent), "/sys/fs/cgroup/memory%s", path);
-			cg->limit = "memory.limit_in_bytes";
+			cg->limit = "memory.limit_in_bytes", cg->usage = "memory.usage_in_bytes";
 			break;
 		}
 		if (!ctl[1]) {
 			snprintf(cg->parent, sizeof(cg->parent), "/sys/fs/cgroup%s", path);
-			cg->limit = "memory.max";
+			cg->limit = "memory.max", cg->usage = "memory.current";
 		}
 	}
 	if (!cg->parent[0])
@@ -563,6 +563,19 @@ static int cgroup_limit(struct test_cgroup *cg, unsigned long long bytes)
 	return write_text(cg->dir, cg->limit, text);
 }
 
+static unsigned long long cgroup_usage(const struct test_cgroup *cg)
+{
+	char path[700];
+	unsigned long long v = 0;
+	snprintf(path, sizeof(path), "%s/%s", cg->dir, cg->usage);
+	FILE *f = fopen(path, "r");
+	if (f && fscanf(f, "%llu", &v) != 1)
+		v = 0;
+	if (f)
+		fclose(f);
+	return v;
+}
+
 static int cgroup_enter(struct test_cgroup *cg, pid_t pid)
 {
 	char text[32];
@@ -609,8 +622,19 @@ TEST_IMPL(cross_unmerge_short_of_memory)
 	proc_cmd(&a, "fill %u 64 4", 256 * PG);
 	proc_cmd(&a, "fill %u 64 4", 320 * PG);
 	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_more), 0);
-	/* With the memory: done, every page private, content intact. */
+	/* With the memory: done, every page private, content intact. Page
+	 * cache the cgroup holds (a VMM's buffered reads), reclaimed first,
+	 * is memory to be had: 192 MiB read in it, and its limit then 32 MiB
+	 * above what it uses. */
 	ASSERT_EQ(cgroup_limit(&cg, 1ull << 30), 0);
+	char big[600];
+	snprintf(big, sizeof(big), "%s/cache.img", test_dir());
+	ASSERT_EQ(td_sh("dd if=/dev/zero of=%s bs=1M count=192 conv=fsync status=none && "
+			"dd if=%s iflag=nocache count=0 status=none", big, big), 0);
+	ASSERT_EQ(td_sh("sh -c 'echo $$ >%s/cgroup.procs && cat %s >/dev/null'", cg.dir, big), 0);
+	unsigned long long used = cgroup_usage(&cg);
+	ASSERT(used >= 150ull << 20);
+	ASSERT_EQ(cgroup_limit(&cg, used + (32ull << 20)), 0);
 	ASSERT_EQ(td_sh("%s >%s/out 2>%s/err", cmd, test_dir(), test_dir()), 0);
 	ASSERT_EQ(td_sh("grep -q 'unmerge done by 1 agent' %s/out", test_dir()), 0);
 	for (unsigned i = 0; i < 128; i += 3)

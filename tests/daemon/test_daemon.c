@@ -1827,6 +1827,38 @@ TEST_IMPL(daemon_control)
 	ASSERT(strstr(k.text, want));
 	ASSERT(strstr(k.text, "done by 0 of 1 agent"));
 	ASSERT(md__client_alive(agent));
+	/* One CONTROL at a time per connection: a request sent behind one
+	 * still waiting for its agent is answered after it, in order. */
+	{
+		struct sockaddr_un sa = { .sun_family = AF_UNIX };
+		unsigned char out[256], in[MD_MSG_HDR_SIZE + MD_MSG_MAX];
+		struct md__msg m = { .hdr = { .type = MD_MSG_CONTROL, .seq = 1 } }, r;
+		m.u.control.op = MD_CTL_PAUSE;
+		ssize_t n1 = md__msg_encode(&m, out, sizeof(out));
+		m = (struct md__msg){ .hdr = { .type = MD_MSG_STATUS, .seq = 2 } };
+		ssize_t n2 = md__msg_encode(&m, out + n1, sizeof(out) - (size_t)n1);
+		ASSERT(n1 > 0 && n2 > 0);
+		int raw = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		td_sockaddr(&t, &sa);
+		ASSERT(connect(raw, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+		ASSERT_EQ(send(raw, out, (size_t)(n1 + n2), MSG_NOSIGNAL), n1 + n2);
+		next_control(agent, &ctl);
+		ASSERT_EQ(ctl.op, MD_CTL_PAUSE);
+		usleep(100000);	/* the STATUS would have been answered by now */
+		struct pollfd pf = { raw, POLLIN, 0 };
+		ASSERT_EQ(poll(&pf, 1, 0), 0);
+		ASSERT_EQ(md__client_control_done(agent, ctl.token, 0, NULL), 0);
+		for (uint32_t seq = 1; seq <= 2; seq++) {
+			struct md__msg_hdr rh;
+			ASSERT(recv(raw, in, MD_MSG_HDR_SIZE, MSG_WAITALL) == MD_MSG_HDR_SIZE);
+			ASSERT_EQ(md__msg_hdr_decode(in, MD_MSG_HDR_SIZE, &rh), 0);
+			ASSERT(recv(raw, in + MD_MSG_HDR_SIZE, rh.length, MSG_WAITALL) == (ssize_t)rh.length);
+			ASSERT_EQ(md__msg_decode(in, MD_MSG_HDR_SIZE + rh.length, &r), 0);
+			ASSERT_EQ(rh.seq, seq);
+			ASSERT_EQ(rh.type, seq == 1 ? MD_MSG_CONTROL_R : MD_MSG_STATUS_R);
+		}
+		close(raw);
+	}
 	/* An agent that goes away before it answers. */
 	control_start(&k, cli, MD_CTL_RESUME, 0, NULL, NULL);
 	next_control(agent, &ctl);
