@@ -902,6 +902,10 @@ int md__server_run(struct md__daemon *d)
 				break;
 			case MD_EP_PIDFD:
 				md__agent_exited(d, (struct md__agent *)ep);
+				/* Its connection, if another process keeps it
+				 * open, no longer counts: conn_close will not
+				 * know it was an agent's. */
+				reshare(d);
 				break;
 			case MD_EP_CONN: {
 				struct md__conn *c = (struct md__conn *)ep;

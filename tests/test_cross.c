@@ -469,7 +469,7 @@ TEST_IMPL(cross_leaves_vmm_holes)
  * file in *limit. A guard process moves what is left in it back and removes
  * it when the test ends, failed or not. 0, or -errno (none to be had). */
 struct test_cgroup {
-	char dir[600], parent[600];
+	char dir[600], parent[512];
 	const char *limit, *usage;
 	int guard;	/* the pipe whose close tells the guard */
 };

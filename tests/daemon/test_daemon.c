@@ -480,6 +480,44 @@ TEST_IMPL(daemon_candidates_and_share)
 	ASSERT_EQ(got[0], a3);
 	child_release(kid, sync);
 	POLL_UNTIL(c, md__client_share(c) == 1);
+
+	/* An agent that exits while another process keeps its connection
+	 * open (a child it forked): it no longer shares the rate. */
+	int hold[2], up[2], go[2];
+	ASSERT(pipe(hold) == 0 && pipe(up) == 0 && pipe(go) == 0);
+	kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		struct md__msg_welcome w2;
+		int fd2;
+		char b;
+		close(hold[1]);
+		close(go[1]);
+		struct md__client *c2 = td_agent(&t, "cand", &w2, &fd2);
+		(void)c2;
+		if (fork() == 0) {	/* keeps the socket open until released */
+			if (read(hold[0], &b, 1) < 0)
+				_exit(1);
+			_exit(0);
+		}
+		/* Exits once the parent saw it share the rate. */
+		if (write(up[1], "x", 1) != 1 || read(go[0], &b, 1) != 1)
+			_exit(1);
+		_exit(0);
+	}
+	close(hold[0]);
+	close(go[0]);
+	char b;
+	ASSERT_EQ(read(up[0], &b, 1), 1);
+	POLL_UNTIL(c, md__client_share(c) == 2);
+	ASSERT_EQ(write(go[1], "x", 1), 1);
+	int kst;
+	ASSERT_EQ(waitpid(kid, &kst, 0), kid);
+	POLL_UNTIL(c, md__client_share(c) == 1);
+	close(hold[1]);
+	close(go[1]);
+	close(up[0]);
+	close(up[1]);
 	close(fd);
 	md__client_free(c);
 	td_stop(&t);
