@@ -111,7 +111,9 @@ struct md_agent {
 	int scanner_started;
 	unsigned scan_batch, scan_sleep_ms, scan_cpu_percent, scan_hint_ratio;
 	unsigned scan_explicit;	/* MD_SET_*: set by our options; the daemon's defaults do not override them */
-	int unmerged;		/* paused by an unmerge, until resumed: a new daemon's WELCOME does not resume it */
+	int unmerged;		/* paused by an unmerge, until resumed (1; 2: one memdedupd asked, which
+				 * records it and says in its WELCOME when resumed); a new daemon's
+				 * WELCOME does not resume it */
 	struct timespec next_connect;	/* to memdedupd, while disconnected */
 	struct timespec rate_at;	/* merge and break rates: the last pass */
 	uint64_t rate_merged, rate_broken;

@@ -552,7 +552,11 @@ static void apply_control(struct md_agent *a, const struct md__msg_control *ctl)
 			snprintf(why, sizeof(why), "merging stopped for good: the VMM does I/O the agent "
 				 "cannot follow");
 		break;
-	case MD_CTL_UNMERGE: err = unmerge(a, why, sizeof(why)); break;
+	case MD_CTL_UNMERGE:
+		err = unmerge(a, why, sizeof(why));
+		if (!err)	/* the daemon knows it, and will say when resumed */
+			__atomic_store_n(&a->unmerged, 2, __ATOMIC_RELAXED);
+		break;
 	case MD_CTL_SET: err = md_agent_set(a, ctl->key, ctl->value); break;
 	default: err = -EINVAL;
 	}
@@ -588,7 +592,12 @@ static void apply_welcome(struct md_agent *a, const struct md__msg_welcome *w)
 		snprintf(v, sizeof(v), "%u", w->tun.hint_ratio);
 		md_agent_set(a, "hint_ratio", v);
 	}
-	md_agent_pause(a, (w->state & MD_WELCOME_PAUSED) || __atomic_load_n(&a->unmerged, __ATOMIC_RELAXED));
+	/* Unmerged: paused until resumed. The daemon it unmerged for knows
+	 * (a resume may have come while we were away); a new one does not. */
+	int paused = (w->state & MD_WELCOME_PAUSED) != 0;
+	if (a->engine->remote->same_daemon && !paused && __atomic_load_n(&a->unmerged, __ATOMIC_RELAXED) == 2)
+		__atomic_store_n(&a->unmerged, 0, __ATOMIC_RELAXED);
+	md_agent_pause(a, paused || __atomic_load_n(&a->unmerged, __ATOMIC_RELAXED));
 }
 
 void md__scan_daemon(struct md_agent *a, int report)

@@ -315,7 +315,7 @@ void md__agent_detach(struct md__daemon *d, struct md__agent *a)
 	 * still maps those pages); without, nothing is left to keep, and a
 	 * process that connects and goes away cannot pile up records, each
 	 * holding a number and a pidfd. */
-	if (!a->nrefs) {
+	if (!a->nrefs && !a->unmerged) {
 		md__dlog("agent %d left holding no references", (int)a->pid);
 		md__agent_exited(d, a);
 	}

@@ -26,6 +26,7 @@ struct md__pending_control {
 	struct md__pending_control *next;
 	struct md__conn *cli;
 	uint32_t seq, token;
+	unsigned op;
 	int64_t deadline_ms;
 	size_t nowed;              /* agents that have not answered: owed[0..nowed) */
 	pid_t *owed;
@@ -117,6 +118,7 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 	}
 	p->cli = c;
 	p->seq = seq;
+	p->op = ctl->op;
 	p->token = ++d->last_token ? d->last_token : ++d->last_token;	/* never 0 */
 	p->deadline_ms = md__now_ms() + MD_CONTROL_WAIT_MS;
 	if (ctl->op == MD_CTL_SET)
@@ -144,6 +146,8 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 			continue;
 		if (!admin && a->uid != c->uid)
 			continue;	/* another user's agent: as if absent */
+		if (ctl->op == MD_CTL_RESUME)
+			a->unmerged = 0;	/* detached, its WELCOME says so when back */
 		if (!a->conn && defaults) {
 			p->detached++;
 		} else if (!a->conn) {
@@ -191,11 +195,15 @@ void md__control_done(struct md__daemon *d, struct md__conn *c, uint32_t seq,
 	for (struct md__pending_control *p = d->controls; p; p = p->next) {
 		if (p->token != done->token || !settle(p, c->agent->pid))
 			continue;
-		if (done->result.status)
+		if (done->result.status) {
 			failed(p, done->result.status, "pid %d: %s", (int)c->agent->pid,
 			       done->result.text[0] ? done->result.text : strerror(-done->result.status));
-		else
+		} else {
 			p->done++;
+			/* Paused until resumed, also across a reconnect. */
+			if (p->op == MD_CTL_UNMERGE)
+				c->agent->unmerged = 1;
+		}
 		if (!p->nowed)
 			finish(d, p);
 		break;

@@ -132,6 +132,9 @@ struct md__agent {
 	uint64_t counters[MD_REPORT_MAX];
 	uint32_t ncounters;
 	uint64_t registered_counted; /* added to dom->registered_pages for it */
+	int unmerged;              /* it unmerged (CONTROL_DONE), not resumed since: its
+				    * WELCOME says paused, and the record outlives its
+				    * connection while the process lives */
 	int64_t reported_ms;       /* when the last REPORT came; 0 never */
 	uint64_t requests;         /* messages handled after its HELLO */
 	uint64_t hellos;           /* connections it came on (reconnects + 1) */

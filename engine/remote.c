@@ -131,6 +131,7 @@ int md__engine_remote_connect(struct md__engine *e)
 	rm->view_pages = w.pool_pages;
 	rm->ro_fd = fd;
 	rm->pool_size = 0;	/* a new pool: its size is to be seen */
+	rm->same_daemon = rm->generation == w.generation;
 	/* The same daemon still counts what we owe it; another never had it. */
 	if (rm->nowed && rm->generation == w.generation)
 		md__client_give_back(c, rm->owed, rm->nowed);

@@ -36,6 +36,7 @@ struct md__remote {
 	uint64_t generation;
 	struct md__msg_welcome welcome;
 	uint64_t connects, lost;
+	int same_daemon;              /* the last connection went to the one before it */
 	/* References to give back that no connection took (it went, or there
 	 * was none): a reconnect to the same daemon (generation) sends them;
 	 * its record of this agent still counts them. */

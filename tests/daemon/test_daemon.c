@@ -1865,6 +1865,23 @@ TEST_IMPL(daemon_control)
 	ASSERT(strstr(k.text, want));
 	ASSERT(strstr(k.text, "done by 0 of 1 agent"));
 	ASSERT(md__client_alive(agent));
+	/* An unmerge done is remembered: the agent's record outlives its
+	 * connection (it holds no reference), and its WELCOME says paused
+	 * until a resume, also one that came while it was away. */
+	control_start(&k, cli, MD_CTL_UNMERGE, getpid(), NULL, NULL);
+	next_control(agent, &ctl);
+	ASSERT_EQ(md__client_control_done(agent, ctl.token, 0, NULL), 0);
+	ASSERT_EQ(control_end(&k), 0);
+	for (int round = 0; round < 2; round++) {
+		md__client_free(agent);
+		close(fd);
+		usleep(200000);	/* the daemon sees it go */
+		if (round)
+			ASSERT_EQ(control(cli, MD_CTL_RESUME, 0, NULL, NULL, text), 0);
+		agent = td_agent(&t, NULL, &w, &fd);
+		ASSERT_EQ(!(w.state & MD_WELCOME_PAUSED), round);
+	}
+	ASSERT(strstr(text, "get it when back"));
 	/* One CONTROL at a time per connection: a request sent behind one
 	 * still waiting for its agent is answered after it, in order. */
 	{
