@@ -236,13 +236,8 @@ static uint64_t file_u64(const char *dir, const char *name)
 {
 	char path[PATH_MAX + 32], buf[64];
 	snprintf(path, sizeof(path), "%s/%s", dir, name);
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return UINT64_MAX;
-	ssize_t n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	buf[n > 0 ? n : 0] = '\0';
-	if (buf[0] < '0' || buf[0] > '9')	/* "max": no limit */
+	md__read_text(path, buf, sizeof(buf));
+	if (buf[0] < '0' || buf[0] > '9')	/* "max": no limit, or none */
 		return UINT64_MAX;
 	return strtoull(buf, NULL, 10);
 }
@@ -253,12 +248,7 @@ static uint64_t stat_u64(const char *dir, const char *key)
 {
 	char path[PATH_MAX + 32], buf[8192];
 	snprintf(path, sizeof(path), "%s/memory.stat", dir);
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return 0;
-	ssize_t n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	buf[n > 0 ? n : 0] = '\0';
+	md__read_text(path, buf, sizeof(buf));
 	size_t kl = strlen(key);
 	for (char *p = buf; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL)
 		if (strncmp(p, key, kl) == 0 && p[kl] == ' ')
@@ -277,12 +267,8 @@ static uint64_t cgroup_headroom(void)
 {
 	char buf[4096], dir[PATH_MAX];
 	const char *limit = NULL, *usage = NULL, *inactive = NULL;
-	int fd = open("/proc/self/cgroup", O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
+	if (md__read_text("/proc/self/cgroup", buf, sizeof(buf)) < 0)
 		return UINT64_MAX;
-	ssize_t n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	buf[n > 0 ? n : 0] = '\0';
 	dir[0] = '\0';
 	char *lines, *names;
 	for (char *line = strtok_r(buf, "\n", &lines); line; line = strtok_r(NULL, "\n", &lines)) {
@@ -329,12 +315,7 @@ static uint64_t cgroup_headroom(void)
 static uint64_t mem_available_bytes(void)
 {
 	char buf[4096];
-	int fd = open("/proc/meminfo", O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return 0;
-	ssize_t n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	buf[n > 0 ? n : 0] = '\0';
+	md__read_text("/proc/meminfo", buf, sizeof(buf));
 	char *p = strstr(buf, "MemAvailable:");
 	uint64_t host = p ? strtoull(p + 13, NULL, 10) * 1024 : 0, room = cgroup_headroom();
 	return room < host ? room : host;

@@ -311,6 +311,19 @@ int md__range_runs(uintptr_t a, uintptr_t end, struct md__run **runs, size_t *n)
 	return 0;
 }
 
+ssize_t md__read_text(const char *path, char *buf, size_t size)
+{
+	buf[0] = '\0';
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	ssize_t n = read(fd, buf, size - 1);
+	int err = n < 0 ? -errno : 0;
+	close(fd);
+	buf[n > 0 ? n : 0] = '\0';
+	return err ? err : n;
+}
+
 int md__resident_pages(int statm_fd, struct md__resident *out)
 {
 	char buf[256];

@@ -72,6 +72,9 @@ struct md__resident {
 	uint64_t all, files;
 };
 int md__resident_pages(int statm_fd, struct md__resident *out);
+/* Reads a small file (of /proc or /sys) whole into buf, NUL-terminated, at
+ * most size - 1 bytes: its length, or -errno (buf then empty). */
+ssize_t md__read_text(const char *path, char *buf, size_t size);
 /* How many pages moved from one reading to the other (in either count). */
 uint64_t md__resident_moved(const struct md__resident *a, const struct md__resident *b);
 /* A mapping made over guest RAM does not inherit the advice of the one it
