@@ -288,8 +288,10 @@ MD_API void md_agent_io_unseen(md_agent *agent, const char *what);
  * of range, and nothing changes. */
 MD_API int md_agent_set(md_agent *agent, const char *key, const char *value);
 /* Turns every page merged by the scanner (pool and zero pages) back into a
- * private copy, like KSM's run=2, and pauses the scanner. Fails with -ENOMEM,
- * having changed nothing, when the host has not the memory for the copies. */
+ * private copy, like KSM's run=2, and pauses the scanner until
+ * md_agent_pause(agent, 0). Fails with -ENOMEM, having changed nothing (not
+ * paused either), when the host or the process's memory cgroup has not the
+ * memory for the copies and 64 MiB to spare. */
 MD_API int md_agent_unmerge(md_agent *agent);
 
 /* Fills *stats with the agent's counters, refreshing the "now" ones. */
