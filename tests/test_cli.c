@@ -220,9 +220,10 @@ TEST_IMPL(cli_run_missing_command_no_daemon)
 	snprintf(err4, sizeof(err4), "%s", slurp("err"));
 	/* An agent that will not scan (MEMDEDUP_SCAN off, in any of the
 	 * agent's words for it, or the agent disabled) needs no daemon. */
-	int c5 = sh("MEMDEDUP_SCAN=false MEMDEDUP_RUN_DIR=%s %s/memdedup run -- true", dir, b);
+	const char *rb = run_build_dir();	/* these run their command */
+	int c5 = sh("MEMDEDUP_SCAN=false MEMDEDUP_RUN_DIR=%s %s/memdedup run -- true", dir, rb);
 	int alive5 = md__daemon_alive(sock), pid5 = kill_daemon_of(dir);
-	int c6 = sh("MEMDEDUP_DISABLE=1 MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- true", dir, b);
+	int c6 = sh("MEMDEDUP_DISABLE=1 MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- true", dir, rb);
 	int alive6 = md__daemon_alive(sock), pid6 = kill_daemon_of(dir);
 	ASSERT_EQ(c1, 127);
 	ASSERT_EQ(c2, 127);
