@@ -101,6 +101,13 @@ static size_t share_locked(struct md_agent *a, struct md__region *r, int fd,
 			   uintptr_t buf, size_t len, off_t off, struct md__read_plan *plan)
 {
 	enum md_fallback why = MD_FB_ERROR;
+	/* Before the image is leased (a descriptor and a lease kept while the
+	 * process lives): a buffer off the file's page boundaries can never
+	 * be shared (QEMU's 9p server reads into guest RAM at offset 11). */
+	if (((buf - (uintptr_t)off) & (MD_PAGE - 1)) != 0) {
+		md__fallback(a, MD_FB_UNALIGNED, pages_of(len));
+		return 0;
+	}
 	struct md__image *img = md__image_lease(a, fd, &why);
 
 	if (!img) {
@@ -312,12 +319,19 @@ static ssize_t read_copied(struct md_agent *a, int fd, void *buf, size_t len, of
 		ssize_t h = copy_range(fd, b, plan->head, off);
 		ssize_t t = copy_range(fd, b + plan->head + mapped, plan->tail,
 				       off + (off_t)(plan->head + mapped));
-		if (h < 0 || t < 0)
-			return -1;
-		if ((size_t)h != plan->head || (size_t)t != plan->tail)
-			n = md__sys_pread(fd, buf, len, off);	/* cannot happen; be plain */
-		else
+		if (h < 0 || t < 0 || (size_t)h != plan->head || (size_t)t != plan->tail) {
+			/* The VMM's own read as it asked it (an O_DIRECT
+			 * descriptor refuses the tail cut at the end of the
+			 * file): the mapped pages take the file's bytes again,
+			 * private now. The guest's I/O never fails for us. */
+			int err = h < 0 || t < 0 ? errno : EIO;
+			n = md__sys_pread(fd, buf, len, off);
+			md__fallback(a, MD_FB_ERROR, pages_of(len));
+			md__log_once(33, "copying around image pages failed (%s): the read went whole",
+				     strerror(err));
+		} else {
 			n = (ssize_t)plan->total;
+		}
 	}
 	return n;
 }

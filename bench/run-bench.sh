@@ -95,10 +95,12 @@ else
     image=$root/build/guest/workload-tmpfs.img
     if [ ! -f "$image" ] || [ bench/tmpfs-run.sh -nt "$image" ]; then
       wd=$(mktemp -d)
+      trap 'rm -rf "$wd"' EXIT   # before fleet_init's: 96 MB, perhaps in a tmpfs
       guest/mkworkload.sh "$wd" 96 >/dev/null
       cp bench/tmpfs-run.sh "$wd/run.sh"
       guest/mkimage.sh "$wd" "$image" >/dev/null
       rm -rf "$wd"
+      trap - EXIT
     fi
   fi
   if [ -z "$image" ]; then
@@ -129,8 +131,21 @@ else
     echo "run-bench.sh: kernel KSM restored: run=$(cat $ksm/run) pages_to_scan=$(cat $ksm/pages_to_scan) sleep_millisecs=$(cat $ksm/sleep_millisecs)" >&2
   }
   fleet_init
-  stop_daemons() { pkill -x memdedupd 2>/dev/null || true; }
-  FLEET_EXIT_HOOKS+=(ksm_restore stop_daemons)
+  # The scan modes' memdedupd is the bench's own, in a run directory of its
+  # own: the host's (memdedupd.service) and the tests' are left alone.
+  mkdir -p "$out"
+  MEMDEDUP_RUN_DIR=$(cd "$out" && pwd)/run
+  export MEMDEDUP_RUN_DIR
+  mkdir -p "$MEMDEDUP_RUN_DIR"
+  census_pid=""
+  stop_daemons() {
+    local p
+    p=$(cat "$MEMDEDUP_RUN_DIR/memdedupd.pid" 2>/dev/null) || return 0
+    kill "$p" 2>/dev/null || return 0
+    for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$p" 2>/dev/null || return 0; sleep 0.1; done
+  }
+  stop_census() { [ -z "$census_pid" ] || kill "$census_pid" 2>/dev/null || true; census_pid=""; }
+  FLEET_EXIT_HOOKS+=(stop_census ksm_restore stop_daemons)
   echo "run-bench.sh: saved kernel KSM: run=$KSM_SAVED_RUN pages_to_scan=$KSM_SAVED_SCAN sleep_millisecs=$KSM_SAVED_SLEEP" >&2
 
   ksm_set() {  # run pages_to_scan sleep_millisecs
@@ -162,7 +177,7 @@ else
       scan-noread-linear) ksm_set 0 100 20; hold=$hold_scan
                     wrapper="env MEMDEDUP_NO_SHARING=1 $md run --kernel-ksm=off --scan --hints=off --" ;;
     esac
-    pkill -x memdedupd 2>/dev/null && sleep 0.5   # each scan mode gets a fresh daemon
+    stop_daemons   # each scan mode gets a fresh daemon
     case "$m" in
       scan*)  # the rate is the daemon's, for both agents together, as KSM's is for the host
         "$root/build/memdedupd" || fleet_die "mode $m: memdedupd did not start"
@@ -184,17 +199,20 @@ else
         [ -f "$d/guests.tsv" ] && exit 0   # this mode's guests are gone
         # shellcheck disable=SC2046
         build/census --image "$image" $(pgrep -x qemu-system-x86) > "$d/census.json" 2> "$d/census.log"
-        for p in $(pgrep -x qemu-system-x86) $(pgrep -x memdedupd); do  # where the PSS outside guest RAM is
+        daemon=$(cat "$MEMDEDUP_RUN_DIR/memdedupd.pid" 2>/dev/null || true)
+        for p in $(pgrep -x qemu-system-x86) $daemon; do  # where the PSS outside guest RAM is
           cat "/proc/$p/smaps" > "$d/smaps.$p" 2>/dev/null
         done
-        for p in $(pgrep -x memdedupd); do  # its PSS is in the fleet's too
+        for p in $daemon; do  # its PSS is in the fleet's too
           echo "census: memdedupd $p PSS $(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup") kB" >> "$d/census.log"
         done ) &
+      census_pid=$!
     fi
     fleet_run "$out/$m" 2 "$image" --mem "$mem" --hold "$hold" ${wrapper:+--wrapper "$wrapper"} \
       || fleet_die "mode $m: a guest failed (logs in $out/$m)"
     mv "$out/$m.meta" "$out/$m/meta"
-    pkill -x memdedupd 2>/dev/null || true
+    stop_census
+    stop_daemons
     ksm_stop
   done
   ksm_restore

@@ -87,7 +87,11 @@ fleet_stop_sampler() {
 
 fleet_cleanup() {
   local rc=$?
-  trap - EXIT INT TERM HUP
+  # Signals ignored, not defaulted: a second Ctrl-C (or a TERM from a
+  # timeout) while guests are killed must not cut the hooks that put the
+  # host's KSM knobs back.
+  trap - EXIT
+  trap '' INT TERM HUP
   fleet_stop_sampler
   fleet_kill_guests
   local h

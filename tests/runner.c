@@ -23,6 +23,17 @@ static const struct test tests[] = { TEST_LIST(TEST_ENTRY) };
 #define NTESTS (sizeof(tests) / sizeof(tests[0]))
 
 static int timeout_s = 120;
+/* The test running now, and the signal that stopped the runner: a Ctrl-C
+ * reaches only the runner (each test has a process group of its own), so
+ * it kills the test's group itself, then cleans up and dies of it. */
+static volatile sig_atomic_t current_pid, stopped_by;
+
+static void on_stop(int sig)
+{
+	stopped_by = sig;
+	if (current_pid > 0)
+		kill(-(pid_t)current_pid, SIGKILL);
+}
 
 /* Returns 0 pass, 1 fail, 2 skip. */
 static int run_one(const struct test *t)
@@ -34,12 +45,17 @@ static int run_one(const struct test *t)
 	}
 	if (pid == 0) {
 		setpgid(0, 0);	/* so a timeout kills the test's helpers too */
+		signal(SIGINT, SIG_DFL);	/* the runner's handler is not the test's */
+		signal(SIGTERM, SIG_DFL);
+		signal(SIGHUP, SIG_DFL);
 		alarm((unsigned)timeout_s);
 		exit(t->fn() == 0 ? 0 : 1);
 	}
+	current_pid = pid;
 	int status;
 	while (waitpid(pid, &status, 0) < 0)
 		;
+	current_pid = 0;
 	kill(-pid, SIGKILL);	/* helpers the test leaked */
 	if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
 		return 0;
@@ -69,7 +85,12 @@ int main(int argc, char **argv)
 	}
 	setenv("MEMDEDUP_RUN_DIR", run_dir, 1);
 	unsetenv("MEMDEDUP_SOCKET");
-	for (size_t i = 0; i < NTESTS; i++) {
+	struct sigaction sa = { .sa_handler = on_stop };
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGHUP, &sa, NULL);
+	for (size_t i = 0; i < NTESTS && !stopped_by; i++) {
 		int wanted = argc < 2;
 		for (int j = 1; j < argc; j++)
 			wanted |= strcmp(argv[j], tests[i].name) == 0;
@@ -90,6 +111,11 @@ int main(int argc, char **argv)
 	snprintf(rm, sizeof(rm), "rm -rf %s", run_dir);
 	if (system(rm) != 0)
 		fprintf(stderr, "runner: could not remove %s\n", run_dir);
+	if (stopped_by) {
+		fprintf(stderr, "runner: stopped by signal %d\n", (int)stopped_by);
+		signal((int)stopped_by, SIG_DFL);
+		raise((int)stopped_by);
+	}
 	printf("%d passed, %d failed, %d skipped\n", passed, failed, skipped);
 	return failed ? 1 : 0;
 }

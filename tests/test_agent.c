@@ -2,6 +2,7 @@
  * test_agent.c - the agent in real processes: testproc stands in for a VMM
  * with the preload library; we check content, frames and counters.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -139,9 +140,69 @@ static void check_fallback(size_t doff, size_t len, off_t off,
 	proc_stop(&a);
 }
 
+/* Descriptors of pid's that name path. */
+static int fds_naming(pid_t pid, const char *path)
+{
+	char dir[64], link[320], target[PATH_MAX], want[PATH_MAX];
+	int n = 0;
+	ASSERT(realpath(path, want));
+	snprintf(dir, sizeof(dir), "/proc/%d/fd", (int)pid);
+	DIR *d = opendir(dir);
+	ASSERT(d);
+	for (struct dirent *e; (e = readdir(d));) {
+		snprintf(link, sizeof(link), "%s/%s", dir, e->d_name);
+		ssize_t l = readlink(link, target, sizeof(target) - 1);
+		if (l > 0) {
+			target[l] = '\0';
+			n += strcmp(target, want) == 0;
+		}
+	}
+	closedir(d);
+	return n;
+}
+
 TEST_IMPL(fallback_unaligned)
 {
 	check_fallback(512, 65536, 0, MD_FB_UNALIGNED, NULL, "");
+	/* Such a read is never shared: the agent neither opens nor leases the
+	 * image for it (QEMU's 9p server reads every file so). */
+	const char *img = image(3);
+	struct proc a;
+	proc_start(&a, NULL);
+	proc_cmd(&a, "map %u", RAM_PAGES);
+	int fd = (int)proc_num(&a, "open %s", img);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 11 65536", fd), 65536);
+	ASSERT_EQ(fds_naming(a.pid, img), 1);	/* the reader's own */
+	proc_stop(&a);
+	return 0;
+}
+
+/* An O_DIRECT read (QEMU's cache=none) that ends at the end of a file whose
+ * size is no multiple of the disk's blocks: the bytes around the shared
+ * pages cannot be read so, and the read is done whole, as asked. */
+TEST_IMPL(read_direct_to_end_of_file)
+{
+	char img[600];
+	static unsigned char data[32 * 4096 + 100];
+	snprintf(img, sizeof(img), "%s/odd.img", test_dir());
+	for (size_t i = 0; i < sizeof(data); i++)
+		data[i] = (unsigned char)(i * 7 + i / 4096);
+	int w = open(img, O_CREAT | O_TRUNC | O_WRONLY, 0600);
+	ASSERT(w >= 0 && write(w, data, sizeof(data)) == (ssize_t)sizeof(data));
+	close(w);
+	struct proc a;
+	proc_start(&a, NULL);
+	proc_cmd(&a, "map %u", RAM_PAGES);
+	int fd = (int)proc_num(&a, "open %s direct", img);
+	if (fd == -EINVAL) {
+		proc_stop(&a);
+		SKIP("no O_DIRECT on the test directory's filesystem");
+	}
+	ASSERT(fd >= 0);
+	ASSERT_EQ(proc_num(&a, "read %d %u 69632 0 69632", fd, 16 * 4096), 16 * 4096 + 100);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 16 * 4096 + 100), hex(fnv_file(img, 16 * 4096, 16 * 4096 + 100))) == 0);
+	proc_stop(&a);
 	return 0;
 }
 

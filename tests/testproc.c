@@ -353,7 +353,8 @@ int main(void)
 			printf("%p\n", (void *)base);
 		} else if (strcmp(cmd, "open") == 0) {
 			sscanf(line, "%*s %2047s %31s", s1, s2);
-			int fd = open(s1, strcmp(s2, "rw") == 0 ? O_RDWR : O_RDONLY);
+			int fd = open(s1, strcmp(s2, "rw") == 0 ? O_RDWR :
+					  strcmp(s2, "direct") == 0 ? O_RDONLY | O_DIRECT : O_RDONLY);
 			printf("%d\n", fd < 0 ? -errno : fd);
 		} else if (strcmp(cmd, "iosetup") == 0) {
 			int (*setup)(int, unsigned long *);

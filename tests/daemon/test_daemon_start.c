@@ -420,9 +420,10 @@ TEST_IMPL(daemon_tmp_run_dir_checked)
 		_exit(0);
 	}
 	int ws;
-	ASSERT(waitpid(k, &ws, 0) == k && WIFEXITED(ws));
-	rmdir(dir);
+	pid_t got = waitpid(k, &ws, 0);
+	rmdir(dir);	/* before any assertion: nobody's run directory must not stay */
 	unlink(dir);
+	ASSERT(got == k && WIFEXITED(ws));
 	ASSERT_EQ(WEXITSTATUS(ws), 0);
 	/* Someone else's: refused (root's run dir is /run/memdedup, so the
 	 * check is seen as nobody, in a directory root made). */
@@ -436,8 +437,9 @@ TEST_IMPL(daemon_tmp_run_dir_checked)
 			_exit(10);
 		_exit(md__run_dir(NULL, buf, sizeof(buf)) == -EPERM ? 0 : 11);
 	}
-	ASSERT(waitpid(k, &ws, 0) == k && WIFEXITED(ws));
+	got = waitpid(k, &ws, 0);
 	rmdir(dir);
+	ASSERT(got == k && WIFEXITED(ws));
 	ASSERT_EQ(WEXITSTATUS(ws), 0);
 	return 0;
 }

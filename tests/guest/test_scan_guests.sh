@@ -21,6 +21,7 @@ mkdir -p "$out"
 img=$out/tmpfs-$size.img
 if [ ! -f "$img" ] || [ ! -f "$img.md5" ] || [ bench/tmpfs-run.sh -nt "$img" ]; then
   wd=$(mktemp -d)
+  FLEET_EXIT_HOOKS+=('rm -rf "$wd"')   # 96 MB or more, perhaps in a tmpfs
   guest/mkworkload.sh "$wd" "$size" >/dev/null
   cp bench/tmpfs-run.sh "$wd/run.sh"
   guest/mkimage.sh "$wd" "$img" >/dev/null
