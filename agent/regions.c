@@ -247,9 +247,41 @@ static int populate_write_known(void)
 	return k;
 }
 
+/* Pages the VMM made read-only take no write fault: each of their mappings
+ * is copied into anonymous memory aside, given its protection and advice,
+ * and moved into place in one step. The lease is still held, so the copy
+ * is the content the guest saw; no guest write can race with it. */
+static int replace_read_only(struct md_agent *a, struct md__region *r, uintptr_t addr, size_t len)
+{
+	struct md__vma *v;
+	size_t n;
+	int err = md__range_file_vmas(addr, addr + len, &v, &n);
+	if (err)
+		return err;
+	for (size_t i = 0; i < n && !err; i++) {
+		size_t l = v[i].hi - v[i].lo;
+		if (v[i].prot & PROT_WRITE)
+			continue;	/* not this one: its failure was another */
+		void *tmp = md__sys_mmap(NULL, l, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (tmp == MAP_FAILED) {
+			err = -errno;
+			break;
+		}
+		memcpy(tmp, (const void *)v[i].lo, l);
+		if (mprotect(tmp, l, v[i].prot) != 0 ||
+		    md__sys_mremap(tmp, l, l, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)v[i].lo) == MAP_FAILED) {
+			err = -errno;
+			md__sys_munmap(tmp, l);
+			break;
+		}
+		md__apply_advice(a, r, v[i].lo, l);
+	}
+	free(v);
+	return err;
+}
+
 static int privatize_run(struct md_agent *a, struct md__region *r, uintptr_t addr, size_t len)
 {
-	(void)r;
 	/* The copies stay in the image's mapping, untracked from now on. */
 	md__rangeset_add(&a->forgotten, addr, addr + len);
 	/* A write fault on a private file page copies it; pages the guest has
@@ -258,8 +290,12 @@ static int privatize_run(struct md_agent *a, struct md__region *r, uintptr_t add
 	if (md__sys_madvise((void *)addr, len, MADV_POPULATE_WRITE) == 0)
 		return 0;
 	int err = -errno;
-	if ((err != -EINVAL && err != -ENOSYS) || populate_write_known())
-		return err;	/* memory short, or made read-only by the VMM */
+	/* A kernel that knows the advice refuses it (EINVAL) where the VMM
+	 * made the pages read-only. */
+	if (err == -EINVAL && populate_write_known())
+		return replace_read_only(a, r, addr, len);
+	if (err != -EINVAL && err != -ENOSYS)
+		return err;	/* memory short */
 	/* Kernels before 5.14: an atomic add of zero is a write that cannot
 	 * undo a concurrent guest write to the same word. */
 	for (uintptr_t p = addr; p < addr + len; p += MD_PAGE)

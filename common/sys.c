@@ -53,6 +53,11 @@ void *md__sys_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t of
 	return (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
 }
 
+void *md__sys_mremap(void *old, size_t old_len, size_t new_len, int flags, void *new_addr)
+{
+	return (void *)syscall(SYS_mremap, old, old_len, new_len, flags, new_addr);
+}
+
 int md__sys_munmap(void *addr, size_t len)
 {
 	return (int)syscall(SYS_munmap, addr, len);

@@ -462,6 +462,19 @@ int main(void)
 				free(heap);
 			}
 			printf("%lld\n", r < 0 ? (long long)-errno : (long long)r);
+		} else if (strcmp(cmd, "perms") == 0) {	/* OFF: its mapping's, as /proc/self/maps says */
+			sscanf(line, "%*s %lld", &a1);
+			uintptr_t at = (uintptr_t)(base + a1), lo, hi;
+			char perms[8] = "none", l[512];
+			FILE *m = fopen("/proc/self/maps", "r");
+			while (m && fgets(l, sizeof(l), m))
+				if (sscanf(l, "%lx-%lx %7s", &lo, &hi, perms) == 3 && lo <= at && at < hi)
+					break;
+				else
+					snprintf(perms, sizeof(perms), "none");
+			if (m)
+				fclose(m);
+			printf("%s\n", perms);
 		} else if (strcmp(cmd, "write") == 0) {
 			sscanf(line, "%*s %lld %lld", &a1, &a2);
 			base[a1] = (char)a2;
