@@ -18,11 +18,13 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include "agent_internal.h"
@@ -103,6 +105,31 @@ struct md__image *md__image_leased(struct md_agent *a, const struct stat *st)
 	return img && img->lease == MD_LEASE_HELD ? img : NULL;
 }
 
+#define ZFS_SUPER_MAGIC 0x2fc12fc1	/* not in linux/magic.h */
+
+/* 1 if fd's filesystem is one whose read leases see every writer: a local
+ * one, where every write goes through this kernel. FUSE and network
+ * filesystems grant leases that a writer on the server (or below the
+ * FUSE daemon) never breaks, and overlayfs lets its lower layer change
+ * underneath: a mapping of theirs could show a guest what it never read. */
+static int leases_see_writers(int fd)
+{
+	struct statfs sf;
+	if (fstatfs(fd, &sf) != 0)
+		return 0;
+	switch ((unsigned long)sf.f_type) {
+	case EXT4_SUPER_MAGIC:	/* ext2, ext3 too */
+	case XFS_SUPER_MAGIC:
+	case BTRFS_SUPER_MAGIC:
+	case F2FS_SUPER_MAGIC:
+	case TMPFS_MAGIC:
+	case ZFS_SUPER_MAGIC:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
 struct md__image *md__image_lease(struct md_agent *a, int fd, enum md_fallback *why)
 {
 	struct stat st;
@@ -112,6 +139,12 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, enum md_fallback *
 		return NULL;
 	}
 	struct md__image *img = image_find(a, st.st_dev, st.st_ino);
+	if (!img && !leases_see_writers(fd)) {
+		*why = MD_FB_NO_LEASE;
+		md__log_once(23, "an image lies on a filesystem whose leases do not see every writer "
+			     "(FUSE, network, overlay, ...): its reads are copied");
+		return NULL;
+	}
 	if (!img) {
 		img = image_add(a, fd, &st);
 		if (!img) {

@@ -8,7 +8,9 @@
 #include <limits.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <sched.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -324,6 +326,35 @@ TEST_IMPL(fallback_writable_file)
 	ASSERT(wfd >= 0);
 	check_fallback(0, 65536, 0, MD_FB_NO_LEASE, NULL, "");
 	close(wfd);
+	return 0;
+}
+
+/* An image on a filesystem whose leases may not see every writer (here
+ * ramfs, mounted in a mount namespace of the test's own; FUSE, NFS and
+ * overlayfs are the ones that matter) is copied, and not even opened. */
+TEST_IMPL(fallback_filesystem_without_leases)
+{
+	char dir[600], img[700];
+	if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
+		SKIP("cannot make a mount namespace here");
+	snprintf(dir, sizeof(dir), "%s/ramfs", test_dir());
+	ASSERT(mkdir(dir, 0700) == 0);
+	if (mount("none", dir, "ramfs", 0, NULL) != 0)
+		SKIP("cannot mount a ramfs here");
+	snprintf(img, sizeof(img), "%s/image", dir);
+	make_image(img, IMG_SIZE, 5);
+	struct proc a;
+	int fd = start_reader(&a, img, NULL);
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 0 65536", fd), 65536);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 65536"), hex(fnv_file(img, 0, 65536))) == 0);
+	ASSERT(!proc_page(&a, 0).file);
+	md_stats s;
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT(s.fallbacks[MD_FB_NO_LEASE] > 0);
+	ASSERT_EQ(s.pages_shared_at_read, 0);
+	ASSERT_EQ(fds_naming(a.pid, img), 1);	/* the reader's own */
+	proc_stop(&a);
+	umount(dir);	/* the namespace goes with this test's process anyway */
 	return 0;
 }
 
