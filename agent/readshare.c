@@ -326,9 +326,11 @@ static ssize_t read_copied(struct md_agent *a, int fd, void *buf, size_t len, of
 			 * private now. The guest's I/O never fails for us. */
 			int err = h < 0 || t < 0 ? errno : EIO;
 			n = md__sys_pread(fd, buf, len, off);
+			int saved = errno;	/* the VMM's, if that failed too */
 			md__fallback(a, MD_FB_ERROR, pages_of(len));
 			md__log_once(33, "copying around image pages failed (%s): the read went whole",
 				     strerror(err));
+			errno = saved;
 		} else {
 			n = (ssize_t)plan->total;
 		}

@@ -260,11 +260,24 @@ static int replace_read_only(struct md_agent *a, struct md__region *r, uintptr_t
 		return err;
 	for (size_t i = 0; i < n && !err; i++) {
 		size_t l = v[i].hi - v[i].lo;
-		if (v[i].prot & PROT_WRITE)
-			continue;	/* not this one: its failure was another */
+		if (v[i].prot & PROT_WRITE) {
+			/* Writable: the advice stopped at an earlier mapping
+			 * and never reached this one. */
+			if (md__sys_madvise((void *)v[i].lo, l, MADV_POPULATE_WRITE) != 0)
+				err = -errno;
+			continue;
+		}
 		void *tmp = md__sys_mmap(NULL, l, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 		if (tmp == MAP_FAILED) {
 			err = -errno;
+			break;
+		}
+		/* Not even readable (PROT_NONE): readable for the copy, the
+		 * VMM reads nothing there meanwhile; the copy takes its place
+		 * with the protection it had. */
+		if (!(v[i].prot & PROT_READ) && mprotect((void *)v[i].lo, l, PROT_READ) != 0) {
+			err = -errno;
+			md__sys_munmap(tmp, l);
 			break;
 		}
 		memcpy(tmp, (const void *)v[i].lo, l);

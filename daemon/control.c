@@ -148,12 +148,18 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 			continue;	/* another user's agent: as if absent */
 		if (ctl->op == MD_CTL_RESUME)
 			a->unmerged = 0;	/* detached, its WELCOME says so when back */
-		if (!a->conn && defaults) {
+		if (!a->conn && (defaults || ctl->op == MD_CTL_RESUME)) {
 			p->detached++;
 		} else if (!a->conn) {
 			failed(p, -ENOTCONN, "pid %d is not connected to memdedupd now", (int)a->pid);
 		} else {
 			fwd.u.control.pid = a->pid;
+			/* Paused until resumed from the moment it may begin:
+			 * its answer may come too late, or never (a dropped
+			 * connection), and its next WELCOME must say so. A
+			 * refusal clears it. */
+			if (ctl->op == MD_CTL_UNMERGE)
+				a->unmerged = 1;
 			if (md__conn_send(d, a->conn, &fwd, -1) == 0)
 				p->owed[p->nowed++] = a->pid;
 			else
@@ -198,11 +204,10 @@ void md__control_done(struct md__daemon *d, struct md__conn *c, uint32_t seq,
 		if (done->result.status) {
 			failed(p, done->result.status, "pid %d: %s", (int)c->agent->pid,
 			       done->result.text[0] ? done->result.text : strerror(-done->result.status));
+			if (p->op == MD_CTL_UNMERGE)
+				c->agent->unmerged = 0;	/* refused: as it was */
 		} else {
 			p->done++;
-			/* Paused until resumed, also across a reconnect. */
-			if (p->op == MD_CTL_UNMERGE)
-				c->agent->unmerged = 1;
 		}
 		if (!p->nowed)
 			finish(d, p);

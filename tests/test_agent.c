@@ -468,7 +468,9 @@ TEST_IMPL(lease_break_read_only_pages)
 	struct proc a;
 	read_fresh_image(&a, img, sizeof(img), "image-ro", 14, NULL, &orig);
 	ASSERT(proc_page(&a, 0).file || !proc_page(&a, 0).present);
-	ASSERT_EQ(proc_num(&a, "protect 0 %u ro", IMG_SIZE), 0);
+	/* A read-only stretch between writable ones: the advice that makes
+	 * the writable ones private stops at it, and the rest still must. */
+	ASSERT_EQ(proc_num(&a, "protect %u %u ro", IMG_SIZE / 4, IMG_SIZE / 4), 0);
 	int wfd = overwrite_image(img, NULL);
 	md_stats s;
 	ASSERT_EQ(proc_stats_wait(&a, &s, 3000, has_lease_break), 0);
@@ -476,7 +478,8 @@ TEST_IMPL(lease_break_read_only_pages)
 	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", IMG_SIZE), hex(orig)) == 0);
 	for (size_t off = 0; off < IMG_SIZE; off += 64 * 4096)
 		ASSERT(!proc_page(&a, off).file);
-	ASSERT(strcmp(proc_cmd(&a, "perms 4096"), "r--p") == 0);	/* still read-only */
+	ASSERT(strcmp(proc_cmd(&a, "perms %u", IMG_SIZE / 4 + 4096), "r--p") == 0);	/* still read-only */
+	ASSERT(strcmp(proc_cmd(&a, "perms %u", IMG_SIZE - 4096), "rw-p") == 0);
 	ASSERT_EQ(proc_num(&a, "protect 0 %u rw", IMG_SIZE), 0);
 	close(wfd);
 	proc_stop(&a);
