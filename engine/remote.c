@@ -133,7 +133,7 @@ int md__engine_remote_connect(struct md__engine *e)
 	rm->pool_size = 0;	/* a new pool: its size is to be seen */
 	rm->same_daemon = rm->generation == w.generation;
 	/* The same daemon still counts what we owe it; another never had it. */
-	if (rm->nowed && rm->generation == w.generation)
+	if (rm->nowed && rm->same_daemon)
 		md__client_give_back(c, rm->owed, rm->nowed);
 	free(rm->owed);
 	rm->owed = NULL;
@@ -206,30 +206,26 @@ int md__remote_publish_each(struct md__remote *rm, const uint64_t *hash, const v
 	return err < 0 ? err : 0;
 }
 
-/* An UNREF with no connection to take it is owed to the next one. Only
- * then: one that failed on a connection may have been applied (its ACK
- * lost as the connection closed), and sent again it would drop a
- * reference of a page still mapped, freeing the slot under it. */
-#define REF_CALL(rm, slots, n, delta) ({ \
-	int _e, _unsent; \
-	pthread_mutex_lock(&(rm)->lock); \
-	_unsent = !(rm)->c || !md__client_alive((rm)->c); \
-	_e = _unsent ? -ENOTCONN : md__client_ref((rm)->c, slots, n, delta); \
-	if (_e < 0 && (rm)->c) \
-		_e = lost(rm, _e); \
-	if (_e == -ENOTCONN && _unsent && (delta) < 0) \
-		owe(rm, slots, n); \
-	pthread_mutex_unlock(&(rm)->lock); \
-	_e < 0 ? _e : 0; })
-
 int md__remote_ref_n(struct md__remote *rm, const uint32_t *slots, uint32_t n, int delta)
 {
-	return REF_CALL(rm, slots, n, delta);
+	pthread_mutex_lock(&rm->lock);
+	int unsent = !rm->c || !md__client_alive(rm->c);
+	int err = unsent ? -ENOTCONN : md__client_ref(rm->c, slots, n, delta);
+	if (err < 0 && rm->c)
+		err = lost(rm, err);
+	/* An UNREF with no connection to take it is owed to the next one.
+	 * Only then: one that failed on a connection may have been applied
+	 * (its ACK lost as the connection closed), and sent again it would
+	 * drop a reference of a page still mapped, freeing the slot under it. */
+	if (err == -ENOTCONN && unsent && delta < 0)
+		owe(rm, slots, n);
+	pthread_mutex_unlock(&rm->lock);
+	return err < 0 ? err : 0;
 }
 
 int md__remote_ref(struct md__remote *rm, uint32_t slot, int delta)
 {
-	return REF_CALL(rm, &slot, 1, delta);
+	return md__remote_ref_n(rm, &slot, 1, delta);
 }
 
 int md__remote_report(struct md__remote *rm, const uint64_t *ctr, uint32_t n)

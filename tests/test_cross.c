@@ -345,6 +345,20 @@ static void stop_pair_pool_empty(struct tdaemon *t, struct proc *a, struct proc 
 	td_stop(t);
 }
 
+/* A private daemon and two agents (a's environment a_env) whose first N
+ * pages are the same (seed 9), merged. */
+static void start_shared_pair(struct tdaemon *t, struct proc *a, struct proc *b, const char *a_env)
+{
+	md_stats s;
+	td_start(t, 65536);
+	start_agent(a, t, a_env);
+	start_agent(b, t, NULL);
+	proc_cmd(a, "fill 0 %u 9", N);
+	proc_cmd(b, "fill 0 %u 9", N);
+	ASSERT_EQ(proc_stats_wait(a, &s, 20000, sharing_n), 0);
+	ASSERT_EQ(proc_stats_wait(b, &s, 20000, sharing_n), 0);
+}
+
 /* memdedupd stopped mid-scan for longer than the agents' timeout (a
  * stalled host): the agents' requests time out, and they keep their
  * connections (one HELLO each; a new connection could not follow the late
@@ -357,14 +371,7 @@ TEST_IMPL(cross_daemon_stopped)
 	char log[600], logenv[700];
 	snprintf(log, sizeof(log), "%s/a.log", test_dir());
 	snprintf(logenv, sizeof(logenv), "MEMDEDUP_LOG=%s", log);
-	td_start(&t, 65536);
-	start_agent(&a, &t, logenv);
-	start_agent(&b, &t, NULL);
-	proc_cmd(&a, "fill 0 %u 9", N);
-	proc_cmd(&b, "fill 0 %u 9", N);
-	md_stats s;
-	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, sharing_n), 0);
-	ASSERT_EQ(proc_stats_wait(&b, &s, 20000, sharing_n), 0);
+	start_shared_pair(&t, &a, &b, logenv);
 	/* New duplicates while it is stopped: both scanners ask it. Their
 	 * records hold references, so a reconnect would find them again. */
 	td_pause(&t);
@@ -399,14 +406,7 @@ TEST_IMPL(cross_daemon_stalled_unrefs_kept)
 {
 	struct tdaemon t;
 	struct proc a, b;
-	td_start(&t, 65536);
-	start_agent(&a, &t, NULL);
-	start_agent(&b, &t, NULL);
-	proc_cmd(&a, "fill 0 %u 9", N);
-	proc_cmd(&b, "fill 0 %u 9", N);
-	md_stats s;
-	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, sharing_n), 0);
-	ASSERT_EQ(proc_stats_wait(&b, &s, 20000, sharing_n), 0);
+	start_shared_pair(&t, &a, &b, NULL);
 	for (int i = 0; i < 50 && agent_field(&t, a.pid, "references") != N; i++)
 		usleep(100000);
 	ASSERT_EQ(agent_field(&t, a.pid, "references"), N);
