@@ -33,13 +33,20 @@ static size_t whole_pages(uintptr_t buf, size_t len)
 	return last > first ? (last - first) / MD_PAGE : 0;
 }
 
+/* 1 if the buffer lies on the file's page boundaries: only then can whole
+ * file pages be mapped into it. */
+static int congruent(uintptr_t buf, uint64_t off)
+{
+	return ((buf - (uintptr_t)off) & (MD_PAGE - 1)) == 0;
+}
+
 void md__plan_read(uintptr_t buf, size_t len, uint64_t off, uint64_t file_size,
 		   struct md__read_plan *p)
 {
 	memset(p, 0, sizeof(*p));
 	p->fallback = -1;
 	p->total = off >= file_size ? 0 : (file_size - off < len ? (size_t)(file_size - off) : len);
-	if (((buf - (uintptr_t)off) & (MD_PAGE - 1)) != 0) {
+	if (!congruent(buf, off)) {
 		p->fallback = MD_FB_UNALIGNED;
 		return;
 	}
@@ -104,7 +111,7 @@ static size_t share_locked(struct md_agent *a, struct md__region *r, int fd,
 	/* Before the image is leased (a descriptor and a lease kept while the
 	 * process lives): a buffer off the file's page boundaries can never
 	 * be shared (QEMU's 9p server reads into guest RAM at offset 11). */
-	if (((buf - (uintptr_t)off) & (MD_PAGE - 1)) != 0) {
+	if (!congruent(buf, (uint64_t)off)) {
 		md__fallback(a, MD_FB_UNALIGNED, pages_of(len));
 		return 0;
 	}
@@ -267,7 +274,7 @@ static ssize_t read_segment(struct md_agent *a, int fd, void *buf, size_t len, o
 		;	/* a device may hold pages we would replace: md_agent_io_unseen */
 	else if (len < MD_PAGE)
 		md__fallback(a, MD_FB_PARTIAL, 1);
-	else if (((uintptr_t)buf - (uintptr_t)off) % MD_PAGE == 0 &&
+	else if (congruent((uintptr_t)buf, (uint64_t)off) &&
 		 whole_pages((uintptr_t)buf, len) < a->share_min_pages) {
 		/* One mmap costs more than copying this few pages (and, with
 		 * another thread of the VMM running, a TLB shootdown to its
