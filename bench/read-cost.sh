@@ -24,8 +24,14 @@ mkdir -p "$out"
 export MEMDEDUP_RUN_DIR=$out/read-cost-run
 rm -rf "$MEMDEDUP_RUN_DIR"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+source "$root/scripts/fleet-lib.sh"
+# The guests run in process substitutions, whose pids this shell never
+# sees: every process started here goes, and the run directory's daemon.
+cleanup() { trap - EXIT; trap '' INT TERM HUP; fleet_kill_descendants; fleet_stop_daemon; }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
 
 one() {  # MODE ROUND -> JSON line
   local mode=$1 r=$2 env=() i
@@ -61,12 +67,17 @@ one() {  # MODE ROUND -> JSON line
   pids=()
 }
 
-for r in $(seq "$rounds"); do
-  cat "$img" > /dev/null
-  one copy "$r"
-  one share "$r"
-  one share-all "$r"
-done | tee "$out/read-cost.jsonl"
+# In the background, waited for: a signal's trap runs during `wait`, where
+# a pipeline in the foreground would put it off until the guests end.
+(
+  for r in $(seq "$rounds"); do
+    cat "$img" > /dev/null
+    one copy "$r"
+    one share "$r"
+    one share-all "$r"
+  done
+) | tee "$out/read-cost.jsonl" &
+wait $!
 jq -s 'group_by(.mode) | map({mode: .[0].mode, rounds: length,
         us_per_page: ((map(.us_per_page) | add) / length),
         shared_us_per_page: (map(.shared_us_per_page // empty) | if length > 0 then add / length else null end),

@@ -138,14 +138,8 @@ else
   export MEMDEDUP_RUN_DIR
   mkdir -p "$MEMDEDUP_RUN_DIR"
   census_pid=""
-  stop_daemons() {
-    local p
-    p=$(cat "$MEMDEDUP_RUN_DIR/memdedupd.pid" 2>/dev/null) || return 0
-    kill "$p" 2>/dev/null || return 0
-    for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$p" 2>/dev/null || return 0; sleep 0.1; done
-  }
   stop_census() { [ -z "$census_pid" ] || kill "$census_pid" 2>/dev/null || true; census_pid=""; }
-  FLEET_EXIT_HOOKS+=(stop_census ksm_restore stop_daemons)
+  FLEET_EXIT_HOOKS+=(stop_census ksm_restore fleet_stop_daemon)
   echo "run-bench.sh: saved kernel KSM: run=$KSM_SAVED_RUN pages_to_scan=$KSM_SAVED_SCAN sleep_millisecs=$KSM_SAVED_SLEEP" >&2
 
   ksm_set() {  # run pages_to_scan sleep_millisecs
@@ -177,7 +171,7 @@ else
       scan-noread-linear) ksm_set 0 100 20; hold=$hold_scan
                     wrapper="env MEMDEDUP_NO_SHARING=1 $md run --kernel-ksm=off --scan --hints=off --" ;;
     esac
-    stop_daemons   # each scan mode gets a fresh daemon
+    fleet_stop_daemon   # each scan mode gets a fresh daemon
     case "$m" in
       scan*)  # the rate is the daemon's, for both agents together, as KSM's is for the host
         "$root/build/memdedupd" || fleet_die "mode $m: memdedupd did not start"
@@ -212,7 +206,7 @@ else
       || fleet_die "mode $m: a guest failed (logs in $out/$m)"
     mv "$out/$m.meta" "$out/$m/meta"
     stop_census
-    stop_daemons
+    fleet_stop_daemon
     ksm_stop
   done
   ksm_restore

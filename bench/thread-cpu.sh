@@ -21,11 +21,13 @@ image=${IMAGE:-build/guest/workload.img}
 mkdir -p "$out"
 export MEMDEDUP_RUN_DIR=$root/$out/run
 pids=()
-cleanup() {  # the guests, and the memdedupd of this run directory only
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$MEMDEDUP_RUN_DIR/memdedupd.pid" ] && kill "$(cat "$MEMDEDUP_RUN_DIR/memdedupd.pid")" 2>/dev/null || true
-}
+source "$root/scripts/fleet-lib.sh"
+# The guests, and the memdedupd of this run directory only.
+cleanup() { trap - EXIT; trap '' INT TERM HUP; fleet_kill_descendants; fleet_stop_daemon; }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
 for i in 1 2; do
   guest/run-guest.sh --hold "$hold" --wrapper "build/memdedup run --kernel-ksm=off $* --" \
     --log "$out/g$i.log" "$image" >/dev/null 2>&1 &

@@ -31,8 +31,14 @@ out=$root/build/bench
 mkdir -p "$out"
 export MEMDEDUP_RUN_DIR=${MEMDEDUP_RUN_DIR:-$out/run}
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+source "$root/scripts/fleet-lib.sh"
+# The guests run in process substitutions, whose pids this shell never
+# sees: every process started here goes, and the run directory's daemon.
+cleanup() { trap - EXIT; trap '' INT TERM HUP; fleet_kill_descendants; fleet_stop_daemon; }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
 
 pair() {  # MODE ROUND -> two read times on stdout
   local mode=$1 r=$2 w=() i

@@ -77,6 +77,37 @@ fleet_kill_guests() {
   FLEET_PIDS=()
 }
 
+# Stops every process this shell started, however deep (process
+# substitutions, run-guest.sh, the QEMUs they put in sessions of their own):
+# TERM first, which run-guest.sh turns into killing its QEMU's group, then
+# KILL for what is left after 5 s. For scripts that start guests without
+# fleet_run.
+fleet_kill_descendants() {
+  local todo=($$) all=() p c
+  while [ ${#todo[@]} -gt 0 ]; do
+    p=${todo[0]} todo=("${todo[@]:1}")
+    for c in $(cat /proc/"$p"/task/*/children 2>/dev/null); do
+      [ "$c" = "$BASHPID" ] || { all+=("$c"); todo+=("$c"); }
+    done
+  done
+  [ ${#all[@]} -gt 0 ] || return 0
+  kill -TERM "${all[@]}" 2>/dev/null || true
+  for _ in $(seq 25); do
+    kill -0 "${all[@]}" 2>/dev/null || return 0
+    sleep 0.2
+  done
+  kill -KILL "${all[@]}" 2>/dev/null || true
+}
+
+# Stops the memdedupd of MEMDEDUP_RUN_DIR, if one runs there.
+fleet_stop_daemon() {
+  local p
+  p=$(cat "$MEMDEDUP_RUN_DIR/memdedupd.pid" 2>/dev/null) || return 0
+  fleet_daemon_ours "$p" || return 0
+  kill "$p" 2>/dev/null || return 0
+  for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$p" 2>/dev/null || return 0; sleep 0.1; done
+}
+
 fleet_stop_sampler() {
   if [ -n "$FLEET_SAMPLER_PID" ]; then
     kill "$FLEET_SAMPLER_PID" 2>/dev/null || true
