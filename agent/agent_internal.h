@@ -48,7 +48,9 @@ struct md__region {
 	struct md__owners *owners;
 };
 
-enum md__lease_state { MD_LEASE_NONE, MD_LEASE_HELD };
+/* BREAKING: a writer waits for the lease while the image's pages are made
+ * private; no read maps the image and no lease is asked for meanwhile. */
+enum md__lease_state { MD_LEASE_NONE, MD_LEASE_HELD, MD_LEASE_BREAKING };
 
 /* An image file seen as the source of reads into guest RAM. */
 struct md__image {

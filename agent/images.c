@@ -156,6 +156,10 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, enum md_fallback *
 	}
 	if (img->lease == MD_LEASE_HELD)
 		return img;
+	if (img->lease == MD_LEASE_BREAKING) {
+		*why = MD_FB_NO_LEASE;
+		return NULL;
+	}
 	if (img->retry_at.tv_sec && !time_reached(&img->retry_at)) {
 		*why = MD_FB_NO_LEASE;
 		return NULL;
@@ -207,6 +211,18 @@ static void view_drop(struct md__image *img)
 	img->view = NULL;
 }
 
+/* When the kernel lets a writer in whatever we do: lease-break-time seconds
+ * after the break began, less a margin for the last try. */
+static void break_deadline(struct timespec *t)
+{
+	char text[32];
+	long s = 45;	/* the kernel's default */
+	if (md__read_text("/proc/sys/fs/lease-break-time", text, sizeof(text)) > 0)
+		s = strtol(text, NULL, 10);
+	clock_gettime(CLOCK_MONOTONIC, t);
+	t->tv_sec += s > 1 ? s - 1 : 0;
+}
+
 /* fd's lease is being broken (its signal), or any lease is (fd < 0: the
  * once-a-second look, in case a signal was lost: the kernel falls back to a
  * plain SIGIO when it cannot queue ours, and an owner changed by someone
@@ -221,17 +237,26 @@ void md__image_lease_broken(struct md_agent *a, int fd)
 			continue;
 		if (fd >= 0 ? img->fd != fd : fcntl(img->fd, F_GETLEASE) != F_UNLCK)
 			continue;
-		/* Under the lock no read can map this image any more; every
-		 * page it already mapped is made private before the writer may
-		 * proceed. */
-		img->lease = MD_LEASE_NONE;
-		retry_later(img);
-		/* A failure (memory short) leaves those pages' owners set:
-		 * try again a few times before the writer may go on. */
-		for (int tries = 0; md__privatize(a, 0, UINTPTR_MAX, img->id) != 0 && tries < 5; tries++)
-			usleep(20000);
+		/* From here no read maps this image; every page it already
+		 * mapped is made private before the writer may proceed. */
+		img->lease = MD_LEASE_BREAKING;
+		/* A failure (memory short) leaves those pages' owners set: try
+		 * again until the kernel would let the writer in anyway, with
+		 * the lock let go between tries, so the VMM's reads (copied
+		 * meanwhile) and the scanner go on, and memory may come back. */
+		struct timespec deadline;
+		break_deadline(&deadline);
+		while (md__privatize(a, 0, UINTPTR_MAX, img->id) != 0 && !time_reached(&deadline) &&
+		       !__atomic_load_n(&a->stop, __ATOMIC_ACQUIRE)) {
+			pthread_mutex_unlock(&a->lock);
+			usleep(50000);
+			pthread_mutex_lock(&a->lock);
+			img = &a->images[i];	/* a->images may have moved meanwhile */
+		}
 		view_drop(img);
 		fcntl(img->fd, F_SETLEASE, F_UNLCK);
+		img->lease = MD_LEASE_NONE;
+		retry_later(img);
 		md__count(a, MD_CTR_LEASE_BREAKS, 1);
 		md__log_once(22, "an image was opened for writing: its shared pages were made private");
 	}
@@ -242,7 +267,7 @@ void md__images_free(struct md_agent *a)
 {
 	for (size_t i = 0; i < a->nimages; i++) {
 		view_drop(&a->images[i]);
-		if (a->images[i].lease == MD_LEASE_HELD)
+		if (a->images[i].lease != MD_LEASE_NONE)
 			fcntl(a->images[i].fd, F_SETLEASE, F_UNLCK);
 		close(a->images[i].fd);
 	}

@@ -14,6 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cgroup.h"
 #include "proc.h"
 #include "runner.h"
 
@@ -424,6 +425,58 @@ TEST_IMPL(lease_break_keeps_content)
 	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", IMG_SIZE, MB), hex(fnv_file(img, 0, MB))) == 0);
 	ASSERT(proc_page(&a, IMG_SIZE).file);
 	proc_stop(&a);
+	return 0;
+}
+
+/* A lease break while the agent's cgroup is out of memory: making the pages
+ * private fails, and is tried again, with the agent's lock let go between
+ * tries, until memory comes back; only then may the writer go on, and the
+ * guest keeps what it read. With five tries over 100 ms, as it was, the
+ * lease went with the pages still the file's and the writer's bytes showed.
+ * v1's oom_control makes the kernel refuse the memory (ENOMEM) where it
+ * would otherwise kill the process. */
+TEST_IMPL(lease_break_short_of_memory)
+{
+	struct test_cgroup cg;
+	if (cgroup_make(&cg))
+		SKIP("no memory cgroup of our own to be had here");
+	if (strcmp(cg.limit, "memory.limit_in_bytes") != 0 || write_text(cg.dir, "memory.oom_control", "1")) {
+		close(cg.guard);
+		SKIP("no cgroup v1 memory.oom_control: cgroup v2 kills instead of refusing");
+	}
+	long break_time = atol(file_text("/proc/sys/fs/lease-break-time"));
+	if (break_time < 10) {
+		close(cg.guard);
+		SKIP("fs.lease-break-time is under 10 s");
+	}
+	char img[512];
+	uint64_t orig;
+	struct proc a;
+	read_fresh_image(&a, img, sizeof(img), "image-short", 15, NULL, &orig);
+	ASSERT(proc_page(&a, 0).file || !proc_page(&a, 0).present);
+	ASSERT_EQ(cgroup_enter(&cg, a.pid), 0);
+	/* Room for a quarter of the copies. */
+	ASSERT_EQ(cgroup_limit(&cg, cgroup_usage(&cg) + IMG_SIZE / 4), 0);
+	pid_t writer = fork();
+	ASSERT(writer >= 0);
+	if (writer == 0) {
+		overwrite_image(img, NULL);
+		_exit(0);
+	}
+	sleep(2);
+	int status;
+	ASSERT_EQ(waitpid(writer, &status, WNOHANG), 0);	/* still waiting for the lease */
+	ASSERT_EQ(cgroup_limit(&cg, 1ull << 30), 0);
+	ASSERT_EQ(waitpid(writer, &status, 0), writer);
+	ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", IMG_SIZE), hex(orig)) == 0);
+	for (size_t off = 0; off < IMG_SIZE; off += 16 * 4096)
+		ASSERT(!proc_page(&a, off).file);
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 3000, has_lease_break), 0);
+	ASSERT_EQ(s.lease_breaks, 1);
+	proc_stop(&a);
+	close(cg.guard);
 	return 0;
 }
 

@@ -15,6 +15,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cgroup.h"
 #include "daemon_util.h"
 #include "proc.h"
 #include "runner.h"
@@ -463,125 +464,6 @@ TEST_IMPL(cross_leaves_vmm_holes)
 	ASSERT_EQ(present, 0);
 	stop_pair_pool_empty(&t, &a, &b);
 	return 0;
-}
-
-/* A memory cgroup of our own below this process's (v1's memory controller
- * where it is mounted, else v2), for a test to put an agent in: its limit
- * file in *limit. A guard process moves what is left in it back and removes
- * it when the test ends, failed or not. 0, or -errno (none to be had). */
-struct test_cgroup {
-	char dir[600], parent[512];
-	const char *limit, *usage;
-	int guard;	/* the pipe whose close tells the guard */
-};
-
-static int write_text(const char *dir, const char *file, const char *text)
-{
-	char path[700];
-	snprintf(path, sizeof(path), "%s/%s", dir, file);
-	int fd = open(path, O_WRONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	int err = write(fd, text, strlen(text)) == (ssize_t)strlen(text) ? 0 : -errno;
-	close(fd);
-	return err;
-}
-
-static int cgroup_make(struct test_cgroup *cg)
-{
-	char buf[4096];
-	int fd = open("/proc/self/cgroup", O_RDONLY | O_CLOEXEC);
-	ssize_t n = fd < 0 ? -1 : read(fd, buf, sizeof(buf) - 1);
-	if (fd >= 0)
-		close(fd);
-	buf[n > 0 ? n : 0] = '\0';
-	cg->parent[0] = '\0';
-	for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n")) {
-		char *ctl = strchr(line, ':'), *path = ctl ? strchr(ctl + 1, ':') : NULL;
-		if (!path)
-			continue;
-		*path++ = '\0';
-		if (strcmp(ctl + 1, "memory") == 0) {
-			snprintf(cg->parent, sizeof(cg->parent), "/sys/fs/cgroup/memory%s", path);
-			cg->limit = "memory.limit_in_bytes", cg->usage = "memory.usage_in_bytes";
-			break;
-		}
-		if (!ctl[1]) {
-			snprintf(cg->parent, sizeof(cg->parent), "/sys/fs/cgroup%s", path);
-			cg->limit = "memory.max", cg->usage = "memory.current";
-		}
-	}
-	if (!cg->parent[0])
-		return -ENOENT;
-	snprintf(cg->dir, sizeof(cg->dir), "%s/memdedup-test-%d", cg->parent, (int)getpid());
-	if (mkdir(cg->dir, 0755) != 0)
-		return -errno;
-	char path[700];
-	snprintf(path, sizeof(path), "%s/%s", cg->dir, cg->limit);
-	if (access(path, W_OK) != 0) {
-		rmdir(cg->dir);
-		return -ENOTSUP;	/* v2 without the memory controller below us */
-	}
-	int p[2];
-	/* Close-on-exec: the agents and daemons started later must not keep
-	 * the guard waiting. */
-	if (pipe2(p, O_CLOEXEC) != 0) {
-		rmdir(cg->dir);
-		return -errno;
-	}
-	pid_t guard = fork();
-	if (guard == 0) {
-		char c;
-		setsid();	/* out of the test's process group, which the runner kills */
-		close(p[1]);
-		while (read(p[0], &c, 1) > 0)
-			;
-		/* The test is over: what is still in the cgroup goes back. */
-		snprintf(path, sizeof(path), "%s/cgroup.procs", cg->dir);
-		for (int tries = 0; tries < 50 && rmdir(cg->dir) != 0; tries++) {
-			FILE *f = fopen(path, "r");
-			int pid;
-			while (f && fscanf(f, "%d", &pid) == 1) {
-				char t[32];
-				snprintf(t, sizeof(t), "%d", pid);
-				write_text(cg->parent, "cgroup.procs", t);
-			}
-			if (f)
-				fclose(f);
-			usleep(100000);
-		}
-		_exit(0);
-	}
-	close(p[0]);
-	cg->guard = p[1];
-	return guard > 0 ? 0 : -errno;
-}
-
-static int cgroup_limit(struct test_cgroup *cg, unsigned long long bytes)
-{
-	char text[32];
-	snprintf(text, sizeof(text), "%llu", bytes);
-	return write_text(cg->dir, cg->limit, text);
-}
-
-static unsigned long long cgroup_usage(const struct test_cgroup *cg)
-{
-	char path[700];
-	unsigned long long v = 0;
-	snprintf(path, sizeof(path), "%s/%s", cg->dir, cg->usage);
-	FILE *f = fopen(path, "r");
-	if (f && fscanf(f, "%llu", &v) != 1)
-		v = 0;
-	if (f)
-		fclose(f);
-	return v;
-}
-
-static int cgroup_enter(struct test_cgroup *cg, pid_t pid)
-{
-	char text[32];
-	snprintf(text, sizeof(text), "%d", (int)pid);
-	return write_text(cg->dir, "cgroup.procs", text);
 }
 
 /* `memdedup unmerge` when the agent's cgroup lacks the memory for the

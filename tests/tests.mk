@@ -1,7 +1,7 @@
 # tests.mk - the test tiers. `make check`: unit and process tests, the fuzz
 # corpus replay, two real guests, and QEMU's snapshot and postcopy migration.
 # `make check-all` adds the slow tier.
-TEST_SRC := tests/runner.c tests/proc.c tests/test_units.c tests/test_agent.c tests/test_cli.c tests/test_scan.c tests/test_cross.c \
+TEST_SRC := tests/runner.c tests/proc.c tests/cgroup.c tests/test_units.c tests/test_agent.c tests/test_cli.c tests/test_scan.c tests/test_cross.c \
             $(ENGINE_TEST_SRC) $(DAEMON_TEST_SRC)
 TEST_OBJ := $(TEST_SRC:%.c=$(B)/%.o)
 $(TEST_OBJ): CFLAGS += -Iagent -Iengine -Idaemon -Itests -Itests/daemon
