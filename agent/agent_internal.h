@@ -155,6 +155,8 @@ void md__regions_advise(struct md_agent *a, uintptr_t start, uintptr_t end, unsi
 /* Makes every page in [start,end) mapped from image id (0: from any image)
  * private, so the file can change without the guest seeing it. */
 int md__privatize(struct md_agent *a, uintptr_t start, uintptr_t end, uint32_t id);
+/* Pages mapped from an image (shared at read time or merged onto one). */
+uint64_t md__owned_pages(const struct md_agent *a);
 /* Replaces pages mapped from an image in [start,end) by anonymous zero pages. */
 int md__discard(struct md_agent *a, uintptr_t start, uintptr_t end);
 /* Replaces the parts of [start,end) in a->forgotten that lie in private

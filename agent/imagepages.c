@@ -167,9 +167,16 @@ static int merge_run(struct md_agent *a, uintptr_t addr, const uint64_t *cookie,
 	pthread_mutex_lock(&a->lock);
 	struct md__image *img = fp->img && fp->img <= a->nimages ? &a->images[fp->img - 1] : NULL;
 	struct md__region *r = md__region_find(a, addr, n * MD_PAGE);
-	if (!img || img->lease != MD_LEASE_HELD || !r ||
-	    (uint64_t)off + n * MD_PAGE > (uint64_t)img->size)
-		goto unlock;	/* the file may change, or the RAM went */
+	if (!img || img->lease != MD_LEASE_HELD || (uint64_t)off + n * MD_PAGE > (uint64_t)img->size) {
+		/* The lease broke: the file may have changed, and the entries
+		 * would keep these pages from the pool (a match is not looked
+		 * up there) until a read leases the image again, if ever. */
+		for (size_t i = 0; i < n; i++)
+			md__index_remove(&ip->ix, (uint64_t)ip->pages[cookie[i]].key << 32, (uint32_t)cookie[i]);
+		goto unlock;
+	}
+	if (!r)
+		goto unlock;	/* the RAM went */
 	size_t first = (addr - r->start) / MD_PAGE;
 	for (size_t i = 0; i < n; i++)
 		if (r->owner[first + i])

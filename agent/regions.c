@@ -327,6 +327,17 @@ int md__privatize(struct md_agent *a, uintptr_t start, uintptr_t end, uint32_t i
 	return err;
 }
 
+uint64_t md__owned_pages(const struct md_agent *a)
+{
+	uint64_t n = 0;
+	for (size_t i = 0; i < a->nregions; i++) {
+		const struct md__region *r = &a->regions[i];
+		for (size_t p = 0; p < (r->end - r->start) / MD_PAGE; p++)
+			n += r->owner[p] != 0;
+	}
+	return n;
+}
+
 static int discard_run(struct md_agent *a, struct md__region *r, uintptr_t addr, size_t len)
 {
 	void *m = md__sys_mmap((void *)addr, len, PROT_READ | PROT_WRITE,

@@ -355,16 +355,22 @@ static int copy_run(struct md__engine *e, uintptr_t addr, size_t len)
 	return md__sys_madvise((void *)addr, len, MADV_POPULATE_WRITE) == 0 ? 0 : -errno;
 }
 
-/* md_agent_unmerge, and why it refused, for people (why may be NULL). */
+/* md_agent_unmerge, and why it refused, for people (why may be NULL).
+ * Every page shared goes: pool pages, and image pages (shared at read time
+ * or merged onto the image by the scanner). Zero pages stay dropped: they
+ * read as the zeroes the guest wrote, and a copy would only cost memory. */
 static int unmerge(md_agent *a, char *why, size_t size)
 {
 	if (!a || !a->engine)
 		return -EINVAL;
 	struct md__engine *e = a->engine;
 	md__scanner_stop(&a->scanner);	/* no merge may start meanwhile */
+	/* agent->lock first (the lock order): no read maps an image page
+	 * until the image pages are private. */
+	pthread_mutex_lock(&a->lock);
 	pthread_rwlock_wrlock(&e->regions_lock);
 	pthread_mutex_lock(&e->lock);
-	uint64_t pages = 0;
+	uint64_t pages = md__owned_pages(a);
 	for (size_t i = 0; i < e->nregions; i++) {
 		struct md__eregion *r = &e->regions[i];
 		for (size_t p = 0; p < (r->end - r->start) / MD_EPAGE; p++)
@@ -395,11 +401,22 @@ static int unmerge(md_agent *a, char *why, size_t size)
 			}
 		}
 	}
-	/* Zero pages dropped earlier are plain unpopulated memory again: the
-	 * kernel's zero page is what any untouched page reads. */
+	md__engine_unlock(e);
+	pthread_rwlock_unlock(&e->regions_lock);
+	/* Outside the engine's locks: a write to a page a merge left
+	 * protected waits for the fault thread, which takes them. The image
+	 * pages become private copies in the image's mapping, as after a
+	 * lease break: no userfaultfd can protect a mapping of a disk file,
+	 * so they stay out of the scanner's merges from now on. */
+	if (!err)
+		err = md__privatize(a, 0, UINTPTR_MAX, 0);
+	pthread_mutex_unlock(&a->lock);
+	goto paused;
 unlock:
 	md__engine_unlock(e);
 	pthread_rwlock_unlock(&e->regions_lock);
+	pthread_mutex_unlock(&a->lock);
+paused:
 	/* Paused, like KSM after run=2, until resumed (also when the copies
 	 * failed part of the way: the pages copied would merge again at
 	 * once); refused up front, as it was. */

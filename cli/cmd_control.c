@@ -63,10 +63,12 @@ const struct md__cmd md__cmd_unmerge_def = {
 	.usage =
 	"usage: memdedup unmerge [--pid P]\n"
 	"\n"
-	"Asks every agent (or one) to give each guest page it merged a private copy\n"
-	"again, and to drop its references to the shared pool (like kernel KSM's\n"
-	"run=2), then to stay paused until `memdedup resume`. Memory use grows back\n"
-	"to what it was without sharing. An agent refuses, changing nothing, when\n"
+	"Asks every agent (or one) to give each guest page it shares a private copy\n"
+	"again (merged into the shared pool, merged onto a disk image, or shared\n"
+	"when the guest read the image) and to drop its references to the pool\n"
+	"(like kernel KSM's run=2), then to stay paused until `memdedup resume`;\n"
+	"reads after it are shared again. Zero pages stay dropped (they read as\n"
+	"zeroes and cost nothing). An agent refuses, changing nothing, when\n"
 	"the host or its cgroup has not the memory for the copies (and 64 MiB to\n"
 	"spare).\n"
 	"\n" PID_OPTION,

@@ -287,9 +287,14 @@ MD_API void md_agent_io_unseen(md_agent *agent, const char *what);
  * (linear|random). -EINVAL for an unknown key or a value out
  * of range, and nothing changes. */
 MD_API int md_agent_set(md_agent *agent, const char *key, const char *value);
-/* Turns every page merged by the scanner (pool and zero pages) back into a
- * private copy, like KSM's run=2, and pauses the scanner until
- * md_agent_pause(agent, 0). Fails with -ENOMEM, having changed nothing (not
+/* Turns every page shared back into a private copy, like KSM's run=2:
+ * pages merged into the pool, pages shared at read time and pages the
+ * scanner merged onto an image; then pauses the scanner until
+ * md_agent_pause(agent, 0). Reads after it are shared at read time again.
+ * Zero pages stay dropped: they read as the zeroes the guest wrote, and a
+ * copy would only cost memory. Image pages made private stay out of the
+ * scanner's merges from then on (no userfaultfd protects a mapping of a
+ * disk file). Fails with -ENOMEM, having changed nothing (not
  * paused either), when the host or the process's memory cgroup has not the
  * memory for the copies and 64 MiB to spare. */
 MD_API int md_agent_unmerge(md_agent *agent);

@@ -536,6 +536,68 @@ TEST_IMPL(cross_unmerge_short_of_memory)
 	return 0;
 }
 
+static int merged_image_32(const md_stats *s) { return s->merged_image >= 32; }
+static int sharing_32(const md_stats *s) { return s->pages_sharing >= 32; }
+
+/* `memdedup unmerge` gives a private copy to every page shared, not only
+ * pool pages: those shared at read time and those the scanner merged onto
+ * the image too (they stayed the image's, KSM's run=2 leaves none). */
+TEST_IMPL(cross_unmerge_image_pages)
+{
+	struct tdaemon t;
+	struct proc a;
+	char img[512], cmd[1200];
+	td_start(&t, 65536);
+	start_agent(&a, &t, NULL);
+	snprintf(img, sizeof(img), "%s/unmerge.img", test_dir());
+	make_image(img, 2 << 20, 21);
+	int fd = (int)proc_num(&a, "open %s", img);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 0", fd, 1u << 20), 1 << 20);
+	ASSERT(strcmp(proc_cmd(&a, "copy 0 %u %u", 512 * PG, 32 * PG), "ok") == 0);
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_image_32), 0);
+	char h[32];
+	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", 544 * PG));	/* faults all in */
+	for (unsigned i = 0; i < 32; i++)
+		ASSERT_EQ(proc_page(&a, (512 + i) * PG).pfn, proc_page(&a, i * PG).pfn);
+	ASSERT(proc_page(&a, 100 * PG).file);
+	snprintf(cmd, sizeof(cmd), "MEMDEDUP_SOCKET=%s %s/memdedup unmerge --pid %d >%s/out 2>&1", t.sock,
+		 build_dir(), (int)a.pid, test_dir());
+	ASSERT_EQ(td_sh("%s", cmd), 0);
+	for (unsigned i = 0; i < 256; i++) {
+		struct pm pm = proc_page(&a, i * PG);
+		ASSERT(pm.present && !pm.file);
+	}
+	for (unsigned i = 0; i < 32; i++) {
+		struct pm pm = proc_page(&a, (512 + i) * PG);
+		ASSERT(pm.present && !pm.file);
+		ASSERT(pm.pfn != proc_page(&a, i * PG).pfn);
+	}
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 544 * PG), h) == 0);
+	/* Nothing of the image is shared: a writer changes nothing here. */
+	ASSERT_EQ(td_sh("dd if=/dev/urandom of=%s bs=1M count=2 conv=notrunc,fsync status=none", img), 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 544 * PG), h) == 0);
+	/* Resumed: copies of the image's old content in anonymous memory
+	 * merge in the pool. The scanner's index of image pages still knew
+	 * that content, and a page it names is not looked up in the pool:
+	 * entries of an image whose lease broke are dropped when met. */
+	snprintf(cmd, sizeof(cmd), "MEMDEDUP_SOCKET=%s %s/memdedup resume --pid %d >%s/out 2>&1", t.sock,
+		 build_dir(), (int)a.pid, test_dir());
+	ASSERT_EQ(td_sh("%s", cmd), 0);
+	ASSERT(strcmp(proc_cmd(&a, "copy 0 %u %u", 700 * PG, 32 * PG), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "copy 0 %u %u", 800 * PG, 32 * PG), "ok") == 0);
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, sharing_32), 0);
+	for (unsigned i = 0; i < 32; i++)
+		ASSERT_EQ(proc_page(&a, (700 + i) * PG).pfn, proc_page(&a, (800 + i) * PG).pfn);
+	char first[32];
+	snprintf(first, sizeof(first), "%s", proc_cmd(&a, "hash 0 %u", 32 * PG));
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 700 * PG, 32 * PG), first) == 0);
+	proc_stop(&a);
+	td_stop(&t);
+	return 0;
+}
+
 TEST_IMPL(cross_stress_no_lost_write)
 {
 	/* Two processes, each with two halves of the same pages as the other;
