@@ -102,6 +102,9 @@ static void *agent_thread(void *arg)
 				md__image_lease_broken(a, info.si_fd);
 			if (sig >= 0)
 				continue;	/* the second is not over */
+			/* The second is over now, not when the wait began:
+			 * from that, the next pass came at once, two a second. */
+			clock_gettime(CLOCK_MONOTONIC, &now);
 		}
 		next.tv_sec = now.tv_sec + 1;
 		next.tv_nsec = now.tv_nsec;

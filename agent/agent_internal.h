@@ -117,7 +117,8 @@ struct md_agent {
 				 * records it and says in its WELCOME when resumed); a new daemon's
 				 * WELCOME does not resume it */
 	struct timespec next_connect;	/* to memdedupd, while disconnected */
-	struct timespec rate_at;	/* merge and break rates: the last pass */
+	struct timespec rate_at;	/* the merge rate's last update, and the reap's */
+	struct timespec break_at;
 	uint64_t rate_merged, rate_broken;
 	/* md__scan_account's last walk of the pages' state, and when. */
 	uint64_t walk_sharing, walk_registered, walk_unshared, walk_activity;

@@ -144,6 +144,10 @@ void md__scan_register(struct md_agent *a, uintptr_t start, size_t len, unsigned
 	a->scanner.sleep_ms = a->scan_sleep_ms;
 	a->scanner.cpu_percent = a->scan_cpu_percent;
 	md__imagepages_attach(a);
+	/* The rates count from here: the first merges come before the
+	 * agent's first pass. */
+	clock_gettime(CLOCK_MONOTONIC, &a->rate_at);
+	a->break_at = a->rate_at;
 	if (md__scanner_start(&a->scanner) == 0)
 		a->scanner_started = 1;
 }
@@ -442,12 +446,20 @@ uint64_t md__scan_activity(struct md_agent *a)
 	return ss->merged_scan + ss->merged_hint + ss->merged_candidate + ss->zero + ss->published;
 }
 
+static double seconds_since(const struct timespec *then, const struct timespec *now)
+{
+	return (double)(now->tv_sec - then->tv_sec) + (double)(now->tv_nsec - then->tv_nsec) / 1e9;
+}
+
 int md__scan_account(struct md_agent *a, int reap)
 {
+	/* The agent's thread and md_agent_stats() both come here. */
+	static pthread_mutex_t account_lock = PTHREAD_MUTEX_INITIALIZER;
 	struct md__engine *e = a->engine;
 	int reaped = 0;
 	if (!e || !a->scanner_started)
 		return 0;
+	pthread_mutex_lock(&account_lock);
 	if (reap)
 		reaped = md__engine_reap(e);
 	md__engine_trim(e);
@@ -489,17 +501,23 @@ int md__scan_account(struct md_agent *a, int reap)
 
 	md__set(a, MD_CTR_PAGES_SCANNED, ss.scanned);
 	md__set(a, MD_CTR_PAGES_HINTED, ss.hinted);
-	/* Rates over the time since the last pass (about a second). */
+	/* Merges over at least the last half second (a pass is a second);
+	 * breaks are found only by a reap, so over the time between reaps. */
 	struct timespec now;
 	clock_gettime(CLOCK_MONOTONIC, &now);
-	double dt = (double)(now.tv_sec - a->rate_at.tv_sec) + (double)(now.tv_nsec - a->rate_at.tv_nsec) / 1e9;
-	if (a->rate_at.tv_sec && dt > 0.1) {
+	double dt = seconds_since(&a->rate_at, &now);
+	if (dt >= 0.5) {
 		md__set(a, MD_CTR_MERGE_RATE, (uint64_t)((double)(st.merged - a->rate_merged) / dt));
-		md__set(a, MD_CTR_BREAK_RATE, (uint64_t)((double)(st.cow_broken - a->rate_broken) / dt));
+		a->rate_at = now;
+		a->rate_merged = st.merged;
 	}
-	a->rate_at = now;
-	a->rate_merged = st.merged;
-	a->rate_broken = st.cow_broken;
+	if (reap) {
+		double rt = seconds_since(&a->break_at, &now);
+		if (rt > 0)
+			md__set(a, MD_CTR_BREAK_RATE, (uint64_t)((double)(st.cow_broken - a->rate_broken) / rt + 0.5));
+		a->break_at = now;
+		a->rate_broken = st.cow_broken;
+	}
 	md__set(a, MD_CTR_MERGED, st.merged);
 	md__set(a, MD_CTR_MERGED_FROM_HINTS, ss.merged_hint);
 	md__set(a, MD_CTR_ZERO_PAGES, st.zero);
@@ -534,6 +552,7 @@ int md__scan_account(struct md_agent *a, int reap)
 			  (int64_t)(strips * MD_FILL_STRIP)) * MD_EPAGE -
 			 (int64_t)(registered * MD_EPAGE_META) - (int64_t)md__imagepages_bytes(a->imgpages);
 	md__set(a, MD_CTR_GENERAL_PROFIT, (uint64_t)profit);
+	pthread_mutex_unlock(&account_lock);
 	return reaped;
 }
 

@@ -93,6 +93,33 @@ TEST_IMPL(scan_merges_duplicates)
 	return 0;
 }
 
+static int merge_rate_seen(const md_stats *s) { return s->merge_rate > 0; }
+static int broken_64(const md_stats *s) { return s->scan_breaks >= 64; }
+
+/* The rates: merges per second while the scanner merges, and merged pages
+ * written per second once a reap found them. The agent's thread passed
+ * twice a second, the second pass at once, whose tiny interval swallowed
+ * the reap's breaks: break_rate stayed 0. */
+TEST_IMPL(scan_rates)
+{
+	struct proc a;
+	proc_start(&a, fast_scan);
+	proc_cmd(&a, "map 4096");
+	ASSERT(strcmp(proc_cmd(&a, "fill 0 2048 1"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 2048 1", 2048 * PG), "ok") == 0);
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merge_rate_seen), 0);
+	ASSERT(s.merge_rate <= 2 * s.merged);	/* per second, over half a second or more */
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_256_only), 0);
+	usleep(1500000);
+	for (unsigned i = 0; i < 64; i++)
+		ASSERT(strcmp(proc_cmd(&a, "write %u 7", i * PG), "ok") == 0);
+	ASSERT_EQ(proc_stats_wait(&a, &s, 70000, broken_64), 0);
+	ASSERT(s.break_rate > 0);
+	proc_stop(&a);
+	return 0;
+}
+
 static int filled_300(const md_stats *s) { return s->filled_pages >= 300; }
 
 /* Memory a guest freed and poisoned with one byte (0xcc): mapped from the
