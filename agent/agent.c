@@ -220,8 +220,10 @@ static void stats_file_open(struct md_agent *a, const char *opt_dir)
 	}
 	if (mkdir(dir, 0755) != 0 && errno != EEXIST)
 		goto err_say;
-	/* Not through a link someone put there: we would truncate its target. */
-	int fd = open(a->stats_path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644);
+	/* Not through a link someone put there: we would truncate its target.
+	 * For our user and root only, as memdedupd's status is: it holds the
+	 * VMM's command line. */
+	int fd = open(a->stats_path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (fd < 0)
 		goto err_say;
 	if (ftruncate(fd, sizeof(*f)) != 0)

@@ -108,7 +108,8 @@ static int load_agents(const char *dir, struct md__stats_snapshot **out, size_t 
 		/* Not a FIFO that blocks us, nor a link to anything. */
 		int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW);
 		if (fd < 0) {
-			if (errno != ENOENT)	/* else gone since readdir */
+			/* ENOENT: gone since readdir; EACCES: another user's. */
+			if (errno != ENOENT && errno != EACCES)
 				fprintf(stderr, "memdedup status: ignoring %s: %s\n", shown,
 					errno == ELOOP ? "a symbolic link" : strerror(errno));
 			continue;

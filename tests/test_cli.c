@@ -1,5 +1,6 @@
 /* test_cli.c - the command line: help, and wrong usage exits 2 and changes
  * nothing. */
+#include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -10,6 +11,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <grp.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -336,6 +338,50 @@ TEST_IMPL(cli_status_dead_agent_gone)
 	snprintf(want, sizeof(want), "\"pid\": %d", (int)dead);
 	ASSERT(!strstr(slurp("out"), want));
 	ASSERT(access(path, F_OK) != 0);	/* stale: removed */
+	return 0;
+}
+
+/* An agent's statistics file (its command line, its counters) is for its
+ * own user and root, as memdedupd's status is: another user can neither
+ * read it nor is told about it by `memdedup status`. */
+TEST_IMPL(cli_status_files_private)
+{
+	struct proc a;
+	proc_start(&a, NULL);
+	proc_cmd(&a, "map 16");
+	char path[512], out[600], err[600];
+	snprintf(path, sizeof(path), "%s/agent-%d.stats", test_dir(), (int)a.pid);
+	struct stat st;
+	ASSERT_EQ(stat(path, &st), 0);
+	ASSERT_EQ(st.st_mode & 077, 0);
+	ASSERT_EQ(chmod(test_dir(), 0755), 0);	/* the way in, for nobody */
+	snprintf(out, sizeof(out), "%s/nobody.out", test_dir());
+	snprintf(err, sizeof(err), "%s/nobody.err", test_dir());
+	pid_t c = fork();
+	ASSERT(c >= 0);
+	if (c == 0) {
+		int o = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644), e = open(err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		if (o < 0 || e < 0 || dup2(o, 1) < 0 || dup2(e, 2) < 0 || setgroups(0, NULL) || setgid(65534) ||
+		    setuid(65534))
+			_exit(100);
+		if (open(path, O_RDONLY) >= 0 || errno != EACCES)
+			_exit(101);
+		char md[600];
+		snprintf(md, sizeof(md), "%s/memdedup", build_dir());
+		setenv("MEMDEDUP_RUN_DIR", test_dir(), 1);
+		execl(md, "memdedup", "status", (char *)NULL);
+		_exit(102);
+	}
+	int status;
+	ASSERT_EQ(waitpid(c, &status, 0), c);
+	chmod(test_dir(), 0700);
+	ASSERT(WIFEXITED(status));
+	ASSERT_EQ(WEXITSTATUS(status), 0);
+	ASSERT(!strstr(file_text(err), "ignoring"));
+	char mine[32];
+	snprintf(mine, sizeof(mine), "%d", (int)a.pid);
+	ASSERT(!strstr(file_text(out), mine));
+	proc_stop(&a);
 	return 0;
 }
 
