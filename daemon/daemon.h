@@ -184,6 +184,7 @@ struct md__daemon {
 	int owing;		/* some connection owes bytes (md__conn.owing_since): wake each second */
 	char socket_path[MD_D_SOCKET_MAX + 1];
 	char pid_path[MD_D_RUN_DIR_MAX + 32];
+	char log_path[MD_D_RUN_DIR_MAX + 32];	/* daemonized: reopened on SIGHUP */
 	size_t pool_pages;
 	struct md__conn *conns;
 	size_t nconns;

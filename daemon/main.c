@@ -332,6 +332,7 @@ int main(int argc, char **argv)
 		err = daemonize(log_path, pid_fd);
 		if (err)
 			goto close_listen;
+		snprintf(d.log_path, sizeof(d.log_path), "%s", log_path);
 	}
 	write_pid(pid_fd, getpid());
 	d.sigfd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);

@@ -14,6 +14,7 @@
  * (see agent.c). Nothing a peer sends can stop the loop.
  */
 #include <errno.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -841,12 +842,26 @@ static int read_conn(struct md__daemon *d, struct md__conn *c)
 	return 0;
 }
 
+/* SIGHUP reopens the log (after logrotate moved it); SIGTERM and SIGINT
+ * stop the daemon. */
 static void handle_signal(struct md__daemon *d)
 {
 	struct signalfd_siginfo si;
 	while (read(d->sigfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
-		md__dlog("signal %u: shutting down", si.ssi_signo);
-		d->stop = 1;
+		if (si.ssi_signo != SIGHUP) {
+			md__dlog("signal %u: shutting down", si.ssi_signo);
+			d->stop = 1;
+			continue;
+		}
+		int fd = d->log_path[0] ? open(d->log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW,
+						0644) : -1;
+		if (fd >= 0) {
+			dup2(fd, STDOUT_FILENO);
+			dup2(fd, STDERR_FILENO);
+			close(fd);
+		}
+		md__dlog("SIGHUP: %s", !d->log_path[0] ? "nothing to do (logging to stderr)" :
+			 fd >= 0 ? "log reopened" : "cannot reopen the log; it goes where it went");
 	}
 }
 

@@ -202,6 +202,17 @@ TEST_IMPL(daemon_relative_paths)
 	pid_t pid = read_pid(pidf);
 	ASSERT(pid > 0);
 	ASSERT(access(log, F_OK) == 0);
+	/* SIGHUP, as logrotate sends after moving the log: a new log, the
+	 * daemon still there. */
+	char moved[420];
+	snprintf(moved, sizeof(moved), "%s.1", log);
+	ASSERT(rename(log, moved) == 0);
+	ASSERT(kill(pid, SIGHUP) == 0);
+	for (int i = 0; i < 300 && access(log, F_OK) != 0; i++)
+		usleep(10000);
+	ASSERT_EQ(td_sh("grep -q 'log reopened' %s", log), 0);
+	ASSERT(md__daemon_alive(sock));
+	ASSERT_EQ(kill(pid, 0), 0);
 	ASSERT(kill(pid, SIGTERM) == 0);
 	/* It found its own socket and pid file again, by absolute paths. */
 	for (int i = 0; i < 300 && (access(sock, F_OK) == 0 || access(pidf, F_OK) == 0); i++)
