@@ -80,15 +80,30 @@ struct md__client {
 	size_t nback, back_cap, back_slots;
 };
 
+/* The host's memdedupd, root's (the systemd unit's): used by other users
+ * too when it answers, so that their VMs share one daemon, as the unit
+ * means. Only a socket root made, in a directory only root can write. */
+static int host_daemon_answers(void)
+{
+	struct stat st;
+	if (lstat(MD_HOST_RUN_DIR, &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != 0 || (st.st_mode & 022))
+		return 0;
+	if (lstat(MD_HOST_RUN_DIR "/memdedupd.sock", &st) != 0 || !S_ISSOCK(st.st_mode) || st.st_uid != 0)
+		return 0;
+	return md__daemon_alive(MD_HOST_RUN_DIR "/memdedupd.sock");
+}
+
 int md__daemon_socket_path(const char *path, char *buf, size_t size)
 {
-	const char *env = getenv("MEMDEDUP_SOCKET");
+	const char *env = getenv("MEMDEDUP_SOCKET"), *run = getenv("MEMDEDUP_RUN_DIR");
 	char dir[256];
 	int n, err;
 	if (path)
 		n = snprintf(buf, size, "%s", path);
 	else if (env && *env)
 		n = snprintf(buf, size, "%s", env);
+	else if (geteuid() != 0 && !(run && *run) && host_daemon_answers())
+		n = snprintf(buf, size, "%s", MD_HOST_RUN_DIR "/memdedupd.sock");
 	else {
 		err = md__run_dir(NULL, dir, sizeof(dir));
 		if (err)

@@ -221,7 +221,7 @@ int md__run_dir(const char *opt, char *buf, size_t size)
 	else if (env && *env)
 		n = snprintf(buf, size, "%s", env);
 	else if (geteuid() == 0)
-		n = snprintf(buf, size, "/run/memdedup");
+		n = snprintf(buf, size, "%s", MD_HOST_RUN_DIR);
 	else if (xdg && *xdg)
 		n = snprintf(buf, size, "%s/memdedup", xdg);
 	else {

@@ -105,5 +105,6 @@ uint64_t md__proc_start_time(int pid);
  * or, for the /tmp default only, which is created mode 0700 if absent,
  * -EPERM (logged) unless it is a directory of the caller's euid with mode
  * 0700: anyone could have made it first. */
+#define MD_HOST_RUN_DIR "/run/memdedup"	/* root's: the host's daemon (memdedupd.service) */
 int md__run_dir(const char *opt, char *buf, size_t size);
 #endif

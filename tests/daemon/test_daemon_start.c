@@ -10,6 +10,9 @@
 #include <poll.h>
 #include <pwd.h>
 #include <signal.h>
+#include <sched.h>
+#include <sys/mount.h>
+#include <grp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -219,6 +222,72 @@ TEST_IMPL(daemon_relative_paths)
 		usleep(10000);
 	ASSERT(access(sock, F_OK) != 0);
 	ASSERT(access(pidf, F_OK) != 0);
+	return 0;
+}
+
+/* As user nobody (no MEMDEDUP_* and no XDG_RUNTIME_DIR), the daemon socket
+ * md__daemon_socket_path picks, and what `memdedup status` says of it:
+ * 0 if the socket is want and the status exits 0 (or, want NULL, the
+ * socket is another), else why not. */
+static int nobody_sees(const char *want)
+{
+	pid_t c = fork();
+	if (c == 0) {
+		char path[300], md[400];
+		if (setgroups(0, NULL) || setgid(65534) || setuid(65534))
+			_exit(10);
+		unsetenv("MEMDEDUP_SOCKET");
+		unsetenv("MEMDEDUP_RUN_DIR");
+		unsetenv("XDG_RUNTIME_DIR");
+		if (md__daemon_socket_path(NULL, path, sizeof(path)) != 0)
+			_exit(11);
+		if (want ? strcmp(path, want) != 0 : strcmp(path, MD_HOST_RUN_DIR "/memdedupd.sock") == 0)
+			_exit(12);
+		if (!want)
+			_exit(0);
+		snprintf(md, sizeof(md), "%s/memdedup status --json | grep -q '\"domains\"'", build_dir());
+		_exit(system(md) == 0 ? 0 : 13);
+	}
+	int ws;
+	if (c < 0 || waitpid(c, &ws, 0) != c || !WIFEXITED(ws))
+		return -1;
+	return WEXITSTATUS(ws);
+}
+
+/* Users other than root find the host's memdedupd (root's, as the systemd
+ * unit starts it) when it answers, so one daemon serves every user's VMs;
+ * when none answers there, their own. In a mount namespace of the test's
+ * own, with tmpfs on /run and /tmp: the host's are left alone. */
+TEST_IMPL(daemon_host_socket_found)
+{
+	if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
+		SKIP("cannot make a mount namespace here");
+	ASSERT_EQ(mount("none", "/run", "tmpfs", 0, "mode=0755"), 0);
+	ASSERT_EQ(mount("none", "/tmp", "tmpfs", 0, "mode=1777"), 0);
+	ASSERT_EQ(mkdir(MD_HOST_RUN_DIR, 0755), 0);
+	pid_t d = fork();
+	ASSERT(d >= 0);
+	if (d == 0) {
+		execl(daemon_exe(), "memdedupd", "--foreground", "--run-dir", MD_HOST_RUN_DIR, (char *)NULL);
+		_exit(127);
+	}
+	const char *sock = MD_HOST_RUN_DIR "/memdedupd.sock";
+	for (int i = 0; i < 300 && !md__daemon_alive(sock); i++)
+		usleep(10000);
+	ASSERT(md__daemon_alive(sock));
+	ASSERT_EQ(nobody_sees(sock), 0);
+	/* A directory others may write is not the host's. */
+	ASSERT_EQ(chmod(MD_HOST_RUN_DIR, 0777), 0);
+	ASSERT_EQ(nobody_sees(NULL), 0);
+	ASSERT_EQ(chmod(MD_HOST_RUN_DIR, 0755), 0);
+	ASSERT_EQ(nobody_sees(sock), 0);
+	ASSERT(kill(d, SIGTERM) == 0);
+	int ws;
+	ASSERT(waitpid(d, &ws, 0) == d);
+	/* Nobody answers there: the user's own. */
+	ASSERT_EQ(nobody_sees(NULL), 0);
+	umount("/tmp");
+	umount("/run");
 	return 0;
 }
 
