@@ -287,6 +287,10 @@ int md_agent_new(md_agent **agentp, const md_agent_options *opts)
 		opts = &none;
 	if ((opts->flags & ~MD_OPT_ALL) || opts->share_min_pages > MD_SHARE_MIN_PAGES_MAX)
 		return -EINVAL;
+	/* The ranges of `memdedup set` (md__tunable_set); 0 is the default. */
+	if (opts->pages_to_scan > 100000 || opts->sleep_ms > 10000 || opts->cpu_percent > 100 ||
+	    opts->hint_ratio > 8)
+		return -EINVAL;
 	if (__atomic_exchange_n(&agent_exists, 1, __ATOMIC_ACQ_REL))
 		return -EBUSY;
 

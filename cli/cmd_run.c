@@ -410,14 +410,17 @@ int md__cmd_run(int argc, char **argv)
 	const char *domain = getenv("MEMDEDUP_DOMAIN");
 	if (agent_scans() && !(domain && strcmp(domain, "private") == 0) &&
 	    !md__daemon_alive(NULL)) {
+		/* A named domain is not merged privately: its agent waits. */
+		const char *then = domain && *domain ? "the agent merges nothing until one answers"
+						     : "merging stays within the process";
 		char daemon[PATH_MAX + 64];
 		int derr = find_daemon(lib, daemon, sizeof(daemon));
 		if (derr)
 			fprintf(stderr, "memdedup run: memdedupd not found (beside %s, beside memdedup,\n"
-				"in PATH, in /usr/local/sbin): merging stays within the process\n", lib);
+				"in PATH, in /usr/local/sbin): %s\n", lib, then);
 		else if ((derr = md__daemon_ensure(daemon)))
-			fprintf(stderr, "memdedup run: memdedupd (%s) not started (%s): merging stays within the process\n",
-				daemon, strerror(-derr));
+			fprintf(stderr, "memdedup run: memdedupd (%s) not started (%s): %s\n", daemon,
+				strerror(-derr), then);
 	}
 	const char *old = getenv("LD_PRELOAD");
 	if (old && *old)

@@ -86,11 +86,12 @@ typedef struct md_agent_options {
 	uint64_t max_vmas;
 	/* MD_OPT_* flags; unknown bits are rejected with -EINVAL. */
 	unsigned flags;
-	/* Scanner tunables (MD_OPT_SCAN); 0 takes the default. */
-	unsigned pages_to_scan;   /* pages per batch (default 100) */
-	unsigned sleep_ms;        /* ms between batches, 1..10000; 0: the default (20) */
-	unsigned cpu_percent;     /* CPU cap of the scanner, % of a core (default 100) */
-	unsigned hint_ratio;      /* hinted visits of every 8 to start with (default 4) */
+	/* Scanner tunables (MD_OPT_SCAN); 0 takes the default; out of range:
+	 * -EINVAL. */
+	unsigned pages_to_scan;   /* pages per batch, 1..100000 (default 100) */
+	unsigned sleep_ms;        /* ms between batches, 1..10000 (default 20) */
+	unsigned cpu_percent;     /* CPU cap of the scanner, % of one core, 1..100 (default 100) */
+	unsigned hint_ratio;      /* hinted visits of every 8 to start with, 1..8 (default 4) */
 	/* The sharing domain: pages of different domains never share a frame.
 	 * "private": merge only within this process (a pool of its own).
 	 * NULL or "": the default domain of this Unix user in memdedupd if
@@ -206,7 +207,11 @@ typedef struct md_stats {
 MD_API const char *md_fallback_name(enum md_fallback reason);
 
 /* Creates an agent. There is at most one per process (it installs a lease
- * signal and owns the statistics file): a second gets -EBUSY. */
+ * signal and owns the statistics file): a second gets -EBUSY. Unknown
+ * flags and tunables out of range: -EINVAL. With MD_OPT_SCAN, a scanner
+ * that cannot start (no userfaultfd here) is said in the log and the agent
+ * runs without it (the VMM must not fail for us): md_agent_pause,
+ * md_agent_set and md_agent_unmerge then return -EINVAL. */
 MD_API int md_agent_new(md_agent **agentp, const md_agent_options *opts);
 /* Stops the agent. Shared pages stay mapped and stay correct: the leases go
  * with the mappings' files. */

@@ -260,6 +260,27 @@ TEST_IMPL(cli_run_finds_daemon_in_path)
 	return 0;
 }
 
+/* No memdedupd to be found: `run` says what the agent will do, merging in
+ * its process for the default domain, and nothing for a named one (its
+ * agent waits for the daemon: a named domain is never merged privately). */
+TEST_IMPL(cli_run_without_daemon_says_what_happens)
+{
+	const char *b = run_build_dir(), *d = test_dir();
+	if (access("/usr/local/sbin/memdedupd", X_OK) == 0)
+		SKIP("a memdedupd is installed in /usr/local/sbin");
+	char dir[400];
+	snprintf(dir, sizeof(dir), "%s/run", d);
+	ASSERT_EQ(sh("mkdir %s/run %s/bin && cp %s/memdedup %s/libmemdedup-preload.so %s/bin/", d, d, b, b, d), 0);
+	ASSERT_EQ(sh("PATH=/usr/bin:/bin MEMDEDUP_RUN_DIR=%s %s/bin/memdedup run --scan -- true", dir, d), 0);
+	ASSERT(strstr(slurp("err"), "memdedupd not found"));
+	ASSERT(strstr(slurp("err"), "merging stays within the process"));
+	ASSERT_EQ(sh("PATH=/usr/bin:/bin MEMDEDUP_RUN_DIR=%s %s/bin/memdedup run --scan --domain=tenant -- true",
+		     dir, d), 0);
+	ASSERT(strstr(slurp("err"), "the agent merges nothing until one answers"));
+	ASSERT(!strstr(slurp("err"), "within the process"));
+	return 0;
+}
+
 /* Options of the scanner without --scan would do nothing: wrong usage. */
 TEST_IMPL(cli_run_scan_options_need_scan)
 {

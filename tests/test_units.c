@@ -339,6 +339,15 @@ TEST_IMPL(agent_api_rejects)
 	o.share_min_pages = MD_SHARE_MIN_PAGES_MAX + 1;
 	ASSERT_EQ(md_agent_new(&a, &o), -EINVAL);
 	o.share_min_pages = MD_SHARE_MIN_PAGES_MAX;
+	/* The scanner's tunables out of their ranges (memdedup set's). */
+	const md_agent_options bad[] = {
+		{ .run_dir = "", .flags = MD_OPT_SCAN, .pages_to_scan = 100001 },
+		{ .run_dir = "", .flags = MD_OPT_SCAN, .sleep_ms = 10001 },
+		{ .run_dir = "", .flags = MD_OPT_SCAN, .cpu_percent = 101 },
+		{ .run_dir = "", .flags = MD_OPT_SCAN, .hint_ratio = 9 },
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		ASSERT_EQ(md_agent_new(&a, &bad[i]), -EINVAL);
 	ASSERT_EQ(md_agent_new(&a, &o), 0);
 	ASSERT_EQ(md_agent_new(&b, &o), -EBUSY);
 	char *mem = mmap(NULL, 1 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
