@@ -58,6 +58,22 @@ demo:
 	$(MAKE) all guest
 	scripts/demo.sh
 
+# Installs where `memdedup run` and the systemd unit look: the preload
+# library in lib/memdedup beside nothing else, memdedupd in sbin.
+PREFIX  ?= /usr/local
+DESTDIR ?=
+install: $(B)/memdedup $(B)/memdedupd $(B)/libmemdedup.so $(B)/libmemdedup-preload.so $(B)/libmemdedup.a
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/lib/memdedup \
+	  $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/share/doc/memdedup $(DESTDIR)$(PREFIX)/lib/systemd/system
+	install -m 0755 $(B)/memdedup $(DESTDIR)$(PREFIX)/bin/
+	install -m 0755 $(B)/memdedupd $(DESTDIR)$(PREFIX)/sbin/
+	install -m 0755 $(B)/libmemdedup-preload.so $(DESTDIR)$(PREFIX)/lib/memdedup/
+	install -m 0755 $(B)/libmemdedup.so $(DESTDIR)$(PREFIX)/lib/
+	install -m 0644 $(B)/libmemdedup.a $(DESTDIR)$(PREFIX)/lib/
+	install -m 0644 include/memdedup.h $(DESTDIR)$(PREFIX)/include/
+	install -m 0644 README.md docs/ARCHITECTURE.md docs/protocol.md $(DESTDIR)$(PREFIX)/share/doc/memdedup/
+	install -m 0644 daemon/memdedupd.service $(DESTDIR)$(PREFIX)/lib/systemd/system/
+
 # clean keeps build/guest: the downloaded kernel and built images are a cache.
 clean:
 	find $(B) -mindepth 1 -maxdepth 1 ! -name guest -exec rm -rf {} + 2>/dev/null || true
@@ -65,4 +81,4 @@ clean:
 distclean:
 	rm -rf $(B) build-asan
 
-.PHONY: all deps demo clean distclean
+.PHONY: all deps demo install clean distclean

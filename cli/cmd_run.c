@@ -42,7 +42,8 @@ const struct md__cmd md__cmd_run_def = {
 	"  --scan                  run the content scanner (needed by the options\n"
 	"                          below, --domain included); starts memdedupd\n"
 	"                          unless it answers: found beside the library,\n"
-	"                          beside memdedup, in PATH, or in /usr/local/sbin\n"
+	"                          beside memdedup, in its ../sbin, in PATH, or in\n"
+	"                          /usr/local/sbin\n"
 	"  --pages-to-scan=N       pages per batch, 1..100000, for this VMM alone\n"
 	"                          (default: memdedupd's, 100, split among its agents)\n"
 	"  --sleep-ms=N            sleep between batches, 1..10000 ms (default 20)\n"
@@ -326,6 +327,9 @@ static int find_daemon(const char *lib, char *out, size_t size)
 		snprintf(out, size, "%s/memdedupd", dir);
 		if (executable(out))
 			return 0;
+		snprintf(out, size, "%s/../sbin/memdedupd", dir);	/* make install's */
+		if (executable(out))
+			return 0;
 	}
 	if (resolve_command("memdedupd", out, size) == 0) {
 		/* md__daemon_ensure execs it by path: make a relative one
@@ -417,7 +421,7 @@ int md__cmd_run(int argc, char **argv)
 		int derr = find_daemon(lib, daemon, sizeof(daemon));
 		if (derr)
 			fprintf(stderr, "memdedup run: memdedupd not found (beside %s, beside memdedup,\n"
-				"in PATH, in /usr/local/sbin): %s\n", lib, then);
+				"in its ../sbin, in PATH, in /usr/local/sbin): %s\n", lib, then);
 		else if ((derr = md__daemon_ensure(daemon)))
 			fprintf(stderr, "memdedup run: memdedupd (%s) not started (%s): %s\n", daemon,
 				strerror(-derr), then);

@@ -281,6 +281,25 @@ TEST_IMPL(cli_run_without_daemon_says_what_happens)
 	return 0;
 }
 
+/* `make install` puts things where `memdedup run` looks: the installed
+ * memdedup finds its preload library (lib/memdedup) and memdedupd (sbin). */
+TEST_IMPL(cli_install_layout_runs)
+{
+	const char *b = run_build_dir(), *d = test_dir();
+	char dir[400], sock[450];
+	snprintf(dir, sizeof(dir), "%s/run", d);
+	snprintf(sock, sizeof(sock), "%s/memdedupd.sock", dir);
+	ASSERT_EQ(sh("make -s install B=%s DESTDIR=%s/inst PREFIX=/opt/md", b, d), 0);
+	int code = sh("PATH=/usr/bin:/bin MEMDEDUP_RUN_DIR=%s %s/inst/opt/md/bin/memdedup run --scan -- true", dir, d);
+	int alive = md__daemon_alive(sock), pid = kill_daemon_of(dir);
+	ASSERT_EQ(code, 0);
+	ASSERT(alive && pid > 0);
+	ASSERT(!strstr(slurp("err"), "memdedupd"));
+	ASSERT_EQ(sh("test -f %s/inst/opt/md/include/memdedup.h && test -f %s/inst/opt/md/lib/libmemdedup.so && "
+		     "test -f %s/inst/opt/md/lib/systemd/system/memdedupd.service", d, d, d), 0);
+	return 0;
+}
+
 /* Options of the scanner without --scan would do nothing: wrong usage. */
 TEST_IMPL(cli_run_scan_options_need_scan)
 {
