@@ -5,9 +5,10 @@
  *
  * Sharing, in kernel KSM's terms: pages_shared is the pool pages in use
  * (every live slot is referenced: the last reference frees it),
- * pages_sharing the references to them (mappings in agents), and
- * general_profit the memory saved, (pages_sharing - pages_shared) pages,
- * minus what the daemon spends to keep track of them.
+ * pages_sharing the references to them beyond the first of each (the
+ * pages saved: N guest pages showing one pool page save N - 1), and
+ * general_profit those pages' bytes minus what the daemon spends to keep
+ * track of them.
  */
 #include <errno.h>
 #include <jansson.h>
@@ -54,14 +55,15 @@ static int by_agent_pid(const void *x, const void *y)
 static json_int_t domain_profit(const struct md__domain *dom)
 {
 	return ((json_int_t)dom->refs_total - (json_int_t)md__pool_live(&dom->pool)) * MD_MSG_PAGE -
-	       domain_meta(dom);
+	       domain_meta(dom);	/* pages_sharing pages, less the bookkeeping */
 }
 
 static json_t *domain_json(const struct md__domain *dom)
 {
 	json_t *o = json_object();
 	json_int_t live = (json_int_t)md__pool_live(&dom->pool);
-	json_int_t sharing = (json_int_t)dom->refs_total;
+	/* KSM's: the sites beyond the first of each page, what is saved. */
+	json_int_t sharing = (json_int_t)dom->refs_total - live;
 	if (!o)
 		return NULL;
 	json_object_set_new(o, "id", json_integer(dom->id));
@@ -192,7 +194,7 @@ int md__status_json(struct md__daemon *d, uid_t uid, uint32_t domain_from, uint3
 	 * every domain, ids being smaller). */
 	for (size_t i = 0; i < ndom; i++) {
 		t_live += (json_int_t)md__pool_live(&dv[i]->pool);
-		t_sharing += (json_int_t)dv[i]->refs_total;
+		t_sharing += (json_int_t)dv[i]->refs_total - (json_int_t)md__pool_live(&dv[i]->pool);
 		t_profit += domain_profit(dv[i]);
 	}
 	for (size_t i = 0; i < ndom && !next; i++) {
