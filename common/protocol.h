@@ -3,7 +3,7 @@
  *
  * Every message is a fixed 16-byte header followed by `length` payload bytes:
  *
- *     u32 magic ("MDD1" on the wire)  u16 version (3)  u16 type
+ *     u32 magic ("MDD1" on the wire)  u16 version (4)  u16 type
  *     u32 length (payload bytes)      u32 seq
  *
  * All fields are little-endian and fixed-size; a payload is a fixed part
