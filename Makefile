@@ -72,7 +72,7 @@ install: $(B)/memdedup $(B)/memdedupd $(B)/libmemdedup.so $(B)/libmemdedup-prelo
 	install -m 0644 $(B)/libmemdedup.a $(DESTDIR)$(PREFIX)/lib/
 	install -m 0644 include/memdedup.h $(DESTDIR)$(PREFIX)/include/
 	install -m 0644 README.md docs/ARCHITECTURE.md docs/protocol.md $(DESTDIR)$(PREFIX)/share/doc/memdedup/
-	install -m 0644 daemon/memdedupd.service $(DESTDIR)$(PREFIX)/lib/systemd/system/
+	sed 's|/usr/local/|$(PREFIX)/|g' daemon/memdedupd.service > $(DESTDIR)$(PREFIX)/lib/systemd/system/memdedupd.service
 
 # clean keeps build/guest: the downloaded kernel and built images are a cache.
 clean:

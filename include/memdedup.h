@@ -79,7 +79,8 @@ typedef struct md_agent_options {
 	int kernel_ksm;
 	/* Directory for the agent's statistics file (what `memdedup status`
 	 * reads); NULL: $MEMDEDUP_RUN_DIR, else /run/memdedup for root, else
-	 * $XDG_RUNTIME_DIR/memdedup. An empty string: no statistics file. */
+	 * $XDG_RUNTIME_DIR/memdedup, else /tmp/memdedup-<uid> (a 0700
+	 * directory of the user's). An empty string: no statistics file. */
 	const char *run_dir;
 	/* The most mappings (VMAs) the agent may create; 0: a default derived
 	 * from vm.max_map_count. */
@@ -158,7 +159,9 @@ typedef struct md_stats {
 	uint64_t pages_hinted;         /* visits from hints */
 	uint64_t merged;               /* pages merged with a pool page */
 	uint64_t merged_from_hints;    /* of those, found through hints */
-	uint64_t zero_pages;           /* all-zero pages dropped to the zero page */
+	uint64_t zero_pages;           /* now: all-zero pages dropped (they read as the
+	                                  zero page) and not seen written or read
+	                                  since (KSM's ksm_zero_pages) */
 	uint64_t published;            /* pages copied into the pool as first copy */
 	uint64_t volatile_skips;       /* visits skipped: checksum changed */
 	uint64_t abandoned;            /* merges abandoned: changed under protection */
@@ -167,11 +170,17 @@ typedef struct md_stats {
 	uint64_t wp_waits;             /* guest writes that waited for a merge */
 	uint64_t hints_pushed, hints_dropped;
 	uint64_t pages_sharing;        /* now: guest pages mapped from the pool */
-	uint64_t pool_pages;           /* now: pool pages in use (KSM's pages_shared) */
+	uint64_t pool_pages;           /* now: pages of the process's own pool in use
+	                                  (KSM's pages_shared); with memdedupd only its
+	                                  fill strips: the domain's pool is in
+	                                  memdedupd's status */
 	uint64_t scan_cpu_ns;          /* CPU time of the scanner thread */
-	int64_t general_profit;        /* now: bytes saved minus metadata bytes */
+	int64_t general_profit;        /* now: bytes saved minus metadata bytes (with
+	                                  memdedupd, like KSM's per process: the pages
+	                                  merged, less the metadata) */
 	uint64_t merge_rate;           /* now: pages merged per second (last second) */
-	uint64_t break_rate;           /* now: merged pages written per second */
+	uint64_t break_rate;           /* now: merged pages written per second, over
+	                                  the time between the walks that find them */
 	uint64_t pages_unshared;       /* now: unique pages still checked (KSM's) */
 	uint64_t smart_skips;          /* visits saved on pages that stayed unique */
 	uint64_t candidates;           /* pages memdedupd named: their content was

@@ -296,7 +296,8 @@ TEST_IMPL(cli_install_layout_runs)
 	ASSERT(alive && pid > 0);
 	ASSERT(!strstr(slurp("err"), "memdedupd"));
 	ASSERT_EQ(sh("test -f %s/inst/opt/md/include/memdedup.h && test -f %s/inst/opt/md/lib/libmemdedup.so && "
-		     "test -f %s/inst/opt/md/lib/systemd/system/memdedupd.service", d, d, d), 0);
+		     "grep -q '^ExecStart=/opt/md/sbin/memdedupd ' %s/inst/opt/md/lib/systemd/system/memdedupd.service",
+		     d, d, d), 0);
 	return 0;
 }
 
