@@ -473,17 +473,20 @@ int md__scan_account(struct md_agent *a, int reap)
 	 * every 10 s still a tenth of all memdedup's. */
 	uint64_t changed = md__scan_activity(a) + st.cow_broken;
 	if (reap || changed != a->walk_activity || ++a->walk_age >= 30) {
-		uint64_t sharing = 0, registered = 0, unshared = 0;
+		uint64_t sharing = 0, registered = 0, unshared = 0, zero = 0;
 		pthread_rwlock_rdlock(&e->regions_lock);
 		pthread_mutex_lock(&e->lock);
 		for (size_t i = 0; i < e->nregions; i++) {
 			struct md__eregion *r = &e->regions[i];
 			size_t np = (r->end - r->start) / MD_EPAGE;
 			registered += np;
+			zero += md__engine_dropped_pages(r);
 			for (size_t p = 0; p < np; p++) {
 				sharing += MD_REF_SLOT(r->ref[p]) != 0;
-				/* KSM's pages_unshared: found stable and unique. */
-				unshared += !MD_REF_BUSY(r->ref[p]) && MD_SEEN_AGE(r->seen[p]) > 0;
+				/* KSM's pages_unshared: found stable and unique,
+				 * and there (not dropped as a zero page since). */
+				unshared += !MD_REF_BUSY(r->ref[p]) && MD_SEEN_AGE(r->seen[p]) > 0 &&
+					    !((r->dropped[p / 8] >> (p % 8)) & 1);
 			}
 		}
 		pthread_mutex_unlock(&e->lock);
@@ -491,13 +494,19 @@ int md__scan_account(struct md_agent *a, int reap)
 		a->walk_sharing = sharing;
 		a->walk_registered = registered;
 		a->walk_unshared = unshared;
+		a->walk_zero = zero;
 		a->walk_activity = changed;
 		a->walk_age = 0;
 	}
 	uint64_t sharing = a->walk_sharing, registered = a->walk_registered, unshared = a->walk_unshared;
-	/* With the daemon's pool, what the domain's pool holds is the
-	 * daemon's to say; we count the first copies we put there. */
-	uint64_t pool = e->remote ? ss.published : md__pool_live(&e->pool);
+	uint64_t zero = a->walk_zero;
+	/* Our own pool's pages: all of them without memdedupd, only the fill
+	 * strips with it. What the domain's pool holds is memdedupd's to
+	 * count (its status): our profit is then, like KSM's per process,
+	 * what we merged, with no share of the pages other agents show too.
+	 * (Counting the pages we published, as it was, counted every one
+	 * ever published and never freed: the profit drifted down.) */
+	uint64_t pool = md__pool_live(&e->pool);
 
 	md__set(a, MD_CTR_PAGES_SCANNED, ss.scanned);
 	md__set(a, MD_CTR_PAGES_HINTED, ss.hinted);
@@ -520,7 +529,7 @@ int md__scan_account(struct md_agent *a, int reap)
 	}
 	md__set(a, MD_CTR_MERGED, st.merged);
 	md__set(a, MD_CTR_MERGED_FROM_HINTS, ss.merged_hint);
-	md__set(a, MD_CTR_ZERO_PAGES, st.zero);
+	md__set(a, MD_CTR_ZERO_PAGES, zero);
 	md__set(a, MD_CTR_FILLED_PAGES, st.filled);
 	md__set(a, MD_CTR_ZERO_NEAR_HINTS, ss.zero_swept);
 	md__set(a, MD_CTR_HINT_RATIO, ss.ratio);
@@ -542,14 +551,8 @@ int md__scan_account(struct md_agent *a, int reap)
 	/* KSM's general_profit: what merging saves, less what it costs in
 	 * metadata (the engine's MD_EPAGE_META bytes per registered page, the index of
 	 * image pages). Pages mapped from images, by reads or merges, count
-	 * with read-time sharing (pages_shared), as before. Fill strips are
-	 * pages of our own pool, which pool counts already without the
-	 * daemon (racy read: fine). */
-	uint64_t strips = 0;
-	for (size_t i = 0; e->remote && i < MD_FILLS; i++)
-		strips += e->fills[i].slot != 0;
-	int64_t profit = ((int64_t)sharing + (int64_t)st.zero - (int64_t)pool -
-			  (int64_t)(strips * MD_FILL_STRIP)) * MD_EPAGE -
+	 * with read-time sharing (pages_shared), as before. */
+	int64_t profit = ((int64_t)sharing + (int64_t)zero - (int64_t)pool) * MD_EPAGE -
 			 (int64_t)(registered * MD_EPAGE_META) - (int64_t)md__imagepages_bytes(a->imgpages);
 	md__set(a, MD_CTR_GENERAL_PROFIT, (uint64_t)profit);
 	pthread_mutex_unlock(&account_lock);

@@ -181,6 +181,23 @@ static void dropped_set(struct md__eregion *r, size_t i, int on)
 		r->dropped[i / 8] &= (uint8_t)~(1u << (i % 8));
 }
 
+void md__engine_present(struct md__engine *e, struct md__eregion *r, size_t i)
+{
+	if (!__atomic_load_n(&r->dropped[i / 8], __ATOMIC_RELAXED))
+		return;	/* the common case: no lock */
+	pthread_mutex_lock(&e->lock);
+	dropped_set(r, i, 0);
+	pthread_mutex_unlock(&e->lock);
+}
+
+size_t md__engine_dropped_pages(const struct md__eregion *r)
+{
+	size_t n = 0, np = (r->end - r->start) / MD_EPAGE;
+	for (size_t b = 0; b < (np + 7) / 8; b++)
+		n += (size_t)__builtin_popcount(__atomic_load_n(&r->dropped[b], __ATOMIC_RELAXED));
+	return n;
+}
+
 void md__engine_fini(struct md__engine *e)
 {
 	/* Closing the userfaultfd ends registrations; merged pages stay

@@ -108,8 +108,10 @@ struct md__eregion {
 	uint8_t *dropped;  /* bitmap: the engine dropped the page as a zero page
 	                    * and the VMM has not discarded it since, so where it
 	                    * is not there the hole is ours, not the VMM's
-	                    * (MD_UNREG_HANDOVER fills it). Written under the
-	                    * merge lock only, unlike seen[]. */
+	                    * (MD_UNREG_HANDOVER fills it), and while it is not
+	                    * there it counts as a zero page (md__engine_present
+	                    * clears it when the scanner finds it there again).
+	                    * Written under the merge lock only, unlike seen[]. */
 };
 
 struct md__engine_stats {
@@ -237,6 +239,12 @@ int md__engine_merge_slots(struct md__engine *e, void *addr, size_t n, const uin
  * and marked MD_REF_IMAGE. Returns n, 0 (they differ), or -errno. */
 int md__engine_merge_file(struct md__engine *e, void *addr, size_t n, int fd, off_t off,
 			  const void *content);
+/* Page i of r is there (the scanner's window shows it): a page dropped as
+ * zero before and written or read since is no longer a dropped one. */
+void md__engine_present(struct md__engine *e, struct md__eregion *r, size_t i);
+/* Pages of r dropped as zero pages and not seen there since. */
+size_t md__engine_dropped_pages(const struct md__eregion *r);
+
 /* Drops those of n pages from addr that are all zero. Returns the count. */
 int md__engine_merge_zero(struct md__engine *e, void *addr, size_t n);
 /* Maps those of n pages from addr that are word repeated (not zero) from a

@@ -757,6 +757,7 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 		s->pm_fresh = a + MD_EPAGE;	/* the next page of the run is fresh too */
 	if (!worth_reading(e, s->pm[(a - s->pm_base) / MD_EPAGE]))
 		return 0;
+	md__engine_present(e, r, i);
 	const void *page = content(s, r, a, hinted);
 	if (!page)
 		return 0;

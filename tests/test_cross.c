@@ -148,6 +148,7 @@ TEST_IMPL(cross_process_sharing)
 
 static int sharing_all(const md_stats *s) { return s->pages_sharing >= N && s->merged_from_candidates > 0; }
 static int unique_aged(const md_stats *s) { return s->pages_unshared >= 64 && s->smart_skips > 0; }
+static int unshared_dropped(const md_stats *s) { return s->pages_unshared == 0 && s->zero_pages >= 64; }
 
 /* Duplicates inside one process share through the daemon's pool too: the
  * second copy is published, and the daemon names the first copy back to its
@@ -185,6 +186,10 @@ TEST_IMPL(cross_in_process_duplicates)
 	 * cursor on some passes (the smart scan). */
 	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, unique_aged), 0);
 	ASSERT_EQ(domain_live(&t), N / 2);
+	/* Zeroed and dropped, they are no longer unique pages still checked
+	 * (they kept their age, and were counted so). */
+	proc_cmd(&a, "zero %u 64", N * PG);
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, unshared_dropped), 0);
 	proc_stop(&a);
 	td_stop(&t);
 	return 0;
@@ -491,6 +496,10 @@ TEST_IMPL(cross_unmerge_short_of_memory)
 	proc_cmd(&a, "fill %u 128 3", 128 * PG);
 	md_stats s;
 	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, sharing_128), 0);
+	/* The domain's pool is memdedupd's to count: none of it is billed to
+	 * this process (every page it ever published was, and never less). */
+	ASSERT_EQ(s.pool_pages, 0);
+	ASSERT(s.general_profit > 0);
 	char h[32];
 	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", 256 * PG));
 	ASSERT_EQ(cgroup_limit(&cg, 40ull << 20), 0);	/* below the 64 MiB kept spare */
