@@ -207,12 +207,15 @@ static json_t *stats_json(const md_stats *s)
 	return o;
 }
 
-/* Adds s to t, staying at the largest value rather than wrapping. */
+/* Adds s to t, staying at the largest value rather than wrapping. The
+ * hint ratio is a setting (0..8), not a count: the totals keep the
+ * largest; io_unseen sums to the agents it stopped. */
 static void add_stats(md_stats *t, const md_stats *s)
 {
 	const uint64_t *src = (const uint64_t *)s;
 	uint64_t *dst = (uint64_t *)t;
 	int64_t profit;
+	uint64_t ratio = t->hint_ratio > s->hint_ratio ? t->hint_ratio : s->hint_ratio;
 	if (__builtin_add_overflow(t->general_profit, s->general_profit, &profit))
 		profit = s->general_profit < 0 ? INT64_MIN : INT64_MAX;
 	/* md_stats is all uint64_t counters, but for general_profit. */
@@ -220,6 +223,7 @@ static void add_stats(md_stats *t, const md_stats *s)
 		if (__builtin_add_overflow(dst[i], src[i], &dst[i]))
 			dst[i] = UINT64_MAX;
 	t->general_profit = profit;
+	t->hint_ratio = ratio;
 }
 
 static void print_row(const char *pid, const char *cmd, const md_stats *s)

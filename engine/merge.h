@@ -110,7 +110,7 @@ struct md__eregion {
 	                    * is not there the hole is ours, not the VMM's
 	                    * (MD_UNREG_HANDOVER fills it), and while it is not
 	                    * there it counts as a zero page (md__engine_present
-	                    * clears it when the scanner finds it there again).
+	                    * clears it when the scanner reads it written).
 	                    * Written under the merge lock only, unlike seen[]. */
 };
 
@@ -239,8 +239,8 @@ int md__engine_merge_slots(struct md__engine *e, void *addr, size_t n, const uin
  * and marked MD_REF_IMAGE. Returns n, 0 (they differ), or -errno. */
 int md__engine_merge_file(struct md__engine *e, void *addr, size_t n, int fd, off_t off,
 			  const void *content);
-/* Page i of r is there (the scanner's window shows it): a page dropped as
- * zero before and written or read since is no longer a dropped one. */
+/* Page i of r holds something other than zeroes (the scanner read it): a
+ * page dropped as zero before and written since is no longer a dropped one. */
 void md__engine_present(struct md__engine *e, struct md__eregion *r, size_t i);
 /* Pages of r dropped as zero pages and not seen there since. */
 size_t md__engine_dropped_pages(const struct md__eregion *r);

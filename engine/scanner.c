@@ -757,7 +757,6 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 		s->pm_fresh = a + MD_EPAGE;	/* the next page of the run is fresh too */
 	if (!worth_reading(e, s->pm[(a - s->pm_base) / MD_EPAGE]))
 		return 0;
-	md__engine_present(e, r, i);
 	const void *page = content(s, r, a, hinted);
 	if (!page)
 		return 0;
@@ -785,6 +784,9 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 		}
 		/* No strip for one more word: a page like any other. */
 	}
+	/* Not a zero page (any more): one dropped before was written. Not
+	 * from the window, which may be older than a drop. */
+	md__engine_present(e, r, i);
 	uint64_t h = md__page_hash(page);
 	int changed = !r->seen[i] || r->hash[i] != (uint16_t)h;
 	s->first_seen += !r->seen[i];

@@ -15,6 +15,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "daemon_util.h"
 #include "proc.h"
 #include "runner.h"
@@ -483,6 +485,29 @@ TEST_IMPL(cli_status_sanitized)
 	ASSERT(strstr(out, "\"command\": \"q?emu\""));
 	ASSERT(strstr(out, "\"pages_shared\": 9223372036854775807"));
 	ASSERT(!strstr(out, ": -"));
+	return 0;
+}
+
+/* The totals add counts, but a setting is not a count: two agents at hint
+ * ratio 4 make a total ratio of 4, not 8 (out of its range). */
+TEST_IMPL(cli_status_totals_keep_settings)
+{
+	char path[512], name[64];
+	pid_t pids[2] = { getpid(), getppid() };
+	for (int i = 0; i < 2; i++) {
+		snprintf(name, sizeof(name), "agent-%d.stats", (int)pids[i]);
+		make_rd(path, sizeof(path), name);
+		write_stats(path, (uint32_t)pids[i], md__proc_start_time(pids[i]), "vmm", 4);
+	}
+	ASSERT_EQ(status_json(), 0);
+	json_error_t je;
+	json_t *st = json_loads(slurp("out"), 0, &je);
+	ASSERT(st);
+	json_t *sc = json_object_get(json_object_get(st, "totals"), "scanner");
+	ASSERT(sc);
+	ASSERT_EQ(json_integer_value(json_object_get(sc, "hint_ratio")), 4);
+	ASSERT_EQ(json_integer_value(json_object_get(sc, "merged")), 8);	/* a count: added */
+	json_decref(st);
 	return 0;
 }
 
