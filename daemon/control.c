@@ -4,7 +4,7 @@
  * a bad value never reaches an agent; then it forwards one CONTROL (seq 0,
  * a token of its own) to each matching agent, and answers CONTROL_R once
  * each has said how it went (CONTROL_DONE with that token), has gone away,
- * or MD_CONTROL_WAIT_MS have passed. An agent may refuse: unmerge when the
+ * or MD_CONTROL_WAIT_MS have passed (less if MEMDEDUP_CONTROL_WAIT_MS says). An agent may refuse: unmerge when the
  * host (or its cgroup) lacks the memory for the copies, resume once it
  * stopped merging for good; the CLI then says which agent and why, and
  * exits 1.
@@ -120,7 +120,7 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 	p->seq = seq;
 	p->op = ctl->op;
 	p->token = ++d->last_token ? d->last_token : ++d->last_token;	/* never 0 */
-	p->deadline_ms = md__now_ms() + MD_CONTROL_WAIT_MS;
+	p->deadline_ms = md__now_ms() + d->control_wait_ms;
 	if (ctl->op == MD_CTL_SET)
 		snprintf(p->what, sizeof(p->what), "%s=%s", ctl->key, ctl->value);
 	else
@@ -238,8 +238,8 @@ int md__control_tick(struct md__daemon *d)
 		next = p->next;
 		if (now < p->deadline_ms)
 			continue;
-		failed(p, -ETIMEDOUT, "pid %d did not answer in %d s (it may still do it)",
-		       (int)p->owed[0], MD_CONTROL_WAIT_MS / 1000);
+		failed(p, -ETIMEDOUT, "pid %d did not answer in %.1f s (it may still do it)",
+		       (int)p->owed[0], d->control_wait_ms / 1000.0);
 		p->failed += (unsigned)p->nowed - 1;
 		p->nowed = 0;
 		finish(d, p);

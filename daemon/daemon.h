@@ -186,6 +186,7 @@ struct md__daemon {
 	char pid_path[MD_D_RUN_DIR_MAX + 32];
 	char log_path[MD_D_RUN_DIR_MAX + 32];	/* daemonized: reopened on SIGHUP */
 	size_t pool_pages;
+	int control_wait_ms;	/* a CONTROL's deadline: MD_CONTROL_WAIT_MS or less */
 	struct md__conn *conns;
 	size_t nconns;
 	struct md__user *users;    /* of the connections */

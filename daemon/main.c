@@ -37,7 +37,11 @@ static const char usage_text[] =
 	"  --run-dir DIR    pid file, log and default socket (default: $MEMDEDUP_RUN_DIR,\n"
 	"                   /run/memdedup for root, else $XDG_RUNTIME_DIR/memdedup)\n"
 	"  --pool-pages N   slots of each pool (default 1048576: 4 GiB)\n"
-	"  -h, --help       this text\n";
+	"  -h, --help       this text\n"
+	"\n"
+	"MEMDEDUP_CONTROL_WAIT_MS=N (100..60000, default 60000): how long a control\n"
+	"waits for the agents before memdedupd answers that one did not (shorter\n"
+	"only: `memdedup` waits that long and 5 s more).\n";
 
 void md__dlog(const char *fmt, ...)
 {
@@ -250,6 +254,14 @@ int main(int argc, char **argv)
 	 * for as long as we live. */
 	close_range(3, ~0u, 0);
 	d.pool_pages = (size_t)pages;
+	const char *wait = getenv("MEMDEDUP_CONTROL_WAIT_MS");
+	uint32_t wait_ms = MD_CONTROL_WAIT_MS;
+	if (wait && *wait && md__parse_uint(wait, 100, MD_CONTROL_WAIT_MS, &wait_ms) != 0) {
+		fprintf(stderr, "memdedupd: MEMDEDUP_CONTROL_WAIT_MS must be a whole number from 100 to %u\n",
+			MD_CONTROL_WAIT_MS);
+		return 2;
+	}
+	d.control_wait_ms = (int)wait_ms;
 	d.max_conns = raise_nofile();
 	md__tunables_default(&d.tun);
 

@@ -1812,6 +1812,46 @@ static void next_control(struct md__client *agent, struct md__msg_control *ctl)
 	ASSERT(ctl->token != 0);
 }
 
+/* An agent that never answers: the CLI hears so at the deadline (600 ms
+ * here, a minute by default), named; the agent's late answer is dropped,
+ * and its connection stays. A bad deadline is a usage error. */
+TEST_IMPL(daemon_control_deadline)
+{
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	struct md__msg_control ctl;
+	struct control_call k;
+	int fd;
+
+	ASSERT_EQ(td_sh("MEMDEDUP_CONTROL_WAIT_MS=99 %s/memdedupd --foreground --run-dir %s/bad 2>%s/bad.err",
+			build_dir(), test_dir(), test_dir()), 2);
+	ASSERT_EQ(td_sh("grep -q 'MEMDEDUP_CONTROL_WAIT_MS must be' %s/bad.err", test_dir()), 0);
+	setenv("MEMDEDUP_CONTROL_WAIT_MS", "600", 1);
+	td_start(&t, 16);
+	unsetenv("MEMDEDUP_CONTROL_WAIT_MS");
+	struct md__client *agent = td_agent(&t, NULL, &w, &fd);
+	struct md__client *cli = td_connect(&t);
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	control_start(&k, cli, MD_CTL_PAUSE, getpid(), NULL, NULL);
+	next_control(agent, &ctl);
+	ASSERT_EQ(control_end(&k), -ETIMEDOUT);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	double took = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+	ASSERT(took >= 0.6);
+	char want[64];
+	snprintf(want, sizeof(want), "pid %d did not answer in 0.6 s", (int)getpid());
+	ASSERT(strstr(k.text, want));
+	ASSERT_EQ(md__client_control_done(agent, ctl.token, 0, NULL), 0);	/* too late */
+	ASSERT_EQ(lookup_caught_up(agent), 0);	/* a request goes through after it */
+	ASSERT(md__client_alive(agent));
+	md__client_free(cli);
+	md__client_free(agent);
+	close(fd);
+	td_stop(&t);
+	return 0;
+}
+
 TEST_IMPL(daemon_control)
 {
 	struct tdaemon t;
