@@ -261,8 +261,22 @@ static ssize_t read_segment(struct md_agent *a, int fd, void *buf, size_t len, o
 	pthread_mutex_lock(&a->lock);
 	struct md__region *r = md__region_find(a, (uintptr_t)buf, len);
 	if (!r) {
+		struct md__region *first = md__region_find(a, (uintptr_t)buf, 1);
+		size_t head = first ? first->end - (uintptr_t)buf : 0;
 		pthread_mutex_unlock(&a->lock);
-		/* Not all in one region; may still overlap scanned RAM. */
+		if (head) {
+			/* Across region records (RAM registered in parts, which
+			 * meet at a page boundary): each part as a read of its
+			 * own. A short first part ends the read, as pread's
+			 * caller expects; a failure after it, too (the caller
+			 * reads the rest again and hears of it then). */
+			ssize_t n1 = read_segment(a, fd, buf, head, off);
+			if (n1 < (ssize_t)head)
+				return n1;
+			ssize_t n2 = read_segment(a, fd, (char *)buf + head, len - head, off + (off_t)head);
+			return n2 < 0 ? n1 : n1 + n2;
+		}
+		/* Not in a region; its end may still overlap scanned RAM. */
 		struct iovec io = { buf, len };
 		return tracked_preadv(a, fd, &io, 1, off, 0);
 	}

@@ -181,6 +181,29 @@ TEST_IMPL(fallback_unaligned)
 	return 0;
 }
 
+/* RAM registered in parts (advised unmergeable, then mergeable again: two
+ * records that meet): a read across the seam is shared on both sides, as
+ * two reads (it was copied whole, and not even counted). */
+TEST_IMPL(read_across_region_records)
+{
+	const char *img = image(4);
+	struct proc a;
+	int fd = start_reader(&a, img, NULL);
+	ASSERT_EQ(proc_num(&a, "advise %u %u unmergeable", 64 * 4096, 64 * 4096), 0);
+	ASSERT_EQ(proc_num(&a, "advise %u %u mergeable", 64 * 4096, 64 * 4096), 0);
+	md_stats s0, s;
+	ASSERT_EQ(proc_stats(&a, &s0), 0);
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u %u %u", fd, 64 * 4096, 32 * 4096, 64 * 4096), 64 * 4096);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 32 * 4096, 64 * 4096), hex(fnv_file(img, 0, 64 * 4096))) == 0);
+	for (unsigned i = 32; i < 96; i += 8)
+		ASSERT(proc_page(&a, i * 4096).file);
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.reads_seen - s0.reads_seen, 2);
+	ASSERT_EQ(s.pages_shared_at_read - s0.pages_shared_at_read, 64);
+	proc_stop(&a);
+	return 0;
+}
+
 /* An O_DIRECT read (QEMU's cache=none) that ends at the end of a file whose
  * size is no multiple of the disk's blocks: the bytes around the shared
  * pages cannot be read so, and the read is done whole, as asked. */
