@@ -473,13 +473,12 @@ int md__scan_account(struct md_agent *a, int reap)
 	 * every 10 s still a tenth of all memdedup's. */
 	uint64_t changed = md__scan_activity(a) + st.cow_broken;
 	if (reap || changed != a->walk_activity || ++a->walk_age >= 30) {
-		uint64_t sharing = 0, registered = 0, unshared = 0, zero = 0;
+		uint64_t sharing = 0, unshared = 0, zero = 0;
 		pthread_rwlock_rdlock(&e->regions_lock);
 		pthread_mutex_lock(&e->lock);
 		for (size_t i = 0; i < e->nregions; i++) {
 			struct md__eregion *r = &e->regions[i];
 			size_t np = (r->end - r->start) / MD_EPAGE;
-			registered += np;
 			zero += md__engine_dropped_pages(r);
 			for (size_t p = 0; p < np; p++) {
 				sharing += MD_REF_SLOT(r->ref[p]) != 0;
@@ -489,16 +488,16 @@ int md__scan_account(struct md_agent *a, int reap)
 					    !((r->dropped[p / 8] >> (p % 8)) & 1);
 			}
 		}
+		a->walk_meta = md__engine_meta_bytes(e);
 		pthread_mutex_unlock(&e->lock);
 		pthread_rwlock_unlock(&e->regions_lock);
 		a->walk_sharing = sharing;
-		a->walk_registered = registered;
 		a->walk_unshared = unshared;
 		a->walk_zero = zero;
 		a->walk_activity = changed;
 		a->walk_age = 0;
 	}
-	uint64_t sharing = a->walk_sharing, registered = a->walk_registered, unshared = a->walk_unshared;
+	uint64_t sharing = a->walk_sharing, unshared = a->walk_unshared;
 	uint64_t zero = a->walk_zero;
 	/* Our own pool's pages: all of them without memdedupd, only the fill
 	 * strips with it. What the domain's pool holds is memdedupd's to
@@ -549,11 +548,12 @@ int md__scan_account(struct md_agent *a, int reap)
 	md__set(a, MD_CTR_CANDIDATES, ss.candidates);
 	md__set(a, MD_CTR_MERGED_FROM_CANDIDATES, ss.merged_candidate);
 	/* KSM's general_profit: what merging saves, less what it costs in
-	 * metadata (the engine's MD_EPAGE_META bytes per registered page, the index of
-	 * image pages). Pages mapped from images, by reads or merges, count
+	 * metadata: the engine's per page, per pool slot and in its index (at
+	 * the walk, under its locks), the scanner's tables, the index of
+	 * image pages (racy reads of sizes: fine). Pages mapped from images, by reads or merges, count
 	 * with read-time sharing (pages_shared), as before. */
-	int64_t profit = ((int64_t)sharing + (int64_t)zero - (int64_t)pool) * MD_EPAGE -
-			 (int64_t)(registered * MD_EPAGE_META) - (int64_t)md__imagepages_bytes(a->imgpages);
+	size_t meta = a->walk_meta + md__scanner_meta_bytes(&a->scanner) + md__imagepages_bytes(a->imgpages);
+	int64_t profit = ((int64_t)sharing + (int64_t)zero - (int64_t)pool) * MD_EPAGE - (int64_t)meta;
 	md__set(a, MD_CTR_GENERAL_PROFIT, (uint64_t)profit);
 	pthread_mutex_unlock(&account_lock);
 	return reaped;

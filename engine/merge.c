@@ -190,6 +190,20 @@ void md__engine_present(struct md__engine *e, struct md__eregion *r, size_t i)
 	pthread_mutex_unlock(&e->lock);
 }
 
+size_t md__engine_meta_bytes(const struct md__engine *e)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < e->nregions; i++) {
+		size_t np = (e->regions[i].end - e->regions[i].start) / MD_EPAGE;
+		n += np * MD_EPAGE_META + (np + 7) / 8;
+	}
+	/* The pool's arrays and the slots' checksums, as far as slots were
+	 * handed out (calloc'd beyond that, untouched); the index. */
+	n += e->pool.end * (sizeof(*e->pool.refs) + sizeof(*e->pool.state) + sizeof(*e->pool.free) +
+			    sizeof(*e->slot_hash));
+	return n + md__index_bytes(&e->index);
+}
+
 size_t md__engine_dropped_pages(const struct md__eregion *r)
 {
 	size_t n = 0, np = (r->end - r->start) / MD_EPAGE;

@@ -242,6 +242,9 @@ int md__engine_merge_file(struct md__engine *e, void *addr, size_t n, int fd, of
 /* Page i of r holds something other than zeroes (the scanner read it): a
  * page dropped as zero before and written since is no longer a dropped one. */
 void md__engine_present(struct md__engine *e, struct md__eregion *r, size_t i);
+/* The bytes the engine keeps per page, per pool slot and in its index:
+ * general_profit's metadata. */
+size_t md__engine_meta_bytes(const struct md__engine *e);
 /* Pages of r dropped as zero pages and not seen there since. */
 size_t md__engine_dropped_pages(const struct md__eregion *r);
 

@@ -178,6 +178,14 @@ static void free_unstable(struct md__scanner *s)
 	s->un = (struct md__unstable){ 0 };
 }
 
+size_t md__scanner_meta_bytes(const struct md__scanner *s)
+{
+	size_t n = s->copy ? MD_SCAN_COPY * MD_EPAGE : 0;
+	if (s->un.addr)	/* emptied every pass: all of it is touched */
+		n += s->un.cap * (sizeof(*s->un.hash) + sizeof(*s->un.addr));
+	return n;
+}
+
 void md__scanner_free(struct md__scanner *s)
 {
 	free_unstable(s);

@@ -108,6 +108,45 @@ TEST_IMPL(scan_merges_duplicates)
 	return 0;
 }
 
+/* RssAnon of pid, in bytes. */
+static long long rss_anon(pid_t pid)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	const char *t = strstr(file_text(path), "RssAnon:");
+	ASSERT(t);
+	return atoll(t + 8) * 1024;
+}
+
+static uint64_t passes_want;
+static int passes_done(const md_stats *s) { return s->full_scans >= passes_want; }
+
+/* general_profit takes what the scanner's metadata really costs: with
+ * nothing to merge, it is minus about the memory the process grew by
+ * beyond its pages (it counted 7 bytes a page, a ninth of it here). */
+TEST_IMPL(scan_profit_counts_metadata)
+{
+	struct proc a;
+	proc_start(&a, fast_scan);
+	long long before = rss_anon(a.pid);	/* no scanner yet: nothing asked for merging */
+	proc_cmd(&a, "map 16384");	/* 64 MiB of unique pages */
+	ASSERT(strcmp(proc_cmd(&a, "fill 0 16384 8"), "ok") == 0);
+	md_stats s;
+	passes_want = 3;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 30000, passes_done), 0);
+	usleep(1500000);	/* the walk after the last pass */
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	long long grown = rss_anon(a.pid) - before - 16384ll * 4096;
+	fprintf(stderr, "  grown by %lld bytes beyond the pages, profit %lld\n", grown,
+		(long long)s.general_profit);
+	ASSERT(s.merged == 0);
+	ASSERT(grown > 0);
+	ASSERT(-s.general_profit >= grown / 2);
+	ASSERT(-s.general_profit <= grown * 2);
+	proc_stop(&a);
+	return 0;
+}
+
 static int merge_rate_seen(const md_stats *s) { return s->merge_rate > 0; }
 static int broken_64(const md_stats *s) { return s->scan_breaks >= 64; }
 
