@@ -88,11 +88,14 @@ static void *agent_thread(void *arg)
 	clock_gettime(CLOCK_MONOTONIC, &next);
 	for (unsigned n = 1; !__atomic_load_n(&a->stop, __ATOMIC_ACQUIRE);) {
 		struct timespec now, wait;
+		/* Lease breaks short of memory: tried again every 50 ms. */
+		int breaking = __atomic_load_n(&a->breaking, __ATOMIC_RELAXED) ? md__image_breaks_retry(a) : 0;
 		clock_gettime(CLOCK_MONOTONIC, &now);
 		int64_t left = (int64_t)(next.tv_sec - now.tv_sec) * 1000000000 + (next.tv_nsec - now.tv_nsec);
 		if (left > 0) {
-			wait.tv_sec = (time_t)(left / 1000000000);
-			wait.tv_nsec = (long)(left % 1000000000);
+			int64_t w = breaking && left > 50000000 ? 50000000 : left;
+			wait.tv_sec = (time_t)(w / 1000000000);
+			wait.tv_nsec = (long)(w % 1000000000);
 			siginfo_t info;
 			int sig = sigtimedwait(&lease, &info, &wait);
 			/* The kernel's lease signals carry si_code > 0
@@ -100,7 +103,7 @@ static void *agent_thread(void *arg)
 			 * md_agent_free() is SI_TKILL. */
 			if (sig == a->lease_signal && info.si_code > 0)
 				md__image_lease_broken(a, info.si_fd);
-			if (sig >= 0)
+			if (sig >= 0 || w < left)
 				continue;	/* the second is not over */
 			/* The second is over now, not when the wait began:
 			 * from that, the next pass came at once, two a second. */

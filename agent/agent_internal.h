@@ -49,7 +49,9 @@ struct md__region {
 };
 
 /* BREAKING: a writer waits for the lease while the image's pages are made
- * private; no read maps the image and no lease is asked for meanwhile. */
+ * private (tried again every 50 ms while memory is short, until the kernel
+ * would let the writer in anyway); no read maps the image and no lease is
+ * asked for meanwhile. */
 enum md__lease_state { MD_LEASE_NONE, MD_LEASE_HELD, MD_LEASE_BREAKING };
 
 /* An image file seen as the source of reads into guest RAM. */
@@ -62,7 +64,8 @@ struct md__image {
 	off_t size;                /* valid while the lease is held */
 	const unsigned char *view; /* read-only mapping of all of it, made on
 	                            * first use while the lease is held */
-	struct timespec retry_at;  /* next lease attempt when not held */
+	struct timespec retry_at;  /* next lease attempt when not held; while
+	                            * breaking, when the writer gets in anyway */
 };
 
 struct md_agent {
@@ -129,6 +132,7 @@ struct md_agent {
 	pid_t thread_tid;
 	pthread_t thread;
 	int stop;
+	int breaking;	/* images MD_LEASE_BREAKING (under lock; read racily) */
 };
 
 static inline void md__count(struct md_agent *a, enum md__ctr c, uint64_t n)
@@ -183,6 +187,10 @@ struct md__image *md__image_leased(struct md_agent *a, const struct stat *st);
 /* The kernel asked for the lease on fd back (fd < 0: any lease F_GETLEASE
  * shows being broken): privatize, then release. */
 void md__image_lease_broken(struct md_agent *a, int fd);
+/* Tries again to make private the pages of images whose break found memory
+ * short; gives their leases back once done, or when time is up. Returns
+ * how many still wait (agent->breaking). */
+int md__image_breaks_retry(struct md_agent *a);
 /* A read-only view of all of img while its lease is held (mapped on first
  * use; gone with the lease), or NULL. */
 const unsigned char *md__image_view(struct md_agent *a, struct md__image *img);

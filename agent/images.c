@@ -223,6 +223,30 @@ static void break_deadline(struct timespec *t)
 	t->tv_sec += s > 1 ? s - 1 : 0;
 }
 
+/* Makes img's pages private and gives its lease back (agent->lock held).
+ * A failure for want of memory leaves it breaking, with the lease held,
+ * to be tried again (md__image_breaks_retry) until its deadline; any
+ * other failure, or the deadline, gives the lease back with pages still
+ * the file's, said in the log. */
+static void finish_break(struct md_agent *a, struct md__image *img)
+{
+	int err = md__privatize(a, 0, UINTPTR_MAX, img->id);
+	if (err == -ENOMEM || err == -EAGAIN) {
+		if (!time_reached(&img->retry_at))
+			return;	/* breaking still */
+	}
+	if (err)
+		md__log("an image's writer gets in with some of its pages not made private (%s): "
+			"the guest may see them change", strerror(-err));
+	view_drop(img);
+	fcntl(img->fd, F_SETLEASE, F_UNLCK);
+	img->lease = MD_LEASE_NONE;
+	__atomic_store_n(&a->breaking, a->breaking - 1, __ATOMIC_RELAXED);
+	retry_later(img);
+	md__count(a, MD_CTR_LEASE_BREAKS, 1);
+	md__log_once(22, "an image was opened for writing: its shared pages were made private");
+}
+
 /* fd's lease is being broken (its signal), or any lease is (fd < 0: the
  * once-a-second look, in case a signal was lost: the kernel falls back to a
  * plain SIGIO when it cannot queue ours, and an owner changed by someone
@@ -238,29 +262,28 @@ void md__image_lease_broken(struct md_agent *a, int fd)
 		if (fd >= 0 ? img->fd != fd : fcntl(img->fd, F_GETLEASE) != F_UNLCK)
 			continue;
 		/* From here no read maps this image; every page it already
-		 * mapped is made private before the writer may proceed. */
+		 * mapped is made private before the writer may proceed. When
+		 * memory is short, the agent's thread tries again every 50 ms
+		 * (the lock let go meanwhile, so the VMM's reads, copied, and
+		 * the scanner go on, and other images' breaks are answered)
+		 * until the kernel would let the writer in anyway. */
 		img->lease = MD_LEASE_BREAKING;
-		/* A failure (memory short) leaves those pages' owners set: try
-		 * again until the kernel would let the writer in anyway, with
-		 * the lock let go between tries, so the VMM's reads (copied
-		 * meanwhile) and the scanner go on, and memory may come back. */
-		struct timespec deadline;
-		break_deadline(&deadline);
-		while (md__privatize(a, 0, UINTPTR_MAX, img->id) != 0 && !time_reached(&deadline) &&
-		       !__atomic_load_n(&a->stop, __ATOMIC_ACQUIRE)) {
-			pthread_mutex_unlock(&a->lock);
-			usleep(50000);
-			pthread_mutex_lock(&a->lock);
-			img = &a->images[i];	/* a->images may have moved meanwhile */
-		}
-		view_drop(img);
-		fcntl(img->fd, F_SETLEASE, F_UNLCK);
-		img->lease = MD_LEASE_NONE;
-		retry_later(img);
-		md__count(a, MD_CTR_LEASE_BREAKS, 1);
-		md__log_once(22, "an image was opened for writing: its shared pages were made private");
+		__atomic_store_n(&a->breaking, a->breaking + 1, __ATOMIC_RELAXED);
+		break_deadline(&img->retry_at);
+		finish_break(a, img);
 	}
 	pthread_mutex_unlock(&a->lock);
+}
+
+int md__image_breaks_retry(struct md_agent *a)
+{
+	pthread_mutex_lock(&a->lock);
+	for (size_t i = 0; i < a->nimages && a->breaking; i++)
+		if (a->images[i].lease == MD_LEASE_BREAKING)
+			finish_break(a, &a->images[i]);
+	int left = a->breaking;
+	pthread_mutex_unlock(&a->lock);
+	return left;
 }
 
 void md__images_free(struct md_agent *a)
