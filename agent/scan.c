@@ -471,7 +471,7 @@ int md__scan_account(struct md_agent *a, int reap)
 	 * (pages age without merges: pages_unshared may lag that much). Once
 	 * converged, every second it was a third of the agent's CPU time,
 	 * every 10 s still a tenth of all memdedup's. */
-	uint64_t changed = md__scan_activity(a) + st.cow_broken;
+	uint64_t changed = md__scan_activity(a) + st.cow_broken + st.undropped + st.filled;
 	if (reap || changed != a->walk_activity || ++a->walk_age >= 30) {
 		uint64_t sharing = 0, unshared = 0, zero = 0;
 		pthread_rwlock_rdlock(&e->regions_lock);
@@ -519,10 +519,11 @@ int md__scan_account(struct md_agent *a, int reap)
 		a->rate_at = now;
 		a->rate_merged = st.merged;
 	}
-	if (reap) {
-		double rt = seconds_since(&a->break_at, &now);
-		if (rt > 0)
-			md__set(a, MD_CTR_BREAK_RATE, (uint64_t)((double)(st.cow_broken - a->rate_broken) / rt + 0.5));
+	/* Not from reaps less than half a second apart: md_agent_stats()
+	 * reaps too, as often as the VMM asks. */
+	double rt = seconds_since(&a->break_at, &now);
+	if (reap && rt >= 0.5) {
+		md__set(a, MD_CTR_BREAK_RATE, (uint64_t)((double)(st.cow_broken - a->rate_broken) / rt + 0.5));
 		a->break_at = now;
 		a->rate_broken = st.cow_broken;
 	}

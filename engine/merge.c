@@ -186,6 +186,8 @@ void md__engine_present(struct md__engine *e, struct md__eregion *r, size_t i)
 	if (!__atomic_load_n(&r->dropped[i / 8], __ATOMIC_RELAXED))
 		return;	/* the common case: no lock */
 	pthread_mutex_lock(&e->lock);
+	if (dropped_get(r, i))
+		e->st.undropped++;	/* the agent's walk counts again */
 	dropped_set(r, i, 0);
 	pthread_mutex_unlock(&e->lock);
 }
@@ -731,6 +733,7 @@ static void set_image(struct md__engine *e, struct md__eregion *r, size_t i)
 {
 	release_ref(e, r, i);
 	r->ref[i] = MD_REF_IMAGE;
+	dropped_set(r, i, 0);	/* a zero page dropped before shows the image now */
 }
 
 int md__engine_exclude(struct md__engine *e, void *addr, size_t len,
@@ -805,6 +808,7 @@ static int map_pool(struct md__engine *e, struct md__eregion *r, uintptr_t addr,
 		/* A remote slot was pinned by whoever asked for this merge. */
 		if (!e->remote)
 			md__pool_get(&e->pool, slot + (uint32_t)i);
+		dropped_set(r, first + i, 0);	/* no longer a dropped zero page */
 		r->ref[first + i] = MD_REF_FILE | (slot + (uint32_t)i + 1);
 	}
 	return 0;
@@ -1133,6 +1137,7 @@ static int map_fill(struct md__engine *e, struct md__eregion *r, uintptr_t addr,
 			release_ref(e, r, first + i);
 			md__pool_get(&e->pool, slot + (uint32_t)i);
 			r->ref[first + i] = MD_REF_FILE | MD_REF_FILL | (slot + (uint32_t)i + 1);
+			dropped_set(r, first + i, 0);
 		}
 		done += k;
 	}

@@ -118,6 +118,7 @@ struct md__engine_stats {
 	uint64_t merged;        /* guest pages replaced by pool pages */
 	uint64_t merged_file;   /* guest pages replaced by equal image pages */
 	uint64_t zero;          /* zero pages dropped (now on the zero frame) */
+	uint64_t undropped;     /* of those, found written since (md__engine_present) */
 	uint64_t filled;        /* pages of one repeated word mapped from a fill strip */
 	uint64_t published;     /* guest pages copied into the pool as first copy */
 	uint64_t abandoned;     /* pages that differed under write-protect */

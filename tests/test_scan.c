@@ -588,6 +588,25 @@ TEST_IMPL(scan_unmergeable_fills_dropped)
 	return 0;
 }
 
+static int filled_64_no_zero(const md_stats *s) { return s->filled_pages >= 64 && s->zero_pages == 0; }
+
+/* Zero pages dropped, then poisoned by the guest (freed memory filled with
+ * one byte): mapped from a fill strip, and no longer counted as zero pages
+ * (they were, for good, beside the fill pages). */
+TEST_IMPL(scan_dropped_then_poisoned)
+{
+	struct proc a;
+	proc_start(&a, fast_scan);
+	proc_cmd(&a, "map 256");
+	ASSERT(strcmp(proc_cmd(&a, "zero 0 64"), "ok") == 0);
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, zero_64), 0);
+	ASSERT(strcmp(proc_cmd(&a, "poison 0 64 204"), "ok") == 0);
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, filled_64_no_zero), 0);
+	proc_stop(&a);
+	return 0;
+}
+
 /* Kernel KSM over the whole process (prctl PR_SET_MEMORY_MERGE, which
  * systemd's MemoryKSM=yes sets before exec) would merge the pages our
  * scanner freezes: turned off when the scanner starts, and not passed on
