@@ -225,11 +225,19 @@ static void stats_file_open(struct md_agent *a, const char *opt_dir)
 		goto err_say;
 	/* Not through a link someone put there: we would truncate its target.
 	 * For our user and root only, as memdedupd's status is: it holds the
-	 * VMM's command line. */
-	int fd = open(a->stats_path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+	 * VMM's command line. A file left by a process of the same pid may be
+	 * there: ours, it is made so (an older agent made them 0644); another
+	 * user's (a shared run directory) is left alone. */
+	int fd = open(a->stats_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
 	if (fd < 0)
 		goto err_say;
-	if (ftruncate(fd, sizeof(*f)) != 0)
+	struct stat st;
+	if (fstat(fd, &st) != 0 || st.st_uid != geteuid()) {
+		close(fd);
+		errno = EPERM;
+		goto err_say;	/* not ours: not ours to remove either */
+	}
+	if (fchmod(fd, 0600) != 0 || ftruncate(fd, 0) != 0 || ftruncate(fd, sizeof(*f)) != 0)
 		goto err_close;
 	f = md__sys_mmap(NULL, sizeof(*f), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	if (f == MAP_FAILED)

@@ -24,6 +24,8 @@ int md__remote_init(struct md__remote *rm, const char *socket, const char *domai
 	int err = md__daemon_socket_path(socket, rm->socket, sizeof(rm->socket));
 	if (err)
 		return err;
+	const char *env = getenv("MEMDEDUP_SOCKET");
+	rm->socket_default = !socket && !(env && *env);
 	pthread_mutex_init(&rm->lock, NULL);
 	return 0;
 }
@@ -92,6 +94,10 @@ int md__engine_remote_connect(struct md__engine *e)
 	struct md__msg_welcome w;
 	int fd = -1;
 
+	/* A user's agent started while the host's daemon was away would
+	 * otherwise wait for its own for good (and the other way round). */
+	if (rm->socket_default)
+		md__daemon_socket_path(NULL, rm->socket, sizeof(rm->socket));
 	int err = md__client_connect(&c, rm->socket);
 	if (err)
 		return err;

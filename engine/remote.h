@@ -28,6 +28,8 @@ struct md__remote {
 	pthread_mutex_t lock;         /* the client is shared by the scanner and the agent thread */
 	struct md__client *c;         /* NULL while disconnected */
 	char socket[256];
+	int socket_default;           /* chosen anew at every connect: the host's
+	                               * daemon may come or go (md__daemon_socket_path) */
 	char domain[MD_DOMAIN_MAX + 1];
 	int ro_fd;                    /* the pool, read-only; -1 before the first hello */
 	const unsigned char *view;    /* PROT_READ, MAP_SHARED view of ro_fd */

@@ -11,7 +11,7 @@
 	X(cli_run_missing_command_no_daemon) X(cli_run_finds_daemon_in_path) X(cli_run_without_daemon_says_what_happens) X(cli_install_layout_runs) X(cli_run_scan_options_need_scan) \
 	X(cli_status_ksm_counter_missing) X(cli_status_dead_agent_gone) X(cli_status_files_private) X(cli_status_pid_names) X(cli_status_fifo_no_hang) X(cli_status_sanitized) X(cli_status_io_unseen) X(cli_status_totals_keep_settings) \
 	X(cli_status_daemon_error) X(cli_pause_not_scanning) \
-	X(agent_api_rejects) X(agent_unregister_splits_without_memory) \
+	X(agent_api_rejects) X(agent_stats_file_owned) X(agent_unregister_splits_without_memory) \
 	X(share_two_processes) X(write_is_private) X(fallback_unaligned) X(read_across_region_records) X(read_direct_to_end_of_file) X(fallback_filesystem_without_leases) \
 	X(fallback_partial) X(small_reads_copied) X(fallback_pipe) X(fallback_writable_file) \
 	X(lease_break_keeps_content) X(lease_break_short_of_memory) X(lease_break_then_discard_yields_zeroes) X(lease_break_read_only_pages) X(lease_break_without_signal) X(device_dma_stops_read_sharing) X(map_limit_falls_back) X(vma_budget_falls_back) \

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -327,6 +328,40 @@ TEST_IMPL(agent_unregister_splits_without_memory)
 	ASSERT_EQ(s.registered_bytes, len - 8192);
 	md_agent_free(a);
 	munmap(mem, len);
+	return 0;
+}
+
+/* The statistics file of a pid used before: ours, it is made 0600 (an
+ * older agent's was 0644); another user's (a shared run directory) is left
+ * as it is, and this agent goes without one. */
+TEST_IMPL(agent_stats_file_owned)
+{
+	char dir[] = "/tmp/md-stats-XXXXXX", path[64];
+	ASSERT(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/agent-%d.stats", dir, (int)getpid());
+	int fd = open(path, O_WRONLY | O_CREAT, 0644);
+	ASSERT(fd >= 0 && fchmod(fd, 0644) == 0 && write(fd, "stale", 5) == 5);
+	close(fd);
+	md_agent *a;
+	md_agent_options o = { .run_dir = dir };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	struct stat st;
+	ASSERT_EQ(stat(path, &st), 0);
+	ASSERT_EQ(st.st_mode & 0777, 0600);
+	ASSERT_EQ(st.st_size, (off_t)sizeof(struct md__stats_file));
+	md_agent_free(a);
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	ASSERT(fd >= 0 && fchmod(fd, 0666) == 0 && fchown(fd, 65534, 65534) == 0 && write(fd, "theirs", 6) == 6);
+	close(fd);
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	ASSERT_EQ(stat(path, &st), 0);
+	ASSERT_EQ(st.st_uid, 65534);
+	ASSERT_EQ(st.st_size, 6);
+	ASSERT_EQ(st.st_mode & 0777, 0666);
+	md_agent_free(a);
+	ASSERT_EQ(stat(path, &st), 0);	/* not ours to remove */
+	unlink(path);
+	rmdir(dir);
 	return 0;
 }
 

@@ -245,7 +245,7 @@ static int nobody_sees(const char *want)
 			_exit(12);
 		if (!want)
 			_exit(0);
-		snprintf(md, sizeof(md), "%s/memdedup status --json | grep -q '\"domains\"'", build_dir());
+		snprintf(md, sizeof(md), "/tmp/x/memdedup status --json | grep -q '\"domains\"'");	/* a copy nobody may run */
 		_exit(system(md) == 0 ? 0 : 13);
 	}
 	int ws;
@@ -264,6 +264,8 @@ TEST_IMPL(daemon_host_socket_found)
 		SKIP("cannot make a mount namespace here");
 	ASSERT_EQ(mount("none", "/run", "tmpfs", 0, "mode=0755"), 0);
 	ASSERT_EQ(mount("none", "/tmp", "tmpfs", 0, "mode=1777"), 0);
+	ASSERT_EQ(td_sh("mkdir -m 755 /tmp/x && cp %s/memdedup %s/testproc %s/libmemdedup-preload.so /tmp/x/",
+			build_dir(), build_dir(), build_dir()), 0);
 	ASSERT_EQ(mkdir(MD_HOST_RUN_DIR, 0755), 0);
 	pid_t d = fork();
 	ASSERT(d >= 0);
@@ -286,6 +288,65 @@ TEST_IMPL(daemon_host_socket_found)
 	ASSERT(waitpid(d, &ws, 0) == d);
 	/* Nobody answers there: the user's own. */
 	ASSERT_EQ(nobody_sees(NULL), 0);
+
+	/* A user's agent started while the host's daemon is away (a named
+	 * domain: it waits for a daemon) joins it once it is there: the
+	 * socket is chosen again at every connect. The user may use
+	 * /dev/userfaultfd in this namespace only (a node of its own, bound
+	 * over the host's). */
+	struct stat uffd;
+	if (stat("/dev/userfaultfd", &uffd) != 0)
+		SKIP("no /dev/userfaultfd for a user's agent");
+	ASSERT_EQ(mknod("/tmp/x/uffd", S_IFCHR | 0600, uffd.st_rdev), 0);
+	ASSERT_EQ(chmod("/tmp/x/uffd", 0666), 0);
+	ASSERT_EQ(mount("/tmp/x/uffd", "/dev/userfaultfd", NULL, MS_BIND, NULL), 0);
+	int in[2];
+	ASSERT_EQ(pipe(in), 0);
+	pid_t agent = fork();
+	ASSERT(agent >= 0);
+	if (agent == 0) {
+		dup2(in[0], 0);
+		close(in[1]);
+		int null = open("/dev/null", O_WRONLY);
+		dup2(null, 1);
+		if (setgroups(0, NULL) || setgid(65534) || setuid(65534))
+			_exit(10);
+		unsetenv("MEMDEDUP_SOCKET");
+		unsetenv("MEMDEDUP_RUN_DIR");
+		unsetenv("XDG_RUNTIME_DIR");
+		setenv("LD_PRELOAD", "/tmp/x/libmemdedup-preload.so", 1);
+		setenv("MEMDEDUP_SCAN", "1", 1);
+		setenv("MEMDEDUP_DOMAIN", "late", 1);
+		setenv("MEMDEDUP_KERNEL_KSM", "0", 1);
+		execl("/tmp/x/testproc", "testproc", (char *)NULL);
+		_exit(127);
+	}
+	close(in[0]);
+	ASSERT(write(in[1], "map 64\n", 7) == 7);
+	sleep(2);	/* its first tries find no daemon */
+	d = fork();
+	ASSERT(d >= 0);
+	if (d == 0) {
+		execl(daemon_exe(), "memdedupd", "--foreground", "--run-dir", MD_HOST_RUN_DIR, (char *)NULL);
+		_exit(127);
+	}
+	struct tdaemon host = { .pid = d };
+	snprintf(host.sock, sizeof(host.sock), "%s", sock);
+	for (int i = 0; i < 300 && !md__daemon_alive(sock); i++)
+		usleep(10000);
+	size_t agents = 0;
+	for (int i = 0; i < 100 && !agents; i++) {
+		usleep(100000);
+		json_t *st = td_status(&host);
+		agents = json_array_size(json_object_get(st, "agents"));
+		json_decref(st);
+	}
+	close(in[1]);	/* the testproc ends with its input */
+	ASSERT(waitpid(agent, &ws, 0) == agent);
+	ASSERT(kill(d, SIGTERM) == 0);
+	ASSERT(waitpid(d, &ws, 0) == d);
+	ASSERT_EQ(agents, 1);
+	umount("/dev/userfaultfd");
 	umount("/tmp");
 	umount("/run");
 	return 0;
