@@ -34,7 +34,8 @@
 #                  less general_profit; 0 where the kernel has no general_profit
 #  14 md_read      pages the fleet's scanners read (pages_scanned + pages_hinted)
 #  15 md_merged    guest pages they merged (onto pool or image pages)
-#  16 md_zero      zero pages they dropped (14-16: 0 without jq or agents)
+#  16 md_zero      zero pages they dropped, not written since (14-16: 0
+#                  without jq or agents)
 # guests.tsv: idx pid reads_done_t exit_t rc guest_read_s result
 #
 # Every QEMU runs in its own session (setsid, which execs: the pid stays
