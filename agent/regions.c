@@ -322,8 +322,8 @@ int md__privatize(struct md_agent *a, uintptr_t start, uintptr_t end, uint32_t i
 	uint64_t pages = for_each_run(a, start, end, id, privatize_run, &err);
 	md__count(a, MD_CTR_PRIVATIZED, pages);
 	if (err)
-		md__log_once(24, "making shared pages private failed (%s); tried again until the image's "
-			     "writer may go on", strerror(-err));
+		md__log_once(24, "making shared pages private failed (%s); a lease break short of "
+			     "memory tries again", strerror(-err));
 	return err;
 }
 
