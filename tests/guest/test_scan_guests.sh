@@ -18,6 +18,10 @@ md=${MEMDEDUP_BIN:-$root/build/memdedup}
 out=$root/build/tests/guest-scan
 guest_test_init
 mkdir -p "$out"
+# The agents' statistics files in a directory of the test's own: the host's
+# (/run/memdedup for root) is left alone.
+export MEMDEDUP_RUN_DIR=$out/run
+mkdir -p "$MEMDEDUP_RUN_DIR"
 img=$out/tmpfs-$size.img
 if [ ! -f "$img" ] || [ ! -f "$img.md5" ] || [ bench/tmpfs-run.sh -nt "$img" ]; then
   wd=$(mktemp -d)

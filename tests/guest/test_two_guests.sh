@@ -29,6 +29,10 @@ out=$root/build/tests/guest
 guest_test_init
 img=$(fleet_image "$size")
 mkdir -p "$out"
+# The agents' statistics files in a directory of the test's own: the host's
+# (/run/memdedup for root) is left alone.
+export MEMDEDUP_RUN_DIR=$out/run
+mkdir -p "$MEMDEDUP_RUN_DIR"
 
 expect_pair "plain QEMU" "$out/none" "$img" --hold "$hold" --timeout 150
 expect_pair memdedup "$out/memdedup" "$img" --hold "$hold" --timeout 150 \
