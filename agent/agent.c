@@ -299,8 +299,8 @@ int md_agent_new(md_agent **agentp, const md_agent_options *opts)
 	if ((opts->flags & ~MD_OPT_ALL) || opts->share_min_pages > MD_SHARE_MIN_PAGES_MAX)
 		return -EINVAL;
 	/* The ranges of `memdedup set` (md__tunable_set); 0 is the default. */
-	if (opts->pages_to_scan > 100000 || opts->sleep_ms > 10000 || opts->cpu_percent > 100 ||
-	    opts->hint_ratio > 8)
+	if (opts->pages_to_scan > MD_PAGES_TO_SCAN_MAX || opts->sleep_ms > MD_SLEEP_MS_MAX ||
+	    opts->cpu_percent > MD_CPU_PERCENT_MAX || opts->hint_ratio > MD_HINT_RATIO_MAX)
 		return -EINVAL;
 	if (__atomic_exchange_n(&agent_exists, 1, __ATOMIC_ACQ_REL))
 		return -EBUSY;

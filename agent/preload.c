@@ -122,9 +122,9 @@ static void env_options(md_agent_options *o)
 		o->flags |= MD_OPT_SCAN_RANDOM;
 	else if (v && *v && strcasecmp(v, "linear") != 0)
 		md__log("MEMDEDUP_SCAN_ORDER='%s' is neither linear nor random: using the default", v);
-	o->pages_to_scan = env_uint("MEMDEDUP_PAGES_TO_SCAN", 1, 100000);
-	o->sleep_ms = env_uint("MEMDEDUP_SLEEP_MS", 1, 10000);
-	o->cpu_percent = env_uint("MEMDEDUP_CPU_PERCENT", 1, 100);
+	o->pages_to_scan = env_uint("MEMDEDUP_PAGES_TO_SCAN", 1, MD_PAGES_TO_SCAN_MAX);
+	o->sleep_ms = env_uint("MEMDEDUP_SLEEP_MS", 1, MD_SLEEP_MS_MAX);
+	o->cpu_percent = env_uint("MEMDEDUP_CPU_PERCENT", 1, MD_CPU_PERCENT_MAX);
 	if (!env_flag("MEMDEDUP_HINTS", 1))
 		o->flags |= MD_OPT_NO_HINTS;
 	o->domain = getenv("MEMDEDUP_DOMAIN");

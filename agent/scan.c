@@ -27,7 +27,7 @@ void md__scan_init(struct md_agent *a, const md_agent_options *o)
 	a->scan_batch = o->pages_to_scan ? o->pages_to_scan : 100;
 	a->scan_sleep_ms = o->sleep_ms ? o->sleep_ms : 20;
 	a->scan_cpu_percent = o->cpu_percent ? o->cpu_percent : 100;
-	a->scan_hint_ratio = o->hint_ratio ? (o->hint_ratio > 8 ? 8 : o->hint_ratio) : 4;
+	a->scan_hint_ratio = o->hint_ratio ? o->hint_ratio : 4;	/* in range: md_agent_new */
 	if (o->flags & MD_OPT_NO_HINTS)
 		a->scan_hint_ratio = 0;
 	a->scan_explicit = (o->pages_to_scan ? MD_SET_PAGES : 0) | (o->sleep_ms ? MD_SET_SLEEP : 0) |
@@ -204,23 +204,23 @@ int md_agent_set(md_agent *a, const char *key, const char *value)
 		return -EINVAL;
 	struct md__scanner *s = &a->scanner;
 	if (strcmp(key, "pages_to_scan") == 0) {
-		if (md__parse_uint(value, 1, 100000, &v))
+		if (md__parse_uint(value, 1, MD_PAGES_TO_SCAN_MAX, &v))
 			return -EINVAL;
 		__atomic_store_n(&s->batch, (size_t)v, __ATOMIC_RELAXED);
 		a->scan_batch = v;
 	} else if (strcmp(key, "sleep_millisecs") == 0) {
-		if (md__parse_uint(value, 0, 10000, &v))
+		if (md__parse_uint(value, 0, MD_SLEEP_MS_MAX, &v))
 			return -EINVAL;
 		__atomic_store_n(&s->sleep_ms, v, __ATOMIC_RELAXED);
 		a->scan_sleep_ms = v;
 	} else if (strcmp(key, "cpu_percent") == 0) {
-		if (md__parse_uint(value, 1, 100, &v))
+		if (md__parse_uint(value, 1, MD_CPU_PERCENT_MAX, &v))
 			return -EINVAL;
 		__atomic_store_n(&s->cpu_percent, v, __ATOMIC_RELAXED);
 		a->scan_cpu_percent = v;
 	} else if (strcmp(key, "hint_ratio") == 0) {
 		/* Hinted visits of every 8; 0: no hints at all. */
-		if (md__parse_uint(value, 0, 8, &v))
+		if (md__parse_uint(value, 0, MD_HINT_RATIO_MAX, &v))
 			return -EINVAL;
 		__atomic_store_n(&s->ratio, v, __ATOMIC_RELAXED);
 		a->scan_hint_ratio = v;
@@ -485,7 +485,7 @@ int md__scan_account(struct md_agent *a, int reap)
 				/* KSM's pages_unshared: found stable and unique,
 				 * and there (not dropped as a zero page since). */
 				unshared += !MD_REF_BUSY(r->ref[p]) && MD_SEEN_AGE(r->seen[p]) > 0 &&
-					    !((r->dropped[p / 8] >> (p % 8)) & 1);
+					    !md__dropped(r, p);
 			}
 		}
 		a->walk_meta = md__engine_meta_bytes(e);
@@ -551,8 +551,8 @@ int md__scan_account(struct md_agent *a, int reap)
 	/* KSM's general_profit: what merging saves, less what it costs in
 	 * metadata: the engine's per page, per pool slot and in its index (at
 	 * the walk, under its locks), the scanner's tables, the index of
-	 * image pages (racy reads of sizes: fine). Pages mapped from images, by reads or merges, count
-	 * with read-time sharing (pages_shared), as before. */
+	 * image pages (racy reads of sizes: fine). Pages mapped from images,
+	 * by reads or merges, count with read-time sharing (pages_shared). */
 	size_t meta = a->walk_meta + md__scanner_meta_bytes(&a->scanner) + md__imagepages_bytes(a->imgpages);
 	int64_t profit = ((int64_t)sharing + (int64_t)zero - (int64_t)pool) * MD_EPAGE - (int64_t)meta;
 	md__set(a, MD_CTR_GENERAL_PROFIT, (uint64_t)profit);

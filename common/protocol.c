@@ -196,9 +196,9 @@ void md__msg_hdr_encode(void *buf, unsigned type, uint32_t length, uint32_t seq)
 /* The ranges SET accepts (md__tunable_set): WELCOME carries no others. */
 static int tunables_valid(const struct md__tunables *t)
 {
-	return t->pages_to_scan >= 1 && t->pages_to_scan <= 100000 && t->sleep_millisecs <= 10000 &&
+	return t->pages_to_scan >= 1 && t->pages_to_scan <= MD_PAGES_TO_SCAN_MAX && t->sleep_millisecs <= MD_SLEEP_MS_MAX &&
 	       t->cpu_percent >= 1 && t->cpu_percent <= 100 && t->order <= MD_ORDER_RANDOM &&
-	       t->hint_ratio <= 8;
+	       t->hint_ratio <= MD_HINT_RATIO_MAX;
 }
 
 int md__msg_hdr_decode(const void *buf, size_t len, struct md__msg_hdr *h)
@@ -698,10 +698,10 @@ int md__tunable_set(struct md__tunables *t, const char *key, const char *value,
 		uint32_t min, max;
 		size_t off;
 	} nums[] = {
-		{ "pages_to_scan", 1, 100000, offsetof(struct md__tunables, pages_to_scan) },
-		{ "sleep_millisecs", 0, 10000, offsetof(struct md__tunables, sleep_millisecs) },
-		{ "cpu_percent", 1, 100, offsetof(struct md__tunables, cpu_percent) },
-		{ "hint_ratio", 0, 8, offsetof(struct md__tunables, hint_ratio) },
+		{ "pages_to_scan", 1, MD_PAGES_TO_SCAN_MAX, offsetof(struct md__tunables, pages_to_scan) },
+		{ "sleep_millisecs", 0, MD_SLEEP_MS_MAX, offsetof(struct md__tunables, sleep_millisecs) },
+		{ "cpu_percent", 1, MD_CPU_PERCENT_MAX, offsetof(struct md__tunables, cpu_percent) },
+		{ "hint_ratio", 0, MD_HINT_RATIO_MAX, offsetof(struct md__tunables, hint_ratio) },
 	};
 	for (size_t i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
 		if (strcmp(key, nums[i].key) != 0)

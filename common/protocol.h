@@ -39,6 +39,12 @@
 #define MD_VALUE_MAX 64u           /* CONTROL SET value */
 #define MD_TEXT_MAX 256u           /* message of CONTROL_R / ERROR */
 #define MD_CONTROL_WAIT_MS 60000   /* a CONTROL_R comes at the latest after this */
+/* The scanner's tunables: the most each may be (SET, the agent's options,
+ * the CLI's and the preload library's). */
+#define MD_PAGES_TO_SCAN_MAX 100000u
+#define MD_SLEEP_MS_MAX 10000u
+#define MD_CPU_PERCENT_MAX 100u
+#define MD_HINT_RATIO_MAX 8u
 
 enum md__msg_type {
 	MD_MSG_HELLO = 1,      /* agent -> d */

@@ -99,12 +99,12 @@ void md__stats_from_counters(const uint64_t *ctr, md_stats *out);
 const char *md__ctr_name(enum md__ctr c);
 /* Start time of a process (clock ticks since boot), 0 if unknown. */
 uint64_t md__proc_start_time(int pid);
+#define MD_HOST_RUN_DIR "/run/memdedup"	/* root's: the host's daemon (memdedupd.service) */
 /* The run directory into buf: opt if not NULL, else $MEMDEDUP_RUN_DIR,
  * /run/memdedup for root, $XDG_RUNTIME_DIR/memdedup, /tmp/memdedup-<uid>.
  * 0, -ENAMETOOLONG if it does not fit in size bytes (nothing is created),
  * or, for the /tmp default only, which is created mode 0700 if absent,
  * -EPERM (logged) unless it is a directory of the caller's euid with mode
  * 0700: anyone could have made it first. */
-#define MD_HOST_RUN_DIR "/run/memdedup"	/* root's: the host's daemon (memdedupd.service) */
 int md__run_dir(const char *opt, char *buf, size_t size);
 #endif

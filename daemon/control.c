@@ -4,10 +4,10 @@
  * a bad value never reaches an agent; then it forwards one CONTROL (seq 0,
  * a token of its own) to each matching agent, and answers CONTROL_R once
  * each has said how it went (CONTROL_DONE with that token), has gone away,
- * or MD_CONTROL_WAIT_MS have passed (less if MEMDEDUP_CONTROL_WAIT_MS says). An agent may refuse: unmerge when the
- * host (or its cgroup) lacks the memory for the copies, resume once it
- * stopped merging for good; the CLI then says which agent and why, and
- * exits 1.
+ * or MD_CONTROL_WAIT_MS have passed (less if MEMDEDUP_CONTROL_WAIT_MS
+ * says). An agent may refuse: unmerge when the host (or its cgroup) lacks
+ * the memory for the copies, resume once it stopped merging for good; the
+ * CLI then says which agent and why, and exits 1.
  *
  * Who may do what: a user controls the agents of its own uid; root and the
  * daemon's own uid control all, and only they change the defaults that

@@ -168,11 +168,6 @@ static void region_free(struct md__eregion *r)
 	free(r->dropped);
 }
 
-static int dropped_get(const struct md__eregion *r, size_t i)
-{
-	return (r->dropped[i / 8] >> (i % 8)) & 1;
-}
-
 static void dropped_set(struct md__eregion *r, size_t i, int on)
 {
 	if (on)
@@ -183,12 +178,13 @@ static void dropped_set(struct md__eregion *r, size_t i, int on)
 
 void md__engine_present(struct md__engine *e, struct md__eregion *r, size_t i)
 {
-	if (!__atomic_load_n(&r->dropped[i / 8], __ATOMIC_RELAXED))
+	if (!md__dropped(r, i))
 		return;	/* the common case: no lock */
 	pthread_mutex_lock(&e->lock);
-	if (dropped_get(r, i))
+	if (md__dropped(r, i)) {
+		dropped_set(r, i, 0);
 		e->st.undropped++;	/* the agent's walk counts again */
-	dropped_set(r, i, 0);
+	}
 	pthread_mutex_unlock(&e->lock);
 }
 
@@ -525,7 +521,7 @@ static int region_slice(const struct md__eregion *r, size_t from, size_t n, stru
 	memcpy(out->hash, r->hash + from, n * sizeof(uint16_t));
 	memcpy(out->seen, r->seen + from, n);
 	for (size_t i = 0; i < n; i++)
-		dropped_set(out, i, dropped_get(r, from + i));
+		dropped_set(out, i, md__dropped(r, from + i));
 	return 0;
 }
 
@@ -578,7 +574,7 @@ static int fill_dropped(struct md__engine *e, uintptr_t a, uintptr_t end)
 		for (uintptr_t p = s0; p < s1; p += MAX_RUN * MD_EPAGE) {
 			size_t n = (s1 - p) / MD_EPAGE < MAX_RUN ? (s1 - p) / MD_EPAGE : MAX_RUN;
 			size_t first = (p - r->start) / MD_EPAGE, k;
-			for (k = 0; k < n && !dropped_get(r, first + k); k++)
+			for (k = 0; k < n && !md__dropped(r, first + k); k++)
 				;
 			if (k == n)
 				continue;
@@ -590,7 +586,7 @@ static int fill_dropped(struct md__engine *e, uintptr_t a, uintptr_t end)
 			 * it again changes nothing. */
 			for (k = 0; k < n;) {
 				size_t j = k;
-				while (j < n && dropped_get(r, first + j) && !(pm[j] & MD_PM_PRESENT))
+				while (j < n && md__dropped(r, first + j) && !(pm[j] & MD_PM_PRESENT))
 					j++;
 				if (j > k && md__sys_madvise((void *)(p + k * MD_EPAGE), (j - k) * MD_EPAGE,
 							     MADV_POPULATE_READ) != 0 && !err)

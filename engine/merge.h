@@ -114,6 +114,13 @@ struct md__eregion {
 	                    * Written under the merge lock only, unlike seen[]. */
 };
 
+/* Whether page i of r is a dropped zero page (a racy read: a hint, unless
+ * the merge lock is held). */
+static inline int md__dropped(const struct md__eregion *r, size_t i)
+{
+	return (__atomic_load_n(&r->dropped[i / 8], __ATOMIC_RELAXED) >> (i % 8)) & 1;
+}
+
 struct md__engine_stats {
 	uint64_t merged;        /* guest pages replaced by pool pages */
 	uint64_t merged_file;   /* guest pages replaced by equal image pages */
