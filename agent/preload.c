@@ -91,11 +91,22 @@ static unsigned env_uint(const char *name, unsigned lo, unsigned hi)
 
 static void find_libc_syscall(void);
 
+/* Set while agent_get creates the agent, under agent_lock. */
+static int agent_creating;
+/* A child forked from a process with an agent, said in its log once. */
+static int forked_plain;
+
 static void child_after_fork(void)
 {
-	/* The child has none of the agent's threads: it runs plain. */
-	agent = NULL;
-	agent_failed = 1;
+	/* The child of a process with an agent (or making one) has none of
+	 * its threads, and agent_lock may be held by one: it runs plain. A
+	 * child forked before any agent existed (QEMU's -daemonize forks
+	 * before it maps RAM) makes its own. */
+	if (agent || agent_creating) {
+		agent = NULL;
+		agent_failed = 1;
+		forked_plain = 1;
+	}
 }
 
 __attribute__((constructor)) static void preload_init(void)
@@ -135,10 +146,14 @@ static void env_options(md_agent_options *o)
 static md_agent *agent_get(void)
 {
 	md_agent *a = __atomic_load_n(&agent, __ATOMIC_ACQUIRE);
-	if (a || __atomic_load_n(&agent_failed, __ATOMIC_RELAXED))
+	if (a || __atomic_load_n(&agent_failed, __ATOMIC_RELAXED)) {
+		if (!a && __atomic_exchange_n(&forked_plain, 0, __ATOMIC_RELAXED))
+			md__log("a child forked from a process with memdedup's agent runs without it");
 		return a;
+	}
 	pthread_mutex_lock(&agent_lock);
 	if (!agent && !agent_failed) {
+		agent_creating = 1;
 		md_agent_options o = { 0 };
 		/* Disabled: nothing at all, not even a log file. */
 		const char *dis = getenv("MEMDEDUP_DISABLE");
@@ -173,6 +188,7 @@ static md_agent *agent_get(void)
 			}
 		}
 	}
+	agent_creating = 0;
 	a = agent;
 	pthread_mutex_unlock(&agent_lock);
 	return a;

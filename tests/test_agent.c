@@ -774,6 +774,30 @@ TEST_IMPL(fork_child_runs_plain)
 	return 0;
 }
 
+TEST_IMPL(fork_before_agent_shares)
+{
+	/* QEMU's -daemonize forks before it maps RAM: the child, with no
+	 * agent to inherit, makes its own. */
+	const char *img = image(8);
+	struct proc a;
+	proc_start(&a, NULL);
+	long long child = proc_num(&a, "daemonize");
+	ASSERT(child > 0 && child != a.pid);
+	proc_cmd(&a, "map %u", RAM_PAGES);
+	ASSERT(a.base != 0);
+	int fd = (int)proc_num(&a, "open %s", img);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 0 65536", fd), 65536);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 65536"), hex(fnv_file(img, 0, 65536))) == 0);
+	struct proc c = a;
+	c.pid = (pid_t)child;
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&c, &s, 3000, has_shared), 0);
+	ASSERT_EQ(s.pages_shared_at_read, 16);
+	proc_stop(&a);
+	return 0;
+}
+
 TEST_IMPL(status_lists_agent)
 {
 	const char *img = image(1);

@@ -23,6 +23,8 @@
  *   nosig PATH            -> how many read leases on PATH (the agent's) were
  *                           made to send no signal when broken (F_SETOWN 0)
  *   fork DOFF             -> the child's hash of one page (child reads it)
+ *   daemonize             -> the pid of a child that takes the commands from
+ *                           now on (the parent waits for it), as QEMU's -daemonize
  *   fill DOFF NPAGES SEED -> ok: page i gets content made of (SEED, i)
  *   zero DOFF NPAGES      -> ok: pages made present, then zero
  *   copy SOFF DOFF LEN    -> ok: memcpy inside guest RAM (a guest copying a
@@ -592,6 +594,19 @@ int main(void)
 			sscanf(line, "%*s %lld %lld %lld", &a1, &a2, &a3);
 			memcpy(base + a2, base + a1, (size_t)a3);
 			printf("ok\n");
+		} else if (strcmp(cmd, "daemonize") == 0) {
+			/* As QEMU's -daemonize, before any RAM: the child goes
+			 * on with the commands, the parent waits for it. */
+			fflush(stdout);
+			pid_t pid = fork();
+			if (pid < 0)
+				return 1;
+			if (pid > 0) {
+				int st = 0;
+				waitpid(pid, &st, 0);
+				_exit(WIFEXITED(st) ? WEXITSTATUS(st) : 1);
+			}
+			printf("%d\n", (int)getpid());
 		} else if (strcmp(cmd, "quit") == 0) {
 			return 0;
 		} else {
