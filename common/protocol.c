@@ -335,7 +335,9 @@ static int decode_payload(const unsigned char *p, uint32_t len, struct md__msg *
 			return -EBADMSG;
 		m->u.status.domain_from = len ? get32(p) : 0;
 		m->u.status.agent_from = len ? get32(p + 4) : 0;
-		return 0;
+		/* The first page is sent empty: one encoding per message, as
+		 * everywhere else. */
+		return len && !m->u.status.domain_from && !m->u.status.agent_from ? -EBADMSG : 0;
 	case MD_MSG_STATUS_R:
 		/* A document for jansson: text, so no NUL inside. */
 		if (len == 0 || memchr(p, '\0', len))

@@ -17,7 +17,8 @@
  *                           half and its twin in the second, with short pauses, so
  *                           pages keep becoming equal (and merged) while written
  *   exhaust / release     -> fill the process's mappings up to the limit, undo
- *   advise DOFF LEN ADVICE-> madvise result (dontneed, dontfork, mergeable, unmergeable)
+ *   advise DOFF LEN ADVICE-> madvise result (dontneed, dontneedlocked, dontfork,
+ *                           mergeable, unmergeable)
  *   unmap DOFF HEXLEN     -> munmap result (0 or -errno)
  *   protect DOFF LEN ro|rw -> mprotect result (0 or -errno)
  *   nosig PATH            -> how many read leases on PATH (the agent's) were
@@ -508,6 +509,7 @@ int main(void)
 		} else if (strcmp(cmd, "advise") == 0) {
 			sscanf(line, "%*s %lld %lld %31s", &a1, &a2, s2);
 			int adv = strcmp(s2, "dontneed") == 0 ? MADV_DONTNEED :
+				  strcmp(s2, "dontneedlocked") == 0 ? MADV_DONTNEED_LOCKED :
 				  strcmp(s2, "dontfork") == 0 ? MADV_DONTFORK :
 				  strcmp(s2, "mergeable") == 0 ? MADV_MERGEABLE : MADV_UNMERGEABLE;
 			printf("%d\n", madvise(base + a1, (size_t)a2, adv) == 0 ? 0 : -errno);
