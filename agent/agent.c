@@ -237,8 +237,17 @@ static void stats_file_open(struct md_agent *a, const char *opt_dir)
 		errno = EPERM;
 		goto err_say;	/* not ours: not ours to remove either */
 	}
-	if (fchmod(fd, 0600) != 0 || ftruncate(fd, 0) != 0 || ftruncate(fd, sizeof(*f)) != 0)
+	/* Written, not just sized: a store through the mapping into a block
+	 * a full filesystem cannot give is SIGBUS, in the VMM. */
+	static const struct md__stats_file zero;
+	if (fchmod(fd, 0600) != 0 || ftruncate(fd, 0) != 0)
 		goto err_close;
+	ssize_t wrote = pwrite(fd, &zero, sizeof(zero), 0);
+	if (wrote != (ssize_t)sizeof(zero)) {
+		if (wrote >= 0)
+			errno = ENOSPC;	/* a regular file writes short only when full */
+		goto err_close;
+	}
 	f = md__sys_mmap(NULL, sizeof(*f), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	if (f == MAP_FAILED)
 		goto err_close;

@@ -16,7 +16,7 @@
 	X(fallback_partial) X(small_reads_copied) X(fallback_pipe) X(fallback_writable_file) \
 	X(lease_break_keeps_content) X(lease_break_short_of_memory) X(lease_break_then_discard_yields_zeroes) X(lease_break_read_only_pages) X(lease_break_without_signal) X(device_dma_stops_read_sharing) X(map_limit_falls_back) X(vma_budget_falls_back) \
 	X(discard_yields_zeroes) X(unmerge_makes_private) X(unmerge_unregisters_beside_images) X(preadv_mixed) \
-	X(fork_child_runs_plain) X(fork_before_agent_shares) X(status_lists_agent) X(advice_reaches_new_mappings) \
+	X(fork_child_runs_plain) X(fork_before_agent_shares) X(stats_dir_full) X(status_lists_agent) X(advice_reaches_new_mappings) \
 	X(env_flags_strict) X(env_numbers_strict) X(env_bad_order_and_log_said) X(stats_dir_too_long) \
 	X(scan_merges_duplicates) X(scan_rates) X(scan_profit_counts_metadata) X(scan_not_given_to_kernel_ksm) X(scan_turns_off_kernel_merge_any) X(scan_stops_for_unseen_io) X(scan_stops_for_uring_reads) X(scan_stops_for_raw_uring_reads) X(scan_stops_for_sqpoll) X(scan_stops_for_rdma) X(scan_stops_for_device_dma) X(scan_stops_for_uring_buffers) X(scan_stops_for_vdpa) X(scan_gives_ram_to_vmm_userfault) X(scan_takes_ram_back_from_vmm_userfault) X(scan_forgets_vmm_hold_on_moved_ram) X(scan_unmergeable_fills_dropped) X(scan_dropped_then_poisoned) X(scan_merges_beside_event_rings) X(scan_failed_unmap_keeps_pages) X(scan_fill_pages) X(scan_merges_onto_image) X(scan_image_index_bounded) X(scan_image_index_remapped) X(scan_image_index_prunes_written) X(scan_image_copied_read_merges) X(scan_hints_guide_scanner) X(scan_unmerge_and_tunables) X(scan_leaves_pages_being_read) \
 	X(scan_off_says_why) \

@@ -382,6 +382,43 @@ TEST_IMPL(fallback_filesystem_without_leases)
 	return 0;
 }
 
+/* A run directory on a full filesystem: no statistics file (said in the
+ * log), and the VMM goes on. A file sized but not written faulted SIGBUS
+ * at the agent's first store into it. */
+TEST_IMPL(stats_dir_full)
+{
+	char dir[600], fill[700];
+	if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
+		SKIP("cannot make a mount namespace here");
+	snprintf(dir, sizeof(dir), "%s/full", test_dir());
+	ASSERT(mkdir(dir, 0700) == 0);
+	if (mount("none", dir, "tmpfs", 0, "size=64k,mode=0700") != 0)
+		SKIP("cannot mount a tmpfs here");
+	snprintf(fill, sizeof(fill), "%s/fill", dir);
+	int ffd = open(fill, O_WRONLY | O_CREAT, 0600);
+	ASSERT(ffd >= 0);
+	char junk[4096];
+	memset(junk, 1, sizeof(junk));
+	while (write(ffd, junk, sizeof(junk)) == (ssize_t)sizeof(junk))
+		;
+	close(ffd);
+	char env[700];
+	snprintf(env, sizeof(env), "MEMDEDUP_RUN_DIR=%s", dir);
+	const char *const envs[] = { env, NULL };
+	const char *img = image(5);
+	struct proc a;
+	int fd = start_reader(&a, img, envs);
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 0 65536", fd), 65536);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 65536"), hex(fnv_file(img, 0, 65536))) == 0);
+	ASSERT(proc_page(&a, 0).file);	/* the agent works without its file */
+	char stats[700];
+	snprintf(stats, sizeof(stats), "%s/agent-%d.stats", dir, (int)a.pid);
+	ASSERT(access(stats, F_OK) != 0);
+	proc_stop(&a);
+	umount(dir);
+	return 0;
+}
+
 static int has_lease_break(const md_stats *s) { return s->lease_breaks > 0; }
 
 /* Opens img for writing (which waits for the agent to give its lease back;
