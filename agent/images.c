@@ -56,11 +56,39 @@ static struct md__image *image_find(struct md_agent *a, dev_t dev, ino_t ino)
 	return NULL;
 }
 
-static struct md__image *image_add(struct md_agent *a, int fd, const struct stat *st)
+/* Our own open file description of the file the VMM's fd names: the
+ * lease belongs to it, so it lives on when the VMM closes its descriptor,
+ * and mappings come from it. Returns it, or -1 (errno set). */
+static int image_open_own(struct md_agent *a, int fd, const struct stat *st)
 {
 	char path[64];
 	struct stat own;
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	int own_fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (own_fd < 0)
+		return -1;
+	struct f_owner_ex owner = { .type = F_OWNER_TID, .pid = a->thread_tid };
+	if (fstat(own_fd, &own) != 0 || own.st_dev != st->st_dev || own.st_ino != st->st_ino ||
+	    fcntl(own_fd, F_SETSIG, a->lease_signal) != 0 || fcntl(own_fd, F_SETOWN_EX, &owner) != 0) {
+		int err = errno;
+		close(own_fd);
+		errno = err;
+		return -1;
+	}
+	return own_fd;
+}
 
+/* Whether img->fd is still our description of img: the VMM may close it
+ * (close_range) or put another file at its number (dup2), which takes the
+ * lease with it. */
+static int image_fd_ours(const struct md__image *img)
+{
+	struct stat st;
+	return img->fd >= 0 && fstat(img->fd, &st) == 0 && st.st_dev == img->dev && st.st_ino == img->ino;
+}
+
+static struct md__image *image_add(struct md_agent *a, int fd, const struct stat *st)
+{
 	if (a->nimages == a->images_cap) {
 		size_t cap = a->images_cap ? a->images_cap * 2 : 8;
 		struct md__image *n = realloc(a->images, cap * sizeof(*n));
@@ -69,20 +97,9 @@ static struct md__image *image_add(struct md_agent *a, int fd, const struct stat
 		a->images = n;
 		a->images_cap = cap;
 	}
-	/* Our own open file description: the lease belongs to it, so it lives
-	 * on when the VMM closes its descriptor, and mappings come from it. */
-	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-	int own_fd = open(path, O_RDONLY | O_CLOEXEC);
+	int own_fd = image_open_own(a, fd, st);
 	if (own_fd < 0)
 		return NULL;
-	if (fstat(own_fd, &own) != 0 || own.st_dev != st->st_dev || own.st_ino != st->st_ino)
-		goto err_close;
-	if (fcntl(own_fd, F_SETSIG, a->lease_signal) != 0)
-		goto err_close;
-	struct f_owner_ex owner = { .type = F_OWNER_TID, .pid = a->thread_tid };
-	if (fcntl(own_fd, F_SETOWN_EX, &owner) != 0)
-		goto err_close;
-
 	struct md__image *img = &a->images[a->nimages];
 	*img = (struct md__image){
 		.id = (uint32_t)a->nimages + 1,
@@ -93,10 +110,6 @@ static struct md__image *image_add(struct md_agent *a, int fd, const struct stat
 	};
 	a->nimages++;
 	return img;
-
-err_close:
-	close(own_fd);
-	return NULL;
 }
 
 struct md__image *md__image_leased(struct md_agent *a, const struct stat *st)
@@ -163,6 +176,19 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, enum md_fallback *
 	if (img->retry_at.tv_sec && !time_reached(&img->retry_at)) {
 		*why = MD_FB_NO_LEASE;
 		return NULL;
+	}
+	if (!image_fd_ours(img)) {
+		/* Its number is the VMM's now, not ours to close. */
+		int own_fd = image_open_own(a, fd, &st);
+		if (own_fd < 0) {
+			img->fd = -1;
+			*why = MD_FB_ERROR;
+			retry_later(img);
+			return NULL;
+		}
+		md__log_once(25, "the agent's own descriptor of an image was closed or replaced "
+			     "by the VMM: it opened the image again");
+		img->fd = own_fd;
 	}
 	if (fcntl(img->fd, F_SETLEASE, F_RDLCK) != 0) {
 		*why = MD_FB_NO_LEASE;
@@ -239,7 +265,8 @@ static void finish_break(struct md_agent *a, struct md__image *img)
 		md__log("an image's writer gets in with some of its pages not made private (%s): "
 			"the guest may see them change", strerror(-err));
 	view_drop(img);
-	fcntl(img->fd, F_SETLEASE, F_UNLCK);
+	if (image_fd_ours(img))
+		fcntl(img->fd, F_SETLEASE, F_UNLCK);
 	img->lease = MD_LEASE_NONE;
 	__atomic_store_n(&a->breaking, a->breaking - 1, __ATOMIC_RELAXED);
 	retry_later(img);
@@ -259,7 +286,9 @@ void md__image_lease_broken(struct md_agent *a, int fd)
 		struct md__image *img = &a->images[i];
 		if (img->lease != MD_LEASE_HELD)
 			continue;
-		if (fd >= 0 ? img->fd != fd : fcntl(img->fd, F_GETLEASE) != F_UNLCK)
+		/* The once-a-second look also finds a lease gone with our
+		 * descriptor (closed or replaced by the VMM). */
+		if (fd >= 0 ? img->fd != fd : fcntl(img->fd, F_GETLEASE) == F_RDLCK && image_fd_ours(img))
 			continue;
 		/* From here no read maps this image; every page it already
 		 * mapped is made private before the writer may proceed. When
@@ -290,6 +319,8 @@ void md__images_free(struct md_agent *a)
 {
 	for (size_t i = 0; i < a->nimages; i++) {
 		view_drop(&a->images[i]);
+		if (!image_fd_ours(&a->images[i]))
+			continue;
 		if (a->images[i].lease != MD_LEASE_NONE)
 			fcntl(a->images[i].fd, F_SETLEASE, F_UNLCK);
 		close(a->images[i].fd);

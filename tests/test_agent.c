@@ -488,6 +488,59 @@ TEST_IMPL(lease_break_keeps_content)
 	return 0;
 }
 
+/* The descriptor of pid other than not_fd that names path, or -1. */
+static int fd_naming(pid_t pid, const char *path, int not_fd)
+{
+	char dir[64], link[320], target[PATH_MAX], want[PATH_MAX];
+	int found = -1;
+	ASSERT(realpath(path, want));
+	snprintf(dir, sizeof(dir), "/proc/%d/fd", (int)pid);
+	DIR *d = opendir(dir);
+	ASSERT(d);
+	for (struct dirent *e; (e = readdir(d));) {
+		snprintf(link, sizeof(link), "%s/%s", dir, e->d_name);
+		ssize_t l = readlink(link, target, sizeof(target) - 1);
+		if (l > 0 && atoi(e->d_name) != not_fd) {
+			target[l] = '\0';
+			if (strcmp(target, want) == 0)
+				found = atoi(e->d_name);
+		}
+	}
+	closedir(d);
+	return found;
+}
+
+/* The VMM closes the agent's own descriptor of an image (close_range, say):
+ * the agent can no longer see or give back its lease (which lives on, held
+ * by the mappings, until the kernel's lease-break-time after a writer
+ * comes). It finds that within a second and makes the pages private,
+ * and a later read leases the image again through a descriptor opened
+ * anew. */
+TEST_IMPL(lease_gone_with_agent_fd)
+{
+	char img[512];
+	uint64_t orig;
+	struct proc a;
+	int fd = read_fresh_image(&a, img, sizeof(img), "image-fdgone", 13, NULL, &orig);
+	ASSERT(proc_page(&a, 0).file || !proc_page(&a, 0).present);
+	int afd = fd_naming(a.pid, img, fd);
+	ASSERT(afd >= 0);
+	ASSERT_EQ(proc_num(&a, "closefd %d", afd), 0);
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 3000, has_lease_break), 0);
+	ASSERT_EQ(s.pages_privatized, IMG_SIZE / 4096);
+	for (size_t off = 0; off < IMG_SIZE; off += 64 * 4096)
+		ASSERT(!proc_page(&a, off).file);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", IMG_SIZE), hex(orig)) == 0);
+	sleep(2);	/* the lease is retried each second */
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u %u 65536", fd, MB, IMG_SIZE), MB);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", IMG_SIZE, MB), hex(fnv_file(img, 0, MB))) == 0);
+	ASSERT(proc_page(&a, IMG_SIZE).file);
+	ASSERT(fd_naming(a.pid, img, fd) >= 0);
+	proc_stop(&a);
+	return 0;
+}
+
 /* A lease break while the agent's cgroup is out of memory: making the pages
  * private fails, and is tried again, with the agent's lock let go between
  * tries, until memory comes back; only then may the writer go on, and the

@@ -24,6 +24,7 @@
  *   nosig PATH            -> how many read leases on PATH (the agent's) were
  *                           made to send no signal when broken (F_SETOWN 0)
  *   fork DOFF             -> the child's hash of one page (child reads it)
+ *   closefd FD            -> close result (0 or -errno)
  *   daemonize             -> the pid of a child that takes the commands from
  *                           now on (the parent waits for it), as QEMU's -daemonize
  *   fill DOFF NPAGES SEED -> ok: page i gets content made of (SEED, i)
@@ -596,6 +597,9 @@ int main(void)
 			sscanf(line, "%*s %lld %lld %lld", &a1, &a2, &a3);
 			memcpy(base + a2, base + a1, (size_t)a3);
 			printf("ok\n");
+		} else if (strcmp(cmd, "closefd") == 0) {
+			sscanf(line, "%*s %lld", &a1);
+			printf("%d\n", close((int)a1) == 0 ? 0 : -errno);
 		} else if (strcmp(cmd, "daemonize") == 0) {
 			/* As QEMU's -daemonize, before any RAM: the child goes
 			 * on with the commands, the parent waits for it. */
