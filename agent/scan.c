@@ -368,6 +368,9 @@ static int unmerge(md_agent *a, char *why, size_t size)
 	if (!a || !a->engine)
 		return -EINVAL;
 	struct md__engine *e = a->engine;
+	/* Before any region the scanner is not made yet (md__scan_register
+	 * makes it): nothing to restart. */
+	int was_running = a->scanner.running;
 	md__scanner_stop(&a->scanner);	/* no merge may start meanwhile */
 	/* agent->lock first (the lock order): no read maps an image page
 	 * until the image pages are private. */
@@ -428,7 +431,7 @@ paused:
 		a->scanner.paused = 1;
 		__atomic_store_n(&a->unmerged, 1, __ATOMIC_RELAXED);
 	}
-	if (md__scanner_start(&a->scanner) != 0)
+	if (was_running && md__scanner_start(&a->scanner) != 0)
 		a->scanner_started = 0;
 	if (err && why && !*why)
 		snprintf(why, size, "%s", strerror(-err));

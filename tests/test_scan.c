@@ -4,6 +4,7 @@
  * pages dropped, copy-on-write after merge, hints, unmerge, tunables, and
  * writers racing the scanner without losing a write.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -827,6 +828,50 @@ static char *inproc_agent(md_agent **a, unsigned pages_to_scan, size_t len)
 	char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	ASSERT(m != MAP_FAILED);
 	return m;
+}
+
+/* Threads of this process named name. */
+static int threads_named(const char *name)
+{
+	DIR *d = opendir("/proc/self/task");
+	ASSERT(d);
+	int n = 0;
+	for (struct dirent *e; (e = readdir(d));) {
+		char path[300], comm[32] = "";
+		snprintf(path, sizeof(path), "/proc/self/task/%s/comm", e->d_name);
+		FILE *f = fopen(path, "r");
+		if (!f)
+			continue;
+		if (fgets(comm, sizeof(comm), f))
+			comm[strcspn(comm, "\n")] = '\0';
+		fclose(f);
+		n += strcmp(comm, name) == 0;
+	}
+	closedir(d);
+	return n;
+}
+
+/* An unmerge before any RAM was registered started a scanner that was
+ * never made: resumed, it crashed; with RAM registered then, a second one
+ * ran beside it. */
+TEST_IMPL(scan_unmerge_before_registration)
+{
+	md_agent *a;
+	size_t len = 512 * PG;
+	char *m = inproc_agent(&a, 1000, len);
+	ASSERT_EQ(md_agent_unmerge(a), 0);
+	ASSERT_EQ(md_agent_pause(a, 0), 0);
+	usleep(100000);
+	for (size_t i = 0; i < len; i += 8)
+		*(uint64_t *)(m + i) = (i % (256 * PG)) * 2654435761u + 1;	/* two equal halves */
+	ASSERT_EQ(md_agent_register(a, m, len, 0), 0);
+	ASSERT_EQ(wait_merged(a, 256), 0);
+	ASSERT_EQ(threads_named("md-scan"), 1);
+	for (size_t i = 0; i < len; i += 8)
+		ASSERT_EQ(*(uint64_t *)(m + i), (i % (256 * PG)) * 2654435761u + 1);
+	md_agent_free(a);
+	munmap(m, len);
+	return 0;
 }
 
 TEST_IMPL(scan_unmerge_and_tunables)
