@@ -229,10 +229,16 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 		/* Without kernel KSM (or with our own scanner) the advice is
 		 * ours alone. */
 		return !a || a->kernel_ksm ? md__sys_madvise(addr, len, advice) : 0;
-	case MADV_UNMERGEABLE:
-		if ((a = agent_peek()))
-			md_agent_unregister(a, addr, plen);
+	case MADV_UNMERGEABLE: {
+		/* As kernel KSM's: shared pages that cannot be made private
+		 * (memory short) fail the advice, and stay merged. */
+		int err = (a = agent_peek()) ? md_agent_unregister(a, addr, plen) : 0;
+		if (err) {
+			errno = -err;
+			return -1;
+		}
 		return md__sys_madvise(addr, len, advice);
+	}
 	case MADV_DONTNEED:
 	case MADV_REMOVE:
 	case MADV_FREE: {

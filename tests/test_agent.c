@@ -548,15 +548,25 @@ TEST_IMPL(lease_gone_with_agent_fd)
  * lease went with the pages still the file's and the writer's bytes showed.
  * v1's oom_control makes the kernel refuse the memory (ENOMEM) where it
  * would otherwise kill the process. */
+/* A memory cgroup whose limit the kernel refuses at instead of killing:
+ * NULL, or why there is none. */
+static const char *refusing_cgroup(struct test_cgroup *cg)
+{
+	if (cgroup_make(cg))
+		return "no memory cgroup of our own to be had here";
+	if (strcmp(cg->limit, "memory.limit_in_bytes") != 0 || write_text(cg->dir, "memory.oom_control", "1")) {
+		close(cg->guard);
+		return "no cgroup v1 memory.oom_control: cgroup v2 kills instead of refusing";
+	}
+	return NULL;
+}
+
 TEST_IMPL(lease_break_short_of_memory)
 {
 	struct test_cgroup cg;
-	if (cgroup_make(&cg))
-		SKIP("no memory cgroup of our own to be had here");
-	if (strcmp(cg.limit, "memory.limit_in_bytes") != 0 || write_text(cg.dir, "memory.oom_control", "1")) {
-		close(cg.guard);
-		SKIP("no cgroup v1 memory.oom_control: cgroup v2 kills instead of refusing");
-	}
+	const char *none = refusing_cgroup(&cg);
+	if (none)
+		SKIP("%s", none);
 	long break_time = atol(file_text("/proc/sys/fs/lease-break-time"));
 	if (break_time < 10) {
 		close(cg.guard);
@@ -588,6 +598,32 @@ TEST_IMPL(lease_break_short_of_memory)
 	md_stats s;
 	ASSERT_EQ(proc_stats_wait(&a, &s, 3000, has_lease_break), 0);
 	ASSERT_EQ(s.lease_breaks, 1);
+	proc_stop(&a);
+	close(cg.guard);
+	return 0;
+}
+
+/* MADV_UNMERGEABLE over pages shared at read time, with no memory for
+ * their copies, fails with ENOMEM, as kernel KSM's does (it said 0, and
+ * the memory went on being shared and scanned); with memory, it works. */
+TEST_IMPL(unmergeable_short_of_memory_fails)
+{
+	struct test_cgroup cg;
+	const char *none = refusing_cgroup(&cg);
+	if (none)
+		SKIP("%s", none);
+	char img[512];
+	uint64_t orig;
+	struct proc a;
+	read_fresh_image(&a, img, sizeof(img), "image-unmergeable", 16, NULL, &orig);
+	ASSERT_EQ(cgroup_enter(&cg, a.pid), 0);
+	ASSERT_EQ(cgroup_limit(&cg, cgroup_usage(&cg) + IMG_SIZE / 4), 0);
+	ASSERT_EQ(proc_num(&a, "advise 0 %u unmergeable", IMG_SIZE), -ENOMEM);
+	ASSERT_EQ(cgroup_limit(&cg, 1ull << 30), 0);
+	ASSERT_EQ(proc_num(&a, "advise 0 %u unmergeable", IMG_SIZE), 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", IMG_SIZE), hex(orig)) == 0);
+	for (size_t off = 0; off < IMG_SIZE; off += 16 * 4096)
+		ASSERT(!proc_page(&a, off).file);
 	proc_stop(&a);
 	close(cg.guard);
 	return 0;
