@@ -388,6 +388,14 @@ static int check_range(const void *addr, size_t len)
 	return 0;
 }
 
+static int regions_overlap(const md_agent *a, uintptr_t s, uintptr_t e)
+{
+	for (size_t i = 0; i < a->nregions; i++)
+		if (a->regions[i].start < e && a->regions[i].end > s)
+			return 1;
+	return 0;
+}
+
 static int handed_overlaps(const md_agent *a, uintptr_t s, uintptr_t e)
 {
 	for (size_t i = 0; i < a->nhanded; i++)
@@ -680,6 +688,15 @@ int md__agent_unmap(md_agent *a, void *addr, size_t len, int (*op)(void *arg), v
 	/* agent->lock across op: a lease break cannot look at the regions
 	 * while the memory goes (lock order: agent_internal.h). */
 	pthread_mutex_lock(&a->lock);
+	/* Memory that is none of ours (QEMU unmaps coroutine stacks, buffers)
+	 * goes at once: the engine's write lock would wait for a scanner's
+	 * whole batch, memdedupd's answers included, and every guest read
+	 * for agent->lock behind it. */
+	if (!regions_overlap(a, s, e) && !handed_overlaps(a, s, e) &&
+	    !(a->engine && md__engine_touches(a->engine, s, len))) {
+		pthread_mutex_unlock(&a->lock);
+		return op(arg);
+	}
 	int r = a->engine ? md__engine_unmap(a->engine, addr, len, op, arg, keep_mapped) : op(arg);
 	struct md__run *run;
 	size_t n;

@@ -681,6 +681,16 @@ int md__engine_unregister(struct md__engine *e, void *addr, size_t len, int how)
  * freeze to thaw): no thread of the VMM waits for us while op waits for
  * the mm. A failed op leaves what is still mapped registered, with its
  * references: forgetting it first would free slots its pages still map. */
+int md__engine_touches(struct md__engine *e, uintptr_t addr, size_t len)
+{
+	int touches = 0;
+	pthread_rwlock_rdlock(&e->regions_lock);
+	for (size_t i = 0; i < e->nregions && !touches; i++)
+		touches = e->regions[i].start < addr + len && e->regions[i].end > addr;
+	pthread_rwlock_unlock(&e->regions_lock);
+	return touches;
+}
+
 int md__engine_unmap(struct md__engine *e, void *addr, size_t len, int (*op)(void *arg), void *arg,
 		     int keep_mapped)
 {

@@ -216,6 +216,9 @@ const unsigned char *md__engine_pool_page(struct md__engine *e, uint32_t slot);
  * if that fails, -errno and nothing is forgotten. */
 #define MD_UNREG_HANDOVER 2
 int md__engine_unregister(struct md__engine *e, void *addr, size_t len, int how);
+/* Whether [addr, addr+len) overlaps a registered region (taken under the
+ * regions lock for reading: it does not wait for a scanner's batch). */
+int md__engine_touches(struct md__engine *e, uintptr_t addr, size_t len);
 /* Runs op(arg), which unmaps or replaces [addr, addr+len) (the VMM's munmap,
  * MAP_FIXED mmap or mremap) and returns 0 or -errno, with the scanner kept
  * out; then forgets the range (MD_UNREG_GONE) if op succeeded. If it failed:

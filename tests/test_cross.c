@@ -403,6 +403,27 @@ TEST_IMPL(cross_daemon_stopped)
 	return 0;
 }
 
+/* While memdedupd is stopped, a scanner's batch waits for its answers with
+ * the regions locked for reading; a munmap of memory that is not guest RAM
+ * (QEMU's coroutine stacks, buffers) does not wait for it: it took the
+ * write lock and waited up to the answers' 2 s deadline. */
+TEST_IMPL(cross_unmap_elsewhere_not_held)
+{
+	struct tdaemon t;
+	struct proc a, b;
+	start_shared_pair(&t, &a, &b, NULL);
+	td_pause(&t);
+	proc_cmd(&a, "fill %u %u 10", 512 * PG, N);
+	proc_cmd(&b, "fill %u %u 10", 512 * PG, N);
+	usleep(300000);
+	long long worst = proc_num(&a, "unmapfresh 10");
+	fprintf(stderr, "  slowest munmap %lld us\n", worst);
+	ASSERT(kill(t.pid, SIGCONT) == 0);
+	ASSERT(worst >= 0 && worst < 500000);
+	stop_pair_pool_empty(&t, &a, &b);
+	return 0;
+}
+
 /* memdedupd stalled for longer than an agent waits for a late reply (10 s):
  * the agent's connection goes while the daemon lives, and its record of
  * the agent, references and all, stays. The references the agent gave up

@@ -25,6 +25,8 @@
  *                           made to send no signal when broken (F_SETOWN 0)
  *   fork DOFF             -> the child's hash of one page (child reads it)
  *   closefd FD            -> close result (0 or -errno)
+ *   unmapfresh N          -> the slowest of N munmaps of a page that is not
+ *                           guest RAM, in microseconds (100 ms apart)
  *   daemonize             -> the pid of a child that takes the commands from
  *                           now on (the parent waits for it), as QEMU's -daemonize
  *   fill DOFF NPAGES SEED -> ok: page i gets content made of (SEED, i)
@@ -597,6 +599,25 @@ int main(void)
 			sscanf(line, "%*s %lld %lld %lld", &a1, &a2, &a3);
 			memcpy(base + a2, base + a1, (size_t)a3);
 			printf("ok\n");
+		} else if (strcmp(cmd, "unmapfresh") == 0) {
+			/* N times a page of its own, touched and unmapped: the
+			 * slowest munmap, in microseconds. */
+			sscanf(line, "%*s %lld", &a1);
+			long long worst = 0;
+			for (long long i = 0; i < a1; i++) {
+				char *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+				if (p == MAP_FAILED)
+					return 1;
+				p[0] = 1;
+				struct timespec t0, t1;
+				clock_gettime(CLOCK_MONOTONIC, &t0);
+				munmap(p, 4096);
+				clock_gettime(CLOCK_MONOTONIC, &t1);
+				long long us = (t1.tv_sec - t0.tv_sec) * 1000000ll + (t1.tv_nsec - t0.tv_nsec) / 1000;
+				worst = us > worst ? us : worst;
+				usleep(100000);
+			}
+			printf("%lld\n", worst);
 		} else if (strcmp(cmd, "closefd") == 0) {
 			sscanf(line, "%*s %lld", &a1);
 			printf("%d\n", close((int)a1) == 0 ? 0 : -errno);
