@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -240,6 +241,38 @@ int md__range_file_vmas(uintptr_t a, uintptr_t end, struct md__vma **vmas, size_
 	*vmas = f.vma;
 	*n = f.n;
 	return 0;
+}
+
+/* The kernel's query of one mapping (Linux 6.11, uapi linux/fs.h), spelled
+ * out for the older headers this builds with. */
+struct md__procmap_query {
+	uint64_t size, query_flags, query_addr;
+	uint64_t vma_start, vma_end, vma_flags, vma_page_size, vma_offset, inode;
+	uint32_t dev_major, dev_minor, vma_name_size, build_id_size;
+	uint64_t vma_name_addr, build_id_addr;
+};
+#define MD_PROCMAP_QUERY _IOWR('f', 17, struct md__procmap_query)
+#define MD_PROCMAP_COVERING_OR_NEXT 0x10
+#define MD_PROCMAP_FILE_BACKED 0x20
+
+int md__range_no_file_vmas(uintptr_t a, uintptr_t end)
+{
+	/* Opened each time: a descriptor kept would show a forked child its
+	 * parent's mappings. */
+	int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	struct md__procmap_query q = {
+		.size = sizeof(q),
+		.query_flags = MD_PROCMAP_COVERING_OR_NEXT | MD_PROCMAP_FILE_BACKED,
+		.query_addr = a,
+	};
+	int r = md__sys_ioctl(fd, MD_PROCMAP_QUERY, &q);
+	int err = errno;
+	close(fd);
+	if (r != 0)
+		return err == ENOENT ? 1 : -err;	/* ENOENT: none from a on */
+	return q.vma_start >= end;
 }
 
 struct shares {

@@ -60,6 +60,10 @@ struct md__vma {
 	int mergeable;
 };
 int md__range_file_vmas(uintptr_t a, uintptr_t end, struct md__vma **vmas, size_t *n);
+/* 1 if no file mapping overlaps [a, end), 0 if one does; -ENOTTY on a
+ * kernel that cannot tell without smaps (before Linux 6.11), or -errno.
+ * One ioctl, where smaps walks every page table of the process. */
+int md__range_no_file_vmas(uintptr_t a, uintptr_t end);
 /* Lines of /proc/self/maps: the process's mappings (VMAs) now. */
 uint64_t md__count_vmas(void);
 /* The pages the process maps now, all of them and those of files and

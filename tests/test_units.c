@@ -461,6 +461,30 @@ TEST_IMPL(proc_start_time)
 /* md__copy_own_pages: copies in p's order (adjacent pages as one range),
  * file pages as well as anonymous ones, and all or nothing: a page that
  * cannot be read leaves p as it was. */
+TEST_IMPL(range_no_file_vmas)
+{
+	size_t pg = 4096;
+	char *m = mmap(NULL, 16 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	uintptr_t b = (uintptr_t)m;
+	int r = md__range_no_file_vmas(b, b + 16 * pg);
+	if (r == -ENOTTY)
+		SKIP("this kernel has no PROCMAP_QUERY (Linux 6.11)");
+	ASSERT_EQ(r, 1);
+	int fd = memfd_create("t", MFD_CLOEXEC);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(ftruncate(fd, 4 * pg), 0);
+	ASSERT(mmap(m + 4 * pg, 4 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd, 0) == m + 4 * pg);
+	ASSERT_EQ(md__range_no_file_vmas(b, b + 4 * pg), 1);
+	ASSERT_EQ(md__range_no_file_vmas(b, b + 16 * pg), 0);
+	ASSERT_EQ(md__range_no_file_vmas(b + 3 * pg, b + 5 * pg), 0);
+	ASSERT_EQ(md__range_no_file_vmas(b + 7 * pg, b + 8 * pg), 0);
+	ASSERT_EQ(md__range_no_file_vmas(b + 8 * pg, b + 16 * pg), 1);
+	close(fd);
+	munmap(m, 16 * pg);
+	return 0;
+}
+
 TEST_IMPL(copy_own_pages_all_or_nothing)
 {
 	int fd = memfd_create("t", MFD_CLOEXEC);
