@@ -240,6 +240,7 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 		return md__sys_madvise(addr, len, advice);
 	}
 	case MADV_DONTNEED:
+	case MADV_DONTNEED_LOCKED:
 	case MADV_REMOVE:
 	case MADV_FREE: {
 		/* Shared pages not replaced would read back as their file's
