@@ -429,16 +429,18 @@ static unsigned char *cmp_buf(struct md__engine *e)
 }
 
 /* The content of the n (at most CMP_PAGES) frozen pages at a, for the
- * compare that proves a merge: a copy read through the kernel, or the
- * pages themselves if that fails. Frozen, they read the same either way,
- * and the copy spares our first touch of them (md__copy_own_pages). */
+ * compare that proves a merge: a copy read through the kernel (which
+ * spares our first touch of them, md__copy_own_pages), or NULL if that
+ * fails, and the merge is abandoned. */
 static const unsigned char *frozen_pages(struct md__engine *e, uintptr_t a, size_t n)
 {
 	const void *p[CMP_PAGES];
 	unsigned char *b = cmp_buf(e);
 	for (size_t i = 0; i < n; i++)
 		p[i] = (const void *)(a + i * MD_EPAGE);
-	return b && md__copy_own_pages(b, p, n) == 0 ? b : (const unsigned char *)a;
+	/* Not through the VMM's mapping when the copy fails: a page it made
+	 * PROT_NONE since the visit would be SIGSEGV in the VMM. */
+	return b && md__copy_own_pages(b, p, n) == 0 ? b : NULL;
 }
 
 /* What the n (at most CMP_PAGES) pool or image pages at p[0..n) hold, for
@@ -904,7 +906,7 @@ int md__engine_merge_slots(struct md__engine *e, void *addr, size_t n, const uin
 				pp[np++] = md__engine_pool_page(e, slots[i]);
 		}
 		other_pages(e, pp, np);
-		for (size_t i = c, k = 0; i < c + m; i++)
+		for (size_t i = c, k = 0; i < c + m && g; i++)
 			if (eq[i] == EQ_DIFFERS && memcmp(g + (i - c) * MD_EPAGE, pp[k++], MD_EPAGE) == 0)
 				eq[i] = EQ_SAME;
 	}
@@ -981,7 +983,8 @@ int md__engine_merge_file(struct md__engine *e, void *addr, size_t n, int fd, of
 		for (size_t i = 0; i < m; i++)
 			f[i] = (const unsigned char *)content + (c + i) * MD_EPAGE;
 		other_pages(e, f, m);	/* one range: all copied, or none */
-		differ = memcmp(frozen_pages(e, a + c * MD_EPAGE, m), f[0], m * MD_EPAGE) != 0;
+		const unsigned char *g = frozen_pages(e, a + c * MD_EPAGE, m);
+		differ = !g || memcmp(g, f[0], m * MD_EPAGE) != 0;
 	}
 	if (differ || !still_frozen(e, a, n)) {
 		e->st.abandoned += n;
@@ -1026,7 +1029,7 @@ static int freeze_filled(struct md__engine *e, const struct md__eregion *r, uint
 		size_t m = n - c < CMP_PAGES ? n - c : CMP_PAGES;
 		const unsigned char *g = frozen_pages(e, a + c * MD_EPAGE, m);
 		for (size_t i = 0; i < m; i++)
-			eq[c + i] = (uint8_t)md__page_is_filled(g + i * MD_EPAGE, word);
+			eq[c + i] = g && md__page_is_filled(g + i * MD_EPAGE, word);
 	}
 	if (!still_frozen(e, a, n))
 		memset(eq, 0, n);
@@ -1225,7 +1228,7 @@ int md__engine_publish(struct md__engine *e, void *addr, size_t n, uint32_t *slo
 	 * needs (a short write, a bug, a page that was not frozen after all
 	 * all show up here). */
 	const unsigned char *g = n <= CMP_PAGES ? frozen_pages(e, a, n) : (const unsigned char *)a;
-	err = md__pool_publish(&e->pool, slot, g, n);
+	err = g ? md__pool_publish(&e->pool, slot, g, n) : -EFAULT;
 	if (err)
 		goto thaw_pages;
 	err = -EAGAIN;

@@ -830,6 +830,66 @@ static char *inproc_agent(md_agent **a, unsigned pages_to_scan, size_t len)
 	return m;
 }
 
+struct toggler {
+	char *m;
+	size_t len;
+	volatile int stop;
+	pthread_mutex_t lock;	/* held while a piece is inaccessible */
+};
+
+/* The VMM making pieces of its RAM inaccessible and accessible again. */
+static void *toggle_protection(void *p)
+{
+	struct toggler *t = p;
+	uint64_t x = 88172645463325252ull;
+	while (!t->stop) {
+		x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+		size_t off = (size_t)(x % (t->len / (16 * PG))) * 16 * PG;
+		pthread_mutex_lock(&t->lock);
+		mprotect(t->m + off, 16 * PG, PROT_NONE);
+		usleep(200);
+		mprotect(t->m + off, 16 * PG, PROT_READ | PROT_WRITE);
+		pthread_mutex_unlock(&t->lock);
+		usleep(50);
+	}
+	return NULL;
+}
+
+/* Pages the VMM makes PROT_NONE between the scanner's visit and its
+ * compare: the compare's copy through the kernel fails, and the merge is
+ * abandoned; reading them through the VMM's mapping instead, as it did
+ * then, was SIGSEGV in the VMM. */
+TEST_IMPL(scan_pages_made_inaccessible)
+{
+	md_agent *a;
+	size_t len = 4096 * PG;
+	char *m = inproc_agent(&a, 10000, len);
+	ASSERT_EQ(md_agent_register(a, m, len, 0), 0);
+	struct toggler t = { m, len, 0, PTHREAD_MUTEX_INITIALIZER };
+	pthread_t th;
+	ASSERT_EQ(pthread_create(&th, NULL, toggle_protection, &t), 0);
+	for (int round = 0; round < 30; round++) {
+		pthread_mutex_lock(&t.lock);
+		for (size_t i = 0; i < len; i += PG)
+			*(volatile uint64_t *)(m + i + (size_t)round * 8) = (i % (64 * PG)) + 1;
+		pthread_mutex_unlock(&t.lock);
+		usleep(100000);
+	}
+	t.stop = 1;
+	pthread_join(th, NULL);
+	md_stats s;
+	md_agent_stats(a, &s);
+	fprintf(stderr, "  merged %llu, abandoned %llu\n", (unsigned long long)s.merged,
+		(unsigned long long)s.abandoned);
+	ASSERT(s.merged > 0);
+	for (size_t i = 0; i < len; i += PG)
+		for (int round = 0; round < 30; round++)
+			ASSERT_EQ(*(uint64_t *)(m + i + (size_t)round * 8), (i % (64 * PG)) + 1);
+	md_agent_free(a);
+	munmap(m, len);
+	return 0;
+}
+
 /* Threads of this process named name. */
 static int threads_named(const char *name)
 {
