@@ -147,7 +147,11 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, enum md_fallback *
 {
 	struct stat st;
 
-	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+	/* A descriptor that cannot read (O_PATH, O_WRONLY) fails the plain
+	 * read with EBADF: so must ours, which would open the file anew. */
+	int fl = fcntl(fd, F_GETFL);
+	if (fl < 0 || (fl & O_PATH) || (fl & O_ACCMODE) == O_WRONLY ||
+	    fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
 		*why = MD_FB_NOT_FILE;
 		return NULL;
 	}

@@ -340,6 +340,25 @@ TEST_IMPL(fallback_pipe)
 	return 0;
 }
 
+/* A descriptor that cannot read (O_PATH) fails the read with EBADF, as
+ * without the agent; the agent's own descriptor of the file, which it
+ * would open anew through /proc/self/fd, read it. */
+TEST_IMPL(fallback_path_descriptor)
+{
+	const char *img = image(3);
+	struct proc a;
+	proc_start(&a, NULL);
+	proc_cmd(&a, "map %u", RAM_PAGES);
+	ASSERT(a.base != 0);
+	int fd = (int)proc_num(&a, "open %s path", img);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 0 65536", fd), -EBADF);
+	ASSERT(!proc_page(&a, 0).file);
+	ASSERT_EQ(fds_naming(a.pid, img), 1);	/* the reader's own */
+	proc_stop(&a);
+	return 0;
+}
+
 TEST_IMPL(fallback_writable_file)
 {
 	/* The reader itself has the image open for writing: no lease. */

@@ -360,6 +360,7 @@ int main(void)
 		} else if (strcmp(cmd, "open") == 0) {
 			sscanf(line, "%*s %2047s %31s", s1, s2);
 			int fd = open(s1, strcmp(s2, "rw") == 0 ? O_RDWR :
+					  strcmp(s2, "path") == 0 ? O_PATH :
 					  strcmp(s2, "direct") == 0 ? O_RDONLY | O_DIRECT : O_RDONLY);
 			printf("%d\n", fd < 0 ? -errno : fd);
 		} else if (strcmp(cmd, "iosetup") == 0) {
