@@ -467,10 +467,25 @@ int md_agent_register(md_agent *a, void *addr, size_t len, unsigned advice)
 					: "has mappings we cannot read");
 		return shared > 0 ? -EPERM : shared;
 	}
+	/* Only what is mapped, as the kernel's madvise: a hole registered
+	 * would have read-time sharing map private pages over whatever the
+	 * VMM maps there later, shared memory included. */
+	struct md__run *run;
+	size_t n;
+	err = md__range_runs((uintptr_t)addr, (uintptr_t)addr + len, &run, &n);
+	if (err)
+		return err;
+	int hole = 0;
 	pthread_mutex_lock(&a->lock);
-	err = register_locked(a, (uintptr_t)addr, len, advice);
+	for (size_t i = 0; i < n && !err; i++) {
+		if (run[i].mapped)
+			err = register_locked(a, run[i].lo, run[i].hi - run[i].lo, advice);
+		else
+			hole = 1;
+	}
 	pthread_mutex_unlock(&a->lock);
-	return err;
+	free(run);
+	return err ? err : hole ? -ENOMEM : 0;
 }
 
 /* Takes [s, e) out of what was given up to the VMM's userfaultfd (lock

@@ -222,13 +222,22 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 	if ((uintptr_t)addr % MD_PAGE_SIZE || plen == 0)
 		return md__sys_madvise(addr, len, advice);
 	switch (advice) {
-	case MADV_MERGEABLE:
+	case MADV_MERGEABLE: {
 		a = agent_get();
-		if (a && md_agent_register(a, addr, plen, 0) != 0)
+		int err = a ? md_agent_register(a, addr, plen, 0) : 0;
+		if (err && err != -ENOMEM)
 			md__log_once(50, "cannot register guest RAM: it is not shared");
 		/* Without kernel KSM (or with our own scanner) the advice is
-		 * ours alone. */
-		return !a || a->kernel_ksm ? md__sys_madvise(addr, len, advice) : 0;
+		 * ours alone; a range with a hole fails it, as the kernel's
+		 * (what is mapped is registered). */
+		if (!a || a->kernel_ksm)
+			return md__sys_madvise(addr, len, advice);
+		if (err == -ENOMEM) {
+			errno = ENOMEM;
+			return -1;
+		}
+		return 0;
+	}
 	case MADV_UNMERGEABLE: {
 		/* As kernel KSM's: shared pages that cannot be made private
 		 * (memory short) fail the advice, and stay merged. */

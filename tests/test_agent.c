@@ -359,6 +359,20 @@ TEST_IMPL(fallback_path_descriptor)
 	return 0;
 }
 
+/* MADV_MERGEABLE over a range with a hole fails with ENOMEM (as kernel
+ * KSM's) and registers only what is mapped: shared memory mapped in the
+ * hole later is read into as the VMM asked, not replaced by private pages
+ * of the image. */
+TEST_IMPL(mergeable_hole_not_registered)
+{
+	const char *img = image(3);
+	struct proc a;
+	int fd = start_reader(&a, img, NULL);
+	ASSERT(strcmp(proc_cmd(&a, "mergehole %d", fd), "-12 1") == 0);
+	proc_stop(&a);
+	return 0;
+}
+
 TEST_IMPL(fallback_writable_file)
 {
 	/* The reader itself has the image open for writing: no lease. */

@@ -25,6 +25,9 @@
  *                           made to send no signal when broken (F_SETOWN 0)
  *   fork DOFF             -> the child's hash of one page (child reads it)
  *   closefd FD            -> close result (0 or -errno)
+ *   mergehole FD          -> MADV_MERGEABLE's result over a range with a hole,
+ *                           and 1 if a read into shared memory mapped there
+ *                           later reached the shared memory
  *   unmapfresh N          -> the slowest of N munmaps of a page that is not
  *                           guest RAM, in microseconds (100 ms apart)
  *   daemonize             -> the pid of a child that takes the commands from
@@ -619,6 +622,27 @@ int main(void)
 				usleep(100000);
 			}
 			printf("%lld\n", worst);
+		} else if (strcmp(cmd, "mergehole") == 0) {
+			/* FD: 64 fresh pages, the middle 32 unmapped, advised
+			 * mergeable (the result); then a shared memfd mapped in
+			 * the hole behind the agent's back, 128 KiB of FD read
+			 * into it, and 1 if the memfd's other mapping sees what
+			 * was read. */
+			sscanf(line, "%*s %lld", &a1);
+			size_t hl = 32 * 4096;
+			char *m = mmap(NULL, 64 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			int mfd = memfd_create("hole", MFD_CLOEXEC);
+			if (m == MAP_FAILED || mfd < 0 || ftruncate(mfd, (off_t)hl) != 0)
+				return 1;
+			syscall(SYS_munmap, m + 16 * 4096, hl);
+			int adv = madvise(m, 64 * 4096, MADV_MERGEABLE) == 0 ? 0 : -errno;
+			char *hole = (char *)syscall(SYS_mmap, m + 16 * 4096, hl, PROT_READ | PROT_WRITE,
+						     MAP_SHARED | MAP_FIXED_NOREPLACE, mfd, 0);
+			char *other = mmap(NULL, hl, PROT_READ, MAP_SHARED, mfd, 0);
+			if (hole != m + 16 * 4096 || other == MAP_FAILED)
+				return 1;
+			ssize_t r = pread((int)a1, hole, hl, 0);
+			printf("%d %d\n", adv, r == (ssize_t)hl && memcmp(hole, other, hl) == 0);
 		} else if (strcmp(cmd, "closefd") == 0) {
 			sscanf(line, "%*s %lld", &a1);
 			printf("%d\n", close((int)a1) == 0 ? 0 : -errno);
