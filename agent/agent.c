@@ -467,6 +467,16 @@ int md_agent_register(md_agent *a, void *addr, size_t len, unsigned advice)
 					: "has mappings we cannot read");
 		return shared > 0 ? -EPERM : shared;
 	}
+	/* Huge pages of hugetlbfs (QEMU's -mem-path): the engine protects,
+	 * maps and discards 4 KiB pages, which such memory refuses; a
+	 * discard's anonymous memory would take the guest's RAM off its huge
+	 * pages. Kernel KSM leaves them alone too. */
+	int huge = md__range_hugetlb((uintptr_t)addr, len);
+	if (huge) {
+		md__log_once(66, "memory at %p (%zu bytes) %s: not merged", addr, len,
+			     huge > 0 ? "is hugetlbfs memory" : "has mappings we cannot read");
+		return huge > 0 ? -EPERM : huge;
+	}
 	/* Only what is mapped, as the kernel's madvise: a hole registered
 	 * would have read-time sharing map private pages over whatever the
 	 * VMM maps there later, shared memory included. */

@@ -275,6 +275,32 @@ int md__range_no_file_vmas(uintptr_t a, uintptr_t end)
 	return q.vma_start >= end;
 }
 
+struct hugetlb_vmas {
+	uintptr_t a, end;
+	int in, found;
+};
+
+/* smaps: is a mapping overlapping [a, end) hugetlb ("ht" in VmFlags)? */
+static void hugetlb_line(void *arg, char *text)
+{
+	struct hugetlb_vmas *h = arg;
+	unsigned long lo, hi;
+	char perms[5];
+	if (sscanf(text, "%lx-%lx %4s", &lo, &hi, perms) == 3 && strchr(text, ' ') > strchr(text, '-')) {
+		h->in = lo < h->end && hi > h->a;
+		return;
+	}
+	if (h->in && strncmp(text, "VmFlags:", 8) == 0 && strstr(text, " ht"))
+		h->found = 1;
+}
+
+int md__range_hugetlb(uintptr_t a, size_t len)
+{
+	struct hugetlb_vmas h = { a, a + len, 0, 0 };
+	int err = proc_lines("/proc/self/smaps", hugetlb_line, &h);
+	return err ? err : h.found;
+}
+
 struct shares {
 	uintptr_t a, end;
 	int shared;

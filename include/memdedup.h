@@ -229,7 +229,8 @@ MD_API void md_agent_free(md_agent *agent);
 /* Registers [addr, addr+len) as guest RAM that may be shared. addr and len
  * must be page-aligned. advice is the madvise(2) advice the VMM gave the range
  * that a new mapping must inherit (MD_ADV_* bits). Memory mapped MAP_SHARED
- * (other processes or devices write it too) is refused with -EPERM. A range
+ * (other processes or devices write it too) is refused with -EPERM, and so
+ * is hugetlbfs memory (its huge pages cannot be merged by 4 KiB). A range
  * with unmapped holes registers what is mapped and returns -ENOMEM, as
  * madvise(2) does. */
 MD_API int md_agent_register(md_agent *agent, void *addr, size_t len, unsigned advice);

@@ -34,6 +34,11 @@ long long proc_num(struct proc *p, const char *fmt, ...) __attribute__((format(p
 /* A file's contents (up to 64 KiB; "" when it does not exist), in a static
  * buffer. */
 const char *file_text(const char *path);
+/* Writes text to the file at path (a sysctl, say) and puts back what it
+ * held when the test ends, failed or not: a guard process waits for the
+ * returned descriptor to close (the test's exit closes it). -errno if
+ * the file cannot be read or written. */
+int set_until_exit(const char *path, const char *text);
 /* This process's /proc/self/pagemap entry for addr. */
 uint64_t self_pagemap(const void *addr);
 void proc_stop(struct proc *p);

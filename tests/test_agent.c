@@ -373,6 +373,37 @@ TEST_IMPL(mergeable_hole_not_registered)
 	return 0;
 }
 
+/* hugetlbfs memory (QEMU's -mem-path) is not registered: its huge pages
+ * cannot be protected, mapped or discarded by 4 KiB, and a discard's
+ * anonymous memory would take the guest's RAM off them. */
+TEST_IMPL(hugetlb_not_registered)
+{
+	int guard = set_until_exit("/proc/sys/vm/nr_hugepages", "2");
+	if (guard < 0)
+		SKIP("cannot set vm.nr_hugepages here");
+	if (atoi(file_text("/proc/sys/vm/nr_hugepages")) < 1) {
+		close(guard);
+		SKIP("no huge page could be reserved");
+	}
+	struct proc a;
+	proc_start(&a, NULL);
+	proc_cmd(&a, "map %u", RAM_PAGES);
+	ASSERT(a.base != 0);
+	long long r = proc_num(&a, "hugemap");
+	if (r == 1) {
+		proc_stop(&a);
+		close(guard);
+		SKIP("no hugetlb memory could be mapped");
+	}
+	ASSERT_EQ(r, 0);	/* the kernel's answer: KSM passes over it */
+	md_stats s;
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.registered_bytes, (uint64_t)RAM_PAGES * 4096);
+	proc_stop(&a);
+	close(guard);
+	return 0;
+}
+
 TEST_IMPL(fallback_writable_file)
 {
 	/* The reader itself has the image open for writing: no lease. */

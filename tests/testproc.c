@@ -25,6 +25,8 @@
  *                           made to send no signal when broken (F_SETOWN 0)
  *   fork DOFF             -> the child's hash of one page (child reads it)
  *   closefd FD            -> close result (0 or -errno)
+ *   hugemap               -> MADV_MERGEABLE's result on 2 MiB of fresh
+ *                           hugetlb memory (1: none could be mapped)
  *   mergehole FD          -> MADV_MERGEABLE's result over a range with a hole,
  *                           and 1 if a read into shared memory mapped there
  *                           later reached the shared memory
@@ -643,6 +645,17 @@ int main(void)
 				return 1;
 			ssize_t r = pread((int)a1, hole, hl, 0);
 			printf("%d %d\n", adv, r == (ssize_t)hl && memcmp(hole, other, hl) == 0);
+		} else if (strcmp(cmd, "hugemap") == 0) {
+			/* 2 MiB of hugetlb memory advised mergeable: the
+			 * advice's result, or 1 if there is none to map. */
+			char *m = mmap(NULL, 2u << 20, PROT_READ | PROT_WRITE,
+				       MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB, -1, 0);
+			if (m == MAP_FAILED) {
+				printf("1\n");
+				continue;
+			}
+			m[0] = 1;
+			printf("%d\n", madvise(m, 2u << 20, MADV_MERGEABLE) == 0 ? 0 : -errno);
 		} else if (strcmp(cmd, "closefd") == 0) {
 			sscanf(line, "%*s %lld", &a1);
 			printf("%d\n", close((int)a1) == 0 ? 0 : -errno);
