@@ -161,7 +161,8 @@ struct md__msg_report {
 };
 
 /* STATUS: where a page of the document starts. Both 0, the first page, is
- * sent as an empty payload (the only STATUS before pages existed). */
+ * sent as an empty payload (the only STATUS before pages existed), and only
+ * so: eight bytes of zeroes are refused. */
 struct md__msg_status {
 	uint32_t domain_from;              /* the first domain id to list */
 	uint32_t agent_from;               /* the first agent pid to list */

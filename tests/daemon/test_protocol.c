@@ -235,6 +235,8 @@ TEST_IMPL(daemon_proto_rejects)
 	ASSERT_EQ(md__msg_decode(buf, n + 1, &m), -EBADMSG);		/* trailing byte */
 	n = raw(MD_MSG_STATUS, "\1\0\0\0\2\0\0", 7);
 	ASSERT_EQ(md__msg_decode(buf, n, &m), -EBADMSG);		/* half a cursor */
+	n = raw(MD_MSG_STATUS, "\0\0\0\0\0\0\0\0", 8);
+	ASSERT_EQ(md__msg_decode(buf, n, &m), -EBADMSG);		/* the first page is empty */
 
 	/* Counts against lengths. */
 	memset(p, 0, sizeof(p));
