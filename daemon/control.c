@@ -25,6 +25,7 @@
 struct md__pending_control {
 	struct md__pending_control *next;
 	struct md__conn *cli;
+	uid_t uid;                 /* the requester's */
 	uint32_t seq, token;
 	unsigned op;
 	int64_t deadline_ms;
@@ -41,14 +42,21 @@ static void plural(char *buf, size_t size, unsigned n, const char *one)
 	snprintf(buf, size, "%u %s%s", n, one, n == 1 ? "" : "s");
 }
 
-/* Answers the CLI and forgets p. */
-static void finish(struct md__daemon *d, struct md__pending_control *p)
+/* Forgets p, unanswered. */
+static void drop(struct md__daemon *d, struct md__pending_control *p)
 {
 	struct md__pending_control **pp = &d->controls;
 	while (*pp && *pp != p)
 		pp = &(*pp)->next;
 	if (*pp)
 		*pp = p->next;
+	free(p->owed);
+	free(p);
+}
+
+/* Answers the CLI and forgets p. */
+static void finish(struct md__daemon *d, struct md__pending_control *p)
+{
 	struct md__msg cr = { .hdr = { .type = MD_MSG_CONTROL_R, .seq = p->seq } };
 	char n_done[32], n_all[32];
 	plural(n_done, sizeof(n_done), p->done, "agent");
@@ -65,8 +73,7 @@ static void finish(struct md__daemon *d, struct md__pending_control *p)
 		md__conn_send(d, p->cli, &cr, -1);
 	}
 	md__dlog("%s", cr.u.text.text);
-	free(p->owed);
-	free(p);
+	drop(d, p);
 }
 
 static void failed(struct md__pending_control *p, int status, const char *fmt, ...)
@@ -108,6 +115,21 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 			goto reply;
 		}
 	}
+	/* Each waits with an array sized by every agent, and a CLI that
+	 * goes leaves an UNMERGE waiting (its refusals still clear
+	 * `unmerged`): without a bound, a user connecting and closing in a
+	 * loop beside a silent agent of its own would pile them up. */
+	unsigned mine = 0;
+	for (struct md__pending_control *o = d->controls; o; o = o->next)
+		mine += o->uid == c->uid;
+	if (c->uid != 0 && mine >= MD_D_CONTROLS_PER_UID) {
+		cr.u.text.status = -EUSERS;
+		snprintf(cr.u.text.text, sizeof(cr.u.text.text),
+			 "uid %u has %u CONTROLs waiting for their agents (at most %u): try again once "
+			 "they are answered (within %d s)", (unsigned)c->uid, mine, MD_D_CONTROLS_PER_UID,
+			 (d->control_wait_ms + 999) / 1000);
+		goto reply;
+	}
 	for (struct md__agent *a = d->agents; a; a = a->next)
 		cap++;
 	p = calloc(1, sizeof(*p));
@@ -117,6 +139,7 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 		goto free_pending;
 	}
 	p->cli = c;
+	p->uid = c->uid;
 	p->seq = seq;
 	p->op = ctl->op;
 	p->token = ++d->last_token ? d->last_token : ++d->last_token;	/* never 0 */
@@ -220,8 +243,19 @@ void md__control_gone(struct md__daemon *d, struct md__conn *c, pid_t pid)
 {
 	for (struct md__pending_control *p = d->controls, *next; p; p = next) {
 		next = p->next;
-		if (c && p->cli == c)
-			p->cli = NULL;	/* answered to nobody, but still finished */
+		if (c && p->cli == c) {
+			p->cli = NULL;
+			/* Nobody to answer: only an UNMERGE still needs its
+			 * agents' answers (a refusal clears `unmerged`); the
+			 * rest would only wait, and late answers are
+			 * acknowledged and ignored anyway. */
+			if (p->op != MD_CTL_UNMERGE) {
+				md__dlog("%s: its requester went; %zu agents not waited for", p->what,
+					 p->nowed);
+				drop(d, p);
+				continue;
+			}
+		}
 		if (pid > 0 && settle(p, pid))
 			failed(p, -ESRCH, "pid %d went away before it answered", (int)pid);
 		if (pid < 0)

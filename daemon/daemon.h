@@ -27,6 +27,7 @@
 #define MD_D_CONNS_PER_UID 256      /* of one uid other than root */
 #define MD_D_AGENTS_PER_UID 256     /* agent records of one uid other than root */
 #define MD_D_DOMAINS_PER_UID 64
+#define MD_D_CONTROLS_PER_UID 16    /* CONTROLs waiting for agents, of one uid other than root */
 #define MD_D_OUT_PAUSE (1u << 20)   /* stop reading a peer with this much unsent */
 #define MD_D_OUT_MAX (4u << 20)     /* drop a peer that lets this much pile up */
 #define MD_D_OUT_KEEP (64u << 10)   /* a send buffer larger is freed once empty */
@@ -286,8 +287,9 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 /* An agent's CONTROL_DONE (acknowledged here). */
 void md__control_done(struct md__daemon *d, struct md__conn *c, uint32_t seq,
 		      const struct md__msg_control_done *done);
-/* A connection closes (the CLI waiting goes unanswered), or the agent of
- * pid went (pid > 0: what it owed counts as failed; -1: all, the daemon
+/* A connection closes (what its CONTROL waited for is forgotten, but for
+ * an UNMERGE, which still takes its agents' answers), or the agent of pid
+ * went (pid > 0: what it owed counts as failed; -1: all, the daemon
  * stops). */
 void md__control_gone(struct md__daemon *d, struct md__conn *c, pid_t pid);
 /* Answers what waited too long; 1 if some still wait (wake each second). */

@@ -1988,6 +1988,99 @@ TEST_IMPL(daemon_control)
 }
 
 
+/* One CONTROL from a raw connection, beside the silent agent: 1 if the
+ * agent was sent it (the CONTROL waits for its answer, which never comes),
+ * 0 if the daemon refused it at once (-EUSERS, its text in why). The
+ * connection closes either way, as a CLI that gives up would. */
+static int control_and_close(const struct tdaemon *t, struct md__client *agent, unsigned op,
+			     char *why)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct md__msg m = { .hdr = { .type = MD_MSG_CONTROL, .seq = 1 } }, r;
+	unsigned char buf[256];
+	struct md__msg_control ctl;
+	int got = -1;
+
+	m.u.control.op = op;
+	size_t len = encode(&m, buf, sizeof(buf));
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	td_sockaddr(t, &sa);
+	ASSERT(connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+	ASSERT(send(fd, buf, len, MSG_NOSIGNAL) == (ssize_t)len);
+	while (got < 0) {
+		struct pollfd p[2] = { { fd, POLLIN, 0 }, { md__client_fd(agent), POLLIN, 0 } };
+		ASSERT(poll(p, 2, 3000) > 0);
+		if (p[0].revents) {
+			struct md__msg_hdr h;
+			read_all(fd, buf, MD_MSG_HDR_SIZE);
+			ASSERT_EQ(md__msg_hdr_decode(buf, MD_MSG_HDR_SIZE, &h), 0);
+			ASSERT(h.length <= sizeof(buf) - MD_MSG_HDR_SIZE);
+			read_all(fd, buf + MD_MSG_HDR_SIZE, h.length);
+			ASSERT_EQ(md__msg_decode(buf, MD_MSG_HDR_SIZE + h.length, &r), 0);
+			ASSERT_EQ(r.hdr.type, MD_MSG_CONTROL_R);
+			ASSERT_EQ(r.u.text.status, -EUSERS);
+			strcpy(why, r.u.text.text);
+			got = 0;
+		} else if (md__client_next_control(agent, &ctl) == 0) {
+			ASSERT_EQ(ctl.op, op);
+			got = 1;
+		}
+	}
+	close(fd);
+	return got;
+}
+
+/* Each CONTROL waiting for agents holds memory sized by every agent, and
+ * was kept until its agents answered or a minute passed even once its
+ * requester had gone: a user connecting, sending a CONTROL and closing in
+ * a loop, beside an agent of its own that never answers, piled them up
+ * without bound. Now one whose requester went is dropped at once unless
+ * it is an UNMERGE (whose refusals still clear the agent's unmerged
+ * state), and a user other than root has at most MD_D_CONTROLS_PER_UID
+ * waiting: beyond, CONTROL_R -EUSERS, saying so. */
+TEST_IMPL(daemon_controls_per_uid)
+{
+	struct tdaemon t;
+	struct passwd *pw = getpwnam("nobody");
+	if (getuid() != 0 || !pw)
+		SKIP("needs root and a 'nobody' user");
+	td_start(&t, 16);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		struct md__msg_welcome w;
+		char why[MD_TEXT_MAX + 1] = "";
+		int fd, n = 0;
+		if (setresgid(pw->pw_gid, pw->pw_gid, pw->pw_gid) || setresuid(pw->pw_uid, pw->pw_uid, pw->pw_uid))
+			_exit(10);
+		struct md__client *agent = td_agent(&t, NULL, &w, &fd);
+		/* Gone requesters of a PAUSE leave nothing behind: all go out. */
+		for (int i = 0; i < 2 * MD_D_CONTROLS_PER_UID; i++)
+			n += control_and_close(&t, agent, MD_CTL_PAUSE, why);
+		ASSERT_EQ(n, 2 * MD_D_CONTROLS_PER_UID);
+		usleep(100000);	/* the daemon sees the last one close */
+		/* UNMERGEs stay while their agent may answer: the bound. */
+		n = 0;
+		for (int i = 0; i < 2 * MD_D_CONTROLS_PER_UID; i++)
+			n += control_and_close(&t, agent, MD_CTL_UNMERGE, why);
+		ASSERT_EQ(n, MD_D_CONTROLS_PER_UID);
+		char want[128];
+		snprintf(want, sizeof(want), "uid %u has %u CONTROLs waiting", (unsigned)pw->pw_uid,
+			 MD_D_CONTROLS_PER_UID);
+		ASSERT(strstr(why, want));
+		ASSERT_EQ(control_and_close(&t, agent, MD_CTL_PAUSE, why), 0);
+		ASSERT(md__client_alive(agent));
+		_exit(0);
+	}
+	int st;
+	ASSERT_EQ(waitpid(kid, &st, 0), kid);
+	ASSERT(WIFEXITED(st));
+	ASSERT_EQ(WEXITSTATUS(st), 0);
+	td_stop(&t);
+	return 0;
+}
+
+
 TEST_IMPL(daemon_cli_control)
 {
 	struct tdaemon t;
