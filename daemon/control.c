@@ -177,16 +177,18 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 			failed(p, -ENOTCONN, "pid %d is not connected to memdedupd now", (int)a->pid);
 		} else {
 			fwd.u.control.pid = a->pid;
-			/* Paused until resumed from the moment it may begin:
-			 * its answer may come too late, or never (a dropped
-			 * connection), and its next WELCOME must say so. A
-			 * refusal clears it. */
-			if (ctl->op == MD_CTL_UNMERGE)
-				a->unmerged = 1;
-			if (md__conn_send(d, a->conn, &fwd, -1) == 0)
+			if (md__conn_send(d, a->conn, &fwd, -1) == 0) {
+				/* Paused until resumed from the moment it may
+				 * begin: its answer may come too late, or never
+				 * (a dropped connection), and its next WELCOME
+				 * must say so. A refusal clears it; one never
+				 * sent cannot begin. */
+				if (ctl->op == MD_CTL_UNMERGE)
+					a->unmerged = 1;
 				p->owed[p->nowed++] = a->pid;
-			else
+			} else {
 				failed(p, -EIO, "pid %d could not be sent it", (int)a->pid);
+			}
 		}
 	}
 	if (ctl->pid == 0 && admin) {
