@@ -6,7 +6,8 @@
  * whose connection drops (a daemon-side close after a malformed message,
  * a reconnect) still maps the pages. Punching them would make its guest read
  * zeroes. So a record outlives its connection and goes only when the process
- * exits, which its pidfd tells (SO_PEERPIDFD, else pidfd_open). A process
+ * exits, which its pidfd tells (SO_PEERPIDFD, else pidfd_open, both taken
+ * when the connection is accepted, never later). A process
  * that reconnects to the same domain gets its record back, references and
  * all. Without a pidfd (a kernel before Linux 5.3, descriptors run out) an
  * agent is refused: its references could only go with the connection, and
@@ -20,16 +21,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "daemon.h"
 #include "stats_file.h"
 #include "sys.h"
-
-#ifndef SYS_pidfd_open
-#define SYS_pidfd_open 434
-#endif
 
 static int pidfd_exited(int pidfd)
 {
@@ -117,6 +113,20 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 				 MD_D_AGENTS_PER_UID);
 		return -EUSERS;
 	}
+	/* Without a pidfd its references would go with the connection, while
+	 * the process may still map the pages: a slot freed so is rewritten
+	 * under its guest. Only the one taken at accept will do (server.c). */
+	if (c->peer_pidfd < 0) {
+		int e = -c->peer_pidfd_err;
+		err = e == ESRCH ? -ESRCH : e == ENOSYS ? -ENOSYS : -EMFILE;
+		snprintf(why, size, "cannot watch pid %d (%s)%s", (int)c->pid, strerror(e),
+			 err == -ENOSYS ? ": this kernel has no pidfd_open (Linux 5.3)" : "");
+		return err;
+	}
+	if (pidfd_exited(c->peer_pidfd)) {
+		snprintf(why, size, "pid %d, which connected, has exited", (int)c->pid);
+		return -ESRCH;
+	}
 	a = calloc(1, sizeof(*a));
 	if (!a) {
 		snprintf(why, size, "out of memory");
@@ -126,31 +136,19 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 	a->pid = c->pid;
 	a->num = free_num(d);
 	a->uid = c->uid;
-	a->pidfd = c->peer_pidfd;
-	c->peer_pidfd = -1;
-	if (a->pidfd < 0)
-		a->pidfd = (int)syscall(SYS_pidfd_open, c->pid, 0);
-	/* Without a pidfd its references would go with the connection, while
-	 * the process may still map the pages: a slot freed so is rewritten
-	 * under its guest. */
-	if (a->pidfd < 0) {
-		err = errno == ESRCH ? -ESRCH : errno == ENOSYS ? -ENOSYS : -EMFILE;
-		snprintf(why, size, "cannot watch pid %d (%s)%s", (int)c->pid, strerror(errno),
-			 err == -ENOSYS ? ": this kernel has no pidfd_open (Linux 5.3)" : "");
-		free(a);
-		return err;
-	}
+	a->pidfd = c->peer_pidfd;	/* the connection's until all went well */
 	err = md__domain_get(d, c->uid, h->domain, &a->dom);
 	if (err) {
 		snprintf(why, size, err == -EUSERS ? "too many domains for uid %u" :
 			 "cannot create the pool of uid %u", (unsigned)c->uid);
-		goto close_pidfd;
+		goto free_agent;
 	}
 	err = md__ep_add(d, a->pidfd, &a->ep, EPOLLIN);
 	if (err) {
 		snprintf(why, size, "cannot watch pid %d", (int)c->pid);
 		goto release_domain;
 	}
+	c->peer_pidfd = -1;
 	a->conn = c;
 	a->hellos = 1;
 	c->agent = a;
@@ -162,8 +160,7 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 
 release_domain:
 	md__domain_release(d, a->dom);
-close_pidfd:
-	close(a->pidfd);
+free_agent:
 	free(a);
 	return err;
 }

@@ -161,7 +161,8 @@ struct md__conn {
 	int fd;
 	pid_t pid;                 /* SO_PEERCRED at accept */
 	uid_t uid;
-	int peer_pidfd;            /* SO_PEERPIDFD, -1 if the kernel has none */
+	int peer_pidfd;            /* at accept: SO_PEERPIDFD, else pidfd_open; -1: none */
+	int peer_pidfd_err;        /* why none: -errno */
 	struct md__rxbuf in;       /* read ahead of what was handled */
 	unsigned char *out;        /* bytes to send: out[out_head, out_len) */
 	size_t out_head, out_len, out_cap;
@@ -170,7 +171,8 @@ struct md__conn {
 	size_t out_fd_off;
 	int closing;               /* close once out is flushed (after an ERROR) */
 	uint32_t events;           /* epoll mask now registered */
-	struct md__agent *agent;   /* after HELLO */
+	struct md__agent *agent;   /* after HELLO, until its process exits */
+	int hello;                 /* a HELLO came: no other may */
 	/* Since when (ms) it owes us bytes: connected and no request yet, or
 	 * half a message read; 0: it owes nothing (a quiet agent is fine). */
 	uint64_t owing_since;

@@ -124,7 +124,7 @@ static int absolute(const char *path, char *buf, size_t size)
 	return n < 0 || (size_t)n >= size ? -ENAMETOOLONG : 0;
 }
 
-/* Every connection costs a descriptor, and its agent a pidfd: the kernel's
+/* Every connection costs a descriptor, and a pidfd of its peer: the kernel's
  * default of 1024 would run out before MD_D_MAX_CONNS. What the hard limit
  * allows is ours; what it does not, the connection limit follows. */
 static size_t raise_nofile(void)
@@ -138,7 +138,7 @@ static size_t raise_nofile(void)
 		if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
 			getrlimit(RLIMIT_NOFILE, &rl);
 	}
-	/* A connection, its agent's pidfd, and room for the pools. */
+	/* A connection, its peer's pidfd, and room for the pools. */
 	size_t n = rl.rlim_cur > 128 ? (size_t)(rl.rlim_cur - 64) / 4 : 16;
 	return n < MD_D_MAX_CONNS ? n : MD_D_MAX_CONNS;
 }

@@ -24,6 +24,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -32,6 +33,9 @@
 
 #ifndef SO_PEERPIDFD
 #define SO_PEERPIDFD 77
+#endif
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
 #endif
 
 #define MD_D_BATCH 16   /* messages per connection per wake-up: fairness */
@@ -347,12 +351,19 @@ static void accept_all(struct md__daemon *d)
 		c->uid = cr.uid;
 		c->out_fd = -1;
 		/* A pidfd of the peer taken at connect time cannot name a
-		 * later process that reused the pid. */
-		c->peer_pidfd = -1;
+		 * later process that reused the pid. A kernel without
+		 * SO_PEERPIDFD (before Linux 6.5): pidfd_open now, the
+		 * closest to connect we can; at HELLO, which may come any
+		 * time later, the pid could be another user's process. */
 		int pfd;
 		socklen_t pl = sizeof(pfd);
 		if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pfd, &pl) == 0)
 			c->peer_pidfd = pfd;
+		else if (errno == ENOPROTOOPT)
+			c->peer_pidfd = (int)syscall(SYS_pidfd_open, cr.pid, 0);
+		else
+			c->peer_pidfd = -1;
+		c->peer_pidfd_err = c->peer_pidfd < 0 ? -errno : 0;
 		if (md__ep_add(d, fd, &c->ep, EPOLLIN)) {
 			if (c->peer_pidfd >= 0)
 				close(c->peer_pidfd);
@@ -657,8 +668,8 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
 	case MD_MSG_LOOKUP: case MD_MSG_PUBLISH: case MD_MSG_REF: case MD_MSG_UNREF:
 	case MD_MSG_REPORT: case MD_MSG_READS: case MD_MSG_CONTROL_DONE:
 		if (!c->agent) {
-			md__conn_fail(d, c, seq, -EPROTO, "%s before HELLO",
-				      md__msg_type_name(m->hdr.type));
+			md__conn_fail(d, c, seq, -EPROTO, c->hello ? "%s after its agent's process exited" :
+				      "%s before HELLO", md__msg_type_name(m->hdr.type));
 			return;
 		}
 		c->agent->requests++;
@@ -674,10 +685,14 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
 
 	switch (m->hdr.type) {
 	case MD_MSG_HELLO: {
-		if (c->agent) {
+		/* Once per connection, its agent there or not: once the
+		 * agent's process exited, whoever holds the connection still
+		 * has its pid, which may now be another user's process. */
+		if (c->hello) {
 			md__conn_fail(d, c, seq, -EPROTO, "HELLO twice");
 			return;
 		}
+		c->hello = 1;
 		err = md__agent_hello(d, c, &m->u.hello, why, sizeof(why));
 		if (err) {
 			md__conn_fail(d, c, seq, err, "%s", why);

@@ -3,6 +3,7 @@
  * read-only descriptor, references dropped with the agents that die, a
  * daemon that dies, malformed peers, CONTROL, and the CLI's commands. */
 #include <dirent.h>
+#include <linux/sched.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -16,6 +17,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -1027,6 +1029,114 @@ static int listen_at(const char *path)
 	ASSERT(bind(l, (struct sockaddr *)&sa, sizeof(sa)) == 0);
 	ASSERT(listen(l, 1) == 0);
 	return l;
+}
+
+/* A process of user nobody with the pid given (free now), pausing; -1 if
+ * the kernel does not let us choose it (clone3 set_tid: Linux 5.5, and
+ * CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN). */
+static pid_t nobody_with_pid(pid_t pid)
+{
+	struct passwd *pw = getpwnam("nobody");
+	if (getuid() != 0 || !pw)
+		return -1;
+	struct clone_args args = { .exit_signal = SIGCHLD, .set_tid = (uint64_t)(uintptr_t)&pid,
+				   .set_tid_size = 1 };
+	long r = syscall(SYS_clone3, &args, sizeof(args));
+	if (r == 0) {
+		if (setresgid(pw->pw_gid, pw->pw_gid, pw->pw_gid) == 0 &&
+		    setresuid(pw->pw_uid, pw->pw_uid, pw->pw_uid) == 0)
+			pause();
+		_exit(1);
+	}
+	return r > 0 ? (pid_t)r : -1;
+}
+
+/* HELLO comes once per connection. An agent's record goes with its
+ * process, but a connection it left to another process (an inherited
+ * descriptor) stays, naming the dead pid: a second HELLO there was
+ * served, with a pidfd opened then of whatever process had the pid by
+ * then, maybe another user's (whose own HELLO was then -EBUSY). It is
+ * refused now (-EPROTO) and the connection closed; here the pid even goes
+ * to a process of nobody's first, where the kernel lets us choose it. */
+TEST_IMPL(daemon_hello_once)
+{
+	struct tdaemon t;
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	static struct md__msg m, r;
+	static unsigned char buf[MD_MSG_HDR_SIZE + MD_MSG_MAX];
+	struct md__msg_hdr h;
+	int sp[2];
+
+	td_start(&t, 16);
+	td_sockaddr(&t, &sa);
+	ASSERT(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		ASSERT(connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+		m.hdr = (struct md__msg_hdr){ .type = MD_MSG_HELLO, .seq = 1 };
+		m.u.hello.pid = (uint32_t)getpid();
+		size_t len = encode(&m, buf, sizeof(buf));
+		ASSERT(send(fd, buf, len, MSG_NOSIGNAL) == (ssize_t)len);
+		read_all(fd, buf, MD_MSG_HDR_SIZE);	/* the pool's descriptor is dropped */
+		ASSERT_EQ(md__msg_hdr_decode(buf, MD_MSG_HDR_SIZE, &h), 0);
+		ASSERT_EQ(h.type, MD_MSG_WELCOME);
+		read_all(fd, buf + MD_MSG_HDR_SIZE, h.length);
+		send_with_fd(sp[1], "c", 1, fd);	/* the connection outlives us */
+		_exit(0);
+	}
+	char c;
+	union {
+		struct cmsghdr h;
+		char b[CMSG_SPACE(sizeof(int))];
+	} ctl;
+	struct iovec iov = { &c, 1 };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b,
+			     .msg_controllen = sizeof(ctl.b) };
+	ASSERT(recvmsg(sp[0], &mh, MSG_CMSG_CLOEXEC) == 1);
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+	ASSERT(cm && cm->cmsg_type == SCM_RIGHTS);
+	int held;
+	memcpy(&held, CMSG_DATA(cm), sizeof(held));
+	ASSERT_EQ(waitpid(kid, NULL, 0), kid);
+	/* The daemon saw it exit: its record went, its connection stays. */
+	size_t agents = 1;
+	for (int i = 0; i < 200 && agents; i++, usleep(10000)) {
+		json_t *st = td_status(&t);
+		agents = json_array_size(json_object_get(st, "agents"));
+		json_decref(st);
+	}
+	ASSERT_EQ(agents, 0);
+	pid_t reused = nobody_with_pid(kid);
+	m.hdr = (struct md__msg_hdr){ .type = MD_MSG_HELLO, .seq = 9 };
+	m.u.hello.pid = (uint32_t)kid;
+	size_t len = encode(&m, buf, sizeof(buf));
+	ASSERT(send(held, buf, len, MSG_NOSIGNAL) == (ssize_t)len);
+	do {	/* the SHARE sent when it joined comes first (seq 0) */
+		read_all(held, buf, MD_MSG_HDR_SIZE);
+		ASSERT_EQ(md__msg_hdr_decode(buf, MD_MSG_HDR_SIZE, &h), 0);
+		read_all(held, buf + MD_MSG_HDR_SIZE, h.length);
+	} while (h.seq == 0);
+	ASSERT_EQ(md__msg_decode(buf, MD_MSG_HDR_SIZE + h.length, &r), 0);
+	ASSERT_EQ(r.hdr.type, MD_MSG_ERROR);
+	ASSERT_EQ(r.hdr.seq, 9);
+	ASSERT_EQ(r.u.text.status, -EPROTO);
+	struct pollfd p = { held, POLLIN, 0 };
+	ASSERT(poll(&p, 1, 3000) == 1);
+	ASSERT(read(held, &c, 1) <= 0);	/* closed */
+	json_t *st = td_status(&t);
+	ASSERT_EQ(json_array_size(json_object_get(st, "agents")), 0);
+	json_decref(st);
+	if (reused > 0) {
+		ASSERT(kill(reused, SIGKILL) == 0);
+		ASSERT_EQ(waitpid(reused, NULL, 0), reused);
+	}
+	close(held);
+	close(sp[0]);
+	close(sp[1]);
+	td_stop(&t);
+	return 0;
 }
 
 /* An agent of domain "fz" for one input: HELLO, retried while the daemon

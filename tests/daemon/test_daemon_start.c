@@ -1106,8 +1106,8 @@ TEST_IMPL(daemon_accept_backs_off)
 }
 
 /* The daemon has one descriptor left when an agent connects: the accept
- * takes it, and no pidfd of the agent can be had (SO_PEERPIDFD, then
- * pidfd_open at HELLO). The agent is refused, not served with references
+ * takes it, and no pidfd of the agent can be had (SO_PEERPIDFD, else
+ * pidfd_open, both at accept). The agent is refused at HELLO, not served with references
  * only its connection would hold. Its domain's pool exists already (a
  * first agent made it), so nothing else needs a descriptor before. */
 TEST_IMPL(daemon_agent_without_pidfd_refused_at_hello)
