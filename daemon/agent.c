@@ -165,6 +165,41 @@ free_agent:
 	return err;
 }
 
+/* The pages of the process's address space and those resident
+ * (/proc/PID/statm): 0 or -errno. */
+static int statm(pid_t pid, uint64_t *size, uint64_t *resident)
+{
+	char path[64], buf[256];
+	unsigned long long s, r;
+	snprintf(path, sizeof(path), "/proc/%d/statm", (int)pid);
+	ssize_t n = md__read_text(path, buf, sizeof(buf));
+	if (n < 0)
+		return (int)n;
+	if (sscanf(buf, "%llu %llu", &s, &r) != 2)
+		return -EINVAL;
+	*size = s;
+	*resident = r;
+	return 0;
+}
+
+/* A reference stands for a page of the agent's that maps the slot, or is
+ * about to (pinned before its merge), plus some it owes back after its
+ * requests timed out (the client queues up to MD_CLIENT_BACK_MAX UNREFs):
+ * never more than its address space has pages, and MD_D_REFS_OWED. More
+ * served nothing, and each cost a put as it exited (2^32 of one slot held
+ * the loop for seconds). The bound is read again only when reached: the
+ * process may have grown. Unknown, it is all of user space (2^35 pages). */
+static int refs_fit(struct md__agent *a, uint64_t more)
+{
+	uint64_t size, resident;
+	if (a->nrefs + more <= a->refs_max)
+		return 1;
+	if (statm(a->pid, &size, &resident) != 0)
+		size = 1ull << MD_WHERE_PAGE_BITS;
+	a->refs_max = size + MD_D_REFS_OWED;
+	return a->nrefs + more <= a->refs_max;
+}
+
 static int refs_grow(struct md__agent *a, size_t need)
 {
 	if (need <= a->refs_cap)
@@ -197,6 +232,8 @@ int md__agent_refs(struct md__agent *a, const uint32_t *slots, uint32_t n, int d
 			if (slots[i] > max)
 				max = slots[i];
 		}
+		if (!refs_fit(a, n))
+			return -EDQUOT;
 		if (refs_grow(a, (size_t)max + 1))
 			return -ENOMEM;
 		for (i = 0; i < n; i++) {
@@ -227,6 +264,8 @@ int md__agent_publish(struct md__agent *a, const struct md__msg_publish *p, uint
 	/* Room for the publisher's references before the slots exist: after
 	 * publishing, nothing may fail. */
 	uint32_t end = (uint32_t)a->dom->pool.end;
+	if (!refs_fit(a, p->n))
+		return -EDQUOT;
 	int err = refs_grow(a, (size_t)end + p->n);
 	if (err)
 		return err;
@@ -240,18 +279,6 @@ int md__agent_publish(struct md__agent *a, const struct md__msg_publish *p, uint
 	return 0;
 }
 
-/* Pages the process has resident (/proc/PID/statm), 0 if not known. */
-static uint64_t resident_pages(pid_t pid)
-{
-	char path[64];
-	struct md__resident r;
-	snprintf(path, sizeof(path), "/proc/%d/statm", (int)pid);
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	int err = md__resident_pages(fd, &r);
-	if (fd >= 0)
-		close(fd);
-	return err ? 0 : r.all;
-}
 
 /* What the agent says it registered sizes its domain's tables (first
  * sightings, reads), which count against no budget: from a user other than
@@ -263,7 +290,9 @@ void md__agent_report(struct md__agent *a, const struct md__msg_report *r)
 	memcpy(a->counters, r->counters, r->n * sizeof(r->counters[0]));
 	a->ncounters = r->n;
 	uint64_t claimed = r->n > MD_CTR_REGISTERED_BYTES ? r->counters[MD_CTR_REGISTERED_BYTES] / 4096 : 0;
-	uint64_t resident = a->uid ? resident_pages(a->pid) : UINT64_MAX;
+	uint64_t size, resident = UINT64_MAX;
+	if (a->uid && statm(a->pid, &size, &resident) != 0)
+		resident = 0;
 	a->dom->registered_pages -= a->registered_counted;
 	a->registered_counted = claimed < resident ? claimed : resident;
 	a->dom->registered_pages += a->registered_counted;
@@ -291,12 +320,11 @@ void md__agent_exited(struct md__daemon *d, struct md__agent *a)
 	uint64_t dropped = a->nrefs;
 	md__control_gone(d, NULL, a->pid);
 	/* Its mappings are gone with the process: every reference goes, and
-	 * slots nobody else holds are punched. */
+	 * slots nobody else holds are punched. A slot's at once: one at a
+	 * time, 2^32 of them held the loop for seconds. */
 	for (size_t s = 0; s < a->refs_cap; s++)
-		while (a->refs[s]) {
-			a->refs[s]--;
-			md__domain_put_ref(a->dom, (uint32_t)s);
-		}
+		if (a->refs[s])
+			md__domain_put_refs(a->dom, (uint32_t)s, a->refs[s]);
 	a->dom->registered_pages -= a->registered_counted;
 	md__dlog("agent %d gone: %llu references dropped, domain %u has %llu live pages",
 		 (int)a->pid, (unsigned long long)dropped, a->dom->id,

@@ -28,6 +28,7 @@
 #define MD_D_AGENTS_PER_UID 256     /* agent records of one uid other than root */
 #define MD_D_DOMAINS_PER_UID 64
 #define MD_D_CONTROLS_PER_UID 16    /* CONTROLs waiting for agents, of one uid other than root */
+#define MD_D_REFS_OWED (1u << 20)   /* references an agent holds beyond its pages (refs_fit) */
 #define MD_D_OUT_PAUSE (1u << 20)   /* stop reading a peer with this much unsent */
 #define MD_D_OUT_MAX (4u << 20)     /* drop a peer that lets this much pile up */
 #define MD_D_OUT_KEEP (64u << 10)   /* a send buffer larger is freed once empty */
@@ -130,6 +131,7 @@ struct md__agent {
 	uint32_t *refs;            /* references per slot, refs_cap slots */
 	size_t refs_cap;
 	uint64_t nrefs;
+	uint64_t refs_max;         /* nrefs may reach this (refs_fit), as last read */
 	uint64_t counters[MD_REPORT_MAX];
 	uint32_t ncounters;
 	uint64_t registered_counted; /* added to dom->registered_pages for it */
@@ -252,6 +254,8 @@ int md__domain_publish(struct md__domain *dom, const uint64_t *hash, const unsig
 int md__domain_slot_ok(const struct md__domain *dom, uint32_t slot, uint32_t more);
 void md__domain_get_ref(struct md__domain *dom, uint32_t slot);
 void md__domain_put_ref(struct md__domain *dom, uint32_t slot);
+/* Drops n references of one slot in one step (an agent's, as it exits). */
+void md__domain_put_refs(struct md__domain *dom, uint32_t slot, uint32_t n);
 void md__domain_free_all(struct md__daemon *d);
 /* 1 if a pool holds freed pages not punched yet; md__domains_trim punches them. */
 int md__domains_trim_due(const struct md__daemon *d);
@@ -264,7 +268,8 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 struct md__agent *md__agent_find(struct md__daemon *d, pid_t pid);
 /* The agent record numbered num (md__agent.num), or NULL. */
 struct md__agent *md__agent_find_num(struct md__daemon *d, unsigned num);
-/* REF (delta 1) / UNREF (-1) of slots, all or none: 0 or -EINVAL/-ENOMEM. */
+/* REF (delta 1) / UNREF (-1) of slots, all or none: 0 or -EINVAL/-ENOMEM,
+ * or -EDQUOT: more references than the agent can use (refs_fit). */
 int md__agent_refs(struct md__agent *a, const uint32_t *slots, uint32_t n, int delta);
 int md__agent_publish(struct md__agent *a, const struct md__msg_publish *p, uint32_t *first, int match_only);
 void md__agent_report(struct md__agent *a, const struct md__msg_report *r);

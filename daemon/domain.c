@@ -429,13 +429,18 @@ void md__domain_get_ref(struct md__domain *dom, uint32_t slot)
 	dom->refs_total++;
 }
 
-void md__domain_put_ref(struct md__domain *dom, uint32_t slot)
+void md__domain_put_refs(struct md__domain *dom, uint32_t slot, uint32_t n)
 {
-	dom->refs_total--;
+	dom->refs_total -= n;
 	/* The last reference: the pool punches the page; forget its hash so
 	 * no lookup offers a hole. */
-	if (md__pool_put(&dom->pool, slot))
+	if (md__pool_put_n(&dom->pool, slot, n))
 		md__index_remove(&dom->index, dom->slot_hash[slot], slot);
+}
+
+void md__domain_put_ref(struct md__domain *dom, uint32_t slot)
+{
+	md__domain_put_refs(dom, slot, 1);
 }
 
 static const void *pool_slot_page(void *arg, uint32_t slot)

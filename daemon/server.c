@@ -740,7 +740,9 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
 		}
 		if (err) {
 			reply_error(d, c, seq, err, err == -EINVAL ? "a hash does not match its page" :
-				    err == -ENOSPC ? "the pool is full" : "cannot publish");
+				    err == -ENOSPC ? "the pool is full" :
+				    err == -EDQUOT ? "more references than the process has pages" :
+				    "cannot publish");
 			return;
 		}
 		struct md__msg p = { .hdr = { .type = MD_MSG_PUBLISH_R, .seq = seq } };

@@ -187,12 +187,18 @@ void md__pool_drop_unused(struct md__pool *p, uint32_t slot)
 	slot_free(p, slot);
 }
 
-int md__pool_put(struct md__pool *p, uint32_t slot)
+int md__pool_put_n(struct md__pool *p, uint32_t slot, uint32_t n)
 {
-	if (p->state[slot] != MD_SLOT_LIVE || p->refs[slot] == 0)
+	if (p->state[slot] != MD_SLOT_LIVE || p->refs[slot] == 0 || n == 0)
 		return 0;
-	if (--p->refs[slot])
+	p->refs[slot] -= n < p->refs[slot] ? n : p->refs[slot];
+	if (p->refs[slot])
 		return 0;
 	md__pool_drop_unused(p, slot);
 	return 1;
+}
+
+int md__pool_put(struct md__pool *p, uint32_t slot)
+{
+	return md__pool_put_n(p, slot, 1);
 }

@@ -62,6 +62,8 @@ int md__pool_publish(struct md__pool *p, uint32_t first, const void *src, size_t
  * page out of the file); returns 1 then, else 0. */
 void md__pool_get(struct md__pool *p, uint32_t slot);
 int md__pool_put(struct md__pool *p, uint32_t slot);
+/* Drops n references at once (all it has, if fewer), as md__pool_put. */
+int md__pool_put_n(struct md__pool *p, uint32_t slot, uint32_t n);
 /* Frees a LIVE slot nobody references (an unused publication). */
 void md__pool_drop_unused(struct md__pool *p, uint32_t slot);
 /* Punches the pages of the freed slots not reused yet; returns how many. */

@@ -1656,6 +1656,83 @@ TEST_IMPL(daemon_agent_killed)
 	return 0;
 }
 
+/* A reference stands for a page of the agent's that maps the slot (or is
+ * about to), so an agent holds at most as many as its address space has
+ * pages, and MD_D_REFS_OWED it may owe back: beyond, REF is -EDQUOT. One
+ * slot REFed 1,024 times a message could reach 2^32 references before, and
+ * as the agent exited the daemon dropped them one at a time, for seconds;
+ * now a slot's go in one step, and another agent's LOOKUP right after its
+ * exit is answered at once. */
+TEST_IMPL(daemon_refs_bounded)
+{
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	int fd, pfd[2];
+
+	td_start(&t, 64);
+	struct md__client *c = td_agent(&t, "vm", &w, &fd);
+	ASSERT(pipe(pfd) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		static unsigned char page[PG];
+		static uint32_t slots[MD_REF_MAX];
+		uint64_t hash, taken = 0;
+		struct md__msg_welcome w2;
+		int fd2, err = 0;
+		struct md__client *c2 = td_agent(&t, "vm", &w2, &fd2);
+		uint32_t slot = publish(c2, 500, 1, page, &hash);
+		for (uint32_t i = 0; i < MD_REF_MAX; i++)
+			slots[i] = slot;
+		uint64_t size, res;
+		FILE *f = fopen("/proc/self/statm", "r");
+		ASSERT(f && fscanf(f, "%lu %lu", &size, &res) == 2);
+		fclose(f);
+		/* Past the bound, whatever the process grows by meanwhile. */
+		for (uint64_t k = 0; k < (size + MD_D_REFS_OWED) / MD_REF_MAX + 256 && !err; k++)
+			if ((err = md__client_ref(c2, slots, MD_REF_MAX, +1)) == 0)
+				taken += MD_REF_MAX;
+		ASSERT_EQ(err, -EDQUOT);
+		ASSERT(write(pfd[1], &taken, sizeof(taken)) == sizeof(taken));
+		pause();
+		_exit(0);
+	}
+	uint64_t taken;
+	close(pfd[1]);	/* a kid that failed: EOF, not a wait */
+	ASSERT(read(pfd[0], &taken, sizeof(taken)) == sizeof(taken));
+	uint64_t size, res;
+	char statm[64];
+	snprintf(statm, sizeof(statm), "/proc/%d/statm", (int)kid);
+	FILE *f = fopen(statm, "r");
+	ASSERT(f && fscanf(f, "%lu %lu", &size, &res) == 2);
+	fclose(f);
+	ASSERT(taken + 1 <= size + MD_D_REFS_OWED);	/* and the publisher's own */
+	json_t *st = td_status(&t);
+	size_t i;
+	json_t *a;
+	long long refs = -1;
+	json_array_foreach(json_object_get(st, "agents"), i, a)
+		if (td_int(a, "pid") == kid)
+			refs = td_int(a, "references");
+	json_decref(st);
+	ASSERT_EQ(refs, (long long)taken + 1);
+	ASSERT(kill(kid, SIGKILL) == 0);
+	ASSERT(waitpid(kid, NULL, 0) == kid);
+	/* Its references go in one step each slot: the daemon answers us at
+	 * once, and the page nobody else holds is freed. */
+	uint64_t h = 12345;
+	uint32_t s1;
+	double t0 = now();
+	for (int k = 0; k < 20; k++)
+		ASSERT_EQ(md__client_lookup(c, &h, NULL, 1, &s1), 0);
+	ASSERT(now() - t0 < 0.5);
+	ASSERT(wait_live(&t, w.domain_id, 0, 1000));
+	md__client_free(c);
+	close(fd);
+	td_stop(&t);
+	return 0;
+}
+
 /* Freed pool pages go back to the host, not one punch at a time (each one
  * a TLB shootdown in every agent mapping the pool) but together, once
  * memdedupd has had a second without messages. */
