@@ -320,6 +320,89 @@ TEST_IMPL(daemon_pool_pages_per_uid)
 	return 0;
 }
 
+/* In domain b, a process of its own: a new page's PUBLISH, retried for a
+ * second while it is refused -ENOSPC if wait; 0 or what it returned. */
+static int publish_in_b(const struct tdaemon *t, unsigned seed, int wait)
+{
+	static unsigned char page[PG];
+	struct md__msg_welcome w;
+	struct md__client *c;
+	uint64_t hash;
+	uint32_t first;
+	int fd, err;
+	pid_t kid = fork();
+	if (kid == 0) {
+		if (md__client_connect(&c, t->sock) || md__client_hello(c, "b", 0, &w, &fd))
+			_exit(100);
+		td_fill_page(page, seed);
+		hash = md__page_hash(page);
+		for (int i = 0; i < 100; i++, usleep(10000))
+			if ((err = md__client_publish(c, &hash, page, 1, &first)) != -ENOSPC || !wait)
+				break;
+		_exit(-err);
+	}
+	int st;
+	if (kid < 0 || waitpid(kid, &st, 0) != kid || !WIFEXITED(st))
+		return -1000;
+	return -WEXITSTATUS(st);
+}
+
+/* The bound of a user's domains counts the slots they handed out, not the
+ * live pages: a slot's bookkeeping stays once handed out until its domain
+ * goes (pool arrays, its hash, the index), and a user who filled a
+ * domain, freed it and went on to the next left a pool's worth of it in
+ * each of 64 (35 MiB each at the default pool size). A domain's freed
+ * slots are still its own to reuse, and its slots count until it goes. */
+TEST_IMPL(daemon_slots_per_uid)
+{
+	struct tdaemon t;
+	struct passwd *pw = getpwnam("nobody");
+	if (getuid() != 0 || !pw)
+		SKIP("needs root and a 'nobody' user");
+	td_start(&t, 64);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		static unsigned char pages[64 * PG];
+		uint64_t hash[64];
+		uint32_t first, slots[64];
+		struct md__msg_welcome w;
+		struct md__client *c;
+		int fd;
+		if (setresgid(pw->pw_gid, pw->pw_gid, pw->pw_gid) || setresuid(pw->pw_uid, pw->pw_uid, pw->pw_uid))
+			_exit(10);
+		/* Domain a filled, then freed. */
+		for (unsigned i = 0; i < 64; i++) {
+			td_fill_page(pages + i * PG, 700 + i);
+			hash[i] = md__page_hash(pages + i * PG);
+		}
+		if (md__client_connect(&c, t.sock) || md__client_hello(c, "a", 0, &w, &fd) ||
+		    md__client_publish(c, hash, pages, 64, &first))
+			_exit(11);
+		for (uint32_t i = 0; i < 64; i++)
+			slots[i] = first + i;
+		if (md__client_ref(c, slots, 64, -1))
+			_exit(12);
+		/* No live page anywhere, but a's slots are all handed out. */
+		if (publish_in_b(&t, 800, 0) != -ENOSPC)
+			_exit(13);
+		/* a reuses its own. */
+		if (md__client_publish(c, hash, pages, 1, &first) || md__client_ref(c, &first, 1, -1))
+			_exit(14);
+		/* Once a goes (its last agent with it), b may have them. */
+		md__client_free(c);
+		if (publish_in_b(&t, 801, 1) != 0)
+			_exit(15);
+		_exit(0);
+	}
+	int st;
+	ASSERT_EQ(waitpid(kid, &st, 0), kid);
+	ASSERT(WIFEXITED(st));
+	ASSERT_EQ(WEXITSTATUS(st), 0);
+	td_stop(&t);
+	return 0;
+}
+
 TEST_IMPL(daemon_domains_per_uid)
 {
 	struct tdaemon t;
