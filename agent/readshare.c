@@ -108,13 +108,6 @@ static size_t share_locked(struct md_agent *a, struct md__region *r, int fd,
 			   uintptr_t buf, size_t len, off_t off, struct md__read_plan *plan)
 {
 	enum md_fallback why = MD_FB_ERROR;
-	/* Before the image is leased (a descriptor and a lease kept while the
-	 * process lives): a buffer off the file's page boundaries can never
-	 * be shared (QEMU's 9p server reads into guest RAM at offset 11). */
-	if (!congruent(buf, (uint64_t)off)) {
-		md__fallback(a, MD_FB_UNALIGNED, pages_of(len));
-		return 0;
-	}
 	struct md__image *img = md__image_lease(a, fd, &why);
 
 	if (!img) {
@@ -251,6 +244,43 @@ static ssize_t tracked_preadv(struct md_agent *a, int fd, const struct iovec *io
 	return n;
 }
 
+/* Whether a segment of a read into guest RAM could be mapped: 1, or 0 and
+ * why not counted (if count; *small set for a read too small to be worth a
+ * mapping, which the scanner is told of as such). */
+static int may_share(struct md_agent *a, const void *buf, size_t len, off_t off, int count, int *small)
+{
+	int why = -1;
+	*small = 0;
+	if (count)
+		md__count(a, MD_CTR_READS_SEEN, 1);
+	if (a->flags & MD_OPT_NO_SHARING)
+		return 0;	/* counted as seen only: the baseline of comparisons */
+	if (__atomic_load_n(&a->io_unseen, __ATOMIC_ACQUIRE))
+		return 0;	/* a device may hold pages we would replace: md_agent_io_unseen */
+	if (len < MD_PAGE) {
+		why = MD_FB_PARTIAL;
+	} else if (!congruent((uintptr_t)buf, (uint64_t)off)) {
+		/* Before any image is leased (a descriptor and a lease kept
+		 * while the process lives): a buffer off the file's page
+		 * boundaries can never be shared (QEMU's 9p server reads into
+		 * guest RAM at offset 11). */
+		why = MD_FB_UNALIGNED;
+	} else if (whole_pages((uintptr_t)buf, len) < a->share_min_pages) {
+		/* One mmap costs more than copying this few pages (and, with
+		 * another thread of the VMM running, a TLB shootdown to its
+		 * core): copy, and hint the scanner. */
+		*small = 1;
+		if (count)
+			md__count(a, MD_CTR_READ_SMALL, pages_of(len));
+		return 0;
+	} else {
+		return 1;
+	}
+	if (count)
+		md__fallback(a, (enum md_fallback)why, why == MD_FB_PARTIAL ? 1 : pages_of(len));
+	return 0;
+}
+
 /* One segment of a read into guest RAM. Returns what pread would. */
 static ssize_t read_segment(struct md_agent *a, int fd, void *buf, size_t len, off_t off)
 {
@@ -280,23 +310,8 @@ static ssize_t read_segment(struct md_agent *a, int fd, void *buf, size_t len, o
 		struct iovec io = { buf, len };
 		return tracked_preadv(a, fd, &io, 1, off, 0);
 	}
-	md__count(a, MD_CTR_READS_SEEN, 1);
 	int small = 0;
-	if (a->flags & MD_OPT_NO_SHARING)
-		;	/* counted as seen only: the baseline of comparisons */
-	else if (__atomic_load_n(&a->io_unseen, __ATOMIC_ACQUIRE))
-		;	/* a device may hold pages we would replace: md_agent_io_unseen */
-	else if (len < MD_PAGE)
-		md__fallback(a, MD_FB_PARTIAL, 1);
-	else if (congruent((uintptr_t)buf, (uint64_t)off) &&
-		 whole_pages((uintptr_t)buf, len) < a->share_min_pages) {
-		/* One mmap costs more than copying this few pages (and, with
-		 * another thread of the VMM running, a TLB shootdown to its
-		 * core): copy, and hint the scanner below. Unaligned reads go
-		 * on, to be counted as such. */
-		md__count(a, MD_CTR_READ_SMALL, pages_of(len));
-		small = 1;
-	} else
+	if (may_share(a, buf, len, off, 1, &small))
 		mapped = share_locked(a, r, fd, (uintptr_t)buf, len, off, &plan);
 	pthread_mutex_unlock(&a->lock);
 
@@ -366,6 +381,51 @@ ssize_t md_agent_pread(md_agent *a, int fd, void *buf, size_t len, off_t off)
 	return read_segment(a, fd, buf, len, off);
 }
 
+/* Whether a segment of a preadv is certain to be copied whole: in one
+ * region (or in none) and never to be mapped. Those next to each other
+ * go in one call (copied_segments). */
+static int copied_segment(struct md_agent *a, const struct iovec *v, off_t off)
+{
+	int small;
+	if (v->iov_len == 0)
+		return 1;
+	pthread_mutex_lock(&a->lock);
+	int in = md__region_find(a, (uintptr_t)v->iov_base, v->iov_len) != NULL;
+	int none = !in && !md__region_find(a, (uintptr_t)v->iov_base, 1) &&
+		   !md__region_find(a, (uintptr_t)v->iov_base + v->iov_len - 1, 1);
+	int copied = none || (in && !may_share(a, v->iov_base, v->iov_len, off, 0, &small));
+	pthread_mutex_unlock(&a->lock);
+	return copied;
+}
+
+/* Segments that are all copied, in one call, each counted and hinted to
+ * the scanner as read_segment would. Returns what preadv would. */
+static ssize_t copied_segments(struct md_agent *a, int fd, const struct iovec *iov, int cnt, off_t off)
+{
+	uint64_t t0 = now_ns();
+	ssize_t n = tracked_preadv(a, fd, iov, cnt, off, 0);
+	md__count(a, MD_CTR_READ_NS, now_ns() - t0);
+	if (n < 0)
+		return n;
+	size_t left = (size_t)n;
+	for (int k = 0; k < cnt; k++) {
+		int small = 0;
+		size_t len = iov[k].iov_len, got = len < left ? len : left;
+		left -= got;
+		pthread_mutex_lock(&a->lock);
+		int in = len && md__region_find(a, (uintptr_t)iov[k].iov_base, len) != NULL;
+		if (in)
+			may_share(a, iov[k].iov_base, len, off, 1, &small);
+		pthread_mutex_unlock(&a->lock);
+		if (in && got)
+			md__count(a, MD_CTR_BYTES_READ, got);
+		if (in && a->engine && got >= MD_PAGE)
+			copied_read(a, fd, (uintptr_t)iov[k].iov_base, got, off, small);
+		off += (off_t)len;
+	}
+	return n;
+}
+
 static int any_in_ram(struct md_agent *a, const struct iovec *iov, int iovcnt)
 {
 	int found = 0;
@@ -387,17 +447,31 @@ ssize_t md_agent_preadv(md_agent *a, int fd, const struct iovec *iov, int iovcnt
 		md__fallback(a, MD_FB_FLAGS, 1);
 		return tracked_preadv(a, fd, iov, iovcnt, off, flags);
 	}
-	/* Segment by segment, as preadv fills them: stop at a short read. */
+	/* Segment by segment, as preadv fills them: stop at a short read. A
+	 * segment that could be mapped is a read of its own; the segments
+	 * between such ones go in one call, as the VMM made it (128 KiB of a
+	 * guest's scattered 4 KiB pages was 32 reads, 32 device requests
+	 * under O_DIRECT). */
 	size_t total = 0;
-	for (int i = 0; i < iovcnt; i++) {
-		if (iov[i].iov_len == 0)
-			continue;
-		ssize_t n = read_segment(a, fd, iov[i].iov_base, iov[i].iov_len, off + (off_t)total);
+	for (int i = 0; i < iovcnt;) {
+		int j = i;
+		size_t want = 0;
+		while (j < iovcnt && copied_segment(a, &iov[j], off + (off_t)(total + want)))
+			want += iov[j++].iov_len;
+		ssize_t n;
+		if (j - i > 1) {
+			n = copied_segments(a, fd, iov + i, j - i, off + (off_t)total);
+		} else {
+			j = i + 1;
+			want = iov[i].iov_len;
+			n = want ? read_segment(a, fd, iov[i].iov_base, want, off + (off_t)total) : 0;
+		}
 		if (n < 0)
 			return total ? (ssize_t)total : -1;
 		total += (size_t)n;
-		if ((size_t)n < iov[i].iov_len)
+		if ((size_t)n < want)
 			break;
+		i = j;
 	}
 	return (ssize_t)total;
 }

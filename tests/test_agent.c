@@ -954,6 +954,28 @@ TEST_IMPL(preadv_mixed)
 	return 0;
 }
 
+/* A guest's page cache asks for scattered pages: a preadv of 4 KiB
+ * segments, none of which can be mapped, is one read, as the VMM made it
+ * (it was a pread a segment: under O_DIRECT a device request each). */
+TEST_IMPL(preadv_scattered_one_call)
+{
+	const char *img = image(7);
+	struct proc a;
+	int fd = start_reader(&a, img, NULL);
+	long long r, calls;
+	int same;
+	ASSERT_EQ(sscanf(proc_cmd(&a, "scatter %d 8192 0 32", fd), "%lld %lld %d", &r, &calls, &same), 3);
+	ASSERT_EQ(r, 32 * 4096);
+	ASSERT(same);
+	ASSERT(calls >= 1 && calls <= 2);	/* the preadv, and the first look at the count */
+	md_stats s;
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.reads_seen, 32);	/* each segment counted as a read */
+	ASSERT_EQ(s.read_small_pages, 32);
+	proc_stop(&a);
+	return 0;
+}
+
 TEST_IMPL(fork_child_runs_plain)
 {
 	const char *img = image(8);

@@ -25,6 +25,9 @@
  *                           made to send no signal when broken (F_SETOWN 0)
  *   fork DOFF             -> the child's hash of one page (child reads it)
  *   closefd FD            -> close result (0 or -errno)
+ *   scatter FD OFF DOFF N -> one preadv of N pages into every other page of
+ *                           RAM: its result, the read system calls it took,
+ *                           1 if the content is the file's
  *   hugemap               -> MADV_MERGEABLE's result on 2 MiB of fresh
  *                           hugetlb memory (1: none could be mapped)
  *   mergehole FD          -> MADV_MERGEABLE's result over a range with a hole,
@@ -348,6 +351,21 @@ static long long cmd_rdma(const char *lib, const char *how)
 	return mr ? 0 : -(errno ? errno : ENOSYS);
 }
 
+/* Read system calls this thread has made (/proc/thread-self/io). */
+static long long thread_syscr(void)
+{
+	char buf[512];
+	int fd = open("/proc/thread-self/io", O_RDONLY);
+	ssize_t n = fd >= 0 ? read(fd, buf, sizeof(buf) - 1) : -1;
+	if (fd >= 0)
+		close(fd);
+	if (n <= 0)
+		return -1;
+	buf[n] = 0;
+	char *p = strstr(buf, "syscr:");
+	return p ? atoll(p + 6) : -1;
+}
+
 int main(void)
 {
 	char line[4096];
@@ -656,6 +674,26 @@ int main(void)
 			}
 			m[0] = 1;
 			printf("%d\n", madvise(m, 2u << 20, MADV_MERGEABLE) == 0 ? 0 : -errno);
+		} else if (strcmp(cmd, "scatter") == 0) {
+			/* FD OFF DOFF N: one preadv of N 4 KiB pages of FD at
+			 * OFF into every other page of RAM from DOFF, as a
+			 * guest's page cache asks: its result, the read system
+			 * calls this thread made for it, and 1 if every page
+			 * holds the file's bytes. */
+			sscanf(line, "%*s %lld %lld %lld %lld", &a1, &a2, &a3, &a4);
+			struct iovec iov[64];
+			int n = a4 < 64 ? (int)a4 : 64;
+			for (int k = 0; k < n; k++)
+				iov[k] = (struct iovec){ base + a3 + (size_t)k * 8192, 4096 };
+			long long r0 = thread_syscr();
+			ssize_t r = preadv((int)a1, iov, n, (off_t)a2);
+			long long calls = thread_syscr() - r0;
+			int same = r == (ssize_t)n * 4096;
+			char page[4096];
+			for (int k = 0; k < n && same; k++)
+				same = pread((int)a1, page, 4096, (off_t)a2 + k * 4096) == 4096 &&
+				       memcmp(page, iov[k].iov_base, 4096) == 0;
+			printf("%lld %lld %d\n", r < 0 ? (long long)-errno : (long long)r, calls, same);
 		} else if (strcmp(cmd, "closefd") == 0) {
 			sscanf(line, "%*s %lld", &a1);
 			printf("%d\n", close((int)a1) == 0 ? 0 : -errno);
