@@ -23,8 +23,10 @@ microbench: $(B)/microbench $(B)/hashbench
 	$(B)/microbench 64 5
 	$(B)/hashbench 3
 
-bench: all guest
+# Packages first, as for the demo: a fresh machine has no headers to build with.
+bench:
 	scripts/install-deps.sh all
+	$(MAKE) all guest
 	bench/run-bench.sh
 
 .PHONY: bench-build microbench bench

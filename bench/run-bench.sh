@@ -35,6 +35,8 @@
 #                   scanner modes' usual hold): the modes hold for different
 #                   times, and ksmd keeps scanning after it has converged, so
 #                   the CPU of whole modes is not comparable
+#   --force         run even while kernel KSM merges other processes' pages
+#                   (stopping it between modes unmerges them all)
 # The KSM knobs run, pages_to_scan and sleep_millisecs are saved first and
 # restored on any exit (Ctrl-C and failures included); between modes KSM is
 # stopped with run=2 (unmerge) and run=0. Needs root for the KSM knobs.
@@ -45,7 +47,7 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 
 hold_ksm=240 hold_short=30 modes="none ksm ksm10x memdedup memdedup+ksm"
 workload=image scan_rate=100 hold_scan=""
-image="" mem=512 out=$root/build/bench report_only=0 census="" cpu_window=150
+image="" mem=512 out=$root/build/bench report_only=0 census="" cpu_window=150 force=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --hold) hold_ksm=$2; shift 2 ;;
@@ -61,6 +63,7 @@ while [ $# -gt 0 ]; do
     --report-only) report_only=1; shift ;;
     --census) census=$2; shift 2 ;;
     --cpu-window) cpu_window=$2; shift 2 ;;
+    --force) force=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run-bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -74,6 +77,10 @@ case "$scan_rate" in ''|*[!0-9]*) echo "run-bench.sh: --scan-rate takes a number
 case "$census" in *[!0-9]*) echo "run-bench.sh: --census takes a number of seconds" >&2; exit 2 ;; esac
 case "$cpu_window" in ''|*[!0-9]*) echo "run-bench.sh: --cpu-window takes a number of seconds" >&2; exit 2 ;; esac
 hold_scan=${hold_scan:-$hold_ksm}
+for n in "hold:$hold_ksm" "hold-short:$hold_short" "hold-scan:$hold_scan" "mem:$mem"; do
+  case "${n#*:}" in ""|*[!0-9]*|0?*) echo "run-bench.sh: --${n%%:*} takes a number" >&2; exit 2 ;; esac
+done
+case "$mem" in ''|0) echo "run-bench.sh: --mem takes a number of MB" >&2; exit 2 ;; esac
 
 scripts/install-deps.sh all
 source scripts/fleet-lib.sh
@@ -86,6 +93,12 @@ if [ "$report_only" = 1 ]; then
   source "$out/run.meta"
 else
   [ -w $ksm/run ] || fleet_die "cannot write $ksm/run (kernel KSM missing, or not root)"
+  # Stopping KSM (run=2) unmerges every process's pages on the host.
+  if [ "$force" = 0 ] && [ "$(cat $ksm/run)" = 1 ] && [ "$(cat $ksm/pages_sharing)" != 0 ]; then
+    echo "run-bench.sh: kernel KSM is merging other processes' pages ($(cat $ksm/pages_sharing) pages_sharing):" \
+         "the bench would unmerge them all; stop those or pass --force" >&2
+    exit 2
+  fi
   case " $modes " in *" memdedup"*) [ -x "$md" ] || fleet_die "no $md: run 'make all' first" ;; esac
   [ -f build/guest/vmlinuz ] && [ -f build/guest/initramfs.cpio.gz ] \
     || fleet_die "no guest kit in build/guest: run 'make guest' first"

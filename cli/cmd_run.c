@@ -270,6 +270,29 @@ static int executable(const char *path)
 	return stat(path, &st) == 0 && S_ISREG(st.st_mode) && access(path, X_OK) == 0;
 }
 
+/* A script's interpreter (#!) must be there too, or the exec fails after
+ * the daemon was started for it: 0, or -ENOENT / -EACCES as execve's. */
+static int interpreter_runs(const char *path)
+{
+	char head[256];
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;	/* execute-only: execve will tell */
+	ssize_t n = read(fd, head, sizeof(head) - 1);
+	close(fd);
+	if (n < 3 || head[0] != '#' || head[1] != '!')
+		return 0;
+	head[n] = '\0';
+	char *p = head + 2;
+	p += strspn(p, " \t");
+	p[strcspn(p, " \t\n")] = '\0';
+	if (!*p)
+		return -ENOENT;
+	if (access(p, F_OK) != 0)
+		return -ENOENT;
+	return executable(p) ? 0 : -EACCES;
+}
+
 /* Resolves a command as execvp() will: a name with a '/' as it is, else
  * the first executable file of that name in $PATH (unset: the system's
  * default path; an empty entry: the current directory). 0 and the path in
@@ -399,11 +422,15 @@ int md__cmd_run(int argc, char **argv)
 	 * started for it (exit codes as the shell's: 127 not found, 126 not
 	 * executable). */
 	err = resolve_command(argv[i], exe, sizeof(exe));
+	int interp = 0;
+	if (!err)
+		interp = (err = interpreter_runs(exe)) != 0;
 	if (err) {
 		char shown[256];
 		struct stat st;
 		fprintf(stderr, "memdedup run: cannot run '%s': %s\n",
 			md__printable(argv[i], shown, sizeof(shown)),
+			interp ? "its interpreter (#!) is missing or not executable" :
 			err == -ENOENT && !strchr(argv[i], '/') ? "command not found in PATH" :
 			err == -EACCES && stat(exe, &st) == 0 && S_ISDIR(st.st_mode) ? "Is a directory" :
 			strerror(-err));

@@ -1,6 +1,7 @@
 /*
  * main.c - `memdedup`: dispatches to a subcommand from the table below.
  */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -115,7 +116,7 @@ int md__wants_help(const struct md__cmd *cmd, const char *arg)
 	return 1;
 }
 
-int main(int argc, char **argv)
+static int dispatch(int argc, char **argv)
 {
 	if (argc < 2) {
 		usage(stderr);
@@ -144,6 +145,10 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	if (strcmp(argv[1], "--version") == 0) {
+		if (argc > 2) {
+			fprintf(stderr, "memdedup --version takes no arguments\n");
+			return MD_EXIT_USAGE;
+		}
 		printf("memdedup %d.%d\n", MD_VERSION_MAJOR, MD_VERSION_MINOR);
 		return 0;
 	}
@@ -154,4 +159,19 @@ int main(int argc, char **argv)
 	fprintf(stderr, "memdedup: unknown command '%s'\n", md__printable(argv[1], name, sizeof(name)));
 	usage(stderr);
 	return MD_EXIT_USAGE;
+}
+
+int main(int argc, char **argv)
+{
+	int rc = dispatch(argc, argv);
+	/* Output that did not reach its file (a full disk, /dev/full) is a
+	 * failure: a monitor reading `status --json` must not get half a
+	 * document and success. */
+	int bad = fflush(stdout) != 0;
+	int err = errno;
+	if (bad || ferror(stdout)) {
+		fprintf(stderr, "memdedup: cannot write the output: %s\n", bad ? strerror(err) : "write error");
+		return rc ? rc : 1;
+	}
+	return rc;
 }

@@ -151,10 +151,21 @@ static int lock_pid_file(const char *path)
 	if (fd < 0)
 		return -errno;
 	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
-		char buf[32] = "";
-		ssize_t n = read(fd, buf, sizeof(buf) - 1);
-		buf[n > 0 ? n : 0] = '\0';
-		fprintf(stderr, "memdedupd: another daemon (pid %ld) holds %s\n", strtol(buf, NULL, 10), path);
+		/* One starting at the same time has the lock before it writes
+		 * its pid (VMMs started together each start one). */
+		long pid = 0;
+		for (int i = 0; i < 40 && pid <= 0; i++) {
+			char buf[32] = "";
+			ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+			buf[n > 0 ? n : 0] = '\0';
+			pid = strtol(buf, NULL, 10);
+			if (pid <= 0)
+				usleep(50000);
+		}
+		if (pid > 0)
+			fprintf(stderr, "memdedupd: another daemon (pid %ld) holds %s\n", pid, path);
+		else
+			fprintf(stderr, "memdedupd: another daemon holds %s\n", path);
 		close(fd);
 		return -EEXIST;
 	}

@@ -229,16 +229,42 @@ TEST_IMPL(cli_run_missing_command_no_daemon)
 	int alive5 = md__daemon_alive(sock), pid5 = kill_daemon_of(dir);
 	int c6 = sh("MEMDEDUP_DISABLE=1 MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- true", dir, rb);
 	int alive6 = md__daemon_alive(sock), pid6 = kill_daemon_of(dir);
+	/* A script whose interpreter is missing: execve's ENOENT, found
+	 * before the daemon is started for it. */
+	char script[450];
+	snprintf(script, sizeof(script), "%s/script", test_dir());
+	FILE *f = fopen(script, "w");
+	ASSERT(f && fputs("#!/nonexistent/interpreter\n", f) >= 0 && fclose(f) == 0);
+	ASSERT(chmod(script, 0755) == 0);
+	int c7 = sh("MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- %s", dir, b, script);
+	int alive7 = md__daemon_alive(sock), pid7 = kill_daemon_of(dir);
+	char err7[1024];
+	snprintf(err7, sizeof(err7), "%s", slurp("err"));
 	ASSERT_EQ(c1, 127);
 	ASSERT_EQ(c2, 127);
 	ASSERT_EQ(c3, 126);
 	ASSERT_EQ(c4, 126);
 	ASSERT_EQ(c5, 0);
 	ASSERT_EQ(c6, 0);
-	ASSERT(!alive1 && !alive2 && !alive3 && !alive4 && !alive5 && !alive6);
-	ASSERT(!pid1 && !pid2 && !pid3 && !pid4 && !pid5 && !pid6);
+	ASSERT_EQ(c7, 127);
+	ASSERT(!alive1 && !alive2 && !alive3 && !alive4 && !alive5 && !alive6 && !alive7);
+	ASSERT(!pid1 && !pid2 && !pid3 && !pid4 && !pid5 && !pid6 && !pid7);
 	ASSERT(strstr(err2, "cannot run 'memdedup-no-such-cmd': command not found"));
 	ASSERT(strstr(err4, "Is a directory"));
+	ASSERT(strstr(err7, "interpreter"));
+	return 0;
+}
+
+/* Output that cannot be written is a failure: `status --json` to a full
+ * disk said 0 with half a document written. And --version takes nothing. */
+TEST_IMPL(cli_write_error_fails)
+{
+	const char *b = build_dir();
+	ASSERT_EQ(sh("MEMDEDUP_RUN_DIR=%s %s/memdedup status --json >/dev/full", test_dir(), b), 1);
+	ASSERT(strstr(slurp("err"), "cannot write the output"));
+	ASSERT_EQ(sh("%s/memdedup --help >/dev/full", b), 1);
+	ASSERT_EQ(sh("%s/memdedup --version >/dev/null", b), 0);
+	ASSERT_EQ(sh("%s/memdedup --version x >/dev/null", b), 2);
 	return 0;
 }
 
