@@ -35,12 +35,30 @@ static void on_stop(int sig)
 		kill(-(pid_t)current_pid, SIGKILL);
 }
 
+/* Removes a test's directory, whatever it left there. */
+static void remove_tree(const char *dir)
+{
+	char cmd[300];
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	if (system(cmd) != 0)
+		fprintf(stderr, "runner: cannot remove %s\n", dir);
+}
+
 /* Returns 0 pass, 1 fail, 2 skip. */
 static int run_one(const struct test *t)
 {
+	/* Made here and removed here: a test that fails (abort) or times
+	 * out never runs its own clean-up. */
+	char dir[] = "/tmp/memdedup-test-XXXXXX";
+	if (!mkdtemp(dir)) {
+		perror("runner: mkdtemp");
+		return 1;
+	}
+	setenv("MD_TEST_DIR", dir, 1);
 	pid_t pid = fork();
 	if (pid < 0) {
 		perror("fork");
+		remove_tree(dir);
 		return 1;
 	}
 	if (pid == 0) {
@@ -57,6 +75,7 @@ static int run_one(const struct test *t)
 		;
 	current_pid = 0;
 	kill(-pid, SIGKILL);	/* helpers the test leaked */
+	remove_tree(dir);
 	if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
 		return 0;
 	if (WIFEXITED(status) && WEXITSTATUS(status) == TEST_SKIP_CODE)

@@ -419,7 +419,9 @@ TEST_IMPL(cross_unmap_elsewhere_not_held)
 	long long worst = proc_num(&a, "unmapfresh 10");
 	fprintf(stderr, "  slowest munmap %lld us\n", worst);
 	ASSERT(kill(t.pid, SIGCONT) == 0);
-	ASSERT(worst >= 0 && worst < 500000);
+	/* A stall bound, not a speed: without the change the munmaps
+	 * waited for the answers' deadline (1.7 s of 2 s seen). */
+	ASSERT(worst >= 0 && worst < 1000000);
 	stop_pair_pool_empty(&t, &a, &b);
 	return 0;
 }

@@ -432,16 +432,21 @@ TEST_IMPL(proc_start_time)
 {
 	/* A command name with spaces and a parenthesis must not confuse it. */
 	int p[2];
-	ASSERT(pipe(p) == 0);
+	int named[2];
+	ASSERT(pipe(p) == 0 && pipe(named) == 0);
 	pid_t pid = fork();
 	if (pid == 0) {
 		prctl(PR_SET_NAME, "a) b c", 0, 0, 0);
-		char c;
+		char c = 1;
 		close(p[1]);
+		ASSERT(write(named[1], &c, 1) == 1);	/* renamed */
 		ASSERT(read(p[0], &c, 1) >= 0);
 		_exit(0);
 	}
-	usleep(100000);
+	char c;
+	close(named[1]);
+	ASSERT(read(named[0], &c, 1) == 1);
+	close(named[0]);
 	char path[64], buf[1024];
 	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
 	FILE *f = fopen(path, "r");

@@ -41,7 +41,7 @@ void td_start(struct tdaemon *t, unsigned pool_pages)
 		      "--pool-pages", pages, (char *)NULL);
 		_exit(127);
 	}
-	for (int i = 0; i < 300; i++) {
+	for (int i = 0; i < 2000; i++) {	/* 20 s: a loaded machine */
 		if (md__daemon_alive(t->sock))
 			return;
 		int st;
@@ -112,7 +112,7 @@ static int read_n(int fd, void *buf, size_t n)
 	size_t done = 0;
 	while (done < n) {
 		struct pollfd p = { fd, POLLIN, 0 };
-		ASSERT(poll(&p, 1, 3000) == 1);
+		ASSERT(poll(&p, 1, 20000) == 1);
 		ssize_t r = read(fd, (char *)buf + done, n - done);
 		if (r <= 0)
 			return r < 0 ? -errno : 0;
@@ -180,7 +180,7 @@ void td_pause(const struct tdaemon *t)
 	char path[64], st[512];
 	snprintf(path, sizeof(path), "/proc/%d/stat", (int)t->pid);
 	ASSERT(kill(t->pid, SIGSTOP) == 0);
-	for (int i = 0; i < 500; i++) {
+	for (int i = 0; i < 20000; i++) {
 		FILE *f = fopen(path, "r");
 		ASSERT(f);
 		size_t n = fread(st, 1, sizeof(st) - 1, f);

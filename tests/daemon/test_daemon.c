@@ -336,7 +336,7 @@ static int publish_in_b(const struct tdaemon *t, unsigned seed, int wait)
 			_exit(100);
 		td_fill_page(page, seed);
 		hash = md__page_hash(page);
-		for (int i = 0; i < 100; i++, usleep(10000))
+		for (int i = 0; i < 2000; i++, usleep(10000))	/* 20 s */
 			if ((err = md__client_publish(c, &hash, page, 1, &first)) != -ENOSPC || !wait)
 				break;
 		_exit(-err);
@@ -1719,14 +1719,14 @@ TEST_IMPL(daemon_agent_killed)
 	}
 	char b;
 	ASSERT(read(pfd[0], &b, 1) == 1);
-	ASSERT(wait_live(&t, w.domain_id, 8, 1000));
+	ASSERT(wait_live(&t, w.domain_id, 8, 20000));
 	json_t *st = td_status(&t);
 	ASSERT_EQ(td_int(td_domain(st, w.domain_id), "pages_sharing"), 1);	/* 9 references, 8 pages */
 	json_decref(st);
 	/* The kid's pages were found by us, then it dies holding them. */
 	ASSERT(kill(kid, SIGKILL) == 0);
 	ASSERT(waitpid(kid, NULL, 0) == kid);
-	ASSERT(wait_live(&t, w.domain_id, 0, 3000));
+	ASSERT(wait_live(&t, w.domain_id, 0, 20000));
 	st = td_status(&t);
 	json_t *dom = td_domain(st, w.domain_id);
 	ASSERT_EQ(td_int(dom, "pages_sharing"), 0);
@@ -1741,11 +1741,12 @@ TEST_IMPL(daemon_agent_killed)
 
 /* A reference stands for a page of the agent's that maps the slot (or is
  * about to), so an agent holds at most as many as its address space has
- * pages, and MD_D_REFS_OWED it may owe back: beyond, REF is -EDQUOT. One
- * slot REFed 1,024 times a message could reach 2^32 references before, and
- * as the agent exited the daemon dropped them one at a time, for seconds;
- * now a slot's go in one step, and another agent's LOOKUP right after its
- * exit is answered at once. */
+ * pages, and MD_D_REFS_OWED it may owe back: beyond, REF is -EDQUOT, and
+ * only near that bound. One slot REFed 1,024 times a message could reach
+ * 2^32 references before, and as the agent exited the daemon dropped them
+ * one at a time, for seconds; now a slot's go in one step (at this bound
+ * one put at a time would take milliseconds too: the bound is what is
+ * checked), and the page is freed with the agent. */
 TEST_IMPL(daemon_refs_bounded)
 {
 	struct tdaemon t;
@@ -1776,6 +1777,9 @@ TEST_IMPL(daemon_refs_bounded)
 			if ((err = md__client_ref(c2, slots, MD_REF_MAX, +1)) == 0)
 				taken += MD_REF_MAX;
 		ASSERT_EQ(err, -EDQUOT);
+		/* Refused near the bound, not before: a real VM's references
+		 * all come in. */
+		ASSERT(taken + MD_REF_MAX > size + MD_D_REFS_OWED);
 		ASSERT(write(pfd[1], &taken, sizeof(taken)) == sizeof(taken));
 		pause();
 		_exit(0);
@@ -1801,15 +1805,12 @@ TEST_IMPL(daemon_refs_bounded)
 	ASSERT_EQ(refs, (long long)taken + 1);
 	ASSERT(kill(kid, SIGKILL) == 0);
 	ASSERT(waitpid(kid, NULL, 0) == kid);
-	/* Its references go in one step each slot: the daemon answers us at
-	 * once, and the page nobody else holds is freed. */
+	/* Its references go with it: the daemon still answers, and the page
+	 * nobody else holds is freed. */
 	uint64_t h = 12345;
 	uint32_t s1;
-	double t0 = now();
-	for (int k = 0; k < 20; k++)
-		ASSERT_EQ(md__client_lookup(c, &h, NULL, 1, &s1), 0);
-	ASSERT(now() - t0 < 0.5);
-	ASSERT(wait_live(&t, w.domain_id, 0, 1000));
+	ASSERT_EQ(md__client_lookup(c, &h, NULL, 1, &s1), 0);
+	ASSERT(wait_live(&t, w.domain_id, 0, 20000));
 	md__client_free(c);
 	close(fd);
 	td_stop(&t);
@@ -1837,7 +1838,7 @@ TEST_IMPL(daemon_pool_trimmed_when_quiet)
 		slots[i] = first + i;
 	ASSERT_EQ(md__client_ref(c, slots, 8, -1), 0);
 	double t0 = now();
-	ASSERT(wait_live(&t, w.domain_id, 0, 1000));
+	ASSERT(wait_live(&t, w.domain_id, 0, 20000));
 	/* Freed, not punched yet: a publication would rewrite them in place. */
 	if (now() - t0 < 0.5)
 		ASSERT_EQ(test_file_blocks(fd), full);
@@ -1866,7 +1867,7 @@ TEST_IMPL(daemon_reconnect_keeps_refs)
 	 * our pages must not be freed under our mappings. */
 	md__client_free(c);
 	usleep(200000);
-	ASSERT(wait_live(&t, w.domain_id, 2, 500));
+	ASSERT(wait_live(&t, w.domain_id, 2, 20000));
 	json_t *st = td_status(&t);
 	json_t *a = json_array_get(json_object_get(st, "agents"), 0);
 	ASSERT(a && json_is_false(json_object_get(a, "connected")));
@@ -1877,7 +1878,7 @@ TEST_IMPL(daemon_reconnect_keeps_refs)
 	ASSERT(w2.generation == w.generation);
 	uint32_t un[2] = { first, first + 1 };
 	ASSERT_EQ(md__client_ref(c, un, 2, -1), 0);
-	ASSERT(wait_live(&t, w.domain_id, 0, 500));
+	ASSERT(wait_live(&t, w.domain_id, 0, 20000));
 	md__client_free(c);
 	td_stop(&t);
 	return 0;
@@ -1898,7 +1899,7 @@ TEST_IMPL(daemon_dies_client_enotconn)
 	ASSERT(waitpid(t.pid, NULL, 0) == t.pid);
 	double t0 = now();
 	ASSERT_EQ(md__client_lookup(c, &h, NULL, 1, &s), -ENOTCONN);
-	ASSERT(now() - t0 < 0.5);
+	ASSERT(now() - t0 < 1.5);	/* at once, not after the 2 s deadline */
 	ASSERT_EQ(md__client_lookup(c, &h, NULL, 1, &s), -ENOTCONN);
 	struct md__msg_control ctl;
 	ASSERT_EQ(md__client_next_control(c, &ctl), -ENOTCONN);
@@ -1993,7 +1994,7 @@ TEST_IMPL(daemon_late_replies_given_back)
 	md__client_set_timeout(c, 5000);
 	ASSERT_EQ(lookup_caught_up(c), 0);
 	ASSERT_EQ(my_references(&t), 0);
-	ASSERT(wait_live(&t, w.domain_id, 0, 1000));
+	ASSERT(wait_live(&t, w.domain_id, 0, 20000));
 	ASSERT(md__client_alive(c));
 
 	/* An UNREF answered late counts once: it went, so it is done (a
