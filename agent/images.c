@@ -79,12 +79,16 @@ static int image_open_own(struct md_agent *a, int fd, const struct stat *st)
 }
 
 /* Whether img->fd is still our description of img: the VMM may close it
- * (close_range) or put another file at its number (dup2), which takes the
- * lease with it. */
-static int image_fd_ours(const struct md__image *img)
+ * (close_range) or put another file at its number (dup2), or open the
+ * same image again there, which must not be leased or closed as ours:
+ * ours carries our lease signal and our thread as its owner. */
+static int image_fd_ours(const struct md_agent *a, const struct md__image *img)
 {
 	struct stat st;
-	return img->fd >= 0 && fstat(img->fd, &st) == 0 && st.st_dev == img->dev && st.st_ino == img->ino;
+	struct f_owner_ex owner;
+	return img->fd >= 0 && fstat(img->fd, &st) == 0 && st.st_dev == img->dev && st.st_ino == img->ino &&
+	       fcntl(img->fd, F_GETSIG) == a->lease_signal && fcntl(img->fd, F_GETOWN_EX, &owner) == 0 &&
+	       owner.type == F_OWNER_TID && owner.pid == a->thread_tid;
 }
 
 static struct md__image *image_add(struct md_agent *a, int fd, const struct stat *st)
@@ -181,7 +185,7 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, enum md_fallback *
 		*why = MD_FB_NO_LEASE;
 		return NULL;
 	}
-	if (!image_fd_ours(img)) {
+	if (!image_fd_ours(a, img)) {
 		/* Its number is the VMM's now, not ours to close. */
 		int own_fd = image_open_own(a, fd, &st);
 		if (own_fd < 0) {
@@ -269,7 +273,7 @@ static void finish_break(struct md_agent *a, struct md__image *img)
 		md__log("an image's writer gets in with some of its pages not made private (%s): "
 			"the guest may see them change", strerror(-err));
 	view_drop(img);
-	if (image_fd_ours(img))
+	if (image_fd_ours(a, img))
 		fcntl(img->fd, F_SETLEASE, F_UNLCK);
 	img->lease = MD_LEASE_NONE;
 	__atomic_store_n(&a->breaking, a->breaking - 1, __ATOMIC_RELAXED);
@@ -292,7 +296,7 @@ void md__image_lease_broken(struct md_agent *a, int fd)
 			continue;
 		/* The once-a-second look also finds a lease gone with our
 		 * descriptor (closed or replaced by the VMM). */
-		if (fd >= 0 ? img->fd != fd : fcntl(img->fd, F_GETLEASE) == F_RDLCK && image_fd_ours(img))
+		if (fd >= 0 ? img->fd != fd : fcntl(img->fd, F_GETLEASE) == F_RDLCK && image_fd_ours(a, img))
 			continue;
 		/* From here no read maps this image; every page it already
 		 * mapped is made private before the writer may proceed. When
@@ -323,7 +327,7 @@ void md__images_free(struct md_agent *a)
 {
 	for (size_t i = 0; i < a->nimages; i++) {
 		view_drop(&a->images[i]);
-		if (!image_fd_ours(&a->images[i]))
+		if (!image_fd_ours(a, &a->images[i]))
 			continue;
 		if (a->images[i].lease != MD_LEASE_NONE)
 			fcntl(a->images[i].fd, F_SETLEASE, F_UNLCK);

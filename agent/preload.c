@@ -91,7 +91,8 @@ static unsigned env_uint(const char *name, unsigned lo, unsigned hi)
 
 static void find_libc_syscall(void);
 
-/* Set while agent_get creates the agent, under agent_lock. */
+/* Threads in agent_get's locked part, counted from before the lock to
+ * after it is let go: a child forked meanwhile may have the lock held. */
 static int agent_creating;
 /* A child forked from a process with an agent, said in its log once. */
 static int forked_plain;
@@ -102,7 +103,7 @@ static void child_after_fork(void)
 	 * its threads, and agent_lock may be held by one: it runs plain. A
 	 * child forked before any agent existed (QEMU's -daemonize forks
 	 * before it maps RAM) makes its own. */
-	if (agent || agent_creating) {
+	if (agent || __atomic_load_n(&agent_creating, __ATOMIC_SEQ_CST)) {
 		agent = NULL;
 		agent_failed = 1;
 		forked_plain = 1;
@@ -151,9 +152,9 @@ static md_agent *agent_get(void)
 			md__log("a child forked from a process with memdedup's agent runs without it");
 		return a;
 	}
+	__atomic_add_fetch(&agent_creating, 1, __ATOMIC_SEQ_CST);
 	pthread_mutex_lock(&agent_lock);
 	if (!agent && !agent_failed) {
-		agent_creating = 1;
 		md_agent_options o = { 0 };
 		/* Disabled: nothing at all, not even a log file. */
 		const char *dis = getenv("MEMDEDUP_DISABLE");
@@ -188,9 +189,9 @@ static md_agent *agent_get(void)
 			}
 		}
 	}
-	agent_creating = 0;
 	a = agent;
 	pthread_mutex_unlock(&agent_lock);
+	__atomic_sub_fetch(&agent_creating, 1, __ATOMIC_SEQ_CST);
 	return a;
 }
 

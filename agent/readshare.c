@@ -404,10 +404,13 @@ static ssize_t copied_segments(struct md_agent *a, int fd, const struct iovec *i
 {
 	uint64_t t0 = now_ns();
 	ssize_t n = tracked_preadv(a, fd, iov, cnt, off, 0);
-	md__count(a, MD_CTR_READ_NS, now_ns() - t0);
+	uint64_t ns = now_ns() - t0;
 	if (n < 0)
 		return n;
 	size_t left = (size_t)n;
+	int in_ram = 0;
+	/* The segments read, as read_segment counts them; one the call
+	 * did not reach (short at the end of the file) was not read. */
 	for (int k = 0; k < cnt; k++) {
 		int small = 0;
 		size_t len = iov[k].iov_len, got = len < left ? len : left;
@@ -417,12 +420,23 @@ static ssize_t copied_segments(struct md_agent *a, int fd, const struct iovec *i
 		if (in)
 			may_share(a, iov[k].iov_base, len, off, 1, &small);
 		pthread_mutex_unlock(&a->lock);
+		in_ram |= in;
 		if (in && got)
 			md__count(a, MD_CTR_BYTES_READ, got);
+		/* A 4 KiB read's cost, as the guest issues them: the call's
+		 * share (copy-only segments were one pread each before). */
+		if (in && len == MD_PAGE && got == MD_PAGE) {
+			md__count(a, MD_CTR_READ_PAGE_NS, ns / (uint64_t)cnt);
+			md__count(a, MD_CTR_READS_PAGE, 1);
+		}
 		if (in && a->engine && got >= MD_PAGE)
 			copied_read(a, fd, (uintptr_t)iov[k].iov_base, got, off, small);
+		if (got < len)
+			break;
 		off += (off_t)len;
 	}
+	if (in_ram)
+		md__count(a, MD_CTR_READ_NS, ns);
 	return n;
 }
 
@@ -456,7 +470,9 @@ ssize_t md_agent_preadv(md_agent *a, int fd, const struct iovec *iov, int iovcnt
 	for (int i = 0; i < iovcnt;) {
 		int j = i;
 		size_t want = 0;
-		while (j < iovcnt && copied_segment(a, &iov[j], off + (off_t)(total + want)))
+		/* At most what a read in flight records range by range: past
+		 * it, one span would keep the scanner off the pages between. */
+		while (j < iovcnt && j - i < MD_IO_RANGES && copied_segment(a, &iov[j], off + (off_t)(total + want)))
 			want += iov[j++].iov_len;
 		ssize_t n;
 		if (j - i > 1) {

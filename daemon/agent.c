@@ -76,6 +76,13 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 		snprintf(why, size, "HELLO names pid %u but the peer is pid %d", h->pid, (int)c->pid);
 		return -EPERM;
 	}
+	/* The process that connected must still be there: its pid, gone,
+	 * may be another agent's now, whose record a HELLO on this inherited
+	 * connection would take over (references and all). */
+	if (c->peer_pidfd >= 0 && pidfd_exited(c->peer_pidfd)) {
+		snprintf(why, size, "pid %d, which connected, has exited", (int)c->pid);
+		return -ESRCH;
+	}
 	a = md__agent_find(d, c->pid);
 	if (a && pidfd_exited(a->pidfd)) {
 		md__agent_exited(d, a);	/* a pid reused before we saw the exit */
@@ -122,10 +129,6 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 		snprintf(why, size, "cannot watch pid %d (%s)%s", (int)c->pid, strerror(e),
 			 err == -ENOSYS ? ": this kernel has no pidfd_open (Linux 5.3)" : "");
 		return err;
-	}
-	if (pidfd_exited(c->peer_pidfd)) {
-		snprintf(why, size, "pid %d, which connected, has exited", (int)c->pid);
-		return -ESRCH;
 	}
 	a = calloc(1, sizeof(*a));
 	if (!a) {

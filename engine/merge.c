@@ -678,11 +678,6 @@ int md__engine_unregister(struct md__engine *e, void *addr, size_t len, int how)
 	return err;
 }
 
-/* Both locks are held across op, so the scanner cannot read the memory
- * while it goes, and nothing is frozen (a merge holds the merge lock from
- * freeze to thaw): no thread of the VMM waits for us while op waits for
- * the mm. A failed op leaves what is still mapped registered, with its
- * references: forgetting it first would free slots its pages still map. */
 int md__engine_touches(struct md__engine *e, uintptr_t addr, size_t len)
 {
 	int touches = 0;
@@ -693,6 +688,11 @@ int md__engine_touches(struct md__engine *e, uintptr_t addr, size_t len)
 	return touches;
 }
 
+/* Both locks are held across op, so the scanner cannot read the memory
+ * while it goes, and nothing is frozen (a merge holds the merge lock from
+ * freeze to thaw): no thread of the VMM waits for us while op waits for
+ * the mm. A failed op leaves what is still mapped registered, with its
+ * references: forgetting it first would free slots its pages still map. */
 int md__engine_unmap(struct md__engine *e, void *addr, size_t len, int (*op)(void *arg), void *arg,
 		     int keep_mapped)
 {

@@ -851,7 +851,7 @@ static void *toggle_protection(void *p)
 		usleep(200);
 		mprotect(t->m + off, 16 * PG, PROT_READ | PROT_WRITE);
 		pthread_mutex_unlock(&t->lock);
-		t->toggles++;
+		__atomic_fetch_add(&t->toggles, 1, __ATOMIC_RELAXED);
 		usleep(50);
 	}
 	return NULL;
@@ -870,10 +870,13 @@ TEST_IMPL(scan_pages_made_inaccessible)
 	struct toggler t = { m, len, 0, PTHREAD_MUTEX_INITIALIZER, 0 };
 	pthread_t th;
 	ASSERT_EQ(pthread_create(&th, NULL, toggle_protection, &t), 0);
-	for (int round = 0; round < 30; round++) {
+	/* 3 s at least, until 1,000 changes of protection (a loaded machine
+	 * runs the thread less often), within 50 s. */
+	int rounds = 0;
+	for (; rounds < 500 && (rounds < 30 || __atomic_load_n(&t.toggles, __ATOMIC_RELAXED) < 1000); rounds++) {
 		pthread_mutex_lock(&t.lock);
 		for (size_t i = 0; i < len; i += PG)
-			*(volatile uint64_t *)(m + i + (size_t)round * 8) = (i % (64 * PG)) + 1;
+			*(volatile uint64_t *)(m + i + (size_t)rounds * 8) = (i % (64 * PG)) + 1;
 		pthread_mutex_unlock(&t.lock);
 		usleep(100000);
 	}
@@ -888,7 +891,7 @@ TEST_IMPL(scan_pages_made_inaccessible)
 	ASSERT(s.merged > 0);
 	ASSERT(t.toggles >= 1000);
 	for (size_t i = 0; i < len; i += PG)
-		for (int round = 0; round < 30; round++)
+		for (int round = 0; round < rounds; round++)
 			ASSERT_EQ(*(uint64_t *)(m + i + (size_t)round * 8), (i % (64 * PG)) + 1);
 	md_agent_free(a);
 	munmap(m, len);

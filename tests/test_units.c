@@ -463,9 +463,6 @@ TEST_IMPL(proc_start_time)
 	return 0;
 }
 
-/* md__copy_own_pages: copies in p's order (adjacent pages as one range),
- * file pages as well as anonymous ones, and all or nothing: a page that
- * cannot be read leaves p as it was. */
 TEST_IMPL(range_no_file_vmas)
 {
 	size_t pg = 4096;
@@ -490,6 +487,9 @@ TEST_IMPL(range_no_file_vmas)
 	return 0;
 }
 
+/* md__copy_own_pages: copies in p's order (adjacent pages as one range),
+ * file pages as well as anonymous ones, and all or nothing: a page that
+ * cannot be read leaves p as it was. */
 TEST_IMPL(copy_own_pages_all_or_nothing)
 {
 	int fd = memfd_create("t", MFD_CLOEXEC);
