@@ -262,7 +262,7 @@ int md__agent_refs(struct md__agent *a, const uint32_t *slots, uint32_t n, int d
 	return 0;
 }
 
-int md__agent_publish(struct md__agent *a, const struct md__msg_publish *p, uint32_t *first, size_t room)
+int md__agent_publish(struct md__agent *a, const struct md__msg_publish *p, uint32_t *first, int match_only)
 {
 	/* Room for the publisher's references before the slots exist: after
 	 * publishing, nothing may fail. */
@@ -272,7 +272,7 @@ int md__agent_publish(struct md__agent *a, const struct md__msg_publish *p, uint
 	int err = refs_grow(a, (size_t)end + p->n);
 	if (err)
 		return err;
-	err = md__domain_publish(a->dom, p->hash, p->pages, p->n, first, room);
+	err = md__domain_publish(a->dom, p->hash, p->pages, p->n, first, match_only);
 	if (err)
 		return err;
 	/* A one-page run may reuse a freed slot below end: covered above. */

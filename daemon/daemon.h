@@ -247,10 +247,9 @@ void md__domain_seen_free(struct md__domain *dom);
  * forgets it). */
 int md__domain_published(struct md__domain *dom, uint64_t hash, unsigned *num, uint64_t *addr);
 /* Publishes n pages (a single page equal to a live one gets that one);
- * room: how many slots past the pool's end they may take (a freed slot
- * reused takes none), else -ENOSPC. */
+ * with match_only, only that: -ENOSPC if it would take a new slot. */
 int md__domain_publish(struct md__domain *dom, const uint64_t *hash, const unsigned char *pages,
-		       uint32_t n, uint32_t *first, size_t room);
+		       uint32_t n, uint32_t *first, int match_only);
 /* 1 if slot is live in dom and one more reference fits. */
 int md__domain_slot_ok(const struct md__domain *dom, uint32_t slot, uint32_t more);
 void md__domain_get_ref(struct md__domain *dom, uint32_t slot);
@@ -272,7 +271,7 @@ struct md__agent *md__agent_find_num(struct md__daemon *d, unsigned num);
 /* REF (delta 1) / UNREF (-1) of slots, all or none: 0 or -EINVAL/-ENOMEM,
  * or -EDQUOT: more references than the agent can use (refs_fit). */
 int md__agent_refs(struct md__agent *a, const uint32_t *slots, uint32_t n, int delta);
-int md__agent_publish(struct md__agent *a, const struct md__msg_publish *p, uint32_t *first, size_t room);
+int md__agent_publish(struct md__agent *a, const struct md__msg_publish *p, uint32_t *first, int match_only);
 void md__agent_report(struct md__agent *a, const struct md__msg_report *r);
 /* The connection of a goes away; its references stay while it lives (a
  * record without any goes). */

@@ -449,7 +449,7 @@ static const void *pool_slot_page(void *arg, uint32_t slot)
 }
 
 int md__domain_publish(struct md__domain *dom, const uint64_t *hash, const unsigned char *pages,
-		       uint32_t n, uint32_t *first, size_t room)
+		       uint32_t n, uint32_t *first, int match_only)
 {
 	uint32_t i;
 	int err;
@@ -470,7 +470,7 @@ int md__domain_publish(struct md__domain *dom, const uint64_t *hash, const unsig
 			return 0;
 		}
 	}
-	if (md__pool_appends(&dom->pool, n) && n > room)
+	if (match_only)
 		return -ENOSPC;
 	err = md__pool_reserve(&dom->pool, n, first);
 	if (err)

@@ -632,14 +632,13 @@ static void send_candidate(struct md__daemon *d, struct md__domain *dom, uint64_
 		flush_candidates(d, a);
 }
 
-/* The slots the domains of uid have handed out (their pools' ends), live
- * or freed since. */
-static uint64_t uid_slots(const struct md__daemon *d, uid_t uid)
+/* The live pool pages of all the domains of uid. */
+static uint64_t uid_live_pages(const struct md__daemon *d, uid_t uid)
 {
 	uint64_t n = 0;
 	for (const struct md__domain *dom = d->domains; dom; dom = dom->next)
 		if (dom->uid == uid)
-			n += dom->pool.end;
+			n += md__pool_live(&dom->pool);
 	return n;
 }
 
@@ -727,19 +726,14 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
 		return;
 	case MD_MSG_PUBLISH: {
 		uint32_t first;
-		/* One user's domains together hand out no more than one
-		 * pool's worth of slots (64 domains of a pool each would be
-		 * 64 pools of memory, which memdedupd's users share). Slots,
-		 * not live pages: a slot's bookkeeping (pool arrays, its
-		 * hash, the index) stays once handed out, freed or not, until
-		 * its domain goes, and filling and freeing one domain after
-		 * another left a pool's worth in each. A page equal to a live
-		 * one, or put in a freed slot, takes no new slot. */
-		uint64_t used = c->uid ? uid_slots(d, c->uid) : 0;
-		size_t room = !c->uid ? SIZE_MAX : used < d->pool_pages ? d->pool_pages - used : 0;
-		err = md__agent_publish(c->agent, &m->u.publish, &first, room);
-		if (err == -ENOSPC && used > c->agent->dom->pool.end) {
-			snprintf(why, sizeof(why), "uid %u has a pool's worth of slots in its domains",
+		/* One user's domains together hold no more than one pool's
+		 * worth (64 domains of a pool each would be 64 pools of
+		 * memory, which memdedupd's users share); a page equal to a
+		 * live one takes no new slot, and is still given it. */
+		int full = c->uid != 0 && uid_live_pages(d, c->uid) + m->u.publish.n > d->pool_pages;
+		err = md__agent_publish(c->agent, &m->u.publish, &first, full);
+		if (err == -ENOSPC && full) {
+			snprintf(why, sizeof(why), "uid %u has a pool's worth of pages in its domains",
 				 (unsigned)c->uid);
 			reply_error(d, c, seq, -ENOSPC, why);
 			return;

@@ -52,12 +52,6 @@ void md__pool_close(struct md__pool *p);
  * comes from the free list when it can; runs are appended so that adjacent
  * guest pages get adjacent pool offsets. -ENOSPC: the pool is full. */
 int md__pool_reserve(struct md__pool *p, size_t n, uint32_t *first);
-/* 1 if md__pool_reserve(p, n) would take slots past the end (no freed
- * slot to reuse), growing what the pool's bookkeeping covers. */
-static inline int md__pool_appends(const struct md__pool *p, size_t n)
-{
-	return !(n == 1 && (p->ndirty || p->nfree));
-}
 /* Gives reserved, unwritten slots back. */
 void md__pool_unreserve(struct md__pool *p, uint32_t first, size_t n);
 /* Writes n pages from src into reserved slots from first on and makes them
