@@ -144,7 +144,9 @@ static void check_fallback(size_t doff, size_t len, off_t off,
 }
 
 /* Descriptors of pid's that name path. */
-static int fds_naming(pid_t pid, const char *path)
+/* Descriptors of pid that name path, other than not_fd (-1: none): how
+ * many, and the last one in *fd. */
+static int naming(pid_t pid, const char *path, int not_fd, int *fd)
 {
 	char dir[64], link[320], target[PATH_MAX], want[PATH_MAX];
 	int n = 0;
@@ -155,13 +157,22 @@ static int fds_naming(pid_t pid, const char *path)
 	for (struct dirent *e; (e = readdir(d));) {
 		snprintf(link, sizeof(link), "%s/%s", dir, e->d_name);
 		ssize_t l = readlink(link, target, sizeof(target) - 1);
-		if (l > 0) {
-			target[l] = '\0';
-			n += strcmp(target, want) == 0;
+		if (l <= 0 || atoi(e->d_name) == not_fd)
+			continue;
+		target[l] = '\0';
+		if (strcmp(target, want) == 0) {
+			n++;
+			if (fd)
+				*fd = atoi(e->d_name);
 		}
 	}
 	closedir(d);
 	return n;
+}
+
+static int fds_naming(pid_t pid, const char *path)
+{
+	return naming(pid, path, -1, NULL);
 }
 
 TEST_IMPL(fallback_unaligned)
@@ -567,23 +578,9 @@ TEST_IMPL(lease_break_keeps_content)
 /* The descriptor of pid other than not_fd that names path, or -1. */
 static int fd_naming(pid_t pid, const char *path, int not_fd)
 {
-	char dir[64], link[320], target[PATH_MAX], want[PATH_MAX];
-	int found = -1;
-	ASSERT(realpath(path, want));
-	snprintf(dir, sizeof(dir), "/proc/%d/fd", (int)pid);
-	DIR *d = opendir(dir);
-	ASSERT(d);
-	for (struct dirent *e; (e = readdir(d));) {
-		snprintf(link, sizeof(link), "%s/%s", dir, e->d_name);
-		ssize_t l = readlink(link, target, sizeof(target) - 1);
-		if (l > 0 && atoi(e->d_name) != not_fd) {
-			target[l] = '\0';
-			if (strcmp(target, want) == 0)
-				found = atoi(e->d_name);
-		}
-	}
-	closedir(d);
-	return found;
+	int fd = -1;
+	naming(pid, path, not_fd, &fd);
+	return fd;
 }
 
 /* The VMM closes the agent's own descriptor of an image (close_range, say):
