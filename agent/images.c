@@ -81,14 +81,13 @@ static int image_open_own(struct md_agent *a, int fd, const struct stat *st)
 /* Whether img->fd is still our description of img: the VMM may close it
  * (close_range) or put another file at its number (dup2), or open the
  * same image again there, which must not be leased or closed as ours:
- * ours carries our lease signal and our thread as its owner. */
+ * ours carries our lease signal. (Not its owner: someone may change that,
+ * and the once-a-second look is there for it.) */
 static int image_fd_ours(const struct md_agent *a, const struct md__image *img)
 {
 	struct stat st;
-	struct f_owner_ex owner;
 	return img->fd >= 0 && fstat(img->fd, &st) == 0 && st.st_dev == img->dev && st.st_ino == img->ino &&
-	       fcntl(img->fd, F_GETSIG) == a->lease_signal && fcntl(img->fd, F_GETOWN_EX, &owner) == 0 &&
-	       owner.type == F_OWNER_TID && owner.pid == a->thread_tid;
+	       fcntl(img->fd, F_GETSIG) == a->lease_signal;
 }
 
 static struct md__image *image_add(struct md_agent *a, int fd, const struct stat *st)
