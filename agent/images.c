@@ -56,6 +56,14 @@ static struct md__image *image_find(struct md_agent *a, dev_t dev, ino_t ino)
 	return NULL;
 }
 
+/* A lease's break is our signal, to our thread. Set again before each
+ * lease: the kernel clears both when one goes. */
+static int lease_signal_to_us(const struct md_agent *a, int fd)
+{
+	struct f_owner_ex owner = { .type = F_OWNER_TID, .pid = a->thread_tid };
+	return fcntl(fd, F_SETSIG, a->lease_signal) != 0 || fcntl(fd, F_SETOWN_EX, &owner) != 0 ? -1 : 0;
+}
+
 /* Our own open file description of the file the VMM's fd names: the
  * lease belongs to it, so it lives on when the VMM closes its descriptor,
  * and mappings come from it. Returns it, or -1 (errno set). */
@@ -64,12 +72,13 @@ static int image_open_own(struct md_agent *a, int fd, const struct stat *st)
 	char path[64];
 	struct stat own;
 	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
-	int own_fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* O_APPEND, meaningless for reading, marks the description as ours
+	 * (image_fd_ours): a lease's removal clears its signal and owner. */
+	int own_fd = open(path, O_RDONLY | O_CLOEXEC | O_APPEND);
 	if (own_fd < 0)
 		return -1;
-	struct f_owner_ex owner = { .type = F_OWNER_TID, .pid = a->thread_tid };
 	if (fstat(own_fd, &own) != 0 || own.st_dev != st->st_dev || own.st_ino != st->st_ino ||
-	    fcntl(own_fd, F_SETSIG, a->lease_signal) != 0 || fcntl(own_fd, F_SETOWN_EX, &owner) != 0) {
+	    lease_signal_to_us(a, own_fd) != 0) {
 		int err = errno;
 		close(own_fd);
 		errno = err;
@@ -80,14 +89,16 @@ static int image_open_own(struct md_agent *a, int fd, const struct stat *st)
 
 /* Whether img->fd is still our description of img: the VMM may close it
  * (close_range) or put another file at its number (dup2), or open the
- * same image again there, which must not be leased or closed as ours:
- * ours carries our lease signal. (Not its owner: someone may change that,
- * and the once-a-second look is there for it.) */
-static int image_fd_ours(const struct md_agent *a, const struct md__image *img)
+ * same image again there, which must not be leased or closed as ours.
+ * Ours is read-only with O_APPEND (image_open_own), which no VMM's image
+ * descriptor has; not its lease signal or owner, which the kernel clears
+ * when a lease goes. */
+static int image_fd_ours(const struct md__image *img)
 {
 	struct stat st;
+	int fl;
 	return img->fd >= 0 && fstat(img->fd, &st) == 0 && st.st_dev == img->dev && st.st_ino == img->ino &&
-	       fcntl(img->fd, F_GETSIG) == a->lease_signal;
+	       (fl = fcntl(img->fd, F_GETFL)) >= 0 && (fl & O_ACCMODE) == O_RDONLY && (fl & O_APPEND);
 }
 
 static struct md__image *image_add(struct md_agent *a, int fd, const struct stat *st)
@@ -184,7 +195,7 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, enum md_fallback *
 		*why = MD_FB_NO_LEASE;
 		return NULL;
 	}
-	if (!image_fd_ours(a, img)) {
+	if (!image_fd_ours(img)) {
 		/* Its number is the VMM's now, not ours to close. */
 		int own_fd = image_open_own(a, fd, &st);
 		if (own_fd < 0) {
@@ -197,7 +208,7 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, enum md_fallback *
 			     "by the VMM: it opened the image again");
 		img->fd = own_fd;
 	}
-	if (fcntl(img->fd, F_SETLEASE, F_RDLCK) != 0) {
+	if (lease_signal_to_us(a, img->fd) != 0 || fcntl(img->fd, F_SETLEASE, F_RDLCK) != 0) {
 		*why = MD_FB_NO_LEASE;
 		md__log_once(21, "no read lease on an image (%s): it may change, so its reads are copied",
 			     errno == EAGAIN ? "it is open for writing" : strerror(errno));
@@ -272,7 +283,7 @@ static void finish_break(struct md_agent *a, struct md__image *img)
 		md__log("an image's writer gets in with some of its pages not made private (%s): "
 			"the guest may see them change", strerror(-err));
 	view_drop(img);
-	if (image_fd_ours(a, img))
+	if (image_fd_ours(img))
 		fcntl(img->fd, F_SETLEASE, F_UNLCK);
 	img->lease = MD_LEASE_NONE;
 	__atomic_store_n(&a->breaking, a->breaking - 1, __ATOMIC_RELAXED);
@@ -295,7 +306,7 @@ void md__image_lease_broken(struct md_agent *a, int fd)
 			continue;
 		/* The once-a-second look also finds a lease gone with our
 		 * descriptor (closed or replaced by the VMM). */
-		if (fd >= 0 ? img->fd != fd : fcntl(img->fd, F_GETLEASE) == F_RDLCK && image_fd_ours(a, img))
+		if (fd >= 0 ? img->fd != fd : fcntl(img->fd, F_GETLEASE) == F_RDLCK && image_fd_ours(img))
 			continue;
 		/* From here no read maps this image; every page it already
 		 * mapped is made private before the writer may proceed. When
@@ -326,7 +337,7 @@ void md__images_free(struct md_agent *a)
 {
 	for (size_t i = 0; i < a->nimages; i++) {
 		view_drop(&a->images[i]);
-		if (!image_fd_ours(a, &a->images[i]))
+		if (!image_fd_ours(&a->images[i]))
 			continue;
 		if (a->images[i].lease != MD_LEASE_NONE)
 			fcntl(a->images[i].fd, F_SETLEASE, F_UNLCK);
