@@ -381,62 +381,70 @@ ssize_t md_agent_pread(md_agent *a, int fd, void *buf, size_t len, off_t off)
 	return read_segment(a, fd, buf, len, off);
 }
 
-/* Whether a segment of a preadv is certain to be copied whole: in one
- * region (or in none) and never to be mapped. Those next to each other
- * go in one call (copied_segments). */
-static int copied_segment(struct md_agent *a, const struct iovec *v, off_t off)
+/* How many segments from iov, at most MD_IO_RANGES (what a read in
+ * flight records range by range: past it, one span would keep the scanner
+ * off the pages between), are certain to be copied whole: each in one
+ * region (in[k] set) or in none, and never to be mapped. */
+static int copied_run(struct md_agent *a, const struct iovec *iov, int cnt, off_t off, unsigned char *in)
 {
-	int small;
-	if (v->iov_len == 0)
-		return 1;
+	int k = 0, small;
 	pthread_mutex_lock(&a->lock);
-	int in = md__region_find(a, (uintptr_t)v->iov_base, v->iov_len) != NULL;
-	int none = !in && !md__region_find(a, (uintptr_t)v->iov_base, 1) &&
-		   !md__region_find(a, (uintptr_t)v->iov_base + v->iov_len - 1, 1);
-	int copied = none || (in && !may_share(a, v->iov_base, v->iov_len, off, 0, &small));
+	for (; k < cnt && k < MD_IO_RANGES; off += (off_t)iov[k++].iov_len) {
+		uintptr_t b = (uintptr_t)iov[k].iov_base;
+		size_t len = iov[k].iov_len;
+		in[k] = len && md__region_find(a, b, len) != NULL;
+		if (in[k] ? may_share(a, iov[k].iov_base, len, off, 0, &small)
+			  : len && (md__region_find(a, b, 1) || md__region_find(a, b + len - 1, 1)))
+			break;
+	}
 	pthread_mutex_unlock(&a->lock);
-	return copied;
+	return k;
 }
 
-/* Segments that are all copied, in one call, each counted and hinted to
- * the scanner as read_segment would. Returns what preadv would. */
-static ssize_t copied_segments(struct md_agent *a, int fd, const struct iovec *iov, int cnt, off_t off)
+/* The segments of a copied run in one call, each counted and hinted to the
+ * scanner as read_segment would. Returns what preadv would. */
+static ssize_t copied_segments(struct md_agent *a, int fd, const struct iovec *iov, int cnt, off_t off,
+			       const unsigned char *in)
 {
 	uint64_t t0 = now_ns();
 	ssize_t n = tracked_preadv(a, fd, iov, cnt, off, 0);
 	uint64_t ns = now_ns() - t0;
 	if (n < 0)
 		return n;
-	size_t left = (size_t)n;
-	int in_ram = 0;
-	/* The segments read, as read_segment counts them; one the call
-	 * did not reach (short at the end of the file) was not read. */
-	for (int k = 0; k < cnt; k++) {
-		int small = 0;
-		size_t len = iov[k].iov_len, got = len < left ? len : left;
-		left -= got;
-		pthread_mutex_lock(&a->lock);
-		int in = len && md__region_find(a, (uintptr_t)iov[k].iov_base, len) != NULL;
-		if (in)
-			may_share(a, iov[k].iov_base, len, off, 1, &small);
-		pthread_mutex_unlock(&a->lock);
-		in_ram |= in;
-		if (in && got)
-			md__count(a, MD_CTR_BYTES_READ, got);
-		/* A 4 KiB read's cost, as the guest issues them: the call's
-		 * share (copy-only segments were one pread each before). */
-		if (in && len == MD_PAGE && got == MD_PAGE) {
-			md__count(a, MD_CTR_READ_PAGE_NS, ns / (uint64_t)cnt);
-			md__count(a, MD_CTR_READS_PAGE, 1);
+	size_t left = (size_t)n, got[MD_IO_RANGES];
+	int small[MD_IO_RANGES], reached = 0, in_ram = 0;
+	/* The segments read, as read_segment counts them; those past a
+	 * short one (the end of the file) were not read. */
+	pthread_mutex_lock(&a->lock);
+	for (off_t o = off; reached < cnt; o += (off_t)iov[reached++].iov_len) {
+		int k = reached;
+		size_t len = iov[k].iov_len;
+		got[k] = len < left ? len : left;
+		left -= got[k];
+		small[k] = 0;
+		if (in[k]) {
+			in_ram = 1;
+			may_share(a, iov[k].iov_base, len, o, 1, &small[k]);
+			md__count(a, MD_CTR_BYTES_READ, got[k]);
+			/* A 4 KiB read's cost, as the guest issues them:
+			 * the call's share. */
+			if (len == MD_PAGE && got[k] == MD_PAGE) {
+				md__count(a, MD_CTR_READ_PAGE_NS, ns / (uint64_t)cnt);
+				md__count(a, MD_CTR_READS_PAGE, 1);
+			}
 		}
-		if (in && a->engine && got >= MD_PAGE)
-			copied_read(a, fd, (uintptr_t)iov[k].iov_base, got, off, small);
-		if (got < len)
+		if (got[k] < len) {
+			reached++;
 			break;
-		off += (off_t)len;
+		}
 	}
 	if (in_ram)
 		md__count(a, MD_CTR_READ_NS, ns);
+	pthread_mutex_unlock(&a->lock);
+	/* Outside the lock, which the hints to the scanner take. */
+	for (int k = 0; k < reached && a->engine; off += (off_t)iov[k++].iov_len)
+		if (in[k] && got[k] >= MD_PAGE)
+			copied_read(a, fd, (uintptr_t)iov[k].iov_base, got[k], off, small[k]);
 	return n;
 }
 
@@ -467,18 +475,17 @@ ssize_t md_agent_preadv(md_agent *a, int fd, const struct iovec *iov, int iovcnt
 	 * guest's scattered 4 KiB pages was 32 reads, 32 device requests
 	 * under O_DIRECT). */
 	size_t total = 0;
+	unsigned char in[MD_IO_RANGES];
 	for (int i = 0; i < iovcnt;) {
-		int j = i;
+		int m = copied_run(a, iov + i, iovcnt - i, off + (off_t)total, in);
 		size_t want = 0;
-		/* At most what a read in flight records range by range: past
-		 * it, one span would keep the scanner off the pages between. */
-		while (j < iovcnt && j - i < MD_IO_RANGES && copied_segment(a, &iov[j], off + (off_t)(total + want)))
-			want += iov[j++].iov_len;
 		ssize_t n;
-		if (j - i > 1) {
-			n = copied_segments(a, fd, iov + i, j - i, off + (off_t)total);
+		if (m > 1) {
+			for (int k = 0; k < m; k++)
+				want += iov[i + k].iov_len;
+			n = copied_segments(a, fd, iov + i, m, off + (off_t)total, in);
 		} else {
-			j = i + 1;
+			m = 1;
 			want = iov[i].iov_len;
 			n = want ? read_segment(a, fd, iov[i].iov_base, want, off + (off_t)total) : 0;
 		}
@@ -487,7 +494,7 @@ ssize_t md_agent_preadv(md_agent *a, int fd, const struct iovec *iov, int iovcnt
 		total += (size_t)n;
 		if ((size_t)n < want)
 			break;
-		i = j;
+		i += m;
 	}
 	return (ssize_t)total;
 }
