@@ -436,6 +436,12 @@ static void handed_opt_out(md_agent *a, uintptr_t s, uintptr_t e, int out)
 /* md_agent_register's work, agent->lock held. */
 static int register_locked(md_agent *a, uintptr_t s, size_t len, unsigned advice)
 {
+	if (a->future_locked) {
+		md__log_once(86, "memory at %p (%zu bytes) is locked in memory (mlockall MCL_FUTURE, QEMU's "
+			     "-overcommit mem-lock=on): copy-on-write sharing would copy every page at once, "
+			     "so it is not shared or merged", (void *)s, len);
+		return -EPERM;
+	}
 	if (handed_overlaps(a, s, s + len)) {
 		/* Asked for merging again: taken back once the VMM lets go. */
 		handed_opt_out(a, s, s + len, 0);
@@ -470,12 +476,24 @@ int md_agent_register(md_agent *a, void *addr, size_t len, unsigned advice)
 	/* Huge pages of hugetlbfs (QEMU's -mem-path): the engine protects,
 	 * maps and discards 4 KiB pages, which such memory refuses; a
 	 * discard's anonymous memory would take the guest's RAM off its huge
-	 * pages. Kernel KSM leaves them alone too. */
-	int huge = md__range_hugetlb((uintptr_t)addr, len);
-	if (huge) {
-		md__log_once(66, "memory at %p (%zu bytes) %s: not merged", addr, len,
-			     huge > 0 ? "is hugetlbfs memory" : "has mappings we cannot read");
-		return huge > 0 ? -EPERM : huge;
+	 * pages. Kernel KSM leaves them alone too. Locked memory (QEMU's
+	 * -overcommit mem-lock=on): the kernel fills a private mapping made
+	 * there at once, by write faults, so every page mapped from the pool
+	 * or an image would be a private copy the moment it is mapped. */
+	int kind = md__range_vmflags((uintptr_t)addr, len);
+	if (kind < 0) {
+		md__log_once(66, "memory at %p (%zu bytes) has mappings we cannot read: not merged", addr, len);
+		return kind;
+	}
+	if (kind & MD_VMF_HUGETLB) {
+		md__log_once(66, "memory at %p (%zu bytes) is hugetlbfs memory: not merged", addr, len);
+		return -EPERM;
+	}
+	if (kind & MD_VMF_LOCKED) {
+		md__log_once(86, "memory at %p (%zu bytes) is locked in memory (mlock, QEMU's -overcommit "
+			     "mem-lock=on): copy-on-write sharing would copy every page at once, so it is "
+			     "not shared or merged", addr, len);
+		return -EPERM;
 	}
 	/* Only what is mapped, as the kernel's madvise: a hole registered
 	 * would have read-time sharing map private pages over whatever the
@@ -581,6 +599,52 @@ int md_agent_unregister(md_agent *a, void *addr, size_t len)
 	err = unregister_locked(a, s, e);
 	pthread_mutex_unlock(&a->lock);
 	return err;
+}
+
+int md__agent_lock(md_agent *a, uintptr_t s, uintptr_t e, int all, int future)
+{
+	int err = 0;
+	pthread_mutex_lock(&a->lock);
+	if (future)
+		a->future_locked = 1;
+	/* Region by region, from a copy of the bounds: each unregister
+	 * changes the table. */
+	size_t n = a->nregions, gone = 0;
+	struct md__region *v = n ? malloc(n * sizeof(*v)) : NULL;
+	if (n && !v) {
+		err = -ENOMEM;
+		goto unlock;
+	}
+	if (n)
+		memcpy(v, a->regions, n * sizeof(*v));
+	for (size_t i = 0; i < n; i++) {
+		uintptr_t lo = all || v[i].start > s ? v[i].start : s;
+		uintptr_t hi = all || v[i].end < e ? v[i].end : e;
+		if (lo >= hi)
+			continue;
+		handed_opt_out(a, lo, hi, 1);
+		int r = unregister_locked(a, lo, hi);
+		err = err ? err : r;
+		gone += !r;
+	}
+	/* What the VMM's userfaultfd holds is not taken back once locked. */
+	handed_opt_out(a, all ? 0 : s, all ? UINTPTR_MAX : e, 1);
+	free(v);
+	if (gone || future)
+		md__log_once(87, "the VMM locks guest RAM in memory (%s): copy-on-write sharing would "
+			     "copy every page at once, so it is no longer shared or merged%s",
+			     all ? "mlockall, QEMU's -overcommit mem-lock=on" : "mlock",
+			     err ? "; not all of it could be made private: the lock fails" : "");
+unlock:
+	pthread_mutex_unlock(&a->lock);
+	return err;
+}
+
+void md__agent_unlock_all(md_agent *a)
+{
+	pthread_mutex_lock(&a->lock);
+	a->future_locked = 0;
+	pthread_mutex_unlock(&a->lock);
 }
 
 /* The page-aligned range [*s, *e) that [addr, addr+len) covers: 0, or

@@ -97,6 +97,7 @@ struct md_agent {
 
 	int kernel_ksm;
 	int io_unseen;          /* md_agent_io_unseen was called (set under lock) */
+	int future_locked;      /* mlockall(MCL_FUTURE) in force: nothing more registered */
 	unsigned flags;
 	uint64_t max_vmas;
 	uint64_t maps_since_count;    /* mmaps since the last VMA count */
@@ -257,6 +258,16 @@ int md__walk_worth(int known, const struct md__resident *now, const struct md__r
  * range is forgotten if op succeeded, else as md__engine_unmap says
  * (keep_mapped: op was a munmap). Returns op's result. */
 int md__agent_unmap(md_agent *a, void *addr, size_t len, int (*op)(void *arg), void *arg, int keep_mapped);
+/* The VMM locks [start, end) in memory (mlock, mlock2), or all its memory
+ * with mlockall (all = 1; future: MCL_FUTURE): before the call, guest RAM
+ * there is given up as md_agent_unregister does, and none is registered
+ * again while mlockall's MCL_FUTURE holds (md__agent_unlock_all ends it).
+ * A locked private mapping is filled by write faults when mapped or
+ * locked, so what is shared there would become private copies behind the
+ * engine's back. 0, or -errno when shared pages cannot be made private
+ * (memory short): the VMM's call must then fail. */
+int md__agent_lock(md_agent *a, uintptr_t start, uintptr_t end, int all, int future);
+void md__agent_unlock_all(md_agent *a);
 /* agent.c: the VMM's mremap moved (or resized) [old, old+old_len) to
  * [now, now+now_len): forgotten copies move with their mappings. */
 void md__agent_moved(md_agent *a, void *old, size_t old_len, void *now, size_t now_len);

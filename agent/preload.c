@@ -269,6 +269,75 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 	}
 }
 
+static long (*libc_syscall)(long, ...);
+
+static void find_libc_syscall(void)
+{
+	if (!__atomic_load_n(&libc_syscall, __ATOMIC_ACQUIRE))
+		__atomic_store_n(&libc_syscall, (long (*)(long, ...))dlsym(RTLD_NEXT, "syscall"),
+				 __ATOMIC_RELEASE);
+}
+
+/* The kernel's call, not ours: syscall(2) inside this library is ours. */
+static long libc_call(long nr, long a0, long a1, long a2)
+{
+	find_libc_syscall();
+	long (*call)(long, ...) = __atomic_load_n(&libc_syscall, __ATOMIC_ACQUIRE);
+	if (!call) {
+		errno = ENOSYS;
+		return -1;
+	}
+	return call(nr, a0, a1, a2);
+}
+
+/* Locked memory: a private mapping made or locked there is filled at once
+ * by write faults (copies), so guest RAM is given up first; a failure to
+ * make shared pages private fails the call (EAGAIN: "could not be locked"). */
+static int lock_first(const void *addr, size_t len, int all, int future)
+{
+	md_agent *a = agent_peek();
+	uintptr_t s = (uintptr_t)addr & ~(uintptr_t)(MD_PAGE_SIZE - 1);
+	uintptr_t e = (uintptr_t)addr + len;
+	if (!a || (!all && (len == 0 || e < s)))
+		return 0;
+	int err = md__agent_lock(a, s, all ? 0 : e, all, future);
+	if (err)
+		errno = err == -ENOMEM ? EAGAIN : -err;
+	return err;
+}
+
+EXPORT int mlock(const void *addr, size_t len)
+{
+	return lock_first(addr, len, 0, 0) ? -1 : (int)libc_call(SYS_mlock, (long)addr, (long)len, 0);
+}
+
+EXPORT int mlock2(const void *addr, size_t len, unsigned int flags)
+{
+	/* Flags the kernel refuses change nothing here either. */
+	if (!(flags & ~(unsigned)MLOCK_ONFAULT) && lock_first(addr, len, 0, 0))
+		return -1;
+	return (int)libc_call(SYS_mlock2, (long)addr, (long)len, flags);
+}
+
+EXPORT int mlockall(int flags)
+{
+	/* MCL_CURRENT locks what is mapped; MCL_FUTURE what is mapped later,
+	 * the engine's own mappings over guest RAM included. */
+	int valid = flags && !(flags & ~(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT)) && flags != MCL_ONFAULT;
+	if (valid && lock_first(NULL, 0, 1, (flags & MCL_FUTURE) != 0))
+		return -1;
+	return (int)libc_call(SYS_mlockall, flags, 0, 0);
+}
+
+EXPORT int munlockall(void)
+{
+	int r = (int)libc_call(SYS_munlockall, 0, 0, 0);
+	md_agent *a = agent_peek();
+	if (r == 0 && a)
+		md__agent_unlock_all(a);
+	return r;
+}
+
 /* RAM unmapped or replaced goes through md__agent_unmap: the scanner, which
  * reads guest pages, is kept out while it goes, and it is forgotten once
  * gone. A call that fails leaves it registered, with its pool references
@@ -537,14 +606,6 @@ EXPORT int prctl(int option, ...)
  * (Rust's io-uring crate, Cloud Hypervisor's block devices) and Linux AIO.
  * Every other call passes through, ours too (common/sys.c). The libc's is
  * found once, before the VMM runs (preload_init). */
-static long (*libc_syscall)(long, ...);
-
-static void find_libc_syscall(void)
-{
-	if (!__atomic_load_n(&libc_syscall, __ATOMIC_ACQUIRE))
-		__atomic_store_n(&libc_syscall, (long (*)(long, ...))dlsym(RTLD_NEXT, "syscall"),
-				 __ATOMIC_RELEASE);
-}
 
 EXPORT long syscall(long nr, ...)
 {
@@ -583,6 +644,14 @@ EXPORT long syscall(long nr, ...)
 		if (md__uring_register_pins((unsigned)a[1]))
 			uring_pins();
 		break;
+	case SYS_mlock:
+		return mlock((const void *)a[0], (size_t)a[1]);
+	case SYS_mlock2:
+		return mlock2((const void *)a[0], (size_t)a[1], (unsigned)a[2]);
+	case SYS_mlockall:
+		return mlockall((int)a[0]);
+	case SYS_munlockall:
+		return munlockall();
 	}
 	return call(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
 }

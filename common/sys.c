@@ -275,29 +275,36 @@ int md__range_no_file_vmas(uintptr_t a, uintptr_t end)
 	return q.vma_start >= end;
 }
 
-struct hugetlb_vmas {
+struct vmflags_vmas {
 	uintptr_t a, end;
 	int in, found;
 };
 
-/* smaps: is a mapping overlapping [a, end) hugetlb ("ht" in VmFlags)? */
-static void hugetlb_line(void *arg, char *text)
+/* smaps: the VmFlags of the mappings overlapping [a, end). */
+static void vmflags_line(void *arg, char *text)
 {
-	struct hugetlb_vmas *h = arg;
+	struct vmflags_vmas *h = arg;
 	unsigned long lo, hi;
 	char perms[5];
 	if (sscanf(text, "%lx-%lx %4s", &lo, &hi, perms) == 3 && strchr(text, ' ') > strchr(text, '-')) {
 		h->in = lo < h->end && hi > h->a;
 		return;
 	}
-	if (h->in && strncmp(text, "VmFlags:", 8) == 0 && strstr(text, " ht"))
-		h->found = 1;
+	if (!h->in || strncmp(text, "VmFlags:", 8) != 0)
+		return;
+	char *save;
+	for (char *f = strtok_r(text + 8, " ", &save); f; f = strtok_r(NULL, " ", &save)) {
+		if (strcmp(f, "ht") == 0)
+			h->found |= MD_VMF_HUGETLB;
+		else if (strcmp(f, "lo") == 0)
+			h->found |= MD_VMF_LOCKED;
+	}
 }
 
-int md__range_hugetlb(uintptr_t a, size_t len)
+int md__range_vmflags(uintptr_t a, size_t len)
 {
-	struct hugetlb_vmas h = { a, a + len, 0, 0 };
-	int err = proc_lines("/proc/self/smaps", hugetlb_line, &h);
+	struct vmflags_vmas h = { a, a + len, 0, 0 };
+	int err = proc_lines("/proc/self/smaps", vmflags_line, &h);
 	return err ? err : h.found;
 }
 

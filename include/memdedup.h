@@ -230,9 +230,12 @@ MD_API void md_agent_free(md_agent *agent);
  * must be page-aligned. advice is the madvise(2) advice the VMM gave the range
  * that a new mapping must inherit (MD_ADV_* bits). Memory mapped MAP_SHARED
  * (other processes or devices write it too) is refused with -EPERM, and so
- * is hugetlbfs memory (its huge pages cannot be merged by 4 KiB). A range
- * with unmapped holes registers what is mapped and returns -ENOMEM, as
- * madvise(2) does. */
+ * is hugetlbfs memory (its huge pages cannot be merged by 4 KiB) and locked
+ * memory (mlock, mlockall: the kernel fills a locked private mapping with
+ * private copies as soon as it is made; the preload library also gives up
+ * RAM the VMM locks later, and registers none while mlockall(MCL_FUTURE)
+ * holds). A range with unmapped holes registers what is mapped and returns
+ * -ENOMEM, as madvise(2) does. */
 MD_API int md_agent_register(md_agent *agent, void *addr, size_t len, unsigned advice);
 /* Forgets [addr, addr+len), which stays mapped: pages shared there are made
  * private copies first (their content stays as it is). */

@@ -288,6 +288,78 @@ static int stops_for_unseen_io(int early, int reads, const char *io, const char 
 	return 0;
 }
 
+static uint64_t merged_want;
+static int merged_enough(const md_stats *s) { return s->merged >= merged_want; }
+static int nothing_sharing(const md_stats *s) { return s->pages_sharing == 0; }
+
+/* Locked memory (QEMU's -overcommit mem-lock=on is mlockall(MCL_CURRENT |
+ * MCL_FUTURE)): the kernel fills a locked private mapping by write faults
+ * the moment it is mapped, so a merge there is a private copy at once (the
+ * pages "merged" and counted, none shared), and the mapping replacing the
+ * page is not locked by a range's mlock. Locked RAM is left alone. */
+TEST_IMPL(scan_locked_memory_not_merged)
+{
+	char log[600];
+	struct proc a, b;
+
+	/* All of it locked before the RAM is mapped: none registered. */
+	start_scan_logged(&a, "mlockall.log", log, sizeof(log));
+	ASSERT_EQ(proc_num(&a, "mlockall both"), 0);
+	proc_cmd(&a, "map 512");
+	ASSERT(strcmp(proc_cmd(&a, "fill 0 256 1"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 256 1", 256 * PG), "ok") == 0);
+	md_stats s;
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.regions, 0);
+	ASSERT_EQ(s.registered_bytes, 0);
+	ASSERT_EQ(proc_num(&a, "vmflag 0 lo"), 1);
+	proc_stop(&a);
+	ASSERT(strstr(file_text(log), "is locked in memory"));
+
+	/* Merged first, then a range locked: made private before the lock,
+	 * and nothing merged there again; the rest still is. */
+	start_scan_logged(&b, "mlock.log", log, sizeof(log));
+	proc_cmd(&b, "map 1536");
+	ASSERT(strcmp(proc_cmd(&b, "fill 0 256 1"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&b, "fill %u 256 1", 256 * PG), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&b, "fill %u 512 2", 512 * PG), "ok") == 0);	/* unique */
+	ASSERT_EQ(proc_stats_wait(&b, &s, 20000, merged_256_only), 0);
+	for (unsigned i = 0; i < 256; i += 15)
+		ASSERT_EQ(proc_page(&b, i * PG).pfn, proc_page(&b, (256 + i) * PG).pfn);
+	char h[32];
+	snprintf(h, sizeof(h), "%s", proc_cmd(&b, "hash 0 %u", 512 * PG));
+	ASSERT_EQ(proc_num(&b, "mlock 0 %u", 512 * PG), 0);
+	for (unsigned i = 0; i < 256; i++) {
+		struct pm x = proc_page(&b, i * PG), y = proc_page(&b, (256 + i) * PG);
+		ASSERT(x.present && y.present && !x.file && !y.file && x.pfn != y.pfn);
+	}
+	ASSERT(strcmp(proc_cmd(&b, "hash 0 %u", 512 * PG), h) == 0);
+	/* The gauge follows the agent's walks, seconds apart. */
+	ASSERT_EQ(proc_stats_wait(&b, &s, 20000, nothing_sharing), 0);
+	ASSERT_EQ(s.registered_bytes, (uint64_t)1024 * PG);
+	/* New duplicates in the locked range and, as a control that the
+	 * scanner goes on, in the rest. */
+	uint64_t before = s.merged;
+	ASSERT(strcmp(proc_cmd(&b, "fill 0 128 7"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&b, "fill %u 128 7", 128 * PG), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&b, "fill %u 128 9", 512 * PG), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&b, "fill %u 128 9", 640 * PG), "ok") == 0);
+	merged_want = before + 128;
+	ASSERT_EQ(proc_stats_wait(&b, &s, 20000, merged_enough), 0);
+	passes_want = s.full_scans + 2;
+	ASSERT_EQ(proc_stats_wait(&b, &s, 20000, passes_done), 0);
+	ASSERT_EQ(s.merged, before + 128);
+	for (unsigned i = 0; i < 128; i++) {
+		ASSERT(proc_page(&b, i * PG).pfn != proc_page(&b, (128 + i) * PG).pfn);
+		ASSERT_EQ(proc_page(&b, (512 + i) * PG).pfn, proc_page(&b, (640 + i) * PG).pfn);
+	}
+	ASSERT_EQ(proc_num(&b, "vmflag 0 lo"), 1);
+	ASSERT_EQ(proc_num(&b, "vmflag %u lo", 511 * PG), 1);
+	proc_stop(&b);
+	ASSERT(strstr(file_text(log), "locks guest RAM in memory (mlock)"));
+	return 0;
+}
+
 /* aio=native: Linux AIO set up, before the RAM. */
 TEST_IMPL(scan_stops_for_unseen_io)
 {

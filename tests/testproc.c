@@ -505,6 +505,26 @@ int main(void)
 			if (m)
 				fclose(m);
 			printf("%s\n", perms);
+		} else if (strcmp(cmd, "vmflag") == 0) {	/* OFF FLAG: 1 if its mapping's VmFlags has FLAG */
+			sscanf(line, "%*s %lld %31s", &a1, s2);
+			uintptr_t at = (uintptr_t)(base + a1), lo, hi;
+			int in = 0, has = -1;
+			char l[1024];
+			FILE *m = fopen("/proc/self/smaps", "r");
+			while (m && has < 0 && fgets(l, sizeof(l), m)) {
+				if (sscanf(l, "%lx-%lx ", &lo, &hi) == 2 && strchr(l, ' ') > strchr(l, '-'))
+					in = lo <= at && at < hi;
+				else if (in && strncmp(l, "VmFlags:", 8) == 0) {
+					char *save, want[40];
+					has = 0;
+					snprintf(want, sizeof(want), "%s", s2);
+					for (char *f = strtok_r(l + 8, " \n", &save); f; f = strtok_r(NULL, " \n", &save))
+						has |= strcmp(f, want) == 0;
+				}
+			}
+			if (m)
+				fclose(m);
+			printf("%d\n", has);
 		} else if (strcmp(cmd, "write") == 0) {
 			sscanf(line, "%*s %lld %lld", &a1, &a2);
 			base[a1] = (char)a2;
@@ -540,6 +560,17 @@ int main(void)
 				  strcmp(s2, "dontfork") == 0 ? MADV_DONTFORK :
 				  strcmp(s2, "mergeable") == 0 ? MADV_MERGEABLE : MADV_UNMERGEABLE;
 			printf("%d\n", madvise(base + a1, (size_t)a2, adv) == 0 ? 0 : -errno);
+		} else if (strcmp(cmd, "mlock") == 0) {	/* OFF LEN */
+			sscanf(line, "%*s %lld %lld", &a1, &a2);
+			printf("%d\n", mlock(base + a1, (size_t)a2) == 0 ? 0 : -errno);
+		} else if (strcmp(cmd, "mlockall") == 0) {	/* current|future|onfault */
+			sscanf(line, "%*s %31s", s2);
+			int fl = strcmp(s2, "current") == 0 ? MCL_CURRENT :
+				 strcmp(s2, "future") == 0 ? MCL_FUTURE :
+				 strcmp(s2, "both") == 0 ? MCL_CURRENT | MCL_FUTURE : MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT;
+			printf("%d\n", mlockall(fl) == 0 ? 0 : -errno);
+		} else if (strcmp(cmd, "munlockall") == 0) {
+			printf("%d\n", munlockall() == 0 ? 0 : -errno);
 		} else if (strcmp(cmd, "protect") == 0) {
 			sscanf(line, "%*s %lld %lld %31s", &a1, &a2, s2);
 			int prot = strcmp(s2, "rw") == 0 ? PROT_READ | PROT_WRITE : PROT_READ;
