@@ -12,7 +12,7 @@ B       := build
 
 AGENT_SRC  := agent/agent.c agent/regions.c agent/images.c agent/readshare.c \
               agent/accounting.c agent/scan.c agent/imagepages.c agent/unseen_io.c common/stats_file.c common/log.c \
-              common/sys.c common/rangeset.c
+              common/sys.c common/rangeset.c common/policies.c
 include engine/engine.mk
 include daemon/daemon.mk
 AGENT_SRC  += $(ENGINE_SRC) $(COMMON_DAEMON_SRC)

@@ -47,6 +47,7 @@
 #include "log.h"
 #include "protocol.h"
 #include "memdedup.h"
+#include "policies.h"
 #include "sys.h"
 
 #define EXPORT __attribute__((visibility("default")))
@@ -338,6 +339,23 @@ EXPORT int munlockall(void)
 	return r;
 }
 
+/* NUMA policies (QEMU's host-nodes=, through libnuma's mbind, which makes
+ * the system call through syscall(2)): followed, for the mappings the agent
+ * makes over guest RAM (policies.h). */
+long mbind(void *addr, unsigned long len, int mode, const unsigned long *nodes, unsigned long maxnode,
+	   unsigned flags);	/* libnuma's numaif.h: declared here, no header needed to build */
+EXPORT long mbind(void *addr, unsigned long len, int mode, const unsigned long *nodes,
+		  unsigned long maxnode, unsigned flags)
+{
+	find_libc_syscall();
+	long (*call)(long, ...) = __atomic_load_n(&libc_syscall, __ATOMIC_ACQUIRE);
+	if (!call) {
+		errno = ENOSYS;
+		return -1;
+	}
+	return md__policy_mbind(call, addr, len, mode, nodes, maxnode, flags);
+}
+
 /* RAM unmapped or replaced goes through md__agent_unmap: the scanner, which
  * reads guest pages, is kept out while it goes, and it is forgotten once
  * gone. A call that fails leaves it registered, with its pool references
@@ -363,11 +381,21 @@ static long vm_call(struct vm_call *c, void *addr, size_t len)
 	md_agent *a = agent_peek();
 	if (!a || !page_len(len) || (uintptr_t)addr % MD_PAGE_SIZE) {
 		vm_call_run(c);
+		if (c->ret != -1 && c->nr != SYS_mremap && (uintptr_t)addr % MD_PAGE_SIZE == 0) {
+			int saved = errno;
+			md__policy_forget((uintptr_t)addr, page_len(len));
+			errno = saved;
+		}
 		return c->ret;
 	}
 	int r = md__agent_unmap(a, addr, page_len(len), vm_call_run, c, keep_mapped);
 	if (r)
 		errno = -r;
+	if (c->ret != -1 && c->nr != SYS_mremap) {
+		int saved = errno;
+		md__policy_forget((uintptr_t)addr, page_len(len));	/* a new mapping has none */
+		errno = saved;
+	}
 	return c->ret;
 }
 
@@ -416,9 +444,17 @@ EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 		vm_call(&c, new_addr, new_len);
 	else
 		vm_call_run(&c);
-	if (a && (void *)c.ret != MAP_FAILED && (uintptr_t)old % MD_PAGE_SIZE == 0) {
+	if ((void *)c.ret != MAP_FAILED && (uintptr_t)old % MD_PAGE_SIZE == 0) {
 		int saved = errno;
-		md__agent_moved(a, old, page_len(old_len), (void *)c.ret, page_len(new_len));
+		/* The policy goes with the mapping; a part left behind by a
+		 * shrink is unmapped. */
+		size_t kept = page_len(new_len) < page_len(old_len) ? page_len(new_len) : page_len(old_len);
+		if ((void *)c.ret != old)
+			md__policy_move((uintptr_t)old, kept, (uintptr_t)c.ret);
+		if (kept < page_len(old_len))
+			md__policy_forget((uintptr_t)old + kept, page_len(old_len) - kept);
+		if (a)
+			md__agent_moved(a, old, page_len(old_len), (void *)c.ret, page_len(new_len));
 		errno = saved;
 	}
 	return (void *)c.ret;
@@ -652,6 +688,9 @@ EXPORT long syscall(long nr, ...)
 		return mlockall((int)a[0]);
 	case SYS_munlockall:
 		return munlockall();
+	case SYS_mbind:
+		return md__policy_mbind(call, (void *)a[0], (unsigned long)a[1], (int)a[2],
+					(const unsigned long *)a[3], (unsigned long)a[4], (unsigned)a[5]);
 	}
 	return call(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
 }

@@ -14,6 +14,7 @@
 
 #include "agent_internal.h"
 #include "log.h"
+#include "policies.h"
 #include "sys.h"
 
 static int region_cmp(const void *x, const void *y)
@@ -168,6 +169,7 @@ void md__regions_advise(struct md_agent *a, uintptr_t start, uintptr_t end, unsi
 void md__apply_advice(struct md_agent *a, const struct md__region *r, uintptr_t addr, size_t len)
 {
 	md__advise_new_mapping((void *)addr, len, r->advice, a->kernel_ksm);
+	md__policy_apply(addr, len);	/* anonymous memory, images: never the pool */
 }
 
 static void advise_ranges(struct md_agent *a, const struct md__region *r, const struct md__rangeset *rs)
@@ -385,6 +387,7 @@ int md__discard_forgotten(struct md_agent *a, uintptr_t start, uintptr_t end)
 				break;
 			}
 			md__advise_new_mapping(m, hi - lo, v[i].advice, v[i].mergeable);
+			md__policy_apply(lo, hi - lo);
 			if (v[i].advice & MD_ADV_HUGEPAGE)
 				md__sys_madvise(m, hi - lo, MADV_HUGEPAGE);
 			a->maps_since_count += 2;

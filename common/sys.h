@@ -88,6 +88,7 @@ ssize_t md__read_text(const char *path, char *buf, size_t size);
 /* How many pages moved from one reading to the other (in either count). */
 uint64_t md__resident_moved(const struct md__resident *a, const struct md__resident *b);
 /* A mapping made over guest RAM does not inherit the advice of the one it
- * replaced: give it back (MD_ADV_* bits; kernel_ksm adds MADV_MERGEABLE). */
+ * replaced: give it back (MD_ADV_* bits; kernel_ksm adds MADV_MERGEABLE).
+ * Nor its NUMA policy: see policies.h for the mappings that take it. */
 void md__advise_new_mapping(void *addr, size_t len, unsigned advice, int kernel_ksm);
 #endif

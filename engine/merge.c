@@ -30,6 +30,7 @@
 #include "checksum.h"
 #include "log.h"
 #include "merge.h"
+#include "policies.h"
 #include "sys.h"
 
 #define MAX_RUN 512
@@ -842,6 +843,7 @@ static int zero_run(struct md__engine *e, struct md__eregion *r, uintptr_t addr,
 			return -errno;
 		md__uffd_register_wp(&e->uffd, addr, n * MD_EPAGE);
 		apply_advice(r, addr, n * MD_EPAGE);
+		md__policy_apply(addr, n * MD_EPAGE);
 		if (r->advice & MD_EADV_HUGEPAGE)
 			md__sys_madvise((void *)addr, n * MD_EPAGE, MADV_HUGEPAGE);
 		e->vma_estimate += 2;
@@ -1000,6 +1002,7 @@ int md__engine_merge_file(struct md__engine *e, void *addr, size_t n, int fd, of
 	 * be write-protected): like a page shared at read time, the scanner
 	 * leaves it alone from now on, written or not. */
 	apply_advice(r, a, n * MD_EPAGE);
+	md__policy_apply(a, n * MD_EPAGE);
 	e->vma_estimate += 2;
 	size_t first = (a - r->start) / MD_EPAGE;
 	for (size_t i = 0; i < n; i++)

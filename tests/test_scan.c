@@ -6,6 +6,7 @@
  */
 #include <dirent.h>
 #include <errno.h>
+#include <linux/mempolicy.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -357,6 +358,75 @@ TEST_IMPL(scan_locked_memory_not_merged)
 	ASSERT_EQ(proc_num(&b, "vmflag %u lo", 511 * PG), 1);
 	proc_stop(&b);
 	ASSERT(strstr(file_text(log), "locks guest RAM in memory (mlock)"));
+	return 0;
+}
+
+/* QEMU binds a memory backend to host nodes (host-nodes=, policy=bind)
+ * with mbind after its MADV_MERGEABLE. The kernel keeps the policy with the
+ * mapping: the anonymous memory a discard puts over guest RAM, and the
+ * image pages a read shares, must be given it again, or the guest's writes
+ * there are allocated on any node. Memory mapped anew in a bound range has
+ * no policy, and gets none. Pool pages are not given it: a mapping of
+ * shared memory takes its policy from the file, for every process that
+ * maps those pages (a kernel rule), and their copies are made in place. */
+TEST_IMPL(scan_keeps_numa_policy)
+{
+	struct proc a;
+	char img[600];
+	snprintf(img, sizeof(img), "%s/image", test_dir());
+	make_image(img, 1 << 20, 11);
+	proc_start(&a, fast_scan);
+	proc_cmd(&a, "map 1536");
+	if (proc_num(&a, "policy 0") < 0) {
+		proc_stop(&a);
+		SKIP("this kernel has no NUMA policies (CONFIG_NUMA)");
+	}
+	ASSERT_EQ(proc_num(&a, "mbind 0 %u sys", 512 * PG), 0);	/* through syscall(2) */
+	ASSERT_EQ(proc_num(&a, "mbind %u %u sym", 512 * PG, 512 * PG), 0);	/* libnuma's symbol */
+	ASSERT(strcmp(proc_cmd(&a, "fill 0 256 1"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 256 1", 256 * PG), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 128 4", 512 * PG), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 128 4", 1024 * PG), "ok") == 0);	/* not bound */
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 128 5", 1152 * PG), "ok") == 0);	/* unique */
+	md_stats s;
+	merged_want = 384;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_enough), 0);
+	for (unsigned i = 0; i < 256; i += 15)
+		ASSERT_EQ(proc_page(&a, i * PG).pfn, proc_page(&a, (256 + i) * PG).pfn);
+	ASSERT_EQ(proc_page(&a, 520 * PG).pfn, proc_page(&a, 1032 * PG).pfn);
+	ASSERT_EQ(proc_num(&a, "policy %u", 1200 * PG), MPOL_DEFAULT);	/* never bound */
+	ASSERT_EQ(proc_num(&a, "policy %u", 1040 * PG), MPOL_DEFAULT);	/* the pool's, untouched */
+	/* Discarded, merged pages: anonymous memory over them, bound. */
+	ASSERT_EQ(proc_num(&a, "advise 0 %u dontneed", 16 * PG), 0);
+	ASSERT_EQ(proc_num(&a, "advise %u %u dontneed", 512 * PG, 16 * PG), 0);
+	ASSERT_EQ(proc_num(&a, "policy 0"), MPOL_BIND);
+	ASSERT_EQ(proc_num(&a, "policy %u", 515 * PG), MPOL_BIND);
+	/* A read shared at read time: image pages mapped, bound (advice and
+	 * policy follow within the agent's second). */
+	int fd = (int)proc_num(&a, "open %s", img);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u %u", fd, 64 * PG, 768 * PG), 64 * PG);
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, 64);
+	int bound = 0;
+	for (int i = 0; i < 40 && !bound; i++) {
+		bound = proc_num(&a, "policy %u", 770 * PG) == MPOL_BIND;
+		if (!bound)
+			usleep(100000);
+	}
+	ASSERT(bound);
+	/* Fresh memory where bound memory was: discarded after a merge, and
+	 * left unbound. */
+	ASSERT_EQ(proc_num(&a, "unmap %u %x", 512 * PG, 128 * PG), 0);
+	ASSERT_EQ(proc_num(&a, "remap %u 128", 512 * PG), 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 128 4", 512 * PG), "ok") == 0);
+	merged_want = s.merged + 128;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_enough), 0);
+	ASSERT_EQ(proc_page(&a, 600 * PG).pfn, proc_page(&a, 1112 * PG).pfn);
+	ASSERT_EQ(proc_num(&a, "advise %u %u dontneed", 600 * PG, 4 * PG), 0);
+	ASSERT_EQ(proc_num(&a, "policy %u", 600 * PG), MPOL_DEFAULT);
+	ASSERT_EQ(proc_num(&a, "policy %u", 700 * PG), MPOL_BIND);
+	proc_stop(&a);
 	return 0;
 }
 

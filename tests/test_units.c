@@ -5,6 +5,9 @@
 #include <liburing.h>
 #include <linux/vfio.h>
 #include <linux/vhost.h>
+#include <linux/mempolicy.h>
+#include <stdarg.h>
+#include <sys/syscall.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +20,7 @@
 
 #include "agent_internal.h"
 #include "inflight.h"
+#include "policies.h"
 #include "protocol.h"
 #include "runner.h"
 #include "stats_file.h"
@@ -460,6 +464,78 @@ TEST_IMPL(proc_start_time)
 	close(p[1]);
 	waitpid(pid, NULL, 0);
 	ASSERT_EQ(md__proc_start_time(pid), 0);
+	return 0;
+}
+
+/* The mbind calls policies.c makes, through a stand-in for syscall(2). */
+static struct { unsigned long lo, hi; int mode; } mbinds[16];
+static int nmbinds;
+
+static long fake_syscall(long nr, ...)
+{
+	va_list ap;
+	va_start(ap, nr);
+	unsigned long addr = va_arg(ap, unsigned long), len = va_arg(ap, unsigned long);
+	int mode = va_arg(ap, int);
+	va_end(ap);
+	if (nr == SYS_mbind && nmbinds < 16) {
+		mbinds[nmbinds].lo = addr;
+		mbinds[nmbinds].hi = addr + len;
+		mbinds[nmbinds++].mode = mode;
+	}
+	return 0;
+}
+
+/* Applied over [lo, hi): the calls made, in order, as "lo-hi:mode ..." in
+ * pages from 0x100000. */
+static const char *applied(unsigned long lo, unsigned long hi)
+{
+	static char out[256];
+	size_t k = 0;
+	nmbinds = 0;
+	md__policy_apply(0x100000 + lo * 4096, (hi - lo) * 4096);
+	out[0] = 0;
+	for (int i = 0; i < nmbinds; i++)
+		k += (size_t)snprintf(out + k, sizeof(out) - k, "%s%lu-%lu:%d", i ? " " : "",
+				      (mbinds[i].lo - 0x100000) / 4096, (mbinds[i].hi - 0x100000) / 4096,
+				      mbinds[i].mode);
+	return out;
+}
+
+static void policy_set(unsigned long lo, unsigned long hi, int mode)
+{
+	unsigned long node0 = 1;
+	md__policy_mbind(fake_syscall, (void *)(0x100000 + lo * 4096), (hi - lo) * 4096, mode, &node0, 2, 0);
+}
+
+#define ASSERT_APPLIED(lo, hi, want) do { \
+	const char *got_ = applied(lo, hi); \
+	if (strcmp(got_, want) != 0) \
+		fprintf(stderr, "applied over %d-%d: \"%s\", not \"%s\"\n", lo, hi, got_, want); \
+	ASSERT(strcmp(got_, want) == 0); \
+} while (0)
+
+/* What the VMM bound, split by what it bound again, unmapped or moved. */
+TEST_IMPL(policies_follow_ranges)
+{
+	ASSERT_APPLIED(0, 100, "");
+	policy_set(10, 50, MPOL_BIND);
+	ASSERT_APPLIED(0, 100, "10-50:2");
+	policy_set(20, 30, MPOL_DEFAULT);	/* a hole in the middle */
+	ASSERT_APPLIED(0, 100, "10-20:2 30-50:2");
+	policy_set(25, 35, MPOL_PREFERRED);
+	ASSERT_APPLIED(0, 100, "10-20:2 35-50:2 25-35:1");
+	ASSERT_APPLIED(12, 14, "12-14:2");
+	md__policy_forget(0x100000 + 15 * 4096, 20 * 4096);	/* 15-35 unmapped */
+	ASSERT_APPLIED(0, 100, "10-15:2 35-50:2");
+	md__policy_move(0x100000 + 35 * 4096, 15 * 4096, 0x100000 + 60 * 4096);
+	ASSERT_APPLIED(0, 100, "10-15:2 60-75:2");
+	/* A move of part of a policy: that part goes, the rest stays. */
+	md__policy_move(0x100000 + 60 * 4096, 5 * 4096, 0x100000 + 80 * 4096);
+	ASSERT_APPLIED(0, 100, "10-15:2 65-75:2 80-85:2");
+	/* A misaligned length is rounded up, as the kernel does. */
+	md__policy_mbind(fake_syscall, (void *)(0x100000 + 90 * 4096), 10, MPOL_BIND, NULL, 0, 0);
+	ASSERT_APPLIED(88, 100, "90-91:2");
 	return 0;
 }
 

@@ -81,6 +81,7 @@
 #include <linux/userfaultfd.h>
 #include <linux/vfio.h>
 #include <linux/vhost.h>
+#include <linux/mempolicy.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -571,6 +572,24 @@ int main(void)
 			printf("%d\n", mlockall(fl) == 0 ? 0 : -errno);
 		} else if (strcmp(cmd, "munlockall") == 0) {
 			printf("%d\n", munlockall() == 0 ? 0 : -errno);
+		} else if (strcmp(cmd, "mbind") == 0) {	/* OFF LEN sys|sym: bound to node 0 */
+			sscanf(line, "%*s %lld %lld %31s", &a1, &a2, s2);
+			unsigned long node0 = 1;
+			long r;
+			if (strcmp(s2, "sym") == 0) {	/* as libnuma's, which QEMU calls */
+				long (*fn)(void *, unsigned long, int, const unsigned long *, unsigned long, unsigned);
+				*(void **)&fn = dlsym(RTLD_DEFAULT, "mbind");
+				r = fn ? fn(base + a1, (unsigned long)a2, MPOL_BIND, &node0, 2, 0) : (errno = ENOSYS, -1);
+			} else {
+				r = syscall(SYS_mbind, base + a1, (unsigned long)a2, MPOL_BIND, &node0, 2ul, 0u);
+			}
+			printf("%d\n", r == 0 ? 0 : -errno);
+		} else if (strcmp(cmd, "policy") == 0) {	/* OFF: its mapping's policy mode */
+			sscanf(line, "%*s %lld", &a1);
+			int mode = -1;
+			if (syscall(SYS_get_mempolicy, &mode, NULL, 0ul, base + a1, (unsigned long)MPOL_F_ADDR) != 0)
+				mode = -errno;
+			printf("%d\n", mode);
 		} else if (strcmp(cmd, "protect") == 0) {
 			sscanf(line, "%*s %lld %lld %31s", &a1, &a2, s2);
 			int prot = strcmp(s2, "rw") == 0 ? PROT_READ | PROT_WRITE : PROT_READ;

@@ -1,0 +1,40 @@
+/* policies.h - the NUMA memory policies the VMM gave ranges of its memory.
+ *
+ * The kernel keeps an mbind(2) policy with the mapping (VMA), not with the
+ * addresses: a mapping the engine or the agent makes over guest RAM (a
+ * discard's anonymous memory, a read shared at read time, a merge onto an
+ * image page, a private copy) would drop it, and the guest's pages written
+ * there later would be allocated on any node. So the VMM's mbind calls go
+ * through here, and those mappings are given the policy again
+ * (md__policy_apply). QEMU binds a memory backend (host-nodes=, policy=)
+ * after it advised MADV_MERGEABLE, so the policy must be followed, not read
+ * once at registration.
+ *
+ * Never a mapping of the pool: a mapping of shared memory (a memfd) takes
+ * its policy from the file, by offset, for every process that maps it, and
+ * an mbind there would set it for all of them. A guest page merged onto a
+ * pool page is copied, when written, by the file's policy (no policy: the
+ * writer's node); kernel KSM keeps the VMA's.
+ *
+ * Lock order: the policies' lock is taken last, after agent->lock and the
+ * engine's locks; held across the VMM's mbind, so that a mapping made
+ * meanwhile is given either the old policy before the call, or the new one.
+ */
+#ifndef MD_POLICIES_H
+#define MD_POLICIES_H
+#include <stddef.h>
+#include <stdint.h>
+
+/* The VMM's mbind: the system call (through call, the C library's
+ * syscall(2)), and on success the policy recorded for [addr, addr+len). A
+ * policy that cannot be recorded (memory short) is said once in the log:
+ * the call's result stands. Returns the call's result, errno as it left it. */
+long md__policy_mbind(long (*call)(long, ...), void *addr, unsigned long len, int mode,
+		      const unsigned long *nodes, unsigned long maxnode, unsigned flags);
+/* Gives [addr, addr+len), just mapped anew, the policies recorded there. */
+void md__policy_apply(uintptr_t addr, size_t len);
+/* [addr, addr+len) is unmapped (or mapped anew by the VMM): forgotten. */
+void md__policy_forget(uintptr_t addr, size_t len);
+/* [old, old+len) moved to new (mremap): its policies go with it. */
+void md__policy_move(uintptr_t old, size_t len, uintptr_t new_addr);
+#endif
