@@ -5,6 +5,7 @@
  * its exit status is the command's.
  */
 #include <elf.h>
+#include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -12,7 +13,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/capability.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -60,8 +65,10 @@ const struct md__cmd md__cmd_run_def = {
 	"Environment: MEMDEDUP_PRELOAD (the library), MEMDEDUP_RUN_DIR (statistics),\n"
 	"MEMDEDUP_LOG (log file), MEMDEDUP_MAX_VMAS (mapping budget).\n"
 	"\n"
-	"Exit status: CMD's; 127 CMD not found, 126 not executable, 2 wrong usage\n"
-	"or a library that cannot be preloaded (nothing started in these cases).\n",
+	"Exit status: CMD's; 127 CMD not found, 126 not executable, or run by the\n"
+	"dynamic loader in secure mode (set-uid, set-gid or file capabilities: it\n"
+	"would ignore the agent), 2 wrong usage or a library that cannot be\n"
+	"preloaded (nothing started in these cases).\n",
 	.run = md__cmd_run,
 };
 
@@ -270,14 +277,15 @@ static int executable(const char *path)
 	return stat(path, &st) == 0 && S_ISREG(st.st_mode) && access(path, X_OK) == 0;
 }
 
-/* A script's interpreter (#!) must be there too, or the exec fails after
- * the daemon was started for it: 0, or -ENOENT / -EACCES as execve's. */
-static int interpreter_runs(const char *path)
+/* The interpreter a script's #! line names: 1 and its path in out; 0 if
+ * path is no script, or cannot be read (execute-only: execve will tell);
+ * -ENOENT if the line names none. */
+static int script_interpreter(const char *path, char *out, size_t size)
 {
 	char head[256];
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
-		return 0;	/* execute-only: execve will tell */
+		return 0;
 	ssize_t n = read(fd, head, sizeof(head) - 1);
 	close(fd);
 	if (n < 3 || head[0] != '#' || head[1] != '!')
@@ -288,9 +296,105 @@ static int interpreter_runs(const char *path)
 	p[strcspn(p, " \t\n")] = '\0';
 	if (!*p)
 		return -ENOENT;
-	if (access(p, F_OK) != 0)
+	snprintf(out, size, "%s", p);
+	return 1;
+}
+
+/* A script's interpreter (#!) must be there too, or the exec fails after
+ * the daemon was started for it: 0, or -ENOENT / -EACCES as execve's. */
+static int interpreter_runs(const char *path)
+{
+	char interp[256];
+	int r = script_interpreter(path, interp, sizeof(interp));
+	if (r <= 0)
+		return r;
+	if (access(interp, F_OK) != 0)
 		return -ENOENT;
-	return executable(p) ? 0 : -EACCES;
+	return executable(interp) ? 0 : -EACCES;
+}
+
+/* A capability mask of /proc/self/status ("CapInh", "CapBnd"); 0 if not
+ * there. */
+static uint64_t own_caps(const char *name)
+{
+	char line[256];
+	unsigned long long v = 0;
+	size_t n = strlen(name);
+	FILE *f = fopen("/proc/self/status", "re");
+	while (f && fgets(line, sizeof(line), f))
+		if (strncmp(line, name, n) == 0 && line[n] == ':' &&
+		    sscanf(line + n + 1, "%llx", &v) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return v;
+}
+
+/* 1 if the file capabilities of path (security.capability) give us
+ * permitted or effective capabilities: pP' = (fP & bounding) | (fI & pI),
+ * or the effective flag (cap_bprm_creds_from_file, for a real uid other
+ * than root: root's exec is never secure for them). */
+static int file_caps_raise(const char *path)
+{
+	struct vfs_ns_cap_data caps;
+	ssize_t n = getxattr(path, "security.capability", &caps, sizeof(caps));
+	if (n < (ssize_t)XATTR_CAPS_SZ_1)
+		return 0;
+	uint32_t magic = le32toh(caps.magic_etc);
+	uint64_t fp = le32toh(caps.data[0].permitted), fi = le32toh(caps.data[0].inheritable);
+	if ((magic & VFS_CAP_REVISION_MASK) != VFS_CAP_REVISION_1 && n >= (ssize_t)XATTR_CAPS_SZ_2) {
+		fp |= (uint64_t)le32toh(caps.data[1].permitted) << 32;
+		fi |= (uint64_t)le32toh(caps.data[1].inheritable) << 32;
+	}
+	return (magic & VFS_CAP_FLAGS_EFFECTIVE) ||
+	       ((fp & own_caps("CapBnd")) | (fi & own_caps("CapInh"))) != 0;
+}
+
+/* Whether ld.so would run exe in secure mode (AT_SECURE), where it ignores
+ * LD_PRELOAD entries with a '/' (ours), so the command would run without
+ * the agent: the kernel makes an exec secure when the effective uid or gid
+ * after it is not the real one (a set-uid or set-gid file, or our own ids
+ * differing already), or when file capabilities raise a real uid other
+ * than root's (fs/exec.c bprm_fill_uid, security/commoncap.c). For a
+ * script, its interpreter's bits count, not its own. 0, or -EPERM and why
+ * (with what to do) in why. An LSM's transition is not seen. */
+static int secure_exec(const char *exe, char *why, size_t size)
+{
+	char file[PATH_MAX + 64], next[256], who[sizeof(file) + 32];
+	struct stat st;
+	struct statvfs sv;
+	int depth;
+
+	snprintf(file, sizeof(file), "%s", exe);
+	/* The kernel follows at most 4 interpreters (BINPRM_MAX_RECURSION). */
+	for (depth = 0; depth < 4 && script_interpreter(file, next, sizeof(next)) == 1; depth++)
+		snprintf(file, sizeof(file), "%s", next);
+	if (stat(file, &st) != 0)
+		return 0;	/* execve will tell */
+	snprintf(who, sizeof(who), "%s%s", depth ? "its interpreter " : "it", depth ? file : "");
+	/* Neither the bits nor file capabilities count on a nosuid mount,
+	 * and the bits not under no_new_privs. */
+	int nosuid = statvfs(file, &sv) == 0 && (sv.f_flag & ST_NOSUID);
+	int bits = !nosuid && prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) != 1;
+	int suid = bits && (st.st_mode & S_ISUID);
+	int sgid = bits && (st.st_mode & (S_ISGID | S_IXGRP)) == (S_ISGID | S_IXGRP);
+	uid_t euid = suid ? st.st_uid : geteuid();
+	gid_t egid = sgid ? st.st_gid : getegid();
+	int uid_moves = suid && euid != getuid();
+
+	if (uid_moves || (sgid && egid != getgid()))
+		snprintf(why, size, "%s is set-%s to %s %u: the dynamic loader would ignore the memdedup "
+			 "agent; run it without memdedup or drop the bit", who, uid_moves ? "uid" : "gid",
+			 uid_moves ? "uid" : "gid", uid_moves ? (unsigned)euid : (unsigned)egid);
+	else if (euid != getuid() || egid != getgid())
+		snprintf(why, size, "memdedup runs with an effective user or group id other than its "
+			 "real one: the dynamic loader would ignore the memdedup agent");
+	else if (!nosuid && getuid() != 0 && file_caps_raise(file))
+		snprintf(why, size, "%s has file capabilities: the dynamic loader would ignore the "
+			 "memdedup agent; run it without memdedup or remove them (setcap -r)", who);
+	else
+		return 0;
+	return -EPERM;
 }
 
 /* Resolves a command as execvp() will: a name with a '/' as it is, else
@@ -435,6 +539,16 @@ int md__cmd_run(int argc, char **argv)
 			err == -EACCES && stat(exe, &st) == 0 && S_ISDIR(st.st_mode) ? "Is a directory" :
 			strerror(-err));
 		return err == -EACCES ? 126 : 127;
+	}
+	/* Run in secure mode, CMD would run, and succeed, without the agent:
+	 * refused like a command that cannot run. Only the file exec'd and
+	 * its interpreter are seen, not what a wrapper (sudo) execs. */
+	char why[PATH_MAX + 512];
+	if (secure_exec(exe, why, sizeof(why))) {
+		char shown[256];
+		fprintf(stderr, "memdedup run: cannot run '%s' with the agent: %s\n",
+			md__printable(argv[i], shown, sizeof(shown)), why);
+		return 126;
 	}
 	/* Scanning in a shared domain needs memdedupd: start it unless one
 	 * answers. Without it the agent merges within its process only. */

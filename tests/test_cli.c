@@ -13,6 +13,9 @@
 #include <sys/un.h>
 #include <grp.h>
 #include <sys/wait.h>
+#include <sys/xattr.h>
+#include <endian.h>
+#include <linux/capability.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -255,6 +258,150 @@ TEST_IMPL(cli_run_missing_command_no_daemon)
 	return 0;
 }
 
+/* sh() as the user and group uid, with no other groups. */
+static int sh_as(uid_t uid, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int sh_as(uid_t uid, const char *fmt, ...)
+{
+	char cmd[2048], out[450], err[450];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof(cmd), fmt, ap);
+	va_end(ap);
+	snprintf(out, sizeof(out), "%s/out", test_dir());
+	snprintf(err, sizeof(err), "%s/err", test_dir());
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		int o = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644), e = open(err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+		if (o < 0 || e < 0 || dup2(o, 1) < 0 || dup2(e, 2) < 0 || setgroups(0, NULL) != 0 ||
+		    setgid(uid) != 0 || setuid(uid) != 0)
+			_exit(99);
+		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+		_exit(127);
+	}
+	int st;
+	ASSERT(waitpid(kid, &st, 0) == kid);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* Writes an executable file (mode, owner uid) of text. */
+static void write_exec(const char *path, const char *text, mode_t mode, uid_t uid)
+{
+	FILE *f = fopen(path, "w");
+	ASSERT(f && fputs(text, f) >= 0 && fclose(f) == 0);
+	ASSERT(chown(path, uid, (gid_t)-1) == 0 && chmod(path, mode) == 0);
+}
+
+/* A shell's arguments to exit 0 when the agent is mapped into it, 1 if
+ * not. The shell reads its maps itself: a set-uid or capable process is
+ * not dumpable, and another process (grep) could not. */
+#define AGENT_IN_SH "-c 'while read -r l; do case $l in *libmemdedup-preload.so) exit 0;; esac; " \
+	"done </proc/$$/maps; exit 1'"
+
+/* A set-uid or set-gid command (or interpreter) that changes our ids runs
+ * in ld.so's secure mode, which ignores LD_PRELOAD paths: it would run
+ * without the agent. `run` refuses it (126), and starts nothing. A set-uid
+ * file of our own uid (root's, for root) changes nothing, and a set-uid
+ * script's bits count for nothing (its interpreter's do): both run with
+ * the agent. */
+TEST_IMPL(cli_run_setuid_refused)
+{
+	if (geteuid() != 0)
+		SKIP("needs root, to give files to another user");
+	const char *b = build_dir(), *rb = run_build_dir(), *d = test_dir();
+	char dir[400], sock[450], path[450], text[500];
+	snprintf(dir, sizeof(dir), "%s/run", d);
+	ASSERT(mkdir(dir, 0700) == 0);
+	snprintf(sock, sizeof(sock), "%s/memdedupd.sock", dir);
+	/* Copies of sh, which can tell whether the agent is in it. */
+	ASSERT_EQ(sh("cp /bin/sh %s/uid && cp /bin/sh %s/gid && cp /bin/sh %s/root && cp /bin/sh %s/nogx",
+		     d, d, d, d), 0);
+	snprintf(path, sizeof(path), "%s/uid", d);
+	ASSERT(chown(path, 65534, (gid_t)-1) == 0 && chmod(path, 04755) == 0);
+	snprintf(path, sizeof(path), "%s/gid", d);
+	ASSERT(chown(path, (uid_t)-1, 65534) == 0 && chmod(path, 02755) == 0);
+	snprintf(path, sizeof(path), "%s/root", d);
+	ASSERT(chmod(path, 04755) == 0);
+	/* Set-gid without group execute is no set-gid exec. */
+	snprintf(path, sizeof(path), "%s/nogx", d);
+	ASSERT(chown(path, (uid_t)-1, 65534) == 0 && chmod(path, 02745) == 0);
+	snprintf(path, sizeof(path), "%s/script", d);
+	snprintf(text, sizeof(text), "#!%s/uid\n", d);
+	write_exec(path, text, 0755, 0);
+	snprintf(path, sizeof(path), "%s/suid-script", d);
+	write_exec(path, "#!/bin/sh\nwhile read -r l; do case $l in *libmemdedup-preload.so) exit 0;; esac; "
+		   "done </proc/$$/maps\nexit 1\n", 04755, 65534);
+
+	/* The premise: ld.so leaves the agent out of the set-uid copy. */
+	ASSERT_EQ(sh("LD_PRELOAD=%s/libmemdedup-preload.so %s/uid " AGENT_IN_SH, rb, d), 1);
+	int c1 = sh("MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- %s/uid " AGENT_IN_SH, dir, b, d);
+	int alive1 = md__daemon_alive(sock), pid1 = kill_daemon_of(dir);
+	char err1[1024];
+	snprintf(err1, sizeof(err1), "%s", slurp("err"));
+	int c2 = sh("MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- %s/gid " AGENT_IN_SH, dir, b, d);
+	int alive2 = md__daemon_alive(sock), pid2 = kill_daemon_of(dir);
+	char err2[1024];
+	snprintf(err2, sizeof(err2), "%s", slurp("err"));
+	int c3 = sh("MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- %s/script", dir, b, d);
+	int alive3 = md__daemon_alive(sock), pid3 = kill_daemon_of(dir);
+	char err3[1024];
+	snprintf(err3, sizeof(err3), "%s", slurp("err"));
+	/* Not secure: these run, with the agent (no --scan: no daemon). */
+	int c4 = sh("%s/memdedup run -- %s/root " AGENT_IN_SH, rb, d);
+	int c5 = sh("%s/memdedup run -- %s/nogx " AGENT_IN_SH, rb, d);
+	int c6 = sh("%s/memdedup run -- %s/suid-script", rb, d);
+	ASSERT_EQ(c1, 126);
+	ASSERT_EQ(c2, 126);
+	ASSERT_EQ(c3, 126);
+	ASSERT(!alive1 && !alive2 && !alive3 && !pid1 && !pid2 && !pid3);
+	ASSERT(strstr(err1, "with the agent: it is set-uid to uid 65534: the dynamic loader would ignore "
+		       "the memdedup agent; run it without memdedup or drop the bit"));
+	ASSERT(strstr(err2, "it is set-gid to gid 65534"));
+	snprintf(text, sizeof(text), "its interpreter %s/uid is set-uid", d);
+	ASSERT(strstr(err3, text));
+	ASSERT_EQ(c4, 0);
+	ASSERT_EQ(c5, 0);
+	ASSERT_EQ(c6, 0);
+	return 0;
+}
+
+/* File capabilities make an exec secure for a user other than root (root's
+ * exec gets all capabilities anyway, and is not secure for them): refused
+ * for nobody, run for root. */
+TEST_IMPL(cli_run_file_caps_refused)
+{
+	if (geteuid() != 0)
+		SKIP("needs root, to set file capabilities and run as another user");
+	const char *b = build_dir(), *rb = run_build_dir(), *d = test_dir();
+	char dir[400], sock[450], path[450];
+	/* nobody runs the copy in here, and its daemon would live in run/. */
+	ASSERT(chmod(d, 0755) == 0);
+	snprintf(dir, sizeof(dir), "%s/run", d);
+	ASSERT(mkdir(dir, 0700) == 0 && chown(dir, 65534, 65534) == 0);
+	snprintf(sock, sizeof(sock), "%s/memdedupd.sock", dir);
+	/* The build may be out of reach for nobody: copies (run finds the
+	 * library beside itself). */
+	ASSERT_EQ(sh("cp /bin/sh %s/caps && cp %s/memdedup %s/libmemdedup-preload.so %s/", d, b, rb, d), 0);
+	snprintf(path, sizeof(path), "%s/caps", d);
+	/* What `setcap cap_net_raw+ep` writes. */
+	struct vfs_cap_data caps = { .magic_etc = htole32(VFS_CAP_REVISION_2 | VFS_CAP_FLAGS_EFFECTIVE) };
+	caps.data[0].permitted = htole32(1u << CAP_NET_RAW);
+	if (setxattr(path, "security.capability", &caps, XATTR_CAPS_SZ_2, 0) != 0)
+		SKIP("no file capabilities in %s: %s", d, strerror(errno));
+
+	ASSERT_EQ(sh_as(65534, "LD_PRELOAD=%s/libmemdedup-preload.so %s/caps " AGENT_IN_SH, d, d), 1);
+	int c1 = sh_as(65534, "MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- %s/caps " AGENT_IN_SH, dir, d, d);
+	int alive = md__daemon_alive(sock), pid = kill_daemon_of(dir);
+	char err1[1024];
+	snprintf(err1, sizeof(err1), "%s", slurp("err"));
+	int c2 = sh("%s/memdedup run -- %s/caps " AGENT_IN_SH, rb, d);
+	ASSERT_EQ(c1, 126);
+	ASSERT(!alive && !pid);
+	ASSERT(strstr(err1, "it has file capabilities: the dynamic loader would ignore the memdedup agent"));
+	ASSERT_EQ(c2, 0);
+	return 0;
+}
+
 /* Output that cannot be written is a failure: `status --json` to a full
  * disk said 0 with half a document written. And --version takes nothing. */
 TEST_IMPL(cli_write_error_fails)
@@ -419,39 +566,22 @@ TEST_IMPL(cli_status_files_private)
 	struct proc a;
 	proc_start(&a, NULL);
 	proc_cmd(&a, "map 16");
-	char path[512], out[600], err[600];
+	char path[512];
 	snprintf(path, sizeof(path), "%s/agent-%d.stats", test_dir(), (int)a.pid);
 	struct stat st;
 	ASSERT_EQ(stat(path, &st), 0);
 	ASSERT_EQ(st.st_mode & 077, 0);
 	ASSERT_EQ(chmod(test_dir(), 0755), 0);	/* the way in, for nobody */
 	ASSERT_EQ(sh("cp %s/memdedup %s/", run_build_dir(), test_dir()), 0);
-	snprintf(out, sizeof(out), "%s/nobody.out", test_dir());
-	snprintf(err, sizeof(err), "%s/nobody.err", test_dir());
-	pid_t c = fork();
-	ASSERT(c >= 0);
-	if (c == 0) {
-		int o = open(out, O_WRONLY | O_CREAT | O_TRUNC, 0644), e = open(err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-		if (o < 0 || e < 0 || dup2(o, 1) < 0 || dup2(e, 2) < 0 || setgroups(0, NULL) || setgid(65534) ||
-		    setuid(65534))
-			_exit(100);
-		if (open(path, O_RDONLY) >= 0 || errno != EACCES)
-			_exit(101);
-		char md[600];
-		snprintf(md, sizeof(md), "%s/memdedup", test_dir());	/* the build may be out of reach */
-		setenv("MEMDEDUP_RUN_DIR", test_dir(), 1);
-		execl(md, "memdedup", "status", (char *)NULL);
-		_exit(102);
-	}
-	int status;
-	ASSERT_EQ(waitpid(c, &status, 0), c);
+	/* The build may be out of reach: the copy. */
+	int code = sh_as(65534, "if cat %s >/dev/null 2>&1; then exit 101; fi; MEMDEDUP_RUN_DIR=%s %s/memdedup status",
+			 path, test_dir(), test_dir());
 	chmod(test_dir(), 0700);
-	ASSERT(WIFEXITED(status));
-	ASSERT_EQ(WEXITSTATUS(status), 0);
-	ASSERT(!strstr(file_text(err), "ignoring"));
+	ASSERT_EQ(code, 0);
+	ASSERT(!strstr(slurp("err"), "ignoring"));
 	char mine[32];
 	snprintf(mine, sizeof(mine), "%d", (int)a.pid);
-	ASSERT(!strstr(file_text(out), mine));
+	ASSERT(!strstr(slurp("out"), mine));
 	proc_stop(&a);
 	return 0;
 }
