@@ -65,6 +65,9 @@ const struct md__cmd md__cmd_run_def = {
 	"Environment: MEMDEDUP_PRELOAD (the library), MEMDEDUP_RUN_DIR (statistics),\n"
 	"MEMDEDUP_LOG (log file), MEMDEDUP_MAX_VMAS (mapping budget).\n"
 	"\n"
+	"memdedupd started here leaves this command's cgroups for the top of each\n"
+	"hierarchy (it serves more than this VMM).\n"
+	"\n"
 	"Exit status: CMD's; 127 CMD not found, 126 not executable, or run by the\n"
 	"dynamic loader in secure mode (set-uid, set-gid or file capabilities: it\n"
 	"would ignore the agent), 2 wrong usage or a library that cannot be\n"
@@ -469,6 +472,128 @@ static int find_daemon(const char *lib, char *out, size_t size)
 	return executable(out) ? 0 : -ENOENT;
 }
 
+/* 1 if every name of the comma-separated list names is one of opts. */
+static int options_have(const char *names, const char *opts)
+{
+	for (const char *c = names; *c;) {
+		size_t n = strcspn(c, ",");
+		int found = 0;
+		for (const char *o = opts; *o && !found;) {
+			size_t m = strcspn(o, ",");
+			found = m == n && strncmp(o, c, n) == 0;
+			o += m + (o[m] == ',');
+		}
+		if (!found)
+			return 0;
+		c += n + (c[n] == ',');
+	}
+	return 1;
+}
+
+/* Undoes mountinfo's octal escapes (\040 for a space) in place. */
+static void unescape(char *s)
+{
+	char *d = s;
+	for (; *s; s++, d++) {
+		if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' && s[2] >= '0' && s[2] <= '7' &&
+		    s[3] >= '0' && s[3] <= '7') {
+			*d = (char)((s[1] - '0') * 64 + (s[2] - '0') * 8 + (s[3] - '0'));
+			s += 3;
+		} else {
+			*d = *s;
+		}
+	}
+	*d = '\0';
+}
+
+/* The mount point of the top of a cgroup hierarchy (controllers ctrls of a
+ * /proc/self/cgroup line, none for v2) that we see above path: 0 and it in
+ * out, or out "" if no mount shows more than path and below (a container's
+ * own: nothing to leave); -ENOENT the hierarchy is not mounted. */
+static int hierarchy_top(const char *ctrls, const char *path, char *out, size_t size)
+{
+	char line[4096], root[PATH_MAX], point[PATH_MAX], type[64], opts[1024];
+	int err = -ENOENT;
+	FILE *f = fopen("/proc/self/mountinfo", "re");
+	if (!f)
+		return -errno;
+	out[0] = '\0';
+	while (fgets(line, sizeof(line), f)) {
+		/* id parent dev root point options... - type source super-options */
+		char *dash = strstr(line, " - ");
+		if (!dash || sscanf(line, "%*s %*s %*s %4095s %4095s", root, point) != 2 ||
+		    sscanf(dash + 3, "%63s %*s %1023s", type, opts) != 2 ||
+		    strcmp(type, *ctrls ? "cgroup" : "cgroup2") != 0 || !options_have(ctrls, opts))
+			continue;
+		unescape(root);
+		unescape(point);
+		size_t n = strlen(root);
+		err = 0;
+		if (strcmp(root, "/") == 0 || (strncmp(path, root, n) == 0 && path[n] == '/')) {
+			snprintf(out, size, "%s", point);
+			break;
+		}
+	}
+	fclose(f);
+	return err;
+}
+
+/* Writes text to path: 0, or -errno. */
+static int write_text(const char *path, const char *text)
+{
+	size_t len = strlen(text);
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	ssize_t n = write(fd, text, len);
+	int err = n == (ssize_t)len ? 0 : n < 0 ? -errno : -EIO;
+	close(fd);
+	return err;
+}
+
+/* md__daemon_ensure's place: moves the daemon (pid, not yet exec'd) to the
+ * top cgroup of every hierarchy we are below the top of. Started on demand,
+ * it would otherwise stay in the cgroup of the VMM that happened to start
+ * it: its pool charged there, and stopped with it (systemd stops all of a
+ * unit's cgroup) while other VMMs still use it. A cgroup it cannot leave is
+ * said once, and it runs anyway. */
+static void leave_cgroups(pid_t pid)
+{
+	char buf[8192], failed[2 * PATH_MAX], *save = NULL;
+	int fd = open("/proc/self/cgroup", O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd < 0 ? -1 : read(fd, buf, sizeof(buf) - 1);
+	if (fd >= 0)
+		close(fd);
+	buf[n > 0 ? n : 0] = '\0';
+	failed[0] = '\0';
+	for (char *line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
+		/* id:controllers:path */
+		char *ctrls = strchr(line, ':'), *path = ctrls ? strchr(ctrls + 1, ':') : NULL;
+		char top[PATH_MAX], procs[PATH_MAX + 16], why[PATH_MAX + 64], text[32];
+		if (!path || strcmp(path + 1, "/") == 0)
+			continue;
+		*path++ = '\0';
+		ctrls++;
+		int err = hierarchy_top(ctrls, path, top, sizeof(top));
+		if (!err && !top[0])
+			continue;
+		if (err) {
+			snprintf(why, sizeof(why), "%s", err == -ENOENT ? "its hierarchy is not mounted" :
+				 "/proc/self/mountinfo cannot be read");
+		} else {
+			snprintf(procs, sizeof(procs), "%s/cgroup.procs", top);
+			snprintf(text, sizeof(text), "%d", (int)pid);
+			err = write_text(procs, text);
+			snprintf(why, sizeof(why), "%s: %s", procs, strerror(-err));
+		}
+		if (err && !failed[0])
+			snprintf(failed, sizeof(failed), "%s:%s (%s)", *ctrls ? ctrls : "cgroup2", path, why);
+	}
+	if (failed[0])
+		fprintf(stderr, "memdedup run: memdedupd stays in this command's cgroup %s: its memory "
+			"is charged there, and stopping that cgroup (its unit) stops memdedupd too\n", failed);
+}
+
 int md__cmd_run(int argc, char **argv)
 {
 	const struct md__cmd *cmd = &md__cmd_run_def;
@@ -563,7 +688,7 @@ int md__cmd_run(int argc, char **argv)
 		if (derr)
 			fprintf(stderr, "memdedup run: memdedupd not found (beside %s, beside memdedup,\n"
 				"in its ../sbin, in PATH, in /usr/local/sbin): %s\n", lib, then);
-		else if ((derr = md__daemon_ensure(daemon)))
+		else if ((derr = md__daemon_ensure(daemon, leave_cgroups)))
 			fprintf(stderr, "memdedup run: memdedupd (%s) not started (%s): %s\n", daemon,
 				strerror(-derr), then);
 	}

@@ -1044,19 +1044,42 @@ int md__daemon_alive(const char *socket_path)
 	return 1;
 }
 
-int md__daemon_ensure(const char *daemon_exe)
+int md__daemon_ensure(const char *daemon_exe, void (*place)(pid_t pid))
 {
+	int go[2] = { -1, -1 };
 	if (md__daemon_alive(NULL))
 		return 0;
-	pid_t pid = fork();
-	if (pid < 0)
+	if (place && pipe2(go, O_CLOEXEC) != 0)
 		return -errno;
+	pid_t pid = fork();
+	if (pid < 0) {
+		int err = -errno;
+		if (place) {
+			close(go[0]);
+			close(go[1]);
+		}
+		return err;
+	}
 	if (pid == 0) {
 		/* Only async-signal-safe calls between fork and exec. memdedupd
 		 * daemonizes itself and closes the descriptors it inherited. */
 		char *const argv[] = { (char *)daemon_exe, NULL };
+		if (place) {
+			/* Placed before it runs: what it forks and allocates
+			 * then is where place put it. EOF: placed, or the
+			 * caller is gone. */
+			char c;
+			close(go[1]);
+			while (read(go[0], &c, 1) < 0 && errno == EINTR)
+				;
+		}
 		execv(daemon_exe, argv);
 		_exit(127);
+	}
+	if (place) {
+		close(go[0]);
+		place(pid);
+		close(go[1]);
 	}
 	/* memdedupd's first process returns once it listens (or failed). */
 	int st;

@@ -25,6 +25,7 @@
 #define MD_CLIENT_H
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "protocol.h"
 
@@ -124,8 +125,10 @@ size_t md__client_take_candidates(struct md__client *c, uint64_t *addr, size_t m
 uint32_t md__client_share(const struct md__client *c);
 
 /* Starts memdedupd (daemon_exe) unless a daemon answers on the default
- * socket; waits up to 2 s for it to answer. 0 when one answers. */
-int md__daemon_ensure(const char *daemon_exe);
+ * socket; waits up to 2 s for it to answer. 0 when one answers. place, if
+ * not NULL, is called with the new process's pid before it execs (it waits
+ * for place to return). */
+int md__daemon_ensure(const char *daemon_exe, void (*place)(pid_t pid));
 /* 1 if a daemon answers at the socket (NULL: default). */
 int md__daemon_alive(const char *socket_path);
 #endif

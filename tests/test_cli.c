@@ -20,6 +20,7 @@
 
 #include <jansson.h>
 
+#include "cgroup.h"
 #include "daemon_util.h"
 #include "proc.h"
 #include "runner.h"
@@ -399,6 +400,54 @@ TEST_IMPL(cli_run_file_caps_refused)
 	ASSERT(!alive && !pid);
 	ASSERT(strstr(err1, "it has file capabilities: the dynamic loader would ignore the memdedup agent"));
 	ASSERT_EQ(c2, 0);
+	return 0;
+}
+
+/* memdedupd started on demand leaves the cgroup of the command that started
+ * it (a VM's unit, which would be charged for its pool and stop it with
+ * the VM) for the top of each hierarchy; the command stays. */
+TEST_IMPL(cli_run_daemon_leaves_cgroup)
+{
+	struct test_cgroup cg;
+	if (cgroup_make(&cg))
+		SKIP("no memory cgroup of our own to be had here");
+	const char *rb = run_build_dir(), *d = test_dir();
+	char dir[400], sock[450], pidfile[450], mine[700], in[4096] = "";
+	snprintf(dir, sizeof(dir), "%s/run", d);
+	ASSERT(mkdir(dir, 0700) == 0);
+	snprintf(sock, sizeof(sock), "%s/memdedupd.sock", dir);
+	snprintf(pidfile, sizeof(pidfile), "%s/memdedupd.pid", dir);
+	snprintf(mine, sizeof(mine), "%s\n", strrchr(cg.dir, '/'));	/* "/memdedup-test-N\n" */
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		if (cgroup_enter(&cg, getpid()) != 0)
+			_exit(99);
+		_exit(sh("MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- grep -q '%.*s$' /proc/self/cgroup",
+			 dir, rb, (int)strlen(mine) - 1, mine));
+	}
+	int st, code;
+	ASSERT(waitpid(kid, &st, 0) == kid);
+	code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+	int alive = md__daemon_alive(sock), daemon = 0;
+	FILE *f = fopen(pidfile, "r");
+	if (f && fscanf(f, "%d", &daemon) == 1 && daemon > 0) {
+		char path[64];
+		snprintf(path, sizeof(path), "/proc/%d/cgroup", daemon);
+		FILE *c = fopen(path, "r");
+		size_t n = c ? fread(in, 1, sizeof(in) - 1, c) : 0;
+		in[n] = '\0';
+		if (c)
+			fclose(c);
+	}
+	if (f)
+		fclose(f);
+	int pid = kill_daemon_of(dir);
+	ASSERT_EQ(code, 0);	/* the command ran, in the test's cgroup */
+	ASSERT(alive && pid > 0 && pid == daemon);
+	ASSERT(in[0]);
+	ASSERT(!strstr(in, mine));
+	ASSERT(!strstr(slurp("err"), "memdedupd"));
 	return 0;
 }
 

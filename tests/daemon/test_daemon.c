@@ -2426,14 +2426,14 @@ TEST_IMPL(daemon_ensure_starts)
 	 * file or a pipe: the daemon must not keep it. */
 	int keep[2];
 	ASSERT(pipe2(keep, O_NONBLOCK) == 0);
-	ASSERT_EQ(md__daemon_ensure(exe), 0);
+	ASSERT_EQ(md__daemon_ensure(exe, NULL), 0);
 	ASSERT(md__daemon_alive(sock));
 	close(keep[1]);
 	char c;
 	/* End of file, not EAGAIN: no writer is left, the daemon included. */
 	ASSERT_EQ(read(keep[0], &c, 1), 0);
 	close(keep[0]);
-	ASSERT_EQ(md__daemon_ensure(exe), 0);	/* already there: nothing started */
+	ASSERT_EQ(md__daemon_ensure(exe, NULL), 0);	/* already there: nothing started */
 	FILE *f = fopen(pidf, "r");
 	ASSERT(f);
 	int pid = 0;
@@ -2447,7 +2447,7 @@ TEST_IMPL(daemon_ensure_starts)
 		usleep(10000);
 	ASSERT(access(pidf, F_OK) != 0);
 	ASSERT(access(sock, F_OK) != 0);
-	ASSERT_EQ(md__daemon_ensure("/nonexistent/memdedupd"), -ENOENT);
+	ASSERT_EQ(md__daemon_ensure("/nonexistent/memdedupd", NULL), -ENOENT);
 	return 0;
 }
 
