@@ -199,10 +199,71 @@ static void *agent_thread(void *arg)
 	return NULL;
 }
 
+/* Opens the statistics file at path and takes its lock (stats_file.h): 0
+ * and *fdp, also unlocked where the file system has no locks (`memdedup
+ * status` then goes by the pid); -EEXIST if a live agent holds it (of our
+ * pid in another pid namespace: its mapping must not be cut short), -EPERM
+ * if it is another user's (a shared run directory: not ours to change), or
+ * -errno. Not through a link someone put there: we would truncate its
+ * target. */
+static int stats_file_claim(const char *path, int *fdp)
+{
+	for (int tries = 0; tries < 100; tries++) {
+		struct stat st, now;
+		int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+		if (fd < 0)
+			return -errno;
+		if (fstat(fd, &st) != 0 || st.st_uid != geteuid()) {
+			close(fd);
+			return -EPERM;
+		}
+		struct flock l = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
+		if (fcntl(fd, F_SETLK, &l) != 0) {
+			if (errno != EAGAIN && errno != EACCES) {
+				md__log("cannot lock the statistics file (%s): `memdedup status` may remove "
+					"it if this process runs in a pid namespace of its own", strerror(errno));
+				*fdp = fd;
+				return 0;
+			}
+			/* An agent's write lock stays; a reader's read lock
+			 * (`memdedup status`) lasts an instant. */
+			l = (struct flock){ .l_type = F_WRLCK, .l_whence = SEEK_SET };
+			int held = fcntl(fd, F_GETLK, &l) == 0 && l.l_type == F_WRLCK;
+			close(fd);
+			if (held)
+				return -EEXIST;
+			nanosleep(&(struct timespec){ .tv_nsec = 1000000 }, NULL);
+			continue;
+		}
+		/* A reader may have removed it as stale between our open and
+		 * our lock: then make it anew. */
+		if (lstat(path, &now) == 0 && now.st_dev == st.st_dev && now.st_ino == st.st_ino) {
+			*fdp = fd;
+			return 0;
+		}
+		close(fd);
+	}
+	return -EAGAIN;
+}
+
+/* agent-PID.stats, or agent-PID.K.stats (K from 2 to this) when that one
+ * is another live agent's or another user's. */
+#define STATS_NAMES 16
+
+/* dir's k-th name for our pid into a->stats_path: 0, or -ENAMETOOLONG (a
+ * path cut short would put the file, and a directory, elsewhere). */
+static int stats_file_name(struct md_agent *a, const char *dir, int k)
+{
+	int n = k == 1 ? snprintf(a->stats_path, sizeof(a->stats_path), "%s/agent-%d.stats", dir, (int)getpid())
+		: snprintf(a->stats_path, sizeof(a->stats_path), "%s/agent-%d.%d.stats", dir, (int)getpid(), k);
+	return n < 0 || (size_t)n >= sizeof(a->stats_path) ? -ENAMETOOLONG : 0;
+}
+
 static void stats_file_open(struct md_agent *a, const char *opt_dir)
 {
 	char dir[sizeof(a->stats_path)];
 	struct md__stats_file *f;
+	int fd = -1;
 
 	int err = md__run_dir(opt_dir, dir, sizeof(dir));
 	if (err && err != -ENAMETOOLONG) {
@@ -212,10 +273,7 @@ static void stats_file_open(struct md_agent *a, const char *opt_dir)
 	}
 	if (!err && !*dir)
 		return;
-	/* A path cut short would put the file (and a directory) elsewhere. */
-	int plen = err ? -1 : snprintf(a->stats_path, sizeof(a->stats_path), "%s/agent-%d.stats", dir,
-				       (int)getpid());
-	if (plen < 0 || (size_t)plen >= sizeof(a->stats_path)) {
+	if (err || stats_file_name(a, dir, 1) != 0) {
 		a->stats_path[0] = '\0';
 		md__log("no statistics file: the run directory is too long (the file's path must fit in "
 			"%zu bytes): `memdedup status` will not list this process", sizeof(a->stats_path) - 1);
@@ -223,35 +281,38 @@ static void stats_file_open(struct md_agent *a, const char *opt_dir)
 	}
 	if (mkdir(dir, 0755) != 0 && errno != EEXIST)
 		goto err_say;
-	/* Not through a link someone put there: we would truncate its target.
-	 * For our user and root only, as memdedupd's status is: it holds the
+	/* For our user and root only, as memdedupd's status is: it holds the
 	 * VMM's command line. A file left by a process of the same pid may be
-	 * there: ours, it is made so (an older agent made them 0644); another
-	 * user's (a shared run directory) is left alone. */
-	int fd = open(a->stats_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-	if (fd < 0)
+	 * there: ours, it is made so (an older agent made them 0644). */
+	err = stats_file_claim(a->stats_path, &fd);
+	for (int k = 2; k <= STATS_NAMES && (err == -EEXIST || err == -EPERM) &&
+	     stats_file_name(a, dir, k) == 0; k++)
+		err = stats_file_claim(a->stats_path, &fd);
+	if (err == -EEXIST || err == -EPERM) {
+		a->stats_path[0] = '\0';
+		md__log("no statistics file in %s: every name for this pid is another live agent's (of "
+			"another pid namespace) or another user's: `memdedup status` will not list this "
+			"process", dir);
+		return;
+	}
+	if (err) {
+		errno = -err;
 		goto err_say;
-	struct stat st;
-	if (fstat(fd, &st) != 0 || st.st_uid != geteuid()) {
-		close(fd);
-		errno = EPERM;
-		goto err_say;	/* not ours: not ours to remove either */
 	}
 	/* Written, not just sized: a store through the mapping into a block
 	 * a full filesystem cannot give is SIGBUS, in the VMM. */
 	static const struct md__stats_file zero;
 	if (fchmod(fd, 0600) != 0 || ftruncate(fd, 0) != 0)
-		goto err_close;
+		goto err_remove;
 	ssize_t wrote = pwrite(fd, &zero, sizeof(zero), 0);
 	if (wrote != (ssize_t)sizeof(zero)) {
 		if (wrote >= 0)
 			errno = ENOSPC;	/* a regular file writes short only when full */
-		goto err_close;
+		goto err_remove;
 	}
 	f = md__sys_mmap(NULL, sizeof(*f), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
 	if (f == MAP_FAILED)
-		goto err_close;
-	close(fd);
+		goto err_remove;
 
 	memcpy(f->magic, MD_STATS_MAGIC, sizeof(f->magic));
 	f->version = MD_STATS_VERSION;
@@ -269,12 +330,15 @@ static void stats_file_open(struct md_agent *a, const char *opt_dir)
 	}
 	memcpy(f->counters, a->local_ctr, sizeof(a->local_ctr));
 	a->stats_map = f;
+	a->stats_fd = fd;	/* open for the lock */
 	a->ctr = f->counters;
 	return;
 
-err_close:
+err_remove:
+	err = errno;
+	unlink(a->stats_path);	/* ours: we hold its lock */
 	close(fd);
-	unlink(a->stats_path);
+	errno = err;
 err_say:
 	a->stats_path[0] = '\0';
 	md__log("no statistics file in %s (%s): `memdedup status` will not list this process",
@@ -337,6 +401,7 @@ int md_agent_new(md_agent **agentp, const md_agent_options *opts)
 		;
 	sem_destroy(&start.ready);
 
+	a->stats_fd = -1;
 	if (!opts->run_dir || *opts->run_dir)
 		stats_file_open(a, opts->run_dir);
 	*agentp = a;
@@ -374,6 +439,7 @@ void md_agent_free(md_agent *a)
 	if (a->stats_map) {
 		unlink(a->stats_path);
 		md__sys_munmap(a->stats_map, sizeof(*a->stats_map));
+		close(a->stats_fd);	/* after the unlink: nobody takes the name meanwhile */
 	}
 	pthread_mutex_destroy(&a->lock);
 	free(a);

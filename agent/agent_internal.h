@@ -107,6 +107,7 @@ struct md_agent {
 	uint64_t local_ctr[MD_CTR_COUNT];
 	uint64_t reported[MD_CTR_COUNT]; /* as last sent to memdedupd */
 	struct md__stats_file *stats_map;
+	int stats_fd;                 /* holds the file's lock while stats_map is there */
 	char stats_path[PATH_MAX];
 
 	/* The content scanner; engine is NULL when it is off or failed. */

@@ -94,8 +94,9 @@ const struct md__cmd md__cmd_set_def = {
 	.run = cmd_set,
 };
 
-/* 1 if pid runs an agent: its statistics file is there and names it (the
- * process that wrote it, by its start time, as `memdedup status` checks). */
+/* 1 if pid runs an agent: its statistics file is there and its agent is
+ * pid, as `memdedup status` checks (an agent in another pid namespace is
+ * not found: its file has the pid it has there). */
 static int agent_listed(int32_t pid)
 {
 	char dir[256], path[512];
@@ -109,11 +110,10 @@ static int agent_listed(int32_t pid)
 	if (fd < 0)
 		return 0;
 	ssize_t len = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? read(fd, &buf, sizeof(buf)) : -1;
+	int listed = len >= 0 && md__stats_parse(&buf, (size_t)len, &s) == 0 && s.pid == (uint32_t)pid &&
+		     md__stats_file_agent(fd, &s) == pid;
 	close(fd);
-	if (len < 0 || md__stats_parse(&buf, (size_t)len, &s) != 0 || s.pid != (uint32_t)pid)
-		return 0;
-	uint64_t start = md__proc_start_time(pid);
-	return start != 0 && start == s.start_time;
+	return listed;
 }
 
 /* Sends one CONTROL; prints the daemon's answer. Returns the exit code. */

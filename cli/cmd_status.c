@@ -29,7 +29,9 @@ const struct md__cmd md__cmd_status_def = {
 	"fallbacks (reads or parts of reads that were copied, not shared), mappings\n"
 	"(VMAs), pages merged by the scanner now and zero pages dropped; then the\n"
 	"totals; memdedupd's sharing domains and their pools, if it runs; and\n"
-	"kernel KSM's counters from /sys/kernel/mm/ksm.\n"
+	"kernel KSM's counters from /sys/kernel/mm/ksm. An agent in a pid namespace\n"
+	"of its own (a VMM in a container sharing the run directory) is listed by\n"
+	"its pid here (in JSON, ns_pid is its own). Files of agents gone are removed.\n"
 	"\n"
 	"  --json      machine-readable output\n"
 	"  --agents    the agents' rows and kernel KSM's only: memdedupd is not\n"
@@ -68,28 +70,50 @@ static int read_ksm(const char *key, long long *v)
 	return n > 0 && end != buf && !errno ? 0 : -1;
 }
 
-/* The pid of a name "agent-PID.stats" (PID: decimal, no sign or leading
- * zero, 1..INT_MAX), else -1. */
+/* A decimal of 1..INT_MAX at *p, no sign or leading zero: the number, *p
+ * past it; else -1. */
+static long name_number(const char **p)
+{
+	long v = 0;
+	if (**p < '1' || **p > '9')
+		return -1;
+	for (; **p >= '0' && **p <= '9'; (*p)++) {
+		v = v * 10 + (**p - '0');
+		if (v > INT_MAX)
+			return -1;
+	}
+	return v;
+}
+
+/* The pid of a name "agent-PID.stats", or "agent-PID.K.stats" (an agent
+ * whose first name was taken: agent.c), else -1. */
 static int stats_file_pid(const char *name)
 {
 	const char *p = name + 6;
-	long pid = 0;
-	if (strncmp(name, "agent-", 6) != 0 || *p < '1' || *p > '9')
+	if (strncmp(name, "agent-", 6) != 0)
 		return -1;
-	for (; *p >= '0' && *p <= '9'; p++) {
-		pid = pid * 10 + (*p - '0');
-		if (pid > INT_MAX)
+	long pid = name_number(&p);
+	if (pid > 0 && *p == '.' && p[1] >= '0' && p[1] <= '9') {
+		p++;
+		if (name_number(&p) < 2)
 			return -1;
 	}
-	return strcmp(p, ".stats") == 0 ? (int)pid : -1;
+	return pid > 0 && strcmp(p, ".stats") == 0 ? (int)pid : -1;
 }
 
+/* An agent as this process sees it: pid, here; the file's pid is the one
+ * it has in its own pid namespace. */
+struct agent_row {
+	int pid;
+	struct md__stats_snapshot s;
+};
+
 /* Reads the snapshots of live agents; removes files of agents that died. */
-static int load_agents(const char *dir, struct md__stats_snapshot **out, size_t *count)
+static int load_agents(const char *dir, struct agent_row **out, size_t *count)
 {
 	DIR *d = opendir(dir);
 	size_t n = 0, cap = 0;
-	struct md__stats_snapshot *v = NULL;
+	struct agent_row *v = NULL;
 
 	*out = NULL;
 	*count = 0;
@@ -120,21 +144,23 @@ static int load_agents(const char *dir, struct md__stats_snapshot **out, size_t 
 			continue;
 		}
 		ssize_t len = read(fd, &buf, sizeof(buf));
-		close(fd);
 		struct md__stats_snapshot s;
 		if (len < 0 || md__stats_parse(&buf, (size_t)len, &s) != 0 || s.pid != (uint32_t)pid) {
+			close(fd);
 			fprintf(stderr, "memdedup status: ignoring malformed %s\n", shown);
 			continue;
 		}
-		/* 0: no such process (or unreadable): as gone as a reused pid. */
-		uint64_t start = md__proc_start_time(pid);
-		if (start == 0 || start != s.start_time) {
-			unlink(path);	/* the agent is gone: its file is stale */
+		/* -ESRCH: held by a process that is not its agent to us: alive,
+		 * but not ours to show (by a pid that would mislead) or remove. */
+		int here = md__stats_file_agent(fd, &s);
+		if (here == 0)
+			md__stats_file_remove(fd, path);	/* the agent is gone: its file is stale */
+		close(fd);
+		if (here <= 0)
 			continue;
-		}
 		if (n == cap) {
 			cap = cap ? cap * 2 : 8;
-			struct md__stats_snapshot *nv = realloc(v, cap * sizeof(*nv));
+			struct agent_row *nv = realloc(v, cap * sizeof(*nv));
 			if (!nv) {
 				free(v);
 				closedir(d);
@@ -142,7 +168,7 @@ static int load_agents(const char *dir, struct md__stats_snapshot **out, size_t 
 			}
 			v = nv;
 		}
-		v[n++] = s;
+		v[n++] = (struct agent_row){ .pid = here, .s = s };
 	}
 	closedir(d);
 	*out = v;
@@ -252,7 +278,7 @@ int md__cmd_status(int argc, char **argv)
 			return md__usage_error(cmd, "unknown argument '%s'",
 					       md__printable(argv[i], dir, sizeof(dir)));
 	}
-	struct md__stats_snapshot *agents;
+	struct agent_row *agents;
 	size_t n;
 	int err = md__run_dir(NULL, dir, sizeof(dir));
 	if (err) {
@@ -266,7 +292,7 @@ int md__cmd_status(int argc, char **argv)
 	}
 	md_stats total = {0};
 	for (size_t i = 0; i < n; i++)
-		add_stats(&total, &agents[i].stats);
+		add_stats(&total, &agents[i].s.stats);
 	json_t *daemon = NULL;
 	int derr = 0;
 	if (!agents_only) {
@@ -278,11 +304,12 @@ int md__cmd_status(int argc, char **argv)
 	if (as_json) {
 		json_t *root = json_object(), *list = json_array(), *ksm = json_object();
 		for (size_t i = 0; i < n; i++) {
-			json_t *o = stats_json(&agents[i].stats);
+			json_t *o = stats_json(&agents[i].s.stats);
 			json_object_set_new(o, "pid", json_integer(agents[i].pid));
+			json_object_set_new(o, "ns_pid", json_integer(agents[i].s.pid));
 			/* Made valid UTF-8: json_string() refuses anything else. */
 			char command[MD_STATS_COMMAND_LEN];
-			json_object_set_new(o, "command", json_string(md__printable(agents[i].command,
+			json_object_set_new(o, "command", json_string(md__printable(agents[i].s.command,
 						    command, sizeof(command))));
 			json_array_append_new(list, o);
 		}
@@ -304,15 +331,19 @@ int md__cmd_status(int argc, char **argv)
 		       "SHARED", "BREAKS", "FALLBACKS", "VMAS", "MERGED", "ZERO");
 		for (size_t i = 0; i < n; i++) {
 			char pid[16], command[29];	/* its column's 28 bytes */
-			snprintf(pid, sizeof(pid), "%u", agents[i].pid);
-			print_row(pid, md__printable(agents[i].command, command, sizeof(command)),
-				  &agents[i].stats);
+			snprintf(pid, sizeof(pid), "%d", agents[i].pid);
+			print_row(pid, md__printable(agents[i].s.command, command, sizeof(command)),
+				  &agents[i].s.stats);
 		}
 		print_row("total", n == 1 ? "1 agent" : "agents", &total);
-		for (size_t i = 0; i < n; i++)
-			if (agents[i].stats.io_unseen)
-				printf("pid %u: sharing stopped: the VMM does I/O the agent cannot "
+		for (size_t i = 0; i < n; i++) {
+			if ((uint32_t)agents[i].pid != agents[i].s.pid)
+				printf("pid %d: in a pid namespace of its own, where it is pid %u\n",
+				       agents[i].pid, agents[i].s.pid);
+			if (agents[i].s.stats.io_unseen)
+				printf("pid %d: sharing stopped: the VMM does I/O the agent cannot "
 				       "follow (its log says which)\n", agents[i].pid);
+		}
 		json_t *doms = daemon ? json_object_get(daemon, "domains") : NULL;
 		if (doms && json_array_size(doms)) {
 			size_t i;

@@ -192,6 +192,35 @@ uint64_t md__proc_start_time(int pid)
 	return p ? strtoull(p + 1, NULL, 10) : 0;
 }
 
+int md__stats_file_agent(int fd, const struct md__stats_snapshot *s)
+{
+	struct flock l = { .l_type = F_RDLCK, .l_whence = SEEK_SET };
+	uint64_t start;
+
+	if (fcntl(fd, F_SETLK, &l) == 0 || (errno != EAGAIN && errno != EACCES)) {
+		start = md__proc_start_time((int)s->pid);
+		return start != 0 && start == s->start_time ? (int)s->pid : 0;
+	}
+	/* The holder by its pid here (0: not in our pid namespace), checked
+	 * as the file's pid would be: an agent taking the file over (its
+	 * header not yet written) did not start when the file's agent did. */
+	l = (struct flock){ .l_type = F_RDLCK, .l_whence = SEEK_SET };
+	if (fcntl(fd, F_GETLK, &l) != 0 || l.l_type == F_UNLCK || l.l_pid <= 0)
+		return -ESRCH;
+	start = md__proc_start_time(l.l_pid);
+	return start != 0 && start == s->start_time ? l.l_pid : -ESRCH;
+}
+
+int md__stats_file_remove(int fd, const char *path)
+{
+	struct stat open_st, path_st;
+	if (fstat(fd, &open_st) != 0 || lstat(path, &path_st) != 0)
+		return -errno;
+	if (open_st.st_dev != path_st.st_dev || open_st.st_ino != path_st.st_ino)
+		return -ESTALE;
+	return unlink(path) == 0 ? 0 : -errno;
+}
+
 /* The shared /tmp default: anyone can create /tmp/memdedup-UID before us,
  * so use it only if it is a directory of ours that nobody else can enter
  * (made so if absent). */

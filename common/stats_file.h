@@ -99,6 +99,21 @@ void md__stats_from_counters(const uint64_t *ctr, md_stats *out);
 const char *md__ctr_name(enum md__ctr c);
 /* Start time of a process (clock ticks since boot), 0 if unknown. */
 uint64_t md__proc_start_time(int pid);
+/* Whose the statistics file open at fd (any mode) is, s read from it. Its
+ * agent holds a write lock on it (POSIX, the whole file) for its life, so
+ * that a reader knows it lives whatever pid the file names: the agent's in
+ * its own pid namespace, another process's here perhaps. Returns the
+ * agent's pid as this process knows it (the lock holder's, if that started
+ * when the file's agent did); 0 if it is gone: stale, for
+ * md__stats_file_remove before fd is closed (fd holds a read lock till
+ * then: no agent takes the file over meanwhile); or -ESRCH if another
+ * holds it: alive, neither shown nor removed (an agent out of sight of our
+ * pid namespace, or one taking the file over). A file nobody holds (an
+ * older agent's, or on a file system without locks) goes by its pid. */
+int md__stats_file_agent(int fd, const struct md__stats_snapshot *s);
+/* Removes path if it is still the file open at fd: 0, -ESTALE if another
+ * file is there now, or -errno. */
+int md__stats_file_remove(int fd, const char *path);
 #define MD_HOST_RUN_DIR "/run/memdedup"	/* root's: the host's daemon (memdedupd.service) */
 /* The run directory into buf: opt if not NULL, else $MEMDEDUP_RUN_DIR,
  * /run/memdedup for root, $XDG_RUNTIME_DIR/memdedup, /tmp/memdedup-<uid>.

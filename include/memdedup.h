@@ -80,7 +80,9 @@ typedef struct md_agent_options {
 	/* Directory for the agent's statistics file (what `memdedup status`
 	 * reads); NULL: $MEMDEDUP_RUN_DIR, else /run/memdedup for root, else
 	 * $XDG_RUNTIME_DIR/memdedup, else /tmp/memdedup-<uid> (a 0700
-	 * directory of the user's). An empty string: no statistics file. */
+	 * directory of the user's). An empty string: no statistics file. The
+	 * agent keeps it open with a lock (fcntl F_SETLK) until md_agent_free:
+	 * that tells `memdedup status` it lives. */
 	const char *run_dir;
 	/* The most mappings (VMAs) the agent may create; 0: a default derived
 	 * from vm.max_map_count. */

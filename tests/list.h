@@ -10,6 +10,7 @@
 	X(cli_usage) X(cli_run_numbers_strict) X(cli_run_checks_preload) X(cli_help_unknown) X(cli_set_checks_all_first) X(cli_set_bad_value_says_why) \
 	X(cli_run_missing_command_no_daemon) X(cli_run_setuid_refused) X(cli_run_file_caps_refused) X(cli_run_daemon_leaves_cgroup) X(cli_write_error_fails) X(cli_run_finds_daemon_in_path) X(cli_run_without_daemon_says_what_happens) X(cli_install_layout_runs) X(cli_run_scan_options_need_scan) \
 	X(cli_status_ksm_counter_missing) X(cli_status_dead_agent_gone) X(cli_status_files_private) X(cli_status_pid_names) X(cli_status_fifo_no_hang) X(cli_status_sanitized) X(cli_status_io_unseen) X(cli_status_totals_keep_settings) \
+	X(cli_status_reused_pid_gone) X(cli_status_locked_file_kept) X(cli_status_other_pid_ns) X(cli_status_same_pid_two_ns) X(cli_status_forked_child_not_agent) \
 	X(cli_status_daemon_error) X(cli_pause_not_scanning) \
 	X(agent_api_rejects) X(agent_stats_file_owned) X(agent_unregister_splits_without_memory) \
 	X(share_two_processes) X(write_is_private) X(fallback_unaligned) X(read_across_region_records) X(read_direct_to_end_of_file) X(fallback_filesystem_without_leases) \

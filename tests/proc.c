@@ -2,11 +2,14 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -99,14 +102,19 @@ uint64_t fnv_zero(size_t n)
 	return h;
 }
 
-void proc_start(struct proc *p, const char *const *env)
+static void start(struct proc *p, const char *const *env, int own_pid_ns)
 {
 	int in[2], out[2];
 	test_dir();	/* made before the fork, so both sides agree */
 	ASSERT(pipe(in) == 0 && pipe(out) == 0);
-	p->pid = fork();
+	/* A containerised VMM: pid 1 of its pid namespace, which its /proc
+	 * shows (a mount namespace of its own, gone with it). */
+	p->pid = own_pid_ns ? (pid_t)syscall(SYS_clone, CLONE_NEWPID | CLONE_NEWNS | SIGCHLD, 0, 0, 0, 0) : fork();
 	ASSERT(p->pid >= 0);
 	if (p->pid == 0) {
+		if (own_pid_ns && (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
+				   mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0))
+			_exit(126);
 		dup2(in[0], 0);
 		dup2(out[1], 1);
 		close(in[1]);
@@ -130,6 +138,16 @@ void proc_start(struct proc *p, const char *const *env)
 	p->out = fdopen(out[0], "r");
 	setvbuf(p->in, NULL, _IOLBF, 0);
 	p->base = 0;
+}
+
+void proc_start(struct proc *p, const char *const *env)
+{
+	start(p, env, 0);
+}
+
+void proc_start_pid_ns(struct proc *p, const char *const *env)
+{
+	start(p, env, 1);
 }
 
 static const char *vcmd(struct proc *p, const char *fmt, va_list ap)

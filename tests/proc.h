@@ -28,6 +28,9 @@ uint64_t fnv_zero(size_t n);
 
 /* Starts build/testproc with the preload and extra "KEY=VALUE" env (NULL-ended). */
 void proc_start(struct proc *p, const char *const *env);
+/* The same as pid 1 of a pid namespace of its own (as root), as in a
+ * container; p->pid is its pid here. */
+void proc_start_pid_ns(struct proc *p, const char *const *env);
 /* Sends a command line, returns the answer line (static buffer). */
 const char *proc_cmd(struct proc *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 long long proc_num(struct proc *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -607,6 +607,177 @@ TEST_IMPL(cli_status_dead_agent_gone)
 	return 0;
 }
 
+/* A file that names a live process which started after its agent (its pid
+ * reused), with no agent holding its lock, is stale: removed. */
+TEST_IMPL(cli_status_reused_pid_gone)
+{
+	char path[512], name[64];
+	snprintf(name, sizeof(name), "agent-%d.stats", (int)getpid());
+	make_rd(path, sizeof(path), name);
+	write_stats(path, (uint32_t)getpid(), md__proc_start_time(getpid()) - 1, "reused", 1);
+	ASSERT_EQ(status_json(), 0);
+	ASSERT(!strstr(slurp("out"), "reused"));
+	ASSERT(access(path, F_OK) != 0);
+	return 0;
+}
+
+/* A file whose lock is held lives, whatever its pid says (gone, here): not
+ * removed, nor listed by the holder's pid, as the holder did not start when
+ * the file's agent did (an agent taking the file over, its header not yet
+ * written). Let go, it is stale. */
+TEST_IMPL(cli_status_locked_file_kept)
+{
+	char path[512], name[64];
+	pid_t dead = dead_pid();
+	snprintf(name, sizeof(name), "agent-%d.stats", (int)dead);
+	make_rd(path, sizeof(path), name);
+	write_stats(path, (uint32_t)dead, md__proc_start_time(getpid()) - 1, "held", 1);
+	int fd = open(path, O_RDWR);
+	struct flock l = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
+	ASSERT(fd >= 0 && fcntl(fd, F_SETLK, &l) == 0);
+	ASSERT_EQ(status_json(), 0);
+	ASSERT(!strstr(slurp("out"), "held"));
+	ASSERT_EQ(access(path, F_OK), 0);
+	close(fd);
+	ASSERT_EQ(status_json(), 0);
+	ASSERT(access(path, F_OK) != 0);
+	return 0;
+}
+
+/* The snapshot of the statistics file at path. */
+static void stats_at(const char *path, struct md__stats_snapshot *s)
+{
+	struct md__stats_file f;
+	int fd = open(path, O_RDONLY);
+	ASSERT(fd >= 0);
+	ssize_t n = read(fd, &f, sizeof(f));
+	close(fd);
+	ASSERT(n > 0 && md__stats_parse(&f, (size_t)n, s) == 0);
+}
+
+/* The agent of `status --json`'s output whose pid is pid, NULL if none. */
+static json_t *listed(json_t *st, pid_t pid)
+{
+	return td_find(json_object_get(st, "agents"), "pid", pid);
+}
+
+static json_t *status_of(const char *dir)
+{
+	json_error_t je;
+	ASSERT_EQ(sh("MEMDEDUP_RUN_DIR=%s MEMDEDUP_SOCKET=%s/none %s/memdedup status --agents --json", dir,
+		     test_dir(), build_dir()), 0);
+	json_t *st = json_loads(slurp("out"), 0, &je);
+	ASSERT(st);
+	return st;
+}
+
+/* A containerised VMM's agent is pid 1 of its pid namespace, and its file
+ * says so: here pid 1 is init, which did not start with it. Its lock tells
+ * status it lives: it is listed by its pid here (and its own), its file
+ * stays and its counters keep coming to it. Once it exits, the file goes. */
+TEST_IMPL(cli_status_other_pid_ns)
+{
+	if (sh("unshare --pid --fork --mount-proc true") != 0)
+		SKIP("cannot make a pid namespace here (unshare --pid)");
+	struct proc a;
+	struct md__stats_snapshot s;
+	struct stat before, after;
+	char path[512], want[128];
+	proc_start_pid_ns(&a, NULL);
+	proc_cmd(&a, "map 16");
+	snprintf(path, sizeof(path), "%s/agent-1.stats", test_dir());
+	ASSERT_EQ(stat(path, &before), 0);
+	json_t *st = status_of(test_dir());
+	ASSERT_EQ(stat(path, &after), 0);
+	ASSERT(after.st_ino == before.st_ino);
+	json_t *o = listed(st, a.pid);
+	ASSERT(o);
+	ASSERT_EQ(json_integer_value(json_object_get(o, "ns_pid")), 1);
+	ASSERT_EQ(json_integer_value(json_object_get(o, "registered_bytes")), 16 * 4096);
+	json_decref(st);
+	ASSERT_EQ(sh("MEMDEDUP_RUN_DIR=%s MEMDEDUP_SOCKET=%s/none %s/memdedup status --agents", test_dir(),
+		     test_dir(), build_dir()), 0);
+	snprintf(want, sizeof(want), "pid %d: in a pid namespace of its own, where it is pid 1", (int)a.pid);
+	ASSERT(strstr(slurp("out"), want));
+	proc_cmd(&a, "map 8");
+	stats_at(path, &s);
+	ASSERT_EQ(s.stats.registered_bytes, 24 * 4096);
+	proc_stop(&a);
+	json_decref(status_of(test_dir()));
+	ASSERT(access(path, F_OK) != 0);
+	return 0;
+}
+
+/* Two containerised agents of one pid (1) in one run directory: the second
+ * does not take the first's file (cutting short the file the first has
+ * mapped), but the next name; status lists both, each with its counters. */
+TEST_IMPL(cli_status_same_pid_two_ns)
+{
+	if (sh("unshare --pid --fork --mount-proc true") != 0)
+		SKIP("cannot make a pid namespace here (unshare --pid)");
+	struct proc a, b;
+	struct md__stats_snapshot s;
+	char path[512], path2[512];
+	proc_start_pid_ns(&a, NULL);
+	proc_cmd(&a, "map 16");
+	proc_start_pid_ns(&b, NULL);
+	proc_cmd(&b, "map 8");
+	snprintf(path, sizeof(path), "%s/agent-1.stats", test_dir());
+	snprintf(path2, sizeof(path2), "%s/agent-1.2.stats", test_dir());
+	stats_at(path, &s);
+	ASSERT_EQ(s.stats.registered_bytes, 16 * 4096);
+	stats_at(path2, &s);
+	ASSERT_EQ(s.stats.registered_bytes, 8 * 4096);
+	json_t *st = status_of(test_dir());
+	ASSERT_EQ(json_array_size(json_object_get(st, "agents")), 2);
+	ASSERT(listed(st, a.pid) && listed(st, b.pid));
+	ASSERT_EQ(json_integer_value(json_object_get(listed(st, b.pid), "registered_bytes")), 8 * 4096);
+	json_decref(st);
+	proc_stop(&a);
+	proc_stop(&b);
+	json_decref(status_of(test_dir()));
+	ASSERT(access(path, F_OK) != 0 && access(path2, F_OK) != 0);
+	return 0;
+}
+
+/* The lock is the agent process's, not its file description's: a child
+ * forked after the agent began (which runs without it) and outliving the
+ * VMM does not keep the VMM's file alive. */
+TEST_IMPL(cli_status_forked_child_not_agent)
+{
+	char rd[512], path[600];
+	int p[2];
+	make_rd(rd, sizeof(rd), "");
+	ASSERT(pipe(p) == 0);
+	pid_t vmm = fork();
+	ASSERT(vmm >= 0);
+	if (vmm == 0) {
+		md_agent *ag;
+		md_agent_options o = { .run_dir = rd };
+		if (md_agent_new(&ag, &o) != 0)
+			_exit(1);
+		pid_t kid = fork();
+		if (kid == 0) {
+			char c;
+			close(p[1]);
+			while (read(p[0], &c, 1) > 0)
+				;	/* until the test ends */
+			_exit(0);
+		}
+		_exit(kid > 0 ? 0 : 1);	/* as the preload library's agent: never freed */
+	}
+	close(p[0]);
+	int status;
+	ASSERT_EQ(waitpid(vmm, &status, 0), vmm);
+	ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	snprintf(path, sizeof(path), "%sagent-%d.stats", rd, (int)vmm);
+	ASSERT_EQ(access(path, F_OK), 0);
+	ASSERT_EQ(status_json(), 0);
+	ASSERT(access(path, F_OK) != 0);
+	close(p[1]);
+	return 0;
+}
+
 /* An agent's statistics file (its command line, its counters) is for its
  * own user and root, as memdedupd's status is: another user can neither
  * read it nor is told about it by `memdedup status`. */
@@ -635,16 +806,30 @@ TEST_IMPL(cli_status_files_private)
 	return 0;
 }
 
-/* Only agent-PID.stats with PID 1..INT_MAX is an agent's file: others are
- * neither listed nor removed. */
+/* Only agent-PID.stats and agent-PID.K.stats (K from 2) with PID
+ * 1..INT_MAX are agents' files: others are neither listed nor removed. */
 TEST_IMPL(cli_status_pid_names)
 {
-	char path[512];
+	char path[512], name[64], odd[3][512];
+	pid_t dead = dead_pid();
 	make_rd(path, sizeof(path), "agent--5.stats");
 	write_stats(path, (uint32_t)-5, 0, "minus", 1);
+	const char *const ends[3] = { ".1.stats", ".02.stats", "..stats" };
+	for (int i = 0; i < 3; i++) {
+		snprintf(name, sizeof(name), "agent-%d%s", (int)dead, ends[i]);
+		make_rd(odd[i], sizeof(odd[i]), name);
+		write_stats(odd[i], (uint32_t)dead, 0, "odd", 1);
+	}
+	snprintf(name, sizeof(name), "agent-%d.3.stats", (int)dead);
+	char third[512];
+	make_rd(third, sizeof(third), name);
+	write_stats(third, (uint32_t)dead, 0, "third", 1);
 	ASSERT_EQ(status_json(), 0);
 	ASSERT(!strstr(slurp("out"), "4294967291"));
 	ASSERT(access(path, F_OK) == 0);
+	for (int i = 0; i < 3; i++)
+		ASSERT(access(odd[i], F_OK) == 0);
+	ASSERT(access(third, F_OK) != 0);	/* an agent's, stale */
 	return 0;
 }
 

@@ -337,10 +337,10 @@ TEST_IMPL(agent_unregister_splits_without_memory)
 
 /* The statistics file of a pid used before: ours, it is made 0600 (an
  * older agent's was 0644); another user's (a shared run directory) is left
- * as it is, and this agent goes without one. */
+ * as it is, and this agent takes the next name. */
 TEST_IMPL(agent_stats_file_owned)
 {
-	char dir[] = "/tmp/md-stats-XXXXXX", path[64];
+	char dir[] = "/tmp/md-stats-XXXXXX", path[64], next[64];
 	ASSERT(mkdtemp(dir));
 	snprintf(path, sizeof(path), "%s/agent-%d.stats", dir, (int)getpid());
 	int fd = open(path, O_WRONLY | O_CREAT, 0644);
@@ -362,7 +362,12 @@ TEST_IMPL(agent_stats_file_owned)
 	ASSERT_EQ(st.st_uid, 65534);
 	ASSERT_EQ(st.st_size, 6);
 	ASSERT_EQ(st.st_mode & 0777, 0666);
+	snprintf(next, sizeof(next), "%s/agent-%d.2.stats", dir, (int)getpid());
+	ASSERT_EQ(stat(next, &st), 0);
+	ASSERT_EQ(st.st_uid, geteuid());
+	ASSERT_EQ(st.st_mode & 0777, 0600);
 	md_agent_free(a);
+	ASSERT(access(next, F_OK) != 0);
 	ASSERT_EQ(stat(path, &st), 0);	/* not ours to remove */
 	unlink(path);
 	rmdir(dir);

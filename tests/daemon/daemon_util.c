@@ -90,14 +90,19 @@ json_t *td_status(const struct tdaemon *t)
 	return j;
 }
 
-json_t *td_domain(json_t *status, uint32_t id)
+json_t *td_find(json_t *array, const char *key, long long value)
 {
 	size_t i;
-	json_t *d;
-	json_array_foreach(json_object_get(status, "domains"), i, d)
-		if (json_integer_value(json_object_get(d, "id")) == id)
-			return d;
+	json_t *o;
+	json_array_foreach(array, i, o)
+		if (json_integer_value(json_object_get(o, key)) == value)
+			return o;
 	return NULL;
+}
+
+json_t *td_domain(json_t *status, uint32_t id)
+{
+	return td_find(json_object_get(status, "domains"), "id", id);
 }
 
 long long td_int(json_t *obj, const char *key)

@@ -26,6 +26,8 @@ struct md__client *td_agent(const struct tdaemon *t, const char *domain,
 			    struct md__msg_welcome *w, int *pool_fd);
 /* The daemon's STATUS document (caller decrefs). */
 json_t *td_status(const struct tdaemon *t);
+/* The first object of array whose key is value, or NULL. */
+json_t *td_find(json_t *array, const char *key, long long value);
 /* The domain object of id in a STATUS document, or NULL. */
 json_t *td_domain(json_t *status, uint32_t id);
 long long td_int(json_t *obj, const char *key);
