@@ -667,20 +667,19 @@ int md_agent_unregister(md_agent *a, void *addr, size_t len)
 	return err;
 }
 
-int md__agent_lock(md_agent *a, uintptr_t s, uintptr_t e, int all, int future)
+/* Gives up guest RAM in [s, e) (all: everywhere) as md_agent_unregister
+ * does, region by region, and keeps what the VMM's userfaultfd holds there
+ * from being taken back (lock held). 0 or the first -errno; *gone: how many
+ * regions went. */
+static int give_up_locked(md_agent *a, uintptr_t s, uintptr_t e, int all, size_t *gone)
 {
 	int err = 0;
-	pthread_mutex_lock(&a->lock);
-	if (future)
-		a->future_locked = 1;
-	/* Region by region, from a copy of the bounds: each unregister
-	 * changes the table. */
-	size_t n = a->nregions, gone = 0;
+	*gone = 0;
+	/* From a copy of the bounds: each unregister changes the table. */
+	size_t n = a->nregions;
 	struct md__region *v = n ? malloc(n * sizeof(*v)) : NULL;
-	if (n && !v) {
-		err = -ENOMEM;
-		goto unlock;
-	}
+	if (n && !v)
+		return -ENOMEM;
 	if (n)
 		memcpy(v, a->regions, n * sizeof(*v));
 	for (size_t i = 0; i < n; i++) {
@@ -691,17 +690,38 @@ int md__agent_lock(md_agent *a, uintptr_t s, uintptr_t e, int all, int future)
 		handed_opt_out(a, lo, hi, 1);
 		int r = unregister_locked(a, lo, hi);
 		err = err ? err : r;
-		gone += !r;
+		*gone += !r;
 	}
-	/* What the VMM's userfaultfd holds is not taken back once locked. */
 	handed_opt_out(a, all ? 0 : s, all ? UINTPTR_MAX : e, 1);
 	free(v);
+	return err;
+}
+
+int md__agent_lock(md_agent *a, uintptr_t s, uintptr_t e, int all, int future)
+{
+	size_t gone;
+	pthread_mutex_lock(&a->lock);
+	if (future)
+		a->future_locked = 1;
+	int err = give_up_locked(a, s, e, all, &gone);
 	if (gone || future)
 		md__log_once(87, "the VMM locks guest RAM in memory (%s): copy-on-write sharing would "
 			     "copy every page at once, so it is no longer shared or merged%s",
 			     all ? "mlockall, QEMU's -overcommit mem-lock=on" : "mlock",
 			     err ? "; not all of it could be made private: the lock fails" : "");
-unlock:
+	pthread_mutex_unlock(&a->lock);
+	return err;
+}
+
+int md__agent_protect(md_agent *a, uintptr_t s, uintptr_t e)
+{
+	size_t gone = 0;
+	pthread_mutex_lock(&a->lock);
+	int err = regions_overlap(a, s, e) || handed_overlaps(a, s, e) ? give_up_locked(a, s, e, 0, &gone) : 0;
+	if (gone || err)
+		md__log_once(90, "the VMM changes the protection of guest RAM (mprotect): the mappings "
+			     "memdedup makes there could not keep it, so that memory is no longer shared "
+			     "or merged%s", err ? "; not all of it could be made private: the call fails" : "");
 	pthread_mutex_unlock(&a->lock);
 	return err;
 }

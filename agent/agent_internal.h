@@ -269,6 +269,11 @@ int md__agent_unmap(md_agent *a, void *addr, size_t len, int (*op)(void *arg), v
  * (memory short): the VMM's call must then fail. */
 int md__agent_lock(md_agent *a, uintptr_t start, uintptr_t end, int all, int future);
 void md__agent_unlock_all(md_agent *a);
+/* The VMM gives [start, end) a protection other than read-write (mprotect,
+ * pkey_mprotect): the mappings the engine and the agent make over guest
+ * RAM are read-write, so guest RAM there is given up first, as by
+ * md__agent_lock. 0, or -errno: the VMM's call must then fail. */
+int md__agent_protect(md_agent *a, uintptr_t start, uintptr_t end);
 /* agent.c: the VMM's mremap moved (or resized) [old, old+old_len) to
  * [now, now+now_len): forgotten copies move with their mappings. */
 void md__agent_moved(md_agent *a, void *old, size_t old_len, void *now, size_t now_len);

@@ -330,6 +330,39 @@ EXPORT int mlockall(int flags)
 	return (int)libc_call(SYS_mlockall, flags, 0, 0);
 }
 
+/* A protection other than read-write (or a protection key) on guest RAM:
+ * the mappings put over it are read-write, so it is given up first. */
+static int protect_first(const void *addr, size_t len, int prot, int pkey)
+{
+	md_agent *a = agent_peek();
+	uintptr_t s = (uintptr_t)addr, e = s + page_len(len);
+	if (!a || s % MD_PAGE_SIZE || e <= s || (prot == (PROT_READ | PROT_WRITE) && pkey <= 0))
+		return 0;
+	int err = md__agent_protect(a, s, e);
+	if (err)
+		errno = -err;
+	return err;
+}
+
+EXPORT int mprotect(void *addr, size_t len, int prot)
+{
+	return protect_first(addr, len, prot, -1) ? -1 : (int)libc_call(SYS_mprotect, (long)addr, (long)len, prot);
+}
+
+int pkey_mprotect(void *addr, size_t len, int prot, int pkey);
+EXPORT int pkey_mprotect(void *addr, size_t len, int prot, int pkey)
+{
+	if (protect_first(addr, len, prot, pkey))
+		return -1;
+	find_libc_syscall();
+	long (*call)(long, ...) = __atomic_load_n(&libc_syscall, __ATOMIC_ACQUIRE);
+	if (!call) {
+		errno = ENOSYS;
+		return -1;
+	}
+	return (int)call(SYS_pkey_mprotect, addr, len, prot, pkey);
+}
+
 EXPORT int munlockall(void)
 {
 	int r = (int)libc_call(SYS_munlockall, 0, 0, 0);
@@ -688,6 +721,10 @@ EXPORT long syscall(long nr, ...)
 		return mlockall((int)a[0]);
 	case SYS_munlockall:
 		return munlockall();
+	case SYS_mprotect:
+		return mprotect((void *)a[0], (size_t)a[1], (int)a[2]);
+	case SYS_pkey_mprotect:
+		return pkey_mprotect((void *)a[0], (size_t)a[1], (int)a[2], (int)a[3]);
 	case SYS_mbind:
 		return md__policy_mbind(call, (void *)a[0], (unsigned long)a[1], (int)a[2],
 					(const unsigned long *)a[3], (unsigned long)a[4], (unsigned)a[5]);

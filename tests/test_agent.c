@@ -756,7 +756,9 @@ TEST_IMPL(lease_break_read_only_pages)
 	read_fresh_image(&a, img, sizeof(img), "image-ro", 14, NULL, &orig);
 	ASSERT(proc_page(&a, 0).file || !proc_page(&a, 0).present);
 	/* A read-only stretch between writable ones: the advice that makes
-	 * the writable ones private stops at it, and the rest still must. */
+	 * the writable ones private stops at it, and the rest still must.
+	 * (Through the preload library the mprotect gives the stretch up
+	 * first, made private; a VMM linking the library would not.) */
 	ASSERT_EQ(proc_num(&a, "protect %u %u ro", IMG_SIZE / 4, IMG_SIZE / 4), 0);
 	int wfd = overwrite_image(img, NULL);
 	md_stats s;

@@ -361,6 +361,55 @@ TEST_IMPL(scan_locked_memory_not_merged)
 	return 0;
 }
 
+/* Guest RAM the VMM makes read-only (or gives a protection key): the
+ * mappings a merge or a discard puts there are read-write, and would make
+ * it writable again behind the VMM's back. It is made private and given
+ * up, until the VMM asks for merging there again. */
+TEST_IMPL(scan_protected_memory_given_up)
+{
+	char log[600];
+	struct proc a;
+	start_scan_logged(&a, "protect.log", log, sizeof(log));
+	proc_cmd(&a, "map 1024");
+	ASSERT(strcmp(proc_cmd(&a, "fill 0 256 1"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 256 1", 256 * PG), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 512 2", 512 * PG), "ok") == 0);	/* unique */
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_256_only), 0);
+	ASSERT_EQ(proc_page(&a, 8 * PG).pfn, proc_page(&a, 264 * PG).pfn);
+	char h[32];
+	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", 512 * PG));
+	ASSERT_EQ(proc_num(&a, "protect 0 %u ro", 512 * PG), 0);
+	ASSERT(strcmp(proc_cmd(&a, "perms 0"), "r--p") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "perms %u", 511 * PG), "r--p") == 0);
+	for (unsigned i = 0; i < 256; i++)
+		ASSERT(proc_page(&a, i * PG).pfn != proc_page(&a, (256 + i) * PG).pfn);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 512 * PG), h) == 0);
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.registered_bytes, (uint64_t)512 * PG);
+	/* Writable again, duplicates there: not merged (nor is the rest's
+	 * control pair missed); merged once advised mergeable again. */
+	ASSERT_EQ(proc_num(&a, "protect 0 %u rw", 512 * PG), 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill 0 128 7"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 128 7", 128 * PG), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 128 9", 512 * PG), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 128 9", 640 * PG), "ok") == 0);
+	uint64_t before = s.merged;
+	merged_want = before + 128;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_enough), 0);
+	passes_want = s.full_scans + 2;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, passes_done), 0);
+	ASSERT_EQ(s.merged, before + 128);
+	ASSERT(proc_page(&a, 8 * PG).pfn != proc_page(&a, 136 * PG).pfn);
+	ASSERT_EQ(proc_num(&a, "advise 0 %u mergeable", 512 * PG), 0);
+	merged_want = before + 256;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_enough), 0);
+	ASSERT_EQ(proc_page(&a, 8 * PG).pfn, proc_page(&a, 136 * PG).pfn);
+	proc_stop(&a);
+	ASSERT(strstr(file_text(log), "changes the protection of guest RAM (mprotect)"));
+	return 0;
+}
+
 /* QEMU binds a memory backend to host nodes (host-nodes=, policy=bind)
  * with mbind after its MADV_MERGEABLE. The kernel keeps the policy with the
  * mapping: the anonymous memory a discard puts over guest RAM, and the
