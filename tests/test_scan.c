@@ -226,11 +226,20 @@ TEST_IMPL(scan_not_given_to_kernel_ksm)
 	return 0;
 }
 
-/* Guest RAM holding 256 pairs of equal pages; `io` (a testproc command,
- * before the RAM exists when `early`, as QEMU sets up Linux AIO when it
- * opens its drives; when `reads`, given a file's descriptor, offset 0, a
- * page's length and the RAM's last page) answers `result` and is I/O the
- * agent cannot follow: nothing is merged, and the log says what stopped it. */
+/* 1 if the n pages at `at` and the n at `twin` are pair by pair on one
+ * frame (read first: a merged page is mapped, there once touched). */
+static int pairs_merged(struct proc *a, unsigned at, unsigned twin, unsigned n)
+{
+	proc_cmd(a, "hash %u %u", at * PG, n * PG);
+	proc_cmd(a, "hash %u %u", twin * PG, n * PG);
+	for (unsigned i = 0; i < n; i++) {
+		struct pm x = proc_page(a, (at + i) * PG), y = proc_page(a, (twin + i) * PG);
+		if (!x.present || !y.present || x.pfn != y.pfn)
+			return 0;
+	}
+	return 1;
+}
+
 /* Starts p with the scanner at full speed, logging to test_dir()/name (a
  * fresh file: a test may start more than one), whose path goes to log. */
 static void start_scan_logged(struct proc *p, const char *name, char *log, size_t size)
@@ -243,49 +252,69 @@ static void start_scan_logged(struct proc *p, const char *name, char *log, size_
 	proc_start(p, env);
 }
 
+/* Guest RAM holding 256 pairs of equal pages; `io` (a testproc command,
+ * before the RAM exists when `early`, as QEMU sets up Linux AIO when it
+ * opens its drives; when `reads`, given a file's descriptor, offset 0, a
+ * page's length and the RAM's last page) answers `result` and is I/O the
+ * agent cannot follow: nothing is merged, and the log says what stopped it.
+ * A second process of the same shape, started beside it, does the same
+ * without that I/O (the same read through pread, which the agent sees):
+ * it merges its 256 pairs and its scanner goes twice more over its RAM,
+ * the window in which the first is watched. Were the scanner not running
+ * at all, or too slow for the wait, that one fails; were the first still
+ * merging, its pairs would share frames by then. (Waiting a fixed 2 s for
+ * "nothing merged", as it did, passed with no scanner at all.) */
 static int stops_for_unseen_io(int early, int reads, const char *io, const char *result,
 			       const char *said)
 {
-	char log[600], file[600];
+	char log[600], seenlog[600], file[600];
 	snprintf(file, sizeof(file), "%s/disk", test_dir());
 	static char block[PG];
 	memset(block, 'd', sizeof(block));
 	int fd = open(file, O_CREAT | O_TRUNC | O_WRONLY, 0600);
 	ASSERT(fd >= 0 && write(fd, block, sizeof(block)) == (ssize_t)sizeof(block));
 	close(fd);
-	struct proc a;
+	struct proc a, b;
 	start_scan_logged(&a, "unseen.log", log, sizeof(log));
 	if ((strncmp(io, "uring", 5) == 0 || strncmp(io, "rawuring", 8) == 0) &&
 	    proc_num(&a, "uring poll") < 0) {
 		proc_stop(&a);
 		SKIP("io_uring is not available here (kernel.io_uring_disabled, seccomp)");
 	}
+	start_scan_logged(&b, "seen.log", seenlog, sizeof(seenlog));
 	if (early)
 		ASSERT(strcmp(proc_cmd(&a, "%s", io), result) == 0);
 	proc_cmd(&a, "map 520");
+	proc_cmd(&b, "map 520");
 	if (!early && reads) {
-		long long vfd = proc_num(&a, "open %s", file);
-		ASSERT(vfd >= 0);
+		long long vfd = proc_num(&a, "open %s", file), bfd = proc_num(&b, "open %s", file);
+		ASSERT(vfd >= 0 && bfd >= 0);
 		ASSERT(strcmp(proc_cmd(&a, "%s %lld 0 %u %u", io, vfd, PG, 512 * PG), result) == 0);
+		ASSERT_EQ(proc_num(&b, "read %lld 0 %u %u", bfd, PG, 512 * PG), PG);
 	} else if (!early) {
 		ASSERT(strcmp(proc_cmd(&a, "%s", io), result) == 0);
 	}
 	ASSERT(strcmp(proc_cmd(&a, "fill 0 256 5"), "ok") == 0);
 	ASSERT(strcmp(proc_cmd(&a, "fill %u 256 5", 256 * PG), "ok") == 0);
-	md_stats s0, s;
-	ASSERT_EQ(proc_stats_wait(&a, &s0, 5000, NULL), 0);
-	for (int i = 0; i < 40; i++) {	/* time for a few passes, were it scanning */
-		usleep(50000);
-		ASSERT_EQ(proc_stats(&a, &s), 0);
-	}
+	ASSERT(strcmp(proc_cmd(&b, "fill 0 256 5"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&b, "fill %u 256 5", 256 * PG), "ok") == 0);
+	md_stats s, sb;
+	ASSERT_EQ(proc_stats_wait(&b, &sb, 20000, merged_256_only), 0);
+	passes_want = sb.full_scans + 2;
+	ASSERT_EQ(proc_stats_wait(&b, &sb, 20000, passes_done), 0);
+	ASSERT_EQ(sb.io_unseen, 0);
+	ASSERT(pairs_merged(&b, 0, 256, 256));
+	ASSERT_EQ(proc_stats(&a, &s), 0);
 	ASSERT_EQ(s.merged, 0);
 	ASSERT_EQ(s.pages_sharing, 0);
 	ASSERT_EQ(s.io_unseen, 1);
-	for (unsigned i = 0; i < 256; i += 17)
+	for (unsigned i = 0; i < 256; i++)
 		ASSERT(proc_page(&a, i * PG).pfn != proc_page(&a, (256 + i) * PG).pfn);
 	proc_stop(&a);
+	proc_stop(&b);
 	ASSERT(strstr(file_text(log), "content scanning stops merging"));
 	ASSERT(strstr(file_text(log), said));
+	ASSERT(!strstr(file_text(seenlog), "stops merging"));
 	return 0;
 }
 
@@ -580,6 +609,36 @@ static int read_copied(struct proc *a, long long vfd, unsigned at)
 	return 1;
 }
 
+/* After a handover to the VMM's userfaultfd, n new pairs of equal pages in
+ * RAM still ours (pages at.. and twin.., fill seed; discarded first, as a
+ * guest's freed memory, else pages merged there would wait for a reap to
+ * be seen written) merge, and the scanner then goes at least twice over
+ * the registered RAM: the window in which what the VMM holds must stay
+ * unmerged. Were the scanner stopped by the handover, nothing here would
+ * merge; were it merging there still, the pairs given up (merged in a pass
+ * or two before) would be merged again by then. A fixed sleep, as it was,
+ * proved neither. */
+static void merges_beside_handover(struct proc *a, unsigned at, unsigned twin, unsigned n, unsigned seed)
+{
+	ASSERT_EQ(proc_num(a, "advise %u %u dontneed", at * PG, n * PG), 0);
+	ASSERT_EQ(proc_num(a, "advise %u %u dontneed", twin * PG, n * PG), 0);
+	ASSERT(strcmp(proc_cmd(a, "fill %u %u %u", at * PG, n, seed), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(a, "fill %u %u %u", twin * PG, n, seed), "ok") == 0);
+	int merged = 0;
+	for (int t = 0; t < 400 && !(merged = pairs_merged(a, at, twin, n)); t++)
+		usleep(50000);
+	ASSERT(merged);
+	/* Passes after they merged: the file lags up to a second, so from
+	 * the first count written since. */
+	md_stats s;
+	ASSERT_EQ(proc_stats(a, &s), 0);
+	passes_want = s.full_scans + 1;
+	ASSERT_EQ(proc_stats_wait(a, &s, 20000, passes_done), 0);
+	passes_want = s.full_scans + 2;
+	ASSERT_EQ(proc_stats_wait(a, &s, 20000, passes_done), 0);
+	ASSERT(pairs_merged(a, at, twin, n));
+}
+
 TEST_IMPL(scan_gives_ram_to_vmm_userfault)
 {
 	char log[600];
@@ -595,17 +654,14 @@ TEST_IMPL(scan_gives_ram_to_vmm_userfault)
 	ASSERT(strcmp(proc_cmd(&a, "fill %u 64 6", 896 * PG), "ok") == 0);	/* unique */
 	md_stats s;
 	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_384), 0);
-	unsigned same = 0;
-	for (unsigned i = 0; i < 256; i++)
-		same += proc_page(&a, i * PG).pfn == proc_page(&a, (256 + i) * PG).pfn;
-	ASSERT_EQ(same, 256);
+	ASSERT(pairs_merged(&a, 0, 256, 256));
 	for (unsigned i = 0; i < 64; i++)
 		ASSERT(!proc_page(&a, (576 + i) * PG).present);	/* dropped */
 	ASSERT_EQ(proc_num(&a, "advise %u %u dontneed", 600 * PG, 8 * PG), 0);
 	/* Pages the VMM's userfaultfd would wait for are never read here. */
 	char h[32], h2[32];
 	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", 576 * PG));
-	snprintf(h2, sizeof(h2), "%s", proc_cmd(&a, "hash %u %u", 640 * PG, 384 * PG));
+	snprintf(h2, sizeof(h2), "%s", proc_cmd(&a, "hash %u %u", 640 * PG, 320 * PG));
 
 	/* The merged pairs, the unique pages and the dropped zero pages go to
 	 * the VMM's userfaultfd. */
@@ -613,7 +669,8 @@ TEST_IMPL(scan_gives_ram_to_vmm_userfault)
 	for (unsigned i = 0; i < 64; i++)
 		ASSERT_EQ(proc_page(&a, (576 + i) * PG).present, i < 24 || i >= 32);
 	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 576 * PG), h) == 0);
-	usleep(500000);	/* passes of the scanner, were it merging there */
+	/* Pages 960-1023, untouched so far, are still the scanner's. */
+	merges_beside_handover(&a, 960, 992, 32, 7);
 	for (unsigned i = 0; i < 256; i++) {
 		struct pm x = proc_page(&a, i * PG), y = proc_page(&a, (256 + i) * PG);
 		ASSERT(x.present && y.present && !x.file && !y.file && x.pfn != y.pfn);
@@ -622,17 +679,16 @@ TEST_IMPL(scan_gives_ram_to_vmm_userfault)
 		ASSERT(proc_page(&a, (512 + i) * PG).present);
 	ASSERT_EQ(proc_num(&a, "uffd %u %u wp", 896 * PG, 64 * PG), 0);
 	/* The rest is the scanner's still. */
-	for (unsigned i = 0; i < 128; i += 7)
-		ASSERT_EQ(proc_page(&a, (640 + i) * PG).pfn, proc_page(&a, (768 + i) * PG).pfn);
+	ASSERT(pairs_merged(&a, 640, 768, 128));
 	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 576 * PG), h) == 0);
-	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 640 * PG, 384 * PG), h2) == 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 640 * PG, 320 * PG), h2) == 0);
 	/* Write-protection (a background snapshot) takes merged pages too,
 	 * made private in the pool's mapping. */
 	ASSERT_EQ(proc_num(&a, "uffd %u %u wp", 640 * PG, 256 * PG), 0);
 	for (unsigned i = 0; i < 128; i += 7)
 		ASSERT(proc_page(&a, (640 + i) * PG).pfn != proc_page(&a, (768 + i) * PG).pfn);
 	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 576 * PG), h) == 0);
-	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 640 * PG, 384 * PG), h2) == 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 640 * PG, 320 * PG), h2) == 0);
 	/* Advised again, it stays the VMM's: a mapping of ours there (a read
 	 * shared at read time, here) would drop the VMM's registration. */
 	long long vfd = open_test_image(&a);
@@ -663,14 +719,15 @@ TEST_IMPL(scan_takes_ram_back_from_vmm_userfault)
 	ASSERT(strcmp(proc_cmd(&a, "fill %u 256 4", 768 * PG), "ok") == 0);
 	md_stats s;
 	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_512), 0);
-	char h[32];
+	char h[32], hhi[32];
 	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", 1024 * PG));
+	snprintf(hhi, sizeof(hhi), "%s", proc_cmd(&a, "hash %u %u", 512 * PG, 512 * PG));
 	/* A registration the kernel refuses: the RAM, given up first, is
 	 * taken back at once, and what was made private merges again. */
 	ASSERT_EQ(proc_num(&a, "uffd 0 %u bad", 512 * PG), -EINVAL);
 	merged_want = s.merged + 256;
 	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_wanted), 0);
-	ASSERT_EQ(proc_page(&a, 7 * PG).pfn, proc_page(&a, 263 * PG).pfn);
+	ASSERT(pairs_merged(&a, 7, 263, 1));
 	ASSERT_EQ(proc_num(&a, "uffd 0 %u wp", 1024 * PG), 0);
 	for (unsigned i = 0; i < 256; i += 5)
 		ASSERT(proc_page(&a, i * PG).pfn != proc_page(&a, (256 + i) * PG).pfn);
@@ -678,12 +735,17 @@ TEST_IMPL(scan_takes_ram_back_from_vmm_userfault)
 	ASSERT_EQ(proc_num(&a, "uffdoff 0 %u", 512 * PG), 0);
 	merged_want = s.merged + 256;
 	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_wanted), 0);
-	for (unsigned i = 0; i < 256; i++)
-		ASSERT_EQ(proc_page(&a, i * PG).pfn, proc_page(&a, (256 + i) * PG).pfn);
-	usleep(500000);	/* passes of the scanner, were it merging there */
-	for (unsigned i = 0; i < 256; i += 5)
-		ASSERT(proc_page(&a, (512 + i) * PG).pfn != proc_page(&a, (768 + i) * PG).pfn);
+	ASSERT(pairs_merged(&a, 0, 256, 256));
 	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 1024 * PG), h) == 0);
+	/* New pairs in the half taken back (pages 0-31 and 256-287, the
+	 * pairs they held still pairs) merge while the half the VMM holds
+	 * stays unmerged. */
+	merges_beside_handover(&a, 0, 256, 32, 8);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 512 * PG, 512 * PG), hhi) == 0);
+	for (unsigned i = 0; i < 256; i++) {
+		struct pm x = proc_page(&a, (512 + i) * PG), y = proc_page(&a, (768 + i) * PG);
+		ASSERT(x.present && y.present && x.pfn != y.pfn);
+	}
 	/* A registration over both halves that the kernel refuses takes back
 	 * what it gave up (the first half), not the half the VMM still
 	 * holds: a read there is copied, not shared (a mapping of ours would
@@ -692,7 +754,7 @@ TEST_IMPL(scan_takes_ram_back_from_vmm_userfault)
 	ASSERT_EQ(proc_num(&a, "uffd 0 %u bad", 1024 * PG), -EINVAL);
 	merged_want = s.merged + 256;
 	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_wanted), 0);
-	ASSERT_EQ(proc_page(&a, 9 * PG).pfn, proc_page(&a, 265 * PG).pfn);
+	ASSERT(pairs_merged(&a, 9, 265, 1));
 	ASSERT(read_copied(&a, vfd, 512));
 	/* Advised again meanwhile, the part still registered is refused,
 	 * also after it was advised unmergeable in between; advised
@@ -712,10 +774,8 @@ TEST_IMPL(scan_takes_ram_back_from_vmm_userfault)
 	ASSERT(read_copied(&a, vfd, 560));
 	merged_want = s.merged + 128 + 16;
 	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_wanted), 0);
-	for (unsigned i = 0; i < 128; i++)
-		ASSERT_EQ(proc_page(&a, (640 + i) * PG).pfn, proc_page(&a, (896 + i) * PG).pfn);
-	for (unsigned i = 64; i < 80; i++)
-		ASSERT_EQ(proc_page(&a, (512 + i) * PG).pfn, proc_page(&a, (768 + i) * PG).pfn);
+	ASSERT(pairs_merged(&a, 640, 896, 128));
+	ASSERT(pairs_merged(&a, 576, 832, 16));
 	for (unsigned i = 80; i < 128; i += 5)
 		ASSERT(proc_page(&a, (512 + i) * PG).pfn != proc_page(&a, (768 + i) * PG).pfn);
 	proc_stop(&a);
@@ -743,8 +803,7 @@ TEST_IMPL(scan_forgets_vmm_hold_on_moved_ram)
 	ASSERT(strcmp(proc_cmd(&a, "fill %u 128 3", 896 * PG), "ok") == 0);
 	merged_want = s.merged + 128;
 	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_wanted), 0);
-	for (unsigned i = 0; i < 128; i++)
-		ASSERT_EQ(proc_page(&a, (896 + i) * PG).pfn, proc_page(&a, i * PG).pfn);
+	ASSERT(pairs_merged(&a, 896, 0, 128));
 	long long vfd = open_test_image(&a);
 	ASSERT(read_copied(&a, vfd, 800));
 	proc_stop(&a);
