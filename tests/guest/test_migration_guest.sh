@@ -34,19 +34,57 @@ mkdir -p "$out"
 port=$((5000 + $$ % 9000 * 3))   # this, +1 (monitors), +2 (migration); below the ephemeral ports
 
 # HMP commands on the monitor at port $P (a TCP port: bash needs no tool
-# for it); prints the replies.
-P=$port
+# for it); prints the replies, each read up to the monitor's next prompt
+# (its echo of the command left out), not for a fixed time (it slept 0.3 s,
+# 0.5 s a command, and read for 1 s: a reply later than that went unread,
+# and a refusal with it). A monitor that does not listen, or does not
+# answer, within $hmp_wait s is said as an error line in the replies (which
+# the callers look for errors in).
+P=$port hmp_wait=30
+hmp_read() {   # the monitor's output (fd 3) up to its prompt, into hmp_buf
+  local ch left
+  hmp_buf=""
+  while :; do
+    left=$((hmp_deadline - SECONDS))
+    [ "$left" -gt 0 ] || return 1
+    IFS= read -r -N 1 -t "$left" -u 3 ch || return 1
+    hmp_buf+=$ch
+    [[ $hmp_buf == *"(qemu) " ]] && return 0
+  done
+}
 hmp() {
-  local c
-  exec 3<>"/dev/tcp/127.0.0.1/$P" || return 1
-  sleep 0.3
-  for c in "$@"; do printf '%s\n' "$c" >&3; sleep 0.5; done
-  timeout 1 cat <&3 | tr -d '\r' | sed 's/\x1b\[[0-9;]*[A-Za-z]//g' || true
+  local c out="" deadline=$((SECONDS + hmp_wait))
+  until exec 3<>"/dev/tcp/127.0.0.1/$P"; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      echo "error: no monitor listens at port $P (${hmp_wait} s)"
+      return 0
+    fi
+    sleep 0.2
+  done 2>/dev/null
+  hmp_deadline=$deadline
+  if hmp_read; then   # the greeting
+    for c in "$@"; do
+      printf '%s\n' "$c" >&3
+      hmp_deadline=$((SECONDS + hmp_wait))
+      if ! hmp_read; then
+        out+="$hmp_buf"$'\n'"error: the monitor at port $P did not answer '$c' (${hmp_wait} s)"$'\n'
+        break
+      fi
+      hmp_buf=${hmp_buf#*$'\n'}
+      out+=${hmp_buf%"(qemu) "}
+    done
+  else
+    out+="error: the monitor at port $P gave no prompt (${hmp_wait} s)"$'\n'
+  fi
   exec 3>&-
+  printf '%s' "$out" | tr -d '\r' | sed 's/\x1b\[[0-9;]*[A-Za-z]//g'
+}
+migration_status() {   # of the QEMU whose monitor is at port $P
+  hmp "info migrate" | grep -m1 '^Migration status:' | awk '{print $3}' || true
 }
 
-agent_counter() {   # one counter of the agent under the scanner
-  MEMDEDUP_RUN_DIR=$out/run "$md" status --json --agents 2>/dev/null |
+agent_counter() {   # NAME [RUN_DIR]: one counter of the agent under the scanner
+  MEMDEDUP_RUN_DIR=${2:-$out/run} "$md" status --json --agents 2>/dev/null |
     grep -o "\"$1\": *[0-9]*" | head -1 | grep -o '[0-9]*$' || echo 0
 }
 
@@ -76,17 +114,18 @@ if [ "${merged:-0}" -ge 1000 ]; then
 else
   fail "the scanner merged ${merged:-no} pages before the snapshot (need >= 1000)"
 fi
-reply=$(hmp "migrate_set_capability background-snapshot on" "migrate \"exec:cat > $out/snap\"")
+reply=$(hmp "migrate_set_capability background-snapshot on" "migrate -d \"exec:cat > $out/snap\"")
 if grep -qi error <<<"$reply"; then
   fail "QEMU refused the background snapshot: $(grep -i error <<<"$reply" | head -1)"
 else
   pass "QEMU took the background-snapshot capability"
 fi
-status=""
-for _ in $(seq 1 60); do
-  status=$(hmp "info migrate" | grep -m1 '^Migration status:' | awk '{print $3}' || true)
+status="" deadline=$((SECONDS + 180))
+while :; do
+  status=$(migration_status)
   case "$status" in completed|failed|cancelled) break ;; esac
-  sleep 1
+  [ "$SECONDS" -lt "$deadline" ] || break
+  sleep 0.5
 done
 if [ "$status" = completed ] && [ -s "$out/snap" ]; then
   pass "the snapshot completed ($(($(stat -c %s "$out/snap") / 1048576)) MB)"
@@ -157,11 +196,18 @@ done
 P=$((port + 1)) hmp "migrate_set_capability postcopy-ram on" > "$out/hmp-dest" || true
 reply=$(hmp "migrate_set_capability postcopy-ram on" "migrate_set_parameter max-bandwidth 5M" \
         "migrate -d tcp:127.0.0.1:$((port + 2))")
-sleep 4
-# The destination's scanner must have dropped zero pages by the switch, or
-# this proves nothing about them.
-dropped=$(MEMDEDUP_RUN_DIR=$out/run-dest "$md" status --json --agents 2>/dev/null |
-          grep -o '"zero_pages": *[0-9]*' | head -1 | grep -o '[0-9]*$' || echo 0)
+# The switch comes once the migration runs (precopy, at 5 MB/s: most pages
+# are still to come) and the destination's scanner has dropped zero pages
+# among those it got, or this proves nothing about them.
+dropped=0 status="" deadline=$((SECONDS + 60))
+while :; do
+  status=$(migration_status)
+  dropped=$(agent_counter zero_pages "$out/run-dest")
+  [ "$status" = active ] && [ "${dropped:-0}" -gt 0 ] && break
+  case "$status" in completed|failed|cancelled) break ;; esac
+  [ "$SECONDS" -lt "$deadline" ] || break
+  sleep 0.5
+done
 reply+=$(hmp "migrate_start_postcopy")
 if [ "${dropped:-0}" -gt 0 ]; then
   pass "the destination's scanner dropped $dropped zero pages before the switch to postcopy"
@@ -171,12 +217,13 @@ fi
 if grep -qi error <<<"$reply$(cat "$out/hmp-dest")"; then
   fail "QEMU refused postcopy: $(grep -hi error <<<"$reply$(cat "$out/hmp-dest")" | head -1)"
 fi
-status="" postcopy=0
-for _ in $(seq 1 90); do
-  status=$(hmp "info migrate" | grep -m1 '^Migration status:' | awk '{print $3}' || true)
+status="" postcopy=0 deadline=$((SECONDS + 300))
+while :; do
+  status=$(migration_status)
   [ "$status" = postcopy-active ] && postcopy=1
   case "$status" in completed|failed|cancelled) break ;; esac
-  sleep 1
+  [ "$SECONDS" -lt "$deadline" ] || break
+  sleep 0.5
 done
 # That it went postcopy shows in the destination's agent (below): only
 # postcopy's listen registers guest RAM there; the status poll may miss it.
