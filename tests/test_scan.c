@@ -354,8 +354,7 @@ TEST_IMPL(scan_locked_memory_not_merged)
 	ASSERT(strcmp(proc_cmd(&b, "fill %u 256 1", 256 * PG), "ok") == 0);
 	ASSERT(strcmp(proc_cmd(&b, "fill %u 512 2", 512 * PG), "ok") == 0);	/* unique */
 	ASSERT_EQ(proc_stats_wait(&b, &s, 20000, merged_256_only), 0);
-	for (unsigned i = 0; i < 256; i += 15)
-		ASSERT_EQ(proc_page(&b, i * PG).pfn, proc_page(&b, (256 + i) * PG).pfn);
+	ASSERT(pairs_merged(&b, 0, 256, 256));
 	char h[32];
 	snprintf(h, sizeof(h), "%s", proc_cmd(&b, "hash 0 %u", 512 * PG));
 	ASSERT_EQ(proc_num(&b, "mlock 0 %u", 512 * PG), 0);
@@ -379,10 +378,9 @@ TEST_IMPL(scan_locked_memory_not_merged)
 	passes_want = s.full_scans + 2;
 	ASSERT_EQ(proc_stats_wait(&b, &s, 20000, passes_done), 0);
 	ASSERT_EQ(s.merged, before + 128);
-	for (unsigned i = 0; i < 128; i++) {
+	for (unsigned i = 0; i < 128; i++)
 		ASSERT(proc_page(&b, i * PG).pfn != proc_page(&b, (128 + i) * PG).pfn);
-		ASSERT_EQ(proc_page(&b, (512 + i) * PG).pfn, proc_page(&b, (640 + i) * PG).pfn);
-	}
+	ASSERT(pairs_merged(&b, 512, 640, 128));
 	ASSERT_EQ(proc_num(&b, "vmflag 0 lo"), 1);
 	ASSERT_EQ(proc_num(&b, "vmflag %u lo", 511 * PG), 1);
 	proc_stop(&b);
@@ -405,7 +403,7 @@ TEST_IMPL(scan_protected_memory_given_up)
 	ASSERT(strcmp(proc_cmd(&a, "fill %u 512 2", 512 * PG), "ok") == 0);	/* unique */
 	md_stats s;
 	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_256_only), 0);
-	ASSERT_EQ(proc_page(&a, 8 * PG).pfn, proc_page(&a, 264 * PG).pfn);
+	ASSERT(pairs_merged(&a, 0, 256, 256));
 	char h[32];
 	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", 512 * PG));
 	ASSERT_EQ(proc_num(&a, "protect 0 %u ro", 512 * PG), 0);
@@ -433,7 +431,7 @@ TEST_IMPL(scan_protected_memory_given_up)
 	ASSERT_EQ(proc_num(&a, "advise 0 %u mergeable", 512 * PG), 0);
 	merged_want = before + 256;
 	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_enough), 0);
-	ASSERT_EQ(proc_page(&a, 8 * PG).pfn, proc_page(&a, 136 * PG).pfn);
+	ASSERT(pairs_merged(&a, 0, 128, 128));
 	proc_stop(&a);
 	ASSERT(strstr(file_text(log), "changes the protection of guest RAM (mprotect)"));
 	return 0;
@@ -469,9 +467,8 @@ TEST_IMPL(scan_keeps_numa_policy)
 	md_stats s;
 	merged_want = 384;
 	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_enough), 0);
-	for (unsigned i = 0; i < 256; i += 15)
-		ASSERT_EQ(proc_page(&a, i * PG).pfn, proc_page(&a, (256 + i) * PG).pfn);
-	ASSERT_EQ(proc_page(&a, 520 * PG).pfn, proc_page(&a, 1032 * PG).pfn);
+	ASSERT(pairs_merged(&a, 0, 256, 256));
+	ASSERT(pairs_merged(&a, 512, 1024, 128));
 	ASSERT_EQ(proc_num(&a, "policy %u", 1200 * PG), MPOL_DEFAULT);	/* never bound */
 	ASSERT_EQ(proc_num(&a, "policy %u", 1040 * PG), MPOL_DEFAULT);	/* the pool's, untouched */
 	/* Discarded, merged pages: anonymous memory over them, bound. */
@@ -500,7 +497,7 @@ TEST_IMPL(scan_keeps_numa_policy)
 	ASSERT(strcmp(proc_cmd(&a, "fill %u 128 4", 512 * PG), "ok") == 0);
 	merged_want = s.merged + 128;
 	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_enough), 0);
-	ASSERT_EQ(proc_page(&a, 600 * PG).pfn, proc_page(&a, 1112 * PG).pfn);
+	ASSERT(pairs_merged(&a, 512, 1024, 128));
 	ASSERT_EQ(proc_num(&a, "advise %u %u dontneed", 600 * PG, 4 * PG), 0);
 	ASSERT_EQ(proc_num(&a, "policy %u", 600 * PG), MPOL_DEFAULT);
 	ASSERT_EQ(proc_num(&a, "policy %u", 700 * PG), MPOL_BIND);
@@ -915,8 +912,7 @@ TEST_IMPL(scan_merges_beside_event_rings)
 	ASSERT_EQ(proc_num(&a, "uring poll"), 3);
 	ASSERT_EQ(proc_stats(&a, &s), 0);
 	ASSERT_EQ(s.io_unseen, 0);
-	for (unsigned i = 0; i < 256; i += 17)
-		ASSERT(proc_page(&a, i * PG).pfn == proc_page(&a, (256 + i) * PG).pfn);
+	ASSERT(pairs_merged(&a, 0, 256, 256));
 	proc_stop(&a);
 	ASSERT(!strstr(file_text(log), "stops merging"));
 	return 0;
@@ -948,8 +944,7 @@ TEST_IMPL(scan_failed_unmap_keeps_pages)
 	/* Unmapped for real, it is forgotten, and the rest stays merged. */
 	ASSERT_EQ(proc_num(&a, "unmap %u %x", 512 * PG, 512 * PG), 0);
 	ASSERT_EQ(proc_stats_wait(&a, &s, 5000, NULL), 0);
-	for (unsigned i = 0; i < 256; i += 15)
-		ASSERT(proc_page(&a, i * PG).pfn == proc_page(&a, (256 + i) * PG).pfn);
+	ASSERT(pairs_merged(&a, 0, 256, 256));
 	proc_stop(&a);
 	return 0;
 }
