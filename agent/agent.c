@@ -17,12 +17,15 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <linux/magic.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "agent_internal.h"
 #include "log.h"
+#include "policies.h"
 #include "sys.h"
 
 static int agent_exists;
@@ -697,20 +700,95 @@ static int give_up_locked(md_agent *a, uintptr_t s, uintptr_t e, int all, size_t
 	return err;
 }
 
-int md__agent_lock(md_agent *a, uintptr_t s, uintptr_t e, int all, int future)
+int md__agent_lock(md_agent *a, uintptr_t s, uintptr_t e, int all)
 {
 	size_t gone;
 	pthread_mutex_lock(&a->lock);
-	if (future)
-		a->future_locked = 1;
 	int err = give_up_locked(a, s, e, all, &gone);
-	if (gone || future)
+	if (gone)
 		md__log_once(87, "the VMM locks guest RAM in memory (%s): copy-on-write sharing would "
 			     "copy every page at once, so it is no longer shared or merged%s",
 			     all ? "mlockall, QEMU's -overcommit mem-lock=on" : "mlock",
 			     err ? "; not all of it could be made private: the lock fails" : "");
 	pthread_mutex_unlock(&a->lock);
 	return err;
+}
+
+void md__agent_lock_future(md_agent *a, int future)
+{
+	pthread_mutex_lock(&a->lock);
+	a->future_locked = future;
+	pthread_mutex_unlock(&a->lock);
+}
+
+struct mbind_call {
+	long (*call)(long, ...);
+	void *addr;
+	unsigned long len;
+	int mode;
+	const unsigned long *nodes;
+	unsigned long maxnode;
+	unsigned flags;
+	const struct md__span *skip;
+	size_t nskip;
+	long ret;
+	int err;
+};
+
+static int mbind_run(void *p)
+{
+	struct mbind_call *m = p;
+	m->ret = md__policy_mbind(m->call, m->addr, m->len, m->mode, m->nodes, m->maxnode, m->flags,
+				  m->skip, m->nskip);
+	m->err = errno;
+	return 0;
+}
+
+/* Whether the file (dev, ino) is an image the agent maps from, kept in
+ * shared memory (tmpfs); lock held. */
+static int image_in_shmem(const md_agent *a, dev_t dev, ino_t ino)
+{
+	struct statfs fs;
+	for (size_t i = 0; i < a->nimages; i++)
+		if (a->images[i].dev == dev && a->images[i].ino == ino)
+			return fstatfs(a->images[i].fd, &fs) == 0 && fs.f_type == TMPFS_MAGIC;
+	return 0;
+}
+
+long md__agent_mbind(md_agent *a, long (*call)(long, ...), void *addr, unsigned long len, int mode,
+		     const unsigned long *nodes, unsigned long maxnode, unsigned flags)
+{
+	struct mbind_call m = { call, addr, len, mode, nodes, maxnode, flags, NULL, 0, -1, 0 };
+	uintptr_t s = (uintptr_t)addr & ~(uintptr_t)(MD_PAGE - 1), e = (uintptr_t)addr + len;
+	struct md__file_map *v = NULL;
+	struct md__span *skip = NULL;
+	size_t n = 0;
+	pthread_mutex_lock(&a->lock);
+	/* Pool pages and images in shared memory the agent mapped there: an
+	 * mbind would set their file's policy, for every process mapping it
+	 * (other VMs of the domain). The rest is bound as the VMM asked. */
+	if (e > s && e < UINTPTR_MAX - MD_PAGE) {
+		int err = md__range_file_maps(s, e, &v, &n);
+		skip = n ? malloc(n * sizeof(*skip)) : NULL;
+		if (err || (n && !skip)) {
+			m.err = err ? -err : ENOMEM;
+			goto unlock;
+		}
+		for (size_t i = 0; i < n; i++)
+			if (v[i].pool || image_in_shmem(a, v[i].dev, v[i].ino))
+				skip[m.nskip++] = (struct md__span){ v[i].lo, v[i].hi };
+		m.skip = skip;
+	}
+	if (a->engine)
+		md__engine_locked(a->engine, mbind_run, &m);	/* no pool mapping made meanwhile */
+	else
+		mbind_run(&m);
+unlock:
+	pthread_mutex_unlock(&a->lock);
+	free(v);
+	free(skip);
+	errno = m.err;
+	return m.ret;
 }
 
 int md__agent_protect(md_agent *a, uintptr_t s, uintptr_t e)
@@ -724,13 +802,6 @@ int md__agent_protect(md_agent *a, uintptr_t s, uintptr_t e)
 			     "or merged%s", err ? "; not all of it could be made private: the call fails" : "");
 	pthread_mutex_unlock(&a->lock);
 	return err;
-}
-
-void md__agent_unlock_all(md_agent *a)
-{
-	pthread_mutex_lock(&a->lock);
-	a->future_locked = 0;
-	pthread_mutex_unlock(&a->lock);
 }
 
 /* The page-aligned range [*s, *e) that [addr, addr+len) covers: 0, or

@@ -259,16 +259,23 @@ int md__walk_worth(int known, const struct md__resident *now, const struct md__r
  * range is forgotten if op succeeded, else as md__engine_unmap says
  * (keep_mapped: op was a munmap). Returns op's result. */
 int md__agent_unmap(md_agent *a, void *addr, size_t len, int (*op)(void *arg), void *arg, int keep_mapped);
-/* The VMM locks [start, end) in memory (mlock, mlock2), or all its memory
- * with mlockall (all = 1; future: MCL_FUTURE): before the call, guest RAM
- * there is given up as md_agent_unregister does, and none is registered
- * again while mlockall's MCL_FUTURE holds (md__agent_unlock_all ends it).
- * A locked private mapping is filled by write faults when mapped or
- * locked, so what is shared there would become private copies behind the
- * engine's back. 0, or -errno when shared pages cannot be made private
- * (memory short): the VMM's call must then fail. */
-int md__agent_lock(md_agent *a, uintptr_t start, uintptr_t end, int all, int future);
-void md__agent_unlock_all(md_agent *a);
+/* The VMM is about to lock [start, end) in memory (mlock, mlock2), or all
+ * its memory (mlockall: all = 1): guest RAM there is given up first, as
+ * md_agent_unregister does. A locked private mapping is filled by write
+ * faults when mapped or locked, so what is shared there would become
+ * private copies behind the engine's back. 0, or -errno when shared pages
+ * cannot be made private (memory short): the VMM's call must then fail. */
+int md__agent_lock(md_agent *a, uintptr_t start, uintptr_t end, int all);
+/* The VMM's mbind (libnuma's, or syscall(2)), through call (the C
+ * library's syscall): followed for the mappings the agent and the engine
+ * make (policies.h), and kept off the mappings of shared memory that are
+ * the agent's (the pool, images on tmpfs), whose policy is their file's,
+ * for every process. The call's result, errno as it left it. */
+long md__agent_mbind(md_agent *a, long (*call)(long, ...), void *addr, unsigned long len, int mode,
+		     const unsigned long *nodes, unsigned long maxnode, unsigned flags);
+/* Whether mlockall(MCL_FUTURE) holds now (set after the VMM's call
+ * succeeded): nothing is registered while it does. */
+void md__agent_lock_future(md_agent *a, int future);
 /* The VMM gives [start, end) a protection other than read-write (mprotect,
  * pkey_mprotect): the mappings the engine and the agent make over guest
  * RAM are read-write, so guest RAM there is given up first, as by

@@ -114,6 +114,7 @@ static void child_after_fork(void)
 __attribute__((constructor)) static void preload_init(void)
 {
 	pthread_atfork(NULL, NULL, child_after_fork);
+	md__policy_atfork();
 	find_libc_syscall();
 }
 
@@ -274,9 +275,11 @@ static long (*libc_syscall)(long, ...);
 
 static void find_libc_syscall(void)
 {
-	if (!__atomic_load_n(&libc_syscall, __ATOMIC_ACQUIRE))
-		__atomic_store_n(&libc_syscall, (long (*)(long, ...))dlsym(RTLD_NEXT, "syscall"),
-				 __ATOMIC_RELEASE);
+	if (!__atomic_load_n(&libc_syscall, __ATOMIC_ACQUIRE)) {
+		long (*call)(long, ...) = (long (*)(long, ...))dlsym(RTLD_NEXT, "syscall");
+		__atomic_store_n(&libc_syscall, call, __ATOMIC_RELEASE);
+		__atomic_store_n(&md__libc_syscall, call, __ATOMIC_RELEASE);	/* the agent's raw calls */
+	}
 }
 
 /* The kernel's call, not ours: syscall(2) inside this library is ours. */
@@ -294,14 +297,17 @@ static long libc_call(long nr, long a0, long a1, long a2)
 /* Locked memory: a private mapping made or locked there is filled at once
  * by write faults (copies), so guest RAM is given up first; a failure to
  * make shared pages private fails the call (EAGAIN: "could not be locked"). */
-static int lock_first(const void *addr, size_t len, int all, int future)
+static int lock_first(const void *addr, size_t len, int all)
 {
 	md_agent *a = agent_peek();
+	/* The pages the kernel locks: from addr's page to the end's, rounded
+	 * up (an end inside a page would be no page boundary at all). */
 	uintptr_t s = (uintptr_t)addr & ~(uintptr_t)(MD_PAGE_SIZE - 1);
 	uintptr_t e = (uintptr_t)addr + len;
-	if (!a || (!all && (len == 0 || e < s)))
+	if (!a || (!all && (len == 0 || e < s || e > UINTPTR_MAX - MD_PAGE_SIZE)))
 		return 0;
-	int err = md__agent_lock(a, s, all ? 0 : e, all, future);
+	e = (e + MD_PAGE_SIZE - 1) & ~(uintptr_t)(MD_PAGE_SIZE - 1);
+	int err = md__agent_lock(a, s, all ? 0 : e, all);
 	if (err)
 		errno = err == -ENOMEM ? EAGAIN : -err;
 	return err;
@@ -309,13 +315,13 @@ static int lock_first(const void *addr, size_t len, int all, int future)
 
 EXPORT int mlock(const void *addr, size_t len)
 {
-	return lock_first(addr, len, 0, 0) ? -1 : (int)libc_call(SYS_mlock, (long)addr, (long)len, 0);
+	return lock_first(addr, len, 0) ? -1 : (int)libc_call(SYS_mlock, (long)addr, (long)len, 0);
 }
 
 EXPORT int mlock2(const void *addr, size_t len, unsigned int flags)
 {
 	/* Flags the kernel refuses change nothing here either. */
-	if (!(flags & ~(unsigned)MLOCK_ONFAULT) && lock_first(addr, len, 0, 0))
+	if (!(flags & ~(unsigned)MLOCK_ONFAULT) && lock_first(addr, len, 0))
 		return -1;
 	return (int)libc_call(SYS_mlock2, (long)addr, (long)len, flags);
 }
@@ -323,11 +329,20 @@ EXPORT int mlock2(const void *addr, size_t len, unsigned int flags)
 EXPORT int mlockall(int flags)
 {
 	/* MCL_CURRENT locks what is mapped; MCL_FUTURE what is mapped later,
-	 * the engine's own mappings over guest RAM included. */
+	 * the engine's own mappings over guest RAM included. What is given
+	 * up stays so if the call fails; MCL_FUTURE is known to hold only
+	 * once it succeeded (MCL_CURRENT alone ends it, as the kernel's). */
 	int valid = flags && !(flags & ~(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT)) && flags != MCL_ONFAULT;
-	if (valid && lock_first(NULL, 0, 1, (flags & MCL_FUTURE) != 0))
+	if (valid && lock_first(NULL, 0, 1))
 		return -1;
-	return (int)libc_call(SYS_mlockall, flags, 0, 0);
+	int r = (int)libc_call(SYS_mlockall, flags, 0, 0);
+	md_agent *a = agent_peek();
+	if (r == 0 && a) {
+		int saved = errno;
+		md__agent_lock_future(a, (flags & MCL_FUTURE) != 0);
+		errno = saved;
+	}
+	return r;
 }
 
 /* A protection other than read-write (or a protection key) on guest RAM:
@@ -368,7 +383,7 @@ EXPORT int munlockall(void)
 	int r = (int)libc_call(SYS_munlockall, 0, 0, 0);
 	md_agent *a = agent_peek();
 	if (r == 0 && a)
-		md__agent_unlock_all(a);
+		md__agent_lock_future(a, 0);
 	return r;
 }
 
@@ -386,7 +401,10 @@ EXPORT long mbind(void *addr, unsigned long len, int mode, const unsigned long *
 		errno = ENOSYS;
 		return -1;
 	}
-	return md__policy_mbind(call, addr, len, mode, nodes, maxnode, flags);
+	md_agent *a = agent_peek();
+	if (a)
+		return md__agent_mbind(a, call, addr, len, mode, nodes, maxnode, flags);
+	return md__policy_mbind(call, addr, len, mode, nodes, maxnode, flags, NULL, 0);
 }
 
 /* RAM unmapped or replaced goes through md__agent_unmap: the scanner, which
@@ -726,8 +744,8 @@ EXPORT long syscall(long nr, ...)
 	case SYS_pkey_mprotect:
 		return pkey_mprotect((void *)a[0], (size_t)a[1], (int)a[2], (int)a[3]);
 	case SYS_mbind:
-		return md__policy_mbind(call, (void *)a[0], (unsigned long)a[1], (int)a[2],
-					(const unsigned long *)a[3], (unsigned long)a[4], (unsigned)a[5]);
+		return mbind((void *)a[0], (unsigned long)a[1], (int)a[2], (const unsigned long *)a[3],
+			     (unsigned long)a[4], (unsigned)a[5]);
 	}
 	return call(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
 }

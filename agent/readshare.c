@@ -20,6 +20,7 @@
 #include "agent_internal.h"
 #include "log.h"
 #include "protocol.h"
+#include "policies.h"
 #include "sys.h"
 
 static uintptr_t round_up(uintptr_t x) { return (x + MD_PAGE - 1) & ~(MD_PAGE - 1); }
@@ -152,6 +153,7 @@ static size_t share_locked(struct md_agent *a, struct md__region *r, int fd,
 		return 0;
 	}
 	a->maps_since_count += 2;	/* the new VMA, and the split it may cause */
+	md__policy_apply_file(dst, plan->map_len, img->fd);	/* the VMM's NUMA policy, if any */
 	/* MADV_DONTFORK and MADV_MERGEABLE (with kernel KSM) come within a
 	 * second, for all new mappings at once (md__regions_flush_advice):
 	 * two madvise calls per read were a tenth of its cost. Until then a

@@ -169,16 +169,18 @@ void md__regions_advise(struct md_agent *a, uintptr_t start, uintptr_t end, unsi
 void md__apply_advice(struct md_agent *a, const struct md__region *r, uintptr_t addr, size_t len)
 {
 	md__advise_new_mapping((void *)addr, len, r->advice, a->kernel_ksm);
-	md__policy_apply(addr, len);	/* anonymous memory, images: never the pool */
+	md__policy_apply(addr, len);	/* anonymous memory only */
 }
 
+/* Image mappings made at read time: their policy was given then
+ * (readshare.c), by image. */
 static void advise_ranges(struct md_agent *a, const struct md__region *r, const struct md__rangeset *rs)
 {
 	for (size_t k = 0; k < rs->n; k++) {
 		uintptr_t s = rs->start[k] > r->start ? rs->start[k] : r->start;
 		uintptr_t e = rs->end[k] < r->end ? rs->end[k] : r->end;
 		if (s < e)
-			md__apply_advice(a, r, s, e - s);
+			md__advise_new_mapping((void *)s, e - s, r->advice, a->kernel_ksm);
 	}
 }
 
@@ -277,13 +279,13 @@ static int replace_read_only(struct md_agent *a, struct md__region *r, uintptr_t
 		/* Not even readable (PROT_NONE): readable for the copy, the
 		 * VMM reads nothing there meanwhile; the copy takes its place
 		 * with the protection it had. */
-		if (!(v[i].prot & PROT_READ) && mprotect((void *)v[i].lo, l, PROT_READ) != 0) {
+		if (!(v[i].prot & PROT_READ) && md__sys_mprotect((void *)v[i].lo, l, PROT_READ) != 0) {
 			err = -errno;
 			md__sys_munmap(tmp, l);
 			break;
 		}
 		memcpy(tmp, (const void *)v[i].lo, l);
-		if (mprotect(tmp, l, v[i].prot) != 0 ||
+		if (md__sys_mprotect(tmp, l, v[i].prot) != 0 ||
 		    md__sys_mremap(tmp, l, l, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)v[i].lo) == MAP_FAILED) {
 			err = -errno;
 			md__sys_munmap(tmp, l);

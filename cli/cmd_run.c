@@ -337,7 +337,7 @@ static uint64_t own_caps(const char *name)
  * permitted or effective capabilities: pP' = (fP & bounding) | (fI & pI),
  * or the effective flag (cap_bprm_creds_from_file, for a real uid other
  * than root: root's exec is never secure for them). */
-static int file_caps_raise(const char *path)
+static int file_caps_raise(const char *path, int no_new_privs)
 {
 	struct vfs_ns_cap_data caps;
 	ssize_t n = getxattr(path, "security.capability", &caps, sizeof(caps));
@@ -349,8 +349,10 @@ static int file_caps_raise(const char *path)
 		fp |= (uint64_t)le32toh(caps.data[1].permitted) << 32;
 		fi |= (uint64_t)le32toh(caps.data[1].inheritable) << 32;
 	}
+	/* Under no_new_privs the kernel keeps the permitted set within ours:
+	 * nothing is raised, and only the effective flag makes it secure. */
 	return (magic & VFS_CAP_FLAGS_EFFECTIVE) ||
-	       ((fp & own_caps("CapBnd")) | (fi & own_caps("CapInh"))) != 0;
+	       (!no_new_privs && ((fp & own_caps("CapBnd")) | (fi & own_caps("CapInh"))) != 0);
 }
 
 /* Whether ld.so would run exe in secure mode (AT_SECURE), where it ignores
@@ -378,7 +380,8 @@ static int secure_exec(const char *exe, char *why, size_t size)
 	/* Neither the bits nor file capabilities count on a nosuid mount,
 	 * and the bits not under no_new_privs. */
 	int nosuid = statvfs(file, &sv) == 0 && (sv.f_flag & ST_NOSUID);
-	int bits = !nosuid && prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) != 1;
+	int nnp = prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1;
+	int bits = !nosuid && !nnp;
 	int suid = bits && (st.st_mode & S_ISUID);
 	int sgid = bits && (st.st_mode & (S_ISGID | S_IXGRP)) == (S_ISGID | S_IXGRP);
 	uid_t euid = suid ? st.st_uid : geteuid();
@@ -392,7 +395,7 @@ static int secure_exec(const char *exe, char *why, size_t size)
 	else if (euid != getuid() || egid != getgid())
 		snprintf(why, size, "memdedup runs with an effective user or group id other than its "
 			 "real one: the dynamic loader would ignore the memdedup agent");
-	else if (!nosuid && getuid() != 0 && file_caps_raise(file))
+	else if (!nosuid && getuid() != 0 && file_caps_raise(file, nnp))
 		snprintf(why, size, "%s has file capabilities: the dynamic loader would ignore the "
 			 "memdedup agent; run it without memdedup or remove them (setcap -r)", who);
 	else

@@ -9,7 +9,9 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
+#include <linux/magic.h>
 
 #include "log.h"
 
@@ -28,6 +30,14 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static struct policy *v;
 static size_t n, cap;		/* n read without the lock as a hint only (atomic) */
 static long (*syscall_fn)(long, ...);	/* the C library's, from the first mbind */
+/* VMM's mbind calls under way: a mapping made after one took effect must
+ * wait for its record, not see none yet (atomic). */
+static unsigned binding;
+
+static int none(void)
+{
+	return !__atomic_load_n(&n, __ATOMIC_SEQ_CST) && !__atomic_load_n(&binding, __ATOMIC_SEQ_CST);
+}
 
 /* Takes [lo, hi) out of every policy, splitting one that spans it: 0, or
  * -ENOMEM when a split finds no memory (that policy is then cut at lo
@@ -78,7 +88,10 @@ static int cut(uintptr_t lo, uintptr_t hi)
 
 static int add(uintptr_t lo, uintptr_t hi, int mode, const unsigned long *nodes, unsigned long maxnode)
 {
-	size_t words = (maxnode + 8 * sizeof(long) - 1) / (8 * sizeof(long));
+	/* The kernel reads maxnode - 1 bits of the mask (get_nodes), no
+	 * more: nor may we, the caller's mask may end there. */
+	size_t bits = maxnode && nodes ? maxnode - 1 : 0;
+	size_t words = (bits + 8 * sizeof(long) - 1) / (8 * sizeof(long));
 	if (words > MAX_NODE_WORDS)
 		return -E2BIG;
 	if (n == cap) {
@@ -98,31 +111,51 @@ static int add(uintptr_t lo, uintptr_t hi, int mode, const unsigned long *nodes,
 }
 
 long md__policy_mbind(long (*call)(long, ...), void *addr, unsigned long len, int mode,
-		      const unsigned long *nodes, unsigned long maxnode, unsigned flags)
+		      const unsigned long *nodes, unsigned long maxnode, unsigned flags,
+		      const struct md__span *skip, size_t nskip)
 {
+	__atomic_add_fetch(&binding, 1, __ATOMIC_SEQ_CST);
 	pthread_mutex_lock(&lock);
 	syscall_fn = call;
-	long r = call(SYS_mbind, addr, len, mode, nodes, maxnode, flags);
+	uintptr_t lo = (uintptr_t)addr, hi = lo + len, cur = lo;
+	long r = 0;
+	int calls = 0;
+	/* The call where the spans to skip are not (one call without any). */
+	for (size_t i = 0; i < nskip && r == 0 && cur < hi; i++) {
+		if (skip[i].hi <= cur)
+			continue;
+		if (skip[i].lo > cur) {
+			r = call(SYS_mbind, cur, (skip[i].lo < hi ? skip[i].lo : hi) - cur, mode, nodes, maxnode, flags);
+			calls++;
+		}
+		cur = skip[i].hi;
+	}
+	/* The rest; or, all of it skipped, a call of no length, which checks
+	 * the arguments as the whole call would have. */
+	if (r == 0 && (cur < hi || !calls))
+		r = call(SYS_mbind, cur < hi ? cur : lo, cur < hi ? hi - cur : 0, mode, nodes, maxnode, flags);
 	int saved = errno;
-	if (r == 0 && len) {
-		/* The kernel took addr page-aligned and len rounded up. */
-		uintptr_t lo = (uintptr_t)addr, hi = (lo + len + PAGE - 1) & ~(PAGE - 1);
-		int err = cut(lo, hi);
-		if (!err && (mode & ~MPOL_MODE_FLAGS) != MPOL_DEFAULT)
-			err = add(lo, hi, mode, nodes, maxnode);
+	if (len) {
+		/* The kernel took addr page-aligned and len rounded up. A
+		 * failed call may have bound part: nothing is followed there. */
+		uintptr_t end = (lo + len + PAGE - 1) & ~(PAGE - 1);
+		int err = cut(lo, end);
+		if (!err && r == 0 && (mode & ~MPOL_MODE_FLAGS) != MPOL_DEFAULT)
+			err = add(lo, end, mode, nodes, maxnode);
 		if (err)
 			md__log_once(88, "cannot follow the VMM's NUMA policy (mbind) of %p (%lu bytes): %s; "
 				     "pages merged or shared there may be allocated on other nodes when written",
 				     addr, len, strerror(-err));
 	}
 	pthread_mutex_unlock(&lock);
+	__atomic_sub_fetch(&binding, 1, __ATOMIC_SEQ_CST);
 	errno = saved;
 	return r;
 }
 
 void md__policy_apply(uintptr_t addr, size_t len)
 {
-	if (!__atomic_load_n(&n, __ATOMIC_ACQUIRE))
+	if (none())
 		return;
 	pthread_mutex_lock(&lock);
 	for (size_t i = 0; i < n; i++) {
@@ -137,9 +170,21 @@ void md__policy_apply(uintptr_t addr, size_t len)
 	pthread_mutex_unlock(&lock);
 }
 
+void md__policy_apply_file(uintptr_t addr, size_t len, int fd)
+{
+	struct statfs fs;
+	if (none())
+		return;
+	/* A private mapping of shared memory (an image on tmpfs) takes its
+	 * policy from the file, for every process: never set there. */
+	if (fstatfs(fd, &fs) != 0 || fs.f_type == TMPFS_MAGIC)
+		return;
+	md__policy_apply(addr, len);
+}
+
 void md__policy_forget(uintptr_t addr, size_t len)
 {
-	if (!__atomic_load_n(&n, __ATOMIC_ACQUIRE))
+	if (none())
 		return;
 	pthread_mutex_lock(&lock);
 	cut(addr, addr + len);
@@ -148,7 +193,7 @@ void md__policy_forget(uintptr_t addr, size_t len)
 
 void md__policy_move(uintptr_t old, size_t len, uintptr_t new_addr)
 {
-	if (!__atomic_load_n(&n, __ATOMIC_ACQUIRE) || old == new_addr)
+	if (none() || old == new_addr)
 		return;
 	pthread_mutex_lock(&lock);
 	cut(new_addr, new_addr + len);
@@ -166,4 +211,21 @@ void md__policy_move(uintptr_t old, size_t len, uintptr_t new_addr)
 	}
 	cut(old, old + len);
 	pthread_mutex_unlock(&lock);
+}
+
+/* Around fork: the lock taken before, let go in both processes after, so
+ * the child never finds it held by a thread it does not have. */
+static void fork_prepare(void)
+{
+	pthread_mutex_lock(&lock);
+}
+
+static void fork_done(void)
+{
+	pthread_mutex_unlock(&lock);
+}
+
+void md__policy_atfork(void)
+{
+	pthread_atfork(fork_prepare, fork_done, fork_done);
 }

@@ -26,15 +26,27 @@
 #include <stdint.h>
 
 /* The VMM's mbind: the system call (through call, the C library's
- * syscall(2)), and on success the policy recorded for [addr, addr+len). A
- * policy that cannot be recorded (memory short) is said once in the log:
- * the call's result stands. Returns the call's result, errno as it left it. */
+ * syscall(2)), except over the spans of skip (sorted, disjoint: mappings of
+ * shared memory that are ours, whose policy is their file's), and on
+ * success the policy recorded for all of [addr, addr+len). A policy that
+ * cannot be recorded (memory short) is said once in the log: the call's
+ * result stands. Returns the call's result, errno as it left it. */
+struct md__span {
+	uintptr_t lo, hi;
+};
 long md__policy_mbind(long (*call)(long, ...), void *addr, unsigned long len, int mode,
-		      const unsigned long *nodes, unsigned long maxnode, unsigned flags);
-/* Gives [addr, addr+len), just mapped anew, the policies recorded there. */
+		      const unsigned long *nodes, unsigned long maxnode, unsigned flags,
+		      const struct md__span *skip, size_t nskip);
+/* Gives [addr, addr+len), just mapped anew (anonymous memory), the
+ * policies recorded there. */
 void md__policy_apply(uintptr_t addr, size_t len);
+/* The same for a private mapping of the file fd (an image), unless it is
+ * shared memory (tmpfs), whose mappings take the file's policy. */
+void md__policy_apply_file(uintptr_t addr, size_t len, int fd);
 /* [addr, addr+len) is unmapped (or mapped anew by the VMM): forgotten. */
 void md__policy_forget(uintptr_t addr, size_t len);
 /* [old, old+len) moved to new (mremap): its policies go with it. */
 void md__policy_move(uintptr_t old, size_t len, uintptr_t new_addr);
+/* Registers the fork handlers that keep the lock usable in a child. */
+void md__policy_atfork(void);
 #endif

@@ -8,6 +8,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "memdedup.h"
@@ -72,6 +73,14 @@ int md__sys_ioctl(int fd, unsigned long request, void *arg)
 int md__sys_madvise(void *addr, size_t len, int advice)
 {
 	return (int)syscall(SYS_madvise, addr, len, advice);
+}
+
+long (*md__libc_syscall)(long nr, ...);
+
+int md__sys_mprotect(void *addr, size_t len, int prot)
+{
+	long (*call)(long, ...) = __atomic_load_n(&md__libc_syscall, __ATOMIC_ACQUIRE);
+	return (int)(call ? call : syscall)(SYS_mprotect, addr, len, prot);
 }
 
 pid_t md__sys_gettid(void)
@@ -157,6 +166,51 @@ static int maps_each(void (*line)(void *arg, uintptr_t lo, uintptr_t hi, const c
 {
 	struct maps_line m = { line, arg };
 	return proc_lines("/proc/self/maps", maps_line, &m);
+}
+
+struct file_ids {
+	uintptr_t a, end;
+	struct md__file_map *v;
+	size_t n, cap;
+	int err;
+};
+
+static void file_id_line(void *arg, char *text)
+{
+	struct file_ids *f = arg;
+	unsigned long lo, hi, off, ino;
+	unsigned maj, mnr;
+	int path = 0;
+	if (f->err || sscanf(text, "%lx-%lx %*4s %lx %x:%x %lu %n", &lo, &hi, &off, &maj, &mnr, &ino, &path) < 6 ||
+	    !ino || lo >= f->end || hi <= f->a)
+		return;
+	if (f->n == f->cap) {
+		size_t cap = f->cap ? 2 * f->cap : 8;
+		struct md__file_map *g = realloc(f->v, cap * sizeof(*g));
+		if (!g) {
+			f->err = -ENOMEM;
+			return;
+		}
+		f->v = g;
+		f->cap = cap;
+	}
+	f->v[f->n++] = (struct md__file_map){ lo > f->a ? lo : f->a, hi < f->end ? hi : f->end,
+					      makedev(maj, mnr), (ino_t)ino,
+					      path && strncmp(text + path, "/memfd:memdedup-pool", 20) == 0 };
+}
+
+int md__range_file_maps(uintptr_t a, uintptr_t end, struct md__file_map **v, size_t *n)
+{
+	struct file_ids f = { a, end, NULL, 0, 0, 0 };
+	int err = proc_lines("/proc/self/maps", file_id_line, &f);
+	err = err ? err : f.err;
+	if (err) {
+		free(f.v);
+		return err;
+	}
+	*v = f.v;
+	*n = f.n;
+	return 0;
 }
 
 struct mappings_in {

@@ -20,6 +20,11 @@ void *md__sys_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t of
 int md__sys_munmap(void *addr, size_t len);
 void *md__sys_mremap(void *old, size_t old_len, size_t new_len, int flags, void *new_addr);
 int md__sys_madvise(void *addr, size_t len, int advice);
+/* The preload library's syscall(2) takes mprotect itself (and mlock and
+ * mbind): these go to the C library's, which the preload library names
+ * here (md__libc_syscall) when it starts. */
+extern long (*md__libc_syscall)(long nr, ...);
+int md__sys_mprotect(void *addr, size_t len, int prot);
 int md__sys_ioctl(int fd, unsigned long request, void *arg);
 pid_t md__sys_gettid(void);
 
@@ -69,6 +74,16 @@ int md__range_file_vmas(uintptr_t a, uintptr_t end, struct md__vma **vmas, size_
  * kernel that cannot tell without smaps (before Linux 6.11), or -errno.
  * One ioctl, where smaps walks every page table of the process. */
 int md__range_no_file_vmas(uintptr_t a, uintptr_t end);
+/* The mappings of files (an inode) overlapping [a, end), clipped to it, in
+ * address order, with their file and whether it is a memdedup pool (by
+ * the memfd's name). *v is malloc'd (the caller frees it). 0 or -errno. */
+struct md__file_map {
+	uintptr_t lo, hi;
+	dev_t dev;
+	ino_t ino;
+	int pool;
+};
+int md__range_file_maps(uintptr_t a, uintptr_t end, struct md__file_map **v, size_t *n);
 /* Lines of /proc/self/maps: the process's mappings (VMAs) now. */
 uint64_t md__count_vmas(void);
 /* The pages the process maps now, all of them and those of files and

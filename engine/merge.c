@@ -768,6 +768,16 @@ int md__engine_exclude(struct md__engine *e, void *addr, size_t len,
 	return err;
 }
 
+int md__engine_locked(struct md__engine *e, int (*op)(void *arg), void *arg)
+{
+	pthread_rwlock_rdlock(&e->regions_lock);
+	pthread_mutex_lock(&e->lock);
+	int r = op(arg);
+	md__engine_unlock(e);
+	pthread_rwlock_unlock(&e->regions_lock);
+	return r;
+}
+
 static int budget_ok(struct md__engine *e, size_t new_vmas)
 {
 	if (e->vma_estimate + new_vmas <= e->max_vmas)
@@ -1002,7 +1012,7 @@ int md__engine_merge_file(struct md__engine *e, void *addr, size_t n, int fd, of
 	 * be write-protected): like a page shared at read time, the scanner
 	 * leaves it alone from now on, written or not. */
 	apply_advice(r, a, n * MD_EPAGE);
-	md__policy_apply(a, n * MD_EPAGE);
+	md__policy_apply_file(a, n * MD_EPAGE, fd);
 	e->vma_estimate += 2;
 	size_t first = (a - r->start) / MD_EPAGE;
 	for (size_t i = 0; i < n; i++)

@@ -234,6 +234,9 @@ void md__engine_advise(struct md__engine *e, void *addr, size_t len, unsigned ad
  * leaves alone (dropping any pool reference they had). */
 int md__engine_exclude(struct md__engine *e, void *addr, size_t len,
 		       int (*map)(void *arg), void *arg);
+/* Runs op(arg) with no merge in progress and none starting: no mapping
+ * of the engine's is made meanwhile. Returns op's result. */
+int md__engine_locked(struct md__engine *e, int (*op)(void *arg), void *arg);
 /* Merges n guest pages from addr with the pool slots from slot on. Returns
  * the pages merged (those that compared equal, on a live slot), or -errno. */
 int md__engine_merge(struct md__engine *e, void *addr, size_t n, uint32_t slot);

@@ -400,6 +400,17 @@ TEST_IMPL(cli_run_file_caps_refused)
 	ASSERT(!alive && !pid);
 	ASSERT(strstr(err1, "it has file capabilities: the dynamic loader would ignore the memdedup agent"));
 	ASSERT_EQ(c2, 0);
+	/* Permitted only (setcap cap_net_raw+p) under no_new_privs (systemd's
+	 * NoNewPrivileges=yes): the kernel keeps the permitted set within the
+	 * caller's, the exec is not secure, and the agent is loaded. */
+	caps.magic_etc = htole32(VFS_CAP_REVISION_2);
+	ASSERT_EQ(setxattr(path, "security.capability", &caps, XATTR_CAPS_SZ_2, 0), 0);
+	ASSERT_EQ(sh_as(65534, "setpriv --no-new-privs env LD_PRELOAD=%s/libmemdedup-preload.so %s/caps " AGENT_IN_SH,
+			d, d), 0);
+	ASSERT_EQ(sh_as(65534, "MEMDEDUP_RUN_DIR=%s setpriv --no-new-privs %s/memdedup run -- %s/caps " AGENT_IN_SH,
+			dir, d, d), 0);
+	/* Without no_new_privs the same file raises nobody's capabilities. */
+	ASSERT_EQ(sh_as(65534, "MEMDEDUP_RUN_DIR=%s %s/memdedup run -- %s/caps " AGENT_IN_SH, dir, d, d), 126);
 	return 0;
 }
 

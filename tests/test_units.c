@@ -510,7 +510,7 @@ static const char *applied(unsigned long lo, unsigned long hi)
 static void policy_set(unsigned long lo, unsigned long hi, int mode)
 {
 	unsigned long node0 = 1;
-	md__policy_mbind(fake_syscall, (void *)(0x100000 + lo * 4096), (hi - lo) * 4096, mode, &node0, 2, 0);
+	md__policy_mbind(fake_syscall, (void *)(0x100000 + lo * 4096), (hi - lo) * 4096, mode, &node0, 2, 0, NULL, 0);
 }
 
 #define ASSERT_APPLIED(lo, hi, want) do { \
@@ -538,9 +538,33 @@ TEST_IMPL(policies_follow_ranges)
 	/* A move of part of a policy: that part goes, the rest stays. */
 	md__policy_move(0x100000 + 60 * 4096, 5 * 4096, 0x100000 + 80 * 4096);
 	ASSERT_APPLIED(0, 100, "10-15:2 65-75:2 80-85:2");
+	/* The mask is read as far as the kernel reads it (maxnode - 1 bits),
+	 * no further: here it ends where the readable memory does. */
+	char *pg = mmap(NULL, 2 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(pg != MAP_FAILED && mprotect(pg + 4096, 4096, PROT_NONE) == 0);
+	unsigned long *mask = (unsigned long *)(pg + 4096) - 1;
+	*mask = 1;
+	md__policy_mbind(fake_syscall, (void *)(0x100000 + 95 * 4096), 4096, MPOL_BIND, mask, 65, 0, NULL, 0);
+	ASSERT_APPLIED(95, 96, "95-96:2");
+	munmap(pg, 2 * 4096);
 	/* A misaligned length is rounded up, as the kernel does. */
-	md__policy_mbind(fake_syscall, (void *)(0x100000 + 90 * 4096), 10, MPOL_BIND, NULL, 0, 0);
-	ASSERT_APPLIED(88, 100, "90-91:2");
+	md__policy_mbind(fake_syscall, (void *)(0x100000 + 90 * 4096), 10, MPOL_BIND, NULL, 0, 0, NULL, 0);
+	ASSERT_APPLIED(88, 95, "90-91:2");
+	/* Spans skipped (the pool's mappings): the call goes around them,
+	 * the policy is followed over all of it. */
+	nmbinds = 0;
+	unsigned long node0 = 1;
+	const struct md__span skip[] = { { 0x100000 + 110 * 4096, 0x100000 + 112 * 4096 },
+					 { 0x100000 + 115 * 4096, 0x100000 + 120 * 4096 } };
+	md__policy_mbind(fake_syscall, (void *)(0x100000 + 105 * 4096), 15 * 4096, MPOL_BIND, &node0, 2, 0, skip, 2);
+	ASSERT_EQ(nmbinds, 2);
+	ASSERT(mbinds[0].lo == 0x100000 + 105 * 4096 && mbinds[0].hi == 0x100000 + 110 * 4096);
+	ASSERT(mbinds[1].lo == 0x100000 + 112 * 4096 && mbinds[1].hi == 0x100000 + 115 * 4096);
+	ASSERT_APPLIED(100, 130, "105-120:2");
+	/* All of it skipped: one call of no length checks the arguments. */
+	nmbinds = 0;
+	md__policy_mbind(fake_syscall, (void *)(0x100000 + 110 * 4096), 2 * 4096, MPOL_BIND, &node0, 2, 0, skip, 1);
+	ASSERT(nmbinds == 1 && mbinds[0].hi == mbinds[0].lo);
 	return 0;
 }
 
