@@ -17,8 +17,6 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
-#include <sys/statfs.h>
-#include <linux/magic.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -722,6 +720,7 @@ void md__agent_lock_future(md_agent *a, int future)
 }
 
 struct mbind_call {
+	md_agent *a;
 	long (*call)(long, ...);
 	void *addr;
 	unsigned long len;
@@ -729,64 +728,63 @@ struct mbind_call {
 	const unsigned long *nodes;
 	unsigned long maxnode;
 	unsigned flags;
-	const struct md__span *skip;
-	size_t nskip;
 	long ret;
 	int err;
 };
 
-static int mbind_run(void *p)
+/* Whether the file (dev, ino) is an image the agent maps from, kept in
+ * shared memory (tmpfs); agent->lock held. */
+static int image_in_shmem(const md_agent *a, dev_t dev, ino_t ino)
 {
-	struct mbind_call *m = p;
-	m->ret = md__policy_mbind(m->call, m->addr, m->len, m->mode, m->nodes, m->maxnode, m->flags,
-				  m->skip, m->nskip);
-	m->err = errno;
+	for (size_t i = 0; i < a->nimages; i++)
+		if (a->images[i].dev == dev && a->images[i].ino == ino)
+			return a->images[i].shmem;
 	return 0;
 }
 
-/* Whether the file (dev, ino) is an image the agent maps from, kept in
- * shared memory (tmpfs); lock held. */
-static int image_in_shmem(const md_agent *a, dev_t dev, ino_t ino)
+/* agent->lock and the engine's held: no mapping of ours is made or goes
+ * while the spans are found and the call made. */
+static int mbind_run(void *p)
 {
-	struct statfs fs;
-	for (size_t i = 0; i < a->nimages; i++)
-		if (a->images[i].dev == dev && a->images[i].ino == ino)
-			return fstatfs(a->images[i].fd, &fs) == 0 && fs.f_type == TMPFS_MAGIC;
+	struct mbind_call *m = p;
+	uintptr_t s = (uintptr_t)m->addr & ~(uintptr_t)(MD_PAGE - 1), e = (uintptr_t)m->addr + m->len;
+	struct md__file_map *v = NULL;
+	struct md__span *skip = NULL;
+	size_t n = 0, nskip = 0;
+	/* Pool pages and images in shared memory the agent mapped there: an
+	 * mbind would set their file's policy, for every process mapping it
+	 * (other VMs of the domain). The rest is bound as the VMM asked. A
+	 * call the kernel refuses anyway (a wrapping range) goes to it whole. */
+	if (e > s && e < UINTPTR_MAX - MD_PAGE) {
+		int err = md__range_file_maps(s, e, &v, &n);
+		skip = n ? malloc(n * sizeof(*skip)) : NULL;
+		if (err || (n && !skip)) {
+			free(v);
+			m->ret = -1;
+			m->err = err ? -err : ENOMEM;
+			return 0;
+		}
+		for (size_t i = 0; i < n; i++)
+			if (v[i].pool || image_in_shmem(m->a, v[i].dev, v[i].ino))
+				skip[nskip++] = (struct md__span){ v[i].lo, v[i].hi };
+	}
+	m->ret = md__policy_mbind(m->call, m->addr, m->len, m->mode, m->nodes, m->maxnode, m->flags, skip, nskip);
+	m->err = errno;
+	free(v);
+	free(skip);
 	return 0;
 }
 
 long md__agent_mbind(md_agent *a, long (*call)(long, ...), void *addr, unsigned long len, int mode,
 		     const unsigned long *nodes, unsigned long maxnode, unsigned flags)
 {
-	struct mbind_call m = { call, addr, len, mode, nodes, maxnode, flags, NULL, 0, -1, 0 };
-	uintptr_t s = (uintptr_t)addr & ~(uintptr_t)(MD_PAGE - 1), e = (uintptr_t)addr + len;
-	struct md__file_map *v = NULL;
-	struct md__span *skip = NULL;
-	size_t n = 0;
+	struct mbind_call m = { a, call, addr, len, mode, nodes, maxnode, flags, -1, 0 };
 	pthread_mutex_lock(&a->lock);
-	/* Pool pages and images in shared memory the agent mapped there: an
-	 * mbind would set their file's policy, for every process mapping it
-	 * (other VMs of the domain). The rest is bound as the VMM asked. */
-	if (e > s && e < UINTPTR_MAX - MD_PAGE) {
-		int err = md__range_file_maps(s, e, &v, &n);
-		skip = n ? malloc(n * sizeof(*skip)) : NULL;
-		if (err || (n && !skip)) {
-			m.err = err ? -err : ENOMEM;
-			goto unlock;
-		}
-		for (size_t i = 0; i < n; i++)
-			if (v[i].pool || image_in_shmem(a, v[i].dev, v[i].ino))
-				skip[m.nskip++] = (struct md__span){ v[i].lo, v[i].hi };
-		m.skip = skip;
-	}
 	if (a->engine)
-		md__engine_locked(a->engine, mbind_run, &m);	/* no pool mapping made meanwhile */
+		md__engine_locked(a->engine, mbind_run, &m);	/* no merge, no pool mapping made meanwhile */
 	else
 		mbind_run(&m);
-unlock:
 	pthread_mutex_unlock(&a->lock);
-	free(v);
-	free(skip);
 	errno = m.err;
 	return m.ret;
 }

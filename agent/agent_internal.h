@@ -60,6 +60,7 @@ struct md__image {
 	dev_t dev;
 	ino_t ino;
 	int fd;                    /* the agent's own O_RDONLY description */
+	int shmem;                 /* on tmpfs: its mappings take the file's NUMA policy */
 	enum md__lease_state lease;
 	off_t size;                /* valid while the lease is held */
 	const unsigned char *view; /* read-only mapping of all of it, made on

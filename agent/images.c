@@ -115,11 +115,14 @@ static struct md__image *image_add(struct md_agent *a, int fd, const struct stat
 	if (own_fd < 0)
 		return NULL;
 	struct md__image *img = &a->images[a->nimages];
+	struct statfs fs;
 	*img = (struct md__image){
 		.id = (uint32_t)a->nimages + 1,
 		.dev = st->st_dev,
 		.ino = st->st_ino,
 		.fd = own_fd,
+		/* Known now, while the descriptor is surely ours. */
+		.shmem = fstatfs(own_fd, &fs) != 0 || fs.f_type == TMPFS_MAGIC,
 		.lease = MD_LEASE_NONE,
 	};
 	a->nimages++;

@@ -153,7 +153,8 @@ static size_t share_locked(struct md_agent *a, struct md__region *r, int fd,
 		return 0;
 	}
 	a->maps_since_count += 2;	/* the new VMA, and the split it may cause */
-	md__policy_apply_file(dst, plan->map_len, img->fd);	/* the VMM's NUMA policy, if any */
+	if (!img->shmem)	/* a tmpfs file's mappings take the file's policy */
+		md__policy_apply(dst, plan->map_len);	/* the VMM's NUMA policy, if any */
 	/* MADV_DONTFORK and MADV_MERGEABLE (with kernel KSM) come within a
 	 * second, for all new mappings at once (md__regions_flush_advice):
 	 * two madvise calls per read were a tenth of its cost. Until then a

@@ -349,10 +349,13 @@ static int file_caps_raise(const char *path, int no_new_privs)
 		fp |= (uint64_t)le32toh(caps.data[1].permitted) << 32;
 		fi |= (uint64_t)le32toh(caps.data[1].inheritable) << 32;
 	}
-	/* Under no_new_privs the kernel keeps the permitted set within ours:
-	 * nothing is raised, and only the effective flag makes it secure. */
-	return (magic & VFS_CAP_FLAGS_EFFECTIVE) ||
-	       (!no_new_privs && ((fp & own_caps("CapBnd")) | (fi & own_caps("CapInh"))) != 0);
+	/* The new permitted set, non-empty for a real uid other than root's,
+	 * makes the exec secure (the ambient set is cleared for a file with
+	 * capabilities); under no_new_privs the kernel keeps it within ours. */
+	uint64_t raised = (fp & own_caps("CapBnd")) | (fi & own_caps("CapInh"));
+	if (no_new_privs)
+		raised &= own_caps("CapPrm");
+	return (magic & VFS_CAP_FLAGS_EFFECTIVE) || raised != 0;
 }
 
 /* Whether ld.so would run exe in secure mode (AT_SECURE), where it ignores

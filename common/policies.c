@@ -9,11 +9,13 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <linux/magic.h>
 
 #include "log.h"
+#include "sys.h"
 
 #define PAGE 4096ul
 /* More node bits than any machine has: a mask beyond is not followed. */
@@ -110,16 +112,55 @@ static int add(uintptr_t lo, uintptr_t hi, int mode, const unsigned long *nodes,
 	return 0;
 }
 
+/* Before a call made in pieces: what the kernel would refuse of the whole
+ * (arguments, a hole in the range) refused here, before any piece is
+ * bound. The arguments are tried on a page of our own. 0, or -1 and errno. */
+static long checked(long (*call)(long, ...), uintptr_t lo, uintptr_t hi, int mode, const unsigned long *nodes,
+		    unsigned long maxnode, unsigned flags)
+{
+	void *page = md__sys_mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (page == MAP_FAILED)
+		return -1;
+	long r = call(SYS_mbind, page, PAGE, mode, nodes, maxnode, flags);
+	int saved = errno;
+	md__sys_munmap(page, PAGE);
+	errno = saved;
+	if (r != 0)
+		return r;
+	struct md__run *run;
+	size_t nrun;
+	int err = md__range_runs(lo, (hi + PAGE - 1) & ~(PAGE - 1), &run, &nrun);
+	if (err) {
+		errno = -err;
+		return -1;
+	}
+	int hole = 0;
+	for (size_t i = 0; i < nrun; i++)
+		hole |= !run[i].mapped;
+	free(run);
+	if (hole) {
+		errno = EFAULT;
+		return -1;
+	}
+	return 0;
+}
+
 long md__policy_mbind(long (*call)(long, ...), void *addr, unsigned long len, int mode,
 		      const unsigned long *nodes, unsigned long maxnode, unsigned flags,
 		      const struct md__span *skip, size_t nskip)
 {
+	uintptr_t lo = (uintptr_t)addr, hi = lo + len, cur = lo;
+	/* A call the kernel refuses (an address inside a page, a range that
+	 * wraps) goes to it as it is, and nothing is recorded. */
+	if (lo % PAGE || hi < lo || hi > UINTPTR_MAX - PAGE)
+		return call(SYS_mbind, addr, len, mode, nodes, maxnode, flags);
 	__atomic_add_fetch(&binding, 1, __ATOMIC_SEQ_CST);
 	pthread_mutex_lock(&lock);
 	syscall_fn = call;
-	uintptr_t lo = (uintptr_t)addr, hi = lo + len, cur = lo;
 	long r = 0;
 	int calls = 0;
+	if (nskip && (r = checked(call, lo, hi, mode, nodes, maxnode, flags)) != 0)
+		nskip = 0, cur = hi, calls = 1;	/* refused as a whole, as the kernel would */
 	/* The call where the spans to skip are not (one call without any). */
 	for (size_t i = 0; i < nskip && r == 0 && cur < hi; i++) {
 		if (skip[i].hi <= cur)
@@ -130,10 +171,8 @@ long md__policy_mbind(long (*call)(long, ...), void *addr, unsigned long len, in
 		}
 		cur = skip[i].hi;
 	}
-	/* The rest; or, all of it skipped, a call of no length, which checks
-	 * the arguments as the whole call would have. */
 	if (r == 0 && (cur < hi || !calls))
-		r = call(SYS_mbind, cur < hi ? cur : lo, cur < hi ? hi - cur : 0, mode, nodes, maxnode, flags);
+		r = call(SYS_mbind, cur, hi > cur ? hi - cur : 0, mode, nodes, maxnode, flags);
 	int saved = errno;
 	if (len) {
 		/* The kernel took addr page-aligned and len rounded up. A

@@ -196,7 +196,8 @@ static void file_id_line(void *arg, char *text)
 	}
 	f->v[f->n++] = (struct md__file_map){ lo > f->a ? lo : f->a, hi < f->end ? hi : f->end,
 					      makedev(maj, mnr), (ino_t)ino,
-					      path && strncmp(text + path, "/memfd:memdedup-pool", 20) == 0 };
+					      path && strncmp(text + path, "/memfd:memdedup-pool", 20) == 0 &&
+						      (text[path + 20] == 0 || text[path + 20] == ' ') };
 }
 
 int md__range_file_maps(uintptr_t a, uintptr_t end, struct md__file_map **v, size_t *n)

@@ -550,21 +550,43 @@ TEST_IMPL(policies_follow_ranges)
 	/* A misaligned length is rounded up, as the kernel does. */
 	md__policy_mbind(fake_syscall, (void *)(0x100000 + 90 * 4096), 10, MPOL_BIND, NULL, 0, 0, NULL, 0);
 	ASSERT_APPLIED(88, 95, "90-91:2");
-	/* Spans skipped (the pool's mappings): the call goes around them,
-	 * the policy is followed over all of it. */
-	nmbinds = 0;
+	/* Spans skipped (the pool's mappings) in memory that is mapped: the
+	 * arguments are tried on a page of its own first, then the call goes
+	 * around the spans, and the policy is followed over all of it. */
+	char *m = mmap(NULL, 32 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	uintptr_t b = (uintptr_t)m;
 	unsigned long node0 = 1;
-	const struct md__span skip[] = { { 0x100000 + 110 * 4096, 0x100000 + 112 * 4096 },
-					 { 0x100000 + 115 * 4096, 0x100000 + 120 * 4096 } };
-	md__policy_mbind(fake_syscall, (void *)(0x100000 + 105 * 4096), 15 * 4096, MPOL_BIND, &node0, 2, 0, skip, 2);
-	ASSERT_EQ(nmbinds, 2);
-	ASSERT(mbinds[0].lo == 0x100000 + 105 * 4096 && mbinds[0].hi == 0x100000 + 110 * 4096);
-	ASSERT(mbinds[1].lo == 0x100000 + 112 * 4096 && mbinds[1].hi == 0x100000 + 115 * 4096);
-	ASSERT_APPLIED(100, 130, "105-120:2");
-	/* All of it skipped: one call of no length checks the arguments. */
+	const struct md__span skip[] = { { b + 5 * 4096, b + 7 * 4096 }, { b + 10 * 4096, b + 15 * 4096 } };
 	nmbinds = 0;
-	md__policy_mbind(fake_syscall, (void *)(0x100000 + 110 * 4096), 2 * 4096, MPOL_BIND, &node0, 2, 0, skip, 1);
-	ASSERT(nmbinds == 1 && mbinds[0].hi == mbinds[0].lo);
+	ASSERT_EQ(md__policy_mbind(fake_syscall, m, 15 * 4096, MPOL_BIND, &node0, 2, 0, skip, 2), 0);
+	ASSERT_EQ(nmbinds, 3);	/* the trial, then two pieces */
+	ASSERT(mbinds[1].lo == b && mbinds[1].hi == b + 5 * 4096);
+	ASSERT(mbinds[2].lo == b + 7 * 4096 && mbinds[2].hi == b + 10 * 4096);
+	nmbinds = 0;
+	md__policy_apply(b, 32 * 4096);
+	ASSERT(nmbinds == 1 && mbinds[0].lo == b && mbinds[0].hi == b + 15 * 4096);
+	/* All of it skipped: only the trial is made. */
+	nmbinds = 0;
+	ASSERT_EQ(md__policy_mbind(fake_syscall, m + 5 * 4096, 2 * 4096, MPOL_BIND, &node0, 2, 0, skip, 1), 0);
+	ASSERT_EQ(nmbinds, 2);
+	ASSERT(mbinds[1].hi == mbinds[1].lo);	/* of no length */
+	/* A hole in the range: refused as a whole, as the kernel does,
+	 * nothing bound, nothing followed there. */
+	ASSERT_EQ(munmap(m + 20 * 4096, 4096), 0);
+	nmbinds = 0;
+	errno = 0;
+	ASSERT_EQ(md__policy_mbind(fake_syscall, m + 16 * 4096, 8 * 4096, MPOL_BIND, &node0, 2, 0, skip, 2), -1);
+	ASSERT_EQ(errno, EFAULT);
+	ASSERT_EQ(nmbinds, 1);	/* the trial only */
+	nmbinds = 0;
+	md__policy_apply(b + 16 * 4096, 8 * 4096);
+	ASSERT_EQ(nmbinds, 0);
+	/* An address inside a page goes to the kernel as it is. */
+	nmbinds = 0;
+	md__policy_mbind(fake_syscall, m + 100, 4096, MPOL_BIND, &node0, 2, 0, skip, 2);
+	ASSERT(nmbinds == 1 && mbinds[0].lo == b + 100);
+	munmap(m, 32 * 4096);
 	return 0;
 }
 
