@@ -690,10 +690,12 @@ EXPORT int prctl(int option, ...)
 }
 
 /* The C library's syscall(2): how VMMs without liburing reach io_uring
- * (Rust's io-uring crate, Cloud Hypervisor's block devices) and Linux AIO.
- * Every other call passes through, ours too (common/sys.c). The libc's is
- * found once, before the VMM runs (preload_init). */
-
+ * (Rust's io-uring crate, Cloud Hypervisor's block devices) and Linux AIO,
+ * and how libnuma makes mbind; locking and protecting memory go the way
+ * of the C library's functions above. Every other call passes through,
+ * ours too (common/sys.c: those of these numbers go around it, through
+ * md__libc_syscall). The libc's is found once, before the VMM runs
+ * (preload_init). */
 EXPORT long syscall(long nr, ...)
 {
 	long a[6];
