@@ -282,16 +282,21 @@ static void find_libc_syscall(void)
 	}
 }
 
-/* The kernel's call, not ours: syscall(2) inside this library is ours. */
-static long libc_call(long nr, long a0, long a1, long a2)
+/* The C library's syscall(2), or NULL with errno ENOSYS. */
+static long (*libc(void))(long, ...)
 {
 	find_libc_syscall();
 	long (*call)(long, ...) = __atomic_load_n(&libc_syscall, __ATOMIC_ACQUIRE);
-	if (!call) {
+	if (!call)
 		errno = ENOSYS;
-		return -1;
-	}
-	return call(nr, a0, a1, a2);
+	return call;
+}
+
+/* The kernel's call, not ours: syscall(2) inside this library is ours. */
+static long libc_call(long nr, long a0, long a1, long a2, long a3)
+{
+	long (*call)(long, ...) = libc();
+	return call ? call(nr, a0, a1, a2, a3) : -1;
 }
 
 /* Locked memory: a private mapping made or locked there is filled at once
@@ -315,7 +320,7 @@ static int lock_first(const void *addr, size_t len, int all)
 
 EXPORT int mlock(const void *addr, size_t len)
 {
-	return lock_first(addr, len, 0) ? -1 : (int)libc_call(SYS_mlock, (long)addr, (long)len, 0);
+	return lock_first(addr, len, 0) ? -1 : (int)libc_call(SYS_mlock, (long)addr, (long)len, 0, 0);
 }
 
 EXPORT int mlock2(const void *addr, size_t len, unsigned int flags)
@@ -323,7 +328,7 @@ EXPORT int mlock2(const void *addr, size_t len, unsigned int flags)
 	/* Flags the kernel refuses change nothing here either. */
 	if (!(flags & ~(unsigned)MLOCK_ONFAULT) && lock_first(addr, len, 0))
 		return -1;
-	return (int)libc_call(SYS_mlock2, (long)addr, (long)len, flags);
+	return (int)libc_call(SYS_mlock2, (long)addr, (long)len, flags, 0);
 }
 
 EXPORT int mlockall(int flags)
@@ -335,7 +340,7 @@ EXPORT int mlockall(int flags)
 	int valid = flags && !(flags & ~(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT)) && flags != MCL_ONFAULT;
 	if (valid && lock_first(NULL, 0, 1))
 		return -1;
-	int r = (int)libc_call(SYS_mlockall, flags, 0, 0);
+	int r = (int)libc_call(SYS_mlockall, flags, 0, 0, 0);
 	md_agent *a = agent_peek();
 	if (r == 0 && a) {
 		int saved = errno;
@@ -361,7 +366,7 @@ static int protect_first(const void *addr, size_t len, int prot, int pkey)
 
 EXPORT int mprotect(void *addr, size_t len, int prot)
 {
-	return protect_first(addr, len, prot, -1) ? -1 : (int)libc_call(SYS_mprotect, (long)addr, (long)len, prot);
+	return protect_first(addr, len, prot, -1) ? -1 : (int)libc_call(SYS_mprotect, (long)addr, (long)len, prot, 0);
 }
 
 int pkey_mprotect(void *addr, size_t len, int prot, int pkey);
@@ -369,18 +374,12 @@ EXPORT int pkey_mprotect(void *addr, size_t len, int prot, int pkey)
 {
 	if (protect_first(addr, len, prot, pkey))
 		return -1;
-	find_libc_syscall();
-	long (*call)(long, ...) = __atomic_load_n(&libc_syscall, __ATOMIC_ACQUIRE);
-	if (!call) {
-		errno = ENOSYS;
-		return -1;
-	}
-	return (int)call(SYS_pkey_mprotect, addr, len, prot, pkey);
+	return (int)libc_call(SYS_pkey_mprotect, (long)addr, (long)len, prot, pkey);
 }
 
 EXPORT int munlockall(void)
 {
-	int r = (int)libc_call(SYS_munlockall, 0, 0, 0);
+	int r = (int)libc_call(SYS_munlockall, 0, 0, 0, 0);
 	md_agent *a = agent_peek();
 	if (r == 0 && a)
 		md__agent_lock_future(a, 0);
@@ -395,12 +394,9 @@ long mbind(void *addr, unsigned long len, int mode, const unsigned long *nodes, 
 EXPORT long mbind(void *addr, unsigned long len, int mode, const unsigned long *nodes,
 		  unsigned long maxnode, unsigned flags)
 {
-	find_libc_syscall();
-	long (*call)(long, ...) = __atomic_load_n(&libc_syscall, __ATOMIC_ACQUIRE);
-	if (!call) {
-		errno = ENOSYS;
+	long (*call)(long, ...) = libc();
+	if (!call)
 		return -1;
-	}
 	md_agent *a = agent_peek();
 	if (a)
 		return md__agent_mbind(a, call, addr, len, mode, nodes, maxnode, flags);
@@ -704,12 +700,9 @@ EXPORT long syscall(long nr, ...)
 	for (int i = 0; i < 6; i++)
 		a[i] = va_arg(ap, long);
 	va_end(ap);
-	find_libc_syscall();
-	long (*call)(long, ...) = __atomic_load_n(&libc_syscall, __ATOMIC_ACQUIRE);
-	if (!call) {
-		errno = ENOSYS;
+	long (*call)(long, ...) = libc();
+	if (!call)
 		return -1;
-	}
 	switch (nr) {
 	case SYS_io_setup:
 		unseen_io("set up Linux AIO (io_setup)");
