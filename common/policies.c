@@ -15,9 +15,10 @@
 #include <linux/magic.h>
 
 #include "log.h"
+#include "memdedup.h"
 #include "sys.h"
 
-#define PAGE 4096ul
+#define PAGE ((uintptr_t)MD_PAGE_SIZE)
 /* More node bits than any machine has: a mask beyond is not followed. */
 #define MAX_NODE_WORDS 64
 
@@ -200,8 +201,8 @@ void md__policy_apply(uintptr_t addr, size_t len)
 	for (size_t i = 0; i < n; i++) {
 		const struct policy *p = &v[i];
 		uintptr_t lo = p->lo > addr ? p->lo : addr, hi = p->hi < addr + len ? p->hi : addr + len;
-		/* No MPOL_MF_MOVE: the pages now mapped there are the pool's
-		 * or an image's, shared, not the guest's to move. */
+		/* No MPOL_MF_MOVE: the pages now mapped there are an image's
+		 * (page cache other processes map too), or none yet. */
 		if (lo < hi && syscall_fn(SYS_mbind, lo, hi - lo, p->mode, p->nodes, p->maxnode, 0) != 0)
 			md__log_once(89, "cannot give a new mapping over guest RAM the VMM's NUMA policy: %s",
 				     strerror(errno));
