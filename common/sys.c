@@ -307,10 +307,13 @@ struct md__procmap_query {
 	uint64_t vma_name_addr, build_id_addr;
 };
 #define MD_PROCMAP_QUERY _IOWR('f', 17, struct md__procmap_query)
+#define MD_PROCMAP_VMA_SHARED 0x08	/* as a filter: VM_MAYSHARE, maps' "s" */
 #define MD_PROCMAP_COVERING_OR_NEXT 0x10
 #define MD_PROCMAP_FILE_BACKED 0x20
 
-int md__range_no_file_vmas(uintptr_t a, uintptr_t end)
+/* 1 if a mapping with all of the query's filter flags overlaps [a, end), 0
+ * if none does, -ENOTTY on a kernel without the query, or -errno. */
+static int first_vma_from(uintptr_t a, uintptr_t end, uint64_t filter)
 {
 	/* Opened each time: a descriptor kept would show a forked child its
 	 * parent's mappings. */
@@ -319,15 +322,21 @@ int md__range_no_file_vmas(uintptr_t a, uintptr_t end)
 		return -errno;
 	struct md__procmap_query q = {
 		.size = sizeof(q),
-		.query_flags = MD_PROCMAP_COVERING_OR_NEXT | MD_PROCMAP_FILE_BACKED,
+		.query_flags = MD_PROCMAP_COVERING_OR_NEXT | filter,
 		.query_addr = a,
 	};
 	int r = md__sys_ioctl(fd, MD_PROCMAP_QUERY, &q);
 	int err = errno;
 	close(fd);
 	if (r != 0)
-		return err == ENOENT ? 1 : -err;	/* ENOENT: none from a on */
-	return q.vma_start >= end;
+		return err == ENOENT ? 0 : -err;	/* ENOENT: none from a on */
+	return q.vma_start < end;
+}
+
+int md__range_no_file_vmas(uintptr_t a, uintptr_t end)
+{
+	int r = first_vma_from(a, end, MD_PROCMAP_FILE_BACKED);
+	return r < 0 ? r : !r;
 }
 
 struct vmflags_vmas {
@@ -377,6 +386,13 @@ static void line_shares(void *arg, uintptr_t lo, uintptr_t hi, const char *perms
 
 int md__range_shared(uintptr_t a, size_t len)
 {
+	/* The kernel's query first: a merge's freeze asks this of a mapping it
+	 * must register, and reading all of /proc/self/maps, thousands of
+	 * mappings once merges split guest RAM, was a tenth of the scanner's
+	 * CPU. */
+	int r = first_vma_from(a, a + len, MD_PROCMAP_VMA_SHARED);
+	if (r != -ENOTTY)
+		return r;
 	struct shares s = { a, a + len, 0 };
 	int err = maps_each(line_shares, &s);
 	return err ? err : s.shared;

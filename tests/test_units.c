@@ -614,6 +614,29 @@ TEST_IMPL(range_no_file_vmas)
 	return 0;
 }
 
+/* md__range_shared: a MAP_SHARED mapping anywhere in the range, and only
+ * there (MAP_PRIVATE of the same file is not). */
+TEST_IMPL(range_shared_finds_shared_maps)
+{
+	size_t pg = 4096;
+	char *m = mmap(NULL, 16 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	uintptr_t b = (uintptr_t)m;
+	int fd = memfd_create("t", MFD_CLOEXEC);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(ftruncate(fd, 8 * pg), 0);
+	ASSERT(mmap(m + 4 * pg, 2 * pg, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) == m + 4 * pg);
+	ASSERT(mmap(m + 6 * pg, 2 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd, 0) == m + 6 * pg);
+	ASSERT_EQ(md__range_shared(b, 4 * pg), 0);
+	ASSERT_EQ(md__range_shared(b, 16 * pg), 1);
+	ASSERT_EQ(md__range_shared(b + 3 * pg, 2 * pg), 1);
+	ASSERT_EQ(md__range_shared(b + 5 * pg, pg), 1);
+	ASSERT_EQ(md__range_shared(b + 6 * pg, 10 * pg), 0);
+	close(fd);
+	munmap(m, 16 * pg);
+	return 0;
+}
+
 /* md__copy_own_pages: copies in p's order (adjacent pages as one range),
  * file pages as well as anonymous ones, and all or nothing: a page that
  * cannot be read leaves p as it was. */
