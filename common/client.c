@@ -76,6 +76,7 @@ struct md__client {
 	unsigned nlate;            /* owed replies whose callers timed out */
 	int64_t late_since;        /* when the oldest of them was last waited for */
 	struct owed owed[MD_CLIENT_OWED];
+	uint32_t written;          /* seq of the last request sent whole */
 	struct batch *back;        /* references to give back, nback batches */
 	size_t nback, back_cap, back_slots;
 };
@@ -520,12 +521,18 @@ static int send_back(struct md__client *c, unsigned max)
 		err = len < 0 ? (int)len : owe(c, m->hdr.seq, MD_MSG_UNREF, 0, b->slots, b->n);
 		if (err)
 			break;
+		err = send_all(c, buf, (size_t)len, deadline);
+		if (err) {
+			/* Not sent whole, so never applied (the daemon drops
+			 * a message cut short): no reply is owed, and the
+			 * batch stays queued for md__client_take_back. */
+			c->olen--;
+			free(c->owed[(c->ohead + c->olen) % MD_CLIENT_OWED].slots);
+			break;
+		}
 		free(b->slots);
 		c->back_slots -= b->n;
 		c->nback--;
-		err = send_all(c, buf, (size_t)len, deadline);
-		if (err)
-			break;
 	}
 	free(m);
 	return err;
@@ -566,12 +573,18 @@ static int transact(struct md__client *c, const void *req, size_t len, unsigned 
 	if (c->dead)
 		return -ENOTCONN;
 	err = send_all(c, req, len, deadline);
-	/* A daemon that refused us said why before it hung up (seq 0). */
-	while (err == -ENOTCONN && recv_msg(c, 0, NULL, 0) == 0)
+	/* A daemon that refused us said why before it hung up (seq 0). The
+	 * owed replies that came are settled all the same: what they give
+	 * back is queued, for the next connection to this daemon. */
+	while (err == -ENOTCONN && recv_msg(c, 0, NULL, 0) == 0) {
 		if (!c->msg.hdr.seq && c->msg.hdr.type == MD_MSG_ERROR)
 			return other(c);
+		if (c->olen && c->msg.hdr.seq == c->owed[c->ohead].seq)
+			settle(c);
+	}
 	if (err)
 		return err;
+	c->written = seq;
 	/* After an ERROR the daemon may close: the next call will tell. */
 	err = await_reply(c, seq, deadline, fd);
 	if (err == -ETIMEDOUT && !c->dead)
@@ -877,18 +890,25 @@ int md__client_ref(struct md__client *c, const uint32_t *slots, uint32_t n, int 
 	int err;
 	if (n == 0 || n > MD_REF_MAX || delta == 0)
 		return -EINVAL;
-	/* Behind: an UNREF waits its turn rather than be lost (the page it
-	 * held is gone from the caller already). */
-	if (delta < 0 && ready(c) == -ETIMEDOUT && !c->dead)
-		return give_back(c, slots, n, 0);
 	m = malloc(sizeof(*m));
 	if (!m)
 		return -ENOMEM;
 	m->hdr.type = delta > 0 ? MD_MSG_REF : MD_MSG_UNREF;
+	m->hdr.seq = 0;	/* stays 0 if call() fails before it sends */
 	m->u.refs.n = n;
 	memcpy(m->u.refs.slot, slots, n * sizeof(*slots));
 	err = call(c, m, NULL);
+	uint32_t seq = m->hdr.seq;
 	free(m);
+	/* An UNREF not sent whole never reached the daemon (it drops a
+	 * message cut short), and the page it held is gone from the caller
+	 * already: it waits its turn, queued, rather than be lost. Behind,
+	 * it goes when the daemon catches up; on a connection that went,
+	 * with the next one to the same daemon (md__client_take_back). */
+	if (err && delta < 0 && (!seq || seq != c->written)) {
+		int queued = give_back(c, slots, n, 0);
+		return c->dead ? err : queued;
+	}
 	/* An UNREF sent whole is done: the daemon applies it when it gets to
 	 * it (a refusal is split when its late ACK comes). Had it failed, a
 	 * caller's retry would drop the references twice. */

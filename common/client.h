@@ -93,7 +93,9 @@ int md__client_publish_each(struct md__client *c, const uint64_t *hash, const vo
 /* REF (delta > 0) or UNREF (delta < 0) of n <= 1024 slots. All or none:
  * -EINVAL if any slot is not live (REF) or not held (UNREF). An UNREF that
  * was sent, or queued while the daemon is behind, returns 0 even if its
- * answer is late: it is applied, or split and sent again if refused. */
+ * answer is late: it is applied, or split and sent again if refused. One
+ * the connection went before it was sent whole is queued too (the error
+ * is returned): md__client_take_back has it. */
 int md__client_ref(struct md__client *c, const uint32_t *slots, uint32_t n, int delta);
 /* REPORT: the agent's counters (n <= 256), shown by `memdedup status`. */
 int md__client_report(struct md__client *c, const uint64_t *counters, uint32_t n);

@@ -10,6 +10,7 @@ DAEMON_SRC := daemon/main.c daemon/server.c daemon/domain.c daemon/agent.c \
 COMMON_DAEMON_SRC := common/protocol.c common/client.c common/rxbuf.c
 DAEMON_CLI_SRC := cli/cmd_control.c cli/status_daemon.c
 DAEMON_TEST_SRC := tests/daemon/test_protocol.c tests/daemon/test_daemon.c tests/daemon/test_daemon_start.c \
+                   tests/daemon/test_client.c \
                    tests/daemon/daemon_util.c
 DAEMON_OBJ := $(DAEMON_SRC:%.c=$(B)/%.o)
 

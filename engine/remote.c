@@ -220,9 +220,11 @@ int md__remote_ref_n(struct md__remote *rm, const uint32_t *slots, uint32_t n, i
 	if (err < 0 && rm->c)
 		err = lost(rm, err);
 	/* An UNREF with no connection to take it is owed to the next one.
-	 * Only then: one that failed on a connection may have been applied
-	 * (its ACK lost as the connection closed), and sent again it would
-	 * drop a reference of a page still mapped, freeing the slot under it. */
+	 * Only then here: one the connection could not send whole, the
+	 * client queued, and lost() carried it over; one sent whole may have
+	 * been applied (its ACK lost as the connection closed), and sent
+	 * again it would drop a reference of a page still mapped, freeing
+	 * the slot under it. */
 	if (err == -ENOTCONN && unsent && delta < 0)
 		owe(rm, slots, n);
 	pthread_mutex_unlock(&rm->lock);

@@ -1,0 +1,243 @@
+/* test_client.c - the client library against a fake daemon that answers,
+ * or hangs up, exactly when the test says: what the client still owes the
+ * daemon when its connection goes. A message not sent whole never reached
+ * the daemon, and what it granted in replies that came was taken by no
+ * caller: both stay queued for md__client_take_back, which carries them to
+ * the next connection to the same daemon. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "client.h"
+#include "protocol.h"
+#include "runner.h"
+
+/* A fake daemon: a child process serving one client. */
+struct fake {
+	char dir[32], path[64];
+	pid_t kid;
+	int go;		/* the test writes here when the script may go on */
+};
+
+/* Reads exactly n bytes (3 s at most), or fails the test. */
+static void read_all(int fd, void *buf, size_t n)
+{
+	for (size_t done = 0; done < n;) {
+		struct pollfd p = { fd, POLLIN, 0 };
+		ASSERT(poll(&p, 1, 3000) == 1);
+		ssize_t r = read(fd, (char *)buf + done, n - done);
+		ASSERT(r > 0);
+		done += (size_t)r;
+	}
+}
+
+/* The next message on c, decoded into m. */
+static void fake_recv(int c, struct md__msg *m)
+{
+	static unsigned char buf[MD_MSG_HDR_SIZE + MD_MSG_MAX];
+	struct md__msg_hdr h;
+	read_all(c, buf, MD_MSG_HDR_SIZE);
+	ASSERT_EQ(md__msg_hdr_decode(buf, MD_MSG_HDR_SIZE, &h), 0);
+	read_all(c, buf + MD_MSG_HDR_SIZE, h.length);
+	ASSERT_EQ(md__msg_decode(buf, MD_MSG_HDR_SIZE + h.length, m), 0);
+}
+
+/* Sends m as type answering seq; with the descriptor pass if >= 0. */
+static void fake_send(int c, struct md__msg *m, unsigned type, uint32_t seq, int pass)
+{
+	static unsigned char buf[512];
+	union {
+		struct cmsghdr h;
+		char b[CMSG_SPACE(sizeof(int))];
+	} ctl;
+	m->hdr.type = type;
+	m->hdr.seq = seq;
+	ssize_t len = md__msg_encode(m, buf, sizeof(buf));
+	ASSERT(len > 0);
+	struct iovec iov = { buf, (size_t)len };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+	if (pass >= 0) {
+		mh.msg_control = ctl.b;
+		mh.msg_controllen = sizeof(ctl.b);
+		struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(sizeof(int));
+		memcpy(CMSG_DATA(cm), &pass, sizeof(int));
+	}
+	ASSERT(sendmsg(c, &mh, MSG_NOSIGNAL) == len);
+}
+
+/* A pool as memdedupd sends it: read-only, sealed against shrinking. */
+static int fake_pool(void)
+{
+	char path[64];
+	int fd = memfd_create("memdedup-pool", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	ASSERT(fd >= 0);
+	ASSERT(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK) == 0);
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	int ro = open(path, O_RDONLY | O_CLOEXEC);
+	ASSERT(ro >= 0);
+	close(fd);
+	return ro;
+}
+
+/* Starts a fake daemon that answers the HELLO, runs script on the
+ * connection (go: where the test says when it may go on), then exits,
+ * which hangs up. Returns the client, hello said. */
+static struct md__client *fake_start(struct fake *f, void (*script)(int c, int go))
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int go[2];
+	snprintf(f->dir, sizeof(f->dir), "/tmp/md-client-XXXXXX");
+	ASSERT(mkdtemp(f->dir) != NULL);
+	snprintf(f->path, sizeof(f->path), "%s/sock", f->dir);
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", f->path);
+	int l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ASSERT(l >= 0);
+	ASSERT(bind(l, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+	ASSERT(listen(l, 1) == 0);
+	ASSERT(pipe(go) == 0);
+	f->kid = fork();
+	ASSERT(f->kid >= 0);
+	if (f->kid == 0) {
+		static struct md__msg m;
+		close(go[1]);
+		int c = accept(l, NULL, NULL);
+		ASSERT(c >= 0);
+		fake_recv(c, &m);
+		ASSERT_EQ(m.hdr.type, MD_MSG_HELLO);
+		uint32_t seq = m.hdr.seq;
+		memset(&m, 0, sizeof(m));
+		m.u.welcome.domain_id = 5;
+		m.u.welcome.pool_pages = 16;
+		m.u.welcome.generation = 1;
+		md__tunables_default(&m.u.welcome.tun);
+		fake_send(c, &m, MD_MSG_WELCOME, seq, fake_pool());
+		script(c, go[0]);
+		_exit(0);
+	}
+	close(l);
+	close(go[0]);
+	f->go = go[1];
+	struct md__client *c;
+	struct md__msg_welcome w;
+	int pool;
+	ASSERT_EQ(md__client_connect(&c, f->path), 0);
+	ASSERT_EQ(md__client_hello(c, NULL, 0, &w, &pool), 0);
+	close(pool);
+	return c;
+}
+
+/* Waits for the fake daemon to be done: it has hung up. */
+static void fake_wait(struct fake *f)
+{
+	int st;
+	ASSERT_EQ(waitpid(f->kid, &st, 0), f->kid);
+	ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
+static void fake_end(struct fake *f, struct md__client *c)
+{
+	md__client_free(c);
+	close(f->go);
+	unlink(f->path);
+	rmdir(f->dir);
+}
+
+/* The references c has queued to give back are exactly want (n). */
+static void assert_back(struct md__client *c, const uint32_t *want, size_t n)
+{
+	uint32_t *s;
+	size_t got;
+	ASSERT_EQ(md__client_take_back(c, &s, &got), 0);
+	ASSERT_EQ(got, n);
+	for (size_t i = 0; i < n; i++)
+		ASSERT_EQ(s[i], want[i]);
+	free(s);
+}
+
+static void hang_up(int c, int go)
+{
+	(void)c;
+	(void)go;
+}
+
+/* A request is read and never answered: it is late, then the daemon goes. */
+static void late_then_hang_up(int c, int go)
+{
+	static struct md__msg m;
+	char x;
+	fake_recv(c, &m);
+	ASSERT(read(go, &x, 1) == 1);
+}
+
+/* The first request (an UNREF) is refused, then the daemon goes without
+ * reading the next one. */
+static void refuse_unref_then_hang_up(int c, int go)
+{
+	static struct md__msg m, r;
+	(void)go;
+	fake_recv(c, &m);
+	ASSERT_EQ(m.hdr.type, MD_MSG_UNREF);
+	r.u.ack.status = -EINVAL;
+	fake_send(c, &r, MD_MSG_ACK, m.hdr.seq, -1);
+}
+
+/* UNREFs the connection did not send whole are kept, whether it was gone
+ * before the send (EPIPE), went while a reply was late (EOF read before
+ * the request), or went with a batch queued to give back; and a refused
+ * UNREF whose reply came just before the connection went is split, as on
+ * a live one. Before, all of them were dropped, and the daemon, which the
+ * next connection reaches again, pinned those pages until the VMM exited. */
+TEST_IMPL(daemon_client_unsent_unrefs_kept)
+{
+	struct fake f;
+	struct md__client *c;
+	uint64_t h = 1;
+	uint32_t s1;
+
+	c = fake_start(&f, hang_up);
+	fake_wait(&f);
+	ASSERT_EQ(md__client_ref(c, (uint32_t[]){ 3, 4 }, 2, -1), -ENOTCONN);
+	assert_back(c, (uint32_t[]){ 3, 4 }, 2);
+	fake_end(&f, c);
+
+	c = fake_start(&f, late_then_hang_up);
+	md__client_set_timeout(c, 100);
+	ASSERT_EQ(md__client_lookup(c, &h, NULL, 1, &s1), -ETIMEDOUT);
+	ASSERT(write(f.go, "g", 1) == 1);
+	fake_wait(&f);
+	ASSERT_EQ(md__client_ref(c, (uint32_t[]){ 3, 4 }, 2, -1), -ENOTCONN);
+	assert_back(c, (uint32_t[]){ 3, 4 }, 2);
+	fake_end(&f, c);
+
+	c = fake_start(&f, hang_up);
+	fake_wait(&f);
+	ASSERT_EQ(md__client_give_back(c, (uint32_t[]){ 5 }, 1), 0);
+	ASSERT_EQ(md__client_lookup(c, &h, NULL, 1, &s1), -ENOTCONN);
+	assert_back(c, (uint32_t[]){ 5 }, 1);
+	fake_end(&f, c);
+
+	/* The PUBLISH after the queued UNREF is too big for the socket's
+	 * buffer: its send is under way when the daemon goes. */
+	static unsigned char pages[MD_PUBLISH_MAX * MD_MSG_PAGE];
+	uint64_t hash[MD_PUBLISH_MAX] = { 0 };
+	int small = 4096;
+	c = fake_start(&f, refuse_unref_then_hang_up);
+	ASSERT(setsockopt(md__client_fd(c), SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)) == 0);
+	ASSERT_EQ(md__client_give_back(c, (uint32_t[]){ 5, 6 }, 2), 0);
+	ASSERT_EQ(md__client_publish(c, hash, pages, MD_PUBLISH_MAX, &s1), -ENOTCONN);
+	fake_wait(&f);
+	assert_back(c, (uint32_t[]){ 5, 6 }, 2);
+	fake_end(&f, c);
+	return 0;
+}
