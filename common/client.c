@@ -858,28 +858,36 @@ int md__client_publish_each(struct md__client *c, const uint64_t *hash, const vo
 	 * sends in order: one round trip (a wake-up of each side) for the
 	 * lot. */
 	int64_t deadline = now_ms() + c->timeout_ms;
-	err = send_iov(c, iov, 2 * (size_t)n, deadline);
-	for (uint32_t i = 0; i < n && !err; i++) {
-		err = await_reply(c, seq[i], deadline, NULL);
-		if (err == -ETIMEDOUT && !c->dead) {
-			/* The caller takes none of them: what came goes back,
-			 * what is to come is settled when it comes. */
-			for (uint32_t j = 0; j < i; j++)
-				if (!status[j])
-					give_back(c, &slot[j], 1, 0);
-			for (uint32_t j = i; j < n && !c->dead; j++)
-				timed_out(c, seq[j], MD_MSG_PUBLISH, NULL, 1);
-		}
+	int unsent = send_iov(c, iov, 2 * (size_t)n, deadline);
+	/* A send that failed may have sent the first requests whole, and
+	 * their replies may have come before the connection went: they are
+	 * read all the same, within the same deadline. */
+	uint32_t got = 0;
+	for (; got < n; got++) {
+		err = await_reply(c, seq[got], deadline, NULL);
 		if (err)
 			break;
 		if (c->msg.hdr.type == MD_MSG_ERROR) {
-			status[i] = c->msg.u.text.status ? c->msg.u.text.status : -EPROTO;
+			status[got] = c->msg.u.text.status ? c->msg.u.text.status : -EPROTO;
 		} else if (c->msg.hdr.type != MD_MSG_PUBLISH_R || c->msg.u.publish_r.n != 1) {
 			err = kill_conn(c, -EPROTO);
+			break;
 		} else {
-			status[i] = 0;
-			slot[i] = c->msg.u.publish_r.first_slot;
+			status[got] = 0;
+			slot[got] = c->msg.u.publish_r.first_slot;
 		}
+	}
+	if (!err)
+		err = unsent;
+	if (err) {
+		/* The caller takes none of them, whatever failed: what came
+		 * goes back (queued if the connection went, for the next one
+		 * to this daemon), what is to come is settled when it comes. */
+		for (uint32_t j = 0; j < got; j++)
+			if (!status[j])
+				give_back(c, &slot[j], 1, 0);
+		for (uint32_t j = got; err == -ETIMEDOUT && j < n && !c->dead; j++)
+			timed_out(c, seq[j], MD_MSG_PUBLISH, NULL, 1);
 	}
 	return err;
 }

@@ -84,8 +84,9 @@ int md__client_publish(struct md__client *c, const uint64_t *hash, const void *p
  * where it is: a page that changed since it was hashed is refused), sent
  * at once, their replies read after: status[i] is 0 (slot[i] filled, one reference held) or the
  * daemon's refusal of page i (an ERROR's status). Returns 0 when every
- * reply came, else a negative errno, and the caller holds none of them
- * (-ETIMEDOUT: those that came are given back, like the late ones). Each
+ * reply came, else a negative errno, and the caller holds none of them:
+ * those that came are given back (queued for md__client_take_back if the
+ * connection went), and with -ETIMEDOUT the late ones when they come. Each
  * page gets the live slot of an equal page if the pool has one, as with a
  * one-page md__client_publish(). */
 int md__client_publish_each(struct md__client *c, const uint64_t *hash, const void *const *pages,

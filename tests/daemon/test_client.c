@@ -241,3 +241,82 @@ TEST_IMPL(daemon_client_unsent_unrefs_kept)
 	fake_end(&f, c);
 	return 0;
 }
+
+/* Reads the batch's first PUBLISH and grants it slot 5; what then of the
+ * second: nothing (the daemon goes), a reply of the wrong type, or the
+ * daemon goes before it is read. */
+enum { SECOND_GONE, SECOND_GARBLED, SECOND_UNREAD };
+
+static void grant_first(int c, int second)
+{
+	static struct md__msg m, r;
+	fake_recv(c, &m);
+	ASSERT_EQ(m.hdr.type, MD_MSG_PUBLISH);
+	r.u.publish_r.first_slot = 5;
+	r.u.publish_r.n = 1;
+	fake_send(c, &r, MD_MSG_PUBLISH_R, m.hdr.seq, -1);
+	if (second == SECOND_UNREAD)
+		return;
+	fake_recv(c, &m);
+	ASSERT_EQ(m.hdr.type, MD_MSG_PUBLISH);
+	if (second == SECOND_GARBLED) {
+		memset(&r, 0, sizeof(r));
+		r.u.lookup_r.n = 1;
+		fake_send(c, &r, MD_MSG_LOOKUP_R, m.hdr.seq, -1);
+	}
+}
+
+static void grant_first_then_hang_up(int c, int go)
+{
+	(void)go;
+	grant_first(c, SECOND_GONE);
+}
+
+static void grant_first_then_garble(int c, int go)
+{
+	(void)go;
+	grant_first(c, SECOND_GARBLED);
+}
+
+static void grant_first_then_hang_up_unread(int c, int go)
+{
+	(void)go;
+	grant_first(c, SECOND_UNREAD);
+}
+
+/* md__client_publish_each's caller holds none of the slots when it fails,
+ * however it fails: a slot granted before the connection went (EOF, a
+ * reply of the wrong type, the batch's send cut short) is given back, to
+ * the next connection to the same daemon. Before, only a timeout gave
+ * them back, and the others stayed pinned until the VMM exited. */
+TEST_IMPL(daemon_client_publish_each_gives_back)
+{
+	static struct {
+		void (*script)(int c, int go);
+		uint32_t n;
+		int want;
+	} cases[] = {
+		{ grant_first_then_hang_up, 2, -ENOTCONN },
+		{ grant_first_then_garble, 2, -EPROTO },
+		/* The batch is too big for the socket's buffer: its send is
+		 * under way when the daemon goes. */
+		{ grant_first_then_hang_up_unread, 64, -ENOTCONN },
+	};
+	static unsigned char pages[64 * MD_MSG_PAGE];
+	const void *each[64];
+	uint64_t hash[64] = { 0 };
+	uint32_t slot[64];
+	int status[64], small = 4096;
+	for (size_t i = 0; i < 64; i++)
+		each[i] = pages + i * MD_MSG_PAGE;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct fake f;
+		struct md__client *c = fake_start(&f, cases[i].script);
+		ASSERT(setsockopt(md__client_fd(c), SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)) == 0);
+		ASSERT_EQ(md__client_publish_each(c, hash, each, cases[i].n, slot, status), cases[i].want);
+		fake_wait(&f);
+		assert_back(c, (uint32_t[]){ 5 }, 1);
+		fake_end(&f, c);
+	}
+	return 0;
+}
