@@ -481,8 +481,11 @@ int md__domain_publish(struct md__domain *dom, const uint64_t *hash, const unsig
 		return err;
 	}
 	for (i = 0; i < n; i++) {
+		/* No room near its bucket (hundreds of copies of this page
+		 * indexed already): published all the same, only never offered
+		 * to a lookup. */
 		err = md__index_insert(&dom->index, hash[i], *first + i);
-		if (err)
+		if (err && err != -ENOSPC)
 			goto unindex;
 		dom->slot_hash[*first + i] = hash[i];
 	}

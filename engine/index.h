@@ -28,7 +28,20 @@ struct md__index {
 	 * then it is made anew. */
 	uint64_t *filter;  /* cap / 8 words */
 	size_t removed;
+	/* A secret of this table's, mixed into where a tag goes and which
+	 * filter bit it sets: the hashes come from guests' pages (and, in
+	 * memdedupd, from any local user), who could otherwise choose pages
+	 * whose entries all pile up in one run. */
+	uint64_t key;
+	uint64_t probes;   /* entries looked at, for the tests */
 };
+
+/* No entry is further than this from its bucket: an insert that finds no
+ * room within it fails, a rebuild forgets such an entry (its merges are
+ * missed, as if never inserted), and a lookup looks no further. Pages
+ * equal to each other (or hashes chosen to share a tag) share a bucket
+ * whatever the key; this bounds what they cost. */
+#define MD_INDEX_PROBES 256
 
 /* Gives the content of a slot, for the byte compare (NULL: unreadable, no
  * match). */
@@ -36,7 +49,9 @@ typedef const void *(*md__slot_page_fn)(void *arg, uint32_t slot);
 
 int md__index_init(struct md__index *ix, size_t cap);
 void md__index_free(struct md__index *ix);
-/* 0, -EINVAL for a slot past UINT32_MAX - 2, or -ENOMEM. */
+/* 0, -EINVAL for a slot past UINT32_MAX - 2, -ENOMEM, or -ENOSPC: no room
+ * within MD_INDEX_PROBES of its bucket (hundreds of entries with its tag
+ * already), nothing added. */
 int md__index_insert(struct md__index *ix, uint64_t hash, uint32_t slot);
 /* Removes the entry (hash, slot); 0 or -ENOENT. */
 int md__index_remove(struct md__index *ix, uint64_t hash, uint32_t slot);

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "agent_internal.h"
+#include "index.h"
 #include "inflight.h"
 #include "policies.h"
 #include "protocol.h"
@@ -859,6 +860,65 @@ TEST_IMPL(parse_bool_strict)
 			      "on\n", "yess", "00", "01", "truefalse" };
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
 		ASSERT_EQ(md__parse_bool(bad[i]), -EINVAL);
+	return 0;
+}
+
+TEST_IMPL(index_resists_chosen_tags)
+{
+	enum { N = 50000, LOOKUPS = 1000, COPIES = 1000 };
+	uint64_t *slot_hash = calloc(N + COPIES, sizeof(*slot_hash));
+	struct md__index ix;
+	ASSERT(slot_hash);
+	ASSERT_EQ(md__index_init(&ix, 1024), 0);
+	/* Tags alike in their low 16 bits: placed by those bits, they all
+	 * fell in two buckets, a run of tens of thousands each. */
+	for (uint32_t k = 1; k <= N; k++) {
+		slot_hash[k - 1] = (uint64_t)(k << 16) << 32 | k;
+		ASSERT_EQ(md__index_insert(&ix, slot_hash[k - 1], k - 1), 0);
+	}
+	ASSERT(ix.probes <= (uint64_t)N * 16);
+	/* A tag indexed, with another low half: past the filter, and no entry
+	 * has the whole hash. */
+	uint64_t before = ix.probes;
+	for (uint32_t k = 1; k <= LOOKUPS; k++) {
+		uint64_t p = ix.probes;
+		ASSERT_EQ(md__index_find_hash(&ix, (uint64_t)(k << 16) << 32 | 0xdead, slot_hash), -1);
+		ASSERT(ix.probes - p <= MD_INDEX_PROBES);
+	}
+	ASSERT(ix.probes - before <= (uint64_t)LOOKUPS * 16);
+
+	/* One page published over and over has one tag, under any key: the
+	 * run stays bounded, the copies past it are refused. */
+	const uint64_t same = 0x123456789abcdef0ull;
+	size_t placed = 0;
+	for (uint32_t j = 0; j < COPIES; j++) {
+		uint64_t p = ix.probes;
+		slot_hash[N + j] = same;
+		int err = md__index_insert(&ix, same, N + j);
+		ASSERT(err == 0 || err == -ENOSPC);
+		placed += !err;
+		ASSERT(ix.probes - p <= MD_INDEX_PROBES);
+	}
+	ASSERT(placed >= 1 && placed <= MD_INDEX_PROBES);
+	ASSERT_EQ(ix.live, N + placed);
+	uint64_t p = ix.probes;
+	ASSERT_EQ(md__index_find_hash(&ix, (same & ~0xffffffffull) | 1, slot_hash), -1);
+	ASSERT(ix.probes - p <= MD_INDEX_PROBES);
+	int64_t s = md__index_find_hash(&ix, same, slot_hash);
+	ASSERT(s >= N && slot_hash[s] == same);
+	/* What the bound cut short is a miss, never another entry. */
+	for (uint32_t k = 0; k < N; k++)
+		ASSERT_EQ(md__index_find_hash(&ix, slot_hash[k], slot_hash), k);
+	size_t removed = 0;
+	for (uint32_t j = 0; j < COPIES; j++) {
+		int err = md__index_remove(&ix, same, N + j);
+		ASSERT(err == 0 || err == -ENOENT);
+		removed += !err;
+	}
+	ASSERT_EQ(removed, placed);
+	ASSERT_EQ(ix.live, N);
+	md__index_free(&ix);
+	free(slot_hash);
 	return 0;
 }
 

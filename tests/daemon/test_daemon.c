@@ -26,6 +26,7 @@
 #include "checksum.h"
 #include "daemon.h"
 #include "daemon_util.h"
+#include "index.h"
 #include "proc.h"
 #include "runner.h"
 
@@ -49,6 +50,43 @@ static uint32_t publish(struct md__client *c, unsigned seed, uint32_t n, unsigne
 	}
 	ASSERT_EQ(md__client_publish(c, hash, pages, n, &first), 0);
 	return first;
+}
+
+TEST_IMPL(daemon_publish_copies_past_index_bound)
+{
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	static unsigned char pages[MD_PUBLISH_MAX * PG];
+	uint64_t hash[MD_PUBLISH_MAX];
+	uint32_t first, slot1;
+	int fd;
+
+	/* Multi-page PUBLISHes of one page: the index bounds how many copies
+	 * it keeps of one tag, and the copies past that are published all
+	 * the same, never offered to a lookup. */
+	td_start(&t, 8 * MD_PUBLISH_MAX);
+	struct md__client *c = td_agent(&t, NULL, &w, &fd);
+	td_fill_page(pages, 7);
+	hash[0] = md__page_hash(pages);
+	for (uint32_t i = 1; i < MD_PUBLISH_MAX; i++) {
+		memcpy(pages + i * PG, pages, PG);
+		hash[i] = hash[0];
+	}
+	uint32_t n = (MD_INDEX_PROBES + MD_PUBLISH_MAX - 1) / MD_PUBLISH_MAX + 1;
+	for (uint32_t k = 0; k < n; k++)
+		ASSERT_EQ(md__client_publish(c, hash, pages, MD_PUBLISH_MAX, &first), 0);
+	json_t *st = td_status(&t);
+	json_t *dom = td_domain(st, w.domain_id);
+	ASSERT(dom);
+	ASSERT_EQ(td_int(dom, "pool_live_pages"), n * MD_PUBLISH_MAX);
+	ASSERT(td_int(dom, "index_entries") <= MD_INDEX_PROBES);
+	json_decref(st);
+	ASSERT_EQ(md__client_lookup(c, hash, NULL, 1, &slot1), 0);
+	ASSERT(slot1 >= 1 && slot1 <= n * MD_PUBLISH_MAX);
+	md__client_free(c);
+	close(fd);
+	td_stop(&t);
+	return 0;
 }
 
 TEST_IMPL(daemon_publish_lookup)
