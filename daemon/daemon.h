@@ -205,6 +205,7 @@ struct md__daemon {
 	struct md__pending_control *controls;	/* CONTROLs whose agents have not all answered */
 	uint32_t last_token;
 	uint32_t shared_among;     /* connected agents the tunables are split among */
+	int share_due;             /* their number may have changed this pass: SHARE at its end */
 	int paused;
 	int64_t start_ms;          /* monotonic */
 	int stop;

@@ -152,9 +152,20 @@ void md__ep_forget(struct md__daemon *d, struct md__ep *ep)
 }
 
 /* The tunables are for all connected agents together, as KSM's are for the
- * whole host: whenever their number changes, each is told it. */
+ * whole host: whenever their number changes, each is told it. Told once a
+ * pass of the loop, however many agents came and went in it: a SHARE to
+ * every agent for every one would let one user's connections churn load
+ * the loop and fill every other user's queues. */
 static void reshare(struct md__daemon *d)
 {
+	d->share_due = 1;
+}
+
+static void flush_share(struct md__daemon *d)
+{
+	if (!d->share_due)
+		return;
+	d->share_due = 0;
 	uint32_t n = 0;
 	for (struct md__agent *a = d->agents; a; a = a->next)
 		n += a->conn != NULL;
@@ -965,6 +976,7 @@ int md__server_run(struct md__daemon *d)
 			}
 		}
 		d->nev = 0;
+		flush_share(d);
 		for (struct md__agent *a = d->agents; a; a = a->next)
 			flush_candidates(d, a);
 	}

@@ -454,6 +454,159 @@ static void child_release(pid_t kid, int sync[2])
 	close(sync[1]);
 }
 
+/* A connection of our own, spoken to message by message. */
+static int raw_connect(const struct tdaemon *t)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ASSERT(fd >= 0);
+	td_sockaddr(t, &sa);
+	ASSERT(connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+	return fd;
+}
+
+static void raw_send(int fd, const struct md__msg *m)
+{
+	static unsigned char buf[MD_MSG_HDR_SIZE + MD_MSG_MAX];
+	ssize_t n = md__msg_encode(m, buf, sizeof(buf));
+	ASSERT(n > 0);
+	ASSERT(send(fd, buf, (size_t)n, MSG_NOSIGNAL) == n);
+}
+
+static void raw_hello(int fd, const char *domain)
+{
+	struct md__msg m = { .hdr = { .type = MD_MSG_HELLO, .seq = 1 } };
+	m.u.hello.pid = (uint32_t)getpid();
+	m.u.hello.domain_len = (uint16_t)strlen(domain);
+	snprintf(m.u.hello.domain, sizeof(m.u.hello.domain), "%s", domain);
+	raw_send(fd, &m);
+}
+
+static int read_msg_bytes(int fd, void *buf, size_t n)
+{
+	for (size_t done = 0; done < n;) {
+		struct pollfd p = { fd, POLLIN, 0 };
+		ASSERT(poll(&p, 1, 20000) == 1);
+		ssize_t r = read(fd, (char *)buf + done, n - done);
+		if (r <= 0)
+			return 0;
+		done += (size_t)r;
+	}
+	return 1;
+}
+
+/* The next message's type (decoded into *m), 0 at EOF. */
+static unsigned raw_next(int fd, struct md__msg *m)
+{
+	static unsigned char buf[MD_MSG_HDR_SIZE + MD_MSG_MAX];
+	struct md__msg_hdr h;
+	if (!read_msg_bytes(fd, buf, MD_MSG_HDR_SIZE))
+		return 0;
+	ASSERT_EQ(md__msg_hdr_decode(buf, MD_MSG_HDR_SIZE, &h), 0);
+	ASSERT(read_msg_bytes(fd, buf + MD_MSG_HDR_SIZE, h.length));
+	ASSERT_EQ(md__msg_decode(buf, MD_MSG_HDR_SIZE + h.length, m), 0);
+	return h.type;
+}
+
+/* The SHAREs an agent's raw connection holds up to the reply of a LOOKUP
+ * sent now, and the last one's number in *last: everything queued for it
+ * before the LOOKUP was handled. */
+static int shares_before_reply(int fd, uint32_t *last)
+{
+	static struct md__msg m;
+	unsigned type;
+	int n = 0;
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_LOOKUP, .seq = 7 } };
+	m.u.lookup.n = 1;
+	m.u.lookup.hash[0] = 12345;
+	raw_send(fd, &m);
+	while ((type = raw_next(fd, &m)) != MD_MSG_LOOKUP_R) {
+		ASSERT(type != 0 && type != MD_MSG_ERROR);
+		if (type == MD_MSG_SHARE) {
+			*last = m.u.share.agents;
+			n++;
+		}
+	}
+	return n;
+}
+
+/* Connected agents in the STATUS document. */
+static int agents_connected(const struct tdaemon *t)
+{
+	json_t *st = td_status(t), *a;
+	size_t i;
+	int n = 0;
+	json_array_foreach(json_object_get(st, "agents"), i, a)
+		n += json_is_true(json_object_get(a, "connected"));
+	json_decref(st);
+	return n;
+}
+
+/* Agents that come and go together, all handled in one pass of the loop:
+ * every other agent is told their number once, not once for each. */
+TEST_IMPL(daemon_share_coalesced)
+{
+	enum { K = 30 };	/* a HELLO, then an EOF and a pidfd, each: one epoll_wait's worth */
+	static struct md__msg m;
+	struct tdaemon t;
+	int ready[2], release[2];
+	pid_t kid[K];
+	uint32_t last = 0;
+	char b;
+
+	td_start(&t, 64);
+	int v = raw_connect(&t);
+	raw_hello(v, "share");
+	ASSERT_EQ(raw_next(v, &m), MD_MSG_WELCOME);
+	ASSERT_EQ(shares_before_reply(v, &last), 1);
+	ASSERT_EQ(last, 1);
+
+	/* K HELLOs waiting in their sockets when the daemon resumes. */
+	ASSERT(pipe(ready) == 0 && pipe(release) == 0);
+	td_pause(&t);
+	for (int i = 0; i < K; i++) {
+		kid[i] = fork();
+		ASSERT(kid[i] >= 0);
+		if (kid[i] == 0) {
+			close(release[1]);
+			int fd = raw_connect(&t);
+			raw_hello(fd, "share");
+			if (write(ready[1], "k", 1) != 1)
+				_exit(1);
+			_exit(read(release[0], &b, 1) == 0 ? 0 : 1);	/* EOF: released */
+		}
+	}
+	close(release[0]);
+	for (int i = 0; i < K; i++)
+		ASSERT_EQ(read(ready[0], &b, 1), 1);
+	ASSERT_EQ(kill(t.pid, SIGCONT), 0);
+	for (int i = 0; i < 2000 && agents_connected(&t) != K + 1; i++)
+		usleep(10000);
+	ASSERT_EQ(agents_connected(&t), K + 1);
+	ASSERT(shares_before_reply(v, &last) <= 2);
+	ASSERT_EQ(last, K + 1);
+
+	/* And all gone while it is stopped. */
+	td_pause(&t);
+	close(release[1]);
+	for (int i = 0; i < K; i++) {
+		int st;
+		ASSERT_EQ(waitpid(kid[i], &st, 0), kid[i]);
+		ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	}
+	ASSERT_EQ(kill(t.pid, SIGCONT), 0);
+	for (int i = 0; i < 2000 && agents_connected(&t) != 1; i++)
+		usleep(10000);
+	ASSERT_EQ(agents_connected(&t), 1);
+	ASSERT(shares_before_reply(v, &last) <= 2);
+	ASSERT_EQ(last, 1);
+	close(ready[0]);
+	close(ready[1]);
+	close(v);
+	td_stop(&t);
+	return 0;
+}
+
 TEST_IMPL(daemon_candidates_and_share)
 {
 	struct tdaemon t;
