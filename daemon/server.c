@@ -666,6 +666,31 @@ static int is_request(unsigned type)
 	}
 }
 
+/* -EPROTO, saying why in why, if c may not send a request of this type
+ * now: an agent's before HELLO or after its process exited, a second
+ * HELLO (once per connection, its agent there or not: once the agent's
+ * process exited, whoever holds the connection still has its pid, which
+ * may now be another user's process). 0 if it may. */
+static int refused_now(const struct md__conn *c, unsigned type, char *why, size_t size)
+{
+	switch (type) {
+	case MD_MSG_LOOKUP: case MD_MSG_PUBLISH: case MD_MSG_REF: case MD_MSG_UNREF:
+	case MD_MSG_REPORT: case MD_MSG_READS: case MD_MSG_CONTROL_DONE:
+		if (c->agent)
+			return 0;
+		snprintf(why, size, c->hello ? "%s after its agent's process exited" : "%s before HELLO",
+			 md__msg_type_name(type));
+		return -EPROTO;
+	case MD_MSG_HELLO:
+		if (!c->hello)
+			return 0;
+		snprintf(why, size, "HELLO twice");
+		return -EPROTO;
+	default:
+		return 0;
+	}
+}
+
 /* Handles the message just decoded into d->msg. */
 static void dispatch(struct md__daemon *d, struct md__conn *c)
 {
@@ -674,15 +699,15 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
 	char why[MD_TEXT_MAX + 1];
 	int err;
 
-	/* Only the requests a peer may send; an agent's only after HELLO. */
+	/* Only the requests a peer may send, and when it may. */
+	err = refused_now(c, m->hdr.type, why, sizeof(why));
+	if (err) {
+		md__conn_fail(d, c, seq, err, "%s", why);
+		return;
+	}
 	switch (m->hdr.type) {
 	case MD_MSG_LOOKUP: case MD_MSG_PUBLISH: case MD_MSG_REF: case MD_MSG_UNREF:
 	case MD_MSG_REPORT: case MD_MSG_READS: case MD_MSG_CONTROL_DONE:
-		if (!c->agent) {
-			md__conn_fail(d, c, seq, -EPROTO, c->hello ? "%s after its agent's process exited" :
-				      "%s before HELLO", md__msg_type_name(m->hdr.type));
-			return;
-		}
 		c->agent->requests++;
 		break;
 	default:
@@ -696,13 +721,6 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
 
 	switch (m->hdr.type) {
 	case MD_MSG_HELLO: {
-		/* Once per connection, its agent there or not: once the
-		 * agent's process exited, whoever holds the connection still
-		 * has its pid, which may now be another user's process. */
-		if (c->hello) {
-			md__conn_fail(d, c, seq, -EPROTO, "HELLO twice");
-			return;
-		}
 		c->hello = 1;
 		err = md__agent_hello(d, c, &m->u.hello, why, sizeof(why));
 		if (err) {
@@ -837,6 +855,16 @@ static int read_conn(struct md__daemon *d, struct md__conn *c)
 		if (c->in.len - c->in.head >= MD_MSG_HDR_SIZE && !is_request(h.type)) {
 			md__conn_fail(d, c, h.seq, -EBADMSG, "%s is not a request", md__msg_type_name(h.type));
 			break;
+		}
+		/* Nor for a request refused whatever its payload (a PUBLISH
+		 * before HELLO would have made room for 256 KiB). */
+		if (c->in.len - c->in.head >= MD_MSG_HDR_SIZE) {
+			char why[MD_TEXT_MAX + 1];
+			int err = refused_now(c, h.type, why, sizeof(why));
+			if (err) {
+				md__conn_fail(d, c, h.seq, err, "%s", why);
+				break;
+			}
 		}
 		/* Past the batch, only what was read already is handled: the
 		 * rest waits in the socket for the next wake-up (epoll is

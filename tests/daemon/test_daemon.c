@@ -607,6 +607,66 @@ TEST_IMPL(daemon_share_coalesced)
 	return 0;
 }
 
+/* Reads an ERROR off a raw connection, checks its status and text, and
+ * that the daemon closes the connection after it. */
+static void raw_refused(int fd, uint32_t seq, int status, const char *text)
+{
+	static struct md__msg m;
+	ASSERT_EQ(raw_next(fd, &m), MD_MSG_ERROR);
+	ASSERT_EQ(m.hdr.seq, seq);
+	ASSERT_EQ(m.u.text.status, status);
+	if (!strstr(m.u.text.text, text)) {
+		fprintf(stderr, "ERROR says '%s', not '%s'\n", m.u.text.text, text);
+		ASSERT(0);
+	}
+	ASSERT_EQ(raw_next(fd, &m), 0);
+}
+
+/* A request refused whatever its payload is refused at its header: no room
+ * is made for the payload, no wait for it (a PUBLISH's is 256 KiB). */
+TEST_IMPL(daemon_agent_only_refused_at_header)
+{
+	static struct md__msg m;
+	unsigned char hdr[MD_MSG_HDR_SIZE];
+	struct tdaemon t;
+
+	td_start(&t, 64);
+	int fd = raw_connect(&t);
+	md__msg_hdr_encode(hdr, MD_MSG_PUBLISH, md__msg_max_len(MD_MSG_PUBLISH), 5);
+	ASSERT(send(fd, hdr, sizeof(hdr), MSG_NOSIGNAL) == (ssize_t)sizeof(hdr));
+	raw_refused(fd, 5, -EPROTO, "PUBLISH before HELLO");
+	close(fd);
+
+	/* A second HELLO, its header only. */
+	fd = raw_connect(&t);
+	raw_hello(fd, "hdr");
+	ASSERT_EQ(raw_next(fd, &m), MD_MSG_WELCOME);
+	md__msg_hdr_encode(hdr, MD_MSG_HELLO, md__msg_max_len(MD_MSG_HELLO), 6);
+	ASSERT(send(fd, hdr, sizeof(hdr), MSG_NOSIGNAL) == (ssize_t)sizeof(hdr));
+	for (;;) {
+		unsigned type = raw_next(fd, &m);
+		if (type != MD_MSG_SHARE) {
+			ASSERT_EQ(type, MD_MSG_ERROR);
+			break;
+		}
+	}
+	ASSERT_EQ(m.hdr.seq, 6);
+	ASSERT_EQ(m.u.text.status, -EPROTO);
+	ASSERT(strstr(m.u.text.text, "HELLO twice"));
+	ASSERT_EQ(raw_next(fd, &m), 0);
+	close(fd);
+
+	/* Whole, they are refused as before. */
+	fd = raw_connect(&t);
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_LOOKUP, .seq = 8 } };
+	m.u.lookup.n = 1;
+	raw_send(fd, &m);
+	raw_refused(fd, 8, -EPROTO, "LOOKUP before HELLO");
+	close(fd);
+	td_stop(&t);
+	return 0;
+}
+
 TEST_IMPL(daemon_candidates_and_share)
 {
 	struct tdaemon t;
