@@ -800,16 +800,111 @@ static struct md__eregion *replaceable(struct md__engine *e, uintptr_t a, size_t
 	return *err ? NULL : r;
 }
 
+int md__engine_fail_maps;	/* tests only: see merge.h */
+
+/* The mmap(MAP_FIXED) that replaces registered pages. */
+static void *map_fixed(uintptr_t addr, size_t len, int flags, int fd, off_t off)
+{
+	if (__atomic_load_n(&md__engine_fail_maps, __ATOMIC_RELAXED) > 0 &&
+	    __atomic_sub_fetch(&md__engine_fail_maps, 1, __ATOMIC_RELAXED) >= 0) {
+		md__sys_munmap((void *)addr, len);
+		errno = ENOMEM;
+		return MAP_FAILED;
+	}
+	return md__sys_mmap((void *)addr, len, PROT_READ | PROT_WRITE, flags | MAP_FIXED, fd, off);
+}
+
+/* Maps the n pages of content (zeroes if NULL) at a, where nothing is
+ * mapped, as anonymous memory of r's, as the engine's own mappings are. The
+ * hole is taken first, so that a mapping another thread put there since is
+ * not replaced; the copy is made aside and moved in at once, so that no
+ * one reads it half written. */
+static int remake_run(struct md__engine *e, struct md__eregion *r, uintptr_t a, size_t n,
+		      const unsigned char *content)
+{
+	size_t len = n * MD_EPAGE;
+	int err;
+	void *hold = md__sys_mmap((void *)a, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+				  -1, 0);
+	if (hold == MAP_FAILED)
+		return -errno;
+	if (hold != (void *)a) {	/* before Linux 4.17 the flag is a hint */
+		err = -EEXIST;
+		goto unmap_hold;
+	}
+	void *tmp = md__sys_mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (tmp == MAP_FAILED) {
+		err = -errno;
+		goto unmap_hold;
+	}
+	if (content)
+		memcpy(tmp, content, len);
+	else
+		memset(tmp, 0, len);	/* there, as the page was: a hole is the VMM's (freeze) */
+	if (md__sys_mremap(tmp, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)a) == MAP_FAILED) {
+		err = -errno;
+		goto unmap_tmp;
+	}
+	md__uffd_register_wp(&e->uffd, a, len);
+	apply_advice(r, a, len);
+	md__policy_apply(a, len);
+	if (r->advice & MD_EADV_HUGEPAGE)
+		md__sys_madvise((void *)a, len, MADV_HUGEPAGE);
+	e->vma_estimate += 2;
+	size_t first = (a - r->start) / MD_EPAGE;
+	for (size_t i = 0; i < n; i++) {
+		release_ref(e, r, first + i);	/* in anonymous memory now */
+		dropped_set(r, first + i, 0);
+	}
+	e->st.map_remade += n;
+	return 0;
+
+unmap_tmp:
+	md__sys_munmap(tmp, len);
+unmap_hold:
+	md__sys_munmap(hold, len);
+	return err;
+}
+
+/* After a failed map_fixed over the n frozen pages at addr (lock held).
+ * Up to Linux 6.6 mmap_region() unmaps the old pages before steps that can
+ * still fail (the commit charge under strict overcommit, a VMA's
+ * allocation, a file's ->mmap): the guest's pages would be gone, and the
+ * VMM's next touch a SIGSEGV. Their content is known: they are frozen and
+ * compared equal with content (n pages; NULL: zeroes), or a discard's,
+ * zeroes from now on. Each run of them not mapped any more is made again
+ * with it. */
+static void remake_lost(struct md__engine *e, struct md__eregion *r, uintptr_t addr, size_t n,
+			const unsigned char *content)
+{
+	unsigned char vec;
+	for (size_t i = 0, j; i < n; i = j) {
+		for (j = i; j < n && mincore((void *)(addr + j * MD_EPAGE), MD_EPAGE, &vec) != 0 &&
+			    errno == ENOMEM; j++)
+			;
+		if (j == i) {
+			j++;
+			continue;
+		}
+		int err = remake_run(e, r, addr + i * MD_EPAGE, j - i, content ? content + i * MD_EPAGE : NULL);
+		if (err)
+			md__log("guest RAM at %#lx (%zu pages) lost its mapping after a failed mmap, "
+				"and cannot be mapped again: %s", (unsigned long)(addr + i * MD_EPAGE), j - i,
+				strerror(-err));
+	}
+}
+
 /* Maps n pool slots from slot over the frozen pages at addr. */
 static int map_pool(struct md__engine *e, struct md__eregion *r, uintptr_t addr,
 		    size_t n, uint32_t slot)
 {
 	int fd = e->remote ? e->remote->ro_fd : e->pool.ro_fd;
-	void *m = md__sys_mmap((void *)addr, n * MD_EPAGE, PROT_READ | PROT_WRITE,
-			       MAP_PRIVATE | MAP_FIXED, fd, (off_t)slot * MD_EPAGE);
+	void *m = map_fixed(addr, n * MD_EPAGE, MAP_PRIVATE, fd, (off_t)slot * MD_EPAGE);
 	if (m == MAP_FAILED) {
+		int err = -errno;
 		e->st.map_failed += n;
-		return -errno;
+		remake_lost(e, r, addr, n, md__engine_pool_page(e, slot));
+		return err;
 	}
 	/* Not registered with userfaultfd here: freeze() registers a mapping
 	 * the first time it must freeze it again (after a copy-on-write
@@ -847,10 +942,12 @@ static int zero_run(struct md__engine *e, struct md__eregion *r, uintptr_t addr,
 		 * page again, not zeroes: a pool slot since reused, an image
 		 * a writer changed after its lease broke (the agent made the
 		 * page a private copy, in the same mapping). */
-		void *m = md__sys_mmap((void *)addr, n * MD_EPAGE, PROT_READ | PROT_WRITE,
-				       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
-		if (m == MAP_FAILED)
-			return -errno;
+		void *m = map_fixed(addr, n * MD_EPAGE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (m == MAP_FAILED) {
+			int err = -errno;
+			remake_lost(e, r, addr, n, NULL);
+			return err;
+		}
 		md__uffd_register_wp(&e->uffd, addr, n * MD_EPAGE);
 		apply_advice(r, addr, n * MD_EPAGE);
 		md__policy_apply(addr, n * MD_EPAGE);
@@ -945,7 +1042,8 @@ int md__engine_merge_slots(struct md__engine *e, void *addr, size_t n, const uin
 			hi = j;
 		} else {
 			/* Unequal, or mmap failed and left the page as it
-			 * was: give it back to its writers. */
+			 * was (or made it again, remake_lost): give it back
+			 * to its writers. */
 			if (eq[i] == EQ_DIFFERS)
 				e->st.abandoned += j - i;
 			thaw(e, ra, rlen);
@@ -1002,10 +1100,10 @@ int md__engine_merge_file(struct md__engine *e, void *addr, size_t n, int fd, of
 		e->st.abandoned += n;
 		goto thaw_pages;
 	}
-	if (md__sys_mmap((void *)a, n * MD_EPAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED,
-			 fd, off) == MAP_FAILED) {
+	if (map_fixed(a, n * MD_EPAGE, MAP_PRIVATE, fd, off) == MAP_FAILED) {
 		err = -errno;
 		e->st.map_failed += n;
+		remake_lost(e, r, a, n, content);
 		goto thaw_pages;
 	}
 	/* Not registered with userfaultfd (file pages other than shmem cannot
@@ -1147,9 +1245,9 @@ static int map_fill(struct md__engine *e, struct md__eregion *r, uintptr_t addr,
 	for (size_t done = 0; done < n;) {
 		size_t k = n - done < MD_FILL_STRIP ? n - done : MD_FILL_STRIP;
 		uintptr_t a = addr + done * MD_EPAGE;
-		if (md__sys_mmap((void *)a, k * MD_EPAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED,
-				 e->pool.ro_fd, (off_t)slot * MD_EPAGE) == MAP_FAILED) {
+		if (map_fixed(a, k * MD_EPAGE, MAP_PRIVATE, e->pool.ro_fd, (off_t)slot * MD_EPAGE) == MAP_FAILED) {
 			e->st.map_failed += n - done;
+			remake_lost(e, r, a, k, md__pool_page(&e->pool, slot));
 			thaw(e, a, (n - done) * MD_EPAGE);
 			return (int)done;
 		}

@@ -130,6 +130,8 @@ struct md__engine_stats {
 	uint64_t published;     /* guest pages copied into the pool as first copy */
 	uint64_t abandoned;     /* pages that differed under write-protect */
 	uint64_t map_failed;    /* mmap refused: the page stayed as it was */
+	uint64_t map_remade;    /* of those, pages the failed mmap had unmapped
+				 * (Linux <= 6.6), mapped again with their content */
 	uint64_t budget_refused;/* merges refused by the VMA budget */
 	uint64_t cow_broken;    /* merged pages since written (found by reap) */
 	uint64_t wp_faults;     /* writers that waited on a merge */
@@ -187,6 +189,11 @@ struct md__engine {
 	size_t nunref;
 	struct md__inflight io; /* the VMM's reads into guest RAM (any thread) */
 };
+
+/* Tests only: the engine's next this many mmaps over registered pages fail
+ * as Linux up to 6.6 can fail them, ENOMEM with the old pages unmapped
+ * already; nothing else makes that happen on demand. 0 otherwise. */
+extern int md__engine_fail_maps;
 
 int md__engine_init(struct md__engine *e, const struct md__engine_options *opts);
 void md__engine_fini(struct md__engine *e);

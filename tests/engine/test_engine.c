@@ -770,6 +770,88 @@ TEST_IMPL(engine_fill_strips)
 	return 0;
 }
 
+/* Whether addr is mapped, asked without touching it. */
+static int mapped(const void *addr)
+{
+	unsigned char vec;
+	return mincore((void *)((uintptr_t)addr & ~(uintptr_t)(PG - 1)), PG, &vec) == 0;
+}
+
+/* Up to Linux 6.6 a failed MAP_FIXED mmap may have unmapped the pages it
+ * was to replace (md__engine_fail_maps does so). A merge, a zero page
+ * dropped in a pool mapping, an image merge and a fill merge then each map
+ * the guest's pages again, with their content, registered and advised as
+ * the region's; a write to them goes through, and they merge later. */
+TEST_IMPL(engine_failed_map_remakes)
+{
+	struct md__engine e;
+	const uint64_t cc = 0xccccccccccccccccull;
+	unsigned char *a = map_ram(2), *b = map_ram(5);
+	unsigned char want[5][PG];
+	uint32_t slot, zslot;
+	char fl[512];
+
+	engine_up(&e);
+	fill(a, 1);
+	fill(a + PG, 2);
+	fill(want[0], 1);
+	fill(want[1], 2);
+	memset(want[2], 0, PG);
+	fill(want[3], 3);
+	memset(want[4], 0xcc, PG);
+	fill(b + 2 * PG, 9);	/* published, then written zero (engine_zero_pages) */
+	memcpy(b, want[0], PG);
+	memcpy(b + PG, want[1], PG);
+	memcpy(b + 3 * PG, want[3], PG);
+	memcpy(b + 4 * PG, want[4], PG);
+	int fd = memfd_create("image", MFD_CLOEXEC);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(write(fd, want[3], PG), PG);
+	ASSERT_EQ(md__engine_register(&e, a, 2 * PG, 0), 0);
+	ASSERT_EQ(md__engine_register(&e, b, 5 * PG, MD_EADV_DONTDUMP), 0);
+	ASSERT_EQ(md__engine_publish(&e, a, 2, &slot), 2);
+	ASSERT_EQ(md__engine_publish(&e, b + 2 * PG, 1, &zslot), 1);
+	memset(b + 2 * PG, 0, PG);
+
+	md__engine_fail_maps = 1;
+	ASSERT_EQ(md__engine_merge(&e, b, 2, slot), 0);
+	md__engine_fail_maps = 1;
+	ASSERT_EQ(md__engine_merge_zero(&e, b + 2 * PG, 1), 0);
+	md__engine_fail_maps = 1;
+	ASSERT_EQ(md__engine_merge_file(&e, b + 3 * PG, 1, fd, 0, want[3]), -ENOMEM);
+	md__engine_fail_maps = 1;
+	ASSERT_EQ(md__engine_merge_fill(&e, b + 4 * PG, 1, cc), 0);
+	ASSERT_EQ(md__engine_fail_maps, 0);
+	for (size_t i = 0; i < 5; i++) {
+		ASSERT(mapped(b + i * PG));
+		ASSERT(memcmp(b + i * PG, want[i], PG) == 0);
+		ASSERT(!(pagemap(b + i * PG) & PM_FILE));
+		vm_flags(b + i * PG, fl, sizeof(fl));
+		ASSERT(strstr(fl, " dd") != NULL);	/* the region's advice */
+		ASSERT(strstr(fl, " uw") != NULL);	/* registered for write-protect */
+	}
+	struct md__engine_stats st;
+	md__engine_stats(&e, &st);
+	ASSERT_EQ(st.map_failed, 4);
+	ASSERT_EQ(st.map_remade, 5);
+	ASSERT_EQ(e.pool.refs[zslot], 0);	/* the zero page let its slot go */
+
+	/* Writes go through; a page whose content is back merges. */
+	for (size_t i = 0; i < 5; i++) {
+		b[i * PG + 7] ^= 0xff;
+		ASSERT_EQ(b[i * PG + 7], (unsigned char)(want[i][7] ^ 0xff));
+	}
+	b[PG + 7] = want[1][7];
+	ASSERT_EQ(md__engine_merge(&e, b + PG, 1, slot + 1), 1);
+	ASSERT_EQ(pfn(b + PG), pfn(a + PG));
+	ASSERT(memcmp(b + PG, want[1], PG) == 0);
+	md__engine_fini(&e);
+	close(fd);
+	munmap(a, 2 * PG);
+	munmap(b, 5 * PG);
+	return 0;
+}
+
 TEST_IMPL(engine_fork_after_merge)
 {
 	struct md__engine e;
