@@ -96,8 +96,13 @@ static void on_fault(void *arg, uintptr_t addr)
 	pthread_mutex_lock(&e->lock);
 	/* No merge runs now, so the page is no longer frozen on purpose: it
 	 * was replaced (its range may not even be registered any more: just
-	 * wake the writer) or given back (un-protect is a harmless repeat). */
-	if (md__uffd_wp(&e->uffd, addr, MD_EPAGE, 0) != 0)
+	 * wake the writer) or given back (un-protect is a harmless repeat).
+	 * A page no region holds any more may have been handed over since the
+	 * fault (the VMM's own userfaultfd, write-protecting for a background
+	 * snapshot), and the kernel un-protects a page for any userfaultfd its
+	 * mapping is registered with: only wake it. Regions change under this
+	 * lock. */
+	if (!md__engine_region(e, addr, MD_EPAGE) || md__uffd_wp(&e->uffd, addr, MD_EPAGE, 0) != 0)
 		md__uffd_wake(&e->uffd, addr, MD_EPAGE);
 	e->st.wp_faults++;
 	pthread_mutex_unlock(&e->lock);

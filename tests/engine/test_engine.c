@@ -5,6 +5,8 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -983,6 +985,92 @@ TEST_IMPL(engine_writer_waits_for_merge)
 	md__engine_stats(&e, &st);
 	ASSERT(st.wp_faults >= 1);
 	md__engine_fini(&e);
+	return 0;
+}
+
+/* What MD_UNREG_HANDOVER does to a region of one page at p, by hand: the
+ * test holds both locks. */
+static void forget_region(struct md__engine *e, const unsigned char *p)
+{
+	ASSERT_EQ(md__uffd_unregister(&e->uffd, (uintptr_t)p, PG), 0);
+	for (size_t i = 0; i < e->nregions; i++) {
+		struct md__eregion *r = &e->regions[i];
+		if (r->start != (uintptr_t)p)
+			continue;
+		ASSERT_EQ(r->end, (uintptr_t)p + PG);
+		free(r->ref);
+		free(r->hash);
+		free(r->seen);
+		free(r->dropped);
+		*r = e->regions[--e->nregions];
+		return;
+	}
+	ASSERT(0);
+}
+
+/* A write fault the fault thread read before the engine let the page go,
+ * and the VMM write-protected it with its own userfaultfd (a background
+ * snapshot), is resolved by a wake only: un-protecting through the
+ * engine's userfaultfd would lift the VMM's protection (the kernel takes
+ * any registration for its caller's), and the writes would go unseen into
+ * the VMM's snapshot. */
+TEST_IMPL(engine_fault_after_handover)
+{
+	struct md__engine e;
+	struct md__uffd vmm;
+	struct md__engine_stats st;
+	unsigned char *m = map_ram(3), *p = m + PG;
+	pthread_t t, t2;
+
+	engine_up(&e);
+	for (size_t i = 0; i < 3; i++)
+		fill(m + i * PG, (unsigned)i + 70);
+	for (size_t i = 0; i < 3; i++)
+		ASSERT_EQ(md__engine_register(&e, m + i * PG, PG, 0), 0);
+	ASSERT_EQ(md__uffd_open(&vmm, MD_UFFD_FEATURE_WP_UNPOPULATED, 0), 0);
+
+	struct waiter w = { p + 11, 0xa5, 0 }, w2 = { p + 12, 0x5a, 0 };
+	pthread_rwlock_wrlock(&e.regions_lock);
+	pthread_mutex_lock(&e.lock);
+	/* A merge froze p, a guest wrote it: the fault thread has the fault
+	 * and waits for the lock. */
+	ASSERT_EQ(md__uffd_wp(&e.uffd, (uintptr_t)p, PG, 1), 0);
+	ASSERT_EQ(pthread_create(&t, NULL, write_one, &w), 0);
+	while (__atomic_load_n(&e.uffd.faults, __ATOMIC_RELAXED) < 1)
+		usleep(1000);
+	/* The handover goes first, then the VMM registers p and
+	 * write-protects it. */
+	forget_region(&e, p);
+	ASSERT_EQ(md__uffd_register_wp(&vmm, (uintptr_t)p, PG), 0);
+	ASSERT_EQ(md__uffd_wp(&vmm, (uintptr_t)p, PG, 1), 0);
+	pthread_mutex_unlock(&e.lock);
+	pthread_rwlock_unlock(&e.regions_lock);
+	do {
+		usleep(1000);
+		md__engine_stats(&e, &st);
+	} while (st.wp_faults < 1);
+
+	ASSERT(pagemap(p) & PM_UFFD_WP);
+	/* The writer, woken, and the next one fault into the VMM's
+	 * userfaultfd (a kernel that woke the first at the unregister let
+	 * it write before the VMM's protection). */
+	ASSERT_EQ(pthread_create(&t2, NULL, write_one, &w2), 0);
+	struct pollfd pfd = { .fd = vmm.fd, .events = POLLIN };
+	ASSERT_EQ(poll(&pfd, 1, 5000), 1);
+	struct uffd_msg msg;
+	ASSERT_EQ(read(vmm.fd, &msg, sizeof(msg)), sizeof(msg));
+	ASSERT_EQ(msg.event, UFFD_EVENT_PAGEFAULT);
+	ASSERT(msg.arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP);
+	ASSERT_EQ(msg.arg.pagefault.address & ~(uint64_t)(PG - 1), (uintptr_t)p);
+	ASSERT(!(w.done && w2.done));
+	ASSERT_EQ(md__uffd_wp(&vmm, (uintptr_t)p, PG, 0), 0);
+	ASSERT_EQ(pthread_join(t, NULL), 0);
+	ASSERT_EQ(pthread_join(t2, NULL), 0);
+	ASSERT_EQ(p[11], 0xa5);
+	ASSERT_EQ(p[12], 0x5a);
+	md__uffd_close(&vmm);
+	md__engine_fini(&e);
+	munmap(m, 3 * PG);
 	return 0;
 }
 
