@@ -515,14 +515,22 @@ const unsigned char *md__engine_pool_page(struct md__engine *e, uint32_t slot)
 	return md__pool_page(&e->pool, slot);
 }
 
-/* Copies pages [from, from+n) of r's per-page arrays into a new region. */
+int md__engine_fail_slices;	/* tests only: see merge.h */
+
+/* Copies pages [from, from+n) of r's per-page arrays into a new region
+ * (left all NULL if that fails). */
 static int region_slice(const struct md__eregion *r, size_t from, size_t n, struct md__eregion *out)
 {
+	*out = (struct md__eregion){ 0 };
+	if (__atomic_load_n(&md__engine_fail_slices, __ATOMIC_RELAXED) > 0 &&
+	    __atomic_sub_fetch(&md__engine_fail_slices, 1, __ATOMIC_RELAXED) >= 0)
+		return -ENOMEM;
 	*out = (struct md__eregion){ r->start + from * MD_EPAGE, r->start + (from + n) * MD_EPAGE,
 				     r->advice, malloc(n * sizeof(uint32_t)),
 				     malloc(n * sizeof(uint16_t)), malloc(n), calloc((n + 7) / 8, 1) };
 	if (!out->ref || !out->hash || !out->seen || !out->dropped) {
 		region_free(out);
+		*out = (struct md__eregion){ 0 };
 		return -ENOMEM;
 	}
 	memcpy(out->ref, r->ref + from, n * sizeof(uint32_t));
@@ -606,7 +614,43 @@ static int fill_dropped(struct md__engine *e, uintptr_t a, uintptr_t end)
 	return err;
 }
 
-/* md__engine_unregister with both locks held. */
+/* What is left of r once [s0, s1) goes, allocated before anything is done
+ * to r: left and right (NULL where nothing is left), and room in the table
+ * for both. */
+static int region_remains(struct md__engine *e, const struct md__eregion *r, uintptr_t s0, uintptr_t s1,
+			  struct md__eregion *left, struct md__eregion *right)
+{
+	size_t np = (r->end - r->start) / MD_EPAGE, i0 = (s0 - r->start) / MD_EPAGE,
+	       i1 = (s1 - r->start) / MD_EPAGE;
+	int err;
+	*left = *right = (struct md__eregion){ 0 };
+	if (i0 > 0 && (err = region_slice(r, 0, i0, left)))
+		return err;
+	if (i1 < np && (err = region_slice(r, i1, np - i1, right)))
+		goto free_left;
+	if (left->ref && right->ref) {
+		struct md__eregion *n = realloc(e->regions, (e->nregions + 1) * sizeof(*n));
+		if (!n) {
+			err = -ENOMEM;
+			goto free_right;
+		}
+		e->regions = n;
+	}
+	return 0;
+
+free_right:
+	region_free(right);
+free_left:
+	region_free(left);
+	*left = *right = (struct md__eregion){ 0 };
+	return err;
+}
+
+/* md__engine_unregister with both locks held. A region whose remains
+ * cannot be allocated (memory short) stays as it was, registered, with its
+ * references: done first, its forgetting would leave pages private and
+ * references dropped in a region the scanner still visits. The others
+ * still go; -ENOMEM then, said once, and counted in unreg_failed. */
 static int unregister_locked(struct md__engine *e, uintptr_t a, uintptr_t end, int how)
 {
 	int err = 0;
@@ -621,11 +665,22 @@ static int unregister_locked(struct md__engine *e, uintptr_t a, uintptr_t end, i
 		err = 0;
 		how = MD_UNREG_MAPPED;
 	}
-	for (size_t ri = 0; ri < e->nregions; ri++) {
-		struct md__eregion r = e->regions[ri];
-		if (r.end <= a || r.start >= end)
+	for (size_t ri = 0; ri < e->nregions;) {
+		struct md__eregion r = e->regions[ri], left, right;
+		if (r.end <= a || r.start >= end) {
+			ri++;
 			continue;
+		}
 		uintptr_t s0 = a > r.start ? a : r.start, s1 = end < r.end ? end : r.end;
+		int rerr = region_remains(e, &r, s0, s1, &left, &right);
+		if (rerr) {
+			e->st.unreg_failed += (s1 - s0) / MD_EPAGE;
+			md__log_once(67, "guest RAM the VMM let go stays registered for merging: no memory "
+				     "to split its region (%s)", strerror(-rerr));
+			err = err ? err : rerr;
+			ri++;
+			continue;
+		}
 		/* Fails harmlessly where the memory is already gone; and as a
 		 * whole if one mapping in the range cannot be registered (an
 		 * image's: the kernel write-protects anonymous memory and
@@ -638,38 +693,16 @@ static int unregister_locked(struct md__engine *e, uintptr_t a, uintptr_t end, i
 			privatize_pages(e, &r, (s0 - r.start) / MD_EPAGE, (s1 - r.start) / MD_EPAGE);
 		for (uintptr_t p = s0; p < s1; p += MD_EPAGE)
 			release_ref(e, &r, (p - r.start) / MD_EPAGE);
-		struct md__eregion left = { 0 }, right = { 0 };
-		size_t np = (r.end - r.start) / MD_EPAGE;
-		if (r.start < s0 && (err = region_slice(&r, 0, (s0 - r.start) / MD_EPAGE, &left)))
-			break;
-		if (s1 < r.end && (err = region_slice(&r, (s1 - r.start) / MD_EPAGE,
-						      np - (s1 - r.start) / MD_EPAGE, &right))) {
-			region_free(&left);
-			break;
-		}
-		size_t extra = (left.ref != NULL) + (right.ref != NULL);
-		struct md__eregion *n = e->regions;
-		if (extra > 1) {
-			n = realloc(e->regions, (e->nregions + 1) * sizeof(*n));
-			if (!n) {
-				region_free(&left);
-				region_free(&right);
-				err = -ENOMEM;
-				break;
-			}
-			e->regions = n;
-		}
 		region_free(&r);
-		/* Replace r in place by what is left of it. */
-		memmove(&e->regions[ri], &e->regions[ri + 1], (e->nregions - ri - 1) * sizeof(*n));
+		/* Replace r by what is left of it, at the end of the table,
+		 * where it is skipped (outside [a, end)); the next region
+		 * moves to ri. */
+		memmove(&e->regions[ri], &e->regions[ri + 1], (e->nregions - ri - 1) * sizeof(r));
 		e->nregions--;
 		if (left.ref)
 			e->regions[e->nregions++] = left;
 		if (right.ref)
 			e->regions[e->nregions++] = right;
-		/* The table changed: start over (what was left of r lies
-		 * outside [a, end) and is skipped). */
-		ri = (size_t)-1;
 	}
 	return err;
 }

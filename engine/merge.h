@@ -137,6 +137,8 @@ struct md__engine_stats {
 	uint64_t wp_faults;     /* writers that waited on a merge */
 	uint64_t refs_kept;     /* references kept for pages left mapped that
 				 * could not be made private (unregister) */
+	uint64_t unreg_failed;  /* pages an unregister left registered: no
+				 * memory to split their region */
 	uint64_t io_busy;       /* runs left alone: a read was writing them */
 	uint64_t holes;         /* pages of runs left alone: one was a hole (the
 				 * VMM discarded it since the visit) */
@@ -194,6 +196,9 @@ struct md__engine {
  * as Linux up to 6.6 can fail them, ENOMEM with the old pages unmapped
  * already; nothing else makes that happen on demand. 0 otherwise. */
 extern int md__engine_fail_maps;
+/* Tests only: the engine's next this many allocations of what is left of a
+ * region an unregister splits fail (ENOMEM). 0 otherwise. */
+extern int md__engine_fail_slices;
 
 int md__engine_init(struct md__engine *e, const struct md__engine_options *opts);
 void md__engine_fini(struct md__engine *e);
@@ -220,7 +225,10 @@ const unsigned char *md__engine_pool_page(struct md__engine *e, uint32_t slot);
 /* As MD_UNREG_MAPPED, for the VMM's own userfaultfd (postcopy migration):
  * it takes a page that is not there for one not received yet, and waits for
  * it forever. Both put back the zero pages the engine dropped first; here,
- * if that fails, -errno and nothing is forgotten. */
+ * if that fails, -errno and nothing is forgotten. A region that cannot be
+ * split (memory short) stays registered as it was, the others go: -ENOMEM,
+ * said once in the log and counted in unreg_failed, so callers that cannot
+ * do better may ignore it. */
 #define MD_UNREG_HANDOVER 2
 int md__engine_unregister(struct md__engine *e, void *addr, size_t len, int how);
 /* Whether [addr, addr+len) overlaps a registered region (taken under the

@@ -588,6 +588,73 @@ static void vm_flags(const void *addr, char *out, size_t size)
 	fclose(f);
 }
 
+/* An unregister that cannot allocate what is left of a region (memory
+ * short) leaves that region as it was: registered, its pages still merged
+ * and referenced. The other regions of the range still go, and once there
+ * is memory again the region goes as ever. */
+TEST_IMPL(engine_unregister_short_of_memory)
+{
+	struct md__engine e;
+	struct md__engine_stats st;
+	unsigned char *a = map_ram(3), *b = map_ram(5), want[PG];
+	uint32_t slot;
+
+	engine_up(&e);
+	for (size_t i = 0; i < 3; i++)
+		fill(a + i * PG, (unsigned)i + 20);
+	for (size_t i = 0; i < 5; i++)
+		fill(b + i * PG, (unsigned)(i % 3) + 20);
+	ASSERT_EQ(md__engine_register(&e, a, 3 * PG, 0), 0);
+	ASSERT_EQ(md__engine_register(&e, b, 3 * PG, 0), 0);
+	ASSERT_EQ(md__engine_register(&e, b + 3 * PG, 2 * PG, 0), 0);
+	ASSERT_EQ(md__engine_publish(&e, a, 3, &slot), 3);
+	ASSERT_EQ(md__engine_merge(&e, b, 3, slot), 3);
+	ASSERT_EQ(md__engine_merge(&e, b + 3 * PG, 2, slot), 2);
+	ASSERT_EQ(e.pool.refs[slot + 1], 3);
+
+	/* b's page 1 cannot be cut out of its region. */
+	md__engine_fail_slices = 1;
+	ASSERT_EQ(md__engine_unregister(&e, b + PG, PG, MD_UNREG_MAPPED), -ENOMEM);
+	ASSERT_EQ(md__engine_fail_slices, 0);
+	struct md__eregion *r = md__engine_region(&e, (uintptr_t)b, 3 * PG);
+	ASSERT(r != NULL);
+	ASSERT_EQ(r->ref[1], MD_REF_FILE | (slot + 2));
+	ASSERT_EQ(e.pool.refs[slot + 1], 3);
+	ASSERT_EQ(pfn(b + PG), pfn(a + PG));	/* still merged */
+	md__engine_stats(&e, &st);
+	ASSERT_EQ(st.unreg_failed, 1);
+
+	/* A range over both of b's regions: the first stays, the second
+	 * goes. */
+	md__engine_fail_slices = 1;
+	ASSERT_EQ(md__engine_unregister(&e, b + PG, 4 * PG, MD_UNREG_MAPPED), -ENOMEM);
+	ASSERT(md__engine_region(&e, (uintptr_t)b, 3 * PG) != NULL);
+	ASSERT(!md__engine_touches(&e, (uintptr_t)b + 3 * PG, 2 * PG));
+	ASSERT(!(pagemap(b + 3 * PG) & PM_FILE));
+	ASSERT_EQ(e.pool.refs[slot], 2);
+	ASSERT_EQ(e.pool.refs[slot + 1], 2);
+	ASSERT_EQ(e.pool.refs[slot + 2], 2);
+	md__engine_stats(&e, &st);
+	ASSERT_EQ(st.unreg_failed, 3);
+
+	/* Memory again. */
+	ASSERT_EQ(md__engine_unregister(&e, b + PG, 4 * PG, MD_UNREG_MAPPED), 0);
+	ASSERT(md__engine_region(&e, (uintptr_t)b, PG) != NULL);
+	ASSERT(!md__engine_touches(&e, (uintptr_t)b + PG, 4 * PG));
+	ASSERT_EQ(e.pool.refs[slot], 2);
+	ASSERT_EQ(e.pool.refs[slot + 1], 1);
+	ASSERT_EQ(e.pool.refs[slot + 2], 1);
+	for (size_t i = 0; i < 5; i++) {
+		fill(want, (unsigned)(i % 3) + 20);
+		ASSERT(memcmp(b + i * PG, want, PG) == 0);
+		ASSERT(i == 0 || !(pagemap(b + i * PG) & PM_FILE));
+	}
+	md__engine_fini(&e);
+	munmap(a, 3 * PG);
+	munmap(b, 5 * PG);
+	return 0;
+}
+
 /* A run of side-by-side guest pages merged at once, each with its own slot:
  * copies of one page map that one slot; a page that differs, and one whose
  * slot is not live, stay as they were; the region's advice covers every
