@@ -316,10 +316,16 @@ static void merge_pending(struct md__scanner *s, const size_t *of, const uint32_
 	unsigned char done[64];
 	for (size_t j = 0; j < n;) {
 		/* A run of side-by-side guest pages, whatever their slots: one
-		 * freeze and one advice for all (md__engine_merge_slots). */
+		 * freeze and one advice for all (md__engine_merge_slots) -
+		 * within one region, as the merge refuses a run over two:
+		 * regions often lie side by side (a range advised in two
+		 * calls, the pieces an unregister leaves). The caller holds
+		 * regions_lock. */
+		const struct md__eregion *r = md__engine_region(s->e, s->pend_addr[of[j]], MD_EPAGE);
 		size_t run = 1;
 		while (j + run < n && run < sizeof(done) &&
-		       s->pend_addr[of[j + run]] == s->pend_addr[of[j]] + run * MD_EPAGE)
+		       s->pend_addr[of[j + run]] == s->pend_addr[of[j]] + run * MD_EPAGE &&
+		       r && s->pend_addr[of[j + run]] < r->end)
 			run++;
 		md__engine_merge_slots(s->e, (void *)s->pend_addr[of[j]], run, slot + j, done);
 		for (size_t q = 0; q < run; q++) {

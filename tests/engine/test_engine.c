@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "checksum.h"
+#include "daemon_util.h"
 #include "hints.h"
 #include "index.h"
 #include "merge.h"
@@ -1198,6 +1199,55 @@ TEST_IMPL(engine_merge_cost)
 	ASSERT((long long)v2 - (long long)v1 < 0);	/* filling the gaps merged VMAs */
 	ASSERT(v3 - v2 <= 2);
 	md__engine_fini(&e);
+	return 0;
+}
+
+/* Pages the scanner found side by side across the boundary of two regions
+ * (a range advised in two calls, the pieces an unregister leaves) merge
+ * with memdedupd's pool: a run goes to the merge a region at a time, as
+ * it refuses a run over two. */
+TEST_IMPL(engine_scanner_runs_split_at_regions)
+{
+	struct tdaemon t;
+	struct md__engine e;
+	struct md__remote rm;
+	struct md__scanner s;
+	unsigned char *m = map_ram(4), *x = map_ram(1);
+	uint32_t slot;
+	int status;
+
+	engine_up(&e);
+	td_start(&t, 1024);
+	ASSERT_EQ(md__remote_init(&rm, t.sock, "split"), 0);
+	e.remote = &rm;
+	ASSERT_EQ(md__engine_remote_connect(&e), 0);
+	fill(x, 7);
+	for (size_t i = 0; i < 4; i++)
+		fill(m + i * PG, 7);
+	ASSERT_EQ(md__engine_register(&e, m, 2 * PG, 0), 0);
+	ASSERT_EQ(md__engine_register(&e, m + 2 * PG, 2 * PG, 0), 0);
+	uint64_t h = md__page_hash(x);
+	const void *page = x;
+	ASSERT_EQ(md__remote_publish_each(&rm, &h, &page, 1, &slot, &status), 0);
+	ASSERT_EQ(status, 0);
+
+	/* A pass to see the pages, one to find them unchanged, pend and
+	 * merge them. */
+	ASSERT_EQ(md__scanner_init(&s, &e, NULL), 0);
+	md__scanner_step(&s, 4);
+	md__scanner_step(&s, 4);
+	uint64_t shared = pfn(md__engine_pool_page(&e, slot));
+	for (size_t i = 0; i < 4; i++) {
+		ASSERT_EQ(pfn(m + i * PG), shared);
+		ASSERT(memcmp(m + i * PG, x, PG) == 0);
+	}
+	ASSERT_EQ(s.st.merged_scan, 4);
+	md__scanner_free(&s);
+	md__engine_fini(&e);
+	md__remote_fini(&rm);
+	td_stop(&t);
+	munmap(m, 4 * PG);
+	munmap(x, PG);
 	return 0;
 }
 
