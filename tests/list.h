@@ -21,7 +21,7 @@
 	X(env_flags_strict) X(env_numbers_strict) X(env_bad_order_and_log_said) X(stats_dir_too_long) \
 	X(scan_merges_duplicates) X(scan_rates) X(scan_profit_counts_metadata) X(scan_not_given_to_kernel_ksm) X(scan_turns_off_kernel_merge_any) X(scan_stops_for_unseen_io) X(scan_stops_for_uring_reads) X(scan_stops_for_raw_uring_reads) X(scan_stops_for_sqpoll) X(scan_stops_for_rdma) X(scan_stops_for_device_dma) X(scan_stops_for_uring_buffers) X(scan_stops_for_vdpa) X(scan_gives_ram_to_vmm_userfault) X(scan_takes_ram_back_from_vmm_userfault) X(scan_forgets_vmm_hold_on_moved_ram) X(scan_unmergeable_fills_dropped) X(scan_dropped_then_poisoned) X(scan_merges_beside_event_rings) X(scan_failed_unmap_keeps_pages) X(scan_fill_pages) X(scan_merges_onto_image) X(scan_image_index_bounded) X(scan_image_index_remapped) X(scan_image_index_prunes_written) X(scan_image_copied_read_merges) X(scan_hints_guide_scanner) X(scan_unmerge_before_registration) X(scan_pages_made_inaccessible) X(scan_locked_memory_not_merged) X(scan_keeps_numa_policy) X(scan_protected_memory_given_up) X(scan_unmerge_and_tunables) X(scan_leaves_pages_being_read) \
 	X(scan_off_says_why) \
-	X(scan_stress_no_lost_write) \
+	X(scan_stress_no_lost_write) X(scan_stress_catches_lost_write) \
 	X(cross_process_sharing) X(cross_in_process_duplicates) X(cross_domains_never_share) X(cross_daemon_killed) X(cross_daemon_stopped) X(cross_unmap_elsewhere_not_held) X(cross_leaves_vmm_holes) \
 	X(cross_stress_no_lost_write) X(cross_unrefs_batched) X(cross_reads_pair) X(cross_unmerge_short_of_memory) X(cross_unmerge_image_pages) X(cross_daemon_stalled_unrefs_kept)
 

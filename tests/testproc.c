@@ -16,6 +16,8 @@
  *                           "lost K"; twin: each write goes to a page of the first
  *                           half and its twin in the second, with short pauses, so
  *                           pages keep becoming equal (and merged) while written
+ *                           (MD_TESTPROC_DROP_WRITE=K in the environment: the
+ *                           first writer's K-th write is lost on purpose)
  *   exhaust / release     -> fill the process's mappings up to the limit, undo
  *   advise DOFF LEN ADVICE-> madvise result (dontneed, dontneedlocked, dontfork,
  *                           mergeable, unmergeable)
@@ -116,50 +118,98 @@ struct writer {
 	size_t twin;	/* pages from a page to its twin, 0: none */
 	int ms;
 	unsigned seed;
+	uint64_t id;	/* in every value written, so that each is unique */
+	uint64_t drop;	/* this write (1: the first) is not stored in its page */
 	long lost;
 };
 
-/* Each writer owns every n-th page; it writes a counter into random words of
- * its pages and checks, at the end, that the last value of each is there. */
+static volatile uint64_t *word_at(const struct writer *w, size_t p, size_t twin)
+{
+	return (volatile uint64_t *)(base + (w->first + p + twin) * 4096);
+}
+
+/* Words of pages [from, from + n) (and their twins) that do not hold the
+ * last value written there. */
+static long writer_check(const struct writer *w, const uint64_t *last, size_t from, size_t n)
+{
+	long lost = 0;
+	for (size_t p = from; p < from + n; p++)
+		for (size_t i = 0; i < 512; i++) {
+			uint64_t want = last[p * 512 + i];
+			if (want && word_at(w, p, 0)[i] != want)
+				lost++;
+			if (want && w->twin && word_at(w, p, w->twin)[i] != want)
+				lost++;
+		}
+	return lost;
+}
+
+static void shuffle(uint32_t *a, size_t n, unsigned *seed)
+{
+	for (uint32_t i = 0; i < n; i++)
+		a[i] = i;
+	for (size_t i = n - 1; i > 0; i--) {
+		size_t j = ((size_t)rand_r(seed) << 16 ^ (size_t)rand_r(seed)) % (i + 1);
+		uint32_t x = a[i];
+		a[i] = a[j];
+		a[j] = x;
+	}
+}
+
+/* Each writer owns every n-th page and writes unique values into its words
+ * in a random order. A write lost to a merge would be hidden if the word
+ * were written again before being checked, so each word is written at most
+ * once per sweep, and the sweep's words are all checked before the next
+ * sweep begins; everything is checked again at the end. */
 static void *writer_main(void *arg)
 {
 	struct writer *w = arg;
 	size_t words = 4096 / 8;
 	uint64_t *last = calloc(w->npages * words, sizeof(uint64_t));
+	/* Twin mode: one eighth of the pages at a time, one sweep spread over
+	 * the 200 ms the window stays, so the rest settle, get merged, and
+	 * are written again later (copy-on-write of merged pages, writers
+	 * meeting merges). */
+	size_t win = w->twin && w->npages >= 8 ? w->npages / 8 : w->npages;
+	size_t nw = win * words, done = nw, from = 0;	/* nw: no sweep yet */
+	uint32_t *order = malloc(nw * sizeof(*order));
 	struct timespec pause = { 0, 200000 };
 	struct timespec t0, t;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
-	t = t0;
 	uint64_t n = 0;
-	do {
-		/* Twin mode: one eighth of the pages at a time, rotating every
-		 * 200 ms, so the rest settle, get merged, and are written again
-		 * later (copy-on-write of merged pages, writers meeting merges). */
+	long window = -1;
+	for (;;) {
+		clock_gettime(CLOCK_MONOTONIC, &t);
 		long ms_now = (t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000;
-		size_t win = w->twin && w->npages >= 8 ? w->npages / 8 : w->npages;
-		size_t from = w->twin ? (size_t)(ms_now / 200 % 8) * win % w->npages : 0;
-		for (int k = 0; k < 1000; k++) {
-			size_t p = from + (size_t)rand_r(&w->seed) % win;
-			size_t i = (size_t)rand_r(&w->seed) % words;
-			uint64_t v = ++n | ((uint64_t)w->seed << 40);
-			((volatile uint64_t *)(base + (w->first + p) * 4096))[i] = v;
+		if (ms_now >= w->ms)
+			break;
+		long now = w->twin ? ms_now / 200 : window + (done == nw);
+		if (now != window) {
+			/* Each writer owns its pages: nothing writes them now. */
+			if (window >= 0)
+				w->lost += writer_check(w, last, from, win);
+			window = now;
+			from = w->twin ? (size_t)(window % 8) * win % w->npages : 0;
+			shuffle(order, nw, &w->seed);
+			done = 0;
+		}
+		size_t upto = done + 1000;
+		if (w->twin)	/* paced to end a little before the window moves */
+			upto = (size_t)(ms_now % 200 + 1) * nw / 180;
+		for (; done < upto && done < nw; done++) {
+			size_t p = from + order[done] / words, i = order[done] % words;
+			uint64_t v = ++n | w->id << 48;
+			if (n != w->drop)
+				word_at(w, p, 0)[i] = v;
 			if (w->twin)
-				((volatile uint64_t *)(base + (w->first + p + w->twin) * 4096))[i] = v;
+				word_at(w, p, w->twin)[i] = v;
 			last[p * words + i] = v;
 		}
 		if (w->twin)
 			nanosleep(&pause, NULL);
-		clock_gettime(CLOCK_MONOTONIC, &t);
-	} while ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000 < w->ms);
-	for (size_t p = 0; p < w->npages; p++)
-		for (size_t i = 0; i < words; i++) {
-			uint64_t want = last[p * words + i];
-			if (want && ((uint64_t *)(base + (w->first + p) * 4096))[i] != want)
-				w->lost++;
-			if (want && w->twin &&
-			    ((uint64_t *)(base + (w->first + p + w->twin) * 4096))[i] != want)
-				w->lost++;
-		}
+	}
+	w->lost += writer_check(w, last, 0, w->npages);
+	free(order);
 	free(last);
 	return NULL;
 }
@@ -172,8 +222,13 @@ static void cmd_writers(int n, int ms, size_t doff, size_t len, int twin)
 		n = 16;
 	size_t half = twin ? len / 4096 / 2 : 0;
 	size_t per = (twin ? half : len / 4096) / (size_t)n;
+	/* A test of the check itself: the first writer's write number
+	 * MD_TESTPROC_DROP_WRITE is not stored (in twin mode, the twin's is),
+	 * a lost write the answer must report. */
+	const char *drop = getenv("MD_TESTPROC_DROP_WRITE");
 	for (int i = 0; i < n; i++) {
-		w[i] = (struct writer){ doff / 4096 + (size_t)i * per, per, half, ms, (unsigned)i + 1, 0 };
+		w[i] = (struct writer){ doff / 4096 + (size_t)i * per, per, half, ms, (unsigned)i + 1,
+					(uint64_t)i + 1, i == 0 && drop ? strtoull(drop, NULL, 10) : 0, 0 };
 		pthread_create(&th[i], NULL, writer_main, &w[i]);
 	}
 	long lost = 0;
