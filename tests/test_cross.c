@@ -676,6 +676,24 @@ TEST_IMPL(cross_stress_no_lost_write)
 }
 
 
+/* The agent's statistics once it has accounted them twice from now (its
+ * thread's CPU time is set at each round, after the counters). */
+static int accounted_twice(struct proc *p, md_stats *s)
+{
+	md_stats s0;
+	int err = proc_stats(p, &s0);
+	for (int round = 0; round < 2 && !err; round++) {
+		for (int waited = 0; (err = proc_stats(p, s)) == 0 && s->agent_cpu_ns == s0.agent_cpu_ns;
+		     waited += 20) {
+			if (waited >= 10000)
+				return -ETIMEDOUT;
+			usleep(20000);
+		}
+		s0 = *s;
+	}
+	return err;
+}
+
 TEST_IMPL(cross_reads_pair)
 {
 	/* Two guests read one image, each page copied (no sharing at read
@@ -695,7 +713,8 @@ TEST_IMPL(cross_reads_pair)
 	 * 8 batches a wake-up, 30 ms apart), and merges as many candidates.
 	 * Whether x's lookups come before y's own visits was a race (no pair
 	 * by reads at all on a loaded machine): y is paused once its reads
-	 * are known, until x has visited its hinted pages. */
+	 * are known, until x has visited its hinted pages; the visits y made
+	 * before are subtracted from the pairs expected. */
 	start_agent_at(&y, &t, "MEMDEDUP_NO_SHARING=1", "MEMDEDUP_PAGES_TO_SCAN=1", "MEMDEDUP_SLEEP_MS=30");
 	start_agent_at(&x, &t, "MEMDEDUP_NO_SHARING=1", "MEMDEDUP_PAGES_TO_SCAN=4000", NULL);
 	int fx = (int)proc_num(&x, "open %s", img);
@@ -708,29 +727,44 @@ TEST_IMPL(cross_reads_pair)
 	ASSERT(domain_int(&t, "read_slots") > 0);	/* y's reads are known */
 	ASSERT_EQ(td_sh("MEMDEDUP_SOCKET=%s %s/memdedup pause --pid %d >/dev/null", t.sock, build_dir(),
 			(int)y.pid), 0);
+	/* x paused across its read: its hints are pushed before the read
+	 * answers (in the read call), so its cursor cannot look the fresh
+	 * pages up untagged first (the daemon would take that sighting for
+	 * the page's first copy, and the hinted lookup after it would find
+	 * x's own page instead of y's read). */
+	ASSERT_EQ(td_sh("MEMDEDUP_SOCKET=%s %s/memdedup pause --pid %d >/dev/null", t.sock, build_dir(),
+			(int)x.pid), 0);
+	/* And every visit from hints while there are any: none of the
+	 * cursor's reaches a fresh page before its hint does. */
+	ASSERT_EQ(td_sh("MEMDEDUP_SOCKET=%s %s/memdedup set --pid %d hint_ratio=8 >/dev/null", t.sock,
+			build_dir(), (int)x.pid), 0);
 	ASSERT_EQ(proc_num(&x, "read %d 0 %u 0 0", fx, N * PG), (long long)N * PG);
-	/* x's cursor may reach some of those pages first, on a loaded
-	 * machine, and merge them: their hinted visits then read nothing. */
+	ASSERT_EQ(td_sh("MEMDEDUP_SOCKET=%s %s/memdedup resume --pid %d >/dev/null", t.sock, build_dir(),
+			(int)x.pid), 0);
 	md_stats xs;
-	if (proc_stats_wait(&x, &xs, 40000, hinted_or_merged_n) != 0)
-		fprintf(stderr, "  x: hinted %llu scanned %llu pushed %llu dropped %llu ratio %llu merged %llu hm %llu cand %llu zero %llu vol %llu passes %llu\n",
-			(unsigned long long)xs.pages_hinted, (unsigned long long)xs.pages_scanned,
-			(unsigned long long)xs.hints_pushed, (unsigned long long)xs.hints_dropped,
-			(unsigned long long)xs.hint_ratio, (unsigned long long)xs.merged,
-			(unsigned long long)xs.merged_from_hints, (unsigned long long)xs.candidates,
-			(unsigned long long)xs.zero_pages, (unsigned long long)xs.volatile_skips,
-			(unsigned long long)xs.full_scans);
-	ASSERT(hinted_or_merged_n(&xs));
+	ASSERT_EQ(proc_stats_wait(&x, &xs, 40000, hinted_or_merged_n), 0);
+	/* What y looked up itself before its pause took effect: x's lookups
+	 * of those pages met y's sightings and published instead of pairing.
+	 * The counters are accounted once a second: read after two rounds. */
+	md_stats ys;
+	ASSERT_EQ(accounted_twice(&y, &ys), 0);
+	long long y_early = (long long)(ys.pages_hinted + ys.pages_scanned);
 	ASSERT_EQ(td_sh("MEMDEDUP_SOCKET=%s %s/memdedup resume --pid %d >/dev/null", t.sock, build_dir(),
 			(int)y.pid), 0);
 	md_stats s;
 	ASSERT_EQ(proc_stats_wait(&x, &s, 40000, sharing_n), 0);
+	ASSERT_EQ(s.pages_shared_at_read, 0);
 	ASSERT_EQ(proc_stats_wait(&y, &s, 40000, sharing_n), 0);
 	ASSERT_EQ(s.pages_shared_at_read, 0);
-	/* x's cursor may visit some of the same pages untagged and pair
-	 * them by hash instead. */
-	fprintf(stderr, "  read_pairs %lld\n", domain_int(&t, "read_pairs"));
-	ASSERT(domain_int(&t, "read_pairs") >= N / 2);
+	/* Every page pairs by read but those y looked up first, and those
+	 * whose entries the daemon's reads table lost: x's reads and y's
+	 * of 256 file pages meet in 2,048 two-way buckets, and a page whose
+	 * bucket another page's tag shares loses its pair (30 pages on
+	 * average, 61 at most in 20,000 simulated runs). */
+	long long pairs = domain_int(&t, "read_pairs");
+	fprintf(stderr, "  read_pairs %lld, yields %lld, y looked up %lld first\n", pairs,
+		domain_int(&t, "read_yields"), y_early);
+	ASSERT(pairs >= (long long)N - y_early - (long long)N / 4);
 	ASSERT_EQ(same_frames(&x, &y, 0, N), N);
 	ASSERT(strcmp(proc_cmd(&x, "hash 0 %u", N * PG), want) == 0);
 	ASSERT(strcmp(proc_cmd(&y, "hash 0 %u", N * PG), want) == 0);
