@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "cgroup.h"
+#include "client.h"
 #include "daemon_util.h"
 #include "proc.h"
 #include "runner.h"
@@ -370,6 +371,178 @@ static void start_shared_pair(struct tdaemon *t, struct proc *a, struct proc *b,
  * connections (one HELLO each; a new connection could not follow the late
  * replies and give back what they granted), merge on once it is back,
  * and hold no reference they do not map. */
+/* Rounds of the kill tests: each gets KP fresh pages at its own offset. */
+#define KILLS 40
+#define KP 24u
+
+/* Waits up to 5 s for the daemon's pool to hold exactly what agent pid
+ * maps (-1: no agent; then nothing at all). */
+static int pool_is_agents(const struct tdaemon *t, pid_t pid)
+{
+	for (int i = 0; i < 100; i++) {
+		long long refs = pid ? agent_field(t, pid, "references") : 0;
+		if (domain_live(t) == refs && (pid || memfds(t->pid) == 0))
+			return 0;
+		usleep(50000);
+	}
+	fprintf(stderr, "  pool: %lld live, the agent's references %lld, %d pool files\n", domain_live(t),
+		pid ? agent_field(t, pid, "references") : 0, memfds(t->pid));
+	return -1;
+}
+
+/* An agent killed while its merges and publications are in flight (the
+ * other agent's copies of fresh duplicates seen, published, pinned or
+ * mapped): the other keeps its content, and the pool keeps only what the
+ * other maps: no slot granted to the dead one, or published by it and not
+ * yet mapped, is left behind. */
+TEST_IMPL(cross_agent_killed_mid_merge)
+{
+	struct tdaemon t;
+	struct proc a, b;
+	unsigned seed = (unsigned)getpid();
+	int before = 0, mid = 0, after = 0;
+	char h[KILLS][32];
+	td_start(&t, 65536);
+	start_agent(&b, &t, NULL);
+	for (unsigned k = 0; k < KILLS; k++) {
+		size_t off = (size_t)k * KP * PG;
+		start_agent(&a, &t, NULL);
+		long long refs0 = agent_field(&t, b.pid, "references");
+		proc_cmd(&b, "fill %zu %u %u", off, KP, 100 + k);
+		snprintf(h[k], sizeof(h[k]), "%s", proc_cmd(&b, "hash %zu %u", off, KP * PG));
+		proc_cmd(&a, "fill %zu %u %u", off, KP, 100 + k);
+		/* Anywhere from before a's first visit to after the last merge
+		 * (a few ms after the fill here, so most rounds aim at those):
+		 * where it lands only shows in the counts. */
+		usleep((useconds_t)(rand_r(&seed) % (k % 4 ? 8000 : 50000)));
+		kill(a.pid, SIGKILL);
+		waitpid(a.pid, NULL, 0);
+		fclose(a.in);
+		fclose(a.out);
+		for (int i = 0; i < 100 && agent_field(&t, a.pid, "references") != -1; i++)
+			usleep(50000);
+		ASSERT_EQ(agent_field(&t, a.pid, "references"), -1);	/* the daemon let it go */
+		for (unsigned j = 0; j <= k; j++)
+			ASSERT(strcmp(proc_cmd(&b, "hash %zu %u", (size_t)j * KP * PG, KP * PG), h[j]) == 0);
+		ASSERT_EQ(pool_is_agents(&t, b.pid), 0);
+		long long got = agent_field(&t, b.pid, "references") - refs0;
+		before += got <= 0;
+		mid += got > 0 && got < KP;
+		after += got >= KP;
+	}
+	/* Roughly: b also merges earlier rounds' pages late, or lets go of
+	 * pages nobody else maps. */
+	fprintf(stderr, "  b's references after a's death: none new %d, some %d, all %d\n", before, mid, after);
+	/* b lets go of every page while its domain lives on: a reference
+	 * the dead left behind would keep its slot live now. */
+	ASSERT(strcmp(proc_cmd(&b, "advise 0 %u unmergeable", KILLS * KP * PG), "0") == 0);
+	ASSERT_EQ(agent_field(&t, b.pid, "references"), 0);
+	ASSERT_EQ(pool_is_agents(&t, b.pid), 0);
+	for (unsigned k = 0; k < KILLS; k++)
+		ASSERT(strcmp(proc_cmd(&b, "hash %zu %u", (size_t)k * KP * PG, KP * PG), h[k]) == 0);
+	proc_stop(&b);
+	ASSERT_EQ(pool_is_agents(&t, 0), 0);
+	td_stop(&t);
+	return 0;
+}
+
+/* A new memdedupd on t's socket and run dir (the last one was killed). */
+static void td_restart(struct tdaemon *t)
+{
+	char exe[300], log[400];
+	snprintf(exe, sizeof(exe), "%s/memdedupd", build_dir());
+	snprintf(log, sizeof(log), "%s/log", t->dir);
+	unlink(t->sock);
+	t->pid = fork();
+	ASSERT(t->pid >= 0);
+	if (t->pid == 0) {
+		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+		if (fd >= 0)
+			dup2(fd, 2);
+		execl(exe, exe, "--foreground", "--socket", t->sock, "--run-dir", t->dir, "--pool-pages", "65536",
+		      (char *)NULL);
+		_exit(127);
+	}
+	for (int i = 0; i < 2000 && !md__daemon_alive(t->sock); i++) {
+		int st;
+		ASSERT(waitpid(t->pid, &st, WNOHANG) == 0);
+		usleep(10000);
+	}
+	ASSERT(md__daemon_alive(t->sock));
+}
+
+static int agents_back(const struct tdaemon *t, pid_t a, pid_t b)
+{
+	for (int i = 0; i < 400; i++) {
+		if (agent_field(t, a, "hellos") >= 1 && agent_field(t, b, "hellos") >= 1)
+			return 0;
+		usleep(50000);
+	}
+	return -ETIMEDOUT;
+}
+
+#define DKILLS 8
+
+/* memdedupd killed while both agents look up, publish and merge fresh
+ * duplicates: pages frozen for a merge whose answer never comes are let
+ * go (a write to each page right away must not hang), content is intact,
+ * and a new daemon finds the agents back, merges, and ends with an empty
+ * pool. */
+TEST_IMPL(cross_daemon_killed_mid_scan)
+{
+	struct tdaemon t;
+	struct proc a, b;
+	unsigned seed = (unsigned)getpid();
+	char h[DKILLS][32];
+	td_start(&t, 65536);
+	start_agent(&a, &t, NULL);
+	start_agent(&b, &t, NULL);
+	for (unsigned k = 0; k < DKILLS; k++) {
+		size_t off = (size_t)k * KP * PG;
+		ASSERT_EQ(agents_back(&t, a.pid, b.pid), 0);
+		proc_cmd(&a, "fill %zu %u %u", off, KP, 300 + k);
+		proc_cmd(&b, "fill %zu %u %u", off, KP, 300 + k);
+		usleep((useconds_t)(rand_r(&seed) % (k % 2 ? 8000 : 50000)));
+		kill(t.pid, SIGKILL);
+		waitpid(t.pid, NULL, 0);
+		/* Ten seconds for what takes milliseconds: a write that waits
+		 * for the dead daemon for good is killed by the alarm. */
+		unsigned left = alarm(10);
+		proc_cmd(&a, "fill %zu %u %u", off, KP, 400 + k);
+		proc_cmd(&b, "fill %zu %u %u", off, KP, 400 + k);
+		unsigned rest = alarm(0);
+		alarm(left > 10 - rest ? left - (10 - rest) : 1);
+		snprintf(h[k], sizeof(h[k]), "%s", proc_cmd(&a, "hash %zu %u", off, KP * PG));
+		for (unsigned j = 0; j <= k; j++) {
+			ASSERT(strcmp(proc_cmd(&a, "hash %zu %u", (size_t)j * KP * PG, KP * PG), h[j]) == 0);
+			ASSERT(strcmp(proc_cmd(&b, "hash %zu %u", (size_t)j * KP * PG, KP * PG), h[j]) == 0);
+		}
+		td_restart(&t);
+	}
+	ASSERT_EQ(agents_back(&t, a.pid, b.pid), 0);
+	proc_cmd(&a, "fill %u %u 8", 512 * PG, N);
+	proc_cmd(&b, "fill %u %u 8", 512 * PG, N);
+	int shared = 0;
+	for (int i = 0; i < 200 && shared < (int)N; i++) {
+		usleep(100000);
+		shared = same_frames(&a, &b, 512 * PG, N);
+	}
+	ASSERT_EQ(shared, N);
+	/* Both let go of every page while the domain lives on: nothing may
+	 * be left in the pool. */
+	ASSERT(strcmp(proc_cmd(&a, "advise 0 %u unmergeable", 1024 * PG), "0") == 0);
+	ASSERT(strcmp(proc_cmd(&b, "advise 0 %u unmergeable", 1024 * PG), "0") == 0);
+	ASSERT_EQ(pool_is_agents(&t, b.pid), 0);
+	ASSERT_EQ(domain_live(&t), 0);
+	for (unsigned j = 0; j < DKILLS; j++)
+		ASSERT(strcmp(proc_cmd(&b, "hash %zu %u", (size_t)j * KP * PG, KP * PG), h[j]) == 0);
+	proc_stop(&a);
+	proc_stop(&b);
+	ASSERT_EQ(pool_is_agents(&t, 0), 0);
+	td_stop(&t);
+	return 0;
+}
+
 TEST_IMPL(cross_daemon_stopped)
 {
 	struct tdaemon t;
