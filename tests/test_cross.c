@@ -392,9 +392,11 @@ static int pool_is_agents(const struct tdaemon *t, pid_t pid)
 
 /* An agent killed while its merges and publications are in flight (the
  * other agent's copies of fresh duplicates seen, published, pinned or
- * mapped): the other keeps its content, and the pool keeps only what the
- * other maps: no slot granted to the dead one, or published by it and not
- * yet mapped, is left behind. */
+ * mapped; in every other round with the daemon stopped across the kill,
+ * so that it reads the dead one's last requests after its death): the
+ * other keeps its content, and the pool keeps only what the other maps:
+ * no slot granted to the dead one, or published by it and not yet
+ * mapped, is left behind. */
 TEST_IMPL(cross_agent_killed_mid_merge)
 {
 	struct tdaemon t;
@@ -415,8 +417,17 @@ TEST_IMPL(cross_agent_killed_mid_merge)
 		 * (a few ms after the fill here, so most rounds aim at those):
 		 * where it lands only shows in the counts. */
 		usleep((useconds_t)(rand_r(&seed) % (k % 4 ? 8000 : 50000)));
+		if (k % 2) {
+			/* The daemon stopped first: what a sent last (a lookup,
+			 * a publication, a reference) waits in its socket and
+			 * is read after a died; a grant to the dead, say. */
+			td_pause(&t);
+			usleep((useconds_t)(rand_r(&seed) % 20000));
+		}
 		kill(a.pid, SIGKILL);
 		waitpid(a.pid, NULL, 0);
+		if (k % 2)
+			kill(t.pid, SIGCONT);
 		fclose(a.in);
 		fclose(a.out);
 		for (int i = 0; i < 100 && agent_field(&t, a.pid, "references") != -1; i++)
