@@ -1229,6 +1229,22 @@ TEST_IMPL(scan_unmerge_before_registration)
 	return 0;
 }
 
+/* Once paused: the batch under way ends; then nothing moves for 300 ms
+ * (within 18 s: a loaded machine may run the batch late). s1 and s2 are
+ * the statistics at both ends of the still 300 ms. */
+static int scanner_still(md_agent *a, md_stats *s1, md_stats *s2)
+{
+	for (int i = 0; i < 60; i++) {
+		md_agent_stats(a, s1);
+		usleep(300000);
+		md_agent_stats(a, s2);
+		if (s1->full_scans == s2->full_scans &&
+		    s1->pages_scanned + s1->pages_hinted == s2->pages_scanned + s2->pages_hinted)
+			return 0;
+	}
+	return -ETIMEDOUT;
+}
+
 TEST_IMPL(scan_unmerge_and_tunables)
 {
 	md_agent *a;
@@ -1252,17 +1268,7 @@ TEST_IMPL(scan_unmerge_and_tunables)
 	 * nothing left to read, but the cursor still goes round). */
 	md_stats s1, s2;
 	ASSERT_EQ(md_agent_pause(a, 1), 0);
-	/* The batch under way ends; then nothing moves for 300 ms (within
-	 * 20 s: a loaded machine may run the batch late). */
-	int still = 0;
-	for (int i = 0; i < 60 && !still; i++) {
-		md_agent_stats(a, &s1);
-		usleep(300000);
-		md_agent_stats(a, &s2);
-		still = s1.full_scans == s2.full_scans &&
-			s1.pages_scanned + s1.pages_hinted == s2.pages_scanned + s2.pages_hinted;
-	}
-	ASSERT(still);
+	ASSERT_EQ(scanner_still(a, &s1, &s2), 0);
 	ASSERT_EQ(md_agent_pause(a, 0), 0);
 	for (int i = 0; i < 400 && s2.full_scans <= s1.full_scans; i++) {
 		usleep(50000);
@@ -1296,12 +1302,8 @@ TEST_IMPL(scan_unmerge_and_tunables)
 	ASSERT_EQ(md_agent_pause(a, 0), -EPERM);
 	ASSERT_EQ(md_agent_pause(a, 1), 0);
 	ASSERT_EQ(md_agent_pause(a, 0), -EPERM);
-	usleep(100000);	/* a batch begun before the pause ends */
-	md_agent_stats(a, &s1);
+	ASSERT_EQ(scanner_still(a, &s1, &s2), 0);
 	ASSERT_EQ(s1.io_unseen, 1);
-	usleep(300000);
-	md_agent_stats(a, &s2);
-	ASSERT_EQ(s1.full_scans, s2.full_scans);
 	md_agent_free(a);
 	return 0;
 }
@@ -1343,14 +1345,42 @@ struct blocked_read {
 	int fd;
 	void *buf;
 	ssize_t got;
+	pid_t tid;
 };
 
 static void *blocked_reader(void *arg)
 {
 	struct blocked_read *r = arg;
 	struct iovec io = { r->buf, PG };
+	__atomic_store_n(&r->tid, gettid(), __ATOMIC_RELEASE);
 	r->got = md_agent_preadv(r->a, r->fd, &io, 1, -1, 0);
 	return NULL;
+}
+
+/* Waits until the reader sleeps in a read system call on its descriptor
+ * (the agent recorded the read before making it). */
+static int wait_blocked_read(struct blocked_read *r)
+{
+	for (int i = 0; i < 2000; i++) {
+		pid_t tid = __atomic_load_n(&r->tid, __ATOMIC_ACQUIRE);
+		char path[64], line[256] = "";
+		snprintf(path, sizeof(path), "/proc/self/task/%d/syscall", (int)tid);
+		FILE *f = tid ? fopen(path, "r") : NULL;
+		if (f) {
+			if (!fgets(line, sizeof(line), f))
+				line[0] = '\0';
+			fclose(f);
+		}
+		long nr = -1;
+		unsigned long fd = ~0ul;
+		/* read, pread64, readv, preadv, preadv2 */
+		if (sscanf(line, "%ld %lx", &nr, &fd) == 2 && fd == (unsigned long)r->fd &&
+		    (nr == SYS_read || nr == SYS_pread64 || nr == SYS_readv || nr == SYS_preadv ||
+		     nr == SYS_preadv2))
+			return 0;
+		usleep(10000);
+	}
+	return -ETIMEDOUT;
 }
 
 /* A page a read is writing (here a read blocked on an empty pipe, standing
@@ -1367,9 +1397,9 @@ TEST_IMPL(scan_leaves_pages_being_read)
 	int p[2];
 	ASSERT_EQ(pipe(p), 0);
 	pthread_t t;
-	struct blocked_read r = { a, p[0], m + 5 * PG, 0 };
+	struct blocked_read r = { a, p[0], m + 5 * PG, 0, 0 };
 	ASSERT_EQ(pthread_create(&t, NULL, blocked_reader, &r), 0);
-	usleep(100000);	/* the reader is in the kernel, waiting */
+	ASSERT_EQ(wait_blocked_read(&r), 0);
 	ASSERT_EQ(md_agent_register(a, m, len, 0), 0);
 	ASSERT_EQ(wait_pairs(m, 5), 0);
 	md_stats s0, s1;
