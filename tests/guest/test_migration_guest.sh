@@ -140,16 +140,23 @@ fi
 # The snapshot over, QEMU unregisters its userfaultfd: the scanner takes the
 # RAM back, drops again the zero pages the handover read back in, and
 # merges again what it made private (first the zero pages: most of RAM).
+# On a kernel with a zero page (no pvm_no_zero_page), what the handover
+# read back of the dropped pages maps the zero page and costs nothing, so
+# there is nothing to drop again: only the merges must come back.
+want_zero=$((zero0 + 1000))
+if build/ptcost 1024 2>/dev/null | head -1 | grep -q '"reads_share_a_frame":true'; then
+  want_zero=0
+fi
 merged1=$(agent_counter merged) zero1=$zero0 t0=$SECONDS
 for _ in $(seq 1 40); do
   merged1=$(agent_counter merged) zero1=$(agent_counter zero_pages)
-  [ "${merged1:-0}" -gt "$merged" ] && [ "${zero1:-0}" -ge $((zero0 + 1000)) ] && break
+  [ "${merged1:-0}" -gt "$merged" ] && [ "${zero1:-0}" -ge "$want_zero" ] && break
   sleep 0.5
 done
 if grep -q 'merged again' "$out/agent.log" && ! grep -q 'not all of it' "$out/agent.log" &&
    [ "${merged1:-0}" -gt "$merged" ] &&
-   [ "${zero1:-0}" -ge $((zero0 + 1000)) ]; then
-  pass "the scanner took the RAM back after the snapshot ($((zero1 - zero0)) zero pages dropped again, $((merged1 - merged)) pages merged in $((SECONDS - t0)) s)"
+   [ "${zero1:-0}" -ge "$want_zero" ]; then
+  pass "the scanner took the RAM back after the snapshot (zero pages ${zero1:-?} against $zero0 before, $((merged1 - merged)) pages merged in $((SECONDS - t0)) s)"
 else
   fail "the scanner did not take the RAM back after the snapshot (merged ${merged1:-?} after, $merged before; zero pages ${zero1:-?}, $zero0 before)"
 fi
