@@ -106,6 +106,17 @@ static int same_frames(struct proc *a, struct proc *b, size_t off, size_t n)
 	return same;
 }
 
+/* same_frames once all n pages share, or after 20 s: what it found last. */
+static int wait_same_frames(struct proc *a, struct proc *b, size_t off, size_t n)
+{
+	int shared = 0;
+	for (int i = 0; i < 200 && shared < (int)n; i++) {
+		usleep(100000);
+		shared = same_frames(a, b, off, n);
+	}
+	return shared;
+}
+
 TEST_IMPL(cross_process_sharing)
 {
 	struct tdaemon t;
@@ -325,12 +336,7 @@ TEST_IMPL(cross_daemon_killed)
 	pclose(f);
 	proc_cmd(&a, "fill %u %u 8", 512 * PG, N);
 	proc_cmd(&b, "fill %u %u 8", 512 * PG, N);
-	int shared = 0;
-	for (int i = 0; i < 200 && shared < (int)N; i++) {
-		usleep(100000);
-		shared = same_frames(&a, &b, 512 * PG, N);
-	}
-	ASSERT_EQ(shared, N);
+	ASSERT_EQ(wait_same_frames(&a, &b, 512 * PG, N), N);
 	proc_stop(&a);
 	proc_stop(&b);
 	for (int i = 0; i < 50 && domain_live(&t2) > 0; i++)
@@ -457,31 +463,6 @@ TEST_IMPL(cross_agent_killed_mid_merge)
 	return 0;
 }
 
-/* A new memdedupd on t's socket and run dir (the last one was killed). */
-static void td_restart(struct tdaemon *t)
-{
-	char exe[300], log[400];
-	snprintf(exe, sizeof(exe), "%s/memdedupd", build_dir());
-	snprintf(log, sizeof(log), "%s/log", t->dir);
-	unlink(t->sock);
-	t->pid = fork();
-	ASSERT(t->pid >= 0);
-	if (t->pid == 0) {
-		int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0644);
-		if (fd >= 0)
-			dup2(fd, 2);
-		execl(exe, exe, "--foreground", "--socket", t->sock, "--run-dir", t->dir, "--pool-pages", "65536",
-		      (char *)NULL);
-		_exit(127);
-	}
-	for (int i = 0; i < 2000 && !md__daemon_alive(t->sock); i++) {
-		int st;
-		ASSERT(waitpid(t->pid, &st, WNOHANG) == 0);
-		usleep(10000);
-	}
-	ASSERT(md__daemon_alive(t->sock));
-}
-
 static int agents_back(const struct tdaemon *t, pid_t a, pid_t b)
 {
 	for (int i = 0; i < 400; i++) {
@@ -533,12 +514,7 @@ TEST_IMPL(cross_daemon_killed_mid_scan)
 	ASSERT_EQ(agents_back(&t, a.pid, b.pid), 0);
 	proc_cmd(&a, "fill %u %u 8", 512 * PG, N);
 	proc_cmd(&b, "fill %u %u 8", 512 * PG, N);
-	int shared = 0;
-	for (int i = 0; i < 200 && shared < (int)N; i++) {
-		usleep(100000);
-		shared = same_frames(&a, &b, 512 * PG, N);
-	}
-	ASSERT_EQ(shared, N);
+	ASSERT_EQ(wait_same_frames(&a, &b, 512 * PG, N), N);
 	/* Both let go of every page while the domain lives on: nothing may
 	 * be left in the pool. */
 	ASSERT(strcmp(proc_cmd(&a, "advise 0 %u unmergeable", 1024 * PG), "0") == 0);
@@ -569,12 +545,7 @@ TEST_IMPL(cross_daemon_stopped)
 	proc_cmd(&b, "fill %u %u 10", 512 * PG, N);
 	usleep(4000000);
 	ASSERT(kill(t.pid, SIGCONT) == 0);
-	int shared = 0;
-	for (int i = 0; i < 200 && shared < (int)N; i++) {
-		usleep(100000);
-		shared = same_frames(&a, &b, 512 * PG, N);
-	}
-	ASSERT_EQ(shared, N);
+	ASSERT_EQ(wait_same_frames(&a, &b, 512 * PG, N), N);
 	ASSERT(strstr(file_text(log), "slow to answer"));
 	ASSERT_EQ(agent_field(&t, a.pid, "hellos"), 1);
 	ASSERT_EQ(agent_field(&t, b.pid, "hellos"), 1);

@@ -22,15 +22,22 @@
 void td_start(struct tdaemon *t, unsigned pool_pages)
 {
 	static int n;
-	char exe[300], pages[32], log[400];
 	snprintf(t->dir, sizeof(t->dir), "%s/d%d", test_dir(), n++);
 	ASSERT(mkdir(t->dir, 0755) == 0);
 	ASSERT(chmod(test_dir(), 0755) == 0);
 	snprintf(t->sock, sizeof(t->sock), "%s/sock", t->dir);
+	t->pool_pages = pool_pages;
+	td_restart(t);
+}
+
+void td_restart(struct tdaemon *t)
+{
+	char exe[300], pages[32], log[400];
 	snprintf(exe, sizeof(exe), "%s/memdedupd", build_dir());
-	snprintf(pages, sizeof(pages), "%u", pool_pages);
+	snprintf(pages, sizeof(pages), "%u", t->pool_pages);
 	snprintf(log, sizeof(log), "%s/log", t->dir);
 	ASSERT(access(exe, X_OK) == 0);	/* built by make all, which the tests need */
+	unlink(t->sock);	/* a killed daemon's */
 	t->pid = fork();
 	ASSERT(t->pid >= 0);
 	if (t->pid == 0) {
@@ -197,4 +204,15 @@ void td_pause(const struct tdaemon *t)
 		usleep(1000);
 	}
 	ASSERT(!"the daemon did not stop");
+}
+
+void td_read_all(int fd, void *buf, size_t n)
+{
+	for (size_t done = 0; done < n;) {
+		struct pollfd p = { fd, POLLIN, 0 };
+		ASSERT(poll(&p, 1, 3000) == 1);
+		ssize_t r = read(fd, (char *)buf + done, n - done);
+		ASSERT(r > 0);
+		done += (size_t)r;
+	}
 }

@@ -11,11 +11,15 @@ struct tdaemon {
 	pid_t pid;
 	char dir[256];     /* run dir: pid file, log */
 	char sock[300];
+	unsigned pool_pages;
 };
 
 /* Starts build/memdedupd --foreground on a socket in a fresh directory
  * (mode 0755, so other uids reach it) and waits until it answers. */
 void td_start(struct tdaemon *t, unsigned pool_pages);
+/* A new memdedupd on t's socket and run dir (the last one was killed),
+ * and waits until it answers. */
+void td_restart(struct tdaemon *t);
 /* SIGTERM, and checks it exits 0 and removes its socket. */
 void td_stop(struct tdaemon *t);
 /* SIGSTOP, and waits until it is stopped (SIGCONT resumes it). */
@@ -37,6 +41,8 @@ int td_raw(const struct tdaemon *t, const void *msg, size_t len, struct md__msg 
 struct sockaddr_un;
 void td_sockaddr(const struct tdaemon *t, struct sockaddr_un *sa);
 void td_fill_page(unsigned char *p, unsigned seed);
+/* Reads exactly n bytes (3 s at most), or fails the test. */
+void td_read_all(int fd, void *buf, size_t n);
 /* system(3) of a printf-formatted command: its exit status, -1 if killed. */
 int td_sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 #endif

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "client.h"
+#include "daemon_util.h"
 #include "protocol.h"
 #include "runner.h"
 
@@ -27,26 +28,15 @@ struct fake {
 	int go;		/* the test writes here when the script may go on */
 };
 
-/* Reads exactly n bytes (3 s at most), or fails the test. */
-static void read_all(int fd, void *buf, size_t n)
-{
-	for (size_t done = 0; done < n;) {
-		struct pollfd p = { fd, POLLIN, 0 };
-		ASSERT(poll(&p, 1, 3000) == 1);
-		ssize_t r = read(fd, (char *)buf + done, n - done);
-		ASSERT(r > 0);
-		done += (size_t)r;
-	}
-}
 
 /* The next message on c, decoded into m. */
 static void fake_recv(int c, struct md__msg *m)
 {
 	static unsigned char buf[MD_MSG_HDR_SIZE + MD_MSG_MAX];
 	struct md__msg_hdr h;
-	read_all(c, buf, MD_MSG_HDR_SIZE);
+	td_read_all(c, buf, MD_MSG_HDR_SIZE);
 	ASSERT_EQ(md__msg_hdr_decode(buf, MD_MSG_HDR_SIZE, &h), 0);
-	read_all(c, buf + MD_MSG_HDR_SIZE, h.length);
+	td_read_all(c, buf + MD_MSG_HDR_SIZE, h.length);
 	ASSERT_EQ(md__msg_decode(buf, MD_MSG_HDR_SIZE + h.length, m), 0);
 }
 

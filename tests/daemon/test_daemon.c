@@ -1166,17 +1166,6 @@ TEST_IMPL(daemon_drops_stalled_peers)
 	return 0;
 }
 
-/* Reads exactly n bytes (3 s at most), or fails the test. */
-static void read_all(int fd, void *buf, size_t n)
-{
-	for (size_t done = 0; done < n;) {
-		struct pollfd p = { fd, POLLIN, 0 };
-		ASSERT(poll(&p, 1, 3000) == 1);
-		ssize_t r = read(fd, (char *)buf + done, n - done);
-		ASSERT(r > 0);
-		done += (size_t)r;
-	}
-}
 
 static size_t encode(struct md__msg *m, unsigned char *buf, size_t size)
 {
@@ -1205,10 +1194,10 @@ TEST_IMPL(daemon_stream_framing)
 	m.u.hello.pid = (uint32_t)getpid();
 	size_t len = encode(&m, buf, sizeof(buf));
 	ASSERT(send(fd, buf, len, MSG_NOSIGNAL) == (ssize_t)len);
-	read_all(fd, in, MD_MSG_HDR_SIZE);	/* the pool's descriptor is dropped by read() */
+	td_read_all(fd, in, MD_MSG_HDR_SIZE);	/* the pool's descriptor is dropped by read() */
 	ASSERT_EQ(md__msg_hdr_decode(in, MD_MSG_HDR_SIZE, &r.hdr), 0);
 	ASSERT_EQ(r.hdr.type, MD_MSG_WELCOME);
-	read_all(fd, in + MD_MSG_HDR_SIZE, r.hdr.length);
+	td_read_all(fd, in + MD_MSG_HDR_SIZE, r.hdr.length);
 
 	/* Many more than a wake-up's batch in one write, nothing after
 	 * them to wake the daemon again; then one cut inside its header. */
@@ -1231,9 +1220,9 @@ TEST_IMPL(daemon_stream_framing)
 		}
 		struct md__msg_hdr h;
 		for (;;) {	/* SHARE may come unasked (seq 0) */
-			read_all(fd, in, MD_MSG_HDR_SIZE);
+			td_read_all(fd, in, MD_MSG_HDR_SIZE);
 			ASSERT_EQ(md__msg_hdr_decode(in, MD_MSG_HDR_SIZE, &h), 0);
-			read_all(fd, in + MD_MSG_HDR_SIZE, h.length);
+			td_read_all(fd, in + MD_MSG_HDR_SIZE, h.length);
 			if (h.seq)
 				break;
 		}
@@ -1330,10 +1319,10 @@ TEST_IMPL(daemon_hello_once)
 		m.u.hello.pid = (uint32_t)getpid();
 		size_t len = encode(&m, buf, sizeof(buf));
 		ASSERT(send(fd, buf, len, MSG_NOSIGNAL) == (ssize_t)len);
-		read_all(fd, buf, MD_MSG_HDR_SIZE);	/* the pool's descriptor is dropped */
+		td_read_all(fd, buf, MD_MSG_HDR_SIZE);	/* the pool's descriptor is dropped */
 		ASSERT_EQ(md__msg_hdr_decode(buf, MD_MSG_HDR_SIZE, &h), 0);
 		ASSERT_EQ(h.type, MD_MSG_WELCOME);
-		read_all(fd, buf + MD_MSG_HDR_SIZE, h.length);
+		td_read_all(fd, buf + MD_MSG_HDR_SIZE, h.length);
 		send_with_fd(sp[1], "c", 1, fd);	/* the connection outlives us */
 		_exit(0);
 	}
@@ -1365,9 +1354,9 @@ TEST_IMPL(daemon_hello_once)
 	size_t len = encode(&m, buf, sizeof(buf));
 	ASSERT(send(held, buf, len, MSG_NOSIGNAL) == (ssize_t)len);
 	do {	/* the SHARE sent when it joined comes first (seq 0) */
-		read_all(held, buf, MD_MSG_HDR_SIZE);
+		td_read_all(held, buf, MD_MSG_HDR_SIZE);
 		ASSERT_EQ(md__msg_hdr_decode(buf, MD_MSG_HDR_SIZE, &h), 0);
-		read_all(held, buf + MD_MSG_HDR_SIZE, h.length);
+		td_read_all(held, buf + MD_MSG_HDR_SIZE, h.length);
 	} while (h.seq == 0);
 	ASSERT_EQ(md__msg_decode(buf, MD_MSG_HDR_SIZE + h.length, &r), 0);
 	ASSERT_EQ(r.hdr.type, MD_MSG_ERROR);
@@ -1556,10 +1545,10 @@ static pid_t fake_welcome(const char *path, int pass)
 		int c = accept(l, NULL, NULL);
 		if (c < 0)
 			_exit(1);
-		read_all(c, in, MD_MSG_HDR_SIZE);
+		td_read_all(c, in, MD_MSG_HDR_SIZE);
 		ASSERT_EQ(md__msg_hdr_decode(in, MD_MSG_HDR_SIZE, &h), 0);
 		ASSERT_EQ(h.type, MD_MSG_HELLO);
-		read_all(c, in + MD_MSG_HDR_SIZE, h.length);
+		td_read_all(c, in + MD_MSG_HDR_SIZE, h.length);
 		fake_send_welcome(c, h.seq, pass);
 		while (read(c, &x, 1) > 0)	/* until the client goes */
 			;
@@ -1610,9 +1599,9 @@ TEST_IMPL(daemon_client_checks_pool)
 static void fake_recv(int c, struct md__msg *m, unsigned char *buf)
 {
 	struct md__msg_hdr h;
-	read_all(c, buf, MD_MSG_HDR_SIZE);
+	td_read_all(c, buf, MD_MSG_HDR_SIZE);
 	ASSERT_EQ(md__msg_hdr_decode(buf, MD_MSG_HDR_SIZE, &h), 0);
-	read_all(c, buf + MD_MSG_HDR_SIZE, h.length);
+	td_read_all(c, buf + MD_MSG_HDR_SIZE, h.length);
 	ASSERT_EQ(md__msg_decode(buf, MD_MSG_HDR_SIZE + h.length, m), 0);
 }
 
@@ -1753,9 +1742,9 @@ TEST_IMPL(daemon_client_framing)
 		int c = accept(l, NULL, NULL);
 		if (c < 0)
 			_exit(1);
-		read_all(c, in, MD_MSG_HDR_SIZE);	/* HELLO */
+		td_read_all(c, in, MD_MSG_HDR_SIZE);	/* HELLO */
 		ASSERT_EQ(md__msg_hdr_decode(in, MD_MSG_HDR_SIZE, &h), 0);
-		read_all(c, in + MD_MSG_HDR_SIZE, h.length);
+		td_read_all(c, in + MD_MSG_HDR_SIZE, h.length);
 		size_t len = 0;
 		memset(&m, 0, sizeof(m));
 		m.hdr = (struct md__msg_hdr){ .type = MD_MSG_WELCOME, .seq = h.seq };
@@ -1776,9 +1765,9 @@ TEST_IMPL(daemon_client_framing)
 		len += encode(&m, buf + len, sizeof(buf) - len);
 		send_with_fd(c, buf, len, test_pool_fd(1, 1));
 
-		read_all(c, in, MD_MSG_HDR_SIZE);	/* LOOKUP */
+		td_read_all(c, in, MD_MSG_HDR_SIZE);	/* LOOKUP */
 		ASSERT_EQ(md__msg_hdr_decode(in, MD_MSG_HDR_SIZE, &h), 0);
-		read_all(c, in + MD_MSG_HDR_SIZE, h.length);
+		td_read_all(c, in + MD_MSG_HDR_SIZE, h.length);
 		len = 0;
 		memset(&m, 0, sizeof(m));
 		m.hdr.type = MD_MSG_CANDIDATES;
@@ -2458,10 +2447,10 @@ static int control_and_close(const struct tdaemon *t, struct md__client *agent, 
 		ASSERT(poll(p, 2, 3000) > 0);
 		if (p[0].revents) {
 			struct md__msg_hdr h;
-			read_all(fd, buf, MD_MSG_HDR_SIZE);
+			td_read_all(fd, buf, MD_MSG_HDR_SIZE);
 			ASSERT_EQ(md__msg_hdr_decode(buf, MD_MSG_HDR_SIZE, &h), 0);
 			ASSERT(h.length <= sizeof(buf) - MD_MSG_HDR_SIZE);
-			read_all(fd, buf + MD_MSG_HDR_SIZE, h.length);
+			td_read_all(fd, buf + MD_MSG_HDR_SIZE, h.length);
 			ASSERT_EQ(md__msg_decode(buf, MD_MSG_HDR_SIZE + h.length, &r), 0);
 			ASSERT_EQ(r.hdr.type, MD_MSG_CONTROL_R);
 			ASSERT_EQ(r.u.text.status, -EUSERS);
