@@ -88,9 +88,18 @@ void md__account(struct md_agent *a, int count_vmas)
 	if (!count_vmas)
 		return;
 	/* Reset before the count: a mapping made meanwhile is counted twice
-	 * at worst, never missed. */
+	 * at worst, never missed. A count that failed (0) keeps the last one
+	 * and what was mapped since: 0 would open the whole budget again. */
 	pthread_mutex_lock(&a->lock);
+	uint64_t since = a->maps_since_count;
 	a->maps_since_count = 0;
 	pthread_mutex_unlock(&a->lock);
-	md__set(a, MD_CTR_VMAS, md__count_vmas());
+	uint64_t vmas = md__count_vmas();
+	if (vmas) {
+		md__set(a, MD_CTR_VMAS, vmas);
+		return;
+	}
+	pthread_mutex_lock(&a->lock);
+	a->maps_since_count += since;
+	pthread_mutex_unlock(&a->lock);
 }

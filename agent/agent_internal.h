@@ -75,6 +75,11 @@ struct md_agent {
 	size_t nregions, regions_cap;
 	struct md__image *images;
 	size_t nimages, images_cap;
+	/* Filesystems (st_dev) found lately to have leases that do not see
+	 * every writer, and until when that verdict holds: without it, every
+	 * read of such a file asked fstatfs again under the lock (a round
+	 * trip to the server on NFS, to the daemon on FUSE). */
+	struct { dev_t dev; time_t until; } no_lease_fs[8];
 
 	/* Where pages may be private copies inside file mappings (an image's,
 	 * the pool's) that no record tracks any more: made private by a lease
@@ -183,6 +188,10 @@ void md__regions_free(struct md_agent *a);
 /* Finds or creates the image behind fd and makes sure its lease is held.
  * Returns the image, or NULL with *why set. */
 struct md__image *md__image_lease(struct md_agent *a, int fd, enum md_fallback *why);
+/* 1 if img's lease is held by our own descriptor still; else 0, and if it
+ * was held, its pages are made private and the lease given up, as on a
+ * break (agent->lock held). */
+int md__image_held(struct md_agent *a, struct md__image *img);
 /* The image of that file (fstat of its descriptor) if it is known and its
  * lease held, else NULL (never takes a lease). */
 struct stat;

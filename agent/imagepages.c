@@ -167,7 +167,7 @@ static int merge_run(struct md_agent *a, uintptr_t addr, const uint64_t *cookie,
 	pthread_mutex_lock(&a->lock);
 	struct md__image *img = fp->img && fp->img <= a->nimages ? &a->images[fp->img - 1] : NULL;
 	struct md__region *r = md__region_find(a, addr, n * MD_PAGE);
-	if (!img || img->lease != MD_LEASE_HELD || (uint64_t)off + n * MD_PAGE > (uint64_t)img->size) {
+	if (!img || !md__image_held(a, img) || (uint64_t)off + n * MD_PAGE > (uint64_t)img->size) {
 		/* The lease broke: the file may have changed, and the entries
 		 * would keep these pages from the pool (a match is not looked
 		 * up there) until a read leases the image again, if ever. */

@@ -160,6 +160,28 @@ static int leases_see_writers(int fd)
 	}
 }
 
+/* leases_see_writers, with a "no" remembered for 10 s per filesystem
+ * (agent->lock held). Only the "no" is kept: a device number can come back
+ * as another filesystem, and a stale "no" costs a copied read, no more. */
+static int leases_see_writers_cached(struct md_agent *a, int fd, dev_t dev)
+{
+	const size_t n = sizeof(a->no_lease_fs) / sizeof(a->no_lease_fs[0]);
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	for (size_t i = 0; i < n; i++)
+		if (a->no_lease_fs[i].until > now.tv_sec && a->no_lease_fs[i].dev == dev)
+			return 0;
+	if (leases_see_writers(fd))
+		return 1;
+	size_t oldest = 0;
+	for (size_t i = 1; i < n; i++)
+		if (a->no_lease_fs[i].until < a->no_lease_fs[oldest].until)
+			oldest = i;
+	a->no_lease_fs[oldest].dev = dev;
+	a->no_lease_fs[oldest].until = now.tv_sec + 10;
+	return 0;
+}
+
 struct md__image *md__image_lease(struct md_agent *a, int fd, enum md_fallback *why)
 {
 	struct stat st;
@@ -173,7 +195,7 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, enum md_fallback *
 		return NULL;
 	}
 	struct md__image *img = image_find(a, st.st_dev, st.st_ino);
-	if (!img && !leases_see_writers(fd)) {
+	if (!img && !leases_see_writers_cached(a, fd, st.st_dev)) {
 		*why = MD_FB_NO_LEASE;
 		md__log_once(23, "an image lies on a filesystem whose leases do not see every writer "
 			     "(FUSE, network, overlay, ...): its reads are copied");
@@ -188,8 +210,12 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, enum md_fallback *
 			return NULL;
 		}
 	}
-	if (img->lease == MD_LEASE_HELD)
-		return img;
+	if (img->lease == MD_LEASE_HELD) {
+		if (md__image_held(a, img))
+			return img;
+		*why = MD_FB_NO_LEASE;
+		return NULL;
+	}
 	if (img->lease == MD_LEASE_BREAKING) {
 		*why = MD_FB_NO_LEASE;
 		return NULL;
@@ -292,7 +318,34 @@ static void finish_break(struct md_agent *a, struct md__image *img)
 	__atomic_store_n(&a->breaking, a->breaking - 1, __ATOMIC_RELAXED);
 	retry_later(img);
 	md__count(a, MD_CTR_LEASE_BREAKS, 1);
-	md__log_once(22, "an image was opened for writing: its shared pages were made private");
+	md__log_once(22, "an image's lease was broken (the image opened for writing, or the "
+		     "agent's descriptor lost): its shared pages were made private");
+}
+
+/* Breaks img's lease on our side: from here no read maps it, and every
+ * page it mapped is made private (agent->lock held). */
+static void start_break(struct md_agent *a, struct md__image *img)
+{
+	img->lease = MD_LEASE_BREAKING;
+	__atomic_store_n(&a->breaking, a->breaking + 1, __ATOMIC_RELAXED);
+	break_deadline(&img->retry_at);
+	finish_break(a, img);
+}
+
+int md__image_held(struct md_agent *a, struct md__image *img)
+{
+	if (img->lease != MD_LEASE_HELD)
+		return 0;
+	/* Only our own description holds the lease: a descriptor the VMM
+	 * closed or put another file at (dup2) since the once-a-second look,
+	 * or a lease being broken, says otherwise, and mapping from that
+	 * number would show the guest another file. */
+	if (fcntl(img->fd, F_GETLEASE) == F_RDLCK)
+		return 1;
+	md__log_once(68, "an image's lease went with the agent's descriptor (closed or replaced "
+		     "by the VMM): its pages were made private");
+	start_break(a, img);
+	return 0;
 }
 
 /* fd's lease is being broken (its signal), or any lease is (fd < 0: the
@@ -317,10 +370,7 @@ void md__image_lease_broken(struct md_agent *a, int fd)
 		 * (the lock let go meanwhile, so the VMM's reads, copied, and
 		 * the scanner go on, and other images' breaks are answered)
 		 * until the kernel would let the writer in anyway. */
-		img->lease = MD_LEASE_BREAKING;
-		__atomic_store_n(&a->breaking, a->breaking + 1, __ATOMIC_RELAXED);
-		break_deadline(&img->retry_at);
-		finish_break(a, img);
+		start_break(a, img);
 	}
 	pthread_mutex_unlock(&a->lock);
 }

@@ -839,6 +839,11 @@ EXPORT ssize_t pread64(int fd, void *buf, size_t len, off_t off) __attribute__((
 
 EXPORT ssize_t preadv(int fd, const struct iovec *iov, int iovcnt, off_t off)
 {
+	/* -1 is preadv2's "at the file position"; preadv refuses it. */
+	if (off < 0) {
+		errno = EINVAL;
+		return -1;
+	}
 	return md_agent_preadv(agent_peek(), fd, iov, iovcnt, off, 0);
 }
 EXPORT ssize_t preadv64(int fd, const struct iovec *iov, int iovcnt, off_t off)

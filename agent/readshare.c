@@ -379,6 +379,10 @@ static ssize_t read_copied(struct md_agent *a, int fd, void *buf, size_t len, of
 
 ssize_t md_agent_pread(md_agent *a, int fd, void *buf, size_t len, off_t off)
 {
+	if (off < 0) {	/* the kernel's answer, before any of ours */
+		errno = EINVAL;
+		return -1;
+	}
 	if (!a)
 		return md__sys_pread(fd, buf, len, off);
 	return read_segment(a, fd, buf, len, off);

@@ -5,7 +5,7 @@
  * A merge is safe against reads that write guest RAM by DMA (O_DIRECT) only
  * because the agent records each one while it is in flight (engine/
  * inflight.h). Reads submitted through io_uring, devices given guest RAM
- * for DMA through VFIO, iommufd or vhost-vdpa, and memory registered with
+ * for DMA through VFIO, iommufd, vhost-vdpa or vhost-scsi, and memory registered with
  * an RDMA adapter bypass the interposed read calls: once a VMM uses any of
  * them, no page of guest RAM may be replaced any more (md_agent_io_unseen).
  *
@@ -127,10 +127,14 @@ int md__ioctl_maps_dma(unsigned long request)
 	unsigned int r = (unsigned int)request;
 	if (r == (unsigned int)VFIO_IOMMU_MAP_DMA || r == (unsigned int)IOMMU_IOAS_MAP)
 		return 1;
+	/* vhost-scsi pins the guest's data buffers and the target writes
+	 * read data into those frames (not through the page tables): a page
+	 * merged under it would lose the read. */
+	if (r == (unsigned int)VHOST_SCSI_SET_ENDPOINT)
+		return 1;
 	/* vhost-vdpa: a device behind it maps guest RAM through IOTLB
 	 * updates, written to its descriptor; the set-up before them asks
-	 * the vdpa-only ioctls (number 0x70 and up; the kernel's vhost-net,
-	 * -scsi and -vsock, which copy through the page tables, stay
-	 * below). */
+	 * the vdpa-only ioctls (number 0x70 and up; the kernel's vhost-net
+	 * and -vsock, which copy through the page tables, stay below). */
 	return _IOC_TYPE(r) == VHOST_VIRTIO && _IOC_NR(r) >= 0x70;
 }

@@ -99,7 +99,7 @@ const struct md__cmd md__cmd_set_def = {
  * not found: its file has the pid it has there). */
 static int agent_listed(int32_t pid)
 {
-	char dir[256], path[512];
+	char dir[PATH_MAX], path[PATH_MAX + 32];
 	struct md__stats_file buf;
 	struct md__stats_snapshot s;
 	struct stat st;
@@ -264,12 +264,17 @@ static int run_op(const struct md__cmd *cmd, unsigned op, int argc, char **argv)
 	if (op != MD_CTL_SET) {
 		ret = send_control(cmd, c, &ctl);
 	} else {
-		for (int i = 0; i < npairs && ret == 0; i++) {
+		/* One request a pair. memdedupd takes a value as its own when
+		 * it passes it on, so a pair some agent did not answer in time
+		 * is set all the same: the pairs after it are sent too (each
+		 * failure said), not left out of a half-applied command. */
+		for (int i = 0; i < npairs && md__client_alive(c); i++) {
 			const char *eq = strchr(pairs[i], '=');
 			memset(ctl.key, 0, sizeof(ctl.key));
 			memcpy(ctl.key, pairs[i], (size_t)(eq - pairs[i]));
 			snprintf(ctl.value, sizeof(ctl.value), "%s", eq + 1);
-			ret = send_control(cmd, c, &ctl);
+			if (send_control(cmd, c, &ctl))
+				ret = 1;
 		}
 	}
 	md__client_free(c);

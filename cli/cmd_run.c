@@ -150,7 +150,21 @@ static int find_preload(char *out, size_t size)
 	int err;
 
 	if (env && *env) {
-		snprintf(out, size, "%s", env);
+		/* ld.so looks a name without '/' up in the library path, not
+		 * here, and a relative path breaks in a command that changes
+		 * directory: what it is given is absolute. */
+		char abs[PATH_MAX];
+		if (!realpath(env, abs)) {
+			fprintf(stderr, "memdedup run: MEMDEDUP_PRELOAD='%s' cannot be preloaded: %s\n", env,
+				strerror(errno));
+			return -errno;
+		}
+		if (strlen(abs) >= size) {
+			fprintf(stderr, "memdedup run: MEMDEDUP_PRELOAD='%s' cannot be preloaded: path too long\n",
+				env);
+			return -ENAMETOOLONG;
+		}
+		snprintf(out, size, "%s", abs);
 		err = preload_usable(out, why, sizeof(why));
 		if (err)
 			fprintf(stderr, "memdedup run: MEMDEDUP_PRELOAD='%s' cannot be preloaded: %s\n", env, why);

@@ -122,7 +122,7 @@ static int load_agents(const char *dir, struct agent_row **out, size_t *count)
 	struct dirent *e;
 	while ((e = readdir(d))) {
 		int pid = stats_file_pid(e->d_name);
-		char path[512], shown[512];
+		char path[PATH_MAX + 256], shown[512];
 		struct stat st;
 		if (pid <= 0)
 			continue;
@@ -265,7 +265,7 @@ int md__cmd_status(int argc, char **argv)
 {
 	const struct md__cmd *cmd = &md__cmd_status_def;
 	int as_json = 0, agents_only = 0;
-	char dir[256];
+	char dir[PATH_MAX];	/* as long as an agent's (agent_internal.h) */
 
 	for (int i = 1; i < argc; i++) {
 		if (md__wants_help(cmd, argv[i]))

@@ -1110,7 +1110,10 @@ int md__daemon_ensure(const char *daemon_exe, void (*place)(pid_t pid))
 		close(go[1]);
 	}
 	/* memdedupd's first process returns once it listens (or failed). */
-	int st;
+	/* With SIGCHLD ignored (inherited through exec) the child is reaped
+	 * for us and waitpid says ECHILD: its status is unknown, taken as a
+	 * success, and the loop below asks the daemon itself. */
+	int st = 0;
 	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
 		;
 	if (WIFEXITED(st) && WEXITSTATUS(st) == 127)

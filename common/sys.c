@@ -97,6 +97,10 @@ uint64_t md__count_vmas(void)
 		return 0;
 	for (;;) {
 		ssize_t n = read(fd, buf, sizeof(buf));
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			lines = 0;	/* a part is no count */
 		if (n <= 0)
 			break;
 		for (char *p = buf; (p = memchr(p, '\n', (size_t)(buf + n - p))); p++)

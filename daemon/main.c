@@ -264,6 +264,14 @@ int main(int argc, char **argv)
 	 * (disk images, pipes, lock files): holding them would keep them busy
 	 * for as long as we live. */
 	close_range(3, ~0u, 0);
+	/* And started with stdin, stdout or stderr closed, the pid file or
+	 * the listening socket would take its number, and daemonize()'s dup2
+	 * onto 0-2 would close them. */
+	for (int fd = 0; fd < 3; fd++) {
+		if (fcntl(fd, F_GETFD) < 0 && errno == EBADF &&
+		    open("/dev/null", fd ? O_WRONLY : O_RDONLY) != fd)
+			return 1;
+	}
 	d.pool_pages = (size_t)pages;
 	const char *wait = getenv("MEMDEDUP_CONTROL_WAIT_MS");
 	uint32_t wait_ms = MD_CONTROL_WAIT_MS;

@@ -144,10 +144,10 @@ int md__engine_init(struct md__engine *e, const struct md__engine_options *opts)
 		goto free_hashes;
 	}
 	e->zero_pfn = zero_pfn(e->pagemap_fd);
-	e->st.vmas = e->vma_estimate = md__count_vmas();
 	err = md__uffd_start(&e->uffd, on_fault, e);
 	if (err)
 		goto close_pagemap;
+	e->st.vmas = e->vma_estimate = md__count_vmas();	/* with the thread's stack */
 	return 0;
 
 close_pagemap:
@@ -820,9 +820,13 @@ static int budget_ok(struct md__engine *e, size_t new_vmas)
 {
 	if (e->vma_estimate + new_vmas <= e->max_vmas)
 		return 1;
-	/* The estimate only ever rises: count for real before refusing. */
-	e->st.vmas = e->vma_estimate = md__count_vmas();
-	if (e->vma_estimate + new_vmas <= e->max_vmas)
+	/* The estimate only ever rises: count for real before refusing. A
+	 * count that failed (0: maps unreadable, out of descriptors) keeps
+	 * the estimate, and refuses. */
+	uint64_t counted = md__count_vmas();
+	if (counted)
+		e->st.vmas = e->vma_estimate = counted;
+	if (counted && e->vma_estimate + new_vmas <= e->max_vmas)
 		return 1;
 	e->st.budget_refused++;
 	return 0;

@@ -13,6 +13,7 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -130,6 +131,16 @@ int md__uffd_wake(struct md__uffd *u, uintptr_t addr, size_t len)
 	return md__sys_ioctl(u->fd, UFFDIO_WAKE, &r) < 0 ? -errno : 0;
 }
 
+static void uffd_retry_later(const char *what, int *said)
+{
+	if (!*said)
+		md__log("userfaultfd %s failed: %s; trying again every millisecond", what,
+			strerror(errno));
+	*said = 1;
+	struct timespec ms = { 0, 1000000 };
+	nanosleep(&ms, NULL);
+}
+
 static void *fault_thread(void *arg)
 {
 	struct md__uffd *u = arg;
@@ -140,22 +151,23 @@ static void *fault_thread(void *arg)
 		{ .fd = u->stop_fd, .events = POLLIN },
 	};
 
+	int said = 0;
 	for (;;) {
+		/* This thread must not end while pages may be frozen: a writer
+		 * of one would wait for ever. An unexpected error (ENOMEM) is
+		 * said once and tried again a millisecond later. */
 		if (poll(pfd, 2, -1) < 0) {
-			if (errno == EINTR)
-				continue;
-			md__log("userfaultfd poll failed: %s; write faults are no longer resolved",
-				strerror(errno));
-			return NULL;
+			if (errno != EINTR)
+				uffd_retry_later("poll", &said);
+			continue;
 		}
 		if (pfd[1].revents)
 			return NULL;
 		ssize_t n = read(u->fd, msgs, sizeof(msgs));
 		if (n < 0) {
-			if (errno == EAGAIN || errno == EINTR)
-				continue;
-			md__log("userfaultfd read failed: %s", strerror(errno));
-			return NULL;
+			if (errno != EAGAIN && errno != EINTR)
+				uffd_retry_later("read", &said);
+			continue;
 		}
 		for (size_t i = 0; i < (size_t)n / sizeof(msgs[0]); i++) {
 			if (msgs[i].event != UFFD_EVENT_PAGEFAULT)

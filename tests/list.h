@@ -7,15 +7,15 @@
 	X(regions_add_overlap) X(regions_remove_split) X(privatize_keeps_failed_owners) X(rangeset_covers) \
 	X(inflight_ranges) X(stats_parse_valid) X(stats_parse_rejects) X(proc_start_time) X(range_no_file_vmas) X(range_shared_finds_shared_maps) X(policies_follow_ranges) X(copy_own_pages_all_or_nothing) X(cow_break_changes_resident_pages) X(quiet_walks_wait_for_moved_pages) X(uring_entries_judged) X(uring_register_judged) X(range_runs_mapped_and_gone) \
 	X(parse_bool_strict) X(index_resists_chosen_tags) X(scan_off_hint_says_what_to_do) \
-	X(cli_usage) X(cli_run_numbers_strict) X(cli_run_checks_preload) X(cli_help_unknown) X(cli_set_checks_all_first) X(cli_set_bad_value_says_why) \
+	X(cli_usage) X(cli_run_numbers_strict) X(cli_run_checks_preload) X(cli_help_unknown) X(cli_set_checks_all_first) X(cli_set_sends_every_pair) X(cli_set_bad_value_says_why) \
 	X(cli_run_missing_command_no_daemon) X(cli_run_setuid_refused) X(cli_run_file_caps_refused) X(cli_run_daemon_leaves_cgroup) X(cli_write_error_fails) X(cli_run_finds_daemon_in_path) X(cli_run_without_daemon_says_what_happens) X(cli_install_layout_runs) X(cli_run_scan_options_need_scan) \
-	X(cli_status_ksm_counter_missing) X(cli_status_dead_agent_gone) X(cli_status_files_private) X(cli_status_pid_names) X(cli_status_fifo_no_hang) X(cli_status_sanitized) X(cli_status_io_unseen) X(cli_status_totals_keep_settings) \
+	X(cli_status_ksm_counter_missing) X(cli_status_dead_agent_gone) X(cli_status_files_private) X(cli_status_pid_names) X(cli_status_fifo_no_hang) X(cli_status_sanitized) X(cli_status_long_run_dir) X(cli_status_io_unseen) X(cli_status_totals_keep_settings) \
 	X(cli_status_reused_pid_gone) X(cli_status_locked_file_kept) X(cli_status_other_pid_ns) X(cli_status_same_pid_two_ns) X(cli_status_forked_child_not_agent) \
 	X(cli_status_daemon_error) X(cli_pause_not_scanning) \
 	X(agent_api_rejects) X(agent_stats_file_owned) X(agent_unregister_splits_without_memory) \
 	X(share_two_processes) X(write_is_private) X(fallback_unaligned) X(read_across_region_records) X(read_direct_to_end_of_file) X(fallback_filesystem_without_leases) \
 	X(fallback_partial) X(small_reads_copied) X(fallback_pipe) X(fallback_path_descriptor) X(mergeable_hole_not_registered) X(hugetlb_not_registered) X(fallback_writable_file) \
-	X(lease_break_keeps_content) X(lease_break_short_of_memory) X(unmergeable_short_of_memory_fails) X(lease_break_then_discard_yields_zeroes) X(lease_break_read_only_pages) X(lease_break_without_signal) X(lease_gone_with_agent_fd) X(device_dma_stops_read_sharing) X(map_limit_falls_back) X(vma_budget_falls_back) \
+	X(lease_break_keeps_content) X(lease_break_short_of_memory) X(unmergeable_short_of_memory_fails) X(lease_break_then_discard_yields_zeroes) X(lease_break_read_only_pages) X(lease_break_without_signal) X(lease_gone_with_agent_fd) X(lease_fd_replaced_read_copied) X(device_dma_stops_read_sharing) X(map_limit_falls_back) X(vma_budget_falls_back) \
 	X(discard_yields_zeroes) X(unmerge_makes_private) X(unmerge_unregisters_beside_images) X(preadv_mixed) X(preadv_scattered_one_call) \
 	X(fork_child_runs_plain) X(fork_before_agent_shares) X(stats_dir_full) X(status_lists_agent) X(advice_reaches_new_mappings) \
 	X(env_flags_strict) X(env_numbers_strict) X(env_bad_order_and_log_said) X(stats_dir_too_long) \

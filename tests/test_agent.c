@@ -464,6 +464,35 @@ TEST_IMPL(fallback_filesystem_without_leases)
 	ASSERT(s.fallbacks[MD_FB_NO_LEASE] > 0);
 	ASSERT_EQ(s.pages_shared_at_read, 0);
 	ASSERT_EQ(fds_naming(a.pid, img), 1);	/* the reader's own */
+	/* The verdict is remembered: eight more reads ask the filesystem
+	 * nothing (each asked fstatfs, a round trip on NFS or FUSE, under
+	 * the agent's lock). strace sees the reader's system calls. */
+	char cmd[1600], out[700];
+	snprintf(out, sizeof(out), "%s/strace.out", test_dir());
+	snprintf(cmd, sizeof(cmd), "strace -f -qq -e trace=fstatfs,statfs -o %s -p %d 2>%s.err & echo $!", out,
+		 (int)a.pid, out);
+	FILE *f = popen(cmd, "r");
+	int spid = 0;
+	ASSERT(f && fscanf(f, "%d", &spid) == 1 && spid > 0);
+	pclose(f);
+	/* Attached once the reader's status names a tracer. */
+	char status[64], *tp;
+	snprintf(status, sizeof(status), "/proc/%d/status", (int)a.pid);
+	for (int i = 0; i < 500; i++) {
+		tp = strstr(file_text(status), "TracerPid:\t");
+		if (tp && atoi(tp + 11) != 0)
+			break;
+		usleep(10000);
+	}
+	ASSERT(tp && atoi(tp + 11) == spid);
+	for (int i = 1; i <= 8; i++)
+		ASSERT_EQ(proc_num(&a, "read %d %d 65536 %d 65536", fd, i * 65536, i * 65536), 65536);
+	ASSERT(kill(spid, SIGINT) == 0);
+	ASSERT(waitpid(spid, NULL, 0) == spid || errno == ECHILD);
+	for (int i = 0; i < 500 && kill(spid, 0) == 0; i++)
+		usleep(10000);
+	const char *calls = file_text(out);
+	ASSERT(strstr(calls, "fstatfs(") == NULL);
 	proc_stop(&a);
 	umount(dir);	/* the namespace goes with this test's process anyway */
 	return 0;
@@ -620,6 +649,34 @@ TEST_IMPL(lease_gone_with_agent_fd)
 	char info[64];
 	snprintf(info, sizeof(info), "/proc/%d/fdinfo/%d", (int)a.pid, afd);
 	ASSERT(!strstr(file_text(info), "LEASE"));
+	proc_stop(&a);
+	return 0;
+}
+
+/* The VMM puts another file at the agent's descriptor number (close, then
+ * open: dup2 does as much), and reads more of the image before the
+ * once-a-second look: the read must not map the other file. It is copied,
+ * and the image's pages are made private as on a lease break. */
+TEST_IMPL(lease_fd_replaced_read_copied)
+{
+	char img[512];
+	uint64_t orig;
+	struct proc a;
+	int fd = read_fresh_image(&a, img, sizeof(img), "image-fdswap", 14, NULL, &orig);
+	ASSERT(proc_page(&a, 0).file || !proc_page(&a, 0).present);
+	int afd = fd_naming(a.pid, img, fd);
+	ASSERT(afd >= 0);
+	const char *other = image(15);
+	ASSERT_EQ(proc_num(&a, "closefd %d", afd), 0);
+	ASSERT_EQ(proc_num(&a, "open %s", other), afd);
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u %u 65536", fd, MB, IMG_SIZE), MB);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", IMG_SIZE, MB), hex(fnv_file(img, 0, MB))) == 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", IMG_SIZE), hex(orig)) == 0);
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, has_lease_break), 0);
+	ASSERT_EQ(s.pages_privatized, IMG_SIZE / 4096);
+	for (size_t off = 0; off < IMG_SIZE; off += 64 * 4096)
+		ASSERT(!proc_page(&a, off).file);
 	proc_stop(&a);
 	return 0;
 }
@@ -973,6 +1030,10 @@ TEST_IMPL(preadv_mixed)
 	md_stats s;
 	ASSERT_EQ(proc_stats(&a, &s), 0);
 	ASSERT_EQ(s.pages_shared_at_read, 32 + 16);
+	/* A negative offset is the kernel's EINVAL, as without us (preadv2's
+	 * -1, "at the file position", is not preadv's). */
+	ASSERT_EQ(proc_num(&a, "preadv %d -1 0 8192 ram", fd), -EINVAL);
+	ASSERT_EQ(proc_num(&a, "read %d -1 4096 0", fd), -EINVAL);
 	proc_stop(&a);
 	return 0;
 }

@@ -167,6 +167,33 @@ TEST_IMPL(cli_set_checks_all_first)
 	return 0;
 }
 
+/* An agent that does not answer in time: memdedupd has taken the value
+ * all the same, and the pairs after it are still sent (they were dropped,
+ * a command half applied); the exit code and the message say it failed. */
+TEST_IMPL(cli_set_sends_every_pair)
+{
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	int fd;
+	setenv("MEMDEDUP_CONTROL_WAIT_MS", "200", 1);
+	td_start(&t, 16);
+	unsetenv("MEMDEDUP_CONTROL_WAIT_MS");
+	struct md__client *agent = td_agent(&t, NULL, &w, &fd);	/* never answers */
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup set pages_to_scan=500 order=random", t.sock,
+		     build_dir()), 1);
+	ASSERT(strstr(slurp("err"), "did not answer"));
+	json_t *js = td_status(&t);
+	json_t *tun = json_object_get(json_object_get(js, "daemon"), "tunables");
+	ASSERT_EQ(td_int(tun, "pages_to_scan"), 500);
+	ASSERT(json_string_value(json_object_get(tun, "order")));
+	ASSERT_EQ(strcmp(json_string_value(json_object_get(tun, "order")), "random"), 0);
+	json_decref(js);
+	md__client_free(agent);
+	close(fd);
+	td_stop(&t);
+	return 0;
+}
+
 TEST_IMPL(cli_set_bad_value_says_why)
 {
 	const char *b = build_dir();
@@ -891,6 +918,26 @@ TEST_IMPL(cli_status_sanitized)
 	return 0;
 }
 
+/* An agent writes its file into a run directory of up to PATH_MAX bytes:
+ * `status` reads from one as long (it refused past 255 bytes). */
+TEST_IMPL(cli_status_long_run_dir)
+{
+	char dir[1024], path[1100], want[64];
+	int n = snprintf(dir, sizeof(dir), "%s/rd", test_dir());
+	mkdir(dir, 0700);
+	while (n < 300) {	/* one more component of 40 bytes */
+		n += snprintf(dir + n, sizeof(dir) - (size_t)n, "/%s", "d123456789012345678901234567890123456789");
+		ASSERT(mkdir(dir, 0700) == 0);
+	}
+	snprintf(path, sizeof(path), "%s/agent-%d.stats", dir, (int)getpid());
+	write_stats(path, (uint32_t)getpid(), md__proc_start_time(getpid()), "vmm", 3);
+	ASSERT_EQ(sh("MEMDEDUP_RUN_DIR=%s MEMDEDUP_SOCKET=%s/none %s/memdedup status --agents --json", dir,
+		     test_dir(), build_dir()), 0);
+	snprintf(want, sizeof(want), "\"pid\": %d", (int)getpid());
+	ASSERT(strstr(slurp("out"), want));
+	return 0;
+}
+
 /* The totals add counts, but a setting is not a count: two agents at hint
  * ratio 4 make a total ratio of 4, not 8 (out of its range). */
 TEST_IMPL(cli_status_totals_keep_settings)
@@ -1050,6 +1097,13 @@ TEST_IMPL(cli_run_checks_preload)
 	/* The real one runs the command. */
 	snprintf(cmd, sizeof(cmd), "MEMDEDUP_PRELOAD=build/libmemdedup-preload.so build/memdedup run -- touch %s/ran", dir);
 	ASSERT_EQ(run(cmd), 0);
+	/* A bare name (ld.so would search the library path for it) and a
+	 * relative path are made absolute: the agent is in the command, and
+	 * in what it runs from another directory. */
+	ASSERT_EQ(run("cd build && MEMDEDUP_PRELOAD=libmemdedup-preload.so ./memdedup run -- "
+		      "sh -c 'grep -q libmemdedup-preload.so /proc/$$/maps' 2>/dev/null"), 0);
+	ASSERT_EQ(run("MEMDEDUP_PRELOAD=build/libmemdedup-preload.so build/memdedup run -- "
+		      "sh -c 'cd / && exec sh -c \"grep -q libmemdedup-preload.so /proc/\\$\\$/maps\"' 2>/dev/null"), 0);
 	snprintf(cmd, sizeof(cmd), "rm -r %s", dir);
 	ASSERT_EQ(run(cmd), 0);
 	return 0;

@@ -843,6 +843,7 @@ TEST_IMPL(uring_entries_judged)
 	ASSERT(md__ioctl_maps_dma(VHOST_VDPA_GET_IOVA_RANGE));
 	ASSERT(!md__ioctl_maps_dma(VHOST_GET_FEATURES));	/* vhost-net too */
 	ASSERT(!md__ioctl_maps_dma(VHOST_NET_SET_BACKEND));
+	ASSERT(md__ioctl_maps_dma(VHOST_SCSI_SET_ENDPOINT));	/* the target writes pinned frames */
 	return 0;
 }
 

@@ -246,6 +246,26 @@ TEST_IMPL(daemon_relative_paths)
 	return 0;
 }
 
+/* Started with stdin, stdout and stderr closed (a VMM's `memdedup run`
+ * with them closed starts it so): the pid file and the socket must not take
+ * their numbers, for daemonizing puts /dev/null and the log there. */
+TEST_IMPL(daemon_closed_stdio)
+{
+	char dir[300], sock[400], pidf[400];
+	snprintf(dir, sizeof(dir), "%s/closed", test_dir());
+	snprintf(sock, sizeof(sock), "%s/s.sock", dir);
+	snprintf(pidf, sizeof(pidf), "%s/memdedupd.pid", dir);
+	ASSERT_EQ(td_sh("%s --run-dir %s --socket %s <&- >&- 2>&-", daemon_exe(), dir, sock), 0);
+	ASSERT(md__daemon_alive(sock));
+	pid_t pid = read_pid(pidf);
+	ASSERT(pid > 0);	/* the parent returns once the daemon's 0-2 are set */
+	ASSERT(kill(pid, SIGTERM) == 0);
+	for (int i = 0; i < 300 && access(sock, F_OK) == 0; i++)
+		usleep(10000);
+	ASSERT(access(sock, F_OK) != 0);
+	return 0;
+}
+
 /* As user nobody (no MEMDEDUP_* and no XDG_RUNTIME_DIR), the daemon socket
  * md__daemon_socket_path picks, and what `memdedup status` says of it:
  * 0 if the socket is want and the status exits 0 (or, want NULL, the

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -919,6 +920,67 @@ TEST_IMPL(engine_failed_map_remakes)
 	close(fd);
 	munmap(a, 2 * PG);
 	munmap(b, 5 * PG);
+	return 0;
+}
+
+/* The VMA budget counts the mappings again before refusing; a count that
+ * fails (here: no descriptor left to open /proc/self/maps) must refuse, not
+ * start the estimate again from nothing and map past the budget. */
+TEST_IMPL(engine_vma_budget_when_uncounted)
+{
+	struct md__engine e;
+	struct md__engine_stats st;
+	const size_t n = 64;
+	unsigned char *a = map_ram(n), *b = map_ram(n);
+	uint32_t slot;
+
+	for (size_t i = 0; i < n; i++) {
+		fill(a + i * PG, (unsigned)i + 1);
+		fill(b + i * PG, (unsigned)i + 1);
+	}
+	uint64_t before = md__count_vmas();
+	ASSERT(before > 0);
+	/* The pool and the registrations add a few mappings; room for about
+	 * eight merges of a lone page (two mappings each) beyond. */
+	struct md__engine_options o = { .max_vmas = before + 24 };
+	int err = md__engine_init(&e, &o);
+	if (err == -ENOSYS || err == -EPERM || err == -ENOTSUP || err == -ENOENT)
+		SKIP("userfaultfd write-protect unavailable (%s)", strerror(-err));
+	ASSERT_EQ(err, 0);
+	ASSERT_EQ(md__engine_register(&e, a, n * PG, 0), 0);
+	ASSERT_EQ(md__engine_register(&e, b, n * PG, 0), 0);
+	ASSERT_EQ(md__engine_publish(&e, a, n, &slot), (int)n);
+
+	/* Every descriptor taken: the budget's recount cannot open maps. */
+	struct rlimit rl = { 256, 256 };
+	ASSERT(setrlimit(RLIMIT_NOFILE, &rl) == 0);	/* this test's own process */
+	int fds[4096], nfd = 0;
+	while (nfd < 4096 && (fds[nfd] = dup(0)) >= 0)
+		nfd++;
+	ASSERT(nfd < 4096);	/* the limit was reached */
+	ASSERT_EQ(md__count_vmas(), 0);
+	int merged = 0;
+	for (size_t i = 0; i < n; i += 2)	/* every other page: a mapping each */
+		merged += md__engine_merge(&e, b + i * PG, 1, slot + (uint32_t)i) == 1;
+	while (nfd > 0)
+		close(fds[--nfd]);
+
+	md__engine_stats(&e, &st);
+	/* Two mappings a merge, within what the budget left (the engine's
+	 * own, its thread's stack, came after the first count: the budget
+	 * is an estimate with room to spare by default). */
+	ASSERT(merged > 0);
+	ASSERT(merged <= (int)(o.max_vmas - before) / 2);
+	ASSERT(st.budget_refused > 0);
+	ASSERT(md__count_vmas() <= o.max_vmas + 4);
+	for (size_t i = 0; i < n; i++) {
+		unsigned char want[PG];
+		fill(want, (unsigned)i + 1);
+		ASSERT(memcmp(b + i * PG, want, PG) == 0);
+	}
+	md__engine_fini(&e);
+	munmap(a, n * PG);
+	munmap(b, n * PG);
 	return 0;
 }
 
