@@ -637,19 +637,23 @@ static int handed_take(md_agent *a, uintptr_t s, uintptr_t e, int take_back)
 static int unregister_locked(md_agent *a, uintptr_t s, uintptr_t e)
 {
 	/* The memory stays mapped: unshare it before we stop watching it. Its
-	 * copies stay in the pool's and images' mappings, forgotten. */
+	 * copies stay in the pool's and images' mappings, forgotten. The
+	 * engine goes first: if it cannot let the range go (no memory to
+	 * split its region), it still merges there, and the call must fail
+	 * with our records as they were (the VMM's mprotect, mlock or mremap
+	 * would otherwise go on over pool mappings). */
+	int err = md__privatize(a, s, e, 0);
+	if (!err && a->engine)
+		err = md__engine_unregister(a->engine, (void *)s, e - s, MD_UNREG_MAPPED);
+	if (err)
+		return err;
 	for (size_t i = 0; i < a->nregions; i++) {
 		uintptr_t lo = a->regions[i].start > s ? a->regions[i].start : s;
 		uintptr_t hi = a->regions[i].end < e ? a->regions[i].end : e;
 		if (lo < hi)
 			md__rangeset_add(&a->forgotten, lo, hi);
 	}
-	int err = md__privatize(a, s, e, 0);
-	if (!err)
-		err = md__regions_remove(a, s, e);
-	if (!err && a->engine)
-		md__engine_unregister(a->engine, (void *)s, e - s, MD_UNREG_MAPPED);
-	return err;
+	return md__regions_remove(a, s, e);
 }
 
 int md_agent_unregister(md_agent *a, void *addr, size_t len)
@@ -663,7 +667,12 @@ int md_agent_unregister(md_agent *a, void *addr, size_t len)
 	 * is not taken back when the VMM lets go; the record stays, so that
 	 * it is refused while the VMM holds it, if it asks again. */
 	handed_opt_out(a, s, e, 1);
-	err = unregister_locked(a, s, e);
+	/* Memory that is none of ours (glibc's realloc moves large blocks
+	 * with mremap) is let go at once, as in md__agent_unmap: the engine's
+	 * write lock would wait for a scanner's whole batch. */
+	if (regions_overlap(a, s, e) || handed_overlaps(a, s, e) ||
+	    (a->engine && md__engine_touches(a->engine, s, len)))
+		err = unregister_locked(a, s, e);
 	pthread_mutex_unlock(&a->lock);
 	return err;
 }
@@ -938,15 +947,33 @@ int md__agent_unmap(md_agent *a, void *addr, size_t len, int (*op)(void *arg), v
 	 * for agent->lock behind it. */
 	if (!regions_overlap(a, s, e) && !handed_overlaps(a, s, e) &&
 	    !(a->engine && md__engine_touches(a->engine, s, len))) {
+		int had_copies = md__rangeset_overlaps(&a->forgotten, s, e);
 		pthread_mutex_unlock(&a->lock);
-		return op(arg);
+		int r = op(arg);
+		if (r == 0 && had_copies) {
+			/* Our copies there went with the memory: what the VMM
+			 * maps there next is its own, not to be replaced on a
+			 * discard (md__discard_forgotten). */
+			pthread_mutex_lock(&a->lock);
+			md__rangeset_remove(&a->forgotten, s, e);
+			pthread_mutex_unlock(&a->lock);
+		}
+		return r;
 	}
-	int r = a->engine ? md__engine_unmap(a->engine, addr, len, op, arg, keep_mapped) : op(arg);
+	int ran = 1;
+	int r = a->engine ? md__engine_unmap(a->engine, addr, len, op, arg, keep_mapped, &ran) : op(arg);
 	struct md__run *run;
 	size_t n;
+	if (!ran) {
+		/* Refused before the call (no memory to forget the range
+		 * with): nothing changed. */
+		pthread_mutex_unlock(&a->lock);
+		return r;
+	}
 	if (r == 0) {
 		md__regions_remove(a, s, e);
 		handed_take(a, s, e, 0);	/* the memory is gone, the VMM's hold with it */
+		md__rangeset_remove(&a->forgotten, s, e);	/* and our copies there */
 	} else if (md__range_runs(s, e, &run, &n) == 0) {
 		/* As the engine does (md__engine_unmap): image pages of what
 		 * is mapped and not kept are made private before they are

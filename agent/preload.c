@@ -251,9 +251,14 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 		}
 		return md__sys_madvise(addr, len, advice);
 	}
+	case MADV_REMOVE:
+		/* Only for shared writable mappings, which guest RAM the
+		 * agent shares is not (registration refuses them, a mapping
+		 * put over it is forgotten): the kernel refuses it there, and
+		 * discarding first would have zeroed pages it leaves alone. */
+		return md__sys_madvise(addr, len, advice);
 	case MADV_DONTNEED:
 	case MADV_DONTNEED_LOCKED:
-	case MADV_REMOVE:
 	case MADV_FREE: {
 		/* Shared pages not replaced would read back as their file's
 		 * content, not zeroes: then the discard fails as a whole. */
@@ -416,7 +421,8 @@ struct vm_call {
 static int vm_call_run(void *p)
 {
 	struct vm_call *c = p;
-	c->ret = syscall(c->nr, c->arg[0], c->arg[1], c->arg[2], c->arg[3], c->arg[4], c->arg[5]);
+	long (*call)(long, ...) = libc();	/* not ours: it would route the call back here */
+	c->ret = call ? call(c->nr, c->arg[0], c->arg[1], c->arg[2], c->arg[3], c->arg[4], c->arg[5]) : -1;
 	return c->ret == -1 ? -errno : 0;
 }
 
@@ -435,6 +441,7 @@ static long vm_call(struct vm_call *c, void *addr, size_t len)
 		}
 		return c->ret;
 	}
+	c->ret = -1;	/* what a call refused before it ran returns */
 	int r = md__agent_unmap(a, addr, page_len(len), vm_call_run, c, keep_mapped);
 	if (r)
 		errno = -r;
@@ -687,8 +694,10 @@ EXPORT int prctl(int option, ...)
 
 /* The C library's syscall(2): how VMMs without liburing reach io_uring
  * (Rust's io-uring crate, Cloud Hypervisor's block devices) and Linux AIO,
- * and how libnuma makes mbind; locking and protecting memory go the way
- * of the C library's functions above. Every other call passes through,
+ * and how libnuma makes mbind; locking, protecting, mapping, unmapping and
+ * advising memory go the way of the C library's functions above (a
+ * discard of merged pages must read zeroes, an unmap must be forgotten).
+ * Every other call passes through,
  * ours too (common/sys.c: those of these numbers go around it, through
  * md__libc_syscall). The libc's is found once, before the VMM runs
  * (preload_init). */
@@ -736,6 +745,14 @@ EXPORT long syscall(long nr, ...)
 		return munlockall();
 	case SYS_mprotect:
 		return mprotect((void *)a[0], (size_t)a[1], (int)a[2]);
+	case SYS_madvise:	/* a discard of merged pages must read zeroes */
+		return madvise((void *)a[0], (size_t)a[1], (int)a[2]);
+	case SYS_munmap:
+		return munmap((void *)a[0], (size_t)a[1]);
+	case SYS_mmap:
+		return (long)mmap((void *)a[0], (size_t)a[1], (int)a[2], (int)a[3], (int)a[4], (off_t)a[5]);
+	case SYS_mremap:
+		return (long)mremap((void *)a[0], (size_t)a[1], (size_t)a[2], (int)a[3], (void *)a[4]);
 	case SYS_pkey_mprotect:
 		return pkey_mprotect((void *)a[0], (size_t)a[1], (int)a[2], (int)a[3]);
 	case SYS_mbind:

@@ -38,3 +38,33 @@ int md__rangeset_overlaps(const struct md__rangeset *s, uintptr_t start, uintptr
 			return 1;
 	return 0;
 }
+
+void md__rangeset_remove(struct md__rangeset *s, uintptr_t start, uintptr_t end)
+{
+	for (size_t i = 0; i < s->n;) {
+		uintptr_t a = s->start[i], b = s->end[i];
+		if (b <= start || a >= end) {
+			i++;
+			continue;
+		}
+		if (a < start && b > end) {
+			/* Cut in two: the right part takes a slot of its own,
+			 * if there is one; else the range stays whole. */
+			if (s->n == MD_RANGESET_MAX)
+				return;
+			s->end[i] = start;
+			s->start[s->n] = end;
+			s->end[s->n++] = b;
+			return;
+		}
+		if (a < start) {
+			s->end[i++] = start;
+		} else if (b > end) {
+			s->start[i++] = end;
+		} else {	/* inside: gone */
+			s->n--;
+			s->start[i] = s->start[s->n];
+			s->end[i] = s->end[s->n];
+		}
+	}
+}

@@ -23,6 +23,10 @@ struct md__rangeset {
 
 /* Adds [start, end) (start < end). Never fails. */
 void md__rangeset_add(struct md__rangeset *s, uintptr_t start, uintptr_t end);
+/* Takes [start, end) out of s, where that keeps the ranges within
+ * MD_RANGESET_MAX (a range it would cut in two when s is full stays whole:
+ * covering more is allowed). */
+void md__rangeset_remove(struct md__rangeset *s, uintptr_t start, uintptr_t end);
 /* 1 if [start, end) overlaps a range of s. */
 int md__rangeset_overlaps(const struct md__rangeset *s, uintptr_t start, uintptr_t end);
 #endif

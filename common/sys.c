@@ -50,19 +50,30 @@ ssize_t md__sys_preadv2(int fd, const struct iovec *iov, int iovcnt, off_t off, 
 	return syscall(SYS_preadv2, fd, iov, iovcnt, (long)off, 0L, flags);
 }
 
+/* The C library's syscall(2), set by the preload library (whose own
+ * syscall() routes the memory calls below to the agent); else ours. The
+ * agent's own calls must reach the kernel, never the agent again. */
+long (*md__libc_syscall)(long nr, ...);
+
+static long (*raw(void))(long, ...)
+{
+	long (*call)(long, ...) = __atomic_load_n(&md__libc_syscall, __ATOMIC_ACQUIRE);
+	return call ? call : syscall;
+}
+
 void *md__sys_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
-	return (void *)syscall(SYS_mmap, addr, len, prot, flags, fd, off);
+	return (void *)raw()(SYS_mmap, addr, len, prot, flags, fd, off);
 }
 
 void *md__sys_mremap(void *old, size_t old_len, size_t new_len, int flags, void *new_addr)
 {
-	return (void *)syscall(SYS_mremap, old, old_len, new_len, flags, new_addr);
+	return (void *)raw()(SYS_mremap, old, old_len, new_len, flags, new_addr);
 }
 
 int md__sys_munmap(void *addr, size_t len)
 {
-	return (int)syscall(SYS_munmap, addr, len);
+	return (int)raw()(SYS_munmap, addr, len);
 }
 
 int md__sys_ioctl(int fd, unsigned long request, void *arg)
@@ -72,15 +83,12 @@ int md__sys_ioctl(int fd, unsigned long request, void *arg)
 
 int md__sys_madvise(void *addr, size_t len, int advice)
 {
-	return (int)syscall(SYS_madvise, addr, len, advice);
+	return (int)raw()(SYS_madvise, addr, len, advice);
 }
-
-long (*md__libc_syscall)(long nr, ...);
 
 int md__sys_mprotect(void *addr, size_t len, int prot)
 {
-	long (*call)(long, ...) = __atomic_load_n(&md__libc_syscall, __ATOMIC_ACQUIRE);
-	return (int)(call ? call : syscall)(SYS_mprotect, addr, len, prot);
+	return (int)raw()(SYS_mprotect, addr, len, prot);
 }
 
 pid_t md__sys_gettid(void)

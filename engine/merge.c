@@ -646,12 +646,77 @@ free_left:
 	return err;
 }
 
+/* The remains of each region [a, end) cuts, allocated ahead (both locks
+ * held): an unmap must not take the memory away and then find no memory
+ * to forget it with, or the scanner would visit whatever is mapped there
+ * next. */
+struct remains {
+	uintptr_t start;	/* of the region cut */
+	struct md__eregion left, right;
+};
+
+static void remains_free(struct remains *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		region_free(&v[i].left);
+		region_free(&v[i].right);
+	}
+	free(v);
+}
+
+/* 0 and *out (*n entries, NULL if none), or -ENOMEM with nothing done. */
+static int remains_prepare(struct md__engine *e, uintptr_t a, uintptr_t end, struct remains **out, size_t *n)
+{
+	size_t k = 0, both = 0;
+	*out = NULL;
+	*n = 0;
+	for (size_t ri = 0; ri < e->nregions; ri++)
+		k += e->regions[ri].start < end && e->regions[ri].end > a;
+	if (!k)
+		return 0;
+	struct remains *v = calloc(k, sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	size_t j = 0;
+	for (size_t ri = 0; ri < e->nregions; ri++) {
+		const struct md__eregion *r = &e->regions[ri];
+		if (r->end <= a || r->start >= end)
+			continue;
+		uintptr_t s0 = a > r->start ? a : r->start, s1 = end < r->end ? end : r->end;
+		size_t np = (r->end - r->start) / MD_EPAGE, i0 = (s0 - r->start) / MD_EPAGE,
+		       i1 = (s1 - r->start) / MD_EPAGE;
+		v[j].start = r->start;
+		if ((i0 > 0 && region_slice(r, 0, i0, &v[j].left)) ||
+		    (i1 < np && region_slice(r, i1, np - i1, &v[j].right))) {
+			remains_free(v, j + 1);
+			return -ENOMEM;
+		}
+		both += v[j].left.ref && v[j].right.ref;
+		j++;
+	}
+	/* Each region cut in two takes one more entry in the table. */
+	if (both) {
+		struct md__eregion *t = realloc(e->regions, (e->nregions + both) * sizeof(*t));
+		if (!t) {
+			remains_free(v, k);
+			return -ENOMEM;
+		}
+		e->regions = t;
+	}
+	*out = v;
+	*n = k;
+	return 0;
+}
+
 /* md__engine_unregister with both locks held. A region whose remains
  * cannot be allocated (memory short) stays as it was, registered, with its
  * references: done first, its forgetting would leave pages private and
  * references dropped in a region the scanner still visits. The others
- * still go; -ENOMEM then, said once, and counted in unreg_failed. */
-static int unregister_locked(struct md__engine *e, uintptr_t a, uintptr_t end, int how)
+ * still go; -ENOMEM then, said once, and counted in unreg_failed. With
+ * pre, the remains come from there (remains_prepare for the same range,
+ * its entries taken: freed by the caller empty). */
+static int unregister_locked(struct md__engine *e, uintptr_t a, uintptr_t end, int how,
+			     struct remains *pre, size_t npre)
 {
 	int err = 0;
 	/* Memory that stays mapped gets back the zero pages we dropped: a
@@ -672,7 +737,19 @@ static int unregister_locked(struct md__engine *e, uintptr_t a, uintptr_t end, i
 			continue;
 		}
 		uintptr_t s0 = a > r.start ? a : r.start, s1 = end < r.end ? end : r.end;
-		int rerr = region_remains(e, &r, s0, s1, &left, &right);
+		int rerr = -ENOMEM;
+		size_t pi = 0;
+		while (pi < npre && pre[pi].start != r.start)
+			pi++;
+		if (pi < npre) {
+			left = pre[pi].left;
+			right = pre[pi].right;
+			pre[pi].left = pre[pi].right = (struct md__eregion){ 0 };
+			pre[pi].start = 0;
+			rerr = 0;
+		} else {
+			rerr = region_remains(e, &r, s0, s1, &left, &right);
+		}
 		if (rerr) {
 			e->st.unreg_failed += (s1 - s0) / MD_EPAGE;
 			md__log_once(67, "guest RAM the VMM let go stays registered for merging: no memory "
@@ -711,7 +788,7 @@ int md__engine_unregister(struct md__engine *e, void *addr, size_t len, int how)
 {
 	pthread_rwlock_wrlock(&e->regions_lock);
 	pthread_mutex_lock(&e->lock);
-	int err = unregister_locked(e, (uintptr_t)addr, (uintptr_t)addr + len, how);
+	int err = unregister_locked(e, (uintptr_t)addr, (uintptr_t)addr + len, how, NULL, 0);
 	md__engine_unlock(e);
 	pthread_rwlock_unlock(&e->regions_lock);
 	return err;
@@ -733,16 +810,29 @@ int md__engine_touches(struct md__engine *e, uintptr_t addr, size_t len)
  * the mm. A failed op leaves what is still mapped registered, with its
  * references: forgetting it first would free slots its pages still map. */
 int md__engine_unmap(struct md__engine *e, void *addr, size_t len, int (*op)(void *arg), void *arg,
-		     int keep_mapped)
+		     int keep_mapped, int *ran)
 {
 	uintptr_t a = (uintptr_t)addr, end = a + len;
 	pthread_rwlock_wrlock(&e->regions_lock);
 	pthread_mutex_lock(&e->lock);
+	struct remains *pre;
+	size_t npre;
+	/* No memory to forget the range with: the call fails as the kernel's
+	 * does when a split would pass the map count, changing nothing. */
+	if (remains_prepare(e, a, end, &pre, &npre) != 0) {
+		e->st.unreg_failed += len / MD_EPAGE;
+		md__log_once(69, "the VMM's unmap of guest RAM refused: no memory to forget it with");
+		md__engine_unlock(e);
+		pthread_rwlock_unlock(&e->regions_lock);
+		*ran = 0;
+		return -ENOMEM;
+	}
+	*ran = 1;
 	int r = op(arg);
 	struct md__run *run;
 	size_t n;
 	if (r == 0) {
-		unregister_locked(e, a, end, MD_UNREG_GONE);
+		unregister_locked(e, a, end, MD_UNREG_GONE, pre, npre);
 	} else if (md__range_runs(a, end, &run, &n) == 0) {
 		/* What is gone is forgotten. What is mapped stays after a
 		 * failed munmap (which unmaps nothing), or a failed call that
@@ -753,13 +843,14 @@ int md__engine_unmap(struct md__engine *e, void *addr, size_t len, int (*op)(voi
 		for (size_t i = 0; i < n; i++)
 			if (!(run[i].mapped && keep_mapped))
 				unregister_locked(e, run[i].lo, run[i].hi,
-						  run[i].mapped ? MD_UNREG_MAPPED : MD_UNREG_GONE);
+						  run[i].mapped ? MD_UNREG_MAPPED : MD_UNREG_GONE, NULL, 0);
 		free(run);
 	} else {
 		/* Where is what not known: references that cannot be copied
 		 * away are kept, never dropped under a mapping. */
-		unregister_locked(e, a, end, MD_UNREG_MAPPED);
+		unregister_locked(e, a, end, MD_UNREG_MAPPED, NULL, 0);
 	}
+	remains_free(pre, npre);
 	md__engine_unlock(e);
 	pthread_rwlock_unlock(&e->regions_lock);
 	return r;

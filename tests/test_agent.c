@@ -943,6 +943,41 @@ TEST_IMPL(discard_yields_zeroes)
 	ASSERT(strcmp(proc_cmd(&a, "hash 65536 65536"), hex(h)) == 0);
 	/* The rest is still the image's. */
 	ASSERT(strcmp(proc_cmd(&a, "hash 131072 %u", MB - 131072), hex(fnv_file(img, 131072, MB - 131072))) == 0);
+	/* The same through syscall(2), as a VMM without the C library's
+	 * madvise makes it: zeroes, not the image's pages again. */
+	ASSERT_EQ(proc_num(&a, "advise %u 65536 dontneed raw", MB - 65536), 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u 65536", MB - 65536), hex(h)) == 0);
+	/* MADV_REMOVE, which the kernel refuses on private memory (guest RAM
+	 * the agent shares is private), changes nothing with us either: it
+	 * zeroed the pages before the kernel refused. */
+	long long rm = proc_num(&a, "advise 131072 65536 remove");
+	ASSERT(rm == -EACCES || rm == -EINVAL);
+	ASSERT(strcmp(proc_cmd(&a, "hash 131072 %u", MB - 196608), hex(fnv_file(img, 131072, MB - 196608))) == 0);
+	proc_stop(&a);
+	return 0;
+}
+
+/* Guest RAM given up keeps its private copies in the image's mappings,
+ * which a discard replaces by zeroes. Once the VMM unmaps or maps over that
+ * memory the copies are gone: a private mapping of its own put there must
+ * read its file's content after a discard, not zeroes. */
+TEST_IMPL(discard_after_remap_keeps_vmm_file)
+{
+	const char *img = image(6), *other = image(8);
+	struct proc a;
+	int fd = start_reader(&a, img, NULL);
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 65536", fd, MB), MB);
+	ASSERT_EQ(proc_num(&a, "advise 0 %u unmergeable", RAM_PAGES * 4096), 0);	/* copies forgotten */
+	int fo = (int)proc_num(&a, "open %s", other);
+	ASSERT(fo >= 0);
+	ASSERT_EQ(proc_num(&a, "mapfile 0 65536 %d", fo), 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 65536"), hex(fnv_file(other, 0, 65536))) == 0);
+	ASSERT(strcmp(proc_cmd(&a, "write 100 7"), "ok") == 0);	/* a private copy of its own */
+	ASSERT_EQ(proc_num(&a, "advise 0 65536 dontneed"), 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 65536"), hex(fnv_file(other, 0, 65536))) == 0);
+	/* Beside it, the forgotten copies still read back as zeroes. */
+	ASSERT_EQ(proc_num(&a, "advise 65536 65536 dontneed"), 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 65536 65536"), hex(fnv_zero(65536))) == 0);
 	proc_stop(&a);
 	return 0;
 }

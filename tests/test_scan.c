@@ -1117,6 +1117,49 @@ static char *inproc_agent(md_agent **a, unsigned pages_to_scan, size_t len)
 	return m;
 }
 
+extern int md__engine_fail_slices;	/* engine/merge.h: the next N region slices fail */
+
+/* No memory to cut a merged page out of its region: the VMM's unregister
+ * (MADV_UNMERGEABLE, mprotect, mremap) and unmap fail with ENOMEM and
+ * change nothing, as the kernel's calls do when a split finds no memory.
+ * They reported success while the engine kept merging there, or, for an
+ * unmap, scanned whatever the VMM mapped there next. */
+TEST_IMPL(scan_unregister_short_of_memory_fails)
+{
+	md_agent *a;
+	const size_t n = 64;
+	char *m = inproc_agent(&a, 10000, n * PG);
+	for (size_t i = 0; i < n; i++)
+		memset(m + i * PG, (int)(i % 8) + 1, PG);	/* eight contents, eight copies each */
+	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
+	ASSERT_EQ(wait_merged(a, n - 8), 0);
+	md_stats s0, s1;
+	md_agent_stats(a, &s0);
+
+	md__engine_fail_slices = 1;
+	ASSERT_EQ(md_agent_unregister(a, m + 9 * PG, PG), -ENOMEM);
+	md__engine_fail_slices = 1;
+	ASSERT_EQ(md_agent_unmap(a, m + 10 * PG, PG), -ENOMEM);
+	md__engine_fail_slices = 0;
+	/* Still mapped, still merged, the content as it was. */
+	for (size_t i = 8; i < 12; i++)
+		ASSERT_EQ(m[i * PG + 100], (char)(i % 8) + 1);
+	md_agent_stats(a, &s1);
+	ASSERT_EQ(s1.regions, s0.regions);
+	ASSERT(s1.pages_sharing >= s0.pages_sharing);
+
+	/* With memory, both go; the rest stays merged and exact. */
+	ASSERT_EQ(md_agent_unregister(a, m + 9 * PG, PG), 0);
+	ASSERT_EQ(md_agent_unmap(a, m + 10 * PG, PG), 0);
+	m[9 * PG] = 0x55;	/* a private page now */
+	ASSERT_EQ(m[9 * PG], 0x55);
+	for (size_t i = 0; i < n; i++)
+		if (i != 9 && i != 10)
+			ASSERT_EQ(m[i * PG + 100], (char)(i % 8) + 1);
+	md_agent_free(a);
+	return 0;
+}
+
 struct toggler {
 	char *m;
 	size_t len;

@@ -124,6 +124,30 @@ TEST_IMPL(rangeset_covers)
 	return 0;
 }
 
+TEST_IMPL(rangeset_remove)
+{
+	struct md__rangeset s = { 0 };
+	md__rangeset_add(&s, 0x10000, 0x40000);
+	md__rangeset_add(&s, 0x100000, 0x110000);
+	md__rangeset_remove(&s, 0x20000, 0x30000);	/* cut in two */
+	ASSERT_EQ(s.n, 3);
+	ASSERT(covered(&s, 0x10000, 0x20000) && covered(&s, 0x30000, 0x40000));
+	ASSERT(!md__rangeset_overlaps(&s, 0x20000, 0x30000));
+	md__rangeset_remove(&s, 0x38000, 0x108000);	/* trims two, drops none */
+	ASSERT(!md__rangeset_overlaps(&s, 0x38000, 0x108000));
+	ASSERT(covered(&s, 0x30000, 0x38000) && covered(&s, 0x108000, 0x110000));
+	md__rangeset_remove(&s, 0, UINTPTR_MAX);	/* all gone */
+	ASSERT_EQ(s.n, 0);
+	/* Full: a cut in two keeps the range whole (it covers at least). */
+	for (uintptr_t i = 0; i < MD_RANGESET_MAX; i++)
+		md__rangeset_add(&s, 0x100000 * (i + 1), 0x100000 * (i + 1) + 0x10000);
+	ASSERT_EQ(s.n, MD_RANGESET_MAX);
+	md__rangeset_remove(&s, 0x104000, 0x108000);
+	ASSERT_EQ(s.n, MD_RANGESET_MAX);
+	ASSERT(covered(&s, 0x100000, 0x110000));
+	return 0;
+}
+
 TEST_IMPL(regions_add_overlap)
 {
 	struct md_agent a;

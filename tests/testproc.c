@@ -19,7 +19,7 @@
  *                           (MD_TESTPROC_DROP_WRITE=K in the environment: the
  *                           first writer's K-th write is lost on purpose)
  *   exhaust / release     -> fill the process's mappings up to the limit, undo
- *   advise DOFF LEN ADVICE-> madvise result (dontneed, dontneedlocked, dontfork,
+ *   advise DOFF LEN ADVICE [raw] -> madvise result (raw: through syscall(2)) (dontneed, dontneedlocked, dontfork,
  *                           mergeable, unmergeable)
  *   unmap DOFF HEXLEN     -> munmap result (0 or -errno)
  *   protect DOFF LEN ro|rw -> mprotect result (0 or -errno)
@@ -35,6 +35,10 @@
  *   mergehole FD          -> MADV_MERGEABLE's result over a range with a hole,
  *                           and 1 if a read into shared memory mapped there
  *                           later reached the shared memory
+ *   mapfile DOFF LEN FD   -> 0 or -errno of a private MAP_FIXED mapping of FD
+ *                            (from offset 0) over guest RAM
+ *   remapfresh N          -> the slowest of N mremaps (two pages grown to
+ *                            four) of memory that is not guest RAM, in us
  *   unmapfresh N          -> the slowest of N munmaps of a page that is not
  *                           guest RAM, in microseconds (100 ms apart)
  *   daemonize             -> the pid of a child that takes the commands from
@@ -610,12 +614,16 @@ int main(void)
 				munmap(extra[--nextra], 4096);
 			printf("ok\n");
 		} else if (strcmp(cmd, "advise") == 0) {
-			sscanf(line, "%*s %lld %lld %31s", &a1, &a2, s2);
+			char how[8] = "";
+			sscanf(line, "%*s %lld %lld %31s %7s", &a1, &a2, s2, how);
 			int adv = strcmp(s2, "dontneed") == 0 ? MADV_DONTNEED :
 				  strcmp(s2, "dontneedlocked") == 0 ? MADV_DONTNEED_LOCKED :
 				  strcmp(s2, "dontfork") == 0 ? MADV_DONTFORK :
+				  strcmp(s2, "remove") == 0 ? MADV_REMOVE :
 				  strcmp(s2, "mergeable") == 0 ? MADV_MERGEABLE : MADV_UNMERGEABLE;
-			printf("%d\n", madvise(base + a1, (size_t)a2, adv) == 0 ? 0 : -errno);
+			int r = strcmp(how, "raw") == 0 ? (int)syscall(SYS_madvise, base + a1, (size_t)a2, adv)
+							  : madvise(base + a1, (size_t)a2, adv);
+			printf("%d\n", r == 0 ? 0 : -errno);
 		} else if (strcmp(cmd, "mlock") == 0) {	/* OFF LEN */
 			sscanf(line, "%*s %lld %lld", &a1, &a2);
 			printf("%d\n", mlock(base + a1, (size_t)a2) == 0 ? 0 : -errno);
@@ -742,6 +750,36 @@ int main(void)
 				clock_gettime(CLOCK_MONOTONIC, &t0);
 				munmap(p, 4096);
 				clock_gettime(CLOCK_MONOTONIC, &t1);
+				long long us = (t1.tv_sec - t0.tv_sec) * 1000000ll + (t1.tv_nsec - t0.tv_nsec) / 1000;
+				worst = us > worst ? us : worst;
+				usleep(100000);
+			}
+			printf("%lld\n", worst);
+		} else if (strcmp(cmd, "mapfile") == 0) {
+			/* DOFF LEN FD: a private mapping of FD from 0 put over
+			 * guest RAM (MAP_FIXED); 0 or -errno. */
+			sscanf(line, "%*s %lld %lld %lld", &a1, &a2, &a3);
+			void *p = mmap(base + a1, (size_t)a2, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED,
+				       (int)a3, 0);
+			printf("%d\n", p == MAP_FAILED ? -errno : 0);
+		} else if (strcmp(cmd, "remapfresh") == 0) {
+			/* N times two pages of its own, touched and grown to
+			 * four by mremap (glibc's realloc of a large block):
+			 * the slowest mremap, in microseconds. */
+			sscanf(line, "%*s %lld", &a1);
+			long long worst = 0;
+			for (long long i = 0; i < a1; i++) {
+				char *p = mmap(NULL, 2 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+				if (p == MAP_FAILED)
+					return 1;
+				p[0] = 1;
+				struct timespec t0, t1;
+				clock_gettime(CLOCK_MONOTONIC, &t0);
+				char *q = mremap(p, 2 * 4096, 4 * 4096, MREMAP_MAYMOVE);
+				clock_gettime(CLOCK_MONOTONIC, &t1);
+				if (q == MAP_FAILED || q[0] != 1)
+					return 1;
+				munmap(q, 4 * 4096);
 				long long us = (t1.tv_sec - t0.tv_sec) * 1000000ll + (t1.tv_nsec - t0.tv_nsec) / 1000;
 				worst = us > worst ? us : worst;
 				usleep(100000);

@@ -56,6 +56,7 @@ check-all: check
 # The whole suite under AddressSanitizer and UBSan: the runner, the testproc
 # and the preloaded agent (libasan must come first in LD_PRELOAD).
 check-sanitize:
+	$(MAKE) all	# tests that run the CLI by its path in build/
 	$(MAKE) B=build-asan OPT="-O1 -g -fno-omit-frame-pointer" SAN="-fsanitize=address,undefined" all
 	build-asan/fuzz-replay fuzz/corpus/stats_file
 	build-asan/fuzz-replay-protocol fuzz/corpus/protocol
