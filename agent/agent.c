@@ -562,6 +562,11 @@ int md_agent_register(md_agent *a, void *addr, size_t len, unsigned advice)
 			     "not shared or merged", addr, len);
 		return -EPERM;
 	}
+	/* Advice given before this one (a VMM that marks its RAM
+	 * MADV_DONTFORK first) goes to the mappings we make there too. */
+	advice |= (kind & MD_VMF_DONTFORK ? MD_ADV_DONTFORK : 0u) |
+		  (kind & MD_VMF_DONTDUMP ? MD_ADV_DONTDUMP : 0u) |
+		  (kind & MD_VMF_HUGEPAGE ? MD_ADV_HUGEPAGE : 0u);
 	/* Only what is mapped, as the kernel's madvise: a hole registered
 	 * would have read-time sharing map private pages over whatever the
 	 * VMM maps there later, shared memory included. */

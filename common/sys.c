@@ -354,6 +354,8 @@ int md__range_no_file_vmas(uintptr_t a, uintptr_t end)
 struct vmflags_vmas {
 	uintptr_t a, end;
 	int in, found;
+	unsigned all;	/* the advice every mapping has */
+	int seen;
 };
 
 /* smaps: the VmFlags of the mappings overlapping [a, end). */
@@ -368,20 +370,29 @@ static void vmflags_line(void *arg, char *text)
 	}
 	if (!h->in || strncmp(text, "VmFlags:", 8) != 0)
 		return;
+	unsigned v = 0;
 	char *save;
 	for (char *f = strtok_r(text + 8, " ", &save); f; f = strtok_r(NULL, " ", &save)) {
 		if (strcmp(f, "ht") == 0)
 			h->found |= MD_VMF_HUGETLB;
 		else if (strcmp(f, "lo") == 0)
 			h->found |= MD_VMF_LOCKED;
+		else if (strcmp(f, "dc") == 0)
+			v |= MD_VMF_DONTFORK;
+		else if (strcmp(f, "dd") == 0)
+			v |= MD_VMF_DONTDUMP;
+		else if (strcmp(f, "hg") == 0)
+			v |= MD_VMF_HUGEPAGE;
 	}
+	h->all = h->seen ? h->all & v : v;
+	h->seen = 1;
 }
 
 int md__range_vmflags(uintptr_t a, size_t len)
 {
-	struct vmflags_vmas h = { a, a + len, 0, 0 };
+	struct vmflags_vmas h = { a, a + len, 0, 0, 0, 0 };
 	int err = proc_lines("/proc/self/smaps", vmflags_line, &h);
-	return err ? err : h.found;
+	return err ? err : h.found | (int)h.all;
 }
 
 struct shares {

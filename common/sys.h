@@ -43,10 +43,14 @@ int md__copy_own_pages(void *buf, const void **p, size_t n);
 /* 1 if a mapping of this process shares part of [a, a+len) (MAP_SHARED:
  * memory other processes or devices also write), 0 if none, or -errno. */
 int md__range_shared(uintptr_t a, size_t len);
-/* Which of these kinds of mapping overlap [a, a+len) (smaps' VmFlags): a
- * mask of MD_VMF_* (0 if none does), or -errno if smaps cannot be read. */
-#define MD_VMF_HUGETLB 1u	/* MAP_HUGETLB, hugetlbfs ("ht") */
-#define MD_VMF_LOCKED  2u	/* mlock, mlockall, MAP_LOCKED ("lo") */
+/* Which of these kinds of mapping overlap [a, a+len) (smaps' VmFlags), and
+ * which advice every one of them has: a mask of MD_VMF_* (0 if none does),
+ * or -errno if smaps cannot be read. */
+#define MD_VMF_HUGETLB  1u	/* MAP_HUGETLB, hugetlbfs ("ht"): any */
+#define MD_VMF_LOCKED   2u	/* mlock, mlockall, MAP_LOCKED ("lo"): any */
+#define MD_VMF_DONTFORK 4u	/* MADV_DONTFORK ("dc"): all */
+#define MD_VMF_DONTDUMP 8u	/* MADV_DONTDUMP ("dd"): all */
+#define MD_VMF_HUGEPAGE 16u	/* MADV_HUGEPAGE ("hg"): all */
 int md__range_vmflags(uintptr_t a, size_t len);
 /* [a, end) as runs mapped and not, in order (from /proc/self/maps):
  * *runs (malloc'd; the caller frees it) and *n. 0 or -errno. */

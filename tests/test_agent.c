@@ -1220,6 +1220,19 @@ TEST_IMPL(advice_reaches_new_mappings)
 	ASSERT(proc_page(&a, MB).file || !proc_page(&a, MB).present);
 	ASSERT(strstr(flags, " dc") != NULL);
 	proc_stop(&a);
+	/* Advised before MADV_MERGEABLE (a memory backend's order): known
+	 * all the same. */
+	fd = start_reader(&a, img, NULL);
+	ASSERT_EQ(proc_num(&a, "advise 0 %u unmergeable", RAM_PAGES * 4096), 0);
+	ASSERT_EQ(proc_num(&a, "advise 0 %u dontfork", RAM_PAGES * 4096), 0);
+	ASSERT_EQ(proc_num(&a, "advise 0 %u mergeable", RAM_PAGES * 4096), 0);
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 %u 65536", fd, MB), 65536);
+	ASSERT(proc_page(&a, MB).file || !proc_page(&a, MB).present);
+	ASSERT_EQ(proc_stats_wait(&a, &s, 3000, advice_flushed), 0);
+	usleep(1200000);
+	vm_flags(&a, MB, flags, sizeof(flags));
+	ASSERT(strstr(flags, " dc") != NULL);
+	proc_stop(&a);
 	return 0;
 }
 
