@@ -648,17 +648,20 @@ static int unregister_locked(md_agent *a, uintptr_t s, uintptr_t e)
 	 * with our records as they were (the VMM's mprotect, mlock or mremap
 	 * would otherwise go on over pool mappings). */
 	int err = md__privatize(a, s, e, 0);
-	if (!err && a->engine)
-		err = md__engine_unregister(a->engine, (void *)s, e - s, MD_UNREG_MAPPED);
 	if (err)
 		return err;
+	/* Before the engine's part: one that fails half-way has let some of
+	 * its regions go, their copies untracked but for this set (covering
+	 * what stays registered too costs a discard a look, no more). */
 	for (size_t i = 0; i < a->nregions; i++) {
 		uintptr_t lo = a->regions[i].start > s ? a->regions[i].start : s;
 		uintptr_t hi = a->regions[i].end < e ? a->regions[i].end : e;
 		if (lo < hi)
 			md__rangeset_add(&a->forgotten, lo, hi);
 	}
-	return md__regions_remove(a, s, e);
+	if (a->engine)
+		err = md__engine_unregister(a->engine, (void *)s, e - s, MD_UNREG_MAPPED);
+	return err ? err : md__regions_remove(a, s, e);
 }
 
 int md_agent_unregister(md_agent *a, void *addr, size_t len)
@@ -965,16 +968,9 @@ int md__agent_unmap(md_agent *a, void *addr, size_t len, int (*op)(void *arg), v
 		}
 		return r;
 	}
-	int ran = 1;
-	int r = a->engine ? md__engine_unmap(a->engine, addr, len, op, arg, keep_mapped, &ran) : op(arg);
+	int r = a->engine ? md__engine_unmap(a->engine, addr, len, op, arg, keep_mapped) : op(arg);
 	struct md__run *run;
 	size_t n;
-	if (!ran) {
-		/* Refused before the call (no memory to forget the range
-		 * with): nothing changed. */
-		pthread_mutex_unlock(&a->lock);
-		return r;
-	}
 	if (r == 0) {
 		md__regions_remove(a, s, e);
 		handed_take(a, s, e, 0);	/* the memory is gone, the VMM's hold with it */
@@ -1003,7 +999,7 @@ int md__agent_unmap(md_agent *a, void *addr, size_t len, int (*op)(void *arg), v
 	return r;
 }
 
-void md__agent_moved(md_agent *a, void *old, size_t old_len, void *now, size_t now_len)
+void md__agent_moved(md_agent *a, void *old, size_t old_len, void *now, size_t now_len, int old_stays)
 {
 	uintptr_t o = (uintptr_t)old, n = (uintptr_t)now;
 	if (!a || !old_len || !now_len || o + old_len < o || n + now_len < n)
@@ -1011,6 +1007,12 @@ void md__agent_moved(md_agent *a, void *old, size_t old_len, void *now, size_t n
 	pthread_mutex_lock(&a->lock);
 	if (md__rangeset_overlaps(&a->forgotten, o, o + old_len))
 		md__rangeset_add(&a->forgotten, n, n + now_len);
+	/* Our copies went with the mapping: what the VMM maps where it was
+	 * is its own (MREMAP_DONTUNMAP leaves the old mapping, emptied). */
+	if (n != o && !old_stays)
+		md__rangeset_remove(&a->forgotten, o, o + old_len);
+	else if (n == o && now_len < old_len)
+		md__rangeset_remove(&a->forgotten, o + now_len, o + old_len);
 	/* What moved or was cut off is no longer there: nor is the VMM's
 	 * hold on it (the kernel drops a registration from a moved mapping). */
 	if (n != o)

@@ -293,7 +293,7 @@ void md__agent_lock_future(md_agent *a, int future);
 int md__agent_protect(md_agent *a, uintptr_t start, uintptr_t end);
 /* agent.c: the VMM's mremap moved (or resized) [old, old+old_len) to
  * [now, now+now_len): forgotten copies move with their mappings. */
-void md__agent_moved(md_agent *a, void *old, size_t old_len, void *now, size_t now_len);
+void md__agent_moved(md_agent *a, void *old, size_t old_len, void *now, size_t now_len, int old_stays);
 /* The VMM's registration failed after md_agent_userfault gave memory up on
  * this thread: what that call gave up (only that) is registered again. */
 void md__agent_userfault_undo(md_agent *a);

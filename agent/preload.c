@@ -441,7 +441,6 @@ static long vm_call(struct vm_call *c, void *addr, size_t len)
 		}
 		return c->ret;
 	}
-	c->ret = -1;	/* what a call refused before it ran returns */
 	int r = md__agent_unmap(a, addr, page_len(len), vm_call_run, c, keep_mapped);
 	if (r)
 		errno = -r;
@@ -508,7 +507,8 @@ EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 		if (kept < page_len(old_len))
 			md__policy_forget((uintptr_t)old + kept, page_len(old_len) - kept);
 		if (a)
-			md__agent_moved(a, old, page_len(old_len), (void *)c.ret, page_len(new_len));
+			md__agent_moved(a, old, page_len(old_len), (void *)c.ret, page_len(new_len),
+					(flags & MREMAP_DONTUNMAP) != 0);
 		errno = saved;
 	}
 	return (void *)c.ret;

@@ -10,6 +10,7 @@
  * keeps constant, and its writes go to private copies.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -91,14 +92,27 @@ struct map_args {
 	int fd;
 	off_t off;
 	int err;
+	int undone;	/* mapped, then replaced by anonymous memory */
 };
 
 static int map_image(void *arg)
 {
 	struct map_args *m = arg;
 	if (md__sys_mmap(m->dst, m->len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED,
-			 m->fd, m->off) == MAP_FAILED)
+			 m->fd, m->off) == MAP_FAILED) {
 		m->err = -errno;
+		return m->err;
+	}
+	/* The lease was looked at before the engine's locks were taken: the
+	 * VMM may have closed the descriptor's number, or put another file
+	 * there, since. Our description, once closed, cannot hold a lease
+	 * again: held now, the mapping is of the image. Else it goes before
+	 * anyone reads it, and the read is copied. */
+	if (fcntl(m->fd, F_GETLEASE) != F_RDLCK) {
+		m->err = -EBADF;
+		m->undone = md__sys_mmap(m->dst, m->len, PROT_READ | PROT_WRITE,
+					 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED;
+	}
 	return m->err;
 }
 
@@ -135,7 +149,7 @@ static size_t share_locked(struct md_agent *a, struct md__region *r, int fd,
 
 	uintptr_t dst = buf + plan->head;
 	off_t map_off = off + (off_t)plan->head;
-	struct map_args m = { (void *)dst, plan->map_len, img->fd, map_off, 0 };
+	struct map_args m = { (void *)dst, plan->map_len, img->fd, map_off, 0, 0 };
 	if (a->engine)
 		/* With no merge in flight on these pages, and kept out of the
 		 * scanner's reach afterwards: whatever part of them the engine
@@ -144,6 +158,16 @@ static size_t share_locked(struct md_agent *a, struct md__region *r, int fd,
 		md__engine_exclude(a->engine, m.dst, m.len, map_image, &m);
 	else
 		map_image(&m);
+	if (m.err == -EBADF) {
+		if (m.undone)
+			md__apply_advice(a, r, dst, plan->map_len);
+		else	/* still the other file's: the copying read writes its copies */
+			md__log("guest RAM at %#lx kept another file's mapping after a lost lease",
+				(unsigned long)dst);
+		md__image_held(a, img);	/* gives the lease up, as on a break */
+		md__fallback(a, MD_FB_NO_LEASE, pages_of(len));
+		return 0;
+	}
 	if (m.err) {
 		int err = -m.err;
 		md__fallback(a, err == ENOMEM ? MD_FB_ENOMEM : MD_FB_ERROR, pages_of(len));
@@ -164,9 +188,13 @@ static size_t share_locked(struct md_agent *a, struct md__region *r, int fd,
 	    md__sys_madvise((void *)dst, plan->map_len, MADV_POPULATE_READ) != 0 && errno != EINVAL) {
 		/* An I/O error: undo, and let the copying read report it. */
 		int err = errno;
+		size_t first = (dst - r->start) / MD_PAGE, n = plan->map_len / MD_PAGE;
 		if (md__sys_mmap((void *)dst, plan->map_len, PROT_READ | PROT_WRITE,
 				 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED)
 			md__apply_advice(a, r, dst, plan->map_len);
+		else	/* still the image's: recorded, so a lease break finds them */
+			for (size_t i = 0; i < n; i++)
+				r->owner[first + i] = img->id;
 		md__fallback(a, MD_FB_ERROR, pages_of(len));
 		md__log_once(32, "faulting in image pages failed (%s): reads are copied", strerror(err));
 		return 0;
@@ -474,6 +502,8 @@ ssize_t md_agent_preadv(md_agent *a, int fd, const struct iovec *iov, int iovcnt
 		return tracked_preadv(a, fd, iov, iovcnt, off, flags);
 	if (off == -1 || flags != 0) {
 		md__fallback(a, MD_FB_FLAGS, 1);
+		md__log_once(91, "reads into guest RAM with preadv2 flags or at the file position "
+			     "are copied");
 		return tracked_preadv(a, fd, iov, iovcnt, off, flags);
 	}
 	/* Segment by segment, as preadv fills them: stop at a short read. A

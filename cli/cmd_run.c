@@ -155,9 +155,10 @@ static int find_preload(char *out, size_t size)
 		 * directory: what it is given is absolute. */
 		char abs[PATH_MAX];
 		if (!realpath(env, abs)) {
+			err = -errno;
 			fprintf(stderr, "memdedup run: MEMDEDUP_PRELOAD='%s' cannot be preloaded: %s\n", env,
-				strerror(errno));
-			return -errno;
+				strerror(-err));
+			return err;
 		}
 		if (strlen(abs) >= size) {
 			fprintf(stderr, "memdedup run: MEMDEDUP_PRELOAD='%s' cannot be preloaded: path too long\n",

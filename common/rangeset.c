@@ -49,13 +49,15 @@ void md__rangeset_remove(struct md__rangeset *s, uintptr_t start, uintptr_t end)
 		}
 		if (a < start && b > end) {
 			/* Cut in two: the right part takes a slot of its own,
-			 * if there is one; else the range stays whole. */
-			if (s->n == MD_RANGESET_MAX)
-				return;
-			s->end[i] = start;
-			s->start[s->n] = end;
-			s->end[s->n++] = b;
-			return;
+			 * if there is one; else the range stays whole. Ranges
+			 * may overlap (add grows the nearest): go on. */
+			if (s->n < MD_RANGESET_MAX) {
+				s->end[i] = start;
+				s->start[s->n] = end;
+				s->end[s->n++] = b;
+			}
+			i++;
+			continue;
 		}
 		if (a < start) {
 			s->end[i++] = start;

@@ -493,7 +493,7 @@ int md__resident_pages(int statm_fd, struct md__resident *out)
 {
 	char buf[256];
 	unsigned long size, resident, shared;
-	ssize_t n = pread(statm_fd, buf, sizeof(buf) - 1, 0);
+	ssize_t n = md__sys_pread(statm_fd, buf, sizeof(buf) - 1, 0);	/* not the interposed one */
 	if (n < 0)
 		return -errno;
 	buf[n] = 0;

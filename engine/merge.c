@@ -809,29 +809,55 @@ int md__engine_touches(struct md__engine *e, uintptr_t addr, size_t len)
  * freeze to thaw): no thread of the VMM waits for us while op waits for
  * the mm. A failed op leaves what is still mapped registered, with its
  * references: forgetting it first would free slots its pages still map. */
+/* After an unmap of [a, end) with no memory for the remains of the regions
+ * it cut: each such region is given up whole (which needs no allocation),
+ * its parts still mapped made private first (a page that cannot be keeps
+ * its reference: privatize_pages). The VMM's call behaves as without us;
+ * those parts are merged no more. Both locks held. */
+static void give_up_whole(struct md__engine *e, uintptr_t a, uintptr_t end)
+{
+	for (size_t ri = 0; ri < e->nregions;) {
+		struct md__eregion *r = &e->regions[ri];
+		if (r->end <= a || r->start >= end) {
+			ri++;
+			continue;
+		}
+		uintptr_t rs = r->start, re = r->end;
+		size_t np = (re - rs) / MD_EPAGE;
+		if (rs < a) {
+			fill_dropped(e, rs, a);
+			privatize_pages(e, r, 0, (a - rs) / MD_EPAGE);
+		}
+		if (re > end) {
+			fill_dropped(e, end, re);
+			privatize_pages(e, r, (end - rs) / MD_EPAGE, np);
+		}
+		e->st.unreg_failed += (size_t)((a > rs ? a - rs : 0) + (re > end ? re - end : 0)) / MD_EPAGE;
+		unregister_locked(e, rs, re, MD_UNREG_GONE, NULL, 0);	/* whole: no slices */
+	}
+	md__log_once(69, "guest RAM beside what the VMM unmapped is merged no more: no memory to "
+		     "split its region");
+}
+
 int md__engine_unmap(struct md__engine *e, void *addr, size_t len, int (*op)(void *arg), void *arg,
-		     int keep_mapped, int *ran)
+		     int keep_mapped)
 {
 	uintptr_t a = (uintptr_t)addr, end = a + len;
 	pthread_rwlock_wrlock(&e->regions_lock);
 	pthread_mutex_lock(&e->lock);
 	struct remains *pre;
 	size_t npre;
-	/* No memory to forget the range with: the call fails as the kernel's
-	 * does when a split would pass the map count, changing nothing. */
-	if (remains_prepare(e, a, end, &pre, &npre) != 0) {
-		e->st.unreg_failed += len / MD_EPAGE;
-		md__log_once(69, "the VMM's unmap of guest RAM refused: no memory to forget it with");
-		md__engine_unlock(e);
-		pthread_rwlock_unlock(&e->regions_lock);
-		*ran = 0;
-		return -ENOMEM;
-	}
-	*ran = 1;
+	/* Allocated before the call: once the memory is gone there must be
+	 * no failing to forget it, or the scanner would visit whatever the
+	 * VMM maps there next. Without the memory, the regions it cuts are
+	 * given up whole afterwards. */
+	int prepared = remains_prepare(e, a, end, &pre, &npre) == 0;
 	int r = op(arg);
 	struct md__run *run;
 	size_t n;
-	if (r == 0) {
+	if (r == 0 && !prepared) {
+		give_up_whole(e, a, end);
+	} else if (r == 0) {
 		unregister_locked(e, a, end, MD_UNREG_GONE, pre, npre);
 	} else if (md__range_runs(a, end, &run, &n) == 0) {
 		/* What is gone is forgotten. What is mapped stays after a
@@ -850,7 +876,8 @@ int md__engine_unmap(struct md__engine *e, void *addr, size_t len, int (*op)(voi
 		 * away are kept, never dropped under a mapping. */
 		unregister_locked(e, a, end, MD_UNREG_MAPPED, NULL, 0);
 	}
-	remains_free(pre, npre);
+	if (prepared)
+		remains_free(pre, npre);
 	md__engine_unlock(e);
 	pthread_rwlock_unlock(&e->regions_lock);
 	return r;

@@ -239,11 +239,11 @@ int md__engine_touches(struct md__engine *e, uintptr_t addr, size_t len);
  * out; then forgets the range (MD_UNREG_GONE) if op succeeded. If it failed:
  * what is gone is forgotten (MD_UNREG_GONE), what is still mapped stays
  * registered if keep_mapped (op was a munmap) or all of it is, else is
- * unregistered with MD_UNREG_MAPPED. Returns op's result; or -ENOMEM
- * without running op (*ran 0, nothing changed) when there is no memory to
- * forget the range with afterwards. */
+ * unregistered with MD_UNREG_MAPPED. Returns op's result. A region op
+ * cuts whose remains find no memory is given up whole (its parts still
+ * mapped made private), counted in unreg_failed. */
 int md__engine_unmap(struct md__engine *e, void *addr, size_t len, int (*op)(void *arg), void *arg,
-		     int keep_mapped, int *ran);
+		     int keep_mapped);
 /* Adds advice bits to the regions overlapping [addr, addr+len). */
 void md__engine_advise(struct md__engine *e, void *addr, size_t len, unsigned advice);
 /* Runs map(arg) - which replaces [addr, addr+len) by an image mapping - with

@@ -157,7 +157,10 @@ static void *fault_thread(void *arg)
 		 * of one would wait for ever. An unexpected error (ENOMEM) is
 		 * said once and tried again a millisecond later. */
 		if (poll(pfd, 2, -1) < 0) {
-			if (errno != EINTR)
+			uint64_t stop;
+			if (read(u->stop_fd, &stop, sizeof(stop)) == (ssize_t)sizeof(stop))
+				return NULL;	/* md__uffd_close, which poll could not tell */
+			if (errno != EINTR && errno != EAGAIN)
 				uffd_retry_later("poll", &said);
 			continue;
 		}

@@ -468,6 +468,8 @@ TEST_IMPL(fallback_filesystem_without_leases)
 	 * nothing (each asked fstatfs, a round trip on NFS or FUSE, under
 	 * the agent's lock). strace sees the reader's system calls. */
 	char cmd[1600], out[700];
+	if (system("command -v strace >/dev/null") != 0)
+		SKIP("no strace here (scripts/install-deps.sh test installs it)");
 	snprintf(out, sizeof(out), "%s/strace.out", test_dir());
 	snprintf(cmd, sizeof(cmd), "strace -f -qq -e trace=fstatfs,statfs -o %s -p %d 2>%s.err & echo $!", out,
 		 (int)a.pid, out);
@@ -975,6 +977,13 @@ TEST_IMPL(discard_after_remap_keeps_vmm_file)
 	ASSERT(strcmp(proc_cmd(&a, "write 100 7"), "ok") == 0);	/* a private copy of its own */
 	ASSERT_EQ(proc_num(&a, "advise 0 65536 dontneed"), 0);
 	ASSERT(strcmp(proc_cmd(&a, "hash 0 65536"), hex(fnv_file(other, 0, 65536))) == 0);
+	/* The same where guest RAM moved away (mremap) and the VMM mapped a
+	 * file into the hole it left. */
+	ASSERT_EQ(proc_num(&a, "moveram 131072 65536"), 0);
+	ASSERT_EQ(proc_num(&a, "mapfile 131072 65536 %d noreplace", fo), 0);
+	ASSERT(strcmp(proc_cmd(&a, "write 131172 7"), "ok") == 0);
+	ASSERT_EQ(proc_num(&a, "advise 131072 65536 dontneed"), 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 131072 65536"), hex(fnv_file(other, 0, 65536))) == 0);
 	/* Beside it, the forgotten copies still read back as zeroes. */
 	ASSERT_EQ(proc_num(&a, "advise 65536 65536 dontneed"), 0);
 	ASSERT(strcmp(proc_cmd(&a, "hash 65536 65536"), hex(fnv_zero(65536))) == 0);

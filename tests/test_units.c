@@ -138,6 +138,14 @@ TEST_IMPL(rangeset_remove)
 	ASSERT(covered(&s, 0x30000, 0x38000) && covered(&s, 0x108000, 0x110000));
 	md__rangeset_remove(&s, 0, UINTPTR_MAX);	/* all gone */
 	ASSERT_EQ(s.n, 0);
+	/* Ranges that overlap (add grows the nearest): both are cut. */
+	md__rangeset_add(&s, 0x0, 0x10000);
+	md__rangeset_add(&s, 0x20000, 0x30000);
+	md__rangeset_add(&s, 0x8000, 0x28000);
+	md__rangeset_remove(&s, 0x21000, 0x24000);
+	ASSERT(!md__rangeset_overlaps(&s, 0x21000, 0x24000));
+	ASSERT(covered(&s, 0x0, 0x21000) && covered(&s, 0x24000, 0x30000));
+	md__rangeset_remove(&s, 0, UINTPTR_MAX);
 	/* Full: a cut in two keeps the range whole (it covers at least). */
 	for (uintptr_t i = 0; i < MD_RANGESET_MAX; i++)
 		md__rangeset_add(&s, 0x100000 * (i + 1), 0x100000 * (i + 1) + 0x10000);

@@ -35,8 +35,9 @@
  *   mergehole FD          -> MADV_MERGEABLE's result over a range with a hole,
  *                           and 1 if a read into shared memory mapped there
  *                           later reached the shared memory
- *   mapfile DOFF LEN FD   -> 0 or -errno of a private MAP_FIXED mapping of FD
- *                            (from offset 0) over guest RAM
+ *   mapfile DOFF LEN FD [noreplace] -> 0 or -errno of a private MAP_FIXED
+ *                            (or MAP_FIXED_NOREPLACE) mapping of FD over guest RAM
+ *   moveram DOFF LEN      -> 0 or -errno of an mremap moving guest RAM away
  *   remapfresh N          -> the slowest of N mremaps (two pages grown to
  *                            four) of memory that is not guest RAM, in us
  *   unmapfresh N          -> the slowest of N munmaps of a page that is not
@@ -756,11 +757,21 @@ int main(void)
 			}
 			printf("%lld\n", worst);
 		} else if (strcmp(cmd, "mapfile") == 0) {
-			/* DOFF LEN FD: a private mapping of FD from 0 put over
-			 * guest RAM (MAP_FIXED); 0 or -errno. */
-			sscanf(line, "%*s %lld %lld %lld", &a1, &a2, &a3);
-			void *p = mmap(base + a1, (size_t)a2, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED,
-				       (int)a3, 0);
+			/* DOFF LEN FD [noreplace]: a private mapping of FD from
+			 * 0 put over guest RAM (MAP_FIXED), or in a hole there
+			 * (MAP_FIXED_NOREPLACE); 0 or -errno. */
+			char how[16] = "";
+			sscanf(line, "%*s %lld %lld %lld %15s", &a1, &a2, &a3, how);
+			int fl = strcmp(how, "noreplace") == 0 ? MAP_FIXED_NOREPLACE : MAP_FIXED;
+			void *p = mmap(base + a1, (size_t)a2, PROT_READ | PROT_WRITE, MAP_PRIVATE | fl, (int)a3, 0);
+			printf("%d\n", p == MAP_FAILED ? -errno : 0);
+		} else if (strcmp(cmd, "moveram") == 0) {
+			/* DOFF LEN: guest RAM moved away by mremap, leaving a
+			 * hole; 0 or -errno. */
+			sscanf(line, "%*s %lld %lld", &a1, &a2);
+			void *to = mmap(NULL, (size_t)a2, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			void *p = to == MAP_FAILED ? MAP_FAILED
+				  : mremap(base + a1, (size_t)a2, (size_t)a2, MREMAP_MAYMOVE | MREMAP_FIXED, to);
 			printf("%d\n", p == MAP_FAILED ? -errno : 0);
 		} else if (strcmp(cmd, "remapfresh") == 0) {
 			/* N times two pages of its own, touched and grown to
