@@ -618,6 +618,28 @@ static int fd_naming(pid_t pid, const char *path, int not_fd)
 	return fd;
 }
 
+/* The image read into a's RAM is shared: closes the agent's own descriptor
+ * of it (fd is the reader's) and returns its number. */
+static int close_agent_fd(struct proc *a, const char *img, int fd)
+{
+	ASSERT(proc_page(a, 0).file || !proc_page(a, 0).present);
+	int afd = fd_naming(a->pid, img, fd);
+	ASSERT(afd >= 0);
+	ASSERT_EQ(proc_num(a, "closefd %d", afd), 0);
+	return afd;
+}
+
+/* Waits for the lease break the agent finds, and checks that every page
+ * read of the image was made private. */
+static void image_pages_made_private(struct proc *a)
+{
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(a, &s, 20000, has_lease_break), 0);
+	ASSERT_EQ(s.pages_privatized, IMG_SIZE / 4096);
+	for (size_t off = 0; off < IMG_SIZE; off += 64 * 4096)
+		ASSERT(!proc_page(a, off).file);
+}
+
 /* The VMM closes the agent's own descriptor of an image (close_range, say):
  * the agent can no longer see or give back its lease (which lives on, held
  * by the mappings, until the kernel's lease-break-time after a writer
@@ -630,19 +652,12 @@ TEST_IMPL(lease_gone_with_agent_fd)
 	uint64_t orig;
 	struct proc a;
 	int fd = read_fresh_image(&a, img, sizeof(img), "image-fdgone", 13, NULL, &orig);
-	ASSERT(proc_page(&a, 0).file || !proc_page(&a, 0).present);
-	int afd = fd_naming(a.pid, img, fd);
-	ASSERT(afd >= 0);
-	ASSERT_EQ(proc_num(&a, "closefd %d", afd), 0);
+	int afd = close_agent_fd(&a, img, fd);
 	/* The VMM opens the image again, at the same number: its own
 	 * descriptor, which the agent must neither lease (a writer would
 	 * then send the VMM a SIGIO) nor close. */
 	ASSERT_EQ(proc_num(&a, "open %s", img), afd);
-	md_stats s;
-	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, has_lease_break), 0);
-	ASSERT_EQ(s.pages_privatized, IMG_SIZE / 4096);
-	for (size_t off = 0; off < IMG_SIZE; off += 64 * 4096)
-		ASSERT(!proc_page(&a, off).file);
+	image_pages_made_private(&a);
 	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", IMG_SIZE), hex(orig)) == 0);
 	sleep(2);	/* the lease is retried each second */
 	ASSERT_EQ(proc_num(&a, "read %d 0 %u %u 65536", fd, MB, IMG_SIZE), MB);
@@ -665,20 +680,13 @@ TEST_IMPL(lease_fd_replaced_read_copied)
 	uint64_t orig;
 	struct proc a;
 	int fd = read_fresh_image(&a, img, sizeof(img), "image-fdswap", 14, NULL, &orig);
-	ASSERT(proc_page(&a, 0).file || !proc_page(&a, 0).present);
-	int afd = fd_naming(a.pid, img, fd);
-	ASSERT(afd >= 0);
 	const char *other = image(15);
-	ASSERT_EQ(proc_num(&a, "closefd %d", afd), 0);
+	int afd = close_agent_fd(&a, img, fd);
 	ASSERT_EQ(proc_num(&a, "open %s", other), afd);
 	ASSERT_EQ(proc_num(&a, "read %d 0 %u %u 65536", fd, MB, IMG_SIZE), MB);
 	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", IMG_SIZE, MB), hex(fnv_file(img, 0, MB))) == 0);
 	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", IMG_SIZE), hex(orig)) == 0);
-	md_stats s;
-	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, has_lease_break), 0);
-	ASSERT_EQ(s.pages_privatized, IMG_SIZE / 4096);
-	for (size_t off = 0; off < IMG_SIZE; off += 64 * 4096)
-		ASSERT(!proc_page(&a, off).file);
+	image_pages_made_private(&a);
 	proc_stop(&a);
 	return 0;
 }
