@@ -643,10 +643,10 @@ static int unregister_locked(md_agent *a, uintptr_t s, uintptr_t e)
 {
 	/* The memory stays mapped: unshare it before we stop watching it. Its
 	 * copies stay in the pool's and images' mappings, forgotten. The
-	 * engine goes first: if it cannot let the range go (no memory to
-	 * split its region), it still merges there, and the call must fail
-	 * with our records as they were (the VMM's mprotect, mlock or mremap
-	 * would otherwise go on over pool mappings). */
+	 * engine's part comes before our records': if it cannot let the range
+	 * go (no memory to split its region), it still merges there, and the
+	 * call must fail with our records as they were (the VMM's mprotect,
+	 * mlock or mremap would otherwise go on over pool mappings). */
 	int err = md__privatize(a, s, e, 0);
 	if (err)
 		return err;

@@ -804,11 +804,6 @@ int md__engine_touches(struct md__engine *e, uintptr_t addr, size_t len)
 	return touches;
 }
 
-/* Both locks are held across op, so the scanner cannot read the memory
- * while it goes, and nothing is frozen (a merge holds the merge lock from
- * freeze to thaw): no thread of the VMM waits for us while op waits for
- * the mm. A failed op leaves what is still mapped registered, with its
- * references: forgetting it first would free slots its pages still map. */
 /* After an unmap of [a, end) with no memory for the remains of the regions
  * it cut: each such region is given up whole (which needs no allocation),
  * its parts still mapped made private first (a page that cannot be keeps
@@ -834,11 +829,17 @@ static void give_up_whole(struct md__engine *e, uintptr_t a, uintptr_t end)
 		}
 		e->st.unreg_failed += (size_t)((a > rs ? a - rs : 0) + (re > end ? re - end : 0)) / MD_EPAGE;
 		unregister_locked(e, rs, re, MD_UNREG_GONE, NULL, 0);	/* whole: no slices */
+		ri += ri < e->nregions && e->regions[ri].start == rs;	/* never, but never loop */
 	}
 	md__log_once(69, "guest RAM beside what the VMM unmapped is merged no more: no memory to "
 		     "split its region");
 }
 
+/* Both locks are held across op, so the scanner cannot read the memory
+ * while it goes, and nothing is frozen (a merge holds the merge lock from
+ * freeze to thaw): no thread of the VMM waits for us while op waits for
+ * the mm. A failed op leaves what is still mapped registered, with its
+ * references: forgetting it first would free slots its pages still map. */
 int md__engine_unmap(struct md__engine *e, void *addr, size_t len, int (*op)(void *arg), void *arg,
 		     int keep_mapped)
 {
