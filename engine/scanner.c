@@ -81,11 +81,15 @@
  * share (share_batch, share_cpu).
  */
 #include <errno.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "checksum.h"
+#include "log.h"
 #include "scanner.h"
 #include "sys.h"
 
@@ -1043,8 +1047,13 @@ static void *scan_thread(void *arg)
 			sleep_ns = cpu * 100 / cap - wall;
 		if (sleep_ns < 1000000)
 			sleep_ns = 1000000;	/* always yield a little */
+		/* A sleep the stop ends: at a quiet host's 32x, or a long
+		 * sleep_millisecs, it lasts minutes, and the agent's thread,
+		 * which stops us for an unmerge, answers no lease break while
+		 * it waits. */
 		struct timespec ts = { (time_t)(sleep_ns / 1000000000ull), (long)(sleep_ns % 1000000000ull) };
-		nanosleep(&ts, NULL);
+		struct pollfd pfd = { .fd = s->wake_fd, .events = POLLIN };
+		ppoll(&pfd, 1, &ts, NULL);
 	}
 	return NULL;
 }
@@ -1052,9 +1061,14 @@ static void *scan_thread(void *arg)
 int md__scanner_start(struct md__scanner *s)
 {
 	s->stop = 0;
+	s->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (s->wake_fd < 0)
+		return -errno;
 	int err = pthread_create(&s->thread, NULL, scan_thread, s);
-	if (err)
+	if (err) {
+		close(s->wake_fd);
 		return -err;
+	}
 	s->running = 1;
 	return 0;
 }
@@ -1064,6 +1078,10 @@ void md__scanner_stop(struct md__scanner *s)
 	if (!s->running)
 		return;
 	__atomic_store_n(&s->stop, 1, __ATOMIC_RELAXED);
+	uint64_t one = 1;
+	if (write(s->wake_fd, &one, sizeof(one)) != (ssize_t)sizeof(one))
+		md__log("cannot wake the scanner (%s): it stops after its sleep", strerror(errno));
 	pthread_join(s->thread, NULL);
+	close(s->wake_fd);
 	s->running = 0;
 }

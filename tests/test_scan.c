@@ -14,6 +14,7 @@
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "memdedup.h"
@@ -1168,6 +1169,30 @@ TEST_IMPL(scan_unregister_short_of_memory_fails)
 	m[9 * PG] = 0x55;	/* writes go through */
 	ASSERT_EQ(m[9 * PG], 0x55);
 	md_agent_free(a);
+	return 0;
+}
+
+/* The scanner's sleep (sleep_millisecs up to 10 s, 32 times that on a
+ * quiet host) ends when it is stopped: an unmerge or the VMM's exit waited
+ * it out, the agent's thread answering no lease break meanwhile. */
+TEST_IMPL(scan_stop_ends_sleep)
+{
+	md_agent *a;
+	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .pages_to_scan = 100, .sleep_ms = 10000 };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	char *m = mmap(NULL, 64 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	memset(m, 3, 64 * PG);
+	ASSERT_EQ(md_agent_register(a, m, 64 * PG, 0), 0);
+	usleep(500000);	/* a batch, then a sleep of 10 s at least */
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	ASSERT_EQ(md_agent_unmerge(a), 0);
+	md_agent_free(a);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	double took = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+	fprintf(stderr, "  unmerge and free took %.3f s\n", took);
+	ASSERT(took < 5.0);	/* a stall bound: 10 s and more without the wake-up */
 	return 0;
 }
 
