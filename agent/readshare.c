@@ -92,7 +92,8 @@ struct map_args {
 	int fd;
 	off_t off;
 	int err;
-	int undone;	/* mapped, then replaced by anonymous memory */
+	int lost;	/* mapped, then the lease found gone (err -EBADF) */
+	int undone;	/* and the mapping replaced by anonymous memory */
 };
 
 static int map_image(void *arg)
@@ -110,6 +111,7 @@ static int map_image(void *arg)
 	 * anyone reads it, and the read is copied. */
 	if (fcntl(m->fd, F_GETLEASE) != F_RDLCK) {
 		m->err = -EBADF;
+		m->lost = 1;
 		m->undone = md__sys_mmap(m->dst, m->len, PROT_READ | PROT_WRITE,
 					 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED;
 	}
@@ -149,7 +151,7 @@ static size_t share_locked(struct md_agent *a, struct md__region *r, int fd,
 
 	uintptr_t dst = buf + plan->head;
 	off_t map_off = off + (off_t)plan->head;
-	struct map_args m = { (void *)dst, plan->map_len, img->fd, map_off, 0, 0 };
+	struct map_args m = { (void *)dst, plan->map_len, img->fd, map_off, 0, 0, 0 };
 	if (a->engine)
 		/* With no merge in flight on these pages, and kept out of the
 		 * scanner's reach afterwards: whatever part of them the engine
@@ -158,7 +160,7 @@ static size_t share_locked(struct md_agent *a, struct md__region *r, int fd,
 		md__engine_exclude(a->engine, m.dst, m.len, map_image, &m);
 	else
 		map_image(&m);
-	if (m.err == -EBADF) {
+	if (m.lost) {	/* not an mmap that failed (EBADF too, for a closed descriptor) */
 		if (m.undone)
 			md__apply_advice(a, r, dst, plan->map_len);
 		else	/* still the other file's: the copying read writes its copies */

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "memdedup.h"
+#include "merge.h"	/* md__engine_fail_slices */
 #include "proc.h"
 #include "runner.h"
 #include "zeropage.h"
@@ -1121,8 +1122,6 @@ static char *inproc_agent(md_agent **a, unsigned pages_to_scan, size_t len)
 	ASSERT(m != MAP_FAILED);
 	return m;
 }
-
-extern int md__engine_fail_slices;	/* engine/merge.h: the next N region slices fail */
 
 /* No memory to cut a merged page out of its region. The VMM's unregister
  * (MADV_UNMERGEABLE, mprotect, mremap) fails with ENOMEM and changes
