@@ -122,7 +122,6 @@ struct md_agent {
 	struct md__scanner scanner;
 	struct md__imagepages *imgpages;	/* NULL: not scanning, or no read-time sharing */
 	int scanner_started;
-	unsigned scan_batch, scan_sleep_ms, scan_cpu_percent, scan_hint_ratio;
 	unsigned scan_explicit;	/* MD_SET_*: set by our options; the daemon's defaults do not override them */
 	int unmerged;		/* paused by an unmerge, until resumed (1; 2: one memdedupd asked, which
 				 * records it and says in its WELCOME when resumed); a new daemon's

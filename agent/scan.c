@@ -24,12 +24,6 @@ void md__scan_init(struct md_agent *a, const md_agent_options *o)
 {
 	if (!(o->flags & MD_OPT_SCAN))
 		return;
-	a->scan_batch = o->pages_to_scan ? o->pages_to_scan : 100;
-	a->scan_sleep_ms = o->sleep_ms ? o->sleep_ms : 20;
-	a->scan_cpu_percent = o->cpu_percent ? o->cpu_percent : 100;
-	a->scan_hint_ratio = o->hint_ratio ? o->hint_ratio : 4;	/* in range: md_agent_new */
-	if (o->flags & MD_OPT_NO_HINTS)
-		a->scan_hint_ratio = 0;
 	a->scan_explicit = (o->pages_to_scan ? MD_SET_PAGES : 0) | (o->sleep_ms ? MD_SET_SLEEP : 0) |
 			   (o->cpu_percent ? MD_SET_CPU : 0) |
 			   (o->flags & MD_OPT_SCAN_RANDOM ? MD_SET_ORDER : 0) |
@@ -57,6 +51,16 @@ void md__scan_init(struct md_agent *a, const md_agent_options *o)
 	if (err)
 		goto err_fini;
 	a->engine = e;
+	/* Set up once, here, before any other thread can see it: its
+	 * tunables and pause are written in place from now on (md_agent_set,
+	 * md_agent_pause), while guest RAM registers or not. */
+	md__scanner_init(&a->scanner, e, &a->hints);
+	a->scanner.batch = o->pages_to_scan ? o->pages_to_scan : 100;
+	a->scanner.sleep_ms = o->sleep_ms ? o->sleep_ms : 20;
+	a->scanner.cpu_percent = o->cpu_percent ? o->cpu_percent : 100;
+	/* In range: md_agent_new checked it. */
+	a->scanner.ratio = o->flags & MD_OPT_NO_HINTS ? 0 : o->hint_ratio ? o->hint_ratio : 4;
+	a->scanner.random_order = (o->flags & MD_OPT_SCAN_RANDOM) != 0;
 	/* The engine is the content scanner: kernel KSM must not merge the
 	 * same pages, as its replace of a page we froze would drop the
 	 * write-protection between our compare and our mapping. */
@@ -67,7 +71,6 @@ void md__scan_init(struct md_agent *a, const md_agent_options *o)
 	/* Without read-time sharing no image page is mapped to merge onto. */
 	if (!(o->flags & MD_OPT_NO_SHARING) && md__imagepages_new(&a->imgpages) != 0)
 		md__log("no index of image pages (out of memory): copies of them merge through the pool");
-	a->scanner.random_order = (o->flags & MD_OPT_SCAN_RANDOM) != 0;
 
 	/* The pool: memdedupd's for a shared domain, else our own. */
 	const char *domain = o->domain ? o->domain : "";
@@ -132,17 +135,8 @@ void md__scan_register(struct md_agent *a, uintptr_t start, size_t len, unsigned
 	}
 	if (a->scanner_started)
 		return;
-	/* Tunables set before the scanner existed live in a->scanner too. */
-	int random = a->scanner.random_order, paused = a->scanner.paused;
-	err = md__scanner_init(&a->scanner, a->engine, &a->hints);
-	if (err)
-		return;
-	a->scanner.random_order = random;
-	a->scanner.paused = paused;
-	a->scanner.ratio = a->scan_hint_ratio;
-	a->scanner.batch = a->scan_batch;
-	a->scanner.sleep_ms = a->scan_sleep_ms;
-	a->scanner.cpu_percent = a->scan_cpu_percent;
+	/* Not set up again here: a pause or a tunable memdedupd sent
+	 * meanwhile (the agent's thread, not under a->lock) was lost. */
 	md__imagepages_attach(a);
 	/* The rates count from here: the first merges come before the
 	 * agent's first pass. */
@@ -207,23 +201,19 @@ int md_agent_set(md_agent *a, const char *key, const char *value)
 		if (md__parse_uint(value, 1, MD_PAGES_TO_SCAN_MAX, &v))
 			return -EINVAL;
 		__atomic_store_n(&s->batch, (size_t)v, __ATOMIC_RELAXED);
-		a->scan_batch = v;
 	} else if (strcmp(key, "sleep_millisecs") == 0) {
 		if (md__parse_uint(value, 0, MD_SLEEP_MS_MAX, &v))
 			return -EINVAL;
 		__atomic_store_n(&s->sleep_ms, v, __ATOMIC_RELAXED);
-		a->scan_sleep_ms = v;
 	} else if (strcmp(key, "cpu_percent") == 0) {
 		if (md__parse_uint(value, 1, MD_CPU_PERCENT_MAX, &v))
 			return -EINVAL;
 		__atomic_store_n(&s->cpu_percent, v, __ATOMIC_RELAXED);
-		a->scan_cpu_percent = v;
 	} else if (strcmp(key, "hint_ratio") == 0) {
 		/* Hinted visits of every 8; 0: no hints at all. */
 		if (md__parse_uint(value, 0, MD_HINT_RATIO_MAX, &v))
 			return -EINVAL;
 		__atomic_store_n(&s->ratio, v, __ATOMIC_RELAXED);
-		a->scan_hint_ratio = v;
 	} else if (strcmp(key, "order") == 0) {
 		if (strcmp(value, "linear") != 0 && strcmp(value, "random") != 0)
 			return -EINVAL;

@@ -746,6 +746,21 @@ static size_t sweep_zero(struct md__scanner *s)
  * merges itself, when the batch's candidates are resolved). *read is set
  * when the page's content was read: only such visits count against the
  * rate, as only pages that are there count in KSM's pages_to_scan. */
+/* 1 if the page waits already for the end of this batch (to be merged
+ * with the daemon's pool or onto a file page): a candidate or hint visited
+ * first, the cursor reaching it after. Queued twice, it was merged twice
+ * (a freeze and a mapping for nothing) and counted twice. */
+static int queued(const struct md__scanner *s, uintptr_t a)
+{
+	for (size_t k = 0; k < s->npend; k++)
+		if (s->pend_addr[k] == a)
+			return 1;
+	for (size_t k = 0; k < s->nfm; k++)
+		if (s->fm_addr[k] == a)
+			return 1;
+	return 0;
+}
+
 static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 {
 	struct md__engine *e = s->e;
@@ -755,7 +770,7 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 		return 0;
 	size_t i = (a - r->start) / MD_EPAGE;
 	uint32_t ref = __atomic_load_n(&r->ref[i], __ATOMIC_RELAXED);
-	if (MD_REF_BUSY(ref))
+	if (MD_REF_BUSY(ref) || queued(s, a))
 		return 0;
 	if (!hinted && MD_SEEN_SKIP(r->seen[i])) {
 		r->seen[i] = (uint8_t)(r->seen[i] - (1u << 4));
@@ -880,12 +895,17 @@ static void adapt(struct md__scanner *s)
 	/* Merges per visit of each source, compared without division. */
 	uint64_t sv = s->epoch_visits[0], hv = s->epoch_visits[1];
 	uint64_t sm = s->epoch_merges[0], hm = s->epoch_merges[1];
-	if (sv + hv < EPOCH || s->ratio == 0)
+	unsigned ratio = __atomic_load_n(&s->ratio, __ATOMIC_RELAXED), to = ratio;
+	if (sv + hv < EPOCH || ratio == 0)
 		return;
-	if (hv && hm * (sv ? sv : 1) > sm * hv && s->ratio < 7)
-		s->ratio++;
-	else if (sv && sm * (hv ? hv : 1) > hm * sv && s->ratio > 1)
-		s->ratio--;
+	if (hv && hm * (sv ? sv : 1) > sm * hv && ratio < 7)
+		to = ratio + 1;
+	else if (sv && sm * (hv ? hv : 1) > hm * sv && ratio > 1)
+		to = ratio - 1;
+	/* Only if no one set the ratio meanwhile (hints turned off, say:
+	 * md_agent_set on another thread); that value wins. */
+	if (to != ratio)
+		__atomic_compare_exchange_n(&s->ratio, &ratio, to, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
 	memset(s->epoch_visits, 0, sizeof(s->epoch_visits));
 	memset(s->epoch_merges, 0, sizeof(s->epoch_merges));
 }
@@ -946,7 +966,7 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 	for (; k < npages && examined < 16 * npages && s->nfm < MD_SCAN_PEND; examined++) {
 		uintptr_t a = 0;
 		int hinted = 0, read = 0;
-		if (k % 8 < s->ratio && (a = hint_next(s)) != 0)
+		if (k % 8 < __atomic_load_n(&s->ratio, __ATOMIC_RELAXED) && (a = hint_next(s)) != 0)
 			hinted = 1;
 		else
 			a = cursor_next(s);
@@ -979,7 +999,7 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 	if (s->files.merge)
 		s->files.merge(s->files.arg, s->fm_addr, s->fm_cookie, s->nfm);
 	s->nfm = 0;
-	s->st.ratio = s->ratio;
+	s->st.ratio = __atomic_load_n(&s->ratio, __ATOMIC_RELAXED);
 	/* A whole pass, or QUIET_READS pages read, that found next to
 	 * nothing to do (fewer than QUIET_FOUND pages merged, dropped,
 	 * published, hinted, named or checksummed for the first time: a

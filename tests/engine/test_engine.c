@@ -1833,6 +1833,38 @@ TEST_IMPL(engine_scanner_file_matches_all)
 	return 0;
 }
 
+TEST_IMPL(engine_scanner_queues_page_once)
+{
+	/* A batch whose hints and cursor both come to the same pages queues
+	 * each for its merge once: the second visit finds it waiting. */
+	struct md__engine e;
+	struct md__hints h;
+	struct md__scanner s;
+	const size_t n = 16;
+	unsigned char *r = map_ram(n);
+
+	engine_up(&e);
+	ASSERT_EQ(md__hints_init(&h, 16), 0);
+	for (size_t i = 0; i < n; i++)
+		fill(r + i * PG, (unsigned)i + 1);
+	ASSERT_EQ(md__engine_register(&e, r, n * PG, 0), 0);
+	ASSERT_EQ(md__scanner_init(&s, &e, &h), 0);
+	s.files = (struct md__file_source){ NULL, fm_find, fm_merge };
+	fm_merged = 0;
+	md__hints_push(&h, (uintptr_t)r, n * PG, 0, 0);
+	/* Half the visits hinted, half the cursor's, from the region's start:
+	 * both reach every page within the batch. */
+	md__scanner_step(&s, 2 * n);
+	ASSERT_EQ(md__hints_count(&h), 0);
+	ASSERT_EQ(s.st.file_matches, n);
+	ASSERT_EQ(fm_merged, n);
+	md__scanner_free(&s);
+	md__hints_free(&h);
+	md__engine_fini(&e);
+	munmap(r, n * PG);
+	return 0;
+}
+
 TEST_IMPL(engine_scanner_reads_only_present)
 {
 	/* The cursor reads its pages through the kernel, many at a time
