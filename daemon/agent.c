@@ -99,6 +99,7 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 			return -EBUSY;
 		}
 		a->conn = c;	/* a reconnect: same pool, same references */
+		a->share_sent = 0;	/* a new connection was told nothing */
 		a->hellos++;
 		c->agent = a;
 		return 0;

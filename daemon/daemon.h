@@ -128,6 +128,7 @@ struct md__agent {
 	int pidfd;                 /* -1: no pidfd; refs go with the connection */
 	struct md__domain *dom;
 	struct md__conn *conn;     /* NULL: detached, refs kept until exit */
+	uint32_t share_sent;       /* the SHARE its connection was told; 0: none */
 	uint32_t *refs;            /* references per slot, refs_cap slots */
 	size_t refs_cap;
 	uint64_t nrefs;
@@ -204,7 +205,6 @@ struct md__daemon {
 	struct md__tunables tun;   /* what a new agent starts with */
 	struct md__pending_control *controls;	/* CONTROLs whose agents have not all answered */
 	uint32_t last_token;
-	uint32_t shared_among;     /* connected agents the tunables are split among */
 	int share_due;             /* their number may have changed this pass: SHARE at its end */
 	int paused;
 	int64_t start_ms;          /* monotonic */

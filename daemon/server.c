@@ -171,16 +171,17 @@ static void flush_share(struct md__daemon *d)
 		n += a->conn != NULL;
 	if (n > MD_SHARE_MAX)
 		n = MD_SHARE_MAX;
-	if (n == d->shared_among)
-		return;
-	d->shared_among = n;
-	if (!n)
-		return;
+	/* Each agent whose connection was told another number (or none):
+	 * by the count alone, one agent leaving and another coming in the
+	 * same pass told the newcomer nothing, and it scanned at the rate
+	 * set for all agents together. */
 	struct md__msg m = { .hdr = { .type = MD_MSG_SHARE } };
 	m.u.share.agents = n;
 	for (struct md__agent *a = d->agents; a; a = a->next)
-		if (a->conn)
+		if (a->conn && a->share_sent != n) {
+			a->share_sent = n;
 			md__conn_send(d, a->conn, &m, -1);
+		}
 }
 
 static struct md__user *user_find(const struct md__daemon *d, uid_t uid)
@@ -685,6 +686,15 @@ static int refused_now(const struct md__conn *c, unsigned type, char *why, size_
 		if (!c->hello)
 			return 0;
 		snprintf(why, size, "HELLO twice");
+		return -EPROTO;
+	case MD_MSG_STATUS: case MD_MSG_CONTROL:
+		/* An agent connects from inside its VMM, maybe before the
+		 * VMM dropped root (qemu -runas): its connection's rights
+		 * would outlive them. Asked on a connection of their own,
+		 * with the rights the asker has then. */
+		if (!c->hello)
+			return 0;
+		snprintf(why, size, "%s on an agent's connection", md__msg_type_name(type));
 		return -EPROTO;
 	default:
 		return 0;

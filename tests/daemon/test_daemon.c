@@ -413,8 +413,10 @@ TEST_IMPL(daemon_domains_per_uid)
 		char buf[65536];
 		uint32_t len = sizeof(buf) - 1;
 		unsigned type;
-		if (md__client_request(c2, MD_MSG_STATUS, NULL, 0, buf, &len, &type))
+		struct md__client *c3 = td_connect(&t);
+		if (md__client_request(c3, MD_MSG_STATUS, NULL, 0, buf, &len, &type))
 			_exit(16);
+		md__client_free(c3);
 		buf[len] = '\0';
 		if (strstr(buf, "\"uid\":0,") || !strstr(buf, "\"name\":\"shared\""))
 			_exit(17);
@@ -773,6 +775,99 @@ TEST_IMPL(daemon_candidates_and_share)
 	close(up[1]);
 	close(fd);
 	md__client_free(c);
+	td_stop(&t);
+	return 0;
+}
+
+static void *resume_later(void *arg)
+{
+	const struct tdaemon *t = arg;
+	usleep(200000);	/* the HELLO is in the daemon's socket by then */
+	kill(t->pid, SIGCONT);
+	return NULL;
+}
+
+TEST_IMPL(daemon_share_told_to_newcomer)
+{
+	/* One agent leaves and another says HELLO while the daemon is
+	 * stopped: both are handled in one pass of its loop, the number of
+	 * agents stays 1, and the newcomer must still be told it. */
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	int fd, up[2], hold[2];
+	char b;
+
+	td_start(&t, 64);
+	ASSERT(pipe(up) == 0 && pipe(hold) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		struct md__client *c1 = td_agent(&t, "share", &w, &fd);
+		(void)c1;
+		if (write(up[1], "x", 1) != 1 || read(hold[0], &b, 1) < 0)
+			_exit(1);
+		_exit(0);
+	}
+	ASSERT_EQ(read(up[0], &b, 1), 1);
+	struct md__client *c = td_connect(&t);
+	usleep(100000);	/* accepted, no HELLO yet */
+	td_pause(&t);
+	ASSERT_EQ(kill(kid, SIGKILL), 0);
+	int st;
+	ASSERT_EQ(waitpid(kid, &st, 0), kid);
+	pthread_t th;
+	ASSERT_EQ(pthread_create(&th, NULL, resume_later, &t), 0);
+	ASSERT_EQ(md__client_hello(c, "share", 0, &w, &fd), 0);
+	ASSERT_EQ(pthread_join(th, NULL), 0);
+	POLL_UNTIL(c, md__client_share(c) == 1);
+	close(fd);
+	md__client_free(c);
+	close(up[0]);
+	close(up[1]);
+	close(hold[0]);
+	close(hold[1]);
+	td_stop(&t);
+	return 0;
+}
+
+TEST_IMPL(daemon_agent_connection_not_admin)
+{
+	/* An agent's connection asks for no STATUS or CONTROL: root's agent
+	 * may run in a VMM that has dropped root since it connected. */
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	unsigned char reply[512];
+	uint32_t len = sizeof(reply);
+	unsigned type;
+	int fd;
+
+	td_start(&t, 64);
+	static char big[MD_MSG_MAX];
+	uint32_t blen = sizeof(big);
+	struct md__client *c = td_agent(&t, "adm", &w, &fd);
+	ASSERT(md__client_request(c, MD_MSG_STATUS, NULL, 0, big, &blen, &type) != 0 ||
+	       type != MD_MSG_STATUS_R);
+	md__client_free(c);
+	close(fd);
+	c = td_agent(&t, "adm", &w, &fd);
+	struct md__msg m = { .hdr.type = MD_MSG_CONTROL };
+	unsigned char buf[256];
+	m.u.control.op = MD_CTL_SET;
+	strcpy(m.u.control.key, "pages_to_scan");
+	strcpy(m.u.control.value, "5");
+	ssize_t n = md__msg_encode(&m, buf, sizeof(buf));
+	ASSERT(n > 0);
+	len = sizeof(reply);
+	ASSERT(md__client_request(c, MD_MSG_CONTROL, buf + MD_MSG_HDR_SIZE, (uint32_t)n - MD_MSG_HDR_SIZE,
+				  reply, &len, &type) != 0 || type != MD_MSG_CONTROL_R);
+	md__client_free(c);
+	close(fd);
+	/* The daemon's tunables are as they were. */
+	json_t *st = td_status(&t);
+	json_t *tun = json_object_get(json_object_get(st, "daemon"), "tunables");
+	ASSERT(tun);
+	ASSERT(td_int(tun, "pages_to_scan") != 5);
+	json_decref(st);
 	td_stop(&t);
 	return 0;
 }
