@@ -114,6 +114,9 @@ static int map_image(void *arg)
 		m->lost = 1;
 		m->undone = md__sys_mmap(m->dst, m->len, PROT_READ | PROT_WRITE,
 					 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED;
+		/* For md__engine_exclude: anonymous memory now, or still
+		 * a file's mapping (the other file's). */
+		return m->undone ? 1 : 0;
 	}
 	return m->err;
 }

@@ -158,7 +158,7 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 	c->agent = a;
 	a->next = d->agents;
 	d->agents = a;
-	md__dlog("agent %d (uid %u) joined domain %u '%s'", (int)a->pid, (unsigned)a->uid,
+	md__dlog_peer("agent %d (uid %u) joined domain %u '%s'", (int)a->pid, (unsigned)a->uid,
 		 a->dom->id, a->dom->name);
 	return 0;
 
@@ -330,7 +330,7 @@ void md__agent_exited(struct md__daemon *d, struct md__agent *a)
 		if (a->refs[s])
 			md__domain_put_refs(a->dom, (uint32_t)s, a->refs[s]);
 	a->dom->registered_pages -= a->registered_counted;
-	md__dlog("agent %d gone: %llu references dropped, domain %u has %llu live pages",
+	md__dlog_peer("agent %d gone: %llu references dropped, domain %u has %llu live pages",
 		 (int)a->pid, (unsigned long long)dropped, a->dom->id,
 		 (unsigned long long)md__pool_live(&a->dom->pool));
 	md__domain_release(d, a->dom);
@@ -345,7 +345,7 @@ void md__agent_detach(struct md__daemon *d, struct md__agent *a)
 	 * process that connects and goes away cannot pile up records, each
 	 * holding a number and a pidfd. */
 	if (!a->nrefs && !a->unmerged) {
-		md__dlog("agent %d left holding no references", (int)a->pid);
+		md__dlog_peer("agent %d left holding no references", (int)a->pid);
 		md__agent_exited(d, a);
 	}
 }

@@ -183,8 +183,10 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 				 * (a dropped connection), and its next WELCOME
 				 * must say so. A refusal clears it; one never
 				 * sent cannot begin. */
-				if (ctl->op == MD_CTL_UNMERGE)
+				if (ctl->op == MD_CTL_UNMERGE) {
 					a->unmerged = 1;
+					a->unmerge_token = p->token;
+				}
 				p->owed[p->nowed++] = a->pid;
 			} else {
 				failed(p, -EIO, "pid %d could not be sent it", (int)a->pid);
@@ -222,6 +224,10 @@ void md__control_done(struct md__daemon *d, struct md__conn *c, uint32_t seq,
 		      const struct md__msg_control_done *done)
 {
 	struct md__msg ack = { .hdr = { .type = MD_MSG_ACK, .seq = seq } };
+	/* A refused UNMERGE left the agent as it was, also when its answer
+	 * came after the deadline: not paused on its next WELCOME. */
+	if (done->result.status && done->token && done->token == c->agent->unmerge_token)
+		c->agent->unmerged = 0;
 	/* Late (answered already, or its CLI went): nothing waits for it. */
 	for (struct md__pending_control *p = d->controls; p; p = p->next) {
 		if (p->token != done->token || !settle(p, c->agent->pid))
@@ -229,8 +235,6 @@ void md__control_done(struct md__daemon *d, struct md__conn *c, uint32_t seq,
 		if (done->result.status) {
 			failed(p, done->result.status, "pid %d: %s", (int)c->agent->pid,
 			       done->result.text[0] ? done->result.text : strerror(-done->result.status));
-			if (p->op == MD_CTL_UNMERGE)
-				c->agent->unmerged = 0;	/* refused: as it was */
 		} else {
 			p->done++;
 		}

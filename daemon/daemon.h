@@ -136,6 +136,8 @@ struct md__agent {
 	uint64_t counters[MD_REPORT_MAX];
 	uint32_t ncounters;
 	uint64_t registered_counted; /* added to dom->registered_pages for it */
+	uint32_t unmerge_token;    /* the last UNMERGE sent to it: its refusal, even
+				    * a late one, clears unmerged */
 	int unmerged;              /* it unmerged (CONTROL_DONE), not resumed since: its
 				    * WELCOME says paused, and the record outlives its
 				    * connection while the process lives */
@@ -216,6 +218,9 @@ struct md__daemon {
 };
 
 void md__dlog(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The same, for what peers cause (connections, agents, their errors):
+ * limited in rate. */
+void md__dlog_peer(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int64_t md__now_ms(void);
 
 /* server.c */

@@ -43,19 +43,57 @@ static const char usage_text[] =
 	"waits for the agents before memdedupd answers that one did not (shorter\n"
 	"only: `memdedup` waits that long and 5 s more).\n";
 
-void md__dlog(const char *fmt, ...)
+static void vlog(const char *fmt, va_list ap)
 {
 	char buf[512];
 	struct timespec t;
-	va_list ap;
 	clock_gettime(CLOCK_REALTIME, &t);
 	struct tm tm;
 	localtime_r(&t.tv_sec, &tm);
 	size_t n = strftime(buf, sizeof(buf), "%F %T ", &tm);
-	va_start(ap, fmt);
 	vsnprintf(buf + n, sizeof(buf) - n, fmt, ap);
-	va_end(ap);
 	fprintf(stderr, "memdedupd[%d]: %s\n", (int)getpid(), buf);
+}
+
+void md__dlog(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vlog(fmt, ap);
+	va_end(ap);
+}
+
+/* Lines about peers: a burst of PEER_LINES_BURST, then PEER_LINES_PER_S a
+ * second, the rest counted and said in one line. Any local user can
+ * connect and misbehave in a loop: unlimited, its lines filled the log on
+ * /run (tmpfs) in minutes. */
+#define PEER_LINES_BURST 1000
+#define PEER_LINES_PER_S 20
+
+void md__dlog_peer(const char *fmt, ...)
+{
+	static int64_t at_ms;
+	static uint64_t tokens = PEER_LINES_BURST, suppressed;
+	int64_t now = md__now_ms();
+	uint64_t add = (uint64_t)(now - at_ms) * PEER_LINES_PER_S / 1000;
+	if (add) {
+		tokens = tokens + add < PEER_LINES_BURST ? tokens + add : PEER_LINES_BURST;
+		at_ms = now;
+	}
+	if (!tokens) {
+		suppressed++;
+		return;
+	}
+	tokens--;
+	if (suppressed) {
+		md__dlog("%llu lines about peers left out (more than %u a second)",
+			 (unsigned long long)suppressed, PEER_LINES_PER_S);
+		suppressed = 0;
+	}
+	va_list ap;
+	va_start(ap, fmt);
+	vlog(fmt, ap);
+	va_end(ap);
 }
 
 int64_t md__now_ms(void)

@@ -288,7 +288,7 @@ static int drop_stalled(struct md__daemon *d)
 			if (now - c->out_moved_ms < MD_D_STALL_MS) {
 				owing = 1;
 			} else {
-				md__dlog("pid %d (uid %u) dropped: read nothing for %u s", (int)c->pid,
+				md__dlog_peer("pid %d (uid %u) dropped: read nothing for %u s", (int)c->pid,
 					 (unsigned)c->uid, MD_D_STALL_MS / 1000);
 				conn_drop_queue(d, c);
 			}
@@ -300,7 +300,7 @@ static int drop_stalled(struct md__daemon *d)
 			owing = 1;
 			continue;
 		}
-		md__dlog("pid %d (uid %u) dropped: %s for %u s", (int)c->pid, (unsigned)c->uid,
+		md__dlog_peer("pid %d (uid %u) dropped: %s for %u s", (int)c->pid, (unsigned)c->uid,
 			 c->in.len > c->in.head ? "half a message" : "no request", MD_D_STALL_MS / 1000);
 		conn_close(d, c);
 	}
@@ -333,7 +333,7 @@ static void accept_all(struct md__daemon *d)
 			continue;
 		}
 		if (d->nconns >= d->max_conns) {
-			md__dlog("pid %d (uid %u) refused: %zu connections", (int)cr.pid,
+			md__dlog_peer("pid %d (uid %u) refused: %zu connections", (int)cr.pid,
 				 (unsigned)cr.uid, d->nconns);
 			refuse(fd, -EUSERS, "too many connections (%zu)", d->nconns);
 			continue;
@@ -342,7 +342,7 @@ static void accept_all(struct md__daemon *d)
 		 * otherwise take every connection from the rest. */
 		struct md__user *u = user_find(d, cr.uid);
 		if (cr.uid != 0 && u && u->conns >= MD_D_CONNS_PER_UID) {
-			md__dlog("pid %d (uid %u) refused: %u connections of that uid", (int)cr.pid,
+			md__dlog_peer("pid %d (uid %u) refused: %u connections of that uid", (int)cr.pid,
 				 (unsigned)cr.uid, MD_D_CONNS_PER_UID);
 			refuse(fd, -EUSERS, "too many connections of uid %u (at most %u)",
 			       (unsigned)cr.uid, MD_D_CONNS_PER_UID);
@@ -459,7 +459,7 @@ static int flush_out(struct md__daemon *d, struct md__conn *c)
 /* Drops what is queued for c, and closes it: it does not read. */
 static void conn_drop_queue(struct md__daemon *d, struct md__conn *c)
 {
-	md__dlog("pid %d does not read its socket (%zu bytes unsent): closing it", (int)c->pid,
+	md__dlog_peer("pid %d does not read its socket (%zu bytes unsent): closing it", (int)c->pid,
 		 c->out_len - c->out_head);
 	c->user->unsent -= c->out_len - c->out_head;
 	c->closing = 1;
@@ -550,7 +550,7 @@ int md__conn_send(struct md__daemon *d, struct md__conn *c, const struct md__msg
 	 * pool's copy) would leave its peer waiting for it, every later reply
 	 * behind it: the connection goes instead (-ENOBUFS: it went). */
 	if (err && err != -ENOBUFS && m->hdr.seq) {
-		md__dlog("pid %d: a reply could not be queued (%s)", (int)c->pid, strerror(-err));
+		md__dlog_peer("pid %d: a reply could not be queued (%s)", (int)c->pid, strerror(-err));
 		conn_drop_queue(d, c);
 	}
 	return err;
@@ -565,7 +565,7 @@ void md__conn_fail(struct md__daemon *d, struct md__conn *c, uint32_t seq, int e
 	vsnprintf(m.u.text.text, sizeof(m.u.text.text), fmt, ap);
 	va_end(ap);
 	m.u.text.status = err;
-	md__dlog("pid %d: %s (%s); closing", (int)c->pid, m.u.text.text, strerror(-err));
+	md__dlog_peer("pid %d: %s (%s); closing", (int)c->pid, m.u.text.text, strerror(-err));
 	/* Nothing more is read from it; what was queued goes out first, if
 	 * it reads it within MD_D_STALL_MS (drop_stalled). */
 	md__conn_send(d, c, &m, -1);

@@ -374,6 +374,8 @@ static int pagemap_read(const struct md__engine *e, uintptr_t addr, size_t n, ui
 	       (ssize_t)len ? 0 : -EIO;
 }
 
+static int budget_ok(struct md__engine *e, size_t new_vmas);
+
 /* Write-protects the n pages at addr (in r), with their pagemap entries
  * from before into pm (MAX_RUN of them) - only if none is a hole in
  * anonymous memory: that is the VMM's, discarded since the scanner's
@@ -404,7 +406,15 @@ static int freeze(struct md__engine *e, const struct md__eregion *r, uintptr_t a
 		 * is shared memory, which only a region gone stale (its
 		 * forgetting failed) could hold here: a private page put over
 		 * it would hide another sharer's writes. */
-		err = md__range_shared(addr, len) == 0 ? md__uffd_register_wp(&e->uffd, addr, len) : -EPERM;
+		if (md__range_shared(addr, len) != 0)
+			err = -EPERM;
+		/* Registering part of a mapping splits it, as a new
+		 * mapping would: within the budget (the caller reckoned
+		 * its own mappings before). */
+		else if (!budget_ok(e, 2))
+			err = -ENOSPC;
+		else if ((err = md__uffd_register_wp(&e->uffd, addr, len)) == 0)
+			e->vma_estimate += 2;
 		if (!err)
 			err = md__uffd_wp(&e->uffd, addr, len, 1);
 	}
@@ -819,6 +829,11 @@ static void give_up_whole(struct md__engine *e, uintptr_t a, uintptr_t end)
 		}
 		uintptr_t rs = r->start, re = r->end;
 		size_t np = (re - rs) / MD_EPAGE;
+		/* Out of userfaultfd before the copies, as unregister_locked
+		 * does: a protection a failed thaw left would make a copy
+		 * wait for the fault thread, which waits for our lock. */
+		if (md__uffd_unregister(&e->uffd, rs, re - rs) != 0)
+			md__range_mappings(rs, re, unregister_mapping, &e->uffd);
 		if (rs < a) {
 			fill_dropped(e, rs, a);
 			privatize_pages(e, r, 0, (a - rs) / MD_EPAGE);
@@ -902,6 +917,9 @@ static void set_image(struct md__engine *e, struct md__eregion *r, size_t i)
 	dropped_set(r, i, 0);	/* a zero page dropped before shows the image now */
 }
 
+static void remake_lost(struct md__engine *e, struct md__eregion *r, uintptr_t addr, size_t n,
+			const unsigned char *content);
+
 int md__engine_exclude(struct md__engine *e, void *addr, size_t len,
 		       int (*map)(void *arg), void *arg)
 {
@@ -912,12 +930,21 @@ int md__engine_exclude(struct md__engine *e, void *addr, size_t len,
 	/* Under the merge lock no page here is frozen: the image mapping
 	 * cannot be overwritten by a merge that compared the old content. */
 	int err = map(arg);
-	if (err == 0) {
-		for (uintptr_t p = a; p < a + len; p += MD_EPAGE) {
-			struct md__eregion *r = md__engine_region(e, p, MD_EPAGE);
-			if (!r)
-				continue;
-			set_image(e, r, (p - r->start) / MD_EPAGE);
+	for (uintptr_t p = a; p < a + len; p += MD_EPAGE) {
+		struct md__eregion *r = md__engine_region(e, p, MD_EPAGE);
+		if (!r)
+			continue;
+		size_t i = (p - r->start) / MD_EPAGE;
+		if (err == 0) {
+			set_image(e, r, i);
+		} else if (err == 1) {	/* fresh anonymous memory: nothing of ours */
+			release_ref(e, r, i);
+			dropped_set(r, i, 0);
+		} else {
+			/* The old mapping stays, unless the kernel unmapped it
+			 * before failing (see remake_lost): zeroes then, which
+			 * the VMM's copying read overwrites. */
+			remake_lost(e, r, p, 1, NULL);
 		}
 	}
 	md__engine_unlock(e);
@@ -951,13 +978,13 @@ static int budget_ok(struct md__engine *e, size_t new_vmas)
 	return 0;
 }
 
-/* The region of the n pages from a, if a mapping may replace them (lock
- * held); else NULL and *err: -EINVAL, not registered; -ENOSPC, the VMA
- * budget is spent. */
-static struct md__eregion *replaceable(struct md__engine *e, uintptr_t a, size_t n, int *err)
+/* The region of the n pages from a, if maps mappings may replace them
+ * (lock held); else NULL and *err: -EINVAL, not registered; -ENOSPC, the
+ * VMA budget is spent. */
+static struct md__eregion *replaceable(struct md__engine *e, uintptr_t a, size_t n, size_t maps, int *err)
 {
 	struct md__eregion *r = md__engine_region(e, a, n * MD_EPAGE);
-	*err = !r ? -EINVAL : budget_ok(e, 2) ? 0 : -ENOSPC;
+	*err = !r ? -EINVAL : budget_ok(e, 2 * maps) ? 0 : -ENOSPC;
 	return *err ? NULL : r;
 }
 
@@ -1078,11 +1105,15 @@ static int map_pool(struct md__engine *e, struct md__eregion *r, uintptr_t addr,
 	 * fewer when it joins a neighbour with adjacent pool offsets. */
 	e->vma_estimate += 2;
 	size_t first = (addr - r->start) / MD_EPAGE;
+	/* The new references before the old go: a page of the run that held
+	 * one of these slots (written since, not reaped yet) must not free
+	 * it on the way, for a one-page publication to rewrite in place
+	 * under this mapping. A remote slot was pinned by whoever asked for
+	 * this merge. */
+	for (size_t i = 0; i < n && !e->remote; i++)
+		md__pool_get(&e->pool, slot + (uint32_t)i);
 	for (size_t i = 0; i < n; i++) {
 		release_ref(e, r, first + i);
-		/* A remote slot was pinned by whoever asked for this merge. */
-		if (!e->remote)
-			md__pool_get(&e->pool, slot + (uint32_t)i);
 		dropped_set(r, first + i, 0);	/* no longer a dropped zero page */
 		r->ref[first + i] = MD_REF_FILE | (slot + (uint32_t)i + 1);
 	}
@@ -1092,13 +1123,21 @@ static int map_pool(struct md__engine *e, struct md__eregion *r, uintptr_t addr,
 /* Replaces pages by anonymous zero-fill memory (file mappings: the pool's,
  * an image's) or drops them (anonymous mappings), so they read as zeroes
  * again. */
+/* 1 if one of the n pages at addr lies in a file mapping (the pool's, an
+ * image's): zeroes there take a mapping of their own. */
+static int run_in_file(const struct md__eregion *r, uintptr_t addr, size_t n)
+{
+	size_t first = (addr - r->start) / MD_EPAGE;
+	for (size_t i = 0; i < n; i++)
+		if (r->ref[first + i] & (MD_REF_FILE | MD_REF_IMAGE))
+			return 1;
+	return 0;
+}
+
 static int zero_run(struct md__engine *e, struct md__eregion *r, uintptr_t addr, size_t n)
 {
 	size_t first = (addr - r->start) / MD_EPAGE;
-	int in_file = 0;
-	for (size_t i = 0; i < n; i++)
-		in_file |= (r->ref[first + i] & (MD_REF_FILE | MD_REF_IMAGE)) != 0;
-	if (in_file) {
+	if (run_in_file(r, addr, n)) {
 		/* MADV_DONTNEED in a private file mapping would show the file's
 		 * page again, not zeroes: a pool slot since reused, an image
 		 * a writer changed after its lease broke (the agent made the
@@ -1154,8 +1193,12 @@ int md__engine_merge_slots(struct md__engine *e, void *addr, size_t n, const uin
 		memset(done, 0, n);
 	if (a % MD_EPAGE || n == 0 || n > MAX_RUN)
 		return -EINVAL;
+	/* A mapping for each stretch of consecutive slots, at most. */
+	size_t maps = 1;
+	for (size_t i = 1; i < n; i++)
+		maps += slots[i] != slots[i - 1] + 1;
 	pthread_mutex_lock(&e->lock);
-	struct md__eregion *r = replaceable(e, a, n, &err);
+	struct md__eregion *r = replaceable(e, a, n, maps, &err);
 	if (!r)
 		goto unlock;
 	/* One freeze, one check and one advice for the whole run of guest
@@ -1237,7 +1280,7 @@ int md__engine_merge_file(struct md__engine *e, void *addr, size_t n, int fd, of
 		return -EINVAL;
 	pthread_rwlock_rdlock(&e->regions_lock);
 	pthread_mutex_lock(&e->lock);
-	struct md__eregion *r = replaceable(e, a, n, &err);
+	struct md__eregion *r = replaceable(e, a, n, 1, &err);
 	if (!r)
 		goto unlock;
 	uint64_t pm[MAX_RUN];
@@ -1331,6 +1374,10 @@ int md__engine_merge_zero(struct md__engine *e, void *addr, size_t n)
 	/* Only pages there before the freeze (a hole the VMM made since the
 	 * scanner's window makes the run wait for its next visit), and of
 	 * those only the ones that held something are marked ours. */
+	/* Zeroes in a file mapping take a mapping of their own (zero_run). */
+	err = -ENOSPC;
+	if (run_in_file(r, a, n) && !budget_ok(e, 2))
+		goto unlock;
 	uint64_t pm[MAX_RUN];
 	err = freeze_filled(e, r, a, n, 0, z, pm);
 	if (err)
@@ -1341,7 +1388,10 @@ int md__engine_merge_zero(struct md__engine *e, void *addr, size_t n)
 			j++;
 		uintptr_t ra = a + i * MD_EPAGE;
 		size_t rlen = (j - i) * MD_EPAGE;
-		if (z[i] && zero_run(e, r, ra, j - i) == 0) {
+		/* A drop in a file mapping splits it (a guest zeroing pages it
+		 * wrote after their merge: Windows, init_on_free): within the
+		 * budget, like a merge, or the page stays as it is. */
+		if (z[i] && (!run_in_file(r, ra, j - i) || budget_ok(e, 2)) && zero_run(e, r, ra, j - i) == 0) {
 			dropped += (int)(j - i);
 			for (size_t k = i; k < j; k++)
 				if (had_content(e, pm[k]))
@@ -1485,7 +1535,7 @@ int md__engine_publish(struct md__engine *e, void *addr, size_t n, uint32_t *slo
 	if (a % MD_EPAGE || n == 0 || n > MAX_RUN)
 		return -EINVAL;
 	pthread_mutex_lock(&e->lock);
-	struct md__eregion *r = replaceable(e, a, n, &err);
+	struct md__eregion *r = replaceable(e, a, n, 1, &err);
 	if (!r)
 		goto unlock;
 	err = md__pool_reserve(&e->pool, n, &slot);

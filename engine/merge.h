@@ -248,7 +248,10 @@ int md__engine_unmap(struct md__engine *e, void *addr, size_t len, int (*op)(voi
 void md__engine_advise(struct md__engine *e, void *addr, size_t len, unsigned advice);
 /* Runs map(arg) - which replaces [addr, addr+len) by an image mapping - with
  * no merge in progress, then marks those pages as image pages the scanner
- * leaves alone (dropping any pool reference they had). */
+ * leaves alone (dropping any pool reference they had). map returns 0 when
+ * it mapped the image, 1 when it left fresh anonymous memory there instead
+ * (the engine forgets what it had of those pages), -errno when its mmap
+ * failed (pages the kernel unmapped on the way are made again, zeroes). */
 int md__engine_exclude(struct md__engine *e, void *addr, size_t len,
 		       int (*map)(void *arg), void *arg);
 /* Runs op(arg) with no merge in progress and none starting: no mapping

@@ -1159,6 +1159,46 @@ TEST_IMPL(daemon_hello_wrong_pid)
 	return 0;
 }
 
+static off_t file_size(const char *path)
+{
+	struct stat st;
+	return stat(path, &st) == 0 ? st.st_size : -1;
+}
+
+TEST_IMPL(daemon_log_flood_bounded)
+{
+	/* Any local user may connect and misbehave in a loop: the daemon's
+	 * lines about it are limited in rate, or they fill the log (on /run,
+	 * a tmpfs). */
+	struct tdaemon t;
+	struct md__msg r;
+	char log[400];
+
+	td_start(&t, 16);
+	snprintf(log, sizeof(log), "%s/log", t.dir);
+	off_t before = file_size(log);
+	ASSERT(before >= 0);
+	for (int i = 0; i < 6000; i++)
+		ASSERT_EQ(td_raw(&t, "GET / HTTP/1.0\r\n\r\n", 18, &r), MD_MSG_ERROR);
+	/* Still answering, and saying what it left out. */
+	json_t *st = td_status(&t);
+	json_decref(st);
+	usleep(200000);	/* room for a few lines again */
+	struct md__msg_welcome w;
+	int fd;
+	struct md__client *c = td_agent(&t, NULL, &w, &fd);
+	md__client_free(c);
+	close(fd);
+	usleep(100000);
+	off_t grown = file_size(log) - before;
+	printf("  log grew %lld bytes for 6000 bad connections\n", (long long)grown);
+	ASSERT(grown > 0);
+	ASSERT(grown < 200 * 1024);	/* a line each, about 100 bytes: 600 KB */
+	ASSERT_EQ(td_sh("grep -q 'lines about peers left out' %s", log), 0);
+	td_stop(&t);
+	return 0;
+}
+
 TEST_IMPL(daemon_malformed_closes)
 {
 	struct tdaemon t;
@@ -2378,6 +2418,40 @@ TEST_IMPL(daemon_control_deadline)
 	md__client_free(cli);
 	md__client_free(agent);
 	close(fd);
+	td_stop(&t);
+	return 0;
+}
+
+TEST_IMPL(daemon_late_unmerge_refusal)
+{
+	/* An agent that refuses an UNMERGE after the daemon stopped waiting
+	 * is as it was: merged, and not paused when it comes back. */
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	struct md__msg_control ctl;
+	struct control_call k;
+	int fd;
+
+	setenv("MEMDEDUP_CONTROL_WAIT_MS", "300", 1);
+	td_start(&t, 16);
+	unsetenv("MEMDEDUP_CONTROL_WAIT_MS");
+	struct md__client *agent = td_agent(&t, NULL, &w, &fd);
+	ASSERT(!(w.state & MD_WELCOME_PAUSED));
+	struct md__client *cli = td_connect(&t);
+	control_start(&k, cli, MD_CTL_UNMERGE, getpid(), NULL, NULL);
+	next_control(agent, &ctl);
+	ASSERT_EQ(ctl.op, MD_CTL_UNMERGE);
+	ASSERT_EQ(control_end(&k), -ETIMEDOUT);
+	ASSERT_EQ(md__client_control_done(agent, ctl.token, -ENOMEM, "not enough memory"), 0);
+	ASSERT_EQ(lookup_caught_up(agent), 0);
+	md__client_free(agent);
+	close(fd);
+	usleep(100000);
+	agent = td_agent(&t, NULL, &w, &fd);
+	ASSERT(!(w.state & MD_WELCOME_PAUSED));
+	md__client_free(agent);
+	close(fd);
+	md__client_free(cli);
 	td_stop(&t);
 	return 0;
 }

@@ -657,6 +657,149 @@ TEST_IMPL(engine_unregister_short_of_memory)
 	return 0;
 }
 
+struct unmap_arg {
+	void *p;
+	size_t len;
+};
+
+static int munmap_op(void *arg)
+{
+	struct unmap_arg *u = arg;
+	return munmap(u->p, u->len) == 0 ? 0 : -errno;
+}
+
+/* An unmap whose remains find no memory gives the regions it cut up whole,
+ * their mapped parts made private: out of userfaultfd first, or a page a
+ * failed thaw left protected makes the copy wait for the fault thread,
+ * which waits for the engine's lock the unmap holds (the VMM's thread
+ * hangs). */
+TEST_IMPL(engine_unmap_short_of_memory_unprotects)
+{
+	struct md__engine e;
+	const size_t n = 8;
+	unsigned char *a = map_ram(n), *b = map_ram(n), want[PG];
+	uint32_t slot;
+
+	engine_up(&e);
+	for (size_t i = 0; i < n; i++) {
+		fill(a + i * PG, (unsigned)i + 40);
+		fill(b + i * PG, (unsigned)i + 40);
+	}
+	ASSERT_EQ(md__engine_register(&e, a, n * PG, 0), 0);
+	ASSERT_EQ(md__engine_register(&e, b, n * PG, 0), 0);
+	ASSERT_EQ(md__engine_publish(&e, a, n, &slot), (int)n);
+	ASSERT_EQ(md__engine_merge(&e, b, n, slot), (int)n);
+	/* What a thaw that failed would leave (kernels whose WRITEPROTECT
+	 * stops at a mapping's end). */
+	ASSERT_EQ(md__uffd_register_wp(&e.uffd, (uintptr_t)b, n * PG), 0);
+	ASSERT_EQ(md__uffd_wp(&e.uffd, (uintptr_t)(b + PG), PG, 1), 0);
+	md__engine_fail_slices = 2;
+	struct unmap_arg u = { b + 4 * PG, 2 * PG };
+	ASSERT_EQ(md__engine_unmap(&e, u.p, u.len, munmap_op, &u, 0), 0);
+	md__engine_fail_slices = 0;
+	ASSERT(!md__engine_touches(&e, (uintptr_t)b, n * PG));	/* given up whole */
+	for (size_t i = 0; i < n; i++) {
+		if (i == 4 || i == 5)
+			continue;
+		fill(want, (unsigned)i + 40);
+		ASSERT(memcmp(b + i * PG, want, PG) == 0);
+		ASSERT(!(pagemap(b + i * PG) & PM_FILE));	/* private copies */
+		b[i * PG] ^= 1;	/* writable, no wait */
+	}
+	for (size_t i = 0; i < n; i++)
+		ASSERT_EQ(e.pool.refs[slot + i], 1);	/* a's alone */
+	md__engine_fini(&e);
+	munmap(a, n * PG);
+	munmap(b, 4 * PG);
+	munmap(b + 6 * PG, 2 * PG);
+	return 0;
+}
+
+/* A page merged again with the slot it held (written since, not reaped
+ * yet, written back the same): the new reference comes before the old one
+ * goes, or the slot's last put frees it under the new mapping. */
+TEST_IMPL(engine_merge_onto_own_slot)
+{
+	struct md__engine e;
+	unsigned char *b = map_ram(1), want[PG];
+	uint32_t slot;
+
+	engine_up(&e);
+	fill(b, 77);
+	ASSERT_EQ(md__engine_register(&e, b, PG, 0), 0);
+	ASSERT_EQ(md__engine_publish(&e, b, 1, &slot), 1);
+	ASSERT_EQ(e.pool.refs[slot], 1);
+	b[0] ^= 1;	/* a private copy now, in the pool's mapping */
+	b[0] ^= 1;
+	ASSERT_EQ(md__engine_merge(&e, b, 1, slot), 1);
+	ASSERT_EQ(e.pool.state[slot], MD_SLOT_LIVE);
+	ASSERT_EQ(e.pool.refs[slot], 1);
+	ASSERT(md__engine_lookup(&e, b, md__page_hash(b)) == (int64_t)slot);	/* still indexed */
+	fill(want, 77);
+	ASSERT(memcmp(b, want, PG) == 0);
+	md__engine_fini(&e);
+	munmap(b, PG);
+	return 0;
+}
+
+static int map_fails_unmapped(void *arg)
+{
+	struct unmap_arg *u = arg;	/* as mmap_region() before Linux 6.7 may */
+	munmap(u->p, u->len);
+	return -ENOMEM;
+}
+
+static int map_left_anonymous(void *arg)
+{
+	struct unmap_arg *u = arg;	/* a read's mapping undone (lease lost) */
+	void *m = mmap(u->p, u->len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+	return m == MAP_FAILED ? -errno : 1;
+}
+
+/* A read's image mapping that failed, or was undone: the engine makes again
+ * what the kernel unmapped on the way, and lets go of the pool references
+ * of pages no longer mapped from the pool. */
+TEST_IMPL(engine_exclude_failed_map)
+{
+	struct md__engine e;
+	const size_t n = 4;
+	unsigned char *a = map_ram(n), *b = map_ram(n), vec;
+	uint32_t slot;
+
+	engine_up(&e);
+	for (size_t i = 0; i < n; i++) {
+		fill(a + i * PG, (unsigned)i + 60);
+		fill(b + i * PG, (unsigned)i + 60);
+	}
+	ASSERT_EQ(md__engine_register(&e, a, n * PG, 0), 0);
+	ASSERT_EQ(md__engine_register(&e, b, n * PG, 0), 0);
+	ASSERT_EQ(md__engine_publish(&e, a, n, &slot), (int)n);
+	ASSERT_EQ(md__engine_merge(&e, b, n, slot), (int)n);
+	ASSERT_EQ(e.pool.refs[slot], 2);
+
+	struct unmap_arg u = { b, 2 * PG };
+	ASSERT_EQ(md__engine_exclude(&e, u.p, u.len, map_fails_unmapped, &u), -ENOMEM);
+	for (size_t i = 0; i < n; i++)
+		ASSERT_EQ(mincore(b + i * PG, PG, &vec), 0);	/* mapped again */
+	ASSERT_EQ(b[0], 0);	/* zeroes, for the copying read to fill */
+	ASSERT_EQ(e.pool.refs[slot], 1);
+	ASSERT_EQ(e.pool.refs[slot + 1], 1);
+	ASSERT_EQ(e.pool.refs[slot + 2], 2);	/* untouched */
+
+	u.p = b + 2 * PG;
+	ASSERT_EQ(md__engine_exclude(&e, u.p, u.len, map_left_anonymous, &u), 1);
+	ASSERT_EQ(e.pool.refs[slot + 2], 1);
+	ASSERT_EQ(e.pool.refs[slot + 3], 1);
+	struct md__eregion *r = md__engine_region(&e, (uintptr_t)b, n * PG);
+	ASSERT(r != NULL);
+	for (size_t i = 0; i < n; i++)
+		ASSERT_EQ(r->ref[i], 0);
+	md__engine_fini(&e);
+	munmap(a, n * PG);
+	munmap(b, n * PG);
+	return 0;
+}
+
 /* A run of side-by-side guest pages merged at once, each with its own slot:
  * copies of one page map that one slot; a page that differs, and one whose
  * slot is not live, stay as they were; the region's advice covers every
@@ -974,6 +1117,58 @@ TEST_IMPL(engine_vma_budget_when_uncounted)
 	for (size_t i = 0; i < n; i++) {
 		unsigned char want[PG];
 		fill(want, (unsigned)i + 1);
+		ASSERT(memcmp(b + i * PG, want, PG) == 0);
+	}
+	md__engine_fini(&e);
+	munmap(a, n * PG);
+	munmap(b, n * PG);
+	return 0;
+}
+
+
+TEST_IMPL(engine_zero_drop_within_budget)
+{
+	/* Merged pages a guest wrote and then zeroed lie in the pool's
+	 * mapping: dropping each splits it. Within the VMA budget, as merges
+	 * are, or the page stays as it is. */
+	struct md__engine e;
+	struct md__engine_stats st;
+	const size_t n = 64;
+	unsigned char *a = map_ram(n), *b = map_ram(n);
+	uint32_t slot;
+
+	for (size_t i = 0; i < n; i++) {
+		fill(a + i * PG, (unsigned)i + 1);
+		fill(b + i * PG, (unsigned)i + 1);
+	}
+	engine_up(&e);
+	ASSERT_EQ(md__engine_register(&e, a, n * PG, 0), 0);
+	ASSERT_EQ(md__engine_register(&e, b, n * PG, 0), 0);
+	ASSERT_EQ(md__engine_publish(&e, a, n, &slot), (int)n);
+	ASSERT_EQ(md__engine_merge(&e, b, n, slot), (int)n);	/* one mapping */
+	uint64_t before = md__count_vmas();
+	ASSERT(before > 0);
+	e.vma_estimate = before;
+	e.max_vmas = before + 20;
+	for (size_t i = 0; i < n; i += 2)
+		memset(b + i * PG, 0, PG);
+	int dropped = 0;
+	for (size_t i = 0; i < n; i += 2)
+		dropped += md__engine_merge_zero(&e, b + i * PG, 1) == 1;
+	md__engine_stats(&e, &st);
+	printf("  dropped %d, refused %llu, vmas %llu (budget %llu, before %llu)\n", dropped,
+	       (unsigned long long)st.budget_refused, (unsigned long long)md__count_vmas(),
+	       (unsigned long long)e.max_vmas, (unsigned long long)before);
+	ASSERT(dropped > 0);
+	ASSERT(dropped <= 10);
+	ASSERT(st.budget_refused > 0);
+	ASSERT(md__count_vmas() <= e.max_vmas + 4);
+	unsigned char want[PG];
+	for (size_t i = 0; i < n; i++) {
+		if (i % 2)
+			fill(want, (unsigned)i + 1);
+		else
+			memset(want, 0, PG);
 		ASSERT(memcmp(b + i * PG, want, PG) == 0);
 	}
 	md__engine_fini(&e);
