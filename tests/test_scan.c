@@ -17,6 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "agent_internal.h"	/* the scanner's tunables */
 #include "memdedup.h"
 #include "merge.h"	/* md__engine_fail_slices */
 #include "proc.h"
@@ -1072,8 +1073,11 @@ TEST_IMPL(scan_stress_no_lost_write)
 	fprintf(stderr, "  merged %llu, abandoned %llu, writers waited %llu\n",
 		(unsigned long long)s.merged, (unsigned long long)s.abandoned,
 		(unsigned long long)s.wp_waits);
-	/* Merges went on while the writers ran (the baseline is converged). */
+	/* Merges went on while the writers ran (the baseline is converged),
+	 * and met them: writers waited on a frozen page, or a compare found
+	 * a page written since its visit. */
 	ASSERT(s.merged > s0.merged);
+	ASSERT(s.wp_waits > s0.wp_waits || s.abandoned > s0.abandoned);
 	proc_stop(&a);
 	return 0;
 }
@@ -1341,6 +1345,12 @@ TEST_IMPL(scan_unmerge_and_tunables)
 	ASSERT_EQ(md_agent_set(a, "pages_to_scan", "500"), 0);
 	ASSERT_EQ(md_agent_set(a, "order", "random"), 0);
 	ASSERT_EQ(md_agent_set(a, "cpu_percent", "50"), 0);
+	ASSERT_EQ(md_agent_set(a, "hint_ratio", "0"), 0);
+	/* Where the running scanner reads them. */
+	ASSERT_EQ(a->scanner.batch, 500);
+	ASSERT_EQ(a->scanner.random_order, 1);
+	ASSERT_EQ(a->scanner.cpu_percent, 50);
+	ASSERT_EQ(a->scanner.ratio, 0);
 
 	/* Paused: the scanner's passes stop (every page is merged: there is
 	 * nothing left to read, but the cursor still goes round). */
@@ -1661,6 +1671,7 @@ TEST_IMPL(scan_image_index_bounded)
 	usleep(300000);	/* a batch's matches merge once the batch is done */
 	ASSERT_EQ(proc_stats(&a, &s), 0);
 	ASSERT_EQ(s.merged_image, 32);
+	proc_cmd(&a, "hash %u %u", 290 * PG, PG);	/* a mapping not touched shows no frame */
 	ASSERT(!proc_page(&a, 290 * PG).file);
 	proc_stop(&a);
 	return 0;
