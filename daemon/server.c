@@ -152,36 +152,75 @@ void md__ep_forget(struct md__daemon *d, struct md__ep *ep)
 }
 
 /* The tunables are for all connected agents together, as KSM's are for the
- * whole host: whenever their number changes, each is told it. Told once a
- * pass of the loop, however many agents came and went in it: a SHARE to
- * every agent for every one would let one user's connections churn load
- * the loop and fill every other user's queues. */
+ * whole host: split first among the users with agents connected, then among
+ * each user's agents (one user's hundreds of idle agents would otherwise
+ * slow every other user's to nothing). Whenever an agent's share changes,
+ * it is told. Told once a pass of the loop, however many agents came and
+ * went in it: a SHARE to every agent for every one would let one user's
+ * connections churn load the loop and fill every other user's queues. */
 static void reshare(struct md__daemon *d)
 {
 	d->share_due = 1;
+}
+
+static int uid_cmp(const void *a, const void *b)
+{
+	uid_t x = *(const uid_t *)a, y = *(const uid_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* The number of entries of the sorted u[0..n) equal to uid. */
+static uint32_t uid_count(const uid_t *u, size_t n, uid_t uid)
+{
+	size_t lo = 0, hi = n;
+	while (lo < hi) {	/* the first entry not below uid */
+		size_t mid = lo + (hi - lo) / 2;
+		if (u[mid] < uid)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	size_t k = lo;
+	while (k < n && u[k] == uid)
+		k++;
+	return (uint32_t)(k - lo);
 }
 
 static void flush_share(struct md__daemon *d)
 {
 	if (!d->share_due)
 		return;
-	d->share_due = 0;
-	uint32_t n = 0;
+	size_t n = 0;
 	for (struct md__agent *a = d->agents; a; a = a->next)
 		n += a->conn != NULL;
-	if (n > MD_SHARE_MAX)
-		n = MD_SHARE_MAX;
+	uid_t *u = n ? malloc(n * sizeof(*u)) : NULL;
+	if (n && !u)
+		return;	/* share_due stays: the next pass tries again */
+	d->share_due = 0;
+	size_t k = 0, users = 0;
+	for (struct md__agent *a = d->agents; a; a = a->next)
+		if (a->conn)
+			u[k++] = a->uid;
+	if (n)
+		qsort(u, n, sizeof(*u), uid_cmp);
+	for (size_t i = 0; i < n; i++)
+		users += i == 0 || u[i] != u[i - 1];
 	/* Each agent whose connection was told another number (or none):
-	 * by the count alone, one agent leaving and another coming in the
+	 * by a count alone, one agent leaving and another coming in the
 	 * same pass told the newcomer nothing, and it scanned at the rate
 	 * set for all agents together. */
 	struct md__msg m = { .hdr = { .type = MD_MSG_SHARE } };
-	m.u.share.agents = n;
-	for (struct md__agent *a = d->agents; a; a = a->next)
-		if (a->conn && a->share_sent != n) {
-			a->share_sent = n;
+	for (struct md__agent *a = d->agents; a; a = a->next) {
+		if (!a->conn)
+			continue;
+		uint64_t share = (uint64_t)users * uid_count(u, n, a->uid);
+		m.u.share.agents = share > MD_SHARE_MAX ? MD_SHARE_MAX : (uint32_t)share;
+		if (a->share_sent != m.u.share.agents) {
+			a->share_sent = m.u.share.agents;
 			md__conn_send(d, a->conn, &m, -1);
 		}
+	}
+	free(u);
 }
 
 static struct md__user *user_find(const struct md__daemon *d, uid_t uid)

@@ -794,6 +794,70 @@ static void agents_of(const struct tdaemon *t, uid_t uid, int *all, int *connect
  * one that leaves holding no references goes at once; one user other than
  * root keeps at most 256 (holding references, disconnected), the next
  * HELLO is refused saying why, and another user is still served. */
+/* Waits up to 2 s for c's share to be want (the daemon's SHARE comes
+ * unasked): 1 if it came. */
+static int share_becomes(struct md__client *c, uint32_t want)
+{
+	struct md__msg_control ctl;
+	for (int i = 0; i < 200 && md__client_share(c) != want; i++) {
+		md__client_next_control(c, &ctl);
+		usleep(10000);
+	}
+	return md__client_share(c) == want;
+}
+
+/* The rate is split among users first, then among each user's agents: two
+ * of root's and one of nobody's make four parts for each of root's and two
+ * for nobody's, where one user's many agents would slow everyone's. */
+TEST_IMPL(daemon_share_split_per_user)
+{
+	struct passwd *pw = nobody();
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	int fd, hold[2], up[2];
+	char b;
+
+	td_start(&t, 16);
+	ASSERT(pipe(hold) == 0 && pipe(up) == 0);
+	pid_t root2 = fork();
+	ASSERT(root2 >= 0);
+	if (root2 == 0) {
+		close(hold[1]);	/* its end of file comes when the parent closes */
+		struct md__client *c = td_agent(&t, NULL, &w, &fd);
+		(void)c;
+		if (write(up[1], "r", 1) != 1 || read(hold[0], &b, 1) < 0)
+			_exit(1);
+		_exit(0);
+	}
+	ASSERT_EQ(read(up[0], &b, 1), 1);
+	pid_t other = fork();
+	ASSERT(other >= 0);
+	if (other == 0) {
+		if (become(pw))
+			_exit(10);
+		struct md__client *c = td_agent(&t, NULL, &w, &fd);
+		_exit(share_becomes(c, 2) ? 0 : 11);
+	}
+	struct md__client *c = td_agent(&t, NULL, &w, &fd);
+	ASSERT(share_becomes(c, 4));
+	int st;
+	ASSERT_EQ(waitpid(other, &st, 0), other);
+	ASSERT(WIFEXITED(st));
+	ASSERT_EQ(WEXITSTATUS(st), 0);
+	/* Nobody's agent gone: root's two split it all. */
+	ASSERT(share_becomes(c, 2));
+	close(hold[1]);
+	ASSERT_EQ(waitpid(root2, &st, 0), root2);
+	ASSERT(share_becomes(c, 1));
+	md__client_free(c);
+	close(fd);
+	close(hold[0]);
+	close(up[0]);
+	close(up[1]);
+	td_stop(&t);
+	return 0;
+}
+
 TEST_IMPL(daemon_agents_per_uid)
 {
 	struct passwd *pw = nobody();
