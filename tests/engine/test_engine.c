@@ -693,6 +693,25 @@ static int munmap_op(void *arg)
 	return munmap(u->p, u->len) == 0 ? 0 : -errno;
 }
 
+/* a and b, n pages each of the same content (page i: seed + i), both
+ * registered, a's published: its first slot. */
+static uint32_t twins_published(struct md__engine *e, unsigned char **a, unsigned char **b, size_t n,
+				unsigned seed)
+{
+	uint32_t slot;
+	*a = map_ram(n);
+	*b = map_ram(n);
+	for (size_t i = 0; i < n; i++) {
+		fill(*a + i * PG, seed + (unsigned)i);
+		fill(*b + i * PG, seed + (unsigned)i);
+	}
+	engine_up(e);
+	ASSERT_EQ(md__engine_register(e, *a, n * PG, 0), 0);
+	ASSERT_EQ(md__engine_register(e, *b, n * PG, 0), 0);
+	ASSERT_EQ(md__engine_publish(e, *a, n, &slot), (int)n);
+	return slot;
+}
+
 /* An unmap whose remains find no memory gives the regions it cut up whole,
  * their mapped parts made private: out of userfaultfd first, or a page a
  * failed thaw left protected makes the copy wait for the fault thread,
@@ -702,17 +721,8 @@ TEST_IMPL(engine_unmap_short_of_memory_unprotects)
 {
 	struct md__engine e;
 	const size_t n = 8;
-	unsigned char *a = map_ram(n), *b = map_ram(n), want[PG];
-	uint32_t slot;
-
-	engine_up(&e);
-	for (size_t i = 0; i < n; i++) {
-		fill(a + i * PG, (unsigned)i + 40);
-		fill(b + i * PG, (unsigned)i + 40);
-	}
-	ASSERT_EQ(md__engine_register(&e, a, n * PG, 0), 0);
-	ASSERT_EQ(md__engine_register(&e, b, n * PG, 0), 0);
-	ASSERT_EQ(md__engine_publish(&e, a, n, &slot), (int)n);
+	unsigned char *a, *b, want[PG];
+	uint32_t slot = twins_published(&e, &a, &b, n, 40);
 	ASSERT_EQ(md__engine_merge(&e, b, n, slot), (int)n);
 	/* What a thaw that failed would leave (kernels whose WRITEPROTECT
 	 * stops at a mapping's end). */
@@ -788,17 +798,8 @@ TEST_IMPL(engine_exclude_failed_map)
 {
 	struct md__engine e;
 	const size_t n = 4;
-	unsigned char *a = map_ram(n), *b = map_ram(n), vec;
-	uint32_t slot;
-
-	engine_up(&e);
-	for (size_t i = 0; i < n; i++) {
-		fill(a + i * PG, (unsigned)i + 60);
-		fill(b + i * PG, (unsigned)i + 60);
-	}
-	ASSERT_EQ(md__engine_register(&e, a, n * PG, 0), 0);
-	ASSERT_EQ(md__engine_register(&e, b, n * PG, 0), 0);
-	ASSERT_EQ(md__engine_publish(&e, a, n, &slot), (int)n);
+	unsigned char *a, *b, vec;
+	uint32_t slot = twins_published(&e, &a, &b, n, 60);
 	ASSERT_EQ(md__engine_merge(&e, b, n, slot), (int)n);
 	ASSERT_EQ(e.pool.refs[slot], 2);
 
@@ -1099,17 +1100,8 @@ TEST_IMPL(engine_vma_budget_when_uncounted)
 	struct md__engine e;
 	struct md__engine_stats st;
 	const size_t n = 64;
-	unsigned char *a = map_ram(n), *b = map_ram(n);
-	uint32_t slot;
-
-	for (size_t i = 0; i < n; i++) {
-		fill(a + i * PG, (unsigned)i + 1);
-		fill(b + i * PG, (unsigned)i + 1);
-	}
-	engine_up(&e);
-	ASSERT_EQ(md__engine_register(&e, a, n * PG, 0), 0);
-	ASSERT_EQ(md__engine_register(&e, b, n * PG, 0), 0);
-	ASSERT_EQ(md__engine_publish(&e, a, n, &slot), (int)n);
+	unsigned char *a, *b;
+	uint32_t slot = twins_published(&e, &a, &b, n, 1);
 	/* Counted now (AddressSanitizer's allocator maps as it goes): room
 	 * for about twelve merges of a lone page, two mappings each. */
 	uint64_t before = md__count_vmas();
@@ -1159,17 +1151,8 @@ TEST_IMPL(engine_zero_drop_within_budget)
 	struct md__engine e;
 	struct md__engine_stats st;
 	const size_t n = 64;
-	unsigned char *a = map_ram(n), *b = map_ram(n);
-	uint32_t slot;
-
-	for (size_t i = 0; i < n; i++) {
-		fill(a + i * PG, (unsigned)i + 1);
-		fill(b + i * PG, (unsigned)i + 1);
-	}
-	engine_up(&e);
-	ASSERT_EQ(md__engine_register(&e, a, n * PG, 0), 0);
-	ASSERT_EQ(md__engine_register(&e, b, n * PG, 0), 0);
-	ASSERT_EQ(md__engine_publish(&e, a, n, &slot), (int)n);
+	unsigned char *a, *b;
+	uint32_t slot = twins_published(&e, &a, &b, n, 1);
 	ASSERT_EQ(md__engine_merge(&e, b, n, slot), (int)n);	/* one mapping */
 	uint64_t before = md__count_vmas();
 	ASSERT(before > 0);
