@@ -106,15 +106,17 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 	}
 
 	/* Each record holds a pidfd and a number while its process lives:
-	 * at most one a connection the descriptor budget allows, and 256 of
-	 * one user other than root, so no user can take them from the rest. */
+	 * at most one a connection the descriptor budget allows, less a part
+	 * kept for root, and 256 of one user other than root, so no user can
+	 * take them from the rest. */
 	size_t all = 0, mine = 0;
 	for (const struct md__agent *o = d->agents; o; o = o->next) {
 		all++;
 		mine += o->uid == c->uid;
 	}
-	if (all >= d->max_conns || (c->uid != 0 && mine >= MD_D_AGENTS_PER_UID)) {
-		if (all >= d->max_conns)
+	int room = md__privileged(c->uid) ? all < d->max_conns : all < d->max_conns - MD_D_RESERVED(d->max_conns);
+	if (!room || (c->uid != 0 && mine >= MD_D_AGENTS_PER_UID)) {
+		if (!room)
 			snprintf(why, size, "too many agents (%zu)", all);
 		else
 			snprintf(why, size, "too many agents of uid %u (at most %u)", (unsigned)c->uid,

@@ -103,7 +103,7 @@ static int settle(struct md__pending_control *p, pid_t pid)
 void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const struct md__msg_control *ctl)
 {
 	struct md__tunables tun = d->tun;
-	int admin = c->uid == 0 || c->uid == geteuid();
+	int admin = md__privileged(c->uid);
 	struct md__msg cr = { .hdr = { .type = MD_MSG_CONTROL_R, .seq = seq } };
 	struct md__pending_control *p = NULL;
 	size_t cap = 0;

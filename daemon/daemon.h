@@ -25,6 +25,11 @@
 /* Limits that keep one user from exhausting the daemon. */
 #define MD_D_MAX_CONNS 4096         /* or fewer, as RLIMIT_NOFILE allows */
 #define MD_D_CONNS_PER_UID 256      /* of one uid other than root */
+/* The part of the connections and agents only root and the daemon's own uid
+ * may take: other users together cannot leave root's new VMMs without. */
+#define MD_D_RESERVED(max) ((max) / 8 > 4 ? (max) / 8 : 4)
+/* 1 if uid is root or the daemon's own. */
+int md__privileged(uid_t uid);
 #define MD_D_AGENTS_PER_UID 256     /* agent records of one uid other than root */
 #define MD_D_DOMAINS_PER_UID 64
 #define MD_D_CONTROLS_PER_UID 16    /* CONTROLs waiting for agents, of one uid other than root */

@@ -165,6 +165,11 @@ static int absolute(const char *path, char *buf, size_t size)
 /* Every connection costs a descriptor, and a pidfd of its peer: the kernel's
  * default of 1024 would run out before MD_D_MAX_CONNS. What the hard limit
  * allows is ours; what it does not, the connection limit follows. */
+int md__privileged(uid_t uid)
+{
+	return uid == 0 || uid == geteuid();
+}
+
 static size_t raise_nofile(void)
 {
 	struct rlimit rl;

@@ -371,7 +371,8 @@ static void accept_all(struct md__daemon *d)
 			close(fd);
 			continue;
 		}
-		if (d->nconns >= d->max_conns) {
+		if (d->nconns >= d->max_conns ||
+		    (!md__privileged(cr.uid) && d->nconns >= d->max_conns - MD_D_RESERVED(d->max_conns))) {
 			md__dlog_peer("pid %d (uid %u) refused: %zu connections", (int)cr.pid,
 				 (unsigned)cr.uid, d->nconns);
 			refuse(fd, -EUSERS, "too many connections (%zu)", d->nconns);

@@ -646,6 +646,64 @@ static long long limit_of(pid_t pid, int hard)
 
 /* RLIMIT_NOFILE raised to the hard limit; 256 connections per uid but
  * root's, the next refused with an ERROR that says why. */
+/* Users other than root cannot take the last eighth of the connections:
+ * root's new VMMs still reach the daemon. */
+TEST_IMPL(daemon_connections_kept_for_root)
+{
+	struct passwd *pw = nobody();
+	struct tdaemon t;
+	/* 128 connections, 16 kept for root; hard too, or the daemon raises
+	 * it (this test's process alone: each test is a process of its own). */
+	struct rlimit low = { 576, 576 };
+	ASSERT(setrlimit(RLIMIT_NOFILE, &low) == 0);
+	td_start(&t, 16);
+	int sync[2], res[2];
+	ASSERT(pipe(sync) == 0 && pipe(res) == 0);
+	pid_t k = fork();
+	ASSERT(k >= 0);
+	if (k == 0) {
+		static struct md__client *cs[200];
+		static char buf[MD_MSG_MAX];
+		unsigned char taken = 0;
+		if (become(pw))
+			_exit(10);
+		for (int i = 0; i < 200; i++) {
+			uint32_t len = sizeof(buf);
+			unsigned type;
+			if (md__client_connect(&cs[i], t.sock))
+				_exit(11);
+			int err = md__client_request(cs[i], MD_MSG_STATUS, NULL, 0, buf, &len, &type);
+			if (err == -EUSERS)
+				break;
+			if (err || type != MD_MSG_STATUS_R)
+				_exit(12);
+			taken++;
+		}
+		char b;
+		if (write(res[1], &taken, 1) != 1 || read(sync[0], &b, 1) != 1)
+			_exit(13);
+		_exit(0);
+	}
+	unsigned char taken = 0;
+	ASSERT_EQ(read(res[0], &taken, 1), 1);
+	printf("  nobody took %u connections of 128\n", taken);
+	ASSERT(taken >= 108 && taken <= 112);
+	json_t *js = td_status(&t);	/* root still gets in */
+	json_decref(js);
+	struct md__msg_welcome w;
+	int fd;
+	struct md__client *c = td_agent(&t, NULL, &w, &fd);
+	md__client_free(c);
+	close(fd);
+	ASSERT(write(sync[1], "x", 1) == 1);
+	int st;
+	ASSERT_EQ(waitpid(k, &st, 0), k);
+	ASSERT(WIFEXITED(st));
+	ASSERT_EQ(WEXITSTATUS(st), 0);
+	td_stop(&t);
+	return 0;
+}
+
 TEST_IMPL(daemon_connection_limits)
 {
 	struct passwd *pw = nobody();
@@ -654,7 +712,8 @@ TEST_IMPL(daemon_connection_limits)
 	ASSERT(getrlimit(RLIMIT_NOFILE, &rl) == 0);
 	if (rl.rlim_max < 2048)
 		SKIP("hard RLIMIT_NOFILE %llu too low", (unsigned long long)rl.rlim_max);
-	struct rlimit low = { 1024, rl.rlim_max };
+	/* Room for 496 connections, 434 of users other than root. */
+	struct rlimit low = { 2048, rl.rlim_max };
 	ASSERT(setrlimit(RLIMIT_NOFILE, &low) == 0);
 	td_start(&t, 16);
 	ASSERT(setrlimit(RLIMIT_NOFILE, &rl) == 0);
