@@ -174,8 +174,7 @@ void md_agent_io_unseen(md_agent *a, const char *what)
 		return;
 	/* Under the lock: a read mapping image pages over guest RAM is done
 	 * before we return (and so before the device pins what it will use),
-	 * and none maps after; md__scan_register, which saves and restores
-	 * the pause, runs under it too. */
+	 * and none maps after. */
 	pthread_mutex_lock(&a->lock);
 	int before = __atomic_exchange_n(&a->io_unseen, 1, __ATOMIC_SEQ_CST);
 	if (!before && a->engine) {
@@ -358,8 +357,8 @@ static int unmerge(md_agent *a, char *why, size_t size)
 	if (!a || !a->engine)
 		return -EINVAL;
 	struct md__engine *e = a->engine;
-	/* Before any region the scanner is not made yet (md__scan_register
-	 * makes it): nothing to restart. */
+	/* Before any region the scanner's thread is not started yet
+	 * (md__scan_register starts it): nothing to restart. */
 	int was_running = a->scanner.running;
 	md__scanner_stop(&a->scanner);	/* no merge may start meanwhile */
 	/* agent->lock first (the lock order): no read maps an image page

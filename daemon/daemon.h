@@ -226,6 +226,9 @@ void md__dlog(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* The same, for what peers cause (connections, agents, their errors):
  * limited in rate. */
 void md__dlog_peer(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Says how many such lines were left out, once there is room for a line
+ * (or at once with force): 1 while some wait to be said. */
+int md__dlog_peer_flush(int force);
 int64_t md__now_ms(void);
 
 /* server.c */

@@ -70,26 +70,43 @@ void md__dlog(const char *fmt, ...)
 #define PEER_LINES_BURST 1000
 #define PEER_LINES_PER_S 20
 
+static int64_t peer_at_ms;
+static uint64_t peer_tokens = PEER_LINES_BURST, peer_suppressed;
+
+static void peer_refill(void)
+{
+	int64_t now = md__now_ms();
+	uint64_t add = (uint64_t)(now - peer_at_ms) * PEER_LINES_PER_S / 1000;
+	if (!add)
+		return;
+	peer_tokens = peer_tokens + add < PEER_LINES_BURST ? peer_tokens + add : PEER_LINES_BURST;
+	/* Whole tokens only: the rest of the time counts towards the next. */
+	peer_at_ms = peer_tokens == PEER_LINES_BURST ? now : peer_at_ms + (int64_t)(add * 1000 / PEER_LINES_PER_S);
+}
+
+int md__dlog_peer_flush(int force)
+{
+	if (!peer_suppressed)
+		return 0;
+	peer_refill();
+	if (!peer_tokens && !force)
+		return 1;
+	peer_tokens -= peer_tokens > 0;
+	md__dlog("%llu lines about peers left out (more than %u a second)",
+		 (unsigned long long)peer_suppressed, PEER_LINES_PER_S);
+	peer_suppressed = 0;
+	return 0;
+}
+
 void md__dlog_peer(const char *fmt, ...)
 {
-	static int64_t at_ms;
-	static uint64_t tokens = PEER_LINES_BURST, suppressed;
-	int64_t now = md__now_ms();
-	uint64_t add = (uint64_t)(now - at_ms) * PEER_LINES_PER_S / 1000;
-	if (add) {
-		tokens = tokens + add < PEER_LINES_BURST ? tokens + add : PEER_LINES_BURST;
-		at_ms = now;
-	}
-	if (!tokens) {
-		suppressed++;
+	md__dlog_peer_flush(0);
+	peer_refill();
+	if (!peer_tokens) {
+		peer_suppressed++;
 		return;
 	}
-	tokens--;
-	if (suppressed) {
-		md__dlog("%llu lines about peers left out (more than %u a second)",
-			 (unsigned long long)suppressed, PEER_LINES_PER_S);
-		suppressed = 0;
-	}
+	peer_tokens--;
 	va_list ap;
 	va_start(ap, fmt);
 	vlog(fmt, ap);

@@ -193,17 +193,17 @@ static void flush_share(struct md__daemon *d)
 	size_t n = 0;
 	for (struct md__agent *a = d->agents; a; a = a->next)
 		n += a->conn != NULL;
-	uid_t *u = n ? malloc(n * sizeof(*u)) : NULL;
-	if (n && !u)
-		return;	/* share_due stays: the next pass tries again */
 	d->share_due = 0;
+	/* Out of memory: every agent one part of all (no user's then more
+	 * than its agents' share), told now rather than at some later wake. */
+	uid_t *u = n ? malloc(n * sizeof(*u)) : NULL;
 	size_t k = 0, users = 0;
-	for (struct md__agent *a = d->agents; a; a = a->next)
+	for (struct md__agent *a = d->agents; a && u; a = a->next)
 		if (a->conn)
 			u[k++] = a->uid;
-	if (n)
+	if (u)
 		qsort(u, n, sizeof(*u), uid_cmp);
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; i < n && u; i++)
 		users += i == 0 || u[i] != u[i - 1];
 	/* Each agent whose connection was told another number (or none):
 	 * by a count alone, one agent leaving and another coming in the
@@ -213,7 +213,7 @@ static void flush_share(struct md__daemon *d)
 	for (struct md__agent *a = d->agents; a; a = a->next) {
 		if (!a->conn)
 			continue;
-		uint64_t share = (uint64_t)users * uid_count(u, n, a->uid);
+		uint64_t share = u ? (uint64_t)users * uid_count(u, n, a->uid) : n;
 		m.u.share.agents = share > MD_SHARE_MAX ? MD_SHARE_MAX : (uint32_t)share;
 		if (a->share_sent != m.u.share.agents) {
 			a->share_sent = m.u.share.agents;
@@ -989,7 +989,7 @@ int md__server_run(struct md__daemon *d)
 		 * passes without a message (while busy, 256 at a time). */
 		int n = epoll_wait(d->epfd, evs, 64,
 				   md__domains_trim_due(d) || d->accept_paused || d->owing ||
-				   d->controls ? 1000 : -1);
+				   d->controls || md__dlog_peer_flush(0) ? 1000 : -1);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
@@ -1058,6 +1058,7 @@ int md__server_run(struct md__daemon *d)
 		for (struct md__agent *a = d->agents; a; a = a->next)
 			flush_candidates(d, a);
 	}
+	md__dlog_peer_flush(1);
 	return 0;
 }
 

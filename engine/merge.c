@@ -1374,9 +1374,10 @@ int md__engine_merge_zero(struct md__engine *e, void *addr, size_t n)
 	/* Only pages there before the freeze (a hole the VMM made since the
 	 * scanner's window makes the run wait for its next visit), and of
 	 * those only the ones that held something are marked ours. */
-	/* Zeroes in a file mapping take a mapping of their own (zero_run). */
+	/* Zeroes in a file mapping take a mapping of their own (zero_run),
+	 * and the freeze may register part of it (another split). */
 	err = -ENOSPC;
-	if (run_in_file(r, a, n) && !budget_ok(e, 2))
+	if (run_in_file(r, a, n) && !budget_ok(e, 4))
 		goto unlock;
 	uint64_t pm[MAX_RUN];
 	err = freeze_filled(e, r, a, n, 0, z, pm);

@@ -9,6 +9,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <pwd.h>
+#include <linux/sockios.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -16,6 +17,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
@@ -779,11 +781,23 @@ TEST_IMPL(daemon_candidates_and_share)
 	return 0;
 }
 
-static void *resume_later(void *arg)
+struct resume_arg {
+	const struct tdaemon *t;
+	struct md__client *c;
+};
+
+/* Resumes the stopped daemon once c's HELLO waits in its socket, unread. */
+static void *resume_after_hello(void *arg)
 {
-	const struct tdaemon *t = arg;
-	usleep(200000);	/* the HELLO is in the daemon's socket by then */
-	kill(t->pid, SIGCONT);
+	struct resume_arg *r = arg;
+	int queued = 0;
+	for (int i = 0; i < 500 && !queued; i++) {
+		if (ioctl(md__client_fd(r->c), SIOCOUTQ, &queued) != 0)
+			queued = 0;
+		if (!queued)
+			usleep(2000);
+	}
+	kill(r->t->pid, SIGCONT);
 	return NULL;
 }
 
@@ -816,7 +830,8 @@ TEST_IMPL(daemon_share_told_to_newcomer)
 	int st;
 	ASSERT_EQ(waitpid(kid, &st, 0), kid);
 	pthread_t th;
-	ASSERT_EQ(pthread_create(&th, NULL, resume_later, &t), 0);
+	struct resume_arg ra = { &t, c };
+	ASSERT_EQ(pthread_create(&th, NULL, resume_after_hello, &ra), 0);
 	ASSERT_EQ(md__client_hello(c, "share", 0, &w, &fd), 0);
 	ASSERT_EQ(pthread_join(th, NULL), 0);
 	POLL_UNTIL(c, md__client_share(c) == 1);

@@ -889,20 +889,30 @@ TEST_IMPL(daemon_share_split_per_user)
 		_exit(0);
 	}
 	ASSERT_EQ(read(up[0], &b, 1), 1);
+	int go[2];
+	ASSERT(pipe(go) == 0);
 	pid_t other = fork();
 	ASSERT(other >= 0);
 	if (other == 0) {
+		close(hold[1]);
 		if (become(pw))
 			_exit(10);
 		struct md__client *c = td_agent(&t, NULL, &w, &fd);
-		_exit(share_becomes(c, 2) ? 0 : 11);
+		/* Two users (two agents of root's): two parts. Connected
+		 * until the parent saw its own four parts. */
+		if (!share_becomes(c, 2))
+			_exit(11);
+		_exit(read(go[0], &b, 1) == 1 ? 0 : 12);
 	}
 	struct md__client *c = td_agent(&t, NULL, &w, &fd);
 	ASSERT(share_becomes(c, 4));
+	ASSERT_EQ(write(go[1], "x", 1), 1);
 	int st;
 	ASSERT_EQ(waitpid(other, &st, 0), other);
 	ASSERT(WIFEXITED(st));
 	ASSERT_EQ(WEXITSTATUS(st), 0);
+	close(go[0]);
+	close(go[1]);
 	/* Nobody's agent gone: root's two split it all. */
 	ASSERT(share_becomes(c, 2));
 	close(hold[1]);
