@@ -978,13 +978,13 @@ static int budget_ok(struct md__engine *e, size_t new_vmas)
 	return 0;
 }
 
-/* The region of the n pages from a, if maps mappings may replace them
- * (lock held); else NULL and *err: -EINVAL, not registered; -ENOSPC, the
- * VMA budget is spent. */
-static struct md__eregion *replaceable(struct md__engine *e, uintptr_t a, size_t n, size_t maps, int *err)
+/* The region of the n pages from a, if a mapping may replace them (lock
+ * held); else NULL and *err: -EINVAL, not registered; -ENOSPC, the VMA
+ * budget is spent. */
+static struct md__eregion *replaceable(struct md__engine *e, uintptr_t a, size_t n, int *err)
 {
 	struct md__eregion *r = md__engine_region(e, a, n * MD_EPAGE);
-	*err = !r ? -EINVAL : budget_ok(e, 2 * maps) ? 0 : -ENOSPC;
+	*err = !r ? -EINVAL : budget_ok(e, 2) ? 0 : -ENOSPC;
 	return *err ? NULL : r;
 }
 
@@ -1193,12 +1193,8 @@ int md__engine_merge_slots(struct md__engine *e, void *addr, size_t n, const uin
 		memset(done, 0, n);
 	if (a % MD_EPAGE || n == 0 || n > MAX_RUN)
 		return -EINVAL;
-	/* A mapping for each stretch of consecutive slots, at most. */
-	size_t maps = 1;
-	for (size_t i = 1; i < n; i++)
-		maps += slots[i] != slots[i - 1] + 1;
 	pthread_mutex_lock(&e->lock);
-	struct md__eregion *r = replaceable(e, a, n, maps, &err);
+	struct md__eregion *r = replaceable(e, a, n, &err);
 	if (!r)
 		goto unlock;
 	/* One freeze, one check and one advice for the whole run of guest
@@ -1238,7 +1234,10 @@ int md__engine_merge_slots(struct md__engine *e, void *addr, size_t n, const uin
 				j++;
 		uintptr_t ra = a + i * MD_EPAGE;
 		size_t rlen = (j - i) * MD_EPAGE;
-		if (eq[i] == EQ_SAME && map_pool(e, r, ra, j - i, slots[i]) == 0) {
+		/* The first mapping was reckoned with the run (replaceable);
+		 * each further one, which a page between that differs makes,
+		 * is reckoned as it comes. */
+		if (eq[i] == EQ_SAME && (lo == n || budget_ok(e, 2)) && map_pool(e, r, ra, j - i, slots[i]) == 0) {
 			merged += (int)(j - i);
 			if (done)
 				memset(done + i, 1, j - i);
@@ -1280,7 +1279,7 @@ int md__engine_merge_file(struct md__engine *e, void *addr, size_t n, int fd, of
 		return -EINVAL;
 	pthread_rwlock_rdlock(&e->regions_lock);
 	pthread_mutex_lock(&e->lock);
-	struct md__eregion *r = replaceable(e, a, n, 1, &err);
+	struct md__eregion *r = replaceable(e, a, n, &err);
 	if (!r)
 		goto unlock;
 	uint64_t pm[MAX_RUN];
@@ -1536,7 +1535,7 @@ int md__engine_publish(struct md__engine *e, void *addr, size_t n, uint32_t *slo
 	if (a % MD_EPAGE || n == 0 || n > MAX_RUN)
 		return -EINVAL;
 	pthread_mutex_lock(&e->lock);
-	struct md__eregion *r = replaceable(e, a, n, 1, &err);
+	struct md__eregion *r = replaceable(e, a, n, &err);
 	if (!r)
 		goto unlock;
 	err = md__pool_reserve(&e->pool, n, &slot);

@@ -1143,6 +1143,42 @@ TEST_IMPL(engine_vma_budget_when_uncounted)
 }
 
 
+/* A run whose pages between differ maps as many pieces: each within the
+ * budget, not only the first (8 consecutive slots with pages 3 and 6
+ * different are three mappings, four new VMAs). */
+TEST_IMPL(engine_merge_run_within_budget)
+{
+	struct md__engine e;
+	const size_t n = 8;
+	unsigned char *a, *b, done[8];
+	uint32_t slot = twins_published(&e, &a, &b, n, 80), slots[8];
+	b[3 * PG + 5] ^= 1;
+	b[6 * PG + 5] ^= 1;
+	for (size_t i = 0; i < n; i++)
+		slots[i] = slot + (uint32_t)i;
+	uint64_t before = md__count_vmas();
+	ASSERT(before > 0);
+	e.vma_estimate = before;
+	e.max_vmas = before + 2;
+	int merged = md__engine_merge_slots(&e, b, n, slots, done);
+	printf("  merged %d, vmas %llu (budget %llu)\n", merged, (unsigned long long)md__count_vmas(),
+	       (unsigned long long)e.max_vmas);
+	ASSERT_EQ(merged, 3);
+	ASSERT(done[0] && done[1] && done[2] && !done[4]);
+	ASSERT(md__count_vmas() <= e.max_vmas);
+	unsigned char want[PG];
+	for (size_t i = 0; i < n; i++) {
+		fill(want, 80 + (unsigned)i);
+		if (i == 3 || i == 6)
+			want[5] ^= 1;
+		ASSERT(memcmp(b + i * PG, want, PG) == 0);
+	}
+	md__engine_fini(&e);
+	munmap(a, n * PG);
+	munmap(b, n * PG);
+	return 0;
+}
+
 TEST_IMPL(engine_zero_drop_within_budget)
 {
 	/* Merged pages a guest wrote and then zeroed lie in the pool's
