@@ -135,8 +135,9 @@ void md__scan_register(struct md_agent *a, uintptr_t start, size_t len, unsigned
 	}
 	if (a->scanner_started)
 		return;
-	/* Not set up again here: a pause or a tunable memdedupd sent
-	 * meanwhile (the agent's thread, not under a->lock) was lost. */
+	/* Set up in md__scan_init, not here: setting it up again lost a
+	 * pause or tunable memdedupd had sent meanwhile (the agent's thread
+	 * sets them without a->lock). */
 	md__imagepages_attach(a);
 	/* The rates count from here: the first merges come before the
 	 * agent's first pass. */
