@@ -441,6 +441,28 @@ static int copy_out(struct md__scanner *s, const void **p, size_t n)
 	return copy_buf(s) ? read_guest(s, s->pend_gen, s->copy, p, n) : -ENOMEM;
 }
 
+/* Round trips to memdedupd go without the regions lock (the caller's, for
+ * reading): the VMM's munmap or mmap of guest RAM, which takes it for
+ * writing, waited for a slow daemon's answers up to the 2 s deadline.
+ * What the lock kept holds without it: each pending page is looked up
+ * again and merged under the engine's lock, frozen and compared as ever;
+ * the windows and copies are read anew; and a batch whose pool changed
+ * meanwhile (a reconnect to another daemon, md__engine_remote_connect, is
+ * what the lock kept out) is dropped: its slots are the other pool's. */
+static void regions_let_go(struct md__scanner *s)
+{
+	pthread_rwlock_unlock(&s->e->regions_lock);
+}
+
+/* 0 if the batch goes on (the same pool), -1 if it is to be dropped. */
+static int regions_again(struct md__scanner *s, uint64_t generation)
+{
+	pthread_rwlock_rdlock(&s->e->regions_lock);
+	windows_stale(s);
+	s->pm_fresh = 0;
+	return s->e->remote->generation == generation ? 0 : -1;
+}
+
 /* Steps 4-5 with the daemon's pool, for the candidates of a batch:
  * LOOKUP all their hashes at once (with their addresses, so the daemon can
  * tell us when another agent publishes one of them); pin (REF) and merge
@@ -459,8 +481,12 @@ static void flush_remote(struct md__scanner *s)
 
 	sort_pending(s);
 	s->npend = 0;
-	if (!n || !md__remote_connected(rm) ||
-	    md__remote_lookup_n(rm, s->pend_hash, s->pend_addr, s->pend_tag, (uint32_t)n, slot1))
+	if (!n || !md__remote_connected(rm))
+		return;
+	uint64_t gen = rm->generation;
+	regions_let_go(s);
+	int err = md__remote_lookup_n(rm, s->pend_hash, s->pend_addr, s->pend_tag, (uint32_t)n, slot1);
+	if (regions_again(s, gen) || err)
 		return;
 	for (size_t k = 0; k < n; k++) {
 		if (slot1[k] == MD_LOOKUP_PUBLISH) {
@@ -480,14 +506,19 @@ static void flush_remote(struct md__scanner *s)
 	}
 	/* Pin all candidates at once; if one was freed meanwhile the daemon
 	 * refuses them all, and then they go one by one. */
-	if (npin && md__remote_ref_n(rm, pin, (uint32_t)npin, +1) != 0) {
-		size_t kept = 0;
-		for (size_t j = 0; j < npin; j++)
-			if (md__remote_ref(rm, pin[j], +1) == 0) {
-				pin[kept] = pin[j];
-				pin_of[kept++] = pin_of[j];
-			}
-		npin = kept;
+	if (npin) {
+		regions_let_go(s);
+		if (md__remote_ref_n(rm, pin, (uint32_t)npin, +1) != 0) {
+			size_t kept = 0;
+			for (size_t j = 0; j < npin; j++)
+				if (md__remote_ref(rm, pin[j], +1) == 0) {
+					pin[kept] = pin[j];
+					pin_of[kept++] = pin_of[j];
+				}
+			npin = kept;
+		}
+		if (regions_again(s, gen))
+			return;
 	}
 	uint32_t unpin[MD_SCAN_PEND];	/* a pending page pins one slot at most */
 	size_t nunpin = 0;
@@ -504,8 +535,12 @@ static void flush_remote(struct md__scanner *s)
 		size_t m = npub - c < MD_SCAN_COPY ? npub - c : MD_SCAN_COPY;
 		if (copy_out(s, pub_page + c, m) != 0)
 			break;	/* the rest waits for their next visit */
-		if (md__remote_publish_each(rm, pub_hash + c, pub_page + c, (uint32_t)m, pub_slot + c,
-					    pub_status + c) != 0)
+		regions_let_go(s);
+		err = md__remote_publish_each(rm, pub_hash + c, pub_page + c, (uint32_t)m, pub_slot + c,
+					      pub_status + c);
+		if (regions_again(s, gen))
+			return;
+		if (err)
 			break;
 		for (size_t j = c; j < c + m; j++) {
 			if (pub_status[j])
@@ -518,8 +553,11 @@ static void flush_remote(struct md__scanner *s)
 	/* The pages may have changed since they were copied: the compare
 	 * under write-protection decides, as always. */
 	merge_pending(s, pub_of, pub_slot, npubd, unpin, &nunpin);
-	if (nunpin)
+	if (nunpin) {
+		regions_let_go(s);
 		md__remote_ref_n(rm, unpin, (uint32_t)nunpin, -1);
+		regions_again(s, gen);
+	}
 }
 
 /* Step 0 of a visit: a page of anonymous memory that is there and is not
@@ -931,16 +969,17 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 	 * visits (a hinted copy then finds its file page at once). */
 	if (s->files.merge)
 		s->files.merge(s->files.arg, NULL, NULL, 0);
+	/* Hints off (the plain scan), no lookup carries a tag to meet them.
+	 * A round trip: before the regions lock (see regions_let_go). */
+	if (s->e->remote && s->hints && __atomic_load_n(&s->ratio, __ATOMIC_RELAXED) &&
+	    md__remote_connected(s->e->remote))
+		report_reads(s);
 	pthread_rwlock_rdlock(&s->e->regions_lock);
 	s->pm_n = 0;	/* the window is as old as the batch at most */
 	s->copy_have = 0;	/* and so are the copies */
 	/* Before any window is read: a discard done after this stales them
 	 * all (read_guest), one done before shows in them. */
 	s->step_gen = __atomic_load_n(&s->e->zap_gen, __ATOMIC_ACQUIRE);
-	/* Hints off (the plain scan), no lookup carries a tag to meet them. */
-	if (s->e->remote && s->hints && __atomic_load_n(&s->ratio, __ATOMIC_RELAXED) &&
-	    md__remote_connected(s->e->remote))
-		report_reads(s);
 	if (s->e->remote) {
 		/* First the pages the daemon named: their content was just
 		 * published by another agent, a merge is all but certain. An
