@@ -808,7 +808,7 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 		return 0;
 	size_t i = (a - r->start) / MD_EPAGE;
 	uint32_t ref = __atomic_load_n(&r->ref[i], __ATOMIC_RELAXED);
-	if (MD_REF_BUSY(ref) || queued(s, a))
+	if (MD_REF_BUSY(ref))
 		return 0;
 	if (!hinted && MD_SEEN_SKIP(r->seen[i])) {
 		r->seen[i] = (uint8_t)(r->seen[i] - (1u << 4));
@@ -826,7 +826,8 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 	}
 	if (hinted == 1)
 		s->pm_fresh = a + MD_EPAGE;	/* the next page of the run is fresh too */
-	if (!worth_reading(e, s->pm[(a - s->pm_base) / MD_EPAGE]))
+	/* After the cheap refusals (most visits end there), before the read. */
+	if (!worth_reading(e, s->pm[(a - s->pm_base) / MD_EPAGE]) || queued(s, a))
 		return 0;
 	const void *page = content(s, r, a, hinted);
 	if (!page)

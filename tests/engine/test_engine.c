@@ -693,6 +693,17 @@ static int munmap_op(void *arg)
 	return munmap(u->p, u->len) == 0 ? 0 : -errno;
 }
 
+/* The VMA budget set room mappings above the count now (in the estimate
+ * too): the count. */
+static uint64_t budget_room(struct md__engine *e, uint64_t room)
+{
+	uint64_t before = md__count_vmas();
+	ASSERT(before > 0);
+	e->vma_estimate = before;
+	e->max_vmas = before + room;
+	return before;
+}
+
 /* a and b, n pages each of the same content (page i: seed + i), both
  * registered, a's published: its first slot. */
 static uint32_t twins_published(struct md__engine *e, unsigned char **a, unsigned char **b, size_t n,
@@ -1104,10 +1115,7 @@ TEST_IMPL(engine_vma_budget_when_uncounted)
 	uint32_t slot = twins_published(&e, &a, &b, n, 1);
 	/* Counted now (AddressSanitizer's allocator maps as it goes): room
 	 * for about twelve merges of a lone page, two mappings each. */
-	uint64_t before = md__count_vmas();
-	ASSERT(before > 0);
-	e.vma_estimate = before;
-	e.max_vmas = before + 24;
+	uint64_t before = budget_room(&e, 24);
 
 	/* Every descriptor taken: the budget's recount cannot open maps. */
 	struct rlimit rl = { 256, 256 };
@@ -1142,7 +1150,6 @@ TEST_IMPL(engine_vma_budget_when_uncounted)
 	return 0;
 }
 
-
 /* A run whose pages between differ maps as many pieces: each within the
  * budget, not only the first (8 consecutive slots with pages 3 and 6
  * different are three mappings, four new VMAs). */
@@ -1156,10 +1163,7 @@ TEST_IMPL(engine_merge_run_within_budget)
 	b[6 * PG + 5] ^= 1;
 	for (size_t i = 0; i < n; i++)
 		slots[i] = slot + (uint32_t)i;
-	uint64_t before = md__count_vmas();
-	ASSERT(before > 0);
-	e.vma_estimate = before;
-	e.max_vmas = before + 2;
+	budget_room(&e, 2);
 	int merged = md__engine_merge_slots(&e, b, n, slots, done);
 	printf("  merged %d, vmas %llu (budget %llu)\n", merged, (unsigned long long)md__count_vmas(),
 	       (unsigned long long)e.max_vmas);
@@ -1190,10 +1194,7 @@ TEST_IMPL(engine_zero_drop_within_budget)
 	unsigned char *a, *b;
 	uint32_t slot = twins_published(&e, &a, &b, n, 1);
 	ASSERT_EQ(md__engine_merge(&e, b, n, slot), (int)n);	/* one mapping */
-	uint64_t before = md__count_vmas();
-	ASSERT(before > 0);
-	e.vma_estimate = before;
-	e.max_vmas = before + 20;
+	uint64_t before = budget_room(&e, 20);
 	for (size_t i = 0; i < n; i += 2)
 		memset(b + i * PG, 0, PG);
 	int dropped = 0;
