@@ -85,15 +85,20 @@ void md__scan_init(struct md_agent *a, const md_agent_options *o)
 		}
 		e->remote = rm;
 		err = md__engine_remote_connect(e);
-		if (err && !*domain) {
-			/* No daemon, and no domain asked for: stay private. */
+		int none = err == -ENOENT || err == -ECONNREFUSED || err == -EACCES || err == -EPERM;
+		if (none && !*domain) {
+			/* No daemon, and no domain asked for: stay private.
+			 * One that is there but slow to answer, or full, is
+			 * waited for, as for a domain asked for: private for
+			 * good, the process would never share. */
 			md__remote_fini(rm);
 			free(rm);
 			e->remote = NULL;
 			md__log("memdedupd not reachable (%s): merging within this process only",
 				strerror(-err));
 		} else if (err) {
-			md__log("memdedupd not reachable (%s): domain '%s' waits for it", strerror(-err), domain);
+			md__log("memdedupd not reachable (%s): %s%s%s waits for it", strerror(-err),
+				*domain ? "domain '" : "the default domain", domain, *domain ? "'" : "");
 		} else {
 			apply_welcome(a, &rm->welcome);
 		}
@@ -414,6 +419,7 @@ unlock:
 	pthread_rwlock_unlock(&e->regions_lock);
 	pthread_mutex_unlock(&a->lock);
 paused:
+	md__engine_send_unrefs(e);	/* so the daemon frees what nobody maps, before we answer */
 	/* Paused, like KSM after run=2, until resumed (also when the copies
 	 * failed part of the way: the pages copied would merge again at
 	 * once); refused up front, as it was. */
@@ -636,6 +642,7 @@ void md__scan_daemon(struct md_agent *a, int report)
 	struct md__msg_control ctl;
 	while (md__remote_next_control(rm, &ctl) == 0)
 		apply_control(a, &ctl);
+	md__engine_send_unrefs(e);	/* the VMM's unmaps' (the scanner sends its own) */
 	/* The daemon's rate and CPU cap are for all its agents together; a
 	 * value given to this agent itself (memdedup run --pages-to-scan) is
 	 * this agent's alone. */

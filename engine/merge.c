@@ -120,6 +120,7 @@ int md__engine_init(struct md__engine *e, const struct md__engine_options *opts)
 	e->max_vmas = o.max_vmas ? o.max_vmas : default_max_vmas();
 	pthread_rwlock_init(&e->regions_lock, NULL);
 	pthread_mutex_init(&e->lock, NULL);
+	pthread_mutex_init(&e->unref_lock, NULL);
 
 	/* WP_UNPOPULATED lets a never-touched page be frozen too; without it
 	 * freeze() faults pages in first. Shmem WP covers the pool mappings. */
@@ -161,6 +162,7 @@ close_pool:
 close_uffd:
 	md__uffd_close(&e->uffd);
 undo_lock:
+	pthread_mutex_destroy(&e->unref_lock);
 	pthread_mutex_destroy(&e->lock);
 	pthread_rwlock_destroy(&e->regions_lock);
 	return err;
@@ -230,6 +232,8 @@ void md__engine_fini(struct md__engine *e)
 	md__pool_close(&e->pool);
 	if (e->pagemap_fd >= 0)
 		close(e->pagemap_fd);
+	free(e->unref_q);
+	pthread_mutex_destroy(&e->unref_lock);
 	pthread_mutex_destroy(&e->lock);
 	pthread_rwlock_destroy(&e->regions_lock);
 }
@@ -481,18 +485,66 @@ static int still_frozen(struct md__engine *e, uintptr_t addr, size_t n)
 	return 1;
 }
 
-/* One UNREF for the queued slots; if memdedupd refuses it (a slot of a
- * pool from before a reconnection is not held), one each, so the valid
- * ones still go: only then, as an UNREF that went but failed otherwise
- * may yet be applied. A dead daemon counts nothing. */
-static void flush_unrefs(struct md__engine *e)
+/* One UNREF for n slots of pool generation gen; if memdedupd refuses it
+ * (a slot of a pool from before a reconnection is not held), one each, so
+ * the valid ones still go: only then, as an UNREF that went but failed
+ * otherwise may yet be applied. A dead daemon counts nothing. */
+static void unref_n(struct md__engine *e, const uint32_t *slot, size_t n, uint64_t gen)
+{
+	if (md__remote_ref_n(e->remote, slot, (uint32_t)n, -1, gen) == -EINVAL)
+		for (size_t k = 0; k < n; k++)
+			md__remote_ref_n(e->remote, &slot[k], 1, -1, gen);
+}
+
+/* Moves the lock's queue of slots to send aside (lock held). If that
+ * cannot grow (memory short), they are not given back: their pool pages
+ * stay until this process goes (a round trip here would hold the lock). */
+static void defer_unrefs(struct md__engine *e)
 {
 	if (!e->nunref)
 		return;
-	if (md__remote_ref_n(e->remote, e->unref, (uint32_t)e->nunref, -1) == -EINVAL)
-		for (size_t k = 0; k < e->nunref; k++)
-			md__remote_ref(e->remote, e->unref[k], -1);
+	uint64_t gen = e->remote->generation;	/* changes under the lock only */
+	pthread_mutex_lock(&e->unref_lock);
+	int kept = 0;
+	if (e->nunref_q && e->unref_gen != gen)
+		e->nunref_q = 0;	/* an older pool's: md__engine_remote_connect forgets them too */
+	if (e->nunref_q + e->nunref > e->unref_cap) {
+		size_t cap = e->unref_cap ? e->unref_cap * 2 : 4 * MD_REF_BATCH;
+		while (cap < e->nunref_q + e->nunref)
+			cap *= 2;
+		uint32_t *q = realloc(e->unref_q, cap * sizeof(*q));
+		if (q) {
+			e->unref_q = q;
+			e->unref_cap = cap;
+		}
+	}
+	if (e->nunref_q + e->nunref <= e->unref_cap) {
+		memcpy(e->unref_q + e->nunref_q, e->unref, e->nunref * sizeof(*e->unref));
+		e->nunref_q += e->nunref;
+		e->unref_gen = gen;
+		kept = 1;
+	}
+	pthread_mutex_unlock(&e->unref_lock);
+	if (!kept)
+		md__log_once(92, "could not keep %zu pool references to give back to memdedupd: "
+			     "they stay pinned until this process exits", e->nunref);
 	e->nunref = 0;
+}
+
+void md__engine_send_unrefs(struct md__engine *e)
+{
+	if (!e->remote)
+		return;
+	pthread_mutex_lock(&e->unref_lock);
+	uint32_t *q = e->unref_q;
+	size_t n = e->nunref_q;
+	uint64_t gen = e->unref_gen;
+	e->unref_q = NULL;
+	e->nunref_q = e->unref_cap = 0;
+	pthread_mutex_unlock(&e->unref_lock);
+	for (size_t at = 0; at < n; at += MD_REF_BATCH)
+		unref_n(e, q + at, n - at < MD_REF_BATCH ? n - at : MD_REF_BATCH, gen);
+	free(q);
 }
 
 /* Drops what page i of r holds in the pool (it is being replaced). */
@@ -504,7 +556,7 @@ void md__engine_release_ref(struct md__engine *e, struct md__eregion *r, size_t 
 	} else if (s && e->remote) {
 		e->unref[e->nunref++] = s - 1;
 		if (e->nunref == MD_REF_BATCH)
-			flush_unrefs(e);
+			defer_unrefs(e);
 	} else if (s && md__pool_put(&e->pool, s - 1)) {
 		md__index_remove(&e->index, e->slot_hash[s - 1], s - 1);
 	}
@@ -514,7 +566,7 @@ void md__engine_release_ref(struct md__engine *e, struct md__eregion *r, size_t 
 
 void md__engine_unlock(struct md__engine *e)
 {
-	flush_unrefs(e);
+	defer_unrefs(e);
 	pthread_mutex_unlock(&e->lock);
 }
 

@@ -189,6 +189,17 @@ struct md__engine {
 	 * under the merge lock, at 10x KSM's rate. */
 	uint32_t unref[MD_REF_BATCH];
 	size_t nunref;
+	/* Where md__engine_unlock moves them: the scanner and the agent's
+	 * thread send them (md__engine_send_unrefs), holding no lock. Sent at
+	 * the unlock, a VMM thread's munmap of merged pages waited for a slow
+	 * daemon's answer, and with it every thread that wanted the merge
+	 * lock (the fault thread). A reference sent late only keeps its pool
+	 * page a while longer. unref_lock is innermost, held for copies only;
+	 * unref_gen is the pool's generation the slots belong to. */
+	pthread_mutex_t unref_lock;
+	uint32_t *unref_q;
+	size_t nunref_q, unref_cap;
+	uint64_t unref_gen;
 	struct md__inflight io; /* the VMM's reads into guest RAM (any thread) */
 };
 
@@ -206,10 +217,15 @@ void md__engine_fini(struct md__engine *e);
 int md__engine_register(struct md__engine *e, void *addr, size_t len, unsigned advice);
 
 /* Drops what page i of r holds in the pool (lock held). A reference to a
- * slot of memdedupd's pool is queued, sent with md__engine_unlock(). */
+ * slot of memdedupd's pool is queued, and sent by md__engine_send_unrefs(). */
 void md__engine_release_ref(struct md__engine *e, struct md__eregion *r, size_t i);
-/* Sends the queued references to memdedupd, then drops the merge lock. */
+/* Moves the queued references aside for md__engine_send_unrefs, then drops
+ * the merge lock: no round trip to memdedupd. */
 void md__engine_unlock(struct md__engine *e);
+/* Sends the references dropped so far to memdedupd (no engine lock held:
+ * a round trip). Those of a pool from before a reconnection to another
+ * daemon are forgotten, as that daemon is. */
+void md__engine_send_unrefs(struct md__engine *e);
 /* The content of pool slot s (lock held, slot known valid). */
 const unsigned char *md__engine_pool_page(struct md__engine *e, uint32_t slot);
 /* Forgets guest RAM [addr, addr+len): drops its pool references and its

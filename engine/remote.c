@@ -126,6 +126,9 @@ int md__engine_remote_connect(struct md__engine *e)
 	int old_fd = rm->ro_fd;
 	if (rm->generation != w.generation) {
 		e->nunref = 0;	/* empty after every unlock; slots of the old pool anyway */
+		pthread_mutex_lock(&e->unref_lock);
+		e->nunref_q = 0;	/* and those not sent yet (md__engine_send_unrefs checks too) */
+		pthread_mutex_unlock(&e->unref_lock);
 		for (size_t i = 0; i < e->nregions; i++) {
 			struct md__eregion *r = &e->regions[i];
 			for (size_t p = 0; p < (r->end - r->start) / MD_EPAGE; p++)
@@ -206,15 +209,23 @@ int md__remote_reads(struct md__remote *rm, const struct md__read_run *run, uint
 }
 
 int md__remote_publish_each(struct md__remote *rm, const uint64_t *hash, const void *const *pages,
-			    uint32_t n, uint32_t *slot, int *status)
+			    uint32_t n, uint32_t *slot, int *status, uint64_t gen)
 {
-	int err = CALL(rm, md__client_publish_each(rm->c, hash, pages, n, slot, status));
+	int err = CALL(rm, rm->generation != gen ? -ESTALE :
+		       md__client_publish_each(rm->c, hash, pages, n, slot, status));
 	return err < 0 ? err : 0;
 }
 
-int md__remote_ref_n(struct md__remote *rm, const uint32_t *slots, uint32_t n, int delta)
+int md__remote_ref_n(struct md__remote *rm, const uint32_t *slots, uint32_t n, int delta, uint64_t gen)
 {
 	pthread_mutex_lock(&rm->lock);
+	if (rm->generation != gen) {
+		/* Another daemon's pool now: the one that counted these
+		 * slots is gone, and this one's slots of the same numbers are
+		 * other pages. */
+		pthread_mutex_unlock(&rm->lock);
+		return delta < 0 ? 0 : -ESTALE;
+	}
 	int unsent = !rm->c || !md__client_alive(rm->c);
 	int err = unsent ? -ENOTCONN : md__client_ref(rm->c, slots, n, delta);
 	if (err < 0 && rm->c)
@@ -229,11 +240,6 @@ int md__remote_ref_n(struct md__remote *rm, const uint32_t *slots, uint32_t n, i
 		owe(rm, slots, n);
 	pthread_mutex_unlock(&rm->lock);
 	return err < 0 ? err : 0;
-}
-
-int md__remote_ref(struct md__remote *rm, uint32_t slot, int delta)
-{
-	return md__remote_ref_n(rm, &slot, 1, delta);
 }
 
 int md__remote_report(struct md__remote *rm, const uint64_t *ctr, uint32_t n)

@@ -66,11 +66,12 @@ int md__remote_reads(struct md__remote *rm, const struct md__read_run *run, uint
  * (pinned for us; an equal live page's slot if the pool had one), or the
  * daemon's refusal. 0, or -errno when the daemon went away. */
 int md__remote_publish_each(struct md__remote *rm, const uint64_t *hash, const void *const *pages,
-			    uint32_t n, uint32_t *slot, int *status);
-/* REF / UNREF n slots, all or none. */
-int md__remote_ref_n(struct md__remote *rm, const uint32_t *slots, uint32_t n, int delta);
-/* REF (+1) / UNREF (-1) one slot. */
-int md__remote_ref(struct md__remote *rm, uint32_t slot, int delta);
+			    uint32_t n, uint32_t *slot, int *status, uint64_t gen);
+/* REF (+1) / UNREF (-1) n slots, all or none. gen (here and above): the
+ * pool generation the caller's batch began with; if the pool is another
+ * daemon's now (a reconnection meanwhile), nothing is sent: -ESTALE, or 0
+ * for an UNREF (what it gave back is gone with that daemon). */
+int md__remote_ref_n(struct md__remote *rm, const uint32_t *slots, uint32_t n, int delta, uint64_t gen);
 int md__remote_report(struct md__remote *rm, const uint64_t *ctr, uint32_t n);
 int md__remote_next_control(struct md__remote *rm, struct md__msg_control *ctl);
 int md__remote_control_done(struct md__remote *rm, uint32_t token, int status, const char *why);

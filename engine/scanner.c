@@ -508,10 +508,10 @@ static void flush_remote(struct md__scanner *s)
 	 * refuses them all, and then they go one by one. */
 	if (npin) {
 		regions_let_go(s);
-		if (md__remote_ref_n(rm, pin, (uint32_t)npin, +1) != 0) {
+		if (md__remote_ref_n(rm, pin, (uint32_t)npin, +1, gen) != 0) {
 			size_t kept = 0;
 			for (size_t j = 0; j < npin; j++)
-				if (md__remote_ref(rm, pin[j], +1) == 0) {
+				if (md__remote_ref_n(rm, &pin[j], 1, +1, gen) == 0) {
 					pin[kept] = pin[j];
 					pin_of[kept++] = pin_of[j];
 				}
@@ -537,7 +537,7 @@ static void flush_remote(struct md__scanner *s)
 			break;	/* the rest waits for their next visit */
 		regions_let_go(s);
 		err = md__remote_publish_each(rm, pub_hash + c, pub_page + c, (uint32_t)m, pub_slot + c,
-					      pub_status + c);
+					      pub_status + c, gen);
 		if (regions_again(s, gen))
 			return;
 		if (err)
@@ -555,7 +555,7 @@ static void flush_remote(struct md__scanner *s)
 	merge_pending(s, pub_of, pub_slot, npubd, unpin, &nunpin);
 	if (nunpin) {
 		regions_let_go(s);
-		md__remote_ref_n(rm, unpin, (uint32_t)nunpin, -1);
+		md__remote_ref_n(rm, unpin, (uint32_t)nunpin, -1, gen);
 		regions_again(s, gen);
 	}
 }
@@ -975,30 +975,30 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 	if (s->e->remote && s->hints && __atomic_load_n(&s->ratio, __ATOMIC_RELAXED) &&
 	    md__remote_connected(s->e->remote))
 		report_reads(s);
+	/* Taken before the lock too: the agent's thread may hold the
+	 * connection for a round trip. */
+	uint64_t cand[MD_SCAN_PEND];
+	size_t nc = s->e->remote ? md__remote_take_candidates(s->e->remote, cand,
+			npages < MD_SCAN_PEND ? npages : MD_SCAN_PEND) : 0;
 	pthread_rwlock_rdlock(&s->e->regions_lock);
 	s->pm_n = 0;	/* the window is as old as the batch at most */
 	s->copy_have = 0;	/* and so are the copies */
 	/* Before any window is read: a discard done after this stales them
 	 * all (read_guest), one done before shows in them. */
 	s->step_gen = __atomic_load_n(&s->e->zap_gen, __ATOMIC_ACQUIRE);
-	if (s->e->remote) {
-		/* First the pages the daemon named: their content was just
-		 * published by another agent, a merge is all but certain. An
-		 * address is only a guess: visit() finds it registered or not,
-		 * and the merge compares under write-protection as ever. They
-		 * do not count against the rate: they finish the visit (of
-		 * another agent) that found their copy, as KSM merges the
-		 * unstable tree's page in the step that scanned its twin; at
-		 * most a batch of them per batch. */
-		uint64_t cand[MD_SCAN_PEND];
-		size_t nc = md__remote_take_candidates(s->e->remote, cand,
-						       npages < MD_SCAN_PEND ? npages : MD_SCAN_PEND);
-		for (size_t c = 0; c < nc; c++) {	/* nfm stays within MD_SCAN_PEND */
-			int read = 0;
-			s->st.candidates++;
-			if (cand[c] % MD_EPAGE == 0 && cand[c] == (uintptr_t)cand[c])
-				visit(s, (uintptr_t)cand[c], 2, &read);
-		}
+	/* First the pages the daemon named: their content was just
+	 * published by another agent, a merge is all but certain. An
+	 * address is only a guess: visit() finds it registered or not,
+	 * and the merge compares under write-protection as ever. They
+	 * do not count against the rate: they finish the visit (of
+	 * another agent) that found their copy, as KSM merges the
+	 * unstable tree's page in the step that scanned its twin; at
+	 * most a batch of them per batch. */
+	for (size_t c = 0; c < nc; c++) {	/* nfm stays within MD_SCAN_PEND */
+		int read = 0;
+		s->st.candidates++;
+		if (cand[c] % MD_EPAGE == 0 && cand[c] == (uintptr_t)cand[c])
+			visit(s, (uintptr_t)cand[c], 2, &read);
 	}
 	/* Pages that are not there, merged already or skipped cost next to
 	 * nothing and do not count; the loop still ends after 16 batches'
@@ -1036,6 +1036,7 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 	if (s->npend)
 		flush_remote(s);	/* before the pages may go away */
 	pthread_rwlock_unlock(&s->e->regions_lock);
+	md__engine_send_unrefs(s->e);	/* the batch's merges' and the VMM's, with no lock held */
 	if (s->files.merge)
 		s->files.merge(s->files.arg, s->fm_addr, s->fm_cookie, s->nfm);
 	s->nfm = 0;

@@ -1176,6 +1176,74 @@ TEST_IMPL(scan_unmap_not_held_by_daemon)
 	return 0;
 }
 
+/* Nor does the VMM's unmap of merged guest RAM wait for the references it
+ * gives back: they were sent to memdedupd as the merge lock was let go, on
+ * the VMM's thread, which then waited for a stalled daemon's answer up to
+ * the reply deadline, and every thread that wanted the lock with it. They
+ * go later, from the agent's own threads, and the pool pages are freed. */
+TEST_IMPL(scan_unmap_merged_not_held_by_daemon)
+{
+	struct tdaemon t;
+	md_agent *a;
+	const size_t n = 256;
+	td_start(&t, 4096);
+	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .pages_to_scan = 10000, .sleep_ms = 1,
+			       .domain = "held", .daemon_socket = t.sock };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	char *m = mmap(NULL, n * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	for (size_t i = 0; i < n * PG; i++)	/* in pairs, no fill pages */
+		m[i] = (char)((i / PG) % (n / 2) * 31 + i % PG);
+	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
+	ASSERT_EQ(wait_merged(a, n / 2), 0);
+	long long live = 0;
+	for (int i = 0; i < 100 && (live = td_domains_int(&t, "pool_live_pages")) != (long long)n / 2; i++)
+		usleep(20000);
+	ASSERT_EQ(live, (long long)n / 2);
+	td_pause(&t);
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	ASSERT_EQ(md_agent_unmap(a, m, n * PG), 0);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	ASSERT(kill(t.pid, SIGCONT) == 0);
+	double took = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+	fprintf(stderr, "  unmap of merged guest RAM took %.3f s with memdedupd stopped\n", took);
+	ASSERT(took < 0.5);	/* a stall bound, not a speed */
+	/* The references reach the daemon all the same: nobody maps the pool
+	 * pages any more, and they are freed. */
+	for (int i = 0; i < 250 && (live = td_domains_int(&t, "pool_live_pages")) != 0; i++)
+		usleep(20000);
+	ASSERT_EQ(live, 0);
+	md_agent_free(a);
+	td_stop(&t);
+	return 0;
+}
+
+/* An agent of the default domain whose first HELLO times out (a daemon
+ * stopped, or busy) waits for the daemon and says HELLO when it answers;
+ * it went private for good, as if there were no daemon at all. */
+TEST_IMPL(scan_default_domain_waits_for_slow_daemon)
+{
+	struct tdaemon t;
+	md_agent *a;
+	td_start(&t, 4096);
+	td_pause(&t);
+	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .daemon_socket = t.sock };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	ASSERT(kill(t.pid, SIGCONT) == 0);
+	int listed = 0;
+	for (int i = 0; i < 100 && !listed; i++) {
+		json_t *st = td_status(&t);
+		listed = td_find(json_object_get(st, "agents"), "pid", getpid()) != NULL;
+		json_decref(st);
+		usleep(50000);
+	}
+	ASSERT(listed);
+	md_agent_free(a);
+	td_stop(&t);
+	return 0;
+}
+
 /* No memory to cut a merged page out of its region. The VMM's unregister
  * (MADV_UNMERGEABLE, mprotect, mremap) fails with ENOMEM and changes
  * nothing, as the kernel's calls may; it reported success while the engine

@@ -97,6 +97,19 @@ json_t *td_status(const struct tdaemon *t)
 	return j;
 }
 
+long long td_domains_int(const struct tdaemon *t, const char *key)
+{
+	json_t *st = td_status(t);
+	json_t *doms = json_object_get(st, "domains");
+	long long v = 0;
+	size_t i;
+	json_t *d;
+	json_array_foreach(doms, i, d)
+		v += td_int(d, key);
+	json_decref(st);
+	return v;
+}
+
 json_t *td_find(json_t *array, const char *key, long long value)
 {
 	size_t i;

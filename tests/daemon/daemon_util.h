@@ -35,6 +35,8 @@ json_t *td_find(json_t *array, const char *key, long long value);
 /* The domain object of id in a STATUS document, or NULL. */
 json_t *td_domain(json_t *status, uint32_t id);
 long long td_int(json_t *obj, const char *key);
+/* The sum of a counter over the daemon's domains. */
+long long td_domains_int(const struct tdaemon *t, const char *key);
 /* Sends raw bytes on a fresh connection; reads the answer's header and
  * payload (up to *plen bytes). Returns the reply type, 0 on EOF. */
 int td_raw(const struct tdaemon *t, const void *msg, size_t len, struct md__msg *reply);

@@ -1528,7 +1528,7 @@ TEST_IMPL(engine_scanner_runs_split_at_regions)
 	ASSERT_EQ(md__engine_register(&e, m + 2 * PG, 2 * PG, 0), 0);
 	uint64_t h = md__page_hash(x);
 	const void *page = x;
-	ASSERT_EQ(md__remote_publish_each(&rm, &h, &page, 1, &slot, &status), 0);
+	ASSERT_EQ(md__remote_publish_each(&rm, &h, &page, 1, &slot, &status, rm.generation), 0);
 	ASSERT_EQ(status, 0);
 
 	/* A pass to see the pages, one to find them unchanged, pend and
