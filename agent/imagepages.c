@@ -280,6 +280,12 @@ static void feed(struct md_agent *a)
 		 * it since the read, the entry is wrong, found out and
 		 * dropped by the merge's compare (merge_run). */
 		uint32_t owner = todo[t].copied ? 0 : todo[t].img;
+		/* A page still mapped from an image whose lease went with
+		 * pages not made private (memory short until the kernel's
+		 * deadline) is the file's, which a writer may truncate: its
+		 * read would be SIGBUS in the VMM. */
+		if (owner && (owner > a->nimages || a->images[owner - 1].lease != MD_LEASE_HELD))
+			r = NULL;
 		/* Nor is a copy the VMM discarded since the read: the hash's
 		 * read would fill its hole in. Under agent->lock no discard
 		 * comes between (md_agent_discard makes the engine's holes

@@ -72,16 +72,26 @@ void md__fallback(struct md_agent *a, enum md_fallback why, uint64_t pages)
 
 /* The buffer must still be mapped for the copying read. A failed MAP_FIXED
  * leaves the old mapping in place on current kernels; make sure of it. */
-static void ensure_mapped(struct md_agent *a, const struct md__region *r, uintptr_t addr, size_t len)
+/* Names the image guest RAM [addr, addr+len) of r is mapped from (0: none,
+ * anonymous memory), for lease breaks, discards and the counters. */
+static void owners_set(struct md__region *r, uintptr_t addr, size_t len, uint32_t id)
+{
+	size_t first = (addr - r->start) / MD_PAGE, n = len / MD_PAGE;
+	for (size_t i = 0; i < n; i++)
+		r->owner[first + i] = id;
+}
+
+static void ensure_mapped(struct md_agent *a, struct md__region *r, uintptr_t addr, size_t len)
 {
 	unsigned char vec;
 	for (uintptr_t p = addr; p < addr + len; p += MD_PAGE) {
 		if (mincore((void *)p, MD_PAGE, &vec) == 0 || errno != ENOMEM)
 			continue;
 		if (md__sys_mmap((void *)p, MD_PAGE, PROT_READ | PROT_WRITE,
-				 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED)
+				 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED) {
 			md__apply_advice(a, r, p, MD_PAGE);
-		else
+			owners_set(r, p, MD_PAGE, 0);	/* what an earlier read mapped there went */
+		} else
 			md__log("guest RAM at %#lx lost its mapping after a failed mmap", (unsigned long)p);
 	}
 }
@@ -164,11 +174,17 @@ static size_t share_locked(struct md_agent *a, struct md__region *r, int fd,
 	else
 		map_image(&m);
 	if (m.lost) {	/* not an mmap that failed (EBADF too, for a closed descriptor) */
-		if (m.undone)
+		if (m.undone) {
 			md__apply_advice(a, r, dst, plan->map_len);
-		else	/* still the other file's: the copying read writes its copies */
+			owners_set(r, dst, plan->map_len, 0);
+		} else {
+			/* Still the file's: the copying read writes its
+			 * copies, and the break below (or a discard) finds
+			 * the pages by their owner. */
+			owners_set(r, dst, plan->map_len, img->id);
 			md__log("guest RAM at %#lx kept another file's mapping after a lost lease",
 				(unsigned long)dst);
+		}
 		md__image_held(a, img);	/* gives the lease up, as on a break */
 		md__fallback(a, MD_FB_NO_LEASE, pages_of(len));
 		return 0;
@@ -193,20 +209,18 @@ static size_t share_locked(struct md_agent *a, struct md__region *r, int fd,
 	    md__sys_madvise((void *)dst, plan->map_len, MADV_POPULATE_READ) != 0 && errno != EINVAL) {
 		/* An I/O error: undo, and let the copying read report it. */
 		int err = errno;
-		size_t first = (dst - r->start) / MD_PAGE, n = plan->map_len / MD_PAGE;
-		if (md__sys_mmap((void *)dst, plan->map_len, PROT_READ | PROT_WRITE,
-				 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED)
+		int undone = md__sys_mmap((void *)dst, plan->map_len, PROT_READ | PROT_WRITE,
+					  MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED;
+		if (undone)
 			md__apply_advice(a, r, dst, plan->map_len);
-		else	/* still the image's: recorded, so a lease break finds them */
-			for (size_t i = 0; i < n; i++)
-				r->owner[first + i] = img->id;
+		/* Else still the image's: recorded, so a lease break finds them. */
+		owners_set(r, dst, plan->map_len, undone ? 0 : img->id);
 		md__fallback(a, MD_FB_ERROR, pages_of(len));
 		md__log_once(32, "faulting in image pages failed (%s): reads are copied", strerror(err));
 		return 0;
 	}
-	size_t first = (dst - r->start) / MD_PAGE, n = plan->map_len / MD_PAGE;
-	for (size_t i = 0; i < n; i++)
-		r->owner[first + i] = img->id;
+	size_t n = plan->map_len / MD_PAGE;
+	owners_set(r, dst, plan->map_len, img->id);
 	md__count(a, MD_CTR_SHARED_AT_READ, n);
 	md__imagepages_queue(a, img->id, (uint64_t)map_off / MD_PAGE, n, dst, 0);
 	if (plan->head || plan->tail)

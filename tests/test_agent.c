@@ -714,6 +714,32 @@ TEST_IMPL(lease_fd_replaced_read_copied)
 	return 0;
 }
 
+/* The VMM closes the agent's descriptor of an image, and the agent opens
+ * another image to lease it before its once-a-second look: the lowest free
+ * number, the closed one. A read of the first image found a lease at its
+ * number and mapped the other image's pages into the guest. It is copied,
+ * and the first image's pages are made private as on a lease break. */
+TEST_IMPL(lease_fd_reused_for_other_image)
+{
+	char img[512], other[512];
+	uint64_t orig;
+	struct proc a;
+	int fd = read_fresh_image(&a, img, sizeof(img), "image-fdreuse", 16, NULL, &orig);
+	snprintf(other, sizeof(other), "%s", image(17));
+	int ofd = (int)proc_num(&a, "open %s", other);	/* before: it must not take the number */
+	ASSERT(ofd >= 0);
+	int afd = close_agent_fd(&a, img, fd);
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u %u 65536", ofd, MB, IMG_SIZE), MB);
+	ASSERT_EQ(fd_naming(a.pid, other, ofd), afd);	/* the agent's own, at that number */
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u %u 65536", fd, MB, IMG_SIZE + MB), MB);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", IMG_SIZE + MB, MB), hex(fnv_file(img, 0, MB))) == 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", IMG_SIZE, MB), hex(fnv_file(other, 0, MB))) == 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", IMG_SIZE), hex(orig)) == 0);
+	image_pages_made_private(&a);
+	proc_stop(&a);
+	return 0;
+}
+
 /* A lease break while the agent's cgroup is out of memory: making the pages
  * private fails, and is tried again, with the agent's lock let go between
  * tries, until memory comes back; only then may the writer go on, and the
