@@ -84,7 +84,14 @@ void md__scan_init(struct md_agent *a, const md_agent_options *o)
 			return;
 		}
 		e->remote = rm;
-		err = md__engine_remote_connect(e);
+		/* Only whether a daemon is there: its HELLO, a round trip
+		 * (up to the reply deadline if it is stalled), is the agent
+		 * thread's, which connects at once (md__scan_daemon). This
+		 * runs on a VMM thread, under the agent's lock. */
+		struct md__client *probe;
+		err = md__client_connect(&probe, rm->socket);
+		if (!err)
+			md__client_free(probe);
 		int none = err == -ENOENT || err == -ECONNREFUSED || err == -EACCES || err == -EPERM;
 		if (none && !*domain) {
 			/* No daemon, and no domain asked for: stay private.
@@ -99,8 +106,6 @@ void md__scan_init(struct md_agent *a, const md_agent_options *o)
 		} else if (err) {
 			md__log("memdedupd not reachable (%s): %s%s%s waits for it", strerror(-err),
 				*domain ? "domain '" : "the default domain", domain, *domain ? "'" : "");
-		} else {
-			apply_welcome(a, &rm->welcome);
 		}
 	}
 	return;
