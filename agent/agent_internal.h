@@ -122,7 +122,10 @@ struct md_agent {
 	struct md__scanner scanner;
 	struct md__imagepages *imgpages;	/* NULL: not scanning, or no read-time sharing */
 	int scanner_started;
-	unsigned scan_explicit;	/* MD_SET_*: set by our options; the daemon's defaults do not override them */
+	unsigned scan_explicit;	/* MD_SET_*: set by our options or md_agent_set (atomic); the
+				 * daemon's defaults do not override them */
+	int paused_here;	/* md_agent_pause's (atomic): a welcome does not resume it */
+	int welcome_due;	/* paused until the agent thread's first HELLO is answered or fails */
 	int unmerged;		/* paused by an unmerge, until resumed (1; 2: one memdedupd asked, which
 				 * records it and says in its WELCOME when resumed); a new daemon's
 				 * WELCOME does not resume it */

@@ -284,7 +284,7 @@ static void feed(struct md_agent *a)
 		 * pages not made private (memory short until the kernel's
 		 * deadline) is the file's, which a writer may truncate: its
 		 * read would be SIGBUS in the VMM. */
-		if (owner && (owner > a->nimages || a->images[owner - 1].lease != MD_LEASE_HELD))
+		if (owner && (owner > a->nimages || !md__image_held(a, &a->images[owner - 1])))
 			r = NULL;
 		/* Nor is a copy the VMM discarded since the read: the hash's
 		 * read would fill its hole in. Under agent->lock no discard

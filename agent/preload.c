@@ -674,8 +674,21 @@ EXPORT int io_uring_enter2(unsigned fd, unsigned to_submit, unsigned min_complet
 	URING_NEXT(io_uring_enter2, fd, to_submit, min_complete, flags, sig, sz);
 }
 
+/* Kernel KSM over the whole process while the scanner runs: it would merge
+ * pages the scanner froze (md__scan_init turns it off). 1 if the call
+ * (option, arg[0..3]) would turn it on, and so is not made: said once. */
+static int merge_any_kept_off(long option, const unsigned long *arg)
+{
+	md_agent *a = agent_peek();
+	if (option != PR_SET_MEMORY_MERGE || !arg[0] || arg[1] || arg[2] || arg[3] || !a || !a->engine)
+		return 0;
+	md__log_once(64, "prctl(PR_SET_MEMORY_MERGE) not passed on to kernel KSM: content scanning is on");
+	return 1;
+}
+
 /* Kernel KSM over the whole process (Linux 6.4): not while our scanner
- * merges it (agent/scan.c), as the advice is not passed on either. */
+ * merges it (agent/scan.c), as the advice is not passed on either; nor
+ * through syscall(2) (below). */
 EXPORT int prctl(int option, ...)
 {
 	unsigned long arg[4];
@@ -684,11 +697,8 @@ EXPORT int prctl(int option, ...)
 	for (int i = 0; i < 4; i++)
 		arg[i] = va_arg(ap, unsigned long);
 	va_end(ap);
-	md_agent *a = agent_peek();
-	if (option == PR_SET_MEMORY_MERGE && arg[0] && !arg[1] && !arg[2] && !arg[3] && a && a->engine) {
-		md__log_once(64, "prctl(PR_SET_MEMORY_MERGE) not passed on to kernel KSM: content scanning is on");
+	if (merge_any_kept_off(option, arg))
 		return 0;
-	}
 	return (int)syscall(SYS_prctl, option, arg[0], arg[1], arg[2], arg[3]);
 }
 
@@ -755,6 +765,10 @@ EXPORT long syscall(long nr, ...)
 		return (long)mremap((void *)a[0], (size_t)a[1], (size_t)a[2], (int)a[3], (void *)a[4]);
 	case SYS_pkey_mprotect:
 		return pkey_mprotect((void *)a[0], (size_t)a[1], (int)a[2], (int)a[3]);
+	case SYS_prctl:
+		if (merge_any_kept_off(a[0], (const unsigned long *)&a[1]))
+			return 0;
+		break;
 	case SYS_mbind:
 		return mbind((void *)a[0], (unsigned long)a[1], (int)a[2], (const unsigned long *)a[3],
 			     (unsigned long)a[4], (unsigned)a[5]);

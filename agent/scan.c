@@ -88,10 +88,7 @@ void md__scan_init(struct md_agent *a, const md_agent_options *o)
 		 * (up to the reply deadline if it is stalled), is the agent
 		 * thread's, which connects at once (md__scan_daemon). This
 		 * runs on a VMM thread, under the agent's lock. */
-		struct md__client *probe;
-		err = md__client_connect(&probe, rm->socket);
-		if (!err)
-			md__client_free(probe);
+		err = md__daemon_probe(rm->socket);
 		int none = err == -ENOENT || err == -ECONNREFUSED || err == -EACCES || err == -EPERM;
 		if (none && !*domain) {
 			/* No daemon, and no domain asked for: stay private.
@@ -106,6 +103,11 @@ void md__scan_init(struct md_agent *a, const md_agent_options *o)
 		} else if (err) {
 			md__log("memdedupd not reachable (%s): %s%s%s waits for it", strerror(-err),
 				*domain ? "domain '" : "the default domain", domain, *domain ? "'" : "");
+		} else {
+			/* Until its welcome: memdedupd may be paused, and its
+			 * rates are the ones to scan at. */
+			a->scanner.paused = 1;
+			a->welcome_due = 1;
 		}
 	}
 	return;
@@ -157,7 +159,9 @@ void md__scan_register(struct md_agent *a, uintptr_t start, size_t len, unsigned
 		a->scanner_started = 1;
 }
 
-int md_agent_pause(md_agent *a, int paused)
+/* The scanner's pause, as the daemon says (its PAUSE and RESUME, and
+ * its welcome) or the VMM (md_agent_pause). */
+static int pause_set(md_agent *a, int paused)
 {
 	if (!a || !a->engine)
 		return -EINVAL;
@@ -175,6 +179,14 @@ int md_agent_pause(md_agent *a, int paused)
 	if (!paused)
 		__atomic_store_n(&a->unmerged, 0, __ATOMIC_RELAXED);
 	return 0;
+}
+
+int md_agent_pause(md_agent *a, int paused)
+{
+	int err = pause_set(a, paused);
+	if (!err)	/* a welcome that comes later does not undo it */
+		__atomic_store_n(&a->paused_here, paused != 0, __ATOMIC_RELAXED);
+	return err;
 }
 
 void md_agent_io_unseen(md_agent *a, const char *what)
@@ -201,9 +213,10 @@ void md_agent_io_unseen(md_agent *a, const char *what)
 		a->engine ? " and content scanning stops merging" : "");
 }
 
-int md_agent_set(md_agent *a, const char *key, const char *value)
+/* Sets a tunable: the MD_SET_* bit it is, or -EINVAL. */
+static int tunable_set(md_agent *a, const char *key, const char *value)
 {
-	unsigned v;
+	unsigned v, bit;
 	if (!a || !key || !value || !a->engine)
 		return -EINVAL;
 	struct md__scanner *s = &a->scanner;
@@ -211,26 +224,42 @@ int md_agent_set(md_agent *a, const char *key, const char *value)
 		if (md__parse_uint(value, 1, MD_PAGES_TO_SCAN_MAX, &v))
 			return -EINVAL;
 		__atomic_store_n(&s->batch, (size_t)v, __ATOMIC_RELAXED);
+		bit = MD_SET_PAGES;
 	} else if (strcmp(key, "sleep_millisecs") == 0) {
 		if (md__parse_uint(value, 0, MD_SLEEP_MS_MAX, &v))
 			return -EINVAL;
 		__atomic_store_n(&s->sleep_ms, v, __ATOMIC_RELAXED);
+		bit = MD_SET_SLEEP;
 	} else if (strcmp(key, "cpu_percent") == 0) {
 		if (md__parse_uint(value, 1, MD_CPU_PERCENT_MAX, &v))
 			return -EINVAL;
 		__atomic_store_n(&s->cpu_percent, v, __ATOMIC_RELAXED);
+		bit = MD_SET_CPU;
 	} else if (strcmp(key, "hint_ratio") == 0) {
 		/* Hinted visits of every 8; 0: no hints at all. */
 		if (md__parse_uint(value, 0, MD_HINT_RATIO_MAX, &v))
 			return -EINVAL;
 		__atomic_store_n(&s->ratio, v, __ATOMIC_RELAXED);
+		bit = MD_SET_HINTS;
 	} else if (strcmp(key, "order") == 0) {
 		if (strcmp(value, "linear") != 0 && strcmp(value, "random") != 0)
 			return -EINVAL;
 		__atomic_store_n(&s->random_order, strcmp(value, "random") == 0, __ATOMIC_RELAXED);
+		bit = MD_SET_ORDER;
 	} else {
 		return -EINVAL;
 	}
+	return (int)bit;
+}
+
+int md_agent_set(md_agent *a, const char *key, const char *value)
+{
+	int bit = tunable_set(a, key, value);
+	if (bit < 0)
+		return bit;
+	/* The VMM's own value, as from our options: the daemon's welcome
+	 * (it may come later, or again after a reconnect) leaves it. */
+	__atomic_or_fetch(&a->scan_explicit, (unsigned)bit, __ATOMIC_RELAXED);
 	return 0;
 }
 
@@ -570,9 +599,12 @@ static void apply_control(struct md_agent *a, const struct md__msg_control *ctl)
 	char why[MD_TEXT_MAX + 1] = "";
 	int err = 0;
 	switch (ctl->op) {
-	case MD_CTL_PAUSE: err = md_agent_pause(a, 1); break;
+	case MD_CTL_PAUSE: err = pause_set(a, 1); break;
 	case MD_CTL_RESUME:
-		err = md_agent_pause(a, 0);
+		/* The operator's: the VMM's own pause too. */
+		err = pause_set(a, 0);
+		if (!err)
+			__atomic_store_n(&a->paused_here, 0, __ATOMIC_RELAXED);
 		if (err == -EPERM)
 			snprintf(why, sizeof(why), "merging stopped for good: the VMM does I/O the agent "
 				 "cannot follow");
@@ -582,7 +614,7 @@ static void apply_control(struct md_agent *a, const struct md__msg_control *ctl)
 		if (!err)	/* the daemon knows it, and will say when resumed */
 			__atomic_store_n(&a->unmerged, 2, __ATOMIC_RELAXED);
 		break;
-	case MD_CTL_SET: err = md_agent_set(a, ctl->key, ctl->value); break;
+	case MD_CTL_SET: err = tunable_set(a, ctl->key, ctl->value) < 0 ? -EINVAL : 0; break;
 	default: err = -EINVAL;
 	}
 	if (err && !why[0])
@@ -598,31 +630,32 @@ static void apply_control(struct md_agent *a, const struct md__msg_control *ctl)
 static void apply_welcome(struct md_agent *a, const struct md__msg_welcome *w)
 {
 	char v[16];
-	unsigned set = a->scan_explicit;
+	unsigned set = __atomic_load_n(&a->scan_explicit, __ATOMIC_RELAXED);
 	if (!(set & MD_SET_PAGES)) {
 		snprintf(v, sizeof(v), "%u", w->tun.pages_to_scan);
-		md_agent_set(a, "pages_to_scan", v);
+		tunable_set(a, "pages_to_scan", v);
 	}
 	if (!(set & MD_SET_SLEEP)) {
 		snprintf(v, sizeof(v), "%u", w->tun.sleep_millisecs);
-		md_agent_set(a, "sleep_millisecs", v);
+		tunable_set(a, "sleep_millisecs", v);
 	}
 	if (!(set & MD_SET_CPU)) {
 		snprintf(v, sizeof(v), "%u", w->tun.cpu_percent);
-		md_agent_set(a, "cpu_percent", v);
+		tunable_set(a, "cpu_percent", v);
 	}
 	if (!(set & MD_SET_ORDER))
-		md_agent_set(a, "order", w->tun.order == MD_ORDER_RANDOM ? "random" : "linear");
+		tunable_set(a, "order", w->tun.order == MD_ORDER_RANDOM ? "random" : "linear");
 	if (!(set & MD_SET_HINTS)) {
 		snprintf(v, sizeof(v), "%u", w->tun.hint_ratio);
-		md_agent_set(a, "hint_ratio", v);
+		tunable_set(a, "hint_ratio", v);
 	}
 	/* Unmerged: paused until resumed. The daemon it unmerged for knows
 	 * (a resume may have come while we were away); a new one does not. */
 	int paused = (w->state & MD_WELCOME_PAUSED) != 0;
 	if (a->engine->remote->same_daemon && !paused && __atomic_load_n(&a->unmerged, __ATOMIC_RELAXED) == 2)
 		__atomic_store_n(&a->unmerged, 0, __ATOMIC_RELAXED);
-	md_agent_pause(a, paused || __atomic_load_n(&a->unmerged, __ATOMIC_RELAXED));
+	pause_set(a, paused || __atomic_load_n(&a->unmerged, __ATOMIC_RELAXED) ||
+		     __atomic_load_n(&a->paused_here, __ATOMIC_RELAXED));
 }
 
 void md__scan_daemon(struct md_agent *a, int report)
@@ -637,8 +670,19 @@ void md__scan_daemon(struct md_agent *a, int report)
 		if (now.tv_sec < a->next_connect.tv_sec)
 			return;
 		a->next_connect.tv_sec = now.tv_sec + 1;
-		if (md__engine_remote_connect(e) != 0)
+		int err = md__engine_remote_connect(e);
+		if (err) {
+			if (err != -ENOENT && err != -ECONNREFUSED && err != -ETIMEDOUT)
+				md__log_once(93, "memdedupd does not take this agent (%s): merging across "
+					     "processes waits until it does", strerror(-err));
+			if (a->welcome_due) {	/* scan without it meanwhile, as it was */
+				a->welcome_due = 0;
+				pause_set(a, __atomic_load_n(&a->paused_here, __ATOMIC_RELAXED) ||
+					     __atomic_load_n(&a->unmerged, __ATOMIC_RELAXED));
+			}
 			return;
+		}
+		a->welcome_due = 0;
 		md__log("connected to memdedupd (pool generation %llu)",
 			(unsigned long long)rm->generation);
 		apply_welcome(a, &rm->welcome);
@@ -653,10 +697,9 @@ void md__scan_daemon(struct md_agent *a, int report)
 	 * this agent's alone. */
 	unsigned share = md__remote_share(rm);
 	share = share ? share : 1;
-	__atomic_store_n(&a->scanner.share_batch, a->scan_explicit & MD_SET_PAGES ? 1 : share,
-			 __ATOMIC_RELAXED);
-	__atomic_store_n(&a->scanner.share_cpu, a->scan_explicit & MD_SET_CPU ? 1 : share,
-			 __ATOMIC_RELAXED);
+	unsigned set = __atomic_load_n(&a->scan_explicit, __ATOMIC_RELAXED);
+	__atomic_store_n(&a->scanner.share_batch, set & MD_SET_PAGES ? 1 : share, __ATOMIC_RELAXED);
+	__atomic_store_n(&a->scanner.share_cpu, set & MD_SET_CPU ? 1 : share, __ATOMIC_RELAXED);
 	if (report) {
 		uint64_t snap[MD_CTR_COUNT];
 		for (int i = 0; i < MD_CTR_COUNT; i++)
@@ -687,6 +730,9 @@ void md__scan_free(struct md_agent *a)
 		return;
 	md__scanner_stop(&a->scanner);
 	md__scanner_free(&a->scanner);
+	/* The daemon keeps our record, and so the pool pages we pinned,
+	 * until the process goes: what was let go since the last send. */
+	md__engine_send_unrefs(a->engine);
 	md__imagepages_free(a->imgpages);
 	a->imgpages = NULL;
 	if (a->engine->remote) {

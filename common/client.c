@@ -1063,6 +1063,28 @@ int md__client_next_control(struct md__client *c, struct md__msg_control *ctl)
 	return 0;
 }
 
+int md__daemon_probe(const char *socket_path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	char path[sizeof(sa.sun_path) + 1];
+	int err = md__daemon_socket_path(socket_path, path, sizeof(path));
+	if (err)
+		return err;
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return -ENAMETOOLONG;
+	memcpy(sa.sun_path, path, strlen(path));
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -errno;
+	/* A full backlog (EAGAIN) is a daemon too, a busy one. */
+	while ((err = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ? -errno : 0) == -EINTR)
+		;
+	if (!err)
+		err = check_daemon(fd, path);
+	close(fd);
+	return err == -EAGAIN ? 0 : err;
+}
+
 int md__daemon_alive(const char *socket_path)
 {
 	struct md__client *c;

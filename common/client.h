@@ -134,4 +134,8 @@ uint32_t md__client_share(const struct md__client *c);
 int md__daemon_ensure(const char *daemon_exe, void (*place)(pid_t pid));
 /* 1 if a daemon answers at the socket (NULL: default). */
 int md__daemon_alive(const char *socket_path);
+/* 0 if a daemon of root or ours listens at the socket (NULL: default),
+ * busy or not: a connect that never waits. -errno else (-ENOENT,
+ * -ECONNREFUSED: none). */
+int md__daemon_probe(const char *socket_path);
 #endif

@@ -489,11 +489,13 @@ static int still_frozen(struct md__engine *e, uintptr_t addr, size_t n)
  * (a slot of a pool from before a reconnection is not held), one each, so
  * the valid ones still go: only then, as an UNREF that went but failed
  * otherwise may yet be applied. A dead daemon counts nothing. */
-static void unref_n(struct md__engine *e, const uint32_t *slot, size_t n, uint64_t gen)
+static int unref_n(struct md__engine *e, const uint32_t *slot, size_t n, uint64_t gen)
 {
-	if (md__remote_ref_n(e->remote, slot, (uint32_t)n, -1, gen) == -EINVAL)
+	int err = md__remote_ref_n(e->remote, slot, (uint32_t)n, -1, gen);
+	if (err == -EINVAL)
 		for (size_t k = 0; k < n; k++)
 			md__remote_ref_n(e->remote, &slot[k], 1, -1, gen);
+	return err == -EINVAL ? 0 : err;
 }
 
 /* Moves the lock's queue of slots to send aside (lock held). If that
@@ -531,19 +533,55 @@ static void defer_unrefs(struct md__engine *e)
 	e->nunref = 0;
 }
 
+/* UNREFs sent per call at most: the agent's thread, which sends them too,
+ * also answers lease breaks. */
+#define MD_UNREF_PASS (64 * MD_REF_BATCH)
+
 void md__engine_send_unrefs(struct md__engine *e)
 {
-	if (!e->remote)
+	/* Kept while there is no connection: the same daemon's takes them
+	 * (another's connect forgets them), and owed they would be capped. */
+	if (!e->remote || !md__remote_connected(e->remote))
 		return;
 	pthread_mutex_lock(&e->unref_lock);
 	uint32_t *q = e->unref_q;
-	size_t n = e->nunref_q;
+	size_t n = e->nunref_q, cap = e->unref_cap;
 	uint64_t gen = e->unref_gen;
 	e->unref_q = NULL;
 	e->nunref_q = e->unref_cap = 0;
 	pthread_mutex_unlock(&e->unref_lock);
-	for (size_t at = 0; at < n; at += MD_REF_BATCH)
-		unref_n(e, q + at, n - at < MD_REF_BATCH ? n - at : MD_REF_BATCH, gen);
+	size_t at = 0;
+	while (at < n && at < MD_UNREF_PASS) {
+		size_t m = n - at < MD_REF_BATCH ? n - at : MD_REF_BATCH;
+		int err = unref_n(e, q + at, m, gen);
+		at += m;	/* sent, queued by the client, or owed: done with here */
+		if (err)
+			break;	/* a slow daemon: the rest waits for the next call */
+	}
+	if (at < n) {
+		/* Back in front of what came meanwhile, unless the pool is
+		 * another's now (md__engine_remote_connect emptied the queue). */
+		pthread_mutex_lock(&e->unref_lock);
+		if (!e->nunref_q || e->unref_gen == gen) {
+			if (n + e->nunref_q > cap) {
+				uint32_t *g = realloc(q, (n + e->nunref_q) * sizeof(*q));
+				if (!g)
+					goto drop;	/* they stay pinned until this process goes */
+				q = g;
+				cap = n + e->nunref_q;
+			}
+			memcpy(q + n, e->unref_q, e->nunref_q * sizeof(*q));
+			memmove(q, q + at, (n - at + e->nunref_q) * sizeof(*q));
+			free(e->unref_q);
+			e->unref_q = q;
+			e->nunref_q = n - at + e->nunref_q;
+			e->unref_cap = cap;
+			e->unref_gen = gen;
+			q = NULL;
+		}
+drop:
+		pthread_mutex_unlock(&e->unref_lock);
+	}
 	free(q);
 }
 

@@ -293,7 +293,9 @@ MD_API ssize_t md_agent_preadv(md_agent *agent, int fd, const struct iovec *iov,
 			int iovcnt, off_t off, int flags);
 
 /* Pauses (1) or resumes (0) the scanner. -EPERM to resume once merging
- * stopped for good (md_agent_io_unseen). */
+ * stopped for good (md_agent_io_unseen). memdedupd does not resume what
+ * this paused when the agent connects to it (only `memdedup resume`
+ * does); it pauses it when told to (`memdedup pause`). */
 MD_API int md_agent_pause(md_agent *agent, int paused);
 /* Tells the agent the VMM will write guest RAM in ways it does not see
  * (Linux AIO, io_uring, a device doing DMA): a merge or a read shared at
@@ -307,7 +309,9 @@ MD_API void md_agent_io_unseen(md_agent *agent, const char *what);
 /* Sets a scanner tunable live: pages_to_scan, sleep_millisecs, cpu_percent
  * (1..100), hint_ratio (0..8 hinted visits of every 8, 0: no hints), order
  * (linear|random). -EINVAL for an unknown key or a value out
- * of range, and nothing changes. */
+ * of range, and nothing changes. A value set here is this agent's, as one
+ * of its options: memdedupd's own value of the key no longer replaces it
+ * when the agent connects (`memdedup set` still does). */
 MD_API int md_agent_set(md_agent *agent, const char *key, const char *value);
 /* Turns every page shared back into a private copy, like KSM's run=2:
  * pages merged into the pool, pages shared at read time and pages the

@@ -906,6 +906,8 @@ TEST_IMPL(scan_turns_off_kernel_merge_any)
 	ASSERT_EQ(proc_num(&a, "mergeany get"), 0);
 	ASSERT_EQ(proc_num(&a, "mergeany set 1"), 0);
 	ASSERT_EQ(proc_num(&a, "mergeany get"), 0);
+	ASSERT_EQ(proc_num(&a, "mergeany rawset 1"), 0);	/* syscall(2), as a VMM may */
+	ASSERT_EQ(proc_num(&a, "mergeany get"), 0);
 	proc_stop(&a);
 	proc_start(&b, NULL);
 	proc_cmd(&b, "map 64");
@@ -1176,6 +1178,50 @@ TEST_IMPL(scan_unmap_not_held_by_daemon)
 	return 0;
 }
 
+/* A private memdedupd, an agent of this process with its domain "held",
+ * and n pages of RAM in pairs (no fill pages), merged: n / 2 pool pages. */
+static char *merged_pairs(struct tdaemon *t, md_agent **a, size_t n)
+{
+	td_start(t, 4096);
+	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .pages_to_scan = 10000, .sleep_ms = 1,
+			       .domain = "held", .daemon_socket = t->sock };
+	ASSERT_EQ(md_agent_new(a, &o), 0);
+	char *m = mmap(NULL, n * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	for (size_t i = 0; i < n * PG; i++)
+		m[i] = (char)((i / PG) % (n / 2) * 31 + i % PG);
+	ASSERT_EQ(md_agent_register(*a, m, n * PG, 0), 0);
+	ASSERT_EQ(wait_merged(*a, n / 2), 0);
+	long long live = 0;
+	for (int i = 0; i < 100 && (live = td_domains_int(t, "pool_live_pages")) != (long long)n / 2; i++)
+		usleep(20000);
+	ASSERT_EQ(live, (long long)n / 2);
+	return m;
+}
+
+/* Waits up to 5 s for memdedupd's pool to hold no page; 0 if it does. */
+static long long pool_emptied(const struct tdaemon *t)
+{
+	long long live = 0;
+	for (int i = 0; i < 250 && (live = td_domains_int(t, "pool_live_pages")) != 0; i++)
+		usleep(20000);
+	return live;
+}
+
+/* Waits up to 5 s for memdedupd to list this process as an agent. */
+static int listed_by(const struct tdaemon *t)
+{
+	int listed = 0;
+	for (int i = 0; i < 100 && !listed; i++) {
+		json_t *st = td_status(t);
+		listed = td_find(json_object_get(st, "agents"), "pid", getpid()) != NULL;
+		json_decref(st);
+		if (!listed)
+			usleep(50000);
+	}
+	return listed;
+}
+
 /* Nor does the VMM's unmap of merged guest RAM wait for the references it
  * gives back: they were sent to memdedupd as the merge lock was let go, on
  * the VMM's thread, which then waited for a stalled daemon's answer up to
@@ -1186,20 +1232,7 @@ TEST_IMPL(scan_unmap_merged_not_held_by_daemon)
 	struct tdaemon t;
 	md_agent *a;
 	const size_t n = 256;
-	td_start(&t, 4096);
-	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .pages_to_scan = 10000, .sleep_ms = 1,
-			       .domain = "held", .daemon_socket = t.sock };
-	ASSERT_EQ(md_agent_new(&a, &o), 0);
-	char *m = mmap(NULL, n * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	ASSERT(m != MAP_FAILED);
-	for (size_t i = 0; i < n * PG; i++)	/* in pairs, no fill pages */
-		m[i] = (char)((i / PG) % (n / 2) * 31 + i % PG);
-	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
-	ASSERT_EQ(wait_merged(a, n / 2), 0);
-	long long live = 0;
-	for (int i = 0; i < 100 && (live = td_domains_int(&t, "pool_live_pages")) != (long long)n / 2; i++)
-		usleep(20000);
-	ASSERT_EQ(live, (long long)n / 2);
+	char *m = merged_pairs(&t, &a, n);
 	td_pause(&t);
 	struct timespec t0, t1;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -1211,9 +1244,7 @@ TEST_IMPL(scan_unmap_merged_not_held_by_daemon)
 	ASSERT(took < 0.5);	/* a stall bound, not a speed */
 	/* The references reach the daemon all the same: nobody maps the pool
 	 * pages any more, and they are freed. */
-	for (int i = 0; i < 250 && (live = td_domains_int(&t, "pool_live_pages")) != 0; i++)
-		usleep(20000);
-	ASSERT_EQ(live, 0);
+	ASSERT_EQ(pool_emptied(&t), 0);
 	md_agent_free(a);
 	td_stop(&t);
 	return 0;
@@ -1239,17 +1270,62 @@ TEST_IMPL(scan_default_domain_waits_for_slow_daemon)
 	double took = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
 	fprintf(stderr, "  md_agent_new took %.3f s with memdedupd stopped\n", took);
 	ASSERT(took < 0.5);	/* a stall bound, not a speed */
-	usleep(300000);	/* its HELLO is on its way, unanswered */
+	usleep(2500000);	/* its first HELLO timed out (the 2 s deadline), the next waits */
 	ASSERT(kill(t.pid, SIGCONT) == 0);
-	int listed = 0;
-	for (int i = 0; i < 100 && !listed; i++) {
-		json_t *st = td_status(&t);
-		listed = td_find(json_object_get(st, "agents"), "pid", getpid()) != NULL;
-		json_decref(st);
-		usleep(50000);
-	}
-	ASSERT(listed);
+	ASSERT(listed_by(&t));
 	md_agent_free(a);
+	td_stop(&t);
+	return 0;
+}
+
+/* What the VMM set itself before memdedupd's welcome came (the agent's
+ * thread says HELLO after md_agent_new returns) stays: its pause, and its
+ * tunables; the welcome replaced them with the daemon's. */
+TEST_IMPL(scan_vmm_settings_outlive_welcome)
+{
+	struct tdaemon t;
+	md_agent *a;
+	const size_t n = 64;
+	td_start(&t, 4096);
+	td_pause(&t);	/* the welcome comes after the VMM's calls */
+	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .sleep_ms = 1, .domain = "w",
+			       .daemon_socket = t.sock };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	ASSERT_EQ(md_agent_pause(a, 1), 0);
+	ASSERT_EQ(md_agent_set(a, "pages_to_scan", "7"), 0);
+	char *m = mmap(NULL, n * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	for (size_t i = 0; i < n * PG; i++)	/* in pairs, no fill pages */
+		m[i] = (char)((i / PG) % (n / 2) * 31 + i % PG);
+	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
+	ASSERT(kill(t.pid, SIGCONT) == 0);
+	ASSERT(listed_by(&t));
+	usleep(200000);	/* the welcome applied */
+	ASSERT_EQ(__atomic_load_n(&a->scanner.paused, __ATOMIC_SEQ_CST), 1);
+	ASSERT_EQ(__atomic_load_n(&a->scanner.batch, __ATOMIC_RELAXED), 7);
+	md_stats s;
+	md_agent_stats(a, &s);
+	ASSERT_EQ(s.pages_sharing, 0);
+	ASSERT_EQ(md_agent_pause(a, 0), 0);
+	ASSERT_EQ(wait_merged(a, n / 2), 0);
+	md_agent_free(a);
+	munmap(m, n * PG);
+	td_stop(&t);
+	return 0;
+}
+
+/* An agent freed gives back the references its last unmaps let go of: the
+ * daemon keeps its record, and so what it pinned, until the process goes. */
+TEST_IMPL(scan_free_gives_back_references)
+{
+	struct tdaemon t;
+	md_agent *a;
+	const size_t n = 64;
+	char *m = merged_pairs(&t, &a, n);
+	ASSERT_EQ(md_agent_pause(a, 1), 0);	/* no batch sends them */
+	ASSERT_EQ(md_agent_unmap(a, m, n * PG), 0);
+	md_agent_free(a);
+	ASSERT_EQ(pool_emptied(&t), 0);
 	td_stop(&t);
 	return 0;
 }

@@ -1551,6 +1551,65 @@ TEST_IMPL(engine_scanner_runs_split_at_regions)
 	return 0;
 }
 
+/* References of a pool whose daemon went are never sent to the next one:
+ * its slots of the same numbers are other pages, which an UNREF would free
+ * under whoever maps them. Neither those queued before the reconnection
+ * nor a batch's begun before it. */
+TEST_IMPL(engine_old_pool_refs_not_sent)
+{
+	struct tdaemon t;
+	struct md__engine e;
+	struct md__remote rm;
+	unsigned char *x = map_ram(4);
+	uint32_t slot[4];
+	int status[4];
+	uint64_t h[4];
+	const void *page[4];
+
+	engine_up(&e);
+	td_start(&t, 1024);
+	ASSERT_EQ(md__remote_init(&rm, t.sock, "gen"), 0);
+	e.remote = &rm;
+	ASSERT_EQ(md__engine_remote_connect(&e), 0);
+	for (size_t i = 0; i < 4; i++) {
+		fill(x + i * PG, (unsigned)(20 + i));
+		h[i] = md__page_hash(x + i * PG);
+		page[i] = x + i * PG;
+	}
+	ASSERT_EQ(md__remote_publish_each(&rm, h, page, 4, slot, status, rm.generation), 0);
+	uint64_t old_gen = rm.generation;
+	/* Let go of under the lock: queued, not sent. */
+	pthread_mutex_lock(&e.lock);
+	for (size_t i = 0; i < 4; i++)
+		e.unref[e.nunref++] = slot[i];
+	md__engine_unlock(&e);
+
+	kill(t.pid, SIGKILL);
+	waitpid(t.pid, NULL, 0);
+	td_restart(&t);
+	ASSERT_EQ(md__engine_remote_connect(&e), 0);
+	ASSERT(rm.generation != old_gen);
+	for (size_t i = 0; i < 4; i++)
+		fill(x + i * PG, (unsigned)(40 + i));
+	for (size_t i = 0; i < 4; i++)
+		h[i] = md__page_hash(x + i * PG);
+	uint32_t now[4];
+	ASSERT_EQ(md__remote_publish_each(&rm, h, page, 4, now, status, rm.generation), 0);
+	ASSERT_EQ(td_domains_int(&t, "pool_live_pages"), 4);
+	md__engine_send_unrefs(&e);
+	/* A batch of the old pool: its REF refused, its UNREF dropped. */
+	ASSERT_EQ(md__remote_ref_n(&rm, slot, 4, -1, old_gen), 0);
+	usleep(100000);
+	ASSERT_EQ(td_domains_int(&t, "pool_live_pages"), 4);
+	ASSERT_EQ(md__remote_ref_n(&rm, slot, 4, +1, old_gen), -ESTALE);
+	ASSERT_EQ(md__remote_publish_each(&rm, h, page, 4, now, status, old_gen), -ESTALE);
+	md__engine_fini(&e);
+	md__remote_fini(&rm);
+	td_stop(&t);
+	munmap(x, 4 * PG);
+	return 0;
+}
+
 /* Stress: writers change random bytes of random pages, and sometimes copy a
  * template in whole, while the merger merges at full speed; afterwards every
  * page equals its shadow copy: no write lost. */
