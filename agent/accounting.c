@@ -25,7 +25,7 @@
 static size_t snapshot_chunk(struct md_agent *a, uintptr_t *addr, unsigned char *owned)
 {
 	size_t n = 0;
-	pthread_mutex_lock(&a->lock);
+	md__agent_enter(a);
 	for (size_t i = 0; i < a->nregions; i++) {
 		const struct md__region *r = &a->regions[i];
 		if (r->end <= *addr)
@@ -38,7 +38,7 @@ static size_t snapshot_chunk(struct md_agent *a, uintptr_t *addr, unsigned char 
 			owned[k] = r->owner[first + k] != 0;
 		break;
 	}
-	pthread_mutex_unlock(&a->lock);
+	md__agent_leave(a);
 	return n;
 }
 
@@ -90,16 +90,16 @@ void md__account(struct md_agent *a, int count_vmas)
 	/* Reset before the count: a mapping made meanwhile is counted twice
 	 * at worst, never missed. A count that failed (0) keeps the last one
 	 * and what was mapped since: 0 would open the whole budget again. */
-	pthread_mutex_lock(&a->lock);
+	md__agent_enter(a);
 	uint64_t since = a->maps_since_count;
 	a->maps_since_count = 0;
-	pthread_mutex_unlock(&a->lock);
+	md__agent_leave(a);
 	uint64_t vmas = md__count_vmas();
 	if (vmas) {
 		md__set(a, MD_CTR_VMAS, vmas);
 		return;
 	}
-	pthread_mutex_lock(&a->lock);
+	md__agent_enter(a);
 	a->maps_since_count += since;
-	pthread_mutex_unlock(&a->lock);
+	md__agent_leave(a);
 }

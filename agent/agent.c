@@ -60,6 +60,7 @@ static void *agent_thread(void *arg)
 	sigemptyset(&lease);
 	sigaddset(&lease, a->lease_signal);
 	pthread_setname_np(pthread_self(), "md-agent");
+	md__in_agent = 1;	/* for good (sys.h) */
 	a->thread_tid = md__sys_gettid();
 	sem_post(&start->ready);	/* start is gone after this */
 
@@ -430,12 +431,12 @@ void md_agent_free(md_agent *a)
 
 	/* Without the thread nobody would answer a lease break: make every
 	 * shared page private before the leases go. */
-	pthread_mutex_lock(&a->lock);
+	md__agent_enter(a);
 	md__privatize(a, 0, UINTPTR_MAX, 0);
 	md__images_free(a);
 	md__regions_free(a);
 	free(a->handed);
-	pthread_mutex_unlock(&a->lock);
+	md__agent_leave(a);
 
 	if (a->stats_map) {
 		unlink(a->stats_path);
@@ -576,14 +577,14 @@ int md_agent_register(md_agent *a, void *addr, size_t len, unsigned advice)
 	if (err)
 		return err;
 	int hole = 0;
-	pthread_mutex_lock(&a->lock);
+	md__agent_enter(a);
 	for (size_t i = 0; i < n && !err; i++) {
 		if (run[i].mapped)
 			err = register_locked(a, run[i].lo, run[i].hi - run[i].lo, advice);
 		else
 			hole = 1;
 	}
-	pthread_mutex_unlock(&a->lock);
+	md__agent_leave(a);
 	free(run);
 	return err ? err : hole ? -ENOMEM : 0;
 }
@@ -670,7 +671,7 @@ int md_agent_unregister(md_agent *a, void *addr, size_t len)
 	if (!a || err)
 		return -EINVAL;
 	uintptr_t s = (uintptr_t)addr, e = s + len;
-	pthread_mutex_lock(&a->lock);
+	md__agent_enter(a);
 	/* RAM the VMM's userfaultfd holds and that asks for merging no more
 	 * is not taken back when the VMM lets go; the record stays, so that
 	 * it is refused while the VMM holds it, if it asks again. */
@@ -681,7 +682,7 @@ int md_agent_unregister(md_agent *a, void *addr, size_t len)
 	if (regions_overlap(a, s, e) || handed_overlaps(a, s, e) ||
 	    (a->engine && md__engine_touches(a->engine, s, len)))
 		err = unregister_locked(a, s, e);
-	pthread_mutex_unlock(&a->lock);
+	md__agent_leave(a);
 	return err;
 }
 
@@ -718,22 +719,22 @@ static int give_up_locked(md_agent *a, uintptr_t s, uintptr_t e, int all, size_t
 int md__agent_lock(md_agent *a, uintptr_t s, uintptr_t e, int all)
 {
 	size_t gone;
-	pthread_mutex_lock(&a->lock);
+	md__agent_enter(a);
 	int err = give_up_locked(a, s, e, all, &gone);
 	if (gone)
 		md__log_once(87, "the VMM locks guest RAM in memory (%s): copy-on-write sharing would "
 			     "copy every page at once, so it is no longer shared or merged%s",
 			     all ? "mlockall, QEMU's -overcommit mem-lock=on" : "mlock",
 			     err ? "; not all of it could be made private: the lock fails" : "");
-	pthread_mutex_unlock(&a->lock);
+	md__agent_leave(a);
 	return err;
 }
 
 void md__agent_lock_future(md_agent *a, int future)
 {
-	pthread_mutex_lock(&a->lock);
+	md__agent_enter(a);
 	a->future_locked = future;
-	pthread_mutex_unlock(&a->lock);
+	md__agent_leave(a);
 }
 
 struct mbind_call {
@@ -796,12 +797,12 @@ long md__agent_mbind(md_agent *a, long (*call)(long, ...), void *addr, unsigned 
 		     const unsigned long *nodes, unsigned long maxnode, unsigned flags)
 {
 	struct mbind_call m = { a, call, addr, len, mode, nodes, maxnode, flags, -1, 0 };
-	pthread_mutex_lock(&a->lock);
+	md__agent_enter(a);
 	if (a->engine)
 		md__engine_locked(a->engine, mbind_run, &m);	/* no merge, no pool mapping made meanwhile */
 	else
 		mbind_run(&m);
-	pthread_mutex_unlock(&a->lock);
+	md__agent_leave(a);
 	errno = m.err;
 	return m.ret;
 }
@@ -809,13 +810,13 @@ long md__agent_mbind(md_agent *a, long (*call)(long, ...), void *addr, unsigned 
 int md__agent_protect(md_agent *a, uintptr_t s, uintptr_t e)
 {
 	size_t gone = 0;
-	pthread_mutex_lock(&a->lock);
+	md__agent_enter(a);
 	int err = regions_overlap(a, s, e) || handed_overlaps(a, s, e) ? give_up_locked(a, s, e, 0, &gone) : 0;
 	if (gone || err)
 		md__log_once(90, "the VMM changes the protection of guest RAM (mprotect): the mappings "
 			     "memdedup makes there could not keep it, so that memory is no longer shared "
 			     "or merged%s", err ? "; not all of it could be made private: the call fails" : "");
-	pthread_mutex_unlock(&a->lock);
+	md__agent_leave(a);
 	return err;
 }
 
@@ -842,11 +843,11 @@ int md_agent_userfault(md_agent *a, void *addr, size_t len)
 		return -EINVAL;
 	size_t ours = 0;
 	int err = 0;
-	pthread_mutex_lock(&a->lock);
+	md__agent_enter(a);
 	for (size_t i = 0; i < a->nregions; i++)
 		ours += a->regions[i].start < e && a->regions[i].end > s;
 	if (!ours) {
-		pthread_mutex_unlock(&a->lock);
+		md__agent_leave(a);
 		return 0;
 	}
 	/* What is given up, and with which advice, noted first (recorded only
@@ -854,7 +855,7 @@ int md_agent_userfault(md_agent *a, void *addr, size_t len)
 	 * while the VMM's userfaultfd holds it. */
 	struct md__handed *h = realloc(a->handed, (a->nhanded + ours) * sizeof(*h));
 	if (!h) {
-		pthread_mutex_unlock(&a->lock);
+		md__agent_leave(a);
 		return -ENOMEM;
 	}
 	a->handed = h;
@@ -884,7 +885,7 @@ int md_agent_userfault(md_agent *a, void *addr, size_t len)
 			register_locked(a, h[a->nhanded + j].start, h[a->nhanded + j].end - h[a->nhanded + j].start,
 					h[a->nhanded + j].advice);
 	}
-	pthread_mutex_unlock(&a->lock);
+	md__agent_leave(a);
 	if (err == -EINVAL)
 		err = -EIO;	/* -EINVAL is for bad arguments: the VMM would go on */
 	md__log_once(76, "the VMM registers guest RAM with its own userfaultfd (postcopy migration, "
@@ -895,7 +896,7 @@ int md_agent_userfault(md_agent *a, void *addr, size_t len)
 
 void md__agent_userfault_undo(md_agent *a)
 {
-	pthread_mutex_lock(&a->lock);
+	md__agent_enter(a);
 	for (size_t i = 0; i < a->nhanded;) {
 		struct md__handed h = a->handed[i];
 		if (h.tag != last_handover) {
@@ -907,7 +908,7 @@ void md__agent_userfault_undo(md_agent *a)
 			register_locked(a, h.start, h.end - h.start, h.advice);
 	}
 	last_handover = 0;
-	pthread_mutex_unlock(&a->lock);
+	md__agent_leave(a);
 }
 
 int md_agent_userfault_end(md_agent *a, void *addr, size_t len)
@@ -915,12 +916,12 @@ int md_agent_userfault_end(md_agent *a, void *addr, size_t len)
 	uintptr_t s, e;
 	if (!a || page_range(addr, len, &s, &e))
 		return -EINVAL;
-	pthread_mutex_lock(&a->lock);
+	md__agent_enter(a);
 	int had = handed_overlaps(a, s, e);
 	/* Registered again under the lock: a registration of the VMM's
 	 * coming meanwhile finds the RAM ours and is given it properly. */
 	int err = had ? handed_take(a, s, e, 1) : 0;
-	pthread_mutex_unlock(&a->lock);
+	md__agent_leave(a);
 	if (had)
 		md__log_once(78, "the VMM's userfaultfd let go of guest RAM: it is merged again%s%s",
 			     err ? "; not all of it: " : "", err ? strerror(-err) : "");
@@ -932,12 +933,12 @@ int md_agent_forget(md_agent *a, void *addr, size_t len)
 	int err = check_range(addr, len);
 	if (!a || err)
 		return -EINVAL;
-	pthread_mutex_lock(&a->lock);
+	md__agent_enter(a);
 	err = md__regions_remove(a, (uintptr_t)addr, (uintptr_t)addr + len);
 	handed_take(a, (uintptr_t)addr, (uintptr_t)addr + len, 0);
 	if (a->engine)
 		md__engine_unregister(a->engine, addr, len, MD_UNREG_GONE);
-	pthread_mutex_unlock(&a->lock);
+	md__agent_leave(a);
 	return err;
 }
 
@@ -948,7 +949,7 @@ int md__agent_unmap(md_agent *a, void *addr, size_t len, int (*op)(void *arg), v
 	uintptr_t s = (uintptr_t)addr, e = s + len;
 	/* agent->lock across op: a lease break cannot look at the regions
 	 * while the memory goes (lock order: agent_internal.h). */
-	pthread_mutex_lock(&a->lock);
+	md__agent_enter(a);
 	/* Memory that is none of ours (QEMU unmaps coroutine stacks, buffers)
 	 * goes at once: the engine's write lock would wait for a scanner's
 	 * whole batch, memdedupd's answers included, and every guest read
@@ -956,15 +957,15 @@ int md__agent_unmap(md_agent *a, void *addr, size_t len, int (*op)(void *arg), v
 	if (!regions_overlap(a, s, e) && !handed_overlaps(a, s, e) &&
 	    !(a->engine && md__engine_touches(a->engine, s, len))) {
 		int had_copies = md__rangeset_overlaps(&a->forgotten, s, e);
-		pthread_mutex_unlock(&a->lock);
+		md__agent_leave(a);
 		int r = op(arg);
 		if (r == 0 && had_copies) {
 			/* Our copies there went with the memory: what the VMM
 			 * maps there next is its own, not to be replaced on a
 			 * discard (md__discard_forgotten). */
-			pthread_mutex_lock(&a->lock);
+			md__agent_enter(a);
 			md__rangeset_remove(&a->forgotten, s, e);
-			pthread_mutex_unlock(&a->lock);
+			md__agent_leave(a);
 		}
 		return r;
 	}
@@ -975,6 +976,14 @@ int md__agent_unmap(md_agent *a, void *addr, size_t len, int (*op)(void *arg), v
 		md__regions_remove(a, s, e);
 		handed_take(a, s, e, 0);	/* the memory is gone, the VMM's hold with it */
 		md__rangeset_remove(&a->forgotten, s, e);	/* and our copies there */
+		/* Copies the engine made beside it, giving up a region it
+		 * had no memory to split: a discard must zero them. */
+		if (a->engine && a->engine->gave_up_end > a->engine->gave_up_start) {
+			if (a->engine->gave_up_start < s)
+				md__rangeset_add(&a->forgotten, a->engine->gave_up_start, s);
+			if (a->engine->gave_up_end > e)
+				md__rangeset_add(&a->forgotten, e, a->engine->gave_up_end);
+		}
 	} else if (md__range_runs(s, e, &run, &n) == 0) {
 		/* As the engine does (md__engine_unmap): image pages of what
 		 * is mapped and not kept are made private before they are
@@ -995,7 +1004,7 @@ int md__agent_unmap(md_agent *a, void *addr, size_t len, int (*op)(void *arg), v
 	/* What failed to go may be left as private copies in pool mappings. */
 	if (r)
 		md__rangeset_add(&a->forgotten, s, e);
-	pthread_mutex_unlock(&a->lock);
+	md__agent_leave(a);
 	return r;
 }
 
@@ -1004,7 +1013,7 @@ void md__agent_moved(md_agent *a, void *old, size_t old_len, void *now, size_t n
 	uintptr_t o = (uintptr_t)old, n = (uintptr_t)now;
 	if (!a || !old_len || !now_len || o + old_len < o || n + now_len < n)
 		return;
-	pthread_mutex_lock(&a->lock);
+	md__agent_enter(a);
 	if (md__rangeset_overlaps(&a->forgotten, o, o + old_len))
 		md__rangeset_add(&a->forgotten, n, n + now_len);
 	/* Our copies went with the mapping: what the VMM maps where it was
@@ -1019,7 +1028,7 @@ void md__agent_moved(md_agent *a, void *old, size_t old_len, void *now, size_t n
 		handed_take(a, o, o + old_len, 0);
 	else if (now_len < old_len)
 		handed_take(a, o + now_len, o + old_len, 0);
-	pthread_mutex_unlock(&a->lock);
+	md__agent_leave(a);
 }
 
 struct unmap_arg {
@@ -1046,7 +1055,7 @@ int md_agent_advise(md_agent *a, void *addr, size_t len, unsigned advice)
 	int err = check_range(addr, len);
 	if (!a || err || (advice & ~(MD_ADV_DONTFORK | MD_ADV_DONTDUMP | MD_ADV_HUGEPAGE)))
 		return -EINVAL;
-	pthread_mutex_lock(&a->lock);
+	md__agent_enter(a);
 	md__regions_advise(a, (uintptr_t)addr, (uintptr_t)addr + len, advice);
 	/* And what the VMM's userfaultfd holds, for when it is taken back. */
 	for (size_t i = 0; i < a->nhanded; i++)
@@ -1054,7 +1063,7 @@ int md_agent_advise(md_agent *a, void *addr, size_t len, unsigned advice)
 			a->handed[i].advice |= advice;
 	if (a->engine)
 		md__engine_advise(a->engine, addr, len, advice);
-	pthread_mutex_unlock(&a->lock);
+	md__agent_leave(a);
 	return 0;
 }
 
@@ -1063,7 +1072,7 @@ int md_agent_discard(md_agent *a, void *addr, size_t len)
 	int err = check_range(addr, len);
 	if (!a || err)
 		return -EINVAL;
-	pthread_mutex_lock(&a->lock);
+	md__agent_enter(a);
 	err = md__discard(a, (uintptr_t)addr, (uintptr_t)addr + len);
 	/* Pool pages too would read back as pool content after the discard
 	 * (in every region the range overlaps). */
@@ -1074,7 +1083,7 @@ int md_agent_discard(md_agent *a, void *addr, size_t len)
 	/* And copies no record tracks any more. */
 	int e3 = md__discard_forgotten(a, (uintptr_t)addr, (uintptr_t)addr + len);
 	err = err ? err : e3;
-	pthread_mutex_unlock(&a->lock);
+	md__agent_leave(a);
 	return err;
 }
 

@@ -28,6 +28,7 @@
 #include "rangeset.h"
 #include "scanner.h"
 #include "stats_file.h"
+#include "sys.h"
 
 #define MD_PAGE ((uintptr_t)MD_PAGE_SIZE)
 
@@ -324,4 +325,17 @@ int md__uring_register_pins(unsigned opcode);
 /* 1 if an ioctl request maps memory for a device's DMA (VFIO, iommufd) or
  * sets up a device that will (vhost-vdpa). */
 int md__ioctl_maps_dma(unsigned long request);
+/* The agent's lock, counted in md__in_agent (sys.h). */
+static inline void md__agent_enter(struct md_agent *a)
+{
+	pthread_mutex_lock(&a->lock);
+	md__in_agent++;
+}
+
+static inline void md__agent_leave(struct md_agent *a)
+{
+	md__in_agent--;
+	pthread_mutex_unlock(&a->lock);
+}
+
 #endif

@@ -164,7 +164,7 @@ static int merge_run(struct md_agent *a, uintptr_t addr, const uint64_t *cookie,
 	int merged = 0;
 	off_t off = (off_t)((uint64_t)fp->pgoff * MD_PAGE);
 
-	pthread_mutex_lock(&a->lock);
+	md__agent_enter(a);
 	struct md__image *img = fp->img && fp->img <= a->nimages ? &a->images[fp->img - 1] : NULL;
 	struct md__region *r = md__region_find(a, addr, n * MD_PAGE);
 	if (!img || !md__image_held(a, img) || (uint64_t)off + n * MD_PAGE > (uint64_t)img->size) {
@@ -210,7 +210,7 @@ static int merge_run(struct md_agent *a, uintptr_t addr, const uint64_t *cookie,
 		}
 	}
 unlock:
-	pthread_mutex_unlock(&a->lock);
+	md__agent_leave(a);
 	return merged;
 }
 
@@ -221,7 +221,7 @@ static void feed(struct md_agent *a)
 	struct queued todo[64];
 	size_t nt = 0, pages = 0;
 
-	pthread_mutex_lock(&a->lock);
+	md__agent_enter(a);
 	/* No more entries than pages of guest RAM: a guest's page cache
 	 * cannot hold more, and reading many images must not grow the index
 	 * without bound. Full, it starts over with what is read now. */
@@ -244,7 +244,7 @@ static void feed(struct md_agent *a)
 			ip->len--;
 		}
 	}
-	pthread_mutex_unlock(&a->lock);
+	md__agent_leave(a);
 
 	uint64_t indexed = 0, hash[RUN_MAX];
 	for (size_t t = 0; t < nt; t++) {
@@ -263,7 +263,7 @@ static void feed(struct md_agent *a)
 		 * the image, not the page. Checked here, on the scanner's
 		 * thread, not on each read: a paused scanner leaves the queue
 		 * full. */
-		pthread_mutex_lock(&a->lock);
+		md__agent_enter(a);
 		for (size_t u = t + 1; u < nt; u++)
 			trim(&todo[t], todo[u].addr, todo[u].addr + (uintptr_t)todo[u].n * MD_PAGE);
 		for (size_t k = 0; k < ip->len; k++) {
@@ -271,7 +271,7 @@ static void feed(struct md_agent *a)
 			trim(&todo[t], q->addr, q->addr + (uintptr_t)q->n * MD_PAGE);
 		}
 		if (!todo[t].img) {
-			pthread_mutex_unlock(&a->lock);
+			md__agent_leave(a);
 			continue;
 		}
 		size_t n = todo[t].n;
@@ -304,7 +304,7 @@ static void feed(struct md_agent *a)
 			    md__pm_has_page(pm[i]))
 				hash[i] = md__page_hash((const void *)(todo[t].addr + i * MD_PAGE));
 		}
-		pthread_mutex_unlock(&a->lock);
+		md__agent_leave(a);
 		for (size_t i = 0; i < n; i++) {
 			uint64_t h = hash[i];
 			/* Zero pages are dropped, not merged: equal hashes tell

@@ -357,7 +357,7 @@ int md__image_held(struct md_agent *a, struct md__image *img)
  * broken to). */
 void md__image_lease_broken(struct md_agent *a, int fd)
 {
-	pthread_mutex_lock(&a->lock);
+	md__agent_enter(a);
 	for (size_t i = 0; i < a->nimages; i++) {
 		struct md__image *img = &a->images[i];
 		if (img->lease != MD_LEASE_HELD)
@@ -374,17 +374,17 @@ void md__image_lease_broken(struct md_agent *a, int fd)
 		 * until the kernel would let the writer in anyway. */
 		start_break(a, img);
 	}
-	pthread_mutex_unlock(&a->lock);
+	md__agent_leave(a);
 }
 
 int md__image_breaks_retry(struct md_agent *a)
 {
-	pthread_mutex_lock(&a->lock);
+	md__agent_enter(a);
 	for (size_t i = 0; i < a->nimages && a->breaking; i++)
 		if (a->images[i].lease == MD_LEASE_BREAKING)
 			finish_break(a, &a->images[i]);
 	int left = a->breaking;
-	pthread_mutex_unlock(&a->lock);
+	md__agent_leave(a);
 	return left;
 }
 

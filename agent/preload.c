@@ -148,6 +148,8 @@ static void env_options(md_agent_options *o)
 
 static md_agent *agent_get(void)
 {
+	if (md__in_agent)
+		return NULL;
 	md_agent *a = __atomic_load_n(&agent, __ATOMIC_ACQUIRE);
 	if (a || __atomic_load_n(&agent_failed, __ATOMIC_RELAXED)) {
 		if (!a && __atomic_exchange_n(&forked_plain, 0, __ATOMIC_RELAXED))
@@ -197,9 +199,11 @@ static md_agent *agent_get(void)
 	return a;
 }
 
+/* The agent, or NULL on a thread inside it or of ours (md__in_agent): its
+ * calls go to the kernel plainly. */
 static md_agent *agent_peek(void)
 {
-	return __atomic_load_n(&agent, __ATOMIC_ACQUIRE);
+	return md__in_agent ? NULL : __atomic_load_n(&agent, __ATOMIC_ACQUIRE);
 }
 
 static size_t page_len(size_t len)
@@ -563,6 +567,22 @@ static void *next_fn(void **slot, const char *name, const char *lib_name)
 	return f;
 }
 
+/* The C library's fork without the atfork handlers (glibc 2.34). */
+pid_t _Fork(void);
+EXPORT pid_t _Fork(void)
+{
+	static void *next;
+	pid_t (*fn)(void) = (pid_t (*)(void))next_fn(&next, "_Fork", "libc.so.6");
+	if (!fn) {
+		errno = ENOSYS;
+		return -1;
+	}
+	pid_t pid = fn();
+	if (pid == 0)
+		child_after_fork();
+	return pid;
+}
+
 /* Calls the next definition of name (in lib_name), or returns missing. */
 #define NEXT_OR(missing, lib_name, name, ...)							\
 	do {											\
@@ -769,6 +789,20 @@ EXPORT long syscall(long nr, ...)
 		if (merge_any_kept_off(a[0], (const unsigned long *)&a[1]))
 			return 0;
 		break;
+	case SYS_fork:
+	case SYS_clone:
+	case SYS_clone3: {
+		/* A process made without the C library's fork() and its
+		 * atfork handler: its child runs plain all the same. Not one
+		 * that shares our memory (CLONE_VM: a thread, a vfork), whose
+		 * state is ours. clone3's flags are the first of its args. */
+		uint64_t fl = nr == SYS_fork ? 0 : nr == SYS_clone ? (uint64_t)a[0] :
+			      a[0] && (size_t)a[1] >= sizeof(uint64_t) ? *(const uint64_t *)a[0] : CLONE_VM;
+		long r = call(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
+		if (r == 0 && !(fl & CLONE_VM))
+			child_after_fork();
+		return r;
+	}
 	case SYS_mbind:
 		return mbind((void *)a[0], (unsigned long)a[1], (int)a[2], (const unsigned long *)a[3],
 			     (unsigned long)a[4], (unsigned)a[5]);

@@ -268,12 +268,12 @@ static void copied_read(struct md_agent *a, int fd, uintptr_t buf, size_t n, off
 	int file = (tell || index) && fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
 	uintptr_t first = round_up(buf), end = round_down(buf + n);
 	if (file && index && end > first) {
-		pthread_mutex_lock(&a->lock);
+		md__agent_enter(a);
 		struct md__image *img = md__image_leased(a, &st);
 		if (img)
 			md__imagepages_queue(a, img->id, ((uint64_t)off + (first - buf)) / MD_PAGE,
 					     (end - first) / MD_PAGE, first, 1);
-		pthread_mutex_unlock(&a->lock);
+		md__agent_leave(a);
 	}
 	uint64_t key = file && tell ? md__read_key((uint64_t)st.st_dev, (uint64_t)st.st_ino) : 0;
 	md__hints_push(&a->hints, buf, n, key, (uint64_t)off);
@@ -338,12 +338,12 @@ static ssize_t read_segment(struct md_agent *a, int fd, void *buf, size_t len, o
 	size_t mapped = 0;
 	uint64_t t0 = now_ns();
 
-	pthread_mutex_lock(&a->lock);
+	md__agent_enter(a);
 	struct md__region *r = md__region_find(a, (uintptr_t)buf, len);
 	if (!r) {
 		struct md__region *first = md__region_find(a, (uintptr_t)buf, 1);
 		size_t head = first ? first->end - (uintptr_t)buf : 0;
-		pthread_mutex_unlock(&a->lock);
+		md__agent_leave(a);
 		if (head) {
 			/* Across region records (RAM registered in parts, which
 			 * meet at a page boundary): each part as a read of its
@@ -363,7 +363,7 @@ static ssize_t read_segment(struct md_agent *a, int fd, void *buf, size_t len, o
 	int small = 0;
 	if (may_share(a, buf, len, off, 1, &small))
 		mapped = share_locked(a, r, fd, (uintptr_t)buf, len, off, &plan);
-	pthread_mutex_unlock(&a->lock);
+	md__agent_leave(a);
 
 	/* The scanner must not replace pages the kernel may be writing
 	 * behind the page tables (O_DIRECT): engine/inflight.h. */
@@ -442,7 +442,7 @@ ssize_t md_agent_pread(md_agent *a, int fd, void *buf, size_t len, off_t off)
 static int copied_run(struct md_agent *a, const struct iovec *iov, int cnt, off_t off, unsigned char *in)
 {
 	int k = 0, small;
-	pthread_mutex_lock(&a->lock);
+	md__agent_enter(a);
 	for (; k < cnt && k < MD_IO_RANGES; off += (off_t)iov[k++].iov_len) {
 		uintptr_t b = (uintptr_t)iov[k].iov_base;
 		size_t len = iov[k].iov_len;
@@ -451,7 +451,7 @@ static int copied_run(struct md_agent *a, const struct iovec *iov, int cnt, off_
 			  : len && (md__region_find(a, b, 1) || md__region_find(a, b + len - 1, 1)))
 			break;
 	}
-	pthread_mutex_unlock(&a->lock);
+	md__agent_leave(a);
 	return k;
 }
 
@@ -469,7 +469,7 @@ static ssize_t copied_segments(struct md_agent *a, int fd, const struct iovec *i
 	int small[MD_IO_RANGES], reached = 0, in_ram = 0;
 	/* The segments read, as read_segment counts them; those past a
 	 * short one (the end of the file) were not read. */
-	pthread_mutex_lock(&a->lock);
+	md__agent_enter(a);
 	for (off_t o = off; reached < cnt; o += (off_t)iov[reached++].iov_len) {
 		int k = reached;
 		size_t len = iov[k].iov_len;
@@ -494,7 +494,7 @@ static ssize_t copied_segments(struct md_agent *a, int fd, const struct iovec *i
 	}
 	if (in_ram)
 		md__count(a, MD_CTR_READ_NS, ns);
-	pthread_mutex_unlock(&a->lock);
+	md__agent_leave(a);
 	/* Outside the lock, which the hints to the scanner take. */
 	for (int k = 0; k < reached && a->engine; off += (off_t)iov[k++].iov_len)
 		if (in[k] && got[k] >= MD_PAGE)
@@ -505,10 +505,10 @@ static ssize_t copied_segments(struct md_agent *a, int fd, const struct iovec *i
 static int any_in_ram(struct md_agent *a, const struct iovec *iov, int iovcnt)
 {
 	int found = 0;
-	pthread_mutex_lock(&a->lock);
+	md__agent_enter(a);
 	for (int i = 0; i < iovcnt && !found; i++)
 		found = iov[i].iov_len && md__region_find(a, (uintptr_t)iov[i].iov_base, 1) != NULL;
-	pthread_mutex_unlock(&a->lock);
+	md__agent_leave(a);
 	return found;
 }
 

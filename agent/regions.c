@@ -186,7 +186,7 @@ static void advise_ranges(struct md_agent *a, const struct md__region *r, const 
 
 void md__regions_flush_advice(struct md_agent *a)
 {
-	pthread_mutex_lock(&a->lock);
+	md__agent_enter(a);
 	for (size_t i = 0; i < a->nregions; i++) {
 		struct md__region *r = &a->regions[i];
 		/* Anonymous parts have the advice already: a no-op for them.
@@ -194,7 +194,7 @@ void md__regions_flush_advice(struct md_agent *a)
 		advise_ranges(a, r, &r->advice_pending);
 		r->advice_pending.n = 0;
 	}
-	pthread_mutex_unlock(&a->lock);
+	md__agent_leave(a);
 }
 
 /* Calls fn on every maximal run of pages in [start, end) whose owner matches

@@ -198,13 +198,13 @@ void md_agent_io_unseen(md_agent *a, const char *what)
 	/* Under the lock: a read mapping image pages over guest RAM is done
 	 * before we return (and so before the device pins what it will use),
 	 * and none maps after. */
-	pthread_mutex_lock(&a->lock);
+	md__agent_enter(a);
 	int before = __atomic_exchange_n(&a->io_unseen, 1, __ATOMIC_SEQ_CST);
 	if (!before && a->engine) {
 		md__inflight_block(&a->engine->io);
 		__atomic_store_n(&a->scanner.paused, 1, __ATOMIC_SEQ_CST);
 	}
-	pthread_mutex_unlock(&a->lock);
+	md__agent_leave(a);
 	if (before)
 		return;
 	md__set(a, MD_CTR_IO_UNSEEN, 1);
@@ -403,7 +403,7 @@ static int unmerge(md_agent *a, char *why, size_t size)
 	md__scanner_stop(&a->scanner);	/* no merge may start meanwhile */
 	/* agent->lock first (the lock order): no read maps an image page
 	 * until the image pages are private. */
-	pthread_mutex_lock(&a->lock);
+	md__agent_enter(a);
 	pthread_rwlock_wrlock(&e->regions_lock);
 	pthread_mutex_lock(&e->lock);
 	uint64_t pages = md__owned_pages(a);
@@ -446,12 +446,12 @@ static int unmerge(md_agent *a, char *why, size_t size)
 	 * so they stay out of the scanner's merges from now on. */
 	if (!err)
 		err = md__privatize(a, 0, UINTPTR_MAX, 0);
-	pthread_mutex_unlock(&a->lock);
+	md__agent_leave(a);
 	goto paused;
 unlock:
 	md__engine_unlock(e);
 	pthread_rwlock_unlock(&e->regions_lock);
-	pthread_mutex_unlock(&a->lock);
+	md__agent_leave(a);
 paused:
 	md__engine_send_unrefs(e);	/* so the daemon frees what nobody maps, before we answer */
 	/* Paused, like KSM after run=2, until resumed (also when the copies

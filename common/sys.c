@@ -523,3 +523,5 @@ void md__advise_new_mapping(void *addr, size_t len, unsigned advice, int kernel_
 	if (advice & MD_ADV_DONTDUMP)
 		md__sys_madvise(addr, len, MADV_DONTDUMP);
 }
+
+__thread unsigned md__in_agent;

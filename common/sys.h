@@ -110,4 +110,12 @@ uint64_t md__resident_moved(const struct md__resident *a, const struct md__resid
  * replaced: give it back (MD_ADV_* bits; kernel_ksm adds MADV_MERGEABLE).
  * Nor its NUMA policy: see policies.h for the mappings that take it. */
 void md__advise_new_mapping(void *addr, size_t len, unsigned advice, int kernel_ksm);
+/* Nonzero on a thread that is inside the agent (holds its lock), or is
+ * one of ours (the scanner, the agent's thread, the fault thread): the
+ * preload library then passes the calls it interposes straight to the
+ * kernel. An allocator that gives memory back with madvise or munmap
+ * (jemalloc, tcmalloc, mimalloc), called by our free() under our locks,
+ * came back into the agent and waited for its own lock for good. */
+extern __thread unsigned md__in_agent;
+
 #endif

@@ -933,6 +933,10 @@ static void give_up_whole(struct md__engine *e, uintptr_t a, uintptr_t end)
 			privatize_pages(e, r, (end - rs) / MD_EPAGE, np);
 		}
 		e->st.unreg_failed += (size_t)((a > rs ? a - rs : 0) + (re > end ? re - end : 0)) / MD_EPAGE;
+		if (e->gave_up_end == e->gave_up_start || rs < e->gave_up_start)
+			e->gave_up_start = rs;
+		if (re > e->gave_up_end)
+			e->gave_up_end = re;
 		unregister_locked(e, rs, re, MD_UNREG_GONE, NULL, 0);	/* whole: no slices */
 		ri += ri < e->nregions && e->regions[ri].start == rs;	/* never, but never loop */
 	}
@@ -958,6 +962,7 @@ int md__engine_unmap(struct md__engine *e, void *addr, size_t len, int (*op)(voi
 	 * VMM maps there next. Without the memory, the regions it cuts are
 	 * given up whole afterwards. */
 	int prepared = remains_prepare(e, a, end, &pre, &npre) == 0;
+	e->gave_up_start = e->gave_up_end = 0;
 	int r = op(arg);
 	struct md__run *run;
 	size_t n;

@@ -181,6 +181,10 @@ struct md__engine {
 				 * under the lock once the range is holes (atomic) */
 	uint64_t max_vmas;
 	uint64_t vma_estimate;  /* upper bound since the last count */
+	/* What the last md__engine_unmap gave up whole, beside its range
+	 * included ([0, 0): nothing): pages made private in pool mappings,
+	 * which only their caller can track from then on. */
+	uintptr_t gave_up_start, gave_up_end;
 	struct md__fill fills[MD_FILLS];
 	struct md__engine_stats st;
 	/* Pool references of memdedupd's slots dropped but not yet sent
@@ -257,7 +261,8 @@ int md__engine_touches(struct md__engine *e, uintptr_t addr, size_t len);
  * registered if keep_mapped (op was a munmap) or all of it is, else is
  * unregistered with MD_UNREG_MAPPED. Returns op's result. A region op
  * cuts whose remains find no memory is given up whole (its parts still
- * mapped made private), counted in unreg_failed. */
+ * mapped made private), counted in unreg_failed, and said in
+ * gave_up_start/gave_up_end: a discard there would show the pool page. */
 int md__engine_unmap(struct md__engine *e, void *addr, size_t len, int (*op)(void *arg), void *arg,
 		     int keep_mapped);
 /* Adds advice bits to the regions overlapping [addr, addr+len). */

@@ -1077,6 +1077,7 @@ static void *scan_thread(void *arg)
 {
 	struct md__scanner *s = arg;
 	pthread_setname_np(pthread_self(), "md-scan");
+	md__in_agent = 1;	/* for good (sys.h) */
 	while (!__atomic_load_n(&s->stop, __ATOMIC_RELAXED)) {
 		uint64_t sleep_ns = ((uint64_t)__atomic_load_n(&s->sleep_ms, __ATOMIC_RELAXED) * 1000000ull)
 				    << __atomic_load_n(&s->idle, __ATOMIC_RELAXED);

@@ -146,6 +146,7 @@ static void *fault_thread(void *arg)
 	struct md__uffd *u = arg;
 	struct uffd_msg msgs[16];
 	pthread_setname_np(pthread_self(), "md-uffd");
+	md__in_agent = 1;	/* for good (sys.h) */
 	struct pollfd pfd[2] = {
 		{ .fd = u->fd, .events = POLLIN },
 		{ .fd = u->stop_fd, .events = POLLIN },

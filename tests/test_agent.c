@@ -1193,16 +1193,32 @@ TEST_IMPL(preadv_scattered_one_call)
 	return 0;
 }
 
+/* A child forked from a process with an agent has none of its threads,
+ * and its locks may be held: it reads plainly, into a copy of its own. */
 TEST_IMPL(fork_child_runs_plain)
 {
 	const char *img = image(8);
+	char log[600], logenv[700];
+	snprintf(log, sizeof(log), "%s/fork.log", test_dir());
+	snprintf(logenv, sizeof(logenv), "MEMDEDUP_LOG=%s", log);
+	const char *env[] = { logenv, NULL };
 	struct proc a;
-	int fd = start_reader(&a, img, NULL);
+	int fd = start_reader(&a, img, env);
 	ASSERT_EQ(proc_num(&a, "read %d 0 65536 0 65536", fd), 65536);
 	char expect[64];
-	snprintf(expect, sizeof(expect), "4096 %s", hex(fnv_file(img, 0, 4096)));
+	snprintf(expect, sizeof(expect), "65536 %s 0", hex(fnv_file(img, 0, 4096)));
 	ASSERT(strcmp(proc_cmd(&a, "fork %u %d", MB, fd), expect) == 0);
+	/* Nor a child made without the atfork handlers: through syscall(2),
+	 * or glibc's _Fork(). It went on with the parent's agent, whose
+	 * locks another thread may have held. */
+	ASSERT(strcmp(proc_cmd(&a, "fork %u %d raw", MB, fd), expect) == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fork %u %d _Fork", MB, fd), expect) == 0);
 	proc_stop(&a);
+	/* Each child said so as it asked for merging. */
+	int plain = 0;
+	for (const char *p = file_text(log); (p = strstr(p, "runs without it")); p++)
+		plain++;
+	ASSERT_EQ(plain, 3);
 	return 0;
 }
 

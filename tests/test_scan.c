@@ -883,6 +883,32 @@ TEST_IMPL(scan_dropped_then_poisoned)
 	return 0;
 }
 
+/* A VMM whose allocator gives memory back with madvise (jemalloc,
+ * tcmalloc, mimalloc): our own free()s under the agent's or the engine's
+ * locks came back into the agent through it and waited for its lock for
+ * good. They go to the kernel plainly; the VMM's own still go through. */
+TEST_IMPL(scan_allocator_madvise_no_deadlock)
+{
+	struct proc a;
+	md_stats s;
+	proc_start(&a, fast_scan);
+	if (proc_num(&a, "freemadvise") == -ENOSYS) {
+		proc_stop(&a);
+		SKIP("under AddressSanitizer, whose free() the testproc cannot replace");
+	}
+	proc_cmd(&a, "map 1024");
+	proc_cmd(&a, "fill 0 512 5");
+	proc_cmd(&a, "fill %u 512 5", 512 * PG);
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_512), 0);
+	char h[32];
+	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", 1024 * PG));
+	/* The region goes (its records freed), its pages made private. */
+	ASSERT(strcmp(proc_cmd(&a, "advise 0 %u unmergeable", 1024 * PG), "0") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 1024 * PG), h) == 0);
+	proc_stop(&a);
+	return 0;
+}
+
 /* Kernel KSM over the whole process (prctl PR_SET_MEMORY_MERGE, which
  * systemd's MemoryKSM=yes sets before exec) would merge the pages our
  * scanner freezes: turned off when the scanner starts, and not passed on
@@ -1178,6 +1204,16 @@ TEST_IMPL(scan_unmap_not_held_by_daemon)
 	return 0;
 }
 
+/* n pages of fresh RAM in pairs, no fill pages (not registered). */
+static char *pairs_ram(size_t n)
+{
+	char *m = mmap(NULL, n * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	for (size_t i = 0; i < n * PG; i++)
+		m[i] = (char)((i / PG) % (n / 2) * 31 + i % PG);
+	return m;
+}
+
 /* A private memdedupd, an agent of this process with its domain "held",
  * and n pages of RAM in pairs (no fill pages), merged: n / 2 pool pages. */
 static char *merged_pairs(struct tdaemon *t, md_agent **a, size_t n)
@@ -1186,10 +1222,7 @@ static char *merged_pairs(struct tdaemon *t, md_agent **a, size_t n)
 	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .pages_to_scan = 10000, .sleep_ms = 1,
 			       .domain = "held", .daemon_socket = t->sock };
 	ASSERT_EQ(md_agent_new(a, &o), 0);
-	char *m = mmap(NULL, n * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	ASSERT(m != MAP_FAILED);
-	for (size_t i = 0; i < n * PG; i++)
-		m[i] = (char)((i / PG) % (n / 2) * 31 + i % PG);
+	char *m = pairs_ram(n);
 	ASSERT_EQ(md_agent_register(*a, m, n * PG, 0), 0);
 	ASSERT_EQ(wait_merged(*a, n / 2), 0);
 	long long live = 0;
@@ -1293,10 +1326,7 @@ TEST_IMPL(scan_vmm_settings_outlive_welcome)
 	ASSERT_EQ(md_agent_new(&a, &o), 0);
 	ASSERT_EQ(md_agent_pause(a, 1), 0);
 	ASSERT_EQ(md_agent_set(a, "pages_to_scan", "7"), 0);
-	char *m = mmap(NULL, n * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	ASSERT(m != MAP_FAILED);
-	for (size_t i = 0; i < n * PG; i++)	/* in pairs, no fill pages */
-		m[i] = (char)((i / PG) % (n / 2) * 31 + i % PG);
+	char *m = pairs_ram(n);
 	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
 	ASSERT(kill(t.pid, SIGCONT) == 0);
 	ASSERT(listed_by(&t));
@@ -1365,6 +1395,13 @@ TEST_IMPL(scan_unregister_short_of_memory_fails)
 	for (size_t i = 0; i < n; i++)
 		if (i != 10)
 			ASSERT_EQ(m[i * PG + 100], (char)(i % 8) + 1);
+	/* A discard there reads zeroes, as the kernel's would: the copies
+	 * lie in pool mappings, and dropped they showed the pool page. */
+	ASSERT_EQ(md_agent_discard(a, m + 20 * PG, PG), 0);
+	ASSERT_EQ(madvise(m + 20 * PG, PG, MADV_DONTNEED), 0);
+	for (size_t i = 0; i < PG; i++)
+		ASSERT_EQ(m[20 * PG + i], 0);
+	ASSERT_EQ(m[21 * PG + 100], (char)(21 % 8) + 1);
 	for (int i = 0; i < 50; i++) {
 		md_agent_stats(a, &s1);
 		if (s1.pages_sharing == 0)

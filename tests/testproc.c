@@ -25,7 +25,12 @@
  *   protect DOFF LEN ro|rw -> mprotect result (0 or -errno)
  *   nosig PATH            -> how many read leases on PATH (the agent's) were
  *                           made to send no signal when broken (F_SETOWN 0)
- *   fork DOFF             -> the child's hash of one page (child reads it)
+ *   fork DOFF FD [raw|_Fork] -> the child's read of 16 pages of FD into RAM at DOFF:
+ *                           "RESULT HASH FILE" of the first, FILE 1 if it is mapped from
+ *                           a file (shared at read time); raw: a child made by
+ *                           syscall(SYS_fork), _Fork: by glibc's _Fork(), neither
+ *                           running the atfork handlers; the child then advises
+ *                           the page MADV_MERGEABLE
  *   closefd FD            -> close result (0 or -errno)
  *   scatter FD OFF DOFF N -> one preadv of N pages into every other page of
  *                           RAM: its result, the read system calls it took,
@@ -78,6 +83,9 @@
  *                           quarters, a half new each time), wait 0-20 ms, discard them (MADV_DONTNEED), wait
  *                           30 ms and count the pages pagemap shows there: holes the
  *                           VMM made that something filled in behind its back
+ *   freemadvise           -> 0: from now on every free() discards a page of its own
+ *                           with madvise(MADV_DONTNEED) first, as jemalloc or
+ *                           tcmalloc give memory back (the agent's free()s too)
  *   quit
  */
 #include <dlfcn.h>
@@ -427,6 +435,23 @@ static long long thread_syscr(void)
 	return p ? atoll(p + 6) : -1;
 }
 
+/* free() for every library of the process, the agent's too (the
+ * executable's symbol comes first): see "freemadvise". */
+static void *free_scratch;
+#ifndef __SANITIZE_ADDRESS__	/* AddressSanitizer's free() is its own */
+extern void __libc_free(void *p);
+__attribute__((visibility("default"))) void free(void *p)
+{
+	void *s = __atomic_load_n(&free_scratch, __ATOMIC_ACQUIRE);
+	if (s)
+		madvise(s, 4096, MADV_DONTNEED);
+	__libc_free(p);
+}
+#define FREE_MADVISES 1
+#else
+#define FREE_MADVISES 0
+#endif
+
 int main(void)
 {
 	char line[4096];
@@ -435,7 +460,14 @@ int main(void)
 		char cmd[32] = "", s1[2048] = "", s2[32] = "";
 		long long a1 = 0, a2 = 0, a3 = 0, a4 = 0;
 		sscanf(line, "%31s", cmd);
-		if (strcmp(cmd, "map") == 0) {
+		if (strcmp(cmd, "freemadvise") == 0 && !FREE_MADVISES) {
+			printf("%d\n", -ENOSYS);
+		} else if (strcmp(cmd, "freemadvise") == 0) {
+			void *s = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			if (s != MAP_FAILED)
+				__atomic_store_n(&free_scratch, s, __ATOMIC_RELEASE);
+			printf("%d\n", s == MAP_FAILED ? -errno : 0);
+		} else if (strcmp(cmd, "map") == 0) {
 			sscanf(line, "%*s %lld", &a1);
 			base_len = (size_t)a1 * 4096;
 			base = mmap(NULL, base_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -696,17 +728,27 @@ int main(void)
 			}
 			printf("%d\n", n);
 		} else if (strcmp(cmd, "fork") == 0) {
-			sscanf(line, "%*s %lld %lld", &a1, &a2);
+			sscanf(line, "%*s %lld %lld %31s", &a1, &a2, s2);
 			int p[2];
 			if (pipe(p) != 0)
 				return 1;
-			pid_t pid = fork();
+			pid_t pid = strcmp(s2, "raw") == 0 ? (pid_t)syscall(SYS_fork) :
+				    strcmp(s2, "_Fork") == 0 ? _Fork() : fork();
 			if (pid == 0) {
-				/* The child reads the image itself into its copy. */
-				ssize_t r = pread((int)a2, base + a1, 4096, 0);
-				char out[32];
-				int n = snprintf(out, sizeof(out), "%zd %016llx", r,
-						 (unsigned long long)fnv((unsigned char *)base + a1, 4096));
+				/* The child reads the image itself into its copy:
+				 * 16 pages, a read the agent would share. */
+				ssize_t r = pread((int)a2, base + a1, 16 * 4096, 0);
+				uint64_t pm = 0;
+				int pmfd = open("/proc/self/pagemap", O_RDONLY);
+				if (pmfd < 0 || pread(pmfd, &pm, sizeof(pm), (off_t)((uintptr_t)(base + a1) / 4096 * 8)) != 8)
+					_exit(1);
+				/* And asks for merging: the agent it would make
+				 * or use says which (a child's is none). */
+				madvise(base + a1, 4096, MADV_MERGEABLE);
+				char out[48];
+				int n = snprintf(out, sizeof(out), "%zd %016llx %d", r,
+						 (unsigned long long)fnv((unsigned char *)base + a1, 4096),
+						 (int)((pm >> 61) & 1));
 				if (write(p[1], out, (size_t)n) < 0)
 					_exit(1);
 				_exit(0);

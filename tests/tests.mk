@@ -9,8 +9,9 @@ $(TEST_OBJ): CFLAGS += -Iagent -Iengine -Idaemon -Itests -Itests/daemon
 $(B)/runner: $(TEST_OBJ) $(B)/libmemdedup.a
 	$(CC) -o $@ $^ $(LDFLAGS)
 
+# free() exported: the libraries' calls come to the testproc's ("freemadvise").
 $(B)/testproc: $(B)/tests/testproc.o
-	$(CC) -o $@ $^ $(LDFLAGS) -luring
+	$(CC) -o $@ $^ $(LDFLAGS) -Wl,--export-dynamic-symbol=free -luring
 
 # A stand-in for libibverbs (no RDMA adapter here), loaded by the testproc.
 $(B)/libibverbs-stub.so: $(B)/tests/stub_ibverbs.o
