@@ -377,22 +377,30 @@ int md__discard_forgotten(struct md_agent *a, uintptr_t start, uintptr_t end)
 	int err = md__range_file_vmas(start, end, &v, &n);
 	if (err)
 		return err;
+	/* Only where the set says copies may lie: beside them, in the range
+	 * discarded, a private file mapping is the VMM's own, which the
+	 * kernel's discard leaves showing its file. */
+	const struct md__rangeset *f = &a->forgotten;
 	for (size_t i = 0; i < n && !err; i++) {
-		for (uintptr_t lo = v[i].lo, hi; lo < v[i].hi; lo = hi) {
-			hi = v[i].hi;
-			if (a->engine && md__engine_covers(a->engine, lo, v[i].hi, &hi))
-				continue;
-			void *m = md__sys_mmap((void *)lo, hi - lo, v[i].prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
-					       -1, 0);
-			if (m == MAP_FAILED) {
-				err = -errno;
-				break;
+		for (size_t k = 0; k < f->n && !err; k++) {
+			uintptr_t vlo = v[i].lo > f->start[k] ? v[i].lo : f->start[k];
+			uintptr_t vhi = v[i].hi < f->end[k] ? v[i].hi : f->end[k];
+			for (uintptr_t lo = vlo, hi; lo < vhi; lo = hi) {
+				hi = vhi;
+				if (a->engine && md__engine_covers(a->engine, lo, vhi, &hi))
+					continue;
+				void *m = md__sys_mmap((void *)lo, hi - lo, v[i].prot,
+						       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+				if (m == MAP_FAILED) {
+					err = -errno;
+					break;
+				}
+				md__advise_new_mapping(m, hi - lo, v[i].advice, v[i].mergeable);
+				md__policy_apply(lo, hi - lo);
+				if (v[i].advice & MD_ADV_HUGEPAGE)
+					md__sys_madvise(m, hi - lo, MADV_HUGEPAGE);
+				a->maps_since_count += 2;
 			}
-			md__advise_new_mapping(m, hi - lo, v[i].advice, v[i].mergeable);
-			md__policy_apply(lo, hi - lo);
-			if (v[i].advice & MD_ADV_HUGEPAGE)
-				md__sys_madvise(m, hi - lo, MADV_HUGEPAGE);
-			a->maps_since_count += 2;
 		}
 	}
 	free(v);

@@ -1063,6 +1063,21 @@ TEST_IMPL(discard_after_remap_keeps_vmm_file)
 	ASSERT_EQ(proc_num(&a, "advise 65536 65536 dontneed"), 0);
 	ASSERT(strcmp(proc_cmd(&a, "hash 65536 65536"), hex(fnv_zero(65536))) == 0);
 	proc_stop(&a);
+
+	/* A file the VMM maps beside the forgotten copies, still guest RAM
+	 * until then, and one discard over both: the copies read zeroes, the
+	 * VMM's file its content (the whole range discarded was replaced). */
+	fd = start_reader(&a, img, NULL);
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 65536", fd, MB), MB);
+	ASSERT_EQ(proc_num(&a, "advise 0 %u unmergeable", MB), 0);
+	fo = (int)proc_num(&a, "open %s", other);
+	ASSERT(fo >= 0);
+	ASSERT_EQ(proc_num(&a, "mapfile %u 65536 %d", MB, fo), 0);
+	ASSERT(strcmp(proc_cmd(&a, "write %u 7", MB + 100), "ok") == 0);
+	ASSERT_EQ(proc_num(&a, "advise %u 131072 dontneed", MB - 65536), 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u 65536", MB - 65536), hex(fnv_zero(65536))) == 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u 65536", MB), hex(fnv_file(other, 0, 65536))) == 0);
+	proc_stop(&a);
 	return 0;
 }
 
