@@ -363,6 +363,27 @@ int md__discard(struct md_agent *a, uintptr_t start, uintptr_t end)
 	return err;
 }
 
+/* Replaces [lo, hi) of the private file mapping v by anonymous memory with
+ * v's protection, advice and policy, but for what the engine covers (its
+ * discard makes that zeroes). 0 or -errno. */
+static int forget_copies(struct md_agent *a, const struct md__vma *v, uintptr_t lo, uintptr_t hi)
+{
+	for (uintptr_t end = hi; lo < end; lo = hi) {
+		hi = end;
+		if (a->engine && md__engine_covers(a->engine, lo, end, &hi))
+			continue;
+		void *m = md__sys_mmap((void *)lo, hi - lo, v->prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+		if (m == MAP_FAILED)
+			return -errno;
+		md__advise_new_mapping(m, hi - lo, v->advice, v->mergeable);
+		md__policy_apply(lo, hi - lo);
+		if (v->advice & MD_ADV_HUGEPAGE)
+			md__sys_madvise(m, hi - lo, MADV_HUGEPAGE);
+		a->maps_since_count += 2;
+	}
+	return 0;
+}
+
 int md__discard_forgotten(struct md_agent *a, uintptr_t start, uintptr_t end)
 {
 	if (!md__rangeset_overlaps(&a->forgotten, start, end))
@@ -383,24 +404,10 @@ int md__discard_forgotten(struct md_agent *a, uintptr_t start, uintptr_t end)
 	const struct md__rangeset *f = &a->forgotten;
 	for (size_t i = 0; i < n && !err; i++) {
 		for (size_t k = 0; k < f->n && !err; k++) {
-			uintptr_t vlo = v[i].lo > f->start[k] ? v[i].lo : f->start[k];
-			uintptr_t vhi = v[i].hi < f->end[k] ? v[i].hi : f->end[k];
-			for (uintptr_t lo = vlo, hi; lo < vhi; lo = hi) {
-				hi = vhi;
-				if (a->engine && md__engine_covers(a->engine, lo, vhi, &hi))
-					continue;
-				void *m = md__sys_mmap((void *)lo, hi - lo, v[i].prot,
-						       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
-				if (m == MAP_FAILED) {
-					err = -errno;
-					break;
-				}
-				md__advise_new_mapping(m, hi - lo, v[i].advice, v[i].mergeable);
-				md__policy_apply(lo, hi - lo);
-				if (v[i].advice & MD_ADV_HUGEPAGE)
-					md__sys_madvise(m, hi - lo, MADV_HUGEPAGE);
-				a->maps_since_count += 2;
-			}
+			uintptr_t lo = v[i].lo > f->start[k] ? v[i].lo : f->start[k];
+			uintptr_t hi = v[i].hi < f->end[k] ? v[i].hi : f->end[k];
+			if (lo < hi)
+				err = forget_copies(a, &v[i], lo, hi);
 		}
 	}
 	free(v);

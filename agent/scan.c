@@ -159,6 +159,14 @@ void md__scan_register(struct md_agent *a, uintptr_t start, size_t len, unsigned
 		a->scanner_started = 1;
 }
 
+/* Whether the scanner stays paused whatever memdedupd says: the VMM
+ * paused it (md_agent_pause), or it unmerged until resumed. */
+static int kept_paused(const md_agent *a)
+{
+	return __atomic_load_n(&a->paused_here, __ATOMIC_RELAXED) ||
+	       __atomic_load_n(&a->unmerged, __ATOMIC_RELAXED);
+}
+
 /* The scanner's pause, as the daemon says (its PAUSE and RESUME, and
  * its welcome) or the VMM (md_agent_pause). */
 static int pause_set(md_agent *a, int paused)
@@ -654,8 +662,7 @@ static void apply_welcome(struct md_agent *a, const struct md__msg_welcome *w)
 	int paused = (w->state & MD_WELCOME_PAUSED) != 0;
 	if (a->engine->remote->same_daemon && !paused && __atomic_load_n(&a->unmerged, __ATOMIC_RELAXED) == 2)
 		__atomic_store_n(&a->unmerged, 0, __ATOMIC_RELAXED);
-	pause_set(a, paused || __atomic_load_n(&a->unmerged, __ATOMIC_RELAXED) ||
-		     __atomic_load_n(&a->paused_here, __ATOMIC_RELAXED));
+	pause_set(a, paused || kept_paused(a));
 }
 
 void md__scan_daemon(struct md_agent *a, int report)
@@ -677,8 +684,7 @@ void md__scan_daemon(struct md_agent *a, int report)
 					     "processes waits until it does", strerror(-err));
 			if (a->welcome_due) {	/* scan without it meanwhile, as it was */
 				a->welcome_due = 0;
-				pause_set(a, __atomic_load_n(&a->paused_here, __ATOMIC_RELAXED) ||
-					     __atomic_load_n(&a->unmerged, __ATOMIC_RELAXED));
+				pause_set(a, kept_paused(a));
 			}
 			return;
 		}

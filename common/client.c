@@ -648,19 +648,30 @@ static int check_daemon(int fd, const char *path)
 	return 0;
 }
 
-int md__client_connect(struct md__client **cp, const char *socket_path)
+/* The daemon's address for socket_path (NULL: the default): 0 and *sa,
+ * its path in path too (for messages), or -errno. */
+static int daemon_address(const char *socket_path, struct sockaddr_un *sa, char *path, size_t size)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	char path[sizeof(sa.sun_path) + 1];
-	int err;
-
-	*cp = NULL;
-	err = md__daemon_socket_path(socket_path, path, sizeof(path));
+	int err = md__daemon_socket_path(socket_path, path, size);
 	if (err)
 		return err;
-	if (strlen(path) >= sizeof(sa.sun_path))
+	memset(sa, 0, sizeof(*sa));
+	sa->sun_family = AF_UNIX;
+	if (strlen(path) >= sizeof(sa->sun_path))
 		return -ENAMETOOLONG;
-	memcpy(sa.sun_path, path, strlen(path));
+	memcpy(sa->sun_path, path, strlen(path));
+	return 0;
+}
+
+int md__client_connect(struct md__client **cp, const char *socket_path)
+{
+	struct sockaddr_un sa;
+	char path[sizeof(sa.sun_path) + 1];
+
+	*cp = NULL;
+	int err = daemon_address(socket_path, &sa, path, sizeof(path));
+	if (err)
+		return err;
 	struct md__client *c = calloc(1, sizeof(*c));
 	if (!c)
 		return -ENOMEM;
@@ -1065,14 +1076,11 @@ int md__client_next_control(struct md__client *c, struct md__msg_control *ctl)
 
 int md__daemon_probe(const char *socket_path)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct sockaddr_un sa;
 	char path[sizeof(sa.sun_path) + 1];
-	int err = md__daemon_socket_path(socket_path, path, sizeof(path));
+	int err = daemon_address(socket_path, &sa, path, sizeof(path));
 	if (err)
 		return err;
-	if (strlen(path) >= sizeof(sa.sun_path))
-		return -ENAMETOOLONG;
-	memcpy(sa.sun_path, path, strlen(path));
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0)
 		return -errno;

@@ -498,21 +498,19 @@ static int unref_n(struct md__engine *e, const uint32_t *slot, size_t n, uint64_
 	return err == -EINVAL ? 0 : err;
 }
 
-/* Moves the lock's queue of slots to send aside (lock held). If that
- * cannot grow (memory short), they are not given back: their pool pages
- * stay until this process goes (a round trip here would hold the lock). */
-static void defer_unrefs(struct md__engine *e)
+/* Adds n slots of pool generation gen to the queue md__engine_send_unrefs
+ * sends (their order does not matter). If it cannot grow (memory short),
+ * they are not given back: their pool pages stay until this process goes
+ * (a round trip instead would hold the caller's lock). */
+static void unrefs_queue(struct md__engine *e, const uint32_t *slot, size_t n, uint64_t gen)
 {
-	if (!e->nunref)
-		return;
-	uint64_t gen = e->remote->generation;	/* changes under the lock only */
 	pthread_mutex_lock(&e->unref_lock);
 	int kept = 0;
 	if (e->nunref_q && e->unref_gen != gen)
 		e->nunref_q = 0;	/* an older pool's: md__engine_remote_connect forgets them too */
-	if (e->nunref_q + e->nunref > e->unref_cap) {
+	if (e->nunref_q + n > e->unref_cap) {
 		size_t cap = e->unref_cap ? e->unref_cap * 2 : 4 * MD_REF_BATCH;
-		while (cap < e->nunref_q + e->nunref)
+		while (cap < e->nunref_q + n)
 			cap *= 2;
 		uint32_t *q = realloc(e->unref_q, cap * sizeof(*q));
 		if (q) {
@@ -520,16 +518,24 @@ static void defer_unrefs(struct md__engine *e)
 			e->unref_cap = cap;
 		}
 	}
-	if (e->nunref_q + e->nunref <= e->unref_cap) {
-		memcpy(e->unref_q + e->nunref_q, e->unref, e->nunref * sizeof(*e->unref));
-		e->nunref_q += e->nunref;
+	if (e->nunref_q + n <= e->unref_cap) {
+		memcpy(e->unref_q + e->nunref_q, slot, n * sizeof(*slot));
+		e->nunref_q += n;
 		e->unref_gen = gen;
 		kept = 1;
 	}
 	pthread_mutex_unlock(&e->unref_lock);
 	if (!kept)
 		md__log_once(92, "could not keep %zu pool references to give back to memdedupd: "
-			     "they stay pinned until this process exits", e->nunref);
+			     "they stay pinned until this process exits", n);
+}
+
+/* Moves the lock's batch of slots to that queue (lock held). */
+static void defer_unrefs(struct md__engine *e)
+{
+	if (!e->nunref)
+		return;
+	unrefs_queue(e, e->unref, e->nunref, e->remote->generation);	/* changes under the lock only */
 	e->nunref = 0;
 }
 
@@ -545,7 +551,7 @@ void md__engine_send_unrefs(struct md__engine *e)
 		return;
 	pthread_mutex_lock(&e->unref_lock);
 	uint32_t *q = e->unref_q;
-	size_t n = e->nunref_q, cap = e->unref_cap;
+	size_t n = e->nunref_q;
 	uint64_t gen = e->unref_gen;
 	e->unref_q = NULL;
 	e->nunref_q = e->unref_cap = 0;
@@ -558,29 +564,14 @@ void md__engine_send_unrefs(struct md__engine *e)
 		if (err)
 			break;	/* a slow daemon: the rest waits for the next call */
 	}
+	/* The rest back in the queue, unless the pool is another's now (the
+	 * queue holds the new pool's slots then). Under the merge lock, as
+	 * md__engine_remote_connect switches pools under it. */
 	if (at < n) {
-		/* Back in front of what came meanwhile, unless the pool is
-		 * another's now (md__engine_remote_connect emptied the queue). */
-		pthread_mutex_lock(&e->unref_lock);
-		if (!e->nunref_q || e->unref_gen == gen) {
-			if (n + e->nunref_q > cap) {
-				uint32_t *g = realloc(q, (n + e->nunref_q) * sizeof(*q));
-				if (!g)
-					goto drop;	/* they stay pinned until this process goes */
-				q = g;
-				cap = n + e->nunref_q;
-			}
-			memcpy(q + n, e->unref_q, e->nunref_q * sizeof(*q));
-			memmove(q, q + at, (n - at + e->nunref_q) * sizeof(*q));
-			free(e->unref_q);
-			e->unref_q = q;
-			e->nunref_q = n - at + e->nunref_q;
-			e->unref_cap = cap;
-			e->unref_gen = gen;
-			q = NULL;
-		}
-drop:
-		pthread_mutex_unlock(&e->unref_lock);
+		pthread_mutex_lock(&e->lock);
+		if (e->remote->generation == gen)
+			unrefs_queue(e, q + at, n - at, gen);
+		pthread_mutex_unlock(&e->lock);
 	}
 	free(q);
 }
