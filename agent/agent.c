@@ -557,6 +557,14 @@ int md_agent_register(md_agent *a, void *addr, size_t len, unsigned advice)
 		md__log_once(66, "memory at %p (%zu bytes) is hugetlbfs memory: not merged", addr, len);
 		return -EPERM;
 	}
+	/* Read-only memory (or none at all): the pages a shared read or a
+	 * merge maps there are read-write, and would make it writable behind
+	 * the VMM's back (a later mprotect gives such memory up, too). */
+	if (kind & MD_VMF_NOT_RW) {
+		md__log_once(94, "memory at %p (%zu bytes) is not both readable and writable: not merged",
+			     addr, len);
+		return -EPERM;
+	}
 	if (kind & MD_VMF_LOCKED) {
 		md__log_once(86, "memory at %p (%zu bytes) is locked in memory (mlock, QEMU's -overcommit "
 			     "mem-lock=on): copy-on-write sharing would copy every page at once, so it is "

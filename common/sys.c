@@ -366,6 +366,8 @@ static void vmflags_line(void *arg, char *text)
 	char perms[5];
 	if (sscanf(text, "%lx-%lx %4s", &lo, &hi, perms) == 3 && strchr(text, ' ') > strchr(text, '-')) {
 		h->in = lo < h->end && hi > h->a;
+		if (h->in && (perms[0] != 'r' || perms[1] != 'w'))
+			h->found |= MD_VMF_NOT_RW;
 		return;
 	}
 	if (!h->in || strncmp(text, "VmFlags:", 8) != 0)

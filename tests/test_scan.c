@@ -422,6 +422,15 @@ TEST_IMPL(scan_protected_memory_given_up)
 	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 512 * PG), h) == 0);
 	ASSERT_EQ(proc_stats(&a, &s), 0);
 	ASSERT_EQ(s.registered_bytes, (uint64_t)512 * PG);
+	/* Asked for merging while read-only: refused, the duplicates stay
+	 * apart and the memory read-only. */
+	ASSERT_EQ(proc_num(&a, "advise 0 %u mergeable", 512 * PG), 0);
+	passes_want = s.full_scans + 2;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, passes_done), 0);
+	ASSERT_EQ(s.registered_bytes, (uint64_t)512 * PG);
+	ASSERT(strcmp(proc_cmd(&a, "perms 0"), "r--p") == 0);
+	for (unsigned i = 0; i < 256; i++)
+		ASSERT(proc_page(&a, i * PG).pfn != proc_page(&a, (256 + i) * PG).pfn);
 	/* Writable again, duplicates there: not merged (nor is the rest's
 	 * control pair missed); merged once advised mergeable again. */
 	ASSERT_EQ(proc_num(&a, "protect 0 %u rw", 512 * PG), 0);
@@ -442,6 +451,7 @@ TEST_IMPL(scan_protected_memory_given_up)
 	ASSERT(pairs_merged(&a, 0, 128, 128));
 	proc_stop(&a);
 	ASSERT(strstr(file_text(log), "changes the protection of guest RAM (mprotect)"));
+	ASSERT(strstr(file_text(log), "is not both readable and writable: not merged"));
 	return 0;
 }
 
