@@ -56,6 +56,11 @@ static struct md__image *image_find(struct md_agent *a, dev_t dev, ino_t ino)
 	return NULL;
 }
 
+int md__image_known(struct md_agent *a, dev_t dev, ino_t ino)
+{
+	return image_find(a, dev, ino) != NULL;
+}
+
 /* A lease's break is our signal, to our thread. Set again before each
  * lease: the kernel clears both when one goes. */
 static int lease_signal_to_us(const struct md_agent *a, int fd)

@@ -398,11 +398,15 @@ int md__discard_forgotten(struct md_agent *a, uintptr_t start, uintptr_t end)
 	int err = md__range_file_vmas(start, end, &v, &n);
 	if (err)
 		return err;
-	/* Only where the set says copies may lie: beside them, in the range
-	 * discarded, a private file mapping is the VMM's own, which the
-	 * kernel's discard leaves showing its file. */
+	/* Only where the set says copies may lie, and in mappings of the
+	 * pool or an image: beside them, in the range discarded, and where
+	 * the set grew over guest RAM between copies (it holds 32 ranges), a
+	 * private file mapping is the VMM's own, which the kernel's discard
+	 * leaves showing its file. */
 	const struct md__rangeset *f = &a->forgotten;
 	for (size_t i = 0; i < n && !err; i++) {
+		if (!v[i].pool && !md__image_known(a, v[i].dev, v[i].ino))
+			continue;
 		for (size_t k = 0; k < f->n && !err; k++) {
 			uintptr_t lo = v[i].lo > f->start[k] ? v[i].lo : f->start[k];
 			uintptr_t hi = v[i].hi < f->end[k] ? v[i].hi : f->end[k];

@@ -187,6 +187,13 @@ struct file_ids {
 	int err;
 };
 
+/* A mapping's path in maps or smaps names a memdedup pool (its memfd). */
+static int is_pool_path(const char *path)
+{
+	return strncmp(path, "/memfd:memdedup-pool", 20) == 0 && (path[20] == 0 || path[20] == ' ' ||
+								   path[20] == '\n');
+}
+
 static void file_id_line(void *arg, char *text)
 {
 	struct file_ids *f = arg;
@@ -207,9 +214,7 @@ static void file_id_line(void *arg, char *text)
 		f->cap = cap;
 	}
 	f->v[f->n++] = (struct md__file_map){ lo > f->a ? lo : f->a, hi < f->end ? hi : f->end,
-					      makedev(maj, mnr), (ino_t)ino,
-					      path && strncmp(text + path, "/memfd:memdedup-pool", 20) == 0 &&
-						      (text[path + 20] == 0 || text[path + 20] == ' ') };
+					      makedev(maj, mnr), (ino_t)ino, path && is_pool_path(text + path) };
 }
 
 int md__range_file_maps(uintptr_t a, uintptr_t end, struct md__file_map **v, size_t *n)
@@ -262,12 +267,16 @@ static void file_vma_line(void *arg, char *text)
 	unsigned long lo, hi, off, inode;
 	unsigned maj, mnr;
 	char perms[5];
-	if (sscanf(text, "%lx-%lx %4s %lx %x:%x %lu", &lo, &hi, perms, &off, &maj, &mnr, &inode) == 7) {
+	int path = 0;
+	if (sscanf(text, "%lx-%lx %4s %lx %x:%x %lu %n", &lo, &hi, perms, &off, &maj, &mnr, &inode, &path) >= 7) {
 		f->cur = (struct md__vma){ 0 };
 		/* Private, of a file (an inode: anonymous memory has none). */
 		if (inode && perms[3] == 'p' && lo < f->end && hi > f->a) {
 			f->cur.lo = lo > f->a ? lo : f->a;
 			f->cur.hi = hi < f->end ? hi : f->end;
+			f->cur.dev = makedev(maj, mnr);
+			f->cur.ino = (ino_t)inode;
+			f->cur.pool = path && is_pool_path(text + path);
 			f->cur.prot = (perms[0] == 'r' ? PROT_READ : 0) | (perms[1] == 'w' ? PROT_WRITE : 0) |
 				      (perms[2] == 'x' ? PROT_EXEC : 0);
 		}

@@ -73,6 +73,9 @@ struct md__vma {
 	int prot;
 	unsigned advice;
 	int mergeable;
+	dev_t dev;	/* its file */
+	ino_t ino;
+	int pool;	/* a memdedup pool's memfd */
 };
 int md__range_file_vmas(uintptr_t a, uintptr_t end, struct md__vma **vmas, size_t *n);
 /* 1 if no file mapping overlaps [a, end), 0 if one does; -ENOTTY on a
