@@ -1000,8 +1000,11 @@ int md__agent_unmap(md_agent *a, void *addr, size_t len, int (*op)(void *arg), v
 		for (size_t i = 0; i < n; i++) {
 			if (run[i].mapped && keep_mapped)
 				continue;
-			if (run[i].mapped)
-				md__privatize(a, run[i].lo, run[i].hi, 0);
+			/* Pages that could not be made private (memory short)
+			 * are the image's still: their records stay, for a
+			 * lease break to find them. */
+			if (run[i].mapped && md__privatize(a, run[i].lo, run[i].hi, 0) != 0)
+				continue;
 			md__regions_remove(a, run[i].lo, run[i].hi);
 		}
 		free(run);

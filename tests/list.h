@@ -15,7 +15,7 @@
 	X(agent_api_rejects) X(agent_stats_file_owned) X(agent_unregister_splits_without_memory) \
 	X(share_two_processes) X(write_is_private) X(fallback_unaligned) X(read_across_region_records) X(read_direct_to_end_of_file) X(fallback_filesystem_without_leases) \
 	X(fallback_partial) X(small_reads_copied) X(fallback_pipe) X(fallback_path_descriptor) X(mergeable_hole_not_registered) X(hugetlb_not_registered) X(fallback_writable_file) \
-	X(lease_break_keeps_content) X(lease_break_short_of_memory) X(unmergeable_short_of_memory_fails) X(lease_break_then_discard_yields_zeroes) X(lease_break_read_only_pages) X(lease_break_without_signal) X(lease_gone_with_agent_fd) X(lease_fd_replaced_read_copied) X(lease_fd_reused_for_other_image) X(device_dma_stops_read_sharing) X(map_limit_falls_back) X(vma_budget_falls_back) \
+	X(lease_break_keeps_content) X(lease_break_short_of_memory) X(unmergeable_short_of_memory_fails) X(failed_map_short_of_memory_keeps_tracking) X(lease_break_then_discard_yields_zeroes) X(lease_break_read_only_pages) X(lease_break_without_signal) X(lease_gone_with_agent_fd) X(lease_fd_replaced_read_copied) X(lease_fd_reused_for_other_image) X(device_dma_stops_read_sharing) X(map_limit_falls_back) X(vma_budget_falls_back) \
 	X(discard_yields_zeroes) X(discard_after_remap_keeps_vmm_file) X(discard_beside_many_forgotten_keeps_vmm_file) X(unmerge_makes_private) X(unmerge_unregisters_beside_images) X(preadv_mixed) X(preadv_scattered_one_call) \
 	X(fork_child_runs_plain) X(fork_before_agent_shares) X(stats_dir_full) X(status_lists_agent) X(advice_reaches_new_mappings) \
 	X(env_flags_strict) X(env_numbers_strict) X(env_bad_order_and_log_said) X(stats_dir_too_long) \

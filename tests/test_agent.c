@@ -845,6 +845,42 @@ TEST_IMPL(unmergeable_short_of_memory_fails)
 	return 0;
 }
 
+/* A MAP_FIXED over guest RAM shared at read time that fails (a bad
+ * descriptor: nothing is unmapped), over a hole too, with no memory to
+ * make the pages private: they stay tracked, so a lease break still makes
+ * them private before a writer changes the file. The records went, and
+ * the writer's bytes showed in guest RAM. */
+TEST_IMPL(failed_map_short_of_memory_keeps_tracking)
+{
+	if (getenv("MD_TEST_PRELOAD_FIRST"))
+		SKIP("under AddressSanitizer, whose own allocations wait at the cgroup's limit");
+	struct test_cgroup cg;
+	const char *none = refusing_cgroup(&cg);
+	if (none)
+		SKIP("%s", none);
+	long break_time = atol(file_text("/proc/sys/fs/lease-break-time"));
+	if (break_time < 10) {
+		close(cg.guard);
+		SKIP("fs.lease-break-time is under 10 s");
+	}
+	char img[512];
+	struct proc a;
+	read_fresh_image(&a, img, sizeof(img), "image-failedmap", 17, NULL, NULL);
+	const size_t half = IMG_SIZE / 2, rest = IMG_SIZE / 2 - 4096;
+	uint64_t h1 = fnv_file(img, 0, half), h2 = fnv_file(img, half + 4096, rest);
+	ASSERT_EQ(proc_num(&a, "unmap %zu %x", half, 4096), 0);
+	ASSERT_EQ(cgroup_enter(&cg, a.pid), 0);
+	ASSERT_EQ(cgroup_limit(&cg, cgroup_usage(&cg) + IMG_SIZE / 4), 0);
+	ASSERT_EQ(proc_num(&a, "mapfile 0 %u 999", IMG_SIZE), -EBADF);
+	ASSERT_EQ(cgroup_limit(&cg, 1ull << 30), 0);
+	close(overwrite_image(img, NULL));
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %zu", half), hex(h1)) == 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash %zu %zu", half + 4096, rest), hex(h2)) == 0);
+	proc_stop(&a);
+	close(cg.guard);
+	return 0;
+}
+
 /* After a lease break the pages are private copies inside the image's
  * mapping, which no record tracks any more: a discard there (a balloon,
  * free page reporting) must read back zeroes, not the writer's new data
