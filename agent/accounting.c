@@ -55,7 +55,7 @@ void md__account(struct md_agent *a, int count_vmas)
 
 	pthread_mutex_lock(&account_lock);
 	if (pm < 0)
-		pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+		pm = md__proc_open("pagemap", 0);
 	/* A chunk at a time, and the pagemap read outside agent->lock: a
 	 * walk of all guest RAM takes milliseconds, and every read into guest
 	 * RAM would wait for it (the regions may change between chunks; the

@@ -86,7 +86,7 @@ static void *agent_thread(void *arg)
 	struct md__resident full_at = { 0 }, reap_at = { 0 };
 	int was_reading = 0, edge_due = 0;
 	struct timespec next;
-	int statm_fd = open("/proc/self/statm", O_RDONLY | O_CLOEXEC);
+	int statm_fd = md__proc_open("statm", 0);
 	clock_gettime(CLOCK_MONOTONIC, &next);
 	for (unsigned n = 1; !__atomic_load_n(&a->stop, __ATOMIC_ACQUIRE);) {
 		struct timespec now, wait;

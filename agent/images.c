@@ -76,10 +76,10 @@ static int image_open_own(struct md_agent *a, int fd, const struct stat *st)
 {
 	char path[64];
 	struct stat own;
-	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	snprintf(path, sizeof(path), "fd/%d", fd);
 	/* O_APPEND, meaningless for reading, marks the description as ours
 	 * (image_fd_ours): a lease's removal clears its signal and owner. */
-	int own_fd = open(path, O_RDONLY | O_CLOEXEC | O_APPEND);
+	int own_fd = md__proc_open(path, O_APPEND);
 	if (own_fd < 0)
 		return -1;
 	if (fstat(own_fd, &own) != 0 || own.st_dev != st->st_dev || own.st_ino != st->st_ino ||

@@ -1,12 +1,14 @@
 #include "sys.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -96,11 +98,70 @@ pid_t md__sys_gettid(void)
 	return (pid_t)syscall(SYS_gettid);
 }
 
+/* /proc/self as this process found it first (its /proc/PID): which
+ * process, and the directory's identity, against a VMM that closes the
+ * descriptor and reuses its number. */
+static struct {
+	pthread_mutex_t lock;
+	int set, fd;
+	pid_t pid;
+	dev_t dev;
+	ino_t ino;
+} proc_kept = { PTHREAD_MUTEX_INITIALIZER, 0, -1, 0, 0, 0 };
+
+static void proc_keep(void)
+{
+	struct stat st;
+	pthread_mutex_lock(&proc_kept.lock);
+	if (!proc_kept.set) {
+		int dir = open("/proc/self", O_PATH | O_DIRECTORY | O_CLOEXEC);
+		if (dir >= 0 && fstat(dir, &st) == 0)
+			proc_kept.fd = dir, proc_kept.pid = getpid(), proc_kept.dev = st.st_dev,
+			proc_kept.ino = st.st_ino;
+		else if (dir >= 0)
+			close(dir);
+		__atomic_store_n(&proc_kept.set, 1, __ATOMIC_RELEASE);
+	}
+	pthread_mutex_unlock(&proc_kept.lock);
+}
+
+static int proc_reopen(const char *name, int flags)
+{
+	struct stat st;
+	int fd = -1;
+	pthread_mutex_lock(&proc_kept.lock);
+	if (proc_kept.fd >= 0 && proc_kept.pid == getpid() && fstat(proc_kept.fd, &st) == 0 &&
+	    st.st_dev == proc_kept.dev && st.st_ino == proc_kept.ino)
+		fd = openat(proc_kept.fd, name, O_RDONLY | O_CLOEXEC | flags);
+	pthread_mutex_unlock(&proc_kept.lock);
+	return fd;
+}
+
+int md__proc_open(const char *name, int flags)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/self/%s", name);
+	int fd = open(path, O_RDONLY | O_CLOEXEC | flags);
+	if (fd >= 0) {
+		if (!__atomic_load_n(&proc_kept.set, __ATOMIC_ACQUIRE))
+			proc_keep();
+		return fd;
+	}
+	/* No /proc where we are now (the VMM chrooted, as QEMU's -chroot
+	 * does, after its RAM was set up): the directory kept before, if it
+	 * is this process's (a child's would show its parent). */
+	int err = errno;
+	fd = proc_reopen(name, flags);
+	if (fd < 0)
+		errno = err;
+	return fd;
+}
+
 uint64_t md__count_vmas(void)
 {
 	char buf[65536];
 	uint64_t lines = 0;
-	int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+	int fd = md__proc_open("maps", 0);
 	if (fd < 0)
 		return 0;
 	for (;;) {
@@ -120,12 +181,12 @@ uint64_t md__count_vmas(void)
 
 /* Calls line(arg, text) for each line of a file of /proc/self, in order.
  * 0, or -errno if the file cannot be read. */
-static int proc_lines(const char *path, void (*line)(void *arg, char *text), void *arg)
+static int proc_lines(const char *name, void (*line)(void *arg, char *text), void *arg)
 {
 	char buf[65536];
 	size_t have = 0;
 	int err = 0;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int fd = md__proc_open(name, 0);
 	if (fd < 0)
 		return -errno;
 	for (;;) {
@@ -177,7 +238,7 @@ static void maps_line(void *arg, char *text)
 static int maps_each(void (*line)(void *arg, uintptr_t lo, uintptr_t hi, const char *perms), void *arg)
 {
 	struct maps_line m = { line, arg };
-	return proc_lines("/proc/self/maps", maps_line, &m);
+	return proc_lines("maps", maps_line, &m);
 }
 
 struct file_ids {
@@ -220,7 +281,7 @@ static void file_id_line(void *arg, char *text)
 int md__range_file_maps(uintptr_t a, uintptr_t end, struct md__file_map **v, size_t *n)
 {
 	struct file_ids f = { a, end, NULL, 0, 0, 0 };
-	int err = proc_lines("/proc/self/maps", file_id_line, &f);
+	int err = proc_lines("maps", file_id_line, &f);
 	err = err ? err : f.err;
 	if (err) {
 		free(f.v);
@@ -308,7 +369,7 @@ static void file_vma_line(void *arg, char *text)
 int md__range_file_vmas(uintptr_t a, uintptr_t end, struct md__vma **vmas, size_t *n)
 {
 	struct file_vmas f = { .a = a, .end = end };
-	int err = proc_lines("/proc/self/smaps", file_vma_line, &f);
+	int err = proc_lines("smaps", file_vma_line, &f);
 	err = err ? err : f.err;
 	if (err) {
 		free(f.vma);
@@ -338,7 +399,7 @@ static int first_vma_from(uintptr_t a, uintptr_t end, uint64_t filter)
 {
 	/* Opened each time: a descriptor kept would show a forked child its
 	 * parent's mappings. */
-	int fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC);
+	int fd = md__proc_open("maps", 0);
 	if (fd < 0)
 		return -errno;
 	struct md__procmap_query q = {
@@ -402,7 +463,7 @@ static void vmflags_line(void *arg, char *text)
 int md__range_vmflags(uintptr_t a, size_t len)
 {
 	struct vmflags_vmas h = { a, a + len, 0, 0, 0, 0 };
-	int err = proc_lines("/proc/self/smaps", vmflags_line, &h);
+	int err = proc_lines("smaps", vmflags_line, &h);
 	return err ? err : h.found | (int)h.all;
 }
 

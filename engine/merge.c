@@ -139,7 +139,7 @@ int md__engine_init(struct md__engine *e, const struct md__engine_options *opts)
 		err = -ENOMEM;
 		goto free_index;
 	}
-	e->pagemap_fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	e->pagemap_fd = md__proc_open("pagemap", 0);
 	if (e->pagemap_fd < 0) {
 		err = -errno;
 		goto free_hashes;

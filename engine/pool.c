@@ -38,8 +38,8 @@ int md__pool_open(struct md__pool *p, size_t max_pages)
 		err = -errno;
 		goto close_fd;
 	}
-	snprintf(path, sizeof(path), "/proc/self/fd/%d", p->fd);
-	p->ro_fd = open(path, O_RDONLY | O_CLOEXEC);
+	snprintf(path, sizeof(path), "fd/%d", p->fd);
+	p->ro_fd = md__proc_open(path, 0);
 	if (p->ro_fd < 0) {
 		err = -errno;
 		goto close_fd;

@@ -1121,6 +1121,27 @@ TEST_IMPL(discard_after_remap_keeps_vmm_file)
 	return 0;
 }
 
+/* A VMM that chroots where there is no /proc (QEMU's -chroot) after its
+ * RAM was set up: a discard over forgotten copies still reads zeroes (the
+ * mappings are read through /proc/self as found before), not the image. */
+TEST_IMPL(discard_after_chroot_yields_zeroes)
+{
+	const char *img = image(6);
+	char root[512];
+	snprintf(root, sizeof(root), "%s/empty-root", test_dir());
+	ASSERT(mkdir(root, 0755) == 0 || errno == EEXIST);
+	struct proc a;
+	int fd = start_reader(&a, img, NULL);
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 65536", fd, MB), MB);
+	ASSERT_EQ(proc_num(&a, "advise 0 %u unmergeable", MB), 0);	/* copies forgotten */
+	ASSERT_EQ(proc_num(&a, "chroot %s", root), 0);
+	ASSERT_EQ(proc_num(&a, "advise 0 65536 dontneed"), 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 65536"), hex(fnv_zero(65536))) == 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 65536 65536"), hex(fnv_file(img, 65536, 65536))) == 0);
+	proc_stop(&a);
+	return 0;
+}
+
 /* The set of ranges where forgotten copies may lie holds 32; the 33rd
  * grows the nearest, over guest RAM between them. A file the VMM maps
  * there later is its own: a discard over it must show the file, not

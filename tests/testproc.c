@@ -906,6 +906,9 @@ int main(void)
 				_exit(WIFEXITED(st) ? WEXITSTATUS(st) : 1);
 			}
 			printf("%d\n", (int)getpid());
+		} else if (strcmp(cmd, "chroot") == 0) {	/* DIR: as QEMU's -chroot, no /proc there */
+			sscanf(line, "%*s %2047s", s1);
+			printf("%d\n", chroot(s1) == 0 && chdir("/") == 0 ? 0 : -errno);
 		} else if (strcmp(cmd, "quit") == 0) {
 			return 0;
 		} else {
