@@ -124,6 +124,9 @@ static int64_t now_ms(void)
 /* Fails the connection for good: whatever was half sent or read is lost. */
 static int kill_conn(struct md__client *c, int err)
 {
+	if (err == -EPROTO && !c->dead)
+		md__log_once(95, "a message to or from memdedupd was out of protocol (a different version?): the "
+			     "connection is dropped, and made again");
 	c->dead = 1;
 	return err;
 }

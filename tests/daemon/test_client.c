@@ -18,6 +18,8 @@
 
 #include "client.h"
 #include "daemon_util.h"
+#include "log.h"
+#include "proc.h"
 #include "protocol.h"
 #include "runner.h"
 
@@ -299,6 +301,10 @@ TEST_IMPL(daemon_client_publish_each_gives_back)
 	int status[64], small = 4096;
 	for (size_t i = 0; i < 64; i++)
 		each[i] = pages + i * MD_MSG_PAGE;
+	char log[512];
+	snprintf(log, sizeof(log), "%s/client-publish.log", test_dir());
+	unlink(log);
+	ASSERT_EQ(md__log_open(log), 0);
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		struct fake f;
 		struct md__client *c = fake_start(&f, cases[i].script);
@@ -308,5 +314,9 @@ TEST_IMPL(daemon_client_publish_each_gives_back)
 		assert_back(c, (uint32_t[]){ 5 }, 1);
 		fake_end(&f, c);
 	}
+	/* The garbled reply is said (once), the others are not. */
+	const char *said = file_text(log);
+	ASSERT(strstr(said, "memdedupd was out of protocol"));
+	ASSERT(!strstr(strstr(said, "out of protocol") + 1, "out of protocol"));
 	return 0;
 }
