@@ -1019,6 +1019,32 @@ int md__agent_unmap(md_agent *a, void *addr, size_t len, int (*op)(void *arg), v
 	return r;
 }
 
+int md__agent_registered(md_agent *a, uintptr_t start, uintptr_t end, struct md__registered **v, size_t *n)
+{
+	*v = NULL;
+	*n = 0;
+	md__agent_enter(a);
+	for (size_t i = 0; i < a->nregions; i++) {
+		uintptr_t lo = a->regions[i].start > start ? a->regions[i].start : start;
+		uintptr_t hi = a->regions[i].end < end ? a->regions[i].end : end;
+		if (lo >= hi)
+			continue;
+		struct md__registered *m = realloc(*v, (*n + 1) * sizeof(*m));
+		if (!m) {
+			md__agent_leave(a);
+			free(*v);
+			*v = NULL;
+			*n = 0;
+			return -ENOMEM;
+		}
+		*v = m;
+		m[(*n)++] = (struct md__registered){ lo, hi, a->regions[i].advice &
+							   (MD_ADV_DONTFORK | MD_ADV_DONTDUMP | MD_ADV_HUGEPAGE) };
+	}
+	md__agent_leave(a);
+	return 0;
+}
+
 void md__agent_moved(md_agent *a, void *old, size_t old_len, void *now, size_t now_len, int old_stays)
 {
 	uintptr_t o = (uintptr_t)old, n = (uintptr_t)now;

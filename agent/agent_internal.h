@@ -297,6 +297,15 @@ void md__agent_lock_future(md_agent *a, int future);
  * RAM are read-write, so guest RAM there is given up first, as by
  * md__agent_lock. 0, or -errno: the VMM's call must then fail. */
 int md__agent_protect(md_agent *a, uintptr_t start, uintptr_t end);
+/* The registered parts of [start, end), clipped to it, with their
+ * advice (MD_ADV_*), before the VMM's mremap unregisters them: what a
+ * failed mremap registers again (md_agent_register). *v is malloc'd
+ * (NULL if none). 0 or -ENOMEM. */
+struct md__registered {
+	uintptr_t lo, hi;
+	unsigned advice;
+};
+int md__agent_registered(md_agent *a, uintptr_t start, uintptr_t end, struct md__registered **v, size_t *n);
 /* agent.c: the VMM's mremap moved (or resized) [old, old+old_len) to
  * [now, now+now_len): forgotten copies move with their mappings. */
 void md__agent_moved(md_agent *a, void *old, size_t old_len, void *now, size_t now_len, int old_stays);

@@ -483,8 +483,12 @@ EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 		va_end(ap);
 	}
 	/* Pages that move are no longer where the agent tracks them: make them
-	 * private first, so a lease break cannot miss them. */
+	 * private first, so a lease break cannot miss them. What was
+	 * registered is asked again if the kernel refuses the move. */
+	struct md__registered *was = NULL;
+	size_t nwas = 0;
 	if (a && page_len(old_len) && (uintptr_t)old % MD_PAGE_SIZE == 0) {
+		md__agent_registered(a, (uintptr_t)old, (uintptr_t)old + page_len(old_len), &was, &nwas);
 		/* If that fails the memory must not move: the agent would
 		 * go on tracking, and the scanner merging, what comes to lie
 		 * where it was. */
@@ -492,6 +496,7 @@ EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 		if (err) {
 			md__log_once(65, "cannot make guest RAM private before it moves (%s): mremap refused",
 				     strerror(-err));
+			free(was);
 			errno = -err;
 			return MAP_FAILED;
 		}
@@ -514,7 +519,13 @@ EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 			md__agent_moved(a, old, page_len(old_len), (void *)c.ret, page_len(new_len),
 					(flags & MREMAP_DONTUNMAP) != 0);
 		errno = saved;
+	} else if (nwas) {
+		int saved = errno;
+		for (size_t i = 0; i < nwas; i++)
+			md_agent_register(a, (void *)was[i].lo, was[i].hi - was[i].lo, was[i].advice);
+		errno = saved;
 	}
+	free(was);
 	return (void *)c.ret;
 }
 

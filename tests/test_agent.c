@@ -1215,6 +1215,29 @@ TEST_IMPL(unmerge_unregisters_beside_images)
 	return 0;
 }
 
+/* A move of guest RAM the kernel refuses leaves it as it was: registered,
+ * and later reads there shared. The agent gives RAM up before an mremap
+ * (the pages must not move under its records), and did not take it back
+ * when the call failed. */
+TEST_IMPL(failed_move_keeps_registration)
+{
+	const char *img = image(6);
+	struct proc a;
+	int fd = start_reader(&a, img, NULL);
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 65536", fd, MB), MB);
+	ASSERT_EQ(proc_num(&a, "badmove 0 %u", RAM_PAGES), -EINVAL);
+	md_stats s;
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.registered_bytes, (uint64_t)RAM_PAGES * 4096);
+	uint64_t shared = s.pages_shared_at_read;
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 0 65536", fd), 65536);
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, shared + 16);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", MB), hex(fnv_file(img, 0, MB))) == 0);
+	proc_stop(&a);
+	return 0;
+}
+
 TEST_IMPL(unmerge_makes_private)
 {
 	const char *img = image(6);

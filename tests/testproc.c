@@ -697,6 +697,14 @@ int main(void)
 			void *got = to == MAP_FAILED ? MAP_FAILED :
 				    mremap(base + a1, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to);
 			printf("%d\n", got == MAP_FAILED ? -errno : 0);
+		} else if (strcmp(cmd, "badmove") == 0) {	/* OFF PAGES: a move the kernel refuses (EINVAL) */
+			sscanf(line, "%*s %lld %lld", &a1, &a2);
+			size_t len = (size_t)a2 * 4096;
+			void *to = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			void *got = to == MAP_FAILED ? MAP_FAILED : mremap(base + a1, len, len, MREMAP_FIXED, to);
+			printf("%d\n", got == MAP_FAILED ? -errno : 0);
+			if (to != MAP_FAILED)
+				munmap(to, len);
 		} else if (strcmp(cmd, "remap") == 0) {	/* OFF PAGES: fresh memory in a hole there, mergeable */
 			sscanf(line, "%*s %lld %lld", &a1, &a2);
 			size_t len = (size_t)a2 * 4096;
