@@ -762,10 +762,8 @@ struct mbind_call {
  * shared memory (tmpfs); agent->lock held. */
 static int image_in_shmem(const md_agent *a, dev_t dev, ino_t ino)
 {
-	for (size_t i = 0; i < a->nimages; i++)
-		if (a->images[i].dev == dev && a->images[i].ino == ino)
-			return a->images[i].shmem;
-	return 0;
+	const struct md__image *img = md__image_find(a, dev, ino);
+	return img && img->shmem;
 }
 
 /* agent->lock and the engine's held: no mapping of ours is made or goes
@@ -1008,9 +1006,8 @@ int md__agent_unmap(md_agent *a, void *addr, size_t len, int (*op)(void *arg), v
 			md__regions_remove(a, run[i].lo, run[i].hi);
 		}
 		free(run);
-	} else {
-		md__privatize(a, s, e, 0);
-		md__regions_remove(a, s, e);
+	} else if (md__privatize(a, s, e, 0) == 0) {
+		md__regions_remove(a, s, e);	/* else as above: the records stay */
 	}
 	/* What failed to go may be left as private copies in pool mappings. */
 	if (r)

@@ -195,9 +195,12 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, enum md_fallback *
  * was held, its pages are made private and the lease given up, as on a
  * break (agent->lock held). */
 int md__image_held(struct md_agent *a, struct md__image *img);
-/* 1 if the file (dev, ino) is an image the agent has shared from (lock
- * held): the table keeps every one it ever met. */
-int md__image_known(struct md_agent *a, dev_t dev, ino_t ino);
+/* The image the agent has met with file (dev, ino), or NULL (lock held):
+ * the table keeps every one. dev MD_ANY_DEV matches any device: a
+ * mapping shows its superblock's, which on btrfs is not the subvolume's
+ * that stat gives. */
+#define MD_ANY_DEV ((dev_t)-1)
+struct md__image *md__image_find(const struct md_agent *a, dev_t dev, ino_t ino);
 /* The image of that file (fstat of its descriptor) if it is known and its
  * lease held, else NULL (never takes a lease). */
 struct stat;

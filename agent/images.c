@@ -48,17 +48,12 @@ static void retry_later(struct md__image *img)
 	img->retry_at.tv_nsec = ns % 1000000000ll;
 }
 
-static struct md__image *image_find(struct md_agent *a, dev_t dev, ino_t ino)
+struct md__image *md__image_find(const struct md_agent *a, dev_t dev, ino_t ino)
 {
 	for (size_t i = 0; i < a->nimages; i++)
-		if (a->images[i].dev == dev && a->images[i].ino == ino)
+		if ((a->images[i].dev == dev || dev == MD_ANY_DEV) && a->images[i].ino == ino)
 			return &a->images[i];
 	return NULL;
-}
-
-int md__image_known(struct md_agent *a, dev_t dev, ino_t ino)
-{
-	return image_find(a, dev, ino) != NULL;
 }
 
 /* A lease's break is our signal, to our thread. Set again before each
@@ -136,7 +131,7 @@ static struct md__image *image_add(struct md_agent *a, int fd, const struct stat
 
 struct md__image *md__image_leased(struct md_agent *a, const struct stat *st)
 {
-	struct md__image *img = image_find(a, st->st_dev, st->st_ino);
+	struct md__image *img = md__image_find(a, st->st_dev, st->st_ino);
 	return img && img->lease == MD_LEASE_HELD ? img : NULL;
 }
 
@@ -199,7 +194,7 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, enum md_fallback *
 		*why = MD_FB_NOT_FILE;
 		return NULL;
 	}
-	struct md__image *img = image_find(a, st.st_dev, st.st_ino);
+	struct md__image *img = md__image_find(a, st.st_dev, st.st_ino);
 	if (!img && !leases_see_writers_cached(a, fd, st.st_dev)) {
 		*why = MD_FB_NO_LEASE;
 		md__log_once(23, "an image lies on a filesystem whose leases do not see every writer "

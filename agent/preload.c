@@ -488,7 +488,9 @@ EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 	struct md__registered *was = NULL;
 	size_t nwas = 0;
 	if (a && page_len(old_len) && (uintptr_t)old % MD_PAGE_SIZE == 0) {
-		md__agent_registered(a, (uintptr_t)old, (uintptr_t)old + page_len(old_len), &was, &nwas);
+		if (md__agent_registered(a, (uintptr_t)old, (uintptr_t)old + page_len(old_len), &was, &nwas))
+			md__log_once(96, "no memory to note guest RAM's registration before an mremap: "
+				     "a move the kernel refuses leaves it unregistered");
 		/* If that fails the memory must not move: the agent would
 		 * go on tracking, and the scanner merging, what comes to lie
 		 * where it was. */

@@ -405,7 +405,7 @@ int md__discard_forgotten(struct md_agent *a, uintptr_t start, uintptr_t end)
 	 * leaves showing its file. */
 	const struct md__rangeset *f = &a->forgotten;
 	for (size_t i = 0; i < n && !err; i++) {
-		if (!v[i].pool && !md__image_known(a, v[i].dev, v[i].ino))
+		if (!v[i].pool && !md__image_find(a, MD_ANY_DEV, v[i].ino))
 			continue;
 		for (size_t k = 0; k < f->n && !err; k++) {
 			uintptr_t lo = v[i].lo > f->start[k] ? v[i].lo : f->start[k];

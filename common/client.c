@@ -124,11 +124,18 @@ static int64_t now_ms(void)
 /* Fails the connection for good: whatever was half sent or read is lost. */
 static int kill_conn(struct md__client *c, int err)
 {
-	if (err == -EPROTO && !c->dead)
-		md__log_once(95, "a message to or from memdedupd was out of protocol (a different version?): the "
-			     "connection is dropped, and made again");
 	c->dead = 1;
 	return err;
+}
+
+/* The same for a message from memdedupd that breaks the protocol (a
+ * reply of the wrong kind or size): said, once a connection. */
+static int broken(struct md__client *c)
+{
+	if (!c->dead)
+		md__log("memdedupd sent a message out of protocol (another version?): the connection "
+			"is dropped, and made again");
+	return kill_conn(c, -EPROTO);
 }
 
 static int conn_errno(int e)
@@ -255,7 +262,7 @@ static int recv_msg(struct md__client *c, int64_t deadline, int *fd, int wait)
 	int got;
 	while ((got = md__rxbuf_next(&c->in, &h, &need)) != 1) {
 		if (got < 0)
-			return kill_conn(c, -EPROTO);
+			return broken(c);
 		got = fill(c, need, deadline, wait);
 		if (got < 0)
 			return got;
@@ -272,7 +279,7 @@ static int recv_msg(struct md__client *c, int64_t deadline, int *fd, int wait)
 		c->in_fd = -1;
 	}
 	if (md__msg_decode(c->rx, need, &c->msg))
-		return kill_conn(c, -EPROTO);
+		return broken(c);
 	return 0;
 }
 
@@ -401,7 +408,7 @@ static int settle(struct md__client *c)
 	int acked = m->hdr.type == MD_MSG_ACK && m->u.ack.status == 0;
 	if (m->hdr.type != MD_MSG_ERROR && (m->hdr.type != reply_type(o.type) ||
 	    (m->hdr.type == MD_MSG_PUBLISH_R && m->u.publish_r.n != o.pages))) {
-		err = kill_conn(c, -EPROTO);
+		err = broken(c);
 	} else if (o.late && m->hdr.type == MD_MSG_PUBLISH_R) {
 		uint32_t s[MD_PUBLISH_MAX];	/* decoding bounds n */
 		for (uint32_t i = 0; i < m->u.publish_r.n; i++)
@@ -428,13 +435,13 @@ static int other(struct md__client *c)
 {
 	if (c->msg.hdr.seq != 0) {
 		if (!c->olen || c->msg.hdr.seq != c->owed[c->ohead].seq)
-			return kill_conn(c, -EPROTO);
+			return broken(c);
 		return settle(c);
 	}
 	switch (c->msg.hdr.type) {
 	case MD_MSG_ERROR:
 		md__log("memdedupd refused the connection: %s", c->msg.u.text.text);
-		return kill_conn(c, c->msg.u.text.status ? c->msg.u.text.status : -EPROTO);
+		return kill_conn(c, c->msg.u.text.status ? c->msg.u.text.status : -EPROTO);	/* said above */
 	case MD_MSG_CONTROL:
 		queue_control(c, &c->msg.u.control);
 		return 0;
@@ -445,7 +452,7 @@ static int other(struct md__client *c)
 		c->share = c->msg.u.share.agents;
 		return 0;
 	}
-	return kill_conn(c, -EPROTO);
+	return broken(c);
 }
 
 /* Reads messages until the reply with seq, left decoded in c->msg (raw in
@@ -628,7 +635,7 @@ static int call(struct md__client *c, struct md__msg *m, int *fd)
 	if (c->msg.hdr.type == MD_MSG_ERROR)
 		err = c->msg.u.text.status ? c->msg.u.text.status : -EPROTO;
 	else if (c->msg.hdr.type != reply_type(m->hdr.type))
-		err = kill_conn(c, -EPROTO);
+		err = broken(c);
 free_buf:
 	if (buf != small)
 		free(buf);
@@ -768,11 +775,11 @@ int md__client_hello(struct md__client *c, const char *domain, uint32_t flags,
 		memcpy(m.u.hello.domain, domain, dl);
 	err = call(c, &m, &fd);
 	if (!err && fd < 0)
-		err = kill_conn(c, -EPROTO);	/* a WELCOME without its pool */
+		err = broken(c);	/* a WELCOME without its pool */
 	if (!err && !pool_fd_valid(fd)) {
 		md__log_once(71, "memdedupd sent a pool that is not a read-only file sealed "
 			     "against shrinking: not using it");
-		err = kill_conn(c, -EPROTO);
+		err = broken(c);
 	}
 	if (err) {
 		if (fd >= 0)
@@ -816,7 +823,7 @@ int md__client_lookup_tagged(struct md__client *c, const uint64_t *hash, const u
 	if (err)
 		return err;
 	if (c->msg.u.lookup_r.n != n)
-		return kill_conn(c, -EPROTO);
+		return broken(c);
 	memcpy(slot1, c->msg.u.lookup_r.slot1, n * sizeof(*slot1));
 	return 0;
 }
@@ -840,7 +847,7 @@ int md__client_publish(struct md__client *c, const uint64_t *hash, const void *p
 	if (err)
 		return err;
 	if (c->msg.u.publish_r.n != n)
-		return kill_conn(c, -EPROTO);
+		return broken(c);
 	*first_slot = c->msg.u.publish_r.first_slot;
 	return 0;
 }
@@ -884,7 +891,7 @@ int md__client_publish_each(struct md__client *c, const uint64_t *hash, const vo
 		if (c->msg.hdr.type == MD_MSG_ERROR) {
 			status[got] = c->msg.u.text.status ? c->msg.u.text.status : -EPROTO;
 		} else if (c->msg.hdr.type != MD_MSG_PUBLISH_R || c->msg.u.publish_r.n != 1) {
-			err = kill_conn(c, -EPROTO);
+			err = broken(c);
 			break;
 		} else {
 			status[got] = 0;

@@ -98,41 +98,72 @@ pid_t md__sys_gettid(void)
 	return (pid_t)syscall(SYS_gettid);
 }
 
-/* /proc/self as this process found it first (its /proc/PID): which
- * process, and the directory's identity, against a VMM that closes the
- * descriptor and reuses its number. */
+/* The files of /proc/self the agent reads, opened at the first open that
+ * worked, for after a chroot (md__proc_open). Files, never the directory:
+ * a descriptor of a directory outside the new root is a way out of it.
+ * Checked by process (a child's would show its parent's) and identity
+ * (a VMM may close the number and put another file there). */
+static const char *const proc_kept_names[] = { "maps", "smaps", "pagemap", "statm" };
+#define PROC_KEPT_N (sizeof(proc_kept_names) / sizeof(proc_kept_names[0]))
 static struct {
 	pthread_mutex_t lock;
-	int set, fd;
+	int set;
 	pid_t pid;
-	dev_t dev;
-	ino_t ino;
-} proc_kept = { PTHREAD_MUTEX_INITIALIZER, 0, -1, 0, 0, 0 };
+	int fd[PROC_KEPT_N];
+	dev_t dev[PROC_KEPT_N];
+	ino_t ino[PROC_KEPT_N];
+} proc_kept = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+/* A forked child keeps its parent's descriptors until it execs: closed,
+ * and its own taken at its first open. */
+static void proc_kept_child(void)
+{
+	for (size_t i = 0; i < PROC_KEPT_N; i++)
+		if (proc_kept.set && proc_kept.fd[i] >= 0)
+			close(proc_kept.fd[i]);
+	proc_kept.lock = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
+	__atomic_store_n(&proc_kept.set, 0, __ATOMIC_RELEASE);
+}
 
 static void proc_keep(void)
 {
-	struct stat st;
+	static int at_fork;
 	pthread_mutex_lock(&proc_kept.lock);
+	if (!at_fork)
+		at_fork = pthread_atfork(NULL, NULL, proc_kept_child) == 0;
 	if (!proc_kept.set) {
-		int dir = open("/proc/self", O_PATH | O_DIRECTORY | O_CLOEXEC);
-		if (dir >= 0 && fstat(dir, &st) == 0)
-			proc_kept.fd = dir, proc_kept.pid = getpid(), proc_kept.dev = st.st_dev,
-			proc_kept.ino = st.st_ino;
-		else if (dir >= 0)
-			close(dir);
+		proc_kept.pid = getpid();
+		for (size_t i = 0; i < PROC_KEPT_N; i++) {
+			char path[32];
+			struct stat st;
+			snprintf(path, sizeof(path), "/proc/self/%s", proc_kept_names[i]);
+			proc_kept.fd[i] = open(path, O_RDONLY | O_CLOEXEC);
+			if (proc_kept.fd[i] >= 0 && fstat(proc_kept.fd[i], &st) == 0) {
+				proc_kept.dev[i] = st.st_dev;
+				proc_kept.ino[i] = st.st_ino;
+			} else if (proc_kept.fd[i] >= 0) {
+				close(proc_kept.fd[i]);
+				proc_kept.fd[i] = -1;
+			}
+		}
 		__atomic_store_n(&proc_kept.set, 1, __ATOMIC_RELEASE);
 	}
 	pthread_mutex_unlock(&proc_kept.lock);
 }
 
-static int proc_reopen(const char *name, int flags)
+/* A descriptor of the kept file name (its own, sharing the kept one's
+ * offset: read it with pread), or -1. */
+static int proc_reopen(const char *name)
 {
-	struct stat st;
 	int fd = -1;
 	pthread_mutex_lock(&proc_kept.lock);
-	if (proc_kept.fd >= 0 && proc_kept.pid == getpid() && fstat(proc_kept.fd, &st) == 0 &&
-	    st.st_dev == proc_kept.dev && st.st_ino == proc_kept.ino)
-		fd = openat(proc_kept.fd, name, O_RDONLY | O_CLOEXEC | flags);
+	for (size_t i = 0; i < PROC_KEPT_N && proc_kept.set && proc_kept.pid == getpid(); i++) {
+		struct stat st;
+		if (strcmp(name, proc_kept_names[i]) == 0 && proc_kept.fd[i] >= 0 &&
+		    fstat(proc_kept.fd[i], &st) == 0 && st.st_dev == proc_kept.dev[i] &&
+		    st.st_ino == proc_kept.ino[i])
+			fd = fcntl(proc_kept.fd[i], F_DUPFD_CLOEXEC, 0);
+	}
 	pthread_mutex_unlock(&proc_kept.lock);
 	return fd;
 }
@@ -148,10 +179,9 @@ int md__proc_open(const char *name, int flags)
 		return fd;
 	}
 	/* No /proc where we are now (the VMM chrooted, as QEMU's -chroot
-	 * does, after its RAM was set up): the directory kept before, if it
-	 * is this process's (a child's would show its parent). */
+	 * does, after its RAM was set up). */
 	int err = errno;
-	fd = proc_reopen(name, flags);
+	fd = flags ? -1 : proc_reopen(name);
 	if (fd < 0)
 		errno = err;
 	return fd;
@@ -164,14 +194,17 @@ uint64_t md__count_vmas(void)
 	int fd = md__proc_open("maps", 0);
 	if (fd < 0)
 		return 0;
-	for (;;) {
-		ssize_t n = read(fd, buf, sizeof(buf));
+	/* pread, at offsets of our own: the descriptor may share its offset
+	 * with another thread's (md__proc_open after a chroot). */
+	for (off_t at = 0;;) {
+		ssize_t n = pread(fd, buf, sizeof(buf), at);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0)
 			lines = 0;	/* a part is no count */
 		if (n <= 0)
 			break;
+		at += n;
 		for (char *p = buf; (p = memchr(p, '\n', (size_t)(buf + n - p))); p++)
 			lines++;
 	}
@@ -189,14 +222,15 @@ static int proc_lines(const char *name, void (*line)(void *arg, char *text), voi
 	int fd = md__proc_open(name, 0);
 	if (fd < 0)
 		return -errno;
-	for (;;) {
-		ssize_t n = read(fd, buf + have, sizeof(buf) - 1 - have);
+	for (off_t at = 0;;) {	/* pread: see md__count_vmas */
+		ssize_t n = pread(fd, buf + have, sizeof(buf) - 1 - have, at);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0) {
 			err = -errno;
 			break;
 		}
+		at += n;
 		have += (size_t)n;
 		buf[have] = 0;
 		char *p = buf, *nl;

@@ -93,10 +93,10 @@ struct md__file_map {
 };
 int md__range_file_maps(uintptr_t a, uintptr_t end, struct md__file_map **v, size_t *n);
 /* Opens NAME of /proc/self read-only (O_CLOEXEC, and flags): fd, or -1
- * with errno. Where /proc
- * is not there any more (the VMM chrooted after the agent first looked,
- * as QEMU's -chroot does) through a descriptor of the directory kept at
- * the first open. */
+ * with errno. Where /proc is not there any more (the VMM chrooted after
+ * the agent first looked, as QEMU's -chroot does), maps, smaps, pagemap
+ * and statm (without flags) come from descriptors kept at the first open
+ * that worked, shared with other threads: read them with pread. */
 int md__proc_open(const char *name, int flags);
 /* Lines of /proc/self/maps: the process's mappings (VMAs) now. */
 uint64_t md__count_vmas(void);

@@ -1134,7 +1134,26 @@ TEST_IMPL(discard_after_chroot_yields_zeroes)
 	int fd = start_reader(&a, img, NULL);
 	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 65536", fd, MB), MB);
 	ASSERT_EQ(proc_num(&a, "advise 0 %u unmergeable", MB), 0);	/* copies forgotten */
-	ASSERT_EQ(proc_num(&a, "chroot %s", root), 0);
+	long long chrooted = proc_num(&a, "chroot %s", root);
+	if (chrooted == -EPERM) {
+		proc_stop(&a);
+		SKIP("chroot needs CAP_SYS_CHROOT");
+	}
+	ASSERT_EQ(chrooted, 0);
+	/* What the agent keeps of /proc is files: a directory outside the
+	 * new root would be a way out of it. */
+	char fds[64];
+	snprintf(fds, sizeof(fds), "/proc/%d/fd", (int)a.pid);
+	DIR *d = opendir(fds);
+	ASSERT(d);
+	for (struct dirent *de; (de = readdir(d));) {
+		char path[320];
+		struct stat st;
+		snprintf(path, sizeof(path), "%s/%s", fds, de->d_name);
+		if (de->d_name[0] != '.' && stat(path, &st) == 0)
+			ASSERT(!S_ISDIR(st.st_mode));
+	}
+	closedir(d);
 	ASSERT_EQ(proc_num(&a, "advise 0 65536 dontneed"), 0);
 	ASSERT(strcmp(proc_cmd(&a, "hash 0 65536"), hex(fnv_zero(65536))) == 0);
 	ASSERT(strcmp(proc_cmd(&a, "hash 65536 65536"), hex(fnv_file(img, 65536, 65536))) == 0);
