@@ -95,9 +95,17 @@ int md__pool_reserve(struct md__pool *p, size_t n, uint32_t *first)
 {
 	if (n == 0)
 		return -EINVAL;
-	if (n == 1 && (p->ndirty || p->nfree)) {
-		/* A page not punched yet first: rewritten in place. */
-		*first = p->ndirty ? p->dirty[--p->ndirty] : p->free[--p->nfree];
+	/* Punched slots only: a freed slot's page may still be held by the
+	 * kernel (an O_DIRECT write from guest RAM mapped from it pins the
+	 * page and sends it later); rewritten in place, it would send what
+	 * the guest never wrote. The punch takes it out of the file, and the
+	 * publication gets a new page. Freed slots wait to be punched in
+	 * batches (slot_free): one is punched early only when the pool has
+	 * no room left. */
+	if (n == 1 && !p->nfree && p->ndirty && p->end + 1 > p->max_pages)
+		md__pool_trim(p);
+	if (n == 1 && p->nfree) {
+		*first = p->free[--p->nfree];
 		p->state[*first] = MD_SLOT_RESERVED;
 		p->reused++;
 		return 0;

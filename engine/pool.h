@@ -11,14 +11,15 @@
  * (handed to a publisher, not written yet), LIVE (written; refs counts the
  * mappings that may show it). Not thread-safe: the engine's lock covers it.
  *
- * A freed slot keeps its page for a while (dirty[]): the next one-page
- * publication rewrites it in place, and what is left is punched in one go,
- * sorted and coalesced, when MD_POOL_DIRTY have gathered or at
- * md__pool_trim(). Each punch zaps the page from every holder's view, a
- * TLB shootdown on the cores running them; a punch per freed page was a
- * quarter of memdedupd's time while two booting guests churned. Nobody
- * maps a freed slot any more (the last reference went with the last
- * mapping), so rewriting it in place is as safe as punching it.
+ * A freed slot keeps its page for a while (dirty[]): freed slots are
+ * punched in one go, sorted and coalesced, when MD_POOL_DIRTY have gathered
+ * or at md__pool_trim(), and only then reused. Each punch zaps the page
+ * from every holder's view, a TLB shootdown on the cores running them; a
+ * punch per freed page was a quarter of memdedupd's time while two booting
+ * guests churned. Nobody maps a freed slot any more (the last reference
+ * went with the last mapping), but the kernel may still hold its page (an
+ * O_DIRECT write from guest RAM pins it and sends it later): a slot is
+ * never rewritten in place, the punch gives it a new page.
  */
 #ifndef MD_ENGINE_POOL_H
 #define MD_ENGINE_POOL_H
@@ -37,7 +38,7 @@ struct md__pool {
 	size_t end;                /* slots ever handed out (file size / page) */
 	uint32_t *refs;
 	uint8_t *state;
-	uint32_t *free;            /* freed slots, holes, reused (LIFO) after dirty */
+	uint32_t *free;            /* freed slots, punched, reused (LIFO) */
 	size_t nfree;
 	uint32_t dirty[MD_POOL_DIRTY]; /* freed slots still holding their page */
 	size_t ndirty;
@@ -49,7 +50,7 @@ struct md__pool {
 int md__pool_open(struct md__pool *p, size_t max_pages);
 void md__pool_close(struct md__pool *p);
 /* Reserves n slots with consecutive offsets; *first gets the first. One slot
- * comes from the free list when it can; runs are appended so that adjacent
+ * comes from the free list (punched slots) when it can; runs are appended so that adjacent
  * guest pages get adjacent pool offsets. -ENOSPC: the pool is full. */
 int md__pool_reserve(struct md__pool *p, size_t n, uint32_t *first);
 /* Gives reserved, unwritten slots back. */
