@@ -46,6 +46,15 @@ static int start_reader(struct proc *p, const char *img, const char *const *env)
 	return fd;
 }
 
+/* The same, with the image's first MiB read into the first MiB of RAM
+ * (64 KiB reads: shared at read time); returns the image fd. */
+static int reader_with_mb(struct proc *p, const char *img)
+{
+	int fd = start_reader(p, img, NULL);
+	ASSERT_EQ(proc_num(p, "read %d 0 %u 0 65536", fd, MB), MB);
+	return fd;
+}
+
 static int has_shared(const md_stats *s) { return s->pages_shared > 0; }
 
 TEST_IMPL(share_two_processes)
@@ -775,17 +784,24 @@ static const char *refusing_cgroup(struct test_cgroup *cg)
 	return NULL;
 }
 
+/* The same, where a lease break waits long enough for a test to watch
+ * the writer wait (10 s). */
+static const char *refusing_cgroup_slow_breaks(struct test_cgroup *cg)
+{
+	const char *none = refusing_cgroup(cg);
+	if (!none && atol(file_text("/proc/sys/fs/lease-break-time")) < 10) {
+		close(cg->guard);
+		none = "fs.lease-break-time is under 10 s";
+	}
+	return none;
+}
+
 TEST_IMPL(lease_break_short_of_memory)
 {
 	struct test_cgroup cg;
-	const char *none = refusing_cgroup(&cg);
+	const char *none = refusing_cgroup_slow_breaks(&cg);
 	if (none)
 		SKIP("%s", none);
-	long break_time = atol(file_text("/proc/sys/fs/lease-break-time"));
-	if (break_time < 10) {
-		close(cg.guard);
-		SKIP("fs.lease-break-time is under 10 s");
-	}
 	char img[512];
 	uint64_t orig;
 	struct proc a;
@@ -855,14 +871,9 @@ TEST_IMPL(failed_map_short_of_memory_keeps_tracking)
 	if (getenv("MD_TEST_PRELOAD_FIRST"))
 		SKIP("under AddressSanitizer, whose own allocations wait at the cgroup's limit");
 	struct test_cgroup cg;
-	const char *none = refusing_cgroup(&cg);
+	const char *none = refusing_cgroup_slow_breaks(&cg);
 	if (none)
 		SKIP("%s", none);
-	long break_time = atol(file_text("/proc/sys/fs/lease-break-time"));
-	if (break_time < 10) {
-		close(cg.guard);
-		SKIP("fs.lease-break-time is under 10 s");
-	}
 	char img[512];
 	struct proc a;
 	read_fresh_image(&a, img, sizeof(img), "image-failedmap", 17, NULL, NULL);
@@ -1046,8 +1057,7 @@ TEST_IMPL(discard_yields_zeroes)
 {
 	const char *img = image(5);
 	struct proc a;
-	int fd = start_reader(&a, img, NULL);
-	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 65536", fd, MB), MB);
+	reader_with_mb(&a, img);
 	ASSERT_EQ(proc_num(&a, "advise 0 65536 dontneed"), 0);
 	char *zero = calloc(1, 65536);
 	uint64_t h = 1469598103934665603ull;
@@ -1082,8 +1092,7 @@ TEST_IMPL(discard_after_remap_keeps_vmm_file)
 {
 	const char *img = image(6), *other = image(8);
 	struct proc a;
-	int fd = start_reader(&a, img, NULL);
-	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 65536", fd, MB), MB);
+	int fd = reader_with_mb(&a, img);
 	ASSERT_EQ(proc_num(&a, "advise 0 %u unmergeable", RAM_PAGES * 4096), 0);	/* copies forgotten */
 	int fo = (int)proc_num(&a, "open %s", other);
 	ASSERT(fo >= 0);
@@ -1131,8 +1140,7 @@ TEST_IMPL(discard_after_chroot_yields_zeroes)
 	snprintf(root, sizeof(root), "%s/empty-root", test_dir());
 	ASSERT(mkdir(root, 0755) == 0 || errno == EEXIST);
 	struct proc a;
-	int fd = start_reader(&a, img, NULL);
-	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 65536", fd, MB), MB);
+	reader_with_mb(&a, img);
 	ASSERT_EQ(proc_num(&a, "advise 0 %u unmergeable", MB), 0);	/* copies forgotten */
 	long long chrooted = proc_num(&a, "chroot %s", root);
 	if (chrooted == -EPERM) {
@@ -1169,8 +1177,7 @@ TEST_IMPL(discard_beside_many_forgotten_keeps_vmm_file)
 {
 	const char *img = image(6), *other = image(8);
 	struct proc a;
-	int fd = start_reader(&a, img, NULL);
-	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 65536", fd, MB), MB);
+	reader_with_mb(&a, img);
 	for (unsigned i = 0; i <= 32; i++)	/* page 128 grows [124, 125) */
 		ASSERT_EQ(proc_num(&a, "advise %u 4096 unmergeable", i * 4 * 4096), 0);
 	int fo = (int)proc_num(&a, "open %s", other);
@@ -1242,8 +1249,7 @@ TEST_IMPL(failed_move_keeps_registration)
 {
 	const char *img = image(6);
 	struct proc a;
-	int fd = start_reader(&a, img, NULL);
-	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 65536", fd, MB), MB);
+	int fd = reader_with_mb(&a, img);
 	ASSERT_EQ(proc_num(&a, "badmove 0 %u", RAM_PAGES), -EINVAL);
 	md_stats s;
 	ASSERT_EQ(proc_stats(&a, &s), 0);
@@ -1261,8 +1267,7 @@ TEST_IMPL(unmerge_makes_private)
 {
 	const char *img = image(6);
 	struct proc a;
-	int fd = start_reader(&a, img, NULL);
-	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 65536", fd, MB), MB);
+	int fd = reader_with_mb(&a, img);
 	ASSERT_EQ(proc_num(&a, "advise 0 %u unmergeable", RAM_PAGES * 4096), 0);
 	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", MB), hex(fnv_file(img, 0, MB))) == 0);
 	for (size_t off = 0; off < MB; off += 4096)
@@ -1399,8 +1404,7 @@ TEST_IMPL(status_lists_agent)
 {
 	const char *img = image(1);
 	struct proc a;
-	int fd = start_reader(&a, img, NULL);
-	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 65536", fd, MB), MB);
+	reader_with_mb(&a, img);
 	char cmd[600];
 	snprintf(cmd, sizeof(cmd), "MEMDEDUP_RUN_DIR=%s %s/memdedup status --json", test_dir(), build_dir());
 	md_stats s;
