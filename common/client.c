@@ -779,7 +779,7 @@ int md__client_hello(struct md__client *c, const char *domain, uint32_t flags,
 	if (!err && !pool_fd_valid(fd)) {
 		md__log_once(71, "memdedupd sent a pool that is not a read-only file sealed "
 			     "against shrinking: not using it");
-		err = broken(c);
+		err = kill_conn(c, -EPROTO);	/* said above */
 	}
 	if (err) {
 		if (fd >= 0)
