@@ -386,6 +386,7 @@ int md_agent_new(md_agent **agentp, const md_agent_options *opts)
 		goto err_unclaim;
 	}
 	pthread_mutex_init(&a->lock, NULL);
+	pthread_mutex_init(&a->writes_lock, NULL);
 	a->ctr = a->local_ctr;
 	a->kernel_ksm = opts->kernel_ksm;
 	a->flags = opts->flags;
@@ -412,6 +413,7 @@ int md_agent_new(md_agent **agentp, const md_agent_options *opts)
 err_free:
 	sem_destroy(&start.ready);
 	md__scan_free(a);
+	pthread_mutex_destroy(&a->writes_lock);
 	pthread_mutex_destroy(&a->lock);
 	free(a);
 err_unclaim:
@@ -443,6 +445,7 @@ void md_agent_free(md_agent *a)
 		md__sys_munmap(a->stats_map, sizeof(*a->stats_map));
 		close(a->stats_fd);	/* after the unlink: nobody takes the name meanwhile */
 	}
+	pthread_mutex_destroy(&a->writes_lock);
 	pthread_mutex_destroy(&a->lock);
 	free(a);
 	__atomic_store_n(&agent_exists, 0, __ATOMIC_RELEASE);

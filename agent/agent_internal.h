@@ -68,6 +68,16 @@ struct md__image {
 	                            * first use while the lease is held */
 	struct timespec retry_at;  /* next lease attempt when not held; while
 	                            * breaking, when the writer gets in anyway */
+	uint64_t writes_before;    /* while breaking, once its pages are private:
+	                            * writes from guest RAM begun before then
+	                            * (writes.c) must end before the writer gets
+	                            * in; 0 until then */
+};
+
+/* A write from the VMM's memory in flight (writes.c), on its caller's stack. */
+struct md__write {
+	uint64_t seq;
+	struct md__write *prev, *next;
 };
 
 struct md_agent {
@@ -144,6 +154,12 @@ struct md_agent {
 	pthread_t thread;
 	int stop;
 	int breaking;	/* images MD_LEASE_BREAKING (under lock; read racily) */
+
+	/* Writes in flight, oldest first (writes.c). writes_lock is taken
+	 * alone, or inside agent->lock; never the other way round. */
+	pthread_mutex_t writes_lock;
+	struct md__write *writes_oldest, *writes_newest;
+	uint64_t writes_seq;	/* the last write's number (0: none yet) */
 };
 
 static inline void md__count(struct md_agent *a, enum md__ctr c, uint64_t n)
@@ -216,6 +232,13 @@ int md__image_breaks_retry(struct md_agent *a);
  * use; gone with the lease), or NULL. */
 const unsigned char *md__image_view(struct md_agent *a, struct md__image *img);
 void md__images_free(struct md_agent *a);
+
+/* writes.c */
+/* The number of the last write begun: those up to it are the ones whose
+ * pages may be the ones before a change of mappings made now. */
+uint64_t md__writes_mark(struct md_agent *a);
+/* 1 once no write numbered up to mark is in flight. */
+int md__writes_ended(struct md_agent *a, uint64_t mark);
 
 /* readshare.c */
 struct md__read_plan {

@@ -311,6 +311,17 @@ static void finish_break(struct md_agent *a, struct md__image *img)
 	if (err)
 		md__log("an image's writer gets in with some of its pages not made private (%s): "
 			"the guest may see them change", strerror(-err));
+	/* The pages are private now, but a write from guest RAM begun before
+	 * may still hold the file's (writes.c): tried again every 50 ms. */
+	if (!err && !img->writes_before)
+		img->writes_before = md__writes_mark(a) + 1;
+	if (!err && !md__writes_ended(a, img->writes_before - 1)) {
+		if (!time_reached(&img->retry_at))
+			return;
+		md__log_once(97, "an image's writer gets in while a write from guest RAM begun before "
+			     "is still running: that write may carry the writer's bytes");
+	}
+	img->writes_before = 0;
 	view_drop(img);
 	if (image_fd_ours(img))
 		fcntl(img->fd, F_SETLEASE, F_UNLCK);

@@ -5,7 +5,8 @@
  * registers guest RAM (and creates the agent on first use, so a process that
  * never asks for merging costs nothing), MADV_UNMERGEABLE, munmap, mremap and
  * MAP_FIXED mmaps forget it, discards are made to yield zeroes, and the
- * pread/preadv family goes through md_agent_pread()/md_agent_preadv().
+ * pread/preadv family goes through md_agent_pread()/md_agent_preadv(), the
+ * pwrite/pwritev family through md_agent_pwrite()/md_agent_pwritev().
  * libaio's io_setup, liburing's submit calls, io_uring through syscall(2),
  * the DMA-mapping ioctls and libibverbs' memory registrations are watched
  * for I/O the agent does not see (below).
@@ -933,3 +934,28 @@ EXPORT ssize_t preadv2(int fd, const struct iovec *iov, int iovcnt, off_t off, i
 }
 EXPORT ssize_t preadv64v2(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags)
 	__attribute__((alias("preadv2")));
+
+/* Writes from guest RAM, which a lease break waits for (agent/writes.c). */
+EXPORT ssize_t pwrite(int fd, const void *buf, size_t len, off_t off)
+{
+	return md_agent_pwrite(agent_peek(), fd, buf, len, off);
+}
+EXPORT ssize_t pwrite64(int fd, const void *buf, size_t len, off_t off) __attribute__((alias("pwrite")));
+
+EXPORT ssize_t pwritev(int fd, const struct iovec *iov, int iovcnt, off_t off)
+{
+	if (off < 0) {	/* as preadv */
+		errno = EINVAL;
+		return -1;
+	}
+	return md_agent_pwritev(agent_peek(), fd, iov, iovcnt, off, 0);
+}
+EXPORT ssize_t pwritev64(int fd, const struct iovec *iov, int iovcnt, off_t off)
+	__attribute__((alias("pwritev")));
+
+EXPORT ssize_t pwritev2(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags)
+{
+	return md_agent_pwritev(agent_peek(), fd, iov, iovcnt, off, flags);
+}
+EXPORT ssize_t pwritev64v2(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags)
+	__attribute__((alias("pwritev2")));

@@ -52,6 +52,13 @@ ssize_t md__sys_preadv2(int fd, const struct iovec *iov, int iovcnt, off_t off, 
 	return syscall(SYS_preadv2, fd, iov, iovcnt, (long)off, 0L, flags);
 }
 
+ssize_t md__sys_pwritev2(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags)
+{
+	if (flags == 0 && off != -1)
+		return syscall(SYS_pwritev, fd, iov, iovcnt, (long)off, 0L);
+	return syscall(SYS_pwritev2, fd, iov, iovcnt, (long)off, 0L, flags);
+}
+
 /* The C library's syscall(2), set by the preload library (whose own
  * syscall() routes the memory calls below to the agent); else ours. The
  * agent's own calls must reach the kernel, never the agent again. */

@@ -291,6 +291,16 @@ MD_API int md_agent_unmap(md_agent *agent, void *addr, size_t len);
 MD_API ssize_t md_agent_pread(md_agent *agent, int fd, void *buf, size_t len, off_t off);
 MD_API ssize_t md_agent_preadv(md_agent *agent, int fd, const struct iovec *iov,
 			int iovcnt, off_t off, int flags);
+/* pwrite(2) and pwritev2(2) (flags as pwritev2), for the VMM's writes from
+ * guest RAM. A write with O_DIRECT holds the pages it writes from while it
+ * runs, which may be an image's: a lease break waits for the writes begun
+ * before its pages were made private (at most until the kernel lets the
+ * writer in), so the disk never gets the writer's bytes in the guest's
+ * place. A VMM linking the agent writes guest RAM through these; the
+ * preload library routes the pwrite family here. */
+MD_API ssize_t md_agent_pwrite(md_agent *agent, int fd, const void *buf, size_t len, off_t off);
+MD_API ssize_t md_agent_pwritev(md_agent *agent, int fd, const struct iovec *iov,
+			 int iovcnt, off_t off, int flags);
 
 /* Pauses (1) or resumes (0) the scanner. -EPERM to resume once merging
  * stopped for good (md_agent_io_unseen). memdedupd does not resume what

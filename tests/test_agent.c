@@ -643,6 +643,48 @@ TEST_IMPL(lease_break_keeps_content)
 	return 0;
 }
 
+/* A write with O_DIRECT (QEMU's cache=none) from a page shared with an
+ * image holds the image's page cache page while it runs. If the lease went
+ * back while such a write was in flight, the writer's bytes in that page
+ * would reach the disk in the guest's place (agent/writes.c). */
+TEST_IMPL(lease_break_waits_for_direct_write)
+{
+	char img[512], out[512];
+	struct proc a;
+	read_fresh_image(&a, img, sizeof(img), "image-written-from", 11, NULL, NULL);
+	uint64_t page0 = fnv_file(img, 0, 4096);
+	snprintf(out, sizeof(out), "%s/direct-out", test_dir());
+	long long r = proc_num(&a, "dwrite %s 0", out);
+	if (r == -EINVAL) {
+		proc_stop(&a);
+		SKIP("no O_DIRECT on the test directory's filesystem");
+	}
+	ASSERT_EQ(r, 0);	/* the write holds the image's page, and waits */
+
+	pid_t writer = fork();
+	ASSERT(writer >= 0);
+	if (writer == 0)
+		_exit(close(overwrite_image(img, NULL)) == 0 ? 0 : 1);
+	/* The writer gets in only once the write has ended: a second, or as
+	 * soon as it is in (without the wait, in milliseconds). */
+	int status = 0, in_early = 0;
+	for (int ms = 0; ms < 1000 && !in_early; ms += 10) {
+		usleep(10000);
+		in_early = waitpid(writer, &status, WNOHANG) == writer;
+	}
+	ASSERT_EQ(proc_num(&a, "dwritego"), 2 * 4096);
+	ASSERT(!in_early);
+	ASSERT_EQ(waitpid(writer, &status, 0), writer);
+	ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	ASSERT(fnv_file(out, 0, 4096) == page0);	/* the guest's bytes */
+	ASSERT(fnv_file(img, 0, 4096) != page0);	/* the writer's, in the image */
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 3000, has_lease_break), 0);
+	ASSERT_EQ(s.lease_breaks, 1);
+	proc_stop(&a);
+	return 0;
+}
+
 /* The descriptor of pid other than not_fd that names path, or -1. */
 static int fd_naming(pid_t pid, const char *path, int not_fd)
 {

@@ -76,6 +76,11 @@
  *                           userfaultfd of its own (kept open), as QEMU's postcopy
  *                           migration (missing) or background snapshot (wp) does
  *                           (bad: a mode the kernel refuses)
+ *   dwrite PATH DOFF      -> 0 once a thread's pwritev with O_DIRECT to PATH of
+ *                           the RAM's page at DOFF and a page of its own waits for
+ *                           the second (a userfaultfd holds it back): the kernel
+ *                           holds the first meanwhile, as a device's DMA would
+ *   dwritego              -> that write's result, once its second page is given
  *   uffdoff OFF LEN       -> 0 or -errno of unregistering the range from the last
  *                           of those userfaultfds that registered (the migration or
  *                           snapshot is over)
@@ -452,6 +457,76 @@ __attribute__((visibility("default"))) void free(void *p)
 #define FREE_MADVISES 0
 #endif
 
+/* A userfaultfd (flags besides O_CLOEXEC), through the device where the
+ * system call is refused; -1 with errno. */
+static int new_uffd(int flags)
+{
+	int u = (int)syscall(SYS_userfaultfd, O_CLOEXEC | flags);
+	if (u < 0) {
+		int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+		u = dev < 0 ? -1 : ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | flags);
+		if (dev >= 0)
+			close(dev);
+	}
+	return u;
+}
+
+/* dwrite / dwritego: a write with O_DIRECT that holds a page of guest RAM
+ * while it waits for a second page, one of its own that a userfaultfd
+ * holds back (the kernel pins the pages of a direct write in order). */
+static struct {
+	int fd, uffd;
+	void *held;
+	struct iovec iov[2];
+	pthread_t thread;
+	ssize_t result;
+} dw = { .fd = -1, .uffd = -1 };
+
+static void *dwrite_thread(void *arg)
+{
+	(void)arg;
+	dw.result = pwritev(dw.fd, dw.iov, 2, 0);
+	if (dw.result < 0)
+		dw.result = -errno;
+	return NULL;
+}
+
+static long long cmd_dwrite(const char *path, size_t doff)
+{
+	struct uffdio_api api = { .api = UFFD_API };
+	struct uffd_msg msg;
+	dw.fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_DIRECT | O_CLOEXEC, 0600);
+	if (dw.fd < 0)
+		return -errno;
+	dw.held = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	dw.uffd = new_uffd(0);
+	struct uffdio_register reg = { .range = { (uintptr_t)dw.held, 4096 },
+				       .mode = UFFDIO_REGISTER_MODE_MISSING };
+	if (dw.held == MAP_FAILED || dw.uffd < 0 || ioctl(dw.uffd, UFFDIO_API, &api) < 0 ||
+	    ioctl(dw.uffd, UFFDIO_REGISTER, &reg) < 0)
+		return -errno;
+	dw.iov[0] = (struct iovec){ base + doff, 4096 };
+	dw.iov[1] = (struct iovec){ dw.held, 4096 };
+	if (pthread_create(&dw.thread, NULL, dwrite_thread, NULL) != 0)
+		return -EAGAIN;
+	/* The fault on the second page: the first is pinned by now. */
+	if (read(dw.uffd, &msg, sizeof(msg)) != (ssize_t)sizeof(msg) || msg.event != UFFD_EVENT_PAGEFAULT)
+		return -EIO;
+	return 0;
+}
+
+static long long cmd_dwritego(void)
+{
+	struct uffdio_zeropage zero = { .range = { (uintptr_t)dw.held, 4096 } };
+	if (ioctl(dw.uffd, UFFDIO_ZEROPAGE, &zero) < 0)
+		return -errno;
+	pthread_join(dw.thread, NULL);
+	close(dw.uffd);
+	close(dw.fd);
+	munmap(dw.held, 4096);
+	return dw.result;
+}
+
 int main(void)
 {
 	char line[4096];
@@ -510,13 +585,7 @@ int main(void)
 				.mode = strcmp(s2, "wp") == 0 ? UFFDIO_REGISTER_MODE_WP :
 					strcmp(s2, "bad") == 0 ? 1u << 7 : UFFDIO_REGISTER_MODE_MISSING,
 			};
-			int u = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
-			if (u < 0) {
-				int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
-				u = dev < 0 ? -1 : ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
-				if (dev >= 0)
-					close(dev);
-			}
+			int u = new_uffd(O_NONBLOCK);
 			int r = u < 0 || ioctl(u, UFFDIO_API, &api) < 0 || ioctl(u, UFFDIO_REGISTER, &reg) < 0 ? -errno : 0;
 			if (r == 0)
 				last_uffd = u;	/* kept open, as the VMM's */
@@ -525,6 +594,11 @@ int main(void)
 			sscanf(line, "%*s %lld %lld", &a1, &a2);
 			struct uffdio_range range = { (uintptr_t)(base + a1), (uint64_t)a2 };
 			printf("%d\n", ioctl(last_uffd, UFFDIO_UNREGISTER, &range) < 0 ? -errno : 0);
+		} else if (strcmp(cmd, "dwrite") == 0) {
+			sscanf(line, "%*s %2047s %lld", s1, &a1);
+			printf("%lld\n", cmd_dwrite(s1, (size_t)a1));
+		} else if (strcmp(cmd, "dwritego") == 0) {
+			printf("%lld\n", cmd_dwritego());
 		} else if (strcmp(cmd, "vdpa") == 0) {
 			uint32_t id;
 			printf("%d\n", ioctl(-1, VHOST_VDPA_GET_DEVICE_ID, &id) < 0 ? -errno : 0);

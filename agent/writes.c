@@ -1,0 +1,89 @@
+/*
+ * writes.c - writes from the VMM's memory in flight, which a lease break
+ * waits for.
+ *
+ * A write with O_DIRECT (QEMU's cache=none) pins the pages it writes from,
+ * and the device reads them by DMA while the call runs. When such a page is
+ * an image's page cache page (shared at read time, or merged onto the
+ * image), making guest RAM private at a lease break does not take it from
+ * the write: the write still holds the file's page, and once the lease is
+ * given back the writer's bytes in it would reach the disk, content the
+ * guest never wrote. So the VMM's writes are numbered and kept in a list
+ * while in flight; a break, once the image's pages are private, notes the
+ * last number begun (md__writes_mark) and gives the lease back only when
+ * every write up to it has returned (md__writes_ended). A write begun after
+ * the mark found the pages private, as nothing maps the image meanwhile.
+ * Only the pwrite family is followed (as reads, only the pread family):
+ * Linux AIO and io_uring reads stop sharing altogether (unseen_io.c).
+ */
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+
+#include "agent_internal.h"
+#include "sys.h"
+
+static void write_begin(struct md_agent *a, struct md__write *w)
+{
+	pthread_mutex_lock(&a->writes_lock);
+	w->seq = ++a->writes_seq;
+	w->next = NULL;
+	w->prev = a->writes_newest;
+	if (w->prev)
+		w->prev->next = w;
+	else
+		a->writes_oldest = w;
+	a->writes_newest = w;
+	pthread_mutex_unlock(&a->writes_lock);
+}
+
+static void write_end(struct md_agent *a, struct md__write *w)
+{
+	pthread_mutex_lock(&a->writes_lock);
+	if (w->prev)
+		w->prev->next = w->next;
+	else
+		a->writes_oldest = w->next;
+	if (w->next)
+		w->next->prev = w->prev;
+	else
+		a->writes_newest = w->prev;
+	pthread_mutex_unlock(&a->writes_lock);
+}
+
+uint64_t md__writes_mark(struct md_agent *a)
+{
+	pthread_mutex_lock(&a->writes_lock);
+	uint64_t mark = a->writes_seq;
+	pthread_mutex_unlock(&a->writes_lock);
+	return mark;
+}
+
+int md__writes_ended(struct md_agent *a, uint64_t mark)
+{
+	pthread_mutex_lock(&a->writes_lock);
+	int ended = !a->writes_oldest || a->writes_oldest->seq > mark;
+	pthread_mutex_unlock(&a->writes_lock);
+	return ended;
+}
+
+ssize_t md_agent_pwritev(md_agent *a, int fd, const struct iovec *iov, int iovcnt, off_t off, int flags)
+{
+	if (!a)
+		return md__sys_pwritev2(fd, iov, iovcnt, off, flags);
+	struct md__write w;
+	write_begin(a, &w);
+	ssize_t n = md__sys_pwritev2(fd, iov, iovcnt, off, flags);
+	write_end(a, &w);	/* errno as the call left it */
+	return n;
+}
+
+ssize_t md_agent_pwrite(md_agent *a, int fd, const void *buf, size_t len, off_t off)
+{
+	if (off < 0) {	/* pwrite's own check: -1 would be "at the file position" */
+		errno = EINVAL;
+		return -1;
+	}
+	struct iovec io = { (void *)buf, len };
+	return md_agent_pwritev(a, fd, &io, 1, off, 0);
+}
