@@ -16,8 +16,6 @@
  * Only the pwrite family is followed (as reads, only the pread family):
  * Linux AIO and io_uring reads stop sharing altogether (unseen_io.c).
  */
-#include <errno.h>
-#include <limits.h>
 #include <pthread.h>
 
 #include "agent_internal.h"
@@ -67,23 +65,26 @@ int md__writes_ended(struct md_agent *a, uint64_t mark)
 	return ended;
 }
 
+/* Each one makes the system call the VMM asked for: a seccomp filter may
+ * allow pwrite64 and not pwritev. errno is as the call left it. */
 ssize_t md_agent_pwritev(md_agent *a, int fd, const struct iovec *iov, int iovcnt, off_t off, int flags)
 {
-	if (!a)
-		return md__sys_pwritev2(fd, iov, iovcnt, off, flags);
 	struct md__write w;
-	write_begin(a, &w);
+	if (a)
+		write_begin(a, &w);
 	ssize_t n = md__sys_pwritev2(fd, iov, iovcnt, off, flags);
-	write_end(a, &w);	/* errno as the call left it */
+	if (a)
+		write_end(a, &w);
 	return n;
 }
 
 ssize_t md_agent_pwrite(md_agent *a, int fd, const void *buf, size_t len, off_t off)
 {
-	if (off < 0) {	/* pwrite's own check: -1 would be "at the file position" */
-		errno = EINVAL;
-		return -1;
-	}
-	struct iovec io = { (void *)buf, len };
-	return md_agent_pwritev(a, fd, &io, 1, off, 0);
+	struct md__write w;
+	if (a)
+		write_begin(a, &w);
+	ssize_t n = md__sys_pwrite(fd, buf, len, off);
+	if (a)
+		write_end(a, &w);
+	return n;
 }

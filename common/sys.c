@@ -52,6 +52,11 @@ ssize_t md__sys_preadv2(int fd, const struct iovec *iov, int iovcnt, off_t off, 
 	return syscall(SYS_preadv2, fd, iov, iovcnt, (long)off, 0L, flags);
 }
 
+ssize_t md__sys_pwrite(int fd, const void *buf, size_t len, off_t off)
+{
+	return syscall(SYS_pwrite64, fd, buf, len, off);
+}
+
 ssize_t md__sys_pwritev2(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags)
 {
 	if (flags == 0 && off != -1)

@@ -16,6 +16,7 @@
 
 ssize_t md__sys_pread(int fd, void *buf, size_t len, off_t off);
 ssize_t md__sys_preadv2(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags);
+ssize_t md__sys_pwrite(int fd, const void *buf, size_t len, off_t off);
 ssize_t md__sys_pwritev2(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags);
 void *md__sys_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off);
 int md__sys_munmap(void *addr, size_t len);
