@@ -76,10 +76,21 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 		snprintf(why, size, "HELLO names pid %u but the peer is pid %d", h->pid, (int)c->pid);
 		return -EPERM;
 	}
-	/* The process that connected must still be there: its pid, gone,
-	 * may be another agent's now, whose record a HELLO on this inherited
-	 * connection would take over (references and all). */
-	if (c->peer_pidfd >= 0 && pidfd_exited(c->peer_pidfd)) {
+	/* The process that connected must be watched, and still there: its
+	 * pid, gone, may be another agent's now, whose record a HELLO on this
+	 * inherited connection would take over (references and all), and
+	 * only the pidfd taken at accept can tell (server.c). Without one, a
+	 * new record's references would also go with the connection while
+	 * the process may still map the pages: a slot freed so is rewritten
+	 * under its guest. */
+	if (c->peer_pidfd < 0) {
+		int e = -c->peer_pidfd_err;
+		err = e == ESRCH ? -ESRCH : e == ENOSYS ? -ENOSYS : -EMFILE;
+		snprintf(why, size, "cannot watch pid %d (%s)%s", (int)c->pid, strerror(e),
+			 err == -ENOSYS ? ": this kernel has no pidfd_open (Linux 5.3)" : "");
+		return err;
+	}
+	if (pidfd_exited(c->peer_pidfd)) {
 		snprintf(why, size, "pid %d, which connected, has exited", (int)c->pid);
 		return -ESRCH;
 	}
@@ -122,16 +133,6 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 			snprintf(why, size, "too many agents of uid %u (at most %u)", (unsigned)c->uid,
 				 MD_D_AGENTS_PER_UID);
 		return -EUSERS;
-	}
-	/* Without a pidfd its references would go with the connection, while
-	 * the process may still map the pages: a slot freed so is rewritten
-	 * under its guest. Only the one taken at accept will do (server.c). */
-	if (c->peer_pidfd < 0) {
-		int e = -c->peer_pidfd_err;
-		err = e == ESRCH ? -ESRCH : e == ENOSYS ? -ENOSYS : -EMFILE;
-		snprintf(why, size, "cannot watch pid %d (%s)%s", (int)c->pid, strerror(e),
-			 err == -ENOSYS ? ": this kernel has no pidfd_open (Linux 5.3)" : "");
-		return err;
 	}
 	a = calloc(1, sizeof(*a));
 	if (!a) {

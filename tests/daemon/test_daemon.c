@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
@@ -2193,6 +2194,69 @@ TEST_IMPL(daemon_reconnect_keeps_refs)
 	uint32_t un[2] = { first, first + 1 };
 	ASSERT_EQ(md__client_ref(c, un, 2, -1), 0);
 	ASSERT(wait_live(&t, w.domain_id, 0, 20000));
+	md__client_free(c);
+	td_stop(&t);
+	return 0;
+}
+
+/* The two lowest descriptor numbers pid has free. */
+static void lowest_free_fds(pid_t pid, int *first, int *second)
+{
+	char path[64];
+	unsigned char used[4096] = { 0 };
+	snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
+	DIR *dir = opendir(path);
+	ASSERT(dir);
+	for (struct dirent *e; (e = readdir(dir));) {
+		long n = e->d_name[0] == '.' ? -1 : strtol(e->d_name, NULL, 10);
+		if (n >= 0 && n < (long)sizeof(used))
+			used[n] = 1;
+	}
+	closedir(dir);
+	int found = 0;
+	for (int n = 0; n < (int)sizeof(used) && found < 2; n++)
+		if (!used[n])
+			*(found++ ? second : first) = n;
+	ASSERT_EQ(found, 2);
+}
+
+/* A reconnect the daemon cannot watch (no pidfd: out of descriptors) is
+ * refused like a new agent: by its pid alone, a connection from a process
+ * gone whose pid a live agent took would take over that agent's record and
+ * free pages it still maps. The record waits for a connection it can
+ * watch. */
+TEST_IMPL(daemon_reconnect_needs_pidfd)
+{
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	static unsigned char pages[2 * PG];
+	uint64_t hash[2];
+	int fd, first_free, second_free;
+
+	td_start(&t, 64);
+	struct md__client *c = td_agent(&t, NULL, &w, &fd);
+	uint32_t first = publish(c, 7, 2, pages, hash);
+	close(fd);
+	md__client_free(c);
+	usleep(200000);
+	/* The connection's descriptor fits, the pidfd would not. */
+	lowest_free_fds(t.pid, &first_free, &second_free);
+	struct rlimit back, low;
+	ASSERT(prlimit(t.pid, RLIMIT_NOFILE, NULL, &back) == 0);
+	low = (struct rlimit){ (rlim_t)second_free, back.rlim_max };
+	ASSERT(prlimit(t.pid, RLIMIT_NOFILE, &low, NULL) == 0);
+	ASSERT_EQ(md__client_connect(&c, t.sock), 0);
+	int err = md__client_hello(c, NULL, 0, &w, &fd);
+	md__client_free(c);
+	ASSERT(prlimit(t.pid, RLIMIT_NOFILE, &back, NULL) == 0);
+	ASSERT_EQ(err, -EMFILE);
+	ASSERT(wait_live(&t, w.domain_id, 2, 20000));
+	/* Watched again: the same references, ours to give back. */
+	c = td_agent(&t, NULL, &w, &fd);
+	uint32_t un[2] = { first, first + 1 };
+	ASSERT_EQ(md__client_ref(c, un, 2, -1), 0);
+	ASSERT(wait_live(&t, w.domain_id, 0, 20000));
+	close(fd);
 	md__client_free(c);
 	td_stop(&t);
 	return 0;
