@@ -387,6 +387,7 @@ int md_agent_new(md_agent **agentp, const md_agent_options *opts)
 	}
 	pthread_mutex_init(&a->lock, NULL);
 	pthread_mutex_init(&a->writes_lock, NULL);
+	pthread_mutex_init(&a->unmerge_lock, NULL);
 	a->ctr = a->local_ctr;
 	a->kernel_ksm = opts->kernel_ksm;
 	a->flags = opts->flags;
@@ -413,6 +414,7 @@ int md_agent_new(md_agent **agentp, const md_agent_options *opts)
 err_free:
 	sem_destroy(&start.ready);
 	md__scan_free(a);
+	pthread_mutex_destroy(&a->unmerge_lock);
 	pthread_mutex_destroy(&a->writes_lock);
 	pthread_mutex_destroy(&a->lock);
 	free(a);
@@ -445,6 +447,7 @@ void md_agent_free(md_agent *a)
 		md__sys_munmap(a->stats_map, sizeof(*a->stats_map));
 		close(a->stats_fd);	/* after the unlink: nobody takes the name meanwhile */
 	}
+	pthread_mutex_destroy(&a->unmerge_lock);
 	pthread_mutex_destroy(&a->writes_lock);
 	pthread_mutex_destroy(&a->lock);
 	free(a);

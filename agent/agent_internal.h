@@ -135,6 +135,7 @@ struct md_agent {
 	int scanner_started;
 	unsigned scan_explicit;	/* MD_SET_*: set by our options or md_agent_set (atomic); the
 				 * daemon's defaults do not override them */
+	pthread_mutex_t unmerge_lock;	/* one unmerge at a time (scan.c); taken before any other */
 	int paused_here;	/* md_agent_pause's (atomic): a welcome does not resume it */
 	int welcome_due;	/* paused until the agent thread's first HELLO is answered or fails */
 	int unmerged;		/* paused by an unmerge, until resumed (1; 2: one memdedupd asked, which

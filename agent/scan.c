@@ -400,10 +400,30 @@ static int copy_run(struct md__engine *e, uintptr_t addr, size_t len)
  * Every page shared goes: pool pages, and image pages (shared at read time
  * or merged onto the image by the scanner). Zero pages stay dropped: they
  * read as the zeroes the guest wrote, and a copy would only cost memory. */
-static int unmerge(md_agent *a, char *why, size_t size)
+static int unmerge_locked(md_agent *a, char *why, size_t size);
+
+/* One unmerge at a time: each stops and starts the scanner's thread, and two
+ * (the VMM's and memdedupd's, on the agent's thread) joined one thread twice
+ * and closed its eventfd twice. memdedupd's waits for none (wait 0): the
+ * agent's thread also answers lease breaks. */
+static int unmerge(md_agent *a, char *why, size_t size, int wait)
 {
 	if (!a || !a->engine)
 		return -EINVAL;
+	if (wait)
+		pthread_mutex_lock(&a->unmerge_lock);
+	else if (pthread_mutex_trylock(&a->unmerge_lock) != 0) {
+		if (why)
+			snprintf(why, size, "an unmerge is already running in this process");
+		return -EBUSY;
+	}
+	int err = unmerge_locked(a, why, size);
+	pthread_mutex_unlock(&a->unmerge_lock);
+	return err;
+}
+
+static int unmerge_locked(md_agent *a, char *why, size_t size)
+{
 	struct md__engine *e = a->engine;
 	/* Before any region the scanner's thread is not started yet
 	 * (md__scan_register starts it): nothing to restart. */
@@ -478,7 +498,7 @@ paused:
 
 int md_agent_unmerge(md_agent *a)
 {
-	return unmerge(a, NULL, 0);
+	return unmerge(a, NULL, 0, 1);
 }
 
 uint64_t md__scan_activity(struct md_agent *a)
@@ -618,7 +638,7 @@ static void apply_control(struct md_agent *a, const struct md__msg_control *ctl)
 				 "cannot follow");
 		break;
 	case MD_CTL_UNMERGE:
-		err = unmerge(a, why, sizeof(why));
+		err = unmerge(a, why, sizeof(why), 0);
 		if (!err)	/* the daemon knows it, and will say when resumed */
 			__atomic_store_n(&a->unmerged, 2, __ATOMIC_RELAXED);
 		break;

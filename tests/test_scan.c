@@ -1561,6 +1561,44 @@ TEST_IMPL(scan_unmerge_before_registration)
 	return 0;
 }
 
+static void *unmerge_often(void *arg)
+{
+	for (int i = 0; i < 200; i++)
+		ASSERT_EQ(md_agent_unmerge(arg), 0);
+	return NULL;
+}
+
+/* Two unmerges at once (the VMM's, and memdedupd's on the agent's thread)
+ * each stopped and started the scanner's thread: one thread joined twice,
+ * its eventfd closed twice (another's descriptor by then), two scanner
+ * threads on one scanner's tables. */
+TEST_IMPL(scan_unmerges_at_once)
+{
+	md_agent *a;
+	const size_t n = 256;
+	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .pages_to_scan = 1000, .sleep_ms = 1 };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	char *m = pairs_ram(n);
+	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
+	ASSERT_EQ(wait_merged(a, n / 2), 0);
+	pthread_t t1, t2;
+	ASSERT_EQ(pthread_create(&t1, NULL, unmerge_often, a), 0);
+	ASSERT_EQ(pthread_create(&t2, NULL, unmerge_often, a), 0);
+	pthread_join(t1, NULL);
+	pthread_join(t2, NULL);
+	ASSERT_EQ(threads_named("md-scan"), 1);
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.pages_sharing, 0);
+	ASSERT_EQ(md_agent_pause(a, 0), 0);
+	ASSERT_EQ(wait_merged(a, n / 2), 0);
+	for (size_t i = 0; i < n * PG; i++)
+		ASSERT(m[i] == (char)((i / PG) % (n / 2) * 31 + i % PG));
+	md_agent_free(a);
+	munmap(m, n * PG);
+	return 0;
+}
+
 /* Once paused: the batch under way ends; then nothing moves for 300 ms
  * (within 18 s: a loaded machine may run the batch late). s1 and s2 are
  * the statistics at both ends of the still 300 ms. */
