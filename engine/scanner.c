@@ -212,13 +212,21 @@ static uintptr_t cursor_next(struct md__scanner *s)
 	if (!e->nregions)
 		return 0;
 	if (s->random_order) {
-		struct md__eregion *r = &e->regions[next_rand(s) % e->nregions];
-		size_t np = (r->end - r->start) / MD_EPAGE;
-		if (++s->page >= np * e->nregions) {	/* a "pass" of as many visits */
+		/* A page drawn from all of them, not a region first: a region
+		 * drawn first gave each page of a ROM as many visits as all of
+		 * RAM's together, and ended a "pass" at every draw of a small
+		 * one. */
+		size_t total = 0;
+		for (size_t i = 0; i < e->nregions; i++)
+			total += (e->regions[i].end - e->regions[i].start) / MD_EPAGE;
+		size_t k = (size_t)(next_rand(s) % total), i = 0;
+		for (size_t np; k >= (np = (e->regions[i].end - e->regions[i].start) / MD_EPAGE); i++)
+			k -= np;
+		if (++s->page >= total) {	/* a "pass" of as many visits as pages */
 			s->page = 0;
 			pass_ended(s);
 		}
-		return r->start + (next_rand(s) % np) * MD_EPAGE;
+		return e->regions[i].start + k * MD_EPAGE;
 	}
 	if (s->region >= e->nregions)
 		s->region = 0;
