@@ -906,7 +906,21 @@ int md_agent_userfault(md_agent *a, void *addr, size_t len)
 	return err ? err : 1;
 }
 
-void md__agent_userfault_undo(md_agent *a)
+/* 1 if [s, e) holds a mapping of an image the agent has met. */
+static int image_mapped(md_agent *a, uintptr_t s, uintptr_t e)
+{
+	struct md__file_map *v;
+	size_t n;
+	int found = 0;
+	if (md__range_file_maps(s, e, &v, &n) != 0)
+		return 0;
+	for (size_t i = 0; i < n && !found; i++)
+		found = !v[i].pool && md__image_find(a, MD_ANY_DEV, v[i].ino) != NULL;
+	free(v);
+	return found;
+}
+
+void md__agent_userfault_undo(md_agent *a, int err)
 {
 	md__agent_enter(a);
 	for (size_t i = 0; i < a->nhanded;) {
@@ -916,6 +930,12 @@ void md__agent_userfault_undo(md_agent *a)
 			continue;
 		}
 		a->handed[i] = a->handed[--a->nhanded];
+		/* Made anonymous under running vCPUs, a copy could lose a
+		 * write: the kernel's refusal stands, said why. */
+		if (err == EINVAL && image_mapped(a, h.start, h.end))
+			md__log_once(98, "the VMM's userfaultfd cannot take guest RAM holding pages shared "
+				     "from a disk image (their mappings are the file's): its registration "
+				     "fails, and that RAM stays with the agent");
 		if (!h.opted_out)
 			register_locked(a, h.start, h.end - h.start, h.advice);
 	}

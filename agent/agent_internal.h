@@ -336,9 +336,10 @@ int md__agent_registered(md_agent *a, uintptr_t start, uintptr_t end, struct md_
 /* agent.c: the VMM's mremap moved (or resized) [old, old+old_len) to
  * [now, now+now_len): forgotten copies move with their mappings. */
 void md__agent_moved(md_agent *a, void *old, size_t old_len, void *now, size_t now_len, int old_stays);
-/* The VMM's registration failed after md_agent_userfault gave memory up on
- * this thread: what that call gave up (only that) is registered again. */
-void md__agent_userfault_undo(md_agent *a);
+/* The VMM's registration failed (err: its errno) after md_agent_userfault
+ * gave memory up on this thread: what that call gave up (only that) is
+ * registered again. */
+void md__agent_userfault_undo(md_agent *a, int err);
 
 /* accounting.c */
 /* Refreshes the shared-now and break counters (a walk of /proc/self/pagemap

@@ -895,7 +895,7 @@ EXPORT int ioctl(int fd, unsigned long request, ...)
 		int ret = md__sys_ioctl(fd, request, arg);
 		if (ret != 0 && gave > 0) {
 			int saved = errno;	/* refused: what it gave up is ours again */
-			md__agent_userfault_undo(a);
+			md__agent_userfault_undo(a, saved);
 			errno = saved;
 		}
 		return ret;

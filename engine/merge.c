@@ -287,6 +287,42 @@ static void mark_file_pages(uintptr_t a, size_t len, uint32_t *ref)
 	free(v);
 }
 
+static void unregister_mapping(void *uffd, uintptr_t lo, uintptr_t hi)
+{
+	md__uffd_unregister(uffd, lo, hi - lo);
+}
+
+struct register_each {
+	struct md__uffd *uffd;
+	int err;
+};
+
+/* EINVAL: a mapping no userfaultfd can cover, a disk image's (its pages
+ * made private there, by a lease break or a handover): left out, as a
+ * freeze there fails (freeze), and the rest registered. */
+static void register_mapping(void *arg, uintptr_t lo, uintptr_t hi)
+{
+	struct register_each *r = arg;
+	int err = md__uffd_register_wp(r->uffd, lo, hi - lo);
+	if (err && err != -EINVAL && !r->err)
+		r->err = err;
+}
+
+/* [a, a+len) registered for write-protection, one mapping at a time where
+ * the whole refuses: RAM registered again (advised again, given back by
+ * the VMM's userfaultfd) may hold image mappings. */
+static int register_wp(struct md__engine *e, uintptr_t a, size_t len)
+{
+	int err = md__uffd_register_wp(&e->uffd, a, len);
+	if (err != -EINVAL)
+		return err;
+	struct register_each r = { &e->uffd, 0 };
+	err = md__range_mappings(a, a + len, register_mapping, &r);
+	if (err || r.err)
+		md__range_mappings(a, a + len, unregister_mapping, &e->uffd);
+	return err ? err : r.err;
+}
+
 static int register_one(struct md__engine *e, uintptr_t a, size_t len, unsigned advice)
 {
 	int err = -EINVAL;
@@ -310,7 +346,7 @@ static int register_one(struct md__engine *e, uintptr_t a, size_t len, unsigned 
 		goto free_arrays;
 	}
 	mark_file_pages(a, len, r.ref);
-	err = md__uffd_register_wp(&e->uffd, a, len);
+	err = register_wp(e, a, len);
 	if (err)
 		goto free_arrays;
 	e->regions[e->nregions++] = r;
@@ -662,10 +698,6 @@ static void privatize_pages(struct md__engine *e, struct md__eregion *r, size_t 
 	}
 }
 
-static void unregister_mapping(void *uffd, uintptr_t lo, uintptr_t hi)
-{
-	md__uffd_unregister(uffd, lo, hi - lo);
-}
 
 /* Puts back the zero pages the engine dropped in [a, end) that are still
  * not there (MD_UNREG_HANDOVER), before anything is forgotten: by reading

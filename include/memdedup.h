@@ -255,7 +255,11 @@ MD_API int md_agent_unregister(md_agent *agent, void *addr, size_t len);
  * the preload library fails the registration, and what went is registered
  * again. Until md_agent_userfault_end, the range is refused to
  * md_agent_register (the preload library also takes back what one call gave
- * up when the VMM's own registration then fails). */
+ * up when the VMM's own registration then fails). Pages shared at read
+ * time stay private copies in the image's mapping, which no userfaultfd
+ * covers: the kernel then refuses the VMM's registration (EINVAL). Making
+ * them anonymous while vCPUs run could lose a guest write, so the refusal
+ * stands, said in the log. */
 MD_API int md_agent_userfault(md_agent *agent, void *addr, size_t len);
 /* Tells the agent the VMM's userfaultfd no longer covers [addr, addr+len)
  * (its UFFDIO_UNREGISTER succeeded: a snapshot or a postcopy migration is

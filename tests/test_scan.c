@@ -740,6 +740,37 @@ static int merged_wanted(const md_stats *s) { return s->merged >= merged_want; }
  * refuses its registration, the scanner takes it back and merges there
  * again; a part still registered stays the VMM's, and a part advised
  * unmergeable meanwhile stays unmerged (the rest of it does not). */
+/* A registration of the VMM's that the kernel refuses because guest RAM
+ * holds pages shared from an image (no userfaultfd covers a disk file's
+ * mapping): the RAM taken back was registered again as a whole, which
+ * failed the same way, and the scanner lost it for good. */
+TEST_IMPL(scan_takes_ram_back_beside_image)
+{
+	char log[600];
+	struct proc a;
+	start_scan_logged(&a, "uffd-image.log", log, sizeof(log));
+	proc_cmd(&a, "map 1024");
+	ASSERT(strcmp(proc_cmd(&a, "fill 0 256 3"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 256 3", 256 * PG), "ok") == 0);
+	long long vfd = open_test_image(&a);
+	ASSERT_EQ(proc_num(&a, "read %lld 0 %u %u", vfd, 16 * PG, 960 * PG), 16 * PG);
+	proc_cmd(&a, "hash %u %u", 960 * PG, 16 * PG);
+	ASSERT(!read_copied(&a, vfd, 960));	/* shared at read time */
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_256_only), 0);
+	char h[32];
+	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", 1024 * PG));
+	ASSERT_EQ(proc_num(&a, "uffd 0 %u wp", 1024 * PG), -EINVAL);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 1024 * PG), h) == 0);
+	merged_want = s.merged + 256;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_wanted), 0);
+	ASSERT(pairs_merged(&a, 0, 256, 256));
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 1024 * PG), h) == 0);
+	proc_stop(&a);
+	ASSERT(strstr(file_text(log), "pages shared from a disk image"));
+	return 0;
+}
+
 TEST_IMPL(scan_takes_ram_back_from_vmm_userfault)
 {
 	char log[600];
