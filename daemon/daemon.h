@@ -188,6 +188,8 @@ struct md__conn {
 	uint64_t owing_since;
 	int requested;             /* a whole request came */
 	int awaiting;              /* a CONTROL waits for its agents: its later requests wait */
+	int deferred;              /* stopped at its budget with requests read: handled
+	                            * again before the loop waits (server.c) */
 };
 
 struct md__daemon {
@@ -195,6 +197,7 @@ struct md__daemon {
 	struct md__ep listen_ep, signal_ep;
 	uint64_t accept_paused;	/* out of descriptors: not listening since (ms), 0: listening */
 	int owing;		/* some connection owes bytes (md__conn.owing_since): wake each second */
+	int deferred;		/* some connection is md__conn.deferred: do not wait */
 	char socket_path[MD_D_SOCKET_MAX + 1];
 	char pid_path[MD_D_RUN_DIR_MAX + 32];
 	char log_path[MD_D_RUN_DIR_MAX + 32];	/* daemonized: reopened on SIGHUP */

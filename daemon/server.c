@@ -39,6 +39,12 @@
 #endif
 
 #define MD_D_BATCH 16   /* messages per connection per wake-up: fairness */
+/* Work per connection per wake-up: a message is 1, a READS 1 more per 1,024
+ * pages (one of 128 full runs takes milliseconds). What is left waits in
+ * the buffer: the connection is deferred, handled again after the others'
+ * events (not on its socket's events: a peer that does not read its
+ * replies makes none). */
+#define MD_D_BUDGET 64
 
 int md__ep_add(struct md__daemon *d, int fd, struct md__ep *ep, uint32_t events)
 {
@@ -860,9 +866,19 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
 
 /* Reads and handles up to MD_D_BATCH messages, then those already read.
  * -1: the connection closed. */
+static unsigned msg_cost(const struct md__msg *m)
+{
+	unsigned cost = 1;
+	if (m->hdr.type == MD_MSG_READS)
+		for (uint32_t i = 0; i < m->u.reads.n; i++)
+			cost += m->u.reads.run[i].npages;
+	return m->hdr.type == MD_MSG_READS ? 1 + (cost - 1) / 1024 : cost;
+}
+
 static int read_conn(struct md__daemon *d, struct md__conn *c)
 {
 	int handled = 0, backed_up = 0;
+	unsigned spent = 0;
 	while (!c->closing) {
 		struct md__msg_hdr h;
 		size_t need;
@@ -887,6 +903,11 @@ static int read_conn(struct md__daemon *d, struct md__conn *c)
 				backed_up = 1;
 				break;
 			}
+			/* One peer's big messages do not hold the others'. */
+			if (spent >= MD_D_BUDGET) {
+				c->deferred = d->deferred = 1;
+				break;
+			}
 			int err = md__msg_decode(c->in.buf + c->in.head, need, &d->msg);
 			c->in.head += need;
 			handled++;
@@ -896,6 +917,7 @@ static int read_conn(struct md__daemon *d, struct md__conn *c)
 				break;
 			}
 			c->requested = 1;
+			spent += msg_cost(&d->msg);
 			dispatch(d, c);
 			continue;
 		}
@@ -987,7 +1009,9 @@ int md__server_run(struct md__daemon *d)
 	while (!d->stop) {
 		/* Freed pool pages not reused are punched once a second
 		 * passes without a message (while busy, 256 at a time). */
+		int deferred = d->deferred;
 		int n = epoll_wait(d->epfd, evs, 64,
+				   deferred ? 0 :
 				   md__domains_trim_due(d) || d->accept_paused || d->owing ||
 				   d->controls || md__dlog_peer_flush(0) ? 1000 : -1);
 		if (n < 0) {
@@ -995,7 +1019,7 @@ int md__server_run(struct md__daemon *d)
 				continue;
 			return -errno;
 		}
-		if (n == 0)
+		if (n == 0 && !deferred)	/* a second without a message */
 			md__domains_trim(d);
 		if (d->controls)
 			md__control_tick(d);
@@ -1054,6 +1078,22 @@ int md__server_run(struct md__daemon *d)
 			}
 		}
 		d->nev = 0;
+		/* Connections stopped at their budget: another share each.
+		 * Handling one closes no other. */
+		if (d->deferred) {
+			d->deferred = 0;
+			for (struct md__conn *c = d->conns, *next; c && !d->stop; c = next) {
+				next = c->next;
+				if (!c->deferred)
+					continue;
+				c->deferred = 0;
+				d->reading = c;
+				int gone = !c->closing && read_conn(d, c) < 0;
+				d->reading = NULL;
+				if (!gone)
+					flush_out(d, c);
+			}
+		}
 		flush_share(d);
 		for (struct md__agent *a = d->agents; a; a = a->next)
 			flush_candidates(d, a);

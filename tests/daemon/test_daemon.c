@@ -535,6 +535,65 @@ static int shares_before_reply(int fd, uint32_t *last)
 	return n;
 }
 
+/* An agent streaming READS of 128 full runs (131,072 pages each, a few
+ * milliseconds of work apiece) does not hold another peer's request: the
+ * daemon handled every READS already read from a connection before it
+ * looked at the next one, and 48 such agents made everyone's requests time
+ * out. Both are there when the daemon wakes (it was stopped), the stream
+ * first: the other's answer comes after at most three of the stream's (one a
+ * wake-up). */
+TEST_IMPL(daemon_reads_stream_fair)
+{
+	struct tdaemon t;
+	static struct md__msg m;
+	const int sent = 24;
+	td_start(&t, 4096);
+	int f = raw_connect(&t);
+	raw_hello(f, "stream");
+	ASSERT_EQ(raw_next(f, &m), MD_MSG_WELCOME);
+	int v = raw_connect(&t);
+	td_pause(&t);
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_READS } };
+	m.u.reads.n = MD_READS_MAX;
+	for (uint32_t i = 0; i < MD_READS_MAX; i++)
+		m.u.reads.run[i] = (struct md__read_run){ 77, (uint64_t)i * MD_READ_RUN_PAGES * PG,
+							  0x10000000ull + (uint64_t)i * MD_READ_RUN_PAGES * PG,
+							  MD_READ_RUN_PAGES };
+	for (int k = 0; k < sent; k++) {
+		m.hdr.seq = 100 + (uint32_t)k;
+		raw_send(f, &m);
+	}
+	usleep(10000);	/* the stream is ready first */
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_STATUS, .seq = 5 } };
+	raw_send(v, &m);
+	ASSERT(kill(t.pid, SIGCONT) == 0);
+	unsigned type;
+	while ((type = raw_next(v, &m)) != MD_MSG_STATUS_R)
+		ASSERT(type != 0 && type != MD_MSG_ERROR);
+	/* The stream's answers sent before: all there now (each written as
+	 * its request was handled). */
+	int before = 0;
+	for (struct pollfd p = { f, POLLIN, 0 }; poll(&p, 1, 0) == 1;) {
+		type = raw_next(f, &m);
+		ASSERT(type == MD_MSG_ACK || type == MD_MSG_SHARE);
+		before += type == MD_MSG_ACK;
+	}
+	ASSERT(before <= 3);
+	/* And the stream is served whole. */
+	for (int acks = before; acks < sent;) {
+		type = raw_next(f, &m);
+		ASSERT(type == MD_MSG_ACK || type == MD_MSG_SHARE);
+		if (type == MD_MSG_ACK) {
+			ASSERT_EQ(m.u.ack.status, 0);
+			acks++;
+		}
+	}
+	close(f);
+	close(v);
+	td_stop(&t);
+	return 0;
+}
+
 /* Connected agents in the STATUS document. */
 static int agents_connected(const struct tdaemon *t)
 {
