@@ -1139,16 +1139,21 @@ TEST_IMPL(scan_stress_no_lost_write)
 	proc_cmd(&a, "fill %u 1024 3", 1024 * PG);
 	md_stats s0, s;
 	ASSERT_EQ(proc_stats_wait(&a, &s0, 20000, merged_1024), 0);
-	ASSERT(strcmp(proc_cmd(&a, "writers 4 %d 0 %u twin", ms, 2048 * PG), "ok") == 0);
-	ASSERT_EQ(proc_stats_wait(&a, &s, 3000, NULL), 0);
-	fprintf(stderr, "  merged %llu, abandoned %llu, writers waited %llu\n",
-		(unsigned long long)s.merged, (unsigned long long)s.abandoned,
-		(unsigned long long)s.wp_waits);
-	/* Merges went on while the writers ran (the baseline is converged),
-	 * and met them: writers waited on a frozen page, or a compare found
-	 * a page written since its visit. */
-	ASSERT(s.merged > s0.merged);
-	ASSERT(s.wp_waits > s0.wp_waits || s.abandoned > s0.abandoned);
+	/* Merges go on while the writers run (the baseline is converged),
+	 * and meet them: writers wait on a frozen page, or a compare finds a
+	 * page written since its visit. A few times a round, so a round that
+	 * met none (seen once in many) is run again, up to three. */
+	for (int round = 0;; round++) {
+		ASSERT(strcmp(proc_cmd(&a, "writers 4 %d 0 %u twin", ms, 2048 * PG), "ok") == 0);
+		ASSERT_EQ(proc_stats_wait(&a, &s, 3000, NULL), 0);
+		fprintf(stderr, "  merged %llu, abandoned %llu, writers waited %llu\n",
+			(unsigned long long)s.merged, (unsigned long long)s.abandoned,
+			(unsigned long long)s.wp_waits);
+		ASSERT(s.merged > s0.merged);
+		if (s.wp_waits > s0.wp_waits || s.abandoned > s0.abandoned)
+			break;
+		ASSERT(round < 2);
+	}
 	proc_stop(&a);
 	return 0;
 }
