@@ -531,6 +531,37 @@ static int register_locked(md_agent *a, uintptr_t s, size_t len, unsigned advice
 	return err;
 }
 
+/* Where in [lo, hi) a userfaultfd we know of covers lo, up to *end: the
+ * engine's (its regions) or the VMM's given RAM (a->handed); 0 if none. */
+static int userfault_known(md_agent *a, uintptr_t lo, uintptr_t hi, uintptr_t *end)
+{
+	if (a->engine && md__engine_covers(a->engine, lo, hi, end))
+		return 1;
+	for (size_t i = 0; i < a->nhanded; i++)
+		if (a->handed[i].start <= lo && lo < a->handed[i].end) {
+			*end = a->handed[i].end < hi ? a->handed[i].end : hi;
+			return 1;
+		}
+	return 0;
+}
+
+/* 1 if a userfaultfd we do not know of covers part of [s, e), 0 if none
+ * does, or -errno (agent->lock held). */
+static int userfault_foreign(md_agent *a, uintptr_t s, uintptr_t e)
+{
+	struct md__run *run;
+	size_t n;
+	int err = md__range_userfault_runs(s, e, &run, &n);
+	if (err)
+		return err;
+	int foreign = 0;
+	for (size_t i = 0; i < n && !foreign; i++)
+		for (uintptr_t lo = run[i].lo, hi; lo < run[i].hi && !foreign; lo = hi)
+			foreign = !userfault_known(a, lo, run[i].hi, &hi);
+	free(run);
+	return foreign;
+}
+
 int md_agent_register(md_agent *a, void *addr, size_t len, unsigned advice)
 {
 	int err = check_range(addr, len);
@@ -570,6 +601,22 @@ int md_agent_register(md_agent *a, void *addr, size_t len, unsigned advice)
 		md__log_once(94, "memory at %p (%zu bytes) is not both readable and writable: not merged",
 			     addr, len);
 		return -EPERM;
+	}
+	/* A userfaultfd of the VMM's (postcopy migration, a background
+	 * snapshot) registered before the VMM asked for merging: a mapping of
+	 * ours there would end its registration. Known ones are the
+	 * engine's (advised again) and those the preload library saw the
+	 * VMM make (md_agent_userfault), which the code below handles. */
+	if (kind & MD_VMF_USERFAULT) {
+		md__agent_enter(a);
+		err = userfault_foreign(a, (uintptr_t)addr, (uintptr_t)addr + len);
+		md__agent_leave(a);
+	}
+	if (err) {
+		if (err > 0)
+			md__log_once(99, "memory at %p (%zu bytes) is registered with a userfaultfd of the "
+				     "VMM's (postcopy migration, a background snapshot): not merged", addr, len);
+		return err > 0 ? -EBUSY : err;
 	}
 	if (kind & MD_VMF_LOCKED) {
 		md__log_once(86, "memory at %p (%zu bytes) is locked in memory (mlock, QEMU's -overcommit "

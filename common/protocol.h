@@ -77,8 +77,11 @@ enum md__control_op {
 	MD_CTL_OP_END
 };
 
-/* HELLO flags: none defined yet; unknown bits are refused. */
-#define MD_HELLO_FLAGS_ALL 0u
+/* HELLO flags; unknown bits are refused. */
+/* The process maps no page of any memdedup pool (a VMM that exec'd): the
+ * references a record of its pid still holds are nobody's any more. */
+#define MD_HELLO_NO_POOL_MAPS (1u << 0)
+#define MD_HELLO_FLAGS_ALL MD_HELLO_NO_POOL_MAPS
 /* WELCOME state bits. */
 #define MD_WELCOME_PAUSED (1u << 0)
 /* Scan order of the tunable "order". */

@@ -472,6 +472,11 @@ struct vmflags_vmas {
 	int in, found;
 	unsigned all;	/* the advice every mapping has */
 	int seen;
+	uintptr_t lo, hi;	/* the mapping whose lines are read, clipped */
+	int record;		/* md__range_userfault_runs: where MD_VMF_USERFAULT, in uffd */
+	struct md__run *uffd;
+	size_t nuffd, uffd_cap;
+	int err;
 };
 
 /* smaps: the VmFlags of the mappings overlapping [a, end). */
@@ -482,6 +487,8 @@ static void vmflags_line(void *arg, char *text)
 	char perms[5];
 	if (sscanf(text, "%lx-%lx %4s", &lo, &hi, perms) == 3 && strchr(text, ' ') > strchr(text, '-')) {
 		h->in = lo < h->end && hi > h->a;
+		h->lo = lo > h->a ? lo : h->a;
+		h->hi = hi < h->end ? hi : h->end;
 		if (h->in && (perms[0] != 'r' || perms[1] != 'w'))
 			h->found |= MD_VMF_NOT_RW;
 		return;
@@ -489,8 +496,9 @@ static void vmflags_line(void *arg, char *text)
 	if (!h->in || strncmp(text, "VmFlags:", 8) != 0)
 		return;
 	unsigned v = 0;
+	int uffd = 0;
 	char *save;
-	for (char *f = strtok_r(text + 8, " ", &save); f; f = strtok_r(NULL, " ", &save)) {
+	for (char *f = strtok_r(text + 8, " \n", &save); f; f = strtok_r(NULL, " \n", &save)) {
 		if (strcmp(f, "ht") == 0)
 			h->found |= MD_VMF_HUGETLB;
 		else if (strcmp(f, "lo") == 0)
@@ -501,16 +509,48 @@ static void vmflags_line(void *arg, char *text)
 			v |= MD_VMF_DONTDUMP;
 		else if (strcmp(f, "hg") == 0)
 			v |= MD_VMF_HUGEPAGE;
+		else if (strcmp(f, "um") == 0 || strcmp(f, "uw") == 0 || strcmp(f, "ui") == 0)
+			uffd = 1;
 	}
 	h->all = h->seen ? h->all & v : v;
 	h->seen = 1;
+	if (!uffd)
+		return;
+	h->found |= MD_VMF_USERFAULT;
+	if (!h->record || h->err)
+		return;
+	if (h->nuffd == h->uffd_cap) {
+		size_t cap = h->uffd_cap ? h->uffd_cap * 2 : 8;
+		struct md__run *n = realloc(h->uffd, cap * sizeof(*n));
+		if (!n) {
+			h->err = -ENOMEM;
+			return;
+		}
+		h->uffd = n;
+		h->uffd_cap = cap;
+	}
+	h->uffd[h->nuffd++] = (struct md__run){ h->lo, h->hi, 1 };
 }
 
 int md__range_vmflags(uintptr_t a, size_t len)
 {
-	struct vmflags_vmas h = { a, a + len, 0, 0, 0, 0 };
+	struct vmflags_vmas h = { .a = a, .end = a + len };
 	int err = proc_lines("smaps", vmflags_line, &h);
 	return err ? err : h.found | (int)h.all;
+}
+
+int md__range_userfault_runs(uintptr_t a, uintptr_t end, struct md__run **runs, size_t *n)
+{
+	struct vmflags_vmas h = { .a = a, .end = end, .record = 1 };
+	int err = proc_lines("smaps", vmflags_line, &h);
+	err = err ? err : h.err;
+	if (err) {
+		free(h.uffd);
+		return err;
+	}
+	*runs = h.uffd;
+	*n = h.nuffd;
+	return 0;
 }
 
 struct shares {

@@ -54,6 +54,7 @@ int md__range_shared(uintptr_t a, size_t len);
 #define MD_VMF_DONTDUMP 8u	/* MADV_DONTDUMP ("dd"): all */
 #define MD_VMF_HUGEPAGE 16u	/* MADV_HUGEPAGE ("hg"): all */
 #define MD_VMF_NOT_RW   32u	/* not readable and writable (PROT_READ, PROT_NONE): any */
+#define MD_VMF_USERFAULT 64u	/* registered with a userfaultfd ("um", "uw", "ui"): any */
 int md__range_vmflags(uintptr_t a, size_t len);
 /* [a, end) as runs mapped and not, in order (from /proc/self/maps):
  * *runs (malloc'd; the caller frees it) and *n. 0 or -errno. */
@@ -62,6 +63,10 @@ struct md__run {
 	int mapped;
 };
 int md__range_runs(uintptr_t a, uintptr_t end, struct md__run **runs, size_t *n);
+/* The parts of [a, end) whose mappings a userfaultfd covers (MD_VMF_USERFAULT),
+ * clipped, in order: *runs (malloc'd; the caller frees it) and *n (their
+ * mapped field 1). 0 or -errno. */
+int md__range_userfault_runs(uintptr_t a, uintptr_t end, struct md__run **runs, size_t *n);
 /* Calls fn(arg, lo, hi) for each mapping (VMA) overlapping [a, end),
  * clipped to it, in address order. 0 or -errno. */
 int md__range_mappings(uintptr_t a, uintptr_t end, void (*fn)(void *arg, uintptr_t lo, uintptr_t hi), void *arg);

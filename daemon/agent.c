@@ -99,6 +99,14 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 		md__agent_exited(d, a);	/* a pid reused before we saw the exit */
 		a = NULL;
 	}
+	/* The same process (its pidfd and ours both live), mapping no pool
+	 * page any more (it exec'd): what the record holds is nobody's. */
+	if (a && !a->conn && (h->flags & MD_HELLO_NO_POOL_MAPS)) {
+		md__dlog_peer("agent %d came back mapping no pool page (exec): its references go",
+			      (int)c->pid);
+		md__agent_exited(d, a);
+		a = NULL;
+	}
 	if (a) {
 		if (a->conn) {
 			snprintf(why, size, "pid %d is already connected", (int)c->pid);

@@ -87,6 +87,27 @@ int md__remote_connected(struct md__remote *rm)
 	return __atomic_load_n(&rm->c, __ATOMIC_RELAXED) != NULL;
 }
 
+/* MD_HELLO_NO_POOL_MAPS if the process maps no pool's memfd but the
+ * engine's own (not when it cannot tell): a VMM that exec'd keeps no
+ * mapping of its former agent, whose references memdedupd kept for the
+ * pid, pinned until exit. */
+static uint32_t hello_flags(const struct md__engine *e)
+{
+	struct md__file_map *v;
+	struct stat own;
+	size_t n;
+	int pool = 1;
+	if (fstat(e->pool.fd, &own) != 0)
+		own.st_ino = 0;
+	if (md__range_file_maps(0, UINTPTR_MAX, &v, &n) == 0) {
+		pool = 0;
+		for (size_t i = 0; i < n; i++)
+			pool |= v[i].pool && v[i].ino != own.st_ino;
+		free(v);
+	}
+	return pool ? 0 : MD_HELLO_NO_POOL_MAPS;
+}
+
 int md__engine_remote_connect(struct md__engine *e)
 {
 	struct md__remote *rm = e->remote;
@@ -101,7 +122,7 @@ int md__engine_remote_connect(struct md__engine *e)
 	int err = md__client_connect(&c, rm->socket);
 	if (err)
 		return err;
-	err = md__client_hello(c, rm->domain, 0, &w, &fd);
+	err = md__client_hello(c, rm->domain, hello_flags(e), &w, &fd);
 	if (err)
 		goto free_client;
 	struct stat st;

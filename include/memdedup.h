@@ -236,8 +236,11 @@ MD_API void md_agent_free(md_agent *agent);
  * memory (mlock, mlockall: the kernel fills a locked private mapping with
  * private copies as soon as it is made; the preload library also gives up
  * RAM the VMM locks later, and registers none while mlockall(MCL_FUTURE)
- * holds). A range with unmapped holes registers what is mapped and returns
- * -ENOMEM, as madvise(2) does. */
+ * holds), and so is memory that is not both readable and writable. Memory
+ * a userfaultfd of the VMM's covers already (registered before it asked
+ * for merging) is refused with -EBUSY: a mapping of ours there would end
+ * that registration. A range with unmapped holes registers what is mapped
+ * and returns -ENOMEM, as madvise(2) does. */
 MD_API int md_agent_register(md_agent *agent, void *addr, size_t len, unsigned advice);
 /* Forgets [addr, addr+len), which stays mapped: pages shared there are made
  * private copies first (their content stays as it is). */

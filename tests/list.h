@@ -14,7 +14,7 @@
 	X(cli_status_daemon_error) X(cli_pause_not_scanning) \
 	X(agent_api_rejects) X(agent_stats_file_owned) X(agent_unregister_splits_without_memory) \
 	X(share_two_processes) X(write_is_private) X(fallback_unaligned) X(read_across_region_records) X(read_direct_to_end_of_file) X(fallback_filesystem_without_leases) \
-	X(fallback_partial) X(small_reads_copied) X(fallback_pipe) X(fallback_path_descriptor) X(mergeable_hole_not_registered) X(hugetlb_not_registered) X(fallback_writable_file) \
+	X(fallback_partial) X(small_reads_copied) X(fallback_pipe) X(fallback_path_descriptor) X(mergeable_hole_not_registered) X(userfault_first_not_registered) X(hugetlb_not_registered) X(fallback_writable_file) \
 	X(lease_break_keeps_content) X(lease_break_waits_for_direct_write) X(lease_break_short_of_memory) X(unmergeable_short_of_memory_fails) X(failed_map_short_of_memory_keeps_tracking) X(lease_break_then_discard_yields_zeroes) X(lease_break_read_only_pages) X(lease_break_without_signal) X(lease_gone_with_agent_fd) X(lease_fd_replaced_read_copied) X(lease_fd_reused_for_other_image) X(device_dma_stops_read_sharing) X(map_limit_falls_back) X(vma_budget_falls_back) \
 	X(discard_yields_zeroes) X(discard_after_remap_keeps_vmm_file) X(discard_beside_many_forgotten_keeps_vmm_file) X(discard_after_chroot_yields_zeroes) X(failed_move_keeps_registration) X(unmerge_makes_private) X(unmerge_unregisters_beside_images) X(preadv_mixed) X(preadv_scattered_one_call) \
 	X(fork_child_runs_plain) X(fork_before_agent_shares) X(stats_dir_full) X(status_lists_agent) X(advice_reaches_new_mappings) \
@@ -23,6 +23,6 @@
 	X(scan_off_says_why) \
 	X(scan_stress_no_lost_write) X(scan_stress_catches_lost_write) \
 	X(cross_process_sharing) X(cross_in_process_duplicates) X(cross_domains_never_share) X(cross_daemon_killed) X(cross_agent_killed_mid_merge) X(cross_daemon_killed_mid_scan) X(cross_daemon_stopped) X(cross_unmap_elsewhere_not_held) X(cross_leaves_vmm_holes) \
-	X(cross_stress_no_lost_write) X(cross_unrefs_batched) X(cross_reads_pair) X(cross_unmerge_short_of_memory) X(cross_unmerge_image_pages) X(cross_daemon_stalled_unrefs_kept)
+	X(cross_stress_no_lost_write) X(cross_unrefs_batched) X(cross_exec_gives_back) X(cross_reads_pair) X(cross_unmerge_short_of_memory) X(cross_unmerge_image_pages) X(cross_daemon_stalled_unrefs_kept)
 
 #define TEST_LIST(X) TEST_LIST_AGENT(X) TEST_LIST_ENGINE(X) TEST_LIST_DAEMON(X)

@@ -388,6 +388,30 @@ TEST_IMPL(fallback_path_descriptor)
  * KSM's) and registers only what is mapped: shared memory mapped in the
  * hole later is read into as the VMM asked, not replaced by private pages
  * of the image. */
+/* Memory a userfaultfd of the VMM's covered before it asked for merging
+ * (postcopy migration, a background snapshot) is not registered: a mapping
+ * of ours there (a read shared at read time) ended that registration, and
+ * the VMM's userfaultfd heard of those pages no more. */
+TEST_IMPL(userfault_first_not_registered)
+{
+	struct proc p;
+	proc_start(&p, NULL);
+	proc_cmd(&p, "mapuffd %u", RAM_PAGES);
+	ASSERT(p.base != 0);
+	int fd = (int)proc_num(&p, "open %s", image(3));
+	ASSERT(fd >= 0);
+	ASSERT_EQ(proc_num(&p, "read %d 0 %u 0 65536", fd, MB), MB);
+	ASSERT(strcmp(proc_cmd(&p, "hash 0 %u", MB), hex(fnv_file(image(3), 0, MB))) == 0);
+	for (size_t off = 0; off < MB; off += 64 * 4096)
+		ASSERT(!proc_page(&p, off).file);
+	ASSERT_EQ(proc_num(&p, "vmflag 0 uw"), 1);	/* still the VMM's */
+	md_stats s;
+	ASSERT_EQ(proc_stats(&p, &s), 0);
+	ASSERT_EQ(s.pages_shared, 0);
+	proc_stop(&p);
+	return 0;
+}
+
 TEST_IMPL(mergeable_hole_not_registered)
 {
 	const char *img = image(3);

@@ -263,6 +263,35 @@ static long long domain_live_becomes_0(const struct tdaemon *t)
 	return v;
 }
 
+/* A VMM that execs (QEMU's cpr-exec) maps no pool page afterwards, but its
+ * pid lives on: memdedupd kept the old agent's references, and their pool
+ * pages, until the process exited. The new agent says it maps none. */
+TEST_IMPL(cross_exec_gives_back)
+{
+	struct tdaemon t;
+	struct proc a;
+	md_stats s;
+	td_start(&t, 65536);
+	start_agent(&a, &t, NULL);
+	proc_cmd(&a, "fill 0 %u 9", N);
+	proc_cmd(&a, "fill %u %u 9", N * PG, N);
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, sharing_n), 0);
+	ASSERT(domain_live(&t) >= N);
+	ASSERT(strcmp(proc_cmd(&a, "exec"), "ok") == 0);
+	proc_cmd(&a, "map 16");	/* the new agent connects */
+	ASSERT_EQ(domain_live_becomes_0(&t), 0);
+	/* And it merges as any agent does. */
+	proc_cmd(&a, "map 1024");
+	proc_cmd(&a, "fill 0 %u 9", N);
+	proc_cmd(&a, "fill %u %u 9", N * PG, N);
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, sharing_n), 0);
+	ASSERT(domain_live(&t) >= N);
+	proc_stop(&a);
+	ASSERT_EQ(domain_live_becomes_0(&t), 0);
+	td_stop(&t);
+	return 0;
+}
+
 /* Pages that stop showing the pool drop their references in one UNREF a
  * batch, not a round trip each (the reap of boot-time copy-on-write
  * breaks made thousands of them): forgetting N merged pages costs a few

@@ -4,6 +4,8 @@
  * into it through the ordinary libc calls, writes, hashes, and answers one
  * line per command on stdout:
  *   map NPAGES            -> base address (mmap + MADV_MERGEABLE)
+ *   mapuffd NPAGES        -> as map, but registered with a userfaultfd of its own
+ *                           (write-protect mode) before MADV_MERGEABLE
  *   open PATH [rw]        -> fd
  *   pipe                  -> read end of a pipe holding 64 KiB
  *   read FD OFF LEN DOFF CHUNK  -> pread in CHUNK pieces; total or -errno
@@ -91,6 +93,8 @@
  *   freemadvise           -> 0: from now on every free() discards a page of its own
  *                           with madvise(MADV_DONTNEED) first, as jemalloc or
  *                           tcmalloc give memory back (the agent's free()s too)
+ *   exec                  -> ok, then the commands go to this program run again
+ *                           (execve, as QEMU's cpr-exec): no RAM, no agent yet
  *   quit
  */
 #include <dlfcn.h>
@@ -548,6 +552,21 @@ int main(void)
 			base = mmap(NULL, base_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 			madvise(base, base_len, MADV_MERGEABLE);
 			printf("%p\n", (void *)base);
+		} else if (strcmp(cmd, "mapuffd") == 0) {	/* NPAGES: map, registered with a userfaultfd first */
+			sscanf(line, "%*s %lld", &a1);
+			base_len = (size_t)a1 * 4096;
+			base = mmap(NULL, base_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			struct uffdio_api api = { .api = UFFD_API };
+			struct uffdio_register reg = { .range = { (uintptr_t)base, base_len },
+						       .mode = UFFDIO_REGISTER_MODE_WP };
+			int u = new_uffd(O_NONBLOCK);
+			if (u < 0 || ioctl(u, UFFDIO_API, &api) < 0 || ioctl(u, UFFDIO_REGISTER, &reg) < 0) {
+				printf("%d\n", -errno);
+				continue;
+			}
+			last_uffd = u;
+			madvise(base, base_len, MADV_MERGEABLE);
+			printf("%p\n", (void *)base);
 		} else if (strcmp(cmd, "open") == 0) {
 			sscanf(line, "%*s %2047s %31s", s1, s2);
 			int fd = open(s1, strcmp(s2, "rw") == 0 ? O_RDWR :
@@ -991,6 +1010,11 @@ int main(void)
 		} else if (strcmp(cmd, "chroot") == 0) {	/* DIR: as QEMU's -chroot, no /proc there */
 			sscanf(line, "%*s %2047s", s1);
 			printf("%d\n", chroot(s1) == 0 && chdir("/") == 0 ? 0 : -errno);
+		} else if (strcmp(cmd, "exec") == 0) {	/* -> ok, then this program again, afresh */
+			printf("ok\n");
+			fflush(stdout);
+			execl("/proc/self/exe", "testproc", (char *)NULL);
+			printf("%d\n", -errno);
 		} else if (strcmp(cmd, "quit") == 0) {
 			return 0;
 		} else {

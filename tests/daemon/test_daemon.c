@@ -2321,6 +2321,35 @@ TEST_IMPL(daemon_reconnect_needs_pidfd)
 	return 0;
 }
 
+/* Back mapping no pool page (the process exec'd): the record goes with its
+ * references, where a plain reconnect keeps them (daemon_reconnect_keeps_refs). */
+TEST_IMPL(daemon_reconnect_without_pool_maps)
+{
+	struct tdaemon t;
+	struct md__msg_welcome w, w2;
+	static unsigned char pages[2 * PG];
+	uint64_t hash[2];
+	int fd;
+
+	td_start(&t, 64);
+	struct md__client *c = td_agent(&t, NULL, &w, &fd);
+	publish(c, 7, 2, pages, hash);
+	close(fd);
+	md__client_free(c);
+	usleep(200000);
+	ASSERT(wait_live(&t, w.domain_id, 2, 20000));
+	ASSERT_EQ(md__client_connect(&c, t.sock), 0);
+	ASSERT_EQ(md__client_hello(c, NULL, MD_HELLO_NO_POOL_MAPS, &w2, &fd), 0);
+	/* The domain went with its last agent's record, its pages freed. */
+	ASSERT(w2.domain_id != w.domain_id);
+	ASSERT(wait_live(&t, w.domain_id, -1, 20000));
+	ASSERT(wait_live(&t, w2.domain_id, 0, 20000));
+	close(fd);
+	md__client_free(c);
+	td_stop(&t);
+	return 0;
+}
+
 TEST_IMPL(daemon_dies_client_enotconn)
 {
 	struct tdaemon t;

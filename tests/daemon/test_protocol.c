@@ -318,7 +318,10 @@ TEST_IMPL(daemon_proto_rejects)
 	memset(p + 10, 'a', 65);
 	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_HELLO, p, 75), &m), -EMSGSIZE);
 	p[8] = 0;
-	put32(p + 4, 1);	/* unknown flag */
+	put32(p + 4, MD_HELLO_NO_POOL_MAPS);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_HELLO, p, 10), &m), 0);
+	ASSERT_EQ(m.u.hello.flags, MD_HELLO_NO_POOL_MAPS);
+	put32(p + 4, MD_HELLO_FLAGS_ALL + 1);	/* unknown flag */
 	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_HELLO, p, 10), &m), -EBADMSG);
 	put32(p + 4, 0);
 	put32(p, 0);		/* pid 0 */
