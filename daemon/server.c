@@ -40,7 +40,7 @@
 
 #define MD_D_BATCH 16   /* messages per connection per wake-up: fairness */
 /* Work per connection per wake-up: a message is 1, a READS 1 more per 1,024
- * pages (one of 128 full runs takes milliseconds). What is left waits in
+ * pages (one of 128 full runs takes milliseconds), a STATUS 16. What is left waits in
  * the buffer: the connection is deferred, handled again after the others'
  * events (not on its socket's events: a peer that does not read its
  * replies makes none). */
@@ -868,11 +868,17 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
  * -1: the connection closed. */
 static unsigned msg_cost(const struct md__msg *m)
 {
-	unsigned cost = 1;
-	if (m->hdr.type == MD_MSG_READS)
+	unsigned pages = 0;
+	switch (m->hdr.type) {
+	case MD_MSG_READS:
 		for (uint32_t i = 0; i < m->u.reads.n; i++)
-			cost += m->u.reads.run[i].npages;
-	return m->hdr.type == MD_MSG_READS ? 1 + (cost - 1) / 1024 : cost;
+			pages += m->u.reads.run[i].npages;
+		return 1 + pages / 1024;
+	case MD_MSG_STATUS:
+		return 16;	/* a page of the document, up to 1 MiB of JSON */
+	default:
+		return 1;
+	}
 }
 
 static int read_conn(struct md__daemon *d, struct md__conn *c)
