@@ -546,7 +546,8 @@ static int userfault_known(md_agent *a, uintptr_t lo, uintptr_t hi, uintptr_t *e
 }
 
 /* 1 if a userfaultfd we do not know of covers part of [s, e), 0 if none
- * does, or -errno (agent->lock held). */
+ * does, or -errno. smaps is read outside agent->lock (it takes time in
+ * proportion to the memory resident), what we know looked up under it. */
 static int userfault_foreign(md_agent *a, uintptr_t s, uintptr_t e)
 {
 	struct md__run *run;
@@ -555,9 +556,11 @@ static int userfault_foreign(md_agent *a, uintptr_t s, uintptr_t e)
 	if (err)
 		return err;
 	int foreign = 0;
+	md__agent_enter(a);
 	for (size_t i = 0; i < n && !foreign; i++)
-		for (uintptr_t lo = run[i].lo, hi; lo < run[i].hi && !foreign; lo = hi)
+		for (uintptr_t lo = run[i].lo, hi = run[i].hi; lo < run[i].hi && !foreign; lo = hi)
 			foreign = !userfault_known(a, lo, run[i].hi, &hi);
+	md__agent_leave(a);
 	free(run);
 	return foreign;
 }
@@ -607,11 +610,8 @@ int md_agent_register(md_agent *a, void *addr, size_t len, unsigned advice)
 	 * ours there would end its registration. Known ones are the
 	 * engine's (advised again) and those the preload library saw the
 	 * VMM make (md_agent_userfault), which the code below handles. */
-	if (kind & MD_VMF_USERFAULT) {
-		md__agent_enter(a);
+	if (kind & MD_VMF_USERFAULT)
 		err = userfault_foreign(a, (uintptr_t)addr, (uintptr_t)addr + len);
-		md__agent_leave(a);
-	}
 	if (err) {
 		if (err > 0)
 			md__log_once(99, "memory at %p (%zu bytes) is registered with a userfaultfd of the "

@@ -12,6 +12,10 @@
  * md__engine_exclude() while holding agent->lock; the scanner takes
  * agent->lock (the image-page index, agent/imagepages.c) only outside the
  * engine's locks. md__agent_unmap holds all three across the VMM's munmap.
+ *
+ * unmerge_lock (one unmerge at a time, scan.c) comes before all of them;
+ * writes_lock (the VMM's writes in flight, writes.c) after agent->lock, and
+ * is held around nothing else.
  */
 #ifndef MD_AGENT_INTERNAL_H
 #define MD_AGENT_INTERNAL_H

@@ -303,7 +303,9 @@ static void break_deadline(struct timespec *t)
  * the file's, said in the log. */
 static void finish_break(struct md_agent *a, struct md__image *img)
 {
-	int err = md__privatize(a, 0, UINTPTR_MAX, img->id);
+	/* Once private, nothing maps the image again while it breaks: only
+	 * the writes are waited for then. */
+	int err = img->writes_before ? 0 : md__privatize(a, 0, UINTPTR_MAX, img->id);
 	if (err == -ENOMEM || err == -EAGAIN) {
 		if (!time_reached(&img->retry_at))
 			return;	/* breaking still */

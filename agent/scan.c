@@ -400,29 +400,29 @@ static int copy_run(struct md__engine *e, uintptr_t addr, size_t len)
  * Every page shared goes: pool pages, and image pages (shared at read time
  * or merged onto the image by the scanner). Zero pages stay dropped: they
  * read as the zeroes the guest wrote, and a copy would only cost memory. */
-static int unmerge_locked(md_agent *a, char *why, size_t size);
+static int unmerge_locked(md_agent *a, char *why, size_t size, int by);
 
 /* One unmerge at a time: each stops and starts the scanner's thread, and two
  * (the VMM's and memdedupd's, on the agent's thread) joined one thread twice
- * and closed its eventfd twice. memdedupd's waits for none (wait 0): the
- * agent's thread also answers lease breaks. */
-static int unmerge(md_agent *a, char *why, size_t size, int wait)
+ * and closed its eventfd twice. memdedupd's (by 2, a->unmerged's value for
+ * it) waits for none: the agent's thread also answers lease breaks. */
+static int unmerge(md_agent *a, char *why, size_t size, int by)
 {
 	if (!a || !a->engine)
 		return -EINVAL;
-	if (wait)
+	if (by == 1)
 		pthread_mutex_lock(&a->unmerge_lock);
 	else if (pthread_mutex_trylock(&a->unmerge_lock) != 0) {
 		if (why)
 			snprintf(why, size, "an unmerge is already running in this process");
 		return -EBUSY;
 	}
-	int err = unmerge_locked(a, why, size);
+	int err = unmerge_locked(a, why, size, by);
 	pthread_mutex_unlock(&a->unmerge_lock);
 	return err;
 }
 
-static int unmerge_locked(md_agent *a, char *why, size_t size)
+static int unmerge_locked(md_agent *a, char *why, size_t size, int by)
 {
 	struct md__engine *e = a->engine;
 	/* Before any region the scanner's thread is not started yet
@@ -487,7 +487,9 @@ paused:
 	 * once); refused up front, as it was. */
 	if (!refused) {
 		a->scanner.paused = 1;
-		__atomic_store_n(&a->unmerged, 1, __ATOMIC_RELAXED);
+		/* 2 if memdedupd asked (it will say when resumed), and only
+		 * if it all went. */
+		__atomic_store_n(&a->unmerged, by == 2 && !err ? 2 : 1, __ATOMIC_RELAXED);
 	}
 	if (was_running && md__scanner_start(&a->scanner) != 0)
 		a->scanner_started = 0;
@@ -638,9 +640,7 @@ static void apply_control(struct md_agent *a, const struct md__msg_control *ctl)
 				 "cannot follow");
 		break;
 	case MD_CTL_UNMERGE:
-		err = unmerge(a, why, sizeof(why), 0);
-		if (!err)	/* the daemon knows it, and will say when resumed */
-			__atomic_store_n(&a->unmerged, 2, __ATOMIC_RELAXED);
+		err = unmerge(a, why, sizeof(why), 2);
 		break;
 	case MD_CTL_SET: err = tunable_set(a, ctl->key, ctl->value) < 0 ? -EINVAL : 0; break;
 	default: err = -EINVAL;

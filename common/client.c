@@ -1019,6 +1019,29 @@ int md__client_control_done(struct md__client *c, uint32_t token, int status, co
 	return err ? err : c->msg.u.ack.status;
 }
 
+int md__client_open(struct md__client **cp, const char *socket_path, const char *domain, uint32_t flags,
+		    struct md__msg_welcome *welcome, int *pool_fd)
+{
+	struct md__client *c;
+	int err = md__client_connect(&c, socket_path);
+	if (err)
+		return err;
+	err = md__client_hello(c, domain, flags, welcome, pool_fd);
+	if (err == -EBADMSG && flags) {
+		md__client_free(c);
+		err = md__client_connect(&c, socket_path);
+		if (err)
+			return err;
+		err = md__client_hello(c, domain, 0, welcome, pool_fd);
+	}
+	if (err) {
+		md__client_free(c);
+		return err;
+	}
+	*cp = c;
+	return 0;
+}
+
 int md__client_reads(struct md__client *c, const struct md__read_run *run, uint32_t n)
 {
 	struct md__msg *m;

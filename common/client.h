@@ -62,6 +62,11 @@ void md__client_set_timeout(struct md__client *c, int ms);
  * caller owns it; map it MAP_PRIVATE, PROT_READ or copy-on-write). */
 int md__client_hello(struct md__client *c, const char *domain, uint32_t flags,
 		     struct md__msg_welcome *welcome, int *pool_fd);
+/* md__client_connect, then md__client_hello; a HELLO with flags that the
+ * daemon refuses as malformed (one older than the flags) is said again
+ * without them, on a new connection. *c only on 0. */
+int md__client_open(struct md__client **c, const char *socket_path, const char *domain, uint32_t flags,
+		    struct md__msg_welcome *welcome, int *pool_fd);
 /* LOOKUP: slot1[i] = slot + 1 of a page with hash[i], 0 if none,
  * MD_LOOKUP_PUBLISH to publish it. n <= 512. A candidate only: compare the
  * bytes before relying on it. addr[i] (or NULL: none) is where the caller

@@ -295,6 +295,7 @@ static void unregister_mapping(void *uffd, uintptr_t lo, uintptr_t hi)
 struct register_each {
 	struct md__uffd *uffd;
 	int err;
+	size_t done;
 };
 
 /* EINVAL: a mapping no userfaultfd can cover, a disk image's (its pages
@@ -304,23 +305,27 @@ static void register_mapping(void *arg, uintptr_t lo, uintptr_t hi)
 {
 	struct register_each *r = arg;
 	int err = md__uffd_register_wp(r->uffd, lo, hi - lo);
+	r->done += !err;
 	if (err && err != -EINVAL && !r->err)
 		r->err = err;
 }
 
 /* [a, a+len) registered for write-protection, one mapping at a time where
  * the whole refuses: RAM registered again (advised again, given back by
- * the VMM's userfaultfd) may hold image mappings. */
+ * the VMM's userfaultfd) may hold image mappings. Memory none of whose
+ * mappings can be (a private mapping of a disk file as guest RAM) is
+ * refused, as it was. */
 static int register_wp(struct md__engine *e, uintptr_t a, size_t len)
 {
 	int err = md__uffd_register_wp(&e->uffd, a, len);
 	if (err != -EINVAL)
 		return err;
-	struct register_each r = { &e->uffd, 0 };
+	struct register_each r = { &e->uffd, 0, 0 };
 	err = md__range_mappings(a, a + len, register_mapping, &r);
-	if (err || r.err)
+	err = err ? err : r.err ? r.err : r.done ? 0 : -EINVAL;
+	if (err)
 		md__range_mappings(a, a + len, unregister_mapping, &e->uffd);
-	return err ? err : r.err;
+	return err;
 }
 
 static int register_one(struct md__engine *e, uintptr_t a, size_t len, unsigned advice)

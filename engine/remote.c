@@ -119,12 +119,9 @@ int md__engine_remote_connect(struct md__engine *e)
 	 * otherwise wait for its own for good (and the other way round). */
 	if (rm->socket_default)
 		md__daemon_socket_path(NULL, rm->socket, sizeof(rm->socket));
-	int err = md__client_connect(&c, rm->socket);
+	int err = md__client_open(&c, rm->socket, rm->domain, hello_flags(e), &w, &fd);
 	if (err)
 		return err;
-	err = md__client_hello(c, rm->domain, hello_flags(e), &w, &fd);
-	if (err)
-		goto free_client;
 	struct stat st;
 	err = -EINVAL;
 	/* Slots at or past MD_REF_SLOTS_MAX would not fit in ref[]. */
@@ -185,7 +182,6 @@ int md__engine_remote_connect(struct md__engine *e)
 
 close_fd:
 	close(fd);
-free_client:
 	md__client_free(c);
 	return err;
 }

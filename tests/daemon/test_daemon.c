@@ -540,7 +540,7 @@ static int shares_before_reply(int fd, uint32_t *last)
  * daemon handled every READS already read from a connection before it
  * looked at the next one, and 48 such agents made everyone's requests time
  * out. Both are there when the daemon wakes (it was stopped), the stream
- * first: the other's answer comes after at most three of the stream's (one a
+ * first: the other's answer comes after one or two of the stream's (one a
  * wake-up). */
 TEST_IMPL(daemon_reads_stream_fair)
 {
@@ -552,6 +552,11 @@ TEST_IMPL(daemon_reads_stream_fair)
 	raw_hello(f, "stream");
 	ASSERT_EQ(raw_next(f, &m), MD_MSG_WELCOME);
 	int v = raw_connect(&t);
+	unsigned type;
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_STATUS, .seq = 4 } };
+	raw_send(v, &m);	/* accepted before the pause */
+	while ((type = raw_next(v, &m)) != MD_MSG_STATUS_R)
+		ASSERT(type != 0 && type != MD_MSG_ERROR);
 	td_pause(&t);
 	m = (struct md__msg){ .hdr = { .type = MD_MSG_READS } };
 	m.u.reads.n = MD_READS_MAX;
@@ -567,18 +572,18 @@ TEST_IMPL(daemon_reads_stream_fair)
 	m = (struct md__msg){ .hdr = { .type = MD_MSG_STATUS, .seq = 5 } };
 	raw_send(v, &m);
 	ASSERT(kill(t.pid, SIGCONT) == 0);
-	unsigned type;
 	while ((type = raw_next(v, &m)) != MD_MSG_STATUS_R)
 		ASSERT(type != 0 && type != MD_MSG_ERROR);
 	/* The stream's answers sent before: all there now (each written as
-	 * its request was handled). */
+	 * its request was handled), and maybe a few sent since, while we
+	 * count: 16 or more, all of one wake-up, without the budget. */
 	int before = 0;
 	for (struct pollfd p = { f, POLLIN, 0 }; poll(&p, 1, 0) == 1;) {
 		type = raw_next(f, &m);
 		ASSERT(type == MD_MSG_ACK || type == MD_MSG_SHARE);
 		before += type == MD_MSG_ACK;
 	}
-	ASSERT(before <= 3);
+	ASSERT(before <= sent / 3);
 	/* And the stream is served whole. */
 	for (int acks = before; acks < sent;) {
 		type = raw_next(f, &m);
@@ -1768,6 +1773,71 @@ static pid_t fake_welcome(const char *path, int pass)
 	return kid;
 }
 
+/* A memdedupd older than HELLO's flags refuses one with a flag as
+ * malformed, and the connection with it: the agent says HELLO again
+ * without, on a new one (else it could never join a daemon still running
+ * from before an upgrade). */
+TEST_IMPL(daemon_client_hello_to_older_daemon)
+{
+	char dir[] = "/tmp/md-old-XXXXXX", path[64];
+	ASSERT(mkdtemp(dir) != NULL);
+	snprintf(path, sizeof(path), "%s/sock", dir);
+	int l = listen_at(path), pass = test_pool_fd(1, 1);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		static unsigned char in[MD_MSG_HDR_SIZE + 128], out[512];
+		static struct md__msg m;
+		struct md__msg_hdr h;
+		char x;
+		for (int round = 0; round < 2; round++) {
+			int c = accept(l, NULL, NULL);
+			if (c < 0)
+				_exit(1);
+			td_read_all(c, in, MD_MSG_HDR_SIZE);
+			if (md__msg_hdr_decode(in, MD_MSG_HDR_SIZE, &h) != 0 || h.type != MD_MSG_HELLO)
+				_exit(2);
+			td_read_all(c, in + MD_MSG_HDR_SIZE, h.length);
+			const unsigned char *f = in + MD_MSG_HDR_SIZE + 4;
+			uint32_t flags = f[0] | (uint32_t)f[1] << 8 | (uint32_t)f[2] << 16 | (uint32_t)f[3] << 24;
+			if (round == 0) {	/* as an older daemon: unknown bits */
+				if (flags != MD_HELLO_NO_POOL_MAPS)
+					_exit(3);
+				m = (struct md__msg){ .hdr = { .type = MD_MSG_ERROR, .seq = h.seq } };
+				m.u.text.status = -EBADMSG;
+				snprintf(m.u.text.text, sizeof(m.u.text.text), "malformed HELLO payload");
+				size_t n = encode(&m, out, sizeof(out));
+				if (write(c, out, n) != (ssize_t)n)
+					_exit(4);
+				close(c);
+				continue;
+			}
+			if (flags)
+				_exit(5);
+			fake_send_welcome(c, h.seq, pass);
+			while (read(c, &x, 1) > 0)	/* until the client goes */
+				;
+			_exit(0);
+		}
+		_exit(6);
+	}
+	close(l);
+	struct md__client *c;
+	struct md__msg_welcome w;
+	int fd, st;
+	ASSERT_EQ(md__client_open(&c, path, NULL, MD_HELLO_NO_POOL_MAPS, &w, &fd), 0);
+	ASSERT_EQ(w.domain_id, 5);
+	close(fd);
+	md__client_free(c);
+	ASSERT_EQ(waitpid(kid, &st, 0), kid);
+	ASSERT(WIFEXITED(st));
+	ASSERT_EQ(WEXITSTATUS(st), 0);
+	close(pass);
+	unlink(path);
+	rmdir(dir);
+	return 0;
+}
+
 /* The client takes as a pool only a read-only descriptor of a file sealed
  * against shrinking: a guest page mapped from a slot cut off would raise
  * SIGBUS in the VMM, and a pool it could write is other guests' pages. */
@@ -2226,22 +2296,34 @@ TEST_IMPL(daemon_pool_trimmed_when_quiet)
 	return 0;
 }
 
+/* A private daemon, and an agent of this process that published two pages
+ * and lost its connection (as after a malformed message) while we live
+ * on: the record keeps its references, the pages stay. Returns the first
+ * slot; *w: its WELCOME. */
+static uint32_t agent_gone_holding_two(struct tdaemon *t, struct md__msg_welcome *w)
+{
+	static unsigned char pages[2 * PG];
+	uint64_t hash[2];
+	int fd;
+	td_start(t, 64);
+	struct md__client *c = td_agent(t, NULL, w, &fd);
+	uint32_t first = publish(c, 7, 2, pages, hash);
+	close(fd);
+	md__client_free(c);
+	usleep(200000);
+	ASSERT(wait_live(t, w->domain_id, 2, 20000));
+	return first;
+}
+
 TEST_IMPL(daemon_reconnect_keeps_refs)
 {
 	struct tdaemon t;
 	struct md__msg_welcome w, w2;
-	static unsigned char pages[2 * PG];
-	uint64_t hash[2];
-	int fd, fd2;
+	int fd2;
 
-	td_start(&t, 64);
-	struct md__client *c = td_agent(&t, NULL, &w, &fd);
-	uint32_t first = publish(c, 7, 2, pages, hash);
-	/* Our connection goes (as after a malformed message), we live on:
-	 * our pages must not be freed under our mappings. */
-	md__client_free(c);
-	usleep(200000);
-	ASSERT(wait_live(&t, w.domain_id, 2, 20000));
+	/* Our pages must not be freed under our mappings. */
+	uint32_t first = agent_gone_holding_two(&t, &w);
+	struct md__client *c;
 	json_t *st = td_status(&t);
 	json_t *a = json_array_get(json_object_get(st, "agents"), 0);
 	ASSERT(a && json_is_false(json_object_get(a, "connected")));
@@ -2288,16 +2370,10 @@ TEST_IMPL(daemon_reconnect_needs_pidfd)
 {
 	struct tdaemon t;
 	struct md__msg_welcome w;
-	static unsigned char pages[2 * PG];
-	uint64_t hash[2];
+	struct md__client *c;
 	int fd, first_free, second_free;
 
-	td_start(&t, 64);
-	struct md__client *c = td_agent(&t, NULL, &w, &fd);
-	uint32_t first = publish(c, 7, 2, pages, hash);
-	close(fd);
-	md__client_free(c);
-	usleep(200000);
+	uint32_t first = agent_gone_holding_two(&t, &w);
 	/* The connection's descriptor fits, the pidfd would not. */
 	lowest_free_fds(t.pid, &first_free, &second_free);
 	struct rlimit back, low;
@@ -2327,17 +2403,10 @@ TEST_IMPL(daemon_reconnect_without_pool_maps)
 {
 	struct tdaemon t;
 	struct md__msg_welcome w, w2;
-	static unsigned char pages[2 * PG];
-	uint64_t hash[2];
+	struct md__client *c;
 	int fd;
 
-	td_start(&t, 64);
-	struct md__client *c = td_agent(&t, NULL, &w, &fd);
-	publish(c, 7, 2, pages, hash);
-	close(fd);
-	md__client_free(c);
-	usleep(200000);
-	ASSERT(wait_live(&t, w.domain_id, 2, 20000));
+	agent_gone_holding_two(&t, &w);
 	ASSERT_EQ(md__client_connect(&c, t.sock), 0);
 	ASSERT_EQ(md__client_hello(c, NULL, MD_HELLO_NO_POOL_MAPS, &w2, &fd), 0);
 	/* The domain went with its last agent's record, its pages freed. */
