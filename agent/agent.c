@@ -306,7 +306,7 @@ static void stats_file_open(struct md_agent *a, const char *opt_dir)
 	static const struct md__stats_file zero;
 	if (fchmod(fd, 0600) != 0 || ftruncate(fd, 0) != 0)
 		goto err_remove;
-	ssize_t wrote = pwrite(fd, &zero, sizeof(zero), 0);
+	ssize_t wrote = md__sys_pwrite(fd, &zero, sizeof(zero), 0);
 	if (wrote != (ssize_t)sizeof(zero)) {
 		if (wrote >= 0)
 			errno = ENOSPC;	/* a regular file writes short only when full */
