@@ -2341,7 +2341,7 @@ TEST_IMPL(daemon_reconnect_keeps_refs)
 }
 
 /* The two lowest descriptor numbers pid has free. */
-static void lowest_free_fds(pid_t pid, int *first, int *second)
+static void lowest_free_fds_now(pid_t pid, int *first, int *second)
 {
 	char path[64];
 	unsigned char used[4096] = { 0 };
@@ -2359,6 +2359,23 @@ static void lowest_free_fds(pid_t pid, int *first, int *second)
 		if (!used[n])
 			*(found++ ? second : first) = n;
 	ASSERT_EQ(found, 2);
+}
+
+/* The same, once the daemon has closed what it was closing (a STATUS
+ * connection of ours a moment ago): the same two, 100 ms apart. */
+static void lowest_free_fds(pid_t pid, int *first, int *second)
+{
+	int a, b;
+	lowest_free_fds_now(pid, first, second);
+	for (int i = 0; i < 50; i++) {
+		usleep(100000);
+		lowest_free_fds_now(pid, &a, &b);
+		if (a == *first && b == *second)
+			return;
+		*first = a;
+		*second = b;
+	}
+	ASSERT(0);	/* never settled */
 }
 
 /* A reconnect the daemon cannot watch (no pidfd: out of descriptors) is
