@@ -340,22 +340,41 @@ int md__range_file_maps(uintptr_t a, uintptr_t end, struct md__file_map **v, siz
 
 struct mappings_in {
 	uintptr_t a, end;
-	void (*fn)(void *arg, uintptr_t lo, uintptr_t hi);
-	void *arg;
+	struct md__run *v;
+	size_t n, cap;
+	int err;
 };
 
 static void mapping_in(void *arg, uintptr_t lo, uintptr_t hi, const char *perms)
 {
 	struct mappings_in *m = arg;
 	(void)perms;
-	if (lo < m->end && hi > m->a)
-		m->fn(m->arg, lo > m->a ? lo : m->a, hi < m->end ? hi : m->end);
+	if (m->err || lo >= m->end || hi <= m->a)
+		return;
+	if (m->n == m->cap) {
+		size_t cap = m->cap ? 2 * m->cap : 16;
+		struct md__run *v = realloc(m->v, cap * sizeof(*v));
+		if (!v) {
+			m->err = -ENOMEM;
+			return;
+		}
+		m->v = v;
+		m->cap = cap;
+	}
+	m->v[m->n++] = (struct md__run){ lo > m->a ? lo : m->a, hi < m->end ? hi : m->end, 1 };
 }
 
 int md__range_mappings(uintptr_t a, uintptr_t end, void (*fn)(void *arg, uintptr_t lo, uintptr_t hi), void *arg)
 {
-	struct mappings_in m = { a, end, fn, arg };
-	return maps_each(mapping_in, &m);
+	/* All read first: fn may change mappings (a registration merges or
+	 * splits them), which would shift the text still to be read. */
+	struct mappings_in m = { a, end, NULL, 0, 0, 0 };
+	int err = maps_each(mapping_in, &m);
+	err = err ? err : m.err;
+	for (size_t i = 0; i < m.n && !err; i++)
+		fn(arg, m.v[i].lo, m.v[i].hi);
+	free(m.v);
+	return err;
 }
 
 struct file_vmas {

@@ -68,7 +68,8 @@ int md__range_runs(uintptr_t a, uintptr_t end, struct md__run **runs, size_t *n)
  * mapped field 1). 0 or -errno. */
 int md__range_userfault_runs(uintptr_t a, uintptr_t end, struct md__run **runs, size_t *n);
 /* Calls fn(arg, lo, hi) for each mapping (VMA) overlapping [a, end),
- * clipped to it, in address order. 0 or -errno. */
+ * clipped to it, in address order, as they were before the first call (fn
+ * may change them). 0 or -errno. */
 int md__range_mappings(uintptr_t a, uintptr_t end, void (*fn)(void *arg, uintptr_t lo, uintptr_t hi), void *arg);
 /* The private mappings of files (pool, image, memfd: an inode) that
  * overlap [a, end), clipped to it, in address order, with what a mapping
