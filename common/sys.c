@@ -338,6 +338,22 @@ int md__range_file_maps(uintptr_t a, uintptr_t end, struct md__file_map **v, siz
 	return 0;
 }
 
+/* Appends r to the growing array *v of *n (room for *cap): 0, or -ENOMEM
+ * with the array as it was. */
+static int run_append(struct md__run **v, size_t *n, size_t *cap, struct md__run r)
+{
+	if (*n == *cap) {
+		size_t c = *cap ? 2 * *cap : 16;
+		struct md__run *grown = realloc(*v, c * sizeof(*grown));
+		if (!grown)
+			return -ENOMEM;
+		*v = grown;
+		*cap = c;
+	}
+	(*v)[(*n)++] = r;
+	return 0;
+}
+
 struct mappings_in {
 	uintptr_t a, end;
 	struct md__run *v;
@@ -349,19 +365,9 @@ static void mapping_in(void *arg, uintptr_t lo, uintptr_t hi, const char *perms)
 {
 	struct mappings_in *m = arg;
 	(void)perms;
-	if (m->err || lo >= m->end || hi <= m->a)
-		return;
-	if (m->n == m->cap) {
-		size_t cap = m->cap ? 2 * m->cap : 16;
-		struct md__run *v = realloc(m->v, cap * sizeof(*v));
-		if (!v) {
-			m->err = -ENOMEM;
-			return;
-		}
-		m->v = v;
-		m->cap = cap;
-	}
-	m->v[m->n++] = (struct md__run){ lo > m->a ? lo : m->a, hi < m->end ? hi : m->end, 1 };
+	if (!m->err && lo < m->end && hi > m->a)
+		m->err = run_append(&m->v, &m->n, &m->cap,
+				    (struct md__run){ lo > m->a ? lo : m->a, hi < m->end ? hi : m->end, 1 });
 }
 
 int md__range_mappings(uintptr_t a, uintptr_t end, void (*fn)(void *arg, uintptr_t lo, uintptr_t hi), void *arg)
@@ -536,19 +542,8 @@ static void vmflags_line(void *arg, char *text)
 	if (!uffd)
 		return;
 	h->found |= MD_VMF_USERFAULT;
-	if (!h->record || h->err)
-		return;
-	if (h->nuffd == h->uffd_cap) {
-		size_t cap = h->uffd_cap ? h->uffd_cap * 2 : 8;
-		struct md__run *n = realloc(h->uffd, cap * sizeof(*n));
-		if (!n) {
-			h->err = -ENOMEM;
-			return;
-		}
-		h->uffd = n;
-		h->uffd_cap = cap;
-	}
-	h->uffd[h->nuffd++] = (struct md__run){ h->lo, h->hi, 1 };
+	if (h->record && !h->err)
+		h->err = run_append(&h->uffd, &h->nuffd, &h->uffd_cap, (struct md__run){ h->lo, h->hi, 1 });
 }
 
 int md__range_vmflags(uintptr_t a, size_t len)
@@ -611,17 +606,8 @@ static void runs_push(struct runs *r, uintptr_t lo, uintptr_t hi, int mapped)
 		r->run[r->n - 1].hi = hi;	/* adjacent mappings: one run */
 		return;
 	}
-	if (r->n == r->cap) {
-		size_t cap = r->cap ? 2 * r->cap : 16;
-		struct md__run *grown = realloc(r->run, cap * sizeof(*grown));
-		if (!grown) {
-			r->err = -ENOMEM;
-			return;
-		}
-		r->run = grown;
-		r->cap = cap;
-	}
-	r->run[r->n++] = (struct md__run){ lo, hi, mapped };
+	if (!r->err)
+		r->err = run_append(&r->run, &r->n, &r->cap, (struct md__run){ lo, hi, mapped });
 }
 
 static void line_runs(void *arg, uintptr_t lo, uintptr_t hi, const char *perms)
