@@ -33,6 +33,39 @@ static int pidfd_exited(int pidfd)
 	return poll(&p, 1, 0) > 0;
 }
 
+/* The pid of pidfd's process in its own pid namespace, when that is
+ * below ours and the process is pid in ours (the fdinfo's NSpid line, our
+ * namespace's first, Linux 5.10); else 0, as when it shares ours. */
+static pid_t pidfd_inner_pid(int pidfd, pid_t pid)
+{
+	char path[64], buf[1024];
+	snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", pidfd);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = 0;
+	char *p = strstr(buf, "\nNSpid:"), *end;
+	if (!p)
+		return 0;
+	p += strlen("\nNSpid:");
+	long first = 0, last = 0;
+	int levels = 0;
+	for (;; p = end) {
+		long v = strtol(p, &end, 10);
+		if (end == p)
+			break;
+		first = levels++ ? first : v;
+		last = v;
+		if (*end != '\t' && *end != ' ')
+			break;	/* the line's end (strtol would skip it) */
+	}
+	return levels >= 2 && first == pid && last > 0 ? (pid_t)last : 0;
+}
+
 struct md__agent *md__agent_find(struct md__daemon *d, pid_t pid)
 {
 	for (struct md__agent *a = d->agents; a; a = a->next)
@@ -70,12 +103,6 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 	struct md__agent *a;
 	int err;
 
-	/* The pid is what status shows and what CONTROL targets: it must be
-	 * the peer's own, as the kernel saw it at connect. */
-	if ((pid_t)h->pid != c->pid) {
-		snprintf(why, size, "HELLO names pid %u but the peer is pid %d", h->pid, (int)c->pid);
-		return -EPERM;
-	}
 	/* The process that connected must be watched, and still there: its
 	 * pid, gone, may be another agent's now, whose record a HELLO on this
 	 * inherited connection would take over (references and all), and
@@ -93,6 +120,15 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 	if (pidfd_exited(c->peer_pidfd)) {
 		snprintf(why, size, "pid %d, which connected, has exited", (int)c->pid);
 		return -ESRCH;
+	}
+	/* The pid is what status shows and what CONTROL targets: it must be
+	 * the peer's own, as the kernel saw it at connect, or, for a peer in
+	 * a pid namespace below ours (a container's VMM), its pid there,
+	 * which is all it knows of itself; status and CONTROL use ours. */
+	if (c->pid <= 0 ||	/* a peer whose pid we cannot see */
+	    ((pid_t)h->pid != c->pid && (pid_t)h->pid != pidfd_inner_pid(c->peer_pidfd, c->pid))) {
+		snprintf(why, size, "HELLO names pid %u but the peer is pid %d", h->pid, (int)c->pid);
+		return -EPERM;
 	}
 	a = md__agent_find(d, c->pid);
 	if (a && pidfd_exited(a->pidfd)) {

@@ -26,16 +26,26 @@
 
 static char sock_env[400];
 
-/* sleep_env NULL: the scanner sleeps 1 ms between batches. */
-static void start_agent_at(struct proc *p, const struct tdaemon *t, const char *domain_env,
-			   const char *rate_env, const char *sleep_env)
+/* sleep_env NULL: the scanner sleeps 1 ms between batches. pid_ns: as pid
+ * 1 of a pid namespace of its own (proc_start_pid_ns). */
+static void start_agent_ns(struct proc *p, const struct tdaemon *t, const char *domain_env,
+			   const char *rate_env, const char *sleep_env, int pid_ns)
 {
 	snprintf(sock_env, sizeof(sock_env), "MEMDEDUP_SOCKET=%s", t->sock);
 	const char *env[] = { sock_env, "MEMDEDUP_SCAN=1", rate_env,
 			      sleep_env ? sleep_env : "MEMDEDUP_SLEEP_MS=1",
 			      domain_env ? domain_env : "MEMDEDUP_X=1", NULL };
-	proc_start(p, env);
+	if (pid_ns)
+		proc_start_pid_ns(p, env);
+	else
+		proc_start(p, env);
 	proc_cmd(p, "map 1024");
+}
+
+static void start_agent_at(struct proc *p, const struct tdaemon *t, const char *domain_env,
+			   const char *rate_env, const char *sleep_env)
+{
+	start_agent_ns(p, t, domain_env, rate_env, sleep_env, 0);
 }
 
 static void start_agent(struct proc *p, const struct tdaemon *t, const char *domain_env)
@@ -261,6 +271,27 @@ static long long domain_live_becomes_0(const struct tdaemon *t)
 	for (int i = 0; i < 60 && (v = domain_live(t)) != 0; i++)
 		usleep(50000);
 	return v;
+}
+
+/* A VMM in a container (pid 1 of a pid namespace of its own) shares with
+ * one on the host: memdedupd takes the pid the agent knows itself by, and
+ * lists it by its pid here. */
+TEST_IMPL(cross_pid_namespace_shares)
+{
+	struct tdaemon t;
+	struct proc a, b;
+	td_start(&t, 65536);
+	start_agent(&a, &t, NULL);
+	start_agent_ns(&b, &t, NULL, "MEMDEDUP_PAGES_TO_SCAN=4000", NULL, 1);
+	proc_cmd(&a, "fill 0 %u %u", N, 11);
+	proc_cmd(&b, "fill 0 %u %u", N, 11);
+	ASSERT_EQ(wait_same_frames(&a, &b, 0, N), N);
+	ASSERT(agent_field(&t, b.pid, "number") > 0);
+	proc_stop(&a);
+	proc_stop(&b);
+	ASSERT_EQ(domain_live_becomes_0(&t), 0);
+	td_stop(&t);
+	return 0;
 }
 
 /* A VMM that execs (QEMU's cpr-exec) maps no pool page afterwards, but its

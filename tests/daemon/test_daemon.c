@@ -3176,6 +3176,96 @@ TEST_IMPL(daemon_agent_numbers)
 	return 0;
 }
 
+/* Child of a pid namespace below the test's: HELLO with `claim` (0: the
+ * client's own, getpid() there), then 'y' or 'n' on report[1], then stays
+ * until sync[0] reads a byte. */
+static void hello_in_namespace(const struct tdaemon *t, uint32_t claim, int report, int sync)
+{
+	char b = 'n';
+	if (claim == 0) {
+		struct md__client *c;
+		struct md__msg_welcome w;
+		int fd;
+		if (md__client_connect(&c, t->sock) == 0 && md__client_hello(c, NULL, 0, &w, &fd) == 0)
+			b = 'y';
+	} else {
+		struct md__msg m = { .hdr = { .type = MD_MSG_HELLO, .seq = 3 } }, r;
+		unsigned char buf[128];
+		m.u.hello.pid = claim;
+		ssize_t n = md__msg_encode(&m, buf, sizeof(buf));
+		if (n > 0 && td_raw(t, buf, (size_t)n, &r) == MD_MSG_ERROR && r.u.text.status == -EPERM)
+			b = 'y';	/* refused, as it should be */
+	}
+	if (write(report, &b, 1) != 1 || read(sync, &b, 1) < 0)
+		_exit(1);
+	_exit(0);
+}
+
+TEST_IMPL(daemon_agent_in_pid_namespace)
+{
+	/* A VMM in a container knows only its pid in its own namespace: the
+	 * daemon takes that pid in HELLO, and lists the agent by its pid in
+	 * the daemon's. A pid that is neither is still refused. */
+	struct tdaemon t;
+	int sync[2], report[2];
+
+	td_start(&t, 16);
+	for (int claim = 2; claim >= 0; claim -= 2) {	/* refused first: none listed */
+		ASSERT(pipe(sync) == 0 && pipe(report) == 0);
+		pid_t kid = fork();
+		ASSERT(kid >= 0);
+		if (kid == 0) {
+			if (unshare(CLONE_NEWPID) != 0) {
+				char e = (char)errno;
+				_exit(write(report[1], "e", 1) == 1 && write(report[1], &e, 1) == 1 ? 0 : 1);
+			}
+			pid_t inner = fork();	/* pid 1 of the new namespace */
+			if (inner == 0)
+				hello_in_namespace(&t, (uint32_t)claim, report[1], sync[0]);
+			int st = 0;
+			waitpid(inner, &st, 0);
+			_exit(inner > 0 && WIFEXITED(st) ? WEXITSTATUS(st) : 1);
+		}
+		char b = 0;
+		ASSERT_EQ(read(report[0], &b, 1), 1);
+		if (b == 'e') {
+			char e = 0;
+			ASSERT_EQ(read(report[0], &e, 1), 1);
+			child_release(kid, sync);
+			SKIP("cannot make a pid namespace: %s", strerror(e));
+		}
+		ASSERT_EQ(b, 'y');
+		/* Listed by its pid here: the namespace's only process is the
+		 * kid's child. */
+		json_t *st = td_status(&t), *a;
+		size_t i, listed = 0;
+		pid_t mine = 0;
+		json_array_foreach(json_object_get(st, "agents"), i, a) {
+			listed++;
+			mine = (pid_t)json_integer_value(json_object_get(a, "pid"));
+		}
+		json_decref(st);
+		ASSERT_EQ(listed, claim == 0 ? 1u : 0u);
+		if (claim == 0) {
+			char path[64], line[256];
+			snprintf(path, sizeof(path), "/proc/%d/status", (int)mine);
+			FILE *f = fopen(path, "r");
+			ASSERT(f != NULL);
+			pid_t ppid = 0;
+			while (fgets(line, sizeof(line), f))
+				if (sscanf(line, "PPid: %d", &ppid) == 1)
+					break;
+			fclose(f);
+			ASSERT_EQ(ppid, kid);
+		}
+		child_release(kid, sync);
+		close(report[0]);
+		close(report[1]);
+	}
+	td_stop(&t);
+	return 0;
+}
+
 TEST_IMPL(daemon_sightings_table)
 {
 	/* The first-sighting table is sized by the RAM the domain's agents
