@@ -144,9 +144,24 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 		a = NULL;
 	}
 	if (a) {
-		if (a->conn) {
+		if (a->conn && (a->uid != c->uid || strcmp(a->dom->name, h->domain) != 0)) {
 			snprintf(why, size, "pid %d is already connected", (int)c->pid);
 			return -EBUSY;
+		}
+		if (a->conn) {
+			/* The same live process (both pidfds say so) on a new
+			 * connection: an agent has one at a time, so the old
+			 * one is stale, kept open by a child the VMM forked
+			 * (which runs without an agent) or not yet seen closed.
+			 * Refused, the agent could never reconnect while that
+			 * child lives. The record moves; the old connection
+			 * closes, what it still owed answered as gone. */
+			struct md__conn *old = a->conn;
+			md__control_gone(d, old, a->pid);
+			old->agent = NULL;
+			a->conn = NULL;
+			md__conn_fail(d, old, 0, -EBUSY, "pid %d said HELLO on another connection",
+				      (int)c->pid);
 		}
 		if (a->uid != c->uid || strcmp(a->dom->name, h->domain) != 0) {
 			snprintf(why, size, "pid %d still holds references in domain '%s'",

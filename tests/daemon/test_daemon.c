@@ -2414,6 +2414,43 @@ TEST_IMPL(daemon_reconnect_needs_pidfd)
 	return 0;
 }
 
+/* A live agent's HELLO on a new connection while its old one stays open
+ * (kept by a child its VMM forked, which runs without an agent, or not yet
+ * seen closed): the record moves to the new connection, references and
+ * all, and the old one is closed. Refused, the agent could not reconnect
+ * for as long as the child lived. */
+TEST_IMPL(daemon_hello_again_takes_record)
+{
+	struct tdaemon t;
+	struct md__msg_welcome w, w2;
+	unsigned char pages[2 * PG];
+	uint64_t hash[2];
+	int fd, fd2;
+
+	td_start(&t, 64);
+	struct md__client *old = td_agent(&t, NULL, &w, &fd);
+	uint32_t first = publish(old, 40, 2, pages, hash);
+	ASSERT(wait_live(&t, w.domain_id, 2, 20000));
+	struct md__client *c = td_agent(&t, NULL, &w2, &fd2);
+	ASSERT_EQ(w2.domain_id, w.domain_id);
+	json_t *st = td_status(&t);
+	ASSERT_EQ(json_array_size(json_object_get(st, "agents")), 1);
+	json_decref(st);
+	/* The old connection was closed: nothing more goes through it. */
+	uint32_t s;
+	ASSERT(md__client_lookup(old, hash, NULL, 1, &s) < 0);
+	/* The references are the new connection's to give back. */
+	uint32_t un[2] = { first, first + 1 };
+	ASSERT_EQ(md__client_ref(c, un, 2, -1), 0);
+	ASSERT(wait_live(&t, w.domain_id, 0, 20000));
+	md__client_free(old);
+	close(fd);
+	close(fd2);
+	md__client_free(c);
+	td_stop(&t);
+	return 0;
+}
+
 /* Back mapping no pool page (the process exec'd): the record goes with its
  * references, where a plain reconnect keeps them (daemon_reconnect_keeps_refs). */
 TEST_IMPL(daemon_reconnect_without_pool_maps)
