@@ -388,6 +388,7 @@ int md_agent_new(md_agent **agentp, const md_agent_options *opts)
 	pthread_mutex_init(&a->lock, NULL);
 	pthread_mutex_init(&a->writes_lock, NULL);
 	pthread_mutex_init(&a->unmerge_lock, NULL);
+	pthread_mutex_init(&a->probe_lock, NULL);
 	a->ctr = a->local_ctr;
 	a->kernel_ksm = opts->kernel_ksm;
 	a->flags = opts->flags;
@@ -415,6 +416,7 @@ err_free:
 	sem_destroy(&start.ready);
 	md__scan_free(a);
 	pthread_mutex_destroy(&a->unmerge_lock);
+	pthread_mutex_destroy(&a->probe_lock);
 	pthread_mutex_destroy(&a->writes_lock);
 	pthread_mutex_destroy(&a->lock);
 	free(a);
@@ -448,6 +450,7 @@ void md_agent_free(md_agent *a)
 		close(a->stats_fd);	/* after the unlink: nobody takes the name meanwhile */
 	}
 	pthread_mutex_destroy(&a->unmerge_lock);
+	pthread_mutex_destroy(&a->probe_lock);
 	pthread_mutex_destroy(&a->writes_lock);
 	pthread_mutex_destroy(&a->lock);
 	free(a);

@@ -23,6 +23,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <time.h>
 
@@ -92,9 +93,15 @@ struct md_agent {
 	size_t nimages, images_cap;
 	/* Filesystems (st_dev) found lately to have leases that do not see
 	 * every writer, and until when that verdict holds: without it, every
-	 * read of such a file asked fstatfs again under the lock (a round
-	 * trip to the server on NFS, to the daemon on FUSE). */
+	 * read of such a file asked fstatfs again (a round trip to the server
+	 * on NFS, to the daemon on FUSE). And the files of images, whose
+	 * filesystem passed (it stays mounted while we hold them): a read of
+	 * one needs no fstatfs. Under probe_lock alone (md__image_probe runs
+	 * without agent->lock; image_add takes both). */
+	pthread_mutex_t probe_lock;
 	struct { dev_t dev; time_t until; } no_lease_fs[8];
+	struct md__probed { dev_t dev; ino_t ino; int shmem; } *probed;
+	size_t nprobed, probed_cap;
 
 	/* Where pages may be private copies inside file mappings (an image's,
 	 * the pool's) that no record tracks any more: made private by a lease
@@ -208,10 +215,22 @@ void md__apply_advice(struct md_agent *a, const struct md__region *r, uintptr_t 
 void md__regions_flush_advice(struct md_agent *a);
 void md__regions_free(struct md_agent *a);
 
-/* images.c (under agent->lock) */
-/* Finds or creates the image behind fd and makes sure its lease is held.
- * Returns the image, or NULL with *why set. */
-struct md__image *md__image_lease(struct md_agent *a, int fd, enum md_fallback *why);
+/* images.c */
+/* What the VMM's descriptor of a read is, looked at before agent->lock is
+ * taken: fstat and fstatfs may wait on a network filesystem's server (on a
+ * hard mount, for good), and the lock must not wait with them (every read
+ * and unmap of the VMM, and the lease breaks, take it). */
+struct md__fd_probe {
+	int why;	/* -1: a file whose reads may be shared; else the md_fallback */
+	int shmem;	/* on tmpfs (why -1) */
+	struct stat st;	/* why -1 */
+};
+void md__image_probe(struct md_agent *a, int fd, struct md__fd_probe *p);
+/* (under agent->lock) */
+/* Finds or creates the image behind fd, as probed, and makes sure its lease
+ * is held. Returns the image, or NULL with *why set. */
+struct md__image *md__image_lease(struct md_agent *a, int fd, const struct md__fd_probe *p,
+				  enum md_fallback *why);
 /* 1 if img's lease is held by our own descriptor still; else 0, and if it
  * was held, its pages are made private and the lease given up, as on a
  * break (agent->lock held). */

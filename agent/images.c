@@ -74,7 +74,10 @@ static int image_open_own(struct md_agent *a, int fd, const struct stat *st)
 	snprintf(path, sizeof(path), "fd/%d", fd);
 	/* O_APPEND, meaningless for reading, marks the description as ours
 	 * (image_fd_ours): a lease's removal clears its signal and owner. */
-	int own_fd = md__proc_open(path, O_APPEND);
+	/* O_NONBLOCK: another holder's write lease (an NFS server's
+	 * delegation, a Samba oplock) makes the open fail at once, not wait
+	 * for its break with agent->lock held; reads of a file ignore it. */
+	int own_fd = md__proc_open(path, O_APPEND | O_NONBLOCK);
 	if (own_fd < 0)
 		return -1;
 	if (fstat(own_fd, &own) != 0 || own.st_dev != st->st_dev || own.st_ino != st->st_ino ||
@@ -101,7 +104,7 @@ static int image_fd_ours(const struct md__image *img)
 	       (fl = fcntl(img->fd, F_GETFL)) >= 0 && (fl & O_ACCMODE) == O_RDONLY && (fl & O_APPEND);
 }
 
-static struct md__image *image_add(struct md_agent *a, int fd, const struct stat *st)
+static struct md__image *image_add(struct md_agent *a, int fd, const struct stat *st, int shmem)
 {
 	if (a->nimages == a->images_cap) {
 		size_t cap = a->images_cap ? a->images_cap * 2 : 8;
@@ -111,18 +114,31 @@ static struct md__image *image_add(struct md_agent *a, int fd, const struct stat
 		a->images = n;
 		a->images_cap = cap;
 	}
+	pthread_mutex_lock(&a->probe_lock);
+	if (a->nprobed == a->probed_cap) {
+		size_t cap = a->probed_cap ? a->probed_cap * 2 : 8;
+		struct md__probed *n = realloc(a->probed, cap * sizeof(*n));
+		if (!n) {
+			pthread_mutex_unlock(&a->probe_lock);
+			return NULL;
+		}
+		a->probed = n;
+		a->probed_cap = cap;
+	}
+	pthread_mutex_unlock(&a->probe_lock);
 	int own_fd = image_open_own(a, fd, st);
 	if (own_fd < 0)
 		return NULL;
+	pthread_mutex_lock(&a->probe_lock);
+	a->probed[a->nprobed++] = (struct md__probed){ st->st_dev, st->st_ino, shmem };
+	pthread_mutex_unlock(&a->probe_lock);
 	struct md__image *img = &a->images[a->nimages];
-	struct statfs fs;
 	*img = (struct md__image){
 		.id = (uint32_t)a->nimages + 1,
 		.dev = st->st_dev,
 		.ino = st->st_ino,
 		.fd = own_fd,
-		/* Known now, while the descriptor is surely ours. */
-		.shmem = fstatfs(own_fd, &fs) != 0 || fs.f_type == TMPFS_MAGIC,
+		.shmem = shmem,
 		.lease = MD_LEASE_NONE,
 	};
 	a->nimages++;
@@ -137,17 +153,15 @@ struct md__image *md__image_leased(struct md_agent *a, const struct stat *st)
 
 #define ZFS_SUPER_MAGIC 0x2fc12fc1	/* not in linux/magic.h */
 
-/* 1 if fd's filesystem is one whose read leases see every writer: a local
- * one, where every write goes through this kernel. FUSE and network
- * filesystems grant leases that a writer on the server (or below the
- * FUSE daemon) never breaks, and overlayfs lets its lower layer change
- * underneath: a mapping of theirs could show a guest what it never read. */
-static int leases_see_writers(int fd)
+/* 1 if a filesystem of type f_type is one whose read leases see every
+ * writer: a local one, where every write goes through this kernel. FUSE
+ * and network filesystems grant leases that a writer on the server (or
+ * below the FUSE daemon) never breaks, and overlayfs lets its lower layer
+ * change underneath: a mapping of theirs could show a guest what it never
+ * read. */
+static int leases_see_writers(unsigned long f_type)
 {
-	struct statfs sf;
-	if (fstatfs(fd, &sf) != 0)
-		return 0;
-	switch ((unsigned long)sf.f_type) {
+	switch (f_type) {
 	case EXT4_SUPER_MAGIC:	/* ext2, ext3 too */
 	case XFS_SUPER_MAGIC:
 	case BTRFS_SUPER_MAGIC:
@@ -160,49 +174,90 @@ static int leases_see_writers(int fd)
 	}
 }
 
-/* leases_see_writers, with a "no" remembered for 10 s per filesystem
- * (agent->lock held). Only the "no" is kept: a device number can come back
- * as another filesystem, and a stale "no" costs a copied read, no more. */
-static int leases_see_writers_cached(struct md_agent *a, int fd, dev_t dev)
+/* Whether fd's filesystem was found lately not to see every writer (a "no"
+ * is remembered for 10 s per filesystem; only the "no": a device number
+ * can come back as another filesystem, and a stale "no" costs a copied
+ * read, no more); else asks fstatfs, telling *shmem. */
+static int leases_see_writers_cached(struct md_agent *a, int fd, dev_t dev, int *shmem)
 {
 	const size_t n = sizeof(a->no_lease_fs) / sizeof(a->no_lease_fs[0]);
 	struct timespec now;
+	struct statfs sf;
+	int known_no = 0;
 	clock_gettime(CLOCK_MONOTONIC, &now);
-	for (size_t i = 0; i < n; i++)
-		if (a->no_lease_fs[i].until > now.tv_sec && a->no_lease_fs[i].dev == dev)
-			return 0;
-	if (leases_see_writers(fd))
+	pthread_mutex_lock(&a->probe_lock);
+	for (size_t i = 0; i < n && !known_no; i++)
+		known_no = a->no_lease_fs[i].until > now.tv_sec && a->no_lease_fs[i].dev == dev;
+	pthread_mutex_unlock(&a->probe_lock);
+	if (known_no)
+		return 0;
+	if (fstatfs(fd, &sf) == 0 && leases_see_writers((unsigned long)sf.f_type)) {
+		*shmem = sf.f_type == TMPFS_MAGIC;
 		return 1;
+	}
+	pthread_mutex_lock(&a->probe_lock);
 	size_t oldest = 0;
 	for (size_t i = 1; i < n; i++)
 		if (a->no_lease_fs[i].until < a->no_lease_fs[oldest].until)
 			oldest = i;
 	a->no_lease_fs[oldest].dev = dev;
 	a->no_lease_fs[oldest].until = now.tv_sec + 10;
+	pthread_mutex_unlock(&a->probe_lock);
 	return 0;
 }
 
-struct md__image *md__image_lease(struct md_agent *a, int fd, enum md_fallback *why)
+void md__image_probe(struct md_agent *a, int fd, struct md__fd_probe *p)
 {
-	struct stat st;
-
 	/* A descriptor that cannot read (O_PATH, O_WRONLY) fails the plain
 	 * read with EBADF: so must ours, which would open the file anew. */
 	int fl = fcntl(fd, F_GETFL);
-	if (fl < 0 || (fl & O_PATH) || (fl & O_ACCMODE) == O_WRONLY ||
-	    fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-		*why = MD_FB_NOT_FILE;
+	p->shmem = 0;
+	if (fl < 0 || (fl & O_PATH) || (fl & O_ACCMODE) == O_WRONLY) {
+		p->why = MD_FB_NOT_FILE;
+		return;
+	}
+	/* Open for writing by the VMM itself: no read lease is granted then,
+	 * and fstat of a writable disk on NFS would first write its dirty
+	 * pages back to the server. */
+	if ((fl & O_ACCMODE) != O_RDONLY) {
+		p->why = MD_FB_NO_LEASE;
+		md__log_once(21, "no read lease on an image (it is open for writing): it may change, "
+			     "so its reads are copied");
+		return;
+	}
+	if (fstat(fd, &p->st) != 0 || !S_ISREG(p->st.st_mode)) {
+		p->why = MD_FB_NOT_FILE;
+		return;
+	}
+	int known = 0;
+	pthread_mutex_lock(&a->probe_lock);
+	for (size_t i = 0; i < a->nprobed && !known; i++)
+		if (a->probed[i].dev == p->st.st_dev && a->probed[i].ino == p->st.st_ino) {
+			known = 1;
+			p->shmem = a->probed[i].shmem;
+		}
+	pthread_mutex_unlock(&a->probe_lock);
+	if (!known && !leases_see_writers_cached(a, fd, p->st.st_dev, &p->shmem)) {
+		p->why = MD_FB_NO_LEASE;
+		md__log_once(23, "an image lies on a filesystem whose leases do not see every writer "
+			     "(FUSE, network, overlay, ...): its reads are copied");
+		return;
+	}
+	p->why = -1;
+}
+
+struct md__image *md__image_lease(struct md_agent *a, int fd, const struct md__fd_probe *p,
+				  enum md_fallback *why)
+{
+	struct stat st = p->st;
+
+	if (p->why >= 0) {
+		*why = (enum md_fallback)p->why;
 		return NULL;
 	}
 	struct md__image *img = md__image_find(a, st.st_dev, st.st_ino);
-	if (!img && !leases_see_writers_cached(a, fd, st.st_dev)) {
-		*why = MD_FB_NO_LEASE;
-		md__log_once(23, "an image lies on a filesystem whose leases do not see every writer "
-			     "(FUSE, network, overlay, ...): its reads are copied");
-		return NULL;
-	}
 	if (!img) {
-		img = image_add(a, fd, &st);
+		img = image_add(a, fd, &st, p->shmem);
 		if (!img) {
 			*why = MD_FB_ERROR;
 			md__log_once(20, "cannot open an image a second time to lease it (%s): its reads are copied",
@@ -228,6 +283,8 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, enum md_fallback *
 		/* Its number is the VMM's now, not ours to close. */
 		int own_fd = image_open_own(a, fd, &st);
 		if (own_fd < 0) {
+			md__log_once(100, "cannot open an image again after the VMM closed or replaced the "
+				     "agent's descriptor of it (%s): its reads are copied", strerror(errno));
 			img->fd = -1;
 			*why = MD_FB_ERROR;
 			retry_later(img);
@@ -246,6 +303,8 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, enum md_fallback *
 	}
 	/* While the lease is held the size cannot change either. */
 	if (fstat(img->fd, &st) != 0) {
+		md__log_once(101, "cannot read the size of a leased image (%s): its reads are copied",
+			     strerror(errno));
 		fcntl(img->fd, F_SETLEASE, F_UNLCK);
 		*why = MD_FB_ERROR;
 		retry_later(img);
@@ -414,4 +473,9 @@ void md__images_free(struct md_agent *a)
 	free(a->images);
 	a->images = NULL;
 	a->nimages = a->images_cap = 0;
+	pthread_mutex_lock(&a->probe_lock);
+	free(a->probed);
+	a->probed = NULL;
+	a->nprobed = a->probed_cap = 0;
+	pthread_mutex_unlock(&a->probe_lock);
 }

@@ -134,11 +134,11 @@ static int map_image(void *arg)
 /* Maps whole pages of one read segment. Returns the bytes mapped (the plan's
  * head is then still to be copied, and the tail), or 0 when the segment must
  * be copied whole. Called with the buffer known to be in region r. */
-static size_t share_locked(struct md_agent *a, struct md__region *r, int fd,
+static size_t share_locked(struct md_agent *a, struct md__region *r, int fd, const struct md__fd_probe *probe,
 			   uintptr_t buf, size_t len, off_t off, struct md__read_plan *plan)
 {
 	enum md_fallback why = MD_FB_ERROR;
-	struct md__image *img = md__image_lease(a, fd, &why);
+	struct md__image *img = md__image_lease(a, fd, probe, &why);
 
 	if (!img) {
 		md__fallback(a, why, pages_of(len));
@@ -335,9 +335,16 @@ static int may_share(struct md_agent *a, const void *buf, size_t len, off_t off,
 static ssize_t read_segment(struct md_agent *a, int fd, void *buf, size_t len, off_t off)
 {
 	struct md__read_plan plan;
+	struct md__fd_probe probe = { .why = MD_FB_ERROR };
 	size_t mapped = 0;
 	uint64_t t0 = now_ns();
 
+	/* Before the lock (md__image_probe): only for a read that may be
+	 * mapped, as may_share will say (it counts, so it runs once, under
+	 * the lock). */
+	if (!(a->flags & MD_OPT_NO_SHARING) && len >= MD_PAGE && congruent((uintptr_t)buf, (uint64_t)off) &&
+	    whole_pages((uintptr_t)buf, len) >= a->share_min_pages)
+		md__image_probe(a, fd, &probe);
 	md__agent_enter(a);
 	struct md__region *r = md__region_find(a, (uintptr_t)buf, len);
 	if (!r) {
@@ -348,13 +355,13 @@ static ssize_t read_segment(struct md_agent *a, int fd, void *buf, size_t len, o
 			/* Across region records (RAM registered in parts, which
 			 * meet at a page boundary): each part as a read of its
 			 * own. A short first part ends the read, as pread's
-			 * caller expects; a failure after it, too (the caller
-			 * reads the rest again and hears of it then). */
+			 * caller expects; a failure after it fails the read
+			 * (md_agent_preadv says why). */
 			ssize_t n1 = read_segment(a, fd, buf, head, off);
 			if (n1 < (ssize_t)head)
 				return n1;
 			ssize_t n2 = read_segment(a, fd, (char *)buf + head, len - head, off + (off_t)head);
-			return n2 < 0 ? n1 : n1 + n2;
+			return n2 < 0 ? -1 : n1 + n2;
 		}
 		/* Not in a region; its end may still overlap scanned RAM. */
 		struct iovec io = { buf, len };
@@ -362,7 +369,7 @@ static ssize_t read_segment(struct md_agent *a, int fd, void *buf, size_t len, o
 	}
 	int small = 0;
 	if (may_share(a, buf, len, off, 1, &small))
-		mapped = share_locked(a, r, fd, (uintptr_t)buf, len, off, &plan);
+		mapped = share_locked(a, r, fd, &probe, (uintptr_t)buf, len, off, &plan);
 	md__agent_leave(a);
 
 	/* The scanner must not replace pages the kernel may be writing
@@ -545,8 +552,13 @@ ssize_t md_agent_preadv(md_agent *a, int fd, const struct iovec *iov, int iovcnt
 			want = iov[i].iov_len;
 			n = want ? read_segment(a, fd, iov[i].iov_base, want, off + (off_t)total) : 0;
 		}
+		/* An error after a part is the call's error (errno as the
+		 * failed part left it), as the kernel's O_DIRECT preadv
+		 * fails whole: a short count would say end of file, and QEMU
+		 * takes a short preadv for one the system lacks, and stops
+		 * using preadv for good. */
 		if (n < 0)
-			return total ? (ssize_t)total : -1;
+			return -1;
 		total += (size_t)n;
 		if ((size_t)n < want)
 			break;

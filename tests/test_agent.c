@@ -36,6 +36,17 @@ static const char *image(unsigned seed)
 }
 
 /* Starts a process with RAM and the image open; returns the image fd. */
+/* A testproc with RAM, and img open (mode as its "open" command takes). */
+static int start_reader_mode(struct proc *p, const char *img, const char *mode)
+{
+	proc_start(p, NULL);
+	proc_cmd(p, "map %u", RAM_PAGES);
+	ASSERT(p->base != 0);
+	int fd = (int)proc_num(p, "open %s %s", img, mode);
+	ASSERT(fd >= 0);
+	return fd;
+}
+
 static int start_reader(struct proc *p, const char *img, const char *const *env)
 {
 	proc_start(p, env);
@@ -469,6 +480,18 @@ TEST_IMPL(fallback_writable_file)
 {
 	/* The reader itself has the image open for writing: no lease. */
 	check_fallback(0, 65536, 0, MD_FB_NO_LEASE, NULL, "rw");
+	/* Known from its descriptor alone: the agent neither opens the file
+	 * nor asks about it (fstat of a writable disk on NFS first writes its
+	 * dirty pages back to the server; review). */
+	{
+		const char *im = image(3);
+		struct proc a;
+		int other;
+		int fd = start_reader_mode(&a, im, "rw");
+		ASSERT_EQ(proc_num(&a, "read %d 0 65536 0 65536", fd), 65536);
+		ASSERT_EQ(naming(a.pid, im, fd, &other), 0);
+		proc_stop(&a);
+	}
 	/* Another process has it open for writing. */
 	const char *img = image(3);
 	int wfd = open(img, O_RDWR);
@@ -1378,6 +1401,39 @@ TEST_IMPL(preadv_mixed)
 	 * -1, "at the file position", is not preadv's). */
 	ASSERT_EQ(proc_num(&a, "preadv %d -1 0 8192 ram", fd), -EINVAL);
 	ASSERT_EQ(proc_num(&a, "read %d -1 4096 0", fd), -EINVAL);
+	proc_stop(&a);
+	return 0;
+}
+
+/* A preadv whose later segment fails fails whole, as the kernel's O_DIRECT
+ * preadv does (it checks every segment's alignment first), also when an
+ * earlier segment was mapped: a short count says end of file, and QEMU
+ * takes a short preadv for one the system lacks, and stops using preadv
+ * for every drive (review). */
+TEST_IMPL(preadv_error_after_shared_part)
+{
+	const char *img = image(7);
+	struct proc a;
+	int k = open(img, O_RDONLY | O_DIRECT);
+	if (k < 0)
+		SKIP("no O_DIRECT on the test directory's filesystem");
+	char *buf = aligned_alloc(4096, 3 * 65536);
+	ASSERT(buf != NULL);
+	struct iovec iov[2] = { { buf, 65536 }, { buf + 65536 + 4096 + 1, 65536 } };
+	ssize_t plain = preadv(k, iov, 2, 8192);
+	int plain_err = errno;
+	free(buf);
+	close(k);
+	if (plain >= 0 || plain_err != EINVAL)
+		SKIP("this filesystem's O_DIRECT takes a buffer off its alignment");
+	proc_start(&a, NULL);
+	proc_cmd(&a, "map %u", RAM_PAGES);
+	int fd = (int)proc_num(&a, "open %s direct", img);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(proc_num(&a, "preadv %d 8192 0 131072 skew", fd), -EINVAL);
+	md_stats s;
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, 16);	/* the first half, mapped before the second failed */
 	proc_stop(&a);
 	return 0;
 }

@@ -667,10 +667,13 @@ int main(void)
 		} else if (strcmp(cmd, "preadv") == 0) {
 			sscanf(line, "%*s %lld %lld %lld %lld %31s", &a1, &a2, &a3, &a4, s2);
 			size_t half = (size_t)a4 / 2;
+			/* heap: the second half read into the heap; skew: into
+			 * guest RAM a byte past its place (O_DIRECT refuses it) */
 			char *heap = strcmp(s2, "heap") == 0 ? malloc(half) : NULL;
+			int skew = strcmp(s2, "skew") == 0;
 			struct iovec iov[2] = {
 				{ base + a3, half },
-				{ heap ? heap : base + a3 + half, (size_t)a4 - half },
+				{ heap ? heap : base + a3 + half + skew, (size_t)a4 - half },
 			};
 			ssize_t r = preadv((int)a1, iov, 2, (off_t)a2);
 			if (heap) {
