@@ -265,7 +265,11 @@ static void copied_read(struct md_agent *a, int fd, uintptr_t buf, size_t n, off
 	struct stat st;
 	int tell = a->engine->remote && __atomic_load_n(&a->scanner.ratio, __ATOMIC_RELAXED);
 	int index = small && a->imgpages;
-	int file = (tell || index) && fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+	/* Only a descriptor open for reading alone: no other can be leased,
+	 * and no other guest reads a writable disk; fstat of one on NFS
+	 * would first write its dirty pages back to the server. */
+	int fl = tell || index ? fcntl(fd, F_GETFL) : -1;
+	int file = fl >= 0 && (fl & O_ACCMODE) == O_RDONLY && fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
 	uintptr_t first = round_up(buf), end = round_down(buf + n);
 	if (file && index && end > first) {
 		md__agent_enter(a);
