@@ -16,10 +16,33 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "log.h"
 #include "pool.h"
 #include "sys.h"
 
 #define POOL_PAGE 4096u
+
+/* Whether shmem may give the pool's file huge pages on write (the
+ * kernel's knobs at always, within_size or force, for the 2 MiB size or
+ * any other). Punching a 4 KiB slot out of one zeroes it in place and
+ * keeps the page when it cannot be split (a part pinned by an O_DIRECT
+ * write in flight), so such a write could send zeroes or the slot's next
+ * content. Not something to change on the host for the operator: said. */
+static int shmem_huge_on(void)
+{
+	char path[96], text[128];
+	for (unsigned kb = 4; kb <= 2048; kb *= 2) {
+		if (kb == 4)	/* the global knob */
+			snprintf(path, sizeof(path), "/sys/kernel/mm/transparent_hugepage/shmem_enabled");
+		else
+			snprintf(path, sizeof(path), "/sys/kernel/mm/transparent_hugepage/hugepages-%ukB/shmem_enabled",
+				 kb);
+		if (md__read_text(path, text, sizeof(text)) > 0 &&
+		    (strstr(text, "[always]") || strstr(text, "[within_size]") || strstr(text, "[force]")))
+			return 1;
+	}
+	return 0;
+}
 
 int md__pool_open(struct md__pool *p, size_t max_pages)
 {
@@ -32,6 +55,10 @@ int md__pool_open(struct md__pool *p, size_t max_pages)
 	p->fd = memfd_create("memdedup-pool", MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	if (p->fd < 0)
 		return -errno;
+	if (shmem_huge_on())
+		md__log_once(102, "shmem huge pages are on (transparent_hugepage/shmem_enabled): a pool "
+			     "page freed while an O_DIRECT write from it is in flight may change under "
+			     "that write; set them to never or advise");
 	/* Nobody may shrink the file: a mapping of a truncated page would
 	 * SIGBUS the guest. Growing stays allowed; that is how we append. */
 	if (fcntl(p->fd, F_ADD_SEALS, F_SEAL_SHRINK) < 0) {

@@ -248,6 +248,12 @@ int set_until_exit(const char *path, const char *text)
 	if (n <= 0)
 		return -EIO;
 	old[n] = '\0';
+	/* A sysfs choice ("always [never] force") is put back by its word. */
+	char *open_b = strchr(old, '['), *close_b = open_b ? strchr(open_b, ']') : NULL;
+	if (close_b) {
+		*close_b = '\0';
+		memmove(old, open_b + 1, strlen(open_b + 1) + 1);
+	}
 	int p[2];
 	if (pipe2(p, O_CLOEXEC) != 0)
 		return -errno;

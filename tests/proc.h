@@ -38,7 +38,7 @@ long long proc_num(struct proc *p, const char *fmt, ...) __attribute__((format(p
  * buffer. */
 const char *file_text(const char *path);
 /* Writes text to the file at path (a sysctl, say) and puts back what it
- * held when the test ends, failed or not: a guard process waits for the
+ * held (a sysfs choice's bracketed word) when the test ends, failed or not: a guard process waits for the
  * returned descriptor to close (the test's exit closes it). -errno if
  * the file cannot be read or written. */
 int set_until_exit(const char *path, const char *text);

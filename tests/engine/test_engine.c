@@ -27,6 +27,7 @@
 #include "index.h"
 #include "merge.h"
 #include "pool.h"
+#include "log.h"
 #include "proc.h"
 #include "runner.h"
 #include "zeropage.h"
@@ -262,6 +263,33 @@ TEST_IMPL(engine_index_collision)
 	}
 	memset(a, 0, PG);
 	ASSERT(!avx2 || md__page_hash_avx2(a) == md__page_hash_sse2(a));
+	return 0;
+}
+
+/* A pool on shmem that may hand out huge pages says so once: a punched
+ * slot of a huge page is zeroed in place (review). The knob is put back
+ * when the test ends. */
+TEST_IMPL(engine_pool_warns_of_shmem_huge_pages)
+{
+	const char *knob = "/sys/kernel/mm/transparent_hugepage/shmem_enabled";
+	struct md__pool p;
+	char log[256];
+	if (access(knob, W_OK) != 0)
+		SKIP("cannot set %s", knob);
+	snprintf(log, sizeof(log), "%s/log", test_dir());
+	ASSERT_EQ(md__log_open(log), 0);
+	int guard = set_until_exit(knob, "never");
+	ASSERT(guard >= 0);
+	ASSERT_EQ(md__pool_open(&p, 64), 0);
+	md__pool_close(&p);
+	ASSERT(strstr(file_text(log), "shmem huge pages are on") == NULL);
+	int on = open(knob, O_WRONLY);
+	ASSERT(on >= 0 && write(on, "always", 6) == 6);
+	close(on);
+	ASSERT_EQ(md__pool_open(&p, 64), 0);
+	md__pool_close(&p);
+	ASSERT(strstr(file_text(log), "shmem huge pages are on") != NULL);
+	close(guard);
 	return 0;
 }
 
