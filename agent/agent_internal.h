@@ -149,6 +149,7 @@ struct md_agent {
 	pthread_mutex_t unmerge_lock;	/* one unmerge at a time (scan.c); taken before any other */
 	int paused_here;	/* md_agent_pause's (atomic): a welcome does not resume it */
 	int welcome_due;	/* paused until the agent thread's first HELLO is answered or fails */
+	uid_t joined_uid;	/* the effective uid memdedupd saw at the last connect (agent thread) */
 	int unmerged;		/* paused by an unmerge, until resumed (1; 2: one memdedupd asked, which
 				 * records it and says in its WELCOME when resumed); a new daemon's
 				 * WELCOME does not resume it */

@@ -402,15 +402,22 @@ static int copy_run(struct md__engine *e, uintptr_t addr, size_t len)
  * read as the zeroes the guest wrote, and a copy would only cost memory. */
 static int unmerge_locked(md_agent *a, char *why, size_t size, int by);
 
+/* Who asks an unmerge: the VMM (md_agent_unmerge), memdedupd (a->unmerged's
+ * value for it), or the agent's thread when the VMM's user changed: that
+ * one gives back the pool's pages alone (domains are per user; an image's
+ * pages are the file's, which the new user reads as well) and leaves the
+ * scanner paused for the caller to resume. */
+enum { UNMERGE_VMM = 1, UNMERGE_DAEMON = 2, UNMERGE_USER = 3 };
+
 /* One unmerge at a time: each stops and starts the scanner's thread, and two
  * (the VMM's and memdedupd's, on the agent's thread) joined one thread twice
- * and closed its eventfd twice. memdedupd's (by 2, a->unmerged's value for
- * it) waits for none: the agent's thread also answers lease breaks. */
+ * and closed its eventfd twice. Those of the agent's thread wait for none:
+ * it also answers lease breaks. */
 static int unmerge(md_agent *a, char *why, size_t size, int by)
 {
 	if (!a || !a->engine)
 		return -EINVAL;
-	if (by == 1)
+	if (by == UNMERGE_VMM)
 		pthread_mutex_lock(&a->unmerge_lock);
 	else if (pthread_mutex_trylock(&a->unmerge_lock) != 0) {
 		if (why)
@@ -434,7 +441,7 @@ static int unmerge_locked(md_agent *a, char *why, size_t size, int by)
 	md__agent_enter(a);
 	pthread_rwlock_wrlock(&e->regions_lock);
 	pthread_mutex_lock(&e->lock);
-	uint64_t pages = md__owned_pages(a);
+	uint64_t pages = by == UNMERGE_USER ? 0 : md__owned_pages(a);
 	for (size_t i = 0; i < e->nregions; i++) {
 		struct md__eregion *r = &e->regions[i];
 		for (size_t p = 0; p < (r->end - r->start) / MD_EPAGE; p++)
@@ -472,7 +479,7 @@ static int unmerge_locked(md_agent *a, char *why, size_t size, int by)
 	 * pages become private copies in the image's mapping, as after a
 	 * lease break: no userfaultfd can protect a mapping of a disk file,
 	 * so they stay out of the scanner's merges from now on. */
-	if (!err)
+	if (!err && by != UNMERGE_USER)
 		err = md__privatize(a, 0, UINTPTR_MAX, 0);
 	md__agent_leave(a);
 	goto paused;
@@ -489,7 +496,8 @@ paused:
 		a->scanner.paused = 1;
 		/* 2 if memdedupd asked (it will say when resumed), and only
 		 * if it all went. */
-		__atomic_store_n(&a->unmerged, by == 2 && !err ? 2 : 1, __ATOMIC_RELAXED);
+		if (by != UNMERGE_USER)
+			__atomic_store_n(&a->unmerged, by == UNMERGE_DAEMON && !err ? 2 : 1, __ATOMIC_RELAXED);
 	}
 	if (was_running && md__scanner_start(&a->scanner) != 0)
 		a->scanner_started = 0;
@@ -500,7 +508,7 @@ paused:
 
 int md_agent_unmerge(md_agent *a)
 {
-	return unmerge(a, NULL, 0, 1);
+	return unmerge(a, NULL, 0, UNMERGE_VMM);
 }
 
 uint64_t md__scan_activity(struct md_agent *a)
@@ -640,7 +648,7 @@ static void apply_control(struct md_agent *a, const struct md__msg_control *ctl)
 				 "cannot follow");
 		break;
 	case MD_CTL_UNMERGE:
-		err = unmerge(a, why, sizeof(why), 2);
+		err = unmerge(a, why, sizeof(why), UNMERGE_DAEMON);
 		break;
 	case MD_CTL_SET: err = tunable_set(a, ctl->key, ctl->value) < 0 ? -EINVAL : 0; break;
 	default: err = -EINVAL;
@@ -685,18 +693,58 @@ static void apply_welcome(struct md_agent *a, const struct md__msg_welcome *w)
 	pause_set(a, paused || kept_paused(a));
 }
 
+/* The VMM's user changed since it joined memdedupd (QEMU's -runas drops
+ * root once the machine, guest RAM included, is made): domains are per
+ * user, and the new user must not see into the old one's pool, nor share
+ * with the old user's other VMs. Its pool pages become private copies (few:
+ * its guest has not run yet, typically), the connection goes, and the next
+ * one is the new user's (memdedupd's record of the old one goes with its
+ * references). Without the memory for the copies it stays where it is. */
+static void user_changed(struct md_agent *a, uid_t now)
+{
+	char why[MD_TEXT_MAX + 1] = "";
+	uid_t was = a->joined_uid;
+	int was_paused = __atomic_load_n(&a->scanner.paused, __ATOMIC_RELAXED);
+	int err = unmerge(a, why, sizeof(why), UNMERGE_USER);
+	if (err == -EBUSY)
+		return;	/* the VMM's unmerge runs: tried again in a second */
+	if (err) {
+		md__log("the VMM's user changed (uid %u to %u) since it joined memdedupd, but its pool "
+			"pages cannot become private copies (%s): it stays in uid %u's domain",
+			(unsigned)was, (unsigned)now, why, (unsigned)was);
+		a->joined_uid = now;	/* not tried again */
+	} else {
+		struct timespec t;
+		clock_gettime(CLOCK_MONOTONIC, &t);
+		a->next_connect.tv_sec = t.tv_sec + 1;
+		md__engine_remote_drop(a->engine);
+		md__log("the VMM's user changed (uid %u to %u) since it joined memdedupd: its pool pages "
+			"are private copies now, and it joins uid %u's domain", (unsigned)was, (unsigned)now,
+			(unsigned)now);
+	}
+	/* As it was (memdedupd's welcome says anew on the next connection,
+	 * a second from now, when it has seen this one go). */
+	pause_set(a, was_paused);
+}
+
 void md__scan_daemon(struct md_agent *a, int report)
 {
 	struct md__engine *e = a->engine;
 	if (!e || !e->remote)
 		return;
 	struct md__remote *rm = e->remote;
+	uid_t euid = geteuid();
+	if (md__remote_connected(rm) && euid != a->joined_uid)
+		user_changed(a, euid);
 	if (!md__remote_connected(rm)) {
 		struct timespec now;
 		clock_gettime(CLOCK_MONOTONIC, &now);
 		if (now.tv_sec < a->next_connect.tv_sec)
 			return;
 		a->next_connect.tv_sec = now.tv_sec + 1;
+		/* The user the daemon will see (before: a change during the
+		 * connect is seen at the next call). */
+		a->joined_uid = euid;
 		int err = md__engine_remote_connect(e);
 		if (err) {
 			if (err != -ENOENT && err != -ECONNREFUSED && err != -ETIMEDOUT)

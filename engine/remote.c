@@ -82,6 +82,23 @@ static int lost(struct md__remote *rm, int err)
 	return err;
 }
 
+void md__engine_remote_drop(struct md__engine *e)
+{
+	struct md__remote *rm = e->remote;
+	pthread_mutex_lock(&rm->lock);
+	if (rm->c) {
+		uint32_t *back;
+		size_t n;
+		if (md__client_take_back(rm->c, &back, &n) == 0) {
+			owe(rm, back, n);
+			free(back);
+		}
+		md__client_free(rm->c);
+		rm->c = NULL;
+	}
+	pthread_mutex_unlock(&rm->lock);
+}
+
 int md__remote_connected(struct md__remote *rm)
 {
 	return __atomic_load_n(&rm->c, __ATOMIC_RELAXED) != NULL;

@@ -53,6 +53,9 @@ int md__remote_init(struct md__remote *rm, const char *socket, const char *domai
 void md__remote_fini(struct md__remote *rm);
 /* Connects, says hello and switches the engine to the new pool. 0 or -errno. */
 int md__engine_remote_connect(struct md__engine *e);
+/* Hangs up (what the connection owed is kept for a reconnect to the same
+ * pool); the next md__engine_remote_connect starts anew. */
+void md__engine_remote_drop(struct md__engine *e);
 int md__remote_connected(struct md__remote *rm);
 /* 1 if slots [slot, slot+n) lie in the pool file (their view pages readable). */
 int md__remote_valid(struct md__remote *rm, uint32_t slot, size_t n);

@@ -273,6 +273,40 @@ static long long domain_live_becomes_0(const struct tdaemon *t)
 	return v;
 }
 
+/* A VMM that drops root once its guest RAM is made (QEMU's -runas) leaves
+ * root's domain for its new user's: its pages stop sharing with root's VMs,
+ * keep their content, and share with the new user's. */
+TEST_IMPL(cross_user_change_moves_domain)
+{
+	struct tdaemon t;
+	struct proc a, b;
+	char h[32];
+	td_start(&t, 65536);
+	start_sharing_pair(&t, &a, &b, 21);
+	ASSERT_EQ(same_frames(&a, &b, 0, N), N);
+	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", N * PG));
+	ASSERT_EQ(proc_num(&a, "setuid 65534"), 0);
+	int shared = (int)N;
+	for (int i = 0; i < 100 && shared > 0; i++) {
+		usleep(100000);
+		shared = same_frames(&a, &b, 0, N);
+	}
+	ASSERT_EQ(shared, 0);
+	ASSERT_EQ(agent_field_becomes(&t, a.pid, "uid", 65534), 65534);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", N * PG), h) == 0);
+	ASSERT(strcmp(proc_cmd(&b, "hash 0 %u", N * PG), h) == 0);
+	/* b follows: together again, in the new user's domain. */
+	ASSERT_EQ(proc_num(&b, "setuid 65534"), 0);
+	ASSERT_EQ(wait_same_frames(&a, &b, 0, N), N);
+	ASSERT_EQ(agent_field(&t, b.pid, "uid"), 65534);
+	ASSERT(strcmp(proc_cmd(&b, "hash 0 %u", N * PG), h) == 0);
+	proc_stop(&a);
+	proc_stop(&b);
+	ASSERT_EQ(domain_live_becomes_0(&t), 0);
+	td_stop(&t);
+	return 0;
+}
+
 /* A VMM in a container (pid 1 of a pid namespace of its own) shares with
  * one on the host: memdedupd takes the pid the agent knows itself by, and
  * lists it by its pid here. */

@@ -99,6 +99,7 @@
  */
 #include <dlfcn.h>
 #include <errno.h>
+#include <grp.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <liburing.h>
@@ -567,6 +568,11 @@ int main(void)
 			last_uffd = u;
 			madvise(base, base_len, MADV_MERGEABLE);
 			printf("%p\n", (void *)base);
+		} else if (strcmp(cmd, "setuid") == 0) {	/* UID: all of its ids, as QEMU's -runas */
+			sscanf(line, "%*s %lld", &a1);
+			int r = setgroups(0, NULL) || setresgid((gid_t)a1, (gid_t)a1, (gid_t)a1) ||
+				setresuid((uid_t)a1, (uid_t)a1, (uid_t)a1) ? -errno : 0;
+			printf("%d\n", r);
 		} else if (strcmp(cmd, "open") == 0) {
 			sscanf(line, "%*s %2047s %31s", s1, s2);
 			int fd = open(s1, strcmp(s2, "rw") == 0 ? O_RDWR :
