@@ -1200,6 +1200,24 @@ int md_agent_discard(md_agent *a, void *addr, size_t len)
 	return err;
 }
 
+int md_agent_madvise_discard(md_agent *a, void *addr, size_t len, int advice)
+{
+	size_t plen = (len + MD_PAGE - 1) & ~(size_t)(MD_PAGE - 1);
+	if ((uintptr_t)addr % MD_PAGE || plen < len)
+		return -EINVAL;
+	/* Recorded before the engine's discard takes its lock, as a read in
+	 * flight is: a merge that freezes these pages after it gives up. */
+	struct iovec io = { addr, plen };
+	int recorded = a && a->engine && plen;
+	int token = recorded ? md__inflight_begin(&a->engine->io, &io, 1) : 0;
+	int err = a && plen ? md_agent_discard(a, addr, plen) : 0;
+	if (!err && md__sys_madvise(addr, len, advice) != 0)
+		err = -errno;
+	if (recorded)
+		md__inflight_end(&a->engine->io, token);
+	return err;
+}
+
 int md_agent_stats(md_agent *a, md_stats *stats)
 {
 	if (!a || !stats)

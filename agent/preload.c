@@ -267,12 +267,14 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 	case MADV_FREE: {
 		/* Shared pages not replaced would read back as their file's
 		 * content, not zeroes: then the discard fails as a whole. */
-		int err = (a = agent_peek()) ? md_agent_discard(a, addr, plen) : 0;
+		if (!(a = agent_peek()))
+			return md__sys_madvise(addr, len, advice);
+		int err = md_agent_madvise_discard(a, addr, len, advice);
 		if (err) {
 			errno = -err;
 			return -1;
 		}
-		return md__sys_madvise(addr, len, advice);
+		return 0;
 	}
 	default:
 		if (advice_bit(advice) && (a = agent_peek()))

@@ -1572,13 +1572,20 @@ static int64_t fill_strip(struct md__engine *e, uint64_t word)
 }
 
 /* Maps the n frozen, equal pages at addr from the strip at slot, up to
- * MD_FILL_STRIP pages per mapping. */
+ * MD_FILL_STRIP pages per mapping, each within the VMA budget but the
+ * first of the merge (reckoned with it: first set); the rest of a run the
+ * budget refuses is thawed. */
 static int map_fill(struct md__engine *e, struct md__eregion *r, uintptr_t addr, size_t n,
-		    uint32_t slot)
+		    uint32_t slot, int first_of_merge)
 {
 	for (size_t done = 0; done < n;) {
 		size_t k = n - done < MD_FILL_STRIP ? n - done : MD_FILL_STRIP;
 		uintptr_t a = addr + done * MD_EPAGE;
+		if (!(first_of_merge && done == 0) && !budget_ok(e, 2)) {
+			e->st.abandoned += n - done;
+			thaw(e, a, (n - done) * MD_EPAGE);
+			return (int)done;
+		}
 		if (map_fixed(a, k * MD_EPAGE, MAP_PRIVATE, e->pool.ro_fd, (off_t)slot * MD_EPAGE) == MAP_FAILED) {
 			e->st.map_failed += n - done;
 			remake_lost(e, r, a, k, md__pool_page(&e->pool, slot));
@@ -1607,9 +1614,11 @@ int md__engine_merge_fill(struct md__engine *e, void *addr, size_t n, uint64_t w
 	if (a % MD_EPAGE || n == 0 || n > MAX_RUN || word == 0)
 		return -EINVAL;
 	pthread_mutex_lock(&e->lock);
-	/* A mapping per strip's worth of pages, and its two split halves. */
+	/* The first mapping and its two split halves; each further one (a
+	 * strip's worth of pages more, or pages between that differ) is
+	 * reckoned as it comes (map_fill). */
 	struct md__eregion *r = md__engine_region(e, a, n * MD_EPAGE);
-	err = !r ? -EINVAL : budget_ok(e, 2 * ((n + MD_FILL_STRIP - 1) / MD_FILL_STRIP)) ? 0 : -ENOSPC;
+	err = !r ? -EINVAL : budget_ok(e, 2) ? 0 : -ENOSPC;
 	if (err)
 		goto unlock;
 	int64_t slot = fill_strip(e, word);
@@ -1631,7 +1640,7 @@ int md__engine_merge_fill(struct md__engine *e, void *addr, size_t n, uint64_t w
 			e->st.abandoned += j - i;
 			thaw(e, ra, (j - i) * MD_EPAGE);
 		} else {
-			int m = map_fill(e, r, ra, j - i, (uint32_t)slot);
+			int m = map_fill(e, r, ra, j - i, (uint32_t)slot, lo == n);
 			merged += m;
 			lo = i < lo ? i : lo;
 			hi = i + (size_t)m > hi ? i + (size_t)m : hi;

@@ -47,9 +47,14 @@
 /* A pagemap entry showing a private anonymous page, present or swapped: a
  * page written since a file page was mapped there. A swap entry of a file
  * page (a pool page being migrated, say) also shows MD_PM_SWAP, with
- * MD_PM_FILE: still the file page. */
+ * MD_PM_FILE: still the file page. A swap entry with the write-protect bit
+ * may be a userfaultfd marker over nothing, where the next read maps the
+ * file page again: not taken for a private page (a swapped one waits for
+ * its swap-in), so its file page keeps its reference. */
 static inline int md__pm_private_anon(uint64_t pm)
 {
+	if (!(pm & MD_PM_PRESENT) && (pm & MD_PM_SWAP) && (pm & MD_PM_UFFD_WP))
+		return 0;
 	return (pm & (MD_PM_PRESENT | MD_PM_SWAP)) && !(pm & MD_PM_FILE);
 }
 

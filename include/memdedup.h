@@ -282,6 +282,13 @@ MD_API int md_agent_advise(md_agent *agent, void *addr, size_t len, unsigned adv
  * content. Returns 0, or -errno if some could not be (memory short): the VMM
  * must then not discard, as those pages would read back as file content. */
 MD_API int md_agent_discard(md_agent *agent, void *addr, size_t len);
+/* md_agent_discard, then the VMM's madvise(addr, len, advice) itself
+ * (MADV_DONTNEED, MADV_DONTNEED_LOCKED or MADV_FREE), the range kept out
+ * of every merge until the kernel is done: a merge that freezes a page
+ * written after md_agent_discard would otherwise map over it while the
+ * kernel's zap drops its write-protection, and a write made then is lost.
+ * Returns 0, or -errno (md_agent_discard's, or madvise's). Prefer it. */
+MD_API int md_agent_madvise_discard(md_agent *agent, void *addr, size_t len, int advice);
 /* Tells the agent [addr, addr+len) is about to be unmapped or mapped anew by
  * the VMM: it is no longer guest RAM that asked for merging. Call it before:
  * the scanner must not touch memory that is gone. If the unmapping then

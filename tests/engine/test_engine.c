@@ -515,6 +515,10 @@ TEST_IMPL(engine_pm_private_anon)
 	ASSERT_EQ(md__pm_private_anon(MD_PM_SWAP | MD_PM_FILE | 77), 0);
 	ASSERT_EQ(md__pm_private_anon(0), 0);
 	ASSERT_EQ(md__pm_private_anon(MD_PM_UFFD_WP), 0);
+	/* A write-protect marker over nothing (or a protected page in swap):
+	 * the file page's reference stays (review). */
+	ASSERT_EQ(md__pm_private_anon(MD_PM_SWAP | MD_PM_UFFD_WP | 3), 0);
+	ASSERT_EQ(md__pm_private_anon(MD_PM_PRESENT | MD_PM_UFFD_WP | 1234), 1);
 	return 0;
 }
 
@@ -1258,6 +1262,34 @@ TEST_IMPL(engine_merge_run_within_budget)
 	md__engine_fini(&e);
 	munmap(a, n * PG);
 	munmap(b, n * PG);
+	return 0;
+}
+
+/* Fill pages a guest rewrote in part between the visit and the freeze
+ * split a run into many mappings: each further one within the VMA budget,
+ * not a guess up front by strips (review). */
+TEST_IMPL(engine_fill_within_budget)
+{
+	struct md__engine e;
+	const size_t n = 32;
+	const uint64_t cc = 0xccccccccccccccccull;
+	unsigned char *r = map_ram(n + 2);
+
+	engine_up(&e);
+	memset(r, 0xcc, (n + 2) * PG);
+	for (size_t i = 1; i < n; i += 2)
+		r[i * PG + 7] = 1;	/* every other page differs: 16 runs */
+	ASSERT_EQ(md__engine_register(&e, r, (n + 2) * PG, 0), 0);
+	budget_room(&e, 6);
+	int merged = md__engine_merge_fill(&e, r, n, cc);
+	printf("  merged %d, vmas %llu (budget %llu)\n", merged, (unsigned long long)md__count_vmas(),
+	       (unsigned long long)e.max_vmas);
+	ASSERT(merged >= 1 && merged < 16);
+	ASSERT(md__count_vmas() <= e.max_vmas);
+	for (size_t i = 0; i < n; i++)
+		ASSERT(i % 2 ? r[i * PG + 7] == 1 : md__page_is_filled(r + i * PG, cc));
+	md__engine_fini(&e);
+	munmap(r, (n + 2) * PG);
 	return 0;
 }
 
