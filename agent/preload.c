@@ -583,6 +583,45 @@ static void *next_fn(void **slot, const char *name, const char *lib_name)
 	return f;
 }
 
+/* The C library's clone(): the child runs fn on its own stack, and no
+ * atfork handler runs. A child that does not share our memory (no
+ * CLONE_VM) goes through clone_child, which makes it run plain first; the
+ * call's record lives in this frame, which the child has a copy of. */
+struct clone_call {
+	int (*fn)(void *);
+	void *arg;
+};
+
+static int clone_child(void *p)
+{
+	struct clone_call c = *(const struct clone_call *)p;
+	child_after_fork();
+	return c.fn(c.arg);
+}
+
+int clone(int (*fn)(void *), void *stack, int flags, void *arg, ...);
+EXPORT int clone(int (*fn)(void *), void *stack, int flags, void *arg, ...)
+{
+	static void *next;
+	int (*real)(int (*)(void *), void *, int, void *, ...) =
+		(int (*)(int (*)(void *), void *, int, void *, ...))next_fn(&next, "clone", "libc.so.6");
+	va_list ap;
+	va_start(ap, arg);
+	/* As glibc reads them: parent_tid, tls, child_tid. */
+	pid_t *ptid = va_arg(ap, pid_t *);
+	void *tls = va_arg(ap, void *);
+	pid_t *ctid = va_arg(ap, pid_t *);
+	va_end(ap);
+	if (!real) {
+		errno = ENOSYS;
+		return -1;
+	}
+	if ((flags & CLONE_VM) || !fn)
+		return real(fn, stack, flags, arg, ptid, tls, ctid);
+	struct clone_call c = { fn, arg };
+	return real(clone_child, stack, flags, &c, ptid, tls, ctid);
+}
+
 /* The C library's fork without the atfork handlers (glibc 2.34). */
 pid_t _Fork(void);
 EXPORT pid_t _Fork(void)

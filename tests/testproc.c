@@ -532,6 +532,34 @@ static long long cmd_dwritego(void)
 	return dw.result;
 }
 
+/* The child of "fork": reads the image itself into its copy of RAM at
+ * ramoff (16 pages, a read the agent would share), asks for merging (the
+ * agent it would make or use says which: a child's is none), and writes
+ * "bytes hash file-backed" to out. */
+static int fork_child(long long ramoff, int fd, int out)
+{
+	ssize_t r = pread(fd, base + ramoff, 16 * 4096, 0);
+	uint64_t pm = 0;
+	int pmfd = open("/proc/self/pagemap", O_RDONLY);
+	if (pmfd < 0 || pread(pmfd, &pm, sizeof(pm), (off_t)((uintptr_t)(base + ramoff) / 4096 * 8)) != 8)
+		return 1;
+	madvise(base + ramoff, 4096, MADV_MERGEABLE);
+	char line[48];
+	int n = snprintf(line, sizeof(line), "%zd %016llx %d", r,
+			 (unsigned long long)fnv((unsigned char *)base + ramoff, 4096), (int)((pm >> 61) & 1));
+	return write(out, line, (size_t)n) < 0;
+}
+
+/* glibc's clone() runs the child in a function: "fork ... clone". */
+static long long clone_a1, clone_a2;
+static int clone_out;
+
+static int clone_fn(void *unused)
+{
+	(void)unused;
+	return fork_child(clone_a1, (int)clone_a2, clone_out);
+}
+
 int main(void)
 {
 	char line[4096];
@@ -842,27 +870,14 @@ int main(void)
 			int p[2];
 			if (pipe(p) != 0)
 				return 1;
+			static char clone_stack[256 << 10] __attribute__((aligned(16)));
+			clone_a1 = a1, clone_a2 = a2, clone_out = p[1];
 			pid_t pid = strcmp(s2, "raw") == 0 ? (pid_t)syscall(SYS_fork) :
-				    strcmp(s2, "_Fork") == 0 ? _Fork() : fork();
-			if (pid == 0) {
-				/* The child reads the image itself into its copy:
-				 * 16 pages, a read the agent would share. */
-				ssize_t r = pread((int)a2, base + a1, 16 * 4096, 0);
-				uint64_t pm = 0;
-				int pmfd = open("/proc/self/pagemap", O_RDONLY);
-				if (pmfd < 0 || pread(pmfd, &pm, sizeof(pm), (off_t)((uintptr_t)(base + a1) / 4096 * 8)) != 8)
-					_exit(1);
-				/* And asks for merging: the agent it would make
-				 * or use says which (a child's is none). */
-				madvise(base + a1, 4096, MADV_MERGEABLE);
-				char out[48];
-				int n = snprintf(out, sizeof(out), "%zd %016llx %d", r,
-						 (unsigned long long)fnv((unsigned char *)base + a1, 4096),
-						 (int)((pm >> 61) & 1));
-				if (write(p[1], out, (size_t)n) < 0)
-					_exit(1);
-				_exit(0);
-			}
+				    strcmp(s2, "_Fork") == 0 ? _Fork() :
+				    strcmp(s2, "clone") == 0 ? clone(clone_fn, clone_stack + sizeof(clone_stack),
+								     SIGCHLD, NULL) : fork();
+			if (pid == 0)
+				_exit(fork_child(a1, (int)a2, p[1]));
 			close(p[1]);
 			char out[64] = "";
 			ssize_t n = read(p[0], out, sizeof(out) - 1);
