@@ -1130,7 +1130,14 @@ void md__agent_moved(md_agent *a, void *old, size_t old_len, void *now, size_t n
 	if (md__rangeset_overlaps(&a->forgotten, o, o + old_len))
 		md__rangeset_add(&a->forgotten, n, n + now_len);
 	/* Our copies went with the mapping: what the VMM maps where it was
-	 * is its own (MREMAP_DONTUNMAP leaves the old mapping, emptied). */
+	 * is its own. MREMAP_DONTUNMAP leaves the old mapping, emptied: of
+	 * anonymous memory that reads zeroes, but ours there are an image's
+	 * or a pool's, whose file pages a read would fault in again (a slot
+	 * reused since, an image no lease covers): made anonymous memory,
+	 * with its protection and advice, as for a discard. */
+	if (n != o && old_stays && md__discard_forgotten(a, o, o + old_len) != 0)
+		md__log_once(104, "the place guest RAM left with MREMAP_DONTUNMAP could not all be "
+			     "emptied (memory short): some pages there read their file again");
 	if (n != o && !old_stays)
 		md__rangeset_remove(&a->forgotten, o, o + old_len);
 	else if (n == o && now_len < old_len)

@@ -1389,6 +1389,24 @@ TEST_IMPL(failed_move_keeps_registration)
 	return 0;
 }
 
+/* A move that leaves the old place mapped (MREMAP_DONTUNMAP) empties it:
+ * it reads zeroes, as anonymous memory would, not the image its mappings
+ * were made from (nor a pool slot reused since; review). */
+TEST_IMPL(move_dontunmap_leaves_zeroes)
+{
+	const char *img = image(6);
+	struct proc a;
+	reader_with_mb(&a, img);
+	long long to = proc_num(&a, "keepmove 0 %u", MB / 4096);
+	if (to == -EINVAL)
+		SKIP("no MREMAP_DONTUNMAP of file mappings here (Linux 5.13)");
+	ASSERT(to > 0 || to < -4096);
+	ASSERT(strcmp(proc_cmd(&a, "hash %lld %u", to, MB), hex(fnv_file(img, 0, MB))) == 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", MB), hex(fnv_zero(MB))) == 0);
+	proc_stop(&a);
+	return 0;
+}
+
 TEST_IMPL(unmerge_makes_private)
 {
 	const char *img = image(6);

@@ -827,6 +827,11 @@ int main(void)
 			void *got = to == MAP_FAILED ? MAP_FAILED :
 				    mremap(base + a1, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to);
 			printf("%d\n", got == MAP_FAILED ? -errno : 0);
+		} else if (strcmp(cmd, "keepmove") == 0) {	/* OFF PAGES: moved, its old place left mapped (DONTUNMAP) */
+			sscanf(line, "%*s %lld %lld", &a1, &a2);
+			size_t len = (size_t)a2 * 4096;
+			char *got = mremap(base + a1, len, len, MREMAP_MAYMOVE | MREMAP_DONTUNMAP);
+			printf("%lld\n", got == MAP_FAILED ? (long long)-errno : (long long)(got - base));
 		} else if (strcmp(cmd, "badmove") == 0) {	/* OFF PAGES: a move the kernel refuses (EINVAL) */
 			sscanf(line, "%*s %lld %lld", &a1, &a2);
 			size_t len = (size_t)a2 * 4096;
