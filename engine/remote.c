@@ -59,6 +59,20 @@ void md__remote_fini(struct md__remote *rm)
 	pthread_mutex_destroy(&rm->lock);
 }
 
+/* Closes the connection, keeping what it owed for the next one (rm->lock
+ * held). */
+static void hang_up(struct md__remote *rm)
+{
+	uint32_t *back;
+	size_t n;
+	if (md__client_take_back(rm->c, &back, &n) == 0) {
+		owe(rm, back, n);
+		free(back);
+	}
+	md__client_free(rm->c);
+	rm->c = NULL;
+}
+
 /* Called with rm->lock held when a call failed. A daemon that is only slow
  * keeps its connection: the client reads the late replies there and gives
  * back what they granted, which a new connection could not. */
@@ -67,14 +81,7 @@ static int lost(struct md__remote *rm, int err)
 	if (err == -ETIMEDOUT && md__client_alive(rm->c))
 		return err;
 	if (err == -ENOTCONN || err == -ETIMEDOUT || err == -EPIPE || err == -ECONNRESET) {
-		uint32_t *back;
-		size_t n;
-		if (md__client_take_back(rm->c, &back, &n) == 0) {
-			owe(rm, back, n);
-			free(back);
-		}
-		md__client_free(rm->c);
-		rm->c = NULL;
+		hang_up(rm);
 		rm->lost++;
 		md__log_once(70, "memdedupd went away: merged pages stay; merging resumes when it is back");
 		return -ENOTCONN;
@@ -86,16 +93,8 @@ void md__engine_remote_drop(struct md__engine *e)
 {
 	struct md__remote *rm = e->remote;
 	pthread_mutex_lock(&rm->lock);
-	if (rm->c) {
-		uint32_t *back;
-		size_t n;
-		if (md__client_take_back(rm->c, &back, &n) == 0) {
-			owe(rm, back, n);
-			free(back);
-		}
-		md__client_free(rm->c);
-		rm->c = NULL;
-	}
+	if (rm->c)
+		hang_up(rm);
 	pthread_mutex_unlock(&rm->lock);
 }
 
