@@ -150,6 +150,7 @@ struct md_agent {
 	int paused_here;	/* md_agent_pause's (atomic): a welcome does not resume it */
 	int welcome_due;	/* paused until the agent thread's first HELLO is answered or fails */
 	uid_t joined_uid;	/* the effective uid memdedupd saw at the last connect (agent thread) */
+	int user_moving, user_was_paused;	/* user_changed's state (agent thread) */
 	int unmerged;		/* paused by an unmerge, until resumed (1; 2: one memdedupd asked, which
 				 * records it and says in its WELCOME when resumed); a new daemon's
 				 * WELCOME does not resume it */

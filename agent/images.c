@@ -221,8 +221,7 @@ void md__image_probe(struct md_agent *a, int fd, struct md__fd_probe *p)
 	 * pages back to the server. */
 	if ((fl & O_ACCMODE) != O_RDONLY) {
 		p->why = MD_FB_NO_LEASE;
-		md__log_once(21, "no read lease on an image (it is open for writing): it may change, "
-			     "so its reads are copied");
+		md__log_once(105, "an image is open for writing: it may change, so its reads are copied");
 		return;
 	}
 	if (fstat(fd, &p->st) != 0 || !S_ISREG(p->st.st_mode)) {

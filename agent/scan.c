@@ -695,36 +695,48 @@ static void apply_welcome(struct md_agent *a, const struct md__msg_welcome *w)
 
 /* The VMM's user changed since it joined memdedupd (QEMU's -runas drops
  * root once the machine, guest RAM included, is made): domains are per
- * user, and the new user must not see into the old one's pool, nor share
- * with the old user's other VMs. Its pool pages become private copies (few:
- * its guest has not run yet, typically), the connection goes, and the next
- * one is the new user's (memdedupd's record of the old one goes with its
- * references). Without the memory for the copies it stays where it is. */
+ * user, and the new user must not share with the old one's other VMs.
+ * Its pool pages become private copies (few: its guest has not run yet,
+ * typically), the scanner paused meanwhile; once memdedupd has every
+ * reference back (its record of the old user then goes with the
+ * connection), the agent hangs up, lets the old pool go, and its next
+ * connect is the new user's. Without the memory for the copies it stays
+ * where it is. */
 static void user_changed(struct md_agent *a, uid_t now)
 {
 	char why[MD_TEXT_MAX + 1] = "";
 	uid_t was = a->joined_uid;
-	int was_paused = __atomic_load_n(&a->scanner.paused, __ATOMIC_RELAXED);
-	int err = unmerge(a, why, sizeof(why), UNMERGE_USER);
-	if (err == -EBUSY)
-		return;	/* the VMM's unmerge runs: tried again in a second */
-	if (err) {
-		md__log("the VMM's user changed (uid %u to %u) since it joined memdedupd, but its pool "
-			"pages cannot become private copies (%s): it stays in uid %u's domain",
-			(unsigned)was, (unsigned)now, why, (unsigned)was);
-		a->joined_uid = now;	/* not tried again */
-	} else {
-		struct timespec t;
-		clock_gettime(CLOCK_MONOTONIC, &t);
-		a->next_connect.tv_sec = t.tv_sec + 1;
-		md__engine_remote_drop(a->engine);
-		md__log("the VMM's user changed (uid %u to %u) since it joined memdedupd: its pool pages "
-			"are private copies now, and it joins uid %u's domain", (unsigned)was, (unsigned)now,
-			(unsigned)now);
+	if (!a->user_moving) {
+		int was_paused = __atomic_load_n(&a->scanner.paused, __ATOMIC_RELAXED);
+		int err = unmerge(a, why, sizeof(why), UNMERGE_USER);
+		if (err == -EBUSY)
+			return;	/* the VMM's unmerge runs: tried again in a second */
+		if (err) {
+			md__log("the VMM's user changed (uid %u to %u) since it joined memdedupd, but its "
+				"pool pages cannot become private copies (%s): it stays in uid %u's domain",
+				(unsigned)was, (unsigned)now, why, (unsigned)was);
+			a->joined_uid = now;	/* not tried again */
+			pause_set(a, was_paused || kept_paused(a));
+			return;
+		}
+		a->user_moving = 1;
+		a->user_was_paused = was_paused;
 	}
-	/* As it was (memdedupd's welcome says anew on the next connection,
-	 * a second from now, when it has seen this one go). */
-	pause_set(a, was_paused);
+	/* Every reference given back first: one left would keep memdedupd's
+	 * record of the old user, which refuses the new user's HELLO. */
+	md__engine_send_unrefs(a->engine);
+	if (!md__engine_unrefs_settled(a->engine))
+		return;	/* the rest in a second */
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	a->next_connect.tv_sec = t.tv_sec + 1;	/* when memdedupd has seen this connection go */
+	md__engine_remote_drop(a->engine);
+	a->user_moving = 0;
+	md__log("the VMM's user changed (uid %u to %u) since it joined memdedupd: its pool pages are "
+		"private copies now, and it joins uid %u's domain", (unsigned)was, (unsigned)now,
+		(unsigned)now);
+	/* As it was (memdedupd's welcome says anew on the next connection). */
+	pause_set(a, a->user_was_paused || kept_paused(a));
 }
 
 void md__scan_daemon(struct md_agent *a, int report)
@@ -757,6 +769,7 @@ void md__scan_daemon(struct md_agent *a, int report)
 			return;
 		}
 		a->welcome_due = 0;
+		a->user_moving = 0;	/* the welcome says whether to scan */
 		md__log("connected to memdedupd (pool generation %llu)",
 			(unsigned long long)rm->generation);
 		apply_welcome(a, &rm->welcome);

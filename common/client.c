@@ -964,6 +964,11 @@ int md__client_report(struct md__client *c, const uint64_t *counters, uint32_t n
 	return err ? err : c->msg.u.ack.status;
 }
 
+size_t md__client_back_slots(const struct md__client *c)
+{
+	return c->back_slots;
+}
+
 int md__client_take_back(struct md__client *c, uint32_t **slots, size_t *n)
 {
 	*slots = NULL;

@@ -129,6 +129,21 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 		md__agent_exited(d, a);	/* a pid reused before we saw the exit */
 		a = NULL;
 	}
+	/* The same live process (both pidfds say so) on a new connection
+	 * while its old one is still open: an agent has one at a time, so the
+	 * old one is stale, kept open by a child the VMM forked (which runs
+	 * without an agent) or not yet seen closed. Refused, the agent could
+	 * never reconnect while that child lived. The old connection closes,
+	 * what it still owed answered as gone; the record is the new one's
+	 * (or goes, below, if the process exec'd). */
+	if (a && a->conn && ((h->flags & MD_HELLO_NO_POOL_MAPS) ||
+			     (a->uid == c->uid && strcmp(a->dom->name, h->domain) == 0))) {
+		struct md__conn *old = a->conn;
+		md__control_gone(d, old, a->pid);
+		old->agent = NULL;
+		a->conn = NULL;
+		md__conn_fail(d, old, 0, -EBUSY, "pid %d said HELLO on another connection", (int)c->pid);
+	}
 	/* The same process (its pidfd and ours both live), mapping no pool
 	 * page any more (it exec'd): what the record holds is nobody's. */
 	if (a && !a->conn && (h->flags & MD_HELLO_NO_POOL_MAPS)) {
@@ -138,24 +153,9 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 		a = NULL;
 	}
 	if (a) {
-		if (a->conn && (a->uid != c->uid || strcmp(a->dom->name, h->domain) != 0)) {
+		if (a->conn) {
 			snprintf(why, size, "pid %d is already connected", (int)c->pid);
 			return -EBUSY;
-		}
-		if (a->conn) {
-			/* The same live process (both pidfds say so) on a new
-			 * connection: an agent has one at a time, so the old
-			 * one is stale, kept open by a child the VMM forked
-			 * (which runs without an agent) or not yet seen closed.
-			 * Refused, the agent could never reconnect while that
-			 * child lives. The record moves; the old connection
-			 * closes, what it still owed answered as gone. */
-			struct md__conn *old = a->conn;
-			md__control_gone(d, old, a->pid);
-			old->agent = NULL;
-			a->conn = NULL;
-			md__conn_fail(d, old, 0, -EBUSY, "pid %d said HELLO on another connection",
-				      (int)c->pid);
 		}
 		if (a->uid != c->uid || strcmp(a->dom->name, h->domain) != 0) {
 			snprintf(why, size, "pid %d still holds references in domain '%s'",

@@ -89,13 +89,43 @@ static int lost(struct md__remote *rm, int err)
 	return err;
 }
 
+int md__engine_unrefs_settled(struct md__engine *e)
+{
+	struct md__remote *rm = e->remote;
+	pthread_mutex_lock(&e->unref_lock);
+	size_t queued = e->nunref_q;
+	pthread_mutex_unlock(&e->unref_lock);
+	pthread_mutex_lock(&rm->lock);
+	int settled = !queued && !rm->nowed && (!rm->c || !md__client_back_slots(rm->c));
+	pthread_mutex_unlock(&rm->lock);
+	return settled;
+}
+
 void md__engine_remote_drop(struct md__engine *e)
 {
 	struct md__remote *rm = e->remote;
+	/* The pool's view goes too, under the locks a switch of pools takes:
+	 * no slot of it is ours any more, and a process that dropped its
+	 * privileges must not keep the old user's pool open. */
+	pthread_rwlock_wrlock(&e->regions_lock);
+	pthread_mutex_lock(&e->lock);
 	pthread_mutex_lock(&rm->lock);
 	if (rm->c)
 		hang_up(rm);
+	const void *view = rm->view;
+	size_t pages = rm->view_pages;
+	int fd = rm->ro_fd;
+	rm->view = NULL;
+	rm->view_pages = 0;
+	rm->ro_fd = -1;
+	rm->pool_size = 0;
 	pthread_mutex_unlock(&rm->lock);
+	pthread_mutex_unlock(&e->lock);
+	pthread_rwlock_unlock(&e->regions_lock);
+	if (view)
+		md__sys_munmap((void *)view, pages * MD_EPAGE);
+	if (fd >= 0)
+		close(fd);
 }
 
 int md__remote_connected(struct md__remote *rm)

@@ -53,9 +53,14 @@ int md__remote_init(struct md__remote *rm, const char *socket, const char *domai
 void md__remote_fini(struct md__remote *rm);
 /* Connects, says hello and switches the engine to the new pool. 0 or -errno. */
 int md__engine_remote_connect(struct md__engine *e);
-/* Hangs up (what the connection owed is kept for a reconnect to the same
- * pool); the next md__engine_remote_connect starts anew. */
+/* Hangs up and lets the pool's view and descriptor go (what the connection
+ * owed is kept for a reconnect to the same pool); the next
+ * md__engine_remote_connect starts anew. For an engine that holds no slot
+ * of the pool any more. */
 void md__engine_remote_drop(struct md__engine *e);
+/* 1 when no reference is left to give back: none queued by the engine,
+ * owed, or kept by the client. */
+int md__engine_unrefs_settled(struct md__engine *e);
 int md__remote_connected(struct md__remote *rm);
 /* 1 if slots [slot, slot+n) lie in the pool file (their view pages readable). */
 int md__remote_valid(struct md__remote *rm, uint32_t slot, size_t n);

@@ -285,7 +285,14 @@ TEST_IMPL(cross_user_change_moves_domain)
 	start_sharing_pair(&t, &a, &b, 21);
 	ASSERT_EQ(same_frames(&a, &b, 0, N), N);
 	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", N * PG));
-	ASSERT_EQ(proc_num(&a, "setuid 65534"), 0);
+	long long changed = proc_num(&a, "setuid 65534");
+	if (changed == -EPERM) {
+		proc_stop(&a);
+		proc_stop(&b);
+		td_stop(&t);
+		SKIP("cannot change a process's user here (not root)");
+	}
+	ASSERT_EQ(changed, 0);
 	int shared = (int)N;
 	for (int i = 0; i < 100 && shared > 0; i++) {
 		usleep(100000);

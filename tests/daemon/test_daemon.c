@@ -2451,6 +2451,34 @@ TEST_IMPL(daemon_hello_again_takes_record)
 	return 0;
 }
 
+/* The same while the old connection is still open, back mapping no pool
+ * page (it exec'd, a child keeping the socket): the record goes with its
+ * references, as after a plain reconnect (review). */
+TEST_IMPL(daemon_hello_again_after_exec)
+{
+	struct tdaemon t;
+	struct md__msg_welcome w, w2;
+	unsigned char pages[2 * PG];
+	uint64_t hash[2];
+	struct md__client *c;
+	int fd, fd2;
+
+	td_start(&t, 64);
+	struct md__client *old = td_agent(&t, NULL, &w, &fd);
+	publish(old, 50, 2, pages, hash);
+	ASSERT(wait_live(&t, w.domain_id, 2, 20000));
+	ASSERT_EQ(md__client_connect(&c, t.sock), 0);
+	ASSERT_EQ(md__client_hello(c, NULL, MD_HELLO_NO_POOL_MAPS, &w2, &fd2), 0);
+	ASSERT(w2.domain_id != w.domain_id);	/* the old domain went with its last record */
+	ASSERT(wait_live(&t, w.domain_id, -1, 20000));
+	md__client_free(old);
+	close(fd);
+	close(fd2);
+	md__client_free(c);
+	td_stop(&t);
+	return 0;
+}
+
 /* Back mapping no pool page (the process exec'd): the record goes with its
  * references, where a plain reconnect keeps them (daemon_reconnect_keeps_refs). */
 TEST_IMPL(daemon_reconnect_without_pool_maps)

@@ -276,6 +276,13 @@ TEST_IMPL(engine_pool_warns_of_shmem_huge_pages)
 	char log[256];
 	if (access(knob, W_OK) != 0)
 		SKIP("cannot set %s", knob);
+	for (unsigned kb = 8; kb <= 2048; kb *= 2) {
+		char size_knob[96];
+		snprintf(size_knob, sizeof(size_knob), "/sys/kernel/mm/transparent_hugepage/hugepages-%ukB/shmem_enabled", kb);
+		const char *v = file_text(size_knob);
+		if (strstr(v, "[always]") || strstr(v, "[within_size]") || strstr(v, "[force]"))
+			SKIP("shmem huge pages of %u KiB are on already", kb);
+	}
 	snprintf(log, sizeof(log), "%s/log", test_dir());
 	ASSERT_EQ(md__log_open(log), 0);
 	int guard = set_until_exit(knob, "never");
