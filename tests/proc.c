@@ -254,9 +254,15 @@ int set_until_exit(const char *path, const char *text)
 		*close_b = '\0';
 		memmove(old, open_b + 1, strlen(open_b + 1) + 1);
 	}
-	int p[2];
+	int p[2], ready[2];
 	if (pipe2(p, O_CLOEXEC) != 0)
 		return -errno;
+	if (pipe2(ready, O_CLOEXEC) != 0) {
+		int err = -errno;
+		close(p[0]);
+		close(p[1]);
+		return err;
+	}
 	pid_t guard = fork();
 	if (guard < 0)
 		return -errno;
@@ -264,6 +270,8 @@ int set_until_exit(const char *path, const char *text)
 		char c;
 		setsid();	/* out of the test's process group, which the runner kills */
 		close(p[1]);
+		close(ready[0]);
+		close(ready[1]);	/* the test goes on once this is seen */
 		while (read(p[0], &c, 1) > 0)
 			;
 		fd = open(path, O_WRONLY);
@@ -272,6 +280,13 @@ int set_until_exit(const char *path, const char *text)
 		_exit(0);
 	}
 	close(p[0]);
+	/* Not before the guard left our process group: a test that ended at
+	 * once had it killed with the group, the value never put back. */
+	close(ready[1]);
+	char c;
+	while (read(ready[0], &c, 1) < 0 && errno == EINTR)
+		;
+	close(ready[0]);
 	fd = open(path, O_WRONLY);
 	if (fd < 0 || write(fd, text, strlen(text)) < 0) {
 		int err = -errno;
