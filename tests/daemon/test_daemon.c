@@ -2419,18 +2419,28 @@ TEST_IMPL(daemon_reconnect_needs_pidfd)
  * seen closed): the record moves to the new connection, references and
  * all, and the old one is closed. Refused, the agent could not reconnect
  * for as long as the child lived. */
+/* An agent of a fresh daemon holding two pool pages (published from seed);
+ * its first slot, their hashes in hash[2]. */
+static struct md__client *agent_holding_two(struct tdaemon *t, unsigned seed, struct md__msg_welcome *w,
+					    int *fd, uint32_t *first, uint64_t *hash)
+{
+	static unsigned char pages[2 * PG];
+	td_start(t, 64);
+	struct md__client *c = td_agent(t, NULL, w, fd);
+	*first = publish(c, seed, 2, pages, hash);
+	ASSERT(wait_live(t, w->domain_id, 2, 20000));
+	return c;
+}
+
 TEST_IMPL(daemon_hello_again_takes_record)
 {
 	struct tdaemon t;
 	struct md__msg_welcome w, w2;
-	unsigned char pages[2 * PG];
 	uint64_t hash[2];
+	uint32_t first;
 	int fd, fd2;
 
-	td_start(&t, 64);
-	struct md__client *old = td_agent(&t, NULL, &w, &fd);
-	uint32_t first = publish(old, 40, 2, pages, hash);
-	ASSERT(wait_live(&t, w.domain_id, 2, 20000));
+	struct md__client *old = agent_holding_two(&t, 40, &w, &fd, &first, hash);
 	struct md__client *c = td_agent(&t, NULL, &w2, &fd2);
 	ASSERT_EQ(w2.domain_id, w.domain_id);
 	json_t *st = td_status(&t);
@@ -2458,15 +2468,12 @@ TEST_IMPL(daemon_hello_again_after_exec)
 {
 	struct tdaemon t;
 	struct md__msg_welcome w, w2;
-	unsigned char pages[2 * PG];
 	uint64_t hash[2];
+	uint32_t first;
 	struct md__client *c;
 	int fd, fd2;
 
-	td_start(&t, 64);
-	struct md__client *old = td_agent(&t, NULL, &w, &fd);
-	publish(old, 50, 2, pages, hash);
-	ASSERT(wait_live(&t, w.domain_id, 2, 20000));
+	struct md__client *old = agent_holding_two(&t, 50, &w, &fd, &first, hash);
 	ASSERT_EQ(md__client_connect(&c, t.sock), 0);
 	ASSERT_EQ(md__client_hello(c, NULL, MD_HELLO_NO_POOL_MAPS, &w2, &fd2), 0);
 	ASSERT(w2.domain_id != w.domain_id);	/* the old domain went with its last record */
