@@ -529,6 +529,9 @@ static int register_locked(md_agent *a, uintptr_t s, size_t len, unsigned advice
 			     "not merged", (void *)s, len);
 		return -EBUSY;
 	}
+	/* Published before a record or mapping of ours is made there: a
+	 * call gone plainly to the kernel there (md__ours_begin) is over. */
+	md__ours_grow(a, s, s + len);
 	int err = md__regions_add(a, s, s + len, advice);
 	/* Under agent->lock: the read path looks at the engine's regions
 	 * while holding it, so they only change under it. */
@@ -786,6 +789,8 @@ static int give_up_locked(md_agent *a, uintptr_t s, uintptr_t e, int all, size_t
 int md__agent_lock(md_agent *a, uintptr_t s, uintptr_t e, int all)
 {
 	size_t gone;
+	if (!all && md__ours_none(a, s, e))
+		return 0;
 	md__agent_enter(a);
 	int err = give_up_locked(a, s, e, all, &gone);
 	if (gone)
@@ -875,6 +880,8 @@ long md__agent_mbind(md_agent *a, long (*call)(long, ...), void *addr, unsigned 
 int md__agent_protect(md_agent *a, uintptr_t s, uintptr_t e)
 {
 	size_t gone = 0;
+	if (md__ours_none(a, s, e))
+		return 0;
 	md__agent_enter(a);
 	int err = regions_overlap(a, s, e) || handed_overlaps(a, s, e) ? give_up_locked(a, s, e, 0, &gone) : 0;
 	if (gone || err)
@@ -1032,6 +1039,14 @@ int md__agent_unmap(md_agent *a, void *addr, size_t len, int (*op)(void *arg), v
 	if (!a || check_range(addr, len))
 		return op(arg);
 	uintptr_t s = (uintptr_t)addr, e = s + len;
+	/* Memory none of ours (an allocator's, giving memory back while it
+	 * holds its own lock) goes without agent->lock: see ours.c. */
+	unsigned token;
+	if (md__ours_begin(&a->ours, s, e, &token)) {
+		int r = op(arg);
+		md__ours_end(&a->ours, token);
+		return r;
+	}
 	/* agent->lock across op: a lease break cannot look at the regions
 	 * while the memory goes (lock order: agent_internal.h). */
 	md__agent_enter(a);
@@ -1175,6 +1190,8 @@ int md_agent_advise(md_agent *a, void *addr, size_t len, unsigned advice)
 	int err = check_range(addr, len);
 	if (!a || err || (advice & ~(MD_ADV_DONTFORK | MD_ADV_DONTDUMP | MD_ADV_HUGEPAGE)))
 		return -EINVAL;
+	if (md__ours_none(a, (uintptr_t)addr, (uintptr_t)addr + len))
+		return 0;
 	md__agent_enter(a);
 	md__regions_advise(a, (uintptr_t)addr, (uintptr_t)addr + len, advice);
 	/* And what the VMM's userfaultfd holds, for when it is taken back. */
@@ -1210,14 +1227,23 @@ int md_agent_discard(md_agent *a, void *addr, size_t len)
 int md_agent_madvise_discard(md_agent *a, void *addr, size_t len, int advice)
 {
 	size_t plen = (len + MD_PAGE - 1) & ~(size_t)(MD_PAGE - 1);
+	unsigned plain;
+	int err;
 	if ((uintptr_t)addr % MD_PAGE || plen < len)
 		return -EINVAL;
+	if (!a || !plen || md__ours_begin(&a->ours, (uintptr_t)addr, (uintptr_t)addr + plen, &plain)) {
+		/* None of ours (an allocator's memory, see ours.c): plainly. */
+		err = md__sys_madvise(addr, len, advice) != 0 ? -errno : 0;
+		if (a && plen)
+			md__ours_end(&a->ours, plain);
+		return err;
+	}
 	/* Recorded before the engine's discard takes its lock, as a read in
 	 * flight is: a merge that freezes these pages after it gives up. */
 	struct iovec io = { addr, plen };
-	int recorded = a && a->engine && plen;
+	int recorded = a->engine != NULL;
 	int token = recorded ? md__inflight_begin(&a->engine->io, &io, 1) : 0;
-	int err = a && plen ? md_agent_discard(a, addr, plen) : 0;
+	err = md_agent_discard(a, addr, plen);
 	if (!err && md__sys_madvise(addr, len, advice) != 0)
 		err = -errno;
 	if (recorded)

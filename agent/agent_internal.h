@@ -85,8 +85,19 @@ struct md__write {
 	struct md__write *prev, *next;
 };
 
+/* The ranges the agent may have a record of, for calls that must not wait
+ * for its lock (ours.c): written under agent->lock, read lock-free. */
+struct md__ours {
+	unsigned seq;              /* odd while being written */
+	unsigned n;
+	uintptr_t start[MD_RANGESET_MAX], end[MD_RANGESET_MAX];
+	unsigned epoch;            /* which count a plain call joins (bit 0) */
+	unsigned plain[2];         /* plain calls under way, by epoch */
+};
+
 struct md_agent {
 	pthread_mutex_t lock;
+	struct md__ours ours;         /* see ours.c */
 	struct md__region *regions;   /* sorted by start, disjoint */
 	size_t nregions, regions_cap;
 	struct md__image *images;
@@ -390,7 +401,23 @@ int md__uring_register_pins(unsigned opcode);
 /* 1 if an ioctl request maps memory for a device's DMA (VFIO, iommufd) or
  * sets up a device that will (vhost-vdpa). */
 int md__ioctl_maps_dma(unsigned long request);
-/* The agent's lock, counted in md__in_agent (sys.h). */
+/* ours.c */
+/* 1 if [s, e) is none of the agent's: the caller makes its call plainly,
+ * without agent->lock, then calls md__ours_end(token). 0: it may be ours
+ * (nothing to end). Lock-free. */
+int md__ours_begin(struct md__ours *o, uintptr_t s, uintptr_t e, unsigned *token);
+void md__ours_end(struct md__ours *o, unsigned token);
+/* 1 if [s, e) is none of the agent's now (a call with nothing to do there
+ * unless it is). */
+int md__ours_none(struct md_agent *a, uintptr_t s, uintptr_t e);
+/* Before the agent acts on [s, e) (agent->lock held): publishes it, and
+ * waits for the plain calls that did not see it. */
+void md__ours_grow(struct md_agent *a, uintptr_t s, uintptr_t e);
+/* Publishes what the records cover now (agent->lock held). */
+void md__ours_refresh(struct md_agent *a);
+
+/* The agent's lock, counted in md__in_agent (sys.h). Letting it go
+ * publishes what the records cover (md__ours_refresh). */
 static inline void md__agent_enter(struct md_agent *a)
 {
 	pthread_mutex_lock(&a->lock);
@@ -399,6 +426,7 @@ static inline void md__agent_enter(struct md_agent *a)
 
 static inline void md__agent_leave(struct md_agent *a)
 {
+	md__ours_refresh(a);
 	md__in_agent--;
 	pthread_mutex_unlock(&a->lock);
 }

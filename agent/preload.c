@@ -490,6 +490,10 @@ EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 	 * registered is asked again if the kernel refuses the move. */
 	struct md__registered *was = NULL;
 	size_t nwas = 0;
+	/* An allocator's memory (none of ours, see ours.c): no lock. */
+	if (a && page_len(old_len) && (uintptr_t)old % MD_PAGE_SIZE == 0 &&
+	    md__ours_none(a, (uintptr_t)old, (uintptr_t)old + page_len(old_len)))
+		a = NULL;
 	if (a && page_len(old_len) && (uintptr_t)old % MD_PAGE_SIZE == 0) {
 		if (md__agent_registered(a, (uintptr_t)old, (uintptr_t)old + page_len(old_len), &was, &nwas))
 			md__log_once(96, "no memory to note guest RAM's registration before an mremap: "

@@ -345,13 +345,11 @@ static ssize_t read_segment(struct md_agent *a, int fd, void *buf, size_t len, o
 
 	/* Before the lock (md__image_probe): only for a read into guest RAM
 	 * that may be mapped, as may_share will say (it counts, so it runs
-	 * once, under the lock); the lock's first look costs no system call. */
+	 * once, under the lock); the published ranges (ours.c) tell without
+	 * the lock or a system call. */
 	if (!(a->flags & MD_OPT_NO_SHARING) && len >= MD_PAGE && congruent((uintptr_t)buf, (uint64_t)off) &&
 	    whole_pages((uintptr_t)buf, len) >= a->share_min_pages) {
-		md__agent_enter(a);
-		int in_ram = md__region_find(a, (uintptr_t)buf, len) != NULL;
-		md__agent_leave(a);
-		if (in_ram)
+		if (!md__ours_none(a, (uintptr_t)buf, (uintptr_t)buf + len))
 			md__image_probe(a, fd, &probe);
 	}
 	md__agent_enter(a);

@@ -928,23 +928,54 @@ TEST_IMPL(scan_dropped_then_poisoned)
  * tcmalloc, mimalloc): our own free()s under the agent's or the engine's
  * locks came back into the agent through it and waited for its lock for
  * good. They go to the kernel plainly; the VMM's own still go through. */
+/* A testproc whose allocator discards (freemadvise how), with 512 pages
+ * merged and their hash in h; -ENOSYS under AddressSanitizer. */
+static int start_merged_freemadvise(struct proc *a, const char *how, char *h, size_t hsize)
+{
+	md_stats s;
+	proc_start(a, fast_scan);
+	if (proc_num(a, "freemadvise %s", how) == -ENOSYS) {
+		proc_stop(a);
+		return -ENOSYS;
+	}
+	proc_cmd(a, "map 1024");
+	proc_cmd(a, "fill 0 512 5");
+	proc_cmd(a, "fill %u 512 5", 512 * PG);
+	ASSERT_EQ(proc_stats_wait(a, &s, 20000, merged_512), 0);
+	snprintf(h, hsize, "%s", proc_cmd(a, "hash 0 %u", 1024 * PG));
+	return 0;
+}
+
 TEST_IMPL(scan_allocator_madvise_no_deadlock)
 {
 	struct proc a;
-	md_stats s;
-	proc_start(&a, fast_scan);
-	if (proc_num(&a, "freemadvise") == -ENOSYS) {
-		proc_stop(&a);
-		SKIP("under AddressSanitizer, whose free() the testproc cannot replace");
-	}
-	proc_cmd(&a, "map 1024");
-	proc_cmd(&a, "fill 0 512 5");
-	proc_cmd(&a, "fill %u 512 5", 512 * PG);
-	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_512), 0);
 	char h[32];
-	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", 1024 * PG));
+	if (start_merged_freemadvise(&a, "", h, sizeof(h)))
+		SKIP("under AddressSanitizer, whose free() the testproc cannot replace");
 	/* The region goes (its records freed), its pages made private. */
 	ASSERT(strcmp(proc_cmd(&a, "advise 0 %u unmergeable", 1024 * PG), "0") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 1024 * PG), h) == 0);
+	proc_stop(&a);
+	return 0;
+}
+
+/* An allocator that holds its own lock across the madvise it gives memory
+ * back with (tcmalloc): a thread of the VMM waited there for the agent's
+ * lock while the agent, holding it, waited for the allocator's to allocate
+ * (registering and giving up guest RAM allocate under it). Memory none of
+ * the agent's now goes to the kernel without the agent's lock. */
+TEST_IMPL(scan_allocator_lock_no_deadlock)
+{
+	struct proc a;
+	char h[32];
+	if (start_merged_freemadvise(&a, "locked", h, sizeof(h)))
+		SKIP("under AddressSanitizer, whose allocator the testproc cannot replace");
+	ASSERT_EQ(proc_num(&a, "allocstorm 4000"), 0);
+	for (int i = 0; i < 300; i++) {
+		unsigned off = (unsigned)(i % 8) * 64 * PG;
+		ASSERT_EQ(proc_num(&a, "advise %u %u unmergeable", off, 64 * PG), 0);
+		ASSERT_EQ(proc_num(&a, "advise %u %u mergeable", off, 64 * PG), 0);
+	}
 	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 1024 * PG), h) == 0);
 	proc_stop(&a);
 	return 0;

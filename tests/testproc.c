@@ -90,9 +90,13 @@
  *                           quarters, a half new each time), wait 0-20 ms, discard them (MADV_DONTNEED), wait
  *                           30 ms and count the pages pagemap shows there: holes the
  *                           VMM made that something filled in behind its back
- *   freemadvise           -> 0: from now on every free() discards a page of its own
+ *   freemadvise [locked]  -> 0: from now on every free() discards a page of its own
  *                           with madvise(MADV_DONTNEED) first, as jemalloc or
- *                           tcmalloc give memory back (the agent's free()s too)
+ *                           tcmalloc give memory back (the agent's free()s too);
+ *                           locked: malloc, calloc, realloc and free hold one
+ *                           lock, across that madvise too, as tcmalloc's
+ *   allocstorm MS         -> 0: a thread allocates and frees (so discards, above)
+ *                           for MS ms, in the background
  *   exec                  -> ok, then the commands go to this program run again
  *                           (execve, as QEMU's cpr-exec): no RAM, no agent yet
  *   quit
@@ -446,21 +450,83 @@ static long long thread_syscr(void)
 }
 
 /* free() for every library of the process, the agent's too (the
- * executable's symbol comes first): see "freemadvise". */
+ * executable's symbol comes first): see "freemadvise". Locked, as
+ * tcmalloc's: the allocator's functions hold one lock, madvise's time too
+ * (recursive: a free() inside the agent, under that madvise, is this
+ * thread's own). */
 static void *free_scratch;
-#ifndef __SANITIZE_ADDRESS__	/* AddressSanitizer's free() is its own */
+static int alloc_locked;
+static pthread_mutex_t alloc_lock = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
+#ifndef __SANITIZE_ADDRESS__	/* AddressSanitizer's allocator is its own */
 extern void __libc_free(void *p);
+extern void *__libc_malloc(size_t n);
+extern void *__libc_calloc(size_t n, size_t size);
+extern void *__libc_realloc(void *p, size_t n);
+static int alloc_enter(void)
+{
+	int locked = __atomic_load_n(&alloc_locked, __ATOMIC_ACQUIRE);
+	if (locked)
+		pthread_mutex_lock(&alloc_lock);
+	return locked;
+}
+
+static void alloc_leave(int locked)
+{
+	if (locked)
+		pthread_mutex_unlock(&alloc_lock);
+}
+
 __attribute__((visibility("default"))) void free(void *p)
 {
+	int locked = alloc_enter();
 	void *s = __atomic_load_n(&free_scratch, __ATOMIC_ACQUIRE);
 	if (s)
 		madvise(s, 4096, MADV_DONTNEED);
 	__libc_free(p);
+	alloc_leave(locked);
+}
+
+__attribute__((visibility("default"))) void *malloc(size_t n)
+{
+	int locked = alloc_enter();
+	void *p = __libc_malloc(n);
+	alloc_leave(locked);
+	return p;
+}
+
+__attribute__((visibility("default"))) void *calloc(size_t n, size_t size)
+{
+	int locked = alloc_enter();
+	void *p = __libc_calloc(n, size);
+	alloc_leave(locked);
+	return p;
+}
+
+__attribute__((visibility("default"))) void *realloc(void *p, size_t n)
+{
+	int locked = alloc_enter();
+	void *q = __libc_realloc(p, n);
+	alloc_leave(locked);
+	return q;
 }
 #define FREE_MADVISES 1
 #else
 #define FREE_MADVISES 0
 #endif
+
+/* "allocstorm": a thread of the VMM allocating and freeing for ms. */
+static void *alloc_storm(void *arg)
+{
+	struct timespec t0, t;
+	long ms = (long)(intptr_t)arg;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	do {
+		void *volatile p = malloc(64);	/* volatile: a pair the compiler would drop */
+		free(p);
+		clock_gettime(CLOCK_MONOTONIC, &t);
+	} while ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000 < ms);
+	return NULL;
+}
 
 /* A userfaultfd (flags besides O_CLOEXEC), through the device where the
  * system call is refused; -1 with errno. */
@@ -570,11 +636,21 @@ int main(void)
 		sscanf(line, "%31s", cmd);
 		if (strcmp(cmd, "freemadvise") == 0 && !FREE_MADVISES) {
 			printf("%d\n", -ENOSYS);
-		} else if (strcmp(cmd, "freemadvise") == 0) {
+		} else if (strcmp(cmd, "freemadvise") == 0) {	/* [locked] */
 			void *s = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 			if (s != MAP_FAILED)
 				__atomic_store_n(&free_scratch, s, __ATOMIC_RELEASE);
+			sscanf(line, "%*s %31s", s2);
+			if (strcmp(s2, "locked") == 0)
+				__atomic_store_n(&alloc_locked, 1, __ATOMIC_RELEASE);
 			printf("%d\n", s == MAP_FAILED ? -errno : 0);
+		} else if (strcmp(cmd, "allocstorm") == 0) {	/* MS */
+			sscanf(line, "%*s %lld", &a1);
+			pthread_t th;
+			int r = pthread_create(&th, NULL, alloc_storm, (void *)(intptr_t)a1);
+			if (r == 0)
+				pthread_detach(th);
+			printf("%d\n", -r);
 		} else if (strcmp(cmd, "map") == 0) {
 			sscanf(line, "%*s %lld", &a1);
 			base_len = (size_t)a1 * 4096;
