@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +31,7 @@
 #include <unistd.h>
 
 #include "daemon.h"
+#include "sys.h"
 
 #ifndef SO_PEERPIDFD
 #define SO_PEERPIDFD 77
@@ -352,6 +354,34 @@ static int drop_stalled(struct md__daemon *d)
 	return owing;
 }
 
+/* A pidfd of pid now, on a kernel without SO_PEERPIDFD (before Linux 6.5).
+ * The peer that connected may have exited since and its pid gone to any
+ * user's process, whose record a HELLO on the inherited connection would
+ * take over: a process none of whose uids is the peer's (its uid at
+ * connect) is not the peer. The status is read while the pidfd's process
+ * lives, so it is that process's. -1 with errno (ESRCH: not the peer). */
+static int pidfd_of_peer(pid_t pid, uid_t uid)
+{
+	int pfd = (int)syscall(SYS_pidfd_open, pid, 0);
+	if (pfd < 0)
+		return -1;
+	char path[64], buf[2048];
+	unsigned long id[4];
+	int same = 0;
+	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
+	const char *u = md__read_text(path, buf, sizeof(buf)) > 0 ? strstr(buf, "\nUid:") : NULL;
+	if (u && sscanf(u + 5, "%lu %lu %lu %lu", &id[0], &id[1], &id[2], &id[3]) == 4)
+		for (int i = 0; i < 4; i++)
+			same |= id[i] == (unsigned long)uid;
+	struct pollfd exited = { .fd = pfd, .events = POLLIN };
+	if (!same || poll(&exited, 1, 0) != 0) {
+		close(pfd);
+		errno = ESRCH;
+		return -1;
+	}
+	return pfd;
+}
+
 static void accept_all(struct md__daemon *d)
 {
 	for (;;) {
@@ -418,7 +448,7 @@ static void accept_all(struct md__daemon *d)
 		if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pfd, &pl) == 0)
 			c->peer_pidfd = pfd;
 		else if (errno == ENOPROTOOPT)
-			c->peer_pidfd = (int)syscall(SYS_pidfd_open, cr.pid, 0);
+			c->peer_pidfd = pidfd_of_peer(cr.pid, cr.uid);
 		else
 			c->peer_pidfd = -1;
 		c->peer_pidfd_err = c->peer_pidfd < 0 ? -errno : 0;

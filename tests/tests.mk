@@ -17,7 +17,11 @@ $(B)/testproc: $(B)/tests/testproc.o
 $(B)/libibverbs-stub.so: $(B)/tests/stub_ibverbs.o
 	$(CC) -shared -o $@ $^ $(LDFLAGS)
 
-tests-build: $(B)/runner $(B)/testproc $(B)/libibverbs-stub.so $(B)/fuzz-replay
+# Preloaded into a test's memdedupd: no SO_PEERPIDFD, as before Linux 6.5.
+$(B)/libnopeerpidfd-stub.so: $(B)/tests/stub_nopeerpidfd.o
+	$(CC) -shared -o $@ $^ $(LDFLAGS) -ldl
+
+tests-build: $(B)/runner $(B)/testproc $(B)/libibverbs-stub.so $(B)/libnopeerpidfd-stub.so $(B)/fuzz-replay
 
 $(B)/fuzz-replay: fuzz/replay.c fuzz/fuzz_stats_file.c $(B)/libmemdedup.a
 	$(CC) $(MD_CFLAGS) $(CFLAGS) -o $@ $^ $(LDFLAGS)

@@ -2383,6 +2383,66 @@ static void lowest_free_fds(pid_t pid, int *first, int *second)
  * gone whose pid a live agent took would take over that agent's record and
  * free pages it still maps. The record waits for a connection it can
  * watch. */
+/* A kernel without SO_PEERPIDFD (before Linux 6.5, Debian 12's 6.1; a shim
+ * here): memdedupd takes a pidfd of the peer's pid at accept, when the peer
+ * may have exited and its pid gone to another user's process, whose record
+ * a HELLO on the inherited connection would take over (its references
+ * dropped under its guest). A process whose uids are none of the uid that
+ * connected is not the peer: refused. The same process, unchanged, is
+ * welcome through the same fallback. */
+static int hello_from_child(const struct tdaemon *t, uid_t become)
+{
+	int go[2], ready[2];
+	ASSERT(pipe(go) == 0 && pipe(ready) == 0);
+	td_pause(t);
+	pid_t child = fork();
+	ASSERT(child >= 0);
+	if (child == 0) {
+		struct md__client *c;
+		struct md__msg_welcome w;
+		int fd = -1;
+		char x = 0;
+		/* Connected while the daemon is stopped: accepted later. */
+		if (md__client_connect(&c, t->sock) != 0)
+			_exit(100);
+		if (become && setresuid(become, become, become) != 0)
+			_exit(101);
+		if (write(ready[1], &x, 1) != 1 || read(go[0], &x, 1) != 1)
+			_exit(102);
+		int err = md__client_hello(c, NULL, 0, &w, &fd);
+		_exit(err == 0 ? 0 : err == -ESRCH ? 3 : 104);
+	}
+	char x = 0;
+	ASSERT_EQ(read(ready[0], &x, 1), 1);
+	ASSERT(kill(t->pid, SIGCONT) == 0);
+	ASSERT_EQ(write(go[1], &x, 1), 1);
+	int st;
+	ASSERT_EQ(waitpid(child, &st, 0), child);
+	close(go[0]);
+	close(go[1]);
+	close(ready[0]);
+	close(ready[1]);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+TEST_IMPL(daemon_fallback_pidfd_checks_uid)
+{
+	if (geteuid() != 0)
+		SKIP("needs root: the peer changes its uid");
+	char shim[600];
+	const char *first = getenv("MD_TEST_PRELOAD_FIRST");	/* libasan, first */
+	snprintf(shim, sizeof(shim), "%s%s%s/libnopeerpidfd-stub.so", first ? first : "", first ? ":" : "",
+		 build_dir());
+	setenv("LD_PRELOAD", shim, 1);
+	struct tdaemon t;
+	td_start(&t, 64);
+	unsetenv("LD_PRELOAD");
+	ASSERT_EQ(hello_from_child(&t, 0), 0);
+	ASSERT_EQ(hello_from_child(&t, 65534), 3);
+	td_stop(&t);
+	return 0;
+}
+
 TEST_IMPL(daemon_reconnect_needs_pidfd)
 {
 	struct tdaemon t;
