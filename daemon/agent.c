@@ -152,6 +152,17 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 		md__agent_exited(d, a);
 		a = NULL;
 	}
+	/* A record kept with no reference only to say "paused" (it unmerged:
+	 * md__agent_detach) of a process whose user or domain changed since
+	 * (QEMU's -runas drops root after the agent joined): nothing in it is
+	 * the old user's; the new record stays paused. Refused, the process
+	 * could never join again. */
+	int was_unmerged = 0;
+	if (a && !a->conn && !a->nrefs && (a->uid != c->uid || strcmp(a->dom->name, h->domain) != 0)) {
+		was_unmerged = a->unmerged;
+		md__agent_exited(d, a);
+		a = NULL;
+	}
 	if (a) {
 		if (a->conn) {
 			snprintf(why, size, "pid %d is already connected", (int)c->pid);
@@ -211,6 +222,7 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 	c->peer_pidfd = -1;
 	a->conn = c;
 	a->hellos = 1;
+	a->unmerged = was_unmerged;
 	c->agent = a;
 	a->next = d->agents;
 	d->agents = a;
