@@ -221,6 +221,19 @@ void md_agent_io_unseen(md_agent *a, const char *what)
 		a->engine ? " and content scanning stops merging" : "");
 }
 
+/* The MD_SET_* bit of a tunable's name, 0 if none. */
+static unsigned tunable_bit(const char *key)
+{
+	static const struct { const char *key; unsigned bit; } bits[] = {
+		{ "pages_to_scan", MD_SET_PAGES }, { "sleep_millisecs", MD_SET_SLEEP },
+		{ "cpu_percent", MD_SET_CPU }, { "hint_ratio", MD_SET_HINTS }, { "order", MD_SET_ORDER },
+	};
+	for (size_t i = 0; key && i < sizeof(bits) / sizeof(bits[0]); i++)
+		if (strcmp(key, bits[i].key) == 0)
+			return bits[i].bit;
+	return 0;
+}
+
 /* Sets a tunable: the MD_SET_* bit it is, or -EINVAL. */
 static int tunable_set(md_agent *a, const char *key, const char *value)
 {
@@ -650,7 +663,20 @@ static void apply_control(struct md_agent *a, const struct md__msg_control *ctl)
 	case MD_CTL_UNMERGE:
 		err = unmerge(a, why, sizeof(why), UNMERGE_DAEMON);
 		break;
-	case MD_CTL_SET: err = tunable_set(a, ctl->key, ctl->value) < 0 ? -EINVAL : 0; break;
+	case MD_CTL_SET:
+		/* Named by pid (memdedup set --pid): this agent's own value,
+		 * as md_agent_set's, not a share of the daemon's rate. For
+		 * all: a value of this agent's own (memdedup run
+		 * --pages-to-scan, or set --pid before) stays. */
+		if (ctl->pid) {
+			err = md_agent_set(a, ctl->key, ctl->value);
+		} else if (__atomic_load_n(&a->scan_explicit, __ATOMIC_RELAXED) & tunable_bit(ctl->key)) {
+			md__log_once(106, "a value memdedupd sets for all agents leaves this agent's own "
+				     "(memdedup run's option, or set --pid): %s stays", ctl->key);
+		} else {
+			err = tunable_set(a, ctl->key, ctl->value) < 0 ? -EINVAL : 0;
+		}
+		break;
 	default: err = -EINVAL;
 	}
 	if (err && !why[0])
