@@ -112,6 +112,14 @@ static void child_after_fork(void)
 	}
 }
 
+/* A child made without the atfork handlers (syscall(SYS_fork), _Fork,
+ * clone without CLONE_VM): what they would have done. */
+static void plain_child(void)
+{
+	child_after_fork();
+	md__policy_child();
+}
+
 __attribute__((constructor)) static void preload_init(void)
 {
 	pthread_atfork(NULL, NULL, child_after_fork);
@@ -599,7 +607,7 @@ struct clone_call {
 static int clone_child(void *p)
 {
 	struct clone_call c = *(const struct clone_call *)p;
-	child_after_fork();
+	plain_child();
 	return c.fn(c.arg);
 }
 
@@ -638,7 +646,7 @@ EXPORT pid_t _Fork(void)
 	}
 	pid_t pid = fn();
 	if (pid == 0)
-		child_after_fork();
+		plain_child();
 	return pid;
 }
 
@@ -859,7 +867,7 @@ EXPORT long syscall(long nr, ...)
 			      a[0] && (size_t)a[1] >= sizeof(uint64_t) ? *(const uint64_t *)a[0] : CLONE_VM;
 		long r = call(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
 		if (r == 0 && !(fl & CLONE_VM))
-			child_after_fork();
+			plain_child();
 		return r;
 	}
 	case SYS_mbind:

@@ -269,3 +269,9 @@ void md__policy_atfork(void)
 {
 	pthread_atfork(fork_prepare, fork_done, fork_done);
 }
+
+void md__policy_child(void)
+{
+	lock = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
+	__atomic_store_n(&binding, 0, __ATOMIC_RELAXED);
+}

@@ -49,4 +49,8 @@ void md__policy_forget(uintptr_t addr, size_t len);
 void md__policy_move(uintptr_t old, size_t len, uintptr_t new_addr);
 /* Registers the fork handlers that keep the lock usable in a child. */
 void md__policy_atfork(void);
+/* In a child made without the atfork handlers (syscall(SYS_fork), _Fork,
+ * clone without CLONE_VM): the lock, which a thread the child does not
+ * have may have held, and the mbind calls under way, start over. */
+void md__policy_child(void);
 #endif

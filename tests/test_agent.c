@@ -1553,6 +1553,23 @@ TEST_IMPL(fork_child_runs_plain)
 	return 0;
 }
 
+/* The same children where the VMM gave a NUMA policy (QEMU's host-nodes=):
+ * every unmap takes the policies' lock, and a child made without the
+ * atfork handlers inherited it held by a thread it does not have, and hung
+ * at its first unmap (review). */
+TEST_IMPL(fork_child_policy_lock)
+{
+	struct proc a;
+	proc_start(&a, NULL);
+	proc_cmd(&a, "map 16");
+	ASSERT_EQ(proc_num(&a, "mbind 0 4096 sym"), 0);
+	ASSERT_EQ(proc_num(&a, "forkstorm 50 raw"), 0);
+	ASSERT_EQ(proc_num(&a, "forkstorm 50 _Fork"), 0);
+	ASSERT_EQ(proc_num(&a, "forkstorm 50 clone"), 0);
+	proc_stop(&a);
+	return 0;
+}
+
 TEST_IMPL(fork_before_agent_shares)
 {
 	/* QEMU's -daemonize forks before it maps RAM: the child, with no

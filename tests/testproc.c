@@ -27,6 +27,10 @@
  *   protect DOFF LEN ro|rw -> mprotect result (0 or -errno)
  *   nosig PATH            -> how many read leases on PATH (the agent's) were
  *                           made to send no signal when broken (F_SETOWN 0)
+ *   forkstorm N KIND      -> how many of N children made by KIND (raw: syscall(SYS_fork),
+ *                           _Fork, clone) did not exit within 2 s, each unmapping a page
+ *                           while a thread of the parent binds the RAM's first page to
+ *                           node 0 over and over (mbind)
  *   fork DOFF FD [raw|_Fork] -> the child's read of 16 pages of FD into RAM at DOFF:
  *                           "RESULT HASH FILE" of the first, FILE 1 if it is mapped from
  *                           a file (shared at read time); raw: a child made by
@@ -626,6 +630,65 @@ static int clone_fn(void *unused)
 	return fork_child(clone_a1, (int)clone_a2, clone_out);
 }
 
+/* "forkstorm": a thread binds the RAM's first page to node 0 over and over
+ * (libnuma's mbind: the agent follows it under the policies' lock, the
+ * system call's time included), while children are made; each child
+ * unmaps a page nobody maps (which looks at the policies), and exits. */
+static int storm_stop;
+
+static void *bind_storm(void *unused)
+{
+	(void)unused;
+	long (*fn)(void *, unsigned long, int, const unsigned long *, unsigned long, unsigned);
+	*(void **)&fn = dlsym(RTLD_DEFAULT, "mbind");
+	unsigned long node0 = 1;
+	while (fn && !__atomic_load_n(&storm_stop, __ATOMIC_RELAXED))
+		fn(base, 4096, MPOL_BIND, &node0, 2, 0);
+	return NULL;
+}
+
+static int storm_child(void *hole)
+{
+	munmap(hole, 4096);
+	return 0;
+}
+
+/* Children made by kind (raw, _Fork, clone) under the storm: how many did
+ * not exit within 2 s (killed then). */
+static int fork_storm(int n, const char *kind)
+{
+	static char stack[64 << 10] __attribute__((aligned(16)));
+	void *hole = mmap(NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	pthread_t th;
+	if (hole == MAP_FAILED || munmap(hole, 4096) != 0)
+		return -errno;
+	__atomic_store_n(&storm_stop, 0, __ATOMIC_RELAXED);
+	if (pthread_create(&th, NULL, bind_storm, NULL) != 0)
+		return -EAGAIN;
+	int stuck = 0;
+	for (int i = 0; i < n; i++) {
+		pid_t pid = strcmp(kind, "raw") == 0 ? (pid_t)syscall(SYS_fork) :
+			    strcmp(kind, "_Fork") == 0 ? _Fork() :
+			    clone(storm_child, stack + sizeof(stack), SIGCHLD, hole);
+		if (pid == 0)
+			_exit(storm_child(hole));
+		if (pid < 0)
+			break;
+		int done = 0;
+		for (int w = 0; w < 400 && !done; w++)
+			if (!(done = waitpid(pid, NULL, WNOHANG) == pid))
+				usleep(5000);
+		if (!done) {
+			kill(pid, SIGKILL);
+			waitpid(pid, NULL, 0);
+			stuck++;
+		}
+	}
+	__atomic_store_n(&storm_stop, 1, __ATOMIC_RELAXED);
+	pthread_join(th, NULL);
+	return stuck;
+}
+
 int main(void)
 {
 	char line[4096];
@@ -965,6 +1028,9 @@ int main(void)
 			close(p[0]);
 			waitpid(pid, NULL, 0);
 			printf("%s\n", n > 0 ? out : "none");
+		} else if (strcmp(cmd, "forkstorm") == 0) {	/* N raw|_Fork|clone */
+			sscanf(line, "%*s %lld %31s", &a1, s2);
+			printf("%d\n", fork_storm((int)a1, s2));
 		} else if (strcmp(cmd, "fill") == 0) {
 			sscanf(line, "%*s %lld %lld %lld", &a1, &a2, &a3);
 			fill_pages((size_t)a1, (size_t)a2, (uint64_t)a3);
