@@ -1026,7 +1026,7 @@ int md_agent_forget(md_agent *a, void *addr, size_t len)
 	if (!a || err)
 		return -EINVAL;
 	md__agent_enter(a);
-	err = md__regions_remove(a, (uintptr_t)addr, (uintptr_t)addr + len);
+	err = md__regions_forget(a, (uintptr_t)addr, (uintptr_t)addr + len);
 	handed_take(a, (uintptr_t)addr, (uintptr_t)addr + len, 0);
 	if (a->engine)
 		md__engine_unregister(a->engine, addr, len, MD_UNREG_GONE);
@@ -1073,7 +1073,7 @@ int md__agent_unmap(md_agent *a, void *addr, size_t len, int (*op)(void *arg), v
 	struct md__run *run;
 	size_t n;
 	if (r == 0) {
-		md__regions_remove(a, s, e);
+		md__regions_forget(a, s, e);
 		handed_take(a, s, e, 0);	/* the memory is gone, the VMM's hold with it */
 		md__rangeset_remove(&a->forgotten, s, e);	/* and our copies there */
 		/* Copies the engine made beside it, giving up a region it

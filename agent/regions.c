@@ -50,10 +50,15 @@ struct md__region *md__region_find(struct md_agent *a, uintptr_t addr, size_t le
 
 /* Room for one record more than there are, so that a split, which adds
  * one, never needs memory (the records grow here, when a range is added). */
+int md__regions_fail_reserve;	/* tests only: see agent_internal.h */
+
 static int regions_reserve(struct md_agent *a, size_t more)
 {
 	if (a->nregions + more + 1 <= a->regions_cap)
 		return 0;
+	if (__atomic_load_n(&md__regions_fail_reserve, __ATOMIC_RELAXED) > 0 &&
+	    __atomic_sub_fetch(&md__regions_fail_reserve, 1, __ATOMIC_RELAXED) >= 0)
+		return -ENOMEM;
 	size_t cap = a->regions_cap ? a->regions_cap * 2 : 16;
 	while (cap < a->nregions + more + 1)
 		cap *= 2;
@@ -157,6 +162,25 @@ int md__regions_remove(struct md_agent *a, uintptr_t start, uintptr_t end)
 	/* Room again for the next split (if not now, it is made then). */
 	regions_reserve(a, 0);
 	return 0;
+}
+
+int md__regions_forget(struct md_agent *a, uintptr_t start, uintptr_t end)
+{
+	int err = md__regions_remove(a, start, end);
+	for (size_t i = 0; err == -ENOMEM && i < a->nregions; i++) {
+		const struct md__region *r = &a->regions[i];
+		if (r->start >= start || r->end <= end)
+			continue;	/* no split: it goes with the rest */
+		uintptr_t rs = r->start, re = r->end;
+		if (md__privatize(a, rs, start, 0) != 0 || md__privatize(a, end, re, 0) != 0)
+			return -ENOMEM;	/* pages still the image's: the record stays */
+		md__log_once(107, "no memory to split a region record where the VMM unmapped guest RAM: "
+			     "the rest of that region is no longer shared or merged");
+		md__regions_remove(a, rs, re);	/* whole: nothing to split */
+		err = md__regions_remove(a, start, end);
+		i = (size_t)-1;
+	}
+	return err;
 }
 
 void md__regions_advise(struct md_agent *a, uintptr_t start, uintptr_t end, unsigned advice)

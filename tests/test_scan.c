@@ -1421,6 +1421,56 @@ TEST_IMPL(scan_vmm_settings_outlive_welcome)
 	return 0;
 }
 
+static unsigned share_of(md_agent *a)
+{
+	return __atomic_load_n(&a->scanner.share_batch, __ATOMIC_RELAXED);
+}
+
+static size_t batch_of(md_agent *a)
+{
+	return __atomic_load_n(&a->scanner.batch, __ATOMIC_RELAXED);
+}
+
+/* `memdedup set --pid P` gives that agent a value of its own: it scanned its
+ * share of it (half, beside another agent), as of a value for all. One for
+ * all after it leaves that value alone, as it does `memdedup run`'s
+ * (review). */
+TEST_IMPL(scan_set_for_one_agent_is_its_own)
+{
+	struct tdaemon t;
+	md_agent *a;
+	td_start(&t, 4096);
+	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .sleep_ms = 1, .daemon_socket = t.sock };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	char *m = pairs_ram(64);
+	ASSERT_EQ(md_agent_register(a, m, 64 * PG, 0), 0);
+	char sock[400];
+	snprintf(sock, sizeof(sock), "MEMDEDUP_SOCKET=%s", t.sock);
+	const char *env[] = { "MEMDEDUP_SCAN=1", sock, NULL };
+	struct proc b;
+	proc_start(&b, env);
+	proc_cmd(&b, "map 64");
+	for (int i = 0; i < 500 && share_of(a) != 2; i++)
+		usleep(20000);
+	ASSERT_EQ(share_of(a), 2);	/* the daemon's rate is for both */
+	ASSERT_EQ(td_sh("MEMDEDUP_SOCKET=%s %s/memdedup set --pid %d pages_to_scan=1000 >/dev/null", t.sock,
+			build_dir(), (int)getpid()), 0);
+	for (int i = 0; i < 500 && share_of(a) != 1; i++)
+		usleep(20000);
+	ASSERT_EQ(batch_of(a), 1000);
+	ASSERT_EQ(share_of(a), 1);
+	ASSERT_EQ(td_sh("MEMDEDUP_SOCKET=%s %s/memdedup set pages_to_scan=400 >/dev/null", t.sock, build_dir()),
+		  0);
+	usleep(300000);	/* a tick of the agent's: the share set again */
+	ASSERT_EQ(batch_of(a), 1000);
+	ASSERT_EQ(share_of(a), 1);
+	proc_stop(&b);
+	md_agent_free(a);
+	munmap(m, 64 * PG);
+	td_stop(&t);
+	return 0;
+}
+
 /* An agent freed gives back the references its last unmaps let go of: the
  * daemon keeps its record, and so what it pinned, until the process goes. */
 TEST_IMPL(scan_free_gives_back_references)
@@ -1443,6 +1493,42 @@ TEST_IMPL(scan_free_gives_back_references)
  * kept merging there. Its unmap goes through as without us, and the region
  * is given up whole, its pages made private (it stayed registered over
  * memory the VMM would map anew). */
+/* A record must go with its memory. An unmap inside a region splits its
+ * record, into the spare one kept for that; a split that found none (not
+ * made again after the last one, memory short) kept the record of memory
+ * gone, and a read into whatever the VMM mapped there later was taken for
+ * one into guest RAM (review). Now that region's record goes whole, the
+ * rest of it made private. */
+TEST_IMPL(scan_unmap_split_without_memory)
+{
+	md_agent *a;
+	const size_t n = 48;
+	char *m = inproc_agent(&a, 100, n * PG);
+	for (size_t i = 0; i < n; i++)
+		memset(m + i * PG, (int)i + 1, PG);
+	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
+	md__regions_fail_reserve = 1000;	/* the records never grow again */
+	for (size_t i = 1; i < n; i += 2)
+		ASSERT_EQ(md_agent_unmap(a, m + i * PG, PG), 0);
+	md__regions_fail_reserve = 0;
+	md__agent_enter(a);
+	int stale = 0, kept = 0;
+	for (size_t i = 0; i < n; i++) {
+		int found = md__region_find(a, (uintptr_t)m + i * PG, PG) != NULL;
+		stale += i % 2 && found;
+		kept += !(i % 2) && found;
+	}
+	md__agent_leave(a);
+	ASSERT_EQ(stale, 0);
+	ASSERT(kept > 0);	/* those split before the records ran out */
+	for (size_t i = 0; i < n; i += 2)
+		ASSERT_EQ(m[i * PG + 7], (char)(i + 1));
+	md_agent_free(a);
+	for (size_t i = 0; i < n; i += 2)
+		munmap(m + i * PG, PG);
+	return 0;
+}
+
 TEST_IMPL(scan_unregister_short_of_memory_fails)
 {
 	md_agent *a;
