@@ -198,6 +198,12 @@ static int merge_run(struct md_agent *a, uintptr_t addr, const uint64_t *cookie,
 			r->owner[first + i] = img->id;
 		a->maps_since_count += 2;
 		merged = got;
+		/* The map named img->fd by number, which the VMM could have
+		 * closed or put another file at (dup2) since the check above:
+		 * looked at again, a descriptor no longer ours breaks the
+		 * lease here, which makes these pages private with the rest. */
+		if (!md__image_held(a, img))
+			merged = 0;
 	} else if (got == 0) {
 		/* A guest page differed: it was written just now, or an
 		 * entry's hash is not its file page's (the guest wrote the
