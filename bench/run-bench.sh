@@ -93,9 +93,10 @@ if [ "$report_only" = 1 ]; then
   source "$out/run.meta"
 else
   [ -w $ksm/run ] || fleet_die "cannot write $ksm/run (kernel KSM missing, or not root)"
-  # Stopping KSM (run=2) unmerges every process's pages on the host.
-  if [ "$force" = 0 ] && [ "$(cat $ksm/run)" = 1 ] && [ "$(cat $ksm/pages_sharing)" != 0 ]; then
-    echo "run-bench.sh: kernel KSM is merging other processes' pages ($(cat $ksm/pages_sharing) pages_sharing):" \
+  # Stopping KSM (run=2) unmerges every process's pages on the host, also
+  # those merged before run went to 0 (which keeps them merged).
+  if [ "$force" = 0 ] && [ "$(cat $ksm/pages_sharing)" != 0 ]; then
+    echo "run-bench.sh: kernel KSM has merged other processes' pages ($(cat $ksm/pages_sharing) pages_sharing):" \
          "the bench would unmerge them all; stop those or pass --force" >&2
     exit 2
   fi
