@@ -70,7 +70,8 @@ const struct md__cmd md__cmd_unmerge_def = {
 	"reads after it are shared again. Zero pages stay dropped (they read as\n"
 	"zeroes and cost nothing). An agent refuses, changing nothing, when\n"
 	"the host or its cgroup has not the memory for the copies (and 64 MiB to\n"
-	"spare).\n"
+	"spare). Only agents that scan (`memdedup run --scan`) talk to memdedupd:\n"
+	"the pages a VMM run without --scan shares at read time stay shared.\n"
 	"\n" PID_OPTION,
 	.run = cmd_unmerge,
 };
@@ -218,6 +219,8 @@ static int parse(const struct md__cmd *cmd, int argc, char **argv, int32_t *pid,
 			char *end, shown[64];
 			if (!v)
 				return md__usage_error(cmd, "--pid needs a process id");
+			if (*pid)
+				return md__usage_error(cmd, "--pid given twice: one process at a time");
 			long p = strtol(v, &end, 10);
 			if (*v < '1' || *v > '9' || *end || p <= 0 || p > INT_MAX)
 				return md__usage_error(cmd, "invalid pid '%s'",
@@ -228,9 +231,13 @@ static int parse(const struct md__cmd *cmd, int argc, char **argv, int32_t *pid,
 			size_t kl = eq ? (size_t)(eq - argv[i]) : 0;
 			char shown[3 * (MD_KEY_MAX + MD_VALUE_MAX)];
 			md__printable(argv[i], shown, sizeof(shown));
-			if (!eq || kl == 0 || kl > MD_KEY_MAX || !eq[1] || strlen(eq + 1) > MD_VALUE_MAX ||
-			    strchr(eq + 1, '=') || strpbrk(argv[i], " \t\n"))
+			if (!eq || kl == 0 || !eq[1] || strchr(eq + 1, '='))
 				return md__usage_error(cmd, "expected KEY=VALUE, not '%s'", shown);
+			if (kl > MD_KEY_MAX || strlen(eq + 1) > MD_VALUE_MAX)
+				return md__usage_error(cmd, "'%s': a key is at most %u bytes, a value %u", shown,
+						       MD_KEY_MAX, MD_VALUE_MAX);
+			if (strpbrk(argv[i], " \t\n"))
+				return md__usage_error(cmd, "'%s': no white space in a key or a value", shown);
 			int err = check_pair(argv[i], eq, shown, sizeof(shown));
 			if (err)
 				return md__usage_error(cmd, "%s", shown);

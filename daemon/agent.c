@@ -140,6 +140,7 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 			     (a->uid == c->uid && strcmp(a->dom->name, h->domain) == 0))) {
 		struct md__conn *old = a->conn;
 		md__control_gone(d, old, a->pid);
+		md__conn_unrefs_left(old);
 		old->agent = NULL;
 		a->conn = NULL;
 		md__conn_fail(d, old, 0, -EBUSY, "pid %d said HELLO on another connection", (int)c->pid);

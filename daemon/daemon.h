@@ -241,6 +241,11 @@ void md__server_close(struct md__daemon *d);
 /* Queues a message to a connection; fd (or -1) travels with its first
  * byte. A peer that lets too much pile up is closed. */
 int md__conn_send(struct md__daemon *d, struct md__conn *c, const struct md__msg *m, int fd);
+/* Applies the UNREFs the agent of c sent that were not handled yet (read,
+ * or still in the socket), as c is given up (taken over, or closing): a
+ * client counts an UNREF sent whole as done, and never sends it again.
+ * Nothing else of what is left is answered. */
+void md__conn_unrefs_left(struct md__conn *c);
 /* Queues ERROR {err, text} with seq; the connection closes after it. */
 void md__conn_fail(struct md__daemon *d, struct md__conn *c, uint32_t seq, int err,
 		   const char *fmt, ...) __attribute__((format(printf, 5, 6)));

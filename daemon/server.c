@@ -267,9 +267,44 @@ static void user_put(struct md__daemon *d, struct md__user *u)
 	free(u);
 }
 
+/* At most what a peer may have sent ahead: more is not read for this. */
+#define UNREFS_LEFT_MAX (16u << 20)
+
+void md__conn_unrefs_left(struct md__conn *c)
+{
+	/* Not d->msg: the HELLO that takes c over is being handled in it. */
+	static struct md__msg m;
+	size_t got_bytes = 0;
+	if (!c->agent)
+		return;
+	for (;;) {
+		struct md__msg_hdr h;
+		size_t need;
+		int got = md__rxbuf_next(&c->in, &h, &need);
+		if (got < 0)
+			return;	/* a bad header: nothing after it is a message */
+		if (got) {
+			if (h.type == MD_MSG_UNREF && md__msg_decode(c->in.buf + c->in.head, need, &m) == 0)
+				md__agent_refs(c->agent, m.u.refs.slot, m.u.refs.n, -1);
+			c->in.head += need;
+			continue;
+		}
+		if (got_bytes >= UNREFS_LEFT_MAX || md__rxbuf_room(&c->in, need) != 0)
+			return;
+		ssize_t r = recv(c->fd, c->in.buf + c->in.len, c->in.cap - c->in.len, MSG_DONTWAIT);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			return;
+		c->in.len += (size_t)r;
+		got_bytes += (size_t)r;
+	}
+}
+
 static void conn_close(struct md__daemon *d, struct md__conn *c)
 {
 	struct md__agent *a = c->agent;
+	md__conn_unrefs_left(c);
 	md__control_gone(d, c, a ? a->pid : 0);
 	c->agent = NULL;
 	if (a) {

@@ -210,6 +210,14 @@ TEST_IMPL(cli_set_bad_value_says_why)
 	ASSERT(strstr(slurp("err"), "not '1?[2J'"));
 	ASSERT_EQ(sh("%s/memdedup pause --pid \"$(printf '1\033[2J')\"", b), 2);
 	ASSERT(strstr(slurp("err"), "invalid pid '1?[2J'"));
+	/* A value too long, or with a space, is said to be so; two pids are
+	 * one too many (the last one was taken). */
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s/none %s/memdedup set pages_to_scan=%070d", test_dir(), b, 1), 2);
+	ASSERT(strstr(slurp("err"), "a value 64"));
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s/none %s/memdedup set 'order=lin ear'", test_dir(), b), 2);
+	ASSERT(strstr(slurp("err"), "no white space"));
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s/none %s/memdedup pause --pid 1 --pid 2", test_dir(), b), 2);
+	ASSERT(strstr(slurp("err"), "--pid given twice"));
 	return 0;
 }
 

@@ -2700,6 +2700,54 @@ TEST_IMPL(daemon_late_replies_given_back)
 	return 0;
 }
 
+/* UNREFs sent whole on a connection the daemon then gives up before reading
+ * them (its HELLO on a new connection takes the record, or it closes) are
+ * applied all the same: the client counted them done and never sends them
+ * again, so their pages stayed pinned until the process exited (review).
+ * Here the daemon stopped reading the old connection, whose replies pile
+ * up unread (1 MiB: MD_D_OUT_PAUSE). */
+TEST_IMPL(daemon_takeover_applies_sent_unrefs)
+{
+	if (geteuid() != 0)
+		SKIP("needs root: a socket buffer past the sysctl's limit (SO_SNDBUFFORCE)");
+	struct tdaemon t;
+	struct md__msg_welcome w, w2;
+	uint64_t hash[2];
+	uint32_t first;
+	int fd, fd2;
+	struct md__client *old = agent_holding_two(&t, 60, &w, &fd, &first, hash);
+	int ofd = md__client_fd(old), big = 16 << 20;
+	ASSERT(setsockopt(ofd, SOL_SOCKET, SO_SNDBUFFORCE, &big, sizeof(big)) == 0);
+	static unsigned char out[MD_MSG_HDR_SIZE + MD_MSG_MAX];
+	static struct md__msg m;
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_LOOKUP, .seq = 1000 } };
+	m.u.lookup.n = MD_LOOKUP_MAX;
+	for (uint32_t i = 0; i < MD_LOOKUP_MAX; i++)
+		m.u.lookup.hash[i] = 1000 + i;
+	size_t n = encode(&m, out, sizeof(out));
+	for (int i = 0; i < 1000; i++)	/* about 2 MiB of replies, never read */
+		ASSERT_EQ(send(ofd, out, n, MSG_NOSIGNAL | MSG_DONTWAIT), (ssize_t)n);
+	usleep(300000);
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_UNREF, .seq = 5000 } };
+	m.u.refs.n = 1;
+	m.u.refs.slot[0] = first;
+	n = encode(&m, out, sizeof(out));
+	ASSERT_EQ(send(ofd, out, n, MSG_NOSIGNAL | MSG_DONTWAIT), (ssize_t)n);
+	usleep(100000);
+	ASSERT_EQ(my_references(&t), 2);	/* not read yet */
+	struct md__client *c = td_agent(&t, NULL, &w2, &fd2);
+	ASSERT_EQ(my_references(&t), 1);
+	uint32_t second = first + 1;
+	ASSERT_EQ(md__client_ref(c, &second, 1, -1), 0);
+	ASSERT(wait_live(&t, w.domain_id, 0, 20000));
+	md__client_free(old);
+	md__client_free(c);
+	close(fd);
+	close(fd2);
+	td_stop(&t);
+	return 0;
+}
+
 static int control(struct md__client *cli, unsigned op, int pid, const char *key,
 		   const char *value, char *text)
 {
