@@ -445,6 +445,8 @@ void md_agent_free(md_agent *a)
 	md__images_free(a);
 	md__regions_free(a);
 	free(a->handed);
+	a->handed = NULL;	/* the leave publishes what is left: nothing */
+	a->nhanded = 0;
 	md__agent_leave(a);
 
 	if (a->stats_map) {
@@ -534,9 +536,15 @@ static int register_locked(md_agent *a, uintptr_t s, size_t len, unsigned advice
 	md__ours_grow(a, s, s + len);
 	int err = md__regions_add(a, s, s + len, advice);
 	/* Under agent->lock: the read path looks at the engine's regions
-	 * while holding it, so they only change under it. */
-	if (!err)
-		md__scan_register(a, s, len, advice);
+	 * while holding it, so they only change under it. A userfaultfd of
+	 * the VMM's holding the range (it registered again between its
+	 * unregister and our taking the RAM back) keeps it the VMM's: our
+	 * record there would have a read map over it, ending the VMM's
+	 * registration. */
+	if (!err && md__scan_register(a, s, len, advice) == -EBUSY) {
+		md__regions_remove(a, s, s + len);
+		err = -EBUSY;
+	}
 	return err;
 }
 
@@ -666,6 +674,8 @@ int md_agent_register(md_agent *a, void *addr, size_t len, unsigned advice)
 static int handed_take(md_agent *a, uintptr_t s, uintptr_t e, int take_back)
 {
 	int err = 0;
+	struct md__handed *again = NULL;	/* held by the VMM's again: kept */
+	size_t nagain = 0;
 	for (size_t i = 0; i < a->nhanded;) {
 		struct md__handed *h = &a->handed[i];
 		if (h->start >= e || h->end <= s) {
@@ -704,8 +714,26 @@ static int handed_take(md_agent *a, uintptr_t s, uintptr_t e, int take_back)
 		int r = 0;
 		if (take_back && !piece.opted_out && md__range_shared(piece.start, piece.end - piece.start) == 0)
 			r = register_locked(a, piece.start, piece.end - piece.start, piece.advice);
+		/* A userfaultfd of the VMM's registered it again since the
+		 * unregister this follows (another thread's): the VMM's still,
+		 * taken back when that one lets go. */
+		struct md__handed *m = r == -EBUSY ? realloc(again, (nagain + 1) * sizeof(*m)) : NULL;
+		if (m) {
+			again = m;
+			again[nagain++] = piece;
+			r = 0;
+		}
 		err = err ? err : r;
 	}
+	struct md__handed *h = nagain ? realloc(a->handed, (a->nhanded + nagain) * sizeof(*h)) : NULL;
+	if (h) {
+		memcpy(h + a->nhanded, again, nagain * sizeof(*h));
+		a->handed = h;
+		a->nhanded += nagain;
+	} else if (nagain) {
+		err = err ? err : -ENOMEM;	/* merged no more there, until advised again */
+	}
+	free(again);
 	return err;
 }
 
@@ -789,8 +817,6 @@ static int give_up_locked(md_agent *a, uintptr_t s, uintptr_t e, int all, size_t
 int md__agent_lock(md_agent *a, uintptr_t s, uintptr_t e, int all)
 {
 	size_t gone;
-	if (!all && md__ours_none(a, s, e))
-		return 0;
 	md__agent_enter(a);
 	int err = give_up_locked(a, s, e, all, &gone);
 	if (gone)
@@ -880,8 +906,6 @@ long md__agent_mbind(md_agent *a, long (*call)(long, ...), void *addr, unsigned 
 int md__agent_protect(md_agent *a, uintptr_t s, uintptr_t e)
 {
 	size_t gone = 0;
-	if (md__ours_none(a, s, e))
-		return 0;
 	md__agent_enter(a);
 	int err = regions_overlap(a, s, e) || handed_overlaps(a, s, e) ? give_up_locked(a, s, e, 0, &gone) : 0;
 	if (gone || err)

@@ -87,12 +87,16 @@ struct md__write {
 
 /* The ranges the agent may have a record of, for calls that must not wait
  * for its lock (ours.c): written under agent->lock, read lock-free. */
+#define MD_OURS_MAX 256
 struct md__ours {
 	unsigned seq;              /* odd while being written */
-	unsigned n;
-	uintptr_t start[MD_RANGESET_MAX], end[MD_RANGESET_MAX];
 	unsigned epoch;            /* which count a plain call joins (bit 0) */
 	unsigned plain[2];         /* plain calls under way, by epoch */
+	unsigned n;
+	uintptr_t start[MD_OURS_MAX], end[MD_OURS_MAX];	/* sorted, disjoint */
+	/* The writer's own (agent->lock): what the last full look saw. */
+	uint64_t sig;
+	struct timespec looked;
 };
 
 struct md_agent {
@@ -306,7 +310,7 @@ void md__scan_init(struct md_agent *a, const md_agent_options *o);
 /* What to do about it, after "content scanning is off: <strerror(-err)>"
  * ("" when there is nothing to say). */
 const char *md__scan_off_hint(int err);
-void md__scan_register(struct md_agent *a, uintptr_t start, size_t len, unsigned advice);
+int md__scan_register(struct md_agent *a, uintptr_t start, size_t len, unsigned advice);
 /* Refreshes the scanner's counters; reap: also finds the merged pages
  * written since (a walk of /proc/self/pagemap), and returns how many. */
 int md__scan_account(struct md_agent *a, int reap);

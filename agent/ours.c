@@ -25,6 +25,7 @@
  * a stale range only sends a call through the lock, as before.
  */
 #include <sched.h>
+#include <string.h>
 #include <time.h>
 
 #include "agent_internal.h"
@@ -40,7 +41,7 @@ static int published_overlaps(const struct md__ours *o, uintptr_t s, uintptr_t e
 		}
 		unsigned n = __atomic_load_n(&o->n, __ATOMIC_RELAXED);
 		int hit = 0;
-		for (unsigned i = 0; i < n && i < MD_RANGESET_MAX; i++)
+		for (unsigned i = 0; i < n && i < MD_OURS_MAX; i++)
 			hit |= __atomic_load_n(&o->start[i], __ATOMIC_RELAXED) < e &&
 			       __atomic_load_n(&o->end[i], __ATOMIC_RELAXED) > s;
 		__atomic_thread_fence(__ATOMIC_ACQUIRE);
@@ -103,37 +104,74 @@ static void drain(struct md__ours *o)
 	wait_zero(&o->plain[ep]);
 }
 
-/* 1 if every range of next lies inside ranges of the published set. */
-static int within_published(const struct md__ours *o, const struct md__rangeset *next)
+/* A set being built: sorted, disjoint, touching ranges joined. */
+struct build {
+	unsigned n;
+	uintptr_t start[MD_OURS_MAX], end[MD_OURS_MAX];
+};
+
+/* Adds [s, e). Full, it joins the range to its nearest neighbour: more is
+ * covered than needed (its calls take the lock), never less. */
+static void build_add(struct build *b, uintptr_t s, uintptr_t e)
 {
-	for (size_t i = 0; i < next->n; i++) {
-		uintptr_t pos = next->start[i];
-		while (pos < next->end[i]) {
-			uintptr_t to = pos;
-			for (unsigned j = 0; j < o->n; j++)
-				if (o->start[j] <= pos && o->end[j] > to)
-					to = o->end[j];
-			if (to == pos)
-				return 0;
-			pos = to;
+	if (s >= e)
+		return;
+	unsigned i = 0;
+	while (i < b->n && b->end[i] < s)
+		i++;	/* the first range ending at or after s */
+	if (i == b->n || b->start[i] > e) {
+		if (b->n < MD_OURS_MAX) {
+			memmove(&b->start[i + 1], &b->start[i], (b->n - i) * sizeof(b->start[0]));
+			memmove(&b->end[i + 1], &b->end[i], (b->n - i) * sizeof(b->end[0]));
+			b->start[i] = s;
+			b->end[i] = e;
+			b->n++;
+			return;
 		}
+		/* The nearer of the ranges before and after it takes it in. */
+		if (i == b->n || (i > 0 && s - b->end[i - 1] < b->start[i] - e))
+			i--;
+	}
+	if (s < b->start[i])
+		b->start[i] = s;
+	if (e > b->end[i])
+		b->end[i] = e;
+	/* What it now reaches after it joins it (those before end short of
+	 * s: the first loop). */
+	unsigned j = i + 1;
+	while (j < b->n && b->start[j] <= b->end[i]) {
+		if (b->end[j] > b->end[i])
+			b->end[i] = b->end[j];
+		j++;
+	}
+	memmove(&b->start[i + 1], &b->start[j], (b->n - j) * sizeof(b->start[0]));
+	memmove(&b->end[i + 1], &b->end[j], (b->n - j) * sizeof(b->end[0]));
+	b->n -= j - i - 1;
+}
+
+/* 1 if every range of next lies inside a published range (both sorted,
+ * disjoint, touching ones joined). */
+static int within_published(const struct md__ours *o, const struct build *next)
+{
+	unsigned j = 0;
+	for (unsigned i = 0; i < next->n; i++) {
+		while (j < o->n && o->end[j] <= next->start[i])
+			j++;
+		if (j == o->n || o->start[j] > next->start[i] || o->end[j] < next->end[i])
+			return 0;
 	}
 	return 1;
 }
 
-static int same_as_published(const struct md__ours *o, const struct md__rangeset *next)
+static int same_as_published(const struct md__ours *o, const struct build *next)
 {
-	if (next->n != o->n)
-		return 0;
-	for (size_t i = 0; i < next->n; i++)
-		if (next->start[i] != o->start[i] || next->end[i] != o->end[i])
-			return 0;
-	return 1;
+	return next->n == o->n && memcmp(next->start, o->start, next->n * sizeof(next->start[0])) == 0 &&
+	       memcmp(next->end, o->end, next->n * sizeof(next->end[0])) == 0;
 }
 
 /* Publishes next (agent->lock held), waiting for the plain calls under
  * way if it covers anything the last did not. */
-static void publish(struct md__ours *o, const struct md__rangeset *next)
+static void publish(struct md__ours *o, const struct build *next)
 {
 	if (same_as_published(o, next))
 		return;
@@ -141,11 +179,11 @@ static void publish(struct md__ours *o, const struct md__rangeset *next)
 	unsigned seq = o->seq;
 	__atomic_store_n(&o->seq, seq + 1, __ATOMIC_RELAXED);
 	__atomic_thread_fence(__ATOMIC_RELEASE);
-	for (size_t i = 0; i < next->n; i++) {
+	for (unsigned i = 0; i < next->n; i++) {
 		__atomic_store_n(&o->start[i], next->start[i], __ATOMIC_RELAXED);
 		__atomic_store_n(&o->end[i], next->end[i], __ATOMIC_RELAXED);
 	}
-	__atomic_store_n(&o->n, (unsigned)next->n, __ATOMIC_RELAXED);
+	__atomic_store_n(&o->n, next->n, __ATOMIC_RELAXED);
 	__atomic_store_n(&o->seq, seq + 2, __ATOMIC_RELEASE);
 	if (grows)
 		drain(o);
@@ -154,31 +192,62 @@ static void publish(struct md__ours *o, const struct md__rangeset *next)
 void md__ours_grow(struct md_agent *a, uintptr_t s, uintptr_t e)
 {
 	struct md__ours *o = &a->ours;
-	struct md__rangeset next = { .n = o->n };
-	for (unsigned i = 0; i < o->n; i++) {
-		next.start[i] = o->start[i];
-		next.end[i] = o->end[i];
-	}
-	md__rangeset_add(&next, s, e);
+	struct build next;
+	next.n = o->n;
+	memcpy(next.start, o->start, o->n * sizeof(o->start[0]));
+	memcpy(next.end, o->end, o->n * sizeof(o->end[0]));
+	build_add(&next, s, e);
 	publish(o, &next);
+}
+
+/* What the records' ranges add up to, cheaply: the set is built again
+ * only when it moved (or a second passed: an engine region trimmed alone
+ * would not move it). */
+static uint64_t records_sig(const struct md_agent *a)
+{
+	uint64_t h = 0xcbf29ce484222325ull;
+#define MIX(v) (h = (h ^ (uint64_t)(v)) * 0x100000001b3ull)
+	for (size_t i = 0; i < a->nregions; i++) {
+		MIX(a->regions[i].start);
+		MIX(a->regions[i].end);
+	}
+	for (size_t i = 0; i < a->nhanded; i++) {
+		MIX(a->handed[i].start);
+		MIX(a->handed[i].end);
+	}
+	for (size_t i = 0; i < a->forgotten.n; i++) {
+		MIX(a->forgotten.start[i]);
+		MIX(a->forgotten.end[i]);
+	}
+	/* The engine's regions change under agent->lock (register_locked). */
+	MIX(a->engine ? a->engine->nregions + 1 : 0);
+#undef MIX
+	return h;
 }
 
 void md__ours_refresh(struct md_agent *a)
 {
-	struct md__rangeset next = { 0 };
+	struct timespec now;
+	uint64_t sig = records_sig(a);
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
+	if (sig == a->ours.sig && now.tv_sec == a->ours.looked.tv_sec)
+		return;
+	a->ours.sig = sig;
+	a->ours.looked = now;
+	struct build next = { 0 };
 	for (size_t i = 0; i < a->nregions; i++)
-		md__rangeset_add(&next, a->regions[i].start, a->regions[i].end);
+		build_add(&next, a->regions[i].start, a->regions[i].end);
 	for (size_t i = 0; i < a->nhanded; i++)
-		md__rangeset_add(&next, a->handed[i].start, a->handed[i].end);
+		build_add(&next, a->handed[i].start, a->handed[i].end);
 	for (size_t i = 0; i < a->forgotten.n; i++)
-		md__rangeset_add(&next, a->forgotten.start[i], a->forgotten.end[i]);
+		build_add(&next, a->forgotten.start[i], a->forgotten.end[i]);
 	/* The engine's regions lie in ours but for one it could not let go
 	 * (no memory to split it): agent->lock comes before regions_lock. */
 	struct md__engine *en = a->engine;
 	if (en) {
 		pthread_rwlock_rdlock(&en->regions_lock);
 		for (size_t i = 0; i < en->nregions; i++)
-			md__rangeset_add(&next, en->regions[i].start, en->regions[i].end);
+			build_add(&next, en->regions[i].start, en->regions[i].end);
 		pthread_rwlock_unlock(&en->regions_lock);
 	}
 	publish(&a->ours, &next);

@@ -220,6 +220,24 @@ static size_t page_len(size_t len)
 	return (len + MD_PAGE_SIZE - 1) & ~(size_t)(MD_PAGE_SIZE - 1);
 }
 
+/* The pages [addr, addr+len) touches, none of the agent's (ours.c): 1,
+ * and the call made plainly then ends with plain_end(), so a registration
+ * there waits for it. */
+static int plain_begin(md_agent *a, const void *addr, size_t len, unsigned *token)
+{
+	uintptr_t s = (uintptr_t)addr & ~(uintptr_t)(MD_PAGE_SIZE - 1), e = (uintptr_t)addr + len;
+	if (!a || len == 0 || e < s || e > UINTPTR_MAX - MD_PAGE_SIZE)
+		return 0;
+	e = (e + MD_PAGE_SIZE - 1) & ~(uintptr_t)(MD_PAGE_SIZE - 1);
+	return md__ours_begin(&a->ours, s, e, token);
+}
+
+static void plain_end(md_agent *a, int plain, unsigned token)
+{
+	if (plain)
+		md__ours_end(&a->ours, token);
+}
+
 static unsigned advice_bit(int advice)
 {
 	switch (advice) {
@@ -284,10 +302,15 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 		}
 		return 0;
 	}
-	default:
-		if (advice_bit(advice) && (a = agent_peek()))
+	default: {
+		unsigned token;
+		int plain = 0, r;
+		if (advice_bit(advice) && (a = agent_peek()) && !(plain = plain_begin(a, addr, plen, &token)))
 			md_agent_advise(a, addr, plen, advice_bit(advice));
-		return md__sys_madvise(addr, len, advice);
+		r = md__sys_madvise(addr, len, advice);
+		plain_end(a, plain, token);
+		return r;
+	}
 	}
 }
 
@@ -340,15 +363,24 @@ static int lock_first(const void *addr, size_t len, int all)
 
 EXPORT int mlock(const void *addr, size_t len)
 {
-	return lock_first(addr, len, 0) ? -1 : (int)libc_call(SYS_mlock, (long)addr, (long)len, 0, 0);
+	unsigned token;
+	md_agent *a = agent_peek();
+	int plain = plain_begin(a, addr, len, &token);
+	int r = !plain && lock_first(addr, len, 0) ? -1 : (int)libc_call(SYS_mlock, (long)addr, (long)len, 0, 0);
+	plain_end(a, plain, token);
+	return r;
 }
 
 EXPORT int mlock2(const void *addr, size_t len, unsigned int flags)
 {
+	unsigned token;
+	md_agent *a = agent_peek();
+	int plain = plain_begin(a, addr, len, &token);
 	/* Flags the kernel refuses change nothing here either. */
-	if (!(flags & ~(unsigned)MLOCK_ONFAULT) && lock_first(addr, len, 0))
-		return -1;
-	return (int)libc_call(SYS_mlock2, (long)addr, (long)len, flags, 0);
+	int r = !plain && !(flags & ~(unsigned)MLOCK_ONFAULT) && lock_first(addr, len, 0) ? -1 :
+		(int)libc_call(SYS_mlock2, (long)addr, (long)len, flags, 0);
+	plain_end(a, plain, token);
+	return r;
 }
 
 EXPORT int mlockall(int flags)
@@ -386,15 +418,25 @@ static int protect_first(const void *addr, size_t len, int prot, int pkey)
 
 EXPORT int mprotect(void *addr, size_t len, int prot)
 {
-	return protect_first(addr, len, prot, -1) ? -1 : (int)libc_call(SYS_mprotect, (long)addr, (long)len, prot, 0);
+	unsigned token;
+	md_agent *a = agent_peek();
+	int plain = plain_begin(a, addr, len, &token);
+	int r = !plain && protect_first(addr, len, prot, -1) ? -1 :
+		(int)libc_call(SYS_mprotect, (long)addr, (long)len, prot, 0);
+	plain_end(a, plain, token);
+	return r;
 }
 
 int pkey_mprotect(void *addr, size_t len, int prot, int pkey);
 EXPORT int pkey_mprotect(void *addr, size_t len, int prot, int pkey)
 {
-	if (protect_first(addr, len, prot, pkey))
-		return -1;
-	return (int)libc_call(SYS_pkey_mprotect, (long)addr, (long)len, prot, pkey);
+	unsigned token;
+	md_agent *a = agent_peek();
+	int plain = plain_begin(a, addr, len, &token);
+	int r = !plain && protect_first(addr, len, prot, pkey) ? -1 :
+		(int)libc_call(SYS_pkey_mprotect, (long)addr, (long)len, prot, pkey);
+	plain_end(a, plain, token);
+	return r;
 }
 
 EXPORT int munlockall(void)
@@ -498,10 +540,18 @@ EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 	 * registered is asked again if the kernel refuses the move. */
 	struct md__registered *was = NULL;
 	size_t nwas = 0;
-	/* An allocator's memory (none of ours, see ours.c): no lock. */
-	if (a && page_len(old_len) && (uintptr_t)old % MD_PAGE_SIZE == 0 &&
-	    md__ours_none(a, (uintptr_t)old, (uintptr_t)old + page_len(old_len)))
+	/* An allocator's memory (none of ours, see ours.c): no lock. Not
+	 * across a move onto a place of ours (MREMAP_FIXED): what was there
+	 * goes through the lock, which a plain call must never wait for. */
+	md_agent *peeked = a;
+	unsigned token;
+	int plain = (uintptr_t)old % MD_PAGE_SIZE == 0 && plain_begin(a, old, old_len, &token);
+	if (plain)
 		a = NULL;
+	if (plain && (flags & MREMAP_FIXED)) {
+		plain_end(peeked, plain, token);
+		plain = 0;
+	}
 	if (a && page_len(old_len) && (uintptr_t)old % MD_PAGE_SIZE == 0) {
 		if (md__agent_registered(a, (uintptr_t)old, (uintptr_t)old + page_len(old_len), &was, &nwas))
 			md__log_once(96, "no memory to note guest RAM's registration before an mremap: "
@@ -543,6 +593,7 @@ EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 		errno = saved;
 	}
 	free(was);
+	plain_end(peeked, plain, token);
 	return (void *)c.ret;
 }
 

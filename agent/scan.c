@@ -136,17 +136,17 @@ const char *md__scan_off_hint(int err)
 	}
 }
 
-void md__scan_register(struct md_agent *a, uintptr_t start, size_t len, unsigned advice)
+int md__scan_register(struct md_agent *a, uintptr_t start, size_t len, unsigned advice)
 {
 	if (!a->engine)
-		return;
+		return 0;
 	int err = md__engine_register(a->engine, (void *)start, len, advice);
 	if (err) {
 		md__log_once(60, "cannot scan guest RAM at %#lx (%s)", (unsigned long)start, strerror(-err));
-		return;
+		return err;
 	}
 	if (a->scanner_started)
-		return;
+		return 0;
 	/* Set up in md__scan_init, not here: setting it up again lost a
 	 * pause or tunable memdedupd had sent meanwhile (the agent's thread
 	 * sets them without a->lock). */
@@ -157,6 +157,7 @@ void md__scan_register(struct md_agent *a, uintptr_t start, size_t len, unsigned
 	a->break_at = a->rate_at;
 	if (md__scanner_start(&a->scanner) == 0)
 		a->scanner_started = 1;
+	return 0;
 }
 
 /* Whether the scanner stays paused whatever memdedupd says: the VMM

@@ -7,11 +7,13 @@
 #include <dirent.h>
 #include <errno.h>
 #include <linux/mempolicy.h>
+#include <linux/userfaultfd.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -1526,6 +1528,62 @@ TEST_IMPL(scan_unmap_split_without_memory)
 	md_agent_free(a);
 	for (size_t i = 0; i < n; i += 2)
 		munmap(m + i * PG, PG);
+	return 0;
+}
+
+/* A userfaultfd of the test's own, as a VMM's: -1 if none can be had. */
+static int vmm_uffd(void)
+{
+	int u = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
+	if (u < 0) {
+		int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+		u = dev < 0 ? -1 : ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC);
+		if (dev >= 0)
+			close(dev);
+	}
+	struct uffdio_api api = { .api = UFFD_API };
+	if (u >= 0 && ioctl(u, UFFDIO_API, &api) != 0) {
+		close(u);
+		u = -1;
+	}
+	return u;
+}
+
+/* The VMM's userfaultfd registering its RAM again between its unregister and
+ * the agent's taking that RAM back (two threads of the VMM, or the agent's
+ * late): the agent recorded the RAM again though the engine could not
+ * register it, and a read there would map over the VMM's registration,
+ * ending it (review). The RAM stays the VMM's. */
+TEST_IMPL(scan_take_back_leaves_vmm_registration)
+{
+	md_agent *a;
+	const size_t n = 16;
+	char *m = inproc_agent(&a, 100, n * PG);
+	memset(m, 1, n * PG);
+	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
+	ASSERT_EQ(md_agent_userfault(a, m, n * PG), 1);	/* given up: the VMM's now */
+	int u = vmm_uffd();
+	ASSERT(u >= 0);
+	struct uffdio_register reg = { .range = { (uintptr_t)m, n * PG }, .mode = UFFDIO_REGISTER_MODE_MISSING };
+	struct uffdio_range r = { (uintptr_t)m, n * PG };
+	ASSERT(ioctl(u, UFFDIO_REGISTER, &reg) == 0);
+	ASSERT(ioctl(u, UFFDIO_UNREGISTER, &r) == 0);
+	ASSERT(ioctl(u, UFFDIO_REGISTER, &reg) == 0);	/* again, before the agent hears of the first */
+	md_agent_userfault_end(a, m, n * PG);
+	md__agent_enter(a);
+	int recorded = md__region_find(a, (uintptr_t)m, PG) != NULL;
+	md__agent_leave(a);
+	ASSERT(!recorded);
+	/* Once the VMM lets go for good, the RAM is taken back. */
+	ASSERT(ioctl(u, UFFDIO_UNREGISTER, &r) == 0);
+	ASSERT_EQ(md_agent_userfault_end(a, m, n * PG), 0);
+	md__agent_enter(a);
+	recorded = md__region_find(a, (uintptr_t)m, PG) != NULL;
+	md__agent_leave(a);
+	ASSERT(recorded);
+	close(u);
+	md_agent_free(a);
+	munmap(m, n * PG);
 	return 0;
 }
 

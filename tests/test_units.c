@@ -124,6 +124,60 @@ TEST_IMPL(rangeset_covers)
 	return 0;
 }
 
+/* 1 if the page at p is in the published set of a (ours.c). */
+static int ours_has(md_agent *a, uintptr_t p)
+{
+	unsigned token;
+	if (!md__ours_begin(&a->ours, p, p + 4096, &token))
+		return 1;
+	md__ours_end(&a->ours, token);
+	return 0;
+}
+
+/* The published set of ranges none of the agent's calls may skip its lock
+ * for: every range grown is covered, sorted and disjoint, exactly while
+ * they fit, more (never less) once they do not; a refresh covers what
+ * the records cover. */
+TEST_IMPL(ours_set_covers)
+{
+	md_agent *a = calloc(1, sizeof(*a));
+	ASSERT(a);
+	static uintptr_t lo[1000], hi[1000];
+	unsigned seed = 7;
+	for (int i = 0; i < 1000; i++) {
+		seed = seed * 1103515245u + 12345u;
+		lo[i] = 0x10000000ul + (uintptr_t)(seed >> 8 & 0xffff) * 4096 * 4;
+		hi[i] = lo[i] + 4096 * (1 + (seed & 3));
+		md__ours_grow(a, lo[i], hi[i]);
+		ASSERT(a->ours.n <= MD_OURS_MAX);
+		for (unsigned k = 1; k < a->ours.n; k++)
+			ASSERT(a->ours.end[k - 1] < a->ours.start[k]);	/* sorted, apart */
+		if (i % 97 == 0 || i == 999)
+			for (int j = 0; j <= i; j++)
+				for (uintptr_t p = lo[j]; p < hi[j]; p += 4096)
+					ASSERT(ours_has(a, p));
+		if (i == 100) {	/* not full yet: nothing else */
+			ASSERT(a->ours.n < MD_OURS_MAX);
+			ASSERT(!ours_has(a, 0x0ff00000ul));
+			for (unsigned k = 0; k + 1 < a->ours.n; k++)
+				ASSERT(!ours_has(a, a->ours.end[k]));	/* the gaps stay out */
+		}
+	}
+	ASSERT_EQ(a->ours.n, MD_OURS_MAX);
+	/* A refresh: what the records cover, nothing of the grown ranges. */
+	struct md__region r[2] = { { .start = 0x7000000, .end = 0x7004000 },
+				   { .start = 0x7004000, .end = 0x7008000 } };
+	a->regions = r;
+	a->nregions = 2;
+	md__rangeset_add(&a->forgotten, 0x9000000, 0x9001000);
+	md__ours_refresh(a);
+	ASSERT_EQ(a->ours.n, 2);	/* the regions touch: one range */
+	ASSERT(ours_has(a, 0x7007000) && ours_has(a, 0x9000000));
+	ASSERT(!ours_has(a, lo[0]) && !ours_has(a, 0x7008000));
+	free(a);
+	return 0;
+}
+
 TEST_IMPL(rangeset_remove)
 {
 	struct md__rangeset s = { 0 };
