@@ -534,6 +534,7 @@ static int register_locked(md_agent *a, uintptr_t s, size_t len, unsigned advice
 	/* Published before a record or mapping of ours is made there: a
 	 * call gone plainly to the kernel there (md__ours_begin) is over. */
 	md__ours_grow(a, s, s + len);
+	int fresh = !regions_overlap(a, s, s + len);
 	int err = md__regions_add(a, s, s + len, advice);
 	/* Under agent->lock: the read path looks at the engine's regions
 	 * while holding it, so they only change under it. A userfaultfd of
@@ -541,7 +542,10 @@ static int register_locked(md_agent *a, uintptr_t s, size_t len, unsigned advice
 	 * unregister and our taking the RAM back) keeps it the VMM's: our
 	 * record there would have a read map over it, ending the VMM's
 	 * registration. */
-	if (!err && md__scan_register(a, s, len, advice) == -EBUSY) {
+	if (!err && md__scan_register(a, s, len, advice) == -EBUSY && fresh) {
+		/* Nothing was ours there before: the engine's part too goes
+		 * (it registered up to the VMM's part, nothing merged yet). */
+		md__engine_unregister(a->engine, (void *)s, len, MD_UNREG_MAPPED);
 		md__regions_remove(a, s, s + len);
 		err = -EBUSY;
 	}
@@ -761,6 +765,30 @@ static int unregister_locked(md_agent *a, uintptr_t s, uintptr_t e)
 	if (a->engine)
 		err = md__engine_unregister(a->engine, (void *)s, e - s, MD_UNREG_MAPPED);
 	return err ? err : md__regions_remove(a, s, e);
+}
+
+/* md__regions_remove for memory that is gone (unmapped, replaced): its
+ * records must go, or a read into what the VMM maps there next would be
+ * taken for one into guest RAM. When a split finds no spare record (memory
+ * short), a region it would cut is given up whole, its rest as for
+ * MADV_UNMERGEABLE (private, the engine's part too), which splits nothing;
+ * only if that fails too does the record stay (-ENOMEM). */
+static int forget_records(md_agent *a, uintptr_t s, uintptr_t e)
+{
+	int err = md__regions_remove(a, s, e);
+	for (size_t i = 0; err == -ENOMEM && i < a->nregions; i++) {
+		const struct md__region *r = &a->regions[i];
+		if (r->start >= s || r->end <= e)
+			continue;	/* no split: it goes with the rest */
+		uintptr_t rs = r->start, re = r->end;
+		if (unregister_locked(a, rs, s) != 0 || unregister_locked(a, e, re) != 0)
+			return -ENOMEM;
+		md__log_once(107, "no memory to split a region record where the VMM unmapped guest RAM: "
+			     "the rest of that region is no longer shared or merged");
+		err = md__regions_remove(a, s, e);	/* whole now */
+		i = (size_t)-1;
+	}
+	return err;
 }
 
 int md_agent_unregister(md_agent *a, void *addr, size_t len)
@@ -1050,7 +1078,7 @@ int md_agent_forget(md_agent *a, void *addr, size_t len)
 	if (!a || err)
 		return -EINVAL;
 	md__agent_enter(a);
-	err = md__regions_forget(a, (uintptr_t)addr, (uintptr_t)addr + len);
+	err = forget_records(a, (uintptr_t)addr, (uintptr_t)addr + len);
 	handed_take(a, (uintptr_t)addr, (uintptr_t)addr + len, 0);
 	if (a->engine)
 		md__engine_unregister(a->engine, addr, len, MD_UNREG_GONE);
@@ -1097,7 +1125,7 @@ int md__agent_unmap(md_agent *a, void *addr, size_t len, int (*op)(void *arg), v
 	struct md__run *run;
 	size_t n;
 	if (r == 0) {
-		md__regions_forget(a, s, e);
+		forget_records(a, s, e);
 		handed_take(a, s, e, 0);	/* the memory is gone, the VMM's hold with it */
 		md__rangeset_remove(&a->forgotten, s, e);	/* and our copies there */
 		/* Copies the engine made beside it, giving up a region it

@@ -213,11 +213,6 @@ static inline int md__vma_room(struct md_agent *a)
 struct md__region *md__region_find(struct md_agent *a, uintptr_t addr, size_t len);
 int md__regions_add(struct md_agent *a, uintptr_t start, uintptr_t end, unsigned advice);
 int md__regions_remove(struct md_agent *a, uintptr_t start, uintptr_t end);
-/* The same for memory that is gone (unmapped, replaced): its records must
- * go. When a split finds no memory, a region it would cut goes whole, the
- * rest of it made private first (not merged or shared any more); only if
- * that fails too does the record stay: -ENOMEM. */
-int md__regions_forget(struct md_agent *a, uintptr_t start, uintptr_t end);
 /* Tests only: the next this many growths of the region records fail
  * (ENOMEM). 0 otherwise. */
 extern int md__regions_fail_reserve;

@@ -250,7 +250,7 @@ static unsigned advice_bit(int advice)
 
 EXPORT int madvise(void *addr, size_t len, int advice)
 {
-	md_agent *a;
+	md_agent *a = NULL;
 	size_t plen = page_len(len);
 
 	if ((uintptr_t)addr % MD_PAGE_SIZE || plen == 0)

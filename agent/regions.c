@@ -164,25 +164,6 @@ int md__regions_remove(struct md_agent *a, uintptr_t start, uintptr_t end)
 	return 0;
 }
 
-int md__regions_forget(struct md_agent *a, uintptr_t start, uintptr_t end)
-{
-	int err = md__regions_remove(a, start, end);
-	for (size_t i = 0; err == -ENOMEM && i < a->nregions; i++) {
-		const struct md__region *r = &a->regions[i];
-		if (r->start >= start || r->end <= end)
-			continue;	/* no split: it goes with the rest */
-		uintptr_t rs = r->start, re = r->end;
-		if (md__privatize(a, rs, start, 0) != 0 || md__privatize(a, end, re, 0) != 0)
-			return -ENOMEM;	/* pages still the image's: the record stays */
-		md__log_once(107, "no memory to split a region record where the VMM unmapped guest RAM: "
-			     "the rest of that region is no longer shared or merged");
-		md__regions_remove(a, rs, re);	/* whole: nothing to split */
-		err = md__regions_remove(a, start, end);
-		i = (size_t)-1;
-	}
-	return err;
-}
-
 void md__regions_advise(struct md_agent *a, uintptr_t start, uintptr_t end, unsigned advice)
 {
 	for (size_t i = 0; i < a->nregions; i++)

@@ -669,7 +669,7 @@ static void apply_control(struct md_agent *a, const struct md__msg_control *ctl)
 		 * as md_agent_set's, not a share of the daemon's rate. For
 		 * all: a value of this agent's own (memdedup run
 		 * --pages-to-scan, or set --pid before) stays. */
-		if (ctl->pid) {
+		if (ctl->pid && a->engine->remote->control_pid) {
 			err = md_agent_set(a, ctl->key, ctl->value);
 		} else if (__atomic_load_n(&a->scan_explicit, __ATOMIC_RELAXED) & tunable_bit(ctl->key)) {
 			md__log_once(106, "a value memdedupd sets for all agents leaves this agent's own "

@@ -68,6 +68,7 @@ struct md__client {
 	unsigned chead, clen;      /* ring of CANDIDATES addresses */
 	uint64_t cand[MD_CLIENT_CANDIDATES];
 	uint32_t share;            /* the last SHARE; 0: none came */
+	uint32_t hello_flags;      /* those of the HELLO the daemon welcomed */
 	struct md__rxbuf in;       /* read ahead of what was handled */
 	int in_fd;                 /* a descriptor that came with it, or -1 */
 	const unsigned char *rx;   /* header + payload of the last message, in in */
@@ -788,7 +789,13 @@ int md__client_hello(struct md__client *c, const char *domain, uint32_t flags,
 	}
 	*welcome = c->msg.u.welcome;
 	*pool_fd = fd;
+	c->hello_flags = flags;
 	return 0;
+}
+
+uint32_t md__client_hello_flags(const struct md__client *c)
+{
+	return c->hello_flags;
 }
 
 int md__client_lookup(struct md__client *c, const uint64_t *hash, const uint64_t *addr,

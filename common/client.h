@@ -62,6 +62,9 @@ void md__client_set_timeout(struct md__client *c, int ms);
  * caller owns it; map it MAP_PRIVATE, PROT_READ or copy-on-write). */
 int md__client_hello(struct md__client *c, const char *domain, uint32_t flags,
 		     struct md__msg_welcome *welcome, int *pool_fd);
+/* The flags of the HELLO the daemon welcomed (md__client_open may have
+ * said it again without them). */
+uint32_t md__client_hello_flags(const struct md__client *c);
 /* md__client_connect, then md__client_hello; a HELLO with flags that the
  * daemon refuses as malformed (one older than the flags) is said again
  * without them, on a new connection. *c only on 0. */

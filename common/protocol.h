@@ -81,7 +81,10 @@ enum md__control_op {
 /* The process maps no page of any memdedup pool (a VMM that exec'd): the
  * references a record of its pid still holds are nobody's any more. */
 #define MD_HELLO_NO_POOL_MAPS (1u << 0)
-#define MD_HELLO_FLAGS_ALL MD_HELLO_NO_POOL_MAPS
+/* The agent tells a CONTROL for all (pid 0) from one naming it (its pid);
+ * without it, every forwarded CONTROL carries the agent's pid. */
+#define MD_HELLO_CONTROL_PID (1u << 1)
+#define MD_HELLO_FLAGS_ALL (MD_HELLO_NO_POOL_MAPS | MD_HELLO_CONTROL_PID)
 /* WELCOME state bits. */
 #define MD_WELCOME_PAUSED (1u << 0)
 /* Scan order of the tunable "order". */

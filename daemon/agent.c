@@ -175,6 +175,7 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 			return -EBUSY;
 		}
 		a->conn = c;	/* a reconnect: same pool, same references */
+		a->control_pid = (h->flags & MD_HELLO_CONTROL_PID) != 0;
 		a->share_sent = 0;	/* a new connection was told nothing */
 		a->hellos++;
 		c->agent = a;
@@ -224,6 +225,7 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 	a->conn = c;
 	a->hellos = 1;
 	a->unmerged = was_unmerged;
+	a->control_pid = (h->flags & MD_HELLO_CONTROL_PID) != 0;
 	c->agent = a;
 	a->next = d->agents;
 	d->agents = a;

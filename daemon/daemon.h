@@ -131,6 +131,7 @@ struct md__agent {
 	 * pages are never first sightings, they only meet them. */
 	unsigned num;
 	int pidfd;                 /* -1: no pidfd; refs go with the connection */
+	int control_pid;           /* its HELLO said MD_HELLO_CONTROL_PID */
 	struct md__domain *dom;
 	struct md__conn *conn;     /* NULL: detached, refs kept until exit */
 	uint32_t share_sent;       /* the SHARE its connection was told; 0: none */

@@ -151,7 +151,7 @@ static uint32_t hello_flags(const struct md__engine *e)
 			pool |= v[i].pool && v[i].ino != own.st_ino;
 		free(v);
 	}
-	return pool ? 0 : MD_HELLO_NO_POOL_MAPS;
+	return MD_HELLO_CONTROL_PID | (pool ? 0 : MD_HELLO_NO_POOL_MAPS);
 }
 
 int md__engine_remote_connect(struct md__engine *e)
@@ -216,6 +216,7 @@ int md__engine_remote_connect(struct md__engine *e)
 	if (rm->c)
 		md__client_free(rm->c);
 	rm->c = c;
+	rm->control_pid = (md__client_hello_flags(c) & MD_HELLO_CONTROL_PID) != 0;
 	rm->connects++;
 	pthread_mutex_unlock(&rm->lock);
 	pthread_mutex_unlock(&e->lock);

@@ -39,6 +39,8 @@ struct md__remote {
 	struct md__msg_welcome welcome;
 	uint64_t connects, lost;
 	int same_daemon;              /* the last connection went to the one before it */
+	int control_pid;              /* its CONTROLs name us only when asked so
+	                               * (MD_HELLO_CONTROL_PID); else always */
 	/* References to give back that no connection took (it went, or there
 	 * was none): a reconnect to the same daemon (generation) sends them;
 	 * its record of this agent still counts them. */
