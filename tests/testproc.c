@@ -460,8 +460,8 @@ static long long thread_syscr(void)
  * thread's own). */
 static void *free_scratch;
 static int alloc_locked;
-static pthread_mutex_t alloc_lock = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
 #ifndef __SANITIZE_ADDRESS__	/* AddressSanitizer's allocator is its own */
+static pthread_mutex_t alloc_lock = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
 extern void __libc_free(void *p);
 extern void *__libc_malloc(size_t n);
 extern void *__libc_calloc(size_t n, size_t size);
