@@ -1242,8 +1242,6 @@ int md_agent_advise(md_agent *a, void *addr, size_t len, unsigned advice)
 	int err = check_range(addr, len);
 	if (!a || err || (advice & ~(MD_ADV_DONTFORK | MD_ADV_DONTDUMP | MD_ADV_HUGEPAGE)))
 		return -EINVAL;
-	if (md__ours_none(a, (uintptr_t)addr, (uintptr_t)addr + len))
-		return 0;
 	md__agent_enter(a);
 	md__regions_advise(a, (uintptr_t)addr, (uintptr_t)addr + len, advice);
 	/* And what the VMM's userfaultfd holds, for when it is taken back. */
