@@ -116,33 +116,40 @@ int md__wants_help(const struct md__cmd *cmd, const char *arg)
 	return 1;
 }
 
+static int is_help(const char *arg)
+{
+	return strcmp(arg, "help") == 0 || strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0;
+}
+
 static int dispatch(int argc, char **argv)
 {
 	if (argc < 2) {
 		usage(stderr);
 		return MD_EXIT_USAGE;
 	}
-	if (strcmp(argv[1], "help") == 0 && argc > 2) {
+	/* `help`, `-h` and `--help` alike: alone the list of commands, with a
+	 * command's name that command's usage (`help help` is this list). */
+	if (is_help(argv[1])) {
 		char name[64];
+		const char *what = argc > 2 ? argv[2] : NULL;
 		if (argc > 3) {
-			fprintf(stderr, "memdedup help: one command at most\n");
+			fprintf(stderr, "memdedup %s: one command at most\n", argv[1]);
 			usage(stderr);
 			return MD_EXIT_USAGE;
 		}
+		if (!what || is_help(what)) {
+			usage(stdout);
+			return 0;
+		}
 		for (size_t i = 0; i < NCOMMANDS; i++)
-			if (strcmp(argv[2], commands[i]->name) == 0) {
+			if (strcmp(what, commands[i]->name) == 0) {
 				fputs(commands[i]->usage, stdout);
 				return 0;
 			}
-		fprintf(stderr, "memdedup help: unknown command '%s'\n",
-			md__printable(argv[2], name, sizeof(name)));
+		fprintf(stderr, "memdedup %s: unknown command '%s'\n", argv[1],
+			md__printable(what, name, sizeof(name)));
 		usage(stderr);
 		return MD_EXIT_USAGE;
-	}
-	if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0 ||
-	    strcmp(argv[1], "help") == 0) {
-		usage(stdout);
-		return 0;
 	}
 	if (strcmp(argv[1], "--version") == 0) {
 		if (argc > 2) {

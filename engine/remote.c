@@ -101,6 +101,20 @@ int md__engine_unrefs_settled(struct md__engine *e)
 	return settled;
 }
 
+/* Lets go of the three locks a switch of pools takes (a connect, a drop),
+ * then unmaps and closes the pool switched from: no slot of it is named
+ * any more, so nothing maps from it after this. */
+static void switched_pools(struct md__engine *e, const void *old_view, size_t old_pages, int old_fd)
+{
+	pthread_mutex_unlock(&e->remote->lock);
+	pthread_mutex_unlock(&e->lock);
+	pthread_rwlock_unlock(&e->regions_lock);
+	if (old_view)
+		md__sys_munmap((void *)old_view, old_pages * MD_EPAGE);
+	if (old_fd >= 0)
+		close(old_fd);
+}
+
 void md__engine_remote_drop(struct md__engine *e)
 {
 	struct md__remote *rm = e->remote;
@@ -119,13 +133,7 @@ void md__engine_remote_drop(struct md__engine *e)
 	rm->view_pages = 0;
 	rm->ro_fd = -1;
 	rm->pool_size = 0;
-	pthread_mutex_unlock(&rm->lock);
-	pthread_mutex_unlock(&e->lock);
-	pthread_rwlock_unlock(&e->regions_lock);
-	if (view)
-		md__sys_munmap((void *)view, pages * MD_EPAGE);
-	if (fd >= 0)
-		close(fd);
+	switched_pools(e, view, pages, fd);
 }
 
 int md__remote_connected(struct md__remote *rm)
@@ -218,13 +226,7 @@ int md__engine_remote_connect(struct md__engine *e)
 	rm->c = c;
 	rm->control_pid = (md__client_hello_flags(c) & MD_HELLO_CONTROL_PID) != 0;
 	rm->connects++;
-	pthread_mutex_unlock(&rm->lock);
-	pthread_mutex_unlock(&e->lock);
-	pthread_rwlock_unlock(&e->regions_lock);
-	if (old_view)
-		md__sys_munmap((void *)old_view, old_pages * MD_EPAGE);
-	if (old_fd >= 0)
-		close(old_fd);
+	switched_pools(e, old_view, old_pages, old_fd);
 	return 0;
 
 close_fd:

@@ -129,7 +129,8 @@ static pid_t dead_pid(void)
 	return kid;
 }
 
-/* `memdedup help CMD`: a command's help; an unknown one is wrong usage. */
+/* `memdedup help CMD` (or `--help CMD`): a command's help; an unknown one
+ * is wrong usage. */
 TEST_IMPL(cli_help_unknown)
 {
 	const char *b = build_dir();
@@ -139,6 +140,17 @@ TEST_IMPL(cli_help_unknown)
 	ASSERT_EQ(sh("%s/memdedup help bogus", b), 2);
 	ASSERT(strstr(slurp("err"), "unknown command 'bogus'"));
 	ASSERT_EQ(sh("%s/memdedup help set run", b), 2);
+	/* `-h`, `--help` and `help` take the same command name, and `help
+	 * help` is the list of commands. */
+	ASSERT_EQ(sh("%s/memdedup --help unmerge", b), 0);
+	ASSERT(strstr(slurp("out"), "usage: memdedup unmerge"));
+	ASSERT_EQ(sh("%s/memdedup -h status", b), 0);
+	ASSERT(strstr(slurp("out"), "usage: memdedup status"));
+	ASSERT_EQ(sh("%s/memdedup help help", b), 0);
+	ASSERT(strstr(slurp("out"), "Commands:"));
+	ASSERT_EQ(sh("%s/memdedup --help extra", b), 2);
+	ASSERT(strstr(slurp("err"), "unknown command 'extra'"));
+	ASSERT_EQ(sh("%s/memdedup --help set run", b), 2);
 	return 0;
 }
 
