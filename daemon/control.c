@@ -72,7 +72,9 @@ static void finish(struct md__daemon *d, struct md__pending_control *p)
 		p->cli->awaiting = 0;	/* its next requests may go on: md__conn_send wakes it */
 		md__conn_send(d, p->cli, &cr, -1);
 	}
-	md__dlog("%s", cr.u.text.text);
+	/* Lines about peers, all three of a CONTROL's: any user may send
+	 * CONTROLs that reach no agent, answered at once, in a loop. */
+	md__dlog_peer("%s", cr.u.text.text);
 	drop(d, p);
 }
 
@@ -205,8 +207,8 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 		else if (ctl->op == MD_CTL_RESUME)
 			d->paused = 0;
 	}
-	md__dlog("pid %d (uid %u): %s sent to %zu agents", (int)c->pid, (unsigned)c->uid, p->what,
-		 p->nowed);
+	md__dlog_peer("pid %d (uid %u): %s sent to %zu agents", (int)c->pid, (unsigned)c->uid, p->what,
+		      p->nowed);
 	if (!p->nowed) {
 		finish(d, p);
 		return;
@@ -260,8 +262,8 @@ void md__control_gone(struct md__daemon *d, struct md__conn *c, pid_t pid)
 			 * rest would only wait, and late answers are
 			 * acknowledged and ignored anyway. */
 			if (p->op != MD_CTL_UNMERGE) {
-				md__dlog("%s: its requester went; %zu agents not waited for", p->what,
-					 p->nowed);
+				md__dlog_peer("%s: its requester went; %zu agents not waited for", p->what,
+					      p->nowed);
 				drop(d, p);
 				continue;
 			}

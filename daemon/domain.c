@@ -79,8 +79,8 @@ static int domain_new(struct md__daemon *d, uid_t uid, const char *name, struct 
 	dom->next = d->domains;
 	d->domains = dom;
 	*out = dom;
-	md__dlog("domain %u '%s' of uid %u: new pool, generation %llu", dom->id, dom->name,
-		 (unsigned)uid, (unsigned long long)dom->generation);
+	md__dlog_peer("domain %u '%s' of uid %u: new pool, generation %llu", dom->id, dom->name,
+		      (unsigned)uid, (unsigned long long)dom->generation);
 	return 0;
 
 free_index:
@@ -133,8 +133,8 @@ void md__domain_release(struct md__daemon *d, struct md__domain *dom)
 			break;
 		}
 	}
-	md__dlog("domain %u '%s' of uid %u: last agent gone, pool closed", dom->id, dom->name,
-		 (unsigned)dom->uid);
+	md__dlog_peer("domain %u '%s' of uid %u: last agent gone, pool closed", dom->id, dom->name,
+		      (unsigned)dom->uid);
 	domain_free(dom);
 }
 

@@ -231,6 +231,13 @@ static void flush_share(struct md__daemon *d)
 	free(u);
 }
 
+static uint64_t now_ms(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)t.tv_sec * 1000 + (uint64_t)t.tv_nsec / 1000000 + 1;	/* never 0 */
+}
+
 static struct md__user *user_find(const struct md__daemon *d, uid_t uid)
 {
 	struct md__user *u = d->users;
@@ -249,6 +256,8 @@ static struct md__user *user_get(struct md__daemon *d, uid_t uid)
 		if (!u)
 			return NULL;
 		u->uid = uid;
+		u->status_tokens = MD_D_STATUS_BYTES_PER_S;
+		u->status_at_ms = now_ms();
 		u->next = d->users;
 		d->users = u;
 	}
@@ -256,15 +265,38 @@ static struct md__user *user_get(struct md__daemon *d, uid_t uid)
 	return u;
 }
 
-static void user_put(struct md__daemon *d, struct md__user *u)
+/* The STATUS bytes u may build now (see MD_D_STATUS_BYTES_PER_S). */
+static int64_t status_refill(struct md__user *u)
 {
-	if (--u->conns)
-		return;
+	uint64_t now = now_ms();
+	uint64_t add = (now - u->status_at_ms) * MD_D_STATUS_BYTES_PER_S / 1000;
+	if (add) {
+		int64_t t = u->status_tokens + (int64_t)(add < MD_D_STATUS_BYTES_PER_S ? add : MD_D_STATUS_BYTES_PER_S);
+		u->status_tokens = t < MD_D_STATUS_BYTES_PER_S ? t : MD_D_STATUS_BYTES_PER_S;
+		u->status_at_ms = now;
+	}
+	return u->status_tokens;
+}
+
+/* Forgets u once it has no connection and owes no STATUS bytes: 1 if it
+ * did. */
+static int user_forget(struct md__daemon *d, struct md__user *u)
+{
+	if (u->conns || status_refill(u) < MD_D_STATUS_BYTES_PER_S)
+		return 0;
 	struct md__user **pp = &d->users;
 	while (*pp != u)
 		pp = &(*pp)->next;
 	*pp = u->next;
 	free(u);
+	return 1;
+}
+
+static void user_put(struct md__daemon *d, struct md__user *u)
+{
+	u->conns--;
+	if (!user_forget(d, u) && !u->conns)
+		d->owing = 1;	/* drop_stalled forgets it once out of debt */
 }
 
 /* At most what a peer may have sent ahead: more is not read for this. */
@@ -340,16 +372,11 @@ static void refuse(int fd, int err, const char *fmt, ...)
 	va_end(ap);
 	m.u.text.status = err;
 	ssize_t n = md__msg_encode(&m, buf, sizeof(buf));
+	/* A peer gone first (EPIPE) is common, and any user can make it so in
+	 * a loop: a line about peers. */
 	if (n > 0 && send(fd, buf, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT) < 0)
-		md__dlog("cannot tell a refused peer why: %s", strerror(errno));
+		md__dlog_peer("cannot tell a refused peer why: %s", strerror(errno));
 	close(fd);
-}
-
-static uint64_t now_ms(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (uint64_t)t.tv_sec * 1000 + (uint64_t)t.tv_nsec / 1000000 + 1;	/* never 0 */
 }
 
 static void conn_drop_queue(struct md__daemon *d, struct md__conn *c);
@@ -362,6 +389,11 @@ static int drop_stalled(struct md__daemon *d)
 {
 	uint64_t now = now_ms();
 	int owing = 0;
+	for (struct md__user *u = d->users, *next; u; u = next) {
+		next = u->next;
+		if (!user_forget(d, u) && !u->conns)
+			owing = 1;	/* in debt with no connection: look again in a second */
+	}
 	for (struct md__conn *c = d->conns, *next; c; c = next) {
 		next = c->next;
 		/* A peer we hang up on after an ERROR gets what was queued
@@ -707,7 +739,13 @@ static void handle_status(struct md__daemon *d, struct md__conn *c, uint32_t seq
 {
 	char *json;
 	size_t len;
+	if (!md__privileged(c->uid) && status_refill(c->user) <= 0) {
+		reply_error(d, c, seq, -EAGAIN, "too many status requests of this user: try again in a second");
+		return;
+	}
 	int err = md__status_json(d, c->uid, from->domain_from, from->agent_from, &json, &len);
+	if (!md__privileged(c->uid))
+		c->user->status_tokens -= (int64_t)(err || len < MD_D_STATUS_MIN ? MD_D_STATUS_MIN : len);
 	if (err) {
 		reply_error(d, c, seq, err, "cannot build the status document");
 		return;
@@ -1181,6 +1219,11 @@ void md__server_close(struct md__daemon *d)
 			c->agent->conn = NULL;
 		c->agent = NULL;
 		conn_close(d, c);
+	}
+	while (d->users) {	/* those kept for a STATUS debt */
+		struct md__user *u = d->users;
+		d->users = u->next;
+		free(u);
 	}
 	md__control_gone(d, NULL, -1);
 	if (d->lfd >= 0) {

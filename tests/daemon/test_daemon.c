@@ -2892,6 +2892,108 @@ TEST_IMPL(daemon_late_unmerge_refusal)
 	return 0;
 }
 
+/* CONTROLs that reach no agent, answered at once, and domains made and
+ * dropped, in a loop: any user may send them, and the daemon's lines about
+ * them are limited in rate as those about bad peers are. */
+TEST_IMPL(daemon_control_log_bounded)
+{
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	char log[400], text[MD_TEXT_MAX + 1], dom[32];
+	int fd;
+
+	td_start(&t, 16);
+	snprintf(log, sizeof(log), "%s/log", t.dir);
+	off_t before = file_size(log);
+	ASSERT(before >= 0);
+	struct md__client *cli = td_connect(&t);
+	for (int i = 0; i < 6000; i++)
+		ASSERT_EQ(control(cli, MD_CTL_RESUME, 0, NULL, NULL, text), 0);
+	for (int i = 0; i < 1000; i++) {
+		snprintf(dom, sizeof(dom), "churn%d", i);
+		struct md__client *c = td_agent(&t, dom, &w, &fd);
+		md__client_free(c);
+		close(fd);
+	}
+	md__client_free(cli);
+	usleep(100000);
+	off_t grown = file_size(log) - before;
+	printf("  log grew %lld bytes for 6000 CONTROLs and 1000 domains\n", (long long)grown);
+	ASSERT(grown > 0);
+	ASSERT(grown < 200 * 1024);	/* two lines each, about 60 bytes: 720 KB and more */
+	ASSERT_EQ(td_sh("grep -q 'lines about peers left out' %s", log), 0);
+	td_stop(&t);
+	return 0;
+}
+
+/* One STATUS page. */
+static int status_req(struct md__client *c, char *buf)
+{
+	struct md__msg m = { .hdr.type = MD_MSG_STATUS };
+	unsigned char req[MD_MSG_HDR_SIZE + 8];
+	uint32_t len = MD_MSG_MAX;
+	unsigned type;
+	ssize_t n = md__msg_encode(&m, req, sizeof(req));
+	ASSERT(n > 0);
+	int err = md__client_request(c, MD_MSG_STATUS, req + MD_MSG_HDR_SIZE, (uint32_t)n - MD_MSG_HDR_SIZE,
+				     buf, &len, &type);
+	if (err || type == MD_MSG_STATUS_R)
+		return err;
+	static struct md__msg r;
+	ASSERT_EQ(type, MD_MSG_ERROR);
+	ASSERT_EQ(md__msg_decode_payload(type, buf, len, &r), 0);
+	return r.u.text.status;
+}
+
+/* STATUS documents built for a user other than root are limited in bytes
+ * a second (each counts 16 KiB at least): one user asking for them in a
+ * loop held every other peer for seconds. Past the limit it is answered
+ * EAGAIN, root is not held, and a second later it is answered again. */
+TEST_IMPL(daemon_status_limited_per_user)
+{
+	if (geteuid() != 0)
+		SKIP("needs root: the requester becomes another user");
+	struct tdaemon t;
+	int go[2], done[2];
+	td_start(&t, 16);
+	ASSERT(pipe(go) == 0 && pipe(done) == 0);
+	pid_t child = fork();
+	ASSERT(child >= 0);
+	if (child == 0) {
+		static char buf[MD_MSG_MAX];
+		char x = 0;
+		int ok = 0, again = 0, other = 0, last = 0;
+		if (setgid(65534) != 0 || setuid(65534) != 0)
+			_exit(100);
+		struct md__client *c = td_connect(&t);
+		for (int i = 0; i < 600; i++) {
+			int err = status_req(c, buf);
+			ok += err == 0, again += err == -EAGAIN, other += err && err != -EAGAIN;
+			last = err && err != -EAGAIN ? err : last;
+		}
+		if (write(done[1], &x, 1) != 1 || read(go[0], &x, 1) != 1)
+			_exit(101);
+		usleep(1100000);
+		int later = status_req(c, buf);
+		md__client_free(c);
+		fprintf(stderr, "  uid 65534: %d answered, %d EAGAIN, %d other (%d); a second later %d\n", ok, again, other, last,
+		       later);
+		_exit(other ? 150 + (-last & 63) : again < 100 || ok < 100 || ok > 300 ? 103 : later ? 104 : 0);
+	}
+	char x = 0;
+	ASSERT_EQ(read(done[0], &x, 1), 1);
+	json_t *st = td_status(&t);	/* root's, at once */
+	ASSERT(st);
+	json_decref(st);
+	ASSERT_EQ(write(go[1], &x, 1), 1);
+	int status;
+	ASSERT_EQ(waitpid(child, &status, 0), child);
+	ASSERT(WIFEXITED(status));
+	ASSERT_EQ(WEXITSTATUS(status), 0);
+	td_stop(&t);
+	return 0;
+}
+
 TEST_IMPL(daemon_control)
 {
 	struct tdaemon t;
