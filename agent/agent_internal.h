@@ -255,6 +255,10 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, const struct md__f
  * was held, its pages are made private and the lease given up, as on a
  * break (agent->lock held). */
 int md__image_held(struct md_agent *a, struct md__image *img);
+/* md__image_held without its side effect: 1 if img's lease is held by our
+ * own descriptor, which stands at img->fd (nothing else changes: safe
+ * under the engine's lock). */
+int md__image_fixed(const struct md__image *img);
 /* The image the agent has met with file (dev, ino), or NULL (lock held):
  * the table keeps every one. dev MD_ANY_DEV matches any device: a
  * mapping shows its superblock's, which on btrfs is not the subvolume's

@@ -155,6 +155,11 @@ static int find(void *arg, uint64_t hash, const void *page, uint64_t *cookie)
 	return 1;
 }
 
+static int still_fixed(void *img)
+{
+	return md__image_fixed(img);
+}
+
 /* Merges n guest pages from addr onto the image pages of entries
  * cookie[0..n) (consecutive pages of one image). Returns the pages merged. */
 static int merge_run(struct md_agent *a, uintptr_t addr, const uint64_t *cookie, size_t n)
@@ -192,18 +197,17 @@ static int merge_run(struct md_agent *a, uintptr_t addr, const uint64_t *cookie,
 	const unsigned char *file = view ? view + off : ip->buf;
 	if (!view && md__sys_pread(img->fd, ip->buf, n * MD_PAGE, off) != (ssize_t)(n * MD_PAGE))
 		goto unlock;
-	int got = md__engine_merge_file(a->engine, (void *)addr, n, img->fd, off, file);
+	int got = md__engine_merge_file(a->engine, (void *)addr, n, img->fd, off, file, still_fixed, img);
 	if (got > 0) {
 		for (size_t i = 0; i < n; i++)
 			r->owner[first + i] = img->id;
 		a->maps_since_count += 2;
 		merged = got;
-		/* The map named img->fd by number, which the VMM could have
-		 * closed or put another file at (dup2) since the check above:
-		 * looked at again, a descriptor no longer ours breaks the
-		 * lease here, which makes these pages private with the rest. */
-		if (!md__image_held(a, img))
-			merged = 0;
+	} else if (got == -EBADF) {
+		/* The VMM closed or replaced our descriptor since the check
+		 * above (the map was made aside and dropped, the guest's
+		 * pages left as they were): the lease goes, as on a break. */
+		md__image_held(a, img);
 	} else if (got == 0) {
 		/* A guest page differed: it was written just now, or an
 		 * entry's hash is not its file page's (the guest wrote the

@@ -403,17 +403,22 @@ static void start_break(struct md_agent *a, struct md__image *img)
 	finish_break(a, img);
 }
 
-int md__image_held(struct md_agent *a, struct md__image *img)
+int md__image_fixed(const struct md__image *img)
 {
-	if (img->lease != MD_LEASE_HELD)
-		return 0;
 	/* Only our own description holds the lease: a descriptor the VMM
 	 * closed or put another file at (dup2) since the once-a-second look,
 	 * or a lease being broken, says otherwise, and mapping from that
 	 * number would show the guest another file. A lease alone is not
 	 * enough: the number of one the VMM closed may be our own of another
 	 * image now (the lowest free number, taken to lease that one). */
-	if (fcntl(img->fd, F_GETLEASE) == F_RDLCK && image_fd_ours(img))
+	return img->lease == MD_LEASE_HELD && fcntl(img->fd, F_GETLEASE) == F_RDLCK && image_fd_ours(img);
+}
+
+int md__image_held(struct md_agent *a, struct md__image *img)
+{
+	if (img->lease != MD_LEASE_HELD)
+		return 0;
+	if (md__image_fixed(img))
 		return 1;
 	md__log_once(68, "an image's lease went with the agent's descriptor (closed or replaced "
 		     "by the VMM): its pages were made private");

@@ -1125,6 +1125,18 @@ static void *map_fixed(uintptr_t addr, size_t len, int flags, int fd, off_t off)
 	return md__sys_mmap((void *)addr, len, PROT_READ | PROT_WRITE, flags | MAP_FIXED, fd, off);
 }
 
+/* map_fixed for a mapping made aside: moves it over [addr, addr+len). */
+static void *map_fixed_moved(void *aside, uintptr_t addr, size_t len)
+{
+	if (__atomic_load_n(&md__engine_fail_maps, __ATOMIC_RELAXED) > 0 &&
+	    __atomic_sub_fetch(&md__engine_fail_maps, 1, __ATOMIC_RELAXED) >= 0) {
+		md__sys_munmap((void *)addr, len);
+		errno = ENOMEM;
+		return MAP_FAILED;
+	}
+	return md__sys_mremap(aside, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)addr);
+}
+
 /* Maps the n pages of content (zeroes if NULL) at a, where nothing is
  * mapped, as anonymous memory of r's, as the engine's own mappings are. The
  * hole is taken first, so that a mapping another thread put there since is
@@ -1393,7 +1405,7 @@ unlock:
 }
 
 int md__engine_merge_file(struct md__engine *e, void *addr, size_t n, int fd, off_t off,
-			  const void *content)
+			  const void *content, int (*still_fixed)(void *arg), void *arg)
 {
 	uintptr_t a = (uintptr_t)addr;
 	int err;
@@ -1426,8 +1438,26 @@ int md__engine_merge_file(struct md__engine *e, void *addr, size_t n, int fd, of
 		e->st.abandoned += n;
 		goto thaw_pages;
 	}
-	if (map_fixed(a, n * MD_EPAGE, MAP_PRIVATE, fd, off) == MAP_FAILED) {
+	/* Mapped aside first and moved over the frozen pages once the caller
+	 * has seen the descriptor is still what holds the file fixed: fd is
+	 * a number, which another thread of the VMM could have closed or put
+	 * another file at since the caller looked, and mapped straight over
+	 * the guest's pages that file would be what the guest reads. */
+	void *aside = md__sys_mmap(NULL, n * MD_EPAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, off);
+	if (aside == MAP_FAILED) {
 		err = -errno;
+		e->st.map_failed += n;
+		goto thaw_pages;
+	}
+	if (still_fixed && !still_fixed(arg)) {
+		md__sys_munmap(aside, n * MD_EPAGE);
+		e->st.abandoned += n;
+		err = -EBADF;
+		goto thaw_pages;
+	}
+	if (map_fixed_moved(aside, a, n * MD_EPAGE) == MAP_FAILED) {
+		err = -errno;
+		md__sys_munmap(aside, n * MD_EPAGE);
 		e->st.map_failed += n;
 		remake_lost(e, r, a, n, content);
 		goto thaw_pages;

@@ -296,9 +296,14 @@ int md__engine_merge_slots(struct md__engine *e, void *addr, size_t n, const uin
  * while the caller holds what proves it (a read lease): content is what the
  * file holds at off, read by the caller. All pages are frozen and compared
  * with content; if all are equal they are mapped MAP_PRIVATE from fd at off
- * and marked MD_REF_IMAGE. Returns n, 0 (they differ), or -errno. */
+ * and marked MD_REF_IMAGE. The mapping is made aside first; still_fixed, if
+ * not NULL, is then asked (under the engine's lock: it must not call the
+ * engine) whether fd is still the descriptor that holds the file fixed,
+ * and only then is the mapping moved over the guest's pages. Returns n, 0
+ * (they differ), -EBADF (still_fixed said no: nothing changed), or
+ * -errno. */
 int md__engine_merge_file(struct md__engine *e, void *addr, size_t n, int fd, off_t off,
-			  const void *content);
+			  const void *content, int (*still_fixed)(void *arg), void *arg);
 /* Page i of r holds something other than zeroes (the scanner read it): a
  * page dropped as zero before and written since is no longer a dropped one. */
 void md__engine_present(struct md__engine *e, struct md__eregion *r, size_t i);

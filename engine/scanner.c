@@ -1139,6 +1139,9 @@ int md__scanner_start(struct md__scanner *s)
 		close(s->wake_fd);
 		return -err;
 	}
+	/* Named here too, not only by itself: a look at the process's
+	 * threads right after a start finds it by its name. */
+	pthread_setname_np(s->thread, "md-scan");
 	s->running = 1;
 	return 0;
 }

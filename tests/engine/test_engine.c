@@ -1124,6 +1124,61 @@ static int mapped(const void *addr)
 	return mincore((void *)((uintptr_t)addr & ~(uintptr_t)(PG - 1)), PG, &vec) == 0;
 }
 
+/* The descriptor a merge onto a file maps by number, checked once the
+ * mapping is made aside: replaced meanwhile (the VMM's dup2 onto it), the
+ * guest's pages stay as they were, not the other file's, and writable. */
+static int dup2_other_file(void *arg)
+{
+	int *fds = arg;	/* {the image's number, another file's} */
+	ASSERT_EQ(dup2(fds[1], fds[0]), fds[0]);
+	return 0;
+}
+
+static int descriptor_fine(void *arg)
+{
+	(void)arg;
+	return 1;
+}
+
+TEST_IMPL(engine_merge_file_descriptor_replaced)
+{
+	struct md__engine e;
+	unsigned char *b = map_ram(2), want[PG], other[PG];
+
+	engine_up(&e);
+	fill(want, 3);
+	fill(other, 4);
+	memcpy(b, want, PG);
+	memcpy(b + PG, other, PG);
+	int fds[2] = { memfd_create("image", MFD_CLOEXEC), memfd_create("other", MFD_CLOEXEC) };
+	ASSERT(fds[0] >= 0 && fds[1] >= 0);
+	ASSERT_EQ(write(fds[0], want, PG), PG);
+	ASSERT_EQ(write(fds[1], other, PG), PG);
+	ASSERT_EQ(md__engine_register(&e, b, 2 * PG, 0), 0);
+	/* Mapped aside from the image, then the number shows the other file:
+	 * a map by number after the check would have shown the guest that
+	 * one's page (the mapping aside is the image's, and goes). */
+	ASSERT_EQ(md__engine_merge_file(&e, b, 1, fds[0], 0, want, dup2_other_file, fds), -EBADF);
+	ASSERT(memcmp(b, want, PG) == 0);
+	ASSERT(!(pagemap(b) & PM_FILE));	/* read: present, and still anonymous */
+	b[7] ^= 0xff;	/* thawed: the write goes through */
+	ASSERT_EQ(b[7], (unsigned char)(want[7] ^ 0xff));
+	struct md__engine_stats st;
+	md__engine_stats(&e, &st);
+	ASSERT_EQ(st.abandoned, 1);
+	ASSERT_EQ(st.merged_file, 0);
+	/* A descriptor still fine: mapped from the file it names (the other
+	 * one's now). */
+	ASSERT_EQ(md__engine_merge_file(&e, b + PG, 1, fds[0], 0, other, descriptor_fine, NULL), 1);
+	ASSERT(memcmp(b + PG, other, PG) == 0);
+	ASSERT(pagemap(b + PG) & PM_FILE);
+	md__engine_fini(&e);
+	close(fds[0]);
+	close(fds[1]);
+	munmap(b, 2 * PG);
+	return 0;
+}
+
 /* Up to Linux 6.6 a failed MAP_FIXED mmap may have unmapped the pages it
  * was to replace (md__engine_fail_maps does so). A merge, a zero page
  * dropped in a pool mapping, an image merge and a fill merge then each map
@@ -1165,7 +1220,7 @@ TEST_IMPL(engine_failed_map_remakes)
 	md__engine_fail_maps = 1;
 	ASSERT_EQ(md__engine_merge_zero(&e, b + 2 * PG, 1), 0);
 	md__engine_fail_maps = 1;
-	ASSERT_EQ(md__engine_merge_file(&e, b + 3 * PG, 1, fd, 0, want[3]), -ENOMEM);
+	ASSERT_EQ(md__engine_merge_file(&e, b + 3 * PG, 1, fd, 0, want[3], NULL, NULL), -ENOMEM);
 	md__engine_fail_maps = 1;
 	ASSERT_EQ(md__engine_merge_fill(&e, b + 4 * PG, 1, cc), 0);
 	ASSERT_EQ(md__engine_fail_maps, 0);
