@@ -272,6 +272,10 @@ struct md__image *md__image_leased(struct md_agent *a, const struct stat *st);
 /* The kernel asked for the lease on fd back (fd < 0: any lease F_GETLEASE
  * shows being broken): privatize, then release. */
 void md__image_lease_broken(struct md_agent *a, int fd);
+/* The VMM (root) is about to take fsuid as its file-system uid: leases on
+ * images that uid does not own are given back first (their pages made
+ * private), while the kernel still lets us. */
+void md__images_uid_change(struct md_agent *a, uid_t fsuid);
 /* Tries again to make private the pages of images whose break found memory
  * short; gives their leases back once done, or when time is up. Returns
  * how many still wait (agent->breaking). */

@@ -453,6 +453,28 @@ void md__image_lease_broken(struct md_agent *a, int fd)
 	md__agent_leave(a);
 }
 
+void md__images_uid_change(struct md_agent *a, uid_t fsuid)
+{
+	if (fsuid == (uid_t)-1 || geteuid() != 0)
+		return;
+	md__agent_enter(a);
+	for (size_t i = 0; i < a->nimages; i++) {
+		struct md__image *img = &a->images[i];
+		struct stat st;
+		/* Only the file's owner (or CAP_LEASE, which root loses with
+		 * its uid) may give a lease back, F_UNLCK included: given
+		 * back now, or every writer of the file would wait the
+		 * kernel's lease-break-time. */
+		if (img->lease != MD_LEASE_HELD || !image_fd_ours(img) || fstat(img->fd, &st) != 0 ||
+		    st.st_uid == fsuid)
+			continue;
+		md__log_once(108, "the VMM gives root up: the leases on images it does not own as its "
+			     "new user are given back, their pages made private");
+		start_break(a, img);
+	}
+	md__agent_leave(a);
+}
+
 int md__image_breaks_retry(struct md_agent *a)
 {
 	md__agent_enter(a);

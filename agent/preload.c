@@ -38,6 +38,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/ioctl.h>
+#include <sys/fsuid.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -684,6 +685,37 @@ EXPORT int clone(int (*fn)(void *), void *stack, int flags, void *arg, ...)
 	struct clone_call c = { fn, arg };
 	return real(clone_child, stack, flags, &c, ptid, tls, ctid);
 }
+
+/* The C library's calls that change the process's uid (all its threads:
+ * glibc's, never the bare system call). Before a root VMM takes another
+ * file-system uid (QEMU's -runas), the leases on images that uid does not
+ * own are given back: the kernel lets only a file's owner give back a
+ * lease on it, and one left would hold every writer of the image for the
+ * kernel's lease-break-time. */
+static void uid_change(uid_t fsuid)
+{
+	md_agent *a = agent_peek();
+	if (a)
+		md__images_uid_change(a, fsuid);
+}
+
+#define UID_CALL(name, params, args, fsuid)                                         \
+	EXPORT int name params                                                      \
+	{                                                                            \
+		static void *next;                                                   \
+		int(*fn) params = (int(*) params)next_fn(&next, #name, "libc.so.6"); \
+		if (!fn) {                                                           \
+			errno = ENOSYS;                                              \
+			return -1;                                                   \
+		}                                                                    \
+		uid_change(fsuid);                                                   \
+		return fn args;                                                      \
+	}
+UID_CALL(setuid, (uid_t u), (u), u)
+UID_CALL(seteuid, (uid_t e), (e), e)
+UID_CALL(setreuid, (uid_t r, uid_t e), (r, e), e)
+UID_CALL(setresuid, (uid_t r, uid_t e, uid_t s), (r, e, s), e)
+UID_CALL(setfsuid, (uid_t f), (f), f)
 
 /* The C library's fork without the atfork handlers (glibc 2.34). */
 pid_t _Fork(void);

@@ -760,6 +760,34 @@ static void image_pages_made_private(struct proc *a)
 		ASSERT(proc_page(a, off).present && !proc_page(a, off).file);
 }
 
+/* A root VMM that gives root up (QEMU's -runas) after a read was shared:
+ * only a file's owner may give a lease on it back, so the agent gives back
+ * those on images the new user does not own before the uid changes. Left
+ * held, the image's next writer waited the kernel's lease-break-time (45 s
+ * by default) for a lease nobody could give back. */
+TEST_IMPL(lease_given_back_before_uid_change)
+{
+	if (geteuid() != 0)
+		SKIP("needs root: the VMM gives root up");
+	char img[512];
+	uint64_t orig;
+	struct proc a;
+	read_fresh_image(&a, img, sizeof(img), "image-runas", 19, NULL, &orig);
+	proc_cmd(&a, "hash 0 %u", IMG_SIZE);	/* present: a frame to look at */
+	ASSERT(proc_page(&a, 0).file);
+	ASSERT_EQ(proc_num(&a, "setuid 65534"), 0);
+	for (size_t off = 0; off < IMG_SIZE; off += 64 * 4096)
+		ASSERT(!proc_page(&a, off).file);
+	time_t waited;
+	int wfd = overwrite_image(img, &waited);
+	printf("  the writer waited %lld s\n", (long long)waited);
+	ASSERT(waited < 5);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", IMG_SIZE), hex(orig)) == 0);
+	close(wfd);
+	proc_stop(&a);
+	return 0;
+}
+
 /* The VMM closes the agent's own descriptor of an image (close_range, say):
  * the agent can no longer see or give back its lease (which lives on, held
  * by the mappings, until the kernel's lease-break-time after a writer
