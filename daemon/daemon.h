@@ -38,12 +38,12 @@ int md__privileged(uid_t uid);
 #define MD_D_OUT_MAX (4u << 20)     /* drop a peer that lets this much pile up */
 #define MD_D_OUT_KEEP (64u << 10)   /* a send buffer larger is freed once empty */
 /* STATUS documents built for one uid other than root (bytes a second, as
- * many at once; each counts MD_D_STATUS_MIN at least): a page of a
- * document of 256 agents takes 15-30 ms to build, and one user asking for
- * them on many connections held every other peer for seconds. More is
- * answered EAGAIN. */
+ * many at once; each counts MD_D_STATUS_MIN at least; the default of
+ * MEMDEDUP_STATUS_KB_PER_S): a page of a document of 256 agents takes
+ * 15-30 ms to build, and one user asking for them on many connections held
+ * every other peer for seconds. More is answered EAGAIN. */
 #define MD_D_STATUS_BYTES_PER_S (2u << 20)
-#define MD_D_STATUS_MIN (16u << 10)
+#define MD_D_STATUS_MIN (4u << 10)
 #define MD_D_OUT_UID_MAX (32u << 20) /* unsent to one uid's peers (root's not): the stalest queue goes */
 #define MD_D_STALL_MS 10000         /* drop a peer that sends no request, or half a message, this long */
 #define MD_D_POOL_PAGES_DEFAULT (1u << 20)   /* 4 GiB of address space per pool */
@@ -171,7 +171,7 @@ struct md__user {
 	size_t conns;
 	size_t unsent;             /* bytes queued for its connections, not sent yet */
 	/* STATUS documents it may still have built (bytes, below 0 in debt),
-	 * as of status_at_ms: see MD_D_STATUS_BYTES_PER_S. Kept while in debt
+	 * as of status_at_ms: see md__daemon.status_bytes_per_s. Kept while in debt
 	 * with no connection, or a reconnect would start afresh. */
 	int64_t status_tokens;
 	uint64_t status_at_ms;
@@ -216,6 +216,7 @@ struct md__daemon {
 	char log_path[MD_D_RUN_DIR_MAX + 32];	/* daemonized: reopened on SIGHUP */
 	size_t pool_pages;
 	int control_wait_ms;	/* a CONTROL's deadline: MD_CONTROL_WAIT_MS or less */
+	int64_t status_bytes_per_s;	/* MD_D_STATUS_BYTES_PER_S or as set; 0: no limit */
 	struct md__conn *conns;
 	size_t nconns;
 	struct md__user *users;    /* of the connections */

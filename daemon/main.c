@@ -41,7 +41,10 @@ static const char usage_text[] =
 	"\n"
 	"MEMDEDUP_CONTROL_WAIT_MS=N (100..60000, default 60000): how long a control\n"
 	"waits for the agents before memdedupd answers that one did not (shorter\n"
-	"only: `memdedup` waits that long and 5 s more).\n";
+	"only: `memdedup` waits that long and 5 s more).\n"
+	"MEMDEDUP_STATUS_KB_PER_S=N (0..1048576, default 2048; 0: no limit): the status\n"
+	"pages built for one user other than root, in KiB a second (more are refused,\n"
+	"\"try again in a second\").\n";
 
 static void vlog(const char *fmt, va_list ap)
 {
@@ -341,6 +344,14 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	d.control_wait_ms = (int)wait_ms;
+	const char *kbps = getenv("MEMDEDUP_STATUS_KB_PER_S");
+	uint32_t status_kb = MD_D_STATUS_BYTES_PER_S >> 10;
+	if (kbps && *kbps && md__parse_uint(kbps, 0, 1u << 20, &status_kb) != 0) {
+		fprintf(stderr, "memdedupd: MEMDEDUP_STATUS_KB_PER_S must be a whole number from 0 to %u\n",
+			1u << 20);
+		return 2;
+	}
+	d.status_bytes_per_s = (int64_t)status_kb << 10;
 	d.max_conns = raise_nofile();
 	md__tunables_default(&d.tun);
 

@@ -256,7 +256,7 @@ static struct md__user *user_get(struct md__daemon *d, uid_t uid)
 		if (!u)
 			return NULL;
 		u->uid = uid;
-		u->status_tokens = MD_D_STATUS_BYTES_PER_S;
+		u->status_tokens = d->status_bytes_per_s;
 		u->status_at_ms = now_ms();
 		u->next = d->users;
 		d->users = u;
@@ -265,14 +265,15 @@ static struct md__user *user_get(struct md__daemon *d, uid_t uid)
 	return u;
 }
 
-/* The STATUS bytes u may build now (see MD_D_STATUS_BYTES_PER_S). */
-static int64_t status_refill(struct md__user *u)
+/* The STATUS bytes u may build now (see md__daemon.status_bytes_per_s). */
+static int64_t status_refill(const struct md__daemon *d, struct md__user *u)
 {
+	int64_t rate = d->status_bytes_per_s;
 	uint64_t now = now_ms();
-	uint64_t add = (now - u->status_at_ms) * MD_D_STATUS_BYTES_PER_S / 1000;
+	int64_t add = (int64_t)(now - u->status_at_ms) * rate / 1000;
 	if (add) {
-		int64_t t = u->status_tokens + (int64_t)(add < MD_D_STATUS_BYTES_PER_S ? add : MD_D_STATUS_BYTES_PER_S);
-		u->status_tokens = t < MD_D_STATUS_BYTES_PER_S ? t : MD_D_STATUS_BYTES_PER_S;
+		int64_t t = u->status_tokens + (add < rate ? add : rate);
+		u->status_tokens = t < rate ? t : rate;
 		u->status_at_ms = now;
 	}
 	return u->status_tokens;
@@ -282,7 +283,7 @@ static int64_t status_refill(struct md__user *u)
  * did. */
 static int user_forget(struct md__daemon *d, struct md__user *u)
 {
-	if (u->conns || status_refill(u) < MD_D_STATUS_BYTES_PER_S)
+	if (u->conns || status_refill(d, u) < d->status_bytes_per_s)
 		return 0;
 	struct md__user **pp = &d->users;
 	while (*pp != u)
@@ -739,12 +740,13 @@ static void handle_status(struct md__daemon *d, struct md__conn *c, uint32_t seq
 {
 	char *json;
 	size_t len;
-	if (!md__privileged(c->uid) && status_refill(c->user) <= 0) {
+	int limited = d->status_bytes_per_s && !md__privileged(c->uid);
+	if (limited && status_refill(d, c->user) <= 0) {
 		reply_error(d, c, seq, -EAGAIN, "too many status requests of this user: try again in a second");
 		return;
 	}
 	int err = md__status_json(d, c->uid, from->domain_from, from->agent_from, &json, &len);
-	if (!md__privileged(c->uid))
+	if (limited)
 		c->user->status_tokens -= (int64_t)(err || len < MD_D_STATUS_MIN ? MD_D_STATUS_MIN : len);
 	if (err) {
 		reply_error(d, c, seq, err, "cannot build the status document");

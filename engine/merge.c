@@ -847,6 +847,11 @@ static int unregister_locked(struct md__engine *e, uintptr_t a, uintptr_t end, i
 			     struct remains *pre, size_t npre)
 {
 	int err = 0;
+	/* The scanner's pagemap windows and pending pages here are stale: the
+	 * memory may go and another mapping come, whose holes its read
+	 * would fill (read_guest; a batch lets go of the regions' lock while
+	 * it waits for memdedupd). */
+	__atomic_add_fetch(&e->zap_gen, 1, __ATOMIC_RELEASE);
 	/* Memory that stays mapped gets back the zero pages we dropped: a
 	 * userfaultfd for missing pages the VMM registers there, now or
 	 * later, would take them for pages still to come. Only the handover

@@ -183,7 +183,8 @@ struct md__engine {
 	unsigned char *cmp_buf;	/* the compare's copies: frozen pages, then what they must equal */
 	uint64_t zero_pfn;      /* the kernel's zero page in pagemap, 0: unknown or none */
 	uint64_t zap_gen;       /* VMM discards done (md__engine_discard), counted
-				 * under the lock once the range is holes (atomic) */
+				 * under the lock once the range is holes, and
+				 * unregisters begun (atomic) */
 	uint64_t max_vmas;
 	uint64_t vma_estimate;  /* upper bound since the last count */
 	/* What the last md__engine_unmap gave up whole, beside its range

@@ -715,7 +715,9 @@ TEST_IMPL(daemon_connection_limits)
 	/* Room for 496 connections, 434 of users other than root. */
 	struct rlimit low = { 2048, rl.rlim_max };
 	ASSERT(setrlimit(RLIMIT_NOFILE, &low) == 0);
+	setenv("MEMDEDUP_STATUS_KB_PER_S", "0", 1);	/* STATUS as a ping, 256 at once */
 	td_start(&t, 16);
+	unsetenv("MEMDEDUP_STATUS_KB_PER_S");
 	ASSERT(setrlimit(RLIMIT_NOFILE, &rl) == 0);
 	ASSERT_EQ(limit_of(t.pid, 0), limit_of(t.pid, 1));
 
@@ -1080,7 +1082,11 @@ TEST_IMPL(daemon_unsent_bounded)
 	struct tdaemon t;
 	int res[2], go[2];
 
+	/* A user's STATUS pages, about a megabyte each, fill its queues
+	 * faster than their limit in bytes a second would let them. */
+	setenv("MEMDEDUP_STATUS_KB_PER_S", "0", 1);
 	td_start(&t, 16);
+	unsetenv("MEMDEDUP_STATUS_KB_PER_S");
 	ASSERT(pipe(res) == 0 && pipe(go) == 0);
 	pid_t k = fork();
 	ASSERT(k >= 0);
