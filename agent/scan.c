@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <sys/sysinfo.h>
 #include <unistd.h>
 
 #include "agent_internal.h"
@@ -366,13 +367,21 @@ static uint64_t cgroup_headroom(void)
 }
 
 /* Memory the copies of an unmerge may take: what the host has available,
- * or less if a cgroup limits this process. */
+ * or less if a cgroup limits this process. Without /proc (a VMM chrooted
+ * where there is none, as QEMU's -chroot), the free memory sysinfo(2)
+ * tells, which leaves the page cache out: less than is available, never
+ * more (read as none, every unmerge was refused, and a VMM that gave root
+ * up stayed in root's domain). */
 static uint64_t mem_available_bytes(void)
 {
 	char buf[4096];
-	md__read_text("/proc/meminfo", buf, sizeof(buf));
-	char *p = strstr(buf, "MemAvailable:");
-	uint64_t host = p ? strtoull(p + 13, NULL, 10) * 1024 : 0, room = cgroup_headroom();
+	struct sysinfo si;
+	uint64_t host = 0, room = cgroup_headroom();
+	char *p = md__read_text("/proc/meminfo", buf, sizeof(buf)) > 0 ? strstr(buf, "MemAvailable:") : NULL;
+	if (p)
+		host = strtoull(p + 13, NULL, 10) * 1024;
+	else if (sysinfo(&si) == 0)
+		host = ((uint64_t)si.freeram + si.bufferram) * si.mem_unit;
 	return room < host ? room : host;
 }
 

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -1747,6 +1748,38 @@ static int threads_named(const char *name)
 	}
 	closedir(d);
 	return n;
+}
+
+/* An unmerge after the VMM chrooted where there is no /proc (QEMU's
+ * -chroot with -runas): the memory available read as none, and every
+ * unmerge was refused, the one a change of user makes too. */
+TEST_IMPL(scan_unmerge_after_chroot)
+{
+	char root[512];
+	snprintf(root, sizeof(root), "%s/unmerge-root", test_dir());
+	ASSERT(mkdir(root, 0755) == 0 || errno == EEXIST);
+	pid_t pid = fork();
+	ASSERT(pid >= 0);
+	if (pid == 0) {
+		md_agent *a;
+		md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .domain = "private",
+				       .pages_to_scan = 1000, .sleep_ms = 1 };
+		if (md_agent_new(&a, &o) != 0)
+			_exit(3);
+		char *m = pairs_ram(64);
+		if (md_agent_register(a, m, 64 * PG, 0) != 0 || wait_merged(a, 32) != 0)
+			_exit(4);
+		if (chroot(root) != 0 || chdir("/") != 0)
+			_exit(5);
+		int err = md_agent_unmerge(a);
+		md_stats s;
+		_exit(err ? 6 : md_agent_stats(a, &s) != 0 || s.pages_sharing ? 7 : 0);
+	}
+	int st;
+	ASSERT(waitpid(pid, &st, 0) == pid);
+	ASSERT(WIFEXITED(st));
+	ASSERT_EQ(WEXITSTATUS(st), 0);
+	return 0;
 }
 
 /* An unmerge before any RAM was registered started a scanner that was
