@@ -110,8 +110,31 @@ struct build {
 	uintptr_t start[MD_OURS_MAX], end[MD_OURS_MAX];
 };
 
-/* Adds [s, e). Full, it joins the range to its nearest neighbour: more is
- * covered than needed (its calls take the lock), never less. */
+/* Joins the two neighbours of b closest to each other if they are closer
+ * than near: 1 if it did (a slot is free then). */
+static int join_closest(struct build *b, uintptr_t near)
+{
+	unsigned k = 0;
+	uintptr_t best = UINTPTR_MAX;
+	for (unsigned j = 0; j + 1 < b->n; j++)
+		if (b->start[j + 1] - b->end[j] < best) {
+			best = b->start[j + 1] - b->end[j];
+			k = j;
+		}
+	if (best >= near)
+		return 0;
+	b->end[k] = b->end[k + 1];
+	memmove(&b->start[k + 1], &b->start[k + 2], (b->n - k - 2) * sizeof(b->start[0]));
+	memmove(&b->end[k + 1], &b->end[k + 2], (b->n - k - 2) * sizeof(b->end[0]));
+	b->n--;
+	return 1;
+}
+
+/* Adds [s, e). Full, the two ranges closest to each other are joined, the
+ * new one among them: more is covered than needed (its calls take the
+ * lock), never less, and the least more (joined to its nearest alone, a
+ * range far from the others covered the memory between, an allocator's,
+ * say). */
 static void build_add(struct build *b, uintptr_t s, uintptr_t e)
 {
 	if (s >= e)
@@ -120,6 +143,13 @@ static void build_add(struct build *b, uintptr_t s, uintptr_t e)
 	while (i < b->n && b->end[i] < s)
 		i++;	/* the first range ending at or after s */
 	if (i == b->n || b->start[i] > e) {
+		uintptr_t before = i > 0 ? s - b->end[i - 1] : UINTPTR_MAX;
+		uintptr_t after = i < b->n ? b->start[i] - e : UINTPTR_MAX;
+		if (b->n == MD_OURS_MAX && join_closest(b, before < after ? before : after)) {
+			i = 0;	/* moved: found again */
+			while (i < b->n && b->end[i] < s)
+				i++;
+		}
 		if (b->n < MD_OURS_MAX) {
 			memmove(&b->start[i + 1], &b->start[i], (b->n - i) * sizeof(b->start[0]));
 			memmove(&b->end[i + 1], &b->end[i], (b->n - i) * sizeof(b->end[0]));

@@ -25,6 +25,31 @@ void md__rangeset_add(struct md__rangeset *s, uintptr_t start, uintptr_t end)
 		s->end[s->n++] = end;
 		return;
 	}
+	/* Full: the two ranges closest to each other are joined, the new
+	 * one among them, so what comes to be covered beside them is the
+	 * least. Joined to its nearest alone, a range far from the others
+	 * (guest RAM of another block) covered the memory between, an
+	 * allocator's, say, which then went through the agent's lock. */
+	size_t a = 0, b = 0;
+	uintptr_t pair_gap = UINTPTR_MAX;
+	for (size_t i = 0; best_gap && i < s->n; i++)
+		for (size_t j = i + 1; j < s->n; j++) {
+			uintptr_t g = gap(s->start[i], s->end[i], s->start[j], s->end[j]);
+			if (g < pair_gap) {
+				pair_gap = g;
+				a = i;
+				b = j;
+			}
+		}
+	if (pair_gap < best_gap) {
+		if (s->start[b] < s->start[a])
+			s->start[a] = s->start[b];
+		if (s->end[b] > s->end[a])
+			s->end[a] = s->end[b];
+		s->start[b] = start;
+		s->end[b] = end;
+		return;
+	}
 	if (start < s->start[best])
 		s->start[best] = start;
 	if (end > s->end[best])

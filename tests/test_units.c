@@ -121,6 +121,20 @@ TEST_IMPL(rangeset_covers)
 	ASSERT(covered(&s, 0x10000, 0x30000));
 	for (size_t i = 0; i < n; i++)
 		ASSERT(covered(&s, added[i][0], added[i][1]));
+
+	/* Full, the closest two are joined, not the newest and its nearest:
+	 * pages forgotten here and there in one block of guest RAM, then
+	 * one in a block far from it, leave the memory between uncovered
+	 * (an allocator's there went through the agent's lock). */
+	struct md__rangeset f = { 0 };
+	const uintptr_t block = 0x7f0000000000ull, other = block + 0x40000000ull;
+	for (uintptr_t i = 0; i < MD_RANGESET_MAX + 8; i++)
+		md__rangeset_add(&f, block + i * 0x4000, block + i * 0x4000 + 0x1000);
+	md__rangeset_add(&f, other, other + 0x1000);
+	for (uintptr_t i = 0; i < MD_RANGESET_MAX + 8; i++)
+		ASSERT(covered(&f, block + i * 0x4000, block + i * 0x4000 + 0x1000));
+	ASSERT(covered(&f, other, other + 0x1000));
+	ASSERT(!md__rangeset_overlaps(&f, block + 0x100000, other));
 	return 0;
 }
 
@@ -164,6 +178,15 @@ TEST_IMPL(ours_set_covers)
 		}
 	}
 	ASSERT_EQ(a->ours.n, MD_OURS_MAX);
+	/* Full, a range far from the rest joins nothing far: the two closest
+	 * ranges are joined instead, and the memory between stays out. */
+	const uintptr_t far = 0x100000000ul;	/* the others lie below 0x50000000 */
+	md__ours_grow(a, far, far + 4096);
+	ASSERT(ours_has(a, far));
+	ASSERT(!ours_has(a, 0x80000000ul) && !ours_has(a, far - 4096));
+	for (int j = 0; j < 1000; j++)
+		for (uintptr_t p = lo[j]; p < hi[j]; p += 4096)
+			ASSERT(ours_has(a, p));
 	/* A refresh: what the records cover, nothing of the grown ranges. */
 	struct md__region r[2] = { { .start = 0x7000000, .end = 0x7004000 },
 				   { .start = 0x7004000, .end = 0x7008000 } };
