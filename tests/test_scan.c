@@ -1409,8 +1409,19 @@ TEST_IMPL(scan_vmm_settings_outlive_welcome)
 	char *m = pairs_ram(n);
 	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
 	ASSERT(kill(t.pid, SIGCONT) == 0);
-	ASSERT(listed_by(&t));
-	usleep(200000);	/* the welcome applied */
+	/* The agent's counters reach memdedupd after the welcome is applied
+	 * (the same call of the agent's thread): once they are there, it
+	 * was. */
+	int reported = 0;
+	for (int i = 0; i < 200 && !reported; i++) {
+		json_t *st = td_status(&t);
+		json_t *me = td_find(json_object_get(st, "agents"), "pid", getpid());
+		reported = json_is_real(json_object_get(me, "report_age_seconds"));
+		json_decref(st);
+		if (!reported)
+			usleep(50000);
+	}
+	ASSERT(reported);
 	ASSERT_EQ(__atomic_load_n(&a->scanner.paused, __ATOMIC_SEQ_CST), 1);
 	ASSERT_EQ(__atomic_load_n(&a->scanner.batch, __ATOMIC_RELAXED), 7);
 	md_stats s;
