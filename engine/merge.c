@@ -1285,6 +1285,7 @@ static int zero_run(struct md__engine *e, struct md__eregion *r, uintptr_t addr,
 		void *m = map_fixed(addr, n * MD_EPAGE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 		if (m == MAP_FAILED) {
 			int err = -errno;
+			e->st.map_failed += n;
 			remake_lost(e, r, addr, n, NULL);
 			return err;
 		}
@@ -1773,14 +1774,18 @@ int md__engine_discard(struct md__engine *e, void *addr, size_t len)
 	/* Every region the range overlaps: a discard may span two. Under the
 	 * lock: a zap in the middle of a merge would drop the write-protection
 	 * of a frozen page (see still_frozen). */
-	for (size_t ri = 0; ri < e->nregions && !err; ri++) {
+	/* A run that fails (its map, memory short) does not stop the rest:
+	 * the VMM is told the discard failed, with as much of it done as
+	 * could be (zeroes, or remade with its content). */
+	for (size_t ri = 0; ri < e->nregions; ri++) {
 		struct md__eregion *r = &e->regions[ri];
 		uintptr_t s0 = a > r->start ? a : r->start, s1 = a + len < r->end ? a + len : r->end;
 		ours |= s0 < s1;
-		for (uintptr_t p = s0; p < s1 && !err; p += MAX_RUN * MD_EPAGE) {
+		for (uintptr_t p = s0; p < s1; p += MAX_RUN * MD_EPAGE) {
 			size_t n = (s1 - p) / MD_EPAGE < MAX_RUN ? (s1 - p) / MD_EPAGE : MAX_RUN;
-			err = zero_run(e, r, p, n);
-			for (size_t k = 0; k < n && !err; k++)	/* the VMM's holes now */
+			int rerr = zero_run(e, r, p, n);
+			err = err ? err : rerr;
+			for (size_t k = 0; k < n && !rerr; k++)	/* the VMM's holes now */
 				dropped_set(r, (p - r->start) / MD_EPAGE + k, 0);
 		}
 	}
