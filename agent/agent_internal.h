@@ -233,6 +233,11 @@ void md__apply_advice(struct md_agent *a, const struct md__region *r, uintptr_t 
 /* Gives the advice to every mapping made by reads since the last call: one
  * madvise per region, off the guest's I/O path. */
 void md__regions_flush_advice(struct md_agent *a);
+/* The same, before a fork (its prepare handler), unless the agent's lock
+ * stays taken for 0.1 s: the advice the VMM gave (MADV_DONTFORK) reaches
+ * the mappings reads made since the last flush before the child copies
+ * them. */
+void md__regions_flush_advice_before_fork(struct md_agent *a);
 void md__regions_free(struct md_agent *a);
 
 /* images.c */

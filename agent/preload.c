@@ -121,9 +121,11 @@ static void plain_child(void)
 	md__policy_child();
 }
 
+static void before_fork(void);
+
 __attribute__((constructor)) static void preload_init(void)
 {
-	pthread_atfork(NULL, NULL, child_after_fork);
+	pthread_atfork(before_fork, NULL, child_after_fork);
 	md__policy_atfork();
 	find_libc_syscall();
 }
@@ -214,6 +216,16 @@ static md_agent *agent_get(void)
 static md_agent *agent_peek(void)
 {
 	return md__in_agent ? NULL : __atomic_load_n(&agent, __ATOMIC_ACQUIRE);
+}
+
+/* The prepare handler of fork(): the advice given to guest RAM reaches
+ * the mappings reads made since the agent's last flush, before the child
+ * copies them. */
+static void before_fork(void)
+{
+	md_agent *a = agent_peek();
+	if (a)
+		md__regions_flush_advice_before_fork(a);
 }
 
 static size_t page_len(size_t len)

@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/mman.h>
 
 #include "agent_internal.h"
@@ -189,9 +190,9 @@ static void advise_ranges(struct md_agent *a, const struct md__region *r, const 
 	}
 }
 
-void md__regions_flush_advice(struct md_agent *a)
+/* agent->lock held. */
+static void flush_advice_locked(struct md_agent *a)
 {
-	md__agent_enter(a);
 	for (size_t i = 0; i < a->nregions; i++) {
 		struct md__region *r = &a->regions[i];
 		/* Anonymous parts have the advice already: a no-op for them.
@@ -199,6 +200,31 @@ void md__regions_flush_advice(struct md_agent *a)
 		advise_ranges(a, r, &r->advice_pending);
 		r->advice_pending.n = 0;
 	}
+}
+
+void md__regions_flush_advice(struct md_agent *a)
+{
+	md__agent_enter(a);
+	flush_advice_locked(a);
+	md__agent_leave(a);
+}
+
+void md__regions_flush_advice_before_fork(struct md_agent *a)
+{
+	/* Not waiting long for the lock: another thread holding it may wait
+	 * for a lock the forking thread holds (an allocator's, taken by its
+	 * own prepare handler, which runs before ours). */
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_nsec += 100000000;	/* 0.1 s */
+	if (until.tv_nsec >= 1000000000) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000;
+	}
+	if (pthread_mutex_timedlock(&a->lock, &until) != 0)
+		return;
+	md__in_agent++;
+	flush_advice_locked(a);
 	md__agent_leave(a);
 }
 

@@ -1722,6 +1722,12 @@ TEST_IMPL(advice_reaches_new_mappings)
 	usleep(1200000);
 	vm_flags(&a, MB, flags, sizeof(flags));
 	ASSERT(strstr(flags, " dc") != NULL);
+	/* A fork right after a read (before the once-a-second flush) gets
+	 * the advice first: the child has no copy of the new mapping (a
+	 * copy-on-write view of it, with O_DIRECT reads in flight, could
+	 * take a read's data from the parent). */
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 %u 65536", fd, 2 * MB), 65536);
+	ASSERT(strcmp(proc_cmd(&a, "forkmapped %u", 2 * MB), "unmapped") == 0);
 	proc_stop(&a);
 	return 0;
 }

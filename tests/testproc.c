@@ -21,6 +21,7 @@
  *                           (MD_TESTPROC_DROP_WRITE=K in the environment: the
  *                           first writer's K-th write is lost on purpose)
  *   exhaust / release     -> fill the process's mappings up to the limit, undo
+ *   forkmapped DOFF -> mapped|unmapped: whether a child made by fork() maps it
  *   advise DOFF LEN ADVICE [raw] -> madvise result (raw: through syscall(2)) (dontneed, dontneedlocked, dontfork,
  *                           mergeable, unmergeable)
  *   unmap DOFF HEXLEN     -> munmap result (0 or -errno)
@@ -1028,6 +1029,16 @@ int main(void)
 			close(p[0]);
 			waitpid(pid, NULL, 0);
 			printf("%s\n", n > 0 ? out : "none");
+		} else if (strcmp(cmd, "forkmapped") == 0) {	/* DOFF: is it mapped in a child? */
+			sscanf(line, "%*s %lld", &a1);
+			pid_t pid = fork();
+			if (pid == 0) {
+				unsigned char v;
+				_exit(mincore(base + a1, 4096, &v) == 0 ? 0 : 1);
+			}
+			int st = 0;
+			waitpid(pid, &st, 0);
+			printf("%s\n", !WIFEXITED(st) ? "error" : WEXITSTATUS(st) ? "unmapped" : "mapped");
 		} else if (strcmp(cmd, "forkstorm") == 0) {	/* N raw|_Fork|clone */
 			sscanf(line, "%*s %lld %31s", &a1, s2);
 			printf("%d\n", fork_storm((int)a1, s2));

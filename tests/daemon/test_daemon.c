@@ -3061,7 +3061,9 @@ TEST_IMPL(daemon_control)
 	for (int round = 0; round < 2; round++) {
 		md__client_free(agent);
 		close(fd);
-		usleep(200000);	/* the daemon sees it go */
+		for (int i = 0; i < 200 && agents_connected(&t); i++)
+			usleep(20000);	/* the daemon sees it go */
+		ASSERT_EQ(agents_connected(&t), 0);
 		if (round)
 			ASSERT_EQ(control(cli, MD_CTL_RESUME, 0, NULL, NULL, text), 0);
 		agent = td_agent(&t, NULL, &w, &fd);
