@@ -386,6 +386,7 @@ int md_agent_new(md_agent **agentp, const md_agent_options *opts)
 		goto err_unclaim;
 	}
 	pthread_mutex_init(&a->lock, NULL);
+	a->lease_uid = (uid_t)-1;
 	pthread_mutex_init(&a->writes_lock, NULL);
 	pthread_mutex_init(&a->unmerge_lock, NULL);
 	pthread_mutex_init(&a->probe_lock, NULL);

@@ -183,6 +183,10 @@ struct md_agent {
 	pthread_t thread;
 	int stop;
 	int breaking;	/* images MD_LEASE_BREAKING (under lock; read racily) */
+	/* While a root VMM takes another uid (md__images_uid_change until its
+	 * call returned): no lease on a file that uid does not own, which
+	 * it could not give back. (uid_t)-1: none under way. */
+	uid_t lease_uid;
 
 	/* Writes in flight, oldest first (writes.c). writes_lock is taken
 	 * alone, or inside agent->lock; never the other way round. */
@@ -281,6 +285,8 @@ void md__image_lease_broken(struct md_agent *a, int fd);
  * images that uid does not own are given back first (their pages made
  * private), while the kernel still lets us. */
 void md__images_uid_change(struct md_agent *a, uid_t fsuid);
+/* The call md__images_uid_change came before has returned. */
+void md__images_uid_changed(struct md_agent *a);
 /* Tries again to make private the pages of images whose break found memory
  * short; gives their leases back once done, or when time is up. Returns
  * how many still wait (agent->breaking). */

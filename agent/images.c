@@ -293,6 +293,10 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, const struct md__f
 			     "by the VMM: it opened the image again");
 		img->fd = own_fd;
 	}
+	if (a->lease_uid != (uid_t)-1 && st.st_uid != a->lease_uid) {
+		*why = MD_FB_NO_LEASE;	/* the VMM is giving root up: its new uid could not give it back */
+		return NULL;
+	}
 	if (lease_signal_to_us(a, img->fd) != 0 || fcntl(img->fd, F_SETLEASE, F_RDLCK) != 0) {
 		*why = MD_FB_NO_LEASE;
 		md__log_once(21, "no read lease on an image (%s): it may change, so its reads are copied",
@@ -455,9 +459,11 @@ void md__image_lease_broken(struct md_agent *a, int fd)
 
 void md__images_uid_change(struct md_agent *a, uid_t fsuid)
 {
-	if (fsuid == (uid_t)-1 || geteuid() != 0)
+	/* Root keeps CAP_LEASE: nothing to do for uid 0, or no change. */
+	if (fsuid == (uid_t)-1 || fsuid == 0 || geteuid() != 0)
 		return;
 	md__agent_enter(a);
+	a->lease_uid = fsuid;
 	for (size_t i = 0; i < a->nimages; i++) {
 		struct md__image *img = &a->images[i];
 		struct stat st;
@@ -472,6 +478,18 @@ void md__images_uid_change(struct md_agent *a, uid_t fsuid)
 			     "new user are given back, their pages made private");
 		start_break(a, img);
 	}
+	md__agent_leave(a);
+	/* A break that waits (a write from guest RAM in flight, memory short)
+	 * must end while the lease can still be given back: up to 2 s here,
+	 * on the VMM's thread, before its call. */
+	for (int i = 0; i < 200 && md__image_breaks_retry(a); i++)
+		usleep(10000);
+}
+
+void md__images_uid_changed(struct md_agent *a)
+{
+	md__agent_enter(a);
+	a->lease_uid = (uid_t)-1;	/* the kernel's owner check holds from here */
 	md__agent_leave(a);
 }
 

@@ -38,7 +38,6 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/ioctl.h>
-#include <sys/fsuid.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -125,8 +124,12 @@ static void before_fork(void);
 
 __attribute__((constructor)) static void preload_init(void)
 {
-	pthread_atfork(before_fork, NULL, child_after_fork);
+	pthread_atfork(NULL, NULL, child_after_fork);
 	md__policy_atfork();
+	/* Registered last, so that it runs first: before the policies' own
+	 * prepare handler takes their lock, which a thread holding the
+	 * agent's may be waiting for. */
+	pthread_atfork(before_fork, NULL, NULL);
 	find_libc_syscall();
 }
 
@@ -220,7 +223,11 @@ static md_agent *agent_peek(void)
 
 /* The prepare handler of fork(): the advice given to guest RAM reaches
  * the mappings reads made since the agent's last flush, before the child
- * copies them. */
+ * copies them. Best effort: a read on another thread between it and the
+ * fork, an agent's lock held for 0.1 s, or a fork that runs no handler
+ * (_Fork, syscall(SYS_fork), clone: they may be called from a signal
+ * handler, where no lock may be waited for) leaves them to the next
+ * flush, within a second. */
 static void before_fork(void)
 {
 	md_agent *a = agent_peek();
@@ -699,16 +706,18 @@ EXPORT int clone(int (*fn)(void *), void *stack, int flags, void *arg, ...)
 }
 
 /* The C library's calls that change the process's uid (all its threads:
- * glibc's, never the bare system call). Before a root VMM takes another
- * file-system uid (QEMU's -runas), the leases on images that uid does not
- * own are given back: the kernel lets only a file's owner give back a
- * lease on it, and one left would hold every writer of the image for the
- * kernel's lease-break-time. */
-static void uid_change(uid_t fsuid)
+ * glibc's, never the bare system call; not setfsuid, a thread's own,
+ * which keeps CAP_LEASE). Before a root VMM takes another uid (QEMU's
+ * -runas), the leases on images that uid does not own are given back:
+ * the kernel lets only a file's owner give back a lease on it, and one
+ * left would hold every writer of the image for the kernel's
+ * lease-break-time. */
+static md_agent *uid_change(uid_t fsuid)
 {
 	md_agent *a = agent_peek();
 	if (a)
 		md__images_uid_change(a, fsuid);
+	return a;
 }
 
 #define UID_CALL(name, params, args, fsuid)                                         \
@@ -720,14 +729,17 @@ static void uid_change(uid_t fsuid)
 			errno = ENOSYS;                                              \
 			return -1;                                                   \
 		}                                                                    \
-		uid_change(fsuid);                                                   \
-		return fn args;                                                      \
+		md_agent *a = uid_change(fsuid);                                     \
+		int ret = fn args, err = errno;                                      \
+		if (a)                                                               \
+			md__images_uid_changed(a);                                   \
+		errno = err;                                                         \
+		return ret;                                                          \
 	}
 UID_CALL(setuid, (uid_t u), (u), u)
 UID_CALL(seteuid, (uid_t e), (e), e)
 UID_CALL(setreuid, (uid_t r, uid_t e), (r, e), e)
 UID_CALL(setresuid, (uid_t r, uid_t e, uid_t s), (r, e, s), e)
-UID_CALL(setfsuid, (uid_t f), (f), f)
 
 /* The C library's fork without the atfork handlers (glibc 2.34). */
 pid_t _Fork(void);

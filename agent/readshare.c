@@ -202,9 +202,9 @@ static size_t share_locked(struct md_agent *a, struct md__region *r, int fd, con
 		md__policy_apply(dst, plan->map_len);	/* the VMM's NUMA policy, if any */
 	/* MADV_DONTFORK and MADV_MERGEABLE (with kernel KSM) come within a
 	 * second, for all new mappings at once (md__regions_flush_advice):
-	 * two madvise calls per read were a tenth of its cost. A fork comes
-	 * after them: its prepare handler flushes them first (unless the
-	 * agent's lock stays taken for 0.1 s). */
+	 * two madvise calls per read were a tenth of its cost. A fork()
+	 * mostly comes after them: its prepare handler flushes them first
+	 * (best effort, see before_fork in preload.c). */
 	md__rangeset_add(&r->advice_pending, dst, dst + plan->map_len);
 	if ((a->flags & MD_OPT_POPULATE) &&
 	    md__sys_madvise((void *)dst, plan->map_len, MADV_POPULATE_READ) != 0 && errno != EINVAL) {

@@ -368,10 +368,10 @@ static uint64_t cgroup_headroom(void)
 
 /* Memory the copies of an unmerge may take: what the host has available,
  * or less if a cgroup limits this process. Without /proc (a VMM chrooted
- * where there is none, as QEMU's -chroot), the free memory sysinfo(2)
- * tells, which leaves the page cache out: less than is available, never
- * more (read as none, every unmerge was refused, and a VMM that gave root
- * up stayed in root's domain). */
+ * where there is none, as QEMU's -chroot), the free memory and buffers
+ * sysinfo(2) tells, page cache left out, and no cgroup's limit, which is
+ * not found there (read as none, every unmerge was refused, and a VMM
+ * that gave root up stayed in root's domain). */
 static uint64_t mem_available_bytes(void)
 {
 	char buf[4096];

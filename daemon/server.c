@@ -1142,7 +1142,10 @@ int md__server_run(struct md__daemon *d)
 		d->nev = n;
 		/* After evs is known: a connection closed here leaves it. */
 		if (now_ms() - swept >= 1000) {
-			d->owing = drop_stalled(d);
+			/* A close in it may ask for a look again (user_put). */
+			d->owing = 0;
+			int owing = drop_stalled(d);
+			d->owing |= owing;
 			swept = now_ms();
 		}
 		for (int i = 0; i < n && !d->stop; i++) {
