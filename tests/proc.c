@@ -209,6 +209,12 @@ struct pm proc_page(struct proc *p, size_t doff)
 	return r;
 }
 
+int proc_page_from_file(struct proc *p, size_t doff)
+{
+	struct pm pm = proc_page(p, doff);
+	return pm.file || !pm.present;
+}
+
 int proc_stats(struct proc *p, md_stats *s)
 {
 	char path[512];

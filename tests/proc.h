@@ -49,6 +49,11 @@ void proc_stop(struct proc *p);
 /* Pagemap of the process for base+doff: PFN (0 if not present) and flags. */
 struct pm { uint64_t pfn; int present, file; };
 struct pm proc_page(struct proc *p, size_t doff);
+/* 1 if the page at doff shows a file's page or none yet: a mapping from an
+ * image nothing copied. pagemap read once: read twice, a scanner touching
+ * the page between the reads (it hashes image pages in place) made a page
+ * not there yet look present and anonymous. */
+int proc_page_from_file(struct proc *p, size_t doff);
 /* Reads the agent's statistics of p; waits up to ms for cond on them. */
 int proc_stats(struct proc *p, md_stats *s);
 int proc_stats_wait(struct proc *p, md_stats *s, int ms, int (*cond)(const md_stats *));
