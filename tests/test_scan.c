@@ -1662,7 +1662,12 @@ TEST_IMPL(scan_stop_ends_sleep)
 	ASSERT(m != MAP_FAILED);
 	memset(m, 3, 64 * PG);
 	ASSERT_EQ(md_agent_register(a, m, 64 * PG, 0), 0);
-	usleep(500000);	/* a batch, then a sleep of 10 s at least */
+	/* A batch (its pages read), then a sleep of 10 s at least. */
+	md_stats s;
+	for (int i = 0; i < 100 && (md_agent_stats(a, &s) != 0 || !s.pages_scanned); i++)
+		usleep(50000);
+	ASSERT(s.pages_scanned > 0);
+	usleep(100000);
 	struct timespec t0, t1;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	ASSERT_EQ(md_agent_unmerge(a), 0);
@@ -1923,9 +1928,9 @@ TEST_IMPL(scan_unmerge_and_tunables)
 		ASSERT((e >> 63) && !(e & (1ull << 61)));	/* present, anonymous */
 	}
 	close(pm);
-	/* And it stays paused, as KSM does after run=2. */
-	usleep(300000);
-	md_agent_stats(a, &s2);
+	/* And it stays paused, as KSM does after run=2: its passes stop,
+	 * and nothing merges again. */
+	ASSERT_EQ(scanner_still(a, &s1, &s2), 0);
 	ASSERT_EQ(s2.pages_sharing, 0);
 	ASSERT_EQ(s2.io_unseen, 0);
 	/* Stopped for I/O it cannot follow: no resuming (it could merge
