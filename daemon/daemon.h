@@ -164,17 +164,25 @@ struct md__agent {
 	uint32_t ncand;
 };
 
+/* A token bucket: what a rate allows, up to a burst (main.c). */
+struct md__bucket {
+	int64_t tokens;            /* below 0: in debt */
+	int64_t at_ms;             /* md__now_ms of the last refill, less a part token's time */
+};
+/* Adds what rate a second earned since the last refill, up to burst (the
+ * time of a part token counts towards the next); returns the tokens. */
+int64_t md__bucket_refill(struct md__bucket *b, int64_t rate, int64_t burst);
+
 /* A uid with connections, and what they hold together. */
 struct md__user {
 	struct md__user *next;
 	uid_t uid;
 	size_t conns;
 	size_t unsent;             /* bytes queued for its connections, not sent yet */
-	/* STATUS documents it may still have built (bytes, below 0 in debt),
-	 * as of status_at_ms: see md__daemon.status_bytes_per_s. Kept while in debt
-	 * with no connection, or a reconnect would start afresh. */
-	int64_t status_tokens;
-	uint64_t status_at_ms;
+	/* STATUS bytes it may still have built (below 0 in debt): see
+	 * md__daemon.status_bytes_per_s. Kept while in debt with no
+	 * connection, or a reconnect would start afresh. */
+	struct md__bucket status;
 };
 
 struct md__conn {

@@ -73,28 +73,34 @@ void md__dlog(const char *fmt, ...)
 #define PEER_LINES_BURST 1000
 #define PEER_LINES_PER_S 20
 
-static int64_t peer_at_ms;
-static uint64_t peer_tokens = PEER_LINES_BURST, peer_suppressed;
+static struct md__bucket peer = { PEER_LINES_BURST, 0 };
+static uint64_t peer_suppressed;
 
-static void peer_refill(void)
+int64_t md__bucket_refill(struct md__bucket *b, int64_t rate, int64_t burst)
 {
-	int64_t now = md__now_ms();
-	uint64_t add = (uint64_t)(now - peer_at_ms) * PEER_LINES_PER_S / 1000;
-	if (!add)
-		return;
-	peer_tokens = peer_tokens + add < PEER_LINES_BURST ? peer_tokens + add : PEER_LINES_BURST;
-	/* Whole tokens only: the rest of the time counts towards the next. */
-	peer_at_ms = peer_tokens == PEER_LINES_BURST ? now : peer_at_ms + (int64_t)(add * 1000 / PEER_LINES_PER_S);
+	int64_t now = md__now_ms(), since = now - b->at_ms;
+	/* An hour fills any bucket here, and bounds the product. */
+	int64_t add = rate > 0 ? (since < 3600000 ? since : 3600000) * rate / 1000 : 0;
+	if (add) {
+		b->tokens = b->tokens + add < burst ? b->tokens + add : burst;
+		/* Whole tokens only: the rest of the time counts towards the next. */
+		b->at_ms = b->tokens == burst ? now : b->at_ms + add * 1000 / rate;
+	}
+	return b->tokens;
+}
+
+static int64_t peer_refill(void)
+{
+	return md__bucket_refill(&peer, PEER_LINES_PER_S, PEER_LINES_BURST);
 }
 
 int md__dlog_peer_flush(int force)
 {
 	if (!peer_suppressed)
 		return 0;
-	peer_refill();
-	if (!peer_tokens && !force)
+	if (!peer_refill() && !force)
 		return 1;
-	peer_tokens -= peer_tokens > 0;
+	peer.tokens -= peer.tokens > 0;
 	md__dlog("%llu lines about peers left out (more than %u a second)",
 		 (unsigned long long)peer_suppressed, PEER_LINES_PER_S);
 	peer_suppressed = 0;
@@ -104,12 +110,11 @@ int md__dlog_peer_flush(int force)
 void md__dlog_peer(const char *fmt, ...)
 {
 	md__dlog_peer_flush(0);
-	peer_refill();
-	if (!peer_tokens) {
+	if (!peer_refill()) {
 		peer_suppressed++;
 		return;
 	}
-	peer_tokens--;
+	peer.tokens--;
 	va_list ap;
 	va_start(ap, fmt);
 	vlog(fmt, ap);

@@ -256,8 +256,7 @@ static struct md__user *user_get(struct md__daemon *d, uid_t uid)
 		if (!u)
 			return NULL;
 		u->uid = uid;
-		u->status_tokens = d->status_bytes_per_s;
-		u->status_at_ms = now_ms();
+		u->status = (struct md__bucket){ d->status_bytes_per_s, md__now_ms() };
 		u->next = d->users;
 		d->users = u;
 	}
@@ -268,15 +267,7 @@ static struct md__user *user_get(struct md__daemon *d, uid_t uid)
 /* The STATUS bytes u may build now (see md__daemon.status_bytes_per_s). */
 static int64_t status_refill(const struct md__daemon *d, struct md__user *u)
 {
-	int64_t rate = d->status_bytes_per_s;
-	uint64_t now = now_ms();
-	int64_t add = (int64_t)(now - u->status_at_ms) * rate / 1000;
-	if (add) {
-		int64_t t = u->status_tokens + (add < rate ? add : rate);
-		u->status_tokens = t < rate ? t : rate;
-		u->status_at_ms = now;
-	}
-	return u->status_tokens;
+	return md__bucket_refill(&u->status, d->status_bytes_per_s, d->status_bytes_per_s);
 }
 
 /* Forgets u once it has no connection and owes no STATUS bytes: 1 if it
@@ -747,7 +738,7 @@ static void handle_status(struct md__daemon *d, struct md__conn *c, uint32_t seq
 	}
 	int err = md__status_json(d, c->uid, from->domain_from, from->agent_from, &json, &len);
 	if (limited)
-		c->user->status_tokens -= (int64_t)(err || len < MD_D_STATUS_MIN ? MD_D_STATUS_MIN : len);
+		c->user->status.tokens -= (int64_t)(err || len < MD_D_STATUS_MIN ? MD_D_STATUS_MIN : len);
 	if (err) {
 		reply_error(d, c, seq, err, "cannot build the status document");
 		return;

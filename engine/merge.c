@@ -1119,26 +1119,30 @@ static struct md__eregion *replaceable(struct md__engine *e, uintptr_t a, size_t
 int md__engine_fail_maps;	/* tests only: see merge.h */
 
 /* The mmap(MAP_FIXED) that replaces registered pages. */
+/* Tests only: a map over [addr, addr+len) fails as one before Linux 6.6
+ * could, the old pages gone (see merge.h). */
+static int map_fails(uintptr_t addr, size_t len)
+{
+	if (__atomic_load_n(&md__engine_fail_maps, __ATOMIC_RELAXED) <= 0 ||
+	    __atomic_sub_fetch(&md__engine_fail_maps, 1, __ATOMIC_RELAXED) < 0)
+		return 0;
+	md__sys_munmap((void *)addr, len);
+	errno = ENOMEM;
+	return 1;
+}
+
 static void *map_fixed(uintptr_t addr, size_t len, int flags, int fd, off_t off)
 {
-	if (__atomic_load_n(&md__engine_fail_maps, __ATOMIC_RELAXED) > 0 &&
-	    __atomic_sub_fetch(&md__engine_fail_maps, 1, __ATOMIC_RELAXED) >= 0) {
-		md__sys_munmap((void *)addr, len);
-		errno = ENOMEM;
+	if (map_fails(addr, len))
 		return MAP_FAILED;
-	}
 	return md__sys_mmap((void *)addr, len, PROT_READ | PROT_WRITE, flags | MAP_FIXED, fd, off);
 }
 
 /* map_fixed for a mapping made aside: moves it over [addr, addr+len). */
 static void *map_fixed_moved(void *aside, uintptr_t addr, size_t len)
 {
-	if (__atomic_load_n(&md__engine_fail_maps, __ATOMIC_RELAXED) > 0 &&
-	    __atomic_sub_fetch(&md__engine_fail_maps, 1, __ATOMIC_RELAXED) >= 0) {
-		md__sys_munmap((void *)addr, len);
-		errno = ENOMEM;
+	if (map_fails(addr, len))
 		return MAP_FAILED;
-	}
 	return md__sys_mremap(aside, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)addr);
 }
 
