@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <dirent.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -213,6 +214,48 @@ int proc_page_from_file(struct proc *p, size_t doff)
 {
 	struct pm pm = proc_page(p, doff);
 	return pm.file || !pm.present;
+}
+
+/* 1 if a thread of pid named comm is inside system call nr now, by the
+ * first number of /proc/PID/task/TID/syscall ("running" while it runs). */
+static int in_syscall_now(pid_t pid, const char *comm, long nr)
+{
+	char path[320], buf[256];
+	int found = 0;
+	snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+	DIR *d = opendir(path);
+	if (!d)
+		return 0;
+	for (struct dirent *e; !found && (e = readdir(d));) {
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/%d/task/%s/comm", (int)pid, e->d_name);
+		snprintf(buf, sizeof(buf), "%s", file_text(path));
+		buf[strcspn(buf, "\n")] = 0;
+		if (strcmp(buf, comm) != 0)
+			continue;
+		snprintf(path, sizeof(path), "/proc/%d/task/%s/syscall", (int)pid, e->d_name);
+		snprintf(buf, sizeof(buf), "%s", file_text(path));
+		char *end;
+		long got = strtol(buf, &end, 10);
+		found = end != buf && got == nr;
+	}
+	closedir(d);
+	return found;
+}
+
+int thread_blocked_in(pid_t pid, const char *comm, long nr, int ms)
+{
+	for (int waited = 0; waited <= ms; waited += 10) {
+		/* Seen twice 20 ms apart: not a call that was about to return. */
+		if (in_syscall_now(pid, comm, nr)) {
+			usleep(20000);
+			if (in_syscall_now(pid, comm, nr))
+				return 1;
+		}
+		usleep(10000);
+	}
+	return 0;
 }
 
 int proc_stats(struct proc *p, md_stats *s)

@@ -54,6 +54,10 @@ struct pm proc_page(struct proc *p, size_t doff);
  * the page between the reads (it hashes image pages in place) made a page
  * not there yet look present and anonymous. */
 int proc_page_from_file(struct proc *p, size_t doff);
+/* Waits up to ms for a thread of pid named comm to be blocked in system
+ * call nr (SYS_poll, say): 1 once it is, seen twice 20 ms apart; 0 if not.
+ * How a test knows its scanner waits for a stopped memdedupd's answer. */
+int thread_blocked_in(pid_t pid, const char *comm, long nr, int ms);
 /* Reads the agent's statistics of p; waits up to ms for cond on them. */
 int proc_stats(struct proc *p, md_stats *s);
 int proc_stats_wait(struct proc *p, md_stats *s, int ms, int (*cond)(const md_stats *));

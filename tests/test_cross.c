@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -676,7 +677,9 @@ TEST_IMPL(cross_unmap_elsewhere_not_held)
 	td_pause(&t);
 	proc_cmd(&a, "fill %u %u 10", 512 * PG, N);
 	proc_cmd(&b, "fill %u %u 10", 512 * PG, N);
-	usleep(300000);
+	/* The scanner's batch waits for the answers (2 s at most), regions
+	 * held for reading, when the first unmap comes. */
+	ASSERT(thread_blocked_in(a.pid, "md-scan", SYS_poll, 5000));
 	long long worst = proc_num(&a, "unmapfresh 10");
 	long long worst_remap = proc_num(&a, "remapfresh 10");
 	fprintf(stderr, "  slowest munmap %lld us, mremap %lld us\n", worst, worst_remap);

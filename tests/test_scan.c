@@ -1261,9 +1261,10 @@ TEST_IMPL(scan_unmap_not_held_by_daemon)
 	for (size_t i = 0; i < n * PG; i++)
 		m[i] = (char)((i / PG) % (n / 2) * 31 + i % PG);
 	ASSERT_EQ(md_agent_register(a, b, nb * PG, 0), 0);
-	usleep(100000);	/* b's checksums taken: its next visits ask */
 	td_pause(&t);
-	usleep(100000);	/* the question of b's pages waits for the answer */
+	/* b's checksums taken, its next visit asks: the question waits for
+	 * the answer, and still does after the calls below. */
+	ASSERT(thread_blocked_in(getpid(), "md-scan", SYS_poll, 5000));
 	/* The VMM's calls on guest RAM meanwhile: more RAM asks for merging,
 	 * and RAM goes. */
 	struct timespec t0, t1;
@@ -1271,6 +1272,7 @@ TEST_IMPL(scan_unmap_not_held_by_daemon)
 	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
 	ASSERT_EQ(md_agent_unmap(a, b, nb * PG), 0);
 	clock_gettime(CLOCK_MONOTONIC, &t1);
+	ASSERT(thread_blocked_in(getpid(), "md-scan", SYS_poll, 0));
 	ASSERT(kill(t.pid, SIGCONT) == 0);
 	double took = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
 	printf("  register and unmap of guest RAM took %.3f s with memdedupd stopped\n", took);
@@ -1353,6 +1355,7 @@ TEST_IMPL(scan_unmap_merged_not_held_by_daemon)
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	ASSERT_EQ(md_agent_unmap(a, m, n * PG), 0);
 	clock_gettime(CLOCK_MONOTONIC, &t1);
+	ASSERT(thread_blocked_in(getpid(), "md-scan", SYS_poll, 0));
 	ASSERT(kill(t.pid, SIGCONT) == 0);
 	double took = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
 	fprintf(stderr, "  unmap of merged guest RAM took %.3f s with memdedupd stopped\n", took);

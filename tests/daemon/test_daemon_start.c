@@ -542,13 +542,14 @@ TEST_IMPL(daemon_client_checks_daemon)
 		execl(exe, "memdedupd", "--foreground", "--run-dir", dir, "--socket", sock, (char *)NULL);
 		_exit(127);
 	}
-	struct stat st;
-	for (int i = 0; i < 300 && stat(sock, &st) != 0; i++)
-		usleep(10000);
-	usleep(50000);
-	/* Root's client: the daemon is another user's. */
+	/* Root's client: the daemon is another user's (once it listens). */
 	struct md__client *c;
-	ASSERT_EQ(md__client_connect(&c, sock), -EPERM);
+	int err = -ENOENT;
+	for (int i = 0; i < 300 && (err == -ENOENT || err == -ECONNREFUSED); i++) {
+		usleep(10000);
+		err = md__client_connect(&c, sock);
+	}
+	ASSERT_EQ(err, -EPERM);
 	ASSERT(!md__daemon_alive(sock));
 	/* Its own user's client: fine. */
 	pid_t k = fork();
@@ -1173,6 +1174,19 @@ TEST_IMPL(daemon_unsent_bounded)
 	return 0;
 }
 
+/* How many agents memdedupd sees connected. */
+static int connected_agents(const struct tdaemon *t)
+{
+	json_t *st = td_status(t), *a;
+	size_t i;
+	int n = 0;
+	ASSERT(st);
+	json_array_foreach(json_object_get(st, "agents"), i, a)
+		n += json_is_true(json_object_get(a, "connected"));
+	json_decref(st);
+	return n;
+}
+
 /* Agents that got no pidfd (the daemon is out of descriptors) are refused,
  * not served with references that would go with their connection while
  * they still map the pages. n: the daemon's RLIMIT_NOFILE. */
@@ -1237,7 +1251,9 @@ static void pidfd_or_refused(unsigned n)
 	/* Every one that joined keeps its page after dropping its connection. */
 	for (int i = 0; i < joined; i++)
 		ASSERT(write(go[i], "d", 1) == 1);
-	usleep(300000);
+	for (int i = 0; i < 100 && connected_agents(&t) > 0; i++)
+		usleep(50000);
+	ASSERT_EQ(connected_agents(&t), 0);
 	json_t *st = td_status(&t);
 	long long live = td_int(json_array_get(json_object_get(st, "domains"), 0), "pool_live_pages");
 	json_decref(st);
