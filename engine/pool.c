@@ -158,9 +158,11 @@ size_t md__pool_trim(struct md__pool *p)
 	for (size_t i = 0, run; i < n; i += run) {
 		for (run = 1; i + run < n && p->dirty[i + run] == p->dirty[i] + run; run++)
 			;
-		/* Reading the hole gives zeroes; nobody maps it any more. */
-		fallocate(p->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-			  (off_t)p->dirty[i] * POOL_PAGE, (off_t)run * POOL_PAGE);
+		/* Reading the hole gives zeroes; nobody maps it any more. If
+		 * the memory cannot go, a slot's next page overwrites it. */
+		if (fallocate(p->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)p->dirty[i] * POOL_PAGE,
+			      (off_t)run * POOL_PAGE) != 0)
+			md__log_once(110, "freed pool pages stay in memory until reused: %s", strerror(errno));
 	}
 	/* Lowest last: the free list is LIFO, low slots are reused first. */
 	for (size_t i = n; i-- > 0;)
