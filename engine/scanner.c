@@ -23,7 +23,7 @@
  * Of every 8 visits, `ratio` come from hints while there are any, the rest
  * from the cursor, so hints cannot starve the scan of other duplicates. Every
  * 1024 visits the ratio moves one step toward the source that found more
- * merges per visit (between 1 and 7 of 8). A ratio set to 0 turns hints off
+ * merges per visit (between 1 and 7 of 8), if both had 64 visits or more. A ratio set to 0 turns hints off
  * (and their adaptation): the plain linear or random scan, for comparison.
  *
  * A visit (the page is not frozen yet; nothing here is proof; pages are
@@ -97,6 +97,7 @@
  * default rate. At 4,096 the hints of a guest's burst of reads got their
  * share only after the reads had ended. */
 #define EPOCH 1024
+#define EPOCH_MIN 64	/* visits of each source an epoch needs to move the ratio */
 #define HPAGE ((uintptr_t)2 << 20)	/* a transparent huge page on x86-64 */
 #define GATHER MD_SCAN_PEND	/* pages a wake-up visits at least, when the rate allows */
 /* Pages read with fewer than QUIET_FOUND found (1.6 %): slow down. Over
@@ -205,48 +206,93 @@ static uint64_t next_rand(struct md__scanner *s)
 	return s->rng;
 }
 
-/* The cursor's next page, or 0 when nothing is registered. */
+static uint64_t gcd(uint64_t a, uint64_t b)
+{
+	while (b) {
+		uint64_t t = a % b;
+		a = b;
+		b = t;
+	}
+	return a;
+}
+
+/* Random order: a pass visits every page once, in the order of a fresh
+ * permutation of all regions' pages (k -> first + k * stride mod total,
+ * stride prime to total), like ESX's random sampling without its repeats:
+ * independent draws left a third of the pages unvisited each pass. Pages
+ * drawn from all regions at once, not a region first: a region drawn
+ * first gave each page of a ROM as many visits as all of RAM's together.
+ * Regions that change mid-pass get a new permutation for the rest of it. */
+static uintptr_t random_next(struct md__scanner *s)
+{
+	struct md__engine *e = s->e;
+	uint64_t total = 0;
+	for (size_t i = 0; i < e->nregions; i++)
+		total += (e->regions[i].end - e->regions[i].start) / MD_EPAGE;
+	if (total != s->perm.total) {	/* a new pass, or the regions changed */
+		s->perm.total = total;
+		s->perm.first = next_rand(s) % total;
+		s->perm.stride = total > 1 ? 1 + next_rand(s) % (total - 1) : 1;
+		while (gcd(s->perm.stride, total) != 1)
+			s->perm.stride = s->perm.stride % (total - 1) + 1;
+	}
+	uint64_t k = (uint64_t)(((unsigned __int128)s->perm.done * s->perm.stride + s->perm.first) % total);
+	if (++s->perm.done >= total) {
+		pass_ended(s);	/* as many visits as pages */
+		s->perm.done = 0;
+		s->perm.total = 0;	/* a fresh permutation next */
+	}
+	size_t i = 0;
+	for (uint64_t np; k >= (np = (e->regions[i].end - e->regions[i].start) / MD_EPAGE); i++)
+		k -= np;
+	return e->regions[i].start + k * MD_EPAGE;
+}
+
+/* The region holding a, else the lowest above it; nregions if none. */
+static size_t region_from(const struct md__engine *e, uintptr_t a)
+{
+	size_t next = e->nregions;
+	for (size_t i = 0; i < e->nregions; i++)
+		if (e->regions[i].end > a && (next == e->nregions || e->regions[i].start < e->regions[next].start))
+			next = i;
+	return next;
+}
+
+/* The cursor's next page, or 0 when nothing is registered. The linear
+ * cursor is an address, not a place in the region table: an unregister
+ * reorders the table (and splits regions), and a cursor kept as (region,
+ * page) then jumped elsewhere, leaving the rest of a region unvisited in a
+ * pass that still counted as full. Regions are visited by address; the
+ * pass ends with the highest one's last page. */
 static uintptr_t cursor_next(struct md__scanner *s)
 {
 	struct md__engine *e = s->e;
 	if (!e->nregions)
 		return 0;
-	if (s->random_order) {
-		/* A page drawn from all of them, not a region first: a region
-		 * drawn first gave each page of a ROM as many visits as all of
-		 * RAM's together, and ended a "pass" at every draw of a small
-		 * one. */
-		size_t total = 0;
-		for (size_t i = 0; i < e->nregions; i++)
-			total += (e->regions[i].end - e->regions[i].start) / MD_EPAGE;
-		size_t k = (size_t)(next_rand(s) % total), i = 0;
-		for (size_t np; k >= (np = (e->regions[i].end - e->regions[i].start) / MD_EPAGE); i++)
-			k -= np;
-		if (++s->page >= total) {	/* a "pass" of as many visits as pages */
-			s->page = 0;
-			pass_ended(s);
-		}
-		return e->regions[i].start + k * MD_EPAGE;
-	}
-	if (s->region >= e->nregions)
-		s->region = 0;
-	struct md__eregion *r = &e->regions[s->region];
+	if (s->random_order)
+		return random_next(s);
 	/* Zero pages dropped with the last one (zero_run keeps this inside
 	 * the region). */
-	s->page += s->zero_ahead;
+	uintptr_t a = s->at + s->zero_ahead * MD_EPAGE;
 	s->zero_ahead = 0;
-	uintptr_t a = r->start + s->page * MD_EPAGE;
-	if (a + MD_EPAGE >= r->end) {
-		s->page = 0;
-		if (++s->region >= e->nregions) {
-			/* Pages written since they merged are found by the
-			 * agent's accounting (md__engine_reap), not here:
-			 * passes over sparse memory come many a second. */
-			s->region = 0;
+	size_t ri = s->region;
+	if (ri >= e->nregions || a < e->regions[ri].start || a >= e->regions[ri].end) {
+		ri = region_from(e, a);	/* the regions changed */
+		if (ri == e->nregions) {
 			pass_ended(s);
+			ri = region_from(e, 0);
 		}
-	} else {
-		s->page++;
+		if (a < e->regions[ri].start)
+			a = e->regions[ri].start;
+	}
+	s->region = ri;
+	s->at = a + MD_EPAGE;
+	if (s->at >= e->regions[ri].end && region_from(e, s->at) == e->nregions) {
+		/* Pages written since they merged are found by the agent's
+		 * accounting (md__engine_reap), not here: passes over sparse
+		 * memory come many a second. */
+		pass_ended(s);
+		s->at = 0;
 	}
 	return a;
 }
@@ -855,11 +901,13 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 		if (!word) {
 			int z = md__engine_merge_zero(e, (void *)a, n);
 			s->st.zero += z > 0 ? (uint64_t)z : 0;
-			s->zero_ahead = n - 1;
+			if (!hinted)	/* a hint's or candidate's keeps the cursor's */
+				s->zero_ahead = n - 1;
 			return 0;	/* counted apart, not as a merge */
 		}
 		if (fill_visit(s, r, a, page, n, word, hinted) == 0) {
-			s->zero_ahead = n - 1;
+			if (!hinted)
+				s->zero_ahead = n - 1;
 			return 0;
 		}
 		/* No strip for one more word: a page like any other. */
@@ -943,12 +991,21 @@ static void adapt(struct md__scanner *s)
 	uint64_t sv = s->epoch_visits[0], hv = s->epoch_visits[1];
 	uint64_t sm = s->epoch_merges[0], hm = s->epoch_merges[1];
 	unsigned ratio = __atomic_load_n(&s->ratio, __ATOMIC_RELAXED), to = ratio;
-	if (sv + hv < EPOCH || ratio == 0)
+	if (sv + hv < EPOCH)
 		return;
-	if (hv && hm * (sv ? sv : 1) > sm * hv && ratio < 7)
-		to = ratio + 1;
-	else if (sv && sm * (hv ? hv : 1) > hm * sv && ratio > 1)
-		to = ratio - 1;
+	/* Each source needs visits of its own in the epoch to be compared:
+	 * without hints (no reads lately) the cursor's merges drove the
+	 * ratio down to 1, and the next burst of reads got 1 visit in 8 for
+	 * six epochs. A ratio of 8 (set so to start with) gives the cursor
+	 * none while hints last: one step down lets it be measured. */
+	if (ratio == 8 && hv)
+		to = 7;
+	else if (ratio && sv >= EPOCH_MIN && hv >= EPOCH_MIN) {
+		if (hm * sv > sm * hv && ratio < 7)
+			to = ratio + 1;
+		else if (sm * hv > hm * sv && ratio > 1)
+			to = ratio - 1;
+	}
 	/* Only if no one set the ratio meanwhile (hints turned off, say:
 	 * md_agent_set on another thread); that value wins. */
 	if (to != ratio)

@@ -68,8 +68,12 @@ struct md__scanner {
 	int paused;
 	int random_order;
 	unsigned ratio;         /* of every 8 pages, how many come from hints */
-	size_t region, page;    /* the linear cursor */
+	uintptr_t at;           /* the linear cursor: the next page to visit */
+	size_t region;          /* the region it was in last (a guess) */
 	size_t zero_ahead;      /* pages after it dropped as zero: stepped over */
+	struct {                /* the random order's permutation of this pass */
+		uint64_t total, done, first, stride;
+	} perm;
 	uint64_t rng;
 	struct md__hint cur;    /* the hint being worked through */
 	uint64_t hint_tag;      /* md__read_tag of the page hint_next() gave, or 0 */
