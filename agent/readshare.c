@@ -282,6 +282,7 @@ static void copied_read(struct md_agent *a, int fd, uintptr_t buf, size_t n, off
 	}
 	uint64_t key = file && tell ? md__read_key((uint64_t)st.st_dev, (uint64_t)st.st_ino) : 0;
 	md__hints_push(&a->hints, buf, n, key, (uint64_t)off);
+	md__scanner_poke(&a->scanner);
 }
 
 static ssize_t read_copied(struct md_agent *a, int fd, void *buf, size_t len, off_t off, int small,

@@ -1144,8 +1144,7 @@ static void *scan_thread(void *arg)
 	pthread_setname_np(pthread_self(), "md-scan");
 	md__in_agent = 1;	/* for good (sys.h) */
 	while (!__atomic_load_n(&s->stop, __ATOMIC_RELAXED)) {
-		uint64_t sleep_ns = ((uint64_t)__atomic_load_n(&s->sleep_ms, __ATOMIC_RELAXED) * 1000000ull)
-				    << __atomic_load_n(&s->idle, __ATOMIC_RELAXED);
+		uint64_t sleep_ns = (uint64_t)__atomic_load_n(&s->sleep_ms, __ATOMIC_RELAXED) * 1000000ull;
 		uint64_t wall0 = clock_ns(CLOCK_MONOTONIC), cpu0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
 		unsigned nb = __atomic_load_n(&s->share_batch, __ATOMIC_RELAXED);
 		unsigned nc = __atomic_load_n(&s->share_cpu, __ATOMIC_RELAXED);
@@ -1164,6 +1163,10 @@ static void *scan_thread(void *arg)
 		}
 		if (!__atomic_load_n(&s->paused, __ATOMIC_RELAXED))
 			md__scanner_step(s, batch);
+		/* The step may have made the scanner idle, or busy again. */
+		uint64_t slice = sleep_ns > 1000000 ? sleep_ns : 1000000;
+		unsigned idle = __atomic_load_n(&s->idle, __ATOMIC_RELAXED);
+		sleep_ns <<= idle;
 		uint64_t cpu = clock_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0;
 		uint64_t wall = clock_ns(CLOCK_MONOTONIC) - wall0;
 		s->st.cpu_ns += cpu;
@@ -1177,12 +1180,28 @@ static void *scan_thread(void *arg)
 		/* A sleep the stop ends: at a quiet host's 32x, or a long
 		 * sleep_millisecs, it lasts minutes, and the agent's thread,
 		 * which stops us for an unmerge, answers no lease break while
-		 * it waits. */
-		struct timespec ts = { (time_t)(sleep_ns / 1000000000ull), (long)(sleep_ns % 1000000000ull) };
-		struct pollfd pfd = { .fd = s->wake_fd, .events = POLLIN };
-		ppoll(&pfd, 1, &ts, NULL);
+		 * it waits. An idle sleep is slept a set sleep at a time, and
+		 * new hints (md__scanner_poke) end it: the pages reads just
+		 * filled are the likeliest duplicates, and change soonest. */
+		for (uint64_t left = sleep_ns; left && !__atomic_load_n(&s->stop, __ATOMIC_RELAXED);) {
+			uint64_t d = idle && left > slice ? slice : left;
+			struct timespec ts = { (time_t)(d / 1000000000ull), (long)(d % 1000000000ull) };
+			struct pollfd pfd = { .fd = s->wake_fd, .events = POLLIN };
+			ppoll(&pfd, 1, &ts, NULL);
+			left -= d;
+			if (idle && !__atomic_load_n(&s->idle, __ATOMIC_RELAXED))
+				break;
+		}
 	}
 	return NULL;
+}
+
+void md__scanner_poke(struct md__scanner *s)
+{
+	/* Read first: the reads that push hints are many, the idle spells
+	 * few, and a store each time would move the line between cores. */
+	if (__atomic_load_n(&s->idle, __ATOMIC_RELAXED))
+		__atomic_store_n(&s->idle, 0, __ATOMIC_RELAXED);
 }
 
 int md__scanner_start(struct md__scanner *s)

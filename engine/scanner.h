@@ -126,4 +126,7 @@ int md__scanner_step(struct md__scanner *s, size_t npages);
 /* The sleeping loop on a thread of its own: step(batch), sleep, again. */
 int md__scanner_start(struct md__scanner *s);
 void md__scanner_stop(struct md__scanner *s);
+/* New hints: a scanner slowed down on a quiet host (idle) takes up the set
+ * rate again, within one sleep at that rate. Any thread, lock-free. */
+void md__scanner_poke(struct md__scanner *s);
 #endif
