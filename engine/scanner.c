@@ -1138,6 +1138,30 @@ static uint64_t clock_ns(clockid_t c)
 	return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
 }
 
+size_t md__scanner_share(size_t batch, unsigned nb, uint64_t *sleep_ns)
+{
+	/* Shares round down: all agents together stay within the set rate.
+	 * A share below a page is a page over a longer sleep (rounded up, 400
+	 * agents under KSM's 100 pages scanned 400 a sleep). */
+	if (nb <= 1 || !batch)
+		return batch;
+	if (batch >= nb)
+		return batch / nb;
+	*sleep_ns = *sleep_ns * nb / batch;
+	return 1;
+}
+
+uint64_t md__scanner_capped(uint64_t cpu_ns, uint64_t wall_ns, uint64_t sleep_ns, unsigned cap, unsigned nc)
+{
+	/* The cap is of one core, shared by nc agents: a share is cap / nc
+	 * percent, not rounded (16 agents under a 10 % cap took 1 % each,
+	 * 16 % in all). */
+	uint64_t share = nc > 1 ? nc : 1;
+	if (cap && (cap < 100 || share > 1) && cpu_ns * 100 * share / cap > wall_ns + sleep_ns)
+		return cpu_ns * 100 * share / cap - wall_ns;
+	return sleep_ns;
+}
+
 static void *scan_thread(void *arg)
 {
 	struct md__scanner *s = arg;
@@ -1148,8 +1172,7 @@ static void *scan_thread(void *arg)
 		uint64_t wall0 = clock_ns(CLOCK_MONOTONIC), cpu0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
 		unsigned nb = __atomic_load_n(&s->share_batch, __ATOMIC_RELAXED);
 		unsigned nc = __atomic_load_n(&s->share_cpu, __ATOMIC_RELAXED);
-		size_t batch = __atomic_load_n(&s->batch, __ATOMIC_RELAXED);
-		batch = nb > 1 ? (batch + nb - 1) / nb : batch;
+		size_t batch = md__scanner_share(__atomic_load_n(&s->batch, __ATOMIC_RELAXED), nb, &sleep_ns);
 		/* A small share (KSM's 100 pages split among agents) is
 		 * gathered over a few sleeps into one wake-up of about 256
 		 * pages: the pages per second stay those set, and each
@@ -1170,11 +1193,8 @@ static void *scan_thread(void *arg)
 		uint64_t cpu = clock_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0;
 		uint64_t wall = clock_ns(CLOCK_MONOTONIC) - wall0;
 		s->st.cpu_ns += cpu;
-		unsigned cap = __atomic_load_n(&s->cpu_percent, __ATOMIC_RELAXED);
-		if (nc > 1)
-			cap = cap / nc ? cap / nc : 1;
-		if (cap && cap < 100 && cpu * 100 / cap > wall + sleep_ns)
-			sleep_ns = cpu * 100 / cap - wall;
+		sleep_ns = md__scanner_capped(cpu, wall, sleep_ns, __atomic_load_n(&s->cpu_percent, __ATOMIC_RELAXED),
+					      nc);
 		if (sleep_ns < 1000000)
 			sleep_ns = 1000000;	/* always yield a little */
 		/* A sleep the stop ends: at a quiet host's 32x, or a long

@@ -129,4 +129,10 @@ void md__scanner_stop(struct md__scanner *s);
 /* New hints: a scanner slowed down on a quiet host (idle) takes up the set
  * rate again, within one sleep at that rate. Any thread, lock-free. */
 void md__scanner_poke(struct md__scanner *s);
+/* This agent's pages per wake-up, of batch shared by nb agents; a share
+ * below a page lengthens *sleep_ns instead. */
+size_t md__scanner_share(size_t batch, unsigned nb, uint64_t *sleep_ns);
+/* The sleep after a batch that took cpu_ns of CPU in wall_ns, so that the
+ * nc agents together use at most cap percent of a core (0: no cap). */
+uint64_t md__scanner_capped(uint64_t cpu_ns, uint64_t wall_ns, uint64_t sleep_ns, unsigned cap, unsigned nc);
 #endif

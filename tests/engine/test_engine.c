@@ -2436,6 +2436,28 @@ TEST_IMPL(engine_scanner_ratio_needs_both_sources)
 	return 0;
 }
 
+/* The daemon's rate and CPU cap are for all its agents together: each
+ * agent's share rounds down, never up (400 agents under KSM's 100 pages
+ * scanned 400 a sleep; 16 under a 10 % cap took 16 %). */
+TEST_IMPL(engine_scanner_shares_round_down)
+{
+	uint64_t sleep = 20000000;
+	ASSERT_EQ(md__scanner_share(100, 1, &sleep), 100);
+	ASSERT_EQ(md__scanner_share(100, 3, &sleep), 33);
+	ASSERT_EQ(sleep, 20000000);
+	ASSERT_EQ(md__scanner_share(100, 400, &sleep), 1);
+	ASSERT_EQ(sleep, 80000000);	/* 1 page per 4 sleeps: 100 in all */
+	ASSERT_EQ(md__scanner_share(0, 4, &sleep), 0);
+	/* 1 ms of CPU in 1 ms: at 10 % of a core shared by 16, 160 ms. */
+	ASSERT_EQ(md__scanner_capped(1000000, 1000000, 20000000, 10, 16), 159000000);
+	ASSERT_EQ(md__scanner_capped(1000000, 1000000, 20000000, 10, 1), 20000000);	/* 10 ms < 21 */
+	ASSERT_EQ(md__scanner_capped(1000000, 1000000, 20000000, 100, 4), 20000000);	/* 4 ms < 21 */
+	ASSERT_EQ(md__scanner_capped(10000000, 1000000, 20000000, 100, 4), 39000000);	/* 25 % each */
+	ASSERT_EQ(md__scanner_capped(1000000, 1000000, 2000000, 100, 1), 2000000);	/* no cap at 100 */
+	ASSERT_EQ(md__scanner_capped(9000000, 1000000, 2000000, 0, 8), 2000000);	/* none */
+	return 0;
+}
+
 static size_t fm_merged;
 static int fm_find(void *arg, uint64_t hash, const void *page, uint64_t *cookie)
 {
