@@ -514,7 +514,7 @@ static int regions_again(struct md__scanner *s, uint64_t generation)
 	pthread_rwlock_rdlock(&s->e->regions_lock);
 	windows_stale(s);
 	s->pm_fresh = 0;
-	return s->e->remote->generation == generation ? 0 : -1;
+	return !s->e->remote || s->e->remote->generation == generation ? 0 : -1;
 }
 
 /* Steps 4-5 with the daemon's pool, for the candidates of a batch:
@@ -1068,9 +1068,19 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 	/* Pages that are not there, merged already or skipped cost next to
 	 * nothing and do not count; the loop still ends after 16 batches'
 	 * worth of them. */
+	size_t held = 0;
 	for (; k < npages && examined < 16 * npages && s->nfm < MD_SCAN_PEND; examined++) {
 		uintptr_t a = 0;
 		int hinted = 0, read = 0;
+		/* Without memdedupd no round trip lets go of the regions: a
+		 * batch at a high rate held them 100 ms, and the VMM's munmap
+		 * of guest RAM waited as long. Every 256 visits, the lock is
+		 * let go as in a round trip (see regions_let_go). */
+		if (!s->e->remote && k - held >= 256) {
+			held = k;
+			regions_let_go(s);
+			regions_again(s, 0);
+		}
 		if (k % 8 < __atomic_load_n(&s->ratio, __ATOMIC_RELAXED) && (a = hint_next(s)) != 0)
 			hinted = 1;
 		else

@@ -2458,6 +2458,59 @@ TEST_IMPL(engine_scanner_shares_round_down)
 	return 0;
 }
 
+struct unreg_during_step {
+	struct md__engine *e;
+	struct md__scanner *s;
+	void *page;
+	uint64_t from, scanned_then;
+};
+
+static void *unreg_during_step(void *arg)
+{
+	struct unreg_during_step *u = arg;
+	while (__atomic_load_n(&u->s->st.scanned, __ATOMIC_RELAXED) < u->from)
+		;
+	md__engine_unregister(u->e, u->page, PG, MD_UNREG_MAPPED);
+	u->scanned_then = __atomic_load_n(&u->s->st.scanned, __ATOMIC_RELAXED);
+	return NULL;
+}
+
+/* Without memdedupd, a long batch (a high pages_to_scan) lets the VMM's
+ * calls on guest RAM in every 256 visits: it held the regions' lock for
+ * all of it (100 ms at 100,000 pages), and an munmap waited as long. The
+ * unregister below ends while the batch still runs. */
+TEST_IMPL(engine_scanner_lets_go_of_regions)
+{
+	struct md__engine e;
+	struct md__scanner s;
+	const size_t n = 32768;
+	unsigned char *d = map_ram(n), *small = map_ram(4);
+	pthread_t th;
+
+	engine_up(&e);
+	for (size_t i = 0; i < n; i++)
+		fill(d + i * PG, (unsigned)i + 1);
+	fill(small, 7);
+	ASSERT_EQ(md__engine_register(&e, d, n * PG, 0), 0);
+	ASSERT_EQ(md__engine_register(&e, small, 4 * PG, 0), 0);
+	ASSERT_EQ(md__scanner_init(&s, &e, NULL), 0);
+	s.ratio = 0;
+	md__scanner_step(&s, n + 4);	/* the checksums */
+	struct unreg_during_step u = { &e, &s, small, s.st.scanned + 1024, 0 };
+	ASSERT(pthread_create(&th, NULL, unreg_during_step, &u) == 0);
+	md__scanner_step(&s, 4 * n);
+	ASSERT(pthread_join(th, NULL) == 0);
+	fprintf(stderr, "  unregistered after %llu of the batch's %llu visits\n",
+		(unsigned long long)(u.scanned_then - (u.from - 1024)), (unsigned long long)(s.st.scanned - (u.from - 1024)));
+	ASSERT(u.scanned_then < s.st.scanned);
+	ASSERT(!md__engine_touches(&e, (uintptr_t)small, PG));
+	md__scanner_free(&s);
+	md__engine_fini(&e);
+	munmap(d, n * PG);
+	munmap(small, 4 * PG);
+	return 0;
+}
+
 static size_t fm_merged;
 static int fm_find(void *arg, uint64_t hash, const void *page, uint64_t *cookie)
 {
