@@ -778,7 +778,7 @@ static int fill_visit(struct md__scanner *s, struct md__eregion *r, uintptr_t a,
 				r->hash[first + q] = h;
 				r->seen[first + q] = MD_SEEN;	/* changed: young again */
 			}
-			s->st.volatile_skips++;
+			s->st.volatile_skips += k - j;	/* pages, as a visit counts them */
 		}
 		j = k;
 	}
@@ -967,8 +967,12 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 		}
 	}
 	uintptr_t other = un_find_insert(&s->un, h, a);
-	if (!other)
+	if (!other) {
+		/* Stable and without a partner: KSM's pages_unshared (age 1),
+		 * never skipped (see above). */
+		r->seen[i] = (uint8_t)MD_SEEN_MAKE(1, 0);
 		return 0;
+	}
 	/* The other page's region may have gone since it was recorded, the
 	 * page changed or become a hole of the VMM's (read_guest_page). */
 	struct md__eregion *ro = md__engine_region(e, other, MD_EPAGE);

@@ -1239,6 +1239,31 @@ static char *inproc_agent(md_agent **a, unsigned pages_to_scan, size_t len)
 	return m;
 }
 
+/* Without memdedupd (merging within the process), pages checked, stable
+ * and without a partner count as KSM's pages_unshared, as with it: they
+ * were never aged here, and the counter stayed 0. */
+TEST_IMPL(scan_unshared_without_daemon)
+{
+	md_agent *a;
+	const size_t n = 64;
+	char *m = inproc_agent(&a, 1000, 2 * n * PG);
+	for (size_t i = 0; i < n * PG; i++) {
+		m[i] = (char)((i / PG) * 7 + i % 251);	/* unique */
+		m[n * PG + i] = (char)((i / PG) % (n / 2) * 31 + i % PG + 3);	/* pairs */
+	}
+	ASSERT_EQ(md_agent_register(a, m, 2 * n * PG, 0), 0);
+	md_stats st = { 0 };
+	for (int i = 0; i < 250 && (st.pages_unshared != n || st.pages_sharing != n); i++) {
+		usleep(20000);
+		md_agent_stats(a, &st);
+	}
+	ASSERT_EQ(st.pages_sharing, n);
+	ASSERT_EQ(st.pages_unshared, n);
+	md_agent_free(a);
+	munmap(m, 2 * n * PG);
+	return 0;
+}
+
 /* A scanner slowed down on a quiet host (32 times its sleep) takes up the
  * reads' hints within one sleep at the set rate, not at the end of its
  * long one: the pages reads just filled are the likeliest duplicates. */

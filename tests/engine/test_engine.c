@@ -2238,6 +2238,7 @@ TEST_IMPL(engine_scanner_fill_runs)
 	md__scanner_step(&s, 1);
 	ASSERT_EQ(s.st.scanned, 3);
 	ASSERT_EQ(s.st.filled, 0);
+	ASSERT_EQ(s.st.volatile_skips, 1 + 300);	/* pages first seen, a run's each */
 	ASSERT(!(pagemap(r + PG) & PM_FILE));
 	memset(r + 5 * PG, 0xdd, PG);		/* changed since */
 	for (int k = 0; k < 20 && s.st.filled < 299; k++)
