@@ -20,9 +20,10 @@ extern const struct md__cmd md__cmd_run_def, md__cmd_status_def;
 extern const struct md__cmd md__cmd_pause_def, md__cmd_resume_def, md__cmd_unmerge_def,
 	md__cmd_set_def;
 
-/* status_daemon.c: memdedupd's STATUS document, or -errno (no daemon). */
+/* status_daemon.c: the STATUS document of memdedupd at sock, or -errno (no
+ * daemon, or no proper answer; a refusal's text in why). */
 struct json_t;
-int md__status_daemon(struct json_t **out);
+int md__status_daemon(const char *sock, struct json_t **out, char *why, size_t size);
 
 /* Prints "memdedup CMD: MSG" and the usage hint to stderr; returns 2. */
 int md__usage_error(const struct md__cmd *cmd, const char *fmt, ...)

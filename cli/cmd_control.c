@@ -105,7 +105,9 @@ static int agent_listed(int32_t pid)
 	struct md__stats_snapshot s;
 	struct stat st;
 
-	md__run_dir(NULL, dir, sizeof(dir));
+	/* Looked up, not made: a run directory not there holds no agent. */
+	if (md__run_dir_lookup(dir, sizeof(dir)) != 0)
+		return 0;
 	snprintf(path, sizeof(path), "%s/agent-%d.stats", dir, (int)pid);
 	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW);
 	if (fd < 0)

@@ -127,12 +127,15 @@ out:
 	return err;
 }
 
-/* The directory of this executable: 0, or -ENOENT. */
+/* The directory of this executable: 0, -ENOENT, or -ENAMETOOLONG. */
 static int exe_dir(char *buf, size_t size)
 {
 	ssize_t n = readlink("/proc/self/exe", buf, size - 1);
 	if (n <= 0)
 		return -ENOENT;
+	/* readlink cuts silently: a path that fills the buffer may be cut. */
+	if ((size_t)n >= size - 1)
+		return -ENAMETOOLONG;
 	buf[n] = '\0';
 	char *slash = strrchr(buf, '/');
 	if (!slash)
@@ -662,7 +665,7 @@ int md__cmd_run(int argc, char **argv)
 	if (i >= argc)
 		return md__usage_error(cmd, "no command to run");
 
-	char lib[PATH_MAX + 64], preload[2 * PATH_MAX + 128], exe[PATH_MAX + 64];
+	char lib[PATH_MAX + 64], exe[PATH_MAX + 64];
 	/* Without the library the command would run, and succeed, without
 	 * the agent: refuse instead. */
 	int err = find_preload(lib, sizeof(lib));
@@ -713,18 +716,29 @@ int md__cmd_run(int argc, char **argv)
 			fprintf(stderr, "memdedup run: memdedupd (%s) not started (%s): %s\n", daemon,
 				strerror(-derr), then);
 	}
+	/* The caller's libraries after ours, whole: one cut short would be a
+	 * library ld.so cannot find. */
 	const char *old = getenv("LD_PRELOAD");
-	if (old && *old)
-		snprintf(preload, sizeof(preload), "%s:%s", lib, old);
-	else
-		snprintf(preload, sizeof(preload), "%s", lib);
-	if (setenv("LD_PRELOAD", preload, 1) != 0) {
-		perror("memdedup run: setenv");
+	size_t len = strlen(lib) + 1 + (old ? strlen(old) : 0) + 1;
+	char *preload = malloc(len);
+	if (!preload) {
+		perror("memdedup run");
 		return 1;
 	}
+	if (old && *old)
+		snprintf(preload, len, "%s:%s", lib, old);
+	else
+		snprintf(preload, len, "%s", lib);
+	if (setenv("LD_PRELOAD", preload, 1) != 0) {
+		perror("memdedup run: setenv");
+		free(preload);
+		return 1;
+	}
+	free(preload);
 	/* The path found above (execvp still runs a script without a #! line
 	 * through the shell); argv[0] stays as given. */
 	execvp(exe, argv + i);
-	fprintf(stderr, "memdedup run: cannot run '%s': %s\n", exe, strerror(errno));
-	return errno == ENOENT ? 127 : 126;
+	err = errno;	/* before fprintf may change it */
+	fprintf(stderr, "memdedup run: cannot run '%s': %s\n", exe, strerror(err));
+	return err == ENOENT ? 127 : 126;
 }

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -42,7 +43,9 @@ const struct md__cmd md__cmd_status_def = {
 	"Commands are shown with '?' for control characters and bytes that are not\n"
 	"UTF-8; in JSON, a counter past 2^63-1 (a damaged file) shows as 2^63-1.\n"
 	"Exit status: 0 done (memdedupd not running is fine), 1 the run directory\n"
-	"cannot be read or memdedupd runs but does not answer properly, 2 wrong usage.\n",
+	"cannot be read or memdedupd runs but does not answer properly (or refuses:\n"
+	"past its limit for a user other than root, try again in a second), 2 wrong\n"
+	"usage.\n",
 	.run = md__cmd_status,
 };
 
@@ -278,14 +281,15 @@ int md__cmd_status(int argc, char **argv)
 			return md__usage_error(cmd, "unknown argument '%s'",
 					       md__printable(argv[i], dir, sizeof(dir)));
 	}
-	struct agent_row *agents;
-	size_t n;
-	int err = md__run_dir(NULL, dir, sizeof(dir));
-	if (err) {
+	struct agent_row *agents = NULL;
+	size_t n = 0;
+	/* Looked up, not made: a run directory not there holds no agent. */
+	int err = md__run_dir_lookup(dir, sizeof(dir));
+	if (err && err != -ENOENT) {
 		fprintf(stderr, "memdedup status: no usable run directory (%s)\n", strerror(-err));
 		return 1;
 	}
-	err = load_agents(dir, &agents, &n);
+	err = err ? 0 : load_agents(dir, &agents, &n);
 	if (err) {
 		fprintf(stderr, "memdedup status: cannot read %s: %s\n", dir, strerror(-err));
 		return 1;
@@ -294,9 +298,13 @@ int md__cmd_status(int argc, char **argv)
 	for (size_t i = 0; i < n; i++)
 		add_stats(&total, &agents[i].s.stats);
 	json_t *daemon = NULL;
+	char sock[sizeof(((struct sockaddr_un *)0)->sun_path)], why[MD_TEXT_MAX + 1] = "";
+	/* A socket path that cannot be (too long for a Unix address) has no
+	 * daemon behind it: not running, as with no socket. */
+	int nosock = agents_only ? 0 : md__daemon_socket_path(NULL, sock, sizeof(sock));
 	int derr = 0;
-	if (!agents_only) {
-		derr = md__status_daemon(&daemon);
+	if (!agents_only && !nosock) {
+		derr = md__status_daemon(sock, &daemon, why, sizeof(why));
 		if (derr == -ENOENT || derr == -ECONNREFUSED)
 			derr = 0;	/* none running is fine */
 	}
@@ -364,10 +372,14 @@ int md__cmd_status(int argc, char **argv)
 				       (long long)json_integer_value(json_object_get(d, "pages_sharing")),
 				       (double)json_integer_value(json_object_get(d, "general_profit")) / (1 << 20));
 			}
-		} else if (!daemon && !agents_only && !derr) {
-			printf("\nmemdedupd: not running\n");
+		} else if (daemon) {
+			printf("\nmemdedupd: running, with no domains yet\n");
 		} else if (derr) {
-			printf("\nmemdedupd: no proper answer (see the error)\n");
+			printf("\nmemdedupd: %s (see the error)\n", why[0] ? "refused" : "no proper answer");
+		} else if (nosock) {
+			printf("\nmemdedupd: not running (no usable socket path: %s)\n", strerror(-nosock));
+		} else if (!agents_only) {
+			printf("\nmemdedupd: not running\n");
 		}
 		printf("\nkernel KSM:");
 		for (size_t k = 0; k < NKSM; k++) {
@@ -383,10 +395,13 @@ int md__cmd_status(int argc, char **argv)
 	json_decref(daemon);
 	if (derr) {
 		/* After the rest, so it is the last line a user sees. */
-		char sock[256];
-		md__daemon_socket_path(NULL, sock, sizeof(sock));
-		fprintf(stderr, "memdedup status: memdedupd at %s did not answer properly: %s\n",
-			md__printable(sock, dir, sizeof(dir)), strerror(-derr));
+		char shown[sizeof(why)];
+		if (why[0])
+			fprintf(stderr, "memdedup status: memdedupd at %s: %s\n",
+				md__printable(sock, dir, sizeof(dir)), md__printable(why, shown, sizeof(shown)));
+		else
+			fprintf(stderr, "memdedup status: memdedupd at %s did not answer properly: %s\n",
+				md__printable(sock, dir, sizeof(dir)), strerror(-derr));
 		return 1;
 	}
 	return 0;

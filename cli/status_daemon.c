@@ -4,22 +4,21 @@
  */
 #include <errno.h>
 #include <jansson.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "cli.h"
 #include "client.h"
-
-/* Until cli.h declares it. */
-int md__status_daemon(json_t **out);
 
 /* Pages a document may take: one domain or agent a page at least, and
  * root sees at most 4,095 numbered agents' worth of each; more is a daemon
  * that does not move on. */
 #define STATUS_PAGES_MAX 65536
 
-/* The page of the document from (domain_from, agent_from), parsed. */
+/* The page of the document from (domain_from, agent_from), parsed; an
+ * ERROR's status, with its text in why. */
 static int status_page(struct md__client *c, char *buf, uint32_t domain_from,
-		       uint32_t agent_from, json_t **page)
+		       uint32_t agent_from, json_t **page, char *why, size_t size)
 {
 	static struct md__msg m;
 	unsigned char req[MD_MSG_HDR_SIZE + 8];
@@ -34,6 +33,16 @@ static int status_page(struct md__client *c, char *buf, uint32_t domain_from,
 				     (uint32_t)n - MD_MSG_HDR_SIZE, buf, &len, &type);
 	if (err)
 		return err;
+	/* A refusal (past the per-user limit, say) is the daemon's to say. */
+	if (type == MD_MSG_ERROR) {
+		err = md__msg_decode_payload(type, buf, len, &m);
+		if (err)
+			return err;
+		if (m.u.text.status >= 0)
+			return -EPROTO;
+		snprintf(why, size, "%s", m.u.text.text);
+		return m.u.text.status;
+	}
 	if (type != MD_MSG_STATUS_R)
 		return -EPROTO;
 	/* Untrusted text: jansson validates it; we want an object. */
@@ -65,11 +74,13 @@ static int status_next(json_t *page, uint32_t *domain_from, uint32_t *agent_from
 	return 1;
 }
 
-/* 0 and *out (the caller's reference); -ENOENT or -ECONNREFUSED when no
- * daemon runs, other -errno when it did not answer properly. A document
- * larger than a message comes in pages: the first gives the daemon and the
- * totals, every page its domains and agents, appended here. */
-int md__status_daemon(json_t **out)
+/* From the daemon at sock (NULL: the default): 0 and *out (the caller's
+ * reference); -ENOENT or -ECONNREFUSED when no daemon runs, other -errno
+ * when it did not answer properly or refused (its text in why, else why is
+ * ""). A document larger than a message comes in pages: the first gives
+ * the daemon and the totals, every page its domains and agents, appended
+ * here. */
+int md__status_daemon(const char *sock, json_t **out, char *why, size_t size)
 {
 	struct md__client *c;
 	uint32_t domain_from = 0, agent_from = 0;
@@ -77,7 +88,8 @@ int md__status_daemon(json_t **out)
 	int err, more = 1;
 
 	*out = NULL;
-	err = md__client_connect(&c, NULL);
+	why[0] = '\0';
+	err = md__client_connect(&c, sock);
 	if (err)
 		return err;
 	char *buf = malloc(MD_MSG_MAX);
@@ -86,7 +98,7 @@ int md__status_daemon(json_t **out)
 		goto free_client;
 	}
 	for (int pages = 0; more; pages++) {
-		err = pages < STATUS_PAGES_MAX ? status_page(c, buf, domain_from, agent_from, &page)
+		err = pages < STATUS_PAGES_MAX ? status_page(c, buf, domain_from, agent_from, &page, why, size)
 					       : -EBADMSG;
 		if (err)
 			goto free_doc;

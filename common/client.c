@@ -107,8 +107,10 @@ int md__daemon_socket_path(const char *path, char *buf, size_t size)
 	else if (geteuid() != 0 && !(run && *run) && host_daemon_answers())
 		n = snprintf(buf, size, "%s", MD_HOST_RUN_DIR "/memdedupd.sock");
 	else {
-		err = md__run_dir(NULL, dir, sizeof(dir));
-		if (err)
+		/* Looked up, not made: the daemon makes its directory, and in
+		 * one not there nothing answers (connect says ENOENT). */
+		err = md__run_dir_lookup(dir, sizeof(dir));
+		if (err && err != -ENOENT)
 			return err;
 		n = snprintf(buf, size, "%s/memdedupd.sock", dir);
 	}

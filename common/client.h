@@ -42,8 +42,9 @@ struct md__client;
 /* The daemon's socket into buf: path if not NULL, else $MEMDEDUP_SOCKET,
  * else for a user other than root without MEMDEDUP_RUN_DIR the host's
  * daemon (root's, in MD_HOST_RUN_DIR) if it answers, else
- * <run_dir>/memdedupd.sock (run_dir as md__run_dir(NULL)). 0, or
- * -ENAMETOOLONG, or md__run_dir's error. */
+ * <run_dir>/memdedupd.sock (run_dir as md__run_dir_lookup: nothing is
+ * created). 0, or -ENAMETOOLONG, or md__run_dir_lookup's error but
+ * -ENOENT. */
 int md__daemon_socket_path(const char *path, char *buf, size_t size);
 
 /* Connects. -ENOENT / -ECONNREFUSED: no daemon there. -EPERM (logged): the

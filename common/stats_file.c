@@ -223,11 +223,11 @@ int md__stats_file_remove(int fd, const char *path)
 
 /* The shared /tmp default: anyone can create /tmp/memdedup-UID before us,
  * so use it only if it is a directory of ours that nobody else can enter
- * (made so if absent). */
-static int tmp_dir_ours(const char *dir)
+ * (made so if absent and create is set, else -ENOENT). */
+static int tmp_dir_ours(const char *dir, int create)
 {
 	struct stat st;
-	if (mkdir(dir, 0700) != 0 && errno != EEXIST)
+	if (create && mkdir(dir, 0700) != 0 && errno != EEXIST)
 		return -errno;
 	if (lstat(dir, &st) != 0)
 		return -errno;
@@ -240,7 +240,7 @@ static int tmp_dir_ours(const char *dir)
 	return 0;
 }
 
-int md__run_dir(const char *opt, char *buf, size_t size)
+static int run_dir(const char *opt, char *buf, size_t size, int create)
 {
 	const char *env = getenv("MEMDEDUP_RUN_DIR");
 	const char *xdg = getenv("XDG_RUNTIME_DIR");
@@ -256,7 +256,17 @@ int md__run_dir(const char *opt, char *buf, size_t size)
 	else {
 		n = snprintf(buf, size, "/tmp/memdedup-%u", (unsigned)geteuid());
 		if (n >= 0 && (size_t)n < size)
-			return tmp_dir_ours(buf);
+			return tmp_dir_ours(buf, create);
 	}
 	return n < 0 || (size_t)n >= size ? -ENAMETOOLONG : 0;
+}
+
+int md__run_dir(const char *opt, char *buf, size_t size)
+{
+	return run_dir(opt, buf, size, 1);
+}
+
+int md__run_dir_lookup(char *buf, size_t size)
+{
+	return run_dir(NULL, buf, size, 0);
 }

@@ -122,4 +122,8 @@ int md__stats_file_remove(int fd, const char *path);
  * -EPERM (logged) unless it is a directory of the caller's euid with mode
  * 0700: anyone could have made it first. */
 int md__run_dir(const char *opt, char *buf, size_t size);
+/* As md__run_dir(NULL), for readers, but creates nothing: the /tmp default,
+ * when absent, is named in buf and -ENOENT returned (it holds no agent and
+ * no daemon). */
+int md__run_dir_lookup(char *buf, size_t size);
 #endif

@@ -12,6 +12,7 @@
 	X(cli_status_ksm_counter_missing) X(cli_status_dead_agent_gone) X(cli_status_files_private) X(cli_status_pid_names) X(cli_status_fifo_no_hang) X(cli_status_sanitized) X(cli_status_long_run_dir) X(cli_status_io_unseen) X(cli_status_totals_keep_settings) \
 	X(cli_status_reused_pid_gone) X(cli_status_locked_file_kept) X(cli_status_other_pid_ns) X(cli_status_same_pid_two_ns) X(cli_status_forked_child_not_agent) \
 	X(cli_status_daemon_error) X(cli_pause_not_scanning) \
+	X(cli_run_long_ld_preload) X(cli_run_exe_path_cut_not_used) X(cli_run_exec_failure_code) X(cli_status_rate_limited) X(cli_status_socket_path_too_long) X(cli_status_daemon_no_domains) X(cli_read_only_commands_make_no_run_dir) \
 	X(agent_api_rejects) X(agent_stats_file_owned) X(agent_unregister_splits_without_memory) \
 	X(share_two_processes) X(write_is_private) X(fallback_unaligned) X(read_across_region_records) X(read_direct_to_end_of_file) X(fallback_filesystem_without_leases) \
 	X(fallback_partial) X(small_reads_copied) X(fallback_pipe) X(fallback_path_descriptor) X(mergeable_hole_not_registered) X(userfault_first_not_registered) X(hugetlb_not_registered) X(fallback_writable_file) \

@@ -1,5 +1,6 @@
 /* test_cli.c - the command line: help, and wrong usage exits 2 and changes
  * nothing. */
+#include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -8,10 +9,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <grp.h>
+#include <limits.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
 #include <endian.h>
@@ -1071,6 +1075,199 @@ TEST_IMPL(cli_pause_not_scanning)
 	ASSERT(strstr(err1, "is not scanning"));
 	ASSERT_EQ(c2, 1);
 	ASSERT(strstr(slurp("err"), "no agent with pid"));
+	return 0;
+}
+
+/* A caller's LD_PRELOAD of any length follows the agent's whole: cut
+ * short, its last library was one ld.so could not find. */
+TEST_IMPL(cli_run_long_ld_preload)
+{
+	static char old[4096];
+	size_t n = 0;
+	for (int i = 0; i < 300; i++)
+		n += (size_t)snprintf(old + n, sizeof(old) - n, "libm.so.6:");
+	snprintf(old + n, sizeof(old) - n, "libz.so.1");
+	ASSERT(strlen(old) == 3009);
+	char *big = malloc(3 * sizeof(old));
+	ASSERT(big);
+	/* 9,029 bytes, past the 8,320 the buffer once held. */
+	snprintf(big, 3 * sizeof(old), "%s:%s:%s", old, old, old);
+	ASSERT_EQ(setenv("MD_OLD", big, 1), 0);
+	ASSERT_EQ(setenv("LD_PRELOAD", big, 1), 0);
+	int code = sh("%s/memdedup run -- sh -c 'test \"${LD_PRELOAD#*:}\" = \"$MD_OLD\"'", run_build_dir());
+	unsetenv("LD_PRELOAD");
+	unsetenv("MD_OLD");
+	free(big);
+	ASSERT_EQ(code, 0);
+	ASSERT(!strstr(slurp("err"), "cannot be preloaded"));
+	return 0;
+}
+
+/* A `memdedup` whose path readlink(/proc/self/exe) cannot hold whole
+ * looks for nothing beside a path cut short: here, one cut in the name of
+ * its directory, whose parent holds a library it must not take. */
+TEST_IMPL(cli_run_exe_path_cut_not_used)
+{
+	char top[512], name[256], b[PATH_MAX];
+	ASSERT(realpath(run_build_dir(), b));
+	memset(name, 'd', sizeof(name) - 1);
+	name[sizeof(name) - 1] = '\0';
+	snprintf(top, sizeof(top), "%s/x", test_dir());
+	/* Directories of 199 bytes, then one of 20 to 219, down to a path of
+	 * 4,040 bytes: the 4,031 bytes read end inside the last one's name. */
+	int len = (int)strlen(top), depth = 0;
+	while (4040 - len - 200 - 1 >= 20)
+		len += 200, depth++;
+	int last = 4040 - len - 1;
+	static char cmd[3 * PATH_MAX];
+	snprintf(cmd, sizeof(cmd),
+		 "mkdir %s && cd %s && i=0 && while [ $i -lt %d ]; do mkdir %.199s && cd %.199s && i=$((i+1)); done && "
+		 "cp %s/libmemdedup-preload.so . && mkdir %.*s && cp %s/memdedup %.*s/",
+		 top, top, depth, name, name, b, last, name, b, last, name);
+	ASSERT_EQ(sh("%s", cmd), 0);
+	snprintf(cmd, sizeof(cmd), "cd %s && i=0 && while [ $i -lt %d ]; do cd %.199s && i=$((i+1)); done && "
+		 "cd %.*s && test \"$(pwd | wc -c)\" = 4041 && env -u MEMDEDUP_PRELOAD ./memdedup run -- true",
+		 top, depth, name, last, name);
+	ASSERT_EQ(sh("%s", cmd), 2);
+	ASSERT(strstr(slurp("err"), "cannot find libmemdedup-preload.so"));
+	return 0;
+}
+
+/* A command that passes every check and whose exec still fails ENOENT (an
+ * ELF file whose dynamic loader is not there): 127, also when saying so
+ * fails (stderr a full device) and changes errno. */
+TEST_IMPL(cli_run_exec_failure_code)
+{
+	char path[512];
+	Elf64_Ehdr eh;
+	Elf64_Phdr ph;
+	snprintf(path, sizeof(path), "%s/noloader", test_dir());
+	ASSERT_EQ(sh("cp /bin/true %s", path), 0);
+	int fd = open(path, O_RDWR | O_CLOEXEC), found = 0;
+	ASSERT(fd >= 0);
+	ASSERT(pread(fd, &eh, sizeof(eh), 0) == (ssize_t)sizeof(eh));
+	if (memcmp(eh.e_ident, ELFMAG, SELFMAG) != 0 || eh.e_ident[EI_CLASS] != ELFCLASS64)
+		SKIP("/bin/true is not a 64-bit ELF file");
+	for (int i = 0; i < eh.e_phnum && !found; i++) {
+		ASSERT(pread(fd, &ph, sizeof(ph), (off_t)(eh.e_phoff + (uint64_t)i * eh.e_phentsize)) ==
+		       (ssize_t)sizeof(ph));
+		if (ph.p_type == PT_INTERP && ph.p_filesz >= 2) {
+			char x = 'X';	/* "/lib64/ld-linux-x86-64.so.X" */
+			ASSERT(pwrite(fd, &x, 1, (off_t)(ph.p_offset + ph.p_filesz - 2)) == 1);
+			found = 1;
+		}
+	}
+	close(fd);
+	if (!found)
+		SKIP("/bin/true has no dynamic loader");
+	ASSERT_EQ(sh("%s/memdedup run -- %s", run_build_dir(), path), 127);
+	ASSERT(strstr(slurp("err"), "No such file or directory"));
+	ASSERT_EQ(sh("%s/memdedup run -- %s 2>/dev/full", run_build_dir(), path), 127);
+	return 0;
+}
+
+/* Past memdedupd's limit of STATUS bytes for a user other than root, the
+ * daemon's refusal is said as it is (try again in a second), not as a
+ * protocol error. */
+TEST_IMPL(cli_status_rate_limited)
+{
+	if (geteuid() != 0)
+		SKIP("needs root: status runs as another user");
+	struct tdaemon t;
+	setenv("MEMDEDUP_STATUS_KB_PER_S", "1", 1);	/* one status of 4 KiB, then none for seconds */
+	td_start(&t, 16);
+	unsetenv("MEMDEDUP_STATUS_KB_PER_S");
+	ASSERT_EQ(sh("cp %s/memdedup %s/", run_build_dir(), test_dir()), 0);
+	int code = sh_as(65534, "for i in 1 2 3; do MEMDEDUP_RUN_DIR=%s MEMDEDUP_SOCKET=%s %s/memdedup status "
+			 ">/dev/null 2>&1; done; MEMDEDUP_RUN_DIR=%s MEMDEDUP_SOCKET=%s %s/memdedup status",
+			 test_dir(), t.sock, test_dir(), test_dir(), t.sock, test_dir());
+	td_stop(&t);
+	ASSERT_EQ(code, 1);
+	ASSERT(strstr(slurp("err"), "too many status requests of this user: try again in a second"));
+	ASSERT(!strstr(slurp("err"), "Protocol error"));
+	ASSERT(strstr(slurp("out"), "memdedupd: refused (see the error)"));
+	return 0;
+}
+
+/* A run directory whose socket path cannot be a Unix address (107 bytes)
+ * has no daemon: not running, not a failure; past 255 bytes too. */
+TEST_IMPL(cli_status_socket_path_too_long)
+{
+	char dir[1024];
+	const int lens[] = { 150, 300 };
+	int n = snprintf(dir, sizeof(dir), "%s/sd", test_dir());
+	ASSERT(mkdir(dir, 0700) == 0);
+	for (int k = 0; k < 2; k++) {
+		while (n < lens[k]) {
+			n += snprintf(dir + n, sizeof(dir) - (size_t)n, "/%s", "d123456789012345678901234567890123456789");
+			ASSERT(mkdir(dir, 0700) == 0);
+		}
+		ASSERT_EQ(sh("env -u MEMDEDUP_SOCKET MEMDEDUP_RUN_DIR=%s %s/memdedup status", dir, build_dir()), 0);
+		ASSERT(strstr(slurp("out"), "memdedupd: not running"));
+		ASSERT(!strstr(slurp("err"), "did not answer"));
+		ASSERT_EQ(sh("env -u MEMDEDUP_SOCKET MEMDEDUP_RUN_DIR=%s %s/memdedup status --json", dir, build_dir()), 0);
+		ASSERT(strstr(slurp("out"), "\"daemon\": null"));
+	}
+	return 0;
+}
+
+/* memdedupd running with no domain yet is said so, not left out. */
+TEST_IMPL(cli_status_daemon_no_domains)
+{
+	struct tdaemon t;
+	td_start(&t, 16);
+	int code = sh("MEMDEDUP_RUN_DIR=%s MEMDEDUP_SOCKET=%s %s/memdedup status", t.dir, t.sock, build_dir());
+	td_stop(&t);
+	ASSERT_EQ(code, 0);
+	ASSERT(strstr(slurp("out"), "memdedupd: running, with no domains yet"));
+	return 0;
+}
+
+/* `status` and `pause --pid` only read: as a user without a run directory
+ * (no XDG_RUNTIME_DIR), they do not make /tmp/memdedup-<uid>. In a mount
+ * namespace of the test's own, with tmpfs on /run and /tmp: the host's
+ * are left alone. */
+TEST_IMPL(cli_read_only_commands_make_no_run_dir)
+{
+	if (geteuid() != 0)
+		SKIP("needs root: the commands run as another user");
+	if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
+		SKIP("cannot make a mount namespace here");
+	char bin[512];
+	snprintf(bin, sizeof(bin), "%s/memdedup", run_build_dir());
+	int exe = open(bin, O_RDONLY | O_CLOEXEC);
+	ASSERT(exe >= 0);
+	ASSERT_EQ(mount("none", "/run", "tmpfs", 0, "mode=0755"), 0);
+	ASSERT_EQ(mount("none", "/tmp", "tmpfs", 0, "mode=1777"), 0);
+	/* The test's directory again, in the new /tmp, with a copy nobody may run. */
+	ASSERT_EQ(mkdir(test_dir(), 0755), 0);
+	snprintf(bin, sizeof(bin), "%s/memdedup", test_dir());
+	int copy = open(bin, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0755);
+	ASSERT(copy >= 0);
+	char buf[65536];
+	ssize_t r;
+	while ((r = read(exe, buf, sizeof(buf))) > 0)
+		ASSERT(write(copy, buf, (size_t)r) == r);
+	ASSERT(r == 0);
+	close(exe);
+	close(copy);
+	const char *own = "/tmp/memdedup-65534", *clean = "env -u MEMDEDUP_RUN_DIR -u XDG_RUNTIME_DIR -u MEMDEDUP_SOCKET";
+	struct stat st;
+	ASSERT_EQ(sh_as(65534, "%s %s status", clean, bin), 0);
+	ASSERT(strstr(slurp("out"), "memdedupd: not running"));
+	ASSERT(lstat(own, &st) != 0 && errno == ENOENT);
+	ASSERT_EQ(sh_as(65534, "%s %s status --json", clean, bin), 0);
+	ASSERT(lstat(own, &st) != 0 && errno == ENOENT);
+	/* pause --pid of no agent memdedupd knows looks for its file. */
+	struct tdaemon t;
+	td_start(&t, 16);
+	pid_t dead = dead_pid();
+	int code = sh_as(65534, "env -u MEMDEDUP_RUN_DIR -u XDG_RUNTIME_DIR MEMDEDUP_SOCKET=%s %s pause --pid %d",
+			 t.sock, bin, (int)dead);
+	td_stop(&t);
+	ASSERT_EQ(code, 1);
+	ASSERT(strstr(slurp("err"), "no agent with pid"));
+	ASSERT(lstat(own, &st) != 0 && errno == ENOENT);
 	return 0;
 }
 
