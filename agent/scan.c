@@ -455,9 +455,13 @@ static int unmerge(md_agent *a, char *why, size_t size, int by)
 static int unmerge_locked(md_agent *a, char *why, size_t size, int by)
 {
 	struct md__engine *e = a->engine;
+	/* Paused first: a first registration on another thread may start
+	 * the scanner's thread after the look below, and it then merged
+	 * between the copies and the pause. */
+	int was_paused = __atomic_exchange_n(&a->scanner.paused, 1, __ATOMIC_SEQ_CST);
 	/* Before any region the scanner's thread is not started yet
 	 * (md__scan_register starts it): nothing to restart. */
-	int was_running = a->scanner.running;
+	int was_running = __atomic_load_n(&a->scanner.running, __ATOMIC_SEQ_CST);
 	md__scanner_stop(&a->scanner);	/* no merge may start meanwhile */
 	/* agent->lock first (the lock order): no read maps an image page
 	 * until the image pages are private. */
@@ -515,8 +519,12 @@ paused:
 	/* Paused, like KSM after run=2, until resumed (also when the copies
 	 * failed part of the way: the pages copied would merge again at
 	 * once); refused up front, as it was. */
-	if (!refused) {
-		a->scanner.paused = 1;
+	if (refused) {
+		/* As it was, unless someone paused or resumed it meanwhile. */
+		int one = 1;
+		__atomic_compare_exchange_n(&a->scanner.paused, &one, was_paused, 0, __ATOMIC_SEQ_CST,
+					    __ATOMIC_SEQ_CST);
+	} else {
 		/* 2 if memdedupd asked (it will say when resumed), and only
 		 * if it all went. */
 		if (by != UNMERGE_USER)

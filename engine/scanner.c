@@ -1252,13 +1252,13 @@ int md__scanner_start(struct md__scanner *s)
 	/* Named here too, not only by itself: a look at the process's
 	 * threads right after a start finds it by its name. */
 	pthread_setname_np(s->thread, "md-scan");
-	s->running = 1;
+	__atomic_store_n(&s->running, 1, __ATOMIC_SEQ_CST);	/* an unmerge looks without a lock */
 	return 0;
 }
 
 void md__scanner_stop(struct md__scanner *s)
 {
-	if (!s->running)
+	if (!__atomic_load_n(&s->running, __ATOMIC_SEQ_CST))
 		return;
 	__atomic_store_n(&s->stop, 1, __ATOMIC_RELAXED);
 	uint64_t one = 1;
@@ -1266,5 +1266,5 @@ void md__scanner_stop(struct md__scanner *s)
 		md__log("cannot wake the scanner (%s): it stops after its sleep", strerror(errno));
 	pthread_join(s->thread, NULL);
 	close(s->wake_fd);
-	s->running = 0;
+	__atomic_store_n(&s->running, 0, __ATOMIC_SEQ_CST);
 }
