@@ -7,8 +7,13 @@
 #   fleet_run DIR N IMAGE [--wrapper "CMD"] [--mem MB] [--hold S] [--timeout S]
 #       starts N guests on IMAGE (each under the wrapper, e.g.
 #       "build/memdedup run --"), samples memory every second into
-#       DIR/samples.tsv, waits for all guests and writes DIR/guests.tsv.
-#       Returns non-zero if a guest failed or timed out.
+#       DIR/samples.tsv, waits for all guests and writes DIR/guests.tsv
+#       (and their pids, one a line, to DIR/pids as they start).
+#       Returns non-zero if a guest failed or timed out, or did not read
+#       what the image holds: each guest's DONE must be IMAGE.md5 (written
+#       by guest/mkimage.sh; a run.sh must print the md5 of the image's
+#       files, as bench/tmpfs-run.sh does) and, with a hold, so must its
+#       RECHECK after the hold. No IMAGE.md5 is an error.
 #   fleet_checksums DIR            # the guests' DONE results, one a line
 #   fleet_hold_window DIR          # "T0 T1": samples where every guest had
 #                                  # finished reading and none had exited
@@ -84,14 +89,26 @@ fleet_kill_guests() {
 # KILL for what is left after 5 s. For scripts that start guests without
 # fleet_run.
 fleet_kill_descendants() {
-  local todo=($$) all=() p c
+  local kids=() c
+  for c in $(cat /proc/$$/task/*/children 2>/dev/null); do
+    [ "$c" = "$BASHPID" ] || kids+=("$c")
+  done
+  [ ${#kids[@]} -gt 0 ] || return 0
+  fleet_kill_tree "${kids[@]}"
+}
+
+# fleet_kill_tree PID...: the same for these processes and all they started
+# (the calling subshell, $BASHPID, left out): a process substitution that
+# fails stops its own guests with it, which would outlive it otherwise.
+fleet_kill_tree() {
+  local todo=("$@") all=() p c
   while [ ${#todo[@]} -gt 0 ]; do
     p=${todo[0]} todo=("${todo[@]:1}")
+    all+=("$p")
     for c in $(cat /proc/"$p"/task/*/children 2>/dev/null); do
-      [ "$c" = "$BASHPID" ] || { all+=("$c"); todo+=("$c"); }
+      [ "$c" = "$BASHPID" ] || todo+=("$c")
     done
   done
-  [ ${#all[@]} -gt 0 ] || return 0
   kill -TERM "${all[@]}" 2>/dev/null || true
   for _ in $(seq 25); do
     kill -0 "${all[@]}" 2>/dev/null || return 0
@@ -100,13 +117,20 @@ fleet_kill_descendants() {
   kill -KILL "${all[@]}" 2>/dev/null || true
 }
 
-# Stops the memdedupd of MEMDEDUP_RUN_DIR, if one runs there.
+# Stops the memdedupd of MEMDEDUP_RUN_DIR, if one runs there: TERM, then
+# KILL if it still runs 5 s later (it is not our child: its end is seen by
+# kill -0 only).
 fleet_stop_daemon() {
   local p
   p=$(cat "$MEMDEDUP_RUN_DIR/memdedupd.pid" 2>/dev/null) || return 0
   fleet_daemon_ours "$p" || return 0
   kill "$p" 2>/dev/null || return 0
-  for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$p" 2>/dev/null || return 0; sleep 0.1; done
+  for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || return 0; sleep 0.1; done
+  fleet_daemon_ours "$p" || return 0   # gone, its pid taken by another process
+  fleet_log "memdedupd (pid $p) still runs 5 s after SIGTERM: SIGKILL"
+  kill -KILL "$p" 2>/dev/null || return 0
+  for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || return 0; sleep 0.1; done
+  fleet_log "warning: memdedupd (pid $p) still runs after SIGKILL"
 }
 
 fleet_stop_sampler() {
@@ -144,7 +168,7 @@ fleet_init() {
     if [ "$(cat "$d/comm" 2>/dev/null)" = ksmd ]; then FLEET_KSMD_PID=${d#/proc/}; break; fi
   done
   FLEET_HAVE_JQ=0
-  command -v jq >/dev/null && FLEET_HAVE_JQ=1
+  if command -v jq >/dev/null; then FLEET_HAVE_JQ=1; fi
 }
 
 # Makes build/guest/workload-<MB>m.img (or returns the default image for "").
@@ -293,9 +317,14 @@ fleet_run() {
     esac
   done
   [ -f "$image" ] || fleet_die "no image $image"
+  case "$hold" in ''|*[!0-9]*) fleet_die "fleet_run: --hold takes a number of seconds" ;; esac
+  # What every guest must read: the image's files as they are on the host.
+  local want
+  want=$(cat "$image.md5" 2>/dev/null || true)
+  [ -n "$want" ] || fleet_die "no $image.md5, the checksum the guests must print (make the image with guest/mkimage.sh)"
   timeout=${timeout:-$((240 + hold))}
   mkdir -p "$dir"
-  rm -f "$dir"/guest*.log "$dir"/guest*.log.qemu "$dir/samples.tsv" "$dir/guests.tsv"
+  rm -f "$dir"/guest*.log "$dir"/guest*.log.qemu "$dir/samples.tsv" "$dir/guests.tsv" "$dir/pids"
   FLEET_PIDS=() FLEET_LOGS=() FLEET_DIR=$dir
   rm -f "$dir/status.json" "$dir/status.json.tmp"
   FLEET_T0_US=${EPOCHREALTIME/[.,]/}
@@ -314,6 +343,7 @@ fleet_run() {
       -drive "file=$image,if=virtio,format=raw,readonly=on" \
       < /dev/null > "$log.qemu" 2>&1 &
     FLEET_PIDS+=($!)
+    echo "$!" >> "$dir/pids"
     if [ "$stagger" != 0 ] && [ "$i" -lt "$n" ]; then sleep "$stagger"; fi
   done
   fleet_log "started $n guest(s) on $(basename "$image"), pids ${FLEET_PIDS[*]}${wrapper:+, wrapper: $wrapper}, hold ${hold}s"
@@ -360,11 +390,12 @@ fleet_run() {
   done
   sleep 0.5
   fleet_stop_sampler
-  local ok=0 res rs
+  local ok=0 res rs again
   : > "$dir/guests.tsv"
   for i in $(seq 0 $((n - 1))); do
     log=${FLEET_LOGS[i]}
     res=$(grep -m1 '^MEMDEDUP-GUEST: DONE ' "$log" | tr -d '\r' | awk '{print $3}' || true)
+    again=$(grep -m1 '^MEMDEDUP-GUEST: RECHECK ' "$log" | tr -d '\r' | awk '{print $3}' || true)
     rs=$(grep -m1 '^MEMDEDUP-GUEST: TIME ' "$log" | tr -d '\r' | sed -n 's/.*read_s=\([0-9.]*\).*/\1/p' || true)
     if grep -q '^MEMDEDUP-GUEST: FAIL' "$log"; then
       fleet_log "guest $((i + 1)): $(grep -m1 '^MEMDEDUP-GUEST: FAIL' "$log" | tr -d '\r')"
@@ -372,6 +403,15 @@ fleet_run() {
     elif [ -z "$res" ]; then
       fleet_log "guest $((i + 1)) (pid ${pids[i]}) ended without DONE (exit ${rc[i]}); $log.qemu: $(tail -n 2 "$log.qemu" | tr '\n' ' ')"
       ok=1; res=NONE
+    elif [ "$res" != "$want" ]; then
+      fleet_log "guest $((i + 1)) read $res; the image holds $want ($image.md5)"
+      ok=1
+    elif [ "$hold" -gt 0 ] && [ -z "$again" ]; then
+      fleet_log "guest $((i + 1)) (pid ${pids[i]}) ended without RECHECK after its ${hold}s hold (exit ${rc[i]})"
+      ok=1
+    elif [ "$hold" -gt 0 ] && [ "$again" != "$want" ]; then
+      fleet_log "guest $((i + 1)) read $again after its hold; the image holds $want ($image.md5)"
+      ok=1
     elif [ "${rc[i]}" != 0 ]; then
       fleet_log "guest $((i + 1)): QEMU exit status ${rc[i]}"
       ok=1
