@@ -24,10 +24,14 @@
 #                   come through shared image reads) and checksums the copies
 #   --hold S        hold after reading for the KSM modes (default 240: KSM converges)
 #   --hold-short S  hold for none and memdedup (default 30)
+#                   (every hold is at least 1 s: the final PSS is the mean of 5
+#                   samples after both guests' reads, and the guests check
+#                   their data again after the hold)
 #   --quick         hold 50 s / 12 s: ~5 minutes in all (KSM will not have converged)
 #   --modes         subset of the modes, in order; none is the reference for savings
 #   --report-only   no guests: rebuild results.json, summary and plot from the
-#                   samples of an earlier run in the output directory
+#                   samples of an earlier run in the output directory (modes
+#                   it did not finish are left out, with a message)
 #   --census S      S seconds after both guests' reads, count what is left to
 #                   share in their RAM (build/census) into OUTDIR/MODE/census.json
 #   --cpu-window S  the CPU compared between modes is what each spent in its
@@ -39,7 +43,11 @@
 #                   (stopping it between modes unmerges them all)
 # The KSM knobs run, pages_to_scan and sleep_millisecs are saved first and
 # restored on any exit (Ctrl-C and failures included); between modes KSM is
-# stopped with run=2 (unmerge) and run=0. Needs root for the KSM knobs.
+# stopped with run=2 (unmerge) and run=0, and pages_sharing must then be 0;
+# a knob that cannot be set ends the run. Needs root for the KSM knobs.
+# Every guest must read what the image holds (IMAGE.md5, from
+# guest/mkimage.sh), also after its hold: otherwise the run fails (exit 1),
+# as does a report whose guests' checksums differ.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -80,6 +88,9 @@ hold_scan=${hold_scan:-$hold_ksm}
 for n in "hold:$hold_ksm" "hold-short:$hold_short" "hold-scan:$hold_scan" "mem:$mem"; do
   case "${n#*:}" in ""|*[!0-9]*|0?*) echo "run-bench.sh: --${n%%:*} takes a number" >&2; exit 2 ;; esac
 done
+for n in "hold:$hold_ksm" "hold-short:$hold_short" "hold-scan:$hold_scan"; do
+  [ "${n#*:}" -ge 1 ] || { echo "run-bench.sh: --${n%%:*} takes a number of seconds, at least 1" >&2; exit 2; }
+done
 case "$mem" in ''|0) echo "run-bench.sh: --mem takes a number of MB" >&2; exit 2 ;; esac
 
 scripts/install-deps.sh all
@@ -107,7 +118,7 @@ else
     # The same files, and a run.sh that copies them into tmpfs: the copies
     # are anonymous guest memory, found only by scanning.
     image=$root/build/guest/workload-tmpfs.img
-    if [ ! -f "$image" ] || [ bench/tmpfs-run.sh -nt "$image" ]; then
+    if [ ! -f "$image" ] || [ ! -f "$image.md5" ] || [ bench/tmpfs-run.sh -nt "$image" ]; then
       wd=$(mktemp -d)
       trap 'rm -rf "$wd"' EXIT   # before fleet_init's: 96 MB, perhaps in a tmpfs
       guest/mkworkload.sh "$wd" 96 >/dev/null
@@ -122,16 +133,27 @@ else
     [ -f "$image" ] || fleet_die "no $image: run 'make guest' first"
   fi
   [ -f "$image" ] || fleet_die "no image $image"
+  [ -s "$image.md5" ] || fleet_die "no $image.md5, what the guests must read (make the image with guest/mkimage.sh)"
 
   # --- kernel KSM knobs: save now, restore on every exit ------------------------
   KSM_SAVED_RUN=$(cat $ksm/run)
   KSM_SAVED_SCAN=$(cat $ksm/pages_to_scan)
   KSM_SAVED_SLEEP=$(cat $ksm/sleep_millisecs)
   ksm_write() { echo "$2" > "$ksm/$1" || echo "run-bench.sh: could not write $2 to $ksm/$1" >&2; }
+  # Before and between modes a knob not set is a mode not measured: fail.
+  # (ksm_restore, on the way out, goes on with the other knobs instead.)
+  ksm_must() { echo "$2" > "$ksm/$1" || fleet_die "could not write $2 to $ksm/$1"; }
   ksm_stop() {  # unmerge everything, then stop
     [ "$(cat $ksm/run)" = 0 ] && return 0
-    ksm_write run 2
-    ksm_write run 0
+    ksm_must run 2
+    ksm_must run 0
+    # The write of 2 unmerges before it returns: wait a little all the same.
+    local i
+    for i in $(seq 50); do
+      [ "$(cat $ksm/pages_sharing)" = 0 ] && return 0
+      sleep 0.2
+    done
+    fleet_die "kernel KSM still has $(cat $ksm/pages_sharing) pages_sharing 10 s after run=2 and run=0"
   }
   ksm_restore() {
     local cur
@@ -152,15 +174,20 @@ else
   export MEMDEDUP_RUN_DIR
   mkdir -p "$MEMDEDUP_RUN_DIR"
   census_pid=""
-  stop_census() { [ -z "$census_pid" ] || kill "$census_pid" 2>/dev/null || true; census_pid=""; }
+  stop_census() {  # the census runs in a process group of its own: all of it goes
+    [ -n "$census_pid" ] || return 0
+    kill -TERM -- "-$census_pid" 2>/dev/null || true
+    wait "$census_pid" 2>/dev/null || true
+    census_pid=""
+  }
   FLEET_EXIT_HOOKS+=(stop_census ksm_restore fleet_stop_daemon)
   echo "run-bench.sh: saved kernel KSM: run=$KSM_SAVED_RUN pages_to_scan=$KSM_SAVED_SCAN sleep_millisecs=$KSM_SAVED_SLEEP" >&2
 
   ksm_set() {  # run pages_to_scan sleep_millisecs
     ksm_stop
-    ksm_write pages_to_scan "$2"
-    ksm_write sleep_millisecs "$3"
-    [ "$1" = 1 ] && ksm_write run 1
+    ksm_must pages_to_scan "$2"
+    ksm_must sleep_millisecs "$3"
+    [ "$1" = 1 ] && ksm_must run 1
     return 0
   }
 
@@ -197,7 +224,14 @@ else
     printf '%s\n%s\n%s\n%s\n%s\n' "$m" "$wrapper" "$hold" \
       "$(cat $ksm/run) $(cat $ksm/pages_to_scan) $(cat $ksm/sleep_millisecs)" "$(date -u +%FT%TZ)" > "$out/$m.meta"
     mkdir -p "$out/$m"
-    if [ -n "$census" ]; then  # the guests' pids are QEMU's: nothing else runs one here
+    # An earlier run's files go first: its samples.tsv or guests.tsv would
+    # end the census's wait at once, and its meta would vouch for this
+    # run's samples if this one is interrupted (--report-only).
+    rm -f "$out/$m/samples.tsv" "$out/$m/guests.tsv" "$out/$m/pids" "$out/$m/meta" \
+      "$out/$m/census.json" "$out/$m/census.log" "$out/$m"/smaps.*
+    if [ -n "$census" ]; then
+      # In a process group of its own (set -m), which stop_census kills whole.
+      set -m
       ( d=$out/$m
         until [ "$(awk -F'\t' 'END {print $11}' "$d/samples.tsv" 2>/dev/null)" = 2 ]; do
           [ -f "$d/guests.tsv" ] && exit 0
@@ -205,16 +239,20 @@ else
         done
         sleep "$census"
         [ -f "$d/guests.tsv" ] && exit 0   # this mode's guests are gone
-        # shellcheck disable=SC2046
-        build/census --image "$image" $(pgrep -x qemu-system-x86) > "$d/census.json" 2> "$d/census.log"
+        # This mode's guests, as fleet_run started them: QEMU's pids (setsid
+        # and memdedup run exec), not every QEMU on the host.
+        guests=$(cat "$d/pids")
+        # shellcheck disable=SC2086
+        build/census --image "$image" $guests > "$d/census.json" 2> "$d/census.log"
         daemon=$(cat "$MEMDEDUP_RUN_DIR/memdedupd.pid" 2>/dev/null || true)
-        for p in $(pgrep -x qemu-system-x86) $daemon; do  # where the PSS outside guest RAM is
+        for p in $guests $daemon; do  # where the PSS outside guest RAM is
           cat "/proc/$p/smaps" > "$d/smaps.$p" 2>/dev/null
         done
         for p in $daemon; do  # its PSS is in the fleet's too
           echo "census: memdedupd $p PSS $(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup") kB" >> "$d/census.log"
         done ) &
       census_pid=$!
+      set +m
     fi
     fleet_run "$out/$m" 2 "$image" --mem "$mem" --hold "$hold" ${wrapper:+--wrapper "$wrapper"} \
       || fleet_die "mode $m: a guest failed (logs in $out/$m)"
@@ -230,7 +268,8 @@ fi
 
 # --- results.json ---------------------------------------------------------------
 # Per mode: final fleet PSS = mean of the last 5 samples with every guest alive
-# (and none within 1.5 s of exiting);
+# (and none within 1.5 s of exiting) taken after the last guest's READS-DONE
+# (a mode with fewer such samples fails the report);
 # saving = final PSS of mode none - final PSS of the mode; t50/t90 = seconds
 # after the last guest's READS-DONE until saving(t) = PSS_none_final - PSS(t)
 # first reached 50 % / 90 % of the mode's final saving (0 when reached by then;
@@ -240,7 +279,7 @@ metrics() {  # DIR REF_PSS_KB -> "key value" lines
   awk -F'\t' -v ref="$2" -v n=2 -v noise=16384 -v gfile="$1/guests.tsv" -v win="$cpu_window" '
     BEGIN {
       while ((getline line < gfile) > 0) {
-        split(line, g, "\t"); if (g[3] != "NA" && g[3] + 0 > rd) rd = g[3] + 0
+        split(line, g, "\t"); if (g[3] == "NA") rdna = 1; else if (g[3] + 0 > rd) rd = g[3] + 0
         if (fe == "" || g[4] + 0 < fe) fe = g[4] + 0
       }
     }
@@ -257,10 +296,15 @@ metrics() {  # DIR REF_PSS_KB -> "key value" lines
     }
     function after(i) { return t[i] - rd < 1 ? "0" : sprintf("%.1f", t[i] - rd) }
     END {
-      c = 0; s = 0; kf = 0
-      for (i = last; i >= 2 && c < 5; i--) if (ok(i)) { s += p[i]; c++; if (!kf) { kf = ks[i]; mf = md[i]; kmf = km[i] } }
+      # the final values: samples after every guest had read (none when one
+      # never said READS-DONE); kf & co. from the last of them
+      c = 0; s = 0; kf = 0; got = 0
+      if (!rdna) for (i = last; i >= 2 && c < 5; i--) if (ok(i) && t[i] + 0 >= rd) {
+        s += p[i]; c++
+        if (!got) { got = 1; kf = ks[i]; mf = md[i]; kmf = km[i] }
+      }
       fin = c ? s / c : -1
-      printf "reads_done_s %.2f\nfinal_pss_kb %.0f\n", rd, fin
+      printf "reads_done_s %.2f\nfinal_pss_kb %.0f\nfinal_samples %d\n", rd, fin, c
       printf "ksm_sharing_final %d\nmd_shared_final %d\nksm_meta_kb %d\n", kf, mf, kmf
       printf "ksmd_cpu_s %.2f\nagent_cpu_s %.2f\n", kmax - kmin, amax
       # a mode that ended before the window has no CPU at it
@@ -290,8 +334,28 @@ metrics() {  # DIR REF_PSS_KB -> "key value" lines
 }
 get() { awk -v k="$2" '$1 == k {print $2}' <<< "$1"; }
 json_num() { case "$1" in ''|NA) echo null ;; *) echo "$1" ;; esac; }
+
+# The modes reported: those fleet_run finished, with their meta (moved in
+# after it) and both guests in guests.tsv. A mode interrupted in an earlier
+# run (--report-only) is left out; one with fewer than 5 samples for its
+# final values fails the report.
+present=""
+for m in $modes; do
+  d=$out/$m
+  [ -f "$d/samples.tsv" ] || continue
+  if [ ! -f "$d/meta" ] || [ "$(awk -F'\t' 'NF == 7 && $7 != ""' "$d/guests.tsv" 2>/dev/null | wc -l)" != 2 ]; then
+    echo "run-bench.sh: mode $m left out: it did not finish (no meta, or no complete guests.tsv, in $d)" >&2
+    continue
+  fi
+  n=$(get "$(metrics "$d" "")" final_samples)
+  [ "$n" -ge 5 ] || fleet_die "mode $m: $n samples after the last READS-DONE with both guests alive" \
+    "(none within 1.5 s of exiting), 5 needed for its final values: hold longer"
+  present="$present $m"
+done
+present=${present# }
+[ -n "$present" ] || fleet_die "no finished mode in $out to report"
 ref=""
-[ -f "$out/none/samples.tsv" ] && ref=$(get "$(metrics "$out/none" "")" final_pss_kb)
+case " $present " in *" none "*) ref=$(get "$(metrics "$out/none" "")" final_pss_kb) ;; esac
 
 {
   printf '{\n  "generated": "%s",\n  "host": {"kernel": "%s", "cpus": %s, "qemu": "%s"},\n' \
@@ -299,12 +363,11 @@ ref=""
   printf '  "guests": 2, "guest_mem_mb": %s, "image": "%s", "image_mb": %s,\n' "$mem" "$(basename "$image")" "$image_mb"
   printf '  "saved_ksm": {"run": %s, "pages_to_scan": %s, "sleep_millisecs": %s},\n' \
     "$KSM_SAVED_RUN" "$KSM_SAVED_SCAN" "$KSM_SAVED_SLEEP"
-  printf '  "definitions": {"final_pss_mb": "mean fleet PSS over the last 5 samples with both guests alive and none within 1.5 s of exiting", "ksm_pages_sharing_final/md_pages_shared_final": "at the last of those samples (md: sum over both agents)", "saving_mb": "final_pss_mb of none minus that of the mode", "t50_s/t90_s": "seconds after the last READS-DONE until the PSS saving first reached 50 %%/90 %% of the final saving (null below 16 MB: noise)", "ksm_t50_s/ksm_t90_s": "seconds after the last READS-DONE until kernel KSM pages_sharing reached 50 %%/90 %% of its final value", "guest_workload_s": "host seconds from the fleet start to each guest READS-DONE", "dedup_cpu_s": "ksmd CPU during the mode + md-agent thread CPU (not the sharing work done inside QEMU I/O threads)", "dedup_cpu_in_window_s": "the same over the first cpu_window_s seconds from the fleet start, the same for every mode: the CPU to compare (ksmd keeps scanning once converged, and modes hold for different times)", "ksm_meta_mb": "kernel KSM metadata at the final sample: (pages_sharing + ksm_zero_pages) x 4 KiB - general_profit, i.e. its rmap items, kept in kernel slab and so in no PSS (memdedup keeps its metadata in its processes: in the PSS)"},\n'
+  printf '  "definitions": {"final_pss_mb": "mean fleet PSS over the last 5 samples with both guests alive, after the last READS-DONE and none within 1.5 s of exiting", "ksm_pages_sharing_final/md_pages_shared_final": "at the last of those samples (md: sum over both agents)", "saving_mb": "final_pss_mb of none minus that of the mode", "t50_s/t90_s": "seconds after the last READS-DONE until the PSS saving first reached 50 %%/90 %% of the final saving (null below 16 MB: noise)", "ksm_t50_s/ksm_t90_s": "seconds after the last READS-DONE until kernel KSM pages_sharing reached 50 %%/90 %% of its final value", "guest_workload_s": "host seconds from the fleet start to each guest READS-DONE", "dedup_cpu_s": "ksmd CPU during the mode + md-agent thread CPU (not the sharing work done inside QEMU I/O threads)", "dedup_cpu_in_window_s": "the same over the first cpu_window_s seconds from the fleet start, the same for every mode: the CPU to compare (ksmd keeps scanning once converged, and modes hold for different times)", "ksm_meta_mb": "kernel KSM metadata at the final sample: (pages_sharing + ksm_zero_pages) x 4 KiB - general_profit, i.e. its rmap items, kept in kernel slab and so in no PSS (memdedup keeps its metadata in its processes: in the PSS)"},\n'
   printf '  "modes": [\n'
   first=1
-  for m in $modes; do
+  for m in $present; do
     d=$out/$m
-    [ -f "$d/samples.tsv" ] || continue
     mt=$(metrics "$d" "$( [ "$m" = none ] || echo "$ref")")
     { read -r _; read -r wrapper; read -r hold; read -r kr ks kz; read -r started; } < "$d/meta"
     fin=$(get "$mt" final_pss_kb) sav=$(get "$mt" saving_kb)
@@ -349,15 +412,13 @@ fi
 per_gb() { awk -v c="$1" -v k="$2" 'BEGIN{ if (c == "NA" || k == "NA" || k <= 0) print "NA"; else printf "%.2f", c / (k / 1024 / 1000)}'; }
 ksm_per_gb=NA
 for m in ksm10x ksm; do
-  case " $modes " in *" $m "*) ;; *) continue ;; esac
-  [ -f "$out/$m/samples.tsv" ] || continue
+  case " $present " in *" $m "*) ;; *) continue ;; esac
   mt=$(metrics "$out/$m" "$ref")
   ksm_per_gb=$(per_gb "$(get "$mt" cpu_window_s)" "$(get "$mt" saving_kb)")
 done
 {
 printf '\n%-13s %10s %10s %8s %8s %11s %9s %9s %11s %s\n' mode "PSS MB" "saved MB" "t50 s" "t90 s" "dedup CPU" "CPU@${cpu_window}s" "s/GB@${cpu_window}" "reads s" checksums
-for m in $modes; do
-  [ -f "$out/$m/samples.tsv" ] || continue
+for m in $present; do
   mt=$(metrics "$out/$m" "$( [ "$m" = none ] || echo "$ref")")
   printf '%-13s %10s %10s %8s %8s %11s %9s %9s %11s %s\n' "$m" \
     "$(awk -v k="$(get "$mt" final_pss_kb)" 'BEGIN{printf "%.1f", k/1024}')" \
@@ -369,9 +430,8 @@ for m in $modes; do
     "$(cut -f7 "$out/$m/guests.tsv" | sort -u | sed 's/^\(........\).*/\1/' | paste -sd,)"
 done
 if [ "$ksm_per_gb" != NA ]; then
-  for m in $modes; do
+  for m in $present; do
     case "$m" in none|ksm|ksm10x) continue ;; esac
-    [ -f "$out/$m/samples.tsv" ] || continue
     mt=$(metrics "$out/$m" "$ref")
     g=$(per_gb "$(get "$mt" cpu_window_s)" "$(get "$mt" saving_kb)")
     [ "$g" = NA ] || awk -v m="$m" -v g="$g" -v k="$ksm_per_gb" -v w="$cpu_window" \
@@ -380,10 +440,19 @@ if [ "$ksm_per_gb" != NA ]; then
 fi
 } | tee "$out/summary.txt"
 
+plot=""
 if command -v gnuplot >/dev/null; then
-  present=""
-  for m in $modes; do [ -f "$out/$m/samples.tsv" ] && present="$present $m"; done
-  gnuplot -e "outdir='$out'; modes='${present# }'" bench/plot.gp \
+  plot=", $out/memory.png"
+  gnuplot -e "outdir='$out'; modes='$present'" bench/plot.gp \
     || echo "run-bench.sh: gnuplot failed; samples are in $out/*/samples.tsv" >&2
 fi
-echo "Results: $out/results.json${present:+, $out/memory.png}; took $((SECONDS - t_all)) s"
+echo "Results: $out/results.json$plot; took $((SECONDS - t_all)) s"
+
+# Every guest of every mode read the same data. A run has checked each
+# against the image's md5 as it went (fleet_run); this catches the guests of
+# an earlier run too (--report-only), once the results are written.
+sums=$(for m in $present; do cut -f7 "$out/$m/guests.tsv"; done | sort -u)
+if [ "$(wc -l <<< "$sums")" != 1 ]; then
+  for m in $present; do echo "  $m: $(cut -f7 "$out/$m/guests.tsv" | paste -sd' ')" >&2; done
+  fleet_die "the guests' checksums differ (above)"
+fi
