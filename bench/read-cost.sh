@@ -9,12 +9,14 @@
 # and of a plain 4 KiB pread as the guests issue them (their single-page
 # reads, copied in every mode). TLB shootdowns (/proc/interrupts, the whole host) and PMD splits
 # (/proc/vmstat) are counted over the reads. Prints a JSON line per mode, and
-# writes build/bench/read-cost.json.
+# writes build/bench/read-cost.json. Fails (exit 1) when a guest fails, or
+# the pair has not read the image 120 s after it started.
 # Usage: bench/read-cost.sh [ROUNDS]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 rounds=${1:-3}
+case "$rounds" in ''|*[!0-9]*|0*) echo "read-cost.sh: ROUNDS takes a number, at least 1" >&2; exit 2 ;; esac
 md=$root/build/memdedup
 img=$root/build/guest/workload.img
 out=$root/build/bench
@@ -33,11 +35,22 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 trap 'exit 129' HUP
 
+# This round's guests, if any (run-guest.sh kills its QEMU on TERM).
+stop_round() {
+  [ ${#pids[@]} -gt 0 ] || return 0
+  kill "${pids[@]}" 2>/dev/null || true
+  wait "${pids[@]}" 2>/dev/null || true
+  pids=()
+}
+round_fail() { echo "read-cost.sh: $*" >&2; exit 1; }   # stop_round on the way out
+
 one() {  # MODE ROUND -> JSON line
-  local mode=$1 r=$2 env=() i
+  local mode=$1 r=$2 env=() i n log
   [ "$mode" = copy ] && env=(env MEMDEDUP_NO_SHARING=1)
   [ "$mode" = share-all ] && env=(env MEMDEDUP_SHARE_MIN_PAGES=1)
   local tlb0 split0 tlb1 split1
+  # An earlier run's logs would say READS-DONE before these guests have read.
+  rm -f "$out/rc-$mode-$r"-[12].log "$out/rc-$mode-$r"-[12].log.qemu
   tlb0=$(awk '/^ *TLB:/ { for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) s += $i; print s + 0 }' /proc/interrupts)
   split0=$(awk '$1 == "thp_split_pmd" { print $2 }' /proc/vmstat)
   pids=()
@@ -46,8 +59,18 @@ one() {  # MODE ROUND -> JSON line
       --log "$out/rc-$mode-$r-$i.log" "$img" >/dev/null 2>&1 &
     pids+=($!)
   done
-  for _ in $(seq 600); do
-    [ "$(grep -l 'READS-DONE' "$out"/rc-"$mode-$r"-*.log 2>/dev/null | wc -l)" = 2 ] && break
+  local t_end=$((SECONDS + 120))
+  while :; do
+    n=0
+    for i in 1 2; do
+      log=$out/rc-$mode-$r-$i.log
+      if grep -q '^MEMDEDUP-GUEST: READS-DONE' "$log" 2>/dev/null; then n=$((n + 1))
+      elif ! kill -0 "${pids[i - 1]}" 2>/dev/null; then
+        round_fail "$mode round $r: guest $i ended before READS-DONE (log $log)"
+      fi
+    done
+    [ "$n" = 2 ] && break
+    [ "$SECONDS" -lt "$t_end" ] || round_fail "$mode round $r: $n of 2 guests had read the image after 120 s (logs $out/rc-$mode-$r-*.log)"
     sleep 0.1
   done
   tlb1=$(awk '/^ *TLB:/ { for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) s += $i; print s + 0 }' /proc/interrupts)
@@ -63,13 +86,21 @@ one() {  # MODE ROUND -> JSON line
       page_reads: .reads_page,
       page_read_us: (if .reads_page > 0 then .read_page_seconds * 1e6 / .reads_page else null end),
       tlb_shootdowns_per_read: ($tlb / .reads_seen), pmd_splits_per_read: ($split / .reads_seen)}'
-  for i in 0 1; do wait "${pids[$i]}" || true; done
+  local rc
+  for i in 1 2; do
+    rc=0
+    wait "${pids[i - 1]}" || rc=$?
+    [ "$rc" = 0 ] || round_fail "$mode round $r: guest $i failed (run-guest.sh exit $rc; log $out/rc-$mode-$r-$i.log)"
+  done
   pids=()
 }
 
 # In the background, waited for: a signal's trap runs during `wait`, where
-# a pipeline in the foreground would put it off until the guests end.
+# a pipeline in the foreground would put it off until the guests end. A
+# round that fails stops its guests (the subshell's exit) and so the run
+# (pipefail: `wait` returns the subshell's status).
 (
+  trap stop_round EXIT
   for r in $(seq "$rounds"); do
     cat "$img" > /dev/null
     one copy "$r"

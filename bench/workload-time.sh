@@ -14,15 +14,18 @@
 #   sequential        each round runs a plain pair of guests and a pair under
 #                     `memdedup run`, which first alternating.
 # Usage: bench/workload-time.sh [--sequential] [ROUNDS] [-- extra memdedup run options]
-# Writes build/bench/workload-time.json and prints the ratio.
+# (ROUNDS: at least 1, default 5). Writes build/bench/workload-time.json and
+# prints the ratio. A guest that fails ends the run (exit 1), its round's
+# other guests stopped.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 layout=paired
 [ "${1:-}" = --sequential ] && { layout=sequential; shift; }
-rounds=${1:-5}
-shift || true
+rounds=5
+if [ $# -gt 0 ] && [ "$1" != -- ]; then rounds=$1; shift; fi
 [ "${1:-}" = -- ] && shift
+case "$rounds" in ''|*[!0-9]*|0*) echo "workload-time.sh: ROUNDS takes a number, at least 1" >&2; exit 2 ;; esac
 extra=("$@")
 md=$root/build/memdedup
 img=$root/build/guest/workload.img
@@ -40,6 +43,19 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 trap 'exit 129' HUP
 
+# The round's guests run in a process substitution: on a failure it stops
+# the others before it exits (they would outlive it, no longer descendants
+# of this shell for cleanup to find). Waits for pids[I], drops it from pids.
+wait_guest() {  # I WHAT
+  local st=0
+  wait "${pids[$1]}" || st=$?
+  unset "pids[$1]"
+  [ "$st" = 0 ] && return 0
+  echo "workload-time.sh: $2 failed (exit $st)" >&2
+  [ ${#pids[@]} -eq 0 ] || fleet_kill_tree "${pids[@]}"
+  exit 1
+}
+
 pair() {  # MODE ROUND -> two read times on stdout
   local mode=$1 r=$2 w=() i
   [ "$mode" = memdedup ] && w=(--wrapper "$md run --kernel-ksm=off ${extra[*]} --")
@@ -48,7 +64,7 @@ pair() {  # MODE ROUND -> two read times on stdout
     guest/run-guest.sh "${w[@]}" --log "$out/wt-$mode-$r-$i.log" "$img" >/dev/null 2>&1 &
     pids+=($!)
   done
-  for i in 0 1; do wait "${pids[$i]}" || { echo "workload-time.sh: a $mode guest failed" >&2; exit 1; }; done
+  for i in 0 1; do wait_guest "$i" "round $r: $mode guest $((i + 1)) (log $out/wt-$mode-$r-$((i + 1)).log)"; done
   pids=()
   for i in 1 2; do grep -o 'read_s=[0-9.]*' "$out/wt-$mode-$r-$i.log" | cut -d= -f2; done
 }
@@ -66,8 +82,8 @@ paired() {  # ROUND -> "plain_s memdedup_s" on stdout
     rc=$?; times > "$out/wt-memdedup-$r-1.cpu"; exit $rc ) &
   m=$!
   pids=("$p" "$m")
-  wait "$p" || { echo "workload-time.sh: the plain guest failed" >&2; exit 1; }
-  wait "$m" || { echo "workload-time.sh: the memdedup guest failed" >&2; exit 1; }
+  wait_guest 0 "round $r: the plain guest (log $out/wt-plain-$r-1.log)"
+  wait_guest 1 "round $r: the memdedup guest (log $out/wt-memdedup-$r-1.log)"
   pids=()
   for f in plain memdedup; do grep -o 'read_s=[0-9.]*' "$out/wt-$f-$r-1.log" | cut -d= -f2; done
 }
@@ -76,13 +92,21 @@ paired() {  # ROUND -> "plain_s memdedup_s" on stdout
 # ("0m1.234s 0m0.123s"): the second line, summed, in seconds.
 cpu_s() { sed -n 2p "$1" | awk '{t = 0; for (i = 1; i <= 2; i++) {split($i, a, /[ms]/); t += a[1] * 60 + a[2]} printf "%.2f", t}'; }
 
+# TIMES...: exactly two read times, numbers (a process substitution's exit
+# status is not seen: what it printed is checked).
+two_times() {
+  [ $# = 2 ] || return 1
+  local x
+  for x; do [[ $x =~ ^[0-9]+(\.[0-9]+)?$ ]] || return 1; done
+}
+
 command -v taskset >/dev/null || { echo "workload-time.sh: taskset not found (util-linux)" >&2; exit 1; }
 plain=() shared=() plain_cpu=() shared_cpu=()
 for r in $(seq "$rounds"); do
   if [ "$layout" = paired ]; then
     cat "$img" > /dev/null
     mapfile -t t < <(paired "$r")
-    [ "${#t[@]}" = 2 ] || { echo "workload-time.sh: round $r gave no times" >&2; exit 1; }
+    two_times "${t[@]}" || { echo "workload-time.sh: round $r gave no times: ${t[*]}" >&2; exit 1; }
     plain+=("${t[0]}") shared+=("${t[1]}")
     cp=$(cpu_s "$out/wt-plain-$r-1.cpu") cm=$(cpu_s "$out/wt-memdedup-$r-1.cpu")
     plain_cpu+=("$cp") shared_cpu+=("$cm")
@@ -93,12 +117,13 @@ for r in $(seq "$rounds"); do
   # the first has just left (its freed memory, its page cache), and a fixed
   # order would charge that to one mode.
   cat "$img" > /dev/null
+  no_times() { echo "workload-time.sh: round $r: the $1 pair gave no two read times: $2" >&2; exit 1; }
   if [ $((r % 2)) = 1 ]; then
-    mapfile -t a < <(pair plain "$r")
-    mapfile -t b < <(pair memdedup "$r")
+    mapfile -t a < <(pair plain "$r"); two_times "${a[@]}" || no_times plain "${a[*]}"
+    mapfile -t b < <(pair memdedup "$r"); two_times "${b[@]}" || no_times memdedup "${b[*]}"
   else
-    mapfile -t b < <(pair memdedup "$r")
-    mapfile -t a < <(pair plain "$r")
+    mapfile -t b < <(pair memdedup "$r"); two_times "${b[@]}" || no_times memdedup "${b[*]}"
+    mapfile -t a < <(pair plain "$r"); two_times "${a[@]}" || no_times plain "${a[*]}"
   fi
   plain+=("${a[@]}") shared+=("${b[@]}")
   echo "round $r: plain ${a[*]}  memdedup ${b[*]}"
