@@ -17,8 +17,11 @@
  * vCPU, so every unmapping of present pages sends it a TLB shootdown). For
  * these the TLB shootdowns (/proc/interrupts) and PMD splits (/proc/vmstat)
  * per read are reported, system-wide deltas over the sharing reads.
- * Usage: microbench [IMAGE_MB] [ROUNDS]   Prints JSON lines.
+ * Usage: microbench [IMAGE_MB] [ROUNDS]   Prints JSON lines. (Whole numbers:
+ * IMAGE_MB 1..1048576, default 64; ROUNDS 1..1000000, default 5; others
+ * exit 2.)
  */
+#include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
@@ -297,25 +300,56 @@ static void guest_conditions(md_agent *agent, int fd, size_t len, int rounds)
 			}
 }
 
+/* S as a whole number in [min, max], or -1. */
+static long long arg_num(const char *s, long long min, long long max)
+{
+	char *end;
+	errno = 0;
+	long long v = strtoll(s, &end, 10);
+	if (errno != 0 || end == s || *end != '\0' || v < min || v > max)
+		return -1;
+	return v;
+}
+
 int main(int argc, char **argv)
 {
-	size_t mb = argc > 1 ? strtoul(argv[1], NULL, 10) : 64;
-	int rounds = argc > 2 ? atoi(argv[2]) : 5;
-	size_t len = mb << 20;
+	long long mb = argc > 1 ? arg_num(argv[1], 1, 1ll << 20) : 64;
+	long long rounds = argc > 2 ? arg_num(argv[2], 1, 1000000) : 5;
+	if (argc > 3 || mb < 0 || rounds < 0) {
+		fprintf(stderr, "usage: microbench [IMAGE_MB] [ROUNDS]\n"
+				"  IMAGE_MB: whole MiB, 1..1048576 (default 64); ROUNDS: 1..1000000 (default 5)\n");
+		return 2;
+	}
+	size_t len = (size_t)mb << 20;
 	char path[] = "/tmp/memdedup-microbench-XXXXXX";
 	int fd = mkstemp(path);
-	if (fd < 0 || ftruncate(fd, (off_t)len) != 0) {
+	if (fd < 0) {
 		perror("image");
+		return 1;
+	}
+	if (ftruncate(fd, (off_t)len) != 0) {
+		perror("image");
+		unlink(path);
 		return 1;
 	}
 	/* Random-ish content; then reopen read-only so a lease is possible. */
 	char *w = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (w == MAP_FAILED) {
+		perror("image mmap");
+		unlink(path);
+		return 1;
+	}
 	for (size_t i = 0; i < len; i += 8)
 		*(uint64_t *)(w + i) = i * 0x9e3779b97f4a7c15ull;
 	munmap(w, len);
 	fsync(fd);
 	close(fd);
 	fd = open(path, O_RDONLY);
+	if (fd < 0) {
+		perror(path);
+		unlink(path);
+		return 1;
+	}
 
 	md_agent *agent;
 	/* Every whole page shared, whatever the read's size: the cost of
@@ -324,13 +358,15 @@ int main(int argc, char **argv)
 	md_agent_options o = { .run_dir = "", .share_min_pages = 1 };
 	if (md_agent_new(&agent, &o) != 0) {
 		fprintf(stderr, "microbench: no agent\n");
+		close(fd);
+		unlink(path);
 		return 1;
 	}
 	const char *only = getenv("MICROBENCH_ONLY");	/* "base" or "guest" */
 	if (!only || strcmp(only, "guest") != 0)
-		base_table(agent, fd, len, rounds);
+		base_table(agent, fd, len, (int)rounds);
 	if (!only || strcmp(only, "base") != 0)
-		guest_conditions(agent, fd, len, rounds);
+		guest_conditions(agent, fd, len, (int)rounds);
 	md_agent_free(agent);
 	close(fd);
 	unlink(path);
