@@ -772,7 +772,7 @@ EXPORT pid_t _Fork(void)
 static void uring_check(struct io_uring *ring)
 {
 	if (md__uring_submits_writes(ring))
-		unseen_io("submitted reads through io_uring (aio=io_uring)");
+		unseen_io("submitted reads or writes through io_uring (aio=io_uring)");
 }
 
 EXPORT int io_uring_submit(struct io_uring *ring)

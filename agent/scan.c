@@ -214,6 +214,12 @@ void md_agent_io_unseen(md_agent *a, const char *what)
 		md__inflight_block(&a->engine->io);
 		__atomic_store_n(&a->scanner.paused, 1, __ATOMIC_SEQ_CST);
 	}
+	/* Pages read-time sharing mapped from images go private too, before
+	 * the call that brought us here: a transfer we do not see (an
+	 * O_DIRECT write through io_uring, a device's DMA) would pin the
+	 * image's page, and a lease break could not wait for it to end. */
+	if (!before)
+		md__privatize(a, 0, UINTPTR_MAX, 0);
 	md__agent_leave(a);
 	if (before)
 		return;

@@ -38,16 +38,17 @@
 #define IOMMU_IOAS_MAP _IO(';', 0x85)
 #endif
 
-/* Operations that never write user memory: I/O from it, polls, timeouts,
- * syncs, cancels. Everything else may (reads, receives, statx, provided
- * buffers) or may discard it (madvise), or is newer than this list. */
+/* Operations that never write user memory nor pin it: polls, timeouts,
+ * syncs, cancels, sends (copied from the process's memory as they run).
+ * Everything else may write it (reads, receives, statx, provided buffers),
+ * discard it (madvise), or is newer than this list; and writes may pin it:
+ * an O_DIRECT write pins the guest pages it sends, and one sending a page
+ * read-time sharing mapped from an image pins the image's page, which a
+ * lease break could then not wait for (writes.c sees only pwrite). */
 static int op_leaves_memory(unsigned op)
 {
 	switch (op) {
 	case IORING_OP_NOP:
-	case IORING_OP_WRITEV:
-	case IORING_OP_WRITE_FIXED:
-	case IORING_OP_WRITE:
 	case IORING_OP_SEND:
 	case IORING_OP_SENDMSG:
 	case IORING_OP_FSYNC:

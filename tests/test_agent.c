@@ -1115,6 +1115,49 @@ TEST_IMPL(device_dma_stops_read_sharing)
 	return 0;
 }
 
+/* A write through io_uring may pin the guest pages it sends (O_DIRECT),
+ * and a lease break cannot wait for it: a page read-time sharing mapped
+ * from the image would be the image's page, pinned. From the first such
+ * submit, reads are copied, and the pages shared before are made private
+ * first (content unchanged). */
+TEST_IMPL(uring_write_stops_read_sharing)
+{
+	const char *img = image(1);
+	const char *env[] = { "MEMDEDUP_SHARE_MIN_PAGES=1", NULL };
+	struct proc a;
+	int fd = start_reader(&a, img, env);
+	if (proc_num(&a, "uring poll") < 0) {
+		proc_stop(&a);
+		SKIP("io_uring is not available here (kernel.io_uring_disabled, seccomp)");
+	}
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 0 65536", fd), 65536);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 65536"), hex(fnv_file(img, 0, 65536))) == 0);
+	for (unsigned i = 0; i < 16; i++)
+		ASSERT(proc_page(&a, i * 4096).file);	/* shared (read, so present) */
+	char out[600];
+	snprintf(out, sizeof(out), "%s/out", test_dir());
+	int ofd = open(out, O_CREAT | O_TRUNC | O_WRONLY, 0600);
+	ASSERT(ofd >= 0);
+	close(ofd);
+	long long wfd = proc_num(&a, "open %s rw", out);
+	ASSERT(wfd >= 0);
+	ASSERT_EQ(proc_num(&a, "uring write %lld 0 65536 0", wfd), 65536);
+	ASSERT_EQ(fnv_file(out, 0, 65536), fnv_file(img, 0, 65536));
+	for (unsigned i = 0; i < 16; i++)
+		ASSERT(!proc_page(&a, i * 4096).file);	/* private before the write */
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 65536"), hex(fnv_file(img, 0, 65536))) == 0);
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 %u 65536", fd, MB), 65536);
+	for (unsigned i = 0; i < 16; i++)
+		ASSERT(!proc_page(&a, MB + i * 4096).file);	/* copied */
+	ASSERT(strcmp(proc_cmd(&a, "hash %u 65536", MB), hex(fnv_file(img, 0, 65536))) == 0);
+	md_stats s;
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.io_unseen, 1);
+	ASSERT_EQ(s.pages_privatized, 16);
+	proc_stop(&a);
+	return 0;
+}
+
 TEST_IMPL(map_limit_falls_back)
 {
 	const char *img = image(4);

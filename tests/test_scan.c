@@ -553,7 +553,7 @@ TEST_IMPL(scan_stops_for_unseen_io)
 /* aio=io_uring: a read submitted through liburing into guest RAM. */
 TEST_IMPL(scan_stops_for_uring_reads)
 {
-	return stops_for_unseen_io(0, 1, "uring read", "4096", "submitted reads through io_uring");
+	return stops_for_unseen_io(0, 1, "uring read", "4096", "submitted reads or writes through io_uring");
 }
 
 /* The same read through syscall(2) and the kernel's ring layout (Rust's

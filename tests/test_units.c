@@ -929,7 +929,10 @@ TEST_IMPL(uring_entries_judged)
 	sqes[5].opcode = IORING_OP_MADVISE;	/* may discard guest RAM */
 	r.sq.sqe_tail = 6;
 	ASSERT(md__uring_submits_writes(&r));
-	sqes[5].opcode = IORING_OP_WRITE;
+	sqes[5].opcode = IORING_OP_WRITE;	/* may pin what it sends (O_DIRECT) */
+	ASSERT(md__uring_submits_writes(&r));
+	sqes[5].opcode = IORING_OP_SEND;
+	ASSERT(!md__uring_submits_writes(&r));
 	r.sq.sqe_head = 100;			/* corrupt: still one lap */
 	sqes[(100 + 8) & 7].opcode = IORING_OP_READ;
 	ASSERT(md__uring_submits_writes(&r));

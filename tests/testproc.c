@@ -64,7 +64,7 @@
  *                           linux-aio finds it: the agent's when preloaded)
  *   uring poll            -> submitted: a ring like QEMU's event loop's (a poll
  *                           on a pipe, a timeout, a no-op) through liburing
- *   uring read FD OFF LEN DOFF -> the read's result, through liburing
+ *   uring read|write FD OFF LEN DOFF -> the read's (write's) result, through liburing
  *   uring register        -> io_uring_register_buffers of the RAM's first page
  *   rawuring setup|sqpoll|read FD OFF LEN DOFF -> as uring, but through the C
  *                           library's syscall(2) and the kernel's ring layout, as
@@ -349,7 +349,10 @@ static long long cmd_uring(const char *kind, int fd, long long off, long long le
 		io_uring_prep_nop(io_uring_get_sqe(&ring));
 		return io_uring_submit(&ring);
 	}
-	io_uring_prep_read(sqe, fd, base + doff, (unsigned)len, (uint64_t)off);
+	if (strcmp(kind, "write") == 0)
+		io_uring_prep_write(sqe, fd, base + doff, (unsigned)len, (uint64_t)off);
+	else
+		io_uring_prep_read(sqe, fd, base + doff, (unsigned)len, (uint64_t)off);
 	io_uring_sqe_set_data64(sqe, 42);
 	int r = io_uring_submit(&ring);	/* as QEMU's block/io_uring.c */
 	/* The poll and the timeout stay pending: find the read's completion. */
