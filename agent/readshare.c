@@ -131,6 +131,30 @@ static int map_image(void *arg)
 	return m->err;
 }
 
+/* A tmpfs image's holes are not mapped: a fault on a hole of a tmpfs file
+ * allocates a page in the file (a pread of it does not), which stays after
+ * the VMM, changes what SEEK_HOLE tells the VMM, and on a full tmpfs is a
+ * SIGBUS where the plain read succeeds. The mapping stops at the first
+ * hole, the rest copied; 0 (counted) if too little is left to map. */
+static int data_only(struct md_agent *a, const struct md__image *img, off_t map_off, struct md__read_plan *plan)
+{
+	off_t end = map_off + (off_t)plan->map_len;
+	off_t data = lseek(img->fd, map_off, SEEK_DATA);
+	off_t hole = data == map_off ? lseek(img->fd, map_off, SEEK_HOLE) : map_off;
+	if (hole < 0)
+		hole = map_off;
+	if (hole >= end)
+		return 1;
+	size_t keep = (size_t)(hole - map_off) & ~(size_t)(MD_PAGE - 1);
+	if (keep / MD_PAGE < a->share_min_pages || keep == 0) {
+		md__fallback(a, MD_FB_PARTIAL, pages_of(plan->total));
+		return 0;
+	}
+	plan->tail += plan->map_len - keep;
+	plan->map_len = keep;
+	return 1;
+}
+
 /* Maps whole pages of one read segment. Returns the bytes mapped (the plan's
  * head is then still to be copied, and the tail), or 0 when the segment must
  * be copied whole. Called with the buffer known to be in region r. */
@@ -164,6 +188,8 @@ static size_t share_locked(struct md_agent *a, struct md__region *r, int fd, con
 
 	uintptr_t dst = buf + plan->head;
 	off_t map_off = off + (off_t)plan->head;
+	if (img->shmem && !data_only(a, img, map_off, plan))
+		return 0;
 	struct map_args m = { (void *)dst, plan->map_len, img->fd, map_off, 0, 0, 0 };
 	if (a->engine)
 		/* With no merge in flight on these pages, and kept out of the

@@ -612,6 +612,48 @@ TEST_IMPL(stats_dir_full)
 	return 0;
 }
 
+/* A sparse image on tmpfs: the holes are copied, not mapped. A fault on a
+ * hole of a tmpfs file allocates a page in the file (a pread of it does
+ * not): the image grew by every hole the guest read, and on a full tmpfs
+ * the guest's first touch was a SIGBUS where the plain read succeeds. */
+TEST_IMPL(tmpfs_image_holes_copied)
+{
+	char dir[600], img[700];
+	if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
+		SKIP("cannot make a mount namespace here");
+	snprintf(dir, sizeof(dir), "%s/sparse", test_dir());
+	ASSERT(mkdir(dir, 0700) == 0);
+	if (mount("none", dir, "tmpfs", 0, "size=256k,mode=0700") != 0)
+		SKIP("cannot mount a tmpfs here");
+	snprintf(img, sizeof(img), "%s/img", dir);
+	/* 8 MiB: data in pages 0-15 and 40, holes elsewhere. */
+	int ifd = open(img, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	ASSERT(ifd >= 0);
+	static char data[65536];
+	for (size_t i = 0; i < sizeof(data); i++)
+		data[i] = (char)(i * 7 + 3);
+	ASSERT(pwrite(ifd, data, sizeof(data), 0) == (ssize_t)sizeof(data));
+	ASSERT(pwrite(ifd, data, 4096, 40 * 4096) == 4096);
+	ASSERT(ftruncate(ifd, 8 * MB) == 0);
+	close(ifd);
+	const char *env[] = { "MEMDEDUP_SHARE_MIN_PAGES=1", NULL };
+	struct proc a;
+	int fd = start_reader(&a, img, env);
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 %u", fd, 8 * MB, MB), 8 * MB);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 8 * MB), hex(fnv_file(img, 0, 8 * MB))) == 0);
+	for (unsigned i = 0; i < 16; i++)
+		ASSERT(proc_page(&a, i * 4096).file);	/* the data before the first hole: mapped */
+	ASSERT(!proc_page(&a, 16 * 4096).file);
+	ASSERT(!proc_page(&a, 40 * 4096).file);	/* after a hole in the same read: copied */
+	struct stat st;
+	ASSERT(stat(img, &st) == 0);
+	printf("  image allocated %lld KiB after the reads\n", (long long)st.st_blocks / 2);
+	ASSERT(st.st_blocks * 512 <= 17 * 4096);	/* its 17 pages of data, no hole filled */
+	proc_stop(&a);
+	umount(dir);
+	return 0;
+}
+
 static int has_lease_break(const md_stats *s) { return s->lease_breaks > 0; }
 
 /* Opens img for writing (which waits for the agent to give its lease back;
