@@ -4,7 +4,9 @@
 # memory that only content scanning can merge. Runs the pair with read-time
 # sharing only, then with the scanner (through a private memdedupd), and
 # checks: every guest's checksum that of the image's files on the host, and
-# the same again after its hold; the scanner saves at least half of
+# the same again after its hold, when each guest also writes a token of its
+# own into every copy and reads it back (none lost, none seen by the other
+# guest through a merged frame: bench/tmpfs-run.sh); the scanner saves at least half of
 # one guest's tmpfs copy on top of read-time sharing. Part of make check-all.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
