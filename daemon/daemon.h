@@ -266,7 +266,8 @@ int md__conn_send(struct md__daemon *d, struct md__conn *c, const struct md__msg
 /* Applies the UNREFs the agent of c sent that were not handled yet (read,
  * or still in the socket), as c is given up (taken over, or closing): a
  * client counts an UNREF sent whole as done, and never sends it again.
- * Nothing else of what is left is answered. */
+ * Nothing else of what is left is answered, and nothing is read past a
+ * header read_conn would refuse (no room is made for its length). */
 void md__conn_unrefs_left(struct md__conn *c);
 /* Queues ERROR {err, text} with seq; the connection closes after it. */
 void md__conn_fail(struct md__daemon *d, struct md__conn *c, uint32_t seq, int err,

@@ -294,6 +294,9 @@ static void user_put(struct md__daemon *d, struct md__user *u)
 /* At most what a peer may have sent ahead: more is not read for this. */
 #define UNREFS_LEFT_MAX (16u << 20)
 
+static int is_request(unsigned type);
+static int refused_now(const struct md__conn *c, unsigned type, char *why, size_t size);
+
 void md__conn_unrefs_left(struct md__conn *c)
 {
 	/* Not d->msg: the HELLO that takes c over is being handled in it. */
@@ -307,6 +310,13 @@ void md__conn_unrefs_left(struct md__conn *c)
 		int got = md__rxbuf_next(&c->in, &h, &need);
 		if (got < 0)
 			return;	/* a bad header: nothing after it is a message */
+		/* Nor after one read_conn refuses at its header: no room is
+		 * made for its length (a STATUS_R's is a megabyte), and what
+		 * follows is no request of the agent's. */
+		char why[MD_TEXT_MAX + 1];
+		if (c->in.len - c->in.head >= MD_MSG_HDR_SIZE &&
+		    (!is_request(h.type) || refused_now(c, h.type, why, sizeof(why))))
+			return;
 		if (got) {
 			if (h.type == MD_MSG_UNREF && md__msg_decode(c->in.buf + c->in.head, need, &m) == 0)
 				md__agent_refs(c->agent, m.u.refs.slot, m.u.refs.n, -1);
