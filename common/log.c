@@ -22,6 +22,7 @@ int md__log_open(const char *path)
 	return 0;
 }
 
+static void vlog(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0)));
 static void vlog(const char *fmt, va_list ap)
 {
 	char line[512];

@@ -1,6 +1,7 @@
 /*
  * daemon.h - memdedupd's state, shared by its files:
  *   main.c     options, single instance, daemonizing, signals
+ *   dlog.c     the log, token buckets, the clock
  *   server.c   the epoll loop, connections, framing, dispatch
  *   domain.c   domains: one content pool and index per (uid, name)
  *   agent.c    agents and their per-slot references, process exit
@@ -164,7 +165,7 @@ struct md__agent {
 	uint32_t ncand;
 };
 
-/* A token bucket: what a rate allows, up to a burst (main.c). */
+/* A token bucket: what a rate allows, up to a burst (dlog.c). */
 struct md__bucket {
 	int64_t tokens;            /* below 0: in debt */
 	int64_t at_ms;             /* md__now_ms of the last refill, less a part token's time */
@@ -247,6 +248,7 @@ struct md__daemon {
 	int nev;
 };
 
+/* dlog.c */
 void md__dlog(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* The same, for what peers cause (connections, agents, their errors):
  * limited in rate. */
@@ -259,7 +261,19 @@ int64_t md__now_ms(void);
 /* server.c */
 int md__server_listen(struct md__daemon *d);
 int md__server_run(struct md__daemon *d);
+/* Handles one wake-up's events, d->evs[0..d->nev) (whatever epoll_wait on
+ * d->epfd returned): connections read and answered, agents gone, then the
+ * connections deferred, and the SHAREs and candidates due. The loop's
+ * body, apart from its timers; fuzz/fuzz_daemon.c drives it too. */
+void md__server_events(struct md__daemon *d);
 void md__server_close(struct md__daemon *d);
+struct ucred;
+/* Serves fd, a connected socket (non-blocking) whose peer accept found to
+ * be cr, with pidfd a pidfd of that peer (-1: none, pidfd_err saying why):
+ * a connection record, in the epoll set. NULL, fd and pidfd closed, if out
+ * of memory. The limits on connections are the caller's. */
+struct md__conn *md__conn_new(struct md__daemon *d, int fd, const struct ucred *cr, int pidfd,
+			      int pidfd_err);
 /* Queues a message to a connection; fd (or -1) travels with its first
  * byte. A peer that lets too much pile up is closed. */
 int md__conn_send(struct md__daemon *d, struct md__conn *c, const struct md__msg *m, int fd);

@@ -5,7 +5,7 @@
 # DAEMON_SRC is the daemon program; it links that library for the engine's
 # pool, index and checksum, and jansson for its status document.
 # DAEMON_CLI_SRC joins CLI_SRC (memdedup pause/resume/unmerge/set, status).
-DAEMON_SRC := daemon/main.c daemon/server.c daemon/domain.c daemon/agent.c \
+DAEMON_SRC := daemon/main.c daemon/dlog.c daemon/server.c daemon/domain.c daemon/agent.c \
               daemon/status.c daemon/control.c
 COMMON_DAEMON_SRC := common/protocol.c common/client.c common/rxbuf.c
 DAEMON_CLI_SRC := cli/cmd_control.c cli/status_daemon.c

@@ -7,7 +7,6 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <signal.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,88 +44,6 @@ static const char usage_text[] =
 	"MEMDEDUP_STATUS_KB_PER_S=N (0..1048576, default 2048; 0: no limit): the status\n"
 	"pages built for one user other than root, in KiB a second (more are refused,\n"
 	"\"try again in a second\").\n";
-
-static void vlog(const char *fmt, va_list ap)
-{
-	char buf[512];
-	struct timespec t;
-	clock_gettime(CLOCK_REALTIME, &t);
-	struct tm tm;
-	localtime_r(&t.tv_sec, &tm);
-	size_t n = strftime(buf, sizeof(buf), "%F %T ", &tm);
-	vsnprintf(buf + n, sizeof(buf) - n, fmt, ap);
-	fprintf(stderr, "memdedupd[%d]: %s\n", (int)getpid(), buf);
-}
-
-void md__dlog(const char *fmt, ...)
-{
-	va_list ap;
-	va_start(ap, fmt);
-	vlog(fmt, ap);
-	va_end(ap);
-}
-
-/* Lines about peers: a burst of PEER_LINES_BURST, then PEER_LINES_PER_S a
- * second, the rest counted and said in one line. Any local user can
- * connect and misbehave in a loop: unlimited, its lines filled the log on
- * /run (tmpfs) in minutes. */
-#define PEER_LINES_BURST 1000
-#define PEER_LINES_PER_S 20
-
-static struct md__bucket peer = { PEER_LINES_BURST, 0 };
-static uint64_t peer_suppressed;
-
-int64_t md__bucket_refill(struct md__bucket *b, int64_t rate, int64_t burst)
-{
-	int64_t now = md__now_ms(), since = now - b->at_ms;
-	/* An hour fills any bucket here, and bounds the product. */
-	int64_t add = rate > 0 ? (since < 3600000 ? since : 3600000) * rate / 1000 : 0;
-	if (add) {
-		b->tokens = b->tokens + add < burst ? b->tokens + add : burst;
-		/* Whole tokens only: the rest of the time counts towards the next. */
-		b->at_ms = b->tokens == burst ? now : b->at_ms + add * 1000 / rate;
-	}
-	return b->tokens;
-}
-
-static int64_t peer_refill(void)
-{
-	return md__bucket_refill(&peer, PEER_LINES_PER_S, PEER_LINES_BURST);
-}
-
-int md__dlog_peer_flush(int force)
-{
-	if (!peer_suppressed)
-		return 0;
-	if (!peer_refill() && !force)
-		return 1;
-	peer.tokens -= peer.tokens > 0;
-	md__dlog("%llu lines about peers left out (more than %u a second)",
-		 (unsigned long long)peer_suppressed, PEER_LINES_PER_S);
-	peer_suppressed = 0;
-	return 0;
-}
-
-void md__dlog_peer(const char *fmt, ...)
-{
-	md__dlog_peer_flush(0);
-	if (!peer_refill()) {
-		peer_suppressed++;
-		return;
-	}
-	peer.tokens--;
-	va_list ap;
-	va_start(ap, fmt);
-	vlog(fmt, ap);
-	va_end(ap);
-}
-
-int64_t md__now_ms(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
-}
 
 /* Creates dir and its missing parents. *made: the length of the shortest
  * prefix of dir this call created (0: none), for rmdir_made(). */
@@ -190,11 +107,6 @@ static int absolute(const char *path, char *buf, size_t size)
 /* Every connection costs a descriptor, and a pidfd of its peer: the kernel's
  * default of 1024 would run out before MD_D_MAX_CONNS. What the hard limit
  * allows is ours; what it does not, the connection limit follows. */
-int md__privileged(uid_t uid)
-{
-	return uid == 0 || uid == geteuid();
-}
-
 static size_t raise_nofile(void)
 {
 	struct rlimit rl;

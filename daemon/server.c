@@ -364,6 +364,7 @@ static void conn_close(struct md__daemon *d, struct md__conn *c)
 
 /* Tells a peer we will not serve why, and hangs up: an ERROR with seq 0 on
  * a fresh socket (it fits in its buffer whole). */
+static void refuse(int fd, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static void refuse(int fd, int err, const char *fmt, ...)
 {
 	struct md__msg m = { .hdr = { .type = MD_MSG_ERROR } };
@@ -493,20 +494,6 @@ static void accept_all(struct md__daemon *d)
 			       (unsigned)cr.uid, MD_D_CONNS_PER_UID);
 			continue;
 		}
-		struct md__conn *c = calloc(1, sizeof(*c));
-		if (c && !(c->user = user_get(d, cr.uid))) {
-			free(c);
-			c = NULL;
-		}
-		if (!c) {
-			close(fd);
-			continue;
-		}
-		c->ep.kind = MD_EP_CONN;
-		c->fd = fd;
-		c->pid = cr.pid;
-		c->uid = cr.uid;
-		c->out_fd = -1;
 		/* A pidfd of the peer taken at connect time cannot name a
 		 * later process that reused the pid. A kernel without
 		 * SO_PEERPIDFD (before Linux 6.5): pidfd_open now, the
@@ -514,31 +501,50 @@ static void accept_all(struct md__daemon *d)
 		 * time later, the pid could be another user's process. */
 		int pfd;
 		socklen_t pl = sizeof(pfd);
-		if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pfd, &pl) == 0)
-			c->peer_pidfd = pfd;
-		else if (errno == ENOPROTOOPT)
-			c->peer_pidfd = pidfd_of_peer(cr.pid, cr.uid);
-		else
-			c->peer_pidfd = -1;
-		c->peer_pidfd_err = c->peer_pidfd < 0 ? -errno : 0;
-		if (md__ep_add(d, fd, &c->ep, EPOLLIN)) {
-			if (c->peer_pidfd >= 0)
-				close(c->peer_pidfd);
-			close(fd);
-			user_put(d, c->user);
-			free(c);
-			continue;
-		}
-		c->events = EPOLLIN;
-		c->owing_since = now_ms();
-		d->owing = 1;
-		c->next = d->conns;
-		if (c->next)
-			c->next->pprev = &c->next;
-		c->pprev = &d->conns;
-		d->conns = c;
-		d->nconns++;
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pfd, &pl) != 0)
+			pfd = errno == ENOPROTOOPT ? pidfd_of_peer(cr.pid, cr.uid) : -1;
+		md__conn_new(d, fd, &cr, pfd, pfd < 0 ? -errno : 0);
 	}
+}
+
+struct md__conn *md__conn_new(struct md__daemon *d, int fd, const struct ucred *cr, int pidfd,
+			      int pidfd_err)
+{
+	struct md__conn *c = calloc(1, sizeof(*c));
+	if (c && !(c->user = user_get(d, cr->uid))) {
+		free(c);
+		c = NULL;
+	}
+	if (!c)
+		goto close_fds;
+	c->ep.kind = MD_EP_CONN;
+	c->fd = fd;
+	c->pid = cr->pid;
+	c->uid = cr->uid;
+	c->out_fd = -1;
+	c->peer_pidfd = pidfd;
+	c->peer_pidfd_err = pidfd < 0 ? pidfd_err : 0;
+	if (md__ep_add(d, fd, &c->ep, EPOLLIN)) {
+		user_put(d, c->user);
+		free(c);
+		goto close_fds;
+	}
+	c->events = EPOLLIN;
+	c->owing_since = now_ms();
+	d->owing = 1;
+	c->next = d->conns;
+	if (c->next)
+		c->next->pprev = &c->next;
+	c->pprev = &d->conns;
+	d->conns = c;
+	d->nconns++;
+	return c;
+
+close_fds:
+	if (pidfd >= 0)
+		close(pidfd);
+	close(fd);
+	return NULL;
 }
 
 /* Sends what the socket takes. Returns -1 if the connection had to close. */
@@ -1105,6 +1111,73 @@ static void handle_signal(struct md__daemon *d)
 	}
 }
 
+void md__server_events(struct md__daemon *d)
+{
+	for (int i = 0; i < d->nev && !d->stop; i++) {
+		struct md__ep *ep = d->evs[i].data.ptr;
+		if (!ep)
+			continue;	/* its owner was freed meanwhile */
+		switch (ep->kind) {
+		case MD_EP_LISTEN:
+			accept_all(d);
+			break;
+		case MD_EP_SIGNAL:
+			handle_signal(d);
+			break;
+		case MD_EP_PIDFD:
+			md__agent_exited(d, (struct md__agent *)ep);
+			/* Its connection, if another process keeps it
+			 * open, no longer counts: conn_close will not
+			 * know it was an agent's. */
+			reshare(d);
+			break;
+		case MD_EP_CONN: {
+			struct md__conn *c = (struct md__conn *)ep;
+			if ((d->evs[i].events & EPOLLOUT) && flush_out(d, c) < 0)
+				break;
+			d->reading = c;
+			/* Or requests left buffered while it had too much
+			 * unsent, if flush_out made room. */
+			int gone = ((d->evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) ||
+				    requests_resumable(c)) &&
+				   !c->closing && read_conn(d, c) < 0;
+			d->reading = NULL;
+			if (gone)
+				break;
+			/* Gone while a CONTROL waits for its agents (and
+			 * its input is not read meanwhile): no one to
+			 * answer. */
+			if ((c->closing || c->awaiting) && (d->evs[i].events & (EPOLLHUP | EPOLLERR))) {
+				conn_close(d, c);
+				break;
+			}
+			flush_out(d, c);
+			break;
+		}
+		}
+	}
+	d->nev = 0;
+	/* Connections stopped at their budget: another share each.
+	 * Handling one closes no other. */
+	if (d->deferred) {
+		d->deferred = 0;
+		for (struct md__conn *c = d->conns, *next; c && !d->stop; c = next) {
+			next = c->next;
+			if (!c->deferred)
+				continue;
+			c->deferred = 0;
+			d->reading = c;
+			int gone = !c->closing && read_conn(d, c) < 0;
+			d->reading = NULL;
+			if (!gone)
+				flush_out(d, c);
+		}
+	}
+	flush_share(d);
+	for (struct md__agent *a = d->agents; a; a = a->next)
+		flush_candidates(d, a);
+}
+
 int md__server_run(struct md__daemon *d)
 {
 	struct epoll_event evs[64];
@@ -1149,69 +1222,7 @@ int md__server_run(struct md__daemon *d)
 			d->owing |= owing;
 			swept = now_ms();
 		}
-		for (int i = 0; i < n && !d->stop; i++) {
-			struct md__ep *ep = evs[i].data.ptr;
-			if (!ep)
-				continue;	/* its owner was freed meanwhile */
-			switch (ep->kind) {
-			case MD_EP_LISTEN:
-				accept_all(d);
-				break;
-			case MD_EP_SIGNAL:
-				handle_signal(d);
-				break;
-			case MD_EP_PIDFD:
-				md__agent_exited(d, (struct md__agent *)ep);
-				/* Its connection, if another process keeps it
-				 * open, no longer counts: conn_close will not
-				 * know it was an agent's. */
-				reshare(d);
-				break;
-			case MD_EP_CONN: {
-				struct md__conn *c = (struct md__conn *)ep;
-				if ((evs[i].events & EPOLLOUT) && flush_out(d, c) < 0)
-					break;
-				d->reading = c;
-				/* Or requests left buffered while it had too much
-				 * unsent, if flush_out made room. */
-				int gone = ((evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) ||
-					    requests_resumable(c)) &&
-					   !c->closing && read_conn(d, c) < 0;
-				d->reading = NULL;
-				if (gone)
-					break;
-				/* Gone while a CONTROL waits for its agents (and
-				 * its input is not read meanwhile): no one to
-				 * answer. */
-				if ((c->closing || c->awaiting) && (evs[i].events & (EPOLLHUP | EPOLLERR))) {
-					conn_close(d, c);
-					break;
-				}
-				flush_out(d, c);
-				break;
-			}
-			}
-		}
-		d->nev = 0;
-		/* Connections stopped at their budget: another share each.
-		 * Handling one closes no other. */
-		if (d->deferred) {
-			d->deferred = 0;
-			for (struct md__conn *c = d->conns, *next; c && !d->stop; c = next) {
-				next = c->next;
-				if (!c->deferred)
-					continue;
-				c->deferred = 0;
-				d->reading = c;
-				int gone = !c->closing && read_conn(d, c) < 0;
-				d->reading = NULL;
-				if (!gone)
-					flush_out(d, c);
-			}
-		}
-		flush_share(d);
-		for (struct md__agent *a = d->agents; a; a = a->next)
-			flush_candidates(d, a);
+		md__server_events(d);
 	}
 	md__dlog_peer_flush(1);
 	return 0;
