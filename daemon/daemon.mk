@@ -29,17 +29,53 @@ $(B)/fuzz-replay-protocol: fuzz/replay.c fuzz/fuzz_protocol.c $(B)/libmemdedup.a
 	$(CC) $(MD_CFLAGS) $(CFLAGS) -o $@ $^ $(LDFLAGS)
 tests-build: $(B)/fuzz-replay-protocol
 
+# memdedupd's handlers, a daemon built in the fuzz target's process with
+# peers on socketpairs (fuzz/fuzz_daemon.c): all of the daemon but main().
+DAEMON_LIB_OBJ := $(filter-out $(B)/daemon/main.o,$(DAEMON_OBJ))
+$(B)/fuzz-replay-daemon: fuzz/replay.c fuzz/fuzz_daemon.c fuzz/fuzz_daemon.h $(DAEMON_LIB_OBJ) $(B)/libmemdedup.a
+	$(CC) $(MD_CFLAGS) $(CFLAGS) -Iengine -Idaemon -o $@ $(filter-out %.h,$^) $(LDFLAGS) $(JSON_LIBS)
+tests-build: $(B)/fuzz-replay-daemon
+
+# The largest input of the replay (fuzz/replay.c): the largest message
+# (a STATUS_R of MD_MSG_MAX bytes) behind its header and a type byte.
+FUZZ_MAX_LEN := 1048593
+
 # libFuzzer build (clang): `make fuzz-protocol`.
 fuzz-protocol:
 	@mkdir -p $(B)
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -Iinclude -Icommon \
 	  -o $(B)/fuzz-protocol fuzz/fuzz_protocol.c common/protocol.c common/rxbuf.c
-	$(B)/fuzz-protocol -max_total_time=60 -max_len=16384 fuzz/corpus/protocol
+	$(B)/fuzz-protocol -max_total_time=60 -max_len=$(FUZZ_MAX_LEN) fuzz/corpus/protocol
 
-# One valid message of every type into the corpus (after a protocol change).
+# libFuzzer build of fuzz_daemon (clang): the library and the daemon's
+# objects built again into build-fuzz, instrumented. `make fuzz-daemon`
+# (FUZZ_TIME seconds, 60 by default).
+FUZZ_B := build-fuzz
+FUZZ_TIME ?= 60
+fuzz-daemon-build:
+	$(MAKE) B=$(FUZZ_B) CC=clang OPT="-g -O1" \
+	  SAN="-fsanitize=fuzzer-no-link,address,undefined" \
+	  $(FUZZ_B)/libmemdedup.a $(DAEMON_LIB_OBJ:$(B)/%=$(FUZZ_B)/%)
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -Iinclude -Icommon \
+	  -Iengine -Idaemon -o $(FUZZ_B)/fuzz-daemon fuzz/fuzz_daemon.c \
+	  $(DAEMON_LIB_OBJ:$(B)/%=$(FUZZ_B)/%) $(FUZZ_B)/libmemdedup.a -pthread $(JSON_LIBS)
+fuzz-daemon: fuzz-daemon-build
+	$(FUZZ_B)/fuzz-daemon -max_total_time=$(FUZZ_TIME) -max_len=$(FUZZ_MAX_LEN) -jobs=1 fuzz/corpus/daemon
+
+# Seeds into the corpora, made by this version's code (after a change of
+# the protocol, the statistics file or the daemon's sessions): one valid
+# message of every type, statistics files of this layout, sessions with
+# memdedupd.
 $(B)/fuzz-seeds: fuzz/protocol_seeds.c $(B)/libmemdedup.a
 	$(CC) $(MD_CFLAGS) $(CFLAGS) -o $@ $^ $(LDFLAGS)
-fuzz-seeds: $(B)/fuzz-seeds
+$(B)/fuzz-stats-seeds: fuzz/stats_file_seeds.c $(B)/libmemdedup.a
+	$(CC) $(MD_CFLAGS) $(CFLAGS) -o $@ $^ $(LDFLAGS)
+$(B)/fuzz-daemon-seeds: fuzz/daemon_seeds.c fuzz/fuzz_daemon.h $(B)/libmemdedup.a
+	$(CC) $(MD_CFLAGS) $(CFLAGS) -Iengine -o $@ $(filter-out %.h,$^) $(LDFLAGS)
+fuzz-seeds: $(B)/fuzz-seeds $(B)/fuzz-stats-seeds $(B)/fuzz-daemon-seeds
 	$(B)/fuzz-seeds fuzz/corpus/protocol
+	$(B)/fuzz-stats-seeds fuzz/corpus/stats_file
+	@mkdir -p fuzz/corpus/daemon
+	$(B)/fuzz-daemon-seeds fuzz/corpus/daemon
 
-.PHONY: fuzz-protocol fuzz-seeds
+.PHONY: fuzz-protocol fuzz-daemon fuzz-daemon-build fuzz-seeds

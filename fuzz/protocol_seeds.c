@@ -1,8 +1,12 @@
 /* protocol_seeds.c - writes one valid message of every type, encoded by this
  * version's encoder, into a corpus directory as seed-<TYPE> (`make
- * fuzz-seeds`). The fuzzer mutates from them, and the replay (which must
- * decode a whole message of every type, see fuzz_protocol.c) notices a
- * corpus left behind by a change of the protocol. */
+ * fuzz-seeds`), and variants as seed-<TYPE>-<what>: what every agent sends
+ * (a HELLO with MD_HELLO_CONTROL_PID), the default domain, a paused
+ * WELCOME, each CONTROL, and the largest message of a type (a STATUS_R of
+ * MD_MSG_MAX bytes, a PUBLISH of MD_PUBLISH_MAX pages). The fuzzer mutates
+ * from them, and the replay (which must decode a whole message of every
+ * type, see fuzz_protocol.c) notices a corpus left behind by a change of
+ * the protocol. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,9 +14,10 @@
 
 #include "protocol.h"
 
-static int write_seed(const char *dir, struct md__msg *m, unsigned type)
+/* Writes m as seed-<TYPE>, or seed-<TYPE>-<variant>. */
+static int write_seed(const char *dir, struct md__msg *m, unsigned type, const char *variant)
 {
-	static unsigned char buf[MD_MSG_HDR_SIZE + 64 * MD_MSG_PAGE + 4096];
+	static unsigned char buf[MD_MSG_HDR_SIZE + MD_MSG_MAX];
 	char path[4096];
 	m->hdr.type = (uint16_t)type;
 	m->hdr.seq = 7;
@@ -22,13 +27,77 @@ static int write_seed(const char *dir, struct md__msg *m, unsigned type)
 			strerror((int)-n));
 		return 1;
 	}
-	snprintf(path, sizeof(path), "%s/seed-%s", dir, md__msg_type_name(type));
+	snprintf(path, sizeof(path), "%s/seed-%s%s%s", dir, md__msg_type_name(type), variant ? "-" : "",
+		 variant ? variant : "");
 	FILE *f = fopen(path, "wb");
 	if (!f || fwrite(buf, 1, (size_t)n, f) != (size_t)n || fclose(f) != 0) {
 		fprintf(stderr, "protocol_seeds: cannot write %s\n", path);
 		return 1;
 	}
 	return 0;
+}
+
+/* Variants the daemon and the agents meet that the seeds above are not. */
+static int write_variants(const char *dir)
+{
+	static struct md__msg m;
+	static unsigned char pages[MD_PUBLISH_MAX * MD_MSG_PAGE];
+	static char json[MD_MSG_MAX + 1];
+	static const struct { unsigned op; const char *name; } ops[] = {
+		{ MD_CTL_PAUSE, "pause" }, { MD_CTL_RESUME, "resume" }, { MD_CTL_UNMERGE, "unmerge" },
+	};
+	int bad = 0;
+
+	/* Every agent's HELLO (engine/remote.c), and one of the default domain. */
+	memset(&m, 0, sizeof(m));
+	m.u.hello.pid = 1234;
+	m.u.hello.flags = MD_HELLO_CONTROL_PID;
+	m.u.hello.domain_len = 4;
+	memcpy(m.u.hello.domain, "blue", 5);
+	bad |= write_seed(dir, &m, MD_MSG_HELLO, "control-pid");
+	m.u.hello.domain_len = 0;
+	m.u.hello.domain[0] = '\0';
+	bad |= write_seed(dir, &m, MD_MSG_HELLO, "default-domain");
+
+	memset(&m, 0, sizeof(m));
+	m.u.welcome.domain_id = 2;
+	m.u.welcome.pool_pages = 1024;
+	m.u.welcome.generation = 100;
+	md__tunables_default(&m.u.welcome.tun);
+	m.u.welcome.state = MD_WELCOME_PAUSED;
+	bad |= write_seed(dir, &m, MD_MSG_WELCOME, "paused");
+
+	for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++) {
+		memset(&m, 0, sizeof(m));
+		m.u.control.op = ops[i].op;
+		m.u.control.pid = i == 2 ? 1234 : 0;
+		m.u.control.token = 6 + (uint32_t)i;
+		bad |= write_seed(dir, &m, MD_MSG_CONTROL, ops[i].name);
+	}
+
+	memset(&m, 0, sizeof(m));
+	m.u.control_done.token = 5;
+	bad |= write_seed(dir, &m, MD_MSG_CONTROL_DONE, "ok");
+
+	/* The largest messages: a STATUS_R of MD_MSG_MAX bytes (a JSON
+	 * document padded out), a PUBLISH of MD_PUBLISH_MAX pages. */
+	memset(&m, 0, sizeof(m));
+	size_t n = (size_t)snprintf(json, sizeof(json), "{\"agents\": [], \"pad\": \"");
+	memset(json + n, 'x', MD_MSG_MAX - n - 2);
+	memcpy(json + MD_MSG_MAX - 2, "\"}", 2);
+	m.u.status_r.json = json;
+	m.u.status_r.len = MD_MSG_MAX;
+	bad |= write_seed(dir, &m, MD_MSG_STATUS_R, "max");
+
+	memset(&m, 0, sizeof(m));
+	m.u.publish.n = MD_PUBLISH_MAX;
+	for (uint32_t i = 0; i < MD_PUBLISH_MAX; i++) {
+		memset(pages + (size_t)i * MD_MSG_PAGE, (int)i, MD_MSG_PAGE);
+		m.u.publish.hash[i] = 0x1000 + i;
+	}
+	m.u.publish.pages = pages;
+	bad |= write_seed(dir, &m, MD_MSG_PUBLISH, "max");
+	return bad;
 }
 
 int main(int argc, char **argv)
@@ -128,7 +197,7 @@ int main(int argc, char **argv)
 			bad = 1;
 			continue;
 		}
-		bad |= write_seed(argv[1], &m, type);
+		bad |= write_seed(argv[1], &m, type, NULL);
 	}
-	return bad;
+	return bad | write_variants(argv[1]);
 }

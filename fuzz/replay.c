@@ -5,10 +5,49 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+
+#include "protocol.h"
+
+/* The largest input replayed: the largest message behind the byte that
+ * fuzz_protocol.c reads its type from (and the -max_len of the libFuzzer
+ * runs, daemon.mk). A larger file is an error, not a file cut short: the
+ * input that found a bug would not be the one replayed. */
+#define REPLAY_MAX (1 + MD_MSG_HDR_SIZE + MD_MSG_MAX)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 /* A target may check, after the corpus, that it covered what it must. */
 __attribute__((weak)) int md_fuzz_replay_check(void);
+
+/* The file's bytes, in a buffer of exactly their size (ASan sees
+ * overreads): 0, or 1 having said why. */
+static int read_input(const char *path, uint8_t **data, size_t *size)
+{
+	FILE *f = fopen(path, "rb");
+	struct stat st;
+	if (!f || fstat(fileno(f), &st) != 0) {
+		fprintf(stderr, "replay: cannot open %s\n", path);
+		goto fail;
+	}
+	if (st.st_size > REPLAY_MAX) {
+		fprintf(stderr, "replay: %s has %lld bytes, more than the %u an input may have\n", path,
+			(long long)st.st_size, (unsigned)REPLAY_MAX);
+		goto fail;
+	}
+	*size = (size_t)st.st_size;
+	*data = malloc(*size ? *size : 1);
+	if (!*data || fread(*data, 1, *size, f) != *size) {
+		fprintf(stderr, "replay: cannot read %s\n", path);
+		free(*data);
+		goto fail;
+	}
+	fclose(f);
+	return 0;
+fail:
+	if (f)
+		fclose(f);
+	return 1;
+}
 
 int main(int argc, char **argv)
 {
@@ -24,17 +63,15 @@ int main(int argc, char **argv)
 			if (e->d_name[0] == '.')
 				continue;
 			char path[4096];
+			uint8_t *data;
+			size_t size;
 			snprintf(path, sizeof(path), "%s/%s", argv[i], e->d_name);
-			FILE *f = fopen(path, "rb");
-			if (!f)
-				continue;
-			static uint8_t buf[1 << 20];
-			size_t n = fread(buf, 1, sizeof(buf), f);
-			fclose(f);
-			uint8_t *copy = malloc(n ? n : 1);	/* exact size: ASan sees overreads */
-			memcpy(copy, buf, n);
-			LLVMFuzzerTestOneInput(copy, n);
-			free(copy);
+			if (read_input(path, &data, &size) != 0) {
+				closedir(d);
+				return 1;
+			}
+			LLVMFuzzerTestOneInput(data, size);
+			free(data);
 			files++;
 		}
 		closedir(d);

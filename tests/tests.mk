@@ -37,12 +37,14 @@ check-unit: all
 # parser's overread is caught (a plain build sees crashes alone).
 ASAN_BUILD = $(MAKE) B=build-asan OPT="-O1 -g -fno-omit-frame-pointer" SAN="-fsanitize=address,undefined"
 
-check-fuzz: $(B)/fuzz-replay $(B)/fuzz-replay-protocol
+check-fuzz: $(B)/fuzz-replay $(B)/fuzz-replay-protocol $(B)/fuzz-replay-daemon
 	$(B)/fuzz-replay fuzz/corpus/stats_file
 	$(B)/fuzz-replay-protocol fuzz/corpus/protocol
-	$(ASAN_BUILD) build-asan/fuzz-replay build-asan/fuzz-replay-protocol
+	$(B)/fuzz-replay-daemon fuzz/corpus/daemon
+	$(ASAN_BUILD) build-asan/fuzz-replay build-asan/fuzz-replay-protocol build-asan/fuzz-replay-daemon
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay fuzz/corpus/stats_file
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-protocol fuzz/corpus/protocol
+	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-daemon fuzz/corpus/daemon
 
 check-guest: all guest
 	tests/guest/test_two_guests.sh
@@ -57,6 +59,7 @@ fuzz: $(AGENT_SRC) fuzz/fuzz_stats_file.c
 	  -o $(B)/fuzz-stats-file fuzz/fuzz_stats_file.c common/stats_file.c common/log.c
 	$(B)/fuzz-stats-file -max_total_time=60 fuzz/corpus/stats_file
 	$(MAKE) fuzz-protocol
+	$(MAKE) fuzz-daemon
 
 # The slow tier: sanitizers, the writer stress tests for 10 minutes each, and
 # two guests whose duplicates only scanning finds.
@@ -73,6 +76,7 @@ check-sanitize:
 	$(ASAN_BUILD) all
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay fuzz/corpus/stats_file
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-protocol fuzz/corpus/protocol
+	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-daemon fuzz/corpus/daemon
 	MD_BUILD_DIR=build-asan MD_TEST_PRELOAD_FIRST=$$($(CC) -print-file-name=libasan.so) \
 	  ASAN_OPTIONS=detect_leaks=0 build-asan/runner
 
