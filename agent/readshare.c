@@ -136,7 +136,8 @@ static int map_image(void *arg)
  * the VMM, changes what SEEK_HOLE tells the VMM, and on a full tmpfs is a
  * SIGBUS where the plain read succeeds. The mapping stops at the first
  * hole, the rest copied; 0 (counted) if too little is left to map. */
-static int data_only(struct md_agent *a, const struct md__image *img, off_t map_off, struct md__read_plan *plan)
+static int data_only(struct md_agent *a, const struct md__image *img, off_t map_off,
+		     struct md__read_plan *plan)
 {
 	off_t end = map_off + (off_t)plan->map_len;
 	off_t data = lseek(img->fd, map_off, SEEK_DATA);

@@ -23,8 +23,9 @@
  * Of every 8 visits, `ratio` come from hints while there are any, the rest
  * from the cursor, so hints cannot starve the scan of other duplicates. Every
  * 1024 visits the ratio moves one step toward the source that found more
- * merges per visit (between 1 and 7 of 8), if both had 64 visits or more. A ratio set to 0 turns hints off
- * (and their adaptation): the plain linear or random scan, for comparison.
+ * merges per visit (between 1 and 7 of 8), if both had 64 visits or more.
+ * A ratio set to 0 turns hints off (and their adaptation): the plain
+ * linear or random scan, for comparison.
  *
  * A visit (the page is not frozen yet; nothing here is proof; pages are
  * read through the kernel, the cursor's 64 at a time, see content(), and
