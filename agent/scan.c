@@ -199,6 +199,8 @@ int md_agent_pause(md_agent *a, int paused)
 	return err;
 }
 
+static uint64_t mem_available_bytes(void);
+
 void md_agent_io_unseen(md_agent *a, const char *what)
 {
 	/* Called on every submit of io_uring reads: once is enough. The flag
@@ -217,10 +219,17 @@ void md_agent_io_unseen(md_agent *a, const char *what)
 	/* Pages read-time sharing mapped from images go private too, before
 	 * the call that brought us here: a transfer we do not see (an
 	 * O_DIRECT write through io_uring, a device's DMA) would pin the
-	 * image's page, and a lease break could not wait for it to end. */
-	if (!before)
+	 * image's page, and a lease break could not wait for it to end. On
+	 * the VMM's thread, once: the copies take as long as an unmerge's,
+	 * and are not made when memory is short (as an unmerge refuses). */
+	uint64_t owned = before ? 0 : md__owned_pages(a);
+	int short_of_memory = owned && owned * MD_PAGE + (64u << 20) > mem_available_bytes();
+	if (owned && !short_of_memory)
 		md__privatize(a, 0, UINTPTR_MAX, 0);
 	md__agent_leave(a);
+	if (short_of_memory)
+		md__log("not enough memory to make the %llu pages shared with images private: a transfer the "
+			"agent does not see may still send an image's page that changes", (unsigned long long)owned);
 	if (before)
 		return;
 	md__set(a, MD_CTR_IO_UNSEEN, 1);
@@ -465,9 +474,6 @@ static int unmerge_locked(md_agent *a, char *why, size_t size, int by)
 	 * the scanner's thread after the look below, and it then merged
 	 * between the copies and the pause. */
 	int was_paused = __atomic_exchange_n(&a->scanner.paused, 1, __ATOMIC_SEQ_CST);
-	/* Before any region the scanner's thread is not started yet
-	 * (md__scan_register starts it): nothing to restart. */
-	int was_running = __atomic_load_n(&a->scanner.running, __ATOMIC_SEQ_CST);
 	md__scanner_stop(&a->scanner);	/* no merge may start meanwhile */
 	/* agent->lock first (the lock order): no read maps an image page
 	 * until the image pages are private. */
@@ -526,18 +532,27 @@ paused:
 	 * failed part of the way: the pages copied would merge again at
 	 * once); refused up front, as it was. */
 	if (refused) {
-		/* As it was, unless someone paused or resumed it meanwhile. */
+		/* As it was, unless someone resumed it meanwhile, or a reason
+		 * to stay paused came (the VMM's pause, unseen I/O). */
 		int one = 1;
 		__atomic_compare_exchange_n(&a->scanner.paused, &one, was_paused, 0, __ATOMIC_SEQ_CST,
 					    __ATOMIC_SEQ_CST);
+		if (kept_paused(a) || __atomic_load_n(&a->io_unseen, __ATOMIC_SEQ_CST))
+			__atomic_store_n(&a->scanner.paused, 1, __ATOMIC_SEQ_CST);
 	} else {
 		/* 2 if memdedupd asked (it will say when resumed), and only
 		 * if it all went. */
 		if (by != UNMERGE_USER)
 			__atomic_store_n(&a->unmerged, by == UNMERGE_DAEMON && !err ? 2 : 1, __ATOMIC_RELAXED);
 	}
-	if (was_running && md__scanner_start(&a->scanner) != 0)
+	/* Under agent->lock, as md__scan_register starts it: a first
+	 * registration may have started the thread while we stopped it,
+	 * and nothing else would start it again. */
+	md__agent_enter(a);
+	if (a->scanner_started && !__atomic_load_n(&a->scanner.running, __ATOMIC_SEQ_CST) &&
+	    md__scanner_start(&a->scanner) != 0)
 		a->scanner_started = 0;
+	md__agent_leave(a);
 	if (err && why && !*why)
 		snprintf(why, size, "%s", strerror(-err));
 	return err;

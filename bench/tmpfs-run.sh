@@ -6,8 +6,9 @@
 # `--recheck`: the checksum of the copies made before; then this guest
 # writes a token of its own into the first page of every copy, waits, and
 # reads them back: a write lost, or one that reached the other guest's pages
-# (merged with these across guests), prints WRITE-LOST as the last line,
-# which the guest's init takes for data changed.
+# (merged with these across guests) while both guests' rechecks overlap (in
+# a fleet they start together: one image, one hold), prints WRITE-LOST as
+# the last line, which the guest's init takes for data changed.
 set -e
 if [ "${1:-}" = --recheck ]; then
   cd /tmp/copy

@@ -23,9 +23,8 @@
  * Of every 8 visits, `ratio` come from hints while there are any, the rest
  * from the cursor, so hints cannot starve the scan of other duplicates. Every
  * 1024 visits the ratio moves one step toward the source that found more
- * merges per visit (between 1 and 7 of 8), if both had 64 visits or more.
- * A ratio set to 0 turns hints off (and their adaptation): the plain
- * linear or random scan, for comparison.
+ * merges per visit (between 1 and 7 of 8). A ratio set to 0 turns hints off
+ * (and their adaptation): the plain linear or random scan, for comparison.
  *
  * A visit (the page is not frozen yet; nothing here is proof; pages are
  * read through the kernel, the cursor's 64 at a time, see content(), and
@@ -98,7 +97,6 @@
  * default rate. At 4,096 the hints of a guest's burst of reads got their
  * share only after the reads had ended. */
 #define EPOCH 1024
-#define EPOCH_MIN 64	/* visits of each source an epoch needs to move the ratio */
 #define HPAGE ((uintptr_t)2 << 20)	/* a transparent huge page on x86-64 */
 #define GATHER MD_SCAN_PEND	/* pages a wake-up visits at least, when the rate allows */
 /* Pages read with fewer than QUIET_FOUND found (1.6 %): slow down. Over
@@ -996,21 +994,22 @@ static void adapt(struct md__scanner *s)
 	uint64_t sv = s->epoch_visits[0], hv = s->epoch_visits[1];
 	uint64_t sm = s->epoch_merges[0], hm = s->epoch_merges[1];
 	unsigned ratio = __atomic_load_n(&s->ratio, __ATOMIC_RELAXED), to = ratio;
-	if (sv + hv < EPOCH)
+	if (sv + hv < EPOCH || ratio == 0)
 		return;
-	/* Each source needs visits of its own in the epoch to be compared:
-	 * without hints (no reads lately) the cursor's merges drove the
-	 * ratio down to 1, and the next burst of reads got 1 visit in 8 for
-	 * six epochs. A ratio of 8 (set so to start with) gives the cursor
-	 * none while hints last: one step down lets it be measured. */
+	/* A source without visits loses: with no reads (no hints) the
+	 * cursor's merges take the ratio down to 1, and the next reads win
+	 * it back an epoch at a step. Holding it instead, when a source had
+	 * under 64 visits, made the hints' t90 later (30.2 and 29.8 s against
+	 * 21.9 s, `image98`-`image100` in docs/benchmarks.md): the cursor's
+	 * larger share during the reads finds the duplicates no read names
+	 * sooner. A ratio of 8 (set so to start with) gives the cursor no
+	 * visits while hints last: one step down lets it be measured. */
 	if (ratio == 8 && hv)
 		to = 7;
-	else if (ratio && sv >= EPOCH_MIN && hv >= EPOCH_MIN) {
-		if (hm * sv > sm * hv && ratio < 7)
-			to = ratio + 1;
-		else if (sm * hv > hm * sv && ratio > 1)
-			to = ratio - 1;
-	}
+	else if (hv && hm * (sv ? sv : 1) > sm * hv && ratio < 7)
+		to = ratio + 1;
+	else if (sv && sm * (hv ? hv : 1) > hm * sv && ratio > 1)
+		to = ratio - 1;
 	/* Only if no one set the ratio meanwhile (hints turned off, say:
 	 * md_agent_set on another thread); that value wins. */
 	if (to != ratio)
@@ -1077,14 +1076,15 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 	for (; k < npages && examined < 16 * npages && s->nfm < MD_SCAN_PEND; examined++) {
 		uintptr_t a = 0;
 		int hinted = 0, read = 0;
-		/* Without memdedupd no round trip lets go of the regions: a
-		 * batch at a high rate held them 100 ms, and the VMM's munmap
-		 * of guest RAM waited as long. Every 256 visits, the lock is
-		 * let go as in a round trip (see regions_let_go). */
-		if (!s->e->remote && k - held >= 256) {
-			held = k;
+		/* A batch lets go of the regions every 256 visits with nothing
+		 * pending, as in a round trip (see regions_let_go): without
+		 * memdedupd, or with nothing to ask it (a first pass, memory
+		 * that changes), no round trip did, and a batch at a high rate
+		 * held them 100 ms while the VMM's munmap of guest RAM waited. */
+		if (examined - held >= 256 && !s->npend) {
+			held = examined;
 			regions_let_go(s);
-			regions_again(s, 0);
+			(void)regions_again(s, 0);	/* nothing pending: no pool to check */
 		}
 		if (k % 8 < __atomic_load_n(&s->ratio, __ATOMIC_RELAXED) && (a = hint_next(s)) != 0)
 			hinted = 1;
@@ -1131,7 +1131,7 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 	 * 0.40 ms of CPU a second per agent, against 0.08-0.14 with the
 	 * reads counted too (docs/benchmarks.md). */
 	uint64_t done = progress(s), reads = s->st.scanned + s->st.hinted;
-	unsigned idle = __atomic_load_n(&s->idle, __ATOMIC_RELAXED);
+	unsigned was_idle = __atomic_load_n(&s->idle, __ATOMIC_RELAXED), idle = was_idle;
 	if (done - s->pass_progress >= 64) {
 		idle = 0;
 		s->pass_progress = done;
@@ -1142,7 +1142,8 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 		s->pass_progress = done;
 		s->pass_reads = reads;
 	}
-	__atomic_store_n(&s->idle, idle, __ATOMIC_RELAXED);
+	/* Not over a poke made meanwhile (new hints): that 0 stands. */
+	__atomic_compare_exchange_n(&s->idle, &was_idle, idle, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
 	return merges;
 }
 
@@ -1155,15 +1156,15 @@ static uint64_t clock_ns(clockid_t c)
 
 size_t md__scanner_share(size_t batch, unsigned nb, uint64_t *sleep_ns)
 {
-	/* Shares round down: all agents together stay within the set rate.
-	 * A share below a page is a page over a longer sleep (rounded up, 400
-	 * agents under KSM's 100 pages scanned 400 a sleep). */
+	/* All agents together keep the set rate: a share rounded up to whole
+	 * pages sleeps longer in proportion (rounded up alone, 400 agents
+	 * under KSM's 100 pages scanned 400 a sleep; rounded down, 100 under
+	 * 199 scanned 100). */
 	if (nb <= 1 || !batch)
 		return batch;
-	if (batch >= nb)
-		return batch / nb;
-	*sleep_ns = *sleep_ns * nb / batch;
-	return 1;
+	size_t mine = (batch + nb - 1) / nb;
+	*sleep_ns = (uint64_t)((unsigned __int128)*sleep_ns * mine * nb / batch);
+	return mine;
 }
 
 uint64_t md__scanner_capped(uint64_t cpu_ns, uint64_t wall_ns, uint64_t sleep_ns, unsigned cap, unsigned nc)
@@ -1177,17 +1178,28 @@ uint64_t md__scanner_capped(uint64_t cpu_ns, uint64_t wall_ns, uint64_t sleep_ns
 	return sleep_ns;
 }
 
+/* Whether a tunable the last batch was sized by changed since. */
+static int tunables_moved(const struct md__scanner *s, unsigned sleep_ms, size_t batch, unsigned nb, unsigned nc)
+{
+	return __atomic_load_n(&s->sleep_ms, __ATOMIC_RELAXED) != sleep_ms ||
+	       __atomic_load_n(&s->batch, __ATOMIC_RELAXED) != batch ||
+	       __atomic_load_n(&s->share_batch, __ATOMIC_RELAXED) != nb ||
+	       __atomic_load_n(&s->share_cpu, __ATOMIC_RELAXED) != nc;
+}
+
 static void *scan_thread(void *arg)
 {
 	struct md__scanner *s = arg;
 	pthread_setname_np(pthread_self(), "md-scan");
 	md__in_agent = 1;	/* for good (sys.h) */
 	while (!__atomic_load_n(&s->stop, __ATOMIC_RELAXED)) {
-		uint64_t sleep_ns = (uint64_t)__atomic_load_n(&s->sleep_ms, __ATOMIC_RELAXED) * 1000000ull;
+		unsigned sleep_ms = __atomic_load_n(&s->sleep_ms, __ATOMIC_RELAXED);
+		size_t set_batch = __atomic_load_n(&s->batch, __ATOMIC_RELAXED);
+		uint64_t sleep_ns = (uint64_t)sleep_ms * 1000000ull;
 		uint64_t wall0 = clock_ns(CLOCK_MONOTONIC), cpu0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
 		unsigned nb = __atomic_load_n(&s->share_batch, __ATOMIC_RELAXED);
 		unsigned nc = __atomic_load_n(&s->share_cpu, __ATOMIC_RELAXED);
-		size_t batch = md__scanner_share(__atomic_load_n(&s->batch, __ATOMIC_RELAXED), nb, &sleep_ns);
+		size_t batch = md__scanner_share(set_batch, nb, &sleep_ns);
 		/* A small share (KSM's 100 pages split among agents) is
 		 * gathered over a few sleeps into one wake-up of about 256
 		 * pages: the pages per second stay those set, and each
@@ -1201,30 +1213,35 @@ static void *scan_thread(void *arg)
 		}
 		if (!__atomic_load_n(&s->paused, __ATOMIC_RELAXED))
 			md__scanner_step(s, batch);
-		/* The step may have made the scanner idle, or busy again. */
-		uint64_t slice = sleep_ns > 1000000 ? sleep_ns : 1000000;
-		unsigned idle = __atomic_load_n(&s->idle, __ATOMIC_RELAXED);
-		sleep_ns <<= idle;
 		uint64_t cpu = clock_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0;
 		uint64_t wall = clock_ns(CLOCK_MONOTONIC) - wall0;
 		s->st.cpu_ns += cpu;
-		sleep_ns = md__scanner_capped(cpu, wall, sleep_ns, __atomic_load_n(&s->cpu_percent, __ATOMIC_RELAXED),
-					      nc);
-		if (sleep_ns < 1000000)
-			sleep_ns = 1000000;	/* always yield a little */
-		/* A sleep the stop ends: at a quiet host's 32x, or a long
-		 * sleep_millisecs, it lasts minutes, and the agent's thread,
-		 * which stops us for an unmerge, answers no lease break while
-		 * it waits. An idle sleep is slept a set sleep at a time, and
-		 * new hints (md__scanner_poke) end it: the pages reads just
+		/* The sleep at the set rate, lengthened for the CPU cap: no
+		 * hint cuts it short. Idle (the step may have made it so),
+		 * the scanner sleeps 2^idle times the set sleep, and that
+		 * part new hints end (md__scanner_poke): the pages reads just
 		 * filled are the likeliest duplicates, and change soonest. */
-		for (uint64_t left = sleep_ns; left && !__atomic_load_n(&s->stop, __ATOMIC_RELAXED);) {
-			uint64_t d = idle && left > slice ? slice : left;
+		uint64_t floor = md__scanner_capped(cpu, wall, sleep_ns,
+						    __atomic_load_n(&s->cpu_percent, __ATOMIC_RELAXED), nc);
+		unsigned idle = __atomic_load_n(&s->idle, __ATOMIC_RELAXED);
+		uint64_t total = sleep_ns << idle;
+		total = total > floor ? total : floor;
+		total = total > 1000000 ? total : 1000000;	/* always yield a little */
+		/* Slept a set sleep at a time, at most a second: a stop ends
+		 * it at once (at a quiet host's 32x, or a long sleep_millisecs,
+		 * it lasts minutes, and the agent's thread, which stops us for
+		 * an unmerge, answers no lease break while it waits); a new
+		 * tunable, or share of them, within a second. */
+		uint64_t slice = sleep_ns < 1000000 ? 1000000 : sleep_ns > 1000000000 ? 1000000000 : sleep_ns;
+		for (uint64_t slept = 0; slept < total && !__atomic_load_n(&s->stop, __ATOMIC_RELAXED);) {
+			uint64_t d = total - slept < slice ? total - slept : slice;
 			struct timespec ts = { (time_t)(d / 1000000000ull), (long)(d % 1000000000ull) };
 			struct pollfd pfd = { .fd = s->wake_fd, .events = POLLIN };
 			ppoll(&pfd, 1, &ts, NULL);
-			left -= d;
-			if (idle && !__atomic_load_n(&s->idle, __ATOMIC_RELAXED))
+			slept += d;
+			if (idle && !__atomic_load_n(&s->idle, __ATOMIC_RELAXED) && slept >= floor)
+				break;
+			if (tunables_moved(s, sleep_ms, set_batch, nb, nc))
 				break;
 		}
 	}
