@@ -2513,8 +2513,8 @@ TEST_IMPL(engine_scanner_lets_go_of_regions)
 }
 
 /* New hints end an idle sleep, not the sleep the CPU cap asks for: a VMM
- * whose reads poke the scanner every 20 ms took 60 % of a core under a
- * 10 % cap (8 % without the pokes). */
+ * whose reads poke the scanner every 20 ms took 60-80 % of a core under a
+ * 10 % cap (8-9 % without the pokes). */
 TEST_IMPL(engine_scanner_pokes_keep_cpu_cap)
 {
 	struct md__engine e;
