@@ -432,6 +432,20 @@ static ssize_t read_segment(struct md_agent *a, int fd, void *buf, size_t len, o
 	return n;
 }
 
+/* Mapped pages a whole read then wrote over: private copies now, no
+ * image's any more (as a lease break leaves them, privatize_run), or the
+ * next walk counted them as written since they were shared. */
+static void forget_overwritten(struct md_agent *a, uintptr_t addr, size_t len)
+{
+	md__agent_enter(a);
+	struct md__region *r = md__region_find(a, addr, len);
+	if (r) {
+		owners_set(r, addr, len, 0);
+		md__rangeset_add(&a->forgotten, addr, addr + len);
+	}
+	md__agent_leave(a);
+}
+
 /* The bytes of a read into guest RAM that read_segment did not map. */
 static ssize_t read_copied(struct md_agent *a, int fd, void *buf, size_t len, off_t off, int small,
 			   size_t mapped, const struct md__read_plan *plan)
@@ -456,6 +470,8 @@ static ssize_t read_copied(struct md_agent *a, int fd, void *buf, size_t len, of
 			int err = h < 0 || t < 0 ? errno : EIO;
 			n = md__sys_pread(fd, buf, len, off);
 			int saved = errno;	/* the VMM's, if that failed too */
+			if (n >= (ssize_t)(plan->head + mapped))
+				forget_overwritten(a, (uintptr_t)buf + plan->head, mapped);
 			md__fallback(a, MD_FB_ERROR, pages_of(len));
 			md__log_once(33, "copying around image pages failed (%s): the read went whole",
 				     strerror(err));
