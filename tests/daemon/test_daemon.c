@@ -739,14 +739,9 @@ TEST_IMPL(daemon_agent_only_refused_at_header)
 /* A process's peak resident memory, in KiB (VmHWM). */
 static long peak_kib(pid_t pid)
 {
-	char path[64], buf[4096];
+	char path[64];
 	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-	FILE *f = fopen(path, "r");
-	ASSERT(f);
-	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-	fclose(f);
-	buf[n] = '\0';
-	const char *p = strstr(buf, "\nVmHWM:");
+	const char *p = strstr(file_text(path), "\nVmHWM:");
 	ASSERT(p);
 	return strtol(p + strlen("\nVmHWM:"), NULL, 10);
 }
