@@ -773,11 +773,11 @@ static int fill_visit(struct md__scanner *s, struct md__eregion *r, uintptr_t a,
 			s->st.filled += z > 0 ? (uint64_t)z : 0;
 		} else {
 			for (size_t q = j; q < k; q++) {
-				s->first_seen += !r->seen[first + q];
 				r->hash[first + q] = h;
 				r->seen[first + q] = MD_SEEN;	/* changed: young again */
 			}
 			s->st.volatile_skips += k - j;	/* pages, as a visit counts them */
+			s->new_sums += k - j;
 		}
 		j = k;
 	}
@@ -916,7 +916,7 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 	md__engine_present(e, r, i);
 	uint64_t h = md__page_hash(page);
 	int changed = !r->seen[i] || r->hash[i] != (uint16_t)h;
-	s->first_seen += !r->seen[i];
+	s->new_sums += (uint64_t)changed;
 	r->hash[i] = (uint16_t)h;
 	if (hinted || changed)
 		r->seen[i] = MD_SEEN;	/* just filled or changed: young again */
@@ -1019,15 +1019,20 @@ static void adapt(struct md__scanner *s)
 }
 
 /* What the scanner has done that a quiet host would not make it do. A
- * page's first checksum counts: a first pass merges nothing (the
- * volatility filter), and without them the linear scan of new guests
- * slowed to a crawl before its second pass (63 MB saved in 150 s instead
- * of 283 MB: `image51` in docs/benchmarks.md). */
+ * checksum new since the last visit counts, a page's first or one changed
+ * since: a pass that only takes them merges nothing (the volatility
+ * filter), but the next may merge them all. Without first checksums the
+ * linear scan of new guests slowed to a crawl before its second pass (63
+ * MB saved in 150 s instead of 283 MB: `image51` in docs/benchmarks.md);
+ * without changed ones, a second pass over guests that had rewritten
+ * their pages since the first slowed it to 32 times its sleep before the
+ * third pass that would have merged them (`image100`). A guest's trickle
+ * of writes stays under QUIET_FOUND. */
 static uint64_t progress(const struct md__scanner *s)
 {
 	return s->st.merged_scan + s->st.merged_hint + s->st.merged_candidate + s->st.zero +
 	       s->st.filled + s->st.published + s->st.hinted + s->st.candidates +
-	       s->st.file_matches + s->first_seen;
+	       s->st.file_matches + s->new_sums;
 }
 
 int md__scanner_step(struct md__scanner *s, size_t npages)
@@ -1123,7 +1128,7 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 	s->st.ratio = __atomic_load_n(&s->ratio, __ATOMIC_RELAXED);
 	/* A whole pass, or QUIET_READS pages read, that found next to
 	 * nothing to do (fewer than QUIET_FOUND pages merged, dropped,
-	 * published, hinted, named or checksummed for the first time: a
+	 * published, hinted, named or found with a new checksum: a
 	 * guest's trickle) doubles the sleep, up to 32x: a quiet host costs
 	 * less. 64 done at any time bring the set rate back. By passes
 	 * alone (a pass reads every page not merged, at the set rate), the
