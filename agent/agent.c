@@ -389,6 +389,7 @@ int md_agent_new(md_agent **agentp, const md_agent_options *opts)
 	a->lease_uid = (uid_t)-1;
 	pthread_mutex_init(&a->writes_lock, NULL);
 	pthread_mutex_init(&a->unmerge_lock, NULL);
+	pthread_mutex_init(&a->pause_lock, NULL);
 	pthread_mutex_init(&a->probe_lock, NULL);
 	a->ctr = a->local_ctr;
 	a->kernel_ksm = opts->kernel_ksm;
@@ -420,6 +421,7 @@ err_free:
 	sem_destroy(&start.ready);
 	md__scan_free(a);
 	pthread_mutex_destroy(&a->unmerge_lock);
+	pthread_mutex_destroy(&a->pause_lock);
 	pthread_mutex_destroy(&a->probe_lock);
 	pthread_mutex_destroy(&a->writes_lock);
 	pthread_mutex_destroy(&a->lock);
@@ -456,6 +458,7 @@ void md_agent_free(md_agent *a)
 		close(a->stats_fd);	/* after the unlink: nobody takes the name meanwhile */
 	}
 	pthread_mutex_destroy(&a->unmerge_lock);
+	pthread_mutex_destroy(&a->pause_lock);
 	pthread_mutex_destroy(&a->probe_lock);
 	pthread_mutex_destroy(&a->writes_lock);
 	pthread_mutex_destroy(&a->lock);

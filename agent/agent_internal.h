@@ -163,6 +163,9 @@ struct md_agent {
 				 * daemon's defaults do not override them */
 	pthread_mutex_t unmerge_lock;	/* one unmerge at a time (scan.c); taken before any other */
 	int paused_here;	/* md_agent_pause's (atomic): a welcome does not resume it */
+	pthread_mutex_t pause_lock;	/* pause_set's, and a refused unmerge's restore (scan.c) */
+	unsigned pause_gen;	/* pause_set's calls (pause_lock): a refused unmerge restores the
+				 * pause it found only if no one set it meanwhile */
 	int welcome_due;	/* paused until the agent thread's first HELLO is answered or fails */
 	uid_t joined_uid;	/* the effective uid memdedupd saw at the last connect (agent thread) */
 	int user_moving, user_was_paused;	/* user_changed's state (agent thread) */
@@ -330,6 +333,9 @@ int md__scan_register(struct md_agent *a, uintptr_t start, size_t len, unsigned 
 int md__scan_account(struct md_agent *a, int reap);
 /* A number that changes whenever reads or merges happen. */
 uint64_t md__scan_activity(struct md_agent *a);
+/* Does a CONTROL memdedupd forwarded (the agent's thread), and answers it. */
+struct md__msg_control;
+void md__scan_apply_control(struct md_agent *a, const struct md__msg_control *ctl);
 /* From the agent thread, often: reconnects to memdedupd, applies its
  * CONTROL messages; report: also send our counters. */
 void md__scan_daemon(struct md_agent *a, int report);

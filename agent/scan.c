@@ -178,7 +178,10 @@ static int pause_set(md_agent *a, int paused)
 	/* Nothing could be merged: resuming would only spend CPU. */
 	if (!paused && __atomic_load_n(&a->io_unseen, __ATOMIC_SEQ_CST))
 		return -EPERM;
+	pthread_mutex_lock(&a->pause_lock);
+	a->pause_gen++;
 	__atomic_store_n(&a->scanner.paused, paused ? 1 : 0, __ATOMIC_SEQ_CST);
+	pthread_mutex_unlock(&a->pause_lock);
 	/* md_agent_io_unseen may have paused it between the check and the
 	 * store: its pause wins. */
 	if (!paused && __atomic_load_n(&a->io_unseen, __ATOMIC_SEQ_CST)) {
@@ -473,7 +476,10 @@ static int unmerge_locked(md_agent *a, char *why, size_t size, int by)
 	/* Paused first: a first registration on another thread may start
 	 * the scanner's thread after the look below, and it then merged
 	 * between the copies and the pause. */
+	pthread_mutex_lock(&a->pause_lock);
+	unsigned gen = a->pause_gen;
 	int was_paused = __atomic_exchange_n(&a->scanner.paused, 1, __ATOMIC_SEQ_CST);
+	pthread_mutex_unlock(&a->pause_lock);
 	md__scanner_stop(&a->scanner);	/* no merge may start meanwhile */
 	/* agent->lock first (the lock order): no read maps an image page
 	 * until the image pages are private. */
@@ -532,11 +538,16 @@ paused:
 	 * failed part of the way: the pages copied would merge again at
 	 * once); refused up front, as it was. */
 	if (refused) {
-		/* As it was, unless someone resumed it meanwhile, or a reason
-		 * to stay paused came (the VMM's pause, unseen I/O). */
+		/* As it was, unless someone paused or resumed it meanwhile
+		 * (memdedupd's PAUSE, applied by the agent's thread during a
+		 * VMM's unmerge, found it paused already and was undone), or a
+		 * reason to stay paused came (the VMM's pause, unseen I/O). */
 		int one = 1;
-		__atomic_compare_exchange_n(&a->scanner.paused, &one, was_paused, 0, __ATOMIC_SEQ_CST,
-					    __ATOMIC_SEQ_CST);
+		pthread_mutex_lock(&a->pause_lock);
+		if (a->pause_gen == gen)
+			__atomic_compare_exchange_n(&a->scanner.paused, &one, was_paused, 0,
+						    __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+		pthread_mutex_unlock(&a->pause_lock);
 		if (kept_paused(a) || __atomic_load_n(&a->io_unseen, __ATOMIC_SEQ_CST))
 			__atomic_store_n(&a->scanner.paused, 1, __ATOMIC_SEQ_CST);
 	} else {
@@ -684,7 +695,7 @@ int md__scan_account(struct md_agent *a, int reap)
 }
 
 /* Does what memdedupd forwarded, and tells it how that went. */
-static void apply_control(struct md_agent *a, const struct md__msg_control *ctl)
+void md__scan_apply_control(struct md_agent *a, const struct md__msg_control *ctl)
 {
 	char why[MD_TEXT_MAX + 1] = "";
 	int err = 0;
@@ -842,7 +853,7 @@ void md__scan_daemon(struct md_agent *a, int report)
 	}
 	struct md__msg_control ctl;
 	while (md__remote_next_control(rm, &ctl) == 0)
-		apply_control(a, &ctl);
+		md__scan_apply_control(a, &ctl);
 	md__engine_send_unrefs(e);	/* the VMM's unmaps' (the scanner sends its own) */
 	/* The daemon's rate and CPU cap are for all its agents together; a
 	 * value given to this agent itself (memdedup run --pages-to-scan) is

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "agent_internal.h"	/* the scanner's tunables */
+#include "cgroup.h"
 #include "daemon_util.h"
 #include "memdedup.h"
 #include "merge.h"	/* md__engine_fail_slices */
@@ -1906,6 +1907,59 @@ static void *unmerge_often(void *arg)
 	for (int i = 0; i < 200; i++)
 		ASSERT_EQ(md_agent_unmerge(arg), 0);
 	return NULL;
+}
+
+static void *unmerge_refused_often(void *arg)
+{
+	for (int i = 0; i < 50; i++)
+		ASSERT_EQ(md_agent_unmerge(arg), -ENOMEM);
+	return NULL;
+}
+
+static int scanner_paused(md_agent *a)
+{
+	return __atomic_load_n(&a->scanner.paused, __ATOMIC_SEQ_CST);
+}
+
+/* memdedupd's PAUSE, applied by the agent's thread while the VMM's unmerge
+ * is refused for want of memory: the refused unmerge put back the pause it
+ * had found (none), and the operator's pause was lost. */
+TEST_IMPL(scan_refused_unmerge_keeps_daemon_pause)
+{
+	struct test_cgroup cg;
+	if (cgroup_make(&cg) != 0)
+		SKIP("no memory cgroup of our own to be had here");
+	md_agent *a;
+	const size_t n = 64;
+	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .pages_to_scan = 1000, .sleep_ms = 1 };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	char *m = pairs_ram(n);
+	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
+	ASSERT_EQ(wait_merged(a, n / 2), 0);
+	ASSERT_EQ(cgroup_enter(&cg, getpid()), 0);
+	/* Below the 64 MiB an unmerge keeps spare: refused. */
+	ASSERT_EQ(cgroup_limit(&cg, cgroup_usage(&cg) + (32ull << 20)), 0);
+	ASSERT_EQ(md_agent_unmerge(a), -ENOMEM);
+	ASSERT_EQ(scanner_paused(a), 0);
+	struct md__msg_control pause = { .op = MD_CTL_PAUSE }, resume = { .op = MD_CTL_RESUME };
+	for (int round = 0; round < 20; round++) {
+		pthread_t t;
+		ASSERT_EQ(pthread_create(&t, NULL, unmerge_refused_often, a), 0);
+		usleep(1000 + 500 * (unsigned)round);
+		md__scan_apply_control(a, &pause);
+		pthread_join(t, NULL);
+		ASSERT_EQ(scanner_paused(a), 1);
+		md__scan_apply_control(a, &resume);
+		ASSERT_EQ(scanner_paused(a), 0);
+	}
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.pages_sharing, n);	/* refused: still merged */
+	for (size_t i = 0; i < n * PG; i++)
+		ASSERT(m[i] == (char)((i / PG) % (n / 2) * 31 + i % PG));
+	md_agent_free(a);
+	munmap(m, n * PG);
+	return 0;
 }
 
 /* Two unmerges at once (the VMM's, and memdedupd's on the agent's thread)
