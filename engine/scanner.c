@@ -205,23 +205,34 @@ static uint64_t next_rand(struct md__scanner *s)
 	return s->rng;
 }
 
-static uint64_t gcd(uint64_t a, uint64_t b)
+/* A bijection of [0, 2^(2 half)): four Feistel rounds, each mixing one
+ * half with a round key (splitmix64's finaliser) into the other. */
+static uint64_t feistel(const struct md__scanner *s, uint64_t x)
 {
-	while (b) {
-		uint64_t t = a % b;
-		a = b;
-		b = t;
+	unsigned h = s->perm.half;
+	uint64_t mask = (1ull << h) - 1, l = x >> h, r = x & mask;
+	for (int i = 0; i < 4; i++) {
+		uint64_t z = r ^ s->perm.key[i];
+		z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+		z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+		z ^= z >> 31;
+		uint64_t t = l ^ (z & mask);
+		l = r;
+		r = t;
 	}
-	return a;
+	return (l << h) | r;
 }
 
 /* Random order: a pass visits every page once, in the order of a fresh
- * permutation of all regions' pages (k -> first + k * stride mod total,
- * stride prime to total), like ESX's random sampling without its repeats:
- * independent draws left a third of the pages unvisited each pass. Pages
- * drawn from all regions at once, not a region first: a region drawn
- * first gave each page of a ROM as many visits as all of RAM's together.
- * Regions that change mid-pass get a new permutation for the rest of it. */
+ * permutation of all regions' pages, like ESX's random sampling without
+ * its repeats: independent draws left a third of the pages unvisited each
+ * pass. The permutation is a Feistel network over the smallest domain of
+ * an even number of bits that holds them, walked until it gives a page
+ * (under 4 steps on average): k -> first + k * stride mod total visited
+ * every page too, but one stride apart in turn. Pages drawn from all
+ * regions at once, not a region first: a region drawn first gave each
+ * page of a ROM as many visits as all of RAM's together. Regions that
+ * change mid-pass get a new permutation for the rest of it. */
 static uintptr_t random_next(struct md__scanner *s)
 {
 	struct md__engine *e = s->e;
@@ -230,12 +241,21 @@ static uintptr_t random_next(struct md__scanner *s)
 		total += (e->regions[i].end - e->regions[i].start) / MD_EPAGE;
 	if (total != s->perm.total) {	/* a new pass, or the regions changed */
 		s->perm.total = total;
-		s->perm.first = next_rand(s) % total;
-		s->perm.stride = total > 1 ? 1 + next_rand(s) % (total - 1) : 1;
-		while (gcd(s->perm.stride, total) != 1)
-			s->perm.stride = s->perm.stride % (total - 1) + 1;
+		unsigned bits = 0;
+		while (bits < 64 && (total - 1) >> bits)
+			bits++;
+		s->perm.half = (bits + 1) / 2;
+		for (int i = 0; i < 4; i++)
+			s->perm.key[i] = next_rand(s);
+		if (s->perm.done >= total)
+			s->perm.done = 0;
 	}
-	uint64_t k = (uint64_t)(((unsigned __int128)s->perm.done * s->perm.stride + s->perm.first) % total);
+	/* Cycle walking: from an index below total, the network's orbit
+	 * comes back below total, and distinct indexes reach distinct pages. */
+	uint64_t k = s->perm.done;
+	do
+		k = feistel(s, k);
+	while (k >= total);
 	if (++s->perm.done >= total) {
 		pass_ended(s);	/* as many visits as pages */
 		s->perm.done = 0;

@@ -72,7 +72,9 @@ struct md__scanner {
 	size_t region;          /* the region it was in last (a guess) */
 	size_t zero_ahead;      /* pages after it dropped as zero: stepped over */
 	struct {                /* the random order's permutation of this pass */
-		uint64_t total, done, first, stride;
+		uint64_t total, done;
+		uint64_t key[4];        /* its Feistel rounds' keys */
+		unsigned half;          /* bits of each half of the domain */
 	} perm;
 	uint64_t rng;
 	struct md__hint cur;    /* the hint being worked through */

@@ -2338,6 +2338,56 @@ TEST_IMPL(engine_scanner_skips_volatile)
 	return 0;
 }
 
+/* Random order is no stride: the pages a pass visits one after another
+ * are apart by as many distances as a random permutation's (about 1 - 1/e
+ * of them distinct), where first + k * stride gave one. Each page once. */
+TEST_IMPL(engine_scanner_random_not_strided)
+{
+	struct md__engine e;
+	struct md__scanner s;
+	const size_t n = 1000;
+	unsigned char *r = map_ram(n);
+	static size_t order[1000];
+	static unsigned char dist_seen[1000];
+
+	engine_up(&e);
+	for (size_t i = 0; i < n; i++)
+		fill(r + i * PG, (unsigned)(i + 10));
+	ASSERT_EQ(md__engine_register(&e, r, n * PG, 0), 0);
+	ASSERT_EQ(md__scanner_init(&s, &e, NULL), 0);
+	s.ratio = 0;
+	s.random_order = 1;
+	struct md__eregion *reg = &e.regions[0];
+	for (size_t v = 0; v < n; v++) {
+		md__scanner_step(&s, 1);
+		size_t found = n;
+		for (size_t i = 0; i < n; i++) {
+			int before = 0;
+			for (size_t w = 0; w < v && !before; w++)
+				before = order[w] == i;
+			if (reg->seen[i] && !before) {
+				ASSERT_EQ(found, n);	/* one new page a visit */
+				found = i;
+			}
+		}
+		ASSERT(found < n);
+		order[v] = found;
+	}
+	ASSERT_EQ(s.st.passes, 1);
+	size_t distinct = 0;
+	for (size_t v = 1; v < n; v++) {
+		size_t d = (order[v] + n - order[v - 1]) % n;
+		distinct += !dist_seen[d];
+		dist_seen[d] = 1;
+	}
+	printf("  %zu distinct distances between %zu visits in turn\n", distinct, n - 1);
+	ASSERT(distinct > n / 3);
+	md__scanner_free(&s);
+	md__engine_fini(&e);
+	munmap(r, n * PG);
+	return 0;
+}
+
 /* In random order a pass visits every page once, whatever region it is
  * in: a region drawn first gave two pages as many visits as 2,048, and
  * ended a pass at nearly every draw of theirs. */
