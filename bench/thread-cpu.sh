@@ -72,8 +72,8 @@ for i in 1 2; do
   st=0
   wait "${pids[i - 1]}" || st=$?
   log=$out/g$i.log
-  got=$(grep -m1 '^MEMDEDUP-GUEST: DONE ' "$log" | tr -d '\r' | awk '{print $3}' || true)
-  again=$(grep -m1 '^MEMDEDUP-GUEST: RECHECK ' "$log" | tr -d '\r' | awk '{print $3}' || true)
+  got=$(fleet_guest_said DONE "$log")
+  again=$(fleet_guest_said RECHECK "$log")
   if grep -q '^MEMDEDUP-GUEST: FAIL' "$log"; then
     echo "thread-cpu.sh: guest $i: $(grep -m1 '^MEMDEDUP-GUEST: FAIL' "$log" | tr -d '\r')" >&2; bad=1
   elif [ -z "$got" ] || [ "$st" != 0 ]; then

@@ -15,6 +15,8 @@
 #       files, as bench/tmpfs-run.sh does) and, with a hold, so must its
 #       RECHECK after the hold. No IMAGE.md5 is an error.
 #   fleet_checksums DIR            # the guests' DONE results, one a line
+#   fleet_guest_said WORD LOG      # what a guest's log says after
+#                                  # "MEMDEDUP-GUEST: WORD" (DONE, RECHECK)
 #   fleet_hold_window DIR          # "T0 T1": samples where every guest had
 #                                  # finished reading and none had exited
 #   fleet_window_avg DIR COL [T0 T1]  # mean of a samples.tsv column in a window
@@ -394,8 +396,8 @@ fleet_run() {
   : > "$dir/guests.tsv"
   for i in $(seq 0 $((n - 1))); do
     log=${FLEET_LOGS[i]}
-    res=$(grep -m1 '^MEMDEDUP-GUEST: DONE ' "$log" | tr -d '\r' | awk '{print $3}' || true)
-    again=$(grep -m1 '^MEMDEDUP-GUEST: RECHECK ' "$log" | tr -d '\r' | awk '{print $3}' || true)
+    res=$(fleet_guest_said DONE "$log")
+    again=$(fleet_guest_said RECHECK "$log")
     rs=$(grep -m1 '^MEMDEDUP-GUEST: TIME ' "$log" | tr -d '\r' | sed -n 's/.*read_s=\([0-9.]*\).*/\1/p' || true)
     if grep -q '^MEMDEDUP-GUEST: FAIL' "$log"; then
       fleet_log "guest $((i + 1)): $(grep -m1 '^MEMDEDUP-GUEST: FAIL' "$log" | tr -d '\r')"
@@ -424,6 +426,10 @@ fleet_run() {
 }
 
 fleet_checksums() { cut -f7 "$1/guests.tsv"; }
+
+# The word after "MEMDEDUP-GUEST: WORD" in a guest's log (its first such
+# line), or nothing.
+fleet_guest_said() { grep -m1 "^MEMDEDUP-GUEST: $1 " "$2" 2>/dev/null | tr -d '\r' | awk '{print $3}' || true; }
 
 # Window in which every guest had finished reading and none had exited yet:
 # [last READS-DONE + settle, first exit - 1]. Prints "T0 T1".

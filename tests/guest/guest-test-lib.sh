@@ -46,8 +46,8 @@ expect_data() {
   for d in "$@"; do
     for log in "$d"/guest*.log; do
       n=$((n + 1))
-      done=$(grep -m1 '^MEMDEDUP-GUEST: DONE ' "$log" | tr -d '\r' | awk '{print $3}' || true)
-      again=$(grep -m1 '^MEMDEDUP-GUEST: RECHECK ' "$log" | tr -d '\r' | awk '{print $3}' || true)
+      done=$(fleet_guest_said DONE "$log")
+      again=$(fleet_guest_said RECHECK "$log")
       if [ "$done" != "$want" ] || [ "$again" != "$want" ]; then
         echo "  $log: read ${done:-nothing}, after the hold ${again:-nothing}; the image holds $want"
         bad=$((bad + 1))

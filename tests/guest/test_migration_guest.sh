@@ -176,16 +176,15 @@ for _ in $(seq 1 $((2 * hold + 240))); do
   sleep 0.5
 done
 stop_guests
-got() { grep -m1 "^MEMDEDUP-GUEST: $1 " "$2" 2>/dev/null | tr -d '\r' | awk '{print $3}' || true; }
-if [ "$(got DONE "$out/guest.log")" = "$want" ] && [ "$(got RECHECK "$out/guest.log")" = "$want" ]; then
+if [ "$(fleet_guest_said DONE "$out/guest.log")" = "$want" ] && [ "$(fleet_guest_said RECHECK "$out/guest.log")" = "$want" ]; then
   pass "the guest read the image's data, and the same after the snapshot"
 else
-  fail "the guest read '$(got DONE "$out/guest.log")', then '$(got RECHECK "$out/guest.log")'; the image holds $want"
+  fail "the guest read '$(fleet_guest_said DONE "$out/guest.log")', then '$(fleet_guest_said RECHECK "$out/guest.log")'; the image holds $want"
 fi
-if [ "$(got RECHECK "$out/restored.log")" = "$want" ]; then
+if [ "$(fleet_guest_said RECHECK "$out/restored.log")" = "$want" ]; then
   pass "the restored guest read the image's data again"
 else
-  fail "the restored guest read '$(got RECHECK "$out/restored.log")'; the image holds $want (log $out/restored.log)"
+  fail "the restored guest read '$(fleet_guest_said RECHECK "$out/restored.log")'; the image holds $want (log $out/restored.log)"
 fi
 
 # Postcopy: a plain QEMU migrates to one under the scanner; the switch to
@@ -259,9 +258,9 @@ if grep -q 'merged again' "$out/dest-agent.log" && ! grep -q 'not all of it' "$o
 else
   fail "the destination's agent did not take the RAM back after postcopy (log $out/dest-agent.log)"
 fi
-if [ "$(got RECHECK "$out/dest.log")" = "$want" ]; then
+if [ "$(fleet_guest_said RECHECK "$out/dest.log")" = "$want" ]; then
   pass "the migrated guest read the image's data again"
 else
-  fail "the migrated guest read '$(got RECHECK "$out/dest.log")'; the image holds $want (log $out/dest.log)"
+  fail "the migrated guest read '$(fleet_guest_said RECHECK "$out/dest.log")'; the image holds $want (log $out/dest.log)"
 fi
 finish
