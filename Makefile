@@ -11,7 +11,7 @@ LDFLAGS += -pthread $(SAN)
 B       := build
 
 AGENT_SRC  := agent/agent.c agent/ours.c agent/regions.c agent/images.c agent/readshare.c \
-              agent/accounting.c agent/scan.c agent/imagepages.c agent/unseen_io.c agent/writes.c common/stats_file.c common/log.c \
+              agent/accounting.c agent/memroom.c agent/scan.c agent/imagepages.c agent/unseen_io.c agent/writes.c common/stats_file.c common/log.c \
               common/sys.c common/rangeset.c common/policies.c
 include engine/engine.mk
 include daemon/daemon.mk

@@ -87,19 +87,7 @@ void md__account(struct md_agent *a, int count_vmas)
 	md__set(a, MD_CTR_BREAKS, broken);
 	if (!count_vmas)
 		return;
-	/* Reset before the count: a mapping made meanwhile is counted twice
-	 * at worst, never missed. A count that failed (0) keeps the last one
-	 * and what was mapped since: 0 would open the whole budget again. */
-	md__agent_enter(a);
-	uint64_t since = a->maps_since_count;
-	a->maps_since_count = 0;
-	md__agent_leave(a);
-	uint64_t vmas = md__count_vmas();
-	if (vmas) {
+	uint64_t vmas = md__vmas_count(&a->vmas);
+	if (vmas)
 		md__set(a, MD_CTR_VMAS, vmas);
-		return;
-	}
-	md__agent_enter(a);
-	a->maps_since_count += since;
-	md__agent_leave(a);
 }

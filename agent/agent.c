@@ -81,7 +81,7 @@ static void *agent_thread(void *arg)
 	 * mapped something, or every 10 minutes. Every 3 s, as it was,
 	 * pagemap walks were the largest part of this thread's time while
 	 * guests converged (about 40 % of its perf samples). */
-	uint64_t last_reads = 0, last_merges = 0, vma_merges = 0;
+	uint64_t last_reads = 0, last_merges = 0;
 	unsigned last_full = 0, last_vmas = 0, last_reap = 0, reap_every = 3, last_report = 0, looked = 0;
 	struct md__resident full_at = { 0 }, reap_at = { 0 };
 	int was_reading = 0, edge_due = 0;
@@ -161,21 +161,20 @@ static void *agent_thread(void *arg)
 		last_reads = reads;
 		last_merges = merges;
 		if (full) {
-			/* The budget check adds what was mapped since to the
-			 * last count, so a stale count is safe: counted again
-			 * when it matters (half the budget), else at most
-			 * once a minute while mappings change. */
-			uint64_t since = __atomic_load_n(&a->maps_since_count, __ATOMIC_RELAXED);
-			uint64_t est = __atomic_load_n(&a->ctr[MD_CTR_VMAS], __ATOMIC_RELAXED) + since;
-			int changed = since || merges - vma_merges >= 64;
+			/* The budget check adds what was mapped since (here
+			 * and by the engine) to the last count, so a stale
+			 * count is safe: counted again when it matters (past
+			 * half the budget, 64 mappings made since), else at
+			 * most once a minute while mappings change. */
+			uint64_t est = md__vmas_estimate(&a->vmas);
+			uint64_t last = __atomic_load_n(&a->ctr[MD_CTR_VMAS], __ATOMIC_RELAXED);
+			uint64_t since = est > last ? est - last : est != last;
 			int vmas = !last_vmas || n - last_vmas >= 600 ||
-				   (changed && (n - last_vmas >= 60 || est * 2 > a->max_vmas));
+				   (since && (n - last_vmas >= 60 || (est * 2 > a->max_vmas && since >= 128)));
 			md__account(a, vmas);
 			full_at = now_res;
-			if (vmas) {
-				vma_merges = merges;
+			if (vmas)
 				last_vmas = n;
-			}
 			last_full = n;
 			edge_due = 0;
 		}
@@ -399,7 +398,8 @@ int md_agent_new(md_agent **agentp, const md_agent_options *opts)
 	a->lease_signal = SIGRTMAX - 2;
 	/* The VMM's own mappings, before any of ours: the budget counts them
 	 * from the start, not from the thread's first count a second later. */
-	md__set(a, MD_CTR_VMAS, md__count_vmas());
+	md__set(a, MD_CTR_VMAS, md__vmas_count(&a->vmas));
+	md__memroom_open(&a->memroom);	/* before the VMM may chroot */
 	md__scan_init(a, opts);
 
 	start.agent = a;
@@ -420,6 +420,7 @@ int md_agent_new(md_agent **agentp, const md_agent_options *opts)
 err_free:
 	sem_destroy(&start.ready);
 	md__scan_free(a);
+	md__memroom_close(&a->memroom);
 	pthread_mutex_destroy(&a->unmerge_lock);
 	pthread_mutex_destroy(&a->pause_lock);
 	pthread_mutex_destroy(&a->probe_lock);
@@ -457,6 +458,7 @@ void md_agent_free(md_agent *a)
 		md__sys_munmap(a->stats_map, sizeof(*a->stats_map));
 		close(a->stats_fd);	/* after the unlink: nobody takes the name meanwhile */
 	}
+	md__memroom_close(&a->memroom);
 	pthread_mutex_destroy(&a->unmerge_lock);
 	pthread_mutex_destroy(&a->pause_lock);
 	pthread_mutex_destroy(&a->probe_lock);

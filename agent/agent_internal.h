@@ -99,6 +99,20 @@ struct md__ours {
 	struct timespec looked;
 };
 
+/* The memory limits of the agent's cgroup and its ancestors, kept from its
+ * start for a VMM that chroots where /proc and /sys are not (memroom.c). */
+#define MD_MEMROOM_LEVELS 8
+struct md__memroom {
+	int fd[MD_MEMROOM_LEVELS][3];	/* limit, usage, memory.stat (-1: none) */
+	unsigned n;                     /* levels with a limit */
+	const char *inactive;           /* memory.stat's key of inactive page cache */
+};
+int md__memroom_open(struct md__memroom *m);	/* 0, or -ENOENT without /proc */
+void md__memroom_close(struct md__memroom *m);
+/* What copies may take: the host's available memory, or less if a cgroup
+ * limit leaves less (the cgroup as /proc says now, else as kept). */
+uint64_t md__memroom_available(const struct md__memroom *kept);
+
 struct md_agent {
 	pthread_mutex_t lock;
 	struct md__ours ours;         /* see ours.c */
@@ -140,10 +154,12 @@ struct md_agent {
 
 	int kernel_ksm;
 	int io_unseen;          /* md_agent_io_unseen was called (set under lock) */
+	int io_unseen_done;     /* and its first call had done all it does (atomic) */
 	int future_locked;      /* mlockall(MCL_FUTURE) in force: nothing more registered */
 	unsigned flags;
 	uint64_t max_vmas;
-	uint64_t maps_since_count;    /* mmaps since the last VMA count */
+	struct md__vmas vmas;         /* the process's mappings: the last count + those made
+	                               * since, by us and by the engine (sys.h) */
 	unsigned share_min_pages;     /* fewer whole pages per read: copied */
 
 	uint64_t *ctr;                /* MD_CTR_COUNT counters, maybe in the stats file */
@@ -163,6 +179,7 @@ struct md_agent {
 				 * daemon's defaults do not override them */
 	pthread_mutex_t unmerge_lock;	/* one unmerge at a time (scan.c); taken before any other */
 	int paused_here;	/* md_agent_pause's (atomic): a welcome does not resume it */
+	struct md__memroom memroom;	/* the cgroup's limits, kept from the start (memroom.c) */
 	pthread_mutex_t pause_lock;	/* pause_set's, and a refused unmerge's restore (scan.c) */
 	unsigned pause_gen;	/* pause_set's calls (pause_lock): a refused unmerge restores the
 				 * pause it found only if no one set it meanwhile */
@@ -208,12 +225,11 @@ static inline void md__set(struct md_agent *a, enum md__ctr c, uint64_t v)
 }
 void md__fallback(struct md_agent *a, enum md_fallback why, uint64_t pages);
 /* Room for one more mapping over guest RAM (and the split it may cause)
- * within the VMA budget, counting those made since the last VMA count
- * (agent->lock held). */
+ * within the VMA budget, counting those made since the last VMA count,
+ * the engine's merges too. */
 static inline int md__vma_room(struct md_agent *a)
 {
-	return a->maps_since_count + __atomic_load_n(&a->ctr[MD_CTR_VMAS], __ATOMIC_RELAXED) + 2 <=
-	       a->max_vmas;
+	return md__vmas_estimate(&a->vmas) + 2 <= a->max_vmas;
 }
 
 /* regions.c (all under agent->lock) */
@@ -223,6 +239,9 @@ int md__regions_remove(struct md_agent *a, uintptr_t start, uintptr_t end);
 /* Tests only: the next this many growths of the region records fail
  * (ENOMEM). 0 otherwise. */
 extern int md__regions_fail_reserve;
+/* Tests only: md_agent_io_unseen's first call sleeps this long (us) before
+ * it is done, and then counts md__io_unseen_slept. */
+extern unsigned md__io_unseen_delay_us, md__io_unseen_slept;
 void md__regions_advise(struct md_agent *a, uintptr_t start, uintptr_t end, unsigned advice);
 /* Makes every page in [start,end) mapped from image id (0: from any image)
  * private, so the file can change without the guest seeing it. */

@@ -334,7 +334,7 @@ const unsigned char *md__image_view(struct md_agent *a, struct md__image *img)
 	void *v = md__sys_mmap(NULL, view_len(img), PROT_READ, MAP_SHARED, img->fd, 0);
 	if (v == MAP_FAILED)
 		return NULL;
-	a->maps_since_count++;
+	md__vmas_add(&a->vmas, 1);
 	img->view = v;
 	return img->view;
 }

@@ -605,6 +605,17 @@ EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 		if (a)
 			md__agent_moved(a, old, page_len(old_len), (void *)c.ret, page_len(new_len),
 					(flags & MREMAP_DONTUNMAP) != 0);
+		/* The mapping keeps the VMM's advice (MADV_MERGEABLE) where
+		 * it went, and so does the agent: registered again there, as
+		 * much as was kept. */
+		for (size_t i = 0; i < nwas; i++) {
+			uintptr_t lo = was[i].lo - (uintptr_t)old + (uintptr_t)c.ret;
+			uintptr_t hi = was[i].hi - (uintptr_t)old + (uintptr_t)c.ret;
+			if (hi > (uintptr_t)c.ret + kept)
+				hi = (uintptr_t)c.ret + kept;
+			if (lo < hi)
+				md_agent_register(a, (void *)lo, hi - lo, was[i].advice);
+		}
 		errno = saved;
 	} else if (nwas) {
 		int saved = errno;

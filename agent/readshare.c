@@ -224,7 +224,7 @@ static size_t share_locked(struct md_agent *a, struct md__region *r, int fd, con
 		ensure_mapped(a, r, dst, plan->map_len);
 		return 0;
 	}
-	a->maps_since_count += 2;	/* the new VMA, and the split it may cause */
+	md__vmas_add(&a->vmas, 2);	/* the new VMA, and the split it may cause */
 	if (!img->shmem)	/* a tmpfs file's mappings take the file's policy */
 		md__policy_apply(dst, plan->map_len);	/* the VMM's NUMA policy, if any */
 	/* MADV_DONTFORK and MADV_MERGEABLE (with kernel KSM) come within a
@@ -315,14 +315,18 @@ static void copied_read(struct md_agent *a, int fd, uintptr_t buf, size_t n, off
 static ssize_t read_copied(struct md_agent *a, int fd, void *buf, size_t len, off_t off, int small,
 			   size_t mapped, const struct md__read_plan *plan);
 
-/* A plain read, recorded while in flight when the scanner runs. */
+/* A plain read, recorded while in flight when the scanner runs: the
+ * system call the VMM made, preadv or pread (one), since a seccomp filter
+ * may allow pread64 and not preadv. */
 static ssize_t tracked_preadv(struct md_agent *a, int fd, const struct iovec *iov, int cnt, off_t off,
-			      int flags)
+			      int flags, int one)
 {
 	if (!a->engine)
-		return md__sys_preadv2(fd, iov, cnt, off, flags);
+		return one ? md__sys_pread(fd, iov->iov_base, iov->iov_len, off) :
+			     md__sys_preadv2(fd, iov, cnt, off, flags);
 	int token = md__inflight_begin(&a->engine->io, iov, cnt);
-	ssize_t n = md__sys_preadv2(fd, iov, cnt, off, flags);
+	ssize_t n = one ? md__sys_pread(fd, iov->iov_base, iov->iov_len, off) :
+			  md__sys_preadv2(fd, iov, cnt, off, flags);
 	md__inflight_end(&a->engine->io, token);
 	return n;
 }
@@ -401,7 +405,7 @@ static ssize_t read_segment(struct md_agent *a, int fd, void *buf, size_t len, o
 		}
 		/* Not in a region; its end may still overlap scanned RAM. */
 		struct iovec io = { buf, len };
-		return tracked_preadv(a, fd, &io, 1, off, 0);
+		return tracked_preadv(a, fd, &io, 1, off, 0, 1);
 	}
 	int small = 0;
 	if (may_share(a, buf, len, off, 1, &small))
@@ -520,7 +524,7 @@ static ssize_t copied_segments(struct md_agent *a, int fd, const struct iovec *i
 			       const unsigned char *in)
 {
 	uint64_t t0 = now_ns();
-	ssize_t n = tracked_preadv(a, fd, iov, cnt, off, 0);
+	ssize_t n = tracked_preadv(a, fd, iov, cnt, off, 0, 0);
 	uint64_t ns = now_ns() - t0;
 	if (n < 0)
 		return n;
@@ -577,12 +581,12 @@ ssize_t md_agent_preadv(md_agent *a, int fd, const struct iovec *iov, int iovcnt
 	if (!a || iovcnt <= 0 || iovcnt > IOV_MAX)
 		return md__sys_preadv2(fd, iov, iovcnt, off, flags);
 	if (!any_in_ram(a, iov, iovcnt))
-		return tracked_preadv(a, fd, iov, iovcnt, off, flags);
+		return tracked_preadv(a, fd, iov, iovcnt, off, flags, 0);
 	if (off == -1 || flags != 0) {
 		md__fallback(a, MD_FB_FLAGS, 1);
 		md__log_once(91, "reads into guest RAM with preadv2 flags or at the file position "
 			     "are copied");
-		return tracked_preadv(a, fd, iov, iovcnt, off, flags);
+		return tracked_preadv(a, fd, iov, iovcnt, off, flags, 0);
 	}
 	/* Segment by segment, as preadv fills them: stop at a short read. A
 	 * segment that could be mapped is a read of its own; the segments

@@ -225,7 +225,12 @@ void md__regions_flush_advice_before_fork(struct md_agent *a)
 		return;
 	md__in_agent++;
 	flush_advice_locked(a);
-	md__agent_leave(a);
+	/* Let go without md__agent_leave's refresh of our ranges, which
+	 * waits for the engine's regions lock, held by a thread that may
+	 * wait for the forking thread too (the agent's, freeing memory as it
+	 * connects to memdedupd). The flush changes no record. */
+	md__in_agent--;
+	pthread_mutex_unlock(&a->lock);
 }
 
 /* Calls fn on every maximal run of pages in [start, end) whose owner matches
@@ -375,10 +380,23 @@ uint64_t md__owned_pages(const struct md_agent *a)
 
 static int discard_run(struct md_agent *a, struct md__region *r, uintptr_t addr, size_t len)
 {
+	/* Anonymous memory over the run splits the image's mapping: within
+	 * the budget, as reads' mappings (a balloon discarding page by page
+	 * split it until the VMM's own mmaps failed). Beyond it the run is
+	 * zeroed in place, private copies in the image's mapping: it reads
+	 * as the discard promised, though its memory is not given back. */
+	if (!md__vma_room(a)) {
+		memset((void *)addr, 0, len);
+		md__fallback(a, MD_FB_VMA_LIMIT, len / MD_PAGE);
+		md__log_once(111, "the mapping budget (%llu VMAs) is spent: pages discarded where images were "
+			     "shared are zeroed, not given back", (unsigned long long)a->max_vmas);
+		return 0;
+	}
 	void *m = md__sys_mmap((void *)addr, len, PROT_READ | PROT_WRITE,
 			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
 	if (m == MAP_FAILED)
 		return -errno;
+	md__vmas_add(&a->vmas, 2);
 	md__apply_advice(a, r, addr, len);
 	if (r->advice & MD_ADV_HUGEPAGE)
 		md__sys_madvise((void *)addr, len, MADV_HUGEPAGE);
@@ -410,7 +428,7 @@ static int forget_copies(struct md_agent *a, const struct md__vma *v, uintptr_t 
 		md__policy_apply(lo, hi - lo);
 		if (v->advice & MD_ADV_HUGEPAGE)
 			md__sys_madvise(m, hi - lo, MADV_HUGEPAGE);
-		a->maps_since_count += 2;
+		md__vmas_add(&a->vmas, 2);
 	}
 	return 0;
 }

@@ -10,7 +10,6 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
-#include <sys/sysinfo.h>
 #include <unistd.h>
 
 #include "agent_internal.h"
@@ -29,7 +28,7 @@ void md__scan_init(struct md_agent *a, const md_agent_options *o)
 			   (o->cpu_percent ? MD_SET_CPU : 0) |
 			   (o->flags & MD_OPT_SCAN_RANDOM ? MD_SET_ORDER : 0) |
 			   (o->hint_ratio || (o->flags & MD_OPT_NO_HINTS) ? MD_SET_HINTS : 0);
-	struct md__engine_options eo = { .max_vmas = o->max_vmas };
+	struct md__engine_options eo = { .max_vmas = o->max_vmas, .vmas = &a->vmas };
 	struct md__engine *e = calloc(1, sizeof(*e));
 	int err = e ? md__engine_init(e, &eo) : -ENOMEM;
 	if (err)
@@ -202,23 +201,28 @@ int md_agent_pause(md_agent *a, int paused)
 	return err;
 }
 
-static uint64_t mem_available_bytes(void);
+unsigned md__io_unseen_delay_us, md__io_unseen_slept;	/* tests only: see agent_internal.h */
 
 void md_agent_io_unseen(md_agent *a, const char *what)
 {
-	/* Called on every submit of io_uring reads: once is enough. The flag
-	 * only goes from 0 to 1, under the lock. */
-	if (!a || __atomic_load_n(&a->io_unseen, __ATOMIC_ACQUIRE))
+	/* Called on every submit of io_uring reads: once is enough, once
+	 * done. The flags only go from 0 to 1, under the lock: a second
+	 * caller that found io_unseen set while the first was still at work
+	 * went on to submit, and its transfer could pin a page a merge then
+	 * replaced, or an image's page not made private yet. */
+	if (!a || __atomic_load_n(&a->io_unseen_done, __ATOMIC_ACQUIRE))
 		return;
 	/* Under the lock: a read mapping image pages over guest RAM is done
 	 * before we return (and so before the device pins what it will use),
 	 * and none maps after. */
 	md__agent_enter(a);
-	int before = __atomic_exchange_n(&a->io_unseen, 1, __ATOMIC_SEQ_CST);
+	int before = __atomic_load_n(&a->io_unseen, __ATOMIC_SEQ_CST);
 	if (!before && a->engine) {
+		/* Merges stop first: none starts once the flag is seen. */
 		md__inflight_block(&a->engine->io);
 		__atomic_store_n(&a->scanner.paused, 1, __ATOMIC_SEQ_CST);
 	}
+	__atomic_store_n(&a->io_unseen, 1, __ATOMIC_SEQ_CST);
 	/* Pages read-time sharing mapped from images go private too, before
 	 * the call that brought us here: a transfer we do not see (an
 	 * O_DIRECT write through io_uring, a device's DMA) would pin the
@@ -226,9 +230,14 @@ void md_agent_io_unseen(md_agent *a, const char *what)
 	 * the VMM's thread, once: the copies take as long as an unmerge's,
 	 * and are not made when memory is short (as an unmerge refuses). */
 	uint64_t owned = before ? 0 : md__owned_pages(a);
-	int short_of_memory = owned && owned * MD_PAGE + (64u << 20) > mem_available_bytes();
+	int short_of_memory = owned && owned * MD_PAGE + (64u << 20) > md__memroom_available(&a->memroom);
 	if (owned && !short_of_memory)
 		md__privatize(a, 0, UINTPTR_MAX, 0);
+	if (!before && __atomic_load_n(&md__io_unseen_delay_us, __ATOMIC_RELAXED)) {
+		usleep(md__io_unseen_delay_us);
+		__atomic_add_fetch(&md__io_unseen_slept, 1, __ATOMIC_RELAXED);
+	}
+	__atomic_store_n(&a->io_unseen_done, 1, __ATOMIC_RELEASE);
 	md__agent_leave(a);
 	if (short_of_memory)
 		md__log("not enough memory to make the %llu pages shared with images private: a transfer the "
@@ -302,105 +311,6 @@ int md_agent_set(md_agent *a, const char *key, const char *value)
 	 * (it may come later, or again after a reconnect) leaves it. */
 	__atomic_or_fetch(&a->scan_explicit, (unsigned)bit, __ATOMIC_RELAXED);
 	return 0;
-}
-
-/* The number a cgroup file holds; UINT64_MAX for none ("max") or none
- * readable. */
-static uint64_t file_u64(const char *dir, const char *name)
-{
-	char path[PATH_MAX + 32], buf[64];
-	snprintf(path, sizeof(path), "%s/%s", dir, name);
-	md__read_text(path, buf, sizeof(buf));
-	if (buf[0] < '0' || buf[0] > '9')	/* "max": no limit, or none */
-		return UINT64_MAX;
-	return strtoull(buf, NULL, 10);
-}
-
-/* The value of key in a cgroup's memory.stat ("key value" lines), 0 if
- * none. */
-static uint64_t stat_u64(const char *dir, const char *key)
-{
-	char path[PATH_MAX + 32], buf[8192];
-	snprintf(path, sizeof(path), "%s/memory.stat", dir);
-	md__read_text(path, buf, sizeof(buf));
-	size_t kl = strlen(key);
-	for (char *p = buf; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL)
-		if (strncmp(p, key, kl) == 0 && p[kl] == ' ')
-			return strtoull(p + kl + 1, NULL, 10);
-	return 0;
-}
-
-/* What the memory limits of this process's cgroup and its ancestors
- * leave (limit - usage, the least of them), in bytes: UINT64_MAX if none.
- * Copies beyond it would have the kernel reclaim or kill the VMM. The
- * usage counts page cache, of which the inactive part is reclaimed first
- * (a VMM doing buffered I/O sits near its limit): left out, as the host's
- * MemAvailable leaves it out. cgroup v1's memory controller where it is
- * mounted, else v2's. */
-static uint64_t cgroup_headroom(void)
-{
-	char buf[4096], dir[PATH_MAX];
-	const char *limit = NULL, *usage = NULL, *inactive = NULL;
-	if (md__read_text("/proc/self/cgroup", buf, sizeof(buf)) < 0)
-		return UINT64_MAX;
-	dir[0] = '\0';
-	char *lines, *names;
-	for (char *line = strtok_r(buf, "\n", &lines); line; line = strtok_r(NULL, "\n", &lines)) {
-		/* id:controllers:path, the controllers comma-separated */
-		char *ctl = strchr(line, ':'), *path = ctl ? strchr(ctl + 1, ':') : NULL;
-		if (!path)
-			continue;
-		*path++ = '\0';
-		ctl++;
-		int memory = 0;
-		for (char *c = strtok_r(ctl, ",", &names); c; c = strtok_r(NULL, ",", &names))
-			memory |= strcmp(c, "memory") == 0;
-		if (memory) {
-			snprintf(dir, sizeof(dir), "/sys/fs/cgroup/memory%s", path);
-			limit = "memory.limit_in_bytes", usage = "memory.usage_in_bytes";
-			inactive = "total_inactive_file";
-			break;
-		}
-		if (!*ctl && !limit) {
-			snprintf(dir, sizeof(dir), "/sys/fs/cgroup%s", path);
-			limit = "memory.max", usage = "memory.current", inactive = "inactive_file";
-		}
-	}
-	uint64_t room = UINT64_MAX;
-	size_t root = strlen(limit && !strcmp(limit, "memory.max") ? "/sys/fs/cgroup" : "/sys/fs/cgroup/memory");
-	while (limit && strlen(dir) >= root) {
-		uint64_t l = file_u64(dir, limit), u = file_u64(dir, usage);
-		if (l != UINT64_MAX && u != UINT64_MAX) {
-			uint64_t cache = stat_u64(dir, inactive);
-			u = u > cache ? u - cache : 0;
-			uint64_t left = l > u ? l - u : 0;
-			room = left < room ? left : room;
-		}
-		char *slash = strrchr(dir, '/');
-		if (!slash || (size_t)(slash - dir) < root)
-			break;
-		*slash = '\0';
-	}
-	return room;
-}
-
-/* Memory the copies of an unmerge may take: what the host has available,
- * or less if a cgroup limits this process. Without /proc (a VMM chrooted
- * where there is none, as QEMU's -chroot), the free memory and buffers
- * sysinfo(2) tells, page cache left out, and no cgroup's limit, which is
- * not found there (read as none, every unmerge was refused, and a VMM
- * that gave root up stayed in root's domain). */
-static uint64_t mem_available_bytes(void)
-{
-	char buf[4096];
-	struct sysinfo si;
-	uint64_t host = 0, room = cgroup_headroom();
-	char *p = md__read_text("/proc/meminfo", buf, sizeof(buf)) > 0 ? strstr(buf, "MemAvailable:") : NULL;
-	if (p)
-		host = strtoull(p + 13, NULL, 10) * 1024;
-	else if (sysinfo(&si) == 0)
-		host = ((uint64_t)si.freeram + si.bufferram) * si.mem_unit;
-	return room < host ? room : host;
 }
 
 /* Calls fn on each run of pages of r that show a pool page. */
@@ -495,7 +405,7 @@ static int unmerge_locked(md_agent *a, char *why, size_t size, int by)
 	/* Copies need memory: refuse, changing nothing, when the host lacks
 	 * it (with a margin of 64 MiB for everything else). */
 	int err = 0, refused = 0;
-	uint64_t avail = mem_available_bytes();
+	uint64_t avail = md__memroom_available(&a->memroom);
 	if (pages * MD_EPAGE + (64u << 20) > avail) {
 		err = -ENOMEM;
 		refused = 1;

@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "memdedup.h"
@@ -222,6 +223,40 @@ uint64_t md__count_vmas(void)
 	}
 	close(fd);
 	return lines;
+}
+
+void md__vmas_add(struct md__vmas *v, uint64_t n)
+{
+	/* adds first: a count that read it before this add's est moved has
+	 * it counted twice at worst, never missed (md__vmas_count). */
+	__atomic_add_fetch(&v->adds, n, __ATOMIC_SEQ_CST);
+	__atomic_add_fetch(&v->est, n, __ATOMIC_SEQ_CST);
+}
+
+uint64_t md__vmas_estimate(const struct md__vmas *v)
+{
+	return __atomic_load_n(&v->est, __ATOMIC_SEQ_CST);
+}
+
+uint64_t md__vmas_count(struct md__vmas *v)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	__atomic_store_n(&v->counted_ns, (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec,
+			 __ATOMIC_RELAXED);
+	__atomic_add_fetch(&v->counts, 1, __ATOMIC_RELAXED);
+	uint64_t before = __atomic_load_n(&v->adds, __ATOMIC_SEQ_CST);
+	uint64_t n = md__count_vmas();
+	if (!n)
+		return 0;
+	/* The count and the adds since it began; an add whose est moved
+	 * after our read of it fails the exchange, and we take it in. */
+	uint64_t est = __atomic_load_n(&v->est, __ATOMIC_SEQ_CST);
+	for (;;) {
+		uint64_t want = n + (__atomic_load_n(&v->adds, __ATOMIC_SEQ_CST) - before);
+		if (__atomic_compare_exchange_n(&v->est, &est, want, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+			return n;
+	}
 }
 
 /* Calls line(arg, text) for each line of a file of /proc/self, in order.

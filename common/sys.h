@@ -108,6 +108,23 @@ int md__range_file_maps(uintptr_t a, uintptr_t end, struct md__file_map **v, siz
 int md__proc_open(const char *name, int flags);
 /* Lines of /proc/self/maps: the process's mappings (VMAs) now. */
 uint64_t md__count_vmas(void);
+/* The process's mappings as the agent and its engine both reckon them:
+ * the last count plus every mapping either made since (each adds its own,
+ * so neither spends room the other took: each had its own estimate, and
+ * together they passed vm.max_map_count, where the VMM's own mmaps fail).
+ * Lock-free: adds and counts come from any thread. */
+struct md__vmas {
+	uint64_t est;           /* the last count + adds since (atomic) */
+	uint64_t adds;          /* every add ever (atomic) */
+	uint64_t counted_ns;    /* CLOCK_MONOTONIC of the last count tried (atomic) */
+	uint64_t counts;        /* counts tried (atomic) */
+};
+void md__vmas_add(struct md__vmas *v, uint64_t n);
+uint64_t md__vmas_estimate(const struct md__vmas *v);
+/* Counts for real; the estimate becomes the count plus what was added
+ * meanwhile. The count, or 0 if it failed (the estimate stays: 0 would
+ * open the whole budget again). */
+uint64_t md__vmas_count(struct md__vmas *v);
 /* The pages the process maps now, all of them and those of files and
  * shared memory (RssFile + RssShmem), from /proc/self/statm: a
  * copy-on-write break of a file page moves one of them by one page (a

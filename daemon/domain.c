@@ -11,21 +11,31 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "checksum.h"
 #include "daemon.h"
 
 static uint64_t new_generation(struct md__daemon *d)
 {
-	/* Wall-clock nanoseconds, forced upward: unique across restarts of
-	 * the daemon too (an agent compares it to the pool it maps). */
-	struct timespec t;
-	clock_gettime(CLOCK_REALTIME, &t);
-	uint64_t g = (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
-	if (g <= d->last_generation)
-		g = d->last_generation + 1;
+	/* 64 random bits, never 0 nor the last one given: an agent that meets
+	 * a generation again takes the pool for the one it knew (its slot
+	 * numbers, the references it owes), so no other daemon may give it,
+	 * the host's and a user's alive together or one restarted. Wall-clock
+	 * nanoseconds could repeat on a coarse clock or one set back. */
+	uint64_t g = 0;
+	while (g == 0 || g == d->last_generation) {
+		if (getrandom(&g, sizeof(g), GRND_NONBLOCK) != (ssize_t)sizeof(g)) {
+			/* No entropy yet (early boot): the clock, mixed. */
+			struct timespec t;
+			clock_gettime(CLOCK_REALTIME, &t);
+			g = ((uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec) ^
+			    ((uint64_t)getpid() << 40) ^ (d->last_generation * 0x9e3779b97f4a7c15ull);
+		}
+	}
 	d->last_generation = g;
 	return g;
 }

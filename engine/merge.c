@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "checksum.h"
@@ -118,6 +119,7 @@ int md__engine_init(struct md__engine *e, const struct md__engine_options *opts)
 	if (!o.pool_pages)
 		o.pool_pages = 1u << 20;
 	e->max_vmas = o.max_vmas ? o.max_vmas : default_max_vmas();
+	e->vmas = o.vmas ? o.vmas : &e->own_vmas;
 	pthread_rwlock_init(&e->regions_lock, NULL);
 	pthread_mutex_init(&e->lock, NULL);
 	pthread_mutex_init(&e->unref_lock, NULL);
@@ -148,7 +150,7 @@ int md__engine_init(struct md__engine *e, const struct md__engine_options *opts)
 	err = md__uffd_start(&e->uffd, on_fault, e);
 	if (err)
 		goto close_pagemap;
-	e->st.vmas = e->vma_estimate = md__count_vmas();	/* with the thread's stack */
+	e->st.vmas = md__vmas_count(e->vmas);	/* with the thread's stack */
 	return 0;
 
 close_pagemap:
@@ -459,7 +461,7 @@ static int freeze(struct md__engine *e, const struct md__eregion *r, uintptr_t a
 		else if (!budget_ok(e, 2))
 			err = -ENOSPC;
 		else if ((err = md__uffd_register_wp(&e->uffd, addr, len)) == 0)
-			e->vma_estimate += 2;
+			md__vmas_add(e->vmas, 2);
 		if (!err)
 			err = md__uffd_wp(&e->uffd, addr, len, 1);
 	}
@@ -1092,16 +1094,24 @@ int md__engine_locked(struct md__engine *e, int (*op)(void *arg), void *arg)
 
 static int budget_ok(struct md__engine *e, size_t new_vmas)
 {
-	if (e->vma_estimate + new_vmas <= e->max_vmas)
+	if (md__vmas_estimate(e->vmas) + new_vmas <= e->max_vmas)
 		return 1;
-	/* The estimate only ever rises: count for real before refusing. A
-	 * count that failed (0: maps unreadable, out of descriptors) keeps
+	/* The estimate only ever rises: count for real before refusing, but
+	 * not twice within a second. A count reads all of /proc/self/maps
+	 * (2 us a mapping: 110 ms at 55,000), and this runs with a run's
+	 * pages frozen: at the budget, each further mapping of a run counted
+	 * again while the run's writers waited. A count that failed keeps
 	 * the estimate, and refuses. */
-	uint64_t counted = md__count_vmas();
-	if (counted)
-		e->st.vmas = e->vma_estimate = counted;
-	if (counted && e->vma_estimate + new_vmas <= e->max_vmas)
-		return 1;
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	uint64_t now = (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+	if (now - __atomic_load_n(&e->vmas->counted_ns, __ATOMIC_RELAXED) >= 1000000000ull) {
+		uint64_t counted = md__vmas_count(e->vmas);
+		if (counted)
+			e->st.vmas = counted;
+		if (counted && md__vmas_estimate(e->vmas) + new_vmas <= e->max_vmas)
+			return 1;
+	}
 	e->st.budget_refused++;
 	return 0;
 }
@@ -1182,7 +1192,7 @@ static int remake_run(struct md__engine *e, struct md__eregion *r, uintptr_t a, 
 	md__policy_apply(a, len);
 	if (r->advice & MD_EADV_HUGEPAGE)
 		md__sys_madvise((void *)a, len, MADV_HUGEPAGE);
-	e->vma_estimate += 2;
+	md__vmas_add(e->vmas, 2);
 	size_t first = (a - r->start) / MD_EPAGE;
 	for (size_t i = 0; i < n; i++) {
 		release_ref(e, r, first + i);	/* in anonymous memory now */
@@ -1247,7 +1257,7 @@ static int map_pool(struct md__engine *e, struct md__eregion *r, uintptr_t addr,
 	 * mappings, every second of a convergence. */
 	/* At most two new VMAs (the split halves of what it replaced);
 	 * fewer when it joins a neighbour with adjacent pool offsets. */
-	e->vma_estimate += 2;
+	md__vmas_add(e->vmas, 2);
 	size_t first = (addr - r->start) / MD_EPAGE;
 	/* The new references before the old go: a page of the run that held
 	 * one of these slots (written since, not reaped yet) must not free
@@ -1298,7 +1308,7 @@ static int zero_run(struct md__engine *e, struct md__eregion *r, uintptr_t addr,
 		md__policy_apply(addr, n * MD_EPAGE);
 		if (r->advice & MD_EADV_HUGEPAGE)
 			md__sys_madvise((void *)addr, n * MD_EPAGE, MADV_HUGEPAGE);
-		e->vma_estimate += 2;
+		md__vmas_add(e->vmas, 2);
 	} else if (md__sys_madvise((void *)addr, n * MD_EPAGE, MADV_DONTNEED) != 0) {
 		return -errno;
 	}
@@ -1477,7 +1487,7 @@ int md__engine_merge_file(struct md__engine *e, void *addr, size_t n, int fd, of
 	 * leaves it alone from now on, written or not. */
 	apply_advice(r, a, n * MD_EPAGE);
 	md__policy_apply_file(a, n * MD_EPAGE, fd);
-	e->vma_estimate += 2;
+	md__vmas_add(e->vmas, 2);
 	size_t first = (a - r->start) / MD_EPAGE;
 	for (size_t i = 0; i < n; i++)
 		set_image(e, r, first + i);
@@ -1632,7 +1642,7 @@ static int map_fill(struct md__engine *e, struct md__eregion *r, uintptr_t addr,
 			thaw(e, a, (n - done) * MD_EPAGE);
 			return (int)done;
 		}
-		e->vma_estimate += 2;
+		md__vmas_add(e->vmas, 2);
 		size_t first = (a - r->start) / MD_EPAGE;
 		for (size_t i = 0; i < k; i++) {
 			release_ref(e, r, first + i);

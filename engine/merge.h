@@ -31,6 +31,7 @@
 #include "inflight.h"
 #include "pool.h"
 #include "remote.h"
+#include "sys.h"	/* struct md__vmas */
 #include "uffd.h"
 
 #define MD_EPAGE 4096u
@@ -153,6 +154,8 @@ struct md__engine_stats {
 struct md__engine_options {
 	size_t pool_pages;      /* pool slots; 0: 1 Mi (4 GiB) */
 	uint64_t max_vmas;      /* 0: vm.max_map_count - 5000 */
+	struct md__vmas *vmas;  /* the process's estimate, shared with the
+				 * agent's mappings; NULL: the engine's own */
 };
 
 /* A fill strip: MD_FILL_STRIP consecutive slots of our own pool, each one
@@ -186,7 +189,8 @@ struct md__engine {
 				 * under the lock once the range is holes, and
 				 * unregisters begun (atomic) */
 	uint64_t max_vmas;
-	uint64_t vma_estimate;  /* upper bound since the last count */
+	struct md__vmas *vmas;  /* upper bound since the last count (options) */
+	struct md__vmas own_vmas;
 	/* What the last md__engine_unmap gave up whole, beside its range
 	 * included ([0, 0): nothing): pages made private in pool mappings,
 	 * which only their caller can track from then on. */

@@ -1257,6 +1257,21 @@ static void read_over_budget(struct proc *p, int fd, const char *img)
 	proc_stop(p);
 }
 
+/* A pread outside guest RAM is the system call the VMM made, pread64, not
+ * preadv: under a seccomp filter that allows the one and not the other,
+ * the VMM's read failed with EPERM (or it was killed). */
+TEST_IMPL(pread_outside_ram_is_pread)
+{
+	const char *img = image(4);
+	struct proc a;
+	int fd = start_reader(&a, img, NULL);
+	ASSERT_EQ(proc_num(&a, "nopreadv"), 0);
+	ASSERT_EQ(proc_num(&a, "heapread %d 0 4096", fd), 4096);
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 0", fd), 65536);	/* into RAM, shared or copied */
+	proc_stop(&a);
+	return 0;
+}
+
 TEST_IMPL(vma_budget_falls_back)
 {
 	const char *img = image(4);

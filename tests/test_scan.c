@@ -878,6 +878,30 @@ TEST_IMPL(scan_forgets_vmm_hold_on_moved_ram)
 	return 0;
 }
 
+static int registered_all(const md_stats *s) { return s->registered_bytes == 1024 * PG; }
+
+/* Guest RAM the VMM moves (mremap) keeps its advice where it goes, and
+ * stays registered there: unregistered before the move and never again,
+ * its pages were no longer shared at read time nor merged. */
+TEST_IMPL(scan_moved_ram_stays_registered)
+{
+	struct proc a;
+	proc_start(&a, fast_scan);
+	proc_cmd(&a, "map 1024");
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, registered_all), 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill 0 64 3"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 64 3", 64 * PG), "ok") == 0);
+	ASSERT_EQ(proc_num(&a, "move 0 128"), 0);	/* the twins move, together */
+	ASSERT_EQ(proc_num(&a, "remap 0 128"), 0);	/* fresh memory where they were */
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.registered_bytes, 1152 * PG);	/* the moved 128 pages too */
+	merged_want = s.merged + 64;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_enough), 0);	/* merged where they went */
+	proc_stop(&a);
+	return 0;
+}
+
 static int zero_64(const md_stats *s) { return s->zero_pages >= 64; }
 
 /* Memory that stops asking for merging (MADV_UNMERGEABLE) gets back the
@@ -1879,6 +1903,73 @@ TEST_IMPL(scan_unmerge_after_chroot)
 	return 0;
 }
 
+/* The same after the VMM, in a memory cgroup, chrooted: the cgroup's
+ * limit is read through the files kept from the agent's start. Without
+ * them no limit was seen, and an unmerge the cgroup had no room for
+ * went ahead (the kernel reclaims or kills the VMM then). */
+TEST_IMPL(scan_unmerge_after_chroot_keeps_cgroup_limit)
+{
+	struct test_cgroup cg;
+	if (cgroup_make(&cg) != 0)
+		SKIP("no memory cgroup of our own to be had here");
+	char root[512];
+	snprintf(root, sizeof(root), "%s/unmerge-root", test_dir());
+	ASSERT(mkdir(root, 0755) == 0 || errno == EEXIST);
+	ASSERT_EQ(cgroup_limit(&cg, 1ull << 30), 0);	/* a limit when the agent starts */
+	int down[2], up[2];	/* to the child, from it */
+	ASSERT_EQ(pipe(down), 0);
+	ASSERT_EQ(pipe(up), 0);
+	pid_t pid = fork();
+	ASSERT(pid >= 0);
+	if (pid == 0) {
+		char c;
+		if (read(down[0], &c, 1) != 1)	/* in the cgroup */
+			_exit(2);
+		md_agent *a;
+		md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .domain = "private",
+				       .pages_to_scan = 1000, .sleep_ms = 1 };
+		if (md_agent_new(&a, &o) != 0)
+			_exit(3);
+		char *m = pairs_ram(64);
+		if (md_agent_register(a, m, 64 * PG, 0) != 0 || wait_merged(a, 32) != 0)
+			_exit(4);
+		if (chroot(root) != 0 || chdir("/") != 0)
+			_exit(5);
+		if (write(up[1], "m", 1) != 1 || read(down[0], &c, 1) != 1)	/* the limit lowered */
+			_exit(6);
+		if (md_agent_unmerge(a) != -ENOMEM)
+			_exit(7);
+		md_stats s;
+		if (md_agent_stats(a, &s) != 0 || s.pages_sharing != 64)
+			_exit(8);
+		if (write(up[1], "r", 1) != 1 || read(down[0], &c, 1) != 1)	/* the limit raised */
+			_exit(9);
+		if (md_agent_unmerge(a) != 0)
+			_exit(10);
+		_exit(md_agent_stats(a, &s) != 0 || s.pages_sharing ? 11 : 0);
+	}
+	close(up[1]);	/* a child that ended early reads as the end */
+	close(down[0]);
+	char c = 0;
+	ASSERT_EQ(cgroup_enter(&cg, pid), 0);
+	ASSERT_EQ(write(down[1], "e", 1), 1);
+	if (read(up[0], &c, 1) == 1 && c == 'm') {
+		/* Below the 64 MiB an unmerge keeps spare. */
+		ASSERT_EQ(cgroup_limit(&cg, cgroup_usage(&cg) + (32ull << 20)), 0);
+		ASSERT_EQ(write(down[1], "l", 1), 1);
+		if (read(up[0], &c, 1) == 1 && c == 'r') {
+			ASSERT_EQ(cgroup_limit(&cg, 1ull << 30), 0);
+			ASSERT_EQ(write(down[1], "h", 1), 1);
+		}
+	}
+	close(down[1]);	/* a child waiting on a step that failed here ends */
+	int st;
+	ASSERT(waitpid(pid, &st, 0) == pid);
+	ASSERT(WIFEXITED(st));
+	ASSERT_EQ(WEXITSTATUS(st), 0);
+	return 0;
+}
+
 /* An unmerge before any RAM was registered started a scanner that was
  * never made: resumed, it crashed; with RAM registered then, a second one
  * ran beside it. */
@@ -1957,6 +2048,38 @@ TEST_IMPL(scan_refused_unmerge_keeps_daemon_pause)
 	ASSERT_EQ(s.pages_sharing, n);	/* refused: still merged */
 	for (size_t i = 0; i < n * PG; i++)
 		ASSERT(m[i] == (char)((i / PG) % (n / 2) * 31 + i % PG));
+	md_agent_free(a);
+	munmap(m, n * PG);
+	return 0;
+}
+
+static void *io_unseen_first(void *arg)
+{
+	md_agent_io_unseen(arg, "test");
+	return NULL;
+}
+
+/* A second caller of md_agent_io_unseen (another I/O thread submitting)
+ * returns only once the first has stopped the merges and made the pages
+ * shared with images private: it found the flag set and went on to
+ * submit, its transfer pinning pages a merge could still replace. */
+TEST_IMPL(scan_io_unseen_second_caller_waits)
+{
+	md_agent *a;
+	const size_t n = 64;
+	char *m = inproc_agent(&a, 1000, n * PG);
+	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
+	md__io_unseen_delay_us = 300000;
+	pthread_t t;
+	ASSERT_EQ(pthread_create(&t, NULL, io_unseen_first, a), 0);
+	while (!__atomic_load_n(&a->io_unseen, __ATOMIC_SEQ_CST))
+		usleep(1000);
+	md_agent_io_unseen(a, "test");
+	unsigned slept = __atomic_load_n(&md__io_unseen_slept, __ATOMIC_RELAXED);
+	pthread_join(t, NULL);
+	md__io_unseen_delay_us = 0;
+	ASSERT_EQ(slept, 1);	/* the first was done when the second returned */
+	ASSERT(md__inflight_busy(&a->engine->io, (uintptr_t)m, PG));
 	md_agent_free(a);
 	munmap(m, n * PG);
 	return 0;

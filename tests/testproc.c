@@ -112,11 +112,14 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <liburing.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <linux/userfaultfd.h>
 #include <linux/vfio.h>
 #include <linux/vhost.h>
 #include <linux/mempolicy.h>
 #include <poll.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -825,6 +828,27 @@ int main(void)
 					break;
 			}
 			printf("%lld\n", total);
+		} else if (strcmp(cmd, "nopreadv") == 0) {
+			/* A seccomp filter that refuses preadv and preadv2 with
+			 * EPERM, as a VMM's allow-list without them would. */
+			struct sock_filter f[] = {
+				BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+				BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_preadv, 2, 0),
+				BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_preadv2, 1, 0),
+				BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+				BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+			};
+			struct sock_fprog prog = { sizeof(f) / sizeof(f[0]), f };
+			int r = prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 &&
+				syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &prog) == 0;
+			printf("%d\n", r ? 0 : -errno);
+		} else if (strcmp(cmd, "heapread") == 0) {
+			/* heapread FD OFF LEN: a pread into the heap, not guest RAM */
+			sscanf(line, "%*s %lld %lld %lld", &a1, &a2, &a3);
+			char *heap = malloc((size_t)a3);
+			ssize_t r = heap ? pread((int)a1, heap, (size_t)a3, (off_t)a2) : -1;
+			printf("%lld\n", r < 0 ? (long long)-errno : (long long)r);
+			free(heap);
 		} else if (strcmp(cmd, "rawread") == 0) {
 			/* rawread FD OFF LEN RAMOFF: a read the agent does not
 			 * see (the system call itself), as content that reaches
