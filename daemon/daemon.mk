@@ -36,6 +36,16 @@ $(B)/fuzz-replay-daemon: fuzz/replay.c fuzz/fuzz_daemon.c fuzz/fuzz_daemon.h $(D
 	$(CC) $(MD_CFLAGS) $(CFLAGS) -Iengine -Idaemon -o $@ $(filter-out %.h,$^) $(LDFLAGS) $(JSON_LIBS)
 tests-build: $(B)/fuzz-replay-daemon
 
+# The agent's side on whatever a daemon sends (fuzz/fuzz_client.c): the
+# client library and the engine's remote pool. Its connect() to the daemon,
+# recvmsg(), poll() and clock_gettime() are wrapped: it gets a socketpair's
+# end, the daemon answers what it was sent before the client reads, and a
+# wait for what will not come is over at once, its time passed.
+FUZZ_CLIENT_LDFLAGS := -Wl,--wrap=connect -Wl,--wrap=recvmsg -Wl,--wrap=poll -Wl,--wrap=clock_gettime
+$(B)/fuzz-replay-client: fuzz/replay.c fuzz/fuzz_client.c fuzz/fuzz_client.h $(B)/libmemdedup.a
+	$(CC) $(MD_CFLAGS) $(CFLAGS) -o $@ $(filter-out %.h,$^) $(LDFLAGS) $(FUZZ_CLIENT_LDFLAGS)
+tests-build: $(B)/fuzz-replay-client
+
 # The largest input of the replay (fuzz/replay.c): the largest message
 # (a STATUS_R of MD_MSG_MAX bytes) behind its header and a type byte.
 FUZZ_MAX_LEN := 1048593
@@ -62,20 +72,37 @@ fuzz-daemon-build:
 fuzz-daemon: fuzz-daemon-build
 	$(FUZZ_B)/fuzz-daemon -max_total_time=$(FUZZ_TIME) -max_len=$(FUZZ_MAX_LEN) -jobs=1 fuzz/corpus/daemon
 
+# libFuzzer build of fuzz_client (clang), the library instrumented in
+# build-fuzz: `make fuzz-client` (FUZZ_TIME seconds). Its sessions need
+# no megabyte: a shorter -max_len keeps the mutations where they matter.
+FUZZ_CLIENT_MAX_LEN := 65536
+fuzz-client-build:
+	$(MAKE) B=$(FUZZ_B) CC=clang OPT="-g -O1" \
+	  SAN="-fsanitize=fuzzer-no-link,address,undefined" $(FUZZ_B)/libmemdedup.a
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -Iinclude -Icommon \
+	  -Iengine -o $(FUZZ_B)/fuzz-client fuzz/fuzz_client.c $(FUZZ_B)/libmemdedup.a -pthread \
+	  $(FUZZ_CLIENT_LDFLAGS)
+fuzz-client: fuzz-client-build
+	$(FUZZ_B)/fuzz-client -max_total_time=$(FUZZ_TIME) -max_len=$(FUZZ_CLIENT_MAX_LEN) -jobs=1 \
+	  fuzz/corpus/client
+
 # Seeds into the corpora, made by this version's code (after a change of
 # the protocol, the statistics file or the daemon's sessions): one valid
 # message of every type, statistics files of this layout, sessions with
-# memdedupd.
+# memdedupd, an agent's sessions with a daemon.
 $(B)/fuzz-seeds: fuzz/protocol_seeds.c $(B)/libmemdedup.a
 	$(CC) $(MD_CFLAGS) $(CFLAGS) -o $@ $^ $(LDFLAGS)
 $(B)/fuzz-stats-seeds: fuzz/stats_file_seeds.c $(B)/libmemdedup.a
 	$(CC) $(MD_CFLAGS) $(CFLAGS) -o $@ $^ $(LDFLAGS)
 $(B)/fuzz-daemon-seeds: fuzz/daemon_seeds.c fuzz/fuzz_daemon.h $(B)/libmemdedup.a
 	$(CC) $(MD_CFLAGS) $(CFLAGS) -Iengine -o $@ $(filter-out %.h,$^) $(LDFLAGS)
-fuzz-seeds: $(B)/fuzz-seeds $(B)/fuzz-stats-seeds $(B)/fuzz-daemon-seeds
+$(B)/fuzz-client-seeds: fuzz/client_seeds.c fuzz/fuzz_client.h $(B)/libmemdedup.a
+	$(CC) $(MD_CFLAGS) $(CFLAGS) -o $@ $(filter-out %.h,$^) $(LDFLAGS)
+fuzz-seeds: $(B)/fuzz-seeds $(B)/fuzz-stats-seeds $(B)/fuzz-daemon-seeds $(B)/fuzz-client-seeds
 	$(B)/fuzz-seeds fuzz/corpus/protocol
 	$(B)/fuzz-stats-seeds fuzz/corpus/stats_file
-	@mkdir -p fuzz/corpus/daemon
+	@mkdir -p fuzz/corpus/daemon fuzz/corpus/client
 	$(B)/fuzz-daemon-seeds fuzz/corpus/daemon
+	$(B)/fuzz-client-seeds fuzz/corpus/client
 
-.PHONY: fuzz-protocol fuzz-daemon fuzz-daemon-build fuzz-seeds
+.PHONY: fuzz-protocol fuzz-daemon fuzz-daemon-build fuzz-client fuzz-client-build fuzz-seeds

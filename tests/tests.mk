@@ -37,14 +37,17 @@ check-unit: all
 # parser's overread is caught (a plain build sees crashes alone).
 ASAN_BUILD = $(MAKE) B=build-asan OPT="-O1 -g -fno-omit-frame-pointer" SAN="-fsanitize=address,undefined"
 
-check-fuzz: $(B)/fuzz-replay $(B)/fuzz-replay-protocol $(B)/fuzz-replay-daemon
+check-fuzz: $(B)/fuzz-replay $(B)/fuzz-replay-protocol $(B)/fuzz-replay-daemon $(B)/fuzz-replay-client
 	$(B)/fuzz-replay fuzz/corpus/stats_file
 	$(B)/fuzz-replay-protocol fuzz/corpus/protocol
 	$(B)/fuzz-replay-daemon fuzz/corpus/daemon
-	$(ASAN_BUILD) build-asan/fuzz-replay build-asan/fuzz-replay-protocol build-asan/fuzz-replay-daemon
+	$(B)/fuzz-replay-client fuzz/corpus/client
+	$(ASAN_BUILD) build-asan/fuzz-replay build-asan/fuzz-replay-protocol build-asan/fuzz-replay-daemon \
+	  build-asan/fuzz-replay-client
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay fuzz/corpus/stats_file
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-protocol fuzz/corpus/protocol
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-daemon fuzz/corpus/daemon
+	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-client fuzz/corpus/client
 
 check-guest: all guest
 	tests/guest/test_two_guests.sh
@@ -60,6 +63,7 @@ fuzz: $(AGENT_SRC) fuzz/fuzz_stats_file.c
 	$(B)/fuzz-stats-file -max_total_time=60 fuzz/corpus/stats_file
 	$(MAKE) fuzz-protocol
 	$(MAKE) fuzz-daemon
+	$(MAKE) fuzz-client
 
 # The slow tier: sanitizers, the writer stress tests for 10 minutes each, and
 # two guests whose duplicates only scanning finds.
@@ -77,6 +81,7 @@ check-sanitize:
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay fuzz/corpus/stats_file
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-protocol fuzz/corpus/protocol
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-daemon fuzz/corpus/daemon
+	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-client fuzz/corpus/client
 	MD_BUILD_DIR=build-asan MD_TEST_PRELOAD_FIRST=$$($(CC) -print-file-name=libasan.so) \
 	  ASAN_OPTIONS=detect_leaks=0 build-asan/runner
 

@@ -1,0 +1,955 @@
+/* fuzz_client.c - an agent's side of the protocol on whatever a daemon
+ * sends: the client library (common/client.c: replies read in order, late
+ * ones settled and what they granted given back, CONTROLs, CANDIDATES and
+ * SHAREs queued, the receive buffer, descriptors passed) and what the
+ * engine makes of it (engine/remote.c: the WELCOME's pool and its size, the
+ * generation, slots of LOOKUP, PUBLISH and REF replies mapped over guest
+ * RAM, CANDIDATES addresses visited by the scanner). memdedupd runs as root
+ * or as the VMM's user, but a buggy one, or another program at its socket,
+ * must not crash QEMU nor make the agent touch memory it did not map: a bad
+ * reply is refused (an error, the connection dropped).
+ *
+ * An engine with memdedupd's pool is built in this process for each input,
+ * with guest RAM of FC_RAM_PAGES (scans and merges need userfaultfd:
+ * without it only the calls run). Its connect()s to the daemon (FC_SOCKET)
+ * get one end of a socketpair instead (the link wraps connect), the other
+ * end is the daemon, and the input says what it says and what the agent
+ * calls (fuzz_client.h): bytes (with a pool's descriptor, or one that is no
+ * pool), EOF, a close; every client call the engine and the agent make, a
+ * connect, scanner steps, merges with slots of the input's choosing,
+ * writes over merged pages, reaps, unregisters.
+ *
+ * One thread, and an input does the same each time: the daemon answers a
+ * request only once the client has sent it (recvmsg is wrapped: first the
+ * daemon reads, then it writes what it may), so replies given before a
+ * call come in time, those given after it come late; and a wait for the
+ * socket that nothing can end is over at once (poll is wrapped), its time
+ * passed (CLOCK_MONOTONIC runs ahead by it). Seqs in the input may be
+ * relative to the last request (fuzz_client.h), so an input answers the
+ * requests it causes whatever came before. What the client sends must
+ * decode, seqs rising; at the end the engine and the connection are torn
+ * down, leak-free (the replay runs under ASan's leak checker), and every
+ * descriptor must be closed. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "checksum.h"
+#include "client.h"
+#include "fuzz_client.h"
+#include "log.h"
+#include "merge.h"
+#include "remote.h"
+#include "rxbuf.h"
+#include "scanner.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int md_fuzz_replay_check(void);
+int __wrap_connect(int fd, const struct sockaddr *sa, socklen_t len);
+int __real_connect(int fd, const struct sockaddr *sa, socklen_t len);
+ssize_t __wrap_recvmsg(int fd, struct msghdr *mh, int flags);
+ssize_t __real_recvmsg(int fd, struct msghdr *mh, int flags);
+int __wrap_poll(struct pollfd *p, nfds_t n, int timeout);
+int __real_poll(struct pollfd *p, nfds_t n, int timeout);
+int __wrap_clock_gettime(clockid_t id, struct timespec *ts);
+int __real_clock_gettime(clockid_t id, struct timespec *ts);
+
+#define PG MD_EPAGE
+
+/* The daemon's end of a connection. What the input has it write is
+ * queued, and goes to the socket when the client reads it, up to the first
+ * reply to a request the client has not sent yet: a daemon answers only
+ * what it was asked (messages of seq 0 it sends when it likes, in order
+ * with the rest). So a reply the input gives before a call comes in time,
+ * even when the client reads what is waiting first; one given after the
+ * call timed out comes late. */
+struct gate {
+	size_t at;                 /* where a reply's header starts in q */
+	uint32_t seq;
+};
+struct fdmark {
+	size_t at;                 /* the byte of q a descriptor goes with */
+	unsigned kind;             /* FC_FD_* */
+};
+struct dside {
+	int fd;                    /* -1: none */
+	int cfd;                   /* the client's end (its number) */
+	uint32_t sent;             /* seq of the last request read from the client */
+	uint32_t types;            /* the types of the requests read, since the harness looked */
+	struct md__rxbuf in;       /* what the client sent, framed */
+	unsigned char *q;          /* what the daemon says, seqs made absolute */
+	size_t qlen, qcap, qrel;   /* bytes [qrel, qlen) are not in the socket yet */
+	size_t skip, hdr_at;       /* the walk of q: payload bytes left, the next header */
+	int lost;                  /* no header where one should be: the client stops there */
+	struct gate *gate;
+	size_t ngate, gate_cap, gate_next;
+	struct fdmark fdm[8];
+	unsigned nfdm;
+	int hang;                  /* shut down writing once all of q is out */
+	uint32_t unref[8];         /* the first slots of the last UNREF of several */
+	unsigned nunref;
+};
+
+/* What the daemon says first on the next connections (FC_SEND with none). */
+#define BLOCKS 4
+struct block {
+	uint8_t *bytes;
+	size_t len;
+	unsigned fd_kind;
+};
+
+static struct {
+	struct block block[BLOCKS];
+	unsigned nblock;
+	struct dside made[2];      /* the connections the last connect made */
+	unsigned nmade;
+	struct dside *d;           /* the engine's connection's */
+} conn;
+
+/* Outcomes the corpus reached (replay only). */
+enum {
+	SEEN_CONNECT, SEEN_RETRY, SEEN_SAME_DAEMON, SEEN_LOOKUP, SEEN_PUBLISHED, SEEN_REF,
+	SEEN_LATE, SEEN_GIVE_BACK, SEEN_SPLIT, SEEN_CONTROL, SEEN_CANDIDATES, SEEN_SHARE,
+	SEEN_REQUEST, SEEN_BROKEN, SEEN_MERGE, SEEN_SCAN_MERGE, SEEN_CANDIDATE_MERGE, SEEN_END
+};
+static const char *const seen_name[SEEN_END] = {
+	"a connect", "a connect on the second try (HELLO without its flags)",
+	"a reconnect to the same daemon", "a LOOKUP answered", "a page published",
+	"a REF granted", "a request timed out", "a late grant given back",
+	"a refused UNREF sent again split", "a CONTROL", "CANDIDATES", "a SHARE",
+	"a STATUS or CONTROL answered", "a reply out of protocol",
+	"a merge with the input's slots", "a scanner's merge", "a merge of a candidate",
+};
+static uint32_t seen;
+static int engine_ran;	/* an input had userfaultfd: scans and merges ran */
+static FILE *trace;	/* MD_FUZZ_LOG=1: ops, what each side says, and the library's log */
+
+static uint32_t get32(const unsigned char *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static void put32(unsigned char *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		p[i] = (unsigned char)(v >> (8 * i));
+}
+
+/* Queues len bytes the daemon says (with a descriptor of fd_kind): their
+ * relative seqs made absolute from d->sent, each reply's place noted. */
+static void dside_say(struct dside *d, const uint8_t *b, size_t len, unsigned fd_kind)
+{
+	if (trace)
+		fprintf(trace, "fuzz_client: daemon says %zu bytes%s\n", len, fd_kind ? " with a descriptor" : "");
+	if (!len)
+		return;	/* a descriptor goes with a byte at least */
+	if (d->qlen + len > d->qcap) {
+		size_t cap = d->qcap ? d->qcap : 4096;
+		while (cap < d->qlen + len)
+			cap *= 2;
+		unsigned char *q = realloc(d->q, cap);
+		if (!q)
+			return;
+		d->q = q;
+		d->qcap = cap;
+	}
+	if (fd_kind && d->nfdm < sizeof(d->fdm) / sizeof(d->fdm[0]))
+		d->fdm[d->nfdm++] = (struct fdmark){ d->qlen, fd_kind };
+	memcpy(d->q + d->qlen, b, len);
+	d->qlen += len;
+	while (!d->lost) {
+		if (d->hdr_at < d->qlen && d->skip) {
+			size_t k = d->qlen - d->hdr_at < d->skip ? d->qlen - d->hdr_at : d->skip;
+			d->hdr_at += k;
+			d->skip -= k;
+			continue;
+		}
+		if (d->qlen - d->hdr_at < MD_MSG_HDR_SIZE)
+			break;
+		unsigned char *h = d->q + d->hdr_at;
+		if (get32(h) != MD_MSG_MAGIC) {
+			d->lost = 1;
+			break;
+		}
+		uint32_t seq = get32(h + 12);
+		if (seq & 0x80000000u)
+			seq = d->sent + (uint32_t)((int32_t)(seq << 1) >> 1);
+		if (d->hdr_at + 12 >= d->qrel)	/* not out yet (but a header cut by a call) */
+			put32(h + 12, seq);
+		if (seq) {
+			if (d->ngate == d->gate_cap) {
+				size_t cap = d->gate_cap ? 2 * d->gate_cap : 64;
+				struct gate *g = realloc(d->gate, cap * sizeof(*g));
+				if (!g)
+					break;
+				d->gate = g;
+				d->gate_cap = cap;
+			}
+			d->gate[d->ngate++] = (struct gate){ d->hdr_at, seq };
+		}
+		d->skip = get32(h + 8);
+		d->hdr_at += MD_MSG_HDR_SIZE;
+	}
+}
+
+static const unsigned char *pattern(unsigned k)
+{
+	static unsigned char pat[FC_PATTERNS][PG];
+	static int made;
+	if (!made) {
+		for (unsigned p = 0; p < FC_PATTERNS; p++) {
+			uint32_t x = p * 2654435761u + 1;
+			for (unsigned i = 0; i < PG; i += 4) {
+				x = x * 1103515245u + 12345u;
+				memcpy(pat[p] + i, &x, 4);
+			}
+		}
+		made = 1;
+	}
+	return pat[k % FC_PATTERNS];
+}
+
+/* A descriptor of kind (FC_FD_*) into fds (up to 2); how many. */
+static int make_fds(unsigned kind, int *fds)
+{
+	if (kind == FC_FD_NONE)
+		return 0;
+	if (kind == FC_FD_PIPE) {
+		int p[2];
+		if (pipe2(p, O_CLOEXEC) != 0)
+			return 0;
+		close(p[1]);
+		fds[0] = p[0];
+		return 1;
+	}
+	if (kind == FC_FD_TWO) {
+		int n = make_fds(FC_FD_POOL, fds);
+		return n + make_fds(FC_FD_POOL, fds + n);
+	}
+	int fd = memfd_create("memdedup-pool", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (fd < 0)
+		return 0;
+	unsigned pages = kind == FC_FD_SHORT ? 2 : kind == FC_FD_EMPTY ? 0 : FC_POOL_PAGES;
+	for (unsigned k = 0; k < pages; k++)
+		if (pwrite(fd, pattern(k), PG, (off_t)k * PG) != PG)
+			break;
+	if (kind != FC_FD_UNSEALED)
+		fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK);
+	if (kind == FC_FD_WRITABLE) {
+		fds[0] = fd;
+		return 1;
+	}
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+	fds[0] = open(path, O_RDONLY | O_CLOEXEC);
+	close(fd);
+	return fds[0] >= 0;
+}
+
+/* Sends q[qrel, upto) (a descriptor with the first byte if one goes there):
+ * what the socket takes. 0, or -1 when it takes no more now. */
+static int dside_send(struct dside *d, size_t upto, unsigned fd_kind)
+{
+	int fds[2], nfd = make_fds(fd_kind, fds);
+	union {
+		struct cmsghdr h;
+		char buf[CMSG_SPACE(2 * sizeof(int))];
+	} ctl;
+	struct iovec iov = { d->q + d->qrel, upto - d->qrel };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+	if (nfd) {
+		memset(&ctl, 0, sizeof(ctl));
+		mh.msg_control = ctl.buf;
+		mh.msg_controllen = CMSG_SPACE((size_t)nfd * sizeof(int));
+		struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN((size_t)nfd * sizeof(int));
+		memcpy(CMSG_DATA(cm), fds, (size_t)nfd * sizeof(int));
+	}
+	ssize_t w = sendmsg(d->fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+	for (int i = 0; i < nfd; i++)
+		close(fds[i]);
+	if (w <= 0)
+		return -1;
+	d->qrel += (size_t)w;
+	return d->qrel == upto ? 0 : -1;
+}
+
+/* Puts in the socket what the daemon has said, but replies to requests
+ * not sent yet (all of it with all). */
+static void dside_release(struct dside *d, int all)
+{
+	if (d->fd < 0)
+		return;
+	while (d->gate_next < d->ngate && (d->gate[d->gate_next].at < d->qrel ||
+	       (int32_t)(d->gate[d->gate_next].seq - d->sent) <= 0))
+		d->gate_next++;
+	size_t upto = d->gate_next < d->ngate && !all ? d->gate[d->gate_next].at : d->qlen;
+	while (d->qrel < upto) {
+		size_t end = upto;
+		unsigned kind = 0;
+		for (unsigned i = 0; i < d->nfdm; i++) {
+			if (d->fdm[i].at == d->qrel)
+				kind = d->fdm[i].kind;
+			else if (d->fdm[i].at > d->qrel && d->fdm[i].at < end)
+				end = d->fdm[i].at;
+		}
+		if (trace)
+			fprintf(trace, "fuzz_client: daemon writes %zu bytes%s\n", end - d->qrel,
+				kind ? " with a descriptor" : "");
+		if (dside_send(d, end, kind) != 0)
+			return;
+	}
+	if (d->hang && d->qrel == d->qlen) {
+		shutdown(d->fd, SHUT_WR);
+		d->hang = 0;
+	}
+}
+
+static void dside_close(struct dside *d)
+{
+	if (d->fd >= 0)
+		close(d->fd);
+	md__rxbuf_free(&d->in);
+	free(d->q);
+	free(d->gate);
+	*d = (struct dside){ .fd = -1, .cfd = -1 };
+}
+
+/* Reads what the client sent: each message must decode, each request's
+ * seq higher than the last. */
+static void dside_read(struct dside *d)
+{
+	static struct md__msg m;
+	while (d->fd >= 0) {
+		struct md__msg_hdr h;
+		size_t need;
+		int got = md__rxbuf_next(&d->in, &h, &need);
+		if (got < 0)
+			__builtin_trap();	/* the client sent a bad header */
+		if (got) {
+			if (md__msg_decode(d->in.buf + d->in.head, need, &m) != 0)
+				__builtin_trap();	/* or a malformed message */
+			if (h.seq == 0 || (int32_t)(h.seq - d->sent) <= 0)
+				__builtin_trap();	/* or seqs out of order */
+			d->sent = h.seq;
+			d->types |= 1u << h.type;
+			if (h.type == MD_MSG_UNREF && m.u.refs.n > 1) {
+				d->nunref = m.u.refs.n < 8 ? m.u.refs.n : 8;
+				memcpy(d->unref, m.u.refs.slot, d->nunref * sizeof(*d->unref));
+			}
+			for (unsigned i = 0; h.type == MD_MSG_UNREF && m.u.refs.n == 1 && i < d->nunref; i++)
+				if (d->unref[i] == m.u.refs.slot[0])
+					seen |= 1u << SEEN_SPLIT;	/* one of them alone */
+			if (trace)
+				fprintf(trace, "fuzz_client: client sent %s seq %u\n", md__msg_type_name(h.type),
+					h.seq);
+			d->in.head += need;
+			continue;
+		}
+		if (md__rxbuf_room(&d->in, need) != 0)
+			return;
+		ssize_t r = recv(d->fd, d->in.buf + d->in.len, d->in.cap - d->in.len, MSG_DONTWAIT);
+		if (r <= 0)
+			return;
+		d->in.len += (size_t)r;
+	}
+}
+
+static void bufs_big(int fd)
+{
+	int big = 4 << 20;
+	if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &big, sizeof(big)) != 0)
+		setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &big, sizeof(big));
+}
+
+/* md__client_connect's connect(): to FC_SOCKET it gets one end of a
+ * socketpair, the daemon the other, with what the next block says queued. */
+int __wrap_connect(int fd, const struct sockaddr *sa, socklen_t len)
+{
+	const struct sockaddr_un *un = (const struct sockaddr_un *)sa;
+	int sv[2];
+	if (sa->sa_family != AF_UNIX || strcmp(un->sun_path, FC_SOCKET) != 0)
+		return __real_connect(fd, sa, len);
+	if (conn.nmade == 2 || socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+		errno = ECONNREFUSED;
+		return -1;
+	}
+	if (dup3(sv[0], fd, O_CLOEXEC) < 0) {
+		close(sv[0]);
+		close(sv[1]);
+		errno = ECONNREFUSED;
+		return -1;
+	}
+	close(sv[0]);
+	bufs_big(fd);
+	bufs_big(sv[1]);
+	struct dside *d = &conn.made[conn.nmade++];
+	*d = (struct dside){ .fd = sv[1], .cfd = fd };
+	if (conn.nblock) {
+		struct block b = conn.block[0];
+		memmove(conn.block, conn.block + 1, --conn.nblock * sizeof(b));
+		dside_say(d, b.bytes, b.len, b.fd_kind);
+		free(b.bytes);
+	}
+	return 0;
+}
+
+/* The daemon's end of the client's socket fd, or NULL. The newest first:
+ * a client's descriptor number is its closed predecessor's. */
+static struct dside *dside_of(int fd)
+{
+	for (unsigned i = conn.nmade; i-- > 0;)
+		if (conn.made[i].fd >= 0 && conn.made[i].cfd == fd)
+			return &conn.made[i];
+	return conn.d && conn.d->fd >= 0 && conn.d->cfd == fd ? conn.d : NULL;
+}
+
+/* The client reads: the daemon reads first what it was sent, and answers. */
+ssize_t __wrap_recvmsg(int fd, struct msghdr *mh, int flags)
+{
+	struct dside *d = dside_of(fd);
+	if (d) {
+		dside_read(d);
+		dside_release(d, 0);
+	}
+	return __real_recvmsg(fd, mh, flags);
+}
+
+/* Time the client waited in vain: CLOCK_MONOTONIC is that much ahead. */
+static int64_t skew_ms;
+
+/* The client waits for its socket: in this one thread nothing comes that
+ * is not there now, so the wait is over at once and its time has passed. */
+int __wrap_poll(struct pollfd *p, nfds_t n, int timeout)
+{
+	struct dside *d = n == 1 && timeout > 0 ? dside_of(p->fd) : NULL;
+	if (!d)
+		return __real_poll(p, n, timeout);
+	dside_read(d);
+	dside_release(d, 0);
+	int r = __real_poll(p, n, 0);
+	if (r == 0)
+		__atomic_add_fetch(&skew_ms, timeout, __ATOMIC_RELAXED);
+	return r;
+}
+
+int __wrap_clock_gettime(clockid_t id, struct timespec *ts)
+{
+	int r = __real_clock_gettime(id, ts);
+	int64_t skew = __atomic_load_n(&skew_ms, __ATOMIC_RELAXED);
+	if (r == 0 && id == CLOCK_MONOTONIC && skew) {
+		int64_t ns = (int64_t)ts->tv_nsec + skew % 1000 * 1000000;
+		ts->tv_sec += (time_t)(skew / 1000 + ns / 1000000000);
+		ts->tv_nsec = (long)(ns % 1000000000);
+	}
+	return r;
+}
+
+struct fc {
+	struct md__engine *e;
+	struct md__remote rm;
+	struct md__scanner s;
+	int full;                  /* md__engine_init ran (userfaultfd): scans, merges */
+	int registered;            /* ram is the engine's (at the first op that needs it:
+				    * under ASan, reading smaps is most of an input's time) */
+	unsigned char *ram;
+	struct dside d;            /* the daemon's end of dc's connection */
+	struct md__client *dc;
+};
+
+static void pattern_fill(unsigned char *page, unsigned i)
+{
+	memcpy(page, pattern(i), PG);
+}
+
+static int engine_up(struct fc *f)
+{
+	struct md__engine_options o = { .pool_pages = 64 };
+	f->e = calloc(1, sizeof(*f->e));
+	if (!f->e)
+		return -ENOMEM;
+	f->full = md__engine_init(f->e, &o) == 0;
+	engine_ran |= f->full;
+	if (!f->full) {
+		/* What the remote pool's calls use of an engine. */
+		memset(f->e, 0, sizeof(*f->e));
+		f->e->pool.fd = f->e->pool.ro_fd = f->e->pagemap_fd = -1;
+		pthread_rwlock_init(&f->e->regions_lock, NULL);
+		pthread_mutex_init(&f->e->lock, NULL);
+		pthread_mutex_init(&f->e->unref_lock, NULL);
+	}
+	if (md__remote_init(&f->rm, FC_SOCKET, "fuzz") != 0)
+		goto down;
+	f->e->remote = &f->rm;
+	f->ram = mmap((void *)(uintptr_t)FC_RAM_ADDR, FC_RAM_PAGES * PG, PROT_READ | PROT_WRITE,
+		      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+	if (f->ram == MAP_FAILED)
+		f->ram = mmap(NULL, FC_RAM_PAGES * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (f->ram == MAP_FAILED)
+		goto fini;
+	for (unsigned i = 0; i < FC_RAM_PAGES; i++)
+		pattern_fill(f->ram + i * PG, i);
+	if (f->full)
+		md__scanner_init(&f->s, f->e, NULL);
+	f->d = (struct dside){ .fd = -1, .cfd = -1 };
+	conn.d = &f->d;
+	return 0;
+fini:
+	md__remote_fini(&f->rm);
+down:
+	if (f->full)
+		md__engine_fini(f->e);
+	free(f->e);
+	return -ENOMEM;
+}
+
+static void engine_down(struct fc *f)
+{
+	if (f->full) {
+		md__scanner_free(&f->s);
+		md__engine_fini(f->e);
+	} else {
+		free(f->e->unref_q);
+		pthread_mutex_destroy(&f->e->unref_lock);
+		pthread_mutex_destroy(&f->e->lock);
+		pthread_rwlock_destroy(&f->e->regions_lock);
+	}
+	md__remote_fini(&f->rm);
+	munmap(f->ram, FC_RAM_PAGES * PG);
+	free(f->e);
+	dside_close(&f->d);
+	conn.d = NULL;
+	for (unsigned i = 0; i < conn.nblock; i++)
+		free(conn.block[i].bytes);
+	conn.nblock = 0;
+}
+
+/* md__engine_remote_connect, as the agent's thread calls it: when not
+ * connected. The connection it kept is the last it made. */
+static int op_connect(struct fc *f)
+{
+	if (md__remote_connected(&f->rm))
+		return 0;
+	uint64_t gen = f->rm.generation;
+	int had = f->rm.connects != 0;
+	conn.nmade = 0;
+	int err = md__engine_remote_connect(f->e);
+	unsigned made = conn.nmade;
+	for (unsigned i = 0; i < made; i++) {
+		dside_read(&conn.made[i]);
+		if (!err && i + 1 == made) {
+			dside_close(&f->d);
+			f->d = conn.made[i];
+			f->dc = f->rm.c;
+		} else {
+			dside_close(&conn.made[i]);
+		}
+	}
+	conn.nmade = 0;
+	for (unsigned i = 0; i < conn.nblock; i++)
+		free(conn.block[i].bytes);
+	conn.nblock = 0;
+	if (!err) {
+		seen |= 1u << SEEN_CONNECT;
+		if (made == 2)
+			seen |= 1u << SEEN_RETRY;
+		if (had && f->rm.generation == gen)
+			seen |= 1u << SEEN_SAME_DAEMON;
+	}
+	return err;
+}
+
+/* Slot k of a run an argument byte b names: from b on, or with b past 191
+ * from near the top of the slots' range (wrapping past it). */
+static uint32_t slot_of(unsigned b, size_t k)
+{
+	return (b < 192 ? b : UINT32_MAX - (255 - b)) + (uint32_t)k;
+}
+
+/* n guest pages from page i on (wrapping), their hashes. */
+static void guest_pages(const struct fc *f, size_t n, uint64_t *hash, uint64_t *addr, const void **page)
+{
+	for (size_t k = 0; k < n; k++) {
+		const unsigned char *p = f->ram + k % FC_RAM_PAGES * PG;
+		if (hash)
+			hash[k] = md__page_hash(p);
+		if (addr)
+			addr[k] = (uintptr_t)p;
+		if (page)
+			page[k] = p;
+	}
+}
+
+static uint64_t merged(const struct fc *f)
+{
+	return f->full ? f->s.st.merged_scan + f->s.st.merged_candidate : 0;
+}
+
+/* The call op (FC_*) with arguments a, b and flags fl. Returns its result. */
+static long op_call(struct fc *f, unsigned op, unsigned fl, unsigned a, unsigned b)
+{
+	static uint64_t hash[MD_LOOKUP_MAX], addr[MD_LOOKUP_MAX], tag[MD_LOOKUP_MAX], cand[MD_CLIENT_CANDIDATES];
+	static uint32_t slot[MD_LOOKUP_MAX];
+	static const void *page[MD_PUBLISH_MAX];
+	static int status[MD_PUBLISH_MAX];
+	static unsigned char pages[16 * PG];
+	struct md__remote *rm = &f->rm;
+	struct md__client *c = rm->c;
+	uint64_t gen = rm->generation;
+	long r = 0;
+	size_t n;
+
+	switch (op) {
+	case FC_CONNECT:
+		return op_connect(f);
+	case FC_DROP:
+		md__engine_remote_drop(f->e);
+		return 0;
+	case FC_SLEEP:
+		__atomic_add_fetch(&skew_ms, MD_CLIENT_LATE_MAX_MS + 1, __ATOMIC_RELAXED);
+		return 0;
+	case FC_SMALL_BUF: {
+		/* Requests then go a piece at a time, as the daemon reads. */
+		int small = 4096;
+		return c ? setsockopt(md__client_fd(c), SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)) : -ENOTCONN;
+	}
+	case FC_LOOKUP:
+		n = fl & 1 ? MD_LOOKUP_MAX : 1 + a % 16;
+		guest_pages(f, n, hash, addr, NULL);
+		for (size_t k = 0; k < n; k++)
+			tag[k] = k % 3 == 1 ? md__read_tag(md__read_key(1, 2), k * PG) : 0;
+		r = md__remote_lookup_n(rm, hash, addr, tag, (uint32_t)n, slot);
+		if (!r)
+			seen |= 1u << SEEN_LOOKUP;
+		return r;
+	case FC_PUBLISH_EACH:
+		n = 1 + a % 16;
+		guest_pages(f, n, hash, NULL, page);
+		r = md__remote_publish_each(rm, hash, page, (uint32_t)n, slot, status, fl & 1 ? gen + 1 : gen);
+		for (size_t k = 0; !r && k < n; k++)
+			if (!status[k])
+				seen |= 1u << SEEN_PUBLISHED;
+		return r;
+	case FC_PUBLISH:
+		if (!c)
+			return -ENOTCONN;
+		n = 1 + a % 16;
+		for (size_t k = 0; k < n; k++) {
+			pattern_fill(pages + k * PG, (unsigned)k);
+			hash[k] = md__page_hash(pages + k * PG);
+		}
+		return md__client_publish(c, hash, pages, (uint32_t)n, slot);
+	case FC_REF:
+		n = 1 + a % 8;
+		for (size_t k = 0; k < n; k++)
+			slot[k] = slot_of(b, k);
+		r = md__remote_ref_n(rm, slot, (uint32_t)n, fl & 1 ? -1 : 1, fl & 2 ? gen + 1 : gen);
+		if (!r && !(fl & 1))
+			seen |= 1u << SEEN_REF;
+		return r;
+	case FC_REPORT:
+		for (size_t k = 0; k < 8; k++)
+			hash[k] = k * 1000;
+		return md__remote_report(rm, hash, a % 9);
+	case FC_READS: {
+		struct md__read_run run = { md__read_key(1, 2), 0, (uintptr_t)f->ram, 1 + a % 8 };
+		return md__remote_reads(rm, &run, 1);
+	}
+	case FC_CONTROL_DONE:
+		return md__remote_control_done(rm, a, -(int)(a % 4), a % 2 ? "fuzz" : NULL);
+	case FC_NEXT_CONTROL: {
+		struct md__msg_control ctl;
+		for (n = 0; n <= MD_CLIENT_QUEUE && (r = md__remote_next_control(rm, &ctl)) == 0; n++)
+			seen |= 1u << SEEN_CONTROL;
+		return r;
+	}
+	case FC_CANDIDATES:
+		n = md__remote_take_candidates(rm, cand, 1 + (size_t)a * 16);
+		if (n)
+			seen |= 1u << SEEN_CANDIDATES;
+		return (long)n;
+	case FC_SHARE:
+		r = md__remote_share(rm);
+		if (r)
+			seen |= 1u << SEEN_SHARE;
+		return r;
+	case FC_REQUEST: {
+		/* The CLI's: a STATUS page, or a CONTROL. */
+		static struct md__msg m;
+		static unsigned char enc[MD_MSG_HDR_SIZE + 256];
+		if (!c)
+			return -ENOTCONN;
+		memset(&m, 0, sizeof(m));
+		unsigned type = a % 2 ? MD_MSG_CONTROL : MD_MSG_STATUS;
+		m.hdr.type = (uint16_t)type;
+		if (type == MD_MSG_STATUS) {
+			m.u.status.domain_from = a / 2 % 3;
+		} else {
+			m.u.control.op = 1 + a / 2 % (MD_CTL_OP_END - 1);
+			if (m.u.control.op == MD_CTL_SET) {
+				strcpy(m.u.control.key, "pages_to_scan");
+				strcpy(m.u.control.value, "200");
+			}
+		}
+		ssize_t len = md__msg_encode(&m, enc, sizeof(enc));
+		if (len < 0)
+			return len;
+		uint32_t room = b * 16;
+		unsigned char *reply = malloc(room ? room : 1);	/* exactly: ASan sees overruns */
+		unsigned rtype;
+		if (!reply)
+			return -ENOMEM;
+		r = md__client_request(c, type, enc + MD_MSG_HDR_SIZE, (uint32_t)len - MD_MSG_HDR_SIZE,
+				       reply, &room, &rtype);
+		if (!r && rtype != MD_MSG_ERROR)
+			seen |= 1u << SEEN_REQUEST;
+		free(reply);
+		return r;
+	}
+	case FC_GIVE_BACK:
+		if (!c)
+			return -ENOTCONN;
+		n = 1 + a % 8;
+		for (size_t k = 0; k < n; k++)
+			slot[k] = slot_of(b, k);
+		return md__client_give_back(c, slot, n);
+	case FC_TAKE_BACK: {
+		uint32_t *back;
+		if (!c)
+			return -ENOTCONN;
+		r = md__client_take_back(c, &back, &n);
+		free(back);
+		return r ? r : (long)n;
+	}
+	case FC_HELLO: {
+		struct md__msg_welcome w;
+		int fd;
+		if (!c)
+			return -ENOTCONN;
+		r = md__client_hello(c, "fuzz", a % 4, &w, &fd);
+		if (fd >= 0)
+			close(fd);
+		return r;
+	}
+	}
+	if (!f->full)
+		return -ENOSYS;
+	if (!f->registered && op != FC_UNREFS) {
+		r = md__engine_register(f->e, f->ram, FC_RAM_PAGES * PG, 0);
+		if (r)
+			return r;
+		f->registered = 1;
+	}
+	switch (op) {
+	case FC_SCAN: {
+		uint64_t was = merged(f), cands = f->s.st.merged_candidate;
+		r = md__scanner_step(&f->s, 1 + a % 16);
+		if (merged(f) > was)
+			seen |= 1u << SEEN_SCAN_MERGE;
+		if (f->s.st.merged_candidate > cands)
+			seen |= 1u << SEEN_CANDIDATE_MERGE;
+		if (trace)
+			fprintf(trace, "fuzz_client: scanner: %llu merged, %llu candidates, %llu of them merged, "
+				"%llu published\n", (unsigned long long)f->s.st.merged_scan,
+				(unsigned long long)f->s.st.candidates,
+				(unsigned long long)f->s.st.merged_candidate, (unsigned long long)f->s.st.published);
+		return r;
+	}
+	case FC_MERGE: {
+		size_t i = a / 4 % FC_RAM_PAGES;
+		unsigned char done[4];
+		n = 1 + a % 4;
+		n = n < FC_RAM_PAGES - i ? n : FC_RAM_PAGES - i;
+		for (size_t k = 0; k < n; k++)
+			slot[k] = slot_of(b, k);
+		/* As the scanner merges: holding the regions for reading. */
+		pthread_rwlock_rdlock(&f->e->regions_lock);
+		r = md__engine_merge_slots(f->e, f->ram + i * PG, n, slot, done);
+		pthread_rwlock_unlock(&f->e->regions_lock);
+		if (r > 0)
+			seen |= 1u << SEEN_MERGE;
+		return r;
+	}
+	case FC_TOUCH:
+		f->ram[a % FC_RAM_PAGES * PG + a * 37 % PG]++;
+		return 0;
+	case FC_REAP:
+		return md__engine_reap(f->e);
+	case FC_UNREFS:
+		md__engine_send_unrefs(f->e);
+		return 0;
+	case FC_UNREGISTER: {
+		unsigned char *p = f->ram + a % FC_RAM_PAGES * PG;
+		r = md__engine_unregister(f->e, p, PG, fl & 1 ? MD_UNREG_MAPPED : MD_UNREG_GONE);
+		if (!(fl & 1)) {	/* gone: fresh memory there, as a VMM's new mapping */
+			if (mmap(p, PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) == p)
+				pattern_fill(p, a % FC_RAM_PAGES);
+		}
+		int err = md__engine_register(f->e, f->ram, FC_RAM_PAGES * PG, 0);
+		return r ? r : err;
+	}
+	}
+	return -ENOSYS;
+}
+
+/* Descriptors open in this process: as many after an input as before. */
+static int count_fds(void)
+{
+	DIR *dir = opendir("/proc/self/fd");
+	int n = 0;
+	if (!dir)
+		return -1;
+	while (readdir(dir))
+		n++;
+	closedir(dir);
+	return n;
+}
+
+static uint32_t get24(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16;
+}
+
+/* The argument bytes of each op. */
+static size_t op_args(unsigned op)
+{
+	switch (op) {
+	case FC_REF: case FC_REQUEST: case FC_GIVE_BACK: case FC_MERGE:
+		return 2;
+	case FC_LOOKUP: case FC_PUBLISH_EACH: case FC_PUBLISH: case FC_REPORT: case FC_READS:
+	case FC_CONTROL_DONE: case FC_CANDIDATES: case FC_HELLO: case FC_SCAN: case FC_TOUCH:
+	case FC_UNREGISTER:
+		return 1;
+	}
+	return 0;
+}
+
+/* Ops whose UNREFs are the caller's own: any other's are the client's,
+ * giving back what a late reply granted. */
+static int unrefs_asked(unsigned op, unsigned fl)
+{
+	return (op == FC_REF && (fl & 1)) || op == FC_GIVE_BACK || op == FC_SCAN || op == FC_REAP ||
+	       op == FC_UNREFS || op == FC_UNREGISTER || op == FC_CONNECT || op == FC_MERGE;
+}
+
+static void init_once(void)
+{
+	const char *log = getenv("MD_FUZZ_LOG");
+	if (log && strcmp(log, "1") == 0)
+		trace = stderr;
+	else
+		md__log_open("/dev/null");
+	/* What the library opens once for good (common/sys.c's files of
+	 * /proc/self): before any input counts the descriptors. */
+	struct fc f = { 0 };
+	if (engine_up(&f) == 0) {
+		op_connect(&f);
+		engine_down(&f);
+	}
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	static int inited;
+	static struct fc f;
+
+	if (!inited) {
+		init_once();
+		inited = 1;
+	}
+	int fds = count_fds();
+	memset(&f, 0, sizeof(f));
+	if (engine_up(&f) != 0)
+		return 0;
+	for (size_t off = 0; off < size;) {
+		unsigned op = data[off] & FC_OP_CODE, fl = FC_OP_FLAGS(data[off]);
+		off++;
+		if (op >= FC_OP_END)
+			continue;
+		if (op == FC_SEND) {
+			size_t len = size - off >= 3 ? get24(data + off) : 0;
+			off = off + 3 <= size ? off + 3 : size;
+			len = len < size - off ? len : size - off;
+			uint8_t *b = malloc(len ? len : 1);
+			if (b) {
+				memcpy(b, data + off, len);
+				if (f.d.fd >= 0) {
+					dside_say(&f.d, b, len, fl);
+					free(b);
+				} else if (conn.nblock < BLOCKS) {
+					conn.block[conn.nblock++] = (struct block){ b, len, fl };
+				} else {
+					free(b);
+				}
+			}
+			off += len;
+			continue;
+		}
+		if (op == FC_HANGUP || op == FC_CLOSE) {
+			/* After what it said, all of it. */
+			f.d.hang = 1;
+			dside_release(&f.d, 1);
+			if (op == FC_CLOSE)
+				dside_close(&f.d);
+			continue;
+		}
+		unsigned a = 0, b = 0, nargs = (unsigned)op_args(op);
+		if (nargs > 0 && off < size)
+			a = data[off++];
+		if (nargs > 1 && off < size)
+			b = data[off++];
+		f.d.types = 0;
+		long r = op_call(&f, op, fl, a, b);
+		dside_read(&f.d);
+		uint32_t types = f.d.types;
+		if (trace)
+			fprintf(trace, "fuzz_client: op %u (flags %u, %u, %u): %ld%s\n", op, fl, a, b, r,
+				f.rm.c && !md__client_alive(f.rm.c) ? ", connection dead" : "");
+		if ((types & 1u << MD_MSG_UNREF) && !unrefs_asked(op, fl))
+			seen |= 1u << SEEN_GIVE_BACK;
+		if (r == -ETIMEDOUT && f.rm.c && md__client_alive(f.rm.c))
+			seen |= 1u << SEEN_LATE;
+		if (r == -EPROTO)
+			seen |= 1u << SEEN_BROKEN;
+		/* The engine hung up (or dropped the connection): so does the daemon. */
+		if (f.rm.c != f.dc) {
+			dside_close(&f.d);
+			f.dc = f.rm.c;
+		}
+	}
+	engine_down(&f);
+	if (count_fds() != fds)
+		__builtin_trap();	/* a descriptor leaked */
+	return 0;
+}
+
+/* Called by the replay after the corpus: each outcome named here is one
+ * past the client's first checks. `make fuzz-seeds` writes sessions that
+ * reach them all. */
+int md_fuzz_replay_check(void)
+{
+	int bad = 0;
+	for (unsigned i = 0; i < SEEN_END; i++) {
+		/* Scans and merges need userfaultfd. */
+		if (i >= SEEN_MERGE && !engine_ran)
+			continue;
+		if (!(seen & 1u << i)) {
+			fprintf(stderr, "fuzz_client: no input of the corpus reached %s (run make fuzz-seeds)\n",
+				seen_name[i]);
+			bad = 1;
+		}
+	}
+	return bad;
+}
