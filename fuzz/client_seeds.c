@@ -195,7 +195,7 @@ static void agent(const char *dir)
 	publish_r(REL(2), 5, 1);
 	call(FC_PUBLISH_EACH, 0, 1, 0);
 	ack(0, REL(1));
-	call(FC_REF, 1, 0, 4);	/* UNREF slot 4 */
+	call(FC_REF, 1 | 4, 0, 2);	/* UNREF of a slot held: 4 */
 	ack(0, REL(1));
 	call(FC_REPORT, 0, 8, 0);
 	ack(0, REL(1));
@@ -347,7 +347,9 @@ static void merges(const char *dir)
 {
 	begin();
 	join(14);
-	call(FC_MERGE, 0, 3, 0);	/* pages 0-3 with slots 0-3 */
+	ack(0, REL(1));
+	call(FC_REF, 0, 3, 0);	/* slots 0-3 held */
+	call(FC_MERGE, 1, 3, 0);	/* pages 0-3 with them */
 	call(FC_MERGE, 0, 4 * 4 + 3, 4);	/* pages 4-7 with slots 4-7 */
 	call(FC_TOUCH, 0, 1, 0);
 	op0(FC_REAP);
@@ -466,7 +468,7 @@ static void daemon_goes(const char *dir)
 	op0(FC_CLOSE);
 	call(FC_REPORT, 0, 0, 0);
 	again(19);
-	call(FC_GIVE_BACK, 0, 1, 40);	/* slots 40, 41 */
+	call(FC_GIVE_BACK, 0, 1, 40);	/* slots 40, 41: not held, tainted */
 	op0(FC_NEXT_CONTROL);	/* idle: gives them back */
 	ack(0, REL(0));
 	op0(FC_CLOSE);

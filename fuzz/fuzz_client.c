@@ -27,8 +27,10 @@
  * passed (CLOCK_MONOTONIC runs ahead by it). Seqs in the input may be
  * relative to the last request (fuzz_client.h), so an input answers the
  * requests it causes whatever came before. What the client sends must
- * decode, seqs rising; at the end the engine and the connection are torn
- * down, leak-free (the replay runs under ASan's leak checker), and every
+ * decode, seqs rising, and give back no slot more often than the daemon
+ * granted it (a ledger, below: one more would free a pool page a guest
+ * may map); at the end the engine and the connection are torn down,
+ * leak-free (the replay runs under ASan's leak checker), and every
  * descriptor must be closed. */
 #include <dirent.h>
 #include <errno.h>
@@ -98,6 +100,16 @@ struct dside {
 	int hang;                  /* shut down writing once all of q is out */
 	uint32_t unref[8];         /* the first slots of the last UNREF of several */
 	unsigned nunref;
+	/* The ledger of references (see below): the pool's generation once
+	 * the engine took the connection, its REF, UNREF and PUBLISH requests,
+	 * the replies to them out before the requests were read. */
+	uint64_t gen;
+	int has_gen;
+	struct req *req;
+	size_t nreq, req_cap;
+	size_t acct_next;          /* the next gate whose reply is not accounted */
+	struct reply *early;
+	size_t nearly, early_cap;
 };
 
 /* What the daemon says first on the next connections (FC_SEND with none). */
@@ -143,6 +155,171 @@ static void put32(unsigned char *p, uint32_t v)
 {
 	for (int i = 0; i < 4; i++)
 		p[i] = (unsigned char)(v >> (8 * i));
+}
+
+/* The references the daemon granted this process, and those it gave back,
+ * slot by slot and pool by pool (generation): a slot given back more often
+ * than it was granted is one the daemon frees while a guest page may still
+ * map it. Granted: each slot of a PUBLISH_R that answers a PUBLISH of as
+ * many pages, each slot of a REF whose ACK says 0, as the daemon writes
+ * them (whether the client reads them or not: a ledger that errs, errs
+ * towards granted). Given back: each slot of an UNREF as the daemon reads
+ * it, but for those its ACK refused. The harness's own calls give back
+ * only what it was granted (the held list), or taint the slots they name. */
+struct req {
+	uint32_t seq, type, n;
+	uint32_t *slots;           /* a REF's or UNREF's; a PUBLISH: n pages */
+};
+struct reply {
+	uint32_t seq, type, n, first;
+	int32_t status;
+};
+struct lent {
+	uint64_t gen;
+	uint32_t slot, granted, back;
+	uint8_t used, taint;
+};
+#define LEDGER 8192
+static struct lent ledger[LEDGER];
+
+static struct lent *lent_of(uint64_t gen, uint32_t slot)
+{
+	uint64_t h = (gen * 0x9e3779b97f4a7c15ull) ^ (slot * 0xc2b2ae3d27d4eb4full);
+	for (size_t i = 0; i < 64; i++) {
+		struct lent *l = &ledger[(h + i) % LEDGER];
+		if (!l->used)
+			*l = (struct lent){ .gen = gen, .slot = slot, .used = 1 };
+		if (l->gen == gen && l->slot == slot)
+			return l;
+	}
+	return NULL;	/* full there: that slot goes unchecked */
+}
+
+static void taint(uint64_t gen, const uint32_t *slot, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		struct lent *l = lent_of(gen, slot[i]);
+		if (l)
+			l->taint = 1;
+	}
+}
+
+static void granted(uint64_t gen, uint32_t slot, int delta)
+{
+	struct lent *l = lent_of(gen, slot);
+	if (l)
+		l->granted += (uint32_t)delta;
+}
+
+static void given_back(uint64_t gen, uint32_t slot, int delta)
+{
+	struct lent *l = lent_of(gen, slot);
+	if (!l)
+		return;
+	l->back += (uint32_t)delta;
+	if (delta > 0 && !l->taint && l->back > l->granted) {
+		fprintf(stderr, "fuzz_client: slot %u of pool %llu given back %u times, granted %u\n",
+			slot, (unsigned long long)gen, l->back, l->granted);
+		__builtin_trap();	/* a reference given back that was not held */
+	}
+}
+
+static const struct req *req_of(const struct dside *d, uint32_t seq)
+{
+	size_t lo = 0, hi = d->nreq;
+	while (lo < hi) {	/* in seq order: the order they came */
+		size_t mid = (lo + hi) / 2;
+		if (d->req[mid].seq < seq)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < d->nreq && d->req[lo].seq == seq ? &d->req[lo] : NULL;
+}
+
+/* A reply of the daemon's to the request q (read): what it grants or
+ * refuses. */
+static void settle_reply(const struct dside *d, const struct req *q, const struct reply *r)
+{
+	if (q->type == MD_MSG_PUBLISH && r->type == MD_MSG_PUBLISH_R && r->n == q->n) {
+		for (uint32_t i = 0; i < r->n; i++)
+			granted(d->gen, r->first + i, 1);
+	} else if (q->type == MD_MSG_REF && r->type == MD_MSG_ACK && r->status == 0) {
+		for (uint32_t i = 0; i < q->n; i++)
+			granted(d->gen, q->slots[i], 1);
+	} else if (q->type == MD_MSG_UNREF && r->type == MD_MSG_ACK && r->status != 0) {
+		for (uint32_t i = 0; i < q->n; i++)
+			given_back(d->gen, q->slots[i], -1);
+	}
+}
+
+/* Accounts the replies now wholly out in the socket. */
+static void dside_account(struct dside *d)
+{
+	static struct md__msg m;
+	for (; d->acct_next < d->ngate; d->acct_next++) {
+		const struct gate *g = &d->gate[d->acct_next];
+		if (g->at + MD_MSG_HDR_SIZE > d->qrel)
+			return;
+		size_t len = MD_MSG_HDR_SIZE + (size_t)get32(d->q + g->at + 8);
+		if (g->at + len > d->qrel)
+			return;
+		if (!d->has_gen || md__msg_decode(d->q + g->at, len, &m) != 0)
+			continue;	/* the client drops the connection at it */
+		struct reply r = { g->seq, m.hdr.type, 0, 0, 0 };
+		if (m.hdr.type == MD_MSG_PUBLISH_R)
+			r.first = m.u.publish_r.first_slot, r.n = m.u.publish_r.n;
+		else if (m.hdr.type == MD_MSG_ACK)
+			r.status = m.u.ack.status;
+		else
+			continue;
+		const struct req *q = req_of(d, g->seq);
+		if (q) {
+			settle_reply(d, q, &r);
+		} else if ((int32_t)(g->seq - d->sent) > 0) {
+			/* Out before its request (a daemon that hung up wrote
+			 * all it had): accounted when the request comes. */
+			if (d->nearly == d->early_cap) {
+				size_t cap = d->early_cap ? 2 * d->early_cap : 16;
+				struct reply *e = realloc(d->early, cap * sizeof(*e));
+				if (!e)
+					continue;
+				d->early = e;
+				d->early_cap = cap;
+			}
+			d->early[d->nearly++] = r;
+		}
+	}
+}
+
+/* A request read from the client: into the ledger. */
+static void dside_request(struct dside *d, const struct md__msg *m)
+{
+	unsigned type = m->hdr.type;
+	if (!d->has_gen || (type != MD_MSG_REF && type != MD_MSG_UNREF && type != MD_MSG_PUBLISH))
+		return;
+	if (d->nreq == d->req_cap) {
+		size_t cap = d->req_cap ? 2 * d->req_cap : 64;
+		struct req *r = realloc(d->req, cap * sizeof(*r));
+		if (!r)
+			return;
+		d->req = r;
+		d->req_cap = cap;
+	}
+	struct req q = { m->hdr.seq, type, type == MD_MSG_PUBLISH ? m->u.publish.n : m->u.refs.n, NULL };
+	if (type != MD_MSG_PUBLISH) {
+		q.slots = malloc(q.n * sizeof(*q.slots));
+		if (!q.slots)
+			return;
+		memcpy(q.slots, m->u.refs.slot, q.n * sizeof(*q.slots));
+	}
+	d->req[d->nreq++] = q;
+	if (type == MD_MSG_UNREF)
+		for (uint32_t i = 0; i < q.n; i++)
+			given_back(d->gen, q.slots[i], 1);
+	for (size_t i = 0; i < d->nearly; i++)
+		if (d->early[i].seq == q.seq)
+			settle_reply(d, &q, &d->early[i]);
 }
 
 /* Queues len bytes the daemon says (with a descriptor of fd_kind): their
@@ -283,6 +460,7 @@ static int dside_send(struct dside *d, size_t upto, unsigned fd_kind)
 	if (w <= 0)
 		return -1;
 	d->qrel += (size_t)w;
+	dside_account(d);
 	return d->qrel == upto ? 0 : -1;
 }
 
@@ -324,6 +502,10 @@ static void dside_close(struct dside *d)
 	md__rxbuf_free(&d->in);
 	free(d->q);
 	free(d->gate);
+	for (size_t i = 0; i < d->nreq; i++)
+		free(d->req[i].slots);
+	free(d->req);
+	free(d->early);
 	*d = (struct dside){ .fd = -1, .cfd = -1 };
 }
 
@@ -345,6 +527,7 @@ static void dside_read(struct dside *d)
 				__builtin_trap();	/* or seqs out of order */
 			d->sent = h.seq;
 			d->types |= 1u << h.type;
+			dside_request(d, &m);
 			if (h.type == MD_MSG_UNREF && m.u.refs.n > 1) {
 				d->nunref = m.u.refs.n < 8 ? m.u.refs.n : 8;
 				memcpy(d->unref, m.u.refs.slot, d->nunref * sizeof(*d->unref));
@@ -552,6 +735,8 @@ static int op_connect(struct fc *f)
 		if (!err && i + 1 == made) {
 			dside_close(&f->d);
 			f->d = conn.made[i];
+			f->d.gen = f->rm.generation;
+			f->d.has_gen = 1;
 			f->dc = f->rm.c;
 		} else {
 			dside_close(&conn.made[i]);
@@ -571,11 +756,62 @@ static int op_connect(struct fc *f)
 	return err;
 }
 
+/* References the harness's calls were granted and hold: what they give
+ * back (an UNREF, give_back, a merge that takes it over) when they do not
+ * name slots at random, which taints those slots in the ledger. */
+#define HELD 1024
+static struct held_ref {
+	uint64_t gen;
+	uint32_t slot;
+} held[HELD];
+static size_t nheld;
+
+static void hold(uint64_t gen, const uint32_t *slot, size_t n)
+{
+	for (size_t i = 0; i < n && nheld < HELD; i++)
+		held[nheld++] = (struct held_ref){ gen, slot[i] };
+}
+
+/* Up to n slots of pool gen held, from the (k modulo their count)-th on:
+ * let go of. How many. */
+static size_t unhold(uint64_t gen, unsigned k, size_t n, uint32_t *slot)
+{
+	size_t count = 0, got = 0;
+	for (size_t i = 0; i < nheld; i++)
+		count += held[i].gen == gen;
+	if (!count)
+		return 0;
+	k %= count;
+	for (size_t i = 0, j = 0; i < nheld && got < n;) {
+		if (held[i].gen == gen && j++ >= k) {
+			slot[got++] = held[i].slot;
+			memmove(&held[i], &held[i + 1], (--nheld - i) * sizeof(held[0]));
+			continue;
+		}
+		i++;
+	}
+	return got;
+}
+
 /* Slot k of a run an argument byte b names: from b on, or with b past 191
  * from near the top of the slots' range (wrapping past it). */
 static uint32_t slot_of(unsigned b, size_t k)
 {
 	return (b < 192 ? b : UINT32_MAX - (255 - b)) + (uint32_t)k;
+}
+
+/* 1 + m slots into slot: with from_held, held ones from the (b % 64)-th
+ * (fewer if fewer are held, one at least); else from b (slot_of), tainted:
+ * they may be none of ours. How many. */
+static size_t some_slots(uint64_t gen, int from_held, unsigned m, unsigned b, uint32_t *slot)
+{
+	size_t n = from_held ? unhold(gen, b % 64, 1 + m, slot) : 0;
+	if (n)
+		return n;
+	for (n = 0; n <= m; n++)
+		slot[n] = slot_of(b, n);
+	taint(gen, slot, n);
+	return n;
 }
 
 /* n guest pages from page i on (wrapping), their hashes. */
@@ -638,9 +874,12 @@ static long op_call(struct fc *f, unsigned op, unsigned fl, unsigned a, unsigned
 		n = 1 + a % 16;
 		guest_pages(f, n, hash, NULL, page);
 		r = md__remote_publish_each(rm, hash, page, (uint32_t)n, slot, status, fl & 1 ? gen + 1 : gen);
-		for (size_t k = 0; !r && k < n; k++)
-			if (!status[k])
-				seen |= 1u << SEEN_PUBLISHED;
+		for (size_t k = 0; !r && k < n; k++) {
+			if (status[k])
+				continue;
+			seen |= 1u << SEEN_PUBLISHED;
+			hold(gen, &slot[k], 1);
+		}
 		return r;
 	case FC_PUBLISH:
 		if (!c)
@@ -650,14 +889,18 @@ static long op_call(struct fc *f, unsigned op, unsigned fl, unsigned a, unsigned
 			pattern_fill(pages + k * PG, (unsigned)k);
 			hash[k] = md__page_hash(pages + k * PG);
 		}
-		return md__client_publish(c, hash, pages, (uint32_t)n, slot);
+		r = md__client_publish(c, hash, pages, (uint32_t)n, slot);
+		for (size_t k = 0; !r && k < n; k++)
+			hold(gen, (uint32_t[]){ slot[0] + (uint32_t)k }, 1);
+		return r;
 	case FC_REF:
-		n = 1 + a % 8;
-		for (size_t k = 0; k < n; k++)
-			slot[k] = slot_of(b, k);
+		n = some_slots(gen, fl & 1 && fl & 4, a % 8, b, slot);
 		r = md__remote_ref_n(rm, slot, (uint32_t)n, fl & 1 ? -1 : 1, fl & 2 ? gen + 1 : gen);
-		if (!r && !(fl & 1))
+		if (!r && !(fl & 1)) {
 			seen |= 1u << SEEN_REF;
+			if (!(fl & 2))
+				hold(gen, slot, n);
+		}
 		return r;
 	case FC_REPORT:
 		for (size_t k = 0; k < 8; k++)
@@ -721,9 +964,7 @@ static long op_call(struct fc *f, unsigned op, unsigned fl, unsigned a, unsigned
 	case FC_GIVE_BACK:
 		if (!c)
 			return -ENOTCONN;
-		n = 1 + a % 8;
-		for (size_t k = 0; k < n; k++)
-			slot[k] = slot_of(b, k);
+		n = some_slots(gen, fl & 1, a % 8, b, slot);
 		return md__client_give_back(c, slot, n);
 	case FC_TAKE_BACK: {
 		uint32_t *back;
@@ -771,13 +1012,15 @@ static long op_call(struct fc *f, unsigned op, unsigned fl, unsigned a, unsigned
 		size_t i = a / 4 % FC_RAM_PAGES;
 		unsigned char done[4];
 		n = 1 + a % 4;
-		n = n < FC_RAM_PAGES - i ? n : FC_RAM_PAGES - i;
-		for (size_t k = 0; k < n; k++)
-			slot[k] = slot_of(b, k);
-		/* As the scanner merges: holding the regions for reading. */
+		n = some_slots(gen, fl & 1, n < FC_RAM_PAGES - i ? n - 1 : FC_RAM_PAGES - i - 1, b, slot);
+		/* As the scanner merges: holding the regions for reading. What
+		 * a page did not take over stays held. */
 		pthread_rwlock_rdlock(&f->e->regions_lock);
 		r = md__engine_merge_slots(f->e, f->ram + i * PG, n, slot, done);
 		pthread_rwlock_unlock(&f->e->regions_lock);
+		for (size_t k = 0; fl & 1 && k < n; k++)
+			if (r < 0 || !done[k])
+				hold(gen, &slot[k], 1);
 		if (r > 0)
 			seen |= 1u << SEEN_MERGE;
 		return r;
@@ -871,6 +1114,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	int fds = count_fds();
 	memset(&f, 0, sizeof(f));
+	memset(ledger, 0, sizeof(ledger));
+	nheld = 0;
 	if (engine_up(&f) != 0)
 		return 0;
 	for (size_t off = 0; off < size;) {

@@ -39,13 +39,18 @@
 #define FC_FD_TWO 7u        /* two pools in one message */
 
 /* The agent's side: calls, with the argument bytes they take (a, b). Slots
- * "from b": b, b + 1, ...; from b = 192 on, UINT32_MAX - 63, ... instead. */
+ * "from b": b, b + 1, ...; from b = 192 on, UINT32_MAX - 63, ... instead.
+ * Those "held" are slots the harness's calls were granted (PUBLISH, REF),
+ * from the (b % 64)-th: what they give back was theirs (the ledger of
+ * fuzz_client.c checks the client's). */
 #define FC_CONNECT 3u       /* md__engine_remote_connect, when not connected */
 #define FC_DROP 4u          /* md__engine_remote_drop */
 #define FC_LOOKUP 5u        /* a: n = 1 + a % 16; flag 1: MD_LOOKUP_MAX */
 #define FC_PUBLISH_EACH 6u  /* a: n = 1 + a % 16; flag 1: of an older generation */
 #define FC_PUBLISH 7u       /* a: n = 1 + a % 16 (md__client_publish) */
-#define FC_REF 8u           /* a, b: n = 1 + a % 8 slots from b; flag 1: UNREF; flag 2: older generation */
+/* a, b: n = 1 + a % 8 slots from b; flag 1: UNREF (flag 4: held ones);
+ * flag 2: of an older generation */
+#define FC_REF 8u
 #define FC_REPORT 9u        /* a: a % 9 counters */
 #define FC_READS 10u        /* a: a run of 1 + a % 8 pages */
 #define FC_CONTROL_DONE 11u /* a: the token, status -(a % 4) */
@@ -53,11 +58,13 @@
 #define FC_CANDIDATES 13u   /* a: up to 1 + a * 16 (md__remote_take_candidates) */
 #define FC_SHARE 14u        /* md__remote_share */
 #define FC_REQUEST 15u      /* a, b: type 1 + a % 19 (STATUS, CONTROL: a valid payload), reply room b * 16 */
-#define FC_GIVE_BACK 16u    /* a, b: n = 1 + a % 8 slots from b (md__client_give_back) */
+#define FC_GIVE_BACK 16u    /* a, b: n = 1 + a % 8 slots from b, flag 1: held (md__client_give_back) */
 #define FC_TAKE_BACK 17u    /* md__client_take_back */
 #define FC_HELLO 18u        /* a: its flags a % 4 (md__client_hello again) */
 #define FC_SCAN 19u         /* a: md__scanner_step of 1 + a % 16 pages */
-#define FC_MERGE 20u        /* a, b: n = 1 + a % 4 guest pages from page a / 4 % 8, slots from b */
+/* a, b: n = 1 + a % 4 guest pages from page a / 4 % 8, slots from b
+ * (flag 1: held; those the pages do not take stay held) */
+#define FC_MERGE 20u
 #define FC_TOUCH 21u        /* a: a byte of guest page a % 8 written */
 #define FC_REAP 22u         /* md__engine_reap */
 #define FC_UNREFS 23u       /* md__engine_send_unrefs */
