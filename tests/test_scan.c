@@ -1871,6 +1871,24 @@ static int threads_named(const char *name)
 	return n;
 }
 
+/* In a child: an agent of its own, 64 pages merged in pairs, then the
+ * process chrooted where there is no /proc (QEMU's -chroot). Exits 3-5
+ * if any step fails. */
+static md_agent *merged_then_chrooted(const char *root)
+{
+	md_agent *a;
+	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .domain = "private",
+			       .pages_to_scan = 1000, .sleep_ms = 1 };
+	if (md_agent_new(&a, &o) != 0)
+		_exit(3);
+	char *m = pairs_ram(64);
+	if (md_agent_register(a, m, 64 * PG, 0) != 0 || wait_merged(a, 32) != 0)
+		_exit(4);
+	if (chroot(root) != 0 || chdir("/") != 0)
+		_exit(5);
+	return a;
+}
+
 /* An unmerge after the VMM chrooted where there is no /proc (QEMU's
  * -chroot with -runas): the memory available read as none, and every
  * unmerge was refused, the one a change of user makes too. */
@@ -1882,16 +1900,7 @@ TEST_IMPL(scan_unmerge_after_chroot)
 	pid_t pid = fork();
 	ASSERT(pid >= 0);
 	if (pid == 0) {
-		md_agent *a;
-		md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .domain = "private",
-				       .pages_to_scan = 1000, .sleep_ms = 1 };
-		if (md_agent_new(&a, &o) != 0)
-			_exit(3);
-		char *m = pairs_ram(64);
-		if (md_agent_register(a, m, 64 * PG, 0) != 0 || wait_merged(a, 32) != 0)
-			_exit(4);
-		if (chroot(root) != 0 || chdir("/") != 0)
-			_exit(5);
+		md_agent *a = merged_then_chrooted(root);
 		int err = md_agent_unmerge(a);
 		md_stats s;
 		_exit(err ? 6 : md_agent_stats(a, &s) != 0 || s.pages_sharing ? 7 : 0);
@@ -1925,16 +1934,7 @@ TEST_IMPL(scan_unmerge_after_chroot_keeps_cgroup_limit)
 		char c;
 		if (read(down[0], &c, 1) != 1)	/* in the cgroup */
 			_exit(2);
-		md_agent *a;
-		md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .domain = "private",
-				       .pages_to_scan = 1000, .sleep_ms = 1 };
-		if (md_agent_new(&a, &o) != 0)
-			_exit(3);
-		char *m = pairs_ram(64);
-		if (md_agent_register(a, m, 64 * PG, 0) != 0 || wait_merged(a, 32) != 0)
-			_exit(4);
-		if (chroot(root) != 0 || chdir("/") != 0)
-			_exit(5);
+		md_agent *a = merged_then_chrooted(root);
 		if (write(up[1], "m", 1) != 1 || read(down[0], &c, 1) != 1)	/* the limit lowered */
 			_exit(6);
 		if (md_agent_unmerge(a) != -ENOMEM)
