@@ -380,22 +380,12 @@ uint64_t md__owned_pages(const struct md_agent *a)
 
 static int discard_run(struct md_agent *a, struct md__region *r, uintptr_t addr, size_t len)
 {
-	/* Anonymous memory over the run splits the image's mapping: within
-	 * the budget, as reads' mappings (a balloon discarding page by page
-	 * split it until the VMM's own mmaps failed). Beyond it the run is
-	 * zeroed in place, private copies in the image's mapping: it reads
-	 * as the discard promised, though its memory is not given back. */
-	if (!md__vma_room(a)) {
-		memset((void *)addr, 0, len);
-		md__fallback(a, MD_FB_VMA_LIMIT, len / MD_PAGE);
-		md__log_once(111, "the mapping budget (%llu VMAs) is spent: pages discarded where images were "
-			     "shared are zeroed, not given back", (unsigned long long)a->max_vmas);
-		return 0;
-	}
 	void *m = md__sys_mmap((void *)addr, len, PROT_READ | PROT_WRITE,
 			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
 	if (m == MAP_FAILED)
 		return -errno;
+	/* Counted: a balloon discarding page by page splits the image's
+	 * mapping, and reads and merges must leave the VMM its room. */
 	md__vmas_add(&a->vmas, 2);
 	md__apply_advice(a, r, addr, len);
 	if (r->advice & MD_ADV_HUGEPAGE)

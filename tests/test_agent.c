@@ -1314,6 +1314,45 @@ TEST_IMPL(vma_budget_counts_vmm_at_start)
 	return 0;
 }
 
+/* Discards over pages shared at read time split the image's mapping (the
+ * page becomes anonymous memory): those mappings count against the budget
+ * as reads' do, so a balloon discarding page by page leaves reads copied
+ * once it is spent, not mapping on until the VMM's own mmaps fail. */
+TEST_IMPL(discard_counts_in_vma_budget)
+{
+	const char *img = image(5);
+	struct proc a;
+	int fd = start_reader(&a, img, NULL);
+	int vmm = maps_lines(a.pid);
+	proc_stop(&a);
+	char budget[64];
+	snprintf(budget, sizeof(budget), "MEMDEDUP_MAX_VMAS=%d", vmm + 48);	/* 16 reads, a few more */
+	const char *env[] = { budget, NULL };
+	fd = start_reader(&a, img, env);
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 65536", fd, MB), MB);
+	md_stats s0, s1;
+	ASSERT_EQ(proc_stats(&a, &s0), 0);
+	ASSERT(s0.pages_shared_at_read >= 128);
+	for (unsigned i = 0; i < 64; i += 2)	/* 32 mappings of anonymous memory */
+		ASSERT_EQ(proc_num(&a, "advise %u 4096 dontneed", i * 4096), 0);
+	ASSERT_EQ(proc_num(&a, "read %d %u 65536 %u", fd, MB, MB), 65536);
+	ASSERT_EQ(proc_stats(&a, &s1), 0);
+	ASSERT(s1.fallbacks[MD_FB_VMA_LIMIT] > s0.fallbacks[MD_FB_VMA_LIMIT]);	/* copied */
+	char *zero = calloc(1, 4096);
+	uint64_t h = 1469598103934665603ull;
+	for (int i = 0; i < 4096; i++)
+		h = (h ^ (unsigned char)zero[i]) * 1099511628211ull;
+	free(zero);
+	for (unsigned i = 0; i < 64; i++) {
+		char want[32];
+		snprintf(want, sizeof(want), "%s", i % 2 ? hex(fnv_file(img, i * 4096, 4096)) : hex(h));
+		ASSERT(strcmp(proc_cmd(&a, "hash %u 4096", i * 4096), want) == 0);
+	}
+	ASSERT(strcmp(proc_cmd(&a, "hash %u 65536", MB), hex(fnv_file(img, MB, 65536))) == 0);
+	proc_stop(&a);
+	return 0;
+}
+
 TEST_IMPL(discard_yields_zeroes)
 {
 	const char *img = image(5);
