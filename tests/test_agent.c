@@ -1314,6 +1314,27 @@ TEST_IMPL(vma_budget_counts_vmm_at_start)
 	return 0;
 }
 
+/* The FNV-1a hash `hash` prints for len bytes of zeroes. */
+static uint64_t fnv_zeroes(size_t len)
+{
+	uint64_t h = 1469598103934665603ull;
+	for (size_t i = 0; i < len; i++)
+		h *= 1099511628211ull;	/* h ^ 0 */
+	return h;
+}
+
+/* A process reading the image with a VMA budget of what such a process
+ * maps already and room more; returns the image fd. */
+static int reader_with_room(struct proc *p, const char *img, int room, char *budget, size_t size)
+{
+	start_reader(p, img, NULL);
+	int vmm = maps_lines(p->pid);
+	proc_stop(p);
+	snprintf(budget, size, "MEMDEDUP_MAX_VMAS=%d", vmm + room);
+	const char *env[] = { budget, NULL };
+	return start_reader(p, img, env);
+}
+
 /* Discards over pages shared at read time split the image's mapping (the
  * page becomes anonymous memory): those mappings count against the budget
  * as reads' do, so a balloon discarding page by page leaves reads copied
@@ -1322,13 +1343,8 @@ TEST_IMPL(discard_counts_in_vma_budget)
 {
 	const char *img = image(5);
 	struct proc a;
-	int fd = start_reader(&a, img, NULL);
-	int vmm = maps_lines(a.pid);
-	proc_stop(&a);
 	char budget[64];
-	snprintf(budget, sizeof(budget), "MEMDEDUP_MAX_VMAS=%d", vmm + 48);	/* 16 reads, a few more */
-	const char *env[] = { budget, NULL };
-	fd = start_reader(&a, img, env);
+	int fd = reader_with_room(&a, img, 48, budget, sizeof(budget));	/* 16 reads, a few more */
 	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 65536", fd, MB), MB);
 	md_stats s0, s1;
 	ASSERT_EQ(proc_stats(&a, &s0), 0);
@@ -1338,11 +1354,7 @@ TEST_IMPL(discard_counts_in_vma_budget)
 	ASSERT_EQ(proc_num(&a, "read %d %u 65536 %u", fd, MB, MB), 65536);
 	ASSERT_EQ(proc_stats(&a, &s1), 0);
 	ASSERT(s1.fallbacks[MD_FB_VMA_LIMIT] > s0.fallbacks[MD_FB_VMA_LIMIT]);	/* copied */
-	char *zero = calloc(1, 4096);
-	uint64_t h = 1469598103934665603ull;
-	for (int i = 0; i < 4096; i++)
-		h = (h ^ (unsigned char)zero[i]) * 1099511628211ull;
-	free(zero);
+	uint64_t h = fnv_zeroes(4096);
 	for (unsigned i = 0; i < 64; i++) {
 		char want[32];
 		snprintf(want, sizeof(want), "%s", i % 2 ? hex(fnv_file(img, i * 4096, 4096)) : hex(h));
@@ -1359,11 +1371,7 @@ TEST_IMPL(discard_yields_zeroes)
 	struct proc a;
 	reader_with_mb(&a, img);
 	ASSERT_EQ(proc_num(&a, "advise 0 65536 dontneed"), 0);
-	char *zero = calloc(1, 65536);
-	uint64_t h = 1469598103934665603ull;
-	for (int i = 0; i < 65536; i++)
-		h = (h ^ (unsigned char)zero[i]) * 1099511628211ull;
-	free(zero);
+	uint64_t h = fnv_zeroes(65536);
 	ASSERT(strcmp(proc_cmd(&a, "hash 0 65536"), hex(h)) == 0);
 	/* The discard that drops locked pages too (Linux 5.18). */
 	ASSERT_EQ(proc_num(&a, "advise 65536 65536 dontneedlocked"), 0);
