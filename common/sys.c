@@ -238,12 +238,21 @@ uint64_t md__vmas_estimate(const struct md__vmas *v)
 	return __atomic_load_n(&v->est, __ATOMIC_SEQ_CST);
 }
 
-uint64_t md__vmas_count(struct md__vmas *v)
+static uint64_t monotonic_ns(void)
 {
 	struct timespec t;
 	clock_gettime(CLOCK_MONOTONIC, &t);
-	__atomic_store_n(&v->counted_ns, (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec,
-			 __ATOMIC_RELAXED);
+	return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+
+int md__vmas_count_due(const struct md__vmas *v)
+{
+	return monotonic_ns() - __atomic_load_n(&v->counted_ns, __ATOMIC_RELAXED) >= 1000000000ull;
+}
+
+uint64_t md__vmas_count(struct md__vmas *v)
+{
+	__atomic_store_n(&v->counted_ns, monotonic_ns(), __ATOMIC_RELAXED);
 	__atomic_add_fetch(&v->counts, 1, __ATOMIC_RELAXED);
 	uint64_t before = __atomic_load_n(&v->adds, __ATOMIC_SEQ_CST);
 	uint64_t n = md__count_vmas();

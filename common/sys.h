@@ -125,6 +125,8 @@ uint64_t md__vmas_estimate(const struct md__vmas *v);
  * meanwhile. The count, or 0 if it failed (the estimate stays: 0 would
  * open the whole budget again). */
 uint64_t md__vmas_count(struct md__vmas *v);
+/* 1 if no count was tried in the last second. */
+int md__vmas_count_due(const struct md__vmas *v);
 /* The pages the process maps now, all of them and those of files and
  * shared memory (RssFile + RssShmem), from /proc/self/statm: a
  * copy-on-write break of a file page moves one of them by one page (a

@@ -25,7 +25,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "checksum.h"
@@ -1102,10 +1101,7 @@ static int budget_ok(struct md__engine *e, size_t new_vmas)
 	 * pages frozen: at the budget, each further mapping of a run counted
 	 * again while the run's writers waited. A count that failed keeps
 	 * the estimate, and refuses. */
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	uint64_t now = (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
-	if (now - __atomic_load_n(&e->vmas->counted_ns, __ATOMIC_RELAXED) >= 1000000000ull) {
+	if (md__vmas_count_due(e->vmas)) {
 		uint64_t counted = md__vmas_count(e->vmas);
 		if (counted)
 			e->st.vmas = counted;

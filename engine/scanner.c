@@ -797,7 +797,6 @@ static int fill_visit(struct md__scanner *s, struct md__eregion *r, uintptr_t a,
 				r->seen[first + q] = MD_SEEN;	/* changed: young again */
 			}
 			s->st.volatile_skips += k - j;	/* pages, as a visit counts them */
-			s->new_sums += k - j;
 		}
 		j = k;
 	}
@@ -936,7 +935,6 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 	md__engine_present(e, r, i);
 	uint64_t h = md__page_hash(page);
 	int changed = !r->seen[i] || r->hash[i] != (uint16_t)h;
-	s->new_sums += (uint64_t)changed;
 	r->hash[i] = (uint16_t)h;
 	if (hinted || changed)
 		r->seen[i] = MD_SEEN;	/* just filled or changed: young again */
@@ -1039,9 +1037,10 @@ static void adapt(struct md__scanner *s)
 }
 
 /* What the scanner has done that a quiet host would not make it do. A
- * checksum new since the last visit counts, a page's first or one changed
- * since: a pass that only takes them merges nothing (the volatility
- * filter), but the next may merge them all. Without first checksums the
+ * checksum new since the last visit counts (a volatile skip: a page's
+ * first checksum or one changed since; hinted pages count as hinted):
+ * a pass that only takes them merges nothing (the volatility filter), but
+ * the next may merge them all. Without first checksums the
  * linear scan of new guests slowed to a crawl before its second pass (63
  * MB saved in 150 s instead of 283 MB: `image51` in docs/benchmarks.md);
  * without changed ones, a second pass over guests that had rewritten
@@ -1052,7 +1051,7 @@ static uint64_t progress(const struct md__scanner *s)
 {
 	return s->st.merged_scan + s->st.merged_hint + s->st.merged_candidate + s->st.zero +
 	       s->st.filled + s->st.published + s->st.hinted + s->st.candidates +
-	       s->st.file_matches + s->new_sums;
+	       s->st.file_matches + s->st.volatile_skips;
 }
 
 int md__scanner_step(struct md__scanner *s, size_t npages)

@@ -112,8 +112,6 @@ struct md__scanner {
 	unsigned idle;          /* idle passes (or 1,024 reads) in a row */
 	uint64_t pass_progress; /* progress() at the last pass end or burst */
 	uint64_t pass_reads;    /* pages read (scanned + hinted) then */
-	uint64_t new_sums;      /* visits that found a checksum new: a first
-	                         * one, or one changed since the last visit */
 	struct md__scanner_stats st;
 	pthread_t thread;
 	int running, stop;
