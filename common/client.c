@@ -431,6 +431,20 @@ static int settle(struct md__client *c)
 	return err;
 }
 
+/* What a daemon's ERROR reply says, for the caller. The errors that tell
+ * of this connection's own state (a reply late, the daemon gone) are ours
+ * to say: from the peer, whose reply did come, they would have a caller
+ * take a refused UNREF as sent, or hang up a live connection. */
+static int peer_error(int status)
+{
+	switch (status) {
+	case 0: case -ETIMEDOUT: case -ENOTCONN: case -EPIPE: case -ECONNRESET:
+		return -EPROTO;
+	default:
+		return status;
+	}
+}
+
 /* A message that is not the reply awaited: an owed one, settled; else
  * only CONTROL, CANDIDATES and SHARE with seq 0 may come so, and an ERROR
  * when the daemon refused the connection (too many) before any request. */
@@ -444,7 +458,7 @@ static int other(struct md__client *c)
 	switch (c->msg.hdr.type) {
 	case MD_MSG_ERROR:
 		md__log("memdedupd refused the connection: %s", c->msg.u.text.text);
-		return kill_conn(c, c->msg.u.text.status ? c->msg.u.text.status : -EPROTO);	/* said above */
+		return kill_conn(c, peer_error(c->msg.u.text.status));	/* said above */
 	case MD_MSG_CONTROL:
 		queue_control(c, &c->msg.u.control);
 		return 0;
@@ -636,7 +650,7 @@ static int call(struct md__client *c, struct md__msg *m, int *fd)
 	if (err)
 		goto free_buf;
 	if (c->msg.hdr.type == MD_MSG_ERROR)
-		err = c->msg.u.text.status ? c->msg.u.text.status : -EPROTO;
+		err = peer_error(c->msg.u.text.status);
 	else if (c->msg.hdr.type != reply_type(m->hdr.type))
 		err = broken(c);
 free_buf:
@@ -898,7 +912,7 @@ int md__client_publish_each(struct md__client *c, const uint64_t *hash, const vo
 		if (err)
 			break;
 		if (c->msg.hdr.type == MD_MSG_ERROR) {
-			status[got] = c->msg.u.text.status ? c->msg.u.text.status : -EPROTO;
+			status[got] = peer_error(c->msg.u.text.status);
 		} else if (c->msg.hdr.type != MD_MSG_PUBLISH_R || c->msg.u.publish_r.n != 1) {
 			err = broken(c);
 			break;

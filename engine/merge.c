@@ -426,17 +426,26 @@ static int budget_ok(struct md__engine *e, size_t new_vmas);
  * from before into pm (MAX_RUN of them) - only if none is a hole in
  * anonymous memory: that is the VMM's, discarded since the scanner's
  * visit, and the compare's read would fill it in behind its back (a
- * balloon's page, one a postcopy destination waits for). In a file mapping
- * (the pool's, an image's) a page not there yet reads the file. Under the
+ * balloon's page, one a postcopy destination waits for). In the pool's
+ * mapping a page not there yet reads the file. Under the
  * lock no discard comes between the check and the compare
  * (md__engine_discard). */
 static int freeze(struct md__engine *e, const struct md__eregion *r, uintptr_t addr, size_t n, uint64_t *pm)
 {
 	size_t len = n * MD_EPAGE, first = (addr - r->start) / MD_EPAGE;
+	/* The scanner saw these pages free before its round trip to
+	 * memdedupd; a read may have mapped an image over one since
+	 * (md__engine_exclude). Its content is the image's, and merging it
+	 * would leave the agent's record of the image page stale. */
+	for (size_t i = 0; i < n; i++)
+		if (r->ref[first + i] & MD_REF_IMAGE) {
+			e->st.io_busy++;
+			return -EBUSY;
+		}
 	if (pagemap_read(e, addr, n, pm))
 		return -EIO;
 	for (size_t i = 0; i < n; i++)
-		if (!md__pm_has_page(pm[i]) && !(r->ref[first + i] & (MD_REF_FILE | MD_REF_IMAGE))) {
+		if (!md__pm_has_page(pm[i]) && !(r->ref[first + i] & MD_REF_FILE)) {
 			e->st.holes += n;
 			return -EAGAIN;
 		}

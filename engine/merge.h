@@ -145,7 +145,8 @@ struct md__engine_stats {
 				 * could not be made private (unregister) */
 	uint64_t unreg_failed;  /* pages an unregister left registered: no
 				 * memory to split their region */
-	uint64_t io_busy;       /* runs left alone: a read was writing them */
+	uint64_t io_busy;       /* runs left alone: a read was writing them,
+				 * or had mapped an image over one */
 	uint64_t holes;         /* pages of runs left alone: one was a hole (the
 				 * VMM discarded it since the visit) */
 	uint64_t vmas;          /* last count of the process's mappings */

@@ -320,3 +320,40 @@ TEST_IMPL(daemon_client_publish_each_gives_back)
 	ASSERT(!strstr(at + strlen("sent a message out of protocol"), "out of protocol"));
 	return 0;
 }
+
+/* A LOOKUP and an UNREF answered with ERRORs whose status is one the client
+ * uses for its own connection (late, gone), then the daemon waits. */
+static void error_as_transport(int c, int go)
+{
+	static struct md__msg m, r;
+	char x;
+	const int said[] = { -ETIMEDOUT, -EPIPE };
+	for (size_t i = 0; i < 2; i++) {
+		fake_recv(c, &m);
+		ASSERT_EQ(m.hdr.type, i ? MD_MSG_UNREF : MD_MSG_LOOKUP);
+		memset(&r, 0, sizeof(r));
+		r.u.text.status = said[i];
+		snprintf(r.u.text.text, sizeof(r.u.text.text), "no");
+		fake_send(c, &r, MD_MSG_ERROR, m.hdr.seq, -1);
+	}
+	ASSERT(read(go, &x, 1) == 1);
+}
+
+/* A daemon's ERROR that says -ETIMEDOUT or -EPIPE is the daemon's refusal,
+ * which came: not a reply late (an UNREF so refused was taken as sent) nor
+ * the connection gone (which would hang up a live one). */
+TEST_IMPL(daemon_client_peer_error_not_transport)
+{
+	struct fake f;
+	uint64_t h = 1;
+	uint32_t s1;
+	struct md__client *c = fake_start(&f, error_as_transport);
+	ASSERT_EQ(md__client_lookup(c, &h, NULL, 1, &s1), -EPROTO);
+	ASSERT(md__client_alive(c));
+	ASSERT_EQ(md__client_ref(c, (uint32_t[]){ 3 }, 1, -1), -EPROTO);
+	ASSERT(md__client_alive(c));
+	ASSERT(write(f.go, "g", 1) == 1);
+	fake_wait(&f);
+	fake_end(&f, c);
+	return 0;
+}

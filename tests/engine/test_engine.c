@@ -939,6 +939,58 @@ TEST_IMPL(engine_exclude_failed_map)
 	return 0;
 }
 
+struct image_arg {
+	void *p;
+	size_t len;
+	int fd;
+};
+
+static int map_image(void *arg)
+{
+	struct image_arg *m = arg;	/* a read shared at read time */
+	void *p = mmap(m->p, m->len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, m->fd, 0);
+	return p == MAP_FAILED ? -errno : 0;
+}
+
+/* A read maps an image over pages the scanner found free, between its
+ * visit and the merge (its round trip to memdedupd): the merge and the
+ * zero-page drop leave them alone, image pages. */
+TEST_IMPL(engine_merge_leaves_image_mapped_since)
+{
+	struct md__engine e;
+	const size_t n = 2;
+	unsigned char *a, *b, zero[PG];
+	uint32_t slot = twins_published(&e, &a, &b, n, 90);
+	int fd = memfd_create("image", MFD_CLOEXEC);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(write(fd, a, PG), PG);	/* the pool page's content */
+	memset(zero, 0, PG);
+	ASSERT_EQ(write(fd, zero, PG), PG);
+
+	struct image_arg m = { b, n * PG, fd };
+	ASSERT_EQ(md__engine_exclude(&e, m.p, m.len, map_image, &m), 0);
+	ASSERT_EQ(md__engine_merge(&e, b, 1, slot), -EBUSY);
+	ASSERT_EQ(md__engine_merge_zero(&e, b + PG, 1), -EBUSY);
+	struct md__eregion *r = md__engine_region(&e, (uintptr_t)b, n * PG);
+	ASSERT(r != NULL);
+	for (size_t i = 0; i < n; i++) {
+		ASSERT_EQ(r->ref[i], MD_REF_IMAGE);
+		ASSERT(memcmp(b + i * PG, i ? zero : a, PG) == 0);	/* read: there */
+		ASSERT(pagemap(b + i * PG) & PM_FILE);
+	}
+	ASSERT_EQ(e.pool.refs[slot], 1);
+	struct md__engine_stats st;
+	md__engine_stats(&e, &st);
+	ASSERT_EQ(st.io_busy, 2);
+	ASSERT_EQ(st.merged, 0);
+	ASSERT_EQ(st.zero, 0);
+	md__engine_fini(&e);
+	close(fd);
+	munmap(a, n * PG);
+	munmap(b, n * PG);
+	return 0;
+}
+
 /* A run of side-by-side guest pages merged at once, each with its own slot:
  * copies of one page map that one slot; a page that differs, and one whose
  * slot is not live, stay as they were; the region's advice covers every
