@@ -1056,7 +1056,10 @@ EXPORT int ioctl(int fd, unsigned long request, ...)
 	 * come here): ours gives the range up first, and takes it back once
 	 * the VMM's lets go. */
 	md_agent *a;
-	if ((unsigned int)request == (unsigned int)UFFDIO_REGISTER && arg && (a = agent_peek())) {
+	/* An argument that cannot be read is the kernel's EFAULT, not our
+	 * SIGSEGV. */
+	if ((unsigned int)request == (unsigned int)UFFDIO_REGISTER && arg && (a = agent_peek()) &&
+	    md__readable(arg, sizeof(struct uffdio_register))) {
 		struct uffdio_range r = ((const struct uffdio_register *)arg)->range;
 		int gave = md_agent_userfault(a, (void *)(uintptr_t)r.start, (size_t)r.len);
 		if (gave < 0 && gave != -EINVAL) {
@@ -1071,7 +1074,8 @@ EXPORT int ioctl(int fd, unsigned long request, ...)
 		}
 		return ret;
 	}
-	if ((unsigned int)request == (unsigned int)UFFDIO_UNREGISTER && arg && (a = agent_peek())) {
+	if ((unsigned int)request == (unsigned int)UFFDIO_UNREGISTER && arg && (a = agent_peek()) &&
+	    md__readable(arg, sizeof(struct uffdio_range))) {
 		struct uffdio_range r = *(const struct uffdio_range *)arg;
 		int ret = md__sys_ioctl(fd, request, arg);
 		if (ret == 0)

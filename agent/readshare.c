@@ -578,7 +578,9 @@ static int any_in_ram(struct md_agent *a, const struct iovec *iov, int iovcnt)
 ssize_t md_agent_preadv(md_agent *a, int fd, const struct iovec *iov, int iovcnt,
 			off_t off, int flags)
 {
-	if (!a || iovcnt <= 0 || iovcnt > IOV_MAX)
+	/* The kernel's EFAULT for an iovec array that cannot be read, not
+	 * our SIGSEGV reading it. */
+	if (!a || iovcnt <= 0 || iovcnt > IOV_MAX || !md__readable(iov, (size_t)iovcnt * sizeof(*iov)))
 		return md__sys_preadv2(fd, iov, iovcnt, off, flags);
 	if (!any_in_ram(a, iov, iovcnt))
 		return tracked_preadv(a, fd, iov, iovcnt, off, flags, 0);

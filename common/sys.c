@@ -45,6 +45,19 @@ int md__copy_own_pages(void *buf, const void **p, size_t n)
 	return 0;
 }
 
+int md__readable(const void *p, size_t len)
+{
+	/* Every local piece is the same scratch: the bytes are only read. */
+	char scratch[512];
+	struct iovec loc[32], rem = { (void *)p, len };
+	if (len > sizeof(scratch) * 32)
+		return 1;
+	for (size_t i = 0; i < 32; i++)
+		loc[i] = (struct iovec){ scratch, sizeof(scratch) };
+	ssize_t got = process_vm_readv(getpid(), loc, (len + sizeof(scratch) - 1) / sizeof(scratch), &rem, 1, 0);
+	return got == (ssize_t)len || (got < 0 && errno != EFAULT);
+}
+
 ssize_t md__sys_preadv2(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags)
 {
 	/* The kernel takes the offset as two longs; on 64-bit the high one is 0. */

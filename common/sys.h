@@ -42,6 +42,13 @@ pid_t md__sys_gettid(void);
 #define MD_COPY_PAGES_MAX 64
 int md__copy_own_pages(void *buf, const void **p, size_t n);
 
+/* 0 if the kernel says the len bytes at p cannot be read (a caller's
+ * pointer that would make its system call fail with EFAULT), 1 otherwise
+ * (also when it cannot tell: process_vm_readv refused). Checked through
+ * the kernel, as an interposer must not fault where the system call it
+ * stands in for would have failed; at most 16 KiB (IOV_MAX iovecs). */
+int md__readable(const void *p, size_t len);
+
 /* 1 if a mapping of this process shares part of [a, a+len) (MAP_SHARED:
  * memory other processes or devices also write), 0 if none, or -errno. */
 int md__range_shared(uintptr_t a, size_t len);

@@ -1272,6 +1272,22 @@ TEST_IMPL(pread_outside_ram_is_pread)
 	return 0;
 }
 
+/* A VMM's preadv or userfaultfd ioctl given a pointer that cannot be read
+ * fails with EFAULT, as without us: the agent reads both arguments, and
+ * crashed the VMM with SIGSEGV. */
+TEST_IMPL(bad_pointer_is_efault)
+{
+	const char *img = image(4);
+	struct proc a;
+	char want[32];
+	int fd = start_reader(&a, img, NULL);
+	snprintf(want, sizeof(want), "%d %d %d", EFAULT, EFAULT, EFAULT);
+	ASSERT(strcmp(proc_cmd(&a, "badptr %d", fd), want) == 0);
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 0", fd), 65536);	/* and it goes on */
+	proc_stop(&a);
+	return 0;
+}
+
 TEST_IMPL(vma_budget_falls_back)
 {
 	const char *img = image(4);

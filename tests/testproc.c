@@ -88,6 +88,8 @@
  *                           the second (a userfaultfd holds it back): the kernel
  *                           holds the first meanwhile, as a device's DMA would
  *   dwritego              -> that write's result, once its second page is given
+ *   badptr FD             -> "E1 E2 E3": the errnos of preadv from FD, UFFDIO_REGISTER
+ *                           and UFFDIO_UNREGISTER given a pointer that cannot be read
  *   uffdoff OFF LEN       -> 0 or -errno of unregistering the range from the last
  *                           of those userfaultfds that registered (the migration or
  *                           snapshot is over)
@@ -789,6 +791,22 @@ int main(void)
 			if (r == 0)
 				last_uffd = u;	/* kept open, as the VMM's */
 			printf("%d\n", r);
+		} else if (strcmp(cmd, "badptr") == 0) {
+			/* badptr FD: preadv, then UFFDIO_REGISTER and UNREGISTER,
+			 * each given a pointer that cannot be read: their errnos,
+			 * as the kernel returns them (the agent reads both). */
+			sscanf(line, "%*s %lld", &a1);
+			void *bad = mmap(NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			int u = new_uffd(O_NONBLOCK);
+			struct uffdio_api api = { .api = UFFD_API };
+			ssize_t r = preadv((int)a1, bad, 2, 0);
+			int e1 = r < 0 ? errno : 0;
+			int e2 = u >= 0 && ioctl(u, UFFDIO_API, &api) == 0 && ioctl(u, UFFDIO_REGISTER, bad) < 0 ? errno : 0;
+			int e3 = u >= 0 && ioctl(u, UFFDIO_UNREGISTER, bad) < 0 ? errno : 0;
+			printf("%d %d %d\n", e1, e2, e3);
+			if (u >= 0)
+				close(u);
+			munmap(bad, 4096);
 		} else if (strcmp(cmd, "uffdoff") == 0) {
 			sscanf(line, "%*s %lld %lld", &a1, &a2);
 			struct uffdio_range range = { (uintptr_t)(base + a1), (uint64_t)a2 };
