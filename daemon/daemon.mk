@@ -32,7 +32,7 @@ tests-build: $(B)/fuzz-replay-protocol
 # memdedupd's handlers, a daemon built in the fuzz target's process with
 # peers on socketpairs (fuzz/fuzz_daemon.c): all of the daemon but main().
 DAEMON_LIB_OBJ := $(filter-out $(B)/daemon/main.o,$(DAEMON_OBJ))
-$(B)/fuzz-replay-daemon: fuzz/replay.c fuzz/fuzz_daemon.c fuzz/fuzz_daemon.h $(DAEMON_LIB_OBJ) $(B)/libmemdedup.a
+$(B)/fuzz-replay-daemon: fuzz/replay.c fuzz/fuzz_daemon.c fuzz/fuzz_daemon.h fuzz/fuzz_util.h $(DAEMON_LIB_OBJ) $(B)/libmemdedup.a
 	$(CC) $(MD_CFLAGS) $(CFLAGS) -Iengine -Idaemon -o $@ $(filter-out %.h,$^) $(LDFLAGS) $(JSON_LIBS)
 tests-build: $(B)/fuzz-replay-daemon
 
@@ -42,7 +42,7 @@ tests-build: $(B)/fuzz-replay-daemon
 # end, the daemon answers what it was sent before the client reads, and a
 # wait for what will not come is over at once, its time passed.
 FUZZ_CLIENT_LDFLAGS := -Wl,--wrap=connect -Wl,--wrap=recvmsg -Wl,--wrap=poll -Wl,--wrap=clock_gettime
-$(B)/fuzz-replay-client: fuzz/replay.c fuzz/fuzz_client.c fuzz/fuzz_client.h $(B)/libmemdedup.a
+$(B)/fuzz-replay-client: fuzz/replay.c fuzz/fuzz_client.c fuzz/fuzz_client.h fuzz/fuzz_util.h $(B)/libmemdedup.a
 	$(CC) $(MD_CFLAGS) $(CFLAGS) -o $@ $(filter-out %.h,$^) $(LDFLAGS) $(FUZZ_CLIENT_LDFLAGS)
 tests-build: $(B)/fuzz-replay-client
 

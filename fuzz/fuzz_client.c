@@ -32,7 +32,6 @@
  * may map); at the end the engine and the connection are torn down,
  * leak-free (the replay runs under ASan's leak checker), and every
  * descriptor must be closed. */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -49,6 +48,7 @@
 #include "checksum.h"
 #include "client.h"
 #include "fuzz_client.h"
+#include "fuzz_util.h"
 #include "log.h"
 #include "merge.h"
 #include "remote.h"
@@ -1045,24 +1045,6 @@ static long op_call(struct fc *f, unsigned op, unsigned fl, unsigned a, unsigned
 	}
 	}
 	return -ENOSYS;
-}
-
-/* Descriptors open in this process: as many after an input as before. */
-static int count_fds(void)
-{
-	DIR *dir = opendir("/proc/self/fd");
-	int n = 0;
-	if (!dir)
-		return -1;
-	while (readdir(dir))
-		n++;
-	closedir(dir);
-	return n;
-}
-
-static uint32_t get24(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16;
 }
 
 /* The argument bytes of each op. */

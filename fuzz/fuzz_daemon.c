@@ -34,7 +34,6 @@
  * is this process's own, so agents never exit. The STATUS rate limit is
  * off (MEMDEDUP_STATUS_KB_PER_S=0), CONTROLs wait 0 ms, and no timer runs
  * but when an input says: an input does the same each time. */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -48,6 +47,7 @@
 
 #include "daemon.h"
 #include "fuzz_daemon.h"
+#include "fuzz_util.h"
 
 #ifndef SYS_pidfd_open
 #define SYS_pidfd_open 434
@@ -254,25 +254,6 @@ static void check_refs(const struct md__daemon *d)
 		if (total != dom->refs_total || md__pool_live(&dom->pool) > dom->pool.end)
 			__builtin_trap();
 	}
-}
-
-/* Descriptors open in this process (the daemon's are ours): as many after
- * an input as before, or one leaked. */
-static int count_fds(void)
-{
-	DIR *dir = opendir("/proc/self/fd");
-	int n = 0;
-	if (!dir)
-		return -1;
-	while (readdir(dir))
-		n++;
-	closedir(dir);
-	return n;
-}
-
-static uint32_t get24(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -1399,6 +1399,20 @@ static char *pairs_ram(size_t n)
 	return m;
 }
 
+/* An agent of this process scanning fast (domain: NULL, the default, or
+ * as named), without memdedupd, and n pages of RAM in pairs registered and
+ * merged: the pages. */
+static char *pairs_merged_here(md_agent **a, const char *domain, size_t n)
+{
+	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .domain = domain,
+			       .pages_to_scan = 1000, .sleep_ms = 1 };
+	ASSERT_EQ(md_agent_new(a, &o), 0);
+	char *m = pairs_ram(n);
+	ASSERT_EQ(md_agent_register(*a, m, n * PG, 0), 0);
+	ASSERT_EQ(wait_merged(*a, n / 2), 0);
+	return m;
+}
+
 /* A private memdedupd, an agent of this process with its domain "held",
  * and n pages of RAM in pairs (no fill pages), merged: n / 2 pool pages. */
 static char *merged_pairs(struct tdaemon *t, md_agent **a, size_t n)
@@ -1872,18 +1886,12 @@ static int threads_named(const char *name)
 }
 
 /* In a child: an agent of its own, 64 pages merged in pairs, then the
- * process chrooted where there is no /proc (QEMU's -chroot). Exits 3-5
- * if any step fails. */
+ * process chrooted where there is no /proc (QEMU's -chroot). Aborts, or
+ * exits 5, if any step fails. */
 static md_agent *merged_then_chrooted(const char *root)
 {
 	md_agent *a;
-	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .domain = "private",
-			       .pages_to_scan = 1000, .sleep_ms = 1 };
-	if (md_agent_new(&a, &o) != 0)
-		_exit(3);
-	char *m = pairs_ram(64);
-	if (md_agent_register(a, m, 64 * PG, 0) != 0 || wait_merged(a, 32) != 0)
-		_exit(4);
+	pairs_merged_here(&a, "private", 64);
 	if (chroot(root) != 0 || chdir("/") != 0)
 		_exit(5);
 	return a;
@@ -2022,11 +2030,7 @@ TEST_IMPL(scan_refused_unmerge_keeps_daemon_pause)
 		SKIP("no memory cgroup of our own to be had here");
 	md_agent *a;
 	const size_t n = 64;
-	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .pages_to_scan = 1000, .sleep_ms = 1 };
-	ASSERT_EQ(md_agent_new(&a, &o), 0);
-	char *m = pairs_ram(n);
-	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
-	ASSERT_EQ(wait_merged(a, n / 2), 0);
+	char *m = pairs_merged_here(&a, NULL, n);
 	ASSERT_EQ(cgroup_enter(&cg, getpid()), 0);
 	/* Below the 64 MiB an unmerge keeps spare: refused. */
 	ASSERT_EQ(cgroup_limit(&cg, cgroup_usage(&cg) + (32ull << 20)), 0);
@@ -2093,11 +2097,7 @@ TEST_IMPL(scan_unmerges_at_once)
 {
 	md_agent *a;
 	const size_t n = 256;
-	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .pages_to_scan = 1000, .sleep_ms = 1 };
-	ASSERT_EQ(md_agent_new(&a, &o), 0);
-	char *m = pairs_ram(n);
-	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
-	ASSERT_EQ(wait_merged(a, n / 2), 0);
+	char *m = pairs_merged_here(&a, NULL, n);
 	pthread_t t1, t2;
 	ASSERT_EQ(pthread_create(&t1, NULL, unmerge_often, a), 0);
 	ASSERT_EQ(pthread_create(&t2, NULL, unmerge_often, a), 0);
