@@ -199,6 +199,8 @@ struct md_agent {
 	unsigned walk_age;
 
 	int lease_signal;
+	long lease_break_s;	/* /proc/sys/fs/lease-break-time at the start,
+				 * for when /proc is gone (a chroot) */
 	pid_t thread_tid;
 	pthread_t thread;
 	int stop;
@@ -317,6 +319,9 @@ int md__image_breaks_retry(struct md_agent *a);
  * use; gone with the lease), or NULL. */
 const unsigned char *md__image_view(struct md_agent *a, struct md__image *img);
 void md__images_free(struct md_agent *a);
+/* The kernel's lease-break-time in seconds: as read now, or at the agent's
+ * start where /proc is gone; 45, its default, if never read. */
+long md__lease_break_s(const struct md_agent *a);
 
 /* writes.c */
 /* The number of the last write begun: those up to it are the ones whose

@@ -201,8 +201,7 @@ static int merge_run(struct md_agent *a, uintptr_t addr, const uint64_t *cookie,
 	if (got > 0) {
 		for (size_t i = 0; i < n; i++)
 			r->owner[first + i] = img->id;
-		md__vmas_add(&a->vmas, 2);
-		merged = got;
+		merged = got;	/* its mappings counted by the engine (a->vmas) */
 	} else if (got == -EBADF) {
 		/* The VMM closed or replaced our descriptor since the check
 		 * above (the map was made aside and dropped, the guest's

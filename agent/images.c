@@ -64,6 +64,14 @@ static int lease_signal_to_us(const struct md_agent *a, int fd)
 	return fcntl(fd, F_SETSIG, a->lease_signal) != 0 || fcntl(fd, F_SETOWN_EX, &owner) != 0 ? -1 : 0;
 }
 
+/* Whether fd is one of our descriptions of an image: read-only with
+ * O_APPEND (image_open_own), which no VMM's image descriptor has. */
+static int fd_is_ours(int fd)
+{
+	int fl = fcntl(fd, F_GETFL);
+	return fl >= 0 && (fl & O_ACCMODE) == O_RDONLY && (fl & O_APPEND);
+}
+
 /* Our own open file description of the file the VMM's fd names: the
  * lease belongs to it, so it lives on when the VMM closes its descriptor,
  * and mappings come from it. Returns it, or -1 (errno set). */
@@ -83,7 +91,10 @@ static int image_open_own(struct md_agent *a, int fd, const struct stat *st)
 	if (fstat(own_fd, &own) != 0 || own.st_dev != st->st_dev || own.st_ino != st->st_ino ||
 	    lease_signal_to_us(a, own_fd) != 0) {
 		int err = errno;
-		close(own_fd);
+		/* Not the file: the VMM may have closed this number and opened
+		 * another file at it since, its own, not ours to close. */
+		if (fd_is_ours(own_fd))
+			close(own_fd);
 		errno = err;
 		return -1;
 	}
@@ -99,9 +110,8 @@ static int image_open_own(struct md_agent *a, int fd, const struct stat *st)
 static int image_fd_ours(const struct md__image *img)
 {
 	struct stat st;
-	int fl;
 	return img->fd >= 0 && fstat(img->fd, &st) == 0 && st.st_dev == img->dev && st.st_ino == img->ino &&
-	       (fl = fcntl(img->fd, F_GETFL)) >= 0 && (fl & O_ACCMODE) == O_RDONLY && (fl & O_APPEND);
+	       fd_is_ours(img->fd);
 }
 
 static struct md__image *image_add(struct md_agent *a, int fd, const struct stat *st, int shmem)
@@ -304,6 +314,19 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, const struct md__f
 		retry_later(img);
 		return NULL;
 	}
+	/* The number may have become the VMM's since the check above (it
+	 * closed ours, opened another file there): the lease just taken is
+	 * then on the VMM's file, which would be mapped as this image. Ours
+	 * cannot come back to the number once gone, so ours now was ours
+	 * when leased. */
+	if (!image_fd_ours(img)) {
+		if (fcntl(img->fd, F_GETLEASE) == F_RDLCK)
+			fcntl(img->fd, F_SETLEASE, F_UNLCK);
+		img->fd = -1;
+		*why = MD_FB_NO_LEASE;
+		retry_later(img);
+		return NULL;
+	}
 	/* While the lease is held the size cannot change either. */
 	if (fstat(img->fd, &st) != 0) {
 		md__log_once(101, "cannot read the size of a leased image (%s): its reads are copied",
@@ -346,14 +369,19 @@ static void view_drop(struct md__image *img)
 	img->view = NULL;
 }
 
-/* When the kernel lets a writer in whatever we do: lease-break-time seconds
- * after the break began, less a margin for the last try. */
-static void break_deadline(struct timespec *t)
+long md__lease_break_s(const struct md_agent *a)
 {
 	char text[32];
-	long s = 45;	/* the kernel's default */
 	if (md__read_text("/proc/sys/fs/lease-break-time", text, sizeof(text)) > 0)
-		s = strtol(text, NULL, 10);
+		return strtol(text, NULL, 10);
+	return a->lease_break_s ? a->lease_break_s : 45;
+}
+
+/* When the kernel lets a writer in whatever we do: lease-break-time seconds
+ * after the break began, less a margin for the last try. */
+static void break_deadline(const struct md_agent *a, struct timespec *t)
+{
+	long s = md__lease_break_s(a);
 	clock_gettime(CLOCK_MONOTONIC, t);
 	t->tv_sec += s > 1 ? s - 1 : 0;
 }
@@ -403,7 +431,7 @@ static void start_break(struct md_agent *a, struct md__image *img)
 {
 	img->lease = MD_LEASE_BREAKING;
 	__atomic_store_n(&a->breaking, a->breaking + 1, __ATOMIC_RELAXED);
-	break_deadline(&img->retry_at);
+	break_deadline(a, &img->retry_at);
 	finish_break(a, img);
 }
 

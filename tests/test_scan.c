@@ -1920,6 +1920,45 @@ TEST_IMPL(scan_unmerge_after_chroot)
 	return 0;
 }
 
+static void write_sysctl(const char *path, const char *value)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	ASSERT(fd >= 0);
+	ASSERT(write(fd, value, strlen(value)) == (ssize_t)strlen(value));
+	close(fd);
+}
+
+/* The kernel's lease-break-time after the VMM chrooted where there is no
+ * /proc: the value from the agent's start. It was taken for the default,
+ * 45 s, and a break short of memory gave up early, letting a writer in
+ * with pages still mapped from the image, where the limit was longer. */
+TEST_IMPL(scan_lease_break_time_after_chroot)
+{
+	const char *knob = "/proc/sys/fs/lease-break-time";
+	char root[512], was[32];
+	snprintf(root, sizeof(root), "%s/lease-root", test_dir());
+	ASSERT(mkdir(root, 0755) == 0 || errno == EEXIST);
+	snprintf(was, sizeof(was), "%s", file_text(knob));
+	write_sysctl(knob, "7");
+	pid_t pid = fork();
+	if (pid == 0) {
+		md_agent *a;
+		md_agent_options o = { .run_dir = "", .domain = "private" };
+		if (md_agent_new(&a, &o) != 0)
+			_exit(2);
+		if (chroot(root) != 0 || chdir("/") != 0)
+			_exit(3);
+		_exit(md__lease_break_s(a) == 7 ? 0 : 4);
+	}
+	int st = 0;
+	pid_t got = pid > 0 ? waitpid(pid, &st, 0) : -1;
+	write_sysctl(knob, was);	/* put back before any check fails */
+	ASSERT(pid > 0 && got == pid);
+	ASSERT(WIFEXITED(st));
+	ASSERT_EQ(WEXITSTATUS(st), 0);
+	return 0;
+}
+
 /* The same after the VMM, in a memory cgroup, chrooted: the cgroup's
  * limit is read through the files kept from the agent's start. Without
  * them no limit was seen, and an unmerge the cgroup had no room for
@@ -2532,6 +2571,46 @@ TEST_IMPL(scan_image_index_prunes_written)
 	ASSERT(memcmp(m + 3 * PG, want, PG) == 0 && memcmp(m + 300 * PG, want, PG) == 0);
 	md_agent_free(a);
 	munmap(m, len);
+	close(fd);
+	return 0;
+}
+
+/* A copy of an image page merged onto the image: its mappings counted
+ * once in the VMA estimate the agent shares with its engine. Both counted
+ * them, and the budget ran out at half what the kernel allows: reads
+ * copied, merges refused, until the next count. */
+TEST_IMPL(scan_image_merge_counted_once)
+{
+	char img[512];
+	snprintf(img, sizeof(img), "%s/counted", test_dir());
+	make_image(img, 16 * PG, 17);
+	md_agent *a;
+	const size_t n = 64;
+	char *m = inproc_agent(&a, 2000, n * PG);
+	for (size_t i = 0; i < n * PG; i++)
+		m[i] = (char)((i / PG) * 13 + i % 241 + 1);	/* no two pages alike */
+	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
+	int fd = open(img, O_RDONLY);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(md_agent_pread(a, fd, m, 16 * PG, 0), 16 * PG);
+	md_stats s;
+	for (int i = 0; i < 400 && (md_agent_stats(a, &s), s.image_pages_indexed < 16); i++)
+		usleep(50000);
+	ASSERT(s.image_pages_indexed >= 16);
+	/* The first merge maps a view of the image too (one mapping); the
+	 * second only its own. */
+	uint64_t adds = 0;
+	for (unsigned k = 1; k <= 2; k++) {
+		adds = __atomic_load_n(&a->vmas.adds, __ATOMIC_SEQ_CST);
+		memcpy(m + (30 + 10 * k) * PG, m + (3 + 2 * k) * PG, PG);
+		for (int i = 0; i < 400 && (md_agent_stats(a, &s), s.merged_image < k); i++)
+			usleep(50000);
+		ASSERT_EQ(s.merged_image, k);
+	}
+	usleep(200000);	/* nothing else maps meanwhile */
+	ASSERT_EQ(__atomic_load_n(&a->vmas.adds, __ATOMIC_SEQ_CST) - adds, 2);
+	md_agent_free(a);
+	munmap(m, n * PG);
 	close(fd);
 	return 0;
 }
