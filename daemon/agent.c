@@ -146,10 +146,14 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 		md__conn_fail(d, old, 0, -EBUSY, "pid %d said HELLO on another connection", (int)c->pid);
 	}
 	/* The same process (its pidfd and ours both live), mapping no pool
-	 * page any more (it exec'd): what the record holds is nobody's. */
+	 * page any more (it exec'd): what the record holds is nobody's. An
+	 * unmerge's pause is the process's, and stays (QEMU's cpr-exec goes
+	 * on with the same guest), until a RESUME. */
+	int was_unmerged = 0;
 	if (a && !a->conn && (h->flags & MD_HELLO_NO_POOL_MAPS)) {
 		md__dlog_peer("agent %d came back mapping no pool page (exec): its references go",
 			      (int)c->pid);
+		was_unmerged = a->unmerged;
 		md__agent_exited(d, a);
 		a = NULL;
 	}
@@ -158,7 +162,6 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 	 * (QEMU's -runas drops root after the agent joined): nothing in it is
 	 * the old user's; the new record stays paused. Refused, the process
 	 * could never join again. */
-	int was_unmerged = 0;
 	if (a && !a->conn && !a->nrefs && (a->uid != c->uid || strcmp(a->dom->name, h->domain) != 0)) {
 		was_unmerged = a->unmerged;
 		md__agent_exited(d, a);

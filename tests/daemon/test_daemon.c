@@ -3299,6 +3299,52 @@ TEST_IMPL(daemon_user_change_after_unmerge)
 	return 0;
 }
 
+/* A process unmerged, then exec'd (QEMU's cpr-exec): its new agent says
+ * HELLO mapping no pool page, and the record's references go, but not the
+ * unmerge's pause, which is the process's until a RESUME: it was lost,
+ * and the exec'd VMM merged again. */
+TEST_IMPL(daemon_exec_after_unmerge_stays_paused)
+{
+	struct tdaemon t;
+	td_start(&t, 16);
+	int ready[2];
+	ASSERT(pipe(ready) == 0);
+	pid_t child = fork();
+	ASSERT(child >= 0);
+	if (child == 0) {
+		struct md__client *agent;
+		struct md__msg_welcome w;
+		struct md__msg_control ctl;
+		int fd = -1, err = -EAGAIN;
+		char x = 0;
+		if (md__client_open(&agent, t.sock, NULL, 0, &w, &fd) != 0 || write(ready[1], &x, 1) != 1)
+			_exit(100);
+		for (int i = 0; i < 400 && err == -EAGAIN; i++)
+			if ((err = md__client_next_control(agent, &ctl)) == -EAGAIN)
+				usleep(5000);
+		if (err || ctl.op != MD_CTL_UNMERGE || md__client_control_done(agent, ctl.token, 0, NULL) != 0)
+			_exit(101);
+		md__client_free(agent);
+		close(fd);
+		usleep(200000);	/* the daemon sees it go */
+		err = md__client_open(&agent, t.sock, NULL, MD_HELLO_NO_POOL_MAPS, &w, &fd);
+		_exit(err ? 104 : (w.state & MD_WELCOME_PAUSED) ? 0 : 1);
+	}
+	char x, text[MD_TEXT_MAX + 1];
+	ASSERT_EQ(read(ready[0], &x, 1), 1);
+	struct md__client *cli = td_connect(&t);
+	ASSERT_EQ(control(cli, MD_CTL_UNMERGE, child, NULL, NULL, text), 0);
+	int st;
+	ASSERT_EQ(waitpid(child, &st, 0), child);
+	ASSERT(WIFEXITED(st));
+	ASSERT_EQ(WEXITSTATUS(st), 0);
+	md__client_free(cli);
+	close(ready[0]);
+	close(ready[1]);
+	td_stop(&t);
+	return 0;
+}
+
 TEST_IMPL(daemon_controls_per_uid)
 {
 	struct tdaemon t;
