@@ -106,7 +106,9 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 	 * under its guest. */
 	if (c->peer_pidfd < 0) {
 		int e = -c->peer_pidfd_err;
-		err = e == ESRCH ? -ESRCH : e == ENOSYS ? -ENOSYS : -EMFILE;
+		/* Linux 6.5-6.15 refuse SO_PEERPIDFD of a peer already reaped
+		 * with EINVAL: gone, as ESRCH says; only a shortage is ours. */
+		err = e == ENOSYS ? -ENOSYS : e == EMFILE || e == ENFILE || e == ENOMEM ? -EMFILE : -ESRCH;
 		snprintf(why, size, "cannot watch pid %d (%s)%s", (int)c->pid, strerror(e),
 			 err == -ENOSYS ? ": this kernel has no pidfd_open (Linux 5.3)" : "");
 		return err;
