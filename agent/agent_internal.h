@@ -244,6 +244,9 @@ extern int md__regions_fail_reserve;
 /* Tests only: md_agent_io_unseen's first call sleeps this long (us) before
  * it is done, and then counts md__io_unseen_slept. */
 extern unsigned md__io_unseen_delay_us, md__io_unseen_slept;
+/* Tests only: called with our descriptor of an image just before its lease
+ * is taken (where the VMM's close and open could come). */
+extern void (*md__image_lease_hook)(int fd);
 void md__regions_advise(struct md_agent *a, uintptr_t start, uintptr_t end, unsigned advice);
 /* Makes every page in [start,end) mapped from image id (0: from any image)
  * private, so the file can change without the guest seeing it. */

@@ -33,6 +33,8 @@
 
 #define LEASE_RETRY_NS 1000000000ll
 
+void (*md__image_lease_hook)(int fd);	/* tests only: see agent_internal.h */
+
 static int time_reached(const struct timespec *t)
 {
 	struct timespec now;
@@ -307,6 +309,8 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, const struct md__f
 		*why = MD_FB_NO_LEASE;	/* the VMM is giving root up: its new uid could not give it back */
 		return NULL;
 	}
+	if (md__image_lease_hook)
+		md__image_lease_hook(img->fd);
 	if (lease_signal_to_us(a, img->fd) != 0 || fcntl(img->fd, F_SETLEASE, F_RDLCK) != 0) {
 		*why = MD_FB_NO_LEASE;
 		md__log_once(21, "no read lease on an image (%s): it may change, so its reads are copied",

@@ -2521,6 +2521,56 @@ TEST_IMPL(scan_image_index_bounded)
 	return 0;
 }
 
+static int lease_swap_from = -1, lease_swap_to = -1;
+
+/* The VMM closes the agent's descriptor of the image and opens another
+ * file, which takes its number. */
+static void swap_before_lease(int fd)
+{
+	lease_swap_from = fd;
+	ASSERT_EQ(dup2(lease_swap_to, fd), fd);
+}
+
+/* The VMM's open takes the number of the agent's descriptor of an image
+ * between its check and its lease: the lease is on the VMM's file then,
+ * and is given back, the read copied. The VMM's file was leased and
+ * mapped into guest RAM as the image. */
+TEST_IMPL(image_lease_on_number_vmm_took)
+{
+	char img[512], other[512];
+	snprintf(img, sizeof(img), "%s/leased", test_dir());
+	snprintf(other, sizeof(other), "%s/other", test_dir());
+	make_image(img, 16 * PG, 21);
+	make_image(other, 16 * PG, 22);
+	md_agent *a;
+	md_agent_options o = { .run_dir = "", .domain = "private" };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	char *m = mmap(NULL, 16 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	ASSERT_EQ(md_agent_register(a, m, 16 * PG, 0), 0);
+	int fd = open(img, O_RDONLY | O_CLOEXEC);
+	lease_swap_to = open(other, O_RDONLY | O_CLOEXEC);
+	ASSERT(fd >= 0 && lease_swap_to >= 0);
+	md__image_lease_hook = swap_before_lease;
+	ssize_t n = md_agent_pread(a, fd, m, 16 * PG, 0);
+	md__image_lease_hook = NULL;
+	ASSERT_EQ(n, 16 * PG);
+	static char want[16 * PG];
+	ASSERT_EQ(pread(fd, want, sizeof(want), 0), (ssize_t)sizeof(want));
+	ASSERT(memcmp(m, want, sizeof(want)) == 0);
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, 0);
+	ASSERT(lease_swap_from >= 0);
+	ASSERT_EQ(fcntl(lease_swap_from, F_GETLEASE), F_UNLCK);	/* the VMM's file holds none */
+	md_agent_free(a);
+	munmap(m, 16 * PG);
+	close(lease_swap_from);
+	close(lease_swap_to);
+	close(fd);
+	return 0;
+}
+
 TEST_IMPL(scan_image_index_prunes_written)
 {
 	/* The index of image pages hashes them where the read mapped them,
