@@ -1203,6 +1203,12 @@ void md__agent_moved(md_agent *a, void *old, size_t old_len, void *now, size_t n
 	md__agent_enter(a);
 	if (md__rangeset_overlaps(&a->forgotten, o, o + old_len))
 		md__rangeset_add(&a->forgotten, n, n + now_len);
+	/* Grown, a mapping of ours (an image's, the pool's) maps its file on
+	 * past the old end, where the VMM's new memory must read zeroes:
+	 * made anonymous memory, as for a discard. */
+	if (now_len > old_len && md__discard_forgotten(a, n + old_len, n + now_len) != 0)
+		md__log_once(111, "guest RAM grown by mremap could not all be emptied past its old end "
+			     "(memory short): some pages there read a file's content, not zeroes");
 	/* Our copies went with the mapping: what the VMM maps where it was
 	 * is its own. MREMAP_DONTUNMAP leaves the old mapping, emptied: of
 	 * anonymous memory that reads zeroes, but ours there are an image's

@@ -555,6 +555,22 @@ EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 		new_addr = va_arg(ap, void *);
 		va_end(ap);
 	}
+	/* A shrink in place moves nothing: an unmap of the part cut off, and
+	 * what stays stays shared (made private, all of it, as for a move,
+	 * it was refused when memory was short, which the kernel never does). */
+	if (!(flags & (MREMAP_FIXED | MREMAP_DONTUNMAP)) && (uintptr_t)old % MD_PAGE_SIZE == 0 &&
+	    page_len(new_len) && page_len(new_len) < page_len(old_len)) {
+		struct vm_call c = { SYS_mremap, { (long)old, (long)old_len, (long)new_len, flags, 0 }, 0 };
+		void *cut = (char *)old + page_len(new_len);
+		size_t cut_len = page_len(old_len) - page_len(new_len);
+		vm_call(&c, cut, cut_len);
+		if ((void *)c.ret != MAP_FAILED) {
+			int saved = errno;
+			md__policy_forget((uintptr_t)cut, cut_len);
+			errno = saved;
+		}
+		return (void *)c.ret;
+	}
 	/* Pages that move are no longer where the agent tracks them: make them
 	 * private first, so a lease break cannot miss them. What was
 	 * registered is asked again if the kernel refuses the move. */

@@ -1288,6 +1288,41 @@ TEST_IMPL(bad_pointer_is_efault)
 	return 0;
 }
 
+/* Guest RAM shared at read time, grown by mremap: the kernel grows the
+ * image's mapping, which showed the image's next bytes where the VMM's new
+ * memory must read zeroes. */
+TEST_IMPL(mremap_grow_reads_zeroes_past_old_end)
+{
+	const char *img = image(6);
+	struct proc a;
+	reader_with_mb(&a, img);
+	long long to = proc_num(&a, "grow 0 %u %u", MB, 2 * MB);
+	ASSERT(to >= 0 || to <= -4096);	/* moved, not -errno */
+	ASSERT(strcmp(proc_cmd(&a, "hash %lld %u", to, MB), hex(fnv_file(img, 0, MB))) == 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash %lld %u", to + MB, MB), hex(fnv_zero(MB))) == 0);
+	proc_stop(&a);
+	return 0;
+}
+
+/* A shrink in place moves nothing: what stays stays shared. All of guest
+ * RAM was made private first, as for a move (and the shrink refused when
+ * memory was short, which the kernel never does). */
+TEST_IMPL(mremap_shrink_keeps_sharing)
+{
+	const char *img = image(6);
+	struct proc a;
+	reader_with_mb(&a, img);
+	md_stats s0, s;
+	ASSERT_EQ(proc_stats(&a, &s0), 0);
+	ASSERT_EQ(proc_num(&a, "shrink 0 %u %u", RAM_PAGES * 4096, RAM_PAGES * 4096 - 65536), 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", MB), hex(fnv_file(img, 0, MB))) == 0);
+	ASSERT(proc_page(&a, 0).file);	/* the image's page, not a copy */
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.registered_bytes, s0.registered_bytes - 65536);
+	proc_stop(&a);
+	return 0;
+}
+
 TEST_IMPL(vma_budget_falls_back)
 {
 	const char *img = image(4);

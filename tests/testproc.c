@@ -49,6 +49,8 @@
  *                           later reached the shared memory
  *   mapfile DOFF LEN FD [noreplace] -> 0 or -errno of a private MAP_FIXED
  *                            (or MAP_FIXED_NOREPLACE) mapping of FD over guest RAM
+ *   grow|shrink DOFF LEN NEWLEN -> where guest RAM resized by mremap is now (an offset
+ *                           from the RAM: grow may move it), or -errno
  *   moveram DOFF LEN      -> 0 or -errno of an mremap moving guest RAM away
  *   remapfresh N          -> the slowest of N mremaps (two pages grown to
  *                            four) of memory that is not guest RAM, in us
@@ -1135,6 +1137,13 @@ int main(void)
 			int fl = strcmp(how, "noreplace") == 0 ? MAP_FIXED_NOREPLACE : MAP_FIXED;
 			void *p = mmap(base + a1, (size_t)a2, PROT_READ | PROT_WRITE, MAP_PRIVATE | fl, (int)a3, 0);
 			printf("%d\n", p == MAP_FAILED ? -errno : 0);
+		} else if (strcmp(cmd, "grow") == 0 || strcmp(cmd, "shrink") == 0) {
+			/* DOFF LEN NEWLEN: guest RAM resized by mremap, moved
+			 * if it must be (grow), or in place (shrink); where it
+			 * is now, as an offset from the RAM, or -errno. */
+			sscanf(line, "%*s %lld %lld %lld", &a1, &a2, &a3);
+			char *p = mremap(base + a1, (size_t)a2, (size_t)a3, cmd[0] == 'g' ? MREMAP_MAYMOVE : 0);
+			printf("%lld\n", p == MAP_FAILED ? (long long)-errno : (long long)(p - base));
 		} else if (strcmp(cmd, "moveram") == 0) {
 			/* DOFF LEN: guest RAM moved away by mremap, leaving a
 			 * hole; 0 or -errno. */
