@@ -1250,20 +1250,29 @@ int md_agent_unmap(md_agent *a, void *addr, size_t len)
 	return md__agent_unmap(a, addr, len, unmap_op, &u, 1);
 }
 
+_Static_assert(MD_ADV_DONTFORK == MD_EADV_DONTFORK && MD_ADV_DONTDUMP == MD_EADV_DONTDUMP &&
+	       MD_ADV_HUGEPAGE == MD_EADV_HUGEPAGE && MD_ADV_UNDO == MD_EADV_UNDO,
+	       "the engine keeps the agent's advice bits as they are");
+
 int md_agent_advise(md_agent *a, void *addr, size_t len, unsigned advice)
 {
 	int err = check_range(addr, len);
-	if (!a || err || (advice & ~(MD_ADV_DONTFORK | MD_ADV_DONTDUMP | MD_ADV_HUGEPAGE)))
+	if (!a || err || (advice & ~(MD_ADV_DONTFORK | MD_ADV_DONTDUMP | MD_ADV_HUGEPAGE | MD_ADV_UNDO)))
 		return -EINVAL;
+	uintptr_t s = (uintptr_t)addr, e = s + len;
 	md__agent_enter(a);
-	md__regions_advise(a, (uintptr_t)addr, (uintptr_t)addr + len, advice);
+	int partial = md__regions_advise(a, s, e, advice);
 	/* And what the VMM's userfaultfd holds, for when it is taken back. */
-	for (size_t i = 0; i < a->nhanded; i++)
-		if (a->handed[i].start < (uintptr_t)addr + len && a->handed[i].end > (uintptr_t)addr)
-			a->handed[i].advice |= advice;
+	for (size_t i = 0; i < a->nhanded; i++) {
+		struct md__handed *h = &a->handed[i];
+		h->advice = md__advice_after(h->advice, h->start, h->end, s, e, advice, &partial);
+	}
 	if (a->engine)
-		md__engine_advise(a->engine, addr, len, advice);
+		partial |= md__engine_advise(a->engine, addr, len, advice);
 	md__agent_leave(a);
+	if (partial)
+		md__log_once(112, "advice taken back (MADV_DOFORK, MADV_DODUMP or MADV_NOHUGEPAGE) from part "
+			     "of a region of guest RAM: the pages the agent maps there keep it");
 	return 0;
 }
 

@@ -247,7 +247,9 @@ extern unsigned md__io_unseen_delay_us, md__io_unseen_slept;
 /* Tests only: called with our descriptor of an image just before its lease
  * is taken (where the VMM's close and open could come). */
 extern void (*md__image_lease_hook)(int fd);
-void md__regions_advise(struct md_agent *a, uintptr_t start, uintptr_t end, unsigned advice);
+/* Advice given [start, end) (MD_ADV_* bits, MD_ADV_UNDO): see
+ * md__advice_after; 1 if some taken back stays on a region covered in part. */
+int md__regions_advise(struct md_agent *a, uintptr_t start, uintptr_t end, unsigned advice);
 /* Makes every page in [start,end) mapped from image id (0: from any image)
  * private, so the file can change without the guest seeing it. */
 int md__privatize(struct md_agent *a, uintptr_t start, uintptr_t end, uint32_t id);

@@ -264,6 +264,9 @@ static unsigned advice_bit(int advice)
 	case MADV_DONTFORK: return MD_ADV_DONTFORK;
 	case MADV_DONTDUMP: return MD_ADV_DONTDUMP;
 	case MADV_HUGEPAGE: return MD_ADV_HUGEPAGE;
+	case MADV_DOFORK: return MD_ADV_DONTFORK | MD_ADV_UNDO;
+	case MADV_DODUMP: return MD_ADV_DONTDUMP | MD_ADV_UNDO;
+	case MADV_NOHUGEPAGE: return MD_ADV_HUGEPAGE | MD_ADV_UNDO;
 	default: return 0;
 	}
 }

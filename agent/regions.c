@@ -165,11 +165,14 @@ int md__regions_remove(struct md_agent *a, uintptr_t start, uintptr_t end)
 	return 0;
 }
 
-void md__regions_advise(struct md_agent *a, uintptr_t start, uintptr_t end, unsigned advice)
+int md__regions_advise(struct md_agent *a, uintptr_t start, uintptr_t end, unsigned advice)
 {
-	for (size_t i = 0; i < a->nregions; i++)
-		if (a->regions[i].start < end && a->regions[i].end > start)
-			a->regions[i].advice |= advice;
+	int partial = 0;
+	for (size_t i = 0; i < a->nregions; i++) {
+		struct md__region *r = &a->regions[i];
+		r->advice = md__advice_after(r->advice, r->start, r->end, start, end, advice, &partial);
+	}
+	return partial;
 }
 
 void md__apply_advice(struct md_agent *a, const struct md__region *r, uintptr_t addr, size_t len)

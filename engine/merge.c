@@ -1037,14 +1037,17 @@ int md__engine_unmap(struct md__engine *e, void *addr, size_t len, int (*op)(voi
 	return r;
 }
 
-void md__engine_advise(struct md__engine *e, void *addr, size_t len, unsigned advice)
+int md__engine_advise(struct md__engine *e, void *addr, size_t len, unsigned advice)
 {
 	uintptr_t a = (uintptr_t)addr;
+	int partial = 0;
 	pthread_rwlock_wrlock(&e->regions_lock);
-	for (size_t i = 0; i < e->nregions; i++)
-		if (e->regions[i].start < a + len && e->regions[i].end > a)
-			e->regions[i].advice |= advice;
+	for (size_t i = 0; i < e->nregions; i++) {
+		struct md__eregion *r = &e->regions[i];
+		r->advice = md__advice_after(r->advice, r->start, r->end, a, a + len, advice, &partial);
+	}
 	pthread_rwlock_unlock(&e->regions_lock);
+	return partial;
 }
 
 /* Page i of r now shows an image page: not ours, left alone by the scanner. */

@@ -72,6 +72,25 @@ static inline int md__pm_has_page(uint64_t pm)
 #define MD_EADV_DONTFORK (1u << 0)
 #define MD_EADV_DONTDUMP (1u << 1)
 #define MD_EADV_HUGEPAGE (1u << 2)
+#define MD_EADV_UNDO     (1u << 31)	/* the bits are taken back (MADV_DOFORK...) */
+
+/* What a record of [rs, re) with advice have holds after advice (MD_EADV_*
+ * bits) given [s, e): bits added wherever the range overlaps it, taken back
+ * (MD_EADV_UNDO) only where it covers it whole. A record covered in part
+ * keeps them (*partial set): one record holds one advice, and its new
+ * mappings keep the more careful one (not dumped, not forked). */
+static inline unsigned md__advice_after(unsigned have, uintptr_t rs, uintptr_t re, uintptr_t s, uintptr_t e,
+					unsigned advice, int *partial)
+{
+	if (rs >= e || re <= s)
+		return have;
+	if (!(advice & MD_EADV_UNDO))
+		return have | advice;
+	if (s <= rs && re <= e)
+		return have & ~advice;
+	*partial |= (have & advice) != 0;
+	return have;
+}
 
 /* ref[] of a page: bit 31 set when the page lies in a mapping of the pool
  * (even after a copy-on-write break), low bits the pool slot + 1 it still
@@ -277,7 +296,9 @@ int md__engine_touches(struct md__engine *e, uintptr_t addr, size_t len);
 int md__engine_unmap(struct md__engine *e, void *addr, size_t len, int (*op)(void *arg), void *arg,
 		     int keep_mapped);
 /* Adds advice bits to the regions overlapping [addr, addr+len). */
-void md__engine_advise(struct md__engine *e, void *addr, size_t len, unsigned advice);
+/* Returns 1 if some advice taken back stays on a region covered in part
+ * (md__advice_after), else 0. */
+int md__engine_advise(struct md__engine *e, void *addr, size_t len, unsigned advice);
 /* Runs map(arg) - which replaces [addr, addr+len) by an image mapping - with
  * no merge in progress, then marks those pages as image pages the scanner
  * leaves alone (dropping any pool reference they had). map returns 0 when

@@ -270,11 +270,16 @@ MD_API int md_agent_userfault(md_agent *agent, void *addr, size_t len);
  * with the advice it had, and merged again. 0, or the first -errno of those
  * registrations (md_agent_register). */
 MD_API int md_agent_userfault_end(md_agent *agent, void *addr, size_t len);
-/* Adds advice bits to what new mappings in [addr, addr+len) inherit. */
+/* Adds advice bits to what new mappings in [addr, addr+len) inherit; with
+ * MD_ADV_UNDO, takes them back (MADV_DOFORK, MADV_DODUMP, MADV_NOHUGEPAGE)
+ * from the registered ranges [addr, addr+len) covers whole: a range covered
+ * only in part keeps them, said once in the log (advice is kept per range
+ * registered, and the more careful one stays). */
 MD_API int md_agent_advise(md_agent *agent, void *addr, size_t len, unsigned advice);
 #define MD_ADV_DONTFORK  (1u << 0)
 #define MD_ADV_DONTDUMP  (1u << 1)
 #define MD_ADV_HUGEPAGE  (1u << 2)
+#define MD_ADV_UNDO      (1u << 31)
 
 /* Tells the agent the VMM is about to discard [addr, addr+len) (MADV_DONTNEED
  * and friends): pages mapped from an image or the pool there are replaced by

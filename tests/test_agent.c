@@ -1933,6 +1933,28 @@ TEST_IMPL(advice_reaches_new_mappings)
 	return 0;
 }
 
+/* Advice the VMM takes back (MADV_DOFORK after MADV_DONTFORK) is taken
+ * back from the mappings the agent makes after: a read's mapping was not
+ * inherited by a fork child (SIGSEGV where the parent's content should
+ * be). Taken back from part of the RAM only, the RAM's mappings keep it. */
+TEST_IMPL(advice_taken_back)
+{
+	const char *img = image(6);
+	struct proc a;
+	int fd = start_reader(&a, img, NULL);
+	ASSERT_EQ(proc_num(&a, "advise 0 %u dontfork", RAM_PAGES * 4096), 0);
+	ASSERT_EQ(proc_num(&a, "advise 0 %u dofork", RAM_PAGES * 4096 / 2), 0);	/* in part */
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 %u 65536", fd, 2 * MB), 65536);
+	ASSERT(proc_page_from_file(&a, 2 * MB));
+	ASSERT(strcmp(proc_cmd(&a, "forkmapped %u", 2 * MB), "unmapped") == 0);
+	ASSERT_EQ(proc_num(&a, "advise 0 %u dofork", RAM_PAGES * 4096), 0);	/* whole */
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 %u 65536", fd, 3 * MB), 65536);
+	ASSERT(proc_page_from_file(&a, 3 * MB));
+	ASSERT(strcmp(proc_cmd(&a, "forkmapped %u", 3 * MB), "mapped") == 0);
+	proc_stop(&a);
+	return 0;
+}
+
 static int count_lines(const char *s)
 {
 	int n = 0;

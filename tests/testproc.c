@@ -22,7 +22,7 @@
  *                           first writer's K-th write is lost on purpose)
  *   exhaust / release     -> fill the process's mappings up to the limit, undo
  *   forkmapped DOFF -> mapped|unmapped: whether a child made by fork() maps it
- *   advise DOFF LEN ADVICE [raw] -> madvise result (raw: through syscall(2)) (dontneed, dontneedlocked, dontfork,
+ *   advise DOFF LEN ADVICE [raw] -> madvise result (raw: through syscall(2)) (dontneed, dontneedlocked, dontfork, dofork,
  *                           mergeable, unmergeable)
  *   unmap DOFF HEXLEN     -> munmap result (0 or -errno)
  *   protect DOFF LEN ro|rw -> mprotect result (0 or -errno)
@@ -969,6 +969,7 @@ int main(void)
 			int adv = strcmp(s2, "dontneed") == 0 ? MADV_DONTNEED :
 				  strcmp(s2, "dontneedlocked") == 0 ? MADV_DONTNEED_LOCKED :
 				  strcmp(s2, "dontfork") == 0 ? MADV_DONTFORK :
+				  strcmp(s2, "dofork") == 0 ? MADV_DOFORK :
 				  strcmp(s2, "remove") == 0 ? MADV_REMOVE :
 				  strcmp(s2, "mergeable") == 0 ? MADV_MERGEABLE : MADV_UNMERGEABLE;
 			int r = strcmp(how, "raw") == 0 ? (int)syscall(SYS_madvise, base + a1, (size_t)a2, adv)

@@ -939,6 +939,28 @@ TEST_IMPL(engine_exclude_failed_map)
 	return 0;
 }
 
+/* Advice taken back (MADV_DOFORK...) from a region covered whole: merges
+ * there no longer give it to their mappings. Covered in part, the region
+ * keeps it, and says so. */
+TEST_IMPL(engine_advice_taken_back)
+{
+	struct md__engine e;
+	unsigned char *b = map_ram(4);
+	engine_up(&e);
+	ASSERT_EQ(md__engine_register(&e, b, 4 * PG, MD_EADV_DONTFORK | MD_EADV_DONTDUMP), 0);
+	struct md__eregion *r = md__engine_region(&e, (uintptr_t)b, 4 * PG);
+	ASSERT(r != NULL);
+	ASSERT_EQ(md__engine_advise(&e, b, 2 * PG, MD_EADV_DONTFORK | MD_EADV_UNDO), 1);
+	ASSERT_EQ(r->advice, MD_EADV_DONTFORK | MD_EADV_DONTDUMP);
+	ASSERT_EQ(md__engine_advise(&e, b, 4 * PG, MD_EADV_DONTFORK | MD_EADV_UNDO), 0);
+	ASSERT_EQ(r->advice, MD_EADV_DONTDUMP);
+	ASSERT_EQ(md__engine_advise(&e, b + PG, PG, MD_EADV_HUGEPAGE), 0);
+	ASSERT_EQ(r->advice, MD_EADV_DONTDUMP | MD_EADV_HUGEPAGE);
+	md__engine_fini(&e);
+	munmap(b, 4 * PG);
+	return 0;
+}
+
 struct image_arg {
 	void *p;
 	size_t len;
