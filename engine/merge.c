@@ -1021,9 +1021,11 @@ int md__engine_unmap(struct md__engine *e, void *addr, size_t len, int (*op)(voi
 		 * and forgotten. A run that cannot be (memory short) stays. */
 		keep_mapped |= n == 1 && run[0].mapped;
 		for (size_t i = 0; i < n; i++)
-			if (!(run[i].mapped && keep_mapped))
-				unregister_locked(e, run[i].lo, run[i].hi,
-						  run[i].mapped ? MD_UNREG_MAPPED : MD_UNREG_GONE, NULL, 0);
+			if (!(run[i].mapped && keep_mapped) &&
+			    unregister_locked(e, run[i].lo, run[i].hi,
+					      run[i].mapped ? MD_UNREG_MAPPED : MD_UNREG_GONE, NULL, 0) != 0 &&
+			    !run[i].mapped)
+				give_up_whole(e, run[i].lo, run[i].hi);	/* gone: forgotten all the same */
 		free(run);
 	} else {
 		/* Where is what not known: references that cannot be copied
@@ -1639,13 +1641,14 @@ static int map_fill(struct md__engine *e, struct md__eregion *r, uintptr_t addr,
 	for (size_t done = 0; done < n;) {
 		size_t k = n - done < MD_FILL_STRIP ? n - done : MD_FILL_STRIP;
 		uintptr_t a = addr + done * MD_EPAGE;
+		/* Equal pages refused by the budget are counted there
+		 * (budget_refused), not as abandoned: they did not differ. */
 		if (!(first_of_merge && done == 0) && !budget_ok(e, 2)) {
-			e->st.abandoned += n - done;
 			thaw(e, a, (n - done) * MD_EPAGE);
 			return (int)done;
 		}
 		if (map_fixed(a, k * MD_EPAGE, MAP_PRIVATE, e->pool.ro_fd, (off_t)slot * MD_EPAGE) == MAP_FAILED) {
-			e->st.map_failed += n - done;
+			e->st.map_failed += k;
 			remake_lost(e, r, a, k, md__pool_page(&e->pool, slot));
 			thaw(e, a, (n - done) * MD_EPAGE);
 			return (int)done;

@@ -1265,7 +1265,9 @@ static void *scan_thread(void *arg)
 			slept += d;
 			if (idle && !__atomic_load_n(&s->idle, __ATOMIC_RELAXED) && slept >= floor)
 				break;
-			if (tunables_moved(s, sleep_ms, set_batch, nb, nc))
+			/* Not before the CPU cap's part: a share that moves
+			 * with every agent that comes or goes would lift it. */
+			if (slept >= floor && tunables_moved(s, sleep_ms, set_batch, nb, nc))
 				break;
 		}
 	}

@@ -158,10 +158,12 @@ static void *fault_thread(void *arg)
 		 * of one would wait for ever. An unexpected error (ENOMEM) is
 		 * said once and tried again a millisecond later. */
 		if (poll(pfd, 2, -1) < 0) {
+			int err = errno;	/* the read below sets its own */
 			uint64_t stop;
 			if (read(u->stop_fd, &stop, sizeof(stop)) == (ssize_t)sizeof(stop))
 				return NULL;	/* md__uffd_close, which poll could not tell */
-			if (errno != EINTR && errno != EAGAIN)
+			errno = err;
+			if (err != EINTR && err != EAGAIN)
 				uffd_retry_later("poll", &said);
 			continue;
 		}

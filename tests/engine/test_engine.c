@@ -863,6 +863,43 @@ TEST_IMPL(engine_unmap_short_of_memory_unprotects)
 	return 0;
 }
 
+/* An mmap(MAP_FIXED) over part of a region that fails after the kernel
+ * unmapped the old pages (before Linux 6.7), memory short: what is gone is
+ * forgotten all the same (its region given up whole), or the scanner would
+ * visit what the VMM maps there next, never asked to merge. */
+static int unmap_then_fail(void *arg)
+{
+	struct unmap_arg *u = arg;
+	munmap(u->p, u->len);
+	md__engine_fail_slices = 2;	/* after the remains were prepared */
+	return -ENOMEM;
+}
+
+TEST_IMPL(engine_failed_map_short_of_memory_forgets_gone)
+{
+	struct md__engine e;
+	const size_t n = 8;
+	unsigned char *b = map_ram(n), want[PG];
+	engine_up(&e);
+	for (size_t i = 0; i < n; i++)
+		fill(b + i * PG, (unsigned)i + 50);
+	ASSERT_EQ(md__engine_register(&e, b, n * PG, 0), 0);
+	struct unmap_arg u = { b + 2 * PG, 2 * PG };
+	ASSERT_EQ(md__engine_unmap(&e, u.p, u.len, unmap_then_fail, &u, 0), -ENOMEM);
+	md__engine_fail_slices = 0;
+	ASSERT(!md__engine_touches(&e, (uintptr_t)(b + 2 * PG), 2 * PG));
+	for (size_t i = 0; i < n; i++) {
+		if (i == 2 || i == 3)
+			continue;
+		fill(want, (unsigned)i + 50);
+		ASSERT(memcmp(b + i * PG, want, PG) == 0);
+	}
+	md__engine_fini(&e);
+	munmap(b, 2 * PG);
+	munmap(b + 4 * PG, 4 * PG);
+	return 0;
+}
+
 /* A page merged again with the slot it held (written since, not reaped
  * yet, written back the same): the new reference comes before the old one
  * goes, or the slot's last put frees it under the new mapping. */
@@ -1557,6 +1594,10 @@ TEST_IMPL(engine_fill_within_budget)
 	       (unsigned long long)md__count_vmas(), (unsigned long long)e.max_vmas);
 	ASSERT(merged >= 1 && merged < 16);
 	ASSERT(maps <= 3);	/* 2 VMAs each: 6 */
+	struct md__engine_stats st;
+	md__engine_stats(&e, &st);
+	ASSERT_EQ(st.abandoned, n / 2);	/* those that differ, not those the budget refused */
+	ASSERT(st.budget_refused >= 1);
 	for (size_t i = 0; i < n; i++)
 		ASSERT(i % 2 ? r[i * PG + 7] == 1 : md__page_is_filled(r + i * PG, cc));
 	md__engine_fini(&e);
@@ -2793,6 +2834,46 @@ TEST_IMPL(engine_scanner_pokes_keep_cpu_cap)
 	fprintf(stderr, "  scanner's CPU under a 10 %% cap, poked every 20 ms: %.0f %%\n", share * 100);
 	/* A bound, not a speed: 60 % without the fix. */
 	ASSERT(share < 0.3);
+	md__scanner_free(&s);
+	md__hints_free(&h);
+	md__engine_fini(&e);
+	munmap(d, n * PG);
+	return 0;
+}
+
+/* The same with the tunables moving every 20 ms (a share that changes as
+ * agents come and go, an operator's set): each change ended the sleep,
+ * the CPU cap's part of it too. */
+TEST_IMPL(engine_scanner_tunables_keep_cpu_cap)
+{
+	struct md__engine e;
+	struct md__hints h;
+	struct md__scanner s;
+	const size_t n = 16384;
+	unsigned char *d = map_ram(n);
+
+	engine_up(&e);
+	ASSERT_EQ(md__hints_init(&h, 64), 0);
+	for (size_t i = 0; i < n; i++)
+		fill(d + i * PG, (unsigned)i + 1);
+	ASSERT_EQ(md__engine_register(&e, d, n * PG, 0), 0);
+	ASSERT_EQ(md__scanner_init(&s, &e, &h), 0);
+	s.batch = 100000;
+	s.sleep_ms = 1;
+	s.cpu_percent = 10;
+	s.share_batch = s.share_cpu = 1;
+	ASSERT_EQ(md__scanner_start(&s), 0);
+	usleep(300000);	/* its first passes */
+	uint64_t cpu0 = __atomic_load_n(&s.st.cpu_ns, __ATOMIC_RELAXED);
+	double t0 = now();
+	for (int i = 0; i < 75; i++) {
+		__atomic_store_n(&s.sleep_ms, 1 + (unsigned)(i % 2), __ATOMIC_RELAXED);
+		usleep(20000);
+	}
+	double share = (double)(__atomic_load_n(&s.st.cpu_ns, __ATOMIC_RELAXED) - cpu0) / 1e9 / (now() - t0);
+	md__scanner_stop(&s);
+	fprintf(stderr, "  scanner's CPU under a 10 %% cap, its sleep set every 20 ms: %.0f %%\n", share * 100);
+	ASSERT(share < 0.3);	/* a bound, not a speed */
 	md__scanner_free(&s);
 	md__hints_free(&h);
 	md__engine_fini(&e);
