@@ -3249,16 +3249,11 @@ static int control_and_close(const struct tdaemon *t, struct md__client *agent, 
  * it is an UNMERGE (whose refusals still clear the agent's unmerged
  * state), and a user other than root has at most MD_D_CONTROLS_PER_UID
  * waiting: beyond, CONTROL_R -EUSERS, saying so. */
-/* A process unmerged, then gone from memdedupd (its record kept, holding
- * nothing, to say "paused"), whose user changes (QEMU's -runas drops root
- * after the agent joined): its HELLO as the new user was refused for as
- * long as it lived ("still holds references"). It joins, still paused. */
-TEST_IMPL(daemon_user_change_after_unmerge)
+/* Forks a child agent of t's memdedupd that is sent an UNMERGE, answers it
+ * done and goes from the daemon (its record kept, holding nothing, to say
+ * "paused"), then exits with rejoin(t): 0 if it joined again paused. */
+static void unmerged_then_rejoins(struct tdaemon *t, int (*rejoin)(struct tdaemon *t))
 {
-	if (geteuid() != 0)
-		SKIP("needs root: the agent changes its uid");
-	struct tdaemon t;
-	td_start(&t, 16);
 	int ready[2];
 	ASSERT(pipe(ready) == 0);
 	pid_t child = fork();
@@ -3269,7 +3264,7 @@ TEST_IMPL(daemon_user_change_after_unmerge)
 		struct md__msg_control ctl;
 		int fd = -1, err = -EAGAIN;
 		char x = 0;
-		if (md__client_open(&agent, t.sock, NULL, 0, &w, &fd) != 0 || write(ready[1], &x, 1) != 1)
+		if (md__client_open(&agent, t->sock, NULL, 0, &w, &fd) != 0 || write(ready[1], &x, 1) != 1)
 			_exit(100);
 		for (int i = 0; i < 400 && err == -EAGAIN; i++)
 			if ((err = md__client_next_control(agent, &ctl)) == -EAGAIN)
@@ -3279,14 +3274,11 @@ TEST_IMPL(daemon_user_change_after_unmerge)
 		md__client_free(agent);
 		close(fd);
 		usleep(200000);	/* the daemon sees it go */
-		if (setresgid(65534, 65534, 65534) != 0 || setresuid(65534, 65534, 65534) != 0)
-			_exit(102);
-		err = md__client_open(&agent, t.sock, NULL, 0, &w, &fd);
-		_exit(err == -EBUSY ? 3 : err ? 104 : (w.state & MD_WELCOME_PAUSED) ? 0 : 1);
+		_exit(rejoin(t));
 	}
 	char x, text[MD_TEXT_MAX + 1];
 	ASSERT_EQ(read(ready[0], &x, 1), 1);
-	struct md__client *cli = td_connect(&t);
+	struct md__client *cli = td_connect(t);
 	ASSERT_EQ(control(cli, MD_CTL_UNMERGE, child, NULL, NULL, text), 0);
 	int st;
 	ASSERT_EQ(waitpid(child, &st, 0), child);
@@ -3295,6 +3287,41 @@ TEST_IMPL(daemon_user_change_after_unmerge)
 	md__client_free(cli);
 	close(ready[0]);
 	close(ready[1]);
+}
+
+/* HELLO again with flags: 0 if the WELCOME says paused. */
+static int rejoin_paused(struct tdaemon *t, unsigned flags)
+{
+	struct md__client *agent;
+	struct md__msg_welcome w;
+	int fd;
+	int err = md__client_open(&agent, t->sock, NULL, flags, &w, &fd);
+	return err == -EBUSY ? 3 : err ? 104 : (w.state & MD_WELCOME_PAUSED) ? 0 : 1;
+}
+
+static int rejoin_as_nobody(struct tdaemon *t)
+{
+	if (setresgid(65534, 65534, 65534) != 0 || setresuid(65534, 65534, 65534) != 0)
+		return 102;
+	return rejoin_paused(t, 0);
+}
+
+static int rejoin_after_exec(struct tdaemon *t)
+{
+	return rejoin_paused(t, MD_HELLO_NO_POOL_MAPS);	/* what an exec'd agent says */
+}
+
+/* A process unmerged, then gone from memdedupd (its record kept, holding
+ * nothing, to say "paused"), whose user changes (QEMU's -runas drops root
+ * after the agent joined): its HELLO as the new user was refused for as
+ * long as it lived ("still holds references"). It joins, still paused. */
+TEST_IMPL(daemon_user_change_after_unmerge)
+{
+	if (geteuid() != 0)
+		SKIP("needs root: the agent changes its uid");
+	struct tdaemon t;
+	td_start(&t, 16);
+	unmerged_then_rejoins(&t, rejoin_as_nobody);
 	td_stop(&t);
 	return 0;
 }
@@ -3307,40 +3334,7 @@ TEST_IMPL(daemon_exec_after_unmerge_stays_paused)
 {
 	struct tdaemon t;
 	td_start(&t, 16);
-	int ready[2];
-	ASSERT(pipe(ready) == 0);
-	pid_t child = fork();
-	ASSERT(child >= 0);
-	if (child == 0) {
-		struct md__client *agent;
-		struct md__msg_welcome w;
-		struct md__msg_control ctl;
-		int fd = -1, err = -EAGAIN;
-		char x = 0;
-		if (md__client_open(&agent, t.sock, NULL, 0, &w, &fd) != 0 || write(ready[1], &x, 1) != 1)
-			_exit(100);
-		for (int i = 0; i < 400 && err == -EAGAIN; i++)
-			if ((err = md__client_next_control(agent, &ctl)) == -EAGAIN)
-				usleep(5000);
-		if (err || ctl.op != MD_CTL_UNMERGE || md__client_control_done(agent, ctl.token, 0, NULL) != 0)
-			_exit(101);
-		md__client_free(agent);
-		close(fd);
-		usleep(200000);	/* the daemon sees it go */
-		err = md__client_open(&agent, t.sock, NULL, MD_HELLO_NO_POOL_MAPS, &w, &fd);
-		_exit(err ? 104 : (w.state & MD_WELCOME_PAUSED) ? 0 : 1);
-	}
-	char x, text[MD_TEXT_MAX + 1];
-	ASSERT_EQ(read(ready[0], &x, 1), 1);
-	struct md__client *cli = td_connect(&t);
-	ASSERT_EQ(control(cli, MD_CTL_UNMERGE, child, NULL, NULL, text), 0);
-	int st;
-	ASSERT_EQ(waitpid(child, &st, 0), child);
-	ASSERT(WIFEXITED(st));
-	ASSERT_EQ(WEXITSTATUS(st), 0);
-	md__client_free(cli);
-	close(ready[0]);
-	close(ready[1]);
+	unmerged_then_rejoins(&t, rejoin_after_exec);
 	td_stop(&t);
 	return 0;
 }
