@@ -319,13 +319,15 @@ static int for_each_pool_run(struct md__engine *e, struct md__eregion *r,
 {
 	size_t np = (r->end - r->start) / MD_EPAGE;
 	int err = 0;
+	/* With a slot, or without since memdedupd went (MD_REF_FILE alone:
+	 * maybe still the old pool's page; a private one is left alone). */
 	for (size_t p = 0; p < np;) {
-		if (!MD_REF_SLOT(r->ref[p])) {
+		if (!MD_REF_SLOT(r->ref[p]) && r->ref[p] != MD_REF_FILE) {
 			p++;
 			continue;
 		}
 		size_t q = p;
-		while (q < np && MD_REF_SLOT(r->ref[q]))
+		while (q < np && (MD_REF_SLOT(r->ref[q]) || r->ref[q] == MD_REF_FILE))
 			q++;
 		int e2 = fn(e, r->start + p * MD_EPAGE, (q - p) * MD_EPAGE);
 		if (e2 && !err)
@@ -396,12 +398,7 @@ static int unmerge_locked(md_agent *a, char *why, size_t size, int by)
 	md__agent_enter(a);
 	pthread_rwlock_wrlock(&e->regions_lock);
 	pthread_mutex_lock(&e->lock);
-	uint64_t pages = by == UNMERGE_USER ? 0 : md__owned_pages(a);
-	for (size_t i = 0; i < e->nregions; i++) {
-		struct md__eregion *r = &e->regions[i];
-		for (size_t p = 0; p < (r->end - r->start) / MD_EPAGE; p++)
-			pages += MD_REF_SLOT(r->ref[p]) != 0;
-	}
+	uint64_t pages = (by == UNMERGE_USER ? 0 : md__owned_pages(a)) + md__engine_shared_pages(e);
 	/* Copies need memory: refuse, changing nothing, when the host lacks
 	 * it (with a margin of 64 MiB for everything else). */
 	int err = 0, refused = 0;

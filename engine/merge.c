@@ -1862,6 +1862,30 @@ int md__engine_reap(struct md__engine *e)
 }
 
 
+uint64_t md__engine_shared_pages(struct md__engine *e)
+{
+	uint64_t pm[MAX_RUN], n_shared = 0;
+	for (size_t ri = 0; ri < e->nregions; ri++) {
+		struct md__eregion *r = &e->regions[ri];
+		size_t np = (r->end - r->start) / MD_EPAGE;
+		for (size_t base = 0; base < np; base += MAX_RUN) {
+			size_t n = np - base < MAX_RUN ? np - base : MAX_RUN, stale = 0;
+			for (size_t i = 0; i < n; i++) {
+				n_shared += MD_REF_SLOT(r->ref[base + i]) != 0;
+				stale += r->ref[base + i] == MD_REF_FILE;
+			}
+			/* A pool page whose slot was forgotten (memdedupd
+			 * restarted) is shared until written: pagemap tells. */
+			if (!stale)
+				continue;
+			int known = pagemap_read(e, r->start + base * MD_EPAGE, n, pm) == 0;
+			for (size_t i = 0; i < n; i++)
+				n_shared += r->ref[base + i] == MD_REF_FILE && (!known || !md__pm_private_anon(pm[i]));
+		}
+	}
+	return n_shared;
+}
+
 void md__engine_trim(struct md__engine *e)
 {
 	if (e->remote)

@@ -363,6 +363,11 @@ int md__engine_covers(struct md__engine *e, uintptr_t lo, uintptr_t hi, uintptr_
 /* Finds merged pages written since (copy-on-write breaks) and drops their
  * pool references; returns how many. */
 int md__engine_reap(struct md__engine *e);
+/* Pages mapped from a pool, the pool's page still (both locks held): those
+ * with a slot, and those whose slot was forgotten when memdedupd went (a
+ * new daemon's pool replaced the old one, which they still map) unless
+ * pagemap shows them written since. What an unmerge copies. */
+uint64_t md__engine_shared_pages(struct md__engine *e);
 /* The engine's region holding [addr, addr+len), or NULL (lock held). */
 struct md__eregion *md__engine_region(struct md__engine *e, uintptr_t addr, size_t len);
 void md__engine_stats(struct md__engine *e, struct md__engine_stats *st);

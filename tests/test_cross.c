@@ -849,6 +849,37 @@ TEST_IMPL(cross_unmerge_short_of_memory)
 static int merged_image_32(const md_stats *s) { return s->merged_image >= 32; }
 static int sharing_32(const md_stats *s) { return s->pages_sharing >= 32; }
 
+/* Two agents' pages shared, then memdedupd killed and started again: the
+ * agents forget the old pool's slots, and their pages still map the old
+ * pool's frames. An unmerge copied only the pages with a slot, reported
+ * success, and left those shared (the scanner does not visit them again
+ * either). */
+TEST_IMPL(cross_unmerge_after_daemon_restart)
+{
+	struct tdaemon t;
+	struct proc a, b;
+	char cmd[1200], h[32];
+	td_start(&t, 65536);
+	start_sharing_pair(&t, &a, &b, 23);
+	ASSERT_EQ(wait_same_frames(&a, &b, 0, N), N);
+	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", N * PG));
+	kill(t.pid, SIGKILL);
+	waitpid(t.pid, NULL, 0);
+	td_restart(&t);
+	ASSERT_EQ(agents_back(&t, a.pid, b.pid), 0);
+	snprintf(cmd, sizeof(cmd), "MEMDEDUP_SOCKET=%s %s/memdedup unmerge --pid %d >%s/out 2>&1", t.sock,
+		 build_dir(), (int)a.pid, test_dir());
+	ASSERT_EQ(td_sh("%s", cmd), 0);
+	ASSERT_EQ(same_frames(&a, &b, 0, N), 0);
+	for (unsigned i = 0; i < N; i++)
+		ASSERT(!proc_page(&a, i * PG).file);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", N * PG), h) == 0);
+	proc_stop(&a);
+	proc_stop(&b);
+	td_stop(&t);
+	return 0;
+}
+
 /* `memdedup unmerge` gives a private copy to every page shared, not only
  * pool pages: those shared at read time and those the scanner merged onto
  * the image too (they stayed the image's, KSM's run=2 leaves none). */
