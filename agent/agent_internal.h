@@ -105,6 +105,7 @@ struct md__ours {
 struct md__memroom {
 	int fd[MD_MEMROOM_LEVELS][3];	/* limit, usage, memory.stat (-1: none) */
 	unsigned n;                     /* levels with a limit */
+	unsigned seen;                  /* levels whose limit file opened at all */
 	const char *inactive;           /* memory.stat's key of inactive page cache */
 };
 int md__memroom_open(struct md__memroom *m);	/* 0, or -ENOENT without /proc */

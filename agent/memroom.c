@@ -104,7 +104,7 @@ int md__memroom_open(struct md__memroom *m)
 {
 	char dir[PATH_MAX];
 	const struct cg_kind *kind;
-	m->n = 0;
+	m->n = m->seen = 0;
 	int err = cg_dir(dir, sizeof(dir), &kind);
 	if (err || !kind)
 		return err;
@@ -120,6 +120,7 @@ int md__memroom_open(struct md__memroom *m)
 			snprintf(path, sizeof(path), "%s/%s", dir, kind->file[f]);
 			fd[f] = open(path, O_RDONLY | O_CLOEXEC);
 		}
+		m->seen += fd[LIMIT] >= 0;
 		if (fd[LIMIT] >= 0 && fd[USAGE] >= 0 && fd_u64(fd[LIMIT]) != UINT64_MAX) {
 			m->n++;
 		} else {
@@ -154,12 +155,15 @@ static uint64_t cg_room(const struct md__memroom *m)
 
 uint64_t md__memroom_available(const struct md__memroom *kept)
 {
-	/* The cgroup as it is now where /proc tells (the VMM may have been
-	 * moved since it started), else the limits kept from the start. */
+	/* The cgroup as it is now where /proc and /sys tell (the VMM may have
+	 * been moved since it started), else the limits kept from the start:
+	 * a chroot with /proc but no /sys showed the cgroup, none of its
+	 * files, and read as no limit. */
 	struct md__memroom now;
-	const struct md__memroom *m = md__memroom_open(&now) == 0 ? &now : kept;
+	int opened = md__memroom_open(&now) == 0;
+	const struct md__memroom *m = opened && (now.seen || !kept->seen) ? &now : kept;
 	uint64_t room = cg_room(m);
-	if (m == &now)
+	if (opened)
 		md__memroom_close(&now);
 	/* Without /proc, the free memory and buffers sysinfo(2) tells, page
 	 * cache left out (read as none, every unmerge was refused, and a VMM

@@ -11,10 +11,12 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/wait.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -1886,11 +1888,18 @@ static int threads_named(const char *name)
 }
 
 /* In a child: an agent of its own, 64 pages merged in pairs, then the
- * process chrooted where there is no /proc (QEMU's -chroot). Aborts, or
- * exits 5, if any step fails. */
-static md_agent *merged_then_chrooted(const char *root)
+ * process chrooted where there is no /proc (QEMU's -chroot), or with
+ * with_proc a /proc but no /sys (in a mount namespace of its own, which
+ * goes with it). Aborts, or exits 5, if any step fails. */
+static md_agent *merged_then_chrooted(const char *root, int with_proc)
 {
 	md_agent *a;
+	char proc[600];
+	snprintf(proc, sizeof(proc), "%s/proc", root);
+	/* Before the agent's threads: a mount namespace is each thread's. */
+	if (with_proc && (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
+			  (mkdir(proc, 0755) != 0 && errno != EEXIST) || mount("proc", proc, "proc", 0, NULL) != 0))
+		_exit(5);
 	pairs_merged_here(&a, "private", 64);
 	if (chroot(root) != 0 || chdir("/") != 0)
 		_exit(5);
@@ -1908,7 +1917,7 @@ TEST_IMPL(scan_unmerge_after_chroot)
 	pid_t pid = fork();
 	ASSERT(pid >= 0);
 	if (pid == 0) {
-		md_agent *a = merged_then_chrooted(root);
+		md_agent *a = merged_then_chrooted(root, 0);
 		int err = md_agent_unmerge(a);
 		md_stats s;
 		_exit(err ? 6 : md_agent_stats(a, &s) != 0 || s.pages_sharing ? 7 : 0);
@@ -1963,13 +1972,13 @@ TEST_IMPL(scan_lease_break_time_after_chroot)
  * limit is read through the files kept from the agent's start. Without
  * them no limit was seen, and an unmerge the cgroup had no room for
  * went ahead (the kernel reclaims or kills the VMM then). */
-TEST_IMPL(scan_unmerge_after_chroot_keeps_cgroup_limit)
+static int unmerge_in_cgroup_after_chroot(int with_proc)
 {
 	struct test_cgroup cg;
 	if (cgroup_make(&cg) != 0)
 		SKIP("no memory cgroup of our own to be had here");
 	char root[512];
-	snprintf(root, sizeof(root), "%s/unmerge-root", test_dir());
+	snprintf(root, sizeof(root), "%s/unmerge-root%s", test_dir(), with_proc ? "-proc" : "");
 	ASSERT(mkdir(root, 0755) == 0 || errno == EEXIST);
 	ASSERT_EQ(cgroup_limit(&cg, 1ull << 30), 0);	/* a limit when the agent starts */
 	int down[2], up[2];	/* to the child, from it */
@@ -1981,7 +1990,7 @@ TEST_IMPL(scan_unmerge_after_chroot_keeps_cgroup_limit)
 		char c;
 		if (read(down[0], &c, 1) != 1)	/* in the cgroup */
 			_exit(2);
-		md_agent *a = merged_then_chrooted(root);
+		md_agent *a = merged_then_chrooted(root, with_proc);
 		if (write(up[1], "m", 1) != 1 || read(down[0], &c, 1) != 1)	/* the limit lowered */
 			_exit(6);
 		if (md_agent_unmerge(a) != -ENOMEM)
@@ -2015,6 +2024,18 @@ TEST_IMPL(scan_unmerge_after_chroot_keeps_cgroup_limit)
 	ASSERT(WIFEXITED(st));
 	ASSERT_EQ(WEXITSTATUS(st), 0);
 	return 0;
+}
+
+TEST_IMPL(scan_unmerge_after_chroot_keeps_cgroup_limit)
+{
+	return unmerge_in_cgroup_after_chroot(0);
+}
+
+/* The same where the chroot has a /proc but no /sys: the cgroup was
+ * found, none of its files, and that read as no limit. */
+TEST_IMPL(scan_unmerge_after_chroot_with_proc_keeps_cgroup_limit)
+{
+	return unmerge_in_cgroup_after_chroot(1);
 }
 
 /* An unmerge before any RAM was registered started a scanner that was
