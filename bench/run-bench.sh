@@ -58,6 +58,10 @@ workload=image scan_rate=100 hold_scan=""
 image="" mem=512 out=$root/build/bench report_only=0 census="" cpu_window=150 force=0
 while [ $# -gt 0 ]; do
   case "$1" in
+    --hold|--hold-short|--modes|--workload|--scan-rate|--hold-scan|--image|--mem|--out|--census|--cpu-window)
+      [ $# -ge 2 ] || { echo "run-bench.sh: $1 needs a value (see --help)" >&2; exit 2; } ;;
+  esac
+  case "$1" in
     --hold) hold_ksm=$2; shift 2 ;;
     --hold-short) hold_short=$2; shift 2 ;;
     --quick) hold_ksm=50 hold_short=12; shift ;;
@@ -81,7 +85,10 @@ for m in $modes; do
     *) echo "run-bench.sh: unknown mode '$m'" >&2; exit 2 ;; esac
 done
 case "$workload" in image|tmpfs) ;; *) echo "run-bench.sh: --workload is image or tmpfs" >&2; exit 2 ;; esac
-case "$scan_rate" in ''|*[!0-9]*) echo "run-bench.sh: --scan-rate takes a number" >&2; exit 2 ;; esac
+case "$scan_rate" in ''|*[!0-9]*|0*|???????*) scan_rate=bad ;; esac
+# memdedupd's pages_to_scan: 1 to 100000 (checked here, not after the modes before the scan's).
+[ "$scan_rate" != bad ] && [ "$scan_rate" -le 100000 ] \
+  || { echo "run-bench.sh: --scan-rate takes a number of pages from 1 to 100000" >&2; exit 2; }
 case "$census" in *[!0-9]*) echo "run-bench.sh: --census takes a number of seconds" >&2; exit 2 ;; esac
 case "$cpu_window" in ''|*[!0-9]*) echo "run-bench.sh: --cpu-window takes a number of seconds" >&2; exit 2 ;; esac
 hold_scan=${hold_scan:-$hold_ksm}

@@ -135,6 +135,26 @@ static pid_t dead_pid(void)
 
 /* `memdedup help CMD` (or `--help CMD`): a command's help; an unknown one
  * is wrong usage. */
+/* The benchmark's bad arguments are refused, said, before anything runs:
+ * a scan rate memdedupd refuses was found only after the KSM modes had run
+ * (minutes, the host's KSM unmerged), a missing value said by bash. */
+TEST_IMPL(cli_bench_bad_arguments)
+{
+	const char *bad[] = { "--scan-rate 0", "--scan-rate 100001", "--scan-rate 12abc", "--hold", "--modes" };
+	char out[600], err[600], cmd[1600];
+	snprintf(out, sizeof(out), "%s/bench-args", test_dir());
+	snprintf(err, sizeof(err), "%s/bench-args.err", test_dir());
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		/* --report-only: should the check be gone, no guest starts. */
+		snprintf(cmd, sizeof(cmd), "timeout 60 bench/run-bench.sh --report-only --out %s %s >/dev/null 2>%s",
+			 out, bad[i], err);
+		ASSERT_EQ(run(cmd), 2);
+		ASSERT(strncmp(file_text(err), "run-bench.sh: ", 14) == 0);
+		ASSERT(access(out, F_OK) != 0);	/* nothing made */
+	}
+	return 0;
+}
+
 TEST_IMPL(cli_help_unknown)
 {
 	const char *b = build_dir();
