@@ -87,6 +87,16 @@ static json_t *domain_json(const struct md__domain *dom)
 	return o;
 }
 
+/* An agent's counter i as the CLI shows its own: JSON's integers end at
+ * 2^63 - 1, where a larger one (a damaged agent's) stops; the general
+ * profit is signed. */
+static json_t *counter_json(uint32_t i, uint64_t v)
+{
+	if (i == MD_CTR_GENERAL_PROFIT)
+		return json_integer((json_int_t)(int64_t)v);
+	return json_integer(v > INT64_MAX ? INT64_MAX : (json_int_t)v);
+}
+
 static json_t *agent_json(const struct md__agent *a)
 {
 	json_t *o = json_object(), *ctr = json_array(), *named = json_object();
@@ -104,11 +114,10 @@ static json_t *agent_json(const struct md__agent *a)
 	json_object_set_new(o, "requests", json_integer((json_int_t)a->requests));
 	json_object_set_new(o, "hellos", json_integer((json_int_t)a->hellos));
 	for (uint32_t i = 0; i < a->ncounters; i++) {
-		json_array_append_new(ctr, json_integer((json_int_t)a->counters[i]));
+		json_array_append_new(ctr, counter_json(i, a->counters[i]));
 		/* The stats-file layout, where the agent sent it: names too. */
 		if (i < MD_CTR_COUNT)
-			json_object_set_new(named, md__ctr_name((enum md__ctr)i),
-					    json_integer((json_int_t)a->counters[i]));
+			json_object_set_new(named, md__ctr_name((enum md__ctr)i), counter_json(i, a->counters[i]));
 	}
 	json_object_set_new(o, "counters", ctr);
 	json_object_set_new(o, "counters_named", named);

@@ -32,6 +32,7 @@
 #include "index.h"
 #include "proc.h"
 #include "runner.h"
+#include "stats_file.h"
 
 #define PG MD_MSG_PAGE
 
@@ -205,6 +206,19 @@ TEST_IMPL(daemon_publish_lookup)
 	ASSERT(a);
 	ASSERT_EQ(td_int(a, "pid"), getpid());
 	ASSERT_EQ(json_integer_value(json_array_get(json_object_get(a, "counters"), 2)), 7);
+	json_decref(st);
+	/* Beyond JSON's integers (a damaged agent's), as the CLI shows its
+	 * own: 2^63 - 1; the general profit signed. They showed negative. */
+	uint64_t big[MD_CTR_COUNT] = { 0 };
+	big[0] = UINT64_MAX;
+	big[MD_CTR_GENERAL_PROFIT] = (uint64_t)-4096;
+	ASSERT_EQ(md__client_report(c, big, MD_CTR_COUNT), 0);
+	st = td_status(&t);
+	a = json_array_get(json_object_get(st, "agents"), 0);
+	ASSERT_EQ(json_integer_value(json_array_get(json_object_get(a, "counters"), 0)), INT64_MAX);
+	json_t *named = json_object_get(a, "counters_named");
+	ASSERT_EQ(td_int(named, md__ctr_name(0)), INT64_MAX);
+	ASSERT_EQ(td_int(named, "general_profit"), -4096);
 	json_decref(st);
 
 	munmap((void *)v, 64 * PG);
