@@ -1213,9 +1213,9 @@ int md__daemon_ensure(const char *daemon_exe, void (*place)(pid_t pid))
 	for (;;) {
 		if (md__daemon_alive(NULL))
 			return 0;
-		/* It failed (another one starting at the same time may still
-		 * come up: the loop gave it its chance once). */
-		if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+		/* It failed; one that found another starting (which writes
+		 * its pid once it listens) waits for it, up to the deadline. */
+		if (!WIFEXITED(st) || (WEXITSTATUS(st) != 0 && WEXITSTATUS(st) != MD_D_EXIT_HELD))
 			return -EIO;
 		if (now_ms() >= deadline)
 			return -ETIMEDOUT;

@@ -144,6 +144,9 @@ uint32_t md__client_share(const struct md__client *c);
  * not NULL, is called with the new process's pid before it execs (it waits
  * for place to return). */
 int md__daemon_ensure(const char *daemon_exe, void (*place)(pid_t pid));
+/* memdedupd's exit status when another daemon holds its run directory or
+ * answers on its socket: that one runs, or is starting. */
+#define MD_D_EXIT_HELD 3
 /* 1 if a daemon answers at the socket (NULL: default). */
 int md__daemon_alive(const char *socket_path);
 /* 0 if a daemon of root or ours listens at the socket (NULL: default),

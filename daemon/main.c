@@ -43,7 +43,10 @@ static const char usage_text[] =
 	"only: `memdedup` waits that long and 5 s more).\n"
 	"MEMDEDUP_STATUS_KB_PER_S=N (0..1048576, default 2048; 0: no limit): the status\n"
 	"pages built for one user other than root, in KiB a second (more are refused,\n"
-	"\"try again in a second\").\n";
+	"\"try again in a second\").\n"
+	"\n"
+	"Exit status: 0; 1 on a failure; 2 on bad usage; 3 when another daemon holds\n"
+	"the run directory or answers on the socket (it runs: nothing to restart).\n";
 
 /* Creates dir and its missing parents. *made: the length of the shortest
  * prefix of dir this call created (0: none), for rmdir_made(). */
@@ -130,26 +133,48 @@ static int lock_pid_file(const char *path)
 	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
 	if (fd < 0)
 		return -errno;
-	if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
-		/* One starting at the same time has the lock before it writes
-		 * its pid (VMMs started together each start one). */
-		long pid = 0;
-		for (int i = 0; i < 40 && pid <= 0; i++) {
-			char buf[32] = "";
-			ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
-			buf[n > 0 ? n : 0] = '\0';
-			pid = strtol(buf, NULL, 10);
-			if (pid <= 0)
-				usleep(50000);
-		}
-		if (pid > 0)
-			fprintf(stderr, "memdedupd: another daemon (pid %ld) holds %s\n", pid, path);
-		else
-			fprintf(stderr, "memdedupd: another daemon holds %s\n", path);
+	int locked = flock(fd, LOCK_EX | LOCK_NB) == 0;
+	struct stat held, named;
+	/* A daemon going away unlinks the file before it lets go of the lock:
+	 * one locked since may be that unlinked file, which no later daemon
+	 * would find. Again, on the file the path names now. */
+	for (int tries = 0; locked && tries < 20; tries++) {
+		if (fstat(fd, &held) == 0 && stat(path, &named) == 0 && held.st_dev == named.st_dev &&
+		    held.st_ino == named.st_ino)
+			break;
 		close(fd);
-		return -EEXIST;
+		fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+		if (fd < 0)
+			return -errno;
+		locked = flock(fd, LOCK_EX | LOCK_NB) == 0;
 	}
-	return fd;
+	if (locked) {
+		/* A daemon killed left its pid: one starting beside us reads
+		 * none until ours, written once we listen. */
+		if (ftruncate(fd, 0) < 0) {
+			int err = -errno;
+			close(fd);
+			return err;
+		}
+		return fd;
+	}
+	/* One starting at the same time has the lock before it writes
+	 * its pid (VMMs started together each start one). */
+	long pid = 0;
+	for (int i = 0; i < 40 && pid <= 0; i++) {
+		char buf[32] = "";
+		ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+		buf[n > 0 ? n : 0] = '\0';
+		pid = strtol(buf, NULL, 10);
+		if (pid <= 0)
+			usleep(50000);
+	}
+	if (pid > 0)
+		fprintf(stderr, "memdedupd: another daemon (pid %ld) holds %s\n", pid, path);
+	else
+		fprintf(stderr, "memdedupd: another daemon holds %s\n", path);
+	close(fd);
+	return -EEXIST;
 }
 
 static void write_pid(int fd, pid_t pid)
@@ -317,10 +342,13 @@ int main(int argc, char **argv)
 	if (pid_fd < 0) {
 		if (pid_fd != -EEXIST)
 			fprintf(stderr, "memdedupd: %s: %s\n", d.pid_path, strerror(-pid_fd));
+		else
+			ret = MD_D_EXIT_HELD;
 		goto remove_dirs;
 	}
 	if (md__daemon_alive(d.socket_path)) {
 		fprintf(stderr, "memdedupd: another daemon answers on %s\n", d.socket_path);
+		ret = MD_D_EXIT_HELD;
 		goto close_pid;
 	}
 	/* Signals as events of the loop; SIGPIPE never (we send with

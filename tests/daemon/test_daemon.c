@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "checksum.h"
+#include "client.h"
 #include "daemon.h"
 #include "daemon_util.h"
 #include "index.h"
@@ -3519,9 +3520,10 @@ TEST_IMPL(daemon_single_instance)
 	const char *b = build_dir();
 	td_start(&t, 16);
 	/* Same run dir: the pid file lock. Same socket elsewhere: it answers. */
-	ASSERT_EQ(td_sh("%s/memdedupd --foreground --run-dir %s --socket %s/other 2>/dev/null", b, t.dir, t.dir), 1);
+	ASSERT_EQ(td_sh("%s/memdedupd --foreground --run-dir %s --socket %s/other 2>/dev/null", b, t.dir, t.dir),
+		  MD_D_EXIT_HELD);
 	ASSERT_EQ(td_sh("mkdir -p %s/x && %s/memdedupd --foreground --run-dir %s/x --socket %s 2>/dev/null",
-		     t.dir, b, t.dir, t.sock), 1);
+		     t.dir, b, t.dir, t.sock), MD_D_EXIT_HELD);
 	ASSERT(md__daemon_alive(t.sock));
 	ASSERT_EQ(td_sh("%s/memdedupd --pool-pages 0 2>/dev/null", b), 2);
 	ASSERT_EQ(td_sh("%s/memdedupd --bogus 2>/dev/null", b), 2);
@@ -3568,6 +3570,49 @@ TEST_IMPL(daemon_ensure_starts)
 	ASSERT(access(pidf, F_OK) != 0);
 	ASSERT(access(sock, F_OK) != 0);
 	ASSERT_EQ(md__daemon_ensure("/nonexistent/memdedupd", NULL), -ENOENT);
+	return 0;
+}
+
+/* Two VMMs start memdedupd at once where a daemon was killed (its pid
+ * file left, naming a dead process): the one that loses the lock read that
+ * pid at once, exited 1, and its VMM was told memdedupd was not started
+ * when the other was about to listen. Both find it now, every round. */
+TEST_IMPL(daemon_ensure_at_once_after_crash)
+{
+	char dir[300], exe[300], pidf[400];
+	snprintf(dir, sizeof(dir), "%s/ens2", test_dir());
+	ASSERT(mkdir(dir, 0755) == 0);
+	snprintf(pidf, sizeof(pidf), "%s/memdedupd.pid", dir);
+	snprintf(exe, sizeof(exe), "%s/memdedupd", build_dir());
+	setenv("MEMDEDUP_RUN_DIR", dir, 1);
+	unsetenv("MEMDEDUP_SOCKET");
+	for (int round = 0; round < 30; round++) {
+		FILE *f = fopen(pidf, "w");
+		ASSERT(f);
+		fprintf(f, "%d\n", 0x3ffffff0);	/* no such process */
+		fclose(f);
+		pid_t kid[2];
+		for (int k = 0; k < 2; k++) {
+			kid[k] = fork();
+			ASSERT(kid[k] >= 0);
+			if (kid[k] == 0)
+				_exit(md__daemon_ensure(exe, NULL) == 0 ? 0 : 1);
+		}
+		for (int k = 0; k < 2; k++) {
+			int st;
+			ASSERT(waitpid(kid[k], &st, 0) == kid[k]);
+			ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+		}
+		f = fopen(pidf, "r");
+		ASSERT(f);
+		int pid = 0;
+		ASSERT(fscanf(f, "%d", &pid) == 1 && pid > 0);
+		fclose(f);
+		ASSERT(kill(pid, SIGTERM) == 0);
+		for (int i = 0; i < 200 && access(pidf, F_OK) == 0; i++)
+			usleep(10000);
+		ASSERT(access(pidf, F_OK) != 0);
+	}
 	return 0;
 }
 
