@@ -80,6 +80,11 @@ struct md__client {
 	uint32_t written;          /* seq of the last request sent whole */
 	struct batch *back;        /* references to give back, nback batches */
 	size_t nback, back_cap, back_slots;
+	/* CONTROL_DONEs kept while a late reply was owed, oldest first: sent
+	 * once the daemon caught up (md__client_next_control), or the CLI
+	 * waiting for them was told the agent did not answer. */
+	struct md__msg_control_done done[MD_CLIENT_DONE_MAX];
+	unsigned ndone;
 };
 
 /* The host's memdedupd, root's (the systemd unit's): used by other users
@@ -1023,28 +1028,64 @@ int md__client_give_back(struct md__client *c, const uint32_t *slots, size_t n)
 	return 0;
 }
 
-int md__client_control_done(struct md__client *c, uint32_t token, int status, const char *why)
+/* Sends d; -ETIMEDOUT before sending (the daemon is behind), as call. */
+static int send_done(struct md__client *c, const struct md__msg_control_done *d, int *sent)
 {
-	struct md__msg *m;
-	int err;
-	if (status > 0 || status < -4095)
-		return -EINVAL;
-	m = malloc(sizeof(*m));
+	struct md__msg *m = malloc(sizeof(*m));
 	if (!m)
 		return -ENOMEM;
 	m->hdr.type = MD_MSG_CONTROL_DONE;
-	m->u.control_done.token = token;
-	m->u.control_done.result.status = status;
-	char *t = m->u.control_done.result.text;
-	snprintf(t, sizeof(m->u.control_done.result.text), "%s", why ? why : "");
+	m->hdr.seq = 0;	/* stays 0 if call() fails before it sends */
+	m->u.control_done = *d;
+	int err = call(c, m, NULL);
+	*sent = m->hdr.seq != 0;
+	free(m);
+	/* Sent whole, a late ACK is only late: the daemon has it. */
+	if (err == -ETIMEDOUT && *sent && !c->dead)
+		return 0;
+	return err ? err : c->msg.u.ack.status;
+}
+
+/* The CONTROL_DONEs kept, in order, while the daemon keeps up. */
+static int send_dones(struct md__client *c)
+{
+	while (c->ndone) {
+		int sent, err = send_done(c, &c->done[0], &sent);
+		if (err == -ETIMEDOUT && !sent)
+			return err;
+		memmove(&c->done[0], &c->done[1], --c->ndone * sizeof(c->done[0]));
+		if (err == -ENOTCONN)
+			return err;
+	}
+	return 0;
+}
+
+int md__client_control_done(struct md__client *c, uint32_t token, int status, const char *why)
+{
+	struct md__msg_control_done d;
+	if (status > 0 || status < -4095)
+		return -EINVAL;
+	d.token = token;
+	d.result.status = status;
+	char *t = d.result.text;
+	snprintf(t, sizeof(d.result.text), "%s", why ? why : "");
 	/* strerror() in the VMM's locale may not be ASCII: it would not
 	 * encode, and the CLI would wait in vain. */
 	for (; *t; t++)
 		if ((*t < ' ' && *t != '\t') || (unsigned char)*t > '~')
 			*t = '?';
-	err = call(c, m, NULL);
-	free(m);
-	return err ? err : c->msg.u.ack.status;
+	/* Behind a late reply: kept, and sent once the daemon caught up.
+	 * Dropped, the CLI waited its minute for an outcome the agent had. */
+	int err = send_dones(c), sent = 0;
+	if (!err)
+		err = send_done(c, &d, &sent);
+	if (err == -ETIMEDOUT && !sent && !c->dead) {
+		if (c->ndone == MD_CLIENT_DONE_MAX)
+			return -ENOBUFS;
+		c->done[c->ndone++] = d;
+		return 0;
+	}
+	return err;
 }
 
 int md__client_open(struct md__client **cp, const char *socket_path, const char *domain, uint32_t flags,
@@ -1122,6 +1163,8 @@ int md__client_next_control(struct md__client *c, struct md__msg_control *ctl)
 {
 	if (!c->qlen) {
 		int err = pump(c);
+		if (!err && !c->nlate && c->ndone)
+			err = send_dones(c);
 		if (!err && !c->nlate && c->nback)
 			err = send_back(c, 8);	/* an idle agent gives back too, a little at a time */
 		if (err)

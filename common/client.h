@@ -36,6 +36,7 @@
 #define MD_CLIENT_OWED 1024         /* requests sent, replies not read yet */
 #define MD_CLIENT_LATE_MAX_MS 10000 /* a late reply not come by then: the connection goes */
 #define MD_CLIENT_BACK_MAX (1u << 20) /* references queued to give back */
+#define MD_CLIENT_DONE_MAX 16       /* CONTROL_DONEs kept while the daemon is behind */
 
 struct md__client;
 
@@ -121,7 +122,9 @@ size_t md__client_back_slots(const struct md__client *c);
  * MD_CLIENT_BACK_MAX (they stay pinned; said once in the log). */
 int md__client_give_back(struct md__client *c, const uint32_t *slots, size_t n);
 /* CONTROL_DONE: how the CONTROL of token went (status 0 or -errno, why: a
- * line for people, may be NULL). */
+ * line for people, may be NULL). While a late reply is owed (the daemon is
+ * behind) it is kept, up to MD_CLIENT_DONE_MAX (-ENOBUFS past), and sent
+ * once the daemon caught up (md__client_next_control): 0 then. */
 int md__client_control_done(struct md__client *c, uint32_t token, int status, const char *why);
 /* Any request (the CLI's STATUS and CONTROL): sends type with payload,
  * waits for the reply of the same seq. Its payload goes to reply (at most

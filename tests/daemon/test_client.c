@@ -357,3 +357,62 @@ TEST_IMPL(daemon_client_peer_error_not_transport)
 	fake_end(&f, c);
 	return 0;
 }
+
+/* A LOOKUP read and not answered; a CONTROL sent meanwhile; once the test
+ * says so, the LOOKUP's late reply; then the CONTROL_DONE must come. */
+static void control_while_late(int c, int go)
+{
+	static struct md__msg m, r;
+	char x;
+	fake_recv(c, &m);
+	ASSERT_EQ(m.hdr.type, MD_MSG_LOOKUP);
+	uint32_t lookup = m.hdr.seq;
+	memset(&r, 0, sizeof(r));
+	r.u.control.op = MD_CTL_PAUSE;
+	r.u.control.token = 77;
+	fake_send(c, &r, MD_MSG_CONTROL, 0, -1);
+	ASSERT(read(go, &x, 1) == 1);
+	memset(&r, 0, sizeof(r));
+	r.u.lookup_r.n = 1;
+	fake_send(c, &r, MD_MSG_LOOKUP_R, lookup, -1);
+	struct pollfd p = { .fd = c, .events = POLLIN };
+	if (poll(&p, 1, 5000) != 1)
+		_exit(5);	/* no CONTROL_DONE */
+	fake_recv(c, &m);
+	ASSERT_EQ(m.hdr.type, MD_MSG_CONTROL_DONE);
+	ASSERT_EQ(m.u.control_done.token, 77);
+	memset(&r, 0, sizeof(r));
+	fake_send(c, &r, MD_MSG_ACK, m.hdr.seq, -1);
+	ASSERT(read(go, &x, 1) == 1);
+}
+
+/* A CONTROL applied while a reply is late (the daemon behind): its
+ * CONTROL_DONE is kept and sent once the daemon caught up. It was dropped
+ * (-ETIMEDOUT, unsent), and the CLI waited its minute to be told the agent
+ * did not answer, for work the agent had done. */
+TEST_IMPL(daemon_client_control_done_kept_while_late)
+{
+	struct fake f;
+	uint64_t h = 1;
+	uint32_t s1;
+	struct md__msg_control ctl;
+	struct md__client *c = fake_start(&f, control_while_late);
+	md__client_set_timeout(c, 100);
+	ASSERT_EQ(md__client_lookup(c, &h, NULL, 1, &s1), -ETIMEDOUT);
+	int err = -EAGAIN;
+	for (int i = 0; i < 200 && err == -EAGAIN; i++)
+		if ((err = md__client_next_control(c, &ctl)) == -EAGAIN)
+			usleep(10000);
+	ASSERT_EQ(err, 0);
+	ASSERT_EQ(ctl.token, 77);
+	ASSERT_EQ(md__client_control_done(c, ctl.token, 0, NULL), 0);	/* kept */
+	ASSERT(write(f.go, "g", 1) == 1);	/* the late reply */
+	for (int i = 0; i < 50; i++) {
+		md__client_next_control(c, &ctl);	/* catches up, sends what was kept */
+		usleep(10000);
+	}
+	ASSERT(write(f.go, "g", 1) == 1);
+	fake_wait(&f);
+	fake_end(&f, c);
+	return 0;
+}

@@ -26,6 +26,7 @@
 
 #include "checksum.h"
 #include "daemon.h"
+#include "client.h"
 #include "daemon_util.h"
 #include "proc.h"
 #include "runner.h"
@@ -99,7 +100,7 @@ TEST_IMPL(daemon_socket_path_kept)
 	char dir2[400];
 	snprintf(dir2, sizeof(dir2), "%s/second", dir);
 	snprintf(args, sizeof(args), "--run-dir %s --socket %s", dir2, path);
-	ASSERT_EQ(run_daemon(args, err), 1);
+	ASSERT_EQ(run_daemon(args, err), MD_D_EXIT_HELD);
 	ASSERT(md__daemon_alive(path));
 	ASSERT(kill(pid, SIGTERM) == 0);
 	int ws;
