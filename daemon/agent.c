@@ -151,11 +151,12 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 	 * page any more (it exec'd): what the record holds is nobody's. An
 	 * unmerge's pause is the process's, and stays (QEMU's cpr-exec goes
 	 * on with the same guest), until a RESUME. */
-	int was_unmerged = 0;
+	int was_unmerged = 0, was_paused = 0;
 	if (a && !a->conn && (h->flags & MD_HELLO_NO_POOL_MAPS)) {
 		md__dlog_peer("agent %d came back mapping no pool page (exec): its references go",
 			      (int)c->pid);
 		was_unmerged = a->unmerged;
+		was_paused = a->paused;
 		md__agent_exited(d, a);
 		a = NULL;
 	}
@@ -166,6 +167,7 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 	 * could never join again. */
 	if (a && !a->conn && !a->nrefs && (a->uid != c->uid || strcmp(a->dom->name, h->domain) != 0)) {
 		was_unmerged = a->unmerged;
+		was_paused = a->paused;
 		md__agent_exited(d, a);
 		a = NULL;
 	}
@@ -230,6 +232,7 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 	a->conn = c;
 	a->hellos = 1;
 	a->unmerged = was_unmerged;
+	a->paused = was_paused;
 	a->control_pid = (h->flags & MD_HELLO_CONTROL_PID) != 0;
 	c->agent = a;
 	a->next = d->agents;
@@ -420,7 +423,7 @@ void md__agent_detach(struct md__daemon *d, struct md__agent *a)
 	 * still maps those pages); without, nothing is left to keep, and a
 	 * process that connects and goes away cannot pile up records, each
 	 * holding a number and a pidfd. */
-	if (!a->nrefs && !a->unmerged) {
+	if (!a->nrefs && !a->unmerged && !a->paused) {
 		md__dlog_peer("agent %d left holding no references", (int)a->pid);
 		md__agent_exited(d, a);
 	}

@@ -172,7 +172,7 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 		if (!admin && a->uid != c->uid)
 			continue;	/* another user's agent: as if absent */
 		if (ctl->op == MD_CTL_RESUME)
-			a->unmerged = 0;	/* detached, its WELCOME says so when back */
+			a->unmerged = a->paused = 0;	/* detached, its WELCOME says so when back */
 		if (!a->conn && (defaults || ctl->op == MD_CTL_RESUME)) {
 			p->detached++;
 		} else if (!a->conn) {
@@ -193,6 +193,10 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 					a->unmerged = 1;
 					a->unmerge_token = p->token;
 				}
+				/* Its own pause outlives a reconnect, as the
+				 * default's does (d->paused). */
+				if (ctl->op == MD_CTL_PAUSE && !defaults)
+					a->paused = 1;
 				p->owed[p->nowed++] = a->pid;
 			} else {
 				failed(p, -EIO, "pid %d could not be sent it", (int)a->pid);

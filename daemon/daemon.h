@@ -155,6 +155,8 @@ struct md__agent {
 	int unmerged;              /* it unmerged (CONTROL_DONE), not resumed since: its
 				    * WELCOME says paused, and the record outlives its
 				    * connection while the process lives */
+	int paused;                /* a PAUSE that set no default reached it (--pid, a
+				    * user's own agents), not resumed since: the same */
 	int64_t reported_ms;       /* when the last REPORT came; 0 never */
 	uint64_t requests;         /* messages handled after its HELLO */
 	uint64_t hellos;           /* connections it came on (reconnects + 1) */

@@ -3354,6 +3354,72 @@ TEST_IMPL(daemon_exec_after_unmerge_stays_paused)
 	return 0;
 }
 
+/* An agent paused by pid (`memdedup pause --pid`), then gone from
+ * memdedupd and back (a reply 10 s late, the daemon's restart of the
+ * connection): it stays paused until a RESUME, as one paused by default
+ * does. Its WELCOME said resume, and it merged again. A RESUME while it is
+ * away counts as done, and its next WELCOME says so. */
+TEST_IMPL(daemon_pause_by_pid_outlives_reconnect)
+{
+	struct tdaemon t;
+	td_start(&t, 16);
+	int ready[2], go[2];
+	ASSERT(pipe(ready) == 0 && pipe(go) == 0);
+	pid_t child = fork();
+	ASSERT(child >= 0);
+	if (child == 0) {
+		struct md__client *agent;
+		struct md__msg_welcome w;
+		struct md__msg_control ctl;
+		int fd = -1, err = -EAGAIN;
+		char x = 0;
+		if (md__client_open(&agent, t.sock, NULL, 0, &w, &fd) != 0 || write(ready[1], &x, 1) != 1)
+			_exit(100);
+		for (int i = 0; i < 400 && err == -EAGAIN; i++)
+			if ((err = md__client_next_control(agent, &ctl)) == -EAGAIN)
+				usleep(5000);
+		if (err || ctl.op != MD_CTL_PAUSE || md__client_control_done(agent, ctl.token, 0, NULL) != 0)
+			_exit(101);
+		md__client_free(agent);
+		close(fd);
+		usleep(200000);	/* the daemon sees it go */
+		if (md__client_open(&agent, t.sock, NULL, 0, &w, &fd) != 0)
+			_exit(102);
+		if (!(w.state & MD_WELCOME_PAUSED))
+			_exit(1);
+		md__client_free(agent);
+		close(fd);
+		usleep(200000);
+		if (write(ready[1], &x, 1) != 1 || read(go[0], &x, 1) != 1)	/* resumed meanwhile */
+			_exit(103);
+		if (md__client_open(&agent, t.sock, NULL, 0, &w, &fd) != 0)
+			_exit(104);
+		_exit(w.state & MD_WELCOME_PAUSED ? 2 : 0);
+	}
+	close(ready[1]);	/* a child that ended early reads as the end */
+	close(go[0]);
+	char x, text[MD_TEXT_MAX + 1];
+	ASSERT_EQ(read(ready[0], &x, 1), 1);
+	struct md__client *cli = td_connect(&t);
+	ASSERT_EQ(control(cli, MD_CTL_PAUSE, child, NULL, NULL, text), 0);
+	if (read(ready[0], &x, 1) != 1) {	/* it was not told paused */
+		int st;
+		ASSERT_EQ(waitpid(child, &st, 0), child);
+		ASSERT(WIFEXITED(st));
+		ASSERT_EQ(WEXITSTATUS(st), 0);
+	}
+	ASSERT_EQ(control(cli, MD_CTL_RESUME, child, NULL, NULL, text), 0);
+	ASSERT_EQ(write(go[1], "g", 1), 1);
+	int st;
+	ASSERT_EQ(waitpid(child, &st, 0), child);
+	ASSERT(WIFEXITED(st));
+	ASSERT_EQ(WEXITSTATUS(st), 0);
+	md__client_free(cli);
+	close(ready[0]), close(go[1]);
+	td_stop(&t);
+	return 0;
+}
+
 TEST_IMPL(daemon_controls_per_uid)
 {
 	struct tdaemon t;
