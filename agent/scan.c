@@ -169,15 +169,21 @@ static int kept_paused(const md_agent *a)
 }
 
 /* The scanner's pause, as the daemon says (its PAUSE and RESUME, and
- * its welcome) or the VMM (md_agent_pause). */
-static int pause_set(md_agent *a, int paused)
+ * its welcome) or the VMM (md_agent_pause). With keep, also while one is
+ * kept (kept_paused), as seen under the lock md_agent_pause notes the
+ * VMM's in: a welcome read it before the VMM's pause, and resumed the
+ * scanner after it. */
+static int pause_set_kept(md_agent *a, int paused, int keep)
 {
 	if (!a || !a->engine)
 		return -EINVAL;
-	/* Nothing could be merged: resuming would only spend CPU. */
-	if (!paused && __atomic_load_n(&a->io_unseen, __ATOMIC_SEQ_CST))
-		return -EPERM;
 	pthread_mutex_lock(&a->pause_lock);
+	paused |= keep && kept_paused(a);
+	/* Nothing could be merged: resuming would only spend CPU. */
+	if (!paused && __atomic_load_n(&a->io_unseen, __ATOMIC_SEQ_CST)) {
+		pthread_mutex_unlock(&a->pause_lock);
+		return -EPERM;
+	}
 	a->pause_gen++;
 	__atomic_store_n(&a->scanner.paused, paused ? 1 : 0, __ATOMIC_SEQ_CST);
 	pthread_mutex_unlock(&a->pause_lock);
@@ -193,11 +199,23 @@ static int pause_set(md_agent *a, int paused)
 	return 0;
 }
 
+static int pause_set(md_agent *a, int paused)
+{
+	return pause_set_kept(a, paused, 0);
+}
+
 int md_agent_pause(md_agent *a, int paused)
 {
+	if (!a || !a->engine)
+		return -EINVAL;
+	/* Noted first, so that a welcome that comes later does not undo it
+	 * (pause_set_kept reads it under the same lock). */
+	pthread_mutex_lock(&a->pause_lock);
+	int was = __atomic_exchange_n(&a->paused_here, paused != 0, __ATOMIC_RELAXED);
+	pthread_mutex_unlock(&a->pause_lock);
 	int err = pause_set(a, paused);
-	if (!err)	/* a welcome that comes later does not undo it */
-		__atomic_store_n(&a->paused_here, paused != 0, __ATOMIC_RELAXED);
+	if (err)
+		__atomic_store_n(&a->paused_here, was, __ATOMIC_RELAXED);
 	return err;
 }
 
@@ -673,7 +691,7 @@ static void apply_welcome(struct md_agent *a, const struct md__msg_welcome *w)
 	int paused = (w->state & MD_WELCOME_PAUSED) != 0;
 	if (a->engine->remote->same_daemon && !paused && __atomic_load_n(&a->unmerged, __ATOMIC_RELAXED) == 2)
 		__atomic_store_n(&a->unmerged, 0, __ATOMIC_RELAXED);
-	pause_set(a, paused || kept_paused(a));
+	pause_set_kept(a, paused, 1);
 }
 
 /* The VMM's user changed since it joined memdedupd (QEMU's -runas drops
@@ -699,7 +717,7 @@ static void user_changed(struct md_agent *a, uid_t now)
 				"pool pages cannot become private copies (%s): it stays in uid %u's domain",
 				(unsigned)was, (unsigned)now, why, (unsigned)was);
 			a->joined_uid = now;	/* not tried again */
-			pause_set(a, was_paused || kept_paused(a));
+			pause_set_kept(a, was_paused, 1);
 			return;
 		}
 		a->user_moving = 1;
@@ -719,7 +737,7 @@ static void user_changed(struct md_agent *a, uid_t now)
 		"private copies now, and it joins uid %u's domain", (unsigned)was, (unsigned)now,
 		(unsigned)now);
 	/* As it was (memdedupd's welcome says anew on the next connection). */
-	pause_set(a, a->user_was_paused || kept_paused(a));
+	pause_set_kept(a, a->user_was_paused, 1);
 }
 
 void md__scan_daemon(struct md_agent *a, int report)
@@ -747,7 +765,7 @@ void md__scan_daemon(struct md_agent *a, int report)
 					     "processes waits until it does", strerror(-err));
 			if (a->welcome_due) {	/* scan without it meanwhile, as it was */
 				a->welcome_due = 0;
-				pause_set(a, kept_paused(a));
+				pause_set_kept(a, 0, 1);
 			}
 			return;
 		}
