@@ -3264,6 +3264,28 @@ static int control_and_close(const struct tdaemon *t, struct md__client *agent, 
  * it is an UNMERGE (whose refusals still clear the agent's unmerged
  * state), and a user other than root has at most MD_D_CONTROLS_PER_UID
  * waiting: beyond, CONTROL_R -EUSERS, saying so. */
+/* In a child: an agent of t's memdedupd (ready said once it is), sent a
+ * CONTROL op, which it answers done, then gone from the daemon. Exits
+ * 100 or 101 if a step fails. */
+static void agent_answers_then_goes(const struct tdaemon *t, unsigned op, int ready)
+{
+	struct md__client *agent;
+	struct md__msg_welcome w;
+	struct md__msg_control ctl;
+	int fd = -1, err = -EAGAIN;
+	char x = 0;
+	if (md__client_open(&agent, t->sock, NULL, 0, &w, &fd) != 0 || write(ready, &x, 1) != 1)
+		_exit(100);
+	for (int i = 0; i < 400 && err == -EAGAIN; i++)
+		if ((err = md__client_next_control(agent, &ctl)) == -EAGAIN)
+			usleep(5000);
+	if (err || ctl.op != op || md__client_control_done(agent, ctl.token, 0, NULL) != 0)
+		_exit(101);
+	md__client_free(agent);
+	close(fd);
+	usleep(200000);	/* the daemon sees it go */
+}
+
 /* Forks a child agent of t's memdedupd that is sent an UNMERGE, answers it
  * done and goes from the daemon (its record kept, holding nothing, to say
  * "paused"), then exits with rejoin(t): 0 if it joined again paused. */
@@ -3274,21 +3296,7 @@ static void unmerged_then_rejoins(struct tdaemon *t, int (*rejoin)(struct tdaemo
 	pid_t child = fork();
 	ASSERT(child >= 0);
 	if (child == 0) {
-		struct md__client *agent;
-		struct md__msg_welcome w;
-		struct md__msg_control ctl;
-		int fd = -1, err = -EAGAIN;
-		char x = 0;
-		if (md__client_open(&agent, t->sock, NULL, 0, &w, &fd) != 0 || write(ready[1], &x, 1) != 1)
-			_exit(100);
-		for (int i = 0; i < 400 && err == -EAGAIN; i++)
-			if ((err = md__client_next_control(agent, &ctl)) == -EAGAIN)
-				usleep(5000);
-		if (err || ctl.op != MD_CTL_UNMERGE || md__client_control_done(agent, ctl.token, 0, NULL) != 0)
-			_exit(101);
-		md__client_free(agent);
-		close(fd);
-		usleep(200000);	/* the daemon sees it go */
+		agent_answers_then_goes(t, MD_CTL_UNMERGE, ready[1]);
 		_exit(rejoin(t));
 	}
 	char x, text[MD_TEXT_MAX + 1];
@@ -3304,14 +3312,18 @@ static void unmerged_then_rejoins(struct tdaemon *t, int (*rejoin)(struct tdaemo
 	close(ready[1]);
 }
 
-/* HELLO again with flags: 0 if the WELCOME says paused. */
+/* HELLO again with flags, and gone again: 0 if the WELCOME says paused. */
 static int rejoin_paused(struct tdaemon *t, unsigned flags)
 {
 	struct md__client *agent;
 	struct md__msg_welcome w;
 	int fd;
 	int err = md__client_open(&agent, t->sock, NULL, flags, &w, &fd);
-	return err == -EBUSY ? 3 : err ? 104 : (w.state & MD_WELCOME_PAUSED) ? 0 : 1;
+	if (err)
+		return err == -EBUSY ? 3 : 104;
+	md__client_free(agent);
+	close(fd);
+	return w.state & MD_WELCOME_PAUSED ? 0 : 1;
 }
 
 static int rejoin_as_nobody(struct tdaemon *t)
@@ -3368,33 +3380,15 @@ TEST_IMPL(daemon_pause_by_pid_outlives_reconnect)
 	pid_t child = fork();
 	ASSERT(child >= 0);
 	if (child == 0) {
-		struct md__client *agent;
-		struct md__msg_welcome w;
-		struct md__msg_control ctl;
-		int fd = -1, err = -EAGAIN;
 		char x = 0;
-		if (md__client_open(&agent, t.sock, NULL, 0, &w, &fd) != 0 || write(ready[1], &x, 1) != 1)
-			_exit(100);
-		for (int i = 0; i < 400 && err == -EAGAIN; i++)
-			if ((err = md__client_next_control(agent, &ctl)) == -EAGAIN)
-				usleep(5000);
-		if (err || ctl.op != MD_CTL_PAUSE || md__client_control_done(agent, ctl.token, 0, NULL) != 0)
-			_exit(101);
-		md__client_free(agent);
-		close(fd);
+		agent_answers_then_goes(&t, MD_CTL_PAUSE, ready[1]);
+		int err = rejoin_paused(&t, 0);
+		if (err)
+			_exit(err);
 		usleep(200000);	/* the daemon sees it go */
-		if (md__client_open(&agent, t.sock, NULL, 0, &w, &fd) != 0)
-			_exit(102);
-		if (!(w.state & MD_WELCOME_PAUSED))
-			_exit(1);
-		md__client_free(agent);
-		close(fd);
-		usleep(200000);
 		if (write(ready[1], &x, 1) != 1 || read(go[0], &x, 1) != 1)	/* resumed meanwhile */
 			_exit(103);
-		if (md__client_open(&agent, t.sock, NULL, 0, &w, &fd) != 0)
-			_exit(104);
-		_exit(w.state & MD_WELCOME_PAUSED ? 2 : 0);
+		_exit(rejoin_paused(&t, 0) == 1 ? 0 : 2);
 	}
 	close(ready[1]);	/* a child that ended early reads as the end */
 	close(go[0]);
@@ -3664,20 +3658,26 @@ TEST_IMPL(daemon_ensure_at_once_after_crash)
 			if (kid[k] == 0)
 				_exit(md__daemon_ensure(exe, NULL) == 0 ? 0 : 1);
 		}
-		for (int k = 0; k < 2; k++) {
-			int st;
-			ASSERT(waitpid(kid[k], &st, 0) == kid[k]);
-			ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-		}
-		f = fopen(pidf, "r");
-		ASSERT(f);
+		int st[2];
+		for (int k = 0; k < 2; k++)
+			ASSERT(waitpid(kid[k], &st[k], 0) == kid[k]);
+		/* Stopped before any check: a daemon in a session of its own
+		 * would outlive a failed test. */
 		int pid = 0;
-		ASSERT(fscanf(f, "%d", &pid) == 1 && pid > 0);
-		fclose(f);
-		ASSERT(kill(pid, SIGTERM) == 0);
+		for (int i = 0; i < 100 && !pid; i++) {
+			if ((f = fopen(pidf, "r")) && fscanf(f, "%d", &pid) != 1)
+				pid = 0;
+			if (f)
+				fclose(f);
+			if (!pid)
+				usleep(20000);
+		}
+		ASSERT(pid > 0 && kill(pid, SIGTERM) == 0);
 		for (int i = 0; i < 200 && access(pidf, F_OK) == 0; i++)
 			usleep(10000);
 		ASSERT(access(pidf, F_OK) != 0);
+		for (int k = 0; k < 2; k++)
+			ASSERT(WIFEXITED(st[k]) && WEXITSTATUS(st[k]) == 0);
 	}
 	return 0;
 }
