@@ -365,11 +365,13 @@ present=${present# }
 [ -n "$present" ] || fleet_die "no finished mode in $out to report"
 ref=""
 case " $present " in *" none "*) ref=$(get "$(metrics "$out/none" "")" final_pss_kb) ;; esac
+# $1 as a JSON string: a path may hold quotes or backslashes.
+jstr() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g; s/\t/\\t/g')"; }
 
 {
-  printf '{\n  "generated": "%s",\n  "host": {"kernel": "%s", "cpus": %s, "qemu": "%s"},\n' \
-    "$(date -u +%FT%TZ)" "$(uname -r)" "$(nproc)" "$(qemu-system-x86_64 --version | head -1)"
-  printf '  "guests": 2, "guest_mem_mb": %s, "image": "%s", "image_mb": %s,\n' "$mem" "$(basename "$image")" "$image_mb"
+  printf '{\n  "generated": "%s",\n  "host": {"kernel": %s, "cpus": %s, "qemu": %s},\n' \
+    "$(date -u +%FT%TZ)" "$(jstr "$(uname -r)")" "$(nproc)" "$(jstr "$(qemu-system-x86_64 --version | head -1)")"
+  printf '  "guests": 2, "guest_mem_mb": %s, "image": %s, "image_mb": %s,\n' "$mem" "$(jstr "$(basename "$image")")" "$image_mb"
   printf '  "saved_ksm": {"run": %s, "pages_to_scan": %s, "sleep_millisecs": %s},\n' \
     "$KSM_SAVED_RUN" "$KSM_SAVED_SCAN" "$KSM_SAVED_SLEEP"
   printf '  "definitions": {"final_pss_mb": "mean fleet PSS over the last 5 samples with both guests alive, after the last READS-DONE and none within 1.5 s of exiting", "ksm_pages_sharing_final/md_pages_shared_final": "at the last of those samples (md: sum over both agents)", "saving_mb": "final_pss_mb of none minus that of the mode", "t50_s/t90_s": "seconds after the last READS-DONE until the PSS saving first reached 50 %%/90 %% of the final saving (null below 16 MB: noise)", "ksm_t50_s/ksm_t90_s": "seconds after the last READS-DONE until kernel KSM pages_sharing reached 50 %%/90 %% of its final value", "guest_workload_s": "host seconds from the fleet start to each guest READS-DONE", "dedup_cpu_s": "ksmd CPU during the mode + md-agent thread CPU (not the sharing work done inside QEMU I/O threads)", "dedup_cpu_in_window_s": "the same over the first cpu_window_s seconds from the fleet start, the same for every mode: the CPU to compare (ksmd keeps scanning once converged, and modes hold for different times)", "ksm_meta_mb": "kernel KSM metadata at the final sample: (pages_sharing + ksm_zero_pages) x 4 KiB - general_profit, i.e. its rmap items, kept in kernel slab and so in no PSS (memdedup keeps its metadata in its processes: in the PSS)"},\n'
@@ -383,7 +385,7 @@ case " $present " in *" none "*) ref=$(get "$(metrics "$out/none" "")" final_pss
     kc=$(get "$mt" ksmd_cpu_s) ac=$(get "$mt" agent_cpu_s)
     [ $first = 1 ] || printf ',\n'
     first=0
-    printf '    {"mode": "%s", "started": "%s", "wrapper": "%s", "hold_s": %s,\n' "$m" "$started" "$wrapper" "$hold"
+    printf '    {"mode": "%s", "started": %s, "wrapper": %s, "hold_s": %s,\n' "$m" "$(jstr "$started")" "$(jstr "$wrapper")" "$hold"
     printf '     "ksm": {"run": %s, "pages_to_scan": %s, "sleep_millisecs": %s},\n' "$kr" "$ks" "$kz"
     printf '     "checksums": [%s], "checksums_match": %s,\n' \
       "$(cut -f7 "$d/guests.tsv" | sed 's/.*/"&"/' | paste -sd, | sed 's/,/, /g')" \
@@ -411,10 +413,10 @@ case " $present " in *" none "*) ref=$(get "$(metrics "$out/none" "")" final_pss
   done
   printf '\n  ]\n}\n'
 } > "$out/results.json.tmp"
-mv "$out/results.json.tmp" "$out/results.json"
-if command -v jq >/dev/null; then
-  jq empty "$out/results.json" || fleet_die "results.json is not valid JSON"
+if command -v jq >/dev/null; then   # checked before it replaces the last good one
+  jq empty "$out/results.json.tmp" || fleet_die "results.json.tmp is not valid JSON"
 fi
+mv "$out/results.json.tmp" "$out/results.json"
 
 # --- summary table and plot -----------------------------------------------------
 # CPU per GB saved over the window, and against kernel KSM's (ksm, else ksm10x)
