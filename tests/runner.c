@@ -3,7 +3,10 @@
  * Usage: runner [NAME...]   (no name: all tests)
  * Prints one line per test and "N passed, N failed, N skipped" at the end.
  */
+#include <dirent.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -44,6 +47,39 @@ static void remove_tree(const char *dir)
 		fprintf(stderr, "runner: cannot remove %s\n", dir);
 }
 
+/* Kills what a test started that left its process group (memdedupd
+ * daemonizes into a session of its own): any program run with the test's
+ * MD_TEST_DIR in its environment. Else a test that failed before stopping
+ * its daemon left it running, its directory gone. */
+static void kill_leaked(const char *dir)
+{
+	char want[64], path[64];
+	snprintf(want, sizeof(want), "MD_TEST_DIR=%s", dir);
+	DIR *proc = opendir("/proc");
+	if (!proc)
+		return;
+	for (struct dirent *e; (e = readdir(proc));) {
+		int pid = atoi(e->d_name);
+		if (pid <= 1 || pid == getpid())
+			continue;
+		snprintf(path, sizeof(path), "/proc/%d/environ", pid);
+		int fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		static char env[65536];
+		ssize_t n = read(fd, env, sizeof(env) - 1);
+		close(fd);
+		for (ssize_t at = 0; at < n; at += (ssize_t)strlen(env + at) + 1) {
+			env[n] = '\0';
+			if (strcmp(env + at, want) == 0) {
+				kill(pid, SIGKILL);
+				break;
+			}
+		}
+	}
+	closedir(proc);
+}
+
 /* Returns 0 pass, 1 fail, 2 skip. */
 static int run_one(const struct test *t)
 {
@@ -75,6 +111,7 @@ static int run_one(const struct test *t)
 		;
 	current_pid = 0;
 	kill(-pid, SIGKILL);	/* helpers the test leaked */
+	kill_leaked(dir);
 	remove_tree(dir);
 	if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
 		return 0;
