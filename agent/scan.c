@@ -627,7 +627,14 @@ void md__scan_apply_control(struct md_agent *a, const struct md__msg_control *ct
 	switch (ctl->op) {
 	case MD_CTL_PAUSE: err = pause_set(a, 1); break;
 	case MD_CTL_RESUME:
-		/* The operator's: the VMM's own pause too. */
+		/* The operator's: the VMM's own pause too. While the VMM's
+		 * user changes, for after it: merges now would take references
+		 * in the old user's pool, which must have them all back. */
+		if (a->user_moving) {
+			a->user_was_paused = 0;
+			__atomic_store_n(&a->paused_here, 0, __ATOMIC_RELAXED);
+			break;
+		}
 		err = pause_set(a, 0);
 		if (!err)
 			__atomic_store_n(&a->paused_here, 0, __ATOMIC_RELAXED);

@@ -29,6 +29,7 @@
 #include "memdedup.h"
 #include "merge.h"	/* md__engine_fail_slices */
 #include "proc.h"
+#include "remote.h"
 #include "runner.h"
 #include "zeropage.h"
 
@@ -1364,6 +1365,11 @@ TEST_IMPL(scan_unmap_not_held_by_daemon)
 	for (size_t i = 0; i < n * PG; i++)
 		m[i] = (char)((i / PG) % (n / 2) * 31 + i % PG);
 	ASSERT_EQ(md_agent_register(a, b, nb * PG, 0), 0);
+	/* Welcomed first: stopped before, the daemon holds back the HELLO,
+	 * and the scanner waits for the welcome, asking nothing. */
+	for (int i = 0; i < 500 && !md__remote_connected(a->engine->remote); i++)
+		usleep(10000);
+	ASSERT(md__remote_connected(a->engine->remote));
 	td_pause(&t);
 	/* b's checksums taken, its next visit asks: the question waits for
 	 * the answer, and still does after the calls below. */
@@ -2144,6 +2150,29 @@ TEST_IMPL(scan_io_unseen_second_caller_waits)
 	md__io_unseen_delay_us = 0;
 	ASSERT_EQ(slept, 1);	/* the first was done when the second returned */
 	ASSERT(md__inflight_busy(&a->engine->io, (uintptr_t)m, PG));
+	md_agent_free(a);
+	munmap(m, n * PG);
+	return 0;
+}
+
+/* memdedupd's RESUME while the VMM's user changes (its pages being given
+ * back to the old user's pool): kept for after the move. Applied at once,
+ * the scanner merged into the old pool again, whose references must all
+ * come back before the new user's HELLO is taken. */
+TEST_IMPL(scan_resume_waits_for_user_move)
+{
+	md_agent *a;
+	const size_t n = 64;
+	char *m = pairs_merged_here(&a, NULL, n);
+	ASSERT_EQ(md_agent_pause(a, 1), 0);
+	a->user_moving = 1;	/* as user_changed leaves it, its pages private */
+	a->user_was_paused = 1;
+	struct md__msg_control resume = { .op = MD_CTL_RESUME };
+	md__scan_apply_control(a, &resume);
+	ASSERT_EQ(scanner_paused(a), 1);
+	ASSERT_EQ(a->user_was_paused, 0);	/* resumed once in the new domain */
+	ASSERT_EQ(__atomic_load_n(&a->paused_here, __ATOMIC_RELAXED), 0);
+	a->user_moving = 0;
 	md_agent_free(a);
 	munmap(m, n * PG);
 	return 0;
