@@ -242,6 +242,9 @@ int md__regions_remove(struct md_agent *a, uintptr_t start, uintptr_t end);
 /* Tests only: the next this many growths of the region records fail
  * (ENOMEM). 0 otherwise. */
 extern int md__regions_fail_reserve;
+/* Tests only: the next md__privatize fails with this (a negative errno)
+ * and copies nothing. 0 otherwise. */
+extern int md__privatize_fail;
 /* Tests only: md_agent_io_unseen's first call sleeps this long (us) before
  * it is done, and then counts md__io_unseen_slept. */
 extern unsigned md__io_unseen_delay_us, md__io_unseen_slept;

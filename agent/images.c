@@ -394,7 +394,8 @@ static void break_deadline(const struct md_agent *a, struct timespec *t)
  * A failure for want of memory leaves it breaking, with the lease held,
  * to be tried again (md__image_breaks_retry) until its deadline; any
  * other failure, or the deadline, gives the lease back with pages still
- * the file's, said in the log. */
+ * the file's, said in the log, once the writes from guest RAM begun before
+ * have ended (or at the deadline). */
 static void finish_break(struct md_agent *a, struct md__image *img)
 {
 	/* Once private, nothing maps the image again while it breaks: only
@@ -407,11 +408,13 @@ static void finish_break(struct md_agent *a, struct md__image *img)
 	if (err)
 		md__log("an image's writer gets in with some of its pages not made private (%s): "
 			"the guest may see them change", strerror(-err));
-	/* The pages are private now, but a write from guest RAM begun before
-	 * may still hold the file's (writes.c): tried again every 50 ms. */
-	if (!err && !img->writes_before)
+	/* The pages are private now (or as many as could be), but a write
+	 * from guest RAM begun before may still hold the file's (writes.c):
+	 * tried again every 50 ms. A copy that failed is not a reason to let
+	 * the writer's bytes into such a write. */
+	if (!img->writes_before)
 		img->writes_before = md__writes_mark(a) + 1;
-	if (!err && !md__writes_ended(a, img->writes_before - 1)) {
+	if (!md__writes_ended(a, img->writes_before - 1)) {
 		if (!time_reached(&img->retry_at))
 			return;
 		md__log_once(97, "an image's writer gets in while a write from guest RAM begun before "
@@ -475,8 +478,10 @@ void md__image_lease_broken(struct md_agent *a, int fd)
 		if (img->lease != MD_LEASE_HELD)
 			continue;
 		/* The once-a-second look also finds a lease gone with our
-		 * descriptor (closed or replaced by the VMM). */
-		if (fd >= 0 ? img->fd != fd : fcntl(img->fd, F_GETLEASE) == F_RDLCK && image_fd_ours(img))
+		 * descriptor (closed or replaced by the VMM). A signal is looked
+		 * at the same way: it may be an old one, of a break finished
+		 * meanwhile (a read saw it first) and the lease taken again. */
+		if ((fd >= 0 && img->fd != fd) || (fcntl(img->fd, F_GETLEASE) == F_RDLCK && image_fd_ours(img)))
 			continue;
 		/* From here no read maps this image; every page it already
 		 * mapped is made private before the writer may proceed. When

@@ -479,9 +479,16 @@ static ssize_t read_copied(struct md_agent *a, int fd, void *buf, size_t len, of
 			md__fallback(a, MD_FB_ERROR, pages_of(len));
 			md__log_once(33, "copying around image pages failed (%s): the read went whole",
 				     strerror(err));
+			if (a->engine && n >= (ssize_t)MD_PAGE)
+				copied_read(a, fd, (uintptr_t)buf, (size_t)n, off, small);
 			errno = saved;
 		} else {
 			n = (ssize_t)plan->total;
+			/* Pages after a tmpfs image's hole are copied in the
+			 * tail (data_only): hinted as any copied read. */
+			if (a->engine && plan->tail >= MD_PAGE)
+				copied_read(a, fd, (uintptr_t)b + plan->head + mapped, plan->tail,
+					    off + (off_t)(plan->head + mapped), 0);
 		}
 	}
 	return n;

@@ -359,9 +359,13 @@ static int privatize_run(struct md_agent *a, struct md__region *r, uintptr_t add
 	return 0;
 }
 
+int md__privatize_fail;	/* tests only: see agent_internal.h */
+
 int md__privatize(struct md_agent *a, uintptr_t start, uintptr_t end, uint32_t id)
 {
-	int err = 0;
+	int err = __atomic_exchange_n(&md__privatize_fail, 0, __ATOMIC_RELAXED);
+	if (err)
+		return err;
 	uint64_t pages = for_each_run(a, start, end, id, privatize_run, &err);
 	md__count(a, MD_CTR_PRIVATIZED, pages);
 	if (err)

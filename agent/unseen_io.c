@@ -29,6 +29,7 @@
 #include <linux/vfio.h>
 #include <linux/vhost.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <liburing.h>
 
 #include "agent_internal.h"
@@ -39,18 +40,21 @@
 #endif
 
 /* Operations that never write user memory nor pin it: polls, timeouts,
- * syncs, cancels, sends (copied from the process's memory as they run).
+ * syncs, cancels, sends (copied from the process's memory as they run,
+ * unless zero-copy: MSG_ZEROCOPY on an SO_ZEROCOPY socket pins the pages
+ * until sent, as a registered buffer is pinned).
  * Everything else may write it (reads, receives, statx, provided buffers),
  * discard it (madvise), or is newer than this list; and writes may pin it:
  * an O_DIRECT write pins the guest pages it sends, and one sending a page
  * read-time sharing mapped from an image pins the image's page, which a
  * lease break could then not wait for (writes.c sees only pwrite). */
-static int op_leaves_memory(unsigned op)
+static int op_leaves_memory(const struct io_uring_sqe *e)
 {
-	switch (op) {
-	case IORING_OP_NOP:
+	switch (e->opcode) {
 	case IORING_OP_SEND:
 	case IORING_OP_SENDMSG:
+		return !(e->msg_flags & MSG_ZEROCOPY) && !(e->ioprio & IORING_RECVSEND_FIXED_BUF);
+	case IORING_OP_NOP:
 	case IORING_OP_FSYNC:
 	case IORING_OP_SYNC_FILE_RANGE:
 	case IORING_OP_FALLOCATE:
@@ -75,6 +79,12 @@ int md__uring_submits_writes(const void *ring_arg)
 	if (!ring || !ring->sq.sqes)
 		return 0;
 	const struct io_uring_sq *sq = &ring->sq;
+	/* A liburing of another layout (2.1 and 2.2 have padding, zeroed,
+	 * where ring_mask and ring_entries are): its entries cannot be found,
+	 * so they count as reads. */
+	if (!sq->ring_entries || sq->ring_mask != sq->ring_entries - 1 || !sq->kring_mask ||
+	    *sq->kring_mask != sq->ring_mask)
+		return 1;
 	/* Entries queued since the last submit, as liburing's flush takes them;
 	 * never more than the ring holds, whatever the counters say. */
 	unsigned n = sq->sqe_tail - sq->sqe_head;
@@ -83,7 +93,7 @@ int md__uring_submits_writes(const void *ring_arg)
 	unsigned shift = (ring->flags & IORING_SETUP_SQE128) ? 1 : 0;
 	for (unsigned i = 0; i < n; i++) {
 		unsigned idx = ((sq->sqe_head + i) & sq->ring_mask) << shift;
-		if (!op_leaves_memory(sq->sqes[idx].opcode))
+		if (!op_leaves_memory(&sq->sqes[idx]))
 			return 1;
 	}
 	return 0;

@@ -80,6 +80,8 @@ while [ $# -gt 0 ]; do
     *) echo "run-bench.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+# An empty list would remove the last run's results, then measure nothing.
+case "$modes" in *[![:space:]]*) ;; *) echo "run-bench.sh: --modes names no mode" >&2; exit 2 ;; esac
 for m in $modes; do
   case "$m" in none|ksm|ksm10x|memdedup|memdedup+ksm|scan|scan-noread|scan-noread-linear) ;;
     *) echo "run-bench.sh: unknown mode '$m'" >&2; exit 2 ;; esac

@@ -150,14 +150,14 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 	/* The same process (its pidfd and ours both live), mapping no pool
 	 * page any more (it exec'd): what the record holds is nobody's. An
 	 * unmerge's pause is the process's, and stays (QEMU's cpr-exec goes
-	 * on with the same guest), until a RESUME. */
-	int was_unmerged = 0, was_paused = 0;
+	 * on with the same guest), until a RESUME. The old record goes only
+	 * once the new one is made: a HELLO refused (too many domains, no
+	 * memory) leaves it, and its pause, for the next try. */
+	struct md__agent *gone = NULL;
 	if (a && !a->conn && (h->flags & MD_HELLO_NO_POOL_MAPS)) {
 		md__dlog_peer("agent %d came back mapping no pool page (exec): its references go",
 			      (int)c->pid);
-		was_unmerged = a->unmerged;
-		was_paused = a->paused;
-		md__agent_exited(d, a);
+		gone = a;
 		a = NULL;
 	}
 	/* A record kept with no reference only to say "paused" (it unmerged:
@@ -166,9 +166,7 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 	 * the old user's; the new record stays paused. Refused, the process
 	 * could never join again. */
 	if (a && !a->conn && !a->nrefs && (a->uid != c->uid || strcmp(a->dom->name, h->domain) != 0)) {
-		was_unmerged = a->unmerged;
-		was_paused = a->paused;
-		md__agent_exited(d, a);
+		gone = a;
 		a = NULL;
 	}
 	if (a) {
@@ -195,6 +193,8 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 	 * take them from the rest. */
 	size_t all = 0, mine = 0;
 	for (const struct md__agent *o = d->agents; o; o = o->next) {
+		if (o == gone)
+			continue;
 		all++;
 		mine += o->uid == c->uid;
 	}
@@ -231,8 +231,11 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 	c->peer_pidfd = -1;
 	a->conn = c;
 	a->hellos = 1;
-	a->unmerged = was_unmerged;
-	a->paused = was_paused;
+	if (gone) {
+		a->unmerged = gone->unmerged;
+		a->paused = gone->paused;
+		md__agent_exited(d, gone);
+	}
 	a->control_pid = (h->flags & MD_HELLO_CONTROL_PID) != 0;
 	c->agent = a;
 	a->next = d->agents;

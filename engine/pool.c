@@ -104,7 +104,11 @@ close_fd:
 
 void md__pool_close(struct md__pool *p)
 {
-	/* Holders' mappings keep the file alive; only our handles go. */
+	/* Holders' mappings keep the file alive; only our handles go. Freed
+	 * slots waiting for their batch are punched first: once our writable
+	 * handle is gone nobody can, and a holder's mapping would keep them. */
+	if (p->fd >= 0 && p->ndirty)
+		md__pool_trim(p);
 	if (p->view)
 		md__sys_munmap((void *)p->view, p->max_pages * POOL_PAGE);
 	if (p->ro_fd >= 0)

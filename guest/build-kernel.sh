@@ -67,7 +67,11 @@ deb=$(ls "$cache"/"${pkg}"_*.deb 2>/dev/null | sort -V | tail -1 || true)
 if [ -z "$deb" ]; then
   echo "build-kernel.sh: downloading $pkg"
   (cd "$cache" && apt-get download -q -o APT::Sandbox::User=root "$pkg") || {
+    # Stale package lists name an ABI the mirror no longer serves: pick
+    # again from fresh ones (a forced package stays what it is).
     apt-get update -qq || true
+    pkg=$(pick_pkg)
+    [ -n "$pkg" ] || die "no Debian kernel package found after apt-get update"
     (cd "$cache" && apt-get download -q -o APT::Sandbox::User=root "$pkg") || die "apt-get download $pkg failed"
   }
   deb=$(ls "$cache"/"${pkg}"_*.deb | sort -V | tail -1)
@@ -77,7 +81,7 @@ echo "build-kernel.sh: using $deb"
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/memdedup-kernel.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 dpkg -x "$deb" "$tmp/pkg"
-vmlinuz=$(ls "$tmp"/pkg/boot/vmlinuz-* 2>/dev/null | head -1)
+vmlinuz=$(ls "$tmp"/pkg/boot/vmlinuz-* 2>/dev/null | head -1 || true)
 [ -n "$vmlinuz" ] || die "no /boot/vmlinuz-* in $deb"
 kver=${vmlinuz##*/vmlinuz-}
 moddir=$tmp/pkg/lib/modules/$kver

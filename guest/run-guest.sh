@@ -2,7 +2,7 @@
 # Boots one memdedup test guest on IMAGE and waits for it to finish.
 # Usage: guest/run-guest.sh [--wrapper "CMD..."] [--mem MB] [--hold S]
 #                           [--log FILE] [--timeout S] [--kernel F] [--initrd F]
-#                           [--qemu-opt "ARGS..."] IMAGE
+#                           [--qemu-opt "ARGS..."] [--resumed] IMAGE
 #   --wrapper   command put before qemu-system-x86_64, e.g. "build/memdedup run --"
 #   --mem       guest RAM in MB (default 512)
 #   --hold      seconds the guest stays up after reading (kernel cmdline hold=S)
@@ -10,12 +10,14 @@
 #               own stderr goes to LOG.qemu
 #   --timeout   seconds before the guest is killed and the run fails
 #               (default 300 + hold)
-# Exits 0 when the log has "MEMDEDUP-GUEST: DONE" and QEMU has exited cleanly,
-# prints the DONE line. QEMU is always killed when this script exits.
+#   --resumed   the guest comes from a snapshot or a migration (-incoming in
+#               --qemu-opt): it said DONE before, here only RECHECK
+# Exits 0 when the log has "MEMDEDUP-GUEST: DONE" (RECHECK if --resumed) and
+# QEMU has exited cleanly, prints that line. QEMU is always killed when this script exits.
 set -euo pipefail
 die() { echo "run-guest.sh: $*" >&2; exit 1; }
 root=$(cd "$(dirname "$0")/.." && pwd)
-wrapper="" mem=512 hold=0 log="" timeout="" qopt=""
+wrapper="" mem=512 hold=0 log="" timeout="" qopt="" want=DONE
 kernel=$root/build/guest/vmlinuz initrd=$root/build/guest/initramfs.cpio.gz
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -27,7 +29,8 @@ while [ $# -gt 0 ]; do
     --kernel) kernel=$2; shift 2 ;;
     --initrd) initrd=$2; shift 2 ;;
     --qemu-opt) qopt=$2; shift 2 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    --resumed) want=RECHECK; shift ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     --) shift; break ;;
     -*) die "unknown option $1" ;;
     *) break ;;
@@ -42,6 +45,8 @@ for v in mem hold; do
   case "${!v}" in ''|*[!0-9]*) die "--$v must be a non-negative integer" ;; esac
 done
 timeout=${timeout:-$((300 + hold))}
+# Not a number: the watchdog's test would fail every time, never killing.
+case "$timeout" in ''|*[!0-9]*) die "--timeout must be a whole number of seconds" ;; esac
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not found (scripts/install-deps.sh guest)"
 log=${log:-$root/build/guest/run-$$.log}
 mkdir -p "$(dirname "$log")"
@@ -86,11 +91,11 @@ if grep -q '^MEMDEDUP-GUEST: FAIL' "$log"; then
   echo "run-guest.sh: guest failed: $(grep -m1 '^MEMDEDUP-GUEST: FAIL' "$log")" >&2
   exit 1
 fi
-done_line=$(grep -m1 '^MEMDEDUP-GUEST: DONE' "$log" | tr -d '\r' || true)
+done_line=$(grep -m1 "^MEMDEDUP-GUEST: $want" "$log" | tr -d '\r' || true)
 if [ -z "$done_line" ]; then
-  echo "run-guest.sh: guest ended without DONE (QEMU exit $rc); last log lines:" >&2
+  echo "run-guest.sh: guest ended without $want (QEMU exit $rc); last log lines:" >&2
   tail -n 5 "$log" "$log.qemu" >&2 || true
   exit 1
 fi
-[ "$rc" -eq 0 ] || die "QEMU exited with status $rc after DONE (see $log.qemu)"
+[ "$rc" -eq 0 ] || die "QEMU exited with status $rc after $want (see $log.qemu)"
 echo "$done_line"

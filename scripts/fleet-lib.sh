@@ -181,8 +181,9 @@ fleet_image() {
   if [ ! -f "$img" ] || [ ! -f "$img.md5" ]; then
     if [ -z "$mb" ]; then mb=160; fi
     rm -rf "$img.d"
-    "$FLEET_ROOT/guest/mkworkload.sh" "$img.d" "$mb" 1 >&2
-    "$FLEET_ROOT/guest/mkimage.sh" "$img.d" "$img" >&2
+    # Called as img=$(fleet_image ...), where set -e does not stop a failure.
+    "$FLEET_ROOT/guest/mkworkload.sh" "$img.d" "$mb" 1 >&2 || fleet_die "mkworkload.sh $mb MB failed"
+    "$FLEET_ROOT/guest/mkimage.sh" "$img.d" "$img" >&2 || { rm -f "$img" "$img.md5"; fleet_die "mkimage.sh $img failed"; }
     rm -rf "$img.d"
   fi
   echo "$img"
@@ -325,6 +326,7 @@ fleet_run() {
   want=$(cat "$image.md5" 2>/dev/null || true)
   [ -n "$want" ] || fleet_die "no $image.md5, the checksum the guests must print (make the image with guest/mkimage.sh)"
   timeout=${timeout:-$((240 + hold))}
+  case "$timeout" in *[!0-9]*) fleet_die "fleet_run: --timeout takes a number of seconds" ;; esac
   mkdir -p "$dir"
   rm -f "$dir"/guest*.log "$dir"/guest*.log.qemu "$dir/samples.tsv" "$dir/guests.tsv" "$dir/pids"
   FLEET_PIDS=() FLEET_LOGS=() FLEET_DIR=$dir

@@ -622,6 +622,8 @@ TEST_IMPL(stats_dir_full)
 	return 0;
 }
 
+static int eight_hints(const md_stats *s) { return s->hints_pushed >= 8; }
+
 /* A sparse image on tmpfs: the holes are copied, not mapped. A fault on a
  * hole of a tmpfs file allocates a page in the file (a pread of it does
  * not): the image grew by every hole the guest read, and on a full tmpfs
@@ -646,7 +648,8 @@ TEST_IMPL(tmpfs_image_holes_copied)
 	ASSERT(pwrite(ifd, data, 4096, 40 * 4096) == 4096);
 	ASSERT(ftruncate(ifd, 8 * MB) == 0);
 	close(ifd);
-	const char *env[] = { "MEMDEDUP_SHARE_MIN_PAGES=1", NULL };
+	/* Scanning: the copied pages are hinted to the scanner. */
+	const char *env[] = { "MEMDEDUP_SHARE_MIN_PAGES=1", "MEMDEDUP_SCAN=1", NULL };
 	struct proc a;
 	int fd = start_reader(&a, img, env);
 	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 %u", fd, 8 * MB, MB), 8 * MB);
@@ -659,6 +662,11 @@ TEST_IMPL(tmpfs_image_holes_copied)
 	ASSERT(stat(img, &st) == 0);
 	printf("  image allocated %lld KiB after the reads\n", (long long)st.st_blocks / 2);
 	ASSERT(st.st_blocks * 512 <= 17 * 4096);	/* its 17 pages of data, no hole filled */
+	/* Eight 1 MiB reads, each hinted: seven copied whole (a hole at
+	 * their start), the first's pages after its hole (they were not). */
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 5000, eight_hints), 0);
+	ASSERT_EQ(s.hints_pushed, 8);
 	proc_stop(&a);
 	umount(dir);
 	return 0;

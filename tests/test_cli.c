@@ -140,7 +140,8 @@ static pid_t dead_pid(void)
  * (minutes, the host's KSM unmerged), a missing value said by bash. */
 TEST_IMPL(cli_bench_bad_arguments)
 {
-	const char *bad[] = { "--scan-rate 0", "--scan-rate 100001", "--scan-rate 12abc", "--hold", "--modes" };
+	const char *bad[] = { "--scan-rate 0", "--scan-rate 100001", "--scan-rate 12abc", "--hold", "--modes",
+			      "--modes ''", "--modes ' '" };
 	char out[600], err[600], cmd[1600];
 	snprintf(out, sizeof(out), "%s/bench-args", test_dir());
 	snprintf(err, sizeof(err), "%s/bench-args.err", test_dir());
@@ -151,6 +152,25 @@ TEST_IMPL(cli_bench_bad_arguments)
 		ASSERT_EQ(run(cmd), 2);
 		ASSERT(strncmp(file_text(err), "run-bench.sh: ", 14) == 0);
 		ASSERT(access(out, F_OK) != 0);	/* nothing made */
+	}
+	return 0;
+}
+
+/* The guest kit's watchdog: a --timeout that is not a number of seconds
+ * is refused before any guest starts (it never fired, the guest ran on). */
+TEST_IMPL(cli_guest_bad_timeout)
+{
+	char f[600], cmd[2600];
+	snprintf(f, sizeof(f), "%s/empty", test_dir());
+	int fd = open(f, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	ASSERT(fd >= 0);
+	close(fd);
+	const char *bad[] = { "10s", "-5", "1e3" };
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		snprintf(cmd, sizeof(cmd), "timeout 60 guest/run-guest.sh --kernel %s --initrd %s --log %s/g.log "
+			 "--timeout %s %s >/dev/null 2>%s/err", f, f, test_dir(), bad[i], f, test_dir());
+		ASSERT_EQ(run(cmd), 1);
+		ASSERT(strstr(slurp("err"), "--timeout must be a whole number of seconds"));
 	}
 	return 0;
 }

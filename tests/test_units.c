@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/prctl.h>
@@ -915,8 +916,17 @@ TEST_IMPL(uring_entries_judged)
 	ASSERT(!md__uring_submits_writes(NULL));
 	ASSERT(!md__uring_submits_writes(&r));	/* not set up */
 	r.sq.sqes = sqes;
+	r.sq.sqe_tail = 1;
+	/* liburing 2.1/2.2's layout: padding where mask and entries are. */
+	ASSERT(md__uring_submits_writes(&r));
+	unsigned kmask = 7;
+	r.sq.kring_mask = &kmask;
 	r.sq.ring_entries = 8;
+	ASSERT(md__uring_submits_writes(&r));	/* no mask */
 	r.sq.ring_mask = 7;
+	kmask = 15;
+	ASSERT(md__uring_submits_writes(&r));	/* not the kernel's */
+	kmask = 7;
 	for (unsigned i = 0; i < 8; i++)
 		sqes[i].opcode = i % 2 ? IORING_OP_POLL_ADD : IORING_OP_TIMEOUT;
 	r.sq.sqe_head = 0xfffffffe;	/* the counters wrap */
@@ -933,6 +943,15 @@ TEST_IMPL(uring_entries_judged)
 	ASSERT(md__uring_submits_writes(&r));
 	sqes[5].opcode = IORING_OP_SEND;
 	ASSERT(!md__uring_submits_writes(&r));
+	sqes[5].msg_flags = MSG_ZEROCOPY;	/* pins what it sends until sent */
+	ASSERT(md__uring_submits_writes(&r));
+	sqes[5].opcode = IORING_OP_SENDMSG;
+	ASSERT(md__uring_submits_writes(&r));
+	sqes[5].msg_flags = MSG_DONTWAIT;
+	ASSERT(!md__uring_submits_writes(&r));
+	sqes[5].ioprio = IORING_RECVSEND_FIXED_BUF;	/* a registered buffer */
+	ASSERT(md__uring_submits_writes(&r));
+	sqes[5].ioprio = 0;
 	r.sq.sqe_head = 100;			/* corrupt: still one lap */
 	sqes[(100 + 8) & 7].opcode = IORING_OP_READ;
 	ASSERT(md__uring_submits_writes(&r));

@@ -2617,8 +2617,10 @@ TEST_IMPL(daemon_hello_again_after_exec)
 	struct md__client *old = agent_holding_two(&t, 50, &w, &fd, &first, hash);
 	ASSERT_EQ(md__client_connect(&c, t.sock), 0);
 	ASSERT_EQ(md__client_hello(c, NULL, MD_HELLO_NO_POOL_MAPS, &w2, &fd2), 0);
-	ASSERT(w2.domain_id != w.domain_id);	/* the old domain went with its last record */
-	ASSERT(wait_live(&t, w.domain_id, -1, 20000));
+	/* The old record went once the new one was made (which took its
+	 * domain): its references with it, their pages freed. */
+	ASSERT_EQ(w2.domain_id, w.domain_id);
+	ASSERT(wait_live(&t, w.domain_id, 0, 20000));
 	md__client_free(old);
 	close(fd);
 	close(fd2);
@@ -2639,10 +2641,10 @@ TEST_IMPL(daemon_reconnect_without_pool_maps)
 	agent_gone_holding_two(&t, &w);
 	ASSERT_EQ(md__client_connect(&c, t.sock), 0);
 	ASSERT_EQ(md__client_hello(c, NULL, MD_HELLO_NO_POOL_MAPS, &w2, &fd), 0);
-	/* The domain went with its last agent's record, its pages freed. */
-	ASSERT(w2.domain_id != w.domain_id);
-	ASSERT(wait_live(&t, w.domain_id, -1, 20000));
-	ASSERT(wait_live(&t, w2.domain_id, 0, 20000));
+	/* The record went once the new one was made (in the same domain,
+	 * which it kept): its references with it, their pages freed. */
+	ASSERT_EQ(w2.domain_id, w.domain_id);
+	ASSERT(wait_live(&t, w.domain_id, 0, 20000));
 	close(fd);
 	md__client_free(c);
 	td_stop(&t);
@@ -3264,17 +3266,17 @@ static int control_and_close(const struct tdaemon *t, struct md__client *agent, 
  * it is an UNMERGE (whose refusals still clear the agent's unmerged
  * state), and a user other than root has at most MD_D_CONTROLS_PER_UID
  * waiting: beyond, CONTROL_R -EUSERS, saying so. */
-/* In a child: an agent of t's memdedupd (ready said once it is), sent a
- * CONTROL op, which it answers done, then gone from the daemon. Exits
- * 100 or 101 if a step fails. */
-static void agent_answers_then_goes(const struct tdaemon *t, unsigned op, int ready)
+/* In a child: an agent of t's memdedupd in domain (NULL: the default;
+ * ready said once it is), sent a CONTROL op, which it answers done, then
+ * gone from the daemon. Exits 100 or 101 if a step fails. */
+static void agent_answers_then_goes(const struct tdaemon *t, const char *domain, unsigned op, int ready)
 {
 	struct md__client *agent;
 	struct md__msg_welcome w;
 	struct md__msg_control ctl;
 	int fd = -1, err = -EAGAIN;
 	char x = 0;
-	if (md__client_open(&agent, t->sock, NULL, 0, &w, &fd) != 0 || write(ready, &x, 1) != 1)
+	if (md__client_open(&agent, t->sock, domain, 0, &w, &fd) != 0 || write(ready, &x, 1) != 1)
 		_exit(100);
 	for (int i = 0; i < 400 && err == -EAGAIN; i++)
 		if ((err = md__client_next_control(agent, &ctl)) == -EAGAIN)
@@ -3286,17 +3288,18 @@ static void agent_answers_then_goes(const struct tdaemon *t, unsigned op, int re
 	usleep(200000);	/* the daemon sees it go */
 }
 
-/* Forks a child agent of t's memdedupd that is sent an UNMERGE, answers it
- * done and goes from the daemon (its record kept, holding nothing, to say
- * "paused"), then exits with rejoin(t): 0 if it joined again paused. */
-static void unmerged_then_rejoins(struct tdaemon *t, int (*rejoin)(struct tdaemon *t))
+/* Forks a child agent of t's memdedupd (in domain, NULL: the default)
+ * that is sent an UNMERGE, answers it done and goes from the daemon (its
+ * record kept, holding nothing, to say "paused"), then exits with
+ * rejoin(t): 0 if it joined again paused. */
+static void unmerged_then_rejoins(struct tdaemon *t, const char *domain, int (*rejoin)(struct tdaemon *t))
 {
 	int ready[2];
 	ASSERT(pipe(ready) == 0);
 	pid_t child = fork();
 	ASSERT(child >= 0);
 	if (child == 0) {
-		agent_answers_then_goes(t, MD_CTL_UNMERGE, ready[1]);
+		agent_answers_then_goes(t, domain, MD_CTL_UNMERGE, ready[1]);
 		_exit(rejoin(t));
 	}
 	char x, text[MD_TEXT_MAX + 1];
@@ -3348,7 +3351,7 @@ TEST_IMPL(daemon_user_change_after_unmerge)
 		SKIP("needs root: the agent changes its uid");
 	struct tdaemon t;
 	td_start(&t, 16);
-	unmerged_then_rejoins(&t, rejoin_as_nobody);
+	unmerged_then_rejoins(&t, NULL, rejoin_as_nobody);
 	td_stop(&t);
 	return 0;
 }
@@ -3361,7 +3364,78 @@ TEST_IMPL(daemon_exec_after_unmerge_stays_paused)
 {
 	struct tdaemon t;
 	td_start(&t, 16);
-	unmerged_then_rejoins(&t, rejoin_after_exec);
+	unmerged_then_rejoins(&t, NULL, rejoin_after_exec);
+	td_stop(&t);
+	return 0;
+}
+
+/* Agents of t's memdedupd, each alone in domain "held<i>" until killed. */
+static void hold_domains(struct tdaemon *t, pid_t *pid, int n)
+{
+	int ready[2];
+	ASSERT(pipe(ready) == 0);
+	for (int i = 0; i < n; i++) {
+		pid[i] = fork();
+		ASSERT(pid[i] >= 0);
+		if (pid[i] == 0) {
+			struct md__client *c;
+			struct md__msg_welcome w;
+			char name[16], x = 0;
+			int fd;
+			close(ready[0]);
+			snprintf(name, sizeof(name), "held%d", i);
+			if (md__client_open(&c, t->sock, name, 0, &w, &fd) != 0 || write(ready[1], &x, 1) != 1)
+				_exit(100);
+			close(ready[1]);
+			for (;;)
+				pause();
+		}
+	}
+	close(ready[1]);	/* one that failed reads as the end */
+	for (int i = 0; i < n; i++) {
+		char x;
+		ASSERT_EQ(read(ready[0], &x, 1), 1);
+	}
+	close(ready[0]);
+}
+
+static pid_t held_domains[MD_D_DOMAINS_PER_UID];
+
+/* The exec'd agent's HELLO refused (its user holds as many domains as it
+ * may, "new" one more), then, a domain gone, taken: 0 if still paused. */
+static int rejoin_refused_then_room(struct tdaemon *t)
+{
+	struct md__client *agent;
+	struct md__msg_welcome w;
+	int fd, err = md__client_open(&agent, t->sock, "new", MD_HELLO_NO_POOL_MAPS, &w, &fd);
+	if (err != -EUSERS)
+		return 105;
+	kill(held_domains[1], SIGKILL);
+	for (int i = 0; i < 300 && err == -EUSERS; i++) {
+		usleep(10000);	/* until the daemon sees it go */
+		err = md__client_open(&agent, t->sock, "new", MD_HELLO_NO_POOL_MAPS, &w, &fd);
+	}
+	if (err)
+		return 106;
+	md__client_free(agent);
+	close(fd);
+	return w.state & MD_WELCOME_PAUSED ? 0 : 1;
+}
+
+/* A HELLO memdedupd refuses (here: a domain too many) after an exec took
+ * the unmerged record's place: the record, and with it the pause, went
+ * before the refusal, and the next HELLO merged again. Now the old record
+ * goes only once the new one is made. */
+TEST_IMPL(daemon_refused_hello_keeps_pause)
+{
+	struct tdaemon t;
+	td_start(&t, 16);
+	hold_domains(&t, held_domains, MD_D_DOMAINS_PER_UID);
+	unmerged_then_rejoins(&t, "held0", rejoin_refused_then_room);
+	for (int i = 0; i < MD_D_DOMAINS_PER_UID; i++) {
+		kill(held_domains[i], SIGKILL);
+		waitpid(held_domains[i], NULL, 0);
+	}
 	td_stop(&t);
 	return 0;
 }
@@ -3381,7 +3455,7 @@ TEST_IMPL(daemon_pause_by_pid_outlives_reconnect)
 	ASSERT(child >= 0);
 	if (child == 0) {
 		char x = 0;
-		agent_answers_then_goes(&t, MD_CTL_PAUSE, ready[1]);
+		agent_answers_then_goes(&t, NULL, MD_CTL_PAUSE, ready[1]);
 		int err = rejoin_paused(&t, 0);
 		if (err)
 			_exit(err);

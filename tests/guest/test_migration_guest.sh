@@ -168,14 +168,26 @@ fi
 
 # The snapshot, restored in a plain QEMU, goes on with the guest's hold.
 guest/run-guest.sh --hold "$hold" --log "$out/restored.log" --timeout $((hold + 120)) \
-  --qemu-opt "-incoming exec:cat<$out/snap" "$img" > "$out/restored.out" 2>&1 &
+  --resumed --qemu-opt "-incoming exec:cat<$out/snap" "$img" > "$out/restored.out" 2>&1 &
 guests+=($!)
-wait "${guests[0]}" || true
-for _ in $(seq 1 $((2 * hold + 240))); do
-  grep -q '^MEMDEDUP-GUEST: \(RECHECK\|FAIL\)' "$out/restored.log" 2>/dev/null && break
-  sleep 0.5
-done
+# The snapshotted guest holds, checks again and powers off: its QEMU, under
+# the agent, must exit 0 (run-guest.sh says why not).
+snap_rc=0
+wait "${guests[0]}" || snap_rc=$?
+if [ "$snap_rc" = 0 ]; then
+  pass "the snapshotted guest's QEMU powered off cleanly"
+else
+  fail "the snapshotted guest's run-guest.sh exited $snap_rc: $(tail -1 "$out/guest.out")"
+fi
+# Restored, it checks again and powers off (run-guest.sh's timeout bounds it).
+restored_rc=0
+wait "${guests[1]}" || restored_rc=$?
 stop_guests
+if [ "$restored_rc" = 0 ]; then
+  pass "the restored guest's QEMU powered off cleanly"
+else
+  fail "the restored guest's run-guest.sh exited $restored_rc: $(tail -1 "$out/restored.out")"
+fi
 if [ "$(fleet_guest_said DONE "$out/guest.log")" = "$want" ] && [ "$(fleet_guest_said RECHECK "$out/guest.log")" = "$want" ]; then
   pass "the guest read the image's data, and the same after the snapshot"
 else
@@ -195,7 +207,7 @@ guest/run-guest.sh --hold "$hold" --log "$out/source.log" --timeout $((hold + 15
 guests+=($!)
 mkdir -p "$out/run-dest"
 MEMDEDUP_NO_SHARING=1 MEMDEDUP_LOG=$out/dest-agent.log MEMDEDUP_RUN_DIR=$out/run-dest guest/run-guest.sh \
-  --hold "$hold" --log "$out/dest.log" --timeout $((hold + 150)) \
+  --hold "$hold" --log "$out/dest.log" --timeout $((hold + 150)) --resumed \
   --wrapper "$md run --kernel-ksm=off --scan --domain=private --pages-to-scan=2000 --" \
   --qemu-opt "-monitor tcp:127.0.0.1:$((port + 1)),server,nowait -incoming tcp:127.0.0.1:$((port + 2))" \
   "$img" > "$out/dest.out" 2>&1 &
@@ -247,7 +259,18 @@ for _ in $(seq 1 $((2 * hold + 120))); do
   grep -q '^MEMDEDUP-GUEST: \(RECHECK\|FAIL\)' "$out/dest.log" 2>/dev/null && break
   sleep 0.5
 done
+# The source stays paused once migrated: it goes. The destination, under
+# the agent, powers off after its check; its QEMU must exit 0.
+kill "${guests[0]}" 2>/dev/null || true
+wait "${guests[0]}" 2>/dev/null || true
+dest_rc=0
+wait "${guests[1]}" || dest_rc=$?
 stop_guests
+if [ "$dest_rc" = 0 ]; then
+  pass "the destination's QEMU powered off cleanly"
+else
+  fail "the destination's run-guest.sh exited $dest_rc: $(tail -1 "$out/dest.out")"
+fi
 if grep -q 'registers guest RAM with its own userfaultfd' "$out/dest-agent.log"; then
   pass "the destination's agent gave the guest's RAM up to QEMU's userfaultfd (postcopy's listen)"
 else

@@ -39,8 +39,18 @@ export MEMDEDUP_SOCKET=$out/memdedupd.sock
 rm -f "$MEMDEDUP_SOCKET"
 "$(dirname "$md")/memdedupd" --foreground --socket "$MEMDEDUP_SOCKET" --run-dir "$out" 2>"$out/memdedupd.log" &
 daemon=$!
-stop_daemon() { kill "$daemon" 2>/dev/null || true; wait "$daemon" 2>/dev/null || true; }
-FLEET_EXIT_HOOKS+=(stop_daemon)
+stop_daemon() {
+  kill "$daemon" 2>/dev/null || return 0
+  for _ in $(seq 50); do kill -0 "$daemon" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$daemon" 2>/dev/null || true
+  wait "$daemon" 2>/dev/null || true
+}
+# fleet_stop_daemon: one `memdedup run --scan` started itself (in
+# MEMDEDUP_RUN_DIR) had ours gone; it must not outlive the test.
+FLEET_EXIT_HOOKS+=(stop_daemon fleet_stop_daemon)
+for _ in $(seq 100); do [ -S "$MEMDEDUP_SOCKET" ] && break; sleep 0.1; done
+kill -0 "$daemon" 2>/dev/null && [ -S "$MEMDEDUP_SOCKET" ] \
+  || fleet_die "memdedupd did not come up on $MEMDEDUP_SOCKET ($(tail -1 "$out/memdedupd.log" 2>/dev/null))"
 
 expect_pair "read-time sharing only" "$out/read" "$img" --hold "$hold" --timeout 200 \
   --wrapper "$md run --kernel-ksm=off --"
