@@ -179,6 +179,7 @@ static void *agent_thread(void *arg)
 			edge_due = 0;
 		}
 		int found = md__scan_account(a, reap);
+		md__scan_leave_old_pool(a);
 		if (reap) {
 			unsigned cap = busy ? 12 : 60;
 			reap_at = now_res;

@@ -364,6 +364,10 @@ int md__scan_register(struct md_agent *a, uintptr_t start, size_t len, unsigned 
 /* Refreshes the scanner's counters; reap: also finds the merged pages
  * written since (a walk of /proc/self/pagemap), and returns how many. */
 int md__scan_account(struct md_agent *a, int reap);
+/* From the agent thread, once a second: moves pages still mapping an old
+ * pool (memdedupd restarted) off it, a bounded number, while the scanner
+ * runs and memory allows (md__engine_leave_file). */
+void md__scan_leave_old_pool(struct md_agent *a);
 /* A number that changes whenever reads or merges happen. */
 uint64_t md__scan_activity(struct md_agent *a);
 /* Does a CONTROL memdedupd forwarded (the agent's thread), and answers it. */

@@ -499,6 +499,30 @@ int md_agent_unmerge(md_agent *a)
 	return unmerge(a, NULL, 0, UNMERGE_VMM);
 }
 
+/* Pages moved off an old pool a second: 16 MiB, a GiB's pool in a minute
+ * or so, a few milliseconds of copies and mappings. */
+#define LEAVE_PER_SECOND 4096u
+
+void md__scan_leave_old_pool(struct md_agent *a)
+{
+	struct md__engine *e = a->engine;
+	/* Not while paused (an unmerge's, the VMM's, unseen I/O's: a page
+	 * replaced then could lose a write the agent does not see). */
+	if (!e || !__atomic_load_n(&e->leave_old, __ATOMIC_RELAXED) ||
+	    __atomic_load_n(&a->scanner.paused, __ATOMIC_RELAXED))
+		return;
+	/* A page not written since is a copy more until every process has
+	 * left the old pool: room for a second's worth, and 64 MiB. */
+	if ((uint64_t)LEAVE_PER_SECOND * MD_PAGE + (64u << 20) > md__memroom_available(&a->memroom)) {
+		md__log_once(113, "pages still mapping memdedupd's old pool stay there while memory is "
+			     "short: that pool's memory stays in use");
+		return;
+	}
+	if (md__engine_leave_file(e, LEAVE_PER_SECOND))
+		md__log_once(114, "moving pages off memdedupd's old pool (it restarted): the scanner "
+			     "merges them in the new one");
+}
+
 uint64_t md__scan_activity(struct md_agent *a)
 {
 	const struct md__scanner_stats *ss = &a->scanner.st;	/* racy reads: fine */

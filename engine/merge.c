@@ -1861,6 +1861,122 @@ int md__engine_reap(struct md__engine *e)
 	return broken;
 }
 
+/* Moves the n frozen-to-be pages at a (MD_REF_FILE alone) into anonymous
+ * memory of their own (both locks held): as a merge, the copy is taken
+ * under write-protection and made aside, then moved over them, so a write
+ * waits for the move and lands in the new page. Returns n or -errno. */
+static int leave_run(struct md__engine *e, struct md__eregion *r, uintptr_t a, size_t n)
+{
+	uint64_t pm[MAX_RUN];
+	size_t len = n * MD_EPAGE, first = (a - r->start) / MD_EPAGE;
+	if (!budget_ok(e, 2))
+		return -ENOSPC;
+	int err = freeze(e, r, a, n, pm);
+	if (err)
+		return err;
+	const unsigned char *g = frozen_pages(e, a, n);
+	void *aside = g ? md__sys_mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+			: MAP_FAILED;
+	if (aside == MAP_FAILED) {
+		err = -ENOMEM;
+		goto thaw_pages;
+	}
+	memcpy(aside, g, len);
+	if (!still_frozen(e, a, n)) {
+		err = -EAGAIN;
+		goto unmap_aside;
+	}
+	if (map_fixed_moved(aside, a, len) == MAP_FAILED) {
+		err = -errno;
+		e->st.map_failed += n;
+		remake_lost(e, r, a, n, g);
+		goto unmap_aside;
+	}
+	md__uffd_register_wp(&e->uffd, a, len);
+	apply_advice(r, a, len);
+	md__policy_apply(a, len);
+	if (r->advice & MD_EADV_HUGEPAGE)
+		md__sys_madvise((void *)a, len, MADV_HUGEPAGE);
+	md__vmas_add(e->vmas, 2);
+	for (size_t i = 0; i < n; i++)
+		r->ref[first + i] = 0;
+	md__uffd_wake(&e->uffd, a, len);
+	e->st.left_file += n;
+	return (int)n;
+
+unmap_aside:
+	md__sys_munmap(aside, len);
+thaw_pages:
+	thaw(e, a, len);
+	return err;
+}
+
+/* The next run of pages mapping a pool's file under no slot, at or after
+ * e->leave_at, at most CMP_PAGES within one region: 1 and *rp, *ap, *np,
+ * or 0 if there is none up to the end of the address space (lock held). */
+static int next_file_run(struct md__engine *e, struct md__eregion **rp, uintptr_t *ap, size_t *lenp)
+{
+	struct md__eregion *best = NULL;
+	uintptr_t best_at = 0;
+	size_t best_n = 0;
+	for (size_t ri = 0; ri < e->nregions; ri++) {
+		struct md__eregion *r = &e->regions[ri];
+		if (r->end <= e->leave_at || (best && r->start >= best_at))
+			continue;
+		size_t np = (r->end - r->start) / MD_EPAGE;
+		size_t p = e->leave_at > r->start ? (e->leave_at - r->start) / MD_EPAGE : 0;
+		for (; p < np && r->ref[p] != MD_REF_FILE; p++)
+			;
+		if (p == np || (best && r->start + p * MD_EPAGE >= best_at))
+			continue;
+		size_t q = p;
+		while (q < np && q - p < CMP_PAGES && r->ref[q] == MD_REF_FILE)
+			q++;
+		best = r;
+		best_at = r->start + p * MD_EPAGE;
+		best_n = q - p;
+	}
+	*rp = best;
+	*ap = best_at;
+	*lenp = best_n;
+	return best != NULL;
+}
+
+size_t md__engine_leave_file(struct md__engine *e, size_t max)
+{
+	size_t moved = 0, tried = 0;
+	pthread_rwlock_rdlock(&e->regions_lock);
+	while (tried < max) {
+		struct md__eregion *r;
+		uintptr_t a;
+		size_t n;
+		/* A run at a time under the merge lock: writers waiting on
+		 * one (the fault thread takes the lock) wait for one only. */
+		pthread_mutex_lock(&e->lock);
+		if (!e->leave_old) {
+			md__engine_unlock(e);
+			break;
+		}
+		if (!next_file_run(e, &r, &a, &n)) {
+			/* A pass is over: done unless a run of it failed. */
+			e->leave_old = e->leave_failed;
+			e->leave_failed = 0;
+			e->leave_at = 0;
+			md__engine_unlock(e);
+			break;
+		}
+		int err = leave_run(e, r, a, n);
+		e->leave_at = a + n * MD_EPAGE;
+		if (err < 0)
+			e->leave_failed = 1;
+		else
+			moved += (size_t)err;
+		md__engine_unlock(e);
+		tried += n;
+	}
+	pthread_rwlock_unlock(&e->regions_lock);
+	return moved;
+}
 
 uint64_t md__engine_shared_pages(struct md__engine *e)
 {

@@ -169,6 +169,9 @@ struct md__engine_stats {
 	uint64_t holes;         /* pages of runs left alone: one was a hole (the
 				 * VMM discarded it since the visit) */
 	uint64_t vmas;          /* last count of the process's mappings */
+	uint64_t left_file;     /* pages moved off a pool's file whose slot is
+				 * forgotten (memdedupd restarted) into
+				 * anonymous memory of their own */
 };
 
 struct md__engine_options {
@@ -235,6 +238,11 @@ struct md__engine {
 	size_t nunref_q, unref_cap;
 	uint64_t unref_gen;
 	struct md__inflight io; /* the VMM's reads into guest RAM (any thread) */
+	/* Pages still mapping an old pool's file (md__engine_leave_file; lock
+	 * held): set when the pool changed, cleared after a pass that left
+	 * none; the pass's cursor, and whether a run of it failed. */
+	int leave_old, leave_failed;
+	uintptr_t leave_at;
 };
 
 /* Tests only: the engine's next this many mmaps over registered pages fail
@@ -368,6 +376,13 @@ int md__engine_reap(struct md__engine *e);
  * new daemon's pool replaced the old one, which they still map) unless
  * pagemap shows them written since. What an unmerge copies. */
 uint64_t md__engine_shared_pages(struct md__engine *e);
+/* Moves up to max pages mapped from a pool's file under no slot of ours
+ * (MD_REF_FILE alone: an old pool's, since memdedupd restarted, written or
+ * not) into anonymous memory with their content, write-protected and
+ * compared as a merge is, from where the last call stopped; returns how
+ * many. While one page of it is mapped, the whole old pool stays in memory.
+ * Once a pass over all regions left none, e->leave_old goes to 0. */
+size_t md__engine_leave_file(struct md__engine *e, size_t max);
 /* The engine's region holding [addr, addr+len), or NULL (lock held). */
 struct md__eregion *md__engine_region(struct md__engine *e, uintptr_t addr, size_t len);
 void md__engine_stats(struct md__engine *e, struct md__engine_stats *st);

@@ -207,6 +207,11 @@ int md__engine_remote_connect(struct md__engine *e)
 				if (MD_REF_SLOT(r->ref[p]) && !(r->ref[p] & MD_REF_FILL))
 					r->ref[p] = MD_REF_FILE;
 		}
+		/* Those pages, written or not, keep the old pool's whole
+		 * file in memory: the agent moves them off it. */
+		e->leave_old = 1;
+		e->leave_failed = 0;
+		e->leave_at = 0;
 	}
 	rm->view = view;
 	rm->view_pages = w.pool_pages;

@@ -880,6 +880,83 @@ TEST_IMPL(cross_unmerge_after_daemon_restart)
 	return 0;
 }
 
+/* Mappings in pid's address space of the pool file with inode ino (0:
+ * every pool file's, distinct inodes into inos[8], their count in *n). */
+static int pool_maps(pid_t pid, unsigned long ino, unsigned long *inos, int *n)
+{
+	char path[64], line[512];
+	snprintf(path, sizeof(path), "/proc/%d/maps", (int)pid);
+	FILE *f = fopen(path, "r");
+	ASSERT(f);
+	int count = 0;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long i;
+		if (!strstr(line, "memfd:memdedup-pool") || sscanf(line, "%*s %*s %*s %*s %lu", &i) != 1)
+			continue;
+		if (ino && i != ino)
+			continue;
+		count++;
+		if (inos) {
+			int k;
+			for (k = 0; k < *n && inos[k] != i; k++)
+				;
+			if (k == *n && *n < 8)
+				inos[(*n)++] = i;
+		}
+	}
+	fclose(f);
+	return count;
+}
+
+/* memdedupd killed and started again: the agents' pages still map the old
+ * pool's file, written since or not, and while one does, all of that file
+ * stays in memory (nobody punches it any more). The agents move them off
+ * it; the scanner merges them in the new pool. Before, the old pool stayed
+ * for as long as the processes lived. */
+TEST_IMPL(cross_old_pool_left_after_daemon_restart)
+{
+	struct tdaemon t;
+	struct proc a, b;
+	char h[32], hb[32];
+	td_start(&t, 65536);
+	start_sharing_pair(&t, &a, &b, 29);
+	ASSERT_EQ(wait_same_frames(&a, &b, 0, N), N);
+	/* The daemon's pool (the agents also map one of their own). */
+	unsigned long old[8];
+	int nold = 0;
+	ASSERT(pool_maps(t.pid, 0, old, &nold) > 0);
+	ASSERT_EQ(nold, 1);
+	ASSERT(pool_maps(a.pid, old[0], NULL, NULL) > 0);
+	kill(t.pid, SIGKILL);
+	waitpid(t.pid, NULL, 0);
+	td_restart(&t);
+	ASSERT_EQ(agents_back(&t, a.pid, b.pid), 0);
+	/* A quarter written since: private copies inside the old mapping. */
+	ASSERT(strcmp(proc_cmd(&a, "write %u 7", 3 * PG), "ok") == 0);
+	for (unsigned i = 0; i < N / 4; i++)
+		ASSERT(strcmp(proc_cmd(&b, "write %u 9", i * PG + 8), "ok") == 0);
+	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", N * PG));
+	snprintf(hb, sizeof(hb), "%s", proc_cmd(&b, "hash 0 %u", N * PG));
+	int left = 1;
+	for (int i = 0; i < 200 && left; i++) {
+		usleep(100000);
+		left = pool_maps(a.pid, old[0], NULL, NULL) + pool_maps(b.pid, old[0], NULL, NULL);
+	}
+	ASSERT_EQ(left, 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", N * PG), h) == 0);
+	ASSERT(strcmp(proc_cmd(&b, "hash 0 %u", N * PG), hb) == 0);
+	/* What both still hold alike shares again, in the new pool. */
+	ASSERT(wait_same_frames(&a, &b, N / 2 * PG, N / 2) == (int)(N / 2));
+	nold = 0;
+	ASSERT(pool_maps(t.pid, 0, old + 1, &nold) > 0);
+	ASSERT(old[1] != old[0]);
+	ASSERT(pool_maps(a.pid, old[1], NULL, NULL) > 0);	/* merged there */
+	proc_stop(&a);
+	proc_stop(&b);
+	td_stop(&t);
+	return 0;
+}
+
 /* `memdedup unmerge` gives a private copy to every page shared, not only
  * pool pages: those shared at read time and those the scanner merged onto
  * the image too (they stayed the image's, KSM's run=2 leaves none). */
@@ -979,6 +1056,47 @@ TEST_IMPL(cross_stress_no_lost_write)
 	return 0;
 }
 
+/* The same while memdedupd is killed and started again under the writers:
+ * the agents move their pages off the old pool (written or being written)
+ * and merge them in the new one. Every write is read back, and nothing maps
+ * the old pool afterwards. */
+TEST_IMPL(cross_stress_daemon_restart_no_lost_write)
+{
+	struct tdaemon t;
+	struct proc a, b;
+	int ms = 10000;
+	td_start(&t, 65536);
+	start_agent(&a, &t, NULL);
+	start_agent(&b, &t, NULL);
+	proc_cmd(&a, "fill 0 1024 6");
+	proc_cmd(&b, "fill 0 1024 6");
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, sharing_1024), 0);
+	ASSERT_EQ(proc_stats_wait(&b, &s, 20000, sharing_1024), 0);
+	unsigned long old[8];
+	int nold = 0;
+	ASSERT(pool_maps(t.pid, 0, old, &nold) > 0 && nold == 1);
+	fprintf(a.in, "writers 2 %d 0 %u\n", ms, 1024 * PG);
+	fflush(a.in);
+	fprintf(b.in, "writers 2 %d 0 %u\n", ms, 1024 * PG);
+	fflush(b.in);
+	usleep(1000000);
+	kill(t.pid, SIGKILL);
+	waitpid(t.pid, NULL, 0);
+	td_restart(&t);
+	ASSERT_EQ(agents_back(&t, a.pid, b.pid), 0);
+	char line[64];
+	ASSERT(fgets(line, sizeof(line), a.out) && strncmp(line, "ok", 2) == 0);
+	ASSERT(fgets(line, sizeof(line), b.out) && strncmp(line, "ok", 2) == 0);
+	int left = 1;
+	for (int i = 0; i < 200 && left; i++) {
+		usleep(100000);
+		left = pool_maps(a.pid, old[0], NULL, NULL) + pool_maps(b.pid, old[0], NULL, NULL);
+	}
+	ASSERT_EQ(left, 0);
+	stop_pair_pool_empty(&t, &a, &b);
+	return 0;
+}
 
 /* The agent's statistics once it has accounted them twice from now (its
  * thread's CPU time is set at each round, after the counters). */
