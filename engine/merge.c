@@ -1166,6 +1166,18 @@ static void *map_fixed_moved(void *aside, uintptr_t addr, size_t len)
 	return md__sys_mremap(aside, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)addr);
 }
 
+/* Anonymous memory of r's just moved over [a, a+len): registered with
+ * userfaultfd, advised and placed as the rest of r, counted. */
+static void anon_mapped(struct md__engine *e, const struct md__eregion *r, uintptr_t a, size_t len)
+{
+	md__uffd_register_wp(&e->uffd, a, len);
+	apply_advice(r, a, len);
+	md__policy_apply(a, len);
+	if (r->advice & MD_EADV_HUGEPAGE)
+		md__sys_madvise((void *)a, len, MADV_HUGEPAGE);
+	md__vmas_add(e->vmas, 2);
+}
+
 /* Maps the n pages of content (zeroes if NULL) at a, where nothing is
  * mapped, as anonymous memory of r's, as the engine's own mappings are. The
  * hole is taken first, so that a mapping another thread put there since is
@@ -1197,12 +1209,7 @@ static int remake_run(struct md__engine *e, struct md__eregion *r, uintptr_t a, 
 		err = -errno;
 		goto unmap_tmp;
 	}
-	md__uffd_register_wp(&e->uffd, a, len);
-	apply_advice(r, a, len);
-	md__policy_apply(a, len);
-	if (r->advice & MD_EADV_HUGEPAGE)
-		md__sys_madvise((void *)a, len, MADV_HUGEPAGE);
-	md__vmas_add(e->vmas, 2);
+	anon_mapped(e, r, a, len);
 	size_t first = (a - r->start) / MD_EPAGE;
 	for (size_t i = 0; i < n; i++) {
 		release_ref(e, r, first + i);	/* in anonymous memory now */
@@ -1892,12 +1899,7 @@ static int leave_run(struct md__engine *e, struct md__eregion *r, uintptr_t a, s
 		remake_lost(e, r, a, n, g);
 		goto unmap_aside;
 	}
-	md__uffd_register_wp(&e->uffd, a, len);
-	apply_advice(r, a, len);
-	md__policy_apply(a, len);
-	if (r->advice & MD_EADV_HUGEPAGE)
-		md__sys_madvise((void *)a, len, MADV_HUGEPAGE);
-	md__vmas_add(e->vmas, 2);
+	anon_mapped(e, r, a, len);
 	for (size_t i = 0; i < n; i++)
 		r->ref[first + i] = 0;
 	md__uffd_wake(&e->uffd, a, len);

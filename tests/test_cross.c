@@ -849,6 +849,14 @@ TEST_IMPL(cross_unmerge_short_of_memory)
 static int merged_image_32(const md_stats *s) { return s->merged_image >= 32; }
 static int sharing_32(const md_stats *s) { return s->pages_sharing >= 32; }
 
+/* memdedupd killed (SIGKILL) and started again on the same socket. */
+static void daemon_killed_restarted(struct tdaemon *t)
+{
+	kill(t->pid, SIGKILL);
+	waitpid(t->pid, NULL, 0);
+	td_restart(t);
+}
+
 /* Two agents' pages shared, then memdedupd killed and started again: the
  * agents forget the old pool's slots, and their pages still map the old
  * pool's frames. An unmerge copied only the pages with a slot, reported
@@ -863,9 +871,7 @@ TEST_IMPL(cross_unmerge_after_daemon_restart)
 	start_sharing_pair(&t, &a, &b, 23);
 	ASSERT_EQ(wait_same_frames(&a, &b, 0, N), N);
 	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", N * PG));
-	kill(t.pid, SIGKILL);
-	waitpid(t.pid, NULL, 0);
-	td_restart(&t);
+	daemon_killed_restarted(&t);
 	ASSERT_EQ(agents_back(&t, a.pid, b.pid), 0);
 	snprintf(cmd, sizeof(cmd), "MEMDEDUP_SOCKET=%s %s/memdedup unmerge --pid %d >%s/out 2>&1", t.sock,
 		 build_dir(), (int)a.pid, test_dir());
@@ -927,9 +933,7 @@ TEST_IMPL(cross_old_pool_left_after_daemon_restart)
 	ASSERT(pool_maps(t.pid, 0, old, &nold) > 0);
 	ASSERT_EQ(nold, 1);
 	ASSERT(pool_maps(a.pid, old[0], NULL, NULL) > 0);
-	kill(t.pid, SIGKILL);
-	waitpid(t.pid, NULL, 0);
-	td_restart(&t);
+	daemon_killed_restarted(&t);
 	ASSERT_EQ(agents_back(&t, a.pid, b.pid), 0);
 	/* A quarter written since: private copies inside the old mapping. */
 	ASSERT(strcmp(proc_cmd(&a, "write %u 7", 3 * PG), "ok") == 0);
@@ -1081,9 +1085,7 @@ TEST_IMPL(cross_stress_daemon_restart_no_lost_write)
 	fprintf(b.in, "writers 2 %d 0 %u\n", ms, 1024 * PG);
 	fflush(b.in);
 	usleep(1000000);
-	kill(t.pid, SIGKILL);
-	waitpid(t.pid, NULL, 0);
-	td_restart(&t);
+	daemon_killed_restarted(&t);
 	ASSERT_EQ(agents_back(&t, a.pid, b.pid), 0);
 	char line[64];
 	ASSERT(fgets(line, sizeof(line), a.out) && strncmp(line, "ok", 2) == 0);

@@ -2621,6 +2621,27 @@ TEST_IMPL(image_lease_on_number_vmm_took)
 	return 0;
 }
 
+/* An in-process agent (domain private) whose 16 pages of RAM (*m) read
+ * all of a new 16-page image (img[512], from seed), shared at read time;
+ * returns the image's descriptor. */
+static int agent_read_image(md_agent **a, char **m, char *img, unsigned seed)
+{
+	snprintf(img, 512, "%s/leased", test_dir());
+	make_image(img, 16 * PG, seed);
+	md_agent_options o = { .run_dir = "", .domain = "private" };
+	ASSERT_EQ(md_agent_new(a, &o), 0);
+	*m = mmap(NULL, 16 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(*m != MAP_FAILED);
+	ASSERT_EQ(md_agent_register(*a, *m, 16 * PG, 0), 0);
+	int fd = open(img, O_RDONLY | O_CLOEXEC);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(md_agent_pread(*a, fd, *m, 16 * PG, 0), 16 * PG);
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(*a, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, 16);
+	return fd;
+}
+
 /* A write from guest RAM held by a userfaultfd fault on its second page:
  * the first, shared with an image, is pinned meanwhile (with O_DIRECT, the
  * image's page cache page itself). */
@@ -2646,22 +2667,10 @@ static void *held_write_thread(void *arg)
  * succeed (lease_break_waits_for_direct_write). */
 TEST_IMPL(image_break_failed_copy_waits_for_write)
 {
-	char img[512], out[512];
-	snprintf(img, sizeof(img), "%s/leased", test_dir());
-	snprintf(out, sizeof(out), "%s/written-out", test_dir());
-	make_image(img, 16 * PG, 23);
+	char img[512], out[512], *m;
 	md_agent *a;
-	md_agent_options o = { .run_dir = "", .domain = "private" };
-	ASSERT_EQ(md_agent_new(&a, &o), 0);
-	char *m = mmap(NULL, 16 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	ASSERT(m != MAP_FAILED);
-	ASSERT_EQ(md_agent_register(a, m, 16 * PG, 0), 0);
-	int fd = open(img, O_RDONLY | O_CLOEXEC);
-	ASSERT(fd >= 0);
-	ASSERT_EQ(md_agent_pread(a, fd, m, 16 * PG, 0), 16 * PG);
-	md_stats s;
-	ASSERT_EQ(md_agent_stats(a, &s), 0);
-	ASSERT_EQ(s.pages_shared_at_read, 16);
+	int fd = agent_read_image(&a, &m, img, 23);
+	snprintf(out, sizeof(out), "%s/written-out", test_dir());
 	uint64_t page0 = fnv_file(img, 0, PG);
 
 	struct held_write w = { .a = a, .result = -2 };
@@ -2722,21 +2731,10 @@ TEST_IMPL(image_break_failed_copy_waits_for_write)
  * is for: the agent thread's handling of one is called as it would.) */
 TEST_IMPL(image_stale_lease_signal_ignored)
 {
-	char img[512];
-	snprintf(img, sizeof(img), "%s/leased", test_dir());
-	make_image(img, 16 * PG, 24);
+	char img[512], *m;
 	md_agent *a;
-	md_agent_options o = { .run_dir = "", .domain = "private" };
-	ASSERT_EQ(md_agent_new(&a, &o), 0);
-	char *m = mmap(NULL, 16 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	ASSERT(m != MAP_FAILED);
-	ASSERT_EQ(md_agent_register(a, m, 16 * PG, 0), 0);
-	int fd = open(img, O_RDONLY | O_CLOEXEC);
-	ASSERT(fd >= 0);
-	ASSERT_EQ(md_agent_pread(a, fd, m, 16 * PG, 0), 16 * PG);
+	int fd = agent_read_image(&a, &m, img, 24);
 	md_stats s;
-	ASSERT_EQ(md_agent_stats(a, &s), 0);
-	ASSERT_EQ(s.pages_shared_at_read, 16);
 	ASSERT_EQ(a->nimages, 1);
 	int afd = a->images[0].fd;
 	ASSERT_EQ(fcntl(afd, F_GETLEASE), F_RDLCK);
