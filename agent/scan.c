@@ -511,14 +511,17 @@ void md__scan_leave_old_pool(struct md_agent *a)
 	if (!e || !__atomic_load_n(&e->leave_old, __ATOMIC_RELAXED) ||
 	    __atomic_load_n(&a->scanner.paused, __ATOMIC_RELAXED))
 		return;
-	/* A page not written since is a copy more until every process has
-	 * left the old pool: room for a second's worth, and 64 MiB. */
-	if ((uint64_t)LEAVE_PER_SECOND * MD_PAGE + (64u << 20) > md__memroom_available(&a->memroom)) {
-		md__log_once(113, "pages still mapping memdedupd's old pool stay there while memory is "
-			     "short: that pool's memory stays in use");
-		return;
-	}
-	if (md__engine_leave_file(e, LEAVE_PER_SECOND))
+	/* Pages the guest wrote go at once; a page still reading the old
+	 * pool is a copy more until every process left it: those only when
+	 * there is room for all that the last pass found (not counted yet:
+	 * none), with 64 MiB to spare, as an unmerge asks. */
+	uint64_t left = e->leave_last_unwritten;
+	int copy = left != UINT64_MAX &&
+		   left * MD_PAGE + (64u << 20) <= md__memroom_available(&a->memroom);
+	if (left != UINT64_MAX && left && !copy)
+		md__log_once(113, "pages still reading memdedupd's old pool stay there while memory is "
+			     "short (%llu pages): that pool's memory stays in use", (unsigned long long)left);
+	if (md__engine_leave_file(e, LEAVE_PER_SECOND, copy))
 		md__log_once(114, "moving pages off memdedupd's old pool (it restarted): the scanner "
 			     "merges them in the new one");
 }

@@ -217,7 +217,9 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 	a->num = free_num(d);
 	a->uid = c->uid;
 	a->pidfd = c->peer_pidfd;	/* the connection's until all went well */
-	err = md__domain_get(d, c->uid, h->domain, &a->dom);
+	/* The record that goes once this one is made does not count its
+	 * domain against the user's, if it is that domain's last. */
+	err = md__domain_get(d, c->uid, h->domain, gone && gone->dom->nagents == 1 ? gone->dom : NULL, &a->dom);
 	if (err) {
 		snprintf(why, size, err == -EUSERS ? "too many domains for uid %u" :
 			 "cannot create the pool of uid %u", (unsigned)c->uid);

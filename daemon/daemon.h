@@ -293,7 +293,11 @@ int md__ep_add(struct md__daemon *d, int fd, struct md__ep *ep, uint32_t events)
 void md__ep_forget(struct md__daemon *d, struct md__ep *ep);
 
 /* domain.c */
-int md__domain_get(struct md__daemon *d, uid_t uid, const char *name, struct md__domain **out);
+/* The domain (uid, name), made if there is none (at most
+ * MD_D_DOMAINS_PER_UID per uid, not counting going, a domain about to go
+ * with its last record): 0 and *out with one agent more, or -errno. */
+int md__domain_get(struct md__daemon *d, uid_t uid, const char *name, const struct md__domain *going,
+		   struct md__domain **out);
 void md__domain_release(struct md__daemon *d, struct md__domain *dom);
 /* asker: the agent's number; tag: md__read_tag of the file page the
  * asker's read put at addr, or 0. */

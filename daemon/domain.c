@@ -102,7 +102,8 @@ free_dom:
 	return err;
 }
 
-int md__domain_get(struct md__daemon *d, uid_t uid, const char *name, struct md__domain **out)
+int md__domain_get(struct md__daemon *d, uid_t uid, const char *name, const struct md__domain *going,
+		   struct md__domain **out)
 {
 	size_t mine = 0;
 	for (struct md__domain *dom = d->domains; dom; dom = dom->next) {
@@ -113,7 +114,7 @@ int md__domain_get(struct md__daemon *d, uid_t uid, const char *name, struct md_
 			*out = dom;
 			return 0;
 		}
-		mine++;
+		mine += dom != going;
 	}
 	if (mine >= MD_D_DOMAINS_PER_UID)
 		return -EUSERS;

@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "checksum.h"
@@ -1913,70 +1914,120 @@ thaw_pages:
 	return err;
 }
 
-/* The next run of pages mapping a pool's file under no slot, at or after
- * e->leave_at, at most CMP_PAGES within one region: 1 and *rp, *ap, *np,
- * or 0 if there is none up to the end of the address space (lock held). */
-static int next_file_run(struct md__engine *e, struct md__eregion **rp, uintptr_t *ap, size_t *lenp)
+/* The spans of this process's mappings of a pool file that is neither the
+ * engine's own nor memdedupd's current one: an old pool's (memdedupd
+ * restarted, or the domain changed), in address order. MD_REF_FILE alone
+ * says only "a file page": a private mapping of the VMM's own file (a
+ * memory backend with share=off) is one too, and is left alone. */
+static int old_pool_spans(struct md__engine *e, struct md__file_map **v, size_t *n)
 {
-	struct md__eregion *best = NULL;
-	uintptr_t best_at = 0;
-	size_t best_n = 0;
-	for (size_t ri = 0; ri < e->nregions; ri++) {
-		struct md__eregion *r = &e->regions[ri];
-		if (r->end <= e->leave_at || (best && r->start >= best_at))
-			continue;
-		size_t np = (r->end - r->start) / MD_EPAGE;
-		size_t p = e->leave_at > r->start ? (e->leave_at - r->start) / MD_EPAGE : 0;
-		for (; p < np && r->ref[p] != MD_REF_FILE; p++)
-			;
-		if (p == np || (best && r->start + p * MD_EPAGE >= best_at))
-			continue;
-		size_t q = p;
-		while (q < np && q - p < CMP_PAGES && r->ref[q] == MD_REF_FILE)
-			q++;
-		best = r;
-		best_at = r->start + p * MD_EPAGE;
-		best_n = q - p;
+	struct stat own, cur;
+	own.st_ino = cur.st_ino = 0;
+	own.st_dev = cur.st_dev = 0;
+	pthread_mutex_lock(&e->lock);
+	if (e->pool.fd >= 0 && fstat(e->pool.fd, &own) != 0)
+		own.st_ino = 0;
+	if (e->remote && e->remote->ro_fd >= 0 && fstat(e->remote->ro_fd, &cur) != 0)
+		cur.st_ino = 0;
+	pthread_mutex_unlock(&e->lock);
+	int err = md__range_file_maps(0, UINTPTR_MAX, v, n);
+	if (err)
+		return err;
+	size_t k = 0;
+	for (size_t i = 0; i < *n; i++) {
+		const struct md__file_map *m = &(*v)[i];
+		int mine = (m->ino == own.st_ino && m->dev == own.st_dev) ||
+			   (m->ino == cur.st_ino && m->dev == cur.st_dev);
+		if (m->pool && !mine)
+			(*v)[k++] = *m;
 	}
-	*rp = best;
-	*ap = best_at;
-	*lenp = best_n;
-	return best != NULL;
+	*n = k;
+	return 0;
 }
 
-size_t md__engine_leave_file(struct md__engine *e, size_t max)
+/* Outcome of one run: moved (n), left for want of room (unwritten pages,
+ * 0), or an error: -EAGAIN, -EBUSY, -ENOMEM and -ENOSPC are tried again
+ * next pass; any other (a mapping that cannot be write-protected) is not. */
+static int leave_span_run(struct md__engine *e, uintptr_t a, uintptr_t hi, int copy_unwritten, size_t *len,
+			  uint64_t *unwritten)
 {
-	size_t moved = 0, tried = 0;
+	uint64_t pm[MAX_RUN];
+	int err = 0;
+	*len = 1;
 	pthread_rwlock_rdlock(&e->regions_lock);
-	while (tried < max) {
-		struct md__eregion *r;
-		uintptr_t a;
-		size_t n;
-		/* A run at a time under the merge lock: writers waiting on
-		 * one (the fault thread takes the lock) wait for one only. */
-		pthread_mutex_lock(&e->lock);
-		if (!e->leave_old) {
-			md__engine_unlock(e);
-			break;
-		}
-		if (!next_file_run(e, &r, &a, &n)) {
-			/* A pass is over: done unless a run of it failed. */
-			e->leave_old = e->leave_failed;
-			e->leave_failed = 0;
-			e->leave_at = 0;
-			md__engine_unlock(e);
-			break;
-		}
-		int err = leave_run(e, r, a, n);
-		e->leave_at = a + n * MD_EPAGE;
-		if (err < 0)
-			e->leave_failed = 1;
-		else
-			moved += (size_t)err;
-		md__engine_unlock(e);
-		tried += n;
+	pthread_mutex_lock(&e->lock);
+	struct md__eregion *r = md__engine_region(e, a, MD_EPAGE);
+	if (!r)
+		goto unlock;
+	size_t first = (a - r->start) / MD_EPAGE, n = 0;
+	uintptr_t end = hi < r->end ? hi : r->end;
+	while (a + n * MD_EPAGE < end && n < CMP_PAGES && r->ref[first + n] == MD_REF_FILE)
+		n++;
+	if (!n)
+		goto unlock;
+	*len = n;
+	if (pagemap_read(e, a, n, pm)) {
+		err = -EAGAIN;
+		goto unlock;
 	}
+	/* A page the guest wrote is a private copy already: moved, it costs
+	 * nothing. One still reading the old pool's page is a copy more until
+	 * every process has left that pool. */
+	uint64_t fresh = 0;
+	for (size_t i = 0; i < n; i++)
+		fresh += !md__pm_private_anon(pm[i]);
+	if (fresh && !copy_unwritten) {
+		*unwritten += fresh;
+		goto unlock;
+	}
+	err = leave_run(e, r, a, n);
+unlock:
+	md__engine_unlock(e);
 	pthread_rwlock_unlock(&e->regions_lock);
+	return err;
+}
+
+size_t md__engine_leave_file(struct md__engine *e, size_t max, int copy_unwritten)
+{
+	struct md__file_map *v;
+	size_t nv, moved = 0, tried = 0;
+	if (!__atomic_load_n(&e->leave_old, __ATOMIC_RELAXED) || old_pool_spans(e, &v, &nv) != 0)
+		return 0;
+	/* The VMM's thread may map and unmap meanwhile: a span read above
+	 * that is gone shows no MD_REF_FILE page of a region any more (the
+	 * engine forgets what the VMM maps over), and an old pool's span
+	 * stays one. Runs are taken one at a time under the locks. */
+	size_t i = 0;
+	while (i < nv && v[i].hi <= e->leave_at)
+		i++;
+	for (; i < nv && tried < max; i++) {
+		uintptr_t a = v[i].lo > e->leave_at ? v[i].lo : e->leave_at;
+		while (a < v[i].hi && tried < max) {
+			size_t len;
+			int err = leave_span_run(e, a, v[i].hi, copy_unwritten, &len, &e->leave_unwritten);
+			if (err > 0)
+				moved += (size_t)err;
+			else if (err == -EAGAIN || err == -EBUSY || err == -ENOMEM || err == -ENOSPC)
+				e->leave_failed = 1;
+			a += len * MD_EPAGE;
+			tried += len;
+		}
+		e->leave_at = a;
+		if (a < v[i].hi)
+			break;
+	}
+	if (i == nv) {
+		/* A pass is over. Done when nothing is left to try again and
+		 * no unwritten page waited for room; the next pass starts at
+		 * the lowest address, its count of unwritten pages anew. */
+		e->leave_last_unwritten = e->leave_unwritten;
+		if (!e->leave_failed && !e->leave_unwritten)
+			__atomic_store_n(&e->leave_old, 0, __ATOMIC_RELAXED);
+		e->leave_failed = 0;
+		e->leave_unwritten = 0;
+		e->leave_at = 0;
+	}
+	free(v);
 	return moved;
 }
 

@@ -238,11 +238,14 @@ struct md__engine {
 	size_t nunref_q, unref_cap;
 	uint64_t unref_gen;
 	struct md__inflight io; /* the VMM's reads into guest RAM (any thread) */
-	/* Pages still mapping an old pool's file (md__engine_leave_file; lock
-	 * held): set when the pool changed, cleared after a pass that left
-	 * none; the pass's cursor, and whether a run of it failed. */
+	/* Pages still mapping an old pool's file (md__engine_leave_file):
+	 * set when the pool changed under merged pages, cleared after a pass
+	 * that left none (atomic). The pass's cursor, whether a run of it is
+	 * to be tried again, the unwritten pages it left for want of room,
+	 * and those the last whole pass left (the agent's thread alone). */
 	int leave_old, leave_failed;
 	uintptr_t leave_at;
+	uint64_t leave_unwritten, leave_last_unwritten;
 };
 
 /* Tests only: the engine's next this many mmaps over registered pages fail
@@ -376,13 +379,17 @@ int md__engine_reap(struct md__engine *e);
  * new daemon's pool replaced the old one, which they still map) unless
  * pagemap shows them written since. What an unmerge copies. */
 uint64_t md__engine_shared_pages(struct md__engine *e);
-/* Moves up to max pages mapped from a pool's file under no slot of ours
- * (MD_REF_FILE alone: an old pool's, since memdedupd restarted, written or
- * not) into anonymous memory with their content, write-protected and
- * compared as a merge is, from where the last call stopped; returns how
- * many. While one page of it is mapped, the whole old pool stays in memory.
- * Once a pass over all regions left none, e->leave_old goes to 0. */
-size_t md__engine_leave_file(struct md__engine *e, size_t max);
+/* Moves up to max pages of guest RAM still mapped from an old pool's file
+ * (memdedupd restarted, or the domain changed: their slots are forgotten)
+ * into anonymous memory with their content, write-protected and copied as
+ * a merge is, from where the last call stopped; returns how many. While
+ * one page of it is mapped, the whole old pool stays in memory. Pages the
+ * guest wrote since (private copies already) always go; those still
+ * reading the old pool's page only with copy_unwritten (each is a copy
+ * more until every process left that pool): e->leave_last_unwritten says
+ * how many the last pass left. Once a pass left none, e->leave_old goes
+ * to 0. The agent's thread alone calls it. */
+size_t md__engine_leave_file(struct md__engine *e, size_t max, int copy_unwritten);
 /* The engine's region holding [addr, addr+len), or NULL (lock held). */
 struct md__eregion *md__engine_region(struct md__engine *e, uintptr_t addr, size_t len);
 void md__engine_stats(struct md__engine *e, struct md__engine_stats *st);

@@ -201,17 +201,25 @@ int md__engine_remote_connect(struct md__engine *e)
 		pthread_mutex_lock(&e->unref_lock);
 		e->nunref_q = 0;	/* and those not sent yet (md__engine_send_unrefs checks too) */
 		pthread_mutex_unlock(&e->unref_lock);
+		size_t forgotten = 0;
 		for (size_t i = 0; i < e->nregions; i++) {
 			struct md__eregion *r = &e->regions[i];
 			for (size_t p = 0; p < (r->end - r->start) / MD_EPAGE; p++)
-				if (MD_REF_SLOT(r->ref[p]) && !(r->ref[p] & MD_REF_FILL))
+				if (MD_REF_SLOT(r->ref[p]) && !(r->ref[p] & MD_REF_FILL)) {
 					r->ref[p] = MD_REF_FILE;
+					forgotten++;
+				}
 		}
-		/* Those pages, written or not, keep the old pool's whole
-		 * file in memory: the agent moves them off it. */
-		e->leave_old = 1;
-		e->leave_failed = 0;
-		e->leave_at = 0;
+		/* Those pages, and those written since in the old pool's
+		 * mappings, keep its whole file in memory: the agent moves
+		 * them off it (md__engine_leave_file). */
+		if (forgotten && rm->generation) {
+			e->leave_failed = 0;
+			e->leave_at = 0;
+			e->leave_unwritten = 0;
+			e->leave_last_unwritten = UINT64_MAX;	/* not counted yet */
+			__atomic_store_n(&e->leave_old, 1, __ATOMIC_RELAXED);
+		}
 	}
 	rm->view = view;
 	rm->view_pages = w.pool_pages;

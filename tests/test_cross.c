@@ -961,6 +961,69 @@ TEST_IMPL(cross_old_pool_left_after_daemon_restart)
 	return 0;
 }
 
+/* Mappings in pid's address space of path (by name). */
+static int maps_naming(pid_t pid, const char *path)
+{
+	char maps[64], line[1024];
+	snprintf(maps, sizeof(maps), "/proc/%d/maps", (int)pid);
+	FILE *f = fopen(maps, "r");
+	ASSERT(f);
+	int count = 0;
+	while (fgets(line, sizeof(line), f))
+		count += strstr(line, path) != NULL;
+	fclose(f);
+	return count;
+}
+
+/* Guest RAM that is a private mapping of the VMM's own file (a memory
+ * backend with share=off, on shmem) is left alone when the agents move
+ * their pages off an old pool: "a file page" is all the engine's records
+ * say of both. Moved, its holes were filled in the file and its pages
+ * copied into anonymous memory. */
+TEST_IMPL(cross_old_pool_leaves_vmm_file_alone)
+{
+	struct tdaemon t;
+	struct proc a, b;
+	char path[128];
+	td_start(&t, 65536);
+	start_sharing_pair(&t, &a, &b, 31);
+	snprintf(path, sizeof(path), "/dev/shm/memdedup-test-%d", (int)getpid());
+	int w = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	ASSERT(w >= 0);
+	char page[PG];
+	memset(page, 0x5a, sizeof(page));
+	ASSERT(pwrite(w, page, PG, 0) == (ssize_t)PG);
+	ASSERT(ftruncate(w, 64 * PG) == 0);	/* one page of data, 63 holes */
+	struct stat st0, st1;
+	ASSERT(fstat(w, &st0) == 0);
+	int fd = (int)proc_num(&a, "open %s", path);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(proc_num(&a, "mapfile %u %u %d", 512 * PG, 64 * PG, fd), 0);
+	ASSERT_EQ(proc_num(&a, "advise %u %u mergeable", 512 * PG, 64 * PG), 0);
+	ASSERT_EQ(maps_naming(a.pid, path), 1);
+	unsigned long old[8];
+	int nold = 0;
+	ASSERT(pool_maps(t.pid, 0, old, &nold) > 0 && nold == 1);
+	daemon_killed_restarted(&t);
+	ASSERT_EQ(agents_back(&t, a.pid, b.pid), 0);
+	int left = 1;
+	for (int i = 0; i < 200 && left; i++) {
+		usleep(100000);
+		left = pool_maps(a.pid, old[0], NULL, NULL);
+	}
+	ASSERT_EQ(left, 0);	/* the pool's pages moved, past the file's */
+	usleep(1500000);	/* and a pass more */
+	ASSERT_EQ(maps_naming(a.pid, path), 1);
+	ASSERT(fstat(w, &st1) == 0);
+	ASSERT_EQ(st1.st_blocks, st0.st_blocks);
+	close(w);
+	unlink(path);
+	proc_stop(&a);
+	proc_stop(&b);
+	td_stop(&t);
+	return 0;
+}
+
 /* `memdedup unmerge` gives a private copy to every page shared, not only
  * pool pages: those shared at read time and those the scanner merged onto
  * the image too (they stayed the image's, KSM's run=2 leaves none). */

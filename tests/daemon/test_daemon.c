@@ -3422,6 +3422,35 @@ static int rejoin_refused_then_room(struct tdaemon *t)
 	return w.state & MD_WELCOME_PAUSED ? 0 : 1;
 }
 
+/* The exec'd agent names another domain, its user holding as many as it
+ * may, one of them the old record's alone: that one goes with the record,
+ * so the HELLO is not a domain too many. 0 if joined, still paused. */
+static int rejoin_new_domain(struct tdaemon *t)
+{
+	struct md__client *agent;
+	struct md__msg_welcome w;
+	int fd, err = md__client_open(&agent, t->sock, "new", MD_HELLO_NO_POOL_MAPS, &w, &fd);
+	if (err)
+		return err == -EUSERS ? 107 : 108;
+	md__client_free(agent);
+	close(fd);
+	return w.state & MD_WELCOME_PAUSED ? 0 : 1;
+}
+
+TEST_IMPL(daemon_exec_into_new_domain_at_limit)
+{
+	struct tdaemon t;
+	td_start(&t, 16);
+	hold_domains(&t, held_domains, MD_D_DOMAINS_PER_UID - 1);
+	unmerged_then_rejoins(&t, "solo", rejoin_new_domain);
+	for (int i = 0; i < MD_D_DOMAINS_PER_UID - 1; i++) {
+		kill(held_domains[i], SIGKILL);
+		waitpid(held_domains[i], NULL, 0);
+	}
+	td_stop(&t);
+	return 0;
+}
+
 /* A HELLO memdedupd refuses (here: a domain too many) after an exec took
  * the unmerged record's place: the record, and with it the pause, went
  * before the refusal, and the next HELLO merged again. Now the old record
