@@ -115,6 +115,7 @@ static void *agent_thread(void *arg)
 		next.tv_nsec = now.tv_nsec;
 		n++;
 		md__image_lease_broken(a, -1);	/* a lease break whose signal was lost */
+		md__images_release_idle(a);
 		md__regions_flush_advice(a);
 		uint64_t reads = __atomic_load_n(&a->ctr[MD_CTR_READS_SEEN], __ATOMIC_RELAXED);
 		uint64_t merges = md__scan_activity(a);
@@ -371,7 +372,8 @@ int md_agent_new(md_agent **agentp, const md_agent_options *opts)
 		return -EINVAL;
 	if (!opts)
 		opts = &none;
-	if ((opts->flags & ~MD_OPT_ALL) || opts->share_min_pages > MD_SHARE_MIN_PAGES_MAX)
+	if ((opts->flags & ~MD_OPT_ALL) || opts->share_min_pages > MD_SHARE_MIN_PAGES_MAX ||
+	    opts->image_idle_s > MD_IMAGE_IDLE_S_MAX)
 		return -EINVAL;
 	/* The ranges of `memdedup set` (md__tunable_set); 0 is the default. */
 	if (opts->pages_to_scan > MD_PAGES_TO_SCAN_MAX || opts->sleep_ms > MD_SLEEP_MS_MAX ||
@@ -396,6 +398,7 @@ int md_agent_new(md_agent **agentp, const md_agent_options *opts)
 	a->flags = opts->flags;
 	a->max_vmas = opts->max_vmas ? opts->max_vmas : default_max_vmas();
 	a->share_min_pages = opts->share_min_pages ? opts->share_min_pages : MD_SHARE_MIN_PAGES_DEFAULT;
+	a->image_idle_s = opts->image_idle_s ? opts->image_idle_s : MD_IMAGE_IDLE_S_DEFAULT;
 	a->lease_signal = SIGRTMAX - 2;
 	a->lease_break_s = md__lease_break_s(a);	/* before the VMM may chroot */
 	/* The VMM's own mappings, before any of ours: the budget counts them

@@ -71,6 +71,7 @@ struct md__image {
 	off_t size;                /* valid while the lease is held */
 	const unsigned char *view; /* read-only mapping of all of it, made on
 	                            * first use while the lease is held */
+	time_t used;               /* when a read last shared from it (monotonic s) */
 	struct timespec retry_at;  /* next lease attempt when not held; while
 	                            * breaking, when the writer gets in anyway */
 	uint64_t writes_before;    /* while breaking, once its pages are private:
@@ -162,6 +163,8 @@ struct md_agent {
 	struct md__vmas vmas;         /* the process's mappings: the last count + those made
 	                               * since, by us and by the engine (sys.h) */
 	unsigned share_min_pages;     /* fewer whole pages per read: copied */
+	unsigned image_idle_s;        /* an image nothing maps is let go after this */
+	time_t images_walked;         /* md__images_release_idle's last walk (monotonic s) */
 
 	uint64_t *ctr;                /* MD_CTR_COUNT counters, maybe in the stats file */
 	uint64_t local_ctr[MD_CTR_COUNT];
@@ -314,6 +317,9 @@ struct md__image *md__image_leased(struct md_agent *a, const struct stat *st);
 /* The kernel asked for the lease on fd back (fd < 0: any lease F_GETLEASE
  * shows being broken): privatize, then release. */
 void md__image_lease_broken(struct md_agent *a, int fd);
+/* From the agent's thread, once a second: lets go of images no page of
+ * guest RAM is mapped from, unused for image_idle_s (md_agent_options). */
+void md__images_release_idle(struct md_agent *a);
 /* The VMM (root) is about to take fsuid as its file-system uid: leases on
  * images that uid does not own are given back first (their pages made
  * private), while the kernel still lets us. */

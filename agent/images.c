@@ -35,6 +35,13 @@
 
 void (*md__image_lease_hook)(int fd);	/* tests only: see agent_internal.h */
 
+static time_t monotonic_s(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return t.tv_sec;
+}
+
 static int time_reached(const struct timespec *t)
 {
 	struct timespec now;
@@ -277,8 +284,10 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, const struct md__f
 		}
 	}
 	if (img->lease == MD_LEASE_HELD) {
-		if (md__image_held(a, img))
+		if (md__image_held(a, img)) {
+			img->used = monotonic_s();
 			return img;
+		}
 		*why = MD_FB_NO_LEASE;
 		return NULL;
 	}
@@ -301,8 +310,9 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, const struct md__f
 			retry_later(img);
 			return NULL;
 		}
-		md__log_once(25, "the agent's own descriptor of an image was closed or replaced "
-			     "by the VMM: it opened the image again");
+		if (img->fd >= 0)	/* -1: let go (md__images_release_idle) */
+			md__log_once(25, "the agent's own descriptor of an image was closed or replaced "
+				     "by the VMM: it opened the image again");
 		img->fd = own_fd;
 	}
 	if (a->lease_uid != (uid_t)-1 && st.st_uid != a->lease_uid) {
@@ -342,6 +352,7 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, const struct md__f
 	}
 	img->size = st.st_size;
 	img->lease = MD_LEASE_HELD;
+	img->used = monotonic_s();
 	return img;
 }
 
@@ -491,6 +502,60 @@ void md__image_lease_broken(struct md_agent *a, int fd)
 		 * until the kernel would let the writer in anyway. */
 		start_break(a, img);
 	}
+	md__agent_leave(a);
+}
+
+/* Walks of guest RAM's owners at most this often (seconds): under the
+ * agent's lock, a millisecond for 4 GiB. */
+#define IMAGES_WALK_S 10
+
+/* Whether img holds a descriptor (leased or not, not breaking) no read
+ * shared from for image_idle_s. */
+static int release_due(const struct md_agent *a, const struct md__image *img, time_t now)
+{
+	return img->fd >= 0 && img->lease != MD_LEASE_BREAKING && now - img->used >= (time_t)a->image_idle_s;
+}
+
+void md__images_release_idle(struct md_agent *a)
+{
+	time_t now = monotonic_s();
+	md__agent_enter(a);
+	size_t idle = 0;
+	for (size_t i = 0; i < a->nimages; i++)
+		idle += release_due(a, &a->images[i], now);
+	time_t every = a->image_idle_s < IMAGES_WALK_S ? (time_t)a->image_idle_s : IMAGES_WALK_S;
+	unsigned char *mapped = idle && now - a->images_walked >= every ? calloc(a->nimages, 1) : NULL;
+	if (!mapped)
+		goto leave;
+	a->images_walked = now;
+	for (size_t i = 0; i < a->nregions; i++) {
+		const struct md__region *r = &a->regions[i];
+		for (size_t p = 0; p < (r->end - r->start) / MD_PAGE; p++)
+			if (r->owner[p] && r->owner[p] <= a->nimages)
+				mapped[r->owner[p] - 1] = 1;
+	}
+	for (size_t i = 0; i < a->nimages; i++) {
+		struct md__image *img = &a->images[i];
+		if (!release_due(a, img, now) || mapped[i])
+			continue;
+		/* No page maps it, and none can while we hold the agent's
+		 * lock (reads map under it; a scanner merge onto it checks
+		 * the lease after mapping aside, md__image_fixed). The record
+		 * stays: ids are indices. */
+		view_drop(img);
+		if (image_fd_ours(img)) {
+			if (img->lease == MD_LEASE_HELD)
+				fcntl(img->fd, F_SETLEASE, F_UNLCK);
+			close(img->fd);
+		}
+		img->fd = -1;
+		img->lease = MD_LEASE_NONE;
+		img->retry_at = (struct timespec){ 0, 0 };
+		md__log_once(115, "an image no page of guest RAM maps any more was let go (its lease "
+			     "and descriptor); a later read leases it again");
+	}
+	free(mapped);
+leave:
 	md__agent_leave(a);
 }
 

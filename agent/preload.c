@@ -16,6 +16,7 @@
  *   MEMDEDUP_POPULATE=1      fault shared pages in at read time
  *   MEMDEDUP_NO_SHARING=1    count only
  *   MEMDEDUP_SHARE_MIN_PAGES=N  copy reads of fewer whole pages (1..4096)
+ *   MEMDEDUP_IMAGE_IDLE_S=N  let an image go N s after nothing maps it (1..86400)
  *   MEMDEDUP_SCAN=1          run the content scanner; MEMDEDUP_PAGES_TO_SCAN,
  *                            MEMDEDUP_SLEEP_MS, MEMDEDUP_CPU_PERCENT,
  *                            MEMDEDUP_SCAN_ORDER=linear|random tune it;
@@ -159,6 +160,7 @@ static void env_options(md_agent_options *o)
 	o->domain = getenv("MEMDEDUP_DOMAIN");
 	o->daemon_socket = getenv("MEMDEDUP_SOCKET");
 	o->share_min_pages = env_uint("MEMDEDUP_SHARE_MIN_PAGES", 1, MD_SHARE_MIN_PAGES_MAX);
+	o->image_idle_s = env_uint("MEMDEDUP_IMAGE_IDLE_S", 1, MD_IMAGE_IDLE_S_MAX);
 }
 
 static md_agent *agent_get(void)

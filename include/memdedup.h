@@ -107,11 +107,19 @@ typedef struct md_agent_options {
 	 * mmap costs more than the copy it replaces. 1..MD_SHARE_MIN_PAGES_MAX;
 	 * 0 takes MD_SHARE_MIN_PAGES_DEFAULT; above the maximum: -EINVAL. */
 	unsigned share_min_pages;
+	/* An image no page of guest RAM is mapped from any more, and that no
+	 * read shared from for this many seconds, is let go (its lease, its
+	 * mapping and the agent's descriptor of it: a file the VMM deleted
+	 * keeps its space while held); a later read leases it again.
+	 * 1..MD_IMAGE_IDLE_S_MAX; 0 takes MD_IMAGE_IDLE_S_DEFAULT. */
+	unsigned image_idle_s;
 } md_agent_options;
 
 /* The break-even of the microbenchmark (docs/benchmarks.md section 2). */
 #define MD_SHARE_MIN_PAGES_DEFAULT 16u
 #define MD_SHARE_MIN_PAGES_MAX 4096u
+#define MD_IMAGE_IDLE_S_DEFAULT 60u
+#define MD_IMAGE_IDLE_S_MAX 86400u
 
 /* Do not share reads at all: count them only (for comparisons). */
 #define MD_OPT_NO_SHARING (1u << 0)
