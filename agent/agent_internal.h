@@ -165,6 +165,7 @@ struct md_agent {
 	unsigned share_min_pages;     /* fewer whole pages per read: copied */
 	unsigned image_idle_s;        /* an image nothing maps is let go after this */
 	time_t images_walked;         /* md__images_release_idle's last walk (monotonic s) */
+	unsigned leave_waited;        /* md__scan_leave_old_pool's seconds waited, short of memory */
 
 	uint64_t *ctr;                /* MD_CTR_COUNT counters, maybe in the stats file */
 	uint64_t local_ctr[MD_CTR_COUNT];

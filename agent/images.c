@@ -528,11 +528,17 @@ void md__images_release_idle(struct md_agent *a)
 	if (!mapped)
 		goto leave;
 	a->images_walked = now;
-	for (size_t i = 0; i < a->nregions; i++) {
+	/* Until each image due is found mapped (usually at once: an image
+	 * the guest still holds pages of), or all of guest RAM walked. */
+	for (size_t i = 0, left = idle; i < a->nregions && left; i++) {
 		const struct md__region *r = &a->regions[i];
-		for (size_t p = 0; p < (r->end - r->start) / MD_PAGE; p++)
-			if (r->owner[p] && r->owner[p] <= a->nimages)
-				mapped[r->owner[p] - 1] = 1;
+		for (size_t p = 0; p < (r->end - r->start) / MD_PAGE && left; p++) {
+			uint32_t id = r->owner[p];
+			if (id && id <= a->nimages && !mapped[id - 1]) {
+				mapped[id - 1] = 1;
+				left -= release_due(a, &a->images[id - 1], now);
+			}
+		}
 	}
 	for (size_t i = 0; i < a->nimages; i++) {
 		struct md__image *img = &a->images[i];

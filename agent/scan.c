@@ -518,9 +518,13 @@ void md__scan_leave_old_pool(struct md_agent *a)
 	uint64_t left = e->leave_last_unwritten;
 	int copy = left != UINT64_MAX &&
 		   left * MD_PAGE + (64u << 20) <= md__memroom_available(&a->memroom);
-	if (left != UINT64_MAX && left && !copy)
+	if (left != UINT64_MAX && left && !copy) {
 		md__log_once(113, "pages still reading memdedupd's old pool stay there while memory is "
 			     "short (%llu pages): that pool's memory stays in use", (unsigned long long)left);
+		/* Passes that can only count them: one every 30 s. */
+		if (e->leave_at == 0 && a->leave_waited++ % 30)
+			return;
+	}
 	if (md__engine_leave_file(e, LEAVE_PER_SECOND, copy))
 		md__log_once(114, "moving pages off memdedupd's old pool (it restarted): the scanner "
 			     "merges them in the new one");

@@ -1945,20 +1945,35 @@ static int old_pool_spans(struct md__engine *e, struct md__file_map **v, size_t 
 	return 0;
 }
 
-/* Outcome of one run: moved (n), left for want of room (unwritten pages,
- * 0), or an error: -EAGAIN, -EBUSY, -ENOMEM and -ENOSPC are tried again
- * next pass; any other (a mapping that cannot be write-protected) is not. */
-static int leave_span_run(struct md__engine *e, uintptr_t a, uintptr_t hi, int copy_unwritten, size_t *len,
-			  uint64_t *unwritten)
+/* Outcome of the run at a (its pages in *len): moved (n), left (0: not
+ * guest RAM, or unwritten pages without room), or an error: -EAGAIN,
+ * -EBUSY, -ENOMEM and -ENOSPC are tried again next pass; -ESTALE: the
+ * VMM's mappings changed since the spans were read (gen), the call ends;
+ * any other (a mapping that cannot be write-protected) is not tried again. */
+static int leave_span_run(struct md__engine *e, uintptr_t a, uintptr_t hi, uint64_t gen, size_t *len)
 {
 	uint64_t pm[MAX_RUN];
 	int err = 0;
-	*len = 1;
+	*len = (hi - a) / MD_EPAGE;
 	pthread_rwlock_rdlock(&e->regions_lock);
 	pthread_mutex_lock(&e->lock);
-	struct md__eregion *r = md__engine_region(e, a, MD_EPAGE);
-	if (!r)
+	/* A span read before an unmap (or a VMM's mapping of its own file put
+	 * there since, registered again) is not an old pool's any more. */
+	if (__atomic_load_n(&e->zap_gen, __ATOMIC_ACQUIRE) != gen) {
+		err = -ESTALE;
 		goto unlock;
+	}
+	struct md__eregion *r = md__engine_region(e, a, MD_EPAGE);
+	if (!r) {
+		/* Not guest RAM (given up, made private in place): left, up
+		 * to the next region. */
+		for (size_t i = 0; i < e->nregions; i++)
+			if (e->regions[i].start > a && e->regions[i].start < a + *len * MD_EPAGE)
+				*len = (e->regions[i].start - a) / MD_EPAGE;
+		e->leave_outside += *len;
+		goto unlock;
+	}
+	*len = 1;
 	size_t first = (a - r->start) / MD_EPAGE, n = 0;
 	uintptr_t end = hi < r->end ? hi : r->end;
 	while (a + n * MD_EPAGE < end && n < CMP_PAGES && r->ref[first + n] == MD_REF_FILE)
@@ -1973,12 +1988,18 @@ static int leave_span_run(struct md__engine *e, uintptr_t a, uintptr_t hi, int c
 	/* A page the guest wrote is a private copy already: moved, it costs
 	 * nothing. One still reading the old pool's page is a copy more until
 	 * every process has left that pool. */
-	uint64_t fresh = 0;
-	for (size_t i = 0; i < n; i++)
-		fresh += !md__pm_private_anon(pm[i]);
-	if (fresh && !copy_unwritten) {
-		*unwritten += fresh;
-		goto unlock;
+	if (!e->leave_copy) {
+		size_t k = 0;
+		while (k < n && md__pm_private_anon(pm[k]))
+			k++;
+		if (!k) {	/* unwritten pages first: counted, left */
+			while (k < n && !md__pm_private_anon(pm[k]))
+				k++;
+			e->leave_unwritten += k;
+			*len = k;
+			goto unlock;
+		}
+		n = *len = k;	/* the written ones */
 	}
 	err = leave_run(e, r, a, n);
 unlock:
@@ -1991,8 +2012,15 @@ size_t md__engine_leave_file(struct md__engine *e, size_t max, int copy_unwritte
 {
 	struct md__file_map *v;
 	size_t nv, moved = 0, tried = 0;
-	if (!__atomic_load_n(&e->leave_old, __ATOMIC_RELAXED) || old_pool_spans(e, &v, &nv) != 0)
+	if (!__atomic_load_n(&e->leave_old, __ATOMIC_RELAXED))
 		return 0;
+	uint64_t gen = __atomic_load_n(&e->zap_gen, __ATOMIC_ACQUIRE);
+	if (old_pool_spans(e, &v, &nv) != 0)
+		return 0;
+	/* Decided for the whole pass: with room for all the unwritten pages
+	 * the last pass counted, all of them; else none. */
+	if (!e->leave_at)
+		e->leave_copy = copy_unwritten;
 	/* The VMM's thread may map and unmap meanwhile: a span read above
 	 * that is gone shows no MD_REF_FILE page of a region any more (the
 	 * engine forgets what the VMM maps over), and an old pool's span
@@ -2002,9 +2030,14 @@ size_t md__engine_leave_file(struct md__engine *e, size_t max, int copy_unwritte
 		i++;
 	for (; i < nv && tried < max; i++) {
 		uintptr_t a = v[i].lo > e->leave_at ? v[i].lo : e->leave_at;
+		int stale = 0;
 		while (a < v[i].hi && tried < max) {
 			size_t len;
-			int err = leave_span_run(e, a, v[i].hi, copy_unwritten, &len, &e->leave_unwritten);
+			int err = leave_span_run(e, a, v[i].hi, gen, &len);
+			if (err == -ESTALE) {
+				stale = 1;	/* read the spans again next call */
+				break;
+			}
 			if (err > 0)
 				moved += (size_t)err;
 			else if (err == -EAGAIN || err == -EBUSY || err == -ENOMEM || err == -ENOSPC)
@@ -2013,10 +2046,14 @@ size_t md__engine_leave_file(struct md__engine *e, size_t max, int copy_unwritte
 			tried += len;
 		}
 		e->leave_at = a;
-		if (a < v[i].hi)
+		if (stale || a < v[i].hi)
 			break;
 	}
 	if (i == nv) {
+		if (e->leave_outside)
+			md__log_once(116, "pages outside guest RAM the agent holds still map memdedupd's old "
+				     "pool (%llu): its memory stays in use while they do",
+				     (unsigned long long)e->leave_outside);
 		/* A pass is over. Done when nothing is left to try again and
 		 * no unwritten page waited for room; the next pass starts at
 		 * the lowest address, its count of unwritten pages anew. */
@@ -2025,6 +2062,7 @@ size_t md__engine_leave_file(struct md__engine *e, size_t max, int copy_unwritte
 			__atomic_store_n(&e->leave_old, 0, __ATOMIC_RELAXED);
 		e->leave_failed = 0;
 		e->leave_unwritten = 0;
+		e->leave_outside = 0;
 		e->leave_at = 0;
 	}
 	free(v);

@@ -241,11 +241,12 @@ struct md__engine {
 	/* Pages still mapping an old pool's file (md__engine_leave_file):
 	 * set when the pool changed under merged pages, cleared after a pass
 	 * that left none (atomic). The pass's cursor, whether a run of it is
-	 * to be tried again, the unwritten pages it left for want of room,
-	 * and those the last whole pass left (the agent's thread alone). */
-	int leave_old, leave_failed;
+	 * to be tried again, whether it copies unwritten pages, those it left
+	 * for want of room and those the last whole pass left, and pages of
+	 * old pools outside guest RAM (the agent's thread alone). */
+	int leave_old, leave_failed, leave_copy;
 	uintptr_t leave_at;
-	uint64_t leave_unwritten, leave_last_unwritten;
+	uint64_t leave_unwritten, leave_last_unwritten, leave_outside;
 };
 
 /* Tests only: the engine's next this many mmaps over registered pages fail

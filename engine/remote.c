@@ -201,22 +201,20 @@ int md__engine_remote_connect(struct md__engine *e)
 		pthread_mutex_lock(&e->unref_lock);
 		e->nunref_q = 0;	/* and those not sent yet (md__engine_send_unrefs checks too) */
 		pthread_mutex_unlock(&e->unref_lock);
-		size_t forgotten = 0;
 		for (size_t i = 0; i < e->nregions; i++) {
 			struct md__eregion *r = &e->regions[i];
 			for (size_t p = 0; p < (r->end - r->start) / MD_EPAGE; p++)
-				if (MD_REF_SLOT(r->ref[p]) && !(r->ref[p] & MD_REF_FILL)) {
+				if (MD_REF_SLOT(r->ref[p]) && !(r->ref[p] & MD_REF_FILL))
 					r->ref[p] = MD_REF_FILE;
-					forgotten++;
-				}
 		}
-		/* Those pages, and those written since in the old pool's
-		 * mappings, keep its whole file in memory: the agent moves
-		 * them off it (md__engine_leave_file). */
-		if (forgotten && rm->generation) {
+		/* Those pages, and those written or unmerged since in the old
+		 * pool's mappings, keep its whole file in memory (and open to
+		 * this process, an old user's after a change of user): the
+		 * agent moves them off it (md__engine_leave_file). */
+		if (rm->generation) {
 			e->leave_failed = 0;
 			e->leave_at = 0;
-			e->leave_unwritten = 0;
+			e->leave_unwritten = e->leave_outside = 0;
 			e->leave_last_unwritten = UINT64_MAX;	/* not counted yet */
 			__atomic_store_n(&e->leave_old, 1, __ATOMIC_RELAXED);
 		}

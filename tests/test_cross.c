@@ -961,6 +961,45 @@ TEST_IMPL(cross_old_pool_left_after_daemon_restart)
 	return 0;
 }
 
+/* Unmerged (every page a private copy, still in the pool's mappings),
+ * resumed, then memdedupd restarted: with no page naming a slot, nothing
+ * told the agent it held an old pool, and it kept it mapped for good. */
+TEST_IMPL(cross_old_pool_left_after_unmerge)
+{
+	struct tdaemon t;
+	struct proc a, b;
+	char cmd[1200], h[32];
+	td_start(&t, 65536);
+	start_sharing_pair(&t, &a, &b, 37);
+	ASSERT_EQ(wait_same_frames(&a, &b, 0, N), N);
+	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", N * PG));
+	unsigned long old[8];
+	int nold = 0;
+	ASSERT(pool_maps(t.pid, 0, old, &nold) > 0 && nold == 1);
+	/* Both unmerged, a resumed: its pages, all different, merge with
+	 * nothing again. */
+	snprintf(cmd, sizeof(cmd), "MEMDEDUP_SOCKET=%s %s/memdedup unmerge >%s/out 2>&1", t.sock, build_dir(),
+		 test_dir());
+	ASSERT_EQ(td_sh("%s", cmd), 0);
+	snprintf(cmd, sizeof(cmd), "MEMDEDUP_SOCKET=%s %s/memdedup resume --pid %d >%s/out 2>&1", t.sock,
+		 build_dir(), (int)a.pid, test_dir());
+	ASSERT_EQ(td_sh("%s", cmd), 0);
+	ASSERT(pool_maps(a.pid, old[0], NULL, NULL) > 0);	/* the copies, in its mappings */
+	daemon_killed_restarted(&t);
+	ASSERT_EQ(agents_back(&t, a.pid, b.pid), 0);
+	int left = 1;
+	for (int i = 0; i < 200 && left; i++) {
+		usleep(100000);
+		left = pool_maps(a.pid, old[0], NULL, NULL);
+	}
+	ASSERT_EQ(left, 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", N * PG), h) == 0);
+	proc_stop(&a);
+	proc_stop(&b);
+	td_stop(&t);
+	return 0;
+}
+
 /* Mappings in pid's address space of path (by name). */
 static int maps_naming(pid_t pid, const char *path)
 {
