@@ -914,6 +914,18 @@ static int pool_maps(pid_t pid, unsigned long ino, unsigned long *inos, int *n)
 	return count;
 }
 
+/* Mappings of the pool file ino left in pid and pid2 (0: none) once none
+ * is, or after 20 s. */
+static int pool_left(pid_t pid, pid_t pid2, unsigned long ino)
+{
+	int left = 1;
+	for (int i = 0; i < 200 && left; i++) {
+		usleep(100000);
+		left = pool_maps(pid, ino, NULL, NULL) + (pid2 ? pool_maps(pid2, ino, NULL, NULL) : 0);
+	}
+	return left;
+}
+
 /* memdedupd killed and started again: the agents' pages still map the old
  * pool's file, written since or not, and while one does, all of that file
  * stays in memory (nobody punches it any more). The agents move them off
@@ -941,12 +953,7 @@ TEST_IMPL(cross_old_pool_left_after_daemon_restart)
 		ASSERT(strcmp(proc_cmd(&b, "write %u 9", i * PG + 8), "ok") == 0);
 	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", N * PG));
 	snprintf(hb, sizeof(hb), "%s", proc_cmd(&b, "hash 0 %u", N * PG));
-	int left = 1;
-	for (int i = 0; i < 200 && left; i++) {
-		usleep(100000);
-		left = pool_maps(a.pid, old[0], NULL, NULL) + pool_maps(b.pid, old[0], NULL, NULL);
-	}
-	ASSERT_EQ(left, 0);
+	ASSERT_EQ(pool_left(a.pid, b.pid, old[0]), 0);
 	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", N * PG), h) == 0);
 	ASSERT(strcmp(proc_cmd(&b, "hash 0 %u", N * PG), hb) == 0);
 	/* What both still hold alike shares again, in the new pool. */
@@ -987,12 +994,7 @@ TEST_IMPL(cross_old_pool_left_after_unmerge)
 	ASSERT(pool_maps(a.pid, old[0], NULL, NULL) > 0);	/* the copies, in its mappings */
 	daemon_killed_restarted(&t);
 	ASSERT_EQ(agents_back(&t, a.pid, b.pid), 0);
-	int left = 1;
-	for (int i = 0; i < 200 && left; i++) {
-		usleep(100000);
-		left = pool_maps(a.pid, old[0], NULL, NULL);
-	}
-	ASSERT_EQ(left, 0);
+	ASSERT_EQ(pool_left(a.pid, 0, old[0]), 0);
 	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", N * PG), h) == 0);
 	proc_stop(&a);
 	proc_stop(&b);
@@ -1045,12 +1047,7 @@ TEST_IMPL(cross_old_pool_leaves_vmm_file_alone)
 	ASSERT(pool_maps(t.pid, 0, old, &nold) > 0 && nold == 1);
 	daemon_killed_restarted(&t);
 	ASSERT_EQ(agents_back(&t, a.pid, b.pid), 0);
-	int left = 1;
-	for (int i = 0; i < 200 && left; i++) {
-		usleep(100000);
-		left = pool_maps(a.pid, old[0], NULL, NULL);
-	}
-	ASSERT_EQ(left, 0);	/* the pool's pages moved, past the file's */
+	ASSERT_EQ(pool_left(a.pid, 0, old[0]), 0);	/* the pool's pages moved, past the file's */
 	usleep(1500000);	/* and a pass more */
 	ASSERT_EQ(maps_naming(a.pid, path), 1);
 	ASSERT(fstat(w, &st1) == 0);
@@ -1192,12 +1189,7 @@ TEST_IMPL(cross_stress_daemon_restart_no_lost_write)
 	char line[64];
 	ASSERT(fgets(line, sizeof(line), a.out) && strncmp(line, "ok", 2) == 0);
 	ASSERT(fgets(line, sizeof(line), b.out) && strncmp(line, "ok", 2) == 0);
-	int left = 1;
-	for (int i = 0; i < 200 && left; i++) {
-		usleep(100000);
-		left = pool_maps(a.pid, old[0], NULL, NULL) + pool_maps(b.pid, old[0], NULL, NULL);
-	}
-	ASSERT_EQ(left, 0);
+	ASSERT_EQ(pool_left(a.pid, b.pid, old[0]), 0);
 	stop_pair_pool_empty(&t, &a, &b);
 	return 0;
 }

@@ -3437,17 +3437,24 @@ static int rejoin_new_domain(struct tdaemon *t)
 	return w.state & MD_WELCOME_PAUSED ? 0 : 1;
 }
 
-TEST_IMPL(daemon_exec_into_new_domain_at_limit)
+/* nheld domains held by other agents of the user, then an agent in domain
+ * unmerged and back through rejoin (0 if it joined again paused). */
+static void unmerged_beside_held_domains(int nheld, const char *domain, int (*rejoin)(struct tdaemon *t))
 {
 	struct tdaemon t;
 	td_start(&t, 16);
-	hold_domains(&t, held_domains, MD_D_DOMAINS_PER_UID - 1);
-	unmerged_then_rejoins(&t, "solo", rejoin_new_domain);
-	for (int i = 0; i < MD_D_DOMAINS_PER_UID - 1; i++) {
+	hold_domains(&t, held_domains, nheld);
+	unmerged_then_rejoins(&t, domain, rejoin);
+	for (int i = 0; i < nheld; i++) {
 		kill(held_domains[i], SIGKILL);
 		waitpid(held_domains[i], NULL, 0);
 	}
 	td_stop(&t);
+}
+
+TEST_IMPL(daemon_exec_into_new_domain_at_limit)
+{
+	unmerged_beside_held_domains(MD_D_DOMAINS_PER_UID - 1, "solo", rejoin_new_domain);
 	return 0;
 }
 
@@ -3457,15 +3464,7 @@ TEST_IMPL(daemon_exec_into_new_domain_at_limit)
  * goes only once the new one is made. */
 TEST_IMPL(daemon_refused_hello_keeps_pause)
 {
-	struct tdaemon t;
-	td_start(&t, 16);
-	hold_domains(&t, held_domains, MD_D_DOMAINS_PER_UID);
-	unmerged_then_rejoins(&t, "held0", rejoin_refused_then_room);
-	for (int i = 0; i < MD_D_DOMAINS_PER_UID; i++) {
-		kill(held_domains[i], SIGKILL);
-		waitpid(held_domains[i], NULL, 0);
-	}
-	td_stop(&t);
+	unmerged_beside_held_domains(MD_D_DOMAINS_PER_UID, "held0", rejoin_refused_then_room);
 	return 0;
 }
 
