@@ -2021,10 +2021,11 @@ size_t md__engine_leave_file(struct md__engine *e, size_t max, int copy_unwritte
 	 * the last pass counted, all of them; else none. */
 	if (!e->leave_at)
 		e->leave_copy = copy_unwritten;
-	/* The VMM's thread may map and unmap meanwhile: a span read above
-	 * that is gone shows no MD_REF_FILE page of a region any more (the
-	 * engine forgets what the VMM maps over), and an old pool's span
-	 * stays one. Runs are taken one at a time under the locks. */
+	/* Runs are taken one at a time under the locks. The VMM's threads
+	 * may unmap or map over guest RAM meanwhile (a mapping of its own
+	 * file there, registered again, shows MD_REF_FILE pages too): each
+	 * run checks that none did since the spans were read (zap_gen),
+	 * else the call ends, and the next reads them again. */
 	size_t i = 0;
 	while (i < nv && v[i].hi <= e->leave_at)
 		i++;
