@@ -193,7 +193,7 @@ long md__policy_mbind(long (*call)(long, ...), void *addr, unsigned long len, in
 	return r;
 }
 
-void md__policy_apply(uintptr_t addr, size_t len)
+void md__policy_apply_to(uintptr_t dst, uintptr_t addr, size_t len)
 {
 	if (none())
 		return;
@@ -203,11 +203,16 @@ void md__policy_apply(uintptr_t addr, size_t len)
 		uintptr_t lo = p->lo > addr ? p->lo : addr, hi = p->hi < addr + len ? p->hi : addr + len;
 		/* No MPOL_MF_MOVE: the pages now mapped there are an image's
 		 * (page cache other processes map too), or none yet. */
-		if (lo < hi && syscall_fn(SYS_mbind, lo, hi - lo, p->mode, p->nodes, p->maxnode, 0) != 0)
+		if (lo < hi && syscall_fn(SYS_mbind, dst + (lo - addr), hi - lo, p->mode, p->nodes, p->maxnode, 0) != 0)
 			md__log_once(89, "cannot give a new mapping over guest RAM the VMM's NUMA policy: %s",
 				     strerror(errno));
 	}
 	pthread_mutex_unlock(&lock);
+}
+
+void md__policy_apply(uintptr_t addr, size_t len)
+{
+	md__policy_apply_to(addr, addr, len);
 }
 
 void md__policy_apply_file(uintptr_t addr, size_t len, int fd)

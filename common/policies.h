@@ -40,6 +40,10 @@ long md__policy_mbind(long (*call)(long, ...), void *addr, unsigned long len, in
 /* Gives [addr, addr+len), just mapped anew (anonymous memory), the
  * policies recorded there. */
 void md__policy_apply(uintptr_t addr, size_t len);
+/* The same for anonymous memory at dst made aside, to be moved over
+ * [addr, addr+len) (mremap takes a mapping's policy with it): before its
+ * pages are written, so that they are allocated where the policy says. */
+void md__policy_apply_to(uintptr_t dst, uintptr_t addr, size_t len);
 /* The same for a private mapping of the file fd (an image), unless it is
  * shared memory (tmpfs), whose mappings take the file's policy. */
 void md__policy_apply_file(uintptr_t addr, size_t len, int fd);

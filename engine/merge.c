@@ -1202,6 +1202,7 @@ static int remake_run(struct md__engine *e, struct md__eregion *r, uintptr_t a, 
 		err = -errno;
 		goto unmap_hold;
 	}
+	md__policy_apply_to((uintptr_t)tmp, a, len);
 	if (content)
 		memcpy(tmp, content, len);
 	else
@@ -1889,6 +1890,7 @@ static int leave_run(struct md__engine *e, struct md__eregion *r, uintptr_t a, s
 		err = -ENOMEM;
 		goto thaw_pages;
 	}
+	md__policy_apply_to((uintptr_t)aside, a, len);	/* the copies on the VMM's nodes */
 	memcpy(aside, g, len);
 	if (!still_frozen(e, a, n)) {
 		err = -EAGAIN;
