@@ -392,6 +392,7 @@ int md_agent_new(md_agent **agentp, const md_agent_options *opts)
 	pthread_mutex_init(&a->writes_lock, NULL);
 	pthread_mutex_init(&a->unmerge_lock, NULL);
 	pthread_mutex_init(&a->pause_lock, NULL);
+	pthread_mutex_init(&a->tunables_lock, NULL);
 	pthread_mutex_init(&a->probe_lock, NULL);
 	a->ctr = a->local_ctr;
 	a->kernel_ksm = opts->kernel_ksm;
@@ -428,6 +429,7 @@ err_free:
 	md__memroom_close(&a->memroom);
 	pthread_mutex_destroy(&a->unmerge_lock);
 	pthread_mutex_destroy(&a->pause_lock);
+	pthread_mutex_destroy(&a->tunables_lock);
 	pthread_mutex_destroy(&a->probe_lock);
 	pthread_mutex_destroy(&a->writes_lock);
 	pthread_mutex_destroy(&a->lock);
@@ -466,6 +468,7 @@ void md_agent_free(md_agent *a)
 	md__memroom_close(&a->memroom);
 	pthread_mutex_destroy(&a->unmerge_lock);
 	pthread_mutex_destroy(&a->pause_lock);
+	pthread_mutex_destroy(&a->tunables_lock);
 	pthread_mutex_destroy(&a->probe_lock);
 	pthread_mutex_destroy(&a->writes_lock);
 	pthread_mutex_destroy(&a->lock);

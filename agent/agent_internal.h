@@ -186,6 +186,8 @@ struct md_agent {
 	int paused_here;	/* md_agent_pause's (atomic): a welcome does not resume it */
 	struct md__memroom memroom;	/* the cgroup's limits, kept from the start (memroom.c) */
 	pthread_mutex_t pause_lock;	/* pause_set's, and a refused unmerge's restore (scan.c) */
+	pthread_mutex_t tunables_lock;	/* a tunable's value with its scan_explicit bit: the VMM's
+					 * own (md_agent_set) and memdedupd's for all (scan.c) */
 	unsigned pause_gen;	/* pause_set's calls (pause_lock): a refused unmerge restores the
 				 * pause it found only if no one set it meanwhile */
 	int welcome_due;	/* paused until the agent thread's first HELLO is answered or fails */

@@ -322,13 +322,18 @@ static int tunable_set(md_agent *a, const char *key, const char *value)
 
 int md_agent_set(md_agent *a, const char *key, const char *value)
 {
-	int bit = tunable_set(a, key, value);
-	if (bit < 0)
-		return bit;
+	if (!a)
+		return -EINVAL;
 	/* The VMM's own value, as from our options: the daemon's welcome
-	 * (it may come later, or again after a reconnect) leaves it. */
-	__atomic_or_fetch(&a->scan_explicit, (unsigned)bit, __ATOMIC_RELAXED);
-	return 0;
+	 * (it may come later, or again after a reconnect) leaves it. With
+	 * its bit, under the lock the daemon's values are set under: one of
+	 * those checking the bit before, writing after, undid it. */
+	pthread_mutex_lock(&a->tunables_lock);
+	int bit = tunable_set(a, key, value);
+	if (bit >= 0)
+		__atomic_or_fetch(&a->scan_explicit, (unsigned)bit, __ATOMIC_RELAXED);
+	pthread_mutex_unlock(&a->tunables_lock);
+	return bit < 0 ? bit : 0;
 }
 
 /* Calls fn on each run of pages of r that show a pool page. */
@@ -683,12 +688,15 @@ void md__scan_apply_control(struct md_agent *a, const struct md__msg_control *ct
 		 * --pages-to-scan, or set --pid before) stays. */
 		if (ctl->pid && a->engine->remote->control_pid) {
 			err = md_agent_set(a, ctl->key, ctl->value);
-		} else if (__atomic_load_n(&a->scan_explicit, __ATOMIC_RELAXED) & tunable_bit(ctl->key)) {
+			break;
+		}
+		pthread_mutex_lock(&a->tunables_lock);
+		if (__atomic_load_n(&a->scan_explicit, __ATOMIC_RELAXED) & tunable_bit(ctl->key))
 			md__log_once(106, "a value memdedupd sets for all agents leaves this agent's own "
 				     "(memdedup run's option, or set --pid): %s stays", ctl->key);
-		} else {
+		else
 			err = tunable_set(a, ctl->key, ctl->value) < 0 ? -EINVAL : 0;
-		}
+		pthread_mutex_unlock(&a->tunables_lock);
 		break;
 	default: err = -EINVAL;
 	}
@@ -705,6 +713,7 @@ void md__scan_apply_control(struct md_agent *a, const struct md__msg_control *ct
 static void apply_welcome(struct md_agent *a, const struct md__msg_welcome *w)
 {
 	char v[16];
+	pthread_mutex_lock(&a->tunables_lock);
 	unsigned set = __atomic_load_n(&a->scan_explicit, __ATOMIC_RELAXED);
 	if (!(set & MD_SET_PAGES)) {
 		snprintf(v, sizeof(v), "%u", w->tun.pages_to_scan);
@@ -724,6 +733,7 @@ static void apply_welcome(struct md_agent *a, const struct md__msg_welcome *w)
 		snprintf(v, sizeof(v), "%u", w->tun.hint_ratio);
 		tunable_set(a, "hint_ratio", v);
 	}
+	pthread_mutex_unlock(&a->tunables_lock);
 	/* Unmerged: paused until resumed. The daemon it unmerged for knows
 	 * (a resume may have come while we were away); a new one does not. */
 	int paused = (w->state & MD_WELCOME_PAUSED) != 0;
