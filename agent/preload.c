@@ -8,8 +8,8 @@
  * pread/preadv family goes through md_agent_pread()/md_agent_preadv(), the
  * pwrite/pwritev family through md_agent_pwrite()/md_agent_pwritev().
  * libaio's io_setup, liburing's submit calls, io_uring through syscall(2),
- * the DMA-mapping ioctls and libibverbs' memory registrations are watched
- * for I/O the agent does not see (below).
+ * the DMA-mapping ioctls, libibverbs' memory registrations and zero-copy
+ * sends are watched for I/O the agent does not see (below).
  * Options come from the environment (set by `memdedup run`):
  *   MEMDEDUP_KERNEL_KSM=0|1  pass MADV_MERGEABLE on to kernel KSM (default 1)
  *   MEMDEDUP_MAX_VMAS=N      the mapping budget
@@ -41,6 +41,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -675,6 +676,25 @@ EXPORT int io_setup(int maxevents, void *ctxp)
 	return r < 0 ? -errno : 0;
 }
 
+/* Zero-copy sends (MSG_ZEROCOPY on an SO_ZEROCOPY socket: QEMU's multifd
+ * migration with zero-copy-send=on) pin the pages they send until the
+ * kernel has sent them, as a registered buffer does: a page read-time
+ * sharing mapped from an image pins the image's page, which a lease break
+ * cannot wait for, and a merge replaces a page whose frame the socket still
+ * sends. Such a send stops sharing and merging for good. Without
+ * SO_ZEROCOPY the kernel ignores the flag, and so do we. */
+static void zerocopy_send(int fd, int flags)
+{
+	int on = 0;
+	socklen_t len = sizeof(on);
+	if (!(flags & MSG_ZEROCOPY) || (getsockopt(fd, SOL_SOCKET, SO_ZEROCOPY, &on, &len) == 0 && !on))
+		return;
+	unseen_io("sends with MSG_ZEROCOPY (zero-copy migration)");
+}
+
+#define NEXT_LIBC(type, name) ((type)next_fn(&next_##name, #name, "libc.so.6"))
+static void *next_sendmsg, *next_sendmmsg, *next_send, *next_sendto;
+
 /* io_uring through liburing (QEMU's aio=io_uring): not the set-up, which
  * QEMU does for every event loop, but the entries each submit call hands
  * the kernel (agent/unseen_io.c), checked before they are submitted.
@@ -971,6 +991,13 @@ EXPORT long syscall(long nr, ...)
 		if (md__uring_register_pins((unsigned)a[1]))
 			uring_pins();
 		break;
+	case SYS_sendmsg:
+		zerocopy_send((int)a[0], (int)a[2]);
+		break;
+	case SYS_sendto:
+	case SYS_sendmmsg:
+		zerocopy_send((int)a[0], (int)a[3]);
+		break;
 	case SYS_mlock:
 		return mlock((const void *)a[0], (size_t)a[1]);
 	case SYS_mlock2:
@@ -1132,6 +1159,52 @@ EXPORT ssize_t preadv64v2(int fd, const struct iovec *iov, int iovcnt, off_t off
 	__attribute__((alias("preadv2")));
 
 /* Writes from guest RAM, which a lease break waits for (agent/writes.c). */
+/* The C library's sends, after a look at their flags (zerocopy_send). */
+EXPORT ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
+{
+	zerocopy_send(fd, flags);
+	ssize_t (*f)(int, const struct msghdr *, int) = NEXT_LIBC(ssize_t (*)(int, const struct msghdr *, int), sendmsg);
+	if (!f) {
+		errno = ENOSYS;
+		return -1;
+	}
+	return f(fd, msg, flags);
+}
+
+EXPORT int sendmmsg(int fd, struct mmsghdr *v, unsigned n, int flags)
+{
+	zerocopy_send(fd, flags);
+	int (*f)(int, struct mmsghdr *, unsigned, int) = NEXT_LIBC(int (*)(int, struct mmsghdr *, unsigned, int), sendmmsg);
+	if (!f) {
+		errno = ENOSYS;
+		return -1;
+	}
+	return f(fd, v, n, flags);
+}
+
+EXPORT ssize_t send(int fd, const void *buf, size_t len, int flags)
+{
+	zerocopy_send(fd, flags);
+	ssize_t (*f)(int, const void *, size_t, int) = NEXT_LIBC(ssize_t (*)(int, const void *, size_t, int), send);
+	if (!f) {
+		errno = ENOSYS;
+		return -1;
+	}
+	return f(fd, buf, len, flags);
+}
+
+EXPORT ssize_t sendto(int fd, const void *buf, size_t len, int flags, const struct sockaddr *to, socklen_t tolen)
+{
+	zerocopy_send(fd, flags);
+	ssize_t (*f)(int, const void *, size_t, int, const struct sockaddr *, socklen_t) =
+		NEXT_LIBC(ssize_t (*)(int, const void *, size_t, int, const struct sockaddr *, socklen_t), sendto);
+	if (!f) {
+		errno = ENOSYS;
+		return -1;
+	}
+	return f(fd, buf, len, flags, to, tolen);
+}
+
 EXPORT ssize_t pwrite(int fd, const void *buf, size_t len, off_t off)
 {
 	return md_agent_pwrite(agent_peek(), fd, buf, len, off);

@@ -610,6 +610,24 @@ TEST_IMPL(scan_stops_for_vdpa)
 	return stops_for_unseen_io(0, 0, "vdpa", "-9", "for DMA (VFIO, iommufd or vhost-vdpa)");
 }
 
+/* A zero-copy send of guest RAM (QEMU's multifd migration with
+ * zero-copy-send=on) pins its pages until sent: through the C library and
+ * through syscall(2). Without SO_ZEROCOPY the flag does nothing, and
+ * merging goes on. */
+TEST_IMPL(scan_stops_for_zerocopy_send)
+{
+	struct proc a;
+	md_stats s;
+	proc_start(&a, fast_scan);
+	proc_cmd(&a, "map 16");
+	ASSERT_EQ(proc_num(&a, "zcsend off"), PG);
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.io_unseen, 0);
+	proc_stop(&a);
+	int err = stops_for_unseen_io(0, 0, "zcsend raw", "4096", "sends with MSG_ZEROCOPY");
+	return err ? err : stops_for_unseen_io(0, 0, "zcsend", "4096", "sends with MSG_ZEROCOPY");
+}
+
 static int merged_512(const md_stats *s) { return s->merged >= 512; }
 static int merged_384(const md_stats *s) { return s->merged >= 384 && s->zero_pages >= 64; }
 

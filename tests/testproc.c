@@ -132,6 +132,9 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
@@ -601,6 +604,32 @@ static long long cmd_dwrite(const char *path, size_t doff)
 	return 0;
 }
 
+/* "zcsend [off|raw]": guest RAM's first page sent to ourselves in a UDP
+ * datagram with MSG_ZEROCOPY, the socket set SO_ZEROCOPY unless off (the
+ * kernel then ignores the flag), through the C library's sendmsg or
+ * syscall(2) (raw): the bytes sent or -errno. */
+static long long cmd_zcsend(const char *how)
+{
+	struct sockaddr_in sin = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t sl = sizeof(sin);
+	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), one = 1;
+	long long r = 0;
+	if (s < 0)
+		return -errno;
+	if (bind(s, (struct sockaddr *)&sin, sizeof(sin)) != 0 || getsockname(s, (struct sockaddr *)&sin, &sl) != 0 ||
+	    (strcmp(how, "off") != 0 && setsockopt(s, SOL_SOCKET, SO_ZEROCOPY, &one, sizeof(one)) != 0))
+		r = -errno;
+	struct iovec iov = { base, 4096 };
+	struct msghdr m = { .msg_name = &sin, .msg_namelen = sizeof(sin), .msg_iov = &iov, .msg_iovlen = 1 };
+	if (!r) {
+		ssize_t n = strcmp(how, "raw") == 0 ? syscall(SYS_sendmsg, s, &m, MSG_ZEROCOPY)
+						    : sendmsg(s, &m, MSG_ZEROCOPY);
+		r = n < 0 ? -errno : n;
+	}
+	close(s);
+	return r;
+}
+
 static long long cmd_dwritego(void)
 {
 	struct uffdio_zeropage zero = { .range = { (uintptr_t)dw.held, 4096 } };
@@ -816,6 +845,10 @@ int main(void)
 		} else if (strcmp(cmd, "dwrite") == 0) {
 			sscanf(line, "%*s %2047s %lld", s1, &a1);
 			printf("%lld\n", cmd_dwrite(s1, (size_t)a1));
+		} else if (strcmp(cmd, "zcsend") == 0) {
+			char how[8] = "";
+			sscanf(line, "%*s %7s", how);
+			printf("%lld\n", cmd_zcsend(how));
 		} else if (strcmp(cmd, "dwritego") == 0) {
 			printf("%lld\n", cmd_dwritego());
 		} else if (strcmp(cmd, "vdpa") == 0) {
