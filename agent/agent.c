@@ -165,7 +165,7 @@ static void *agent_thread(void *arg)
 			/* The budget check adds what was mapped since (here
 			 * and by the engine) to the last count, so a stale
 			 * count is safe: counted again when it matters (past
-			 * half the budget, 64 mappings made since), else at
+			 * half the budget, 128 mappings made since), else at
 			 * most once a minute while mappings change. */
 			uint64_t est = md__vmas_estimate(&a->vmas);
 			uint64_t last = __atomic_load_n(&a->ctr[MD_CTR_VMAS], __ATOMIC_RELAXED);

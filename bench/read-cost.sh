@@ -55,7 +55,7 @@ one() {  # MODE ROUND -> JSON line
   split0=$(awk '$1 == "thp_split_pmd" { print $2 }' /proc/vmstat)
   pids=()
   for i in 1 2; do
-    guest/run-guest.sh --hold 6 --wrapper "${env[*]} $md run --kernel-ksm=off --" \
+    guest/run-guest.sh --hold 6 --wrapper "$(printf '%q ' "${env[@]}" "$md") run --kernel-ksm=off --" \
       --log "$out/rc-$mode-$r-$i.log" "$img" >/dev/null 2>&1 &
     pids+=($!)
   done

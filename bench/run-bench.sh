@@ -107,6 +107,7 @@ case "$mem" in ''|0) echo "run-bench.sh: --mem takes a number of MB" >&2; exit 2
 scripts/install-deps.sh all
 source scripts/fleet-lib.sh
 md=${MEMDEDUP_BIN:-$root/build/memdedup}
+mdq=$(printf %q "$md")	# the wrappers are shell words
 ksm=/sys/kernel/mm/ksm
 t_all=$SECONDS
 if [ "$report_only" = 1 ]; then
@@ -214,14 +215,14 @@ else
       none)         ksm_set 0 100 20 ;;
       ksm)          ksm_set 1 100 20; hold=$hold_ksm ;;
       ksm10x)       ksm_set 1 1000 20; hold=$hold_ksm ;;
-      memdedup)     ksm_set 0 100 20; wrapper="$md run --kernel-ksm=off --" ;;
-      memdedup+ksm) ksm_set 1 100 20; wrapper="$md run --kernel-ksm=on --"; hold=$hold_ksm ;;
+      memdedup)     ksm_set 0 100 20; wrapper="$mdq run --kernel-ksm=off --" ;;
+      memdedup+ksm) ksm_set 1 100 20; wrapper="$mdq run --kernel-ksm=on --"; hold=$hold_ksm ;;
       scan)         ksm_set 0 100 20; hold=$hold_scan
-                    wrapper="$md run --kernel-ksm=off --scan --" ;;
+                    wrapper="$mdq run --kernel-ksm=off --scan --" ;;
       scan-noread)  ksm_set 0 100 20; hold=$hold_scan
-                    wrapper="env MEMDEDUP_NO_SHARING=1 $md run --kernel-ksm=off --scan --" ;;
+                    wrapper="env MEMDEDUP_NO_SHARING=1 $mdq run --kernel-ksm=off --scan --" ;;
       scan-noread-linear) ksm_set 0 100 20; hold=$hold_scan
-                    wrapper="env MEMDEDUP_NO_SHARING=1 $md run --kernel-ksm=off --scan --hints=off --" ;;
+                    wrapper="env MEMDEDUP_NO_SHARING=1 $mdq run --kernel-ksm=off --scan --hints=off --" ;;
     esac
     fleet_stop_daemon   # each scan mode gets a fresh daemon
     case "$m" in

@@ -58,7 +58,7 @@ wait_guest() {  # I WHAT
 
 pair() {  # MODE ROUND -> two read times on stdout
   local mode=$1 r=$2 w=() i
-  [ "$mode" = memdedup ] && w=(--wrapper "$md run --kernel-ksm=off ${extra[*]} --")
+  [ "$mode" = memdedup ] && w=(--wrapper "$(printf '%q ' "$md" run --kernel-ksm=off "${extra[@]}")--")
   pids=()
   for i in 1 2; do
     guest/run-guest.sh "${w[@]}" --log "$out/wt-$mode-$r-$i.log" "$img" >/dev/null 2>&1 &
@@ -77,7 +77,7 @@ paired() {  # ROUND -> "plain_s memdedup_s" on stdout
   ( guest/run-guest.sh --wrapper "taskset -c $c" --log "$out/wt-plain-$r-1.log" "$img" >/dev/null 2>&1
     rc=$?; times > "$out/wt-plain-$r-1.cpu"; exit $rc ) &
   p=$!
-  ( guest/run-guest.sh --wrapper "taskset -c $((1 - c)) $md run --kernel-ksm=off ${extra[*]} --" \
+  ( guest/run-guest.sh --wrapper "taskset -c $((1 - c)) $(printf '%q ' "$md" run --kernel-ksm=off "${extra[@]}")--" \
       --log "$out/wt-memdedup-$r-1.log" "$img" >/dev/null 2>&1
     rc=$?; times > "$out/wt-memdedup-$r-1.cpu"; exit $rc ) &
   m=$!

@@ -3,15 +3,18 @@
 # Usage: guest/run-guest.sh [--wrapper "CMD..."] [--mem MB] [--hold S]
 #                           [--log FILE] [--timeout S] [--kernel F] [--initrd F]
 #                           [--qemu-opt "ARGS..."] [--resumed] IMAGE
-#   --wrapper   command put before qemu-system-x86_64, e.g. "build/memdedup run --"
+#   --wrapper   command put before qemu-system-x86_64, e.g. "build/memdedup run --",
+#               as shell words: quote a path with spaces in it (printf %q)
 #   --mem       guest RAM in MB (default 512)
 #   --hold      seconds the guest stays up after reading (kernel cmdline hold=S)
 #   --log       serial console log (default build/guest/run-<pid>.log); QEMU's
 #               own stderr goes to LOG.qemu
 #   --timeout   seconds before the guest is killed and the run fails
 #               (default 300 + hold)
+#   --qemu-opt  more QEMU arguments, as shell words (quoted as for --wrapper)
 #   --resumed   the guest comes from a snapshot or a migration (-incoming in
 #               --qemu-opt): it said DONE before, here only RECHECK
+# Paths (IMAGE, --log, --kernel, --initrd) may hold spaces and commas.
 # Exits 0 when the log has "MEMDEDUP-GUEST: DONE" (RECHECK if --resumed) and
 # QEMU has exited cleanly, prints that line. QEMU is always killed when this script exits.
 set -euo pipefail
@@ -30,7 +33,7 @@ while [ $# -gt 0 ]; do
     --initrd) initrd=$2; shift 2 ;;
     --qemu-opt) qopt=$2; shift 2 ;;
     --resumed) want=RECHECK; shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     --) shift; break ;;
     -*) die "unknown option $1" ;;
     *) break ;;
@@ -47,18 +50,23 @@ done
 timeout=${timeout:-$((300 + hold))}
 # Not a number: the watchdog's test would fail every time, never killing.
 case "$timeout" in ''|*[!0-9]*) die "--timeout must be a whole number of seconds" ;; esac
+# The wrapper and the extra options are shell words (a path in them quoted).
+wrap=() extra=()
+eval "wrap=($wrapper)" 2>/dev/null || die "--wrapper is not a list of shell words: $wrapper"
+eval "extra=($qopt)" 2>/dev/null || die "--qemu-opt is not a list of shell words: $qopt"
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not found (scripts/install-deps.sh guest)"
 log=${log:-$root/build/guest/run-$$.log}
 mkdir -p "$(dirname "$log")"
 : > "$log"
 
-# shellcheck disable=SC2206,SC2054
-cmd=($wrapper qemu-system-x86_64 -machine pc,accel=tcg -m "$mem" -nographic -no-reboot
+# A comma in -drive's file name is doubled, as QEMU reads it.
+# shellcheck disable=SC2054
+cmd=("${wrap[@]}" qemu-system-x86_64 -machine pc,accel=tcg -m "$mem" -nographic -no-reboot
      -monitor none -serial "file:$log"
      -kernel "$kernel" -initrd "$initrd"
      -append "console=ttyS0 quiet hold=$hold"
-     -drive "file=$image,if=virtio,format=raw,readonly=on"
-     $qopt)
+     -drive "file=${image//,/,,},if=virtio,format=raw,readonly=on"
+     "${extra[@]}")
 qpid=""
 cleanup() {  # QEMU runs in its own session: kill its whole process group
   if [ -n "$qpid" ] && kill -0 "$qpid" 2>/dev/null; then

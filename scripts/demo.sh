@@ -36,7 +36,7 @@ echo "-- run 1: plain QEMU"
 fleet_run "$out/none" 2 "$img" --mem "$mem" --hold "$hold" || fleet_die "plain run failed (logs in $out/none)"
 echo "-- run 2: QEMU under memdedup run --kernel-ksm=off"
 fleet_run "$out/memdedup" 2 "$img" --mem "$mem" --hold "$hold" \
-  --wrapper "$md run --kernel-ksm=off --" || fleet_die "memdedup run failed (logs in $out/memdedup)"
+  --wrapper "$(printf %q "$md") run --kernel-ksm=off --" || fleet_die "memdedup run failed (logs in $out/memdedup)"
 
 mb() { awk -v k="$1" 'BEGIN{ if (k == "NA") print "NA"; else printf "%.1f", k / 1024 }'; }
 declare -A PSS

@@ -5,6 +5,7 @@
 #   source scripts/fleet-lib.sh
 #   fleet_init                     # cleanup trap (kills every QEMU started here)
 #   fleet_run DIR N IMAGE [--wrapper "CMD"] [--mem MB] [--hold S] [--timeout S]
+#       (CMD as shell words: a path with spaces quoted, printf %q)
 #       starts N guests on IMAGE (each under the wrapper, e.g.
 #       "build/memdedup run --"), samples memory every second into
 #       DIR/samples.tsv, waits for all guests and writes DIR/guests.tsv
@@ -334,17 +335,20 @@ fleet_run() {
   FLEET_T0_US=${EPOCHREALTIME/[.,]/}
   FLEET_KSMD_T0=0
   [ -n "$FLEET_KSMD_PID" ] && FLEET_KSMD_T0=$(fleet_stat_cpu_ticks "/proc/$FLEET_KSMD_PID/stat")
+  # The wrapper is shell words (a path in it quoted, printf %q); a comma
+  # in -drive's file name is doubled, as QEMU reads it.
+  local -a wrap=()
+  eval "wrap=($wrapper)" || fleet_die "fleet_run: --wrapper is not a list of shell words: $wrapper"
   local i log p
   for i in $(seq 1 "$n"); do
     log=$dir/guest$i.log
     : > "$log"
     FLEET_LOGS+=("$log")
-    # shellcheck disable=SC2086
-    setsid $wrapper qemu-system-x86_64 -machine pc,accel=tcg -m "$mem" -nographic -no-reboot \
+    setsid "${wrap[@]}" qemu-system-x86_64 -machine pc,accel=tcg -m "$mem" -nographic -no-reboot \
       -monitor none -serial "file:$log" \
       -kernel "$FLEET_KERNEL" -initrd "$FLEET_INITRD" \
       -append "console=ttyS0 quiet hold=$hold" \
-      -drive "file=$image,if=virtio,format=raw,readonly=on" \
+      -drive "file=${image//,/,,},if=virtio,format=raw,readonly=on" \
       < /dev/null > "$log.qemu" 2>&1 &
     FLEET_PIDS+=($!)
     echo "$!" >> "$dir/pids"

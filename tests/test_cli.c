@@ -175,6 +175,30 @@ TEST_IMPL(cli_guest_bad_timeout)
 	return 0;
 }
 
+/* run-guest.sh takes --wrapper and --qemu-opt as shell words (a path with
+ * spaces quoted): unbalanced quotes are refused before the log is made or
+ * QEMU started. */
+TEST_IMPL(cli_guest_bad_wrapper)
+{
+	char f[600], cmd[2600];
+	snprintf(f, sizeof(f), "%s/empty", test_dir());
+	int fd = open(f, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	ASSERT(fd >= 0);
+	close(fd);
+	const char *opt[] = { "--wrapper \"'unclosed run --\"", "--qemu-opt '-incoming \"exec:cat'" };
+	const char *why[] = { "--wrapper is not a list of shell words", "--qemu-opt is not a list of shell words" };
+	for (size_t i = 0; i < sizeof(opt) / sizeof(opt[0]); i++) {
+		snprintf(cmd, sizeof(cmd), "timeout 60 guest/run-guest.sh --kernel %s --initrd %s --log %s/g.log "
+			 "%s %s >/dev/null 2>%s/err", f, f, test_dir(), opt[i], f, test_dir());
+		ASSERT_EQ(run(cmd), 1);
+		ASSERT(strstr(slurp("err"), why[i]));
+		char log[700];
+		snprintf(log, sizeof(log), "%s/g.log", test_dir());
+		ASSERT(access(log, F_OK) != 0);
+	}
+	return 0;
+}
+
 TEST_IMPL(cli_help_unknown)
 {
 	const char *b = build_dir();

@@ -100,7 +100,7 @@ FLEET_EXIT_HOOKS+=(stop_guests)
 mkdir -p "$out/run"
 MEMDEDUP_NO_SHARING=1 MEMDEDUP_LOG=$out/agent.log MEMDEDUP_RUN_DIR=$out/run guest/run-guest.sh --hold "$hold" \
   --log "$out/guest.log" --timeout $((hold + 150)) \
-  --wrapper "$md run --kernel-ksm=off --scan --domain=private --pages-to-scan=2000 --" \
+  --wrapper "$(printf %q "$md") run --kernel-ksm=off --scan --domain=private --pages-to-scan=2000 --" \
   --qemu-opt "-monitor tcp:127.0.0.1:$port,server,nowait" "$img" > "$out/guest.out" 2>&1 &
 guests+=($!)
 for _ in $(seq 1 240); do
@@ -168,7 +168,7 @@ fi
 
 # The snapshot, restored in a plain QEMU, goes on with the guest's hold.
 guest/run-guest.sh --hold "$hold" --log "$out/restored.log" --timeout $((hold + 120)) \
-  --resumed --qemu-opt "-incoming exec:cat<$out/snap" "$img" > "$out/restored.out" 2>&1 &
+  --resumed --qemu-opt "-incoming $(printf %q "exec:cat<$(printf %q "$out/snap")")" "$img" > "$out/restored.out" 2>&1 &
 guests+=($!)
 # The snapshotted guest holds, checks again and powers off: its QEMU, under
 # the agent, must exit 0 (run-guest.sh says why not).
@@ -208,7 +208,7 @@ guests+=($!)
 mkdir -p "$out/run-dest"
 MEMDEDUP_NO_SHARING=1 MEMDEDUP_LOG=$out/dest-agent.log MEMDEDUP_RUN_DIR=$out/run-dest guest/run-guest.sh \
   --hold "$hold" --log "$out/dest.log" --timeout $((hold + 150)) --resumed \
-  --wrapper "$md run --kernel-ksm=off --scan --domain=private --pages-to-scan=2000 --" \
+  --wrapper "$(printf %q "$md") run --kernel-ksm=off --scan --domain=private --pages-to-scan=2000 --" \
   --qemu-opt "-monitor tcp:127.0.0.1:$((port + 1)),server,nowait -incoming tcp:127.0.0.1:$((port + 2))" \
   "$img" > "$out/dest.out" 2>&1 &
 guests+=($!)

@@ -53,9 +53,9 @@ kill -0 "$daemon" 2>/dev/null && [ -S "$MEMDEDUP_SOCKET" ] \
   || fleet_die "memdedupd did not come up on $MEMDEDUP_SOCKET ($(tail -1 "$out/memdedupd.log" 2>/dev/null))"
 
 expect_pair "read-time sharing only" "$out/read" "$img" --hold "$hold" --timeout 200 \
-  --wrapper "$md run --kernel-ksm=off --"
+  --wrapper "$(printf %q "$md") run --kernel-ksm=off --"
 expect_pair scanning "$out/scan" "$img" --hold "$hold" --timeout 200 \
-  --wrapper "$md run --kernel-ksm=off --scan --pages-to-scan=2000 --sleep-ms=20 --"
+  --wrapper "$(printf %q "$md") run --kernel-ksm=off --scan --pages-to-scan=2000 --sleep-ms=20 --"
 
 expect_data "$img" "$out/read" "$out/scan"
 

@@ -36,7 +36,7 @@ mkdir -p "$MEMDEDUP_RUN_DIR"
 
 expect_pair "plain QEMU" "$out/none" "$img" --hold "$hold" --timeout 150
 expect_pair memdedup "$out/memdedup" "$img" --hold "$hold" --timeout 150 \
-  --wrapper "$md run --kernel-ksm=off --"
+  --wrapper "$(printf %q "$md") run --kernel-ksm=off --"
 
 expect_data "$img" "$out/none" "$out/memdedup"
 
