@@ -40,8 +40,9 @@ $(B)/libmemdedup.so: $(AGENT_OBJ)
 	$(CC) -shared -o $@ $^ $(LDFLAGS) -Wl,-soname,libmemdedup.so
 
 # The library preloaded into an unmodified VMM: the API plus the interposers.
+# Its soname is how `memdedup run` tells it from any other library.
 $(B)/libmemdedup-preload.so: $(AGENT_OBJ) $(PRELOAD_OBJ)
-	$(CC) -shared -o $@ $^ $(LDFLAGS) -ldl
+	$(CC) -shared -o $@ $^ $(LDFLAGS) -ldl -Wl,-soname,libmemdedup-preload.so
 
 $(B)/memdedup: $(CLI_OBJ) $(B)/libmemdedup.a
 	$(CC) -o $@ $^ $(LDFLAGS) $(JSON_LIBS)

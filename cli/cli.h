@@ -3,6 +3,8 @@
 #define MD_CLI_H
 #include <stddef.h>
 
+#include "printable.h"
+
 /* Exit codes: 0 success, 1 failure, 2 wrong usage. */
 #define MD_EXIT_USAGE 2
 
@@ -28,11 +30,6 @@ int md__status_daemon(const char *sock, struct json_t **out, char *why, size_t s
 /* Prints "memdedup CMD: MSG" and the usage hint to stderr; returns 2. */
 int md__usage_error(const struct md__cmd *cmd, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
-/* Copies s into buf (size > 0) fit for a terminal and for JSON: printable
- * characters of valid UTF-8 as they are, '?' for each control character
- * (C0, DEL, C1), invisible format character, and byte that is not valid
- * UTF-8. Stops before a character that would not fit. Returns buf. */
-const char *md__printable(const char *s, char *buf, size_t size);
 /* Returns 1 and prints help if argv[i] is -h/--help. */
 int md__wants_help(const struct md__cmd *cmd, const char *arg);
 #endif

@@ -80,7 +80,7 @@ const struct md__cmd md__cmd_set_def = {
 	.name = "set",
 	.summary = "change a scanning tunable of the agents",
 	.usage =
-	"usage: memdedup set [--pid P] KEY=VALUE...\n"
+	"usage: memdedup set [--pid P] [--] KEY=VALUE...\n"
 	"\n"
 	"Changes tunables of the agents' scanners, in the order given. Every\n"
 	"KEY=VALUE is checked first: if any is wrong, nothing is changed (exit 2).\n"
@@ -119,9 +119,11 @@ static int agent_listed(int32_t pid)
 	return listed;
 }
 
-/* Sends one CONTROL; prints the daemon's answer. Returns the exit code. */
+/* Sends one CONTROL; prints the daemon's answer. Returns the exit code;
+ * *no_agent set if memdedupd knows no agent of ctl->pid (the same for
+ * every pair after). */
 static int send_control(const struct md__cmd *cmd, struct md__client *c,
-			const struct md__msg_control *ctl)
+			const struct md__msg_control *ctl, int *no_agent)
 {
 	struct md__msg m = { .hdr.type = MD_MSG_CONTROL };
 	unsigned char buf[MD_MSG_HDR_SIZE + 16 + MD_KEY_MAX + MD_VALUE_MAX];
@@ -149,6 +151,7 @@ static int send_control(const struct md__cmd *cmd, struct md__client *c,
 		fprintf(stderr, "memdedup %s: no answer from the daemon: %s\n", cmd->name, strerror(-err));
 		return 1;
 	}
+	*no_agent = m.u.text.status == -ESRCH && ctl->pid;
 	if (m.u.text.status == -ESRCH && ctl->pid && agent_listed(ctl->pid)) {
 		/* memdedupd knows only the agents that scan (they connect to
 		 * it); `memdedup status` lists every agent by its stats file. */
@@ -213,10 +216,15 @@ static int parse(const struct md__cmd *cmd, int argc, char **argv, int32_t *pid,
 	*pid = 0;
 	*npairs = 0;
 	*pairs = argv + 1;
+	int opts_done = 0;	/* after "--", every word is a KEY=VALUE */
 	for (int i = 1; i < argc; i++) {
-		if (md__wants_help(cmd, argv[i]))
+		if (!opts_done && strcmp(argv[i], "--") == 0) {
+			opts_done = 1;
+			continue;
+		}
+		if (!opts_done && md__wants_help(cmd, argv[i]))
 			return -1;
-		if (strcmp(argv[i], "--pid") == 0 || strncmp(argv[i], "--pid=", 6) == 0) {
+		if (!opts_done && (strcmp(argv[i], "--pid") == 0 || strncmp(argv[i], "--pid=", 6) == 0)) {
 			const char *v = argv[i][5] == '=' ? argv[i] + 6 : (i + 1 < argc ? argv[++i] : NULL);
 			char *end, shown[64];
 			if (!v)
@@ -228,7 +236,7 @@ static int parse(const struct md__cmd *cmd, int argc, char **argv, int32_t *pid,
 				return md__usage_error(cmd, "invalid pid '%s'",
 						       md__printable(v, shown, sizeof(shown)));
 			*pid = (int32_t)p;
-		} else if (want_pairs && argv[i][0] != '-') {
+		} else if (want_pairs && (opts_done || argv[i][0] != '-')) {
 			const char *eq = strchr(argv[i], '=');
 			size_t kl = eq ? (size_t)(eq - argv[i]) : 0;
 			char shown[3 * (MD_KEY_MAX + MD_VALUE_MAX)];
@@ -270,19 +278,20 @@ static int run_op(const struct md__cmd *cmd, unsigned op, int argc, char **argv)
 	/* The daemon answers once the agents have done it (an unmerge copies
 	 * every merged page) or MD_CONTROL_WAIT_MS passed. */
 	md__client_set_timeout(c, MD_CONTROL_WAIT_MS + 5000);
+	int no_agent = 0;
 	if (op != MD_CTL_SET) {
-		ret = send_control(cmd, c, &ctl);
+		ret = send_control(cmd, c, &ctl, &no_agent);
 	} else {
 		/* One request a pair. memdedupd takes a value as its own when
 		 * it passes it on, so a pair some agent did not answer in time
 		 * is set all the same: the pairs after it are sent too (each
 		 * failure said), not left out of a half-applied command. */
-		for (int i = 0; i < npairs && md__client_alive(c); i++) {
+		for (int i = 0; i < npairs && md__client_alive(c) && !no_agent; i++) {
 			const char *eq = strchr(pairs[i], '=');
 			memset(ctl.key, 0, sizeof(ctl.key));
 			memcpy(ctl.key, pairs[i], (size_t)(eq - pairs[i]));
 			snprintf(ctl.value, sizeof(ctl.value), "%s", eq + 1);
-			if (send_control(cmd, c, &ctl))
+			if (send_control(cmd, c, &ctl, &no_agent))
 				ret = 1;
 		}
 	}

@@ -25,6 +25,9 @@
 #include "memdedup.h"
 #include "protocol.h"
 
+/* The preload library's file name and soname (the Makefile gives it). */
+#define PRELOAD_SONAME "libmemdedup-preload.so"
+
 const struct md__cmd md__cmd_run_def = {
 	.name = "run",
 	.summary = "run a command (a VMM) with the memdedup agent inside",
@@ -75,11 +78,63 @@ const struct md__cmd md__cmd_run_def = {
 	.run = md__cmd_run,
 };
 
+/* The file offset of the virtual address v in the ELF file fd of n
+ * program headers ph (the PT_LOAD segment holding it), or -1. */
+static off_t elf_offset(const Elf64_Phdr *ph, size_t n, uint64_t v)
+{
+	for (size_t i = 0; i < n; i++)
+		if (ph[i].p_type == PT_LOAD && v >= ph[i].p_vaddr && v - ph[i].p_vaddr < ph[i].p_filesz &&
+		    ph[i].p_offset + (v - ph[i].p_vaddr) <= (uint64_t)INT64_MAX)
+			return (off_t)(ph[i].p_offset + (v - ph[i].p_vaddr));
+	return -1;
+}
+
+/* Whether the 64-bit ELF shared object fd (header h) is named
+ * PRELOAD_SONAME (its DT_SONAME): 1, 0, or -errno. Any other library ld.so
+ * would preload without a word, and a position-independent executable it
+ * refuses with a warning: either way the command would run without the
+ * agent. Every offset and count comes from the file: each is bounded. */
+static int elf_is_agent(int fd, const Elf64_Ehdr *h)
+{
+	enum { PH_MAX = 64, DYN_MAX = 512 };
+	Elf64_Phdr ph[PH_MAX];
+	Elf64_Dyn dyn[DYN_MAX];
+	size_t nph = h->e_phnum, ndyn = 0;
+	if (h->e_phentsize != sizeof(Elf64_Phdr) || nph == 0 || nph > PH_MAX || h->e_phoff > INT64_MAX ||
+	    pread(fd, ph, nph * sizeof(ph[0]), (off_t)h->e_phoff) != (ssize_t)(nph * sizeof(ph[0])))
+		return 0;
+	for (size_t i = 0; i < nph; i++) {
+		if (ph[i].p_type != PT_DYNAMIC)
+			continue;
+		ndyn = ph[i].p_filesz / sizeof(Elf64_Dyn);
+		ndyn = ndyn < DYN_MAX ? ndyn : DYN_MAX;
+		if (ph[i].p_offset > INT64_MAX ||
+		    pread(fd, dyn, ndyn * sizeof(dyn[0]), (off_t)ph[i].p_offset) != (ssize_t)(ndyn * sizeof(dyn[0])))
+			return 0;
+		break;
+	}
+	uint64_t strtab = 0, soname = UINT64_MAX;
+	for (size_t i = 0; i < ndyn && dyn[i].d_tag != DT_NULL; i++) {
+		if (dyn[i].d_tag == DT_STRTAB)
+			strtab = dyn[i].d_un.d_ptr;
+		else if (dyn[i].d_tag == DT_SONAME)
+			soname = dyn[i].d_un.d_val;
+	}
+	if (!strtab || soname > UINT64_MAX - strtab)
+		return 0;
+	off_t at = elf_offset(ph, nph, strtab + soname);
+	char name[sizeof(PRELOAD_SONAME)];
+	if (at < 0 || pread(fd, name, sizeof(name), at) != (ssize_t)sizeof(name))
+		return 0;
+	return memcmp(name, PRELOAD_SONAME, sizeof(name)) == 0;
+}
+
 /* Whether path is a library ld.so can preload into what we run: a readable
- * regular file with an ELF header of a shared object for this machine (a
- * path LD_PRELOAD cannot carry, or any other file, would be skipped by
- * ld.so with a warning, and the command would run without the agent).
- * 0, else -errno and what is wrong in why. */
+ * regular file with an ELF header of a shared object for this machine,
+ * named as our agent (a path LD_PRELOAD cannot carry, or any other file,
+ * would be skipped by ld.so with a warning, or loaded in its place, and the
+ * command would run without the agent). 0, else -errno and what is wrong
+ * in why. */
 static int preload_usable(const char *path, char *why, size_t size)
 {
 	Elf64_Ehdr want, have;
@@ -120,6 +175,9 @@ static int preload_usable(const char *path, char *why, size_t size)
 		    have.e_ident[EI_DATA] != want.e_ident[EI_DATA] || have.e_machine != want.e_machine)) {
 		err = -ENOEXEC;
 		snprintf(why, size, "a library for another machine");
+	} else if (have.e_ident[EI_CLASS] != ELFCLASS64 || elf_is_agent(fd, &have) != 1) {
+		err = -ENOEXEC;
+		snprintf(why, size, "not the memdedup agent (its soname is not " PRELOAD_SONAME ")");
 	}
 out:
 	if (fd >= 0)
@@ -175,9 +233,9 @@ static int find_preload(char *out, size_t size)
 		return err;
 	}
 	if (exe_dir(exe, sizeof(exe)) == 0) {
-		snprintf(out, size, "%s/libmemdedup-preload.so", exe);
+		snprintf(out, size, "%s/" PRELOAD_SONAME, exe);
 		if (access(out, F_OK) != 0)
-			snprintf(out, size, "%s/../lib/memdedup/libmemdedup-preload.so", exe);
+			snprintf(out, size, "%s/../lib/memdedup/" PRELOAD_SONAME, exe);
 		if (access(out, F_OK) == 0) {
 			err = preload_usable(out, why, sizeof(why));
 			if (err)
@@ -321,17 +379,26 @@ static int script_interpreter(const char *path, char *out, size_t size)
 	return 1;
 }
 
-/* A script's interpreter (#!) must be there too, or the exec fails after
- * the daemon was started for it: 0, or -ENOENT / -EACCES as execve's. */
-static int interpreter_runs(const char *path)
+/* A script's interpreter (#!) must be there too, and its own if it is a
+ * script in turn, or the exec fails after the daemon was started for it: 0,
+ * or -ENOENT / -EACCES as execve's, the interpreter that fails in bad. */
+static int interpreter_runs(const char *path, char *bad, size_t size)
 {
-	char interp[256];
-	int r = script_interpreter(path, interp, sizeof(interp));
-	if (r <= 0)
-		return r;
-	if (access(interp, F_OK) != 0)
-		return -ENOENT;
-	return executable(interp) ? 0 : -EACCES;
+	char file[PATH_MAX + 64], next[256];
+	snprintf(file, sizeof(file), "%s", path);
+	/* The kernel follows at most 4 interpreters (BINPRM_MAX_RECURSION). */
+	for (int depth = 0; depth < 4; depth++) {
+		int r = script_interpreter(file, next, sizeof(next));
+		if (r <= 0)
+			return r;
+		snprintf(bad, size, "%s", next);
+		if (access(next, F_OK) != 0)
+			return -ENOENT;
+		if (!executable(next))
+			return -EACCES;
+		snprintf(file, sizeof(file), "%s", next);
+	}
+	return 0;	/* deeper: execve says ELOOP, after a daemon started (rare) */
 }
 
 /* A capability mask of /proc/self/status ("CapInh", "CapBnd"); 0 if not
@@ -654,8 +721,9 @@ int md__cmd_run(int argc, char **argv)
 	}
 	/* Both would merge the same pages, each behind the other's back. */
 	if (kernel_ksm_on && (scan || env_on("MEMDEDUP_SCAN")))
-		return md__usage_error(cmd, "--kernel-ksm=on cannot go with --scan: kernel KSM and the "
-				       "scanner would merge the same pages");
+		return md__usage_error(cmd, "--kernel-ksm=on cannot go with %s: kernel KSM and the "
+				       "scanner would merge the same pages",
+				       scan ? "--scan" : "MEMDEDUP_SCAN on in the environment");
 	/* Scanning: --scan, or MEMDEDUP_SCAN already in the environment. */
 	if (scan_only && !scan && !env_on("MEMDEDUP_SCAN")) {
 		size_t n = strlen(scan_only->name);
@@ -676,14 +744,19 @@ int md__cmd_run(int argc, char **argv)
 	 * executable). */
 	err = resolve_command(argv[i], exe, sizeof(exe));
 	int interp = 0;
+	char bad[256] = "", shown_bad[256], because[600];
 	if (!err)
-		interp = (err = interpreter_runs(exe)) != 0;
+		interp = (err = interpreter_runs(exe, bad, sizeof(bad))) != 0;
+	if (interp)
+		snprintf(because, sizeof(because), "its interpreter (#!) %s is %s",
+			 md__printable(bad, shown_bad, sizeof(shown_bad)),
+			 err == -ENOENT ? "missing" : "not executable");
 	if (err) {
 		char shown[256];
 		struct stat st;
 		fprintf(stderr, "memdedup run: cannot run '%s': %s\n",
 			md__printable(argv[i], shown, sizeof(shown)),
-			interp ? "its interpreter (#!) is missing or not executable" :
+			interp ? because :
 			err == -ENOENT && !strchr(argv[i], '/') ? "command not found in PATH" :
 			err == -EACCES && stat(exe, &st) == 0 && S_ISDIR(st.st_mode) ? "Is a directory" :
 			strerror(-err));

@@ -21,6 +21,7 @@
 
 #include "client.h"
 #include "daemon.h"
+#include "printable.h"
 #include "stats_file.h"
 
 static const char usage_text[] =
@@ -36,7 +37,7 @@ static const char usage_text[] =
 	"  --run-dir DIR    pid file, log and default socket (default: $MEMDEDUP_RUN_DIR,\n"
 	"                   /run/memdedup for root, else $XDG_RUNTIME_DIR/memdedup,\n"
 	"                   else /tmp/memdedup-UID)\n"
-	"  --pool-pages N   slots of each pool (default 1048576: 4 GiB)\n"
+	"  --pool-pages N   slots of each pool (default 1048576: 4 GiB; at most 67108864)\n"
 	"  -h, --help       this text\n"
 	"\n"
 	"MEMDEDUP_CONTROL_WAIT_MS=N (100..60000, default 60000): how long a control\n"
@@ -243,6 +244,7 @@ int main(int argc, char **argv)
 	size_t made = 0;
 	unsigned long long pages = MD_D_POOL_PAGES_DEFAULT;
 
+	opterr = 0;	/* said below, with what a terminal may show */
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		char *end;
 		switch (c) {
@@ -254,16 +256,25 @@ int main(int argc, char **argv)
 			pages = strtoull(optarg, &end, 10);
 			if (errno || *end || optarg[0] < '0' || optarg[0] > '9' || pages < 1 ||
 			    pages > MD_D_POOL_PAGES_MAX) {
-				fprintf(stderr, "memdedupd: --pool-pages must be 1..%u\n", MD_D_POOL_PAGES_MAX);
+				char shown[64];
+				fprintf(stderr, "memdedupd: --pool-pages must be 1..%u, not '%s'\n", MD_D_POOL_PAGES_MAX,
+					md__printable(optarg, shown, sizeof(shown)));
 				return 2;
 			}
 			break;
 		case 'h': fputs(usage_text, stdout); return 0;
-		default: fputs(usage_text, stderr); return 2;
+		default: {
+			char shown[256];
+			fprintf(stderr, "memdedupd: unknown option, or one without its value: '%s'\n%s",
+				md__printable(argv[optind - 1], shown, sizeof(shown)), usage_text);
+			return 2;
+		}
 		}
 	}
 	if (optind < argc) {
-		fprintf(stderr, "memdedupd: unexpected argument '%s'\n%s", argv[optind], usage_text);
+		char shown[256];
+		fprintf(stderr, "memdedupd: unexpected argument '%s'\n%s",
+			md__printable(argv[optind], shown, sizeof(shown)), usage_text);
 		return 2;
 	}
 	/* Started by a VMM's `memdedup run`, we inherit whatever it had open

@@ -7,7 +7,7 @@
 	X(regions_add_overlap) X(regions_remove_split) X(privatize_keeps_failed_owners) X(rangeset_covers) X(rangeset_remove) X(ours_set_covers) \
 	X(inflight_ranges) X(stats_parse_valid) X(stats_parse_rejects) X(proc_start_time) X(range_no_file_vmas) X(range_shared_finds_shared_maps) X(policies_follow_ranges) X(copy_own_pages_all_or_nothing) X(cow_break_changes_resident_pages) X(quiet_walks_wait_for_moved_pages) X(uring_entries_judged) X(uring_register_judged) X(range_runs_mapped_and_gone) \
 	X(parse_bool_strict) X(index_resists_chosen_tags) X(scan_off_hint_says_what_to_do) \
-	X(cli_usage) X(cli_run_numbers_strict) X(cli_run_checks_preload) X(cli_help_unknown) X(cli_bench_bad_arguments) X(cli_guest_bad_timeout) X(cli_guest_bad_wrapper) X(cli_set_checks_all_first) X(cli_set_sends_every_pair) X(cli_set_bad_value_says_why) \
+	X(cli_usage) X(cli_run_numbers_strict) X(cli_run_checks_preload) X(cli_help_unknown) X(cli_bench_bad_arguments) X(cli_guest_bad_options) X(cli_set_checks_all_first) X(cli_set_sends_every_pair) X(cli_set_bad_value_says_why) \
 	X(cli_run_missing_command_no_daemon) X(cli_run_setuid_refused) X(cli_run_file_caps_refused) X(cli_run_daemon_leaves_cgroup) X(cli_write_error_fails) X(cli_run_finds_daemon_in_path) X(cli_run_without_daemon_says_what_happens) X(cli_install_layout_runs) X(cli_run_scan_options_need_scan) \
 	X(cli_status_ksm_counter_missing) X(cli_status_dead_agent_gone) X(cli_status_files_private) X(cli_status_pid_names) X(cli_status_fifo_no_hang) X(cli_status_sanitized) X(cli_status_long_run_dir) X(cli_status_io_unseen) X(cli_status_totals_keep_settings) \
 	X(cli_status_reused_pid_gone) X(cli_status_locked_file_kept) X(cli_status_other_pid_ns) X(cli_status_same_pid_two_ns) X(cli_status_forked_child_not_agent) \

@@ -156,44 +156,31 @@ TEST_IMPL(cli_bench_bad_arguments)
 	return 0;
 }
 
-/* The guest kit's watchdog: a --timeout that is not a number of seconds
- * is refused before any guest starts (it never fired, the guest ran on). */
-TEST_IMPL(cli_guest_bad_timeout)
+/* The guest kit refuses bad options before its log is made or a guest
+ * started: a --timeout that is not a number of seconds (the watchdog never
+ * fired, the guest ran on), a --wrapper or --qemu-opt that is no list of
+ * shell words. */
+TEST_IMPL(cli_guest_bad_options)
 {
 	char f[600], cmd[2600];
 	snprintf(f, sizeof(f), "%s/empty", test_dir());
 	int fd = open(f, O_WRONLY | O_CREAT | O_TRUNC, 0600);
 	ASSERT(fd >= 0);
 	close(fd);
-	const char *bad[] = { "10s", "-5", "1e3" };
+	const char *bad[] = { "--timeout 10s", "--timeout -5", "--timeout 1e3",
+			      /* Shell words (a path with spaces quoted): unbalanced
+			       * quotes are refused before the log is made. */
+			      "--wrapper \"'unclosed run --\"", "--qemu-opt '-incoming \"exec:cat'" };
+	const char *why[] = { "--timeout must be a whole number of seconds", NULL, NULL,
+			      "--wrapper is not a list of shell words", "--qemu-opt is not a list of shell words" };
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		snprintf(cmd, sizeof(cmd), "timeout 60 guest/run-guest.sh --kernel %s --initrd %s --log %s/g.log "
-			 "--timeout %s %s >/dev/null 2>%s/err", f, f, test_dir(), bad[i], f, test_dir());
-		ASSERT_EQ(run(cmd), 1);
-		ASSERT(strstr(slurp("err"), "--timeout must be a whole number of seconds"));
-	}
-	return 0;
-}
-
-/* run-guest.sh takes --wrapper and --qemu-opt as shell words (a path with
- * spaces quoted): unbalanced quotes are refused before the log is made or
- * QEMU started. */
-TEST_IMPL(cli_guest_bad_wrapper)
-{
-	char f[600], cmd[2600];
-	snprintf(f, sizeof(f), "%s/empty", test_dir());
-	int fd = open(f, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-	ASSERT(fd >= 0);
-	close(fd);
-	const char *opt[] = { "--wrapper \"'unclosed run --\"", "--qemu-opt '-incoming \"exec:cat'" };
-	const char *why[] = { "--wrapper is not a list of shell words", "--qemu-opt is not a list of shell words" };
-	for (size_t i = 0; i < sizeof(opt) / sizeof(opt[0]); i++) {
-		snprintf(cmd, sizeof(cmd), "timeout 60 guest/run-guest.sh --kernel %s --initrd %s --log %s/g.log "
-			 "%s %s >/dev/null 2>%s/err", f, f, test_dir(), opt[i], f, test_dir());
-		ASSERT_EQ(run(cmd), 1);
-		ASSERT(strstr(slurp("err"), why[i]));
 		char log[700];
 		snprintf(log, sizeof(log), "%s/g.log", test_dir());
+		unlink(log);
+		snprintf(cmd, sizeof(cmd), "timeout 60 guest/run-guest.sh --kernel %s --initrd %s --log %s "
+			 "%s %s >/dev/null 2>%s/err", f, f, log, bad[i], f, test_dir());
+		ASSERT_EQ(run(cmd), 1);
+		ASSERT(strstr(slurp("err"), why[i] ? why[i] : why[0]));
 		ASSERT(access(log, F_OK) != 0);
 	}
 	return 0;
@@ -242,6 +229,19 @@ TEST_IMPL(cli_set_checks_all_first)
 	js = td_status(&t);
 	tun = json_object_get(json_object_get(js, "daemon"), "tunables");
 	ASSERT_EQ(td_int(tun, "pages_to_scan"), 500);
+	json_decref(js);
+	/* "--" ends the options, as scripts write it: after it even a word
+	 * like an option is a pair (and a wrong one). */
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup set -- --pid=1", t.sock, b), 2);
+	ASSERT(strstr(slurp("err"), "unknown key '--pid'"));
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup set --", t.sock, b), 2);
+	ASSERT(strstr(slurp("err"), "nothing to set"));
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup set -- pages_to_scan=600", t.sock, b), 0);
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup pause --", t.sock, b), 0);
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup resume --", t.sock, b), 0);
+	js = td_status(&t);
+	tun = json_object_get(json_object_get(js, "daemon"), "tunables");
+	ASSERT_EQ(td_int(tun, "pages_to_scan"), 600);
 	json_decref(js);
 	td_stop(&t);
 	return 0;
@@ -359,6 +359,17 @@ TEST_IMPL(cli_run_missing_command_no_daemon)
 	int alive7 = md__daemon_alive(sock), pid7 = kill_daemon_of(dir);
 	char err7[1024];
 	snprintf(err7, sizeof(err7), "%s", slurp("err"));
+	/* A script whose interpreter is a script whose own is missing: the
+	 * kernel follows the chain, and so must the check. */
+	char outer[460];
+	snprintf(outer, sizeof(outer), "%s/outer", test_dir());
+	f = fopen(outer, "w");
+	ASSERT(f && fprintf(f, "#!%s\n", script) > 0 && fclose(f) == 0);
+	ASSERT(chmod(outer, 0755) == 0);
+	int c8 = sh("MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- %s", dir, b, outer);
+	int alive8 = md__daemon_alive(sock), pid8 = kill_daemon_of(dir);
+	char err8[1024];
+	snprintf(err8, sizeof(err8), "%s", slurp("err"));
 	ASSERT_EQ(c1, 127);
 	ASSERT_EQ(c2, 127);
 	ASSERT_EQ(c3, 126);
@@ -366,11 +377,13 @@ TEST_IMPL(cli_run_missing_command_no_daemon)
 	ASSERT_EQ(c5, 0);
 	ASSERT_EQ(c6, 0);
 	ASSERT_EQ(c7, 127);
-	ASSERT(!alive1 && !alive2 && !alive3 && !alive4 && !alive5 && !alive6 && !alive7);
-	ASSERT(!pid1 && !pid2 && !pid3 && !pid4 && !pid5 && !pid6 && !pid7);
+	ASSERT_EQ(c8, 127);
+	ASSERT(!alive1 && !alive2 && !alive3 && !alive4 && !alive5 && !alive6 && !alive7 && !alive8);
+	ASSERT(!pid1 && !pid2 && !pid3 && !pid4 && !pid5 && !pid6 && !pid7 && !pid8);
 	ASSERT(strstr(err2, "cannot run 'memdedup-no-such-cmd': command not found"));
 	ASSERT(strstr(err4, "Is a directory"));
-	ASSERT(strstr(err7, "interpreter"));
+	ASSERT(strstr(err7, "its interpreter (#!) /nonexistent/interpreter is missing"));
+	ASSERT(strstr(err8, "its interpreter (#!) /nonexistent/interpreter is missing"));
 	return 0;
 }
 
@@ -671,6 +684,7 @@ TEST_IMPL(cli_run_scan_options_need_scan)
 	ASSERT_EQ(sh("%s/memdedup run --scan --kernel-ksm=on -- true", b), 2);
 	ASSERT(strstr(slurp("err"), "cannot go with --scan"));
 	ASSERT_EQ(sh("MEMDEDUP_SCAN=1 %s/memdedup run --kernel-ksm=on -- true", b), 2);
+	ASSERT(strstr(slurp("err"), "cannot go with MEMDEDUP_SCAN on in the environment"));
 	ASSERT_EQ(sh("%s/memdedup run --scan --domain=private --kernel-ksm=off -- true", b), 0);
 	ASSERT_EQ(sh("%s/memdedup run --scan --domain=private --sleep-ms=5 -- "
 		     "sh -c 'test \"$MEMDEDUP_SLEEP_MS\" = 5'", b), 0);
@@ -1134,11 +1148,19 @@ TEST_IMPL(cli_pause_not_scanning)
 	pid_t dead = dead_pid();
 	int c2 = sh("MEMDEDUP_RUN_DIR=%s/rd MEMDEDUP_SOCKET=%s %s/memdedup pause --pid %d", test_dir(), t.sock, b,
 		    (int)dead);
+	char err2[1024];
+	snprintf(err2, sizeof(err2), "%s", slurp("err"));
+	/* Said once for a set of several pairs, not once a pair. */
+	int c3 = sh("MEMDEDUP_RUN_DIR=%s/rd MEMDEDUP_SOCKET=%s %s/memdedup set --pid %d pages_to_scan=7 "
+		    "order=random", test_dir(), t.sock, b, (int)getpid());
+	const char *err3 = slurp("err"), *first = strstr(err3, "is not scanning");
 	td_stop(&t);
 	ASSERT_EQ(c1, 1);
 	ASSERT(strstr(err1, "is not scanning"));
 	ASSERT_EQ(c2, 1);
-	ASSERT(strstr(slurp("err"), "no agent with pid"));
+	ASSERT(strstr(err2, "no agent with pid"));
+	ASSERT_EQ(c3, 1);
+	ASSERT(first && !strstr(first + 1, "is not scanning"));
 	return 0;
 }
 
@@ -1364,7 +1386,19 @@ TEST_IMPL(cli_run_checks_preload)
 	 * runs without the agent: `run` refuses first, running nothing. */
 	char dir[] = "/tmp/memdedup-cli-XXXXXX", cmd[512];
 	ASSERT(mkdtemp(dir));
-	const char *bad[] = { "/etc/passwd", "/", "/nonexistent/libmemdedup-preload.so", "build/a:b.so" };
+	/* Other shared objects too: ld.so would load the API library (or libc)
+	 * without the agent's interposers, and refuse a position-independent
+	 * executable with a warning; and the agent cut short at a few lengths,
+	 * its headers pointing past the end. */
+	char cut[4][64];
+	const size_t len[4] = { 64, 300, 4096, 65536 };
+	for (size_t i = 0; i < 4; i++) {
+		snprintf(cut[i], sizeof(cut[i]), "%s/cut%zu.so", dir, len[i]);
+		snprintf(cmd, sizeof(cmd), "head -c %zu build/libmemdedup-preload.so > %s", len[i], cut[i]);
+		ASSERT_EQ(run(cmd), 0);
+	}
+	const char *bad[] = { "/etc/passwd", "/", "/nonexistent/libmemdedup-preload.so", "build/a:b.so",
+			      "build/libmemdedup.so", "/bin/true", cut[0], cut[1], cut[2], cut[3] };
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		snprintf(cmd, sizeof(cmd), "MEMDEDUP_PRELOAD='%s' build/memdedup run -- touch %s/ran 2>/dev/null",
 			 bad[i], dir);
@@ -1374,6 +1408,8 @@ TEST_IMPL(cli_run_checks_preload)
 	}
 	ASSERT_EQ(run("MEMDEDUP_PRELOAD=/etc/passwd build/memdedup run -- true 2>&1 | grep -q "
 		      "\"MEMDEDUP_PRELOAD='/etc/passwd' cannot be preloaded: not a shared library\""), 0);
+	ASSERT_EQ(run("MEMDEDUP_PRELOAD=build/libmemdedup.so build/memdedup run -- true 2>&1 | grep -q "
+		      "'not the memdedup agent'"), 0);
 	ASSERT_EQ(run("MEMDEDUP_PRELOAD=/ build/memdedup run -- true 2>&1 | grep -q 'not a regular file'"), 0);
 	/* The real one runs the command. */
 	snprintf(cmd, sizeof(cmd), "MEMDEDUP_PRELOAD=build/libmemdedup-preload.so build/memdedup run -- touch %s/ran", dir);

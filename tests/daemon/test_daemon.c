@@ -3689,6 +3689,11 @@ TEST_IMPL(daemon_single_instance)
 	ASSERT(md__daemon_alive(t.sock));
 	ASSERT_EQ(td_sh("%s/memdedupd --pool-pages 0 2>/dev/null", b), 2);
 	ASSERT_EQ(td_sh("%s/memdedupd --bogus 2>/dev/null", b), 2);
+	/* What the terminal is shown of a bad argument has no escape in it. */
+	ASSERT_EQ(td_sh("%s/memdedupd \"$(printf 'x\\033[31m')\" 2>%s/err; grep -qF \"'x?[31m'\" %s/err && "
+			"! grep -q \"$(printf '\\033')\" %s/err", b, t.dir, t.dir, t.dir), 0);
+	ASSERT_EQ(td_sh("%s/memdedupd --pool-pages=abc 2>%s/err; grep -qF \"not 'abc'\" %s/err", b, t.dir, t.dir),
+		  0);
 	ASSERT_EQ(td_sh("%s/memdedupd --help >/dev/null", b), 0);
 	td_stop(&t);
 	return 0;
