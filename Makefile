@@ -17,7 +17,7 @@ include engine/engine.mk
 include daemon/daemon.mk
 AGENT_SRC  += $(ENGINE_SRC) $(COMMON_DAEMON_SRC)
 PRELOAD_SRC := agent/preload.c
-CLI_SRC    := cli/main.c cli/cmd_run.c cli/cmd_status.c $(DAEMON_CLI_SRC)
+CLI_SRC    := cli/main.c cli/cmd_run.c cli/elfcheck.c cli/cmd_status.c $(DAEMON_CLI_SRC)
 JSON_CFLAGS := $(shell pkg-config --cflags jansson 2>/dev/null)
 JSON_LIBS   := $(shell pkg-config --libs jansson 2>/dev/null || echo -ljansson)
 

@@ -34,7 +34,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 trap 'exit 129' HUP
 for i in 1 2; do
-  guest/run-guest.sh --hold "$hold" --wrapper "build/memdedup run --kernel-ksm=off $(printf '%q ' "$@")--" \
+  guest/run-guest.sh --hold "$hold" --wrapper "$(printf '%q ' build/memdedup run --kernel-ksm=off "$@" --)" \
     --log "$out/g$i.log" "$image" >/dev/null 2>&1 &
   pids+=($!)
 done

@@ -30,6 +30,10 @@ int md__status_daemon(const char *sock, struct json_t **out, char *why, size_t s
 /* Prints "memdedup CMD: MSG" and the usage hint to stderr; returns 2. */
 int md__usage_error(const struct md__cmd *cmd, const char *fmt, ...)
 	__attribute__((format(printf, 2, 3)));
+/* 1 if the file fd is a 64-bit ELF shared object whose DT_SONAME is name
+ * (at most 255 bytes), else 0 (not ELF, another name, none, a file cut
+ * short or malformed). */
+int md__elf_soname_is(int fd, const char *name);
 /* Returns 1 and prints help if argv[i] is -h/--help. */
 int md__wants_help(const struct md__cmd *cmd, const char *arg);
 #endif

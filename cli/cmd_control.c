@@ -38,7 +38,7 @@ const struct md__cmd md__cmd_pause_def = {
 	.name = "pause",
 	.summary = "stop the agents' content scanning (pages stay shared)",
 	.usage =
-	"usage: memdedup pause [--pid P]\n"
+	"usage: memdedup pause [--pid P] [--]\n"
 	"\n"
 	"Asks every agent (or one) to stop scanning for equal pages. Pages already\n"
 	"shared stay shared; `memdedup resume` starts the scanning again.\n"
@@ -50,7 +50,7 @@ const struct md__cmd md__cmd_resume_def = {
 	.name = "resume",
 	.summary = "resume the agents' content scanning",
 	.usage =
-	"usage: memdedup resume [--pid P]\n"
+	"usage: memdedup resume [--pid P] [--]\n"
 	"\n"
 	"Undoes `memdedup pause`.\n"
 	"\n" PID_HELP,
@@ -61,7 +61,7 @@ const struct md__cmd md__cmd_unmerge_def = {
 	.name = "unmerge",
 	.summary = "make every merged page private again",
 	.usage =
-	"usage: memdedup unmerge [--pid P]\n"
+	"usage: memdedup unmerge [--pid P] [--]\n"
 	"\n"
 	"Asks every agent (or one) to give each guest page it shares a private copy\n"
 	"again (merged into the shared pool, merged onto a disk image, or shared\n"
@@ -285,7 +285,9 @@ static int run_op(const struct md__cmd *cmd, unsigned op, int argc, char **argv)
 		/* One request a pair. memdedupd takes a value as its own when
 		 * it passes it on, so a pair some agent did not answer in time
 		 * is set all the same: the pairs after it are sent too (each
-		 * failure said), not left out of a half-applied command. */
+		 * failure said), not left out of a half-applied command. Not
+		 * after an answer that memdedupd knows no agent of --pid: it
+		 * would be the same for every pair. */
 		for (int i = 0; i < npairs && md__client_alive(c) && !no_agent; i++) {
 			const char *eq = strchr(pairs[i], '=');
 			memset(ctl.key, 0, sizeof(ctl.key));

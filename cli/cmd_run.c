@@ -78,57 +78,6 @@ const struct md__cmd md__cmd_run_def = {
 	.run = md__cmd_run,
 };
 
-/* The file offset of the virtual address v in the ELF file fd of n
- * program headers ph (the PT_LOAD segment holding it), or -1. */
-static off_t elf_offset(const Elf64_Phdr *ph, size_t n, uint64_t v)
-{
-	for (size_t i = 0; i < n; i++)
-		if (ph[i].p_type == PT_LOAD && v >= ph[i].p_vaddr && v - ph[i].p_vaddr < ph[i].p_filesz &&
-		    ph[i].p_offset + (v - ph[i].p_vaddr) <= (uint64_t)INT64_MAX)
-			return (off_t)(ph[i].p_offset + (v - ph[i].p_vaddr));
-	return -1;
-}
-
-/* Whether the 64-bit ELF shared object fd (header h) is named
- * PRELOAD_SONAME (its DT_SONAME): 1, 0, or -errno. Any other library ld.so
- * would preload without a word, and a position-independent executable it
- * refuses with a warning: either way the command would run without the
- * agent. Every offset and count comes from the file: each is bounded. */
-static int elf_is_agent(int fd, const Elf64_Ehdr *h)
-{
-	enum { PH_MAX = 64, DYN_MAX = 512 };
-	Elf64_Phdr ph[PH_MAX];
-	Elf64_Dyn dyn[DYN_MAX];
-	size_t nph = h->e_phnum, ndyn = 0;
-	if (h->e_phentsize != sizeof(Elf64_Phdr) || nph == 0 || nph > PH_MAX || h->e_phoff > INT64_MAX ||
-	    pread(fd, ph, nph * sizeof(ph[0]), (off_t)h->e_phoff) != (ssize_t)(nph * sizeof(ph[0])))
-		return 0;
-	for (size_t i = 0; i < nph; i++) {
-		if (ph[i].p_type != PT_DYNAMIC)
-			continue;
-		ndyn = ph[i].p_filesz / sizeof(Elf64_Dyn);
-		ndyn = ndyn < DYN_MAX ? ndyn : DYN_MAX;
-		if (ph[i].p_offset > INT64_MAX ||
-		    pread(fd, dyn, ndyn * sizeof(dyn[0]), (off_t)ph[i].p_offset) != (ssize_t)(ndyn * sizeof(dyn[0])))
-			return 0;
-		break;
-	}
-	uint64_t strtab = 0, soname = UINT64_MAX;
-	for (size_t i = 0; i < ndyn && dyn[i].d_tag != DT_NULL; i++) {
-		if (dyn[i].d_tag == DT_STRTAB)
-			strtab = dyn[i].d_un.d_ptr;
-		else if (dyn[i].d_tag == DT_SONAME)
-			soname = dyn[i].d_un.d_val;
-	}
-	if (!strtab || soname > UINT64_MAX - strtab)
-		return 0;
-	off_t at = elf_offset(ph, nph, strtab + soname);
-	char name[sizeof(PRELOAD_SONAME)];
-	if (at < 0 || pread(fd, name, sizeof(name), at) != (ssize_t)sizeof(name))
-		return 0;
-	return memcmp(name, PRELOAD_SONAME, sizeof(name)) == 0;
-}
-
 /* Whether path is a library ld.so can preload into what we run: a readable
  * regular file with an ELF header of a shared object for this machine,
  * named as our agent (a path LD_PRELOAD cannot carry, or any other file,
@@ -175,9 +124,10 @@ static int preload_usable(const char *path, char *why, size_t size)
 		    have.e_ident[EI_DATA] != want.e_ident[EI_DATA] || have.e_machine != want.e_machine)) {
 		err = -ENOEXEC;
 		snprintf(why, size, "a library for another machine");
-	} else if (have.e_ident[EI_CLASS] != ELFCLASS64 || elf_is_agent(fd, &have) != 1) {
+	} else if (md__elf_soname_is(fd, PRELOAD_SONAME) != 1) {
 		err = -ENOEXEC;
-		snprintf(why, size, "not the memdedup agent (its soname is not " PRELOAD_SONAME ")");
+		snprintf(why, size, "not the memdedup agent (no soname " PRELOAD_SONAME
+			 ": another library, an executable, or a damaged file)");
 	}
 out:
 	if (fd >= 0)
@@ -389,8 +339,11 @@ static int interpreter_runs(const char *path, char *bad, size_t size)
 	/* The kernel follows at most 4 interpreters (BINPRM_MAX_RECURSION). */
 	for (int depth = 0; depth < 4; depth++) {
 		int r = script_interpreter(file, next, sizeof(next));
-		if (r <= 0)
+		if (r <= 0) {
+			if (r < 0)
+				snprintf(bad, size, "%s", "");	/* "#!" alone */
 			return r;
+		}
 		snprintf(bad, size, "%s", next);
 		if (access(next, F_OK) != 0)
 			return -ENOENT;
@@ -747,7 +700,9 @@ int md__cmd_run(int argc, char **argv)
 	char bad[256] = "", shown_bad[256], because[600];
 	if (!err)
 		interp = (err = interpreter_runs(exe, bad, sizeof(bad))) != 0;
-	if (interp)
+	if (interp && !*bad)
+		snprintf(because, sizeof(because), "a #! line in it, or in its interpreter, names none");
+	else if (interp)
 		snprintf(because, sizeof(because), "its interpreter (#!) %s is %s",
 			 md__printable(bad, shown_bad, sizeof(shown_bad)),
 			 err == -ENOENT ? "missing" : "not executable");

@@ -98,11 +98,14 @@ $(B)/fuzz-daemon-seeds: fuzz/daemon_seeds.c fuzz/fuzz_daemon.h $(B)/libmemdedup.
 	$(CC) $(MD_CFLAGS) $(CFLAGS) -Iengine -o $@ $(filter-out %.h,$^) $(LDFLAGS)
 $(B)/fuzz-client-seeds: fuzz/client_seeds.c fuzz/fuzz_client.h $(B)/libmemdedup.a
 	$(CC) $(MD_CFLAGS) $(CFLAGS) -o $@ $(filter-out %.h,$^) $(LDFLAGS)
-fuzz-seeds: $(B)/fuzz-seeds $(B)/fuzz-stats-seeds $(B)/fuzz-daemon-seeds $(B)/fuzz-client-seeds
+fuzz-seeds: $(B)/fuzz-seeds $(B)/fuzz-stats-seeds $(B)/fuzz-daemon-seeds $(B)/fuzz-client-seeds \
+            $(B)/fuzz-elf-seeds
 	$(B)/fuzz-seeds fuzz/corpus/protocol
 	$(B)/fuzz-stats-seeds fuzz/corpus/stats_file
 	@mkdir -p fuzz/corpus/daemon fuzz/corpus/client
 	$(B)/fuzz-daemon-seeds fuzz/corpus/daemon
 	$(B)/fuzz-client-seeds fuzz/corpus/client
+	@mkdir -p fuzz/corpus/elf
+	$(B)/fuzz-elf-seeds fuzz/corpus/elf
 
 .PHONY: fuzz-protocol fuzz-daemon fuzz-daemon-build fuzz-client fuzz-client-build fuzz-seeds

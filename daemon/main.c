@@ -265,8 +265,15 @@ int main(int argc, char **argv)
 		case 'h': fputs(usage_text, stdout); return 0;
 		default: {
 			char shown[256];
-			fprintf(stderr, "memdedupd: unknown option, or one without its value: '%s'\n%s",
-				md__printable(argv[optind - 1], shown, sizeof(shown)), usage_text);
+			/* A long option as written, else a short one's letter (in a
+			 * group, optind has not moved past it yet). */
+			const char *w = optind > 1 ? argv[optind - 1] : "";
+			if (strncmp(w, "--", 2) == 0 || !optopt)
+				md__printable(w, shown, sizeof(shown));
+			else
+				snprintf(shown, sizeof(shown), "-%c", optopt > ' ' && optopt < 127 ? optopt : '?');
+			fprintf(stderr, "memdedupd: unknown option, or one without its value: '%s'\n%s", shown,
+				usage_text);
 			return 2;
 		}
 		}

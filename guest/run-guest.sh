@@ -52,8 +52,8 @@ timeout=${timeout:-$((300 + hold))}
 case "$timeout" in ''|*[!0-9]*) die "--timeout must be a whole number of seconds" ;; esac
 # The wrapper and the extra options are shell words (a path in them quoted).
 wrap=() extra=()
-eval "wrap=($wrapper)" 2>/dev/null || die "--wrapper is not a list of shell words: $wrapper"
-eval "extra=($qopt)" 2>/dev/null || die "--qemu-opt is not a list of shell words: $qopt"
+eval "wrap=($wrapper)" || die "--wrapper is not a list of shell words: $wrapper"
+eval "extra=($qopt)" || die "--qemu-opt is not a list of shell words: $qopt"
 command -v qemu-system-x86_64 >/dev/null || die "qemu-system-x86_64 not found (scripts/install-deps.sh guest)"
 log=${log:-$root/build/guest/run-$$.log}
 mkdir -p "$(dirname "$log")"

@@ -21,9 +21,16 @@ $(B)/libibverbs-stub.so: $(B)/tests/stub_ibverbs.o
 $(B)/libnopeerpidfd-stub.so: $(B)/tests/stub_nopeerpidfd.o
 	$(CC) -shared -o $@ $^ $(LDFLAGS) -ldl
 
-tests-build: $(B)/runner $(B)/testproc $(B)/libibverbs-stub.so $(B)/libnopeerpidfd-stub.so $(B)/fuzz-replay
+tests-build: $(B)/runner $(B)/testproc $(B)/libibverbs-stub.so $(B)/libnopeerpidfd-stub.so $(B)/fuzz-replay \
+             $(B)/fuzz-replay-elf
 
 $(B)/fuzz-replay: fuzz/replay.c fuzz/fuzz_stats_file.c $(B)/libmemdedup.a
+	$(CC) $(MD_CFLAGS) $(CFLAGS) -o $@ $^ $(LDFLAGS)
+
+# memdedup run's check of MEMDEDUP_PRELOAD, a file of the operator's.
+$(B)/fuzz-replay-elf: fuzz/replay.c fuzz/fuzz_elf.c cli/elfcheck.c
+	$(CC) $(MD_CFLAGS) $(CFLAGS) -Icli -o $@ $^ $(LDFLAGS)
+$(B)/fuzz-elf-seeds: fuzz/elf_seeds.c
 	$(CC) $(MD_CFLAGS) $(CFLAGS) -o $@ $^ $(LDFLAGS)
 
 check-deps:
@@ -37,14 +44,17 @@ check-unit: all
 # parser's overread is caught (a plain build sees crashes alone).
 ASAN_BUILD = $(MAKE) B=build-asan OPT="-O1 -g -fno-omit-frame-pointer" SAN="-fsanitize=address,undefined"
 
-check-fuzz: $(B)/fuzz-replay $(B)/fuzz-replay-protocol $(B)/fuzz-replay-daemon $(B)/fuzz-replay-client
+check-fuzz: $(B)/fuzz-replay $(B)/fuzz-replay-protocol $(B)/fuzz-replay-daemon $(B)/fuzz-replay-client \
+            $(B)/fuzz-replay-elf
 	$(B)/fuzz-replay fuzz/corpus/stats_file
+	$(B)/fuzz-replay-elf fuzz/corpus/elf
 	$(B)/fuzz-replay-protocol fuzz/corpus/protocol
 	$(B)/fuzz-replay-daemon fuzz/corpus/daemon
 	$(B)/fuzz-replay-client fuzz/corpus/client
 	$(ASAN_BUILD) build-asan/fuzz-replay build-asan/fuzz-replay-protocol build-asan/fuzz-replay-daemon \
-	  build-asan/fuzz-replay-client
+	  build-asan/fuzz-replay-client build-asan/fuzz-replay-elf
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay fuzz/corpus/stats_file
+	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-elf fuzz/corpus/elf
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-protocol fuzz/corpus/protocol
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-daemon fuzz/corpus/daemon
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-client fuzz/corpus/client
@@ -64,6 +74,9 @@ fuzz: $(AGENT_SRC) fuzz/fuzz_stats_file.c
 	clang -g -O1 -fsanitize=fuzzer,address -std=c11 -D_GNU_SOURCE -Iinclude -Icommon \
 	  -o $(B)/fuzz-stats-file fuzz/fuzz_stats_file.c common/stats_file.c common/log.c
 	$(B)/fuzz-stats-file -max_total_time=60 fuzz/corpus/stats_file
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -Iinclude -Icommon -Icli \
+	  -o $(B)/fuzz-elf fuzz/fuzz_elf.c cli/elfcheck.c
+	$(B)/fuzz-elf -max_total_time=60 -max_len=4096 fuzz/corpus/elf
 	$(MAKE) fuzz-protocol
 	$(MAKE) fuzz-daemon
 	$(MAKE) fuzz-client
@@ -85,6 +98,7 @@ check-sanitize:
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-protocol fuzz/corpus/protocol
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-daemon fuzz/corpus/daemon
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-client fuzz/corpus/client
+	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-elf fuzz/corpus/elf
 	MD_BUILD_DIR=build-asan MD_TEST_PRELOAD_FIRST=$$($(CC) -print-file-name=libasan.so) \
 	  ASAN_OPTIONS=detect_leaks=0 build-asan/runner
 

@@ -119,7 +119,7 @@ if [ "${merged:-0}" -ge 1000 ]; then
 else
   fail "the scanner merged ${merged:-no} pages before the snapshot (need >= 1000)"
 fi
-reply=$(hmp "migrate_set_capability background-snapshot on" "migrate -d \"exec:cat > $out/snap\"")
+reply=$(hmp "migrate_set_capability background-snapshot on" "migrate -d \"exec:cat > '$out/snap'\"")
 if grep -qi error <<<"$reply"; then
   fail "QEMU refused the background snapshot: $(grep -i error <<<"$reply" | head -1)"
 else
