@@ -572,6 +572,30 @@ static ssize_t copied_segments(struct md_agent *a, int fd, const struct iovec *i
 	return n;
 }
 
+/* A read the agent copied whole (preadv2 flags, the file position): each
+ * segment it filled in guest RAM, a page or more, is hinted like any read
+ * copied. At the file position the offset is not known: no file with it
+ * (memdedupd's READS pair reads by file page). */
+static void copied_whole(struct md_agent *a, int fd, const struct iovec *iov, int iovcnt, ssize_t n, off_t off)
+{
+	size_t done = 0;
+	for (int i = 0; i < iovcnt && n > 0 && done < (size_t)n; done += iov[i++].iov_len) {
+		size_t len = iov[i].iov_len < (size_t)n - done ? iov[i].iov_len : (size_t)n - done;
+		uintptr_t at = (uintptr_t)iov[i].iov_base;
+		md__agent_enter(a);
+		int in = len >= MD_PAGE && md__region_find(a, at, len) != NULL;
+		md__agent_leave(a);
+		if (!in || !a->engine)
+			continue;
+		if (off != -1) {
+			copied_read(a, fd, at, len, off + (off_t)done, 0);
+		} else {
+			md__hints_push(&a->hints, at, len, 0, 0);
+			md__scanner_poke(&a->scanner);
+		}
+	}
+}
+
 static int any_in_ram(struct md_agent *a, const struct iovec *iov, int iovcnt)
 {
 	int found = 0;
@@ -595,7 +619,11 @@ ssize_t md_agent_preadv(md_agent *a, int fd, const struct iovec *iov, int iovcnt
 		md__fallback(a, MD_FB_FLAGS, 1);
 		md__log_once(91, "reads into guest RAM with preadv2 flags or at the file position "
 			     "are copied");
-		return tracked_preadv(a, fd, iov, iovcnt, off, flags, 0);
+		ssize_t n = tracked_preadv(a, fd, iov, iovcnt, off, flags, 0);
+		int saved = errno;
+		copied_whole(a, fd, iov, iovcnt, n, off);
+		errno = saved;
+		return n;
 	}
 	/* Segment by segment, as preadv fills them: stop at a short read. A
 	 * segment that could be mapped is a read of its own; the segments

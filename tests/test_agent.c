@@ -716,6 +716,26 @@ TEST_IMPL(tmpfs_image_holes_copied)
 	return 0;
 }
 
+/* A read at the file position (preadv2's offset -1; flags too) is copied
+ * whole, never shared: its segments in guest RAM are hinted to the scanner
+ * all the same, the likeliest duplicates. */
+TEST_IMPL(position_reads_hinted)
+{
+	const char *img = image(3);
+	const char *env[] = { "MEMDEDUP_SCAN=1", "MEMDEDUP_DOMAIN=private", "MEMDEDUP_SLEEP_MS=10000", NULL };
+	struct proc a;
+	int fd = start_reader(&a, img, env);
+	ASSERT_EQ(proc_num(&a, "preadv %d %u 0 %u pos", fd, MB, MB), MB);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", MB), hex(fnv_file(img, MB, MB))) == 0);
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 3000, hints_counted), 0);
+	ASSERT_EQ(s.hints_pushed, 2);	/* its two halves */
+	ASSERT_EQ(s.pages_shared_at_read, 0);
+	ASSERT_EQ(s.fallbacks[MD_FB_FLAGS], 1);
+	proc_stop(&a);
+	return 0;
+}
+
 static int has_lease_break(const md_stats *s) { return s->lease_breaks > 0; }
 
 /* Opens img for writing (which waits for the agent to give its lease back;

@@ -922,14 +922,17 @@ int main(void)
 			sscanf(line, "%*s %lld %lld %lld %lld %31s", &a1, &a2, &a3, &a4, s2);
 			size_t half = (size_t)a4 / 2;
 			/* heap: the second half read into the heap; skew: into
-			 * guest RAM a byte past its place (O_DIRECT refuses it) */
+			 * guest RAM a byte past its place (O_DIRECT refuses it);
+			 * pos: preadv2 at the file position, moved to OFF first */
 			char *heap = strcmp(s2, "heap") == 0 ? malloc(half) : NULL;
 			int skew = strcmp(s2, "skew") == 0;
 			struct iovec iov[2] = {
 				{ base + a3, half },
 				{ heap ? heap : base + a3 + half + skew, (size_t)a4 - half },
 			};
-			ssize_t r = preadv((int)a1, iov, 2, (off_t)a2);
+			ssize_t r = strcmp(s2, "pos") != 0 ? preadv((int)a1, iov, 2, (off_t)a2) :
+				    lseek((int)a1, (off_t)a2, SEEK_SET) != (off_t)a2 ? -1 :
+				    preadv2((int)a1, iov, 2, -1, 0);
 			if (heap) {
 				memcpy(base + a3 + half, heap, (size_t)a4 - half);
 				free(heap);
