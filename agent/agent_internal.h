@@ -251,6 +251,9 @@ extern int md__regions_fail_reserve;
 /* Tests only: the next md__privatize fails with this (a negative errno)
  * and copies nothing. 0 otherwise. */
 extern int md__privatize_fail;
+/* Tests only: called by an unmerge between two parts of its copies, its
+ * locks let go (the agent's, the regions', the engine's). */
+extern void (*md__unmerge_part_hook)(struct md_agent *a);
 /* Tests only: md_agent_io_unseen's first call sleeps this long (us) before
  * it is done, and then counts md__io_unseen_slept. */
 extern unsigned md__io_unseen_delay_us, md__io_unseen_slept;

@@ -336,28 +336,48 @@ int md_agent_set(md_agent *a, const char *key, const char *value)
 	return bit < 0 ? bit : 0;
 }
 
-/* Calls fn on each run of pages of r that show a pool page. */
-static int for_each_pool_run(struct md__engine *e, struct md__eregion *r,
-			     int (*fn)(struct md__engine *e, uintptr_t addr, size_t len))
+/* Calls fn on each run of pages of r from page *from on that map a pool
+ * page: with a slot, or, unless slots_only, without since memdedupd went
+ * (MD_REF_FILE alone: maybe still the old pool's page; a private one is
+ * left alone). Each page looked at spends one of *budget, each passed to
+ * fn 9 (a copy costs more than a look); stops once it is spent, after
+ * a run (cut to what is left), with *from the page after it (the region's
+ * end when done). */
+static int for_each_pool_run(struct md__engine *e, struct md__eregion *r, size_t *from, size_t *budget,
+			     int slots_only, int (*fn)(struct md__engine *e, uintptr_t addr, size_t len))
 {
-	size_t np = (r->end - r->start) / MD_EPAGE;
+	size_t np = (r->end - r->start) / MD_EPAGE, p = *from;
 	int err = 0;
-	/* With a slot, or without since memdedupd went (MD_REF_FILE alone:
-	 * maybe still the old pool's page; a private one is left alone). */
-	for (size_t p = 0; p < np;) {
-		if (!MD_REF_SLOT(r->ref[p]) && r->ref[p] != MD_REF_FILE) {
+#define POOL_PAGE(v) (MD_REF_SLOT(v) || (!slots_only && (v) == MD_REF_FILE))
+	while (p < np && *budget) {
+		size_t q = p, cap = *budget / 9 ? *budget / 9 : 1;
+		while (q < np && q - p < cap && POOL_PAGE(r->ref[q]))
+			q++;
+		if (q == p) {
 			p++;
+			*budget -= 1;
 			continue;
 		}
-		size_t q = p;
-		while (q < np && (MD_REF_SLOT(r->ref[q]) || r->ref[q] == MD_REF_FILE))
-			q++;
 		int e2 = fn(e, r->start + p * MD_EPAGE, (q - p) * MD_EPAGE);
 		if (e2 && !err)
 			err = e2;
+		*budget -= *budget > 9 * (q - p) ? 9 * (q - p) : *budget;
 		p = q;
 	}
+#undef POOL_PAGE
+	*from = p;
 	return err;
+}
+
+/* The region of guest RAM holding address at, else the lowest above it
+ * (the engine's are not in address order); NULL if none. */
+static struct md__eregion *region_from(struct md__engine *e, uintptr_t at)
+{
+	struct md__eregion *best = NULL;
+	for (size_t i = 0; i < e->nregions; i++)
+		if (e->regions[i].end > at && (!best || e->regions[i].start < best->start))
+			best = &e->regions[i];
+	return best;
 }
 
 static int copy_run(struct md__engine *e, uintptr_t addr, size_t len)
@@ -371,6 +391,29 @@ static int copy_run(struct md__engine *e, uintptr_t addr, size_t len)
 	 * wrote since is private already and left alone. */
 	return md__sys_madvise((void *)addr, len, MADV_POPULATE_WRITE) == 0 ? 0 : -errno;
 }
+
+/* Copies the pool runs of r from page *from on, as for_each_pool_run, and
+ * gives back the slots of the pages copied. */
+static int copy_pool_runs(struct md__engine *e, struct md__eregion *r, size_t *from, size_t *budget,
+			  int slots_only)
+{
+	size_t p0 = *from;
+	int err = for_each_pool_run(e, r, from, budget, slots_only, copy_run);
+	for (size_t p = p0; p < *from && !err; p++) {
+		if (MD_REF_SLOT(r->ref[p])) {
+			md__engine_release_ref(e, r, p);
+			r->ref[p] = MD_REF_FILE;	/* private now, in a pool mapping */
+		}
+	}
+	return err;
+}
+
+void (*md__unmerge_part_hook)(struct md_agent *a);	/* tests only: see agent_internal.h */
+
+/* Pages an unmerge goes through with the locks held, each copied counting
+ * 9 (a look and a copy): about 1,800 copies, a few milliseconds, after
+ * which the VMM's calls waiting get in. */
+#define UNMERGE_PART_PAGES 16384
 
 /* md_agent_unmerge, and why it refused, for people (why may be NULL).
  * Every page shared goes: pool pages, and image pages (shared at read time
@@ -437,15 +480,37 @@ static int unmerge_locked(md_agent *a, char *why, size_t size, int by)
 			(unsigned long long)pages, (unsigned long long)(avail >> 20));
 		goto unlock;
 	}
-	for (size_t i = 0; i < e->nregions && !err; i++) {
-		struct md__eregion *r = &e->regions[i];
-		err = for_each_pool_run(e, r, copy_run);
-		for (size_t p = 0; p < (r->end - r->start) / MD_EPAGE && !err; p++) {
-			if (MD_REF_SLOT(r->ref[p])) {
-				md__engine_release_ref(e, r, p);
-				r->ref[p] = MD_REF_FILE;	/* private now, in a pool mapping */
-			}
+	/* In parts, the locks let go between them: the VMM's reads and its
+	 * guests' write faults wait for a part, not for every copy (seconds
+	 * of a large guest). Nothing merges meanwhile (the scanner is paused
+	 * and stopped), so only the VMM's own changes come between: guest RAM
+	 * unmapped (its pages gone with it), mapped (nothing of a pool in it)
+	 * or moved below the cursor, which a last pass over every region,
+	 * the locks held all along, finds by its slots. */
+	uintptr_t at = 0;
+	struct md__eregion *r;
+	for (;;) {
+		size_t budget = UNMERGE_PART_PAGES;
+		while (!err && budget && (r = region_from(e, at))) {
+			size_t from = at > r->start ? (at - r->start) / MD_EPAGE : 0;
+			err = copy_pool_runs(e, r, &from, &budget, 0);
+			at = r->start + from * MD_EPAGE;
 		}
+		if (err || budget)
+			break;
+		md__engine_unlock(e);
+		pthread_rwlock_unlock(&e->regions_lock);
+		md__agent_leave(a);
+		void (*hook)(struct md_agent *) = __atomic_load_n(&md__unmerge_part_hook, __ATOMIC_RELAXED);
+		if (hook)
+			hook(a);
+		md__agent_enter(a);
+		pthread_rwlock_wrlock(&e->regions_lock);
+		pthread_mutex_lock(&e->lock);
+	}
+	for (size_t i = 0; i < e->nregions && !err; i++) {
+		size_t from = 0, budget = SIZE_MAX;
+		err = copy_pool_runs(e, &e->regions[i], &from, &budget, 1);
 	}
 	md__engine_unlock(e);
 	pthread_rwlock_unlock(&e->regions_lock);

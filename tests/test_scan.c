@@ -2237,6 +2237,49 @@ TEST_IMPL(scan_unmerges_at_once)
 	return 0;
 }
 
+/* Between two parts of an unmerge: a read as the VMM's, which takes the
+ * agent's lock (a deadlock, and the test's timeout, if the unmerge still
+ * held it), counted. */
+static int unmerge_parts, unmerge_part_reads;
+
+static void read_between_parts(md_agent *a)
+{
+	char buf[256];
+	struct iovec iov = { buf, sizeof(buf) };
+	int fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+	unmerge_parts++;
+	if (fd >= 0 && md_agent_preadv(a, fd, &iov, 1, 0, 0) > 0)
+		unmerge_part_reads++;
+	if (fd >= 0)
+		close(fd);
+}
+
+/* An unmerge copies in parts and lets the VMM's calls in between them: a
+ * read (its agent's lock) waited for all of a large guest's copies,
+ * seconds of stalled I/O. 32,768 merged pages go in about 18 parts, a read
+ * gets in between each two, and the memory is whole and private after. */
+TEST_IMPL(scan_unmerge_in_parts)
+{
+	md_agent *a;
+	const size_t n = 32768;
+	char *m = pairs_merged_here(&a, NULL, n);
+	md__unmerge_part_hook = read_between_parts;
+	int err = md_agent_unmerge(a);
+	md__unmerge_part_hook = NULL;
+	ASSERT_EQ(err, 0);
+	printf("  %d parts, %d reads between them\n", unmerge_parts, unmerge_part_reads);
+	ASSERT(unmerge_parts >= 4);
+	ASSERT_EQ(unmerge_part_reads, unmerge_parts);
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.pages_sharing, 0);
+	for (size_t i = 0; i < n * PG; i++)
+		ASSERT(m[i] == (char)((i / PG) % (n / 2) * 31 + i % PG));
+	md_agent_free(a);
+	munmap(m, n * PG);
+	return 0;
+}
+
 /* Once paused: the batch under way ends; then nothing moves for 300 ms
  * (within 18 s: a loaded machine may run the batch late). s1 and s2 are
  * the statistics at both ends of the still 300 ms. */
