@@ -25,7 +25,7 @@
 #include "memdedup.h"
 #include "protocol.h"
 
-/* The preload library's file name and soname (the Makefile gives it). */
+/* The preload library's file name, and its soname (the Makefile links it so). */
 #define PRELOAD_SONAME "libmemdedup-preload.so"
 
 const struct md__cmd md__cmd_run_def = {
