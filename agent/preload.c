@@ -692,8 +692,6 @@ static void zerocopy_send(int fd, int flags)
 	unseen_io("sends with MSG_ZEROCOPY (zero-copy migration)");
 }
 
-#define NEXT_LIBC(type, name) ((type)next_fn(&next_##name, #name, "libc.so.6"))
-static void *next_sendmsg, *next_sendmmsg, *next_send, *next_sendto;
 
 /* io_uring through liburing (QEMU's aio=io_uring): not the set-up, which
  * QEMU does for every event loop, but the entries each submit call hands
@@ -1158,53 +1156,32 @@ EXPORT ssize_t preadv2(int fd, const struct iovec *iov, int iovcnt, off_t off, i
 EXPORT ssize_t preadv64v2(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags)
 	__attribute__((alias("preadv2")));
 
-/* Writes from guest RAM, which a lease break waits for (agent/writes.c). */
 /* The C library's sends, after a look at their flags (zerocopy_send). */
 EXPORT ssize_t sendmsg(int fd, const struct msghdr *msg, int flags)
 {
 	zerocopy_send(fd, flags);
-	ssize_t (*f)(int, const struct msghdr *, int) = NEXT_LIBC(ssize_t (*)(int, const struct msghdr *, int), sendmsg);
-	if (!f) {
-		errno = ENOSYS;
-		return -1;
-	}
-	return f(fd, msg, flags);
+	NEXT_OR(-1, "libc.so.6", sendmsg, fd, msg, flags);
 }
 
 EXPORT int sendmmsg(int fd, struct mmsghdr *v, unsigned n, int flags)
 {
 	zerocopy_send(fd, flags);
-	int (*f)(int, struct mmsghdr *, unsigned, int) = NEXT_LIBC(int (*)(int, struct mmsghdr *, unsigned, int), sendmmsg);
-	if (!f) {
-		errno = ENOSYS;
-		return -1;
-	}
-	return f(fd, v, n, flags);
+	NEXT_OR(-1, "libc.so.6", sendmmsg, fd, v, n, flags);
 }
 
 EXPORT ssize_t send(int fd, const void *buf, size_t len, int flags)
 {
 	zerocopy_send(fd, flags);
-	ssize_t (*f)(int, const void *, size_t, int) = NEXT_LIBC(ssize_t (*)(int, const void *, size_t, int), send);
-	if (!f) {
-		errno = ENOSYS;
-		return -1;
-	}
-	return f(fd, buf, len, flags);
+	NEXT_OR(-1, "libc.so.6", send, fd, buf, len, flags);
 }
 
 EXPORT ssize_t sendto(int fd, const void *buf, size_t len, int flags, const struct sockaddr *to, socklen_t tolen)
 {
 	zerocopy_send(fd, flags);
-	ssize_t (*f)(int, const void *, size_t, int, const struct sockaddr *, socklen_t) =
-		NEXT_LIBC(ssize_t (*)(int, const void *, size_t, int, const struct sockaddr *, socklen_t), sendto);
-	if (!f) {
-		errno = ENOSYS;
-		return -1;
-	}
-	return f(fd, buf, len, flags, to, tolen);
+	NEXT_OR(-1, "libc.so.6", sendto, fd, buf, len, flags, to, tolen);
 }
 
+/* Writes from guest RAM, which a lease break waits for (agent/writes.c). */
 EXPORT ssize_t pwrite(int fd, const void *buf, size_t len, off_t off)
 {
 	return md_agent_pwrite(agent_peek(), fd, buf, len, off);

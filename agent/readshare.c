@@ -283,7 +283,8 @@ static uint64_t now_ns(void)
 
 /* A read into guest RAM was copied, not shared. The scanner should look
  * there first (a hint). With memdedupd and hints on, the hint carries the
- * file it read, so memdedupd learns which file page went where and another
+ * file it read (not for a read at the file position, off -1: where in the
+ * file is not known), so memdedupd learns which file page went where and another
  * guest's scanner, meeting the same file page, names this copy (READS). A
  * small read of a leased image is also indexed as that image's pages (the
  * buffer is aligned with the file), so the scanner maps its whole pages
@@ -291,7 +292,7 @@ static uint64_t now_ns(void)
 static void copied_read(struct md_agent *a, int fd, uintptr_t buf, size_t n, off_t off, int small)
 {
 	struct stat st;
-	int tell = a->engine->remote && __atomic_load_n(&a->scanner.ratio, __ATOMIC_RELAXED);
+	int tell = off >= 0 && a->engine->remote && __atomic_load_n(&a->scanner.ratio, __ATOMIC_RELAXED);
 	int index = small && a->imgpages;
 	/* Only a descriptor open for reading alone: no other can be leased,
 	 * and no other guest reads a writable disk; fstat of one on NFS
@@ -574,25 +575,20 @@ static ssize_t copied_segments(struct md_agent *a, int fd, const struct iovec *i
 
 /* A read the agent copied whole (preadv2 flags, the file position): each
  * segment it filled in guest RAM, a page or more, is hinted like any read
- * copied. At the file position the offset is not known: no file with it
- * (memdedupd's READS pair reads by file page). */
+ * copied (copied_read). */
 static void copied_whole(struct md_agent *a, int fd, const struct iovec *iov, int iovcnt, ssize_t n, off_t off)
 {
+	if (!a->engine || n <= 0)
+		return;
 	size_t done = 0;
-	for (int i = 0; i < iovcnt && n > 0 && done < (size_t)n; done += iov[i++].iov_len) {
+	for (int i = 0; i < iovcnt && done < (size_t)n; done += iov[i++].iov_len) {
 		size_t len = iov[i].iov_len < (size_t)n - done ? iov[i].iov_len : (size_t)n - done;
 		uintptr_t at = (uintptr_t)iov[i].iov_base;
 		md__agent_enter(a);
 		int in = len >= MD_PAGE && md__region_find(a, at, len) != NULL;
 		md__agent_leave(a);
-		if (!in || !a->engine)
-			continue;
-		if (off != -1) {
-			copied_read(a, fd, at, len, off + (off_t)done, 0);
-		} else {
-			md__hints_push(&a->hints, at, len, 0, 0);
-			md__scanner_poke(&a->scanner);
-		}
+		if (in)
+			copied_read(a, fd, at, len, off == -1 ? -1 : off + (off_t)done, 0);
 	}
 }
 

@@ -336,39 +336,6 @@ int md_agent_set(md_agent *a, const char *key, const char *value)
 	return bit < 0 ? bit : 0;
 }
 
-/* Calls fn on each run of pages of r from page *from on that map a pool
- * page: with a slot, or, unless slots_only, without since memdedupd went
- * (MD_REF_FILE alone: maybe still the old pool's page; a private one is
- * left alone). Each page looked at spends one of *budget, each passed to
- * fn 9 (a copy costs more than a look); stops once it is spent, after
- * a run (cut to what is left), with *from the page after it (the region's
- * end when done). */
-static int for_each_pool_run(struct md__engine *e, struct md__eregion *r, size_t *from, size_t *budget,
-			     int slots_only, int (*fn)(struct md__engine *e, uintptr_t addr, size_t len))
-{
-	size_t np = (r->end - r->start) / MD_EPAGE, p = *from;
-	int err = 0;
-#define POOL_PAGE(v) (MD_REF_SLOT(v) || (!slots_only && (v) == MD_REF_FILE))
-	while (p < np && *budget) {
-		size_t q = p, cap = *budget / 9 ? *budget / 9 : 1;
-		while (q < np && q - p < cap && POOL_PAGE(r->ref[q]))
-			q++;
-		if (q == p) {
-			p++;
-			*budget -= 1;
-			continue;
-		}
-		int e2 = fn(e, r->start + p * MD_EPAGE, (q - p) * MD_EPAGE);
-		if (e2 && !err)
-			err = e2;
-		*budget -= *budget > 9 * (q - p) ? 9 * (q - p) : *budget;
-		p = q;
-	}
-#undef POOL_PAGE
-	*from = p;
-	return err;
-}
-
 /* The region of guest RAM holding address at, else the lowest above it
  * (the engine's are not in address order); NULL if none. */
 static struct md__eregion *region_from(struct md__engine *e, uintptr_t at)
@@ -392,14 +359,37 @@ static int copy_run(struct md__engine *e, uintptr_t addr, size_t len)
 	return md__sys_madvise((void *)addr, len, MADV_POPULATE_WRITE) == 0 ? 0 : -errno;
 }
 
-/* Copies the pool runs of r from page *from on, as for_each_pool_run, and
- * gives back the slots of the pages copied. */
+/* Copies (copy_run) the runs of pages of r from page *from on that map a
+ * pool page: with a slot, or, unless slots_only, without since memdedupd
+ * went (MD_REF_FILE alone: maybe still the old pool's page; a private one
+ * is left alone), and gives back the slots of the pages copied. Each page
+ * looked at spends one of *budget, each copied 9 (a copy costs more than a
+ * look); stops once it is spent, after a run (cut to what is left), with
+ * *from the page after it (the region's end when done). */
 static int copy_pool_runs(struct md__engine *e, struct md__eregion *r, size_t *from, size_t *budget,
 			  int slots_only)
 {
-	size_t p0 = *from;
-	int err = for_each_pool_run(e, r, from, budget, slots_only, copy_run);
-	for (size_t p = p0; p < *from && !err; p++) {
+	size_t np = (r->end - r->start) / MD_EPAGE, p0 = *from, p = p0;
+	int err = 0;
+#define POOL_PAGE(v) (MD_REF_SLOT(v) || (!slots_only && (v) == MD_REF_FILE))
+	while (p < np && *budget) {
+		size_t q = p, cap = *budget / 9 ? *budget / 9 : 1;
+		while (q < np && q - p < cap && POOL_PAGE(r->ref[q]))
+			q++;
+		if (q == p) {
+			p++;
+			*budget -= 1;
+			continue;
+		}
+		int e2 = copy_run(e, r->start + p * MD_EPAGE, (q - p) * MD_EPAGE);
+		if (e2 && !err)
+			err = e2;
+		*budget -= *budget > 9 * (q - p) ? 9 * (q - p) : *budget;
+		p = q;
+	}
+#undef POOL_PAGE
+	*from = p;
+	for (p = p0; p < *from && !err; p++) {
 		if (MD_REF_SLOT(r->ref[p])) {
 			md__engine_release_ref(e, r, p);
 			r->ref[p] = MD_REF_FILE;	/* private now, in a pool mapping */

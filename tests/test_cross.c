@@ -849,6 +849,17 @@ TEST_IMPL(cross_unmerge_short_of_memory)
 static int merged_image_32(const md_stats *s) { return s->merged_image >= 32; }
 static int sharing_32(const md_stats *s) { return s->pages_sharing >= 32; }
 
+/* `memdedup WHAT` (with --pid pid unless 0) against t's memdedupd, its
+ * output in test_dir()/out: the exit code. */
+static int control_cli(const struct tdaemon *t, const char *what, pid_t pid)
+{
+	char p[32] = "";
+	if (pid)
+		snprintf(p, sizeof(p), " --pid %d", (int)pid);
+	return td_sh("MEMDEDUP_SOCKET=%s %s/memdedup %s%s >%s/out 2>&1", t->sock, build_dir(), what, p,
+		     test_dir());
+}
+
 /* memdedupd killed (SIGKILL) and started again on the same socket. */
 static void daemon_killed_restarted(struct tdaemon *t)
 {
@@ -866,16 +877,14 @@ TEST_IMPL(cross_unmerge_after_daemon_restart)
 {
 	struct tdaemon t;
 	struct proc a, b;
-	char cmd[1200], h[32];
+	char h[32];
 	td_start(&t, 65536);
 	start_sharing_pair(&t, &a, &b, 23);
 	ASSERT_EQ(wait_same_frames(&a, &b, 0, N), N);
 	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", N * PG));
 	daemon_killed_restarted(&t);
 	ASSERT_EQ(agents_back(&t, a.pid, b.pid), 0);
-	snprintf(cmd, sizeof(cmd), "MEMDEDUP_SOCKET=%s %s/memdedup unmerge --pid %d >%s/out 2>&1", t.sock,
-		 build_dir(), (int)a.pid, test_dir());
-	ASSERT_EQ(td_sh("%s", cmd), 0);
+	ASSERT_EQ(control_cli(&t, "unmerge", a.pid), 0);
 	ASSERT_EQ(same_frames(&a, &b, 0, N), 0);
 	for (unsigned i = 0; i < N; i++)
 		ASSERT(!proc_page(&a, i * PG).file);
@@ -975,7 +984,7 @@ TEST_IMPL(cross_old_pool_left_after_unmerge)
 {
 	struct tdaemon t;
 	struct proc a, b;
-	char cmd[1200], h[32];
+	char h[32];
 	td_start(&t, 65536);
 	start_sharing_pair(&t, &a, &b, 37);
 	ASSERT_EQ(wait_same_frames(&a, &b, 0, N), N);
@@ -985,12 +994,8 @@ TEST_IMPL(cross_old_pool_left_after_unmerge)
 	ASSERT(pool_maps(t.pid, 0, old, &nold) > 0 && nold == 1);
 	/* Both unmerged, a resumed: its pages, all different, merge with
 	 * nothing again. */
-	snprintf(cmd, sizeof(cmd), "MEMDEDUP_SOCKET=%s %s/memdedup unmerge >%s/out 2>&1", t.sock, build_dir(),
-		 test_dir());
-	ASSERT_EQ(td_sh("%s", cmd), 0);
-	snprintf(cmd, sizeof(cmd), "MEMDEDUP_SOCKET=%s %s/memdedup resume --pid %d >%s/out 2>&1", t.sock,
-		 build_dir(), (int)a.pid, test_dir());
-	ASSERT_EQ(td_sh("%s", cmd), 0);
+	ASSERT_EQ(control_cli(&t, "unmerge", 0), 0);
+	ASSERT_EQ(control_cli(&t, "resume", a.pid), 0);
 	ASSERT(pool_maps(a.pid, old[0], NULL, NULL) > 0);	/* the copies, in its mappings */
 	daemon_killed_restarted(&t);
 	ASSERT_EQ(agents_back(&t, a.pid, b.pid), 0);
@@ -1067,7 +1072,7 @@ TEST_IMPL(cross_unmerge_image_pages)
 {
 	struct tdaemon t;
 	struct proc a;
-	char img[512], cmd[1200];
+	char img[512];
 	td_start(&t, 65536);
 	start_agent(&a, &t, NULL);
 	snprintf(img, sizeof(img), "%s/unmerge.img", test_dir());
@@ -1083,9 +1088,7 @@ TEST_IMPL(cross_unmerge_image_pages)
 	for (unsigned i = 0; i < 32; i++)
 		ASSERT_EQ(proc_page(&a, (512 + i) * PG).pfn, proc_page(&a, i * PG).pfn);
 	ASSERT(proc_page(&a, 100 * PG).file);
-	snprintf(cmd, sizeof(cmd), "MEMDEDUP_SOCKET=%s %s/memdedup unmerge --pid %d >%s/out 2>&1", t.sock,
-		 build_dir(), (int)a.pid, test_dir());
-	ASSERT_EQ(td_sh("%s", cmd), 0);
+	ASSERT_EQ(control_cli(&t, "unmerge", a.pid), 0);
 	for (unsigned i = 0; i < 256; i++) {
 		struct pm pm = proc_page(&a, i * PG);
 		ASSERT(pm.present && !pm.file);
@@ -1103,9 +1106,7 @@ TEST_IMPL(cross_unmerge_image_pages)
 	 * merge in the pool. The scanner's index of image pages still knew
 	 * that content, and a page it names is not looked up in the pool:
 	 * entries of an image whose lease broke are dropped when met. */
-	snprintf(cmd, sizeof(cmd), "MEMDEDUP_SOCKET=%s %s/memdedup resume --pid %d >%s/out 2>&1", t.sock,
-		 build_dir(), (int)a.pid, test_dir());
-	ASSERT_EQ(td_sh("%s", cmd), 0);
+	ASSERT_EQ(control_cli(&t, "resume", a.pid), 0);
 	ASSERT(strcmp(proc_cmd(&a, "copy 0 %u %u", 700 * PG, 32 * PG), "ok") == 0);
 	ASSERT(strcmp(proc_cmd(&a, "copy 0 %u %u", 800 * PG, 32 * PG), "ok") == 0);
 	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, sharing_32), 0);
