@@ -198,14 +198,14 @@ static int find_preload(char *out, size_t size)
 }
 
 /* Options that become the agent's environment. A value is a number in
- * [lo, hi], or one of the words of `words` (separated by '|'), passed on as
- * its index when value_is_word_index is set. */
+ * [lo, hi], one of the words of `words` (separated by '|'), or on/off in any
+ * of the agent's spellings (md__parse_bool), passed on as 1 or 0. */
 struct run_option {
 	const char *name;	/* "--name"; with '=' a value follows */
 	const char *env;
 	uint32_t lo, hi;
 	const char *words;
-	int value_is_word_index;
+	int boolean;		/* on|off, as the agent reads its environment */
 	int free_text;		/* any value that valid_text() accepts */
 	int scan_only;		/* means something only with --scan */
 };
@@ -216,7 +216,7 @@ static int valid_text(const char *v)
 }
 
 static const struct run_option run_options[] = {
-	{ .name = "--kernel-ksm=", .env = "MEMDEDUP_KERNEL_KSM", .words = "off|on", .value_is_word_index = 1 },
+	{ .name = "--kernel-ksm=", .env = "MEMDEDUP_KERNEL_KSM", .boolean = 1 },
 	{ .name = "--populate", .env = "MEMDEDUP_POPULATE" },
 	{ .name = "--share-min-pages=", .env = "MEMDEDUP_SHARE_MIN_PAGES", .lo = 1, .hi = MD_SHARE_MIN_PAGES_MAX },
 	{ .name = "--scan", .env = "MEMDEDUP_SCAN" },
@@ -225,7 +225,7 @@ static const struct run_option run_options[] = {
 	{ .name = "--cpu-percent=", .env = "MEMDEDUP_CPU_PERCENT", .lo = 1, .hi = MD_CPU_PERCENT_MAX, .scan_only = 1 },
 	{ .name = "--scan-order=", .env = "MEMDEDUP_SCAN_ORDER", .words = "linear|random", .scan_only = 1 },
 	{ .name = "--domain=", .env = "MEMDEDUP_DOMAIN", .free_text = 1, .scan_only = 1 },
-	{ .name = "--hints=", .env = "MEMDEDUP_HINTS", .words = "off|on", .value_is_word_index = 1, .scan_only = 1 },
+	{ .name = "--hints=", .env = "MEMDEDUP_HINTS", .boolean = 1, .scan_only = 1 },
 };
 
 /* Returns 0 and sets the environment, or a usage error (2). *matched: the
@@ -244,27 +244,26 @@ static int apply_option(const struct md__cmd *cmd, const char *arg, const struct
 		}
 		*matched = o;
 		const char *v = takes_value ? arg + n : "1";
-		char buf[32], shown[256];
+		char shown[256];
 		md__printable(v, shown, sizeof(shown));	/* for messages */
-		if (takes_value && o->words) {
+		if (takes_value && o->boolean) {
+			int on = md__parse_bool(v);
+			if (on < 0)
+				return md__usage_error(cmd, "%.*s takes on or off (or 1, yes, true / 0, no, false), "
+						       "not '%s'", (int)(n - 1), o->name, shown);
+			v = on ? "1" : "0";
+		} else if (takes_value && o->words) {
 			/* One of the words, exactly. */
 			const char *w = o->words;
-			int idx = 0, ok = 0;
+			int ok = 0;
 			while (*w && !ok) {
 				size_t len = strcspn(w, "|");
 				ok = strlen(v) == len && strncmp(v, w, len) == 0;
-				if (!ok) {
-					w += len + (w[len] == '|');
-					idx++;
-				}
+				w += len + (w[len] == '|');
 			}
 			if (!ok)
 				return md__usage_error(cmd, "%.*s takes one of %s, not '%s'",
 						       (int)(n - 1), o->name, o->words, shown);
-			if (o->value_is_word_index) {
-				snprintf(buf, sizeof(buf), "%d", idx);
-				v = buf;
-			}
 		} else if (takes_value && o->free_text) {
 			if (!valid_text(v))
 				return md__usage_error(cmd, "%.*s takes a name of 1 to 64 of A-Z a-z 0-9 . _ -, not '%s'",
@@ -670,7 +669,7 @@ int md__cmd_run(int argc, char **argv)
 			scan_only = o;
 		scan |= strcmp(o->name, "--scan") == 0;
 		if (strcmp(o->name, "--kernel-ksm=") == 0)
-			kernel_ksm_on = strcmp(a + strlen(o->name), "on") == 0;
+			kernel_ksm_on = md__parse_bool(a + strlen(o->name)) == 1;
 	}
 	/* Both would merge the same pages, each behind the other's back. */
 	if (kernel_ksm_on && (scan || env_on("MEMDEDUP_SCAN")))

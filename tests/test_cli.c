@@ -686,6 +686,15 @@ TEST_IMPL(cli_run_scan_options_need_scan)
 	ASSERT_EQ(sh("MEMDEDUP_SCAN=1 %s/memdedup run --kernel-ksm=on -- true", b), 2);
 	ASSERT(strstr(slurp("err"), "cannot go with MEMDEDUP_SCAN on in the environment"));
 	ASSERT_EQ(sh("%s/memdedup run --scan --domain=private --kernel-ksm=off -- true", b), 0);
+	/* The agent's spellings of on and off, passed on as 1 and 0. */
+	ASSERT_EQ(sh("%s/memdedup run --scan --kernel-ksm=yes -- true", b), 2);
+	ASSERT(strstr(slurp("err"), "cannot go with --scan"));
+	ASSERT_EQ(sh("%s/memdedup run --scan --domain=private --kernel-ksm=false --hints=no -- "
+		     "sh -c 'test \"$MEMDEDUP_KERNEL_KSM$MEMDEDUP_HINTS\" = 00'", b), 0);
+	ASSERT_EQ(sh("%s/memdedup run --scan --domain=private --hints=TRUE -- "
+		     "sh -c 'test \"$MEMDEDUP_HINTS\" = 1'", b), 0);
+	ASSERT_EQ(sh("%s/memdedup run --scan --hints=maybe -- true", b), 2);
+	ASSERT(strstr(slurp("err"), "--hints takes on or off (or 1, yes, true / 0, no, false), not 'maybe'"));
 	ASSERT_EQ(sh("%s/memdedup run --scan --domain=private --sleep-ms=5 -- "
 		     "sh -c 'test \"$MEMDEDUP_SLEEP_MS\" = 5'", b), 0);
 	ASSERT_EQ(sh("MEMDEDUP_SCAN=1 %s/memdedup run --domain=private --sleep-ms=5 -- true", b), 0);
