@@ -78,6 +78,9 @@ struct md__image {
 	                            * writes from guest RAM begun before then
 	                            * (writes.c) must end before the writer gets
 	                            * in; 0 until then */
+	uintptr_t private_at;      /* while breaking, where the next part of the
+	                            * pages made private begins (regions.c) */
+	int private_err;           /* the first failure of this pass of parts */
 };
 
 /* A write from the VMM's memory in flight (writes.c), on its caller's stack. */
@@ -252,8 +255,10 @@ extern int md__regions_fail_reserve;
  * and copies nothing. 0 otherwise. */
 extern int md__privatize_fail;
 /* Tests only: called by an unmerge between two parts of its copies, its
- * locks let go (the agent's, the regions', the engine's). */
-extern void (*md__unmerge_part_hook)(struct md_agent *a);
+ * locks let go (the agent's, the regions', the engine's), and between two
+ * parts of a lease break's or an unmerge's image pages made private (the
+ * agent's lock let go). */
+extern void (*md__part_hook)(struct md_agent *a);
 /* Tests only: md_agent_io_unseen's first call sleeps this long (us) before
  * it is done, and then counts md__io_unseen_slept. */
 extern unsigned md__io_unseen_delay_us, md__io_unseen_slept;
@@ -266,6 +271,11 @@ int md__regions_advise(struct md_agent *a, uintptr_t start, uintptr_t end, unsig
 /* Makes every page in [start,end) mapped from image id (0: from any image)
  * private, so the file can change without the guest seeing it. */
 int md__privatize(struct md_agent *a, uintptr_t start, uintptr_t end, uint32_t id);
+/* The same from *at on, up to budget pages (a part: md__privatize_part_pages
+ * for a lease break's or an unmerge's, which let the agent's lock go
+ * between parts); *at moves past what was looked at, to end when done. */
+int md__privatize_from(struct md_agent *a, uintptr_t *at, uintptr_t end, uint32_t id, size_t budget);
+extern size_t md__privatize_part_pages;
 /* Pages mapped from an image (shared at read time or merged onto one). */
 uint64_t md__owned_pages(const struct md_agent *a);
 /* Replaces pages mapped from an image in [start,end) by anonymous zero pages. */
@@ -510,6 +520,17 @@ static inline void md__agent_leave(struct md_agent *a)
 	md__ours_refresh(a);
 	md__in_agent--;
 	pthread_mutex_unlock(&a->lock);
+}
+
+/* Between two parts of a long job under the agent's lock: the VMM's calls
+ * waiting for it get in (and md__part_hook runs, in tests). */
+static inline void md__agent_let_in(struct md_agent *a)
+{
+	md__agent_leave(a);
+	void (*hook)(struct md_agent *) = __atomic_load_n(&md__part_hook, __ATOMIC_RELAXED);
+	if (hook)
+		hook(a);
+	md__agent_enter(a);
 }
 
 #endif

@@ -24,6 +24,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/vfs.h>
 #include <unistd.h>
 
@@ -402,19 +403,33 @@ static void break_deadline(const struct md_agent *a, struct timespec *t)
 }
 
 /* Makes img's pages private and gives its lease back (agent->lock held).
+ * The copies go in parts: 1 when a part was made and more are left, to be
+ * made at once by md__image_breaks_retry, which lets the lock go between
+ * them (a large guest's copies took the VMM's reads' lock for seconds).
  * A failure for want of memory leaves it breaking, with the lease held,
  * to be tried again (md__image_breaks_retry) until its deadline; any
  * other failure, or the deadline, gives the lease back with pages still
  * the file's, said in the log, once the writes from guest RAM begun before
  * have ended (or at the deadline). */
-static void finish_break(struct md_agent *a, struct md__image *img)
+static int finish_break(struct md_agent *a, struct md__image *img)
 {
 	/* Once private, nothing maps the image again while it breaks: only
-	 * the writes are waited for then. */
-	int err = img->writes_before ? 0 : md__privatize(a, 0, UINTPTR_MAX, img->id);
+	 * the writes are waited for then. Nor does anything between two
+	 * parts: no read maps a breaking image, and no merge onto it holds
+	 * (md__image_fixed). */
+	int err = 0;
+	if (!img->writes_before) {
+		err = md__privatize_from(a, &img->private_at, UINTPTR_MAX, img->id, md__privatize_part_pages);
+		img->private_err = img->private_err ? img->private_err : err;
+		if (img->private_at != UINTPTR_MAX)
+			return 1;
+		err = img->private_err;
+		img->private_at = 0;	/* a pass after this one starts over */
+		img->private_err = 0;
+	}
 	if (err == -ENOMEM || err == -EAGAIN) {
 		if (!time_reached(&img->retry_at))
-			return;	/* breaking still */
+			return 0;	/* breaking still */
 	}
 	if (err)
 		md__log("an image's writer gets in with some of its pages not made private (%s): "
@@ -427,7 +442,7 @@ static void finish_break(struct md_agent *a, struct md__image *img)
 		img->writes_before = md__writes_mark(a) + 1;
 	if (!md__writes_ended(a, img->writes_before - 1)) {
 		if (!time_reached(&img->retry_at))
-			return;
+			return 0;
 		md__log_once(97, "an image's writer gets in while a write from guest RAM begun before "
 			     "is still running: that write may carry the writer's bytes");
 	}
@@ -441,6 +456,7 @@ static void finish_break(struct md_agent *a, struct md__image *img)
 	md__count(a, MD_CTR_LEASE_BREAKS, 1);
 	md__log_once(22, "an image's lease was broken (the image opened for writing, or the "
 		     "agent's descriptor lost): its shared pages were made private");
+	return 0;
 }
 
 /* Breaks img's lease on our side: from here no read maps it, and every
@@ -450,7 +466,13 @@ static void start_break(struct md_agent *a, struct md__image *img)
 	img->lease = MD_LEASE_BREAKING;
 	__atomic_store_n(&a->breaking, a->breaking + 1, __ATOMIC_RELAXED);
 	break_deadline(a, &img->retry_at);
-	finish_break(a, img);
+	img->private_at = 0;
+	img->private_err = 0;
+	/* The first part here; the agent's thread makes the rest at once
+	 * (woken: this may be a VMM's thread, and the agent's may sleep a
+	 * second), its lock let go between them. */
+	if (finish_break(a, img))
+		syscall(SYS_tgkill, getpid(), a->thread_tid, a->lease_signal);
 }
 
 int md__image_fixed(const struct md__image *img)
@@ -605,8 +627,13 @@ int md__image_breaks_retry(struct md_agent *a)
 {
 	md__agent_enter(a);
 	for (size_t i = 0; i < a->nimages && a->breaking; i++)
-		if (a->images[i].lease == MD_LEASE_BREAKING)
-			finish_break(a, &a->images[i]);
+		while (a->images[i].lease == MD_LEASE_BREAKING && finish_break(a, &a->images[i])) {
+			/* A part made, more to come: the VMM's calls get in. The
+			 * images may move meanwhile (a new one), hence the index;
+			 * another thread's retry may make parts of this break
+			 * too, from the same place (private_at). */
+			md__agent_let_in(a);
+		}
 	int left = a->breaking;
 	md__agent_leave(a);
 	return left;

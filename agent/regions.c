@@ -236,18 +236,20 @@ void md__regions_flush_advice_before_fork(struct md_agent *a)
 	pthread_mutex_unlock(&a->lock);
 }
 
-/* Calls fn on every maximal run of pages in [start, end) whose owner matches
+/* Calls fn on every maximal run of pages in [*at, end) whose owner matches
  * id (0: any image), then clears their owner where fn succeeded: a run it
- * failed on still shows the file. Returns the pages done. */
+ * failed on still shows the file. Stops once budget pages were passed to
+ * fn, *at moved to the first page not looked at (to end when all were).
+ * Returns the pages done. */
 typedef int (*run_fn)(struct md_agent *a, struct md__region *r, uintptr_t addr, size_t len);
 
-static uint64_t for_each_run(struct md_agent *a, uintptr_t start, uintptr_t end,
-			     uint32_t id, run_fn fn, int *err)
+static uint64_t for_each_run(struct md_agent *a, uintptr_t *at, uintptr_t end, uint32_t id,
+			     size_t budget, run_fn fn, int *err)
 {
 	uint64_t pages = 0;
-	for (size_t i = 0; i < a->nregions; i++) {
+	for (size_t i = 0; i < a->nregions; i++) {	/* in address order */
 		struct md__region *r = &a->regions[i];
-		uintptr_t s = start > r->start ? start : r->start;
+		uintptr_t s = *at > r->start ? *at : r->start;
 		uintptr_t e = end < r->end ? end : r->end;
 		if (s >= e)
 			continue;
@@ -257,9 +259,14 @@ static uint64_t for_each_run(struct md_agent *a, uintptr_t start, uintptr_t end,
 				p++;
 				continue;
 			}
+			if (!budget) {
+				*at = r->start + p * MD_PAGE;
+				return pages;
+			}
 			size_t q = p;
-			while (q < pe && r->owner[q] && (!id || r->owner[q] == id))
+			while (q < pe && q - p < budget && r->owner[q] && (!id || r->owner[q] == id))
 				q++;
+			budget -= q - p;
 			int e2 = fn(a, r, r->start + p * MD_PAGE, (q - p) * MD_PAGE);
 			if (e2 && !*err)
 				*err = e2;
@@ -270,6 +277,7 @@ static uint64_t for_each_run(struct md_agent *a, uintptr_t start, uintptr_t end,
 			p = q;
 		}
 	}
+	*at = end;
 	return pages;
 }
 
@@ -360,13 +368,23 @@ static int privatize_run(struct md_agent *a, struct md__region *r, uintptr_t add
 }
 
 int md__privatize_fail;	/* tests only: see agent_internal.h */
+/* About 5 ms of copies here (MADV_POPULATE_WRITE, ~2.5 us a page with a
+ * busy sibling); tests lower it (agent_internal.h). */
+size_t md__privatize_part_pages = 2048;
 
 int md__privatize(struct md_agent *a, uintptr_t start, uintptr_t end, uint32_t id)
 {
+	return md__privatize_from(a, &start, end, id, SIZE_MAX);
+}
+
+int md__privatize_from(struct md_agent *a, uintptr_t *at, uintptr_t end, uint32_t id, size_t budget)
+{
 	int err = __atomic_exchange_n(&md__privatize_fail, 0, __ATOMIC_RELAXED);
-	if (err)
+	if (err) {
+		*at = end;	/* as if every run had failed */
 		return err;
-	uint64_t pages = for_each_run(a, start, end, id, privatize_run, &err);
+	}
+	uint64_t pages = for_each_run(a, at, end, id, budget, privatize_run, &err);
 	md__count(a, MD_CTR_PRIVATIZED, pages);
 	if (err)
 		md__log_once(24, "making shared pages private failed (%s); a lease break short of "
@@ -403,7 +421,7 @@ static int discard_run(struct md_agent *a, struct md__region *r, uintptr_t addr,
 int md__discard(struct md_agent *a, uintptr_t start, uintptr_t end)
 {
 	int err = 0;
-	for_each_run(a, start, end, 0, discard_run, &err);
+	for_each_run(a, &start, end, 0, SIZE_MAX, discard_run, &err);
 	if (err)
 		md__log_once(41, "cannot replace shared pages by anonymous memory on discard: %s", strerror(-err));
 	return err;

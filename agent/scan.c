@@ -398,7 +398,7 @@ static int copy_pool_runs(struct md__engine *e, struct md__eregion *r, size_t *f
 	return err;
 }
 
-void (*md__unmerge_part_hook)(struct md_agent *a);	/* tests only: see agent_internal.h */
+void (*md__part_hook)(struct md_agent *a);	/* tests only: see agent_internal.h */
 
 /* Pages an unmerge goes through with the locks held, each copied counting
  * 9 (a look and a copy): about 1,800 copies, a few milliseconds, after
@@ -490,11 +490,7 @@ static int unmerge_locked(md_agent *a, char *why, size_t size, int by)
 			break;
 		md__engine_unlock(e);
 		pthread_rwlock_unlock(&e->regions_lock);
-		md__agent_leave(a);
-		void (*hook)(struct md_agent *) = __atomic_load_n(&md__unmerge_part_hook, __ATOMIC_RELAXED);
-		if (hook)
-			hook(a);
-		md__agent_enter(a);
+		md__agent_let_in(a);
 		pthread_rwlock_wrlock(&e->regions_lock);
 		pthread_mutex_lock(&e->lock);
 	}
@@ -509,8 +505,14 @@ static int unmerge_locked(md_agent *a, char *why, size_t size, int by)
 	 * pages become private copies in the image's mapping, as after a
 	 * lease break: no userfaultfd can protect a mapping of a disk file,
 	 * so they stay out of the scanner's merges from now on. */
-	if (!err && by != UNMERGE_USER)
-		err = md__privatize(a, 0, UINTPTR_MAX, 0);
+	for (at = 0; !err && by != UNMERGE_USER && at != UINTPTR_MAX;) {
+		/* In parts too, the agent's lock let go between them; a
+		 * page a read maps meanwhile below the cursor stays shared,
+		 * as one mapped after the unmerge would. */
+		err = md__privatize_from(a, &at, UINTPTR_MAX, 0, md__privatize_part_pages);
+		if (at != UINTPTR_MAX)
+			md__agent_let_in(a);
+	}
 	md__agent_leave(a);
 	goto paused;
 unlock:
