@@ -84,6 +84,7 @@ static json_t *domain_json(const struct md__domain *dom)
 	json_object_set_new(o, "agents", json_integer((json_int_t)dom->nagents));
 	json_object_set_new(o, "published", json_integer((json_int_t)dom->pool.published));
 	json_object_set_new(o, "freed", json_integer((json_int_t)dom->pool.freed));
+	json_object_set_new(o, "unpunched", json_integer((json_int_t)dom->pool.unpunched));
 	return o;
 }
 

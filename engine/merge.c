@@ -1106,6 +1106,8 @@ int md__engine_locked(struct md__engine *e, int (*op)(void *arg), void *arg)
 	return r;
 }
 
+void (*md__engine_count_hook)(void);	/* tests only: see merge.h */
+
 static int budget_ok(struct md__engine *e, size_t new_vmas)
 {
 	if (md__vmas_estimate(e->vmas) + new_vmas <= e->max_vmas)
@@ -1117,6 +1119,9 @@ static int budget_ok(struct md__engine *e, size_t new_vmas)
 	 * again while the run's writers waited. A count that failed keeps
 	 * the estimate, and refuses. */
 	if (md__vmas_count_due(e->vmas)) {
+		void (*hook)(void) = __atomic_load_n(&md__engine_count_hook, __ATOMIC_RELAXED);
+		if (hook)
+			hook();
 		uint64_t counted = md__vmas_count(e->vmas);
 		if (counted)
 			e->st.vmas = counted;
@@ -1124,6 +1129,21 @@ static int budget_ok(struct md__engine *e, size_t new_vmas)
 			return 1;
 	}
 	e->st.budget_refused++;
+	return 0;
+}
+
+/* A further mapping of a run frozen and checked already: within the VMA
+ * budget, and its pages still frozen, as the budget's count of every
+ * mapping may take long enough (110 ms at 55,000) for a zap that did not
+ * come through md__engine_discard to take a page and its protection,
+ * and a write to follow into a fresh page the mapping would replace. */
+static int further_mapping_ok(struct md__engine *e, uintptr_t a, size_t n)
+{
+	if (!budget_ok(e, 2))
+		return 0;
+	if (still_frozen(e, a, n))
+		return 1;
+	e->st.abandoned += n;	/* as pages that changed under the protection */
 	return 0;
 }
 
@@ -1411,7 +1431,8 @@ int md__engine_merge_slots(struct md__engine *e, void *addr, size_t n, const uin
 		/* The first mapping was reckoned with the run (replaceable);
 		 * each further one, which a page between that differs makes,
 		 * is reckoned as it comes. */
-		if (eq[i] == EQ_SAME && (lo == n || budget_ok(e, 2)) && map_pool(e, r, ra, j - i, slots[i]) == 0) {
+		if (eq[i] == EQ_SAME && (lo == n || further_mapping_ok(e, ra, j - i)) &&
+		    map_pool(e, r, ra, j - i, slots[i]) == 0) {
 			merged += (int)(j - i);
 			if (done)
 				memset(done + i, 1, j - i);
@@ -1583,7 +1604,8 @@ int md__engine_merge_zero(struct md__engine *e, void *addr, size_t n)
 		/* A drop in a file mapping splits it (a guest zeroing pages it
 		 * wrote after their merge: Windows, init_on_free): within the
 		 * budget, like a merge, or the page stays as it is. */
-		if (z[i] && (!run_in_file(r, ra, j - i) || budget_ok(e, 2)) && zero_run(e, r, ra, j - i) == 0) {
+		if (z[i] && (!run_in_file(r, ra, j - i) || further_mapping_ok(e, ra, j - i)) &&
+		    zero_run(e, r, ra, j - i) == 0) {
 			dropped += (int)(j - i);
 			for (size_t k = i; k < j; k++)
 				if (had_content(e, pm[k]))
@@ -1652,7 +1674,7 @@ static int map_fill(struct md__engine *e, struct md__eregion *r, uintptr_t addr,
 		uintptr_t a = addr + done * MD_EPAGE;
 		/* Equal pages refused by the budget are counted there
 		 * (budget_refused), not as abandoned: they did not differ. */
-		if (!(first_of_merge && done == 0) && !budget_ok(e, 2)) {
+		if (!(first_of_merge && done == 0) && !further_mapping_ok(e, a, k)) {
 			thaw(e, a, (n - done) * MD_EPAGE);
 			return (int)done;
 		}

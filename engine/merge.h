@@ -253,6 +253,10 @@ struct md__engine {
  * as Linux up to 6.6 can fail them, ENOMEM with the old pages unmapped
  * already; nothing else makes that happen on demand. 0 otherwise. */
 extern int md__engine_fail_maps;
+/* Tests only: called where the VMA budget counts every mapping (a slow
+ * read of /proc/self/maps, with a run's pages frozen), standing for what
+ * may come meanwhile. NULL otherwise. */
+extern void (*md__engine_count_hook)(void);
 /* Tests only: the engine's next this many allocations of what is left of a
  * region an unregister splits fail (ENOMEM). 0 otherwise. */
 extern int md__engine_fail_slices;

@@ -155,6 +155,19 @@ static int by_slot(const void *x, const void *y)
 	return a < b ? -1 : a > b;
 }
 
+int md__pool_fail_punches;	/* tests only: see pool.h */
+
+static int punch(struct md__pool *p, uint32_t first, size_t n)
+{
+	if (__atomic_load_n(&md__pool_fail_punches, __ATOMIC_RELAXED) > 0 &&
+	    __atomic_sub_fetch(&md__pool_fail_punches, 1, __ATOMIC_RELAXED) >= 0) {
+		errno = EIO;
+		return -1;
+	}
+	return fallocate(p->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)first * POOL_PAGE,
+			 (off_t)n * POOL_PAGE);
+}
+
 size_t md__pool_trim(struct md__pool *p)
 {
 	size_t n = p->ndirty;
@@ -162,15 +175,22 @@ size_t md__pool_trim(struct md__pool *p)
 	for (size_t i = 0, run; i < n; i += run) {
 		for (run = 1; i + run < n && p->dirty[i + run] == p->dirty[i] + run; run++)
 			;
-		/* Reading the hole gives zeroes; nobody maps it any more. If
-		 * the memory cannot go, a slot's next page overwrites it. */
-		if (fallocate(p->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)p->dirty[i] * POOL_PAGE,
-			      (off_t)run * POOL_PAGE) != 0)
-			md__log_once(110, "freed pool pages stay in memory until reused: %s", strerror(errno));
+		/* Reading the hole gives zeroes; nobody maps it any more. A
+		 * slot whose page stays is not used again: its next page
+		 * would be written into the one the kernel may still hold
+		 * (see pool.h). */
+		if (punch(p, p->dirty[i], run) != 0) {
+			md__log_once(110, "freed pool pages cannot be given back (%s): their slots are not "
+				     "used again", strerror(errno));
+			p->unpunched += run;
+			for (size_t k = i; k < i + run; k++)
+				p->dirty[k] = UINT32_MAX;
+		}
 	}
 	/* Lowest last: the free list is LIFO, low slots are reused first. */
 	for (size_t i = n; i-- > 0;)
-		p->free[p->nfree++] = p->dirty[i];
+		if (p->dirty[i] != UINT32_MAX)
+			p->free[p->nfree++] = p->dirty[i];
 	p->ndirty = 0;
 	return n;
 }

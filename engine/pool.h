@@ -43,7 +43,11 @@ struct md__pool {
 	uint32_t dirty[MD_POOL_DIRTY]; /* freed slots still holding their page */
 	size_t ndirty;
 	uint64_t published, freed, reused;
+	uint64_t unpunched;        /* freed slots never used again: see md__pool_trim */
 };
+
+/* Tests only: the next this many punches of freed slots fail (EIO). */
+extern int md__pool_fail_punches;
 
 /* Creates a pool of at most max_pages pages (address space is reserved for
  * the view, no memory). */

@@ -367,18 +367,21 @@ TEST_IMPL(engine_pool_write_once)
  * taken again must get a new page, never its old one rewritten, or that
  * write sends content the guest never wrote (another VM's). A pipe's
  * vmsplice holds the page as such a write would. */
-static int pool_reuse_spares_held_page(size_t max);
+static int pool_reuse_spares_held_page(size_t max, int punch_fails);
 
 TEST_IMPL(engine_pool_reuse_spares_held_page)
 {
 	/* With room in the pool (a new slot), and with none (the slot
 	 * punched first). */
 	for (size_t max = 1; max <= 64; max += 63)
-		ASSERT_EQ(pool_reuse_spares_held_page(max), 0);
+		ASSERT_EQ(pool_reuse_spares_held_page(max, 0), 0);
+	/* A punch that fails: the slot is not taken again, even with no
+	 * other left (the pool is full). */
+	ASSERT_EQ(pool_reuse_spares_held_page(1, 1), 0);
 	return 0;
 }
 
-static int pool_reuse_spares_held_page(size_t max)
+static int pool_reuse_spares_held_page(size_t max, int punch_fails)
 {
 	struct md__pool p;
 	static unsigned char pg[2 * PG], got[PG];
@@ -397,9 +400,16 @@ static int pool_reuse_spares_held_page(size_t max)
 	ASSERT_EQ(vmsplice(pipefd[1], &iov, 1, 0), (ssize_t)PG);
 	munmap(m, PG);
 	ASSERT_EQ(md__pool_put(&p, s), 1);	/* freed, its page still held */
-	ASSERT_EQ(md__pool_reserve(&p, 1, &s2), 0);
-	ASSERT_EQ(md__pool_publish(&p, s2, pg + PG, 1), 0);
-	ASSERT(memcmp(md__pool_page(&p, s2), pg + PG, PG) == 0);
+	md__pool_fail_punches = punch_fails;
+	if (punch_fails) {
+		ASSERT_EQ(md__pool_reserve(&p, 1, &s2), -ENOSPC);
+		ASSERT_EQ(p.unpunched, 1);
+	} else {
+		ASSERT_EQ(md__pool_reserve(&p, 1, &s2), 0);
+		ASSERT_EQ(md__pool_publish(&p, s2, pg + PG, 1), 0);
+		ASSERT(memcmp(md__pool_page(&p, s2), pg + PG, PG) == 0);
+	}
+	ASSERT_EQ(md__pool_fail_punches, 0);
 	ASSERT_EQ(read(pipefd[0], got, PG), (ssize_t)PG);
 	ASSERT(memcmp(got, pg, PG) == 0);
 	close(pipefd[0]);
@@ -1485,6 +1495,49 @@ TEST_IMPL(engine_merge_run_within_budget)
 		if (i == 3 || i == 6)
 			want[5] ^= 1;
 		ASSERT(memcmp(b + i * PG, want, PG) == 0);
+	}
+	md__engine_fini(&e);
+	munmap(a, n * PG);
+	munmap(b, n * PG);
+	return 0;
+}
+
+/* A zap that did not come through the engine (a raw madvise of the VMM's)
+ * while a budget count runs, a run's pages frozen: the page it took
+ * reads zeroes (the discard's), and the further mapping of the run, which
+ * would have shown the pool's copy in its place, is not made. */
+static unsigned char *zap_during_count;
+
+static void zap_page(void)
+{
+	syscall(SYS_madvise, zap_during_count, PG, MADV_DONTNEED);
+}
+
+TEST_IMPL(engine_further_mapping_rechecks_protection)
+{
+	struct md__engine e;
+	const size_t n = 8;
+	unsigned char *a, *b, done[8];
+	uint32_t slot = twins_published(&e, &a, &b, n, 90), slots[8];
+	b[3 * PG + 5] ^= 1;	/* two runs: 0-2 and 4-7 */
+	for (size_t i = 0; i < n; i++)
+		slots[i] = slot + (uint32_t)i;
+	/* Room for both runs' mappings, the estimate above the count: the
+	 * first mapping fits it, the second counts (and fits then). */
+	e.vmas->est = budget_room(&e, 4) + 2;
+	zap_during_count = b + 5 * PG;
+	md__engine_count_hook = zap_page;
+	int merged = md__engine_merge_slots(&e, b, n, slots, done);
+	md__engine_count_hook = NULL;
+	ASSERT_EQ(merged, 3);
+	ASSERT(done[0] && done[2] && !done[4] && !done[5]);
+	unsigned char want[PG], zero[PG] = { 0 };
+	ASSERT(memcmp(b + 5 * PG, zero, PG) == 0);
+	for (size_t i = 0; i < n; i++) {
+		fill(want, 90 + (unsigned)i);
+		if (i == 3)
+			want[5] ^= 1;
+		ASSERT(i == 5 || memcmp(b + i * PG, want, PG) == 0);
 	}
 	md__engine_fini(&e);
 	munmap(a, n * PG);
