@@ -688,6 +688,17 @@ int md__scan_account(struct md_agent *a, int reap)
 	md__set(a, MD_CTR_PUBLISHED, ss.published);
 	md__set(a, MD_CTR_VOLATILE, ss.volatile_skips);
 	md__set(a, MD_CTR_ABANDONED, st.abandoned);
+	md__set(a, MD_CTR_MERGE_FALLBACKS, st.map_failed + st.budget_refused + st.freeze_failed);
+	/* Each way a merge falls back, once: the pages stay as they were. */
+	if (st.map_failed)
+		md__log_once(117, "the kernel refused a merge's mapping (memory short, or the map "
+			     "limit): those pages stay private (merge_fallbacks)");
+	if (st.budget_refused)
+		md__log_once(118, "merges wait: the mapping budget (vm.max_map_count less the VMM's "
+			     "room) is spent; those pages stay private (merge_fallbacks)");
+	if (st.freeze_failed)
+		md__log_once(119, "a merge could not write-protect its pages: those pages stay "
+			     "private (merge_fallbacks)");
 	md__set(a, MD_CTR_FULL_SCANS, ss.passes);
 	md__set(a, MD_CTR_SCAN_BREAKS, st.cow_broken);
 	md__set(a, MD_CTR_WP_WAITS, st.wp_faults);

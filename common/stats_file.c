@@ -76,6 +76,7 @@ const char *md__ctr_name(enum md__ctr c)
 		[MD_CTR_READ_PAGE_NS] = "read_page_ns",
 		[MD_CTR_READS_PAGE] = "reads_page",
 		[MD_CTR_READ_SMALL] = "read_small_pages",
+		[MD_CTR_MERGE_FALLBACKS] = "merge_fallbacks",
 	};
 	if ((unsigned)c >= MD_CTR_COUNT)
 		return "unknown";
@@ -136,6 +137,7 @@ void md__stats_from_counters(const uint64_t *ctr, md_stats *out)
 	out->read_shared_bytes = ctr[MD_CTR_READ_SHARED_BYTES];
 	out->read_page_ns = ctr[MD_CTR_READ_PAGE_NS];
 	out->reads_page = ctr[MD_CTR_READS_PAGE];
+	out->merge_fallbacks = ctr[MD_CTR_MERGE_FALLBACKS];
 }
 
 int md__stats_parse(const void *buf, size_t len, struct md__stats_snapshot *out)

@@ -68,6 +68,7 @@ enum md__ctr {
 	MD_CTR_HINT_RATIO,         /* now: hinted visits of every 8 */
 	MD_CTR_FILLED_PAGES,       /* pages of one repeated word mapped from fill strips */
 	MD_CTR_IO_UNSEEN,          /* 1: I/O the agent cannot follow stopped sharing */
+	MD_CTR_MERGE_FALLBACKS,    /* pages of merges that fell back, left as they were */
 	MD_CTR_COUNT
 };
 

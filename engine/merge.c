@@ -443,8 +443,10 @@ static int freeze(struct md__engine *e, const struct md__eregion *r, uintptr_t a
 			e->st.io_busy++;
 			return -EBUSY;
 		}
-	if (pagemap_read(e, addr, n, pm))
+	if (pagemap_read(e, addr, n, pm)) {
+		e->st.freeze_failed += n;
 		return -EIO;
+	}
 	for (size_t i = 0; i < n; i++)
 		if (!md__pm_has_page(pm[i]) && !(r->ref[first + i] & MD_REF_FILE)) {
 			e->st.holes += n;
@@ -453,8 +455,10 @@ static int freeze(struct md__engine *e, const struct md__eregion *r, uintptr_t a
 	/* Without WP_UNPOPULATED a missing page cannot carry the protection,
 	 * and its first write would not fault: make every page present. */
 	if (!(e->uffd.features & MD_UFFD_FEATURE_WP_UNPOPULATED) &&
-	    md__sys_madvise((void *)addr, len, MADV_POPULATE_READ) != 0)
+	    md__sys_madvise((void *)addr, len, MADV_POPULATE_READ) != 0) {
+		e->st.freeze_failed += n;
 		return -errno;
+	}
 	int err = md__uffd_wp(&e->uffd, addr, len, 1);
 	if (err == -ENOENT) {
 		/* Part of it is a mapping made since registration whose
@@ -474,10 +478,13 @@ static int freeze(struct md__engine *e, const struct md__eregion *r, uintptr_t a
 		if (!err)
 			err = md__uffd_wp(&e->uffd, addr, len, 1);
 	}
-	/* The ioctl protects mapping by mapping: a failure may leave some
-	 * pages protected, whose writers would wait for the fault thread. */
+	/* The ioctl protects mapping by mapping (before Linux 6.4 page by
+	 * page, md__uffd_wp): a failure may leave some pages protected,
+	 * whose writers would wait for the fault thread. */
 	if (err) {
 		thaw(e, addr, len);
+		if (err != -ENOSPC)	/* that one is budget_refused */
+			e->st.freeze_failed += n;
 		return err;
 	}
 	/* After the protection, before the compare: see inflight.h. */
@@ -1404,10 +1411,13 @@ int md__engine_merge_slots(struct md__engine *e, void *addr, size_t n, const uin
 		size_t m = n - c < CMP_PAGES ? n - c : CMP_PAGES, np = 0;
 		const unsigned char *g = frozen_pages(e, a + c * MD_EPAGE, m), *pp[CMP_PAGES];
 		for (size_t i = c; i < c + m; i++) {
-			eq[i] = slot_mergeable(e, slots[i]) ? EQ_DIFFERS : EQ_NO_SLOT;
+			/* Not read (no memory, or EFAULT): left as they were,
+			 * a fallback, not pages that differed. */
+			eq[i] = !g ? EQ_NO_SLOT : slot_mergeable(e, slots[i]) ? EQ_DIFFERS : EQ_NO_SLOT;
 			if (eq[i] == EQ_DIFFERS)
 				pp[np++] = md__engine_pool_page(e, slots[i]);
 		}
+		e->st.freeze_failed += g ? 0 : m;
 		other_pages(e, pp, np);
 		for (size_t i = c, k = 0; i < c + m && g; i++)
 			if (eq[i] == EQ_DIFFERS && memcmp(g + (i - c) * MD_EPAGE, pp[k++], MD_EPAGE) == 0)
@@ -1492,7 +1502,12 @@ int md__engine_merge_file(struct md__engine *e, void *addr, size_t n, int fd, of
 			f[i] = (const unsigned char *)content + (c + i) * MD_EPAGE;
 		other_pages(e, f, m);	/* one range: all copied, or none */
 		const unsigned char *g = frozen_pages(e, a + c * MD_EPAGE, m);
-		differ = !g || memcmp(g, f[0], m * MD_EPAGE) != 0;
+		if (!g) {
+			e->st.freeze_failed += n;	/* not read: a fallback */
+			err = -EFAULT;	/* not 0, which says a page differed */
+			goto thaw_pages;
+		}
+		differ = memcmp(g, f[0], m * MD_EPAGE) != 0;
 	}
 	if (differ || !still_frozen(e, a, n)) {
 		e->st.abandoned += n;

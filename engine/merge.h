@@ -158,6 +158,9 @@ struct md__engine_stats {
 	uint64_t map_remade;    /* of those, pages the failed mmap had unmapped
 				 * (Linux <= 6.6), mapped again with their content */
 	uint64_t budget_refused;/* merges refused by the VMA budget */
+	uint64_t freeze_failed; /* pages of runs the write-protection could not
+				 * be set on (pagemap, populate, the ioctl), or
+				 * whose frozen content could not be read */
 	uint64_t cow_broken;    /* merged pages since written (found by reap) */
 	uint64_t wp_faults;     /* writers that waited on a merge */
 	uint64_t refs_kept;     /* references kept for pages left mapped that

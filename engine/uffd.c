@@ -109,12 +109,18 @@ int md__uffd_unregister(struct md__uffd *u, uintptr_t addr, size_t len)
 	return md__sys_ioctl(u->fd, UFFDIO_UNREGISTER, &r) < 0 ? -errno : 0;
 }
 
-int md__uffd_wp(struct md__uffd *u, uintptr_t addr, size_t len, int protect)
+#define WP_PAGE 4096u	/* the base page on x86-64 */
+
+int md__uffd_one_page_only;	/* tests only: see uffd.h */
+
+static int wp_call(struct md__uffd *u, uintptr_t addr, size_t len, int protect)
 {
 	struct uffdio_writeprotect wp = {
 		.range = { .start = addr, .len = len },
 		.mode = protect ? UFFDIO_WRITEPROTECT_MODE_WP : 0,
 	};
+	if (len > WP_PAGE && __atomic_load_n(&md__uffd_one_page_only, __ATOMIC_RELAXED))
+		return -ENOENT;
 	/* EAGAIN: the mm is changing under us (mmap_changing); try again. */
 	for (int tries = 0; tries < 1000; tries++) {
 		if (md__sys_ioctl(u->fd, UFFDIO_WRITEPROTECT, &wp) == 0)
@@ -123,6 +129,26 @@ int md__uffd_wp(struct md__uffd *u, uintptr_t addr, size_t len, int protect)
 			return -errno;
 	}
 	return -EAGAIN;
+}
+
+int md__uffd_wp(struct md__uffd *u, uintptr_t addr, size_t len, int protect)
+{
+	int err = wp_call(u, addr, len, protect);
+	if (err != -ENOENT || len <= WP_PAGE)
+		return err;
+	/* Before Linux 6.4 a call covers one mapping only: a run across two
+	 * (a page merged before beside one that was not, a read's image
+	 * mapping) fails whole. Page by page then: protecting stops at the
+	 * first page that fails (the caller thaws the run); unprotecting
+	 * goes on past it, to leave no writer waiting. */
+	err = 0;
+	for (size_t off = 0; off < len; off += WP_PAGE) {
+		int e = wp_call(u, addr + off, WP_PAGE, protect);
+		err = err ? err : e;
+		if (e && protect)
+			break;
+	}
+	return err;
 }
 
 int md__uffd_wake(struct md__uffd *u, uintptr_t addr, size_t len)

@@ -40,6 +40,9 @@ int md__uffd_unregister(struct md__uffd *u, uintptr_t addr, size_t len);
 /* Write-protects (protect != 0) or un-protects the range; un-protecting wakes
  * the threads waiting on it. -ENOENT: some of it is not registered. */
 int md__uffd_wp(struct md__uffd *u, uintptr_t addr, size_t len, int protect);
+/* Tests only: md__uffd_wp's calls over more than one page fail as Linux
+ * before 6.4 fails those that cross mappings (ENOENT). 0 otherwise. */
+extern int md__uffd_one_page_only;
 /* Wakes threads waiting on faults in the range (registered or not). */
 int md__uffd_wake(struct md__uffd *u, uintptr_t addr, size_t len);
 /* Starts the fault thread. */

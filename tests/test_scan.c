@@ -265,6 +265,38 @@ static void start_scan_logged(struct proc *p, const char *name, char *log, size_
 	proc_start(p, env);
 }
 
+static int fell_back(const md_stats *s) { return s->merge_fallbacks >= 64; }
+
+/* A merge that falls back leaves its pages as they were, and says so: in
+ * merge_fallbacks, and once in the log. Here the mapping budget (1) is
+ * spent before the first merge. */
+TEST_IMPL(scan_merge_fallbacks_said)
+{
+	char log[600], logenv[700];
+	snprintf(log, sizeof(log), "%s/fallbacks.log", test_dir());
+	snprintf(logenv, sizeof(logenv), "MEMDEDUP_LOG=%s", log);
+	const char *env[] = { fast_scan[0], fast_scan[1], fast_scan[2], logenv,
+			      "MEMDEDUP_MAX_VMAS=1", "MEMDEDUP_DOMAIN=private", NULL };
+	struct proc a;
+	proc_start(&a, env);
+	proc_cmd(&a, "map 512");
+	ASSERT(strcmp(proc_cmd(&a, "fill 0 256 3"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 256 3", 256 * PG), "ok") == 0);
+	char h[32];
+	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", 256 * PG));
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, fell_back), 0);
+	ASSERT_EQ(s.merged, 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 256 * PG, 256 * PG), h) == 0);
+	for (unsigned i = 0; i < 256; i += 17)
+		ASSERT(proc_page(&a, i * PG).pfn != proc_page(&a, (256 + i) * PG).pfn);
+	proc_stop(&a);
+	const char *text = file_text(log);
+	const char *said = strstr(text, "merges wait: the mapping budget");
+	ASSERT(said && !strstr(said + 1, "merges wait: the mapping budget"));
+	return 0;
+}
+
 /* Guest RAM holding 256 pairs of equal pages; `io` (a testproc command,
  * before the RAM exists when `early`, as QEMU sets up Linux AIO when it
  * opens its drives; when `reads`, given a file's descriptor, offset 0, a

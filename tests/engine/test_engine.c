@@ -1067,6 +1067,65 @@ TEST_IMPL(engine_merge_leaves_image_mapped_since)
 	return 0;
 }
 
+/* Before Linux 6.4 (Debian 12's 6.1) a write-protect call covers one
+ * mapping: a run across two failed whole, every pass, and never merged.
+ * With calls over more than a page failing so, a run still merges (a page
+ * at a time), one page that differs is given back to its writers. */
+TEST_IMPL(engine_merge_page_by_page_before_6_4)
+{
+	struct md__engine e;
+	const size_t n = 8;
+	unsigned char *a, *b, want[PG];
+	uint32_t slot = twins_published(&e, &a, &b, n, 110);
+	b[3 * PG + 5] ^= 1;
+	md__uffd_one_page_only = 1;
+	int merged = md__engine_merge(&e, b, n, slot);
+	md__uffd_one_page_only = 0;
+	ASSERT_EQ(merged, 7);
+	for (size_t i = 0; i < n; i++) {
+		fill(want, 110 + (unsigned)i);
+		if (i == 3)
+			want[5] ^= 1;
+		ASSERT(memcmp(b + i * PG, want, PG) == 0);
+		ASSERT(i == 3 ? pfn(b + i * PG) != pfn(a + i * PG) : pfn(b + i * PG) == pfn(a + i * PG));
+	}
+	unsigned char v = b[3 * PG + 5];
+	b[3 * PG + 5] = (unsigned char)(v ^ 1);	/* not left protected: no wait */
+	ASSERT_EQ(b[3 * PG + 5], (unsigned char)(v ^ 1));
+	md__engine_fini(&e);
+	munmap(a, n * PG);
+	munmap(b, n * PG);
+	return 0;
+}
+
+/* Frozen pages that cannot be read (the VMM made them PROT_NONE since the
+ * visit) are a fallback, not pages that differed: left as they were,
+ * counted as freeze_failed, not abandoned. */
+TEST_IMPL(engine_unreadable_frozen_pages_fall_back)
+{
+	struct md__engine e;
+	const size_t n = 4;
+	unsigned char *a, *b, want[PG];
+	uint32_t slot = twins_published(&e, &a, &b, n, 120);
+	ASSERT_EQ(mprotect(b, n * PG, PROT_NONE), 0);
+	ASSERT(md__engine_merge(&e, b, n, slot) <= 0);
+	ASSERT_EQ(mprotect(b, n * PG, PROT_READ | PROT_WRITE), 0);
+	struct md__engine_stats st;
+	md__engine_stats(&e, &st);
+	ASSERT_EQ(st.merged, 0);
+	ASSERT_EQ(st.abandoned, 0);
+	ASSERT_EQ(st.freeze_failed, n);
+	for (size_t i = 0; i < n; i++) {
+		fill(want, 120 + (unsigned)i);
+		ASSERT(memcmp(b + i * PG, want, PG) == 0);
+	}
+	b[5] ^= 1;	/* not left protected */
+	md__engine_fini(&e);
+	munmap(a, n * PG);
+	munmap(b, n * PG);
+	return 0;
+}
+
 /* A run of side-by-side guest pages merged at once, each with its own slot:
  * copies of one page map that one slot; a page that differs, and one whose
  * slot is not live, stay as they were; the region's advice covers every
