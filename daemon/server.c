@@ -452,9 +452,15 @@ static int pidfd_of_peer(pid_t pid, uid_t uid)
 	return pfd;
 }
 
-static void accept_all(struct md__daemon *d)
+/* Connections taken per wake-up: the listener is level-triggered, so what
+ * is left wakes the next loop, after the other events. Taken until none
+ * was left, a peer connecting and closing in a loop on a few cores kept
+ * every agent's request, exit and the stall sweep waiting. */
+#define ACCEPT_BATCH 64
+
+static void accept_waiting(struct md__daemon *d)
 {
-	for (;;) {
+	for (int taken = 0; taken < ACCEPT_BATCH; taken++) {
 		int fd = accept4(d->lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0) {
 			if (errno == EINTR || errno == ECONNABORTED)
@@ -1119,7 +1125,7 @@ void md__server_events(struct md__daemon *d)
 			continue;	/* its owner was freed meanwhile */
 		switch (ep->kind) {
 		case MD_EP_LISTEN:
-			accept_all(d);
+			accept_waiting(d);
 			break;
 		case MD_EP_SIGNAL:
 			handle_signal(d);
