@@ -79,6 +79,13 @@ static void tick(void)
 	chunk_peer = ~(size_t)0;
 }
 
+/* The process of the next chunk's peer exits first (FUZZ_OP_EXIT). */
+static void exit_next(void)
+{
+	next_flags |= FUZZ_OP_EXIT;
+	chunk_peer = ~(size_t)0;
+}
+
 /* The peer's replies are read (0) or not (1) from its next chunk on. */
 static void deaf(unsigned peer, int on)
 {
@@ -262,6 +269,35 @@ static void agent_session(const char *dir)
 	status(0, 0, 0);	/* not on an agent's connection: refused, closed */
 	op(FUZZ_OP_HANGUP | 0);
 	save(dir, "agent");
+}
+
+/* An agent's process exits holding references and owing a CONTROL (its
+ * pidfd turns readable): they go, the other agent's stay; its connection,
+ * kept open by a child, says HELLO again; a new process with its pid
+ * joins; the other agent's process exits too. */
+static void exit_session(const char *dir)
+{
+	begin();
+	hello(0, MD_HELLO_CONTROL_PID, "ex");
+	hello(2, MD_HELLO_CONTROL_PID, "ex");
+	publish(2, 2, 21);	/* slots 0 and 1 */
+	lookup(0, md__page_hash(page(0, 21)), 0x7f0000001000, 0);	/* found */
+	refs(0, MD_MSG_REF, (const uint32_t[]){ 0 }, 1);
+	control(1, MD_CTL_PAUSE, 0, NULL, NULL);	/* to both */
+	control_done(0, 1, 0, "");
+	exit_next();
+	status(3, 0, 0);	/* peer 2's process exits; peer 3 is a new one */
+	hello(2, MD_HELLO_CONTROL_PID, "ex");	/* on the connection it left */
+	op(FUZZ_OP_CLOSE | 2);
+	hello(2, MD_HELLO_CONTROL_PID, "ex");
+	publish(2, 1, 22);
+	refs(0, MD_MSG_UNREF, (const uint32_t[]){ 0 }, 1);
+	tick();
+	status(1, 0, 0);
+	exit_next();
+	op(FUZZ_OP_CLOSE | 0);
+	status(1, 0, 0);
+	save(dir, "exit");
 }
 
 /* Two agents of one domain (peers 0 and 2): a first sighting named as a
@@ -555,5 +591,6 @@ int main(int argc, char **argv)
 	refusal_session(argv[1]);
 	full_pool_session(argv[1]);
 	unread_at_close_session(argv[1]);
+	exit_session(argv[1]);
 	return bad;
 }

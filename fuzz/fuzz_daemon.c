@@ -31,7 +31,12 @@
  * paired, SHAREs, CONTROLs to several) and the bounds of users other than
  * root are reached. No process can have their pids: what the daemon reads
  * of /proc/PID fails alike on every machine. The pidfd of each connection
- * is this process's own, so agents never exit. The STATUS rate limit is
+ * is this process's own, so agents never exit, unless the input has a
+ * FUZZ_OP_EXIT: then it is one of a child standing for its process (a
+ * `cat` reading a pipe, spawned: a fork would hold our descriptors, and
+ * an epoll entry goes only with the last descriptor of its file), which
+ * the op ends, and the exit comes through the daemon's loop as a real
+ * one. The STATUS rate limit is
  * off (MEMDEDUP_STATUS_KB_PER_S=0), CONTROLs wait 0 ms, and no timer runs
  * but when an input says: an input does the same each time. */
 #include <errno.h>
@@ -42,16 +47,15 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <spawn.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "daemon.h"
 #include "fuzz_daemon.h"
 #include "fuzz_util.h"
 
-#ifndef SYS_pidfd_open
-#define SYS_pidfd_open 434
-#endif
 
 /* Rounds of a pump that moved something: past this many the daemon spins. */
 #define FUZZ_ROUNDS_MAX 1000000
@@ -88,14 +92,83 @@ static void daemon_stderr_end(FILE *saved)
 	stderr = saved;
 }
 
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+
+extern char **environ;
+
+/* The children standing for the two processes when the input has exits
+ * (pid 0: none yet, or it exited); each reads its pipe until its write
+ * end, hold, closes. */
+static int with_exits;
+static struct { pid_t pid; int hold; } procs[2];
+
+static int proc_pidfd(unsigned pr)
+{
+	if (!with_exits)
+		return (int)syscall(SYS_pidfd_open, getpid(), 0);
+	if (procs[pr].pid <= 0) {
+		int pfd[2];
+		posix_spawn_file_actions_t fa;
+		if (pipe2(pfd, O_CLOEXEC) != 0)
+			return -1;
+		posix_spawn_file_actions_init(&fa);
+		posix_spawn_file_actions_adddup2(&fa, pfd[0], 0);
+		posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+		char *argv[] = { "cat", NULL };
+		pid_t pid;
+		int err = posix_spawn(&pid, "/bin/cat", &fa, NULL, argv, environ);
+		posix_spawn_file_actions_destroy(&fa);
+		close(pfd[0]);
+		if (err) {
+			close(pfd[1]);
+			errno = err;
+			return -1;
+		}
+		procs[pr].pid = pid;
+		procs[pr].hold = pfd[1];
+	}
+	return (int)syscall(SYS_pidfd_open, procs[pr].pid, 0);
+}
+
+/* Whether an op of the input has FUZZ_OP_EXIT (chunks as the loop below
+ * takes them). */
+static int input_exits(const uint8_t *data, size_t size)
+{
+	for (size_t off = 0; off < size;) {
+		unsigned op = data[off++], act = op & FUZZ_OP_ACT;
+		if (op & FUZZ_OP_EXIT)
+			return 1;
+		if (act == FUZZ_OP_REST)
+			break;
+		if (act == FUZZ_OP_SEND) {
+			size_t len = size - off >= 3 ? get24(data + off) : 0;
+			off = off + 3 <= size ? off + 3 : size;
+			off += len < size - off ? len : size - off;
+		}
+	}
+	return 0;
+}
+
+static void proc_exit(unsigned pr)
+{
+	if (procs[pr].pid <= 0)
+		return;
+	close(procs[pr].hold);
+	waitpid(procs[pr].pid, NULL, 0);
+	procs[pr].pid = 0;
+}
+
 static void peer_open(struct md__daemon *d, struct peer *p, unsigned k)
 {
 	int sv[2];
+	unsigned pr = FUZZ_PID_OF(k) - FUZZ_PID;
 	p->fd = -1;
 	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) != 0)
 		return;
 	struct ucred cr = { .pid = FUZZ_PID_OF(k), .uid = FUZZ_UID_OF(k), .gid = FUZZ_UID_OF(k) };
-	int pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0);
+	int pidfd = proc_pidfd(pr);
 	if (!md__conn_new(d, sv[1], &cr, pidfd, pidfd < 0 ? -errno : 0)) {
 		close(sv[0]);
 		return;
@@ -294,11 +367,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	d->start_ms = md__now_ms();
 	for (int k = 0; k < FUZZ_PEERS; k++)
 		peers[k] = (struct peer){ .fd = -1 };
+	with_exits = input_exits(data, size);
 
 	size_t off = 0;
 	while (off < size) {
 		unsigned op = data[off++], act = op & FUZZ_OP_ACT;
 		struct peer *p = &peers[op & FUZZ_OP_PEER];
+		if (op & FUZZ_OP_EXIT)
+			proc_exit(FUZZ_PID_OF(op & FUZZ_OP_PEER) - FUZZ_PID);
 		if (op & FUZZ_OP_TICK) {
 			FILE *saved = daemon_stderr_begin();
 			md__control_tick(d);
@@ -355,6 +431,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	daemon_stderr_end(saved);
 	close(d->epfd);
 	free(d);
+	proc_exit(0);
+	proc_exit(1);
 	if (count_fds() != fds)
 		__builtin_trap();	/* a descriptor leaked */
 	return 0;

@@ -32,4 +32,9 @@
  * without this bit (or the end): the daemon's queue for it grows, and past
  * MD_D_OUT_PAUSE it stops handling the peer's requests. */
 #define FUZZ_OP_DEAF (1u << 6)
+/* First, the peer's process exits: the pidfd the daemon holds of it turns
+ * readable, and its next connection is a new process with the same pid
+ * (as after a pid is reused). Its connections stay open, as a child the
+ * VMM forked keeps them. */
+#define FUZZ_OP_EXIT (1u << 7)
 #endif
