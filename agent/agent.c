@@ -199,6 +199,11 @@ static void *agent_thread(void *arg)
 	}
 	if (statm_fd >= 0)
 		close(statm_fd);
+	/* Under the lock: who wakes this thread (start_break) holds it, and
+	 * a thread id let go may be another thread's soon. */
+	md__agent_enter(a);
+	a->thread_tid = 0;
+	md__agent_leave(a);
 	return NULL;
 }
 

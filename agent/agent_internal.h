@@ -120,6 +120,7 @@ uint64_t md__memroom_available(const struct md__memroom *kept);
 
 struct md_agent {
 	pthread_mutex_t lock;
+	unsigned lock_wanted;      /* threads in md__agent_enter, not in yet */
 	struct md__ours ours;         /* see ours.c */
 	struct md__region *regions;   /* sorted by start, disjoint */
 	size_t nregions, regions_cap;
@@ -511,7 +512,9 @@ void md__ours_refresh(struct md_agent *a);
  * publishes what the records cover (md__ours_refresh). */
 static inline void md__agent_enter(struct md_agent *a)
 {
+	__atomic_add_fetch(&a->lock_wanted, 1, __ATOMIC_RELAXED);
 	pthread_mutex_lock(&a->lock);
+	__atomic_sub_fetch(&a->lock_wanted, 1, __ATOMIC_RELAXED);
 	md__in_agent++;
 }
 
@@ -523,10 +526,17 @@ static inline void md__agent_leave(struct md_agent *a)
 }
 
 /* Between two parts of a long job under the agent's lock: the VMM's calls
- * waiting for it get in (and md__part_hook runs, in tests). */
+ * waiting for it get in (and md__part_hook runs, in tests). A mutex let go
+ * is not handed to a waiter: one just woken found it taken again, and
+ * waited for the whole job. So one of those waiting goes first: slept for
+ * until it is in, 2 ms at most (a waiter woken behind a busy vCPU thread
+ * may take that long to run, and more may keep coming). */
 static inline void md__agent_let_in(struct md_agent *a)
 {
 	md__agent_leave(a);
+	unsigned waiting = __atomic_load_n(&a->lock_wanted, __ATOMIC_RELAXED);
+	for (int i = 0; waiting && i < 40 && __atomic_load_n(&a->lock_wanted, __ATOMIC_RELAXED) >= waiting; i++)
+		nanosleep(&(struct timespec){ 0, 50000 }, NULL);
 	void (*hook)(struct md_agent *) = __atomic_load_n(&md__part_hook, __ATOMIC_RELAXED);
 	if (hook)
 		hook(a);

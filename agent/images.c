@@ -471,7 +471,7 @@ static void start_break(struct md_agent *a, struct md__image *img)
 	/* The first part here; the agent's thread makes the rest at once
 	 * (woken: this may be a VMM's thread, and the agent's may sleep a
 	 * second), its lock let go between them. */
-	if (finish_break(a, img))
+	if (finish_break(a, img) && a->thread_tid)
 		syscall(SYS_tgkill, getpid(), a->thread_tid, a->lease_signal);
 }
 

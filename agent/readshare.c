@@ -439,16 +439,32 @@ static ssize_t read_segment(struct md_agent *a, int fd, void *buf, size_t len, o
 
 /* Mapped pages a whole read then wrote over: private copies now, no
  * image's any more (as a lease break leaves them, privatize_run), or the
- * next walk counted them as written since they were shared. */
+ * next walk counted them as written since they were shared. Only those
+ * that are copies now: between that read, made without the lock, and here
+ * another read may have mapped an image over some again, whose records a
+ * lease break must find. A page pagemap cannot tell keeps its record (a
+ * break makes it private again: nothing). */
 static void forget_overwritten(struct md_agent *a, uintptr_t addr, size_t len)
 {
+	uint64_t pm[512];
+	int fd = md__proc_open("pagemap", 0);
 	md__agent_enter(a);
 	struct md__region *r = md__region_find(a, addr, len);
-	if (r) {
-		owners_set(r, addr, len, 0);
-		md__rangeset_add(&a->forgotten, addr, addr + len);
+	for (uintptr_t p = addr; r && fd >= 0 && p < addr + len;) {
+		size_t n = (addr + len - p) / MD_PAGE < 512 ? (addr + len - p) / MD_PAGE : 512;
+		if (md__sys_pread(fd, pm, n * sizeof(pm[0]), (off_t)(p / MD_PAGE * sizeof(pm[0]))) !=
+		    (ssize_t)(n * sizeof(pm[0])))
+			break;
+		for (size_t i = 0; i < n; i++)
+			if ((pm[i] & MD_PM_PRESENT) && !(pm[i] & MD_PM_FILE))
+				owners_set(r, p + i * MD_PAGE, MD_PAGE, 0);
+		p += n * MD_PAGE;
 	}
+	if (r)
+		md__rangeset_add(&a->forgotten, addr, addr + len);
 	md__agent_leave(a);
+	if (fd >= 0)
+		close(fd);
 }
 
 /* The bytes of a read into guest RAM that read_segment did not map. */

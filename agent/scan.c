@@ -505,13 +505,17 @@ static int unmerge_locked(md_agent *a, char *why, size_t size, int by)
 	 * pages become private copies in the image's mapping, as after a
 	 * lease break: no userfaultfd can protect a mapping of a disk file,
 	 * so they stay out of the scanner's merges from now on. */
-	for (at = 0; !err && by != UNMERGE_USER && at != UINTPTR_MAX;) {
-		/* In parts too, the agent's lock let go between them; a
-		 * page a read maps meanwhile below the cursor stays shared,
-		 * as one mapped after the unmerge would. */
-		err = md__privatize_from(a, &at, UINTPTR_MAX, 0, md__privatize_part_pages);
-		if (at != UINTPTR_MAX)
-			md__agent_let_in(a);
+	/* In parts too, the agent's lock let go between them; a page a read
+	 * maps meanwhile below the cursor stays shared, as one mapped after
+	 * the unmerge would. A part that failed does not stop the rest: the
+	 * first failure is said. */
+	if (!err && by != UNMERGE_USER) {
+		for (at = 0; at != UINTPTR_MAX;) {
+			int part_err = md__privatize_from(a, &at, UINTPTR_MAX, 0, md__privatize_part_pages);
+			err = err ? err : part_err;
+			if (at != UINTPTR_MAX)
+				md__agent_let_in(a);
+		}
 	}
 	md__agent_leave(a);
 	goto paused;
@@ -691,14 +695,14 @@ int md__scan_account(struct md_agent *a, int reap)
 	md__set(a, MD_CTR_MERGE_FALLBACKS, st.map_failed + st.budget_refused + st.freeze_failed);
 	/* Each way a merge falls back, once: the pages stay as they were. */
 	if (st.map_failed)
-		md__log_once(117, "the kernel refused a merge's mapping (memory short, or the map "
-			     "limit): those pages stay private (merge_fallbacks)");
+		md__log_once(117, "the kernel refused a mapping the scanner asked for (memory short, "
+			     "or the map limit): those pages stay as they were (merge_fallbacks)");
 	if (st.budget_refused)
 		md__log_once(118, "merges wait: the mapping budget (vm.max_map_count less the VMM's "
-			     "room) is spent; those pages stay private (merge_fallbacks)");
+			     "room) is spent; those pages stay as they were (merge_fallbacks)");
 	if (st.freeze_failed)
-		md__log_once(119, "a merge could not write-protect its pages: those pages stay "
-			     "private (merge_fallbacks)");
+		md__log_once(119, "the scanner could not write-protect or read pages it froze: they "
+			     "stay as they were (merge_fallbacks)");
 	md__set(a, MD_CTR_FULL_SCANS, ss.passes);
 	md__set(a, MD_CTR_SCAN_BREAKS, st.cow_broken);
 	md__set(a, MD_CTR_WP_WAITS, st.wp_faults);

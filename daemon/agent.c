@@ -397,8 +397,8 @@ static void agent_free(struct md__daemon *d, struct md__agent *a)
 	}
 	if (a->conn)
 		a->conn->agent = NULL;
-	md__ep_forget(d, &a->ep);
-	close(a->pidfd);	/* leaves the epoll set with it */
+	md__ep_forget(d, &a->ep, a->pidfd);
+	close(a->pidfd);
 	free(a->refs);
 	free(a);
 }

@@ -289,8 +289,9 @@ void md__conn_unrefs_left(struct md__conn *c);
 void md__conn_fail(struct md__daemon *d, struct md__conn *c, uint32_t seq, int err,
 		   const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 int md__ep_add(struct md__daemon *d, int fd, struct md__ep *ep, uint32_t events);
-/* ep is about to be freed: drop its pending events of this wake-up. */
-void md__ep_forget(struct md__daemon *d, struct md__ep *ep);
+/* ep, watched on fd, is about to be freed (and fd closed): out of the
+ * epoll set, and its pending events of this wake-up dropped. */
+void md__ep_forget(struct md__daemon *d, struct md__ep *ep, int fd);
 
 /* domain.c */
 /* The domain (uid, name), made if there is none (at most

@@ -151,8 +151,13 @@ static void update_events(struct md__daemon *d, struct md__conn *c)
 	set_events(d, c, ev);
 }
 
-void md__ep_forget(struct md__daemon *d, struct md__ep *ep)
+void md__ep_forget(struct md__daemon *d, struct md__ep *ep, int fd)
 {
+	/* Out of the set before the close: a close takes an entry out only
+	 * with the last descriptor of its file, and one held anywhere else
+	 * (a child between its fork and its exec) would report events for
+	 * freed memory. */
+	epoll_ctl(d->epfd, EPOLL_CTL_DEL, fd, NULL);
 	/* Events of this wake-up not handled yet must not reach freed memory. */
 	for (int i = 0; i < d->nev; i++)
 		if (d->evs[i].data.ptr == ep)
@@ -345,7 +350,7 @@ static void conn_close(struct md__daemon *d, struct md__conn *c)
 		md__agent_detach(d, a);
 		reshare(d);
 	}
-	md__ep_forget(d, &c->ep);
+	md__ep_forget(d, &c->ep, c->fd);
 	*c->pprev = c->next;
 	if (c->next)
 		c->next->pprev = c->pprev;

@@ -1129,6 +1129,7 @@ static int budget_ok(struct md__engine *e, size_t new_vmas)
 		void (*hook)(void) = __atomic_load_n(&md__engine_count_hook, __ATOMIC_RELAXED);
 		if (hook)
 			hook();
+		e->budget_counts++;
 		uint64_t counted = md__vmas_count(e->vmas);
 		if (counted)
 			e->st.vmas = counted;
@@ -1140,15 +1141,17 @@ static int budget_ok(struct md__engine *e, size_t new_vmas)
 }
 
 /* A further mapping of a run frozen and checked already: within the VMA
- * budget, and its pages still frozen, as the budget's count of every
- * mapping may take long enough (110 ms at 55,000) for a zap that did not
- * come through md__engine_discard to take a page and its protection,
- * and a write to follow into a fresh page the mapping would replace. */
+ * budget, and, if the budget counted every mapping meanwhile, its pages
+ * still frozen: a count may take long enough (110 ms at 55,000) for a zap
+ * that did not come through md__engine_discard to take a page and its
+ * protection, and a write to follow into a fresh page the mapping would
+ * replace. */
 static int further_mapping_ok(struct md__engine *e, uintptr_t a, size_t n)
 {
+	uint64_t counts = e->budget_counts;
 	if (!budget_ok(e, 2))
 		return 0;
-	if (still_frozen(e, a, n))
+	if (e->budget_counts == counts || still_frozen(e, a, n))
 		return 1;
 	e->st.abandoned += n;	/* as pages that changed under the protection */
 	return 0;
@@ -1570,8 +1573,13 @@ static int freeze_filled(struct md__engine *e, const struct md__eregion *r, uint
 	for (size_t c = 0; c < n; c += CMP_PAGES) {
 		size_t m = n - c < CMP_PAGES ? n - c : CMP_PAGES;
 		const unsigned char *g = frozen_pages(e, a + c * MD_EPAGE, m);
+		if (!g) {	/* not read: a fallback, not pages that differed */
+			thaw(e, a, n * MD_EPAGE);
+			e->st.freeze_failed += n;
+			return -EFAULT;
+		}
 		for (size_t i = 0; i < m; i++)
-			eq[c + i] = g && md__page_is_filled(g + i * MD_EPAGE, word);
+			eq[c + i] = md__page_is_filled(g + i * MD_EPAGE, word);
 	}
 	if (!still_frozen(e, a, n))
 		memset(eq, 0, n);

@@ -210,6 +210,7 @@ struct md__engine {
 	size_t nregions;
 	int pagemap_fd;
 	unsigned char *cmp_buf;	/* the compare's copies: frozen pages, then what they must equal */
+	uint64_t budget_counts; /* counts of every mapping budget_ok made (merge lock) */
 	uint64_t zero_pfn;      /* the kernel's zero page in pagemap, 0: unknown or none */
 	uint64_t zap_gen;       /* VMM discards done (md__engine_discard), counted
 				 * under the lock once the range is holes, and

@@ -220,11 +220,12 @@ typedef struct md_stats {
 	                                  (Linux AIO, io_uring reads, a device's DMA)
 	                                  stopped read-time sharing and merging for
 	                                  good (md_agent_io_unseen) */
-	uint64_t merge_fallbacks;      /* pages of merges that fell back, left as
-	                                  they were: the kernel refused a mapping,
-	                                  the mapping budget was spent, or the
-	                                  write-protection could not be set (each
-	                                  reason said once in the log) */
+	uint64_t merge_fallbacks;      /* merges (and moves of merged pages) that
+	                                  fell back, leaving pages as they were:
+	                                  pages whose mapping the kernel refused or
+	                                  whose write-protection could not be set or
+	                                  read, and runs the mapping budget refused
+	                                  (each reason said once in the log) */
 } md_stats;
 
 /* Returns a short name of a fallback reason ("unaligned", ...). */

@@ -1090,8 +1090,11 @@ TEST_IMPL(engine_merge_page_by_page_before_6_4)
 		ASSERT(i == 3 ? pfn(b + i * PG) != pfn(a + i * PG) : pfn(b + i * PG) == pfn(a + i * PG));
 	}
 	unsigned char v = b[3 * PG + 5];
-	b[3 * PG + 5] = (unsigned char)(v ^ 1);	/* not left protected: no wait */
+	b[3 * PG + 5] = (unsigned char)(v ^ 1);
 	ASSERT_EQ(b[3 * PG + 5], (unsigned char)(v ^ 1));
+	struct md__engine_stats st;
+	md__engine_stats(&e, &st);
+	ASSERT_EQ(st.wp_faults, 0);	/* not left protected: the write did not wait */
 	md__engine_fini(&e);
 	munmap(a, n * PG);
 	munmap(b, n * PG);
@@ -1119,7 +1122,9 @@ TEST_IMPL(engine_unreadable_frozen_pages_fall_back)
 		fill(want, 120 + (unsigned)i);
 		ASSERT(memcmp(b + i * PG, want, PG) == 0);
 	}
-	b[5] ^= 1;	/* not left protected */
+	b[5] ^= 1;
+	md__engine_stats(&e, &st);
+	ASSERT_EQ(st.wp_faults, 0);	/* not left protected: the write did not wait */
 	md__engine_fini(&e);
 	munmap(a, n * PG);
 	munmap(b, n * PG);
