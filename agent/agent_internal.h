@@ -260,6 +260,10 @@ extern int md__privatize_fail;
  * parts of a lease break's or an unmerge's image pages made private (the
  * agent's lock let go). */
 extern void (*md__part_hook)(struct md_agent *a);
+/* Tests only: called when a read whose copies around its mapped pages
+ * failed went whole, before it forgets the pages it overwrote (where
+ * another read could map them again). */
+extern void (*md__overwritten_hook)(struct md_agent *a);
 /* Tests only: md_agent_io_unseen's first call sleeps this long (us) before
  * it is done, and then counts md__io_unseen_slept. */
 extern unsigned md__io_unseen_delay_us, md__io_unseen_slept;

@@ -444,9 +444,14 @@ static ssize_t read_segment(struct md_agent *a, int fd, void *buf, size_t len, o
  * another read may have mapped an image over some again, whose records a
  * lease break must find. A page pagemap cannot tell keeps its record (a
  * break makes it private again: nothing). */
+void (*md__overwritten_hook)(struct md_agent *a);	/* tests only: see agent_internal.h */
+
 static void forget_overwritten(struct md_agent *a, uintptr_t addr, size_t len)
 {
 	uint64_t pm[512];
+	void (*hook)(struct md_agent *) = __atomic_load_n(&md__overwritten_hook, __ATOMIC_RELAXED);
+	if (hook)
+		hook(a);
 	int fd = md__proc_open("pagemap", 0);
 	md__agent_enter(a);
 	struct md__region *r = md__region_find(a, addr, len);

@@ -3044,6 +3044,70 @@ TEST_IMPL(image_stale_lease_signal_ignored)
 	return 0;
 }
 
+/* A read whose copies around its mapped pages failed (an O_DIRECT read up
+ * to an end of file no multiple of a block) goes whole over them, and
+ * forgets them as the image's: but another read may map the image over
+ * them again first (here, the hook), whose pages must stay on record, or
+ * a lease break would leave them showing the file as its writer changes
+ * it. */
+static int overwritten_fd;
+static char *overwritten_ram;
+
+static void read_again_over(md_agent *a)
+{
+	ssize_t n = md_agent_pread(a, overwritten_fd, overwritten_ram, 16 * PG, 16 * PG);
+	ASSERT_EQ(n, 16 * PG);
+}
+
+TEST_IMPL(read_gone_whole_keeps_remapped_records)
+{
+	char img[512];
+	static unsigned char data[32 * PG + 100], want[16 * PG];
+	snprintf(img, sizeof(img), "%s/odd-again.img", test_dir());
+	for (size_t i = 0; i < sizeof(data); i++)
+		data[i] = (unsigned char)(i * 13 + i / PG);
+	int w = open(img, O_CREAT | O_TRUNC | O_WRONLY, 0600);
+	ASSERT(w >= 0 && write(w, data, sizeof(data)) == (ssize_t)sizeof(data));
+	close(w);
+	int dfd = open(img, O_RDONLY | O_DIRECT);
+	if (dfd < 0 && errno == EINVAL)
+		SKIP("no O_DIRECT on the test directory's filesystem");
+	ASSERT(dfd >= 0);
+	overwritten_fd = open(img, O_RDONLY);
+	ASSERT(overwritten_fd >= 0);
+	md_agent *a;
+	char *m = inproc_agent(&a, 1000, 64 * PG);
+	memset(m, 0x5a, 64 * PG);
+	ASSERT_EQ(md_agent_register(a, m, 64 * PG, 0), 0);
+	ASSERT_EQ(md_agent_pause(a, 1), 0);
+	overwritten_ram = m;
+	md__overwritten_hook = read_again_over;
+	ASSERT_EQ(md_agent_pread(a, dfd, m, 17 * PG, 16 * PG), (ssize_t)(16 * PG + 100));
+	md__overwritten_hook = NULL;
+	memcpy(want, data + 16 * PG, sizeof(want));
+	ASSERT(memcmp(m, want, sizeof(want)) == 0);
+	/* A writer opens the image: the pages the hook's read mapped are made
+	 * private first, and keep what the guest read. */
+	pid_t writer = fork();
+	ASSERT(writer >= 0);
+	if (writer == 0) {
+		int wfd = open(img, O_WRONLY);
+		static char junk[32 * PG];
+		memset(junk, 0xee, sizeof(junk));
+		_exit(wfd >= 0 && pwrite(wfd, junk, sizeof(junk), 0) == (ssize_t)sizeof(junk) &&
+		      fsync(wfd) == 0 ? 0 : 1);
+	}
+	int status;
+	ASSERT_EQ(waitpid(writer, &status, 0), writer);
+	ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	ASSERT(memcmp(m, want, sizeof(want)) == 0);
+	md_agent_free(a);
+	munmap(m, 64 * PG);
+	close(dfd);
+	close(overwritten_fd);
+	return 0;
+}
+
 TEST_IMPL(scan_image_index_prunes_written)
 {
 	/* The index of image pages hashes them where the read mapped them,
