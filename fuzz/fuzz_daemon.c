@@ -242,6 +242,11 @@ static int peer_read(struct peer *p)
 			continue;
 		if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
 			return moved;
+		/* A failed call (ECONNRESET: the daemon closed with our bytes
+		 * unread) fills no control buffer: read, its stack garbage
+		 * named descriptors to close, the daemon's among them. */
+		if (r < 0)
+			mh.msg_controllen = 0;
 		for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm)) {
 			if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
 				continue;
