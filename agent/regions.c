@@ -368,8 +368,8 @@ static int privatize_run(struct md_agent *a, struct md__region *r, uintptr_t add
 }
 
 int md__privatize_fail;	/* tests only: see agent_internal.h */
-/* About 5 ms of copies here (MADV_POPULATE_WRITE, ~2.5 us a page with a
- * busy sibling); tests lower it (agent_internal.h). */
+/* 8 MiB of copies a part (MADV_POPULATE_WRITE); tests lower it
+ * (agent_internal.h). */
 size_t md__privatize_part_pages = 2048;
 
 int md__privatize(struct md_agent *a, uintptr_t start, uintptr_t end, uint32_t id)

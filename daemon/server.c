@@ -459,7 +459,7 @@ static int pidfd_of_peer(pid_t pid, uid_t uid)
 
 /* Connections taken per wake-up: the listener is level-triggered, so what
  * is left wakes the next loop, after the other events. Taken until none
- * was left, a peer connecting and closing in a loop on a few cores kept
+ * was left, a peer connecting and closing in a loop on a few cores could keep
  * every agent's request, exit and the stall sweep waiting. */
 #define ACCEPT_BATCH 64
 

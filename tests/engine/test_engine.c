@@ -1067,6 +1067,19 @@ TEST_IMPL(engine_merge_leaves_image_mapped_since)
 	return 0;
 }
 
+/* A write to p goes through at once: no page was left write-protected
+ * (the fault thread counts a write that waited). */
+static int write_did_not_wait(struct md__engine *e, unsigned char *p)
+{
+	unsigned char v = *p;
+	*p = (unsigned char)(v ^ 1);
+	ASSERT_EQ(*p, (unsigned char)(v ^ 1));
+	struct md__engine_stats st;
+	md__engine_stats(e, &st);
+	ASSERT_EQ(st.wp_faults, 0);
+	return 0;
+}
+
 /* Before Linux 6.4 (Debian 12's 6.1) a write-protect call covers one
  * mapping: a run across two failed whole, every pass, and never merged.
  * With calls over more than a page failing so, a run still merges (a page
@@ -1089,12 +1102,7 @@ TEST_IMPL(engine_merge_page_by_page_before_6_4)
 		ASSERT(memcmp(b + i * PG, want, PG) == 0);
 		ASSERT(i == 3 ? pfn(b + i * PG) != pfn(a + i * PG) : pfn(b + i * PG) == pfn(a + i * PG));
 	}
-	unsigned char v = b[3 * PG + 5];
-	b[3 * PG + 5] = (unsigned char)(v ^ 1);
-	ASSERT_EQ(b[3 * PG + 5], (unsigned char)(v ^ 1));
-	struct md__engine_stats st;
-	md__engine_stats(&e, &st);
-	ASSERT_EQ(st.wp_faults, 0);	/* not left protected: the write did not wait */
+	ASSERT_EQ(write_did_not_wait(&e, b + 3 * PG + 5), 0);
 	md__engine_fini(&e);
 	munmap(a, n * PG);
 	munmap(b, n * PG);
@@ -1122,9 +1130,7 @@ TEST_IMPL(engine_unreadable_frozen_pages_fall_back)
 		fill(want, 120 + (unsigned)i);
 		ASSERT(memcmp(b + i * PG, want, PG) == 0);
 	}
-	b[5] ^= 1;
-	md__engine_stats(&e, &st);
-	ASSERT_EQ(st.wp_faults, 0);	/* not left protected: the write did not wait */
+	ASSERT_EQ(write_did_not_wait(&e, b + 5), 0);
 	md__engine_fini(&e);
 	munmap(a, n * PG);
 	munmap(b, n * PG);
