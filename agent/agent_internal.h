@@ -539,8 +539,14 @@ static inline void md__agent_let_in(struct md_agent *a)
 {
 	md__agent_leave(a);
 	unsigned waiting = __atomic_load_n(&a->lock_wanted, __ATOMIC_RELAXED);
-	for (int i = 0; waiting && i < 40 && __atomic_load_n(&a->lock_wanted, __ATOMIC_RELAXED) >= waiting; i++)
+	struct timespec t0, t;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	while (waiting && __atomic_load_n(&a->lock_wanted, __ATOMIC_RELAXED) >= waiting) {
 		nanosleep(&(struct timespec){ 0, 50000 }, NULL);
+		clock_gettime(CLOCK_MONOTONIC, &t);
+		if ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) >= 2000000L)
+			break;
+	}
 	void (*hook)(struct md_agent *) = __atomic_load_n(&md__part_hook, __ATOMIC_RELAXED);
 	if (hook)
 		hook(a);

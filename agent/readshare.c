@@ -461,7 +461,7 @@ static void forget_overwritten(struct md_agent *a, uintptr_t addr, size_t len)
 		    (ssize_t)(n * sizeof(pm[0])))
 			break;
 		for (size_t i = 0; i < n; i++)
-			if ((pm[i] & MD_PM_PRESENT) && !(pm[i] & MD_PM_FILE))
+			if (md__pm_has_page(pm[i]))	/* in memory or swapped, not the file's */
 				owners_set(r, p + i * MD_PAGE, MD_PAGE, 0);
 		p += n * MD_PAGE;
 	}

@@ -156,7 +156,9 @@ static void proc_exit(unsigned pr)
 	if (procs[pr].pid <= 0)
 		return;
 	close(procs[pr].hold);
-	waitpid(procs[pr].pid, NULL, 0);
+	/* libFuzzer's timer signal does not restart calls. */
+	while (waitpid(procs[pr].pid, NULL, 0) < 0 && errno == EINTR)
+		;
 	procs[pr].pid = 0;
 }
 
