@@ -70,6 +70,13 @@ struct md__image *md__image_find(const struct md_agent *a, dev_t dev, ino_t ino)
  * lease: the kernel clears both when one goes. */
 static int lease_signal_to_us(const struct md_agent *a, int fd)
 {
+	/* No thread to answer a break any more (md_agent_free stops it
+	 * first): no lease. An owner of 0 would clear the owner, and the
+	 * break would be answered by no one. */
+	if (!a->thread_tid) {
+		errno = ESRCH;
+		return -1;
+	}
 	struct f_owner_ex owner = { .type = F_OWNER_TID, .pid = a->thread_tid };
 	return fcntl(fd, F_SETSIG, a->lease_signal) != 0 || fcntl(fd, F_SETOWN_EX, &owner) != 0 ? -1 : 0;
 }
