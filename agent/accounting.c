@@ -6,8 +6,8 @@
  *
  * /proc/self/pagemap tells a page still backed by the file (bit 61, "file
  * page or shared anonymous") from one the guest has written (a private
- * anonymous copy); a page never touched since it was mapped is not present
- * and still counts as shared.
+ * anonymous copy, present or swapped out); a page never touched since it
+ * was mapped is not present and still counts as shared.
  */
 #include <fcntl.h>
 #include <stdint.h>
@@ -78,13 +78,15 @@ void md__account(struct md_agent *a, int count_vmas)
 			if (!owned_map[first + i])
 				continue;
 			owned++;
-			if ((entries[i] & MD_PM_PRESENT) && !(entries[i] & MD_PM_FILE))
-				broken++;
+			/* Written: a private copy, there or swapped out. */
+			broken += md__pm_private_anon(entries[i]) != 0;
 		}
 	}
-	pthread_mutex_unlock(&account_lock);
+	/* Stored under the lock: a walk that ended first must not store
+	 * its older counts over a newer walk's. */
 	md__set(a, MD_CTR_SHARED_NOW, owned - broken);
 	md__set(a, MD_CTR_BREAKS, broken);
+	pthread_mutex_unlock(&account_lock);
 	if (!count_vmas)
 		return;
 	uint64_t vmas = md__vmas_count(&a->vmas);

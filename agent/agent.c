@@ -254,10 +254,6 @@ static int stats_file_claim(const char *path, int *fdp)
 	return -EAGAIN;
 }
 
-/* agent-PID.stats, or agent-PID.K.stats (K from 2 to this) when that one
- * is another live agent's or another user's. */
-#define STATS_NAMES 16
-
 /* dir's k-th name for our pid into a->stats_path: 0, or -ENAMETOOLONG (a
  * path cut short would put the file, and a directory, elsewhere). */
 static int stats_file_name(struct md_agent *a, const char *dir, int k)
@@ -293,7 +289,7 @@ static void stats_file_open(struct md_agent *a, const char *opt_dir)
 	 * VMM's command line. A file left by a process of the same pid may be
 	 * there: ours, it is made so (an older agent made them 0644). */
 	err = stats_file_claim(a->stats_path, &fd);
-	for (int k = 2; k <= STATS_NAMES && (err == -EEXIST || err == -EPERM) &&
+	for (int k = 2; k <= MD_STATS_NAMES && (err == -EEXIST || err == -EPERM) &&
 	     stats_file_name(a, dir, k) == 0; k++)
 		err = stats_file_claim(a->stats_path, &fd);
 	if (err == -EEXIST || err == -EPERM) {

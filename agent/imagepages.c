@@ -50,15 +50,20 @@ struct queued {
 };
 
 struct file_page {
-	uint32_t key;      /* its index key, the hash's high half (all the index
-	                    * keeps): a wrong one is pruned (merge_run) */
+	uint64_t hash;     /* its content's when indexed (the index keeps the
+	                    * high half): a wrong one is pruned (merge_run) */
 	uint32_t img;
 	uint32_t pgoff;    /* pages past 16 TiB into an image are not indexed */
 };
 
-static uint32_t key_of(uint64_t hash)
+/* The whole hash, not the index's half: a page whose half alone is an
+ * image page's (one in 2^32 per entry: a thousand pages of a guest of 16
+ * GiB against a million entries) matched, failed the compare on every
+ * pass, and never reached the pool; and an image page whose half another
+ * had was never indexed. */
+static int same_hash(const void *pages, uint32_t e, uint64_t hash)
 {
-	return (uint32_t)(hash >> 32);
+	return ((const struct file_page *)pages)[e].hash == hash;
 }
 
 struct md__imagepages {
@@ -70,6 +75,11 @@ struct md__imagepages {
 	unsigned char *buf;           /* RUN_MAX pages */
 	uint64_t zero_hash;           /* an all-zero page's */
 };
+
+static int64_t entry_of(struct md__imagepages *ip, uint64_t hash)
+{
+	return md__index_find_with(&ip->ix, hash, same_hash, ip->pages);
+}
 
 int md__imagepages_new(struct md__imagepages **out)
 {
@@ -148,7 +158,7 @@ static int find(void *arg, uint64_t hash, const void *page, uint64_t *cookie)
 {
 	struct md_agent *a = arg;
 	(void)page;
-	int64_t e = md__index_find(&a->imgpages->ix, hash, NULL, NULL, NULL);
+	int64_t e = entry_of(a->imgpages, hash);
 	if (e < 0)
 		return 0;
 	*cookie = (uint64_t)e;
@@ -177,7 +187,7 @@ static int merge_run(struct md_agent *a, uintptr_t addr, const uint64_t *cookie,
 		 * would keep these pages from the pool (a match is not looked
 		 * up there) until a read leases the image again, if ever. */
 		for (size_t i = 0; i < n; i++)
-			md__index_remove(&ip->ix, (uint64_t)ip->pages[cookie[i]].key << 32, (uint32_t)cookie[i]);
+			md__index_remove(&ip->ix, ip->pages[cookie[i]].hash, (uint32_t)cookie[i]);
 		goto unlock;
 	}
 	if (!r)
@@ -214,8 +224,8 @@ static int merge_run(struct md_agent *a, uintptr_t addr, const uint64_t *cookie,
 		 * the same failed freeze on every pass: drop it. */
 		for (size_t i = 0; i < n; i++) {
 			const struct file_page *e = &ip->pages[cookie[i]];
-			if (key_of(md__page_hash(file + i * MD_PAGE)) != e->key)
-				md__index_remove(&ip->ix, (uint64_t)e->key << 32, (uint32_t)cookie[i]);
+			if (md__page_hash(file + i * MD_PAGE) != e->hash)
+				md__index_remove(&ip->ix, e->hash, (uint32_t)cookie[i]);
 		}
 	}
 unlock:
@@ -318,7 +328,7 @@ static void feed(struct md_agent *a)
 			uint64_t h = hash[i];
 			/* Zero pages are dropped, not merged: equal hashes tell
 			 * them well enough here, where nothing is merged. */
-			if (h == ip->zero_hash || md__index_has(&ip->ix, h) ||
+			if (h == ip->zero_hash || entry_of(ip, h) >= 0 ||
 			    todo[t].pgoff + i > UINT32_MAX)
 				continue;	/* the same content, or read again */
 			if (ip->npages == ip->cap) {
@@ -331,7 +341,7 @@ static void feed(struct md_agent *a)
 			}
 			if (md__index_insert(&ip->ix, h, (uint32_t)ip->npages) != 0)
 				return;
-			ip->pages[ip->npages++] = (struct file_page){ key_of(h), todo[t].img,
+			ip->pages[ip->npages++] = (struct file_page){ h, todo[t].img,
 								  (uint32_t)(todo[t].pgoff + i) };
 			indexed++;
 		}

@@ -58,7 +58,8 @@ static int cg_dir(char *dir, size_t size, const struct cg_kind **kind)
 			memory |= strcmp(c, "memory") == 0;
 		if (memory || (!*ctl && !*kind)) {
 			*kind = memory ? &v1 : &v2;
-			snprintf(dir, size, "%s%s", (*kind)->root, path);
+			/* The root cgroup is "/": its directory is the root. */
+			snprintf(dir, size, "%s%s", (*kind)->root, strcmp(path, "/") == 0 ? "" : path);
 			if (memory)
 				break;
 		}
@@ -76,6 +77,16 @@ static uint64_t fd_u64(int fd)
 	if (buf[0] < '0' || buf[0] > '9')
 		return UINT64_MAX;
 	return strtoull(buf, NULL, 10);
+}
+
+/* The limit in an open limit file: UINT64_MAX for none. cgroup v1 says
+ * none with the largest count of pages it keeps, in bytes (2^63 less a
+ * page), not "max": taken for a limit, every unlimited level was kept and
+ * the levels past MD_MEMROOM_LEVELS, where a real limit may be, were not. */
+static uint64_t fd_limit(int fd)
+{
+	uint64_t v = fd_u64(fd);
+	return v >= (1ull << 62) ? UINT64_MAX : v;
 }
 
 /* The value of key in an open memory.stat ("key value" lines), 0 if none. */
@@ -121,7 +132,7 @@ int md__memroom_open(struct md__memroom *m)
 			fd[f] = open(path, O_RDONLY | O_CLOEXEC);
 		}
 		m->seen += fd[LIMIT] >= 0;
-		if (fd[LIMIT] >= 0 && fd[USAGE] >= 0 && fd_u64(fd[LIMIT]) != UINT64_MAX) {
+		if (fd[LIMIT] >= 0 && fd[USAGE] >= 0 && fd_limit(fd[LIMIT]) != UINT64_MAX) {
 			m->n++;
 		} else {
 			for (int f = 0; f < 3; f++)
@@ -142,7 +153,7 @@ static uint64_t cg_room(const struct md__memroom *m)
 {
 	uint64_t room = UINT64_MAX;
 	for (unsigned l = 0; l < m->n; l++) {
-		uint64_t lim = fd_u64(m->fd[l][LIMIT]), use = fd_u64(m->fd[l][USAGE]);
+		uint64_t lim = fd_limit(m->fd[l][LIMIT]), use = fd_u64(m->fd[l][USAGE]);
 		if (lim == UINT64_MAX || use == UINT64_MAX)
 			continue;
 		uint64_t cache = fd_stat(m->fd[l][STAT], m->inactive);

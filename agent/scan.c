@@ -706,8 +706,8 @@ int md__scan_account(struct md_agent *a, int reap)
 	md__set(a, MD_CTR_FULL_SCANS, ss.passes);
 	md__set(a, MD_CTR_SCAN_BREAKS, st.cow_broken);
 	md__set(a, MD_CTR_WP_WAITS, st.wp_faults);
-	md__set(a, MD_CTR_HINTS_PUSHED, a->hints.pushed);
-	md__set(a, MD_CTR_HINTS_DROPPED, a->hints.dropped);
+	md__set(a, MD_CTR_HINTS_PUSHED, __atomic_load_n(&a->hints.pushed, __ATOMIC_RELAXED));
+	md__set(a, MD_CTR_HINTS_DROPPED, __atomic_load_n(&a->hints.dropped, __ATOMIC_RELAXED));
 	md__set(a, MD_CTR_PAGES_SHARING, sharing);
 	md__set(a, MD_CTR_POOL_PAGES, pool);
 	md__set(a, MD_CTR_SCAN_CPU_NS, ss.cpu_ns);

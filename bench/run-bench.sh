@@ -29,6 +29,7 @@
 #                   their data again after the hold)
 #   --quick         hold 50 s / 12 s: ~5 minutes in all (KSM will not have converged)
 #   --modes         subset of the modes, in order; none is the reference for savings
+#   --image, --out  relative to the directory the script is run from
 #   --report-only   no guests: rebuild results.json, summary and plot from the
 #                   samples of an earlier run in the output directory (modes
 #                   it did not finish are left out, with a message)
@@ -49,13 +50,14 @@
 # guest/mkimage.sh), also after its hold: otherwise the run fails (exit 1),
 # as does a report whose guests' checksums differ.
 set -euo pipefail
+caller=$PWD	# relative --image and --out are the caller's
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 
 hold_ksm=240 hold_short=30 modes="none ksm ksm10x memdedup memdedup+ksm"
 workload=image scan_rate=100 hold_scan=""
-image="" mem=512 out=$root/build/bench report_only=0 census="" cpu_window=150 force=0
+image="" mem=512 out=$root/build/bench report_only=0 census="" cpu_window=150 force=0 modes_given=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --hold|--hold-short|--modes|--workload|--scan-rate|--hold-scan|--image|--mem|--out|--census|--cpu-window)
@@ -65,7 +67,7 @@ while [ $# -gt 0 ]; do
     --hold) hold_ksm=$2; shift 2 ;;
     --hold-short) hold_short=$2; shift 2 ;;
     --quick) hold_ksm=50 hold_short=12; shift ;;
-    --modes) modes=$2; shift 2 ;;
+    --modes) modes=$2 modes_given=1; shift 2 ;;
     --workload) workload=$2; shift 2 ;;
     --scan-rate) scan_rate=$2; shift 2 ;;
     --hold-scan) hold_scan=$2; shift 2 ;;
@@ -103,6 +105,12 @@ for n in "hold:$hold_ksm" "hold-short:$hold_short" "hold-scan:$hold_scan"; do
   [ "${n#*:}" -ge 6 ] || { echo "run-bench.sh: --${n%%:*} takes a number of seconds, at least 6" >&2; exit 2; }
 done
 case "$mem" in ''|0) echo "run-bench.sh: --mem takes a number of MB" >&2; exit 2 ;; esac
+# A report is of the modes the run had (run.meta): a list given would be ignored.
+if [ "$report_only" = 1 ] && [ "$modes_given" = 1 ]; then
+  echo "run-bench.sh: --modes does not go with --report-only (the run's own modes are reported)" >&2; exit 2
+fi
+case "$out" in /*) ;; *) out=$caller/$out ;; esac
+case "$image" in ""|/*) ;; *) image=$caller/$image ;; esac
 
 scripts/install-deps.sh all
 source scripts/fleet-lib.sh

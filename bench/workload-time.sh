@@ -32,7 +32,9 @@ img=$root/build/guest/workload.img
 out=$root/build/bench
 [ -x "$md" ] && [ -f "$img" ] || { echo "workload-time.sh: run 'make all guest' first" >&2; exit 1; }
 mkdir -p "$out"
-export MEMDEDUP_RUN_DIR=${MEMDEDUP_RUN_DIR:-$out/run}
+# Its own run directory, never one inherited: at exit it stops the daemon
+# of the directory, which must be one it started.
+export MEMDEDUP_RUN_DIR=$out/run
 pids=()
 source "$root/scripts/fleet-lib.sh"
 # The guests run in process substitutions, whose pids this shell never

@@ -34,6 +34,14 @@ int md__usage_error(const struct md__cmd *cmd, const char *fmt, ...)
  * (at most 255 bytes), else 0 (not ELF, another name, none, a file cut
  * short or malformed). */
 int md__elf_soname_is(int fd, const char *name);
+/* How ld.so would take the executable fd, as far as the agent goes. */
+enum {
+	MD_ELF_UNKNOWN,	/* not ELF, cut short, malformed, or a shared object run as a program */
+	MD_ELF_DYNAMIC,	/* it names an interpreter: LD_PRELOAD applies */
+	MD_ELF_STATIC,	/* ours, without an interpreter: nothing is preloaded */
+	MD_ELF_FOREIGN,	/* 32-bit, or another machine's: the agent cannot load */
+};
+int md__elf_exec_kind(int fd);
 /* Returns 1 and prints help if argv[i] is -h/--help. */
 int md__wants_help(const struct md__cmd *cmd, const char *arg);
 #endif

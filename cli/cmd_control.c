@@ -95,27 +95,33 @@ const struct md__cmd md__cmd_set_def = {
 	.run = cmd_set,
 };
 
-/* 1 if pid runs an agent: its statistics file is there and its agent is
- * pid, as `memdedup status` checks (an agent in another pid namespace is
- * not found: its file has the pid it has there). */
+/* 1 if pid runs an agent: one of its statistics files is there and its
+ * agent is pid, as `memdedup status` checks (an agent in another pid
+ * namespace is not found: its file has the pid it has there). */
 static int agent_listed(int32_t pid)
 {
-	char dir[PATH_MAX], path[PATH_MAX + 32];
+	char dir[PATH_MAX], path[PATH_MAX + 48];
 	struct md__stats_file buf;
 	struct md__stats_snapshot s;
 	struct stat st;
+	int listed = 0;
 
 	/* Looked up, not made: a run directory not there holds no agent. */
 	if (md__run_dir_lookup(dir, sizeof(dir)) != 0)
 		return 0;
-	snprintf(path, sizeof(path), "%s/agent-%d.stats", dir, (int)pid);
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW);
-	if (fd < 0)
-		return 0;
-	ssize_t len = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? read(fd, &buf, sizeof(buf)) : -1;
-	int listed = len >= 0 && md__stats_parse(&buf, (size_t)len, &s) == 0 && s.pid == (uint32_t)pid &&
-		     md__stats_file_agent(fd, &s) == pid;
-	close(fd);
+	for (int k = 1; k <= MD_STATS_NAMES && !listed; k++) {
+		if (k == 1)
+			snprintf(path, sizeof(path), "%s/agent-%d.stats", dir, (int)pid);
+		else
+			snprintf(path, sizeof(path), "%s/agent-%d.%d.stats", dir, (int)pid, k);
+		int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW);
+		if (fd < 0)
+			continue;
+		ssize_t len = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? read(fd, &buf, sizeof(buf)) : -1;
+		listed = len >= 0 && md__stats_parse(&buf, (size_t)len, &s) == 0 && s.pid == (uint32_t)pid &&
+			 md__stats_file_agent(fd, &s) == pid;
+		close(fd);
+	}
 	return listed;
 }
 

@@ -403,17 +403,27 @@ static int file_caps_raise(const char *path, int no_new_privs)
  * than root's (fs/exec.c bprm_fill_uid, security/commoncap.c). For a
  * script, its interpreter's bits count, not its own. 0, or -EPERM and why
  * (with what to do) in why. An LSM's transition is not seen. */
-static int secure_exec(const char *exe, char *why, size_t size)
+/* The file the kernel runs for exe: exe, or the interpreter its #! line
+ * names, and so on. Into file (its size PATH_MAX + 64); the depth (0 for
+ * exe itself). */
+static int exec_file(const char *exe, char *file)
 {
-	char file[PATH_MAX + 64], next[256], who[sizeof(file) + 32];
-	struct stat st;
-	struct statvfs sv;
+	char next[256];
 	int depth;
-
-	snprintf(file, sizeof(file), "%s", exe);
+	snprintf(file, PATH_MAX + 64, "%s", exe);
 	/* The kernel follows at most 4 interpreters (BINPRM_MAX_RECURSION). */
 	for (depth = 0; depth < 4 && script_interpreter(file, next, sizeof(next)) == 1; depth++)
-		snprintf(file, sizeof(file), "%s", next);
+		snprintf(file, PATH_MAX + 64, "%s", next);
+	return depth;
+}
+
+static int secure_exec(const char *exe, char *why, size_t size)
+{
+	char file[PATH_MAX + 64], who[sizeof(file) + 32];
+	struct stat st;
+	struct statvfs sv;
+	int depth = exec_file(exe, file);
+
 	if (stat(file, &st) != 0)
 		return 0;	/* execve will tell */
 	snprintf(who, sizeof(who), "%s%s", depth ? "its interpreter " : "it", depth ? file : "");
@@ -441,6 +451,27 @@ static int secure_exec(const char *exe, char *why, size_t size)
 	else
 		return 0;
 	return -EPERM;
+}
+
+/* Whether ld.so loads the agent into exe at all: not into a statically
+ * linked program (none runs), nor into a 32-bit or another machine's one
+ * (it skips a library of the wrong class with a warning). The command
+ * would run, and succeed, without it. 0, or -ENOEXEC and why in why. */
+static int agent_not_loaded(const char *exe, char *why, size_t size)
+{
+	char file[PATH_MAX + 64], shown[256];
+	int depth = exec_file(exe, file);
+	int fd = open(file, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;	/* execve will tell */
+	int kind = md__elf_exec_kind(fd);
+	close(fd);
+	if (kind != MD_ELF_STATIC && kind != MD_ELF_FOREIGN)
+		return 0;
+	snprintf(why, size, "%s%s is %s: the dynamic loader would not load the memdedup agent into it",
+		 depth ? "its interpreter " : "it", depth ? md__printable(file, shown, sizeof(shown)) : "",
+		 kind == MD_ELF_STATIC ? "statically linked" : "a 32-bit or another machine's program");
+	return -ENOEXEC;
 }
 
 /* Resolves a command as execvp() will: a name with a '/' as it is, else
@@ -716,11 +747,11 @@ int md__cmd_run(int argc, char **argv)
 			strerror(-err));
 		return err == -EACCES ? 126 : 127;
 	}
-	/* Run in secure mode, CMD would run, and succeed, without the agent:
-	 * refused like a command that cannot run. Only the file exec'd and
+	/* Run in secure mode, or static, CMD would run, and succeed, without
+	 * the agent: refused like a command that cannot run. Only the file exec'd and
 	 * its interpreter are seen, not what a wrapper (sudo) execs. */
 	char why[PATH_MAX + 512];
-	if (secure_exec(exe, why, sizeof(why))) {
+	if (secure_exec(exe, why, sizeof(why)) || agent_not_loaded(exe, why, sizeof(why))) {
 		char shown[256];
 		fprintf(stderr, "memdedup run: cannot run '%s' with the agent: %s\n",
 			md__printable(argv[i], shown, sizeof(shown)), why);

@@ -1,11 +1,14 @@
 /*
- * elfcheck.c - whether a file is the ELF shared object of a given soname:
- * how `memdedup run` tells the agent (MEMDEDUP_PRELOAD) from any other
- * library, which ld.so would preload without a word (or, a
- * position-independent executable, refuse with a warning), the command
- * then running without the agent. The file is the operator's, perhaps cut
- * short or not ELF at all: every offset and count read from it is bounded
- * before use, and nothing is allocated.
+ * elfcheck.c - what `memdedup run` must know of ELF files before it runs
+ * a command: whether a file is the ELF shared object of a given soname
+ * (how it tells the agent, MEMDEDUP_PRELOAD, from any other library, which
+ * ld.so would preload without a word, or, a position-independent
+ * executable, refuse with a warning), and whether ld.so would load the
+ * agent into the command at all (not into a static executable, nor into
+ * another machine's or a 32-bit one). Either way the command would run
+ * without the agent. The files are the operator's, perhaps cut short or
+ * not ELF at all: every offset and count read from them is bounded before
+ * use, and nothing is allocated.
  */
 #include <elf.h>
 #include <stdint.h>
@@ -25,43 +28,107 @@ static off_t file_offset(const Elf64_Phdr *ph, size_t n, uint64_t v)
 	return -1;
 }
 
-int md__elf_soname_is(int fd, const char *name)
-{
-	enum { PH_MAX = 64, DYN_MAX = 512, NAME_MAX_LEN = 255 };
+enum { PH_MAX = 64, DYN_MAX = 512, NAME_MAX_LEN = 255 };
+
+/* The headers of a 64-bit ELF file of type ET_EXEC or ET_DYN: the file's,
+ * its program headers (PH_MAX at most: more is taken as malformed), and
+ * its dynamic section's first DYN_MAX entries (none without one). */
+struct elf_heads {
 	Elf64_Ehdr h;
 	Elf64_Phdr ph[PH_MAX];
 	Elf64_Dyn dyn[DYN_MAX];
-	char got[NAME_MAX_LEN + 1];
-	size_t len = strlen(name) + 1, ndyn = 0;
+	size_t nph, ndyn;
+};
 
-	if (len > sizeof(got) || pread(fd, &h, sizeof(h), 0) != (ssize_t)sizeof(h) ||
-	    memcmp(h.e_ident, ELFMAG, SELFMAG) != 0 || h.e_ident[EI_CLASS] != ELFCLASS64 || h.e_type != ET_DYN)
-		return 0;
-	size_t nph = h.e_phnum;
-	if (h.e_phentsize != sizeof(Elf64_Phdr) || nph == 0 || nph > PH_MAX || h.e_phoff > (uint64_t)INT64_MAX ||
-	    pread(fd, ph, nph * sizeof(ph[0]), (off_t)h.e_phoff) != (ssize_t)(nph * sizeof(ph[0])))
-		return 0;
-	for (size_t i = 0; i < nph; i++) {
-		if (ph[i].p_type != PT_DYNAMIC)
+/* 0, or -1: not such a file, cut short or malformed. */
+static int read_heads(int fd, struct elf_heads *e)
+{
+	Elf64_Ehdr *h = &e->h;
+	e->ndyn = 0;
+	if (pread(fd, h, sizeof(*h), 0) != (ssize_t)sizeof(*h) || memcmp(h->e_ident, ELFMAG, SELFMAG) != 0 ||
+	    h->e_ident[EI_CLASS] != ELFCLASS64 || (h->e_type != ET_DYN && h->e_type != ET_EXEC))
+		return -1;
+	e->nph = h->e_phnum;
+	if (h->e_phentsize != sizeof(Elf64_Phdr) || e->nph == 0 || e->nph > PH_MAX ||
+	    h->e_phoff > (uint64_t)INT64_MAX ||
+	    pread(fd, e->ph, e->nph * sizeof(e->ph[0]), (off_t)h->e_phoff) != (ssize_t)(e->nph * sizeof(e->ph[0])))
+		return -1;
+	for (size_t i = 0; i < e->nph; i++) {
+		if (e->ph[i].p_type != PT_DYNAMIC)
 			continue;
-		ndyn = ph[i].p_filesz / sizeof(Elf64_Dyn);
-		ndyn = ndyn < DYN_MAX ? ndyn : DYN_MAX;
-		if (ph[i].p_offset > (uint64_t)INT64_MAX ||
-		    pread(fd, dyn, ndyn * sizeof(dyn[0]), (off_t)ph[i].p_offset) != (ssize_t)(ndyn * sizeof(dyn[0])))
-			return 0;
+		size_t n = e->ph[i].p_filesz / sizeof(Elf64_Dyn);
+		n = n < DYN_MAX ? n : DYN_MAX;
+		if (e->ph[i].p_offset > (uint64_t)INT64_MAX ||
+		    pread(fd, e->dyn, n * sizeof(e->dyn[0]), (off_t)e->ph[i].p_offset) != (ssize_t)(n * sizeof(e->dyn[0])))
+			return -1;
+		e->ndyn = n;
 		break;
 	}
+	return 0;
+}
+
+/* The file offset of the DT_SONAME string of e, or -1 if it has none. */
+static off_t soname_offset(const struct elf_heads *e)
+{
 	uint64_t strtab = 0, soname = UINT64_MAX;
-	for (size_t i = 0; i < ndyn && dyn[i].d_tag != DT_NULL; i++) {
-		if (dyn[i].d_tag == DT_STRTAB)
-			strtab = dyn[i].d_un.d_ptr;
-		else if (dyn[i].d_tag == DT_SONAME)
-			soname = dyn[i].d_un.d_val;
+	for (size_t i = 0; i < e->ndyn && e->dyn[i].d_tag != DT_NULL; i++) {
+		if (e->dyn[i].d_tag == DT_STRTAB)
+			strtab = e->dyn[i].d_un.d_ptr;
+		else if (e->dyn[i].d_tag == DT_SONAME)
+			soname = e->dyn[i].d_un.d_val;
 	}
 	if (!strtab || soname > UINT64_MAX - strtab)
+		return -1;
+	return file_offset(e->ph, e->nph, strtab + soname);
+}
+
+int md__elf_soname_is(int fd, const char *name)
+{
+	struct elf_heads e;
+	char got[NAME_MAX_LEN + 1];
+	size_t len = strlen(name) + 1;
+
+	if (len > sizeof(got) || read_heads(fd, &e) != 0 || e.h.e_type != ET_DYN)
 		return 0;
-	off_t at = file_offset(ph, nph, strtab + soname);
+	off_t at = soname_offset(&e);
 	if (at < 0 || pread(fd, got, len, at) != (ssize_t)len)
 		return 0;
 	return memcmp(got, name, len) == 0;
+}
+
+#if defined(__x86_64__)
+#define OUR_MACHINE EM_X86_64
+#elif defined(__aarch64__)
+#define OUR_MACHINE EM_AARCH64
+#elif defined(__riscv)
+#define OUR_MACHINE EM_RISCV
+#elif defined(__powerpc64__)
+#define OUR_MACHINE EM_PPC64
+#elif defined(__s390x__)
+#define OUR_MACHINE EM_S390
+#endif
+
+int md__elf_exec_kind(int fd)
+{
+	struct elf_heads e;
+	unsigned char ident[EI_NIDENT];
+	if (pread(fd, ident, sizeof(ident), 0) != (ssize_t)sizeof(ident) || memcmp(ident, ELFMAG, SELFMAG) != 0)
+		return MD_ELF_UNKNOWN;
+	if (ident[EI_CLASS] == ELFCLASS32)
+		return MD_ELF_FOREIGN;
+	if (read_heads(fd, &e) != 0)
+		return MD_ELF_UNKNOWN;
+#ifdef OUR_MACHINE
+	if (e.h.e_machine != OUR_MACHINE)
+		return MD_ELF_FOREIGN;	/* run by an emulator (binfmt_misc), if at all */
+#endif
+	for (size_t i = 0; i < e.nph; i++)
+		if (e.ph[i].p_type == PT_INTERP)
+			return MD_ELF_DYNAMIC;
+	/* No interpreter: nothing preloads. But a shared object run as a
+	 * program (ld.so itself: `ld.so /usr/bin/qemu-...`) has none either,
+	 * and loads the rest: one with a soname is taken for that. */
+	if (e.h.e_type == ET_DYN && soname_offset(&e) >= 0)
+		return MD_ELF_UNKNOWN;
+	return MD_ELF_STATIC;
 }

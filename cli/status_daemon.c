@@ -15,6 +15,31 @@
  * that does not move on. */
 #define STATUS_PAGES_MAX 65536
 
+/* 1 if page has the shape `status` reads: "domains" and "agents" arrays
+ * of objects, each domain with the integers and the name the table shows.
+ * A page that does not (a daemon of another version, or not ours) is no
+ * proper answer, not a host without domains. */
+static int page_valid(json_t *page)
+{
+	static const char *const dom_ints[] = { "id", "uid", "agents", "pool_live_pages", "pages_sharing",
+						"general_profit" };
+	json_t *doms = json_object_get(page, "domains"), *agents = json_object_get(page, "agents"), *v;
+	size_t i;
+	if (!json_is_array(doms) || !json_is_array(agents))
+		return 0;
+	json_array_foreach(agents, i, v)
+		if (!json_is_object(v))
+			return 0;
+	json_array_foreach(doms, i, v) {
+		if (!json_is_object(v) || !json_is_string(json_object_get(v, "name")))
+			return 0;
+		for (size_t k = 0; k < sizeof(dom_ints) / sizeof(dom_ints[0]); k++)
+			if (!json_is_integer(json_object_get(v, dom_ints[k])))
+				return 0;
+	}
+	return 1;
+}
+
 /* The page of the document from (domain_from, agent_from), parsed; an
  * ERROR's status, with its text in why. */
 static int status_page(struct md__client *c, char *buf, uint32_t domain_from,
@@ -47,7 +72,7 @@ static int status_page(struct md__client *c, char *buf, uint32_t domain_from,
 		return -EPROTO;
 	/* Untrusted text: jansson validates it; we want an object. */
 	*page = json_loadb(buf, len, JSON_REJECT_DUPLICATES, NULL);
-	if (!*page || !json_is_object(*page)) {
+	if (!*page || !json_is_object(*page) || !page_valid(*page)) {
 		json_decref(*page);
 		*page = NULL;
 		return -EBADMSG;
@@ -115,7 +140,7 @@ int md__status_daemon(const char *sock, json_t **out, char *why, size_t size)
 		const char *keys[] = { "domains", "agents" };
 		for (int k = 0; k < 2; k++) {
 			json_t *to = json_object_get(*out, keys[k]), *from = json_object_get(page, keys[k]);
-			if (!json_is_array(to) || !json_is_array(from) || json_array_extend(to, from)) {
+			if (json_array_extend(to, from)) {	/* both arrays: page_valid */
 				err = -EBADMSG;
 				goto free_page;
 			}

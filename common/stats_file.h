@@ -17,6 +17,9 @@
 #define MD_STATS_MAGIC "MDSTATS"   /* 8 bytes with its NUL */
 #define MD_STATS_VERSION 1u
 #define MD_STATS_COMMAND_LEN 256
+/* An agent's file is agent-PID.stats, or agent-PID.K.stats (K from 2 to
+ * this) when that one is another live agent's or another user's. */
+#define MD_STATS_NAMES 16
 
 /* Counter slots; the order is the file format (append only). */
 enum md__ctr {

@@ -47,10 +47,10 @@ void md__hints_push(struct md__hints *h, uintptr_t addr, size_t len, uint64_t ke
 	}
 	h->top = (h->top + 1) % h->cap;
 	if (h->count == h->cap)
-		h->dropped++;	/* the slot just written held the oldest */
+		__atomic_fetch_add(&h->dropped, 1, __ATOMIC_RELAXED);	/* the slot just written held the oldest */
 	else
 		__atomic_store_n(&h->count, h->count + 1, __ATOMIC_RELAXED);
-	h->pushed++;
+	__atomic_fetch_add(&h->pushed, 1, __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&h->lock);
 }
 

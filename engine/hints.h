@@ -27,7 +27,7 @@ struct md__hints {
 	size_t cap;
 	size_t top;      /* index one past the newest */
 	size_t count;    /* hints held */
-	uint64_t pushed, popped, dropped;
+	uint64_t pushed, popped, dropped;  /* pushed, dropped: atomic, read without the lock */
 	struct md__hint fresh[MD_HINTS_FRESH];	/* a ring: nfresh from fresh_head */
 	size_t fresh_head, nfresh;
 };

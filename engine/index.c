@@ -230,7 +230,7 @@ int64_t md__index_find(struct md__index *ix, uint64_t hash, const void *page,
 	return -1;
 }
 
-int64_t md__index_find_hash(struct md__index *ix, uint64_t hash, const uint64_t *slot_hash)
+int64_t md__index_find_with(struct md__index *ix, uint64_t hash, md__slot_hash_fn same, const void *arg)
 {
 	uint32_t tag = tag_of(hash);
 	if (!filter_may_have(ix, tag))
@@ -239,10 +239,20 @@ int64_t md__index_find_hash(struct md__index *ix, uint64_t hash, const uint64_t 
 	for (size_t n = 0; n < MD_INDEX_PROBES && ix->e[i].slot; n++, i = next(ix, i)) {
 		struct md__index_entry *e = &ix->e[i];
 		ix->probes++;
-		if (e->slot != DELETED && e->tag == tag && slot_hash[e->slot - 1] == hash)
+		if (e->slot != DELETED && e->tag == tag && same(arg, e->slot - 1, hash))
 			return e->slot - 1;
 	}
 	return -1;
+}
+
+static int in_slot_hash(const void *slot_hash, uint32_t slot, uint64_t hash)
+{
+	return ((const uint64_t *)slot_hash)[slot] == hash;
+}
+
+int64_t md__index_find_hash(struct md__index *ix, uint64_t hash, const uint64_t *slot_hash)
+{
+	return md__index_find_with(ix, hash, in_slot_hash, slot_hash);
 }
 
 int md__index_has(const struct md__index *ix, uint64_t hash)

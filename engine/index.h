@@ -60,14 +60,20 @@ int md__index_remove(struct md__index *ix, uint64_t hash, uint32_t slot);
  * caller that compares under write-protect itself, never proof. */
 int64_t md__index_find(struct md__index *ix, uint64_t hash, const void *page,
 		       md__slot_page_fn fn, void *arg);
-/* The first slot s under this hash whose whole hash, slot_hash[s], is
- * hash (the index keeps only its high half); -1 if none. A candidate, as
- * above: for memdedupd, which keeps the hashes but does not compare. */
+/* Says whether slot's whole hash is hash (the index keeps only its high
+ * half): its owner keeps the rest. */
+typedef int (*md__slot_hash_fn)(const void *arg, uint32_t slot, uint64_t hash);
+/* The first slot under this hash whose whole hash is hash, as same() says;
+ * -1 if none. A candidate, as above: for a caller that keeps the hashes
+ * but compares later (an agent's image pages) or never (memdedupd). */
+int64_t md__index_find_with(struct md__index *ix, uint64_t hash, md__slot_hash_fn same, const void *arg);
+/* md__index_find_with where slot_hash[s] is slot s's whole hash. */
 int64_t md__index_find_hash(struct md__index *ix, uint64_t hash, const uint64_t *slot_hash);
 /* Bytes the index holds: its table and its filter. */
 size_t md__index_bytes(const struct md__index *ix);
 /* 0 if the filter says no entry has this hash; 1 if one may. */
 int md__index_may_have(const struct md__index *ix, uint64_t hash);
-/* 1 if some entry has this hash (no compare: a hint only). */
+/* 1 if some entry has this hash's high half (no compare, and another
+ * hash may share the half: a hint only). */
 int md__index_has(const struct md__index *ix, uint64_t hash);
 #endif

@@ -1,8 +1,9 @@
-/* fuzz_elf.c - the ELF soname check of `memdedup run` (cli/elfcheck.c) on
- * arbitrary bytes. MEMDEDUP_PRELOAD names any file the operator likes: cut
- * short, not ELF, or with headers pointing anywhere; it must be told apart
- * from the agent, never crash the CLI. The input goes through a memfd, as
- * the check reads a file with pread. */
+/* fuzz_elf.c - the ELF checks of `memdedup run` (cli/elfcheck.c) on
+ * arbitrary bytes. MEMDEDUP_PRELOAD names any file the operator likes, and
+ * the command any program: cut short, not ELF, or with headers pointing
+ * anywhere; it must be told apart from the agent (or from a program the
+ * agent loads into), never crash the CLI. The input goes through a memfd,
+ * as the checks read a file with pread. */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -39,6 +40,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			named++;
 		else
 			not_named++;
+		int kind = md__elf_exec_kind(fd);
+		if (kind < MD_ELF_UNKNOWN || kind > MD_ELF_FOREIGN)
+			__builtin_trap();
 	}
 	close(fd);
 	return 0;

@@ -23,8 +23,9 @@ fleet_init
 img=$root/build/guest/workload.img
 mkdir -p "$out"
 # The agents' statistics files (what `memdedup status` reads) in the demo's
-# own run directory: the host's is left alone, and its VMs out of the table.
-export MEMDEDUP_RUN_DIR=${MEMDEDUP_RUN_DIR:-$out/run}
+# own run directory (never one inherited): the host's is left alone, and
+# its VMs out of the table.
+export MEMDEDUP_RUN_DIR=$out/run
 mkdir -p "$MEMDEDUP_RUN_DIR"
 if [ "$(cat /sys/kernel/mm/ksm/run 2>/dev/null || echo 0)" = 1 ]; then
   echo "demo: note: kernel KSM is running (run=1) on this host: the plain run may be merged by it too" >&2

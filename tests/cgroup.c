@@ -1,6 +1,7 @@
 /*
  * cgroup.c - a memory cgroup of the test's own (cgroup.h).
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -21,6 +22,24 @@ int write_text(const char *dir, const char *file, const char *text)
 	int err = write(fd, text, strlen(text)) == (ssize_t)strlen(text) ? 0 : -errno;
 	close(fd);
 	return err;
+}
+
+/* Removes the cgroups below dir, deepest first (a cgroup's directory goes
+ * with rmdir once it has no process and no child). */
+static void rmdir_below(const char *dir, int depth)
+{
+	DIR *d = depth < 32 ? opendir(dir) : NULL;
+	struct dirent *e;
+	while (d && (e = readdir(d)) != NULL) {
+		char sub[1024];
+		if (e->d_type != DT_DIR || e->d_name[0] == '.')
+			continue;
+		snprintf(sub, sizeof(sub), "%s/%s", dir, e->d_name);
+		rmdir_below(sub, depth + 1);
+		rmdir(sub);
+	}
+	if (d)
+		closedir(d);
 }
 
 int cgroup_make(struct test_cgroup *cg)
@@ -74,7 +93,7 @@ int cgroup_make(struct test_cgroup *cg)
 			;
 		/* The test is over: what is still in the cgroup goes back. */
 		snprintf(path, sizeof(path), "%s/cgroup.procs", cg->dir);
-		for (int tries = 0; tries < 50 && rmdir(cg->dir) != 0; tries++) {
+		for (int tries = 0; tries < 50 && (rmdir_below(cg->dir, 0), rmdir(cg->dir) != 0); tries++) {
 			FILE *f = fopen(path, "r");
 			int pid;
 			while (f && fscanf(f, "%d", &pid) == 1) {
@@ -111,6 +130,20 @@ unsigned long long cgroup_usage(const struct test_cgroup *cg)
 	if (f)
 		fclose(f);
 	return v;
+}
+
+int cgroup_nest(const struct test_cgroup *cg, int depth, char *deepest, size_t size)
+{
+	snprintf(deepest, size, "%s", cg->dir);
+	for (int i = 0; i < depth; i++) {
+		size_t len = strlen(deepest);
+		if (len + 8 >= size)
+			return -ENAMETOOLONG;
+		snprintf(deepest + len, size - len, "/n%d", i);
+		if (mkdir(deepest, 0755) != 0)
+			return -errno;
+	}
+	return 0;
 }
 
 int cgroup_enter(struct test_cgroup *cg, pid_t pid)

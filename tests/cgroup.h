@@ -5,6 +5,8 @@
 #ifndef MD_TEST_CGROUP_H
 #define MD_TEST_CGROUP_H
 
+#include <stddef.h>
+
 struct test_cgroup {
 	char dir[600], parent[512];
 	const char *limit, *usage;	/* the files of the limit and of the use */
@@ -18,6 +20,9 @@ int cgroup_make(struct test_cgroup *cg);
 int cgroup_limit(struct test_cgroup *cg, unsigned long long bytes);
 unsigned long long cgroup_usage(const struct test_cgroup *cg);
 int cgroup_enter(struct test_cgroup *cg, pid_t pid);
+/* Makes depth cgroups below cg, each in the last, without limits; the
+ * deepest's directory into deepest. The guard removes them too. */
+int cgroup_nest(const struct test_cgroup *cg, int depth, char *deepest, size_t size);
 int write_text(const char *dir, const char *file, const char *text);
 
 #endif

@@ -140,8 +140,10 @@ static pid_t dead_pid(void)
  * (minutes, the host's KSM unmerged), a missing value said by bash. */
 TEST_IMPL(cli_bench_bad_arguments)
 {
+	/* The last: a report is of the run's own modes, which run.meta
+	 * set over the list given. */
 	const char *bad[] = { "--scan-rate 0", "--scan-rate 100001", "--scan-rate 12abc", "--hold", "--modes",
-			      "--modes ''", "--modes ' '" };
+			      "--modes ''", "--modes ' '", "--modes none" };
 	char out[600], err[600], cmd[1600];
 	snprintf(out, sizeof(out), "%s/bench-args", test_dir());
 	snprintf(err, sizeof(err), "%s/bench-args.err", test_dir());
@@ -491,6 +493,77 @@ TEST_IMPL(cli_run_setuid_refused)
 	ASSERT_EQ(c4, 0);
 	ASSERT_EQ(c5, 0);
 	ASSERT_EQ(c6, 0);
+	return 0;
+}
+
+/* Writes a statically linked x86-64 program that exits 0: one loaded
+ * segment, no interpreter. */
+static void write_static_exit0(const char *path)
+{
+	static const unsigned char code[] = { 0xb8, 60, 0, 0, 0, 0x31, 0xff, 0x0f, 0x05 };	/* exit(0) */
+	struct {
+		Elf64_Ehdr h;
+		Elf64_Phdr ph;
+		unsigned char code[sizeof(code)];
+	} __attribute__((packed)) f = {
+		.h = { .e_ident = { ELFMAG0, ELFMAG1, ELFMAG2, ELFMAG3, ELFCLASS64, ELFDATA2LSB, EV_CURRENT },
+		       .e_type = ET_EXEC, .e_machine = EM_X86_64, .e_version = EV_CURRENT,
+		       .e_entry = 0x400000 + offsetof(__typeof__(f), code), .e_phoff = sizeof(Elf64_Ehdr),
+		       .e_ehsize = sizeof(Elf64_Ehdr), .e_phentsize = sizeof(Elf64_Phdr), .e_phnum = 1 },
+		.ph = { .p_type = PT_LOAD, .p_flags = PF_R | PF_X, .p_vaddr = 0x400000, .p_paddr = 0x400000,
+			.p_filesz = sizeof(f), .p_memsz = sizeof(f), .p_align = 0x1000 },
+	};
+	memcpy(f.code, code, sizeof(code));
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0755);
+	ASSERT(fd >= 0 && write(fd, &f, sizeof(f)) == (ssize_t)sizeof(f) && close(fd) == 0);
+}
+
+/* ld.so preloads nothing into a statically linked program, and cannot load
+ * the agent into a 32-bit one: the command would run, and succeed, without
+ * it. `run` refuses them (126), a script whose interpreter is one too, and
+ * starts no daemon. ld.so run as the program (it has no interpreter
+ * either) loads the agent as ever. */
+TEST_IMPL(cli_run_static_refused)
+{
+#ifndef __x86_64__
+	SKIP("the static program written here is x86-64's");
+#endif
+	const char *b = build_dir(), *d = test_dir();
+	char dir[400], sock[450], path[450], text[600], err[3][1024];
+	snprintf(dir, sizeof(dir), "%s/run", d);
+	ASSERT(mkdir(dir, 0700) == 0);
+	snprintf(sock, sizeof(sock), "%s/memdedupd.sock", dir);
+	snprintf(path, sizeof(path), "%s/static", d);
+	write_static_exit0(path);
+	ASSERT_EQ(sh("%s", path), 0);	/* the premise: it runs, and succeeds */
+	snprintf(path, sizeof(path), "%s/script", d);
+	snprintf(text, sizeof(text), "#!%s/static\n", d);
+	write_exec(path, text, 0755, 0);
+	/* A 32-bit ELF file's identification is enough to tell. */
+	snprintf(path, sizeof(path), "%s/i386", d);
+	Elf32_Ehdr h32 = { .e_ident = { ELFMAG0, ELFMAG1, ELFMAG2, ELFMAG3, ELFCLASS32, ELFDATA2LSB, EV_CURRENT },
+			   .e_type = ET_EXEC, .e_machine = EM_386, .e_version = EV_CURRENT };
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0755);
+	ASSERT(fd >= 0 && write(fd, &h32, sizeof(h32)) == (ssize_t)sizeof(h32) && close(fd) == 0);
+
+	const char *cmd[3] = { "static", "script", "i386" };
+	int code[3], alive[3], pid[3];
+	for (int i = 0; i < 3; i++) {
+		code[i] = sh("MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- %s/%s", dir, b, d, cmd[i]);
+		alive[i] = md__daemon_alive(sock), pid[i] = kill_daemon_of(dir);
+		snprintf(err[i], sizeof(err[i]), "%s", slurp("err"));
+	}
+	for (int i = 0; i < 3; i++) {
+		ASSERT_EQ(code[i], 126);
+		ASSERT(!alive[i] && !pid[i]);
+	}
+	ASSERT(strstr(err[0], "with the agent: it is statically linked: the dynamic loader would not load "
+			  "the memdedup agent into it"));
+	snprintf(text, sizeof(text), "its interpreter %s/static is statically linked", d);
+	ASSERT(strstr(err[1], text));
+	ASSERT(strstr(err[2], "it is a 32-bit or another machine's program"));
+	if (access("/lib64/ld-linux-x86-64.so.2", X_OK) == 0)
+		ASSERT_EQ(sh("%s/memdedup run -- /lib64/ld-linux-x86-64.so.2 /bin/sh " AGENT_IN_SH, b), 0);
 	return 0;
 }
 
@@ -1097,32 +1170,58 @@ TEST_IMPL(cli_status_io_unseen)
 	return 0;
 }
 
-/* memdedupd there but answering garbage: said, and exit 1 (none running
- * is still fine). */
-TEST_IMPL(cli_status_daemon_error)
+/* A server at path answering every connection with doc: in a proper
+ * STATUS_R frame (framed), or as it is, unasked. Its pid. */
+static pid_t doc_server(const char *path, const char *doc, int framed)
 {
-	const char *b = build_dir();
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/bad.sock", test_dir());
+	ASSERT(strlen(path) < sizeof(sa.sun_path));
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	unlink(path);
 	int ls = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	ASSERT(ls >= 0);
 	ASSERT(bind(ls, (struct sockaddr *)&sa, sizeof(sa)) == 0 && listen(ls, 8) == 0);
 	pid_t kid = fork();
 	ASSERT(kid >= 0);
 	if (kid == 0) {
+		static unsigned char out[MD_MSG_HDR_SIZE + 4096], in[MD_MSG_HDR_SIZE + 64];
+		size_t len = strlen(doc);
+		memcpy(out + MD_MSG_HDR_SIZE, doc, len);
 		for (;;) {
 			int c = accept(ls, NULL, NULL);
-			char junk[64];
-			memset(junk, 'x', sizeof(junk));
+			struct md__msg_hdr h;
 			if (c < 0)
 				_exit(1);
-			usleep(20000);
-			if (write(c, junk, sizeof(junk)) < 0)
-				_exit(1);
+			if (!framed) {
+				usleep(20000);
+				if (write(c, doc, len) < 0)
+					_exit(1);
+			} else {
+				ssize_t n = read(c, in, sizeof(in));
+				if (n >= (ssize_t)MD_MSG_HDR_SIZE && md__msg_hdr_decode(in, (size_t)n, &h) == 0) {
+					md__msg_hdr_encode(out, MD_MSG_STATUS_R, (uint32_t)len, h.seq);
+					if (write(c, out, MD_MSG_HDR_SIZE + len) < 0)
+						_exit(1);
+				}
+			}
 			close(c);
 		}
 	}
 	close(ls);
+	return kid;
+}
+
+/* memdedupd there but answering garbage: said, and exit 1 (none running
+ * is still fine). */
+TEST_IMPL(cli_status_daemon_error)
+{
+	const char *b = build_dir();
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	char junk[65];
+	memset(junk, 'x', 64);
+	junk[64] = '\0';
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/bad.sock", test_dir());
+	pid_t kid = doc_server(sa.sun_path, junk, 0);
 	int c1 = sh("MEMDEDUP_RUN_DIR=%s MEMDEDUP_SOCKET=%s %s/memdedup status", test_dir(), sa.sun_path, b);
 	char err1[1024];
 	snprintf(err1, sizeof(err1), "%s", slurp("err"));
@@ -1136,6 +1235,47 @@ TEST_IMPL(cli_status_daemon_error)
 	ASSERT_EQ(c3, 0);
 	ASSERT_EQ(sh("MEMDEDUP_RUN_DIR=%s MEMDEDUP_SOCKET=%s/none %s/memdedup status", test_dir(), test_dir(), b), 0);
 	ASSERT(strstr(slurp("out"), "memdedupd: not running"));
+	return 0;
+}
+
+/* memdedupd there, answering a document that is not what status reads:
+ * said, exit 1, as for garbage (its domains were shown as none, or as
+ * rows of zeroes). A proper one is shown. */
+TEST_IMPL(cli_status_daemon_malformed_doc)
+{
+	const char *b = build_dir();
+	char sock[400];
+	snprintf(sock, sizeof(sock), "%s/doc.sock", test_dir());
+	static const char *const docs[] = {
+		"{\"daemon\":{},\"domains\":{\"id\":1},\"agents\":\"x\"}",
+		"{\"daemon\":{},\"domains\":[{\"id\":\"7\",\"name\":5,\"uid\":\"x\",\"agents\":3.5,"
+		"\"pool_live_pages\":1,\"pages_sharing\":1,\"general_profit\":1}],\"agents\":[]}",
+		"{\"daemon\":{},\"domains\":[{\"id\":7,\"name\":\"blue\",\"uid\":0,\"agents\":2,"
+		"\"pool_live_pages\":1234,\"pages_sharing\":5678,\"general_profit\":1048576}],\"agents\":[]}",
+	};
+	int code[3][2];
+	char err[3][1024], out[1024];
+	for (int i = 0; i < 3; i++) {
+		pid_t kid = doc_server(sock, docs[i], 1);
+		for (int json = 0; json < 2; json++) {
+			code[i][json] = sh("MEMDEDUP_RUN_DIR=%s MEMDEDUP_SOCKET=%s %s/memdedup status%s", test_dir(),
+					   sock, b, json ? " --json" : "");
+			if (!json)
+				snprintf(err[i], sizeof(err[i]), "%s", slurp("err"));
+			if (!json && i == 2)
+				snprintf(out, sizeof(out), "%s", slurp("out"));
+		}
+		kill(kid, SIGKILL);
+		waitpid(kid, NULL, 0);
+	}
+	for (int i = 0; i < 2; i++) {
+		ASSERT_EQ(code[i][0], 1);
+		ASSERT_EQ(code[i][1], 1);
+		ASSERT(strstr(err[i], "did not answer properly"));
+	}
+	ASSERT_EQ(code[2][0], 0);
+	ASSERT_EQ(code[2][1], 0);
+	ASSERT(strstr(out, "blue") && strstr(out, "5678"));
 	return 0;
 }
 
@@ -1163,13 +1303,24 @@ TEST_IMPL(cli_pause_not_scanning)
 	int c3 = sh("MEMDEDUP_RUN_DIR=%s/rd MEMDEDUP_SOCKET=%s %s/memdedup set --pid %d pages_to_scan=7 "
 		    "order=random", test_dir(), t.sock, b, (int)getpid());
 	const char *err3 = slurp("err"), *first = strstr(err3, "is not scanning");
+	int once = first && !strstr(first + 1, "is not scanning");
+	/* An agent whose first name was taken: agent-PID.K.stats. */
+	char path2[560];
+	snprintf(path2, sizeof(path2), "%s/rd/agent-%d.2.stats", test_dir(), (int)getpid());
+	ASSERT_EQ(rename(path, path2), 0);
+	int c4 = sh("MEMDEDUP_RUN_DIR=%s/rd MEMDEDUP_SOCKET=%s %s/memdedup pause --pid %d", test_dir(), t.sock, b,
+		    (int)getpid());
+	char err4[1024];
+	snprintf(err4, sizeof(err4), "%s", slurp("err"));
 	td_stop(&t);
 	ASSERT_EQ(c1, 1);
 	ASSERT(strstr(err1, "is not scanning"));
 	ASSERT_EQ(c2, 1);
 	ASSERT(strstr(err2, "no agent with pid"));
 	ASSERT_EQ(c3, 1);
-	ASSERT(first && !strstr(first + 1, "is not scanning"));
+	ASSERT(once);
+	ASSERT_EQ(c4, 1);
+	ASSERT(strstr(err4, "is not scanning"));
 	return 0;
 }
 

@@ -25,6 +25,7 @@
 
 #include "agent_internal.h"	/* the scanner's tunables */
 #include "cgroup.h"
+#include "checksum.h"
 #include "daemon_util.h"
 #include "memdedup.h"
 #include "merge.h"	/* md__engine_fail_slices */
@@ -1314,6 +1315,17 @@ static char *inproc_agent(md_agent **a, unsigned pages_to_scan, size_t len)
 	ASSERT_EQ(md_agent_new(a, &o), 0);
 	char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	ASSERT(m != MAP_FAILED);
+	return m;
+}
+
+/* An agent in this process, scanning fast, and n pages of its RAM
+ * registered, no two alike. */
+static char *unique_ram(md_agent **a, size_t n)
+{
+	char *m = inproc_agent(a, 2000, n * PG);
+	for (size_t i = 0; i < n * PG; i++)
+		m[i] = (char)((i / PG) * 13 + i % 241 + 1);
+	ASSERT_EQ(md_agent_register(*a, m, n * PG, 0), 0);
 	return m;
 }
 
@@ -3173,10 +3185,7 @@ TEST_IMPL(scan_image_merge_counted_once)
 	make_image(img, 16 * PG, 17);
 	md_agent *a;
 	const size_t n = 64;
-	char *m = inproc_agent(&a, 2000, n * PG);
-	for (size_t i = 0; i < n * PG; i++)
-		m[i] = (char)((i / PG) * 13 + i % 241 + 1);	/* no two pages alike */
-	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
+	char *m = unique_ram(&a, n);
 	int fd = open(img, O_RDONLY);
 	ASSERT(fd >= 0);
 	ASSERT_EQ(md_agent_pread(a, fd, m, 16 * PG, 0), 16 * PG);
@@ -3196,6 +3205,51 @@ TEST_IMPL(scan_image_merge_counted_once)
 	}
 	usleep(200000);	/* nothing else maps meanwhile */
 	ASSERT_EQ(__atomic_load_n(&a->vmas.adds, __ATOMIC_SEQ_CST) - adds, 2);
+	md_agent_free(a);
+	munmap(m, n * PG);
+	close(fd);
+	return 0;
+}
+
+/* Two image pages whose hashes share the high half, all the index of
+ * image pages keeps (found by trying counters: pages of 0xa5 starting with
+ * 23,196 and 25,837). The second was never indexed ("the same content"),
+ * and a guest's copy of it matched the first's entry, failed the compare
+ * on every pass and never merged. */
+TEST_IMPL(scan_image_index_whole_hash)
+{
+	unsigned char pg[2][PG];
+	const uint64_t counter[2] = { 23196, 25837 };
+	for (int k = 0; k < 2; k++) {
+		memset(pg[k], 0xa5, PG);
+		memcpy(pg[k], &counter[k], sizeof(counter[k]));
+	}
+	uint64_t h0 = md__page_hash(pg[0]), h1 = md__page_hash(pg[1]);
+	ASSERT(h0 != h1 && h0 >> 32 == h1 >> 32);	/* else the pair is no longer one */
+	char img[512];
+	snprintf(img, sizeof(img), "%s/halves", test_dir());
+	make_image(img, 16 * PG, 19);
+	int fd = open(img, O_WRONLY);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(pwrite(fd, pg[0], PG, 0), PG);
+	ASSERT_EQ(pwrite(fd, pg[1], PG, PG), PG);
+	close(fd);
+	fd = open(img, O_RDONLY);	/* not open for writing: leased */
+	ASSERT(fd >= 0);
+	md_agent *a;
+	const size_t n = 64;
+	char *m = unique_ram(&a, n);
+	ASSERT_EQ(md_agent_pread(a, fd, m, 16 * PG, 0), 16 * PG);
+	md_stats s;
+	for (int i = 0; i < 100 && (md_agent_stats(a, &s), s.image_pages_indexed < 16); i++)
+		usleep(20000);
+	ASSERT_EQ(s.image_pages_indexed, 16);
+	memcpy(m + 40 * PG, pg[1], PG);	/* a guest's copy of the second */
+	for (int i = 0; i < 400 && (md_agent_stats(a, &s), s.merged_image < 1); i++)
+		usleep(20000);
+	ASSERT_EQ(s.merged_image, 1);
+	ASSERT_EQ(s.abandoned, 0);
+	ASSERT(memcmp(m + 40 * PG, pg[1], PG) == 0);
 	md_agent_free(a);
 	munmap(m, n * PG);
 	close(fd);

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "agent_internal.h"
+#include "cgroup.h"
 #include "index.h"
 #include "inflight.h"
 #include "policies.h"
@@ -1063,5 +1064,48 @@ TEST_IMPL(scan_off_hint_says_what_to_do)
 	ASSERT(strstr(md__scan_off_hint(-EPERM), "vm.unprivileged_userfaultfd=1"));
 	ASSERT(strstr(md__scan_off_hint(-ENOSYS), "userfaultfd unavailable"));
 	ASSERT_EQ(strlen(md__scan_off_hint(-ENOMEM)), 0);
+	return 0;
+}
+
+/* What an unmerge's copies may take, where the limit is on a cgroup above
+ * more levels without one than the agent keeps (MD_MEMROOM_LEVELS): cgroup
+ * v1 says "no limit" with a number (2^63 less a page), which was taken for
+ * a limit, so the nearest unlimited levels were kept and the real limit
+ * above them never read: the host's free memory was the room. */
+TEST_IMPL(memroom_limit_above_unlimited_levels)
+{
+	struct test_cgroup cg;
+	char deepest[1024], buf[4096];
+	if (cgroup_make(&cg) != 0)
+		SKIP("no memory cgroup of our own to be had here");
+	ASSERT(md__read_text("/proc/meminfo", buf, sizeof(buf)) > 0 && strstr(buf, "MemAvailable:"));
+	uint64_t host = strtoull(strstr(buf, "MemAvailable:") + 13, NULL, 10) * 1024;
+	uint64_t limit = host / 4;
+	ASSERT(limit > (64ull << 20));
+	ASSERT_EQ(cgroup_limit(&cg, limit), 0);
+	ASSERT_EQ(cgroup_nest(&cg, MD_MEMROOM_LEVELS + 1, deepest, sizeof(deepest)), 0);
+	int p[2];
+	ASSERT_EQ(pipe(p), 0);
+	pid_t c = fork();
+	ASSERT(c >= 0);
+	if (c == 0) {
+		/* "0" moves the writer itself. */
+		uint64_t room = 0;
+		struct md__memroom m;
+		if (write_text(deepest, "cgroup.procs", "0") == 0 && md__memroom_open(&m) == 0) {
+			room = md__memroom_available(&m);
+			md__memroom_close(&m);
+		}
+		_exit(write(p[1], &room, sizeof(room)) == (ssize_t)sizeof(room) ? 0 : 1);
+	}
+	close(p[1]);
+	uint64_t room = 0;
+	ASSERT_EQ(read(p[0], &room, sizeof(room)), (ssize_t)sizeof(room));
+	close(p[0]);
+	int status;
+	ASSERT_EQ(waitpid(c, &status, 0), c);
+	close(cg.guard);
+	ASSERT(room > 0);	/* the child got into the deepest cgroup */
+	ASSERT(room <= limit);
 	return 0;
 }

@@ -1377,3 +1377,32 @@ TEST_IMPL(daemon_agent_without_pidfd_refused)
 	pidfd_or_refused(31);
 	return 0;
 }
+
+/* A daemon whose listen backlog is full is busy, not gone. */
+TEST_IMPL(daemon_alive_when_backlog_full)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/busy.sock", test_dir());
+	int l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ASSERT(l >= 0);
+	ASSERT_EQ(bind(l, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	ASSERT_EQ(listen(l, 0), 0);
+	int fd[8], n = 0, full = 0;
+	while (n < 8 && !full) {
+		fd[n] = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+		ASSERT(fd[n] >= 0);
+		if (connect(fd[n], (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+			ASSERT_EQ(errno, EAGAIN);
+			full = 1;
+		}
+		n++;
+	}
+	ASSERT(full);
+	ASSERT(md__daemon_alive(sa.sun_path));
+	for (int i = 0; i < n; i++)
+		close(fd[i]);
+	close(l);
+	/* Nobody listens now: gone. */
+	ASSERT(!md__daemon_alive(sa.sun_path));
+	return 0;
+}
