@@ -497,6 +497,14 @@ int md__uring_register_pins(unsigned opcode);
 /* 1 if an ioctl request maps memory for a device's DMA (VFIO, iommufd) or
  * sets up a device that will (vhost-vdpa). */
 int md__ioctl_maps_dma(unsigned long request);
+/* The data buffers of an SG_IO request at arg (v3's sg_io_hdr, 'S'; v4's
+ * sg_io_v4, 'Q'), as ranges into addr/len, at most max: their count, 0 for
+ * none (no data, a header the kernel cannot read, an interface it
+ * refuses), or -1 when they cannot be told (unreadable iovecs, more than
+ * max, reads of our own memory refused). */
+int md__sg_io_buffers(const void *arg, uintptr_t *addr, size_t *len, size_t max);
+/* 1 if part of [addr, addr + len) is registered guest RAM. */
+int md__agent_ram_overlaps(struct md_agent *a, uintptr_t addr, size_t len);
 /* ours.c */
 /* 1 if [s, e) is none of the agent's: the caller makes its call plainly,
  * without agent->lock, then calls md__ours_end(token). 0: it may be ours

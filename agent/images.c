@@ -131,6 +131,34 @@ static int image_fd_ours(const struct md__image *img)
 	       fd_is_ours(img->fd);
 }
 
+/* What probing an image's file found (its filesystem's leases see every
+ * writer; shmem) is kept while our descriptor holds the file open: the
+ * filesystem cannot go then. Once it is let go, its device number can
+ * come back as another filesystem's (one whose leases do not see every
+ * writer: overlay, FUSE), with a file of the same inode number. There is
+ * room for an entry for every image (image_add). */
+static void probe_remember(struct md_agent *a, const struct md__image *img)
+{
+	pthread_mutex_lock(&a->probe_lock);
+	size_t i = 0;
+	while (i < a->nprobed && (a->probed[i].dev != img->dev || a->probed[i].ino != img->ino))
+		i++;
+	if (i == a->nprobed && a->nprobed < a->probed_cap)
+		a->probed[a->nprobed++] = (struct md__probed){ img->dev, img->ino, img->shmem };
+	pthread_mutex_unlock(&a->probe_lock);
+}
+
+static void probe_forget(struct md_agent *a, const struct md__image *img)
+{
+	pthread_mutex_lock(&a->probe_lock);
+	for (size_t i = 0; i < a->nprobed; i++)
+		if (a->probed[i].dev == img->dev && a->probed[i].ino == img->ino) {
+			a->probed[i] = a->probed[--a->nprobed];
+			break;
+		}
+	pthread_mutex_unlock(&a->probe_lock);
+}
+
 static struct md__image *image_add(struct md_agent *a, int fd, const struct stat *st, int shmem)
 {
 	if (a->nimages == a->images_cap) {
@@ -156,9 +184,6 @@ static struct md__image *image_add(struct md_agent *a, int fd, const struct stat
 	int own_fd = image_open_own(a, fd, st);
 	if (own_fd < 0)
 		return NULL;
-	pthread_mutex_lock(&a->probe_lock);
-	a->probed[a->nprobed++] = (struct md__probed){ st->st_dev, st->st_ino, shmem };
-	pthread_mutex_unlock(&a->probe_lock);
 	struct md__image *img = &a->images[a->nimages];
 	*img = (struct md__image){
 		.id = (uint32_t)a->nimages + 1,
@@ -169,6 +194,7 @@ static struct md__image *image_add(struct md_agent *a, int fd, const struct stat
 		.lease = MD_LEASE_NONE,
 	};
 	a->nimages++;
+	probe_remember(a, img);
 	return img;
 }
 
@@ -282,6 +308,8 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, const struct md__f
 		return NULL;
 	}
 	struct md__image *img = md__image_find(a, st.st_dev, st.st_ino);
+	if (img && img->fd < 0)
+		img->shmem = p->shmem;	/* let go: probed anew (probe_forget) */
 	if (!img) {
 		img = image_add(a, fd, &st, p->shmem);
 		if (!img) {
@@ -314,6 +342,7 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, const struct md__f
 			md__log_once(100, "cannot open an image again after the VMM closed or replaced the "
 				     "agent's descriptor of it (%s): its reads are copied", strerror(errno));
 			img->fd = -1;
+			probe_forget(a, img);
 			*why = MD_FB_ERROR;
 			retry_later(img);
 			return NULL;
@@ -322,6 +351,7 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, const struct md__f
 			md__log_once(25, "the agent's own descriptor of an image was closed or replaced "
 				     "by the VMM: it opened the image again");
 		img->fd = own_fd;
+		probe_remember(a, img);
 	}
 	if (a->lease_uid != (uid_t)-1 && st.st_uid != a->lease_uid) {
 		*why = MD_FB_NO_LEASE;	/* the VMM is giving root up: its new uid could not give it back */
@@ -345,6 +375,7 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, const struct md__f
 		if (fcntl(img->fd, F_GETLEASE) == F_RDLCK)
 			fcntl(img->fd, F_SETLEASE, F_UNLCK);
 		img->fd = -1;
+		probe_forget(a, img);
 		*why = MD_FB_NO_LEASE;
 		retry_later(img);
 		return NULL;
@@ -584,6 +615,7 @@ void md__images_release_idle(struct md_agent *a)
 			close(img->fd);
 		}
 		img->fd = -1;
+		probe_forget(a, img);
 		img->lease = MD_LEASE_NONE;
 		img->retry_at = (struct timespec){ 0, 0 };
 		md__log_once(115, "an image no page of guest RAM maps any more was let go (its lease "

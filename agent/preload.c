@@ -30,6 +30,7 @@
  */
 #include <dlfcn.h>
 #include <errno.h>
+#include <scsi/sg.h>
 #include <linux/userfaultfd.h>
 #include <liburing.h>
 #include <pthread.h>
@@ -1087,6 +1088,25 @@ EXPORT int ibv_rereg_mr(struct ibv_mr *mr, int flags, struct ibv_pd *pd, void *a
 	NEXT_OR(-1, VERBS, ibv_rereg_mr, mr, flags, pd, addr, length, access);
 }
 
+/* Whether an SG_IO request's data buffers may lie in guest RAM: the
+ * kernel pins them and the device reads or writes them (QEMU's
+ * scsi-block passes the guest's buffers through), like an O_DIRECT
+ * transfer nobody records. Its probes (INQUIRY at start-up) use its own
+ * heap. One whose buffers cannot be told counts. */
+static int sg_io_in_ram(const void *arg)
+{
+	uintptr_t addr[64];
+	size_t len[64];
+	md_agent *a = agent_peek();
+	if (!a)
+		return 0;	/* no guest RAM known yet */
+	int n = md__sg_io_buffers(arg, addr, len, 64);
+	for (int i = 0; i < n; i++)
+		if (md__agent_ram_overlaps(a, addr[i], len[i]))
+			return 1;
+	return n < 0;
+}
+
 /* A device given guest RAM for DMA (VFIO's type-1 container, iommufd,
  * vhost-vdpa) pins it and writes it without faults. QEMU calls ioctl(2)
  * through the C library, KVM_RUN included: a few comparisons more each. */
@@ -1098,6 +1118,8 @@ EXPORT int ioctl(int fd, unsigned long request, ...)
 	va_end(ap);
 	if (md__ioctl_maps_dma(request))
 		unseen_io("gave a device memory for DMA (VFIO, iommufd or vhost-vdpa)");
+	if ((unsigned int)request == SG_IO && sg_io_in_ram(arg))
+		unseen_io("passed SCSI commands through with buffers in guest RAM (SG_IO)");
 	/* The VMM's own userfaultfd over guest RAM (the engine's calls do not
 	 * come here): ours gives the range up first, and takes it back once
 	 * the VMM's lets go. */

@@ -33,6 +33,17 @@ static void regions_publish(struct md_agent *a)
 	md__set(a, MD_CTR_REGISTERED_BYTES, bytes);
 }
 
+int md__agent_ram_overlaps(struct md_agent *a, uintptr_t addr, size_t len)
+{
+	int hit = 0;
+	uintptr_t end = addr + len < addr ? UINTPTR_MAX : addr + len;
+	md__agent_enter(a);
+	for (size_t i = 0; i < a->nregions && !hit; i++)
+		hit = a->regions[i].start < end && addr < a->regions[i].end;
+	md__agent_leave(a);
+	return hit;
+}
+
 struct md__region *md__region_find(struct md_agent *a, uintptr_t addr, size_t len)
 {
 	size_t lo = 0, hi = a->nregions;

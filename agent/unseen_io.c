@@ -26,11 +26,13 @@
  * seen (documented).
  */
 #include <errno.h>
+#include <linux/bsg.h>
 #include <linux/vfio.h>
 #include <linux/vhost.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <liburing.h>
+#include <scsi/sg.h>
 
 #include "agent_internal.h"
 
@@ -148,4 +150,74 @@ int md__ioctl_maps_dma(unsigned long request)
 	 * the vdpa-only ioctls (number 0x70 and up; the kernel's vhost-net
 	 * and -vsock, which copy through the page tables, stay below). */
 	return _IOC_TYPE(r) == VHOST_VIRTIO && _IOC_NR(r) >= 0x70;
+}
+
+/* Adds the n (at most max - *k) buffers of an iovec array at iov (user
+ * memory: struct sg_iovec and struct iovec are alike) to addr/len: 0, or
+ * -1 if it cannot be read or holds too many. */
+static int sg_iovecs(uint64_t iov, unsigned n, uintptr_t *addr, size_t *len, size_t max, size_t *k)
+{
+	struct sg_iovec v[16];
+	if (n > max - *k)
+		return -1;
+	for (unsigned done = 0; done < n;) {
+		unsigned m = n - done < 16 ? n - done : 16;
+		if (md__copy_in(v, (const void *)(uintptr_t)(iov + done * sizeof(v[0])), m * sizeof(v[0])))
+			return -1;
+		for (unsigned i = 0; i < m; i++, (*k)++) {
+			addr[*k] = (uintptr_t)v[i].iov_base;
+			len[*k] = v[i].iov_len;
+		}
+		done += m;
+	}
+	return 0;
+}
+
+int md__sg_io_buffers(const void *arg, uintptr_t *addr, size_t *len, size_t max)
+{
+	int id, err;
+	size_t k = 0;
+	if (!arg || (err = md__copy_in(&id, arg, sizeof(id))) == -EFAULT)
+		return 0;	/* the kernel's EFAULT: no transfer */
+	if (err)
+		return -1;
+	if (id == 'S') {
+		struct sg_io_hdr h;
+		if (md__copy_in(&h, arg, sizeof(h)))
+			return 0;
+		if (!h.dxfer_len || h.dxfer_direction == SG_DXFER_NONE)
+			return 0;
+		if (!h.iovec_count) {
+			if (max < 1)
+				return -1;
+			addr[0] = (uintptr_t)h.dxferp;
+			len[0] = h.dxfer_len;
+			return 1;
+		}
+		return sg_iovecs((uintptr_t)h.dxferp, h.iovec_count, addr, len, max, &k) ? -1 : (int)k;
+	}
+	if (id == 'Q') {
+		struct sg_io_v4 h;
+		if (md__copy_in(&h, arg, sizeof(h)))
+			return 0;
+		const struct { uint64_t p; uint32_t n, iovs; } dir[2] = {
+			{ h.dout_xferp, h.dout_xfer_len, h.dout_iovec_count },
+			{ h.din_xferp, h.din_xfer_len, h.din_iovec_count },
+		};
+		for (int d = 0; d < 2; d++) {
+			if (!dir[d].n)
+				continue;
+			if (dir[d].iovs) {
+				if (sg_iovecs(dir[d].p, dir[d].iovs, addr, len, max, &k))
+					return -1;
+			} else {
+				if (k == max)
+					return -1;
+				addr[k] = (uintptr_t)dir[d].p;
+				len[k++] = dir[d].n;
+			}
+		}
+		return (int)k;
+	}
+	return 0;	/* an interface the kernel refuses */
 }

@@ -997,6 +997,11 @@ size_t md__client_back_slots(const struct md__client *c)
 	return c->back_slots;
 }
 
+unsigned md__client_late(const struct md__client *c)
+{
+	return c->nlate;
+}
+
 int md__client_take_back(struct md__client *c, uint32_t **slots, size_t *n)
 {
 	*slots = NULL;

@@ -117,6 +117,9 @@ int md__client_take_back(struct md__client *c, uint32_t **slots, size_t *n);
 /* How many references the client keeps to give back (what take_back would
  * return). */
 size_t md__client_back_slots(const struct md__client *c);
+/* How many replies are owed to callers that timed out: what a late REF
+ * or PUBLISH grants is given back only when its reply comes. */
+unsigned md__client_late(const struct md__client *c);
 /* Queues n references to give back (UNREF), sent with the next requests
  * or when idle, as an UNREF answered late is. 0, or -ENOBUFS past
  * MD_CLIENT_BACK_MAX (they stay pinned; said once in the log). */

@@ -48,6 +48,10 @@ int md__copy_own_pages(void *buf, const void **p, size_t n);
  * the kernel, as an interposer must not fault where the system call it
  * stands in for would have failed; at most 16 KiB (IOV_MAX iovecs). */
 int md__readable(const void *p, size_t len);
+/* Copies len bytes of this process's memory at src to dst through the
+ * kernel: 0, -EFAULT (not all readable) without a fault, or another
+ * -errno (the kernel refused: a seccomp filter, say). */
+int md__copy_in(void *dst, const void *src, size_t len);
 
 /* 1 if a mapping of this process shares part of [a, a+len) (MAP_SHARED:
  * memory other processes or devices also write), 0 if none, or -errno. */

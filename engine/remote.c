@@ -96,7 +96,11 @@ int md__engine_unrefs_settled(struct md__engine *e)
 	size_t queued = e->nunref_q;
 	pthread_mutex_unlock(&e->unref_lock);
 	pthread_mutex_lock(&rm->lock);
-	int settled = !queued && !rm->nowed && (!rm->c || !md__client_back_slots(rm->c));
+	/* A reply owed late may grant references (a REF's, a PUBLISH's),
+	 * given back only once it comes: until then the old record holds
+	 * them, and refuses a HELLO of another user. */
+	int settled = !queued && !rm->nowed &&
+		      (!rm->c || (!md__client_back_slots(rm->c) && !md__client_late(rm->c)));
 	pthread_mutex_unlock(&rm->lock);
 	return settled;
 }

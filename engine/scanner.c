@@ -905,6 +905,9 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 	if (!page)
 		return 0;
 	*read = 1;
+	/* What the read held at: a run's reads after it (fill_run) may find
+	 * a discard and move step_gen on, past what this page was seen at. */
+	uint64_t read_gen = s->step_gen;
 	uint64_t word, filled[MD_EPAGE / sizeof(uint64_t)];
 	if (md__page_fill(page, &word)) {
 		/* The linear cursor takes the pages that follow with it when
@@ -960,7 +963,7 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 	if (e->remote) {
 		/* Resolved with the rest of the batch (flush_remote). */
 		if (!s->npend)
-			s->pend_gen = s->step_gen;	/* what copy_out checks */
+			s->pend_gen = read_gen;	/* what copy_out checks */
 		s->pend_addr[s->npend] = a;
 		s->pend_hash[s->npend] = h;
 		s->pend_tag[s->npend] = hinted == 1 ? s->hint_tag : 0;
@@ -1100,15 +1103,19 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 	for (; k < npages && examined < 16 * npages && s->nfm < MD_SCAN_PEND; examined++) {
 		uintptr_t a = 0;
 		int hinted = 0, read = 0;
-		/* A batch lets go of the regions every 256 visits with nothing
-		 * pending, as in a round trip (see regions_let_go): without
-		 * memdedupd, or with nothing to ask it (a first pass, memory
-		 * that changes), no round trip did, and a batch at a high rate
-		 * held them 100 ms while the VMM's munmap of guest RAM waited. */
-		if (examined - held >= 256 && !s->npend) {
+		/* A batch lets go of the regions every 256 visits, as in a round
+		 * trip (see regions_let_go): without memdedupd, or with little
+		 * to ask it (a first pass, memory that changes), no round trip
+		 * did, and a batch at a high rate held them 100 ms while the
+		 * VMM's munmap of guest RAM waited. What is pending is looked
+		 * up again when it is sent, as after a round trip; if the pool
+		 * changed meanwhile, it is dropped, as there. */
+		if (examined - held >= 256) {
+			uint64_t gen = s->e->remote ? s->e->remote->generation : 0;
 			held = examined;
 			regions_let_go(s);
-			(void)regions_again(s, 0);	/* nothing pending: no pool to check */
+			if (regions_again(s, gen))
+				s->npend = 0;
 		}
 		if (k % 8 < __atomic_load_n(&s->ratio, __ATOMIC_RELAXED) && (a = hint_next(s)) != 0)
 			hinted = 1;

@@ -1214,28 +1214,52 @@ TEST_IMPL(lease_break_without_signal)
 	return 0;
 }
 
+/* Runs start, a call that must change nothing (NULL: none), then stop, a
+ * call that must stop read sharing for good (-EBADF from the kernel, as
+ * neither has a descriptor): a read before is shared, the next copied. */
+static void stops_read_sharing(const char *start, const char *stop)
+{
+	const char *img = image(1);
+	const char *env[] = { "MEMDEDUP_SHARE_MIN_PAGES=1", NULL };
+	struct proc a;
+	md_stats s;
+	int fd = start_reader(&a, img, env);
+	if (start)
+		ASSERT_EQ(proc_num(&a, "%s", start), -EBADF);
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 0 65536", fd), 65536);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 65536"), hex(fnv_file(img, 0, 65536))) == 0);
+	ASSERT(proc_page(&a, 0).file);	/* shared before (read, so present) */
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.io_unseen, 0);
+	ASSERT_EQ(proc_num(&a, "%s", stop), -EBADF);
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 %u 65536", fd, MB), 65536);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u 65536", MB), hex(fnv_file(img, 0, 65536))) == 0);
+	for (unsigned i = 0; i < 16; i++)
+		ASSERT(!proc_page(&a, MB + i * 4096).file);
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, 16);
+	ASSERT_EQ(s.io_unseen, 1);
+	proc_stop(&a);
+}
+
 /* A device given guest RAM for DMA (VFIO) keeps the pages it pinned: a read
  * mapping image pages over them would part the guest's view from the
  * device's. From then on reads are copied, and the state shows. */
 TEST_IMPL(device_dma_stops_read_sharing)
 {
-	const char *img = image(1);
-	const char *env[] = { "MEMDEDUP_SHARE_MIN_PAGES=1", NULL };
-	struct proc a;
-	int fd = start_reader(&a, img, env);
-	ASSERT_EQ(proc_num(&a, "read %d 0 65536 0 65536", fd), 65536);
-	ASSERT(strcmp(proc_cmd(&a, "hash 0 65536"), hex(fnv_file(img, 0, 65536))) == 0);
-	ASSERT(proc_page(&a, 0).file);	/* shared before (read, so present) */
-	ASSERT_EQ(proc_num(&a, "vfio"), -EBADF);
-	ASSERT_EQ(proc_num(&a, "read %d 0 65536 %u 65536", fd, MB), 65536);
-	ASSERT(strcmp(proc_cmd(&a, "hash %u 65536", MB), hex(fnv_file(img, 0, 65536))) == 0);
-	for (unsigned i = 0; i < 16; i++)
-		ASSERT(!proc_page(&a, MB + i * 4096).file);
-	md_stats s;
-	ASSERT_EQ(proc_stats(&a, &s), 0);
-	ASSERT_EQ(s.pages_shared_at_read, 16);
-	ASSERT_EQ(s.io_unseen, 1);
-	proc_stop(&a);
+	stops_read_sharing(NULL, "vfio");
+	return 0;
+}
+
+/* SCSI commands passed through (SG_IO: QEMU's scsi-block) with buffers in
+ * guest RAM: the kernel pins them and the device writes them unseen, like
+ * a VFIO device's DMA. One whose buffer is the VMM's own (a probe)
+ * changes nothing. */
+TEST_IMPL(scsi_passthrough_stops_read_sharing)
+{
+	char stop[64];
+	snprintf(stop, sizeof(stop), "sgio %u 4096", 2 * MB);
+	stops_read_sharing("sgio 0 heap", stop);
 	return 0;
 }
 

@@ -1,6 +1,8 @@
 /* test_units.c - the pure logic: read planning, the region table, the
  * statistics file parser, and the API's argument checks. */
 #include <errno.h>
+#include <linux/bsg.h>
+#include <scsi/sg.h>
 #include <fcntl.h>
 #include <liburing.h>
 #include <linux/vfio.h>
@@ -1107,5 +1109,37 @@ TEST_IMPL(memroom_limit_above_unlimited_levels)
 	close(cg.guard);
 	ASSERT(room > 0);	/* the child got into the deepest cgroup */
 	ASSERT(room <= limit);
+	return 0;
+}
+
+/* The data buffers of SG_IO requests, v3 and v4, as the ioctl interposer
+ * judges them against guest RAM. */
+TEST_IMPL(sg_io_buffers_found)
+{
+	static unsigned char b1[100], b2[200];
+	uintptr_t addr[4];
+	size_t len[4];
+	struct sg_iovec v[2] = { { b1, sizeof(b1) }, { b2, sizeof(b2) } };
+	struct sg_io_hdr h = { .interface_id = 'S', .dxfer_direction = SG_DXFER_TO_DEV, .dxfer_len = 300,
+			       .dxferp = b1 };
+	ASSERT_EQ(md__sg_io_buffers(&h, addr, len, 4), 1);
+	ASSERT(addr[0] == (uintptr_t)b1 && len[0] == 300);
+	h.iovec_count = 2;
+	h.dxferp = v;
+	ASSERT_EQ(md__sg_io_buffers(&h, addr, len, 4), 2);
+	ASSERT(addr[1] == (uintptr_t)b2 && len[1] == sizeof(b2));
+	ASSERT_EQ(md__sg_io_buffers(&h, addr, len, 1), -1);	/* more than it holds */
+	h.dxferp = (void *)8;	/* iovecs that cannot be read: cannot tell */
+	ASSERT_EQ(md__sg_io_buffers(&h, addr, len, 4), -1);
+	h.dxfer_len = 0;	/* no data */
+	ASSERT_EQ(md__sg_io_buffers(&h, addr, len, 4), 0);
+	h.interface_id = 'Z';	/* refused by the kernel */
+	h.dxfer_len = 300;
+	ASSERT_EQ(md__sg_io_buffers(&h, addr, len, 4), 0);
+	ASSERT_EQ(md__sg_io_buffers((void *)8, addr, len, 4), 0);	/* the kernel's EFAULT */
+	struct sg_io_v4 q = { .guard = 'Q', .dout_xferp = (uintptr_t)b1, .dout_xfer_len = 10,
+			      .din_xferp = (uintptr_t)v, .din_xfer_len = 300, .din_iovec_count = 2 };
+	ASSERT_EQ(md__sg_io_buffers(&q, addr, len, 4), 3);
+	ASSERT(addr[0] == (uintptr_t)b1 && len[0] == 10 && addr[2] == (uintptr_t)b2);
 	return 0;
 }

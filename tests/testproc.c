@@ -80,6 +80,9 @@
  *                           PR_GET/SET_MEMORY_MERGE): the state, or the result of
  *                           setting it through the C library or the system call
  *   vfio                  -> -errno of VFIO_IOMMU_MAP_DMA on no descriptor
+ *   sgio OFF LEN|heap     -> -errno of SG_IO on no descriptor, reading LEN bytes
+ *                            into guest RAM at OFF (through an iovec), or into
+ *                            a buffer of the heap
  *   vdpa                  -> -errno of VHOST_VDPA_GET_DEVICE_ID on no descriptor
  *   uffd OFF LEN missing|wp|bad -> 0 or -errno of registering the RAM's range with a
  *                           userfaultfd of its own (kept open), as QEMU's postcopy
@@ -112,6 +115,7 @@
  */
 #include <dlfcn.h>
 #include <errno.h>
+#include <scsi/sg.h>
 #include <grp.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -806,6 +810,22 @@ int main(void)
 				 strcmp(s2, "set") == 0 ? prctl(67, (unsigned long)a1, 0L, 0L, 0L) :
 				 syscall(SYS_prctl, 67, (long)a1, 0L, 0L, 0L);
 			printf("%ld\n", r < 0 ? -(long)errno : r);
+		} else if (strcmp(cmd, "sgio") == 0) {
+			static unsigned char heap_buf[4096], cdb[6] = { 0x08 };	/* READ(6) */
+			char what[32] = "";
+			sscanf(line, "%*s %lld %31s", &a1, what);
+			struct sg_iovec v = { base + a1, (size_t)atoll(what) };
+			struct sg_io_hdr h = { .interface_id = 'S', .dxfer_direction = SG_DXFER_FROM_DEV,
+					       .cmd_len = sizeof(cdb), .cmdp = cdb, .timeout = 1000 };
+			if (strcmp(what, "heap") == 0) {
+				h.dxferp = heap_buf;
+				h.dxfer_len = sizeof(heap_buf);
+			} else {
+				h.iovec_count = 1;
+				h.dxferp = &v;
+				h.dxfer_len = (unsigned)v.iov_len;
+			}
+			printf("%d\n", ioctl(-1, SG_IO, &h) < 0 ? -errno : 0);
 		} else if (strcmp(cmd, "vfio") == 0) {
 			struct vfio_iommu_type1_dma_map m = { .argsz = sizeof(m) };
 			printf("%d\n", ioctl(-1, VFIO_IOMMU_MAP_DMA, &m) < 0 ? -errno : 0);

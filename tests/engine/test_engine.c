@@ -2162,6 +2162,51 @@ TEST_IMPL(engine_old_pool_refs_not_sent)
 	return 0;
 }
 
+/* A user change waits until memdedupd has every reference back, or the
+ * old user's record keeps some and refuses the new user's HELLO for the
+ * life of the VMM. A PUBLISH answered after its caller timed out grants a
+ * slot that is given back only when the reply comes: the references were
+ * taken for settled before it did. */
+TEST_IMPL(engine_late_grant_not_settled)
+{
+	struct tdaemon t;
+	struct md__engine e;
+	struct md__remote rm;
+	unsigned char *x = map_ram(1);
+	uint32_t slot;
+	int status;
+	uint64_t ctr = 0;
+
+	engine_up(&e);
+	td_start(&t, 1024);
+	ASSERT_EQ(md__remote_init(&rm, t.sock, "old"), 0);
+	e.remote = &rm;
+	ASSERT_EQ(md__engine_remote_connect(&e), 0);
+	fill(x, 9);
+	uint64_t h = md__page_hash(x);
+	const void *page = x;
+	md__client_set_timeout(rm.c, 100);
+	kill(t.pid, SIGSTOP);
+	int err = md__remote_publish_each(&rm, &h, &page, 1, &slot, &status, rm.generation);
+	kill(t.pid, SIGCONT);
+	ASSERT_EQ(err, -ETIMEDOUT);
+	ASSERT_EQ(md__engine_unrefs_settled(&e), 0);	/* the grant is owed */
+	/* As the agent's thread does: requests read the late reply and give
+	 * its grant back. */
+	for (int i = 0; i < 300 && !md__engine_unrefs_settled(&e); i++) {
+		md__remote_report(&rm, &ctr, 1);
+		md__engine_send_unrefs(&e);
+		usleep(10000);
+	}
+	ASSERT(md__engine_unrefs_settled(&e));
+	ASSERT_EQ(td_domains_int(&t, "pool_live_pages"), 0);
+	md__engine_fini(&e);
+	md__remote_fini(&rm);
+	td_stop(&t);
+	munmap(x, PG);
+	return 0;
+}
+
 /* Stress: writers change random bytes of random pages, and sometimes copy a
  * template in whole, while the merger merges at full speed; afterwards every
  * page equals its shadow copy: no write lost. */
@@ -2891,19 +2936,28 @@ static void *unreg_during_step(void *arg)
 	return NULL;
 }
 
-/* Without memdedupd, a long batch (a high pages_to_scan) lets the VMM's
- * calls on guest RAM in every 256 visits: it held the regions' lock for
- * all of it (100 ms at 100,000 pages), and an munmap waited as long. The
- * unregister below ends while the batch still runs. */
-TEST_IMPL(engine_scanner_lets_go_of_regions)
+/* A long batch (a high pages_to_scan) lets the VMM's calls on guest RAM
+ * in every 256 visits: it held the regions' lock for all of it (100 ms at
+ * 100,000 pages), and an munmap waited as long. The unregister ends while
+ * the batch still runs. Without memdedupd; and with its pool (one that
+ * never answers) and a page waiting for it all batch long (pending: the
+ * rest rewritten, volatile), which held the lock to the batch's end. */
+static void lets_go_of_regions(int pending)
 {
 	struct md__engine e;
 	struct md__scanner s;
+	struct md__remote rm;
 	const size_t n = 32768;
 	unsigned char *d = map_ram(n), *small = map_ram(4);
 	pthread_t th;
+	char sock[400];
 
 	engine_up(&e);
+	if (pending) {
+		snprintf(sock, sizeof(sock), "%s/nobody.sock", test_dir());
+		ASSERT_EQ(md__remote_init(&rm, sock, "none"), 0);
+		e.remote = &rm;
+	}
 	for (size_t i = 0; i < n; i++)
 		fill(d + i * PG, (unsigned)i + 1);
 	fill(small, 7);
@@ -2912,18 +2966,37 @@ TEST_IMPL(engine_scanner_lets_go_of_regions)
 	ASSERT_EQ(md__scanner_init(&s, &e, NULL), 0);
 	s.ratio = 0;
 	md__scanner_step(&s, n + 4);	/* the checksums */
-	struct unreg_during_step u = { &e, &s, small, s.st.scanned + 1024, 0 };
+	/* Every 1,024th page stable, so some page pends from early on: at
+	 * most 32 (visited once a batch), never the 256 of a round trip. */
+	for (size_t i = 0; pending && i < n; i++)
+		if (i % 1024)
+			fill(d + i * PG, (unsigned)(i + n));
+	struct unreg_during_step u = { &e, &s, small, s.st.scanned + 4096, 0 };
 	ASSERT(pthread_create(&th, NULL, unreg_during_step, &u) == 0);
-	md__scanner_step(&s, 4 * n);
+	/* With a page pending, within a pass: its end sends what waits. */
+	md__scanner_step(&s, pending ? n / 2 : 4 * n);
 	ASSERT(pthread_join(th, NULL) == 0);
 	fprintf(stderr, "  unregistered after %llu of the batch's %llu visits\n",
-		(unsigned long long)(u.scanned_then - (u.from - 1024)), (unsigned long long)(s.st.scanned - (u.from - 1024)));
+		(unsigned long long)(u.scanned_then - (u.from - 4096)), (unsigned long long)(s.st.scanned - (u.from - 4096)));
 	ASSERT(u.scanned_then < s.st.scanned);
 	ASSERT(!md__engine_touches(&e, (uintptr_t)small, PG));
 	md__scanner_free(&s);
 	md__engine_fini(&e);
+	if (pending)
+		md__remote_fini(&rm);
 	munmap(d, n * PG);
 	munmap(small, 4 * PG);
+}
+
+TEST_IMPL(engine_scanner_lets_go_of_regions)
+{
+	lets_go_of_regions(0);
+	return 0;
+}
+
+TEST_IMPL(engine_scanner_lets_go_of_regions_pending)
+{
+	lets_go_of_regions(1);
 	return 0;
 }
 
