@@ -133,10 +133,11 @@ static int image_fd_ours(const struct md__image *img)
 
 /* What probing an image's file found (its filesystem's leases see every
  * writer; shmem) is kept while our descriptor holds the file open: the
- * filesystem cannot go then. Once it is let go, its device number can
+ * filesystem cannot go then. Once we let it go, its device number can
  * come back as another filesystem's (one whose leases do not see every
- * writer: overlay, FUSE), with a file of the same inode number. There is
- * room for an entry for every image (image_add). */
+ * writer: overlay, FUSE), with a file of the same inode number. (A
+ * descriptor the VMM closed under us is found at the next lease.) There
+ * is room for an entry for every image (image_add). */
 static void probe_remember(struct md_agent *a, const struct md__image *img)
 {
 	pthread_mutex_lock(&a->probe_lock);
@@ -169,8 +170,10 @@ static struct md__image *image_add(struct md_agent *a, int fd, const struct stat
 		a->images = n;
 		a->images_cap = cap;
 	}
+	/* Room for an entry of every image, this one too: entries are
+	 * forgotten and remembered again (probe_forget), never grown then. */
 	pthread_mutex_lock(&a->probe_lock);
-	if (a->nprobed == a->probed_cap) {
+	if (a->probed_cap < a->nimages + 1) {
 		size_t cap = a->probed_cap ? a->probed_cap * 2 : 8;
 		struct md__probed *n = realloc(a->probed, cap * sizeof(*n));
 		if (!n) {

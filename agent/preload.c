@@ -1098,8 +1098,8 @@ static int sg_io_in_ram(const void *arg)
 	uintptr_t addr[64];
 	size_t len[64];
 	md_agent *a = agent_peek();
-	if (!a)
-		return 0;	/* no guest RAM known yet */
+	if (!a || __atomic_load_n(&io_unseen, __ATOMIC_RELAXED))
+		return 0;	/* no guest RAM known yet, or said already */
 	int n = md__sg_io_buffers(arg, addr, len, 64);
 	for (int i = 0; i < n; i++)
 		if (md__agent_ram_overlaps(a, addr[i], len[i]))

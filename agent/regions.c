@@ -37,6 +37,9 @@ int md__agent_ram_overlaps(struct md_agent *a, uintptr_t addr, size_t len)
 {
 	int hit = 0;
 	uintptr_t end = addr + len < addr ? UINTPTR_MAX : addr + len;
+	/* Lock-free for memory none of the agent's (the VMM's heap). */
+	if (md__ours_none(a, addr, end))
+		return 0;
 	md__agent_enter(a);
 	for (size_t i = 0; i < a->nregions && !hit; i++)
 		hit = a->regions[i].start < end && addr < a->regions[i].end;

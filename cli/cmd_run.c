@@ -455,8 +455,10 @@ static int secure_exec(const char *exe, char *why, size_t size)
 
 /* Whether ld.so loads the agent into exe at all: not into a statically
  * linked program (none runs), nor into a 32-bit or another machine's one
- * (it skips a library of the wrong class with a warning). The command
- * would run, and succeed, without it. 0, or -ENOEXEC and why in why. */
+ * (it skips a library of the wrong class with a warning). Unlike secure
+ * mode, which takes LD_PRELOAD out of the environment, such a program
+ * passes it on: a wrapper (a static init, tini, busybox's sh) may exec
+ * a VMM that loads the agent. 0, or -ENOEXEC and why in why. */
 static int agent_not_loaded(const char *exe, char *why, size_t size)
 {
 	char file[PATH_MAX + 64], shown[256];
@@ -468,7 +470,8 @@ static int agent_not_loaded(const char *exe, char *why, size_t size)
 	close(fd);
 	if (kind != MD_ELF_STATIC && kind != MD_ELF_FOREIGN)
 		return 0;
-	snprintf(why, size, "%s%s is %s: the dynamic loader would not load the memdedup agent into it",
+	snprintf(why, size, "%s%s is %s: the dynamic loader does not load the memdedup agent into it, "
+		 "only into a dynamic program it runs",
 		 depth ? "its interpreter " : "it", depth ? md__printable(file, shown, sizeof(shown)) : "",
 		 kind == MD_ELF_STATIC ? "statically linked" : "a 32-bit or another machine's program");
 	return -ENOEXEC;
@@ -747,15 +750,22 @@ int md__cmd_run(int argc, char **argv)
 			strerror(-err));
 		return err == -EACCES ? 126 : 127;
 	}
-	/* Run in secure mode, or static, CMD would run, and succeed, without
-	 * the agent: refused like a command that cannot run. Only the file exec'd and
+	/* Run in secure mode, CMD would run, and succeed, without the agent
+	 * (ld.so also takes LD_PRELOAD out of what it runs): refused like a
+	 * command that cannot run. Only the file exec'd and
 	 * its interpreter are seen, not what a wrapper (sudo) execs. */
 	char why[PATH_MAX + 512];
-	if (secure_exec(exe, why, sizeof(why)) || agent_not_loaded(exe, why, sizeof(why))) {
+	if (secure_exec(exe, why, sizeof(why))) {
 		char shown[256];
 		fprintf(stderr, "memdedup run: cannot run '%s' with the agent: %s\n",
 			md__printable(argv[i], shown, sizeof(shown)), why);
 		return 126;
+	}
+	/* Static, or not ours: said, not refused (it may be a wrapper). */
+	if (agent_not_loaded(exe, why, sizeof(why))) {
+		char shown[256];
+		fprintf(stderr, "memdedup run: note: '%s': %s\n", md__printable(argv[i], shown, sizeof(shown)),
+			why);
 	}
 	/* Scanning in a shared domain needs memdedupd: start it unless one
 	 * answers. Without it the agent merges within its process only. */

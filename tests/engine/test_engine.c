@@ -2971,13 +2971,14 @@ static void lets_go_of_regions(int pending)
 	for (size_t i = 0; pending && i < n; i++)
 		if (i % 1024)
 			fill(d + i * PG, (unsigned)(i + n));
-	struct unreg_during_step u = { &e, &s, small, s.st.scanned + 4096, 0 };
+	struct unreg_during_step u = { &e, &s, small, s.st.scanned + 1024, 0 };
 	ASSERT(pthread_create(&th, NULL, unreg_during_step, &u) == 0);
-	/* With a page pending, within a pass: its end sends what waits. */
-	md__scanner_step(&s, pending ? n / 2 : 4 * n);
+	/* With a page pending (page 0 on), within a pass: its end sends
+	 * what waits. */
+	md__scanner_step(&s, pending ? n - 2048 : 4 * n);
 	ASSERT(pthread_join(th, NULL) == 0);
 	fprintf(stderr, "  unregistered after %llu of the batch's %llu visits\n",
-		(unsigned long long)(u.scanned_then - (u.from - 4096)), (unsigned long long)(s.st.scanned - (u.from - 4096)));
+		(unsigned long long)(u.scanned_then - (u.from - 1024)), (unsigned long long)(s.st.scanned - (u.from - 1024)));
 	ASSERT(u.scanned_then < s.st.scanned);
 	ASSERT(!md__engine_touches(&e, (uintptr_t)small, PG));
 	md__scanner_free(&s);
