@@ -529,7 +529,7 @@ TEST_IMPL(cli_run_static_said)
 #ifndef __x86_64__
 	SKIP("the static program written here is x86-64's");
 #endif
-	const char *b = build_dir(), *d = test_dir();
+	const char *b = build_dir(), *rb = run_build_dir(), *d = test_dir();
 	char path[450], text[600], err[3][1024];
 	snprintf(path, sizeof(path), "%s/static", d);
 	write_static_exit0(path);
@@ -561,11 +561,11 @@ TEST_IMPL(cli_run_static_said)
 	/* A dynamic program a static one runs has the agent (busybox-static,
 	 * which the guest kit installs, as the wrapper). */
 	if (access("/bin/busybox", X_OK) == 0)
-		ASSERT_EQ(sh("%s/memdedup run -- /bin/busybox env /bin/sh " AGENT_IN_SH, b), 0);
-	ASSERT_EQ(sh("%s/memdedup run -- /bin/sh " AGENT_IN_SH, b), 0);
+		ASSERT_EQ(sh("%s/memdedup run -- /bin/busybox env /bin/sh " AGENT_IN_SH, rb), 0);
+	ASSERT_EQ(sh("%s/memdedup run -- /bin/sh " AGENT_IN_SH, rb), 0);
 	ASSERT(!strstr(slurp("err"), "note:"));	/* dynamic: nothing said */
 	if (access("/lib64/ld-linux-x86-64.so.2", X_OK) == 0) {
-		ASSERT_EQ(sh("%s/memdedup run -- /lib64/ld-linux-x86-64.so.2 /bin/sh " AGENT_IN_SH, b), 0);
+		ASSERT_EQ(sh("%s/memdedup run -- /lib64/ld-linux-x86-64.so.2 /bin/sh " AGENT_IN_SH, rb), 0);
 		ASSERT(!strstr(slurp("err"), "note:"));
 	}
 	return 0;
