@@ -3256,6 +3256,74 @@ TEST_IMPL(scan_image_index_whole_hash)
 	return 0;
 }
 
+/* How many filesystem verdicts the agent keeps for the file at path. */
+static size_t probed_entries(md_agent *a, const char *path)
+{
+	struct stat st;
+	size_t n = 0;
+	ASSERT(stat(path, &st) == 0);
+	pthread_mutex_lock(&a->probe_lock);
+	for (size_t i = 0; i < a->nprobed; i++)
+		n += a->probed[i].dev == st.st_dev && a->probed[i].ino == st.st_ino;
+	pthread_mutex_unlock(&a->probe_lock);
+	return n;
+}
+
+/* What probing an image's filesystem found is kept while the agent's
+ * descriptor holds the file open, and forgotten when it lets the image go:
+ * the filesystem may then go, and its device number come back as another's
+ * (one whose leases do not see every writer), with a file of that inode
+ * number. Leased again, it is probed and kept again. */
+TEST_IMPL(image_probe_forgotten_when_let_go)
+{
+	char img[512];
+	snprintf(img, sizeof(img), "%s/probed", test_dir());
+	make_image(img, 16 * PG, 23);
+	md_agent *a;
+	md_agent_options o = { .run_dir = "", .image_idle_s = 1 };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	char *m = mmap(NULL, 16 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	ASSERT_EQ(md_agent_register(a, m, 16 * PG, 0), 0);
+	int fd = open(img, O_RDONLY);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(md_agent_pread(a, fd, m, 16 * PG, 0), 16 * PG);
+	md_stats s;
+	md_agent_stats(a, &s);
+	ASSERT_EQ(s.pages_shared_at_read, 16);
+	ASSERT_EQ(probed_entries(a, img), 1);
+	/* Nothing maps it any more: let go within a few seconds. */
+	ASSERT_EQ(md_agent_discard(a, m, 16 * PG), 0);
+	int gone = 0;
+	for (int i = 0; i < 100 && !gone; i++) {
+		usleep(50000);
+		md__agent_enter(a);
+		gone = a->nimages == 1 && a->images[0].fd < 0;
+		md__agent_leave(a);
+	}
+	ASSERT(gone);
+	ASSERT_EQ(probed_entries(a, img), 0);
+	/* Eight images more meanwhile: the cache keeps room for the first's
+	 * verdict all the same (it filled up: every read of it probed). */
+	for (int k = 0; k < 8; k++) {
+		char other[540];
+		snprintf(other, sizeof(other), "%s.%d", img, k);
+		make_image(other, 16 * PG, 24 + (unsigned)k);
+		int ofd = open(other, O_RDONLY);
+		ASSERT(ofd >= 0);
+		ASSERT_EQ(md_agent_pread(a, ofd, m, 16 * PG, 0), 16 * PG);
+		close(ofd);
+	}
+	ASSERT_EQ(md_agent_pread(a, fd, m, 16 * PG, 0), 16 * PG);
+	md_agent_stats(a, &s);
+	ASSERT_EQ(s.pages_shared_at_read, 16 * 10);	/* leased and shared again */
+	ASSERT_EQ(probed_entries(a, img), 1);
+	md_agent_free(a);
+	munmap(m, 16 * PG);
+	close(fd);
+	return 0;
+}
+
 TEST_IMPL(scan_image_copied_read_merges)
 {
 	/* A read too small to map is copied; when its image is leased (other
