@@ -395,14 +395,6 @@ static int file_caps_raise(const char *path, int no_new_privs)
 	return (magic & VFS_CAP_FLAGS_EFFECTIVE) || raised != 0;
 }
 
-/* Whether ld.so would run exe in secure mode (AT_SECURE), where it ignores
- * LD_PRELOAD entries with a '/' (ours), so the command would run without
- * the agent: the kernel makes an exec secure when the effective uid or gid
- * after it is not the real one (a set-uid or set-gid file, or our own ids
- * differing already), or when file capabilities raise a real uid other
- * than root's (fs/exec.c bprm_fill_uid, security/commoncap.c). For a
- * script, its interpreter's bits count, not its own. 0, or -EPERM and why
- * (with what to do) in why. An LSM's transition is not seen. */
 /* The file the kernel runs for exe: exe, or the interpreter its #! line
  * names, and so on. Into file (its size PATH_MAX + 64); the depth (0 for
  * exe itself). */
@@ -417,12 +409,20 @@ static int exec_file(const char *exe, char *file)
 	return depth;
 }
 
-static int secure_exec(const char *exe, char *why, size_t size)
+/* Whether ld.so would run file (what the kernel runs for a command, and
+ * depth interpreters deep: exec_file) in secure mode (AT_SECURE), where it ignores
+ * LD_PRELOAD entries with a '/' (ours), so the command would run without
+ * the agent: the kernel makes an exec secure when the effective uid or gid
+ * after it is not the real one (a set-uid or set-gid file, or our own ids
+ * differing already), or when file capabilities raise a real uid other
+ * than root's (fs/exec.c bprm_fill_uid, security/commoncap.c). For a
+ * script, its interpreter's bits count, not its own. 0, or -EPERM and why
+ * (with what to do) in why. An LSM's transition is not seen. */
+static int secure_exec(const char *file, int depth, char *why, size_t size)
 {
-	char file[PATH_MAX + 64], who[sizeof(file) + 32];
+	char who[PATH_MAX + 96];
 	struct stat st;
 	struct statvfs sv;
-	int depth = exec_file(exe, file);
 
 	if (stat(file, &st) != 0)
 		return 0;	/* execve will tell */
@@ -453,16 +453,15 @@ static int secure_exec(const char *exe, char *why, size_t size)
 	return -EPERM;
 }
 
-/* Whether ld.so loads the agent into exe at all: not into a statically
+/* Whether ld.so loads the agent into file (as secure_exec's) at all: not into a statically
  * linked program (none runs), nor into a 32-bit or another machine's one
  * (it skips a library of the wrong class with a warning). Unlike secure
  * mode, which takes LD_PRELOAD out of the environment, such a program
  * passes it on: a wrapper (a static init, tini, busybox's sh) may exec
  * a VMM that loads the agent. 0, or -ENOEXEC and why in why. */
-static int agent_not_loaded(const char *exe, char *why, size_t size)
+static int agent_not_loaded(const char *file, int depth, char *why, size_t size)
 {
-	char file[PATH_MAX + 64], shown[256];
-	int depth = exec_file(exe, file);
+	char shown[256];
 	int fd = open(file, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return 0;	/* execve will tell */
@@ -754,15 +753,16 @@ int md__cmd_run(int argc, char **argv)
 	 * (ld.so also takes LD_PRELOAD out of what it runs): refused like a
 	 * command that cannot run. Only the file exec'd and
 	 * its interpreter are seen, not what a wrapper (sudo) execs. */
-	char why[PATH_MAX + 512];
-	if (secure_exec(exe, why, sizeof(why))) {
+	char why[PATH_MAX + 512], file[PATH_MAX + 64];
+	int depth = exec_file(exe, file);
+	if (secure_exec(file, depth, why, sizeof(why))) {
 		char shown[256];
 		fprintf(stderr, "memdedup run: cannot run '%s' with the agent: %s\n",
 			md__printable(argv[i], shown, sizeof(shown)), why);
 		return 126;
 	}
 	/* Static, or not ours: said, not refused (it may be a wrapper). */
-	if (agent_not_loaded(exe, why, sizeof(why))) {
+	if (agent_not_loaded(file, depth, why, sizeof(why))) {
 		char shown[256];
 		fprintf(stderr, "memdedup run: note: '%s': %s\n", md__printable(argv[i], shown, sizeof(shown)),
 			why);
