@@ -126,6 +126,11 @@ struct md_agent {
 	size_t nregions, regions_cap;
 	struct md__image *images;
 	size_t nimages, images_cap;
+	/* Descriptions of our own of the files the VMM held open read-only
+	 * when it chrooted (md__images_before_chroot): with /proc gone, an
+	 * image's own description to lease is a duplicate of its spare. */
+	struct md__spare { dev_t dev; ino_t ino; int fd; } *spares;
+	size_t nspares;
 	/* Filesystems (st_dev) found lately to have leases that do not see
 	 * every writer, and until when that verdict holds: without it, every
 	 * read of such a file asked fstatfs again (a round trip to the server
@@ -347,6 +352,10 @@ void md__images_release_idle(struct md_agent *a);
 void md__images_uid_change(struct md_agent *a, uid_t fsuid);
 /* The call md__images_uid_change came before has returned. */
 void md__images_uid_changed(struct md_agent *a);
+/* The VMM is about to chroot (QEMU's -chroot), where /proc may be gone:
+ * a description of our own is opened of every regular file it holds open
+ * read-only, for images read after it to be leased. */
+void md__images_before_chroot(struct md_agent *a);
 /* Tries again to make private the pages of images whose break found memory
  * short; gives their leases back once done, or when time is up. Returns
  * how many still wait (agent->breaking). */

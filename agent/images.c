@@ -16,8 +16,10 @@
  * host's page cache; a pool would copy every page once and double the memory
  * of a cold image (see docs/ARCHITECTURE.md).
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <linux/magic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -89,10 +91,11 @@ static int fd_is_ours(int fd)
 	return fl >= 0 && (fl & O_ACCMODE) == O_RDONLY && (fl & O_APPEND);
 }
 
-/* Our own open file description of the file the VMM's fd names: the
- * lease belongs to it, so it lives on when the VMM closes its descriptor,
- * and mappings come from it. Returns it, or -1 (errno set). */
-static int image_open_own(struct md_agent *a, int fd, const struct stat *st)
+/* A description of our own of the file the VMM's fd names (st), without
+ * the lease's signal: through /proc/self/fd, or after a chroot that hid
+ * /proc a duplicate of the spare opened before it. Returns it, or -1
+ * (errno set). */
+static int open_own(struct md_agent *a, int fd, const struct stat *st)
 {
 	char path[64];
 	struct stat own;
@@ -103,13 +106,40 @@ static int image_open_own(struct md_agent *a, int fd, const struct stat *st)
 	 * delegation, a Samba oplock) makes the open fail at once, not wait
 	 * for its break with agent->lock held; reads of a file ignore it. */
 	int own_fd = md__proc_open(path, O_APPEND | O_NONBLOCK);
-	if (own_fd < 0)
-		return -1;
-	if (fstat(own_fd, &own) != 0 || own.st_dev != st->st_dev || own.st_ino != st->st_ino ||
-	    lease_signal_to_us(a, own_fd) != 0) {
+	if (own_fd < 0) {
 		int err = errno;
+		/* A lease on the spare's description (shared with the
+		 * duplicate) is given back before the duplicate closes, as
+		 * on ours: the spare never holds one alone. */
+		for (size_t i = 0; i < a->nspares && own_fd < 0; i++)
+			if (a->spares[i].dev == st->st_dev && a->spares[i].ino == st->st_ino)
+				own_fd = fcntl(a->spares[i].fd, F_DUPFD_CLOEXEC, 0);
+		if (own_fd < 0) {
+			errno = err;
+			return -1;
+		}
+	}
+	int known = fstat(own_fd, &own);
+	if (known != 0 || own.st_dev != st->st_dev || own.st_ino != st->st_ino) {
+		int err = known ? errno : ESTALE;
 		/* Not the file: the VMM may have closed this number and opened
 		 * another file at it since, its own, not ours to close. */
+		if (fd_is_ours(own_fd))
+			close(own_fd);
+		errno = err;
+		return -1;
+	}
+	return own_fd;
+}
+
+/* Our own open file description of the file the VMM's fd names: the
+ * lease belongs to it, so it lives on when the VMM closes its descriptor,
+ * and mappings come from it. Returns it, or -1 (errno set). */
+static int image_open_own(struct md_agent *a, int fd, const struct stat *st)
+{
+	int own_fd = open_own(a, fd, st);
+	if (own_fd >= 0 && lease_signal_to_us(a, own_fd) != 0) {
+		int err = errno;
 		if (fd_is_ours(own_fd))
 			close(own_fd);
 		errno = err;
@@ -681,6 +711,46 @@ int md__image_breaks_retry(struct md_agent *a)
 	return left;
 }
 
+/* Spares are few: a VMM holds its images and little else open read-only. */
+#define SPARES_MAX 64
+
+void md__images_before_chroot(struct md_agent *a)
+{
+	/* The directory is closed before the chroot: a descriptor of one
+	 * outside the new root would be a way out of it. */
+	DIR *d = opendir("/proc/self/fd");
+	if (!d)
+		return;
+	md__agent_enter(a);
+	for (struct dirent *e; (e = readdir(d));) {
+		char *end;
+		long n = strtol(e->d_name, &end, 10);
+		struct stat st;
+		int fl;
+		if (*end || end == e->d_name || n < 0 || n > INT_MAX || n == dirfd(d) ||
+		    fstat((int)n, &st) != 0 || !S_ISREG(st.st_mode) || (fl = fcntl((int)n, F_GETFL)) < 0 ||
+		    (fl & O_ACCMODE) != O_RDONLY || fd_is_ours((int)n))
+			continue;
+		size_t i = 0;
+		while (i < a->nspares && (a->spares[i].dev != st.st_dev || a->spares[i].ino != st.st_ino))
+			i++;
+		if (i < a->nspares)
+			continue;
+		if (a->nspares == SPARES_MAX) {
+			md__log_once(121, "the VMM holds more than %d files open read-only as it chroots: "
+				     "reads of the rest cannot be shared after it", SPARES_MAX);
+			break;
+		}
+		if (!a->spares && !(a->spares = calloc(SPARES_MAX, sizeof(*a->spares))))
+			break;
+		int own_fd = open_own(a, (int)n, &st);
+		if (own_fd >= 0)
+			a->spares[a->nspares++] = (struct md__spare){ st.st_dev, st.st_ino, own_fd };
+	}
+	md__agent_leave(a);
+	closedir(d);
+}
+
 void md__images_free(struct md_agent *a)
 {
 	for (size_t i = 0; i < a->nimages; i++) {
@@ -694,6 +764,12 @@ void md__images_free(struct md_agent *a)
 	free(a->images);
 	a->images = NULL;
 	a->nimages = a->images_cap = 0;
+	for (size_t i = 0; i < a->nspares; i++)
+		if (fd_is_ours(a->spares[i].fd))
+			close(a->spares[i].fd);
+	free(a->spares);
+	a->spares = NULL;
+	a->nspares = 0;
 	pthread_mutex_lock(&a->probe_lock);
 	free(a->probed);
 	a->probed = NULL;

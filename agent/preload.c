@@ -792,6 +792,23 @@ UID_CALL(seteuid, (uid_t e), (e), e)
 UID_CALL(setreuid, (uid_t r, uid_t e), (r, e), e)
 UID_CALL(setresuid, (uid_t r, uid_t e, uid_t s), (r, e, s), e)
 
+/* A VMM that chroots (QEMU's -chroot, after its RAM is set up) may leave
+ * /proc behind, and with it the only way to a description of our own of
+ * an image to lease: one is opened now of each file it holds read-only. */
+EXPORT int chroot(const char *path)
+{
+	static void *next;
+	int (*fn)(const char *) = (int (*)(const char *))next_fn(&next, "chroot", "libc.so.6");
+	if (!fn) {
+		errno = ENOSYS;
+		return -1;
+	}
+	md_agent *a = agent_peek();
+	if (a)
+		md__images_before_chroot(a);
+	return fn(path);
+}
+
 /* The C library's fork without the atfork handlers (glibc 2.34). */
 pid_t _Fork(void);
 EXPORT pid_t _Fork(void)

@@ -1624,6 +1624,50 @@ TEST_IMPL(discard_after_chroot_yields_zeroes)
 	return 0;
 }
 
+/* A VMM that opened its image, then chrooted where there is no /proc
+ * (QEMU's -chroot, before the guest's first read): its reads are shared
+ * all the same, through the description the agent opened as it chrooted,
+ * and again after the image was let go. */
+TEST_IMPL(image_leased_after_chroot)
+{
+	const char *img = image(43);
+	const char *env[] = { "MEMDEDUP_IMAGE_IDLE_S=1", NULL };
+	char root[512];
+	snprintf(root, sizeof(root), "%s/empty-root", test_dir());
+	ASSERT(mkdir(root, 0755) == 0 || errno == EEXIST);
+	struct proc a;
+	int fd = start_reader(&a, img, env);
+	long long chrooted = proc_num(&a, "chroot %s", root);
+	if (chrooted == -EPERM) {
+		proc_stop(&a);
+		SKIP("chroot needs CAP_SYS_CHROOT");
+	}
+	ASSERT_EQ(chrooted, 0);
+	ASSERT_EQ(fds_naming(a.pid, img), 2);	/* the VMM's, the agent's spare */
+	md_stats s0, s;
+	for (int round = 0; round < 2; round++) {
+		ASSERT_EQ(proc_stats(&a, &s0), 0);
+		ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 65536", fd, MB), MB);
+		ASSERT_EQ(proc_stats(&a, &s), 0);
+		ASSERT_EQ(s.pages_shared_at_read - s0.pages_shared_at_read, MB / 4096);
+		ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", MB), hex(fnv_file(img, 0, MB))) == 0);
+		ASSERT(proc_page(&a, 0).file && proc_page(&a, MB - 4096).file);
+		ASSERT_EQ(fds_naming(a.pid, img), 3);	/* and the leased duplicate */
+		/* Unmapped, unused: the lease and its descriptor go; the
+		 * spare stays for the next read. */
+		ASSERT_EQ(proc_num(&a, "advise 0 %u dontneed", MB), 0);
+		int n = fds_naming(a.pid, img);
+		for (int i = 0; i < 100 && n != 2; i++) {
+			usleep(100000);
+			n = fds_naming(a.pid, img);
+		}
+		ASSERT_EQ(n, 2);
+	}
+	ASSERT_EQ(s.fallbacks_total, 0);
+	proc_stop(&a);
+	return 0;
+}
+
 /* The set of ranges where forgotten copies may lie holds 32; the 33rd
  * grows the nearest, over guest RAM between them. A file the VMM maps
  * there later is its own: a discard over it must show the file, not
