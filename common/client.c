@@ -254,6 +254,14 @@ static int fill(struct md__client *c, size_t need, int64_t deadline, int wait)
 			}
 		}
 		c->in.len += (size_t)r;
+		/* A descriptor the kernel could not give us (no number free
+		 * under RLIMIT_NOFILE) is dropped with MSG_CTRUNC, its message
+		 * kept: a WELCOME so cut looked out of protocol. */
+		if (mh.msg_flags & MSG_CTRUNC) {
+			md__log_once(80, "a descriptor memdedupd sent was lost (this process has none free "
+				     "under its limit of open files): the connection is dropped, and made again");
+			return kill_conn(c, -EMFILE);
+		}
 		return 1;
 	}
 }
@@ -450,6 +458,12 @@ static int peer_error(int status)
 	}
 }
 
+/* What an ACK that came says: 0, or the daemon's refusal (peer_error). */
+static int ack_status(const struct md__client *c)
+{
+	return c->msg.u.ack.status ? peer_error(c->msg.u.ack.status) : 0;
+}
+
 /* A message that is not the reply awaited: an owed one, settled; else
  * only CONTROL, CANDIDATES and SHARE with seq 0 may come so, and an ERROR
  * when the daemon refused the connection (too many) before any request. */
@@ -491,6 +505,10 @@ static int await_reply(struct md__client *c, uint32_t seq, int64_t deadline, int
 		err = other(c);
 		if (err)
 			return err;
+		/* A peer that keeps sending other messages never lets a
+		 * receive wait: the deadline is kept here too. */
+		if (now_ms() >= deadline)
+			return -ETIMEDOUT;
 	}
 }
 
@@ -509,10 +527,11 @@ static int timed_out(struct md__client *c, uint32_t seq, unsigned type, const ui
 }
 
 /* Handles whole messages waiting now (the daemon writes them whole), no
- * blocking. 0, or -errno if the connection failed. */
+ * blocking, up to a bound: a peer that never stops sending must not keep
+ * the caller. 0, or -errno if the connection failed. */
 static int pump(struct md__client *c)
 {
-	for (;;) {
+	for (unsigned i = 0; i < 1024; i++) {
 		if (c->dead)
 			return -ENOTCONN;
 		int err = recv_msg(c, 0, NULL, 0);
@@ -524,6 +543,7 @@ static int pump(struct md__client *c)
 		if (err)
 			return err;
 	}
+	return 0;
 }
 
 static uint32_t next_seq(struct md__client *c)
@@ -971,7 +991,7 @@ int md__client_ref(struct md__client *c, const uint32_t *slots, uint32_t n, int 
 	 * caller's retry would drop the references twice. */
 	if (err == -ETIMEDOUT && delta < 0 && !c->dead)
 		return 0;
-	return err ? err : c->msg.u.ack.status;
+	return err ? err : ack_status(c);
 }
 
 int md__client_report(struct md__client *c, const uint64_t *counters, uint32_t n)
@@ -989,7 +1009,7 @@ int md__client_report(struct md__client *c, const uint64_t *counters, uint32_t n
 		memcpy(m->u.report.counters, counters, n * sizeof(*counters));
 	err = call(c, m, NULL);
 	free(m);
-	return err ? err : c->msg.u.ack.status;
+	return err ? err : ack_status(c);
 }
 
 size_t md__client_back_slots(const struct md__client *c)
@@ -1048,7 +1068,7 @@ static int send_done(struct md__client *c, const struct md__msg_control_done *d,
 	/* Sent whole, a late ACK is only late: the daemon has it. */
 	if (err == -ETIMEDOUT && *sent && !c->dead)
 		return 0;
-	return err ? err : c->msg.u.ack.status;
+	return err ? err : ack_status(c);
 }
 
 /* The CONTROL_DONEs kept, in order, while the daemon keeps up. */
@@ -1130,7 +1150,7 @@ int md__client_reads(struct md__client *c, const struct md__read_run *run, uint3
 	memcpy(m->u.reads.run, run, n * sizeof(*run));
 	err = call(c, m, NULL);
 	free(m);
-	return err ? err : c->msg.u.ack.status;
+	return err ? err : ack_status(c);
 }
 
 int md__client_request(struct md__client *c, unsigned type, const void *payload, uint32_t len,

@@ -137,7 +137,9 @@ int md__client_control_done(struct md__client *c, uint32_t token, int status, co
 int md__client_request(struct md__client *c, unsigned type, const void *payload, uint32_t len,
 		       void *reply, uint32_t *reply_len, unsigned *reply_type);
 /* The oldest CONTROL the daemon sent on its own: 0 and *ctl filled,
- * -EAGAIN if none is waiting (never blocks when the socket is idle). */
+ * -EAGAIN if none is waiting. Reads what is waiting without blocking; the
+ * CONTROL_DONEs kept while a reply was late go first, which may wait for
+ * their ACK up to the client's timeout. */
 int md__client_next_control(struct md__client *c, struct md__msg_control *ctl);
 /* Moves up to max CANDIDATES addresses, oldest first, to addr; returns
  * how many. Reads what is waiting on the socket first, without blocking. */

@@ -261,7 +261,7 @@ uint64_t md__read_tag(uint64_t key, uint64_t off);
 /* A short name of a message type ("HELLO"), "?" if unknown. */
 const char *md__msg_type_name(unsigned type);
 /* The largest payload a message of this type may have; 0 for unknown types
- * (STATUS, whose payload is empty, has 0 too: check the type first). */
+ * (and for types whose payload is always empty: check the type first). */
 uint32_t md__msg_max_len(unsigned type);
 /* 1 if name is a valid domain name: [A-Za-z0-9._-]{0,64} (empty: default). */
 int md__domain_valid(const char *name, size_t len);

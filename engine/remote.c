@@ -70,7 +70,7 @@ static void hang_up(struct md__remote *rm)
 		free(back);
 	}
 	md__client_free(rm->c);
-	rm->c = NULL;
+	__atomic_store_n(&rm->c, NULL, __ATOMIC_RELAXED);	/* read racily: md__remote_connected */
 }
 
 /* Called with rm->lock held when a call failed. A daemon that is only slow
@@ -238,7 +238,7 @@ int md__engine_remote_connect(struct md__engine *e)
 	rm->welcome = w;
 	if (rm->c)
 		md__client_free(rm->c);
-	rm->c = c;
+	__atomic_store_n(&rm->c, c, __ATOMIC_RELAXED);
 	rm->control_pid = (md__client_hello_flags(c) & MD_HELLO_CONTROL_PID) != 0;
 	rm->connects++;
 	switched_pools(e, old_view, old_pages, old_fd);

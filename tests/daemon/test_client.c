@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -84,8 +85,8 @@ static int fake_pool(void)
 
 /* Starts a fake daemon that answers the HELLO, runs script on the
  * connection (go: where the test says when it may go on), then exits,
- * which hangs up. Returns the client, hello said. */
-static struct md__client *fake_start(struct fake *f, void (*script)(int c, int go))
+ * which hangs up. Returns the client, connected, hello not said yet. */
+static struct md__client *fake_connect(struct fake *f, void (*script)(int c, int go))
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	int go[2];
@@ -121,9 +122,16 @@ static struct md__client *fake_start(struct fake *f, void (*script)(int c, int g
 	close(go[0]);
 	f->go = go[1];
 	struct md__client *c;
+	ASSERT_EQ(md__client_connect(&c, f->path), 0);
+	return c;
+}
+
+/* The same, with the hello said. */
+static struct md__client *fake_start(struct fake *f, void (*script)(int c, int go))
+{
+	struct md__client *c = fake_connect(f, script);
 	struct md__msg_welcome w;
 	int pool;
-	ASSERT_EQ(md__client_connect(&c, f->path), 0);
 	ASSERT_EQ(md__client_hello(c, NULL, 0, &w, &pool), 0);
 	close(pool);
 	return c;
@@ -336,12 +344,19 @@ static void error_as_transport(int c, int go)
 		snprintf(r.u.text.text, sizeof(r.u.text.text), "no");
 		fake_send(c, &r, MD_MSG_ERROR, m.hdr.seq, -1);
 	}
+	/* The same said in an ACK. */
+	fake_recv(c, &m);
+	ASSERT_EQ(m.hdr.type, MD_MSG_REPORT);
+	memset(&r, 0, sizeof(r));
+	r.u.ack.status = -ENOTCONN;
+	fake_send(c, &r, MD_MSG_ACK, m.hdr.seq, -1);
 	ASSERT(read(go, &x, 1) == 1);
 }
 
-/* A daemon's ERROR that says -ETIMEDOUT or -EPIPE is the daemon's refusal,
- * which came: not a reply late (an UNREF so refused was taken as sent) nor
- * the connection gone (which would hang up a live one). */
+/* A daemon's ERROR (or ACK) that says -ETIMEDOUT, -EPIPE or -ENOTCONN is
+ * the daemon's refusal, which came: not a reply late (an UNREF so refused
+ * was taken as sent) nor the connection gone (which would hang up a live
+ * one). */
 TEST_IMPL(daemon_client_peer_error_not_transport)
 {
 	struct fake f;
@@ -351,6 +366,8 @@ TEST_IMPL(daemon_client_peer_error_not_transport)
 	ASSERT_EQ(md__client_lookup(c, &h, NULL, 1, &s1), -EPROTO);
 	ASSERT(md__client_alive(c));
 	ASSERT_EQ(md__client_ref(c, (uint32_t[]){ 3 }, 1, -1), -EPROTO);
+	ASSERT(md__client_alive(c));
+	ASSERT_EQ(md__client_report(c, (uint64_t[]){ 1 }, 1), -EPROTO);
 	ASSERT(md__client_alive(c));
 	ASSERT(write(f.go, "g", 1) == 1);
 	fake_wait(&f);
@@ -411,6 +428,40 @@ TEST_IMPL(daemon_client_control_done_kept_while_late)
 		md__client_next_control(c, &ctl);	/* catches up, sends what was kept */
 		usleep(10000);
 	}
+	ASSERT(write(f.go, "g", 1) == 1);
+	fake_wait(&f);
+	fake_end(&f, c);
+	return 0;
+}
+
+static void hang_up_when_told(int c, int go)
+{
+	char x;
+	(void)c;
+	ASSERT(read(go, &x, 1) == 1);
+}
+
+/* A WELCOME whose pool the kernel could not give the agent (no descriptor
+ * free under RLIMIT_NOFILE: QEMU with many disks) is said as such, not as
+ * a message out of protocol, and the connection is dropped. */
+TEST_IMPL(daemon_client_descriptor_lost_said)
+{
+	struct fake f;
+	struct md__client *c = fake_connect(&f, hang_up_when_told);
+	struct rlimit old, none;
+	ASSERT(getrlimit(RLIMIT_NOFILE, &old) == 0);
+	int lowest = dup(0);
+	ASSERT(lowest >= 0);
+	close(lowest);
+	none = (struct rlimit){ (rlim_t)lowest, old.rlim_max };
+	ASSERT(setrlimit(RLIMIT_NOFILE, &none) == 0);
+	struct md__msg_welcome w;
+	int pool = -1;
+	int err = md__client_hello(c, NULL, 0, &w, &pool);
+	ASSERT(setrlimit(RLIMIT_NOFILE, &old) == 0);
+	ASSERT_EQ(err, -EMFILE);
+	ASSERT_EQ(pool, -1);
+	ASSERT(!md__client_alive(c));
 	ASSERT(write(f.go, "g", 1) == 1);
 	fake_wait(&f);
 	fake_end(&f, c);
