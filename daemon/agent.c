@@ -236,6 +236,7 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 	if (gone) {
 		a->unmerged = gone->unmerged;
 		a->paused = gone->paused;
+		a->held_by_admin = gone->held_by_admin;
 		md__agent_exited(d, gone);
 	}
 	a->control_pid = (h->flags & MD_HELLO_CONTROL_PID) != 0;

@@ -151,6 +151,14 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 	else
 		snprintf(p->what, sizeof(p->what), "%s", md__control_op_name(ctl->op));
 
+	/* A pause the administrator set is theirs to lift: another user's
+	 * RESUME would run that user's agents again under it. */
+	if (ctl->op == MD_CTL_RESUME && !admin && d->paused) {
+		cr.u.text.status = -EPERM;
+		snprintf(cr.u.text.text, sizeof(cr.u.text.text),
+			 "memdedupd was paused by its administrator: only they resume it");
+		goto free_pending;
+	}
 	/* Refused before anything is sent: a pid that is no agent of ours. */
 	int matched = 0;
 	for (struct md__agent *a = d->agents; a && ctl->pid; a = a->next)
@@ -171,8 +179,13 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 			continue;
 		if (!admin && a->uid != c->uid)
 			continue;	/* another user's agent: as if absent */
+		if (ctl->op == MD_CTL_RESUME && !admin && a->held_by_admin && (a->paused || a->unmerged)) {
+			failed(p, -EPERM, "pid %d was paused by memdedupd's administrator: only they resume it",
+			       (int)a->pid);
+			continue;
+		}
 		if (ctl->op == MD_CTL_RESUME)
-			a->unmerged = a->paused = 0;	/* detached, its WELCOME says so when back */
+			a->unmerged = a->paused = a->held_by_admin = 0;	/* detached, its WELCOME says so when back */
 		if (!a->conn && (defaults || ctl->op == MD_CTL_RESUME)) {
 			p->detached++;
 		} else if (!a->conn) {
@@ -197,6 +210,8 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 				 * default's does (d->paused). */
 				if (ctl->op == MD_CTL_PAUSE && !defaults)
 					a->paused = 1;
+				if (ctl->op == MD_CTL_UNMERGE || (ctl->op == MD_CTL_PAUSE && !defaults))
+					a->held_by_admin |= admin;
 				p->owed[p->nowed++] = a->pid;
 			} else {
 				failed(p, -EIO, "pid %d could not be sent it", (int)a->pid);

@@ -157,6 +157,8 @@ struct md__agent {
 				    * connection while the process lives */
 	int paused;                /* a PAUSE that set no default reached it (--pid, a
 				    * user's own agents), not resumed since: the same */
+	int held_by_admin;         /* that PAUSE or UNMERGE was root's (or the daemon's
+				    * user's): only they resume it */
 	int64_t reported_ms;       /* when the last REPORT came; 0 never */
 	uint64_t requests;         /* messages handled after its HELLO */
 	uint64_t hellos;           /* connections it came on (reconnects + 1) */

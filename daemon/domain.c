@@ -333,7 +333,11 @@ static uint64_t read_partner(struct md__domain *dom, uint64_t tag, uint64_t w, i
 				*yield = 1;
 				return 0;
 			}
-			b[way] = (struct md__sighting){ 0 };
+			/* The second way moves up: an insert shifts the first
+			 * into it, and would drop it over an empty first. */
+			if (way == 0)
+				b[0] = b[1];
+			b[1] = (struct md__sighting){ 0 };
 			return o;
 		}
 	}
@@ -422,7 +426,9 @@ int md__domain_published(struct md__domain *dom, uint64_t hash, unsigned *num, u
 			continue;
 		*num = (unsigned)(w >> MD_WHERE_PAGE_BITS);
 		*addr = (w & ((1ull << MD_WHERE_PAGE_BITS) - 1)) << 12;
-		*e = 0;
+		if (way == 0)	/* as in read_partner: the second moves up */
+			b[0] = b[1];
+		b[1] = 0;
 		return *addr != 0;
 	}
 	return 0;

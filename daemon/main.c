@@ -123,8 +123,11 @@ static size_t raise_nofile(void)
 		if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
 			getrlimit(RLIMIT_NOFILE, &rl);
 	}
-	/* A connection, its peer's pidfd, and room for the pools. */
-	size_t n = rl.rlim_cur > 128 ? (size_t)(rl.rlim_cur - 64) / 4 : 16;
+	/* At most: a connection and its peer's pidfd, an agent record's pidfd
+	 * (one a connection, records of agents gone included), a domain's
+	 * two pool descriptors (one domain a record at most), and the pool's
+	 * copy queued with a WELCOME not sent yet. */
+	size_t n = rl.rlim_cur > 128 ? (size_t)(rl.rlim_cur - 64) / 6 : 16;
 	return n < MD_D_MAX_CONNS ? n : MD_D_MAX_CONNS;
 }
 

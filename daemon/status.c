@@ -69,7 +69,11 @@ static json_t *domain_json(const struct md__domain *dom)
 	json_object_set_new(o, "id", json_integer(dom->id));
 	json_object_set_new(o, "name", json_string(dom->name));
 	json_object_set_new(o, "uid", json_integer(dom->uid));
-	json_object_set_new(o, "generation", json_integer((json_int_t)dom->generation));
+	/* 64 random bits: a string, as the agent's log says it (a JSON
+	 * integer here is signed, and was negative for half the pools). */
+	char gen[24];
+	snprintf(gen, sizeof(gen), "%llu", (unsigned long long)dom->generation);
+	json_object_set_new(o, "generation", json_string(gen));
 	json_object_set_new(o, "pool_slots", json_integer((json_int_t)dom->pool.max_pages));
 	json_object_set_new(o, "pool_live_pages", json_integer(live));
 	json_object_set_new(o, "pool_bytes", json_integer(live * MD_MSG_PAGE));

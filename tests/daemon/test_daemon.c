@@ -85,6 +85,11 @@ TEST_IMPL(daemon_publish_copies_past_index_bound)
 	ASSERT(dom);
 	ASSERT_EQ(td_int(dom, "pool_live_pages"), n * MD_PUBLISH_MAX);
 	ASSERT(td_int(dom, "index_entries") <= MD_INDEX_PROBES);
+	/* The pool's generation as WELCOME and the agent's log say it. */
+	char gen[24];
+	snprintf(gen, sizeof(gen), "%llu", (unsigned long long)w.generation);
+	ASSERT(json_is_string(json_object_get(dom, "generation")));
+	ASSERT(strcmp(json_string_value(json_object_get(dom, "generation")), gen) == 0);
 	json_decref(st);
 	ASSERT_EQ(md__client_lookup(c, hash, NULL, 1, &slot1), 0);
 	ASSERT(slot1 >= 1 && slot1 <= n * MD_PUBLISH_MAX);
@@ -3558,6 +3563,83 @@ TEST_IMPL(daemon_controls_per_uid)
 	return 0;
 }
 
+/* As nobody: an agent root pauses (by pid) and that goes from memdedupd,
+ * its record kept paused; its user's RESUME is refused, and it joins again
+ * paused. Then that user's PAUSE of root's own agent (ppid) is as if it
+ * were absent. Exits 0 if all went so. */
+static int resume_over_admin_as_nobody(struct tdaemon *t, int ready, int go)
+{
+	char x = 0, text[MD_TEXT_MAX + 1];
+	if (setresgid(65534, 65534, 65534) != 0 || setresuid(65534, 65534, 65534) != 0)
+		return 102;
+	agent_answers_then_goes(t, NULL, MD_CTL_PAUSE, ready);
+	struct md__client *cli = td_connect(t);
+	if (control(cli, MD_CTL_RESUME, getpid(), NULL, NULL, text) != -EPERM || !strstr(text, "administrator"))
+		return 2;
+	if (rejoin_paused(t, 0) != 0)
+		return 3;
+	if (control(cli, MD_CTL_PAUSE, getppid(), NULL, NULL, text) != -ESRCH)
+		return 4;
+	/* Root pauses all: no RESUME of this user's undoes it. */
+	if (write(ready, &x, 1) != 1 || read(go, &x, 1) != 1)
+		return 5;
+	if (control(cli, MD_CTL_RESUME, 0, NULL, NULL, text) != -EPERM)
+		return 6;
+	md__client_free(cli);
+	return 0;
+}
+
+/* A pause root set (memdedup pause, by pid or of all) is root's to lift:
+ * another user's RESUME ran its agents again under it. And a user's
+ * CONTROL never reaches another user's agent. */
+TEST_IMPL(daemon_user_resume_not_over_admin)
+{
+	struct tdaemon t;
+	if (getuid() != 0 || !getpwnam("nobody"))
+		SKIP("needs root and a 'nobody' user");
+	td_start(&t, 16);
+	struct md__msg_welcome w;
+	int pool, ready[2], go[2];
+	struct md__client *mine = td_agent(&t, NULL, &w, &pool);	/* root's own agent */
+	ASSERT(pipe(ready) == 0 && pipe(go) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		close(ready[0]);
+		close(go[1]);
+		_exit(resume_over_admin_as_nobody(&t, ready[1], go[0]));
+	}
+	close(ready[1]);
+	close(go[0]);
+	char x, text[MD_TEXT_MAX + 1];
+	struct md__client *cli = td_connect(&t);
+	ASSERT_EQ(read(ready[0], &x, 1), 1);
+	ASSERT_EQ(control(cli, MD_CTL_PAUSE, kid, NULL, NULL, text), 0);
+	ASSERT_EQ(read(ready[0], &x, 1), 1);	/* its refusals seen */
+	struct md__msg_control ctl;
+	ASSERT_EQ(md__client_next_control(mine, &ctl), -EAGAIN);	/* nobody's PAUSE */
+	/* Root pauses all (its own agent answers), then nobody tries. */
+	struct control_call call;
+	control_start(&call, cli, MD_CTL_PAUSE, 0, NULL, NULL);
+	next_control(mine, &ctl);
+	ASSERT_EQ(ctl.op, MD_CTL_PAUSE);
+	ASSERT_EQ(md__client_control_done(mine, ctl.token, 0, NULL), 0);
+	ASSERT_EQ(control_end(&call), 0);
+	ASSERT_EQ(write(go[1], "g", 1), 1);
+	int st;
+	ASSERT_EQ(waitpid(kid, &st, 0), kid);
+	ASSERT(WIFEXITED(st));
+	ASSERT_EQ(WEXITSTATUS(st), 0);
+	json_t *status = td_status(&t);
+	ASSERT(json_is_true(json_object_get(json_object_get(status, "daemon"), "paused")));
+	json_decref(status);
+	md__client_free(cli);
+	md__client_free(mine);
+	close(pool);
+	close(ready[0]), close(go[1]);
+	td_stop(&t);
+	return 0;
+}
 
 TEST_IMPL(daemon_cli_control)
 {

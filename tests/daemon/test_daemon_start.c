@@ -656,7 +656,7 @@ TEST_IMPL(daemon_connections_kept_for_root)
 	struct tdaemon t;
 	/* 128 connections, 16 kept for root; hard too, or the daemon raises
 	 * it (this test's process alone: each test is a process of its own). */
-	struct rlimit low = { 576, 576 };
+	struct rlimit low = { 64 + 6 * 128, 64 + 6 * 128 };
 	ASSERT(setrlimit(RLIMIT_NOFILE, &low) == 0);
 	td_start(&t, 16);
 	int sync[2], res[2];
@@ -714,7 +714,7 @@ TEST_IMPL(daemon_connection_limits)
 	ASSERT(getrlimit(RLIMIT_NOFILE, &rl) == 0);
 	if (rl.rlim_max < 2048)
 		SKIP("hard RLIMIT_NOFILE %llu too low", (unsigned long long)rl.rlim_max);
-	/* Room for 496 connections, 434 of users other than root. */
+	/* Room for 330 connections, 289 of users other than root. */
 	struct rlimit low = { 2048, rl.rlim_max };
 	ASSERT(setrlimit(RLIMIT_NOFILE, &low) == 0);
 	setenv("MEMDEDUP_STATUS_KB_PER_S", "0", 1);	/* STATUS as a ping, 256 at once */
