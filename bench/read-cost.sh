@@ -8,9 +8,11 @@
 # issue. Beside it: the time per page of the reads that shared (share modes)
 # and of a plain 4 KiB pread as the guests issue them (their single-page
 # reads, copied in every mode). TLB shootdowns (/proc/interrupts, the whole host) and PMD splits
-# (/proc/vmstat) are counted over the reads. Prints a JSON line per mode, and
-# writes build/bench/read-cost.json. Fails (exit 1) when a guest fails, or
-# the pair has not read the image 120 s after it started.
+# (/proc/vmstat) are counted over the reads: from when both guests have
+# booted (BOOTED, so QEMU's start is left out) to when both have read. Prints
+# a JSON line per mode, and writes build/bench/read-cost.json. Fails (exit 1)
+# when a guest fails or does not read what the image holds (IMAGE.md5, also
+# after its hold), or the pair has not read the image 120 s after it started.
 # Usage: bench/read-cost.sh [ROUNDS]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,6 +23,8 @@ md=$root/build/memdedup
 img=$root/build/guest/workload.img
 out=$root/build/bench
 [ -x "$md" ] && [ -f "$img" ] || { echo "read-cost.sh: run 'make all guest' first" >&2; exit 1; }
+want=$(cat "$img.md5" 2>/dev/null || true)
+[ -n "$want" ] || { echo "read-cost.sh: no $img.md5, what the guests must read (run 'make guest')" >&2; exit 1; }
 command -v jq >/dev/null || { echo "read-cost.sh: needs jq" >&2; exit 1; }
 mkdir -p "$out"
 export MEMDEDUP_RUN_DIR=$out/read-cost-run
@@ -48,11 +52,9 @@ one() {  # MODE ROUND -> JSON line
   local mode=$1 r=$2 env=() i n log
   [ "$mode" = copy ] && env=(env MEMDEDUP_NO_SHARING=1)
   [ "$mode" = share-all ] && env=(env MEMDEDUP_SHARE_MIN_PAGES=1)
-  local tlb0 split0 tlb1 split1
+  local tlb0="" split0 tlb1 split1 b
   # An earlier run's logs would say READS-DONE before these guests have read.
   rm -f "$out/rc-$mode-$r"-[12].log "$out/rc-$mode-$r"-[12].log.qemu
-  tlb0=$(awk '/^ *TLB:/ { for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) s += $i; print s + 0 }' /proc/interrupts)
-  split0=$(awk '$1 == "thp_split_pmd" { print $2 }' /proc/vmstat)
   pids=()
   for i in 1 2; do
     guest/run-guest.sh --hold 6 --wrapper "$(printf '%q ' "${env[@]}" "$md") run --kernel-ksm=off --" \
@@ -61,22 +63,33 @@ one() {  # MODE ROUND -> JSON line
   done
   local t_end=$((SECONDS + 120))
   while :; do
-    n=0
+    n=0 b=0
     for i in 1 2; do
       log=$out/rc-$mode-$r-$i.log
+      grep -q '^MEMDEDUP-GUEST: BOOTED' "$log" 2>/dev/null && b=$((b + 1))
       if grep -q '^MEMDEDUP-GUEST: READS-DONE' "$log" 2>/dev/null; then n=$((n + 1))
       elif ! kill -0 "${pids[i - 1]}" 2>/dev/null; then
         round_fail "$mode round $r: guest $i ended before READS-DONE (log $log)"
       fi
     done
+    # The counts start once both guests run their init: the shootdowns of
+    # QEMU's start (its mappings, its threads) are not the reads'.
+    if [ -z "$tlb0" ] && [ "$b" = 2 ]; then
+      tlb0=$(awk '/^ *TLB:/ { for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) s += $i; print s + 0 }' /proc/interrupts)
+      split0=$(awk '$1 == "thp_split_pmd" { print $2 }' /proc/vmstat)
+    fi
     [ "$n" = 2 ] && break
     [ "$SECONDS" -lt "$t_end" ] || round_fail "$mode round $r: $n of 2 guests had read the image after 120 s (logs $out/rc-$mode-$r-*.log)"
     sleep 0.1
   done
   tlb1=$(awk '/^ *TLB:/ { for (i = 2; i <= NF && $i ~ /^[0-9]+$/; i++) s += $i; print s + 0 }' /proc/interrupts)
   split1=$(awk '$1 == "thp_split_pmd" { print $2 }' /proc/vmstat)
+  [ -n "$tlb0" ] || round_fail "$mode round $r: the guests read without saying BOOTED (logs $out/rc-$mode-$r-*.log)"
   sleep 1
-  "$md" status --json | jq -c --arg m "$mode" --argjson tlb $((tlb1 - tlb0)) \
+  # Printed once the guests have been checked: a line of a round whose
+  # guests read something else would be kept in read-cost.jsonl.
+  local res
+  res=$("$md" status --json | jq -c --arg m "$mode" --argjson tlb $((tlb1 - tlb0)) \
       --argjson split $((${split1:-0} - ${split0:-0})) '.totals | {mode: $m, reads: .reads_seen,
       pages: (.bytes_read / 4096 | floor), shared_at_read: .pages_shared_at_read,
       small_read_pages: .read_small_pages,
@@ -85,14 +98,20 @@ one() {  # MODE ROUND -> JSON line
       shared_us_per_page: (if .read_shared_bytes > 0 then .read_shared_seconds * 1e6 / (.read_shared_bytes / 4096) else null end),
       page_reads: .reads_page,
       page_read_us: (if .reads_page > 0 then .read_page_seconds * 1e6 / .reads_page else null end),
-      tlb_shootdowns_per_read: ($tlb / .reads_seen), pmd_splits_per_read: ($split / .reads_seen)}'
-  local rc
+      tlb_shootdowns_per_read: ($tlb / .reads_seen), pmd_splits_per_read: ($split / .reads_seen)}')
+  local rc got again
   for i in 1 2; do
     rc=0
     wait "${pids[i - 1]}" || rc=$?
-    [ "$rc" = 0 ] || round_fail "$mode round $r: guest $i failed (run-guest.sh exit $rc; log $out/rc-$mode-$r-$i.log)"
+    log=$out/rc-$mode-$r-$i.log
+    [ "$rc" = 0 ] || round_fail "$mode round $r: guest $i failed (run-guest.sh exit $rc; log $log)"
+    got=$(fleet_guest_said DONE "$log") again=$(fleet_guest_said RECHECK "$log")
+    if [ "$got" != "$want" ] || [ "$again" != "$want" ]; then
+      round_fail "$mode round $r: guest $i read ${got:-nothing}, after its hold ${again:-nothing}; the image holds $want (log $log)"
+    fi
   done
   pids=()
+  echo "$res"
 }
 
 # In the background, waited for: a signal's trap runs during `wait`, where

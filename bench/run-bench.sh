@@ -45,7 +45,8 @@
 # The KSM knobs run, pages_to_scan and sleep_millisecs are saved first and
 # restored on any exit (Ctrl-C and failures included); between modes KSM is
 # stopped with run=2 (unmerge) and run=0, and pages_sharing must then be 0;
-# a knob that cannot be set ends the run. Needs root for the KSM knobs.
+# a knob that cannot be set ends the run. Needs root for the KSM knobs. One
+# run at a time: a second is refused (flock on /run/lock/memdedup-bench.lock).
 # Every guest must read what the image holds (IMAGE.md5, from
 # guest/mkimage.sh), also after its hold: otherwise the run fails (exit 1),
 # as does a report whose guests' checksums differ.
@@ -112,18 +113,25 @@ fi
 case "$out" in /*) ;; *) out=$caller/$out ;; esac
 case "$image" in ""|/*) ;; *) image=$caller/$image ;; esac
 
-scripts/install-deps.sh all
 source scripts/fleet-lib.sh
 md=${MEMDEDUP_BIN:-$root/build/memdedup}
 mdq=$(printf %q "$md")	# the wrappers are shell words
 ksm=/sys/kernel/mm/ksm
-t_all=$SECONDS
+# Every check of the input comes before install-deps.sh: bad input changes
+# nothing on the host.
 if [ "$report_only" = 1 ]; then
   [ -f "$out/run.meta" ] || fleet_die "no $out/run.meta: nothing to report (run the benchmark first)"
-  # shellcheck disable=SC1091
-  source "$out/run.meta"
 else
   [ -w $ksm/run ] || fleet_die "cannot write $ksm/run (kernel KSM missing, or not root)"
+  # One bench at a time: a second would save the first's temporary KSM
+  # knobs as the host's and put them back at its end (and take the first's
+  # merged pages for another process's, below). The lock is held until this
+  # shell and its guests are gone (memdedupd closes what it inherits).
+  lockdir=/run/lock
+  [ -d "$lockdir" ] || lockdir=/tmp
+  exec {lock_fd}>>"$lockdir/memdedup-bench.lock" || fleet_die "cannot open $lockdir/memdedup-bench.lock"
+  flock -n "$lock_fd" \
+    || fleet_die "another bench/run-bench.sh runs (it holds $lockdir/memdedup-bench.lock): wait for it to end"
   # Stopping KSM (run=2) unmerges every process's pages on the host, also
   # those merged before run went to 0 (which keeps them merged).
   if [ "$force" = 0 ] && [ "$(cat $ksm/pages_sharing)" != 0 ]; then
@@ -131,10 +139,32 @@ else
          "the bench would unmerge them all; stop those or pass --force" >&2
     exit 2
   fi
-  case " $modes " in *" memdedup"*) [ -x "$md" ] || fleet_die "no $md: run 'make all' first" ;; esac
+  for m in $modes; do
+    case "$m" in memdedup*|scan*) [ -x "$md" ] || fleet_die "no $md: run 'make all' first" ;; esac
+    case "$m" in scan*) [ -x "$root/build/memdedupd" ] || fleet_die "no $root/build/memdedupd: run 'make all' first" ;; esac
+  done
   [ -f build/guest/vmlinuz ] && [ -f build/guest/initramfs.cpio.gz ] \
     || fleet_die "no guest kit in build/guest: run 'make guest' first"
-  if [ -z "$image" ] && [ "$workload" = tmpfs ]; then
+  # The tmpfs workload's default image is made below, once its tools are in.
+  if [ -n "$image" ] || [ "$workload" = image ]; then
+    if [ -z "$image" ]; then
+      image=$root/build/guest/workload.img
+      [ -f "$image" ] || fleet_die "no $image: run 'make guest' first"
+    fi
+    [ -f "$image" ] || fleet_die "no image $image"
+    [ -s "$image.md5" ] || fleet_die "no $image.md5, what the guests must read (make the image with guest/mkimage.sh)"
+  fi
+fi
+
+if [ "$report_only" = 1 ]; then
+  scripts/install-deps.sh all
+  t_all=$SECONDS
+  # shellcheck disable=SC1091
+  source "$out/run.meta"
+else
+  scripts/install-deps.sh all {lock_fd}>&-   # a service apt starts keeps no lock
+  t_all=$SECONDS
+  if [ -z "$image" ]; then  # --workload tmpfs without --image
     # The same files, and a run.sh that copies them into tmpfs: the copies
     # are anonymous guest memory, found only by scanning.
     image=$root/build/guest/workload-tmpfs.img
@@ -147,13 +177,8 @@ else
       rm -rf "$wd"
       trap - EXIT
     fi
+    [ -s "$image.md5" ] || fleet_die "no $image.md5, what the guests must read"
   fi
-  if [ -z "$image" ]; then
-    image=$root/build/guest/workload.img
-    [ -f "$image" ] || fleet_die "no $image: run 'make guest' first"
-  fi
-  [ -f "$image" ] || fleet_die "no image $image"
-  [ -s "$image.md5" ] || fleet_die "no $image.md5, what the guests must read (make the image with guest/mkimage.sh)"
 
   # --- kernel KSM knobs: save now, restore on every exit ------------------------
   KSM_SAVED_RUN=$(cat $ksm/run)
@@ -308,7 +333,8 @@ metrics() {  # DIR REF_PSS_KB -> "key value" lines
     function ok(i) { return alive[i] == n && t[i] + 0 <= fe - 1.5 }
     NR == 1 { next }
     {
-      t[NR] = $1; p[NR] = $2; ks[NR] = $6; md[NR] = $7; alive[NR] = $10; km[NR] = $13 + 0; last = NR
+      t[NR] = $1; p[NR] = $2; ks[NR] = $6; md[NR] = $7; alive[NR] = $10; last = NR
+      km[NR] = ($13 == "" || $13 == "NA") ? "NA" : $13 + 0   # NA: no general_profit
       if ($8 + 0 > kmax) kmax = $8 + 0; if (NR == 2) kmin = $8 + 0
       if ($9 + 0 > amax) amax = $9 + 0
       # the CPU of the first win seconds (the agents column drops as they exit)
@@ -325,7 +351,8 @@ metrics() {  # DIR REF_PSS_KB -> "key value" lines
       }
       fin = c ? s / c : -1
       printf "reads_done_s %.2f\nfinal_pss_kb %.0f\nfinal_samples %d\n", rd, fin, c
-      printf "ksm_sharing_final %d\nmd_shared_final %d\nksm_meta_kb %d\n", kf, mf, kmf
+      printf "ksm_sharing_final %d\nmd_shared_final %d\n", kf, mf
+      if (got && kmf != "NA") printf "ksm_meta_kb %d\n", kmf; else print "ksm_meta_kb NA"
       printf "ksmd_cpu_s %.2f\nagent_cpu_s %.2f\n", kmax - kmin, amax
       # a mode that ended before the window has no CPU at it
       if (t[last] + 0 >= win - 2) printf "cpu_window_s %.2f\n", kwin - kmin + awin
@@ -385,7 +412,7 @@ jstr() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g; s/\t/\
   printf '  "guests": 2, "guest_mem_mb": %s, "image": %s, "image_mb": %s,\n' "$mem" "$(jstr "$(basename "$image")")" "$image_mb"
   printf '  "saved_ksm": {"run": %s, "pages_to_scan": %s, "sleep_millisecs": %s},\n' \
     "$KSM_SAVED_RUN" "$KSM_SAVED_SCAN" "$KSM_SAVED_SLEEP"
-  printf '  "definitions": {"final_pss_mb": "mean fleet PSS over the last 5 samples with both guests alive, after the last READS-DONE and none within 1.5 s of exiting", "ksm_pages_sharing_final/md_pages_shared_final": "at the last of those samples (md: sum over both agents)", "saving_mb": "final_pss_mb of none minus that of the mode", "t50_s/t90_s": "seconds after the last READS-DONE until the PSS saving first reached 50 %%/90 %% of the final saving (null below 16 MB: noise)", "ksm_t50_s/ksm_t90_s": "seconds after the last READS-DONE until kernel KSM pages_sharing reached 50 %%/90 %% of its final value", "guest_workload_s": "host seconds from the fleet start to each guest READS-DONE", "dedup_cpu_s": "ksmd CPU during the mode + md-agent thread CPU (not the sharing work done inside QEMU I/O threads)", "dedup_cpu_in_window_s": "the same over the first cpu_window_s seconds from the fleet start, the same for every mode: the CPU to compare (ksmd keeps scanning once converged, and modes hold for different times)", "ksm_meta_mb": "kernel KSM metadata at the final sample: (pages_sharing + ksm_zero_pages) x 4 KiB - general_profit, i.e. its rmap items, kept in kernel slab and so in no PSS (memdedup keeps its metadata in its processes: in the PSS)"},\n'
+  printf '  "definitions": {"final_pss_mb": "mean fleet PSS over the last 5 samples with both guests alive, after the last READS-DONE and none within 1.5 s of exiting", "ksm_pages_sharing_final/md_pages_shared_final": "at the last of those samples (md: sum over both agents)", "saving_mb": "final_pss_mb of none minus that of the mode", "t50_s/t90_s": "seconds after the last READS-DONE until the PSS saving first reached 50 %%/90 %% of the final saving (null below 16 MB: noise)", "ksm_t50_s/ksm_t90_s": "seconds after the last READS-DONE until kernel KSM pages_sharing reached 50 %%/90 %% of its final value", "guest_workload_s": "host seconds from the fleet start to each guest READS-DONE", "dedup_cpu_s": "ksmd CPU during the mode + md-agent thread CPU (not the sharing work done inside QEMU I/O threads)", "dedup_cpu_in_window_s": "the same over the first cpu_window_s seconds from the fleet start, the same for every mode: the CPU to compare (ksmd keeps scanning once converged, and modes hold for different times)", "ksm_meta_mb": "kernel KSM metadata at the final sample: (pages_sharing + ksm_zero_pages) x 4 KiB - general_profit, i.e. its rmap items, kept in kernel slab and so in no PSS (memdedup keeps its metadata in its processes: in the PSS); null where the kernel has no general_profit (before Linux 6.4), as is ksm_meta_kb in the samples"},\n'
   printf '  "modes": [\n'
   first=1
   for m in $present; do
@@ -413,13 +440,14 @@ jstr() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g; s/\t/\
       "$(json_num "$(get "$mt" ksm_t50_s)")" "$(json_num "$(get "$mt" ksm_t90_s)")"
     printf '     "ksm_pages_sharing_final": %s, "md_pages_shared_final": %s, "ksm_meta_mb": %s,\n' \
       "$(get "$mt" ksm_sharing_final)" "$(get "$mt" md_shared_final)" \
-      "$(awk -v k="$(get "$mt" ksm_meta_kb)" 'BEGIN{printf "%.1f", k/1024}')"
+      "$(awk -v k="$(get "$mt" ksm_meta_kb)" 'BEGIN{ if (k == "NA") print "null"; else printf "%.1f", k/1024}')"
     printf '     "ksmd_cpu_s": %s, "agent_cpu_s": %s, "dedup_cpu_s": %s,\n' "$kc" "$ac" \
       "$(awk -v a="$kc" -v b="$ac" 'BEGIN{printf "%.2f", a + b}')"
     printf '     "cpu_window_s": %s, "dedup_cpu_in_window_s": %s,\n' "$cpu_window" "$(json_num "$(get "$mt" cpu_window_s)")"
     printf '     "samples": {"columns": [%s],\n                 "rows": [' \
       "$(head -1 "$d/samples.tsv" | sed 's/^#//' | tr '\t' '\n' | sed 's/.*/"&"/' | paste -sd, | sed 's/,/, /g')"
-    awk -F'\t' 'NR > 1 { printf "%s[", (NR > 2 ? ",\n                          " : ""); for (i = 1; i <= NF; i++) printf "%s%s", (i > 1 ? ", " : ""), $i; printf "]" }' "$d/samples.tsv"
+    # NA (a counter the kernel lacks) is JSON's null
+    awk -F'\t' 'NR > 1 { printf "%s[", (NR > 2 ? ",\n                          " : ""); for (i = 1; i <= NF; i++) printf "%s%s", (i > 1 ? ", " : ""), ($i == "NA" ? "null" : $i); printf "]" }' "$d/samples.tsv"
     printf ']}}'
   done
   printf '\n  ]\n}\n'

@@ -15,6 +15,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 [ $# -ge 1 ] || { echo "usage: bench/thread-cpu.sh OUTDIR [HOLD_S] -- [run options]" >&2; exit 2; }
 out=$1; shift
+# A forgotten OUTDIR (`thread-cpu.sh 30 -- --scan`) would make a directory 30.
+case "$out" in ''|*[!0-9]*) ;; *) echo "usage: bench/thread-cpu.sh OUTDIR [HOLD_S] -- [run options] (OUTDIR $out is a number: forgotten?)" >&2; exit 2 ;; esac
 hold=100
 if [ $# -gt 0 ] && [ "$1" != "--" ]; then hold=$1; shift; fi
 [ "${1:-}" = "--" ] && shift
@@ -23,7 +25,9 @@ image=${IMAGE:-build/guest/workload.img}
 [ -x build/memdedup ] && [ -f "$image" ] || { echo "thread-cpu.sh: run 'make all guest' first (no $image)" >&2; exit 1; }
 case "$out" in /*) ;; *) out=$root/$out ;; esac
 mkdir -p "$out"
-export MEMDEDUP_RUN_DIR=$out/run
+# Not OUTDIR/run: OUTDIR may be build/bench, whose run/ is run-bench.sh's,
+# and the daemon of the directory is stopped at exit.
+export MEMDEDUP_RUN_DIR=$out/thread-cpu-run
 pids=()
 source "$root/scripts/fleet-lib.sh"
 # The guests, and the memdedupd of this run directory only.
@@ -52,16 +56,25 @@ while [ "$(jobs -r | wc -l)" -gt 0 ]; do
   sleep 10
   line="$(( $(date +%s) - t0 ))s"
   pss=0
+  # A thread, a QEMU or memdedupd may end between two reads: what is gone
+  # is left out (under set -e a failed read would end the run).
   for p in $(qemus); do
     for t in /proc/"$p"/task/*; do
       n=$(cat "$t/comm" 2>/dev/null || true)
-      case "$n" in md-*) line="$line $p/$n=$(awk '{printf "%d/%d", $1 / 1e6, $3}' "$t/schedstat")" ;; esac
+      case "$n" in md-*)
+        st=$(cat "$t/schedstat" 2>/dev/null) || continue
+        line="$line $p/$n=$(awk '{printf "%d/%d", $1 / 1e6, $3}' <<< "$st")" ;;
+      esac
     done
-    pss=$(( pss + $(awk '/^Pss:/{print $2}' "/proc/$p/smaps_rollup" 2>/dev/null || echo 0) ))
+    v=$(awk '/^Pss:/{print $2}' "/proc/$p/smaps_rollup" 2>/dev/null || true)
+    pss=$(( pss + ${v:-0} ))
   done
   d=$(cat "$MEMDEDUP_RUN_DIR/memdedupd.pid" 2>/dev/null || true)
-  [ -n "$d" ] && [ -d "/proc/$d/task" ] &&
-    line="$line memdedupd=$(cat /proc/"$d"/task/*/schedstat 2>/dev/null | awk '{ns += $1; sw += $3} END {printf "%d/%d", ns / 1e6, sw}')"
+  st=""
+  [ -z "$d" ] || st=$(cat /proc/"$d"/task/*/schedstat 2>/dev/null || true)   # the threads still there
+  if [ -n "$st" ]; then
+    line="$line memdedupd=$(awk '{ns += $1; sw += $3} END {printf "%d/%d", ns / 1e6, sw}' <<< "$st")"
+  fi
   echo "$line pss_kb=$pss"
 done
 

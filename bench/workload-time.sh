@@ -14,27 +14,36 @@
 #   sequential        each round runs a plain pair of guests and a pair under
 #                     `memdedup run`, which first alternating.
 # Usage: bench/workload-time.sh [--sequential] [ROUNDS] [-- extra memdedup run options]
-# (ROUNDS: at least 1, default 5). Writes build/bench/workload-time.json and
-# prints the ratio. A guest that fails ends the run (exit 1), its round's
-# other guests stopped.
+# (ROUNDS: at least 1, default 5; --sequential before or after it). Writes
+# build/bench/workload-time.json and prints the ratio. A guest that fails, or
+# does not read what the image holds (IMAGE.md5), ends the run (exit 1), its
+# round's other guests stopped.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-layout=paired
-[ "${1:-}" = --sequential ] && { layout=sequential; shift; }
-rounds=5
-if [ $# -gt 0 ] && [ "$1" != -- ]; then rounds=$1; shift; fi
-[ "${1:-}" = -- ] && shift
+layout=paired rounds=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --) shift; break ;;
+    --sequential) layout=sequential; shift ;;
+    *) [ -z "$rounds" ] || { echo "workload-time.sh: one ROUNDS only (memdedup run's options go after --)" >&2; exit 2; }
+       rounds=$1; shift ;;
+  esac
+done
+rounds=${rounds:-5}
 case "$rounds" in ''|*[!0-9]*|0*) echo "workload-time.sh: ROUNDS takes a number, at least 1" >&2; exit 2 ;; esac
 extra=("$@")
 md=$root/build/memdedup
 img=$root/build/guest/workload.img
 out=$root/build/bench
 [ -x "$md" ] && [ -f "$img" ] || { echo "workload-time.sh: run 'make all guest' first" >&2; exit 1; }
+want=$(cat "$img.md5" 2>/dev/null || true)
+[ -n "$want" ] || { echo "workload-time.sh: no $img.md5, what the guests must read (run 'make guest')" >&2; exit 1; }
 mkdir -p "$out"
-# Its own run directory, never one inherited: at exit it stops the daemon
-# of the directory, which must be one it started.
-export MEMDEDUP_RUN_DIR=$out/run
+# Its own run directory, never one inherited nor another bench's (run-bench.sh
+# uses build/bench/run): at exit it stops the daemon of the directory, which
+# must be one it started.
+export MEMDEDUP_RUN_DIR=$out/workload-time-run
 pids=()
 source "$root/scripts/fleet-lib.sh"
 # The guests run in process substitutions, whose pids this shell never
@@ -102,6 +111,16 @@ two_times() {
   for x; do [[ $x =~ ^[0-9]+(\.[0-9]+)?$ ]] || return 1; done
 }
 
+# LOG...: each guest read what the image holds (a time of a guest that read
+# something else is not the workload's).
+check_read() {
+  local log got
+  for log; do
+    got=$(fleet_guest_said DONE "$log")
+    [ "$got" = "$want" ] || { echo "workload-time.sh: round $r: the guest of $log read ${got:-nothing}; the image holds $want" >&2; exit 1; }
+  done
+}
+
 command -v taskset >/dev/null || { echo "workload-time.sh: taskset not found (util-linux)" >&2; exit 1; }
 plain=() shared=() plain_cpu=() shared_cpu=()
 for r in $(seq "$rounds"); do
@@ -109,6 +128,7 @@ for r in $(seq "$rounds"); do
     cat "$img" > /dev/null
     mapfile -t t < <(paired "$r")
     two_times "${t[@]}" || { echo "workload-time.sh: round $r gave no times: ${t[*]}" >&2; exit 1; }
+    check_read "$out/wt-plain-$r-1.log" "$out/wt-memdedup-$r-1.log"
     plain+=("${t[0]}") shared+=("${t[1]}")
     cp=$(cpu_s "$out/wt-plain-$r-1.cpu") cm=$(cpu_s "$out/wt-memdedup-$r-1.cpu")
     plain_cpu+=("$cp") shared_cpu+=("$cm")
@@ -127,6 +147,7 @@ for r in $(seq "$rounds"); do
     mapfile -t b < <(pair memdedup "$r"); two_times "${b[@]}" || no_times memdedup "${b[*]}"
     mapfile -t a < <(pair plain "$r"); two_times "${a[@]}" || no_times plain "${a[*]}"
   fi
+  check_read "$out/wt-plain-$r"-[12].log "$out/wt-memdedup-$r"-[12].log
   plain+=("${a[@]}") shared+=("${b[@]}")
   echo "round $r: plain ${a[*]}  memdedup ${b[*]}"
 done

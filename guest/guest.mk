@@ -2,7 +2,8 @@
 # Included by the top Makefile (-include guest/guest.mk). `make guest` builds
 #   $(B)/guest/vmlinuz, $(B)/guest/initramfs.cpio.gz  (guest/build-kernel.sh)
 #   $(B)/guest/workload.img  ($(GUEST_WORKLOAD_MB) MiB of files, ext4)
-# Nothing is rebuilt while the outputs exist and their scripts are unchanged;
+# Nothing is rebuilt while the outputs exist and their scripts are unchanged
+# (and, for workload.img, GUEST_WORKLOAD_MB and GUEST_SEED: workload.params);
 # the kernel .deb is cached in $(B)/guest/cache. Other sizes:
 # `make $(B)/guest/workload-96m.img`.
 GUEST_DIR         := $(B)/guest
@@ -15,7 +16,16 @@ $(GUEST_DIR)/vmlinuz $(GUEST_DIR)/initramfs.cpio.gz &: guest/build-kernel.sh gue
 	scripts/install-deps.sh guest
 	guest/build-kernel.sh $(GUEST_DIR)
 
-$(GUEST_DIR)/workload.img: guest/mkworkload.sh guest/mkimage.sh
+# The image's parameters, rewritten only when they change: a new size or
+# seed remakes the image, and the same ones do not. An image made before
+# this stamp existed is made once more: what it was made with is unknown.
+GUEST_PARAMS := mb=$(GUEST_WORKLOAD_MB) seed=$(GUEST_SEED)
+$(GUEST_DIR)/workload.params: guest-params-force
+	@mkdir -p $(@D)
+	@[ "$$(cat $@ 2>/dev/null)" = '$(GUEST_PARAMS)' ] || echo '$(GUEST_PARAMS)' > $@
+guest-params-force: ;
+
+$(GUEST_DIR)/workload.img: guest/mkworkload.sh guest/mkimage.sh $(GUEST_DIR)/workload.params
 	rm -rf $(GUEST_DIR)/workload.d
 	guest/mkworkload.sh $(GUEST_DIR)/workload.d $(GUEST_WORKLOAD_MB) $(GUEST_SEED)
 	guest/mkimage.sh $(GUEST_DIR)/workload.d $@
@@ -28,6 +38,6 @@ $(GUEST_DIR)/workload-%m.img: guest/mkworkload.sh guest/mkimage.sh
 	rm -rf $@.d
 
 guest-clean:
-	rm -rf $(GUEST_DIR)/*.img $(GUEST_DIR)/vmlinuz $(GUEST_DIR)/initramfs.cpio.gz
+	rm -rf $(GUEST_DIR)/*.img $(GUEST_DIR)/workload.params $(GUEST_DIR)/vmlinuz $(GUEST_DIR)/initramfs.cpio.gz
 
-.PHONY: guest guest-clean
+.PHONY: guest guest-clean guest-params-force

@@ -39,7 +39,8 @@
 #  12 thp_kb       sum of AnonHugePages (transparent huge pages in guest RAM)
 #  13 ksm_meta_kb  kernel KSM's metadata (its rmap items, in kernel slab, so in
 #                  no process's PSS): (pages_sharing + ksm_zero_pages) pages
-#                  less general_profit; 0 where the kernel has no general_profit
+#                  less general_profit; NA where the kernel has no general_profit
+#                  (before Linux 6.4): unknown, not zero
 #  14 md_read      pages the fleet's scanners read (pages_scanned + pages_hinted)
 #  15 md_merged    guest pages they merged (onto pool or image pages)
 #  16 md_zero      zero pages they dropped, not written since (14-16: 0
@@ -250,7 +251,7 @@ fleet_sample_once() {  # [N] prints one samples.tsv line (without t) for FLEET_P
   local host_anon ksm md=0 ksmd_ticks=0 md_read=0 md_merged=0 md_zero=0
   host_anon=$(awk '/^AnonPages:/{print $2}' /proc/meminfo)
   ksm=$(cat /sys/kernel/mm/ksm/pages_sharing 2>/dev/null || echo 0)
-  local ksm_meta=0 kz kp
+  local ksm_meta=NA kz kp
   if kp=$(cat /sys/kernel/mm/ksm/general_profit 2>/dev/null); then
     kz=$(cat /sys/kernel/mm/ksm/ksm_zero_pages 2>/dev/null || echo 0)
     ksm_meta=$(( ((ksm + kz) * 4096 - kp) / 1024 ))
@@ -447,12 +448,13 @@ fleet_hold_window() {
 }
 
 # Mean of column COL (name from the header, or number) of samples in [T0, T1]
-# (whole run when no window is given). Prints NA when no sample falls in it.
+# (whole run when no window is given). Prints NA when no sample falls in it;
+# NA values (a counter the kernel lacks) are left out, not taken for 0.
 fleet_window_avg() {
   local dir=$1 col=$2 t0=${3:--1} t1=${4:-1e12}
   awk -F'\t' -v c="$col" -v a="$t0" -v b="$t1" '
     NR == 1 { for (i = 1; i <= NF; i++) { h = $i; sub(/^#/, "", h); if (h == c) c = i } next }
-    $1 + 0 >= a && $1 + 0 <= b { s += $c; n++ }
+    $1 + 0 >= a && $1 + 0 <= b && $c != "NA" && $c != "" { s += $c; n++ }
     END { if (n) printf "%.0f\n", s / n; else print "NA" }' "$dir/samples.tsv"
 }
 

@@ -37,6 +37,18 @@ fi
 rm -rf "$out"
 mkdir -p "$out"
 port=$((5000 + $$ % 9000 * 3))   # this, +1 (monitors), +2 (migration); below the ephemeral ports
+# A port something already listens on would have the monitor commands go to
+# it (hmp connects to whatever answers): the next three, until all are free.
+# (Free here, they could still be taken before QEMU binds them.)
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for _ in $(seq 1 50); do
+  port_free "$port" && port_free $((port + 1)) && port_free $((port + 2)) && break
+  port=$(( (port - 5000 + 3) % 27000 + 5000 ))
+done
+if ! { port_free "$port" && port_free $((port + 1)) && port_free $((port + 2)); }; then
+  echo "FAIL: $name: no three free TCP ports on 127.0.0.1 found from $((5000 + $$ % 9000 * 3))"
+  exit 1
+fi
 
 # HMP commands on the monitor at port $P (a TCP port: bash needs no tool
 # for it); prints the replies, each read up to the monitor's next prompt
