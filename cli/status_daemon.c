@@ -9,6 +9,7 @@
 
 #include "cli.h"
 #include "client.h"
+#include "status_daemon.h"
 
 /* Pages a document may take: one domain or agent a page at least, and
  * root sees at most 4,095 numbered agents' worth of each; more is a daemon
@@ -40,27 +41,28 @@ static int page_valid(json_t *page)
 	return 1;
 }
 
-/* The page of the document from (domain_from, agent_from), parsed; an
- * ERROR's status, with its text in why. */
+/* The page of the document from (domain_from, agent_from), its text in
+ * buf (*len bytes, not yet parsed); an ERROR's status, with its text in
+ * why. */
 static int status_page(struct md__client *c, char *buf, uint32_t domain_from,
-		       uint32_t agent_from, json_t **page, char *why, size_t size)
+		       uint32_t agent_from, uint32_t *len, char *why, size_t size)
 {
 	static struct md__msg m;
 	unsigned char req[MD_MSG_HDR_SIZE + 8];
-	uint32_t len = MD_MSG_MAX;
 	unsigned type;
+	*len = MD_MSG_MAX;
 	m.hdr.type = MD_MSG_STATUS;
 	m.u.status = (struct md__msg_status){ domain_from, agent_from };
 	ssize_t n = md__msg_encode(&m, req, sizeof(req));
 	if (n < 0)
 		return (int)n;
 	int err = md__client_request(c, MD_MSG_STATUS, req + MD_MSG_HDR_SIZE,
-				     (uint32_t)n - MD_MSG_HDR_SIZE, buf, &len, &type);
+				     (uint32_t)n - MD_MSG_HDR_SIZE, buf, len, &type);
 	if (err)
 		return err;
 	/* A refusal (past the per-user limit, say) is the daemon's to say. */
 	if (type == MD_MSG_ERROR) {
-		err = md__msg_decode_payload(type, buf, len, &m);
+		err = md__msg_decode_payload(type, buf, *len, &m);
 		if (err)
 			return err;
 		if (m.u.text.status >= 0)
@@ -70,13 +72,6 @@ static int status_page(struct md__client *c, char *buf, uint32_t domain_from,
 	}
 	if (type != MD_MSG_STATUS_R)
 		return -EPROTO;
-	/* Untrusted text: jansson validates it; we want an object. */
-	*page = json_loadb(buf, len, JSON_REJECT_DUPLICATES, NULL);
-	if (!*page || !json_is_object(*page) || !page_valid(*page)) {
-		json_decref(*page);
-		*page = NULL;
-		return -EBADMSG;
-	}
 	return 0;
 }
 
@@ -99,6 +94,45 @@ static int status_next(json_t *page, uint32_t *domain_from, uint32_t *agent_from
 	return 1;
 }
 
+/* A page's text as memdedupd sent it (untrusted: any bytes, len of them)
+ * into *doc, the document so far (NULL before the first page, which
+ * becomes it: the daemon and the totals are the first page's): parsed,
+ * checked by page_valid, its domains and agents appended. 1 and the cursor
+ * of the next page in *domain_from, *agent_from; 0 when it was the last;
+ * -EBADMSG when it is no proper page or its "next" does not move on (*doc
+ * left as it was, the caller's to free). Apart from the request so that
+ * the fuzzer (fuzz/fuzz_status.c) feeds it the pages a daemon could. */
+int md__status_page_merge(json_t **doc, const char *text, size_t len, uint32_t *domain_from,
+			  uint32_t *agent_from)
+{
+	/* Untrusted text: jansson validates it; we want an object. */
+	json_t *page = json_loadb(text, len, JSON_REJECT_DUPLICATES, NULL);
+	if (!page || !json_is_object(page) || !page_valid(page)) {
+		json_decref(page);
+		return -EBADMSG;
+	}
+	int more = status_next(page, domain_from, agent_from);
+	if (more < 0) {
+		json_decref(page);
+		return more;
+	}
+	json_object_del(page, "next");
+	if (!*doc) {
+		*doc = page;
+		return more;
+	}
+	const char *keys[] = { "domains", "agents" };
+	for (int k = 0; k < 2; k++) {
+		json_t *to = json_object_get(*doc, keys[k]), *from = json_object_get(page, keys[k]);
+		if (json_array_extend(to, from)) {	/* both arrays: page_valid */
+			json_decref(page);
+			return -EBADMSG;
+		}
+	}
+	json_decref(page);
+	return more;
+}
+
 /* From the daemon at sock (NULL: the default): 0 and *out (the caller's
  * reference); -ENOENT or -ECONNREFUSED when no daemon runs, other -errno
  * when it did not answer properly or refused (its text in why, else why is
@@ -109,7 +143,6 @@ int md__status_daemon(const char *sock, json_t **out, char *why, size_t size)
 {
 	struct md__client *c;
 	uint32_t domain_from = 0, agent_from = 0;
-	json_t *page = NULL;
 	int err, more = 1;
 
 	*out = NULL;
@@ -123,34 +156,18 @@ int md__status_daemon(const char *sock, json_t **out, char *why, size_t size)
 		goto free_client;
 	}
 	for (int pages = 0; more; pages++) {
-		err = pages < STATUS_PAGES_MAX ? status_page(c, buf, domain_from, agent_from, &page, why, size)
+		uint32_t len;
+		err = pages < STATUS_PAGES_MAX ? status_page(c, buf, domain_from, agent_from, &len, why, size)
 					       : -EBADMSG;
 		if (err)
 			goto free_doc;
-		more = status_next(page, &domain_from, &agent_from);
+		more = md__status_page_merge(out, buf, len, &domain_from, &agent_from);
 		if (more < 0) {
 			err = more;
-			goto free_page;
+			goto free_doc;
 		}
-		json_object_del(page, "next");
-		if (!*out) {
-			*out = page;
-			continue;
-		}
-		const char *keys[] = { "domains", "agents" };
-		for (int k = 0; k < 2; k++) {
-			json_t *to = json_object_get(*out, keys[k]), *from = json_object_get(page, keys[k]);
-			if (json_array_extend(to, from)) {	/* both arrays: page_valid */
-				err = -EBADMSG;
-				goto free_page;
-			}
-		}
-		json_decref(page);
 	}
 	goto free_buf;
-free_page:
-	if (page != *out)
-		json_decref(page);
 free_doc:
 	json_decref(*out);
 	*out = NULL;

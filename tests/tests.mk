@@ -22,7 +22,7 @@ $(B)/libnopeerpidfd-stub.so: $(B)/tests/stub_nopeerpidfd.o
 	$(CC) -shared -o $@ $^ $(LDFLAGS) -ldl
 
 tests-build: $(B)/runner $(B)/testproc $(B)/libibverbs-stub.so $(B)/libnopeerpidfd-stub.so $(B)/fuzz-replay \
-             $(B)/fuzz-replay-elf
+             $(B)/fuzz-replay-elf $(B)/fuzz-replay-status
 
 $(B)/fuzz-replay: fuzz/replay.c fuzz/fuzz_stats_file.c $(B)/libmemdedup.a
 	$(CC) $(MD_CFLAGS) $(CFLAGS) -o $@ $^ $(LDFLAGS)
@@ -32,6 +32,11 @@ $(B)/fuzz-replay-elf: fuzz/replay.c fuzz/fuzz_elf.c cli/elfcheck.c
 	$(CC) $(MD_CFLAGS) $(CFLAGS) -Icli -o $@ $^ $(LDFLAGS)
 $(B)/fuzz-elf-seeds: fuzz/elf_seeds.c
 	$(CC) $(MD_CFLAGS) $(CFLAGS) -o $@ $^ $(LDFLAGS)
+
+# memdedup status's merging of memdedupd's STATUS_R pages (whoever holds
+# the socket wrote them). Its corpus is hand-written, not `make fuzz-seeds`'.
+$(B)/fuzz-replay-status: fuzz/replay.c fuzz/fuzz_status.c cli/status_daemon.c cli/status_daemon.h $(B)/libmemdedup.a
+	$(CC) $(MD_CFLAGS) $(CFLAGS) $(JSON_CFLAGS) -Icli -o $@ $(filter-out %.h,$^) $(LDFLAGS) $(JSON_LIBS)
 
 check-deps:
 	scripts/install-deps.sh test
@@ -45,19 +50,21 @@ check-unit: all
 ASAN_BUILD = $(MAKE) B=build-asan OPT="-O1 -g -fno-omit-frame-pointer" SAN="-fsanitize=address,undefined"
 
 check-fuzz: $(B)/fuzz-replay $(B)/fuzz-replay-protocol $(B)/fuzz-replay-daemon $(B)/fuzz-replay-client \
-            $(B)/fuzz-replay-elf
+            $(B)/fuzz-replay-elf $(B)/fuzz-replay-status
 	$(B)/fuzz-replay fuzz/corpus/stats_file
 	$(B)/fuzz-replay-elf fuzz/corpus/elf
 	$(B)/fuzz-replay-protocol fuzz/corpus/protocol
 	$(B)/fuzz-replay-daemon fuzz/corpus/daemon
 	$(B)/fuzz-replay-client fuzz/corpus/client
+	$(B)/fuzz-replay-status fuzz/corpus/status
 	$(ASAN_BUILD) build-asan/fuzz-replay build-asan/fuzz-replay-protocol build-asan/fuzz-replay-daemon \
-	  build-asan/fuzz-replay-client build-asan/fuzz-replay-elf
+	  build-asan/fuzz-replay-client build-asan/fuzz-replay-elf build-asan/fuzz-replay-status
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay fuzz/corpus/stats_file
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-elf fuzz/corpus/elf
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-protocol fuzz/corpus/protocol
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-daemon fuzz/corpus/daemon
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-client fuzz/corpus/client
+	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-status fuzz/corpus/status
 
 # The first from a path with a space and a comma (through a symbolic link
 # to this tree): the guest kit and the agent must take such paths.
@@ -80,6 +87,18 @@ fuzz: $(AGENT_SRC) fuzz/fuzz_stats_file.c
 	$(MAKE) fuzz-protocol
 	$(MAKE) fuzz-daemon
 	$(MAKE) fuzz-client
+	$(MAKE) fuzz-status
+
+# libFuzzer build of fuzz_status (clang): `make fuzz-status` (FUZZ_TIME
+# seconds). jansson is not instrumented: coverage is of our checks. New
+# inputs go to $(B)/fuzz-status-corpus, the first directory; pick the few
+# worth keeping into fuzz/corpus/status by hand.
+fuzz-status: $(B)/libmemdedup.a
+	@mkdir -p $(B)/fuzz-status-corpus
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -Iinclude -Icommon -Icli \
+	  $(JSON_CFLAGS) -o $(B)/fuzz-status fuzz/fuzz_status.c cli/status_daemon.c common/printable.c \
+	  $(B)/libmemdedup.a -pthread $(JSON_LIBS)
+	$(B)/fuzz-status -max_total_time=$(FUZZ_TIME) -max_len=65536 $(B)/fuzz-status-corpus fuzz/corpus/status
 
 # The slow tier: sanitizers, the writer stress tests for 10 minutes each, and
 # two guests whose duplicates only scanning finds.
@@ -99,7 +118,9 @@ check-sanitize:
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-daemon fuzz/corpus/daemon
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-client fuzz/corpus/client
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-elf fuzz/corpus/elf
+	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-status fuzz/corpus/status
 	MD_BUILD_DIR=build-asan MD_TEST_PRELOAD_FIRST=$$($(CC) -print-file-name=libasan.so) \
 	  ASAN_OPTIONS=detect_leaks=0 build-asan/runner
 
-.PHONY: tests-build check check-deps check-unit check-fuzz check-guest check-all check-sanitize fuzz
+.PHONY: tests-build check check-deps check-unit check-fuzz check-guest check-all check-sanitize fuzz \
+        fuzz-status
