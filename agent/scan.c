@@ -844,10 +844,15 @@ static void user_changed(struct md_agent *a, uid_t now)
 		a->user_was_paused = was_paused;
 	}
 	/* Every reference given back first: one left would keep memdedupd's
-	 * record of the old user, which refuses the new user's HELLO. */
-	md__engine_send_unrefs(a->engine);
-	if (!md__engine_unrefs_settled(a->engine))
-		return;	/* the rest in a second */
+	 * record of the old user, which refuses the new user's HELLO. Away
+	 * from memdedupd (the connection dropped before or during the move),
+	 * none can be: the old pool let go, the next HELLO says no pool page
+	 * is mapped, and memdedupd drops that record, references and all. */
+	if (md__remote_connected(a->engine->remote)) {
+		md__engine_send_unrefs(a->engine);
+		if (!md__engine_unrefs_settled(a->engine))
+			return;	/* the rest in a second */
+	}
 	struct timespec t;
 	clock_gettime(CLOCK_MONOTONIC, &t);
 	a->next_connect.tv_sec = t.tv_sec + 1;	/* when memdedupd has seen this connection go */
@@ -867,7 +872,9 @@ void md__scan_daemon(struct md_agent *a, int report)
 		return;
 	struct md__remote *rm = e->remote;
 	uid_t euid = geteuid();
-	if (md__remote_connected(rm) && euid != a->joined_uid)
+	/* Connected, or away with the old user's pool still ours (a move the
+	 * connection's loss cut short, or a change made while away). */
+	if (euid != a->joined_uid && (md__remote_connected(rm) || rm->view))
 		user_changed(a, euid);
 	if (!md__remote_connected(rm)) {
 		struct timespec now;

@@ -119,6 +119,34 @@ static void switched_pools(struct md__engine *e, const void *old_view, size_t ol
 		close(old_fd);
 }
 
+/* The slots of the pool held until now are forgotten (its daemon, or the
+ * record that counted them, gone or going), and the pages still mapping
+ * it are moved off (md__engine_leave_file). The three locks held. */
+static void forget_pool(struct md__engine *e, struct md__remote *rm)
+{
+	e->nunref = 0;	/* empty after every unlock; slots of the old pool anyway */
+	pthread_mutex_lock(&e->unref_lock);
+	e->nunref_q = 0;	/* and those not sent yet (md__engine_send_unrefs checks too) */
+	pthread_mutex_unlock(&e->unref_lock);
+	for (size_t i = 0; i < e->nregions; i++) {
+		struct md__eregion *r = &e->regions[i];
+		for (size_t p = 0; p < (r->end - r->start) / MD_EPAGE; p++)
+			if (MD_REF_SLOT(r->ref[p]) && !(r->ref[p] & MD_REF_FILL))
+				r->ref[p] = MD_REF_FILE;
+	}
+	/* Those pages, and those written or unmerged since in the old
+	 * pool's mappings, keep its whole file in memory (and open to this
+	 * process, an old user's after a change of user): the agent moves
+	 * them off it (md__engine_leave_file). */
+	if (rm->generation) {
+		e->leave_failed = 0;
+		e->leave_at = 0;
+		e->leave_unwritten = e->leave_outside = 0;
+		e->leave_last_unwritten = UINT64_MAX;	/* not counted yet */
+		__atomic_store_n(&e->leave_old, 1, __ATOMIC_RELAXED);
+	}
+}
+
 void md__engine_remote_drop(struct md__engine *e)
 {
 	struct md__remote *rm = e->remote;
@@ -130,6 +158,14 @@ void md__engine_remote_drop(struct md__engine *e)
 	pthread_mutex_lock(&rm->lock);
 	if (rm->c)
 		hang_up(rm);
+	/* Its record at memdedupd goes: every reference given back, or
+	 * dropped by memdedupd once the next HELLO says that no pool page is
+	 * mapped any more, which leaving the pool's mappings makes true. */
+	forget_pool(e, rm);
+	rm->generation = 0;
+	free(rm->owed);
+	rm->owed = NULL;
+	rm->nowed = 0;
 	const void *view = rm->view;
 	size_t pages = rm->view_pages;
 	int fd = rm->ro_fd;
@@ -200,29 +236,8 @@ int md__engine_remote_connect(struct md__engine *e)
 	const void *old_view = rm->view;
 	size_t old_pages = rm->view_pages;
 	int old_fd = rm->ro_fd;
-	if (rm->generation != w.generation) {
-		e->nunref = 0;	/* empty after every unlock; slots of the old pool anyway */
-		pthread_mutex_lock(&e->unref_lock);
-		e->nunref_q = 0;	/* and those not sent yet (md__engine_send_unrefs checks too) */
-		pthread_mutex_unlock(&e->unref_lock);
-		for (size_t i = 0; i < e->nregions; i++) {
-			struct md__eregion *r = &e->regions[i];
-			for (size_t p = 0; p < (r->end - r->start) / MD_EPAGE; p++)
-				if (MD_REF_SLOT(r->ref[p]) && !(r->ref[p] & MD_REF_FILL))
-					r->ref[p] = MD_REF_FILE;
-		}
-		/* Those pages, and those written or unmerged since in the old
-		 * pool's mappings, keep its whole file in memory (and open to
-		 * this process, an old user's after a change of user): the
-		 * agent moves them off it (md__engine_leave_file). */
-		if (rm->generation) {
-			e->leave_failed = 0;
-			e->leave_at = 0;
-			e->leave_unwritten = e->leave_outside = 0;
-			e->leave_last_unwritten = UINT64_MAX;	/* not counted yet */
-			__atomic_store_n(&e->leave_old, 1, __ATOMIC_RELAXED);
-		}
-	}
+	if (rm->generation != w.generation)
+		forget_pool(e, rm);
 	rm->view = view;
 	rm->view_pages = w.pool_pages;
 	rm->ro_fd = fd;

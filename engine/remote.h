@@ -55,10 +55,11 @@ int md__remote_init(struct md__remote *rm, const char *socket, const char *domai
 void md__remote_fini(struct md__remote *rm);
 /* Connects, says hello and switches the engine to the new pool. 0 or -errno. */
 int md__engine_remote_connect(struct md__engine *e);
-/* Hangs up and lets the pool's view and descriptor go (what the connection
- * owed is kept for a reconnect to the same pool); the next
- * md__engine_remote_connect starts anew. For an engine that holds no slot
- * of the pool any more. */
+/* Hangs up and lets the pool go: its view and descriptor, what the
+ * connection owed, the engine's slots of it (pages still mapping it are
+ * moved off: md__engine_leave_file); the next md__engine_remote_connect
+ * starts anew. For an engine that gave every slot back, or whose record
+ * memdedupd drops at the next HELLO (no pool page mapped by then). */
 void md__engine_remote_drop(struct md__engine *e);
 /* 1 when no reference is left to give back: none queued by the engine,
  * owed, or kept by the client. */

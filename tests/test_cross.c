@@ -315,6 +315,50 @@ TEST_IMPL(cross_user_change_moves_domain)
 	return 0;
 }
 
+/* A VMM whose user changes while its agent is away from memdedupd (the
+ * connection dropped: the daemon stopped past the late replies' bound),
+ * the old user's record still holding its references: the agent makes its
+ * pool pages private and lets the old pool go, and memdedupd takes the new
+ * user's HELLO, which says no pool page is mapped. It refused it for as
+ * long as the VMM lived. */
+TEST_IMPL(cross_user_change_while_away)
+{
+	struct tdaemon t;
+	struct proc a, b;
+	char h[32];
+	td_start(&t, 65536);
+	start_sharing_pair(&t, &a, &b, 23);
+	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", N * PG));
+	ASSERT(kill(t.pid, SIGSTOP) == 0);
+	proc_cmd(&a, "fill %u 64 77", N * PG);	/* lookups nobody answers */
+	sleep((MD_CLIENT_TIMEOUT_MS + MD_CLIENT_LATE_MAX_MS) / 1000 + 2);
+	long long changed = proc_num(&a, "setuid 65534");
+	/* Its tries to connect as root meanwhile have given up. */
+	sleep(MD_CLIENT_TIMEOUT_MS / 1000 + 1);
+	ASSERT(kill(t.pid, SIGCONT) == 0);
+	if (changed == -EPERM) {
+		proc_stop(&a);
+		proc_stop(&b);
+		td_stop(&t);
+		SKIP("cannot change a process's user here (not root)");
+	}
+	ASSERT_EQ(changed, 0);
+	long long uid = -1;
+	for (int i = 0; i < 100 && uid != 65534; i++) {
+		usleep(100000);
+		uid = agent_field(&t, a.pid, "uid");
+	}
+	ASSERT_EQ(uid, 65534);
+	ASSERT_EQ(same_frames(&a, &b, 0, N), 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", N * PG), h) == 0);
+	ASSERT(strcmp(proc_cmd(&b, "hash 0 %u", N * PG), h) == 0);
+	proc_stop(&a);
+	proc_stop(&b);
+	ASSERT_EQ(domain_live_becomes_0(&t), 0);
+	td_stop(&t);
+	return 0;
+}
+
 /* A VMM in a container (pid 1 of a pid namespace of its own) shares with
  * one on the host: memdedupd takes the pid the agent knows itself by, and
  * lists it by its pid here. */
