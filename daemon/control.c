@@ -179,7 +179,9 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 			continue;
 		if (!admin && a->uid != c->uid)
 			continue;	/* another user's agent: as if absent */
-		if (ctl->op == MD_CTL_RESUME && !admin && a->held_by_admin && (a->paused || a->unmerged)) {
+		if (ctl->op == MD_CTL_RESUME && !admin &&
+		    (((a->held_by_admin & MD_HELD_PAUSE) && a->paused) ||
+		     ((a->held_by_admin & MD_HELD_UNMERGE) && a->unmerged))) {
 			failed(p, -EPERM, "pid %d was paused by memdedupd's administrator: only they resume it",
 			       (int)a->pid);
 			continue;
@@ -210,8 +212,10 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 				 * default's does (d->paused). */
 				if (ctl->op == MD_CTL_PAUSE && !defaults)
 					a->paused = 1;
-				if (ctl->op == MD_CTL_UNMERGE || (ctl->op == MD_CTL_PAUSE && !defaults))
-					a->held_by_admin |= admin;
+				if (admin && ctl->op == MD_CTL_UNMERGE)
+					a->held_by_admin |= MD_HELD_UNMERGE;
+				if (admin && ctl->op == MD_CTL_PAUSE && !defaults)
+					a->held_by_admin |= MD_HELD_PAUSE;
 				p->owed[p->nowed++] = a->pid;
 			} else {
 				failed(p, -EIO, "pid %d could not be sent it", (int)a->pid);
@@ -251,8 +255,10 @@ void md__control_done(struct md__daemon *d, struct md__conn *c, uint32_t seq,
 	struct md__msg ack = { .hdr = { .type = MD_MSG_ACK, .seq = seq } };
 	/* A refused UNMERGE left the agent as it was, also when its answer
 	 * came after the deadline: not paused on its next WELCOME. */
-	if (done->result.status && done->token && done->token == c->agent->unmerge_token)
+	if (done->result.status && done->token && done->token == c->agent->unmerge_token) {
 		c->agent->unmerged = 0;
+		c->agent->held_by_admin &= ~MD_HELD_UNMERGE;
+	}
 	/* Late (answered already, or its CLI went): nothing waits for it. */
 	for (struct md__pending_control *p = d->controls; p; p = p->next) {
 		if (p->token != done->token || !settle(p, c->agent->pid))

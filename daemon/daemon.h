@@ -34,6 +34,8 @@ int md__privileged(uid_t uid);
 #define MD_D_AGENTS_PER_UID 256     /* agent records of one uid other than root */
 #define MD_D_DOMAINS_PER_UID 64
 #define MD_D_CONTROLS_PER_UID 16    /* CONTROLs waiting for agents, of one uid other than root */
+#define MD_HELD_PAUSE 1             /* held_by_admin: its paused */
+#define MD_HELD_UNMERGE 2           /* held_by_admin: its unmerged */
 #define MD_D_REFS_OWED (1u << 20)   /* references an agent holds beyond its pages (refs_fit) */
 #define MD_D_OUT_PAUSE (1u << 20)   /* stop reading a peer with this much unsent */
 #define MD_D_OUT_MAX (4u << 20)     /* drop a peer that lets this much pile up */
@@ -157,8 +159,8 @@ struct md__agent {
 				    * connection while the process lives */
 	int paused;                /* a PAUSE that set no default reached it (--pid, a
 				    * user's own agents), not resumed since: the same */
-	int held_by_admin;         /* that PAUSE or UNMERGE was root's (or the daemon's
-				    * user's): only they resume it */
+	int held_by_admin;         /* MD_HELD_*: that PAUSE or UNMERGE was root's (or
+				    * the daemon's user's): only they resume it */
 	int64_t reported_ms;       /* when the last REPORT came; 0 never */
 	uint64_t requests;         /* messages handled after its HELLO */
 	uint64_t hellos;           /* connections it came on (reconnects + 1) */

@@ -3640,6 +3640,70 @@ TEST_IMPL(daemon_user_resume_not_over_admin)
 	td_stop(&t);
 	return 0;
 }
+/* As nobody: an agent that refuses root's UNMERGE (memory short), then is
+ * paused and resumed by its own user. Exits 0 if the RESUME was taken. */
+static int own_resume_after_refusal_as_nobody(struct tdaemon *t, int ready)
+{
+	struct md__client *agent;
+	struct md__msg_welcome w;
+	struct md__msg_control ctl;
+	struct control_call call;
+	int fd;
+	char x = 0;
+	if (setresgid(65534, 65534, 65534) != 0 || setresuid(65534, 65534, 65534) != 0)
+		return 102;
+	if (md__client_open(&agent, t->sock, NULL, 0, &w, &fd) != 0 || write(ready, &x, 1) != 1)
+		return 100;
+	next_control(agent, &ctl);
+	if (ctl.op != MD_CTL_UNMERGE || md__client_control_done(agent, ctl.token, -ENOMEM, "short") != 0)
+		return 2;
+	struct md__client *cli = td_connect(t);
+	for (unsigned op = MD_CTL_PAUSE;; op = MD_CTL_RESUME) {
+		control_start(&call, cli, op, getpid(), NULL, NULL);
+		next_control(agent, &ctl);
+		if (ctl.op != op || md__client_control_done(agent, ctl.token, 0, NULL) != 0)
+			return 3;
+		if (control_end(&call) != 0)
+			return op == MD_CTL_PAUSE ? 4 : 5;
+		if (op == MD_CTL_RESUME)
+			break;
+	}
+	md__client_free(cli);
+	md__client_free(agent);
+	close(fd);
+	return 0;
+}
+
+/* Root's UNMERGE the agent refused holds nothing: its user's own PAUSE
+ * and RESUME later are theirs (the RESUME was refused as root's to give). */
+TEST_IMPL(daemon_user_resume_after_refused_unmerge)
+{
+	struct tdaemon t;
+	if (getuid() != 0 || !getpwnam("nobody"))
+		SKIP("needs root and a 'nobody' user");
+	td_start(&t, 16);
+	int ready[2];
+	ASSERT(pipe(ready) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		close(ready[0]);
+		_exit(own_resume_after_refusal_as_nobody(&t, ready[1]));
+	}
+	close(ready[1]);
+	char x, text[MD_TEXT_MAX + 1];
+	ASSERT_EQ(read(ready[0], &x, 1), 1);
+	struct md__client *cli = td_connect(&t);
+	ASSERT_EQ(control(cli, MD_CTL_UNMERGE, kid, NULL, NULL, text), -ENOMEM);
+	int st;
+	ASSERT_EQ(waitpid(kid, &st, 0), kid);
+	ASSERT(WIFEXITED(st));
+	ASSERT_EQ(WEXITSTATUS(st), 0);
+	md__client_free(cli);
+	close(ready[0]);
+	td_stop(&t);
+	return 0;
+}
 
 TEST_IMPL(daemon_cli_control)
 {
