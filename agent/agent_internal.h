@@ -66,6 +66,9 @@ struct md__image {
 	dev_t dev;
 	ino_t ino;
 	int fd;                    /* the agent's own O_RDONLY description */
+	int kept;                  /* fd was a spare (md__images_before_chroot): with
+	                            * /proc gone it could not be opened again, so it
+	                            * stays open when the image is let go */
 	int shmem;                 /* on tmpfs: its mappings take the file's NUMA policy */
 	enum md__lease_state lease;
 	off_t size;                /* valid while the lease is held */
@@ -127,8 +130,8 @@ struct md_agent {
 	struct md__image *images;
 	size_t nimages, images_cap;
 	/* Descriptions of our own of the files the VMM held open read-only
-	 * when it chrooted (md__images_before_chroot): with /proc gone, an
-	 * image's own description to lease is a duplicate of its spare. */
+	 * when it chrooted (md__images_before_chroot): with /proc gone, the
+	 * first image of such a file to want one takes it (fd -1 then). */
 	struct md__spare { dev_t dev; ino_t ino; int fd; } *spares;
 	size_t nspares;
 	/* Filesystems (st_dev) found lately to have leases that do not see

@@ -91,14 +91,35 @@ static int fd_is_ours(int fd)
 	return fl >= 0 && (fl & O_ACCMODE) == O_RDONLY && (fl & O_APPEND);
 }
 
-/* A description of our own of the file the VMM's fd names (st), without
- * the lease's signal: through /proc/self/fd, or after a chroot that hid
- * /proc a duplicate of the spare opened before it. Returns it, or -1
- * (errno set). */
-static int open_own(struct md_agent *a, int fd, const struct stat *st)
+/* Whether our description fd is of the file st. */
+static int same_file(int fd, const struct stat *st)
+{
+	struct stat own;
+	return fstat(fd, &own) == 0 && own.st_dev == st->st_dev && own.st_ino == st->st_ino;
+}
+
+/* The spare of file st, taken (-1 if none): once /proc is gone, the only
+ * description of our own left to have of it. One the VMM closed or put
+ * another file at the number of is forgotten, not ours to close. */
+static int spare_take(struct md_agent *a, const struct stat *st)
+{
+	for (size_t i = 0; i < a->nspares; i++) {
+		struct md__spare *sp = &a->spares[i];
+		if (sp->fd < 0 || sp->dev != st->st_dev || sp->ino != st->st_ino)
+			continue;
+		int fd = sp->fd;
+		sp->fd = -1;
+		if (fd_is_ours(fd) && same_file(fd, st))
+			return fd;
+	}
+	return -1;
+}
+
+/* A description of our own of the file the VMM's fd names (st), through
+ * /proc/self/fd, or -1 (errno set). */
+static int proc_open_own(int fd, const struct stat *st)
 {
 	char path[64];
-	struct stat own;
 	snprintf(path, sizeof(path), "fd/%d", fd);
 	/* O_APPEND, meaningless for reading, marks the description as ours
 	 * (image_fd_ours): a lease's removal clears its signal and owner. */
@@ -106,38 +127,44 @@ static int open_own(struct md_agent *a, int fd, const struct stat *st)
 	 * delegation, a Samba oplock) makes the open fail at once, not wait
 	 * for its break with agent->lock held; reads of a file ignore it. */
 	int own_fd = md__proc_open(path, O_APPEND | O_NONBLOCK);
-	if (own_fd < 0) {
-		int err = errno;
-		/* A lease on the spare's description (shared with the
-		 * duplicate) is given back before the duplicate closes, as
-		 * on ours: the spare never holds one alone. */
-		for (size_t i = 0; i < a->nspares && own_fd < 0; i++)
-			if (a->spares[i].dev == st->st_dev && a->spares[i].ino == st->st_ino)
-				own_fd = fcntl(a->spares[i].fd, F_DUPFD_CLOEXEC, 0);
-		if (own_fd < 0) {
-			errno = err;
-			return -1;
-		}
-	}
-	int known = fstat(own_fd, &own);
-	if (known != 0 || own.st_dev != st->st_dev || own.st_ino != st->st_ino) {
-		int err = known ? errno : ESTALE;
+	if (own_fd >= 0 && !same_file(own_fd, st)) {
 		/* Not the file: the VMM may have closed this number and opened
 		 * another file at it since, its own, not ours to close. */
 		if (fd_is_ours(own_fd))
 			close(own_fd);
+		errno = ESTALE;
+		return -1;
+	}
+	return own_fd;
+}
+
+/* The same, without the lease's signal, or after a chroot that hid /proc
+ * the spare opened before it (*kept set then). */
+static int open_own(struct md_agent *a, int fd, const struct stat *st, int *kept)
+{
+	*kept = 0;
+	int own_fd = proc_open_own(fd, st);
+	if (own_fd >= 0 || errno == ESTALE)
+		return own_fd;
+	int err = errno;
+	/* The spare itself, not a duplicate: a lease lives as long as its
+	 * description, and one left on a duplicate's would outlive our
+	 * descriptor the VMM closed. */
+	own_fd = spare_take(a, st);
+	if (own_fd < 0) {
 		errno = err;
 		return -1;
 	}
+	*kept = 1;
 	return own_fd;
 }
 
 /* Our own open file description of the file the VMM's fd names: the
  * lease belongs to it, so it lives on when the VMM closes its descriptor,
  * and mappings come from it. Returns it, or -1 (errno set). */
-static int image_open_own(struct md_agent *a, int fd, const struct stat *st)
+static int image_open_own(struct md_agent *a, int fd, const struct stat *st, int *kept)
 {
-	int own_fd = open_own(a, fd, st);
+	int own_fd = open_own(a, fd, st, kept);
 	if (own_fd >= 0 && lease_signal_to_us(a, own_fd) != 0) {
 		int err = errno;
 		if (fd_is_ours(own_fd))
@@ -214,7 +241,8 @@ static struct md__image *image_add(struct md_agent *a, int fd, const struct stat
 		a->probed_cap = cap;
 	}
 	pthread_mutex_unlock(&a->probe_lock);
-	int own_fd = image_open_own(a, fd, st);
+	int kept;
+	int own_fd = image_open_own(a, fd, st, &kept);
 	if (own_fd < 0)
 		return NULL;
 	struct md__image *img = &a->images[a->nimages];
@@ -223,6 +251,7 @@ static struct md__image *image_add(struct md_agent *a, int fd, const struct stat
 		.dev = st->st_dev,
 		.ino = st->st_ino,
 		.fd = own_fd,
+		.kept = kept,
 		.shmem = shmem,
 		.lease = MD_LEASE_NONE,
 	};
@@ -370,7 +399,8 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, const struct md__f
 	}
 	if (!image_fd_ours(img)) {
 		/* Its number is the VMM's now, not ours to close. */
-		int own_fd = image_open_own(a, fd, &st);
+		int kept;
+		int own_fd = image_open_own(a, fd, &st, &kept);
 		if (own_fd < 0) {
 			md__log_once(100, "cannot open an image again after the VMM closed or replaced the "
 				     "agent's descriptor of it (%s): its reads are copied", strerror(errno));
@@ -384,6 +414,7 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, const struct md__f
 			md__log_once(25, "the agent's own descriptor of an image was closed or replaced "
 				     "by the VMM: it opened the image again");
 		img->fd = own_fd;
+		img->kept = kept;
 		probe_remember(a, img);
 	}
 	if (a->lease_uid != (uid_t)-1 && st.st_uid != a->lease_uid) {
@@ -602,11 +633,12 @@ void md__image_lease_broken(struct md_agent *a, int fd)
  * agent's lock, a millisecond for 4 GiB. */
 #define IMAGES_WALK_S 10
 
-/* Whether img holds a descriptor (leased or not, not breaking) no read
- * shared from for image_idle_s. */
+/* Whether img holds a descriptor (leased or not, not breaking; one it
+ * keeps, a lease) no read shared from for image_idle_s. */
 static int release_due(const struct md_agent *a, const struct md__image *img, time_t now)
 {
-	return img->fd >= 0 && img->lease != MD_LEASE_BREAKING && now - img->used >= (time_t)a->image_idle_s;
+	return img->fd >= 0 && img->lease != MD_LEASE_BREAKING && (!img->kept || img->lease == MD_LEASE_HELD) &&
+	       now - img->used >= (time_t)a->image_idle_s;
 }
 
 void md__images_release_idle(struct md_agent *a)
@@ -642,11 +674,16 @@ void md__images_release_idle(struct md_agent *a)
 		 * the lease after mapping aside, md__image_fixed). The record
 		 * stays: ids are indices. */
 		view_drop(img);
-		if (image_fd_ours(img)) {
-			if (img->lease == MD_LEASE_HELD)
-				fcntl(img->fd, F_SETLEASE, F_UNLCK);
-			close(img->fd);
+		int ours = image_fd_ours(img);
+		if (ours && img->lease == MD_LEASE_HELD)
+			fcntl(img->fd, F_SETLEASE, F_UNLCK);
+		if (ours && img->kept) {
+			img->lease = MD_LEASE_NONE;	/* the descriptor stays: no other to come */
+			img->retry_at = (struct timespec){ 0, 0 };
+			continue;
 		}
+		if (ours)
+			close(img->fd);
 		img->fd = -1;
 		probe_forget(a, img);
 		img->lease = MD_LEASE_NONE;
@@ -716,39 +753,64 @@ int md__image_breaks_retry(struct md_agent *a)
 
 void md__images_before_chroot(struct md_agent *a)
 {
-	/* The directory is closed before the chroot: a descriptor of one
-	 * outside the new root would be a way out of it. */
+	struct md__spare found[SPARES_MAX];
+	size_t n = 0;
+	int more = 0;
+	/* Opened without the agent's lock (an open may wait on a server), of
+	 * files whose leases could be trusted. The directory is closed
+	 * before the chroot: a descriptor of one outside the new root would
+	 * be a way out of it. */
 	DIR *d = opendir("/proc/self/fd");
 	if (!d)
 		return;
-	md__agent_enter(a);
 	for (struct dirent *e; (e = readdir(d));) {
 		char *end;
-		long n = strtol(e->d_name, &end, 10);
+		long v = strtol(e->d_name, &end, 10);
 		struct stat st;
-		int fl;
-		if (*end || end == e->d_name || n < 0 || n > INT_MAX || n == dirfd(d) ||
-		    fstat((int)n, &st) != 0 || !S_ISREG(st.st_mode) || (fl = fcntl((int)n, F_GETFL)) < 0 ||
-		    (fl & O_ACCMODE) != O_RDONLY || fd_is_ours((int)n))
+		struct statfs sf;
+		int fl, fd = (int)v;
+		if (*end || end == e->d_name || v < 0 || v > INT_MAX || fd == dirfd(d) || fstat(fd, &st) != 0 ||
+		    !S_ISREG(st.st_mode) || (fl = fcntl(fd, F_GETFL)) < 0 || (fl & O_ACCMODE) != O_RDONLY ||
+		    (fl & O_PATH) || fd_is_ours(fd) || fstatfs(fd, &sf) != 0 ||
+		    !leases_see_writers((unsigned long)sf.f_type))
 			continue;
 		size_t i = 0;
-		while (i < a->nspares && (a->spares[i].dev != st.st_dev || a->spares[i].ino != st.st_ino))
+		while (i < n && (found[i].dev != st.st_dev || found[i].ino != st.st_ino))
 			i++;
-		if (i < a->nspares)
+		if (i < n)
 			continue;
-		if (a->nspares == SPARES_MAX) {
-			md__log_once(121, "the VMM holds more than %d files open read-only as it chroots: "
-				     "reads of the rest cannot be shared after it", SPARES_MAX);
+		if (n == SPARES_MAX) {
+			more = 1;
 			break;
 		}
-		if (!a->spares && !(a->spares = calloc(SPARES_MAX, sizeof(*a->spares))))
-			break;
-		int own_fd = open_own(a, (int)n, &st);
+		int own_fd = proc_open_own(fd, &st);
 		if (own_fd >= 0)
-			a->spares[a->nspares++] = (struct md__spare){ st.st_dev, st.st_ino, own_fd };
+			found[n++] = (struct md__spare){ st.st_dev, st.st_ino, own_fd };
+	}
+	closedir(d);
+	if (more)
+		md__log_once(121, "the VMM holds more than %d files open read-only as it chroots: "
+			     "reads of the rest cannot be shared after it", SPARES_MAX);
+	md__agent_enter(a);
+	for (size_t i = 0; i < n; i++) {
+		/* An image with a description of ours already keeps it; a file
+		 * a spare is kept of already (a second chroot) needs none. */
+		struct md__image *img = md__image_find(a, found[i].dev, found[i].ino);
+		int have = img && image_fd_ours(img);
+		for (size_t k = 0; k < a->nspares && !have; k++)
+			have = a->spares[k].fd >= 0 && a->spares[k].dev == found[i].dev &&
+			       a->spares[k].ino == found[i].ino;
+		if (img && image_fd_ours(img))
+			img->kept = 1;
+		if (!have && !a->spares)
+			a->spares = calloc(SPARES_MAX, sizeof(*a->spares));
+		if (!have && a->spares && a->nspares < SPARES_MAX) {
+			a->spares[a->nspares++] = found[i];
+			continue;
+		}
+		close(found[i].fd);
 	}
 	md__agent_leave(a);
-	closedir(d);
 }
 
 void md__images_free(struct md_agent *a)

@@ -1055,6 +1055,8 @@ EXPORT long syscall(long nr, ...)
 	case SYS_mbind:
 		return mbind((void *)a[0], (unsigned long)a[1], (int)a[2], (const unsigned long *)a[3],
 			     (unsigned long)a[4], (unsigned)a[5]);
+	case SYS_ioctl:	/* DMA maps, SG_IO, the VMM's userfaultfd */
+		return ioctl((int)a[0], (unsigned long)a[1], (void *)a[2]);
 	}
 	return call(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
 }
@@ -1115,8 +1117,13 @@ static int sg_io_in_ram(const void *arg)
 	uintptr_t addr[64];
 	size_t len[64];
 	md_agent *a = agent_peek();
-	if (!a || __atomic_load_n(&io_unseen, __ATOMIC_RELAXED))
-		return 0;	/* no guest RAM known yet, or said already */
+	if (!a)
+		return 0;	/* no guest RAM known yet */
+	/* Said already, maybe by another thread still at it (making image
+	 * pages private, merges not yet stopped): md_agent_io_unseen waits
+	 * for that, and returns at once once done. */
+	if (__atomic_load_n(&io_unseen, __ATOMIC_RELAXED))
+		return 1;
 	int n = md__sg_io_buffers(arg, addr, len, 64);
 	for (int i = 0; i < n; i++)
 		if (md__agent_ram_overlaps(a, addr[i], len[i]))

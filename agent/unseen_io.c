@@ -204,18 +204,18 @@ int md__sg_io_buffers(const void *arg, uintptr_t *addr, size_t *len, size_t max)
 			{ h.dout_xferp, h.dout_xfer_len, h.dout_iovec_count },
 			{ h.din_xferp, h.din_xfer_len, h.din_iovec_count },
 		};
+		/* The kernel's bsg maps the flat buffer whatever the iovec
+		 * counts say (scsi_bsg_sg_io_fn); the iovecs are looked at too,
+		 * for a kernel that would not. */
 		for (int d = 0; d < 2; d++) {
 			if (!dir[d].n)
 				continue;
-			if (dir[d].iovs) {
-				if (sg_iovecs(dir[d].p, dir[d].iovs, addr, len, max, &k))
-					return -1;
-			} else {
-				if (k == max)
-					return -1;
-				addr[k] = (uintptr_t)dir[d].p;
-				len[k++] = dir[d].n;
-			}
+			if (k == max)
+				return -1;
+			addr[k] = (uintptr_t)dir[d].p;
+			len[k++] = dir[d].n;
+			if (dir[d].iovs && sg_iovecs(dir[d].p, dir[d].iovs, addr, len, max, &k))
+				return -1;
 		}
 		return (int)k;
 	}

@@ -113,7 +113,9 @@ int md__sys_munmap(void *addr, size_t len)
 
 int md__sys_ioctl(int fd, unsigned long request, void *arg)
 {
-	return (int)syscall(SYS_ioctl, fd, request, arg);
+	/* The engine's userfaultfd calls: never the VMM's (preload.c's
+	 * syscall() hands SYS_ioctl to its ioctl). */
+	return (int)raw()(SYS_ioctl, fd, request, arg);
 }
 
 int md__sys_madvise(void *addr, size_t len, int advice)

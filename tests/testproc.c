@@ -812,8 +812,8 @@ int main(void)
 			printf("%ld\n", r < 0 ? -(long)errno : r);
 		} else if (strcmp(cmd, "sgio") == 0) {
 			static unsigned char heap_buf[4096], cdb[6] = { 0x08 };	/* READ(6) */
-			char what[32] = "";
-			sscanf(line, "%*s %lld %31s", &a1, what);
+			char what[32] = "", how[8] = "";
+			sscanf(line, "%*s %lld %31s %7s", &a1, what, how);
 			struct sg_iovec v = { base + a1, (size_t)atoll(what) };
 			struct sg_io_hdr h = { .interface_id = 'S', .dxfer_direction = SG_DXFER_FROM_DEV,
 					       .cmd_len = sizeof(cdb), .cmdp = cdb, .timeout = 1000 };
@@ -825,7 +825,10 @@ int main(void)
 				h.dxferp = &v;
 				h.dxfer_len = (unsigned)v.iov_len;
 			}
-			printf("%d\n", ioctl(-1, SG_IO, &h) < 0 ? -errno : 0);
+			/* "sys": through syscall(2), as a VMM without the C
+			 * library's ioctl would. */
+			long r = strcmp(how, "sys") == 0 ? syscall(SYS_ioctl, -1, SG_IO, &h) : ioctl(-1, SG_IO, &h);
+			printf("%d\n", r < 0 ? -errno : 0);
 		} else if (strcmp(cmd, "vfio") == 0) {
 			struct vfio_iommu_type1_dma_map m = { .argsz = sizeof(m) };
 			printf("%d\n", ioctl(-1, VFIO_IOMMU_MAP_DMA, &m) < 0 ? -errno : 0);
