@@ -779,7 +779,12 @@ static int unregister_locked(md_agent *a, uintptr_t s, uintptr_t e)
 	}
 	if (a->engine)
 		err = md__engine_unregister(a->engine, (void *)s, e - s, MD_UNREG_MAPPED);
-	return err ? err : md__regions_remove(a, s, e);
+	if (err)
+		return err;
+	/* Its read-time mappings stay: the VMM's advice (DONTFORK, DONTDUMP)
+	 * still owed to them is given before their records go. */
+	md__regions_flush_advice_in(a, s, e);
+	return md__regions_remove(a, s, e);
 }
 
 /* md__regions_remove for memory that is gone (unmapped, replaced): its

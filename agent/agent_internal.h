@@ -66,9 +66,6 @@ struct md__image {
 	dev_t dev;
 	ino_t ino;
 	int fd;                    /* the agent's own O_RDONLY description */
-	int kept;                  /* fd was a spare (md__images_before_chroot): with
-	                            * /proc gone it could not be opened again, so it
-	                            * stays open when the image is let go */
 	int shmem;                 /* on tmpfs: its mappings take the file's NUMA policy */
 	enum md__lease_state lease;
 	off_t size;                /* valid while the lease is held */
@@ -132,7 +129,7 @@ struct md_agent {
 	/* Descriptions of our own of the files the VMM held open read-only
 	 * when it chrooted (md__images_before_chroot): with /proc gone, the
 	 * first image of such a file to want one takes it (fd -1 then). */
-	struct md__spare { dev_t dev; ino_t ino; int fd; } *spares;
+	struct md__spare { dev_t dev; ino_t ino; int fd, vmm_fd; } *spares;
 	size_t nspares;
 	/* Filesystems (st_dev) found lately to have leases that do not see
 	 * every writer, and until when that verdict holds: without it, every
@@ -307,6 +304,9 @@ void md__regions_flush_advice(struct md_agent *a);
  * the mappings reads made since the last flush before the child copies
  * them. */
 void md__regions_flush_advice_before_fork(struct md_agent *a);
+/* The advice still owed to read-time mappings in [start, end), given now:
+ * for memory that stays mapped as its records go (agent->lock held). */
+void md__regions_flush_advice_in(struct md_agent *a, uintptr_t start, uintptr_t end);
 void md__regions_free(struct md_agent *a);
 
 /* images.c */
@@ -359,6 +359,8 @@ void md__images_uid_changed(struct md_agent *a);
  * a description of our own is opened of every regular file it holds open
  * read-only, for images read after it to be leased. */
 void md__images_before_chroot(struct md_agent *a);
+/* The chroot failed, or /proc is there in the new root: those go. */
+void md__images_spares_drop(struct md_agent *a);
 /* Tries again to make private the pages of images whose break found memory
  * short; gives their leases back once done, or when time is up. Returns
  * how many still wait (agent->breaking). */

@@ -139,10 +139,9 @@ static int proc_open_own(int fd, const struct stat *st)
 }
 
 /* The same, without the lease's signal, or after a chroot that hid /proc
- * the spare opened before it (*kept set then). */
-static int open_own(struct md_agent *a, int fd, const struct stat *st, int *kept)
+ * the spare opened before it. */
+static int open_own(struct md_agent *a, int fd, const struct stat *st)
 {
-	*kept = 0;
 	int own_fd = proc_open_own(fd, st);
 	if (own_fd >= 0 || errno == ESTALE)
 		return own_fd;
@@ -151,20 +150,17 @@ static int open_own(struct md_agent *a, int fd, const struct stat *st, int *kept
 	 * description, and one left on a duplicate's would outlive our
 	 * descriptor the VMM closed. */
 	own_fd = spare_take(a, st);
-	if (own_fd < 0) {
+	if (own_fd < 0)
 		errno = err;
-		return -1;
-	}
-	*kept = 1;
 	return own_fd;
 }
 
 /* Our own open file description of the file the VMM's fd names: the
  * lease belongs to it, so it lives on when the VMM closes its descriptor,
  * and mappings come from it. Returns it, or -1 (errno set). */
-static int image_open_own(struct md_agent *a, int fd, const struct stat *st, int *kept)
+static int image_open_own(struct md_agent *a, int fd, const struct stat *st)
 {
-	int own_fd = open_own(a, fd, st, kept);
+	int own_fd = open_own(a, fd, st);
 	if (own_fd >= 0 && lease_signal_to_us(a, own_fd) != 0) {
 		int err = errno;
 		if (fd_is_ours(own_fd))
@@ -241,8 +237,7 @@ static struct md__image *image_add(struct md_agent *a, int fd, const struct stat
 		a->probed_cap = cap;
 	}
 	pthread_mutex_unlock(&a->probe_lock);
-	int kept;
-	int own_fd = image_open_own(a, fd, st, &kept);
+	int own_fd = image_open_own(a, fd, st);
 	if (own_fd < 0)
 		return NULL;
 	struct md__image *img = &a->images[a->nimages];
@@ -251,7 +246,6 @@ static struct md__image *image_add(struct md_agent *a, int fd, const struct stat
 		.dev = st->st_dev,
 		.ino = st->st_ino,
 		.fd = own_fd,
-		.kept = kept,
 		.shmem = shmem,
 		.lease = MD_LEASE_NONE,
 	};
@@ -399,8 +393,7 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, const struct md__f
 	}
 	if (!image_fd_ours(img)) {
 		/* Its number is the VMM's now, not ours to close. */
-		int kept;
-		int own_fd = image_open_own(a, fd, &st, &kept);
+		int own_fd = image_open_own(a, fd, &st);
 		if (own_fd < 0) {
 			md__log_once(100, "cannot open an image again after the VMM closed or replaced the "
 				     "agent's descriptor of it (%s): its reads are copied", strerror(errno));
@@ -414,7 +407,6 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, const struct md__f
 			md__log_once(25, "the agent's own descriptor of an image was closed or replaced "
 				     "by the VMM: it opened the image again");
 		img->fd = own_fd;
-		img->kept = kept;
 		probe_remember(a, img);
 	}
 	if (a->lease_uid != (uid_t)-1 && st.st_uid != a->lease_uid) {
@@ -633,21 +625,42 @@ void md__image_lease_broken(struct md_agent *a, int fd)
  * agent's lock, a millisecond for 4 GiB. */
 #define IMAGES_WALK_S 10
 
-/* Whether img holds a descriptor (leased or not, not breaking; one it
- * keeps, a lease) no read shared from for image_idle_s. */
-static int release_due(const struct md_agent *a, const struct md__image *img, time_t now)
+/* Whether img holds a descriptor (leased or not, not breaking; where no
+ * other could be opened, reopen 0, a lease) no read shared from for
+ * image_idle_s. */
+static int release_due(const struct md_agent *a, const struct md__image *img, time_t now, int reopen)
 {
-	return img->fd >= 0 && img->lease != MD_LEASE_BREAKING && (!img->kept || img->lease == MD_LEASE_HELD) &&
+	return img->fd >= 0 && img->lease != MD_LEASE_BREAKING && (reopen || img->lease == MD_LEASE_HELD) &&
 	       now - img->used >= (time_t)a->image_idle_s;
+}
+
+/* Spares of files the VMM no longer holds at the number it had (closed:
+ * an ISO ejected, firmware read): nothing will read them again through
+ * it, and each would keep a deleted file's space. (agent->lock held) */
+static void spares_unheld_close(struct md_agent *a)
+{
+	for (size_t i = 0; i < a->nspares; i++) {
+		struct md__spare *sp = &a->spares[i];
+		struct stat st = { .st_dev = sp->dev, .st_ino = sp->ino };
+		if (sp->fd < 0 || same_file(sp->vmm_fd, &st))
+			continue;
+		if (fd_is_ours(sp->fd) && same_file(sp->fd, &st))
+			close(sp->fd);
+		sp->fd = -1;
+	}
 }
 
 void md__images_release_idle(struct md_agent *a)
 {
 	time_t now = monotonic_s();
+	/* Where /proc is gone (a chroot), no descriptor of an image could be
+	 * had again: its own stays, only its lease goes. */
+	int reopen = access("/proc/self/fd", F_OK) == 0;
 	md__agent_enter(a);
+	spares_unheld_close(a);
 	size_t idle = 0;
 	for (size_t i = 0; i < a->nimages; i++)
-		idle += release_due(a, &a->images[i], now);
+		idle += release_due(a, &a->images[i], now, reopen);
 	time_t every = a->image_idle_s < IMAGES_WALK_S ? (time_t)a->image_idle_s : IMAGES_WALK_S;
 	unsigned char *mapped = idle && now - a->images_walked >= every ? calloc(a->nimages, 1) : NULL;
 	if (!mapped)
@@ -661,13 +674,13 @@ void md__images_release_idle(struct md_agent *a)
 			uint32_t id = r->owner[p];
 			if (id && id <= a->nimages && !mapped[id - 1]) {
 				mapped[id - 1] = 1;
-				left -= release_due(a, &a->images[id - 1], now);
+				left -= release_due(a, &a->images[id - 1], now, reopen);
 			}
 		}
 	}
 	for (size_t i = 0; i < a->nimages; i++) {
 		struct md__image *img = &a->images[i];
-		if (!release_due(a, img, now) || mapped[i])
+		if (!release_due(a, img, now, reopen) || mapped[i])
 			continue;
 		/* No page maps it, and none can while we hold the agent's
 		 * lock (reads map under it; a scanner merge onto it checks
@@ -677,7 +690,7 @@ void md__images_release_idle(struct md_agent *a)
 		int ours = image_fd_ours(img);
 		if (ours && img->lease == MD_LEASE_HELD)
 			fcntl(img->fd, F_SETLEASE, F_UNLCK);
-		if (ours && img->kept) {
+		if (ours && !reopen) {
 			img->lease = MD_LEASE_NONE;	/* the descriptor stays: no other to come */
 			img->retry_at = (struct timespec){ 0, 0 };
 			continue;
@@ -769,10 +782,17 @@ void md__images_before_chroot(struct md_agent *a)
 		struct stat st;
 		struct statfs sf;
 		int fl, fd = (int)v;
+		char link[32], name[8];
+		ssize_t l;
+		/* Not a memfd: memdedupd's pools (ours, and another user's
+		 * once the VMM gives root up) are none of the VMM's images. */
 		if (*end || end == e->d_name || v < 0 || v > INT_MAX || fd == dirfd(d) || fstat(fd, &st) != 0 ||
 		    !S_ISREG(st.st_mode) || (fl = fcntl(fd, F_GETFL)) < 0 || (fl & O_ACCMODE) != O_RDONLY ||
 		    (fl & O_PATH) || fd_is_ours(fd) || fstatfs(fd, &sf) != 0 ||
-		    !leases_see_writers((unsigned long)sf.f_type))
+		    !leases_see_writers((unsigned long)sf.f_type) ||
+		    (snprintf(link, sizeof(link), "/proc/self/fd/%d", fd),
+		     (l = readlink(link, name, sizeof(name))) < 0) ||
+		    (l >= 7 && memcmp(name, "/memfd:", 7) == 0))
 			continue;
 		size_t i = 0;
 		while (i < n && (found[i].dev != st.st_dev || found[i].ino != st.st_ino))
@@ -785,7 +805,7 @@ void md__images_before_chroot(struct md_agent *a)
 		}
 		int own_fd = proc_open_own(fd, &st);
 		if (own_fd >= 0)
-			found[n++] = (struct md__spare){ st.st_dev, st.st_ino, own_fd };
+			found[n++] = (struct md__spare){ st.st_dev, st.st_ino, own_fd, fd };
 	}
 	closedir(d);
 	if (more)
@@ -800,8 +820,6 @@ void md__images_before_chroot(struct md_agent *a)
 		for (size_t k = 0; k < a->nspares && !have; k++)
 			have = a->spares[k].fd >= 0 && a->spares[k].dev == found[i].dev &&
 			       a->spares[k].ino == found[i].ino;
-		if (img && image_fd_ours(img))
-			img->kept = 1;
 		if (!have && !a->spares)
 			a->spares = calloc(SPARES_MAX, sizeof(*a->spares));
 		if (!have && a->spares && a->nspares < SPARES_MAX) {
@@ -810,6 +828,20 @@ void md__images_before_chroot(struct md_agent *a)
 		}
 		close(found[i].fd);
 	}
+	md__agent_leave(a);
+}
+
+void md__images_spares_drop(struct md_agent *a)
+{
+	md__agent_enter(a);
+	for (size_t i = 0; i < a->nspares; i++) {
+		struct md__spare *sp = &a->spares[i];
+		struct stat st = { .st_dev = sp->dev, .st_ino = sp->ino };
+		if (sp->fd >= 0 && fd_is_ours(sp->fd) && same_file(sp->fd, &st))
+			close(sp->fd);
+		sp->fd = -1;
+	}
+	a->nspares = 0;
 	md__agent_leave(a);
 }
 

@@ -806,7 +806,11 @@ EXPORT int chroot(const char *path)
 	md_agent *a = agent_peek();
 	if (a)
 		md__images_before_chroot(a);
-	return fn(path);
+	int r = fn(path), err = errno;
+	if (a && (r != 0 || access("/proc/self/fd", F_OK) == 0))
+		md__images_spares_drop(a);	/* no use for them */
+	errno = err;
+	return r;
 }
 
 /* The C library's fork without the atfork handlers (glibc 2.34). */

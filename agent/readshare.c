@@ -24,6 +24,9 @@
 #include "policies.h"
 #include "sys.h"
 
+/* The kernel's MAX_RW_COUNT: the most one read moves. */
+#define MD_RW_MAX ((size_t)0x7ffff000)
+
 static uintptr_t round_up(uintptr_t x) { return (x + MD_PAGE - 1) & ~(MD_PAGE - 1); }
 static uintptr_t round_down(uintptr_t x) { return x & ~(MD_PAGE - 1); }
 static uint64_t pages_of(size_t len) { return (len + MD_PAGE - 1) / MD_PAGE; }
@@ -461,7 +464,7 @@ static void forget_overwritten(struct md_agent *a, uintptr_t addr, size_t len)
 		    (ssize_t)(n * sizeof(pm[0])))
 			break;
 		for (size_t i = 0; i < n; i++)
-			if (md__pm_has_page(pm[i]))	/* in memory or swapped, not the file's */
+			if (md__pm_private_anon(pm[i]))	/* in memory or swapped, not the file's */
 				owners_set(r, p + i * MD_PAGE, MD_PAGE, 0);
 		p += n * MD_PAGE;
 	}
@@ -522,8 +525,12 @@ ssize_t md_agent_pread(md_agent *a, int fd, void *buf, size_t len, off_t off)
 		errno = EINVAL;
 		return -1;
 	}
-	if (!a)
+	/* As the kernel: a buffer that wraps fails before a byte moves, a
+	 * read is cut to MAX_RW_COUNT, and one of nothing moves nothing. */
+	if (!a || !len || (uintptr_t)buf + len < (uintptr_t)buf)
 		return md__sys_pread(fd, buf, len, off);
+	if (len > MD_RW_MAX)
+		len = MD_RW_MAX;
 	return read_segment(a, fd, buf, len, off);
 }
 

@@ -219,6 +219,17 @@ static void flush_advice_locked(struct md_agent *a)
 	}
 }
 
+void md__regions_flush_advice_in(struct md_agent *a, uintptr_t start, uintptr_t end)
+{
+	for (size_t i = 0; i < a->nregions; i++) {
+		struct md__region clip = a->regions[i];
+		clip.start = clip.start > start ? clip.start : start;
+		clip.end = clip.end < end ? clip.end : end;
+		if (clip.start < clip.end)
+			advise_ranges(a, &clip, &a->regions[i].advice_pending);
+	}
+}
+
 void md__regions_flush_advice(struct md_agent *a)
 {
 	md__agent_enter(a);

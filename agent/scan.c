@@ -832,6 +832,15 @@ static void user_changed(struct md_agent *a, uid_t now)
 		int err = unmerge(a, why, sizeof(why), UNMERGE_USER);
 		if (err == -EBUSY)
 			return;	/* the VMM's unmerge runs: tried again in a second */
+		if (err && !md__remote_connected(a->engine->remote)) {
+			/* Away: the new user's HELLO would be refused while the
+			 * old pool is mapped. Tried again each second. */
+			md__log_once(81, "the VMM's user changed (uid %u to %u) while away from "
+				     "memdedupd, and its pool pages cannot become private copies (%s): "
+				     "it joins again once they can", (unsigned)was, (unsigned)now, why);
+			pause_set_kept(a, was_paused, 1);
+			return;
+		}
 		if (err) {
 			md__log("the VMM's user changed (uid %u to %u) since it joined memdedupd, but its "
 				"pool pages cannot become private copies (%s): it stays in uid %u's domain",
@@ -876,6 +885,8 @@ void md__scan_daemon(struct md_agent *a, int report)
 	 * connection's loss cut short, or a change made while away). */
 	if (euid != a->joined_uid && (md__remote_connected(rm) || rm->view))
 		user_changed(a, euid);
+	if (!md__remote_connected(rm) && rm->view && euid != a->joined_uid)
+		return;	/* a move away from the old pool not made yet */
 	if (!md__remote_connected(rm)) {
 		struct timespec now;
 		clock_gettime(CLOCK_MONOTONIC, &now);

@@ -1,5 +1,6 @@
 #include "proc.h"
 
+#include <limits.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <sched.h>
@@ -208,6 +209,29 @@ struct pm proc_page(struct proc *p, size_t doff)
 	if (!r.present)
 		r.pfn = 0;
 	return r;
+}
+
+int proc_fds_naming(pid_t pid, const char *want, size_t prefix, int not_fd, int *fd)
+{
+	char fds[64], link[320], target[PATH_MAX];
+	int n = 0;
+	snprintf(fds, sizeof(fds), "/proc/%d/fd", (int)pid);
+	DIR *d = opendir(fds);
+	ASSERT(d);
+	for (struct dirent *e; (e = readdir(d));) {
+		snprintf(link, sizeof(link), "%s/%s", fds, e->d_name);
+		ssize_t l = readlink(link, target, sizeof(target) - 1);
+		if (l <= 0 || atoi(e->d_name) == not_fd)
+			continue;
+		target[l] = '\0';
+		if (prefix ? strncmp(target, want, prefix) == 0 : strcmp(target, want) == 0) {
+			n++;
+			if (fd)
+				*fd = atoi(e->d_name);
+		}
+	}
+	closedir(d);
+	return n;
 }
 
 int proc_page_from_file(struct proc *p, size_t doff)

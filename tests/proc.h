@@ -54,6 +54,10 @@ struct pm proc_page(struct proc *p, size_t doff);
  * the page between the reads (it hashes image pages in place) made a page
  * not there yet look present and anonymous. */
 int proc_page_from_file(struct proc *p, size_t doff);
+/* Descriptors of pid, other than not_fd (-1: none), whose link names want
+ * (its first prefix bytes; 0: all of it): how many, and the last one in
+ * *fd if fd is not NULL. */
+int proc_fds_naming(pid_t pid, const char *want, size_t prefix, int not_fd, int *fd);
 /* Waits up to ms for a thread of pid named comm to be blocked in system
  * call nr (SYS_poll, say): 1 once it is, seen twice 20 ms apart; 0 if not.
  * How a test knows its scanner waits for a stopped memdedupd's answer. */

@@ -162,31 +162,13 @@ static void check_fallback(size_t doff, size_t len, off_t off,
 	proc_stop(&a);
 }
 
-/* Descriptors of pid's that name path. */
 /* Descriptors of pid that name path, other than not_fd (-1: none): how
  * many, and the last one in *fd. */
 static int naming(pid_t pid, const char *path, int not_fd, int *fd)
 {
-	char dir[64], link[320], target[PATH_MAX], want[PATH_MAX];
-	int n = 0;
+	char want[PATH_MAX];
 	ASSERT(realpath(path, want));
-	snprintf(dir, sizeof(dir), "/proc/%d/fd", (int)pid);
-	DIR *d = opendir(dir);
-	ASSERT(d);
-	for (struct dirent *e; (e = readdir(d));) {
-		snprintf(link, sizeof(link), "%s/%s", dir, e->d_name);
-		ssize_t l = readlink(link, target, sizeof(target) - 1);
-		if (l <= 0 || atoi(e->d_name) == not_fd)
-			continue;
-		target[l] = '\0';
-		if (strcmp(target, want) == 0) {
-			n++;
-			if (fd)
-				*fd = atoi(e->d_name);
-		}
-	}
-	closedir(d);
-	return n;
+	return proc_fds_naming(pid, want, 0, not_fd, fd);
 }
 
 static int fds_naming(pid_t pid, const char *path)
@@ -1728,6 +1710,35 @@ TEST_IMPL(image_lease_break_after_chroot)
 	return 0;
 }
 
+/* What the agent opens as the VMM chroots is not kept for nothing: a
+ * chroot that failed keeps none, and a file the VMM then closes (an ISO
+ * ejected) is not held open by the agent either (a deleted file's space). */
+TEST_IMPL(chroot_spares_not_kept_for_nothing)
+{
+	const char *img = image(47);
+	struct proc a;
+	int fd = start_reader(&a, img, NULL);
+	char missing[512];
+	snprintf(missing, sizeof(missing), "%s/no-such-root", test_dir());
+	ASSERT_EQ(proc_num(&a, "chroot %s", missing), -ENOENT);
+	ASSERT_EQ(fds_naming(a.pid, img), 1);
+	proc_stop(&a);
+	int fd2;
+	if (reader_chrooted(&a, img, NULL, &fd2))
+		SKIP("chroot needs CAP_SYS_CHROOT");
+	(void)fd;
+	ASSERT_EQ(fds_naming(a.pid, img), 2);
+	ASSERT_EQ(proc_num(&a, "closefd %d", fd2), 0);
+	int n = 1;
+	for (int i = 0; i < 30 && n; i++) {
+		usleep(100000);
+		n = fds_naming(a.pid, img);
+	}
+	ASSERT_EQ(n, 0);
+	proc_stop(&a);
+	return 0;
+}
+
 /* The set of ranges where forgotten copies may lie holds 32; the 33rd
  * grows the nearest, over guest RAM between them. A file the VMM maps
  * there later is its own: a discard over it must show the file, not
@@ -2129,6 +2140,26 @@ TEST_IMPL(advice_reaches_new_mappings)
 	 * take a read's data from the parent). */
 	ASSERT_EQ(proc_num(&a, "read %d 0 65536 %u 65536", fd, 2 * MB), 65536);
 	ASSERT(strcmp(proc_cmd(&a, "forkmapped %u", 2 * MB), "unmapped") == 0);
+	proc_stop(&a);
+	return 0;
+}
+
+/* RAM the VMM takes out of merging (MADV_UNMERGEABLE, as before a moving
+ * mremap or its own userfaultfd) right after a read mapped pages there,
+ * before the once-a-second flush: the mappings stay, and get the advice
+ * owed to them (a fork child had a copy of them, O_DIRECT reads in flight
+ * included). */
+TEST_IMPL(advice_given_before_unregister)
+{
+	const char *img = image(10);
+	struct proc a;
+	int fd = start_reader(&a, img, NULL);
+	ASSERT_EQ(proc_num(&a, "advise 0 %u dontfork", RAM_PAGES * 4096), 0);
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 %u 65536", fd, MB), 65536);
+	ASSERT_EQ(proc_num(&a, "advise %u 65536 unmergeable", MB), 0);
+	char flags[512];
+	vm_flags(&a, MB, flags, sizeof(flags));
+	ASSERT(strstr(flags, " dc") != NULL);
 	proc_stop(&a);
 	return 0;
 }

@@ -359,6 +359,36 @@ TEST_IMPL(cross_user_change_while_away)
 	return 0;
 }
 
+/* A VMM that chroots (QEMU's -chroot, then -runas): the descriptions the
+ * agent opens for images to be leased after it are of the VMM's files,
+ * never of memdedupd's pool, which the process would keep open, read-only,
+ * once it gave root up. */
+TEST_IMPL(cross_chroot_keeps_no_pool_open)
+{
+	struct tdaemon t;
+	struct proc a, b;
+	char root[512];
+	td_start(&t, 65536);
+	start_sharing_pair(&t, &a, &b, 25);
+	snprintf(root, sizeof(root), "%s/empty-root", test_dir());
+	ASSERT(mkdir(root, 0755) == 0 || errno == EEXIST);
+	int before = proc_fds_naming(a.pid, "/memfd:", 7, -1, NULL);	/* the pool's */
+	ASSERT(before > 0);
+	long long chrooted = proc_num(&a, "chroot %s", root);
+	if (chrooted == -EPERM) {
+		proc_stop(&a);
+		proc_stop(&b);
+		td_stop(&t);
+		SKIP("chroot needs CAP_SYS_CHROOT");
+	}
+	ASSERT_EQ(chrooted, 0);
+	ASSERT_EQ(proc_fds_naming(a.pid, "/memfd:", 7, -1, NULL), before);
+	proc_stop(&a);
+	proc_stop(&b);
+	td_stop(&t);
+	return 0;
+}
+
 /* A VMM in a container (pid 1 of a pid namespace of its own) shares with
  * one on the host: memdedupd takes the pid the agent knows itself by, and
  * lists it by its pid here. */

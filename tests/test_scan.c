@@ -3069,6 +3069,11 @@ static void read_again_over(md_agent *a)
 {
 	ssize_t n = md_agent_pread(a, overwritten_fd, overwritten_ram, 16 * PG, 16 * PG);
 	ASSERT_EQ(n, 16 * PG);
+	/* Read by the guest: present, and still the file's. */
+	unsigned sum = 0;
+	for (size_t i = 0; i < 16; i++)
+		sum += *(volatile unsigned char *)(overwritten_ram + i * PG);
+	(void)sum;
 }
 
 TEST_IMPL(read_gone_whole_keeps_remapped_records)
@@ -3117,6 +3122,38 @@ TEST_IMPL(read_gone_whole_keeps_remapped_records)
 	munmap(m, 64 * PG);
 	close(dfd);
 	close(overwritten_fd);
+	return 0;
+}
+
+/* What the kernel does with a read before any byte moves, the agent does
+ * too: one of nothing reads nothing and is no read of guest RAM to count
+ * (it counted one, and a fallback); a buffer that wraps fails with EFAULT,
+ * nothing written. */
+TEST_IMPL(read_edges_as_kernel)
+{
+	char img[512];
+	snprintf(img, sizeof(img), "%s/edges.img", test_dir());
+	make_image(img, 16 * PG, 3);
+	int fd = open(img, O_RDONLY);
+	ASSERT(fd >= 0);
+	md_agent *a;
+	char *m = inproc_agent(&a, 1000, 16 * PG);
+	memset(m, 0x5a, 16 * PG);
+	ASSERT_EQ(md_agent_register(a, m, 16 * PG, 0), 0);
+	md_stats s;
+	ASSERT_EQ(md_agent_pread(a, fd, m, 0, 0), 0);
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.reads_seen, 0);
+	ASSERT_EQ(s.fallbacks_total, 0);
+	errno = 0;
+	ASSERT_EQ(md_agent_pread(a, fd, m, SIZE_MAX - (size_t)(uintptr_t)m + 2, 0), -1);
+	ASSERT_EQ(errno, EFAULT);
+	ASSERT_EQ(m[0], 0x5a);
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.reads_seen, 0);
+	md_agent_free(a);
+	munmap(m, 16 * PG);
+	close(fd);
 	return 0;
 }
 
