@@ -323,11 +323,21 @@ static int populate_write_known(void)
 	return k;
 }
 
+/* A write to each page of [p, p + len) that cannot undo a concurrent
+ * guest write to the same word: an atomic add of zero (kernels before
+ * 5.14, without MADV_POPULATE_WRITE). */
+static void touch_for_write(uintptr_t p, size_t len)
+{
+	for (uintptr_t end = p + len; p < end; p += MD_PAGE)
+		__atomic_fetch_add((volatile uint64_t *)p, 0, __ATOMIC_SEQ_CST);
+}
+
 /* Pages the VMM made read-only take no write fault: each of their mappings
  * is copied into anonymous memory aside, given its protection and advice,
  * and moved into place in one step. The lease is still held, so the copy
- * is the content the guest saw; no guest write can race with it. */
-static int replace_read_only(struct md_agent *a, struct md__region *r, uintptr_t addr, size_t len)
+ * is the content the guest saw; no guest write can race with it. Writable
+ * mappings are written (populate: with MADV_POPULATE_WRITE). */
+static int replace_read_only(struct md_agent *a, struct md__region *r, uintptr_t addr, size_t len, int populate)
 {
 	struct md__vma *v;
 	size_t n;
@@ -339,7 +349,9 @@ static int replace_read_only(struct md_agent *a, struct md__region *r, uintptr_t
 		if (v[i].prot & PROT_WRITE) {
 			/* Writable: the advice stopped at an earlier mapping
 			 * and never reached this one. */
-			if (md__sys_madvise((void *)v[i].lo, l, MADV_POPULATE_WRITE) != 0)
+			if (!populate)
+				touch_for_write(v[i].lo, l);
+			else if (md__sys_madvise((void *)v[i].lo, l, MADV_POPULATE_WRITE) != 0)
 				err = -errno;
 			continue;
 		}
@@ -361,6 +373,8 @@ static int replace_read_only(struct md_agent *a, struct md__region *r, uintptr_t
 		    md__sys_mremap(tmp, l, l, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)v[i].lo) == MAP_FAILED) {
 			err = -errno;
 			md__sys_munmap(tmp, l);
+			if (!(v[i].prot & PROT_READ))	/* as the VMM made it */
+				md__sys_mprotect((void *)v[i].lo, l, v[i].prot);
 			break;
 		}
 		md__apply_advice(a, r, v[i].lo, l);
@@ -382,14 +396,11 @@ static int privatize_run(struct md_agent *a, struct md__region *r, uintptr_t add
 	/* A kernel that knows the advice refuses it (EINVAL) where the VMM
 	 * made the pages read-only. */
 	if (err == -EINVAL && populate_write_known())
-		return replace_read_only(a, r, addr, len);
+		return replace_read_only(a, r, addr, len, 1);
 	if (err != -EINVAL && err != -ENOSYS)
 		return err;	/* memory short */
-	/* Kernels before 5.14: an atomic add of zero is a write that cannot
-	 * undo a concurrent guest write to the same word. */
-	for (uintptr_t p = addr; p < addr + len; p += MD_PAGE)
-		__atomic_fetch_add((volatile uint64_t *)p, 0, __ATOMIC_SEQ_CST);
-	return 0;
+	/* Kernels before 5.14: writes, where the VMM lets us write. */
+	return replace_read_only(a, r, addr, len, 0);
 }
 
 int md__privatize_fail;	/* tests only: see agent_internal.h */
