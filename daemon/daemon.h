@@ -262,6 +262,10 @@ void md__dlog_peer(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Says how many such lines were left out, once there is room for a line
  * (or at once with force): 1 while some wait to be said. */
 int md__dlog_peer_flush(int force);
+/* The log file at path opened for appending, readable by its owner only:
+ * it names every user's agents, pids and domains, which STATUS shows each
+ * user only of their own. fd, or -1 (errno set). */
+int md__dlog_open(const char *path);
 int64_t md__now_ms(void);
 
 /* server.c */

@@ -3,13 +3,25 @@
  * buckets and clock, and who is privileged: what the daemon's files share,
  * apart from main.c, so that a fuzz target can build them without main().
  */
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "daemon.h"
+
+int md__dlog_open(const char *path)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
+	/* One made before (by an older memdedupd, or logrotate's "create")
+	 * keeps its mode otherwise. */
+	if (fd >= 0)
+		(void)fchmod(fd, 0600);
+	return fd;
+}
 
 static void vlog(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0)));
 static void vlog(const char *fmt, va_list ap)

@@ -214,7 +214,7 @@ static int daemonize(const char *log_path, int pid_fd)
 	if (chdir("/") < 0)
 		return -errno;
 	int in = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	int out = open(log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0644);
+	int out = md__dlog_open(log_path);
 	if (out < 0)
 		out = open("/dev/null", O_WRONLY | O_CLOEXEC);
 	if (in < 0 || out < 0)

@@ -1110,8 +1110,7 @@ static void handle_signal(struct md__daemon *d)
 			d->stop = 1;
 			continue;
 		}
-		int fd = d->log_path[0] ? open(d->log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW,
-						0644) : -1;
+		int fd = d->log_path[0] ? md__dlog_open(d->log_path) : -1;
 		if (fd >= 0) {
 			dup2(fd, STDOUT_FILENO);
 			dup2(fd, STDERR_FILENO);

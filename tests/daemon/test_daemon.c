@@ -3704,6 +3704,47 @@ TEST_IMPL(daemon_user_resume_after_refused_unmerge)
 	td_stop(&t);
 	return 0;
 }
+/* A CONTROL naming an agent kept detached (it paused, then went; its
+ * process lives): a SET cannot reach it (-ENOTCONN, said), a RESUME is
+ * taken for when it is back. */
+TEST_IMPL(daemon_control_detached_agent)
+{
+	struct tdaemon t;
+	td_start(&t, 16);
+	int ready[2], go[2];
+	ASSERT(pipe(ready) == 0 && pipe(go) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		char x = 0;
+		close(ready[0]);
+		close(go[1]);
+		agent_answers_then_goes(&t, NULL, MD_CTL_PAUSE, ready[1]);
+		if (write(ready[1], &x, 1) != 1 || read(go[0], &x, 1) != 1)
+			_exit(103);
+		_exit(rejoin_paused(&t, 0) == 1 ? 0 : 2);	/* resumed while away */
+	}
+	close(ready[1]);
+	close(go[0]);
+	char x, text[MD_TEXT_MAX + 1];
+	ASSERT_EQ(read(ready[0], &x, 1), 1);
+	struct md__client *cli = td_connect(&t);
+	ASSERT_EQ(control(cli, MD_CTL_PAUSE, kid, NULL, NULL, text), 0);
+	ASSERT_EQ(read(ready[0], &x, 1), 1);	/* gone, its record kept paused */
+	ASSERT_EQ(control(cli, MD_CTL_SET, kid, "pages_to_scan", "200", text), -ENOTCONN);
+	ASSERT(strstr(text, "not connected"));
+	ASSERT_EQ(control(cli, MD_CTL_RESUME, kid, NULL, NULL, text), 0);
+	ASSERT(strstr(text, "when back"));
+	ASSERT_EQ(write(go[1], "g", 1), 1);
+	int st;
+	ASSERT_EQ(waitpid(kid, &st, 0), kid);
+	ASSERT(WIFEXITED(st));
+	ASSERT_EQ(WEXITSTATUS(st), 0);
+	md__client_free(cli);
+	close(ready[0]), close(go[1]);
+	td_stop(&t);
+	return 0;
+}
 
 TEST_IMPL(daemon_cli_control)
 {

@@ -226,6 +226,10 @@ TEST_IMPL(daemon_relative_paths)
 	pid_t pid = read_pid(pidf);
 	ASSERT(pid > 0);
 	ASSERT(access(log, F_OK) == 0);
+	/* The log names every user's agents: its owner's only. */
+	struct stat lst;
+	ASSERT(stat(log, &lst) == 0);
+	ASSERT_EQ(lst.st_mode & 0777, 0600);
 	/* SIGHUP, as logrotate sends after moving the log: a new log, the
 	 * daemon still there. */
 	char moved[420];
@@ -236,6 +240,8 @@ TEST_IMPL(daemon_relative_paths)
 	for (int i = 0; i < 2000 && td_sh("grep -q 'log reopened' %s 2>/dev/null", log) != 0; i++)
 		usleep(10000);
 	ASSERT_EQ(td_sh("grep -q 'log reopened' %s", log), 0);
+	ASSERT(stat(log, &lst) == 0);
+	ASSERT_EQ(lst.st_mode & 0777, 0600);
 	ASSERT(md__daemon_alive(sock));
 	ASSERT_EQ(kill(pid, 0), 0);
 	ASSERT(kill(pid, SIGTERM) == 0);
