@@ -90,6 +90,14 @@ static void start_sharing_pair(const struct tdaemon *t, struct proc *a, struct p
 	ASSERT_EQ(proc_stats_wait(b, &s, 20000, sharing_n), 0);
 }
 
+/* Ends a test of a pair before its checks (a SKIP). */
+static void stop_pair(struct tdaemon *t, struct proc *a, struct proc *b)
+{
+	proc_stop(a);
+	proc_stop(b);
+	td_stop(t);
+}
+
 static int same_frames(struct proc *a, struct proc *b, size_t off, size_t n)
 {
 	int same = 0;
@@ -288,9 +296,7 @@ TEST_IMPL(cross_user_change_moves_domain)
 	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", N * PG));
 	long long changed = proc_num(&a, "setuid 65534");
 	if (changed == -EPERM) {
-		proc_stop(&a);
-		proc_stop(&b);
-		td_stop(&t);
+		stop_pair(&t, &a, &b);
 		SKIP("cannot change a process's user here (not root)");
 	}
 	ASSERT_EQ(changed, 0);
@@ -337,9 +343,7 @@ TEST_IMPL(cross_user_change_while_away)
 	sleep(MD_CLIENT_TIMEOUT_MS / 1000 + 1);
 	ASSERT(kill(t.pid, SIGCONT) == 0);
 	if (changed == -EPERM) {
-		proc_stop(&a);
-		proc_stop(&b);
-		td_stop(&t);
+		stop_pair(&t, &a, &b);
 		SKIP("cannot change a process's user here (not root)");
 	}
 	ASSERT_EQ(changed, 0);
@@ -376,9 +380,7 @@ TEST_IMPL(cross_chroot_keeps_no_pool_open)
 	ASSERT(before > 0);
 	long long chrooted = proc_num(&a, "chroot %s", root);
 	if (chrooted == -EPERM) {
-		proc_stop(&a);
-		proc_stop(&b);
-		td_stop(&t);
+		stop_pair(&t, &a, &b);
 		SKIP("chroot needs CAP_SYS_CHROOT");
 	}
 	ASSERT_EQ(chrooted, 0);
