@@ -91,11 +91,20 @@ static int fd_is_ours(int fd)
 	return fl >= 0 && (fl & O_ACCMODE) == O_RDONLY && (fl & O_APPEND);
 }
 
-/* Whether our description fd is of the file st. */
-static int same_file(int fd, const struct stat *st)
+/* Whether fd is a description of the file (dev, ino). */
+static int same_file(int fd, dev_t dev, ino_t ino)
 {
 	struct stat own;
-	return fstat(fd, &own) == 0 && own.st_dev == st->st_dev && own.st_ino == st->st_ino;
+	return fstat(fd, &own) == 0 && own.st_dev == dev && own.st_ino == ino;
+}
+
+/* Closes a spare, if its number is still ours (the VMM may have closed it
+ * and put a file of its own there). */
+static void spare_close(struct md__spare *sp)
+{
+	if (sp->fd >= 0 && fd_is_ours(sp->fd) && same_file(sp->fd, sp->dev, sp->ino))
+		close(sp->fd);
+	sp->fd = -1;
 }
 
 /* The spare of file st, taken (-1 if none): once /proc is gone, the only
@@ -109,7 +118,7 @@ static int spare_take(struct md_agent *a, const struct stat *st)
 			continue;
 		int fd = sp->fd;
 		sp->fd = -1;
-		if (fd_is_ours(fd) && same_file(fd, st))
+		if (fd_is_ours(fd) && same_file(fd, st->st_dev, st->st_ino))
 			return fd;
 	}
 	return -1;
@@ -127,7 +136,7 @@ static int proc_open_own(int fd, const struct stat *st)
 	 * delegation, a Samba oplock) makes the open fail at once, not wait
 	 * for its break with agent->lock held; reads of a file ignore it. */
 	int own_fd = md__proc_open(path, O_APPEND | O_NONBLOCK);
-	if (own_fd >= 0 && !same_file(own_fd, st)) {
+	if (own_fd >= 0 && !same_file(own_fd, st->st_dev, st->st_ino)) {
 		/* Not the file: the VMM may have closed this number and opened
 		 * another file at it since, its own, not ours to close. */
 		if (fd_is_ours(own_fd))
@@ -179,9 +188,7 @@ static int image_open_own(struct md_agent *a, int fd, const struct stat *st)
  * when a lease goes. */
 static int image_fd_ours(const struct md__image *img)
 {
-	struct stat st;
-	return img->fd >= 0 && fstat(img->fd, &st) == 0 && st.st_dev == img->dev && st.st_ino == img->ino &&
-	       fd_is_ours(img->fd);
+	return img->fd >= 0 && same_file(img->fd, img->dev, img->ino) && fd_is_ours(img->fd);
 }
 
 /* What probing an image's file found (its filesystem's leases see every
@@ -641,12 +648,8 @@ static void spares_unheld_close(struct md_agent *a)
 {
 	for (size_t i = 0; i < a->nspares; i++) {
 		struct md__spare *sp = &a->spares[i];
-		struct stat st = { .st_dev = sp->dev, .st_ino = sp->ino };
-		if (sp->fd < 0 || same_file(sp->vmm_fd, &st))
-			continue;
-		if (fd_is_ours(sp->fd) && same_file(sp->fd, &st))
-			close(sp->fd);
-		sp->fd = -1;
+		if (sp->fd >= 0 && !same_file(sp->vmm_fd, sp->dev, sp->ino))
+			spare_close(sp);
 	}
 }
 
@@ -834,13 +837,8 @@ void md__images_before_chroot(struct md_agent *a)
 void md__images_spares_drop(struct md_agent *a)
 {
 	md__agent_enter(a);
-	for (size_t i = 0; i < a->nspares; i++) {
-		struct md__spare *sp = &a->spares[i];
-		struct stat st = { .st_dev = sp->dev, .st_ino = sp->ino };
-		if (sp->fd >= 0 && fd_is_ours(sp->fd) && same_file(sp->fd, &st))
-			close(sp->fd);
-		sp->fd = -1;
-	}
+	for (size_t i = 0; i < a->nspares; i++)
+		spare_close(&a->spares[i]);
 	a->nspares = 0;
 	md__agent_leave(a);
 }
@@ -859,8 +857,7 @@ void md__images_free(struct md_agent *a)
 	a->images = NULL;
 	a->nimages = a->images_cap = 0;
 	for (size_t i = 0; i < a->nspares; i++)
-		if (fd_is_ours(a->spares[i].fd))
-			close(a->spares[i].fd);
+		spare_close(&a->spares[i]);
 	free(a->spares);
 	a->spares = NULL;
 	a->nspares = 0;
