@@ -131,18 +131,18 @@ static size_t raise_nofile(void)
 	return n < MD_D_MAX_CONNS ? n : MD_D_MAX_CONNS;
 }
 
-/* The pid file is locked for the daemon's life: a second daemon of the same
- * run directory fails on the lock whatever the socket does. */
-static int lock_pid_file(const char *path)
+/* Opens path (created if need be) and tries its flock: 1 locked, 0 held by
+ * another, each with *fdp open on it; else -errno. A daemon going away
+ * unlinks its lock file before it lets go of the lock: one locked since may
+ * be that unlinked file, which no later daemon would find. Again, then, on
+ * the file the path names now. */
+static int lock_open(const char *path, int *fdp)
 {
 	int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
 	if (fd < 0)
 		return -errno;
 	int locked = flock(fd, LOCK_EX | LOCK_NB) == 0;
 	struct stat held, named;
-	/* A daemon going away unlinks the file before it lets go of the lock:
-	 * one locked since may be that unlinked file, which no later daemon
-	 * would find. Again, on the file the path names now. */
 	for (int tries = 0; locked && tries < 20; tries++) {
 		if (fstat(fd, &held) == 0 && stat(path, &named) == 0 && held.st_dev == named.st_dev &&
 		    held.st_ino == named.st_ino)
@@ -153,6 +153,18 @@ static int lock_pid_file(const char *path)
 			return -errno;
 		locked = flock(fd, LOCK_EX | LOCK_NB) == 0;
 	}
+	*fdp = fd;
+	return locked;
+}
+
+/* The pid file is locked for the daemon's life: a second daemon of the same
+ * run directory fails on the lock whatever the socket does. */
+static int lock_pid_file(const char *path)
+{
+	int fd;
+	int locked = lock_open(path, &fd);
+	if (locked < 0)
+		return locked;
 	if (locked) {
 		/* A daemon killed left its pid: one starting beside us reads
 		 * none until ours, written once we listen. */
@@ -178,6 +190,25 @@ static int lock_pid_file(const char *path)
 		fprintf(stderr, "memdedupd: another daemon (pid %ld) holds %s\n", pid, path);
 	else
 		fprintf(stderr, "memdedupd: another daemon holds %s\n", path);
+	close(fd);
+	return -EEXIST;
+}
+
+/* The socket path is locked too (PATH.lock), from before its stale check to
+ * the daemon's end: daemons of two run directories given one socket would
+ * otherwise both find it stale, and the later one unlink the other's socket
+ * between that one's bind and listen, both staying up, one unreachable. */
+static int lock_socket_path(const char *path)
+{
+	int fd;
+	int locked = lock_open(path, &fd);
+	if (locked < 0) {
+		fprintf(stderr, "memdedupd: %s: %s\n", path, strerror(-locked));
+		return locked;
+	}
+	if (locked)
+		return fd;
+	fprintf(stderr, "memdedupd: another daemon holds %s\n", path);
 	close(fd);
 	return -EEXIST;
 }
@@ -242,7 +273,8 @@ int main(int argc, char **argv)
 	};
 	struct md__daemon d = { .epfd = -1, .lfd = -1, .sigfd = -1 };
 	const char *socket_opt = NULL, *run_opt = NULL;
-	int foreground = 0, c, err, ret = 1, pid_fd = -1;
+	int foreground = 0, c, err, ret = 1, pid_fd = -1, sock_lock_fd = -1;
+	char sock_lock[MD_D_SOCKET_MAX + 8];
 	char run_dir[MD_D_RUN_DIR_MAX], log_path[MD_D_RUN_DIR_MAX + 32];
 	size_t made = 0;
 	unsigned long long pages = MD_D_POOL_PAGES_DEFAULT;
@@ -368,10 +400,17 @@ int main(int argc, char **argv)
 			ret = MD_D_EXIT_HELD;
 		goto remove_dirs;
 	}
+	snprintf(sock_lock, sizeof(sock_lock), "%s.lock", d.socket_path);
+	sock_lock_fd = lock_socket_path(sock_lock);
+	if (sock_lock_fd < 0) {
+		if (sock_lock_fd == -EEXIST)
+			ret = MD_D_EXIT_HELD;
+		goto close_pid;
+	}
 	if (md__daemon_alive(d.socket_path)) {
 		fprintf(stderr, "memdedupd: another daemon answers on %s\n", d.socket_path);
 		ret = MD_D_EXIT_HELD;
-		goto close_pid;
+		goto unlock_socket;
 	}
 	/* Signals as events of the loop; SIGPIPE never (we send with
 	 * MSG_NOSIGNAL, this is for anything else). */
@@ -394,7 +433,7 @@ int main(int argc, char **argv)
 	else if (err)
 		fprintf(stderr, "memdedupd: cannot listen on %s: %s\n", d.socket_path, strerror(-err));
 	if (err)
-		goto close_pid;
+		goto unlock_socket;
 	struct stat sock_st;
 	stat(d.socket_path, &sock_st);
 	if (!foreground) {
@@ -434,6 +473,9 @@ close_listen:
 	if (stat(d.socket_path, &now_st) == 0 && now_st.st_ino == sock_st.st_ino &&
 	    now_st.st_dev == sock_st.st_dev)
 		unlink(d.socket_path);
+unlock_socket:
+	unlink(sock_lock);	/* ours while we hold its lock */
+	close(sock_lock_fd);
 close_pid:
 	unlink(d.pid_path);	/* ours while we hold its lock */
 	close(pid_fd);

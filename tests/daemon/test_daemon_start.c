@@ -11,6 +11,7 @@
 #include <pwd.h>
 #include <signal.h>
 #include <sched.h>
+#include <sys/file.h>
 #include <sys/mount.h>
 #include <grp.h>
 #include <stdarg.h>
@@ -105,6 +106,55 @@ TEST_IMPL(daemon_socket_path_kept)
 	ASSERT(kill(pid, SIGTERM) == 0);
 	int ws;
 	ASSERT(waitpid(pid, &ws, 0) == pid && WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+	return 0;
+}
+
+/* Daemons of two run directories given one socket path: the socket's lock
+ * (PATH.lock) decides, before the stale check, so the later one cannot take
+ * the path between the other's bind and listen. The test holds the lock as
+ * a daemon starting would: the daemon refuses, binds nothing, and leaves
+ * the lock file, which is not its own; unlocked, it starts and, stopped,
+ * takes its lock file away. */
+TEST_IMPL(daemon_socket_path_locked)
+{
+	char dir[300], sock[400], lock[420], err[400], args[1000];
+	struct stat st;
+	snprintf(dir, sizeof(dir), "%s/sl", test_dir());
+	ASSERT(mkdir(dir, 0755) == 0);
+	snprintf(sock, sizeof(sock), "%s/s.sock", dir);
+	snprintf(lock, sizeof(lock), "%s.lock", sock);
+	snprintf(err, sizeof(err), "%s/err", test_dir());
+	int fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	ASSERT(fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0);
+	snprintf(args, sizeof(args), "--run-dir %s/a --socket %s", dir, sock);
+	ASSERT_EQ(run_daemon(args, err), MD_D_EXIT_HELD);
+	ASSERT_EQ(td_sh("grep -q 'another daemon holds %s' %s", lock, err), 0);
+	ASSERT(lstat(sock, &st) != 0 && errno == ENOENT);
+	ASSERT(lstat(lock, &st) == 0 && S_ISREG(st.st_mode));
+	char run_a[400];
+	snprintf(run_a, sizeof(run_a), "%s/a", dir);
+	ASSERT(lstat(run_a, &st) != 0 && errno == ENOENT);	/* a failed start leaves nothing */
+	close(fd);
+
+	pid_t pid = fork();
+	ASSERT(pid >= 0);
+	if (pid == 0) {
+		execl(daemon_exe(), "memdedupd", "--foreground", "--run-dir", run_a, "--socket", sock,
+		      (char *)NULL);
+		_exit(127);
+	}
+	for (int i = 0; i < 300 && !md__daemon_alive(sock); i++)
+		usleep(10000);
+	ASSERT(md__daemon_alive(sock));
+	fd = open(lock, O_RDWR | O_CLOEXEC);
+	ASSERT(fd >= 0);
+	ASSERT(flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK);	/* held for its life */
+	close(fd);
+	ASSERT(kill(pid, SIGTERM) == 0);
+	int ws;
+	ASSERT(waitpid(pid, &ws, 0) == pid && WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+	ASSERT(lstat(lock, &st) != 0 && errno == ENOENT);
+	ASSERT(lstat(sock, &st) != 0 && errno == ENOENT);
 	return 0;
 }
 
