@@ -116,24 +116,7 @@ err_fini:
 	md__engine_fini(e);
 err_free:
 	free(e);
-	md__log("content scanning is off: %s%s", strerror(-err), md__scan_off_hint(err));
-}
-
-const char *md__scan_off_hint(int err)
-{
-	/* The userfaultfd syscall fails with EPERM for an unprivileged user
-	 * under vm.unprivileged_userfaultfd=0, and then opening the device
-	 * (root's, mode 0600 by default) with EACCES. */
-	switch (err) {
-	case -EPERM:
-	case -EACCES:
-		return " (userfaultfd unavailable: set the sysctl vm.unprivileged_userfaultfd=1, "
-		       "or give this user read-write access to /dev/userfaultfd)";
-	case -ENOSYS:
-		return " (userfaultfd unavailable: this kernel lacks it, CONFIG_USERFAULTFD)";
-	default:
-		return "";
-	}
+	md__log("content scanning is off: %s%s", strerror(-err), md__uffd_hint(err));
 }
 
 int md__scan_register(struct md_agent *a, uintptr_t start, size_t len, unsigned advice)

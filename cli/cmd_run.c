@@ -24,6 +24,7 @@
 #include "client.h"
 #include "memdedup.h"
 #include "protocol.h"
+#include "uffd.h"
 
 /* The preload library's file name, and its soname (the Makefile links it so). */
 #define PRELOAD_SONAME "libmemdedup-preload.so"
@@ -766,6 +767,16 @@ int md__cmd_run(int argc, char **argv)
 		char shown[256];
 		fprintf(stderr, "memdedup run: note: '%s': %s\n", md__printable(argv[i], shown, sizeof(shown)),
 			why);
+	}
+	/* Scanning needs a userfaultfd (a merge freezes the page with it):
+	 * without one the agent would only say, once the command runs, that
+	 * it scans nothing, after a daemon was started for it. The command
+	 * runs with our credentials (one that would gain others is refused
+	 * above), so what we may open, it may. */
+	if (agent_scans() && (err = md__uffd_usable())) {
+		fprintf(stderr, "memdedup run: content scanning needs a userfaultfd, and this user cannot "
+			"open one: %s%s\n", strerror(-err), md__uffd_hint(err));
+		return 1;
 	}
 	/* Scanning in a shared domain needs memdedupd: start it unless one
 	 * answers. Without it the agent merges within its process only. */

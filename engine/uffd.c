@@ -90,6 +90,32 @@ undo_nothing:
 	return err;
 }
 
+int md__uffd_usable(void)
+{
+	int fd = uffd_new_fd();
+	if (fd < 0)
+		return fd;
+	close(fd);
+	return 0;
+}
+
+const char *md__uffd_hint(int err)
+{
+	/* The userfaultfd syscall fails with EPERM for an unprivileged user
+	 * under vm.unprivileged_userfaultfd=0, and then opening the device
+	 * (root's, mode 0600 by default) with EACCES. */
+	switch (err) {
+	case -EPERM:
+	case -EACCES:
+		return " (userfaultfd unavailable: set the sysctl vm.unprivileged_userfaultfd=1, "
+		       "or give this user read-write access to /dev/userfaultfd)";
+	case -ENOSYS:
+		return " (userfaultfd unavailable: this kernel lacks it, CONFIG_USERFAULTFD)";
+	default:
+		return "";
+	}
+}
+
 int md__uffd_register_wp(struct md__uffd *u, uintptr_t addr, size_t len)
 {
 	struct uffdio_register reg = {

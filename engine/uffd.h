@@ -34,6 +34,10 @@ struct md__uffd {
  * write-protect features: those in want that the kernel has are granted;
  * those in need must be, or -ENOTSUP. */
 int md__uffd_open(struct md__uffd *u, uint64_t want, uint64_t need);
+/* 0 if this process may open a userfaultfd, else why not (-EPERM, -EACCES,
+ * -ENOSYS...); md__uffd_hint(err) is what to do about it ("" if nothing). */
+int md__uffd_usable(void);
+const char *md__uffd_hint(int err);
 /* Registers [addr, addr+len) for write-protect tracking. */
 int md__uffd_register_wp(struct md__uffd *u, uintptr_t addr, size_t len);
 int md__uffd_unregister(struct md__uffd *u, uintptr_t addr, size_t len);

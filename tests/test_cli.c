@@ -415,6 +415,51 @@ static int sh_as(uid_t uid, const char *fmt, ...)
 	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+/* `run --scan` for a user who cannot open a userfaultfd (the sysctl
+ * vm.unprivileged_userfaultfd=0, /dev/userfaultfd root's): a clear error
+ * saying what to do, before a daemon is started for a scanner that could
+ * not run; without --scan the command runs. */
+TEST_IMPL(cli_run_scan_needs_userfaultfd)
+{
+	char v[8] = "";
+	int fd = open("/proc/sys/vm/unprivileged_userfaultfd", O_RDONLY);
+	if (fd >= 0) {
+		ASSERT(read(fd, v, sizeof(v) - 1) >= 0);
+		close(fd);
+	}
+	struct stat st;
+	if (geteuid() != 0)
+		SKIP("needs root, to run memdedup as nobody");
+	if (v[0] != '0')
+		SKIP("vm.unprivileged_userfaultfd is not 0: userfaultfd works for everyone");
+	if (stat("/dev/userfaultfd", &st) == 0 && (st.st_mode & 0006) == 0006)
+		SKIP("/dev/userfaultfd is open to everyone");
+	const char *b = run_build_dir();
+	char dir[] = "/tmp/memdedup-nouffd-XXXXXX", sock[100], cmd[200];
+	ASSERT(mkdtemp(dir));
+	ASSERT(chmod(dir, 0777) == 0);
+	snprintf(sock, sizeof(sock), "%s/memdedupd.sock", dir);
+	int c1 = sh_as(65534, "MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- true", dir, b);
+	int alive = md__daemon_alive(sock), pid = kill_daemon_of(dir);
+	char err1[1024];
+	snprintf(err1, sizeof(err1), "%s", slurp("err"));
+	int c2 = sh_as(65534, "MEMDEDUP_SCAN=1 MEMDEDUP_RUN_DIR=%s %s/memdedup run -- true", dir, b);
+	char err2[1024];
+	snprintf(err2, sizeof(err2), "%s", slurp("err"));
+	int c3 = sh_as(65534, "MEMDEDUP_RUN_DIR=%s %s/memdedup run -- true", dir, b);
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	ASSERT(system(cmd) == 0);
+	ASSERT_EQ(c1, 1);
+	ASSERT(!alive && !pid);
+	ASSERT(strstr(err1, "memdedup run: content scanning needs a userfaultfd, and this user cannot open "
+			    "one: Permission denied (userfaultfd unavailable: set the sysctl "
+			    "vm.unprivileged_userfaultfd=1"));
+	ASSERT_EQ(c2, 1);
+	ASSERT(strstr(err2, "content scanning needs a userfaultfd"));
+	ASSERT_EQ(c3, 0);
+	return 0;
+}
+
 /* Writes an executable file (mode, owner uid) of text. */
 static void write_exec(const char *path, const char *text, mode_t mode, uid_t uid)
 {

@@ -1061,11 +1061,11 @@ TEST_IMPL(scan_off_hint_says_what_to_do)
 {
 	/* Opening /dev/userfaultfd fails with EACCES, the syscall with EPERM:
 	 * both say what to change. */
-	ASSERT(strstr(md__scan_off_hint(-EACCES), "vm.unprivileged_userfaultfd=1"));
-	ASSERT(strstr(md__scan_off_hint(-EACCES), "/dev/userfaultfd"));
-	ASSERT(strstr(md__scan_off_hint(-EPERM), "vm.unprivileged_userfaultfd=1"));
-	ASSERT(strstr(md__scan_off_hint(-ENOSYS), "userfaultfd unavailable"));
-	ASSERT_EQ(strlen(md__scan_off_hint(-ENOMEM)), 0);
+	ASSERT(strstr(md__uffd_hint(-EACCES), "vm.unprivileged_userfaultfd=1"));
+	ASSERT(strstr(md__uffd_hint(-EACCES), "/dev/userfaultfd"));
+	ASSERT(strstr(md__uffd_hint(-EPERM), "vm.unprivileged_userfaultfd=1"));
+	ASSERT(strstr(md__uffd_hint(-ENOSYS), "userfaultfd unavailable"));
+	ASSERT_EQ(strlen(md__uffd_hint(-ENOMEM)), 0);
 	return 0;
 }
 
