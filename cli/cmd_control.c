@@ -183,11 +183,13 @@ static int connect_daemon(const struct md__cmd *cmd, struct md__client **c)
 		return 0;
 	if (md__daemon_socket_path(NULL, path, sizeof(path)) != 0)
 		snprintf(path, sizeof(path), "(no usable path)");
+	char shown[256];
+	md__printable(path, shown, sizeof(shown));
 	if (err == -ENOENT || err == -ECONNREFUSED)
 		fprintf(stderr, "memdedup %s: the daemon is not running (nothing answers on %s);\n"
-			"start memdedupd, or run a VM with `memdedup run`\n", cmd->name, path);
+			"start memdedupd, or run a VM with `memdedup run`\n", cmd->name, shown);
 	else
-		fprintf(stderr, "memdedup %s: cannot reach the daemon at %s: %s\n", cmd->name, path,
+		fprintf(stderr, "memdedup %s: cannot reach the daemon at %s: %s\n", cmd->name, shown,
 			strerror(-err));
 	return 1;
 }

@@ -158,7 +158,7 @@ static int exe_dir(char *buf, size_t size)
 static int find_preload(char *out, size_t size)
 {
 	const char *env = getenv("MEMDEDUP_PRELOAD");
-	char exe[PATH_MAX - 64], why[128];
+	char exe[PATH_MAX - 64], why[128], shown[256];
 	int err;
 
 	if (env && *env) {
@@ -168,19 +168,20 @@ static int find_preload(char *out, size_t size)
 		char abs[PATH_MAX];
 		if (!realpath(env, abs)) {
 			err = -errno;
-			fprintf(stderr, "memdedup run: MEMDEDUP_PRELOAD='%s' cannot be preloaded: %s\n", env,
-				strerror(-err));
+			fprintf(stderr, "memdedup run: MEMDEDUP_PRELOAD='%s' cannot be preloaded: %s\n",
+				md__printable(env, shown, sizeof(shown)), strerror(-err));
 			return err;
 		}
 		if (strlen(abs) >= size) {
 			fprintf(stderr, "memdedup run: MEMDEDUP_PRELOAD='%s' cannot be preloaded: path too long\n",
-				env);
+				md__printable(env, shown, sizeof(shown)));
 			return -ENAMETOOLONG;
 		}
 		snprintf(out, size, "%s", abs);
 		err = preload_usable(out, why, sizeof(why));
 		if (err)
-			fprintf(stderr, "memdedup run: MEMDEDUP_PRELOAD='%s' cannot be preloaded: %s\n", env, why);
+			fprintf(stderr, "memdedup run: MEMDEDUP_PRELOAD='%s' cannot be preloaded: %s\n",
+				md__printable(env, shown, sizeof(shown)), why);
 		return err;
 	}
 	if (exe_dir(exe, sizeof(exe)) == 0) {
@@ -190,7 +191,8 @@ static int find_preload(char *out, size_t size)
 		if (access(out, F_OK) == 0) {
 			err = preload_usable(out, why, sizeof(why));
 			if (err)
-				fprintf(stderr, "memdedup run: %s cannot be preloaded: %s\n", out, why);
+				fprintf(stderr, "memdedup run: %s cannot be preloaded: %s\n",
+					md__printable(out, shown, sizeof(shown)), why);
 			return err;
 		}
 	}
@@ -330,28 +332,42 @@ static int script_interpreter(const char *path, char *out, size_t size)
 }
 
 /* A script's interpreter (#!) must be there too, and its own if it is a
- * script in turn, or the exec fails after the daemon was started for it: 0,
- * or -ENOENT / -EACCES as execve's, the interpreter that fails in bad. */
-static int interpreter_runs(const char *path, char *bad, size_t size)
+ * script in turn, and the dynamic loader the ELF file at the end names, or
+ * the exec fails after the daemon was started for it: 0, or -ENOENT /
+ * -EACCES as execve's, the interpreter that fails in bad (*elf: the
+ * loader). A "#!" naming nothing fails the kernel's exec with ENOEXEC, on
+ * which execvp runs the command with /bin/sh: no failure. */
+static int interpreter_runs(const char *path, char *bad, size_t size, int *elf)
 {
-	char file[PATH_MAX + 64], next[256];
+	char file[PATH_MAX + 64], next[PATH_MAX];
 	snprintf(file, sizeof(file), "%s", path);
+	*elf = 0;
 	/* The kernel follows at most 4 interpreters (BINPRM_MAX_RECURSION). */
-	for (int depth = 0; depth < 4; depth++) {
+	for (int depth = 0; depth <= 4; depth++) {
 		int r = script_interpreter(file, next, sizeof(next));
-		if (r <= 0) {
-			if (r < 0)
-				snprintf(bad, size, "%s", "");	/* "#!" alone */
-			return r;
+		if (r < 0)
+			return 0;
+		if (r == 0) {
+			int fd = open(file, O_RDONLY | O_CLOEXEC);
+			if (fd < 0)
+				return 0;	/* execute-only: execve will tell */
+			*elf = md__elf_interp(fd, next, sizeof(next)) == 1;
+			close(fd);
+			if (!*elf)
+				return 0;
+		} else if (depth == 4) {
+			return 0;	/* deeper: execve says ELOOP, after a daemon started (rare) */
 		}
 		snprintf(bad, size, "%s", next);
 		if (access(next, F_OK) != 0)
 			return -ENOENT;
 		if (!executable(next))
 			return -EACCES;
+		if (*elf)
+			return 0;
 		snprintf(file, sizeof(file), "%s", next);
 	}
-	return 0;	/* deeper: execve says ELOOP, after a daemon started (rare) */
+	return 0;
 }
 
 /* A capability mask of /proc/self/status ("CapInh", "CapBnd"); 0 if not
@@ -421,13 +437,14 @@ static int exec_file(const char *exe, char *file)
  * (with what to do) in why. An LSM's transition is not seen. */
 static int secure_exec(const char *file, int depth, char *why, size_t size)
 {
-	char who[PATH_MAX + 96];
+	char who[PATH_MAX + 96], shown[256];
 	struct stat st;
 	struct statvfs sv;
 
 	if (stat(file, &st) != 0)
 		return 0;	/* execve will tell */
-	snprintf(who, sizeof(who), "%s%s", depth ? "its interpreter " : "it", depth ? file : "");
+	snprintf(who, sizeof(who), "%s%s", depth ? "its interpreter " : "it",
+		 depth ? md__printable(file, shown, sizeof(shown)) : "");
 	/* Neither the bits nor file capabilities count on a nosuid mount,
 	 * and the bits not under no_new_privs. */
 	int nosuid = statvfs(file, &sv) == 0 && (sv.f_flag & ST_NOSUID);
@@ -729,14 +746,13 @@ int md__cmd_run(int argc, char **argv)
 	 * started for it (exit codes as the shell's: 127 not found, 126 not
 	 * executable). */
 	err = resolve_command(argv[i], exe, sizeof(exe));
-	int interp = 0;
-	char bad[256] = "", shown_bad[256], because[600];
+	int interp = 0, elf = 0;
+	char bad[PATH_MAX] = "", shown_bad[256], because[600];
 	if (!err)
-		interp = (err = interpreter_runs(exe, bad, sizeof(bad))) != 0;
-	if (interp && !*bad)
-		snprintf(because, sizeof(because), "a #! line in it, or in its interpreter, names none");
-	else if (interp)
-		snprintf(because, sizeof(because), "its interpreter (#!) %s is %s",
+		interp = (err = interpreter_runs(exe, bad, sizeof(bad), &elf)) != 0;
+	if (interp)
+		snprintf(because, sizeof(because), "its %s %s is %s",
+			 elf ? "ELF interpreter (dynamic loader)" : "interpreter (#!)",
 			 md__printable(bad, shown_bad, sizeof(shown_bad)),
 			 err == -ENOENT ? "missing" : "not executable");
 	if (err) {
@@ -748,7 +764,7 @@ int md__cmd_run(int argc, char **argv)
 			err == -ENOENT && !strchr(argv[i], '/') ? "command not found in PATH" :
 			err == -EACCES && stat(exe, &st) == 0 && S_ISDIR(st.st_mode) ? "Is a directory" :
 			strerror(-err));
-		return err == -EACCES ? 126 : 127;
+		return err == -ENOENT ? 127 : 126;
 	}
 	/* Run in secure mode, CMD would run, and succeed, without the agent
 	 * (ld.so also takes LD_PRELOAD out of what it runs): refused like a
@@ -818,6 +834,8 @@ int md__cmd_run(int argc, char **argv)
 	 * through the shell); argv[0] stays as given. */
 	execvp(exe, argv + i);
 	err = errno;	/* before fprintf may change it */
-	fprintf(stderr, "memdedup run: cannot run '%s': %s\n", exe, strerror(err));
+	char shown[256];
+	fprintf(stderr, "memdedup run: cannot run '%s': %s\n", md__printable(exe, shown, sizeof(shown)),
+		strerror(err));
 	return err == ENOENT ? 127 : 126;
 }

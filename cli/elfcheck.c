@@ -132,3 +132,22 @@ int md__elf_exec_kind(int fd)
 		return MD_ELF_UNKNOWN;
 	return MD_ELF_STATIC;
 }
+
+int md__elf_interp(int fd, char *out, size_t size)
+{
+	struct elf_heads e;
+	if (size < 2 || read_heads(fd, &e) != 0)
+		return 0;
+	for (size_t i = 0; i < e.nph; i++) {
+		const Elf64_Phdr *p = &e.ph[i];
+		if (p->p_type != PT_INTERP)
+			continue;
+		/* The kernel takes p_filesz bytes, the last a NUL, else ENOEXEC. */
+		if (p->p_filesz < 2 || p->p_filesz > size || p->p_offset > (uint64_t)INT64_MAX ||
+		    pread(fd, out, p->p_filesz, (off_t)p->p_offset) != (ssize_t)p->p_filesz ||
+		    out[p->p_filesz - 1] != '\0')
+			return 0;
+		return 1;
+	}
+	return 0;
+}

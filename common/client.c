@@ -1231,11 +1231,31 @@ int md__daemon_alive(const char *socket_path)
 	return md__daemon_probe(socket_path) == 0;
 }
 
+/* What of the caller's environment memdedupd started on demand is given:
+ * where it lives and its own settings. Not the rest: the caller's
+ * LD_PRELOAD, or the agent's settings meant for the VMM, would configure
+ * the daemon every later VM of the user (of every user, root's) shares. */
+static const char *const daemon_env[] = {
+	"MEMDEDUP_SOCKET=", "MEMDEDUP_RUN_DIR=", "XDG_RUNTIME_DIR=",
+	"MEMDEDUP_STATUS_KB_PER_S=", "MEMDEDUP_CONTROL_WAIT_MS=",
+	"PATH=", "TZ=", "ASAN_OPTIONS=", "UBSAN_OPTIONS=", "LSAN_OPTIONS=",
+};
+
 int md__daemon_ensure(const char *daemon_exe, void (*place)(pid_t pid))
 {
 	int go[2] = { -1, -1 };
 	if (md__daemon_alive(NULL))
 		return 0;
+	/* Made before the fork: between it and the exec, nothing allocates. */
+	char *envp[32];
+	size_t nenv = 0;
+	for (char **e = environ; e && *e && nenv < sizeof(envp) / sizeof(envp[0]) - 1; e++)
+		for (size_t k = 0; k < sizeof(daemon_env) / sizeof(daemon_env[0]); k++)
+			if (strncmp(*e, daemon_env[k], strlen(daemon_env[k])) == 0) {
+				envp[nenv++] = *e;
+				break;
+			}
+	envp[nenv] = NULL;
 	if (place && pipe2(go, O_CLOEXEC) != 0)
 		return -errno;
 	pid_t pid = fork();
@@ -1260,7 +1280,7 @@ int md__daemon_ensure(const char *daemon_exe, void (*place)(pid_t pid))
 			while (read(go[0], &c, 1) < 0 && errno == EINTR)
 				;
 		}
-		execv(daemon_exe, argv);
+		execve(daemon_exe, argv, envp);
 		_exit(127);
 	}
 	if (place) {

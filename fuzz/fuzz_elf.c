@@ -6,6 +6,7 @@
  * as the checks read a file with pread. */
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <stdio.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -43,6 +44,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		int kind = md__elf_exec_kind(fd);
 		if (kind < MD_ELF_UNKNOWN || kind > MD_ELF_FOREIGN)
 			__builtin_trap();
+		char interp[64];
+		memset(interp, 'x', sizeof(interp));
+		if (md__elf_interp(fd, interp, sizeof(interp)) == 1 && !memchr(interp, '\0', sizeof(interp)))
+			__builtin_trap();	/* a path it said it found must end within out */
 	}
 	close(fd);
 	return 0;

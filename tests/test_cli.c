@@ -378,8 +378,14 @@ TEST_IMPL(cli_run_missing_command_no_daemon)
 	ASSERT_EQ(c4, 126);
 	ASSERT_EQ(c5, 0);
 	ASSERT_EQ(c6, 0);
+	/* Not a directory on the way: the shell's 126 (only "not there" is 127). */
+	int c9 = sh("MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- %s/x", dir, b, noexec);
+	int alive9 = md__daemon_alive(sock), pid9 = kill_daemon_of(dir);
 	ASSERT_EQ(c7, 127);
 	ASSERT_EQ(c8, 127);
+	ASSERT_EQ(c9, 126);
+	ASSERT(!alive9 && !pid9);
+	ASSERT(strstr(slurp("err"), "Not a directory"));
 	ASSERT(!alive1 && !alive2 && !alive3 && !alive4 && !alive5 && !alive6 && !alive7 && !alive8);
 	ASSERT(!pid1 && !pid2 && !pid3 && !pid4 && !pid5 && !pid6 && !pid7 && !pid8);
 	ASSERT(strstr(err2, "cannot run 'memdedup-no-such-cmd': command not found"));
@@ -661,6 +667,50 @@ TEST_IMPL(cli_run_file_caps_refused)
 			dir, d, d), 0);
 	/* Without no_new_privs the same file raises nobody's capabilities. */
 	ASSERT_EQ(sh_as(65534, "MEMDEDUP_RUN_DIR=%s %s/memdedup run -- %s/caps " AGENT_IN_SH, dir, d, d), 126);
+	return 0;
+}
+
+/* memdedupd started on demand takes its own settings and where it lives
+ * from the caller's environment, not the rest: not the caller's LD_PRELOAD,
+ * not the agent's settings for the VMM (the daemon outlives the command and
+ * serves every later VM). */
+TEST_IMPL(cli_run_daemon_environment)
+{
+	const char *rb = run_build_dir(), *d = test_dir();
+	char dir[400], pidfile[450], path[100], env[8192];
+	snprintf(dir, sizeof(dir), "%s/run", d);
+	ASSERT(mkdir(dir, 0700) == 0);
+	snprintf(pidfile, sizeof(pidfile), "%s/memdedupd.pid", dir);
+	int code = sh("FOO_MARK=1 LD_PRELOAD=libm.so.6 MEMDEDUP_CONTROL_WAIT_MS=100 MEMDEDUP_RUN_DIR=%s "
+		      "%s/memdedup run --scan --pages-to-scan=7 -- true", dir, rb);
+	int pid = 0;
+	FILE *f = fopen(pidfile, "r");
+	if (f) {
+		if (fscanf(f, "%d", &pid) != 1)
+			pid = 0;
+		fclose(f);
+	}
+	size_t n = 0;
+	snprintf(path, sizeof(path), "/proc/%d/environ", pid);
+	int fd = pid > 0 ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+	if (fd >= 0) {
+		ssize_t r = read(fd, env, sizeof(env) - 1);
+		n = r > 0 ? (size_t)r : 0;
+		close(fd);
+	}
+	kill_daemon_of(dir);
+	ASSERT_EQ(code, 0);
+	ASSERT(pid > 0 && n > 0);
+	for (size_t i = 0; i < n; i++)
+		if (env[i] == '\0')
+			env[i] = '\n';
+	env[n] = '\0';
+	ASSERT(strstr(env, "MEMDEDUP_CONTROL_WAIT_MS=100\n"));
+	ASSERT(strstr(env, "MEMDEDUP_RUN_DIR="));
+	ASSERT(!strstr(env, "FOO_MARK"));
+	ASSERT(!strstr(env, "LD_PRELOAD"));
+	ASSERT(!strstr(env, "MEMDEDUP_SCAN"));
+	ASSERT(!strstr(env, "MEMDEDUP_PAGES_TO_SCAN"));
 	return 0;
 }
 
@@ -1428,10 +1478,12 @@ TEST_IMPL(cli_run_exe_path_cut_not_used)
 	return 0;
 }
 
-/* A command that passes every check and whose exec still fails ENOENT (an
- * ELF file whose dynamic loader is not there): 127, also when saying so
- * fails (stderr a full device) and changes errno. */
-TEST_IMPL(cli_run_exec_failure_code)
+/* An ELF command whose dynamic loader is not there (a foreign or musl
+ * build): the kernel's exec would fail ENOENT, which execvp and the shell
+ * say as "No such file or directory" of the command, after a daemon was
+ * started for it. Found first: 127, the loader named, no daemon; also when
+ * saying so fails (stderr a full device). */
+TEST_IMPL(cli_run_missing_loader_no_daemon)
 {
 	char path[512];
 	Elf64_Ehdr eh;
@@ -1455,9 +1507,31 @@ TEST_IMPL(cli_run_exec_failure_code)
 	close(fd);
 	if (!found)
 		SKIP("/bin/true has no dynamic loader");
-	ASSERT_EQ(sh("%s/memdedup run -- %s", run_build_dir(), path), 127);
-	ASSERT(strstr(slurp("err"), "No such file or directory"));
+	char dir[450], sock[500], want[600];
+	snprintf(dir, sizeof(dir), "%s/run", test_dir());
+	ASSERT(mkdir(dir, 0700) == 0);
+	snprintf(sock, sizeof(sock), "%s/memdedupd.sock", dir);
+	int c1 = sh("MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- %s", dir, run_build_dir(), path);
+	int alive = md__daemon_alive(sock), pid = kill_daemon_of(dir);
+	ASSERT_EQ(c1, 127);
+	ASSERT(!alive && !pid);
+	snprintf(want, sizeof(want), "cannot run '%s': its ELF interpreter (dynamic loader) /", path);
+	ASSERT(strstr(slurp("err"), want));
+	ASSERT(strstr(slurp("err"), ".X is missing"));
 	ASSERT_EQ(sh("%s/memdedup run -- %s 2>/dev/full", run_build_dir(), path), 127);
+	/* The same loader missing behind a script's #! line. */
+	char script[600];
+	snprintf(script, sizeof(script), "%s/script", test_dir());
+	FILE *f = fopen(script, "w");
+	ASSERT(f && fprintf(f, "#!%s\n", path) > 0 && fclose(f) == 0);
+	ASSERT(chmod(script, 0755) == 0);
+	ASSERT_EQ(sh("%s/memdedup run -- %s", run_build_dir(), script), 127);
+	ASSERT(strstr(slurp("err"), ".X is missing"));
+	/* A "#!" naming nothing is no failure: execvp runs it with sh. */
+	f = fopen(script, "w");
+	ASSERT(f && fputs("#!\necho ran-by-sh\n", f) >= 0 && fclose(f) == 0);
+	ASSERT_EQ(sh("%s/memdedup run -- %s", run_build_dir(), script), 0);
+	ASSERT(strstr(slurp("out"), "ran-by-sh"));
 	return 0;
 }
 
