@@ -1140,21 +1140,26 @@ static int budget_ok(struct md__engine *e, size_t new_vmas)
 	return 0;
 }
 
-/* A further mapping of a run frozen and checked already: within the VMA
- * budget, and, if the budget counted every mapping meanwhile, its pages
- * still frozen: a count may take long enough (110 ms at 55,000) for a zap
- * that did not come through md__engine_discard to take a page and its
- * protection, and a write to follow into a fresh page the mapping would
- * replace. */
-static int further_mapping_ok(struct md__engine *e, uintptr_t a, size_t n)
+/* Whether the n pages from a, of a run frozen and checked when the budget
+ * had counted `since` times, are still frozen: a count (110 ms at 55,000
+ * mappings) may take long enough for a zap that did not come through
+ * md__engine_discard to take a page and its protection, and a write to
+ * follow into a fresh page a mapping would replace. Every part of the run
+ * mapped after a count is checked again, not only the part whose budget
+ * check counted: all of it was frozen through the count. */
+static int frozen_since(struct md__engine *e, uintptr_t a, size_t n, uint64_t since)
 {
-	uint64_t counts = e->budget_counts;
-	if (!budget_ok(e, 2))
-		return 0;
-	if (e->budget_counts == counts || still_frozen(e, a, n))
+	if (e->budget_counts == since || still_frozen(e, a, n))
 		return 1;
 	e->st.abandoned += n;	/* as pages that changed under the protection */
 	return 0;
+}
+
+/* A further mapping of such a run: within the VMA budget, and still
+ * frozen. */
+static int further_mapping_ok(struct md__engine *e, uintptr_t a, size_t n, uint64_t since)
+{
+	return budget_ok(e, 2) && frozen_since(e, a, n, since);
 }
 
 /* The region of the n pages from a, if a mapping may replace them (lock
@@ -1429,6 +1434,7 @@ int md__engine_merge_slots(struct md__engine *e, void *addr, size_t n, const uin
 	if (!still_frozen(e, a, n))
 		for (size_t i = 0; i < n; i++)
 			eq[i] = eq[i] == EQ_SAME ? EQ_DIFFERS : eq[i];
+	uint64_t since = e->budget_counts;
 
 	size_t lo = n, hi = 0;	/* the merged span, advised at once */
 	for (size_t i = 0; i < n;) {
@@ -1444,7 +1450,7 @@ int md__engine_merge_slots(struct md__engine *e, void *addr, size_t n, const uin
 		/* The first mapping was reckoned with the run (replaceable);
 		 * each further one, which a page between that differs makes,
 		 * is reckoned as it comes. */
-		if (eq[i] == EQ_SAME && (lo == n || further_mapping_ok(e, ra, j - i)) &&
+		if (eq[i] == EQ_SAME && (lo == n || further_mapping_ok(e, ra, j - i, since)) &&
 		    map_pool(e, r, ra, j - i, slots[i]) == 0) {
 			merged += (int)(j - i);
 			if (done)
@@ -1618,6 +1624,7 @@ int md__engine_merge_zero(struct md__engine *e, void *addr, size_t n)
 	err = freeze_filled(e, r, a, n, 0, z, pm);
 	if (err)
 		goto unlock;
+	uint64_t since = e->budget_counts;
 	for (size_t i = 0; i < n;) {
 		size_t j = i;
 		while (j < n && z[j] == z[i])
@@ -1627,7 +1634,9 @@ int md__engine_merge_zero(struct md__engine *e, void *addr, size_t n)
 		/* A drop in a file mapping splits it (a guest zeroing pages it
 		 * wrote after their merge: Windows, init_on_free): within the
 		 * budget, like a merge, or the page stays as it is. */
-		if (z[i] && (!run_in_file(r, ra, j - i) || further_mapping_ok(e, ra, j - i)) &&
+		if (z[i] &&
+		    (run_in_file(r, ra, j - i) ? further_mapping_ok(e, ra, j - i, since)
+					       : frozen_since(e, ra, j - i, since)) &&
 		    zero_run(e, r, ra, j - i) == 0) {
 			dropped += (int)(j - i);
 			for (size_t k = i; k < j; k++)
@@ -1690,14 +1699,14 @@ static int64_t fill_strip(struct md__engine *e, uint64_t word)
  * first of the merge (reckoned with it: first set); the rest of a run the
  * budget refuses is thawed. */
 static int map_fill(struct md__engine *e, struct md__eregion *r, uintptr_t addr, size_t n,
-		    uint32_t slot, int first_of_merge)
+		    uint32_t slot, int first_of_merge, uint64_t since)
 {
 	for (size_t done = 0; done < n;) {
 		size_t k = n - done < MD_FILL_STRIP ? n - done : MD_FILL_STRIP;
 		uintptr_t a = addr + done * MD_EPAGE;
 		/* Equal pages refused by the budget are counted there
 		 * (budget_refused), not as abandoned: they did not differ. */
-		if (!(first_of_merge && done == 0) && !further_mapping_ok(e, a, k)) {
+		if (!(first_of_merge && done == 0) && !further_mapping_ok(e, a, k, since)) {
 			thaw(e, a, (n - done) * MD_EPAGE);
 			return (int)done;
 		}
@@ -1745,6 +1754,7 @@ int md__engine_merge_fill(struct md__engine *e, void *addr, size_t n, uint64_t w
 	err = freeze_filled(e, r, a, n, word, eq, pm);
 	if (err)
 		goto unlock;
+	uint64_t since = e->budget_counts;
 	size_t lo = n, hi = 0;
 	for (size_t i = 0; i < n;) {
 		size_t j = i;
@@ -1755,7 +1765,7 @@ int md__engine_merge_fill(struct md__engine *e, void *addr, size_t n, uint64_t w
 			e->st.abandoned += j - i;
 			thaw(e, ra, (j - i) * MD_EPAGE);
 		} else {
-			int m = map_fill(e, r, ra, j - i, (uint32_t)slot, lo == n);
+			int m = map_fill(e, r, ra, j - i, (uint32_t)slot, lo == n, since);
 			merged += m;
 			lo = i < lo ? i : lo;
 			hi = i + (size_t)m > hi ? i + (size_t)m : hi;

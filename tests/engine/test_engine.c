@@ -1615,6 +1615,76 @@ TEST_IMPL(engine_further_mapping_rechecks_protection)
 	return 0;
 }
 
+/* The VMM's raw zap of a page and its write into the fresh page, during a
+ * budget count made for an earlier part of the run. */
+static void zap_and_write(void)
+{
+	syscall(SYS_madvise, zap_during_count, PG, MADV_DONTNEED);
+	memset(zap_during_count, 0x55, PG);
+}
+
+/* Every part of a run mapped after a count is checked again, not only the
+ * part whose budget check counted: all of it was frozen through the
+ * count. Three runs of pool pages (0-1, 3-4, 6-7): the second counts,
+ * meanwhile the VMM zaps page 7 and writes it; the third fits without a
+ * count, and once was mapped over the write. The same for a run of filled
+ * pages mapped strip by strip. (A drop of zero pages checks the same way;
+ * a count there needs another thread's mappings between its runs.) */
+TEST_IMPL(engine_later_runs_recheck_protection)
+{
+	struct md__engine e;
+	const size_t n = 8;
+	unsigned char *a, *b, done[8], want[PG], written[PG];
+	uint32_t slot = twins_published(&e, &a, &b, n, 100), slots[8];
+	memset(written, 0x55, PG);
+	b[2 * PG + 5] ^= 1;
+	b[5 * PG + 5] ^= 1;
+	for (size_t i = 0; i < n; i++)
+		slots[i] = slot + (uint32_t)i;
+	/* Room for the first mapping; the second counts (and fits then); the
+	 * third fits the count's estimate. */
+	e.vmas->est = budget_room(&e, 6) + 4;
+	zap_during_count = b + 7 * PG;
+	md__engine_count_hook = zap_and_write;
+	int merged = md__engine_merge_slots(&e, b, n, slots, done);
+	md__engine_count_hook = NULL;
+	ASSERT_EQ(e.budget_counts, 1);
+	ASSERT_EQ(merged, 4);
+	ASSERT(done[0] && done[1] && done[3] && done[4] && !done[6] && !done[7]);
+	ASSERT(memcmp(b + 7 * PG, written, PG) == 0);
+	for (size_t i = 0; i < 7; i++) {
+		fill(want, 100 + (unsigned)i);
+		if (i == 2 || i == 5)
+			want[5] ^= 1;
+		ASSERT(memcmp(b + i * PG, want, PG) == 0);
+	}
+
+	/* A run of one filled page repeated, mapped a strip (16 pages) at a
+	 * time: the second strip counts, the third fits after it. */
+	const size_t m = 3 * MD_FILL_STRIP;
+	const uint64_t word = 0x0123456789abcdefull;
+	unsigned char *c = map_ram(m), *hit = c + (2 * MD_FILL_STRIP + 3) * PG;
+	for (size_t k = 0; k < m * PG / sizeof(word); k++)
+		memcpy(c + k * sizeof(word), &word, sizeof(word));
+	ASSERT_EQ(md__engine_register(&e, c, m * PG, 0), 0);
+	e.vmas->est = budget_room(&e, 6) + 3;
+	zap_during_count = hit;
+	md__engine_count_hook = zap_and_write;
+	int filled = md__engine_merge_fill(&e, c, m, word);
+	md__engine_count_hook = NULL;
+	ASSERT_EQ(e.budget_counts, 2);
+	ASSERT_EQ(filled, (int)(2 * MD_FILL_STRIP));
+	ASSERT(memcmp(hit, written, PG) == 0);
+	for (size_t k = 0; k < m * PG / sizeof(word); k++)
+		ASSERT(c + k * sizeof(word) >= hit && c + k * sizeof(word) < hit + PG ?
+		       1 : memcmp(c + k * sizeof(word), &word, sizeof(word)) == 0);
+	munmap(c, m * PG);
+	md__engine_fini(&e);
+	munmap(a, n * PG);
+	munmap(b, n * PG);
+	return 0;
+}
+
 /* Mappings the agent makes (read-time sharing, in the estimate it shares
  * with the engine) leave the engine's merges less room: each side kept an
  * estimate of its own, and together they passed vm.max_map_count. */
