@@ -11,8 +11,8 @@
  *      md__engine_discard) drops it, and the page could then have been
  *      written unseen.
  *   4. equal runs: mmap(MAP_PRIVATE|MAP_FIXED) the pool's read-only
- *      descriptor over them, register the new mapping for write-protect
- *      (so the page can be merged again after a copy-on-write break) and
+ *      descriptor over them (not registered for write-protect: a write
+ *      there breaks copy-on-write in the kernel, no fault of ours) and
  *      re-apply the region's advice; unequal runs: un-protect (which wakes
  *      their writers).
  * A writer that faulted during 1-4 is woken by the fault thread once the
@@ -250,7 +250,6 @@ struct md__eregion *md__engine_region(struct md__engine *e, uintptr_t addr, size
 	return NULL;
 }
 
-/* Registers [a, a+len), which no region overlaps. */
 int md__engine_covers(struct md__engine *e, uintptr_t lo, uintptr_t hi, uintptr_t *end)
 {
 	int in = 0;
@@ -272,21 +271,22 @@ int md__engine_covers(struct md__engine *e, uintptr_t lo, uintptr_t hi, uintptr_
 
 /* Pages of [a, a+len) in private file mappings when registered (memory
  * made private and forgotten, advised again): a later zero page there must
- * become anonymous memory, as a discard would show the file's page. */
-static void mark_file_pages(uintptr_t a, size_t len, uint32_t *ref)
+ * become anonymous memory, as a discard would show the file's page. 0, or
+ * -errno when the mappings cannot be read: the region is not registered
+ * then (all of it taken for a file's, the freeze would let the compare's
+ * read fill the VMM's holes, which only file pages may have). */
+static int mark_file_pages(uintptr_t a, size_t len, uint32_t *ref)
 {
 	struct md__vma *v;
 	size_t n;
-	if (md__range_file_vmas(a, a + len, &v, &n) != 0) {
-		/* Not known: a zero page anywhere becomes anonymous memory. */
-		for (size_t i = 0; i < len / MD_EPAGE; i++)
-			ref[i] = MD_REF_FILE;
-		return;
-	}
+	int err = md__range_file_vmas(a, a + len, &v, &n);
+	if (err)
+		return err;
 	for (size_t i = 0; i < n; i++)
 		for (uintptr_t p = v[i].lo; p < v[i].hi; p += MD_EPAGE)
 			ref[(p - a) / MD_EPAGE] = MD_REF_FILE;
 	free(v);
+	return 0;
 }
 
 static void unregister_mapping(void *uffd, uintptr_t lo, uintptr_t hi)
@@ -352,8 +352,9 @@ static int register_one(struct md__engine *e, uintptr_t a, size_t len, unsigned 
 		err = -ENOMEM;
 		goto free_arrays;
 	}
-	mark_file_pages(a, len, r.ref);
-	err = register_wp(e, a, len);
+	err = mark_file_pages(a, len, r.ref);
+	if (!err)
+		err = register_wp(e, a, len);
 	if (err)
 		goto free_arrays;
 	e->regions[e->nregions++] = r;
@@ -1174,7 +1175,6 @@ static struct md__eregion *replaceable(struct md__engine *e, uintptr_t a, size_t
 
 int md__engine_fail_maps;	/* tests only: see merge.h */
 
-/* The mmap(MAP_FIXED) that replaces registered pages. */
 /* Tests only: a map over [addr, addr+len) fails as one before Linux 6.6
  * could, the old pages gone (see merge.h). */
 static int map_fails(uintptr_t addr, size_t len)
@@ -1187,6 +1187,7 @@ static int map_fails(uintptr_t addr, size_t len)
 	return 1;
 }
 
+/* The mmap(MAP_FIXED) that replaces registered pages. */
 static void *map_fixed(uintptr_t addr, size_t len, int flags, int fd, off_t off)
 {
 	if (map_fails(addr, len))
@@ -1328,9 +1329,6 @@ static int map_pool(struct md__engine *e, struct md__eregion *r, uintptr_t addr,
 	return 0;
 }
 
-/* Replaces pages by anonymous zero-fill memory (file mappings: the pool's,
- * an image's) or drops them (anonymous mappings), so they read as zeroes
- * again. */
 /* 1 if one of the n pages at addr lies in a file mapping (the pool's, an
  * image's): zeroes there take a mapping of their own. */
 static int run_in_file(const struct md__eregion *r, uintptr_t addr, size_t n)
@@ -1342,6 +1340,9 @@ static int run_in_file(const struct md__eregion *r, uintptr_t addr, size_t n)
 	return 0;
 }
 
+/* Replaces pages by anonymous zero-fill memory (file mappings: the pool's,
+ * an image's) or drops them (anonymous mappings), so they read as zeroes
+ * again. */
 static int zero_run(struct md__engine *e, struct md__eregion *r, uintptr_t addr, size_t n)
 {
 	size_t first = (addr - r->start) / MD_EPAGE;
@@ -1789,7 +1790,11 @@ int md__engine_publish(struct md__engine *e, void *addr, size_t n, uint32_t *slo
 	uint32_t slot;
 	int err;
 
-	if (a % MD_EPAGE || n == 0 || n > MAX_RUN)
+	/* Into our own pool only (with memdedupd's, map_pool would map its
+	 * pool's slot of that number), and through one read of the frozen
+	 * pages: never guest RAM read in place, which the VMM may have made
+	 * inaccessible. */
+	if (a % MD_EPAGE || n == 0 || n > CMP_PAGES || e->remote)
 		return -EINVAL;
 	pthread_mutex_lock(&e->lock);
 	struct md__eregion *r = replaceable(e, a, n, &err);
@@ -1806,13 +1811,16 @@ int md__engine_publish(struct md__engine *e, void *addr, size_t n, uint32_t *slo
 	 * what stays; the compare after the copy is the same proof a merge
 	 * needs (a short write, a bug, a page that was not frozen after all
 	 * all show up here). */
-	const unsigned char *g = n <= CMP_PAGES ? frozen_pages(e, a, n) : (const unsigned char *)a;
+	const unsigned char *g = frozen_pages(e, a, n);
+	e->st.freeze_failed += g ? 0 : n;
 	err = g ? md__pool_publish(&e->pool, slot, g, n) : -EFAULT;
 	if (err)
 		goto thaw_pages;
 	err = -EAGAIN;
-	if (memcmp(g, md__pool_page(&e->pool, slot), n * MD_EPAGE) != 0 || !still_frozen(e, a, n))
+	if (memcmp(g, md__pool_page(&e->pool, slot), n * MD_EPAGE) != 0 || !still_frozen(e, a, n)) {
+		e->st.abandoned += n;
 		goto drop_slots;
+	}
 	err = map_pool(e, r, a, n, slot);
 	if (err)
 		goto drop_slots;
@@ -1942,12 +1950,14 @@ static int leave_run(struct md__engine *e, struct md__eregion *r, uintptr_t a, s
 	void *aside = g ? md__sys_mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
 			: MAP_FAILED;
 	if (aside == MAP_FAILED) {
-		err = -ENOMEM;
+		e->st.freeze_failed += g ? 0 : n;
+		err = g ? -ENOMEM : -EFAULT;	/* either tried again next pass */
 		goto thaw_pages;
 	}
 	md__policy_apply_to((uintptr_t)aside, a, len);	/* the copies on the VMM's nodes */
 	memcpy(aside, g, len);
 	if (!still_frozen(e, a, n)) {
+		e->st.abandoned += n;
 		err = -EAGAIN;
 		goto unmap_aside;
 	}
@@ -2098,7 +2108,8 @@ size_t md__engine_leave_file(struct md__engine *e, size_t max, int copy_unwritte
 			}
 			if (err > 0)
 				moved += (size_t)err;
-			else if (err == -EAGAIN || err == -EBUSY || err == -ENOMEM || err == -ENOSPC)
+			else if (err == -EAGAIN || err == -EBUSY || err == -ENOMEM || err == -ENOSPC ||
+				 err == -EFAULT)
 				e->leave_failed = 1;
 			a += len * MD_EPAGE;
 			tried += len;

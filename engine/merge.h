@@ -367,7 +367,8 @@ int md__engine_merge_zero(struct md__engine *e, void *addr, size_t n);
  * pages side by side. Returns the count, or -errno (-ENOSPC: no strip for
  * one more word, or the VMA budget is spent). */
 int md__engine_merge_fill(struct md__engine *e, void *addr, size_t n, uint64_t word);
-/* Copies n guest pages into new, consecutive pool slots (*slot the first)
+/* Copies n guest pages (at most MD_COPY_PAGES_MAX) into new, consecutive
+ * slots of the engine's own pool (*slot the first; -EINVAL with memdedupd's)
  * and maps them back over the guest pages, so the guest shares them from
  * now on; indexes them. Returns n, or -errno. */
 int md__engine_publish(struct md__engine *e, void *addr, size_t n, uint32_t *slot);
