@@ -263,6 +263,18 @@ static int stats_file_name(struct md_agent *a, const char *dir, int k)
 	return n < 0 || (size_t)n >= sizeof(a->stats_path) ? -ENAMETOOLONG : 0;
 }
 
+static void stats_file_close(struct md_agent *a)
+{
+	if (!a->stats_map)
+		return;
+	a->ctr = a->local_ctr;
+	unlink(a->stats_path);
+	md__sys_munmap(a->stats_map, sizeof(*a->stats_map));
+	a->stats_map = NULL;
+	close(a->stats_fd);	/* after the unlink: nobody takes the name meanwhile */
+	a->stats_fd = -1;
+}
+
 static void stats_file_open(struct md_agent *a, const char *opt_dir)
 {
 	char dir[sizeof(a->stats_path)];
@@ -407,26 +419,28 @@ int md_agent_new(md_agent **agentp, const md_agent_options *opts)
 	 * from the start, not from the thread's first count a second later. */
 	md__set(a, MD_CTR_VMAS, md__vmas_count(&a->vmas));
 	md__memroom_open(&a->memroom);	/* before the VMM may chroot */
+	/* Before any thread of ours counts: the counters move to the file
+	 * (a->ctr) while no one writes them. */
+	a->stats_fd = -1;
+	if (!opts->run_dir || *opts->run_dir)
+		stats_file_open(a, opts->run_dir);
 	md__scan_init(a, opts);
 
 	start.agent = a;
 	sem_init(&start.ready, 0, 0);
-	err = -pthread_create(&a->thread, NULL, agent_thread, &start);
+	err = -md__thread_create(&a->thread, agent_thread, &start);
 	if (err)
 		goto err_free;
 	while (sem_wait(&start.ready) != 0 && errno == EINTR)
 		;
 	sem_destroy(&start.ready);
-
-	a->stats_fd = -1;
-	if (!opts->run_dir || *opts->run_dir)
-		stats_file_open(a, opts->run_dir);
 	*agentp = a;
 	return 0;
 
 err_free:
 	sem_destroy(&start.ready);
 	md__scan_free(a);
+	stats_file_close(a);
 	md__memroom_close(&a->memroom);
 	pthread_mutex_destroy(&a->unmerge_lock);
 	pthread_mutex_destroy(&a->pause_lock);
@@ -445,7 +459,13 @@ void md_agent_free(md_agent *a)
 	if (!a)
 		return;
 	__atomic_store_n(&a->stop, 1, __ATOMIC_RELEASE);
-	syscall(SYS_tgkill, getpid(), a->thread_tid, a->lease_signal);
+	/* Under the lock, as the thread lets its id go: an id let go may be
+	 * another thread's soon, and the signal's default action ends the
+	 * process. */
+	md__agent_enter(a);
+	if (a->thread_tid)
+		syscall(SYS_tgkill, getpid(), a->thread_tid, a->lease_signal);
+	md__agent_leave(a);
 	pthread_join(a->thread, NULL);
 	/* The engine's pool pages stay mapped, and correct: they never change. */
 	md__scan_free(a);
@@ -461,11 +481,7 @@ void md_agent_free(md_agent *a)
 	a->nhanded = 0;
 	md__agent_leave(a);
 
-	if (a->stats_map) {
-		unlink(a->stats_path);
-		md__sys_munmap(a->stats_map, sizeof(*a->stats_map));
-		close(a->stats_fd);	/* after the unlink: nobody takes the name meanwhile */
-	}
+	stats_file_close(a);
 	md__memroom_close(&a->memroom);
 	pthread_mutex_destroy(&a->unmerge_lock);
 	pthread_mutex_destroy(&a->pause_lock);
@@ -630,7 +646,7 @@ int md_agent_register(md_agent *a, void *addr, size_t len, unsigned advice)
 		return kind;
 	}
 	if (kind & MD_VMF_HUGETLB) {
-		md__log_once(66, "memory at %p (%zu bytes) is hugetlbfs memory: not merged", addr, len);
+		md__log_once(122, "memory at %p (%zu bytes) is hugetlbfs memory: not merged", addr, len);
 		return -EPERM;
 	}
 	/* Read-only memory (or none at all): the pages a shared read or a
@@ -818,16 +834,18 @@ int md_agent_unregister(md_agent *a, void *addr, size_t len)
 		return -EINVAL;
 	uintptr_t s = (uintptr_t)addr, e = s + len;
 	md__agent_enter(a);
-	/* RAM the VMM's userfaultfd holds and that asks for merging no more
-	 * is not taken back when the VMM lets go; the record stays, so that
-	 * it is refused while the VMM holds it, if it asks again. */
-	handed_opt_out(a, s, e, 1);
 	/* Memory that is none of ours (glibc's realloc moves large blocks
 	 * with mremap) is let go at once, as in md__agent_unmap: the engine's
 	 * write lock would wait for a scanner's whole batch. */
 	if (regions_overlap(a, s, e) || handed_overlaps(a, s, e) ||
 	    (a->engine && md__engine_touches(a->engine, s, len)))
 		err = unregister_locked(a, s, e);
+	/* RAM the VMM's userfaultfd holds and that asks for merging no more
+	 * is not taken back when the VMM lets go; the record stays, so that
+	 * it is refused while the VMM holds it, if it asks again. Not when
+	 * the call failed: the VMM's advice did not change. */
+	if (!err)
+		handed_opt_out(a, s, e, 1);
 	md__agent_leave(a);
 	return err;
 }
@@ -921,10 +939,16 @@ static int mbind_run(void *p)
 		int err = md__range_file_maps(s, e, &v, &n);
 		skip = n ? malloc(n * sizeof(*skip)) : NULL;
 		if (err || (n && !skip)) {
+			/* The VMM's call must not fail for our bookkeeping (QEMU
+			 * takes a failed host-nodes= bind as fatal): made whole,
+			 * at worst placing a shared page of ours as it asked. */
+			md__log_once(123, "cannot tell our mappings in an mbind's range (%s): bound as asked, "
+				     "pool pages in it included", strerror(err ? -err : ENOMEM));
 			free(v);
-			m->ret = -1;
-			m->err = err ? -err : ENOMEM;
-			return 0;
+			free(skip);
+			v = NULL;
+			skip = NULL;
+			n = 0;
 		}
 		for (size_t i = 0; i < n; i++)
 			if (v[i].pool || image_in_shmem(m->a, v[i].dev, v[i].ino))

@@ -371,7 +371,8 @@ static long libc_call(long nr, long a0, long a1, long a2, long a3)
 
 /* Locked memory: a private mapping made or locked there is filled at once
  * by write faults (copies), so guest RAM is given up first; a failure to
- * make shared pages private fails the call (EAGAIN: "could not be locked"). */
+ * make shared pages private fails the call (mlock's EAGAIN, "could not be
+ * locked"; mlockall's ENOMEM). */
 static int lock_first(const void *addr, size_t len, int all)
 {
 	md_agent *a = agent_peek();
@@ -384,7 +385,7 @@ static int lock_first(const void *addr, size_t len, int all)
 	e = (e + MD_PAGE_SIZE - 1) & ~(uintptr_t)(MD_PAGE_SIZE - 1);
 	int err = md__agent_lock(a, s, all ? 0 : e, all);
 	if (err)
-		errno = err == -ENOMEM ? EAGAIN : -err;
+		errno = err == -ENOMEM && !all ? EAGAIN : -err;	/* mlockall has no EAGAIN: ENOMEM */
 	return err;
 }
 
@@ -1048,9 +1049,13 @@ EXPORT long syscall(long nr, ...)
 		/* A process made without the C library's fork() and its
 		 * atfork handler: its child runs plain all the same. Not one
 		 * that shares our memory (CLONE_VM: a thread, a vfork), whose
-		 * state is ours. clone3's flags are the first of its args. */
-		uint64_t fl = nr == SYS_fork ? 0 : nr == SYS_clone ? (uint64_t)a[0] :
-			      a[0] && (size_t)a[1] >= sizeof(uint64_t) ? *(const uint64_t *)a[0] : CLONE_VM;
+		 * state is ours. clone3's flags are the first of its args,
+		 * read as the kernel will (a bad pointer is its EFAULT, not
+		 * our fault in the caller). */
+		uint64_t fl = nr == SYS_fork ? 0 : nr == SYS_clone ? (uint64_t)a[0] : CLONE_VM;
+		if (nr == SYS_clone3 && (size_t)a[1] >= sizeof(uint64_t) &&
+		    md__copy_in(&fl, (const void *)a[0], sizeof(fl)) != 0)
+			fl = CLONE_VM;
 		long r = call(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
 		if (r == 0 && !(fl & CLONE_VM))
 			plain_child();

@@ -87,7 +87,7 @@ void md__scan_init(struct md_agent *a, const md_agent_options *o)
 		/* Only whether a daemon is there: its HELLO, a round trip
 		 * (up to the reply deadline if it is stalled), is the agent
 		 * thread's, which connects at once (md__scan_daemon). This
-		 * runs on a VMM thread, under the agent's lock. */
+		 * runs on a VMM thread, in md_agent_new (under preload's agent_lock). */
 		err = md__daemon_probe(rm->socket);
 		int none = err == -ENOENT || err == -ECONNREFUSED || err == -EACCES || err == -EPERM;
 		if (none && !*domain) {

@@ -9,12 +9,15 @@
 #include <unistd.h>
 
 static int log_fd = STDERR_FILENO;
-static uint64_t said[2];     /* keys said once: 0..127 */
+static uint64_t said[4];     /* keys said once: 0..255 */
 
 int md__log_open(const char *path)
 {
 	if (path && *path && strcmp(path, "-") != 0) {
-		int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+		/* Not blocking: a FIFO with no reader would hold the VMM's
+		 * first MADV_MERGEABLE (ENXIO now: stderr then), a full one
+		 * every thread that logs (a line lost instead). */
+		int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NONBLOCK, 0644);
 		if (fd < 0)
 			return -errno;
 		log_fd = fd;
@@ -47,7 +50,7 @@ void md__log(const char *fmt, ...)
 void md__log_once(unsigned key, const char *fmt, ...)
 {
 	uint64_t bit = 1ull << (key % 64);
-	if (__atomic_fetch_or(&said[key / 64 % 2], bit, __ATOMIC_RELAXED) & bit)
+	if (__atomic_fetch_or(&said[key / 64 % 4], bit, __ATOMIC_RELAXED) & bit)
 		return;
 	va_list ap;
 	va_start(ap, fmt);

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,6 +117,16 @@ int md__sys_ioctl(int fd, unsigned long request, void *arg)
 	/* The engine's userfaultfd calls: never the VMM's (preload.c's
 	 * syscall() hands SYS_ioctl to its ioctl). */
 	return (int)raw()(SYS_ioctl, fd, request, arg);
+}
+
+int md__thread_create(pthread_t *t, void *(*fn)(void *), void *arg)
+{
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	int err = pthread_create(t, NULL, fn, arg);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return -err;
 }
 
 int md__sys_madvise(void *addr, size_t len, int advice)
@@ -232,7 +243,7 @@ uint64_t md__count_vmas(void)
 	/* pread, at offsets of our own: the descriptor may share its offset
 	 * with another thread's (md__proc_open after a chroot). */
 	for (off_t at = 0;;) {
-		ssize_t n = pread(fd, buf, sizeof(buf), at);
+		ssize_t n = md__sys_pread(fd, buf, sizeof(buf), at);	/* not the interposed one */
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0)
@@ -301,7 +312,7 @@ static int proc_lines(const char *name, void (*line)(void *arg, char *text), voi
 	if (fd < 0)
 		return -errno;
 	for (off_t at = 0;;) {	/* pread: see md__count_vmas */
-		ssize_t n = pread(fd, buf + have, sizeof(buf) - 1 - have, at);
+		ssize_t n = md__sys_pread(fd, buf + have, sizeof(buf) - 1 - have, at);
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0) {

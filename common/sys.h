@@ -2,6 +2,7 @@
  * (the preloaded syscall(2) one passes these straight to the C library's). */
 #ifndef MD_SYS_H
 #define MD_SYS_H
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -22,6 +23,10 @@ void *md__sys_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t of
 int md__sys_munmap(void *addr, size_t len);
 void *md__sys_mremap(void *old, size_t old_len, size_t new_len, int flags, void *new_addr);
 int md__sys_madvise(void *addr, size_t len, int advice);
+/* pthread_create with every signal blocked in the new thread from its
+ * start (as QEMU makes its own): our threads run inside the VMM, whose
+ * process-wide signals are its own threads' to take. 0 or -errno. */
+int md__thread_create(pthread_t *t, void *(*fn)(void *), void *arg);
 /* The preload library's syscall(2) takes mprotect itself (and mlock and
  * mbind): these go to the C library's, which the preload library names
  * here (md__libc_syscall) when it starts. */

@@ -1295,10 +1295,10 @@ int md__scanner_start(struct md__scanner *s)
 	s->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (s->wake_fd < 0)
 		return -errno;
-	int err = pthread_create(&s->thread, NULL, scan_thread, s);
+	int err = md__thread_create(&s->thread, scan_thread, s);
 	if (err) {
 		close(s->wake_fd);
-		return -err;
+		return err;
 	}
 	/* Named here too, not only by itself: a look at the process's
 	 * threads right after a start finds it by its name. */

@@ -241,9 +241,9 @@ int md__uffd_start(struct md__uffd *u, md__uffd_fault_fn fn, void *arg)
 {
 	u->fn = fn;
 	u->arg = arg;
-	int err = pthread_create(&u->thread, NULL, fault_thread, u);
+	int err = md__thread_create(&u->thread, fault_thread, u);
 	if (err)
-		return -err;
+		return err;
 	u->thread_started = 1;
 	return 0;
 }

@@ -1360,16 +1360,16 @@ TEST_IMPL(pread_outside_ram_is_pread)
 	return 0;
 }
 
-/* A VMM's preadv or userfaultfd ioctl given a pointer that cannot be read
- * fails with EFAULT, as without us: the agent reads both arguments, and
- * crashed the VMM with SIGSEGV. */
+/* A VMM's preadv, userfaultfd ioctl or raw clone3 given a pointer that
+ * cannot be read fails with EFAULT, as without us: the agent reads these
+ * arguments, and crashed the VMM with SIGSEGV. */
 TEST_IMPL(bad_pointer_is_efault)
 {
 	const char *img = image(4);
 	struct proc a;
 	char want[32];
 	int fd = start_reader(&a, img, NULL);
-	snprintf(want, sizeof(want), "%d %d %d", EFAULT, EFAULT, EFAULT);
+	snprintf(want, sizeof(want), "%d %d %d %d", EFAULT, EFAULT, EFAULT, EFAULT);
 	ASSERT(strcmp(proc_cmd(&a, "badptr %d", fd), want) == 0);
 	ASSERT_EQ(proc_num(&a, "read %d 0 65536 0", fd), 65536);	/* and it goes on */
 	proc_stop(&a);
@@ -2320,6 +2320,13 @@ TEST_IMPL(env_bad_order_and_log_said)
 	ASSERT(strstr(said, "cannot open MEMDEDUP_LOG='"));
 	ASSERT(strstr(said, "/no-such-dir/x.log' (No such file or directory): logging to stderr"));
 	ASSERT_EQ(count_lines(said), 1);
+	/* A FIFO nobody reads: said the same way, not waited on for ever. */
+	char fifo[700];
+	snprintf(fifo, sizeof(fifo), "%s/log.fifo", test_dir());
+	ASSERT(mkfifo(fifo, 0600) == 0);
+	snprintf(env, sizeof(env), "MEMDEDUP_RUN_DIR='%s' MEMDEDUP_LOG='%s'", test_dir(), fifo);
+	ASSERT_EQ(run_testproc("timeout 20", env, err), 0);
+	ASSERT(strstr(file_text(err), "log.fifo' (No such device or address): logging to stderr"));
 	return 0;
 }
 

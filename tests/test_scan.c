@@ -1969,6 +1969,69 @@ static int threads_named(const char *name)
 	return n;
 }
 
+/* The signal mask of each thread named name: how many there are, and
+ * whether all of them block every one of the VMM's usual signals. */
+static int threads_block(const char *name, int *all_block)
+{
+	DIR *d = opendir("/proc/self/task");
+	ASSERT(d);
+	int n = 0;
+	*all_block = 1;
+	for (struct dirent *e; (e = readdir(d));) {
+		char path[300], line[256], comm[32] = "";
+		unsigned long long blk = 0;
+		snprintf(path, sizeof(path), "/proc/self/task/%s/comm", e->d_name);
+		FILE *f = fopen(path, "r");
+		if (!f)
+			continue;
+		if (fgets(comm, sizeof(comm), f))
+			comm[strcspn(comm, "\n")] = '\0';
+		fclose(f);
+		if (strcmp(comm, name) != 0)
+			continue;
+		n++;
+		snprintf(path, sizeof(path), "/proc/self/task/%s/status", e->d_name);
+		f = fopen(path, "r");
+		ASSERT(f);
+		while (fgets(line, sizeof(line), f))
+			if (sscanf(line, "SigBlk: %llx", &blk) == 1)
+				break;
+		fclose(f);
+		static const int sigs[] = { SIGTERM, SIGINT, SIGHUP, SIGCHLD, SIGUSR1, SIGUSR2, SIGALRM, SIGIO };
+		for (size_t k = 0; k < sizeof(sigs) / sizeof(sigs[0]); k++)
+			if (!(blk & (1ull << (sigs[k] - 1))))
+				*all_block = 0;
+	}
+	closedir(d);
+	return n;
+}
+
+/* The agent's threads run inside the VMM: its process-wide signals (a
+ * SIGTERM, a SIGCHLD) are for its own threads, which a VMM that takes
+ * them with signalfd or sigwait blocks only in its own. Ours block every
+ * signal from their start, whatever the thread that made them had. */
+TEST_IMPL(scan_threads_block_signals)
+{
+	md_agent *a;
+	size_t len = 64 * PG;
+	sigset_t none;
+	sigemptyset(&none);
+	ASSERT(pthread_sigmask(SIG_SETMASK, &none, NULL) == 0);
+	char *m = inproc_agent(&a, 1000, len);
+	memset(m, 1, len);
+	ASSERT_EQ(md_agent_register(a, m, len, 0), 0);
+	int all = 0;
+	ASSERT_EQ(threads_block("md-agent", &all), 1);
+	ASSERT(all);
+	ASSERT_EQ(threads_block("md-scan", &all), 1);
+	ASSERT(all);
+	ASSERT_EQ(threads_block("md-uffd", &all), 1);
+	ASSERT(all);
+	md_agent_free(a);
+	munmap(m, len);
+	return 0;
+}
+
 /* In a child: an agent of its own, 64 pages merged in pairs, then the
  * process chrooted where there is no /proc (QEMU's -chroot), or with
  * with_proc a /proc but no /sys (in a mount namespace of its own, which

@@ -847,8 +847,9 @@ int main(void)
 			printf("%d\n", r);
 		} else if (strcmp(cmd, "badptr") == 0) {
 			/* badptr FD: preadv, then UFFDIO_REGISTER and UNREGISTER,
-			 * each given a pointer that cannot be read: their errnos,
-			 * as the kernel returns them (the agent reads both). */
+			 * then clone3, each given a pointer that cannot be read:
+			 * their errnos, as the kernel returns them (the agent
+			 * reads all of them). */
 			sscanf(line, "%*s %lld", &a1);
 			void *bad = mmap(NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 			int u = new_uffd(O_NONBLOCK);
@@ -857,7 +858,9 @@ int main(void)
 			int e1 = r < 0 ? errno : 0;
 			int e2 = u >= 0 && ioctl(u, UFFDIO_API, &api) == 0 && ioctl(u, UFFDIO_REGISTER, bad) < 0 ? errno : 0;
 			int e3 = u >= 0 && ioctl(u, UFFDIO_UNREGISTER, bad) < 0 ? errno : 0;
-			printf("%d %d %d\n", e1, e2, e3);
+			/* And clone3 by syscall(2), whose flags the agent reads. */
+			int e4 = syscall(SYS_clone3, bad, (size_t)88) < 0 ? errno : 0;
+			printf("%d %d %d %d\n", e1, e2, e3, e4);
 			if (u >= 0)
 				close(u);
 			munmap(bad, 4096);
