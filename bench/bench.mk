@@ -17,7 +17,12 @@ $(B)/hashbench: $(B)/bench/hashbench.o $(B)/libmemdedup.a
 $(B)/ptcost: $(B)/bench/ptcost.o
 	$(CC) -o $@ $^ $(LDFLAGS)
 
-bench-build: $(B)/microbench $(B)/census $(B)/hashbench $(B)/ptcost
+# memdedupd's fairness between users: one user's LOOKUP round trip while
+# another floods it from many connections (bench/daemon-fairness.sh).
+$(B)/daemonflood: $(B)/bench/daemonflood.o $(B)/common/protocol.o
+	$(CC) -o $@ $^ $(LDFLAGS)
+
+bench-build: $(B)/microbench $(B)/census $(B)/hashbench $(B)/ptcost $(B)/daemonflood
 
 microbench: $(B)/microbench $(B)/hashbench
 	$(B)/microbench 64 5

@@ -190,6 +190,11 @@ struct md__user {
 	 * md__daemon.status_bytes_per_s. Kept while in debt with no
 	 * connection, or a reconnect would start afresh. */
 	struct md__bucket status;
+	/* Work its connections did in this wake-up of the loop (server.c,
+	 * MD_D_USER_BUDGET): fairness between users, whatever number of
+	 * connections each has. */
+	uint64_t round;
+	unsigned spent;
 };
 
 struct md__conn {
@@ -216,8 +221,13 @@ struct md__conn {
 	uint64_t owing_since;
 	int requested;             /* a whole request came */
 	int awaiting;              /* a CONTROL waits for its agents: its later requests wait */
-	int deferred;              /* stopped at its budget with requests read: handled
-	                            * again before the loop waits (server.c) */
+	/* Stopped at its budget (or its user's) with requests to handle: in
+	 * a queue of connections served first in the loop's next wake-up, in
+	 * the order they were stopped (server.c); 1 having had its share,
+	 * 2 starved. */
+	int deferred;
+	uint64_t deferred_round;
+	struct md__conn *defer_next, **defer_pprev;
 };
 
 struct md__daemon {
@@ -225,7 +235,13 @@ struct md__daemon {
 	struct md__ep listen_ep, signal_ep;
 	uint64_t accept_paused;	/* out of descriptors: not listening since (ms), 0: listening */
 	int owing;		/* some connection owes bytes (md__conn.owing_since): wake each second */
-	int deferred;		/* some connection is md__conn.deferred: do not wait */
+	/* Connections deferred (md__conn.deferred), oldest first, [1] the
+	 * starved: the loop does not wait while there are; round counts the
+	 * wake-ups. */
+	struct md__defer_queue {
+		struct md__conn *head, **tail;
+	} defer[2];
+	uint64_t round;
 	char socket_path[MD_D_SOCKET_MAX + 1];
 	char pid_path[MD_D_RUN_DIR_MAX + 32];
 	char log_path[MD_D_RUN_DIR_MAX + 32];	/* daemonized: reopened on SIGHUP */
@@ -272,8 +288,8 @@ int64_t md__now_ms(void);
 int md__server_listen(struct md__daemon *d);
 int md__server_run(struct md__daemon *d);
 /* Handles one wake-up's events, d->evs[0..d->nev) (whatever epoll_wait on
- * d->epfd returned): connections read and answered, agents gone, then the
- * connections deferred, and the SHAREs and candidates due. The loop's
+ * d->epfd returned): the connections deferred before first, then those
+ * read and answered, agents gone, and the SHAREs and candidates due. The loop's
  * body, apart from its timers; fuzz/fuzz_daemon.c drives it too. */
 void md__server_events(struct md__daemon *d);
 void md__server_close(struct md__daemon *d);

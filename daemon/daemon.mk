@@ -10,7 +10,7 @@ DAEMON_SRC := daemon/main.c daemon/dlog.c daemon/server.c daemon/domain.c daemon
 COMMON_DAEMON_SRC := common/protocol.c common/client.c common/rxbuf.c common/printable.c
 DAEMON_CLI_SRC := cli/cmd_control.c cli/status_daemon.c
 DAEMON_TEST_SRC := tests/daemon/test_protocol.c tests/daemon/test_daemon.c tests/daemon/test_daemon_start.c \
-                   tests/daemon/test_client.c \
+                   tests/daemon/test_client.c tests/daemon/test_server.c \
                    tests/daemon/daemon_util.c
 DAEMON_OBJ := $(DAEMON_SRC:%.c=$(B)/%.o)
 
@@ -21,8 +21,10 @@ $(DAEMON_OBJ): CFLAGS += -Iengine -Idaemon
 $(B)/memdedupd: $(DAEMON_OBJ) $(B)/libmemdedup.a
 	$(CC) -o $@ $^ $(LDFLAGS) $(JSON_LIBS)
 
-# The daemon's tests read STATUS documents with jansson.
+# The daemon's tests read STATUS documents with jansson, and drive its loop
+# in their own process (tests/daemon/test_server.c).
 $(B)/runner: LDFLAGS += $(JSON_LIBS)
+$(B)/runner: $(filter-out $(B)/daemon/main.o,$(DAEMON_OBJ))
 
 # The protocol decoder on arbitrary bytes, corpus replayed by `make check`.
 $(B)/fuzz-replay-protocol: fuzz/replay.c fuzz/fuzz_protocol.c $(B)/libmemdedup.a

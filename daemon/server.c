@@ -43,10 +43,58 @@
 #define MD_D_BATCH 16   /* messages per connection per wake-up: fairness */
 /* Work per connection per wake-up: a message is 1, a READS 1 more per 1,024
  * pages (one of 128 full runs takes milliseconds), a STATUS 16. What is left waits in
- * the buffer: the connection is deferred, handled again after the others'
- * events (not on its socket's events: a peer that does not read its
+ * the buffer: the connection is deferred, handled first in the next
+ * wake-up (not on its socket's events: a peer that does not read its
  * replies makes none). */
 #define MD_D_BUDGET 64
+/* Work per user per wake-up, all its connections together: a user with 200
+ * connections made another's one LOOKUP wait 765 ms when each connection
+ * had a budget of its own, as a round then held 64 of them at 64 each.
+ * Its connections stopped here wait in the queue of deferred ones, served
+ * first in the next wake-up (at once: the loop does not wait then), in the
+ * order they were stopped, so each of its connections has its turn. */
+#define MD_D_USER_BUDGET (4 * MD_D_BUDGET)
+
+/* Into a queue of deferred connections, at its end (once): starved, stopped
+ * before it was served at all in this wake-up (its user's budget spent),
+ * else having had its share. The starved are served first in the next. */
+static void defer_conn(struct md__daemon *d, struct md__conn *c, int starved)
+{
+	if (c->deferred)
+		return;
+	struct md__defer_queue *q = &d->defer[starved];
+	if (!q->head)
+		q->tail = &q->head;
+	c->deferred = 1 + starved;
+	c->deferred_round = d->round;
+	c->defer_next = NULL;
+	c->defer_pprev = q->tail;
+	*q->tail = c;
+	q->tail = &c->defer_next;
+}
+
+static void undefer_conn(struct md__daemon *d, struct md__conn *c)
+{
+	if (!c->deferred)
+		return;
+	struct md__defer_queue *q = &d->defer[c->deferred - 1];
+	c->deferred = 0;
+	*c->defer_pprev = c->defer_next;
+	if (c->defer_next)
+		c->defer_next->defer_pprev = c->defer_pprev;
+	else
+		q->tail = c->defer_pprev;
+}
+
+/* The work u's connections did in this wake-up. */
+static unsigned *user_spent(struct md__daemon *d, struct md__user *u)
+{
+	if (u->round != d->round) {
+		u->round = d->round;
+		u->spent = 0;
+	}
+	return &u->spent;
+}
 
 int md__ep_add(struct md__daemon *d, int fd, struct md__ep *ep, uint32_t events)
 {
@@ -351,6 +399,7 @@ static void conn_close(struct md__daemon *d, struct md__conn *c)
 		reshare(d);
 	}
 	md__ep_forget(d, &c->ep, c->fd);
+	undefer_conn(d, c);
 	*c->pprev = c->next;
 	if (c->next)
 		c->next->pprev = c->pprev;
@@ -1032,9 +1081,11 @@ static int read_conn(struct md__daemon *d, struct md__conn *c)
 				backed_up = 1;
 				break;
 			}
-			/* One peer's big messages do not hold the others'. */
-			if (spent >= MD_D_BUDGET) {
-				c->deferred = d->deferred = 1;
+			/* One peer's big messages do not hold the others', nor
+			 * one user's many peers the other users'. */
+			unsigned *user = user_spent(d, c->user);
+			if (spent >= MD_D_BUDGET || *user >= MD_D_USER_BUDGET) {
+				defer_conn(d, c, spent == 0);
 				break;
 			}
 			int err = md__msg_decode(c->in.buf + c->in.head, need, &d->msg);
@@ -1046,7 +1097,9 @@ static int read_conn(struct md__daemon *d, struct md__conn *c)
 				break;
 			}
 			c->requested = 1;
-			spent += msg_cost(&d->msg);
+			unsigned cost = msg_cost(&d->msg);
+			spent += cost;
+			*user += cost;
 			dispatch(d, c);
 			continue;
 		}
@@ -1123,6 +1176,23 @@ static void handle_signal(struct md__daemon *d)
 
 void md__server_events(struct md__daemon *d)
 {
+	/* The connections deferred before, the starved first, each queue in
+	 * its order, once each: one deferred again goes to the end of a
+	 * queue, and is left for the next wake-up. Handling one closes no
+	 * other, but a close unlinks it anyway (conn_close). */
+	d->round++;
+	for (int starved = 1; starved >= 0; starved--) {
+		struct md__defer_queue *q = &d->defer[starved];
+		while (q->head && q->head->deferred_round != d->round && !d->stop) {
+			struct md__conn *c = q->head;
+			undefer_conn(d, c);
+			d->reading = c;
+			int gone = !c->closing && read_conn(d, c) < 0;
+			d->reading = NULL;
+			if (!gone)
+				flush_out(d, c);
+		}
+	}
 	for (int i = 0; i < d->nev && !d->stop; i++) {
 		struct md__ep *ep = d->evs[i].data.ptr;
 		if (!ep)
@@ -1167,22 +1237,6 @@ void md__server_events(struct md__daemon *d)
 		}
 	}
 	d->nev = 0;
-	/* Connections stopped at their budget: another share each.
-	 * Handling one closes no other. */
-	if (d->deferred) {
-		d->deferred = 0;
-		for (struct md__conn *c = d->conns, *next; c && !d->stop; c = next) {
-			next = c->next;
-			if (!c->deferred)
-				continue;
-			c->deferred = 0;
-			d->reading = c;
-			int gone = !c->closing && read_conn(d, c) < 0;
-			d->reading = NULL;
-			if (!gone)
-				flush_out(d, c);
-		}
-	}
 	flush_share(d);
 	for (struct md__agent *a = d->agents; a; a = a->next)
 		flush_candidates(d, a);
@@ -1204,7 +1258,7 @@ int md__server_run(struct md__daemon *d)
 	while (!d->stop) {
 		/* Freed pool pages not reused are punched once a second
 		 * passes without a message (while busy, 256 at a time). */
-		int deferred = d->deferred;
+		int deferred = d->defer[0].head || d->defer[1].head;
 		int n = epoll_wait(d->epfd, evs, 64,
 				   deferred ? 0 :
 				   md__domains_trim_due(d) || d->accept_paused || d->owing ||

@@ -290,7 +290,7 @@ static void pump(struct md__daemon *d, struct peer *peers)
 		}
 		struct epoll_event evs[64];
 		int n = epoll_wait(d->epfd, evs, 64, 0);
-		if (n > 0 || d->deferred) {
+		if (n > 0 || d->defer[0].head || d->defer[1].head) {
 			FILE *saved = daemon_stderr_begin();
 			d->evs = evs;
 			d->nev = n > 0 ? n : 0;
