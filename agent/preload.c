@@ -175,6 +175,9 @@ static md_agent *agent_get(void)
 			md__log("a child forked from a process with memdedup's agent runs without it");
 		return a;
 	}
+	/* The VMM's call that made it sees its own errno, not the start's
+	 * (a run directory there already, EEXIST). */
+	int caller_errno = errno;
 	__atomic_add_fetch(&agent_creating, 1, __ATOMIC_SEQ_CST);
 	pthread_mutex_lock(&agent_lock);
 	if (!agent && !agent_failed) {
@@ -215,6 +218,7 @@ static md_agent *agent_get(void)
 	a = agent;
 	pthread_mutex_unlock(&agent_lock);
 	__atomic_sub_fetch(&agent_creating, 1, __ATOMIC_SEQ_CST);
+	errno = caller_errno;
 	return a;
 }
 
@@ -471,8 +475,11 @@ EXPORT int munlockall(void)
 {
 	int r = (int)libc_call(SYS_munlockall, 0, 0, 0, 0);
 	md_agent *a = agent_peek();
-	if (r == 0 && a)
+	if (r == 0 && a) {
+		int saved = errno;
 		md__agent_lock_future(a, 0);
+		errno = saved;
+	}
 	return r;
 }
 
@@ -526,9 +533,12 @@ static long vm_call(struct vm_call *c, void *addr, size_t len)
 		}
 		return c->ret;
 	}
+	int caller_errno = errno;
 	int r = md__agent_unmap(a, addr, page_len(len), vm_call_run, c, keep_mapped);
 	if (r)
 		errno = -r;
+	else if (c->ret != -1)
+		errno = caller_errno;	/* a success leaves it, as the kernel's */
 	if (c->ret != -1 && c->nr != SYS_mremap) {
 		int saved = errno;
 		md__policy_forget((uintptr_t)addr, page_len(len));	/* a new mapping has none */
@@ -557,7 +567,9 @@ EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 {
 	void *new_addr = NULL;
 	md_agent *a = agent_peek();
-	if (flags & MREMAP_FIXED) {
+	/* The fifth argument for MREMAP_FIXED, and the kernel's hint for
+	 * MREMAP_DONTUNMAP (glibc passes it whenever either is set). */
+	if (flags & (MREMAP_FIXED | MREMAP_DONTUNMAP)) {
 		va_list ap;
 		va_start(ap, flags);
 		new_addr = va_arg(ap, void *);
@@ -674,8 +686,11 @@ int io_setup(int maxevents, void *ctxp);
 EXPORT int io_setup(int maxevents, void *ctxp)
 {
 	unseen_io("set up Linux AIO (aio=native)");
+	int saved = errno;	/* libaio's leaves it as it was */
 	long r = syscall(SYS_io_setup, maxevents, ctxp);
-	return r < 0 ? -errno : 0;
+	int err = r < 0 ? errno : 0;
+	errno = saved;
+	return -err;
 }
 
 /* Zero-copy sends (MSG_ZEROCOPY on an SO_ZEROCOPY socket: QEMU's multifd
@@ -687,9 +702,15 @@ EXPORT int io_setup(int maxevents, void *ctxp)
  * SO_ZEROCOPY the kernel ignores the flag, and so do we. */
 static void zerocopy_send(int fd, int flags)
 {
-	int on = 0;
+	int on = 0, saved = errno;
 	socklen_t len = sizeof(on);
-	if (!(flags & MSG_ZEROCOPY) || (getsockopt(fd, SOL_SOCKET, SO_ZEROCOPY, &on, &len) == 0 && !on))
+	if (!(flags & MSG_ZEROCOPY))
+		return;
+	/* Not a socket (the send fails), or no SO_ZEROCOPY at all (the
+	 * kernel ignores the flag): nothing pinned. */
+	int asked = getsockopt(fd, SOL_SOCKET, SO_ZEROCOPY, &on, &len) == 0;
+	errno = saved;
+	if (!asked || !on)
 		return;
 	unseen_io("sends with MSG_ZEROCOPY (zero-copy migration)");
 }

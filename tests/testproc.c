@@ -790,6 +790,31 @@ int main(void)
 					  strcmp(s2, "path") == 0 ? O_PATH :
 					  strcmp(s2, "direct") == 0 ? O_RDONLY | O_DIRECT : O_RDONLY);
 			printf("%d\n", fd < 0 ? -errno : fd);
+		} else if (strcmp(cmd, "errnokept") == 0) {
+			/* errnokept: errno set to 777 before calls that succeed (or,
+			 * io_setup, return -errno) and after them: the first
+			 * MADV_MERGEABLE (the agent starts), a munmap of part of
+			 * it, libaio's io_setup refused, a MSG_ZEROCOPY send on
+			 * a descriptor that is no socket. */
+			size_t len = 64 * 4096;
+			char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			memset(m, 7, len);
+			errno = 777;
+			int r1 = madvise(m, len, MADV_MERGEABLE), e1 = errno;
+			errno = 777;
+			int r2 = munmap(m, 4096), e2 = errno;
+			int (*setup)(int, unsigned long *);
+			unsigned long ctx = 0;
+			*(void **)&setup = dlsym(RTLD_DEFAULT, "io_setup");
+			errno = 777;
+			int r3 = setup ? setup(-1, &ctx) : -ENOSYS, e3 = errno;
+			int devnull = open("/dev/null", O_RDONLY | O_CLOEXEC);
+			errno = 777;
+			ssize_t r4 = send(devnull, m + 4096, 1, MSG_ZEROCOPY);
+			int e4 = errno;
+			close(devnull);
+			munmap(m + 4096, len - 4096);
+			printf("%d %d %d %d %d %d %zd %d\n", r1, e1, r2, e2, r3, e3, r4, e4);
 		} else if (strcmp(cmd, "iosetup") == 0) {
 			int (*setup)(int, unsigned long *);
 			unsigned long ctx = 0;
