@@ -122,7 +122,9 @@ int md__scanner_init(struct md__scanner *s, struct md__engine *e, struct md__hin
 void md__scanner_free(struct md__scanner *s);
 /* The bytes its tables take: the unstable table and the copy buffer. */
 size_t md__scanner_meta_bytes(const struct md__scanner *s);
-/* Visits up to npages pages; returns the merges made. */
+/* Visits up to npages pages; returns the merges made within the process
+ * (those onto memdedupd's pool are made as the batch ends, and counted in
+ * the stats only). */
 int md__scanner_step(struct md__scanner *s, size_t npages);
 /* The sleeping loop on a thread of its own: step(batch), sleep, again. */
 int md__scanner_start(struct md__scanner *s);

@@ -172,7 +172,9 @@ typedef struct md_stats {
 	uint64_t zero_pages;           /* now: all-zero pages dropped (they read as the
 	                                  zero page) and not seen written or read
 	                                  since (KSM's ksm_zero_pages) */
-	uint64_t published;            /* pages copied into the pool as first copy */
+	uint64_t published;            /* pages sent to the pool as first copy (with
+	                                  memdedupd, also those it answered with an
+	                                  equal page another agent just published) */
 	uint64_t volatile_skips;       /* visits skipped: checksum changed */
 	uint64_t abandoned;            /* merges abandoned: changed under protection */
 	uint64_t full_scans;           /* passes over all registered RAM */
