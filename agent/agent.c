@@ -428,7 +428,7 @@ int md_agent_new(md_agent **agentp, const md_agent_options *opts)
 
 	start.agent = a;
 	sem_init(&start.ready, 0, 0);
-	err = -md__thread_create(&a->thread, agent_thread, &start);
+	err = md__thread_create(&a->thread, agent_thread, &start);
 	if (err)
 		goto err_free;
 	while (sem_wait(&start.ready) != 0 && errno == EINTR)

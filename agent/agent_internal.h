@@ -398,8 +398,6 @@ void md__plan_read(uintptr_t buf, size_t len, uint64_t off, uint64_t file_size,
 #define MD_SET_ORDER (1u << 3)
 #define MD_SET_HINTS (1u << 4)
 void md__scan_init(struct md_agent *a, const md_agent_options *o);
-/* What to do about it, after "content scanning is off: <strerror(-err)>"
- * ("" when there is nothing to say). */
 int md__scan_register(struct md_agent *a, uintptr_t start, size_t len, unsigned advice);
 /* Refreshes the scanner's counters; reap: also finds the merged pages
  * written since (a walk of /proc/self/pagemap), and returns how many. */

@@ -685,8 +685,8 @@ static void unseen_io(const char *what)
 int io_setup(int maxevents, void *ctxp);
 EXPORT int io_setup(int maxevents, void *ctxp)
 {
-	unseen_io("set up Linux AIO (aio=native)");
 	int saved = errno;	/* libaio's leaves it as it was */
+	unseen_io("set up Linux AIO (aio=native)");
 	long r = syscall(SYS_io_setup, maxevents, ctxp);
 	int err = r < 0 ? errno : 0;
 	errno = saved;
@@ -709,10 +709,9 @@ static void zerocopy_send(int fd, int flags)
 	/* Not a socket (the send fails), or no SO_ZEROCOPY at all (the
 	 * kernel ignores the flag): nothing pinned. */
 	int asked = getsockopt(fd, SOL_SOCKET, SO_ZEROCOPY, &on, &len) == 0;
+	if (asked && on)
+		unseen_io("sends with MSG_ZEROCOPY (zero-copy migration)");
 	errno = saved;
-	if (!asked || !on)
-		return;
-	unseen_io("sends with MSG_ZEROCOPY (zero-copy migration)");
 }
 
 

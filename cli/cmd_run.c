@@ -335,7 +335,9 @@ static int script_interpreter(const char *path, char *out, size_t size)
  * script in turn, and the dynamic loader the ELF file at the end names, or
  * the exec fails after the daemon was started for it: 0, or -ENOENT /
  * -EACCES as execve's, the interpreter that fails in bad (*elf: the
- * loader). A "#!" naming nothing fails the kernel's exec with ENOEXEC, on
+ * loader, 1 the command's, 2 an interpreter's). Not another machine's
+ * program's loader: binfmt_misc's emulator finds that in a root of its
+ * own. A "#!" naming nothing fails the kernel's exec with ENOEXEC, on
  * which execvp runs the command with /bin/sh: no failure. */
 static int interpreter_runs(const char *path, char *bad, size_t size, int *elf)
 {
@@ -351,7 +353,8 @@ static int interpreter_runs(const char *path, char *bad, size_t size, int *elf)
 			int fd = open(file, O_RDONLY | O_CLOEXEC);
 			if (fd < 0)
 				return 0;	/* execute-only: execve will tell */
-			*elf = md__elf_interp(fd, next, sizeof(next)) == 1;
+			if (md__elf_exec_kind(fd) != MD_ELF_FOREIGN && md__elf_interp(fd, next, sizeof(next)) == 1)
+				*elf = depth ? 2 : 1;
 			close(fd);
 			if (!*elf)
 				return 0;
@@ -752,7 +755,8 @@ int md__cmd_run(int argc, char **argv)
 		interp = (err = interpreter_runs(exe, bad, sizeof(bad), &elf)) != 0;
 	if (interp)
 		snprintf(because, sizeof(because), "its %s %s is %s",
-			 elf ? "ELF interpreter (dynamic loader)" : "interpreter (#!)",
+			 elf == 1 ? "ELF interpreter (dynamic loader)" :
+			 elf ? "interpreter's dynamic loader" : "interpreter (#!)",
 			 md__printable(bad, shown_bad, sizeof(shown_bad)),
 			 err == -ENOENT ? "missing" : "not executable");
 	if (err) {

@@ -1238,7 +1238,8 @@ int md__daemon_alive(const char *socket_path)
 static const char *const daemon_env[] = {
 	"MEMDEDUP_SOCKET=", "MEMDEDUP_RUN_DIR=", "XDG_RUNTIME_DIR=",
 	"MEMDEDUP_STATUS_KB_PER_S=", "MEMDEDUP_CONTROL_WAIT_MS=",
-	"PATH=", "TZ=", "ASAN_OPTIONS=", "UBSAN_OPTIONS=", "LSAN_OPTIONS=",
+	"PATH=", "TZ=", "LD_LIBRARY_PATH=",	/* its libraries (jansson) where they are */
+	"ASAN_OPTIONS=", "UBSAN_OPTIONS=", "LSAN_OPTIONS=", "TSAN_OPTIONS=", "MSAN_OPTIONS=",
 };
 
 int md__daemon_ensure(const char *daemon_exe, void (*place)(pid_t pid))

@@ -1142,8 +1142,8 @@ static int read_conn(struct md__daemon *d, struct md__conn *c)
 	}
 	/* What is owed is timed from the last message handled: a peer
 	 * that streams is never late. */
-	if (backed_up || (c->requested && c->in.len == c->in.head)) {
-		c->owing_since = 0;	/* we owe it replies, or nothing is owed */
+	if (backed_up || c->deferred || (c->requested && c->in.len == c->in.head)) {
+		c->owing_since = 0;	/* we owe it replies or service, or nothing is owed */
 	} else if (!c->owing_since || (handled && c->requested)) {
 		c->owing_since = now_ms();
 		d->owing = 1;

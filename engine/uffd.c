@@ -244,6 +244,8 @@ int md__uffd_start(struct md__uffd *u, md__uffd_fault_fn fn, void *arg)
 	int err = md__thread_create(&u->thread, fault_thread, u);
 	if (err)
 		return err;
+	/* Named here too: a look at the threads right after finds it. */
+	pthread_setname_np(u->thread, "md-uffd");
 	u->thread_started = 1;
 	return 0;
 }

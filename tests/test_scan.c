@@ -1948,51 +1948,6 @@ TEST_IMPL(scan_pages_made_inaccessible)
 	return 0;
 }
 
-/* Threads of this process named name. */
-static int threads_named(const char *name)
-{
-	DIR *d = opendir("/proc/self/task");
-	ASSERT(d);
-	int n = 0;
-	for (struct dirent *e; (e = readdir(d));) {
-		char path[300], comm[32] = "";
-		snprintf(path, sizeof(path), "/proc/self/task/%s/comm", e->d_name);
-		FILE *f = fopen(path, "r");
-		if (!f)
-			continue;
-		if (fgets(comm, sizeof(comm), f))
-			comm[strcspn(comm, "\n")] = '\0';
-		fclose(f);
-		n += strcmp(comm, name) == 0;
-	}
-	closedir(d);
-	return n;
-}
-
-/* A VMM's calls that succeed leave its errno as they found it, as libc's
- * do, though the agent's work inside them failed at something (the run
- * directory there already as the agent starts, the engine's userfaultfd
- * unregistering a range it never protected); libaio's io_setup returns
- * -errno and leaves errno; a MSG_ZEROCOPY send on no socket fails as the
- * kernel says, and stops no sharing (nothing is pinned). */
-TEST_IMPL(scan_success_keeps_errno)
-{
-	char log[600], logenv[700];
-	snprintf(log, sizeof(log), "%s/errno.log", test_dir());
-	snprintf(logenv, sizeof(logenv), "MEMDEDUP_LOG=%s", log);
-	const char *env[] = { logenv, "MEMDEDUP_SCAN=1", "MEMDEDUP_DOMAIN=private", NULL };
-	struct proc a;
-	char want[128];
-	proc_start(&a, env);
-	snprintf(want, sizeof(want), "0 777 0 777 %d 777 -1 %d", -EINVAL, ENOTSOCK);
-	const char *got = proc_cmd(&a, "errnokept");
-	printf("  %s\n", got);
-	ASSERT(strcmp(got, want) == 0);
-	proc_stop(&a);
-	ASSERT(!strstr(file_text(log), "MSG_ZEROCOPY"));
-	return 0;
-}
-
 /* The signal mask of each thread named name: how many there are, and
  * whether all of them block every one of the VMM's usual signals. */
 static int threads_block(const char *name, int *all_block)
@@ -2028,6 +1983,37 @@ static int threads_block(const char *name, int *all_block)
 	}
 	closedir(d);
 	return n;
+}
+
+/* Threads of this process named name. */
+static int threads_named(const char *name)
+{
+	int all;
+	return threads_block(name, &all);
+}
+
+/* A VMM's calls that succeed leave its errno as they found it, as libc's
+ * do, though the agent's work inside them failed at something (the run
+ * directory there already as the agent starts, the engine's userfaultfd
+ * unregistering a range it never protected); libaio's io_setup returns
+ * -errno and leaves errno; a MSG_ZEROCOPY send on no socket fails as the
+ * kernel says, and stops no sharing (nothing is pinned). */
+TEST_IMPL(scan_success_keeps_errno)
+{
+	char log[600], logenv[700];
+	snprintf(log, sizeof(log), "%s/errno.log", test_dir());
+	snprintf(logenv, sizeof(logenv), "MEMDEDUP_LOG=%s", log);
+	const char *env[] = { logenv, "MEMDEDUP_SCAN=1", "MEMDEDUP_DOMAIN=private", NULL };
+	struct proc a;
+	char want[128];
+	proc_start(&a, env);
+	snprintf(want, sizeof(want), "0 777 0 777 %d 777 -1 %d", -EINVAL, ENOTSOCK);
+	const char *got = proc_cmd(&a, "errnokept");
+	printf("  %s\n", got);
+	ASSERT(strcmp(got, want) == 0);
+	proc_stop(&a);
+	ASSERT(!strstr(file_text(log), "MSG_ZEROCOPY"));
+	return 0;
 }
 
 /* The agent's threads run inside the VMM: its process-wide signals (a
