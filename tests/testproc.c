@@ -1105,7 +1105,7 @@ int main(void)
 		} else if (strcmp(cmd, "keepmove") == 0) {	/* OFF PAGES: moved, its old place left mapped (DONTUNMAP) */
 			sscanf(line, "%*s %lld %lld", &a1, &a2);
 			size_t len = (size_t)a2 * 4096;
-			char *got = mremap(base + a1, len, len, MREMAP_MAYMOVE | MREMAP_DONTUNMAP);
+			char *got = mremap(base + a1, len, len, MREMAP_MAYMOVE | MREMAP_DONTUNMAP, NULL);	/* the hint: glibc passes it */
 			printf("%lld\n", got == MAP_FAILED ? (long long)-errno : (long long)(got - base));
 		} else if (strcmp(cmd, "badmove") == 0) {	/* OFF PAGES: a move the kernel refuses (EINVAL) */
 			sscanf(line, "%*s %lld %lld", &a1, &a2);
