@@ -1122,7 +1122,10 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 			if (regions_again(s, gen))
 				s->npend = 0;
 		}
-		if (k % 8 < __atomic_load_n(&s->ratio, __ATOMIC_RELAXED) && (a = hint_next(s)) != 0)
+		/* The interleave counts visits, not pages read: the cursor's
+		 * visits over memory it does not read (absent, merged) once
+		 * held the hints off until the cursor read a page again. */
+		if (examined % 8 < __atomic_load_n(&s->ratio, __ATOMIC_RELAXED) && (a = hint_next(s)) != 0)
 			hinted = 1;
 		else
 			a = cursor_next(s);

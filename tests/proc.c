@@ -395,3 +395,22 @@ uint64_t self_pagemap(const void *addr)
 	close(fd);
 	return e;
 }
+
+const char *uffd_open_to_nobody(void)
+{
+	char v[8] = "";
+	struct stat st;
+	int fd = open("/proc/sys/vm/unprivileged_userfaultfd", O_RDONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		ssize_t n = read(fd, v, sizeof(v) - 1);
+		(void)n;
+		close(fd);
+	}
+	if (geteuid() != 0)
+		return "needs root, to run as nobody";
+	if (v[0] != '0')
+		return "vm.unprivileged_userfaultfd is not 0: userfaultfd works for everyone";
+	if (stat("/dev/userfaultfd", &st) == 0 && (st.st_mode & 0006) == 0006)
+		return "/dev/userfaultfd is open to everyone";
+	return NULL;
+}

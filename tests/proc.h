@@ -58,6 +58,10 @@ int proc_page_from_file(struct proc *p, size_t doff);
  * (its first prefix bytes; 0: all of it): how many, and the last one in
  * *fd if fd is not NULL. */
 int proc_fds_naming(pid_t pid, const char *want, size_t prefix, int not_fd, int *fd);
+/* Why nobody may open a userfaultfd here, NULL if nobody may not (the tests
+ * of that refusal need it refused): run as root, under the sysctl
+ * vm.unprivileged_userfaultfd=0, /dev/userfaultfd closed to others. */
+const char *uffd_open_to_nobody(void);
 /* Waits up to ms for a thread of pid named comm to be blocked in system
  * call nr (SYS_poll, say): 1 once it is, seen twice 20 ms apart; 0 if not.
  * How a test knows its scanner waits for a stopped memdedupd's answer. */

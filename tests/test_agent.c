@@ -2335,19 +2335,9 @@ TEST_IMPL(scan_off_says_why)
 	/* An unprivileged user under vm.unprivileged_userfaultfd=0, without
 	 * access to /dev/userfaultfd: the syscall fails with EPERM, the
 	 * device with EACCES, and the log says what to do. */
-	char v[8] = "";
-	int fd = open("/proc/sys/vm/unprivileged_userfaultfd", O_RDONLY);
-	if (fd >= 0) {
-		ASSERT(read(fd, v, sizeof(v) - 1) >= 0);
-		close(fd);
-	}
-	struct stat st;
-	if (geteuid() != 0)
-		SKIP("needs root, to run the agent as nobody");
-	if (v[0] != '0')
-		SKIP("vm.unprivileged_userfaultfd is not 0: userfaultfd works for everyone");
-	if (stat("/dev/userfaultfd", &st) == 0 && (st.st_mode & 0006) == 0006)
-		SKIP("/dev/userfaultfd is open to everyone");
+	const char *why = uffd_open_to_nobody();
+	if (why)
+		SKIP("%s", why);
 	if (system("command -v setpriv >/dev/null") != 0)
 		SKIP("no setpriv");
 	char dir[] = "/tmp/memdedup-uffd-XXXXXX", env[1400], log[600], err[600], cmd[700];

@@ -427,19 +427,9 @@ static int sh_as(uid_t uid, const char *fmt, ...)
  * not run; without --scan the command runs. */
 TEST_IMPL(cli_run_scan_needs_userfaultfd)
 {
-	char v[8] = "";
-	int fd = open("/proc/sys/vm/unprivileged_userfaultfd", O_RDONLY);
-	if (fd >= 0) {
-		ASSERT(read(fd, v, sizeof(v) - 1) >= 0);
-		close(fd);
-	}
-	struct stat st;
-	if (geteuid() != 0)
-		SKIP("needs root, to run memdedup as nobody");
-	if (v[0] != '0')
-		SKIP("vm.unprivileged_userfaultfd is not 0: userfaultfd works for everyone");
-	if (stat("/dev/userfaultfd", &st) == 0 && (st.st_mode & 0006) == 0006)
-		SKIP("/dev/userfaultfd is open to everyone");
+	const char *why = uffd_open_to_nobody();
+	if (why)
+		SKIP("%s", why);
 	const char *b = run_build_dir();
 	char dir[] = "/tmp/memdedup-nouffd-XXXXXX", sock[100], cmd[200];
 	ASSERT(mkdtemp(dir));

@@ -2430,6 +2430,37 @@ TEST_IMPL(engine_stress_no_lost_write)
 	return 0;
 }
 
+/* Hints get their share of the visits while the cursor walks memory it
+ * does not read (never touched, here): the interleave counted pages read,
+ * so once the cursor's turn came over such memory it kept it, the hints
+ * waiting for the batch's end (16 batches' worth of visits). */
+TEST_IMPL(engine_scanner_hints_not_held_by_sparse_memory)
+{
+	struct md__engine e;
+	struct md__hints h;
+	struct md__scanner s;
+	const size_t n = 4096, hinted = 8;
+	unsigned char *r = map_ram(n);
+
+	engine_up(&e);
+	ASSERT_EQ(md__hints_init(&h, 16), 0);
+	for (size_t i = n - hinted; i < n; i++)	/* the rest never touched */
+		fill(r + i * PG, (unsigned)i + 70000);
+	ASSERT_EQ(md__engine_register(&e, r, n * PG, 0), 0);
+	ASSERT_EQ(md__scanner_init(&s, &e, &h), 0);
+	s.ratio = 4;
+	md__hints_push(&h, (uintptr_t)(r + (n - hinted) * PG), hinted * PG, 0, 0);
+	/* A batch of 8 pages: half the visits hints, whatever the cursor
+	 * finds in its own half. */
+	md__scanner_step(&s, hinted);
+	ASSERT_EQ(s.st.hinted, hinted);
+	md__scanner_free(&s);
+	md__hints_free(&h);
+	md__engine_fini(&e);
+	munmap(r, n * PG);
+	return 0;
+}
+
 /* The scanner finds duplicates from hints at once and from the linear scan
  * after one pass of the volatility filter, and drops zero pages. */
 TEST_IMPL(engine_scanner_merges)
