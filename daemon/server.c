@@ -50,7 +50,7 @@
 /* Work per user per wake-up, all its connections together: a user with 200
  * connections made another's one LOOKUP wait 765 ms when each connection
  * had a budget of its own, as a round then held 64 of them at 64 each.
- * Its connections stopped here wait in the queue of deferred ones, served
+ * Its connections stopped here wait in the queues of deferred ones, served
  * first in the next wake-up (at once: the loop does not wait then), in the
  * order they were stopped, so each of its connections has its turn. */
 #define MD_D_USER_BUDGET (4 * MD_D_BUDGET)

@@ -1525,7 +1525,10 @@ TEST_IMPL(engine_vma_budget_when_uncounted)
 	ASSERT(merged > 0);
 	ASSERT(merged <= (int)(e.max_vmas - before) / 2);
 	ASSERT(st.budget_refused > 0);
-	ASSERT(md__count_vmas() <= e.max_vmas + 4);
+	/* And no mapping beyond those merges. Not the process's whole count:
+	 * AddressSanitizer's allocator maps more as it goes (1 run in 12
+	 * passed the budget by more than 4 with its mappings). */
+	ASSERT_EQ(pool_mappings(b, b + n * PG), (size_t)merged);
 	for (size_t i = 0; i < n; i++) {
 		unsigned char want[PG];
 		fill(want, (unsigned)i + 1);
