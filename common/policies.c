@@ -251,7 +251,7 @@ void md__policy_move(uintptr_t old, size_t len, uintptr_t new_addr)
 		if (lo >= hi)
 			continue;
 		if (add(lo - old + new_addr, hi - old + new_addr, p.mode, p.nodes, p.maxnode) != 0)
-			md__log_once(88, "cannot follow the VMM's NUMA policy of memory it moved: pages "
+			md__log_once(124, "cannot follow the VMM's NUMA policy of memory it moved: pages "
 				     "merged or shared there may be allocated on other nodes when written");
 	}
 	cut(old, old + len);
