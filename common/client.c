@@ -1259,6 +1259,17 @@ int md__daemon_ensure(const char *daemon_exe, void (*place)(pid_t pid))
 	envp[nenv] = NULL;
 	if (place && pipe2(go, O_CLOEXEC) != 0)
 		return -errno;
+	/* The exec's errno comes back through this (closed on exec): an exit
+	 * of 127 without one is the dynamic loader's (a library missing). */
+	int said[2];
+	if (pipe2(said, O_CLOEXEC) != 0) {
+		int err = -errno;
+		if (place) {
+			close(go[0]);
+			close(go[1]);
+		}
+		return err;
+	}
 	pid_t pid = fork();
 	if (pid < 0) {
 		int err = -errno;
@@ -1266,6 +1277,8 @@ int md__daemon_ensure(const char *daemon_exe, void (*place)(pid_t pid))
 			close(go[0]);
 			close(go[1]);
 		}
+		close(said[0]);
+		close(said[1]);
 		return err;
 	}
 	if (pid == 0) {
@@ -1281,9 +1294,14 @@ int md__daemon_ensure(const char *daemon_exe, void (*place)(pid_t pid))
 			while (read(go[0], &c, 1) < 0 && errno == EINTR)
 				;
 		}
+		close(said[0]);
 		execve(daemon_exe, argv, envp);
+		int e = errno;
+		ssize_t w = write(said[1], &e, sizeof(e));
+		(void)w;
 		_exit(127);
 	}
+	close(said[1]);
 	if (place) {
 		close(go[0]);
 		place(pid);
@@ -1293,11 +1311,17 @@ int md__daemon_ensure(const char *daemon_exe, void (*place)(pid_t pid))
 	/* With SIGCHLD ignored (inherited through exec) the child is reaped
 	 * for us and waitpid says ECHILD: its status is unknown, taken as a
 	 * success, and the loop below asks the daemon itself. */
-	int st = 0;
+	int st = 0, exec_err = 0;
 	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
 		;
+	ssize_t got;
+	while ((got = read(said[0], &exec_err, sizeof(exec_err))) < 0 && errno == EINTR)
+		;
+	close(said[0]);
+	if (got == (ssize_t)sizeof(exec_err) && exec_err > 0)
+		return -exec_err;	/* not there, not executable... */
 	if (WIFEXITED(st) && WEXITSTATUS(st) == 127)
-		return -ENOENT;		/* no such program */
+		return -ELIBACC;	/* run, but its libraries not found */
 	int64_t deadline = now_ms() + 2000;
 	for (;;) {
 		if (md__daemon_alive(NULL))

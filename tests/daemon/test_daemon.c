@@ -3924,6 +3924,15 @@ TEST_IMPL(daemon_ensure_starts)
 	ASSERT(access(pidf, F_OK) != 0);
 	ASSERT(access(sock, F_OK) != 0);
 	ASSERT_EQ(md__daemon_ensure("/nonexistent/memdedupd", NULL), -ENOENT);
+	/* The exec's own errno; a program that ran and exited 127 (the
+	 * dynamic loader's exit when a library is missing) is no missing
+	 * program. */
+	char fake[600];
+	snprintf(fake, sizeof(fake), "%s/fake-memdedupd", test_dir());
+	ASSERT_EQ(td_sh("printf '#!/bin/sh\\nexit 127\\n' > %s && chmod 644 %s", fake, fake), 0);
+	ASSERT_EQ(md__daemon_ensure(fake, NULL), -EACCES);
+	ASSERT_EQ(chmod(fake, 0755), 0);
+	ASSERT_EQ(md__daemon_ensure(fake, NULL), -ELIBACC);
 	return 0;
 }
 
