@@ -42,9 +42,10 @@ enum {
 	MD_ELF_FOREIGN,	/* 32-bit, or another machine's: the agent cannot load */
 };
 int md__elf_exec_kind(int fd);
-/* The interpreter (the dynamic loader) a 64-bit ELF executable fd names:
- * 1 and its path in out (size bytes at most, NUL included); 0 if none, or
- * not such a file, or malformed (execve will tell). */
+/* The interpreter (the dynamic loader) a 64-bit ELF executable of this
+ * machine names: 1 and its path in out (size bytes at most, NUL included);
+ * 0 if none, or not such a file (another machine's too), or malformed
+ * (execve will tell). */
 int md__elf_interp(int fd, char *out, size_t size);
 /* Returns 1 and prints help if argv[i] is -h/--help. */
 int md__wants_help(const struct md__cmd *cmd, const char *arg);

@@ -335,9 +335,8 @@ static int script_interpreter(const char *path, char *out, size_t size)
  * script in turn, and the dynamic loader the ELF file at the end names, or
  * the exec fails after the daemon was started for it: 0, or -ENOENT /
  * -EACCES as execve's, the interpreter that fails in bad (*elf: the
- * loader, 1 the command's, 2 an interpreter's). Not another machine's
- * program's loader: binfmt_misc's emulator finds that in a root of its
- * own. A "#!" naming nothing fails the kernel's exec with ENOEXEC, on
+ * loader, 1 the command's, 2 an interpreter's; not another machine's
+ * program's, md__elf_interp). A "#!" naming nothing fails the kernel's exec with ENOEXEC, on
  * which execvp runs the command with /bin/sh: no failure. */
 static int interpreter_runs(const char *path, char *bad, size_t size, int *elf)
 {
@@ -353,7 +352,7 @@ static int interpreter_runs(const char *path, char *bad, size_t size, int *elf)
 			int fd = open(file, O_RDONLY | O_CLOEXEC);
 			if (fd < 0)
 				return 0;	/* execute-only: execve will tell */
-			if (md__elf_exec_kind(fd) != MD_ELF_FOREIGN && md__elf_interp(fd, next, sizeof(next)) == 1)
+			if (md__elf_interp(fd, next, sizeof(next)) == 1)
 				*elf = depth ? 2 : 1;
 			close(fd);
 			if (!*elf)

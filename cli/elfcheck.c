@@ -138,6 +138,10 @@ int md__elf_interp(int fd, char *out, size_t size)
 	struct elf_heads e;
 	if (size < 2 || read_heads(fd, &e) != 0)
 		return 0;
+#ifdef OUR_MACHINE
+	if (e.h.e_machine != OUR_MACHINE)
+		return 0;	/* binfmt_misc's emulator finds it in a root of its own */
+#endif
 	for (size_t i = 0; i < e.nph; i++) {
 		const Elf64_Phdr *p = &e.ph[i];
 		if (p->p_type != PT_INTERP)

@@ -3704,6 +3704,7 @@ TEST_IMPL(daemon_user_resume_after_refused_unmerge)
 	td_stop(&t);
 	return 0;
 }
+
 /* A CONTROL naming an agent kept detached (it paused, then went; its
  * process lives): a SET cannot reach it (-ENOTCONN, said), a RESUME is
  * taken for when it is back. */
