@@ -671,7 +671,7 @@ int md_agent_register(md_agent *a, void *addr, size_t len, unsigned advice)
 		return err > 0 ? -EBUSY : err;
 	}
 	if (kind & MD_VMF_LOCKED) {
-		md__log_once(86, "memory at %p (%zu bytes) is locked in memory (mlock, QEMU's -overcommit "
+		md__log_once(125, "memory at %p (%zu bytes) is locked in memory (mlock, QEMU's -overcommit "
 			     "mem-lock=on): copy-on-write sharing would copy every page at once, so it is "
 			     "not shared or merged", addr, len);
 		return -EPERM;

@@ -1212,6 +1212,18 @@ EXPORT ssize_t pread(int fd, void *buf, size_t len, off_t off)
 }
 EXPORT ssize_t pread64(int fd, void *buf, size_t len, off_t off) __attribute__((alias("pread")));
 
+/* A VMM built with _FORTIFY_SOURCE calls these where it knows the
+ * buffer's size; one that overflows it is the C library's to abort. */
+ssize_t __pread_chk(int fd, void *buf, size_t len, off_t off, size_t buflen);
+EXPORT ssize_t __pread_chk(int fd, void *buf, size_t len, off_t off, size_t buflen)
+{
+	if (len > buflen)
+		NEXT_OR(-1, "libc.so.6", __pread_chk, fd, buf, len, off, buflen);
+	return md_agent_pread(agent_peek(), fd, buf, len, off);
+}
+EXPORT ssize_t __pread64_chk(int fd, void *buf, size_t len, off_t off, size_t buflen)
+	__attribute__((alias("__pread_chk")));
+
 EXPORT ssize_t preadv(int fd, const struct iovec *iov, int iovcnt, off_t off)
 {
 	/* -1 is preadv2's "at the file position"; preadv refuses it. */

@@ -105,6 +105,27 @@ TEST_IMPL(share_two_processes)
 	return 0;
 }
 
+/* A VMM built with _FORTIFY_SOURCE reads through __pread_chk where it
+ * knows the buffer's size: shared at read time as a plain pread is. */
+TEST_IMPL(fortified_read_shared)
+{
+	const char *img = image(1);
+	struct proc p;
+	int fd = start_reader(&p, img, NULL);
+	ASSERT_EQ(proc_num(&p, "chkread %d 0 %u 0 %u", fd, MB, MB), MB);
+	ASSERT(strcmp(proc_cmd(&p, "hash 0 %u", MB), hex(fnv_file(img, 0, MB))) == 0);
+	for (size_t off = 0; off < MB; off += 4096) {
+		struct pm pm = proc_page(&p, off);
+		ASSERT(pm.present && pm.file);
+	}
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&p, &s, 3000, has_shared), 0);
+	ASSERT_EQ(s.pages_shared_at_read, MB / 4096);
+	ASSERT_EQ(s.reads_seen, 1);
+	proc_stop(&p);
+	return 0;
+}
+
 static int has_break(const md_stats *s) { return s->breaks > 0; }
 
 TEST_IMPL(write_is_private)

@@ -11,6 +11,7 @@
  *   read FD OFF LEN DOFF CHUNK  -> pread in CHUNK pieces; total or -errno
  *   reread FD OFF1 OFF2 LEN DOFF -> two preads into the same RAM; the second's result
  *   rawread FD OFF LEN DOFF -> the pread system call, unseen by the agent
+ *   chkread FD OFF LEN DOFF BUFLEN -> __pread_chk, as a fortified build's pread
  *   preadv FD OFF DOFF LEN [heap] -> preadv of two halves (one on the heap)
  *   write DOFF BYTE       -> ok   (base[DOFF] = BYTE)
  *   hash DOFF LEN         -> FNV-1a of base[DOFF..+LEN)
@@ -484,6 +485,7 @@ extern void __libc_free(void *p);
 extern void *__libc_malloc(size_t n);
 extern void *__libc_calloc(size_t n, size_t size);
 extern void *__libc_realloc(void *p, size_t n);
+extern ssize_t __pread_chk(int fd, void *buf, size_t len, off_t off, size_t buflen);
 static int alloc_enter(void)
 {
 	int locked = __atomic_load_n(&alloc_locked, __ATOMIC_ACQUIRE);
@@ -932,6 +934,13 @@ int main(void)
 					break;
 			}
 			printf("%lld\n", total);
+		} else if (strcmp(cmd, "chkread") == 0) {
+			/* chkread FD OFF LEN RAMOFF BUFLEN: a fortified pread,
+			 * as _FORTIFY_SOURCE builds call it */
+			long long buflen = 0;
+			sscanf(line, "%*s %lld %lld %lld %lld %lld", &a1, &a2, &a3, &a4, &buflen);
+			ssize_t r = __pread_chk((int)a1, base + a4, (size_t)a3, (off_t)a2, (size_t)buflen);
+			printf("%lld\n", r < 0 ? (long long)-errno : (long long)r);
 		} else if (strcmp(cmd, "nopreadv") == 0) {
 			/* A seccomp filter that refuses preadv and preadv2 with
 			 * EPERM, as a VMM's allow-list without them would. */
