@@ -825,8 +825,13 @@ void md__images_before_chroot(struct md_agent *a)
 			       a->spares[k].ino == found[i].ino;
 		if (!have && !a->spares)
 			a->spares = calloc(SPARES_MAX, sizeof(*a->spares));
-		if (!have && a->spares && a->nspares < SPARES_MAX) {
-			a->spares[a->nspares++] = found[i];
+		/* The slot of a spare taken or closed since serves again. */
+		size_t slot = 0;
+		while (a->spares && slot < a->nspares && a->spares[slot].fd >= 0)
+			slot++;
+		if (!have && a->spares && slot < SPARES_MAX) {
+			a->spares[slot] = found[i];
+			a->nspares += slot == a->nspares;
 			continue;
 		}
 		close(found[i].fd);

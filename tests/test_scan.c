@@ -2123,6 +2123,56 @@ TEST_IMPL(scan_lease_break_time_after_chroot)
 	return 0;
 }
 
+/* How many descriptors of this process name the file at path. */
+static int fds_naming(const char *path)
+{
+	struct stat want, st;
+	int n = 0;
+	if (stat(path, &want) != 0)
+		return -1;
+	DIR *d = opendir("/proc/self/fd");
+	if (!d)
+		return -1;
+	for (struct dirent *e; (e = readdir(d));)
+		if (e->d_name[0] != '.' && fstat(atoi(e->d_name), &st) == 0 && st.st_dev == want.st_dev &&
+		    st.st_ino == want.st_ino)
+			n++;
+	closedir(d);
+	return n;
+}
+
+/* The spares a chroot keeps of the VMM's read-only files (64 at most):
+ * the slots of those closed since serve a later chroot's files. */
+TEST_IMPL(image_spare_slots_reused)
+{
+	md_agent *a;
+	md_agent_options o = { .run_dir = "", .domain = "private" };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	char path[600];
+	int fds[64];
+	for (int i = 0; i < 64; i++) {
+		snprintf(path, sizeof(path), "%s/spare-%d", test_dir(), i);
+		make_image(path, PG, (unsigned)i);
+		fds[i] = open(path, O_RDONLY);
+		ASSERT(fds[i] >= 0);
+	}
+	md__images_before_chroot(a);
+	ASSERT_EQ(fds_naming(path), 2);	/* the last file's, and its spare */
+	for (int i = 0; i < 64; i++)
+		close(fds[i]);
+	md__images_release_idle(a);	/* the spares of files closed go */
+	ASSERT_EQ(fds_naming(path), 0);
+	snprintf(path, sizeof(path), "%s/spare-late", test_dir());
+	make_image(path, PG, 99);
+	int fd = open(path, O_RDONLY);
+	ASSERT(fd >= 0);
+	md__images_before_chroot(a);	/* a second chroot */
+	ASSERT_EQ(fds_naming(path), 2);
+	close(fd);
+	md_agent_free(a);
+	return 0;
+}
+
 /* The same after the VMM, in a memory cgroup, chrooted: the cgroup's
  * limit is read through the files kept from the agent's start. Without
  * them no limit was seen, and an unmerge the cgroup had no room for
