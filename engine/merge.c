@@ -512,6 +512,8 @@ static unsigned char *cmp_buf(struct md__engine *e)
  * compare that proves a merge: a copy read through the kernel (which
  * spares our first touch of them, md__copy_own_pages), or NULL if that
  * fails, and the merge is abandoned. */
+void (*md__engine_compare_hook)(uintptr_t a, size_t n);	/* tests only: see merge.h */
+
 static const unsigned char *frozen_pages(struct md__engine *e, uintptr_t a, size_t n)
 {
 	const void *p[CMP_PAGES];
@@ -520,7 +522,12 @@ static const unsigned char *frozen_pages(struct md__engine *e, uintptr_t a, size
 		p[i] = (const void *)(a + i * MD_EPAGE);
 	/* Not through the VMM's mapping when the copy fails: a page it made
 	 * PROT_NONE since the visit would be SIGSEGV in the VMM. */
-	return b && md__copy_own_pages(b, p, n) == 0 ? b : NULL;
+	if (!b || md__copy_own_pages(b, p, n) != 0)
+		return NULL;
+	void (*hook)(uintptr_t, size_t) = __atomic_load_n(&md__engine_compare_hook, __ATOMIC_RELAXED);
+	if (hook)
+		hook(a, n);
+	return b;
 }
 
 /* What the n (at most CMP_PAGES) pool or image pages at p[0..n) hold, for
@@ -1646,6 +1653,10 @@ int md__engine_merge_zero(struct md__engine *e, void *addr, size_t n)
 			/* The zap took the protection with the page. */
 			md__uffd_wake(&e->uffd, ra, rlen);
 		} else {
+			/* Written since the scanner saw zeroes (or since the
+			 * compare: the protection lost), as merge_fill counts. */
+			if (!z[i])
+				e->st.abandoned += j - i;
 			thaw(e, ra, rlen);
 		}
 		i = j;

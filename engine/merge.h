@@ -261,6 +261,11 @@ extern int md__engine_fail_maps;
  * read of /proc/self/maps, with a run's pages frozen), standing for what
  * may come meanwhile. NULL otherwise. */
 extern void (*md__engine_count_hook)(void);
+/* Tests only: called once the n frozen pages at a were read for a merge's
+ * compare, before the check that they are still write-protected,
+ * standing for a raw zap and a write that may come meanwhile. NULL
+ * otherwise. */
+extern void (*md__engine_compare_hook)(uintptr_t a, size_t n);
 /* Tests only: the engine's next this many allocations of what is left of a
  * region an unregister splits fail (ENOMEM). 0 otherwise. */
 extern int md__engine_fail_slices;

@@ -1716,6 +1716,127 @@ TEST_IMPL(engine_later_runs_recheck_protection)
 	return 0;
 }
 
+/* The same zap and write, once, between a merge's compare and its check
+ * that the pages are still write-protected (md__engine_compare_hook), when
+ * the pages just read hold zap_during_count. */
+static void zap_and_write_at_compare(uintptr_t a, size_t n)
+{
+	uintptr_t p = (uintptr_t)zap_during_count;
+	if (p < a || p >= a + n * PG)
+		return;
+	md__engine_compare_hook = NULL;
+	zap_and_write();
+}
+
+/* The page the zap and write hit holds the write, in anonymous memory of
+ * its own, and the merge that compared the page before counted it
+ * abandoned. */
+static int write_kept(struct md__engine *e, const unsigned char *p, uint64_t abandoned)
+{
+	unsigned char written[PG];
+	struct md__engine_stats st;
+	memset(written, 0x55, PG);
+	ASSERT(md__engine_compare_hook == NULL);	/* the zap came */
+	ASSERT(memcmp(p, written, PG) == 0);
+	ASSERT(!(pagemap(p) & PM_FILE));
+	md__engine_stats(e, &st);
+	ASSERT(st.abandoned > abandoned);
+	return 0;
+}
+
+static uint64_t abandoned_now(struct md__engine *e)
+{
+	struct md__engine_stats st;
+	md__engine_stats(e, &st);
+	return st.abandoned;
+}
+
+/* Every kind of merge checks that the pages it compared are still
+ * write-protected before it maps: a zap that did not come through the
+ * engine (the VMM's raw madvise) takes a page and its protection, and
+ * the write after it goes to a fresh page that the compare never saw. A
+ * merge onto pool slots, onto an image's pages, a drop of zero pages, a
+ * run of one filled page, a publication: each leaves the write. */
+TEST_IMPL(engine_merges_recheck_protection_after_compare)
+{
+	struct md__engine e;
+	const size_t n = 4;
+	unsigned char *a, *b, done[4], want[PG];
+	uint32_t slot = twins_published(&e, &a, &b, n, 120), slots[4];
+	for (size_t i = 0; i < n; i++)
+		slots[i] = slot + (uint32_t)i;
+
+	uint64_t ab = abandoned_now(&e);
+	zap_during_count = b + PG;
+	md__engine_compare_hook = zap_and_write_at_compare;
+	ASSERT_EQ(md__engine_merge_slots(&e, b, n, slots, done), 0);
+	ASSERT_EQ(write_kept(&e, b + PG, ab), 0);
+	for (size_t i = 0; i < n; i++) {
+		fill(want, 120 + (unsigned)i);
+		ASSERT(i == 1 || memcmp(b + i * PG, want, PG) == 0);
+	}
+
+	/* Onto an image's page. */
+	unsigned char *f = map_ram(1);
+	int fd = memfd_create("image", MFD_CLOEXEC);
+	ASSERT(fd >= 0);
+	fill(want, 130);
+	memcpy(f, want, PG);
+	ASSERT_EQ(write(fd, want, PG), PG);
+	ASSERT_EQ(md__engine_register(&e, f, PG, 0), 0);
+	ab = abandoned_now(&e);
+	zap_during_count = f;
+	md__engine_compare_hook = zap_and_write_at_compare;
+	ASSERT_EQ(md__engine_merge_file(&e, f, 1, fd, 0, want, NULL, NULL), 0);
+	ASSERT_EQ(write_kept(&e, f, ab), 0);
+
+	/* Zero pages dropped. */
+	unsigned char *z = map_ram(2);
+	memset(z, 0, 2 * PG);
+	ASSERT_EQ(md__engine_register(&e, z, 2 * PG, 0), 0);
+	ab = abandoned_now(&e);
+	zap_during_count = z;
+	md__engine_compare_hook = zap_and_write_at_compare;
+	ASSERT(md__engine_merge_zero(&e, z, 2) <= 0);
+	ASSERT(!dropped(z));
+	ASSERT_EQ(write_kept(&e, z, ab), 0);
+
+	/* A run of one filled page. */
+	const uint64_t word = 0x0123456789abcdefull;
+	unsigned char *c = map_ram(MD_FILL_STRIP);
+	for (size_t k = 0; k < MD_FILL_STRIP * PG / sizeof(word); k++)
+		memcpy(c + k * sizeof(word), &word, sizeof(word));
+	ASSERT_EQ(md__engine_register(&e, c, MD_FILL_STRIP * PG, 0), 0);
+	ab = abandoned_now(&e);
+	zap_during_count = c + 3 * PG;
+	md__engine_compare_hook = zap_and_write_at_compare;
+	ASSERT(md__engine_merge_fill(&e, c, MD_FILL_STRIP, word) <= 0);
+	ASSERT_EQ(write_kept(&e, c + 3 * PG, ab), 0);
+
+	/* A publication of the guest's pages into the pool. */
+	unsigned char *q = map_ram(2);
+	fill(q, 140);
+	fill(q + PG, 141);
+	ASSERT_EQ(md__engine_register(&e, q, 2 * PG, 0), 0);
+	ab = abandoned_now(&e);
+	zap_during_count = q;
+	md__engine_compare_hook = zap_and_write_at_compare;
+	ASSERT(md__engine_publish(&e, q, 2, &slot) < 0);
+	ASSERT_EQ(write_kept(&e, q, ab), 0);
+	fill(want, 141);
+	ASSERT(memcmp(q + PG, want, PG) == 0);
+
+	md__engine_fini(&e);
+	close(fd);
+	munmap(q, 2 * PG);
+	munmap(c, MD_FILL_STRIP * PG);
+	munmap(z, 2 * PG);
+	munmap(f, PG);
+	munmap(a, n * PG);
+	munmap(b, n * PG);
+	return 0;
+}
+
 /* Mappings the agent makes (read-time sharing, in the estimate it shares
  * with the engine) leave the engine's merges less room: each side kept an
  * estimate of its own, and together they passed vm.max_map_count. */
