@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -209,6 +210,25 @@ struct pm proc_page(struct proc *p, size_t doff)
 	if (!r.present)
 		r.pfn = 0;
 	return r;
+}
+
+int proc_page_is_image(struct proc *p, size_t doff, const char *img, off_t off)
+{
+	struct pm pm = proc_page(p, doff);
+	if (!pm.present || !pm.file)
+		return 0;
+	/* The page cache's frame of the image at off, through a mapping of
+	 * our own: a read shared at read time maps that very frame. */
+	int fd = open(img, O_RDONLY | O_CLOEXEC);
+	ASSERT(fd >= 0);
+	const volatile unsigned char *m = mmap(NULL, 4096, PROT_READ, MAP_SHARED, fd, off);
+	ASSERT(m != MAP_FAILED);
+	(void)m[0];
+	uint64_t e = self_pagemap((const void *)m);
+	munmap((void *)m, 4096);
+	close(fd);
+	ASSERT(e & (1ull << 63));
+	return (e & ((1ull << 55) - 1)) == pm.pfn;
 }
 
 int proc_fds_naming(pid_t pid, const char *want, size_t prefix, int not_fd, int *fd)

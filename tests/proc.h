@@ -49,6 +49,9 @@ void proc_stop(struct proc *p);
 /* Pagemap of the process for base+doff: PFN (0 if not present) and flags. */
 struct pm { uint64_t pfn; int present, file; };
 struct pm proc_page(struct proc *p, size_t doff);
+/* 1 if the page at doff is the image's page at off: the page cache's very
+ * frame (shared at read time), not a copy. */
+int proc_page_is_image(struct proc *p, size_t doff, const char *img, off_t off);
 /* 1 if the page at doff shows a file's page or none yet: a mapping from an
  * image nothing copied. pagemap read once: read twice, a scanner touching
  * the page between the reads (it hashes image pages in place) made a page

@@ -127,8 +127,16 @@ int main(int argc, char **argv)
 {
 	int passed = 0, failed = 0, skipped = 0;
 	const char *env = getenv("MD_TEST_TIMEOUT");
-	if (env)
-		timeout_s = atoi(env);
+	if (env) {
+		/* Not a number of seconds (say "15m") would be alarm(0): none. */
+		char *end;
+		long v = strtol(env, &end, 10);
+		if (end == env || *end || v <= 0 || v > 86400) {
+			fprintf(stderr, "MD_TEST_TIMEOUT=%s: want whole seconds, 1 to 86400\n", env);
+			return 2;
+		}
+		timeout_s = (int)v;
+	}
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	/* No test may meet the host's own memdedupd (a benchmark's, say) or
 	 * its statistics files: agents made in-process find their daemon and

@@ -114,10 +114,8 @@ TEST_IMPL(fortified_read_shared)
 	int fd = start_reader(&p, img, NULL);
 	ASSERT_EQ(proc_num(&p, "chkread %d 0 %u 0 %u", fd, MB, MB), MB);
 	ASSERT(strcmp(proc_cmd(&p, "hash 0 %u", MB), hex(fnv_file(img, 0, MB))) == 0);
-	for (size_t off = 0; off < MB; off += 4096) {
-		struct pm pm = proc_page(&p, off);
-		ASSERT(pm.present && pm.file);
-	}
+	for (size_t off = 0; off < MB; off += 4096)
+		ASSERT(proc_page_is_image(&p, off, img, (off_t)off));
 	md_stats s;
 	ASSERT_EQ(proc_stats_wait(&p, &s, 3000, has_shared), 0);
 	ASSERT_EQ(s.pages_shared_at_read, MB / 4096);
@@ -270,7 +268,7 @@ TEST_IMPL(read_across_region_records)
 	ASSERT_EQ(proc_num(&a, "read %d 0 %u %u %u", fd, 64 * 4096, 32 * 4096, 64 * 4096), 64 * 4096);
 	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 32 * 4096, 64 * 4096), hex(fnv_file(img, 0, 64 * 4096))) == 0);
 	for (unsigned i = 32; i < 96; i += 8)
-		ASSERT(proc_page(&a, i * 4096).file);
+		ASSERT(proc_page_is_image(&a, i * 4096, img, (i - 32) * 4096));
 	ASSERT_EQ(proc_stats(&a, &s), 0);
 	ASSERT_EQ(s.reads_seen - s0.reads_seen, 2);
 	ASSERT_EQ(s.pages_shared_at_read - s0.pages_shared_at_read, 64);
@@ -328,7 +326,8 @@ TEST_IMPL(fallback_partial)
 	ASSERT_EQ(proc_num(&a, "read %d 100 20000 100 20000", fd), 20000);
 	ASSERT(strcmp(proc_cmd(&a, "hash 100 20000"), hex(fnv_file(img, 100, 20000))) == 0);
 	/* Bytes 100..20100: page 0 and page 4 are partial, 1-3 whole. */
-	ASSERT(!proc_page(&a, 0).file && proc_page(&a, 4096).file && proc_page(&a, 12288).file);
+	ASSERT(!proc_page(&a, 0).file && proc_page_is_image(&a, 4096, img, 4096) &&
+	       proc_page_is_image(&a, 12288, img, 12288));
 	ASSERT(!proc_page(&a, 16384).file);
 	md_stats s;
 	ASSERT_EQ(proc_stats(&a, &s), 0);
@@ -347,7 +346,7 @@ static void read_and_check(struct proc *a, int fd, const char *img, size_t doff,
 	ASSERT(strcmp(proc_cmd(a, "hash %zu %zu", doff, len), hex(fnv_file(img, 0, len))) == 0);
 	struct pm pm = proc_page(a, doff);
 	ASSERT(pm.present || shared);
-	ASSERT_EQ(pm.present && pm.file, shared);
+	ASSERT_EQ(proc_page_is_image(a, doff, img, 0), shared);
 }
 
 static int hints_counted(const md_stats *s) { return s->hints_pushed >= 2; }
@@ -657,7 +656,7 @@ TEST_IMPL(stats_dir_full)
 	int fd = start_reader(&a, img, envs);
 	ASSERT_EQ(proc_num(&a, "read %d 0 65536 0 65536", fd), 65536);
 	ASSERT(strcmp(proc_cmd(&a, "hash 0 65536"), hex(fnv_file(img, 0, 65536))) == 0);
-	ASSERT(proc_page(&a, 0).file);	/* the agent works without its file */
+	ASSERT(proc_page_is_image(&a, 0, img, 0));	/* the agent works without its file */
 	char stats[700];
 	snprintf(stats, sizeof(stats), "%s/agent-%d.stats", dir, (int)a.pid);
 	ASSERT(access(stats, F_OK) != 0);
@@ -698,8 +697,8 @@ TEST_IMPL(tmpfs_image_holes_copied)
 	int fd = start_reader(&a, img, env);
 	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 %u", fd, 8 * MB, MB), 8 * MB);
 	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 8 * MB), hex(fnv_file(img, 0, 8 * MB))) == 0);
-	for (unsigned i = 0; i < 16; i++)
-		ASSERT(proc_page(&a, i * 4096).file);	/* the data before the first hole: mapped */
+	for (unsigned i = 0; i < 16; i++)	/* the data before the first hole: mapped */
+		ASSERT(proc_page_is_image(&a, i * 4096, img, i * 4096));
 	/* Only those: page 40, after a hole in the same read, was copied
 	 * (the scanner may merge it onto the image since: not a read's). */
 	md_stats s;
@@ -806,7 +805,7 @@ TEST_IMPL(lease_break_keeps_content)
 	sleep(2);
 	ASSERT_EQ(proc_num(&a, "read %d 0 %u %u 65536", fd, MB, IMG_SIZE), MB);
 	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", IMG_SIZE, MB), hex(fnv_file(img, 0, MB))) == 0);
-	ASSERT(proc_page(&a, IMG_SIZE).file);
+	ASSERT(proc_page_is_image(&a, IMG_SIZE, img, 0));
 	ASSERT_EQ(fds_naming(a.pid, img), 2);	/* the reader's and the agent's */
 	proc_stop(&a);
 	return 0;
@@ -901,7 +900,7 @@ TEST_IMPL(lease_given_back_before_uid_change)
 	struct proc a;
 	read_fresh_image(&a, img, sizeof(img), "image-runas", 19, NULL, &orig);
 	proc_cmd(&a, "hash 0 %u", IMG_SIZE);	/* present: a frame to look at */
-	ASSERT(proc_page(&a, 0).file);
+	ASSERT(proc_page_is_image(&a, 0, img, 0));
 	ASSERT_EQ(proc_num(&a, "setuid 65534"), 0);
 	for (size_t off = 0; off < IMG_SIZE; off += 64 * 4096)
 		ASSERT(!proc_page(&a, off).file);
@@ -937,7 +936,7 @@ TEST_IMPL(lease_gone_with_agent_fd)
 	sleep(2);	/* the lease is retried each second */
 	ASSERT_EQ(proc_num(&a, "read %d 0 %u %u 65536", fd, MB, IMG_SIZE), MB);
 	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", IMG_SIZE, MB), hex(fnv_file(img, 0, MB))) == 0);
-	ASSERT(proc_page(&a, IMG_SIZE).file);
+	ASSERT(proc_page_is_image(&a, IMG_SIZE, img, 0));
 	char info[64];
 	snprintf(info, sizeof(info), "/proc/%d/fdinfo/%d", (int)a.pid, afd);
 	ASSERT(!strstr(file_text(info), "LEASE"));
@@ -1231,7 +1230,7 @@ static void stops_read_sharing(const char *start, const char *stop)
 		ASSERT_EQ(proc_num(&a, "%s", start), -EBADF);
 	ASSERT_EQ(proc_num(&a, "read %d 0 65536 0 65536", fd), 65536);
 	ASSERT(strcmp(proc_cmd(&a, "hash 0 65536"), hex(fnv_file(img, 0, 65536))) == 0);
-	ASSERT(proc_page(&a, 0).file);	/* shared before (read, so present) */
+	ASSERT(proc_page_is_image(&a, 0, img, 0));	/* shared before (read, so present) */
 	ASSERT_EQ(proc_stats(&a, &s), 0);
 	ASSERT_EQ(s.io_unseen, 0);
 	ASSERT_EQ(proc_num(&a, "%s", stop), -EBADF);

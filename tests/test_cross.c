@@ -741,34 +741,6 @@ TEST_IMPL(cross_daemon_stopped)
 	return 0;
 }
 
-/* While memdedupd is stopped, a scanner's batch waits for its answers with
- * the regions locked for reading; a munmap of memory that is not guest RAM
- * (QEMU's coroutine stacks, buffers) does not wait for it: it took the
- * write lock and waited up to the answers' 2 s deadline. */
-TEST_IMPL(cross_unmap_elsewhere_not_held)
-{
-	struct tdaemon t;
-	struct proc a, b;
-	start_shared_pair(&t, &a, &b, NULL);
-	td_pause(&t);
-	proc_cmd(&a, "fill %u %u 10", 512 * PG, N);
-	proc_cmd(&b, "fill %u %u 10", 512 * PG, N);
-	/* The scanner's batch waits for the answers (2 s at most), regions
-	 * held for reading, when the first unmap comes. */
-	ASSERT(thread_blocked_in(a.pid, "md-scan", SYS_poll, 5000));
-	long long worst = proc_num(&a, "unmapfresh 10");
-	long long worst_remap = proc_num(&a, "remapfresh 10");
-	fprintf(stderr, "  slowest munmap %lld us, mremap %lld us\n", worst, worst_remap);
-	ASSERT(kill(t.pid, SIGCONT) == 0);
-	/* A stall bound, not a speed: without the change the munmaps (and
-	 * the mremaps, a realloc's) waited for the answers' deadline (1.7 s
-	 * of 2 s seen). */
-	ASSERT(worst >= 0 && worst < 1000000);
-	ASSERT(worst_remap >= 0 && worst_remap < 250000);	/* 0.7 s seen without */
-	stop_pair_pool_empty(&t, &a, &b);
-	return 0;
-}
-
 /* memdedupd stalled for longer than an agent waits for a late reply (10 s):
  * the agent's connection goes while the daemon lives, and its record of
  * the agent, references and all, stays. The references the agent gave up

@@ -1462,7 +1462,7 @@ TEST_IMPL(scan_unmap_not_held_by_daemon)
 	double took = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
 	printf("  register and unmap of guest RAM took %.3f s with memdedupd stopped\n", took);
 	/* A stall bound, not a speed: 1.9 s without the change. */
-	ASSERT(took < 0.5);
+	ASSERT(took < 1.5);
 	/* Merging goes on once it answers again. */
 	ASSERT_EQ(wait_merged(a, n / 2), 0);
 	for (size_t i = 0; i < n * PG; i++)
@@ -1557,7 +1557,7 @@ TEST_IMPL(scan_unmap_merged_not_held_by_daemon)
 	ASSERT(kill(t.pid, SIGCONT) == 0);
 	double took = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
 	fprintf(stderr, "  unmap of merged guest RAM took %.3f s with memdedupd stopped\n", took);
-	ASSERT(took < 0.5);	/* a stall bound, not a speed */
+	ASSERT(took < 1.5);	/* a stall bound (the 2 s deadline), not a speed */
 	/* The references reach the daemon all the same: nobody maps the pool
 	 * pages any more, and they are freed. */
 	ASSERT_EQ(pool_emptied(&t), 0);
@@ -1585,7 +1585,7 @@ TEST_IMPL(scan_default_domain_waits_for_slow_daemon)
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 	double took = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
 	fprintf(stderr, "  md_agent_new took %.3f s with memdedupd stopped\n", took);
-	ASSERT(took < 0.5);	/* a stall bound, not a speed */
+	ASSERT(took < 1.5);	/* a stall bound (the 2 s deadline), not a speed */
 	usleep(2500000);	/* its first HELLO timed out (the 2 s deadline), the next waits */
 	ASSERT(kill(t.pid, SIGCONT) == 0);
 	ASSERT(listed_by(&t));
@@ -2084,26 +2084,18 @@ TEST_IMPL(scan_unmerge_after_chroot)
 	return 0;
 }
 
-static void write_sysctl(const char *path, const char *value)
-{
-	int fd = open(path, O_WRONLY | O_CLOEXEC);
-	ASSERT(fd >= 0);
-	ASSERT(write(fd, value, strlen(value)) == (ssize_t)strlen(value));
-	close(fd);
-}
-
 /* The kernel's lease-break-time after the VMM chrooted where there is no
  * /proc: the value from the agent's start. It was taken for the default,
  * 45 s, and a break short of memory gave up early, letting a writer in
  * with pages still mapped from the image, where the limit was longer. */
 TEST_IMPL(scan_lease_break_time_after_chroot)
 {
-	const char *knob = "/proc/sys/fs/lease-break-time";
-	char root[512], was[32];
+	char root[512];
 	snprintf(root, sizeof(root), "%s/lease-root", test_dir());
 	ASSERT(mkdir(root, 0755) == 0 || errno == EEXIST);
-	snprintf(was, sizeof(was), "%s", file_text(knob));
-	write_sysctl(knob, "7");
+	/* Put back by a guard of its own, whatever becomes of the test. */
+	int guard = set_until_exit("/proc/sys/fs/lease-break-time", "7");
+	ASSERT(guard >= 0);
 	pid_t pid = fork();
 	if (pid == 0) {
 		md_agent *a;
@@ -2116,7 +2108,7 @@ TEST_IMPL(scan_lease_break_time_after_chroot)
 	}
 	int st = 0;
 	pid_t got = pid > 0 ? waitpid(pid, &st, 0) : -1;
-	write_sysctl(knob, was);	/* put back before any check fails */
+	close(guard);
 	ASSERT(pid > 0 && got == pid);
 	ASSERT(WIFEXITED(st));
 	ASSERT_EQ(WEXITSTATUS(st), 0);

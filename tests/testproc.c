@@ -53,10 +53,6 @@
  *   grow|shrink DOFF LEN NEWLEN -> where guest RAM resized by mremap is now (an offset
  *                           from the RAM: grow may move it), or -errno
  *   moveram DOFF LEN      -> 0 or -errno of an mremap moving guest RAM away
- *   remapfresh N          -> the slowest of N mremaps (two pages grown to
- *                            four) of memory that is not guest RAM, in us
- *   unmapfresh N          -> the slowest of N munmaps of a page that is not
- *                           guest RAM, in microseconds (100 ms apart)
  *   daemonize             -> the pid of a child that takes the commands from
  *                           now on (the parent waits for it), as QEMU's -daemonize
  *   fill DOFF NPAGES SEED -> ok: page i gets content made of (SEED, i)
@@ -1206,25 +1202,6 @@ int main(void)
 			sscanf(line, "%*s %lld %lld %lld", &a1, &a2, &a3);
 			memcpy(base + a2, base + a1, (size_t)a3);
 			printf("ok\n");
-		} else if (strcmp(cmd, "unmapfresh") == 0) {
-			/* N times a page of its own, touched and unmapped: the
-			 * slowest munmap, in microseconds. */
-			sscanf(line, "%*s %lld", &a1);
-			long long worst = 0;
-			for (long long i = 0; i < a1; i++) {
-				char *p = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-				if (p == MAP_FAILED)
-					return 1;
-				p[0] = 1;
-				struct timespec t0, t1;
-				clock_gettime(CLOCK_MONOTONIC, &t0);
-				munmap(p, 4096);
-				clock_gettime(CLOCK_MONOTONIC, &t1);
-				long long us = (t1.tv_sec - t0.tv_sec) * 1000000ll + (t1.tv_nsec - t0.tv_nsec) / 1000;
-				worst = us > worst ? us : worst;
-				usleep(100000);
-			}
-			printf("%lld\n", worst);
 		} else if (strcmp(cmd, "mapfile") == 0) {
 			/* DOFF LEN FD [noreplace]: a private mapping of FD from
 			 * 0 put over guest RAM (MAP_FIXED), or in a hole there
@@ -1249,29 +1226,6 @@ int main(void)
 			void *p = to == MAP_FAILED ? MAP_FAILED
 				  : mremap(base + a1, (size_t)a2, (size_t)a2, MREMAP_MAYMOVE | MREMAP_FIXED, to);
 			printf("%d\n", p == MAP_FAILED ? -errno : 0);
-		} else if (strcmp(cmd, "remapfresh") == 0) {
-			/* N times two pages of its own, touched and grown to
-			 * four by mremap (glibc's realloc of a large block):
-			 * the slowest mremap, in microseconds. */
-			sscanf(line, "%*s %lld", &a1);
-			long long worst = 0;
-			for (long long i = 0; i < a1; i++) {
-				char *p = mmap(NULL, 2 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-				if (p == MAP_FAILED)
-					return 1;
-				p[0] = 1;
-				struct timespec t0, t1;
-				clock_gettime(CLOCK_MONOTONIC, &t0);
-				char *q = mremap(p, 2 * 4096, 4 * 4096, MREMAP_MAYMOVE);
-				clock_gettime(CLOCK_MONOTONIC, &t1);
-				if (q == MAP_FAILED || q[0] != 1)
-					return 1;
-				munmap(q, 4 * 4096);
-				long long us = (t1.tv_sec - t0.tv_sec) * 1000000ll + (t1.tv_nsec - t0.tv_nsec) / 1000;
-				worst = us > worst ? us : worst;
-				usleep(100000);
-			}
-			printf("%lld\n", worst);
 		} else if (strcmp(cmd, "mergehole") == 0) {
 			/* FD: 64 fresh pages, the middle 32 unmapped, advised
 			 * mergeable (the result); then a shared memfd mapped in
