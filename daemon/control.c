@@ -202,9 +202,12 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 				/* Paused until resumed from the moment it may
 				 * begin: its answer may come too late, or never
 				 * (a dropped connection), and its next WELCOME
-				 * must say so. A refusal clears it; one never
-				 * sent cannot begin. */
+				 * must say so. A refusal puts back what it
+				 * found (an earlier UNMERGE's pause, and whose
+				 * it was); one never sent cannot begin. */
 				if (ctl->op == MD_CTL_UNMERGE) {
+					a->unmerged_was = a->unmerged;
+					a->held_was = a->held_by_admin & MD_HELD_UNMERGE;
 					a->unmerged = 1;
 					a->unmerge_token = p->token;
 				}
@@ -254,10 +257,14 @@ void md__control_done(struct md__daemon *d, struct md__conn *c, uint32_t seq,
 {
 	struct md__msg ack = { .hdr = { .type = MD_MSG_ACK, .seq = seq } };
 	/* A refused UNMERGE left the agent as it was, also when its answer
-	 * came after the deadline: not paused on its next WELCOME. */
-	if (done->result.status && done->token && done->token == c->agent->unmerge_token) {
-		c->agent->unmerged = 0;
-		c->agent->held_by_admin &= ~MD_HELD_UNMERGE;
+	 * came after the deadline: paused on its next WELCOME only if an
+	 * earlier one that went through still holds it, and held by whoever
+	 * sent that one. */
+	struct md__agent *a = c->agent;
+	if (done->result.status && done->token && done->token == a->unmerge_token) {
+		a->unmerged = a->unmerged_was;
+		a->held_by_admin = (a->held_by_admin & ~MD_HELD_UNMERGE) | a->held_was;
+		a->unmerge_token = 0;	/* put back once */
 	}
 	/* Late (answered already, or its CLI went): nothing waits for it. */
 	for (struct md__pending_control *p = d->controls; p; p = p->next) {

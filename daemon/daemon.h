@@ -153,7 +153,9 @@ struct md__agent {
 	uint32_t ncounters;
 	uint64_t registered_counted; /* added to dom->registered_pages for it */
 	uint32_t unmerge_token;    /* the last UNMERGE sent to it: its refusal, even
-				    * a late one, clears unmerged */
+				    * a late one, puts back the two below */
+	int unmerged_was, held_was; /* unmerged and held_by_admin's MD_HELD_UNMERGE
+				    * before that UNMERGE was sent */
 	int unmerged;              /* it unmerged (CONTROL_DONE), not resumed since: its
 				    * WELCOME says paused, and the record outlives its
 				    * connection while the process lives */

@@ -2978,6 +2978,41 @@ TEST_IMPL(daemon_late_unmerge_refusal)
 	return 0;
 }
 
+/* An UNMERGE that went through, then another the agent refused (memory
+ * short, or the VMM's own unmerge running): the refusal puts back what it
+ * found, so the agent stays paused by the first. It was cleared, and the
+ * agent's next WELCOME let it merge again with no RESUME. */
+TEST_IMPL(daemon_second_unmerge_refused_keeps_pause)
+{
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	struct md__msg_control ctl;
+	struct control_call k;
+	int fd;
+
+	td_start(&t, 16);
+	struct md__client *agent = td_agent(&t, NULL, &w, &fd);
+	struct md__client *cli = td_connect(&t);
+	int status[2] = { 0, -ENOMEM };
+	for (int i = 0; i < 2; i++) {
+		control_start(&k, cli, MD_CTL_UNMERGE, getpid(), NULL, NULL);
+		next_control(agent, &ctl);
+		ASSERT_EQ(ctl.op, MD_CTL_UNMERGE);
+		ASSERT_EQ(md__client_control_done(agent, ctl.token, status[i], status[i] ? "short" : NULL), 0);
+		ASSERT_EQ(control_end(&k), status[i]);
+	}
+	md__client_free(agent);
+	close(fd);
+	usleep(100000);
+	agent = td_agent(&t, NULL, &w, &fd);
+	ASSERT(w.state & MD_WELCOME_PAUSED);
+	md__client_free(agent);
+	close(fd);
+	md__client_free(cli);
+	td_stop(&t);
+	return 0;
+}
+
 /* CONTROLs that reach no agent, answered at once, and domains made and
  * dropped, in a loop: any user may send them, and the daemon's lines about
  * them are limited in rate as those about bad peers are. */
@@ -3696,6 +3731,70 @@ TEST_IMPL(daemon_user_resume_after_refused_unmerge)
 	ASSERT_EQ(read(ready[0], &x, 1), 1);
 	struct md__client *cli = td_connect(&t);
 	ASSERT_EQ(control(cli, MD_CTL_UNMERGE, kid, NULL, NULL, text), -ENOMEM);
+	int st;
+	ASSERT_EQ(waitpid(kid, &st, 0), kid);
+	ASSERT(WIFEXITED(st));
+	ASSERT_EQ(WEXITSTATUS(st), 0);
+	md__client_free(cli);
+	close(ready[0]);
+	td_stop(&t);
+	return 0;
+}
+
+/* As nobody: an agent root unmerged, whose own user then sends an UNMERGE
+ * it refuses, then a RESUME. Exits 0 if that RESUME was refused as root's
+ * to give. */
+static int own_refusal_keeps_root_hold_as_nobody(struct tdaemon *t, int ready)
+{
+	struct md__client *agent;
+	struct md__msg_welcome w;
+	struct md__msg_control ctl;
+	struct control_call call;
+	char x = 0, text[MD_TEXT_MAX + 1];
+	int fd;
+	if (setresgid(65534, 65534, 65534) != 0 || setresuid(65534, 65534, 65534) != 0)
+		return 102;
+	if (md__client_open(&agent, t->sock, NULL, 0, &w, &fd) != 0 || write(ready, &x, 1) != 1)
+		return 100;
+	next_control(agent, &ctl);	/* root's, taken */
+	if (ctl.op != MD_CTL_UNMERGE || md__client_control_done(agent, ctl.token, 0, NULL) != 0)
+		return 2;
+	struct md__client *cli = td_connect(t);
+	control_start(&call, cli, MD_CTL_UNMERGE, getpid(), NULL, NULL);
+	next_control(agent, &ctl);	/* its own, refused */
+	if (ctl.op != MD_CTL_UNMERGE || md__client_control_done(agent, ctl.token, -EBUSY, "busy") != 0)
+		return 3;
+	if (control_end(&call) != -EBUSY)
+		return 4;
+	if (control(cli, MD_CTL_RESUME, getpid(), NULL, NULL, text) != -EPERM)
+		return 5;
+	md__client_free(cli);
+	md__client_free(agent);
+	close(fd);
+	return 0;
+}
+
+/* Root's UNMERGE that went through is root's to lift: the user's own
+ * UNMERGE, refused, does not make it theirs. */
+TEST_IMPL(daemon_user_refused_unmerge_keeps_root_hold)
+{
+	struct tdaemon t;
+	if (getuid() != 0 || !getpwnam("nobody"))
+		SKIP("needs root and a 'nobody' user");
+	td_start(&t, 16);
+	int ready[2];
+	ASSERT(pipe(ready) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		close(ready[0]);
+		_exit(own_refusal_keeps_root_hold_as_nobody(&t, ready[1]));
+	}
+	close(ready[1]);
+	char x, text[MD_TEXT_MAX + 1];
+	ASSERT_EQ(read(ready[0], &x, 1), 1);
+	struct md__client *cli = td_connect(&t);
+	ASSERT_EQ(control(cli, MD_CTL_UNMERGE, kid, NULL, NULL, text), 0);
 	int st;
 	ASSERT_EQ(waitpid(kid, &st, 0), kid);
 	ASSERT(WIFEXITED(st));
