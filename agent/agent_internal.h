@@ -286,8 +286,9 @@ int md__privatize(struct md_agent *a, uintptr_t start, uintptr_t end, uint32_t i
  * between parts); *at moves past what was looked at, to end when done. */
 int md__privatize_from(struct md_agent *a, uintptr_t *at, uintptr_t end, uint32_t id, size_t budget);
 extern size_t md__privatize_part_pages;
-/* Pages mapped from an image (shared at read time or merged onto one). */
-uint64_t md__owned_pages(const struct md_agent *a);
+/* Pages mapped from an image (shared at read time or merged onto one) that
+ * the guest has not written: the copies making them private needs. */
+uint64_t md__owned_unwritten_pages(const struct md_agent *a);
 /* Replaces pages mapped from an image in [start,end) by anonymous zero pages. */
 int md__discard(struct md_agent *a, uintptr_t start, uintptr_t end);
 /* Replaces the parts of [start,end) in a->forgotten that lie in private

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <sys/mman.h>
 
 #include "agent_internal.h"
@@ -428,14 +429,36 @@ int md__privatize_from(struct md_agent *a, uintptr_t *at, uintptr_t end, uint32_
 	return err;
 }
 
-uint64_t md__owned_pages(const struct md_agent *a)
+uint64_t md__owned_unwritten_pages(const struct md_agent *a)
 {
-	uint64_t n = 0;
+	uint64_t n = 0, pm[512];
+	/* A page the guest wrote is a private copy already: making it
+	 * private moves it, a part at a time, and needs no memory more. Any
+	 * page pagemap cannot tell about counts as one to copy. */
+	int fd = md__proc_open("pagemap", 0);
 	for (size_t i = 0; i < a->nregions; i++) {
 		const struct md__region *r = &a->regions[i];
-		for (size_t p = 0; p < (r->end - r->start) / MD_PAGE; p++)
-			n += r->owner[p] != 0;
+		size_t np = (r->end - r->start) / MD_PAGE;
+		for (size_t p = 0; p < np;) {
+			if (!r->owner[p]) {
+				p++;
+				continue;
+			}
+			size_t k = p;
+			while (k < np && r->owner[k] && k - p < 512)
+				k++;
+			size_t m = k - p;
+			off_t off = (off_t)((r->start / MD_PAGE + p) * sizeof(pm[0]));
+			if (fd >= 0 && md__sys_pread(fd, pm, m * sizeof(pm[0]), off) == (ssize_t)(m * sizeof(pm[0])))
+				for (size_t j = 0; j < m; j++)
+					n += !md__pm_private_anon(pm[j]);
+			else
+				n += m;
+			p = k;
+		}
 	}
+	if (fd >= 0)
+		close(fd);
 	return n;
 }
 

@@ -230,7 +230,7 @@ void md_agent_io_unseen(md_agent *a, const char *what)
 	 * image's page, and a lease break could not wait for it to end. On
 	 * the VMM's thread, once: the copies take as long as an unmerge's,
 	 * and are not made when memory is short (as an unmerge refuses). */
-	uint64_t owned = before ? 0 : md__owned_pages(a);
+	uint64_t owned = before ? 0 : md__owned_unwritten_pages(a);
 	int short_of_memory = owned && owned * MD_PAGE + (64u << 20) > md__memroom_available(&a->memroom);
 	if (owned && !short_of_memory)
 		md__privatize(a, 0, UINTPTR_MAX, 0);
@@ -437,7 +437,7 @@ static int unmerge_locked(md_agent *a, char *why, size_t size, int by)
 	md__agent_enter(a);
 	pthread_rwlock_wrlock(&e->regions_lock);
 	pthread_mutex_lock(&e->lock);
-	uint64_t pages = (by == UNMERGE_USER ? 0 : md__owned_pages(a)) + md__engine_shared_pages(e);
+	uint64_t pages = (by == UNMERGE_USER ? 0 : md__owned_unwritten_pages(a)) + md__engine_shared_pages(e);
 	/* Copies need memory: refuse, changing nothing, when the host lacks
 	 * it (with a margin of 64 MiB for everything else). */
 	int err = 0, refused = 0;

@@ -2235,6 +2235,65 @@ TEST_IMPL(scan_unmerge_after_chroot_with_proc_keeps_cgroup_limit)
 	return unmerge_in_cgroup_after_chroot(1);
 }
 
+/* Pages shared at read time that the guest has written since are private
+ * copies already: an unmerge needs no memory for them. They were counted
+ * as copies to make, and an unmerge (the same count stops unseen I/O from
+ * making the image pages private) was refused with room for all it had to
+ * do. 64 MiB read, then written, under a limit 96 MiB above the use: 64
+ * MiB of copies and the 64 MiB kept spare would not fit. */
+TEST_IMPL(scan_unmerge_counts_only_unwritten_pages)
+{
+	struct test_cgroup cg;
+	if (cgroup_make(&cg) != 0)
+		SKIP("no memory cgroup of our own to be had here");
+	const size_t len = 64u << 20;
+	char img[600];
+	snprintf(img, sizeof(img), "%s/written-image", test_dir());
+	make_image(img, len, 5);
+	int down[2], up[2];	/* to the child, from it */
+	ASSERT_EQ(pipe(down), 0);
+	ASSERT_EQ(pipe(up), 0);
+	pid_t pid = fork();
+	ASSERT(pid >= 0);
+	if (pid == 0) {
+		char c;
+		md_agent *a;
+		if (read(down[0], &c, 1) != 1)	/* in the cgroup */
+			_exit(2);
+		char *m = inproc_agent(&a, 100, len);
+		int fd = open(img, O_RDONLY);
+		if (fd < 0 || md_agent_register(a, m, len, 0) != 0 || md_agent_pause(a, 0) != 0)
+			_exit(3);
+		if (md_agent_pread(a, fd, m, len, 0) != (ssize_t)len)
+			_exit(4);
+		md_stats s;
+		if (md_agent_stats(a, &s) != 0 || s.pages_shared_at_read != len / PG)
+			_exit(5);
+		for (size_t i = 0; i < len; i += PG)
+			m[i] ^= 1;	/* every page written: a private copy */
+		if (write(up[1], "w", 1) != 1 || read(down[0], &c, 1) != 1)	/* the limit lowered */
+			_exit(6);
+		if (md_agent_unmerge(a) != 0)
+			_exit(7);
+		_exit(md_agent_stats(a, &s) != 0 || s.pages_shared ? 8 : 0);
+	}
+	close(up[1]);
+	close(down[0]);
+	char c = 0;
+	ASSERT_EQ(cgroup_enter(&cg, pid), 0);
+	ASSERT_EQ(write(down[1], "e", 1), 1);
+	if (read(up[0], &c, 1) == 1 && c == 'w') {
+		ASSERT_EQ(cgroup_limit(&cg, cgroup_usage(&cg) + (96ull << 20)), 0);
+		ASSERT_EQ(write(down[1], "l", 1), 1);
+	}
+	close(down[1]);
+	int st;
+	ASSERT(waitpid(pid, &st, 0) == pid);
+	ASSERT(WIFEXITED(st));
+	ASSERT_EQ(WEXITSTATUS(st), 0);
+	return 0;
+}
+
 /* An unmerge before any RAM was registered started a scanner that was
  * never made: resumed, it crashed; with RAM registered then, a second one
  * ran beside it. */
