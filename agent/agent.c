@@ -207,6 +207,24 @@ static void *agent_thread(void *arg)
 	return NULL;
 }
 
+void md__agent_thread_leases(struct md_agent *a)
+{
+	static __thread int within;	/* a break's own parts come here too */
+	if (within || __atomic_load_n(&a->thread_tid, __ATOMIC_RELAXED) != md__sys_gettid())
+		return;
+	within = 1;
+	sigset_t lease;
+	sigemptyset(&lease);
+	sigaddset(&lease, a->lease_signal);
+	siginfo_t info;
+	while (sigtimedwait(&lease, &info, &(struct timespec){ 0, 0 }) == a->lease_signal)
+		if (info.si_code > 0)	/* the kernel's, as agent_thread takes them */
+			md__image_lease_broken(a, info.si_fd);
+	if (__atomic_load_n(&a->breaking, __ATOMIC_RELAXED))
+		md__image_breaks_retry(a);
+	within = 0;
+}
+
 /* Opens the statistics file at path and takes its lock (stats_file.h): 0
  * and *fdp, also unlocked where the file system has no locks (`memdedup
  * status` then goes by the pid); -EEXIST if a live agent holds it (of our

@@ -549,6 +549,14 @@ static inline void md__agent_leave(struct md_agent *a)
 	pthread_mutex_unlock(&a->lock);
 }
 
+/* On the agent's thread, between two parts of a long job (an unmerge
+ * memdedupd asked for, a change of user): the lease breaks signalled
+ * meanwhile, which that thread alone takes, are begun, and those short of
+ * memory tried again. Waiting for the whole job, a break could outlast
+ * the kernel's lease-break-time, and the writer then wrote a file whose
+ * pages the guest still mapped. Elsewhere, or within a break, nothing. */
+void md__agent_thread_leases(struct md_agent *a);
+
 /* Between two parts of a long job under the agent's lock: the VMM's calls
  * waiting for it get in (and md__part_hook runs, in tests). A mutex let go
  * is not handed to a waiter: one just woken found it taken again, and
@@ -570,6 +578,7 @@ static inline void md__agent_let_in(struct md_agent *a)
 	void (*hook)(struct md_agent *) = __atomic_load_n(&md__part_hook, __ATOMIC_RELAXED);
 	if (hook)
 		hook(a);
+	md__agent_thread_leases(a);
 	md__agent_enter(a);
 }
 

@@ -2336,6 +2336,97 @@ static int scanner_paused(md_agent *a)
 	return __atomic_load_n(&a->scanner.paused, __ATOMIC_SEQ_CST);
 }
 
+/* The writer's go, given between the first two parts of an unmerge; each
+ * part of the unmerge then takes 150 ms. */
+static int writer_go = -1;
+
+static void writer_between_parts(struct md_agent *a)
+{
+	if (writer_go >= 0) {
+		if (write(writer_go, "g", 1) != 1)
+			abort();
+		close(writer_go);
+		writer_go = -1;
+	}
+	/* The unmerge's parts only: a break's own take no time. */
+	if (!__atomic_load_n(&a->breaking, __ATOMIC_RELAXED))
+		usleep(150000);
+}
+
+/* An unmerge memdedupd asks for runs on the agent's thread, which alone
+ * takes lease signals: a writer that opens an image meanwhile has its
+ * break begun between two parts. It waited for the whole unmerge (16
+ * parts of 150 ms here), the kernel let the writer in after its
+ * lease-break-time (1 s here), and the guest read the writer's bytes in
+ * the pages not yet private. */
+TEST_IMPL(scan_daemon_unmerge_takes_lease_breaks)
+{
+	struct tdaemon t;
+	md_agent *a;
+	char *pairs = merged_pairs(&t, &a, 64);
+	const size_t n = 256;
+	char img[600], *orig = malloc(n * PG);
+	ASSERT(orig);
+	snprintf(img, sizeof(img), "%s/unmerge-break", test_dir());
+	make_image(img, n * PG, 61);
+	int fd = open(img, O_RDONLY);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(pread(fd, orig, n * PG, 0), (ssize_t)(n * PG));
+	char *m = mmap(NULL, n * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
+	ASSERT_EQ(md_agent_pread(a, fd, m, n * PG, 0), (ssize_t)(n * PG));
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, n);
+
+	int guard = set_until_exit("/proc/sys/fs/lease-break-time", "1");
+	ASSERT(guard >= 0);
+	int go[2];
+	ASSERT_EQ(pipe(go), 0);
+	pid_t writer = fork();
+	ASSERT(writer >= 0);
+	if (writer == 0) {
+		char c, junk[4096];
+		close(go[1]);
+		if (read(go[0], &c, 1) != 1)
+			_exit(3);
+		int wfd = open(img, O_WRONLY);
+		memset(junk, 0xee, sizeof(junk));
+		for (size_t off = 0; wfd >= 0 && off < n * PG; off += sizeof(junk))
+			if (pwrite(wfd, junk, sizeof(junk), (off_t)off) != (ssize_t)sizeof(junk))
+				_exit(2);
+		_exit(wfd >= 0 ? 0 : 1);
+	}
+	close(go[0]);
+	writer_go = go[1];
+	md__privatize_part_pages = 16;
+	md__part_hook = writer_between_parts;
+	int rc = td_sh("MEMDEDUP_SOCKET=%s %s/memdedup unmerge --pid %d >/dev/null", t.sock, build_dir(),
+		       (int)getpid());
+	md__part_hook = NULL;
+	md__privatize_part_pages = 2048;
+	if (writer_go >= 0)
+		close(writer_go);
+	int st;
+	ASSERT_EQ(waitpid(writer, &st, 0), writer);
+	close(guard);
+	ASSERT_EQ(rc, 0);
+	ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	/* What the guest read stays what it read: the writer's bytes are the
+	 * file's, not guest RAM's. */
+	ASSERT(memcmp(m, orig, n * PG) == 0);
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.lease_breaks, 1);
+	md_agent_free(a);
+	td_stop(&t);
+	munmap(m, n * PG);
+	munmap(pairs, 64 * PG);
+	free(orig);
+	close(fd);
+	return 0;
+}
+
 /* memdedupd's PAUSE, applied by the agent's thread while the VMM's unmerge
  * is refused for want of memory: the refused unmerge put back the pause it
  * had found (none), and the operator's pause was lost. */
