@@ -195,9 +195,13 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 		} else {
 			/* The agent's own pid when the requester named
 			 * it: a SET then is that agent's own value, not a
-			 * share of the rate of all (agent/scan.c). An agent
-			 * that did not ask for that gets its pid always. */
-			fwd.u.control.pid = ctl->pid || !a->control_pid ? a->pid : 0;
+			 * share of the rate of all (agent/scan.c). So too
+			 * a user's SET of all their agents, which sets no
+			 * default: as a share, the agent's next WELCOME put
+			 * the default back. An agent that did not ask for
+			 * that gets its pid always. */
+			fwd.u.control.pid = ctl->pid || !a->control_pid || (ctl->op == MD_CTL_SET && !defaults) ?
+					    a->pid : 0;
 			if (md__conn_send(d, a->conn, &fwd, -1) == 0) {
 				/* Paused until resumed from the moment it may
 				 * begin: its answer may come too late, or never

@@ -3805,6 +3805,71 @@ TEST_IMPL(daemon_user_refused_unmerge_keeps_root_hold)
 	return 0;
 }
 
+/* As nobody: an agent that asked for pids in CONTROLs (as the engine's
+ * does) sets its own user's SET of all their agents as its own value
+ * (its pid), then root's as the default's share (pid 0). Exits 0 if so. */
+static int user_set_own_as_nobody(struct tdaemon *t, int ready)
+{
+	struct md__client *agent;
+	struct md__msg_welcome w;
+	struct md__msg_control ctl;
+	struct control_call call;
+	char x = 0;
+	int fd;
+	if (setresgid(65534, 65534, 65534) != 0 || setresuid(65534, 65534, 65534) != 0)
+		return 102;
+	if (md__client_open(&agent, t->sock, NULL, MD_HELLO_CONTROL_PID, &w, &fd) != 0)
+		return 100;
+	struct md__client *cli = td_connect(t);
+	control_start(&call, cli, MD_CTL_SET, 0, "pages_to_scan", "50");
+	next_control(agent, &ctl);
+	if (ctl.op != MD_CTL_SET || ctl.pid != getpid())
+		return 2;	/* a share, which the next WELCOME overwrote */
+	if (md__client_control_done(agent, ctl.token, 0, NULL) != 0 || control_end(&call) != 0)
+		return 3;
+	if (write(ready, &x, 1) != 1)
+		return 101;
+	next_control(agent, &ctl);	/* root's */
+	if (ctl.op != MD_CTL_SET || ctl.pid != 0 || md__client_control_done(agent, ctl.token, 0, NULL) != 0)
+		return 4;
+	md__client_free(cli);
+	md__client_free(agent);
+	close(fd);
+	return 0;
+}
+
+/* A user's `memdedup set` of all their agents (no --pid) sets no default,
+ * so it reaches each agent as its own value, which outlives a reconnect;
+ * root's sets the default, each agent's share of it. */
+TEST_IMPL(daemon_user_set_is_each_agents_own)
+{
+	struct tdaemon t;
+	if (getuid() != 0 || !getpwnam("nobody"))
+		SKIP("needs root and a 'nobody' user");
+	td_start(&t, 16);
+	int ready[2];
+	ASSERT(pipe(ready) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		close(ready[0]);
+		_exit(user_set_own_as_nobody(&t, ready[1]));
+	}
+	close(ready[1]);
+	char x, text[MD_TEXT_MAX + 1];
+	struct md__client *cli = td_connect(&t);
+	if (read(ready[0], &x, 1) == 1)
+		ASSERT_EQ(control(cli, MD_CTL_SET, 0, "pages_to_scan", "300", text), 0);
+	int st;
+	ASSERT_EQ(waitpid(kid, &st, 0), kid);
+	ASSERT(WIFEXITED(st));
+	ASSERT_EQ(WEXITSTATUS(st), 0);
+	md__client_free(cli);
+	close(ready[0]);
+	td_stop(&t);
+	return 0;
+}
+
 /* A CONTROL naming an agent kept detached (it paused, then went; its
  * process lives): a SET cannot reach it (-ENOTCONN, said), a RESUME is
  * taken for when it is back. */
