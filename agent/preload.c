@@ -994,10 +994,13 @@ EXPORT int prctl(int option, ...)
  * and how libnuma makes mbind; locking, protecting, mapping, unmapping and
  * advising memory go the way of the C library's functions above (a
  * discard of merged pages must read zeroes, an unmap must be forgotten).
- * Every other call passes through,
- * ours too (common/sys.c: those of these numbers go around it, through
- * md__libc_syscall). The libc's is found once, before the VMM runs
+ * So do the read and write calls the agent follows. Every other call
+ * passes through, ours too (common/sys.c: those of these numbers go
+ * around it, through md__libc_syscall). The libc's is found once, before the VMM runs
  * (preload_init). */
+/* The positions of the read and write calls below are one argument. */
+_Static_assert(sizeof(long) == 8 && sizeof(off_t) == 8, "a 64-bit machine");
+
 EXPORT long syscall(long nr, ...)
 {
 	long a[6];
@@ -1086,6 +1089,21 @@ EXPORT long syscall(long nr, ...)
 			     (unsigned long)a[4], (unsigned)a[5]);
 	case SYS_ioctl:	/* DMA maps, SG_IO, the VMM's userfaultfd */
 		return ioctl((int)a[0], (unsigned long)a[1], (void *)a[2]);
+	/* Reads shared and hinted, writes a lease break waits for, as the C
+	 * library's. The position is one argument on 64-bit machines (the
+	 * kernel's high half is 0), the flags after it. */
+	case SYS_pread64:
+		return pread((int)a[0], (void *)a[1], (size_t)a[2], (off_t)a[3]);
+	case SYS_preadv:
+		return preadv((int)a[0], (const struct iovec *)a[1], (int)a[2], (off_t)a[3]);
+	case SYS_preadv2:
+		return preadv2((int)a[0], (const struct iovec *)a[1], (int)a[2], (off_t)a[3], (int)a[5]);
+	case SYS_pwrite64:
+		return pwrite((int)a[0], (const void *)a[1], (size_t)a[2], (off_t)a[3]);
+	case SYS_pwritev:
+		return pwritev((int)a[0], (const struct iovec *)a[1], (int)a[2], (off_t)a[3]);
+	case SYS_pwritev2:
+		return pwritev2((int)a[0], (const struct iovec *)a[1], (int)a[2], (off_t)a[3], (int)a[5]);
 	}
 	return call(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
 }

@@ -17,10 +17,21 @@
 
 #include "memdedup.h"
 
+/* The C library's syscall(2), set by the preload library (whose own
+ * syscall() routes the memory, read and write calls below to the agent); else ours. The
+ * agent's own calls must reach the kernel, never the agent again. */
+long (*md__libc_syscall)(long nr, ...);
+
+static long (*raw(void))(long, ...)
+{
+	long (*call)(long, ...) = __atomic_load_n(&md__libc_syscall, __ATOMIC_ACQUIRE);
+	return call ? call : syscall;
+}
+
 /* syscall(2) returns -1 and sets errno like the libc wrappers do. */
 ssize_t md__sys_pread(int fd, void *buf, size_t len, off_t off)
 {
-	return syscall(SYS_pread64, fd, buf, len, off);
+	return raw()(SYS_pread64, fd, buf, len, off);
 }
 
 int md__copy_own_pages(void *buf, const void **p, size_t n)
@@ -70,31 +81,20 @@ ssize_t md__sys_preadv2(int fd, const struct iovec *iov, int iovcnt, off_t off, 
 {
 	/* The kernel takes the offset as two longs; on 64-bit the high one is 0. */
 	if (flags == 0 && off != -1)
-		return syscall(SYS_preadv, fd, iov, iovcnt, (long)off, 0L);
-	return syscall(SYS_preadv2, fd, iov, iovcnt, (long)off, 0L, flags);
+		return raw()(SYS_preadv, fd, iov, iovcnt, (long)off, 0L);
+	return raw()(SYS_preadv2, fd, iov, iovcnt, (long)off, 0L, flags);
 }
 
 ssize_t md__sys_pwrite(int fd, const void *buf, size_t len, off_t off)
 {
-	return syscall(SYS_pwrite64, fd, buf, len, off);
+	return raw()(SYS_pwrite64, fd, buf, len, off);
 }
 
 ssize_t md__sys_pwritev2(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags)
 {
 	if (flags == 0 && off != -1)
-		return syscall(SYS_pwritev, fd, iov, iovcnt, (long)off, 0L);
-	return syscall(SYS_pwritev2, fd, iov, iovcnt, (long)off, 0L, flags);
-}
-
-/* The C library's syscall(2), set by the preload library (whose own
- * syscall() routes the memory calls below to the agent); else ours. The
- * agent's own calls must reach the kernel, never the agent again. */
-long (*md__libc_syscall)(long nr, ...);
-
-static long (*raw(void))(long, ...)
-{
-	long (*call)(long, ...) = __atomic_load_n(&md__libc_syscall, __ATOMIC_ACQUIRE);
-	return call ? call : syscall;
+		return raw()(SYS_pwritev, fd, iov, iovcnt, (long)off, 0L);
+	return raw()(SYS_pwritev2, fd, iov, iovcnt, (long)off, 0L, flags);
 }
 
 void *md__sys_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)

@@ -12,6 +12,7 @@
  *   reread FD OFF1 OFF2 LEN DOFF -> two preads into the same RAM; the second's result
  *   rawread FD OFF LEN DOFF -> the pread system call, unseen by the agent
  *   chkread FD OFF LEN DOFF BUFLEN -> __pread_chk, as a fortified build's pread
+ *   sysread FD OFF LEN DOFF -> pread through the C library's syscall(2)
  *   preadv FD OFF DOFF LEN [heap] -> preadv of two halves (one on the heap)
  *   write DOFF BYTE       -> ok   (base[DOFF] = BYTE)
  *   hash DOFF LEN         -> FNV-1a of base[DOFF..+LEN)
@@ -930,6 +931,11 @@ int main(void)
 					break;
 			}
 			printf("%lld\n", total);
+		} else if (strcmp(cmd, "sysread") == 0) {
+			/* sysread FD OFF LEN DOFF: pread through syscall(2) */
+			sscanf(line, "%*s %lld %lld %lld %lld", &a1, &a2, &a3, &a4);
+			long r = syscall(SYS_pread64, (int)a1, base + a4, (size_t)a3, (off_t)a2);
+			printf("%lld\n", r < 0 ? (long long)-errno : (long long)r);
 		} else if (strcmp(cmd, "chkread") == 0) {
 			/* chkread FD OFF LEN RAMOFF BUFLEN: a fortified pread,
 			 * as _FORTIFY_SOURCE builds call it */
@@ -963,7 +969,11 @@ int main(void)
 			 * see (the system call itself), as content that reaches
 			 * guest RAM by other means than the VMM's reads. */
 			sscanf(line, "%*s %lld %lld %lld %lld", &a1, &a2, &a3, &a4);
-			long r = syscall(SYS_pread64, (int)a1, base + a4, (size_t)a3, (off_t)a2);
+			/* The C library's own syscall(2): the preload library's
+			 * routes reads to the agent. */
+			void *libc = dlopen("libc.so.6", RTLD_NOW | RTLD_NOLOAD);
+			long (*sys)(long, ...) = libc ? (long (*)(long, ...))dlsym(libc, "syscall") : NULL;
+			long r = sys ? sys(SYS_pread64, (long)a1, (long)(base + a4), (long)a3, (long)a2) : -1;
 			printf("%lld\n", r < 0 ? (long long)-errno : (long long)r);
 		} else if (strcmp(cmd, "reread") == 0) {
 			/* reread FD OFF1 OFF2 LEN RAMOFF: two reads into the same
