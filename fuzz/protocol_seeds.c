@@ -6,7 +6,9 @@
  * MD_MSG_MAX bytes, a PUBLISH of MD_PUBLISH_MAX pages). The fuzzer mutates
  * from them, and the replay (which must decode a whole message of every
  * type, see fuzz_protocol.c) notices a corpus left behind by a change of
- * the protocol. */
+ * the protocol. Messages that break a rule go as seed-<TYPE>-<what> too,
+ * written byte by byte: a key or value a byte too long, a key for another
+ * operation than SET, a CONTROL_DONE shorter than its token. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +37,58 @@ static int write_seed(const char *dir, struct md__msg *m, unsigned type, const c
 		return 1;
 	}
 	return 0;
+}
+
+/* Writes len bytes of payload behind a header of type as
+ * seed-<TYPE>-<variant>: messages the encoder refuses to make, for the
+ * decoder to refuse too. */
+static int write_raw(const char *dir, unsigned type, const void *payload, uint32_t len, const char *variant)
+{
+	static unsigned char buf[MD_MSG_HDR_SIZE + MD_MSG_MAX];
+	char path[4096];
+	md__msg_hdr_encode(buf, type, len, 7);
+	memcpy(buf + MD_MSG_HDR_SIZE, payload, len);
+	snprintf(path, sizeof(path), "%s/seed-%s-%s", dir, md__msg_type_name(type), variant);
+	FILE *f = fopen(path, "wb");
+	size_t n = MD_MSG_HDR_SIZE + (size_t)len;
+	if (!f || fwrite(buf, 1, n, f) != n || fclose(f) != 0) {
+		fprintf(stderr, "protocol_seeds: cannot write %s\n", path);
+		return 1;
+	}
+	return 0;
+}
+
+/* A CONTROL's payload (op, pid 0, token 5, key and value of kl and vl
+ * bytes) into p: its length. */
+static uint32_t control_payload(unsigned char *p, uint32_t op, unsigned kl, unsigned vl)
+{
+	memset(p, 0, 16);
+	p[0] = (unsigned char)op;
+	p[8] = 5;
+	p[12] = (unsigned char)kl;
+	p[14] = (unsigned char)vl;
+	memset(p + 16, 'k', kl);
+	memset(p + 16 + kl, 'v', vl);
+	return 16 + kl + vl;
+}
+
+/* CONTROLs and a CONTROL_DONE that break a rule of the decoder's: a key
+ * or a value a byte longer than the arrays they are decoded into, a key
+ * given to an operation other than SET, a key without a value, a
+ * CONTROL_DONE too short for its token. */
+static int write_refused(const char *dir)
+{
+	unsigned char p[16 + MD_KEY_MAX + MD_VALUE_MAX];
+	int bad = 0;
+	bad |= write_raw(dir, MD_MSG_CONTROL, p, control_payload(p, MD_CTL_SET, MD_KEY_MAX + 1, 1),
+			 "key-too-long");
+	bad |= write_raw(dir, MD_MSG_CONTROL, p, control_payload(p, MD_CTL_SET, 1, MD_VALUE_MAX + 1),
+			 "value-too-long");
+	bad |= write_raw(dir, MD_MSG_CONTROL, p, control_payload(p, MD_CTL_PAUSE, 1, 1), "pause-with-key");
+	bad |= write_raw(dir, MD_MSG_CONTROL, p, control_payload(p, MD_CTL_SET, 1, 0), "key-without-value");
+	memset(p, 5, 3);
+	bad |= write_raw(dir, MD_MSG_CONTROL_DONE, p, 3, "short");
+	return bad;
 }
 
 /* Variants the daemon and the agents meet that the seeds above are not. */
@@ -78,6 +132,14 @@ static int write_variants(const char *dir)
 	memset(&m, 0, sizeof(m));
 	m.u.control_done.token = 5;
 	bad |= write_seed(dir, &m, MD_MSG_CONTROL_DONE, "ok");
+
+	/* A SET of the longest key and value. */
+	memset(&m, 0, sizeof(m));
+	m.u.control.op = MD_CTL_SET;
+	m.u.control.token = 9;
+	memset(m.u.control.key, 'k', MD_KEY_MAX);
+	memset(m.u.control.value, 'v', MD_VALUE_MAX);
+	bad |= write_seed(dir, &m, MD_MSG_CONTROL, "longest");
 
 	/* The largest messages: a STATUS_R of MD_MSG_MAX bytes (a JSON
 	 * document padded out), a PUBLISH of MD_PUBLISH_MAX pages. */
@@ -199,5 +261,5 @@ int main(int argc, char **argv)
 		}
 		bad |= write_seed(argv[1], &m, type, NULL);
 	}
-	return bad | write_variants(argv[1]);
+	return bad | write_variants(argv[1]) | write_refused(argv[1]);
 }

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "protocol.h"
 #include "runner.h"
@@ -354,6 +355,28 @@ TEST_IMPL(daemon_proto_rejects)
 	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_CONTROL, p, 18), &m), 0);
 	put32(p + 4, 0xffffffffu);	/* negative pid */
 	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_CONTROL, p, 18), &m), -EBADMSG);
+	put32(p + 4, 0);
+	p[14] = 0;	/* a key without a value */
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_CONTROL, p, 17), &m), -EBADMSG);
+	p[14] = 1;
+	put32(p, MD_CTL_PAUSE);	/* a key and a value for an operation other than SET */
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_CONTROL, p, 18), &m), -EBADMSG);
+	/* The longest key and value fit the decoded message's arrays; one
+	 * byte more of either is refused, not written past them. */
+	put32(p, MD_CTL_SET);
+	p[12] = MD_KEY_MAX, p[14] = MD_VALUE_MAX;
+	memset(p + 16, 'k', MD_KEY_MAX);
+	memset(p + 16 + MD_KEY_MAX, 'v', MD_VALUE_MAX);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_CONTROL, p, 16 + MD_KEY_MAX + MD_VALUE_MAX), &m), 0);
+	ASSERT_EQ(strlen(m.u.control.key), MD_KEY_MAX);
+	ASSERT_EQ(strlen(m.u.control.value), MD_VALUE_MAX);
+	p[12] = MD_KEY_MAX + 1, p[14] = 1;
+	memset(p + 16, 'k', MD_KEY_MAX + 1);
+	p[16 + MD_KEY_MAX + 1] = 'v';
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_CONTROL, p, 16 + MD_KEY_MAX + 2), &m), -EBADMSG);
+	p[12] = 1, p[14] = MD_VALUE_MAX + 1;
+	memset(p + 17, 'v', MD_VALUE_MAX + 1);
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_CONTROL, p, 16 + 1 + MD_VALUE_MAX + 1), &m), -EBADMSG);
 
 	/* CONTROL_DONE: a token, then a status and text as CONTROL_R's. */
 	memset(p, 0, 32);
@@ -364,6 +387,19 @@ TEST_IMPL(daemon_proto_rejects)
 	ASSERT_EQ(m.u.control_done.token, 5);
 	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_CONTROL_DONE, p, 11), &m), -EBADMSG);
 	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_CONTROL_DONE, p, 3), &m), -EBADMSG);
+	/* Too short for its token, it is refused before a byte past its
+	 * end is read: the message ends where an unmapped page begins. */
+	unsigned char *two = mmap(NULL, 2 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(two != MAP_FAILED);
+	ASSERT_EQ(mprotect(two + 4096, 4096, PROT_NONE), 0);
+	for (uint32_t len = 0; len < 4; len++) {
+		unsigned char *at = two + 4096 - MD_MSG_HDR_SIZE - len;
+		md__msg_hdr_encode(at, MD_MSG_CONTROL_DONE, len, 1);
+		memset(at + MD_MSG_HDR_SIZE, 5, len);
+		ASSERT_EQ(md__msg_decode(at, MD_MSG_HDR_SIZE + len, &m), -EBADMSG);
+		ASSERT_EQ(md__msg_decode_payload(MD_MSG_CONTROL_DONE, two + 4096 - len, len, &m), -EBADMSG);
+	}
+	munmap(two, 2 * 4096);
 	put32(p + 4, 7);	/* a status that is no errno */
 	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_CONTROL_DONE, p, 12), &m), -EBADMSG);
 
