@@ -2,10 +2,13 @@
  * (`make fuzz-seeds`): a shared object named as the agent (its program
  * headers, a dynamic section with DT_STRTAB and DT_SONAME, the string
  * table), one of another name, one without a soname, and one whose soname
- * points past the end. The real library is hundreds of KiB, too much for a
- * corpus; these hold every structure the check reads. */
+ * points past the end; programs with an interpreter (PT_INTERP) whose path
+ * ends in its NUL, or does not, or does not fit; a 32-bit program. The real
+ * library is hundreds of KiB, too much for a corpus; these hold every
+ * structure the checks read. */
 #include <elf.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -55,6 +58,107 @@ static void make(struct image *m, const char *soname, int with_soname, uint64_t 
 	snprintf(m->strtab + 1, sizeof(m->strtab) - 1, "%s", soname);
 }
 
+/* A program of machine with an interpreter: header, a PT_LOAD of the
+ * whole file, a PT_INTERP of filesz bytes of path (the kernel's rule: the
+ * last of them a NUL). */
+struct program {
+	Elf64_Ehdr h;
+	Elf64_Phdr ph[2];
+	char interp[96];
+};
+
+static void make_program(struct program *p, unsigned machine, const char *path, size_t pathlen, uint64_t filesz)
+{
+	memset(p, 0, sizeof(*p));
+	memcpy(p->h.e_ident, ELFMAG, SELFMAG);
+	p->h.e_ident[EI_CLASS] = ELFCLASS64;
+	p->h.e_ident[EI_DATA] = ELFDATA2LSB;
+	p->h.e_ident[EI_VERSION] = EV_CURRENT;
+	p->h.e_type = ET_DYN;
+	p->h.e_machine = (uint16_t)machine;
+	p->h.e_version = EV_CURRENT;
+	p->h.e_phoff = offsetof(struct program, ph);
+	p->h.e_ehsize = sizeof(Elf64_Ehdr);
+	p->h.e_phentsize = sizeof(Elf64_Phdr);
+	p->h.e_phnum = 2;
+	p->ph[0] = (Elf64_Phdr){ .p_type = PT_INTERP, .p_offset = offsetof(struct program, interp),
+				 .p_filesz = filesz, .p_memsz = filesz, .p_flags = PF_R };
+	p->ph[1] = (Elf64_Phdr){ .p_type = PT_LOAD, .p_filesz = sizeof(*p), .p_memsz = sizeof(*p),
+				 .p_flags = PF_R | PF_X };
+	memcpy(p->interp, path, pathlen);
+}
+
+/* Programs with an interpreter, of each machine in the corpus (the check
+ * reads the path only of this machine's: x86-64's and AArch64's both, so
+ * that the committed corpus reaches it on either): a path ending in its
+ * NUL, one cut before it, one with a NUL inside but not at the end, one
+ * longer than the caller's room, an empty one (its NUL alone), one of no
+ * bytes, one past the end of the file. */
+static int write_programs(const char *dir)
+{
+	static const struct { unsigned machine; const char *name, *ld; } arch[] = {
+		{ EM_X86_64, "x86_64", "/lib64/ld-linux-x86-64.so.2" },
+		{ EM_AARCH64, "aarch64", "/lib/ld-linux-aarch64.so.1" },
+	};
+	struct program p;
+	char name[64];
+	int bad = 0;
+	for (size_t i = 0; i < sizeof(arch) / sizeof(arch[0]); i++) {
+		size_t len = strlen(arch[i].ld);
+		make_program(&p, arch[i].machine, arch[i].ld, len, len + 1);
+		snprintf(name, sizeof(name), "interp-%s", arch[i].name);
+		bad |= write_seed(dir, name, &p, sizeof(p));
+		make_program(&p, arch[i].machine, arch[i].ld, len, len);
+		snprintf(name, sizeof(name), "interp-unterminated-%s", arch[i].name);
+		bad |= write_seed(dir, name, &p, sizeof(p));
+		make_program(&p, arch[i].machine, "/lib\0/ld.so", 11, 11);
+		snprintf(name, sizeof(name), "interp-inner-nul-%s", arch[i].name);
+		bad |= write_seed(dir, name, &p, sizeof(p));
+		memset(p.interp, 'a', sizeof(p.interp) - 1);
+		p.ph[0].p_filesz = sizeof(p.interp);
+		snprintf(name, sizeof(name), "interp-too-long-%s", arch[i].name);
+		bad |= write_seed(dir, name, &p, sizeof(p));
+		make_program(&p, arch[i].machine, "", 1, 1);
+		snprintf(name, sizeof(name), "interp-empty-%s", arch[i].name);
+		bad |= write_seed(dir, name, &p, sizeof(p));
+		make_program(&p, arch[i].machine, "", 0, 0);
+		snprintf(name, sizeof(name), "interp-none-%s", arch[i].name);
+		bad |= write_seed(dir, name, &p, sizeof(p));
+		make_program(&p, arch[i].machine, arch[i].ld, len, len + 1);
+		p.ph[0].p_offset = 1u << 20;
+		snprintf(name, sizeof(name), "interp-past-end-%s", arch[i].name);
+		bad |= write_seed(dir, name, &p, sizeof(p));
+	}
+	return bad;
+}
+
+/* A 32-bit program with an interpreter: foreign to the agent, whatever
+ * the machine. */
+static int write_elf32(const char *dir)
+{
+	struct {
+		Elf32_Ehdr h;
+		Elf32_Phdr ph[1];
+		char interp[16];
+	} p;
+	memset(&p, 0, sizeof(p));
+	memcpy(p.h.e_ident, ELFMAG, SELFMAG);
+	p.h.e_ident[EI_CLASS] = ELFCLASS32;
+	p.h.e_ident[EI_DATA] = ELFDATA2LSB;
+	p.h.e_ident[EI_VERSION] = EV_CURRENT;
+	p.h.e_type = ET_EXEC;
+	p.h.e_machine = EM_386;
+	p.h.e_version = EV_CURRENT;
+	p.h.e_phoff = offsetof(__typeof__(p), ph);
+	p.h.e_ehsize = sizeof(Elf32_Ehdr);
+	p.h.e_phentsize = sizeof(Elf32_Phdr);
+	p.h.e_phnum = 1;
+	p.ph[0] = (Elf32_Phdr){ .p_type = PT_INTERP, .p_offset = offsetof(__typeof__(p), interp),
+				.p_filesz = 14, .p_memsz = 14, .p_flags = PF_R };
+	memcpy(p.interp, "/lib/ld.so.1", 13);
+	return write_seed(dir, "elf32", &p, sizeof(p));
+}
+
 int main(int argc, char **argv)
 {
 	struct image m;
@@ -72,5 +176,5 @@ int main(int argc, char **argv)
 	bad |= write_seed(argv[1], "no-soname", &m, sizeof(m));
 	make(&m, "libmemdedup-preload.so", 1, 1u << 20);
 	bad |= write_seed(argv[1], "soname-past-end", &m, sizeof(m));
-	return bad;
+	return bad | write_programs(argv[1]) | write_elf32(argv[1]);
 }

@@ -4,6 +4,7 @@
  * anywhere; it must be told apart from the agent (or from a program the
  * agent loads into), never crash the CLI. The input goes through a memfd,
  * as the checks read a file with pread. */
+#include <elf.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -16,19 +17,43 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int md_fuzz_replay_check(void);
 
-/* Inputs the check took for the agent, and others (replay only). */
-static unsigned named, not_named;
+/* Inputs the check took for the agent, and others; programs whose
+ * interpreter's path was read, and refused; 32-bit programs (replay
+ * only). */
+static unsigned named, not_named, interp_read, interp_refused, elf32;
 
 /* Called by the replay after the corpus: it must hold the agent's header
  * (`make fuzz-seeds`) as well as files refused, or the parse past the
- * headers goes unreplayed. */
+ * headers goes unreplayed; programs of this machine whose interpreter is
+ * read, and refused (x86-64's and AArch64's are in the seeds); a 32-bit
+ * one. */
 int md_fuzz_replay_check(void)
 {
-	if (named && not_named)
-		return 0;
-	fprintf(stderr, "fuzz_elf: no input of the corpus %s (run make fuzz-seeds)\n",
-		named ? "is refused" : "has the agent's soname");
-	return 1;
+	int bad = 0;
+	if (!named || !not_named) {
+		fprintf(stderr, "fuzz_elf: no input of the corpus %s (run make fuzz-seeds)\n",
+			named ? "is refused" : "has the agent's soname");
+		bad = 1;
+	}
+#if defined(__x86_64__) || defined(__aarch64__)
+	if (!interp_read || !interp_refused) {
+		fprintf(stderr, "fuzz_elf: no program of the corpus has its interpreter %s (run make fuzz-seeds)\n",
+			interp_read ? "refused" : "read");
+		bad = 1;
+	}
+#endif
+	if (!elf32) {
+		fprintf(stderr, "fuzz_elf: no input of the corpus is a 32-bit program (run make fuzz-seeds)\n");
+		bad = 1;
+	}
+	return bad;
+}
+
+/* md__elf_interp into a buffer filled with fill: its result. */
+static int interp_with(int fd, char *out, size_t size, char fill)
+{
+	memset(out, fill, size);
+	return md__elf_interp(fd, out, size);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -44,10 +69,31 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		int kind = md__elf_exec_kind(fd);
 		if (kind < MD_ELF_UNKNOWN || kind > MD_ELF_FOREIGN)
 			__builtin_trap();
-		char interp[64];
-		memset(interp, 'x', sizeof(interp));
-		if (md__elf_interp(fd, interp, sizeof(interp)) == 1 && !memchr(interp, '\0', sizeof(interp)))
-			__builtin_trap();	/* a path it said it found must end within out */
+		/* ld.so loads no 64-bit agent into a 32-bit program. */
+		if (size > EI_CLASS && memcmp(data, ELFMAG, SELFMAG) == 0 && data[EI_CLASS] == ELFCLASS32) {
+			if (kind != MD_ELF_FOREIGN)
+				__builtin_trap();
+			elf32++;
+		}
+		/* Read twice, into buffers of different fills: the bytes the
+		 * path took are where the two agree (p_filesz of them), and
+		 * the last of those must be its NUL, as the kernel requires. */
+		char a[64], b[64];
+		int r = interp_with(fd, a, sizeof(a), 'x');
+		if (interp_with(fd, b, sizeof(b), 'y') != r)
+			__builtin_trap();
+		if (r == 1) {
+			size_t len = 0;
+			while (len < sizeof(a) && a[len] == b[len])
+				len++;
+			if (len < 2 || a[len - 1] != '\0')
+				__builtin_trap();	/* a path it said it found must end, in its NUL, within out */
+			if (kind != MD_ELF_DYNAMIC)
+				__builtin_trap();	/* nor is a program with one static, or foreign */
+			interp_read++;
+		} else if (kind == MD_ELF_DYNAMIC) {
+			interp_refused++;
+		}
 	}
 	close(fd);
 	return 0;
