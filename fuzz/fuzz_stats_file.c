@@ -45,10 +45,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		return 0;
 	memcpy(f, data, size);
 	if (md__stats_parse(f, size, &s) == 0) {
-		uint32_t n;
+		uint32_t n, version, header_size;
 		if (memchr(s.command, '\0', sizeof(s.command)) == NULL)
 			__builtin_trap();
 		memcpy(&n, (const char *)f + offsetof(struct md__stats_file, ncounters), sizeof(n));
+		memcpy(&version, (const char *)f + offsetof(struct md__stats_file, version), sizeof(version));
+		memcpy(&header_size, (const char *)f + offsetof(struct md__stats_file, header_size),
+		       sizeof(header_size));
+		/* Only a file of this layout is read, of a live agent's pid,
+		 * with a sane count of counters. */
+		if (version != MD_STATS_VERSION || header_size != offsetof(struct md__stats_file, counters) ||
+		    n == 0 || n > 4096 || s.pid == 0)
+			__builtin_trap();
 		parsed_older += n < MD_CTR_COUNT;
 		parsed_current += n == MD_CTR_COUNT;
 		parsed_newer += n > MD_CTR_COUNT;

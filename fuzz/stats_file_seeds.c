@@ -2,10 +2,11 @@
  * a corpus directory as seed-* (`make fuzz-seeds`): one as an agent of this
  * version writes it, an older agent's (fewer counters), a newer one's (more,
  * whole and as a reader reads it: cut at this version's size), and files
- * cut short (to be refused). Made from struct md__stats_file and
- * MD_CTR_COUNT, they follow the format as it grows; the replay
- * (fuzz_stats_file.c) fails on a corpus without a file of this version's
- * counter count, and of an older and a newer one. */
+ * to be refused: cut short, of another version or header size, of more
+ * counters than any agent writes, without a pid. Made from struct
+ * md__stats_file and MD_CTR_COUNT, they follow the format as it grows; the
+ * replay (fuzz_stats_file.c) fails on a corpus without a file of this
+ * version's counter count, and of an older and a newer one. */
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,5 +66,18 @@ int main(int argc, char **argv)
 	bad |= write_seed(argv[1], "older", buf, hdr + f->ncounters * sizeof(uint64_t));
 	f->ncounters = 1;
 	bad |= write_seed(argv[1], "oldest", buf, hdr + sizeof(uint64_t));
+	/* Refused: more counters than any agent writes, no pid, another
+	 * version, another header's size. */
+	f->ncounters = 4097;
+	bad |= write_seed(argv[1], "too-many-counters", buf, full);
+	f->ncounters = MD_CTR_COUNT;
+	f->pid = 0;
+	bad |= write_seed(argv[1], "no-pid", buf, full);
+	f->pid = 4321;
+	f->version = MD_STATS_VERSION + 1;
+	bad |= write_seed(argv[1], "other-version", buf, full);
+	f->version = MD_STATS_VERSION;
+	f->header_size = (uint32_t)hdr + 8;	/* the file long enough for it */
+	bad |= write_seed(argv[1], "other-header-size", buf, sizeof(buf));
 	return bad;
 }

@@ -395,6 +395,13 @@ TEST_IMPL(stats_parse_rejects)
 	valid_file(&f);
 	f.ncounters = 0xffffffff;
 	ASSERT_EQ(md__stats_parse(&f, sizeof(f), &s), -EINVAL);
+	f.ncounters = 4097;
+	ASSERT_EQ(md__stats_parse(&f, sizeof(f), &s), -EINVAL);
+	f.ncounters = 4096;	/* a newer agent's, read as far as this version's */
+	ASSERT_EQ(md__stats_parse(&f, sizeof(f), &s), 0);
+	valid_file(&f);
+	f.pid = 0;
+	ASSERT_EQ(md__stats_parse(&f, sizeof(f), &s), -EINVAL);
 	valid_file(&f);
 	memset(f.command, 'a', sizeof(f.command));
 	ASSERT_EQ(md__stats_parse(&f, sizeof(f), &s), -EINVAL);
