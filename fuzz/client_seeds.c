@@ -2,10 +2,12 @@
  * fuzz_client.c's input format, into a corpus directory as seed-<name>
  * (`make fuzz-seeds`): an agent's life (connect, each request answered,
  * the unsolicited messages, a reconnect), late replies and what they
- * granted given back, refused UNREFs split, the HELLO said again without
- * its flags, pools that are not what the protocol promises, replies out of
- * protocol, full queues, the daemon going, and the engine's side: merges
- * with the slots the daemon names, a scanner's batches and CANDIDATES.
+ * granted given back (nothing of what they refused), refused UNREFs
+ * split, CONTROL_DONEs kept while the daemon is behind, the HELLO said
+ * again without its flags, pools that are not what the protocol promises,
+ * replies out of protocol, full queues, the daemon going, and the
+ * engine's side: merges with the slots the daemon names, a scanner's
+ * batches and CANDIDATES.
  * Encoded by this version's encoder with seqs relative to the requests
  * (fuzz_client.h), they follow the protocol as it changes; the replay
  * (fuzz_client.c) fails on a corpus that no longer reaches each outcome. */
@@ -229,6 +231,14 @@ static void agent(const char *dir)
 	save(dir, "agent");
 }
 
+/* After a reply out of protocol: the next call finds the connection gone,
+ * the engine connects again. */
+static void again(uint64_t generation)
+{
+	call(FC_REPORT, 0, 0, 0);
+	join(generation);
+}
+
 /* Replies that come after their request timed out: what they grant goes
  * back (UNREF) before the next request; a refused UNREF of several slots
  * goes again, a slot at a time. */
@@ -269,6 +279,58 @@ static void late(const char *dir)
 	op0(FC_SLEEP);
 	call(FC_REPORT, 0, 0, 0);
 	save(dir, "late");
+}
+
+/* Late replies that grant nothing: a REF refused, and a PUBLISH
+ * answered with another count of slots (out of protocol: the connection
+ * goes); PUBLISH_EACHes answered out of protocol, in time, by more slots
+ * than one page takes, and by an ACK. Whatever the client gave back of
+ * them, or let its caller hold (given back here), would be slots the
+ * daemon never granted: the ledger of fuzz_client.c traps. */
+static void late_refused(const char *dir)
+{
+	begin();
+	join(21);
+	call(FC_REF, 0, 2, 30);	/* slots 30-32: late */
+	ack(-EINVAL, REL(0));	/* refused: nothing to give back */
+	ack(0, REL(1));
+	call(FC_REPORT, 0, 0, 0);
+	call(FC_PUBLISH, 0, 1, 0);	/* two pages: late */
+	publish_r(REL(0), 40, 3);	/* given three slots */
+	call(FC_REPORT, 0, 0, 0);
+	again(21);
+	publish_r(REL(1), 50, 2);	/* one page given two slots */
+	call(FC_PUBLISH_EACH, 0, 0, 0);
+	call(FC_REF, 1 | 4, 0, 100);	/* an UNREF of what it holds: none (slot 100 then) */
+	again(21);
+	ack(0, REL(1));	/* the UNREF owed to this connection, sent first */
+	publish_r(REL(2), 60, 1);	/* the first page's slot */
+	ack(0, REL(3));	/* the second page's answered by an ACK (of status 0: slot 0) */
+	call(FC_PUBLISH_EACH, 0, 1, 0);
+	call(FC_REF, 1 | 4, 1, 100);
+	again(21);
+	ack(0, REL(1));	/* the UNREF of what the connection owes (slot 60 given back among it) */
+	ack(0, REL(2));
+	call(FC_REPORT, 0, 0, 0);
+	save(dir, "late-refused");
+}
+
+/* CONTROL_DONEs while a reply is late: kept, and sent in order once it
+ * came, when the agent looks for CONTROLs (the CLI waits for them). */
+static void dones_kept(const char *dir)
+{
+	begin();
+	join(22);
+	call(FC_LOOKUP, 0, 0, 0);	/* times out */
+	control(MD_CTL_PAUSE, 0, 21);
+	control(MD_CTL_RESUME, 0, 22);
+	call(FC_CONTROL_DONE, 0, 21, 0);	/* behind the LOOKUP: kept */
+	call(FC_CONTROL_DONE, 0, 22, 0);
+	lookup_r(REL(0), 1, (uint32_t[]){ 0 });
+	ack(0, REL(1));
+	ack(0, REL(2));
+	op0(FC_NEXT_CONTROL);	/* the two CONTROLs; then the LOOKUP settled, both DONEs sent */
+	save(dir, "dones-kept");
 }
 
 /* Refusals: a REF, a PUBLISH, an UNREF of the engine's, which it sends
@@ -401,14 +463,6 @@ static void scan(const char *dir)
 	save(dir, "scan");
 }
 
-/* After a reply out of protocol: the next call finds the connection gone,
- * the engine connects again. */
-static void again(uint64_t generation)
-{
-	call(FC_REPORT, 0, 0, 0);
-	join(generation);
-}
-
 /* Replies out of protocol: each drops the connection. */
 static void broken(const char *dir)
 {
@@ -523,6 +577,8 @@ int main(int argc, char **argv)
 	}
 	agent(argv[1]);
 	late(argv[1]);
+	late_refused(argv[1]);
+	dones_kept(argv[1]);
 	refused(argv[1]);
 	retry(argv[1]);
 	pools(argv[1]);

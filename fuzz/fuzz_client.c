@@ -78,6 +78,7 @@ int __real_clock_gettime(clockid_t id, struct timespec *ts);
 struct gate {
 	size_t at;                 /* where a reply's header starts in q */
 	uint32_t seq;
+	int late;                  /* its request was read (its call returned) before */
 };
 struct fdmark {
 	size_t at;                 /* the byte of q a descriptor goes with */
@@ -132,7 +133,8 @@ static struct {
 enum {
 	SEEN_CONNECT, SEEN_RETRY, SEEN_SAME_DAEMON, SEEN_LOOKUP, SEEN_PUBLISHED, SEEN_REF,
 	SEEN_LATE, SEEN_GIVE_BACK, SEEN_SPLIT, SEEN_CONTROL, SEEN_CANDIDATES, SEEN_SHARE,
-	SEEN_REQUEST, SEEN_BROKEN, SEEN_MERGE, SEEN_SCAN_MERGE, SEEN_CANDIDATE_MERGE, SEEN_END
+	SEEN_REQUEST, SEEN_BROKEN, SEEN_LATE_REF_REFUSED, SEEN_LATE_PUBLISH_BROKEN, SEEN_EACH_BROKEN,
+	SEEN_DONES_KEPT, SEEN_MERGE, SEEN_SCAN_MERGE, SEEN_CANDIDATE_MERGE, SEEN_END
 };
 static const char *const seen_name[SEEN_END] = {
 	"a connect", "a connect on the second try (HELLO without its flags)",
@@ -140,9 +142,16 @@ static const char *const seen_name[SEEN_END] = {
 	"a REF granted", "a request timed out", "a late grant given back",
 	"a refused UNREF sent again split", "a CONTROL", "CANDIDATES", "a SHARE",
 	"a STATUS or CONTROL answered", "a reply out of protocol",
+	"a late REF refused", "a late PUBLISH answered with another count of slots",
+	"a PUBLISH_EACH answered out of protocol",
+	"CONTROL_DONEs kept behind a late reply, sent in order once it came",
 	"a merge with the input's slots", "a scanner's merge", "a merge of a candidate",
 };
 static uint32_t seen;
+/* The tokens of the CONTROL_DONEs the client kept (its call said 0, the
+ * daemon read none), in order; how many of them came later, in order. */
+static uint32_t kept[8];
+static unsigned nkept, kept_sent;
 static int engine_ran;	/* an input had userfaultfd: scans and merges ran */
 static FILE *trace;	/* MD_FUZZ_LOG=1: ops, what each side says, and the library's log */
 
@@ -173,6 +182,7 @@ struct req {
 struct reply {
 	uint32_t seq, type, n, first;
 	int32_t status;
+	int late;
 };
 struct lent {
 	uint64_t gen;
@@ -241,6 +251,13 @@ static const struct req *req_of(const struct dside *d, uint32_t seq)
  * refuses. */
 static void settle_reply(const struct dside *d, const struct req *q, const struct reply *r)
 {
+	/* Late, a refused REF grants nothing to give back, and a PUBLISH_R
+	 * of another count is out of protocol: neither hands the client
+	 * slots it may give back (the ledger traps if it does). */
+	if (r->late && q->type == MD_MSG_REF && r->type == MD_MSG_ACK && r->status != 0)
+		seen |= 1u << SEEN_LATE_REF_REFUSED;
+	if (r->late && q->type == MD_MSG_PUBLISH && r->type == MD_MSG_PUBLISH_R && r->n != q->n)
+		seen |= 1u << SEEN_LATE_PUBLISH_BROKEN;
 	if (q->type == MD_MSG_PUBLISH && r->type == MD_MSG_PUBLISH_R && r->n == q->n) {
 		for (uint32_t i = 0; i < r->n; i++)
 			granted(d->gen, r->first + i, 1);
@@ -266,7 +283,7 @@ static void dside_account(struct dside *d)
 			return;
 		if (!d->has_gen || md__msg_decode(d->q + g->at, len, &m) != 0)
 			continue;	/* the client drops the connection at it */
-		struct reply r = { g->seq, m.hdr.type, 0, 0, 0 };
+		struct reply r = { g->seq, m.hdr.type, 0, 0, 0, g->late };
 		if (m.hdr.type == MD_MSG_PUBLISH_R)
 			r.first = m.u.publish_r.first_slot, r.n = m.u.publish_r.n;
 		else if (m.hdr.type == MD_MSG_ACK)
@@ -372,7 +389,7 @@ static void dside_say(struct dside *d, const uint8_t *b, size_t len, unsigned fd
 				d->gate = g;
 				d->gate_cap = cap;
 			}
-			d->gate[d->ngate++] = (struct gate){ d->hdr_at, seq };
+			d->gate[d->ngate++] = (struct gate){ d->hdr_at, seq, (int32_t)(seq - d->sent) <= 0 };
 		}
 		d->skip = get32(h + 8);
 		d->hdr_at += MD_MSG_HDR_SIZE;
@@ -528,6 +545,11 @@ static void dside_read(struct dside *d)
 			d->sent = h.seq;
 			d->types |= 1u << h.type;
 			dside_request(d, &m);
+			if (h.type == MD_MSG_CONTROL_DONE && nkept && kept[0] == m.u.control_done.token) {
+				memmove(kept, kept + 1, --nkept * sizeof(kept[0]));
+				if (++kept_sent >= 2)
+					seen |= 1u << SEEN_DONES_KEPT;
+			}
 			if (h.type == MD_MSG_UNREF && m.u.refs.n > 1) {
 				d->nunref = m.u.refs.n < 8 ? m.u.refs.n : 8;
 				memcpy(d->unref, m.u.refs.slot, d->nunref * sizeof(*d->unref));
@@ -800,6 +822,14 @@ static uint32_t slot_of(unsigned b, size_t k)
 	return (b < 192 ? b : UINT32_MAX - (255 - b)) + (uint32_t)k;
 }
 
+/* 1 + m slots from b (slot_of) into slot: how many. */
+static size_t slot_run(unsigned b, unsigned m, uint32_t *slot)
+{
+	for (unsigned k = 0; k <= m; k++)
+		slot[k] = slot_of(b, k);
+	return (size_t)m + 1;
+}
+
 /* 1 + m slots into slot: with from_held, held ones from the (b % 64)-th
  * (fewer if fewer are held, one at least); else from b (slot_of), tainted:
  * they may be none of ours. How many. */
@@ -808,8 +838,7 @@ static size_t some_slots(uint64_t gen, int from_held, unsigned m, unsigned b, ui
 	size_t n = from_held ? unhold(gen, b % 64, 1 + m, slot) : 0;
 	if (n)
 		return n;
-	for (n = 0; n <= m; n++)
-		slot[n] = slot_of(b, n);
+	n = slot_run(b, m, slot);
 	taint(gen, slot, n);
 	return n;
 }
@@ -874,6 +903,8 @@ static long op_call(struct fc *f, unsigned op, unsigned fl, unsigned a, unsigned
 		n = 1 + a % 16;
 		guest_pages(f, n, hash, NULL, page);
 		r = md__remote_publish_each(rm, hash, page, (uint32_t)n, slot, status, fl & 1 ? gen + 1 : gen);
+		if (r == -EPROTO)
+			seen |= 1u << SEEN_EACH_BROKEN;
 		for (size_t k = 0; !r && k < n; k++) {
 			if (status[k])
 				continue;
@@ -894,7 +925,10 @@ static long op_call(struct fc *f, unsigned op, unsigned fl, unsigned a, unsigned
 			hold(gen, (uint32_t[]){ slot[0] + (uint32_t)k }, 1);
 		return r;
 	case FC_REF:
-		n = some_slots(gen, fl & 1 && fl & 4, a % 8, b, slot);
+		/* A REF asks for references of its own: the slots it names
+		 * need not be held, and are not tainted, so that the ledger
+		 * sees whatever the client gives back of them. */
+		n = fl & 1 ? some_slots(gen, fl & 4, a % 8, b, slot) : slot_run(b, a % 8, slot);
 		r = md__remote_ref_n(rm, slot, (uint32_t)n, fl & 1 ? -1 : 1, fl & 2 ? gen + 1 : gen);
 		if (!r && !(fl & 1)) {
 			seen |= 1u << SEEN_REF;
@@ -1098,6 +1132,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	memset(&f, 0, sizeof(f));
 	memset(ledger, 0, sizeof(ledger));
 	nheld = 0;
+	nkept = kept_sent = 0;
 	if (engine_up(&f) != 0)
 		return 0;
 	for (size_t off = 0; off < size;) {
@@ -1150,10 +1185,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			seen |= 1u << SEEN_LATE;
 		if (r == -EPROTO)
 			seen |= 1u << SEEN_BROKEN;
-		/* The engine hung up (or dropped the connection): so does the daemon. */
+		if (op == FC_CONTROL_DONE && !r && !(types & 1u << MD_MSG_CONTROL_DONE) &&
+		    nkept < sizeof(kept) / sizeof(kept[0]))
+			kept[nkept++] = a;
+		/* The engine hung up (or dropped the connection): so does the
+		 * daemon, and what the client kept goes with it. */
 		if (f.rm.c != f.dc) {
 			dside_close(&f.d);
 			f.dc = f.rm.c;
+			nkept = 0;
 		}
 	}
 	engine_down(&f);
