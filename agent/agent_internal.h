@@ -269,6 +269,9 @@ extern void (*md__part_hook)(struct md_agent *a);
  * failed went whole, before it forgets the pages it overwrote (where
  * another read could map them again). */
 extern void (*md__overwritten_hook)(struct md_agent *a);
+/* Tests only: the copies around a read's mapped pages fail with this errno
+ * (as an I/O error would), and the read goes whole. 0 otherwise. */
+extern int md__edges_fail;
 /* Tests only: md_agent_io_unseen's first call sleeps this long (us) before
  * it is done, and then counts md__io_unseen_slept. */
 extern unsigned md__io_unseen_delay_us, md__io_unseen_slept;
@@ -318,6 +321,7 @@ void md__regions_free(struct md_agent *a);
 struct md__fd_probe {
 	int why;	/* -1: a file whose reads may be shared; else the md_fallback */
 	int shmem;	/* on tmpfs (why -1) */
+	int direct;	/* open with O_DIRECT (why -1) */
 	struct stat st;	/* why -1 */
 };
 void md__image_probe(struct md_agent *a, int fd, struct md__fd_probe *p);

@@ -328,6 +328,7 @@ void md__image_probe(struct md_agent *a, int fd, struct md__fd_probe *p)
 	 * read with EBADF: so must ours, which would open the file anew. */
 	int fl = fcntl(fd, F_GETFL);
 	p->shmem = 0;
+	p->direct = fl >= 0 && (fl & O_DIRECT);
 	if (fl < 0 || (fl & O_PATH) || (fl & O_ACCMODE) == O_WRONLY) {
 		p->why = MD_FB_NOT_FILE;
 		return;

@@ -178,6 +178,19 @@ static size_t share_locked(struct md_agent *a, struct md__region *r, int fd, con
 		md__fallback(a, (enum md_fallback)plan->fallback, pages_of(len));
 		return 0;
 	}
+	if (probe->direct && (plan->head || plan->tail || plan->total < len)) {
+		/* The kernel answers an O_DIRECT read whole, not as the sum
+		 * of its parts: over a hole at the end of the file it writes
+		 * zeroes up to len, past the end too, and an edge off the
+		 * device's blocks fails the read (EINVAL) where the edge's
+		 * own read over a hole would not. Read as asked, before
+		 * anything is mapped: a read that then failed would leave
+		 * the image's pages in the guest's buffer. */
+		md__fallback(a, MD_FB_PARTIAL, pages_of(len));
+		md__log_once(126, "O_DIRECT reads into guest RAM that are not whole pages of an image "
+			     "(its end, or a buffer off the page boundaries) are copied");
+		return 0;
+	}
 	if (plan->map_len / MD_PAGE < a->share_min_pages) {
 		/* Cut short by the end of the file. */
 		md__count(a, MD_CTR_READ_SMALL, pages_of(len));
@@ -475,6 +488,8 @@ static void forget_overwritten(struct md_agent *a, uintptr_t addr, size_t len)
 		close(fd);
 }
 
+int md__edges_fail;	/* tests only: see agent_internal.h */
+
 /* The bytes of a read into guest RAM that read_segment did not map. */
 static ssize_t read_copied(struct md_agent *a, int fd, void *buf, size_t len, off_t off, int small,
 			   size_t mapped, const struct md__read_plan *plan)
@@ -488,14 +503,17 @@ static ssize_t read_copied(struct md_agent *a, int fd, void *buf, size_t len, of
 		/* The mapped pages are the file's: copy only around them. The
 		 * size is fixed by the lease, so these reads are not short. */
 		char *b = buf;
-		ssize_t h = copy_range(fd, b, plan->head, off);
-		ssize_t t = copy_range(fd, b + plan->head + mapped, plan->tail,
-				       off + (off_t)(plan->head + mapped));
+		int fail = __atomic_load_n(&md__edges_fail, __ATOMIC_RELAXED);
+		ssize_t h = fail ? -1 : copy_range(fd, b, plan->head, off);
+		ssize_t t = fail ? -1 : copy_range(fd, b + plan->head + mapped, plan->tail,
+						   off + (off_t)(plan->head + mapped));
+		if (fail)
+			errno = fail;
 		if (h < 0 || t < 0 || (size_t)h != plan->head || (size_t)t != plan->tail) {
-			/* The VMM's own read as it asked it (an O_DIRECT
-			 * descriptor refuses the tail cut at the end of the
-			 * file): the mapped pages take the file's bytes again,
-			 * private now. The guest's I/O never fails for us. */
+			/* The VMM's own read as it asked it (an I/O error
+			 * on the edges): the mapped pages take the file's
+			 * bytes again, private now. The guest's I/O never
+			 * fails for us. */
 			int err = h < 0 || t < 0 ? errno : EIO;
 			n = md__sys_pread(fd, buf, len, off);
 			int saved = errno;	/* the VMM's, if that failed too */

@@ -280,8 +280,10 @@ TEST_IMPL(read_across_region_records)
 }
 
 /* An O_DIRECT read (QEMU's cache=none) that ends at the end of a file whose
- * size is no multiple of the disk's blocks: the bytes around the shared
- * pages cannot be read so, and the read is done whole, as asked. */
+ * size is no multiple of the disk's blocks: the bytes past the whole pages
+ * cannot be read so, and the read is done whole, as asked, nothing mapped
+ * (read_direct_hole_at_end_as_kernel: nor could they be read apart over a
+ * hole). */
 static int has_breaks(const md_stats *s) { return s->breaks > 0; }
 
 TEST_IMPL(read_direct_to_end_of_file)
@@ -305,14 +307,16 @@ TEST_IMPL(read_direct_to_end_of_file)
 	ASSERT(fd >= 0);
 	ASSERT_EQ(proc_num(&a, "read %d %u 69632 0 69632", fd, 16 * 4096), 16 * 4096 + 100);
 	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 16 * 4096 + 100), hex(fnv_file(img, 16 * 4096, 16 * 4096 + 100))) == 0);
-	/* The read went whole over the pages it had mapped: private copies,
-	 * not pages shared and then written (the walk counted 16 breaks). */
+	/* Private copies, not pages shared and then written (the walk
+	 * counted 16 breaks when the read went whole over mapped pages). */
 	for (unsigned i = 0; i < 16; i++)
 		ASSERT(!proc_page(&a, i * 4096).file);
 	md_stats s;
 	ASSERT_EQ(proc_stats_wait(&a, &s, 2500, has_breaks), -ETIMEDOUT);
 	ASSERT_EQ(s.breaks, 0);
 	ASSERT_EQ(s.pages_shared, 0);
+	ASSERT_EQ(s.pages_shared_at_read, 0);
+	ASSERT_EQ(s.fallbacks[MD_FB_PARTIAL], 17);
 	proc_stop(&a);
 	return 0;
 }

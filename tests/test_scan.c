@@ -3321,17 +3321,20 @@ TEST_IMPL(image_stale_lease_signal_ignored)
 	return 0;
 }
 
-/* A read whose copies around its mapped pages failed (an O_DIRECT read up
- * to an end of file no multiple of a block) goes whole over them, and
- * forgets them as the image's: but another read may map the image over
- * them again first (here, the hook), whose pages must stay on record, or
- * a lease break would leave them showing the file as its writer changes
- * it. */
+/* A read whose copies around its mapped pages failed (an I/O error, here
+ * md__edges_fail) goes whole over them, and forgets them as the image's:
+ * but another read may map the image over them again first (here, the
+ * hook), whose pages must stay on record, or a lease break would leave
+ * them showing the file as its writer changes it. */
 static int overwritten_fd;
 static char *overwritten_ram;
 
+static int overwritten_hook_ran;
+
 static void read_again_over(md_agent *a)
 {
+	overwritten_hook_ran = 1;
+	md__edges_fail = 0;	/* this read's own edges are copied */
 	ssize_t n = md_agent_pread(a, overwritten_fd, overwritten_ram, 16 * PG, 16 * PG);
 	ASSERT_EQ(n, 16 * PG);
 	/* Read by the guest: present, and still the file's. */
@@ -3351,9 +3354,7 @@ TEST_IMPL(read_gone_whole_keeps_remapped_records)
 	int w = open(img, O_CREAT | O_TRUNC | O_WRONLY, 0600);
 	ASSERT(w >= 0 && write(w, data, sizeof(data)) == (ssize_t)sizeof(data));
 	close(w);
-	int dfd = open(img, O_RDONLY | O_DIRECT);
-	if (dfd < 0 && errno == EINVAL)
-		SKIP("no O_DIRECT on the test directory's filesystem");
+	int dfd = open(img, O_RDONLY);
 	ASSERT(dfd >= 0);
 	overwritten_fd = open(img, O_RDONLY);
 	ASSERT(overwritten_fd >= 0);
@@ -3364,7 +3365,10 @@ TEST_IMPL(read_gone_whole_keeps_remapped_records)
 	ASSERT_EQ(md_agent_pause(a, 1), 0);
 	overwritten_ram = m;
 	md__overwritten_hook = read_again_over;
+	md__edges_fail = EIO;
 	ASSERT_EQ(md_agent_pread(a, dfd, m, 17 * PG, 16 * PG), (ssize_t)(16 * PG + 100));
+	md__edges_fail = 0;
+	ASSERT(overwritten_hook_ran);
 	md__overwritten_hook = NULL;
 	memcpy(want, data + 16 * PG, sizeof(want));
 	ASSERT(memcmp(m, want, sizeof(want)) == 0);
@@ -3419,6 +3423,75 @@ TEST_IMPL(read_edges_as_kernel)
 	md_agent_free(a);
 	munmap(m, 16 * PG);
 	close(fd);
+	return 0;
+}
+
+/* An agent in this process without a scanner, and len bytes of RAM
+ * registered, filled with 0x5a. */
+static char *reading_agent(md_agent **a, size_t len)
+{
+	md_agent_options o = { .run_dir = "", .domain = "private" };
+	ASSERT_EQ(md_agent_new(a, &o), 0);
+	char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	memset(m, 0x5a, len < 64 * PG ? len : 64 * PG);
+	ASSERT_EQ(md_agent_register(*a, m, len, 0), 0);
+	return m;
+}
+
+/* The kernel answers an O_DIRECT read whole: over a hole at the end of
+ * the file it writes zeroes up to the length asked, past the end too, and
+ * returns the bytes up to the end. The agent read the edge past its
+ * mapped pages alone, a read that succeeds over a hole and leaves the rest
+ * of the buffer as it was (review). Compared with the plain read into a
+ * buffer filled alike: bytes and return value. */
+TEST_IMPL(read_direct_hole_at_end_as_kernel)
+{
+	char img[512];
+	static unsigned char data[20 * PG];
+	snprintf(img, sizeof(img), "%s/hole-end.img", test_dir());
+	for (size_t i = 0; i < sizeof(data); i++)
+		data[i] = (unsigned char)(i * 11 + i / PG + 1);
+	/* Data in the first 20 pages; a hole after them, up to the end. */
+	const off_t sizes[2] = { 32 * PG + 100, 32 * PG };
+	for (int k = 0; k < 2; k++) {
+		int w = open(img, O_CREAT | O_TRUNC | O_WRONLY, 0600);
+		ASSERT(w >= 0 && write(w, data, sizeof(data)) == (ssize_t)sizeof(data));
+		ASSERT(ftruncate(w, sizes[k]) == 0 && fsync(w) == 0);
+		close(w);
+		int dfd = open(img, O_RDONLY | O_DIRECT);
+		if (dfd < 0 && errno == EINVAL)
+			SKIP("no O_DIRECT on the test directory's filesystem");
+		ASSERT(dfd >= 0);
+		char *want = mmap(NULL, 17 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		ASSERT(want != MAP_FAILED);
+		memset(want, 0x5a, 17 * PG);
+		errno = 0;
+		ssize_t plain = pread(dfd, want, 17 * PG, 16 * PG);
+		int plain_err = errno;
+		md_agent *a;
+		char *m = reading_agent(&a, 64 * PG);
+		errno = 0;
+		ssize_t n = md_agent_pread(a, dfd, m, 17 * PG, 16 * PG);
+		ASSERT_EQ(n, plain);
+		if (n < 0)
+			ASSERT_EQ(errno, plain_err);
+		ASSERT(memcmp(m, want, 17 * PG) == 0);
+		ASSERT_EQ((unsigned char)m[17 * PG], 0x5a);
+		md_stats s;
+		ASSERT_EQ(md_agent_stats(a, &s), 0);
+		ASSERT_EQ(s.pages_shared_at_read, 0);
+		ASSERT_EQ(s.fallbacks[MD_FB_PARTIAL], 17);
+		/* A read of whole pages inside the file is still shared. */
+		ASSERT_EQ(md_agent_pread(a, dfd, m + 32 * PG, 16 * PG, 0), (ssize_t)(16 * PG));
+		ASSERT(memcmp(m + 32 * PG, data, 16 * PG) == 0);
+		ASSERT_EQ(md_agent_stats(a, &s), 0);
+		ASSERT_EQ(s.pages_shared_at_read, 16);
+		md_agent_free(a);
+		munmap(m, 64 * PG);
+		munmap(want, 17 * PG);
+		close(dfd);
+	}
 	return 0;
 }
 
