@@ -265,10 +265,9 @@ static size_t share_locked(struct md_agent *a, struct md__region *r, int fd, con
 	}
 	size_t n = plan->map_len / MD_PAGE;
 	owners_set(r, dst, plan->map_len, img->id);
-	md__count(a, MD_CTR_SHARED_AT_READ, n);
+	/* Counted as shared by read_segment, once the read did not go
+	 * whole over these pages. */
 	md__imagepages_queue(a, img->id, (uint64_t)map_off / MD_PAGE, n, dst, 0);
-	if (plan->head || plan->tail)
-		md__fallback(a, MD_FB_PARTIAL, (plan->head != 0) + (plan->tail != 0));
 	return plan->map_len;
 }
 
@@ -330,7 +329,7 @@ static void copied_read(struct md_agent *a, int fd, uintptr_t buf, size_t n, off
 }
 
 static ssize_t read_copied(struct md_agent *a, int fd, void *buf, size_t len, off_t off, int small,
-			   size_t mapped, const struct md__read_plan *plan);
+			   size_t mapped, const struct md__read_plan *plan, int *whole);
 
 /* A plain read, recorded while in flight when the scanner runs: the
  * system call the VMM made, preadv or pread (one), since a seccomp filter
@@ -433,7 +432,8 @@ static ssize_t read_segment(struct md_agent *a, int fd, void *buf, size_t len, o
 	 * behind the page tables (O_DIRECT): engine/inflight.h. */
 	struct iovec io = { buf, len };
 	int token = a->engine ? md__inflight_begin(&a->engine->io, &io, 1) : 0;
-	ssize_t n = read_copied(a, fd, buf, len, off, small, mapped, &plan);
+	int whole = 0;
+	ssize_t n = read_copied(a, fd, buf, len, off, small, mapped, &plan, &whole);
 	if (a->engine)
 		md__inflight_end(&a->engine->io, token);
 	if (n > 0)
@@ -443,10 +443,15 @@ static ssize_t read_segment(struct md_agent *a, int fd, void *buf, size_t len, o
 	 * plain 4 KiB pread's cost is measured as the guest issues them. */
 	uint64_t ns = now_ns() - t0;
 	md__count(a, MD_CTR_READ_NS, ns);
-	if (mapped) {
+	if (mapped && !whole) {
+		/* Not a read that went whole over its mapped pages: those
+		 * are private copies, counted as a fallback (read_copied). */
+		md__count(a, MD_CTR_SHARED_AT_READ, mapped / MD_PAGE);
+		if (plan.head || plan.tail)
+			md__fallback(a, MD_FB_PARTIAL, (plan.head != 0) + (plan.tail != 0));
 		md__count(a, MD_CTR_READ_SHARED_NS, ns);
 		md__count(a, MD_CTR_READ_SHARED_BYTES, n > 0 ? (uint64_t)n : 0);
-	} else if (len == MD_PAGE && n == (ssize_t)MD_PAGE) {
+	} else if (!mapped && len == MD_PAGE && n == (ssize_t)MD_PAGE) {
 		md__count(a, MD_CTR_READ_PAGE_NS, ns);
 		md__count(a, MD_CTR_READS_PAGE, 1);
 	}
@@ -490,11 +495,13 @@ static void forget_overwritten(struct md_agent *a, uintptr_t addr, size_t len)
 
 int md__edges_fail;	/* tests only: see agent_internal.h */
 
-/* The bytes of a read into guest RAM that read_segment did not map. */
+/* The bytes of a read into guest RAM that read_segment did not map; *whole
+ * set if it read them all, the mapped pages too. */
 static ssize_t read_copied(struct md_agent *a, int fd, void *buf, size_t len, off_t off, int small,
-			   size_t mapped, const struct md__read_plan *plan)
+			   size_t mapped, const struct md__read_plan *plan, int *whole)
 {
 	ssize_t n;
+	*whole = 0;
 	if (!mapped) {
 		n = md__sys_pread(fd, buf, len, off);
 		if (a->engine && n >= (ssize_t)MD_PAGE)
@@ -515,6 +522,7 @@ static ssize_t read_copied(struct md_agent *a, int fd, void *buf, size_t len, of
 			 * bytes again, private now. The guest's I/O never
 			 * fails for us. */
 			int err = h < 0 || t < 0 ? errno : EIO;
+			*whole = 1;
 			n = md__sys_pread(fd, buf, len, off);
 			int saved = errno;	/* the VMM's, if that failed too */
 			if (n >= (ssize_t)(plan->head + mapped))

@@ -3495,6 +3495,47 @@ TEST_IMPL(read_direct_hole_at_end_as_kernel)
 	return 0;
 }
 
+/* A read whose copies around its mapped pages failed went whole over
+ * them: its pages are counted as a fallback, not also as shared at read
+ * time, nor its bytes as a shared read's (review). */
+TEST_IMPL(read_gone_whole_not_counted_shared)
+{
+	char img[512];
+	snprintf(img, sizeof(img), "%s/whole.img", test_dir());
+	make_image(img, 32 * PG + 100, 9);
+	int fd = open(img, O_RDONLY);
+	ASSERT(fd >= 0);
+	md_agent *a;
+	char *m = reading_agent(&a, 64 * PG);
+	static char want[17 * PG];
+	ASSERT_EQ(pread(fd, want, 17 * PG, 16 * PG), (ssize_t)(16 * PG + 100));
+	md__edges_fail = EIO;
+	ssize_t n = md_agent_pread(a, fd, m, 17 * PG, 16 * PG);
+	md__edges_fail = 0;
+	ASSERT_EQ(n, (ssize_t)(16 * PG + 100));
+	ASSERT(memcmp(m, want, 16 * PG + 100) == 0);
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.reads_seen, 1);
+	ASSERT_EQ(s.pages_shared_at_read, 0);
+	ASSERT_EQ(s.read_shared_bytes, 0);
+	ASSERT_EQ(s.fallbacks[MD_FB_ERROR], 17);
+	ASSERT_EQ(s.fallbacks[MD_FB_PARTIAL], 0);
+	ASSERT_EQ(s.fallbacks_total, 17);
+	/* The same read with its edges copied: shared, the tail a fallback. */
+	ASSERT_EQ(md_agent_pread(a, fd, m + 32 * PG, 17 * PG, 16 * PG), (ssize_t)(16 * PG + 100));
+	ASSERT(memcmp(m + 32 * PG, want, 16 * PG + 100) == 0);
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, 16);
+	ASSERT_EQ(s.read_shared_bytes, 16 * PG + 100);
+	ASSERT_EQ(s.fallbacks[MD_FB_PARTIAL], 1);
+	ASSERT_EQ(s.fallbacks_total, 18);
+	md_agent_free(a);
+	munmap(m, 64 * PG);
+	close(fd);
+	return 0;
+}
+
 TEST_IMPL(scan_image_index_prunes_written)
 {
 	/* The index of image pages hashes them where the read mapped them,
