@@ -675,6 +675,25 @@ ssize_t md_agent_preadv(md_agent *a, int fd, const struct iovec *iov, int iovcnt
 		errno = saved;
 		return n;
 	}
+	/* As the kernel, before a byte moves: a segment of a negative length
+	 * fails the call (EINVAL), one that wraps too (EFAULT), with the
+	 * kernel's own answer. And the call reads MAX_RW_COUNT bytes at most:
+	 * the segment that reaches it is cut (read alone, at cut_len), the
+	 * segments after it are not read. */
+	int cnt = iovcnt, cut = 0;
+	size_t sum = 0, cut_len = 0;
+	for (int k = 0; k < iovcnt; k++) {
+		size_t l = iov[k].iov_len;
+		if ((ssize_t)l < 0 || (uintptr_t)iov[k].iov_base + l < (uintptr_t)iov[k].iov_base)
+			return md__sys_preadv2(fd, iov, iovcnt, off, flags);
+		if (!cut && l > MD_RW_MAX - sum) {
+			cnt = k + 1;
+			cut = 1;
+			cut_len = MD_RW_MAX - sum;
+		} else if (!cut) {
+			sum += l;
+		}
+	}
 	/* Segment by segment, as preadv fills them: stop at a short read. A
 	 * segment that could be mapped is a read of its own; the segments
 	 * between such ones go in one call, as the VMM made it (128 KiB of a
@@ -682,8 +701,9 @@ ssize_t md_agent_preadv(md_agent *a, int fd, const struct iovec *iov, int iovcnt
 	 * under O_DIRECT). */
 	size_t total = 0;
 	unsigned char in[MD_IO_RANGES];
-	for (int i = 0; i < iovcnt;) {
-		int m = copied_run(a, iov + i, iovcnt - i, off + (off_t)total, in);
+	for (int i = 0; i < cnt;) {
+		int room = cnt - i - cut;
+		int m = room > 0 ? copied_run(a, iov + i, room, off + (off_t)total, in) : 0;
 		size_t want = 0;
 		ssize_t n;
 		if (m > 1) {
@@ -692,7 +712,7 @@ ssize_t md_agent_preadv(md_agent *a, int fd, const struct iovec *iov, int iovcnt
 			n = copied_segments(a, fd, iov + i, m, off + (off_t)total, in);
 		} else {
 			m = 1;
-			want = iov[i].iov_len;
+			want = cut && i == cnt - 1 ? cut_len : iov[i].iov_len;
 			n = want ? read_segment(a, fd, iov[i].iov_base, want, off + (off_t)total) : 0;
 		}
 		/* An error after a part is the call's error (errno as the

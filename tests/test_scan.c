@@ -3536,6 +3536,69 @@ TEST_IMPL(read_gone_whole_not_counted_shared)
 	return 0;
 }
 
+/* The kernel checks every segment of a preadv before it reads a byte: one
+ * of a negative length (as ssize_t) fails the call with EINVAL, nothing
+ * read. The agent read the segments before it first (review). */
+TEST_IMPL(preadv_bad_segment_as_kernel)
+{
+	char img[512];
+	snprintf(img, sizeof(img), "%s/segments.img", test_dir());
+	make_image(img, 64 * PG, 5);
+	int fd = open(img, O_RDONLY);
+	ASSERT(fd >= 0);
+	md_agent *a;
+	char *m = reading_agent(&a, 64 * PG);
+	struct iovec iov[2] = { { m, 16 * PG }, { m + 16 * PG, (size_t)SSIZE_MAX + 1 } };
+	errno = 0;
+	ASSERT_EQ(md_agent_preadv(a, fd, iov, 2, 0, 0), -1);
+	ASSERT_EQ(errno, EINVAL);
+	for (size_t i = 0; i < 32 * PG; i++)
+		ASSERT_EQ((unsigned char)m[i], 0x5a);
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.reads_seen, 0);
+	ASSERT_EQ(s.pages_shared_at_read, 0);
+	md_agent_free(a);
+	munmap(m, 64 * PG);
+	close(fd);
+	return 0;
+}
+
+/* A preadv reads MAX_RW_COUNT (0x7ffff000) bytes at most, as a pread: the
+ * segments past it are not read, and the count says so (review). The
+ * first segment is mapped from a sparse image: no memory is filled. */
+TEST_IMPL(preadv_cut_at_max_rw_count)
+{
+	const size_t max = 0x7ffff000, len = max + 64 * PG;
+	char img[512];
+	snprintf(img, sizeof(img), "%s/sparse.img", test_dir());
+	int w = open(img, O_CREAT | O_TRUNC | O_WRONLY, 0600);
+	ASSERT(w >= 0 && ftruncate(w, (off_t)len) == 0);
+	close(w);
+	int fd = open(img, O_RDONLY);
+	ASSERT(fd >= 0);
+	md_agent *a;
+	char *m = reading_agent(&a, len);
+	memset(m + max, 0x5a, 64 * PG);
+	/* The first segment stops a page short of the cap: the second is
+	 * cut to one page, the third not read. */
+	struct iovec iov[3] = { { m, max - PG }, { m + max - PG, 16 * PG }, { m + max + 15 * PG, 16 * PG } };
+	ASSERT_EQ(md_agent_preadv(a, fd, iov, 3, 0, 0), (ssize_t)max);
+	for (size_t i = max - PG; i < max; i++)
+		ASSERT_EQ(m[i], 0);
+	for (size_t i = max; i < max + 64 * PG; i++)
+		ASSERT_EQ((unsigned char)m[i], 0x5a);
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.bytes_read, max);
+	/* Gone before the agent: it would make its shared pages private
+	 * copies (2 GiB of memory). */
+	ASSERT_EQ(md_agent_unmap(a, m, len), 0);
+	md_agent_free(a);
+	close(fd);
+	return 0;
+}
+
 TEST_IMPL(scan_image_index_prunes_written)
 {
 	/* The index of image pages hashes them where the read mapped them,
