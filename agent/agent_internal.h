@@ -126,6 +126,11 @@ struct md_agent {
 	size_t nregions, regions_cap;
 	struct md__image *images;
 	size_t nimages, images_cap;
+	/* Images holding a descriptor (fd >= 0), kept under a share of the
+	 * VMM's RLIMIT_NOFILE (images.c, image_fds_room); and when a walk
+	 * for images to let go to make room last found none (monotonic s). */
+	size_t image_fds;
+	time_t image_fds_full_at;
 	/* Descriptions of our own of the files the VMM held open read-only
 	 * when it chrooted (md__images_before_chroot): with /proc gone, the
 	 * first image of such a file to want one takes it (fd -1 then). */

@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/vfs.h>
@@ -191,6 +192,16 @@ static int image_fd_ours(const struct md__image *img)
 	return img->fd >= 0 && same_file(img->fd, img->dev, img->ino) && fd_is_ours(img->fd);
 }
 
+/* Sets img's descriptor (-1: none), keeping the count of images that hold
+ * one right (image_fds_room). */
+static void image_fd_set(struct md_agent *a, struct md__image *img, int fd)
+{
+	a->image_fds = a->image_fds + (fd >= 0) - (img->fd >= 0);
+	img->fd = fd;
+}
+
+static int image_fds_room(struct md_agent *a);
+
 /* What probing an image's file found (its filesystem's leases see every
  * writer; shmem) is kept while our descriptor holds the file open: the
  * filesystem cannot go then. Once we let it go, its device number can
@@ -252,10 +263,11 @@ static struct md__image *image_add(struct md_agent *a, int fd, const struct stat
 		.id = (uint32_t)a->nimages + 1,
 		.dev = st->st_dev,
 		.ino = st->st_ino,
-		.fd = own_fd,
+		.fd = -1,
 		.shmem = shmem,
 		.lease = MD_LEASE_NONE,
 	};
+	image_fd_set(a, img, own_fd);
 	a->nimages++;
 	probe_remember(a, img);
 	return img;
@@ -375,6 +387,10 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, const struct md__f
 	if (img && img->fd < 0)
 		img->shmem = p->shmem;	/* let go: probed anew (probe_forget) */
 	if (!img) {
+		if (!image_fds_room(a)) {
+			*why = MD_FB_NO_LEASE;
+			return NULL;
+		}
 		img = image_add(a, fd, &st, p->shmem);
 		if (!img) {
 			*why = MD_FB_ERROR;
@@ -400,21 +416,29 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, const struct md__f
 		return NULL;
 	}
 	if (!image_fd_ours(img)) {
-		/* Its number is the VMM's now, not ours to close. */
+		/* Its number is the VMM's now, not ours to close; -1: let go
+		 * (md__images_release_idle). Either way not ours to count. */
+		int lost = img->fd >= 0;
+		if (lost) {
+			image_fd_set(a, img, -1);
+			probe_forget(a, img);
+		}
+		if (!image_fds_room(a)) {
+			*why = MD_FB_NO_LEASE;
+			return NULL;
+		}
 		int own_fd = image_open_own(a, fd, &st);
 		if (own_fd < 0) {
 			md__log_once(100, "cannot open an image again after the VMM closed or replaced the "
 				     "agent's descriptor of it (%s): its reads are copied", strerror(errno));
-			img->fd = -1;
-			probe_forget(a, img);
 			*why = MD_FB_ERROR;
 			retry_later(img);
 			return NULL;
 		}
-		if (img->fd >= 0)	/* -1: let go (md__images_release_idle) */
+		if (lost)
 			md__log_once(25, "the agent's own descriptor of an image was closed or replaced "
 				     "by the VMM: it opened the image again");
-		img->fd = own_fd;
+		image_fd_set(a, img, own_fd);
 		probe_remember(a, img);
 	}
 	if (a->lease_uid != (uid_t)-1 && st.st_uid != a->lease_uid) {
@@ -438,7 +462,7 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, const struct md__f
 	if (!image_fd_ours(img)) {
 		if (fcntl(img->fd, F_GETLEASE) == F_RDLCK)
 			fcntl(img->fd, F_SETLEASE, F_UNLCK);
-		img->fd = -1;
+		image_fd_set(a, img, -1);
 		probe_forget(a, img);
 		*why = MD_FB_NO_LEASE;
 		retry_later(img);
@@ -654,6 +678,47 @@ static void spares_unheld_close(struct md_agent *a)
 	}
 }
 
+/* Walks guest RAM's owners: marks 2 in state[] each image (1: one looked
+ * for) a page is mapped from, until the left looked for are all found
+ * (usually at once: an image the guest still holds pages of), or all of
+ * guest RAM walked. (agent->lock held) */
+static void images_mapped(const struct md_agent *a, unsigned char *state, size_t left)
+{
+	for (size_t i = 0; i < a->nregions && left; i++) {
+		const struct md__region *r = &a->regions[i];
+		for (size_t p = 0; p < (r->end - r->start) / MD_PAGE && left; p++) {
+			uint32_t id = r->owner[p];
+			if (id && id <= a->nimages && state[id - 1] == 1) {
+				state[id - 1] = 2;
+				left--;
+			}
+		}
+	}
+}
+
+/* Lets img go, no page of guest RAM mapped from it: its view, its lease
+ * and its descriptor (where /proc is gone, reopen 0, the descriptor stays:
+ * no other could be had). None can map it while we hold the agent's lock
+ * (reads map under it; a scanner merge onto it checks the lease after
+ * mapping aside, md__image_fixed). The record stays: ids are indices.
+ * Returns 1 if the descriptor went. */
+static int image_let_go(struct md_agent *a, struct md__image *img, int reopen)
+{
+	view_drop(img);
+	int ours = image_fd_ours(img);
+	if (ours && img->lease == MD_LEASE_HELD)
+		fcntl(img->fd, F_SETLEASE, F_UNLCK);
+	img->lease = MD_LEASE_NONE;
+	img->retry_at = (struct timespec){ 0, 0 };
+	if (ours && !reopen)
+		return 0;
+	if (ours)
+		close(img->fd);
+	image_fd_set(a, img, -1);
+	probe_forget(a, img);
+	return 1;
+}
+
 void md__images_release_idle(struct md_agent *a)
 {
 	time_t now = monotonic_s();
@@ -666,51 +731,89 @@ void md__images_release_idle(struct md_agent *a)
 	for (size_t i = 0; i < a->nimages; i++)
 		idle += release_due(a, &a->images[i], now, reopen);
 	time_t every = a->image_idle_s < IMAGES_WALK_S ? (time_t)a->image_idle_s : IMAGES_WALK_S;
-	unsigned char *mapped = idle && now - a->images_walked >= every ? calloc(a->nimages, 1) : NULL;
-	if (!mapped)
+	unsigned char *state = idle && now - a->images_walked >= every ? calloc(a->nimages, 1) : NULL;
+	if (!state)
 		goto leave;
 	a->images_walked = now;
-	/* Until each image due is found mapped (usually at once: an image
-	 * the guest still holds pages of), or all of guest RAM walked. */
-	for (size_t i = 0, left = idle; i < a->nregions && left; i++) {
-		const struct md__region *r = &a->regions[i];
-		for (size_t p = 0; p < (r->end - r->start) / MD_PAGE && left; p++) {
-			uint32_t id = r->owner[p];
-			if (id && id <= a->nimages && !mapped[id - 1]) {
-				mapped[id - 1] = 1;
-				left -= release_due(a, &a->images[id - 1], now, reopen);
-			}
-		}
-	}
+	for (size_t i = 0; i < a->nimages; i++)
+		state[i] = (unsigned char)release_due(a, &a->images[i], now, reopen);
+	images_mapped(a, state, idle);
 	for (size_t i = 0; i < a->nimages; i++) {
-		struct md__image *img = &a->images[i];
-		if (!release_due(a, img, now, reopen) || mapped[i])
-			continue;
-		/* No page maps it, and none can while we hold the agent's
-		 * lock (reads map under it; a scanner merge onto it checks
-		 * the lease after mapping aside, md__image_fixed). The record
-		 * stays: ids are indices. */
-		view_drop(img);
-		int ours = image_fd_ours(img);
-		if (ours && img->lease == MD_LEASE_HELD)
-			fcntl(img->fd, F_SETLEASE, F_UNLCK);
-		if (ours && !reopen) {
-			img->lease = MD_LEASE_NONE;	/* the descriptor stays: no other to come */
-			img->retry_at = (struct timespec){ 0, 0 };
-			continue;
-		}
-		if (ours)
-			close(img->fd);
-		img->fd = -1;
-		probe_forget(a, img);
-		img->lease = MD_LEASE_NONE;
-		img->retry_at = (struct timespec){ 0, 0 };
-		md__log_once(115, "an image no page of guest RAM maps any more was let go (its lease "
-			     "and descriptor); a later read leases it again");
+		if (state[i] == 1 && image_let_go(a, &a->images[i], reopen))
+			md__log_once(115, "an image no page of guest RAM maps any more was let go (its lease "
+				     "and descriptor); a later read leases it again");
 	}
-	free(mapped);
+	free(state);
 leave:
 	md__agent_leave(a);
+}
+
+/* Our descriptors of images count against the VMM's RLIMIT_NOFILE: one
+ * kept for every image the guest holds a page of (a guest reading hundreds
+ * of files through virtio-9p) left the VMM's own opens failing with
+ * EMFILE. They are kept to an eighth of its soft limit, at least this
+ * many; the limit is read each time, as the VMM may raise it later (QEMU
+ * does at its start). */
+#define IMAGE_FDS_MIN 4
+
+static int by_use(const void *x, const void *y, void *images)
+{
+	const struct md__image *img = images;
+	time_t ux = img[*(const size_t *)x].used, uy = img[*(const size_t *)y].used;
+	return ux < uy ? -1 : ux > uy;
+}
+
+/* Whether another image may have a descriptor of ours. Past the cap, the
+ * images no page of guest RAM maps are let go, least lately read first,
+ * down to three quarters of it (a walk of guest RAM's owners each time
+ * would cost a millisecond per 4 GiB); if that leaves no room, the
+ * caller's read is copied, and no walk is tried again for a second.
+ * (agent->lock held) */
+static int image_fds_room(struct md_agent *a)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY)
+		return 1;
+	size_t cap = rl.rlim_cur / 8 > IMAGE_FDS_MIN ? (size_t)(rl.rlim_cur / 8) : IMAGE_FDS_MIN;
+	if (a->image_fds < cap)
+		return 1;
+	/* Where /proc is gone (a chroot), an image's descriptor can only be
+	 * the spare kept of its file, open already: taking it opens none. */
+	if (access("/proc/self/fd", F_OK) != 0)
+		return 1;
+	time_t now = monotonic_s();
+	if (a->image_fds_full_at && now - a->image_fds_full_at < 1)
+		return 0;
+	unsigned char *state = calloc(a->nimages, 1);
+	size_t *order = calloc(a->nimages, sizeof(*order)), n = 0;
+	if (state && order) {
+		for (size_t i = 0; i < a->nimages; i++)
+			state[i] = a->images[i].fd >= 0 && a->images[i].lease != MD_LEASE_BREAKING;
+		for (size_t i = 0; i < a->nimages; i++)
+			n += state[i];
+		images_mapped(a, state, n);
+		n = 0;
+		for (size_t i = 0; i < a->nimages; i++)
+			if (state[i] == 1)
+				order[n++] = i;
+		qsort_r(order, n, sizeof(*order), by_use, a->images);
+		size_t keep = cap - cap / 4;
+		for (size_t k = 0; k < n && (k == 0 || a->image_fds > keep); k++)
+			image_let_go(a, &a->images[order[k]], 1);
+	}
+	free(state);
+	free(order);
+	if (a->image_fds < cap) {
+		md__log_once(126, "the agent holds as many descriptors of images as it may (%zu, an "
+			     "eighth of the VMM's RLIMIT_NOFILE): images no page of guest RAM maps are "
+			     "let go early", cap);
+		return 1;
+	}
+	a->image_fds_full_at = now;
+	md__log_once(127, "the agent holds as many descriptors of images as it may (%zu, an eighth of "
+		     "the VMM's RLIMIT_NOFILE), every one of them mapped into guest RAM: reads of other "
+		     "images are copied", cap);
+	return 0;
 }
 
 void md__images_uid_change(struct md_agent *a, uid_t fsuid)
@@ -862,6 +965,7 @@ void md__images_free(struct md_agent *a)
 	free(a->images);
 	a->images = NULL;
 	a->nimages = a->images_cap = 0;
+	a->image_fds = 0;
 	for (size_t i = 0; i < a->nspares; i++)
 		spare_close(&a->spares[i]);
 	free(a->spares);

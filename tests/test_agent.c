@@ -239,6 +239,95 @@ TEST_IMPL(image_let_go_when_unmapped)
 	return 0;
 }
 
+/* Small files read in turn, each through a descriptor of the VMM's opened
+ * and closed around its read (a guest's virtio-9p reads of hundreds of
+ * libraries): the agent leases each through a descriptor of its own. Kept
+ * as long as the guest mapped a page of the file, they took the whole of
+ * the VMM's RLIMIT_NOFILE, and the VMM's own opens failed with EMFILE.
+ * They are kept to an eighth of its soft limit. */
+#define SMALL_FILES 100u
+#define SMALL_SIZE (64u << 10)
+#define NOFILE 64
+#define AGENT_IMAGE_FDS (NOFILE / 8)
+
+/* Reads the small files with RLIMIT_NOFILE lowered to NOFILE, each to
+ * RAM's start (same_place: each read maps over the last one's pages) or
+ * to a place of its own; the content must be right, and the VMM must
+ * keep room to open files of its own. */
+static void read_small_files(struct proc *p, int same_place)
+{
+	char dir[PATH_MAX], prefix[PATH_MAX + 16], path[PATH_MAX + 32];
+	ASSERT(realpath(test_dir(), dir));
+	snprintf(prefix, sizeof(prefix), "%s/small-", dir);
+	for (unsigned i = 0; i < SMALL_FILES; i++) {
+		snprintf(path, sizeof(path), "%s%u", prefix, i);
+		make_image(path, SMALL_SIZE, 1000 + i);
+	}
+	proc_start(p, NULL);
+	proc_cmd(p, "map %u", RAM_PAGES);
+	ASSERT(SMALL_FILES * SMALL_SIZE <= RAM_PAGES * 4096u);
+	ASSERT_EQ(proc_num(p, "nofile %d", NOFILE), 0);
+	for (unsigned i = 0; i < SMALL_FILES; i++) {
+		snprintf(path, sizeof(path), "%s%u", prefix, i);
+		size_t doff = same_place ? 0 : (size_t)i * SMALL_SIZE;
+		int fd = (int)proc_num(p, "open %s", path);
+		ASSERT(fd >= 0);
+		ASSERT_EQ(proc_num(p, "read %d 0 %u %zu %u", fd, SMALL_SIZE, doff, SMALL_SIZE), SMALL_SIZE);
+		ASSERT(strcmp(proc_cmd(p, "hash %zu %u", doff, SMALL_SIZE), hex(fnv_file(path, 0, SMALL_SIZE))) == 0);
+		ASSERT_EQ(proc_num(p, "closefd %d", fd), 0);
+	}
+	/* The VMM's own opens, a half of its limit at once, succeed (not
+	 * just one at a time: the agent's opens failed with EMFILE too, once
+	 * they took all but the VMM's one). */
+	int fds[NOFILE / 2];
+	for (int i = 0; i < NOFILE / 2; i++) {
+		snprintf(path, sizeof(path), "%s%d", prefix, i);
+		fds[i] = (int)proc_num(p, "open %s", path);
+		ASSERT(fds[i] >= 0);
+	}
+	for (int i = 0; i < NOFILE / 2; i++)
+		ASSERT_EQ(proc_num(p, "closefd %d", fds[i]), 0);
+	ASSERT(proc_fds_naming(p->pid, prefix, strlen(prefix), -1, NULL) <= AGENT_IMAGE_FDS);
+	if (!same_place)	/* every file still there */
+		for (unsigned i = 0; i < SMALL_FILES; i++) {
+			snprintf(path, sizeof(path), "%s%u", prefix, i);
+			ASSERT(strcmp(proc_cmd(p, "hash %zu %u", (size_t)i * SMALL_SIZE, SMALL_SIZE),
+				      hex(fnv_file(path, 0, SMALL_SIZE))) == 0);
+		}
+}
+
+/* Each read maps over the last one's pages: past the cap, the images no
+ * page maps any more are let go at once (not a minute later), and every
+ * read is shared. */
+TEST_IMPL(image_fds_capped_unmapped_let_go)
+{
+	struct proc p;
+	read_small_files(&p, 1);
+	md_stats s;
+	ASSERT_EQ(proc_stats(&p, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, SMALL_FILES * SMALL_SIZE / 4096);
+	ASSERT_EQ(s.fallbacks_total, 0);
+	proc_stop(&p);
+	return 0;
+}
+
+/* Every image's pages stay mapped: past the cap, the reads of further
+ * files are copied (counted as without a lease), the first ones stay
+ * shared. */
+TEST_IMPL(image_fds_capped_reads_copied)
+{
+	struct proc p;
+	read_small_files(&p, 0);
+	md_stats s;
+	ASSERT_EQ(proc_stats(&p, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, AGENT_IMAGE_FDS * SMALL_SIZE / 4096);
+	ASSERT_EQ(s.fallbacks[MD_FB_NO_LEASE], (SMALL_FILES - AGENT_IMAGE_FDS) * SMALL_SIZE / 4096);
+	for (unsigned i = 0; i < SMALL_FILES; i += SMALL_FILES - 1)
+		ASSERT(proc_page_from_file(&p, (size_t)i * SMALL_SIZE) == (i < AGENT_IMAGE_FDS));
+	proc_stop(&p);
+	return 0;
+}
+
 TEST_IMPL(fallback_unaligned)
 {
 	check_fallback(512, 65536, 0, MD_FB_UNALIGNED, NULL, "");

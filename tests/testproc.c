@@ -41,6 +41,8 @@
  *                           running the atfork handlers; the child then advises
  *                           the page MADV_MERGEABLE
  *   closefd FD            -> close result (0 or -errno)
+ *   nofile N              -> setrlimit's result (0 or -errno): RLIMIT_NOFILE's soft
+ *                           limit set to N, the hard one kept
  *   scatter FD OFF DOFF N -> one preadv of N pages into every other page of
  *                           RAM: its result, the read system calls it took,
  *                           1 if the content is the file's
@@ -134,6 +136,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
@@ -1291,6 +1294,12 @@ int main(void)
 		} else if (strcmp(cmd, "closefd") == 0) {
 			sscanf(line, "%*s %lld", &a1);
 			printf("%d\n", close((int)a1) == 0 ? 0 : -errno);
+		} else if (strcmp(cmd, "nofile") == 0) {
+			struct rlimit rl;
+			sscanf(line, "%*s %lld", &a1);
+			int r = getrlimit(RLIMIT_NOFILE, &rl);
+			rl.rlim_cur = (rlim_t)a1;
+			printf("%d\n", r == 0 && setrlimit(RLIMIT_NOFILE, &rl) == 0 ? 0 : -errno);
 		} else if (strcmp(cmd, "daemonize") == 0) {
 			/* As QEMU's -daemonize, before any RAM: the child goes
 			 * on with the commands, the parent waits for it. */
