@@ -618,8 +618,12 @@ int md__image_held(struct md_agent *a, struct md__image *img)
 		return 0;
 	if (md__image_fixed(img))
 		return 1;
-	md__log_once(68, "an image's lease went with the agent's descriptor (closed or replaced "
-		     "by the VMM): its pages were made private");
+	/* With our descriptor still ours, the lease is being broken (a
+	 * writer's open waits): its signal is on its way, and this only
+	 * starts the break first, as md__image_lease_broken would. */
+	if (!image_fd_ours(img))
+		md__log_once(68, "an image's lease went with the agent's descriptor (closed or replaced "
+			     "by the VMM): its pages were made private");
 	start_break(a, img);
 	return 0;
 }
@@ -804,7 +808,7 @@ static int image_fds_room(struct md_agent *a)
 	free(state);
 	free(order);
 	if (a->image_fds < cap) {
-		md__log_once(126, "the agent holds as many descriptors of images as it may (%zu, an "
+		md__log_once(128, "the agent holds as many descriptors of images as it may (%zu, an "
 			     "eighth of the VMM's RLIMIT_NOFILE): images no page of guest RAM maps are "
 			     "let go early", cap);
 		return 1;

@@ -6,6 +6,6 @@
  * the file cannot be opened (lines keep going to stderr). */
 int md__log_open(const char *path);
 void md__log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-/* Logs only the first time for this key (0..127). */
+/* Logs only the first time for this key (0..255). */
 void md__log_once(unsigned key, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 #endif

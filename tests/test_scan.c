@@ -27,6 +27,7 @@
 #include "cgroup.h"
 #include "checksum.h"
 #include "daemon_util.h"
+#include "log.h"
 #include "memdedup.h"
 #include "merge.h"	/* md__engine_fail_slices */
 #include "proc.h"
@@ -3317,6 +3318,77 @@ TEST_IMPL(image_stale_lease_signal_ignored)
 	ASSERT_EQ(s.pages_privatized, 16);
 	md_agent_free(a);
 	munmap(m, 16 * PG);
+	close(fd);
+	return 0;
+}
+
+/* A read that finds its image's lease being broken for a writer (whose
+ * open waits, F_GETLEASE saying F_UNLCK) before the agent's thread has
+ * answered the signal starts the break itself. It said "an image's lease
+ * went with the agent's descriptor (closed or replaced by the VMM)", which
+ * misled: the descriptor was still ours. The agent's lock is held here
+ * across the check, as a read would, so that the thread's answer cannot
+ * come first. */
+TEST_IMPL(image_break_seen_by_read_not_said_fd_lost)
+{
+	char img[512], log[600], *m;
+	snprintf(log, sizeof(log), "%s/agent.log", test_dir());
+	ASSERT_EQ(md__log_open(log), 0);
+	md_agent *a;
+	int fd = agent_read_image(&a, &m, img, 25);
+	ASSERT_EQ(a->nimages, 1);
+	struct md__image *im = &a->images[0];
+	md__agent_enter(a);
+	pid_t writer = fork();
+	ASSERT(writer >= 0);
+	if (writer == 0)
+		_exit(open(img, O_WRONLY) >= 0 ? 0 : 1);
+	for (int ms = 0; ms < 5000 && fcntl(im->fd, F_GETLEASE) != F_UNLCK; ms++)
+		usleep(1000);
+	ASSERT_EQ(fcntl(im->fd, F_GETLEASE), F_UNLCK);
+	ASSERT_EQ(md__image_held(a, im), 0);
+	md__agent_leave(a);
+	int st;
+	ASSERT_EQ(waitpid(writer, &st, 0), writer);
+	ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.lease_breaks, 1);
+	ASSERT_EQ(s.pages_privatized, 16);
+	ASSERT(strstr(file_text(log), "an image's lease was broken"));
+	ASSERT(!strstr(file_text(log), "went with the agent's descriptor"));
+	md_agent_free(a);
+	munmap(m, 16 * PG);
+	close(fd);
+	return 0;
+}
+
+/* The same check finding another file at our descriptor's number (the
+ * VMM's close and open) still says so. */
+TEST_IMPL(image_fd_replaced_said_by_read)
+{
+	char img[512], other[512], log[600], *m;
+	snprintf(log, sizeof(log), "%s/agent.log", test_dir());
+	snprintf(other, sizeof(other), "%s/other", test_dir());
+	make_image(other, 16 * PG, 27);
+	ASSERT_EQ(md__log_open(log), 0);
+	md_agent *a;
+	int fd = agent_read_image(&a, &m, img, 26);
+	ASSERT_EQ(a->nimages, 1);
+	struct md__image *im = &a->images[0];
+	int ofd = open(other, O_RDONLY | O_CLOEXEC);
+	ASSERT(ofd >= 0);
+	md__agent_enter(a);
+	ASSERT_EQ(dup2(ofd, im->fd), im->fd);
+	ASSERT_EQ(md__image_held(a, im), 0);
+	md__agent_leave(a);
+	ASSERT(strstr(file_text(log), "went with the agent's descriptor"));
+	static char want[16 * PG];
+	ASSERT_EQ(pread(fd, want, sizeof(want), 0), (ssize_t)sizeof(want));
+	ASSERT(memcmp(m, want, sizeof(want)) == 0);
+	md_agent_free(a);
+	munmap(m, 16 * PG);
+	close(ofd);
 	close(fd);
 	return 0;
 }
