@@ -249,10 +249,19 @@ static inline void md__set(struct md_agent *a, enum md__ctr c, uint64_t v)
 void md__fallback(struct md_agent *a, enum md_fallback why, uint64_t pages);
 /* Room for one more mapping over guest RAM (and the split it may cause)
  * within the VMA budget, counting those made since the last VMA count,
- * the engine's merges too. */
+ * the engine's merges too. The estimate only rises (a merge's mappings
+ * counted, not those a write or a discard took back): counted again
+ * before a refusal, at most once a second, as the engine's budget is. */
 static inline int md__vma_room(struct md_agent *a)
 {
-	return md__vmas_estimate(&a->vmas) + 2 <= a->max_vmas;
+	if (md__vmas_estimate(&a->vmas) + 2 <= a->max_vmas)
+		return 1;
+	if (!md__vmas_count_due(&a->vmas))
+		return 0;
+	uint64_t counted = md__vmas_count(&a->vmas);
+	if (counted)
+		md__set(a, MD_CTR_VMAS, counted);
+	return counted && md__vmas_estimate(&a->vmas) + 2 <= a->max_vmas;
 }
 
 /* regions.c (all under agent->lock) */

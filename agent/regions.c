@@ -92,44 +92,66 @@ static void owners_put(struct md__owners *o)
 		free(o);
 }
 
-/* A new region of pages no image backs yet. */
-static int region_push_new(struct md_agent *a, uintptr_t start, uintptr_t end, unsigned advice)
+/* The next gap of [*cur, end) that none of the first n regions covers, in
+ * [*gs, *ge); 0 when none is left. The regions it passes over get advice
+ * too, when add is set. */
+static int next_gap(struct md_agent *a, size_t n, size_t *i, uintptr_t *cur, uintptr_t end, unsigned advice,
+		    int add, uintptr_t *gs, uintptr_t *ge)
 {
-	struct md__owners *o = calloc(1, sizeof(*o) + (end - start) / MD_PAGE * sizeof(o->id[0]));
-	if (!o || regions_reserve(a, 1)) {
-		free(o);
-		return -ENOMEM;
+	for (; *i < n && *cur < end; ++*i) {
+		struct md__region *r = &a->regions[*i];
+		if (r->end <= *cur || r->start >= end)
+			continue;
+		if (add)
+			r->advice |= advice;
+		uintptr_t s = *cur;
+		*cur = r->end;
+		if (r->start > s) {
+			*gs = s;
+			*ge = r->start;
+			++*i;
+			return 1;
+		}
 	}
-	o->refs = 1;
-	a->regions[a->nregions++] = (struct md__region){ .start = start, .end = end, .advice = advice,
-							 .owner = o->id, .owners = o };
-	return 0;
+	if (*cur >= end)
+		return 0;
+	*gs = *cur;
+	*ge = *cur = end;
+	return 1;
 }
 
 int md__regions_add(struct md_agent *a, uintptr_t start, uintptr_t end, unsigned advice)
 {
-	uintptr_t cur = start;
-	size_t n = a->nregions;
-	int err = 0;
-
 	/* Parts already registered keep their owner records; only the gaps
-	 * between them become new regions. */
-	for (size_t i = 0; i < n && cur < end && !err; i++) {
-		struct md__region *r = &a->regions[i];
-		if (r->end <= cur || r->start >= end)
-			continue;
-		r->advice |= advice;
-		if (r->start > cur)
-			err = region_push_new(a, cur, r->start, advice);
-		r = &a->regions[i];	/* region_push_new may move the array */
-		if (r->end > cur)
-			cur = r->end;
+	 * between them become new regions. Everything the gaps need is had
+	 * first: a failure changes nothing (the VMM's madvise fails whole,
+	 * and no part of it shares at read time). */
+	size_t n = a->nregions, ngaps = 0, i = 0;
+	uintptr_t cur = start, gs, ge;
+	while (next_gap(a, n, &i, &cur, end, advice, 0, &gs, &ge))
+		ngaps++;
+	struct md__owners **o = calloc(ngaps + 1, sizeof(*o));
+	int err = !o || regions_reserve(a, ngaps) ? -ENOMEM : 0;
+	size_t g = 0;
+	for (i = 0, cur = start; !err && next_gap(a, n, &i, &cur, end, advice, 0, &gs, &ge); g++)
+		if (!(o[g] = calloc(1, sizeof(**o) + (ge - gs) / MD_PAGE * sizeof(o[g]->id[0]))))
+			err = -ENOMEM;
+	if (err) {
+		for (size_t k = 0; o && k < g; k++)
+			free(o[k]);
+		free(o);
+		return err;
 	}
-	if (!err && cur < end)
-		err = region_push_new(a, cur, end, advice);
+	/* The array has room: pushing moves nothing the loop looks at. */
+	for (i = 0, cur = start, g = 0; next_gap(a, n, &i, &cur, end, advice, 1, &gs, &ge); g++) {
+		o[g]->refs = 1;
+		a->regions[a->nregions++] = (struct md__region){ .start = gs, .end = ge, .advice = advice,
+								 .owner = o[g]->id, .owners = o[g] };
+	}
+	free(o);
 	qsort(a->regions, a->nregions, sizeof(*a->regions), region_cmp);
 	regions_publish(a);
-	return err;
+	return 0;
 }
 
 int md__regions_remove(struct md_agent *a, uintptr_t start, uintptr_t end)

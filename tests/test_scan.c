@@ -2337,6 +2337,44 @@ static int scanner_paused(md_agent *a)
 	return __atomic_load_n(&a->scanner.paused, __ATOMIC_SEQ_CST);
 }
 
+/* The mapping budget's estimate only rises (a merge's mappings are counted,
+ * not those a guest's write or a discard takes back): the read path counts
+ * again before it copies a read for want of room, as the engine does
+ * before it refuses a merge. It went by the estimate, and copied reads
+ * with a few hundred mappings in the process, until the engine counted. */
+TEST_IMPL(read_budget_counted_again_before_copying)
+{
+	md_agent *a;
+	char img[600];
+	const size_t n = 16;
+	char *m = inproc_agent(&a, 100, 4 * n * PG);
+	ASSERT_EQ(md_agent_register(a, m, 4 * n * PG, 0), 0);
+	ASSERT_EQ(md_agent_pause(a, 1), 0);
+	snprintf(img, sizeof(img), "%s/budget-image", test_dir());
+	make_image(img, n * PG, 71);
+	int fd = open(img, O_RDONLY);
+	ASSERT(fd >= 0);
+	/* An estimate past the budget, last counted long ago. */
+	__atomic_store_n(&a->vmas.est, a->max_vmas, __ATOMIC_RELAXED);
+	__atomic_store_n(&a->vmas.counted_ns, 0, __ATOMIC_RELAXED);
+	ASSERT_EQ(md_agent_pread(a, fd, m, n * PG, 0), (ssize_t)(n * PG));
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, n);
+	ASSERT(s.vmas < a->max_vmas);
+	/* Past the budget within the second of a count (md_agent_stats
+	 * counted too): copied. */
+	__atomic_store_n(&a->vmas.est, a->max_vmas, __ATOMIC_RELAXED);
+	ASSERT_EQ(md_agent_pread(a, fd, m + 2 * n * PG, n * PG, 0), (ssize_t)(n * PG));
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, n);
+	ASSERT(memcmp(m + 2 * n * PG, m, n * PG) == 0);
+	close(fd);
+	md_agent_free(a);
+	munmap(m, 4 * n * PG);
+	return 0;
+}
+
 /* The writer's go, given between the first two parts of an unmerge; each
  * part of the unmerge then takes 150 ms. */
 static int writer_go = -1;

@@ -456,6 +456,39 @@ TEST_IMPL(agent_unregister_splits_without_memory)
 	return 0;
 }
 
+/* A registration whose records cannot all be had (an owner array of 8 MiB
+ * for the last gap, the address space limited) changes nothing: the gap
+ * before it was registered, the VMM's madvise failing all the same. */
+TEST_IMPL(agent_register_without_memory_changes_nothing)
+{
+	const size_t len = (size_t)8 << 30;
+	md_agent *a;
+	md_agent_options o = { .run_dir = "" };
+	md_stats s;
+	struct rlimit old, low;
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	char *mem = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+			 -1, 0);
+	ASSERT(mem != MAP_FAILED);
+	ASSERT_EQ(md_agent_register(a, mem, 4096, 0), 0);
+	ASSERT_EQ(md_agent_register(a, mem + 8192, 4096, 0), 0);
+	ASSERT(getrlimit(RLIMIT_AS, &old) == 0);
+	low = (struct rlimit){ vm_size() + (1 << 20), old.rlim_max };
+	ASSERT(setrlimit(RLIMIT_AS, &low) == 0);
+	int err = md_agent_register(a, mem, len, 0);
+	ASSERT(setrlimit(RLIMIT_AS, &old) == 0);
+	ASSERT_EQ(err, -ENOMEM);
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.regions, 2);
+	ASSERT_EQ(s.registered_bytes, 8192);
+	ASSERT_EQ(md_agent_register(a, mem, len, 0), 0);	/* with the memory: whole */
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.registered_bytes, len);
+	md_agent_free(a);
+	munmap(mem, len);
+	return 0;
+}
+
 /* The statistics file of a pid used before: ours, it is made 0600 (an
  * older agent's was 0644); another user's (a shared run directory) is left
  * as it is, and this agent takes the next name. */
