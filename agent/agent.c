@@ -1206,6 +1206,11 @@ int md__agent_unmap(md_agent *a, void *addr, size_t len, int (*op)(void *arg), v
 		for (size_t i = 0; i < n; i++) {
 			if (run[i].mapped && keep_mapped)
 				continue;
+			/* A hole the failed call left: the VMM's hold went
+			 * with the memory, or its end would take back what
+			 * is mapped there later (an allocator's). */
+			if (!run[i].mapped)
+				handed_take(a, run[i].lo, run[i].hi, 0);
 			/* Pages that could not be made private (memory short)
 			 * are the image's still: their records stay, for a
 			 * lease break to find them. */

@@ -1803,6 +1803,42 @@ TEST_IMPL(scan_take_back_leaves_vmm_registration)
 	return 0;
 }
 
+/* The VMM's mmap over part of guest RAM it holds with a userfaultfd of its
+ * own, failed after the kernel unmapped the old pages (Linux up to 6.6, at
+ * the map count's limit): the VMM's hold there went with the memory. Kept,
+ * the end of the VMM's registration took back what the allocator mapped
+ * in the hole since, memory that never asked for merging. */
+static int unmapped_then_failed(void *arg)
+{
+	syscall(SYS_munmap, arg, 4 * PG);
+	errno = ENOMEM;
+	return -1;
+}
+
+TEST_IMPL(scan_failed_map_over_handed_ram_forgets_hold)
+{
+	md_agent *a;
+	const size_t n = 16;
+	char *m = inproc_agent(&a, 100, n * PG);
+	memset(m, 1, n * PG);
+	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
+	ASSERT_EQ(md_agent_userfault(a, m, n * PG), 1);	/* given up: the VMM's now */
+	ASSERT(md__agent_unmap(a, m + 4 * PG, 4 * PG, unmapped_then_failed, m + 4 * PG, 0) != 0);
+	char *heap = mmap(m + 4 * PG, 4 * PG, PROT_READ | PROT_WRITE,
+			  MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+	ASSERT(heap == m + 4 * PG);
+	ASSERT_EQ(md_agent_userfault_end(a, m, n * PG), 0);
+	md__agent_enter(a);
+	int heap_recorded = md__region_find(a, (uintptr_t)heap, PG) != NULL;
+	int ram_recorded = md__region_find(a, (uintptr_t)m, PG) && md__region_find(a, (uintptr_t)m + 8 * PG, PG);
+	md__agent_leave(a);
+	ASSERT(!heap_recorded);
+	ASSERT(ram_recorded);	/* the rest taken back */
+	md_agent_free(a);
+	munmap(m, n * PG);
+	return 0;
+}
+
 TEST_IMPL(scan_unregister_short_of_memory_fails)
 {
 	md_agent *a;
