@@ -210,6 +210,8 @@ struct md_agent {
 	int unmerged;		/* paused by an unmerge, until resumed (1; 2: one memdedupd asked, which
 				 * records it and says in its WELCOME when resumed); a new daemon's
 				 * WELCOME does not resume it */
+	int unmerging;		/* an unmerge runs (pause_lock): no WELCOME resumes the scanner
+				 * between its parts */
 	struct timespec next_connect;	/* to memdedupd, while disconnected */
 	struct timespec rate_at;	/* the merge rate's last update, and the reap's */
 	struct timespec break_at;

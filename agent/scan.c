@@ -144,24 +144,31 @@ int md__scan_register(struct md_agent *a, uintptr_t start, size_t len, unsigned 
 }
 
 /* Whether the scanner stays paused whatever memdedupd says: the VMM
- * paused it (md_agent_pause), or it unmerged until resumed. */
+ * paused it (md_agent_pause), it unmerged until resumed, or an unmerge
+ * runs (a welcome between its parts resumed the scanner, which merged all
+ * again once the unmerge let it run). (pause_lock held) */
 static int kept_paused(const md_agent *a)
 {
 	return __atomic_load_n(&a->paused_here, __ATOMIC_RELAXED) ||
-	       __atomic_load_n(&a->unmerged, __ATOMIC_RELAXED);
+	       __atomic_load_n(&a->unmerged, __ATOMIC_RELAXED) || a->unmerging;
 }
 
+#define PAUSE_KEEP 1		/* paused too while one is kept (kept_paused) */
+#define PAUSE_CLEAR_HERE 2	/* a resume that lifts the VMM's own pause too */
+
 /* The scanner's pause, as the daemon says (its PAUSE and RESUME, and
- * its welcome) or the VMM (md_agent_pause). With keep, also while one is
- * kept (kept_paused), as seen under the lock md_agent_pause notes the
- * VMM's in: a welcome read it before the VMM's pause, and resumed the
- * scanner after it. */
-static int pause_set_kept(md_agent *a, int paused, int keep)
+ * its welcome) or the VMM (md_agent_pause). With PAUSE_KEEP, also while
+ * one is kept (kept_paused), as seen under the lock md_agent_pause notes
+ * the VMM's in: a welcome read it before the VMM's pause, and resumed the
+ * scanner after it. What a resume clears is cleared under that lock too:
+ * cleared after it, an unmerge's or the VMM's pause made meanwhile was
+ * lost, and the next welcome resumed the scanner. */
+static int pause_set_kept(md_agent *a, int paused, int flags)
 {
 	if (!a || !a->engine)
 		return -EINVAL;
 	pthread_mutex_lock(&a->pause_lock);
-	paused |= keep && kept_paused(a);
+	paused |= (flags & PAUSE_KEEP) && kept_paused(a);
 	/* Nothing could be merged: resuming would only spend CPU. */
 	if (!paused && __atomic_load_n(&a->io_unseen, __ATOMIC_SEQ_CST)) {
 		pthread_mutex_unlock(&a->pause_lock);
@@ -169,6 +176,11 @@ static int pause_set_kept(md_agent *a, int paused, int keep)
 	}
 	a->pause_gen++;
 	__atomic_store_n(&a->scanner.paused, paused ? 1 : 0, __ATOMIC_SEQ_CST);
+	if (!paused) {
+		__atomic_store_n(&a->unmerged, 0, __ATOMIC_RELAXED);
+		if (flags & PAUSE_CLEAR_HERE)
+			__atomic_store_n(&a->paused_here, 0, __ATOMIC_RELAXED);
+	}
 	pthread_mutex_unlock(&a->pause_lock);
 	/* md_agent_io_unseen may have paused it between the check and the
 	 * store: its pause wins. */
@@ -177,8 +189,6 @@ static int pause_set_kept(md_agent *a, int paused, int keep)
 		return -EPERM;
 	}
 	__atomic_store_n(&a->scanner.idle, 0, __ATOMIC_RELAXED);	/* the set rate again */
-	if (!paused)
-		__atomic_store_n(&a->unmerged, 0, __ATOMIC_RELAXED);
 	return 0;
 }
 
@@ -430,6 +440,7 @@ static int unmerge_locked(md_agent *a, char *why, size_t size, int by)
 	pthread_mutex_lock(&a->pause_lock);
 	unsigned gen = a->pause_gen;
 	int was_paused = __atomic_exchange_n(&a->scanner.paused, 1, __ATOMIC_SEQ_CST);
+	a->unmerging = 1;	/* one at a time: unmerge_lock */
 	pthread_mutex_unlock(&a->pause_lock);
 	md__scanner_stop(&a->scanner);	/* no merge may start meanwhile */
 	/* agent->lock first (the lock order): no read maps an image page
@@ -518,17 +529,28 @@ paused:
 		 * reason to stay paused came (the VMM's pause, unseen I/O). */
 		int one = 1;
 		pthread_mutex_lock(&a->pause_lock);
+		a->unmerging = 0;
 		if (a->pause_gen == gen)
 			__atomic_compare_exchange_n(&a->scanner.paused, &one, was_paused, 0,
 						    __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+		int keep = kept_paused(a);
 		pthread_mutex_unlock(&a->pause_lock);
-		if (kept_paused(a) || __atomic_load_n(&a->io_unseen, __ATOMIC_SEQ_CST))
+		if (keep || __atomic_load_n(&a->io_unseen, __ATOMIC_SEQ_CST))
 			__atomic_store_n(&a->scanner.paused, 1, __ATOMIC_SEQ_CST);
 	} else {
 		/* 2 if memdedupd asked (it will say when resumed), and only
-		 * if it all went. */
-		if (by != UNMERGE_USER)
+		 * if it all went. Paused again with it, under the lock: a
+		 * resume between the parts (a welcome's says its daemon's
+		 * state) is the unmerge's to end. A change of user's pause is
+		 * user_changed's. */
+		pthread_mutex_lock(&a->pause_lock);
+		a->unmerging = 0;
+		if (by != UNMERGE_USER) {
 			__atomic_store_n(&a->unmerged, by == UNMERGE_DAEMON && !err ? 2 : 1, __ATOMIC_RELAXED);
+			a->pause_gen++;
+			__atomic_store_n(&a->scanner.paused, 1, __ATOMIC_SEQ_CST);
+		}
+		pthread_mutex_unlock(&a->pause_lock);
 	}
 	/* Under agent->lock, as md__scan_register starts it: a first
 	 * registration may have started the thread while we stopped it,
@@ -716,19 +738,26 @@ void md__scan_apply_control(struct md_agent *a, const struct md__msg_control *ct
 	char why[MD_TEXT_MAX + 1] = "";
 	int err = 0;
 	switch (ctl->op) {
-	case MD_CTL_PAUSE: err = pause_set(a, 1); break;
+	case MD_CTL_PAUSE:
+		/* While the VMM's user changes: kept for after it (the move
+		 * ends with the pause it found). */
+		if (a->user_moving)
+			a->user_was_paused = 1;
+		err = pause_set(a, 1);
+		break;
 	case MD_CTL_RESUME:
 		/* The operator's: the VMM's own pause too. While the VMM's
 		 * user changes, for after it: merges now would take references
 		 * in the old user's pool, which must have them all back. */
-		if (a->user_moving) {
+		if (a->user_moving && !__atomic_load_n(&a->io_unseen, __ATOMIC_SEQ_CST)) {
+			pthread_mutex_lock(&a->pause_lock);
 			a->user_was_paused = 0;
 			__atomic_store_n(&a->paused_here, 0, __ATOMIC_RELAXED);
+			__atomic_store_n(&a->unmerged, 0, __ATOMIC_RELAXED);
+			pthread_mutex_unlock(&a->pause_lock);
 			break;
 		}
-		err = pause_set(a, 0);
-		if (!err)
-			__atomic_store_n(&a->paused_here, 0, __ATOMIC_RELAXED);
+		err = a->user_moving ? -EPERM : pause_set_kept(a, 0, PAUSE_CLEAR_HERE);
 		if (err == -EPERM)
 			snprintf(why, sizeof(why), "merging stopped for good: the VMM does I/O the agent "
 				 "cannot follow");
@@ -794,7 +823,7 @@ static void apply_welcome(struct md_agent *a, const struct md__msg_welcome *w)
 	int paused = (w->state & MD_WELCOME_PAUSED) != 0;
 	if (a->engine->remote->same_daemon && !paused && __atomic_load_n(&a->unmerged, __ATOMIC_RELAXED) == 2)
 		__atomic_store_n(&a->unmerged, 0, __ATOMIC_RELAXED);
-	pause_set_kept(a, paused, 1);
+	pause_set_kept(a, paused, PAUSE_KEEP);
 }
 
 /* The VMM's user changed since it joined memdedupd (QEMU's -runas drops
@@ -821,7 +850,7 @@ static void user_changed(struct md_agent *a, uid_t now)
 			md__log_once(81, "the VMM's user changed (uid %u to %u) while away from "
 				     "memdedupd, and its pool pages cannot become private copies (%s): "
 				     "it joins again once they can", (unsigned)was, (unsigned)now, why);
-			pause_set_kept(a, was_paused, 1);
+			pause_set_kept(a, was_paused, PAUSE_KEEP);
 			return;
 		}
 		if (err) {
@@ -829,7 +858,7 @@ static void user_changed(struct md_agent *a, uid_t now)
 				"pool pages cannot become private copies (%s): it stays in uid %u's domain",
 				(unsigned)was, (unsigned)now, why, (unsigned)was);
 			a->joined_uid = now;	/* not tried again */
-			pause_set_kept(a, was_paused, 1);
+			pause_set_kept(a, was_paused, PAUSE_KEEP);
 			return;
 		}
 		a->user_moving = 1;
@@ -854,7 +883,7 @@ static void user_changed(struct md_agent *a, uid_t now)
 		"private copies now, and it joins uid %u's domain", (unsigned)was, (unsigned)now,
 		(unsigned)now);
 	/* As it was (memdedupd's welcome says anew on the next connection). */
-	pause_set_kept(a, a->user_was_paused, 1);
+	pause_set_kept(a, a->user_was_paused, PAUSE_KEEP);
 }
 
 void md__scan_daemon(struct md_agent *a, int report)
@@ -886,7 +915,7 @@ void md__scan_daemon(struct md_agent *a, int report)
 					     "processes waits until it does", strerror(-err));
 			if (a->welcome_due) {	/* scan without it meanwhile, as it was */
 				a->welcome_due = 0;
-				pause_set_kept(a, 0, 1);
+				pause_set_kept(a, 0, PAUSE_KEEP);
 			}
 			return;
 		}

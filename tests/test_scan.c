@@ -2373,6 +2373,68 @@ static int scanner_paused(md_agent *a)
 	return __atomic_load_n(&a->scanner.paused, __ATOMIC_SEQ_CST);
 }
 
+/* memdedupd killed and started again between an unmerge's first two parts;
+ * the agent's thread reconnects and applies the new daemon's WELCOME (not
+ * paused) meanwhile. */
+static struct tdaemon *restart_daemon;
+
+static void daemon_back_between_parts(struct md_agent *a)
+{
+	if (!restart_daemon)
+		return;
+	struct tdaemon *t = restart_daemon;
+	restart_daemon = NULL;
+	uint64_t gen = a->engine->remote->generation;
+	kill(t->pid, SIGKILL);
+	waitpid(t->pid, NULL, 0);
+	td_restart(t);
+	for (int i = 0; i < 500 && (!md__remote_connected(a->engine->remote) || a->engine->remote->generation == gen);
+	     i++)
+		usleep(10000);
+}
+
+/* An unmerge pauses the scanner until resumed, whatever a WELCOME says
+ * while it runs: a reconnect's (a restarted daemon knows of no pause)
+ * resumed the scanner between the unmerge's parts, and once the unmerge
+ * was done the scanner merged all again at once (found by a review). */
+TEST_IMPL(scan_unmerge_kept_paused_through_welcome)
+{
+	struct tdaemon t;
+	md_agent *a;
+	const size_t n = 64, ni = 256;
+	char *m = merged_pairs(&t, &a, n);
+	char img[600];
+	snprintf(img, sizeof(img), "%s/unmerge-welcome", test_dir());
+	make_image(img, ni * PG, 81);
+	int fd = open(img, O_RDONLY);
+	ASSERT(fd >= 0);
+	char *r = mmap(NULL, ni * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(r != MAP_FAILED);
+	ASSERT_EQ(md_agent_register(a, r, ni * PG, 0), 0);
+	ASSERT_EQ(md_agent_pread(a, fd, r, ni * PG, 0), (ssize_t)(ni * PG));
+	restart_daemon = &t;
+	md__privatize_part_pages = 16;	/* the image's pages in 16 parts */
+	md__part_hook = daemon_back_between_parts;
+	int err = md_agent_unmerge(a);
+	md__part_hook = NULL;
+	md__privatize_part_pages = 2048;
+	ASSERT(restart_daemon == NULL);	/* the hook ran */
+	ASSERT_EQ(err, 0);
+	ASSERT(md__remote_connected(a->engine->remote));	/* welcomed anew */
+	ASSERT_EQ(scanner_paused(a), 1);
+	usleep(1500000);	/* a scanner let run merges these pairs in a few batches */
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.pages_sharing, 0);
+	ASSERT_EQ(scanner_paused(a), 1);
+	md_agent_free(a);
+	td_stop(&t);
+	close(fd);
+	munmap(r, ni * PG);
+	munmap(m, n * PG);
+	return 0;
+}
+
 /* The mapping budget's estimate only rises (a merge's mappings are counted,
  * not those a guest's write or a discard takes back): the read path counts
  * again before it copies a read for want of room, as the engine does
