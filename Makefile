@@ -28,7 +28,7 @@ CLI_OBJ     := $(CLI_SRC:%.c=$(B)/%.o)
 all: $(B)/memdedup $(B)/libmemdedup.so $(B)/libmemdedup-preload.so \
      $(B)/libmemdedup.a tests-build bench-build
 
-$(B)/%.o: %.c $(wildcard include/*.h common/*.h agent/*.h engine/*.h daemon/*.h cli/*.h tests/*.h)
+$(B)/%.o: %.c $(wildcard include/*.h common/*.h agent/*.h engine/*.h daemon/*.h cli/*.h tests/*.h tests/daemon/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(MD_CFLAGS) $(CFLAGS) $(JSON_CFLAGS) -c -o $@ $<
 

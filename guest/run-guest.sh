@@ -64,7 +64,7 @@ mkdir -p "$(dirname "$log")"
 cmd=("${wrap[@]}" qemu-system-x86_64 -machine pc,accel=tcg -m "$mem" -nographic -no-reboot
      -monitor none -serial "file:$log"
      -kernel "$kernel" -initrd "$initrd"
-     -append "console=ttyS0 quiet hold=$hold"
+     -append "console=ttyS0 quiet panic=-1 hold=$hold"
      -drive "file=${image//,/,,},if=virtio,format=raw,readonly=on"
      "${extra[@]}")
 qpid=""

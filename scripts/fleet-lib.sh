@@ -348,7 +348,7 @@ fleet_run() {
     setsid "${wrap[@]}" qemu-system-x86_64 -machine pc,accel=tcg -m "$mem" -nographic -no-reboot \
       -monitor none -serial "file:$log" \
       -kernel "$FLEET_KERNEL" -initrd "$FLEET_INITRD" \
-      -append "console=ttyS0 quiet hold=$hold" \
+      -append "console=ttyS0 quiet panic=-1 hold=$hold" \
       -drive "file=${image//,/,,},if=virtio,format=raw,readonly=on" \
       < /dev/null > "$log.qemu" 2>&1 &
     FLEET_PIDS+=($!)

@@ -28,8 +28,8 @@ $(B)/fuzz-replay: fuzz/replay.c fuzz/fuzz_stats_file.c $(B)/libmemdedup.a
 	$(CC) $(MD_CFLAGS) $(CFLAGS) -o $@ $^ $(LDFLAGS)
 
 # memdedup run's check of MEMDEDUP_PRELOAD, a file of the operator's.
-$(B)/fuzz-replay-elf: fuzz/replay.c fuzz/fuzz_elf.c cli/elfcheck.c
-	$(CC) $(MD_CFLAGS) $(CFLAGS) -Icli -o $@ $^ $(LDFLAGS)
+$(B)/fuzz-replay-elf: fuzz/replay.c fuzz/fuzz_elf.c cli/elfcheck.c cli/cli.h
+	$(CC) $(MD_CFLAGS) $(CFLAGS) -Icli -o $@ $(filter %.c,$^) $(LDFLAGS)
 $(B)/fuzz-elf-seeds: fuzz/elf_seeds.c
 	$(CC) $(MD_CFLAGS) $(CFLAGS) -o $@ $^ $(LDFLAGS)
 
@@ -68,13 +68,18 @@ check-fuzz: $(B)/fuzz-replay $(B)/fuzz-replay-protocol $(B)/fuzz-replay-daemon $
 
 # The first from a path with a space and a comma (through a symbolic link
 # to this tree): the guest kit and the agent must take such paths.
-check-guest: all guest
+# The kernel and initramfs only: the tests make the images they read.
+check-guest: all $(B)/guest/vmlinuz $(B)/guest/initramfs.cpio.gz
 	d=$$(mktemp -d) && ln -s "$(CURDIR)" "$$d/memdedup dir,1" && \
 	  { "$$d/memdedup dir,1/tests/guest/test_two_guests.sh"; rc=$$?; rm -rf "$$d"; exit $$rc; }
 	tests/guest/test_migration_guest.sh
 
+# One tier after the other, whatever -j says: the process tests, the ASan
+# build and the guests sharing the cores made each other time out.
 check: check-deps
-	$(MAKE) check-unit check-fuzz check-guest
+	$(MAKE) check-unit
+	$(MAKE) check-fuzz
+	$(MAKE) check-guest
 
 # libFuzzer build of the same targets (clang): `make fuzz`.
 fuzz: $(AGENT_SRC) fuzz/fuzz_stats_file.c
