@@ -968,8 +968,8 @@ int md__client_ref(struct md__client *c, const uint32_t *slots, uint32_t n, int 
 	if (n == 0 || n > MD_REF_MAX || delta == 0)
 		return -EINVAL;
 	m = malloc(sizeof(*m));
-	if (!m)
-		return -ENOMEM;
+	if (!m)	/* an UNREF waits its turn, as one not sent (below) */
+		return delta < 0 ? give_back(c, slots, n, 0) : -ENOMEM;
 	m->hdr.type = delta > 0 ? MD_MSG_REF : MD_MSG_UNREF;
 	m->hdr.seq = 0;	/* stays 0 if call() fails before it sends */
 	m->u.refs.n = n;

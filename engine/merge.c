@@ -556,7 +556,7 @@ static int still_frozen(struct md__engine *e, uintptr_t addr, size_t n)
  * (a slot of a pool from before a reconnection is not held), one each, so
  * the valid ones still go: only then, as an UNREF that went but failed
  * otherwise may yet be applied. A dead daemon counts nothing. */
-static int unref_n(struct md__engine *e, const uint32_t *slot, size_t n, uint64_t gen)
+int md__engine_unref_n(struct md__engine *e, const uint32_t *slot, size_t n, uint64_t gen)
 {
 	int err = md__remote_ref_n(e->remote, slot, (uint32_t)n, -1, gen);
 	if (err == -EINVAL)
@@ -626,7 +626,7 @@ void md__engine_send_unrefs(struct md__engine *e)
 	size_t at = 0;
 	while (at < n && at < MD_UNREF_PASS) {
 		size_t m = n - at < MD_REF_BATCH ? n - at : MD_REF_BATCH;
-		int err = unref_n(e, q + at, m, gen);
+		int err = md__engine_unref_n(e, q + at, m, gen);
 		at += m;	/* sent, queued by the client, or owed: done with here */
 		if (err)
 			break;	/* a slow daemon: the rest waits for the next call */

@@ -270,6 +270,9 @@ extern void (*md__engine_compare_hook)(uintptr_t a, size_t n);
  * region an unregister splits fail (ENOMEM). 0 otherwise. */
 extern int md__engine_fail_slices;
 
+/* One UNREF for n slots of memdedupd's pool generation gen; if refused (a
+ * slot not held), one each, so the valid ones still go. */
+int md__engine_unref_n(struct md__engine *e, const uint32_t *slot, size_t n, uint64_t gen);
 int md__engine_init(struct md__engine *e, const struct md__engine_options *opts);
 void md__engine_fini(struct md__engine *e);
 /* Registers guest RAM [addr, addr+len) (page-aligned). */

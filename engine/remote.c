@@ -68,6 +68,9 @@ static void hang_up(struct md__remote *rm)
 	if (md__client_take_back(rm->c, &back, &n) == 0) {
 		owe(rm, back, n);
 		free(back);
+	} else {
+		md__log_once(129, "could not keep the pool references a lost connection owed to "
+			     "memdedupd: they stay pinned until this process exits");
 	}
 	md__client_free(rm->c);
 	__atomic_store_n(&rm->c, NULL, __ATOMIC_RELAXED);	/* read racily: md__remote_connected */

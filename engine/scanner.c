@@ -629,7 +629,7 @@ static void flush_remote(struct md__scanner *s)
 	merge_pending(s, pub_of, pub_slot, npubd, unpin, &nunpin);
 	if (nunpin) {
 		regions_let_go(s);
-		md__remote_ref_n(rm, unpin, (uint32_t)nunpin, -1, gen);
+		md__engine_unref_n(s->e, unpin, nunpin, gen);	/* one refused slot keeps no other */
 		regions_again(s, gen);
 	}
 }

@@ -124,8 +124,12 @@ int md__uffd_register_wp(struct md__uffd *u, uintptr_t addr, size_t len)
 	};
 	if (md__sys_ioctl(u->fd, UFFDIO_REGISTER, &reg) < 0)
 		return -errno;
-	if (!(reg.ioctls & (1ull << _UFFDIO_WRITEPROTECT)))
+	if (!(reg.ioctls & (1ull << _UFFDIO_WRITEPROTECT))) {
+		/* Not left ours: the VMM's own registration there would fail. */
+		struct uffdio_range r = { .start = addr, .len = len };
+		md__sys_ioctl(u->fd, UFFDIO_UNREGISTER, &r);
 		return -ENOTSUP;
+	}
 	return 0;
 }
 
