@@ -306,11 +306,13 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 	case MADV_UNMERGEABLE: {
 		/* As kernel KSM's: shared pages that cannot be made private
 		 * (memory short) fail the advice, and stay merged. */
+		int saved = errno;	/* a call that succeeds leaves it */
 		int err = (a = agent_peek()) ? md_agent_unregister(a, addr, plen) : 0;
 		if (err) {
 			errno = -err;
 			return -1;
 		}
+		errno = saved;
 		return md__sys_madvise(addr, len, advice);
 	}
 	case MADV_REMOVE:
@@ -326,12 +328,10 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 		 * content, not zeroes: then the discard fails as a whole. */
 		if (!(a = agent_peek()))
 			return md__sys_madvise(addr, len, advice);
+		int saved = errno;
 		int err = md_agent_madvise_discard(a, addr, len, advice);
-		if (err) {
-			errno = -err;
-			return -1;
-		}
-		return 0;
+		errno = err ? -err : saved;
+		return err ? -1 : 0;
 	}
 	default: {
 		unsigned token;
@@ -387,9 +387,9 @@ static int lock_first(const void *addr, size_t len, int all)
 	if (!a || (!all && (len == 0 || e < s || e > UINTPTR_MAX - MD_PAGE_SIZE)))
 		return 0;
 	e = (e + MD_PAGE_SIZE - 1) & ~(uintptr_t)(MD_PAGE_SIZE - 1);
+	int saved = errno;	/* a call that succeeds leaves it */
 	int err = md__agent_lock(a, s, all ? 0 : e, all);
-	if (err)
-		errno = err == -ENOMEM && !all ? EAGAIN : -err;	/* mlockall has no EAGAIN: ENOMEM */
+	errno = !err ? saved : err == -ENOMEM && !all ? EAGAIN : -err;	/* mlockall has no EAGAIN */
 	return err;
 }
 
@@ -434,6 +434,10 @@ EXPORT int mlockall(int flags)
 	return r;
 }
 
+#ifndef PROT_SEM
+#define PROT_SEM 0x8	/* linux/mman.h's, which the C library's header leaves out */
+#endif
+
 /* A protection other than read-write (or a protection key) on guest RAM:
  * the mappings put over it are read-write, so it is given up first. */
 static int protect_first(const void *addr, size_t len, int prot, int pkey)
@@ -442,9 +446,24 @@ static int protect_first(const void *addr, size_t len, int prot, int pkey)
 	uintptr_t s = (uintptr_t)addr, e = s + page_len(len);
 	if (!a || s % MD_PAGE_SIZE || e <= s || (prot == (PROT_READ | PROT_WRITE) && pkey <= 0))
 		return 0;
+	/* What the kernel refuses changes nothing here either: a protection
+	 * it does not know, a key this process was not given. */
+	if (prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC | PROT_SEM | PROT_GROWSDOWN | PROT_GROWSUP))
+		return 0;
+	if (pkey > 0) {
+		void *p = md__sys_mmap(NULL, MD_PAGE_SIZE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		int saved = errno;
+		long ok = p == MAP_FAILED ||
+			  libc_call(SYS_pkey_mprotect, (long)p, MD_PAGE_SIZE, PROT_READ, pkey) == 0;
+		if (p != MAP_FAILED)
+			md__sys_munmap(p, MD_PAGE_SIZE);
+		errno = saved;
+		if (!ok)
+			return 0;
+	}
+	int saved = errno;	/* a call that succeeds leaves it */
 	int err = md__agent_protect(a, s, e);
-	if (err)
-		errno = -err;
+	errno = err ? -err : saved;
 	return err;
 }
 
@@ -567,6 +586,7 @@ EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 {
 	void *new_addr = NULL;
 	md_agent *a = agent_peek();
+	int caller_errno = errno;	/* a call that succeeds leaves it */
 	/* The fifth argument for MREMAP_FIXED, and the kernel's hint for
 	 * MREMAP_DONTUNMAP (glibc passes it whenever either is set). */
 	if (flags & (MREMAP_FIXED | MREMAP_DONTUNMAP)) {
@@ -575,6 +595,12 @@ EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 		new_addr = va_arg(ap, void *);
 		va_end(ap);
 	}
+	/* A call that moves nothing, or that the kernel refuses before it
+	 * looks (no length), changes nothing here either: all of guest RAM
+	 * was made private for it, and refused when memory was short. */
+	if (!(flags & (MREMAP_FIXED | MREMAP_DONTUNMAP)) &&
+	    (!new_len || page_len(new_len) == page_len(old_len)))
+		return md__sys_mremap(old, old_len, new_len, flags, NULL);
 	/* A shrink in place moves nothing: an unmap of the part cut off, and
 	 * what stays stays shared (made private, all of it, as for a move,
 	 * it was refused when memory was short, which the kernel never does). */
@@ -630,7 +656,7 @@ EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 	else
 		vm_call_run(&c);
 	if ((void *)c.ret != MAP_FAILED && (uintptr_t)old % MD_PAGE_SIZE == 0) {
-		int saved = errno;
+		int saved = caller_errno;
 		/* The policy goes with the mapping; a part left behind by a
 		 * shrink is unmapped. */
 		size_t kept = page_len(new_len) < page_len(old_len) ? page_len(new_len) : page_len(old_len);
@@ -1059,6 +1085,8 @@ EXPORT long syscall(long nr, ...)
 	case SYS_mmap:
 		return (long)mmap((void *)a[0], (size_t)a[1], (int)a[2], (int)a[3], (int)a[4], (off_t)a[5]);
 	case SYS_mremap:
+		if (a[3] != (int)a[3])
+			break;	/* flags the kernel refuses, as it says */
 		return (long)mremap((void *)a[0], (size_t)a[1], (size_t)a[2], (int)a[3], (void *)a[4]);
 	case SYS_pkey_mprotect:
 		return pkey_mprotect((void *)a[0], (size_t)a[1], (int)a[2], (int)a[3]);
@@ -1094,6 +1122,13 @@ EXPORT long syscall(long nr, ...)
 	 * kernel's high half is 0), the flags after it. */
 	case SYS_pread64:
 		return pread((int)a[0], (void *)a[1], (size_t)a[2], (off_t)a[3]);
+	}
+	/* A count or flags the kernel takes as longs and refuses past an
+	 * int's: its answer, not one of a narrowed call. */
+	int v2 = nr == SYS_preadv2 || nr == SYS_pwritev2;
+	if ((v2 || nr == SYS_preadv || nr == SYS_pwritev) && (a[2] != (int)a[2] || (v2 && a[5] != (int)a[5])))
+		return call(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
+	switch (nr) {
 	case SYS_preadv:
 		return preadv((int)a[0], (const struct iovec *)a[1], (int)a[2], (off_t)a[3]);
 	case SYS_preadv2:

@@ -557,7 +557,13 @@ ssize_t md_agent_pread(md_agent *a, int fd, void *buf, size_t len, off_t off)
 		return md__sys_pread(fd, buf, len, off);
 	if (len > MD_RW_MAX)
 		len = MD_RW_MAX;
-	return read_segment(a, fd, buf, len, off);
+	/* A read that succeeds leaves errno as the kernel's would: the
+	 * agent's own calls (a lease refused) may have set it. */
+	int saved = errno;
+	ssize_t n = read_segment(a, fd, buf, len, off);
+	if (n >= 0)
+		errno = saved;
+	return n;
 }
 
 /* How many segments from iov, at most MD_IO_RANGES (what a read in
@@ -656,8 +662,21 @@ static int any_in_ram(struct md_agent *a, const struct iovec *iov, int iovcnt)
 	return found;
 }
 
+static ssize_t preadv_errno(md_agent *a, int fd, const struct iovec *iov, int iovcnt, off_t off,
+			    int flags);
+
 ssize_t md_agent_preadv(md_agent *a, int fd, const struct iovec *iov, int iovcnt,
 			off_t off, int flags)
+{
+	int saved = errno;	/* as md_agent_pread */
+	ssize_t n = preadv_errno(a, fd, iov, iovcnt, off, flags);
+	if (n >= 0)
+		errno = saved;
+	return n;
+}
+
+static ssize_t preadv_errno(md_agent *a, int fd, const struct iovec *iov, int iovcnt, off_t off,
+			    int flags)
 {
 	/* The kernel's EFAULT for an iovec array that cannot be read, not
 	 * our SIGSEGV reading it. */

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <sched.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -123,6 +124,31 @@ TEST_IMPL(fortified_and_raw_reads_shared)
 	ASSERT_EQ(proc_stats_wait(&p, &s, 3000, has_shared), 0);
 	ASSERT_EQ(s.pages_shared_at_read, MB / 4096);
 	ASSERT_EQ(s.reads_seen, 2);
+	proc_stop(&p);
+	return 0;
+}
+
+/* Calls on guest RAM that the kernel refuses, or that move nothing, change
+ * nothing: a protection the kernel does not know (mprotect fails EINVAL)
+ * gave the RAM up for good, and an mremap to the same size made all of it
+ * private, both before the kernel looked. */
+TEST_IMPL(refused_or_empty_calls_keep_sharing)
+{
+	const char *img = image(2);
+	struct proc p;
+	int fd = start_reader(&p, img, NULL);
+	const char *whole = hex(fnv_file(img, 0, 64 * 4096));
+	ASSERT_EQ(proc_num(&p, "read %d 0 %u 0 %u", fd, 64 * 4096, 64 * 4096), 64 * 4096);
+	ASSERT(strcmp(proc_cmd(&p, "hash 0 %u", 64 * 4096), whole) == 0);	/* present: frames to see */
+	ASSERT(proc_page_is_image(&p, 0, img, 0));
+	ASSERT_EQ(proc_num(&p, "protect 0 %u %d", 16 * 4096, PROT_READ | 0x1000), -EINVAL);
+	ASSERT(proc_page_is_image(&p, 0, img, 0));	/* as it was */
+	ASSERT_EQ(proc_num(&p, "read %d 0 %u 0 %u", fd, 64 * 4096, 64 * 4096), 64 * 4096);
+	ASSERT(strcmp(proc_cmd(&p, "hash 0 %u", 64 * 4096), whole) == 0);
+	ASSERT(proc_page_is_image(&p, 0, img, 0));	/* and shared again: not given up */
+	ASSERT_EQ(proc_num(&p, "remapsame %u %u", 32 * 4096, 16 * 4096), 0);
+	ASSERT(proc_page_is_image(&p, 32 * 4096, img, 32 * 4096));
+	ASSERT(strcmp(proc_cmd(&p, "hash 0 %u", 64 * 4096), whole) == 0);
 	proc_stop(&p);
 	return 0;
 }

@@ -2053,6 +2053,32 @@ TEST_IMPL(scan_success_keeps_errno)
 	return 0;
 }
 
+/* The same over pages a read shared from an image, where the agent's own
+ * calls fail on the way (the engine's userfaultfd cannot unregister an
+ * image's mapping, a lease is refused while a writer holds the file):
+ * a read copied for want of a lease, mlock, mprotect, MADV_UNMERGEABLE,
+ * an mremap that moves and one that does not leave errno as found. */
+TEST_IMPL(scan_success_keeps_errno_over_images)
+{
+	const char *env[] = { "MEMDEDUP_SCAN=1", "MEMDEDUP_DOMAIN=private", NULL };
+	char img[600], busy[600], want[128];
+	snprintf(img, sizeof(img), "%s/errno-image", test_dir());
+	snprintf(busy, sizeof(busy), "%s/errno-busy", test_dir());
+	make_image(img, 32 * PG, 91);
+	make_image(busy, 16 * PG, 92);
+	struct proc a;
+	proc_start(&a, env);
+	int fd = (int)proc_num(&a, "open %s", img), bfd = (int)proc_num(&a, "open %s", busy);
+	int wfd = (int)proc_num(&a, "open %s rw", busy);
+	ASSERT(fd >= 0 && bfd >= 0 && wfd >= 0);
+	snprintf(want, sizeof(want), "%d 777 0 777 0 777 0 777 0 777 0 777", 16 * PG);
+	const char *got = proc_cmd(&a, "errnoimage %d %d", fd, bfd);
+	printf("  %s\n", got);
+	ASSERT(strcmp(got, want) == 0);
+	proc_stop(&a);
+	return 0;
+}
+
 /* The agent's threads run inside the VMM: its process-wide signals (a
  * SIGTERM, a SIGCHLD) are for its own threads, which a VMM that takes
  * them with signalfd or sigwait blocks only in its own. Ours block every

@@ -12,6 +12,8 @@
  *   reread FD OFF1 OFF2 LEN DOFF -> two preads into the same RAM; the second's result
  *   rawread FD OFF LEN DOFF -> the pread system call, unseen by the agent
  *   chkread FD OFF LEN DOFF BUFLEN -> __pread_chk, as a fortified build's pread
+ *   errnoimage FD WFD     -> errno kept by calls that succeed over image pages
+ *   remapsame DOFF LEN    -> 0 if an mremap to the same size answered the same place
  *   sysread FD OFF LEN DOFF -> pread through the C library's syscall(2)
  *   preadv FD OFF DOFF LEN [heap] -> preadv of two halves (one on the heap)
  *   write DOFF BYTE       -> ok   (base[DOFF] = BYTE)
@@ -27,7 +29,7 @@
  *   advise DOFF LEN ADVICE [raw] -> madvise result (raw: through syscall(2)) (dontneed, dontneedlocked, dontfork, dofork,
  *                           mergeable, unmergeable)
  *   unmap DOFF HEXLEN     -> munmap result (0 or -errno)
- *   protect DOFF LEN ro|rw -> mprotect result (0 or -errno)
+ *   protect DOFF LEN ro|rw|PROT -> mprotect result (0 or -errno)
  *   nosig PATH            -> how many read leases on PATH (the agent's) were
  *                           made to send no signal when broken (F_SETOWN 0)
  *   forkstorm N KIND      -> how many of N children made by KIND (raw: syscall(SYS_fork),
@@ -817,6 +819,42 @@ int main(void)
 			close(devnull);
 			munmap(m + 4096, len - 4096);
 			printf("%d %d %d %d %d %d %zd %d\n", r1, e1, r2, e2, r3, e3, r4, e4);
+		} else if (strcmp(cmd, "errnoimage") == 0) {
+			/* errnoimage FD WFD: errno set to 777 before calls that
+			 * succeed over RAM holding pages a read shared from FD's
+			 * image, and after them: a read of WFD's image, which
+			 * another descriptor holds open for writing (no lease),
+			 * mlock, mprotect, MADV_UNMERGEABLE, an mremap that
+			 * moves. Prints each result and errno. */
+			sscanf(line, "%*s %lld %lld", &a1, &a2);
+			size_t pg = 4096, len = 64 * pg;
+			char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			madvise(m, len, MADV_MERGEABLE);
+			long r[6];
+			int e[6];
+			errno = 777;
+			r[0] = pread((int)a2, m + 32 * pg, 16 * pg, 0), e[0] = errno;
+			if (pread((int)a1, m, 32 * pg, 0) != (ssize_t)(32 * pg))
+				return 1;
+			errno = 777;
+			r[1] = mlock(m, pg), e[1] = errno;
+			errno = 777;
+			r[2] = mprotect(m + 8 * pg, pg, PROT_READ), e[2] = errno;
+			errno = 777;
+			r[3] = madvise(m + 16 * pg, pg, MADV_UNMERGEABLE), e[3] = errno;
+			errno = 777;
+			char *moved = mremap(m + 24 * pg, 4 * pg, 8 * pg, MREMAP_MAYMOVE);
+			r[4] = moved == MAP_FAILED ? -1 : 0, e[4] = errno;
+			errno = 777;
+			r[5] = mremap(m + 28 * pg, 4 * pg, 4 * pg, MREMAP_MAYMOVE) == m + 28 * pg ? 0 : -1, e[5] = errno;
+			printf("%ld %d %ld %d %ld %d %ld %d %ld %d %ld %d\n", r[0], e[0], r[1], e[1], r[2], e[2], r[3],
+			       e[3], r[4], e[4], r[5], e[5]);
+		} else if (strcmp(cmd, "remapsame") == 0) {
+			/* remapsame DOFF LEN: an mremap to the same size, which
+			 * moves nothing: 0 if it answered the same place */
+			sscanf(line, "%*s %lld %lld", &a1, &a2);
+			void *p = mremap(base + a1, (size_t)a2, (size_t)a2, MREMAP_MAYMOVE);
+			printf("%d\n", p == base + a1 ? 0 : p == MAP_FAILED ? -errno : -1);
 		} else if (strcmp(cmd, "iosetup") == 0) {
 			int (*setup)(int, unsigned long *);
 			unsigned long ctx = 0;
@@ -1111,7 +1149,8 @@ int main(void)
 			printf("%d\n", mode);
 		} else if (strcmp(cmd, "protect") == 0) {
 			sscanf(line, "%*s %lld %lld %31s", &a1, &a2, s2);
-			int prot = strcmp(s2, "rw") == 0 ? PROT_READ | PROT_WRITE : PROT_READ;
+			int prot = strcmp(s2, "rw") == 0 ? PROT_READ | PROT_WRITE :
+				   strcmp(s2, "ro") == 0 ? PROT_READ : atoi(s2);	/* or a number */
 			printf("%d\n", mprotect(base + a1, (size_t)a2, prot) == 0 ? 0 : -errno);
 		} else if (strcmp(cmd, "move") == 0) {	/* OFF PAGES: moved elsewhere, a hole left */
 			sscanf(line, "%*s %lld %lld", &a1, &a2);
