@@ -403,7 +403,10 @@ int md_agent_new(md_agent **agentp, const md_agent_options *opts)
 		return -EINVAL;
 	if (!opts)
 		opts = &none;
-	if ((opts->flags & ~MD_OPT_ALL) || opts->share_min_pages > MD_SHARE_MIN_PAGES_MAX ||
+	if ((opts->flags & ~MD_OPT_ALL) ||
+	    (opts->flags & (MD_OPT_SCAN_RANDOM | MD_OPT_SCAN_LINEAR)) == (MD_OPT_SCAN_RANDOM | MD_OPT_SCAN_LINEAR) ||
+	    (opts->flags & (MD_OPT_NO_HINTS | MD_OPT_HINTS)) == (MD_OPT_NO_HINTS | MD_OPT_HINTS) ||
+	    opts->share_min_pages > MD_SHARE_MIN_PAGES_MAX ||
 	    opts->image_idle_s > MD_IMAGE_IDLE_S_MAX)
 		return -EINVAL;
 	/* The ranges of `memdedup set` (md__tunable_set); 0 is the default. */

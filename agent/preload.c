@@ -152,13 +152,17 @@ static void env_options(md_agent_options *o)
 	const char *v = getenv("MEMDEDUP_SCAN_ORDER");
 	if (v && strcasecmp(v, "random") == 0)
 		o->flags |= MD_OPT_SCAN_RANDOM;
-	else if (v && *v && strcasecmp(v, "linear") != 0)
+	else if (v && strcasecmp(v, "linear") == 0)	/* `memdedup run --scan-order`: the VMM's own */
+		o->flags |= MD_OPT_SCAN_LINEAR;
+	else if (v && *v)
 		md__log("MEMDEDUP_SCAN_ORDER='%s' is neither linear nor random: using the default", v);
 	o->pages_to_scan = env_uint("MEMDEDUP_PAGES_TO_SCAN", 1, MD_PAGES_TO_SCAN_MAX);
 	o->sleep_ms = env_uint("MEMDEDUP_SLEEP_MS", 1, MD_SLEEP_MS_MAX);
 	o->cpu_percent = env_uint("MEMDEDUP_CPU_PERCENT", 1, MD_CPU_PERCENT_MAX);
 	if (!env_flag("MEMDEDUP_HINTS", 1))
 		o->flags |= MD_OPT_NO_HINTS;
+	else if ((v = getenv("MEMDEDUP_HINTS")) && md__parse_bool(v) == 1)	/* `--hints=on`: the VMM's own */
+		o->flags |= MD_OPT_HINTS;
 	o->domain = getenv("MEMDEDUP_DOMAIN");
 	o->daemon_socket = getenv("MEMDEDUP_SOCKET");
 	o->share_min_pages = env_uint("MEMDEDUP_SHARE_MIN_PAGES", 1, MD_SHARE_MIN_PAGES_MAX);

@@ -26,8 +26,8 @@ void md__scan_init(struct md_agent *a, const md_agent_options *o)
 		return;
 	a->scan_explicit = (o->pages_to_scan ? MD_SET_PAGES : 0) | (o->sleep_ms ? MD_SET_SLEEP : 0) |
 			   (o->cpu_percent ? MD_SET_CPU : 0) |
-			   (o->flags & MD_OPT_SCAN_RANDOM ? MD_SET_ORDER : 0) |
-			   (o->hint_ratio || (o->flags & MD_OPT_NO_HINTS) ? MD_SET_HINTS : 0);
+			   (o->flags & (MD_OPT_SCAN_RANDOM | MD_OPT_SCAN_LINEAR) ? MD_SET_ORDER : 0) |
+			   (o->hint_ratio || (o->flags & (MD_OPT_NO_HINTS | MD_OPT_HINTS)) ? MD_SET_HINTS : 0);
 	struct md__engine_options eo = { .max_vmas = o->max_vmas, .vmas = &a->vmas };
 	struct md__engine *e = calloc(1, sizeof(*e));
 	int err = e ? md__engine_init(e, &eo) : -ENOMEM;

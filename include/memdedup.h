@@ -132,8 +132,13 @@ typedef struct md_agent_options {
 #define MD_OPT_SCAN_RANDOM (1u << 3)
 /* Scan without hints (for comparisons). */
 #define MD_OPT_NO_HINTS (1u << 4)
+/* Linear order, or hints on, as this agent's own choice (the default's
+ * values, which memdedupd's defaults would otherwise replace): with
+ * MD_OPT_SCAN_RANDOM or MD_OPT_NO_HINTS, -EINVAL. */
+#define MD_OPT_SCAN_LINEAR (1u << 5)
+#define MD_OPT_HINTS (1u << 6)
 #define MD_OPT_ALL (MD_OPT_NO_SHARING | MD_OPT_POPULATE | MD_OPT_SCAN | MD_OPT_SCAN_RANDOM | \
-		    MD_OPT_NO_HINTS)
+		    MD_OPT_NO_HINTS | MD_OPT_SCAN_LINEAR | MD_OPT_HINTS)
 
 /* Why a read, or part of one, was not shared. */
 enum md_fallback {
@@ -357,7 +362,8 @@ MD_API void md_agent_io_unseen(md_agent *agent, const char *what);
  * (linear|random). -EINVAL for an unknown key or a value out
  * of range, and nothing changes. A value set here is this agent's, as one
  * of its options: memdedupd's own value of the key no longer replaces it
- * when the agent connects (`memdedup set` still does). */
+ * when the agent connects, nor does `memdedup set` for all agents
+ * (`memdedup set --pid` naming this one does). */
 MD_API int md_agent_set(md_agent *agent, const char *key, const char *value);
 /* Turns every page shared back into a private copy, like KSM's run=2:
  * pages merged into the pool, pages shared at read time and pages the

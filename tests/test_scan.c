@@ -1567,6 +1567,57 @@ TEST_IMPL(scan_unmap_merged_not_held_by_daemon)
 	return 0;
 }
 
+/* Whether this process's agent has reported to memdedupd (within 10 s):
+ * its counters go after its welcome is applied, in the same call of the
+ * agent's thread, so once they are there, it was. */
+static int welcome_applied(const struct tdaemon *t)
+{
+	int reported = 0;
+	for (int i = 0; i < 200 && !reported; i++) {
+		json_t *st = td_status(t);
+		json_t *me = td_find(json_object_get(st, "agents"), "pid", getpid());
+		reported = json_is_real(json_object_get(me, "report_age_seconds"));
+		json_decref(st);
+		if (!reported)
+			usleep(50000);
+	}
+	return reported;
+}
+
+/* Linear order and hints on, chosen by the VMM (`memdedup run
+ * --scan-order=linear --hints=on`), are its own as random order and no
+ * hints are: memdedupd's defaults (here random, no hints) replaced them at
+ * its welcome, as they do an agent's that chose nothing. */
+TEST_IMPL(scan_own_order_and_hints_outlive_defaults)
+{
+	struct tdaemon t;
+	td_start(&t, 4096);
+	ASSERT_EQ(td_sh("MEMDEDUP_SOCKET=%s %s/memdedup set order=random >/dev/null", t.sock, build_dir()), 0);
+	ASSERT_EQ(td_sh("MEMDEDUP_SOCKET=%s %s/memdedup set hint_ratio=0 >/dev/null", t.sock, build_dir()), 0);
+	for (int own = 0; own < 2; own++) {
+		md_agent *a;
+		md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .domain = "w", .daemon_socket = t.sock };
+		if (own)
+			o.flags |= MD_OPT_SCAN_LINEAR | MD_OPT_HINTS;
+		ASSERT_EQ(md_agent_new(&a, &o), 0);
+		char *m = pairs_ram(64);
+		ASSERT_EQ(md_agent_register(a, m, 64 * PG, 0), 0);
+		ASSERT(welcome_applied(&t));
+		ASSERT_EQ(__atomic_load_n(&a->scanner.random_order, __ATOMIC_RELAXED), !own);
+		ASSERT_EQ(__atomic_load_n(&a->scanner.ratio, __ATOMIC_RELAXED), own ? 4 : 0);
+		md_agent_free(a);
+		munmap(m, 64 * PG);
+		usleep(200000);	/* its record gone before the next one's HELLO */
+	}
+	md_agent *a;
+	md_agent_options bad = { .run_dir = "", .flags = MD_OPT_SCAN | MD_OPT_SCAN_LINEAR | MD_OPT_SCAN_RANDOM };
+	ASSERT_EQ(md_agent_new(&a, &bad), -EINVAL);
+	bad.flags = MD_OPT_SCAN | MD_OPT_HINTS | MD_OPT_NO_HINTS;
+	ASSERT_EQ(md_agent_new(&a, &bad), -EINVAL);
+	td_stop(&t);
+	return 0;
+}
+
 /* An agent of the default domain whose first HELLO times out (a daemon
  * stopped, or busy) waits for the daemon and says HELLO when it answers;
  * it went private for good, as if there were no daemon at all. And the
@@ -1613,19 +1664,7 @@ TEST_IMPL(scan_vmm_settings_outlive_welcome)
 	char *m = pairs_ram(n);
 	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
 	ASSERT(kill(t.pid, SIGCONT) == 0);
-	/* The agent's counters reach memdedupd after the welcome is applied
-	 * (the same call of the agent's thread): once they are there, it
-	 * was. */
-	int reported = 0;
-	for (int i = 0; i < 200 && !reported; i++) {
-		json_t *st = td_status(&t);
-		json_t *me = td_find(json_object_get(st, "agents"), "pid", getpid());
-		reported = json_is_real(json_object_get(me, "report_age_seconds"));
-		json_decref(st);
-		if (!reported)
-			usleep(50000);
-	}
-	ASSERT(reported);
+	ASSERT(welcome_applied(&t));
 	ASSERT_EQ(__atomic_load_n(&a->scanner.paused, __ATOMIC_SEQ_CST), 1);
 	ASSERT_EQ(__atomic_load_n(&a->scanner.batch, __ATOMIC_RELAXED), 7);
 	md_stats s;
