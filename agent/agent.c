@@ -494,7 +494,9 @@ void md_agent_free(md_agent *a)
 	/* Without the thread nobody would answer a lease break: make every
 	 * shared page private before the leases go. */
 	md__agent_enter(a);
-	md__privatize(a, 0, UINTPTR_MAX, 0);
+	if (md__privatize(a, 0, UINTPTR_MAX, 0) != 0)
+		md__log("not every page shared with an image could be made private as the agent ends "
+			"(memory short): a writer of the image may change what those pages show");
 	md__images_free(a);
 	md__regions_free(a);
 	free(a->handed);

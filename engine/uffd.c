@@ -257,9 +257,13 @@ int md__uffd_start(struct md__uffd *u, md__uffd_fault_fn fn, void *arg)
 void md__uffd_close(struct md__uffd *u)
 {
 	if (u->thread_started) {
+		/* Joined whatever the write says: an eventfd that refuses one
+		 * more is readable already, and the thread stops at that all
+		 * the same; not joined, it ran on over an engine freed. */
 		uint64_t one = 1;
-		if (write(u->stop_fd, &one, sizeof(one)) == sizeof(one))
-			pthread_join(u->thread, NULL);
+		while (write(u->stop_fd, &one, sizeof(one)) < 0 && errno == EINTR)
+			;
+		pthread_join(u->thread, NULL);
 		u->thread_started = 0;
 	}
 	if (u->stop_fd >= 0)
