@@ -218,7 +218,6 @@ struct md_agent {
 	uint64_t rate_merged, rate_broken;
 	/* md__scan_account's last walk of the pages' state, and when. */
 	uint64_t walk_sharing, walk_unshared, walk_zero, walk_activity;
-	int walk_due;		/* an unmerge gave pages back: the next account walks (atomic) */
 	size_t walk_meta;	/* the engine's metadata bytes */
 	unsigned walk_age;
 

@@ -543,9 +543,6 @@ paused:
 		 * resume between the parts (a welcome's says its daemon's
 		 * state) is the unmerge's to end. A change of user's pause is
 		 * user_changed's. */
-		/* Pages shared no more, which the counters' walk would see
-		 * only with the next merge or in 30 s. */
-		__atomic_store_n(&a->walk_due, 1, __ATOMIC_RELAXED);
 		pthread_mutex_lock(&a->pause_lock);
 		a->unmerging = 0;
 		if (by != UNMERGE_USER) {
@@ -636,8 +633,7 @@ int md__scan_account(struct md_agent *a, int reap)
 	 * converged, every second it was a third of the agent's CPU time,
 	 * every 10 s still a tenth of all memdedup's. */
 	uint64_t changed = md__scan_activity(a) + st.cow_broken + st.undropped + st.filled;
-	int due = __atomic_exchange_n(&a->walk_due, 0, __ATOMIC_RELAXED);
-	if (reap || due || changed != a->walk_activity || ++a->walk_age >= 30) {
+	if (reap || changed != a->walk_activity || ++a->walk_age >= 30) {
 		uint64_t sharing = 0, unshared = 0, zero = 0;
 		pthread_rwlock_rdlock(&e->regions_lock);
 		pthread_mutex_lock(&e->lock);

@@ -2748,34 +2748,6 @@ TEST_IMPL(scan_unmerges_at_once)
 	return 0;
 }
 
-/* The counters after an unmerge say at once that nothing is shared: the
- * walk that counts pages_sharing waited for the next merge or 30 s, and
- * `memdedup status` showed the pages shared for that long after `memdedup
- * unmerge` answered it was done. */
-TEST_IMPL(scan_unmerge_counted_at_once)
-{
-	struct tdaemon t;
-	md_agent *a;
-	const size_t n = 64;
-	char *m = merged_pairs(&t, &a, n);
-	md_stats s;
-	uint64_t passes = 0;
-	/* Converged: passes go by with nothing more merged. */
-	for (int i = 0; i < 300 && (md_agent_stats(a, &s), passes = passes ? passes : s.full_scans + 2,
-				    s.full_scans < passes); i++)
-		usleep(10000);
-	ASSERT(s.full_scans >= passes);
-	ASSERT_EQ(s.pages_sharing, n);	/* both copies map the pool's page */
-	ASSERT_EQ(md_agent_unmerge(a), 0);
-	ASSERT_EQ(md_agent_stats(a, &s), 0);
-	ASSERT_EQ(s.pages_sharing, 0);
-	ASSERT_EQ(s.pages_shared, 0);
-	md_agent_free(a);
-	td_stop(&t);
-	munmap(m, n * PG);
-	return 0;
-}
-
 /* Between two parts of an unmerge: a read as the VMM's, which takes the
  * agent's lock (a deadlock, and the test's timeout, if the unmerge still
  * held it), counted. */
