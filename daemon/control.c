@@ -186,8 +186,12 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 			       (int)a->pid);
 			continue;
 		}
-		if (ctl->op == MD_CTL_RESUME)
-			a->unmerged = a->paused = a->held_by_admin = 0;	/* detached, its WELCOME says so when back */
+		if (ctl->op == MD_CTL_RESUME) {
+			/* Detached, its WELCOME says so when back. An UNMERGE
+			 * refused after it puts nothing back. */
+			a->unmerged = a->paused = a->held_by_admin = 0;
+			a->unmerge_first = a->unmerge_token = 0;
+		}
 		if (!a->conn && (defaults || ctl->op == MD_CTL_RESUME)) {
 			p->detached++;
 		} else if (!a->conn) {
@@ -210,8 +214,13 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 				 * found (an earlier UNMERGE's pause, and whose
 				 * it was); one never sent cannot begin. */
 				if (ctl->op == MD_CTL_UNMERGE) {
-					a->unmerged_was = a->unmerged;
-					a->held_was = a->held_by_admin & MD_HELD_UNMERGE;
+					/* Not while another is owed: its
+					 * mark is no unmerge yet. */
+					if (!a->unmerge_token) {
+						a->unmerged_was = a->unmerged;
+						a->held_was = a->held_by_admin & MD_HELD_UNMERGE;
+						a->unmerge_first = p->token;
+					}
 					a->unmerged = 1;
 					a->unmerge_token = p->token;
 				}
@@ -265,10 +274,22 @@ void md__control_done(struct md__daemon *d, struct md__conn *c, uint32_t seq,
 	 * earlier one that went through still holds it, and held by whoever
 	 * sent that one. */
 	struct md__agent *a = c->agent;
-	if (done->result.status && done->token && done->token == a->unmerge_token) {
-		a->unmerged = a->unmerged_was;
-		a->held_by_admin = (a->held_by_admin & ~MD_HELD_UNMERGE) | a->held_was;
-		a->unmerge_token = 0;	/* put back once */
+	uint32_t since_first = done->token - a->unmerge_first;	/* tokens rise, and wrap */
+	if (a->unmerge_token && done->token && since_first <= a->unmerge_token - a->unmerge_first) {
+		/* One sent meanwhile went through (an UNMERGE, or another
+		 * CONTROL: kept paused, the safe side): a refusal later puts
+		 * that back. */
+		if (!done->result.status) {
+			a->unmerged_was = 1;
+			a->held_was = a->held_by_admin & MD_HELD_UNMERGE;
+		}
+		if (done->token == a->unmerge_token) {
+			if (done->result.status) {
+				a->unmerged = a->unmerged_was;
+				a->held_by_admin = (a->held_by_admin & ~MD_HELD_UNMERGE) | a->held_was;
+			}
+			a->unmerge_first = a->unmerge_token = 0;	/* none owed */
+		}
 	}
 	/* Late (answered already, or its CLI went): nothing waits for it. */
 	for (struct md__pending_control *p = d->controls; p; p = p->next) {

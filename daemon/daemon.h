@@ -152,10 +152,12 @@ struct md__agent {
 	uint64_t counters[MD_REPORT_MAX];
 	uint32_t ncounters;
 	uint64_t registered_counted; /* added to dom->registered_pages for it */
-	uint32_t unmerge_token;    /* the last UNMERGE sent to it: its refusal, even
-				    * a late one, puts back the two below */
+	uint32_t unmerge_first, unmerge_token; /* the first and the last UNMERGE sent to it
+				    * while one is owed an answer (0: none): the last
+				    * one's refusal, even a late one, puts back the two
+				    * below */
 	int unmerged_was, held_was; /* unmerged and held_by_admin's MD_HELD_UNMERGE
-				    * before that UNMERGE was sent */
+				    * before the first, or after one that went through */
 	int unmerged;              /* it unmerged (CONTROL_DONE), not resumed since: its
 				    * WELCOME says paused, and the record outlives its
 				    * connection while the process lives */

@@ -3013,6 +3013,66 @@ TEST_IMPL(daemon_second_unmerge_refused_keeps_pause)
 	return 0;
 }
 
+/* Whether this process's agent, gone and back, is told to stay paused. */
+static int rejoins_paused(struct tdaemon *t, struct md__client **agent, int *fd)
+{
+	struct md__msg_welcome w;
+	md__client_free(*agent);
+	close(*fd);
+	usleep(100000);
+	*agent = td_agent(t, NULL, &w, fd);
+	return (w.state & MD_WELCOME_PAUSED) != 0;
+}
+
+/* Two UNMERGEs in flight (two CLIs), both refused: the second's copy of
+ * the state before it was the first's mark, no unmerge, and its refusal
+ * put that back: paused at the next WELCOME though nothing was unmerged.
+ * And an UNMERGE that went through, a second one sent, a RESUME from
+ * another CLI, then the second's refusal: it put back the pause the
+ * RESUME had lifted. Found by the review of the session's diff. */
+TEST_IMPL(daemon_unmerge_refusals_put_back_only_theirs)
+{
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	struct md__msg_control c1, c2, c3;
+	struct control_call k1, k2, k3;
+	int fd;
+
+	td_start(&t, 16);
+	struct md__client *agent = td_agent(&t, NULL, &w, &fd);
+	struct md__client *cli1 = td_connect(&t), *cli2 = td_connect(&t);
+	control_start(&k1, cli1, MD_CTL_UNMERGE, getpid(), NULL, NULL);
+	next_control(agent, &c1);
+	control_start(&k2, cli2, MD_CTL_UNMERGE, getpid(), NULL, NULL);
+	next_control(agent, &c2);
+	ASSERT_EQ(md__client_control_done(agent, c1.token, -ENOMEM, "short"), 0);
+	ASSERT_EQ(md__client_control_done(agent, c2.token, -ENOMEM, "short"), 0);
+	ASSERT_EQ(control_end(&k1), -ENOMEM);
+	ASSERT_EQ(control_end(&k2), -ENOMEM);
+	ASSERT(!rejoins_paused(&t, &agent, &fd));
+
+	control_start(&k1, cli1, MD_CTL_UNMERGE, getpid(), NULL, NULL);
+	next_control(agent, &c1);
+	ASSERT_EQ(md__client_control_done(agent, c1.token, 0, NULL), 0);
+	ASSERT_EQ(control_end(&k1), 0);
+	control_start(&k2, cli1, MD_CTL_UNMERGE, getpid(), NULL, NULL);
+	next_control(agent, &c2);
+	control_start(&k3, cli2, MD_CTL_RESUME, getpid(), NULL, NULL);
+	next_control(agent, &c3);
+	ASSERT_EQ(c3.op, MD_CTL_RESUME);
+	ASSERT_EQ(md__client_control_done(agent, c3.token, 0, NULL), 0);
+	ASSERT_EQ(control_end(&k3), 0);
+	ASSERT_EQ(md__client_control_done(agent, c2.token, -ENOMEM, "short"), 0);
+	ASSERT_EQ(control_end(&k2), -ENOMEM);
+	ASSERT(!rejoins_paused(&t, &agent, &fd));
+	md__client_free(agent);
+	close(fd);
+	md__client_free(cli1);
+	md__client_free(cli2);
+	td_stop(&t);
+	return 0;
+}
+
 /* CONTROLs that reach no agent, answered at once, and domains made and
  * dropped, in a loop: any user may send them, and the daemon's lines about
  * them are limited in rate as those about bad peers are. */
