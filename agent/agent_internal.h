@@ -212,6 +212,9 @@ struct md_agent {
 				 * WELCOME does not resume it */
 	int unmerging;		/* an unmerge runs (pause_lock): no WELCOME resumes the scanner
 				 * between its parts */
+	int unmerge_wanted;	/* the pause such a WELCOME asked for (pause_lock), -1 none: a
+				 * refused unmerge applies it if nothing set the pause since */
+	unsigned unmerge_wanted_gen;	/* pause_gen as that WELCOME left it */
 	struct timespec next_connect;	/* to memdedupd, while disconnected */
 	struct timespec rate_at;	/* the merge rate's last update, and the reap's */
 	struct timespec break_at;
@@ -431,6 +434,8 @@ void md__scan_leave_old_pool(struct md_agent *a);
 uint64_t md__scan_activity(struct md_agent *a);
 /* Does a CONTROL memdedupd forwarded (the agent's thread), and answers it. */
 struct md__msg_control;
+/* A WELCOME's pause (paused or not), kept where something else keeps it. */
+int md__scan_welcome_pause(struct md_agent *a, int paused);
 void md__scan_apply_control(struct md_agent *a, const struct md__msg_control *ctl);
 /* From the agent thread, often: reconnects to memdedupd, applies its
  * CONTROL messages; report: also send our counters. */

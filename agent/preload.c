@@ -452,8 +452,8 @@ static int protect_first(const void *addr, size_t len, int prot, int pkey)
 		return 0;
 	/* What the kernel refuses changes nothing here either: a protection
 	 * it does not know, a key this process was not given. */
-	if (prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC | PROT_SEM | PROT_GROWSDOWN | PROT_GROWSUP))
-		return 0;
+	if (prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC | PROT_SEM))
+		return 0;	/* and PROT_GROWS*: guest RAM never grows */
 	if (pkey > 0) {
 		void *p = md__sys_mmap(NULL, MD_PAGE_SIZE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 		int saved = errno;
@@ -1127,10 +1127,11 @@ EXPORT long syscall(long nr, ...)
 	case SYS_pread64:
 		return pread((int)a[0], (void *)a[1], (size_t)a[2], (off_t)a[3]);
 	}
-	/* A count or flags the kernel takes as longs and refuses past an
-	 * int's: its answer, not one of a narrowed call. */
-	int v2 = nr == SYS_preadv2 || nr == SYS_pwritev2;
-	if ((v2 || nr == SYS_preadv || nr == SYS_pwritev) && (a[2] != (int)a[2] || (v2 && a[5] != (int)a[5])))
+	/* A count the kernel takes as a long and refuses past an int's: its
+	 * answer, not one of a narrowed call. (Flags it takes as an int, as
+	 * the wrappers do.) */
+	if ((nr == SYS_preadv || nr == SYS_preadv2 || nr == SYS_pwritev || nr == SYS_pwritev2) &&
+	    a[2] != (int)a[2])
 		return call(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
 	switch (nr) {
 	case SYS_preadv:

@@ -168,6 +168,7 @@ static int pause_set_kept(md_agent *a, int paused, int flags)
 	if (!a || !a->engine)
 		return -EINVAL;
 	pthread_mutex_lock(&a->pause_lock);
+	int asked = paused;
 	paused |= (flags & PAUSE_KEEP) && kept_paused(a);
 	/* Nothing could be merged: resuming would only spend CPU. */
 	if (!paused && __atomic_load_n(&a->io_unseen, __ATOMIC_SEQ_CST)) {
@@ -176,6 +177,10 @@ static int pause_set_kept(md_agent *a, int paused, int flags)
 	}
 	a->pause_gen++;
 	__atomic_store_n(&a->scanner.paused, paused ? 1 : 0, __ATOMIC_SEQ_CST);
+	if ((flags & PAUSE_KEEP) && a->unmerging) {
+		a->unmerge_wanted = asked;	/* for the unmerge's end, if refused */
+		a->unmerge_wanted_gen = a->pause_gen;
+	}
 	if (!paused) {
 		__atomic_store_n(&a->unmerged, 0, __ATOMIC_RELAXED);
 		if (flags & PAUSE_CLEAR_HERE)
@@ -441,6 +446,7 @@ static int unmerge_locked(md_agent *a, char *why, size_t size, int by)
 	unsigned gen = a->pause_gen;
 	int was_paused = __atomic_exchange_n(&a->scanner.paused, 1, __ATOMIC_SEQ_CST);
 	a->unmerging = 1;	/* one at a time: unmerge_lock */
+	a->unmerge_wanted = -1;
 	pthread_mutex_unlock(&a->pause_lock);
 	md__scanner_stop(&a->scanner);	/* no merge may start meanwhile */
 	/* agent->lock first (the lock order): no read maps an image page
@@ -533,6 +539,9 @@ paused:
 		if (a->pause_gen == gen)
 			__atomic_compare_exchange_n(&a->scanner.paused, &one, was_paused, 0,
 						    __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+		else if (a->unmerge_wanted >= 0 && a->pause_gen == a->unmerge_wanted_gen)
+			/* A welcome, the last to say, kept paused only for us. */
+			__atomic_store_n(&a->scanner.paused, a->unmerge_wanted, __ATOMIC_SEQ_CST);
 		int keep = kept_paused(a);
 		pthread_mutex_unlock(&a->pause_lock);
 		if (keep || __atomic_load_n(&a->io_unseen, __ATOMIC_SEQ_CST))
@@ -823,7 +832,12 @@ static void apply_welcome(struct md_agent *a, const struct md__msg_welcome *w)
 	int paused = (w->state & MD_WELCOME_PAUSED) != 0;
 	if (a->engine->remote->same_daemon && !paused && __atomic_load_n(&a->unmerged, __ATOMIC_RELAXED) == 2)
 		__atomic_store_n(&a->unmerged, 0, __ATOMIC_RELAXED);
-	pause_set_kept(a, paused, PAUSE_KEEP);
+	md__scan_welcome_pause(a, paused);
+}
+
+int md__scan_welcome_pause(struct md_agent *a, int paused)
+{
+	return pause_set_kept(a, paused, PAUSE_KEEP);
 }
 
 /* The VMM's user changed since it joined memdedupd (QEMU's -runas drops

@@ -2456,6 +2456,7 @@ static void daemon_back_between_parts(struct md_agent *a)
 	for (int i = 0; i < 500 && (!md__remote_connected(a->engine->remote) || a->engine->remote->generation == gen);
 	     i++)
 		usleep(10000);
+	welcome_applied(t);	/* and its WELCOME applied, before the next part */
 }
 
 /* An unmerge pauses the scanner until resumed, whatever a WELCOME says
@@ -2661,6 +2662,33 @@ TEST_IMPL(scan_refused_unmerge_keeps_daemon_pause)
 	ASSERT_EQ(s.pages_sharing, n);	/* refused: still merged */
 	for (size_t i = 0; i < n * PG; i++)
 		ASSERT(m[i] == (char)((i / PG) % (n / 2) * 31 + i % PG));
+	md_agent_free(a);
+	munmap(m, n * PG);
+	return 0;
+}
+
+/* A reconnect's WELCOME (not paused) while the VMM's unmerge, refused for
+ * want of memory, runs: kept paused for the unmerge, then left paused by
+ * it (the welcome had set the pause since), though memdedupd said run. The
+ * refused unmerge applies what the welcome asked for. */
+TEST_IMPL(scan_refused_unmerge_applies_welcome)
+{
+	struct test_cgroup cg;
+	if (cgroup_make(&cg) != 0)
+		SKIP("no memory cgroup of our own to be had here");
+	md_agent *a;
+	const size_t n = 64;
+	char *m = pairs_merged_here(&a, NULL, n);
+	ASSERT_EQ(cgroup_enter(&cg, getpid()), 0);
+	ASSERT_EQ(cgroup_limit(&cg, cgroup_usage(&cg) + (32ull << 20)), 0);
+	for (int round = 0; round < 20; round++) {
+		pthread_t t;
+		ASSERT_EQ(pthread_create(&t, NULL, unmerge_refused_often, a), 0);
+		usleep(1000 + 500 * (unsigned)round);
+		md__scan_welcome_pause(a, 0);
+		pthread_join(t, NULL);
+		ASSERT_EQ(scanner_paused(a), 0);
+	}
 	md_agent_free(a);
 	munmap(m, n * PG);
 	return 0;
