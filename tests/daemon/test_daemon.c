@@ -3736,6 +3736,32 @@ TEST_IMPL(daemon_user_resume_not_over_admin)
 	td_stop(&t);
 	return 0;
 }
+/* A child that runs as_nobody(t, the write end of a pipe) and exits with
+ * its result; *ready: the read end. */
+static pid_t fork_as_nobody(struct tdaemon *t, int (*as_nobody)(struct tdaemon *, int), int *ready)
+{
+	int p[2];
+	ASSERT(pipe(p) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		close(p[0]);
+		_exit(as_nobody(t, p[1]));
+	}
+	close(p[1]);
+	*ready = p[0];
+	return kid;
+}
+
+/* The child's exit status (it exited, not killed). */
+static int child_exit(pid_t kid)
+{
+	int st;
+	ASSERT_EQ(waitpid(kid, &st, 0), kid);
+	ASSERT(WIFEXITED(st));
+	return WEXITSTATUS(st);
+}
+
 /* As nobody: an agent that refuses root's UNMERGE (memory short), then is
  * paused and resumed by its own user. Exits 0 if the RESUME was taken. */
 static int own_resume_after_refusal_as_nobody(struct tdaemon *t, int ready)
@@ -3778,25 +3804,15 @@ TEST_IMPL(daemon_user_resume_after_refused_unmerge)
 	if (getuid() != 0 || !getpwnam("nobody"))
 		SKIP("needs root and a 'nobody' user");
 	td_start(&t, 16);
-	int ready[2];
-	ASSERT(pipe(ready) == 0);
-	pid_t kid = fork();
-	ASSERT(kid >= 0);
-	if (kid == 0) {
-		close(ready[0]);
-		_exit(own_resume_after_refusal_as_nobody(&t, ready[1]));
-	}
-	close(ready[1]);
+	int ready;
+	pid_t kid = fork_as_nobody(&t, own_resume_after_refusal_as_nobody, &ready);
 	char x, text[MD_TEXT_MAX + 1];
-	ASSERT_EQ(read(ready[0], &x, 1), 1);
+	ASSERT_EQ(read(ready, &x, 1), 1);
 	struct md__client *cli = td_connect(&t);
 	ASSERT_EQ(control(cli, MD_CTL_UNMERGE, kid, NULL, NULL, text), -ENOMEM);
-	int st;
-	ASSERT_EQ(waitpid(kid, &st, 0), kid);
-	ASSERT(WIFEXITED(st));
-	ASSERT_EQ(WEXITSTATUS(st), 0);
+	ASSERT_EQ(child_exit(kid), 0);
 	md__client_free(cli);
-	close(ready[0]);
+	close(ready);
 	td_stop(&t);
 	return 0;
 }
@@ -3842,25 +3858,15 @@ TEST_IMPL(daemon_user_refused_unmerge_keeps_root_hold)
 	if (getuid() != 0 || !getpwnam("nobody"))
 		SKIP("needs root and a 'nobody' user");
 	td_start(&t, 16);
-	int ready[2];
-	ASSERT(pipe(ready) == 0);
-	pid_t kid = fork();
-	ASSERT(kid >= 0);
-	if (kid == 0) {
-		close(ready[0]);
-		_exit(own_refusal_keeps_root_hold_as_nobody(&t, ready[1]));
-	}
-	close(ready[1]);
+	int ready;
+	pid_t kid = fork_as_nobody(&t, own_refusal_keeps_root_hold_as_nobody, &ready);
 	char x, text[MD_TEXT_MAX + 1];
-	ASSERT_EQ(read(ready[0], &x, 1), 1);
+	ASSERT_EQ(read(ready, &x, 1), 1);
 	struct md__client *cli = td_connect(&t);
 	ASSERT_EQ(control(cli, MD_CTL_UNMERGE, kid, NULL, NULL, text), 0);
-	int st;
-	ASSERT_EQ(waitpid(kid, &st, 0), kid);
-	ASSERT(WIFEXITED(st));
-	ASSERT_EQ(WEXITSTATUS(st), 0);
+	ASSERT_EQ(child_exit(kid), 0);
 	md__client_free(cli);
-	close(ready[0]);
+	close(ready);
 	td_stop(&t);
 	return 0;
 }
@@ -3907,25 +3913,15 @@ TEST_IMPL(daemon_user_set_is_each_agents_own)
 	if (getuid() != 0 || !getpwnam("nobody"))
 		SKIP("needs root and a 'nobody' user");
 	td_start(&t, 16);
-	int ready[2];
-	ASSERT(pipe(ready) == 0);
-	pid_t kid = fork();
-	ASSERT(kid >= 0);
-	if (kid == 0) {
-		close(ready[0]);
-		_exit(user_set_own_as_nobody(&t, ready[1]));
-	}
-	close(ready[1]);
+	int ready;
+	pid_t kid = fork_as_nobody(&t, user_set_own_as_nobody, &ready);
 	char x, text[MD_TEXT_MAX + 1];
 	struct md__client *cli = td_connect(&t);
-	if (read(ready[0], &x, 1) == 1)
+	if (read(ready, &x, 1) == 1)
 		ASSERT_EQ(control(cli, MD_CTL_SET, 0, "pages_to_scan", "300", text), 0);
-	int st;
-	ASSERT_EQ(waitpid(kid, &st, 0), kid);
-	ASSERT(WIFEXITED(st));
-	ASSERT_EQ(WEXITSTATUS(st), 0);
+	ASSERT_EQ(child_exit(kid), 0);
 	md__client_free(cli);
-	close(ready[0]);
+	close(ready);
 	td_stop(&t);
 	return 0;
 }
