@@ -358,7 +358,13 @@ int main(int argc, char **argv)
 		fprintf(stderr, "memdedupd: --run-dir and --socket need a path\n");
 		return 2;
 	}
-	err = md__run_dir(run_opt, given, sizeof(given));
+	/* The /tmp default is looked up only: made (mode 0700, and checked
+	 * again) once the paths are, so that a start that fails removes it. */
+	int tmp_default = 0;
+	if (run_opt)
+		err = md__run_dir(run_opt, given, sizeof(given));
+	else if ((err = md__run_dir_lookup(given, sizeof(given))) == -ENOENT)
+		tmp_default = 1, err = 0;
 	if (!err)
 		err = absolute(given, run_dir, sizeof(run_dir));
 	if (err) {
@@ -387,7 +393,12 @@ int main(int argc, char **argv)
 		return 1;
 	}
 
-	err = mkdir_p(run_dir, &made);
+	if (tmp_default) {
+		err = md__run_dir(NULL, given, sizeof(given));
+		made = err ? 0 : strlen(run_dir);
+	} else {
+		err = mkdir_p(run_dir, &made);
+	}
 	if (err) {
 		fprintf(stderr, "memdedupd: cannot create %s: %s\n", run_dir, strerror(-err));
 		goto remove_dirs;

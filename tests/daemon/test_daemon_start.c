@@ -191,6 +191,47 @@ TEST_IMPL(daemon_failed_start_cleans)
 	return 0;
 }
 
+/* The same for the /tmp default of a user without XDG_RUNTIME_DIR: a start
+ * that fails (here its socket path too long) leaves no /tmp/memdedup-UID
+ * it made. It was made before the paths were checked, and stayed. */
+TEST_IMPL(daemon_failed_start_leaves_no_tmp_dir)
+{
+	struct passwd *pw = getpwnam("nobody");
+	if (getuid() != 0 || !pw)
+		SKIP("needs root and a 'nobody' user");
+	char dir[64], sock[200];
+	snprintf(dir, sizeof(dir), "/tmp/memdedup-%u", (unsigned)pw->pw_uid);
+	if (access(dir, F_OK) == 0)
+		SKIP("%s is there already: whether a start makes it cannot be told", dir);
+	int n = snprintf(sock, sizeof(sock), "/tmp/");
+	memset(sock + n, 'x', 130);
+	sock[n + 130] = '\0';
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		if (setresgid(pw->pw_gid, pw->pw_gid, pw->pw_gid) != 0 ||
+		    setresuid(pw->pw_uid, pw->pw_uid, pw->pw_uid) != 0)
+			_exit(100);
+		unsetenv("XDG_RUNTIME_DIR");
+		unsetenv("MEMDEDUP_RUN_DIR");
+		setenv("MEMDEDUP_SOCKET", sock, 1);
+		int null = open("/dev/null", O_WRONLY);
+		if (null >= 0)
+			dup2(null, 2);
+		execl(daemon_exe(), "memdedupd", "--foreground", (char *)NULL);
+		_exit(127);
+	}
+	int st;
+	ASSERT_EQ(waitpid(kid, &st, 0), kid);
+	int made = access(dir, F_OK) == 0;
+	if (made)
+		rmdir(dir);	/* the user's, empty: as it was */
+	ASSERT(WIFEXITED(st));
+	ASSERT_EQ(WEXITSTATUS(st), 1);
+	ASSERT(!made);
+	return 0;
+}
+
 TEST_IMPL(daemon_run_dir_too_long)
 {
 	char run[600], args[1400], err[400], top[400];
