@@ -72,10 +72,11 @@ const struct md__cmd md__cmd_run_def = {
 	"memdedupd started here leaves this command's cgroups for the top of each\n"
 	"hierarchy (it serves more than this VMM).\n"
 	"\n"
-	"Exit status: CMD's; 127 CMD not found, 126 not executable, or run by the\n"
-	"dynamic loader in secure mode (set-uid, set-gid or file capabilities: it\n"
-	"would ignore the agent), 2 wrong usage or a library that cannot be\n"
-	"preloaded (nothing started in these cases).\n",
+	"Exit status: CMD's; 127 CMD, its #! interpreter or its dynamic loader not\n"
+	"found, 126 not executable, or run by the dynamic loader in secure mode\n"
+	"(set-uid, set-gid or file capabilities: it would ignore the agent), 2\n"
+	"wrong usage or a library that cannot be preloaded, 1 --scan where no\n"
+	"userfaultfd can be opened (nothing started in these cases).\n",
 	.run = md__cmd_run,
 };
 

@@ -91,7 +91,8 @@ int md__client_reads(struct md__client *c, const struct md__read_run *run, uint3
 int md__client_publish(struct md__client *c, const uint64_t *hash, const void *pages,
 		       uint32_t n, uint32_t *first_slot);
 /* n <= MD_PUBLISH_EACH_MAX PUBLISHes of one page each (pages[i], sent from
- * where it is: a page that changed since it was hashed is refused), sent
+ * where it is, the scanner's copies: a page that changed since it was
+ * hashed is refused), sent
  * at once, their replies read after: status[i] is 0 (slot[i] filled, one reference held) or the
  * daemon's refusal of page i (an ERROR's status). Returns 0 when every
  * reply came, else a negative errno, and the caller holds none of them:

@@ -98,8 +98,10 @@ typedef struct md_agent_options {
 	/* The sharing domain: pages of different domains never share a frame.
 	 * "private": merge only within this process (a pool of its own).
 	 * NULL or "": the default domain of this Unix user in memdedupd if
-	 * it answers at start, else private. Any other name: that domain of
-	 * this user in memdedupd (waiting for it if it is not running). */
+	 * one is there at start (a slow or busy one is waited for), else
+	 * private. Any other name: that domain of this user in memdedupd
+	 * (waiting for it if it is not running), private if the name or the
+	 * socket's path cannot be used (said in the log). */
 	const char *domain;
 	const char *daemon_socket;  /* NULL: $MEMDEDUP_SOCKET or the default */
 	/* Reads that would map fewer whole pages than this are copied as
@@ -354,8 +356,10 @@ MD_API int md_agent_pause(md_agent *agent, int paused);
  * now on reads are copied and content scanning stops merging, for good;
  * said once in the log with `what` ("set up Linux AIO"). The preload
  * library calls it when QEMU sets up Linux AIO (aio=native), submits
- * io_uring entries that may write memory (aio=io_uring), or maps memory for
- * a device's DMA (VFIO, iommufd). */
+ * io_uring entries that may write memory (aio=io_uring) or registers ring
+ * buffers, maps memory for a device's DMA (VFIO, iommufd, vhost-vdpa,
+ * vhost-scsi), passes SCSI commands through into guest RAM (SG_IO),
+ * registers memory with an RDMA adapter, or sends with MSG_ZEROCOPY. */
 MD_API void md_agent_io_unseen(md_agent *agent, const char *what);
 /* Sets a scanner tunable live: pages_to_scan, sleep_millisecs, cpu_percent
  * (1..100), hint_ratio (0..8 hinted visits of every 8, 0: no hints), order
@@ -374,7 +378,8 @@ MD_API int md_agent_set(md_agent *agent, const char *key, const char *value);
  * scanner's merges from then on (no userfaultfd protects a mapping of a
  * disk file). Fails with -ENOMEM, having changed nothing (not
  * paused either), when the host or the process's memory cgroup has not the
- * memory for the copies and 64 MiB to spare. */
+ * memory for the copies and 64 MiB to spare; -EINVAL without MD_OPT_SCAN
+ * (nothing is merged then: pages shared at read time stay so). */
 MD_API int md_agent_unmerge(md_agent *agent);
 
 /* Fills *stats with the agent's counters, refreshing the "now" ones. */
