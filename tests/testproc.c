@@ -481,13 +481,15 @@ static long long thread_syscr(void)
  * thread's own). */
 static void *free_scratch;
 static int alloc_locked;
+/* The C library's pread of _FORTIFY_SOURCE builds (chkread). */
+extern ssize_t __pread_chk(int fd, void *buf, size_t len, off_t off, size_t buflen);
+
 #ifndef __SANITIZE_ADDRESS__	/* AddressSanitizer's allocator is its own */
 static pthread_mutex_t alloc_lock = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
 extern void __libc_free(void *p);
 extern void *__libc_malloc(size_t n);
 extern void *__libc_calloc(size_t n, size_t size);
 extern void *__libc_realloc(void *p, size_t n);
-extern ssize_t __pread_chk(int fd, void *buf, size_t len, off_t off, size_t buflen);
 static int alloc_enter(void)
 {
 	int locked = __atomic_load_n(&alloc_locked, __ATOMIC_ACQUIRE);
