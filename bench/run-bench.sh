@@ -313,7 +313,8 @@ fi
 
 # --- results.json ---------------------------------------------------------------
 # Per mode: final fleet PSS = mean of the last 5 samples with every guest alive
-# (and none within 1.5 s of exiting) taken after the last guest's READS-DONE
+# (and none within 1.5 s of exiting, nor past the first guest's HOLD-END, when
+# its recheck begins) taken after the last guest's READS-DONE
 # (a mode with fewer such samples fails the report);
 # saving = final PSS of mode none - final PSS of the mode; t50/t90 = seconds
 # after the last guest's READS-DONE until saving(t) = PSS_none_final - PSS(t)
@@ -326,11 +327,15 @@ metrics() {  # DIR REF_PSS_KB -> "key value" lines
       while ((getline line < gfile) > 0) {
         split(line, g, "\t"); if (g[3] == "NA") rdna = 1; else if (g[3] + 0 > rd) rd = g[3] + 0
         if (fe == "" || g[4] + 0 < fe) fe = g[4] + 0
+        # the first end of a hold (older runs have no such column)
+        if (g[8] != "" && g[8] != "NA" && (he == "" || g[8] + 0 < he)) he = g[8] + 0
       }
     }
     # a sample counts when every guest was alive and none was within 1.5 s of
-    # exiting (a QEMU tearing down its memory, or an agent already gone)
-    function ok(i) { return alive[i] == n && t[i] + 0 <= fe - 1.5 }
+    # exiting (a QEMU tearing down its memory, or an agent already gone), nor
+    # past the end of a hold: the recheck after it writes (the tmpfs
+    # workload a token into every copy), which undoes some of the saving
+    function ok(i) { return alive[i] == n && t[i] + 0 <= fe - 1.5 && (he == "" || t[i] + 0 <= he - 1) }
     NR == 1 { next }
     {
       t[NR] = $1; p[NR] = $2; ks[NR] = $6; md[NR] = $7; alive[NR] = $10; last = NR
@@ -340,7 +345,7 @@ metrics() {  # DIR REF_PSS_KB -> "key value" lines
       # the CPU of the first win seconds (the agents column drops as they exit)
       if ($1 + 0 <= win) { kwin = $8 + 0; if ($9 + 0 > awin) awin = $9 + 0; twin = $1 + 0 }
     }
-    function after(i) { return t[i] - rd < 1 ? "0" : sprintf("%.1f", t[i] - rd) }
+    function after(i) { return t[i] - rd <= 0 ? "0" : sprintf("%.1f", t[i] - rd) }
     END {
       # the final values: samples after every guest had read (none when one
       # never said READS-DONE); kf & co. from the last of them
@@ -390,7 +395,7 @@ present=""
 for m in $modes; do
   d=$out/$m
   [ -f "$d/samples.tsv" ] || continue
-  if [ ! -f "$d/meta" ] || [ "$(awk -F'\t' 'NF == 7 && $7 != ""' "$d/guests.tsv" 2>/dev/null | wc -l)" != 2 ]; then
+  if [ ! -f "$d/meta" ] || [ "$(awk -F'\t' 'NF >= 7 && $7 != ""' "$d/guests.tsv" 2>/dev/null | wc -l)" != 2 ]; then
     echo "run-bench.sh: mode $m left out: it did not finish (no meta, or no complete guests.tsv, in $d)" >&2
     continue
   fi

@@ -45,7 +45,8 @@
 #  15 md_merged    guest pages they merged (onto pool or image pages)
 #  16 md_zero      zero pages they dropped, not written since (14-16: 0
 #                  without jq or agents)
-# guests.tsv: idx pid reads_done_t exit_t rc guest_read_s result
+# guests.tsv: idx pid reads_done_t exit_t rc guest_read_s result hold_end_t
+# (hold_end_t: when the guest's hold ended and its recheck began, NA if none)
 #
 # Every QEMU runs in its own session (setsid, which execs: the pid stays
 # QEMU's, and `memdedup run` execs too), and is killed with its group on exit,
@@ -367,10 +368,10 @@ fleet_run() {
     esac
   done
 
-  local -a rd ex rc pids
+  local -a rd he ex rc pids
   pids=("${FLEET_PIDS[@]}")
   local left=$n now_s p
-  for i in $(seq 0 $((n - 1))); do rd[i]=""; ex[i]=""; rc[i]=""; done
+  for i in $(seq 0 $((n - 1))); do rd[i]=""; he[i]=""; ex[i]=""; rc[i]=""; done
   while [ "$left" -gt 0 ]; do
     for i in $(seq 0 $((n - 1))); do
       [ -n "${ex[i]}" ] && continue
@@ -378,9 +379,13 @@ fleet_run() {
       if [ -z "${rd[i]}" ] && grep -q '^MEMDEDUP-GUEST: READS-DONE' "${FLEET_LOGS[i]}" 2>/dev/null; then
         rd[i]=$(fleet_now)
       fi
+      if [ -z "${he[i]}" ] && grep -q '^MEMDEDUP-GUEST: HOLD-END' "${FLEET_LOGS[i]}" 2>/dev/null; then
+        he[i]=$(fleet_now)
+      fi
       if ! kill -0 "$p" 2>/dev/null; then
         ex[i]=$(fleet_now)
         [ -z "${rd[i]}" ] && grep -q '^MEMDEDUP-GUEST: READS-DONE' "${FLEET_LOGS[i]}" && rd[i]=${ex[i]}
+        [ -z "${he[i]}" ] && grep -q '^MEMDEDUP-GUEST: HOLD-END' "${FLEET_LOGS[i]}" && he[i]=${ex[i]}
         local r=0
         wait "$p" || r=$?
         rc[i]=$r
@@ -425,8 +430,8 @@ fleet_run() {
       fleet_log "guest $((i + 1)): QEMU exit status ${rc[i]}"
       ok=1
     fi
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' $((i + 1)) "${pids[i]}" "${rd[i]:-NA}" "${ex[i]}" "${rc[i]}" \
-      "${rs:-NA}" "$res" >> "$dir/guests.tsv"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' $((i + 1)) "${pids[i]}" "${rd[i]:-NA}" "${ex[i]}" "${rc[i]}" \
+      "${rs:-NA}" "$res" "${he[i]:-NA}" >> "$dir/guests.tsv"
   done
   FLEET_PIDS=()
   return $ok
