@@ -126,10 +126,9 @@ struct md_agent {
 	size_t nregions, regions_cap;
 	struct md__image *images;
 	size_t nimages, images_cap;
-	/* Images holding a descriptor (fd >= 0), kept under a share of the
-	 * VMM's RLIMIT_NOFILE (images.c, image_fds_room); and when a walk
-	 * for images to let go to make room last found none (monotonic s). */
-	size_t image_fds;
+	/* When a walk for images to let go, to keep our descriptors under a
+	 * share of the VMM's RLIMIT_NOFILE, last found none (monotonic s;
+	 * images.c, image_fds_room). */
 	time_t image_fds_full_at;
 	/* Descriptions of our own of the files the VMM held open read-only
 	 * when it chrooted (md__images_before_chroot): with /proc gone, the

@@ -192,12 +192,13 @@ static int image_fd_ours(const struct md__image *img)
 	return img->fd >= 0 && same_file(img->fd, img->dev, img->ino) && fd_is_ours(img->fd);
 }
 
-/* Sets img's descriptor (-1: none), keeping the count of images that hold
- * one right (image_fds_room). */
-static void image_fd_set(struct md_agent *a, struct md__image *img, int fd)
+/* How many images hold a descriptor of ours (image_fds_room). */
+static size_t image_fds(const struct md_agent *a)
 {
-	a->image_fds = a->image_fds + (fd >= 0) - (img->fd >= 0);
-	img->fd = fd;
+	size_t n = 0;
+	for (size_t i = 0; i < a->nimages; i++)
+		n += a->images[i].fd >= 0;
+	return n;
 }
 
 static int image_fds_room(struct md_agent *a);
@@ -263,11 +264,10 @@ static struct md__image *image_add(struct md_agent *a, int fd, const struct stat
 		.id = (uint32_t)a->nimages + 1,
 		.dev = st->st_dev,
 		.ino = st->st_ino,
-		.fd = -1,
+		.fd = own_fd,
 		.shmem = shmem,
 		.lease = MD_LEASE_NONE,
 	};
-	image_fd_set(a, img, own_fd);
 	a->nimages++;
 	probe_remember(a, img);
 	return img;
@@ -420,7 +420,7 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, const struct md__f
 		 * (md__images_release_idle). Either way not ours to count. */
 		int lost = img->fd >= 0;
 		if (lost) {
-			image_fd_set(a, img, -1);
+			img->fd = -1;
 			probe_forget(a, img);
 		}
 		if (!image_fds_room(a)) {
@@ -438,7 +438,7 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, const struct md__f
 		if (lost)
 			md__log_once(25, "the agent's own descriptor of an image was closed or replaced "
 				     "by the VMM: it opened the image again");
-		image_fd_set(a, img, own_fd);
+		img->fd = own_fd;
 		probe_remember(a, img);
 	}
 	if (a->lease_uid != (uid_t)-1 && st.st_uid != a->lease_uid) {
@@ -462,7 +462,7 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, const struct md__f
 	if (!image_fd_ours(img)) {
 		if (fcntl(img->fd, F_GETLEASE) == F_RDLCK)
 			fcntl(img->fd, F_SETLEASE, F_UNLCK);
-		image_fd_set(a, img, -1);
+		img->fd = -1;
 		probe_forget(a, img);
 		*why = MD_FB_NO_LEASE;
 		retry_later(img);
@@ -718,7 +718,7 @@ static int image_let_go(struct md_agent *a, struct md__image *img, int reopen)
 		return 0;
 	if (ours)
 		close(img->fd);
-	image_fd_set(a, img, -1);
+	img->fd = -1;
 	probe_forget(a, img);
 	return 1;
 }
@@ -779,7 +779,8 @@ static int image_fds_room(struct md_agent *a)
 	if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY)
 		return 1;
 	size_t cap = rl.rlim_cur / 8 > IMAGE_FDS_MIN ? (size_t)(rl.rlim_cur / 8) : IMAGE_FDS_MIN;
-	if (a->image_fds < cap)
+	size_t held = image_fds(a);
+	if (held < cap)
 		return 1;
 	/* Where /proc is gone (a chroot), an image's descriptor can only be
 	 * the spare kept of its file, open already: taking it opens none. */
@@ -802,12 +803,12 @@ static int image_fds_room(struct md_agent *a)
 				order[n++] = i;
 		qsort_r(order, n, sizeof(*order), by_use, a->images);
 		size_t keep = cap - cap / 4;
-		for (size_t k = 0; k < n && (k == 0 || a->image_fds > keep); k++)
-			image_let_go(a, &a->images[order[k]], 1);
+		for (size_t k = 0; k < n && (k == 0 || held > keep); k++)
+			held -= (size_t)image_let_go(a, &a->images[order[k]], 1);
 	}
 	free(state);
 	free(order);
-	if (a->image_fds < cap) {
+	if (held < cap) {
 		md__log_once(128, "the agent holds as many descriptors of images as it may (%zu, an "
 			     "eighth of the VMM's RLIMIT_NOFILE): images no page of guest RAM maps are "
 			     "let go early", cap);
@@ -969,7 +970,6 @@ void md__images_free(struct md_agent *a)
 	free(a->images);
 	a->images = NULL;
 	a->nimages = a->images_cap = 0;
-	a->image_fds = 0;
 	for (size_t i = 0; i < a->nspares; i++)
 		spare_close(&a->spares[i]);
 	free(a->spares);
