@@ -606,8 +606,8 @@ void md__scan_leave_old_pool(struct md_agent *a)
 			return;
 	}
 	if (md__engine_leave_file(e, LEAVE_PER_SECOND, copy))
-		md__log_once(114, "moving pages off memdedupd's old pool (it restarted): the scanner "
-			     "merges them in the new one");
+		md__log_once(114, "moving pages off a pool memdedupd no longer serves this agent (it "
+			     "restarted, or the VMM's user changed): the scanner merges them in the new one");
 }
 
 uint64_t md__scan_activity(struct md_agent *a)
@@ -893,9 +893,13 @@ static void user_changed(struct md_agent *a, uid_t now)
 	a->next_connect.tv_sec = t.tv_sec + 1;	/* when memdedupd has seen this connection go */
 	md__engine_remote_drop(a->engine);
 	a->user_moving = 0;
-	md__log("the VMM's user changed (uid %u to %u) since it joined memdedupd: its pool pages are "
-		"private copies now, and it joins uid %u's domain", (unsigned)was, (unsigned)now,
-		(unsigned)now);
+	if (was == now)
+		md__log("the VMM's user came back (uid %u) while it left that user's domain: its pool "
+			"pages are private copies now, and it joins that domain again", (unsigned)now);
+	else
+		md__log("the VMM's user changed (uid %u to %u) since it joined memdedupd: its pool pages "
+			"are private copies now, and it joins uid %u's domain", (unsigned)was,
+			(unsigned)now, (unsigned)now);
 	/* As it was (memdedupd's welcome says anew on the next connection). */
 	pause_set_kept(a, a->user_was_paused, PAUSE_KEEP);
 }
@@ -908,8 +912,10 @@ void md__scan_daemon(struct md_agent *a, int report)
 	struct md__remote *rm = e->remote;
 	uid_t euid = geteuid();
 	/* Connected, or away with the old user's pool still ours (a move the
-	 * connection's loss cut short, or a change made while away). */
-	if (euid != a->joined_uid && (md__remote_connected(rm) || rm->view))
+	 * connection's loss cut short, or a change made while away). A move
+	 * begun ends even if the user came back meanwhile: its pages are
+	 * private and its scanner paused until it does. */
+	if ((euid != a->joined_uid || a->user_moving) && (md__remote_connected(rm) || rm->view))
 		user_changed(a, euid);
 	if (!md__remote_connected(rm) && rm->view && euid != a->joined_uid)
 		return;	/* a move away from the old pool not made yet */

@@ -25,6 +25,6 @@
 	X(scan_off_says_why) \
 	X(scan_stress_no_lost_write) X(scan_stress_catches_lost_write) \
 	X(cross_process_sharing) X(cross_in_process_duplicates) X(cross_domains_never_share) X(cross_daemon_killed) X(cross_agent_killed_mid_merge) X(cross_daemon_killed_mid_scan) X(cross_daemon_stopped) X(cross_leaves_vmm_holes) \
-	X(cross_stress_no_lost_write) X(cross_stress_daemon_restart_no_lost_write) X(cross_unrefs_batched) X(cross_exec_gives_back) X(cross_pid_namespace_shares) X(cross_user_change_moves_domain) X(cross_user_change_while_away) X(cross_chroot_keeps_no_pool_open) X(cross_reads_pair) X(cross_unmerge_short_of_memory) X(cross_unmerge_image_pages) X(cross_unmerge_after_daemon_restart) X(cross_old_pool_left_after_daemon_restart) X(cross_old_pool_leaves_vmm_file_alone) X(cross_old_pool_left_after_unmerge) X(cross_daemon_stalled_unrefs_kept)
+	X(cross_stress_no_lost_write) X(cross_stress_daemon_restart_no_lost_write) X(cross_unrefs_batched) X(cross_exec_gives_back) X(cross_pid_namespace_shares) X(cross_user_change_moves_domain) X(cross_user_change_while_away) X(cross_user_back_mid_move_merges_again) X(cross_chroot_keeps_no_pool_open) X(cross_reads_pair) X(cross_unmerge_short_of_memory) X(cross_unmerge_image_pages) X(cross_unmerge_after_daemon_restart) X(cross_old_pool_left_after_daemon_restart) X(cross_old_pool_leaves_vmm_file_alone) X(cross_old_pool_left_after_unmerge) X(cross_daemon_stalled_unrefs_kept)
 
 #define TEST_LIST(X) TEST_LIST_AGENT(X) TEST_LIST_ENGINE(X) TEST_LIST_DAEMON(X)

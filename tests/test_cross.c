@@ -363,6 +363,48 @@ TEST_IMPL(cross_user_change_while_away)
 	return 0;
 }
 
+/* A VMM whose effective user changes and comes back while its agent moves
+ * domains (its pool pages private, references not all given back yet:
+ * memdedupd stopped meanwhile): the move ends all the same, and the agent
+ * merges again in the domain it is back in. It stayed paused for as long
+ * as the connection lasted. */
+TEST_IMPL(cross_user_back_mid_move_merges_again)
+{
+	struct tdaemon t;
+	struct proc a, b;
+	char h[32];
+	td_start(&t, 65536);
+	start_sharing_pair(&t, &a, &b, 24);
+	ASSERT_EQ(same_frames(&a, &b, 0, N), N);
+	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", N * PG));
+	ASSERT(kill(t.pid, SIGSTOP) == 0);
+	long long changed = proc_num(&a, "seteuid 65534");
+	if (changed == -EPERM) {
+		ASSERT(kill(t.pid, SIGCONT) == 0);
+		stop_pair(&t, &a, &b);
+		SKIP("cannot change a process's user here (not root)");
+	}
+	ASSERT_EQ(changed, 0);
+	int shared = (int)N;
+	for (int i = 0; i < 50 && shared > 0; i++) {
+		usleep(100000);
+		shared = same_frames(&a, &b, 0, N);
+	}
+	ASSERT_EQ(shared, 0);	/* the move began: its pages are private */
+	ASSERT_EQ(proc_num(&a, "seteuid 0"), 0);
+	sleep(2);	/* the agent's thread sees its user back */
+	ASSERT(kill(t.pid, SIGCONT) == 0);
+	ASSERT_EQ(wait_same_frames(&a, &b, 0, N), N);
+	ASSERT_EQ(agent_field(&t, a.pid, "uid"), 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", N * PG), h) == 0);
+	ASSERT(strcmp(proc_cmd(&b, "hash 0 %u", N * PG), h) == 0);
+	proc_stop(&a);
+	proc_stop(&b);
+	ASSERT_EQ(domain_live_becomes_0(&t), 0);
+	td_stop(&t);
+	return 0;
+}
+
 /* A VMM that chroots (QEMU's -chroot, then -runas): the descriptions the
  * agent opens for images to be leased after it are of the VMM's files,
  * never of memdedupd's pool, which the process would keep open, read-only,

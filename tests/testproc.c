@@ -790,6 +790,9 @@ int main(void)
 			int r = setgroups(0, NULL) || setresgid((gid_t)a1, (gid_t)a1, (gid_t)a1) ||
 				setresuid((uid_t)a1, (uid_t)a1, (uid_t)a1) ? -errno : 0;
 			printf("%d\n", r);
+		} else if (strcmp(cmd, "seteuid") == 0) {	/* UID: the effective one alone, undone by seteuid 0 */
+			sscanf(line, "%*s %lld", &a1);
+			printf("%d\n", seteuid((uid_t)a1) ? -errno : 0);
 		} else if (strcmp(cmd, "open") == 0) {
 			sscanf(line, "%*s %2047s %31s", s1, s2);
 			int fd = open(s1, strcmp(s2, "rw") == 0 ? O_RDWR :
