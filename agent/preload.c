@@ -58,6 +58,11 @@
 
 static md_agent *agent;
 static int agent_failed;
+/* Another copy of this library (another build or install of the agent,
+ * or a VMM with one of its own) comes first in the process's scope: its
+ * interposers are the ones called, and this one does nothing (two agents
+ * would each freeze and map the same guest RAM). */
+static int shadowed;
 static const char *io_unseen;	/* I/O the agent does not see, before it exists (below) */
 static pthread_mutex_t agent_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -125,8 +130,11 @@ static void plain_child(void)
 
 static void before_fork(void);
 
+static void find_first_copy(void);
+
 __attribute__((constructor)) static void preload_init(void)
 {
+	find_first_copy();
 	pthread_atfork(NULL, NULL, child_after_fork);
 	md__policy_atfork();
 	/* Registered last, so that it runs first: before the policies' own
@@ -171,7 +179,7 @@ static void env_options(md_agent_options *o)
 
 static md_agent *agent_get(void)
 {
-	if (md__in_agent)
+	if (md__in_agent || shadowed)
 		return NULL;
 	md_agent *a = __atomic_load_n(&agent, __ATOMIC_ACQUIRE);
 	if (a || __atomic_load_n(&agent_failed, __ATOMIC_RELAXED)) {
@@ -351,10 +359,34 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 
 static long (*libc_syscall)(long, ...);
 
+static void find_first_copy(void)
+{
+	Dl_info first, mine;
+	void *f = dlsym(RTLD_DEFAULT, "md_agent_new");
+	if (f && dladdr(f, &first) && dladdr((void *)find_first_copy, &mine) &&
+	    first.dli_fbase != mine.dli_fbase) {
+		shadowed = 1;
+		/* Said where the first copy's agent logs, unless disabled. */
+		const char *dis = getenv("MEMDEDUP_DISABLE");
+		if (dis && *dis && md__parse_bool(dis) == 1)
+			return;
+		md__log_open(getenv("MEMDEDUP_LOG"));
+		md__log("another copy of memdedup's agent (%s) is loaded before this one (%s): this "
+			"one does nothing", first.dli_fname, mine.dli_fname);
+	}
+}
+
+/* libc's own, never the next library's: another copy of this one would
+ * hand SYS_mmap back to the first's mmap, and that to its syscall again. */
 static void find_libc_syscall(void)
 {
 	if (!__atomic_load_n(&libc_syscall, __ATOMIC_ACQUIRE)) {
-		long (*call)(long, ...) = (long (*)(long, ...))dlsym(RTLD_NEXT, "syscall");
+		void *c = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
+		long (*call)(long, ...) = c ? (long (*)(long, ...))dlsym(c, "syscall") : NULL;
+		if (c)
+			dlclose(c);
+		if (!call)
+			call = (long (*)(long, ...))dlsym(RTLD_NEXT, "syscall");
 		__atomic_store_n(&libc_syscall, call, __ATOMIC_RELEASE);
 		__atomic_store_n(&md__libc_syscall, call, __ATOMIC_RELEASE);	/* the agent's raw calls */
 	}

@@ -128,6 +128,43 @@ TEST_IMPL(fortified_and_raw_reads_shared)
 	return 0;
 }
 
+/* Two copies of the agent preloaded (an installed one in the caller's
+ * LD_PRELOAD, `memdedup run` of another build putting its own first): the
+ * first one works, the other does nothing and says so. The first found
+ * "the next syscall()" in the second, which handed its mmap back to the
+ * first: the VMM died of the recursion before main. */
+TEST_IMPL(second_copy_of_agent_does_nothing)
+{
+	const char *img = image(1);
+	char bdir[512], copy[700], cmd[1600], log[600], logenv[700], preload[1800];
+	ASSERT(realpath(build_dir(), bdir));
+	snprintf(copy, sizeof(copy), "%s/other", test_dir());
+	ASSERT(mkdir(copy, 0755) == 0);
+	snprintf(cmd, sizeof(cmd), "cp %s/libmemdedup-preload.so %s/", bdir, copy);
+	ASSERT(system(cmd) == 0);
+	const char *extra = getenv("MD_TEST_PRELOAD_FIRST");
+	for (int order = 0; order < 2; order++) {
+		snprintf(log, sizeof(log), "%s/copies-%d.log", test_dir(), order);
+		snprintf(logenv, sizeof(logenv), "MEMDEDUP_LOG=%s", log);
+		snprintf(preload, sizeof(preload), "LD_PRELOAD=%s%s%s/libmemdedup-preload.so:%s/libmemdedup-preload.so",
+			 extra ? extra : "", extra ? ":" : "", order ? copy : bdir, order ? bdir : copy);
+		const char *env[] = { preload, logenv, NULL };
+		struct proc p;
+		int fd = start_reader(&p, img, env);
+		ASSERT_EQ(proc_num(&p, "read %d 0 %u 0 %u", fd, MB, MB), MB);
+		ASSERT(strcmp(proc_cmd(&p, "hash 0 %u", MB), hex(fnv_file(img, 0, MB))) == 0);
+		for (size_t off = 0; off < MB; off += 4096)
+			ASSERT(proc_page_is_image(&p, off, img, (off_t)off));
+		md_stats s;
+		ASSERT_EQ(proc_stats_wait(&p, &s, 3000, has_shared), 0);
+		ASSERT_EQ(s.pages_shared_at_read, MB / 4096);
+		ASSERT_EQ(s.reads_seen, 1);	/* one agent saw it */
+		proc_stop(&p);
+		ASSERT(strstr(file_text(log), "another copy of memdedup's agent"));
+	}
+	return 0;
+}
+
 /* Calls on guest RAM that the kernel refuses, or that move nothing, change
  * nothing: a protection the kernel does not know (mprotect fails EINVAL)
  * gave the RAM up for good, and an mremap to the same size made all of it
