@@ -48,14 +48,23 @@ void md__account(struct md_agent *a, int count_vmas)
 	 * time, for the buffers. */
 	static pthread_mutex_t account_lock = PTHREAD_MUTEX_INITIALIZER;
 	static int pm = -1;
+	static pid_t pm_pid;
 	static uint64_t entries[PM_CHUNK];
 	static unsigned char owned_map[PM_CHUNK];
 	uint64_t owned = 0, broken = 0;
 	size_t n;
 
 	pthread_mutex_lock(&account_lock);
-	if (pm < 0)
+	/* A forked child's agent (libmemdedup, made anew there) would read
+	 * its parent's pages through the parent's descriptor. */
+	if (pm >= 0 && pm_pid != getpid()) {
+		close(pm);
+		pm = -1;
+	}
+	if (pm < 0) {
 		pm = md__proc_open("pagemap", 0);
+		pm_pid = getpid();
+	}
 	/* A chunk at a time, and the pagemap read outside agent->lock: a
 	 * walk of all guest RAM takes milliseconds, and every read into guest
 	 * RAM would wait for it (the regions may change between chunks; the

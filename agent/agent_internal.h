@@ -168,6 +168,10 @@ struct md_agent {
 	unsigned handovers;
 
 	int kernel_ksm;
+	/* Kernel KSM over the whole process is off for the scanner's sake and
+	 * wanted on (as it was at start, or as the VMM asked since): back on
+	 * when the scanner goes (md__scan_free). */
+	int merge_any_wanted;
 	int io_unseen;          /* md_agent_io_unseen was called (set under lock) */
 	int io_unseen_done;     /* and its first call had done all it does (atomic) */
 	int future_locked;      /* mlockall(MCL_FUTURE) in force: nothing more registered */

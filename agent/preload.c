@@ -1029,7 +1029,12 @@ EXPORT int io_uring_enter2(unsigned fd, unsigned to_submit, unsigned min_complet
 static int merge_any_kept_off(long option, const unsigned long *arg)
 {
 	md_agent *a = agent_peek();
-	if (option != PR_SET_MEMORY_MERGE || !arg[0] || arg[1] || arg[2] || arg[3] || !a || !a->engine)
+	if (option != PR_SET_MEMORY_MERGE || arg[1] || arg[2] || arg[3] || !a || !a->engine)
+		return 0;
+	/* What the VMM wants once the scanner goes (racy with the
+	 * scanner's end on another thread: a VMM's own race). */
+	a->merge_any_wanted = arg[0] != 0;
+	if (!arg[0])
 		return 0;
 	md__log_once(64, "prctl(PR_SET_MEMORY_MERGE) not passed on to kernel KSM: content scanning is on");
 	return 1;

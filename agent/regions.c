@@ -276,6 +276,19 @@ void md__regions_flush_advice_before_fork(struct md_agent *a)
 		return;
 	md__in_agent++;
 	flush_advice_locked(a);
+	/* The child maps what we share, without a reference of its own: a
+	 * pool page we let go (once our copies are written) is freed under
+	 * it, an image's pages follow the file after a lease break. QEMU's
+	 * guest RAM is MADV_DONTFORK; a VMM whose is not is told. */
+	for (size_t i = 0; i < a->nregions; i++)
+		if (!(a->regions[i].advice & MD_ADV_DONTFORK)) {
+			md__log_once(130, "the VMM forked with guest RAM not MADV_DONTFORK: the child's "
+				     "copy of pages shared now may change under it (a pool page once this "
+				     "process writes its own, an image's after a lease break); a child "
+				     "that reads guest RAM sees them reliably only if it execs or the RAM "
+				     "is not shared");
+			break;
+		}
 	/* Let go without md__agent_leave's refresh of our ranges, which
 	 * waits for the engine's regions lock, held by a thread that may
 	 * wait for the forking thread too (the agent's, freeing memory as it

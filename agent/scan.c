@@ -37,19 +37,20 @@ void md__scan_init(struct md_agent *a, const md_agent_options *o)
 	 * the switch for the whole process of Linux 6.4 (prctl
 	 * PR_SET_MEMORY_MERGE; systemd's MemoryKSM=yes sets it before exec,
 	 * and it outlives exec), which ignores the advice. */
+	err = md__hints_init(&a->hints, HINTS_CAP);
+	if (err)
+		goto err_fini;
 	if (syscall(SYS_prctl, PR_GET_MEMORY_MERGE, 0L, 0L, 0L, 0L) == 1) {
 		if (syscall(SYS_prctl, PR_SET_MEMORY_MERGE, 0L, 0L, 0L, 0L) != 0) {
 			err = -errno;
 			md__log("kernel KSM merges this whole process (prctl PR_SET_MEMORY_MERGE, systemd's "
 				"MemoryKSM=) and it cannot be turned off (%s)", strerror(errno));
-			goto err_fini;
+			goto err_hints;
 		}
+		a->merge_any_wanted = 1;
 		md__log("content scanning is on: kernel KSM's merging of the whole process "
 			"(prctl PR_SET_MEMORY_MERGE, systemd's MemoryKSM=) is turned off");
 	}
-	err = md__hints_init(&a->hints, HINTS_CAP);
-	if (err)
-		goto err_fini;
 	a->engine = e;
 	/* Set up once, here, before any other thread can see it: its
 	 * tunables and pause are written in place from now on (md_agent_set,
@@ -112,6 +113,8 @@ void md__scan_init(struct md_agent *a, const md_agent_options *o)
 	}
 	return;
 
+err_hints:
+	md__hints_free(&a->hints);
 err_fini:
 	md__engine_fini(e);
 err_free:
@@ -1001,4 +1004,15 @@ void md__scan_free(struct md_agent *a)
 	free(a->engine);
 	md__hints_free(&a->hints);
 	a->engine = NULL;
+	/* As the process was (systemd's MemoryKSM=yes), or as the VMM asked
+	 * while we kept it off: the agent failed to start, or is gone. */
+	if (a->merge_any_wanted) {
+		a->merge_any_wanted = 0;
+		if (syscall(SYS_prctl, PR_SET_MEMORY_MERGE, 1L, 0L, 0L, 0L) == 0)
+			md__log("content scanning is off: kernel KSM merges the whole process again "
+				"(prctl PR_SET_MEMORY_MERGE)");
+		else
+			md__log("content scanning is off, but kernel KSM's merging of the whole process "
+				"cannot be turned back on (%s)", strerror(errno));
+	}
 }

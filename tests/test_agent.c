@@ -2176,6 +2176,19 @@ TEST_IMPL(fork_child_runs_plain)
 	for (const char *p = file_text(log); (p = strstr(p, "runs without it")); p++)
 		plain++;
 	ASSERT_EQ(plain, 4);
+	/* The RAM was not MADV_DONTFORK: the fork() with handlers said what
+	 * the child's copy of shared pages is worth, once. */
+	const char *told = strstr(file_text(log), "forked with guest RAM not MADV_DONTFORK");
+	ASSERT(told && !strstr(told + 1, "forked with guest RAM not MADV_DONTFORK"));
+	/* RAM that is (QEMU's) says nothing. */
+	snprintf(log, sizeof(log), "%s/fork-dontfork.log", test_dir());
+	snprintf(logenv, sizeof(logenv), "MEMDEDUP_LOG=%s", log);
+	fd = start_reader(&a, img, env);
+	ASSERT_EQ(proc_num(&a, "advise 0 %u dontfork", RAM_PAGES * 4096), 0);
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 0 65536", fd), 65536);
+	ASSERT(strcmp(proc_cmd(&a, "forkmapped 0"), "unmapped") == 0);	/* a fork(): handlers ran */
+	proc_stop(&a);
+	ASSERT(!strstr(file_text(log), "forked with guest RAM not MADV_DONTFORK"));
 	return 0;
 }
 

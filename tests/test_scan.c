@@ -17,6 +17,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -1099,6 +1100,30 @@ TEST_IMPL(scan_turns_off_kernel_merge_any)
 	return 0;
 }
 
+/* The scanner turned kernel KSM over the whole process off (systemd's
+ * MemoryKSM=yes): when it goes, the agent freed or failed to start, it is
+ * turned on again; one that was off stays off. It stayed off for good. */
+TEST_IMPL(scan_gives_kernel_merge_any_back)
+{
+	if (getenv("MD_TEST_PRELOAD_FIRST"))
+		SKIP("under AddressSanitizer, whose shadow takes the kernel minutes to walk");
+	if (prctl(PR_SET_MEMORY_MERGE, 1, 0, 0, 0) != 0) {
+		ASSERT_EQ(errno, EINVAL);
+		SKIP("no prctl PR_SET_MEMORY_MERGE here (Linux 6.4)");
+	}
+	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .domain = "private" };
+	md_agent *a;
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	ASSERT_EQ(prctl(PR_GET_MEMORY_MERGE, 0, 0, 0, 0), 0);
+	md_agent_free(a);
+	ASSERT_EQ(prctl(PR_GET_MEMORY_MERGE, 0, 0, 0, 0), 1);
+	ASSERT_EQ(prctl(PR_SET_MEMORY_MERGE, 0, 0, 0, 0), 0);
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	md_agent_free(a);
+	ASSERT_EQ(prctl(PR_GET_MEMORY_MERGE, 0, 0, 0, 0), 0);
+	return 0;
+}
+
 /* QEMU sets up a ring for every event loop, polls and timeouts only: the
  * scanner goes on merging; and so it does beside a ring set up through
  * syscall(2) that submits nothing. */
@@ -1403,6 +1428,52 @@ TEST_IMPL(scan_hints_end_idle_sleep)
 	close(fd);
 	md_agent_free(a);
 	munmap(m, n * PG);
+	return 0;
+}
+
+/* The child's part of agent_in_forked_child_counts_own_pages: 0 if its
+ * agent counts its own write, else the step that went wrong. */
+static int child_counts_own_write(const char *img)
+{
+	md_agent_options o = { .run_dir = "" };
+	md_agent *a;
+	md_stats st;
+	if (md_agent_new(&a, &o) != 0)
+		return 10;
+	char *m = mmap(NULL, 64 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	int fd = open(img, O_RDONLY);
+	if (m == MAP_FAILED || fd < 0 || md_agent_register(a, m, 64 * PG, 0) != 0)
+		return 11;
+	if (md_agent_pread(a, fd, m, 64 * PG, 0) != (ssize_t)(64 * PG))
+		return 12;
+	m[0] ^= 1;	/* a copy-on-write break */
+	md_agent_stats(a, &st);
+	md_agent_free(a);
+	return st.pages_shared_at_read != 64 ? 13 : st.breaks != 1 ? 14 : st.pages_shared != 63 ? 15 : 0;
+}
+
+/* An agent made anew in a forked child (libmemdedup's VMM, its own agent
+ * freed before the fork) counts the child's pages: it read its parent's
+ * through the descriptor of pagemap its parent's agent had opened. */
+TEST_IMPL(agent_in_forked_child_counts_own_pages)
+{
+	char img[600];
+	snprintf(img, sizeof(img), "%s/img", test_dir());
+	make_image(img, 64 * PG, 3);
+	md_agent_options o = { .run_dir = "" };
+	md_agent *a;
+	md_stats st;
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	md_agent_stats(a, &st);	/* pagemap opened */
+	md_agent_free(a);
+	pid_t pid = fork();
+	ASSERT(pid >= 0);
+	if (pid == 0)
+		_exit(child_counts_own_write(img));
+	int status;
+	ASSERT_EQ(waitpid(pid, &status, 0), pid);
+	ASSERT(WIFEXITED(status));
+	ASSERT_EQ(WEXITSTATUS(status), 0);
 	return 0;
 }
 
