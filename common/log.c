@@ -28,6 +28,9 @@ int md__log_open(const char *path)
 static void vlog(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0)));
 static void vlog(const char *fmt, va_list ap)
 {
+	/* Called inside the VMM's calls: a write that fails (a full FIFO, a
+	 * full disk) must not change the errno they return with. */
+	int saved = errno;
 	char line[512];
 	int n = snprintf(line, sizeof(line), "memdedup[%d]: ", (int)getpid());
 	n += vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
@@ -37,6 +40,7 @@ static void vlog(const char *fmt, va_list ap)
 	/* One write(2) keeps lines whole when threads log at once. */
 	ssize_t r = write(log_fd, line, (size_t)n);
 	(void)r;
+	errno = saved;
 }
 
 void md__log(const char *fmt, ...)

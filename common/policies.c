@@ -172,10 +172,17 @@ long md__policy_mbind(long (*call)(long, ...), void *addr, unsigned long len, in
 		}
 		cur = skip[i].hi;
 	}
-	if (r == 0 && (cur < hi || !calls))
+	if (r == 0 && (cur < hi || !calls)) {
 		r = call(SYS_mbind, cur, hi > cur ? hi - cur : 0, mode, nodes, maxnode, flags);
+		calls++;
+	}
 	int saved = errno;
-	if (len) {
+	/* Refused before anything was bound: the first call failed, for a
+	 * reason the kernel finds before it changes a mapping (it binds
+	 * mapping by mapping, and only running short of memory stops it
+	 * half way). The policy there stays as it was, and followed. */
+	int untouched = r != 0 && calls == 1 && saved != ENOMEM;
+	if (len && !untouched) {
 		/* The kernel took addr page-aligned and len rounded up. A
 		 * failed call may have bound part: nothing is followed there. */
 		uintptr_t end = (lo + len + PAGE - 1) & ~(PAGE - 1);

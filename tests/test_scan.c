@@ -497,6 +497,36 @@ TEST_IMPL(scan_protected_memory_given_up)
 	return 0;
 }
 
+/* An mbind the kernel refuses as a whole (a node that is not there) binds
+ * nothing, and the VMM's earlier policy there stays: pages mapped there
+ * later (a read shared at read time) still get it. The refused call
+ * erased the agent's record of it. */
+TEST_IMPL(refused_mbind_keeps_policy)
+{
+	struct proc a;
+	char img[600];
+	snprintf(img, sizeof(img), "%s/image", test_dir());
+	make_image(img, 1 << 20, 12);
+	proc_start(&a, NULL);
+	proc_cmd(&a, "map 1024");
+	if (proc_num(&a, "policy 0") < 0) {
+		proc_stop(&a);
+		SKIP("this kernel has no NUMA policies (CONFIG_NUMA)");
+	}
+	ASSERT_EQ(proc_num(&a, "mbind 0 %u sym", 512 * PG), 0);
+	ASSERT_EQ(proc_num(&a, "mbind 0 %u sym bad", 512 * PG), -EINVAL);
+	ASSERT_EQ(proc_num(&a, "policy %u", 130 * PG), MPOL_BIND);	/* the kernel's: kept */
+	int fd = (int)proc_num(&a, "open %s", img);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u %u", fd, 64 * PG, 128 * PG), 64 * PG);
+	md_stats s;
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, 64);
+	ASSERT_EQ(proc_num(&a, "policy %u", 130 * PG), MPOL_BIND);	/* given with the mapping */
+	proc_stop(&a);
+	return 0;
+}
+
 /* QEMU binds a memory backend to host nodes (host-nodes=, policy=bind)
  * with mbind after its MADV_MERGEABLE. The kernel keeps the policy with the
  * mapping: the anonymous memory a discard puts over guest RAM, and the

@@ -25,11 +25,25 @@
 #include "cgroup.h"
 #include "index.h"
 #include "inflight.h"
+#include "log.h"
 #include "policies.h"
 #include "protocol.h"
 #include "runner.h"
 #include "stats_file.h"
 #include "sys.h"
+
+/* A line the log cannot take (a full disk, a full FIFO) leaves errno as
+ * it was: the agent logs inside the VMM's calls, which return with it. */
+TEST_IMPL(log_keeps_errno)
+{
+	ASSERT_EQ(md__log_open("/dev/full"), 0);
+	errno = 777;
+	md__log("a line /dev/full refuses");
+	ASSERT_EQ(errno, 777);
+	md__log_once(255, "and one said once");
+	ASSERT_EQ(errno, 777);
+	return 0;
+}
 
 TEST_IMPL(plan_aligned)
 {

@@ -1134,16 +1134,17 @@ int main(void)
 			printf("%d\n", mlockall(fl) == 0 ? 0 : -errno);
 		} else if (strcmp(cmd, "munlockall") == 0) {
 			printf("%d\n", munlockall() == 0 ? 0 : -errno);
-		} else if (strcmp(cmd, "mbind") == 0) {	/* OFF LEN sys|sym: bound to node 0 */
-			sscanf(line, "%*s %lld %lld %31s", &a1, &a2, s2);
-			unsigned long node0 = 1;
+		} else if (strcmp(cmd, "mbind") == 0) {	/* OFF LEN sys|sym [bad]: bound to node 0 (63: refused) */
+			char bad[8] = "";
+			sscanf(line, "%*s %lld %lld %31s %7s", &a1, &a2, s2, bad);
+			unsigned long node0 = strcmp(bad, "bad") == 0 ? 1ul << 63 : 1;
 			long r;
 			if (strcmp(s2, "sym") == 0) {	/* as libnuma's, which QEMU calls */
 				long (*fn)(void *, unsigned long, int, const unsigned long *, unsigned long, unsigned);
 				*(void **)&fn = dlsym(RTLD_DEFAULT, "mbind");
-				r = fn ? fn(base + a1, (unsigned long)a2, MPOL_BIND, &node0, 2, 0) : (errno = ENOSYS, -1);
+				r = fn ? fn(base + a1, (unsigned long)a2, MPOL_BIND, &node0, 65, 0) : (errno = ENOSYS, -1);
 			} else {
-				r = syscall(SYS_mbind, base + a1, (unsigned long)a2, MPOL_BIND, &node0, 2ul, 0u);
+				r = syscall(SYS_mbind, base + a1, (unsigned long)a2, MPOL_BIND, &node0, 65ul, 0u);
 			}
 			printf("%d\n", r == 0 ? 0 : -errno);
 		} else if (strcmp(cmd, "policy") == 0) {	/* OFF: its mapping's policy mode */
