@@ -429,6 +429,31 @@ static int exec_file(const char *exe, char *file)
 	return depth;
 }
 
+/* 1 if id, a file's owner (uid) or group (!uid) as stat gave it, has no
+ * mapping in our user namespace: stat shows such an id as the overflow id,
+ * and the overflow id itself is outside every range of our map. 0 if it
+ * has one, or if either file cannot be read: the bits count then, and a
+ * command is refused rather than run without the agent. */
+static int id_unmapped(unsigned id, int uid)
+{
+	unsigned overflow, first, lower, count;
+	int mapped = 0;
+	FILE *f = fopen(uid ? "/proc/sys/fs/overflowuid" : "/proc/sys/fs/overflowgid", "re");
+	int ok = f && fscanf(f, "%u", &overflow) == 1;
+	if (f)
+		fclose(f);
+	if (!ok || id != overflow)
+		return 0;
+	f = fopen(uid ? "/proc/self/uid_map" : "/proc/self/gid_map", "re");
+	if (!f)
+		return 0;
+	while (!mapped && fscanf(f, "%u %u %u", &first, &lower, &count) == 3)
+		mapped = id >= first && id - first < count;
+	ok = !ferror(f);
+	fclose(f);
+	return ok && !mapped;
+}
+
 /* Whether ld.so would run file (what the kernel runs for a command, and
  * depth interpreters deep: exec_file) in secure mode (AT_SECURE), where it ignores
  * LD_PRELOAD entries with a '/' (ours), so the command would run without
@@ -449,10 +474,14 @@ static int secure_exec(const char *file, int depth, char *why, size_t size)
 	snprintf(who, sizeof(who), "%s%s", depth ? "its interpreter " : "it",
 		 depth ? md__printable(file, shown, sizeof(shown)) : "");
 	/* Neither the bits nor file capabilities count on a nosuid mount,
-	 * and the bits not under no_new_privs. */
+	 * and the bits not under no_new_privs, nor in a user namespace where
+	 * the file's owner or its group has no mapping (bprm_fill_uid
+	 * ignores both bits then: stat shows the overflow id, 65534, which
+	 * the exec would not take). */
 	int nosuid = statvfs(file, &sv) == 0 && (sv.f_flag & ST_NOSUID);
 	int nnp = prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1;
-	int bits = !nosuid && !nnp;
+	int bits = !nosuid && !nnp && (st.st_mode & (S_ISUID | S_ISGID)) &&
+		   !id_unmapped(st.st_uid, 1) && !id_unmapped(st.st_gid, 0);
 	int suid = bits && (st.st_mode & S_ISUID);
 	int sgid = bits && (st.st_mode & (S_ISGID | S_IXGRP)) == (S_ISGID | S_IXGRP);
 	uid_t euid = suid ? st.st_uid : geteuid();

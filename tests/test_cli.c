@@ -538,6 +538,98 @@ TEST_IMPL(cli_run_setuid_refused)
 	return 0;
 }
 
+/* sh() in a user namespace of its own whose uid and gid maps are map (its
+ * lines written from here, by root outside it, who may map any ranges of
+ * ours); SKIP if none can be made here. */
+static int sh_in_userns(const char *map, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int sh_in_userns(const char *map, const char *fmt, ...)
+{
+	char cmd[2048], full[2600], path[64], why[200] = "", c;
+	int made[2], go[2], err = 0, st;
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof(cmd), fmt, ap);
+	va_end(ap);
+	snprintf(full, sizeof(full), "(%s) >%s/out 2>%s/err", cmd, test_dir(), test_dir());
+	ASSERT(pipe2(made, O_CLOEXEC) == 0 && pipe2(go, O_CLOEXEC) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		/* Runs once its maps are written (nothing read: not made). */
+		err = unshare(CLONE_NEWUSER) == 0 ? 0 : errno;
+		if (write(made[1], &err, sizeof(err)) != (ssize_t)sizeof(err) || err || read(go[0], &c, 1) != 1)
+			_exit(99);
+		execl("/bin/sh", "sh", "-c", full, (char *)NULL);
+		_exit(127);
+	}
+	close(made[1]);
+	close(go[0]);
+	ASSERT(read(made[0], &err, sizeof(err)) == (ssize_t)sizeof(err));
+	close(made[0]);
+	for (int i = 0; i < 2 && !err && !why[0]; i++) {
+		snprintf(path, sizeof(path), "/proc/%d/%s", (int)kid, i ? "gid_map" : "uid_map");
+		int fd = open(path, O_WRONLY | O_CLOEXEC);
+		if (fd < 0 || write(fd, map, strlen(map)) != (ssize_t)strlen(map))
+			snprintf(why, sizeof(why), "%s cannot be written: %s", path, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+	}
+	if (!err && !why[0])
+		ASSERT(write(go[1], "g", 1) == 1);
+	close(go[1]);
+	ASSERT(waitpid(kid, &st, 0) == kid);
+	if (err)
+		SKIP("no user namespace can be made here: %s", strerror(err));
+	if (why[0])
+		SKIP("%s", why);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* In a user namespace, the kernel ignores the set-uid and set-gid bits of
+ * a file whose owner or group has no mapping there (both bits, if either
+ * has none: fs/exec.c bprm_fill_uid), and runs it plainly, with the agent:
+ * `run` runs it too, though stat shows the owner as 65534, the overflow
+ * id. A file whose owner and group are both mapped is refused there as
+ * anywhere. */
+TEST_IMPL(cli_run_setuid_unmapped_owner_runs)
+{
+	if (geteuid() != 0)
+		SKIP("needs root, to give files to other users and map them");
+	const char *rb = run_build_dir(), *d = test_dir();
+	/* Root and uid (gid) 5 mapped to themselves, 1000 not. The third
+	 * file's owner is mapped, and its set-uid bit ignored all the same. */
+	const char *map = "0 0 1\n5 5 1\n";
+	const struct {
+		const char *name;
+		uid_t uid;
+		gid_t gid;
+		mode_t mode;
+		int secure;
+	} f[] = {
+		{ "uid", 1000, 0, 04755, 0 },
+		{ "gid", 0, 1000, 02755, 0 },
+		{ "owner-5-group-unmapped", 5, 1000, 06755, 0 },
+		{ "mapped", 5, 0, 04755, 1 },
+	};
+	char path[450];
+	for (size_t i = 0; i < sizeof(f) / sizeof(f[0]); i++) {
+		snprintf(path, sizeof(path), "%s/%s", d, f[i].name);
+		ASSERT_EQ(sh("cp /bin/sh %s", path), 0);
+		ASSERT(chown(path, f[i].uid, f[i].gid) == 0 && chmod(path, f[i].mode) == 0);
+	}
+	for (size_t i = 0; i < sizeof(f) / sizeof(f[0]); i++) {
+		/* The premise: whether ld.so leaves the agent out there. */
+		ASSERT_EQ(sh_in_userns(map, "LD_PRELOAD=%s/libmemdedup-preload.so %s/%s " AGENT_IN_SH,
+				       rb, d, f[i].name), f[i].secure);
+		int code = sh_in_userns(map, "%s/memdedup run -- %s/%s " AGENT_IN_SH, rb, d, f[i].name);
+		if (code != (f[i].secure ? 126 : 0))
+			fprintf(stderr, "%s: %s", f[i].name, slurp("err"));
+		ASSERT_EQ(code, f[i].secure ? 126 : 0);
+	}
+	ASSERT(strstr(slurp("err"), "it is set-uid to uid 5: the dynamic loader would ignore"));
+	return 0;
+}
+
 /* Writes a statically linked x86-64 program that exits 0: one loaded
  * segment, no interpreter. */
 static void write_static_exit0(const char *path)
