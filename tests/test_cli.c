@@ -859,21 +859,37 @@ TEST_IMPL(cli_write_error_fails)
 }
 
 /* `run --scan` finds memdedupd in PATH when it is not beside the library
- * or the program (as daemon/memdedupd.service installs it). */
+ * or the program, nor in the program's ../sbin (as daemon/memdedupd.service
+ * installs it). A copy, not a link: the daemon's /proc/PID/exe says that
+ * this one ran, not one found elsewhere (/usr/local/sbin). */
 TEST_IMPL(cli_run_finds_daemon_in_path)
 {
 	const char *b = run_build_dir(), *d = test_dir();
-	char dir[400], sock[450];
+	char dir[400], sock[450], pidfile[450], copy[450], want[PATH_MAX], exe[PATH_MAX] = "", link[64];
 	snprintf(dir, sizeof(dir), "%s/run", d);
 	snprintf(sock, sizeof(sock), "%s/memdedupd.sock", dir);
-	ASSERT_EQ(sh("mkdir %s/run %s/bin %s/lib %s/sbin && cp %s/memdedup %s/bin/ && "
-		     "cp %s/libmemdedup-preload.so %s/lib/ && ln -s \"$(realpath %s/memdedupd)\" %s/sbin/",
+	snprintf(pidfile, sizeof(pidfile), "%s/memdedupd.pid", dir);
+	snprintf(copy, sizeof(copy), "%s/pathdir/memdedupd", d);
+	ASSERT_EQ(sh("mkdir %s/run %s/bin %s/lib %s/pathdir && cp %s/memdedup %s/bin/ && "
+		     "cp %s/libmemdedup-preload.so %s/lib/ && cp %s/memdedupd %s/pathdir/",
 		     d, d, d, d, b, d, b, d, b, d), 0);
-	int code = sh("PATH=%s/sbin:$PATH MEMDEDUP_RUN_DIR=%s MEMDEDUP_PRELOAD=%s/lib/libmemdedup-preload.so "
-		      "%s/bin/memdedup run --scan -- true", d, dir, d, d);
-	int alive = md__daemon_alive(sock), pid = kill_daemon_of(dir);
+	int code = sh("PATH=%s/pathdir:/usr/bin:/bin MEMDEDUP_RUN_DIR=%s "
+		      "MEMDEDUP_PRELOAD=%s/lib/libmemdedup-preload.so %s/bin/memdedup run --scan -- true",
+		      d, dir, d, d);
+	int alive = md__daemon_alive(sock), daemon = 0;
+	FILE *f = fopen(pidfile, "r");
+	if (f) {
+		if (fscanf(f, "%d", &daemon) != 1)
+			daemon = 0;
+		fclose(f);
+	}
+	snprintf(link, sizeof(link), "/proc/%d/exe", daemon);
+	ssize_t n = daemon > 0 ? readlink(link, exe, sizeof(exe) - 1) : -1;
+	exe[n > 0 ? n : 0] = '\0';
+	int pid = kill_daemon_of(dir);
 	ASSERT_EQ(code, 0);
-	ASSERT(alive && pid > 0);
+	ASSERT(alive && pid > 0 && pid == daemon);
+	ASSERT(realpath(copy, want) && strcmp(exe, want) == 0);
 	ASSERT(!strstr(slurp("err"), "memdedupd"));
 	return 0;
 }
