@@ -1789,7 +1789,16 @@ TEST_IMPL(cli_run_checks_preload)
 		snprintf(cmd, sizeof(cmd), "head -c %zu build/libmemdedup-preload.so > %s", len[i], cut[i]);
 		ASSERT_EQ(run(cmd), 0);
 	}
-	const char *bad[] = { "/etc/passwd", "/", "/nonexistent/libmemdedup-preload.so", "build/a:b.so",
+	/* The agent itself, in directories whose names LD_PRELOAD cannot
+	 * carry: ld.so would split the path there and load neither part. */
+	char odd[2][256];
+	const char *odd_name[2] = { "a:b", "a b" };
+	for (size_t i = 0; i < 2; i++) {
+		snprintf(odd[i], sizeof(odd[i]), "%s/%s/libmemdedup-preload.so", test_dir(), odd_name[i]);
+		ASSERT_EQ(sh("mkdir '%s/%s' && cp build/libmemdedup-preload.so '%s'", test_dir(), odd_name[i],
+			     odd[i]), 0);
+	}
+	const char *bad[] = { "/etc/passwd", "/", "/nonexistent/libmemdedup-preload.so", odd[0], odd[1],
 			      "build/libmemdedup.so", "/bin/true", cut[0], cut[1], cut[2], cut[3] };
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		snprintf(cmd, sizeof(cmd), "MEMDEDUP_PRELOAD='%s' build/memdedup run -- touch %s/ran 2>/dev/null",
@@ -1803,6 +1812,13 @@ TEST_IMPL(cli_run_checks_preload)
 	ASSERT_EQ(run("MEMDEDUP_PRELOAD=build/libmemdedup.so build/memdedup run -- true 2>&1 | grep -q "
 		      "'not the memdedup agent'"), 0);
 	ASSERT_EQ(run("MEMDEDUP_PRELOAD=/ build/memdedup run -- true 2>&1 | grep -q 'not a regular file'"), 0);
+	for (size_t i = 0; i < 2; i++) {
+		char want[700];
+		ASSERT_EQ(sh("MEMDEDUP_PRELOAD='%s' build/memdedup run -- true", odd[i]), 2);
+		snprintf(want, sizeof(want), "MEMDEDUP_PRELOAD='%s' cannot be preloaded: LD_PRELOAD cannot "
+			 "carry a path with ':' or white space\n", odd[i]);
+		ASSERT(strstr(slurp("err"), want));
+	}
 	/* The real one runs the command. */
 	snprintf(cmd, sizeof(cmd), "MEMDEDUP_PRELOAD=build/libmemdedup-preload.so build/memdedup run -- touch %s/ran", dir);
 	ASSERT_EQ(run(cmd), 0);
