@@ -709,7 +709,8 @@ int md__scan_account(struct md_agent *a, int reap)
 	md__set(a, MD_CTR_PUBLISHED, ss.published);
 	md__set(a, MD_CTR_VOLATILE, ss.volatile_skips);
 	md__set(a, MD_CTR_ABANDONED, st.abandoned);
-	md__set(a, MD_CTR_MERGE_FALLBACKS, st.map_failed + st.budget_refused + st.freeze_failed);
+	md__set(a, MD_CTR_MERGE_FALLBACKS, st.map_failed + st.budget_refused + st.freeze_failed +
+					       st.image_replaced);
 	/* Each way a merge falls back, once: the pages stay as they were. */
 	if (st.map_failed)
 		md__log_once(117, "the kernel refused a mapping the scanner asked for (memory short, "
@@ -717,6 +718,9 @@ int md__scan_account(struct md_agent *a, int reap)
 	if (st.budget_refused)
 		md__log_once(118, "merges wait: the mapping budget (vm.max_map_count less the VMM's "
 			     "room) is spent; those pages stay as they were (merge_fallbacks)");
+	if (st.image_replaced)
+		md__log_once(131, "the VMM closed or replaced an image's descriptor while the scanner "
+			     "merged pages onto it: those pages stay as they were (merge_fallbacks)");
 	if (st.freeze_failed)
 		md__log_once(119, "the scanner could not write-protect or read pages it froze: they "
 			     "stay as they were (merge_fallbacks)");

@@ -1543,7 +1543,7 @@ int md__engine_merge_file(struct md__engine *e, void *addr, size_t n, int fd, of
 	}
 	if (still_fixed && !still_fixed(arg)) {
 		md__sys_munmap(aside, n * MD_EPAGE);
-		e->st.abandoned += n;
+		e->st.image_replaced += n;	/* equal, not mapped: a fallback */
 		err = -EBADF;
 		goto thaw_pages;
 	}

@@ -158,6 +158,8 @@ struct md__engine_stats {
 	uint64_t map_remade;    /* of those, pages the failed mmap had unmapped
 				 * (Linux <= 6.6), mapped again with their content */
 	uint64_t budget_refused;/* merges refused by the VMA budget */
+	uint64_t image_replaced;/* pages of merges onto an image whose descriptor
+				 * the VMM closed or replaced meanwhile */
 	uint64_t freeze_failed; /* pages of runs the write-protection could not
 				 * be set on (pagemap, populate, the ioctl), or
 				 * whose frozen content could not be read */

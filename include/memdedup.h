@@ -234,8 +234,11 @@ typedef struct md_stats {
 	                                  fell back, leaving pages as they were:
 	                                  pages whose mapping the kernel refused or
 	                                  whose write-protection could not be set or
-	                                  read, and runs the mapping budget refused
-	                                  (each reason said once in the log) */
+	                                  read, runs the mapping budget refused,
+	                                  and pages equal to an image whose
+	                                  descriptor the VMM closed or replaced
+	                                  meanwhile (each reason said once in the
+	                                  log) */
 } md_stats;
 
 /* Returns a short name of a fallback reason ("unaligned", ...). */
