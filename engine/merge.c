@@ -1935,6 +1935,11 @@ int md__engine_reap(struct md__engine *e)
 					continue;
 				release_ref(e, r, base + i);
 				r->ref[base + i] = MD_REF_FILE;
+				/* Written: young again (an age from before its
+				 * merge would count it in pages_unshared, and
+				 * skip it, until the cursor came by). */
+				if (r->seen[base + i])
+					r->seen[base + i] = MD_SEEN;
 				broken++;
 			}
 		}

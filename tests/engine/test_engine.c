@@ -524,8 +524,16 @@ TEST_IMPL(engine_merge_shares)
 	fill(want, 4);
 	ASSERT(memcmp(a + 3 * PG, want, PG) == 0);
 	ASSERT(memcmp(md__pool_page(&e.pool, slot + 3), want, PG) == 0);
+	/* As a page the scanner had found unique before its partner came. */
+	struct md__eregion *rb = md__engine_region(&e, (uintptr_t)b + 3 * PG, PG);
+	ASSERT(rb);
+	size_t ib = ((uintptr_t)b + 3 * PG - rb->start) / PG;
+	rb->seen[ib] = (uint8_t)MD_SEEN_MAKE(2, 3);
 	ASSERT_EQ(md__engine_reap(&e), 1);
 	ASSERT_EQ(e.pool.refs[slot + 3], 1);
+	/* Written: young again, not counted in pages_unshared by its old
+	 * age, and visited at the next pass. */
+	ASSERT_EQ(rb->seen[ib], MD_SEEN);
 
 	/* The written page can be merged again once its content is back. */
 	b[3 * PG + 7] = want[7];
