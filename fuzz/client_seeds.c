@@ -435,6 +435,25 @@ static void merges(const char *dir)
 	save(dir, "merges");
 }
 
+/* An UNREF sent whole whose ACK never came: the daemon hung up after
+ * reading it. It may have applied it, so the next connection to the same
+ * daemon must not have it again (the ledger traps a slot given back twice):
+ * one to send there is only one the connection could not send whole. */
+static void unref_unanswered(const char *dir)
+{
+	begin();
+	join(9);
+	ack(0, REL(1));
+	call(FC_REF, 0, 0, 5);	/* slot 5 held */
+	op0(FC_HANGUP);
+	call(FC_REF, 1 | 4, 0, 0);	/* its UNREF: sent, the connection gone */
+	join(9);
+	ack(0, REL(1));	/* for an UNREF sent again, were there one */
+	ack(0, REL(2));
+	call(FC_REPORT, 0, 0, 0);
+	save(dir, "unref-unanswered");
+}
+
 /* The scanner's batches: pages seen, then looked up, pinned, published and
  * merged with what the daemon says; then CANDIDATES visited first. */
 static void scan(const char *dir)
@@ -583,6 +602,7 @@ int main(int argc, char **argv)
 	retry(argv[1]);
 	pools(argv[1]);
 	merges(argv[1]);
+	unref_unanswered(argv[1]);
 	scan(argv[1]);
 	broken(argv[1]);
 	daemon_goes(argv[1]);

@@ -134,7 +134,7 @@ enum {
 	SEEN_CONNECT, SEEN_RETRY, SEEN_SAME_DAEMON, SEEN_LOOKUP, SEEN_PUBLISHED, SEEN_REF,
 	SEEN_LATE, SEEN_GIVE_BACK, SEEN_SPLIT, SEEN_CONTROL, SEEN_CANDIDATES, SEEN_SHARE,
 	SEEN_REQUEST, SEEN_BROKEN, SEEN_LATE_REF_REFUSED, SEEN_LATE_PUBLISH_BROKEN, SEEN_EACH_BROKEN,
-	SEEN_DONES_KEPT, SEEN_MERGE, SEEN_SCAN_MERGE, SEEN_CANDIDATE_MERGE, SEEN_END
+	SEEN_DONES_KEPT, SEEN_UNREF_UNANSWERED, SEEN_MERGE, SEEN_SCAN_MERGE, SEEN_CANDIDATE_MERGE, SEEN_END
 };
 static const char *const seen_name[SEEN_END] = {
 	"a connect", "a connect on the second try (HELLO without its flags)",
@@ -145,6 +145,7 @@ static const char *const seen_name[SEEN_END] = {
 	"a late REF refused", "a late PUBLISH answered with another count of slots",
 	"a PUBLISH_EACH answered out of protocol",
 	"CONTROL_DONEs kept behind a late reply, sent in order once it came",
+	"an UNREF sent whole, the daemon gone before its ACK",
 	"a merge with the input's slots", "a scanner's merge", "a merge of a candidate",
 };
 static uint32_t seen;
@@ -1185,6 +1186,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			seen |= 1u << SEEN_LATE;
 		if (r == -EPROTO)
 			seen |= 1u << SEEN_BROKEN;
+		if (op == FC_REF && (fl & 1) && (types & 1u << MD_MSG_UNREF) && r == -ENOTCONN)
+			seen |= 1u << SEEN_UNREF_UNANSWERED;
 		if (op == FC_CONTROL_DONE && !r && !(types & 1u << MD_MSG_CONTROL_DONE) &&
 		    nkept < sizeof(kept) / sizeof(kept[0]))
 			kept[nkept++] = a;
