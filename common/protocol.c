@@ -33,13 +33,15 @@ static uint64_t get64(const unsigned char *p)
 }
 
 /* A payload that is a u32 count n in 1..max and then exactly n elements of
- * size bytes (max * size is small: no overflow). */
+ * size bytes. The length is compared in 64 bits: in 32, a count past max
+ * could wrap size * n to the length given, and the bound on n would be all
+ * that kept the reads within the payload. */
 static int array_count(const unsigned char *p, uint32_t len, uint32_t max, uint32_t size, uint32_t *n)
 {
 	if (len < 4)
 		return 0;
 	*n = get32(p);
-	return *n != 0 && *n <= max && len == 4 + size * *n;
+	return *n != 0 && *n <= max && len == 4 + (uint64_t)size * *n;
 }
 
 static unsigned char *put16(unsigned char *p, uint16_t v)
@@ -324,7 +326,7 @@ static int decode_payload(const unsigned char *p, uint32_t len, struct md__msg *
 		m->u.ack.status = (int32_t)get32(p);
 		return m->u.ack.status > 0 || m->u.ack.status < -4095 ? -EBADMSG : 0;
 	case MD_MSG_REPORT:
-		if (len < 4 || (n = get32(p)) > MD_REPORT_MAX || len != 4 + 8 * n)
+		if (len < 4 || (n = get32(p)) > MD_REPORT_MAX || len != 4 + 8ull * n)
 			return -EBADMSG;
 		m->u.report.n = n;
 		for (uint32_t i = 0; i < n; i++)
@@ -421,8 +423,10 @@ int md__msg_decode_payload(unsigned type, const void *payload, uint32_t len, str
 	return decode_payload(payload, len, m);
 }
 
-/* The payload length of m, or 0 with *ok = 0 if m breaks a rule. */
-static uint32_t payload_len(const struct md__msg *m, int *ok)
+/* The payload length of m, or 0 with *ok = 0 if m breaks a rule. Counts
+ * are multiplied in 64 bits, so that a count past its bound cannot wrap to
+ * a length the callers' check against the type's largest lets through. */
+static uint64_t payload_len(const struct md__msg *m, int *ok)
 {
 	uint32_t n;
 	size_t l;
@@ -444,12 +448,12 @@ static uint32_t payload_len(const struct md__msg *m, int *ok)
 		n = m->hdr.type == MD_MSG_LOOKUP ? m->u.lookup.n : m->u.lookup_r.n;
 		if (n == 0 || n > MD_LOOKUP_MAX)
 			break;
-		return 4 + (m->hdr.type == MD_MSG_LOOKUP ? 24 : 4) * n;
+		return 4 + (m->hdr.type == MD_MSG_LOOKUP ? 24ull : 4ull) * n;
 	case MD_MSG_PUBLISH:
 		n = m->u.publish.n;
 		if (n == 0 || n > MD_PUBLISH_MAX || !m->u.publish.pages)
 			break;
-		return 4 + (8 + MD_MSG_PAGE) * n;
+		return 4 + (8ull + MD_MSG_PAGE) * n;
 	case MD_MSG_PUBLISH_R:
 		n = m->u.publish_r.n;
 		if (n == 0 || n > MD_PUBLISH_MAX || m->u.publish_r.first_slot > UINT32_MAX - n)
@@ -459,7 +463,7 @@ static uint32_t payload_len(const struct md__msg *m, int *ok)
 	case MD_MSG_UNREF:
 		if (m->u.refs.n == 0 || m->u.refs.n > MD_REF_MAX)
 			break;
-		return 4 + 4 * m->u.refs.n;
+		return 4 + 4ull * m->u.refs.n;
 	case MD_MSG_ACK:
 		if (m->u.ack.status > 0 || m->u.ack.status < -4095)
 			break;
@@ -467,7 +471,7 @@ static uint32_t payload_len(const struct md__msg *m, int *ok)
 	case MD_MSG_REPORT:
 		if (m->u.report.n > MD_REPORT_MAX)
 			break;
-		return 4 + 8 * m->u.report.n;
+		return 4 + 8ull * m->u.report.n;
 	case MD_MSG_STATUS:
 		*ok = 1;
 		return m->u.status.domain_from || m->u.status.agent_from ? 8 : 0;
@@ -499,7 +503,7 @@ static uint32_t payload_len(const struct md__msg *m, int *ok)
 		n = m->u.candidates.n;
 		if (n == 0 || n > MD_CANDIDATES_MAX)
 			break;
-		return 4 + 8 * n;
+		return 4 + 8ull * n;
 	case MD_MSG_SHARE:
 		if (m->u.share.agents == 0 || m->u.share.agents > MD_SHARE_MAX)
 			break;
@@ -513,17 +517,25 @@ static uint32_t payload_len(const struct md__msg *m, int *ok)
 				n = 0;
 		if (!n)
 			break;
-		return 4 + READ_RUN_LEN * n;
+		return 4 + (uint64_t)READ_RUN_LEN * n;
 	}
 	*ok = 0;
 	return 0;
 }
 
-size_t md__msg_encoded_len(const struct md__msg *m)
+/* m's payload length, or -EINVAL if it breaks a rule or is longer than any
+ * message of its type the decoder takes. */
+static int64_t checked_len(const struct md__msg *m)
 {
 	int ok;
-	uint32_t len = payload_len(m, &ok);
-	return ok ? MD_MSG_HDR_SIZE + len : 0;
+	uint64_t len = payload_len(m, &ok);
+	return ok && len <= md__msg_max_len(m->hdr.type) ? (int64_t)len : -EINVAL;
+}
+
+size_t md__msg_encoded_len(const struct md__msg *m)
+{
+	int64_t len = checked_len(m);
+	return len < 0 ? 0 : MD_MSG_HDR_SIZE + (size_t)len;
 }
 
 void md__msg_publish1_head(void *buf, uint32_t seq, uint64_t hash)
@@ -535,10 +547,10 @@ void md__msg_publish1_head(void *buf, uint32_t seq, uint64_t hash)
 
 ssize_t md__msg_encode(const struct md__msg *m, void *buf, size_t size)
 {
-	int ok;
-	uint32_t len = payload_len(m, &ok);
-	if (!ok)
+	int64_t wide = checked_len(m);
+	if (wide < 0)
 		return -EINVAL;
+	uint32_t len = (uint32_t)wide;
 	if (size < MD_MSG_HDR_SIZE + (size_t)len)
 		return -EMSGSIZE;
 	unsigned char *p = buf;

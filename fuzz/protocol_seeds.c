@@ -91,6 +91,21 @@ static int write_refused(const char *dir)
 	return bad;
 }
 
+/* Counts whose payload length wraps in 32 bits to the length given: a
+ * REPORT of 2^29 counters in 4 bytes (4 + 8 * n), a LOOKUP of 0x0AAAAAAB
+ * hashes in 12 (4 + 24 * n). Only the bound on n and a length check
+ * that does not wrap keep the decoder within the payload and its arrays. */
+static int write_wrapping(const char *dir)
+{
+	unsigned char p[12] = { 0 };
+	int bad = 0;
+	memcpy(p, (unsigned char[]){ 0x00, 0x00, 0x00, 0x20 }, 4);
+	bad |= write_raw(dir, MD_MSG_REPORT, p, 4, "count-wraps");
+	memcpy(p, (unsigned char[]){ 0xab, 0xaa, 0xaa, 0x0a }, 4);
+	bad |= write_raw(dir, MD_MSG_LOOKUP, p, 12, "count-wraps");
+	return bad;
+}
+
 /* Variants the daemon and the agents meet that the seeds above are not. */
 static int write_variants(const char *dir)
 {
@@ -261,5 +276,5 @@ int main(int argc, char **argv)
 		}
 		bad |= write_seed(argv[1], &m, type, NULL);
 	}
-	return bad | write_variants(argv[1]) | write_refused(argv[1]);
+	return bad | write_variants(argv[1]) | write_refused(argv[1]) | write_wrapping(argv[1]);
 }
