@@ -74,7 +74,11 @@ static void try_whole(const uint8_t *buf, size_t size)
 {
 	static struct md__msg m;
 	struct md__msg_hdr h;
-	if (md__msg_hdr_decode(buf, size, &h) == 0 && h.length > md__msg_max_len(h.type))
+	/* A header taken is one of ours, of a type we know, no longer than
+	 * any message of that type. */
+	if (md__msg_hdr_decode(buf, size, &h) == 0 &&
+	    (h.magic != MD_MSG_MAGIC || h.version != MD_MSG_VERSION || h.type == 0 ||
+	     h.type >= MD_MSG_TYPE_END || h.length > md__msg_max_len(h.type)))
 		__builtin_trap();
 	if (md__msg_decode(buf, size, &m) == 0)
 		check_round_trip(buf, size, &m);

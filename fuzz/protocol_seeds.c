@@ -8,7 +8,10 @@
  * type, see fuzz_protocol.c) notices a corpus left behind by a change of
  * the protocol. Messages that break a rule go as seed-<TYPE>-<what> too,
  * written byte by byte: a key or value a byte too long, a key for another
- * operation than SET, a CONTROL_DONE shorter than its token. */
+ * operation than SET, a CONTROL_DONE shorter than its token, counts whose
+ * length wraps in 32 bits, and one message for each rule only the decoder
+ * checks (a field out of range, a byte more or fewer than the length its
+ * fields give, another magic, an unknown type). */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,14 +44,21 @@ static int write_seed(const char *dir, struct md__msg *m, unsigned type, const c
 
 /* Writes len bytes of payload behind a header of type as
  * seed-<TYPE>-<variant>: messages the encoder refuses to make, for the
- * decoder to refuse too. */
-static int write_raw(const char *dir, unsigned type, const void *payload, uint32_t len, const char *variant)
+ * decoder to refuse too. A magic other than 0 replaces the header's; a
+ * type we do not know is named type<number>. */
+static int write_raw_magic(const char *dir, unsigned type, const void *payload, uint32_t len,
+			   const char *variant, uint32_t magic)
 {
 	static unsigned char buf[MD_MSG_HDR_SIZE + MD_MSG_MAX];
 	char path[4096];
 	md__msg_hdr_encode(buf, type, len, 7);
+	for (int i = 0; magic && i < 4; i++)
+		buf[i] = (unsigned char)(magic >> (8 * i));
 	memcpy(buf + MD_MSG_HDR_SIZE, payload, len);
-	snprintf(path, sizeof(path), "%s/seed-%s-%s", dir, md__msg_type_name(type), variant);
+	if (type > 0 && type < MD_MSG_TYPE_END)
+		snprintf(path, sizeof(path), "%s/seed-%s-%s", dir, md__msg_type_name(type), variant);
+	else
+		snprintf(path, sizeof(path), "%s/seed-type%u-%s", dir, type, variant);
 	FILE *f = fopen(path, "wb");
 	size_t n = MD_MSG_HDR_SIZE + (size_t)len;
 	if (!f || fwrite(buf, 1, n, f) != n || fclose(f) != 0) {
@@ -56,6 +66,33 @@ static int write_raw(const char *dir, unsigned type, const void *payload, uint32
 		return 1;
 	}
 	return 0;
+}
+
+static int write_raw(const char *dir, unsigned type, const void *payload, uint32_t len, const char *variant)
+{
+	return write_raw_magic(dir, type, payload, len, variant, 0);
+}
+
+static void put32(unsigned char *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		p[i] = (unsigned char)(v >> (8 * i));
+}
+
+/* m's payload, encoded as type, into p (of MD_MSG_MAX bytes): its length;
+ * m is cleared for the next. */
+static uint32_t payload_of(struct md__msg *m, unsigned type, unsigned char *p)
+{
+	static unsigned char buf[MD_MSG_HDR_SIZE + MD_MSG_MAX];
+	m->hdr.type = (uint16_t)type;
+	ssize_t n = md__msg_encode(m, buf, sizeof(buf));
+	if (n < (ssize_t)MD_MSG_HDR_SIZE) {
+		fprintf(stderr, "protocol_seeds: %s does not encode\n", md__msg_type_name(type));
+		exit(1);
+	}
+	memcpy(p, buf + MD_MSG_HDR_SIZE, (size_t)n - MD_MSG_HDR_SIZE);
+	memset(m, 0, sizeof(*m));
+	return (uint32_t)n - MD_MSG_HDR_SIZE;
 }
 
 /* A CONTROL's payload (op, pid 0, token 5, key and value of kl and vl
@@ -91,6 +128,77 @@ static int write_refused(const char *dir)
 	return bad;
 }
 
+/* Messages that break a rule only the decoder checks (what the encoder is
+ * given cannot say it): a valid message with a field or its length
+ * changed, each refused by one check alone. A decoder without that check
+ * takes the message, and the replay's round trip traps on it (or, for a
+ * message cut short, the ASan replay on the read past it). */
+static int write_decode_refused(const char *dir)
+{
+	static struct md__msg m;
+	static unsigned char p[MD_MSG_MAX];
+	uint32_t len;
+	int bad = 0;
+
+	m.u.hello.pid = 1234;
+	strcpy(m.u.hello.domain, "blue");
+	len = payload_of(&m, MD_MSG_HELLO, p);
+	p[len] = 'x';
+	bad |= write_raw(dir, MD_MSG_HELLO, p, len + 1, "trailing");
+	put32(p, 0x80000000u);
+	bad |= write_raw(dir, MD_MSG_HELLO, p, len, "pid-past-int32");
+
+	m.u.welcome.domain_id = 1;
+	m.u.welcome.pool_pages = 1024;
+	md__tunables_default(&m.u.welcome.tun);
+	len = payload_of(&m, MD_MSG_WELCOME, p);
+	bad |= write_raw(dir, MD_MSG_WELCOME, p, len - 1, "short");
+	put32(p + 36, 2);		/* state: a bit past MD_WELCOME_PAUSED */
+	bad |= write_raw(dir, MD_MSG_WELCOME, p, len, "unknown-state");
+	put32(p + 36, 0);
+	put32(p + 4, 0);		/* pool_pages */
+	bad |= write_raw(dir, MD_MSG_WELCOME, p, len, "no-pool");
+
+	m.u.publish_r.first_slot = 3, m.u.publish_r.n = 2;
+	len = payload_of(&m, MD_MSG_PUBLISH_R, p);
+	bad |= write_raw(dir, MD_MSG_PUBLISH_R, p, len - 1, "short");
+
+	m.u.status.agent_from = 1234;
+	len = payload_of(&m, MD_MSG_STATUS, p);
+	bad |= write_raw(dir, MD_MSG_STATUS, p, len - 4, "half-cursor");
+
+	/* Statuses: 0 or a negative errno, -4095 the lowest. */
+	len = payload_of(&m, MD_MSG_ACK, p);
+	put32(p, (uint32_t)-4096);
+	bad |= write_raw(dir, MD_MSG_ACK, p, len, "status-past-errno");
+	m.u.text.status = -EINVAL;
+	strcpy(m.u.text.text, "unknown key");
+	len = payload_of(&m, MD_MSG_ERROR, p);
+	p[len] = 'x';
+	bad |= write_raw(dir, MD_MSG_ERROR, p, len + 1, "trailing");
+	put32(p, (uint32_t)-4096);
+	bad |= write_raw(dir, MD_MSG_ERROR, p, len, "status-past-errno");
+
+	/* A PAUSE of op 0, of the first op past the last, of pid -1. */
+	m.u.control.op = MD_CTL_PAUSE;
+	m.u.control.token = 5;
+	len = payload_of(&m, MD_MSG_CONTROL, p);
+	put32(p, 0);
+	bad |= write_raw(dir, MD_MSG_CONTROL, p, len, "op-0");
+	put32(p, MD_CTL_OP_END);
+	bad |= write_raw(dir, MD_MSG_CONTROL, p, len, "op-unknown");
+	put32(p, MD_CTL_PAUSE);
+	put32(p + 4, UINT32_MAX);
+	bad |= write_raw(dir, MD_MSG_CONTROL, p, len, "pid-negative");
+
+	/* A whole ACK of another magic ("MDD2"); a header of the first type
+	 * past the last, with no payload (as long as such a type's longest). */
+	len = payload_of(&m, MD_MSG_ACK, p);
+	bad |= write_raw_magic(dir, MD_MSG_ACK, p, len, "other-magic", MD_MSG_MAGIC + (1u << 24));
+	bad |= write_raw(dir, MD_MSG_TYPE_END, p, 0, "empty");
+	return bad;
+}
+
 /* Counts whose payload length wraps in 32 bits to the length given: a
  * REPORT of 2^29 counters in 4 bytes (4 + 8 * n), a LOOKUP of 0x0AAAAAAB
  * hashes in 12 (4 + 24 * n). Only the bound on n and a length check
@@ -99,9 +207,9 @@ static int write_wrapping(const char *dir)
 {
 	unsigned char p[12] = { 0 };
 	int bad = 0;
-	memcpy(p, (unsigned char[]){ 0x00, 0x00, 0x00, 0x20 }, 4);
+	put32(p, 0x20000000u);
 	bad |= write_raw(dir, MD_MSG_REPORT, p, 4, "count-wraps");
-	memcpy(p, (unsigned char[]){ 0xab, 0xaa, 0xaa, 0x0a }, 4);
+	put32(p, 0x0aaaaaabu);
 	bad |= write_raw(dir, MD_MSG_LOOKUP, p, 12, "count-wraps");
 	return bad;
 }
@@ -276,5 +384,6 @@ int main(int argc, char **argv)
 		}
 		bad |= write_seed(argv[1], &m, type, NULL);
 	}
-	return bad | write_variants(argv[1]) | write_refused(argv[1]) | write_wrapping(argv[1]);
+	return bad | write_variants(argv[1]) | write_refused(argv[1]) | write_wrapping(argv[1]) |
+	       write_decode_refused(argv[1]);
 }
