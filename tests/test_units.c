@@ -1,5 +1,6 @@
 /* test_units.c - the pure logic: read planning, the region table, the
- * statistics file parser, and the API's argument checks. */
+ * statistics file parser, the protocol's shared rules, and the API's
+ * argument checks. */
 #include <errno.h>
 #include <linux/bsg.h>
 #include <scsi/sg.h>
@@ -1051,6 +1052,86 @@ TEST_IMPL(parse_bool_strict)
 			      "on\n", "yess", "00", "01", "truefalse" };
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
 		ASSERT_EQ(md__parse_bool(bad[i]), -EINVAL);
+	return 0;
+}
+
+/* m encoded, the u32 at payload offset off set to v (off < 0: left), and
+ * decoded: md__msg_decode's result. */
+static int decoded_with(struct md__msg *m, int off, uint32_t v)
+{
+	static unsigned char b[MD_MSG_HDR_SIZE + MD_MSG_MAX];
+	static struct md__msg out;
+	ssize_t n = md__msg_encode(m, b, sizeof(b));
+	if (n < 0)
+		return (int)n;
+	for (int i = 0; off >= 0 && i < 4; i++)
+		b[MD_MSG_HDR_SIZE + off + i] = (unsigned char)(v >> (8 * i));
+	return md__msg_decode(b, (size_t)n, &out);
+}
+
+/* The rules the protocol's encoder and decoder share (a tunable's range, a
+ * key's or a text's characters, a domain's length): broken in a message
+ * received, it is refused; broken in one to send, it does not encode. Each
+ * value just past a bound is refused, the bound itself taken. */
+TEST_IMPL(proto_shared_rules)
+{
+	static struct md__msg m;
+	static unsigned char b[MD_MSG_HDR_SIZE + MD_MSG_MAX];
+	static const struct { int off; uint32_t ok, bad; } tun[] = {
+		{ 16, 1, 0 }, { 16, MD_PAGES_TO_SCAN_MAX, MD_PAGES_TO_SCAN_MAX + 1 },
+		{ 20, MD_SLEEP_MS_MAX, MD_SLEEP_MS_MAX + 1 },
+		{ 24, 1, 0 }, { 24, MD_CPU_PERCENT_MAX, MD_CPU_PERCENT_MAX + 1 },
+		{ 28, MD_ORDER_RANDOM, MD_ORDER_RANDOM + 1 },
+		{ 32, MD_HINT_RATIO_MAX, MD_HINT_RATIO_MAX + 1 },
+	};
+
+	/* WELCOME's tunables: pages_to_scan, sleep_millisecs, cpu_percent,
+	 * order, hint_ratio at offsets 16 to 32. */
+	m = (struct md__msg){ .hdr.type = MD_MSG_WELCOME };
+	m.u.welcome.pool_pages = 16;
+	md__tunables_default(&m.u.welcome.tun);
+	for (size_t i = 0; i < sizeof(tun) / sizeof(tun[0]); i++) {
+		ASSERT_EQ(decoded_with(&m, tun[i].off, tun[i].ok), 0);
+		ASSERT_EQ(decoded_with(&m, tun[i].off, tun[i].bad), -EBADMSG);
+	}
+	m.u.welcome.tun.hint_ratio = MD_HINT_RATIO_MAX + 1;
+	ASSERT_EQ(md__msg_encode(&m, b, sizeof(b)), -EINVAL);
+
+	/* SET's key and value: visible ASCII but '='. The key is
+	 * "pages_to_scan", bytes 16 to 28 of the payload, the value "200"
+	 * bytes 29 to 31. */
+	m = (struct md__msg){ .hdr.type = MD_MSG_CONTROL };
+	m.u.control.op = MD_CTL_SET;
+	strcpy(m.u.control.key, "pages_to_scan");
+	strcpy(m.u.control.value, "200");
+	ASSERT_EQ(decoded_with(&m, 16, 0x7e7e7e7eu), 0);			/* "~~~~" */
+	ASSERT_EQ(decoded_with(&m, 16, 0x7e7e3d7eu), -EBADMSG);		/* "~=~~" */
+	ASSERT_EQ(decoded_with(&m, 16, 0x7e7e7f7eu), -EBADMSG);		/* DEL */
+	ASSERT_EQ(decoded_with(&m, 28, 0x30307e6eu), 0);			/* the key's last, "~00" */
+	ASSERT_EQ(decoded_with(&m, 28, 0x3030806eu), -EBADMSG);		/* a value byte past ASCII */
+	strcpy(m.u.control.value, "2=0");
+	ASSERT_EQ(md__msg_encode(&m, b, sizeof(b)), -EINVAL);
+
+	/* Texts: printable ASCII and tabs, MD_TEXT_MAX bytes at most. */
+	m = (struct md__msg){ .hdr.type = MD_MSG_ERROR };
+	m.u.text.status = -EINVAL;
+	strcpy(m.u.text.text, "a\tb~");
+	ASSERT_EQ(decoded_with(&m, -1, 0), 0);
+	ASSERT_EQ(decoded_with(&m, 6, 0x7e620961u), 0);
+	ASSERT_EQ(decoded_with(&m, 6, 0x7f620961u), -EBADMSG);		/* DEL */
+	ASSERT_EQ(decoded_with(&m, 6, 0xc3620961u), -EBADMSG);		/* UTF-8's first byte */
+	memset(m.u.text.text, 'x', MD_TEXT_MAX);
+	ASSERT_EQ(decoded_with(&m, -1, 0), 0);
+	m.u.text.text[MD_TEXT_MAX] = 'x';	/* unterminated: a byte too long */
+	ASSERT_EQ(md__msg_encode(&m, b, sizeof(b)), -EINVAL);
+
+	/* Domains: the agent's and the CLI's names, copied into a HELLO's
+	 * array of MD_DOMAIN_MAX bytes and its NUL. */
+	char dom[MD_DOMAIN_MAX + 2];
+	memset(dom, 'd', sizeof(dom) - 1);
+	dom[MD_DOMAIN_MAX + 1] = '\0';
+	ASSERT(!md__domain_valid(dom, MD_DOMAIN_MAX + 1));
+	ASSERT(md__domain_valid(dom, MD_DOMAIN_MAX));
 	return 0;
 }
 
