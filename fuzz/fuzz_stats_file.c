@@ -54,7 +54,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		       sizeof(header_size));
 		/* Only a file of this layout is read, of a live agent's pid,
 		 * with a sane count of counters. */
-		if (version != MD_STATS_VERSION || header_size != offsetof(struct md__stats_file, counters) ||
+		if (memcmp((const char *)f + offsetof(struct md__stats_file, magic), MD_STATS_MAGIC,
+			   sizeof(((struct md__stats_file *)0)->magic)) != 0 || version != MD_STATS_VERSION || header_size != offsetof(struct md__stats_file, counters) ||
 		    n == 0 || n > 4096 || s.pid == 0)
 			__builtin_trap();
 		parsed_older += n < MD_CTR_COUNT;

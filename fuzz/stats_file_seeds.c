@@ -2,8 +2,8 @@
  * a corpus directory as seed-* (`make fuzz-seeds`): one as an agent of this
  * version writes it, an older agent's (fewer counters), a newer one's (more,
  * whole and as a reader reads it: cut at this version's size), and files
- * to be refused: cut short, of another version or header size, of more
- * counters than any agent writes, without a pid. Made from struct
+ * to be refused: cut short, of another magic, version or header size, of
+ * no counters or more than any agent writes, without a pid. Made from struct
  * md__stats_file and MD_CTR_COUNT, they follow the format as it grows; the
  * replay (fuzz_stats_file.c) fails on a corpus without a file of this
  * version's counter count, and of an older and a newer one. */
@@ -66,14 +66,19 @@ int main(int argc, char **argv)
 	bad |= write_seed(argv[1], "older", buf, hdr + f->ncounters * sizeof(uint64_t));
 	f->ncounters = 1;
 	bad |= write_seed(argv[1], "oldest", buf, hdr + sizeof(uint64_t));
-	/* Refused: more counters than any agent writes, no pid, another
-	 * version, another header's size. */
+	/* Refused: no counters, more than any agent writes, no pid, another
+	 * magic, version, header's size. */
+	f->ncounters = 0;
+	bad |= write_seed(argv[1], "no-counters", buf, full);
 	f->ncounters = 4097;
 	bad |= write_seed(argv[1], "too-many-counters", buf, full);
 	f->ncounters = MD_CTR_COUNT;
 	f->pid = 0;
 	bad |= write_seed(argv[1], "no-pid", buf, full);
 	f->pid = 4321;
+	f->magic[0] ^= 0x20;	/* "mDSTATS" */
+	bad |= write_seed(argv[1], "other-magic", buf, full);
+	f->magic[0] ^= 0x20;
 	f->version = MD_STATS_VERSION + 1;
 	bad |= write_seed(argv[1], "other-version", buf, full);
 	f->version = MD_STATS_VERSION;
