@@ -33,13 +33,14 @@ void md__scan_init(struct md_agent *a, const md_agent_options *o)
 	int err = e ? md__engine_init(e, &eo) : -ENOMEM;
 	if (err)
 		goto err_free;
-	/* Kernel KSM must not merge what we do (see below), not even through
-	 * the switch for the whole process of Linux 6.4 (prctl
-	 * PR_SET_MEMORY_MERGE; systemd's MemoryKSM=yes sets it before exec,
-	 * and it outlives exec), which ignores the advice. */
 	err = md__hints_init(&a->hints, HINTS_CAP);
 	if (err)
 		goto err_fini;
+	/* Kernel KSM must not merge what we do (see below), not even through
+	 * the switch for the whole process of Linux 6.4 (prctl
+	 * PR_SET_MEMORY_MERGE; systemd's MemoryKSM=yes sets it before exec,
+	 * and it outlives exec), which ignores the advice. Last, after what
+	 * may fail: a start that fails leaves it as it was. */
 	if (syscall(SYS_prctl, PR_GET_MEMORY_MERGE, 0L, 0L, 0L, 0L) == 1) {
 		if (syscall(SYS_prctl, PR_SET_MEMORY_MERGE, 0L, 0L, 0L, 0L) != 0) {
 			err = -errno;
