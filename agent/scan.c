@@ -437,6 +437,13 @@ static int unmerge(md_agent *a, char *why, size_t size, int by)
 	}
 	int err = unmerge_locked(a, why, size, by);
 	pthread_mutex_unlock(&a->unmerge_lock);
+	/* What is shared now, counted before the answer: `memdedup status`
+	 * right after it showed the pages shared before for up to a minute
+	 * (the walks of a quiet process wait for pages to move). */
+	if (by != UNMERGE_USER) {
+		md__account(a, 0);
+		md__scan_account(a, 1);
+	}
 	return err;
 }
 

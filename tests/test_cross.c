@@ -1179,6 +1179,10 @@ TEST_IMPL(cross_unmerge_image_pages)
 		ASSERT_EQ(proc_page(&a, (512 + i) * PG).pfn, proc_page(&a, i * PG).pfn);
 	ASSERT(proc_page(&a, 100 * PG).file);
 	ASSERT_EQ(control_cli(&t, "unmerge", a.pid), 0);
+	/* Counted before the answer: nothing shared, nothing merged. */
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.pages_shared, 0);
+	ASSERT_EQ(s.pages_sharing, 0);
 	for (unsigned i = 0; i < 256; i++) {
 		struct pm pm = proc_page(&a, i * PG);
 		ASSERT(pm.present && !pm.file);
