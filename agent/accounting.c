@@ -42,25 +42,39 @@ static size_t snapshot_chunk(struct md_agent *a, uintptr_t *addr, unsigned char 
 	return n;
 }
 
+/* The agent's thread and md_agent_stats() may both count: one at a time,
+ * for the buffers. */
+static pthread_mutex_t account_lock = PTHREAD_MUTEX_INITIALIZER;
+static int pm = -1;        /* /proc/self/pagemap, kept */
+static pid_t pm_pid;       /* the process it shows */
+
+/* A forked child (libmemdedup's VMM making an agent anew there) must not
+ * read its parent's pages: the descriptor is closed while its number is
+ * still the one inherited, and the lock made anew (a thread counting at
+ * the fork does not exist in the child). */
+static void account_child(void)
+{
+	if (pm >= 0)
+		close(pm);
+	pm = -1;
+	account_lock = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
+}
+
 void md__account(struct md_agent *a, int count_vmas)
 {
-	/* The agent's thread and md_agent_stats() may both count: one at a
-	 * time, for the buffers. */
-	static pthread_mutex_t account_lock = PTHREAD_MUTEX_INITIALIZER;
-	static int pm = -1;
-	static pid_t pm_pid;
+	static int at_fork;
 	static uint64_t entries[PM_CHUNK];
 	static unsigned char owned_map[PM_CHUNK];
 	uint64_t owned = 0, broken = 0;
 	size_t n;
 
 	pthread_mutex_lock(&account_lock);
-	/* A forked child's agent (libmemdedup, made anew there) would read
-	 * its parent's pages through the parent's descriptor. */
-	if (pm >= 0 && pm_pid != getpid()) {
-		close(pm);
+	if (!at_fork)
+		at_fork = pthread_atfork(NULL, NULL, account_child) == 0;
+	/* A child made without the atfork handlers (_Fork, clone): the
+	 * number may be one of its own files by now, so only forgotten. */
+	if (pm >= 0 && pm_pid != getpid())
 		pm = -1;
-	}
 	if (pm < 0) {
 		pm = md__proc_open("pagemap", 0);
 		pm_pid = getpid();

@@ -62,7 +62,7 @@ static int agent_failed;
  * or a VMM with one of its own) comes first in the process's scope: its
  * interposers are the ones called, and this one does nothing (two agents
  * would each freeze and map the same guest RAM). */
-static int shadowed;
+static int shadowed, copies_looked;
 static const char *io_unseen;	/* I/O the agent does not see, before it exists (below) */
 static pthread_mutex_t agent_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -131,6 +131,7 @@ static void plain_child(void)
 static void before_fork(void);
 
 static void find_first_copy(void);
+static int is_shadowed(void);
 
 __attribute__((constructor)) static void preload_init(void)
 {
@@ -179,7 +180,7 @@ static void env_options(md_agent_options *o)
 
 static md_agent *agent_get(void)
 {
-	if (md__in_agent || shadowed)
+	if (md__in_agent || is_shadowed())
 		return NULL;
 	md_agent *a = __atomic_load_n(&agent, __ATOMIC_ACQUIRE);
 	if (a || __atomic_load_n(&agent_failed, __ATOMIC_RELAXED)) {
@@ -208,6 +209,11 @@ static md_agent *agent_get(void)
 		if (disabled) {
 			agent_failed = 1;
 		} else {
+			Dl_info other;
+			void *next = dlsym(RTLD_NEXT, "md_agent_new");
+			if (next && dladdr(next, &other))
+				md__log("another copy of memdedup's agent is loaded after this one (%s): only "
+					"this one's calls run", other.dli_fname);
 			env_options(&o);
 			int err = md_agent_new(&a, &o);
 			if (err) {
@@ -359,21 +365,25 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 
 static long (*libc_syscall)(long, ...);
 
+/* Silent: every process started with both copies would say it, asking for
+ * merging or not (the first copy says so as its agent starts). */
 static void find_first_copy(void)
 {
 	Dl_info first, mine;
 	void *f = dlsym(RTLD_DEFAULT, "md_agent_new");
 	if (f && dladdr(f, &first) && dladdr((void *)find_first_copy, &mine) &&
-	    first.dli_fbase != mine.dli_fbase) {
-		shadowed = 1;
-		/* Said where the first copy's agent logs, unless disabled. */
-		const char *dis = getenv("MEMDEDUP_DISABLE");
-		if (dis && *dis && md__parse_bool(dis) == 1)
-			return;
-		md__log_open(getenv("MEMDEDUP_LOG"));
-		md__log("another copy of memdedup's agent (%s) is loaded before this one (%s): this "
-			"one does nothing", first.dli_fname, mine.dli_fname);
-	}
+	    first.dli_fbase != mine.dli_fbase)
+		__atomic_store_n(&shadowed, 1, __ATOMIC_RELAXED);
+	__atomic_store_n(&copies_looked, 1, __ATOMIC_RELEASE);
+}
+
+/* Looked at when first needed too: an older copy loaded first may call
+ * our syscall() (its "next" one) before our constructor runs. */
+static int is_shadowed(void)
+{
+	if (!__atomic_load_n(&copies_looked, __ATOMIC_ACQUIRE))
+		find_first_copy();
+	return __atomic_load_n(&shadowed, __ATOMIC_RELAXED);
 }
 
 /* libc's own, never the next library's: another copy of this one would
@@ -1079,6 +1089,10 @@ EXPORT long syscall(long nr, ...)
 	long (*call)(long, ...) = libc();
 	if (!call)
 		return -1;
+	/* A copy loaded first (an older one) calls this as its "next"
+	 * syscall(): handed on to mmap() it would come back here forever. */
+	if (is_shadowed())
+		return call(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
 	switch (nr) {
 	case SYS_io_setup:
 		unseen_io("set up Linux AIO (io_setup)");

@@ -177,11 +177,12 @@ long md__policy_mbind(long (*call)(long, ...), void *addr, unsigned long len, in
 		calls++;
 	}
 	int saved = errno;
-	/* Refused before anything was bound: the first call failed, for a
-	 * reason the kernel finds before it changes a mapping (it binds
-	 * mapping by mapping, and only running short of memory stops it
-	 * half way). The policy there stays as it was, and followed. */
-	int untouched = r != 0 && calls == 1 && saved != ENOMEM;
+	/* Refused before anything was bound: the first call failed for a
+	 * reason the kernel finds before it changes a mapping (bad arguments,
+	 * a hole, a move not allowed). Not EIO (a strict call's pages that
+	 * did not move: older kernels bound first) nor ENOMEM (short half
+	 * way). The policy there stays as it was, and followed. */
+	int untouched = r != 0 && calls == 1 && (saved == EINVAL || saved == EFAULT || saved == EPERM);
 	if (len && !untouched) {
 		/* The kernel took addr page-aligned and len rounded up. A
 		 * failed call may have bound part: nothing is followed there. */

@@ -162,6 +162,18 @@ TEST_IMPL(second_copy_of_agent_does_nothing)
 		proc_stop(&p);
 		ASSERT(strstr(file_text(log), "another copy of memdedup's agent"));
 	}
+	/* An older copy first, which calls the kernel through "the next
+	 * syscall()": ours, which handed its mmap back to the older one's. */
+	snprintf(preload, sizeof(preload), "LD_PRELOAD=%s%s%s/liboldagent-stub.so:%s/libmemdedup-preload.so",
+		 extra ? extra : "", extra ? ":" : "", bdir, bdir);
+	const char *env[] = { preload, NULL };
+	struct proc p;
+	int fd = start_reader(&p, img, env);
+	ASSERT_EQ(proc_num(&p, "read %d 0 %u 0 %u", fd, MB, MB), MB);
+	ASSERT(strcmp(proc_cmd(&p, "hash 0 %u", MB), hex(fnv_file(img, 0, MB))) == 0);
+	md_stats s;
+	ASSERT_EQ(proc_stats(&p, &s), -ENOENT);	/* ours does nothing */
+	proc_stop(&p);
 	return 0;
 }
 

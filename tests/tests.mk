@@ -21,7 +21,12 @@ $(B)/libibverbs-stub.so: $(B)/tests/stub_ibverbs.o
 $(B)/libnopeerpidfd-stub.so: $(B)/tests/stub_nopeerpidfd.o
 	$(CC) -shared -o $@ $^ $(LDFLAGS) -ldl
 
-tests-build: $(B)/runner $(B)/testproc $(B)/libibverbs-stub.so $(B)/libnopeerpidfd-stub.so $(B)/fuzz-replay \
+# Preloaded before the agent: a copy of it from before it knew of others.
+$(B)/liboldagent-stub.so: $(B)/tests/stub_oldagent.o
+	$(CC) -shared -o $@ $^ $(LDFLAGS) -ldl
+
+tests-build: $(B)/runner $(B)/testproc $(B)/libibverbs-stub.so $(B)/libnopeerpidfd-stub.so \
+             $(B)/liboldagent-stub.so $(B)/fuzz-replay \
              $(B)/fuzz-replay-elf $(B)/fuzz-replay-status
 
 $(B)/fuzz-replay: fuzz/replay.c fuzz/fuzz_stats_file.c $(B)/libmemdedup.a
