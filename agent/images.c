@@ -33,6 +33,7 @@
 
 #include "agent_internal.h"
 #include "log.h"
+#include "printable.h"
 #include "sys.h"
 
 #define LEASE_RETRY_NS 1000000000ll
@@ -448,9 +449,21 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, const struct md__f
 	if (md__image_lease_hook)
 		md__image_lease_hook(img->fd);
 	if (lease_signal_to_us(a, img->fd) != 0 || fcntl(img->fd, F_SETLEASE, F_RDLCK) != 0) {
+		int err = errno;
 		*why = MD_FB_NO_LEASE;
-		md__log_once(21, "no read lease on an image (%s): it may change, so its reads are copied",
-			     errno == EAGAIN ? "it is open for writing" : strerror(errno));
+		/* Named, with what would let it be leased: a user other than
+		 * root leases only files it owns. */
+		char link[32], name[256];
+		snprintf(link, sizeof(link), "/proc/self/fd/%d", img->fd);
+		ssize_t l = readlink(link, name, sizeof(name) - 1);
+		name[l > 0 ? l : 0] = 0;
+		char shown[256];
+		md__log_once(21, "no read lease on image %s (%s): it may change, so its reads are copied%s",
+			     l > 0 ? md__printable(name, shown, sizeof(shown)) : "?",
+			     err == EAGAIN ? "it is open for writing" : strerror(err),
+			     err == EACCES || err == EPERM ? "; a lease needs the file's owner (or "
+							     "CAP_LEASE): run the VMM as the image's "
+							     "owner to share its reads" : "");
 		retry_later(img);
 		return NULL;
 	}

@@ -720,6 +720,48 @@ TEST_IMPL(fallback_writable_file)
 	return 0;
 }
 
+/* A VMM run by a user other than the image's owner (and without
+ * CAP_LEASE) cannot lease it: its reads are copied, and the log names the
+ * image and what would let it be shared (the README says it too). It
+ * said only "Permission denied". */
+TEST_IMPL(fallback_lease_refused_names_image)
+{
+	char dir[] = "/tmp/memdedup-lease-XXXXXX", img[64], log[64], rundir[96], logenv[96], cmd[128];
+	ASSERT(mkdtemp(dir));
+	ASSERT(chmod(dir, 0777) == 0);
+	snprintf(img, sizeof(img), "%s/image", dir);
+	snprintf(log, sizeof(log), "%s/log", dir);
+	snprintf(rundir, sizeof(rundir), "MEMDEDUP_RUN_DIR=%s", dir);
+	snprintf(logenv, sizeof(logenv), "MEMDEDUP_LOG=%s", log);
+	make_image(img, IMG_SIZE, 6);	/* root's, 0644 */
+	const char *env[] = { rundir, logenv, NULL };
+	struct proc a;
+	proc_start(&a, env);
+	long long changed = proc_num(&a, "setuid 65534");	/* before the agent starts */
+	if (changed != 0) {
+		proc_stop(&a);
+		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+		ASSERT(system(cmd) == 0);
+		SKIP("cannot change a process's user here (not root)");
+	}
+	proc_cmd(&a, "map %u", RAM_PAGES);
+	int fd = (int)proc_num(&a, "open %s", img);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 0 65536", fd), 65536);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 65536"), hex(fnv_file(img, 0, 65536))) == 0);
+	ASSERT(!proc_page(&a, 0).file);
+	proc_stop(&a);
+	char said[2048];
+	snprintf(said, sizeof(said), "%s", file_text(log));
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+	ASSERT(system(cmd) == 0);
+	char want[160];
+	snprintf(want, sizeof(want), "no read lease on image %s (Permission denied)", img);
+	ASSERT(strstr(said, want));
+	ASSERT(strstr(said, "a lease needs the file's owner (or CAP_LEASE)"));
+	return 0;
+}
+
 /* An image on a filesystem whose leases may not see every writer (here
  * ramfs, mounted in a mount namespace of the test's own; FUSE, NFS and
  * overlayfs are the ones that matter) is copied, and not even opened. */
