@@ -28,11 +28,16 @@ const struct md__cmd md__cmd_status_def = {
 	"Lists the processes running the memdedup agent: pid, command, registered\n"
 	"guest RAM, pages shared at read time now, their copy-on-write breaks,\n"
 	"fallbacks (reads or parts of reads that were copied, not shared), mappings\n"
-	"(VMAs), pages merged by the scanner now and zero pages dropped; then the\n"
-	"totals; memdedupd's sharing domains and their pools, if it runs; and\n"
-	"kernel KSM's counters from /sys/kernel/mm/ksm. An agent in a pid namespace\n"
-	"of its own (a VMM in a container sharing the run directory) is listed by\n"
-	"its pid here (in JSON, ns_pid is its own). Files of agents gone are removed.\n"
+	"(VMAs), pages merged by the scanner now, zero pages dropped, and the STATE\n"
+	"memdedupd holds its scanner in: scanning, or paused or unmerged (paused\n"
+	"too) until `memdedup resume`, or stopped (for good: the line after the\n"
+	"table says why); - for an agent memdedupd does not know (run without\n"
+	"--scan, or memdedupd not asked or not running). Then the totals;\n"
+	"memdedupd's sharing domains and their pools, if it runs; and kernel KSM's\n"
+	"counters from /sys/kernel/mm/ksm. An agent in a pid namespace of its own\n"
+	"(a VMM in a container sharing the run directory) is listed by its pid here\n"
+	"(in JSON, ns_pid is its own). Files of agents gone are removed. In JSON an\n"
+	"agent's paused and unmerged are memdedupd's word, null where STATE is -.\n"
 	"\n"
 	"  --json      machine-readable output\n"
 	"  --agents    the agents' rows and kernel KSM's only: memdedupd is not\n"
@@ -256,13 +261,41 @@ static void add_stats(md_stats *t, const md_stats *s)
 	t->hint_ratio = ratio;
 }
 
-static void print_row(const char *pid, const char *cmd, const md_stats *s)
+static void print_row(const char *pid, const char *cmd, const md_stats *s, const char *state)
 {
-	printf("%-8s %-28.28s %9.1f %10llu %8llu %9llu %7llu %8llu %7llu\n", pid, cmd,
+	printf("%-8s %-28.28s %9.1f %10llu %8llu %9llu %7llu %8llu %7llu%s%s\n", pid, cmd,
 	       (double)s->registered_bytes / (1 << 20), (unsigned long long)s->pages_shared,
 	       (unsigned long long)s->breaks, (unsigned long long)s->fallbacks_total,
 	       (unsigned long long)s->vmas, (unsigned long long)s->pages_sharing,
-	       (unsigned long long)s->zero_pages);
+	       (unsigned long long)s->zero_pages, *state ? " " : "", state);
+}
+
+/* The daemon's record of the agent of pid (memdedupd sees the pids this
+ * process does), or NULL: not asked, not running, or an agent that does
+ * not scan (only those connect to it). */
+static json_t *daemon_agent(json_t *daemon, int pid)
+{
+	json_t *list = daemon ? json_object_get(daemon, "agents") : NULL, *a;
+	size_t i;
+	json_array_foreach(list, i, a) {
+		json_t *p = json_object_get(a, "pid");
+		if (json_is_integer(p) && json_integer_value(p) == pid)
+			return a;
+	}
+	return NULL;
+}
+
+/* The STATE column: what memdedupd holds the agent's scanner to (a, its
+ * record), or that the agent stopped changing guest RAM for good. */
+static const char *agent_state(json_t *a, const md_stats *s)
+{
+	if (!a)
+		return "-";
+	if (json_is_true(json_object_get(a, "unmerged")))
+		return "unmerged";
+	if (json_is_true(json_object_get(a, "paused")))
+		return "paused";
+	return s->io_unseen ? "stopped" : "scanning";
 }
 
 int md__cmd_status(int argc, char **argv)
@@ -320,6 +353,12 @@ int md__cmd_status(int argc, char **argv)
 			char command[MD_STATS_COMMAND_LEN];
 			json_object_set_new(o, "command", json_string(md__printable(agents[i].s.command,
 						    command, sizeof(command))));
+			/* memdedupd's word, null where it has none (STATE's "-"). */
+			json_t *da = daemon_agent(daemon, agents[i].pid);
+			json_object_set_new(o, "paused", da ? json_boolean(json_is_true(json_object_get(da, "paused")))
+							    : json_null());
+			json_object_set_new(o, "unmerged", da ? json_boolean(json_is_true(json_object_get(da,
+							    "unmerged"))) : json_null());
 			json_array_append_new(list, o);
 		}
 		for (size_t k = 0; k < NKSM; k++) {
@@ -336,15 +375,16 @@ int md__cmd_status(int argc, char **argv)
 		putchar('\n');
 		json_decref(root);
 	} else {
-		printf("%-8s %-28s %9s %10s %8s %9s %7s %8s %7s\n", "PID", "COMMAND", "RAM_MB",
-		       "SHARED", "BREAKS", "FALLBACKS", "VMAS", "MERGED", "ZERO");
+		printf("%-8s %-28s %9s %10s %8s %9s %7s %8s %7s %s\n", "PID", "COMMAND", "RAM_MB",
+		       "SHARED", "BREAKS", "FALLBACKS", "VMAS", "MERGED", "ZERO", "STATE");
 		for (size_t i = 0; i < n; i++) {
 			char pid[16], command[29];	/* its column's 28 bytes */
+			const md_stats *s = &agents[i].s.stats;
 			snprintf(pid, sizeof(pid), "%d", agents[i].pid);
-			print_row(pid, md__printable(agents[i].s.command, command, sizeof(command)),
-				  &agents[i].s.stats);
+			print_row(pid, md__printable(agents[i].s.command, command, sizeof(command)), s,
+				  agent_state(daemon_agent(daemon, agents[i].pid), s));
 		}
-		print_row("total", n == 1 ? "1 agent" : "agents", &total);
+		print_row("total", n == 1 ? "1 agent" : "agents", &total, "");
 		for (size_t i = 0; i < n; i++) {
 			if ((uint32_t)agents[i].pid != agents[i].s.pid)
 				printf("pid %d: in a pid namespace of its own, where it is pid %u\n",

@@ -102,7 +102,7 @@ static json_t *counter_json(uint32_t i, uint64_t v)
 	return json_integer(v > INT64_MAX ? INT64_MAX : (json_int_t)v);
 }
 
-static json_t *agent_json(const struct md__agent *a)
+static json_t *agent_json(const struct md__daemon *d, const struct md__agent *a)
 {
 	json_t *o = json_object(), *ctr = json_array(), *named = json_object();
 	if (!o || !ctr || !named) {
@@ -115,6 +115,10 @@ static json_t *agent_json(const struct md__agent *a)
 	json_object_set_new(o, "domain", json_string(a->dom->name));
 	json_object_set_new(o, "domain_id", json_integer(a->dom->id));
 	json_object_set_new(o, "connected", json_boolean(a->conn != NULL));
+	/* As its WELCOME says it (server.c): the daemon's pause, its own, or
+	 * an unmerge, each held until a RESUME reaches it. */
+	json_object_set_new(o, "paused", json_boolean(d->paused || a->paused || a->unmerged));
+	json_object_set_new(o, "unmerged", json_boolean(a->unmerged));
 	json_object_set_new(o, "references", json_integer((json_int_t)a->nrefs));
 	json_object_set_new(o, "requests", json_integer((json_int_t)a->requests));
 	json_object_set_new(o, "hellos", json_integer((json_int_t)a->hellos));
@@ -225,7 +229,7 @@ int md__status_json(struct md__daemon *d, uid_t uid, uint32_t domain_from, uint3
 	for (size_t i = 0; i < nag && !next; i++) {
 		if ((uint32_t)av[i]->pid < agent_from)
 			continue;
-		json_t *o = agent_json(av[i]);
+		json_t *o = agent_json(d, av[i]);
 		if (!o)
 			goto free_vectors;
 		int fit = page_append(agents, o, &used, &items);

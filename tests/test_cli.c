@@ -3,6 +3,7 @@
 #include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -1519,6 +1520,158 @@ TEST_IMPL(cli_pause_not_scanning)
 	ASSERT(once);
 	ASSERT_EQ(c4, 1);
 	ASSERT(strstr(err4, "is not scanning"));
+	return 0;
+}
+
+/* A child that is an agent of t's memdedupd, with a statistics file in
+ * test_dir()/rd as the agent's: it answers every CONTROL done until
+ * *stop's write end closes. Its pid. */
+static pid_t answering_agent(const struct tdaemon *t, int stop[2])
+{
+	int ready[2];
+	char x = 0;
+	ASSERT(pipe(ready) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		struct md__client *c;
+		struct md__msg_welcome w;
+		struct md__msg_control ctl;
+		int fd;
+		close(stop[1]);
+		if (md__client_open(&c, t->sock, NULL, 0, &w, &fd) != 0 || write(ready[1], &x, 1) != 1)
+			_exit(100);
+		for (;;) {
+			struct pollfd p[2] = { { stop[0], POLLIN, 0 }, { md__client_fd(c), POLLIN, 0 } };
+			if (poll(p, 2, 10000) < 0 || p[0].revents)
+				_exit(0);
+			while (md__client_next_control(c, &ctl) == 0)
+				if (md__client_control_done(c, ctl.token, 0, NULL) != 0)
+					_exit(101);
+			if (!md__client_alive(c))
+				_exit(102);
+		}
+	}
+	close(ready[1]);
+	ASSERT(read(ready[0], &x, 1) == 1);
+	close(ready[0]);
+	char path[512], name[64];
+	snprintf(name, sizeof(name), "agent-%d.stats", (int)kid);
+	make_rd(path, sizeof(path), name);
+	write_stats(path, (uint32_t)kid, md__proc_start_time(kid), "vmm", 0);
+	return kid;
+}
+
+/* The STATE column of pid's row in `status`'s table (out), "" if none. */
+static const char *row_state(const char *out, pid_t pid)
+{
+	static char state[32];
+	char head[16];
+	int n = snprintf(head, sizeof(head), "%d ", (int)pid);
+	state[0] = '\0';
+	for (const char *l = out; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+		if (strncmp(l, head, (size_t)n) != 0)
+			continue;
+		const char *end = strchr(l, '\n'), *w = end;
+		while (w > l && w[-1] != ' ')
+			w--;
+		snprintf(state, sizeof(state), "%.*s", (int)(end - w), w);
+		break;
+	}
+	return state;
+}
+
+/* memdedupd's word on pid's agent in `status --json`'s output st: key of
+ * the daemon's record and of the agent's row (which must agree): 1, 0, or
+ * -1 for null (the row's, when the daemon does not know it). */
+static int agent_flag(json_t *st, pid_t pid, const char *key)
+{
+	json_t *row = listed(st, pid);
+	json_t *rec = td_find(json_object_get(json_object_get(st, "daemon"), "agents"), "pid", pid);
+	ASSERT(row);
+	json_t *v = json_object_get(row, key);
+	ASSERT(v);
+	if (json_is_null(v)) {
+		ASSERT(!rec);
+		return -1;
+	}
+	ASSERT(rec && json_is_boolean(json_object_get(rec, key)));
+	ASSERT_EQ(json_is_true(json_object_get(rec, key)), json_is_true(v));
+	return json_is_true(v);
+}
+
+/* `status` shows which agents memdedupd holds paused or unmerged: it
+ * showed neither (only the daemon's default, daemon.paused), so an agent
+ * paused by pid looked like any other. */
+TEST_IMPL(cli_status_shows_paused)
+{
+	struct tdaemon t;
+	int stop[2];
+	json_error_t je;
+	const char *b = build_dir();
+	td_start(&t, 16);
+	ASSERT(pipe(stop) == 0);
+	pid_t p1 = answering_agent(&t, stop), p2 = answering_agent(&t, stop);
+	char env[1024];
+	snprintf(env, sizeof(env), "MEMDEDUP_RUN_DIR=%s/rd MEMDEDUP_SOCKET=%s", test_dir(), t.sock);
+	/* Each step: the table's STATE of p1 and p2, then the JSON's
+	 * paused and unmerged of each. */
+	const struct {
+		const char *cmd;
+		const char *s1, *s2;
+		int paused1, unmerged1, paused2, unmerged2;
+	} steps[] = {
+		{ NULL, "scanning", "scanning", 0, 0, 0, 0 },
+		{ "pause --pid P1", "paused", "scanning", 1, 0, 0, 0 },
+		{ "unmerge --pid P2", "paused", "unmerged", 1, 0, 1, 1 },
+		{ "resume", "scanning", "scanning", 0, 0, 0, 0 },
+	};
+	for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+		if (steps[i].cmd) {
+			char cmd[64];
+			snprintf(cmd, sizeof(cmd), "%s", steps[i].cmd);
+			char *p = strstr(cmd, " P");
+			if (p)
+				snprintf(p, sizeof(cmd) - (size_t)(p - cmd), " %d", (int)(p[2] == '1' ? p1 : p2));
+			ASSERT_EQ(sh("%s %s/memdedup %s", env, b, cmd), 0);
+		}
+		ASSERT_EQ(sh("%s %s/memdedup status", env, b), 0);
+		const char *out = slurp("out");
+		ASSERT(strstr(out, " STATE\n"));
+		ASSERT_EQ(strcmp(row_state(out, p1), steps[i].s1), 0);
+		ASSERT_EQ(strcmp(row_state(out, p2), steps[i].s2), 0);
+		ASSERT_EQ(sh("%s %s/memdedup status --json", env, b), 0);
+		json_t *st = json_loads(slurp("out"), 0, &je);
+		ASSERT(st);
+		ASSERT_EQ(agent_flag(st, p1, "paused"), steps[i].paused1);
+		ASSERT_EQ(agent_flag(st, p1, "unmerged"), steps[i].unmerged1);
+		ASSERT_EQ(agent_flag(st, p2, "paused"), steps[i].paused2);
+		ASSERT_EQ(agent_flag(st, p2, "unmerged"), steps[i].unmerged2);
+		json_decref(st);
+	}
+	/* An agent that stopped changing guest RAM for good (io_unseen, in
+	 * every counter at 1) is not scanning, whatever memdedupd holds. */
+	char path[512], name[64];
+	snprintf(name, sizeof(name), "agent-%d.stats", (int)p1);
+	make_rd(path, sizeof(path), name);
+	write_stats(path, (uint32_t)p1, md__proc_start_time(p1), "vmm", 1);
+	ASSERT_EQ(sh("%s %s/memdedup status", env, b), 0);
+	ASSERT_EQ(strcmp(row_state(slurp("out"), p1), "stopped"), 0);
+	/* Not asked (--agents): memdedupd's word is not there, said so. */
+	ASSERT_EQ(sh("%s %s/memdedup status --agents", env, b), 0);
+	ASSERT_EQ(strcmp(row_state(slurp("out"), p1), "-"), 0);
+	ASSERT_EQ(sh("%s %s/memdedup status --agents --json", env, b), 0);
+	json_t *st = json_loads(slurp("out"), 0, &je);
+	ASSERT(st);
+	ASSERT_EQ(agent_flag(st, p1, "paused"), -1);
+	ASSERT_EQ(agent_flag(st, p2, "unmerged"), -1);
+	json_decref(st);
+	close(stop[1]);
+	int ws;
+	ASSERT(waitpid(p1, &ws, 0) == p1 && WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+	ASSERT(waitpid(p2, &ws, 0) == p2 && WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+	close(stop[0]);
+	td_stop(&t);
 	return 0;
 }
 
