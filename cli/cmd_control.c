@@ -157,7 +157,15 @@ static int send_control(const struct md__cmd *cmd, struct md__client *c,
 	else if (!err)
 		err = -EPROTO;
 	if (err) {
-		fprintf(stderr, "memdedup %s: no answer from the daemon: %s\n", cmd->name, strerror(-err));
+		char why[MD_TEXT_MAX + 1];
+		if (*md__client_refusal(c))
+			fprintf(stderr, "memdedup %s: memdedupd refused the connection: %s\n", cmd->name,
+				md__printable(md__client_refusal(c), why, sizeof(why)));
+		else if (err == -EPROTO || err == -EBADMSG)
+			fprintf(stderr, "memdedup %s: the daemon did not answer properly (not memdedupd, or "
+				"another version of it)\n", cmd->name);
+		else
+			fprintf(stderr, "memdedup %s: no answer from the daemon: %s\n", cmd->name, strerror(-err));
 		return 1;
 	}
 	*no_agent = m.u.text.status == -ESRCH && ctl->pid;
@@ -182,8 +190,10 @@ static int connect_daemon(const struct md__cmd *cmd, struct md__client **c)
 {
 	char path[256];
 	int err = md__client_connect(c, NULL);
-	if (!err)
+	if (!err) {
+		md__client_set_quiet(*c, 1);	/* send_control says what failed */
 		return 0;
+	}
 	if (md__daemon_socket_path(NULL, path, sizeof(path)) != 0)
 		snprintf(path, sizeof(path), "(no usable path)");
 	char shown[256];

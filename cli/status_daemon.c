@@ -150,6 +150,7 @@ int md__status_daemon(const char *sock, json_t **out, char *why, size_t size)
 	err = md__client_connect(&c, sock);
 	if (err)
 		return err;
+	md__client_set_quiet(c, 1);	/* `status` says what failed */
 	char *buf = malloc(MD_MSG_MAX);
 	if (!buf) {
 		err = -ENOMEM;
@@ -171,6 +172,8 @@ int md__status_daemon(const char *sock, json_t **out, char *why, size_t size)
 free_doc:
 	json_decref(*out);
 	*out = NULL;
+	if (!why[0] && *md__client_refusal(c))
+		snprintf(why, size, "refused the connection: %s", md__client_refusal(c));
 free_buf:
 	free(buf);
 free_client:

@@ -85,6 +85,8 @@ struct md__client {
 	 * waiting for them was told the agent did not answer. */
 	struct md__msg_control_done done[MD_CLIENT_DONE_MAX];
 	unsigned ndone;
+	int quiet;                 /* the CLI's: no log lines (md__client_set_quiet) */
+	char refusal[MD_TEXT_MAX + 1]; /* why the daemon refused the connection; "" */
 };
 
 /* The host's memdedupd, root's (the systemd unit's): used by other users
@@ -140,7 +142,7 @@ static int kill_conn(struct md__client *c, int err)
  * reply of the wrong kind or size): said, once a connection. */
 static int broken(struct md__client *c)
 {
-	if (!c->dead)
+	if (!c->dead && !c->quiet)
 		md__log("memdedupd sent a message out of protocol (another version?): the connection "
 			"is dropped, and made again");
 	return kill_conn(c, -EPROTO);
@@ -476,7 +478,9 @@ static int other(struct md__client *c)
 	}
 	switch (c->msg.hdr.type) {
 	case MD_MSG_ERROR:
-		md__log("memdedupd refused the connection: %s", c->msg.u.text.text);
+		snprintf(c->refusal, sizeof(c->refusal), "%s", c->msg.u.text.text);
+		if (!c->quiet)
+			md__log("memdedupd refused the connection: %s", c->msg.u.text.text);
 		return kill_conn(c, peer_error(c->msg.u.text.status));	/* said above */
 	case MD_MSG_CONTROL:
 		queue_control(c, &c->msg.u.control);
@@ -521,8 +525,9 @@ static int timed_out(struct md__client *c, uint32_t seq, unsigned type, const ui
 	int refs = type == MD_MSG_REF || type == MD_MSG_UNREF;
 	if ((refs && !slots) || (type == MD_MSG_PUBLISH && !n) || owe(c, seq, type, 1, slots, n) != 0)
 		return kill_conn(c, -ETIMEDOUT);
-	md__log_once(74, "memdedupd is slow to answer: requests fail until it catches up; "
-		     "what it grants late is given back");
+	if (!c->quiet)
+		md__log_once(74, "memdedupd is slow to answer: requests fail until it catches up; "
+			     "what it grants late is given back");
 	return -ETIMEDOUT;
 }
 
@@ -787,6 +792,16 @@ void md__client_set_timeout(struct md__client *c, int ms)
 {
 	if (ms > 0)
 		c->timeout_ms = ms;
+}
+
+void md__client_set_quiet(struct md__client *c, int quiet)
+{
+	c->quiet = quiet;
+}
+
+const char *md__client_refusal(const struct md__client *c)
+{
+	return c->refusal;
 }
 
 /* The pool is what the protocol promises: a read-only descriptor of a

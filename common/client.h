@@ -58,6 +58,12 @@ int md__client_fd(const struct md__client *c);
 int md__client_alive(const struct md__client *c);
 /* Sets the timeout of each request (ms, > 0). */
 void md__client_set_timeout(struct md__client *c, int ms);
+/* quiet 1: the connection writes no log line (the CLI's, whose own error
+ * says what failed: the agent's lines say what it does next, reconnect).
+ * What a daemon that refused the connection said is kept either way:
+ * md__client_refusal, "" if it did not. */
+void md__client_set_quiet(struct md__client *c, int quiet);
+const char *md__client_refusal(const struct md__client *c);
 
 /* HELLO: joins the domain (NULL or "" for the caller's default one). On 0,
  * *welcome is filled and *pool_fd is the pool's read-only descriptor (the

@@ -1369,9 +1369,10 @@ TEST_IMPL(cli_status_io_unseen)
 	return 0;
 }
 
-/* A server at path answering every connection with doc: in a proper
- * STATUS_R frame (framed), or as it is, unasked. Its pid. */
-static pid_t doc_server(const char *path, const char *doc, int framed)
+/* A server at path answering every connection with doc (len bytes): as
+ * it is, unasked (framed 0); in a proper STATUS_R frame once asked (1); as
+ * it is once asked, the request read whole (2). Its pid. */
+static pid_t doc_server_len(const char *path, const char *doc, size_t len, int framed)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	ASSERT(strlen(path) < sizeof(sa.sun_path));
@@ -1383,8 +1384,8 @@ static pid_t doc_server(const char *path, const char *doc, int framed)
 	pid_t kid = fork();
 	ASSERT(kid >= 0);
 	if (kid == 0) {
-		static unsigned char out[MD_MSG_HDR_SIZE + 4096], in[MD_MSG_HDR_SIZE + 64];
-		size_t len = strlen(doc);
+		static unsigned char out[MD_MSG_HDR_SIZE + 4096], in[MD_MSG_HDR_SIZE + 4096];
+		ASSERT(len <= 4096);
 		memcpy(out + MD_MSG_HDR_SIZE, doc, len);
 		for (;;) {
 			int c = accept(ls, NULL, NULL);
@@ -1393,6 +1394,22 @@ static pid_t doc_server(const char *path, const char *doc, int framed)
 				_exit(1);
 			if (!framed) {
 				usleep(20000);
+				if (write(c, doc, len) < 0)
+					_exit(1);
+			} else if (framed == 2) {
+				/* Read whole, so that closing resets nothing. */
+				size_t got = 0, want = MD_MSG_HDR_SIZE;
+				while (got < want) {
+					ssize_t n = read(c, in + got, want - got);
+					if (n <= 0)
+						_exit(1);
+					got += (size_t)n;
+					if (got == MD_MSG_HDR_SIZE) {
+						if (md__msg_hdr_decode(in, got, &h) != 0 || h.length > 4096)
+							_exit(1);
+						want += h.length;
+					}
+				}
 				if (write(c, doc, len) < 0)
 					_exit(1);
 			} else {
@@ -1408,6 +1425,11 @@ static pid_t doc_server(const char *path, const char *doc, int framed)
 	}
 	close(ls);
 	return kid;
+}
+
+static pid_t doc_server(const char *path, const char *doc, int framed)
+{
+	return doc_server_len(path, doc, strlen(doc), framed);
 }
 
 /* memdedupd there but answering garbage: said, and exit 1 (none running
@@ -1475,6 +1497,55 @@ TEST_IMPL(cli_status_daemon_malformed_doc)
 	ASSERT_EQ(code[2][0], 0);
 	ASSERT_EQ(code[2][1], 0);
 	ASSERT(strstr(out, "blue") && strstr(out, "5678"));
+	return 0;
+}
+
+/* What answers on the socket is not memdedupd (garbage), or refuses the
+ * connection: `status` and the control commands say so in their own words
+ * only. The client's log line for agents ("memdedup[PID]: ... the
+ * connection is dropped, and made again") came first, and the CLI makes
+ * nothing again. */
+TEST_IMPL(cli_daemon_garbage_said_once)
+{
+	const char *b = build_dir();
+	char sock[400], junk[65];
+	unsigned char refusal[MD_MSG_HDR_SIZE + 8 + MD_TEXT_MAX];
+	struct md__msg m = { .hdr = { .type = MD_MSG_ERROR } };
+	static const char *const cmds[] = { "status", "pause", "set pages_to_scan=5", "unmerge" };
+	snprintf(sock, sizeof(sock), "%s/bad.sock", test_dir());
+	memset(junk, 'x', 64);
+	junk[64] = '\0';
+	m.u.text.status = -EUSERS;
+	snprintf(m.u.text.text, sizeof(m.u.text.text), "too many connections (7)");
+	ssize_t rlen = md__msg_encode(&m, refusal, sizeof(refusal));
+	ASSERT(rlen > 0);
+	for (int refused = 0; refused < 2; refused++) {
+		pid_t kid = refused ? doc_server_len(sock, (const char *)refusal, (size_t)rlen, 2)
+				    : doc_server_len(sock, junk, 64, 2);
+		int code[4];
+		char err[4][1024];
+		for (int i = 0; i < 4; i++) {
+			code[i] = sh("MEMDEDUP_RUN_DIR=%s MEMDEDUP_SOCKET=%s %s/memdedup %s", test_dir(), sock, b,
+				     cmds[i]);
+			snprintf(err[i], sizeof(err[i]), "%s", slurp("err"));
+		}
+		kill(kid, SIGKILL);
+		waitpid(kid, NULL, 0);
+		for (int i = 0; i < 4; i++) {
+			ASSERT_EQ(code[i], 1);
+			ASSERT(!strstr(err[i], "memdedup["));
+			ASSERT(!strstr(err[i], "made again"));
+			/* One line, the command's. */
+			char want[64];
+			snprintf(want, sizeof(want), "memdedup %.*s: ", (int)strcspn(cmds[i], " "), cmds[i]);
+			ASSERT(strncmp(err[i], want, strlen(want)) == 0);
+			ASSERT(strchr(err[i], '\n') == err[i] + strlen(err[i]) - 1);
+			if (refused)
+				ASSERT(strstr(err[i], "refused the connection: too many connections (7)"));
+			else
+				ASSERT(strstr(err[i], "did not answer properly"));
+		}
+	}
 	return 0;
 }
 
