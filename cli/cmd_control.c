@@ -27,9 +27,10 @@ static int cmd_set(int argc, char **argv);
 	"  --pid P     only the agent of process P (default: every agent)\n" \
 	"  -h, --help  this text\n" \
 	"\n" \
-	"Needs memdedupd running (memdedup run starts it); answers once the agents\n" \
-	"have done it (at most a minute). Exit status: 0 done, 1 refused (the text\n" \
-	"names the agent and why), not answered, or no daemon; 2 wrong usage.\n"
+	"Needs memdedupd running (`memdedup run --scan` starts it: only agents that\n" \
+	"scan use it); answers once the agents have done it (at most a minute).\n" \
+	"Exit status: 0 done, 1 refused (the text names the agent and why), not\n" \
+	"answered, or no daemon; 2 wrong usage.\n"
 #define PID_HELP \
 	"Without --pid, from root (or memdedupd's user) it is also the default for\n" \
 	"agents that start later.\n" PID_OPTION
@@ -178,8 +179,13 @@ static int send_control(const struct md__cmd *cmd, struct md__client *c,
 		return 1;
 	}
 	if (m.u.text.status) {
-		fprintf(stderr, "memdedup %s: %s\n", cmd->name, m.u.text.text[0] ? m.u.text.text :
-			strerror(-m.u.text.status));
+		/* The daemon names what failed first, as its log does: the
+		 * command's name is said once (a SET's pair stays). */
+		const char *text = m.u.text.text;
+		size_t nl = strlen(cmd->name);
+		if (ctl->op != MD_CTL_SET && strncmp(text, cmd->name, nl) == 0 && strncmp(text + nl, ": ", 2) == 0)
+			text += nl + 2;
+		fprintf(stderr, "memdedup %s: %s\n", cmd->name, text[0] ? text : strerror(-m.u.text.status));
 		return 1;
 	}
 	printf("%s\n", m.u.text.text);
@@ -200,7 +206,8 @@ static int connect_daemon(const struct md__cmd *cmd, struct md__client **c)
 	md__printable(path, shown, sizeof(shown));
 	if (err == -ENOENT || err == -ECONNREFUSED)
 		fprintf(stderr, "memdedup %s: the daemon is not running (nothing answers on %s);\n"
-			"start memdedupd, or run a VM with `memdedup run`\n", cmd->name, shown);
+			"start memdedupd, or run a VM with `memdedup run --scan` (only agents that scan\n"
+			"use the daemon)\n", cmd->name, shown);
 	else
 		fprintf(stderr, "memdedup %s: cannot reach the daemon at %s: %s\n", cmd->name, shown,
 			strerror(-err));

@@ -1595,9 +1595,10 @@ TEST_IMPL(cli_pause_not_scanning)
 }
 
 /* A child that is an agent of t's memdedupd, with a statistics file in
- * test_dir()/rd as the agent's: it answers every CONTROL done until
- * *stop's write end closes. Its pid. */
-static pid_t answering_agent(const struct tdaemon *t, int stop[2])
+ * test_dir()/rd as the agent's: it answers every CONTROL done, but those
+ * of the ops in the bits of refuse (1 << op), refused for want of memory,
+ * until *stop's write end closes. Its pid. */
+static pid_t refusing_agent(const struct tdaemon *t, int stop[2], unsigned refuse)
 {
 	int ready[2];
 	char x = 0;
@@ -1616,9 +1617,12 @@ static pid_t answering_agent(const struct tdaemon *t, int stop[2])
 			struct pollfd p[2] = { { stop[0], POLLIN, 0 }, { md__client_fd(c), POLLIN, 0 } };
 			if (poll(p, 2, 10000) < 0 || p[0].revents)
 				_exit(0);
-			while (md__client_next_control(c, &ctl) == 0)
-				if (md__client_control_done(c, ctl.token, 0, NULL) != 0)
+			while (md__client_next_control(c, &ctl) == 0) {
+				int no = refuse & (1u << ctl.op);
+				if (md__client_control_done(c, ctl.token, no ? -ENOMEM : 0,
+							    no ? "not enough memory for the copies" : NULL) != 0)
 					_exit(101);
+			}
 			if (!md__client_alive(c))
 				_exit(102);
 		}
@@ -1631,6 +1635,11 @@ static pid_t answering_agent(const struct tdaemon *t, int stop[2])
 	make_rd(path, sizeof(path), name);
 	write_stats(path, (uint32_t)kid, md__proc_start_time(kid), "vmm", 0);
 	return kid;
+}
+
+static pid_t answering_agent(const struct tdaemon *t, int stop[2])
+{
+	return refusing_agent(t, stop, 0);
 }
 
 /* The STATE column of pid's row in `status`'s table (out), "" if none. */
@@ -1743,6 +1752,52 @@ TEST_IMPL(cli_status_shows_paused)
 	ASSERT(waitpid(p2, &ws, 0) == p2 && WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
 	close(stop[0]);
 	td_stop(&t);
+	return 0;
+}
+
+/* An agent's refusal is said with the command's name once: the daemon's
+ * text starts with what failed ("unmerge: pid P: ..."), which the CLI
+ * printed after its own "memdedup unmerge: ". A SET's pair is kept: it
+ * says which of the pairs failed. */
+TEST_IMPL(cli_refusal_names_command_once)
+{
+	struct tdaemon t;
+	int stop[2];
+	const char *b = build_dir();
+	td_start(&t, 16);
+	ASSERT(pipe(stop) == 0);
+	pid_t p = refusing_agent(&t, stop, 1u << MD_CTL_UNMERGE | 1u << MD_CTL_SET);
+	char want[256];
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup unmerge --pid %d", t.sock, b, (int)p), 1);
+	snprintf(want, sizeof(want), "memdedup unmerge: pid %d: not enough memory for the copies "
+		 "(done by 0 of 1 agent)\n", (int)p);
+	ASSERT_EQ(strcmp(slurp("err"), want), 0);
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup unmerge", t.sock, b), 1);
+	ASSERT_EQ(strcmp(slurp("err"), want), 0);
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup set --pid %d pages_to_scan=7", t.sock, b, (int)p), 1);
+	snprintf(want, sizeof(want), "memdedup set: pages_to_scan=7: pid %d: not enough memory", (int)p);
+	ASSERT(strncmp(slurp("err"), want, strlen(want)) == 0);
+	close(stop[1]);
+	int ws;
+	ASSERT(waitpid(p, &ws, 0) == p && WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+	close(stop[0]);
+	td_stop(&t);
+	return 0;
+}
+
+/* With no daemon, the control commands say what starts one: `memdedup run
+ * --scan` (a VM run without --scan never uses memdedupd). */
+TEST_IMPL(cli_control_no_daemon_names_scan)
+{
+	const char *b = build_dir();
+	static const char *const cmds[] = { "pause", "resume", "unmerge", "set pages_to_scan=5" };
+	for (int i = 0; i < 4; i++) {
+		ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s/none %s/memdedup %s", test_dir(), b, cmds[i]), 1);
+		ASSERT(strstr(slurp("err"), "not running"));
+		ASSERT(strstr(slurp("err"), "`memdedup run --scan`"));
+		ASSERT_EQ(sh("%s/memdedup %.*s --help", b, (int)strcspn(cmds[i], " "), cmds[i]), 0);
+		ASSERT(strstr(slurp("out"), "`memdedup run --scan` starts it"));
+	}
 	return 0;
 }
 
