@@ -333,8 +333,8 @@ int md__cmd_status(int argc, char **argv)
 		add_stats(&total, &agents[i].s.stats);
 	json_t *daemon = NULL;
 	char sock[sizeof(((struct sockaddr_un *)0)->sun_path)], why[MD_TEXT_MAX + 1] = "";
-	/* A socket path that cannot be (too long for a Unix address) has no
-	 * daemon behind it: not running, as with no socket. */
+	/* A socket path that cannot be (too long for a Unix address) is
+	 * said so, not an error: no daemon can be asked there. */
 	int nosock = agents_only ? 0 : md__daemon_socket_path(NULL, sock, sizeof(sock));
 	int derr = 0;
 	if (!agents_only && !nosock) {
@@ -404,21 +404,30 @@ int md__cmd_status(int argc, char **argv)
 				char shown[17];
 				if (name)
 					name = md__printable(name, shown, sizeof(shown));
-				printf("%-4lld %-16.16s %6lld %7lld %11lld %13lld %15.1f\n",
+				/* Bookkeeping makes an empty pool's profit a
+				 * little below zero: not "-0.0". */
+				char profit[32];
+				snprintf(profit, sizeof(profit), "%.1f",
+					 (double)json_integer_value(json_object_get(d, "general_profit")) / (1 << 20));
+				printf("%-4lld %-16.16s %6lld %7lld %11lld %13lld %15s\n",
 				       (long long)json_integer_value(json_object_get(d, "id")),
 				       name && *name ? name : "(default)",
 				       (long long)json_integer_value(json_object_get(d, "uid")),
 				       (long long)json_integer_value(json_object_get(d, "agents")),
 				       (long long)json_integer_value(json_object_get(d, "pool_live_pages")),
 				       (long long)json_integer_value(json_object_get(d, "pages_sharing")),
-				       (double)json_integer_value(json_object_get(d, "general_profit")) / (1 << 20));
+				       strcmp(profit, "-0.0") == 0 ? "0.0" : profit);
 			}
 		} else if (daemon) {
 			printf("\nmemdedupd: running, with no domains yet\n");
 		} else if (derr) {
 			printf("\nmemdedupd: %s (see the error)\n", why[0] ? "refused" : "no proper answer");
 		} else if (nosock) {
-			printf("\nmemdedupd: not running (no usable socket path: %s)\n", strerror(-nosock));
+			/* Where a daemon would be is unknown: it may run. */
+			const char *env = getenv("MEMDEDUP_SOCKET");
+			printf("\nmemdedupd: not asked: %s (%s)\n", env && *env ?
+			       "MEMDEDUP_SOCKET cannot be used as a socket path" :
+			       "no usable socket path in the run directory", strerror(-nosock));
 		} else if (!agents_only) {
 			printf("\nmemdedupd: not running\n");
 		}

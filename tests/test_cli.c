@@ -1549,6 +1549,31 @@ TEST_IMPL(cli_daemon_garbage_said_once)
 	return 0;
 }
 
+/* An empty pool's profit is a little below zero (the daemon's
+ * bookkeeping): PROFIT_MB shows 0.0, not -0.0; a real loss stays. */
+TEST_IMPL(cli_status_profit_not_negative_zero)
+{
+	const char *b = build_dir();
+	char sock[400];
+	snprintf(sock, sizeof(sock), "%s/doc.sock", test_dir());
+	const char *doc = "{\"daemon\":{},\"domains\":[{\"id\":1,\"name\":\"\",\"uid\":0,\"agents\":2,"
+			  "\"pool_live_pages\":0,\"pages_sharing\":0,\"general_profit\":-1000},"
+			  "{\"id\":2,\"name\":\"lossy\",\"uid\":0,\"agents\":1,\"pool_live_pages\":1,"
+			  "\"pages_sharing\":0,\"general_profit\":-1048576}],\"agents\":[]}";
+	pid_t kid = doc_server(sock, doc, 1);
+	int code = sh("MEMDEDUP_RUN_DIR=%s MEMDEDUP_SOCKET=%s %s/memdedup status", test_dir(), sock, b);
+	kill(kid, SIGKILL);
+	waitpid(kid, NULL, 0);
+	ASSERT_EQ(code, 0);
+	const char *out = slurp("out");
+	ASSERT(!strstr(out, "-0.0"));
+	const char *row = strstr(out, "(default)");
+	ASSERT(row && strncmp(strchr(row, '\n') - 4, " 0.0", 4) == 0);
+	row = strstr(out, "lossy");
+	ASSERT(row && strncmp(strchr(row, '\n') - 5, " -1.0", 5) == 0);
+	return 0;
+}
+
 /* pause --pid of an agent that runs without --scan: memdedupd does not
  * know it, status lists it: say it is not scanning. */
 TEST_IMPL(cli_pause_not_scanning)
@@ -1947,7 +1972,7 @@ TEST_IMPL(cli_status_rate_limited)
 }
 
 /* A run directory whose socket path cannot be a Unix address (107 bytes)
- * has no daemon: not running, not a failure; past 255 bytes too. */
+ * is said so, not a failure; past 255 bytes too. */
 TEST_IMPL(cli_status_socket_path_too_long)
 {
 	char dir[1024];
@@ -1960,11 +1985,28 @@ TEST_IMPL(cli_status_socket_path_too_long)
 			ASSERT(mkdir(dir, 0700) == 0);
 		}
 		ASSERT_EQ(sh("env -u MEMDEDUP_SOCKET MEMDEDUP_RUN_DIR=%s %s/memdedup status", dir, build_dir()), 0);
-		ASSERT(strstr(slurp("out"), "memdedupd: not running"));
+		ASSERT(strstr(slurp("out"), "memdedupd: not asked: no usable socket path in the run directory"));
 		ASSERT(!strstr(slurp("err"), "did not answer"));
 		ASSERT_EQ(sh("env -u MEMDEDUP_SOCKET MEMDEDUP_RUN_DIR=%s %s/memdedup status --json", dir, build_dir()), 0);
 		ASSERT(strstr(slurp("out"), "\"daemon\": null"));
 	}
+	return 0;
+}
+
+/* A MEMDEDUP_SOCKET too long for a Unix address is said to be unusable,
+ * while a daemon runs: status said "not running", which it cannot know. */
+TEST_IMPL(cli_status_socket_env_too_long)
+{
+	struct tdaemon t;
+	char sock[600];
+	td_start(&t, 16);
+	snprintf(sock, sizeof(sock), "%s/%0200d.sock", t.dir, 0);
+	int code = sh("MEMDEDUP_RUN_DIR=%s MEMDEDUP_SOCKET=%s %s/memdedup status", t.dir, sock, build_dir());
+	td_stop(&t);
+	ASSERT_EQ(code, 0);
+	ASSERT(strstr(slurp("out"), "memdedupd: not asked: MEMDEDUP_SOCKET cannot be used as a socket path "
+			       "(File name too long)"));
+	ASSERT(!strstr(slurp("out"), "not running"));
 	return 0;
 }
 
