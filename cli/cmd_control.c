@@ -5,12 +5,14 @@
  * usage error and nothing is sent. The daemon checks again and answers;
  * this prints its answer.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -92,7 +94,7 @@ const struct md__cmd md__cmd_set_def = {
 	"  pages_to_scan=N     pages per batch, 1..100000 (default 100)\n"
 	"  sleep_millisecs=N   sleep between batches, 0..10000 (default 20)\n"
 	"  cpu_percent=N       most CPU of one core to use, 1..100 (default 100)\n"
-	"  order=linear|random scan order (default linear)\n"
+	"  order=linear|random scan order, in any case (default linear)\n"
 	"  hint_ratio=N        of every 8 pages, how many come from I/O hints, 0..8\n"
 	"                      (default 4)\n"
 	"\n" PID_HELP,
@@ -276,6 +278,13 @@ static int parse(const struct md__cmd *cmd, int argc, char **argv, int32_t *pid,
 						       MD_KEY_MAX, MD_VALUE_MAX);
 			if (strpbrk(argv[i], " \t\n"))
 				return md__usage_error(cmd, "'%s': no white space in a key or a value", shown);
+			/* An order in any case, as MEMDEDUP_SCAN_ORDER and
+			 * `run --scan-order` take it; sent as memdedupd and the
+			 * agents read it, in lower case. */
+			if (kl == 5 && strncmp(argv[i], "order", 5) == 0 &&
+			    (strcasecmp(eq + 1, "linear") == 0 || strcasecmp(eq + 1, "random") == 0))
+				for (char *v = argv[i] + 6; *v; v++)
+					*v = (char)tolower((unsigned char)*v);
 			int err = check_pair(argv[i], eq, shown, sizeof(shown));
 			if (err)
 				return md__usage_error(cmd, "%s", shown);

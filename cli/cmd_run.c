@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <linux/capability.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -55,10 +56,13 @@ const struct md__cmd md__cmd_run_def = {
 	"                          /usr/local/sbin\n"
 	"  --pages-to-scan=N       pages per batch, 1..100000, for this VMM alone\n"
 	"                          (default: memdedupd's, 100, split among its agents)\n"
-	"  --sleep-ms=N            sleep between batches, 1..10000 ms (default 20)\n"
+	"  --sleep-ms=N            sleep between batches, 1..10000 ms (default 20;\n"
+	"                          0, no sleep, only live: memdedup set\n"
+	"                          sleep_millisecs=0)\n"
 	"  --cpu-percent=N         CPU cap of the scanner, 1..100 % of a core, for\n"
 	"                          this VMM alone (default: memdedupd's, split)\n"
 	"  --scan-order=linear|random\n"
+	"                          the scanner's order, in any case (default linear)\n"
 	"  --hints=on|off          let I/O hints guide the scanner (default on)\n"
 	"  --domain=NAME           sharing domain: pages of different domains never\n"
 	"                          share a frame; 'private' merges within the process;\n"
@@ -233,8 +237,11 @@ static const struct run_option run_options[] = {
 };
 
 /* Returns 0 and sets the environment, or a usage error (2). *matched: the
- * option, or NULL if arg is none. */
-static int apply_option(const struct md__cmd *cmd, const char *arg, const struct run_option **matched)
+ * option, or NULL if arg is none. scanning: --scan is given (anywhere among
+ * the options) or MEMDEDUP_SCAN is on: without it an option of the scanner
+ * is refused as such, before its value is looked at. */
+static int apply_option(const struct md__cmd *cmd, const char *arg, const struct run_option **matched,
+			int scanning)
 {
 	*matched = NULL;
 	for (size_t k = 0; k < sizeof(run_options) / sizeof(run_options[0]); k++) {
@@ -247,6 +254,8 @@ static int apply_option(const struct md__cmd *cmd, const char *arg, const struct
 			continue;
 		}
 		*matched = o;
+		if (o->scan_only && !scanning)
+			return md__usage_error(cmd, "%.*s works only with --scan", (int)(n - takes_value), o->name);
 		const char *v = takes_value ? arg + n : "1";
 		char shown[256];
 		md__printable(v, shown, sizeof(shown));	/* for messages */
@@ -257,16 +266,22 @@ static int apply_option(const struct md__cmd *cmd, const char *arg, const struct
 						       "not '%s'", (int)(n - 1), o->name, shown);
 			v = on ? "1" : "0";
 		} else if (takes_value && o->words) {
-			/* One of the words, exactly. */
+			/* One of the words, in any case as the agent reads its
+			 * variable, passed on as written here. */
 			const char *w = o->words;
+			static char word[64];
 			int ok = 0;
 			while (*w && !ok) {
 				size_t len = strcspn(w, "|");
-				ok = strlen(v) == len && strncmp(v, w, len) == 0;
+				ok = strlen(v) == len && strncasecmp(v, w, len) == 0 && len < sizeof(word);
+				if (ok) {
+					snprintf(word, sizeof(word), "%.*s", (int)len, w);
+					v = word;
+				}
 				w += len + (w[len] == '|');
 			}
 			if (!ok)
-				return md__usage_error(cmd, "%.*s takes one of %s, not '%s'",
+				return md__usage_error(cmd, "%.*s takes one of %s (any case), not '%s'",
 						       (int)(n - 1), o->name, o->words, shown);
 		} else if (takes_value && o->free_text) {
 			if (!valid_text(v))
@@ -723,9 +738,14 @@ static void leave_cgroups(pid_t pid)
 int md__cmd_run(int argc, char **argv)
 {
 	const struct md__cmd *cmd = &md__cmd_run_def;
-	const struct run_option *scan_only = NULL;
 	int i, scan = 0, kernel_ksm_on = 0;
 
+	/* Scanning: --scan, or MEMDEDUP_SCAN already in the environment. An
+	 * option of the scanner without it is refused as such, before its
+	 * value is checked: the value was blamed, and once right, --scan. */
+	int scanning = env_on("MEMDEDUP_SCAN");
+	for (i = 1; i < argc && strcmp(argv[i], "--") != 0 && argv[i][0] == '-'; i++)
+		scanning |= strcmp(argv[i], "--scan") == 0;
 	/* The environment set here only reaches CMD through exec: a usage
 	 * error exits first, so it changes nothing. */
 	for (i = 1; i < argc; i++) {
@@ -740,7 +760,7 @@ int md__cmd_run(int argc, char **argv)
 		}
 		if (a[0] != '-')
 			break;	/* the command, without a "--" */
-		r = apply_option(cmd, a, &o);
+		r = apply_option(cmd, a, &o, scanning);
 		if (r)
 			return r;
 		if (!o) {
@@ -748,8 +768,6 @@ int md__cmd_run(int argc, char **argv)
 			return md__usage_error(cmd, "unknown option '%s'",
 					       md__printable(a, shown, sizeof(shown)));
 		}
-		if (o->scan_only && !scan_only)
-			scan_only = o;
 		scan |= strcmp(o->name, "--scan") == 0;
 		if (strcmp(o->name, "--kernel-ksm=") == 0)
 			kernel_ksm_on = md__parse_bool(a + strlen(o->name)) == 1;
@@ -759,12 +777,6 @@ int md__cmd_run(int argc, char **argv)
 		return md__usage_error(cmd, "--kernel-ksm=on cannot go with %s: kernel KSM and the "
 				       "scanner would merge the same pages",
 				       scan ? "--scan" : "MEMDEDUP_SCAN on in the environment");
-	/* Scanning: --scan, or MEMDEDUP_SCAN already in the environment. */
-	if (scan_only && !scan && !env_on("MEMDEDUP_SCAN")) {
-		size_t n = strlen(scan_only->name);
-		return md__usage_error(cmd, "%.*s works only with --scan",
-				       (int)(n - (scan_only->name[n - 1] == '=')), scan_only->name);
-	}
 	if (i >= argc)
 		return md__usage_error(cmd, "no command to run");
 

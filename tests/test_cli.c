@@ -973,6 +973,47 @@ TEST_IMPL(cli_run_scan_options_need_scan)
 	return 0;
 }
 
+/* The scan order is taken in any case by `run --scan-order` and `set
+ * order=`, as MEMDEDUP_SCAN_ORDER is (both refused 'Random'), and passed on
+ * in lower case, as memdedupd and the agents read it. An option of the
+ * scanner without --scan is refused for that first: its value was blamed
+ * ('Random'), and once right, the missing --scan. A sleep of 0 can only be
+ * set live: run's help says so. */
+TEST_IMPL(cli_scan_order_any_case)
+{
+	const char *b = run_build_dir();
+	struct tdaemon t;
+	ASSERT_EQ(sh("%s/memdedup run --scan-order=Random -- true", b), 2);
+	ASSERT(strstr(slurp("err"), "--scan-order works only with --scan"));
+	ASSERT_EQ(sh("%s/memdedup run --scan-order=up -- true", b), 2);
+	ASSERT(strstr(slurp("err"), "works only with --scan"));
+	ASSERT_EQ(sh("%s/memdedup run --sleep-ms=0 -- true", b), 2);
+	ASSERT(strstr(slurp("err"), "--sleep-ms works only with --scan"));
+	ASSERT_EQ(sh("%s/memdedup run --domain=private --scan -- true", b), 0);
+	ASSERT_EQ(sh("%s/memdedup run --scan --domain=private --scan-order=RANDOM -- "
+		     "sh -c 'test \"$MEMDEDUP_SCAN_ORDER\" = random'", b), 0);
+	ASSERT_EQ(sh("%s/memdedup run --scan --domain=private --scan-order=Linear -- "
+		     "sh -c 'test \"$MEMDEDUP_SCAN_ORDER\" = linear'", b), 0);
+	ASSERT_EQ(sh("%s/memdedup run --scan --scan-order=up -- true", b), 2);
+	ASSERT(strstr(slurp("err"), "--scan-order takes one of linear|random (any case), not 'up'"));
+	ASSERT_EQ(sh("%s/memdedup run --help", b), 0);
+	ASSERT(strstr(slurp("out"), "0, no sleep, only live: memdedup set\n                          sleep_millisecs=0"));
+	td_start(&t, 16);
+	const char *const orders[][2] = { { "Random", "random" }, { "LINEAR", "linear" }, { "rAnDoM", "random" } };
+	for (int i = 0; i < 3; i++) {
+		ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup set order=%s", t.sock, build_dir(), orders[i][0]), 0);
+		json_t *js = td_status(&t);
+		json_t *tun = json_object_get(json_object_get(js, "daemon"), "tunables");
+		ASSERT(json_string_value(json_object_get(tun, "order")));
+		ASSERT_EQ(strcmp(json_string_value(json_object_get(tun, "order")), orders[i][1]), 0);
+		json_decref(js);
+	}
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup set order=Up", t.sock, build_dir()), 2);
+	ASSERT(strstr(slurp("err"), "order must be 'linear' or 'random', not 'Up'"));
+	td_stop(&t);
+	return 0;
+}
+
 /* `status --agents --json` on test_dir()/rd; returns its exit code. */
 static int status_json(void)
 {
