@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -312,9 +313,10 @@ static int tunable_set(md_agent *a, const char *key, const char *value)
 		__atomic_store_n(&s->ratio, v, __ATOMIC_RELAXED);
 		bit = MD_SET_HINTS;
 	} else if (strcmp(key, "order") == 0) {
-		if (strcmp(value, "linear") != 0 && strcmp(value, "random") != 0)
+		/* Any case, as MEMDEDUP_SCAN_ORDER and the CLI take it. */
+		if (strcasecmp(value, "linear") != 0 && strcasecmp(value, "random") != 0)
 			return -EINVAL;
-		__atomic_store_n(&s->random_order, strcmp(value, "random") == 0, __ATOMIC_RELAXED);
+		__atomic_store_n(&s->random_order, strcasecmp(value, "random") == 0, __ATOMIC_RELAXED);
 		bit = MD_SET_ORDER;
 	} else {
 		return -EINVAL;
