@@ -168,7 +168,31 @@ static int kept_paused(const md_agent *a)
  * scanner after it. What a resume clears is cleared under that lock too:
  * cleared after it, an unmerge's or the VMM's pause made meanwhile was
  * lost, and the next welcome resumed the scanner. */
+/* The scanner's state as it is now, whoever paused it (memdedupd knows
+ * only its own requests, not the VMM's pause, an unmerge that failed part
+ * of the way, or one from before it restarted), for `memdedup status`. */
+static void publish_state(md_agent *a)
+{
+	uint64_t st = MD_SCAN_STATE_NONE;
+	if (a->engine)
+		st = __atomic_load_n(&a->io_unseen, __ATOMIC_SEQ_CST) ? MD_SCAN_STATE_STOPPED :
+		     !__atomic_load_n(&a->scanner.paused, __ATOMIC_SEQ_CST) ? MD_SCAN_STATE_SCANNING :
+		     __atomic_load_n(&a->unmerged, __ATOMIC_RELAXED) ? MD_SCAN_STATE_UNMERGED :
+		     MD_SCAN_STATE_PAUSED;
+	md__set(a, MD_CTR_SCAN_STATE, st);
+}
+
+static int pause_store(md_agent *a, int paused, int flags);
+
 static int pause_set_kept(md_agent *a, int paused, int flags)
+{
+	int err = pause_store(a, paused, flags);
+	if (a && a->engine)
+		publish_state(a);
+	return err;
+}
+
+static int pause_store(md_agent *a, int paused, int flags)
 {
 	if (!a || !a->engine)
 		return -EINVAL;
@@ -266,6 +290,7 @@ void md_agent_io_unseen(md_agent *a, const char *what)
 	if (before)
 		return;
 	md__set(a, MD_CTR_IO_UNSEEN, 1);
+	publish_state(a);
 	md__log("the VMM %s, I/O the agent does not see: reads into guest RAM are copied%s from now on "
 		"(QEMU keeps sharing with aio=threads and no assigned devices)", what ? what : "writes guest RAM",
 		a->engine ? " and content scanning stops merging" : "");
@@ -640,6 +665,7 @@ int md__scan_account(struct md_agent *a, int reap)
 	static pthread_mutex_t account_lock = PTHREAD_MUTEX_INITIALIZER;
 	struct md__engine *e = a->engine;
 	int reaped = 0;
+	publish_state(a);
 	if (!e || !a->scanner_started)
 		return 0;
 	pthread_mutex_lock(&account_lock);

@@ -29,15 +29,16 @@ const struct md__cmd md__cmd_status_def = {
 	"guest RAM, pages shared at read time now, their copy-on-write breaks,\n"
 	"fallbacks (reads or parts of reads that were copied, not shared), mappings\n"
 	"(VMAs), pages merged by the scanner now, zero pages dropped, and the STATE\n"
-	"memdedupd holds its scanner in: scanning, or paused or unmerged (paused\n"
-	"too) until `memdedup resume`, or stopped (for good: the line after the\n"
-	"table says why); - for an agent memdedupd does not know (run without\n"
-	"--scan, or memdedupd not asked or not running). Then the totals;\n"
+	"of its scanner, as the agent says: scanning, or paused (by `memdedup\n"
+	"pause`, the VMM, or a paused memdedupd) or unmerged (paused too) until\n"
+	"resumed, or stopped (for good: the line after the table says why); - for\n"
+	"an agent that does not scan (run without --scan). Then the totals;\n"
 	"memdedupd's sharing domains and their pools, if it runs; and kernel KSM's\n"
 	"counters from /sys/kernel/mm/ksm. An agent in a pid namespace of its own\n"
 	"(a VMM in a container sharing the run directory) is listed by its pid here\n"
 	"(in JSON, ns_pid is its own). Files of agents gone are removed. In JSON an\n"
-	"agent's paused and unmerged are memdedupd's word, null where STATE is -.\n"
+	"agent's state is STATE (null for -), its paused and unmerged are\n"
+	"memdedupd's record of it (null where memdedupd does not know it).\n"
 	"\n"
 	"  --json      machine-readable output\n"
 	"  --agents    the agents' rows and kernel KSM's only: memdedupd is not\n"
@@ -287,15 +288,24 @@ static json_t *daemon_agent(json_t *daemon, int pid)
 
 /* The STATE column: what memdedupd holds the agent's scanner to (a, its
  * record), or that the agent stopped changing guest RAM for good. */
+/* The agent's own word (its scanner's state, whoever paused it); from an
+ * agent older than that, memdedupd's record of it (a, NULL if none, or
+ * from a memdedupd older than its paused field: "-"). */
 static const char *agent_state(json_t *a, const md_stats *s)
 {
-	if (!a)
+	static const char *const states[] = {
+		[MD_SCAN_STATE_SCANNING] = "scanning", [MD_SCAN_STATE_PAUSED] = "paused",
+		[MD_SCAN_STATE_UNMERGED] = "unmerged", [MD_SCAN_STATE_STOPPED] = "stopped",
+	};
+	if (s->io_unseen)
+		return "stopped";	/* whatever else holds it: for good */
+	if (s->scan_state && s->scan_state < sizeof(states) / sizeof(states[0]))
+		return states[s->scan_state];
+	if (!a || !json_is_boolean(json_object_get(a, "paused")))
 		return "-";
 	if (json_is_true(json_object_get(a, "unmerged")))
 		return "unmerged";
-	if (json_is_true(json_object_get(a, "paused")))
-		return "paused";
-	return s->io_unseen ? "stopped" : "scanning";
+	return json_is_true(json_object_get(a, "paused")) ? "paused" : "scanning";
 }
 
 int md__cmd_status(int argc, char **argv)
@@ -353,7 +363,9 @@ int md__cmd_status(int argc, char **argv)
 			char command[MD_STATS_COMMAND_LEN];
 			json_object_set_new(o, "command", json_string(md__printable(agents[i].s.command,
 						    command, sizeof(command))));
-			/* memdedupd's word, null where it has none (STATE's "-"). */
+			const char *state = agent_state(daemon_agent(daemon, agents[i].pid), &agents[i].s.stats);
+			json_object_set_new(o, "state", strcmp(state, "-") ? json_string(state) : json_null());
+			/* memdedupd's word, null where it has none. */
 			json_t *da = daemon_agent(daemon, agents[i].pid);
 			json_object_set_new(o, "paused", da ? json_boolean(json_is_true(json_object_get(da, "paused")))
 							    : json_null());

@@ -77,6 +77,7 @@ const char *md__ctr_name(enum md__ctr c)
 		[MD_CTR_READS_PAGE] = "reads_page",
 		[MD_CTR_READ_SMALL] = "read_small_pages",
 		[MD_CTR_MERGE_FALLBACKS] = "merge_fallbacks",
+		[MD_CTR_SCAN_STATE] = "scan_state",
 	};
 	if ((unsigned)c >= MD_CTR_COUNT)
 		return "unknown";
@@ -138,6 +139,7 @@ void md__stats_from_counters(const uint64_t *ctr, md_stats *out)
 	out->read_page_ns = ctr[MD_CTR_READ_PAGE_NS];
 	out->reads_page = ctr[MD_CTR_READS_PAGE];
 	out->merge_fallbacks = ctr[MD_CTR_MERGE_FALLBACKS];
+	out->scan_state = ctr[MD_CTR_SCAN_STATE];
 }
 
 int md__stats_parse(const void *buf, size_t len, struct md__stats_snapshot *out)

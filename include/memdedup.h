@@ -239,7 +239,19 @@ typedef struct md_stats {
 	                                  descriptor the VMM closed or replaced
 	                                  meanwhile (each reason said once in the
 	                                  log) */
+	uint64_t scan_state;           /* now: the scanner's state, MD_SCAN_STATE_*
+	                                  (0: no scanner) */
 } md_stats;
+
+/* md_stats.scan_state: what the scanner does now, whoever asked. */
+enum md_scan_state {
+	MD_SCAN_STATE_NONE = 0,      /* no scanner (no MD_OPT_SCAN, or it failed) */
+	MD_SCAN_STATE_SCANNING,      /* merging */
+	MD_SCAN_STATE_PAUSED,        /* paused (memdedupd's PAUSE, md_agent_pause,
+	                                a welcome from a paused memdedupd...) */
+	MD_SCAN_STATE_UNMERGED,      /* paused by an unmerge, until a resume */
+	MD_SCAN_STATE_STOPPED        /* stopped for good: io_unseen */
+};
 
 /* Returns a short name of a fallback reason ("unaligned", ...). */
 MD_API const char *md_fallback_name(enum md_fallback reason);

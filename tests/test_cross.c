@@ -950,6 +950,52 @@ static int control_cli(const struct tdaemon *t, const char *what, pid_t pid)
 		     test_dir());
 }
 
+/* The last word of pid's row in `memdedup status` (its STATE), "" if none. */
+static const char *status_state(const struct tdaemon *t, pid_t pid)
+{
+	static char state[32];
+	char head[16], path[600];
+	ASSERT_EQ(td_sh("MEMDEDUP_RUN_DIR=%s MEMDEDUP_SOCKET=%s %s/memdedup status >%s/out 2>&1", test_dir(),
+			t->sock, build_dir(), test_dir()), 0);
+	snprintf(path, sizeof(path), "%s/out", test_dir());
+	int n = snprintf(head, sizeof(head), "%d ", (int)pid);
+	state[0] = '\0';
+	for (const char *l = file_text(path); l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+		if (strncmp(l, head, (size_t)n) != 0)
+			continue;
+		const char *end = strchr(l, '\n'), *w = end;
+		while (w > l && w[-1] != ' ')
+			w--;
+		snprintf(state, sizeof(state), "%.*s", (int)(end - w), w);
+		break;
+	}
+	return state;
+}
+
+/* `memdedup status`'s STATE is the agent's own: one resumed by pid while
+ * memdedupd's default is paused scans, and said so (memdedupd's record
+ * still says paused: STATE showed "paused" for both). */
+TEST_IMPL(cross_status_state_is_agents)
+{
+	struct tdaemon t;
+	struct proc a, b;
+	td_start(&t, 65536);
+	start_sharing_pair(&t, &a, &b, 25);
+	ASSERT_EQ(strcmp(status_state(&t, a.pid), "scanning"), 0);
+	ASSERT_EQ(control_cli(&t, "pause", 0), 0);
+	ASSERT_EQ(strcmp(status_state(&t, a.pid), "paused"), 0);
+	ASSERT_EQ(strcmp(status_state(&t, b.pid), "paused"), 0);
+	ASSERT_EQ(control_cli(&t, "resume", a.pid), 0);
+	ASSERT_EQ(strcmp(status_state(&t, a.pid), "scanning"), 0);
+	ASSERT_EQ(strcmp(status_state(&t, b.pid), "paused"), 0);
+	ASSERT_EQ(control_cli(&t, "unmerge", b.pid), 0);
+	ASSERT_EQ(strcmp(status_state(&t, b.pid), "unmerged"), 0);
+	ASSERT_EQ(control_cli(&t, "resume", 0), 0);
+	ASSERT_EQ(strcmp(status_state(&t, b.pid), "scanning"), 0);
+	stop_pair(&t, &a, &b);
+	return 0;
+}
+
 /* memdedupd killed (SIGKILL) and started again on the same socket. */
 static void daemon_killed_restarted(struct tdaemon *t)
 {
