@@ -458,12 +458,14 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, const struct md__f
 		ssize_t l = readlink(link, name, sizeof(name) - 1);
 		name[l > 0 ? l : 0] = 0;
 		char shown[256];
-		md__log_once(21, "no read lease on image %s (%s): it may change, so its reads are copied%s",
-			     l > 0 ? md__printable(name, shown, sizeof(shown)) : "?",
+		/* Apart: an image open for writing said first would hide
+		 * what lets another be leased. */
+		int denied = err == EACCES || err == EPERM;
+		md__log_once(denied ? 132 : 21, "no read lease on image %s (%s): it may change, so its reads "
+			     "are copied%s", l > 0 ? md__printable(name, shown, sizeof(shown)) : "?",
 			     err == EAGAIN ? "it is open for writing" : strerror(err),
-			     err == EACCES || err == EPERM ? "; a lease needs the file's owner (or "
-							     "CAP_LEASE): run the VMM as the image's "
-							     "owner to share its reads" : "");
+			     denied ? "; a lease needs the file's owner (or CAP_LEASE): run the VMM as "
+				      "the image's owner to share its reads" : "");
 		retry_later(img);
 		return NULL;
 	}

@@ -449,17 +449,23 @@ static int exec_file(const char *exe, char *file)
  * and the overflow id itself is outside every range of our map. 0 if it
  * has one, or if either file cannot be read: the bits count then, and a
  * command is refused rather than run without the agent. */
-static int id_unmapped(unsigned id, int uid)
+static int id_is_overflow(unsigned id, int uid)
 {
-	unsigned overflow, first, lower, count;
-	int mapped = 0;
+	unsigned overflow;
 	FILE *f = fopen(uid ? "/proc/sys/fs/overflowuid" : "/proc/sys/fs/overflowgid", "re");
 	int ok = f && fscanf(f, "%u", &overflow) == 1;
 	if (f)
 		fclose(f);
-	if (!ok || id != overflow)
+	return ok && id == overflow;
+}
+
+static int id_unmapped(unsigned id, int uid)
+{
+	unsigned first, lower, count;
+	int mapped = 0, ok;
+	if (!id_is_overflow(id, uid))
 		return 0;
-	f = fopen(uid ? "/proc/self/uid_map" : "/proc/self/gid_map", "re");
+	FILE *f = fopen(uid ? "/proc/self/uid_map" : "/proc/self/gid_map", "re");
 	if (!f)
 		return 0;
 	while (!mapped && fscanf(f, "%u %u %u", &first, &lower, &count) == 3)
@@ -503,10 +509,16 @@ static int secure_exec(const char *file, int depth, char *why, size_t size)
 	gid_t egid = sgid ? st.st_gid : getegid();
 	int uid_moves = suid && euid != getuid();
 
+	/* The overflow id inside the map (rootless containers map 65536
+	 * ids): an owner without a mapping shows as that one too. */
+	int overflow = uid_moves ? id_is_overflow(euid, 1) : sgid && id_is_overflow(egid, 0);
 	if (uid_moves || (sgid && egid != getgid()))
 		snprintf(why, size, "%s is set-%s to %s %u: the dynamic loader would ignore the memdedup "
-			 "agent; run it without memdedup or drop the bit", who, uid_moves ? "uid" : "gid",
-			 uid_moves ? "uid" : "gid", uid_moves ? (unsigned)euid : (unsigned)egid);
+			 "agent; run it without memdedup or drop the bit%s", who, uid_moves ? "uid" : "gid",
+			 uid_moves ? "uid" : "gid", uid_moves ? (unsigned)euid : (unsigned)egid,
+			 overflow ? " (if its owner or group has no mapping in this user namespace, which "
+				    "shows as that id too, the kernel ignores the bit: LD_PRELOAD set by hand "
+				    "then loads the agent)" : "");
 	else if (euid != getuid() || egid != getgid())
 		snprintf(why, size, "memdedup runs with an effective user or group id other than its "
 			 "real one: the dynamic loader would ignore the memdedup agent");
