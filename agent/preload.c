@@ -99,7 +99,7 @@ static unsigned env_uint(const char *name, unsigned lo, unsigned hi)
 	return n;
 }
 
-static void find_libc_syscall(void);
+static void find_libc_syscall(int own);
 
 /* Threads in agent_get's locked part, counted from before the lock to
  * after it is let go: a child forked meanwhile may have the lock held. */
@@ -142,7 +142,7 @@ __attribute__((constructor)) static void preload_init(void)
 	 * prepare handler takes their lock, which a thread holding the
 	 * agent's may be waiting for. */
 	pthread_atfork(before_fork, NULL, NULL);
-	find_libc_syscall();
+	find_libc_syscall(1);
 }
 
 /* The agent's options from the environment, each read (and a bad one said)
@@ -386,26 +386,31 @@ static int is_shadowed(void)
 	return __atomic_load_n(&shadowed, __ATOMIC_RELAXED);
 }
 
-/* libc's own, never the next library's: another copy of this one would
- * hand SYS_mmap back to the first's mmap, and that to its syscall again. */
-static void find_libc_syscall(void)
+/* From our constructor (own, 1), libc's own: the next library's may be an
+ * older copy of this one, which hands SYS_mmap back to our mmap, and that
+ * to its syscall again. Before it (a library loaded before ours calling
+ * mmap from its own start: AddressSanitizer's, whose dlopen interceptor
+ * it would then wait for in itself), the next one, by dlsym alone. */
+static void find_libc_syscall(int own)
 {
-	if (!__atomic_load_n(&libc_syscall, __ATOMIC_ACQUIRE)) {
-		void *c = dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD);
-		long (*call)(long, ...) = c ? (long (*)(long, ...))dlsym(c, "syscall") : NULL;
-		if (c)
-			dlclose(c);
-		if (!call)
-			call = (long (*)(long, ...))dlsym(RTLD_NEXT, "syscall");
-		__atomic_store_n(&libc_syscall, call, __ATOMIC_RELEASE);
-		__atomic_store_n(&md__libc_syscall, call, __ATOMIC_RELEASE);	/* the agent's raw calls */
+	if (!own && __atomic_load_n(&libc_syscall, __ATOMIC_ACQUIRE))
+		return;
+	long (*call)(long, ...) = NULL;
+	void *c = own ? dlopen("libc.so.6", RTLD_LAZY | RTLD_NOLOAD) : NULL;
+	if (c) {
+		call = (long (*)(long, ...))dlsym(c, "syscall");
+		dlclose(c);
 	}
+	if (!call)
+		call = (long (*)(long, ...))dlsym(RTLD_NEXT, "syscall");
+	__atomic_store_n(&libc_syscall, call, __ATOMIC_RELEASE);
+	__atomic_store_n(&md__libc_syscall, call, __ATOMIC_RELEASE);	/* the agent's raw calls */
 }
 
 /* The C library's syscall(2), or NULL with errno ENOSYS. */
 static long (*libc(void))(long, ...)
 {
-	find_libc_syscall();
+	find_libc_syscall(0);
 	long (*call)(long, ...) = __atomic_load_n(&libc_syscall, __ATOMIC_ACQUIRE);
 	if (!call)
 		errno = ENOSYS;
