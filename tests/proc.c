@@ -392,6 +392,24 @@ int set_until_exit(const char *path, const char *text)
 	return p[1];
 }
 
+const char *status_row_state(const char *out, pid_t pid)
+{
+	static char state[32];
+	char head[16];
+	int n = snprintf(head, sizeof(head), "%d ", (int)pid);
+	state[0] = '\0';
+	for (const char *l = out; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+		if (strncmp(l, head, (size_t)n) != 0)
+			continue;
+		const char *end = strchr(l, '\n'), *w = end;
+		while (w > l && w[-1] != ' ')
+			w--;
+		snprintf(state, sizeof(state), "%.*s", (int)(end - w), w);
+		break;
+	}
+	return state;
+}
+
 const char *file_text(const char *path)
 {
 	static char buf[65536];

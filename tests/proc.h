@@ -37,6 +37,9 @@ long long proc_num(struct proc *p, const char *fmt, ...) __attribute__((format(p
 /* A file's contents (up to 64 KiB; "" when it does not exist), in a static
  * buffer. */
 const char *file_text(const char *path);
+/* The last word (the STATE column) of pid's row in `memdedup status`'s
+ * table out, "" if none (one buffer, reused). */
+const char *status_row_state(const char *out, pid_t pid);
 /* Writes text to the file at path (a sysctl, say) and puts back what it
  * held (a sysfs choice's bracketed word) when the test ends, failed or not: a guard process waits for the
  * returned descriptor to close (the test's exit closes it). -errno if

@@ -1713,25 +1713,6 @@ static pid_t answering_agent(const struct tdaemon *t, int stop[2])
 	return refusing_agent(t, stop, 0);
 }
 
-/* The STATE column of pid's row in `status`'s table (out), "" if none. */
-static const char *row_state(const char *out, pid_t pid)
-{
-	static char state[32];
-	char head[16];
-	int n = snprintf(head, sizeof(head), "%d ", (int)pid);
-	state[0] = '\0';
-	for (const char *l = out; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
-		if (strncmp(l, head, (size_t)n) != 0)
-			continue;
-		const char *end = strchr(l, '\n'), *w = end;
-		while (w > l && w[-1] != ' ')
-			w--;
-		snprintf(state, sizeof(state), "%.*s", (int)(end - w), w);
-		break;
-	}
-	return state;
-}
-
 /* memdedupd's word on pid's agent in `status --json`'s output st: key of
  * the daemon's record and of the agent's row (which must agree): 1, 0, or
  * -1 for null (the row's, when the daemon does not know it). */
@@ -1789,8 +1770,8 @@ TEST_IMPL(cli_status_shows_paused)
 		ASSERT_EQ(sh("%s %s/memdedup status", env, b), 0);
 		const char *out = slurp("out");
 		ASSERT(strstr(out, " STATE\n"));
-		ASSERT_EQ(strcmp(row_state(out, p1), steps[i].s1), 0);
-		ASSERT_EQ(strcmp(row_state(out, p2), steps[i].s2), 0);
+		ASSERT_EQ(strcmp(status_row_state(out, p1), steps[i].s1), 0);
+		ASSERT_EQ(strcmp(status_row_state(out, p2), steps[i].s2), 0);
 		ASSERT_EQ(sh("%s %s/memdedup status --json", env, b), 0);
 		json_t *st = json_loads(slurp("out"), 0, &je);
 		ASSERT(st);
@@ -1807,13 +1788,13 @@ TEST_IMPL(cli_status_shows_paused)
 	make_rd(path, sizeof(path), name);
 	write_stats(path, (uint32_t)p1, md__proc_start_time(p1), "vmm", 1);
 	ASSERT_EQ(sh("%s %s/memdedup status", env, b), 0);
-	ASSERT_EQ(strcmp(row_state(slurp("out"), p1), "stopped"), 0);
+	ASSERT_EQ(strcmp(status_row_state(slurp("out"), p1), "stopped"), 0);
 	/* Not asked (--agents): memdedupd's word is not there. The agent's
 	 * own is (p1's), else none (p2's file, of an agent older than its
 	 * scan_state). */
 	ASSERT_EQ(sh("%s %s/memdedup status --agents", env, b), 0);
-	ASSERT_EQ(strcmp(row_state(slurp("out"), p1), "stopped"), 0);
-	ASSERT_EQ(strcmp(row_state(slurp("out"), p2), "-"), 0);
+	ASSERT_EQ(strcmp(status_row_state(slurp("out"), p1), "stopped"), 0);
+	ASSERT_EQ(strcmp(status_row_state(slurp("out"), p2), "-"), 0);
 	ASSERT_EQ(sh("%s %s/memdedup status --agents --json", env, b), 0);
 	json_t *st = json_loads(slurp("out"), 0, &je);
 	ASSERT(st);

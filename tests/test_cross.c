@@ -953,23 +953,11 @@ static int control_cli(const struct tdaemon *t, const char *what, pid_t pid)
 /* The last word of pid's row in `memdedup status` (its STATE), "" if none. */
 static const char *status_state(const struct tdaemon *t, pid_t pid)
 {
-	static char state[32];
-	char head[16], path[600];
+	char path[600];
 	ASSERT_EQ(td_sh("MEMDEDUP_RUN_DIR=%s MEMDEDUP_SOCKET=%s %s/memdedup status >%s/out 2>&1", test_dir(),
 			t->sock, build_dir(), test_dir()), 0);
 	snprintf(path, sizeof(path), "%s/out", test_dir());
-	int n = snprintf(head, sizeof(head), "%d ", (int)pid);
-	state[0] = '\0';
-	for (const char *l = file_text(path); l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
-		if (strncmp(l, head, (size_t)n) != 0)
-			continue;
-		const char *end = strchr(l, '\n'), *w = end;
-		while (w > l && w[-1] != ' ')
-			w--;
-		snprintf(state, sizeof(state), "%.*s", (int)(end - w), w);
-		break;
-	}
-	return state;
+	return status_row_state(file_text(path), pid);
 }
 
 /* `memdedup status`'s STATE is the agent's own: one resumed by pid while
