@@ -161,13 +161,6 @@ static int kept_paused(const md_agent *a)
 #define PAUSE_KEEP 1		/* paused too while one is kept (kept_paused) */
 #define PAUSE_CLEAR_HERE 2	/* a resume that lifts the VMM's own pause too */
 
-/* The scanner's pause, as the daemon says (its PAUSE and RESUME, and
- * its welcome) or the VMM (md_agent_pause). With PAUSE_KEEP, also while
- * one is kept (kept_paused), as seen under the lock md_agent_pause notes
- * the VMM's in: a welcome read it before the VMM's pause, and resumed the
- * scanner after it. What a resume clears is cleared under that lock too:
- * cleared after it, an unmerge's or the VMM's pause made meanwhile was
- * lost, and the next welcome resumed the scanner. */
 /* The scanner's state as it is now, whoever paused it (memdedupd knows
  * only its own requests, not the VMM's pause, an unmerge that failed part
  * of the way, or one from before it restarted), for `memdedup status`. */
@@ -184,6 +177,7 @@ static void publish_state(md_agent *a)
 
 static int pause_store(md_agent *a, int paused, int flags);
 
+/* pause_store, then what `memdedup status` shows of it. */
 static int pause_set_kept(md_agent *a, int paused, int flags)
 {
 	int err = pause_store(a, paused, flags);
@@ -192,6 +186,13 @@ static int pause_set_kept(md_agent *a, int paused, int flags)
 	return err;
 }
 
+/* The scanner's pause, as the daemon says (its PAUSE and RESUME, and
+ * its welcome) or the VMM (md_agent_pause). With PAUSE_KEEP, also while
+ * one is kept (kept_paused), as seen under the lock md_agent_pause notes
+ * the VMM's in: a welcome read it before the VMM's pause, and resumed the
+ * scanner after it. What a resume clears is cleared under that lock too:
+ * cleared after it, an unmerge's or the VMM's pause made meanwhile was
+ * lost, and the next welcome resumed the scanner. */
 static int pause_store(md_agent *a, int paused, int flags)
 {
 	if (!a || !a->engine)
