@@ -286,9 +286,7 @@ static json_t *daemon_agent(json_t *daemon, int pid)
 	return NULL;
 }
 
-/* The STATE column: what memdedupd holds the agent's scanner to (a, its
- * record), or that the agent stopped changing guest RAM for good. */
-/* The agent's own word (its scanner's state, whoever paused it); from an
+/* The STATE column: the agent's own word (its scanner's state, whoever paused it); from an
  * agent older than that, memdedupd's record of it (a, NULL if none, or
  * from a memdedupd older than its paused field: "-"). */
 static const char *agent_state(json_t *a, const md_stats *s)
@@ -363,10 +361,10 @@ int md__cmd_status(int argc, char **argv)
 			char command[MD_STATS_COMMAND_LEN];
 			json_object_set_new(o, "command", json_string(md__printable(agents[i].s.command,
 						    command, sizeof(command))));
-			const char *state = agent_state(daemon_agent(daemon, agents[i].pid), &agents[i].s.stats);
+			json_t *da = daemon_agent(daemon, agents[i].pid);
+			const char *state = agent_state(da, &agents[i].s.stats);
 			json_object_set_new(o, "state", strcmp(state, "-") ? json_string(state) : json_null());
 			/* memdedupd's word, null where it has none. */
-			json_t *da = daemon_agent(daemon, agents[i].pid);
 			json_object_set_new(o, "paused", da ? json_boolean(json_is_true(json_object_get(da, "paused")))
 							    : json_null());
 			json_object_set_new(o, "unmerged", da ? json_boolean(json_is_true(json_object_get(da,
