@@ -106,6 +106,20 @@ TEST_IMPL(share_two_processes)
 	return 0;
 }
 
+/* p's first MiB holds img's, every page its page-cache frame, counted as
+ * shared at read time by reads reads: 0 (else an assertion fails). */
+static int first_mb_shared(struct proc *p, const char *img, uint64_t reads)
+{
+	ASSERT(strcmp(proc_cmd(p, "hash 0 %u", MB), hex(fnv_file(img, 0, MB))) == 0);
+	for (size_t off = 0; off < MB; off += 4096)
+		ASSERT(proc_page_is_image(p, off, img, (off_t)off));
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(p, &s, 3000, has_shared), 0);
+	ASSERT_EQ(s.pages_shared_at_read, MB / 4096);
+	ASSERT_EQ(s.reads_seen, reads);
+	return 0;
+}
+
 /* A VMM built with _FORTIFY_SOURCE reads through __pread_chk where it
  * knows the buffer's size: shared at read time as a plain pread is. */
 TEST_IMPL(fortified_and_raw_reads_shared)
@@ -117,13 +131,7 @@ TEST_IMPL(fortified_and_raw_reads_shared)
 	/* And through syscall(2), as a VMM without the C library's pread
 	 * wrapper (Rust's libc crate) may read. */
 	ASSERT_EQ(proc_num(&p, "sysread %d %u %u %u", fd, MB / 2, MB / 2, MB / 2), MB / 2);
-	ASSERT(strcmp(proc_cmd(&p, "hash 0 %u", MB), hex(fnv_file(img, 0, MB))) == 0);
-	for (size_t off = 0; off < MB; off += 4096)
-		ASSERT(proc_page_is_image(&p, off, img, (off_t)off));
-	md_stats s;
-	ASSERT_EQ(proc_stats_wait(&p, &s, 3000, has_shared), 0);
-	ASSERT_EQ(s.pages_shared_at_read, MB / 4096);
-	ASSERT_EQ(s.reads_seen, 2);
+	ASSERT_EQ(first_mb_shared(&p, img, 2), 0);
 	proc_stop(&p);
 	return 0;
 }
@@ -152,13 +160,7 @@ TEST_IMPL(second_copy_of_agent_does_nothing)
 		struct proc p;
 		int fd = start_reader(&p, img, env);
 		ASSERT_EQ(proc_num(&p, "read %d 0 %u 0 %u", fd, MB, MB), MB);
-		ASSERT(strcmp(proc_cmd(&p, "hash 0 %u", MB), hex(fnv_file(img, 0, MB))) == 0);
-		for (size_t off = 0; off < MB; off += 4096)
-			ASSERT(proc_page_is_image(&p, off, img, (off_t)off));
-		md_stats s;
-		ASSERT_EQ(proc_stats_wait(&p, &s, 3000, has_shared), 0);
-		ASSERT_EQ(s.pages_shared_at_read, MB / 4096);
-		ASSERT_EQ(s.reads_seen, 1);	/* one agent saw it */
+		ASSERT_EQ(first_mb_shared(&p, img, 1), 0);	/* one agent saw it */
 		proc_stop(&p);
 		ASSERT(strstr(file_text(log), "another copy of memdedup's agent"));
 	}
