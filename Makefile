@@ -32,7 +32,10 @@ $(B)/%.o: %.c $(wildcard include/*.h common/*.h agent/*.h engine/*.h daemon/*.h 
 	@mkdir -p $(dir $@)
 	$(CC) $(MD_CFLAGS) $(CFLAGS) $(JSON_CFLAGS) -c -o $@ $<
 
+# Made anew: ar r never drops a member, and an object of a file removed
+# or renamed since would still be linked.
 $(B)/libmemdedup.a: $(AGENT_OBJ)
+	rm -f $@
 	ar rcs $@ $^
 
 # The library a VMM links: the API only, no interposed libc symbols.

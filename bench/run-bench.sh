@@ -318,9 +318,13 @@ fi
 # (a mode with fewer such samples fails the report);
 # saving = final PSS of mode none - final PSS of the mode; t50/t90 = seconds
 # after the last guest's READS-DONE until saving(t) = PSS_none_final - PSS(t)
-# first reached 50 % / 90 % of the mode's final saving (0 when reached by then;
-# null when the saving is under 16 MB, the run-to-run noise of the fleet PSS);
-# ksm_t50/ksm_t90: the same for kernel KSM pages_sharing and its final value.
+# first reached 50 % / 90 % of the mode's final saving, looking at samples from
+# READS-DONE on only (before it the guests have not filled their memory yet, and
+# the PSS is low for that): a saving reached by then shows as the time of the
+# first sample after it, under a second; null when the saving is under 16 MB,
+# the run-to-run noise of the fleet PSS;
+# ksm_t50/ksm_t90: seconds after READS-DONE until kernel KSM pages_sharing
+# reached 50 % / 90 % of its final value (0 when it did by then: it only grows).
 metrics() {  # DIR REF_PSS_KB -> "key value" lines
   awk -F'\t' -v ref="$2" -v n=2 -v noise=16384 -v gfile="$1/guests.tsv" -v win="$cpu_window" '
     BEGIN {
@@ -417,7 +421,7 @@ jstr() { printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g; s/\t/\
   printf '  "guests": 2, "guest_mem_mb": %s, "image": %s, "image_mb": %s,\n' "$mem" "$(jstr "$(basename "$image")")" "$image_mb"
   printf '  "saved_ksm": {"run": %s, "pages_to_scan": %s, "sleep_millisecs": %s},\n' \
     "$KSM_SAVED_RUN" "$KSM_SAVED_SCAN" "$KSM_SAVED_SLEEP"
-  printf '  "definitions": {"final_pss_mb": "mean fleet PSS over the last 5 samples with both guests alive, after the last READS-DONE and none within 1.5 s of exiting", "ksm_pages_sharing_final/md_pages_shared_final": "at the last of those samples (md: sum over both agents)", "saving_mb": "final_pss_mb of none minus that of the mode", "t50_s/t90_s": "seconds after the last READS-DONE until the PSS saving first reached 50 %%/90 %% of the final saving (null below 16 MB: noise)", "ksm_t50_s/ksm_t90_s": "seconds after the last READS-DONE until kernel KSM pages_sharing reached 50 %%/90 %% of its final value", "guest_workload_s": "host seconds from the fleet start to each guest READS-DONE", "dedup_cpu_s": "ksmd CPU during the mode + md-agent thread CPU (not the sharing work done inside QEMU I/O threads)", "dedup_cpu_in_window_s": "the same over the first cpu_window_s seconds from the fleet start, the same for every mode: the CPU to compare (ksmd keeps scanning once converged, and modes hold for different times)", "ksm_meta_mb": "kernel KSM metadata at the final sample: (pages_sharing + ksm_zero_pages) x 4 KiB - general_profit, i.e. its rmap items, kept in kernel slab and so in no PSS (memdedup keeps its metadata in its processes: in the PSS); null where the kernel has no general_profit (before Linux 6.4), as is ksm_meta_kb in the samples"},\n'
+  printf '  "definitions": {"final_pss_mb": "mean fleet PSS over the last 5 samples with both guests alive, after the last READS-DONE and none within 1.5 s of exiting", "ksm_pages_sharing_final/md_pages_shared_final": "at the last of those samples (md: sum over both agents)", "saving_mb": "final_pss_mb of none minus that of the mode", "t50_s/t90_s": "seconds after the last READS-DONE until the PSS saving first reached 50 %%/90 %% of the final saving, from the samples after READS-DONE only (a saving reached by then: the first of them, under a second; null below 16 MB: noise)", "ksm_t50_s/ksm_t90_s": "seconds after the last READS-DONE until kernel KSM pages_sharing reached 50 %%/90 %% of its final value (0 when reached by then)", "guest_workload_s": "host seconds from the fleet start to each guest READS-DONE", "dedup_cpu_s": "ksmd CPU during the mode + md-agent thread CPU (not the sharing work done inside QEMU I/O threads)", "dedup_cpu_in_window_s": "the same over the first cpu_window_s seconds from the fleet start, the same for every mode: the CPU to compare (ksmd keeps scanning once converged, and modes hold for different times)", "ksm_meta_mb": "kernel KSM metadata at the final sample: (pages_sharing + ksm_zero_pages) x 4 KiB - general_profit, i.e. its rmap items, kept in kernel slab and so in no PSS (memdedup keeps its metadata in its processes: in the PSS); null where the kernel has no general_profit (before Linux 6.4), as is ksm_meta_kb in the samples"},\n'
   printf '  "modes": [\n'
   first=1
   for m in $present; do
@@ -463,8 +467,9 @@ fi
 mv "$out/results.json.tmp" "$out/results.json"
 
 # --- summary table and plot -----------------------------------------------------
-# CPU per GB saved over the window, and against kernel KSM's (ksm, else ksm10x)
-per_gb() { awk -v c="$1" -v k="$2" 'BEGIN{ if (c == "NA" || k == "NA" || k <= 0) print "NA"; else printf "%.2f", c / (k / 1024 / 1000)}'; }
+# CPU per GB saved over the window, and against kernel KSM's (ksm, else ksm10x);
+# a GB of 1024 MB, as the MB are MiB (until 2026-12-05 a GB here was 1000 MB)
+per_gb() { awk -v c="$1" -v k="$2" 'BEGIN{ if (c == "NA" || k == "NA" || k <= 0) print "NA"; else printf "%.2f", c / (k / 1024 / 1024)}'; }
 ksm_per_gb=NA
 for m in ksm10x ksm; do
   case " $present " in *" $m "*) ;; *) continue ;; esac

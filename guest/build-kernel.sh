@@ -7,6 +7,8 @@
 # unpacked with `dpkg -x`; it is never installed on the host.
 # Env: MEMDEDUP_KERNEL_PKG=linux-image-...-amd64 forces a package.
 set -euo pipefail
+# depmod is in /sbin only, outside a user's PATH on Debian.
+PATH=$PATH:/usr/sbin:/sbin
 
 die() { echo "build-kernel.sh: $*" >&2; exit 1; }
 [ $# -eq 1 ] || die "usage: build-kernel.sh OUTDIR"

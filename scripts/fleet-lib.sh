@@ -20,6 +20,7 @@
 #                                  # "MEMDEDUP-GUEST: WORD" (DONE, RECHECK)
 #   fleet_hold_window DIR          # "T0 T1": samples where every guest had
 #                                  # finished reading and none had exited
+#                                  # nor ended its hold
 #   fleet_window_avg DIR COL [T0 T1]  # mean of a samples.tsv column in a window
 #   fleet_last DIR COL             # last value of a column
 #
@@ -443,13 +444,17 @@ fleet_checksums() { cut -f7 "$1/guests.tsv"; }
 # line), or nothing.
 fleet_guest_said() { grep -m1 "^MEMDEDUP-GUEST: $1 " "$2" 2>/dev/null | tr -d '\r' | awk '{print $3}' || true; }
 
-# Window in which every guest had finished reading and none had exited yet:
-# [last READS-DONE + settle, first exit - 1]. Prints "T0 T1".
+# Window in which every guest had finished reading and none had exited yet,
+# nor ended its hold (the recheck after it writes: the tmpfs workload a token
+# into every copy): [last READS-DONE + settle, first exit or HOLD-END - 1].
+# Prints "T0 T1".
 fleet_hold_window() {
   local dir=$1 settle=${2:-2}
   awk -F'\t' -v s="$settle" '
-    { if ($3 == "NA") bad = 1; if ($3 + 0 > r) r = $3 + 0; if (first == "" || $4 + 0 < first) first = $4 + 0 }
-    END { if (bad) { print "NA NA"; exit } printf "%.2f %.2f\n", r + s, first - 1 }' "$dir/guests.tsv"
+    { if ($3 == "NA") bad = 1; if ($3 + 0 > r) r = $3 + 0; if (first == "" || $4 + 0 < first) first = $4 + 0
+      if ($8 != "" && $8 != "NA" && (he == "" || $8 + 0 < he)) he = $8 + 0 }
+    END { if (bad) { print "NA NA"; exit } if (he != "" && he < first) first = he
+          printf "%.2f %.2f\n", r + s, first - 1 }' "$dir/guests.tsv"
 }
 
 # Mean of column COL (name from the header, or number) of samples in [T0, T1]

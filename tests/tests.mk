@@ -33,7 +33,7 @@ $(B)/fuzz-replay: fuzz/replay.c fuzz/fuzz_stats_file.c $(B)/libmemdedup.a
 	$(CC) $(MD_CFLAGS) $(CFLAGS) -o $@ $^ $(LDFLAGS)
 
 # memdedup run's check of MEMDEDUP_PRELOAD, a file of the operator's.
-$(B)/fuzz-replay-elf: fuzz/replay.c fuzz/fuzz_elf.c cli/elfcheck.c cli/cli.h
+$(B)/fuzz-replay-elf: fuzz/replay.c fuzz/fuzz_elf.c cli/elfcheck.c cli/cli.h $(wildcard common/*.h)
 	$(CC) $(MD_CFLAGS) $(CFLAGS) -Icli -o $@ $(filter %.c,$^) $(LDFLAGS)
 $(B)/fuzz-elf-seeds: fuzz/elf_seeds.c
 	$(CC) $(MD_CFLAGS) $(CFLAGS) -o $@ $^ $(LDFLAGS)
