@@ -532,12 +532,11 @@ static const unsigned char *frozen_pages(struct md__engine *e, uintptr_t a, size
 
 /* What the n (at most CMP_PAGES) pool or image pages at p[0..n) hold, for
  * the same compare: p[i] set to their copies in the second buffer, or
- * left as they are if that fails. */
-static void other_pages(struct md__engine *e, const unsigned char **p, size_t n)
+ * left as they are if that fails (then -EFAULT, or -ENOMEM). */
+static int other_pages(struct md__engine *e, const unsigned char **p, size_t n)
 {
 	unsigned char *b = cmp_buf(e);
-	if (b)
-		md__copy_own_pages(b + CMP_PAGES * MD_EPAGE, (const void **)p, n);
+	return b ? md__copy_own_pages(b + CMP_PAGES * MD_EPAGE, (const void **)p, n) : -ENOMEM;
 }
 
 /* 1 if every page of the run still carries the write-protect bit. */
@@ -1517,8 +1516,10 @@ int md__engine_merge_file(struct md__engine *e, void *addr, size_t n, int fd, of
 		const unsigned char *f[CMP_PAGES];
 		for (size_t i = 0; i < m; i++)
 			f[i] = (const unsigned char *)content + (c + i) * MD_EPAGE;
-		other_pages(e, f, m);	/* one range: all copied, or none */
-		const unsigned char *g = frozen_pages(e, a + c * MD_EPAGE, m);
+		/* Not read straight when the copy fails: an image's page
+		 * may be a SIGBUS (the agent's view of a tmpfs image over a
+		 * hole, on a full tmpfs), here in the VMM. */
+		const unsigned char *g = other_pages(e, f, m) == 0 ? frozen_pages(e, a + c * MD_EPAGE, m) : NULL;
 		if (!g) {
 			e->st.freeze_failed += n;	/* not read: a fallback */
 			err = -EFAULT;	/* not 0, which says a page differed */

@@ -234,7 +234,8 @@ typedef struct md_stats {
 	                                  fell back, leaving pages as they were:
 	                                  pages whose mapping the kernel refused or
 	                                  whose write-protection could not be set or
-	                                  read, runs the mapping budget refused,
+	                                  read (or the image pages they must equal),
+	                                  runs the mapping budget refused,
 	                                  and pages equal to an image whose
 	                                  descriptor the VMM closed or replaced
 	                                  meanwhile (each reason said once in the

@@ -1145,6 +1145,49 @@ TEST_IMPL(engine_unreadable_frozen_pages_fall_back)
 	return 0;
 }
 
+/* What guest pages must equal to merge onto an image, when it cannot be
+ * read (the agent's view of a tmpfs image over a hole, on a full tmpfs: a
+ * SIGBUS; past a file's end here): the merge falls back, the guest's pages
+ * stay as they were and writable. The compare read it straight, after the
+ * copy through the kernel failed: SIGBUS in the scanner, the VMM gone. */
+TEST_IMPL(engine_merge_file_unreadable_content_falls_back)
+{
+	struct md__engine e;
+	const size_t n = 2;
+	unsigned char *b = map_ram(n), want[PG];
+
+	engine_up(&e);
+	for (size_t i = 0; i < n; i++)
+		fill(b + i * PG, 140 + (unsigned)i);
+	int fd = memfd_create("image", MFD_CLOEXEC);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(write(fd, b, n * PG), (ssize_t)(n * PG));
+	/* A view of a file of nothing: every access a SIGBUS. */
+	int empty = memfd_create("empty", MFD_CLOEXEC);
+	ASSERT(empty >= 0);
+	void *view = mmap(NULL, n * PG, PROT_READ, MAP_SHARED, empty, 0);
+	ASSERT(view != MAP_FAILED);
+	ASSERT_EQ(md__engine_register(&e, b, n * PG, 0), 0);
+	ASSERT_EQ(md__engine_merge_file(&e, b, n, fd, 0, view, NULL, NULL), -EFAULT);
+	struct md__engine_stats st;
+	md__engine_stats(&e, &st);
+	ASSERT_EQ(st.merged_file, 0);
+	ASSERT_EQ(st.abandoned, 0);	/* a fallback, not pages that changed */
+	ASSERT_EQ(st.freeze_failed, n);
+	for (size_t i = 0; i < n; i++) {
+		fill(want, 140 + (unsigned)i);
+		ASSERT(memcmp(b + i * PG, want, PG) == 0);
+		ASSERT(!(pagemap(b + i * PG) & PM_FILE));
+	}
+	ASSERT_EQ(write_did_not_wait(&e, b + 5), 0);
+	md__engine_fini(&e);
+	munmap(view, n * PG);
+	close(empty);
+	close(fd);
+	munmap(b, n * PG);
+	return 0;
+}
+
 /* A run of side-by-side guest pages merged at once, each with its own slot:
  * copies of one page map that one slot; a page that differs, and one whose
  * slot is not live, stay as they were; the region's advice covers every
