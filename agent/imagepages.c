@@ -170,6 +170,15 @@ static int still_fixed(void *img)
 	return md__image_fixed(img);
 }
 
+/* 1 if the n pages of the image from off are all data, none a hole. */
+static int all_data(const struct md__image *img, off_t off, size_t n)
+{
+	if (lseek(img->fd, off, SEEK_DATA) != off)
+		return 0;
+	off_t hole = lseek(img->fd, off, SEEK_HOLE);
+	return hole >= off + (off_t)(n * MD_PAGE);
+}
+
 /* Merges n guest pages from addr onto the image pages of entries
  * cookie[0..n) (consecutive pages of one image). Returns the pages merged. */
 static int merge_run(struct md_agent *a, uintptr_t addr, const uint64_t *cookie, size_t n)
@@ -188,6 +197,22 @@ static int merge_run(struct md_agent *a, uintptr_t addr, const uint64_t *cookie,
 		 * up there) until a read leases the image again, if ever. */
 		for (size_t i = 0; i < n; i++)
 			md__index_remove(&ip->ix, ip->pages[cookie[i]].hash, (uint32_t)cookie[i]);
+		goto unlock;
+	}
+	if (img->shmem && !all_data(img, off, n)) {
+		/* A tmpfs image's hole is read by no mapping (data_only in
+		 * readshare.c): a fault on it allocates a page in the file,
+		 * and on a full tmpfs is a SIGBUS in the VMM. An entry lies
+		 * on one when the guest wrote a copied page of a hole before
+		 * feed() hashed it: it can never match (a hole reads as
+		 * zeroes, which are not indexed), and goes unread. The run
+		 * waits for the next pass, its other entries left as they
+		 * are. */
+		for (size_t i = 0; i < n; i++) {
+			off_t p = off + (off_t)(i * MD_PAGE);
+			if (lseek(img->fd, p, SEEK_DATA) != p)
+				md__index_remove(&ip->ix, ip->pages[cookie[i]].hash, (uint32_t)cookie[i]);
+		}
 		goto unlock;
 	}
 	if (!r)
@@ -221,7 +246,9 @@ static int merge_run(struct md_agent *a, uintptr_t addr, const uint64_t *cookie,
 		/* A guest page differed: it was written just now, or an
 		 * entry's hash is not its file page's (the guest wrote the
 		 * page before feed() hashed it). Such an entry would draw
-		 * the same failed freeze on every pass: drop it. */
+		 * the same failed freeze on every pass: drop it. (0 says
+		 * the engine read the file's pages through the kernel first:
+		 * the view there can be read straight.) */
 		for (size_t i = 0; i < n; i++) {
 			const struct file_page *e = &ip->pages[cookie[i]];
 			if (md__page_hash(file + i * MD_PAGE) != e->hash)
