@@ -27,6 +27,31 @@
 /* The kernel's MAX_RW_COUNT: the most one read moves. */
 #define MD_RW_MAX ((size_t)0x7ffff000)
 
+/* 0 if the kernel takes the buffers iov[0..cnt) whole: it checks each at
+ * its full length (access_ok: its end inside the address space the user
+ * may name, which depends on the kernel and the machine) before it cuts a
+ * read to MD_RW_MAX, and refuses the read with EFAULT before a byte moves.
+ * Asked of the kernel itself: process_vm_readv checks its local buffers
+ * so before it copies, here one byte into a scratch byte put first,
+ * nothing into the buffers. Any other answer than EFAULT (a sandbox's
+ * filter) is taken for a yes, as before. */
+static int kernel_takes(const struct iovec *iov, int cnt)
+{
+	static const char byte;
+	char scratch;
+	struct iovec loc[64], rem = { (void *)&byte, 1 };
+	int saved = errno, refused = 0;
+	loc[0] = (struct iovec){ &scratch, 1 };
+	for (int k = 0; k < cnt && !refused;) {
+		int m = cnt - k < 63 ? cnt - k : 63;
+		memcpy(loc + 1, iov + k, (size_t)m * sizeof(*iov));
+		refused = process_vm_readv(getpid(), loc, (unsigned long)m + 1, &rem, 1, 0) < 0 && errno == EFAULT;
+		k += m;
+	}
+	errno = saved;
+	return refused ? -EFAULT : 0;
+}
+
 static uintptr_t round_up(uintptr_t x) { return (x + MD_PAGE - 1) & ~(MD_PAGE - 1); }
 static uintptr_t round_down(uintptr_t x) { return x & ~(MD_PAGE - 1); }
 static uint64_t pages_of(size_t len) { return (len + MD_PAGE - 1) / MD_PAGE; }
@@ -552,8 +577,12 @@ ssize_t md_agent_pread(md_agent *a, int fd, void *buf, size_t len, off_t off)
 		return -1;
 	}
 	/* As the kernel: a buffer that wraps fails before a byte moves, a
-	 * read is cut to MAX_RW_COUNT, and one of nothing moves nothing. */
-	if (!a || !len || (uintptr_t)buf + len < (uintptr_t)buf)
+	 * read is cut to MAX_RW_COUNT, and one of nothing moves nothing. A
+	 * longer buffer is the kernel's to check whole first, a cut one
+	 * would pass. */
+	struct iovec whole = { buf, len };
+	if (!a || !len || (uintptr_t)buf + len < (uintptr_t)buf ||
+	    (len > MD_RW_MAX && kernel_takes(&whole, 1) != 0))
 		return md__sys_pread(fd, buf, len, off);
 	if (len > MD_RW_MAX)
 		len = MD_RW_MAX;
@@ -713,6 +742,11 @@ static ssize_t preadv_errno(md_agent *a, int fd, const struct iovec *iov, int io
 			sum += l;
 		}
 	}
+	/* Every segment, past the cut too, is checked whole by the kernel
+	 * first (kernel_takes): a read the agent cuts must not pass one it
+	 * would refuse. */
+	if (cut && kernel_takes(iov, iovcnt) != 0)
+		return md__sys_preadv2(fd, iov, iovcnt, off, flags);
 	/* Segment by segment, as preadv fills them: stop at a short read. A
 	 * segment that could be mapped is a read of its own; the segments
 	 * between such ones go in one call, as the VMM made it (128 KiB of a

@@ -3979,6 +3979,56 @@ TEST_IMPL(preadv_bad_segment_as_kernel)
 	return 0;
 }
 
+/* A read longer than MAX_RW_COUNT whose buffer ends past the address space
+ * a user may name (not wrapping) fails with EFAULT in the kernel, before a
+ * byte moves: it checks the buffer at its full length, then cuts the read.
+ * The agent cut it first, and read the image into the buffer (review).
+ * Both ends: just past x86-64's 47 bits (which a kernel with 5-level page
+ * tables takes: then both read), and past every kernel's; as pread and as
+ * preadv. Compared with the kernel's own read into a buffer alike, outside
+ * guest RAM. */
+TEST_IMPL(read_past_address_space_as_kernel)
+{
+	char img[512];
+	snprintf(img, sizeof(img), "%s/far.img", test_dir());
+	make_image(img, 16 * PG, 9);
+	int fd = open(img, O_RDONLY);
+	ASSERT(fd >= 0);
+	md_agent *a;
+	char *m = reading_agent(&a, 64 * PG);
+	char *u = mmap(NULL, 64 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(u != MAP_FAILED);
+	const uintptr_t ends[2] = { ((uintptr_t)1 << 47) + PG, (uintptr_t)1 << 62 };
+	for (int k = 0; k < 2; k++) {
+		for (int v = 0; v < 2; v++) {
+			memset(m, 0x5a, 64 * PG);
+			memset(u, 0x5a, 64 * PG);
+			struct iovec iu[2] = { { u, 16 * PG }, { u + 16 * PG, ends[k] - (uintptr_t)(u + 16 * PG) } };
+			struct iovec im[2] = { { m, 16 * PG }, { m + 16 * PG, ends[k] - (uintptr_t)(m + 16 * PG) } };
+			errno = 0;
+			ssize_t plain = v ? preadv(fd, iu, 2, 0) : pread(fd, u, ends[k] - (uintptr_t)u, 0);
+			int plain_err = errno;
+			errno = 0;
+			ssize_t n = v ? md_agent_preadv(a, fd, im, 2, 0, 0)
+				      : md_agent_pread(a, fd, m, ends[k] - (uintptr_t)m, 0);
+			printf("  end %#lx, %s: kernel %zd (%s), agent %zd\n", (unsigned long)ends[k],
+			       v ? "preadv" : "pread", plain, strerror(plain_err), n);
+			ASSERT_EQ(n, plain);
+			if (n < 0)
+				ASSERT_EQ(errno, plain_err);
+			ASSERT(memcmp(m, u, 64 * PG) == 0);
+		}
+	}
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, 0);
+	md_agent_free(a);
+	munmap(m, 64 * PG);
+	munmap(u, 64 * PG);
+	close(fd);
+	return 0;
+}
+
 /* A preadv reads MAX_RW_COUNT (0x7ffff000) bytes at most, as a pread: the
  * segments past it are not read, and the count says so (review). The
  * first segment is mapped from a sparse image: no memory is filled. */
