@@ -1433,7 +1433,18 @@ int md__engine_merge_slots(struct md__engine *e, void *addr, size_t n, const uin
 				pp[np++] = md__engine_pool_page(e, slots[i]);
 		}
 		e->st.freeze_failed += g ? 0 : m;
-		other_pages(e, pp, np);
+		if (np && other_pages(e, pp, np) != 0) {
+			/* The pool's pages not read either (a slot's page
+			 * gone from the file): the same fallback. The
+			 * pointers themselves are never compared: a page
+			 * not there would be a SIGBUS in the VMM. */
+			for (size_t i = c; i < c + m; i++)
+				if (eq[i] == EQ_DIFFERS) {
+					eq[i] = EQ_NO_SLOT;
+					e->st.freeze_failed++;
+				}
+			continue;
+		}
 		for (size_t i = c, k = 0; i < c + m && g; i++)
 			if (eq[i] == EQ_DIFFERS && memcmp(g + (i - c) * MD_EPAGE, pp[k++], MD_EPAGE) == 0)
 				eq[i] = EQ_SAME;

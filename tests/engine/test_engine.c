@@ -1188,6 +1188,47 @@ TEST_IMPL(engine_merge_file_unreadable_content_falls_back)
 	return 0;
 }
 
+/* Pool pages that cannot be read for the compare (a slot's page gone
+ * from under the engine's mapping): the merge falls back, the guest's pages as they were,
+ * never compared through the pool's mapping (a SIGBUS in the VMM). */
+TEST_IMPL(engine_merge_slots_unreadable_pool_falls_back)
+{
+	struct md__engine e;
+	const size_t n = 2;
+	unsigned char *a = map_ram(n), *b = map_ram(n), want[PG];
+	uint32_t slot, slots[2];
+
+	engine_up(&e);
+	for (size_t i = 0; i < n; i++) {
+		fill(a + i * PG, 150 + (unsigned)i);
+		fill(b + i * PG, 150 + (unsigned)i);
+	}
+	ASSERT_EQ(md__engine_register(&e, a, n * PG, 0), 0);
+	ASSERT_EQ(md__engine_register(&e, b, n * PG, 0), 0);
+	ASSERT_EQ(md__engine_publish(&e, a, n, &slot), (int)n);
+	slots[0] = slot;
+	slots[1] = slot + 1;
+	void *pp = (void *)md__engine_pool_page(&e, slot);
+	ASSERT_EQ(mprotect(pp, n * PG, PROT_NONE), 0);
+	ASSERT_EQ(md__engine_merge_slots(&e, b, n, slots, NULL), 0);
+	struct md__engine_stats st;
+	md__engine_stats(&e, &st);
+	ASSERT_EQ(st.merged, 0);
+	ASSERT_EQ(st.abandoned, 0);	/* a fallback, not pages that changed */
+	ASSERT_EQ(st.freeze_failed, n);
+	for (size_t i = 0; i < n; i++) {
+		fill(want, 150 + (unsigned)i);
+		ASSERT(memcmp(b + i * PG, want, PG) == 0);
+		ASSERT(!(pagemap(b + i * PG) & PM_FILE));
+	}
+	ASSERT_EQ(write_did_not_wait(&e, b + 5), 0);
+	ASSERT_EQ(mprotect(pp, n * PG, PROT_READ), 0);
+	md__engine_fini(&e);
+	munmap(a, n * PG);
+	munmap(b, n * PG);
+	return 0;
+}
+
 /* A run of side-by-side guest pages merged at once, each with its own slot:
  * copies of one page map that one slot; a page that differs, and one whose
  * slot is not live, stay as they were; the region's advice covers every
