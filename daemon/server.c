@@ -483,7 +483,8 @@ static int drop_stalled(struct md__daemon *d)
  * user's process, whose record a HELLO on the inherited connection would
  * take over: a process none of whose uids is the peer's (its uid at
  * connect) is not the peer. The status is read while the pidfd's process
- * lives, so it is that process's. -1 with errno (ESRCH: not the peer). */
+ * lives, so it is that process's. -1 with errno (ESRCH: not the peer;
+ * another: the status could not be read). */
 static int pidfd_of_peer(pid_t pid, uid_t uid)
 {
 	int pfd = (int)syscall(SYS_pidfd_open, pid, 0);
@@ -493,7 +494,15 @@ static int pidfd_of_peer(pid_t pid, uid_t uid)
 	unsigned long id[4];
 	int same = 0;
 	snprintf(path, sizeof(path), "/proc/%d/status", (int)pid);
-	const char *u = md__read_text(path, buf, sizeof(buf)) > 0 ? strstr(buf, "\nUid:") : NULL;
+	ssize_t got = md__read_text(path, buf, sizeof(buf));
+	/* Short of descriptors or memory ourselves, the peer is not said to
+	 * have exited: the HELLO is refused for our shortage (agent.c). */
+	if (got < 0 && got != -ENOENT && got != -ESRCH) {
+		close(pfd);
+		errno = (int)-got;
+		return -1;
+	}
+	const char *u = got > 0 ? strstr(buf, "\nUid:") : NULL;
 	if (u && sscanf(u + 5, "%lu %lu %lu %lu", &id[0], &id[1], &id[2], &id[3]) == 4)
 		for (int i = 0; i < 4; i++)
 			same |= id[i] == (unsigned long)uid;

@@ -2424,8 +2424,8 @@ TEST_IMPL(daemon_reconnect_keeps_refs)
 	return 0;
 }
 
-/* The two lowest descriptor numbers pid has free. */
-static void lowest_free_fds_now(pid_t pid, int *first, int *second)
+/* The n lowest descriptor numbers pid has free, in fd[0..n). */
+static void lowest_free_fds_now(pid_t pid, int *fd, int n)
 {
 	char path[64];
 	unsigned char used[4096] = { 0 };
@@ -2433,31 +2433,31 @@ static void lowest_free_fds_now(pid_t pid, int *first, int *second)
 	DIR *dir = opendir(path);
 	ASSERT(dir);
 	for (struct dirent *e; (e = readdir(dir));) {
-		long n = e->d_name[0] == '.' ? -1 : strtol(e->d_name, NULL, 10);
-		if (n >= 0 && n < (long)sizeof(used))
-			used[n] = 1;
+		long k = e->d_name[0] == '.' ? -1 : strtol(e->d_name, NULL, 10);
+		if (k >= 0 && k < (long)sizeof(used))
+			used[k] = 1;
 	}
 	closedir(dir);
 	int found = 0;
-	for (int n = 0; n < (int)sizeof(used) && found < 2; n++)
-		if (!used[n])
-			*(found++ ? second : first) = n;
-	ASSERT_EQ(found, 2);
+	for (int k = 0; k < (int)sizeof(used) && found < n; k++)
+		if (!used[k])
+			fd[found++] = k;
+	ASSERT_EQ(found, n);
 }
 
 /* The same, once the daemon has closed what it was closing (a STATUS
- * connection of ours a moment ago): the same two, 100 ms apart. */
-static void lowest_free_fds(pid_t pid, int *first, int *second)
+ * connection of ours a moment ago): the same ones, 100 ms apart. */
+static void lowest_free_fds(pid_t pid, int *fd, int n)
 {
-	int a, b;
-	lowest_free_fds_now(pid, first, second);
+	int again[3];
+	ASSERT(n <= 3);
+	lowest_free_fds_now(pid, fd, n);
 	for (int i = 0; i < 50; i++) {
 		usleep(100000);
-		lowest_free_fds_now(pid, &a, &b);
-		if (a == *first && b == *second)
+		lowest_free_fds_now(pid, again, n);
+		if (memcmp(again, fd, (size_t)n * sizeof(*fd)) == 0)
 			return;
-		*first = a;
-		*second = b;
+		memcpy(fd, again, (size_t)n * sizeof(*fd));
 	}
 	ASSERT(0);	/* never settled */
 }
@@ -2530,19 +2530,57 @@ TEST_IMPL(daemon_fallback_pidfd_checks_uid)
 	return 0;
 }
 
+/* The same fallback short of descriptors after its pidfd_open: the peer's
+ * status cannot be read (EMFILE), and the HELLO is refused for the
+ * daemon's shortage (-EMFILE, which the agent says is memdedupd's), not as
+ * from a process that has exited (-ESRCH, which it was before). */
+TEST_IMPL(daemon_fallback_pidfd_shortage_said)
+{
+	char shim[600];
+	const char *first = getenv("MD_TEST_PRELOAD_FIRST");	/* libasan, first */
+	snprintf(shim, sizeof(shim), "%s%s%s/libnopeerpidfd-stub.so", first ? first : "", first ? ":" : "",
+		 build_dir());
+	setenv("LD_PRELOAD", shim, 1);
+	struct tdaemon t;
+	td_start(&t, 64);
+	unsetenv("LD_PRELOAD");
+	/* The connection's descriptor fits, and the pidfd, not the status
+	 * file's. */
+	int free_fd[3];
+	lowest_free_fds(t.pid, free_fd, 3);
+	struct rlimit back, low;
+	ASSERT(prlimit(t.pid, RLIMIT_NOFILE, NULL, &back) == 0);
+	low = (struct rlimit){ (rlim_t)free_fd[2], back.rlim_max };
+	ASSERT(prlimit(t.pid, RLIMIT_NOFILE, &low, NULL) == 0);
+	struct md__client *c;
+	struct md__msg_welcome w;
+	int fd = -1;
+	ASSERT_EQ(md__client_connect(&c, t.sock), 0);
+	int err = md__client_hello(c, NULL, 0, &w, &fd);
+	md__client_free(c);
+	ASSERT(prlimit(t.pid, RLIMIT_NOFILE, &back, NULL) == 0);
+	ASSERT_EQ(err, -EMFILE);
+	/* And with descriptors again, welcome through the same fallback. */
+	c = td_agent(&t, NULL, &w, &fd);
+	close(fd);
+	md__client_free(c);
+	td_stop(&t);
+	return 0;
+}
+
 TEST_IMPL(daemon_reconnect_needs_pidfd)
 {
 	struct tdaemon t;
 	struct md__msg_welcome w;
 	struct md__client *c;
-	int fd, first_free, second_free;
+	int fd, free_fd[2];
 
 	uint32_t first = agent_gone_holding_two(&t, &w);
 	/* The connection's descriptor fits, the pidfd would not. */
-	lowest_free_fds(t.pid, &first_free, &second_free);
+	lowest_free_fds(t.pid, free_fd, 2);
 	struct rlimit back, low;
 	ASSERT(prlimit(t.pid, RLIMIT_NOFILE, NULL, &back) == 0);
-	low = (struct rlimit){ (rlim_t)second_free, back.rlim_max };
+	low = (struct rlimit){ (rlim_t)free_fd[1], back.rlim_max };
 	ASSERT(prlimit(t.pid, RLIMIT_NOFILE, &low, NULL) == 0);
 	ASSERT_EQ(md__client_connect(&c, t.sock), 0);
 	int err = md__client_hello(c, NULL, 0, &w, &fd);
