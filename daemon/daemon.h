@@ -49,6 +49,30 @@ int md__privileged(uid_t uid);
 #define MD_D_STATUS_MIN (4u << 10)
 #define MD_D_OUT_UID_MAX (32u << 20) /* unsent to one uid's peers (root's not): the stalest queue goes */
 #define MD_D_STALL_MS 10000         /* drop a peer that sends no request, or half a message, this long */
+/* Work per connection per wake-up: a message is 1; a READS 1 more per
+ * 1,024 pages (one of 128 full runs takes milliseconds); a PUBLISH 1 more
+ * per MD_D_PUBLISH_PAGES_PER_UNIT pages (each hashed, written into the
+ * pool, indexed); an UNREF 1 more per MD_D_FREED_PER_UNIT slots it frees
+ * (each punched, in batches); a STATUS 16. With a PUBLISH or an UNREF 1
+ * whatever its size, one user's 16 connections made another user's LOOKUP
+ * wait 70 ms in one wake-up with PUBLISHes of 64 pages, and about 0.5 ms
+ * for each of their UNREFs freeing 1,024 slots, where READS made it wait
+ * 13-19 ms (measured in a review of daemon/): a 64-page PUBLISH was worth
+ * 4-5 of a READS's units, 1,024 slots freed about 8. The PUBLISH rate is
+ * twice that, for margin (an agent's PUBLISHes are of one page: 1 still).
+ * What is left waits in the buffer: the connection is deferred, handled
+ * first in the next wake-up (not on its socket's events: a peer that does
+ * not read its replies makes none). */
+#define MD_D_BUDGET 64
+#define MD_D_PUBLISH_PAGES_PER_UNIT 8
+#define MD_D_FREED_PER_UNIT 128
+/* Work per user per wake-up, all its connections together: a user with 200
+ * connections made another's one LOOKUP wait 765 ms when each connection
+ * had a budget of its own, as a round then held 64 of them at 64 each.
+ * Its connections stopped here wait in the queues of deferred ones, served
+ * first in the next wake-up (at once: the loop does not wait then), in the
+ * order they were stopped, so each of its connections has its turn. */
+#define MD_D_USER_BUDGET (4 * MD_D_BUDGET)
 #define MD_D_POOL_PAGES_DEFAULT (1u << 20)   /* 4 GiB of address space per pool */
 #define MD_D_POOL_PAGES_MAX (1u << 26)
 

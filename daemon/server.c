@@ -41,19 +41,6 @@
 #endif
 
 #define MD_D_BATCH 16   /* messages per connection per wake-up: fairness */
-/* Work per connection per wake-up: a message is 1, a READS 1 more per 1,024
- * pages (one of 128 full runs takes milliseconds), a STATUS 16. What is left waits in
- * the buffer: the connection is deferred, handled first in the next
- * wake-up (not on its socket's events: a peer that does not read its
- * replies makes none). */
-#define MD_D_BUDGET 64
-/* Work per user per wake-up, all its connections together: a user with 200
- * connections made another's one LOOKUP wait 765 ms when each connection
- * had a budget of its own, as a round then held 64 of them at 64 each.
- * Its connections stopped here wait in the queues of deferred ones, served
- * first in the next wake-up (at once: the loop does not wait then), in the
- * order they were stopped, so each of its connections has its turn. */
-#define MD_D_USER_BUDGET (4 * MD_D_BUDGET)
 
 /* Into a queue of deferred connections, at its end (once): starved, stopped
  * before it was served at all in this wake-up (its user's budget spent),
@@ -1045,8 +1032,8 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
 	}
 }
 
-/* Reads and handles up to MD_D_BATCH messages, then those already read.
- * -1: the connection closed. */
+/* The work of the message in d->msg, known before it is handled (an
+ * UNREF's slots freed are added once it was: see MD_D_BUDGET). */
 static unsigned msg_cost(const struct md__msg *m)
 {
 	unsigned pages = 0;
@@ -1055,6 +1042,8 @@ static unsigned msg_cost(const struct md__msg *m)
 		for (uint32_t i = 0; i < m->u.reads.n; i++)
 			pages += m->u.reads.run[i].npages;
 		return 1 + pages / 1024;
+	case MD_MSG_PUBLISH:
+		return 1 + m->u.publish.n / MD_D_PUBLISH_PAGES_PER_UNIT;
 	case MD_MSG_STATUS:
 		return 16;	/* a page of the document, up to 1 MiB of JSON */
 	default:
@@ -1062,6 +1051,8 @@ static unsigned msg_cost(const struct md__msg *m)
 	}
 }
 
+/* Reads and handles up to MD_D_BATCH messages, then those already read.
+ * -1: the connection closed. */
 static int read_conn(struct md__daemon *d, struct md__conn *c)
 {
 	int handled = 0, backed_up = 0;
@@ -1109,7 +1100,17 @@ static int read_conn(struct md__daemon *d, struct md__conn *c)
 			unsigned cost = msg_cost(&d->msg);
 			spent += cost;
 			*user += cost;
+			/* What an UNREF frees is known once it is handled: one
+			 * that frees nothing costs what a REF does. */
+			struct md__pool *pool = d->msg.hdr.type == MD_MSG_UNREF && c->agent ?
+						&c->agent->dom->pool : NULL;
+			uint64_t freed = pool ? pool->freed : 0;
 			dispatch(d, c);
+			if (pool) {
+				cost = (unsigned)((pool->freed - freed) / MD_D_FREED_PER_UNIT);
+				spent += cost;
+				*user += cost;
+			}
 			continue;
 		}
 		/* A header that is all there says what comes: a peer may send

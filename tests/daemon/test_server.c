@@ -8,8 +8,11 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
+#include "checksum.h"
 #include "daemon.h"
 #include "protocol.h"
 #include "runner.h"
@@ -142,5 +145,295 @@ TEST_IMPL(daemon_user_budget_per_wakeup)
 	close(other);
 	close(d->epfd);
 	free(d);
+	return 0;
+}
+
+/* The daemon's state gone with it: its connections, agents, domains. */
+static void daemon_down(struct md__daemon *d)
+{
+	md__server_close(d);
+	md__agent_free_all(d);
+	md__domain_free_all(d);
+	close(d->epfd);
+	free(d);
+}
+
+/* A process that waits for the write end of gate to close: a pid the
+ * daemon can watch, for an agent of the test's making. */
+static pid_t waiter(const int gate[2])
+{
+	pid_t p = fork();
+	ASSERT(p >= 0);
+	if (p == 0) {
+		char x;
+		close(gate[1]);
+		while (read(gate[0], &x, 1) < 0 && errno == EINTR)
+			;
+		_exit(0);
+	}
+	return p;
+}
+
+static void waiters_gone(int gate[2], const pid_t *pid, int n)
+{
+	close(gate[1]);
+	close(gate[0]);
+	for (int i = 0; i < n; i++)
+		ASSERT_EQ(waitpid(pid[i], NULL, 0), pid[i]);
+}
+
+static void send_msg(int fd, const struct md__msg *m)
+{
+	static unsigned char buf[MD_MSG_HDR_SIZE + MD_MSG_MAX];
+	ssize_t n = md__msg_encode(m, buf, sizeof(buf));
+	ASSERT(n > 0);
+	ASSERT(write(fd, buf, (size_t)n) == n);
+}
+
+/* m, k times, in the server's receive buffer of c as if read already: more
+ * than the socket between us holds (a PUBLISH of 64 pages is larger). */
+static void queue_in(struct md__conn *c, const struct md__msg *m, unsigned k)
+{
+	size_t len = md__msg_encoded_len(m);
+	ASSERT(len > 0);
+	ASSERT_EQ(md__rxbuf_room(&c->in, c->in.len - c->in.head + k * len), 0);
+	for (unsigned i = 0; i < k; i++) {
+		ASSERT_EQ(md__msg_encode(m, c->in.buf + c->in.len, len), (ssize_t)len);
+		c->in.len += len;
+	}
+}
+
+/* len bytes from fd (there already), descriptors that come with them
+ * closed. */
+static void recv_all(int fd, unsigned char *buf, size_t len)
+{
+	for (size_t got = 0; got < len;) {
+		union {
+			struct cmsghdr h;
+			char buf[CMSG_SPACE(4 * sizeof(int))];
+		} ctl;
+		struct iovec iov = { buf + got, len - got };
+		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+				     .msg_control = ctl.buf, .msg_controllen = sizeof(ctl.buf) };
+		ssize_t r = recvmsg(fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+		ASSERT(r > 0);
+		for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm))
+			if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS)
+				for (size_t i = 0; i < (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++)
+					close(((int *)CMSG_DATA(cm))[i]);
+		got += (size_t)r;
+	}
+}
+
+/* The next reply on fd, decoded into *m: its type, 0 if none came. The
+ * server sent what it queued in the wake-up, whole. */
+static unsigned next_reply(int fd, struct md__msg *m)
+{
+	static unsigned char in[MD_MSG_HDR_SIZE + MD_MSG_MAX];
+	struct md__msg_hdr h;
+	ssize_t r = recv(fd, in, 1, MSG_PEEK | MSG_DONTWAIT);
+	if (r <= 0)
+		return 0;
+	recv_all(fd, in, MD_MSG_HDR_SIZE);
+	ASSERT_EQ(md__msg_hdr_decode(in, MD_MSG_HDR_SIZE, &h), 0);
+	recv_all(fd, in + MD_MSG_HDR_SIZE, h.length);
+	ASSERT_EQ(md__msg_decode(in, MD_MSG_HDR_SIZE + h.length, m), 0);
+	return h.type;
+}
+
+/* The replies of type on fd so far, the others (SHARE, CANDIDATES, ACK of
+ * a trailing request) passed over; none an ERROR. */
+static unsigned replies_of(int fd, unsigned type)
+{
+	static struct md__msg m;
+	unsigned n = 0;
+	for (unsigned t; (t = next_reply(fd, &m));) {
+		ASSERT(t != MD_MSG_ERROR);
+		n += t == type;
+	}
+	return n;
+}
+
+/* An agent of uid's in domain "fair", pid a waiter: the test's end of its
+ * connection, welcomed; the server's record of it in *conn. */
+static int agent_of(struct md__daemon *d, uid_t uid, pid_t pid, struct md__conn **conn)
+{
+	static struct md__msg m;
+	int sv[2];
+	ASSERT(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == 0);
+	int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+	ASSERT(pidfd >= 0);
+	struct ucred cr = { .pid = pid, .uid = uid, .gid = uid };
+	struct md__conn *c = md__conn_new(d, sv[1], &cr, pidfd, 0);
+	ASSERT(c);
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_HELLO, .seq = 1 } };
+	m.u.hello.pid = (uint32_t)pid;
+	strcpy(m.u.hello.domain, "fair");
+	send_msg(sv[0], &m);
+	wake_up(d);
+	ASSERT_EQ(next_reply(sv[0], &m), MD_MSG_WELCOME);
+	*conn = c;
+	return sv[0];
+}
+
+/* A request that wakes the server for c (epoll sees the socket, not the
+ * buffer queue_in filled), handled after what was queued. */
+static void nudge(int fd)
+{
+	static struct md__msg m;
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_LOOKUP, .seq = 999 } };
+	m.u.lookup.n = 1;
+	m.u.lookup.hash[0] = 1;
+	send_msg(fd, &m);
+}
+
+/* A PUBLISH of 64 pages (one content: a multi-page PUBLISH is not matched
+ * against the index). */
+static const struct md__msg *publish_64(void)
+{
+	static unsigned char pages[MD_PUBLISH_MAX * MD_MSG_PAGE];
+	static struct md__msg m;
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_PUBLISH, .seq = 100 } };
+	memset(pages, 0x5a, MD_MSG_PAGE);
+	uint64_t hash = md__page_hash(pages);
+	for (uint32_t i = 0; i < MD_PUBLISH_MAX; i++) {
+		memcpy(pages + (size_t)i * MD_MSG_PAGE, pages, MD_MSG_PAGE);
+		m.u.publish.hash[i] = hash;
+	}
+	m.u.publish.n = MD_PUBLISH_MAX;
+	m.u.publish.pages = pages;
+	return &m;
+}
+
+#define PUB_AGENTS 4
+#define PUB_EACH 12	/* PUBLISHes of 64 pages each agent has queued */
+
+/* A user's PUBLISHes of 64 pages cost by their pages: in one wake-up, the
+ * one in which another user's request is answered, each connection of the
+ * first handles at most MD_D_BUDGET's worth of them, all together
+ * MD_D_USER_BUDGET's. At 1 each (a message's), all 48 were handled in that
+ * wake-up, and a user's 16 connections made the other's LOOKUP wait 70 ms:
+ * each PUBLISH hashes 256 KiB, writes it into the pool and indexes it. */
+TEST_IMPL(daemon_publish_budget_per_wakeup)
+{
+	struct md__daemon *d = daemon_up();
+	d->pool_pages = 4096;
+	int gate[2];
+	ASSERT(pipe(gate) == 0);
+	pid_t pid[PUB_AGENTS];
+	struct md__conn *c[PUB_AGENTS];
+	int fd[PUB_AGENTS];
+	unsigned total = 0;
+	size_t asked = 0;
+	for (int i = 0; i < PUB_AGENTS; i++) {
+		pid[i] = waiter(gate);
+		fd[i] = agent_of(d, 1000, pid[i], &c[i]);
+	}
+	for (int i = 0; i < PUB_AGENTS; i++) {
+		queue_in(c[i], publish_64(), PUB_EACH);
+		nudge(fd[i]);
+	}
+	int other = peer_of(d, 2000, 5000);
+	send_status(other, 1);
+
+	wake_up(d);
+	count_replies(other, &asked);
+	ASSERT_EQ(asked, 1);
+	unsigned cost = 1 + MD_PUBLISH_MAX / MD_D_PUBLISH_PAGES_PER_UNIT;
+	for (int i = 0; i < PUB_AGENTS; i++) {
+		unsigned got = replies_of(fd[i], MD_MSG_PUBLISH_R);
+		ASSERT(got <= (MD_D_BUDGET + cost - 1) / cost);
+		total += got;
+	}
+	ASSERT(total <= (MD_D_USER_BUDGET + cost - 1) / cost);
+	ASSERT(total > 0);
+	/* And all are handled in the end, none lost. */
+	for (int round = 0; round < 64 && total < PUB_AGENTS * PUB_EACH; round++) {
+		wake_up(d);
+		for (int i = 0; i < PUB_AGENTS; i++)
+			total += replies_of(fd[i], MD_MSG_PUBLISH_R);
+	}
+	ASSERT_EQ(total, PUB_AGENTS * PUB_EACH);
+	daemon_down(d);
+	for (int i = 0; i < PUB_AGENTS; i++)
+		close(fd[i]);
+	close(other);
+	waiters_gone(gate, pid, PUB_AGENTS);
+	return 0;
+}
+
+
+#define UNREF_SLOTS 128	/* each UNREF's, all freed by it */
+#define UNREFS 36
+
+/* A user's UNREFs cost by the slots they free (each punched): in the
+ * wake-up in which another user's request is answered, its connection
+ * handles at most MD_D_BUDGET's worth of those that free 128 each. At 1
+ * each, all 36 were handled, and a user's UNREFs freeing 1,024 slots each
+ * made the other's LOOKUP wait about 0.5 ms apiece, 130 ms for 256. */
+TEST_IMPL(daemon_unref_budget_per_wakeup)
+{
+	static uint32_t slot[UNREFS * UNREF_SLOTS];
+	static struct md__msg m;
+	struct md__daemon *d = daemon_up();
+	d->pool_pages = 8192;
+	int gate[2];
+	ASSERT(pipe(gate) == 0);
+	pid_t pid = waiter(gate);
+	struct md__conn *c;
+	int fd = agent_of(d, 1000, pid, &c);
+	/* The pages, 8 PUBLISHes at a time (each a quarter MiB). */
+	uint32_t nslots = 0;
+	while (nslots < UNREFS * UNREF_SLOTS) {
+		queue_in(c, publish_64(), 8);
+		nudge(fd);
+		for (int round = 0; round < 8; round++) {
+			wake_up(d);
+			for (unsigned t; (t = next_reply(fd, &m));) {
+				ASSERT(t != MD_MSG_ERROR);
+				for (uint32_t i = 0; t == MD_MSG_PUBLISH_R && i < m.u.publish_r.n; i++)
+					slot[nslots++] = m.u.publish_r.first_slot + i;
+			}
+		}
+	}
+	ASSERT_EQ(nslots, UNREFS * UNREF_SLOTS);
+	struct md__pool *pool = &c->agent->dom->pool;
+	ASSERT_EQ(md__pool_live(pool), nslots);
+	for (uint32_t k = 0; k < UNREFS; k++) {
+		m = (struct md__msg){ .hdr = { .type = MD_MSG_UNREF, .seq = 2000 + k } };
+		m.u.refs.n = UNREF_SLOTS;
+		memcpy(m.u.refs.slot, slot + k * UNREF_SLOTS, sizeof(uint32_t) * UNREF_SLOTS);
+		queue_in(c, &m, 1);
+	}
+	nudge(fd);
+	int other = peer_of(d, 2000, 5000);
+	send_status(other, 1);
+
+	wake_up(d);
+	size_t asked = 0;
+	count_replies(other, &asked);
+	ASSERT_EQ(asked, 1);
+	unsigned cost = 1 + UNREF_SLOTS / MD_D_FREED_PER_UNIT, acks = 0;
+	for (unsigned t; (t = next_reply(fd, &m));) {
+		ASSERT(t != MD_MSG_ERROR);
+		if (t == MD_MSG_ACK) {
+			ASSERT_EQ(m.u.ack.status, 0);
+			acks++;
+		}
+	}
+	ASSERT(acks > 0);
+	ASSERT(acks <= (MD_D_BUDGET + cost - 1) / cost);
+	ASSERT_EQ(md__pool_live(pool), nslots - acks * UNREF_SLOTS);
+	/* And all are handled in the end. */
+	for (int round = 0; round < 16 && acks < UNREFS; round++) {
+		wake_up(d);
+		acks += replies_of(fd, MD_MSG_ACK);
+	}
+	ASSERT_EQ(acks, UNREFS);
+	ASSERT_EQ(md__pool_live(pool), 0);
+	daemon_down(d);
+	close(fd);
+	close(other);
+	waiters_gone(gate, &pid, 1);
 	return 0;
 }
