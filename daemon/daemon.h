@@ -331,6 +331,9 @@ struct md__conn *md__conn_new(struct md__daemon *d, int fd, const struct ucred *
 /* Queues a message to a connection; fd (or -1) travels with its first
  * byte. A peer that lets too much pile up is closed. */
 int md__conn_send(struct md__daemon *d, struct md__conn *c, const struct md__msg *m, int fd);
+/* Tests only: the next message of this type (0: none) queued to a
+ * connection fails as short of memory. */
+extern unsigned md__server_fail_type;
 /* Applies the UNREFs the agent of c sent that were not handled yet (read,
  * or still in the socket), as c is given up (taken over, or closing): a
  * client counts an UNREF sent whole as done, and never sends it again.

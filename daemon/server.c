@@ -263,9 +263,14 @@ static void flush_share(struct md__daemon *d)
 			continue;
 		uint64_t share = u ? (uint64_t)users * uid_count(u, n, a->uid) : n;
 		m.u.share.agents = share > MD_SHARE_MAX ? MD_SHARE_MAX : (uint32_t)share;
+		/* Not queued (short of memory): told again in the next
+		 * wake-up. A connection dropped meanwhile (-ENOBUFS) goes. */
 		if (a->share_sent != m.u.share.agents) {
-			a->share_sent = m.u.share.agents;
-			md__conn_send(d, a->conn, &m, -1);
+			int err = md__conn_send(d, a->conn, &m, -1);
+			if (!err)
+				a->share_sent = m.u.share.agents;
+			else if (err != -ENOBUFS)
+				d->share_due = 1;
 		}
 	}
 	free(u);
@@ -680,11 +685,17 @@ static void conn_drop_queue(struct md__daemon *d, struct md__conn *c)
 	update_events(d, c);
 }
 
+unsigned md__server_fail_type;	/* tests only: see daemon.h */
+
 static int queue_msg(struct md__daemon *d, struct md__conn *c, const struct md__msg *m, int fd)
 {
 	size_t len = md__msg_encoded_len(m);
 	if (len == 0)
 		return -EINVAL;
+	if (md__server_fail_type && m->hdr.type == md__server_fail_type) {
+		md__server_fail_type = 0;
+		return -ENOMEM;
+	}
 	if (c->closing && c->out_len == 0)
 		return -ENOBUFS;	/* dropped: nothing more goes to it */
 	/* A peer stops being read at MD_D_OUT_PAUSE, and its requests wait

@@ -437,3 +437,45 @@ TEST_IMPL(daemon_unref_budget_per_wakeup)
 	waiters_gone(gate, &pid, 1);
 	return 0;
 }
+
+/* An agent's SHARE that could not be queued (short of memory) is queued
+ * in the next wake-up: it was marked told before it was queued, and the
+ * agent scanned at the rate set for all agents together until its number
+ * changed. */
+TEST_IMPL(daemon_share_failed_told_again)
+{
+	static struct md__msg m;
+	struct md__daemon *d = daemon_up();
+	int gate[2];
+	ASSERT(pipe(gate) == 0);
+	pid_t pid[2] = { waiter(gate), waiter(gate) };
+	struct md__conn *c;
+	int fd[2];
+	fd[0] = agent_of(d, 1000, pid[0], &c);
+	wake_up(d);	/* sends what the last queued */
+	ASSERT_EQ(next_reply(fd[0], &m), MD_MSG_SHARE);
+	ASSERT_EQ(m.u.share.agents, 1);
+	/* Another user's agent: both agents' number is 2 now, and one of
+	 * their SHAREs cannot be queued. */
+	md__server_fail_type = MD_MSG_SHARE;
+	fd[1] = agent_of(d, 2000, pid[1], &c);
+	ASSERT_EQ(md__server_fail_type, 0);	/* one failed */
+	/* Each is told in the end: queued again in the next wake-up, whatever
+	 * woke it, and sent in the one after. */
+	for (int i = 0; i < 4; i++)
+		wake_up(d);
+	for (int i = 0; i < 2; i++) {
+		unsigned got = 0;
+		for (unsigned t; (t = next_reply(fd[i], &m));) {
+			ASSERT_EQ(t, MD_MSG_SHARE);
+			ASSERT_EQ(m.u.share.agents, 2);
+			got++;
+		}
+		ASSERT_EQ(got, 1);
+	}
+	daemon_down(d);
+	close(fd[0]);
+	close(fd[1]);
+	waiters_gone(gate, pid, 2);
+	return 0;
+}
