@@ -37,6 +37,12 @@ void md__scan_init(struct md_agent *a, const md_agent_options *o)
 	err = md__hints_init(&a->hints, HINTS_CAP);
 	if (err)
 		goto err_fini;
+	/* Set up once, here, before any other thread can see it: its
+	 * tunables and pause are written in place from now on (md_agent_set,
+	 * md_agent_pause), while guest RAM registers or not. */
+	err = md__scanner_init(&a->scanner, e, &a->hints);
+	if (err)
+		goto err_hints;
 	/* Kernel KSM must not merge what we do (see below), not even through
 	 * the switch for the whole process of Linux 6.4 (prctl
 	 * PR_SET_MEMORY_MERGE; systemd's MemoryKSM=yes sets it before exec,
@@ -47,17 +53,13 @@ void md__scan_init(struct md_agent *a, const md_agent_options *o)
 			err = -errno;
 			md__log("kernel KSM merges this whole process (prctl PR_SET_MEMORY_MERGE, systemd's "
 				"MemoryKSM=) and it cannot be turned off (%s)", strerror(errno));
-			goto err_hints;
+			goto err_scanner;
 		}
 		a->merge_any_wanted = 1;
 		md__log("content scanning is on: kernel KSM's merging of the whole process "
 			"(prctl PR_SET_MEMORY_MERGE, systemd's MemoryKSM=) is turned off");
 	}
 	a->engine = e;
-	/* Set up once, here, before any other thread can see it: its
-	 * tunables and pause are written in place from now on (md_agent_set,
-	 * md_agent_pause), while guest RAM registers or not. */
-	md__scanner_init(&a->scanner, e, &a->hints);
 	a->scanner.batch = o->pages_to_scan ? o->pages_to_scan : 100;
 	a->scanner.sleep_ms = o->sleep_ms ? o->sleep_ms : 20;
 	a->scanner.cpu_percent = o->cpu_percent ? o->cpu_percent : 100;
@@ -115,6 +117,8 @@ void md__scan_init(struct md_agent *a, const md_agent_options *o)
 	}
 	return;
 
+err_scanner:
+	md__scanner_free(&a->scanner);
 err_hints:
 	md__hints_free(&a->hints);
 err_fini:

@@ -173,7 +173,19 @@ int md__scanner_init(struct md__scanner *s, struct md__engine *e, struct md__hin
 	s->sleep_ms = 20;
 	s->ratio = 4;
 	s->rng = 0x2545f4914f6cdd1dull;
-	return 0;
+	/* For the scanner's life, not a start's: a poke from a reading
+	 * thread may come at any time, and a descriptor closed at a stop
+	 * could be another file's by then. */
+	s->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	return s->wake_fd < 0 ? -errno : 0;
+}
+
+/* Takes back what wake-ups were written, so the next sleep is whole. */
+static void drain_wakes(struct md__scanner *s)
+{
+	uint64_t v;
+	if (read(s->wake_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+		md__log_once(133, "cannot read the scanner's wake-ups (%s): it may sleep less", strerror(errno));
 }
 
 static void free_unstable(struct md__scanner *s)
@@ -193,6 +205,9 @@ size_t md__scanner_meta_bytes(const struct md__scanner *s)
 
 void md__scanner_free(struct md__scanner *s)
 {
+	if (s->wake_fd >= 0)
+		close(s->wake_fd);
+	s->wake_fd = -1;
 	free_unstable(s);
 	free(s->copy);
 	s->copy = NULL;
@@ -1270,14 +1285,26 @@ static void *scan_thread(void *arg)
 		 * it at once (at a quiet host's 32x, or a long sleep_millisecs,
 		 * it lasts minutes, and the agent's thread, which stops us for
 		 * an unmerge, answers no lease break while it waits); a new
-		 * tunable, or share of them, within a second. */
+		 * tunable, or share of them, within a second. Idle, a second at
+		 * a time: a poke (new hints) ends that sleep at once through
+		 * the eventfd, and waking at the set sleep only to look for one
+		 * was most of what an idle scanner cost (8 wake-ups a second at
+		 * KSM's default rate shared by two agents). */
 		uint64_t slice = sleep_ns < 1000000 ? 1000000 : sleep_ns > 1000000000 ? 1000000000 : sleep_ns;
+		if (idle)
+			slice = 1000000000;
+		uint64_t start = clock_ns(CLOCK_MONOTONIC);
 		for (uint64_t slept = 0; slept < total && !__atomic_load_n(&s->stop, __ATOMIC_RELAXED);) {
 			uint64_t d = total - slept < slice ? total - slept : slice;
+			/* Poked already: no further than the CPU cap's part. */
+			if (idle && !__atomic_load_n(&s->idle, __ATOMIC_RELAXED) && floor - slept < d)
+				d = floor - slept;
 			struct timespec ts = { (time_t)(d / 1000000000ull), (long)(d % 1000000000ull) };
 			struct pollfd pfd = { .fd = s->wake_fd, .events = POLLIN };
-			ppoll(&pfd, 1, &ts, NULL);
-			slept += d;
+			if (ppoll(&pfd, 1, &ts, NULL) > 0 && (pfd.revents & POLLIN))
+				drain_wakes(s);
+			/* The time slept, not asked: a wake-up comes early. */
+			slept = clock_ns(CLOCK_MONOTONIC) - start;
 			if (idle && !__atomic_load_n(&s->idle, __ATOMIC_RELAXED) && slept >= floor)
 				break;
 			/* Not before the CPU cap's part: a share that moves
@@ -1292,22 +1319,28 @@ static void *scan_thread(void *arg)
 void md__scanner_poke(struct md__scanner *s)
 {
 	/* Read first: the reads that push hints are many, the idle spells
-	 * few, and a store each time would move the line between cores. */
-	if (__atomic_load_n(&s->idle, __ATOMIC_RELAXED))
-		__atomic_store_n(&s->idle, 0, __ATOMIC_RELAXED);
+	 * few, and a store each time would move the line between cores.
+	 * The one that ends a spell wakes the sleep; on a reading thread of
+	 * the VMM, whose errno stays as the read left it. */
+	if (__atomic_load_n(&s->idle, __ATOMIC_RELAXED) &&
+	    __atomic_exchange_n(&s->idle, 0, __ATOMIC_RELAXED) && s->wake_fd >= 0) {
+		int saved = errno;
+		uint64_t one = 1;
+		if (write(s->wake_fd, &one, sizeof(one)) < 0) {
+			/* Full (a counter near 2^64), or gone: the sleep
+			 * still ends at its next second. */
+		}
+		errno = saved;
+	}
 }
 
 int md__scanner_start(struct md__scanner *s)
 {
 	s->stop = 0;
-	s->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (s->wake_fd < 0)
-		return -errno;
+	drain_wakes(s);	/* a stop's, or pokes' while stopped */
 	int err = md__thread_create(&s->thread, scan_thread, s);
-	if (err) {
-		close(s->wake_fd);
+	if (err)
 		return err;
-	}
 	/* Named here too, not only by itself: a look at the process's
 	 * threads right after a start finds it by its name. */
 	pthread_setname_np(s->thread, "md-scan");
@@ -1324,6 +1357,5 @@ void md__scanner_stop(struct md__scanner *s)
 	if (write(s->wake_fd, &one, sizeof(one)) != (ssize_t)sizeof(one))
 		md__log("cannot wake the scanner (%s): it stops after its sleep", strerror(errno));
 	pthread_join(s->thread, NULL);
-	close(s->wake_fd);
 	__atomic_store_n(&s->running, 0, __ATOMIC_SEQ_CST);
 }

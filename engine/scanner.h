@@ -115,7 +115,7 @@ struct md__scanner {
 	struct md__scanner_stats st;
 	pthread_t thread;
 	int running, stop;
-	int wake_fd;            /* eventfd that ends the thread's sleep (stop) */
+	int wake_fd;            /* eventfd that ends the thread's sleep (stop, poke) */
 };
 
 int md__scanner_init(struct md__scanner *s, struct md__engine *e, struct md__hints *h);

@@ -3,6 +3,7 @@
  * primitive proven by outcomes: frames in /proc/self/pagemap, contents read
  * back, and no write lost while merges run at full speed.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
@@ -3710,5 +3711,87 @@ TEST_IMPL(engine_scanner_adapts_ratio)
 	md__scanner_free(&s);
 	md__hints_free(&h);
 	md__engine_fini(&e);
+	return 0;
+}
+
+/* The times a thread named name of this process was switched in, or -1. */
+static long thread_switches(const char *name)
+{
+	DIR *d = opendir("/proc/self/task");
+	long n = -1;
+	struct dirent *de;
+	while (d && n < 0 && (de = readdir(d)) != NULL) {
+		char path[300], comm[32] = "";
+		snprintf(path, sizeof(path), "/proc/self/task/%s/comm", de->d_name);
+		FILE *f = fopen(path, "r");
+		if (!f)
+			continue;
+		if (!fgets(comm, sizeof(comm), f))
+			comm[0] = 0;
+		fclose(f);
+		comm[strcspn(comm, "\n")] = 0;
+		if (strcmp(comm, name) != 0)
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/task/%s/schedstat", de->d_name);
+		unsigned long long run, wait, count;
+		f = fopen(path, "r");
+		if (f && fscanf(f, "%llu %llu %llu", &run, &wait, &count) == 3)
+			n = (long)count;
+		if (f)
+			fclose(f);
+	}
+	if (d)
+		closedir(d);
+	return n;
+}
+
+/* An idle scanner sleeps a second at a time, not its set sleep (150 ms
+ * here, gathered) at a time to look for a poke: those wake-ups were most
+ * of what it cost on a quiet host. A poke ends the sleep at once. */
+TEST_IMPL(engine_idle_scanner_sleeps_long)
+{
+	struct md__engine e;
+	struct md__hints h;
+	struct md__scanner s;
+	const size_t n = 16;	/* first checksums under 64: it stays idle */
+	unsigned char *d = map_ram(n);
+
+	engine_up(&e);
+	ASSERT_EQ(md__hints_init(&h, 64), 0);
+	for (size_t i = 0; i < n; i++)
+		fill(d + i * PG, (unsigned)i + 1);
+	ASSERT_EQ(md__engine_register(&e, d, n * PG, 0), 0);
+	ASSERT_EQ(md__scanner_init(&s, &e, &h), 0);
+	s.share_batch = s.share_cpu = 1;
+	s.sleep_ms = 50;	/* 100 pages every 50 ms, gathered: 300 every 150 */
+	__atomic_store_n(&s.idle, MD_SCAN_IDLE_MAX, __ATOMIC_RELAXED);
+	ASSERT_EQ(md__scanner_start(&s), 0);
+	long before = -1;
+	for (int i = 0; i < 100 && before < 0; i++, usleep(10000))
+		before = thread_switches("md-scan");
+	ASSERT(before >= 0);
+	usleep(100000);	/* its first batch done: asleep */
+	before = thread_switches("md-scan");
+	usleep(1500000);	/* within its first sleep of 4.8 s (150 ms << 5) */
+	long woke = thread_switches("md-scan") - before;
+	printf("  an idle scanner woke %ld times in 1.5 s\n", woke);
+	ASSERT(woke <= 4);	/* 10 at its set sleep */
+	ASSERT_EQ(__atomic_load_n(&s.idle, __ATOMIC_RELAXED), MD_SCAN_IDLE_MAX);
+	/* Right after it wakes at a second's end, a poke: it wakes again
+	 * at once, not at the next second's. */
+	long at = thread_switches("md-scan");
+	for (int i = 0; i < 400 && thread_switches("md-scan") == at; i++)
+		usleep(5000);
+	at = thread_switches("md-scan");
+	md__scanner_poke(&s);
+	long after = at;
+	for (int i = 0; i < 60 && after == at; i++, usleep(5000))
+		after = thread_switches("md-scan");
+	ASSERT(after > at);
+	md__scanner_stop(&s);
+	md__scanner_free(&s);
+	md__hints_free(&h);
+	md__engine_fini(&e);
+	munmap(d, n * PG);
 	return 0;
 }
