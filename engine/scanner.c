@@ -9,7 +9,8 @@
  * not there, merged already, or skipped cost next to nothing and do not
  * count. A whole pass (or 1,024 pages read) that finds next to nothing to
  * do doubles the sleep, up to 32x; a burst of work (merges, zero pages,
- * hints, candidates) restores it. Each visit takes its page from one of
+ * hints, candidates) restores it, and new hints end such a sleep at once
+ * (md__scanner_poke). Each visit takes its page from one of
  * two sources:
  *   - the cursor, which walks every registered region page by page (linear
  *     order, like KSM) or jumps to random pages (like ESX), and
