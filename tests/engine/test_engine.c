@@ -2532,26 +2532,33 @@ TEST_IMPL(engine_late_grant_not_settled)
 }
 
 /* Stress: writers change random bytes of random pages, and sometimes copy a
- * template in whole, while the merger merges at full speed; afterwards every
- * page equals its shadow copy: no write lost. */
+ * template in whole, while the merger merges at full speed. Each write first
+ * checks what it overwrites against the shadow copy (the byte, or the whole
+ * page before a template copy): a page gets thousands of writes a second, a
+ * quarter of them whole-page copies, so a lost write is overwritten within a
+ * fraction of a millisecond, and a check of the content at the end alone
+ * would not see it. Afterwards every page equals its shadow copy too. */
 #define S_PAGES 1024u
 #define S_TEMPLATES 8u
 #define S_WRITERS 2u
 static unsigned char *s_ram, *s_shadow, *s_tmpl;
 static volatile int s_stop;
-static uint64_t s_writes[S_WRITERS];
+static uint64_t s_writes[S_WRITERS], s_lost[S_WRITERS];
 
 static void *stress_writer(void *arg)
 {
 	unsigned id = (unsigned)(uintptr_t)arg;
-	uint64_t x = 0x9e3779b97f4a7c15ull * (id + 1), n = 0;
+	uint64_t x = 0x9e3779b97f4a7c15ull * (id + 1), n = 0, lost = 0;
 	while (!__atomic_load_n(&s_stop, __ATOMIC_RELAXED)) {
 		x ^= x << 13, x ^= x >> 7, x ^= x << 17;
 		/* Writer id owns the pages p with p % S_WRITERS == id. */
 		size_t p = (size_t)(x % (S_PAGES / S_WRITERS)) * S_WRITERS + id;
 		unsigned char *g = s_ram + p * PG, *s = s_shadow + p * PG;
+		/* Nothing else writes the page: it must hold what this
+		 * writer wrote last. */
 		if ((x >> 20) % 4 == 0) {
 			const unsigned char *t = s_tmpl + ((x >> 24) % S_TEMPLATES) * PG;
+			lost += memcmp(g, s, PG) != 0;
 			memcpy(g, t, PG);
 			memcpy(s, t, PG);
 		} else {
@@ -2559,12 +2566,14 @@ static void *stress_writer(void *arg)
 			unsigned char v = (unsigned char)(x >> 8);
 			if ((x >> 28) % 2)	/* half the writes put back the template byte */
 				v = s_tmpl[((x >> 24) % S_TEMPLATES) * PG + off];
+			lost += g[off] != s[off];
 			g[off] = v;
 			s[off] = v;
 		}
 		n++;
 	}
 	s_writes[id] = n;
+	s_lost[id] = lost;
 	return NULL;
 }
 
@@ -2639,10 +2648,12 @@ TEST_IMPL(engine_stress_no_lost_write)
 	struct md__engine_stats st;
 	md__engine_stats(&e, &st);
 	printf("  %llu merge attempts, %llu merged, %llu abandoned, %llu writers waited, "
-	       "%llu+%llu writes, %zu pages wrong\n",
+	       "%llu+%llu writes, %llu+%llu found their page changed, %zu pages wrong\n",
 	       (unsigned long long)attempts, (unsigned long long)merged,
 	       (unsigned long long)st.abandoned, (unsigned long long)st.wp_faults,
-	       (unsigned long long)s_writes[0], (unsigned long long)s_writes[1], bad);
+	       (unsigned long long)s_writes[0], (unsigned long long)s_writes[1],
+	       (unsigned long long)s_lost[0], (unsigned long long)s_lost[1], bad);
+	ASSERT_EQ(s_lost[0] + s_lost[1], 0);
 	ASSERT_EQ(bad, 0);
 	ASSERT(merged > 100);
 	ASSERT(st.wp_faults > 0);	/* writers did hit frozen pages */
