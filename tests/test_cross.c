@@ -78,13 +78,17 @@ static int memfds(pid_t pid)
 	return atoi(out);
 }
 
-/* Two agents of one domain with the same N pages (from seed), merged. */
-static void start_sharing_pair(const struct tdaemon *t, struct proc *a, struct proc *b, unsigned seed)
+/* Two agents of one domain with the same N pages (from seed), merged. h
+ * (32 bytes) gets the hash of what was written, taken before b's copy was
+ * there to merge with: a hash taken after the merge would be compared with
+ * what a pool page mapped wrongly under both copies shows. */
+static void start_sharing_pair(const struct tdaemon *t, struct proc *a, struct proc *b, unsigned seed, char *h)
 {
 	md_stats s;
 	start_agent(a, t, NULL);
 	start_agent(b, t, NULL);
 	proc_cmd(a, "fill 0 %u %u", N, seed);
+	snprintf(h, 32, "%s", proc_cmd(a, "hash 0 %u", N * PG));
 	proc_cmd(b, "fill 0 %u %u", N, seed);
 	ASSERT_EQ(proc_stats_wait(a, &s, 20000, sharing_n), 0);
 	ASSERT_EQ(proc_stats_wait(b, &s, 20000, sharing_n), 0);
@@ -126,12 +130,12 @@ TEST_IMPL(cross_process_sharing)
 {
 	struct tdaemon t;
 	struct proc a, b;
-	td_start(&t, 65536);
-	start_sharing_pair(&t, &a, &b, 5);
-	/* One frame per page for both processes. */
-	ASSERT_EQ(same_frames(&a, &b, 0, N), N);
 	char h[32];
-	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", N * PG));
+	td_start(&t, 65536);
+	start_sharing_pair(&t, &a, &b, 5, h);
+	/* One frame per page for both processes, showing what was written. */
+	ASSERT_EQ(same_frames(&a, &b, 0, N), N);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", N * PG), h) == 0);
 	ASSERT(strcmp(proc_cmd(&b, "hash 0 %u", N * PG), h) == 0);
 	/* A write in one is private to it. */
 	char p3[32];
@@ -291,9 +295,8 @@ TEST_IMPL(cross_user_change_moves_domain)
 	struct proc a, b;
 	char h[32];
 	td_start(&t, 65536);
-	start_sharing_pair(&t, &a, &b, 21);
+	start_sharing_pair(&t, &a, &b, 21, h);
 	ASSERT_EQ(same_frames(&a, &b, 0, N), N);
-	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", N * PG));
 	long long changed = proc_num(&a, "setuid 65534");
 	if (changed == -EPERM) {
 		stop_pair(&t, &a, &b);
@@ -333,8 +336,7 @@ TEST_IMPL(cross_user_change_while_away)
 	struct proc a, b;
 	char h[32];
 	td_start(&t, 65536);
-	start_sharing_pair(&t, &a, &b, 23);
-	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", N * PG));
+	start_sharing_pair(&t, &a, &b, 23, h);
 	ASSERT(kill(t.pid, SIGSTOP) == 0);
 	proc_cmd(&a, "fill %u 64 77", N * PG);	/* lookups nobody answers */
 	sleep((MD_CLIENT_TIMEOUT_MS + MD_CLIENT_LATE_MAX_MS) / 1000 + 2);
@@ -374,9 +376,8 @@ TEST_IMPL(cross_user_back_mid_move_merges_again)
 	struct proc a, b;
 	char h[32];
 	td_start(&t, 65536);
-	start_sharing_pair(&t, &a, &b, 24);
+	start_sharing_pair(&t, &a, &b, 24, h);
 	ASSERT_EQ(same_frames(&a, &b, 0, N), N);
-	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", N * PG));
 	ASSERT(kill(t.pid, SIGSTOP) == 0);
 	long long changed = proc_num(&a, "seteuid 65534");
 	if (changed == -EPERM) {
@@ -413,9 +414,9 @@ TEST_IMPL(cross_chroot_keeps_no_pool_open)
 {
 	struct tdaemon t;
 	struct proc a, b;
-	char root[512];
+	char root[512], h[32];
 	td_start(&t, 65536);
-	start_sharing_pair(&t, &a, &b, 25);
+	start_sharing_pair(&t, &a, &b, 25, h);
 	snprintf(root, sizeof(root), "%s/empty-root", test_dir());
 	ASSERT(mkdir(root, 0755) == 0 || errno == EEXIST);
 	int before = proc_fds_naming(a.pid, "/memfd:", 7, -1, NULL);	/* the pool's */
@@ -492,13 +493,13 @@ TEST_IMPL(cross_unrefs_batched)
 {
 	struct tdaemon t;
 	struct proc a, b;
+	char h[32];
 	td_start(&t, 65536);
-	start_sharing_pair(&t, &a, &b, 8);
+	start_sharing_pair(&t, &a, &b, 8, h);
 	for (int i = 0; i < 50 && agent_field(&t, a.pid, "references") != N; i++)
 		usleep(100000);
 	ASSERT_EQ(agent_field(&t, a.pid, "references"), N);
-	char h[32];
-	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", N * PG));
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", N * PG), h) == 0);
 	long long before = agent_field(&t, a.pid, "requests");
 	ASSERT(strcmp(proc_cmd(&a, "advise 0 %u unmergeable", N * PG), "0") == 0);
 	ASSERT_EQ(agent_field_becomes(&t, a.pid, "references", 0), 0);
@@ -530,10 +531,9 @@ TEST_IMPL(cross_daemon_killed)
 {
 	struct tdaemon t;
 	struct proc a, b;
-	td_start(&t, 65536);
-	start_sharing_pair(&t, &a, &b, 7);
 	char h[32];
-	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", N * PG));
+	td_start(&t, 65536);
+	start_sharing_pair(&t, &a, &b, 7, h);
 
 	/* The daemon dies mid-scan: the agents keep what they share. */
 	kill(t.pid, SIGKILL);
@@ -721,10 +721,11 @@ TEST_IMPL(cross_daemon_killed_mid_scan)
 		 * for the dead daemon for good is killed by the alarm. */
 		unsigned left = alarm(10);
 		proc_cmd(&a, "fill %zu %u %u", off, KP, 400 + k);
+		/* What was written, before b's copy is there to merge with. */
+		snprintf(h[k], sizeof(h[k]), "%s", proc_cmd(&a, "hash %zu %u", off, KP * PG));
 		proc_cmd(&b, "fill %zu %u %u", off, KP, 400 + k);
 		unsigned rest = alarm(0);
 		alarm(!left ? 0 : left > 10 - rest ? left - (10 - rest) : 1);	/* the runner's, less the time spent */
-		snprintf(h[k], sizeof(h[k]), "%s", proc_cmd(&a, "hash %zu %u", off, KP * PG));
 		for (unsigned j = 0; j <= k; j++) {
 			ASSERT(strcmp(proc_cmd(&a, "hash %zu %u", (size_t)j * KP * PG, KP * PG), h[j]) == 0);
 			ASSERT(strcmp(proc_cmd(&b, "hash %zu %u", (size_t)j * KP * PG, KP * PG), h[j]) == 0);
@@ -878,6 +879,9 @@ TEST_IMPL(cross_unmerge_short_of_memory)
 	td_start(&t, 65536);
 	start_agent(&a, &t, NULL);
 	proc_cmd(&a, "fill 0 128 3");
+	/* What was written, before its twin is there to merge with. */
+	char h[32];
+	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", 128 * PG));
 	proc_cmd(&a, "fill %u 128 3", 128 * PG);
 	md_stats s;
 	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, sharing_128), 0);
@@ -885,8 +889,6 @@ TEST_IMPL(cross_unmerge_short_of_memory)
 	 * this process (every page it ever published was, and never less). */
 	ASSERT_EQ(s.pool_pages, 0);
 	ASSERT(s.general_profit > 0);
-	char h[32];
-	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", 256 * PG));
 	ASSERT_EQ(cgroup_limit(&cg, 40ull << 20), 0);	/* below the 64 MiB kept spare */
 	ASSERT_EQ(cgroup_enter(&cg, a.pid), 0);
 	snprintf(cmd, sizeof(cmd), "MEMDEDUP_SOCKET=%s %s/memdedup unmerge --pid %d", t.sock, b, (int)a.pid);
@@ -894,7 +896,8 @@ TEST_IMPL(cross_unmerge_short_of_memory)
 	ASSERT_EQ(td_sh("grep -q 'pid %d: not enough memory for the copies' %s/err", (int)a.pid, test_dir()), 0);
 	/* Refused: still merged, content intact (the hash faults the pages
 	 * in, so the frames compared are there). */
-	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 256 * PG), h) == 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 128 * PG), h) == 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 128 * PG, 128 * PG), h) == 0);
 	for (unsigned i = 0; i < 128; i++) {
 		struct pm x = proc_page(&a, i * PG), y = proc_page(&a, (128 + i) * PG);
 		ASSERT(x.present && y.present);
@@ -922,7 +925,8 @@ TEST_IMPL(cross_unmerge_short_of_memory)
 	ASSERT_EQ(td_sh("grep -q 'unmerge done by 1 agent' %s/out", test_dir()), 0);
 	for (unsigned i = 0; i < 128; i += 3)
 		ASSERT(proc_page(&a, i * PG).pfn != proc_page(&a, (128 + i) * PG).pfn);
-	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 256 * PG), h) == 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 128 * PG), h) == 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 128 * PG, 128 * PG), h) == 0);
 	/* The counter follows at the agent's next walk. */
 	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, sharing_none), 0);
 	/* Stopped for good (Linux AIO): a resume is refused, and says why. */
@@ -967,8 +971,9 @@ TEST_IMPL(cross_status_state_is_agents)
 {
 	struct tdaemon t;
 	struct proc a, b;
+	char h[32];
 	td_start(&t, 65536);
-	start_sharing_pair(&t, &a, &b, 25);
+	start_sharing_pair(&t, &a, &b, 25, h);
 	ASSERT_EQ(strcmp(status_state(&t, a.pid), "scanning"), 0);
 	ASSERT_EQ(control_cli(&t, "pause", 0), 0);
 	ASSERT_EQ(strcmp(status_state(&t, a.pid), "paused"), 0);
@@ -1003,9 +1008,8 @@ TEST_IMPL(cross_unmerge_after_daemon_restart)
 	struct proc a, b;
 	char h[32];
 	td_start(&t, 65536);
-	start_sharing_pair(&t, &a, &b, 23);
+	start_sharing_pair(&t, &a, &b, 23, h);
 	ASSERT_EQ(wait_same_frames(&a, &b, 0, N), N);
-	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", N * PG));
 	daemon_killed_restarted(&t);
 	ASSERT_EQ(agents_back(&t, a.pid, b.pid), 0);
 	ASSERT_EQ(control_cli(&t, "unmerge", a.pid), 0);
@@ -1070,8 +1074,10 @@ TEST_IMPL(cross_old_pool_left_after_daemon_restart)
 	struct proc a, b;
 	char h[32], hb[32];
 	td_start(&t, 65536);
-	start_sharing_pair(&t, &a, &b, 29);
+	start_sharing_pair(&t, &a, &b, 29, h);
 	ASSERT_EQ(wait_same_frames(&a, &b, 0, N), N);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", N * PG), h) == 0);
+	ASSERT(strcmp(proc_cmd(&b, "hash 0 %u", N * PG), h) == 0);
 	/* The daemon's pool (the agents also map one of their own). */
 	unsigned long old[8];
 	int nold = 0;
@@ -1110,9 +1116,8 @@ TEST_IMPL(cross_old_pool_left_after_unmerge)
 	struct proc a, b;
 	char h[32];
 	td_start(&t, 65536);
-	start_sharing_pair(&t, &a, &b, 37);
+	start_sharing_pair(&t, &a, &b, 37, h);
 	ASSERT_EQ(wait_same_frames(&a, &b, 0, N), N);
-	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", N * PG));
 	unsigned long old[8];
 	int nold = 0;
 	ASSERT(pool_maps(t.pid, 0, old, &nold) > 0 && nold == 1);
@@ -1154,9 +1159,9 @@ TEST_IMPL(cross_old_pool_leaves_vmm_file_alone)
 {
 	struct tdaemon t;
 	struct proc a, b;
-	char path[128];
+	char path[128], h[32];
 	td_start(&t, 65536);
-	start_sharing_pair(&t, &a, &b, 31);
+	start_sharing_pair(&t, &a, &b, 31, h);
 	snprintf(path, sizeof(path), "/dev/shm/memdedup-test-%d", (int)getpid());
 	int w = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
 	ASSERT(w >= 0);
@@ -1211,6 +1216,9 @@ TEST_IMPL(cross_unmerge_image_pages)
 	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", 544 * PG));	/* faults all in */
 	for (unsigned i = 0; i < 32; i++)
 		ASSERT_EQ(proc_page(&a, (512 + i) * PG).pfn, proc_page(&a, i * PG).pfn);
+	/* Both copies are the image's, not only equal to each other. */
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 1u << 20), hex(fnv_file(img, 0, 1 << 20))) == 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 512 * PG, 32 * PG), hex(fnv_file(img, 0, 32 * PG))) == 0);
 	ASSERT(proc_page(&a, 100 * PG).file);
 	ASSERT_EQ(control_cli(&t, "unmerge", a.pid), 0);
 	/* Counted before the answer: nothing shared, nothing merged. */
