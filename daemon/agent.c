@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "daemon.h"
+#include "log.h"
 #include "stats_file.h"
 #include "sys.h"
 
@@ -142,7 +143,7 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 			     (a->uid == c->uid && strcmp(a->dom->name, h->domain) == 0))) {
 		struct md__conn *old = a->conn;
 		md__control_gone(d, old, a->pid);
-		md__conn_unrefs_left(old);
+		md__conn_unrefs_left(d, old);
 		old->agent = NULL;
 		a->conn = NULL;
 		md__conn_fail(d, old, 0, -EBUSY, "pid %d said HELLO on another connection", (int)c->pid);
@@ -307,6 +308,22 @@ static int refs_grow(struct md__agent *a, size_t need)
 	return 0;
 }
 
+/* UNREF of the agent's own counts, all or none (-EINVAL if one is not
+ * held: duplicates in one message count). */
+static int unref_own(struct md__agent *a, const uint32_t *slots, uint32_t n)
+{
+	for (uint32_t i = 0; i < n; i++) {
+		if (slots[i] >= a->refs_cap || a->refs[slots[i]] == 0) {
+			while (i--)
+				a->refs[slots[i]]++;
+			return -EINVAL;
+		}
+		a->refs[slots[i]]--;
+	}
+	a->nrefs -= n;
+	return 0;
+}
+
 int md__agent_refs(struct md__agent *a, const uint32_t *slots, uint32_t n, int delta)
 {
 	struct md__domain *dom = a->dom;
@@ -332,19 +349,53 @@ int md__agent_refs(struct md__agent *a, const uint32_t *slots, uint32_t n, int d
 		a->nrefs += n;
 		return 0;
 	}
-	/* UNREF: take the agent's own counts first, undo them all if one is
-	 * not held (duplicates in one message count). */
-	for (i = 0; i < n; i++) {
-		if (slots[i] >= a->refs_cap || a->refs[slots[i]] == 0) {
-			while (i--)
-				a->refs[slots[i]]++;
-			return -EINVAL;
-		}
-		a->refs[slots[i]]--;
-	}
+	int err = unref_own(a, slots, n);
+	if (err)
+		return err;
 	for (i = 0; i < n; i++)
 		md__domain_put_ref(dom, slots[i]);
-	a->nrefs -= n;
+	return 0;
+}
+
+static void drain_queue(struct md__daemon *d, struct md__agent *a)
+{
+	if (a->draining)
+		return;
+	if (!d->draining)
+		d->draining_tail = &d->draining;
+	a->draining = 1;
+	a->drain_next = NULL;
+	*d->draining_tail = a;
+	d->draining_tail = &a->drain_next;
+}
+
+int md__agent_unref_later(struct md__daemon *d, struct md__agent *a, const uint32_t *slots, uint32_t n)
+{
+	/* What was told already goes first: the rest moves to the front. */
+	if (a->put_at) {
+		memmove(a->put, a->put + a->put_at, (a->nput - a->put_at) * sizeof(*a->put));
+		a->nput -= a->put_at;
+		a->put_at = 0;
+	}
+	if (a->nput + n > a->put_cap) {
+		size_t cap = a->put_cap ? a->put_cap : 1024;
+		while (cap < a->nput + n)
+			cap *= 2;
+		uint32_t *p = realloc(a->put, cap * sizeof(*p));
+		if (!p) {
+			md__log_once(134, "memdedupd is short of memory: the UNREFs a connection left "
+				     "as it closed are applied at once");
+			return md__agent_refs(a, slots, n, -1);
+		}
+		a->put = p;
+		a->put_cap = cap;
+	}
+	int err = unref_own(a, slots, n);
+	if (err)
+		return err;
+	memcpy(a->put + a->nput, slots, n * sizeof(*slots));
+	a->nput += n;
+	drain_queue(d, a);
 	return 0;
 }
 
@@ -388,8 +439,60 @@ void md__agent_report(struct md__agent *a, const struct md__msg_report *r)
 	a->reported_ms = md__now_ms();
 }
 
-static void agent_free(struct md__daemon *d, struct md__agent *a)
+/* Tells the pool what a owes it, up to *left (spent): 1 once all is. */
+static int agent_drain(struct md__agent *a, size_t *left)
 {
+	struct md__domain *dom = a->dom;
+	for (; a->put_at < a->nput && *left; (*left)--)
+		md__domain_put_ref(dom, a->put[a->put_at++]);
+	if (a->put_at < a->nput)
+		return 0;
+	if (!a->exited)
+		return 1;
+	/* Its mappings are gone with the process: every reference goes, and
+	 * slots nobody else holds are punched. A slot's at once: one at a
+	 * time, 2^32 of them held the loop for seconds. */
+	for (size_t looked = 0; a->drain_at < a->refs_cap && *left; a->drain_at++) {
+		uint32_t n = a->refs[a->drain_at];
+		if (n) {
+			md__domain_put_refs(dom, (uint32_t)a->drain_at, n);
+			(*left)--;
+		} else if (++looked % 64 == 0) {
+			(*left)--;
+		}
+	}
+	return a->drain_at == a->refs_cap;
+}
+
+void md__agents_drain(struct md__daemon *d)
+{
+	size_t left = MD_D_DRAIN_REFS;
+	while (d->draining && agent_drain(d->draining, &left)) {
+		struct md__agent *a = d->draining;
+		d->draining = a->drain_next;
+		a->draining = 0;
+		free(a->put);
+		a->put = NULL;
+		a->put_at = a->nput = a->put_cap = 0;
+		if (!a->exited)
+			continue;
+		md__dlog_peer("agent %d gone: %llu references dropped, domain %u has %llu live pages",
+			      (int)a->pid, (unsigned long long)a->nrefs, a->dom->id,
+			      (unsigned long long)md__pool_live(&a->dom->pool));
+		md__domain_release(d, a->dom);
+		free(a->refs);
+		free(a);
+	}
+}
+
+void md__agent_exited(struct md__daemon *d, struct md__agent *a)
+{
+	md__control_gone(d, NULL, a->pid);
+	a->dom->registered_pages -= a->registered_counted;
+	a->registered_counted = 0;
+	/* Out of the agents at once: its pid may be another process's from
+	 * now on, and its number another agent's; its references go over the
+	 * next wake-ups (md__agents_drain), with the domain last. */
 	for (struct md__agent **pp = &d->agents; *pp; pp = &(*pp)->next) {
 		if (*pp == a) {
 			*pp = a->next;
@@ -398,28 +501,13 @@ static void agent_free(struct md__daemon *d, struct md__agent *a)
 	}
 	if (a->conn)
 		a->conn->agent = NULL;
+	a->conn = NULL;
 	md__ep_forget(d, &a->ep, a->pidfd);
 	close(a->pidfd);
-	free(a->refs);
-	free(a);
-}
-
-void md__agent_exited(struct md__daemon *d, struct md__agent *a)
-{
-	uint64_t dropped = a->nrefs;
-	md__control_gone(d, NULL, a->pid);
-	/* Its mappings are gone with the process: every reference goes, and
-	 * slots nobody else holds are punched. A slot's at once: one at a
-	 * time, 2^32 of them held the loop for seconds. */
-	for (size_t s = 0; s < a->refs_cap; s++)
-		if (a->refs[s])
-			md__domain_put_refs(a->dom, (uint32_t)s, a->refs[s]);
-	a->dom->registered_pages -= a->registered_counted;
-	md__dlog_peer("agent %d gone: %llu references dropped, domain %u has %llu live pages",
-		 (int)a->pid, (unsigned long long)dropped, a->dom->id,
-		 (unsigned long long)md__pool_live(&a->dom->pool));
-	md__domain_release(d, a->dom);
-	agent_free(d, a);
+	a->pidfd = -1;
+	a->exited = 1;
+	a->drain_at = a->nrefs ? 0 : a->refs_cap;
+	drain_queue(d, a);
 }
 
 void md__agent_detach(struct md__daemon *d, struct md__agent *a)
@@ -437,12 +525,24 @@ void md__agent_detach(struct md__daemon *d, struct md__agent *a)
 
 void md__agent_free_all(struct md__daemon *d)
 {
-	/* Shutdown: the pools close too; live mappings keep their memfds. */
+	/* Shutdown: the pools close too; live mappings keep their memfds.
+	 * The records of agents gone are in d->draining alone. */
+	while (d->draining) {
+		struct md__agent *a = d->draining;
+		d->draining = a->drain_next;
+		a->draining = 0;
+		if (a->exited) {
+			free(a->put);
+			free(a->refs);
+			free(a);
+		}
+	}
 	while (d->agents) {
 		struct md__agent *a = d->agents;
 		d->agents = a->next;
 		if (a->pidfd >= 0)
 			close(a->pidfd);
+		free(a->put);
 		free(a->refs);
 		free(a);
 	}

@@ -73,6 +73,15 @@ int md__privileged(uid_t uid);
  * first in the next wake-up (at once: the loop does not wait then), in the
  * order they were stopped, so each of its connections has its turn. */
 #define MD_D_USER_BUDGET (4 * MD_D_BUDGET)
+/* References given back per wake-up by the records of agents gone and by
+ * the UNREFs a connection left as it closed (agent.c, md__agents_drain), all
+ * together: a connection's budget's worth of UNREFs. In one go, an agent
+ * that exited holding a user's pool's worth (1 Mi slots) held the loop about
+ * half a second, one holding 4 Mi for seconds, and every other agent's
+ * requests timed out meanwhile (2 s). A slot's references go in one step,
+ * counted 1; 64 slots of a record's table looked at and found without any
+ * count 1 too. The loop does not wait while some are left. */
+#define MD_D_DRAIN_REFS (MD_D_BUDGET * MD_D_FREED_PER_UNIT)
 #define MD_D_POOL_PAGES_DEFAULT (1u << 20)   /* 4 GiB of address space per pool */
 #define MD_D_POOL_PAGES_MAX (1u << 26)
 
@@ -197,6 +206,18 @@ struct md__agent {
 	 * most of both sides' messages while guests converged). */
 	uint64_t cand[MD_CANDIDATES_MAX];
 	uint32_t ncand;
+	/* References it gave back that the pool has not been told of yet
+	 * (agent.c, md__agents_drain): UNREFs its connection left as it
+	 * closed, put[put_at..nput), then, once its process exited (exited),
+	 * all of refs[] from drain_at on. In d->draining (draining) while
+	 * some are left. Exited, it is in d->agents no more: no pid, number
+	 * or CONTROL finds it, and its pidfd is closed; its domain is
+	 * released once it is done. */
+	struct md__agent *drain_next;
+	int draining, exited;
+	uint32_t *put;
+	size_t put_at, nput, put_cap;
+	size_t drain_at;
 };
 
 /* A token bucket: what a rate allows, up to a burst (dlog.c). */
@@ -281,6 +302,9 @@ struct md__daemon {
 	struct md__user *users;    /* of the connections */
 	size_t max_conns;          /* MD_D_MAX_CONNS, or what RLIMIT_NOFILE allows */
 	struct md__agent *agents;
+	/* Agents giving references back (md__agent.drain_next), in the order
+	 * they started: the loop does not wait while there are. */
+	struct md__agent *draining, **draining_tail;
 	unsigned last_agent_num;   /* the number given last (md__agent.num) */
 	struct md__domain *domains;
 	uint32_t next_domain_id;
@@ -336,10 +360,11 @@ int md__conn_send(struct md__daemon *d, struct md__conn *c, const struct md__msg
 extern unsigned md__server_fail_type;
 /* Applies the UNREFs the agent of c sent that were not handled yet (read,
  * or still in the socket), as c is given up (taken over, or closing): a
- * client counts an UNREF sent whole as done, and never sends it again.
+ * client counts an UNREF sent whole as done, and never sends it again. The
+ * agent's counts drop at once, the pool's as md__agents_drain gets to them.
  * Nothing else of what is left is answered, and nothing is read past a
  * header read_conn would refuse (no room is made for its length). */
-void md__conn_unrefs_left(struct md__conn *c);
+void md__conn_unrefs_left(struct md__daemon *d, struct md__conn *c);
 /* Queues ERROR {err, text} with seq; the connection closes after it. */
 void md__conn_fail(struct md__daemon *d, struct md__conn *c, uint32_t seq, int err,
 		   const char *fmt, ...) __attribute__((format(printf, 5, 6)));
@@ -397,8 +422,15 @@ void md__agent_report(struct md__agent *a, const struct md__msg_report *r);
 /* The connection of a goes away; its references stay while it lives (a
  * record without any goes). */
 void md__agent_detach(struct md__daemon *d, struct md__agent *a);
-/* The process exited: its references go. */
+/* UNREF of slots, all or none (0 or -EINVAL), the pool told as
+ * md__agents_drain gets to them. */
+int md__agent_unref_later(struct md__daemon *d, struct md__agent *a, const uint32_t *slots, uint32_t n);
+/* The process exited: its references go, and the record with them, from
+ * the end of this wake-up on (md__agents_drain). */
 void md__agent_exited(struct md__daemon *d, struct md__agent *a);
+/* Gives back what the agents in d->draining owe the pool, in order, up to
+ * MD_D_DRAIN_REFS: once a wake-up (md__server_events). */
+void md__agents_drain(struct md__daemon *d);
 void md__agent_free_all(struct md__daemon *d);
 
 /* status.c: a page of the document for a requester of uid (root:

@@ -342,7 +342,7 @@ static void user_put(struct md__daemon *d, struct md__user *u)
 static int is_request(unsigned type);
 static int refused_now(const struct md__conn *c, unsigned type, char *why, size_t size);
 
-void md__conn_unrefs_left(struct md__conn *c)
+void md__conn_unrefs_left(struct md__daemon *d, struct md__conn *c)
 {
 	/* Not d->msg: the HELLO that takes c over is being handled in it. */
 	static struct md__msg m;
@@ -364,7 +364,7 @@ void md__conn_unrefs_left(struct md__conn *c)
 			return;
 		if (got) {
 			if (h.type == MD_MSG_UNREF && md__msg_decode(c->in.buf + c->in.head, need, &m) == 0)
-				md__agent_refs(c->agent, m.u.refs.slot, m.u.refs.n, -1);
+				md__agent_unref_later(d, c->agent, m.u.refs.slot, m.u.refs.n);
 			c->in.head += need;
 			continue;
 		}
@@ -383,7 +383,7 @@ void md__conn_unrefs_left(struct md__conn *c)
 static void conn_close(struct md__daemon *d, struct md__conn *c)
 {
 	struct md__agent *a = c->agent;
-	md__conn_unrefs_left(c);
+	md__conn_unrefs_left(d, c);
 	md__control_gone(d, c, a ? a->pid : 0);
 	c->agent = NULL;
 	if (a) {
@@ -1258,6 +1258,7 @@ void md__server_events(struct md__daemon *d)
 		}
 	}
 	d->nev = 0;
+	md__agents_drain(d);
 	flush_share(d);
 	for (struct md__agent *a = d->agents; a; a = a->next)
 		flush_candidates(d, a);
@@ -1278,8 +1279,10 @@ int md__server_run(struct md__daemon *d)
 	uint64_t swept = now_ms();
 	while (!d->stop) {
 		/* Freed pool pages not reused are punched once a second
-		 * passes without a message (while busy, 256 at a time). */
-		int deferred = d->defer[0].head || d->defer[1].head;
+		 * passes without a message (while busy, 256 at a time).
+		 * Work left (connections deferred, references to give
+		 * back) goes on at once. */
+		int deferred = d->defer[0].head || d->defer[1].head || d->draining;
 		int n = epoll_wait(d->epfd, evs, 64,
 				   deferred ? 0 :
 				   md__domains_trim_due(d) || d->accept_paused || d->owing ||

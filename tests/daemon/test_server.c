@@ -4,6 +4,7 @@
  * the test holds: what one wake-up does, without timing anything.
  */
 #include <errno.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -477,5 +478,229 @@ TEST_IMPL(daemon_share_failed_told_again)
 	close(fd[0]);
 	close(fd[1]);
 	waiters_gone(gate, pid, 2);
+	return 0;
+}
+
+#define DRAIN_SLOTS (MD_D_DRAIN_REFS + MD_D_DRAIN_REFS / 2)	/* the agent that goes holds */
+#define SHARED_SLOTS 64	/* of those, the other agent holds too */
+
+/* DRAIN_SLOTS slots published by the agent of c, straight into its record
+ * (the wake-ups' budgets left out): their numbers in slot. */
+static void publish_many(struct md__conn *c, uint32_t *slot)
+{
+	for (uint32_t n = 0; n < DRAIN_SLOTS; n += MD_PUBLISH_MAX) {
+		uint32_t first;
+		ASSERT_EQ(md__agent_publish(c->agent, &publish_64()->u.publish, &first, 0), 0);
+		for (uint32_t i = 0; i < MD_PUBLISH_MAX; i++)
+			slot[n + i] = first + i;
+	}
+}
+
+/* A process's exit, seen: it is reaped, so its pidfd is readable (a
+ * later waiter holds its gate open too). */
+static void waiter_exits(int gate[2], pid_t pid)
+{
+	ASSERT_EQ(kill(pid, SIGKILL), 0);
+	ASSERT_EQ(waitpid(pid, NULL, 0), pid);
+	close(gate[1]);
+	close(gate[0]);
+}
+
+/* An agent that exits holding DRAIN_SLOTS slots, all but 64 held by it
+ * alone: in the wake-up that sees it, another user's request is answered
+ * and at most MD_D_DRAIN_REFS slots are freed; its record is found by pid
+ * no more while its references go; the rest go over the next wake-ups,
+ * which the loop does not wait for, and the slots the other agent holds
+ * stay. All were freed in that one wake-up: about half a second for a
+ * user's pool's worth (1 Mi slots), every other agent's requests waiting. */
+TEST_IMPL(daemon_exit_drained_per_wakeup)
+{
+	static uint32_t slot[DRAIN_SLOTS];
+	struct md__daemon *d = daemon_up();
+	d->pool_pages = DRAIN_SLOTS + 1024;
+	int gate[2], gate2[2];
+	ASSERT(pipe(gate) == 0);
+	ASSERT(pipe(gate2) == 0);
+	pid_t pid = waiter(gate), pid2 = waiter(gate2);
+	struct md__conn *c, *c2;
+	int fd = agent_of(d, 1000, pid, &c);
+	int fd2 = agent_of(d, 1000, pid2, &c2);
+	publish_many(c, slot);
+	ASSERT_EQ(md__agent_refs(c2->agent, slot, SHARED_SLOTS, 1), 0);
+	struct md__domain *dom = c->agent->dom;
+	ASSERT_EQ(md__pool_live(&dom->pool), DRAIN_SLOTS);
+	uint64_t freed = dom->pool.freed;
+
+	int other = peer_of(d, 2000, 5000);
+	send_status(other, 1);
+	waiter_exits(gate, pid);
+	wake_up(d);
+	size_t asked = 0;
+	count_replies(other, &asked);
+	ASSERT_EQ(asked, 1);
+	ASSERT(dom->pool.freed > freed);
+	ASSERT(dom->pool.freed - freed <= MD_D_DRAIN_REFS);
+	ASSERT(d->draining);
+	ASSERT(!md__agent_find(d, pid));
+	ASSERT_EQ(d->agents, c2->agent);
+	ASSERT(!d->agents->next);
+	/* The rest in the next wake-ups, with no event. */
+	for (int round = 0; round < 64 && d->draining; round++) {
+		uint64_t before = dom->pool.freed;
+		wake_up(d);
+		ASSERT(dom->pool.freed - before <= MD_D_DRAIN_REFS);
+	}
+	ASSERT(!d->draining);
+	ASSERT_EQ(md__pool_live(&dom->pool), SHARED_SLOTS);
+	for (uint32_t i = 0; i < DRAIN_SLOTS; i++)
+		ASSERT_EQ(dom->pool.state[slot[i]] == MD_SLOT_LIVE, i < SHARED_SLOTS);
+	ASSERT_EQ(dom->refs_total, SHARED_SLOTS);
+	ASSERT_EQ(dom->nagents, 1);
+	/* The other goes too: the domain with it, once its slots went. */
+	waiter_exits(gate2, pid2);
+	wake_up(d);
+	ASSERT(!d->draining);
+	ASSERT(!d->domains);
+	daemon_down(d);
+	close(fd);
+	close(fd2);
+	close(other);
+	return 0;
+}
+
+/* A HELLO of pid (as from the process, on a connection of its own),
+ * handled as the loop would: 0 with its record in *a, or -errno. */
+static int hello_of(struct md__daemon *d, pid_t pid, const char *domain, uint32_t flags,
+		    struct md__agent **a)
+{
+	static struct md__msg_hello h;
+	char why[MD_TEXT_MAX + 1];
+	int sv[2];
+	ASSERT(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == 0);
+	close(sv[0]);
+	int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+	ASSERT(pidfd >= 0);
+	struct ucred cr = { .pid = pid, .uid = 1000, .gid = 1000 };
+	struct md__conn *c = md__conn_new(d, sv[1], &cr, pidfd, 0);
+	ASSERT(c);
+	h = (struct md__msg_hello){ .pid = (uint32_t)pid, .flags = flags };
+	strcpy(h.domain, domain);
+	c->hello = 1;
+	int err = md__agent_hello(d, c, &h, why, sizeof(why));
+	*a = c->agent;
+	return err;
+}
+
+/* The record of an agent gone, its references still going, is nobody's:
+ * a process with its pid (taken again) makes a record of its own, and
+ * goes as it came; the domain stays until the last reference went, and a
+ * daemon that stops meanwhile frees it all. (HELLOs straight to the
+ * record keeper: a wake-up would give back what is left.) */
+TEST_IMPL(daemon_exit_drain_outlives_pid)
+{
+	static uint32_t slot[DRAIN_SLOTS];
+	struct md__daemon *d = daemon_up();
+	d->pool_pages = DRAIN_SLOTS + 1024;
+	int gate[2], gate2[2];
+	ASSERT(pipe(gate) == 0);
+	ASSERT(pipe(gate2) == 0);
+	pid_t pid = waiter(gate), pid2 = waiter(gate2);
+	struct md__conn *c;
+	int fd = agent_of(d, 1000, pid, &c);
+	publish_many(c, slot);
+	struct md__agent *gone = c->agent, *a;
+	struct md__domain *dom = gone->dom;
+	waiter_exits(gate, pid);
+	wake_up(d);
+	ASSERT_EQ(d->draining, gone);
+	ASSERT(!gone->drain_next);
+	ASSERT(!d->agents);
+	ASSERT(!c->agent);
+	ASSERT_EQ(d->domains, dom);
+	ASSERT_EQ(dom->nagents, 1);
+	uint64_t live = md__pool_live(&dom->pool);
+	ASSERT(live > 0);
+	/* Its pid, another process's now (the second waiter's: the record is
+	 * told so), says HELLO in the same domain: a record of its own. */
+	gone->pid = pid2;
+	ASSERT_EQ(hello_of(d, pid2, "fair", 0, &a), 0);
+	ASSERT(a != gone);
+	ASSERT_EQ(md__agent_find(d, pid2), a);
+	ASSERT_EQ(a->nrefs, 0);
+	ASSERT_EQ(a->dom, dom);
+	ASSERT_EQ(dom->nagents, 2);
+	/* It execs and comes back in another domain, mapping no pool page:
+	 * its record goes (nothing to give back), the one draining stays,
+	 * and so does the domain. */
+	ASSERT_EQ(hello_of(d, pid2, "other", MD_HELLO_NO_POOL_MAPS, &a), 0);
+	ASSERT_EQ(md__agent_find(d, pid2), a);
+	ASSERT(a->dom != dom);
+	ASSERT_EQ(d->draining, gone);
+	ASSERT(gone->drain_next);
+	ASSERT_EQ(dom->nagents, 2);
+	ASSERT_EQ(md__pool_live(&dom->pool), live);
+	/* The daemon stops with the two records still draining. */
+	daemon_down(d);
+	close(fd);
+	waiters_gone(gate2, &pid2, 1);
+	return 0;
+}
+
+/* A connection taken over with UNREFs of DRAIN_SLOTS slots left in its
+ * buffer: the agent's counts drop at once, the pool's over the wake-ups,
+ * at most MD_D_DRAIN_REFS in each, and another user's request is answered
+ * in the first. All were freed at once, up to 16 MiB of UNREFs. */
+TEST_IMPL(daemon_unrefs_left_drained_per_wakeup)
+{
+	static uint32_t slot[DRAIN_SLOTS];
+	static struct md__msg m;
+	struct md__daemon *d = daemon_up();
+	d->pool_pages = DRAIN_SLOTS + 1024;
+	int gate[2];
+	ASSERT(pipe(gate) == 0);
+	pid_t pid = waiter(gate);
+	struct md__conn *c, *c2;
+	int fd = agent_of(d, 1000, pid, &c);
+	publish_many(c, slot);
+	struct md__agent *a = c->agent;
+	struct md__domain *dom = a->dom;
+	/* Its SHARE sent: nothing wakes the server for c, whose UNREFs
+	 * would be handled, under the budgets, once it is writable. */
+	wake_up(d);
+	ASSERT_EQ(next_reply(fd, &m), MD_MSG_SHARE);
+	ASSERT_EQ(next_reply(fd, &m), 0);
+	for (uint32_t k = 0; k < DRAIN_SLOTS; k += MD_REF_MAX) {
+		m = (struct md__msg){ .hdr = { .type = MD_MSG_UNREF, .seq = 2000 + k } };
+		m.u.refs.n = DRAIN_SLOTS - k < MD_REF_MAX ? DRAIN_SLOTS - k : MD_REF_MAX;
+		memcpy(m.u.refs.slot, slot + k, sizeof(uint32_t) * m.u.refs.n);
+		queue_in(c, &m, 1);
+	}
+	uint64_t freed = dom->pool.freed;
+	int other = peer_of(d, 2000, 5000);
+	send_status(other, 1);
+	/* The same process's HELLO on another connection takes the record. */
+	int fd2 = agent_of(d, 1000, pid, &c2);
+	ASSERT_EQ(c2->agent, a);
+	size_t asked = 0;
+	count_replies(other, &asked);
+	ASSERT_EQ(asked, 1);
+	ASSERT_EQ(a->nrefs, 0);
+	ASSERT(dom->pool.freed > freed);
+	ASSERT(dom->pool.freed - freed <= MD_D_DRAIN_REFS);
+	ASSERT_EQ(d->draining, a);
+	for (int round = 0; round < 64 && d->draining; round++) {
+		uint64_t before = dom->pool.freed;
+		wake_up(d);
+		ASSERT(dom->pool.freed - before <= MD_D_DRAIN_REFS);
+	}
+	ASSERT(!d->draining);
+	ASSERT_EQ(md__pool_live(&dom->pool), 0);
+	ASSERT_EQ(dom->refs_total, 0);
+	ASSERT_EQ(d->agents, a);
+	daemon_down(d);
+	close(fd);
+	close(fd2);
+	close(other);
+	waiters_gone(gate, &pid, 1);
 	return 0;
 }
