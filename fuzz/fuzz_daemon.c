@@ -290,7 +290,9 @@ static void pump(struct md__daemon *d, struct peer *peers)
 		}
 		struct epoll_event evs[64];
 		int n = epoll_wait(d->epfd, evs, 64, 0);
-		if (n > 0 || d->defer[0].head || d->defer[1].head) {
+		/* References of agents gone are given back a wake-up's
+		 * share at a time (d->draining): until none is left. */
+		if (n > 0 || d->defer[0].head || d->defer[1].head || d->draining) {
 			FILE *saved = daemon_stderr_begin();
 			d->evs = evs;
 			d->nev = n > 0 ? n : 0;
