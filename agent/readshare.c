@@ -579,9 +579,10 @@ ssize_t md_agent_pread(md_agent *a, int fd, void *buf, size_t len, off_t off)
 	/* As the kernel: a buffer that wraps fails before a byte moves, a
 	 * read is cut to MAX_RW_COUNT, and one of nothing moves nothing. A
 	 * longer buffer is the kernel's to check whole first, a cut one
-	 * would pass. */
+	 * would pass; one past SSIZE_MAX too (process_vm_readv refuses its
+	 * length with EINVAL, not EFAULT, and would seem to take it). */
 	struct iovec whole = { buf, len };
-	if (!a || !len || (uintptr_t)buf + len < (uintptr_t)buf ||
+	if (!a || !len || (uintptr_t)buf + len < (uintptr_t)buf || len > (size_t)SSIZE_MAX ||
 	    (len > MD_RW_MAX && kernel_takes(&whole, 1) != 0))
 		return md__sys_pread(fd, buf, len, off);
 	if (len > MD_RW_MAX)

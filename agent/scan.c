@@ -227,7 +227,9 @@ static int pause_store(md_agent *a, int paused, int flags)
 		__atomic_store_n(&a->scanner.paused, 1, __ATOMIC_SEQ_CST);
 		return -EPERM;
 	}
-	__atomic_store_n(&a->scanner.idle, 0, __ATOMIC_RELAXED);	/* the set rate again */
+	/* The set rate again, at once: an idle sleep lasts a second at a
+	 * time, and only a poke ends it early. */
+	md__scanner_poke(&a->scanner);
 	return 0;
 }
 

@@ -1281,12 +1281,13 @@ int md__server_run(struct md__daemon *d)
 		/* Freed pool pages not reused are punched once a second
 		 * passes without a message (while busy, 256 at a time).
 		 * Work left (connections deferred, references to give
-		 * back) goes on at once. */
+		 * back) goes on at once; a SHARE that could not be queued
+		 * is tried again within a second. */
 		int deferred = d->defer[0].head || d->defer[1].head || d->draining;
 		int n = epoll_wait(d->epfd, evs, 64,
 				   deferred ? 0 :
 				   md__domains_trim_due(d) || d->accept_paused || d->owing ||
-				   d->controls || md__dlog_peer_flush(0) ? 1000 : -1);
+				   d->controls || d->share_due || md__dlog_peer_flush(0) ? 1000 : -1);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;

@@ -75,4 +75,7 @@ int thread_blocked_in(pid_t pid, const char *comm, long nr, int ms);
 /* Reads the agent's statistics of p; waits up to ms for cond on them. */
 int proc_stats(struct proc *p, md_stats *s);
 int proc_stats_wait(struct proc *p, md_stats *s, int ms, int (*cond)(const md_stats *));
+/* The times the thread named name of this process was switched in, or -1. */
+long thread_switches(const char *name);
+
 #endif

@@ -1478,6 +1478,51 @@ TEST_IMPL(scan_hints_end_idle_sleep)
 	return 0;
 }
 
+/* A resume (the VMM's, or memdedupd's) brings the set rate back at once,
+ * also over an idle sleep, which lasts a second at a time: the resume
+ * ends it, as new hints do (a review: it waited for the second's end). */
+TEST_IMPL(scan_resume_ends_idle_sleep)
+{
+	md_agent *a;
+	const size_t n = 16;
+	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .pages_to_scan = 100, .sleep_ms = 50 };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	char *m = mmap(NULL, n * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	for (size_t i = 0; i < n * PG; i++)
+		m[i] = (char)((i / PG) * 13 + i % 241);
+	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
+	md_stats st;
+	for (int i = 0; i < 200; i++, usleep(20000))
+		if (md_agent_stats(a, &st) == 0 && st.full_scans >= 1)
+			break;
+	ASSERT(st.full_scans >= 1);
+	__atomic_store_n(&a->scanner.idle, MD_SCAN_IDLE_MAX, __ATOMIC_RELAXED);
+	/* Its next sleep is idle: 150 ms << 5, a second at a time. */
+	long at = -1;
+	for (int i = 0; i < 100 && at < 0; i++, usleep(10000))
+		at = thread_switches("md-scan");
+	ASSERT(at >= 0);
+	usleep(300000);
+	ASSERT_EQ(md_agent_pause(a, 1), 0);
+	ASSERT_EQ(__atomic_load_n(&a->scanner.idle, __ATOMIC_RELAXED), 0);
+	__atomic_store_n(&a->scanner.idle, MD_SCAN_IDLE_MAX, __ATOMIC_RELAXED);
+	/* Right after it wakes at a second's end, a resume: it wakes again
+	 * at once, not at the next second's. */
+	at = thread_switches("md-scan");
+	for (int i = 0; i < 400 && thread_switches("md-scan") == at; i++)
+		usleep(5000);
+	at = thread_switches("md-scan");
+	ASSERT_EQ(md_agent_pause(a, 0), 0);
+	long after = at;
+	for (int i = 0; i < 60 && after == at; i++, usleep(5000))
+		after = thread_switches("md-scan");
+	ASSERT(after > at);
+	md_agent_free(a);
+	munmap(m, n * PG);
+	return 0;
+}
+
 /* The child's part of agent_in_forked_child_counts_own_pages: 0 if its
  * agent counts its own write, else the step that went wrong. */
 static int child_counts_own_write(const char *img)
@@ -4139,9 +4184,10 @@ TEST_IMPL(preadv_bad_segment_as_kernel)
  * a user may name (not wrapping) fails with EFAULT in the kernel, before a
  * byte moves: it checks the buffer at its full length, then cuts the read.
  * The agent cut it first, and read the image into the buffer (review).
- * Both ends: just past x86-64's 47 bits (which a kernel with 5-level page
- * tables takes: then both read), and past every kernel's; as pread and as
- * preadv. Compared with the kernel's own read into a buffer alike, outside
+ * The ends: just past x86-64's 47 bits (which a kernel with 5-level page
+ * tables takes: then both read), past every kernel's, and one that makes
+ * the length past SSIZE_MAX (a review of the fix: the agent's probe took
+ * it); as pread and as preadv. Compared with the kernel's own read into a buffer alike, outside
  * guest RAM. */
 TEST_IMPL(read_past_address_space_as_kernel)
 {
@@ -4154,8 +4200,9 @@ TEST_IMPL(read_past_address_space_as_kernel)
 	char *m = reading_agent(&a, 64 * PG);
 	char *u = mmap(NULL, 64 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	ASSERT(u != MAP_FAILED);
-	const uintptr_t ends[2] = { ((uintptr_t)1 << 47) + PG, (uintptr_t)1 << 62 };
-	for (int k = 0; k < 2; k++) {
+	const uintptr_t ends[3] = { ((uintptr_t)1 << 47) + PG, (uintptr_t)1 << 62,
+				    ((uintptr_t)1 << 63) + ((uintptr_t)1 << 62) };
+	for (int k = 0; k < 3; k++) {
 		for (int v = 0; v < 2; v++) {
 			memset(m, 0x5a, 64 * PG);
 			memset(u, 0x5a, 64 * PG);

@@ -3,7 +3,6 @@
  * primitive proven by outcomes: frames in /proc/self/pagemap, contents read
  * back, and no write lost while merges run at full speed.
  */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
@@ -3723,37 +3722,6 @@ TEST_IMPL(engine_scanner_adapts_ratio)
 	md__hints_free(&h);
 	md__engine_fini(&e);
 	return 0;
-}
-
-/* The times a thread named name of this process was switched in, or -1. */
-static long thread_switches(const char *name)
-{
-	DIR *d = opendir("/proc/self/task");
-	long n = -1;
-	struct dirent *de;
-	while (d && n < 0 && (de = readdir(d)) != NULL) {
-		char path[300], comm[32] = "";
-		snprintf(path, sizeof(path), "/proc/self/task/%s/comm", de->d_name);
-		FILE *f = fopen(path, "r");
-		if (!f)
-			continue;
-		if (!fgets(comm, sizeof(comm), f))
-			comm[0] = 0;
-		fclose(f);
-		comm[strcspn(comm, "\n")] = 0;
-		if (strcmp(comm, name) != 0)
-			continue;
-		snprintf(path, sizeof(path), "/proc/self/task/%s/schedstat", de->d_name);
-		unsigned long long run, wait, count;
-		f = fopen(path, "r");
-		if (f && fscanf(f, "%llu %llu %llu", &run, &wait, &count) == 3)
-			n = (long)count;
-		if (f)
-			fclose(f);
-	}
-	if (d)
-		closedir(d);
-	return n;
 }
 
 /* An idle scanner sleeps a second at a time, not its set sleep (150 ms
