@@ -181,12 +181,16 @@ int md__scanner_init(struct md__scanner *s, struct md__engine *e, struct md__hin
 	return s->wake_fd < 0 ? -errno : 0;
 }
 
-/* Takes back what wake-ups were written, so the next sleep is whole. */
+/* Takes back what wake-ups were written, so the next sleep is whole. On
+ * the VMM's thread too (a start at its first registration), whose errno
+ * stays as its call leaves it: none written is EAGAIN. */
 static void drain_wakes(struct md__scanner *s)
 {
+	int saved = errno;
 	uint64_t v;
 	if (read(s->wake_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
 		md__log_once(133, "cannot read the scanner's wake-ups (%s): it may sleep less", strerror(errno));
+	errno = saved;
 }
 
 static void free_unstable(struct md__scanner *s)
