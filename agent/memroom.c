@@ -169,7 +169,10 @@ uint64_t md__memroom_available(const struct md__memroom *kept)
 	/* The cgroup as it is now where /proc and /sys tell (the VMM may have
 	 * been moved since it started), else the limits kept from the start:
 	 * a chroot with /proc but no /sys showed the cgroup, none of its
-	 * files, and read as no limit. */
+	 * files, and read as no limit. Asked on the VMM's threads too,
+	 * whose errno stays as found: a cgroup file not there (v2's root has
+	 * no memory.max) is ENOENT. */
+	int saved = errno;
 	struct md__memroom now;
 	int opened = md__memroom_open(&now) == 0;
 	const struct md__memroom *m = opened && (now.seen || !kept->seen) ? &now : kept;
@@ -187,5 +190,6 @@ uint64_t md__memroom_available(const struct md__memroom *kept)
 		host = strtoull(p + 13, NULL, 10) * 1024;
 	else if (sysinfo(&si) == 0)
 		host = ((uint64_t)si.freeram + si.bufferram) * si.mem_unit;
+	errno = saved;
 	return room < host ? room : host;
 }

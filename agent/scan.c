@@ -264,6 +264,9 @@ void md_agent_io_unseen(md_agent *a, const char *what)
 	 * replaced, or an image's page not made private yet. */
 	if (!a || __atomic_load_n(&a->io_unseen_done, __ATOMIC_ACQUIRE))
 		return;
+	/* On the VMM's thread, in a call that may succeed: its errno stays
+	 * as found, whatever our copies and logs meet. */
+	int saved = errno;
 	/* Under the lock: a read mapping image pages over guest RAM is done
 	 * before we return (and so before the device pins what it will use),
 	 * and none maps after. */
@@ -294,13 +297,14 @@ void md_agent_io_unseen(md_agent *a, const char *what)
 	if (short_of_memory)
 		md__log("not enough memory to make the %llu pages shared with images private: a transfer the "
 			"agent does not see may still send an image's page that changes", (unsigned long long)owned);
-	if (before)
-		return;
-	md__set(a, MD_CTR_IO_UNSEEN, 1);
-	publish_state(a);
-	md__log("the VMM %s, I/O the agent does not see: reads into guest RAM are copied%s from now on "
-		"(QEMU keeps sharing with aio=threads and no assigned devices)", what ? what : "writes guest RAM",
-		a->engine ? " and content scanning stops merging" : "");
+	if (!before) {
+		md__set(a, MD_CTR_IO_UNSEEN, 1);
+		publish_state(a);
+		md__log("the VMM %s, I/O the agent does not see: reads into guest RAM are copied%s from now on "
+			"(QEMU keeps sharing with aio=threads and no assigned devices)",
+			what ? what : "writes guest RAM", a->engine ? " and content scanning stops merging" : "");
+	}
+	errno = saved;
 }
 
 /* The MD_SET_* bit of a tunable's name, 0 if none. */
