@@ -690,8 +690,12 @@ int md__scan_account(struct md_agent *a, int reap)
 	 * GiB, is done again only when merges changed it, or every 30 s
 	 * (pages age without merges: pages_unshared may lag that much). Once
 	 * converged, every second it was a third of the agent's CPU time,
-	 * every 10 s still a tenth of all memdedup's. */
-	uint64_t changed = md__scan_activity(a) + st.cow_broken + st.undropped + st.filled;
+	 * every 10 s still a tenth of all memdedup's. The VMM's unmaps,
+	 * unregisters and discards of guest RAM change it too (zap_gen), or
+	 * pages unmapped stayed counted as sharing until the next reap or
+	 * the 30th pass (memdedup status, 16 s and more after the unmap). */
+	uint64_t changed = md__scan_activity(a) + st.cow_broken + st.undropped + st.filled +
+			   __atomic_load_n(&e->zap_gen, __ATOMIC_ACQUIRE);
 	if (reap || changed != a->walk_activity || ++a->walk_age >= 30) {
 		uint64_t sharing = 0, unshared = 0, zero = 0;
 		pthread_rwlock_rdlock(&e->regions_lock);
