@@ -1221,7 +1221,9 @@ int md__agent_unmap(md_agent *a, void *addr, size_t len, int (*op)(void *arg), v
 			 * lease break to find them. */
 			if (run[i].mapped && md__privatize(a, run[i].lo, run[i].hi, 0) != 0)
 				continue;
-			md__regions_remove(a, run[i].lo, run[i].hi);
+			/* As on success: a record goes with its memory, its
+			 * region's rest given up if it cannot be split. */
+			forget_records(a, run[i].lo, run[i].hi);
 		}
 		free(run);
 	} else if (md__privatize(a, s, e, 0) == 0) {

@@ -2070,6 +2070,46 @@ TEST_IMPL(scan_unmap_split_without_memory)
 	return 0;
 }
 
+/* The same for the holes a VMM's MAP_FIXED mmap or mremap left, failing
+ * after the kernel unmapped the old pages (Linux up to 6.6): their records
+ * stayed when a split found no spare one. */
+static int unmapped_page_then_failed(void *arg)
+{
+	syscall(SYS_munmap, arg, PG);
+	errno = ENOMEM;
+	return -1;
+}
+
+TEST_IMPL(scan_failed_map_split_without_memory)
+{
+	md_agent *a;
+	const size_t n = 48;
+	char *m = inproc_agent(&a, 100, n * PG);
+	for (size_t i = 0; i < n; i++)
+		memset(m + i * PG, (int)i + 1, PG);
+	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
+	md__regions_fail_reserve = 1000;	/* the records never grow again */
+	for (size_t i = 1; i < n; i += 2)
+		ASSERT(md__agent_unmap(a, m + i * PG, PG, unmapped_page_then_failed, m + i * PG, 0) != 0);
+	md__regions_fail_reserve = 0;
+	md__agent_enter(a);
+	int stale = 0, kept = 0;
+	for (size_t i = 0; i < n; i++) {
+		int found = md__region_find(a, (uintptr_t)m + i * PG, PG) != NULL;
+		stale += i % 2 && found;
+		kept += !(i % 2) && found;
+	}
+	md__agent_leave(a);
+	ASSERT_EQ(stale, 0);
+	ASSERT(kept > 0);	/* those split before the records ran out */
+	for (size_t i = 0; i < n; i += 2)
+		ASSERT_EQ(m[i * PG + 7], (char)(i + 1));
+	md_agent_free(a);
+	for (size_t i = 0; i < n; i += 2)
+		munmap(m + i * PG, PG);
+	return 0;
+}
+
 /* A userfaultfd of the test's own, as a VMM's: -1 if none can be had. */
 static int vmm_uffd(void)
 {
