@@ -542,14 +542,20 @@ struct md__procmap_query {
 #define MD_PROCMAP_FILE_BACKED 0x20
 
 /* 1 if a mapping with all of the query's filter flags overlaps [a, end), 0
- * if none does, -ENOTTY on a kernel without the query, or -errno. */
+ * if none does, -ENOTTY on a kernel without the query, or -errno. Asked
+ * inside the VMM's calls, which return with errno as they found it: none
+ * from a on is ENOENT. */
 static int first_vma_from(uintptr_t a, uintptr_t end, uint64_t filter)
 {
+	int saved = errno;
 	/* Opened each time: a descriptor kept would show a forked child its
 	 * parent's mappings. */
 	int fd = md__proc_open("maps", 0);
-	if (fd < 0)
-		return -errno;
+	if (fd < 0) {
+		int err = errno;
+		errno = saved;
+		return -err;
+	}
 	struct md__procmap_query q = {
 		.size = sizeof(q),
 		.query_flags = MD_PROCMAP_COVERING_OR_NEXT | filter,
@@ -558,6 +564,7 @@ static int first_vma_from(uintptr_t a, uintptr_t end, uint64_t filter)
 	int r = md__sys_ioctl(fd, MD_PROCMAP_QUERY, &q);
 	int err = errno;
 	close(fd);
+	errno = saved;
 	if (r != 0)
 		return err == ENOENT ? 0 : -err;	/* ENOENT: none from a on */
 	return q.vma_start < end;
