@@ -483,3 +483,16 @@ long thread_switches(const char *name)
 		closedir(d);
 	return n;
 }
+
+int wakes_on(const char *name, void (*event)(void *), void *arg)
+{
+	long at = thread_switches(name);
+	for (int i = 0; i < 400 && thread_switches(name) == at; i++)
+		usleep(5000);
+	at = thread_switches(name);
+	event(arg);
+	long after = at;
+	for (int i = 0; i < 60 && after == at; i++, usleep(5000))
+		after = thread_switches(name);
+	return after > at;
+}

@@ -77,5 +77,9 @@ int proc_stats(struct proc *p, md_stats *s);
 int proc_stats_wait(struct proc *p, md_stats *s, int ms, int (*cond)(const md_stats *));
 /* The times the thread named name of this process was switched in, or -1. */
 long thread_switches(const char *name);
+/* 1 if the thread named name, right after it woke by itself (up to 2 s
+ * waited for that), wakes again within 300 ms of event(arg): what ends its
+ * sleep is the event, not its clock, a second or more away then. */
+int wakes_on(const char *name, void (*event)(void *), void *arg);
 
 #endif

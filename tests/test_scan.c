@@ -1379,15 +1379,29 @@ static char *inproc_agent(md_agent **a, unsigned pages_to_scan, size_t len)
 	return m;
 }
 
+/* n pages of m, no two alike, registered with a. */
+static char *unique_pages(md_agent *a, char *m, size_t n)
+{
+	for (size_t i = 0; i < n * PG; i++)
+		m[i] = (char)((i / PG) * 13 + i % 241 + 1);
+	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
+	return m;
+}
+
 /* An agent in this process, scanning fast, and n pages of its RAM
  * registered, no two alike. */
 static char *unique_ram(md_agent **a, size_t n)
 {
-	char *m = inproc_agent(a, 2000, n * PG);
-	for (size_t i = 0; i < n * PG; i++)
-		m[i] = (char)((i / PG) * 13 + i % 241 + 1);
-	ASSERT_EQ(md_agent_register(*a, m, n * PG, 0), 0);
-	return m;
+	return unique_pages(*a, inproc_agent(a, 2000, n * PG), n);
+}
+
+/* The same at the rate o sets. */
+static char *unique_ram_at(md_agent **a, size_t n, const md_agent_options *o)
+{
+	ASSERT_EQ(md_agent_new(a, o), 0);
+	char *m = mmap(NULL, n * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	return unique_pages(*a, m, n);
 }
 
 /* Without memdedupd (merging within the process), pages checked, stable
@@ -1479,12 +1493,7 @@ TEST_IMPL(scan_hints_end_idle_sleep)
 	 * far from both cannot be missed by a loaded host nor met without
 	 * the poke. */
 	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .pages_to_scan = 300, .sleep_ms = 1000 };
-	ASSERT_EQ(md_agent_new(&a, &o), 0);
-	char *m = mmap(NULL, n * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	ASSERT(m != MAP_FAILED);
-	for (size_t i = 0; i < n * PG; i++)
-		m[i] = (char)((i / PG) * 13 + i % 241);
-	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
+	char *m = unique_ram_at(&a, n, &o);
 	/* A disk the guest may write: its reads are copied, and hinted. */
 	char path[600];
 	snprintf(path, sizeof(path), "%s/disk", test_dir());
@@ -1521,6 +1530,11 @@ TEST_IMPL(scan_hints_end_idle_sleep)
 	return 0;
 }
 
+static void resume(void *a)
+{
+	ASSERT(md_agent_pause(a, 0) == 0);
+}
+
 /* A resume (the VMM's, or memdedupd's) brings the set rate back at once,
  * also over an idle sleep, which lasts a second at a time: the resume
  * ends it, as new hints do (a review: it waited for the second's end). */
@@ -1529,12 +1543,7 @@ TEST_IMPL(scan_resume_ends_idle_sleep)
 	md_agent *a;
 	const size_t n = 16;
 	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .pages_to_scan = 100, .sleep_ms = 50 };
-	ASSERT_EQ(md_agent_new(&a, &o), 0);
-	char *m = mmap(NULL, n * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	ASSERT(m != MAP_FAILED);
-	for (size_t i = 0; i < n * PG; i++)
-		m[i] = (char)((i / PG) * 13 + i % 241);
-	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
+	char *m = unique_ram_at(&a, n, &o);
 	md_stats st;
 	for (int i = 0; i < 200; i++, usleep(20000))
 		if (md_agent_stats(a, &st) == 0 && st.full_scans >= 1)
@@ -1542,25 +1551,14 @@ TEST_IMPL(scan_resume_ends_idle_sleep)
 	ASSERT(st.full_scans >= 1);
 	__atomic_store_n(&a->scanner.idle, MD_SCAN_IDLE_MAX, __ATOMIC_RELAXED);
 	/* Its next sleep is idle: 150 ms << 5, a second at a time. */
-	long at = -1;
-	for (int i = 0; i < 100 && at < 0; i++, usleep(10000))
-		at = thread_switches("md-scan");
-	ASSERT(at >= 0);
 	usleep(300000);
 	ASSERT_EQ(md_agent_pause(a, 1), 0);
 	ASSERT_EQ(__atomic_load_n(&a->scanner.idle, __ATOMIC_RELAXED), 0);
 	__atomic_store_n(&a->scanner.idle, MD_SCAN_IDLE_MAX, __ATOMIC_RELAXED);
-	/* Right after it wakes at a second's end, a resume: it wakes again
+	/* A resume right after it wakes at a second's end: it wakes again
 	 * at once, not at the next second's. */
-	at = thread_switches("md-scan");
-	for (int i = 0; i < 400 && thread_switches("md-scan") == at; i++)
-		usleep(5000);
-	at = thread_switches("md-scan");
-	ASSERT_EQ(md_agent_pause(a, 0), 0);
-	long after = at;
-	for (int i = 0; i < 60 && after == at; i++, usleep(5000))
-		after = thread_switches("md-scan");
-	ASSERT(after > at);
+	ASSERT(thread_switches("md-scan") >= 0);
+	ASSERT(wakes_on("md-scan", resume, a));
 	md_agent_free(a);
 	munmap(m, n * PG);
 	return 0;

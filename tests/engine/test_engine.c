@@ -3724,6 +3724,11 @@ TEST_IMPL(engine_scanner_adapts_ratio)
 	return 0;
 }
 
+static void poke(void *s)
+{
+	md__scanner_poke(s);
+}
+
 /* An idle scanner sleeps a second at a time, not its set sleep (150 ms
  * here, gathered) at a time to look for a poke: those wake-ups were most
  * of what it cost on a quiet host. A poke ends the sleep at once. */
@@ -3756,17 +3761,9 @@ TEST_IMPL(engine_idle_scanner_sleeps_long)
 	printf("  an idle scanner woke %ld times in 1.5 s\n", woke);
 	ASSERT(woke <= 4);	/* 10 at its set sleep */
 	ASSERT_EQ(__atomic_load_n(&s.idle, __ATOMIC_RELAXED), MD_SCAN_IDLE_MAX);
-	/* Right after it wakes at a second's end, a poke: it wakes again
-	 * at once, not at the next second's. */
-	long at = thread_switches("md-scan");
-	for (int i = 0; i < 400 && thread_switches("md-scan") == at; i++)
-		usleep(5000);
-	at = thread_switches("md-scan");
-	md__scanner_poke(&s);
-	long after = at;
-	for (int i = 0; i < 60 && after == at; i++, usleep(5000))
-		after = thread_switches("md-scan");
-	ASSERT(after > at);
+	/* A poke right after it wakes at a second's end: it wakes again at
+	 * once, not at the next second's. */
+	ASSERT(wakes_on("md-scan", poke, &s));
 	md__scanner_stop(&s);
 	md__scanner_free(&s);
 	md__hints_free(&h);
