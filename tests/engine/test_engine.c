@@ -1145,6 +1145,24 @@ TEST_IMPL(engine_unreadable_frozen_pages_fall_back)
 	return 0;
 }
 
+/* A merge of the n pages at b, filled from seed on, that fell back: not
+ * read, so not pages that changed; each as it was, private, and writable
+ * without waiting. */
+static void fell_back(struct md__engine *e, unsigned char *b, size_t n, unsigned seed)
+{
+	struct md__engine_stats st;
+	unsigned char want[PG];
+	md__engine_stats(e, &st);
+	ASSERT_EQ(st.abandoned, 0);
+	ASSERT_EQ(st.freeze_failed, n);
+	for (size_t i = 0; i < n; i++) {
+		fill(want, seed + (unsigned)i);
+		ASSERT(memcmp(b + i * PG, want, PG) == 0);
+		ASSERT(!(pagemap(b + i * PG) & PM_FILE));
+	}
+	ASSERT_EQ(write_did_not_wait(e, b + 5), 0);
+}
+
 /* What guest pages must equal to merge onto an image, when it cannot be
  * read (the agent's view of a tmpfs image over a hole, on a full tmpfs: a
  * SIGBUS; past a file's end here): the merge falls back, the guest's pages
@@ -1154,7 +1172,7 @@ TEST_IMPL(engine_merge_file_unreadable_content_falls_back)
 {
 	struct md__engine e;
 	const size_t n = 2;
-	unsigned char *b = map_ram(n), want[PG];
+	unsigned char *b = map_ram(n);
 
 	engine_up(&e);
 	for (size_t i = 0; i < n; i++)
@@ -1172,14 +1190,7 @@ TEST_IMPL(engine_merge_file_unreadable_content_falls_back)
 	struct md__engine_stats st;
 	md__engine_stats(&e, &st);
 	ASSERT_EQ(st.merged_file, 0);
-	ASSERT_EQ(st.abandoned, 0);	/* a fallback, not pages that changed */
-	ASSERT_EQ(st.freeze_failed, n);
-	for (size_t i = 0; i < n; i++) {
-		fill(want, 140 + (unsigned)i);
-		ASSERT(memcmp(b + i * PG, want, PG) == 0);
-		ASSERT(!(pagemap(b + i * PG) & PM_FILE));
-	}
-	ASSERT_EQ(write_did_not_wait(&e, b + 5), 0);
+	fell_back(&e, b, n, 140);
 	md__engine_fini(&e);
 	munmap(view, n * PG);
 	close(empty);
@@ -1189,13 +1200,14 @@ TEST_IMPL(engine_merge_file_unreadable_content_falls_back)
 }
 
 /* Pool pages that cannot be read for the compare (a slot's page gone
- * from under the engine's mapping): the merge falls back, the guest's pages as they were,
- * never compared through the pool's mapping (a SIGBUS in the VMM). */
+ * from under the engine's mapping): the merge falls back, the guest's
+ * pages as they were, never compared through the pool's mapping (a
+ * SIGBUS in the VMM). */
 TEST_IMPL(engine_merge_slots_unreadable_pool_falls_back)
 {
 	struct md__engine e;
 	const size_t n = 2;
-	unsigned char *a = map_ram(n), *b = map_ram(n), want[PG];
+	unsigned char *a = map_ram(n), *b = map_ram(n);
 	uint32_t slot, slots[2];
 
 	engine_up(&e);
@@ -1214,14 +1226,7 @@ TEST_IMPL(engine_merge_slots_unreadable_pool_falls_back)
 	struct md__engine_stats st;
 	md__engine_stats(&e, &st);
 	ASSERT_EQ(st.merged, 0);
-	ASSERT_EQ(st.abandoned, 0);	/* a fallback, not pages that changed */
-	ASSERT_EQ(st.freeze_failed, n);
-	for (size_t i = 0; i < n; i++) {
-		fill(want, 150 + (unsigned)i);
-		ASSERT(memcmp(b + i * PG, want, PG) == 0);
-		ASSERT(!(pagemap(b + i * PG) & PM_FILE));
-	}
-	ASSERT_EQ(write_did_not_wait(&e, b + 5), 0);
+	fell_back(&e, b, n, 150);
 	ASSERT_EQ(mprotect(pp, n * PG, PROT_READ), 0);
 	md__engine_fini(&e);
 	munmap(a, n * PG);
