@@ -774,7 +774,7 @@ int md__scan_account(struct md_agent *a, int reap)
 			     "merged pages onto it: those pages stay as they were (merge_fallbacks)");
 	if (st.freeze_failed)
 		md__log_once(119, "the scanner could not write-protect or read pages it froze (or the "
-			     "image pages they must equal): they stay as they were (merge_fallbacks)");
+			     "pages they must equal): they stay as they were (merge_fallbacks)");
 	md__set(a, MD_CTR_FULL_SCANS, ss.passes);
 	md__set(a, MD_CTR_SCAN_BREAKS, st.cow_broken);
 	md__set(a, MD_CTR_WP_WAITS, st.wp_faults);

@@ -162,8 +162,8 @@ struct md__engine_stats {
 				 * the VMM closed or replaced meanwhile */
 	uint64_t freeze_failed; /* pages of runs the write-protection could not
 				 * be set on (pagemap, populate, the ioctl), or
-				 * whose frozen content, or the image pages it
-				 * must equal, could not be read */
+				 * whose frozen content, or the pool or image
+				 * pages it must equal, could not be read */
 	uint64_t cow_broken;    /* merged pages since written (found by reap) */
 	uint64_t wp_faults;     /* writers that waited on a merge */
 	uint64_t refs_kept;     /* references kept for pages left mapped that

@@ -511,8 +511,8 @@ static void waiter_exits(int gate[2], pid_t pid)
  * and at most MD_D_DRAIN_REFS slots are freed; its record is found by pid
  * no more while its references go; the rest go over the next wake-ups,
  * which the loop does not wait for, and the slots the other agent holds
- * stay. All were freed in that one wake-up: about half a second for a
- * user's pool's worth (1 Mi slots), every other agent's requests waiting. */
+ * stay. All were freed in that one wake-up (a user's pool's worth, 1 Mi
+ * slots, about half a second by a review's rate), other requests waiting. */
 TEST_IMPL(daemon_exit_drained_per_wakeup)
 {
 	static uint32_t slot[DRAIN_SLOTS];
