@@ -306,6 +306,7 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 		return md__sys_madvise(addr, len, advice);
 	switch (advice) {
 	case MADV_MERGEABLE: {
+		int saved = errno;	/* a call that succeeds leaves it */
 		a = agent_get();
 		int err = a ? md_agent_register(a, addr, plen, 0) : 0;
 		if (err && err != -ENOMEM)
@@ -313,12 +314,15 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 		/* Without kernel KSM (or with our own scanner) the advice is
 		 * ours alone; a range with a hole fails it, as the kernel's
 		 * (what is mapped is registered). */
-		if (!a || a->kernel_ksm)
+		if (!a || a->kernel_ksm) {
+			errno = saved;
 			return md__sys_madvise(addr, len, advice);
+		}
 		if (err == -ENOMEM) {
 			errno = ENOMEM;
 			return -1;
 		}
+		errno = saved;
 		return 0;
 	}
 	case MADV_UNMERGEABLE: {
