@@ -247,18 +247,26 @@ TEST_IMPL(scan_not_given_to_kernel_ksm)
 	return 0;
 }
 
-/* 1 if the n pages at `at` and the n at `twin` are pair by pair on one
- * frame (read first: a merged page is mapped, there once touched). */
-static int pairs_merged(struct proc *a, unsigned at, unsigned twin, unsigned n)
+/* 1 if the n pages at `at` and the n at `twin`, both page `first` on of a
+ * fill with seed, are pair by pair on one frame (read first: a merged page
+ * is mapped, there once touched); asserts both still hold what was written
+ * (one wrong frame under both would pass a frame check alone). */
+static int pairs_merged_from(struct proc *a, unsigned at, unsigned twin, unsigned n,
+			     unsigned seed, unsigned first)
 {
-	proc_cmd(a, "hash %u %u", at * PG, n * PG);
-	proc_cmd(a, "hash %u %u", twin * PG, n * PG);
+	ASSERT_EQ(proc_num(a, "unfilled %u %u %u %u", at * PG, n, seed, first), 0);
+	ASSERT_EQ(proc_num(a, "unfilled %u %u %u %u", twin * PG, n, seed, first), 0);
 	for (unsigned i = 0; i < n; i++) {
 		struct pm x = proc_page(a, (at + i) * PG), y = proc_page(a, (twin + i) * PG);
 		if (!x.present || !y.present || x.pfn != y.pfn)
 			return 0;
 	}
 	return 1;
+}
+
+static int pairs_merged(struct proc *a, unsigned at, unsigned twin, unsigned n, unsigned seed)
+{
+	return pairs_merged_from(a, at, twin, n, seed, 0);
 }
 
 /* Starts p with the scanner at full speed, logging to test_dir()/name (a
@@ -356,7 +364,7 @@ static int stops_for_unseen_io(int early, int reads, const char *io, const char 
 	passes_want = sb.full_scans + 2;
 	ASSERT_EQ(proc_stats_wait(&b, &sb, 20000, passes_done), 0);
 	ASSERT_EQ(sb.io_unseen, 0);
-	ASSERT(pairs_merged(&b, 0, 256, 256));
+	ASSERT(pairs_merged(&b, 0, 256, 256, 5));
 	ASSERT_EQ(proc_stats(&a, &s), 0);
 	ASSERT_EQ(s.merged, 0);
 	ASSERT_EQ(s.pages_sharing, 0);
@@ -409,7 +417,7 @@ TEST_IMPL(scan_locked_memory_not_merged)
 	ASSERT(strcmp(proc_cmd(&b, "fill %u 256 1", 256 * PG), "ok") == 0);
 	ASSERT(strcmp(proc_cmd(&b, "fill %u 512 2", 512 * PG), "ok") == 0);	/* unique */
 	ASSERT_EQ(proc_stats_wait(&b, &s, 20000, merged_256_only), 0);
-	ASSERT(pairs_merged(&b, 0, 256, 256));
+	ASSERT(pairs_merged(&b, 0, 256, 256, 1));
 	char h[32];
 	snprintf(h, sizeof(h), "%s", proc_cmd(&b, "hash 0 %u", 512 * PG));
 	ASSERT_EQ(proc_num(&b, "mlock 0 %u", 511 * PG + 1), 0);	/* to the end of page 511 */
@@ -435,7 +443,7 @@ TEST_IMPL(scan_locked_memory_not_merged)
 	ASSERT_EQ(s.merged, before + 128);
 	for (unsigned i = 0; i < 128; i++)
 		ASSERT(proc_page(&b, i * PG).pfn != proc_page(&b, (128 + i) * PG).pfn);
-	ASSERT(pairs_merged(&b, 512, 640, 128));
+	ASSERT(pairs_merged(&b, 512, 640, 128, 9));
 	ASSERT_EQ(proc_num(&b, "vmflag 0 lo"), 1);
 	ASSERT_EQ(proc_num(&b, "vmflag %u lo", 511 * PG), 1);
 	proc_stop(&b);
@@ -458,7 +466,7 @@ TEST_IMPL(scan_protected_memory_given_up)
 	ASSERT(strcmp(proc_cmd(&a, "fill %u 512 2", 512 * PG), "ok") == 0);	/* unique */
 	md_stats s;
 	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_256_only), 0);
-	ASSERT(pairs_merged(&a, 0, 256, 256));
+	ASSERT(pairs_merged(&a, 0, 256, 256, 1));
 	char h[32];
 	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", 512 * PG));
 	ASSERT_EQ(proc_num(&a, "protect 0 %u ro", 512 * PG), 0);
@@ -495,7 +503,7 @@ TEST_IMPL(scan_protected_memory_given_up)
 	ASSERT_EQ(proc_num(&a, "advise 0 %u mergeable", 512 * PG), 0);
 	merged_want = before + 256;
 	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_enough), 0);
-	ASSERT(pairs_merged(&a, 0, 128, 128));
+	ASSERT(pairs_merged(&a, 0, 128, 128, 7));
 	proc_stop(&a);
 	ASSERT(strstr(file_text(log), "changes the protection of guest RAM (mprotect)"));
 	ASSERT(strstr(file_text(log), "is not both readable and writable: not merged"));
@@ -562,8 +570,8 @@ TEST_IMPL(scan_keeps_numa_policy)
 	md_stats s;
 	merged_want = 384;
 	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_enough), 0);
-	ASSERT(pairs_merged(&a, 0, 256, 256));
-	ASSERT(pairs_merged(&a, 512, 1024, 128));
+	ASSERT(pairs_merged(&a, 0, 256, 256, 1));
+	ASSERT(pairs_merged(&a, 512, 1024, 128, 4));
 	ASSERT_EQ(proc_num(&a, "policy %u", 1200 * PG), MPOL_DEFAULT);	/* never bound */
 	ASSERT_EQ(proc_num(&a, "policy %u", 1040 * PG), MPOL_DEFAULT);	/* the pool's, untouched */
 	/* The VMM binding merged pages again: not through the pool's
@@ -610,7 +618,7 @@ TEST_IMPL(scan_keeps_numa_policy)
 	ASSERT(strcmp(proc_cmd(&a, "fill %u 128 4", 512 * PG), "ok") == 0);
 	merged_want = s.merged + 128;
 	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_enough), 0);
-	ASSERT(pairs_merged(&a, 512, 1024, 128));
+	ASSERT(pairs_merged(&a, 512, 1024, 128, 4));
 	ASSERT_EQ(proc_num(&a, "advise %u %u dontneed", 600 * PG, 4 * PG), 0);
 	ASSERT_EQ(proc_num(&a, "policy %u", 600 * PG), MPOL_DEFAULT);
 	ASSERT_EQ(proc_num(&a, "policy %u", 700 * PG), MPOL_BIND);
@@ -753,7 +761,7 @@ static void merges_beside_handover(struct proc *a, unsigned at, unsigned twin, u
 	ASSERT(strcmp(proc_cmd(a, "fill %u %u %u", at * PG, n, seed), "ok") == 0);
 	ASSERT(strcmp(proc_cmd(a, "fill %u %u %u", twin * PG, n, seed), "ok") == 0);
 	int merged = 0;
-	for (int t = 0; t < 400 && !(merged = pairs_merged(a, at, twin, n)); t++)
+	for (int t = 0; t < 400 && !(merged = pairs_merged(a, at, twin, n, seed)); t++)
 		usleep(50000);
 	ASSERT(merged);
 	/* Passes after they merged: the file lags up to a second, so from
@@ -764,7 +772,7 @@ static void merges_beside_handover(struct proc *a, unsigned at, unsigned twin, u
 	ASSERT_EQ(proc_stats_wait(a, &s, 20000, passes_done), 0);
 	passes_want = s.full_scans + 2;
 	ASSERT_EQ(proc_stats_wait(a, &s, 20000, passes_done), 0);
-	ASSERT(pairs_merged(a, at, twin, n));
+	ASSERT(pairs_merged(a, at, twin, n, seed));
 }
 
 TEST_IMPL(scan_gives_ram_to_vmm_userfault)
@@ -782,7 +790,7 @@ TEST_IMPL(scan_gives_ram_to_vmm_userfault)
 	ASSERT(strcmp(proc_cmd(&a, "fill %u 64 6", 896 * PG), "ok") == 0);	/* unique */
 	md_stats s;
 	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_384), 0);
-	ASSERT(pairs_merged(&a, 0, 256, 256));
+	ASSERT(pairs_merged(&a, 0, 256, 256, 3));
 	for (unsigned i = 0; i < 64; i++)
 		ASSERT(!proc_page(&a, (576 + i) * PG).present);	/* dropped */
 	ASSERT_EQ(proc_num(&a, "advise %u %u dontneed", 600 * PG, 8 * PG), 0);
@@ -807,7 +815,7 @@ TEST_IMPL(scan_gives_ram_to_vmm_userfault)
 		ASSERT(proc_page(&a, (512 + i) * PG).present);
 	ASSERT_EQ(proc_num(&a, "uffd %u %u wp", 896 * PG, 64 * PG), 0);
 	/* The rest is the scanner's still. */
-	ASSERT(pairs_merged(&a, 640, 768, 128));
+	ASSERT(pairs_merged(&a, 640, 768, 128, 4));
 	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 576 * PG), h) == 0);
 	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 640 * PG, 320 * PG), h2) == 0);
 	/* Write-protection (a background snapshot) takes merged pages too,
@@ -859,7 +867,7 @@ TEST_IMPL(scan_takes_ram_back_beside_image)
 	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 1024 * PG), h) == 0);
 	merged_want = s.merged + 256;
 	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_wanted), 0);
-	ASSERT(pairs_merged(&a, 0, 256, 256));
+	ASSERT(pairs_merged(&a, 0, 256, 256, 3));
 	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 1024 * PG), h) == 0);
 	proc_stop(&a);
 	ASSERT(strstr(file_text(log), "pages shared from a disk image"));
@@ -886,7 +894,7 @@ TEST_IMPL(scan_takes_ram_back_from_vmm_userfault)
 	ASSERT_EQ(proc_num(&a, "uffd 0 %u bad", 512 * PG), -EINVAL);
 	merged_want = s.merged + 256;
 	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_wanted), 0);
-	ASSERT(pairs_merged(&a, 7, 263, 1));
+	ASSERT(pairs_merged_from(&a, 7, 263, 1, 3, 7));
 	ASSERT_EQ(proc_num(&a, "uffd 0 %u wp", 1024 * PG), 0);
 	for (unsigned i = 0; i < 256; i += 5)
 		ASSERT(proc_page(&a, i * PG).pfn != proc_page(&a, (256 + i) * PG).pfn);
@@ -894,7 +902,7 @@ TEST_IMPL(scan_takes_ram_back_from_vmm_userfault)
 	ASSERT_EQ(proc_num(&a, "uffdoff 0 %u", 512 * PG), 0);
 	merged_want = s.merged + 256;
 	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_wanted), 0);
-	ASSERT(pairs_merged(&a, 0, 256, 256));
+	ASSERT(pairs_merged(&a, 0, 256, 256, 3));
 	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 1024 * PG), h) == 0);
 	/* New pairs in the half taken back (pages 0-31 and 256-287, the
 	 * pairs they held still pairs) merge while the half the VMM holds
@@ -913,7 +921,7 @@ TEST_IMPL(scan_takes_ram_back_from_vmm_userfault)
 	ASSERT_EQ(proc_num(&a, "uffd 0 %u bad", 1024 * PG), -EINVAL);
 	merged_want = s.merged + 256;
 	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_wanted), 0);
-	ASSERT(pairs_merged(&a, 9, 265, 1));
+	ASSERT(pairs_merged_from(&a, 9, 265, 1, 8, 9));
 	ASSERT(read_copied(&a, vfd, 512));
 	/* Advised again meanwhile, the part still registered is refused,
 	 * also after it was advised unmergeable in between; advised
@@ -933,8 +941,8 @@ TEST_IMPL(scan_takes_ram_back_from_vmm_userfault)
 	ASSERT(read_copied(&a, vfd, 560));
 	merged_want = s.merged + 128 + 16;
 	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_wanted), 0);
-	ASSERT(pairs_merged(&a, 640, 896, 128));
-	ASSERT(pairs_merged(&a, 576, 832, 16));
+	ASSERT(pairs_merged_from(&a, 640, 896, 128, 4, 128));
+	ASSERT(pairs_merged_from(&a, 576, 832, 16, 4, 64));
 	for (unsigned i = 80; i < 128; i += 5)
 		ASSERT(proc_page(&a, (512 + i) * PG).pfn != proc_page(&a, (768 + i) * PG).pfn);
 	proc_stop(&a);
@@ -962,7 +970,7 @@ TEST_IMPL(scan_forgets_vmm_hold_on_moved_ram)
 	ASSERT(strcmp(proc_cmd(&a, "fill %u 128 3", 896 * PG), "ok") == 0);
 	merged_want = s.merged + 128;
 	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_wanted), 0);
-	ASSERT(pairs_merged(&a, 896, 0, 128));
+	ASSERT(pairs_merged(&a, 896, 0, 128, 3));
 	long long vfd = open_test_image(&a);
 	ASSERT(read_copied(&a, vfd, 800));
 	proc_stop(&a);
@@ -1185,7 +1193,7 @@ TEST_IMPL(scan_merges_beside_event_rings)
 	ASSERT_EQ(proc_num(&a, "uring poll"), 3);
 	ASSERT_EQ(proc_stats(&a, &s), 0);
 	ASSERT_EQ(s.io_unseen, 0);
-	ASSERT(pairs_merged(&a, 0, 256, 256));
+	ASSERT(pairs_merged(&a, 0, 256, 256, 5));
 	proc_stop(&a);
 	ASSERT(!strstr(file_text(log), "stops merging"));
 	return 0;
@@ -1217,7 +1225,7 @@ TEST_IMPL(scan_failed_unmap_keeps_pages)
 	/* Unmapped for real, it is forgotten, and the rest stays merged. */
 	ASSERT_EQ(proc_num(&a, "unmap %u %x", 512 * PG, 512 * PG), 0);
 	ASSERT_EQ(proc_stats_wait(&a, &s, 5000, NULL), 0);
-	ASSERT(pairs_merged(&a, 0, 256, 256));
+	ASSERT(pairs_merged(&a, 0, 256, 256, 9));
 	proc_stop(&a);
 	return 0;
 }

@@ -299,6 +299,21 @@ static void fill_pages(size_t doff, size_t npages, uint64_t seed)
 				(seed << 48) ^ ((uint64_t)p << 16) ^ (uint64_t)w ^ 0x5bd1e995u;
 }
 
+/* Pages of the npages at doff that do not hold what fill_pages(seed) wrote
+ * there, doff being page `first` of that fill. */
+static size_t unfilled_pages(size_t doff, size_t npages, uint64_t seed, uint64_t first)
+{
+	size_t bad = 0;
+	for (size_t p = 0; p < npages; p++)
+		for (int w = 0; w < 512; w++)
+			if (((uint64_t *)(base + doff + p * 4096))[w] !=
+			    ((seed << 48) ^ ((first + p) << 16) ^ (uint64_t)w ^ 0x5bd1e995u)) {
+				bad++;
+				break;
+			}
+	return bad;
+}
+
 static uint64_t now_ms(void)
 {
 	struct timespec t;
@@ -1244,6 +1259,9 @@ int main(void)
 			sscanf(line, "%*s %lld %lld %lld", &a1, &a2, &a3);
 			fill_pages((size_t)a1, (size_t)a2, (uint64_t)a3);
 			printf("ok\n");
+		} else if (strcmp(cmd, "unfilled") == 0) {	/* OFF PAGES SEED FIRST: pages not as fill left them */
+			sscanf(line, "%*s %lld %lld %lld %lld", &a1, &a2, &a3, &a4);
+			printf("%zu\n", unfilled_pages((size_t)a1, (size_t)a2, (uint64_t)a3, (uint64_t)a4));
 		} else if (strcmp(cmd, "holes") == 0) {
 			sscanf(line, "%*s %lld %lld %lld", &a1, &a2, &a3);
 			cmd_holes((size_t)a1, (size_t)a2, (int)a3);
