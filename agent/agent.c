@@ -81,7 +81,7 @@ static void *agent_thread(void *arg)
 	 * mapped something, or every 10 minutes. Every 3 s, as it was,
 	 * pagemap walks were the largest part of this thread's time while
 	 * guests converged (about 40 % of its perf samples). */
-	uint64_t last_reads = 0, last_merges = 0;
+	uint64_t last_reads = 0, last_merges = 0, reap_merges = 0;
 	unsigned last_full = 0, last_vmas = 0, last_reap = 0, reap_every = 3, last_report = 0, looked = 0;
 	struct md__resident full_at = { 0 }, reap_at = { 0 };
 	int was_reading = 0, edge_due = 0;
@@ -154,8 +154,15 @@ static void *agent_thread(void *arg)
 		 * while it finds dozens, so the scanner may merge them again,
 		 * its interval doubling while it finds next to none, up to
 		 * 12 s while merges go on and 60 s else. Every 3 s for good,
-		 * it cost 85 ms more per agent over a two-minute run. */
-		int reap = reap_due && (busy || (look && md__walk_worth(res_known, &now_res, &reap_at, since_reap)));
+		 * it cost 85 ms more per agent over a two-minute run. The
+		 * resident counts cannot tell of pages merged since the last
+		 * reap: a merge moves a page from anonymous to file and its
+		 * break back, so guests that wrote what merged since showed
+		 * no move, and the scanner, which skips merged pages, sat
+		 * idle for minutes with every page written (a stress test
+		 * saw it: 20 s without a merge). */
+		int reap = reap_due && (busy || merges != reap_merges ||
+					(look && md__walk_worth(res_known, &now_res, &reap_at, since_reap)));
 		if ((full || reap) && !res_known && statm_fd >= 0)
 			md__resident_pages(statm_fd, &now_res);	/* the walk's baseline */
 		was_reading = reading;
@@ -183,6 +190,7 @@ static void *agent_thread(void *arg)
 		md__scan_leave_old_pool(a);
 		if (reap) {
 			unsigned cap = busy ? 12 : 60;
+			reap_merges = merges;
 			reap_at = now_res;
 			last_reap = n;
 			reap_every = found >= 64 ? 3 : reap_every * 2 < cap ? reap_every * 2 : cap;
