@@ -34,12 +34,18 @@ int md__usage_error(const struct md__cmd *cmd, const char *fmt, ...)
  * (at most 255 bytes), else 0 (not ELF, another name, none, a file cut
  * short or malformed). */
 int md__elf_soname_is(int fd, const char *name);
-/* How ld.so would take the executable fd, as far as the agent goes. */
+/* How the kernel and ld.so would take the executable fd, as far as the
+ * agent goes. */
 enum {
-	MD_ELF_UNKNOWN,	/* not ELF, cut short, malformed, or a shared object run as a program */
+	MD_ELF_UNKNOWN,	/* not ELF, a shared object run as a program (ld.so), or more
+			   program headers than read */
 	MD_ELF_DYNAMIC,	/* it names an interpreter: LD_PRELOAD applies */
 	MD_ELF_STATIC,	/* ours, without an interpreter: nothing is preloaded */
-	MD_ELF_FOREIGN,	/* 32-bit, or another machine's: the agent cannot load */
+	MD_ELF_FOREIGN,	/* 64-bit, another machine's: only an emulator (binfmt_misc)
+			   runs it, and the agent cannot load */
+	MD_ELF_32BIT,	/* 32-bit: the kernel may run it, the agent cannot load */
+	MD_ELF_BROKEN,	/* ELF (not 32-bit), cut short or malformed: the kernel's
+			   loader refuses it (ENOEXEC, EIO) */
 };
 int md__elf_exec_kind(int fd);
 /* The interpreter (the dynamic loader) a 64-bit ELF executable of this

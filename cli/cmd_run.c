@@ -4,6 +4,7 @@
  * It execs rather than forks, so the VMM keeps the pid the caller knows and
  * its exit status is the command's.
  */
+#include <dirent.h>
 #include <elf.h>
 #include <endian.h>
 #include <errno.h>
@@ -77,10 +78,13 @@ const struct md__cmd md__cmd_run_def = {
 	"hierarchy (it serves more than this VMM).\n"
 	"\n"
 	"Exit status: CMD's; 127 CMD, its #! interpreter or its dynamic loader not\n"
-	"found, 126 not executable, or run by the dynamic loader in secure mode\n"
-	"(set-uid, set-gid or file capabilities: it would ignore the agent), 2\n"
-	"wrong usage or a library that cannot be preloaded, 1 --scan where no\n"
-	"userfaultfd can be opened (nothing started in these cases).\n",
+	"found, 126 not executable, a binary the kernel cannot run (an ELF file cut\n"
+	"short or malformed, another machine's with no binfmt_misc handler), or run\n"
+	"by the dynamic loader in secure mode (set-uid, set-gid or file\n"
+	"capabilities: it would ignore the agent), 2 wrong usage or a library\n"
+	"that cannot be preloaded, 1 --scan where no userfaultfd can be opened\n"
+	"(nothing started in these cases, but for a 32-bit binary the kernel\n"
+	"refuses).\n",
 	.run = md__cmd_run,
 };
 
@@ -353,7 +357,7 @@ static int script_interpreter(const char *path, char *out, size_t size)
  * -EACCES as execve's, the interpreter that fails in bad (*elf: the
  * loader, 1 the command's, 2 an interpreter's; not another machine's
  * program's, md__elf_interp). A "#!" naming nothing fails the kernel's exec with ENOEXEC, on
- * which execvp runs the command with /bin/sh: no failure. */
+ * which the command runs with /bin/sh (runs_as_script): no failure. */
 static int interpreter_runs(const char *path, char *bad, size_t size, int *elf)
 {
 	char file[PATH_MAX + 64], next[PATH_MAX];
@@ -544,13 +548,102 @@ static int agent_not_loaded(const char *file, int depth, char *why, size_t size)
 		return 0;	/* execve will tell */
 	int kind = md__elf_exec_kind(fd);
 	close(fd);
-	if (kind != MD_ELF_STATIC && kind != MD_ELF_FOREIGN)
+	if (kind != MD_ELF_STATIC && kind != MD_ELF_FOREIGN && kind != MD_ELF_32BIT)
 		return 0;
 	snprintf(why, size, "%s%s is %s: the dynamic loader does not load the memdedup agent into it, "
 		 "only into a dynamic program it runs",
 		 depth ? "its interpreter " : "it", depth ? md__printable(file, shown, sizeof(shown)) : "",
 		 kind == MD_ELF_STATIC ? "statically linked" : "a 32-bit or another machine's program");
 	return -ENOEXEC;
+}
+
+/* The first word of the file path (its first line up to white space):
+ * 0, or -errno. */
+static int first_word(const char *path, char *out, size_t size)
+{
+	char buf[64];
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	int err = n < 0 ? -errno : 0;
+	close(fd);
+	if (err)
+		return err;
+	buf[n] = '\0';
+	snprintf(out, size, "%.*s", (int)strcspn(buf, " \t\n"), buf);
+	return 0;
+}
+
+/* 1 if binfmt_misc may run a program the kernel's own loaders do not (a
+ * 64-bit one of another machine, through an emulator): it is enabled and
+ * has an enabled handler, whichever that matches. Not mounted here, it is
+ * taken as having none. */
+static int binfmt_misc_handles(void)
+{
+	static const char dir[] = "/proc/sys/fs/binfmt_misc";
+	char path[sizeof(dir) + 256], word[16];
+	int found = 0;
+	DIR *d;
+	struct dirent *e;
+
+	snprintf(path, sizeof(path), "%s/status", dir);
+	if (first_word(path, word, sizeof(word)) != 0 || strcmp(word, "enabled") != 0 || !(d = opendir(dir)))
+		return 0;
+	while (!found && (e = readdir(d))) {
+		if (e->d_name[0] == '.' || strcmp(e->d_name, "register") == 0 || strcmp(e->d_name, "status") == 0)
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+		found = first_word(path, word, sizeof(word)) == 0 && strcmp(word, "enabled") == 0;
+	}
+	closedir(d);
+	return found;
+}
+
+/* Whether the kernel would refuse to run exe, an ELF file, before any
+ * daemon is started for it: one cut short or malformed, or a 64-bit one of
+ * another machine that no binfmt_misc handler may run. A 32-bit one is left
+ * to execve (the kernel may run it). 0, or -ENOEXEC and why in why. */
+static int elf_refused(const char *exe, char *why, size_t size)
+{
+	int fd = open(exe, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;	/* execute-only: execve will tell */
+	int kind = md__elf_exec_kind(fd);
+	close(fd);
+	if (kind == MD_ELF_BROKEN)
+		snprintf(why, size, "an ELF file cut short or malformed");
+	else if (kind == MD_ELF_FOREIGN && !binfmt_misc_handles())
+		snprintf(why, size, "a program of another machine, and binfmt_misc has no enabled handler "
+			 "to run it");
+	else
+		return 0;
+	return -ENOEXEC;
+}
+
+/* Whether a file execve refused with ENOEXEC runs as a shell script, as
+ * glibc's execvp gives it to /bin/sh: not one that starts with the ELF
+ * magic, nor one with a NUL in its first line (first two, after "#!") of
+ * its first 80 bytes, bash's test of a binary file, which bash and dash
+ * refuse (126). One that cannot be read goes to the shell, as execvp's. */
+static int runs_as_script(const char *path)
+{
+	char head[80];
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 1;
+	ssize_t n = read(fd, head, sizeof(head));
+	close(fd);
+	if (n >= SELFMAG && memcmp(head, ELFMAG, SELFMAG) == 0)
+		return 0;
+	int lines = n >= 2 && head[0] == '#' && head[1] == '!' ? 2 : 1;
+	for (ssize_t k = 0; k < n; k++) {
+		if (head[k] == '\n' && --lines == 0)
+			return 1;
+		if (head[k] == '\0')
+			return 0;
+	}
+	return 1;
 }
 
 /* Resolves a command as execvp() will: a name with a '/' as it is, else
@@ -806,6 +899,9 @@ int md__cmd_run(int argc, char **argv)
 	char bad[PATH_MAX] = "", shown_bad[256], because[600];
 	if (!err)
 		interp = (err = interpreter_runs(exe, bad, sizeof(bad), &elf)) != 0;
+	char format[200] = "";
+	if (!err)
+		err = elf_refused(exe, format, sizeof(format));
 	if (interp)
 		snprintf(because, sizeof(because), "its %s %s is %s",
 			 elf == 1 ? "ELF interpreter (dynamic loader)" :
@@ -815,12 +911,13 @@ int md__cmd_run(int argc, char **argv)
 	if (err) {
 		char shown[256];
 		struct stat st;
-		fprintf(stderr, "memdedup run: cannot run '%s': %s\n",
+		fprintf(stderr, "memdedup run: cannot run '%s': %s%s%s%s\n",
 			md__printable(argv[i], shown, sizeof(shown)),
 			interp ? because :
+			err == -ENOEXEC ? "cannot execute binary file: Exec format error" :
 			err == -ENOENT && !strchr(argv[i], '/') ? "command not found in PATH" :
 			err == -EACCES && stat(exe, &st) == 0 && S_ISDIR(st.st_mode) ? "Is a directory" :
-			strerror(-err));
+			strerror(-err), format[0] ? " (" : "", format, format[0] ? ")" : "");
 		return err == -ENOENT ? 127 : 126;
 	}
 	/* Run in secure mode, CMD would run, and succeed, without the agent
@@ -887,11 +984,35 @@ int md__cmd_run(int argc, char **argv)
 		return 1;
 	}
 	free(preload);
-	/* The path found above (execvp still runs a script without a #! line
-	 * through the shell); argv[0] stays as given. */
-	execvp(exe, argv + i);
+	/* The path found above; argv[0] stays as given. */
+	execv(exe, argv + i);
 	err = errno;	/* before fprintf may change it */
 	char shown[256];
+	if (err == ENOEXEC && runs_as_script(exe)) {
+		/* A script without a #! line: "/bin/sh FILE ARGS", as execvp
+		 * runs it (POSIX). Not a binary, which the shell would read
+		 * as commands: the shell's 126 below. */
+		int n = argc - i;
+		char **sh_argv = calloc((size_t)n + 2, sizeof(*sh_argv));
+		if (!sh_argv) {
+			perror("memdedup run");
+			return 1;
+		}
+		sh_argv[0] = (char *)"/bin/sh";
+		sh_argv[1] = exe;
+		memcpy(sh_argv + 2, argv + i + 1, (size_t)(n - 1) * sizeof(*sh_argv));
+		execv(sh_argv[0], sh_argv);
+		err = errno;
+		free(sh_argv);
+		fprintf(stderr, "memdedup run: cannot run '%s' with /bin/sh: %s\n",
+			md__printable(exe, shown, sizeof(shown)), strerror(err));
+		return err == ENOENT ? 127 : 126;
+	}
+	if (err == ENOEXEC) {
+		fprintf(stderr, "memdedup run: cannot run '%s': cannot execute binary file: Exec format error\n",
+			md__printable(argv[i], shown, sizeof(shown)));
+		return 126;
+	}
 	fprintf(stderr, "memdedup run: cannot run '%s': %s\n", md__printable(exe, shown, sizeof(shown)),
 		strerror(err));
 	return err == ENOENT ? 127 : 126;

@@ -3,10 +3,11 @@
  * a command: whether a file is the ELF shared object of a given soname
  * (how it tells the agent, MEMDEDUP_PRELOAD, from any other library, which
  * ld.so would preload without a word, or, a position-independent
- * executable, refuse with a warning), and whether ld.so would load the
+ * executable, refuse with a warning), whether ld.so would load the
  * agent into the command at all (not into a static executable, nor into
- * another machine's or a 32-bit one). Either way the command would run
- * without the agent. The files are the operator's, perhaps cut short or
+ * another machine's or a 32-bit one: either way the command would run
+ * without the agent), and whether the kernel would run it at all (not an
+ * ELF file cut short or malformed). The files are the operator's, perhaps cut short or
  * not ELF at all: every offset and count read from them is bounded before
  * use, and nothing is allocated.
  */
@@ -108,20 +109,66 @@ int md__elf_soname_is(int fd, const char *name)
 #define OUR_MACHINE EM_S390
 #endif
 
+/* 1 if the kernel's ELF loader (fs/binfmt_elf.c) refuses the file fd of
+ * this machine whose header is h before it maps anything: a type it does
+ * not run, program headers it does not take or that the file does not hold
+ * whole, or a first PT_INTERP whose path is not NUL-terminated within it
+ * (ENOEXEC, EIO). Only its checks: it takes more program headers than
+ * read_heads does, and reads no dynamic section. */
+static int kernel_refuses(int fd, const Elf64_Ehdr *h)
+{
+	enum { CHUNK = 16, KERNEL_PH_BYTES = 65536, KERNEL_PATH_MAX = 4096 };
+	Elf64_Phdr ph[CHUNK];
+	int interp_seen = 0;
+
+	if (h->e_type != ET_EXEC && h->e_type != ET_DYN)
+		return 1;
+	if (h->e_phentsize != sizeof(Elf64_Phdr) || h->e_phnum == 0 ||
+	    (size_t)h->e_phnum * sizeof(Elf64_Phdr) > KERNEL_PH_BYTES ||
+	    h->e_phoff > (uint64_t)INT64_MAX - KERNEL_PH_BYTES)
+		return 1;
+	for (size_t i = 0; i < h->e_phnum; i += CHUNK) {
+		size_t n = h->e_phnum - i < CHUNK ? h->e_phnum - i : CHUNK;
+		if (pread(fd, ph, n * sizeof(ph[0]), (off_t)(h->e_phoff + i * sizeof(ph[0]))) !=
+		    (ssize_t)(n * sizeof(ph[0])))
+			return 1;
+		for (size_t k = 0; k < n && !interp_seen; k++) {
+			const Elf64_Phdr *p = &ph[k];
+			char last;
+			if (p->p_type != PT_INTERP)
+				continue;
+			interp_seen = 1;	/* the kernel takes the first */
+			if (p->p_filesz < 2 || p->p_filesz > KERNEL_PATH_MAX ||
+			    p->p_offset > (uint64_t)INT64_MAX - KERNEL_PATH_MAX ||
+			    pread(fd, &last, 1, (off_t)(p->p_offset + p->p_filesz - 1)) != 1 || last != '\0')
+				return 1;
+		}
+	}
+	return 0;
+}
+
 int md__elf_exec_kind(int fd)
 {
 	struct elf_heads e;
-	unsigned char ident[EI_NIDENT];
-	if (pread(fd, ident, sizeof(ident), 0) != (ssize_t)sizeof(ident) || memcmp(ident, ELFMAG, SELFMAG) != 0)
+	Elf64_Ehdr h;
+	memset(&h, 0, sizeof(h));
+	ssize_t got = pread(fd, &h, sizeof(h), 0);
+	if (got < SELFMAG || memcmp(h.e_ident, ELFMAG, SELFMAG) != 0)
 		return MD_ELF_UNKNOWN;
-	if (ident[EI_CLASS] == ELFCLASS32)
-		return MD_ELF_FOREIGN;
-	if (read_heads(fd, &e) != 0)
-		return MD_ELF_UNKNOWN;
+	if (got > EI_CLASS && h.e_ident[EI_CLASS] == ELFCLASS32)
+		return MD_ELF_32BIT;	/* the kernel may run it (compat), ld.so skips the agent */
+	/* The kernel reads any other class as 64-bit. A header cut short has
+	 * no program headers it would take. */
+	if (got != (ssize_t)sizeof(h))
+		return MD_ELF_BROKEN;
 #ifdef OUR_MACHINE
-	if (e.h.e_machine != OUR_MACHINE)
+	if (h.e_machine != OUR_MACHINE)
 		return MD_ELF_FOREIGN;	/* run by an emulator (binfmt_misc), if at all */
 #endif
+	if (kernel_refuses(fd, &h))
+		return MD_ELF_BROKEN;
+	if (read_heads(fd, &e) != 0)
+		return MD_ELF_UNKNOWN;
 	for (size_t i = 0; i < e.nph; i++)
 		if (e.ph[i].p_type == PT_INTERP)
 			return MD_ELF_DYNAMIC;

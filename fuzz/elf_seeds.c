@@ -3,7 +3,8 @@
  * headers, a dynamic section with DT_STRTAB and DT_SONAME, the string
  * table), one of another name, one without a soname, and one whose soname
  * points past the end; programs with an interpreter (PT_INTERP) whose path
- * ends in its NUL, or does not, or does not fit; a 32-bit program. The real
+ * ends in its NUL, or does not, or does not fit; one cut short; a 32-bit
+ * program. The real
  * library is hundreds of KiB, too much for a corpus; these hold every
  * structure the checks read. */
 #include <elf.h>
@@ -93,7 +94,8 @@ static void make_program(struct program *p, unsigned machine, const char *path, 
  * that the committed corpus reaches it on either): a path ending in its
  * NUL, one cut before it, one with a NUL inside but not at the end, one
  * longer than the caller's room, an empty one (its NUL alone), one of no
- * bytes, one past the end of the file. */
+ * bytes, one past the end of the file; one cut inside its program headers
+ * (the kernel refuses it). */
 static int write_programs(const char *dir)
 {
 	static const struct { unsigned machine; const char *name, *ld; } arch[] = {
@@ -128,6 +130,9 @@ static int write_programs(const char *dir)
 		p.ph[0].p_offset = 1u << 20;
 		snprintf(name, sizeof(name), "interp-past-end-%s", arch[i].name);
 		bad |= write_seed(dir, name, &p, sizeof(p));
+		make_program(&p, arch[i].machine, arch[i].ld, len, len + 1);
+		snprintf(name, sizeof(name), "cut-in-headers-%s", arch[i].name);
+		bad |= write_seed(dir, name, &p, offsetof(struct program, ph[1]) + 8);
 	}
 	return bad;
 }

@@ -18,15 +18,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int md_fuzz_replay_check(void);
 
 /* Inputs the check took for the agent, and others; programs whose
- * interpreter's path was read, and refused; 32-bit programs (replay
- * only). */
-static unsigned named, not_named, interp_read, interp_refused, elf32;
+ * interpreter's path was read, and refused; 32-bit programs; programs the
+ * kernel would refuse, cut short or malformed (replay only). */
+static unsigned named, not_named, interp_read, interp_refused, elf32, broken;
 
 /* Called by the replay after the corpus: it must hold the agent's header
  * (`make fuzz-seeds`) as well as files refused, or the parse past the
  * headers goes unreplayed; programs of this machine whose interpreter is
- * read, and refused (x86-64's and AArch64's are in the seeds); a 32-bit
- * one. */
+ * read, and refused (x86-64's and AArch64's are in the seeds), and one
+ * the kernel would refuse; a 32-bit one. */
 int md_fuzz_replay_check(void)
 {
 	int bad = 0;
@@ -39,6 +39,10 @@ int md_fuzz_replay_check(void)
 	if (!interp_read || !interp_refused) {
 		fprintf(stderr, "fuzz_elf: no program of the corpus has its interpreter %s (run make fuzz-seeds)\n",
 			interp_read ? "refused" : "read");
+		bad = 1;
+	}
+	if (!broken) {
+		fprintf(stderr, "fuzz_elf: no program of the corpus is cut short or malformed (run make fuzz-seeds)\n");
 		bad = 1;
 	}
 #endif
@@ -67,14 +71,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		else
 			not_named++;
 		int kind = md__elf_exec_kind(fd);
-		if (kind < MD_ELF_UNKNOWN || kind > MD_ELF_FOREIGN)
+		if (kind < MD_ELF_UNKNOWN || kind > MD_ELF_BROKEN)
 			__builtin_trap();
-		/* ld.so loads no 64-bit agent into a 32-bit program. */
-		if (size > EI_CLASS && memcmp(data, ELFMAG, SELFMAG) == 0 && data[EI_CLASS] == ELFCLASS32) {
-			if (kind != MD_ELF_FOREIGN)
+		int magic = size >= SELFMAG && memcmp(data, ELFMAG, SELFMAG) == 0;
+		int class32 = magic && size > EI_CLASS && data[EI_CLASS] == ELFCLASS32;
+		/* ld.so loads no 64-bit agent into a 32-bit program, which is
+		 * left to the kernel (it may run it), not refused. */
+		if (class32) {
+			if (kind != MD_ELF_32BIT)
 				__builtin_trap();
 			elf32++;
 		}
+		/* Only a file with the ELF magic is ELF at all; one whose
+		 * header the file does not hold whole is refused (no program
+		 * headers the kernel would take). */
+		if (!magic && kind != MD_ELF_UNKNOWN)
+			__builtin_trap();
+		if (magic && !class32 && size < sizeof(Elf64_Ehdr) && kind != MD_ELF_BROKEN)
+			__builtin_trap();
+		if (kind == MD_ELF_BROKEN)
+			broken++;
 		/* Read twice, into buffers of different fills: the bytes the
 		 * path took are where the two agree (p_filesz of them), and
 		 * the last of those must be its NUL, as the kernel requires. */
@@ -89,7 +105,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			if (len < 2 || a[len - 1] != '\0')
 				__builtin_trap();	/* a path it said it found must end, in its NUL, within out */
 			if (kind != MD_ELF_DYNAMIC)
-				__builtin_trap();	/* nor is a program with one static, or foreign */
+				__builtin_trap();	/* nor is a program with one static, foreign or refused */
 			interp_read++;
 		} else if (kind == MD_ELF_DYNAMIC) {
 			interp_refused++;

@@ -711,6 +711,103 @@ TEST_IMPL(cli_run_static_said)
 	return 0;
 }
 
+/* 1 if binfmt_misc here has a handler that may run another machine's
+ * program (then whether it runs is the handler's business). */
+static int binfmt_misc_enabled(void)
+{
+	char v[16] = "";
+	FILE *f = fopen("/proc/sys/fs/binfmt_misc/status", "r");
+	int on = f && fgets(v, sizeof(v), f) && strncmp(v, "enabled", 7) == 0;
+	if (f)
+		fclose(f);
+	return on;
+}
+
+/* A binary the kernel will not run is refused as the shell refuses it,
+ * 126 "cannot execute binary file: Exec format error", before anything is
+ * started: an ELF file cut short, a 64-bit program of another machine
+ * where binfmt_misc has no handler. execvp gave both to /bin/sh, which
+ * read them as commands ("Syntax error", exit 2; "ELF: not found", 127),
+ * after memdedupd was started for them. What the kernel refuses only at
+ * the exec (a 32-bit header alone, a file with a NUL in its first line) is
+ * 126 too; a script without #! still runs with /bin/sh ($0 its path), and
+ * a shared object run as a program (ld.so) runs. */
+TEST_IMPL(cli_run_exec_format_refused)
+{
+	const char *b = build_dir(), *rb = run_build_dir(), *d = test_dir();
+	char dir[400], sock[450], path[450], want[600], err[4][1024] = { "" };
+	snprintf(dir, sizeof(dir), "%s/run", d);
+	ASSERT(mkdir(dir, 0700) == 0);
+	snprintf(sock, sizeof(sock), "%s/memdedupd.sock", dir);
+	ASSERT_EQ(sh("cp /bin/true %s/foreign && head -c 200 /bin/true >%s/cut && chmod 755 %s/cut", d, d, d), 0);
+	/* /bin/true as another machine's: AArch64's, or x86-64's there. */
+	uint16_t machine;
+	snprintf(path, sizeof(path), "%s/foreign", d);
+	int fd = open(path, O_RDWR | O_CLOEXEC);
+	ASSERT(fd >= 0 && pread(fd, &machine, 2, offsetof(Elf64_Ehdr, e_machine)) == 2);
+	machine = machine == EM_X86_64 ? EM_AARCH64 : EM_X86_64;
+	ASSERT(pwrite(fd, &machine, 2, offsetof(Elf64_Ehdr, e_machine)) == 2 && close(fd) == 0);
+	/* With binfmt_misc handlers, an emulator may run another machine's
+	 * program, and a 32-bit one: those are left out. */
+	int no_emulator = !binfmt_misc_enabled();
+	const char *refused[] = { "cut", "foreign" };
+	int code[2] = { 126, 126 }, alive[2] = { 0, 0 }, pid[2] = { 0, 0 };
+	for (int i = 0; i < 1 + no_emulator; i++) {
+		code[i] = sh("MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- %s/%s", dir, b, d, refused[i]);
+		alive[i] = md__daemon_alive(sock);
+		pid[i] = kill_daemon_of(dir);
+		snprintf(err[i], sizeof(err[i]), "%s", slurp("err"));
+	}
+	/* Refused by the kernel at the exec: a 32-bit ELF header alone (no
+	 * program headers), a file with a NUL in its first line. */
+	snprintf(path, sizeof(path), "%s/i386", d);
+	Elf32_Ehdr h32 = { .e_ident = { ELFMAG0, ELFMAG1, ELFMAG2, ELFMAG3, ELFCLASS32, ELFDATA2LSB, EV_CURRENT },
+			   .e_type = ET_EXEC, .e_machine = EM_386, .e_version = EV_CURRENT };
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0755);
+	ASSERT(fd >= 0 && write(fd, &h32, sizeof(h32)) == (ssize_t)sizeof(h32) && close(fd) == 0);
+	snprintf(path, sizeof(path), "%s/nul", d);
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0755);
+	ASSERT(fd >= 0 && write(fd, "echo hi\0there\n", 15) == 15 && close(fd) == 0);
+	int c32 = 126;
+	if (no_emulator) {
+		c32 = sh("%s/memdedup run -- %s/i386", rb, d);
+		snprintf(err[2], sizeof(err[2]), "%s", slurp("err"));
+	}
+	int cnul = sh("%s/memdedup run -- %s/nul", rb, d);
+	snprintf(err[3], sizeof(err[3]), "%s", slurp("err"));
+	/* Run: a script without #!, by the shell, with its arguments. */
+	snprintf(path, sizeof(path), "%s/script", d);
+	write_exec(path, "test \"$0 $1 $2\" = \"$MD_WANT\" && exit 3\nexit 9\n", 0755, 0);
+	int cscript = sh("MD_WANT='%s x y' %s/memdedup run -- %s x y", path, rb, path);
+	int cld = access("/lib64/ld-linux-x86-64.so.2", X_OK) == 0 ?
+		  sh("%s/memdedup run -- /lib64/ld-linux-x86-64.so.2 /bin/true", rb) : 0;
+
+	for (int i = 0; i < 2; i++) {
+		ASSERT_EQ(code[i], 126);
+		ASSERT(!alive[i] && !pid[i]);
+	}
+	snprintf(want, sizeof(want), "memdedup run: cannot run '%s/cut': cannot execute binary file: Exec format "
+		 "error (an ELF file cut short or malformed)\n", d);
+	ASSERT_EQ(strcmp(err[0], want), 0);
+	if (no_emulator) {
+		snprintf(want, sizeof(want), "memdedup run: cannot run '%s/foreign': cannot execute binary file: "
+			 "Exec format error (a program of another machine, and binfmt_misc has no enabled "
+			 "handler to run it)\n", d);
+		ASSERT_EQ(strcmp(err[1], want), 0);
+		ASSERT_EQ(c32, 126);
+		snprintf(want, sizeof(want), "memdedup run: cannot run '%s/i386': cannot execute binary file: "
+			 "Exec format error\n", d);
+		ASSERT(strstr(err[2], want));	/* after the note: no agent in it */
+	}
+	ASSERT_EQ(cnul, 126);
+	snprintf(want, sizeof(want), "memdedup run: cannot run '%s/nul': cannot execute binary file: Exec format "
+		 "error\n", d);
+	ASSERT_EQ(strcmp(err[3], want), 0);
+	ASSERT_EQ(cscript, 3);
+	ASSERT_EQ(cld, 0);
+	return 0;
+}
+
 /* File capabilities make an exec secure for a user other than root (root's
  * exec gets all capabilities anyway, and is not secure for them): refused
  * for nobody, run for root. */
