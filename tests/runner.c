@@ -47,10 +47,21 @@ static void remove_tree(const char *dir)
 		fprintf(stderr, "runner: cannot remove %s\n", dir);
 }
 
+/* 1 if the environment entry e is name=dir, or name=a path below dir. */
+static int env_in_dir(const char *e, const char *name, const char *dir)
+{
+	size_t n = strlen(name), d = strlen(dir);
+	return strncmp(e, name, n) == 0 && e[n] == '=' && strncmp(e + n + 1, dir, d) == 0 &&
+	       (e[n + 1 + d] == '\0' || e[n + 1 + d] == '/');
+}
+
 /* Kills what a test started that left its process group (memdedupd
  * daemonizes into a session of its own): any program run with the test's
- * MD_TEST_DIR in its environment. Else a test that failed before stopping
- * its daemon left it running, its directory gone. */
+ * MD_TEST_DIR in its environment, or living in a run directory (or on a
+ * socket) in the test's directory: a memdedupd that `memdedup run --scan`
+ * started takes only those from the caller's environment. Else a test
+ * that failed before stopping its daemon left it running, its directory
+ * gone. */
 static void kill_leaked(const char *dir)
 {
 	char want[64], path[64];
@@ -71,7 +82,8 @@ static void kill_leaked(const char *dir)
 		close(fd);
 		for (ssize_t at = 0; at < n; at += (ssize_t)strlen(env + at) + 1) {
 			env[n] = '\0';
-			if (strcmp(env + at, want) == 0) {
+			if (strcmp(env + at, want) == 0 || env_in_dir(env + at, "MEMDEDUP_RUN_DIR", dir) ||
+			    env_in_dir(env + at, "MEMDEDUP_SOCKET", dir)) {
 				kill(pid, SIGKILL);
 				break;
 			}

@@ -304,20 +304,34 @@ TEST_IMPL(cli_set_bad_value_says_why)
 	return 0;
 }
 
-/* The daemon pid file in dir, killed if there (0: none). */
+/* The daemon of the run directory dir, killed and gone: its pid, 0 if none
+ * answers there nor left its pid file. One that answers may not have
+ * written its pid yet (its first process writes it once the daemon
+ * listens, and `run` may not wait for that): read again for up to 2 s. */
 static int kill_daemon_of(const char *dir)
 {
-	char path[512];
+	char path[512], sock[512];
 	int pid = 0;
 	snprintf(path, sizeof(path), "%s/memdedupd.pid", dir);
-	FILE *f = fopen(path, "r");
-	if (!f)
+	snprintf(sock, sizeof(sock), "%s/memdedupd.sock", dir);
+	int alive = md__daemon_alive(sock);
+	for (int i = 0; i < 200 && pid <= 0 && (alive || access(path, F_OK) == 0); i++) {
+		FILE *f = fopen(path, "r");
+		if (f) {
+			if (fscanf(f, "%d", &pid) != 1)
+				pid = 0;
+			fclose(f);
+		}
+		if (pid <= 0)
+			usleep(10000);
+	}
+	if (pid <= 0)
 		return 0;
-	if (fscanf(f, "%d", &pid) == 1 && pid > 0)
-		kill(pid, SIGTERM);
-	fclose(f);
+	kill(pid, SIGTERM);
 	for (int i = 0; i < 200 && access(path, F_OK) == 0; i++)
 		usleep(10000);
+	if (access(path, F_OK) == 0)
+		kill(pid, SIGKILL);
 	return pid;
 }
 
@@ -432,22 +446,25 @@ TEST_IMPL(cli_run_scan_needs_userfaultfd)
 	if (why)
 		SKIP("%s", why);
 	const char *b = run_build_dir();
-	char dir[] = "/tmp/memdedup-nouffd-XXXXXX", sock[100], cmd[200];
-	ASSERT(mkdtemp(dir));
-	ASSERT(chmod(dir, 0777) == 0);
+	/* nobody's run directory, in the test's (which the runner cleans
+	 * up, killing a daemon left there should an assertion fail). */
+	char dir[400], sock[450];
+	ASSERT(chmod(test_dir(), 0755) == 0);
+	snprintf(dir, sizeof(dir), "%s/run", test_dir());
+	ASSERT(mkdir(dir, 0700) == 0 && chown(dir, 65534, 65534) == 0);
 	snprintf(sock, sizeof(sock), "%s/memdedupd.sock", dir);
 	int c1 = sh_as(65534, "MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- true", dir, b);
 	int alive = md__daemon_alive(sock), pid = kill_daemon_of(dir);
 	char err1[1024];
 	snprintf(err1, sizeof(err1), "%s", slurp("err"));
 	int c2 = sh_as(65534, "MEMDEDUP_SCAN=1 MEMDEDUP_RUN_DIR=%s %s/memdedup run -- true", dir, b);
+	int alive2 = md__daemon_alive(sock), pid2 = kill_daemon_of(dir);
 	char err2[1024];
 	snprintf(err2, sizeof(err2), "%s", slurp("err"));
 	int c3 = sh_as(65534, "MEMDEDUP_RUN_DIR=%s %s/memdedup run -- true", dir, b);
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-	ASSERT(system(cmd) == 0);
 	ASSERT_EQ(c1, 1);
 	ASSERT(!alive && !pid);
+	ASSERT(!alive2 && !pid2);
 	/* The device's EACCES, or the syscall's EPERM where there is none. */
 	ASSERT(strstr(err1, "memdedup run: content scanning needs a userfaultfd, and this user cannot open "
 			    "one: "));
@@ -1043,6 +1060,11 @@ TEST_IMPL(cli_install_layout_runs)
 TEST_IMPL(cli_run_scan_options_need_scan)
 {
 	const char *b = run_build_dir();
+	/* A run dir of the test's own: should a refusal below fail, the
+	 * daemon it starts is found there (and by the runner). */
+	char dir[400];
+	snprintf(dir, sizeof(dir), "%s/run", test_dir());
+	ASSERT(mkdir(dir, 0700) == 0 && setenv("MEMDEDUP_RUN_DIR", dir, 1) == 0);
 	static const char *const opts[] = {
 		"--pages-to-scan=5", "--sleep-ms=5", "--cpu-percent=5", "--scan-order=random",
 		"--hints=off", "--domain=private",
@@ -1072,6 +1094,7 @@ TEST_IMPL(cli_run_scan_options_need_scan)
 	ASSERT_EQ(sh("%s/memdedup run --scan --domain=private --sleep-ms=5 -- "
 		     "sh -c 'test \"$MEMDEDUP_SLEEP_MS\" = 5'", b), 0);
 	ASSERT_EQ(sh("MEMDEDUP_SCAN=1 %s/memdedup run --domain=private --sleep-ms=5 -- true", b), 0);
+	ASSERT(!kill_daemon_of(dir));	/* refused, or private: none started */
 	return 0;
 }
 
@@ -1085,6 +1108,9 @@ TEST_IMPL(cli_scan_order_any_case)
 {
 	const char *b = run_build_dir();
 	struct tdaemon t;
+	char dir[400];
+	snprintf(dir, sizeof(dir), "%s/run", test_dir());
+	ASSERT(mkdir(dir, 0700) == 0 && setenv("MEMDEDUP_RUN_DIR", dir, 1) == 0);
 	ASSERT_EQ(sh("%s/memdedup run --scan-order=Random -- true", b), 2);
 	ASSERT(strstr(slurp("err"), "--scan-order works only with --scan"));
 	ASSERT_EQ(sh("%s/memdedup run --scan-order=up -- true", b), 2);
@@ -1098,6 +1124,7 @@ TEST_IMPL(cli_scan_order_any_case)
 		     "sh -c 'test \"$MEMDEDUP_SCAN_ORDER\" = linear'", b), 0);
 	ASSERT_EQ(sh("%s/memdedup run --scan --scan-order=up -- true", b), 2);
 	ASSERT(strstr(slurp("err"), "--scan-order takes one of linear|random (any case), not 'up'"));
+	ASSERT(!kill_daemon_of(dir));	/* refused, or private: none started */
 	ASSERT_EQ(sh("%s/memdedup run --help", b), 0);
 	ASSERT(strstr(slurp("out"), "0, no sleep, only live: memdedup set\n                          sleep_millisecs=0"));
 	td_start(&t, 16);
