@@ -100,8 +100,17 @@ static const char *slurp(const char *name)
 	return buf;
 }
 
+/* The value write_stats gives counter i for ctr: 0 for a ctr of 0, else
+ * ctr + i, so that every counter differs and a column or key showing
+ * another's is seen. general_profit, signed, is kept positive. */
+static uint64_t stats_value(uint64_t ctr, int i)
+{
+	uint64_t v = ctr ? ctr + (uint64_t)i : 0;
+	return i == MD_CTR_GENERAL_PROFIT ? v & INT64_MAX : v;
+}
+
 /* Writes a statistics file as an agent would: path, pid, start time,
- * command, and every counter set to ctr. */
+ * command, and every counter i set to stats_value(ctr, i). */
 static void write_stats(const char *path, uint32_t pid, uint64_t start, const char *command,
 			uint64_t ctr)
 {
@@ -115,11 +124,20 @@ static void write_stats(const char *path, uint32_t pid, uint64_t start, const ch
 	f.start_time = start;
 	snprintf(f.command, sizeof(f.command), "%s", command);
 	for (int i = 0; i < MD_CTR_COUNT; i++)
-		f.counters[i] = ctr;
-	f.counters[MD_CTR_GENERAL_PROFIT] = 0;
+		f.counters[i] = stats_value(ctr, i);
 	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
 	ASSERT(fd >= 0);
 	ASSERT(write(fd, &f, sizeof(f)) == (ssize_t)sizeof(f));
+	close(fd);
+}
+
+/* Sets counter i of the statistics file at path to v. */
+static void set_counter(const char *path, int i, uint64_t v)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	ASSERT(fd >= 0);
+	ASSERT(pwrite(fd, &v, sizeof(v), (off_t)(offsetof(struct md__stats_file, counters) +
+						 (size_t)i * sizeof(uint64_t))) == (ssize_t)sizeof(v));
 	close(fd);
 }
 
@@ -1459,7 +1477,8 @@ TEST_IMPL(cli_status_sanitized)
 	const char *out = slurp("out");
 	ASSERT(!strchr(out, '\033') && !strchr(out, '\007') && !strstr(out, "\302\233"));
 	ASSERT(strstr(out, "vm?]0;pwned??x"));
-	ASSERT(strstr(out, "9223372036854775813"));	/* the table: unsigned */
+	snprintf(want, sizeof(want), " %llu ", (unsigned long long)stats_value((1ull << 63) + 5, MD_CTR_SHARED_NOW));
+	ASSERT(strstr(out, want));	/* the table: unsigned */
 	write_stats(path, (uint32_t)getpid(), start, "q\377emu", (1ull << 63) + 5);
 	ASSERT_EQ(status_json(), 0);
 	out = slurp("out");
@@ -1501,6 +1520,7 @@ TEST_IMPL(cli_status_totals_keep_settings)
 		snprintf(name, sizeof(name), "agent-%d.stats", (int)pids[i]);
 		make_rd(path, sizeof(path), name);
 		write_stats(path, (uint32_t)pids[i], md__proc_start_time(pids[i]), "vmm", 4);
+		set_counter(path, MD_CTR_HINT_RATIO, 4);
 	}
 	ASSERT_EQ(status_json(), 0);
 	json_error_t je;
@@ -1509,7 +1529,7 @@ TEST_IMPL(cli_status_totals_keep_settings)
 	json_t *sc = json_object_get(json_object_get(st, "totals"), "scanner");
 	ASSERT(sc);
 	ASSERT_EQ(json_integer_value(json_object_get(sc, "hint_ratio")), 4);
-	ASSERT_EQ(json_integer_value(json_object_get(sc, "merged")), 8);	/* a count: added */
+	ASSERT_EQ(json_integer_value(json_object_get(sc, "merged")), 2 * stats_value(4, MD_CTR_MERGED));	/* added */
 	json_decref(st);
 	return 0;
 }
@@ -1741,6 +1761,258 @@ TEST_IMPL(cli_status_profit_not_negative_zero)
 	ASSERT(row && strncmp(strchr(row, '\n') - 4, " 0.0", 4) == 0);
 	row = strstr(out, "lossy");
 	ASSERT(row && strncmp(strchr(row, '\n') - 5, " -1.0", 5) == 0);
+	return 0;
+}
+
+/* What a JSON key of `status` shows: the counter ctr, as a number, or as
+ * seconds (of nanoseconds). */
+enum { SHOW_COUNT, SHOW_SECONDS };
+struct shown_key {
+	const char *key;
+	int ctr, how;
+};
+
+static const struct shown_key agent_keys[] = {
+	{ "regions", MD_CTR_REGIONS, SHOW_COUNT },
+	{ "registered_bytes", MD_CTR_REGISTERED_BYTES, SHOW_COUNT },
+	{ "reads_seen", MD_CTR_READS_SEEN, SHOW_COUNT },
+	{ "bytes_read", MD_CTR_BYTES_READ, SHOW_COUNT },
+	{ "read_seconds", MD_CTR_READ_NS, SHOW_SECONDS },
+	{ "read_shared_seconds", MD_CTR_READ_SHARED_NS, SHOW_SECONDS },
+	{ "read_shared_bytes", MD_CTR_READ_SHARED_BYTES, SHOW_COUNT },
+	{ "read_page_seconds", MD_CTR_READ_PAGE_NS, SHOW_SECONDS },
+	{ "reads_page", MD_CTR_READS_PAGE, SHOW_COUNT },
+	{ "pages_shared_at_read", MD_CTR_SHARED_AT_READ, SHOW_COUNT },
+	{ "pages_shared", MD_CTR_SHARED_NOW, SHOW_COUNT },
+	{ "breaks", MD_CTR_BREAKS, SHOW_COUNT },
+	{ "pages_privatized", MD_CTR_PRIVATIZED, SHOW_COUNT },
+	{ "lease_breaks", MD_CTR_LEASE_BREAKS, SHOW_COUNT },
+	{ "vmas", MD_CTR_VMAS, SHOW_COUNT },
+	{ "fallbacks_total", MD_CTR_FALLBACK_TOTAL, SHOW_COUNT },
+	{ "read_small_pages", MD_CTR_READ_SMALL, SHOW_COUNT },
+	{ "agent_cpu_seconds", MD_CTR_AGENT_CPU_NS, SHOW_SECONDS },
+	{ "io_unseen", MD_CTR_IO_UNSEEN, SHOW_COUNT },
+};
+
+static const struct shown_key scanner_keys[] = {
+	{ "pages_scanned", MD_CTR_PAGES_SCANNED, SHOW_COUNT },
+	{ "pages_hinted", MD_CTR_PAGES_HINTED, SHOW_COUNT },
+	{ "merged", MD_CTR_MERGED, SHOW_COUNT },
+	{ "merged_from_hints", MD_CTR_MERGED_FROM_HINTS, SHOW_COUNT },
+	{ "zero_pages", MD_CTR_ZERO_PAGES, SHOW_COUNT },
+	{ "published", MD_CTR_PUBLISHED, SHOW_COUNT },
+	{ "volatile_skips", MD_CTR_VOLATILE, SHOW_COUNT },
+	{ "abandoned", MD_CTR_ABANDONED, SHOW_COUNT },
+	{ "full_scans", MD_CTR_FULL_SCANS, SHOW_COUNT },
+	{ "breaks", MD_CTR_SCAN_BREAKS, SHOW_COUNT },
+	{ "wp_waits", MD_CTR_WP_WAITS, SHOW_COUNT },
+	{ "hints_pushed", MD_CTR_HINTS_PUSHED, SHOW_COUNT },
+	{ "hints_dropped", MD_CTR_HINTS_DROPPED, SHOW_COUNT },
+	{ "pages_sharing", MD_CTR_PAGES_SHARING, SHOW_COUNT },
+	{ "pages_shared", MD_CTR_POOL_PAGES, SHOW_COUNT },
+	{ "merge_rate", MD_CTR_MERGE_RATE, SHOW_COUNT },
+	{ "break_rate", MD_CTR_BREAK_RATE, SHOW_COUNT },
+	{ "pages_unshared", MD_CTR_PAGES_UNSHARED, SHOW_COUNT },
+	{ "smart_skips", MD_CTR_SMART_SKIPS, SHOW_COUNT },
+	{ "candidates", MD_CTR_CANDIDATES, SHOW_COUNT },
+	{ "merged_from_candidates", MD_CTR_MERGED_FROM_CANDIDATES, SHOW_COUNT },
+	{ "merged_image", MD_CTR_MERGED_IMAGE, SHOW_COUNT },
+	{ "image_pages_indexed", MD_CTR_IMAGE_INDEXED, SHOW_COUNT },
+	{ "zero_pages_near_hints", MD_CTR_ZERO_NEAR_HINTS, SHOW_COUNT },
+	{ "hint_ratio", MD_CTR_HINT_RATIO, SHOW_COUNT },
+	{ "filled_pages", MD_CTR_FILLED_PAGES, SHOW_COUNT },
+	{ "merge_fallbacks", MD_CTR_MERGE_FALLBACKS, SHOW_COUNT },
+	{ "general_profit", MD_CTR_GENERAL_PROFIT, SHOW_COUNT },
+	{ "cpu_seconds", MD_CTR_SCAN_CPU_NS, SHOW_SECONDS },
+};
+
+/* Checks the JSON object o holds exactly the keys of keys[n] (and those of
+ * also, NULL-terminated, checked elsewhere), each showing ctr[its counter]. */
+static void check_keys(json_t *o, const struct shown_key *keys, size_t n, const uint64_t *ctr,
+		       const char *const *also)
+{
+	const char *k;
+	json_t *v;
+	ASSERT(json_is_object(o));
+	json_object_foreach(o, k, v) {
+		size_t i = 0;
+		while (i < n && strcmp(keys[i].key, k) != 0)
+			i++;
+		int other = 0;
+		for (const char *const *a = also; a && *a; a++)
+			other |= strcmp(*a, k) == 0;
+		if (other)
+			continue;
+		if (i == n)
+			fprintf(stderr, "status JSON key '%s' is not checked\n", k);
+		ASSERT(i < n);
+		uint64_t want = ctr[keys[i].ctr];
+		if (keys[i].how == SHOW_SECONDS) {
+			ASSERT(json_is_real(v));
+			double d = json_real_value(v) - (double)want / 1e9;
+			if (d < -1e-9 || d > 1e-9)
+				fprintf(stderr, "status JSON %s: %.9f, not %.9f\n", k, json_real_value(v), (double)want / 1e9);
+			ASSERT(d >= -1e-9 && d <= 1e-9);
+		} else {
+			ASSERT(json_is_integer(v));
+			if ((uint64_t)json_integer_value(v) != want)
+				fprintf(stderr, "status JSON %s: %lld, not %llu\n", k, (long long)json_integer_value(v),
+					(unsigned long long)want);
+			ASSERT_EQ((uint64_t)json_integer_value(v), want);
+		}
+	}
+	for (size_t i = 0; i < n; i++)
+		ASSERT(json_object_get(o, keys[i].key));
+}
+
+/* An agent's JSON (row) or the totals' against the counters ctr: every
+ * key, and no other. */
+static void check_agent_json(json_t *a, const uint64_t *ctr, int row)
+{
+	static const char *const row_keys[] = { "fallbacks", "scanner", "pid", "ns_pid", "command", "state",
+						"paused", "unmerged", NULL };
+	static const char *const nested[] = { "fallbacks", "scanner", NULL };
+	check_keys(a, agent_keys, sizeof(agent_keys) / sizeof(agent_keys[0]), ctr, row ? row_keys : nested);
+	check_keys(json_object_get(a, "scanner"), scanner_keys, sizeof(scanner_keys) / sizeof(scanner_keys[0]),
+		   ctr, NULL);
+	json_t *fb = json_object_get(a, "fallbacks");
+	ASSERT(json_is_object(fb) && json_object_size(fb) == MD_FB_COUNT);
+	for (int i = 0; i < MD_FB_COUNT; i++)
+		ASSERT_EQ((uint64_t)json_integer_value(json_object_get(fb, md_fallback_name(i))),
+			  ctr[MD_CTR_FALLBACK0 + i]);
+}
+
+/* The whitespace-separated words of the line of out that starts with
+ * head and a space (into words[max], cut in buf): how many. */
+static int row_words(const char *out, const char *head, char *buf, size_t size, char **words, int max)
+{
+	size_t n = strlen(head);
+	for (const char *l = out; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+		if (strncmp(l, head, n) != 0 || l[n] != ' ')
+			continue;
+		snprintf(buf, size, "%.*s", (int)strcspn(l, "\n"), l);
+		int k = 0;
+		for (char *save = NULL, *w = strtok_r(buf, " ", &save); w && k < max; w = strtok_r(NULL, " ", &save))
+			words[k++] = w;
+		return k;
+	}
+	return 0;
+}
+
+/* A row of the table against counters ctr: its columns after PID and
+ * COMMAND, and its STATE (NULL: none, the totals'). */
+static void check_row(const char *out, const char *head, const char *command, const uint64_t *ctr,
+		      const char *state)
+{
+	char buf[512], want[9][32], *w[12];
+	int n = row_words(out, head, buf, sizeof(buf), w, 12);
+	snprintf(want[0], sizeof(want[0]), "%.1f", (double)ctr[MD_CTR_REGISTERED_BYTES] / (1 << 20));	/* MiB */
+	const int col[] = { MD_CTR_SHARED_NOW, MD_CTR_BREAKS, MD_CTR_FALLBACK_TOTAL, MD_CTR_VMAS,
+			    MD_CTR_PAGES_SHARING, MD_CTR_ZERO_PAGES };
+	for (int i = 0; i < 6; i++)
+		snprintf(want[1 + i], sizeof(want[1 + i]), "%llu", (unsigned long long)ctr[col[i]]);
+	if (n != (state ? 10 : 9))
+		fprintf(stderr, "status row '%s': %d words\n", head, n);
+	ASSERT_EQ(n, state ? 10 : 9);
+	ASSERT_EQ(strcmp(w[1], command), 0);
+	for (int i = 0; i < 7; i++) {
+		if (strcmp(w[2 + i], want[i]) != 0)
+			fprintf(stderr, "status row '%s', column %d: %s, not %s\n", head, 3 + i, w[2 + i], want[i]);
+		ASSERT_EQ(strcmp(w[2 + i], want[i]), 0);
+	}
+	if (state)
+		ASSERT_EQ(strcmp(w[9], state), 0);
+}
+
+/* Every number `status` shows is the counter its column or key names:
+ * every counter of two agents differs (write_stats), and each column of
+ * the table and key of the JSON is checked against its own, for both
+ * agents and their totals (added, but the hint ratio, a setting: the
+ * largest), and the domain table against memdedupd's document. With every
+ * counter alike, SHARED and BREAKS swapped, RAM_MB in 10^6 bytes, MERGED
+ * showing all pages ever merged, the JSON's breaks the privatized pages,
+ * and POOL_PAGES the domain's pages_sharing all passed. */
+TEST_IMPL(cli_status_counters_shown)
+{
+	const char *b = build_dir();
+	char path[512], name[64], sock[400], head[32];
+	pid_t pids[2] = { getpid(), getppid() };
+	/* Sizes where MiB and 10^6 bytes differ; bases far apart, so that no
+	 * counter of one is a counter of the other. */
+	const uint64_t base[2] = { 5000000000ull, 7000000000ull };
+	const char *cmd[2] = { "vmm-a", "vmm-b" }, *state[2] = { "paused", "unmerged" };
+	const uint64_t scan_state[2] = { MD_SCAN_STATE_PAUSED, MD_SCAN_STATE_UNMERGED };
+	uint64_t ctr[2][MD_CTR_COUNT], total[MD_CTR_COUNT];
+	for (int i = 0; i < 2; i++) {
+		snprintf(name, sizeof(name), "agent-%d.stats", (int)pids[i]);
+		make_rd(path, sizeof(path), name);
+		write_stats(path, (uint32_t)pids[i], md__proc_start_time(pids[i]), cmd[i], base[i]);
+		for (int k = 0; k < MD_CTR_COUNT; k++)
+			ctr[i][k] = stats_value(base[i], k);
+		/* STATE: the agent's own word, not stopped (io_unseen). */
+		ctr[i][MD_CTR_IO_UNSEEN] = 0;
+		ctr[i][MD_CTR_SCAN_STATE] = scan_state[i];
+		set_counter(path, MD_CTR_IO_UNSEEN, 0);
+		set_counter(path, MD_CTR_SCAN_STATE, scan_state[i]);
+	}
+	for (int k = 0; k < MD_CTR_COUNT; k++)
+		total[k] = ctr[0][k] + ctr[1][k];
+	total[MD_CTR_HINT_RATIO] = ctr[1][MD_CTR_HINT_RATIO];
+	/* memdedupd's document: one domain, every number its own. */
+	snprintf(sock, sizeof(sock), "%s/doc.sock", test_dir());
+	const char *doc = "{\"daemon\":{},\"domains\":[{\"id\":3,\"name\":\"blue\",\"uid\":1234,\"agents\":5,"
+			  "\"pool_live_pages\":1111,\"pages_sharing\":2222,\"general_profit\":3670016}],"
+			  "\"agents\":[]}";
+	pid_t kid = doc_server(sock, doc, 1);
+	int c1 = sh("MEMDEDUP_RUN_DIR=%s/rd MEMDEDUP_SOCKET=%s %s/memdedup status", test_dir(), sock, b);
+	char out[8192];
+	snprintf(out, sizeof(out), "%s", slurp("out"));
+	int c2 = sh("MEMDEDUP_RUN_DIR=%s/rd MEMDEDUP_SOCKET=%s %s/memdedup status --json", test_dir(), sock, b);
+	kill(kid, SIGKILL);
+	waitpid(kid, NULL, 0);
+	ASSERT_EQ(c1, 0);
+	ASSERT_EQ(c2, 0);
+
+	/* The table: its header, each agent's row, the totals. */
+	char buf[512], *w[12];
+	static const char *const cols[] = { "PID", "COMMAND", "RAM_MB", "SHARED", "BREAKS", "FALLBACKS", "VMAS",
+					    "MERGED", "ZERO", "STATE" };
+	ASSERT_EQ(row_words(out, "PID", buf, sizeof(buf), w, 12), 10);
+	for (int i = 0; i < 10; i++)
+		ASSERT_EQ(strcmp(w[i], cols[i]), 0);
+	for (int i = 0; i < 2; i++) {
+		snprintf(head, sizeof(head), "%d", (int)pids[i]);
+		check_row(out, head, cmd[i], ctr[i], state[i]);
+	}
+	check_row(out, "total", "agents", total, NULL);
+	/* The domains: header and row. */
+	static const char *const dcols[] = { "DOM", "NAME", "UID", "AGENTS", "POOL_PAGES", "PAGES_SHARING",
+					     "PROFIT_MB" };
+	static const char *const drow[] = { "3", "blue", "1234", "5", "1111", "2222", "3.5" };
+	ASSERT_EQ(row_words(out, "DOM", buf, sizeof(buf), w, 12), 7);
+	for (int i = 0; i < 7; i++)
+		ASSERT_EQ(strcmp(w[i], dcols[i]), 0);
+	ASSERT_EQ(row_words(out, "3", buf, sizeof(buf), w, 12), 7);
+	for (int i = 0; i < 7; i++) {
+		if (strcmp(w[i], drow[i]) != 0)
+			fprintf(stderr, "domain row, column %s: %s, not %s\n", dcols[i], w[i], drow[i]);
+		ASSERT_EQ(strcmp(w[i], drow[i]), 0);
+	}
+
+	/* The JSON: every key of each agent and of the totals. */
+	json_error_t je;
+	json_t *st = json_loads(slurp("out"), 0, &je);
+	ASSERT(st);
+	for (int i = 0; i < 2; i++) {
+		json_t *a = listed(st, pids[i]);
+		ASSERT(a);
+		check_agent_json(a, ctr[i], 1);
+		ASSERT_EQ(json_integer_value(json_object_get(a, "ns_pid")), pids[i]);
+		ASSERT_EQ(strcmp(json_string_value(json_object_get(a, "command")), cmd[i]), 0);
+		ASSERT_EQ(strcmp(json_string_value(json_object_get(a, "state")), state[i]), 0);
+	}
+	check_agent_json(json_object_get(st, "totals"), total, 0);
+	json_decref(st);
 	return 0;
 }
 
