@@ -3499,7 +3499,7 @@ TEST_IMPL(engine_scanner_lets_go_over_empty_memory)
 {
 	struct md__engine e;
 	struct md__scanner s;
-	const size_t n = 262144;	/* 1 GiB, never touched */
+	const size_t n = 1048576;	/* 4 GiB, never touched: a pass long enough for the other thread */
 	unsigned char *d = mmap(NULL, n * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
 				-1, 0), *small = map_ram(4);
 	pthread_t th;
@@ -3516,7 +3516,7 @@ TEST_IMPL(engine_scanner_lets_go_over_empty_memory)
 	ASSERT_EQ(start, 0);
 	struct unreg_during_passes u = { &e, &s, small, 0 };
 	ASSERT(pthread_create(&th, NULL, unreg_during_passes, &u) == 0);
-	md__scanner_step(&s, 100000);	/* up to 1.6 M visits: two passes over d */
+	md__scanner_step(&s, 200000);	/* up to 3.2 M visits: two passes over d */
 	ASSERT(pthread_join(th, NULL) == 0);
 	fprintf(stderr, "  unregistered after %llu of the batch's %llu passes\n",
 		(unsigned long long)u.passes_then, (unsigned long long)s.st.passes);
