@@ -219,8 +219,9 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 	a->uid = c->uid;
 	a->pidfd = c->peer_pidfd;	/* the connection's until all went well */
 	/* The record that goes once this one is made does not count its
-	 * domain against the user's, if it is that domain's last. */
-	err = md__domain_get(d, c->uid, h->domain, gone && gone->dom->nagents == 1 ? gone->dom : NULL, &a->dom);
+	 * domain against the user's, if it is that domain's last live one. */
+	err = md__domain_get(d, c->uid, h->domain,
+			     gone && gone->dom->nagents - gone->dom->nexited == 1 ? gone->dom : NULL, &a->dom);
 	if (err) {
 		snprintf(why, size, err == -EUSERS ? "too many domains for uid %u" :
 			 "cannot create the pool of uid %u", (unsigned)c->uid);
@@ -395,6 +396,7 @@ int md__agent_unref_later(struct md__daemon *d, struct md__agent *a, const uint3
 		return err;
 	memcpy(a->put + a->nput, slots, n * sizeof(*slots));
 	a->nput += n;
+	a->dom->refs_draining += n;
 	drain_queue(d, a);
 	return 0;
 }
@@ -443,8 +445,10 @@ void md__agent_report(struct md__agent *a, const struct md__msg_report *r)
 static int agent_drain(struct md__agent *a, size_t *left)
 {
 	struct md__domain *dom = a->dom;
-	for (; a->put_at < a->nput && *left; (*left)--)
+	for (; a->put_at < a->nput && *left; (*left)--) {
 		md__domain_put_ref(dom, a->put[a->put_at++]);
+		dom->refs_draining--;
+	}
 	if (a->put_at < a->nput)
 		return 0;
 	if (!a->exited)
@@ -456,6 +460,7 @@ static int agent_drain(struct md__agent *a, size_t *left)
 		uint32_t n = a->refs[a->drain_at];
 		if (n) {
 			md__domain_put_refs(dom, (uint32_t)a->drain_at, n);
+			dom->refs_draining -= n;
 			(*left)--;
 		} else if (++looked % 64 == 0) {
 			(*left)--;
@@ -479,6 +484,7 @@ void md__agents_drain(struct md__daemon *d)
 		md__dlog_peer("agent %d gone: %llu references dropped, domain %u has %llu live pages",
 			      (int)a->pid, (unsigned long long)a->nrefs, a->dom->id,
 			      (unsigned long long)md__pool_live(&a->dom->pool));
+		a->dom->nexited--;
 		md__domain_release(d, a->dom);
 		free(a->refs);
 		free(a);
@@ -506,6 +512,8 @@ void md__agent_exited(struct md__daemon *d, struct md__agent *a)
 	close(a->pidfd);
 	a->pidfd = -1;
 	a->exited = 1;
+	a->dom->nexited++;
+	a->dom->refs_draining += a->nrefs;
 	a->drain_at = a->nrefs ? 0 : a->refs_cap;
 	drain_queue(d, a);
 }

@@ -33,6 +33,8 @@
 int md__privileged(uid_t uid);
 #define MD_D_AGENTS_PER_UID 256     /* agent records of one uid other than root */
 #define MD_D_DOMAINS_PER_UID 64
+/* Those with the ones going (every record exited, references draining). */
+#define MD_D_DOMAINS_KEPT_PER_UID (2 * MD_D_DOMAINS_PER_UID)
 #define MD_D_CONTROLS_PER_UID 16    /* CONTROLs waiting for agents, of one uid other than root */
 #define MD_HELD_PAUSE 1             /* held_by_admin: its paused */
 #define MD_HELD_UNMERGE 2           /* held_by_admin: its unmerged */
@@ -135,6 +137,10 @@ struct md__domain {
 	struct md__index index;
 	uint64_t *slot_hash;       /* hash of each live slot, to unindex it */
 	uint64_t refs_total;       /* references over all agents */
+	/* Of refs_total, those no record counts any more (an agent's
+	 * references going since it exited, UNREFs its connection left):
+	 * the pool still holds them until md__agents_drain tells it. */
+	uint64_t refs_draining;
 	uint64_t publish_hits;     /* publications answered with an equal live page */
 	/* First sightings (KSM's unstable tree, lossy): hash -> the agent
 	 * (its number) and address of the page that was looked up and found
@@ -159,6 +165,9 @@ struct md__domain {
 	uint64_t read_yields;      /* lookups left to the pair's publisher */
 	uint64_t registered_pages; /* of its agents, as they last reported */
 	size_t nagents;            /* agent records (connected or not) in it */
+	size_t nexited;            /* of those, exited ones whose references still go:
+				    * all of them, and the domain is going (status
+				    * and the per-uid bound leave it out) */
 };
 
 struct md__conn;
@@ -377,7 +386,9 @@ void md__ep_forget(struct md__daemon *d, struct md__ep *ep, int fd);
 /* domain.c */
 /* The domain (uid, name), made if there is none (at most
  * MD_D_DOMAINS_PER_UID per uid, not counting going, a domain about to go
- * with its last record): 0 and *out with one agent more, or -errno. */
+ * with its last live record, nor those whose records all exited; and at
+ * most MD_D_DOMAINS_KEPT_PER_UID with those): 0 and *out with one agent
+ * more, or -errno. */
 int md__domain_get(struct md__daemon *d, uid_t uid, const char *name, const struct md__domain *going,
 		   struct md__domain **out);
 void md__domain_release(struct md__daemon *d, struct md__domain *dom);

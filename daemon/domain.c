@@ -105,7 +105,12 @@ free_dom:
 int md__domain_get(struct md__daemon *d, uid_t uid, const char *name, const struct md__domain *going,
 		   struct md__domain **out)
 {
-	size_t mine = 0;
+	/* A domain whose every record exited is going as soon as their
+	 * references went (md__agents_drain): a VM restarting under a new
+	 * name while its old domain drains is not refused for it. Its pool
+	 * still counts toward the user's live pages (server.c), and such
+	 * domains, a memfd each, are bounded too. */
+	size_t mine = 0, kept = 0;
 	for (struct md__domain *dom = d->domains; dom; dom = dom->next) {
 		if (dom->uid != uid)
 			continue;
@@ -114,9 +119,10 @@ int md__domain_get(struct md__daemon *d, uid_t uid, const char *name, const stru
 			*out = dom;
 			return 0;
 		}
-		mine += dom != going;
+		mine += dom != going && dom->nagents > dom->nexited;
+		kept++;
 	}
-	if (mine >= MD_D_DOMAINS_PER_UID)
+	if (mine >= MD_D_DOMAINS_PER_UID || kept >= MD_D_DOMAINS_KEPT_PER_UID)
 		return -EUSERS;
 	int err = domain_new(d, uid, name, out);
 	if (!err)

@@ -51,19 +51,29 @@ static int by_agent_pid(const void *x, const void *y)
 	return (a > b) - (a < b);
 }
 
+/* KSM's pages_sharing: the sites beyond the first of each page, what is
+ * saved. The references of agents gone (still going back to the pool, a
+ * wake-up's worth at a time) map nothing: left out, so the domain's
+ * references are its agents'. A page only they hold still counts in
+ * pages_shared until it is freed: until then this is a lower bound (the
+ * exact figure would take a walk over the slots). */
+static json_int_t domain_sharing(const struct md__domain *dom)
+{
+	json_int_t held = (json_int_t)(dom->refs_total - dom->refs_draining);
+	json_int_t live = (json_int_t)md__pool_live(&dom->pool);
+	return held > live ? held - live : 0;
+}
+
 /* KSM's general_profit: the memory saved less the bookkeeping. */
 static json_int_t domain_profit(const struct md__domain *dom)
 {
-	return ((json_int_t)dom->refs_total - (json_int_t)md__pool_live(&dom->pool)) * MD_MSG_PAGE -
-	       domain_meta(dom);	/* pages_sharing pages, less the bookkeeping */
+	return domain_sharing(dom) * MD_MSG_PAGE - domain_meta(dom);
 }
 
 static json_t *domain_json(const struct md__domain *dom)
 {
 	json_t *o = json_object();
 	json_int_t live = (json_int_t)md__pool_live(&dom->pool);
-	/* KSM's: the sites beyond the first of each page, what is saved. */
-	json_int_t sharing = (json_int_t)dom->refs_total - live;
 	if (!o)
 		return NULL;
 	json_object_set_new(o, "id", json_integer(dom->id));
@@ -83,9 +93,13 @@ static json_t *domain_json(const struct md__domain *dom)
 	json_object_set_new(o, "read_pairs", json_integer((json_int_t)dom->read_pairs));
 	json_object_set_new(o, "read_yields", json_integer((json_int_t)dom->read_yields));
 	json_object_set_new(o, "pages_shared", json_integer(live));
-	json_object_set_new(o, "pages_sharing", json_integer(sharing));
+	json_object_set_new(o, "pages_sharing", json_integer(domain_sharing(dom)));
 	json_object_set_new(o, "general_profit", json_integer(domain_profit(dom)));
-	json_object_set_new(o, "agents", json_integer((json_int_t)dom->nagents));
+	json_object_set_new(o, "references", json_integer((json_int_t)(dom->refs_total - dom->refs_draining)));
+	json_object_set_new(o, "references_draining", json_integer((json_int_t)dom->refs_draining));
+	/* Records of processes that live: those gone only wait for their
+	 * references to go. */
+	json_object_set_new(o, "agents", json_integer((json_int_t)(dom->nagents - dom->nexited)));
 	json_object_set_new(o, "published", json_integer((json_int_t)dom->pool.published));
 	json_object_set_new(o, "freed", json_integer((json_int_t)dom->pool.freed));
 	json_object_set_new(o, "unpunched", json_integer((json_int_t)dom->pool.unpunched));
@@ -212,7 +226,7 @@ int md__status_json(struct md__daemon *d, uid_t uid, uint32_t domain_from, uint3
 	 * every domain, ids being smaller). */
 	for (size_t i = 0; i < ndom; i++) {
 		t_live += (json_int_t)md__pool_live(&dv[i]->pool);
-		t_sharing += (json_int_t)dv[i]->refs_total - (json_int_t)md__pool_live(&dv[i]->pool);
+		t_sharing += domain_sharing(dv[i]);
 		t_profit += domain_profit(dv[i]);
 	}
 	for (size_t i = 0; i < ndom && !next; i++) {

@@ -4,6 +4,7 @@
  * the test holds: what one wake-up does, without timing anything.
  */
 #include <errno.h>
+#include <jansson.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -555,7 +556,9 @@ TEST_IMPL(daemon_exit_drained_per_wakeup)
 	for (uint32_t i = 0; i < DRAIN_SLOTS; i++)
 		ASSERT_EQ(dom->pool.state[slot[i]] == MD_SLOT_LIVE, i < SHARED_SLOTS);
 	ASSERT_EQ(dom->refs_total, SHARED_SLOTS);
+	ASSERT_EQ(dom->refs_draining, 0);
 	ASSERT_EQ(dom->nagents, 1);
+	ASSERT_EQ(dom->nexited, 0);
 	/* The other goes too: the domain with it, once its slots went. */
 	waiter_exits(gate2, pid2);
 	wake_up(d);
@@ -631,18 +634,173 @@ TEST_IMPL(daemon_exit_drain_outlives_pid)
 	ASSERT_EQ(dom->nagents, 2);
 	/* It execs and comes back in another domain, mapping no pool page:
 	 * its record goes (nothing to give back), the one draining stays,
-	 * and so does the domain. */
+	 * and so does the domain. Its user at 64 domains with that one,
+	 * which goes with the record (the other one's exited), has room
+	 * for the new one: it was refused, the domain having two records. */
+	struct md__domain *held[MD_D_DOMAINS_PER_UID - 1];
+	for (int i = 0; i < MD_D_DOMAINS_PER_UID - 1; i++) {
+		char name[16];
+		snprintf(name, sizeof(name), "held%d", i);
+		ASSERT_EQ(md__domain_get(d, 1000, name, NULL, &held[i]), 0);
+	}
 	ASSERT_EQ(hello_of(d, pid2, "other", MD_HELLO_NO_POOL_MAPS, &a), 0);
 	ASSERT_EQ(md__agent_find(d, pid2), a);
 	ASSERT(a->dom != dom);
 	ASSERT_EQ(d->draining, gone);
 	ASSERT(gone->drain_next);
 	ASSERT_EQ(dom->nagents, 2);
+	ASSERT_EQ(dom->nexited, 2);
 	ASSERT_EQ(md__pool_live(&dom->pool), live);
+	for (int i = 0; i < MD_D_DOMAINS_PER_UID - 1; i++)
+		md__domain_release(d, held[i]);
 	/* The daemon stops with the two records still draining. */
 	daemon_down(d);
 	close(fd);
 	waiters_gone(gate2, &pid2, 1);
+	return 0;
+}
+
+/* The STATUS document, as root sees it. */
+static json_t *status_of(struct md__daemon *d)
+{
+	char *js;
+	size_t len;
+	ASSERT_EQ(md__status_json(d, 0, 0, 0, &js, &len), 0);
+	json_t *o = json_loadb(js, len, 0, NULL);
+	free(js);
+	ASSERT(o);
+	return o;
+}
+
+/* An integer of the named object (domain with id, agent with pid) in a
+ * STATUS document's list, or of "totals" (list NULL). */
+static long long status_int(json_t *st, const char *list, long long id, const char *key)
+{
+	json_t *o = NULL, *e;
+	size_t i;
+	if (!list)
+		o = json_object_get(st, "totals");
+	json_array_foreach(json_object_get(st, list ? list : ""), i, e)
+		if (json_integer_value(json_object_get(e, strcmp(list, "agents") == 0 ? "pid" : "id")) == id)
+			o = e;
+	ASSERT(o);
+	json_t *v = json_object_get(o, key);
+	ASSERT(json_is_integer(v));
+	return json_integer_value(v);
+}
+
+/* While an exited agent's references go back (a wake-up's worth at a
+ * time), the domain's figures are its live agents': the record gone from
+ * "agents", its references apart ("references_draining") and out of
+ * pages_sharing and general_profit, the domain's "references" the sum of
+ * its agents'. They showed agents 2, and the dead agent's references to
+ * pages another agent holds as pages shared. And a domain whose records
+ * all exited is no longer one of the user's 64: a VM restarting under a
+ * new name was refused (-EUSERS) while its old domain drained. */
+TEST_IMPL(daemon_exit_draining_status)
+{
+	static uint32_t slot[2 * DRAIN_SLOTS];
+	struct md__daemon *d = daemon_up();
+	d->pool_pages = 2 * DRAIN_SLOTS + 1024;
+	int gate[2], gate2[2], gate3[2];
+	ASSERT(pipe(gate) == 0);
+	ASSERT(pipe(gate2) == 0);
+	ASSERT(pipe(gate3) == 0);
+	pid_t pid = waiter(gate), pid2 = waiter(gate2), pid3 = waiter(gate3);
+	struct md__conn *c, *c2;
+	int fd = agent_of(d, 1000, pid, &c);
+	int fd2 = agent_of(d, 1000, pid2, &c2);
+	publish_many(c, slot);
+	publish_many(c, slot + DRAIN_SLOTS);
+	/* The other agent holds the last slots: the dead one's references
+	 * to them go after two wake-ups. */
+	ASSERT_EQ(md__agent_refs(c2->agent, slot + 2 * DRAIN_SLOTS - SHARED_SLOTS, SHARED_SLOTS, 1), 0);
+	struct md__domain *dom = c->agent->dom;
+	uint32_t id = dom->id;
+	json_t *st = status_of(d);
+	ASSERT_EQ(status_int(st, "domains", id, "agents"), 2);
+	ASSERT_EQ(status_int(st, "domains", id, "pages_sharing"), SHARED_SLOTS);
+	ASSERT_EQ(status_int(st, "domains", id, "references"), 2 * DRAIN_SLOTS + SHARED_SLOTS);
+	ASSERT_EQ(status_int(st, "domains", id, "references_draining"), 0);
+	long long profit = status_int(st, "domains", id, "general_profit");
+	json_decref(st);
+
+	waiter_exits(gate, pid);
+	wake_up(d);
+	ASSERT(d->draining);
+	ASSERT(dom->refs_total > SHARED_SLOTS + MD_D_DRAIN_REFS / 4);	/* still going */
+	st = status_of(d);
+	ASSERT_EQ(status_int(st, "domains", id, "agents"), 1);
+	ASSERT_EQ(status_int(st, "agents", pid2, "references"), SHARED_SLOTS);
+	ASSERT_EQ(status_int(st, "domains", id, "references"), SHARED_SLOTS);
+	ASSERT_EQ(status_int(st, "domains", id, "references_draining"), (long long)dom->refs_total - SHARED_SLOTS);
+	ASSERT_EQ(status_int(st, "domains", id, "pages_sharing"), 0);
+	ASSERT_EQ(status_int(st, "domains", id, "general_profit"), profit - SHARED_SLOTS * MD_MSG_PAGE);
+	ASSERT_EQ(status_int(st, NULL, 0, "pages_sharing"), 0);
+	ASSERT_EQ(status_int(st, NULL, 0, "general_profit"), profit - SHARED_SLOTS * MD_MSG_PAGE);
+	ASSERT_EQ(status_int(st, NULL, 0, "agents"), 1);
+	json_decref(st);
+
+	/* The other goes too, the references of both still going: the
+	 * domain has no agent, and counts no more among its user's: beside
+	 * 63 others, a 64th for a VM restarting under another name. */
+	waiter_exits(gate2, pid2);
+	wake_up(d);
+	ASSERT(d->draining);
+	ASSERT_EQ(d->domains, dom);
+	st = status_of(d);
+	ASSERT_EQ(status_int(st, "domains", id, "agents"), 0);
+	ASSERT_EQ(status_int(st, "domains", id, "references"), 0);
+	ASSERT_EQ(status_int(st, "domains", id, "pages_sharing"), 0);
+	json_decref(st);
+	struct md__domain *held[MD_D_DOMAINS_PER_UID - 1], *got;
+	for (int i = 0; i < MD_D_DOMAINS_PER_UID - 1; i++) {
+		char name[16];
+		snprintf(name, sizeof(name), "held%d", i);
+		ASSERT_EQ(md__domain_get(d, 1000, name, NULL, &held[i]), 0);
+	}
+	struct md__agent *a;
+	ASSERT_EQ(hello_of(d, pid3, "restarted", 0, &a), 0);
+	ASSERT(a->dom != dom);
+	/* Now 64 that live: no 65th. */
+	ASSERT_EQ(md__domain_get(d, 1000, "one more", NULL, &got), -EUSERS);
+	/* Its references all gone, the domain goes, and its pool with it. */
+	for (int round = 0; round < 64 && d->draining; round++)
+		wake_up(d);
+	ASSERT(!d->draining);
+	for (struct md__domain *o = d->domains; o; o = o->next)
+		ASSERT(o != dom);
+	for (int i = 0; i < MD_D_DOMAINS_PER_UID - 1; i++)
+		md__domain_release(d, held[i]);
+	daemon_down(d);
+	close(fd);
+	close(fd2);
+	waiters_gone(gate3, &pid3, 1);
+	return 0;
+}
+
+/* Domains whose records all exited, going as their references drain, do
+ * not count among a user's 64, but are bounded too (a memfd each): at most
+ * MD_D_DOMAINS_KEPT_PER_UID of a user, with those that live. */
+TEST_IMPL(daemon_domains_going_bounded)
+{
+	struct md__daemon *d = daemon_up();
+	struct md__domain *dom[MD_D_DOMAINS_KEPT_PER_UID], *got;
+	char name[16];
+	for (int i = 0; i < MD_D_DOMAINS_KEPT_PER_UID; i++) {
+		snprintf(name, sizeof(name), "d%d", i);
+		ASSERT_EQ(md__domain_get(d, 1000, name, NULL, &dom[i]), 0);
+		if (i < MD_D_DOMAINS_PER_UID + 8)
+			dom[i]->nexited = dom[i]->nagents;	/* its record exited, draining */
+	}
+	ASSERT_EQ(md__domain_get(d, 1000, "one more", NULL, &got), -EUSERS);
+	/* One that goes makes room; a name kept is always found. */
+	dom[0]->nexited = 0;
+	md__domain_release(d, dom[0]);
+	ASSERT_EQ(md__domain_get(d, 1000, "d1", NULL, &got), 0);
+	ASSERT_EQ(got, dom[1]);
+	ASSERT_EQ(md__domain_get(d, 1000, "one more", NULL, &got), 0);
+	daemon_down(d);
 	return 0;
 }
 
@@ -688,6 +846,8 @@ TEST_IMPL(daemon_unrefs_left_drained_per_wakeup)
 	ASSERT(dom->pool.freed > freed);
 	ASSERT(dom->pool.freed - freed <= MD_D_DRAIN_REFS);
 	ASSERT_EQ(d->draining, a);
+	ASSERT_EQ(dom->refs_draining, dom->refs_total);	/* none is its any more */
+	ASSERT(dom->refs_draining > 0);
 	for (int round = 0; round < 64 && d->draining; round++) {
 		uint64_t before = dom->pool.freed;
 		wake_up(d);
@@ -696,6 +856,7 @@ TEST_IMPL(daemon_unrefs_left_drained_per_wakeup)
 	ASSERT(!d->draining);
 	ASSERT_EQ(md__pool_live(&dom->pool), 0);
 	ASSERT_EQ(dom->refs_total, 0);
+	ASSERT_EQ(dom->refs_draining, 0);
 	ASSERT_EQ(d->agents, a);
 	daemon_down(d);
 	close(fd);
