@@ -804,6 +804,46 @@ TEST_IMPL(daemon_domains_going_bounded)
 	return 0;
 }
 
+/* An agent killed while a CONTROL waits for its answer, its connection
+ * kept open (by a child it forked, or its hang-up not seen yet): the
+ * requester hears -ESRCH in the wake-up that sees the exit. It waited the
+ * whole minute for -ETIMEDOUT, the record gone and nothing to answer. */
+TEST_IMPL(daemon_control_agent_killed)
+{
+	static struct md__msg m;
+	struct md__daemon *d = daemon_up();
+	d->control_wait_ms = 60000;
+	int gate[2];
+	ASSERT(pipe(gate) == 0);
+	pid_t pid = waiter(gate);
+	struct md__conn *c;
+	int fd = agent_of(d, 1000, pid, &c);
+	int cli = peer_of(d, 1000, 5000);
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_CONTROL, .seq = 7 } };
+	m.u.control.op = MD_CTL_PAUSE;
+	m.u.control.pid = pid;
+	send_msg(cli, &m);
+	wake_up(d);
+	wake_up(d);	/* sends what the last queued */
+	unsigned t, sent = 0;
+	while ((t = next_reply(fd, &m)))
+		sent += t == MD_MSG_CONTROL;
+	ASSERT_EQ(sent, 1);
+	ASSERT_EQ(next_reply(cli, &m), 0);	/* it waits for the agent */
+	waiter_exits(gate, pid);
+	wake_up(d);
+	wake_up(d);
+	ASSERT_EQ(next_reply(cli, &m), MD_MSG_CONTROL_R);
+	ASSERT_EQ(m.hdr.seq, 7);
+	ASSERT_EQ(m.u.text.status, -ESRCH);
+	ASSERT(strstr(m.u.text.text, "went away before it answered"));
+	ASSERT(!d->controls);
+	daemon_down(d);
+	close(fd);
+	close(cli);
+	return 0;
+}
+
 /* A connection taken over with UNREFs of DRAIN_SLOTS slots left in its
  * buffer: the agent's counts drop at once, the pool's over the wake-ups,
  * at most MD_D_DRAIN_REFS in each, and another user's request is answered
