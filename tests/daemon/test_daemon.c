@@ -3964,6 +3964,123 @@ TEST_IMPL(daemon_user_set_is_each_agents_own)
 	return 0;
 }
 
+/* As nobody, beside root's agent: its CONTROLs of all its agents (pid 0)
+ * PAUSE, SET and UNMERGE its own agent alone, changing no default; it then
+ * RESUMEs it. Once root paused all (its agent held by no pause of its
+ * own), its RESUME of all is refused, and reaches no agent. Exits 0 if
+ * all went so. */
+static int all_is_own_as_nobody(struct tdaemon *t, int ready, int go)
+{
+	static const unsigned op[] = { MD_CTL_PAUSE, MD_CTL_SET, MD_CTL_UNMERGE, MD_CTL_RESUME };
+	struct md__client *agent;
+	struct md__msg_welcome w;
+	struct md__msg_control ctl;
+	struct control_call call;
+	char x = 0, text[MD_TEXT_MAX + 1];
+	int fd, bad = 0;
+	if (setresgid(65534, 65534, 65534) != 0 || setresuid(65534, 65534, 65534) != 0)
+		return 102;
+	if (md__client_open(&agent, t->sock, NULL, 0, &w, &fd) != 0)
+		return 100;
+	struct md__client *cli = td_connect(t);
+	md__client_set_timeout(cli, 10000);	/* past the daemon's deadline */
+	for (unsigned i = 0; i < sizeof(op) / sizeof(op[0]); i++) {
+		/* Root looks between the UNMERGE and the RESUME. */
+		if (op[i] == MD_CTL_RESUME && (write(ready, &x, 1) != 1 || read(go, &x, 1) != 1))
+			return 101;
+		int set = op[i] == MD_CTL_SET;
+		control_start(&call, cli, op[i], 0, set ? "pages_to_scan" : NULL, set ? "7" : NULL);
+		next_control(agent, &ctl);
+		if (ctl.op != op[i] || md__client_control_done(agent, ctl.token, 0, NULL) != 0)
+			bad = bad ? bad : 10 + (int)i;
+		/* Root's agent answers nothing: had it been sent it, this
+		 * waited for the deadline. */
+		if (control_end(&call) != 0)
+			bad = bad ? bad : 20 + (int)i;
+	}
+	/* Root's PAUSE of all, answered. */
+	if (write(ready, &x, 1) != 1)
+		return 101;
+	next_control(agent, &ctl);
+	if (ctl.op != MD_CTL_PAUSE || md__client_control_done(agent, ctl.token, 0, NULL) != 0)
+		bad = bad ? bad : 3;
+	if (read(go, &x, 1) != 1)
+		return 101;
+	if (control(cli, MD_CTL_RESUME, 0, NULL, NULL, text) != -EPERM || !strstr(text, "administrator"))
+		bad = bad ? bad : 4;
+	usleep(200000);
+	if (md__client_next_control(agent, &ctl) != -EAGAIN)
+		bad = bad ? bad : 5;
+	md__client_free(cli);
+	md__client_free(agent);
+	close(fd);
+	return bad;
+}
+
+/* A user's CONTROL of all its agents (pid 0) is of its own agents alone:
+ * root's get nothing of it (PAUSE, SET, UNMERGE), and the defaults stay
+ * (the daemon's tunables, its pause); and while root has paused all, the
+ * user's RESUME of all is refused, also with its own agents held by no
+ * pause of root's by pid. */
+TEST_IMPL(daemon_user_all_is_own_agents)
+{
+	struct tdaemon t;
+	if (getuid() != 0 || !getpwnam("nobody"))
+		SKIP("needs root and a 'nobody' user");
+	/* Not a minute: a CONTROL sent to root's silent agent would end. */
+	setenv("MEMDEDUP_CONTROL_WAIT_MS", "3000", 1);
+	td_start(&t, 16);
+	unsetenv("MEMDEDUP_CONTROL_WAIT_MS");
+	struct md__msg_welcome w;
+	struct md__msg_control ctl;
+	struct control_call call;
+	int pool, ready[2], go[2];
+	char x;
+	struct md__client *mine = td_agent(&t, NULL, &w, &pool);	/* root's own agent */
+	json_t *st = td_status(&t);
+	json_t *tun = json_object_get(json_object_get(st, "daemon"), "tunables");
+	long long pages_to_scan = td_int(tun, "pages_to_scan");
+	ASSERT(pages_to_scan != 7);
+	json_decref(st);
+	ASSERT(pipe(ready) == 0 && pipe(go) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		close(ready[0]);
+		close(go[1]);
+		_exit(all_is_own_as_nobody(&t, ready[1], go[0]));
+	}
+	close(ready[1]);
+	close(go[0]);
+	ASSERT_EQ(read(ready[0], &x, 1), 1);	/* its PAUSE, SET and UNMERGE done */
+	ASSERT_EQ(md__client_next_control(mine, &ctl), -EAGAIN);
+	st = td_status(&t);
+	json_t *daemon = json_object_get(st, "daemon");
+	ASSERT_EQ(td_int(json_object_get(daemon, "tunables"), "pages_to_scan"), pages_to_scan);
+	ASSERT(json_is_false(json_object_get(daemon, "paused")));
+	json_decref(st);
+	ASSERT_EQ(write(go[1], "g", 1), 1);
+	/* Root pauses all (both agents answer), then the user resumes all. */
+	ASSERT_EQ(read(ready[0], &x, 1), 1);
+	control_start(&call, td_connect(&t), MD_CTL_PAUSE, 0, NULL, NULL);
+	next_control(mine, &ctl);
+	ASSERT_EQ(ctl.op, MD_CTL_PAUSE);
+	ASSERT_EQ(md__client_control_done(mine, ctl.token, 0, NULL), 0);
+	ASSERT_EQ(control_end(&call), 0);
+	md__client_free(call.cli);
+	ASSERT_EQ(write(go[1], "g", 1), 1);
+	ASSERT_EQ(child_exit(kid), 0);
+	ASSERT_EQ(md__client_next_control(mine, &ctl), -EAGAIN);
+	st = td_status(&t);
+	ASSERT(json_is_true(json_object_get(json_object_get(st, "daemon"), "paused")));
+	json_decref(st);
+	md__client_free(mine);
+	close(pool);
+	close(ready[0]), close(go[1]);
+	td_stop(&t);
+	return 0;
+}
+
 /* A CONTROL naming an agent kept detached (it paused, then went; its
  * process lives): a SET cannot reach it (-ENOTCONN, said), a RESUME is
  * taken for when it is back. */
