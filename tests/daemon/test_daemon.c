@@ -160,6 +160,27 @@ TEST_IMPL(daemon_publish_lookup)
 	ASSERT_EQ(td_int(dom, "pool_live_pages"), 3);
 	ASSERT_EQ(td_int(dom, "pages_sharing"), 1);	/* 4 references to 3 pages: KSM's 1 */
 	ASSERT_EQ(td_int(dom, "index_entries"), 3);
+	ASSERT_EQ(td_int(dom, "references"), 4);
+	ASSERT_EQ(td_int(json_array_get(json_object_get(st, "agents"), 0), "references"), 4);
+	/* The saving less the bookkeeping: 17 bytes a slot handed out (up to
+	 * the pool's end), the index table as made (3 entries), the
+	 * sightings (8 bytes an entry; the lookup of 12345 made them) and
+	 * read pairs (12) at their size. */
+	struct md__index ix;
+	ASSERT_EQ(md__index_init(&ix, 1024), 0);
+	long long meta = (long long)(first + 3) * 17 + (long long)md__index_bytes(&ix) +
+			 td_int(dom, "sighting_slots") * 8 + td_int(dom, "read_slots") * 12;
+	md__index_free(&ix);
+	ASSERT(td_int(dom, "sighting_slots") > 0);
+	ASSERT_EQ(td_int(dom, "general_profit"), 1 * PG - meta);
+	/* The totals, of this one domain. */
+	json_t *tot = json_object_get(st, "totals");
+	ASSERT_EQ(td_int(tot, "domains"), 1);
+	ASSERT_EQ(td_int(tot, "pool_live_pages"), 3);
+	ASSERT_EQ(td_int(tot, "pool_bytes"), 3 * PG);
+	ASSERT_EQ(td_int(tot, "pages_shared"), 3);
+	ASSERT_EQ(td_int(tot, "pages_sharing"), 1);
+	ASSERT_EQ(td_int(tot, "general_profit"), 1 * PG - meta);
 	json_decref(st);
 	uint32_t un[2] = { first, first };
 	ASSERT_EQ(md__client_ref(c, un, 2, -1), 0);
