@@ -2963,6 +2963,15 @@ static void next_control(struct md__client *agent, struct md__msg_control *ctl)
 	ASSERT(ctl->token != 0);
 }
 
+/* The child's exit status (it exited, not killed). */
+static int child_exit(pid_t kid)
+{
+	int st;
+	ASSERT_EQ(waitpid(kid, &st, 0), kid);
+	ASSERT(WIFEXITED(st));
+	return WEXITSTATUS(st);
+}
+
 /* An agent that never answers: the CLI hears so at the deadline (600 ms
  * here, a minute by default), named; the agent's late answer is dropped,
  * and its connection stays. A bad deadline is a usage error. */
@@ -2996,6 +3005,41 @@ TEST_IMPL(daemon_control_deadline)
 	ASSERT_EQ(md__client_control_done(agent, ctl.token, 0, NULL), 0);	/* too late */
 	ASSERT_EQ(lookup_caught_up(agent), 0);	/* a request goes through after it */
 	ASSERT(md__client_alive(agent));
+	/* Two more agents that never answer, and this one that does: the
+	 * first silent one named, and all three counted. */
+	int ready[2], go[2];
+	pid_t kid[2];
+	char x;
+	ASSERT(pipe(ready) == 0 && pipe(go) == 0);
+	for (int i = 0; i < 2; i++) {
+		kid[i] = fork();
+		ASSERT(kid[i] >= 0);
+		if (kid[i] == 0) {
+			struct md__msg_welcome kw;
+			int kfd;
+			close(ready[0]);
+			close(go[1]);
+			struct md__client *silent = td_agent(&t, NULL, &kw, &kfd);
+			if (write(ready[1], "r", 1) != 1 || read(go[0], &x, 1) != 0)
+				_exit(1);
+			md__client_free(silent);
+			_exit(0);
+		}
+	}
+	close(ready[1]);
+	close(go[0]);
+	for (int i = 0; i < 2; i++)
+		ASSERT_EQ(read(ready[0], &x, 1), 1);
+	control_start(&k, cli, MD_CTL_PAUSE, 0, NULL, NULL);
+	next_control(agent, &ctl);
+	ASSERT_EQ(md__client_control_done(agent, ctl.token, 0, NULL), 0);
+	ASSERT_EQ(control_end(&k), -ETIMEDOUT);
+	ASSERT(strstr(k.text, "did not answer in 0.6 s"));
+	ASSERT(strstr(k.text, "(done by 1 of 3 agents)"));
+	close(go[1]);
+	close(ready[0]);
+	for (int i = 0; i < 2; i++)
+		ASSERT_EQ(child_exit(kid[i]), 0);
 	md__client_free(cli);
 	md__client_free(agent);
 	close(fd);
@@ -3810,15 +3854,6 @@ static pid_t fork_as_nobody(struct tdaemon *t, int (*as_nobody)(struct tdaemon *
 	close(p[1]);
 	*ready = p[0];
 	return kid;
-}
-
-/* The child's exit status (it exited, not killed). */
-static int child_exit(pid_t kid)
-{
-	int st;
-	ASSERT_EQ(waitpid(kid, &st, 0), kid);
-	ASSERT(WIFEXITED(st));
-	return WEXITSTATUS(st);
 }
 
 /* As nobody: an agent that refuses root's UNMERGE (memory short), then is
