@@ -48,6 +48,9 @@
 #                  without jq or agents)
 # guests.tsv: idx pid reads_done_t exit_t rc guest_read_s result hold_end_t
 # (hold_end_t: when the guest's hold ended and its recheck began, NA if none)
+# status.json: the last `memdedup status --json` answer with agents in it;
+# agents.json: each fleet agent's last row in those answers (a JSON array),
+# a guest that exited first included (jq needed; [] without).
 #
 # Every QEMU runs in its own session (setsid, which execs: the pid stays
 # QEMU's, and `memdedup run` execs too), and is killed with its group on exit,
@@ -265,9 +268,16 @@ fleet_sample_once() {  # [N] prints one samples.tsv line (without t) for FLEET_P
     # CPU the run would count as memdedup's; the agents' rows are files.
     local only=--agents
     [ $(( ${1:-0} % 30 )) -eq 0 ] && only=
+    # Each agent's last row is kept too (DIR/agents.json): the last answer
+    # has none of a guest that exited before the others.
     "$FLEET_MEMDEDUP" status --json $only > "$FLEET_DIR/status.json.tmp" 2>/dev/null \
       && jq -e '(.agents | length) > 0' "$FLEET_DIR/status.json.tmp" >/dev/null 2>&1 \
-      && mv -f "$FLEET_DIR/status.json.tmp" "$FLEET_DIR/status.json"
+      && mv -f "$FLEET_DIR/status.json.tmp" "$FLEET_DIR/status.json" \
+      && jq --arg pids "${FLEET_PIDS[*]}" --slurpfile kept "$FLEET_DIR/agents.json" '
+           ($pids | split(" ") | map(tonumber)) as $p
+           | reduce ($kept[0][], (.agents[] | select(.pid as $x | $p | index($x)))) as $r
+               ({}; .[$r.pid | tostring] = $r) | [.[]]' "$FLEET_DIR/status.json" > "$FLEET_DIR/agents.json.tmp" 2>/dev/null \
+      && mv -f "$FLEET_DIR/agents.json.tmp" "$FLEET_DIR/agents.json"
     read -r md md_read md_merged md_zero < <(jq -r --arg pids "${FLEET_PIDS[*]}" '
           ($pids | split(" ") | map(tonumber)) as $p
           | [(.agents // [])[] | select(.pid as $x | $p | index($x))] as $a
@@ -334,7 +344,8 @@ fleet_run() {
   mkdir -p "$dir"
   rm -f "$dir"/guest*.log "$dir"/guest*.log.qemu "$dir/samples.tsv" "$dir/guests.tsv" "$dir/pids"
   FLEET_PIDS=() FLEET_LOGS=() FLEET_DIR=$dir
-  rm -f "$dir/status.json" "$dir/status.json.tmp"
+  rm -f "$dir/status.json" "$dir/status.json.tmp" "$dir/agents.json.tmp"
+  echo '[]' > "$dir/agents.json"
   FLEET_T0_US=${EPOCHREALTIME/[.,]/}
   FLEET_KSMD_T0=0
   [ -n "$FLEET_KSMD_PID" ] && FLEET_KSMD_T0=$(fleet_stat_cpu_ticks "/proc/$FLEET_KSMD_PID/stat")
