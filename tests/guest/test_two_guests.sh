@@ -4,18 +4,25 @@
 # `memdedup run --kernel-ksm=off`. Checks:
 #   1. every guest finished and printed the checksum of the image's files
 #      (computed on the host), and the same again after its hold;
-#   2. with the agent, the fleet PSS (mean over the seconds in which both
-#      guests hold after reading) is lower than without it by at least half
-#      of the workload size.
-# Why that bar: each guest's page cache holds the whole workload (W MB of file
-# data). Without the agent both copies are anonymous guest RAM in two QEMU
-# processes (2 W in the fleet PSS); with it, both guests map the same host
-# page-cache pages, which PSS counts once for the pair (W). The ideal saving is
-# W; half of it leaves room for pages the agent must copy (metadata reads,
-# partial pages, unaligned buffers) and for run-to-run noise (~30 MB here).
-# The measured saving is printed as well.
-# Env: TEST_IMAGE_MB (default 96), TEST_HOLD (s, default 8), MEMDEDUP_BIN.
-# Runtime here: ~50-60 s (both guests of a mode run in parallel).
+#   2. with the agent, the guests' reads were shared: the agents' pages_shared
+#      (mean over the seconds in which both guests hold after reading) is at
+#      least 0.9 x 2 W/4 KiB, W the workload (each guest's page cache holds
+#      all of it: W/4 KiB pages a guest, ~98 % of 2 W/4 KiB measured; with a
+#      third of the reads refused, 65 %);
+#   3. the fleet PSS over those seconds is lower with the agent than without
+#      it by at least 0.7 W.
+# Why that bar: without the agent both copies of the workload are anonymous
+# guest RAM in two QEMU processes (2 W in the fleet PSS); with it, both guests
+# map the same host page-cache pages, which PSS counts once for the pair (W).
+# The ideal saving is W (91 MB of 96 measured here; 81-90 MB in other runs);
+# 0.7 W leaves room for pages the agent must copy (metadata reads, partial
+# pages, unaligned buffers) and for run-to-run noise. It alone does not
+# catch a third of the reads unshared (80 MB saved): pages_shared does.
+# Hold: the guests' reads ended up to 8 s apart under load, and the window
+# is [last READS-DONE + 2 s, first HOLD-END - 1 s] (fleet_hold_window); 20 s
+# leaves it 9 s at such a spread.
+# Env: TEST_IMAGE_MB (default 96), TEST_HOLD (s, default 20), MEMDEDUP_BIN.
+# Runtime here: ~1.5-2 min (both guests of a mode run in parallel).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$root"
@@ -23,10 +30,11 @@ source scripts/fleet-lib.sh
 source tests/guest/guest-test-lib.sh
 name=test_two_guests
 size=${TEST_IMAGE_MB:-96}
-hold=${TEST_HOLD:-8}
+hold=${TEST_HOLD:-20}
 md=${MEMDEDUP_BIN:-$root/build/memdedup}
 out=$root/build/tests/guest
 guest_test_init
+command -v jq >/dev/null || fleet_die "jq missing (the agents' pages_shared): scripts/install-deps.sh guest"
 img=$(fleet_image "$size")
 mkdir -p "$out"
 # The agents' statistics files in a directory of the test's own: the host's
@@ -47,6 +55,12 @@ p_md=$(fleet_window_avg "$out/memdedup" pss_kb $(fleet_hold_window "$out/memdedu
 # shellcheck disable=SC2046
 shared=$(fleet_window_avg "$out/memdedup" md_shared $(fleet_hold_window "$out/memdedup"))
 echo "fleet PSS while holding: plain ${p_none} kB, memdedup ${p_md} kB; memdedup pages_shared ${shared}"
-# The bar: half of the workload (see the top).
-expect_saving "fleet PSS saving" "$p_none" "$p_md" $((size * 1024 / 2))
+need=$((size * 256 * 2 * 9 / 10))
+if [ "$shared" != NA ] && [ "$shared" -ge "$need" ]; then
+  pass "the guests' reads shared: pages_shared $shared (need >= $need)"
+else
+  fail "the guests' reads not shared: pages_shared $shared (need >= $need)"
+fi
+# The bar: 0.7 W (see the top).
+expect_saving "fleet PSS saving" "$p_none" "$p_md" $((size * 1024 * 7 / 10))
 finish
