@@ -107,7 +107,9 @@ agent_counter() {   # NAME [RUN_DIR]: one counter of the agent under the scanner
 
 guests=()
 stop_guests() { local p; for p in "${guests[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; }
-FLEET_EXIT_HOOKS+=(stop_guests)
+# The snapshot (~180 MB) goes once the guest restored from it is checked,
+# or when the test ends before that (after the guests: one may read it).
+FLEET_EXIT_HOOKS+=(stop_guests 'rm -f "$out/snap"')
 
 mkdir -p "$out/run"
 MEMDEDUP_NO_SHARING=1 MEMDEDUP_LOG=$out/agent.log MEMDEDUP_RUN_DIR=$out/run guest/run-guest.sh --hold "$hold" \
@@ -210,6 +212,7 @@ if [ "$(fleet_guest_said RECHECK "$out/restored.log")" = "$want" ]; then
 else
   fail "the restored guest read '$(fleet_guest_said RECHECK "$out/restored.log")'; the image holds $want (log $out/restored.log)"
 fi
+rm -f "$out/snap"
 
 # Postcopy: a plain QEMU migrates to one under the scanner; the switch to
 # postcopy comes while pages are still to come (the bandwidth is capped).
