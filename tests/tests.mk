@@ -74,10 +74,14 @@ check-fuzz: $(B)/fuzz-replay $(B)/fuzz-replay-protocol $(B)/fuzz-replay-daemon $
 # The first from a path with a space and a comma (through a symbolic link
 # to this tree): the guest kit and the agent must take such paths.
 # The kernel and initramfs only: the tests make the images they read.
+# Both run whatever the first gives; the worse status is make's. The link's
+# directory goes on Ctrl-C too (the shell's EXIT trap runs on a signal only
+# once a trap for it has the shell exit).
 check-guest: all $(B)/guest/vmlinuz $(B)/guest/initramfs.cpio.gz
-	d=$$(mktemp -d) && ln -s "$(CURDIR)" "$$d/memdedup dir,1" && \
-	  { "$$d/memdedup dir,1/tests/guest/test_two_guests.sh"; rc=$$?; rm -rf "$$d"; exit $$rc; }
-	tests/guest/test_migration_guest.sh
+	d=$$(mktemp -d) && trap 'rm -rf "$$d"' EXIT && trap 'exit 130' INT && trap 'exit 143' TERM && \
+	  trap 'exit 129' HUP && ln -s "$(CURDIR)" "$$d/memdedup dir,1" && \
+	  { rc=0; "$$d/memdedup dir,1/tests/guest/test_two_guests.sh" || rc=$$?; \
+	    tests/guest/test_migration_guest.sh || { r=$$?; [ $$r -le $$rc ] || rc=$$r; }; exit $$rc; }
 
 # One tier after the other, whatever -j says: the process tests, the ASan
 # build and the guests sharing the cores made each other time out.
