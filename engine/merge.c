@@ -1918,6 +1918,17 @@ int md__engine_discard(struct md__engine *e, void *addr, size_t len)
 	return err;
 }
 
+/* Whether any of the n pages from page base of r is a dropped zero page
+ * (base a multiple of 8: whole bytes of the bitmap, its bits past the
+ * region's end clear). */
+static int any_dropped(const struct md__eregion *r, size_t base, size_t n)
+{
+	for (size_t b = base / 8; b < (base + n + 7) / 8; b++)
+		if (r->dropped[b])
+			return 1;
+	return 0;
+}
+
 int md__engine_reap(struct md__engine *e)
 {
 	uint64_t pm[MAX_RUN];
@@ -1932,10 +1943,27 @@ int md__engine_reap(struct md__engine *e)
 			size_t k;
 			for (k = 0; k < n && !MD_REF_SLOT(r->ref[base + k]); k++)
 				;
-			if (k == n)
+			int drops = any_dropped(r, base, n);
+			if (k == n && !drops)
 				continue;
 			if (pagemap_read(e, r->start + base * MD_EPAGE, n, pm))
 				continue;
+			/* A dropped zero page the guest wrote since holds
+			 * memory again: no zero page any more (zero_pages, the
+			 * profit), not only once the cursor comes round to it
+			 * (half an hour for a GiB at the idle rate). The kernel's
+			 * zero page, which a read maps, pagemap flags neither
+			 * exclusive nor file, frames hidden or not; without one
+			 * a read maps a page of its own, which holds memory too. */
+			for (size_t i = 0; drops && i < n; i++) {
+				uint64_t p = pm[i];
+				int held = (p & MD_PM_PRESENT) ? !(p & MD_PM_FILE) && (p & MD_PM_EXCLUSIVE)
+							       : md__pm_private_anon(p);
+				if (held && md__dropped(r, base + i)) {
+					dropped_set(r, base + i, 0);
+					e->st.undropped++;
+				}
+			}
 			for (size_t i = 0; i < n; i++) {
 				if (!MD_REF_SLOT(r->ref[base + i]))
 					continue;

@@ -43,6 +43,7 @@
 #define MD_PM_SWAP (1ull << 62)
 #define MD_PM_FILE (1ull << 61)     /* file page or shared anonymous */
 #define MD_PM_UFFD_WP (1ull << 57)
+#define MD_PM_EXCLUSIVE (1ull << 56) /* mapped once: never the kernel's zero page */
 #define MD_PM_PFN ((1ull << 55) - 1)
 
 /* A pagemap entry showing a private anonymous page, present or swapped: a
@@ -150,7 +151,8 @@ struct md__engine_stats {
 	uint64_t merged;        /* guest pages replaced by pool pages */
 	uint64_t merged_file;   /* guest pages replaced by equal image pages */
 	uint64_t zero;          /* zero pages dropped (now on the zero frame) */
-	uint64_t undropped;     /* of those, found written since (md__engine_present) */
+	uint64_t undropped;     /* of those, found written since (md__engine_present,
+				 * md__engine_reap) */
 	uint64_t filled;        /* pages of one repeated word mapped from a fill strip */
 	uint64_t published;     /* guest pages copied into the pool as first copy */
 	uint64_t abandoned;     /* pages that differed under write-protect */
