@@ -147,6 +147,8 @@ int md__engine_init(struct md__engine *e, const struct md__engine_options *opts)
 		goto free_hashes;
 	}
 	e->zero_pfn = zero_pfn(e->pagemap_fd);
+	static const uint64_t zeroes[MD_EPAGE / sizeof(uint64_t)];
+	e->zero_hash = (uint16_t)md__page_hash(zeroes);
 	err = md__uffd_start(&e->uffd, on_fault, e);
 	if (err)
 		goto close_pagemap;
@@ -1645,6 +1647,7 @@ int md__engine_merge_zero(struct md__engine *e, void *addr, size_t n)
 	if (err)
 		goto unlock;
 	uint64_t since = e->budget_counts;
+	size_t first = (a - r->start) / MD_EPAGE;
 	for (size_t i = 0; i < n;) {
 		size_t j = i;
 		while (j < n && z[j] == z[i])
@@ -1658,10 +1661,23 @@ int md__engine_merge_zero(struct md__engine *e, void *addr, size_t n)
 		    (run_in_file(r, ra, j - i) ? further_mapping_ok(e, ra, j - i, since)
 					       : frozen_since(e, ra, j - i, since)) &&
 		    zero_run(e, r, ra, j - i) == 0) {
-			dropped += (int)(j - i);
-			for (size_t k = i; k < j; k++)
+			for (size_t k = i; k < j; k++) {
+				size_t p = first + k;
+				/* Zero when last dropped or read too: read
+				 * in again (no zero page), not new work. The
+				 * dropped bit alone would not tell it once a
+				 * reap found the page there (undropped). */
+				if (md__dropped(r, p) || (r->seen[p] && r->hash[p] == e->zero_hash)) {
+					e->st.zero_again++;
+					r->seen[p] = md__seen_aged(r->seen[p]);
+				} else {
+					dropped++;
+					r->hash[p] = e->zero_hash;
+					r->seen[p] = MD_SEEN;
+				}
 				if (had_content(e, pm[k]))
-					dropped_set(r, (a - r->start) / MD_EPAGE + k, 1);
+					dropped_set(r, p, 1);
+			}
 			/* The zap took the protection with the page. */
 			md__uffd_wake(&e->uffd, ra, rlen);
 		} else {
@@ -1954,7 +1970,8 @@ int md__engine_reap(struct md__engine *e)
 			 * (half an hour for a GiB at the idle rate). The kernel's
 			 * zero page, which a read maps, pagemap flags neither
 			 * exclusive nor file, frames hidden or not; without one
-			 * a read maps a page of its own, which holds memory too. */
+			 * a read maps a page of its own, which holds memory too
+			 * (a drop again is no new work: md__engine_merge_zero). */
 			for (size_t i = 0; drops && i < n; i++) {
 				uint64_t p = pm[i];
 				int held = (p & MD_PM_PRESENT) ? !(p & MD_PM_FILE) && (p & MD_PM_EXCLUSIVE)

@@ -117,6 +117,14 @@ static inline unsigned md__advice_after(unsigned have, uintptr_t rs, uintptr_t r
 #define MD_SEEN_AGE(s) (((s) >> 1) & 3u)
 #define MD_SEEN_SKIP(s) ((s) >> 4)
 #define MD_SEEN_MAKE(age, skip) (MD_SEEN | (unsigned)(age) << 1 | (unsigned)(skip) << 4)
+/* seen[] of a page found as it was once more: a step older, and skipped for
+ * 2^age - 1 passes. */
+static inline uint8_t md__seen_aged(uint8_t seen)
+{
+	unsigned age = MD_SEEN_AGE(seen);
+	age += age < 3;
+	return (uint8_t)MD_SEEN_MAKE(age, (1u << age) - 1);
+}
 
 /* What the engine keeps per registered page: ref, hash and seen. */
 #define MD_EPAGE_META (sizeof(uint32_t) + sizeof(uint16_t) + sizeof(uint8_t))
@@ -151,7 +159,12 @@ struct md__engine_stats {
 	uint64_t merged;        /* guest pages replaced by pool pages */
 	uint64_t merged_file;   /* guest pages replaced by equal image pages */
 	uint64_t zero;          /* zero pages dropped (now on the zero frame) */
-	uint64_t undropped;     /* of those, found written since (md__engine_present,
+	uint64_t zero_again;    /* not in zero: pages dropped again that were
+				 * zero when last dropped or read, and so since
+				 * as far as the scanner knows (read again on a
+				 * kernel without a zero page, or with its frames
+				 * hidden: a page of zeroes of their own) */
+	uint64_t undropped;     /* of zero, found written since (md__engine_present,
 				 * md__engine_reap) */
 	uint64_t filled;        /* pages of one repeated word mapped from a fill strip */
 	uint64_t published;     /* guest pages copied into the pool as first copy */
@@ -217,6 +230,7 @@ struct md__engine {
 	unsigned char *cmp_buf;	/* the compare's copies: frozen pages, then what they must equal */
 	uint64_t budget_counts; /* counts of every mapping budget_ok made (merge lock) */
 	uint64_t zero_pfn;      /* the kernel's zero page in pagemap, 0: unknown or none */
+	uint16_t zero_hash;     /* a zero page's checksum, as hash[] keeps it */
 	uint64_t zap_gen;       /* VMM discards done (md__engine_discard), counted
 				 * under the lock once the range is holes, and
 				 * unregisters begun (atomic) */
@@ -373,7 +387,13 @@ size_t md__engine_meta_bytes(const struct md__engine *e);
 /* Pages of r dropped as zero pages and not seen there since. */
 size_t md__engine_dropped_pages(const struct md__eregion *r);
 
-/* Drops those of n pages from addr that are all zero. Returns the count. */
+/* Drops those of n pages from addr that are all zero. Returns how many of
+ * those were new work: a page zero at its last drop or visit too (hash[]
+ * says so, or its dropped bit) is dropped again but counted in zero_again,
+ * not returned, and aged (seen[]): on a kernel without a zero page (or
+ * with its frames hidden from us) a guest that only reads its dropped
+ * pages shows each as a present page of zeroes again, and counted as new
+ * work they kept an idle scanner at its set rate. */
 int md__engine_merge_zero(struct md__engine *e, void *addr, size_t n);
 /* Maps those of n pages from addr that are word repeated (not zero) from a
  * fill strip of our own pool (made on first use), a strip per MD_FILL_STRIP

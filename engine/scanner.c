@@ -399,9 +399,7 @@ static void page_aged(struct md__engine *e, uintptr_t a)
 	if (!r)
 		return;
 	size_t i = (a - r->start) / MD_EPAGE;
-	unsigned age = MD_SEEN_AGE(r->seen[i]);
-	age += age < 3;
-	r->seen[i] = (uint8_t)MD_SEEN_MAKE(age, (1u << age) - 1);
+	r->seen[i] = md__seen_aged(r->seen[i]);
 }
 
 /* Merges the pending pages of[0..n) with slot[0..n): adjacent pages whose

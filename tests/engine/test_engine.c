@@ -3033,6 +3033,85 @@ TEST_IMPL(engine_scanner_keeps_rate_in_band)
 	return 0;
 }
 
+/* Steps s a page read at a time (a run of zero pages counts a quarter of
+ * each: a batch of 256 went round twice) until it has made pass passes. */
+static void zero_steps_to_pass(struct md__scanner *s, uint64_t pass)
+{
+	for (int k = 0; k < 100000 && s->st.passes < pass; k++)
+		md__scanner_step(s, 1);
+	ASSERT_EQ(s->st.passes, pass);
+}
+
+/* Zero pages the scanner dropped that the guest reads in again, on a kernel
+ * without a zero page (each read allocates a page of zeroes; with frames
+ * hidden from us the zero page looks the same), are found there and zero
+ * once more: dropped again (each still saves a page) but no new work,
+ * counted apart (zero_again, not zero) and aged like pages that stay
+ * unique. As new work they kept an idle scanner at its set rate, dropping
+ * them every pass (4,096 pages read once a second: 250 ms of its CPU per
+ * 20 s, 79,104 drops, against 1.7 ms quiet), and the guest allocating each
+ * again. A write of zeroes stands in for the read, on any kernel; a reap
+ * in between, which finds them there (no zero pages now), does not make
+ * them new either. */
+TEST_IMPL(engine_scanner_zero_read_again_quiet)
+{
+	struct md__engine e;
+	struct md__scanner s;
+	struct md__engine_stats st;
+	const size_t n = 1024;
+	unsigned char *r = map_ram(n);
+
+	engine_up(&e);
+	memset(r, 0, n * PG);
+	ASSERT_EQ(md__engine_register(&e, r, n * PG, 0), 0);
+	ASSERT_EQ(md__scanner_init(&s, &e, NULL), 0);
+	s.ratio = 0;
+	zero_steps_to_pass(&s, 1);
+	ASSERT_EQ(s.st.zero, n);
+	unsigned idle = s.idle;	/* the pass's end, after the drops: quiet */
+	for (size_t i = 0; i < n; i++)
+		ASSERT(dropped(r + i * PG));
+	memset(r, 0, n * PG);
+	ASSERT_EQ(md__engine_reap(&e), 0);
+	ASSERT_EQ(md__engine_dropped_pages(&e.regions[0]), 0);
+	zero_steps_to_pass(&s, 2);
+	md__engine_stats(&e, &st);
+	ASSERT_EQ(s.st.zero, n);
+	ASSERT_EQ(st.zero, n);
+	ASSERT_EQ(st.zero_again, n);
+	ASSERT_EQ(md__engine_dropped_pages(&e.regions[0]), n);
+	for (size_t i = 0; i < n; i++)
+		ASSERT(dropped(r + i * PG));
+	ASSERT_EQ(s.idle, idle + 1);	/* a quiet pass */
+	/* Aged: skipped by the next pass, there or not; dropped again by
+	 * the one after it, and skipped longer. */
+	memset(r, 0, n * PG);
+	uint64_t skipped = s.st.skipped;
+	zero_steps_to_pass(&s, 3);
+	ASSERT_EQ(s.st.skipped - skipped, n);
+	zero_steps_to_pass(&s, 4);
+	md__engine_stats(&e, &st);
+	ASSERT_EQ(st.zero_again, 2 * n);
+	ASSERT_EQ(s.st.zero, n);
+	skipped = s.st.skipped;
+	zero_steps_to_pass(&s, 7);
+	ASSERT_EQ(s.st.skipped - skipped, 3 * n);
+	ASSERT_EQ(s.idle, 5);
+	/* Written with data, then zeroes again after the scanner saw the
+	 * data: new work once more. */
+	for (size_t i = 0; i < 16; i++)
+		fill(r + i * PG, 7 + (unsigned)i);
+	zero_steps_to_pass(&s, 9);	/* past the skips: seen written */
+	ASSERT_EQ(md__engine_dropped_pages(&e.regions[0]), n - 16);
+	memset(r, 0, 16 * PG);
+	zero_steps_to_pass(&s, 10);
+	ASSERT_EQ(s.st.zero, n + 16);
+	md__scanner_free(&s);
+	md__engine_fini(&e);
+	munmap(r, n * PG);
+	return 0;
+}
+
 /* The linear cursor takes a run of pages of one word (freed guest kernel
  * memory poisoned with 0xcc) with the page it found and steps over it, as
  * it does zero pages; unlike those, it maps them from a fill strip only
