@@ -682,6 +682,11 @@ int md__scan_account(struct md_agent *a, int reap)
 	pthread_mutex_lock(&account_lock);
 	if (reap)
 		reaped = md__engine_reap(e);
+	/* Dozens of merged pages written (by the agent's thread's reap or
+	 * md_agent_stats()'s): they merge again only when the cursor comes
+	 * by, which an idle scanner took minutes to. */
+	if (reaped >= 64)
+		md__scanner_hold(&a->scanner);
 	md__engine_trim(e);
 	struct md__engine_stats st;
 	md__engine_stats(e, &st);

@@ -9,8 +9,10 @@
  * not there, merged already, or skipped cost next to nothing and do not
  * count. A whole pass (or 1,024 pages read) that finds next to nothing to
  * do doubles the sleep, up to 32x; a burst of work (merges, zero pages,
- * hints, candidates) restores it, and new hints end such a sleep at once
- * (md__scanner_poke). Each visit takes its page from one of
+ * hints, candidates) restores it, and new hints and a reap's dozens of
+ * merged pages written end such a sleep at once
+ * (md__scanner_poke; after a reap, md__scanner_hold keeps the set rate for
+ * a pass more). Each visit takes its page from one of
  * two sources:
  *   - the cursor, which walks every registered region page by page (linear
  *     order, like KSM) or jumps to random pages (like ESX), and
@@ -1199,7 +1201,11 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 		s->pass_progress = done;
 		s->pass_reads = reads;
 	} else if (s->st.passes != passes || reads - s->pass_reads >= QUIET_READS) {
-		if (done - s->pass_progress < QUIET_FOUND)
+		/* Held at this rate while the cursor goes round to pages a
+		 * reap found written (md__scanner_hold): 1,024 quiet reads
+		 * before it got there made it slow down again. */
+		if (done - s->pass_progress < QUIET_FOUND &&
+		    s->st.passes >= __atomic_load_n(&s->hold_pass, __ATOMIC_RELAXED))
 			idle += idle < MD_SCAN_IDLE_MAX;
 		s->pass_progress = done;
 		s->pass_reads = reads;
@@ -1340,6 +1346,13 @@ void md__scanner_poke(struct md__scanner *s)
 		}
 		errno = saved;
 	}
+}
+
+void md__scanner_hold(struct md__scanner *s)
+{
+	/* Two: the pass under way may have passed the pages already. */
+	__atomic_store_n(&s->hold_pass, __atomic_load_n(&s->st.passes, __ATOMIC_RELAXED) + 2, __ATOMIC_RELAXED);
+	md__scanner_poke(s);
 }
 
 int md__scanner_start(struct md__scanner *s)

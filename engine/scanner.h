@@ -112,6 +112,9 @@ struct md__scanner {
 	unsigned idle;          /* idle passes (or 1,024 reads) in a row */
 	uint64_t pass_progress; /* progress() at the last pass end or burst */
 	uint64_t pass_reads;    /* pages read (scanned + hinted) then */
+	uint64_t hold_pass;     /* no slowing down before this pass (atomic): the
+				 * agent's reap found merged pages written, which
+				 * only the cursor's next visits merge again */
 	struct md__scanner_stats st;
 	pthread_t thread;
 	int running, stop;
@@ -132,6 +135,10 @@ void md__scanner_stop(struct md__scanner *s);
 /* New hints: a scanner slowed down on a quiet host (idle) takes up the set
  * rate again, within one sleep at that rate. Any thread, lock-free. */
 void md__scanner_poke(struct md__scanner *s);
+/* Merged pages were found written (a reap): the set rate again, held
+ * until the cursor has been round once more, as it merges them again only
+ * when it comes by. Any thread, lock-free. */
+void md__scanner_hold(struct md__scanner *s);
 /* This agent's pages per wake-up, of batch shared by nb agents; a share
  * below a page lengthens *sleep_ns instead. */
 size_t md__scanner_share(size_t batch, unsigned nb, uint64_t *sleep_ns);

@@ -2886,6 +2886,48 @@ TEST_IMPL(scan_unmerge_kept_paused_through_welcome)
 	return 0;
 }
 
+/* A reap that finds dozens of merged pages written ends an idle scanner's
+ * sleep and holds it at its set rate until its cursor has been round past
+ * them (md__scanner_hold): they merge again only when it comes by, and an
+ * idle scanner took a minute and more to (2,048 pages written: 54 s to the
+ * set rate, 83 s to half of them merged again; 10 and 14 s so). */
+TEST_IMPL(scan_breaks_end_idle_sleep)
+{
+	md_agent *a;
+	const size_t n = 256;
+	char *m = pairs_merged_here(&a, NULL, n);
+	/* Idle at a set sleep of a second: the scanner sleeps 32 s once the
+	 * pass under way is over, and a pass is a batch. */
+	__atomic_store_n(&a->scanner.sleep_ms, 1000, __ATOMIC_RELAXED);
+	__atomic_store_n(&a->scanner.idle, MD_SCAN_IDLE_MAX, __ATOMIC_RELAXED);
+	md_stats st;
+	ASSERT_EQ(md_agent_stats(a, &st), 0);
+	uint64_t passes = st.full_scans;
+	for (int i = 0; i < 2000 && st.full_scans == passes; i++, usleep(10000))
+		md_agent_stats(a, &st);
+	ASSERT(st.full_scans > passes);
+	ASSERT_EQ(__atomic_load_n(&a->scanner.idle, __ATOMIC_RELAXED), MD_SCAN_IDLE_MAX);
+	for (size_t i = 0; i < n / 2; i++)
+		m[i * PG + 1] ^= 1;
+	ASSERT_EQ(md_agent_stats(a, &st), 0);	/* reaps: the writes found */
+	ASSERT_EQ(st.scan_breaks, n / 2);
+	ASSERT_EQ(__atomic_load_n(&a->scanner.idle, __ATOMIC_RELAXED), 0);
+	ASSERT(__atomic_load_n(&a->scanner.hold_pass, __ATOMIC_RELAXED) > st.full_scans);
+	/* Awake: a pass within about a set sleep, not 32 s. */
+	struct timespec t0;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	passes = st.full_scans;
+	while (st.full_scans == passes && secs_since(&t0) < 12) {
+		usleep(5000);
+		md_agent_stats(a, &st);
+	}
+	printf("  a pass %.3f s after the reap, the idle sleep being 32 s\n", secs_since(&t0));
+	ASSERT(st.full_scans > passes);
+	md_agent_free(a);
+	munmap(m, n * PG);
+	return 0;
+}
+
 /* The mapping budget's estimate only rises (a merge's mappings are counted,
  * not those a guest's write or a discard takes back): the read path counts
  * again before it copies a read for want of room, as the engine does

@@ -2976,6 +2976,38 @@ TEST_IMPL(engine_scanner_slows_when_quiet)
 	return 0;
 }
 
+/* A reap that found merged pages written holds the scanner at its set rate
+ * (md__scanner_hold: an idle sleep ends at once) until its cursor has been
+ * round once more, past them: they merge again only when it comes by, and
+ * 1,024 quiet reads before it got there slowed it down again (a minute and
+ * more for 2,048 pages at the idle rate). Then it slows down as before. */
+TEST_IMPL(engine_scanner_held_after_breaks)
+{
+	struct md__engine e;
+	struct md__scanner s;
+	const size_t n = 3000;
+	unsigned char *r = unique_pages_scanned(&e, &s, n);
+	unsigned fell = 0;
+
+	step_to_pass(&s, 2, &fell);
+	ASSERT_EQ(s.idle, 3);	/* quiet (engine_scanner_slows_when_quiet) */
+	md__scanner_hold(&s);
+	ASSERT_EQ(s.idle, 0);
+	ASSERT_EQ(s.hold_pass, 4);
+	/* The pass under way, which may have passed them, and the next. */
+	ASSERT_EQ(step_to_pass(&s, 3, &fell), 0);
+	ASSERT_EQ(s.idle, 0);
+	ASSERT_EQ(step_to_pass(&s, 4, &fell), 0);
+	ASSERT_EQ(s.idle, 1);	/* the end of the pass the hold was for */
+	step_to_pass(&s, 5, &fell);
+	ASSERT_EQ(s.idle, 4);
+	ASSERT_EQ(s.st.merged_scan, 0);
+	md__scanner_free(&s);
+	md__engine_fini(&e);
+	munmap(r, n * PG);
+	return 0;
+}
+
 TEST_IMPL(engine_scanner_keeps_rate_when_pages_change)
 {
 	/* The same 3,000 pages, each rewritten with new content between the
