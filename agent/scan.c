@@ -1012,6 +1012,12 @@ void md__scan_daemon(struct md_agent *a, int report)
 	struct md__msg_control ctl;
 	while (md__remote_next_control(rm, &ctl) == 0)
 		md__scan_apply_control(a, &ctl);
+	/* Read with the controls: copies of pages another agent just
+	 * published, merged all but certainly, which an idle scanner took
+	 * only after its long sleep (a minute and more at a long
+	 * sleep_millisecs), as it takes new hints at once. */
+	if (md__remote_candidates_waiting(rm))
+		md__scanner_poke(&a->scanner);
 	md__engine_send_unrefs(e);	/* the VMM's unmaps' (the scanner sends its own) */
 	/* The daemon's rate and CPU cap are for all its agents together; a
 	 * value given to this agent itself (memdedup run --pages-to-scan) is

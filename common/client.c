@@ -1364,6 +1364,11 @@ size_t md__client_take_candidates(struct md__client *c, uint64_t *addr, size_t m
 	return n;
 }
 
+size_t md__client_candidates(const struct md__client *c)
+{
+	return c->clen;
+}
+
 uint32_t md__client_share(const struct md__client *c)
 {
 	return c->share;

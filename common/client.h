@@ -151,6 +151,8 @@ int md__client_next_control(struct md__client *c, struct md__msg_control *ctl);
 /* Moves up to max CANDIDATES addresses, oldest first, to addr; returns
  * how many. Reads what is waiting on the socket first, without blocking. */
 size_t md__client_take_candidates(struct md__client *c, uint64_t *addr, size_t max);
+/* How many CANDIDATES addresses are queued (what was read so far). */
+size_t md__client_candidates(const struct md__client *c);
 /* The agents the daemon last said its tunables are split among; 0: none. */
 uint32_t md__client_share(const struct md__client *c);
 

@@ -369,6 +369,14 @@ size_t md__remote_take_candidates(struct md__remote *rm, uint64_t *addr, size_t 
 	return n;
 }
 
+int md__remote_candidates_waiting(struct md__remote *rm)
+{
+	pthread_mutex_lock(&rm->lock);
+	int n = rm->c && md__client_candidates(rm->c);
+	pthread_mutex_unlock(&rm->lock);
+	return n;
+}
+
 uint32_t md__remote_share(struct md__remote *rm)
 {
 	uint32_t n = 0;

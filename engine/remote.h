@@ -89,6 +89,8 @@ int md__remote_control_done(struct md__remote *rm, uint32_t token, int status, c
 /* Pages this agent looked up whose content another agent has published
  * since (the daemon's CANDIDATES): up to max addresses, oldest first. */
 size_t md__remote_take_candidates(struct md__remote *rm, uint64_t *addr, size_t max);
+/* Whether candidates came and wait for the scanner's next batch. */
+int md__remote_candidates_waiting(struct md__remote *rm);
 /* The scanning agents the daemon's tunables are split among (0: not said). */
 uint32_t md__remote_share(struct md__remote *rm);
 #endif

@@ -9,8 +9,8 @@
  * not there, merged already, or skipped cost next to nothing and do not
  * count. A whole pass (or 1,024 pages read) that finds next to nothing to
  * do doubles the sleep, up to 32x; a burst of work (merges, zero pages,
- * hints, candidates) restores it, and new hints and a reap's dozens of
- * merged pages written end such a sleep at once
+ * hints, candidates) restores it, and new hints, memdedupd's candidates
+ * and a reap's dozens of merged pages written end such a sleep at once
  * (md__scanner_poke; after a reap, md__scanner_hold keeps the set rate for
  * a pass more). Each visit takes its page from one of
  * two sources:

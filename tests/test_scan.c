@@ -2928,6 +2928,96 @@ TEST_IMPL(scan_breaks_end_idle_sleep)
 	return 0;
 }
 
+/* Candidates (memdedupd names a page this agent looked up whose content
+ * another agent has just published) end an idle scanner's sleep, as new
+ * hints do: merged all but certainly, they waited for its end (32 s at a
+ * set sleep of a second). */
+TEST_IMPL(scan_candidates_end_idle_sleep)
+{
+	struct tdaemon t;
+	md_agent *a;
+	const size_t n = 16;
+	td_start(&t, 4096);
+	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .pages_to_scan = 300, .sleep_ms = 1000,
+			       .domain = "cand", .daemon_socket = t.sock };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	char *m = mmap(NULL, n * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	unique_pages(a, m, n);
+	/* Another agent of the domain, connected first: the share of the
+	 * rate its coming changes ends a sleep too. On the word, it
+	 * publishes the same content, and stays (its pages pinned) until
+	 * told. */
+	int go[2], done[2];
+	ASSERT(pipe(go) == 0 && pipe(done) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		struct md__msg_welcome w;
+		int fd;
+		char b = 1;
+		struct md__client *c = td_agent(&t, "cand", &w, &fd);
+		if (write(done[1], &b, 1) != 1 || read(go[0], &b, 1) != 1)
+			_exit(3);
+		for (size_t i = 0; i < n; i++) {
+			uint64_t h = md__page_hash(m + i * PG), addr = 0x7f0000000000ull + i * PG;
+			uint32_t s1, first;
+			if (md__client_lookup(c, &h, &addr, 1, &s1) || s1 != MD_LOOKUP_PUBLISH)
+				_exit(1);
+			if (md__client_publish(c, &h, m + i * PG, 1, &first))
+				_exit(2);
+		}
+		if (write(done[1], &b, 1) != 1 || read(go[0], &b, 1) != 1)
+			_exit(3);
+		_exit(0);
+	}
+	char b = 1;
+	ASSERT_EQ(read(done[0], &b, 1), 1);
+	/* The share seen, and the pages looked up (a second visit: the first
+	 * takes the checksums), found nowhere, aged: the daemon knows them
+	 * as first sightings. */
+	md_stats st = { 0 };
+	for (int i = 0; i < 1000 && (st.pages_unshared < n ||
+				     __atomic_load_n(&a->scanner.share_cpu, __ATOMIC_RELAXED) != 2); i++) {
+		usleep(20000);
+		ASSERT_EQ(md_agent_stats(a, &st), 0);
+	}
+	ASSERT_EQ(st.pages_unshared, n);
+	ASSERT_EQ(__atomic_load_n(&a->scanner.share_cpu, __ATOMIC_RELAXED), 2);
+	ASSERT_EQ(st.candidates, 0);
+	/* Idle after one more pass: asleep for 32 s. */
+	__atomic_store_n(&a->scanner.idle, MD_SCAN_IDLE_MAX, __ATOMIC_RELAXED);
+	uint64_t passes = st.full_scans;
+	for (int i = 0; i < 2000 && st.full_scans == passes; i++, usleep(10000))
+		md_agent_stats(a, &st);
+	ASSERT(st.full_scans > passes);
+	ASSERT_EQ(__atomic_load_n(&a->scanner.idle, __ATOMIC_RELAXED), MD_SCAN_IDLE_MAX);
+	ASSERT_EQ(write(go[1], &b, 1), 1);
+	ASSERT_EQ(read(done[0], &b, 1), 1);
+	struct timespec t0;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	/* Visited within 12 s: about 2 s with the poke, 32 s without. */
+	while (st.merged_from_candidates == 0 && secs_since(&t0) < 12) {
+		usleep(5000);
+		md_agent_stats(a, &st);
+	}
+	printf("  candidates merged %.3f s after they were published, the idle sleep being 32 s\n",
+	       secs_since(&t0));
+	ASSERT(st.merged_from_candidates > 0);
+	ASSERT_EQ(write(go[1], &b, 1), 1);
+	int status;
+	ASSERT_EQ(waitpid(kid, &status, 0), kid);
+	ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	close(go[0]);
+	close(go[1]);
+	close(done[0]);
+	close(done[1]);
+	md_agent_free(a);
+	td_stop(&t);
+	munmap(m, n * PG);
+	return 0;
+}
+
 /* The mapping budget's estimate only rises (a merge's mappings are counted,
  * not those a guest's write or a discard takes back): the read path counts
  * again before it copies a read for want of room, as the engine does
