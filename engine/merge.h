@@ -232,8 +232,8 @@ struct md__engine {
 	uint64_t zero_pfn;      /* the kernel's zero page in pagemap, 0: unknown or none */
 	uint16_t zero_hash;     /* a zero page's checksum, as hash[] keeps it */
 	uint64_t zap_gen;       /* VMM discards done (md__engine_discard), counted
-				 * under the lock once the range is holes, and
-				 * unregisters begun (atomic) */
+				 * under the lock once the range is holes,
+				 * unregisters begun and pools forgotten (atomic) */
 	uint64_t max_vmas;
 	struct md__vmas *vmas;  /* upper bound since the last count (options) */
 	struct md__vmas own_vmas;

@@ -137,6 +137,10 @@ static void forget_pool(struct md__engine *e, struct md__remote *rm)
 			if (MD_REF_SLOT(r->ref[p]) && !(r->ref[p] & MD_REF_FILL))
 				r->ref[p] = MD_REF_FILE;
 	}
+	/* Pages no longer sharing: the agent's count of them is done again
+	 * now (md__scan_account), not up to 30 s later. Windows the scanner
+	 * read before are stale by it too, which costs a read again. */
+	__atomic_add_fetch(&e->zap_gen, 1, __ATOMIC_RELEASE);
 	/* Those pages, and those written or unmerged since in the old
 	 * pool's mappings, keep its whole file in memory (and open to this
 	 * process, an old user's after a change of user): the agent moves

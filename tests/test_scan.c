@@ -3018,6 +3018,41 @@ TEST_IMPL(scan_candidates_end_idle_sleep)
 	return 0;
 }
 
+/* pages_sharing follows a switch of pools: memdedupd restarted (or the
+ * VMM's user changed), the slots of the old pool are forgotten, and the
+ * agent's published count drops with them at its next walk, not up to
+ * 30 s later (nothing else that makes a walk due moved). */
+TEST_IMPL(scan_sharing_follows_pool_switch)
+{
+	struct tdaemon t;
+	md_agent *a;
+	const size_t n = 64;
+	char *m = merged_pairs(&t, &a, n);
+	ASSERT_EQ(sharing_published(a, n), n);
+	ASSERT_EQ(md_agent_pause(a, 1), 0);	/* no merges move the walk, nor merge anew */
+	/* Past the agent's thread's first reaps (merges made them due), which
+	 * walk too: 5 of its passes without a walk. */
+	for (int i = 0; i < 1000 && __atomic_load_n(&a->walk_age, __ATOMIC_RELAXED) < 5; i++)
+		usleep(20000);
+	ASSERT(__atomic_load_n(&a->walk_age, __ATOMIC_RELAXED) >= 5);
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);	/* a walk now: the next by age 30 s on */
+	ASSERT_EQ(s.pages_sharing, n);
+	uint64_t gen = a->engine->remote->generation;
+	kill(t.pid, SIGKILL);
+	waitpid(t.pid, NULL, 0);
+	td_restart(&t);
+	for (int i = 0; i < 500 && (!md__remote_connected(a->engine->remote) || a->engine->remote->generation == gen);
+	     i++)
+		usleep(10000);
+	ASSERT(a->engine->remote->generation != gen);
+	ASSERT_EQ(sharing_published(a, 0), 0);
+	md_agent_free(a);
+	td_stop(&t);
+	munmap(m, n * PG);
+	return 0;
+}
+
 /* The mapping budget's estimate only rises (a merge's mappings are counted,
  * not those a guest's write or a discard takes back): the read path counts
  * again before it copies a read for want of room, as the engine does
