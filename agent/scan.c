@@ -847,18 +847,23 @@ void md__scan_apply_control(struct md_agent *a, const struct md__msg_control *ct
 			break;
 		}
 		pthread_mutex_lock(&a->tunables_lock);
-		if (__atomic_load_n(&a->scan_explicit, __ATOMIC_RELAXED) & tunable_bit(ctl->key))
+		if (__atomic_load_n(&a->scan_explicit, __ATOMIC_RELAXED) & tunable_bit(ctl->key)) {
 			md__log_once(106, "a value memdedupd sets for all agents leaves this agent's own "
 				     "(memdedup run's option, or set --pid): %s stays", ctl->key);
-		else
+			/* Not a failure: memdedupd counts it apart (MD_CTL_KEPT_OWN). */
+			err = MD_CTL_KEPT_OWN;
+		} else {
 			err = tunable_set(a, ctl->key, ctl->value) < 0 ? -EINVAL : 0;
+		}
 		pthread_mutex_unlock(&a->tunables_lock);
 		break;
 	default: err = -EINVAL;
 	}
+	if (err == MD_CTL_KEPT_OWN)
+		snprintf(why, sizeof(why), "keeps its own %s", ctl->key);
 	if (err && !why[0])
 		snprintf(why, sizeof(why), "%s", strerror(-err));
-	if (err)
+	if (err && err != MD_CTL_KEPT_OWN)
 		md__log("%s from memdedupd failed: %s", md__control_op_name(ctl->op), why);
 	if (ctl->token)
 		md__remote_control_done(a->engine->remote, ctl->token, err, why);

@@ -15,6 +15,7 @@
  */
 #ifndef MD_PROTOCOL_H
 #define MD_PROTOCOL_H
+#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -225,6 +226,9 @@ struct md__msg_text {                  /* CONTROL_R and ERROR */
 };
 
 /* CONTROL_DONE: an agent's outcome of the CONTROL with this token. */
+/* Its status for a SET of all agents that left the agent's own value of
+ * the key (memdedup run's option, or set --pid): done, counted apart. */
+#define MD_CTL_KEPT_OWN (-EEXIST)
 struct md__msg_control_done {
 	uint32_t token;
 	struct md__msg_text result;        /* why, if it failed */

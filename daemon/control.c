@@ -32,6 +32,7 @@ struct md__pending_control {
 	size_t nowed;              /* agents that have not answered: owed[0..nowed) */
 	pid_t *owed;
 	unsigned done, failed, detached;
+	unsigned kept;             /* a SET's agents that keep their own value */
 	int status;                /* the first failure's */
 	char why[MD_TEXT_MAX + 1];
 	char what[MD_KEY_MAX + MD_VALUE_MAX + 16];
@@ -58,15 +59,18 @@ static void drop(struct md__daemon *d, struct md__pending_control *p)
 static void finish(struct md__daemon *d, struct md__pending_control *p)
 {
 	struct md__msg cr = { .hdr = { .type = MD_MSG_CONTROL_R, .seq = p->seq } };
-	char n_done[32], n_all[32];
+	char n_done[32], n_all[32], n_kept[64] = "";
 	plural(n_done, sizeof(n_done), p->done, "agent");
-	plural(n_all, sizeof(n_all), p->done + p->failed, "agent");
+	plural(n_all, sizeof(n_all), p->done + p->failed + p->kept, "agent");
+	if (p->kept)
+		snprintf(n_kept, sizeof(n_kept), "%s%u %s", p->failed ? ", " : "; ", p->kept,
+			 p->kept == 1 ? "keeps its own value" : "keep their own value");
 	cr.u.text.status = p->failed ? p->status : 0;
 	if (p->failed)
-		snprintf(cr.u.text.text, sizeof(cr.u.text.text), "%.64s: %.130s (done by %u of %s)", p->what,
-			 p->why, p->done, n_all);
+		snprintf(cr.u.text.text, sizeof(cr.u.text.text), "%.64s: %.100s (done by %u of %s%s)", p->what,
+			 p->why, p->done, n_all, n_kept);
 	else
-		snprintf(cr.u.text.text, sizeof(cr.u.text.text), "%.64s done by %s%s", p->what, n_done,
+		snprintf(cr.u.text.text, sizeof(cr.u.text.text), "%.64s done by %s%s%s", p->what, n_done, n_kept,
 			 p->detached ? "; agents not connected now get it when back" : "");
 	if (p->cli) {
 		p->cli->awaiting = 0;	/* its next requests may go on: md__conn_send wakes it */
@@ -295,7 +299,9 @@ void md__control_done(struct md__daemon *d, struct md__conn *c, uint32_t seq,
 	for (struct md__pending_control *p = d->controls; p; p = p->next) {
 		if (p->token != done->token || !settle(p, c->agent->pid))
 			continue;
-		if (done->result.status) {
+		if (p->op == MD_CTL_SET && done->result.status == MD_CTL_KEPT_OWN) {
+			p->kept++;
+		} else if (done->result.status) {
 			failed(p, done->result.status, "pid %d: %s", (int)c->agent->pid,
 			       done->result.text[0] ? done->result.text : strerror(-done->result.status));
 		} else {

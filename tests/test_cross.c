@@ -1464,3 +1464,34 @@ TEST_IMPL(cross_reads_pair)
 	td_stop(&t);
 	return 0;
 }
+
+/* A `set` for all agents says which kept their own value of the key
+ * (memdedup run --pages-to-scan): it counted them as done, which they are
+ * not. A key neither set on its own is done by both. */
+TEST_IMPL(cross_set_all_says_kept_own)
+{
+	struct tdaemon t;
+	struct proc a, b;
+	td_start(&t, 4096);
+	start_agent_at(&a, &t, NULL, "MEMDEDUP_PAGES_TO_SCAN=4000", "MEMDEDUP_SLEEP_MS=20");
+	start_agent_at(&b, &t, NULL, "MEMDEDUP_X=2", "MEMDEDUP_SLEEP_MS=20");
+	ASSERT(agent_field_becomes(&t, a.pid, "pid", a.pid) == a.pid);
+	ASSERT(agent_field_becomes(&t, b.pid, "pid", b.pid) == b.pid);
+	const char *b_dir = build_dir();
+	ASSERT_EQ(td_sh("MEMDEDUP_SOCKET=%s %s/memdedup set pages_to_scan=300 >%s/out 2>&1", t.sock, b_dir,
+			test_dir()), 0);
+	ASSERT_EQ(td_sh("grep -qx 'pages_to_scan=300 done by 1 agent; 1 keeps its own value' %s/out", test_dir()),
+		  0);
+	ASSERT_EQ(td_sh("MEMDEDUP_SOCKET=%s %s/memdedup set cpu_percent=50 >%s/out 2>&1", t.sock, b_dir,
+			test_dir()), 0);
+	ASSERT_EQ(td_sh("grep -qx 'cpu_percent=50 done by 2 agents' %s/out", test_dir()), 0);
+	/* Both keep their own sleep. */
+	ASSERT_EQ(td_sh("MEMDEDUP_SOCKET=%s %s/memdedup set sleep_millisecs=30 >%s/out 2>&1", t.sock, b_dir,
+			test_dir()), 0);
+	ASSERT_EQ(td_sh("grep -qx 'sleep_millisecs=30 done by 0 agents; 2 keep their own value' %s/out",
+			test_dir()), 0);
+	proc_stop(&a);
+	proc_stop(&b);
+	td_stop(&t);
+	return 0;
+}
