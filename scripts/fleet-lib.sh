@@ -4,7 +4,7 @@
 #
 #   source scripts/fleet-lib.sh
 #   fleet_init                     # cleanup trap (kills every QEMU started here)
-#   fleet_run DIR N IMAGE [--wrapper "CMD"] [--mem MB] [--hold S] [--timeout S]
+#   fleet_run DIR N IMAGE [--wrapper "CMD"] [--mem MB] [--hold S] [--timeout S] [--qemu-opt "WORDS"]
 #       (CMD as shell words: a path with spaces quoted, printf %q)
 #       starts N guests on IMAGE (each under the wrapper, e.g.
 #       "build/memdedup run --"), samples memory every second into
@@ -319,13 +319,15 @@ fleet_sampler() {  # runs in the background until killed
 }
 
 # fleet_run DIR N IMAGE [--wrapper "CMD"] [--mem MB] [--hold S] [--timeout S] [--stagger S]
+#   [--qemu-opt "WORDS"]   (more QEMU options, shell words)
 fleet_run() {
   local dir=$1 n=$2 image=$3
   shift 3
-  local wrapper="" mem=512 hold=0 timeout="" stagger=0
+  local wrapper="" mem=512 hold=0 timeout="" stagger=0 qopt=""
   while [ $# -gt 0 ]; do
     case "$1" in
       --wrapper) wrapper=$2; shift 2 ;;
+      --qemu-opt) qopt=$2; shift 2 ;;
       --mem) mem=$2; shift 2 ;;
       --hold) hold=$2; shift 2 ;;
       --timeout) timeout=$2; shift 2 ;;
@@ -351,8 +353,9 @@ fleet_run() {
   [ -n "$FLEET_KSMD_PID" ] && FLEET_KSMD_T0=$(fleet_stat_cpu_ticks "/proc/$FLEET_KSMD_PID/stat")
   # The wrapper is shell words (a path in it quoted, printf %q); a comma
   # in -drive's file name is doubled, as QEMU reads it.
-  local -a wrap=()
+  local -a wrap=() extra=()
   eval "wrap=($wrapper)" || fleet_die "fleet_run: --wrapper is not a list of shell words: $wrapper"
+  eval "extra=($qopt)" || fleet_die "fleet_run: --qemu-opt is not a list of shell words: $qopt"
   local i log p
   for i in $(seq 1 "$n"); do
     log=$dir/guest$i.log
@@ -362,7 +365,7 @@ fleet_run() {
       -monitor none -serial "file:$log" \
       -kernel "$FLEET_KERNEL" -initrd "$FLEET_INITRD" \
       -append "console=ttyS0 quiet panic=-1 hold=$hold" \
-      -drive "file=${image//,/,,},if=virtio,format=raw,readonly=on" \
+      -drive "file=${image//,/,,},if=virtio,format=raw,readonly=on" "${extra[@]}" \
       < /dev/null > "$log.qemu" 2>&1 &
     FLEET_PIDS+=($!)
     echo "$!" >> "$dir/pids"
