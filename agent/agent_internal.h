@@ -417,6 +417,10 @@ struct md__read_plan {
 };
 void md__plan_read(uintptr_t buf, size_t len, uint64_t off, uint64_t file_size,
 		   struct md__read_plan *p);
+/* 0 if the kernel takes the buffers iov[0..cnt) whole, as a read's or
+ * process_madvise's (access_ok), else -EFAULT. */
+struct iovec;
+int md__kernel_takes(const struct iovec *iov, int cnt);
 
 /* scan.c: the agent's side of the content scanner */
 #define MD_SET_PAGES (1u << 0)

@@ -27,15 +27,14 @@
 /* The kernel's MAX_RW_COUNT: the most one read moves. */
 #define MD_RW_MAX ((size_t)0x7ffff000)
 
-/* 0 if the kernel takes the buffers iov[0..cnt) whole: it checks each at
- * its full length (access_ok: its end inside the address space the user
- * may name, which depends on the kernel and the machine) before it cuts a
- * read to MD_RW_MAX, and refuses the read with EFAULT before a byte moves.
- * Asked of the kernel itself: process_vm_readv checks its local buffers
- * so before it copies, here one byte into a scratch byte put first,
- * nothing into the buffers. Any other answer than EFAULT (a sandbox's
- * filter) is taken for a yes, as before. */
-static int kernel_takes(const struct iovec *iov, int cnt)
+/* The kernel checks each buffer at its full length (access_ok: its end
+ * inside the address space the user may name, which depends on the kernel
+ * and the machine) before it cuts a read to MD_RW_MAX, and refuses the
+ * read with EFAULT before a byte moves. Asked of the kernel itself:
+ * process_vm_readv checks its local buffers so before it copies, here one
+ * byte into a scratch byte put first, nothing into the buffers. Any other
+ * answer than EFAULT (a sandbox's filter) is taken for a yes, as before. */
+int md__kernel_takes(const struct iovec *iov, int cnt)
 {
 	static const char byte;
 	char scratch;
@@ -583,7 +582,7 @@ ssize_t md_agent_pread(md_agent *a, int fd, void *buf, size_t len, off_t off)
 	 * length with EINVAL, not EFAULT, and would seem to take it). */
 	struct iovec whole = { buf, len };
 	if (!a || !len || (uintptr_t)buf + len < (uintptr_t)buf || len > (size_t)SSIZE_MAX ||
-	    (len > MD_RW_MAX && kernel_takes(&whole, 1) != 0))
+	    (len > MD_RW_MAX && md__kernel_takes(&whole, 1) != 0))
 		return md__sys_pread(fd, buf, len, off);
 	if (len > MD_RW_MAX)
 		len = MD_RW_MAX;
@@ -744,9 +743,9 @@ static ssize_t preadv_errno(md_agent *a, int fd, const struct iovec *iov, int io
 		}
 	}
 	/* Every segment, past the cut too, is checked whole by the kernel
-	 * first (kernel_takes): a read the agent cuts must not pass one it
+	 * first (md__kernel_takes): a read the agent cuts must not pass one it
 	 * would refuse. */
-	if (cut && kernel_takes(iov, iovcnt) != 0)
+	if (cut && md__kernel_takes(iov, iovcnt) != 0)
 		return md__sys_preadv2(fd, iov, iovcnt, off, flags);
 	/* Segment by segment, as preadv fills them: stop at a short read. A
 	 * segment that could be mapped is a read of its own; the segments
