@@ -4,9 +4,10 @@
  * The VMM's calls to the C library are interposed: madvise(MADV_MERGEABLE)
  * registers guest RAM (and creates the agent on first use, so a process that
  * never asks for merging costs nothing), MADV_UNMERGEABLE, munmap, mremap and
- * MAP_FIXED mmaps forget it, discards are made to yield zeroes, and the
- * pread/preadv family goes through md_agent_pread()/md_agent_preadv(), the
- * pwrite/pwritev family through md_agent_pwrite()/md_agent_pwritev().
+ * MAP_FIXED mmaps forget it, discards (madvise, and process_madvise on its
+ * own memory) are made to yield zeroes, and the pread/preadv family goes
+ * through md_agent_pread()/md_agent_preadv(), the pwrite/pwritev family
+ * through md_agent_pwrite()/md_agent_pwritev().
  * libaio's io_setup, liburing's submit calls, io_uring through syscall(2),
  * the DMA-mapping ioctls, libibverbs' memory registrations and zero-copy
  * sends are watched for I/O the agent does not see (below).
@@ -30,6 +31,7 @@
  */
 #include <dlfcn.h>
 #include <errno.h>
+#include <limits.h>
 #include <scsi/sg.h>
 #include <linux/userfaultfd.h>
 #include <liburing.h>
@@ -426,6 +428,111 @@ static long libc_call(long nr, long a0, long a1, long a2, long a3)
 {
 	long (*call)(long, ...) = libc();
 	return call ? call(nr, a0, a1, a2, a3) : -1;
+}
+
+#ifndef SYS_process_madvise
+#define SYS_process_madvise 440	/* the same on every architecture (Linux 5.10) */
+#endif
+/* The kernel's MAX_RW_COUNT: what one call's iovecs add up to at most. */
+#define MAX_RW_COUNT ((size_t)INT_MAX & ~(size_t)(MD_PAGE_SIZE - 1))
+
+/* The advice madvise() above does something of its own for. */
+static int advice_ours(int advice)
+{
+	switch (advice) {
+	case MADV_MERGEABLE:
+	case MADV_UNMERGEABLE:
+	case MADV_DONTNEED:
+	case MADV_DONTNEED_LOCKED:
+	case MADV_FREE:
+		return 1;
+	default:
+		return advice_bit(advice) != 0;
+	}
+}
+
+/* n iovecs at src into dst: 0 or -EFAULT, as the kernel's copy would. */
+static int iovecs_in(struct iovec *dst, const struct iovec *src, size_t n)
+{
+	int err = md__copy_in(dst, src, n * sizeof(*dst));
+	if (err == -EFAULT)
+		return err;
+	if (err)	/* the kernel would not say (a seccomp filter): read them */
+		memcpy(dst, src, n * sizeof(*dst));
+	return 0;
+}
+
+/* process_madvise(2) on this process's own memory (Linux 6.13 takes any
+ * advice there): each range goes through madvise() above, as the same
+ * call would (a discard of merged pages must read zeroes, not the pool's
+ * page, which another page's content may have replaced). Another
+ * process's memory, and advice madvise() leaves alone, go to the kernel. */
+ssize_t process_madvise(int pidfd, const struct iovec *iov, size_t n, int advice, unsigned int flags);
+EXPORT ssize_t process_madvise(int pidfd, const struct iovec *iov, size_t n, int advice, unsigned int flags)
+{
+	long (*call)(long, ...) = libc();
+	if (!call)
+		return -1;
+	int saved = errno;	/* a call that succeeds leaves it */
+	/* What the kernel refuses before it looks at a range is its to say:
+	 * flags, too many iovecs, a pidfd it does not take. Whether the pidfd
+	 * is ours is its answer too (the same memory, not the same pid: a
+	 * thread's pidfd, PIDFD_SELF*), to a call with no range: one with a
+	 * discard is refused on another process's memory, and on this one's
+	 * before Linux 6.13, as the call itself then is. */
+	if (md__in_agent || flags || n == 0 || n > IOV_MAX || !advice_ours(advice) ||
+	    call(SYS_process_madvise, pidfd, NULL, 0, MADV_DONTNEED, 0) != 0) {
+		errno = saved;
+		return call(SYS_process_madvise, pidfd, iov, n, advice, flags);
+	}
+	/* The kernel's checks of the iovecs, before any range is advised:
+	 * readable, no negative length, then each range inside the address
+	 * space; their lengths cut to MAX_RW_COUNT in all. */
+	struct iovec v[64];
+	size_t total = 0, done = 0;
+	int err = 0;
+	for (size_t i = 0; i < n; i += 64) {
+		size_t k = n - i < 64 ? n - i : 64;
+		if (iovecs_in(v, iov + i, k)) {
+			errno = EFAULT;
+			return -1;
+		}
+		for (size_t j = 0; j < k; j++) {
+			if ((ssize_t)v[j].iov_len < 0) {
+				errno = EINVAL;
+				return -1;
+			}
+			total += v[j].iov_len < MAX_RW_COUNT - total ? v[j].iov_len : MAX_RW_COUNT - total;
+		}
+		if (!err && md__kernel_takes(v, (int)k))
+			err = EFAULT;
+	}
+	if (err) {
+		errno = err;
+		return -1;
+	}
+	/* As the kernel's loop: the first range, then those not empty, until
+	 * the total is advised; it stops at the first error and says how many
+	 * bytes were advised, if any. */
+	for (size_t i = 0; i < n && done < total && !err; i += 64) {
+		size_t k = n - i < 64 ? n - i : 64;
+		if (iovecs_in(v, iov + i, k)) {
+			err = EFAULT;	/* unmapped by another thread since */
+			break;
+		}
+		for (size_t j = 0; j < k && done < total; j++) {
+			size_t len = v[j].iov_len < total - done ? v[j].iov_len : total - done;
+			if (len == 0 && i + j > 0)
+				continue;
+			if (madvise(v[j].iov_base, len, advice) != 0) {
+				err = errno;
+				break;
+			}
+			done += len;
+		}
+	}
+	errno = done || !err ? saved : err;
+	return done || !err ? (ssize_t)done : -1;
 }
 
 /* Locked memory: a private mapping made or locked there is filled at once
@@ -1144,6 +1251,9 @@ EXPORT long syscall(long nr, ...)
 		return mprotect((void *)a[0], (size_t)a[1], (int)a[2]);
 	case SYS_madvise:	/* a discard of merged pages must read zeroes */
 		return madvise((void *)a[0], (size_t)a[1], (int)a[2]);
+	case SYS_process_madvise:	/* so must one through this, on our own memory */
+		return process_madvise((int)a[0], (const struct iovec *)a[1], (size_t)a[2], (int)a[3],
+				       (unsigned)a[4]);
 	case SYS_munmap:
 		return munmap((void *)a[0], (size_t)a[1]);
 	case SYS_mmap:

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <sched.h>
 #include <string.h>
@@ -1762,6 +1763,84 @@ TEST_IMPL(discard_yields_zeroes)
 	long long rm = proc_num(&a, "advise 131072 65536 remove");
 	ASSERT(rm == -EACCES || rm == -EINVAL);
 	ASSERT(strcmp(proc_cmd(&a, "hash 131072 %u", MB - 196608), hex(fnv_file(img, 131072, MB - 196608))) == 0);
+	proc_stop(&a);
+	return 0;
+}
+
+/* The testproc's pmadvise ARGS: the bytes advised or -errno; a call that
+ * succeeds left errno as it was. */
+static long long pmadvise(struct proc *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static long long pmadvise(struct proc *p, const char *fmt, ...)
+{
+	char args[256];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(args, sizeof(args), fmt, ap);
+	va_end(ap);
+	const char *r = proc_cmd(p, "pmadvise %s", args);
+	ASSERT(!strchr(r, ' '));
+	return atoll(r);
+}
+
+/* process_madvise(2) on the process's own memory, which Linux 6.13 takes
+ * any advice for: its discards read zeroes too, not the image's pages
+ * again, through the C library's function and syscall(2), with the
+ * process's pidfd, PIDFD_SELF or a thread's; as the kernel's, the bytes
+ * advised up to the first range it refuses. Another process's memory is
+ * the kernel's to refuse. Other advice goes the way of madvise's too. */
+TEST_IMPL(process_madvise_discard_yields_zeroes)
+{
+	const char *img = image(5);
+	struct proc a;
+	reader_with_mb(&a, img);
+	char zeroed[32] = { 0 };
+	/* Pages 0 and 2. */
+	long long r = pmadvise(&a, "0 4096 2 8192 dontneed sym");
+	if (r == -EINVAL || r == -ENOSYS) {
+		proc_stop(&a);
+		SKIP("process_madvise(MADV_DONTNEED) on its own memory needs Linux 6.13 (%lld)", r);
+	}
+	ASSERT_EQ(r, 8192);
+	zeroed[0] = zeroed[2] = 1;
+	ASSERT_EQ(pmadvise(&a, "%u 16384 1 0 dontneed raw", 4 * 4096u), 16384);
+	memset(zeroed + 4, 1, 4);
+	r = pmadvise(&a, "%u 16384 1 0 dontneedlocked sym self", 8 * 4096u);
+	ASSERT(r == 16384 || r == -EBADF);	/* PIDFD_SELF: Linux 6.15 */
+	if (r > 0) {
+		memset(zeroed + 8, 1, 4);
+		ASSERT_EQ(pmadvise(&a, "%u 8192 1 0 dontneed raw self", 12 * 4096u), 8192);
+		memset(zeroed + 12, 1, 2);
+	} else {
+		printf("  no PIDFD_SELF\n");
+	}
+	r = pmadvise(&a, "%u 8192 1 0 dontneed raw thread", 14 * 4096u);
+	ASSERT(r == 8192 || r == -EINVAL);	/* PIDFD_THREAD: Linux 6.9 */
+	if (r > 0)
+		memset(zeroed + 14, 1, 2);
+	/* Page 16, then page 17 plus a byte, which the kernel refuses: the
+	 * first one's bytes. */
+	ASSERT_EQ(pmadvise(&a, "%u 4096 2 4097 dontneed sym", 16 * 4096u), 4096);
+	zeroed[16] = 1;
+	/* Calls the kernel refuses before any range is advised: refused so,
+	 * page 18 left. */
+	ASSERT(strcmp(proc_cmd(&a, "pmadvbad %u", 18 * 4096u), "-14 -22 -22 -22 -14") == 0);
+	/* Another process's memory: refused as it was, this one's left. */
+	r = pmadvise(&a, "%u 4096 1 0 dontneed sym parent", 20 * 4096u);
+	ASSERT(r == -EINVAL || r == -EPERM);
+	for (unsigned i = 0; i < 32; i++) {
+		const char *want = zeroed[i] ? hex(fnv_zero(4096u)) : hex(fnv_file(img, i * 4096u, 4096u));
+		ASSERT(strcmp(proc_cmd(&a, "hash %u %u", i * 4096u, 4096u), want) == 0);
+	}
+	/* Other advice as madvise's: MADV_UNMERGEABLE gives guest RAM up,
+	 * shared pages made private, their content kept. */
+	ASSERT_EQ(pmadvise(&a, "0 %u 1 0 unmergeable raw", RAM_PAGES * 4096), RAM_PAGES * 4096);
+	md_stats s;
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.regions, 0);
+	for (unsigned off = 0; off < MB; off += 4096)
+		ASSERT(!proc_page(&a, off).file);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 32 * 4096u, MB - 32 * 4096u),
+		      hex(fnv_file(img, 32 * 4096u, MB - 32 * 4096u))) == 0);
 	proc_stop(&a);
 	return 0;
 }

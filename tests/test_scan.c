@@ -269,6 +269,84 @@ static int pairs_merged(struct proc *a, unsigned at, unsigned twin, unsigned n, 
 	return pairs_merged_from(a, at, twin, n, seed, 0);
 }
 
+/* Waits up to 20 s for pairs_merged. */
+static int pairs_merge(struct proc *a, unsigned at, unsigned twin, unsigned n, unsigned seed)
+{
+	for (int t = 0; t < 400; t++, usleep(50000))
+		if (pairs_merged(a, at, twin, n, seed))
+			return 1;
+	return 0;
+}
+
+static uint64_t breaks_want;
+static int breaks_done(const md_stats *s) { return s->scan_breaks >= breaks_want; }
+
+/* process_madvise(2) on the VMM's own memory (Linux 6.13 takes any advice
+ * there): a discard of merged pages reads zeroes, as madvise's does,
+ * through the C library's function and syscall(2). The kernel's own
+ * zapped the pool's mapping: the page read its pool slot again, its old
+ * content, and once the guest had written the page, its slot reaped and
+ * reused, another page's. */
+TEST_IMPL(scan_process_madvise_discard_yields_zeroes)
+{
+	const char *env[] = { fast_scan[0], fast_scan[1], fast_scan[2], "MEMDEDUP_DOMAIN=private", NULL };
+	struct proc a;
+	proc_start(&a, env);
+	proc_cmd(&a, "map 512");
+	long long r = proc_num(&a, "pmadvise %u %u 1 0 dontneed sym", 511 * PG, PG);
+	if (r == -EINVAL || r == -ENOSYS) {
+		proc_stop(&a);
+		SKIP("process_madvise(MADV_DONTNEED) on its own memory needs Linux 6.13 (%lld)", r);
+	}
+	ASSERT_EQ(r, PG);
+	/* 64 pairs: pages 0.. and 64.. */
+	ASSERT(strcmp(proc_cmd(&a, "fill 0 64 1"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 64 1", 64 * PG), "ok") == 0);
+	ASSERT(pairs_merge(&a, 0, 64, 64, 1));
+	const char *z = hex(fnv_zero(PG));
+	ASSERT(strcmp(proc_cmd(&a, "pmadvise 0 %u 1 0 dontneed sym", PG), "4096") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "pmadvise %u %u 1 0 dontneed raw", PG, PG), "4096") == 0);
+	for (unsigned i = 0; i < 2; i++)
+		ASSERT(strcmp(proc_cmd(&a, "hash %u %u", i * PG, PG), z) == 0);
+	ASSERT_EQ(proc_num(&a, "unfilled %u 2 1 0", 64 * PG), 0);	/* their twins kept theirs */
+	/* The other 62 pairs written, both copies; once the reap let their
+	 * slots go, 62 new pairs merged, into slots those may have been. */
+	md_stats s;
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	breaks_want = s.scan_breaks + 124;
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 62 3", 2 * PG), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 62 4", 66 * PG), "ok") == 0);
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, breaks_done), 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 62 5", 256 * PG), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 62 5", 384 * PG), "ok") == 0);
+	ASSERT(pairs_merge(&a, 256, 384, 62, 5));
+	char others[62][17];
+	for (unsigned i = 0; i < 62; i++)
+		snprintf(others[i], sizeof(others[i]), "%s", proc_cmd(&a, "hash %u %u", (256 + i) * PG, PG));
+	/* Written pages discarded, one range each (the C library's) and all
+	 * in one (syscall(2)). */
+	ASSERT(strcmp(proc_cmd(&a, "pmadvise %u %u 62 %u dontneed sym", 2 * PG, PG, PG), "253952") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "pmadvise %u %u 1 0 dontneed raw", 66 * PG, 62 * PG), "253952") == 0);
+	unsigned zero = 0, other = 0;
+	for (unsigned i = 0; i < 128; i++) {
+		if (i % 64 < 2)
+			continue;
+		const char *h = proc_cmd(&a, "hash %u %u", i * PG, PG);
+		zero += strcmp(h, z) == 0;
+		for (unsigned k = 0; k < 62; k++)
+			if (strcmp(h, others[k]) == 0) {
+				other++;
+				break;
+			}
+	}
+	printf("  of 124 written pages discarded: %u zero, %u another page's content\n", zero, other);
+	ASSERT_EQ(other, 0);
+	ASSERT_EQ(zero, 124);
+	ASSERT(pairs_merged(&a, 256, 384, 62, 5));
+	proc_stop(&a);
+	return 0;
+}
+
 /* Starts p with the scanner at full speed, logging to test_dir()/name (a
  * fresh file: a test may start more than one), whose path goes to log. */
 static void start_scan_logged(struct proc *p, const char *name, char *log, size_t size)

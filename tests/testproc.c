@@ -29,6 +29,18 @@
  *   advise DOFF LEN ADVICE [raw] -> madvise result (raw: through syscall(2)) (dontneed, dontneedlocked, dontfork, dofork,
  *                           mergeable, unmergeable)
  *   unmap DOFF HEXLEN     -> munmap result (0 or -errno)
+ *   pmadvise DOFF LEN N STEP ADVICE sym|raw [own|self|thread|parent]
+ *                        -> process_madvise of N ranges of LEN bytes at DOFF, DOFF+STEP,
+ *                           ... (ADVICE as advise's, or free): the bytes advised, and
+ *                           "errno E" if the call changed errno, or -errno; sym: the C
+ *                           library's function, raw: syscall(2); the pidfd: own
+ *                           (pidfd_open of this process, the default), self
+ *                           (PIDFD_SELF_THREAD_GROUP), thread (this thread's,
+ *                           PIDFD_THREAD), parent (another process's)
+ *   pmadvbad DOFF         -> "E1 E2 E3 E4 E5": -errno of process_madvise(MADV_DONTNEED) on
+ *                           this process of the page at DOFF and one the kernel refuses:
+ *                           past the address space, of a negative length; with flags;
+ *                           with 1025 iovecs; of iovecs that cannot be read
  *   protect DOFF LEN ro|rw|PROT -> mprotect result (0 or -errno)
  *   nosig PATH            -> how many read leases on PATH (the agent's) were
  *                           made to send no signal when broken (F_SETOWN 0)
@@ -1138,6 +1150,48 @@ int main(void)
 			int r = strcmp(how, "raw") == 0 ? (int)syscall(SYS_madvise, base + a1, (size_t)a2, adv)
 							  : madvise(base + a1, (size_t)a2, adv);
 			printf("%d\n", r == 0 ? 0 : -errno);
+		} else if (strcmp(cmd, "pmadvise") == 0) {
+			char how[8] = "", who[8] = "own";
+			sscanf(line, "%*s %lld %lld %lld %lld %31s %7s %7s", &a1, &a2, &a3, &a4, s2, how, who);
+			int adv = strcmp(s2, "dontneed") == 0 ? MADV_DONTNEED :
+				  strcmp(s2, "dontneedlocked") == 0 ? MADV_DONTNEED_LOCKED :
+				  strcmp(s2, "free") == 0 ? MADV_FREE :
+				  strcmp(s2, "mergeable") == 0 ? MADV_MERGEABLE : MADV_UNMERGEABLE;
+			struct iovec v[1024];
+			int n = a3 > 0 && a3 <= 1024 ? (int)a3 : 1;
+			for (int i = 0; i < n; i++)
+				v[i] = (struct iovec){ base + a1 + i * a4, (size_t)a2 };
+			/* linux/pidfd.h's (Linux 6.15), and PIDFD_THREAD (6.9). */
+			int fd = strcmp(who, "self") == 0 ? -10001 :
+				 strcmp(who, "thread") == 0 ? (int)syscall(SYS_pidfd_open, gettid(), O_EXCL) :
+				 (int)syscall(SYS_pidfd_open, strcmp(who, "parent") == 0 ? getppid() : getpid(), 0);
+			errno = 777;	/* a call that succeeds leaves it: else said after the result */
+			long r = fd == -1 ? -1 : strcmp(how, "raw") == 0 ?
+				syscall(SYS_process_madvise, fd, v, (size_t)n, adv, 0) :
+				process_madvise(fd, v, (size_t)n, adv, 0);
+			if (r >= 0 && errno != 777)
+				printf("%ld errno %d\n", r, errno);
+			else
+				printf("%ld\n", r >= 0 ? r : -errno);
+			if (fd >= 0)
+				close(fd);
+		} else if (strcmp(cmd, "pmadvbad") == 0) {
+			sscanf(line, "%*s %lld", &a1);
+			static struct iovec v[1025];
+			for (int i = 0; i < 1025; i++)
+				v[i] = (struct iovec){ base + a1, 4096 };
+			int fd = (int)syscall(SYS_pidfd_open, getpid(), 0);
+			long r[5];
+			v[1] = (struct iovec){ (void *)-4096L, 4096 };
+			r[0] = process_madvise(fd, v, 2, MADV_DONTNEED, 0) >= 0 ? 0 : -errno;
+			v[1] = (struct iovec){ base + a1, (size_t)-1 };
+			r[1] = process_madvise(fd, v, 2, MADV_DONTNEED, 0) >= 0 ? 0 : -errno;
+			v[1] = v[0];
+			r[2] = process_madvise(fd, v, 2, MADV_DONTNEED, 1) >= 0 ? 0 : -errno;
+			r[3] = process_madvise(fd, v, 1025, MADV_DONTNEED, 0) >= 0 ? 0 : -errno;
+			r[4] = process_madvise(fd, NULL, 1, MADV_DONTNEED, 0) >= 0 ? 0 : -errno;
+			close(fd);
+			printf("%ld %ld %ld %ld %ld\n", r[0], r[1], r[2], r[3], r[4]);
 		} else if (strcmp(cmd, "mlock") == 0) {	/* OFF LEN */
 			sscanf(line, "%*s %lld %lld", &a1, &a2);
 			printf("%d\n", mlock(base + a1, (size_t)a2) == 0 ? 0 : -errno);
