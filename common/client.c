@@ -599,8 +599,11 @@ static int send_back(struct md__client *c, unsigned max)
  * granted goes back first. While one is still to come the daemon is
  * behind: -ETIMEDOUT at once, not another wait. One that never comes (a
  * daemon hung, or one that lost a reply) would stop merging for good: past
- * MD_CLIENT_LATE_MAX_MS without one, the connection goes, and what the
- * late ones granted stays pinned until the process exits. */
+ * MD_CLIENT_LATE_MAX_MS without one, the connection goes. Hung up, the
+ * daemon handles none of the requests it had not read (the grants would
+ * be pinned in the record our reconnect gets back): only a reply it sent
+ * after the pump below and before the hang-up grants what stays pinned
+ * until the process exits. */
 static int ready(struct md__client *c)
 {
 	if (c->dead)
@@ -766,6 +769,11 @@ void md__client_free(struct md__client *c)
 {
 	if (!c)
 		return;
+	/* Shut down, not only closed: a copy that a child forked without
+	 * exec holds keeps the socket open, and memdedupd would go on
+	 * serving what was left in it, granting references nobody learns
+	 * of. Shut down, it sees the hang-up (daemon/server.c). */
+	shutdown(c->fd, SHUT_RDWR);
 	close(c->fd);
 	if (c->in_fd >= 0)
 		close(c->in_fd);

@@ -142,8 +142,8 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 	if (a && a->conn && ((h->flags & MD_HELLO_NO_POOL_MAPS) ||
 			     (a->uid == c->uid && strcmp(a->dom->name, h->domain) == 0))) {
 		struct md__conn *old = a->conn;
+		md__conn_apply_left(d, old);	/* its CONTROL_DONEs first: the CLI hears them */
 		md__control_gone(d, old, a->pid);
-		md__conn_unrefs_left(d, old);
 		old->agent = NULL;
 		a->conn = NULL;
 		md__conn_fail(d, old, 0, -EBUSY, "pid %d said HELLO on another connection", (int)c->pid);

@@ -269,15 +269,12 @@ reply:
 	md__conn_send(d, c, &cr, -1);
 }
 
-void md__control_done(struct md__daemon *d, struct md__conn *c, uint32_t seq,
-		      const struct md__msg_control_done *done)
+void md__control_done(struct md__daemon *d, struct md__agent *a, const struct md__msg_control_done *done)
 {
-	struct md__msg ack = { .hdr = { .type = MD_MSG_ACK, .seq = seq } };
 	/* A refused UNMERGE left the agent as it was, also when its answer
 	 * came after the deadline: paused on its next WELCOME only if an
 	 * earlier one that went through still holds it, and held by whoever
 	 * sent that one. */
-	struct md__agent *a = c->agent;
 	uint32_t since_first = done->token - a->unmerge_first;	/* tokens rise, and wrap */
 	if (a->unmerge_token && done->token && since_first <= a->unmerge_token - a->unmerge_first) {
 		/* One sent meanwhile went through (an UNMERGE, or another
@@ -297,12 +294,12 @@ void md__control_done(struct md__daemon *d, struct md__conn *c, uint32_t seq,
 	}
 	/* Late (answered already, or its CLI went): nothing waits for it. */
 	for (struct md__pending_control *p = d->controls; p; p = p->next) {
-		if (p->token != done->token || !settle(p, c->agent->pid))
+		if (p->token != done->token || !settle(p, a->pid))
 			continue;
 		if (p->op == MD_CTL_SET && done->result.status == MD_CTL_KEPT_OWN) {
 			p->kept++;
 		} else if (done->result.status) {
-			failed(p, done->result.status, "pid %d: %s", (int)c->agent->pid,
+			failed(p, done->result.status, "pid %d: %s", (int)a->pid,
 			       done->result.text[0] ? done->result.text : strerror(-done->result.status));
 		} else {
 			p->done++;
@@ -311,7 +308,6 @@ void md__control_done(struct md__daemon *d, struct md__conn *c, uint32_t seq,
 			finish(d, p);
 		break;
 	}
-	md__conn_send(d, c, &ack, -1);
 }
 
 void md__control_gone(struct md__daemon *d, struct md__conn *c, pid_t pid)

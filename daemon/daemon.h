@@ -368,13 +368,17 @@ int md__conn_send(struct md__daemon *d, struct md__conn *c, const struct md__msg
 /* Tests only: the next message of this type (0: none) queued to a
  * connection fails as short of memory. */
 extern unsigned md__server_fail_type;
-/* Applies the UNREFs the agent of c sent that were not handled yet (read,
- * or still in the socket), as c is given up (taken over, or closing): a
- * client counts an UNREF sent whole as done, and never sends it again. The
- * agent's counts drop at once, the pool's as md__agents_drain gets to them.
- * Nothing else of what is left is answered, and nothing is read past a
- * header read_conn would refuse (no room is made for its length). */
-void md__conn_unrefs_left(struct md__daemon *d, struct md__conn *c);
+/* Applies what the agent of c sent that was not handled yet (read, or
+ * still in the socket) and counts without a reply, as c is given up (taken
+ * over, closing, or its peer hung up): its UNREFs (a client counts one
+ * sent whole as done, and never sends it again; the agent's counts drop at
+ * once, the pool's as md__agents_drain gets to them) and CONTROL_DONEs (how
+ * a CONTROL went: the CLI is told, a refused UNMERGE puts back the pause it
+ * found). Nothing is answered, and nothing else applied: a grant (PUBLISH,
+ * REF) would be a reference its peer never learns of, pinned until the
+ * process exits. Nothing is read past a header read_conn would refuse (no
+ * room is made for its length). */
+void md__conn_apply_left(struct md__daemon *d, struct md__conn *c);
 /* Queues ERROR {err, text} with seq; the connection closes after it. */
 void md__conn_fail(struct md__daemon *d, struct md__conn *c, uint32_t seq, int err,
 		   const char *fmt, ...) __attribute__((format(printf, 5, 6)));
@@ -456,9 +460,9 @@ int md__status_json(struct md__daemon *d, uid_t uid, uint32_t domain_from, uint3
  * (CONTROL_DONE), went away, or MD_CONTROL_WAIT_MS passed. */
 struct md__pending_control;
 void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const struct md__msg_control *ctl);
-/* An agent's CONTROL_DONE (acknowledged here). */
-void md__control_done(struct md__daemon *d, struct md__conn *c, uint32_t seq,
-		      const struct md__msg_control_done *done);
+/* What agent a's CONTROL_DONE says (the caller acknowledges it, if its
+ * connection is still read). */
+void md__control_done(struct md__daemon *d, struct md__agent *a, const struct md__msg_control_done *done);
 /* A connection closes (what its CONTROL waited for is forgotten, but for
  * an UNMERGE, which still takes its agents' answers), or the agent of pid
  * went (pid > 0: what it owed counts as failed; -1: all, the daemon

@@ -342,7 +342,7 @@ static void user_put(struct md__daemon *d, struct md__user *u)
 static int is_request(unsigned type);
 static int refused_now(const struct md__conn *c, unsigned type, char *why, size_t size);
 
-void md__conn_unrefs_left(struct md__daemon *d, struct md__conn *c)
+void md__conn_apply_left(struct md__daemon *d, struct md__conn *c)
 {
 	/* Not d->msg: the HELLO that takes c over is being handled in it. */
 	static struct md__msg m;
@@ -363,8 +363,12 @@ void md__conn_unrefs_left(struct md__daemon *d, struct md__conn *c)
 		    (!is_request(h.type) || refused_now(c, h.type, why, sizeof(why))))
 			return;
 		if (got) {
-			if (h.type == MD_MSG_UNREF && md__msg_decode(c->in.buf + c->in.head, need, &m) == 0)
+			int ok = (h.type == MD_MSG_UNREF || h.type == MD_MSG_CONTROL_DONE) &&
+				 md__msg_decode(c->in.buf + c->in.head, need, &m) == 0;
+			if (ok && h.type == MD_MSG_UNREF)
 				md__agent_unref_later(d, c->agent, m.u.refs.slot, m.u.refs.n);
+			else if (ok)
+				md__control_done(d, c->agent, &m.u.control_done);
 			c->in.head += need;
 			continue;
 		}
@@ -383,7 +387,7 @@ void md__conn_unrefs_left(struct md__daemon *d, struct md__conn *c)
 static void conn_close(struct md__daemon *d, struct md__conn *c)
 {
 	struct md__agent *a = c->agent;
-	md__conn_unrefs_left(d, c);
+	md__conn_apply_left(d, c);
 	md__control_gone(d, c, a ? a->pid : 0);
 	c->agent = NULL;
 	if (a) {
@@ -1038,7 +1042,8 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
 		md__control(d, c, seq, &m->u.control);
 		return;
 	case MD_MSG_CONTROL_DONE:
-		md__control_done(d, c, seq, &m->u.control_done);
+		md__control_done(d, c->agent, &m->u.control_done);
+		reply_ack(d, c, seq, 0);
 		return;
 	}
 }
@@ -1195,6 +1200,22 @@ static void handle_signal(struct md__daemon *d)
 	}
 }
 
+/* Whether c's peer hung up (closed its end, or shut it down both ways):
+ * it reads no reply, so what it sent is not handled, but for what
+ * md__conn_apply_left applies. A grant read after it gave up (its request
+ * late past its bound, a send cut short by its timeout) was a reference
+ * it never learned of, in the record its reconnect gets back: pinned until
+ * the process exited. One that shut down only its writing still reads:
+ * served up to the end, as before. events: epoll's for c in this wake-up,
+ * or 0: asked now (a deferred connection may have none). */
+static int peer_hung_up(const struct md__conn *c, uint32_t events)
+{
+	if (events)
+		return (events & (EPOLLHUP | EPOLLERR)) != 0;
+	struct pollfd p = { .fd = c->fd };
+	return poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLERR));
+}
+
 void md__server_events(struct md__daemon *d)
 {
 	/* The connections deferred before, the starved first, each queue in
@@ -1207,6 +1228,10 @@ void md__server_events(struct md__daemon *d)
 		while (q->head && q->head->deferred_round != d->round && !d->stop) {
 			struct md__conn *c = q->head;
 			undefer_conn(d, c);
+			if (peer_hung_up(c, 0)) {
+				conn_close(d, c);
+				continue;
+			}
 			d->reading = c;
 			int gone = !c->closing && read_conn(d, c) < 0;
 			d->reading = NULL;
@@ -1234,6 +1259,12 @@ void md__server_events(struct md__daemon *d)
 			break;
 		case MD_EP_CONN: {
 			struct md__conn *c = (struct md__conn *)ep;
+			/* Nobody to answer (also when a CONTROL of its
+			 * waits for its agents, its input unread). */
+			if (peer_hung_up(c, d->evs[i].events)) {
+				conn_close(d, c);
+				break;
+			}
 			if ((d->evs[i].events & EPOLLOUT) && flush_out(d, c) < 0)
 				break;
 			d->reading = c;
@@ -1245,13 +1276,6 @@ void md__server_events(struct md__daemon *d)
 			d->reading = NULL;
 			if (gone)
 				break;
-			/* Gone while a CONTROL waits for its agents (and
-			 * its input is not read meanwhile): no one to
-			 * answer. */
-			if ((c->closing || c->awaiting) && (d->evs[i].events & (EPOLLHUP | EPOLLERR))) {
-				conn_close(d, c);
-				break;
-			}
 			flush_out(d, c);
 			break;
 		}

@@ -5,7 +5,7 @@
  * framing and early refusals (read_conn), dispatch, HELLO and the takeover
  * of an agent's record, REF/UNREF, PUBLISH, LOOKUP, READS, REPORT, STATUS
  * pages, CONTROL forwarded to the agents and their CONTROL_DONE, and what a
- * closing connection still applies (md__conn_unrefs_left).
+ * closing connection still applies (md__conn_apply_left).
  *
  * The input is a list of chunks, each an op byte and what it needs
  * (fuzz_daemon.h): the peer it is for (a new connection at its first use,

@@ -2848,6 +2848,121 @@ TEST_IMPL(daemon_late_replies_given_back)
 	return 0;
 }
 
+/* A batch of one-page PUBLISHes larger than the socket's buffer, sent while
+ * the daemon is stopped past the client's timeout: the send fails, the
+ * client takes none of the pages and hangs up. The PUBLISHes that went
+ * whole wait in the daemon's socket: read once it is back, each grant was
+ * a reference in the record the agent's reconnect gets back, which nothing
+ * gave back until the process exited (review: 18 of 64). A peer that hung
+ * up reads no reply: only its UNREFs are applied. Again with a child
+ * forked meanwhile holding a copy of the socket (a VMM's child runs
+ * without an agent): the client's hang-up is seen all the same. */
+TEST_IMPL(daemon_publish_cut_short_not_granted)
+{
+	enum { K = 64 };	/* the scanner's batch: 256 KiB */
+	struct tdaemon t;
+	static unsigned char pages[K * PG];
+	const void *each[K];
+	uint64_t hash[K];
+	uint32_t slot[K];
+	int fd, status[K];
+
+	td_start(&t, 4 * K);
+	for (uint32_t i = 0; i < K; i++) {
+		td_fill_page(pages + i * PG, 700 + i);
+		hash[i] = md__page_hash(pages + i * PG);
+		each[i] = pages + i * PG;
+	}
+	for (int held = 0; held < 2; held++) {
+		struct md__msg_welcome w;
+		struct md__client *c = td_agent(&t, NULL, &w, &fd);
+		int hold[2];
+		pid_t kid = -1;
+		ASSERT(pipe(hold) == 0);
+		if (held) {
+			kid = fork();
+			ASSERT(kid >= 0);
+			if (kid == 0) {
+				char b;
+				close(hold[1]);
+				_exit(read(hold[0], &b, 1) == 0 ? 0 : 1);	/* EOF: released */
+			}
+		}
+		md__client_set_timeout(c, 400);
+		td_pause(&t);
+		ASSERT_EQ(md__client_publish_each(c, hash, each, K, slot, status), -ETIMEDOUT);
+		ASSERT(!md__client_alive(c));	/* cut short: the stream is lost */
+		md__client_free(c);
+		close(fd);
+		ASSERT(kill(t.pid, SIGCONT) == 0);
+		/* Once the daemon is done with that connection (a HELLO
+		 * before would take the record over, and drop what is left
+		 * unread), the same process again, as the agent a second
+		 * later: the record it gets back, if one was kept, holds
+		 * nothing the process was granted. */
+		for (int i = 0; i < 500 && agents_connected(&t) != 0; i++)
+			usleep(10000);
+		ASSERT_EQ(agents_connected(&t), 0);
+		c = td_agent(&t, NULL, &w, &fd);
+		ASSERT_EQ(lookup_caught_up(c), 0);
+		long long refs = my_references(&t);
+		if (refs != 0)
+			fprintf(stderr, "  references the record holds: %lld (the client holds 0)\n", refs);
+		ASSERT_EQ(refs, 0);
+		ASSERT(wait_live(&t, w.domain_id, 0, 5000));
+		md__client_free(c);
+		close(fd);
+		close(hold[1]);
+		close(hold[0]);
+		int st;
+		ASSERT(kid < 0 || (waitpid(kid, &st, 0) == kid && WIFEXITED(st) && WEXITSTATUS(st) == 0));
+	}
+	td_stop(&t);
+	return 0;
+}
+
+/* A REF whose reply does not come within MD_CLIENT_LATE_MAX_MS (the daemon
+ * stopped): the client gives the connection up, and hangs up. The daemon,
+ * back, found the REF in the closed socket and applied it: the record the
+ * reconnect gets back held one reference more than the agent knows of,
+ * pinned until the process exited (review). */
+TEST_IMPL(daemon_late_past_bound_not_granted)
+{
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	static unsigned char pages[PG];
+	uint64_t hash[1], h = 1;
+	uint32_t s;
+	int fd;
+
+	td_start(&t, 64);
+	struct md__client *c = td_agent(&t, NULL, &w, &fd);
+	uint32_t a = publish(c, 80, 1, pages, hash);	/* held once */
+	ASSERT_EQ(my_references(&t), 1);
+	md__client_set_timeout(c, 400);
+	td_pause(&t);
+	ASSERT_EQ(md__client_ref(c, &a, 1, +1), -ETIMEDOUT);
+	ASSERT(md__client_alive(c));
+	usleep((MD_CLIENT_LATE_MAX_MS + 500) * 1000);
+	ASSERT_EQ(md__client_lookup(c, &h, NULL, 1, &s), -ENOTCONN);
+	md__client_free(c);
+	close(fd);
+	ASSERT(kill(t.pid, SIGCONT) == 0);
+	c = td_agent(&t, NULL, &w, &fd);	/* the record kept: the same domain */
+	ASSERT_EQ(lookup_caught_up(c), 0);
+	long long refs = my_references(&t);
+	if (refs != 1)
+		fprintf(stderr, "  references held by the record: %lld (the client holds 1)\n", refs);
+	ASSERT_EQ(refs, 1);
+	/* The one it holds goes back, and with it the page. */
+	ASSERT_EQ(md__client_ref(c, &a, 1, -1), 0);
+	ASSERT(wait_live(&t, w.domain_id, 0, 5000));
+	md__client_free(c);
+	close(fd);
+	td_stop(&t);
+	return 0;
+}
+
 /* UNREFs sent whole on a connection the daemon then gives up before reading
  * them (its HELLO on a new connection takes the record, or it closes) are
  * applied all the same: the client counted them done and never sends them
@@ -3072,6 +3187,45 @@ TEST_IMPL(daemon_late_unmerge_refusal)
 	md__client_free(agent);
 	close(fd);
 	usleep(100000);
+	agent = td_agent(&t, NULL, &w, &fd);
+	ASSERT(!(w.state & MD_WELCOME_PAUSED));
+	md__client_free(agent);
+	close(fd);
+	md__client_free(cli);
+	td_stop(&t);
+	return 0;
+}
+
+/* An agent's CONTROL_DONE (an UNMERGE refused) sent to a daemon stopped,
+ * and its connection given up before the daemon read it: the daemon takes
+ * no request of a peer that hung up (it reads no reply), but how the
+ * CONTROL went is applied all the same. Dropped, the CLI was told the
+ * agent went away without answering, and the agent's next WELCOME paused
+ * it as if it had unmerged. */
+TEST_IMPL(daemon_hung_up_control_done_applied)
+{
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	struct md__msg_control ctl;
+	struct control_call k;
+	int fd;
+
+	td_start(&t, 16);
+	struct md__client *agent = td_agent(&t, NULL, &w, &fd);
+	struct md__client *cli = td_connect(&t);
+	control_start(&k, cli, MD_CTL_UNMERGE, getpid(), NULL, NULL);
+	next_control(agent, &ctl);
+	ASSERT_EQ(ctl.op, MD_CTL_UNMERGE);
+	md__client_set_timeout(agent, 300);
+	td_pause(&t);
+	ASSERT_EQ(md__client_control_done(agent, ctl.token, -ENOMEM, "not enough memory"), 0);	/* sent */
+	md__client_free(agent);
+	close(fd);
+	ASSERT(kill(t.pid, SIGCONT) == 0);
+	ASSERT_EQ(control_end(&k), -ENOMEM);
+	if (!strstr(k.text, "not enough memory"))
+		fprintf(stderr, "  CONTROL_R says '%s'\n", k.text);
+	ASSERT(strstr(k.text, "not enough memory"));
 	agent = td_agent(&t, NULL, &w, &fd);
 	ASSERT(!(w.state & MD_WELCOME_PAUSED));
 	md__client_free(agent);
