@@ -67,7 +67,7 @@ static void finish(struct md__daemon *d, struct md__pending_control *p)
 			 p->kept == 1 ? "keeps its own value" : "keep their own value");
 	cr.u.text.status = p->failed ? p->status : 0;
 	if (p->failed)
-		snprintf(cr.u.text.text, sizeof(cr.u.text.text), "%.64s: %.100s (done by %u of %s%s)", p->what,
+		snprintf(cr.u.text.text, sizeof(cr.u.text.text), "%.64s: %.100s (done by %u of %.20s%.40s)", p->what,
 			 p->why, p->done, n_all, n_kept);
 	else
 		snprintf(cr.u.text.text, sizeof(cr.u.text.text), "%.64s done by %s%s%s", p->what, n_done, n_kept,
