@@ -4,6 +4,7 @@
 #include <stddef.h>
 
 #include "printable.h"
+#include "stats_file.h"
 
 /* Exit codes: 0 success, 1 failure, 2 wrong usage. */
 #define MD_EXIT_USAGE 2
@@ -26,6 +27,28 @@ extern const struct md__cmd md__cmd_pause_def, md__cmd_resume_def, md__cmd_unmer
  * daemon, or no proper answer; a refusal's text in why). */
 struct json_t;
 int md__status_daemon(const char *sock, struct json_t **out, char *why, size_t size);
+/* The same on a connection of the caller's (made by md__client_connect),
+ * kept open. */
+struct md__client;
+int md__status_daemon_on(struct md__client *c, struct json_t **out, char *why, size_t size);
+
+/* cmd_status.c: a live agent of the run directory, as this process sees
+ * it: pid here (its file's pid is the one it has in its own pid
+ * namespace), and its statistics. */
+struct md__agent_row {
+	int pid;
+	struct md__stats_snapshot s;
+};
+/* The agents of the statistics files in dir: 0 and a vector (the caller's
+ * to free; none for a dir not there), or -errno when dir cannot be read.
+ * With cmd (a command's name), files it cannot use are said on stderr
+ * and files of agents gone removed; with NULL, nothing is said or
+ * removed. */
+int md__agents_load(const char *cmd, const char *dir, struct md__agent_row **out, size_t *count);
+/* memdedupd's record of the agent of pid in its STATUS document (it sees
+ * the pids this process does), or NULL: no document, or an agent that never
+ * reached it. */
+struct json_t *md__daemon_agent(struct json_t *daemon, int pid);
 
 /* Prints "memdedup CMD: MSG" and the usage hint to stderr; returns 2. */
 int md__usage_error(const struct md__cmd *cmd, const char *fmt, ...)

@@ -3,17 +3,17 @@
  * forward a command to the running agents. SET's pairs are all checked
  * here first (md__tunable_set, as the daemon checks them): one bad pair is a
  * usage error and nothing is sent. The daemon checks again and answers;
- * this prints its answer.
+ * this prints its answer, and names the agents of the run directory that
+ * scan out of its reach (within their process): it cannot count them.
  */
 #include <ctype.h>
 #include <errno.h>
-#include <fcntl.h>
+#include <jansson.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -31,11 +31,16 @@ static int cmd_set(int argc, char **argv);
 	"\n" \
 	"Needs memdedupd running (`memdedup run --scan` starts it: only agents that\n" \
 	"scan use it); answers once the agents have done it (at most a minute).\n" \
+	"memdedupd cannot reach an agent that scans within its process (run with\n" \
+	"--domain=private, or of the default domain and found no memdedupd when it\n" \
+	"started): each such agent with a statistics file in the run directory is\n" \
+	"named on stderr, and left as it is.\n" \
 	"Exit status: 0 done, 1 refused (the text names the agent and why), not\n" \
-	"answered, or no daemon; 2 wrong usage.\n"
+	"answered, no daemon, or an agent that scans out of memdedupd's reach; 2\n" \
+	"wrong usage.\n"
 #define PID_HELP \
 	"Without --pid, from root (or memdedupd's user) it is also the default for\n" \
-	"agents that start later.\n" PID_OPTION
+	"agents that start later.\n\n" PID_OPTION
 
 const struct md__cmd md__cmd_pause_def = {
 	.name = "pause",
@@ -77,7 +82,8 @@ const struct md__cmd md__cmd_unmerge_def = {
 	"read as zeroes and cost nothing). An agent refuses, changing nothing, when\n"
 	"the host or its cgroup has not the memory for the copies (and 64 MiB to\n"
 	"spare). Only agents that scan (`memdedup run --scan`) talk to memdedupd:\n"
-	"the pages a VMM run without --scan shares at read time stay shared.\n"
+	"the pages a VMM run without --scan shares at read time stay shared, and\n"
+	"so do those of one that scans within its process (below).\n"
 	"\n" PID_OPTION,
 	.run = cmd_unmerge,
 };
@@ -101,34 +107,78 @@ const struct md__cmd md__cmd_set_def = {
 	.run = cmd_set,
 };
 
-/* 1 if pid runs an agent: one of its statistics files is there and its
- * agent is pid, as `memdedup status` checks (an agent in another pid
- * namespace is not found: its file has the pid it has there). */
-static int agent_listed(int32_t pid)
+/* The agents of the run directory (md__agents_load, nothing said or
+ * removed): 0 and a vector to free, or -errno. */
+static int run_dir_agents(struct md__agent_row **rows, size_t *n)
 {
-	char dir[PATH_MAX], path[PATH_MAX + 48];
-	struct md__stats_file buf;
-	struct md__stats_snapshot s;
-	struct stat st;
-	int listed = 0;
-
+	char dir[PATH_MAX];
+	*rows = NULL;
+	*n = 0;
 	/* Looked up, not made: a run directory not there holds no agent. */
 	if (md__run_dir_lookup(dir, sizeof(dir)) != 0)
 		return 0;
-	for (int k = 1; k <= MD_STATS_NAMES && !listed; k++) {
-		if (k == 1)
-			snprintf(path, sizeof(path), "%s/agent-%d.stats", dir, (int)pid);
-		else
-			snprintf(path, sizeof(path), "%s/agent-%d.%d.stats", dir, (int)pid, k);
-		int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW);
-		if (fd < 0)
+	return md__agents_load(NULL, dir, rows, n);
+}
+
+/* The scan_state of the agent of pid in the run directory, as `memdedup
+ * status` shows it (a VMM in a pid namespace of its own by its pid here):
+ * MD_SCAN_STATE_*, or -1 when no live agent of pid has a statistics file
+ * there. An agent older than scan_state reads MD_SCAN_STATE_NONE. */
+static int agent_scan_state(int32_t pid)
+{
+	struct md__agent_row *rows;
+	size_t n;
+	int state = -1;
+	if (run_dir_agents(&rows, &n) != 0)
+		return -1;
+	for (size_t i = 0; i < n && state < 0; i++)
+		if (rows[i].pid == pid)
+			state = rows[i].s.stats.scan_state > INT32_MAX ? INT32_MAX : (int)rows[i].s.stats.scan_state;
+	free(rows);
+	return state;
+}
+
+/* Why memdedupd cannot reach an agent that scans: it merges within its
+ * process (--domain=private, a default domain that found no daemon when
+ * it started, an unusable domain name or socket path), or it has not
+ * reached this daemon (still connecting, waiting for it, or another's). */
+static void say_unreachable(const struct md__cmd *cmd, int pid)
+{
+	fprintf(stderr, "memdedup %s: pid %d scans within its process (--domain=private, or no memdedupd\n"
+		"when it started), or has not reached memdedupd: memdedupd cannot reach it\n", cmd->name, pid);
+}
+
+/* After a command for all agents (c: the connection it went on, NULL
+ * when no daemon answered): says each agent of the run directory that
+ * scans but that memdedupd does not know, as its STATUS document shows
+ * (the agents it holds, connected or not). 1 if one was said, else 0 (also
+ * when the daemon's document cannot be had: nothing to tell them by). */
+static int say_unreached(const struct md__cmd *cmd, struct md__client *c)
+{
+	struct md__agent_row *rows;
+	size_t n, scanning = 0;
+	json_t *doc = NULL;
+	char why[MD_TEXT_MAX + 1];
+	int said = 0;
+
+	if (run_dir_agents(&rows, &n) != 0)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		scanning += rows[i].s.stats.scan_state != MD_SCAN_STATE_NONE;
+	/* Asked only when an agent could be missing: the document costs
+	 * memdedupd work (and counts against a user's status budget). */
+	if (scanning && c && (!md__client_alive(c) || md__status_daemon_on(c, &doc, why, sizeof(why)) != 0))
+		goto free_rows;
+	for (size_t i = 0; i < n; i++) {
+		if (rows[i].s.stats.scan_state == MD_SCAN_STATE_NONE || md__daemon_agent(doc, rows[i].pid))
 			continue;
-		ssize_t len = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? read(fd, &buf, sizeof(buf)) : -1;
-		listed = len >= 0 && md__stats_parse(&buf, (size_t)len, &s) == 0 && s.pid == (uint32_t)pid &&
-			 md__stats_file_agent(fd, &s) == pid;
-		close(fd);
+		say_unreachable(cmd, rows[i].pid);
+		said = 1;
 	}
-	return listed;
+	json_decref(doc);
+free_rows:
+	free(rows);
+	return said;
 }
 
 /* Sends one CONTROL; prints the daemon's answer. Returns the exit code;
@@ -172,9 +222,15 @@ static int send_control(const struct md__cmd *cmd, struct md__client *c,
 		return 1;
 	}
 	*no_agent = m.u.text.status == -ESRCH && ctl->pid;
-	if (m.u.text.status == -ESRCH && ctl->pid && agent_listed(ctl->pid)) {
-		/* memdedupd knows only the agents that scan (they connect to
-		 * it); `memdedup status` lists every agent by its stats file. */
+	/* memdedupd knows only the agents that scan through it (they connect
+	 * to it); `memdedup status` lists every agent by its stats file, and
+	 * says whether it scans. */
+	int state = *no_agent ? agent_scan_state(ctl->pid) : -1;
+	if (state > MD_SCAN_STATE_NONE) {
+		say_unreachable(cmd, ctl->pid);
+		return 1;
+	}
+	if (state == MD_SCAN_STATE_NONE) {
 		fprintf(stderr, "memdedup %s: the agent of pid %d is not scanning (it runs without\n"
 			"--scan, or has not reached memdedupd): there is nothing to %s\n",
 			cmd->name, (int)ctl->pid, cmd->name);
@@ -310,8 +366,15 @@ static int run_op(const struct md__cmd *cmd, unsigned op, int argc, char **argv)
 	ret = parse(cmd, argc, argv, &ctl.pid, &pairs, &npairs, op == MD_CTL_SET);
 	if (ret)
 		return ret < 0 ? 0 : ret;
-	if (connect_daemon(cmd, &c))
+	if (connect_daemon(cmd, &c)) {
+		/* Those that scan within their process are not waiting for it. */
+		int state = ctl.pid ? agent_scan_state(ctl.pid) : -1;
+		if (state > MD_SCAN_STATE_NONE)
+			say_unreachable(cmd, ctl.pid);
+		else if (!ctl.pid)
+			say_unreached(cmd, NULL);
 		return 1;
+	}
 	/* The daemon answers once the agents have done it (an unmerge copies
 	 * every merged page) or MD_CONTROL_WAIT_MS passed. */
 	md__client_set_timeout(c, MD_CONTROL_WAIT_MS + 5000);
@@ -334,6 +397,9 @@ static int run_op(const struct md__cmd *cmd, unsigned op, int argc, char **argv)
 				ret = 1;
 		}
 	}
+	/* The agents memdedupd cannot reach were not in its "done by N". */
+	if (!ctl.pid && say_unreached(cmd, c))
+		ret = 1;
 	md__client_free(c);
 	return ret;
 }

@@ -113,19 +113,12 @@ static int stats_file_pid(const char *name)
 	return pid > 0 && strcmp(p, ".stats") == 0 ? (int)pid : -1;
 }
 
-/* An agent as this process sees it: pid, here; the file's pid is the one
- * it has in its own pid namespace. */
-struct agent_row {
-	int pid;
-	struct md__stats_snapshot s;
-};
-
-/* Reads the snapshots of live agents; removes files of agents that died. */
-static int load_agents(const char *dir, struct agent_row **out, size_t *count)
+/* Reads the snapshots of live agents in dir (see cli.h). */
+int md__agents_load(const char *cmd, const char *dir, struct md__agent_row **out, size_t *count)
 {
 	DIR *d = opendir(dir);
 	size_t n = 0, cap = 0;
-	struct agent_row *v = NULL;
+	struct md__agent_row *v = NULL;
 
 	*out = NULL;
 	*count = 0;
@@ -145,34 +138,36 @@ static int load_agents(const char *dir, struct agent_row **out, size_t *count)
 		int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW);
 		if (fd < 0) {
 			/* ENOENT: gone since readdir; EACCES: another user's. */
-			if (errno != ENOENT && errno != EACCES)
-				fprintf(stderr, "memdedup status: ignoring %s: %s\n", shown,
+			if (cmd && errno != ENOENT && errno != EACCES)
+				fprintf(stderr, "memdedup %s: ignoring %s: %s\n", cmd, shown,
 					errno == ELOOP ? "a symbolic link" : strerror(errno));
 			continue;
 		}
 		if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
 			close(fd);
-			fprintf(stderr, "memdedup status: ignoring %s: not a regular file\n", shown);
+			if (cmd)
+				fprintf(stderr, "memdedup %s: ignoring %s: not a regular file\n", cmd, shown);
 			continue;
 		}
 		ssize_t len = read(fd, &buf, sizeof(buf));
 		struct md__stats_snapshot s;
 		if (len < 0 || md__stats_parse(&buf, (size_t)len, &s) != 0 || s.pid != (uint32_t)pid) {
 			close(fd);
-			fprintf(stderr, "memdedup status: ignoring malformed %s\n", shown);
+			if (cmd)
+				fprintf(stderr, "memdedup %s: ignoring malformed %s\n", cmd, shown);
 			continue;
 		}
 		/* -ESRCH: held by a process that is not its agent to us: alive,
 		 * but not ours to show (by a pid that would mislead) or remove. */
 		int here = md__stats_file_agent(fd, &s);
-		if (here == 0)
+		if (here == 0 && cmd)
 			md__stats_file_remove(fd, path);	/* the agent is gone: its file is stale */
 		close(fd);
 		if (here <= 0)
 			continue;
 		if (n == cap) {
 			cap = cap ? cap * 2 : 8;
-			struct agent_row *nv = realloc(v, cap * sizeof(*nv));
+			struct md__agent_row *nv = realloc(v, cap * sizeof(*nv));
 			if (!nv) {
 				free(v);
 				closedir(d);
@@ -180,7 +175,7 @@ static int load_agents(const char *dir, struct agent_row **out, size_t *count)
 			}
 			v = nv;
 		}
-		v[n++] = (struct agent_row){ .pid = here, .s = s };
+		v[n++] = (struct md__agent_row){ .pid = here, .s = s };
 	}
 	closedir(d);
 	*out = v;
@@ -274,10 +269,10 @@ static void print_row(const char *pid, const char *cmd, const md_stats *s, const
 	       (unsigned long long)s->zero_pages, *state ? " " : "", state);
 }
 
-/* The daemon's record of the agent of pid (memdedupd sees the pids this
- * process does), or NULL: not asked, not running, or an agent that does
- * not scan (only those connect to it). */
-static json_t *daemon_agent(json_t *daemon, int pid)
+/* The daemon's record of the agent of pid (cli.h): NULL also when not
+ * asked or not running, or for an agent that does not scan (only those
+ * connect to it) or scans within its process. */
+json_t *md__daemon_agent(json_t *daemon, int pid)
 {
 	json_t *list = daemon ? json_object_get(daemon, "agents") : NULL, *a;
 	size_t i;
@@ -326,7 +321,7 @@ int md__cmd_status(int argc, char **argv)
 			return md__usage_error(cmd, "unknown argument '%s'",
 					       md__printable(argv[i], dir, sizeof(dir)));
 	}
-	struct agent_row *agents = NULL;
+	struct md__agent_row *agents = NULL;
 	size_t n = 0;
 	/* Looked up, not made: a run directory not there holds no agent. */
 	int err = md__run_dir_lookup(dir, sizeof(dir));
@@ -334,7 +329,7 @@ int md__cmd_status(int argc, char **argv)
 		fprintf(stderr, "memdedup status: no usable run directory (%s)\n", strerror(-err));
 		return 1;
 	}
-	err = err ? 0 : load_agents(dir, &agents, &n);
+	err = err ? 0 : md__agents_load(cmd->name, dir, &agents, &n);
 	if (err) {
 		fprintf(stderr, "memdedup status: cannot read %s: %s\n", dir, strerror(-err));
 		return 1;
@@ -364,7 +359,7 @@ int md__cmd_status(int argc, char **argv)
 			char command[MD_STATS_COMMAND_LEN];
 			json_object_set_new(o, "command", json_string(md__printable(agents[i].s.command,
 						    command, sizeof(command))));
-			json_t *da = daemon_agent(daemon, agents[i].pid);
+			json_t *da = md__daemon_agent(daemon, agents[i].pid);
 			const char *state = agent_state(da, &agents[i].s.stats);
 			json_object_set_new(o, "state", strcmp(state, "-") ? json_string(state) : json_null());
 			/* memdedupd's word, null where it has none. */
@@ -395,7 +390,7 @@ int md__cmd_status(int argc, char **argv)
 			const md_stats *s = &agents[i].s.stats;
 			snprintf(pid, sizeof(pid), "%d", agents[i].pid);
 			print_row(pid, md__printable(agents[i].s.command, command, sizeof(command)), s,
-				  agent_state(daemon_agent(daemon, agents[i].pid), s));
+				  agent_state(md__daemon_agent(daemon, agents[i].pid), s));
 		}
 		print_row("total", n == 1 ? "1 agent" : "agents", &total, "");
 		for (size_t i = 0; i < n; i++) {

@@ -133,29 +133,17 @@ int md__status_page_merge(json_t **doc, const char *text, size_t len, uint32_t *
 	return more;
 }
 
-/* From the daemon at sock (NULL: the default): 0 and *out (the caller's
- * reference); -ENOENT or -ECONNREFUSED when no daemon runs, other -errno
- * when it did not answer properly or refused (its text in why, else why is
- * ""). A document larger than a message comes in pages: the first gives
- * the daemon and the totals, every page its domains and agents, appended
- * here. */
-int md__status_daemon(const char *sock, json_t **out, char *why, size_t size)
+/* On c (cli.h): the document's pages, merged; a refusal's text in why. */
+int md__status_daemon_on(struct md__client *c, json_t **out, char *why, size_t size)
 {
-	struct md__client *c;
 	uint32_t domain_from = 0, agent_from = 0;
-	int err, more = 1;
+	int err = 0, more = 1;
 
 	*out = NULL;
 	why[0] = '\0';
-	err = md__client_connect(&c, sock);
-	if (err)
-		return err;
-	md__client_set_quiet(c, 1);	/* `status` says what failed */
 	char *buf = malloc(MD_MSG_MAX);
-	if (!buf) {
-		err = -ENOMEM;
-		goto free_client;
-	}
+	if (!buf)
+		return -ENOMEM;
 	for (int pages = 0; more; pages++) {
 		uint32_t len;
 		err = pages < STATUS_PAGES_MAX ? status_page(c, buf, domain_from, agent_from, &len, why, size)
@@ -176,7 +164,26 @@ free_doc:
 		snprintf(why, size, "refused the connection: %s", md__client_refusal(c));
 free_buf:
 	free(buf);
-free_client:
+	return err;
+}
+
+/* From the daemon at sock (NULL: the default): 0 and *out (the caller's
+ * reference); -ENOENT or -ECONNREFUSED when no daemon runs, other -errno
+ * when it did not answer properly or refused (its text in why, else why is
+ * ""). A document larger than a message comes in pages: the first gives
+ * the daemon and the totals, every page its domains and agents, appended
+ * here. */
+int md__status_daemon(const char *sock, json_t **out, char *why, size_t size)
+{
+	struct md__client *c;
+
+	*out = NULL;
+	why[0] = '\0';
+	int err = md__client_connect(&c, sock);
+	if (err)
+		return err;
+	md__client_set_quiet(c, 1);	/* `status` says what failed */
+	err = md__status_daemon_on(c, out, why, size);
 	md__client_free(c);
 	return err;
 }

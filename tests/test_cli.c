@@ -2026,6 +2026,7 @@ TEST_IMPL(cli_pause_not_scanning)
 	snprintf(name, sizeof(name), "agent-%d.stats", (int)getpid());
 	make_rd(path, sizeof(path), name);
 	write_stats(path, (uint32_t)getpid(), md__proc_start_time(getpid()), "plain", 1);
+	set_counter(path, MD_CTR_SCAN_STATE, MD_SCAN_STATE_NONE);	/* no scanner */
 	td_start(&t, 16);
 	int c1 = sh("MEMDEDUP_RUN_DIR=%s/rd MEMDEDUP_SOCKET=%s %s/memdedup pause --pid %d", test_dir(), t.sock, b,
 		    (int)getpid());
@@ -2107,6 +2108,81 @@ static pid_t refusing_agent(const struct tdaemon *t, int stop[2], unsigned refus
 static pid_t answering_agent(const struct tdaemon *t, int stop[2])
 {
 	return refusing_agent(t, stop, 0);
+}
+
+/* How many times needle is in hay. */
+static int count_of(const char *hay, const char *needle)
+{
+	int n = 0;
+	for (const char *p = hay; (p = strstr(p, needle)); p += strlen(needle))
+		n++;
+	return n;
+}
+
+/* An agent that scans within its process (--domain=private, or no
+ * memdedupd when it started) never reaches memdedupd: the control
+ * commands said "pause done by 0 agents" and exit 0, and for --pid that
+ * it was "not scanning" while status showed it scanning. Now each is
+ * named, once, and the command exits 1; an agent memdedupd holds, and one
+ * without a scanner, are not named. */
+TEST_IMPL(cli_control_names_unreachable_agents)
+{
+	struct tdaemon t;
+	int stop[2];
+	char path[512], name[64], env[1024], want[64];
+	const char *b = build_dir();
+	td_start(&t, 16);
+	ASSERT(pipe(stop) == 0);
+	/* One memdedupd holds, scanning as its file says; and this process,
+	 * scanning with no connection to memdedupd. */
+	pid_t held = answering_agent(&t, stop);
+	snprintf(name, sizeof(name), "agent-%d.stats", (int)held);
+	make_rd(path, sizeof(path), name);
+	set_counter(path, MD_CTR_SCAN_STATE, MD_SCAN_STATE_SCANNING);
+	snprintf(name, sizeof(name), "agent-%d.stats", (int)getpid());
+	make_rd(path, sizeof(path), name);
+	write_stats(path, (uint32_t)getpid(), md__proc_start_time(getpid()), "private", 0);
+	set_counter(path, MD_CTR_SCAN_STATE, MD_SCAN_STATE_SCANNING);
+	snprintf(env, sizeof(env), "MEMDEDUP_RUN_DIR=%s/rd MEMDEDUP_SOCKET=%s", test_dir(), t.sock);
+	snprintf(want, sizeof(want), "pid %d scans within its process", (int)getpid());
+
+	static const char *const cmds[] = { "pause", "resume", "unmerge", "set pages_to_scan=7 order=random" };
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+		ASSERT_EQ(sh("%s %s/memdedup %s", env, b, cmds[i]), 1);
+		const char *err = slurp("err");
+		if (count_of(err, want) != 1 || !strstr(err, "memdedupd cannot reach it"))
+			fprintf(stderr, "memdedup %s said: %s\n", cmds[i], err);
+		ASSERT_EQ(count_of(err, want), 1);	/* once, for a SET of two pairs too */
+		ASSERT(strstr(err, "memdedupd cannot reach it"));
+		ASSERT_EQ(count_of(err, "scans within its process"), 1);	/* not the agent it holds */
+		ASSERT(strstr(slurp("out"), "done by 1 agent"));
+	}
+	/* By pid: said so, not "not scanning". */
+	ASSERT_EQ(sh("%s %s/memdedup pause --pid %d", env, b, (int)getpid()), 1);
+	ASSERT(strstr(slurp("err"), want));
+	ASSERT(!strstr(slurp("err"), "not scanning"));
+	ASSERT_EQ(sh("%s %s/memdedup set --pid %d pages_to_scan=7 order=random", env, b, (int)getpid()), 1);
+	ASSERT_EQ(count_of(slurp("err"), want), 1);
+	/* The agent memdedupd holds is reached as before. */
+	ASSERT_EQ(sh("%s %s/memdedup pause --pid %d", env, b, (int)held), 0);
+	ASSERT(!strstr(slurp("err"), "scans within"));
+	/* With no daemon at all, it is named after the reason. */
+	ASSERT_EQ(sh("MEMDEDUP_RUN_DIR=%s/rd MEMDEDUP_SOCKET=%s/none %s/memdedup pause", test_dir(), test_dir(), b), 1);
+	ASSERT(strstr(slurp("err"), "not running"));
+	ASSERT(strstr(slurp("err"), want));
+	ASSERT_EQ(sh("MEMDEDUP_RUN_DIR=%s/rd MEMDEDUP_SOCKET=%s/none %s/memdedup unmerge --pid %d", test_dir(),
+		     test_dir(), b, (int)getpid()), 1);
+	ASSERT(strstr(slurp("err"), want));
+	/* Without a scanner it has nothing for memdedupd: not named. */
+	set_counter(path, MD_CTR_SCAN_STATE, MD_SCAN_STATE_NONE);
+	ASSERT_EQ(sh("%s %s/memdedup pause", env, b), 0);
+	ASSERT(!strstr(slurp("err"), "scans within"));
+	close(stop[1]);
+	int ws;
+	ASSERT(waitpid(held, &ws, 0) == held && WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+	close(stop[0]);
+	td_stop(&t);
+	return 0;
 }
 
 /* memdedupd's word on pid's agent in `status --json`'s output st: key of
