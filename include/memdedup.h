@@ -164,18 +164,24 @@ typedef struct md_stats {
 	uint64_t bytes_read;           /* bytes those reads returned */
 	uint64_t read_ns;              /* time spent in them, sharing or copying */
 	uint64_t pages_shared_at_read; /* pages mapped from an image at read time */
-	uint64_t pages_shared;         /* now: pages still mapped from an image */
+	uint64_t pages_shared;         /* now: pages still mapped from an image, shared
+	                                  at read time or merged onto it by the
+	                                  scanner (merged_image) */
 	uint64_t breaks;               /* now: of those mapped, written since (private) */
 	uint64_t pages_privatized;     /* copied privately because a lease broke */
 	uint64_t lease_breaks;         /* leases the kernel asked back */
 	uint64_t vmas;                 /* now: mappings in the process */
-	uint64_t fallbacks[MD_FB_COUNT];
-	uint64_t fallbacks_total;
+	uint64_t fallbacks[MD_FB_COUNT]; /* pages of reads that were copied, not
+	                                  shared, by reason (a read of no whole page,
+	                                  a partial page at a read's edge, and a read
+	                                  with preadv2 flags count one each) */
+	uint64_t fallbacks_total;      /* their sum */
 	uint64_t agent_cpu_ns;         /* CPU time of the agent's own thread */
 	/* The content scanner (all 0 without MD_OPT_SCAN). */
 	uint64_t pages_scanned;        /* visits by the linear/random cursor */
 	uint64_t pages_hinted;         /* visits from hints */
-	uint64_t merged;               /* pages merged with a pool page */
+	uint64_t merged;               /* pages merged with a pool page (not those
+	                                  mapped from fill strips: filled_pages) */
 	uint64_t merged_from_hints;    /* of those, found through hints */
 	uint64_t zero_pages;           /* now: all-zero pages dropped (they read as the
 	                                  zero page) and not seen written or read
@@ -189,7 +195,8 @@ typedef struct md_stats {
 	uint64_t scan_breaks;          /* merged pages since written */
 	uint64_t wp_waits;             /* guest writes that waited for a merge */
 	uint64_t hints_pushed, hints_dropped;
-	uint64_t pages_sharing;        /* now: guest pages mapped from the pool */
+	uint64_t pages_sharing;        /* now: guest pages mapped from the pool,
+	                                  fill strips included (`status`'s MERGED) */
 	uint64_t pool_pages;           /* now: pages of the process's own pool in use
 	                                  (KSM's pages_shared); with memdedupd only its
 	                                  fill strips: the domain's pool is in
@@ -224,8 +231,10 @@ typedef struct md_stats {
 	                                  hints while there are any (adapted) */
 	uint64_t filled_pages;         /* pages of one repeated non-zero word (freed
 	                                  guest kernel memory poisoned with 0xcc, say)
-	                                  mapped from the process's fill strips:
-	                                  counted apart, like zero_pages */
+	                                  mapped from the process's fill strips, ever:
+	                                  not less when they are written or unmerged.
+	                                  Apart from merged; those mapped now are in
+	                                  pages_sharing */
 	uint64_t io_unseen;            /* now: 1 once I/O the agent cannot follow
 	                                  (Linux AIO, io_uring reads, a device's DMA)
 	                                  stopped read-time sharing and merging for
