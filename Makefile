@@ -63,19 +63,25 @@ demo:
 	scripts/demo.sh
 
 # Installs where `memdedup run` and the systemd unit look: the preload
-# library in lib/memdedup beside nothing else, memdedupd in sbin.
+# library in lib/memdedup beside nothing else, memdedupd in sbin. The docs
+# as in the source tree, so that the README's links hold in share/doc; its
+# include/memdedup.h a relative link to the header installed (with DESTDIR
+# too).
 PREFIX  ?= /usr/local
 DESTDIR ?=
 install: $(B)/memdedup $(B)/memdedupd $(B)/libmemdedup.so $(B)/libmemdedup-preload.so $(B)/libmemdedup.a
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/lib/memdedup \
-	  $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/share/doc/memdedup $(DESTDIR)$(PREFIX)/lib/systemd/system
+	  $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/share/doc/memdedup/docs \
+	  $(DESTDIR)$(PREFIX)/share/doc/memdedup/include $(DESTDIR)$(PREFIX)/lib/systemd/system
 	install -m 0755 $(B)/memdedup $(DESTDIR)$(PREFIX)/bin/
 	install -m 0755 $(B)/memdedupd $(DESTDIR)$(PREFIX)/sbin/
 	install -m 0755 $(B)/libmemdedup-preload.so $(DESTDIR)$(PREFIX)/lib/memdedup/
 	install -m 0755 $(B)/libmemdedup.so $(DESTDIR)$(PREFIX)/lib/
 	install -m 0644 $(B)/libmemdedup.a $(DESTDIR)$(PREFIX)/lib/
 	install -m 0644 include/memdedup.h $(DESTDIR)$(PREFIX)/include/
-	install -m 0644 README.md docs/ARCHITECTURE.md docs/protocol.md $(DESTDIR)$(PREFIX)/share/doc/memdedup/
+	install -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/memdedup/
+	install -m 0644 $(wildcard docs/*.md) $(DESTDIR)$(PREFIX)/share/doc/memdedup/docs/
+	ln -sfn ../../../../include/memdedup.h $(DESTDIR)$(PREFIX)/share/doc/memdedup/include/memdedup.h
 	sed 's|/usr/local/|$(PREFIX)/|g' daemon/memdedupd.service > $(DESTDIR)$(PREFIX)/lib/systemd/system/memdedupd.service
 
 # clean keeps build/guest: the downloaded kernel and built images are a cache.

@@ -1071,6 +1071,16 @@ TEST_IMPL(cli_install_layout_runs)
 	ASSERT_EQ(sh("test -f %s/inst/opt/md/include/memdedup.h && test -f %s/inst/opt/md/lib/libmemdedup.so && "
 		     "grep -q '^ExecStart=/opt/md/sbin/memdedupd ' %s/inst/opt/md/lib/systemd/system/memdedupd.service",
 		     d, d, d), 0);
+	/* Every file the installed README links (docs/benchmarks.md,
+	 * docs/guest.md, include/memdedup.h) is there beside it, as in the
+	 * source tree: only the README and two docs were. And the unit's
+	 * Documentation= names a file installed. */
+	ASSERT_EQ(sh("cd %s/inst/opt/md/share/doc/memdedup && grep -o '](\\([^)]*\\))' README.md | "
+		     "sed 's/^](//; s/)$//; s/#.*//' | grep -v -e '^[a-z]*:' -e '^$' | "
+		     "{ n=0; while read -r f; do test -f \"$f\" || { echo \"missing $f\"; exit 1; }; n=$((n+1)); done; "
+		     "test $n -ge 3; }", d), 0);
+	ASSERT_EQ(sh("f=$(sed -n 's|^Documentation=file:||p' %s/inst/opt/md/lib/systemd/system/memdedupd.service) && "
+		     "test -f %s/inst\"$f\"", d, d), 0);
 	return 0;
 }
 
