@@ -39,6 +39,7 @@ static const char usage_text[] =
 	"                   else /tmp/memdedup-UID)\n"
 	"  --pool-pages N   slots of each pool (default 1048576: 4 GiB; at most 67108864)\n"
 	"  -h, --help       this text\n"
+	"  --version        the version, as `memdedup --version` says it\n"
 	"\n"
 	"MEMDEDUP_CONTROL_WAIT_MS=N (100..60000, default 60000): how long a control\n"
 	"waits for the agents before memdedupd answers that one did not (shorter\n"
@@ -269,6 +270,7 @@ int main(int argc, char **argv)
 		{ "run-dir", required_argument, NULL, 'r' },
 		{ "pool-pages", required_argument, NULL, 'p' },
 		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
 		{ 0 },
 	};
 	struct md__daemon d = { .epfd = -1, .lfd = -1, .sigfd = -1 };
@@ -298,6 +300,14 @@ int main(int argc, char **argv)
 			}
 			break;
 		case 'h': fputs(usage_text, stdout); return 0;
+		case 'V':
+			/* Alone, as `memdedup --version`, whose version it says. */
+			if (argc != 2) {
+				fprintf(stderr, "memdedupd: --version takes no other arguments\n");
+				return 2;
+			}
+			printf("memdedupd %d.%d\n", MD_VERSION_MAJOR, MD_VERSION_MINOR);
+			return 0;
 		default: {
 			char shown[256];
 			/* A long option as written, else a short one's letter (in a

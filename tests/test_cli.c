@@ -996,6 +996,23 @@ TEST_IMPL(cli_write_error_fails)
 	return 0;
 }
 
+/* memdedupd says its version as memdedup does: it was a usage error. */
+TEST_IMPL(cli_daemon_version)
+{
+	const char *b = build_dir();
+	char mine[64];
+	ASSERT_EQ(sh("%s/memdedup --version", b), 0);
+	ASSERT(strncmp(slurp("out"), "memdedup ", 9) == 0);
+	snprintf(mine, sizeof(mine), "memdedupd %s", slurp("out") + 9);
+	ASSERT_EQ(sh("%s/memdedupd --version", b), 0);
+	ASSERT_EQ(strcmp(slurp("out"), mine), 0);
+	/* Alone, as memdedup's: nothing started with it. */
+	ASSERT_EQ(sh("%s/memdedupd --version --foreground", b), 2);
+	ASSERT_EQ(sh("%s/memdedupd --help", b), 0);
+	ASSERT(strstr(slurp("out"), "--version"));
+	return 0;
+}
+
 /* `run --scan` finds memdedupd in PATH when it is not beside the library
  * or the program, nor in the program's ../sbin (as daemon/memdedupd.service
  * installs it). A copy, not a link: the daemon's /proc/PID/exe says that
