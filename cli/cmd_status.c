@@ -429,7 +429,8 @@ int md__cmd_status(int argc, char **argv)
 				       strcmp(profit, "-0.0") == 0 ? "0.0" : profit);
 			}
 		} else if (daemon) {
-			printf("\nmemdedupd: running, with no domains yet\n");
+			/* Before the first agent, or after the last domain closed. */
+			printf("\nmemdedupd: running, with no domains now\n");
 		} else if (derr) {
 			printf("\nmemdedupd: %s (see the error)\n", why[0] ? "refused" : "no proper answer");
 		} else if (nosock) {
