@@ -714,11 +714,11 @@ static ssize_t preadv_errno(md_agent *a, int fd, const struct iovec *iov, int io
 	if (!any_in_ram(a, iov, iovcnt))
 		return tracked_preadv(a, fd, iov, iovcnt, off, flags, 0);
 	if (off == -1 || flags != 0) {
-		md__fallback(a, MD_FB_FLAGS, 1);
 		md__log_once(91, "reads into guest RAM with preadv2 flags or at the file position "
 			     "are copied");
 		ssize_t n = tracked_preadv(a, fd, iov, iovcnt, off, flags, 0);
 		int saved = errno;
+		md__fallback(a, MD_FB_FLAGS, n > 0 ? pages_of((size_t)n) : 0);	/* pages, as the others */
 		copied_whole(a, fd, iov, iovcnt, n, off);
 		errno = saved;
 		return n;

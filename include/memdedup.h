@@ -172,9 +172,9 @@ typedef struct md_stats {
 	uint64_t lease_breaks;         /* leases the kernel asked back */
 	uint64_t vmas;                 /* now: mappings in the process */
 	uint64_t fallbacks[MD_FB_COUNT]; /* pages of reads that were copied, not
-	                                  shared, by reason (a read of no whole page,
-	                                  a partial page at a read's edge, and a read
-	                                  with preadv2 flags count one each) */
+	                                  shared, by reason (a read of no whole page
+	                                  and a partial page at a read's edge count
+	                                  one each) */
 	uint64_t fallbacks_total;      /* their sum */
 	uint64_t agent_cpu_ns;         /* CPU time of the agent's own thread */
 	/* The content scanner (all 0 without MD_OPT_SCAN). */
