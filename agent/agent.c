@@ -1378,6 +1378,12 @@ int md_agent_madvise_discard(md_agent *a, void *addr, size_t len, int advice)
 	int err;
 	if ((uintptr_t)addr % MD_PAGE || plen < len)
 		return -EINVAL;
+	/* Advice the kernel does not know (MADV_GUARD_INSTALL before Linux
+	 * 6.13, MADV_DONTNEED_LOCKED before 5.18) it refuses before it looks
+	 * at a range: asked with none first, so that no page is replaced (its
+	 * content gone) for a call that then fails and changes nothing. */
+	if (advice != MADV_DONTNEED && md__sys_madvise(addr, 0, advice) != 0)
+		return -errno;
 	if (!a || !plen || md__ours_begin(&a->ours, (uintptr_t)addr, (uintptr_t)addr + plen, &plain)) {
 		/* None of ours (an allocator's memory, see ours.c): plainly. */
 		err = md__sys_madvise(addr, len, advice) != 0 ? -errno : 0;

@@ -37,6 +37,14 @@
 
 #define MD_PAGE ((uintptr_t)MD_PAGE_SIZE)
 
+#include <sys/mman.h>
+#ifndef MADV_GUARD_INSTALL
+/* Linux 6.13's guard regions (private file mappings since 6.15), which
+ * older headers lack: the numbers are the same on every architecture. */
+#define MADV_GUARD_INSTALL 102
+#define MADV_GUARD_REMOVE 103
+#endif
+
 /* Owner records, allocated once per registered range: the parts a split
  * leaves share them (refs), so a split allocates nothing. */
 struct md__owners {

@@ -5,7 +5,7 @@
  * registers guest RAM (and creates the agent on first use, so a process that
  * never asks for merging costs nothing), MADV_UNMERGEABLE, munmap, mremap and
  * MAP_FIXED mmaps forget it, discards (madvise, and process_madvise on its
- * own memory) are made to yield zeroes, and the pread/preadv family goes
+ * own memory; a guard's zap too) are made to yield zeroes, and the pread/preadv family goes
  * through md_agent_pread()/md_agent_preadv(), the pwrite/pwritev family
  * through md_agent_pwrite()/md_agent_pwritev().
  * libaio's io_setup, liburing's submit calls, io_uring through syscall(2),
@@ -347,9 +347,12 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 		return md__sys_madvise(addr, len, advice);
 	case MADV_DONTNEED:
 	case MADV_DONTNEED_LOCKED:
-	case MADV_FREE: {
+	case MADV_FREE:
+	case MADV_GUARD_INSTALL: {
 		/* Shared pages not replaced would read back as their file's
-		 * content, not zeroes: then the discard fails as a whole. */
+		 * content, not zeroes: then the discard fails as a whole. A
+		 * guard's zap is a discard too: once MADV_GUARD_REMOVE took it
+		 * away (which needs nothing of ours), the range is read again. */
 		if (!(a = agent_peek()))
 			return md__sys_madvise(addr, len, advice);
 		int saved = errno;
@@ -445,6 +448,7 @@ static int advice_ours(int advice)
 	case MADV_DONTNEED:
 	case MADV_DONTNEED_LOCKED:
 	case MADV_FREE:
+	case MADV_GUARD_INSTALL:
 		return 1;
 	default:
 		return advice_bit(advice) != 0;

@@ -337,11 +337,14 @@ MD_API int md_agent_advise(md_agent *agent, void *addr, size_t len, unsigned adv
  * must then not discard, as those pages would read back as file content. */
 MD_API int md_agent_discard(md_agent *agent, void *addr, size_t len);
 /* md_agent_discard, then the VMM's madvise(addr, len, advice) itself
- * (MADV_DONTNEED, MADV_DONTNEED_LOCKED or MADV_FREE), the range kept out
- * of every merge until the kernel is done: a merge that freezes a page
- * written after md_agent_discard would otherwise map over it while the
- * kernel's zap drops its write-protection, and a write made then is lost.
- * Returns 0, or -errno (md_agent_discard's, or madvise's). Prefer it. */
+ * (MADV_DONTNEED, MADV_DONTNEED_LOCKED, MADV_FREE, or MADV_GUARD_INSTALL,
+ * whose zap must leave zeroes too, read once MADV_GUARD_REMOVE took the
+ * guard away), the range kept out of every merge until the kernel is done:
+ * a merge that freezes a page written after md_agent_discard would
+ * otherwise map over it while the kernel's zap drops its write-protection,
+ * and a write made then is lost. Advice the kernel does not know is
+ * refused, nothing discarded. Returns 0, or -errno (md_agent_discard's, or
+ * madvise's). Prefer it. */
 MD_API int md_agent_madvise_discard(md_agent *agent, void *addr, size_t len, int advice);
 /* Tells the agent [addr, addr+len) is about to be unmapped or mapped anew by
  * the VMM: it is no longer guest RAM that asked for merging. Call it before:

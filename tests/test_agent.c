@@ -1845,6 +1845,49 @@ TEST_IMPL(process_madvise_discard_yields_zeroes)
 	return 0;
 }
 
+/* MADV_GUARD_INSTALL (Linux 6.13; on private file mappings, which pages
+ * shared at read time are, since 6.15) zaps its range as a discard does:
+ * once MADV_GUARD_REMOVE took the guard away, the pages read zeroes, not
+ * the image's again, through madvise, syscall(2) and process_madvise. A
+ * call that succeeds leaves errno as it was. */
+TEST_IMPL(guard_discard_yields_zeroes)
+{
+	const char *img = image(5);
+	struct proc a;
+	reader_with_mb(&a, img);
+	long long r = proc_num(&a, "advise 0 0 guardinstall");
+	if (r != 0) {
+		proc_stop(&a);
+		SKIP("no guard regions (MADV_GUARD_INSTALL: Linux 6.13): %lld", r);
+	}
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 65536"), hex(fnv_file(img, 0, 65536))) == 0);
+	for (unsigned i = 0; i < 16; i++)
+		ASSERT(proc_page_is_image(&a, i * 4096u, img, i * 4096));
+	/* Pages 0, 1, 2-5 and 8-9 (one call each), 12 and 13. */
+	ASSERT(strcmp(proc_cmd(&a, "advise 0 4096 guardinstall"), "0") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "advise 4096 4096 guardinstall raw"), "0") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "advise 8192 16384 guardinstall"), "0") == 0);
+	char zeroed[16] = { 1, 1, 1, 1, 1, 1 };
+	r = pmadvise(&a, "%u 4096 2 4096 guardinstall sym", 8 * 4096u);
+	if (r == -EINVAL || r == -ENOSYS) {
+		printf("  no process_madvise on its own memory (%lld)\n", r);
+	} else {
+		ASSERT_EQ(r, 8192);
+		ASSERT_EQ(pmadvise(&a, "%u 4096 2 4096 guardinstall raw", 12 * 4096u), 8192);
+		zeroed[8] = zeroed[9] = zeroed[12] = zeroed[13] = 1;
+	}
+	for (unsigned i = 0; i < 16; i++)
+		ASSERT_EQ(proc_num(&a, "guarded %u 1", i * 4096u), zeroed[i]);
+	ASSERT(strcmp(proc_cmd(&a, "advise 0 65536 guardremove"), "0") == 0);
+	ASSERT_EQ(proc_num(&a, "guarded 0 16"), 0);
+	for (unsigned i = 0; i < 32; i++) {
+		const char *want = i < 16 && zeroed[i] ? hex(fnv_zero(4096u)) : hex(fnv_file(img, i * 4096u, 4096u));
+		ASSERT(strcmp(proc_cmd(&a, "hash %u %u", i * 4096u, 4096u), want) == 0);
+	}
+	proc_stop(&a);
+	return 0;
+}
+
 /* Guest RAM given up keeps its private copies in the image's mappings,
  * which a discard replaces by zeroes. Once the VMM unmaps or maps over that
  * memory the copies are gone: a private mapping of its own put there must

@@ -347,6 +347,70 @@ TEST_IMPL(scan_process_madvise_discard_yields_zeroes)
 	return 0;
 }
 
+/* MADV_GUARD_INSTALL (Linux 6.13; on private file mappings, which merged
+ * pages are, since 6.15) zaps its range as a discard does: once
+ * MADV_GUARD_REMOVE took the guard away, merged pages read zeroes, not
+ * their pool slot again, through madvise, syscall(2) and process_madvise.
+ * The kernel's own zap left the pool's mapping there, empty: a read
+ * faulted the slot's page back in. On a kernel without guard regions (a
+ * seccomp filter says so as one would) the call is refused with nothing
+ * discarded. */
+TEST_IMPL(scan_guard_discard_yields_zeroes)
+{
+	const char *env[] = { fast_scan[0], fast_scan[1], fast_scan[2], "MEMDEDUP_DOMAIN=private", NULL };
+	struct proc a;
+	proc_start(&a, env);
+	proc_cmd(&a, "map 512");
+	long long r = proc_num(&a, "advise 0 0 guardinstall");
+	if (r != 0) {
+		proc_stop(&a);
+		SKIP("no guard regions (MADV_GUARD_INSTALL: Linux 6.13): %lld", r);
+	}
+	/* 64 pairs: pages 0.. and 64.. */
+	ASSERT(strcmp(proc_cmd(&a, "fill 0 64 1"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 64 1", 64 * PG), "ok") == 0);
+	ASSERT(pairs_merge(&a, 0, 64, 64, 1));
+	/* Pages 0, 1 and 2-9: madvise, syscall(2), one range of 8; 10 and 11
+	 * through process_madvise (the C library's, syscall(2)). */
+	ASSERT(strcmp(proc_cmd(&a, "advise 0 %u guardinstall", PG), "0") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "advise %u %u guardinstall raw", PG, PG), "0") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "advise %u %u guardinstall", 2 * PG, 8 * PG), "0") == 0);
+	unsigned n = 12;
+	r = proc_num(&a, "pmadvise %u %u 1 0 guardinstall sym", 10 * PG, PG);
+	if (r == -EINVAL || r == -ENOSYS) {
+		printf("  no process_madvise on its own memory (%lld)\n", r);
+		n = 10;
+	} else {
+		ASSERT_EQ(r, PG);
+		ASSERT(strcmp(proc_cmd(&a, "pmadvise %u %u 1 0 guardinstall raw", 11 * PG, PG), "4096") == 0);
+	}
+	ASSERT_EQ(proc_num(&a, "guarded 0 %u", n), n);
+	/* Guarded pages the scanner cannot read, through passes. */
+	md_stats s;
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	uint64_t passes = s.full_scans;
+	for (int t = 0; t < 200 && s.full_scans < passes + 3; t++, usleep(20000))
+		ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT(s.full_scans >= passes + 3);
+	ASSERT_EQ(proc_num(&a, "guarded 0 %u", n), n);
+	ASSERT(strcmp(proc_cmd(&a, "advise 0 %u guardremove", n * PG), "0") == 0);
+	ASSERT_EQ(proc_num(&a, "guarded 0 %u", n), 0);
+	const char *z = hex(fnv_zero(PG));
+	for (unsigned i = 0; i < n; i++)
+		ASSERT(strcmp(proc_cmd(&a, "hash %u %u", i * PG, PG), z) == 0);
+	ASSERT_EQ(proc_num(&a, "unfilled %u 64 1 0", 64 * PG), 0);	/* their twins kept theirs */
+	ASSERT_EQ(proc_num(&a, "unfilled %u 52 1 12", 12 * PG), 0);
+	/* Without guard regions: refused, page 12 kept. */
+	ASSERT_EQ(proc_num(&a, "noguard"), 0);
+	ASSERT_EQ(proc_num(&a, "advise %u %u guardinstall", 12 * PG, PG), -EINVAL);
+	ASSERT_EQ(proc_num(&a, "advise %u %u guardinstall raw", 12 * PG, PG), -EINVAL);
+	if (n == 12)
+		ASSERT_EQ(proc_num(&a, "pmadvise %u %u 1 0 guardinstall sym", 12 * PG, PG), -EINVAL);
+	ASSERT_EQ(proc_num(&a, "unfilled %u 1 1 12", 12 * PG), 0);
+	proc_stop(&a);
+	return 0;
+}
+
 /* Starts p with the scanner at full speed, logging to test_dir()/name (a
  * fresh file: a test may start more than one), whose path goes to log. */
 static void start_scan_logged(struct proc *p, const char *name, char *log, size_t size)

@@ -27,7 +27,13 @@
  *   exhaust / release     -> fill the process's mappings up to the limit, undo
  *   forkmapped DOFF -> mapped|unmapped: whether a child made by fork() maps it
  *   advise DOFF LEN ADVICE [raw] -> madvise result (raw: through syscall(2)) (dontneed, dontneedlocked, dontfork, dofork,
- *                           mergeable, unmergeable)
+ *                           guardinstall, guardremove, mergeable, unmergeable); a call that succeeds
+ *                           and changed errno says "0 errno E"
+ *   guarded DOFF N        -> how many of the N pages at DOFF a read through the kernel
+ *                           (process_vm_readv) finds guarded (MADV_GUARD_INSTALL), or -errno
+ *   noguard               -> a seccomp filter that refuses MADV_GUARD_INSTALL and
+ *                           MADV_GUARD_REMOVE (madvise, process_madvise) with EINVAL,
+ *                           as a kernel before Linux 6.13 does: 0 or -errno
  *   unmap DOFF HEXLEN     -> munmap result (0 or -errno)
  *   pmadvise DOFF LEN N STEP ADVICE sym|raw [own|self|thread|parent]
  *                        -> process_madvise of N ranges of LEN bytes at DOFF, DOFF+STEP,
@@ -159,6 +165,11 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#ifndef MADV_GUARD_INSTALL
+#define MADV_GUARD_INSTALL 102	/* Linux 6.13's, which older headers lack */
+#define MADV_GUARD_REMOVE 103
+#endif
 
 static char *base;
 static size_t base_len;
@@ -1146,16 +1157,55 @@ int main(void)
 				  strcmp(s2, "dontfork") == 0 ? MADV_DONTFORK :
 				  strcmp(s2, "dofork") == 0 ? MADV_DOFORK :
 				  strcmp(s2, "remove") == 0 ? MADV_REMOVE :
+				  strcmp(s2, "guardinstall") == 0 ? MADV_GUARD_INSTALL :
+				  strcmp(s2, "guardremove") == 0 ? MADV_GUARD_REMOVE :
 				  strcmp(s2, "mergeable") == 0 ? MADV_MERGEABLE : MADV_UNMERGEABLE;
+			errno = 777;	/* a call that succeeds leaves it: else said after the result */
 			int r = strcmp(how, "raw") == 0 ? (int)syscall(SYS_madvise, base + a1, (size_t)a2, adv)
 							  : madvise(base + a1, (size_t)a2, adv);
-			printf("%d\n", r == 0 ? 0 : -errno);
+			if (r == 0 && errno != 777)
+				printf("0 errno %d\n", errno);
+			else
+				printf("%d\n", r == 0 ? 0 : -errno);
+		} else if (strcmp(cmd, "guarded") == 0) {
+			sscanf(line, "%*s %lld %lld", &a1, &a2);
+			long long n = 0;
+			char page[4096];
+			for (long long i = 0; i < a2 && n >= 0; i++) {
+				struct iovec l = { page, sizeof(page) }, r = { base + a1 + i * 4096, sizeof(page) };
+				if (process_vm_readv(getpid(), &l, 1, &r, 1, 0) == (ssize_t)sizeof(page))
+					continue;
+				n = errno == EFAULT ? n + 1 : -errno;
+			}
+			printf("%lld\n", n);
+		} else if (strcmp(cmd, "noguard") == 0) {
+			struct sock_filter f[] = {
+				BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+				BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_madvise, 2, 0),
+				BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_process_madvise, 3, 0),
+				BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+				/* madvise's advice, its third argument's low word (x86-64) */
+				BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[2])),
+				BPF_JUMP(BPF_JMP | BPF_JA, 1, 0, 0),
+				/* process_madvise's, its fourth */
+				BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[3])),
+				BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, MADV_GUARD_INSTALL, 2, 0),
+				BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, MADV_GUARD_REMOVE, 1, 0),
+				BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+				BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EINVAL),
+			};
+			struct sock_fprog prog = { sizeof(f) / sizeof(f[0]), f };
+			int r = prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 &&
+				syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &prog) == 0;
+			printf("%d\n", r ? 0 : -errno);
 		} else if (strcmp(cmd, "pmadvise") == 0) {
 			char how[8] = "", who[8] = "own";
 			sscanf(line, "%*s %lld %lld %lld %lld %31s %7s %7s", &a1, &a2, &a3, &a4, s2, how, who);
 			int adv = strcmp(s2, "dontneed") == 0 ? MADV_DONTNEED :
 				  strcmp(s2, "dontneedlocked") == 0 ? MADV_DONTNEED_LOCKED :
 				  strcmp(s2, "free") == 0 ? MADV_FREE :
+				  strcmp(s2, "guardinstall") == 0 ? MADV_GUARD_INSTALL :
+				  strcmp(s2, "guardremove") == 0 ? MADV_GUARD_REMOVE :
 				  strcmp(s2, "mergeable") == 0 ? MADV_MERGEABLE : MADV_UNMERGEABLE;
 			struct iovec v[1024];
 			int n = a3 > 0 && a3 <= 1024 ? (int)a3 : 1;
