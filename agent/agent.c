@@ -1351,12 +1351,27 @@ int md_agent_advise(md_agent *a, void *addr, size_t len, unsigned advice)
 	return 0;
 }
 
-int md_agent_discard(md_agent *a, void *addr, size_t len)
+/* Locked memory the kernel's discard refuses (all but MADV_DONTNEED_LOCKED's):
+ * copies kept in an image's or the pool's mapping that the VMM locked
+ * (guest RAM it locks is given up, and copies no record tracks any more
+ * lie only there), replaced by zeroes first, would be lost for a call that
+ * fails. 0, -EINVAL (some is locked), or -errno (smaps); agent->lock held. */
+static int locked_copies(md_agent *a, uintptr_t s, uintptr_t e)
+{
+	if (!md__rangeset_overlaps(&a->forgotten, s, e) || md__range_no_file_vmas(s, e) == 1)
+		return 0;
+	int kind = md__range_vmflags(s, e - s);
+	return kind < 0 ? kind : kind & MD_VMF_LOCKED ? -EINVAL : 0;
+}
+
+static int discard(md_agent *a, void *addr, size_t len, int locked_refused)
 {
 	int err = check_range(addr, len);
 	if (!a || err)
 		return -EINVAL;
 	md__agent_enter(a);
+	if (locked_refused && (err = locked_copies(a, (uintptr_t)addr, (uintptr_t)addr + len)))
+		goto leave;
 	err = md__discard(a, (uintptr_t)addr, (uintptr_t)addr + len);
 	/* Pool pages too would read back as pool content after the discard
 	 * (in every region the range overlaps). */
@@ -1367,8 +1382,14 @@ int md_agent_discard(md_agent *a, void *addr, size_t len)
 	/* And copies no record tracks any more. */
 	int e3 = md__discard_forgotten(a, (uintptr_t)addr, (uintptr_t)addr + len);
 	err = err ? err : e3;
+leave:
 	md__agent_leave(a);
 	return err;
+}
+
+int md_agent_discard(md_agent *a, void *addr, size_t len)
+{
+	return discard(a, addr, len, 0);
 }
 
 int md_agent_madvise_discard(md_agent *a, void *addr, size_t len, int advice)
@@ -1396,7 +1417,7 @@ int md_agent_madvise_discard(md_agent *a, void *addr, size_t len, int advice)
 	struct iovec io = { addr, plen };
 	int recorded = a->engine != NULL;
 	int token = recorded ? md__inflight_begin(&a->engine->io, &io, 1) : 0;
-	err = md_agent_discard(a, addr, plen);
+	err = discard(a, addr, plen, advice != MADV_DONTNEED_LOCKED);
 	if (!err && md__sys_madvise(addr, len, advice) != 0)
 		err = -errno;
 	if (recorded)

@@ -343,8 +343,9 @@ MD_API int md_agent_discard(md_agent *agent, void *addr, size_t len);
  * a merge that freezes a page written after md_agent_discard would
  * otherwise map over it while the kernel's zap drops its write-protection,
  * and a write made then is lost. Advice the kernel does not know is
- * refused, nothing discarded. Returns 0, or -errno (md_agent_discard's, or
- * madvise's). Prefer it. */
+ * refused, nothing discarded, and so is a discard of locked memory (but
+ * MADV_DONTNEED_LOCKED), -EINVAL as the kernel's. Returns 0, or -errno
+ * (md_agent_discard's, or madvise's). Prefer it. */
 MD_API int md_agent_madvise_discard(md_agent *agent, void *addr, size_t len, int advice);
 /* Tells the agent [addr, addr+len) is about to be unmapped or mapped anew by
  * the VMM: it is no longer guest RAM that asked for merging. Call it before:

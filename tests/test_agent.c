@@ -1888,6 +1888,45 @@ TEST_IMPL(guard_discard_yields_zeroes)
 	return 0;
 }
 
+/* Guest RAM the VMM locks is given up, its copies kept in the image's
+ * mappings, locked: a discard there is refused by the kernel (but
+ * MADV_DONTNEED_LOCKED), as on the VMM's own locked memory, and must not
+ * have replaced them by zeroes first (lost for a call that failed), nor
+ * unlocked them; whether a range's (mlock) or all (mlockall, QEMU's
+ * -overcommit mem-lock=on). */
+TEST_IMPL(discard_of_locked_copies_refused)
+{
+	if (getenv("MD_TEST_PRELOAD_FIRST"))
+		SKIP("under AddressSanitizer, whose mlock and mlockall lock nothing and never reach the agent");
+	const char *img = image(5);
+	struct proc a;
+	reader_with_mb(&a, img);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 65536"), hex(fnv_file(img, 0, 65536))) == 0);
+	ASSERT_EQ(proc_num(&a, "mlock 0 65536"), 0);	/* pages 0-15 */
+	char zeroed[32] = { 0 };
+	for (int all = 0; all < 2; all++) {
+		unsigned p = all ? 16 : 0;	/* then pages 16-31 */
+		if (all)
+			ASSERT_EQ(proc_num(&a, "mlockall both"), 0);
+		/* Refused by a kernel without guard regions or without
+		 * process_madvise on its own memory all the same. */
+		ASSERT_EQ(proc_num(&a, "advise %u 4096 guardinstall", p * 4096), -EINVAL);
+		ASSERT_EQ(proc_num(&a, "advise %u 4096 dontneed raw", (p + 1) * 4096), -EINVAL);
+		ASSERT_EQ(pmadvise(&a, "%u 4096 1 0 free sym", (p + 2) * 4096), -EINVAL);
+		ASSERT_EQ(pmadvise(&a, "%u 4096 1 0 dontneed raw", (p + 3) * 4096), -EINVAL);
+		ASSERT_EQ(proc_num(&a, "advise %u 4096 dontneedlocked", (p + 4) * 4096), 0);
+		zeroed[p + 4] = 1;
+		for (unsigned i = p; i < p + 4; i++)
+			ASSERT_EQ(proc_num(&a, "vmflag %u lo", i * 4096), 1);
+	}
+	for (unsigned i = 0; i < 32; i++) {
+		const char *want = zeroed[i] ? hex(fnv_zero(4096u)) : hex(fnv_file(img, i * 4096u, 4096u));
+		ASSERT(strcmp(proc_cmd(&a, "hash %u %u", i * 4096u, 4096u), want) == 0);
+	}
+	proc_stop(&a);
+	return 0;
+}
+
 /* Guest RAM given up keeps its private copies in the image's mappings,
  * which a discard replaces by zeroes. Once the VMM unmaps or maps over that
  * memory the copies are gone: a private mapping of its own put there must
