@@ -5,8 +5,9 @@
  * registers guest RAM (and creates the agent on first use, so a process that
  * never asks for merging costs nothing), MADV_UNMERGEABLE, munmap, mremap and
  * MAP_FIXED mmaps forget it, discards (madvise, and process_madvise on its
- * own memory; a guard's zap too) are made to yield zeroes, and the pread/preadv family goes
- * through md_agent_pread()/md_agent_preadv(), the pwrite/pwritev family
+ * own memory; a guard's zap too) are made to yield zeroes, and the
+ * pread/preadv family goes through md_agent_pread()/md_agent_preadv(),
+ * the pwrite/pwritev family
  * through md_agent_pwrite()/md_agent_pwritev().
  * libaio's io_setup, liburing's submit calls, io_uring through syscall(2),
  * the DMA-mapping ioctls, libibverbs' memory registrations and zero-copy
