@@ -25,7 +25,8 @@ struct md__scanner_stats {
 	uint64_t skipped;                  /* visits the smart scan saved */
 	uint64_t candidates, merged_candidate; /* pages the daemon named, merged */
 	uint64_t file_matches;             /* pages found equal to a file page */
-	uint64_t cpu_ns;                   /* the scanning thread's CPU time */
+	uint64_t cpu_ns;                   /* the scanning thread's CPU time, all of it
+					    * (its sleeps' and pauses' wake-ups too) */
 	unsigned ratio;                    /* now: hinted pages per 8 */
 };
 
@@ -119,6 +120,7 @@ struct md__scanner {
 	pthread_t thread;
 	int running, stop;
 	int wake_fd;            /* eventfd that ends the thread's sleep (stop, poke) */
+	int parked;             /* the thread blocks on it while paused (atomic) */
 };
 
 int md__scanner_init(struct md__scanner *s, struct md__engine *e, struct md__hints *h);
@@ -133,7 +135,8 @@ int md__scanner_step(struct md__scanner *s, size_t npages);
 int md__scanner_start(struct md__scanner *s);
 void md__scanner_stop(struct md__scanner *s);
 /* New hints: a scanner slowed down on a quiet host (idle) takes up the set
- * rate again, within one sleep at that rate. Any thread, lock-free. */
+ * rate again, within one sleep at that rate; and after paused is cleared,
+ * a resume: the paused thread wakes at once. Any thread, lock-free. */
 void md__scanner_poke(struct md__scanner *s);
 /* Merged pages were found written (a reap): the set rate again, held
  * until the cursor has been round once more, as it merges them again only
@@ -142,7 +145,8 @@ void md__scanner_hold(struct md__scanner *s);
 /* This agent's pages per wake-up, of batch shared by nb agents; a share
  * below a page lengthens *sleep_ns instead. */
 size_t md__scanner_share(size_t batch, unsigned nb, uint64_t *sleep_ns);
-/* The sleep after a batch that took cpu_ns of CPU in wall_ns, so that the
- * nc agents together use at most cap percent of a core (0: no cap). */
+/* The sleep after a batch that took wall_ns, charged cpu_ns of CPU (its
+ * own and the sleep's before it), so that the nc agents together use at
+ * most cap percent of a core (0: no cap). */
 uint64_t md__scanner_capped(uint64_t cpu_ns, uint64_t wall_ns, uint64_t sleep_ns, unsigned cap, unsigned nc);
 #endif

@@ -3626,6 +3626,132 @@ TEST_IMPL(engine_scanner_tunables_keep_cpu_cap)
 	return 0;
 }
 
+/* A thread's CPU time by its own clock, not by what the scanner counts. */
+static uint64_t thread_cpu_ns(pthread_t t)
+{
+	clockid_t c;
+	struct timespec ts;
+	ASSERT_EQ(pthread_getcpuclockid(t, &c), 0);
+	ASSERT_EQ(clock_gettime(c, &ts), 0);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+struct churn {
+	unsigned char *d;
+	size_t n;
+	int stop;
+};
+
+/* A guest that keeps writing its memory: one word of every page, every
+ * 20 ms, so every visit finds a new checksum and the scanner stays busy. */
+static void *churn(void *arg)
+{
+	struct churn *c = arg;
+	for (uint64_t x = 1; !__atomic_load_n(&c->stop, __ATOMIC_RELAXED); x++, usleep(20000))
+		for (size_t i = 0; i < c->n; i++)
+			*(volatile uint64_t *)(c->d + i * PG) = x;
+	return NULL;
+}
+
+/* The CPU cap holds for the scanner thread's real CPU time, its sleeps'
+ * wake-ups too, and cpu_ns counts them: the cap and cpu_ns counted the
+ * batches alone, and the sleep the cap asked for, taken in slices of the
+ * set sleep (here 1 ms: a thousand wake-ups a second), was not counted.
+ * Busy (memory that keeps changing, 4,096 pages a batch), under a 1 %
+ * cap, it used 3.5-4 % of a core and counted 1 %. */
+TEST_IMPL(engine_scanner_cap_holds_real_cpu)
+{
+	struct md__engine e;
+	struct md__scanner s;
+	const size_t n = 8192;
+	unsigned char *d = map_ram(n);
+	pthread_t th;
+
+	engine_up(&e);
+	for (size_t i = 0; i < n; i++)
+		fill(d + i * PG, (unsigned)i + 1);
+	ASSERT_EQ(md__engine_register(&e, d, n * PG, 0), 0);
+	ASSERT_EQ(md__scanner_init(&s, &e, NULL), 0);
+	struct churn c = { d, n, 0 };
+	ASSERT(pthread_create(&th, NULL, churn, &c) == 0);
+	s.ratio = 0;
+	s.batch = 4096;
+	s.sleep_ms = 1;
+	s.cpu_percent = 1;
+	s.share_batch = s.share_cpu = 1;
+	ASSERT_EQ(md__scanner_start(&s), 0);
+	usleep(500000);
+	uint64_t real0 = thread_cpu_ns(s.thread), counted0 = __atomic_load_n(&s.st.cpu_ns, __ATOMIC_RELAXED);
+	double t0 = now();
+	usleep(4000000);
+	uint64_t real = thread_cpu_ns(s.thread);
+	double t = now() - t0;
+	uint64_t counted = __atomic_load_n(&s.st.cpu_ns, __ATOMIC_RELAXED);
+	unsigned idle = __atomic_load_n(&s.idle, __ATOMIC_RELAXED);
+	md__scanner_stop(&s);
+	__atomic_store_n(&c.stop, 1, __ATOMIC_RELAXED);
+	ASSERT(pthread_join(th, NULL) == 0);
+	double share = (double)(real - real0) / 1e9 / t;
+	fprintf(stderr, "  scanner's real CPU under a 1 %% cap at 1 ms sleeps: %.2f %% (counted %.2f %%), %llu pages read\n",
+		share * 100, (double)(counted - counted0) / 1e9 / t * 100, (unsigned long long)s.st.scanned);
+	ASSERT_EQ(idle, 0);	/* busy all along */
+	ASSERT(s.st.scanned > n);
+	ASSERT(share < 0.02);	/* a bound, not a speed: twice the cap */
+	/* All of the thread's CPU time is counted, its last sleep's too. */
+	ASSERT(s.st.cpu_ns >= real);
+	md__scanner_free(&s);
+	md__engine_fini(&e);
+	munmap(d, n * PG);
+	return 0;
+}
+
+/* A paused scanner blocks until resumed: woken every set sleep to look
+ * (here 1 ms), it used 4 % of a core doing nothing. A resume wakes it at
+ * once. */
+TEST_IMPL(engine_paused_scanner_sleeps)
+{
+	struct md__engine e;
+	struct md__scanner s;
+	const size_t n = 16;
+	unsigned char *d = map_ram(n);
+
+	engine_up(&e);
+	for (size_t i = 0; i < n; i++)
+		fill(d + i * PG, (unsigned)i + 1);
+	ASSERT_EQ(md__engine_register(&e, d, n * PG, 0), 0);
+	ASSERT_EQ(md__scanner_init(&s, &e, NULL), 0);
+	s.sleep_ms = 1;
+	s.share_batch = s.share_cpu = 1;
+	s.paused = 1;
+	ASSERT_EQ(md__scanner_start(&s), 0);
+	usleep(100000);
+	uint64_t cpu0 = thread_cpu_ns(s.thread);
+	long before = thread_switches("md-scan");
+	ASSERT(before >= 0);
+	usleep(3000000);
+	uint64_t cpu = thread_cpu_ns(s.thread) - cpu0;
+	long woke = thread_switches("md-scan") - before;
+	fprintf(stderr, "  a paused scanner woke %ld times in 3 s, %.3f ms of CPU\n", woke, (double)cpu / 1e6);
+	ASSERT(woke <= 6);	/* 3,000 at its set sleep */
+	ASSERT(cpu < 6000000);	/* 0.2 % of a core: a bound, not a speed */
+	ASSERT_EQ(__atomic_load_n(&s.st.scanned, __ATOMIC_RELAXED), 0);
+	/* Resumed (as the agent does: paused cleared, then a poke), it
+	 * scans at once, not at its second's end. */
+	__atomic_store_n(&s.paused, 0, __ATOMIC_SEQ_CST);
+	md__scanner_poke(&s);
+	double t0 = now();
+	while (__atomic_load_n(&s.st.scanned, __ATOMIC_RELAXED) == 0 && now() - t0 < 2)
+		usleep(1000);
+	double took = now() - t0;
+	fprintf(stderr, "  resumed, it scanned after %.0f ms\n", took * 1000);
+	ASSERT(took < 0.5);
+	md__scanner_stop(&s);
+	md__scanner_free(&s);
+	md__engine_fini(&e);
+	munmap(d, n * PG);
+	return 0;
+}
+
 struct unreg_during_passes {
 	struct md__engine *e;
 	struct md__scanner *s;
