@@ -55,8 +55,9 @@
  *      page needed - a guest copying files it read, say into a tmpfs; it
  *      is local and cheap, so even a page seen for the first time asks it;
  *   3a. the checksum (XXH3) is compared with the last visit's: a page that
- *      changed is volatile and skipped this time (pages from hints skip this
- *      filter: the read that just filled them is the one change expected);
+ *      changed is volatile and skipped this time, as is a page's first visit
+ *      (counted apart: first_sums, not volatile_skips); pages from hints skip
+ *      this filter: the read that just filled them is the one change expected;
  *   4. the index is asked for a pool page with equal content: if there is
  *      one, md__engine_merge freezes, byte-compares and maps it;
  *   5. else the unstable table (this pass's hash -> page, like KSM's
@@ -819,11 +820,14 @@ static int fill_visit(struct md__scanner *s, struct md__eregion *r, uintptr_t a,
 				return z;	/* else the rest waits for the next pass */
 			s->st.filled += z > 0 ? (uint64_t)z : 0;
 		} else {
-			for (size_t q = j; q < k; q++) {
+			for (size_t q = j; q < k; q++) {	/* pages, as a visit counts them */
+				if (r->seen[first + q])
+					s->st.volatile_skips++;
+				else
+					s->st.first_sums++;
 				r->hash[first + q] = h;
 				r->seen[first + q] = MD_SEEN;	/* changed: young again */
 			}
-			s->st.volatile_skips += k - j;	/* pages, as a visit counts them */
 		}
 		j = k;
 	}
@@ -964,7 +968,7 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 	 * from the window, which may be older than a drop. */
 	md__engine_present(e, r, i);
 	uint64_t h = md__page_hash(page);
-	int changed = !r->seen[i] || r->hash[i] != (uint16_t)h;
+	int first = !r->seen[i], changed = first || r->hash[i] != (uint16_t)h;
 	r->hash[i] = (uint16_t)h;
 	if (hinted || changed)
 		r->seen[i] = MD_SEEN;	/* just filled or changed: young again */
@@ -984,7 +988,11 @@ static int visit(struct md__scanner *s, uintptr_t a, int hinted, int *read)
 		return 0;
 	}
 	if (!hinted && changed) {
-		s->st.volatile_skips++;
+		/* A first checksum has nothing to have changed from. */
+		if (first)
+			s->st.first_sums++;
+		else
+			s->st.volatile_skips++;
 		return 0;
 	}
 	if (e->remote) {
@@ -1067,8 +1075,8 @@ static void adapt(struct md__scanner *s)
 }
 
 /* What the scanner has done that a quiet host would not make it do. A
- * checksum new since the last visit counts (a volatile skip: a page's
- * first checksum or one changed since; hinted pages count as hinted):
+ * checksum new since the last visit counts (a page's first checksum, or a
+ * volatile skip: one changed since; hinted pages count as hinted):
  * a pass that only takes them merges nothing (the volatility filter), but
  * the next may merge them all. Without first checksums the
  * linear scan of new guests slowed to a crawl before its second pass (63
@@ -1081,7 +1089,7 @@ static uint64_t progress(const struct md__scanner *s)
 {
 	return s->st.merged_scan + s->st.merged_hint + s->st.merged_candidate + s->st.zero +
 	       s->st.filled + s->st.published + s->st.hinted + s->st.candidates +
-	       s->st.file_matches + s->st.volatile_skips;
+	       s->st.file_matches + s->st.first_sums + s->st.volatile_skips;
 }
 
 int md__scanner_step(struct md__scanner *s, size_t npages)

@@ -19,7 +19,9 @@
 struct md__scanner_stats {
 	uint64_t scanned, hinted;          /* pages visited from each source */
 	uint64_t merged_scan, merged_hint; /* merges found by each source */
-	uint64_t zero, volatile_skips, published, passes;
+	uint64_t zero, published, passes;
+	uint64_t volatile_skips;           /* visits skipped: the checksum changed since the last */
+	uint64_t first_sums;               /* visits skipped: a page's first checksum */
 	uint64_t zero_swept;               /* of zero: dropped near a hint */
 	uint64_t filled;                   /* pages of one repeated word mapped from a fill strip */
 	uint64_t skipped;                  /* visits the smart scan saved */

@@ -189,7 +189,11 @@ typedef struct md_stats {
 	uint64_t published;            /* pages sent to the pool as first copy (with
 	                                  memdedupd, also those it answered with an
 	                                  equal page another agent just published) */
-	uint64_t volatile_skips;       /* visits skipped: checksum changed */
+	uint64_t volatile_skips;       /* visits skipped because the page's checksum
+	                                  changed since the cursor's last visit (the
+	                                  volatility filter), a running total; a
+	                                  page's first visit, with no checksum before,
+	                                  is not one */
 	uint64_t abandoned;            /* merges abandoned: changed under protection */
 	uint64_t full_scans;           /* passes over all registered RAM */
 	uint64_t scan_breaks;          /* merged pages since written */
@@ -201,7 +205,8 @@ typedef struct md_stats {
 	                                  (KSM's pages_shared); with memdedupd only its
 	                                  fill strips: the domain's pool is in
 	                                  memdedupd's status */
-	uint64_t scan_cpu_ns;          /* CPU time of the scanner thread */
+	uint64_t scan_cpu_ns;          /* CPU time of the scanner thread, all of it
+	                                  (its sleeps' and pauses' wake-ups too) */
 	int64_t general_profit;        /* now: bytes saved minus metadata bytes (with
 	                                  memdedupd, like KSM's per process: the pages
 	                                  merged, less the metadata) */
