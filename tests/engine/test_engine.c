@@ -4038,6 +4038,49 @@ TEST_IMPL(engine_scanner_adapts_ratio)
 	return 0;
 }
 
+/* The mirror: hints that merge nothing (reads of unique pages) and a
+ * cursor that merges: after an epoch of visits the hints' share has
+ * shrunk. */
+TEST_IMPL(engine_scanner_adapts_ratio_down)
+{
+	struct md__engine e;
+	struct md__hints h;
+	struct md__scanner s;
+	const size_t dup = 2048, uniq = 1024;
+	unsigned char *d = map_ram(dup + uniq), *u = d + dup * PG;
+
+	engine_up(&e);
+	ASSERT_EQ(md__hints_init(&h, 64), 0);
+	for (size_t i = 0; i < dup; i++)
+		fill(d + i * PG, (unsigned)(i / 2) + 1);	/* twins side by side */
+	for (size_t i = 0; i < uniq; i++)
+		fill(u + i * PG, (unsigned)(i + 100000));
+	ASSERT_EQ(md__engine_register(&e, d, (dup + uniq) * PG, 0), 0);
+	ASSERT_EQ(md__scanner_init(&s, &e, &h), 0);
+	s.ratio = 4;
+	/* A first pass, with no hints: the cursor's first checksums (it
+	 * merges a page from its second visit on, the volatility filter). */
+	for (int i = 0; i < 40 && s.st.passes < 1; i++)
+		md__scanner_step(&s, 128);
+	ASSERT_EQ(s.st.passes, 1);
+	ASSERT_EQ(s.st.merged_scan, 0);
+	ASSERT_EQ(s.ratio, 4);
+	for (size_t i = 0; i < uniq; i += 16)
+		md__hints_push(&h, (uintptr_t)(u + i * PG), 16 * PG, 0, 0);
+	uint64_t from = s.st.hinted + s.st.scanned;
+	for (int i = 0; i < 20 && s.st.hinted + s.st.scanned < from + 1100; i++)
+		md__scanner_step(&s, 128);
+	ASSERT(s.st.hinted > 0);
+	ASSERT_EQ(s.st.merged_hint, 0);
+	ASSERT(s.st.merged_scan > 0);
+	ASSERT(s.ratio < 4);
+	md__scanner_free(&s);
+	md__hints_free(&h);
+	md__engine_fini(&e);
+	munmap(d, (dup + uniq) * PG);
+	return 0;
+}
+
 static void poke(void *s)
 {
 	md__scanner_poke(s);
