@@ -122,7 +122,7 @@ struct md__scanner {
 	pthread_t thread;
 	int running, stop;
 	int wake_fd;            /* eventfd that ends the thread's sleep (stop, poke) */
-	int parked;             /* the thread blocks on it while paused (atomic) */
+	int parked;             /* 1 while the thread, paused, blocks on wake_fd (atomic) */
 };
 
 int md__scanner_init(struct md__scanner *s, struct md__engine *e, struct md__hints *h);
