@@ -595,6 +595,8 @@ paused:
 		pthread_mutex_unlock(&a->pause_lock);
 		if (keep || __atomic_load_n(&a->io_unseen, __ATOMIC_SEQ_CST))
 			__atomic_store_n(&a->scanner.paused, 1, __ATOMIC_SEQ_CST);
+		/* Resumed: a paused scanner waits on its eventfd, not a clock. */
+		md__scanner_poke(&a->scanner);
 	} else {
 		/* 2 if memdedupd asked (it will say when resumed), and only
 		 * if it all went. Paused again with it, under the lock: a
