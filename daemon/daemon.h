@@ -111,18 +111,19 @@ struct md__sighting {
 	uint32_t where[2];         /* where the page is (MD_WHERE_BITS) */
 };
 
-/* A first sighting packed in 64 bits: where the page is (47 bits), the
- * hash's top 16 bits (which the bucket uses one of at most, in the largest
- * table), and the ASKED bit; 0: empty.
- * The table's memory counts with the fleet's: 8 bytes, not 12, is a third
- * less (1 MiB for two 512 MiB guests). A lookup of content not recorded
- * matches another page's entry of its bucket when those 16 bits agree, one
- * in 65,536 per entry there: the asker then publishes a page nobody else
- * has (and maps it itself: memory unchanged), and the other's compare
- * fails. (With the pid in place of the agent's number there was room for 6
- * bits only: one in 64.) */
-#define MD_SIGHT_WHERE(e) ((e) & ((1ull << MD_WHERE_BITS) - 1))
-#define MD_SIGHT_TAG(e) (((e) >> MD_WHERE_BITS) & 0xffffu)
+/* A first sighting, 16 bytes: the page's whole hash, and where the page is
+ * (MD_WHERE_BITS) with MD_SIGHT_ASKED; where 0: empty. With 16 bits of the
+ * hash beside the bucket's (8 bytes an entry), a lookup of other content
+ * matched an entry one time in 65,536 per entry of its bucket: the asker
+ * published a page nobody else had and merged it onto that copy of itself,
+ * and the first page's agent was named a page of other content (27 such
+ * pages in 10 s from two VMMs of unique, changing memory, in a review).
+ * At most one entry per page registered (seen_want): 16 bytes per 4 KiB. */
+struct md__seen {
+	uint64_t hash;
+	uint64_t where;            /* MD_WHERE_BITS, | MD_SIGHT_ASKED */
+};
+#define MD_SIGHT_WHERE(w) ((w) & ((1ull << MD_WHERE_BITS) - 1))
 #define MD_SIGHT_ASKED (1ull << 63)
 /* Agents numbered at once: a sighting names its agent by number. */
 #define MD_AGENT_NUM_MAX 4095u
@@ -147,9 +148,8 @@ struct md__domain {
 	 * nothing. Another page asking for the same hash is told to publish:
 	 * only content seen twice is copied into the pool. The entry then
 	 * waits (MD_SIGHT_ASKED) for that publication, and the first page's
-	 * agent is sent its address as a CANDIDATE to merge. Entries are
-	 * packed (MD_SIGHT_*). */
-	uint64_t *seen;
+	 * agent is sent its address as a CANDIDATE to merge. */
+	struct md__seen *seen;
 	size_t seen_cap;           /* power of two; 0: no table */
 	/* Pages reads just filled, by file page (READS; lossy, 12-byte
 	 * entries, tag the read tag's high half; sized by use):

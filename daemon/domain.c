@@ -179,7 +179,7 @@ void md__domains_trim(struct md__daemon *d)
 }
 
 /* One sighting per page of the domain's guest RAM (rounded down to a power
- * of two, 64 Ki to 1 Mi: 0.5 to 8 MiB, touched all over). KSM's unstable
+ * of two, 64 Ki to 1 Mi: 1 to 16 MiB, touched all over). KSM's unstable
  * tree lives in the kernel, but ours counts against what we save, so it is
  * sized by what the agents registered, not for the largest fleet. A
  * sighting lost to a collision costs a merge found a pass later.
@@ -213,18 +213,6 @@ static void where_set(struct md__sighting *e, uint64_t w)
 static size_t seen_bucket(const struct md__domain *dom, uint64_t hash)
 {
 	return (size_t)(hash ^ (hash >> 29)) & (dom->seen_cap - 2);
-}
-
-/* The hash's top 16 bits (the bucket uses bit 48 only in the largest
- * table). */
-static uint64_t seen_tag(uint64_t hash)
-{
-	return hash >> 48;
-}
-
-static uint64_t seen_make(uint64_t hash, uint64_t where, int asked)
-{
-	return where | seen_tag(hash) << MD_WHERE_BITS | (asked ? MD_SIGHT_ASKED : 0);
 }
 
 /* Where a page is, packed (MD_WHERE_BITS); 0 for one that cannot be
@@ -384,16 +372,16 @@ uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash, unsigned asker
 	int fits = w != 0;
 	/* Lossy, like a cache: a third sighting in a bucket forgets the
 	 * older one, which costs a merge found one pass later. */
-	uint64_t *b = &dom->seen[seen_bucket(dom, hash)];
+	struct md__seen *b = &dom->seen[seen_bucket(dom, hash)];
 	for (int way = 0; way < 2; way++) {
-		uint64_t *e = &b[way];
-		if (!MD_SIGHT_WHERE(*e) || MD_SIGHT_TAG(*e) != seen_tag(hash))
+		struct md__seen *e = &b[way];
+		if (!MD_SIGHT_WHERE(e->where) || e->hash != hash)
 			continue;
 		/* The same page again (address 0: the asker did not say) is
 		 * no second copy; any other page is, in this process or not. */
-		int same = MD_SIGHT_WHERE(*e) == w;
-		if ((*e & MD_SIGHT_ASKED) || !same) {
-			*e |= MD_SIGHT_ASKED;
+		int same = MD_SIGHT_WHERE(e->where) == w;
+		if ((e->where & MD_SIGHT_ASKED) || !same) {
+			e->where |= MD_SIGHT_ASKED;
 			return MD_LOOKUP_PUBLISH;
 		}
 		return 0;
@@ -409,13 +397,13 @@ uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash, unsigned asker
 	dom->read_yields += (uint64_t)yield;
 	if (other) {
 		b[1] = b[0];
-		b[0] = seen_make(hash, other, 1);
+		b[0] = (struct md__seen){ hash, other | MD_SIGHT_ASKED };
 		dom->read_pairs++;
 		return MD_LOOKUP_PUBLISH;
 	}
 	if (fits) {
 		b[1] = b[0];
-		b[0] = seen_make(hash, w, 0);
+		b[0] = (struct md__seen){ hash, w };
 	}
 	return 0;
 }
@@ -424,17 +412,17 @@ int md__domain_published(struct md__domain *dom, uint64_t hash, unsigned *num, u
 {
 	if (!dom->seen_cap)
 		return 0;
-	uint64_t *b = &dom->seen[seen_bucket(dom, hash)];
+	struct md__seen *b = &dom->seen[seen_bucket(dom, hash)];
 	for (int way = 0; way < 2; way++) {
-		uint64_t *e = &b[way];
-		uint64_t w = MD_SIGHT_WHERE(*e);
-		if (!w || !(*e & MD_SIGHT_ASKED) || MD_SIGHT_TAG(*e) != seen_tag(hash))
+		struct md__seen *e = &b[way];
+		uint64_t w = MD_SIGHT_WHERE(e->where);
+		if (!w || !(e->where & MD_SIGHT_ASKED) || e->hash != hash)
 			continue;
 		*num = (unsigned)(w >> MD_WHERE_PAGE_BITS);
 		*addr = (w & ((1ull << MD_WHERE_PAGE_BITS) - 1)) << 12;
 		if (way == 0)	/* as in read_partner: the second moves up */
 			b[0] = b[1];
-		b[1] = 0;
+		b[1] = (struct md__seen){ 0 };
 		return *addr != 0;
 	}
 	return 0;

@@ -164,12 +164,12 @@ TEST_IMPL(daemon_publish_lookup)
 	ASSERT_EQ(td_int(json_array_get(json_object_get(st, "agents"), 0), "references"), 4);
 	/* The saving less the bookkeeping: 17 bytes a slot handed out (up to
 	 * the pool's end), the index table as made (3 entries), the
-	 * sightings (8 bytes an entry; the lookup of 12345 made them) and
+	 * sightings (16 bytes an entry; the lookup of 12345 made them) and
 	 * read pairs (12) at their size. */
 	struct md__index ix;
 	ASSERT_EQ(md__index_init(&ix, 1024), 0);
 	long long meta = (long long)(first + 3) * 17 + (long long)md__index_bytes(&ix) +
-			 td_int(dom, "sighting_slots") * 8 + td_int(dom, "read_slots") * 12;
+			 td_int(dom, "sighting_slots") * 16 + td_int(dom, "read_slots") * 12;
 	md__index_free(&ix);
 	ASSERT(td_int(dom, "sighting_slots") > 0);
 	ASSERT_EQ(td_int(dom, "general_profit"), 1 * PG - meta);
@@ -4721,6 +4721,50 @@ TEST_IMPL(daemon_agent_in_pid_namespace)
 		close(report[0]);
 		close(report[1]);
 	}
+	td_stop(&t);
+	return 0;
+}
+
+/* A sighting is matched by the whole hash: other content whose hash has
+ * the bucket and the top 16 bits of a sighting's (bits 0 and 26 are in no
+ * bucket domain.c makes, in tables of up to 1 Mi slots) is no second copy,
+ * and its publication names no candidate. With those 16 bits alone, the
+ * asker was told to publish a page nobody else had, and the first page's
+ * agent was named a page of other content. */
+TEST_IMPL(daemon_sightings_whole_hash)
+{
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	unsigned char page[PG];
+	uint64_t got[8];
+	uint32_t s1, first;
+	int fd;
+
+	td_start(&t, 64);
+	struct md__client *c = td_agent(&t, "whole", &w, &fd);
+	td_fill_page(page, 9);
+	uint64_t h = md__page_hash(page);
+	uint64_t near[2] = { h ^ 1, h ^ 1ull << 26 };
+	for (int i = 0; i < 2; i++) {
+		ASSERT((near[i] ^ (near[i] >> 29)) % (1u << 20) / 2 == (h ^ (h >> 29)) % (1u << 20) / 2);
+		ASSERT_EQ(near[i] >> 48, h >> 48);
+	}
+	uint64_t a[4] = { 0x7f0000100000ull, 0x7f0000101000ull, 0x7f0000102000ull, 0x7f0000103000ull };
+	ASSERT_EQ(md__client_lookup(c, &h, &a[0], 1, &s1), 0);
+	ASSERT_EQ(s1, 0);
+	ASSERT_EQ(md__client_lookup(c, &near[0], &a[1], 1, &s1), 0);
+	ASSERT_EQ(s1, 0);
+	ASSERT_EQ(md__client_lookup(c, &near[1], &a[2], 1, &s1), 0);
+	ASSERT_EQ(s1, 0);
+	/* A second copy of near[0]'s content is one (its sighting waits). */
+	ASSERT_EQ(md__client_lookup(c, &near[0], &a[3], 1, &s1), 0);
+	ASSERT_EQ(s1, MD_LOOKUP_PUBLISH);
+	/* The page of h published: near[0]'s sighting is not its content. */
+	ASSERT_EQ(md__client_publish(c, &h, page, 1, &first), 0);
+	ASSERT_EQ(lookup_caught_up(c), 0);	/* candidates would have come before its answer */
+	ASSERT_EQ(md__client_take_candidates(c, got, 8), 0);
+	md__client_free(c);
+	close(fd);
 	td_stop(&t);
 	return 0;
 }
