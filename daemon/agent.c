@@ -181,6 +181,7 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 			return -EBUSY;
 		}
 		a->conn = c;	/* a reconnect: same pool, same references */
+		a->resumed_alone = 0;	/* its WELCOME says the default pause */
 		a->control_pid = (h->flags & MD_HELLO_CONTROL_PID) != 0;
 		a->share_sent = 0;	/* a new connection was told nothing */
 		a->hellos++;
@@ -439,6 +440,11 @@ void md__agent_report(struct md__agent *a, const struct md__msg_report *r)
 	a->registered_counted = claimed < resident ? claimed : resident;
 	a->dom->registered_pages += a->registered_counted;
 	a->reported_ms = md__now_ms();
+}
+
+int md__agent_stopped(const struct md__agent *a)
+{
+	return a->ncounters > MD_CTR_SCAN_STATE && a->counters[MD_CTR_SCAN_STATE] == MD_SCAN_STATE_STOPPED;
 }
 
 /* Tells the pool what a owes it, up to *left (spent): 1 once all is. */

@@ -236,6 +236,10 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 					a->held_by_admin |= MD_HELD_UNMERGE;
 				if (admin && ctl->op == MD_CTL_PAUSE && !defaults)
 					a->held_by_admin |= MD_HELD_PAUSE;
+				/* Which reached it last says whether it scans
+				 * under the default pause (its share). */
+				if (ctl->op == MD_CTL_PAUSE || ctl->op == MD_CTL_RESUME)
+					a->resumed_alone = ctl->op == MD_CTL_RESUME;
 				p->owed[p->nowed++] = a->pid;
 			} else {
 				failed(p, -EIO, "pid %d could not be sent it", (int)a->pid);
@@ -250,6 +254,9 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 		else if (ctl->op == MD_CTL_RESUME)
 			d->paused = 0;
 	}
+	/* The rate is shared by the agents that scan. */
+	if (ctl->op != MD_CTL_SET)
+		md__reshare(d);
 	md__dlog_peer("pid %d (uid %u): %s sent to %zu agents", (int)c->pid, (unsigned)c->uid, p->what,
 		      p->nowed);
 	if (!p->nowed) {
@@ -275,6 +282,7 @@ void md__control_done(struct md__daemon *d, struct md__agent *a, const struct md
 	 * came after the deadline: paused on its next WELCOME only if an
 	 * earlier one that went through still holds it, and held by whoever
 	 * sent that one. */
+	int unmerged = a->unmerged;
 	uint32_t since_first = done->token - a->unmerge_first;	/* tokens rise, and wrap */
 	if (a->unmerge_token && done->token && since_first <= a->unmerge_token - a->unmerge_first) {
 		/* One sent meanwhile went through (an UNMERGE, or another
@@ -292,6 +300,8 @@ void md__control_done(struct md__daemon *d, struct md__agent *a, const struct md
 			a->unmerge_first = a->unmerge_token = 0;	/* none owed */
 		}
 	}
+	if (a->unmerged != unmerged)
+		md__reshare(d);	/* it scans again: its part back */
 	/* Late (answered already, or its CLI went): nothing waits for it. */
 	for (struct md__pending_control *p = d->controls; p; p = p->next) {
 		if (p->token != done->token || !settle(p, a->pid))

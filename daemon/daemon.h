@@ -208,6 +208,9 @@ struct md__agent {
 				    * user's own agents), not resumed since: the same */
 	int held_by_admin;         /* MD_HELD_*: that PAUSE or UNMERGE was root's (or
 				    * the daemon's user's): only they resume it */
+	int resumed_alone;         /* of PAUSE and RESUME, a RESUME reached its connection
+				    * last: it scans under the daemon's default pause
+				    * (resume --pid P after pause) until its next WELCOME */
 	int64_t reported_ms;       /* when the last REPORT came; 0 never */
 	uint64_t requests;         /* messages handled after its HELLO */
 	uint64_t hellos;           /* connections it came on (reconnects + 1) */
@@ -349,6 +352,10 @@ int64_t md__now_ms(void);
 /* server.c */
 int md__server_listen(struct md__daemon *d);
 int md__server_run(struct md__daemon *d);
+/* The agents' parts of the rate may have changed (an agent came or went,
+ * was paused, resumed, unmerged, or said it stopped): each is told its own
+ * (SHARE) once the wake-up's messages are handled. */
+void md__reshare(struct md__daemon *d);
 /* Handles one wake-up's events, d->evs[0..d->nev) (whatever epoll_wait on
  * d->epfd returned): the connections deferred before first, then those
  * read and answered, agents gone, and the SHAREs and candidates due. The loop's
@@ -435,6 +442,8 @@ struct md__agent *md__agent_find_num(struct md__daemon *d, unsigned num);
 int md__agent_refs(struct md__agent *a, const uint32_t *slots, uint32_t n, int delta);
 int md__agent_publish(struct md__agent *a, const struct md__msg_publish *p, uint32_t *first, int match_only);
 void md__agent_report(struct md__agent *a, const struct md__msg_report *r);
+/* 1 if a's last REPORT said its scanner stopped for good (scan_state). */
+int md__agent_stopped(const struct md__agent *a);
 /* The connection of a goes away; its references stay while it lives (a
  * record without any goes). */
 void md__agent_detach(struct md__daemon *d, struct md__agent *a);

@@ -199,16 +199,29 @@ void md__ep_forget(struct md__daemon *d, struct md__ep *ep, int fd)
 			d->evs[i].data.ptr = NULL;
 }
 
-/* The tunables are for all connected agents together, as KSM's are for the
- * whole host: split first among the users with agents connected, then among
+/* The tunables are for all scanning agents together, as KSM's are for the
+ * whole host: split first among the users with agents scanning, then among
  * each user's agents (one user's hundreds of idle agents would otherwise
  * slow every other user's to nothing). Whenever an agent's share changes,
  * it is told. Told once a pass of the loop, however many agents came and
  * went in it: a SHARE to every agent for every one would let one user's
  * connections churn load the loop and fill every other user's queues. */
-static void reshare(struct md__daemon *d)
+void md__reshare(struct md__daemon *d)
 {
 	d->share_due = 1;
+}
+
+/* Whether a takes a part of the rate: connected, and scanning as far as
+ * memdedupd knows: not held paused by its record (a PAUSE or an UNMERGE of
+ * it, or the default pause unless a RESUME by pid lifted it for a), nor
+ * stopped for good as its last REPORT said. A paused agent's part went
+ * unused: of two agents with one paused, the other scanned half the rate
+ * set for all (a review: 23,950 pages/s of 50,000). A pause that only the
+ * agent knows of (the VMM's) still counts. */
+static int agent_scans(const struct md__daemon *d, const struct md__agent *a)
+{
+	return a->conn && !a->paused && !a->unmerged && (!d->paused || a->resumed_alone) &&
+	       !md__agent_stopped(a);
 }
 
 static int uid_cmp(const void *a, const void *b)
@@ -240,14 +253,14 @@ static void flush_share(struct md__daemon *d)
 		return;
 	size_t n = 0;
 	for (struct md__agent *a = d->agents; a; a = a->next)
-		n += a->conn != NULL;
+		n += agent_scans(d, a);
 	d->share_due = 0;
 	/* Out of memory: every agent one part of all (no user's then more
 	 * than its agents' share), told now rather than at some later wake. */
 	uid_t *u = n ? malloc(n * sizeof(*u)) : NULL;
 	size_t k = 0, users = 0;
 	for (struct md__agent *a = d->agents; a && u; a = a->next)
-		if (a->conn)
+		if (agent_scans(d, a))
 			u[k++] = a->uid;
 	if (u)
 		qsort(u, n, sizeof(*u), uid_cmp);
@@ -261,7 +274,13 @@ static void flush_share(struct md__daemon *d)
 	for (struct md__agent *a = d->agents; a; a = a->next) {
 		if (!a->conn)
 			continue;
-		uint64_t share = u ? (uint64_t)users * uid_count(u, n, a->uid) : n;
+		uint64_t mine = u ? uid_count(u, n, a->uid) : 0;
+		uint64_t share = u ? (uint64_t)users * mine : n;
+		/* One not scanning is told the part it would have if it
+		 * resumed alone: the RESUME reaches it before the others'
+		 * SHAREs, and it does not scan the whole rate meanwhile. */
+		if (!agent_scans(d, a))
+			share = u ? (uint64_t)(users + !mine) * (mine + 1) : n + 1;
 		m.u.share.agents = share > MD_SHARE_MAX ? MD_SHARE_MAX : (uint32_t)share;
 		/* Not queued (short of memory): told again in the next
 		 * wake-up. A connection dropped meanwhile (-ENOBUFS) goes. */
@@ -392,7 +411,7 @@ static void conn_close(struct md__daemon *d, struct md__conn *c)
 	c->agent = NULL;
 	if (a) {
 		md__agent_detach(d, a);
-		reshare(d);
+		md__reshare(d);
 	}
 	md__ep_forget(d, &c->ep, c->fd);
 	undefer_conn(d, c);
@@ -974,7 +993,7 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
 		w.u.welcome.tun = d->tun;
 		w.u.welcome.state = d->paused || c->agent->unmerged || c->agent->paused ? MD_WELCOME_PAUSED : 0;
 		md__conn_send(d, c, &w, dom->pool.ro_fd);
-		reshare(d);
+		md__reshare(d);
 		return;
 	}
 	case MD_MSG_LOOKUP:
@@ -1026,10 +1045,14 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
 		reply_ack(d, c, seq, md__agent_refs(c->agent, m->u.refs.slot, m->u.refs.n,
 						     m->hdr.type == MD_MSG_REF ? 1 : -1));
 		return;
-	case MD_MSG_REPORT:
+	case MD_MSG_REPORT: {
+		int stopped = md__agent_stopped(c->agent);
 		md__agent_report(c->agent, &m->u.report);
+		if (md__agent_stopped(c->agent) != stopped)
+			md__reshare(d);
 		reply_ack(d, c, seq, 0);
 		return;
+	}
 	case MD_MSG_READS:
 		for (uint32_t i = 0; i < m->u.reads.n; i++)
 			md__domain_reads(c->agent->dom, c->agent->num, &m->u.reads.run[i]);
@@ -1255,7 +1278,7 @@ void md__server_events(struct md__daemon *d)
 			/* Its connection, if another process keeps it
 			 * open, no longer counts: conn_close will not
 			 * know it was an agent's. */
-			reshare(d);
+			md__reshare(d);
 			break;
 		case MD_EP_CONN: {
 			struct md__conn *c = (struct md__conn *)ep;

@@ -3087,6 +3087,109 @@ static int child_exit(pid_t kid)
 	return WEXITSTATUS(st);
 }
 
+/* The rate is shared by the agents that scan: one that memdedupd holds
+ * paused (a PAUSE of it, an UNMERGE until its refusal, the default pause
+ * unless a RESUME by pid lifted it) or whose REPORT said it stopped for good
+ * takes no part, and takes it back as it resumes. A paused agent's part
+ * went unused: the other scanned half the rate set for all. */
+TEST_IMPL(daemon_share_leaves_paused_agents)
+{
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	struct md__msg_control ctl;
+	struct control_call k;
+	int fd, cmd[2], up[2];
+	char b;
+
+	td_start(&t, 16);
+	ASSERT(pipe(cmd) == 0 && pipe(up) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		/* The other agent: answers each CONTROL at once but an
+		 * UNMERGE, refused on 'u'; says it stopped on 's'; goes at
+		 * EOF. */
+		struct md__msg_welcome kw;
+		struct md__msg_control kc;
+		uint32_t unmerge = 0;
+		int kfd;
+		close(cmd[1]);
+		if (fcntl(cmd[0], F_SETFL, O_NONBLOCK) < 0)
+			_exit(1);
+		struct md__client *o = td_agent(&t, NULL, &kw, &kfd);
+		if (write(up[1], "r", 1) != 1)
+			_exit(2);
+		for (;;) {
+			if (md__client_next_control(o, &kc) == 0) {
+				if (kc.op == MD_CTL_UNMERGE)
+					unmerge = kc.token;
+				else if (md__client_control_done(o, kc.token, 0, NULL))
+					_exit(3);
+			}
+			ssize_t r = read(cmd[0], &b, 1);
+			if (r == 0)
+				_exit(0);
+			if (r == 1 && b == 'u' &&
+			    md__client_control_done(o, unmerge, -ENOMEM, "not enough memory"))
+				_exit(4);
+			if (r == 1 && b == 's') {
+				uint64_t ctr[MD_CTR_COUNT] = { 0 };
+				ctr[MD_CTR_SCAN_STATE] = MD_SCAN_STATE_STOPPED;
+				if (md__client_report(o, ctr, MD_CTR_COUNT))
+					_exit(5);
+			}
+			usleep(5000);
+		}
+	}
+	close(cmd[0]);
+	ASSERT_EQ(read(up[0], &b, 1), 1);
+	struct md__client *c = td_agent(&t, NULL, &w, &fd);
+	struct md__client *cli = td_connect(&t);
+	POLL_UNTIL(c, md__client_share(c) == 2);
+	/* Paused by pid, then resumed. */
+	ASSERT_EQ(control(cli, MD_CTL_PAUSE, kid, NULL, NULL, NULL), 0);
+	POLL_UNTIL(c, md__client_share(c) == 1);
+	ASSERT_EQ(control(cli, MD_CTL_RESUME, kid, NULL, NULL, NULL), 0);
+	POLL_UNTIL(c, md__client_share(c) == 2);
+	/* Unmerging, then refused: it scans again. */
+	control_start(&k, cli, MD_CTL_UNMERGE, kid, NULL, NULL);
+	POLL_UNTIL(c, md__client_share(c) == 1);
+	ASSERT_EQ(write(cmd[1], "u", 1), 1);
+	ASSERT_EQ(control_end(&k), -ENOMEM);
+	POLL_UNTIL(c, md__client_share(c) == 2);
+	/* The default pause (this agent answers too): each is told the part
+	 * it would have alone, and each resumed by pid scans its part. */
+	control_start(&k, cli, MD_CTL_PAUSE, 0, NULL, NULL);
+	next_control(c, &ctl);
+	ASSERT_EQ(md__client_control_done(c, ctl.token, 0, NULL), 0);
+	ASSERT_EQ(control_end(&k), 0);
+	POLL_UNTIL(c, md__client_share(c) == 1);
+	control_start(&k, cli, MD_CTL_RESUME, getpid(), NULL, NULL);
+	next_control(c, &ctl);
+	ASSERT_EQ(md__client_control_done(c, ctl.token, 0, NULL), 0);
+	ASSERT_EQ(control_end(&k), 0);
+	ASSERT_EQ(control(cli, MD_CTL_RESUME, kid, NULL, NULL, NULL), 0);
+	POLL_UNTIL(c, md__client_share(c) == 2);
+	control_start(&k, cli, MD_CTL_RESUME, 0, NULL, NULL);
+	next_control(c, &ctl);
+	ASSERT_EQ(md__client_control_done(c, ctl.token, 0, NULL), 0);
+	ASSERT_EQ(control_end(&k), 0);
+	ASSERT_EQ(lookup_caught_up(c), 0);	/* a SHARE of that pass came before its answer */
+	ASSERT_EQ(md__client_share(c), 2);
+	/* Stopped for good, as its REPORT says. */
+	ASSERT_EQ(write(cmd[1], "s", 1), 1);
+	POLL_UNTIL(c, md__client_share(c) == 1);
+	close(cmd[1]);
+	ASSERT_EQ(child_exit(kid), 0);
+	close(up[0]);
+	close(up[1]);
+	md__client_free(cli);
+	md__client_free(c);
+	close(fd);
+	td_stop(&t);
+	return 0;
+}
+
 /* An agent that never answers: the CLI hears so at the deadline (600 ms
  * here, a minute by default), named; the agent's late answer is dropped,
  * and its connection stays. A bad deadline is a usage error. */
