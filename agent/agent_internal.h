@@ -542,6 +542,9 @@ void md__account(struct md_agent *a, int count_vmas);
 /* 1 if the entries a liburing submit call on ring (a struct io_uring) is
  * about to hand the kernel include one that may write user memory. */
 int md__uring_submits_writes(const void *ring);
+/* Calls fn(arg, addr, len) for each MADVISE entry among those: the page
+ * range each discards (MADV_DONTNEED, _LOCKED, FREE, GUARD_INSTALL). */
+void md__uring_discards(const void *ring, void (*fn)(void *arg, void *addr, size_t len), void *arg);
 /* 1 unless an io_uring_register opcode is known to neither pin user memory
  * (buffers), let the kernel write it outside an entry (zero-copy receive),
  * nor move the rings. */

@@ -1055,10 +1055,29 @@ EXPORT pid_t _Fork(void)
 	} while (0)
 #define URING_NEXT(name, ...) NEXT_OR(-ENOSYS, "liburing.so.2", name, __VA_ARGS__)
 
+/* A MADVISE entry's discard, made before the kernel's as madvise() makes
+ * it: merged pages become anonymous zeroes (the kernel's zap alone would
+ * show their pool slot again). Merging has stopped by then (unseen_io), so
+ * none maps a page there before the kernel's zap runs. */
+static void uring_discard(void *arg, void *addr, size_t len)
+{
+	int err = md_agent_discard(arg, addr, len);
+	if (err)
+		md__log_once(135, "cannot empty guest RAM an io_uring MADVISE entry discards (%s): some pages "
+			     "there may read their pool's or image's page again, not zeroes", strerror(-err));
+}
+
 static void uring_check(struct io_uring *ring)
 {
-	if (md__uring_submits_writes(ring))
-		unseen_io("submitted reads or writes through io_uring (aio=io_uring)");
+	if (!md__uring_submits_writes(ring))
+		return;
+	unseen_io("submitted reads or writes through io_uring (aio=io_uring)");
+	md_agent *a = agent_peek();
+	if (a) {
+		int saved = errno;
+		md__uring_discards(ring, uring_discard, a);
+		errno = saved;
+	}
 }
 
 EXPORT int io_uring_submit(struct io_uring *ring)

@@ -15,21 +15,28 @@
  * calls (QEMU's path; the layout of struct io_uring is liburing's, the
  * version we build against being the one Debian ships to QEMU). An entry
  * whose opcode is not known to leave user memory unwritten counts as a read
- * into guest RAM: its target may be registered later, buffers it selects are
- * not in the entry, and MADVISE could discard pool pages behind the agent.
+ * into guest RAM: its target may be registered later, and buffers it
+ * selects are not in the entry. A MADVISE entry that discards counts too
+ * (the kernel's zap runs later, where no merge may come between), and its
+ * range is first discarded as madvise() does (md__uring_discards): the
+ * kernel's own zap of a merged page, in the pool's private file mapping,
+ * would show the pool slot again, reused since by another page.
  * A VMM that drives io_uring through the C library's syscall(2) instead
  * (Rust's io-uring crate, used by Cloud Hypervisor's block devices, does)
- * is not judged: any entry it submits stops merging (preload.c). Judging
- * them would mean reading a ring other threads fill, at layouts newer
- * kernels change (SQ_REWIND, mixed entry sizes), under seccomp filters
- * that forbid the reads. One that makes the system calls itself is not
- * seen (documented).
+ * is not judged: any entry it submits stops merging (preload.c), but a
+ * MADVISE among them discards merged pages unseen, which then read their
+ * pool slot again (a known limit, docs/ARCHITECTURE.md). Judging them
+ * would mean reading a ring other threads fill, at layouts newer kernels
+ * change (SQ_REWIND, mixed entry sizes), under seccomp filters that
+ * forbid the reads. One that makes the system calls itself is not seen
+ * (documented).
  */
 #include <errno.h>
 #include <linux/bsg.h>
 #include <linux/vfio.h>
 #include <linux/vhost.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <liburing.h>
 #include <scsi/sg.h>
@@ -99,6 +106,39 @@ int md__uring_submits_writes(const void *ring_arg)
 			return 1;
 	}
 	return 0;
+}
+
+void md__uring_discards(const void *ring_arg, void (*fn)(void *arg, void *addr, size_t len), void *arg)
+{
+	const struct io_uring *ring = ring_arg;
+	if (!ring || !ring->sq.sqes)
+		return;
+	const struct io_uring_sq *sq = &ring->sq;
+	/* Entries of a layout not ours cannot be found (as above). */
+	if (!sq->ring_entries || sq->ring_mask != sq->ring_entries - 1 || !sq->kring_mask ||
+	    *sq->kring_mask != sq->ring_mask)
+		return;
+	unsigned n = sq->sqe_tail - sq->sqe_head;
+	if (n > sq->ring_entries)
+		n = sq->ring_entries;
+	unsigned shift = (ring->flags & IORING_SETUP_SQE128) ? 1 : 0;
+	for (unsigned i = 0; i < n; i++) {
+		const struct io_uring_sqe *e = &sq->sqes[((sq->sqe_head + i) & sq->ring_mask) << shift];
+		if (e->opcode != IORING_OP_MADVISE)
+			continue;
+		/* As the kernel reads it (io_madvise_prep): a 64-bit length
+		 * in off (Linux 6.5), else the 32-bit one; an entry it refuses
+		 * (a buffer index, a descriptor) discards nothing. */
+		uintptr_t addr = (uintptr_t)e->addr;
+		uint64_t len = e->off ? e->off : e->len;
+		int advice = (int)e->fadvise_advice;
+		if (e->buf_index || e->splice_fd_in || addr % MD_PAGE || !len ||
+		    len > UINTPTR_MAX - MD_PAGE - addr)
+			continue;
+		if (advice == MADV_DONTNEED || advice == MADV_DONTNEED_LOCKED || advice == MADV_FREE ||
+		    advice == MADV_GUARD_INSTALL)
+			fn(arg, (void *)addr, (size_t)((len + MD_PAGE - 1) & ~(uint64_t)(MD_PAGE - 1)));
+	}
 }
 
 int md__uring_register_pins(unsigned opcode)

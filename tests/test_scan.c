@@ -848,6 +848,88 @@ TEST_IMPL(scan_stops_for_zerocopy_send)
 	return err ? err : stops_for_unseen_io(0, 0, "zcsend", "4096", "sends with MSG_ZEROCOPY");
 }
 
+/* Guest RAM of 512 pages: 64 pairs merged (pages 0.. and 64..), then the
+ * other 62 pairs written, both copies, their slots reaped, and 62 new
+ * pairs merged (256.. and 384..) into slots those may have had. The
+ * testproc command `discard` makes for an offset and a length, answering
+ * `ok`, of page 0 (merged, unwritten) and of the 124
+ * written pages (two calls): they read zeroes, none another page's
+ * content (their pool slot again), and the new pairs stay merged. Set-up
+ * first when `setup` (a command answering 0 or a negative errno; a
+ * missing feature is a skip). */
+typedef void discard_cmd_fn(char *cmd, size_t size, unsigned off, unsigned len);
+
+static int written_merged_discarded(const char *setup, discard_cmd_fn *discard, const char *ok)
+{
+	const char *env[] = { fast_scan[0], fast_scan[1], fast_scan[2], "MEMDEDUP_DOMAIN=private", NULL };
+	struct proc a;
+	proc_start(&a, env);
+	proc_cmd(&a, "map 512");
+	if (setup) {
+		long long r = proc_num(&a, "%s", setup);
+		if (r == -ENOSYS || r == -EINVAL) {
+			proc_stop(&a);
+			SKIP("%s: %lld", setup, r);
+		}
+		ASSERT_EQ(r, 0);
+	}
+	ASSERT(strcmp(proc_cmd(&a, "fill 0 64 1"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 64 1", 64 * PG), "ok") == 0);
+	ASSERT(pairs_merge(&a, 0, 64, 64, 1));
+	md_stats s;
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	breaks_want = s.scan_breaks + 124;
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 62 3", 2 * PG), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 62 4", 66 * PG), "ok") == 0);
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, breaks_done), 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 62 5", 256 * PG), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 62 5", 384 * PG), "ok") == 0);
+	ASSERT(pairs_merge(&a, 256, 384, 62, 5));
+	char others[62][17], cmd[200];
+	for (unsigned i = 0; i < 62; i++)
+		snprintf(others[i], sizeof(others[i]), "%s", proc_cmd(&a, "hash %u %u", (256 + i) * PG, PG));
+	const char *z = hex(fnv_zero(PG));
+	discard(cmd, sizeof(cmd), 0, PG);
+	ASSERT(strcmp(proc_cmd(&a, "%s", cmd), ok) == 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", PG), z) == 0);
+	ASSERT_EQ(proc_num(&a, "unfilled %u 1 1 0", 64 * PG), 0);	/* its twin kept its own */
+	discard(cmd, sizeof(cmd), 2 * PG, 62 * PG);
+	ASSERT(strcmp(proc_cmd(&a, "%s", cmd), ok) == 0);
+	discard(cmd, sizeof(cmd), 66 * PG, 62 * PG);
+	ASSERT(strcmp(proc_cmd(&a, "%s", cmd), ok) == 0);
+	unsigned zero = 0, other = 0;
+	for (unsigned i = 0; i < 128; i++) {
+		if (i % 64 < 2)
+			continue;
+		const char *h = proc_cmd(&a, "hash %u %u", i * PG, PG);
+		zero += strcmp(h, z) == 0;
+		for (unsigned k = 0; k < 62; k++)
+			if (strcmp(h, others[k]) == 0) {
+				other++;
+				break;
+			}
+	}
+	printf("  %s: of 124 written pages discarded, %u zero, %u another page's content\n", cmd, zero, other);
+	ASSERT_EQ(other, 0);
+	ASSERT_EQ(zero, 124);
+	ASSERT(pairs_merged(&a, 256, 384, 62, 5));
+	proc_stop(&a);
+	return 0;
+}
+
+/* A MADVISE entry submitted through liburing (the kernel's zap, on a
+ * worker, unseen) discards merged pages as madvise() does: zeroes, not
+ * their pool slot again (its old content, or another page's once reused). */
+static void uring_dontneed(char *cmd, size_t size, unsigned off, unsigned len)
+{
+	snprintf(cmd, size, "uring dontneed 0 0 %u %u", len, off);
+}
+
+TEST_IMPL(scan_uring_discard_yields_zeroes)
+{
+	return written_merged_discarded(NULL, uring_dontneed, "0");
+}
+
 static int merged_512(const md_stats *s) { return s->merged >= 512; }
 static int merged_384(const md_stats *s) { return s->merged >= 384 && s->zero_pages >= 64; }
 
