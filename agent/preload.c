@@ -540,6 +540,22 @@ EXPORT ssize_t process_madvise(int pidfd, const struct iovec *iov, size_t n, int
 	return done || !err ? (ssize_t)done : -1;
 }
 
+/* glibc's posix_madvise makes the system call itself, not through
+ * madvise(): any advice but POSIX_MADV_DONTNEED (which it ignores, the
+ * POSIX meaning not being the kernel's discard) reaches the kernel,
+ * MADV_DONTNEED_LOCKED among them, whose zap of a merged page shows its
+ * pool slot again. So it goes through madvise() above, and as glibc's it
+ * returns the error number and leaves errno. */
+EXPORT int posix_madvise(void *addr, size_t len, int advice)
+{
+	if (advice == POSIX_MADV_DONTNEED)
+		return 0;
+	int saved = errno;
+	int err = madvise(addr, len, advice) != 0 ? errno : 0;
+	errno = saved;
+	return err;
+}
+
 /* Locked memory: a private mapping made or locked there is filled at once
  * by write faults (copies), so guest RAM is given up first; a failure to
  * make shared pages private fails the call (mlock's EAGAIN, "could not be

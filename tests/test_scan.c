@@ -930,6 +930,29 @@ TEST_IMPL(scan_uring_discard_yields_zeroes)
 	return written_merged_discarded(NULL, uring_dontneed, "0");
 }
 
+static void posix_dontneed_locked(char *cmd, size_t size, unsigned off, unsigned len)
+{
+	snprintf(cmd, size, "posixadvise %u %u %d", off, len, MADV_DONTNEED_LOCKED);
+}
+
+/* glibc's posix_madvise makes its own system call: its advice other than
+ * POSIX_MADV_DONTNEED (which glibc ignores) reaches the kernel, and
+ * MADV_DONTNEED_LOCKED there discards merged pages as madvise() must:
+ * zeroes. POSIX_MADV_DONTNEED still changes nothing, and a refusal is the
+ * error number returned, errno kept. */
+TEST_IMPL(scan_posix_madvise_discard_yields_zeroes)
+{
+	struct proc a;
+	proc_start(&a, fast_scan);
+	proc_cmd(&a, "map 16");
+	ASSERT(strcmp(proc_cmd(&a, "fill 0 4 7"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "posixadvise 0 %u %d", PG, POSIX_MADV_DONTNEED), "0") == 0);
+	ASSERT_EQ(proc_num(&a, "unfilled 0 4 7 0"), 0);
+	ASSERT(strcmp(proc_cmd(&a, "posixadvise 0 %u 12345", PG), "22") == 0);	/* EINVAL */
+	proc_stop(&a);
+	return written_merged_discarded(NULL, posix_dontneed_locked, "0");
+}
+
 static int merged_512(const md_stats *s) { return s->merged >= 512; }
 static int merged_384(const md_stats *s) { return s->merged >= 384 && s->zero_pages >= 64; }
 

@@ -35,6 +35,8 @@
  *                           MADV_GUARD_REMOVE (madvise, process_madvise) with EINVAL,
  *                           as a kernel before Linux 6.13 does: 0 or -errno
  *   unmap DOFF HEXLEN     -> munmap result (0 or -errno)
+ *   posixadvise DOFF LEN ADVICE -> posix_madvise's result (an error number, not -1) of
+ *                           the advice numbered ADVICE, and "errno E" if it changed errno
  *   pmadvise DOFF LEN N STEP ADVICE sym|raw [own|self|thread|parent]
  *                        -> process_madvise of N ranges of LEN bytes at DOFF, DOFF+STEP,
  *                           ... (ADVICE as advise's, or free): the bytes advised, and
@@ -1369,6 +1371,14 @@ int main(void)
 			sscanf(line, "%*s %lld %lld %lld", &a1, &a2, &a3);
 			fill_pages((size_t)a1, (size_t)a2, (uint64_t)a3);
 			printf("ok\n");
+		} else if (strcmp(cmd, "posixadvise") == 0) {
+			sscanf(line, "%*s %lld %lld %lld", &a1, &a2, &a3);
+			errno = 777;
+			int r = posix_madvise(base + a1, (size_t)a2, (int)a3);
+			if (errno != 777)
+				printf("%d errno %d\n", r, errno);
+			else
+				printf("%d\n", r);
 		} else if (strcmp(cmd, "unfilled") == 0) {	/* OFF PAGES SEED FIRST: pages not as fill left them */
 			sscanf(line, "%*s %lld %lld %lld %lld", &a1, &a2, &a3, &a4);
 			printf("%zu\n", unfilled_pages((size_t)a1, (size_t)a2, (uint64_t)a3, (uint64_t)a4));
