@@ -1428,6 +1428,40 @@ static int sg_io_in_ram(const void *arg)
 	return n < 0;
 }
 
+#ifndef UFFDIO_MOVE
+#define UFFDIO_MOVE _IOC(_IOC_READ | _IOC_WRITE, UFFDIO, 0x05, 40)	/* Linux 6.8's struct uffdio_move */
+#endif
+#ifndef UFFDIO_POISON
+#define UFFDIO_POISON _IOC(_IOC_READ | _IOC_WRITE, UFFDIO, 0x08, 32)	/* Linux 6.6's struct uffdio_poison */
+#endif
+
+/* The ranges a userfaultfd operation other than (un)registering acts on,
+ * into r: how many (0: none of them, or an argument the kernel cannot read,
+ * its EFAULT). Each works on any mapping some userfaultfd registered, the
+ * scanner's included, whichever userfaultfd it is made through. */
+static int uffd_op_ranges(unsigned int request, const void *arg, struct uffdio_range *r)
+{
+	__u64 v[3];	/* a range first, or dst, src and len */
+	int moves = request == (unsigned int)UFFDIO_MOVE;
+	if (!arg || (request != (unsigned int)UFFDIO_WRITEPROTECT && request != (unsigned int)UFFDIO_ZEROPAGE &&
+		     request != (unsigned int)UFFDIO_COPY && request != (unsigned int)UFFDIO_CONTINUE &&
+		     request != (unsigned int)UFFDIO_POISON && !moves))
+		return 0;
+	int copies = request == (unsigned int)UFFDIO_COPY || moves;
+	int err = md__copy_in(v, arg, (copies ? 3 : 2) * sizeof(__u64));
+	if (err == -EFAULT)
+		return 0;
+	if (err)	/* the kernel would not say (a seccomp filter): read it */
+		memcpy(v, arg, (copies ? 3 : 2) * sizeof(__u64));
+	if (!copies) {
+		r[0] = (struct uffdio_range){ v[0], v[1] };
+		return 1;
+	}
+	r[0] = (struct uffdio_range){ v[0], v[2] };
+	r[1] = (struct uffdio_range){ v[1], v[2] };	/* MOVE takes the pages from src */
+	return moves ? 2 : 1;
+}
+
 /* A device given guest RAM for DMA (VFIO's type-1 container, iommufd,
  * vhost-vdpa) pins it and writes it without faults. QEMU calls ioctl(2)
  * through the C library, KVM_RUN included: a few comparisons more each. */
@@ -1462,6 +1496,25 @@ EXPORT int ioctl(int fd, unsigned long request, ...)
 			errno = saved;
 		}
 		return ret;
+	}
+	/* Another userfaultfd of the VMM's acting on guest RAM the scanner's
+	 * holds (it need not have registered anything): it would take off
+	 * the write-protection of a page frozen for a merge, or fill a page
+	 * the scanner dropped. The range is given up first, as for a
+	 * registration, and stays the VMM's, whatever the call's answer, until
+	 * unregistered or unmapped: the kernel's answer is then the one it
+	 * gives without us. One that cannot be given up fails the call. */
+	struct uffdio_range ur[2];
+	int nur = (a = agent_peek()) ? uffd_op_ranges((unsigned int)request, arg, ur) : 0;
+	for (int i = 0; i < nur; i++) {
+		int gave = md_agent_userfault(a, (void *)(uintptr_t)ur[i].start, (size_t)ur[i].len);
+		if (gave < 0 && gave != -EINVAL) {
+			errno = -gave;
+			return -1;
+		}
+		if (gave > 0)
+			md__log_once(136, "a userfaultfd of the VMM's acts on guest RAM (UFFDIO_WRITEPROTECT, "
+				     "_ZEROPAGE, _COPY, _CONTINUE, _POISON or _MOVE): that memory is given up first");
 	}
 	if ((unsigned int)request == (unsigned int)UFFDIO_UNREGISTER && arg && (a = agent_peek()) &&
 	    md__readable(arg, sizeof(struct uffdio_range))) {

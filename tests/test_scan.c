@@ -521,6 +521,37 @@ static int stops_for_unseen_io(int early, int reads, const char *io, const char 
 	return 0;
 }
 
+/* A userfaultfd of the VMM's that registered nothing may still act on
+ * guest RAM the scanner's registered (Linux 6.18 asks only that the
+ * mapping be registered, with any): taking off the protection of a page
+ * frozen for a merge, filling a page it dropped. The range is given up
+ * first, its merged pages made private with their content, and the
+ * kernel answers as without the agent (nothing registered: ENOENT). */
+TEST_IMPL(scan_gives_ram_to_vmm_userfault_ops)
+{
+	char log[600];
+	struct proc a;
+	start_scan_logged(&a, "uffdops.log", log, sizeof(log));
+	proc_cmd(&a, "map 512");
+	ASSERT(strcmp(proc_cmd(&a, "fill 0 64 3"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 64 3", 64 * PG), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 64 4", 256 * PG), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 64 4", 320 * PG), "ok") == 0);
+	ASSERT(pairs_merge(&a, 0, 64, 64, 3));
+	ASSERT(pairs_merge(&a, 256, 320, 64, 4));
+	ASSERT_EQ(proc_num(&a, "uffdop wp 0 %u", 64 * PG), -ENOENT);
+	ASSERT_EQ(proc_num(&a, "uffdop zero %u %u", 128 * PG, 8 * PG), -ENOENT);
+	ASSERT_EQ(proc_num(&a, "uffdop copy %u %u", 256 * PG, PG), -ENOENT);
+	for (unsigned i = 0; i < 64; i += 5)
+		ASSERT(proc_page(&a, i * PG).pfn != proc_page(&a, (64 + i) * PG).pfn);
+	ASSERT_EQ(proc_num(&a, "unfilled 0 64 3 0"), 0);
+	ASSERT_EQ(proc_num(&a, "unfilled %u 64 4 0", 256 * PG), 0);
+	ASSERT(pairs_merged_from(&a, 257, 321, 63, 4, 1));	/* the rest is the scanner's still */
+	proc_stop(&a);
+	ASSERT(strstr(file_text(log), "acts on guest RAM"));
+	return 0;
+}
+
 static uint64_t merged_want;
 static int merged_enough(const md_stats *s) { return s->merged >= merged_want; }
 static int nothing_sharing(const md_stats *s) { return s->pages_sharing == 0; }

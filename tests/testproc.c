@@ -35,6 +35,9 @@
  *                           MADV_GUARD_REMOVE (madvise, process_madvise) with EINVAL,
  *                           as a kernel before Linux 6.13 does: 0 or -errno
  *   unmap DOFF HEXLEN     -> munmap result (0 or -errno)
+ *   uffdop wp|zero|copy OFF LEN -> 0 or -errno of UFFDIO_WRITEPROTECT (taking the
+ *                           protection off), UFFDIO_ZEROPAGE or UFFDIO_COPY (of zeroes)
+ *                           on the RAM's range by a userfaultfd that registered nothing
  *   posixadvise DOFF LEN ADVICE -> posix_madvise's result (an error number, not -1) of
  *                           the advice numbered ADVICE, and "errno E" if it changed errno
  *   pmadvise DOFF LEN N STEP ADVICE sym|raw [own|self|thread|parent]
@@ -1371,6 +1374,25 @@ int main(void)
 			sscanf(line, "%*s %lld %lld %lld", &a1, &a2, &a3);
 			fill_pages((size_t)a1, (size_t)a2, (uint64_t)a3);
 			printf("ok\n");
+		} else if (strcmp(cmd, "uffdop") == 0) {
+			/* uffdop wp|zero|copy OFF LEN: a userfaultfd that registered
+			 * nothing acts on the RAM's range */
+			sscanf(line, "%*s %31s %lld %lld", s2, &a1, &a2);
+			struct uffdio_api api = { .api = UFFD_API };
+			struct uffdio_writeprotect wp = { { (uintptr_t)(base + a1), (uint64_t)a2 }, 0 };
+			struct uffdio_zeropage zp = { { (uintptr_t)(base + a1), (uint64_t)a2 }, 0, 0 };
+			void *src = mmap(NULL, (size_t)a2, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			struct uffdio_copy cp = { (uintptr_t)(base + a1), (uintptr_t)src, (uint64_t)a2, 0, 0 };
+			int u = new_uffd(O_NONBLOCK);
+			int r = src == MAP_FAILED || u < 0 || ioctl(u, UFFDIO_API, &api) < 0 ? -errno :
+				strcmp(s2, "wp") == 0 ? (ioctl(u, UFFDIO_WRITEPROTECT, &wp) < 0 ? -errno : 0) :
+				strcmp(s2, "zero") == 0 ? (ioctl(u, UFFDIO_ZEROPAGE, &zp) < 0 ? -errno : 0) :
+				(ioctl(u, UFFDIO_COPY, &cp) < 0 ? -errno : 0);
+			printf("%d\n", r);
+			if (u >= 0)
+				close(u);
+			if (src != MAP_FAILED)
+				munmap(src, (size_t)a2);
 		} else if (strcmp(cmd, "posixadvise") == 0) {
 			sscanf(line, "%*s %lld %lld %lld", &a1, &a2, &a3);
 			errno = 777;
