@@ -10,8 +10,9 @@
  * the pwrite/pwritev family
  * through md_agent_pwrite()/md_agent_pwritev().
  * libaio's io_setup, liburing's submit calls, io_uring through syscall(2),
- * the DMA-mapping ioctls, libibverbs' memory registrations and zero-copy
- * sends are watched for I/O the agent does not see (below).
+ * the DMA-mapping ioctls, libibverbs' memory registrations, zero-copy
+ * sends and libraries loaded with RTLD_DEEPBIND or dlmopen are watched for
+ * I/O the agent does not see (below).
  * Options come from the environment (set by `memdedup run`):
  *   MEMDEDUP_KERNEL_KSM=0|1  pass MADV_MERGEABLE on to kernel KSM (default 1)
  *   MEMDEDUP_MAX_VMAS=N      the mapping budget
@@ -1057,6 +1058,54 @@ EXPORT pid_t _Fork(void)
 	if (pid == 0)
 		plain_child();
 	return pid;
+}
+
+/* A library loaded with RTLD_DEEPBIND looks symbols up in itself and its
+ * own dependencies, the C library among them, before the preloaded ones;
+ * one loaded into a namespace of its own (dlmopen) has a C library of its
+ * own: either's madvise, munmap, mmap, mremap, ioctl and pread reach the
+ * kernel past the agent (a discard of merged pages, a read into guest RAM
+ * in flight unrecorded). So merging and sharing stop for good at such a
+ * load, as for I/O the agent does not see, before the library's
+ * constructors run. Pages merged before stay in the pool's mappings, where
+ * that library's discard shows their pool slot again (docs/ARCHITECTURE.md,
+ * known limits). A load that only looks (RTLD_NOLOAD) binds nothing anew. */
+static void bypassing_load(const char *how)
+{
+	md__log_once(137, "the VMM loaded a library with %s: its calls to the C library go around the "
+		     "agent, which stops sharing and merging; a discard there of pages merged before may "
+		     "read their pool's page again", how);
+	unseen_io("loaded a library whose calls to the C library it does not see (dlopen with RTLD_DEEPBIND, "
+		  "or dlmopen)");
+}
+
+/* The C library's call is made last, a tail call, so that it sees its
+ * caller's return address: glibc finds the calling object by it (its
+ * RUNPATH, $ORIGIN, its namespace), which must be the VMM's, not ours. */
+EXPORT void *dlopen(const char *file, int mode)
+{
+	static void *next;
+	void *(*fn)(const char *, int) = (void *(*)(const char *, int))__atomic_load_n(&next, __ATOMIC_ACQUIRE);
+	if (!fn)
+		__atomic_store_n(&next, (void *)(fn = (void *(*)(const char *, int))dlsym(RTLD_NEXT, "dlopen")),
+				 __ATOMIC_RELEASE);
+	if ((mode & RTLD_DEEPBIND) && !(mode & RTLD_NOLOAD) && !is_shadowed())
+		bypassing_load("RTLD_DEEPBIND");
+	return fn ? fn(file, mode) : NULL;
+}
+
+EXPORT void *dlmopen(Lmid_t lmid, const char *file, int mode)
+{
+	static void *next;
+	void *(*fn)(Lmid_t, const char *, int) =
+		(void *(*)(Lmid_t, const char *, int))__atomic_load_n(&next, __ATOMIC_ACQUIRE);
+	if (!fn)
+		__atomic_store_n(&next, (void *)(fn = (void *(*)(Lmid_t, const char *, int))dlsym(RTLD_NEXT,
+												     "dlmopen")),
+				 __ATOMIC_RELEASE);
+	if ((lmid != LM_ID_BASE || (mode & RTLD_DEEPBIND)) && !(mode & RTLD_NOLOAD) && !is_shadowed())
+		bypassing_load(lmid != LM_ID_BASE ? "dlmopen, in a namespace of its own" : "RTLD_DEEPBIND");
+	return fn ? fn(lmid, file, mode) : NULL;
 }
 
 /* Calls the next definition of name (in lib_name), or returns missing. */

@@ -180,6 +180,32 @@ TEST_IMPL(second_copy_of_agent_does_nothing)
 	return 0;
 }
 
+/* dlopen and dlmopen are interposed (a library loaded with RTLD_DEEPBIND,
+ * or into a namespace of its own, calls the C library past the agent):
+ * glibc finds the calling object by the call's return address, and the
+ * call is the VMM's still: $ORIGIN in a name is the VMM's directory, not
+ * the agent's (a copy of it elsewhere, here), and so is a RUNPATH. */
+TEST_IMPL(dlopen_keeps_caller)
+{
+	char bdir[512], copy[700], cmd[1600], preload[1800];
+	ASSERT(realpath(build_dir(), bdir));
+	snprintf(copy, sizeof(copy), "%s/elsewhere", test_dir());
+	ASSERT(mkdir(copy, 0755) == 0);
+	snprintf(cmd, sizeof(cmd), "cp %s/libmemdedup-preload.so %s/", bdir, copy);
+	ASSERT(system(cmd) == 0);
+	const char *extra = getenv("MD_TEST_PRELOAD_FIRST");
+	snprintf(preload, sizeof(preload), "LD_PRELOAD=%s%s%s/libmemdedup-preload.so", extra ? extra : "",
+		 extra ? ":" : "", copy);
+	const char *env[] = { preload, NULL };
+	struct proc p;
+	proc_start(&p, env);
+	ASSERT(strcmp(proc_cmd(&p, "dlopen plain $ORIGIN/libdeepbind-stub.so"), "0") == 0);
+	ASSERT(strcmp(proc_cmd(&p, "dlopen deep $ORIGIN/libdeepbind-stub.so"), "0") == 0);
+	ASSERT(strcmp(proc_cmd(&p, "dlopen ns $ORIGIN/libdeepbind-stub.so"), "0") == 0);
+	proc_stop(&p);
+	return 0;
+}
+
 /* Calls on guest RAM that the kernel refuses, or that move nothing, change
  * nothing: a protection the kernel does not know (mprotect fails EINVAL)
  * gave the RAM up for good, and an mremap to the same size made all of it

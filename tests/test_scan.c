@@ -521,6 +521,22 @@ static int stops_for_unseen_io(int early, int reads, const char *io, const char 
 	return 0;
 }
 
+/* A library loaded with RTLD_DEEPBIND, or into a namespace of its own
+ * (dlmopen), calls the C library past the agent (its madvise, munmap,
+ * pread): merging stops for good, as for I/O the agent does not see. */
+TEST_IMPL(scan_stops_for_deepbind)
+{
+	char io[700];
+	const char *how[] = { "deep", "ns" };
+	for (int i = 0; i < 2; i++) {
+		snprintf(io, sizeof(io), "dlopen %s %s/libdeepbind-stub.so", how[i], build_dir());
+		int r = stops_for_unseen_io(0, 0, io, "0", "(dlopen with RTLD_DEEPBIND, or dlmopen)");
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
 /* A userfaultfd of the VMM's that registered nothing may still act on
  * guest RAM the scanner's registered (Linux 6.18 asks only that the
  * mapping be registered, with any): taking off the protection of a page

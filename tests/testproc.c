@@ -38,6 +38,9 @@
  *   uffdop wp|zero|copy OFF LEN -> 0 or -errno of UFFDIO_WRITEPROTECT (taking the
  *                           protection off), UFFDIO_ZEROPAGE or UFFDIO_COPY (of zeroes)
  *                           on the RAM's range by a userfaultfd that registered nothing
+ *   dlopen deep|ns|plain PATH -> 0 once PATH is loaded with RTLD_DEEPBIND, into a
+ *                           namespace of its own (dlmopen) or plainly; else "-1 WHY"
+ *   deepdiscard DOFF LEN  -> that library's madvise(MADV_DONTNEED) of LEN bytes at DOFF
  *   posixadvise DOFF LEN ADVICE -> posix_madvise's result (an error number, not -1) of
  *                           the advice numbered ADVICE, and "errno E" if it changed errno
  *   pmadvise DOFF LEN N STEP ADVICE sym|raw [own|self|thread|parent]
@@ -181,6 +184,7 @@
 static char *base;
 static size_t base_len;
 static int last_uffd = -1;
+static int (*deep_discard)(void *p, size_t len);	/* libdeepbind-stub.so's (dlopen, below) */
 static void **extra;
 static size_t nextra;
 
@@ -1393,6 +1397,20 @@ int main(void)
 				close(u);
 			if (src != MAP_FAILED)
 				munmap(src, (size_t)a2);
+		} else if (strcmp(cmd, "dlopen") == 0) {
+			/* dlopen deep|ns|plain PATH: 0 if loaded, else -1 (and why) */
+			sscanf(line, "%*s %31s %2047s", s2, s1);
+			void *h = strcmp(s2, "ns") == 0 ? dlmopen(LM_ID_NEWLM, s1, RTLD_NOW) :
+				  dlopen(s1, RTLD_NOW | (strcmp(s2, "deep") == 0 ? RTLD_DEEPBIND : 0));
+			if (h)
+				deep_discard = (int (*)(void *, size_t))dlsym(h, "deep_discard");
+			if (h)
+				printf("0\n");
+			else
+				printf("-1 %s\n", dlerror());
+		} else if (strcmp(cmd, "deepdiscard") == 0) {
+			sscanf(line, "%*s %lld %lld", &a1, &a2);
+			printf("%d\n", deep_discard ? deep_discard(base + a1, (size_t)a2) : -ENOSYS);
 		} else if (strcmp(cmd, "posixadvise") == 0) {
 			sscanf(line, "%*s %lld %lld %lld", &a1, &a2, &a3);
 			errno = 777;

@@ -25,8 +25,12 @@ $(B)/libnopeerpidfd-stub.so: $(B)/tests/stub_nopeerpidfd.o
 $(B)/liboldagent-stub.so: $(B)/tests/stub_oldagent.o
 	$(CC) -shared -o $@ $^ $(LDFLAGS) -ldl
 
+# Loaded by the testproc with RTLD_DEEPBIND or dlmopen: calls past the agent.
+$(B)/libdeepbind-stub.so: $(B)/tests/stub_deepbind.o
+	$(CC) -shared -o $@ $^ $(LDFLAGS)
+
 tests-build: $(B)/runner $(B)/testproc $(B)/libibverbs-stub.so $(B)/libnopeerpidfd-stub.so \
-             $(B)/liboldagent-stub.so $(B)/fuzz-replay \
+             $(B)/liboldagent-stub.so $(B)/libdeepbind-stub.so $(B)/fuzz-replay \
              $(B)/fuzz-replay-elf $(B)/fuzz-replay-status
 
 $(B)/fuzz-replay: fuzz/replay.c fuzz/fuzz_stats_file.c $(B)/libmemdedup.a
