@@ -1006,6 +1006,59 @@ long md__agent_mbind(md_agent *a, long (*call)(long, ...), void *addr, unsigned 
 	return m.ret;
 }
 
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25	/* Linux 6.1's, which older headers lack */
+#endif
+
+struct collapse_call {
+	md_agent *a;
+	uintptr_t s, e;
+	int err;
+};
+
+/* agent->lock and the engine's held: no mapping of ours is made or goes
+ * while the parts are found and advised. */
+static int collapse_run(void *p)
+{
+	struct collapse_call *c = p;
+	struct md__file_map *v = NULL;
+	size_t n = 0;
+	int err = md__range_file_maps(c->s, c->e, &v, &n);
+	if (err) {
+		/* Not knowing where the pool's pages are, none is collapsed:
+		 * the kernel's "try again" (a collapse is advice). */
+		md__log_once(138, "cannot tell our mappings in an MADV_COLLAPSE's range (%s): not passed on",
+			     strerror(-err));
+		c->err = -EAGAIN;
+		return 0;
+	}
+	uintptr_t at = c->s;
+	for (size_t i = 0; i <= n && !c->err; i++) {
+		int ours = i < n && (v[i].pool || md__image_find(c->a, MD_ANY_DEV, v[i].ino));
+		if (i < n && !ours)
+			continue;	/* the VMM's own file: its to collapse */
+		uintptr_t hi = i < n ? v[i].lo : c->e;
+		if (hi > at && md__sys_madvise((void *)at, hi - at, MADV_COLLAPSE) != 0)
+			c->err = -errno;
+		if (i < n)
+			at = v[i].hi;
+	}
+	free(v);
+	return 0;
+}
+
+int md__agent_collapse(md_agent *a, uintptr_t s, uintptr_t e)
+{
+	struct collapse_call c = { a, s, e, 0 };
+	md__agent_enter(a);
+	if (a->engine)
+		md__engine_locked(a->engine, collapse_run, &c);
+	else
+		collapse_run(&c);
+	md__agent_leave(a);
+	return c.err;
+}
+
 int md__agent_protect(md_agent *a, uintptr_t s, uintptr_t e)
 {
 	size_t gone = 0;

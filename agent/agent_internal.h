@@ -500,6 +500,12 @@ int md__agent_lock(md_agent *a, uintptr_t start, uintptr_t end, int all);
  * for every process. The call's result, errno as it left it. */
 long md__agent_mbind(md_agent *a, long (*call)(long, ...), void *addr, unsigned long len, int mode,
 		     const unsigned long *nodes, unsigned long maxnode, unsigned flags);
+/* The VMM's madvise(MADV_COLLAPSE) of [start, end): passed on for the
+ * parts the pool or an image does not map there, none of which a merge
+ * maps meanwhile. A collapse of those would make their file's pages huge
+ * (the pool's shmem, for every process of the domain), whatever the host's
+ * shmem_enabled says. 0, or the first part's -errno. */
+int md__agent_collapse(md_agent *a, uintptr_t start, uintptr_t end);
 /* Whether mlockall(MCL_FUTURE) holds now (set after the VMM's call
  * succeeded): nothing is registered while it does. */
 void md__agent_lock_future(md_agent *a, int future);

@@ -60,6 +60,10 @@
 
 #define EXPORT __attribute__((visibility("default")))
 
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25	/* Linux 6.1's, which older headers lack */
+#endif
+
 static md_agent *agent;
 static int agent_failed;
 /* Another copy of this library (another build or install of the agent,
@@ -347,6 +351,22 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 		 * put over it is forgotten): the kernel refuses it there, and
 		 * discarding first would have zeroed pages it leaves alone. */
 		return md__sys_madvise(addr, len, advice);
+	case MADV_COLLAPSE: {
+		/* Not over the pool's or an image's pages (md__agent_collapse);
+		 * memory none of ours goes plainly. */
+		unsigned token;
+		int saved = errno, err;
+		if (!(a = agent_peek()) || (uintptr_t)addr + plen < (uintptr_t)addr ||
+		    plain_begin(a, addr, plen, &token)) {
+			err = md__sys_madvise(addr, len, advice) != 0 ? -errno : 0;
+			if (a)
+				plain_end(a, 1, token);
+		} else {
+			err = md__agent_collapse(a, (uintptr_t)addr, (uintptr_t)addr + plen);
+		}
+		errno = err ? -err : saved;
+		return err ? -1 : 0;
+	}
 	case MADV_DONTNEED:
 	case MADV_DONTNEED_LOCKED:
 	case MADV_FREE:
@@ -451,6 +471,7 @@ static int advice_ours(int advice)
 	case MADV_DONTNEED_LOCKED:
 	case MADV_FREE:
 	case MADV_GUARD_INSTALL:
+	case MADV_COLLAPSE:
 		return 1;
 	default:
 		return advice_bit(advice) != 0;

@@ -521,6 +521,46 @@ static int stops_for_unseen_io(int early, int reads, const char *io, const char 
 	return 0;
 }
 
+/* A line of /proc/meminfo, in kB, or -1. */
+static long meminfo_kb(const char *key)
+{
+	const char *t = file_text("/proc/meminfo"), *at = t ? strstr(t, key) : NULL;
+	return at ? strtol(at + strlen(key), NULL, 10) : -1;
+}
+
+/* MADV_COLLAPSE over merged guest RAM: the pool's pages (shmem, shared by
+ * every process of the domain) are not made huge, whatever the host's
+ * shmem_enabled says (at never, they were: ShmemHugePages grew); the
+ * VMM's anonymous memory around them is asked, and its answer is the
+ * call's. */
+TEST_IMPL(scan_collapse_leaves_pool_pages)
+{
+	const char *env[] = { fast_scan[0], fast_scan[1], fast_scan[2], "MEMDEDUP_DOMAIN=private", NULL };
+	struct proc a;
+	proc_start(&a, env);
+	proc_cmd(&a, "map 4096 huge");
+	ASSERT(strcmp(proc_cmd(&a, "fill 0 1024 1"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 1024 1", 2048 * PG), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 1024 2", 1024 * PG), "ok") == 0);	/* unique */
+	ASSERT(pairs_merge(&a, 0, 2048, 1024, 1));
+	/* The kernel's collapse of the pool's pages may fail for a while
+	 * (the scanner reading them holds them): the call reaching them is
+	 * seen where it starts, the pool's mapping of pages 0.. (EXDEV). */
+	ASSERT_EQ(proc_num(&a, "collapsewatch 0"), 0);
+	long before = meminfo_kb("ShmemHugePages:");
+	long long r = proc_num(&a, "collapse 0 %u", 4096 * PG);
+	long after = meminfo_kb("ShmemHugePages:");
+	printf("  MADV_COLLAPSE: %lld, ShmemHugePages %ld -> %ld kB\n", r, before, after);
+	/* The VMM's parts are the scanner's userfaultfd's, which the kernel
+	 * does not collapse (EINVAL), as on a kernel without it. */
+	ASSERT(r == 0 || r == -EINVAL || r == -EAGAIN || r == -EBUSY);
+	ASSERT(before >= 0 && after <= before);
+	ASSERT(pairs_merged(&a, 0, 2048, 1024, 1));
+	ASSERT_EQ(proc_num(&a, "unfilled %u 1024 2 0", 1024 * PG), 0);
+	proc_stop(&a);
+	return 0;
+}
+
 /* A library loaded with RTLD_DEEPBIND, or into a namespace of its own
  * (dlmopen), calls the C library past the agent (its madvise, munmap,
  * pread): merging stops for good, as for I/O the agent does not see. */

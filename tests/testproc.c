@@ -3,7 +3,7 @@
  * the agent preloaded. It maps "guest RAM", marks it mergeable, reads images
  * into it through the ordinary libc calls, writes, hashes, and answers one
  * line per command on stdout:
- *   map NPAGES            -> base address (mmap + MADV_MERGEABLE)
+ *   map NPAGES [huge]     -> base address (mmap + MADV_MERGEABLE; huge: on a 2 MiB boundary)
  *   mapuffd NPAGES        -> as map, but registered with a userfaultfd of its own
  *                           (write-protect mode) before MADV_MERGEABLE
  *   open PATH [rw]        -> fd
@@ -41,6 +41,9 @@
  *   dlopen deep|ns|plain PATH -> 0 once PATH is loaded with RTLD_DEEPBIND, into a
  *                           namespace of its own (dlmopen) or plainly; else "-1 WHY"
  *   deepdiscard DOFF LEN  -> that library's madvise(MADV_DONTNEED) of LEN bytes at DOFF
+ *   collapse DOFF LEN     -> madvise(MADV_COLLAPSE) result (0 or -errno)
+ *   collapsewatch DOFF    -> 0 or -errno: a seccomp filter from now on fails with EXDEV
+ *                           an madvise(MADV_COLLAPSE) system call starting at DOFF
  *   posixadvise DOFF LEN ADVICE -> posix_madvise's result (an error number, not -1) of
  *                           the advice numbered ADVICE, and "errno E" if it changed errno
  *   pmadvise DOFF LEN N STEP ADVICE sym|raw [own|self|thread|parent]
@@ -818,9 +821,18 @@ int main(void)
 				pthread_detach(th);
 			printf("%d\n", -r);
 		} else if (strcmp(cmd, "map") == 0) {
-			sscanf(line, "%*s %lld", &a1);
+			char how[8] = "";
+			sscanf(line, "%*s %lld %7s", &a1, how);
 			base_len = (size_t)a1 * 4096;
-			base = mmap(NULL, base_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			size_t hp = strcmp(how, "huge") == 0 ? 2u << 20 : 0;
+			base = mmap(NULL, base_len + hp, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+			if (hp && base != MAP_FAILED) {	/* on a huge page's boundary */
+				char *at = (char *)(((uintptr_t)base + hp - 1) & ~(uintptr_t)(hp - 1));
+				if (at > base)
+					munmap(base, (size_t)(at - base));
+				munmap(at + base_len, (size_t)(base + hp - at));
+				base = at;
+			}
 			madvise(base, base_len, MADV_MERGEABLE);
 			printf("%p\n", (void *)base);
 		} else if (strcmp(cmd, "mapuffd") == 0) {	/* NPAGES: map, registered with a userfaultfd first */
@@ -1411,6 +1423,31 @@ int main(void)
 		} else if (strcmp(cmd, "deepdiscard") == 0) {
 			sscanf(line, "%*s %lld %lld", &a1, &a2);
 			printf("%d\n", deep_discard ? deep_discard(base + a1, (size_t)a2) : -ENOSYS);
+		} else if (strcmp(cmd, "collapsewatch") == 0) {
+			/* collapsewatch DOFF: a seccomp filter under which an
+			 * madvise(MADV_COLLAPSE) starting at DOFF fails with EXDEV:
+			 * the kernel asked to collapse what lies there */
+			sscanf(line, "%*s %lld", &a1);
+			uint64_t at = (uintptr_t)(base + a1);
+			struct sock_filter f[] = {
+				BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+				BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_madvise, 0, 7),
+				BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[2])),
+				BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 25 /* MADV_COLLAPSE */, 0, 5),
+				BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])),
+				BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)at, 0, 3),
+				BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0]) + 4),
+				BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)(at >> 32), 0, 1),
+				BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EXDEV),
+				BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+			};
+			struct sock_fprog prog = { sizeof(f) / sizeof(f[0]), f };
+			int r = prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 &&
+				syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &prog) == 0;
+			printf("%d\n", r ? 0 : -errno);
+		} else if (strcmp(cmd, "collapse") == 0) {
+			sscanf(line, "%*s %lld %lld", &a1, &a2);
+			printf("%d\n", madvise(base + a1, (size_t)a2, 25 /* MADV_COLLAPSE */) == 0 ? 0 : -errno);
 		} else if (strcmp(cmd, "posixadvise") == 0) {
 			sscanf(line, "%*s %lld %lld %lld", &a1, &a2, &a3);
 			errno = 777;
