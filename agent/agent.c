@@ -1006,6 +1006,27 @@ long md__agent_mbind(md_agent *a, long (*call)(long, ...), void *addr, unsigned 
 	return m.ret;
 }
 
+int md__agent_give_up_anon(md_agent *a, uintptr_t s, uintptr_t e, const char *why)
+{
+	size_t gone = 0;
+	int err = 0;
+	md__agent_enter(a);
+	if (regions_overlap(a, s, e) || handed_overlaps(a, s, e)) {
+		/* While the engine still holds the range: it alone can freeze
+		 * the pages it moves. */
+		if (a->engine)
+			err = md__engine_anonymize(a->engine, (void *)s, e - s);
+		int e2 = give_up_locked(a, s, e, 0, &gone);
+		err = err ? err : e2;
+	}
+	md__agent_leave(a);
+	if (gone || err)
+		md__log_once(139, "the VMM %s guest RAM, which takes anonymous memory: that memory is no longer "
+			     "shared or merged, its merged pages made anonymous%s%s", why,
+			     err ? "; not all of them could be: " : "", err ? strerror(-err) : "");
+	return err;
+}
+
 #ifndef MADV_COLLAPSE
 #define MADV_COLLAPSE 25	/* Linux 6.1's, which older headers lack */
 #endif

@@ -506,6 +506,15 @@ long md__agent_mbind(md_agent *a, long (*call)(long, ...), void *addr, unsigned 
  * (the pool's shmem, for every process of the domain), whatever the host's
  * shmem_enabled says. 0, or the first part's -errno. */
 int md__agent_collapse(md_agent *a, uintptr_t start, uintptr_t end);
+/* The VMM asks of [start, end) what only anonymous memory takes
+ * (MADV_WIPEONFORK, whose child must read zeroes; mseal, after which a
+ * discard of a private file mapping fails): its merged pages are moved
+ * into anonymous memory with their content while the engine holds them
+ * (md__engine_anonymize), then the range is given up for good, as by
+ * md__agent_lock (a merge there would map the pool again). why says what
+ * the VMM does, for the log. 0, or -errno (some pages stay in file
+ * mappings: the VMM's call is made all the same, as without us). */
+int md__agent_give_up_anon(md_agent *a, uintptr_t start, uintptr_t end, const char *why);
 /* Whether mlockall(MCL_FUTURE) holds now (set after the VMM's call
  * succeeded): nothing is registered while it does. */
 void md__agent_lock_future(md_agent *a, int future);

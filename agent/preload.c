@@ -367,6 +367,23 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 		errno = err ? -err : saved;
 		return err ? -1 : 0;
 	}
+	case MADV_WIPEONFORK: {
+		/* Only for private anonymous memory: the pool's mappings (and
+		 * merges to come) would fail it, and a child would read pool
+		 * pages, not zeroes. Made anonymous and given up first. */
+		unsigned token;
+		if (!(a = agent_peek()) || (uintptr_t)addr + plen < (uintptr_t)addr ||
+		    plain_begin(a, addr, plen, &token)) {
+			int r = md__sys_madvise(addr, len, advice);
+			if (a)
+				plain_end(a, 1, token);
+			return r;
+		}
+		int saved = errno;
+		md__agent_give_up_anon(a, (uintptr_t)addr, (uintptr_t)addr + plen, "asks MADV_WIPEONFORK of");
+		errno = saved;
+		return md__sys_madvise(addr, len, advice);
+	}
 	case MADV_DONTNEED:
 	case MADV_DONTNEED_LOCKED:
 	case MADV_FREE:

@@ -2042,7 +2042,7 @@ static int leave_run(struct md__engine *e, struct md__eregion *r, uintptr_t a, s
 	}
 	anon_mapped(e, r, a, len);
 	for (size_t i = 0; i < n; i++)
-		r->ref[first + i] = 0;
+		release_ref(e, r, first + i);	/* a slot's reference too (md__engine_anonymize) */
 	md__uffd_wake(&e->uffd, a, len);
 	e->st.left_file += n;
 	return (int)n;
@@ -2209,6 +2209,37 @@ size_t md__engine_leave_file(struct md__engine *e, size_t max, int copy_unwritte
 	}
 	free(v);
 	return moved;
+}
+
+int md__engine_anonymize(struct md__engine *e, void *addr, size_t len)
+{
+	uintptr_t s = (uintptr_t)addr, end = s + len;
+	int err = 0;
+	pthread_rwlock_rdlock(&e->regions_lock);
+	pthread_mutex_lock(&e->lock);
+	for (size_t ri = 0; ri < e->nregions && !err; ri++) {
+		struct md__eregion *r = &e->regions[ri];
+		uintptr_t lo = s > r->start ? s : r->start, hi = end < r->end ? end : r->end;
+		for (uintptr_t a = lo; a < hi && !err;) {
+			size_t i = (a - r->start) / MD_EPAGE, n = 0;
+			/* Pool pages (a slot, one forgotten, a fill strip's);
+			 * an image's cannot be frozen, and stay. */
+			while (a + n * MD_EPAGE < hi && n < CMP_PAGES &&
+			       (r->ref[i + n] & (MD_REF_FILE | MD_REF_IMAGE)) == MD_REF_FILE)
+				n++;
+			if (!n) {
+				a += MD_EPAGE;
+				continue;
+			}
+			int moved = leave_run(e, r, a, n);
+			if (moved < 0)
+				err = moved;
+			a += n * MD_EPAGE;
+		}
+	}
+	md__engine_unlock(e);
+	pthread_rwlock_unlock(&e->regions_lock);
+	return err;
 }
 
 uint64_t md__engine_shared_pages(struct md__engine *e)

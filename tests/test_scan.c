@@ -561,6 +561,39 @@ TEST_IMPL(scan_collapse_leaves_pool_pages)
 	return 0;
 }
 
+/* MADV_WIPEONFORK takes only private anonymous memory: over merged guest
+ * RAM (the pool's private file mappings) it failed with EINVAL, where the
+ * VMM's own memory takes it. The merged pages are made anonymous with
+ * their content first, and the range given up (a merge there would map
+ * the pool again, and a child would read it, not zeroes); the rest merges
+ * on. */
+TEST_IMPL(scan_wipeonfork_over_merged_ram)
+{
+	const char *env[] = { fast_scan[0], fast_scan[1], fast_scan[2], "MEMDEDUP_DOMAIN=private", NULL };
+	struct proc a;
+	proc_start(&a, env);
+	proc_cmd(&a, "map 512");
+	ASSERT(strcmp(proc_cmd(&a, "fill 0 64 1"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 64 1", 64 * PG), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 64 2", 256 * PG), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 64 2", 320 * PG), "ok") == 0);
+	ASSERT(pairs_merge(&a, 0, 64, 64, 1));
+	ASSERT(pairs_merge(&a, 256, 320, 64, 2));
+	ASSERT_EQ(proc_num(&a, "wipe 0 %u", 128 * PG), 0);
+	ASSERT_EQ(proc_num(&a, "unfilled 0 64 1 0"), 0);
+	ASSERT_EQ(proc_num(&a, "unfilled %u 64 1 0", 64 * PG), 0);
+	for (unsigned i = 0; i < 128; i++) {
+		struct pm p = proc_page(&a, i * PG);
+		ASSERT(p.present && !p.file);
+	}
+	ASSERT(pairs_merged(&a, 256, 320, 64, 2));
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 64 3", 384 * PG), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 64 3", 448 * PG), "ok") == 0);
+	ASSERT(pairs_merge(&a, 384, 448, 64, 3));
+	proc_stop(&a);
+	return 0;
+}
+
 /* A library loaded with RTLD_DEEPBIND, or into a namespace of its own
  * (dlmopen), calls the C library past the agent (its madvise, munmap,
  * pread): merging stops for good, as for I/O the agent does not see. */
