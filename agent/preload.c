@@ -12,7 +12,8 @@
  * libaio's io_setup, liburing's submit calls, io_uring through syscall(2),
  * the DMA-mapping ioctls, libibverbs' memory registrations, zero-copy
  * sends and libraries loaded with RTLD_DEEPBIND or dlmopen are watched for
- * I/O the agent does not see (below).
+ * I/O the agent does not see (below). MADV_COLLAPSE keeps off the pool's
+ * pages; MADV_WIPEONFORK and mseal make guest RAM anonymous first.
  * Options come from the environment (set by `memdedup run`):
  *   MEMDEDUP_KERNEL_KSM=0|1  pass MADV_MERGEABLE on to kernel KSM (default 1)
  *   MEMDEDUP_MAX_VMAS=N      the mapping budget
@@ -593,6 +594,34 @@ EXPORT int posix_madvise(void *addr, size_t len, int advice)
 	int err = madvise(addr, len, advice) != 0 ? errno : 0;
 	errno = saved;
 	return err;
+}
+
+#ifndef SYS_mseal
+#define SYS_mseal 462	/* Linux 6.10, the same on every architecture */
+#endif
+
+/* mseal(2) (Linux 6.10; glibc 2.41's function, or syscall(2)): a sealed
+ * range can no longer be unmapped, remapped or mapped over, which every
+ * merge does, and a discard of a private file mapping there (a merged
+ * page's) fails with EPERM where anonymous memory reads zeroes. Guest RAM
+ * there is made anonymous and given up first; flags the kernel refuses
+ * change nothing. */
+static void seal_first(void *addr, size_t len, unsigned long flags)
+{
+	uintptr_t s = (uintptr_t)addr, e = s + page_len(len);
+	md_agent *a = agent_peek();
+	if (!a || flags || s % MD_PAGE_SIZE || e <= s)
+		return;
+	int saved = errno;
+	md__agent_give_up_anon(a, s, e, "seals (mseal)");
+	errno = saved;
+}
+
+int mseal(void *addr, size_t len, unsigned long flags);
+EXPORT int mseal(void *addr, size_t len, unsigned long flags)
+{
+	seal_first(addr, len, flags);
+	return (int)libc_call(SYS_mseal, (long)addr, (long)len, (long)flags, 0);
 }
 
 /* Locked memory: a private mapping made or locked there is filled at once
@@ -1383,6 +1412,8 @@ EXPORT long syscall(long nr, ...)
 				       (unsigned)a[4]);
 	case SYS_munmap:
 		return munmap((void *)a[0], (size_t)a[1]);
+	case SYS_mseal:
+		return mseal((void *)a[0], (size_t)a[1], (unsigned long)a[2]);
 	case SYS_mmap:
 		return (long)mmap((void *)a[0], (size_t)a[1], (int)a[2], (int)a[3], (int)a[4], (off_t)a[5]);
 	case SYS_mremap:

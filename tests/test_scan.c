@@ -594,6 +594,42 @@ TEST_IMPL(scan_wipeonfork_over_merged_ram)
 	return 0;
 }
 
+/* mseal(2) (Linux 6.10) over merged guest RAM: a discard of a sealed
+ * private file mapping (a merged page's) fails with EPERM and keeps its
+ * content, where the VMM's own sealed memory reads zeroes. The merged
+ * pages are made anonymous and the range given up before the seal (no
+ * merge could map there after it anyway); the rest merges on. */
+TEST_IMPL(scan_seal_over_merged_ram)
+{
+	const char *env[] = { fast_scan[0], fast_scan[1], fast_scan[2], "MEMDEDUP_DOMAIN=private", NULL };
+	struct proc a;
+	proc_start(&a, env);
+	proc_cmd(&a, "map 512");
+	ASSERT(strcmp(proc_cmd(&a, "fill 0 64 1"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 64 1", 64 * PG), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 64 2", 256 * PG), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 64 2", 320 * PG), "ok") == 0);
+	ASSERT(pairs_merge(&a, 0, 64, 64, 1));
+	ASSERT(pairs_merge(&a, 256, 320, 64, 2));
+	long long r = proc_num(&a, "seal 0 %u", 128 * PG);
+	if (r == -ENOSYS || r == -EPERM) {
+		proc_stop(&a);
+		SKIP("no mseal here (Linux 6.10, seccomp): %lld", r);
+	}
+	ASSERT_EQ(r, 0);
+	ASSERT_EQ(proc_num(&a, "unfilled 0 64 1 0"), 0);
+	ASSERT_EQ(proc_num(&a, "advise 0 %u dontneed", 2 * PG), 0);
+	ASSERT_EQ(proc_num(&a, "advise %u %u dontneed raw", 64 * PG, PG), 0);
+	const char *z = hex(fnv_zero(PG));
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", PG), z) == 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", PG, PG), z) == 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 64 * PG, PG), z) == 0);
+	ASSERT_EQ(proc_num(&a, "unfilled %u 62 1 2", 2 * PG), 0);
+	ASSERT(pairs_merged(&a, 256, 320, 64, 2));
+	proc_stop(&a);
+	return 0;
+}
+
 /* A library loaded with RTLD_DEEPBIND, or into a namespace of its own
  * (dlmopen), calls the C library past the agent (its madvise, munmap,
  * pread): merging stops for good, as for I/O the agent does not see. */

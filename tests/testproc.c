@@ -43,6 +43,7 @@
  *   deepdiscard DOFF LEN  -> that library's madvise(MADV_DONTNEED) of LEN bytes at DOFF
  *   collapse DOFF LEN     -> madvise(MADV_COLLAPSE) result (0 or -errno)
  *   wipe DOFF LEN         -> madvise(MADV_WIPEONFORK) result (0 or -errno)
+ *   seal DOFF LEN         -> mseal's result through syscall(2) (0 or -errno)
  *   collapsewatch DOFF    -> 0 or -errno: a seccomp filter from now on fails with EXDEV
  *                           an madvise(MADV_COLLAPSE) system call starting at DOFF
  *   posixadvise DOFF LEN ADVICE -> posix_madvise's result (an error number, not -1) of
@@ -1427,6 +1428,9 @@ int main(void)
 		} else if (strcmp(cmd, "wipe") == 0) {
 			sscanf(line, "%*s %lld %lld", &a1, &a2);
 			printf("%d\n", madvise(base + a1, (size_t)a2, MADV_WIPEONFORK) == 0 ? 0 : -errno);
+		} else if (strcmp(cmd, "seal") == 0) {
+			sscanf(line, "%*s %lld %lld", &a1, &a2);
+			printf("%d\n", syscall(462 /* SYS_mseal */, base + a1, (size_t)a2, 0UL) == 0 ? 0 : -errno);
 		} else if (strcmp(cmd, "collapsewatch") == 0) {
 			/* collapsewatch DOFF: a seccomp filter under which an
 			 * madvise(MADV_COLLAPSE) starting at DOFF fails with EXDEV:
