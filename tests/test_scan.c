@@ -561,6 +561,21 @@ TEST_IMPL(scan_collapse_leaves_pool_pages)
 	return 0;
 }
 
+/* A private agent's 512 pages: pages 0-63 twins of 64-127 (seed 1), 256-319
+ * of 320-383 (seed 2), both merged. */
+static void merged_twin_groups(struct proc *a)
+{
+	const char *env[] = { fast_scan[0], fast_scan[1], fast_scan[2], "MEMDEDUP_DOMAIN=private", NULL };
+	proc_start(a, env);
+	proc_cmd(a, "map 512");
+	ASSERT(strcmp(proc_cmd(a, "fill 0 64 1"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(a, "fill %u 64 1", 64 * PG), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(a, "fill %u 64 2", 256 * PG), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(a, "fill %u 64 2", 320 * PG), "ok") == 0);
+	ASSERT(pairs_merge(a, 0, 64, 64, 1));
+	ASSERT(pairs_merge(a, 256, 320, 64, 2));
+}
+
 /* MADV_WIPEONFORK takes only private anonymous memory: over merged guest
  * RAM (the pool's private file mappings) it failed with EINVAL, where the
  * VMM's own memory takes it. The merged pages are made anonymous with
@@ -569,16 +584,8 @@ TEST_IMPL(scan_collapse_leaves_pool_pages)
  * on. */
 TEST_IMPL(scan_wipeonfork_over_merged_ram)
 {
-	const char *env[] = { fast_scan[0], fast_scan[1], fast_scan[2], "MEMDEDUP_DOMAIN=private", NULL };
 	struct proc a;
-	proc_start(&a, env);
-	proc_cmd(&a, "map 512");
-	ASSERT(strcmp(proc_cmd(&a, "fill 0 64 1"), "ok") == 0);
-	ASSERT(strcmp(proc_cmd(&a, "fill %u 64 1", 64 * PG), "ok") == 0);
-	ASSERT(strcmp(proc_cmd(&a, "fill %u 64 2", 256 * PG), "ok") == 0);
-	ASSERT(strcmp(proc_cmd(&a, "fill %u 64 2", 320 * PG), "ok") == 0);
-	ASSERT(pairs_merge(&a, 0, 64, 64, 1));
-	ASSERT(pairs_merge(&a, 256, 320, 64, 2));
+	merged_twin_groups(&a);
 	ASSERT_EQ(proc_num(&a, "wipe 0 %u", 128 * PG), 0);
 	ASSERT_EQ(proc_num(&a, "unfilled 0 64 1 0"), 0);
 	ASSERT_EQ(proc_num(&a, "unfilled %u 64 1 0", 64 * PG), 0);
@@ -601,16 +608,8 @@ TEST_IMPL(scan_wipeonfork_over_merged_ram)
  * merge could map there after it anyway); the rest merges on. */
 TEST_IMPL(scan_seal_over_merged_ram)
 {
-	const char *env[] = { fast_scan[0], fast_scan[1], fast_scan[2], "MEMDEDUP_DOMAIN=private", NULL };
 	struct proc a;
-	proc_start(&a, env);
-	proc_cmd(&a, "map 512");
-	ASSERT(strcmp(proc_cmd(&a, "fill 0 64 1"), "ok") == 0);
-	ASSERT(strcmp(proc_cmd(&a, "fill %u 64 1", 64 * PG), "ok") == 0);
-	ASSERT(strcmp(proc_cmd(&a, "fill %u 64 2", 256 * PG), "ok") == 0);
-	ASSERT(strcmp(proc_cmd(&a, "fill %u 64 2", 320 * PG), "ok") == 0);
-	ASSERT(pairs_merge(&a, 0, 64, 64, 1));
-	ASSERT(pairs_merge(&a, 256, 320, 64, 2));
+	merged_twin_groups(&a);
 	long long r = proc_num(&a, "seal 0 %u", 128 * PG);
 	if (r == -ENOSYS || r == -EPERM) {
 		proc_stop(&a);
