@@ -356,12 +356,13 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 		/* Not over the pool's or an image's pages (md__agent_collapse);
 		 * memory none of ours goes plainly. */
 		unsigned token;
-		int saved = errno, err;
+		int saved = errno, err, plain = 0;
+		/* plain_end only for a plain_begin that was made: a range that
+		 * wraps made none (an end without its begin waited for ever). */
 		if (!(a = agent_peek()) || (uintptr_t)addr + plen < (uintptr_t)addr ||
-		    plain_begin(a, addr, plen, &token)) {
+		    (plain = plain_begin(a, addr, plen, &token))) {
 			err = md__sys_madvise(addr, len, advice) != 0 ? -errno : 0;
-			if (a)
-				plain_end(a, 1, token);
+			plain_end(a, plain, token);
 		} else {
 			err = md__agent_collapse(a, (uintptr_t)addr, (uintptr_t)addr + plen);
 		}
@@ -373,11 +374,11 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 		 * merges to come) would fail it, and a child would read pool
 		 * pages, not zeroes. Made anonymous and given up first. */
 		unsigned token;
+		int plain = 0;
 		if (!(a = agent_peek()) || (uintptr_t)addr + plen < (uintptr_t)addr ||
-		    plain_begin(a, addr, plen, &token)) {
+		    (plain = plain_begin(a, addr, plen, &token))) {
 			int r = md__sys_madvise(addr, len, advice);
-			if (a)
-				plain_end(a, 1, token);
+			plain_end(a, plain, token);
 			return r;
 		}
 		int saved = errno;
@@ -490,6 +491,7 @@ static int advice_ours(int advice)
 	case MADV_FREE:
 	case MADV_GUARD_INSTALL:
 	case MADV_COLLAPSE:
+	case MADV_WIPEONFORK:
 		return 1;
 	default:
 		return advice_bit(advice) != 0;

@@ -561,6 +561,29 @@ TEST_IMPL(scan_collapse_leaves_pool_pages)
 	return 0;
 }
 
+/* MADV_COLLAPSE and MADV_WIPEONFORK over a range that wraps past the top of
+ * the address space (the kernel answers EINVAL) ended a plain call that had
+ * not begun: the count of calls in flight went below zero, and the next
+ * registration (MADV_MERGEABLE) waited for it to come back to zero, for
+ * ever, under the agent's lock (the session's diff review). */
+TEST_IMPL(scan_wrapping_advice_keeps_agent)
+{
+	const char *env[] = { fast_scan[0], fast_scan[1], fast_scan[2], "MEMDEDUP_DOMAIN=private", NULL };
+	struct proc a;
+	proc_start(&a, env);
+	proc_cmd(&a, "map 64");
+	long long top = (long long)(UINTPTR_MAX - 4095 - a.base);
+	ASSERT_EQ(proc_num(&a, "collapse %lld 8192", top), -EINVAL);
+	ASSERT_EQ(proc_num(&a, "wipe %lld 8192", top), -EINVAL);
+	/* Registered, answered (a hang is the runner's timeout), merged. */
+	proc_cmd(&a, "map 128");
+	ASSERT(strcmp(proc_cmd(&a, "fill 0 64 1"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 64 1", 64 * PG), "ok") == 0);
+	ASSERT(pairs_merge(&a, 0, 64, 64, 1));
+	proc_stop(&a);
+	return 0;
+}
+
 /* A private agent's 512 pages: pages 0-63 twins of 64-127 (seed 1), 256-319
  * of 320-383 (seed 2), both merged. */
 static void merged_twin_groups(struct proc *a)
@@ -594,6 +617,15 @@ TEST_IMPL(scan_wipeonfork_over_merged_ram)
 		ASSERT(p.present && !p.file);
 	}
 	ASSERT(pairs_merged(&a, 256, 320, 64, 2));
+	/* The same through process_madvise on itself (Linux 6.13), which
+	 * passed it to the kernel (EINVAL over the pool's mappings). */
+	long long r = proc_num(&a, "pmadvise %u %u 1 0 wipeonfork sym", 256 * PG, 128 * PG);
+	if (r != -EINVAL || proc_num(&a, "pmadvise 0 0 1 0 dontneed sym") == 0) {
+		ASSERT_EQ(r, 128 * PG);
+		ASSERT_EQ(proc_num(&a, "unfilled %u 64 2 0", 256 * PG), 0);
+		for (unsigned i = 256; i < 384; i++)
+			ASSERT(!proc_page(&a, i * PG).file);
+	}
 	ASSERT(strcmp(proc_cmd(&a, "fill %u 64 3", 384 * PG), "ok") == 0);
 	ASSERT(strcmp(proc_cmd(&a, "fill %u 64 3", 448 * PG), "ok") == 0);
 	ASSERT(pairs_merge(&a, 384, 448, 64, 3));

@@ -1235,6 +1235,7 @@ int main(void)
 				  strcmp(s2, "free") == 0 ? MADV_FREE :
 				  strcmp(s2, "guardinstall") == 0 ? MADV_GUARD_INSTALL :
 				  strcmp(s2, "guardremove") == 0 ? MADV_GUARD_REMOVE :
+				  strcmp(s2, "wipeonfork") == 0 ? MADV_WIPEONFORK :
 				  strcmp(s2, "mergeable") == 0 ? MADV_MERGEABLE : MADV_UNMERGEABLE;
 			struct iovec v[1024];
 			int n = a3 > 0 && a3 <= 1024 ? (int)a3 : 1;
