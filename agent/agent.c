@@ -1466,6 +1466,13 @@ int md_agent_discard(md_agent *a, void *addr, size_t len)
 	return discard(a, addr, len, 0);
 }
 
+int md__agent_discard_for(md_agent *a, void *addr, size_t len, int advice)
+{
+	if (advice != MADV_DONTNEED && md__sys_madvise(addr, 0, advice) != 0)
+		return -errno;
+	return discard(a, addr, len, advice != MADV_DONTNEED_LOCKED);
+}
+
 int md_agent_madvise_discard(md_agent *a, void *addr, size_t len, int advice)
 {
 	size_t plen = (len + MD_PAGE - 1) & ~(size_t)(MD_PAGE - 1);

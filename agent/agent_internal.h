@@ -559,7 +559,12 @@ void md__account(struct md_agent *a, int count_vmas);
 int md__uring_submits_writes(const void *ring);
 /* Calls fn(arg, addr, len) for each MADVISE entry among those: the page
  * range each discards (MADV_DONTNEED, _LOCKED, FREE, GUARD_INSTALL). */
-void md__uring_discards(const void *ring, void (*fn)(void *arg, void *addr, size_t len), void *arg);
+void md__uring_discards(const void *ring, void (*fn)(void *arg, void *addr, size_t len, int advice), void *arg);
+/* What madvise(advice) over [addr, addr+len) does before the kernel's call
+ * (md_agent_madvise_discard), without that call: an io_uring MADVISE entry
+ * makes it. -errno where the kernel would refuse it (unknown advice, locked
+ * copies), nothing replaced. */
+int md__agent_discard_for(md_agent *a, void *addr, size_t len, int advice);
 /* 1 unless an io_uring_register opcode is known to neither pin user memory
  * (buffers), let the kernel write it outside an entry (zero-copy receive),
  * nor move the rings. */

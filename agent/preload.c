@@ -1193,10 +1193,12 @@ EXPORT void *dlmopen(Lmid_t lmid, const char *file, int mode)
  * it: merged pages become anonymous zeroes (the kernel's zap alone would
  * show their pool slot again). Merging has stopped by then (unseen_io), so
  * none maps a page there before the kernel's zap runs. */
-static void uring_discard(void *arg, void *addr, size_t len)
+static void uring_discard(void *arg, void *addr, size_t len, int advice)
 {
-	int err = md_agent_discard(arg, addr, len);
-	if (err)
+	/* Refused (locked copies, advice the kernel does not know): the
+	 * kernel refuses the entry too, nothing to empty. */
+	int err = md__agent_discard_for(arg, addr, len, advice);
+	if (err && err != -EINVAL)
 		md__log_once(135, "cannot empty guest RAM an io_uring MADVISE entry discards (%s): some pages "
 			     "there may read their pool's or image's page again, not zeroes", strerror(-err));
 }

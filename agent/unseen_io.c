@@ -108,7 +108,8 @@ int md__uring_submits_writes(const void *ring_arg)
 	return 0;
 }
 
-void md__uring_discards(const void *ring_arg, void (*fn)(void *arg, void *addr, size_t len), void *arg)
+void md__uring_discards(const void *ring_arg, void (*fn)(void *arg, void *addr, size_t len, int advice),
+			void *arg)
 {
 	const struct io_uring *ring = ring_arg;
 	if (!ring || !ring->sq.sqes)
@@ -137,7 +138,7 @@ void md__uring_discards(const void *ring_arg, void (*fn)(void *arg, void *addr, 
 			continue;
 		if (advice == MADV_DONTNEED || advice == MADV_DONTNEED_LOCKED || advice == MADV_FREE ||
 		    advice == MADV_GUARD_INSTALL)
-			fn(arg, (void *)addr, (size_t)((len + MD_PAGE - 1) & ~(uint64_t)(MD_PAGE - 1)));
+			fn(arg, (void *)addr, (size_t)((len + MD_PAGE - 1) & ~(uint64_t)(MD_PAGE - 1)), advice);
 	}
 }
 
