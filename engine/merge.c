@@ -700,20 +700,43 @@ static int region_slice(const struct md__eregion *r, size_t from, size_t n, stru
 	return 0;
 }
 
+/* Whether the page at p (MD_REF_FILE alone: a file page without a slot)
+ * lies in a mapping of the VMM's own file, no pool's (a memory backend
+ * with share=off): the VMM's to keep as it is, never copied. *v holds the
+ * maps of [lo, hi), read once (*nv SIZE_MAX: not yet; on a failed read,
+ * none: every such page is taken for a pool's, copied as before). */
+static int vmm_file_page(uintptr_t p, uintptr_t lo, uintptr_t hi, struct md__file_map **v, size_t *nv)
+{
+	if (*nv == SIZE_MAX && md__range_file_maps(lo, hi, v, nv) != 0) {
+		*v = NULL;
+		*nv = 0;
+	}
+	for (size_t k = 0; k < *nv; k++)
+		if ((*v)[k].lo <= p && p < (*v)[k].hi)
+			return !(*v)[k].pool;
+	return 0;
+}
+
 /* Pages [i, j) of r stay mapped but leave the engine: each one mapped from
- * a file (pool or image) becomes a private copy, a run at a time. Pages
- * that cannot be copied keep their pool reference (see MD_UNREG_MAPPED).
+ * a file (pool or image) becomes a private copy, a run at a time; the
+ * VMM's own file's pages stay its file's (vmm_file_page). Pages that
+ * cannot be copied keep their pool reference (see MD_UNREG_MAPPED).
  * Called after the range left userfaultfd, so no write fault can wait for
  * the lock we hold. */
 static void privatize_pages(struct md__engine *e, struct md__eregion *r, size_t i, size_t j)
 {
+	struct md__file_map *v = NULL;
+	size_t nv = SIZE_MAX;
+	uintptr_t lo = r->start + i * MD_EPAGE, hi = r->start + j * MD_EPAGE;
 	while (i < j) {
-		if (!r->ref[i]) {
+		if (!r->ref[i] || (r->ref[i] == MD_REF_FILE &&
+				   vmm_file_page(r->start + i * MD_EPAGE, lo, hi, &v, &nv))) {
 			i++;
 			continue;
 		}
 		size_t k = i;
-		while (k < j && r->ref[k])
+		while (k < j && r->ref[k] &&
+		       !(r->ref[k] == MD_REF_FILE && vmm_file_page(r->start + k * MD_EPAGE, lo, hi, &v, &nv)))
 			k++;
 		if (md__sys_madvise((void *)(r->start + i * MD_EPAGE), (k - i) * MD_EPAGE,
 				    MADV_POPULATE_WRITE) != 0) {
@@ -728,8 +751,8 @@ static void privatize_pages(struct md__engine *e, struct md__eregion *r, size_t 
 		}
 		i = k;
 	}
+	free(v);
 }
-
 
 /* Puts back the zero pages the engine dropped in [a, end) that are still
  * not there (MD_UNREG_HANDOVER), before anything is forgotten: by reading
@@ -2211,32 +2234,53 @@ size_t md__engine_leave_file(struct md__engine *e, size_t max, int copy_unwritte
 	return moved;
 }
 
-int md__engine_anonymize(struct md__engine *e, void *addr, size_t len)
+/* md__engine_anonymize's work, both locks held: only where a pool's file
+ * is mapped. MD_REF_FILE alone says only "a file page": a private mapping
+ * of the VMM's own file (a memory backend with share=off) is one too, and
+ * is the VMM's to keep, as without us (its advice fails there as it
+ * would, and its pages still show the file's later changes). */
+static int anonymize_locked(struct md__engine *e, uintptr_t s, uintptr_t end)
 {
-	uintptr_t s = (uintptr_t)addr, end = s + len;
-	int err = 0;
-	pthread_rwlock_rdlock(&e->regions_lock);
-	pthread_mutex_lock(&e->lock);
-	for (size_t ri = 0; ri < e->nregions && !err; ri++) {
-		struct md__eregion *r = &e->regions[ri];
-		uintptr_t lo = s > r->start ? s : r->start, hi = end < r->end ? end : r->end;
-		for (uintptr_t a = lo; a < hi && !err;) {
-			size_t i = (a - r->start) / MD_EPAGE, n = 0;
-			/* Pool pages (a slot, one forgotten, a fill strip's);
-			 * an image's cannot be frozen, and stay. */
-			while (a + n * MD_EPAGE < hi && n < CMP_PAGES &&
-			       (r->ref[i + n] & (MD_REF_FILE | MD_REF_IMAGE)) == MD_REF_FILE)
-				n++;
-			if (!n) {
-				a += MD_EPAGE;
-				continue;
+	struct md__file_map *v;
+	size_t nv;
+	int err = md__range_file_maps(s, end, &v, &nv);
+	if (err)
+		return err;
+	for (size_t k = 0; k < nv && !err; k++) {
+		if (!v[k].pool)
+			continue;
+		for (size_t ri = 0; ri < e->nregions && !err; ri++) {
+			struct md__eregion *r = &e->regions[ri];
+			uintptr_t lo = v[k].lo > r->start ? v[k].lo : r->start;
+			uintptr_t hi = v[k].hi < r->end ? v[k].hi : r->end;
+			for (uintptr_t a = lo; a < hi && !err;) {
+				size_t i = (a - r->start) / MD_EPAGE, n = 0;
+				/* Pool pages (a slot, one forgotten, a fill
+				 * strip's); an image's cannot be frozen, and
+				 * stay. */
+				while (a + n * MD_EPAGE < hi && n < CMP_PAGES &&
+				       (r->ref[i + n] & (MD_REF_FILE | MD_REF_IMAGE)) == MD_REF_FILE)
+					n++;
+				if (!n) {
+					a += MD_EPAGE;
+					continue;
+				}
+				int moved = leave_run(e, r, a, n);
+				if (moved < 0)
+					err = moved;
+				a += n * MD_EPAGE;
 			}
-			int moved = leave_run(e, r, a, n);
-			if (moved < 0)
-				err = moved;
-			a += n * MD_EPAGE;
 		}
 	}
+	free(v);
+	return err;
+}
+
+int md__engine_anonymize(struct md__engine *e, void *addr, size_t len)
+{
+	pthread_rwlock_rdlock(&e->regions_lock);
+	pthread_mutex_lock(&e->lock);
+	int err = anonymize_locked(e, (uintptr_t)addr, (uintptr_t)addr + len);
 	md__engine_unlock(e);
 	pthread_rwlock_unlock(&e->regions_lock);
 	return err;

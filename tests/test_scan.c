@@ -633,6 +633,42 @@ TEST_IMPL(scan_wipeonfork_over_merged_ram)
 	return 0;
 }
 
+/* MADV_WIPEONFORK over the VMM's own private file mapping in guest RAM (a
+ * memory backend with share=off): its pages are file pages to the engine
+ * too, but no pool's; they are the VMM's, left as without us. The call
+ * fails (EINVAL), no anonymous copy is made, and a page never written
+ * through the mapping still shows the file's later change (it was copied
+ * into anonymous memory, the call passing, the change unseen). */
+TEST_IMPL(scan_wipeonfork_leaves_vmm_file)
+{
+	struct proc a;
+	char path[96];
+	merged_twin_groups(&a);
+	snprintf(path, sizeof(path), "/dev/shm/memdedup-test-wipe-%d", (int)getpid());
+	int w = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	ASSERT(w >= 0);
+	int fd = (int)proc_num(&a, "open %s rw", path);
+	unlink(path);
+	ASSERT(fd >= 0);
+	char page[PG];
+	memset(page, 0x5a, sizeof(page));
+	ASSERT(pwrite(w, page, PG, 0) == (ssize_t)PG);
+	ASSERT(ftruncate(w, 16 * PG) == 0);
+	ASSERT_EQ(proc_num(&a, "mapfile %u %u %d", 480 * PG, 16 * PG, fd), 0);
+	ASSERT_EQ(proc_num(&a, "advise %u %u mergeable", 480 * PG, 16 * PG), 0);
+	const char *z = hex(fnv_zero(PG));
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 481 * PG, PG), z) == 0);
+	ASSERT_EQ(proc_num(&a, "wipe %u %u", 480 * PG, 16 * PG), -EINVAL);
+	ASSERT(proc_page(&a, 481 * PG).file);
+	memset(page, 0x77, sizeof(page));
+	ASSERT(pwrite(w, page, PG, PG) == (ssize_t)PG);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 481 * PG, PG), z) != 0);
+	close(w);
+	ASSERT(pairs_merged(&a, 0, 64, 64, 1));
+	proc_stop(&a);
+	return 0;
+}
+
 /* mseal(2) (Linux 6.10) over merged guest RAM: a discard of a sealed
  * private file mapping (a merged page's) fails with EPERM and keeps its
  * content, where the VMM's own sealed memory reads zeroes. The merged
