@@ -803,8 +803,11 @@ static int handed_take(md_agent *a, uintptr_t s, uintptr_t e, int take_back)
 	return err;
 }
 
-/* md_agent_unregister's work, agent->lock held. */
-static int unregister_locked(md_agent *a, uintptr_t s, uintptr_t e)
+/* md_agent_unregister's work, agent->lock held. With anon, the engine's
+ * merged pages in the range are moved into anonymous memory first, in the
+ * same hold of its locks (md__engine_unregister_anon); *anon: how that
+ * went. */
+static int unregister_locked(md_agent *a, uintptr_t s, uintptr_t e, int *anon)
 {
 	/* The memory stays mapped: unshare it before we stop watching it. Its
 	 * copies stay in the pool's and images' mappings, forgotten. The
@@ -824,8 +827,13 @@ static int unregister_locked(md_agent *a, uintptr_t s, uintptr_t e)
 		if (lo < hi)
 			md__rangeset_add(&a->forgotten, lo, hi);
 	}
-	if (a->engine)
+	if (a->engine && anon) {
+		int anon_err = 0;
+		err = md__engine_unregister_anon(a->engine, (void *)s, e - s, &anon_err);
+		*anon = *anon ? *anon : anon_err;
+	} else if (a->engine) {
 		err = md__engine_unregister(a->engine, (void *)s, e - s, MD_UNREG_MAPPED);
+	}
 	if (err)
 		return err;
 	/* Its read-time mappings stay: the VMM's advice (DONTFORK, DONTDUMP)
@@ -848,7 +856,7 @@ static int forget_records(md_agent *a, uintptr_t s, uintptr_t e)
 		if (r->start >= s || r->end <= e)
 			continue;	/* no split: it goes with the rest */
 		uintptr_t rs = r->start, re = r->end;
-		if (unregister_locked(a, rs, s) != 0 || unregister_locked(a, e, re) != 0)
+		if (unregister_locked(a, rs, s, NULL) != 0 || unregister_locked(a, e, re, NULL) != 0)
 			return -ENOMEM;
 		md__log_once(107, "no memory to split a region record where the VMM unmapped guest RAM: "
 			     "the rest of that region is no longer shared or merged");
@@ -870,7 +878,7 @@ int md_agent_unregister(md_agent *a, void *addr, size_t len)
 	 * write lock would wait for a scanner's whole batch. */
 	if (regions_overlap(a, s, e) || handed_overlaps(a, s, e) ||
 	    (a->engine && md__engine_touches(a->engine, s, len)))
-		err = unregister_locked(a, s, e);
+		err = unregister_locked(a, s, e, NULL);
 	/* RAM the VMM's userfaultfd holds and that asks for merging no more
 	 * is not taken back when the VMM lets go; the record stays, so that
 	 * it is refused while the VMM holds it, if it asks again. Not when
@@ -884,8 +892,8 @@ int md_agent_unregister(md_agent *a, void *addr, size_t len)
 /* Gives up guest RAM in [s, e) (all: everywhere) as md_agent_unregister
  * does, region by region, and keeps what the VMM's userfaultfd holds there
  * from being taken back (lock held). 0 or the first -errno; *gone: how many
- * regions went. */
-static int give_up_locked(md_agent *a, uintptr_t s, uintptr_t e, int all, size_t *gone)
+ * regions went. With anon, as unregister_locked's. */
+static int give_up_locked(md_agent *a, uintptr_t s, uintptr_t e, int all, size_t *gone, int *anon)
 {
 	int err = 0;
 	*gone = 0;
@@ -902,7 +910,7 @@ static int give_up_locked(md_agent *a, uintptr_t s, uintptr_t e, int all, size_t
 		if (lo >= hi)
 			continue;
 		handed_opt_out(a, lo, hi, 1);
-		int r = unregister_locked(a, lo, hi);
+		int r = unregister_locked(a, lo, hi, anon);
 		err = err ? err : r;
 		*gone += !r;
 	}
@@ -915,7 +923,7 @@ int md__agent_lock(md_agent *a, uintptr_t s, uintptr_t e, int all)
 {
 	size_t gone;
 	md__agent_enter(a);
-	int err = give_up_locked(a, s, e, all, &gone);
+	int err = give_up_locked(a, s, e, all, &gone, NULL);
 	if (gone)
 		md__log_once(87, "the VMM locks guest RAM in memory (%s): copy-on-write sharing would "
 			     "copy every page at once, so it is no longer shared or merged%s",
@@ -1012,12 +1020,12 @@ int md__agent_give_up_anon(md_agent *a, uintptr_t s, uintptr_t e, const char *wh
 	int err = 0;
 	md__agent_enter(a);
 	if (regions_overlap(a, s, e) || handed_overlaps(a, s, e)) {
-		/* While the engine still holds the range: it alone can freeze
-		 * the pages it moves. */
-		if (a->engine)
-			err = md__engine_anonymize(a->engine, (void *)s, e - s);
-		int e2 = give_up_locked(a, s, e, 0, &gone);
-		err = err ? err : e2;
+		/* While the engine still holds the range (it alone can freeze
+		 * the pages it moves), and with no merge between the move and
+		 * the unregister: one could map the pool there again. */
+		int anon_err = 0;
+		err = give_up_locked(a, s, e, 0, &gone, &anon_err);
+		err = err ? err : anon_err;
 	}
 	md__agent_leave(a);
 	if (gone || err)
@@ -1084,7 +1092,7 @@ int md__agent_protect(md_agent *a, uintptr_t s, uintptr_t e)
 {
 	size_t gone = 0;
 	md__agent_enter(a);
-	int err = regions_overlap(a, s, e) || handed_overlaps(a, s, e) ? give_up_locked(a, s, e, 0, &gone) : 0;
+	int err = regions_overlap(a, s, e) || handed_overlaps(a, s, e) ? give_up_locked(a, s, e, 0, &gone, NULL) : 0;
 	if (gone || err)
 		md__log_once(90, "the VMM changes the protection of guest RAM (mprotect): the mappings "
 			     "memdedup makes there could not keep it, so that memory is no longer shared "
@@ -1147,7 +1155,7 @@ int md_agent_userfault(md_agent *a, void *addr, size_t len)
 	if (a->engine)
 		err = md__engine_unregister(a->engine, (void *)s, e - s, MD_UNREG_HANDOVER);
 	if (!err)
-		err = unregister_locked(a, s, e);
+		err = unregister_locked(a, s, e, NULL);
 	if (!err) {
 		a->nhanded += k;
 		last_handover = tag;

@@ -2065,7 +2065,7 @@ static int leave_run(struct md__engine *e, struct md__eregion *r, uintptr_t a, s
 	}
 	anon_mapped(e, r, a, len);
 	for (size_t i = 0; i < n; i++)
-		release_ref(e, r, first + i);	/* a slot's reference too (md__engine_anonymize) */
+		release_ref(e, r, first + i);	/* a slot's reference too (md__engine_unregister_anon) */
 	md__uffd_wake(&e->uffd, a, len);
 	e->st.left_file += n;
 	return (int)n;
@@ -2234,7 +2234,7 @@ size_t md__engine_leave_file(struct md__engine *e, size_t max, int copy_unwritte
 	return moved;
 }
 
-/* md__engine_anonymize's work, both locks held: only where a pool's file
+/* md__engine_unregister_anon's move, both locks held: only where a pool's file
  * is mapped. MD_REF_FILE alone says only "a file page": a private mapping
  * of the VMM's own file (a memory backend with share=off) is one too, and
  * is the VMM's to keep, as without us (its advice fails there as it
@@ -2276,11 +2276,17 @@ static int anonymize_locked(struct md__engine *e, uintptr_t s, uintptr_t end)
 	return err;
 }
 
-int md__engine_anonymize(struct md__engine *e, void *addr, size_t len)
+int md__engine_unregister_anon(struct md__engine *e, void *addr, size_t len, int *anon_err)
 {
-	pthread_rwlock_rdlock(&e->regions_lock);
+	uintptr_t s = (uintptr_t)addr, end = s + len;
+	/* One hold of the write lock for both: a scanner's batch between them
+	 * could merge the moved pages back (their twins outside the range
+	 * keep the slot in the index), which the unregister would then only
+	 * make private in place, in the pool's mapping still. */
+	pthread_rwlock_wrlock(&e->regions_lock);
 	pthread_mutex_lock(&e->lock);
-	int err = anonymize_locked(e, (uintptr_t)addr, (uintptr_t)addr + len);
+	*anon_err = anonymize_locked(e, s, end);
+	int err = unregister_locked(e, s, end, MD_UNREG_MAPPED, NULL, 0);
 	md__engine_unlock(e);
 	pthread_rwlock_unlock(&e->regions_lock);
 	return err;

@@ -433,14 +433,17 @@ uint64_t md__engine_shared_pages(struct md__engine *e);
  * how many the last pass left. Once a pass left none, e->leave_old goes
  * to 0. The agent's thread alone calls it. */
 size_t md__engine_leave_file(struct md__engine *e, size_t max, int copy_unwritten);
-/* Moves the pages of [addr, addr+len) mapped from a pool into anonymous
- * memory with their content, frozen and copied as md__engine_leave_file
- * does, their references dropped: a private file mapping is refused
- * advice only anonymous memory takes (MADV_WIPEONFORK), and sealed
- * (mseal), refuses discards. Image pages stay. 0, or the first run's
- * -errno (-EBUSY once merging stopped for I/O unseen, whose transfers a
- * copy could lose). */
-int md__engine_anonymize(struct md__engine *e, void *addr, size_t len);
+/* md__engine_unregister (MD_UNREG_MAPPED) of [addr, addr+len), its pages
+ * mapped from a pool moved first into anonymous memory with their
+ * content, frozen and copied as md__engine_leave_file does, in the same
+ * hold of the locks (no merge maps the pool there again in between): a
+ * private file mapping is refused advice only anonymous memory takes
+ * (MADV_WIPEONFORK), and sealed (mseal), refuses discards. Image pages,
+ * and the VMM's own file's, stay. The unregister's result; *anon_err: 0,
+ * or the first run's -errno (-EBUSY once merging stopped for I/O unseen,
+ * whose transfers a copy could lose; those pages are made private in
+ * place, as by the unregister alone). */
+int md__engine_unregister_anon(struct md__engine *e, void *addr, size_t len, int *anon_err);
 /* The engine's region holding [addr, addr+len), or NULL (lock held). */
 struct md__eregion *md__engine_region(struct md__engine *e, uintptr_t addr, size_t len);
 void md__engine_stats(struct md__engine *e, struct md__engine_stats *st);

@@ -669,6 +669,50 @@ TEST_IMPL(scan_wipeonfork_leaves_vmm_file)
 	return 0;
 }
 
+/* MADV_WIPEONFORK over fresh merged ranges whose twins lie outside them,
+ * the scanner kept busy merging elsewhere: the merged pages were moved
+ * into anonymous memory with the engine's locks let go before the
+ * unregister, and a scanner's batch in between could merge them back
+ * (their twins keep the slot in the index); the unregister then made
+ * them private in place, in the pool's mapping still, and the advice
+ * failed (EINVAL): 5 to 12 calls of 16 a run. Each call must succeed. */
+TEST_IMPL(scan_wipeonfork_races_merges)
+{
+	const char *env[] = { "MEMDEDUP_SCAN=1", "MEMDEDUP_PAGES_TO_SCAN=16384", "MEMDEDUP_SLEEP_MS=1",
+			      "MEMDEDUP_DOMAIN=private", NULL };
+	struct proc a;
+	proc_start(&a, env);
+	proc_cmd(&a, "map 32768");
+	int failed = 0;
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	unsigned k;
+	for (k = 0; k < 16; k++) {
+		/* Twins at 512k, the range at 8192 + 512k (many runs to move:
+		 * the scanner reads the first moved while the last move); the
+		 * churn (pages 16384-32767, 8192 twins of new content each
+		 * time) keeps its batches long. */
+		unsigned seed = 100 + k, at = 8192 + 512 * k;
+		ASSERT(strcmp(proc_cmd(&a, "fill %u 512 %u", 512 * k * PG, seed), "ok") == 0);
+		ASSERT(strcmp(proc_cmd(&a, "fill %u 512 %u", at * PG, seed), "ok") == 0);
+		ASSERT(pairs_merge(&a, 512 * k, at, 512, seed));
+		ASSERT(strcmp(proc_cmd(&a, "fill %u 8192 %u", 16384 * PG, 1000 + k), "ok") == 0);
+		ASSERT(strcmp(proc_cmd(&a, "fill %u 8192 %u", 24576 * PG, 1000 + k), "ok") == 0);
+		usleep(1000 * (k % 8));
+		long long r = proc_num(&a, "wipe %u %u", at * PG, 512 * PG);
+		failed += r != 0;
+		ASSERT(r == 0 || r == -EINVAL);
+		clock_gettime(CLOCK_MONOTONIC, &t1);
+		if (t1.tv_sec - t0.tv_sec > 8)
+			break;
+	}
+	printf("  %d of %u calls failed\n", failed, k);
+	ASSERT_EQ(failed, 0);
+	ASSERT_EQ(proc_num(&a, "unfilled %u 512 %u 0", 8192 * PG, 100), 0);
+	proc_stop(&a);
+	return 0;
+}
+
 /* mseal(2) (Linux 6.10) over merged guest RAM: a discard of a sealed
  * private file mapping (a merged page's) fails with EPERM and keeps its
  * content, where the VMM's own sealed memory reads zeroes. The merged
