@@ -1027,6 +1027,10 @@ int md__agent_give_up_anon(md_agent *a, uintptr_t s, uintptr_t e, const char *wh
 		err = give_up_locked(a, s, e, 0, &gone, &anon_err);
 		err = err ? err : anon_err;
 	}
+	/* And the copies RAM given up before left in the pool's mappings,
+	 * which the advice would meet as the merged pages'. */
+	int moved_err = md__move_forgotten(a, s, e);
+	err = err ? err : moved_err;
 	md__agent_leave(a);
 	if (gone || err)
 		md__log_once(139, "the VMM %s guest RAM, which takes anonymous memory: that memory is no longer "

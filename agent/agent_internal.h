@@ -515,6 +515,11 @@ int md__agent_collapse(md_agent *a, uintptr_t start, uintptr_t end);
  * the VMM does, for the log. 0, or -errno (some pages stay in file
  * mappings: the VMM's call is made all the same, as without us). */
 int md__agent_give_up_anon(md_agent *a, uintptr_t start, uintptr_t end, const char *why);
+/* Moves the copies RAM given up before left in the pool's mappings in
+ * [start, end) (a->forgotten) into anonymous memory with their content
+ * (md__engine_move_copies), for md__agent_give_up_anon; agent->lock held.
+ * 0 or the first -errno (those left stay in their file mappings). */
+int md__move_forgotten(struct md_agent *a, uintptr_t start, uintptr_t end);
 /* Whether mlockall(MCL_FUTURE) holds now (set after the VMM's call
  * succeeded): nothing is registered while it does. */
 void md__agent_lock_future(md_agent *a, int future);

@@ -578,6 +578,34 @@ int md__discard_forgotten(struct md_agent *a, uintptr_t start, uintptr_t end)
 	return err;
 }
 
+int md__move_forgotten(struct md_agent *a, uintptr_t start, uintptr_t end)
+{
+	if (!a->engine || !md__rangeset_overlaps(&a->forgotten, start, end) ||
+	    md__range_no_file_vmas(start, end) == 1)
+		return 0;
+	struct md__vma *v;
+	size_t n;
+	int err = md__range_file_vmas(start, end, &v, &n);
+	if (err)
+		return err;
+	/* The pool's mappings alone, where the set says copies may lie (as
+	 * md__discard_forgotten): an image's pages are its page cache's, a
+	 * private file mapping beside them the VMM's own. */
+	const struct md__rangeset *f = &a->forgotten;
+	for (size_t i = 0; i < n; i++) {
+		if (!v[i].pool)
+			continue;
+		for (size_t k = 0; k < f->n; k++) {
+			uintptr_t lo = v[i].lo > f->start[k] ? v[i].lo : f->start[k];
+			uintptr_t hi = v[i].hi < f->end[k] ? v[i].hi : f->end[k];
+			int r = lo < hi ? md__engine_move_copies(a->engine, &v[i], lo, hi) : 0;
+			err = err ? err : r;
+		}
+	}
+	free(v);
+	return err;
+}
+
 void md__regions_free(struct md_agent *a)
 {
 	for (size_t i = 0; i < a->nregions; i++)

@@ -2292,6 +2292,68 @@ int md__engine_unregister_anon(struct md__engine *e, void *addr, size_t len, int
 	return err;
 }
 
+int md__engine_move_copies(struct md__engine *e, const struct md__vma *v, uintptr_t lo, uintptr_t hi)
+{
+	size_t len = hi - lo;
+	int fl = md__range_vmflags(lo, len);
+	if (fl < 0)
+		return fl;
+	/* Locked (a new mapping would have to be locked again, the call
+	 * failing where the old one was not), the VMM's userfaultfd's (ours
+	 * cannot register there), unreadable: left. */
+	if ((fl & (MD_VMF_LOCKED | MD_VMF_USERFAULT | MD_VMF_HUGETLB)) || !(v->prot & PROT_READ))
+		return -EBUSY;
+	void *aside = md__sys_mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (aside == MAP_FAILED)
+		return -errno;
+	int err = 0, wp = (v->prot & PROT_WRITE) != 0;
+	pthread_rwlock_rdlock(&e->regions_lock);
+	pthread_mutex_lock(&e->lock);
+	/* Write-protected while copied (a registration of its own, gone with
+	 * the old mapping): a write waits for the move (the fault thread, on
+	 * no region's page, only wakes it once our lock is free) and lands in
+	 * the new page. */
+	if (wp && md__uffd_register_wp(&e->uffd, lo, len) != 0) {
+		err = -EBUSY;
+		goto unlock;
+	}
+	if (wp && md__uffd_wp(&e->uffd, lo, len, 1) != 0) {
+		err = -EBUSY;
+		goto unregister;
+	}
+	md__policy_apply_to((uintptr_t)aside, lo, len);
+	memcpy(aside, (const void *)lo, len);
+	if (md__sys_mprotect(aside, len, v->prot) != 0) {
+		err = -errno;
+		goto unprotect;
+	}
+	md__advise_new_mapping(aside, len, v->advice, v->mergeable);
+	if (fl & MD_VMF_HUGEPAGE)
+		md__sys_madvise(aside, len, MADV_HUGEPAGE);
+	/* Not map_fixed_moved: its test failures unmap the place, which
+	 * only a region's pages are remade in. */
+	if (md__sys_mremap(aside, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, (void *)lo) == MAP_FAILED) {
+		err = -errno;
+		goto unprotect;
+	}
+	aside = MAP_FAILED;
+	md__vmas_add(e->vmas, 2);
+	md__uffd_wake(&e->uffd, lo, len);
+	goto unlock;
+
+unprotect:
+	md__uffd_wp(&e->uffd, lo, len, 0);
+unregister:
+	md__uffd_unregister(&e->uffd, lo, len);
+	md__uffd_wake(&e->uffd, lo, len);
+unlock:
+	md__engine_unlock(e);
+	pthread_rwlock_unlock(&e->regions_lock);
+	if (aside != MAP_FAILED)
+		md__sys_munmap(aside, len);
+	return err;
+}
+
 uint64_t md__engine_shared_pages(struct md__engine *e)
 {
 	uint64_t pm[MAX_RUN], n_shared = 0;

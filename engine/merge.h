@@ -444,6 +444,15 @@ size_t md__engine_leave_file(struct md__engine *e, size_t max, int copy_unwritte
  * whose transfers a copy could lose; those pages are made private in
  * place, as by the unregister alone). */
 int md__engine_unregister_anon(struct md__engine *e, void *addr, size_t len, int *anon_err);
+/* Moves [lo, hi) of v, a pool's private mapping that holds copies of RAM
+ * given up before (no region's: MADV_UNMERGEABLE, mlock), into anonymous
+ * memory with its content, v's protection, advice and the VMM's policy,
+ * for the same calls as md__engine_unregister_anon; write-protected
+ * while copied, so no write is lost. A locked mapping, one a userfaultfd
+ * of the VMM's covers, or an unreadable one is left (-EBUSY). 0 or
+ * -errno (left as it was). */
+struct md__vma;
+int md__engine_move_copies(struct md__engine *e, const struct md__vma *v, uintptr_t lo, uintptr_t hi);
 /* The engine's region holding [addr, addr+len), or NULL (lock held). */
 struct md__eregion *md__engine_region(struct md__engine *e, uintptr_t addr, size_t len);
 void md__engine_stats(struct md__engine *e, struct md__engine_stats *st);

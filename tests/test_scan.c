@@ -713,6 +713,54 @@ TEST_IMPL(scan_wipeonfork_races_merges)
 	return 0;
 }
 
+/* MADV_WIPEONFORK and mseal over RAM given up before (MADV_UNMERGEABLE):
+ * its copies stayed in the pool's private file mappings, where the advice
+ * failed with EINVAL and, sealed, a discard failed with EPERM and kept the
+ * page's content; they are moved into anonymous memory with it first. */
+TEST_IMPL(scan_wipeonfork_over_given_up_ram)
+{
+	struct proc a;
+	merged_twin_groups(&a);
+	ASSERT_EQ(proc_num(&a, "advise 0 %u unmergeable", 512 * PG), 0);
+	ASSERT_EQ(proc_num(&a, "wipe 0 %u", 128 * PG), 0);
+	ASSERT_EQ(proc_num(&a, "unfilled 0 64 1 0"), 0);
+	ASSERT_EQ(proc_num(&a, "unfilled %u 64 1 0", 64 * PG), 0);
+	long long r = proc_num(&a, "seal %u %u", 256 * PG, 128 * PG);
+	if (r != -ENOSYS && r != -EPERM) {
+		ASSERT_EQ(r, 0);
+		ASSERT_EQ(proc_num(&a, "unfilled %u 64 2 0", 256 * PG), 0);
+		ASSERT_EQ(proc_num(&a, "advise %u %u dontneed", 256 * PG, PG), 0);
+		ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 256 * PG, PG), hex(fnv_zero(PG))) == 0);
+		ASSERT_EQ(proc_num(&a, "unfilled %u 63 2 1", 257 * PG), 0);
+	}
+	proc_stop(&a);
+	return 0;
+}
+
+/* The same move while the VMM's threads write the pages: a write racing
+ * the copy waits for it (write-protected meanwhile) and lands in the new
+ * page; none is lost. */
+TEST_IMPL(scan_wipeonfork_over_given_up_ram_keeps_writes)
+{
+	const char *env[] = { fast_scan[0], fast_scan[1], fast_scan[2], "MEMDEDUP_DOMAIN=private", NULL };
+	struct proc a;
+	proc_start(&a, env);
+	proc_cmd(&a, "map 2048");
+	for (unsigned k = 0; k < 4; k++) {
+		ASSERT(strcmp(proc_cmd(&a, "fill %u 64 %u", 512 * k * PG, k + 1), "ok") == 0);
+		ASSERT(strcmp(proc_cmd(&a, "fill %u 64 %u", (512 * k + 64) * PG, k + 1), "ok") == 0);
+		ASSERT(pairs_merge(&a, 512 * k, 512 * k + 64, 64, k + 1));
+	}
+	ASSERT_EQ(proc_num(&a, "advise 0 %u unmergeable", 2048 * PG), 0);
+	for (unsigned k = 0; k < 4; k++) {
+		const char *r = proc_cmd(&a, "writewipe 4 80 %u %u %u", 512 * k * PG, 128 * PG, 5 * k * k);
+		printf("  after %u ms: %s\n", 5 * k * k, r);
+		ASSERT(strcmp(r, "0 ok") == 0);
+	}
+	proc_stop(&a);
+	return 0;
+}
+
 /* mseal(2) (Linux 6.10) over merged guest RAM: a discard of a sealed
  * private file mapping (a merged page's) fails with EPERM and keeps its
  * content, where the VMM's own sealed memory reads zeroes. The merged

@@ -24,6 +24,8 @@
  *                           pages keep becoming equal (and merged) while written
  *                           (MD_TESTPROC_DROP_WRITE=K in the environment: the
  *                           first writer's K-th write is lost on purpose)
+ *   writewipe N MS DOFF LEN WMS -> as writers (not twin), with MADV_WIPEONFORK over
+ *                           their range after WMS ms: its result, then "ok" or "lost K"
  *   exhaust / release     -> fill the process's mappings up to the limit, undo
  *   forkmapped DOFF -> mapped|unmapped: whether a child made by fork() maps it
  *   advise DOFF LEN ADVICE [raw] -> madvise result (raw: through syscall(2)) (dontneed, dontneedlocked, dontfork, dofork,
@@ -302,7 +304,7 @@ static void *writer_main(void *arg)
 	return NULL;
 }
 
-static void cmd_writers(int n, int ms, size_t doff, size_t len, int twin)
+static void cmd_writers(int n, int ms, size_t doff, size_t len, int twin, int wipe_ms)
 {
 	pthread_t th[16];
 	struct writer w[16];
@@ -318,6 +320,11 @@ static void cmd_writers(int n, int ms, size_t doff, size_t len, int twin)
 		w[i] = (struct writer){ doff / 4096 + (size_t)i * per, per, half, ms, (unsigned)i + 1,
 					(uint64_t)i + 1, i == 0 && drop ? strtoull(drop, NULL, 10) : 0, 0 };
 		pthread_create(&th[i], NULL, writer_main, &w[i]);
+	}
+	if (wipe_ms >= 0) {	/* "writewipe": the advice while they write */
+		struct timespec d = { wipe_ms / 1000, (long)(wipe_ms % 1000) * 1000000 };
+		nanosleep(&d, NULL);
+		printf("%d ", madvise(base + doff, len, MADV_WIPEONFORK) == 0 ? 0 : -errno);
 	}
 	long lost = 0;
 	for (int i = 0; i < n; i++) {
@@ -803,7 +810,7 @@ int main(void)
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	while (fgets(line, sizeof(line), stdin)) {
 		char cmd[32] = "", s1[2048] = "", s2[32] = "";
-		long long a1 = 0, a2 = 0, a3 = 0, a4 = 0;
+		long long a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0;
 		sscanf(line, "%31s", cmd);
 		if (strcmp(cmd, "freemadvise") == 0 && !FREE_MADVISES) {
 			printf("%d\n", -ENOSYS);
@@ -1159,7 +1166,10 @@ int main(void)
 			printf("%016llx\n", (unsigned long long)fnv((unsigned char *)base + a1, (size_t)a2));
 		} else if (strcmp(cmd, "writers") == 0) {
 			sscanf(line, "%*s %lld %lld %lld %lld %31s", &a1, &a2, &a3, &a4, s2);
-			cmd_writers((int)a1, (int)a2, (size_t)a3, (size_t)a4, strcmp(s2, "twin") == 0);
+			cmd_writers((int)a1, (int)a2, (size_t)a3, (size_t)a4, strcmp(s2, "twin") == 0, -1);
+		} else if (strcmp(cmd, "writewipe") == 0) {
+			sscanf(line, "%*s %lld %lld %lld %lld %lld", &a1, &a2, &a3, &a4, &a5);
+			cmd_writers((int)a1, (int)a2, (size_t)a3, (size_t)a4, 0, (int)a5);
 		} else if (strcmp(cmd, "exhaust") == 0) {
 			/* One-page mappings of alternating protection never merge. */
 			for (int prot = PROT_READ;; prot ^= PROT_READ | PROT_WRITE) {
