@@ -1436,9 +1436,9 @@ int main(void)
 		} else if (strcmp(cmd, "deepdiscard") == 0) {
 			sscanf(line, "%*s %lld %lld", &a1, &a2);
 			printf("%d\n", deep_discard ? deep_discard(base + a1, (size_t)a2) : -ENOSYS);
-		} else if (strcmp(cmd, "wipe") == 0) {
+		} else if (strcmp(cmd, "wipe") == 0) {	/* DOFF may reach past the top (in integers: no pointer overflow) */
 			sscanf(line, "%*s %lld %lld", &a1, &a2);
-			printf("%d\n", madvise(base + a1, (size_t)a2, MADV_WIPEONFORK) == 0 ? 0 : -errno);
+			printf("%d\n", madvise((void *)((uintptr_t)base + (uintptr_t)a1), (size_t)a2, MADV_WIPEONFORK) == 0 ? 0 : -errno);
 		} else if (strcmp(cmd, "seal") == 0) {
 			sscanf(line, "%*s %lld %lld", &a1, &a2);
 			printf("%d\n", syscall(462 /* SYS_mseal */, base + a1, (size_t)a2, 0UL) == 0 ? 0 : -errno);
@@ -1466,7 +1466,7 @@ int main(void)
 			printf("%d\n", r ? 0 : -errno);
 		} else if (strcmp(cmd, "collapse") == 0) {
 			sscanf(line, "%*s %lld %lld", &a1, &a2);
-			printf("%d\n", madvise(base + a1, (size_t)a2, 25 /* MADV_COLLAPSE */) == 0 ? 0 : -errno);
+			printf("%d\n", madvise((void *)((uintptr_t)base + (uintptr_t)a1), (size_t)a2, 25 /* MADV_COLLAPSE */) == 0 ? 0 : -errno);
 		} else if (strcmp(cmd, "posixadvise") == 0) {
 			sscanf(line, "%*s %lld %lld %lld", &a1, &a2, &a3);
 			errno = 777;
