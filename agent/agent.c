@@ -1033,8 +1033,8 @@ int md__agent_give_up_anon(md_agent *a, uintptr_t s, uintptr_t e, const char *wh
 	err = err ? err : moved_err;
 	md__agent_leave(a);
 	if (gone || err)
-		md__log_once(139, "the VMM %s guest RAM, which takes anonymous memory: that memory is no longer "
-			     "shared or merged, its merged pages made anonymous%s%s", why,
+		md__log_once(139, "the VMM %s guest RAM: that memory is no longer shared or merged, its merged "
+			     "pages made anonymous%s%s", why,
 			     err ? "; not all of them could be: " : "", err ? strerror(-err) : "");
 	return err;
 }
@@ -1478,11 +1478,19 @@ int md_agent_discard(md_agent *a, void *addr, size_t len)
 	return discard(a, addr, len, 0);
 }
 
+/* Advice the kernel does not know (MADV_GUARD_INSTALL before Linux 6.13,
+ * MADV_DONTNEED_LOCKED before 5.18) it refuses before it looks at a range:
+ * asked with none first, so that no page is replaced (its content gone) for
+ * a call that then fails and changes nothing. */
+static int advice_known(void *addr, int advice)
+{
+	return advice == MADV_DONTNEED || md__sys_madvise(addr, 0, advice) == 0 ? 0 : -errno;
+}
+
 int md__agent_discard_for(md_agent *a, void *addr, size_t len, int advice)
 {
-	if (advice != MADV_DONTNEED && md__sys_madvise(addr, 0, advice) != 0)
-		return -errno;
-	return discard(a, addr, len, advice != MADV_DONTNEED_LOCKED);
+	int err = advice_known(addr, advice);
+	return err ? err : discard(a, addr, len, advice != MADV_DONTNEED_LOCKED);
 }
 
 int md_agent_madvise_discard(md_agent *a, void *addr, size_t len, int advice)
@@ -1492,12 +1500,8 @@ int md_agent_madvise_discard(md_agent *a, void *addr, size_t len, int advice)
 	int err;
 	if ((uintptr_t)addr % MD_PAGE || plen < len)
 		return -EINVAL;
-	/* Advice the kernel does not know (MADV_GUARD_INSTALL before Linux
-	 * 6.13, MADV_DONTNEED_LOCKED before 5.18) it refuses before it looks
-	 * at a range: asked with none first, so that no page is replaced (its
-	 * content gone) for a call that then fails and changes nothing. */
-	if (advice != MADV_DONTNEED && md__sys_madvise(addr, 0, advice) != 0)
-		return -errno;
+	if ((err = advice_known(addr, advice)))
+		return err;
 	if (!a || !plen || md__ours_begin(&a->ours, (uintptr_t)addr, (uintptr_t)addr + plen, &plain)) {
 		/* None of ours (an allocator's memory, see ours.c): plainly. */
 		err = md__sys_madvise(addr, len, advice) != 0 ? -errno : 0;

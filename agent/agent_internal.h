@@ -508,7 +508,9 @@ long md__agent_mbind(md_agent *a, long (*call)(long, ...), void *addr, unsigned 
 int md__agent_collapse(md_agent *a, uintptr_t start, uintptr_t end);
 /* The VMM asks of [start, end) what only anonymous memory takes
  * (MADV_WIPEONFORK, whose child must read zeroes; mseal, after which a
- * discard of a private file mapping fails): its merged pages are moved
+ * discard of a private file mapping fails; and after MADV_GUARD_INSTALL,
+ * over which a read shared at read time would map its image): its merged
+ * pages are moved
  * into anonymous memory with their content while the engine holds them
  * (md__engine_unregister_anon) as the range is given up for good, as by
  * md__agent_lock (a merge there would map the pool again). why says what

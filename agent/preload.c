@@ -398,6 +398,10 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 			return md__sys_madvise(addr, len, advice);
 		int saved = errno;
 		int err = md_agent_madvise_discard(a, addr, len, advice);
+		/* Then given up: a read there shared at read time would map
+		 * the image over the guard (the kernel's read fails EFAULT). */
+		if (!err && advice == MADV_GUARD_INSTALL && (uintptr_t)addr + plen > (uintptr_t)addr)
+			md__agent_give_up_anon(a, (uintptr_t)addr, (uintptr_t)addr + plen, "installs guard pages in");
 		errno = err ? -err : saved;
 		return err ? -1 : 0;
 	}

@@ -538,11 +538,25 @@ static int forget_copies(struct md_agent *a, const struct md__vma *v, uintptr_t 
 		if (v->advice & MD_ADV_HUGEPAGE)
 			md__sys_madvise(m, hi - lo, MADV_HUGEPAGE);
 		md__vmas_add(&a->vmas, 2);
+		/* Locked as the copies were (MADV_DONTNEED_LOCKED leaves its
+		 * range locked); within the limit, as they were before. */
+		if ((v->locked & 1) && md__sys_mlock2(m, hi - lo, v->locked & 2 ? MLOCK_ONFAULT : 0) != 0)
+			md__log_once(140, "cannot lock again the zeroes of a discard of locked memory: %s",
+				     strerror(errno));
 	}
 	return 0;
 }
 
-int md__discard_forgotten(struct md_agent *a, uintptr_t start, uintptr_t end)
+typedef int (*forgotten_fn)(struct md_agent *a, const struct md__vma *v, uintptr_t lo, uintptr_t hi);
+
+/* Calls fn over each part of [start, end) where the forgotten set says
+ * copies may lie, in the pool's mappings (and an image's, with images):
+ * beside them, in the range asked, and where the set grew over guest RAM
+ * between copies (it holds 32 ranges), a private file mapping is the VMM's
+ * own, which the kernel's discard leaves showing its file. Goes on past a
+ * failure unless stop; 0 or the first -errno. */
+static int walk_forgotten(struct md_agent *a, uintptr_t start, uintptr_t end, int images, int stop,
+			  forgotten_fn fn)
 {
 	if (!md__rangeset_overlaps(&a->forgotten, start, end))
 		return 0;
@@ -556,54 +570,38 @@ int md__discard_forgotten(struct md_agent *a, uintptr_t start, uintptr_t end)
 	int err = md__range_file_vmas(start, end, &v, &n);
 	if (err)
 		return err;
-	/* Only where the set says copies may lie, and in mappings of the
-	 * pool or an image: beside them, in the range discarded, and where
-	 * the set grew over guest RAM between copies (it holds 32 ranges), a
-	 * private file mapping is the VMM's own, which the kernel's discard
-	 * leaves showing its file. */
 	const struct md__rangeset *f = &a->forgotten;
-	for (size_t i = 0; i < n && !err; i++) {
-		if (!v[i].pool && !md__image_find(a, MD_ANY_DEV, v[i].ino))
+	for (size_t i = 0; i < n && !(err && stop); i++) {
+		if (!v[i].pool && !(images && md__image_find(a, MD_ANY_DEV, v[i].ino)))
 			continue;
-		for (size_t k = 0; k < f->n && !err; k++) {
+		for (size_t k = 0; k < f->n && !(err && stop); k++) {
 			uintptr_t lo = v[i].lo > f->start[k] ? v[i].lo : f->start[k];
 			uintptr_t hi = v[i].hi < f->end[k] ? v[i].hi : f->end[k];
-			if (lo < hi)
-				err = forget_copies(a, &v[i], lo, hi);
-		}
-	}
-	free(v);
-	if (err)
-		md__log_once(42, "cannot replace private copies in file mappings on discard: %s", strerror(-err));
-	return err;
-}
-
-int md__move_forgotten(struct md_agent *a, uintptr_t start, uintptr_t end)
-{
-	if (!a->engine || !md__rangeset_overlaps(&a->forgotten, start, end) ||
-	    md__range_no_file_vmas(start, end) == 1)
-		return 0;
-	struct md__vma *v;
-	size_t n;
-	int err = md__range_file_vmas(start, end, &v, &n);
-	if (err)
-		return err;
-	/* The pool's mappings alone, where the set says copies may lie (as
-	 * md__discard_forgotten): an image's pages are its page cache's, a
-	 * private file mapping beside them the VMM's own. */
-	const struct md__rangeset *f = &a->forgotten;
-	for (size_t i = 0; i < n; i++) {
-		if (!v[i].pool)
-			continue;
-		for (size_t k = 0; k < f->n; k++) {
-			uintptr_t lo = v[i].lo > f->start[k] ? v[i].lo : f->start[k];
-			uintptr_t hi = v[i].hi < f->end[k] ? v[i].hi : f->end[k];
-			int r = lo < hi ? md__engine_move_copies(a->engine, &v[i], lo, hi) : 0;
+			int r = lo < hi ? fn(a, &v[i], lo, hi) : 0;
 			err = err ? err : r;
 		}
 	}
 	free(v);
 	return err;
+}
+
+int md__discard_forgotten(struct md_agent *a, uintptr_t start, uintptr_t end)
+{
+	int err = walk_forgotten(a, start, end, 1, 1, forget_copies);
+	if (err)
+		md__log_once(42, "cannot replace private copies in file mappings on discard: %s", strerror(-err));
+	return err;
+}
+
+static int move_copies(struct md_agent *a, const struct md__vma *v, uintptr_t lo, uintptr_t hi)
+{
+	return md__engine_move_copies(a->engine, v, lo, hi);
+}
+
+int md__move_forgotten(struct md_agent *a, uintptr_t start, uintptr_t end)
+{
+	/* The pool's mappings alone: an image's pages are its page cache's. */
+	return a->engine ? walk_forgotten(a, start, end, 0, 0, move_copies) : 0;
 }
 
 void md__regions_free(struct md_agent *a)

@@ -139,6 +139,11 @@ int md__sys_mprotect(void *addr, size_t len, int prot)
 	return (int)raw()(SYS_mprotect, addr, len, prot);
 }
 
+int md__sys_mlock2(const void *addr, size_t len, unsigned flags)
+{
+	return (int)raw()(SYS_mlock2, addr, len, flags);
+}
+
 pid_t md__sys_gettid(void)
 {
 	return (pid_t)syscall(SYS_gettid);
@@ -499,6 +504,7 @@ static void file_vma_line(void *arg, char *text)
 		f->cur.advice |= strcmp(t, "dd") == 0 ? MD_ADV_DONTDUMP : 0;
 		f->cur.advice |= strcmp(t, "hg") == 0 ? MD_ADV_HUGEPAGE : 0;
 		f->cur.mergeable |= strcmp(t, "mg") == 0;
+		f->cur.locked |= strcmp(t, "lo") == 0 ? 1 : strcmp(t, "lf") == 0 ? 2 : 0;
 	}
 	if (f->n == f->cap) {
 		size_t cap = f->cap ? 2 * f->cap : 8;

@@ -32,6 +32,7 @@ int md__thread_create(pthread_t *t, void *(*fn)(void *), void *arg);
  * here (md__libc_syscall) when it starts. */
 extern long (*md__libc_syscall)(long nr, ...);
 int md__sys_mprotect(void *addr, size_t len, int prot);
+int md__sys_mlock2(const void *addr, size_t len, unsigned flags);
 int md__sys_ioctl(int fd, unsigned long request, void *arg);
 pid_t md__sys_gettid(void);
 
@@ -100,6 +101,7 @@ struct md__vma {
 	dev_t dev;	/* its file */
 	ino_t ino;
 	int pool;	/* a memdedup pool's memfd */
+	int locked;	/* VmFlags lo: 1, and lf (locked on fault): | 2 */
 };
 int md__range_file_vmas(uintptr_t a, uintptr_t end, struct md__vma **vmas, size_t *n);
 /* 1 if no file mapping overlaps [a, end), 0 if one does; -ENOTTY on a
