@@ -45,7 +45,12 @@
  *
  * Conventions: every fallible function returns 0 or a negative errno; the
  * read functions return what pread(2)/preadv(2) would (a byte count, or -1
- * with errno set).
+ * with errno set). Once md_agent_new has returned, every call on the agent
+ * may be made from any thread, at the same time as others: each takes the
+ * locks it needs (the preload library makes them from all of the VMM's
+ * threads at once: reads, writes, discards, registrations). md_agent_free
+ * is the exception: call it only once no other call on the agent is in
+ * progress or will be made.
  */
 #ifndef MEMDEDUP_H
 #define MEMDEDUP_H
@@ -278,13 +283,19 @@ MD_API const char *md_fallback_name(enum md_fallback reason);
  * runs without it (the VMM must not fail for us): md_agent_pause,
  * md_agent_set and md_agent_unmerge then return -EINVAL. */
 MD_API int md_agent_new(md_agent **agentp, const md_agent_options *opts);
-/* Stops the agent. Shared pages stay mapped and stay correct: the leases go
- * with the mappings' files. */
+/* Stops the agent; call it only once no other thread uses the agent (no call
+ * on it in progress, none to come). The leases go with it, so pages shared
+ * from images (at read time, or merged onto an image by the scanner) are
+ * made private copies first; when memory is short for that, the log says so,
+ * and a later writer of the image may change what those pages show. Pages
+ * merged into the pool stay mapped, and correct: pool pages never change. */
 MD_API void md_agent_free(md_agent *agent);
 
 /* Registers [addr, addr+len) as guest RAM that may be shared. addr and len
  * must be page-aligned. advice is the madvise(2) advice the VMM gave the range
- * that a new mapping must inherit (MD_ADV_* bits). Memory mapped MAP_SHARED
+ * that a new mapping must inherit (MD_ADV_* bits, MD_ADV_UNDO excluded). An
+ * unaligned or empty range, or advice bits other than those, is refused
+ * with -EINVAL. Memory mapped MAP_SHARED
  * (other processes or devices write it too) is refused with -EPERM, and so
  * is hugetlbfs memory (its huge pages cannot be merged by 4 KiB) and locked
  * memory (mlock, mlockall: the kernel fills a locked private mapping with
@@ -397,7 +408,7 @@ MD_API int md_agent_pause(md_agent *agent, int paused);
 MD_API void md_agent_io_unseen(md_agent *agent, const char *what);
 /* Sets a scanner tunable live: pages_to_scan, sleep_millisecs, cpu_percent
  * (1..100), hint_ratio (0..8 hinted visits of every 8, 0: no hints), order
- * (linear|random). -EINVAL for an unknown key or a value out
+ * (linear|random, in any case). -EINVAL for an unknown key or a value out
  * of range, and nothing changes. A value set here is this agent's, as one
  * of its options: memdedupd's own value of the key no longer replaces it
  * when the agent connects, nor does `memdedup set` for all agents
@@ -410,10 +421,15 @@ MD_API int md_agent_set(md_agent *agent, const char *key, const char *value);
  * Zero pages stay dropped: they read as the zeroes the guest wrote, and a
  * copy would only cost memory. Image pages made private stay out of the
  * scanner's merges from then on (no userfaultfd protects a mapping of a
- * disk file). Fails with -ENOMEM, having changed nothing (not
+ * disk file). Refuses with -ENOMEM, having changed nothing (not
  * paused either), when the host or the process's memory cgroup has not the
  * memory for the copies and 64 MiB to spare; -EINVAL without MD_OPT_SCAN
- * (nothing is merged then: pages shared at read time stay so). */
+ * (nothing is merged then: pages shared at read time stay so). The copies
+ * can also fail part of the way, with the -errno of what failed (-ENOMEM
+ * too, when memory runs short meanwhile): some pages are private copies
+ * then, the others still shared, and the scanner stays paused
+ * (MD_SCAN_STATE_UNMERGED) until md_agent_pause(agent, 0), as a running
+ * scanner would merge the copies again at once. */
 MD_API int md_agent_unmerge(md_agent *agent);
 
 /* Fills *stats with the agent's counters, refreshing the "now" ones. */
