@@ -1148,7 +1148,7 @@ TEST_IMPL(cli_run_scan_options_need_scan)
  * in lower case, as memdedupd and the agents read it. An option of the
  * scanner without --scan is refused for that first: its value was blamed
  * ('Random'), and once right, the missing --scan. A sleep of 0 can only be
- * set live: run's help says so. */
+ * set live, and an unset one is memdedupd's: run's help says so. */
 TEST_IMPL(cli_scan_order_any_case)
 {
 	const char *b = run_build_dir();
@@ -1171,7 +1171,11 @@ TEST_IMPL(cli_scan_order_any_case)
 	ASSERT(strstr(slurp("err"), "--scan-order takes one of linear|random (any case), not 'up'"));
 	ASSERT(!kill_daemon_of(dir));	/* refused, or private: none started */
 	ASSERT_EQ(sh("%s/memdedup run --help", b), 0);
-	ASSERT(strstr(slurp("out"), "0, no sleep, only live: memdedup set\n                          sleep_millisecs=0"));
+	ASSERT(strstr(slurp("out"), "0, no sleep, only\n                          live: memdedup set sleep_millisecs=0"));
+	/* Unset, the sleep is memdedupd's (its welcome), as the batch and the
+	 * CPU cap are: the help said "default 20". */
+	ASSERT(strstr(slurp("out"), "--sleep-ms=N            sleep between batches, 1..10000 ms, for this VMM\n"
+				    "                          alone (default: memdedupd's, 20;"));
 	td_start(&t, 16);
 	const char *const orders[][2] = { { "Random", "random" }, { "LINEAR", "linear" }, { "rAnDoM", "random" } };
 	for (int i = 0; i < 3; i++) {
