@@ -2425,6 +2425,35 @@ TEST_IMPL(preadv_scattered_one_call)
 	return 0;
 }
 
+/* The log file's descriptor closed by the VMM (close_range, say) and its
+ * number taken by a file of the VMM's: the agent's next line goes to its
+ * log, opened again, not into that file. */
+TEST_IMPL(log_fd_taken_by_vmm_file)
+{
+	if (getenv("MD_TEST_PRELOAD_FIRST"))
+		SKIP("under AddressSanitizer, whose mlock never reaches the agent");
+	const char *img = image(8);
+	char log[600], logenv[700], victim[600];
+	snprintf(log, sizeof(log), "%s/agent.log", test_dir());
+	snprintf(logenv, sizeof(logenv), "MEMDEDUP_LOG=%s", log);
+	snprintf(victim, sizeof(victim), "%s/vmm-file", test_dir());
+	FILE *v = fopen(victim, "w");
+	ASSERT(v && fputs("the VMM's own file\n", v) >= 0 && fclose(v) == 0);
+	const char *env[] = { logenv, NULL };
+	struct proc a;
+	int fd = start_reader(&a, img, env);
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 0 65536", fd), 65536);
+	int logfd = -1;
+	ASSERT_EQ(naming(a.pid, log, -1, &logfd), 1);
+	ASSERT_EQ(proc_num(&a, "closefd %d", logfd), 0);
+	ASSERT_EQ(proc_num(&a, "open %s rw", victim), logfd);
+	ASSERT_EQ(proc_num(&a, "mlock 0 65536"), 0);	/* said once in the log */
+	proc_stop(&a);
+	ASSERT(strcmp(file_text(victim), "the VMM's own file\n") == 0);
+	ASSERT(strstr(file_text(log), "the VMM locks guest RAM in memory"));
+	return 0;
+}
+
 /* A child forked from a process with an agent has none of its threads,
  * and its locks may be held: it reads plainly, into a copy of its own. */
 TEST_IMPL(fork_child_runs_plain)
