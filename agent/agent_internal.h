@@ -510,12 +510,12 @@ int md__agent_collapse(md_agent *a, uintptr_t start, uintptr_t end);
  * (MADV_WIPEONFORK, whose child must read zeroes; mseal, after which a
  * discard of a private file mapping fails; and after MADV_GUARD_INSTALL,
  * over which a read shared at read time would map its image): its merged
- * pages are moved
- * into anonymous memory with their content while the engine holds them
- * (md__engine_unregister_anon) as the range is given up for good, as by
- * md__agent_lock (a merge there would map the pool again). why says what
- * the VMM does, for the log. 0, or -errno (some pages stay in file
- * mappings: the VMM's call is made all the same, as without us). */
+ * pages are moved into anonymous memory with their content while the
+ * engine holds them (md__engine_unregister_anon) as the range is given up
+ * for good, as by md__agent_lock (a merge there would map the pool
+ * again). why says what the VMM does, for the log. 0, or -errno (some
+ * pages stay in file mappings: the VMM's call is made all the same, as
+ * without us). */
 int md__agent_give_up_anon(md_agent *a, uintptr_t start, uintptr_t end, const char *why);
 /* Moves the copies RAM given up before left in the pool's mappings in
  * [start, end) (a->forgotten) into anonymous memory with their content
