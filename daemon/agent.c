@@ -7,7 +7,10 @@
  * a reconnect) still maps the pages. Punching them would make its guest read
  * zeroes. So a record outlives its connection and goes only when the process
  * exits, which its pidfd tells (SO_PEERPIDFD, else pidfd_open, both taken
- * when the connection is accepted, never later). A process
+ * when the connection is accepted, never later), or when the address space
+ * it had at its HELLO is gone while the process lives on (it exec'd a
+ * program without the agent: its close-on-exec connection closed), which
+ * /proc/PID/pagemap opened at that HELLO tells. A process
  * that reconnects to the same domain gets its record back, references and
  * all. Without a pidfd (a kernel before Linux 5.3, descriptors run out) an
  * agent is refused: its references could only go with the connection, and
@@ -59,6 +62,63 @@ static pid_t pidfd_inner_pid(int pidfd, pid_t pid)
 			break;	/* the line's end (strtol would skip it) */
 	}
 	return levels >= 2 && first == pid && last > 0 ? (pid_t)last : 0;
+}
+
+/* The pid of pidfd's process as our /proc names it (the fdinfo's Pid
+ * line); -1 if it exited, 0 if that /proc cannot see it. */
+static pid_t pidfd_proc_pid(int pidfd)
+{
+	char path[64], buf[1024];
+	snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", pidfd);
+	if (md__read_text(path, buf, sizeof(buf)) <= 0)
+		return 0;
+	char *p = strstr(buf, "\nPid:");
+	return p ? (pid_t)strtol(p + strlen("\nPid:"), NULL, 10) : 0;
+}
+
+/* /proc/pid/pagemap of pidfd's process (mm_fd), or -errno. */
+static int open_mm(int pidfd, pid_t pid)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/pagemap", (int)pid);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT ? -ESRCH : -errno;
+	/* It is that process's if our /proc names it pid (a /proc of
+	 * another pid namespace may not) and it had not exited after the
+	 * open: its pid was not free for another to take. */
+	if (pidfd_proc_pid(pidfd) != pid || pidfd_exited(pidfd)) {
+		close(fd);
+		return -ESRCH;
+	}
+	return fd;
+}
+
+/* Opens a->mm_fd, if it has none: the address space its process has now,
+ * on a connection whose HELLO was just handled. */
+static void agent_open_mm(struct md__agent *a)
+{
+	if (a->mm_fd >= 0)
+		return;
+	int fd = open_mm(a->pidfd, a->pid);
+	if (fd < 0 && fd != -ESRCH)
+		md__log_once(141, "cannot open /proc/%d/pagemap (%s): an agent's process that execs a "
+			     "program without the agent keeps its pool references until it exits",
+			     (int)a->pid, strerror(-fd));
+	a->mm_fd = fd < 0 ? -1 : fd;
+}
+
+/* 1 if the address space a's process had at its HELLO is gone (it exec'd,
+ * or it is exiting): no page of the pool is mapped there any more. 0 if it
+ * is there (a connection lost otherwise: the VMM still maps what it
+ * merged), or that cannot be told. A read of less than an entry is
+ * refused (EINVAL) once the kernel has a hold on that address space, and
+ * reads nothing when it could not get one: neither takes the process's
+ * mmap lock, which a VMM stuck in a fault could hold the loop on. */
+static int mm_gone(const struct md__agent *a)
+{
+	char c;
+	return a->mm_fd >= 0 && pread(a->mm_fd, &c, 1, 0) == 0;
 }
 
 struct md__agent *md__agent_find(struct md__daemon *d, pid_t pid)
@@ -138,9 +198,12 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 	 * without an agent) or not yet seen closed. Refused, the agent could
 	 * never reconnect while that child lived. The old connection closes,
 	 * what it still owed answered as gone; the record is the new one's
-	 * (or goes, below, if the process exec'd). */
-	if (a && a->conn && ((h->flags & MD_HELLO_NO_POOL_MAPS) ||
-			     (a->uid == c->uid && strcmp(a->dom->name, h->domain) == 0))) {
+	 * (or goes, below, if the process exec'd). The address space the
+	 * record's HELLO came from gone says the exec too, whatever the new
+	 * agent could tell: the references it gets here must not go with the
+	 * old ones' when that is seen at a hang-up. */
+	int execd = a && ((h->flags & MD_HELLO_NO_POOL_MAPS) || mm_gone(a));
+	if (a && a->conn && (execd || (a->uid == c->uid && strcmp(a->dom->name, h->domain) == 0))) {
 		struct md__conn *old = a->conn;
 		md__conn_apply_left(d, old);	/* its CONTROL_DONEs first: the CLI hears them */
 		md__control_gone(d, old, a->pid);
@@ -155,7 +218,7 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 	 * once the new one is made: a HELLO refused (too many domains, no
 	 * memory) leaves it, and its pause, for the next try. */
 	struct md__agent *gone = NULL;
-	if (a && !a->conn && (h->flags & MD_HELLO_NO_POOL_MAPS)) {
+	if (a && !a->conn && execd) {
 		md__dlog_peer("agent %d came back mapping no pool page (exec): its references go",
 			      (int)c->pid);
 		gone = a;
@@ -181,6 +244,8 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 			return -EBUSY;
 		}
 		a->conn = c;	/* a reconnect: same pool, same references */
+		a->look_ms = 0;
+		agent_open_mm(a);
 		a->resumed_alone = 0;	/* its WELCOME says the default pause */
 		a->control_pid = (h->flags & MD_HELLO_CONTROL_PID) != 0;
 		a->share_sent = 0;	/* a new connection was told nothing */
@@ -189,10 +254,10 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 		return 0;
 	}
 
-	/* Each record holds a pidfd and a number while its process lives:
-	 * at most one a connection the descriptor budget allows, less a part
-	 * kept for root, and 256 of one user other than root, so no user can
-	 * take them from the rest. */
+	/* Each record holds a pidfd, its pagemap's descriptor and a number
+	 * while its process lives: at most one a connection the descriptor
+	 * budget allows, less a part kept for root, and 256 of one user
+	 * other than root, so no user can take them from the rest. */
 	size_t all = 0, mine = 0;
 	for (const struct md__agent *o = d->agents; o; o = o->next) {
 		if (o == gone)
@@ -215,6 +280,7 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 		return -ENOMEM;
 	}
 	a->ep.kind = MD_EP_PIDFD;
+	a->mm_fd = -1;
 	a->pid = c->pid;
 	a->num = free_num(d);
 	a->uid = c->uid;
@@ -236,6 +302,7 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 	c->peer_pidfd = -1;
 	a->conn = c;
 	a->hellos = 1;
+	agent_open_mm(a);
 	if (gone) {
 		a->unmerged = gone->unmerged;
 		a->paused = gone->paused;
@@ -517,6 +584,9 @@ void md__agent_exited(struct md__daemon *d, struct md__agent *a)
 	md__ep_forget(d, &a->ep, a->pidfd);
 	close(a->pidfd);
 	a->pidfd = -1;
+	if (a->mm_fd >= 0)
+		close(a->mm_fd);
+	a->mm_fd = -1;
 	a->exited = 1;
 	a->dom->nexited++;
 	a->dom->refs_draining += a->nrefs;
@@ -524,17 +594,104 @@ void md__agent_exited(struct md__daemon *d, struct md__agent *a)
 	drain_queue(d, a);
 }
 
+/* a's references go as an exited agent's do (md__agents_drain), held
+ * meanwhile by a record made for that alone, which no pid finds; a stays,
+ * emptied, for its pause. 0, or -ENOMEM (a keeps them). */
+static int shed_refs(struct md__daemon *d, struct md__agent *a)
+{
+	if (a->nrefs) {
+		struct md__agent *z = calloc(1, sizeof(*z));
+		if (!z)
+			return -ENOMEM;
+		z->pid = a->pid;
+		z->uid = a->uid;
+		z->pidfd = z->mm_fd = -1;
+		z->dom = a->dom;
+		z->refs = a->refs;
+		z->refs_cap = a->refs_cap;
+		z->nrefs = a->nrefs;
+		z->exited = 1;
+		a->dom->nagents++;	/* released as z is done */
+		a->dom->nexited++;
+		a->dom->refs_draining += z->nrefs;
+		drain_queue(d, z);
+		a->refs = NULL;
+		a->refs_cap = 0;
+		a->nrefs = a->refs_max = 0;
+	}
+	/* What it reported was of the program before the exec. */
+	a->dom->registered_pages -= a->registered_counted;
+	a->registered_counted = 0;
+	a->ncounters = 0;
+	a->reported_ms = 0;
+	return 0;
+}
+
+/* a, unconnected, holds references or a pause: if its process lives on
+ * without the address space those references are mapped in (it exec'd a
+ * program without the agent, whose HELLO would have said so), they are
+ * nobody's: they go, with the record unless it keeps a pause (QEMU's
+ * cpr-exec goes on with the same guest; a new agent's HELLO takes it). A
+ * VMM whose connection was lost otherwise still maps them: kept, looked
+ * at again a few times (its program may have closed the connection just
+ * before an exec), then until it exits or reconnects. */
+static void look(struct md__daemon *d, struct md__agent *a)
+{
+	a->look_ms = 0;
+	if (!mm_gone(a)) {
+		if (a->mm_fd < 0)
+			return;	/* nothing to look at */
+		a->look_ms = md__now_ms() + (a->looks ? MD_D_LOOK_MS : MD_D_LOOK_LATER_MS);
+		a->looks -= a->looks > 0;
+		if (!d->look_at || a->look_ms < d->look_at)
+			d->look_at = a->look_ms;
+		return;
+	}
+	md__dlog_peer("agent %d lives on without the address space it joined with (exec): "
+		      "its %llu references go", (int)a->pid, (unsigned long long)a->nrefs);
+	if (!a->paused && !a->unmerged) {
+		md__agent_exited(d, a);
+		return;
+	}
+	if (shed_refs(d, a) != 0) {
+		md__log_once(142, "memdedupd is short of memory: the references of an agent that "
+			     "exec'd stay until its process exits");
+		return;
+	}
+	close(a->mm_fd);	/* nothing more to see; a reconnect opens its own */
+	a->mm_fd = -1;
+}
+
+void md__agents_look(struct md__daemon *d)
+{
+	int64_t now = md__now_ms();
+	d->look_at = 0;
+	for (struct md__agent *a = d->agents, *next; a; a = next) {
+		next = a->next;	/* a may go */
+		if (a->conn)
+			a->look_ms = 0;
+		else if (a->look_ms && now >= a->look_ms)
+			look(d, a);
+		else if (a->look_ms && (!d->look_at || a->look_ms < d->look_at))
+			d->look_at = a->look_ms;
+	}
+}
+
 void md__agent_detach(struct md__daemon *d, struct md__agent *a)
 {
 	a->conn = NULL;
 	/* With references the record stays until the process exits (it
-	 * still maps those pages); without, nothing is left to keep, and a
-	 * process that connects and goes away cannot pile up records, each
-	 * holding a number and a pidfd. */
+	 * still maps those pages), or until it lives on without them;
+	 * without, nothing is left to keep, and a process that connects and
+	 * goes away cannot pile up records, each holding a number and a
+	 * pidfd. */
 	if (!a->nrefs && !a->unmerged && !a->paused) {
 		md__dlog_peer("agent %d left holding no references", (int)a->pid);
 		md__agent_exited(d, a);
+		return;
 	}
+	a->looks = MD_D_LOOKS;
+	look(d, a);
 }
 
 void md__agent_free_all(struct md__daemon *d)
@@ -556,6 +713,8 @@ void md__agent_free_all(struct md__daemon *d)
 		d->agents = a->next;
 		if (a->pidfd >= 0)
 			close(a->pidfd);
+		if (a->mm_fd >= 0)
+			close(a->mm_fd);
 		free(a->put);
 		free(a->refs);
 		free(a);

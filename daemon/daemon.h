@@ -85,6 +85,16 @@ int md__privileged(uid_t uid);
  * counted 1; 64 slots of a record's table looked at and found without any
  * count 1 too. The loop does not wait while some are left. */
 #define MD_D_DRAIN_REFS (MD_D_BUDGET * MD_D_FREED_PER_UNIT)
+/* A record whose connection closed while its process's address space was
+ * still there is looked at again this often, this many times: the exec
+ * that closes the connection (close-on-exec) comes after the new address
+ * space, but a program may close it itself just before. Then at the
+ * longer period while it stays unconnected (an exec long after the
+ * connection was lost). A look reads one byte, without the process's
+ * mmap lock (agent.c, mm_gone). */
+#define MD_D_LOOK_MS 1000
+#define MD_D_LOOKS 2
+#define MD_D_LOOK_LATER_MS 10000
 #define MD_D_POOL_PAGES_DEFAULT (1u << 20)   /* 4 GiB of address space per pool */
 #define MD_D_POOL_PAGES_MAX (1u << 26)
 
@@ -184,6 +194,17 @@ struct md__agent {
 	 * pages are never first sightings, they only meet them. */
 	unsigned num;
 	int pidfd;                 /* -1: no pidfd; refs go with the connection */
+	/* /proc/PID/pagemap opened at its HELLO: the kernel keeps the
+	 * address space (mm) the process had then, not its next, so this
+	 * reads nothing once that is gone (an exec, an exit) while the
+	 * process lives on. -1: none (a process of another user to a daemon
+	 * not root, hidepid, an LSM): its references wait for its exit. */
+	int mm_fd;
+	/* Unconnected, holding references or a pause: when mm_fd is read
+	 * again (md__agents_look; 0: not), and how many times more. A close
+	 * of its connection before its exec (closefrom) is seen so. */
+	int64_t look_ms;
+	unsigned looks;
 	int control_pid;           /* its HELLO said MD_HELLO_CONTROL_PID */
 	struct md__domain *dom;
 	struct md__conn *conn;     /* NULL: detached, refs kept until exit */
@@ -319,6 +340,7 @@ struct md__daemon {
 	 * they started: the loop does not wait while there are. */
 	struct md__agent *draining, **draining_tail;
 	unsigned last_agent_num;   /* the number given last (md__agent.num) */
+	int64_t look_at;           /* the earliest md__agent.look_ms; 0: none */
 	struct md__domain *domains;
 	uint32_t next_domain_id;
 	uint64_t last_generation;
@@ -444,8 +466,9 @@ int md__agent_publish(struct md__agent *a, const struct md__msg_publish *p, uint
 void md__agent_report(struct md__agent *a, const struct md__msg_report *r);
 /* 1 if a's last REPORT said its scanner stopped for good (scan_state). */
 int md__agent_stopped(const struct md__agent *a);
-/* The connection of a goes away; its references stay while it lives (a
- * record without any goes). */
+/* The connection of a goes away; its references stay while its process
+ * maps them (a record without any goes; one whose process exec'd gives
+ * them back, and goes unless paused). */
 void md__agent_detach(struct md__daemon *d, struct md__agent *a);
 /* UNREF of slots, all or none (0 or -EINVAL), the pool told as
  * md__agents_drain gets to them. */
@@ -453,6 +476,10 @@ int md__agent_unref_later(struct md__daemon *d, struct md__agent *a, const uint3
 /* The process exited: its references go, and the record with them, from
  * the end of this wake-up on (md__agents_drain). */
 void md__agent_exited(struct md__daemon *d, struct md__agent *a);
+/* Reads again the address space of the unconnected records whose look is
+ * due (md__agent.look_ms): those whose process exec'd give their
+ * references back. Sets d->look_at. */
+void md__agents_look(struct md__daemon *d);
 /* Gives back what the agents in d->draining owe the pool, in order, up to
  * MD_D_DRAIN_REFS: once a wake-up (md__server_events). */
 void md__agents_drain(struct md__daemon *d);

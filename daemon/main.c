@@ -125,10 +125,10 @@ static size_t raise_nofile(void)
 			getrlimit(RLIMIT_NOFILE, &rl);
 	}
 	/* At most: a connection and its peer's pidfd, an agent record's pidfd
-	 * (one a connection, records of agents gone included), a domain's
-	 * two pool descriptors (one domain a record at most), and the pool's
-	 * copy queued with a WELCOME not sent yet. */
-	size_t n = rl.rlim_cur > 128 ? (size_t)(rl.rlim_cur - 64) / 6 : 16;
+	 * and /proc/PID/pagemap (one record a connection, records of agents gone
+	 * included), a domain's two pool descriptors (one domain a record at
+	 * most), and the pool's copy queued with a WELCOME not sent yet. */
+	size_t n = rl.rlim_cur > 128 ? (size_t)(rl.rlim_cur - 64) / 7 : 16;
 	return n < MD_D_MAX_CONNS ? n : MD_D_MAX_CONNS;
 }
 

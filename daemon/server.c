@@ -1331,16 +1331,23 @@ int md__server_run(struct md__daemon *d)
 		 * back) goes on at once; a SHARE that could not be queued
 		 * is tried again within a second. */
 		int deferred = d->defer[0].head || d->defer[1].head || d->draining;
-		int n = epoll_wait(d->epfd, evs, 64,
-				   deferred ? 0 :
-				   md__domains_trim_due(d) || d->accept_paused || d->owing ||
-				   d->controls || d->share_due || md__dlog_peer_flush(0) ? 1000 : -1);
+		int wait = deferred ? 0 :
+			   md__domains_trim_due(d) || d->accept_paused || d->owing ||
+			   d->controls || d->share_due || md__dlog_peer_flush(0) ? 1000 : -1;
+		/* A record's address space to look at again (agent.c). */
+		if (d->look_at) {
+			int64_t in = d->look_at - md__now_ms();
+			in = in < 0 ? 0 : in;
+			if (wait < 0 || in < wait)
+				wait = (int)in;
+		}
+		int n = epoll_wait(d->epfd, evs, 64, wait);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;
 			return -errno;
 		}
-		if (n == 0 && !deferred)	/* a second without a message */
+		if (n == 0 && wait == 1000)	/* a second without a message */
 			md__domains_trim(d);
 		if (d->controls)
 			md__control_tick(d);
@@ -1358,6 +1365,8 @@ int md__server_run(struct md__daemon *d)
 			d->owing |= owing;
 			swept = now_ms();
 		}
+		if (d->look_at && md__now_ms() >= d->look_at)
+			md__agents_look(d);
 		md__server_events(d);
 	}
 	md__dlog_peer_flush(1);

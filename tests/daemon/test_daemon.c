@@ -2445,6 +2445,105 @@ TEST_IMPL(daemon_reconnect_keeps_refs)
 	return 0;
 }
 
+/* In a child: an agent of t's memdedupd that published two pages (from
+ * seed) and closed its connection; then a byte to ready, and, given one on
+ * go, an exec of sleep (a program without the agent), as a program that
+ * closes its descriptors before it execs does; go closed, it exits. */
+static pid_t closes_then_execs(const struct tdaemon *t, unsigned seed, int ready, const int go[2])
+{
+	pid_t p = fork();
+	ASSERT(p >= 0);
+	if (p)
+		return p;
+	static unsigned char pages[2 * PG];
+	uint64_t hash[2];
+	struct md__msg_welcome w;
+	int fd;
+	char x;
+	close(go[1]);
+	struct md__client *c = td_agent(t, NULL, &w, &fd);
+	publish(c, seed, 2, pages, hash);
+	md__client_free(c);
+	close(fd);
+	if (write(ready, &x, 1) != 1)
+		_exit(100);
+	if (read(go[0], &x, 1) == 1)
+		execl("/bin/sleep", "sleep", "30", (char *)NULL);
+	_exit(0);
+}
+
+static int live_becomes(const struct tdaemon *t, long long want, int ms)
+{
+	for (double end = now() + ms / 1000.0; now() < end; usleep(10000))
+		if (td_domains_int(t, "pool_live_pages") == want)
+			return 1;
+	return 0;
+}
+
+/* pid's row in t's STATUS: 1 with its references in *refs and whether it
+ * is connected in *conn, or 0: none. */
+static int agent_row(const struct tdaemon *t, pid_t pid, long long *refs, int *conn)
+{
+	json_t *st = td_status(t);
+	json_t *a = td_find(json_object_get(st, "agents"), "pid", pid);
+	if (a) {
+		*refs = td_int(a, "references");
+		*conn = json_is_true(json_object_get(a, "connected"));
+	}
+	json_decref(st);
+	return a != NULL;
+}
+
+/* Two agents' processes close their connections (their records keep the
+ * pages they published: they may map them); one then execs a program
+ * without the agent. memdedupd, looking again a second later at the
+ * address space the agent joined with, finds it gone: that record and its
+ * references go, while the program runs on (they stayed until it exited).
+ * The other, which only lost its connection, keeps its record through
+ * every look. */
+TEST_IMPL(daemon_closed_then_exec_gives_back)
+{
+	struct tdaemon t;
+	int ready[2], go[2][2], conn;
+	long long refs;
+	char x;
+	td_start(&t, 64);
+	ASSERT(pipe(ready) == 0);
+	ASSERT(pipe(go[0]) == 0);
+	ASSERT(pipe(go[1]) == 0);
+	pid_t vmm = closes_then_execs(&t, 10, ready[1], go[0]);
+	pid_t lost = closes_then_execs(&t, 20, ready[1], go[1]);
+	close(go[0][0]);
+	close(go[1][0]);
+	ASSERT_EQ(read(ready[0], &x, 1), 1);
+	ASSERT_EQ(read(ready[0], &x, 1), 1);
+	double closed = now();
+	ASSERT(live_becomes(&t, 4, 20000));
+	ASSERT_EQ(write(go[0][1], &x, 1), 1);
+	/* At the latest at the longer period's look. */
+	ASSERT(live_becomes(&t, 2, (MD_D_LOOK_LATER_MS + MD_D_LOOK_MS) * 3 / 2));
+	ASSERT_EQ(agent_row(&t, vmm, &refs, &conn), 0);
+	ASSERT_EQ(waitpid(vmm, NULL, WNOHANG), 0);	/* it runs on */
+	/* Past the quick looks. */
+	double left = closed + (MD_D_LOOKS + 1) * MD_D_LOOK_MS / 1000.0 + 0.5 - now();
+	if (left > 0)
+		usleep((useconds_t)(left * 1e6));
+	ASSERT_EQ(agent_row(&t, lost, &refs, &conn), 1);
+	ASSERT_EQ(refs, 2);
+	ASSERT_EQ(conn, 0);
+	ASSERT_EQ(td_domains_int(&t, "pool_live_pages"), 2);
+	ASSERT_EQ(kill(vmm, SIGKILL), 0);
+	ASSERT_EQ(waitpid(vmm, NULL, 0), vmm);
+	close(go[0][1]);
+	close(go[1][1]);
+	ASSERT_EQ(waitpid(lost, NULL, 0), lost);
+	ASSERT(live_becomes(&t, 0, 20000));
+	close(ready[0]);
+	close(ready[1]);
+	td_stop(&t);
+	return 0;
+}
+
 /* The n lowest descriptor numbers pid has free, in fd[0..n). */
 static void lowest_free_fds_now(pid_t pid, int *fd, int n)
 {

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <jansson.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -657,6 +658,151 @@ TEST_IMPL(daemon_exit_drain_outlives_pid)
 	daemon_down(d);
 	close(fd);
 	waiters_gone(gate2, &pid2, 1);
+	return 0;
+}
+
+/* A process that waits on gate: a byte read, it execs sleep (a program
+ * without the agent); the write end closed, it exits. */
+static pid_t execer(const int gate[2])
+{
+	pid_t p = fork();
+	ASSERT(p >= 0);
+	if (p == 0) {
+		char x;
+		ssize_t r;
+		close(gate[1]);
+		while ((r = read(gate[0], &x, 1)) < 0 && errno == EINTR)
+			;
+		if (r == 1)
+			execl("/bin/sleep", "sleep", "60", (char *)NULL);
+		_exit(0);
+	}
+	return p;
+}
+
+/* The execer pid execs, and runs sleep. */
+static void execs(const int gate[2], pid_t pid)
+{
+	char path[64], comm[32] = "";
+	ASSERT_EQ(write(gate[1], "x", 1), 1);
+	snprintf(path, sizeof(path), "/proc/%d/comm", (int)pid);
+	for (int i = 0; i < 500 && strcmp(comm, "sleep\n") != 0; i++) {
+		usleep(10000);
+		FILE *f = fopen(path, "r");
+		ASSERT(f);
+		if (!fgets(comm, sizeof(comm), f))
+			comm[0] = '\0';
+		fclose(f);
+	}
+	ASSERT(strcmp(comm, "sleep\n") == 0);
+}
+
+static void drained(struct md__daemon *d)
+{
+	for (int round = 0; round < 64 && d->draining; round++)
+		wake_up(d);
+	ASSERT(!d->draining);
+}
+
+/* A process whose agent merged execs a program without the agent (no new
+ * agent says it maps no pool page any more): its connection closes with
+ * the exec, and the address space its HELLO came from is gone, so its
+ * references are nobody's. They go, with the record (they stayed until
+ * the process exited); unless it is paused (an unmerge's pause is the
+ * process's): the record stays, empty, and a new agent's HELLO takes its
+ * pause. A VMM that only lost its connection still maps its pages: its
+ * record keeps them, looked at again a few times, then at a longer
+ * period, which sees an exec long after. And a new agent after an exec
+ * that does not say so gets a record of its own: in the old one, its
+ * references would go with the old agent's at its next hang-up. */
+TEST_IMPL(daemon_exec_without_agent_gives_back)
+{
+	struct md__daemon *d = daemon_up();
+	d->pool_pages = 1024;
+	int gate[4][2], fd[4];
+	pid_t pid[4];
+	struct md__conn *c[4];
+	struct md__agent *a[4], *b;
+	uint32_t first;
+	for (int i = 0; i < 4; i++) {	/* before any connection: none holds another's */
+		ASSERT(pipe(gate[i]) == 0);
+		pid[i] = execer(gate[i]);
+	}
+	for (int i = 0; i < 4; i++) {
+		fd[i] = agent_of(d, 1000, pid[i], &c[i]);
+		a[i] = c[i]->agent;
+		ASSERT_EQ(md__agent_publish(a[i], &publish_64()->u.publish, &first, 0), 0);
+	}
+	struct md__domain *dom = a[0]->dom;
+	ASSERT_EQ(md__pool_live(&dom->pool), 4 * MD_PUBLISH_MAX);
+
+	/* Exec'd, then its connection closed (close-on-exec). */
+	execs(gate[0], pid[0]);
+	close(fd[0]);
+	wake_up(d);
+	ASSERT(!md__agent_find(d, pid[0]));
+	drained(d);
+	ASSERT_EQ(md__pool_live(&dom->pool), 3 * MD_PUBLISH_MAX);
+	ASSERT_EQ(waitpid(pid[0], NULL, WNOHANG), 0);	/* it runs on */
+
+	/* Its connection lost, nothing more. */
+	close(fd[1]);
+	wake_up(d);
+	ASSERT_EQ(md__agent_find(d, pid[1]), a[1]);
+	ASSERT(!a[1]->conn);
+	ASSERT(a[1]->look_ms > 0 && d->look_at > 0);
+	for (int k = 0; k < MD_D_LOOKS; k++) {
+		ASSERT(a[1]->look_ms - md__now_ms() <= MD_D_LOOK_MS);
+		a[1]->look_ms = d->look_at = 1;	/* due */
+		md__agents_look(d);
+		ASSERT_EQ(md__agent_find(d, pid[1]), a[1]);
+		ASSERT_EQ(a[1]->nrefs, MD_PUBLISH_MAX);
+	}
+	ASSERT(a[1]->look_ms - md__now_ms() > MD_D_LOOK_MS);
+	ASSERT_EQ(d->look_at, a[1]->look_ms);
+	/* It execs later. */
+	execs(gate[1], pid[1]);
+	a[1]->look_ms = d->look_at = 1;
+	md__agents_look(d);
+	ASSERT(!md__agent_find(d, pid[1]));
+	ASSERT_EQ(d->look_at, 0);
+	drained(d);
+	ASSERT_EQ(md__pool_live(&dom->pool), 2 * MD_PUBLISH_MAX);
+
+	/* Paused, it execs. */
+	a[2]->paused = 1;
+	execs(gate[2], pid[2]);
+	close(fd[2]);
+	wake_up(d);
+	ASSERT_EQ(md__agent_find(d, pid[2]), a[2]);
+	ASSERT_EQ(a[2]->nrefs, 0);
+	ASSERT(a[2]->paused);
+	drained(d);
+	ASSERT_EQ(md__pool_live(&dom->pool), MD_PUBLISH_MAX);
+	ASSERT_EQ(dom->nagents, 2);
+	ASSERT_EQ(dom->nexited, 0);
+	ASSERT_EQ(hello_of(d, pid[2], "fair", MD_HELLO_NO_POOL_MAPS, &b), 0);
+	ASSERT(b->paused);
+	ASSERT_EQ(md__agent_find(d, pid[2]), b);
+
+	/* Exec'd, a new agent comes without saying so; the old connection
+	 * still open (a child's copy). */
+	execs(gate[3], pid[3]);
+	ASSERT_EQ(hello_of(d, pid[3], "fair", 0, &b), 0);
+	ASSERT(b != a[3]);
+	ASSERT_EQ(b->nrefs, 0);
+	ASSERT_EQ(md__agent_find(d, pid[3]), b);
+	drained(d);
+	ASSERT_EQ(md__pool_live(&dom->pool), 0);
+
+	daemon_down(d);
+	close(fd[3]);
+	for (int i = 0; i < 4; i++) {
+		ASSERT_EQ(kill(pid[i], SIGKILL), 0);
+		ASSERT_EQ(waitpid(pid[i], NULL, 0), pid[i]);
+		close(gate[i][0]);
+		close(gate[i][1]);
+	}
 	return 0;
 }
 
