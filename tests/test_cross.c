@@ -496,6 +496,45 @@ TEST_IMPL(cross_exec_gives_back)
 	return 0;
 }
 
+/* A VMM that execs a program without the agent (a wrapper's exec, a VMM
+ * binary not preloaded): no new agent says that no pool page is mapped any
+ * more, but its connection closes with the exec (close-on-exec), and the
+ * address space the agent joined with is gone. memdedupd drops the record
+ * and gives its references back at once, while the program runs on. They
+ * stayed, the row still the old program's (2 MiB registered, not
+ * connected), until the process exited. */
+TEST_IMPL(cross_exec_without_agent_gives_back)
+{
+	struct tdaemon t;
+	struct proc a;
+	md_stats s;
+	char path[64], comm[32] = "";
+	td_start(&t, 65536);
+	start_agent(&a, &t, NULL);
+	proc_cmd(&a, "fill 0 %u 9", N);
+	proc_cmd(&a, "fill %u %u 9", N * PG, N);
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, sharing_n), 0);
+	ASSERT(domain_live(&t) >= N);
+	ASSERT(agent_field(&t, a.pid, "references") >= N);
+	ASSERT(strcmp(proc_cmd(&a, "execsleep 30"), "ok") == 0);
+	ASSERT_EQ(domain_live_becomes_0(&t), 0);
+	ASSERT_EQ(agent_field(&t, a.pid, "pid"), -1);	/* no row */
+	/* The program runs on: it is sleep now. */
+	ASSERT_EQ(waitpid(a.pid, NULL, WNOHANG), 0);
+	snprintf(path, sizeof(path), "/proc/%d/comm", (int)a.pid);
+	FILE *f = fopen(path, "r");
+	ASSERT(f);
+	ASSERT(fgets(comm, sizeof(comm), f));
+	fclose(f);
+	ASSERT(strcmp(comm, "sleep\n") == 0);
+	ASSERT_EQ(kill(a.pid, SIGKILL), 0);
+	ASSERT_EQ(waitpid(a.pid, NULL, 0), a.pid);
+	fclose(a.in);
+	fclose(a.out);
+	td_stop(&t);
+	return 0;
+}
+
 /* Pages that stop showing the pool drop their references in one UNREF a
  * batch, not a round trip each (the reap of boot-time copy-on-write
  * breaks made thousands of them): forgetting N merged pages costs a few

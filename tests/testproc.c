@@ -1600,6 +1600,13 @@ int main(void)
 			fflush(stdout);
 			execl("/proc/self/exe", "testproc", (char *)NULL);
 			printf("%d\n", -errno);
+		} else if (strcmp(cmd, "execsleep") == 0) {	/* SECONDS -> ok, then sleep without the agent */
+			sscanf(line, "%*s %2047s", s1);
+			printf("ok\n");
+			fflush(stdout);
+			unsetenv("LD_PRELOAD");
+			execl("/bin/sleep", "sleep", s1, (char *)NULL);
+			printf("%d\n", -errno);
 		} else if (strcmp(cmd, "quit") == 0) {
 			return 0;
 		} else {
