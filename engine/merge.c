@@ -1322,11 +1322,36 @@ static void remake_lost(struct md__engine *e, struct md__eregion *r, uintptr_t a
 	}
 }
 
+/* Whether the descriptor the n pages at hand map pool pages from is
+ * still that pool's (remote: memdedupd's, else ours), checked right
+ * before each use: it is used by number, and the VMM may have closed it or
+ * put a file of its own there (dup2), whose bytes the guest would read
+ * instead. Else counted: those pages stay as they were. */
+static int pool_fd_ok(struct md__engine *e, int remote, size_t n)
+{
+	int ok = remote ? md__remote_fd_ok(e->remote) : md__pool_fd_ok(&e->pool, e->pool.ro_fd);
+	if (!ok)
+		e->st.pool_replaced += n;
+	return ok;
+}
+
+/* Whether a descriptor of that pool was found replaced already: -EBADF
+ * before n pages are frozen for nothing, counted as pool_fd_ok does. */
+static int pool_lost(struct md__engine *e, int remote, size_t n)
+{
+	int lost = remote ? __atomic_load_n(&e->remote->fd_lost, __ATOMIC_RELAXED) : e->pool.lost;
+	if (lost)
+		e->st.pool_replaced += n;
+	return lost ? -EBADF : 0;
+}
+
 /* Maps n pool slots from slot over the frozen pages at addr. */
 static int map_pool(struct md__engine *e, struct md__eregion *r, uintptr_t addr,
 		    size_t n, uint32_t slot)
 {
 	int fd = e->remote ? e->remote->ro_fd : e->pool.ro_fd;
+	if (!pool_fd_ok(e, e->remote != NULL, n))
+		return -EBADF;
 	void *m = map_fixed(addr, n * MD_EPAGE, MAP_PRIVATE, fd, (off_t)slot * MD_EPAGE);
 	if (m == MAP_FAILED) {
 		int err = -errno;
@@ -1436,7 +1461,9 @@ int md__engine_merge_slots(struct md__engine *e, void *addr, size_t n, const uin
 		return -EINVAL;
 	pthread_mutex_lock(&e->lock);
 	struct md__eregion *r = replaceable(e, a, n, &err);
-	if (!r)
+	/* Before the freeze too: a pool found replaced freezes nothing. */
+	err = !r ? err : pool_fd_ok(e, e->remote != NULL, n) ? 0 : -EBADF;
+	if (err)
 		goto unlock;
 	/* One freeze, one check and one advice for the whole run of guest
 	 * pages, whatever slots they go to: a guest's copies of one page
@@ -1773,6 +1800,10 @@ static int map_fill(struct md__engine *e, struct md__eregion *r, uintptr_t addr,
 			thaw(e, a, (n - done) * MD_EPAGE);
 			return (int)done;
 		}
+		if (!pool_fd_ok(e, 0, n - done)) {
+			thaw(e, a, (n - done) * MD_EPAGE);
+			return (int)done;
+		}
 		if (map_fixed(a, k * MD_EPAGE, MAP_PRIVATE, e->pool.ro_fd, (off_t)slot * MD_EPAGE) == MAP_FAILED) {
 			e->st.map_failed += k;
 			remake_lost(e, r, a, k, md__pool_page(&e->pool, slot));
@@ -1805,12 +1836,14 @@ int md__engine_merge_fill(struct md__engine *e, void *addr, size_t n, uint64_t w
 	 * strip's worth of pages more, or pages between that differ) is
 	 * reckoned as it comes (map_fill). */
 	struct md__eregion *r = md__engine_region(e, a, n * MD_EPAGE);
-	err = !r ? -EINVAL : budget_ok(e, 2) ? 0 : -ENOSPC;
+	err = !r ? -EINVAL : pool_lost(e, 0, n);
+	err = err ? err : budget_ok(e, 2) ? 0 : -ENOSPC;
 	if (err)
 		goto unlock;
 	int64_t slot = fill_strip(e, word);
 	if (slot < 0) {
 		err = (int)slot;
+		e->st.pool_replaced += err == -EBADF ? n : 0;	/* md__pool_fd_ok */
 		goto unlock;
 	}
 	uint64_t pm[MAX_RUN];
@@ -1860,7 +1893,7 @@ int md__engine_publish(struct md__engine *e, void *addr, size_t n, uint32_t *slo
 		return -EINVAL;
 	pthread_mutex_lock(&e->lock);
 	struct md__eregion *r = replaceable(e, a, n, &err);
-	if (!r)
+	if (!r || (err = pool_lost(e, 0, n)))
 		goto unlock;
 	err = md__pool_reserve(&e->pool, n, &slot);
 	if (err)
@@ -1876,6 +1909,7 @@ int md__engine_publish(struct md__engine *e, void *addr, size_t n, uint32_t *slo
 	const unsigned char *g = frozen_pages(e, a, n);
 	e->st.freeze_failed += g ? 0 : n;
 	err = g ? md__pool_publish(&e->pool, slot, g, n) : -EFAULT;
+	e->st.pool_replaced += err == -EBADF ? n : 0;	/* md__pool_fd_ok */
 	if (err)
 		goto thaw_pages;
 	err = -EAGAIN;
@@ -2087,11 +2121,17 @@ static int old_pool_spans(struct md__engine *e, struct md__file_map **v, size_t 
 	struct stat own, cur;
 	own.st_ino = cur.st_ino = 0;
 	own.st_dev = cur.st_dev = 0;
+	/* As recorded when opened: the VMM may have put a file of its own
+	 * at either number since. */
 	pthread_mutex_lock(&e->lock);
-	if (e->pool.fd >= 0 && fstat(e->pool.fd, &own) != 0)
-		own.st_ino = 0;
-	if (e->remote && e->remote->ro_fd >= 0 && fstat(e->remote->ro_fd, &cur) != 0)
-		cur.st_ino = 0;
+	if (e->pool.fd >= 0) {
+		own.st_dev = e->pool.dev;
+		own.st_ino = e->pool.ino;
+	}
+	if (e->remote && e->remote->ro_fd >= 0) {
+		cur.st_dev = e->remote->dev;
+		cur.st_ino = e->remote->ino;
+	}
 	pthread_mutex_unlock(&e->lock);
 	int err = md__range_file_maps(0, UINTPTR_MAX, v, n);
 	if (err)

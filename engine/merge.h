@@ -175,6 +175,11 @@ struct md__engine_stats {
 	uint64_t budget_refused;/* merges refused by the VMA budget */
 	uint64_t image_replaced;/* pages of merges onto an image whose descriptor
 				 * the VMM closed or replaced meanwhile */
+	uint64_t pool_replaced; /* pages of merges (and publications) refused:
+				 * a descriptor of the pool they go to (ours,
+				 * or memdedupd's) was not that pool's any more,
+				 * the VMM closed it or put a file of its own at
+				 * its number (md__pool_fd_ok, md__remote_fd_ok) */
 	uint64_t freeze_failed; /* pages of runs the write-protection could not
 				 * be set on (pagemap, populate, the ioctl), or
 				 * whose frozen content, or the pool or image

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -65,6 +66,13 @@ int md__pool_open(struct md__pool *p, size_t max_pages)
 		err = -errno;
 		goto close_fd;
 	}
+	struct stat st;
+	if (fstat(p->fd, &st) != 0) {
+		err = -errno;
+		goto close_fd;
+	}
+	p->dev = st.st_dev;
+	p->ino = st.st_ino;
 	snprintf(path, sizeof(path), "fd/%d", p->fd);
 	p->ro_fd = md__proc_open(path, 0);
 	if (p->ro_fd < 0) {
@@ -102,6 +110,25 @@ close_fd:
 	return err;
 }
 
+/* Whether fd is a descriptor of the pool's file. */
+static int same_file(const struct md__pool *p, int fd)
+{
+	struct stat st;
+	return fd >= 0 && fstat(fd, &st) == 0 && st.st_dev == p->dev && st.st_ino == p->ino;
+}
+
+int md__pool_fd_ok(struct md__pool *p, int fd)
+{
+	if (p->lost)
+		return 0;
+	if (same_file(p, fd))
+		return 1;
+	p->lost = 1;
+	md__log_once(141, "the VMM closed a descriptor of this process's content pool, or put a file of "
+		     "its own at its number: no more merging into that pool (pages merged stay)");
+	return 0;
+}
+
 void md__pool_close(struct md__pool *p)
 {
 	/* Holders' mappings keep the file alive; only our handles go. Freed
@@ -111,9 +138,10 @@ void md__pool_close(struct md__pool *p)
 		md__pool_trim(p);
 	if (p->view)
 		md__sys_munmap((void *)p->view, p->max_pages * POOL_PAGE);
-	if (p->ro_fd >= 0)
+	/* Not a number the VMM took over since: its file is not ours to close. */
+	if (same_file(p, p->ro_fd))
 		close(p->ro_fd);
-	if (p->fd >= 0)
+	if (same_file(p, p->fd))
 		close(p->fd);
 	free(p->refs);
 	free(p->state);
@@ -164,6 +192,10 @@ static int punch(struct md__pool *p, uint32_t first, size_t n)
 		errno = EIO;
 		return -1;
 	}
+	if (!md__pool_fd_ok(p, p->fd)) {
+		errno = EBADF;
+		return -1;
+	}
 	return fallocate(p->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)first * POOL_PAGE,
 			 (off_t)n * POOL_PAGE);
 }
@@ -180,8 +212,9 @@ size_t md__pool_trim(struct md__pool *p)
 		 * would be written into the one the kernel may still hold
 		 * (see pool.h). */
 		if (punch(p, p->dirty[i], run) != 0) {
-			md__log_once(110, "freed pool pages cannot be given back (%s): their slots are not "
-				     "used again", strerror(errno));
+			if (!p->lost)
+				md__log_once(110, "freed pool pages cannot be given back (%s): their slots "
+					     "are not used again", strerror(errno));
 			p->unpunched += run;
 			for (size_t k = i; k < i + run; k++)
 				p->dirty[k] = UINT32_MAX;
@@ -217,6 +250,8 @@ int md__pool_publish(struct md__pool *p, uint32_t first, const void *src, size_t
 	for (size_t i = 0; i < n; i++)
 		if (p->state[first + i] != MD_SLOT_RESERVED)
 			return -EPERM;
+	if (!md__pool_fd_ok(p, p->fd))
+		return -EBADF;
 	size_t len = n * POOL_PAGE, done = 0;
 	while (done < len) {
 		/* Not the interposed pwrite: no VMM write to wait for. */

@@ -25,6 +25,7 @@
 #define MD_ENGINE_POOL_H
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 enum md__slot { MD_SLOT_FREE, MD_SLOT_RESERVED, MD_SLOT_LIVE };
 
@@ -44,6 +45,15 @@ struct md__pool {
 	size_t ndirty;
 	uint64_t published, freed, reused;
 	uint64_t unpunched;        /* freed slots never used again: see md__pool_trim */
+	/* The memfd's identity. In a VMM's process the descriptors are used
+	 * by number, and the VMM may close one of them or put a file of its
+	 * own at its number (dup2): a write or punch would then land in that
+	 * file, and a mapping show its bytes to the guest. */
+	dev_t dev;
+	ino_t ino;
+	int lost;                  /* a descriptor was found not to be the pool
+				    * any more: no write, punch or mapping
+				    * through them from then on */
 };
 
 /* Tests only: the next this many punches of freed slots fail (EIO). */
@@ -71,6 +81,9 @@ int md__pool_put(struct md__pool *p, uint32_t slot);
 int md__pool_put_n(struct md__pool *p, uint32_t slot, uint32_t n);
 /* Frees a LIVE slot nobody references (an unused publication). */
 void md__pool_drop_unused(struct md__pool *p, uint32_t slot);
+/* 1 if fd (p->fd or p->ro_fd) is still a descriptor of the pool's file;
+ * else 0, and p->lost is set for good (said once in the log). */
+int md__pool_fd_ok(struct md__pool *p, int fd);
 /* Punches the pages of the freed slots not reused yet; returns how many. */
 size_t md__pool_trim(struct md__pool *p);
 static inline const unsigned char *md__pool_page(const struct md__pool *p, uint32_t slot)

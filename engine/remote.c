@@ -47,6 +47,21 @@ static void owe(struct md__remote *rm, const uint32_t *slots, size_t n)
 	rm->nowed += n;
 }
 
+/* Whether fd is a descriptor of the file (dev, ino). */
+static int same_file(int fd, dev_t dev, ino_t ino)
+{
+	struct stat st;
+	return fd >= 0 && fstat(fd, &st) == 0 && st.st_dev == dev && st.st_ino == ino;
+}
+
+/* Closes the pool's descriptor fd of (dev, ino) unless the VMM put a file
+ * of its own at its number since: that one is not ours to close. */
+static void close_pool_fd(int fd, dev_t dev, ino_t ino)
+{
+	if (same_file(fd, dev, ino))
+		close(fd);
+}
+
 void md__remote_fini(struct md__remote *rm)
 {
 	free(rm->owed);
@@ -54,8 +69,7 @@ void md__remote_fini(struct md__remote *rm)
 		md__client_free(rm->c);
 	if (rm->view)
 		md__sys_munmap((void *)rm->view, rm->view_pages * MD_EPAGE);
-	if (rm->ro_fd >= 0)
-		close(rm->ro_fd);
+	close_pool_fd(rm->ro_fd, rm->dev, rm->ino);
 	pthread_mutex_destroy(&rm->lock);
 }
 
@@ -74,6 +88,18 @@ static void hang_up(struct md__remote *rm)
 	}
 	md__client_free(rm->c);
 	__atomic_store_n(&rm->c, NULL, __ATOMIC_RELAXED);	/* read racily: md__remote_connected */
+}
+
+/* Before a call (rm->lock held): a pool descriptor found replaced
+ * (md__remote_fd_ok) ends the connection, which only a new one mends. */
+static void fd_lost_hang_up(struct md__remote *rm)
+{
+	if (!rm->c || !__atomic_load_n(&rm->fd_lost, __ATOMIC_RELAXED))
+		return;
+	hang_up(rm);
+	rm->lost++;
+	md__log_once(142, "the VMM closed memdedupd's pool descriptor, or put a file of its own at its "
+		     "number: connecting again for a new one (pages merged stay)");
 }
 
 /* Called with rm->lock held when a call failed. A daemon that is only slow
@@ -111,15 +137,19 @@ int md__engine_unrefs_settled(struct md__engine *e)
 /* Lets go of the three locks a switch of pools takes (a connect, a drop),
  * then unmaps and closes the pool switched from: no slot of it is named
  * any more, so nothing maps from it after this. */
-static void switched_pools(struct md__engine *e, const void *old_view, size_t old_pages, int old_fd)
+static void switched_pools(struct md__engine *e, const void *old_view, size_t old_pages, int old_fd,
+			   dev_t old_dev, ino_t old_ino)
 {
+	/* The VMM may have closed the old number, and the new descriptor
+	 * come there: the same daemon's pool is the same file. */
+	int new_fd = e->remote->ro_fd;
 	pthread_mutex_unlock(&e->remote->lock);
 	pthread_mutex_unlock(&e->lock);
 	pthread_rwlock_unlock(&e->regions_lock);
 	if (old_view)
 		md__sys_munmap((void *)old_view, old_pages * MD_EPAGE);
-	if (old_fd >= 0)
-		close(old_fd);
+	if (old_fd != new_fd)
+		close_pool_fd(old_fd, old_dev, old_ino);
 }
 
 /* The slots of the pool held until now are forgotten (its daemon, or the
@@ -180,7 +210,7 @@ void md__engine_remote_drop(struct md__engine *e)
 	rm->view_pages = 0;
 	rm->ro_fd = -1;
 	rm->pool_size = 0;
-	switched_pools(e, view, pages, fd);
+	switched_pools(e, view, pages, fd, rm->dev, rm->ino);
 }
 
 int md__remote_connected(struct md__remote *rm)
@@ -195,15 +225,14 @@ int md__remote_connected(struct md__remote *rm)
 static uint32_t hello_flags(const struct md__engine *e)
 {
 	struct md__file_map *v;
-	struct stat own;
 	size_t n;
 	int pool = 1;
-	if (fstat(e->pool.fd, &own) != 0)
-		own.st_ino = 0;
+	/* The engine's own as opened: the VMM may have put a file of its
+	 * own at its number since. */
 	if (md__range_file_maps(0, UINTPTR_MAX, &v, &n) == 0) {
 		pool = 0;
 		for (size_t i = 0; i < n; i++)
-			pool |= v[i].pool && v[i].ino != own.st_ino;
+			pool |= v[i].pool && (v[i].ino != e->pool.ino || v[i].dev != e->pool.dev);
 		free(v);
 	}
 	return MD_HELLO_CONTROL_PID | (pool ? 0 : MD_HELLO_NO_POOL_MAPS);
@@ -243,11 +272,16 @@ int md__engine_remote_connect(struct md__engine *e)
 	const void *old_view = rm->view;
 	size_t old_pages = rm->view_pages;
 	int old_fd = rm->ro_fd;
+	dev_t old_dev = rm->dev;
+	ino_t old_ino = rm->ino;
 	if (rm->generation != w.generation)
 		forget_pool(e, rm);
 	rm->view = view;
 	rm->view_pages = w.pool_pages;
 	rm->ro_fd = fd;
+	rm->dev = st.st_dev;
+	rm->ino = st.st_ino;
+	__atomic_store_n(&rm->fd_lost, 0, __ATOMIC_RELAXED);
 	rm->pool_size = 0;	/* a new pool: its size is to be seen */
 	rm->same_daemon = rm->generation == w.generation;
 	/* The same daemon still counts what we owe it; another never had it. */
@@ -263,7 +297,7 @@ int md__engine_remote_connect(struct md__engine *e)
 	__atomic_store_n(&rm->c, c, __ATOMIC_RELAXED);
 	rm->control_pid = (md__client_hello_flags(c) & MD_HELLO_CONTROL_PID) != 0;
 	rm->connects++;
-	switched_pools(e, old_view, old_pages, old_fd);
+	switched_pools(e, old_view, old_pages, old_fd, old_dev, old_ino);
 	return 0;
 
 close_fd:
@@ -272,18 +306,33 @@ close_fd:
 	return err;
 }
 
+int md__remote_fd_ok(struct md__remote *rm)
+{
+	if (__atomic_load_n(&rm->fd_lost, __ATOMIC_RELAXED))
+		return 0;
+	if (same_file(rm->ro_fd, rm->dev, rm->ino))
+		return 1;
+	__atomic_store_n(&rm->fd_lost, 1, __ATOMIC_RELAXED);
+	return 0;
+}
+
 int md__remote_valid(struct md__remote *rm, uint32_t slot, size_t n)
 {
 	struct stat st;
 	uint64_t need = ((uint64_t)slot + n) * MD_EPAGE;
 	/* The pool file never shrinks (sealed): a slot inside it stays
 	 * readable through the view; one beyond it would raise SIGBUS. So a
-	 * size seen once holds, and only a slot past it costs an fstat. */
+	 * size seen once holds, and only a slot past it costs an fstat (of
+	 * the pool, not of a file the VMM put at its number). */
 	if ((size_t)slot + n > rm->view_pages)
 		return 0;
 	if (need <= __atomic_load_n(&rm->pool_size, __ATOMIC_RELAXED))
 		return 1;
-	if (fstat(rm->ro_fd, &st) != 0 || (uint64_t)st.st_size < need)
+	if (fstat(rm->ro_fd, &st) != 0 || st.st_dev != rm->dev || st.st_ino != rm->ino) {
+		__atomic_store_n(&rm->fd_lost, 1, __ATOMIC_RELAXED);
+		return 0;
+	}
+	if ((uint64_t)st.st_size < need)
 		return 0;
 	__atomic_store_n(&rm->pool_size, (uint64_t)st.st_size, __ATOMIC_RELAXED);
 	return 1;
@@ -292,6 +341,7 @@ int md__remote_valid(struct md__remote *rm, uint32_t slot, size_t n)
 #define CALL(rm, expr) ({ \
 	int _r; \
 	pthread_mutex_lock(&(rm)->lock); \
+	fd_lost_hang_up(rm); \
 	_r = (rm)->c ? (expr) : -ENOTCONN; \
 	if (_r < 0 && (rm)->c) \
 		_r = lost(rm, _r); \
@@ -329,6 +379,7 @@ int md__remote_ref_n(struct md__remote *rm, const uint32_t *slots, uint32_t n, i
 		pthread_mutex_unlock(&rm->lock);
 		return delta < 0 ? 0 : -ESTALE;
 	}
+	fd_lost_hang_up(rm);
 	int unsent = !rm->c || !md__client_alive(rm->c);
 	int err = unsent ? -ENOTCONN : md__client_ref(rm->c, slots, n, delta);
 	if (err < 0 && rm->c)

@@ -21,6 +21,7 @@
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "client.h"
 
@@ -32,6 +33,10 @@ struct md__remote {
 	                               * daemon may come or go (md__daemon_socket_path) */
 	char domain[MD_DOMAIN_MAX + 1];
 	int ro_fd;                    /* the pool, read-only; -1 before the first hello */
+	dev_t dev;                    /* ro_fd's file, as received: the VMM may close */
+	ino_t ino;                    /* the number or put a file of its own there */
+	int fd_lost;                  /* ro_fd was found another file (md__remote_fd_ok):
+	                               * the connection goes, the next brings a new one */
 	const unsigned char *view;    /* PROT_READ, MAP_SHARED view of ro_fd */
 	size_t view_pages;
 	uint64_t pool_size;           /* the pool file's size as last seen: it only grows */
@@ -65,6 +70,12 @@ void md__engine_remote_drop(struct md__engine *e);
  * owed, or kept by the client. */
 int md__engine_unrefs_settled(struct md__engine *e);
 int md__remote_connected(struct md__remote *rm);
+/* 1 if ro_fd is still the descriptor of the pool received (engine lock
+ * held). Else 0 for good: nothing is to be mapped from it, and the next
+ * call to memdedupd hangs up (said once in the log), so that the agent's
+ * next connect brings a new descriptor (the same daemon keeps our
+ * references). */
+int md__remote_fd_ok(struct md__remote *rm);
 /* 1 if slots [slot, slot+n) lie in the pool file (their view pages readable). */
 int md__remote_valid(struct md__remote *rm, uint32_t slot, size_t n);
 /* LOOKUP n hashes of the pages at addr[] (tag[]: their file pages, 0 or

@@ -16,6 +16,7 @@
 #include <sys/mman.h>
 #include <sys/uio.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -1519,6 +1520,193 @@ TEST_IMPL(engine_merge_file_descriptor_replaced)
 	close(fds[0]);
 	close(fds[1]);
 	munmap(b, 2 * PG);
+	return 0;
+}
+
+/* A file standing for one of the VMM's (a disk image) that it puts at the
+ * number of a pool descriptor: pages bytes, page i all (0x50 + i). */
+#define VICTIM_PAGES 64u
+static int victim_file(void)
+{
+	unsigned char page[PG];
+	int fd = open("/tmp", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	ASSERT(fd >= 0);
+	for (unsigned i = 0; i < VICTIM_PAGES; i++) {
+		memset(page, 0x50 + i, PG);
+		ASSERT_EQ(pwrite(fd, page, PG, (off_t)i * PG), PG);
+	}
+	return fd;
+}
+
+/* 1 if the victim file holds what victim_file wrote, and nothing more. */
+static int victim_intact(int fd)
+{
+	unsigned char page[PG];
+	struct stat st;
+	if (fstat(fd, &st) != 0 || st.st_size != (off_t)VICTIM_PAGES * PG)
+		return 0;
+	for (unsigned i = 0; i < VICTIM_PAGES; i++) {
+		if (pread(fd, page, PG, (off_t)i * PG) != PG)
+			return 0;
+		for (size_t k = 0; k < PG; k++)
+			if (page[k] != (unsigned char)(0x50 + i))
+				return 0;
+	}
+	return 1;
+}
+
+/* 1 if a page holds one of the victim's pages. */
+static int shows_victim(const unsigned char *p)
+{
+	for (size_t k = 1; k < PG; k++)
+		if (p[k] != p[0])
+			return 0;
+	return p[0] >= 0x50 && p[0] < 0x50 + VICTIM_PAGES;
+}
+
+/* The pool's descriptors are used by number: the VMM may close one and
+ * open a file that gets the number, or put a file of its own there
+ * (dup2). Merges then mapped that file's pages over guest pages, and
+ * publications and punches wrote into it (and the compare after a
+ * publication read past the pool's end: SIGBUS). Now each use checks the
+ * descriptor is still the pool's; merging into that pool stops, and the
+ * VMM's file is never written, mapped or closed. */
+TEST_IMPL(engine_pool_descriptor_replaced)
+{
+	enum { N = 8 };
+	struct md__engine e;
+	struct md__engine_stats st;
+	unsigned char *m = map_ram(3 * N), want[N * PG];
+	uint32_t slot, other;
+
+	/* The read-only descriptor (what merges map) replaced. */
+	engine_up(&e);
+	for (size_t i = 0; i < N; i++)
+		fill(want + i * PG, (unsigned)(300 + i));
+	memcpy(m, want, sizeof(want));
+	memcpy(m + N * PG, want, sizeof(want));
+	ASSERT_EQ(md__engine_register(&e, m, 3 * N * PG, 0), 0);
+	ASSERT_EQ(md__engine_publish(&e, m, N, &slot), N);
+	ASSERT_EQ(md__engine_merge(&e, m + N * PG, N, slot), N);
+	ASSERT_EQ(pfn(m + N * PG), pfn(m));
+	int victim = victim_file(), ro = e.pool.ro_fd;
+	ASSERT(dup2(victim, ro) == ro);
+	memcpy(m + 2 * N * PG, want, sizeof(want));	/* a third copy of each */
+	ASSERT(md__engine_merge(&e, m + 2 * N * PG, N, slot) <= 0);
+	for (size_t i = 0; i < 3 * N; i++) {
+		ASSERT(!shows_victim(m + i * PG));
+		ASSERT(memcmp(m + i * PG, want + (i % N) * PG, PG) == 0);
+	}
+	ASSERT(!(pagemap(m + 2 * N * PG) & PM_FILE));	/* left as it was */
+	m[2 * N * PG] ^= 1;	/* thawed: the write goes through */
+	ASSERT_EQ(m[2 * N * PG], want[0] ^ 1);
+	m[2 * N * PG] ^= 1;
+	/* Merging into that pool stops: no publication, no fill strip. */
+	ASSERT(md__engine_publish(&e, m + 2 * N * PG, 1, &other) < 0);
+	memset(m + 2 * N * PG, 0xcc, 2 * PG);
+	ASSERT(md__engine_merge_fill(&e, m + 2 * N * PG, 2, 0xccccccccccccccccull) <= 0);
+	md__engine_stats(&e, &st);
+	ASSERT(st.pool_replaced >= N);
+	ASSERT_EQ(st.merged, N);
+	ASSERT_EQ(st.filled, 0);
+	md__engine_fini(&e);
+	ASSERT(victim_intact(ro));	/* still open at its number: not closed as ours */
+	close(ro);
+	ASSERT(victim_intact(victim));
+	close(victim);
+
+	/* The writable one (publications, punches) replaced. */
+	engine_up(&e);
+	memcpy(m, want, sizeof(want));
+	memcpy(m + N * PG, want, sizeof(want));
+	ASSERT_EQ(md__engine_register(&e, m, 3 * N * PG, 0), 0);
+	ASSERT_EQ(md__engine_publish(&e, m, N, &slot), N);
+	ASSERT_EQ(md__engine_merge(&e, m + N * PG, N, slot), N);
+	victim = victim_file();
+	int rw = e.pool.fd;
+	ASSERT(dup2(victim, rw) == rw);
+	/* Every reference goes: the slots are freed, and punched at the trim. */
+	ASSERT_EQ(md__engine_unregister(&e, m, 2 * N * PG, MD_UNREG_MAPPED), 0);
+	md__engine_trim(&e);
+	ASSERT(victim_intact(victim));
+	for (size_t i = 0; i < 2 * N; i++)
+		ASSERT(memcmp(m + i * PG, want + (i % N) * PG, PG) == 0);
+	memcpy(m + 2 * N * PG, want, PG);
+	ASSERT(md__engine_publish(&e, m + 2 * N * PG, 1, &other) < 0);	/* no write, no compare past the end */
+	ASSERT(memcmp(m + 2 * N * PG, want, PG) == 0);
+	ASSERT(victim_intact(victim));
+	md__engine_stats(&e, &st);
+	ASSERT(st.pool_replaced >= 1);
+	md__engine_fini(&e);
+	ASSERT(victim_intact(rw));
+	close(rw);
+	close(victim);
+	munmap(m, 3 * N * PG);
+	return 0;
+}
+
+/* The same with memdedupd's pool: a merge never maps the file the VMM put
+ * at the number of the pool's descriptor; the connection goes at the next
+ * call, and the next connect brings a new descriptor to merge from. */
+TEST_IMPL(engine_remote_pool_descriptor_replaced)
+{
+	struct tdaemon t;
+	struct md__engine e;
+	struct md__remote rm;
+	struct md__engine_stats st;
+	unsigned char *m = map_ram(2), want[PG];
+	uint32_t slot;
+	int status;
+
+	engine_up(&e);
+	td_start(&t, 1024);
+	ASSERT_EQ(md__remote_init(&rm, t.sock, "victim"), 0);
+	e.remote = &rm;
+	ASSERT_EQ(md__engine_remote_connect(&e), 0);
+	fill(want, 77);
+	memcpy(m, want, PG);
+	memcpy(m + PG, want, PG);
+	ASSERT_EQ(md__engine_register(&e, m, 2 * PG, 0), 0);
+	uint64_t h = md__page_hash(want), gen = rm.generation;
+	const void *page = want;
+	ASSERT_EQ(md__remote_publish_each(&rm, &h, &page, 1, &slot, &status, gen), 0);
+	ASSERT_EQ(status, 0);
+	uint32_t pin[2] = { slot, slot };
+	ASSERT_EQ(md__remote_ref_n(&rm, pin, 2, +1, gen), 0);	/* one per page to merge */
+	int victim = victim_file(), ro = rm.ro_fd;
+	ASSERT(dup2(victim, ro) == ro);
+	unsigned char done[1];
+	ASSERT(md__engine_merge_slots(&e, m, 1, &slot, done) <= 0);
+	ASSERT_EQ(done[0], 0);
+	ASSERT(!shows_victim(m));
+	ASSERT(memcmp(m, want, PG) == 0);
+	ASSERT(!(pagemap(m) & PM_FILE));
+	md__engine_stats(&e, &st);
+	ASSERT_EQ(st.pool_replaced, 1);
+	/* The next call hangs up (what it gives back is owed to the next
+	 * connection); the agent's thread connects again. */
+	ASSERT_EQ(td_domains_int(&t, "references"), 3);
+	ASSERT_EQ(md__engine_unref_n(&e, &slot, 1, gen), -ENOTCONN);
+	ASSERT(!md__remote_connected(&rm));
+	ASSERT_EQ(md__engine_remote_connect(&e), 0);
+	ASSERT_EQ(rm.generation, gen);
+	ASSERT(rm.ro_fd != ro);
+	ASSERT(victim_intact(ro));	/* not closed as the old pool's */
+	ASSERT_EQ(md__engine_merge_slots(&e, m + PG, 1, &slot, done), 1);
+	ASSERT_EQ(done[0], 1);
+	ASSERT(memcmp(m + PG, want, PG) == 0);
+	ASSERT_EQ(pfn(m + PG), pfn(md__engine_pool_page(&e, slot)));
+	uint64_t ctr = 0;
+	ASSERT_EQ(md__remote_report(&rm, &ctr, 1), 0);	/* sends what was owed first */
+	ASSERT_EQ(td_domains_int(&t, "references"), 2);	/* the publication's, m + PG's */
+	md__engine_fini(&e);
+	md__remote_fini(&rm);
+	ASSERT(victim_intact(ro));
+	ASSERT(victim_intact(victim));
+	close(ro);
+	close(victim);
+	td_stop(&t);
+	munmap(m, 2 * PG);
 	return 0;
 }
 
