@@ -554,15 +554,17 @@ static int still_frozen(struct md__engine *e, uintptr_t addr, size_t n)
 }
 
 /* One UNREF for n slots of pool generation gen; if memdedupd refuses it
- * (a slot of a pool from before a reconnection is not held), one each, so
- * the valid ones still go: only then, as an UNREF that went but failed
- * otherwise may yet be applied. A dead daemon counts nothing. */
+ * (a slot of a pool from before a reconnection is not held), the client's
+ * give-back queue splits it, so the valid ones still go: only then, as an
+ * UNREF that went but failed otherwise may yet be applied. Not one round
+ * trip each here: up to 512 of a slow daemon's held the caller (the agent's
+ * thread, which takes lease breaks) for minutes. A dead daemon counts
+ * nothing. */
 int md__engine_unref_n(struct md__engine *e, const uint32_t *slot, size_t n, uint64_t gen)
 {
 	int err = md__remote_ref_n(e->remote, slot, (uint32_t)n, -1, gen);
-	if (err == -EINVAL)
-		for (size_t k = 0; k < n; k++)
-			md__remote_ref_n(e->remote, &slot[k], 1, -1, gen);
+	if (err == -EINVAL && n > 1)
+		md__remote_give_back(e->remote, slot, n, gen);
 	return err == -EINVAL ? 0 : err;
 }
 
@@ -607,8 +609,8 @@ static void defer_unrefs(struct md__engine *e)
 	e->nunref = 0;
 }
 
-/* UNREFs sent per call at most: the agent's thread, which sends them too,
- * also answers lease breaks. */
+/* UNREFs sent per call at most, within MD_RT_PASS_MS: the agent's thread,
+ * which sends them too, also answers lease breaks. */
 #define MD_UNREF_PASS (64 * MD_REF_BATCH)
 
 void md__engine_send_unrefs(struct md__engine *e)
@@ -625,12 +627,14 @@ void md__engine_send_unrefs(struct md__engine *e)
 	e->nunref_q = e->unref_cap = 0;
 	pthread_mutex_unlock(&e->unref_lock);
 	size_t at = 0;
+	int64_t start = md__rt_begin();
 	while (at < n && at < MD_UNREF_PASS) {
 		size_t m = n - at < MD_REF_BATCH ? n - at : MD_REF_BATCH;
 		int err = md__engine_unref_n(e, q + at, m, gen);
 		at += m;	/* sent, queued by the client, or owed: done with here */
-		if (err)
-			break;	/* a slow daemon: the rest waits for the next call */
+		/* A daemon gone, or slow: the rest waits for the next call. */
+		if (err || !md__rt_more(start))
+			break;
 	}
 	/* The rest back in the queue, unless the pool is another's now (the
 	 * queue holds the new pool's slots then). Under the merge lock, as

@@ -295,7 +295,8 @@ extern void (*md__engine_compare_hook)(uintptr_t a, size_t n);
 extern int md__engine_fail_slices;
 
 /* One UNREF for n slots of memdedupd's pool generation gen; if refused (a
- * slot not held), one each, so the valid ones still go. */
+ * slot not held), handed to the client's own UNREFs, which split it when
+ * refused again, so the valid ones still go: one round trip here. */
 int md__engine_unref_n(struct md__engine *e, const uint32_t *slot, size_t n, uint64_t gen);
 int md__engine_init(struct md__engine *e, const struct md__engine_options *opts);
 void md__engine_fini(struct md__engine *e);
@@ -309,7 +310,8 @@ void md__engine_release_ref(struct md__engine *e, struct md__eregion *r, size_t 
  * the merge lock: no round trip to memdedupd. */
 void md__engine_unlock(struct md__engine *e);
 /* Sends the references dropped so far to memdedupd (no engine lock held:
- * a round trip). Those of a pool from before a reconnection to another
+ * round trips, as many as MD_RT_PASS_MS allows; the rest stay queued for
+ * the next call). Those of a pool from before a reconnection to another
  * daemon are forgotten, as that daemon is. */
 void md__engine_send_unrefs(struct md__engine *e);
 /* The content of pool slot s (lock held, slot known valid). */

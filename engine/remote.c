@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -394,6 +395,45 @@ int md__remote_ref_n(struct md__remote *rm, const uint32_t *slots, uint32_t n, i
 		owe(rm, slots, n);
 	pthread_mutex_unlock(&rm->lock);
 	return err < 0 ? err : 0;
+}
+
+int64_t md__rt_begin(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
+int md__rt_more(int64_t start)
+{
+	return md__rt_begin() - start < MD_RT_PASS_MS;
+}
+
+size_t md__remote_ref_each(struct md__remote *rm, const uint32_t *slots, size_t n, unsigned char *ok,
+			   uint64_t gen)
+{
+	int64_t start = md__rt_begin();
+	size_t pinned = 0, i = 0;
+	for (; i < n && md__rt_more(start); i++) {
+		ok[i] = md__remote_ref_n(rm, &slots[i], 1, +1, gen) == 0;
+		pinned += ok[i];
+	}
+	for (; i < n; i++)
+		ok[i] = 0;
+	return pinned;
+}
+
+void md__remote_give_back(struct md__remote *rm, const uint32_t *slots, size_t n, uint64_t gen)
+{
+	pthread_mutex_lock(&rm->lock);
+	fd_lost_hang_up(rm);
+	if (rm->generation != gen)
+		;	/* another daemon's pool: the one that counted them is gone */
+	else if (rm->c)
+		md__client_give_back(rm->c, slots, n);	/* past its bound: said once, pinned */
+	else
+		owe(rm, slots, n);
+	pthread_mutex_unlock(&rm->lock);
 }
 
 int md__remote_report(struct md__remote *rm, const uint64_t *ctr, uint32_t n)

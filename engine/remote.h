@@ -89,11 +89,32 @@ int md__remote_reads(struct md__remote *rm, const struct md__read_run *run, uint
  * daemon's refusal. 0, or -errno when the daemon went away. */
 int md__remote_publish_each(struct md__remote *rm, const uint64_t *hash, const void *const *pages,
 			    uint32_t n, uint32_t *slot, int *status, uint64_t gen);
+/* Round trips made one after another (a pass of UNREFs, REFs one by one)
+ * stop once MD_RT_PASS_MS went by since the first began: the client's
+ * timeout bounds each of them, not the lot, and a daemon slow to answer (a
+ * second each, well within that timeout) held the agent's thread, which
+ * alone takes lease breaks, for a minute and more. */
+#define MD_RT_PASS_MS 500
+/* When a pass begins (ms, monotonic), for md__rt_more. */
+int64_t md__rt_begin(void);
+/* 1 if another round trip may go in the pass begun at start. */
+int md__rt_more(int64_t start);
 /* REF (+1) / UNREF (-1) n slots, all or none. gen (here and above): the
  * pool generation the caller's batch began with; if the pool is another
  * daemon's now (a reconnection meanwhile), nothing is sent: -ESTALE, or 0
  * for an UNREF (what it gave back is gone with that daemon). */
 int md__remote_ref_n(struct md__remote *rm, const uint32_t *slots, uint32_t n, int delta, uint64_t gen);
+/* After a REF of n slots was refused (one no longer live): a REF of each
+ * alone, ok[i] 1 for those pinned, until the pass took MD_RT_PASS_MS (the
+ * rest are not pinned: ok[i] 0). Returns how many were. */
+size_t md__remote_ref_each(struct md__remote *rm, const uint32_t *slots, size_t n, unsigned char *ok,
+			   uint64_t gen);
+/* Queues n references of pool generation gen to give back with the
+ * client's own UNREFs (md__client_give_back: sent with the next requests,
+ * without waiting for their answers, and split there if refused); owed to
+ * the next connection if there is none, forgotten if the pool is another
+ * daemon's now. */
+void md__remote_give_back(struct md__remote *rm, const uint32_t *slots, size_t n, uint64_t gen);
 int md__remote_report(struct md__remote *rm, const uint64_t *ctr, uint32_t n);
 int md__remote_next_control(struct md__remote *rm, struct md__msg_control *ctl);
 int md__remote_control_done(struct md__remote *rm, uint32_t token, int status, const char *why);

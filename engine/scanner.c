@@ -602,13 +602,16 @@ static void flush_remote(struct md__scanner *s)
 		}
 	}
 	/* Pin all candidates at once; if one was freed meanwhile the daemon
-	 * refuses them all, and then they go one by one. */
+	 * refuses them all, and then they go one by one, as long as a pass
+	 * may take (md__rt_more): the rest wait for their next visit. */
 	if (npin) {
 		regions_let_go(s);
 		if (md__remote_ref_n(rm, pin, (uint32_t)npin, +1, gen) != 0) {
+			unsigned char ok[MD_SCAN_PEND];
 			size_t kept = 0;
+			md__remote_ref_each(rm, pin, npin, ok, gen);
 			for (size_t j = 0; j < npin; j++)
-				if (md__remote_ref_n(rm, &pin[j], 1, +1, gen) == 0) {
+				if (ok[j]) {
 					pin[kept] = pin[j];
 					pin_of[kept++] = pin_of[j];
 				}

@@ -15,7 +15,9 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/uio.h>
+#include <sys/un.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -2761,6 +2763,251 @@ TEST_IMPL(engine_late_grant_not_settled)
 	md__remote_fini(&rm);
 	td_stop(&t);
 	munmap(x, PG);
+	return 0;
+}
+
+/* memdedupd reached through a proxy that holds each chunk the daemon sends
+ * for delay_ms (descriptors passed on): a daemon slow to answer, each reply
+ * well inside the client's timeout. One connection at a time. */
+struct slow_proxy {
+	int listen_fd;
+	char path[96];
+	const char *daemon_sock;
+	int delay_ms;
+	pthread_t accepter;
+};
+struct relay {
+	int from, to, delay_ms;
+};
+
+static void *relay_run(void *arg)
+{
+	struct relay *r = arg;
+	for (;;) {
+		char buf[65536];
+		union { struct cmsghdr h; char b[CMSG_SPACE(4 * sizeof(int))]; } ctl;
+		struct iovec iov = { buf, sizeof(buf) };
+		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b,
+				     .msg_controllen = sizeof(ctl.b) };
+		ssize_t got = recvmsg(r->from, &mh, 0);
+		if (got <= 0)
+			break;
+		if (r->delay_ms)
+			usleep((useconds_t)r->delay_ms * 1000);
+		iov.iov_len = (size_t)got;
+		if (!mh.msg_controllen)
+			mh.msg_control = NULL;
+		if (sendmsg(r->to, &mh, MSG_NOSIGNAL) != got)
+			break;
+		/* The descriptors passed on are the receiver's now. */
+		for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm))
+			for (size_t i = 0; i < (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
+				int fd;
+				memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof(int));
+				close(fd);
+			}
+	}
+	shutdown(r->to, SHUT_WR);
+	free(r);
+	return NULL;
+}
+
+static void relay_start(int from, int to, int delay_ms)
+{
+	struct relay *r = malloc(sizeof(*r));
+	pthread_t th;
+	ASSERT(r);
+	*r = (struct relay){ from, to, delay_ms };
+	ASSERT_EQ(pthread_create(&th, NULL, relay_run, r), 0);
+	pthread_detach(th);
+}
+
+static void *proxy_accept(void *arg)
+{
+	struct slow_proxy *p = arg;
+	for (;;) {
+		int c = accept4(p->listen_fd, NULL, NULL, SOCK_CLOEXEC);
+		if (c < 0)
+			return NULL;
+		int d = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		struct sockaddr_un sa = { .sun_family = AF_UNIX };
+		snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", p->daemon_sock);
+		if (d < 0 || connect(d, (struct sockaddr *)&sa, sizeof(sa)) != 0)
+			return NULL;
+		relay_start(c, d, 0);
+		relay_start(d, c, p->delay_ms);
+	}
+}
+
+static void slow_proxy_start(struct slow_proxy *p, const char *daemon_sock, int delay_ms)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	snprintf(p->path, sizeof(p->path), "/tmp/md-slow-proxy-%d.sock", (int)getpid());
+	unlink(p->path);
+	p->daemon_sock = daemon_sock;
+	p->delay_ms = delay_ms;
+	p->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ASSERT(p->listen_fd >= 0);
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", p->path);
+	ASSERT(bind(p->listen_fd, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+	ASSERT(listen(p->listen_fd, 8) == 0);
+	ASSERT_EQ(pthread_create(&p->accepter, NULL, proxy_accept, p), 0);
+}
+
+static void slow_proxy_stop(struct slow_proxy *p)
+{
+	shutdown(p->listen_fd, SHUT_RDWR);	/* ends the accept */
+	pthread_join(p->accepter, NULL);
+	close(p->listen_fd);
+	unlink(p->path);
+}
+
+/* Takes n more references on slot (n >= 1), as merges' pins do. */
+static void hold_refs(struct md__remote *rm, uint32_t slot, size_t n)
+{
+	static uint32_t same[MD_REF_MAX];
+	for (size_t i = 0; i < MD_REF_MAX; i++)
+		same[i] = slot;
+	for (size_t k = 0; k < n; k += MD_REF_MAX)
+		ASSERT_EQ(md__remote_ref_n(rm, same, (uint32_t)(n - k < MD_REF_MAX ? n - k : MD_REF_MAX), +1,
+					   rm->generation), 0);
+}
+
+/* Lets go of n references to slot under the merge lock, as a VMM's
+ * discard of that many merged pages does: queued for md__engine_send_unrefs. */
+static void let_go(struct md__engine *e, const uint32_t *slots, size_t n)
+{
+	for (size_t k = 0; k < n; k += MD_REF_BATCH) {
+		pthread_mutex_lock(&e->lock);
+		for (size_t i = k; i < n && i < k + MD_REF_BATCH; i++)
+			e->unref[e->nunref++] = slots[i];
+		md__engine_unlock(e);
+	}
+}
+
+/* As the agent's thread and the scanner do, until memdedupd holds only
+ * left references of ours: passes of md__engine_send_unrefs (each within
+ * max_s), and requests that carry the client's own UNREFs. */
+static void give_all_back(struct md__engine *e, struct md__remote *rm, const struct tdaemon *t, double max_s,
+			  long long left)
+{
+	uint64_t ctr = 0;
+	double end = now() + 60;
+	for (;;) {
+		double t0 = now();
+		md__engine_send_unrefs(e);
+		double took = now() - t0;
+		if (took >= max_s)
+			fprintf(stderr, "a pass of md__engine_send_unrefs took %.1f s\n", took);
+		ASSERT(took < max_s);
+		md__remote_report(rm, &ctr, 1);
+		if (md__engine_unrefs_settled(e) && td_domains_int(t, "references") == left)
+			break;
+		ASSERT(now() < end);
+		usleep(20000);
+	}
+}
+
+/* A daemon slow to answer, each reply within the client's 2 s timeout,
+ * held the caller of md__engine_send_unrefs (the agent's thread, which
+ * alone takes lease breaks, each second) for a round trip per 512
+ * references, up to 64 of them a pass: 65 s at a second each (review); a
+ * refused UNREF was then sent again one slot at a time, up to 512 round
+ * trips, and the scanner's refused REF up to 256. A pass now ends after
+ * MD_RT_PASS_MS and the rest waits; a refused UNREF goes to the client's
+ * pipelined UNREFs; REFs one by one stop as a pass does. Every reference
+ * is given back all the same, once. */
+TEST_IMPL(engine_unrefs_bounded_by_slow_daemon)
+{
+	enum { REFS = 16 * MD_REF_BATCH, PINS = 256 };
+	struct tdaemon t;
+	struct md__engine e;
+	struct md__remote rm;
+	struct slow_proxy px;
+	unsigned char *x = map_ram(2);
+	static uint32_t q[REFS];
+	uint32_t slot, slot2;
+	int status;
+
+	engine_up(&e);
+	td_start(&t, 1024);
+	ASSERT_EQ(md__remote_init(&rm, t.sock, "slow"), 0);
+	e.remote = &rm;
+	ASSERT_EQ(md__engine_remote_connect(&e), 0);
+	fill(x, 9);
+	fill(x + PG, 10);
+	uint64_t h[2] = { md__page_hash(x), md__page_hash(x + PG) };
+	const void *page[2] = { x, x + PG };
+	uint32_t slots[2];
+	int st2[2];
+	ASSERT_EQ(md__remote_publish_each(&rm, h, page, 2, slots, st2, rm.generation), 0);
+	ASSERT(st2[0] == 0 && st2[1] == 0);
+	slot = slots[0];
+	slot2 = slots[1];
+	hold_refs(&rm, slot, REFS - 1);	/* the publication's is one */
+	hold_refs(&rm, slot2, MD_REF_BATCH - 2);
+	ASSERT_EQ(td_domains_int(&t, "references"), REFS + MD_REF_BATCH - 1);
+
+	/* The same daemon, through the slow proxy: the agent connects again
+	 * (same generation, same record). */
+	slow_proxy_start(&px, t.sock, 300);
+	pthread_mutex_lock(&rm.lock);
+	md__client_free(rm.c);
+	rm.c = NULL;
+	snprintf(rm.socket, sizeof(rm.socket), "%s", px.path);
+	pthread_mutex_unlock(&rm.lock);
+	uint64_t gen = rm.generation;
+	ASSERT_EQ(md__engine_remote_connect(&e), 0);
+	ASSERT_EQ(rm.generation, gen);
+
+	/* UNREFs the daemon takes, more than a pass has time for. */
+	for (size_t i = 0; i < REFS; i++)
+		q[i] = slot;
+	double p0 = now();
+	let_go(&e, q, REFS);
+	give_all_back(&e, &rm, &t, 2.5, MD_REF_BATCH - 1);
+	ASSERT_EQ(td_domains_int(&t, "references"), MD_REF_BATCH - 1);	/* slot2's: none twice */
+	double p1 = now();
+	ASSERT_EQ(td_domains_int(&t, "pool_live_pages"), 1);
+
+	/* One it refuses (a slot not held among those held): split by the
+	 * client, the others taken. */
+	for (size_t i = 0; i < MD_REF_BATCH; i++)
+		q[i] = slot2;
+	q[MD_REF_BATCH / 2] = 1000;	/* never published */
+	let_go(&e, q, MD_REF_BATCH);
+	give_all_back(&e, &rm, &t, 2.5, 0);
+	ASSERT_EQ(td_domains_int(&t, "pool_live_pages"), 0);
+	fprintf(stderr, "  all given back in %.1f s, the refused UNREF's in %.1f s\n", p1 - p0, now() - p1);
+
+	/* REFs one by one after one of them all was refused: as long as a
+	 * pass may take, those pinned held, the others not. */
+	ASSERT_EQ(md__remote_publish_each(&rm, h, page, 1, &slot, &status, rm.generation), 0);
+	ASSERT_EQ(status, 0);
+	uint32_t pin[PINS];
+	unsigned char ok[PINS];
+	for (size_t i = 0; i < PINS; i++)
+		pin[i] = slot;
+	pin[PINS - 1] = 1000;
+	ASSERT_EQ(md__remote_ref_n(&rm, pin, PINS, +1, rm.generation), -EINVAL);
+	double t0 = now();
+	size_t pinned = md__remote_ref_each(&rm, pin, PINS, ok, rm.generation);
+	double took = now() - t0;
+	fprintf(stderr, "  REFs one by one: %zu pinned in %.1f s\n", pinned, took);
+	ASSERT(took < 2.5);
+	ASSERT(pinned >= 1 && pinned < PINS - 1);
+	size_t held = 0;
+	for (size_t i = 0; i < PINS; i++)
+		held += ok[i];
+	ASSERT_EQ(held, pinned);
+	ASSERT_EQ(ok[PINS - 1], 0);
+	ASSERT_EQ(td_domains_int(&t, "references"), 1 + (long long)pinned);
+
+	md__engine_fini(&e);
+	md__remote_fini(&rm);
+	slow_proxy_stop(&px);
+	td_stop(&t);
+	munmap(x, 2 * PG);
 	return 0;
 }
 
