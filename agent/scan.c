@@ -768,7 +768,7 @@ int md__scan_account(struct md_agent *a, int reap)
 	md__set(a, MD_CTR_VOLATILE, ss.volatile_skips);
 	md__set(a, MD_CTR_ABANDONED, st.abandoned);
 	md__set(a, MD_CTR_MERGE_FALLBACKS, st.map_failed + st.budget_refused + st.freeze_failed +
-					       st.image_replaced);
+					       st.image_replaced + st.pool_replaced);
 	/* Each way a merge falls back, once: the pages stay as they were. */
 	if (st.map_failed)
 		md__log_once(117, "the kernel refused a mapping the scanner asked for (memory short, "

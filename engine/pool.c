@@ -124,7 +124,7 @@ int md__pool_fd_ok(struct md__pool *p, int fd)
 	if (same_file(p, fd))
 		return 1;
 	p->lost = 1;
-	md__log_once(141, "the VMM closed a descriptor of this process's content pool, or put a file of "
+	md__log_once(143, "the VMM closed a descriptor of this process's content pool, or put a file of "
 		     "its own at its number: no more merging into that pool (pages merged stay)");
 	return 0;
 }

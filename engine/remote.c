@@ -99,7 +99,7 @@ static void fd_lost_hang_up(struct md__remote *rm)
 		return;
 	hang_up(rm);
 	rm->lost++;
-	md__log_once(142, "the VMM closed memdedupd's pool descriptor, or put a file of its own at its "
+	md__log_once(144, "the VMM closed memdedupd's pool descriptor, or put a file of its own at its "
 		     "number: connecting again for a new one (pages merged stay)");
 }
 
