@@ -340,8 +340,7 @@ static void feed(struct md_agent *a)
 		for (size_t i = 0; i < n; i++)
 			pm[i] = MD_PM_PRESENT;
 		if (todo[t].copied && (!a->engine ||
-				       md__sys_pread(a->engine->pagemap_fd, pm, n * sizeof(pm[0]),
-						     (off_t)(todo[t].addr / MD_PAGE * sizeof(pm[0]))) !=
+				       md__engine_pagemap(a->engine, todo[t].addr, n, pm) !=
 					       (ssize_t)(n * sizeof(pm[0]))))
 			r = NULL;
 		for (size_t i = 0; i < n; i++) {

@@ -142,10 +142,15 @@ int md__engine_init(struct md__engine *e, const struct md__engine_options *opts)
 		goto free_index;
 	}
 	e->pagemap_fd = md__proc_open("pagemap", 0);
-	if (e->pagemap_fd < 0) {
+	struct stat pst;
+	if (e->pagemap_fd < 0 || fstat(e->pagemap_fd, &pst) != 0) {
 		err = -errno;
+		if (e->pagemap_fd >= 0)
+			close(e->pagemap_fd);
 		goto free_hashes;
 	}
+	e->pagemap_dev = pst.st_dev;
+	e->pagemap_ino = pst.st_ino;
 	e->zero_pfn = zero_pfn(e->pagemap_fd);
 	static const uint64_t zeroes[MD_EPAGE / sizeof(uint64_t)];
 	e->zero_hash = (uint16_t)md__page_hash(zeroes);
@@ -222,6 +227,35 @@ size_t md__engine_dropped_pages(const struct md__eregion *r)
 	return n;
 }
 
+static int pagemap_ours(const struct md__engine *e, int fd)
+{
+	struct stat st;
+	return fd >= 0 && fstat(fd, &st) == 0 && st.st_dev == e->pagemap_dev && st.st_ino == e->pagemap_ino;
+}
+
+ssize_t md__engine_pagemap(struct md__engine *e, uintptr_t addr, size_t n, uint64_t *pm)
+{
+	int fd = __atomic_load_n(&e->pagemap_fd, __ATOMIC_ACQUIRE);
+	if (!pagemap_ours(e, fd)) {
+		/* Not closed: the number is the VMM's now. The same file
+		 * again (its inode is the process's), or none: no read. */
+		int again = md__proc_open("pagemap", 0);
+		if (!pagemap_ours(e, again)) {
+			if (again >= 0)
+				close(again);
+			errno = EBADF;
+			return -1;
+		}
+		if (__atomic_compare_exchange_n(&e->pagemap_fd, &fd, again, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+			fd = again;
+		else
+			close(again);	/* another thread's is in: fd holds it */
+		md__log_once(145, "the VMM closed the agent's /proc/self/pagemap descriptor, or put a file of "
+			     "its own at its number: opened again");
+	}
+	return md__sys_pread(fd, pm, n * sizeof(uint64_t), (off_t)(addr / MD_EPAGE * sizeof(uint64_t)));
+}
+
 void md__engine_fini(struct md__engine *e)
 {
 	/* Closing the userfaultfd ends registrations; merged pages stay
@@ -234,7 +268,7 @@ void md__engine_fini(struct md__engine *e)
 	free(e->cmp_buf);
 	md__index_free(&e->index);
 	md__pool_close(&e->pool);
-	if (e->pagemap_fd >= 0)
+	if (pagemap_ours(e, e->pagemap_fd))
 		close(e->pagemap_fd);
 	free(e->unref_q);
 	pthread_mutex_destroy(&e->unref_lock);
@@ -417,11 +451,10 @@ static void thaw(struct md__engine *e, uintptr_t addr, size_t len)
 }
 
 /* The pagemap entries of the n pages from addr into pm: 0 or -EIO. */
-static int pagemap_read(const struct md__engine *e, uintptr_t addr, size_t n, uint64_t *pm)
+static int pagemap_read(struct md__engine *e, uintptr_t addr, size_t n, uint64_t *pm)
 {
 	size_t len = n * sizeof(uint64_t);
-	return md__sys_pread(e->pagemap_fd, pm, len, (off_t)(addr / MD_EPAGE * sizeof(uint64_t))) ==
-	       (ssize_t)len ? 0 : -EIO;
+	return md__engine_pagemap(e, addr, n, pm) == (ssize_t)len ? 0 : -EIO;
 }
 
 static int budget_ok(struct md__engine *e, size_t new_vmas);

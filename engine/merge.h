@@ -231,7 +231,9 @@ struct md__engine {
 	uint64_t *slot_hash;    /* checksum of each live pool slot */
 	struct md__eregion *regions;
 	size_t nregions;
-	int pagemap_fd;
+	int pagemap_fd;	/* md__engine_pagemap's, checked to be still ours */
+	dev_t pagemap_dev;
+	ino_t pagemap_ino;
 	unsigned char *cmp_buf;	/* the compare's copies: frozen pages, then what they must equal */
 	uint64_t budget_counts; /* counts of every mapping budget_ok made (merge lock) */
 	uint64_t zero_pfn;      /* the kernel's zero page in pagemap, 0: unknown or none */
@@ -459,6 +461,12 @@ int md__engine_unregister_anon(struct md__engine *e, void *addr, size_t len, int
  * of the VMM's covers, or an unreadable one is left (-EBUSY). 0 or
  * -errno (left as it was). */
 struct md__vma;
+/* Reads the pagemap entries of the n pages from addr into pm: bytes read
+ * (as pread), or -1. Its descriptor is used by number: a VMM that closed
+ * it and opened a file of its own there would have had that file's bytes
+ * taken for page-table entries (a page written taken for one not, at a
+ * lease break). Checked first, and opened again when it is not ours. */
+ssize_t md__engine_pagemap(struct md__engine *e, uintptr_t addr, size_t n, uint64_t *pm);
 int md__engine_move_copies(struct md__engine *e, const struct md__vma *v, uintptr_t lo, uintptr_t hi);
 /* The engine's region holding [addr, addr+len), or NULL (lock held). */
 struct md__eregion *md__engine_region(struct md__engine *e, uintptr_t addr, size_t len);

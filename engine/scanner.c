@@ -512,8 +512,7 @@ static int read_guest_page(struct md__scanner *s, uintptr_t addr, void *buf)
 	const void *p = (const void *)addr;
 	int err = -EAGAIN;
 	pthread_mutex_lock(&s->e->lock);
-	if (md__sys_pread(s->e->pagemap_fd, &pm, sizeof(pm), (off_t)(addr / MD_EPAGE * sizeof(pm))) ==
-	    (ssize_t)sizeof(pm) && md__pm_has_page(pm))
+	if (md__engine_pagemap(s->e, addr, 1, &pm) == (ssize_t)sizeof(pm) && md__pm_has_page(pm))
 		err = md__copy_own_pages(buf, &p, 1);
 	pthread_mutex_unlock(&s->e->lock);
 	return err;
@@ -675,8 +674,7 @@ static size_t read_window(struct md__scanner *s, uintptr_t a, uintptr_t end)
 {
 	size_t n = (end - a) / MD_EPAGE;
 	n = n < 256 ? n : 256;
-	ssize_t got = md__sys_pread(s->e->pagemap_fd, s->pm, n * sizeof(uint64_t),
-				    (off_t)(a / MD_EPAGE * sizeof(uint64_t)));
+	ssize_t got = md__engine_pagemap(s->e, a, n, s->pm);
 	s->pm_base = a;
 	s->pm_n = got > 0 ? (size_t)got / sizeof(uint64_t) : 0;
 	return s->pm_n;

@@ -1566,6 +1566,30 @@ static int shows_victim(const unsigned char *p)
 	return p[0] >= 0x50 && p[0] < 0x50 + VICTIM_PAGES;
 }
 
+/* The engine's /proc/self/pagemap descriptor too: a file of the VMM's
+ * put at its number had its bytes taken for page-table entries (or none
+ * read: merges stopped). Opened again; the VMM's file never closed. */
+TEST_IMPL(engine_pagemap_descriptor_replaced)
+{
+	struct md__engine e;
+	unsigned char *m = map_ram(2);
+	engine_up(&e);
+	m[0] = 1;	/* page 0 there, page 1 not */
+	int victim = victim_file(), fd = e.pagemap_fd;
+	ASSERT(dup2(victim, fd) == fd);
+	uint64_t pm[2] = { 0, 0 };
+	ASSERT_EQ(md__engine_pagemap(&e, (uintptr_t)m, 2, pm), (ssize_t)sizeof(pm));
+	ASSERT(pm[0] & PM_PRESENT);
+	ASSERT(!(pm[1] & PM_PRESENT));
+	ASSERT(e.pagemap_fd != fd);
+	md__engine_fini(&e);
+	ASSERT(victim_intact(fd));	/* still open at its number */
+	close(fd);
+	close(victim);
+	munmap(m, 2 * PG);
+	return 0;
+}
+
 /* The pool's descriptors are used by number: the VMM may close one and
  * open a file that gets the number, or put a file of its own there
  * (dup2). Merges then mapped that file's pages over guest pages, and
