@@ -217,6 +217,7 @@ static json_t *stats_json(const md_stats *s)
 	json_object_set_new(o, "read_small_pages", ju64(s->read_small_pages));
 	json_object_set_new(o, "agent_cpu_seconds", json_real((double)s->agent_cpu_ns / 1e9));
 	json_object_set_new(o, "io_unseen", ju64(s->io_unseen));
+	json_object_set_new(o, "fork_shared", ju64(s->fork_shared));
 	json_t *sc = json_object();
 	const struct { const char *k; uint64_t v; } scan[] = {
 		{ "pages_scanned", s->pages_scanned }, { "pages_hinted", s->pages_hinted },

@@ -78,6 +78,7 @@ const char *md__ctr_name(enum md__ctr c)
 		[MD_CTR_READ_SMALL] = "read_small_pages",
 		[MD_CTR_MERGE_FALLBACKS] = "merge_fallbacks",
 		[MD_CTR_SCAN_STATE] = "scan_state",
+		[MD_CTR_FORK_SHARED] = "fork_shared",
 	};
 	if ((unsigned)c >= MD_CTR_COUNT)
 		return "unknown";
@@ -140,6 +141,7 @@ void md__stats_from_counters(const uint64_t *ctr, md_stats *out)
 	out->reads_page = ctr[MD_CTR_READS_PAGE];
 	out->merge_fallbacks = ctr[MD_CTR_MERGE_FALLBACKS];
 	out->scan_state = ctr[MD_CTR_SCAN_STATE];
+	out->fork_shared = ctr[MD_CTR_FORK_SHARED];
 }
 
 int md__stats_parse(const void *buf, size_t len, struct md__stats_snapshot *out)

@@ -73,6 +73,7 @@ enum md__ctr {
 	MD_CTR_IO_UNSEEN,          /* 1: I/O the agent cannot follow stopped sharing */
 	MD_CTR_MERGE_FALLBACKS,    /* pages of merges that fell back, left as they were */
 	MD_CTR_SCAN_STATE,         /* now: enum md_scan_state */
+	MD_CTR_FORK_SHARED,        /* forks whose child got guest RAM still shared */
 	MD_CTR_COUNT
 };
 

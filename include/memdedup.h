@@ -261,6 +261,13 @@ typedef struct md_stats {
 	                                  log) */
 	uint64_t scan_state;           /* now: the scanner's state, MD_SCAN_STATE_*
 	                                  (0: no scanner) */
+	uint64_t fork_shared;          /* fork()s (and daemon()s) of the VMM, with
+	                                  guest RAM not MADV_DONTFORK, whose child
+	                                  got pages of it still shared from the pool
+	                                  or an image, which may change under it:
+	                                  their copies, made first, could not all be
+	                                  made (memory short, the agent's locks
+	                                  taken for a second; said once in the log) */
 } md_stats;
 
 /* md_stats.scan_state: what the scanner does now, whoever asked. */

@@ -1823,6 +1823,7 @@ static const struct shown_key agent_keys[] = {
 	{ "read_small_pages", MD_CTR_READ_SMALL, SHOW_COUNT },
 	{ "agent_cpu_seconds", MD_CTR_AGENT_CPU_NS, SHOW_SECONDS },
 	{ "io_unseen", MD_CTR_IO_UNSEEN, SHOW_COUNT },
+	{ "fork_shared", MD_CTR_FORK_SHARED, SHOW_COUNT },
 };
 
 static const struct shown_key scanner_keys[] = {
