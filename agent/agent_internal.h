@@ -57,6 +57,9 @@ struct md__owners {
 struct md__region {
 	uintptr_t start, end;
 	unsigned advice;
+	int forked_part;                    /* MADV_DOFORK taken back over part of it (advice
+	                                     * keeps MD_ADV_DONTFORK): the mappings of ours made
+	                                     * before are copied by a fork */
 	struct md__rangeset advice_pending; /* mapped by reads, not advised yet */
 	uint32_t *owner;                    /* into owners->id */
 	struct md__owners *owners;
@@ -183,6 +186,8 @@ struct md_agent {
 	int io_unseen;          /* md_agent_io_unseen was called (set under lock) */
 	int io_unseen_done;     /* and its first call had done all it does (atomic) */
 	int future_locked;      /* mlockall(MCL_FUTURE) in force: nothing more registered */
+	int fork_copies_ram;    /* a region is not MADV_DONTFORK: a fork() copies it (set under
+	                         * lock, read without it before a fork: regions.c) */
 	unsigned flags;
 	uint64_t max_vmas;
 	struct md__vmas vmas;         /* the process's mappings: the last count + those made
@@ -311,6 +316,10 @@ extern void (*md__image_lease_hook)(int fd);
 /* Advice given [start, end) (MD_ADV_* bits, MD_ADV_UNDO): see
  * md__advice_after; 1 if some taken back stays on a region covered in part. */
 int md__regions_advise(struct md_agent *a, uintptr_t start, uintptr_t end, unsigned advice);
+/* 1 if a fork() copies some of the guest RAM in [start, end) (agent->lock
+ * held): a region there is not MADV_DONTFORK, or was in part advised
+ * MADV_DOFORK since. */
+int md__regions_forked(struct md_agent *a, uintptr_t start, uintptr_t end);
 /* Makes every page in [start,end) mapped from image id (0: from any image)
  * private, so the file can change without the guest seeing it. */
 int md__privatize(struct md_agent *a, uintptr_t start, uintptr_t end, uint32_t id);
@@ -333,11 +342,27 @@ void md__apply_advice(struct md_agent *a, const struct md__region *r, uintptr_t 
 /* Gives the advice to every mapping made by reads since the last call: one
  * madvise per region, off the guest's I/O path. */
 void md__regions_flush_advice(struct md_agent *a);
-/* The same, before a fork (its prepare handler), unless the agent's lock
- * stays taken for 0.1 s: the advice the VMM gave (MADV_DONTFORK) reaches
- * the mappings reads made since the last flush before the child copies
- * them. */
-void md__regions_flush_advice_before_fork(struct md_agent *a);
+/* fork()'s prepare handler. The advice the VMM gave (MADV_DONTFORK)
+ * reaches the mappings reads made since the last flush before the child
+ * copies them. And guest RAM the child does copy (not MADV_DONTFORK) has
+ * its pages shared from an image or the pool made private copies of ours
+ * first: the child, which runs plain, holds no reference of its own, and
+ * would see them change (a pool slot freed and punched once we let it go
+ * or exit, an image's page after a lease break). The locks that keep reads
+ * and merges from mapping them again stay held until md__regions_after_fork
+ * (the agent's, the engine's merge lock): the returned MD_FORK_* bits. Each
+ * waited for a second at most; a fork whose child gets shared pages all
+ * the same (those locks busy, memory short for the copies) is counted
+ * (fork_shared) and said once in the log. */
+#define MD_FORK_AGENT_LOCK 1
+#define MD_FORK_ENGINE_LOCK 2
+int md__regions_before_fork(struct md_agent *a);
+/* The parent's (child 0) or the child's handler: lets go of what held
+ * says (in the child only the count of md__in_agent: its agent is gone). */
+void md__regions_after_fork(struct md_agent *a, int held, int child);
+/* Whether copies of pages may take that much memory now: pages and 64 MiB
+ * to spare within what the host and the agent's cgroup leave. */
+int md__room_for_copies(struct md_agent *a, uint64_t pages);
 /* The advice still owed to read-time mappings in [start, end), given now:
  * for memory that stays mapped as its records go (agent->lock held). */
 void md__regions_flush_advice_in(struct md_agent *a, uintptr_t start, uintptr_t end);
@@ -459,6 +484,16 @@ void md__scan_daemon(struct md_agent *a, int report);
  * report (not the clocks, nor what an idle scan moves every pass). */
 int md__counters_moved(const struct md_agent *a);
 void md__scan_free(struct md_agent *a);
+/* Before a fork (md__regions_before_fork, agent->lock held): takes the
+ * merge lock, waiting until `until` at most (CLOCK_REALTIME), and copies
+ * every page of guest RAM that is not MADV_DONTFORK mapped from a pool
+ * slot into a private page of ours, as a guest write would (the reap then
+ * gives the slots back). Returns 1 if the lock is held (md__scan_fork_done
+ * lets it go after the fork), 0 if not (no scanner, or it stayed taken);
+ * *why says why pages stay shared (the lock, memory short, a copy that
+ * failed), left NULL if none does. */
+int md__scan_fork_prepare(struct md_agent *a, const struct timespec *until, const char **why);
+void md__scan_fork_done(struct md_agent *a);
 
 /* imagepages.c: guest pages equal to image pages, merged onto the image */
 struct md__imagepages;

@@ -138,6 +138,8 @@ static void plain_child(void)
 }
 
 static void before_fork(void);
+static void after_fork_parent(void);
+static void after_fork_child(void);
 
 static void find_first_copy(void);
 static int is_shadowed(void);
@@ -147,10 +149,11 @@ __attribute__((constructor)) static void preload_init(void)
 	find_first_copy();
 	pthread_atfork(NULL, NULL, child_after_fork);
 	md__policy_atfork();
-	/* Registered last, so that it runs first: before the policies' own
-	 * prepare handler takes their lock, which a thread holding the
-	 * agent's may be waiting for. */
-	pthread_atfork(before_fork, NULL, NULL);
+	/* Registered last, so that its prepare handler runs first: before
+	 * the policies' own takes their lock, which a thread holding the
+	 * agent's may be waiting for. Its parent's handler runs last, once
+	 * that lock is let go. */
+	pthread_atfork(before_fork, after_fork_parent, after_fork_child);
 	find_libc_syscall(1);
 }
 
@@ -256,18 +259,41 @@ static md_agent *agent_peek(void)
 	return md__in_agent ? NULL : __atomic_load_n(&agent, __ATOMIC_ACQUIRE);
 }
 
-/* The prepare handler of fork(): the advice given to guest RAM reaches
- * the mappings reads made since the agent's last flush, before the child
- * copies them. Best effort: a read on another thread between it and the
- * fork, an agent's lock held for 0.1 s, or a fork that runs no handler
- * (_Fork, syscall(SYS_fork), clone: they may be called from a signal
- * handler, where no lock may be waited for) leaves them to the next
- * flush, within a second. */
+/* What the prepare handler holds across the fork, and of which agent (the
+ * child's handler finds `agent` gone: child_after_fork runs first). On the
+ * forking thread, which runs all three handlers. */
+static __thread int fork_held;
+static __thread md_agent *fork_agent;
+
+/* The prepare handler of fork() (and of the C library's daemon()): the
+ * advice given to guest RAM reaches the mappings reads made since the
+ * agent's last flush, and pages shared from the pool or an image in guest
+ * RAM the child copies (not MADV_DONTFORK) become private copies of ours,
+ * before the child copies them (md__regions_before_fork). Best effort:
+ * an agent's lock held for 0.1 s (a second where RAM goes to the child),
+ * or a fork that runs no handler (_Fork, syscall(SYS_fork), clone: they
+ * may be called from a signal handler, where no lock may be waited for)
+ * leaves the advice to the next flush, within a second, and the child
+ * with shared pages that may change under it. */
 static void before_fork(void)
 {
 	md_agent *a = agent_peek();
-	if (a)
-		md__regions_flush_advice_before_fork(a);
+	fork_held = a ? md__regions_before_fork(a) : 0;
+	fork_agent = a;
+}
+
+static void after_fork_parent(void)
+{
+	if (fork_held)
+		md__regions_after_fork(fork_agent, fork_held, 0);
+	fork_held = 0;
+}
+
+static void after_fork_child(void)
+{
+	if (fork_held)
+		md__regions_after_fork(fork_agent, fork_held, 1);
+	fork_held = 0;
 }
 
 static size_t page_len(size_t len)

@@ -25,13 +25,31 @@ static int region_cmp(const void *x, const void *y)
 	return a->start < b->start ? -1 : a->start > b->start;
 }
 
+/* Whether fork() copies some of region r into the child. */
+static int forked(const struct md__region *r)
+{
+	return !(r->advice & MD_ADV_DONTFORK) || r->forked_part;
+}
+
+int md__regions_forked(struct md_agent *a, uintptr_t start, uintptr_t end)
+{
+	for (size_t i = 0; i < a->nregions; i++)
+		if (a->regions[i].start < end && start < a->regions[i].end && forked(&a->regions[i]))
+			return 1;
+	return 0;
+}
+
 static void regions_publish(struct md_agent *a)
 {
 	uint64_t bytes = 0;
-	for (size_t i = 0; i < a->nregions; i++)
+	int copied = 0;
+	for (size_t i = 0; i < a->nregions; i++) {
 		bytes += a->regions[i].end - a->regions[i].start;
+		copied |= forked(&a->regions[i]);
+	}
 	md__set(a, MD_CTR_REGIONS, a->nregions);
 	md__set(a, MD_CTR_REGISTERED_BYTES, bytes);
+	__atomic_store_n(&a->fork_copies_ram, copied, __ATOMIC_RELAXED);
 }
 
 int md__agent_ram_overlaps(struct md_agent *a, uintptr_t addr, size_t len)
@@ -207,8 +225,18 @@ int md__regions_advise(struct md_agent *a, uintptr_t start, uintptr_t end, unsig
 	int partial = 0;
 	for (size_t i = 0; i < a->nregions; i++) {
 		struct md__region *r = &a->regions[i];
-		r->advice = md__advice_after(r->advice, r->start, r->end, start, end, advice, &partial);
+		int part = 0;
+		r->advice = md__advice_after(r->advice, r->start, r->end, start, end, advice, &part);
+		/* The kernel's call that follows reaches the mappings we made
+		 * there: a MADV_DOFORK over part of the region lets a fork copy
+		 * them; a MADV_DONTFORK over all of it, no longer. */
+		if (part && (advice & MD_ADV_DONTFORK))
+			r->forked_part = 1;
+		else if (!(advice & MD_ADV_UNDO) && (advice & MD_ADV_DONTFORK) && start <= r->start && r->end <= end)
+			r->forked_part = 0;
+		partial |= part;
 	}
+	regions_publish(a);
 	return partial;
 }
 
@@ -258,43 +286,6 @@ void md__regions_flush_advice(struct md_agent *a)
 	md__agent_enter(a);
 	flush_advice_locked(a);
 	md__agent_leave(a);
-}
-
-void md__regions_flush_advice_before_fork(struct md_agent *a)
-{
-	/* Not waiting long for the lock: another thread holding it may wait
-	 * for a lock the forking thread holds (an allocator's, taken by its
-	 * own prepare handler, which runs before ours). */
-	struct timespec until;
-	clock_gettime(CLOCK_REALTIME, &until);
-	until.tv_nsec += 100000000;	/* 0.1 s */
-	if (until.tv_nsec >= 1000000000) {
-		until.tv_sec++;
-		until.tv_nsec -= 1000000000;
-	}
-	if (pthread_mutex_timedlock(&a->lock, &until) != 0)
-		return;
-	md__in_agent++;
-	flush_advice_locked(a);
-	/* The child maps what we share, without a reference of its own: a
-	 * pool page we let go (once our copies are written) is freed under
-	 * it, an image's pages follow the file after a lease break. QEMU's
-	 * guest RAM is MADV_DONTFORK; a VMM whose is not is told. */
-	for (size_t i = 0; i < a->nregions; i++)
-		if (!(a->regions[i].advice & MD_ADV_DONTFORK)) {
-			md__log_once(130, "the VMM forked with guest RAM not MADV_DONTFORK: the child's "
-				     "copy of pages shared now may change under it (a pool page once this "
-				     "process writes its own, an image's after a lease break); a child "
-				     "that reads guest RAM sees them reliably only if it execs or the RAM "
-				     "is not shared");
-			break;
-		}
-	/* Let go without md__agent_leave's refresh of our ranges, which
-	 * waits for the engine's regions lock, held by a thread that may
-	 * wait for the forking thread too (the agent's, freeing memory as it
-	 * connects to memdedupd). The flush changes no record. */
-	md__in_agent--;
-	pthread_mutex_unlock(&a->lock);
 }
 
 /* Calls fn on every maximal run of pages in [*at, end) whose owner matches
@@ -464,7 +455,9 @@ int md__privatize_from(struct md_agent *a, uintptr_t *at, uintptr_t end, uint32_
 	return err;
 }
 
-uint64_t md__owned_unwritten_pages(const struct md_agent *a)
+/* Pages mapped from an image that the guest has not written, in the
+ * regions fork() copies (forked_only) or in all. */
+static uint64_t owned_unwritten(const struct md_agent *a, int forked_only)
 {
 	uint64_t n = 0, pm[512];
 	/* A page the guest wrote is a private copy already: making it
@@ -474,6 +467,8 @@ uint64_t md__owned_unwritten_pages(const struct md_agent *a)
 	for (size_t i = 0; i < a->nregions; i++) {
 		const struct md__region *r = &a->regions[i];
 		size_t np = (r->end - r->start) / MD_PAGE;
+		if (forked_only && !forked(r))
+			continue;
 		for (size_t p = 0; p < np;) {
 			if (!r->owner[p]) {
 				p++;
@@ -495,6 +490,115 @@ uint64_t md__owned_unwritten_pages(const struct md_agent *a)
 	if (fd >= 0)
 		close(fd);
 	return n;
+}
+
+uint64_t md__owned_unwritten_pages(const struct md_agent *a)
+{
+	return owned_unwritten(a, 0);
+}
+
+int md__room_for_copies(struct md_agent *a, uint64_t pages)
+{
+	return pages * MD_PAGE + (64u << 20) <= md__memroom_available(&a->memroom);
+}
+
+/* A fork whose child gets pages still shared, for why: counted, and said
+ * once. */
+static void fork_left_shared(struct md_agent *a, const char *why)
+{
+	md__count(a, MD_CTR_FORK_SHARED, 1);
+	md__log_once(130, "the VMM forked with guest RAM not MADV_DONTFORK whose pages shared from the pool "
+		     "or an image could not all be made its own first (%s): the child's copy of those may "
+		     "change under it (a pool page once this process lets it go or exits, an image's after "
+		     "a lease break); counted in fork_shared", why);
+}
+
+/* Makes the image pages of the regions fork() copies private, as a lease
+ * break does (copies in the image's mapping). NULL, or why some stay. */
+static const char *fork_privatize(struct md_agent *a)
+{
+	uint64_t owned = owned_unwritten(a, 1);
+	if (!owned)
+		return NULL;
+	if (!md__room_for_copies(a, owned))
+		return "memory short for the copies";
+	int err = 0;
+	uint64_t pages = 0;
+	for (size_t i = 0; i < a->nregions; i++) {
+		uintptr_t at = a->regions[i].start;
+		if (forked(&a->regions[i]))
+			pages += for_each_run(a, &at, a->regions[i].end, 0, SIZE_MAX, privatize_run, &err);
+	}
+	md__count(a, MD_CTR_PRIVATIZED, pages);
+	return err ? "a copy of an image's page failed" : NULL;
+}
+
+int md__regions_before_fork(struct md_agent *a)
+{
+	/* Not waiting long for the locks: another thread holding one may
+	 * wait for a lock the forking thread holds (an allocator's, taken by
+	 * its own prepare handler, which runs before ours). A second, where
+	 * guest RAM goes to the child: what the locks are held for is its
+	 * content. */
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	int copied = __atomic_load_n(&a->fork_copies_ram, __ATOMIC_RELAXED);
+	if (copied) {
+		until.tv_sec++;
+	} else {
+		until.tv_nsec += 100000000;	/* 0.1 s */
+		if (until.tv_nsec >= 1000000000) {
+			until.tv_sec++;
+			until.tv_nsec -= 1000000000;
+		}
+	}
+	if (pthread_mutex_timedlock(&a->lock, &until) != 0) {
+		if (copied)
+			fork_left_shared(a, "the agent's lock stayed taken for a second");
+		return 0;
+	}
+	md__in_agent++;
+	flush_advice_locked(a);
+	copied = 0;
+	for (size_t i = 0; i < a->nregions && !copied; i++)
+		copied = forked(&a->regions[i]);
+	if (!copied) {
+		/* QEMU's guest RAM: nothing shared goes to the child. Let go
+		 * without md__agent_leave's refresh of our ranges, which
+		 * waits for the engine's regions lock, held by a thread that
+		 * may wait for the forking thread too (the agent's, freeing
+		 * memory as it connects to memdedupd). The flush changes no
+		 * record. */
+		md__in_agent--;
+		pthread_mutex_unlock(&a->lock);
+		return 0;
+	}
+	/* Under the agent's lock no read maps an image there, nor does a
+	 * merge onto an image; under the merge lock, no merge maps the pool:
+	 * both held until the child is made. */
+	const char *why = fork_privatize(a);
+	const char *pool_why = NULL;
+	int held = MD_FORK_AGENT_LOCK;
+	if (md__scan_fork_prepare(a, &until, &pool_why))
+		held |= MD_FORK_ENGINE_LOCK;
+	why = why ? why : pool_why;
+	if (why)
+		fork_left_shared(a, why);
+	return held;
+}
+
+void md__regions_after_fork(struct md_agent *a, int held, int child)
+{
+	if (!(held & MD_FORK_AGENT_LOCK))
+		return;
+	md__in_agent--;
+	if (child)
+		return;	/* the child's agent is gone (it runs plain) */
+	if (held & MD_FORK_ENGINE_LOCK)
+		md__scan_fork_done(a);
+	/* Without md__agent_leave's refresh (see above): the records now
+	 * cover no more than before. */
+	pthread_mutex_unlock(&a->lock);
 }
 
 static int discard_run(struct md_agent *a, struct md__region *r, uintptr_t addr, size_t len)

@@ -438,6 +438,72 @@ static int copy_pool_runs(struct md__engine *e, struct md__eregion *r, size_t *f
 	return err;
 }
 
+int md__scan_fork_prepare(struct md_agent *a, const struct timespec *until, const char **why)
+{
+	struct md__engine *e = a->engine;
+	if (!e)
+		return 0;
+	if (pthread_mutex_timedlock(&e->lock, until) != 0) {
+		*why = "the scanner's merge lock stayed taken for a second";
+		return 0;
+	}
+	/* The merge lock keeps the regions as they are (a change takes it
+	 * too), and no page frozen by a merge: copy_run's write faults need
+	 * no fault thread. */
+	/* Which regions a fork copies, as the agent's records say (they know
+	 * of a MADV_DOFORK over part of one). */
+	uint64_t pages = 0;
+	for (size_t i = 0; i < e->nregions; i++) {
+		const struct md__eregion *r = &e->regions[i];
+		size_t np = (r->end - r->start) / MD_EPAGE;
+		if (md__regions_forked(a, r->start, r->end))
+			for (size_t p = 0; p < np; p++)
+				pages += MD_REF_SLOT(r->ref[p]) != 0;
+	}
+	if (!pages)
+		return 1;
+	if (!md__room_for_copies(a, pages)) {
+		*why = "memory short for the copies";
+		return 1;
+	}
+	/* The slots are not given back here: that may allocate (the queue of
+	 * UNREFs), and an allocator's own prepare handler may hold its locks
+	 * already. The pages are private now, as written by the guest: the
+	 * reap finds them and gives their slots back, and the scanner may
+	 * merge them again. Only what a pool maps is copied: a page in the
+	 * VMM's own private file mapping (MD_REF_FILE alone) stays its file's,
+	 * as a page written since its merge is already ours. */
+	int err = 0;
+	for (size_t i = 0; i < e->nregions; i++) {
+		const struct md__eregion *r = &e->regions[i];
+		size_t np = (r->end - r->start) / MD_EPAGE;
+		if (!md__regions_forked(a, r->start, r->end))
+			continue;
+		for (size_t p = 0; p < np;) {
+			if (!MD_REF_SLOT(r->ref[p])) {
+				p++;
+				continue;
+			}
+			size_t q = p;
+			while (q < np && MD_REF_SLOT(r->ref[q]))
+				q++;
+			int e2 = copy_run(e, r->start + p * MD_EPAGE, (q - p) * MD_EPAGE);
+			err = err ? err : e2;
+			p = q;
+		}
+	}
+	if (err)
+		*why = "a copy of a pool page failed";
+	return 1;
+}
+
+void md__scan_fork_done(struct md_agent *a)
+{
+	/* Nothing was queued to give back (above), nor by anyone (the queue
+	 * is empty after every unlock): unlocked plainly, no allocation. */
+	pthread_mutex_unlock(&a->engine->lock);
+}
+
 void (*md__part_hook)(struct md_agent *a);	/* tests only: see agent_internal.h */
 
 /* Pages an unmerge goes through with the locks held, each copied counting

@@ -55,6 +55,7 @@ static void start_agent(struct proc *p, const struct tdaemon *t, const char *dom
 }
 
 static int sharing_n(const md_stats *s) { return s->pages_sharing >= N; }
+static int sharing_2n(const md_stats *s) { return s->pages_sharing >= 2 * N; }
 static int sharing_1024(const md_stats *s) { return s->pages_sharing >= 1024; }
 static int hinted_or_merged_n(const md_stats *s) { return s->pages_hinted + s->merged >= N; }
 static int sharing_128(const md_stats *s) { return s->pages_sharing >= 128; }
@@ -531,6 +532,40 @@ TEST_IMPL(cross_exec_without_agent_gives_back)
 	ASSERT_EQ(waitpid(a.pid, NULL, 0), a.pid);
 	fclose(a.in);
 	fclose(a.out);
+	td_stop(&t);
+	return 0;
+}
+
+/* A VMM whose guest RAM is not MADV_DONTFORK calls daemon() once pages
+ * merged: the parent exits, and its child, plain (no agent) and with no
+ * pool reference of its own, goes on as the VMM. memdedupd dropped the
+ * parent's record, freed and punched every slot, and the child read
+ * zeroes: 256 of 256 pages not what was written (review). The pages are
+ * private copies of the parent's own before the fork: the child keeps
+ * them, and the pool keeps nothing. */
+TEST_IMPL(cross_daemon_call_child_keeps_pages)
+{
+	struct tdaemon t;
+	struct proc a;
+	md_stats s;
+	td_start(&t, 65536);
+	start_agent(&a, &t, NULL);
+	proc_cmd(&a, "fill 0 %u 9", N);
+	proc_cmd(&a, "fill %u %u 9", N * PG, N);
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, sharing_2n), 0);
+	ASSERT(domain_live(&t) >= N);
+	long long child = proc_num(&a, "daemon");
+	ASSERT(child > 0 && child != a.pid);
+	/* The parent's record goes, and with it every slot (punched once
+	 * memdedupd had a second without messages). */
+	for (int i = 0; i < 200 && domain_live(&t) != 0; i++)
+		usleep(50000);
+	ASSERT_EQ(domain_live(&t), 0);
+	sleep(3);
+	ASSERT_EQ(proc_num(&a, "unfilled 0 %u 9 0", N), 0);
+	ASSERT_EQ(proc_num(&a, "unfilled %u %u 9 0", N * PG, N), 0);
+	ASSERT_EQ(domain_live(&t), 0);
+	proc_stop(&a);
 	td_stop(&t);
 	return 0;
 }

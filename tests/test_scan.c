@@ -761,6 +761,85 @@ TEST_IMPL(scan_wipeonfork_over_given_up_ram_keeps_writes)
 	return 0;
 }
 
+static int own_pool_empty(const md_stats *s) { return s->pool_pages == 0 && s->pages_sharing == 0; }
+
+/* A fork() of guest RAM that is not MADV_DONTFORK, its pages merged in
+ * the process's own pool: the child ran plain, mapping the pool's slots
+ * with no reference of its own, and once the parent wrote both copies of
+ * a pair the slot it let go was punched (or reused) under the child,
+ * which read zeroes (review). The parent's merged pages are made private
+ * copies first: the child's are its own, and the parent's reap gives the
+ * slots back as for pages written. */
+TEST_IMPL(scan_fork_child_keeps_merged_pages)
+{
+	const char *env[] = { fast_scan[0], fast_scan[1], fast_scan[2], "MEMDEDUP_DOMAIN=private", NULL };
+	struct proc a;
+	md_stats s;
+	proc_start(&a, env);
+	proc_cmd(&a, "map 512");
+	ASSERT(strcmp(proc_cmd(&a, "fill 0 128 1"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 128 1", 128 * PG), "ok") == 0);
+	ASSERT(pairs_merge(&a, 0, 128, 128, 1));
+	ASSERT(proc_num(&a, "forkkeep") > 0);
+	/* Both copies of every pair written: the slots are let go, and the
+	 * pool punches them within a second. */
+	ASSERT(strcmp(proc_cmd(&a, "fill 0 128 2"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 128 3", 128 * PG), "ok") == 0);
+	ASSERT_EQ(proc_stats_wait(&a, &s, 30000, own_pool_empty), 0);
+	usleep(2500000);
+	for (unsigned at = 0; at < 256; at += 128) {
+		const char *r = proc_cmd(&a, "kid unfilled %u 128 1 0", at * PG);
+		printf("  the child's pages at %u not as written: %s of 128\n", at, r);
+		ASSERT(strcmp(r, "0") == 0);
+	}
+	ASSERT(strcmp(proc_cmd(&a, "kid quit"), "0") == 0);
+	ASSERT_EQ(proc_num(&a, "unfilled 0 128 2 0"), 0);
+	ASSERT_EQ(proc_num(&a, "unfilled %u 128 3 0", 128 * PG), 0);
+	/* And the parent merges again what it makes equal. */
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 128 3", 256 * PG), "ok") == 0);
+	ASSERT(pairs_merge(&a, 128, 256, 128, 3));
+	proc_stop(&a);
+	return 0;
+}
+
+/* The same fork with memory short for the copies (a cgroup's limit below
+ * the 64 MiB kept spare): the fork is made all the same, as without us,
+ * the parent's pages left merged; counted in fork_shared each time, and
+ * said once. */
+TEST_IMPL(scan_fork_short_of_memory_said)
+{
+	struct test_cgroup cg;
+	if (cgroup_make(&cg))
+		SKIP("no memory cgroup of our own to be had here");
+	char log[600], logenv[700];
+	snprintf(log, sizeof(log), "%s/fork.log", test_dir());
+	snprintf(logenv, sizeof(logenv), "MEMDEDUP_LOG=%s", log);
+	const char *env[] = { fast_scan[0], fast_scan[1], fast_scan[2], "MEMDEDUP_DOMAIN=private", logenv, NULL };
+	struct proc a;
+	md_stats s;
+	proc_start(&a, env);
+	proc_cmd(&a, "map 512");
+	ASSERT(strcmp(proc_cmd(&a, "fill 0 128 1"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 128 1", 128 * PG), "ok") == 0);
+	ASSERT(pairs_merge(&a, 0, 128, 128, 1));
+	ASSERT_EQ(cgroup_limit(&cg, 40ull << 20), 0);
+	ASSERT_EQ(cgroup_enter(&cg, a.pid), 0);
+	for (int k = 0; k < 2; k++) {
+		ASSERT(proc_num(&a, "forkkeep") > 0);
+		ASSERT(strcmp(proc_cmd(&a, "kid unfilled 0 128 1 0"), "0") == 0);
+		ASSERT(strcmp(proc_cmd(&a, "kid quit"), "0") == 0);
+	}
+	ASSERT(pairs_merged(&a, 0, 128, 128, 1));
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.fork_shared, 2);
+	proc_stop(&a);
+	const char *want = "forked with guest RAM not MADV_DONTFORK whose pages shared from the pool or an "
+			   "image could not all be made its own first (memory short for the copies)";
+	const char *told = strstr(file_text(log), want);
+	ASSERT(told && !strstr(told + 1, want));
+	return 0;
+}
+
 /* mseal(2) (Linux 6.10) over merged guest RAM: a discard of a sealed
  * private file mapping (a merged page's) fails with EPERM and keeps its
  * content, where the VMM's own sealed memory reads zeroes. The merged

@@ -148,6 +148,13 @@
  *                           for MS ms, in the background
  *   exec                  -> ok, then the commands go to this program run again
  *                           (execve, as QEMU's cpr-exec): no RAM, no agent yet
+ *   daemon                -> glibc's daemon(1, 1): the parent exits at once; the
+ *                           child says its pid and takes the commands from now on
+ *   forkkeep              -> the pid of a child made by fork() that waits for kid's
+ *                           commands (one at a time), its RAM a copy of this one's
+ *   kid unfilled OFF PAGES SEED FIRST | kid hash DOFF LEN | kid quit
+ *                        -> the child's answer, as this process's own command's
+ *                           (quit: it exits, waited for: its exit status)
  *   quit
  */
 #include <dlfcn.h>
@@ -802,6 +809,79 @@ static int fork_storm(int n, const char *kind)
 	__atomic_store_n(&storm_stop, 1, __ATOMIC_RELAXED);
 	pthread_join(th, NULL);
 	return stuck;
+}
+
+/* "forkkeep" and "kid": a child made by fork() that answers a command at
+ * a time through two pipes, its RAM a copy of ours as the fork left it. */
+static int kid_to = -1, kid_from = -1;
+static pid_t kid_pid;
+
+static void kid_serve(int in, int out)
+{
+	char line[256], answer[64];
+	FILE *f = fdopen(in, "r");
+	while (f && fgets(line, sizeof(line), f)) {
+		long long a1 = 0, a2 = 0, a3 = 0, a4 = 0;
+		if (strncmp(line, "quit", 4) == 0)
+			_exit(0);
+		if (sscanf(line, "unfilled %lld %lld %lld %lld", &a1, &a2, &a3, &a4) == 4)
+			snprintf(answer, sizeof(answer), "%zu\n",
+				 unfilled_pages((size_t)a1, (size_t)a2, (uint64_t)a3, (uint64_t)a4));
+		else if (sscanf(line, "hash %lld %lld", &a1, &a2) == 2)
+			snprintf(answer, sizeof(answer), "%016llx\n",
+				 (unsigned long long)fnv((unsigned char *)base + a1, (size_t)a2));
+		else
+			snprintf(answer, sizeof(answer), "unknown\n");
+		if (write(out, answer, strlen(answer)) < 0)
+			_exit(2);
+	}
+	_exit(1);
+}
+
+static int kid_start(void)
+{
+	int to[2], from[2];
+	if (kid_to >= 0 || pipe(to) != 0 || pipe(from) != 0)
+		return -EBUSY;
+	fflush(stdout);
+	pid_t pid = fork();
+	if (pid < 0)
+		return -errno;
+	if (pid == 0) {
+		close(to[1]);
+		close(from[0]);
+		kid_serve(to[0], from[1]);
+	}
+	close(to[0]);
+	close(from[1]);
+	kid_to = to[1];
+	kid_from = from[0];
+	kid_pid = pid;
+	return (int)pid;
+}
+
+static const char *kid_ask(const char *cmd)
+{
+	static char answer[64];
+	if (kid_to < 0)
+		return "nokid";
+	if (write(kid_to, cmd, strlen(cmd)) < 0)
+		return "error";
+	if (strncmp(cmd, "quit", 4) == 0) {
+		int st = 0;
+		waitpid(kid_pid, &st, 0);
+		close(kid_to);
+		close(kid_from);
+		kid_to = kid_from = -1;
+		snprintf(answer, sizeof(answer), "%d", WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+		return answer;
+	}
+	ssize_t n = read(kid_from, answer, sizeof(answer) - 1);
+	if (n <= 0)
+		return "none";
+	answer[n] = 0;
+	answer[strcspn(answer, "\n")] = 0;
+	return answer;
 }
 
 int main(void)
@@ -1607,6 +1687,17 @@ int main(void)
 			unsetenv("LD_PRELOAD");
 			execl("/bin/sleep", "sleep", s1, (char *)NULL);
 			printf("%d\n", -errno);
+		} else if (strcmp(cmd, "daemon") == 0) {
+			fflush(stdout);
+			if (daemon(1, 1) != 0)
+				printf("%d\n", -errno);
+			else
+				printf("%d\n", (int)getpid());
+		} else if (strcmp(cmd, "forkkeep") == 0) {
+			printf("%d\n", kid_start());
+		} else if (strcmp(cmd, "kid") == 0) {
+			char *rest = line + strspn(line, " \t") + 3;
+			printf("%s\n", kid_ask(rest + strspn(rest, " \t")));
 		} else if (strcmp(cmd, "quit") == 0) {
 			return 0;
 		} else {
