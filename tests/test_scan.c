@@ -802,6 +802,37 @@ TEST_IMPL(scan_fork_child_keeps_merged_pages)
 	return 0;
 }
 
+/* Guest RAM advised MADV_DONTFORK, then MADV_DOFORK over part of it: the
+ * region's record keeps DONTFORK (the mappings the agent makes there
+ * later keep it), but the kernel's call reached the pool's mappings made
+ * before, which the fork then copied as they were. */
+TEST_IMPL(scan_fork_after_partial_dofork_keeps_pages)
+{
+	const char *env[] = { fast_scan[0], fast_scan[1], fast_scan[2], "MEMDEDUP_DOMAIN=private", NULL };
+	struct proc a;
+	md_stats s;
+	proc_start(&a, env);
+	proc_cmd(&a, "map 512");
+	ASSERT_EQ(proc_num(&a, "advise 0 %u dontfork", 512 * PG), 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill 0 128 1"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 128 1", 128 * PG), "ok") == 0);
+	ASSERT(pairs_merge(&a, 0, 128, 128, 1));
+	ASSERT_EQ(proc_num(&a, "advise 0 %u dofork", 256 * PG), 0);
+	ASSERT(proc_num(&a, "forkkeep") > 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill 0 128 2"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 128 3", 128 * PG), "ok") == 0);
+	ASSERT_EQ(proc_stats_wait(&a, &s, 30000, own_pool_empty), 0);
+	usleep(2500000);
+	for (unsigned at = 0; at < 256; at += 128) {
+		const char *r = proc_cmd(&a, "kid unfilled %u 128 1 0", at * PG);
+		printf("  the child's pages at %u not as written: %s of 128\n", at, r);
+		ASSERT(strcmp(r, "0") == 0);
+	}
+	ASSERT(strcmp(proc_cmd(&a, "kid quit"), "0") == 0);
+	proc_stop(&a);
+	return 0;
+}
+
 /* The same fork with memory short for the copies (a cgroup's limit below
  * the 64 MiB kept spare): the fork is made all the same, as without us,
  * the parent's pages left merged; counted in fork_shared each time, and
