@@ -841,8 +841,16 @@ static void kid_serve(int in, int out)
 static int kid_start(void)
 {
 	int to[2], from[2];
-	if (kid_to >= 0 || pipe(to) != 0 || pipe(from) != 0)
-		return -EBUSY;
+	if (kid_to >= 0)
+		return -EBUSY;	/* one at a time */
+	if (pipe(to) != 0)
+		return -errno;
+	if (pipe(from) != 0) {
+		int err = -errno;
+		close(to[0]);
+		close(to[1]);
+		return err;
+	}
 	fflush(stdout);
 	pid_t pid = fork();
 	if (pid < 0)
