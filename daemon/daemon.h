@@ -296,6 +296,10 @@ struct md__conn {
 	int out_fd;                /* descriptor to pass with the byte at out_fd_off */
 	size_t out_fd_off;
 	int closing;               /* close once out is flushed (after an ERROR) */
+	/* Its peer shut down its writing (EOF read) with replies owed: not
+	 * read any more, closed once they are out (a CONTROL's once its
+	 * agents answered). */
+	int eof;
 	uint32_t events;           /* epoll mask now registered */
 	struct md__agent *agent;   /* after HELLO, until its process exits */
 	int hello;                 /* a HELLO came: no other may */

@@ -166,7 +166,7 @@ static int requests_resumable(const struct md__conn *c)
 {
 	struct md__msg_hdr h;
 	size_t need;
-	return !c->closing && !c->awaiting && c->out_len - c->out_head < MD_D_OUT_PAUSE &&
+	return !c->closing && !c->eof && !c->awaiting && c->out_len - c->out_head < MD_D_OUT_PAUSE &&
 	       md__rxbuf_next(&c->in, &h, &need) != 0;
 }
 
@@ -176,12 +176,12 @@ static void update_events(struct md__daemon *d, struct md__conn *c)
 {
 	uint32_t ev = 0;
 	size_t pending = c->out_len - c->out_head;
-	if (!c->closing && !c->awaiting && pending < MD_D_OUT_PAUSE)
+	if (!c->closing && !c->eof && !c->awaiting && pending < MD_D_OUT_PAUSE)
 		ev |= EPOLLIN;
 	/* Closing with nothing left: the writable event closes it. Requests
 	 * left buffered: the socket being writable wakes us to answer them,
 	 * as no more input may come to. */
-	if (pending || c->closing || requests_resumable(c))
+	if (pending || c->closing || (c->eof && !c->awaiting) || requests_resumable(c))
 		ev |= EPOLLOUT;
 	set_events(d, c, ev);
 }
@@ -470,7 +470,7 @@ static int drop_stalled(struct md__daemon *d)
 		next = c->next;
 		/* A peer we hang up on after an ERROR gets what was queued
 		 * first, if it reads it. */
-		if (c->closing && c->out_len > c->out_head) {
+		if ((c->closing || c->eof) && c->out_len > c->out_head) {
 			if (now - c->out_moved_ms < MD_D_STALL_MS) {
 				owing = 1;
 			} else {
@@ -480,7 +480,7 @@ static int drop_stalled(struct md__daemon *d)
 			}
 			continue;
 		}
-		if (!c->owing_since || c->closing)
+		if (!c->owing_since || c->closing || c->eof)
 			continue;
 		if (now - c->owing_since < MD_D_STALL_MS) {
 			owing = 1;
@@ -682,7 +682,7 @@ static int flush_out(struct md__daemon *d, struct md__conn *c)
 			c->out = NULL;
 			c->out_cap = 0;
 		}
-		if (c->closing) {
+		if (c->closing || (c->eof && !c->awaiting)) {
 			conn_close(d, c);
 			return -1;
 		}
@@ -1096,7 +1096,7 @@ static int read_conn(struct md__daemon *d, struct md__conn *c)
 {
 	int handled = 0, backed_up = 0;
 	unsigned spent = 0;
-	while (!c->closing) {
+	while (!c->closing && !c->eof) {
 		struct md__msg_hdr h;
 		size_t need;
 		int got = md__rxbuf_next(&c->in, &h, &need);
@@ -1183,6 +1183,14 @@ static int read_conn(struct md__daemon *d, struct md__conn *c)
 			continue;
 		if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
 			break;
+		/* It shut down only its writing: it still reads. What it
+		 * asked is answered first (its grants are references it
+		 * learns of), then flush_out closes it. */
+		if (r == 0 && (c->out_len > c->out_head || c->awaiting)) {
+			c->eof = 1;
+			d->owing = 1;	/* drop_stalled: one that reads nothing goes */
+			break;
+		}
 		if (r <= 0) {
 			conn_close(d, c);	/* EOF or reset */
 			return -1;

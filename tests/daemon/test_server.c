@@ -990,6 +990,90 @@ TEST_IMPL(daemon_control_agent_killed)
 	return 0;
 }
 
+/* Whether fd reads EOF now: the daemon closed its end. */
+static int closed_by_daemon(int fd)
+{
+	char b;
+	return recv(fd, &b, 1, MSG_DONTWAIT) == 0;
+}
+
+/* Peers that shut down only their writing, their requests sent: each is
+ * answered, then closed (docs/protocol.md). The EOF read with the requests
+ * closed the connection at once, their replies dropped: a CLI's STATUS
+ * and its CONTROL (waiting for the agent's answer) went unanswered, and an
+ * agent's PUBLISH was granted, a reference its record holds that the agent
+ * never learned of (found by the daemon fuzz corpus's seed-hung-up-deferred). */
+TEST_IMPL(daemon_half_closed_peer_answered)
+{
+	static struct md__msg m;
+	static unsigned char page[MD_MSG_PAGE];
+	struct md__daemon *d = daemon_up();
+	d->control_wait_ms = 60000;
+	int gate[2];
+	ASSERT(pipe(gate) == 0);
+	pid_t pid = waiter(gate);
+	struct md__conn *c;
+	int fd = agent_of(d, 1000, pid, &c);
+
+	int cli = peer_of(d, 1000, 5000);
+	send_status(cli, 3);
+	ASSERT(shutdown(cli, SHUT_WR) == 0);
+	wake_up(d);
+	ASSERT_EQ(next_reply(cli, &m), MD_MSG_STATUS_R);
+	ASSERT_EQ(m.hdr.seq, 3);
+	wake_up(d);
+	ASSERT(closed_by_daemon(cli));
+	close(cli);
+
+	cli = peer_of(d, 1000, 5001);
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_CONTROL, .seq = 4 } };
+	m.u.control.op = MD_CTL_PAUSE;
+	send_msg(cli, &m);
+	ASSERT(shutdown(cli, SHUT_WR) == 0);
+	wake_up(d);
+	wake_up(d);
+	unsigned t;
+	while ((t = next_reply(fd, &m)) == MD_MSG_SHARE)
+		;
+	ASSERT_EQ(t, MD_MSG_CONTROL);
+	uint32_t token = m.u.control.token;
+	ASSERT_EQ(next_reply(cli, &m), 0);	/* it waits for the agent */
+	ASSERT(!closed_by_daemon(cli));
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_CONTROL_DONE, .seq = 2 } };
+	m.u.control_done.token = token;
+	send_msg(fd, &m);
+	wake_up(d);
+	wake_up(d);
+	ASSERT_EQ(next_reply(cli, &m), MD_MSG_CONTROL_R);
+	ASSERT_EQ(m.hdr.seq, 4);
+	ASSERT_EQ(m.u.text.status, 0);
+	wake_up(d);
+	ASSERT(closed_by_daemon(cli));
+	close(cli);
+
+	/* The agent: its PUBLISH answered, the reference it holds the one it
+	 * was told of. */
+	memset(page, 0x3c, sizeof(page));
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_PUBLISH, .seq = 3 } };
+	m.u.publish.n = 1;
+	m.u.publish.hash[0] = md__page_hash(page);
+	m.u.publish.pages = page;
+	send_msg(fd, &m);
+	ASSERT(shutdown(fd, SHUT_WR) == 0);
+	wake_up(d);
+	while ((t = next_reply(fd, &m)) && t != MD_MSG_PUBLISH_R)
+		ASSERT(t == MD_MSG_ACK || t == MD_MSG_SHARE);	/* the CONTROL_DONE's */
+	ASSERT_EQ(t, MD_MSG_PUBLISH_R);
+	ASSERT_EQ(m.hdr.seq, 3);
+	ASSERT_EQ(m.u.publish_r.n, 1);
+	wake_up(d);
+	ASSERT(closed_by_daemon(fd));
+	daemon_down(d);
+	close(fd);
+	waiters_gone(gate, &pid, 1);
+	return 0;
+}
+
 /* A connection taken over with UNREFs of DRAIN_SLOTS slots left in its
  * buffer: the agent's counts drop at once, the pool's over the wake-ups,
  * at most MD_D_DRAIN_REFS in each, and another user's request is answered
