@@ -4,7 +4,8 @@
  * refused), two agents meeting, the CLI's requests (one that reads no
  * reply too), CONTROLs forwarded to agents and their answers (or none: a
  * timeout), a takeover and a reconnect, the refusals, a user's full pool,
- * and connections that close with requests unread behind them. Encoded by
+ * connections that close with requests unread behind them, and agents
+ * that hang up with a batch unread (or half read). Encoded by
  * this version's encoder, with the FUZZ_PIDs in the HELLOs, they follow the
  * protocol as it changes; the replay (fuzz_daemon.c) fails on a corpus
  * that no longer draws each kind of reply from the daemon. */
@@ -576,6 +577,100 @@ static void unread_at_close_session(const char *dir)
 	save(dir, "unread-at-close");
 }
 
+/* A message cut: its first n bytes only (a send cut short). */
+static void cut(unsigned peer, struct md__msg *mm, unsigned type, size_t n)
+{
+	static unsigned char buf[MD_MSG_HDR_SIZE + MD_MSG_MAX];
+	mm->hdr.type = (uint16_t)type;
+	mm->hdr.seq = ++seq;
+	ssize_t len = md__msg_encode(mm, buf, sizeof(buf));
+	if (len < 0 || (size_t)len <= n) {
+		fprintf(stderr, "daemon_seeds: a %s cut at %zu does not encode shorter\n",
+			md__msg_type_name(type), n);
+		bad = 1;
+		return;
+	}
+	bytes(peer, buf, n);
+}
+
+/* A READS of the most runs of the most pages: more than a connection's
+ * work in one wake-up (MD_D_BUDGET), so what follows it is deferred. */
+static void reads_big(unsigned peer)
+{
+	clear();
+	m.u.reads.n = MD_READS_MAX;
+	for (uint32_t i = 0; i < MD_READS_MAX; i++)
+		m.u.reads.run[i] = (struct md__read_run){ md__read_key(9, 50 + i), 0,
+							  0x7f0000000000 + ((uint64_t)i << 24), MD_READ_RUN_PAGES };
+	msg(peer, &m, MD_MSG_READS);
+}
+
+/* Agents that hang up (close) with a batch of requests still in the
+ * daemon's socket, as a PUBLISH batch cut short by the client's timeout
+ * leaves them: nothing is granted of them (a PUBLISH, a REF: the record
+ * the reconnect gets back holds only what the agent was answered), but
+ * their UNREFs and CONTROL_DONEs are applied (the CLI hears the refused
+ * UNMERGE, and the agent is not left paused). First with all of it unread
+ * (the hang-up seen with the bytes), then behind a wake-up that handled a
+ * batch and deferred the rest (the hang-up seen by the deferred
+ * connection's poll), then a half-close, still served to its end. */
+static void hung_up_session(const char *dir)
+{
+	begin();
+	hello(0, MD_HELLO_CONTROL_PID, "hu");
+	publish(0, 4, 50);	/* slots 0..3 */
+	refs(0, MD_MSG_REF, (const uint32_t[]){ 0, 1 }, 2);	/* 0 and 1 held twice */
+	control(1, MD_CTL_UNMERGE, FUZZ_PID, NULL, NULL);	/* token 1, to peer 0 */
+	split();
+	publish(0, 2, 60);	/* not granted */
+	refs(0, MD_MSG_REF, (const uint32_t[]){ 2, 3 }, 2);	/* not granted */
+	refs(0, MD_MSG_UNREF, (const uint32_t[]){ 0, 1, 2 }, 3);	/* applied */
+	control_done(0, 1, -ENOMEM, "not enough memory available");	/* applied */
+	publish(0, 1, 61);	/* not granted */
+	clear();
+	m.u.publish.n = 1;
+	m.u.publish.hash[0] = md__page_hash(page(0, 62));
+	m.u.publish.pages = pages;
+	cut(0, &m, MD_MSG_PUBLISH, MD_MSG_HDR_SIZE + 100);	/* half of one */
+	hold();
+	op(FUZZ_OP_CLOSE | 0);
+	/* Back (not paused): slots 0, 1 and 3 held once, 2 not at all. */
+	hello(0, MD_HELLO_CONTROL_PID, "hu");
+	refs(0, MD_MSG_UNREF, (const uint32_t[]){ 2 }, 1);	/* refused */
+	refs(0, MD_MSG_UNREF, (const uint32_t[]){ 0, 1, 3 }, 3);
+	status(1, 0, 0);
+	op(FUZZ_OP_HANGUP | 1);
+	op(FUZZ_OP_HANGUP | 0);
+	save(dir, "hung-up");
+
+	begin();
+	hello(0, MD_HELLO_CONTROL_PID, "hd");
+	publish(0, 2, 70);	/* slots 0, 1 */
+	control(1, MD_CTL_PAUSE, 0, NULL, NULL);	/* token 1, to peer 0 */
+	split();
+	reads_big(0);	/* handled: the rest deferred */
+	publish(0, 2, 72);	/* not granted */
+	refs(0, MD_MSG_REF, (const uint32_t[]){ 0 }, 1);	/* not granted */
+	refs(0, MD_MSG_UNREF, (const uint32_t[]){ 1 }, 1);	/* applied */
+	control_done(0, 1, 0, "");	/* applied: the PAUSE done */
+	hold();
+	op(FUZZ_OP_CLOSE | FUZZ_OP_HOLD | 0);
+	hello(0, MD_HELLO_CONTROL_PID, "hd");	/* paused; slot 0 held once */
+	refs(0, MD_MSG_UNREF, (const uint32_t[]){ 0, 0 }, 2);	/* refused */
+	refs(0, MD_MSG_UNREF, (const uint32_t[]){ 0 }, 1);
+	/* Shut down writing only: all of it is served, every reply read. */
+	split();
+	publish(0, 1, 73);	/* slot 2 */
+	reads_big(0);
+	publish(0, 2, 74);
+	refs(0, MD_MSG_UNREF, (const uint32_t[]){ 2 }, 1);
+	hold();
+	op(FUZZ_OP_HANGUP | FUZZ_OP_HOLD | 0);
+	status(1, 0, 0);
+	op(FUZZ_OP_HANGUP | 1);
+	save(dir, "hung-up-deferred");
+}
+
 int main(int argc, char **argv)
 {
 	if (argc != 2) {
@@ -592,5 +687,6 @@ int main(int argc, char **argv)
 	full_pool_session(argv[1]);
 	unread_at_close_session(argv[1]);
 	exit_session(argv[1]);
+	hung_up_session(argv[1]);
 	return bad;
 }

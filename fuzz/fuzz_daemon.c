@@ -15,6 +15,13 @@
  * first (CONTROLs time out, freed pool slots are punched), whether the
  * peer stops reading replies, whether the next chunk goes in with this one
  * (two peers' bytes in one wake-up, as a takeover of a busy connection).
+ * A hang-up or close right after a chunk of the same peer held so puts
+ * that chunk's bytes in its socket first, the daemon not woken: behind a
+ * close (an agent whose send was cut short by its timeout, which then
+ * hung up) it applies only their UNREFs and CONTROL_DONEs, behind a
+ * hang-up (writing shut down) it serves them all. Held itself, the close
+ * or hang-up lets the daemon wake up once first (a batch handled, the
+ * rest deferred or left in the socket).
  *
  * After each chunk the daemon runs until nothing moves: the bytes go in as
  * the socket takes them, every reply is read, framed and must decode (the
@@ -270,39 +277,54 @@ static int peer_read(struct peer *p)
 	return moved;
 }
 
+/* Puts what p has to send in its socket, as far as it takes it: 1 if
+ * some went. */
+static int peer_push(struct peer *p)
+{
+	if (p->fd < 0 || !p->out_len)
+		return 0;
+	ssize_t w = send(p->fd, p->out, p->out_len, MSG_DONTWAIT | MSG_NOSIGNAL);
+	if (w > 0) {
+		p->out += w;
+		p->out_len -= (size_t)w;
+		return 1;
+	}
+	if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+		p->out_len = 0;	/* the daemon hung up: the rest is lost */
+	return 0;
+}
+
+/* One wake-up of the daemon, if it has something to do, and the peers'
+ * replies read: 1 if something moved. */
+static int wake(struct md__daemon *d, struct peer *peers)
+{
+	int moved = 0;
+	struct epoll_event evs[64];
+	int n = epoll_wait(d->epfd, evs, 64, 0);
+	/* References of agents gone are given back a wake-up's
+	 * share at a time (d->draining): until none is left. */
+	if (n > 0 || d->defer[0].head || d->defer[1].head || d->draining) {
+		FILE *saved = daemon_stderr_begin();
+		d->evs = evs;
+		d->nev = n > 0 ? n : 0;
+		md__server_events(d);
+		daemon_stderr_end(saved);
+		moved = 1;
+	}
+	for (int k = 0; k < FUZZ_PEERS; k++)
+		if (!peers[k].deaf)
+			moved |= peer_read(&peers[k]);
+	return moved;
+}
+
 /* Runs the daemon and the peers until nothing moves. */
 static void pump(struct md__daemon *d, struct peer *peers)
 {
 	for (long round = 0;; round++) {
 		int moved = 0;
-		for (int k = 0; k < FUZZ_PEERS; k++) {
-			struct peer *p = &peers[k];
-			if (p->fd < 0 || !p->out_len)
-				continue;
-			ssize_t w = send(p->fd, p->out, p->out_len, MSG_DONTWAIT | MSG_NOSIGNAL);
-			if (w > 0) {
-				p->out += w;
-				p->out_len -= (size_t)w;
-				moved = 1;
-			} else if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-				p->out_len = 0;	/* the daemon hung up: the rest is lost */
-			}
-		}
-		struct epoll_event evs[64];
-		int n = epoll_wait(d->epfd, evs, 64, 0);
-		/* References of agents gone are given back a wake-up's
-		 * share at a time (d->draining): until none is left. */
-		if (n > 0 || d->defer[0].head || d->defer[1].head || d->draining) {
-			FILE *saved = daemon_stderr_begin();
-			d->evs = evs;
-			d->nev = n > 0 ? n : 0;
-			md__server_events(d);
-			daemon_stderr_end(saved);
-			moved = 1;
-		}
 		for (int k = 0; k < FUZZ_PEERS; k++)
-			if (!peers[k].deaf)
-				moved |= peer_read(&peers[k]);
+			moved |= peer_push(&peers[k]);
+		moved |= wake(d, peers);
 		if (!moved)
 			return;
 		if (round > FUZZ_ROUNDS_MAX)
@@ -412,6 +434,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			if (op & FUZZ_OP_HOLD)
 				continue;
 		} else if (p->fd >= 0) {
+			/* Its bytes held go in first, the daemon not woken: a
+			 * client's send cut short by its timeout, then its
+			 * hang-up. With FUZZ_OP_HOLD, the daemon wakes up
+			 * once before it (a batch read, the rest deferred or
+			 * left in the socket). */
+			while (peer_push(p))
+				;
+			if (op & FUZZ_OP_HOLD)
+				wake(d, peers);
 			if (act == FUZZ_OP_HANGUP) {
 				shutdown(p->fd, SHUT_WR);
 				pump(d, peers);

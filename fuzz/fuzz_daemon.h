@@ -22,7 +22,10 @@
 #define FUZZ_OP_CLOSE (3u << 2)    /* close at once, replies unread */
 #define FUZZ_OP_ACT (3u << 2)
 /* With a send: the daemon does not run before the next chunk's bytes are
- * in too (both reach it in one wake-up, the lower peer's first). */
+ * in too (both reach it in one wake-up, the lower peer's first). A hang-up
+ * or close of the same peer next puts them in its socket before it, the
+ * daemon not woken. With a hang-up or close: the daemon wakes up once
+ * before it (handles a batch of what is in, not all). */
 #define FUZZ_OP_HOLD (1u << 4)
 /* First, time passes: every CONTROL waiting for agents times out
  * (md__control_tick; the harness's daemon waits 0 ms), and the pools'
