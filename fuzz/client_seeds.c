@@ -5,7 +5,8 @@
  * granted given back (nothing of what they refused), refused UNREFs
  * split, CONTROL_DONEs kept while the daemon is behind, the HELLO said
  * again without its flags, pools that are not what the protocol promises,
- * replies out of protocol, full queues, the daemon going, and the
+ * replies out of protocol, full queues, the daemon going (in the middle
+ * of a message too), and the
  * engine's side: merges with the slots the daemon names, a scanner's
  * batches and CANDIDATES.
  * Encoded by this version's encoder with seqs relative to the requests
@@ -588,6 +589,72 @@ static void queues(const char *dir)
 	save(dir, "queues");
 }
 
+/* m as type, seq as given, cut after its first n bytes. */
+static void msg_cut(unsigned type, uint32_t seq, size_t n)
+{
+	static unsigned char buf[MD_MSG_HDR_SIZE + MD_MSG_MAX];
+	m.hdr.type = (uint16_t)type;
+	m.hdr.seq = seq;
+	ssize_t len = md__msg_encode(&m, buf, sizeof(buf));
+	if (len < 0 || (size_t)len <= n) {
+		fprintf(stderr, "client_seeds: a %s cut at %zu does not encode longer\n",
+			md__msg_type_name(type), n);
+		bad = 1;
+		return;
+	}
+	bytes(buf, n);
+	memset(&m, 0, sizeof(m));
+}
+
+/* The daemon hangs up in the middle of a message: of a WELCOME with its
+ * pool (the connect fails, the descriptor that came is closed), of a
+ * reply in time and of a late one (what it would grant is not the
+ * client's: neither held nor given back), of a header, of a CONTROL while
+ * the CLI's STATUS waits. Each call fails, none waits for the rest. */
+static void hangs_up_mid_message(const char *dir)
+{
+	begin();
+	send_fd(FC_FD_POOL);
+	m.u.welcome.domain_id = 1;
+	m.u.welcome.pool_pages = FC_POOL_PAGES;
+	m.u.welcome.generation = 24;
+	md__tunables_default(&m.u.welcome.tun);
+	msg_cut(MD_MSG_WELCOME, REL(1), MD_MSG_HDR_SIZE + 8);
+	op0(FC_HANGUP);
+	op0(FC_CONNECT);
+	join(24);
+	m.u.lookup_r.n = 2;
+	m.u.lookup_r.slot1[0] = 1;
+	m.u.lookup_r.slot1[1] = MD_LOOKUP_PUBLISH;
+	msg_cut(MD_MSG_LOOKUP_R, REL(1), MD_MSG_HDR_SIZE + 6);
+	op0(FC_HANGUP);
+	call(FC_LOOKUP, 0, 1, 0);
+	call(FC_REPORT, 0, 0, 0);
+	join(24);
+	m.u.publish_r.first_slot = 3;
+	m.u.publish_r.n = 1;
+	msg_cut(MD_MSG_PUBLISH_R, REL(1), MD_MSG_HDR_SIZE / 2);
+	op0(FC_CLOSE);
+	call(FC_PUBLISH_EACH, 0, 0, 0);
+	call(FC_REPORT, 0, 0, 0);
+	join(24);
+	call(FC_REF, 0, 1, 3);	/* slots 3, 4: late */
+	m.u.ack.status = 0;
+	msg_cut(MD_MSG_ACK, REL(0), MD_MSG_HDR_SIZE + 2);
+	op0(FC_HANGUP);
+	call(FC_REPORT, 0, 0, 0);
+	join(24);
+	control(MD_CTL_PAUSE, 0, 5);
+	m.u.control.op = MD_CTL_RESUME;
+	m.u.control.token = 6;
+	msg_cut(MD_MSG_CONTROL, 0, MD_MSG_HDR_SIZE + 3);
+	op0(FC_HANGUP);
+	call(FC_REQUEST, 0, 0, 64);	/* a STATUS */
+	op0(FC_NEXT_CONTROL);
+	call(FC_CONTROL_DONE, 0, 5, 0);
+	save(dir, "hangs-up-mid-message");
+}
+
 int main(int argc, char **argv)
 {
 	if (argc != 2) {
@@ -607,5 +674,6 @@ int main(int argc, char **argv)
 	broken(argv[1]);
 	daemon_goes(argv[1]);
 	queues(argv[1]);
+	hangs_up_mid_message(argv[1]);
 	return bad;
 }

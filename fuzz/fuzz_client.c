@@ -119,6 +119,7 @@ struct block {
 	uint8_t *bytes;
 	size_t len;
 	unsigned fd_kind;
+	int hang;                  /* then the daemon hangs up (FC_HANGUP, FC_CLOSE) */
 };
 
 static struct {
@@ -607,6 +608,7 @@ int __wrap_connect(int fd, const struct sockaddr *sa, socklen_t len)
 		struct block b = conn.block[0];
 		memmove(conn.block, conn.block + 1, --conn.nblock * sizeof(b));
 		dside_say(d, b.bytes, b.len, b.fd_kind);
+		d->hang = b.hang;
 		free(b.bytes);
 	}
 	return 0;
@@ -1152,7 +1154,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 					dside_say(&f.d, b, len, fl);
 					free(b);
 				} else if (conn.nblock < BLOCKS) {
-					conn.block[conn.nblock++] = (struct block){ b, len, fl };
+					conn.block[conn.nblock++] = (struct block){ b, len, fl, 0 };
 				} else {
 					free(b);
 				}
@@ -1161,6 +1163,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			continue;
 		}
 		if (op == FC_HANGUP || op == FC_CLOSE) {
+			/* Not connected: the next connection's daemon, once
+			 * it said what it says first (a WELCOME cut). */
+			if (f.d.fd < 0) {
+				if (conn.nblock)
+					conn.block[conn.nblock - 1].hang = 1;
+				continue;
+			}
 			/* After what it said, all of it. */
 			f.d.hang = 1;
 			dside_release(&f.d, 1);

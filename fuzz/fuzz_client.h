@@ -24,7 +24,9 @@
  * 0x80000001 answers the next request, 0x80000000 the last one sent. */
 #define FC_SEND 0u
 /* The daemon writes what it said (replies to requests not sent yet too)
- * and shuts down writing: the client reads EOF after it. */
+ * and shuts down writing: the client reads EOF after it. With no
+ * connection: the daemon of the one that takes the last bytes said for
+ * the next connect() does so after them (FC_CLOSE too). */
 #define FC_HANGUP 1u
 #define FC_CLOSE 2u         /* the same, and it closes: requests fail too */
 
