@@ -6,6 +6,11 @@
  * the kernel directs at it alone (F_SETOWN_EX with F_OWNER_TID) and which it
  * keeps blocked and takes with sigtimedwait(), so the VMM's own signal
  * handling is never disturbed. Between signals it refreshes the accounting.
+ *
+ * Each call of the VMM's into the agent begins with MD_NOCANCEL_SCOPE: a
+ * pthread_cancel of the calling thread cannot act in the agent's work
+ * (sys.h, md__cancel_off), as none can in the C library's madvise, munmap
+ * or mmap the call stands in for.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -403,6 +408,7 @@ static uint64_t default_max_vmas(void)
 
 int md_agent_new(md_agent **agentp, const md_agent_options *opts)
 {
+	MD_NOCANCEL_SCOPE();
 	md_agent_options none = {0};
 	struct thread_start start;
 	int err;
@@ -485,6 +491,7 @@ err_unclaim:
 
 void md_agent_free(md_agent *a)
 {
+	MD_NOCANCEL_SCOPE();
 	if (!a)
 		return;
 	__atomic_store_n(&a->stop, 1, __ATOMIC_RELEASE);
@@ -650,6 +657,7 @@ static int userfault_foreign(md_agent *a, uintptr_t s, uintptr_t e)
 
 int md_agent_register(md_agent *a, void *addr, size_t len, unsigned advice)
 {
+	MD_NOCANCEL_SCOPE();
 	int err = check_range(addr, len);
 	if (!a || err || (advice & ~(MD_ADV_DONTFORK | MD_ADV_DONTDUMP | MD_ADV_HUGEPAGE)))
 		return -EINVAL;
@@ -868,6 +876,7 @@ static int forget_records(md_agent *a, uintptr_t s, uintptr_t e)
 
 int md_agent_unregister(md_agent *a, void *addr, size_t len)
 {
+	MD_NOCANCEL_SCOPE();
 	int err = check_range(addr, len);
 	if (!a || err)
 		return -EINVAL;
@@ -921,6 +930,7 @@ static int give_up_locked(md_agent *a, uintptr_t s, uintptr_t e, int all, size_t
 
 int md__agent_lock(md_agent *a, uintptr_t s, uintptr_t e, int all)
 {
+	MD_NOCANCEL_SCOPE();
 	size_t gone;
 	md__agent_enter(a);
 	int err = give_up_locked(a, s, e, all, &gone, NULL);
@@ -935,6 +945,7 @@ int md__agent_lock(md_agent *a, uintptr_t s, uintptr_t e, int all)
 
 void md__agent_lock_future(md_agent *a, int future)
 {
+	MD_NOCANCEL_SCOPE();
 	md__agent_enter(a);
 	a->future_locked = future;
 	md__agent_leave(a);
@@ -1003,6 +1014,7 @@ static int mbind_run(void *p)
 long md__agent_mbind(md_agent *a, long (*call)(long, ...), void *addr, unsigned long len, int mode,
 		     const unsigned long *nodes, unsigned long maxnode, unsigned flags)
 {
+	MD_NOCANCEL_SCOPE();
 	struct mbind_call m = { a, call, addr, len, mode, nodes, maxnode, flags, -1, 0 };
 	md__agent_enter(a);
 	if (a->engine)
@@ -1016,6 +1028,7 @@ long md__agent_mbind(md_agent *a, long (*call)(long, ...), void *addr, unsigned 
 
 int md__agent_give_up_anon(md_agent *a, uintptr_t s, uintptr_t e, const char *why)
 {
+	MD_NOCANCEL_SCOPE();
 	size_t gone = 0;
 	int err = 0;
 	md__agent_enter(a);
@@ -1082,6 +1095,7 @@ static int collapse_run(void *p)
 
 int md__agent_collapse(md_agent *a, uintptr_t s, uintptr_t e)
 {
+	MD_NOCANCEL_SCOPE();
 	struct collapse_call c = { a, s, e, 0 };
 	md__agent_enter(a);
 	if (a->engine)
@@ -1094,6 +1108,7 @@ int md__agent_collapse(md_agent *a, uintptr_t s, uintptr_t e)
 
 int md__agent_protect(md_agent *a, uintptr_t s, uintptr_t e)
 {
+	MD_NOCANCEL_SCOPE();
 	size_t gone = 0;
 	md__agent_enter(a);
 	int err = regions_overlap(a, s, e) || handed_overlaps(a, s, e) ? give_up_locked(a, s, e, 0, &gone, NULL) : 0;
@@ -1123,6 +1138,7 @@ static __thread unsigned last_handover;
 
 int md_agent_userfault(md_agent *a, void *addr, size_t len)
 {
+	MD_NOCANCEL_SCOPE();
 	uintptr_t s, e;
 	if (!a || page_range(addr, len, &s, &e))
 		return -EINVAL;
@@ -1195,6 +1211,7 @@ static int image_mapped(md_agent *a, uintptr_t s, uintptr_t e)
 
 void md__agent_userfault_undo(md_agent *a, int err)
 {
+	MD_NOCANCEL_SCOPE();
 	md__agent_enter(a);
 	for (size_t i = 0; i < a->nhanded;) {
 		struct md__handed h = a->handed[i];
@@ -1218,6 +1235,7 @@ void md__agent_userfault_undo(md_agent *a, int err)
 
 int md_agent_userfault_end(md_agent *a, void *addr, size_t len)
 {
+	MD_NOCANCEL_SCOPE();
 	uintptr_t s, e;
 	if (!a || page_range(addr, len, &s, &e))
 		return -EINVAL;
@@ -1235,6 +1253,7 @@ int md_agent_userfault_end(md_agent *a, void *addr, size_t len)
 
 int md_agent_forget(md_agent *a, void *addr, size_t len)
 {
+	MD_NOCANCEL_SCOPE();
 	int err = check_range(addr, len);
 	if (!a || err)
 		return -EINVAL;
@@ -1249,6 +1268,7 @@ int md_agent_forget(md_agent *a, void *addr, size_t len)
 
 int md__agent_unmap(md_agent *a, void *addr, size_t len, int (*op)(void *arg), void *arg, int keep_mapped)
 {
+	MD_NOCANCEL_SCOPE();
 	if (!a || check_range(addr, len))
 		return op(arg);
 	uintptr_t s = (uintptr_t)addr, e = s + len;
@@ -1332,6 +1352,7 @@ int md__agent_unmap(md_agent *a, void *addr, size_t len, int (*op)(void *arg), v
 
 int md__agent_registered(md_agent *a, uintptr_t start, uintptr_t end, struct md__registered **v, size_t *n)
 {
+	MD_NOCANCEL_SCOPE();
 	*v = NULL;
 	*n = 0;
 	md__agent_enter(a);
@@ -1358,6 +1379,7 @@ int md__agent_registered(md_agent *a, uintptr_t start, uintptr_t end, struct md_
 
 void md__agent_moved(md_agent *a, void *old, size_t old_len, void *now, size_t now_len, int old_stays)
 {
+	MD_NOCANCEL_SCOPE();
 	uintptr_t o = (uintptr_t)old, n = (uintptr_t)now;
 	if (!a || !old_len || !now_len || o + old_len < o || n + now_len < n)
 		return;
@@ -1405,6 +1427,7 @@ static int unmap_op(void *p)
 
 int md_agent_unmap(md_agent *a, void *addr, size_t len)
 {
+	MD_NOCANCEL_SCOPE();
 	struct unmap_arg u = { addr, len };
 	if (!a || check_range(addr, len))
 		return -EINVAL;
@@ -1417,6 +1440,7 @@ _Static_assert(MD_ADV_DONTFORK == MD_EADV_DONTFORK && MD_ADV_DONTDUMP == MD_EADV
 
 int md_agent_advise(md_agent *a, void *addr, size_t len, unsigned advice)
 {
+	MD_NOCANCEL_SCOPE();
 	int err = check_range(addr, len);
 	if (!a || err || (advice & ~(MD_ADV_DONTFORK | MD_ADV_DONTDUMP | MD_ADV_HUGEPAGE | MD_ADV_UNDO)))
 		return -EINVAL;
@@ -1475,6 +1499,7 @@ leave:
 
 int md_agent_discard(md_agent *a, void *addr, size_t len)
 {
+	MD_NOCANCEL_SCOPE();
 	return discard(a, addr, len, 0);
 }
 
@@ -1489,12 +1514,14 @@ static int advice_known(void *addr, int advice)
 
 int md__agent_discard_for(md_agent *a, void *addr, size_t len, int advice)
 {
+	MD_NOCANCEL_SCOPE();
 	int err = advice_known(addr, advice);
 	return err ? err : discard(a, addr, len, advice != MADV_DONTNEED_LOCKED);
 }
 
 int md_agent_madvise_discard(md_agent *a, void *addr, size_t len, int advice)
 {
+	MD_NOCANCEL_SCOPE();
 	size_t plen = (len + MD_PAGE - 1) & ~(size_t)(MD_PAGE - 1);
 	unsigned plain;
 	int err;
@@ -1524,6 +1551,7 @@ int md_agent_madvise_discard(md_agent *a, void *addr, size_t len, int advice)
 
 int md_agent_stats(md_agent *a, md_stats *stats)
 {
+	MD_NOCANCEL_SCOPE();
 	if (!a || !stats)
 		return -EINVAL;
 	md__account(a, 1);

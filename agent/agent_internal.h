@@ -638,9 +638,13 @@ void md__ours_grow(struct md_agent *a, uintptr_t s, uintptr_t e);
 void md__ours_refresh(struct md_agent *a);
 
 /* The agent's lock, counted in md__in_agent (sys.h). Letting it go
- * publishes what the records cover (md__ours_refresh). */
+ * publishes what the records cover (md__ours_refresh). Cancellation is
+ * off while it is held (md__cancel_off): calls under it are cancellation
+ * points (open, close, the log's write), and a VMM thread cancelled in
+ * one would leave it held for good. */
 static inline void md__agent_enter(struct md_agent *a)
 {
+	md__cancel_off();
 	__atomic_add_fetch(&a->lock_wanted, 1, __ATOMIC_RELAXED);
 	pthread_mutex_lock(&a->lock);
 	__atomic_sub_fetch(&a->lock_wanted, 1, __ATOMIC_RELAXED);
@@ -652,6 +656,7 @@ static inline void md__agent_leave(struct md_agent *a)
 	md__ours_refresh(a);
 	md__in_agent--;
 	pthread_mutex_unlock(&a->lock);
+	md__cancel_on();
 }
 
 /* On the agent's thread, between two parts of a long job (an unmerge
@@ -670,6 +675,9 @@ void md__agent_thread_leases(struct md_agent *a);
  * may take that long to run, and more may keep coming). */
 static inline void md__agent_let_in(struct md_agent *a)
 {
+	/* Still off between the parts, nanosleep's time too: the job holds
+	 * more than this lock (unmerge_lock, its half-done state). */
+	MD_NOCANCEL_SCOPE();
 	md__agent_leave(a);
 	unsigned waiting = __atomic_load_n(&a->lock_wanted, __ATOMIC_RELAXED);
 	struct timespec t0, t;

@@ -838,6 +838,7 @@ static int image_fds_room(struct md_agent *a)
 
 void md__images_uid_change(struct md_agent *a, uid_t fsuid)
 {
+	MD_NOCANCEL_SCOPE();	/* a VMM's call (agent.c) */
 	/* Root keeps CAP_LEASE: nothing to do for uid 0, or no change. */
 	if (fsuid == (uid_t)-1 || fsuid == 0 || geteuid() != 0)
 		return;
@@ -867,6 +868,7 @@ void md__images_uid_change(struct md_agent *a, uid_t fsuid)
 
 void md__images_uid_changed(struct md_agent *a)
 {
+	MD_NOCANCEL_SCOPE();	/* a VMM's call (agent.c) */
 	md__agent_enter(a);
 	a->lease_uid = (uid_t)-1;	/* the kernel's owner check holds from here */
 	md__agent_leave(a);
@@ -893,6 +895,7 @@ int md__image_breaks_retry(struct md_agent *a)
 
 void md__images_before_chroot(struct md_agent *a)
 {
+	MD_NOCANCEL_SCOPE();	/* a VMM's call (agent.c) */
 	struct md__spare found[SPARES_MAX];
 	size_t n = 0;
 	int more = 0;
@@ -965,6 +968,7 @@ void md__images_before_chroot(struct md_agent *a)
 
 void md__images_spares_drop(struct md_agent *a)
 {
+	MD_NOCANCEL_SCOPE();	/* a VMM's call (agent.c) */
 	md__agent_enter(a);
 	for (size_t i = 0; i < a->nspares; i++)
 		spare_close(&a->spares[i]);

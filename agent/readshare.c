@@ -571,6 +571,7 @@ static ssize_t read_copied(struct md_agent *a, int fd, void *buf, size_t len, of
 
 ssize_t md_agent_pread(md_agent *a, int fd, void *buf, size_t len, off_t off)
 {
+	MD_NOCANCEL_SCOPE();	/* a VMM's call (agent.c) */
 	if (off < 0) {	/* the kernel's answer, before any of ours */
 		errno = EINVAL;
 		return -1;
@@ -697,6 +698,7 @@ static ssize_t preadv_errno(md_agent *a, int fd, const struct iovec *iov, int io
 ssize_t md_agent_preadv(md_agent *a, int fd, const struct iovec *iov, int iovcnt,
 			off_t off, int flags)
 {
+	MD_NOCANCEL_SCOPE();
 	int saved = errno;	/* as md_agent_pread */
 	ssize_t n = preadv_errno(a, fd, iov, iovcnt, off, flags);
 	if (n >= 0)

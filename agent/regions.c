@@ -539,7 +539,9 @@ int md__regions_before_fork(struct md_agent *a)
 	 * wait for a lock the forking thread holds (an allocator's, taken by
 	 * its own prepare handler, which runs before ours). A second, where
 	 * guest RAM goes to the child: what the locks are held for is its
-	 * content. */
+	 * content. fork() is no cancellation point: cancellation is off until
+	 * the locks are let go (here, or md__regions_after_fork). */
+	md__cancel_off();
 	struct timespec until;
 	clock_gettime(CLOCK_REALTIME, &until);
 	int copied = __atomic_load_n(&a->fork_copies_ram, __ATOMIC_RELAXED);
@@ -555,6 +557,7 @@ int md__regions_before_fork(struct md_agent *a)
 	if (pthread_mutex_timedlock(&a->lock, &until) != 0) {
 		if (copied)
 			fork_left_shared(a, "the agent's lock stayed taken for a second");
+		md__cancel_on();
 		return 0;
 	}
 	md__in_agent++;
@@ -571,6 +574,7 @@ int md__regions_before_fork(struct md_agent *a)
 		 * record. */
 		md__in_agent--;
 		pthread_mutex_unlock(&a->lock);
+		md__cancel_on();
 		return 0;
 	}
 	/* Under the agent's lock no read maps an image there, nor does a
@@ -592,13 +596,16 @@ void md__regions_after_fork(struct md_agent *a, int held, int child)
 	if (!(held & MD_FORK_AGENT_LOCK))
 		return;
 	md__in_agent--;
-	if (child)
+	if (child) {
+		md__cancel_on();
 		return;	/* the child's agent is gone (it runs plain) */
+	}
 	if (held & MD_FORK_ENGINE_LOCK)
 		md__scan_fork_done(a);
 	/* Without md__agent_leave's refresh (see above): the records now
 	 * cover no more than before. */
 	pthread_mutex_unlock(&a->lock);
+	md__cancel_on();
 }
 
 static int discard_run(struct md_agent *a, struct md__region *r, uintptr_t addr, size_t len)

@@ -69,6 +69,7 @@ int md__writes_ended(struct md_agent *a, uint64_t mark)
  * allow pwrite64 and not pwritev. errno is as the call left it. */
 ssize_t md_agent_pwritev(md_agent *a, int fd, const struct iovec *iov, int iovcnt, off_t off, int flags)
 {
+	MD_NOCANCEL_SCOPE();	/* a VMM's call (agent.c) */
 	struct md__write w;
 	if (a)
 		write_begin(a, &w);
@@ -80,6 +81,7 @@ ssize_t md_agent_pwritev(md_agent *a, int fd, const struct iovec *iov, int iovcn
 
 ssize_t md_agent_pwrite(md_agent *a, int fd, const void *buf, size_t len, off_t off)
 {
+	MD_NOCANCEL_SCOPE();
 	struct md__write w;
 	if (a)
 		write_begin(a, &w);

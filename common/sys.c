@@ -97,6 +97,9 @@ ssize_t md__sys_pwritev2(int fd, const struct iovec *iov, int iovcnt, off_t off,
 	return raw()(SYS_pwritev2, fd, iov, iovcnt, (long)off, 0L, flags);
 }
 
+__thread unsigned md__nocancel;
+__thread int md__nocancel_was;
+
 void *md__sys_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
 	return (void *)raw()(SYS_mmap, addr, len, prot, flags, fd, off);

@@ -173,4 +173,32 @@ void md__advise_new_mapping(void *addr, size_t len, unsigned advice, int kernel_
  * came back into the agent and waited for its own lock for good. */
 extern __thread unsigned md__in_agent;
 
+/* pthread_cancel of a VMM thread inside the agent: cancellation is off
+ * while the agent works on a VMM thread (its calls, its locks held), as
+ * it never is in the C library calls the VMM made (madvise, munmap...):
+ * one acting in an open() of ours under agent->lock left the lock held
+ * for good, and every later read waited for it. Nested: the state the
+ * VMM had comes back when the outermost ends. */
+extern __thread unsigned md__nocancel;	/* depth */
+extern __thread int md__nocancel_was;	/* the VMM's state before the outermost */
+static inline void md__cancel_off(void)
+{
+	if (md__nocancel++ == 0)
+		pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &md__nocancel_was);
+}
+static inline void md__cancel_on(void)
+{
+	if (--md__nocancel == 0)
+		pthread_setcancelstate(md__nocancel_was, NULL);
+}
+/* Cancellation off from here to the end of the enclosing block, every
+ * return included: one line at the top of a VMM's call into the agent. */
+static inline void md__cancel_scope_end(int *unused)
+{
+	(void)unused;
+	md__cancel_on();
+}
+#define MD_NOCANCEL_SCOPE() \
+	int md__nocancel_scope __attribute__((cleanup(md__cancel_scope_end), unused)) = (md__cancel_off(), 0)
+
 #endif

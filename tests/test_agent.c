@@ -1640,6 +1640,33 @@ TEST_IMPL(bad_pointer_is_efault)
 	return 0;
 }
 
+/* A VMM thread cancelled (pthread_cancel) while inside the agent: the
+ * agent's work is no cancellation point. Its open of an image at the
+ * image's first read, under the agent's lock, was one: the thread unwound
+ * with the lock held, and every read after it waited for good. The thread
+ * here waits for the testproc's allocator inside its pread when the
+ * cancel comes; it is cancelled after its read, which maps the image. */
+TEST_IMPL(cancel_inside_agent_leaves_lock)
+{
+	const char *img = image(7);
+	struct proc a;
+	int fd = start_reader(&a, img, NULL);
+	char want[64], got[256];
+	snprintf(got, sizeof(got), "%s", proc_cmd(&a, "cancelinside %d 0 %u", fd, 64 * 4096));
+	if (strcmp(got, "unsupported") == 0) {
+		proc_stop(&a);
+		SKIP("the testproc has no allocator of its own (AddressSanitizer's)");
+	}
+	snprintf(want, sizeof(want), "cancelled %u %u", 64 * 4096, 64 * 4096);
+	fprintf(stderr, "  cancelinside: %s\n", got);
+	ASSERT(strcmp(got, want) == 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 128 * 4096), hex(fnv_file(img, 0, 128 * 4096))) == 0);
+	for (size_t off = 0; off < 128 * 4096; off += 4096)
+		ASSERT(proc_page_is_image(&a, off, img, (off_t)off));
+	proc_stop(&a);
+	return 0;
+}
+
 /* Guest RAM shared at read time, grown by mremap: the kernel grows the
  * image's mapping, which showed the image's next bytes where the VMM's new
  * memory must read zeroes. */

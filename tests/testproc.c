@@ -155,6 +155,14 @@
  *   kid unfilled OFF PAGES SEED FIRST | kid hash DOFF LEN | kid quit
  *                        -> the child's answer, as this process's own command's
  *                           (quit: it exits, waited for: its exit status)
+ *   cancelinside FD DOFF LEN -> "HOW GOT MAIN": a thread's pread of LEN bytes of FD
+ *                           (from 0) into RAM at DOFF, cancelled (pthread_cancel) while
+ *                           inside the agent (held there by the allocator's lock, as
+ *                           "freemadvise locked" makes it, taken here), then this
+ *                           thread's pread of the next LEN bytes to DOFF+LEN: HOW
+ *                           cancelled|returned|stuck (not joined within 3 s), GOT the
+ *                           thread's pread's result (-1000 if none), MAIN this one's;
+ *                           a pread that waits for good is killed by SIGALRM in 5 s
  *   quit
  */
 #include <dlfcn.h>
@@ -890,6 +898,83 @@ static const char *kid_ask(const char *cmd)
 	answer[n] = 0;
 	answer[strcspn(answer, "\n")] = 0;
 	return answer;
+}
+
+/* "cancelinside": see the list above. */
+static struct cancelinside {
+	int fd;
+	char *buf;
+	size_t len;
+	pid_t tid;
+	ssize_t got;
+} ci;
+
+static void *cancelinside_thread(void *arg)
+{
+	(void)arg;
+	__atomic_store_n(&ci.tid, gettid(), __ATOMIC_RELEASE);
+	ci.got = pread(ci.fd, ci.buf, ci.len, 0);
+	pthread_testcancel();
+	return NULL;
+}
+
+/* The system call thread tid sleeps in, read twice 20 ms apart (the
+ * same both times), up to 2 s: its number, or -1. */
+static long task_syscall(pid_t tid, long *arg0)
+{
+	char path[64], line[256];
+	long last = -2;
+	for (int i = 0; i < 100; i++) {
+		snprintf(path, sizeof(path), "/proc/self/task/%d/syscall", (int)tid);
+		FILE *f = fopen(path, "r");
+		long nr = -1;
+		if (f) {
+			if (!fgets(line, sizeof(line), f) || sscanf(line, "%ld %lx", &nr, (unsigned long *)arg0) < 1)
+				nr = -1;
+			fclose(f);
+		}
+		if (nr >= 0 && nr == last)
+			return nr;
+		last = nr;
+		usleep(20000);
+	}
+	return -1;
+}
+
+static void cmd_cancelinside(int fd, size_t doff, size_t len)
+{
+#if !FREE_MADVISES	/* no allocator of ours to hold the thread in */
+	(void)fd, (void)doff, (void)len, (void)cancelinside_thread;
+	printf("unsupported\n");
+#else
+	pthread_t t;
+	void *ret = NULL;
+	long arg0;
+	alarm(5);	/* the agent's lock left held: the reads below wait for good */
+	ci = (struct cancelinside){ fd, base + doff, len, 0, -1000 };
+	__atomic_store_n(&alloc_locked, 1, __ATOMIC_RELEASE);
+	pthread_mutex_lock(&alloc_lock);
+	if (pthread_create(&t, NULL, cancelinside_thread, NULL) != 0) {
+		pthread_mutex_unlock(&alloc_lock);
+		printf("-1 -1 -1\n");
+		return;
+	}
+	while (!__atomic_load_n(&ci.tid, __ATOMIC_ACQUIRE))
+		usleep(1000);
+	/* Waiting for the allocator's lock (a futex), inside its pread. */
+	long nr = task_syscall(ci.tid, &arg0);
+	pthread_cancel(t);
+	pthread_mutex_unlock(&alloc_lock);
+	struct timespec dl;
+	clock_gettime(CLOCK_REALTIME, &dl);
+	dl.tv_sec += 3;
+	int err = pthread_timedjoin_np(t, &ret, &dl);
+	__atomic_store_n(&alloc_locked, 0, __ATOMIC_RELEASE);
+	ssize_t m = pread(fd, base + doff + len, len, (off_t)len);
+	alarm(0);
+	printf("%s %lld %lld%s\n", err ? "stuck" : ret == PTHREAD_CANCELED ? "cancelled" : "returned",
+	       (long long)ci.got, (long long)(m < 0 ? -errno : m), nr == SYS_futex ? "" : " (not in a futex)");
+#endif
 }
 
 int main(void)
@@ -1706,6 +1791,9 @@ int main(void)
 		} else if (strcmp(cmd, "kid") == 0) {
 			char *rest = line + strspn(line, " \t") + 3;
 			printf("%s\n", kid_ask(rest + strspn(rest, " \t")));
+		} else if (strcmp(cmd, "cancelinside") == 0) {	/* FD DOFF LEN */
+			sscanf(line, "%*s %lld %lld %lld", &a1, &a2, &a3);
+			cmd_cancelinside((int)a1, (size_t)a2, (size_t)a3);
 		} else if (strcmp(cmd, "quit") == 0) {
 			return 0;
 		} else {
