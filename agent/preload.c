@@ -1384,6 +1384,31 @@ EXPORT int prctl(int option, ...)
 /* The positions of the read and write calls below are one argument. */
 _Static_assert(sizeof(long) == 8 && sizeof(off_t) == 8, "a 64-bit machine");
 
+/* Those read and write calls, through the functions below: not
+ * cancellation points, as the C library's syscall(2) is none. The count
+ * the kernel takes as a long and refuses past an int's: its answer, not
+ * one of a narrowed call. (Flags it takes as an int, as the wrappers do.) */
+static long io_syscall(long (*call)(long, ...), long nr, const long *a)
+{
+	MD_NOCANCEL_SCOPE();
+	if (nr != SYS_pread64 && nr != SYS_pwrite64 && a[2] != (int)a[2])
+		return call(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
+	switch (nr) {
+	case SYS_pread64:
+		return pread((int)a[0], (void *)a[1], (size_t)a[2], (off_t)a[3]);
+	case SYS_preadv:
+		return preadv((int)a[0], (const struct iovec *)a[1], (int)a[2], (off_t)a[3]);
+	case SYS_preadv2:
+		return preadv2((int)a[0], (const struct iovec *)a[1], (int)a[2], (off_t)a[3], (int)a[5]);
+	case SYS_pwrite64:
+		return pwrite((int)a[0], (const void *)a[1], (size_t)a[2], (off_t)a[3]);
+	case SYS_pwritev:
+		return pwritev((int)a[0], (const struct iovec *)a[1], (int)a[2], (off_t)a[3]);
+	default:
+		return pwritev2((int)a[0], (const struct iovec *)a[1], (int)a[2], (off_t)a[3], (int)a[5]);
+	}
+}
+
 EXPORT long syscall(long nr, ...)
 {
 	long a[6];
@@ -1487,25 +1512,12 @@ EXPORT long syscall(long nr, ...)
 	 * library's. The position is one argument on 64-bit machines (the
 	 * kernel's high half is 0), the flags after it. */
 	case SYS_pread64:
-		return pread((int)a[0], (void *)a[1], (size_t)a[2], (off_t)a[3]);
-	}
-	/* A count the kernel takes as a long and refuses past an int's: its
-	 * answer, not one of a narrowed call. (Flags it takes as an int, as
-	 * the wrappers do.) */
-	if ((nr == SYS_preadv || nr == SYS_preadv2 || nr == SYS_pwritev || nr == SYS_pwritev2) &&
-	    a[2] != (int)a[2])
-		return call(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
-	switch (nr) {
 	case SYS_preadv:
-		return preadv((int)a[0], (const struct iovec *)a[1], (int)a[2], (off_t)a[3]);
 	case SYS_preadv2:
-		return preadv2((int)a[0], (const struct iovec *)a[1], (int)a[2], (off_t)a[3], (int)a[5]);
 	case SYS_pwrite64:
-		return pwrite((int)a[0], (const void *)a[1], (size_t)a[2], (off_t)a[3]);
 	case SYS_pwritev:
-		return pwritev((int)a[0], (const struct iovec *)a[1], (int)a[2], (off_t)a[3]);
 	case SYS_pwritev2:
-		return pwritev2((int)a[0], (const struct iovec *)a[1], (int)a[2], (off_t)a[3], (int)a[5]);
+		return io_syscall(call, nr, a);
 	}
 	return call(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
 }

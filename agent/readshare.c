@@ -352,8 +352,21 @@ static void copied_read(struct md_agent *a, int fd, uintptr_t buf, size_t n, off
 	md__scanner_poke(&a->scanner);
 }
 
+/* A read in flight (md__inflight_begin), ended should a cancel of the
+ * VMM's thread act in its system call (md__vmm_pread). */
+struct inflight_read {
+	struct md__inflight *io;
+	int token;
+};
+
+static void inflight_undo(void *p)
+{
+	const struct inflight_read *r = p;
+	md__inflight_end(r->io, r->token);
+}
+
 static ssize_t read_copied(struct md_agent *a, int fd, void *buf, size_t len, off_t off, int small,
-			   size_t mapped, const struct md__read_plan *plan, int *whole);
+			   size_t mapped, const struct md__read_plan *plan, struct inflight_read *r, int *whole);
 
 /* A plain read, recorded while in flight when the scanner runs: the
  * system call the VMM made, preadv or pread (one), since a seccomp filter
@@ -362,12 +375,12 @@ static ssize_t tracked_preadv(struct md_agent *a, int fd, const struct iovec *io
 			      int flags, int one)
 {
 	if (!a->engine)
-		return one ? md__sys_pread(fd, iov->iov_base, iov->iov_len, off) :
-			     md__sys_preadv2(fd, iov, cnt, off, flags);
-	int token = md__inflight_begin(&a->engine->io, iov, cnt);
-	ssize_t n = one ? md__sys_pread(fd, iov->iov_base, iov->iov_len, off) :
-			  md__sys_preadv2(fd, iov, cnt, off, flags);
-	md__inflight_end(&a->engine->io, token);
+		return one ? md__vmm_pread(fd, iov->iov_base, iov->iov_len, off, NULL, NULL) :
+			     md__vmm_preadv2(fd, iov, cnt, off, flags, NULL, NULL);
+	struct inflight_read r = { &a->engine->io, md__inflight_begin(&a->engine->io, iov, cnt) };
+	ssize_t n = one ? md__vmm_pread(fd, iov->iov_base, iov->iov_len, off, inflight_undo, &r) :
+			  md__vmm_preadv2(fd, iov, cnt, off, flags, inflight_undo, &r);
+	md__inflight_end(r.io, r.token);
 	return n;
 }
 
@@ -455,11 +468,13 @@ static ssize_t read_segment(struct md_agent *a, int fd, void *buf, size_t len, o
 	/* The scanner must not replace pages the kernel may be writing
 	 * behind the page tables (O_DIRECT): engine/inflight.h. */
 	struct iovec io = { buf, len };
-	int token = a->engine ? md__inflight_begin(&a->engine->io, &io, 1) : 0;
+	struct inflight_read rec = { a->engine ? &a->engine->io : NULL, 0 };
+	if (rec.io)
+		rec.token = md__inflight_begin(rec.io, &io, 1);
 	int whole = 0;
-	ssize_t n = read_copied(a, fd, buf, len, off, small, mapped, &plan, &whole);
-	if (a->engine)
-		md__inflight_end(&a->engine->io, token);
+	ssize_t n = read_copied(a, fd, buf, len, off, small, mapped, &plan, rec.io ? &rec : NULL, &whole);
+	if (rec.io)
+		md__inflight_end(rec.io, rec.token);
 	if (n > 0)
 		md__count(a, MD_CTR_BYTES_READ, (uint64_t)n);
 	/* The cost of a read into guest RAM, shared or copied: with
@@ -520,14 +535,17 @@ static void forget_overwritten(struct md_agent *a, uintptr_t addr, size_t len)
 int md__edges_fail;	/* tests only: see agent_internal.h */
 
 /* The bytes of a read into guest RAM that read_segment did not map; *whole
- * set if it read them all, the mapped pages too. */
+ * set if it read them all, the mapped pages too. r: the read in flight, if
+ * recorded. Only a read mapping nothing is the VMM's own system call, where
+ * a cancel may act: the others read a leased image around or over pages
+ * mapped, whose records must follow them. */
 static ssize_t read_copied(struct md_agent *a, int fd, void *buf, size_t len, off_t off, int small,
-			   size_t mapped, const struct md__read_plan *plan, int *whole)
+			   size_t mapped, const struct md__read_plan *plan, struct inflight_read *r, int *whole)
 {
 	ssize_t n;
 	*whole = 0;
 	if (!mapped) {
-		n = md__sys_pread(fd, buf, len, off);
+		n = md__vmm_pread(fd, buf, len, off, r ? inflight_undo : NULL, r);
 		if (a->engine && n >= (ssize_t)MD_PAGE)
 			copied_read(a, fd, (uintptr_t)buf, (size_t)n, off, small);
 	} else {
@@ -569,9 +587,13 @@ static ssize_t read_copied(struct md_agent *a, int fd, void *buf, size_t len, of
 	return n;
 }
 
+/* The VMM's pread: a cancellation point, as the C library's (a cancel
+ * pending acts first, before anything is read or mapped), and then only in
+ * its system calls (md__vmm_pread): the agent's own work is not one. */
 ssize_t md_agent_pread(md_agent *a, int fd, void *buf, size_t len, off_t off)
 {
-	MD_NOCANCEL_SCOPE();	/* a VMM's call (agent.c) */
+	pthread_testcancel();
+	MD_NOCANCEL_SCOPE();
 	if (off < 0) {	/* the kernel's answer, before any of ours */
 		errno = EINVAL;
 		return -1;
@@ -584,7 +606,7 @@ ssize_t md_agent_pread(md_agent *a, int fd, void *buf, size_t len, off_t off)
 	struct iovec whole = { buf, len };
 	if (!a || !len || (uintptr_t)buf + len < (uintptr_t)buf || len > (size_t)SSIZE_MAX ||
 	    (len > MD_RW_MAX && md__kernel_takes(&whole, 1) != 0))
-		return md__sys_pread(fd, buf, len, off);
+		return md__vmm_pread(fd, buf, len, off, NULL, NULL);
 	if (len > MD_RW_MAX)
 		len = MD_RW_MAX;
 	/* A read that succeeds leaves errno as the kernel's would: the
@@ -698,6 +720,7 @@ static ssize_t preadv_errno(md_agent *a, int fd, const struct iovec *iov, int io
 ssize_t md_agent_preadv(md_agent *a, int fd, const struct iovec *iov, int iovcnt,
 			off_t off, int flags)
 {
+	pthread_testcancel();	/* as md_agent_pread */
 	MD_NOCANCEL_SCOPE();
 	int saved = errno;	/* as md_agent_pread */
 	ssize_t n = preadv_errno(a, fd, iov, iovcnt, off, flags);
@@ -712,7 +735,7 @@ static ssize_t preadv_errno(md_agent *a, int fd, const struct iovec *iov, int io
 	/* The kernel's EFAULT for an iovec array that cannot be read, not
 	 * our SIGSEGV reading it. */
 	if (!a || iovcnt <= 0 || iovcnt > IOV_MAX || !md__readable(iov, (size_t)iovcnt * sizeof(*iov)))
-		return md__sys_preadv2(fd, iov, iovcnt, off, flags);
+		return md__vmm_preadv2(fd, iov, iovcnt, off, flags, NULL, NULL);
 	if (!any_in_ram(a, iov, iovcnt))
 		return tracked_preadv(a, fd, iov, iovcnt, off, flags, 0);
 	if (off == -1 || flags != 0) {
@@ -735,7 +758,7 @@ static ssize_t preadv_errno(md_agent *a, int fd, const struct iovec *iov, int io
 	for (int k = 0; k < iovcnt; k++) {
 		size_t l = iov[k].iov_len;
 		if ((ssize_t)l < 0 || (uintptr_t)iov[k].iov_base + l < (uintptr_t)iov[k].iov_base)
-			return md__sys_preadv2(fd, iov, iovcnt, off, flags);
+			return md__vmm_preadv2(fd, iov, iovcnt, off, flags, NULL, NULL);
 		if (!cut && l > MD_RW_MAX - sum) {
 			cnt = k + 1;
 			cut = 1;
@@ -748,7 +771,7 @@ static ssize_t preadv_errno(md_agent *a, int fd, const struct iovec *iov, int io
 	 * first (md__kernel_takes): a read the agent cuts must not pass one it
 	 * would refuse. */
 	if (cut && md__kernel_takes(iov, iovcnt) != 0)
-		return md__sys_preadv2(fd, iov, iovcnt, off, flags);
+		return md__vmm_preadv2(fd, iov, iovcnt, off, flags, NULL, NULL);
 	/* Segment by segment, as preadv fills them: stop at a short read. A
 	 * segment that could be mapped is a read of its own; the segments
 	 * between such ones go in one call, as the VMM made it (128 KiB of a

@@ -65,15 +65,31 @@ int md__writes_ended(struct md_agent *a, uint64_t mark)
 	return ended;
 }
 
+struct write_rec {
+	struct md_agent *a;
+	struct md__write *w;
+};
+
+/* A cancel of the VMM's thread acted in its write (md__vmm_pwrite): its
+ * record, on the stack the thread leaves, goes (or a break waited for it
+ * for good). */
+static void write_undo(void *p)
+{
+	const struct write_rec *r = p;
+	write_end(r->a, r->w);
+}
+
 /* Each one makes the system call the VMM asked for: a seccomp filter may
- * allow pwrite64 and not pwritev. errno is as the call left it. */
+ * allow pwrite64 and not pwritev. errno is as the call left it. A
+ * cancellation point, as the C library's, in that call alone. */
 ssize_t md_agent_pwritev(md_agent *a, int fd, const struct iovec *iov, int iovcnt, off_t off, int flags)
 {
-	MD_NOCANCEL_SCOPE();	/* a VMM's call (agent.c) */
+	MD_NOCANCEL_SCOPE();
 	struct md__write w;
+	struct write_rec r = { a, &w };
 	if (a)
 		write_begin(a, &w);
-	ssize_t n = md__sys_pwritev2(fd, iov, iovcnt, off, flags);
+	ssize_t n = md__vmm_pwritev2(fd, iov, iovcnt, off, flags, a ? write_undo : NULL, &r);
 	if (a)
 		write_end(a, &w);
 	return n;
@@ -83,9 +99,10 @@ ssize_t md_agent_pwrite(md_agent *a, int fd, const void *buf, size_t len, off_t 
 {
 	MD_NOCANCEL_SCOPE();
 	struct md__write w;
+	struct write_rec r = { a, &w };
 	if (a)
 		write_begin(a, &w);
-	ssize_t n = md__sys_pwrite(fd, buf, len, off);
+	ssize_t n = md__vmm_pwrite(fd, buf, len, off, a ? write_undo : NULL, &r);
 	if (a)
 		write_end(a, &w);
 	return n;

@@ -100,6 +100,84 @@ ssize_t md__sys_pwritev2(int fd, const struct iovec *iov, int iovcnt, off_t off,
 __thread unsigned md__nocancel;
 __thread int md__nocancel_was;
 
+struct vmm_undo {
+	void (*fn)(void *);
+	void *arg;
+};
+
+static void vmm_undone(void *p)
+{
+	const struct vmm_undo *u = p;
+	if (u->fn)
+		u->fn(u->arg);
+}
+
+/* The system call, cancellation asynchronous while it runs: only the
+ * call itself (and the C library's syscall, which holds nothing) is in
+ * that window. Switching to it acts on a cancel already pending. */
+static long async_call(long nr, const long *v)
+{
+	int type, err;
+	pthread_setcanceltype(PTHREAD_CANCEL_ASYNCHRONOUS, &type);
+	long r = raw()(nr, v[0], v[1], v[2], v[3], v[4], v[5]);
+	err = errno;
+	pthread_setcanceltype(type, NULL);
+	errno = err;
+	return r;
+}
+
+static long vmm_call(long nr, const long *v, void (*undo)(void *), void *arg)
+{
+	/* Deeper than the VMM's call: a lock of ours is held. Or the VMM
+	 * had cancellation off itself. */
+	if (md__nocancel > 1 || (md__nocancel == 1 && md__nocancel_was != PTHREAD_CANCEL_ENABLE))
+		return raw()(nr, v[0], v[1], v[2], v[3], v[4], v[5]);
+	struct vmm_undo u = { undo, arg };
+	int lift = md__nocancel == 1, err;
+	long r;
+	pthread_cleanup_push(vmm_undone, &u);
+	if (lift) {
+		md__nocancel = 0;	/* as it is once cancelled: the thread is the VMM's alone */
+		pthread_setcancelstate(PTHREAD_CANCEL_ENABLE, NULL);
+	}
+	r = async_call(nr, v);
+	err = errno;
+	if (lift) {
+		pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);
+		md__nocancel = 1;
+	}
+	pthread_cleanup_pop(0);
+	errno = err;
+	return r;
+}
+
+ssize_t md__vmm_pread(int fd, void *buf, size_t len, off_t off, void (*undo)(void *), void *arg)
+{
+	const long v[6] = { fd, (long)buf, (long)len, (long)off, 0, 0 };
+	return vmm_call(SYS_pread64, v, undo, arg);
+}
+
+ssize_t md__vmm_preadv2(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags,
+			void (*undo)(void *), void *arg)
+{
+	/* As md__sys_preadv2: the system call the VMM's would be. */
+	const long v[6] = { fd, (long)iov, iovcnt, (long)off, 0, flags };
+	return vmm_call(flags == 0 && off != -1 ? SYS_preadv : SYS_preadv2, v, undo, arg);
+}
+
+ssize_t md__vmm_pwrite(int fd, const void *buf, size_t len, off_t off, void (*undo)(void *), void *arg)
+{
+	const long v[6] = { fd, (long)buf, (long)len, (long)off, 0, 0 };
+	return vmm_call(SYS_pwrite64, v, undo, arg);
+}
+
+ssize_t md__vmm_pwritev2(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags,
+			 void (*undo)(void *), void *arg)
+{
+	const long v[6] = { fd, (long)iov, iovcnt, (long)off, 0, flags };
+	return vmm_call(flags == 0 && off != -1 ? SYS_pwritev : SYS_pwritev2, v, undo, arg);
+}
+
 void *md__sys_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
 	return (void *)raw()(SYS_mmap, addr, len, prot, flags, fd, off);

@@ -19,6 +19,20 @@ ssize_t md__sys_pread(int fd, void *buf, size_t len, off_t off);
 ssize_t md__sys_preadv2(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags);
 ssize_t md__sys_pwrite(int fd, const void *buf, size_t len, off_t off);
 ssize_t md__sys_pwritev2(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags);
+/* The same calls made for the VMM (its pread, preadv, pwrite...: the C
+ * library's are cancellation points): a cancel pending, or sent while the
+ * call blocks, acts in it (asynchronous for the call's duration, as the C
+ * library's own SYSCALL_CANCEL), but only where no more than the VMM's
+ * call itself has cancellation off (md__cancel_off once: no lock of ours
+ * held); elsewhere they are md__sys_*. undo(arg), unless NULL, is called
+ * if it acts (the thread then exits): what the caller began for the call
+ * (a read in flight, a write recorded) ends. */
+ssize_t md__vmm_pread(int fd, void *buf, size_t len, off_t off, void (*undo)(void *), void *arg);
+ssize_t md__vmm_preadv2(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags,
+			void (*undo)(void *), void *arg);
+ssize_t md__vmm_pwrite(int fd, const void *buf, size_t len, off_t off, void (*undo)(void *), void *arg);
+ssize_t md__vmm_pwritev2(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags,
+			 void (*undo)(void *), void *arg);
 void *md__sys_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off);
 int md__sys_munmap(void *addr, size_t len);
 void *md__sys_mremap(void *old, size_t old_len, size_t new_len, int flags, void *new_addr);
@@ -178,7 +192,8 @@ extern __thread unsigned md__in_agent;
  * it never is in the C library calls the VMM made (madvise, munmap...):
  * one acting in an open() of ours under agent->lock left the lock held
  * for good, and every later read waited for it. Nested: the state the
- * VMM had comes back when the outermost ends. */
+ * VMM had comes back when the outermost ends. Only the VMM's own read
+ * and write system calls let it act (md__vmm_pread...). */
 extern __thread unsigned md__nocancel;	/* depth */
 extern __thread int md__nocancel_was;	/* the VMM's state before the outermost */
 static inline void md__cancel_off(void)
@@ -188,7 +203,9 @@ static inline void md__cancel_off(void)
 }
 static inline void md__cancel_on(void)
 {
-	if (--md__nocancel == 0)
+	/* 0: a cancel acted in a VMM's call (md__vmm_pread), whose frames
+	 * are unwound: nothing to end. */
+	if (md__nocancel && --md__nocancel == 0)
 		pthread_setcancelstate(md__nocancel_was, NULL);
 }
 /* Cancellation off from here to the end of the enclosing block, every

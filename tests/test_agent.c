@@ -16,6 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "agent_internal.h"	/* the records of reads and writes in flight */
 #include "cgroup.h"
 #include "proc.h"
 #include "runner.h"
@@ -1664,6 +1665,131 @@ TEST_IMPL(cancel_inside_agent_leaves_lock)
 	for (size_t off = 0; off < 128 * 4096; off += 4096)
 		ASSERT(proc_page_is_image(&a, off, img, (off_t)off));
 	proc_stop(&a);
+	return 0;
+}
+
+/* A VMM thread blocked in a read or a write the agent makes for it (here
+ * on a pipe, at the file position) is cancelled as in the C library's: the
+ * agent's own system calls were none, and a pthread_cancel never ended it. */
+TEST_IMPL(cancel_acts_in_blocked_io)
+{
+	const char *const envs[2][5] = { { NULL },
+					 { "MEMDEDUP_SCAN=1", "MEMDEDUP_DOMAIN=private", NULL } };
+	for (int k = 0; k < 2; k++) {
+		struct proc a;
+		proc_start(&a, envs[k]);
+		proc_cmd(&a, "map %u", RAM_PAGES);
+		ASSERT(a.base != 0);
+		static const char *const how[] = { "read", "write" }, *const where[] = { "ram", "heap" };
+		for (int i = 0; i < 4; i++) {
+			const char *r = proc_cmd(&a, "cancelblock %s %s", how[i / 2], where[i % 2]);
+			fprintf(stderr, "  %s %s %s: %s\n", k ? "scanning" : "sharing", how[i / 2], where[i % 2], r);
+			ASSERT(strcmp(r, "cancelled") == 0);
+		}
+		proc_stop(&a);
+	}
+	return 0;
+}
+
+struct cancelled_io {
+	md_agent *a;
+	int fd, write;
+	void *buf;
+	pid_t tid;
+};
+
+static void *cancelled_io_thread(void *arg)
+{
+	struct cancelled_io *c = arg;
+	struct iovec io = { c->buf, 4096 };
+	__atomic_store_n(&c->tid, gettid(), __ATOMIC_RELEASE);
+	if (c->write)
+		md_agent_pwritev(c->a, c->fd, &io, 1, -1, 0);
+	else
+		md_agent_preadv(c->a, c->fd, &io, 1, -1, 0);
+	return NULL;
+}
+
+/* Waits until c's thread sleeps in a system call on its descriptor. */
+static int io_blocked(struct cancelled_io *c)
+{
+	for (int i = 0; i < 200; i++) {
+		pid_t tid = __atomic_load_n(&c->tid, __ATOMIC_ACQUIRE);
+		char path[64], line[256] = "";
+		snprintf(path, sizeof(path), "/proc/self/task/%d/syscall", (int)tid);
+		FILE *f = tid ? fopen(path, "r") : NULL;
+		if (f) {
+			if (!fgets(line, sizeof(line), f))
+				line[0] = '\0';
+			fclose(f);
+		}
+		long nr = -1;
+		unsigned long fd = ~0ul;
+		if (sscanf(line, "%ld %lx", &nr, &fd) == 2 && fd == (unsigned long)c->fd && nr >= 0)
+			return 0;
+		usleep(10000);
+	}
+	return -ETIMEDOUT;
+}
+
+/* Thread t, blocked, cancelled: 0 once it ended so within 2 s. */
+static int cancel_blocked(pthread_t t)
+{
+	void *ret = NULL;
+	struct timespec dl;
+	ASSERT_EQ(pthread_cancel(t), 0);
+	clock_gettime(CLOCK_REALTIME, &dl);
+	dl.tv_sec += 2;
+	if (pthread_timedjoin_np(t, &ret, &dl) != 0)
+		return -ETIMEDOUT;	/* left blocked: the test ends */
+	return ret == PTHREAD_CANCELED ? 0 : -EINVAL;
+}
+
+/* What the agent records for a VMM's read or write while it runs goes
+ * with a cancel that ends it there: a read in flight kept the scanner off
+ * its pages for good, a write's record (on the stack the thread left) had
+ * every lease break wait the kernel's lease-break-time. Through the
+ * library's calls, in this process. */
+TEST_IMPL(cancel_in_blocked_io_ends_records)
+{
+	md_agent *a;
+	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .sleep_ms = 1 };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	if (!a->engine) {
+		md_agent_free(a);
+		SKIP("no content scanner here (userfaultfd)");
+	}
+	size_t len = 64 * 4096;
+	char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	memset(m, 1, len);
+	ASSERT_EQ(md_agent_register(a, m, len, 0), 0);
+	int p[2];
+	pthread_t t;
+
+	ASSERT_EQ(pipe(p), 0);
+	struct cancelled_io rd = { a, p[0], 0, m + 5 * 4096, 0 };
+	ASSERT_EQ(pthread_create(&t, NULL, cancelled_io_thread, &rd), 0);
+	ASSERT_EQ(io_blocked(&rd), 0);
+	ASSERT(md__inflight_busy(&a->engine->io, (uintptr_t)m + 5 * 4096, 4096));
+	ASSERT_EQ(cancel_blocked(t), 0);
+	ASSERT(!md__inflight_busy(&a->engine->io, (uintptr_t)m + 5 * 4096, 4096));
+
+	char page[4096] = { 0 };
+	ASSERT_EQ(fcntl(p[1], F_SETFL, O_NONBLOCK), 0);
+	while (write(p[1], page, sizeof(page)) > 0)	/* full: the write waits */
+		;
+	ASSERT_EQ(fcntl(p[1], F_SETFL, 0), 0);
+	struct cancelled_io wr = { a, p[1], 1, m, 0 };
+	ASSERT_EQ(pthread_create(&t, NULL, cancelled_io_thread, &wr), 0);
+	ASSERT_EQ(io_blocked(&wr), 0);
+	ASSERT(!md__writes_ended(a, md__writes_mark(a)));
+	ASSERT_EQ(cancel_blocked(t), 0);
+	ASSERT(md__writes_ended(a, md__writes_mark(a)));
+	close(p[0]);
+	close(p[1]);
+	md_agent_free(a);
+	munmap(m, len);
 	return 0;
 }
 

@@ -163,6 +163,11 @@
  *                           cancelled|returned|stuck (not joined within 3 s), GOT the
  *                           thread's pread's result (-1000 if none), MAIN this one's;
  *                           a pread that waits for good is killed by SIGALRM in 5 s
+ *   cancelblock read|write ram|heap -> cancelled|stuck: a thread's preadv2 (pwritev2)
+ *                           at the file position on an empty (full) pipe, into (from)
+ *                           a page of RAM or of the heap, cancelled once blocked in
+ *                           it; stuck: not ended within 2 s (the pipe then fed or
+ *                           drained so that it ends)
  *   quit
  */
 #include <dlfcn.h>
@@ -975,6 +980,68 @@ static void cmd_cancelinside(int fd, size_t doff, size_t len)
 	printf("%s %lld %lld%s\n", err ? "stuck" : ret == PTHREAD_CANCELED ? "cancelled" : "returned",
 	       (long long)ci.got, (long long)(m < 0 ? -errno : m), nr == SYS_futex ? "" : " (not in a futex)");
 #endif
+}
+
+struct blocked_io {
+	int fd, write;
+	void *buf;
+	pid_t tid;
+};
+
+static void *blocked_io_thread(void *arg)
+{
+	struct blocked_io *b = arg;
+	struct iovec io = { b->buf, 4096 };
+	__atomic_store_n(&b->tid, gettid(), __ATOMIC_RELEASE);
+	if (b->write)
+		pwritev2(b->fd, &io, 1, -1, 0);
+	else
+		preadv2(b->fd, &io, 1, -1, 0);
+	return NULL;
+}
+
+static const char *cmd_cancelblock(const char *how, const char *where)
+{
+	static char heap_page[4096];
+	int p[2];
+	long arg0 = -1;
+	pthread_t t;
+	void *ret = NULL;
+	struct blocked_io b = { -1, strcmp(how, "write") == 0, strcmp(where, "heap") == 0 ? heap_page : base, 0 };
+	if (pipe(p) != 0)
+		return "nopipe";
+	if (b.write) {	/* full: the write waits */
+		fcntl(p[1], F_SETFL, O_NONBLOCK);
+		while (write(p[1], heap_page, sizeof(heap_page)) > 0)
+			;
+		fcntl(p[1], F_SETFL, 0);
+	}
+	b.fd = p[b.write];
+	if (pthread_create(&t, NULL, blocked_io_thread, &b) != 0)
+		return "nothread";
+	while (!__atomic_load_n(&b.tid, __ATOMIC_ACQUIRE))
+		usleep(1000);
+	long nr = task_syscall(b.tid, &arg0);
+	const char *r = nr < 0 || arg0 != b.fd ? "notblocked" : "cancelled";
+	pthread_cancel(t);
+	struct timespec dl;
+	clock_gettime(CLOCK_REALTIME, &dl);
+	dl.tv_sec += 2;
+	if (pthread_timedjoin_np(t, &ret, &dl) != 0) {
+		r = "stuck";
+		if (b.write)
+			while (read(p[0], heap_page, sizeof(heap_page)) == (ssize_t)sizeof(heap_page) &&
+			       pthread_tryjoin_np(t, &ret) != 0)
+				;
+		else
+			write(p[1], heap_page, sizeof(heap_page));
+		pthread_join(t, &ret);
+	} else if (ret != PTHREAD_CANCELED) {
+		r = "returned";
+	}
+	close(p[0]);
+	close(p[1]);
+	return r;
 }
 
 int main(void)
@@ -1794,6 +1861,9 @@ int main(void)
 		} else if (strcmp(cmd, "cancelinside") == 0) {	/* FD DOFF LEN */
 			sscanf(line, "%*s %lld %lld %lld", &a1, &a2, &a3);
 			cmd_cancelinside((int)a1, (size_t)a2, (size_t)a3);
+		} else if (strcmp(cmd, "cancelblock") == 0) {	/* read|write ram|heap */
+			sscanf(line, "%*s %31s %31s", s1, s2);
+			printf("%s\n", cmd_cancelblock(s1, s2));
 		} else if (strcmp(cmd, "quit") == 0) {
 			return 0;
 		} else {
