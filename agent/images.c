@@ -899,6 +899,16 @@ void md__images_before_chroot(struct md_agent *a)
 	struct md__spare found[SPARES_MAX];
 	size_t n = 0;
 	int more = 0;
+	/* Core dumps keep guest RAM shared after it (md__coredump_file_pages,
+	 * which needs /proc): set now, for RAM not advised MADV_DONTDUMP by
+	 * then (QEMU chroots once its RAM is set up). */
+	int dumped = 0;
+	md__agent_enter(a);
+	for (size_t i = 0; i < a->nregions && !dumped; i++)
+		dumped = !(a->regions[i].advice & MD_ADV_DONTDUMP);
+	md__agent_leave(a);
+	if (dumped)
+		md__coredump_file_pages();
 	/* Opened without the agent's lock (an open may wait on a server), of
 	 * files whose leases could be trusted. The directory is closed
 	 * before the chroot: a descriptor of one outside the new root would

@@ -265,6 +265,8 @@ static size_t share_locked(struct md_agent *a, struct md__region *r, int fd, con
 		return 0;
 	}
 	md__vmas_add(&a->vmas, 2);	/* the new VMA, and the split it may cause */
+	if (!(r->advice & MD_ADV_DONTDUMP))
+		md__coredump_file_pages();	/* now: its advice comes later */
 	if (!img->shmem)	/* a tmpfs file's mappings take the file's policy */
 		md__policy_apply(dst, plan->map_len);	/* the VMM's NUMA policy, if any */
 	/* MADV_DONTFORK and MADV_MERGEABLE (with kernel KSM) come within a

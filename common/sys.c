@@ -15,6 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "log.h"
 #include "memdedup.h"
 
 /* The C library's syscall(2), set by the preload library (whose own
@@ -848,8 +849,39 @@ uint64_t md__resident_moved(const struct md__resident *a, const struct md__resid
 	return distance(a->all, b->all) + distance(a->files, b->files);
 }
 
+void md__coredump_file_pages(void)
+{
+	static int done;
+	if (__atomic_load_n(&done, __ATOMIC_RELAXED) || __atomic_exchange_n(&done, 1, __ATOMIC_RELAXED))
+		return;
+	MD_NOCANCEL_SCOPE();
+	int saved = errno;	/* inside the VMM's calls */
+	char buf[32];
+	unsigned long v = 0;
+	int err = 0, fd = md__proc_open("coredump_filter", O_RDWR);
+	ssize_t n = fd < 0 ? -1 : md__sys_pread(fd, buf, sizeof(buf) - 1, 0);
+	if (n <= 0) {
+		err = n == 0 ? EIO : errno;
+	} else {
+		buf[n] = 0;
+		v = strtoul(buf, NULL, 16);
+		int len = snprintf(buf, sizeof(buf), "%#lx", v | MD_COREDUMP_FILE_PRIVATE);
+		if (!(v & MD_COREDUMP_FILE_PRIVATE) && md__sys_pwrite(fd, buf, (size_t)len, 0) != len)
+			err = errno;
+	}
+	if (fd >= 0)
+		close(fd);
+	if (err)
+		md__log_once(145, "cannot add file-backed private mappings to core dumps (/proc/self/coredump_filter"
+			     " %#lx: %s): guest RAM shared with images or merged is missing from a core dump",
+			     v, strerror(err));
+	errno = saved;
+}
+
 void md__advise_new_mapping(void *addr, size_t len, unsigned advice, int kernel_ksm)
 {
+	if (!(advice & MD_ADV_DONTDUMP))
+		md__coredump_file_pages();
 	if (kernel_ksm)
 		md__sys_madvise(addr, len, MADV_MERGEABLE);
 	if (advice & MD_ADV_DONTFORK)

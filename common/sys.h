@@ -177,8 +177,18 @@ ssize_t md__read_text(const char *path, char *buf, size_t size);
 uint64_t md__resident_moved(const struct md__resident *a, const struct md__resident *b);
 /* A mapping made over guest RAM does not inherit the advice of the one it
  * replaced: give it back (MD_ADV_* bits; kernel_ksm adds MADV_MERGEABLE).
- * Nor its NUMA policy: see policies.h for the mappings that take it. */
+ * Nor its NUMA policy: see policies.h for the mappings that take it. Not
+ * advised MADV_DONTDUMP, it is kept in core dumps (md__coredump_file_pages). */
 void md__advise_new_mapping(void *addr, size_t len, unsigned advice, int kernel_ksm);
+/* Pages of the pool or an image mapped over guest RAM are a private
+ * mapping of a file, never written: the kernel's default coredump_filter
+ * (0x33) leaves them out of a core dump, and guest RAM a VMM dumps (QEMU's
+ * dump-guest-core=on) would be missing from it. Once, at the first such
+ * mapping over RAM not advised MADV_DONTDUMP: /proc/self/coredump_filter
+ * gets this bit (MMF_DUMP_MAPPED_PRIVATE), which the process's children
+ * inherit. A failure is logged once, nothing more. */
+#define MD_COREDUMP_FILE_PRIVATE 0x4ul
+void md__coredump_file_pages(void);
 /* Nonzero on a thread that is inside the agent (holds its lock), or is
  * one of ours (the scanner, the agent's thread, the fault thread): the
  * preload library then passes the calls it interposes straight to the

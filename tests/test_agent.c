@@ -1793,6 +1793,74 @@ TEST_IMPL(cancel_in_blocked_io_ends_records)
 	return 0;
 }
 
+/* coredump_filter of pid, or -1. */
+static long coredump_filter(pid_t pid)
+{
+	char path[64], buf[32];
+	snprintf(path, sizeof(path), "/proc/%d/coredump_filter", (int)pid);
+	snprintf(buf, sizeof(buf), "%s", file_text(path));
+	return *buf ? (long)strtoul(buf, NULL, 16) : -1;
+}
+
+static int merged_some(const md_stats *s) { return s->merged >= 64; }
+
+/* Guest RAM mapped from an image or the pool is a private mapping of a
+ * file never written, which the kernel's default coredump_filter leaves
+ * out of a core dump (QEMU's dump-guest-core=on wants guest RAM in it):
+ * the agent adds those mappings (bit 2) at its first mapping over guest
+ * RAM, unless that RAM is advised MADV_DONTDUMP. Nothing changes for a
+ * process that registers nothing. */
+TEST_IMPL(core_dump_keeps_shared_ram)
+{
+	/* The testprocs inherit this process's filter: without the bit. */
+	long mine = coredump_filter(getpid());
+	ASSERT(mine >= 0);
+	char text[32];
+	snprintf(text, sizeof(text), "%#lx", mine & ~4l);
+	FILE *f = fopen("/proc/self/coredump_filter", "w");
+	ASSERT(f && fputs(text, f) >= 0 && fclose(f) == 0);
+	long base = mine & ~4l;
+	ASSERT_EQ(coredump_filter(getpid()), base);
+
+	const char *img = image(8);
+	struct proc a, b, c, d;
+	proc_start(&a, NULL);	/* registers nothing */
+	int fd = (int)proc_num(&a, "open %s", img);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(proc_num(&a, "heapread %d 0 65536", fd), 65536);
+	ASSERT_EQ(coredump_filter(a.pid), base);
+
+	fd = start_reader(&b, img, NULL);
+	ASSERT_EQ(coredump_filter(b.pid), base);	/* registered, nothing mapped yet */
+	ASSERT_EQ(proc_num(&b, "read %d 0 %u 0 65536", fd, MB), MB);
+	proc_cmd(&b, "hash 0 4096");	/* faulted in */
+	ASSERT(proc_page_is_image(&b, 0, img, 0));
+	ASSERT_EQ(coredump_filter(b.pid), base | 4);
+
+	fd = start_reader(&c, img, NULL);	/* not to be dumped: left alone */
+	ASSERT_EQ(proc_num(&c, "dontdump 0 %u", RAM_PAGES * 4096), 0);
+	ASSERT_EQ(proc_num(&c, "read %d 0 %u 0 65536", fd, MB), MB);
+	proc_cmd(&c, "hash 0 4096");
+	ASSERT(proc_page_is_image(&c, 0, img, 0));
+	ASSERT_EQ(coredump_filter(c.pid), base);
+
+	const char *scan[] = { "MEMDEDUP_SCAN=1", "MEMDEDUP_PAGES_TO_SCAN=2000", "MEMDEDUP_SLEEP_MS=1",
+			       "MEMDEDUP_DOMAIN=private", NULL };
+	proc_start(&d, scan);	/* merged pages: the pool's */
+	proc_cmd(&d, "map %u", RAM_PAGES);
+	ASSERT(strcmp(proc_cmd(&d, "fill 0 64 1"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&d, "fill %u 64 1", 512 * 4096), "ok") == 0);
+	ASSERT_EQ(coredump_filter(d.pid), base);
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&d, &s, 20000, merged_some), 0);
+	ASSERT_EQ(coredump_filter(d.pid), base | 4);
+	proc_stop(&a);
+	proc_stop(&b);
+	proc_stop(&c);
+	proc_stop(&d);
+	return 0;
+}
+
 /* Guest RAM shared at read time, grown by mremap: the kernel grows the
  * image's mapping, which showed the image's next bytes where the VMM's new
  * memory must read zeroes. */
@@ -2288,6 +2356,31 @@ TEST_IMPL(image_leased_after_chroot)
 		ASSERT_EQ(fds_naming(a.pid, img), 2);
 	}
 	ASSERT_EQ(s.fallbacks_total, 0);
+	proc_stop(&a);
+	return 0;
+}
+
+/* As core_dump_keeps_shared_ram, for a VMM that chrooted where there is
+ * no /proc: the filter is set as it chroots, for its RAM not advised
+ * MADV_DONTDUMP then. */
+TEST_IMPL(core_dump_keeps_shared_ram_after_chroot)
+{
+	long mine = coredump_filter(getpid());
+	ASSERT(mine >= 0);
+	char text[32];
+	snprintf(text, sizeof(text), "%#lx", mine & ~4l);
+	FILE *f = fopen("/proc/self/coredump_filter", "w");
+	ASSERT(f && fputs(text, f) >= 0 && fclose(f) == 0);
+	const char *img = image(45);
+	struct proc a;
+	int fd;
+	if (reader_chrooted(&a, img, NULL, &fd))
+		SKIP("chroot needs CAP_SYS_CHROOT");
+	ASSERT_EQ(coredump_filter(a.pid), mine | 4);
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 65536", fd, MB), MB);
+	proc_cmd(&a, "hash 0 4096");	/* faulted in: the image's page */
+	ASSERT(proc_page(&a, 0).file);
+	ASSERT_EQ(coredump_filter(a.pid), mine | 4);
 	proc_stop(&a);
 	return 0;
 }

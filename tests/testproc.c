@@ -168,6 +168,7 @@
  *                           a page of RAM or of the heap, cancelled once blocked in
  *                           it; stuck: not ended within 2 s (the pipe then fed or
  *                           drained so that it ends)
+ *   dontdump DOFF LEN     -> madvise(MADV_DONTDUMP) result (0 or -errno)
  *   quit
  */
 #include <dlfcn.h>
@@ -1864,6 +1865,9 @@ int main(void)
 		} else if (strcmp(cmd, "cancelblock") == 0) {	/* read|write ram|heap */
 			sscanf(line, "%*s %31s %31s", s1, s2);
 			printf("%s\n", cmd_cancelblock(s1, s2));
+		} else if (strcmp(cmd, "dontdump") == 0) {	/* DOFF LEN */
+			sscanf(line, "%*s %lld %lld", &a1, &a2);
+			printf("%d\n", madvise(base + a1, (size_t)a2, MADV_DONTDUMP) == 0 ? 0 : -errno);
 		} else if (strcmp(cmd, "quit") == 0) {
 			return 0;
 		} else {
