@@ -85,8 +85,12 @@ static void vlog(const char *fmt, va_list ap) __attribute__((format(printf, 1, 0
 static void vlog(const char *fmt, va_list ap)
 {
 	/* Called inside the VMM's calls: a write that fails (a full FIFO, a
-	 * full disk) must not change the errno they return with. */
-	int saved = errno;
+	 * full disk) must not change the errno they return with. Nor is it a
+	 * cancellation point, as those calls are none: a cancel acting in the
+	 * open of the log again left log_lock held (the lines after it lost),
+	 * and some callers hold locks of their own. */
+	int saved = errno, cancel;
+	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &cancel);
 	char line[512];
 	int n = snprintf(line, sizeof(line), "memdedup[%d]: ", (int)getpid());
 	n += vsnprintf(line + n, sizeof(line) - (size_t)n - 1, fmt, ap);
@@ -99,6 +103,7 @@ static void vlog(const char *fmt, va_list ap)
 		ssize_t r = write(fd, line, (size_t)n);
 		(void)r;
 	}
+	pthread_setcancelstate(cancel, NULL);
 	errno = saved;
 }
 

@@ -18,6 +18,7 @@
 
 #include "agent_internal.h"	/* the records of reads and writes in flight */
 #include "cgroup.h"
+#include "log.h"
 #include "proc.h"
 #include "runner.h"
 
@@ -1665,6 +1666,46 @@ TEST_IMPL(cancel_inside_agent_leaves_lock)
 	for (size_t off = 0; off < 128 * 4096; off += 4096)
 		ASSERT(proc_page_is_image(&a, off, img, (off_t)off));
 	proc_stop(&a);
+	return 0;
+}
+
+static int logged_back;
+
+static void *log_with_cancel_pending(void *arg)
+{
+	(void)arg;
+	pthread_cancel(pthread_self());
+	md__log("a line from a thread with a cancel pending");
+	__atomic_store_n(&logged_back, 1, __ATOMIC_RELEASE);
+	pthread_testcancel();
+	return NULL;
+}
+
+/* The log is no cancellation point: it is called inside the VMM's calls,
+ * which are none, some of its callers holding locks. A cancel pending
+ * acted in its open of the log file again (its number taken by another
+ * file), under the log's lock: the thread left it held, and the lines
+ * after it were lost. */
+TEST_IMPL(log_not_a_cancellation_point)
+{
+	char path[512];
+	snprintf(path, sizeof(path), "%s/cancel.log", test_dir());
+	ASSERT_EQ(md__log_open(path), 0);
+	int fd = -1;
+	ASSERT_EQ(proc_fds_naming(getpid(), path, 0, -1, &fd), 1);
+	int other = open("/dev/null", O_WRONLY | O_CLOEXEC);
+	ASSERT(other >= 0 && dup2(other, fd) == fd);
+	close(other);
+	pthread_t t;
+	void *ret = NULL;
+	ASSERT_EQ(pthread_create(&t, NULL, log_with_cancel_pending, NULL), 0);
+	ASSERT_EQ(pthread_join(t, &ret), 0);
+	ASSERT(ret == PTHREAD_CANCELED);
+	ASSERT(__atomic_load_n(&logged_back, __ATOMIC_ACQUIRE));
+	md__log("a line after it");
+	const char *text = file_text(path);
+	ASSERT(strstr(text, "a line from a thread with a cancel pending"));
+	ASSERT(strstr(text, "a line after it"));
 	return 0;
 }
 
