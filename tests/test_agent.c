@@ -1709,6 +1709,25 @@ TEST_IMPL(log_not_a_cancellation_point)
 	return 0;
 }
 
+/* A fork() by a thread with a cancel pending: fork is no cancellation
+ * point, but its prepare handler's work for guest RAM not MADV_DONTFORK
+ * (its shared pages made the child's own first, /proc/self/pagemap read
+ * under the agent's lock) had one; the thread unwound out of fork() with
+ * the lock held. */
+TEST_IMPL(cancel_in_fork_leaves_lock)
+{
+	const char *img = image(9);
+	struct proc a;
+	int fd = reader_with_mb(&a, img);
+	const char *r = proc_cmd(&a, "cancelfork %d %u %u", fd, MB, MB);
+	fprintf(stderr, "  cancelfork: %s\n", r);
+	char want[64];
+	snprintf(want, sizeof(want), "forked %u", MB);
+	ASSERT(strcmp(r, want) == 0);
+	proc_stop(&a);
+	return 0;
+}
+
 /* A VMM thread blocked in a read or a write the agent makes for it (here
  * on a pipe, at the file position) is cancelled as in the C library's: the
  * agent's own system calls were none, and a pthread_cancel never ended it. */

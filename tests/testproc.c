@@ -169,6 +169,11 @@
  *                           it; stuck: not ended within 2 s (the pipe then fed or
  *                           drained so that it ends)
  *   dontdump DOFF LEN     -> madvise(MADV_DONTDUMP) result (0 or -errno)
+ *   cancelfork FD DOFF LEN -> "HOW MAIN": a thread with a cancel pending forks (the
+ *                           child exits at once), then this thread's pread of LEN bytes
+ *                           of FD into RAM at DOFF: HOW forked (the thread cancelled
+ *                           after its fork returned) or cancelled (inside the fork) or
+ *                           stuck, MAIN the pread's result; SIGALRM in 5 s as cancelinside
  *   quit
  */
 #include <dlfcn.h>
@@ -1045,6 +1050,45 @@ static const char *cmd_cancelblock(const char *how, const char *where)
 	return r;
 }
 
+/* "cancelfork": see the list above. */
+static int forked_back;
+
+static void *cancelfork_thread(void *arg)
+{
+	(void)arg;
+	pthread_cancel(pthread_self());
+	pid_t pid = fork();
+	if (pid == 0)
+		_exit(0);
+	__atomic_store_n(&forked_back, pid > 0 ? 1 : -1, __ATOMIC_RELEASE);
+	if (pid > 0)
+		waitpid(pid, NULL, 0);	/* the cancellation point: the child is reaped below */
+	return NULL;
+}
+
+static void cmd_cancelfork(int fd, size_t doff, size_t len)
+{
+	pthread_t t;
+	void *ret = NULL;
+	alarm(5);
+	__atomic_store_n(&forked_back, 0, __ATOMIC_RELEASE);
+	if (pthread_create(&t, NULL, cancelfork_thread, NULL) != 0) {
+		printf("-1 -1\n");
+		return;
+	}
+	struct timespec dl;
+	clock_gettime(CLOCK_REALTIME, &dl);
+	dl.tv_sec += 3;
+	int err = pthread_timedjoin_np(t, &ret, &dl);
+	while (waitpid(-1, NULL, WNOHANG) > 0)
+		;
+	ssize_t m = pread(fd, base + doff, len, 0);
+	alarm(0);
+	int back = __atomic_load_n(&forked_back, __ATOMIC_ACQUIRE);
+	printf("%s %lld\n", err ? "stuck" : back == 1 ? "forked" : back ? "failed" : "cancelled",
+	       (long long)(m < 0 ? -errno : m));
+}
+
 int main(void)
 {
 	char line[4096];
@@ -1868,6 +1912,9 @@ int main(void)
 		} else if (strcmp(cmd, "dontdump") == 0) {	/* DOFF LEN */
 			sscanf(line, "%*s %lld %lld", &a1, &a2);
 			printf("%d\n", madvise(base + a1, (size_t)a2, MADV_DONTDUMP) == 0 ? 0 : -errno);
+		} else if (strcmp(cmd, "cancelfork") == 0) {	/* FD DOFF LEN */
+			sscanf(line, "%*s %lld %lld %lld", &a1, &a2, &a3);
+			cmd_cancelfork((int)a1, (size_t)a2, (size_t)a3);
 		} else if (strcmp(cmd, "quit") == 0) {
 			return 0;
 		} else {
