@@ -192,6 +192,7 @@ static void env_options(md_agent_options *o)
 
 static md_agent *agent_get(void)
 {
+	MD_NOCANCEL_SCOPE();	/* agent_lock across the log's open */
 	if (md__in_agent || is_shadowed())
 		return NULL;
 	md_agent *a = __atomic_load_n(&agent, __ATOMIC_ACQUIRE);

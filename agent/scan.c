@@ -240,6 +240,7 @@ static int pause_set(md_agent *a, int paused)
 
 int md_agent_pause(md_agent *a, int paused)
 {
+	MD_NOCANCEL_SCOPE();
 	if (!a || !a->engine)
 		return -EINVAL;
 	/* Noted first, so that a welcome that comes later does not undo it
@@ -257,6 +258,7 @@ unsigned md__io_unseen_delay_us, md__io_unseen_slept;	/* tests only: see agent_i
 
 void md_agent_io_unseen(md_agent *a, const char *what)
 {
+	MD_NOCANCEL_SCOPE();
 	/* Called on every submit of io_uring reads: once is enough, once
 	 * done. The flags only go from 0 to 1, under the lock: a second
 	 * caller that found io_unseen set while the first was still at work
@@ -362,6 +364,7 @@ static int tunable_set(md_agent *a, const char *key, const char *value)
 
 int md_agent_set(md_agent *a, const char *key, const char *value)
 {
+	MD_NOCANCEL_SCOPE();
 	if (!a)
 		return -EINVAL;
 	/* The VMM's own value, as from our options: the daemon's welcome
@@ -693,6 +696,7 @@ paused:
 
 int md_agent_unmerge(md_agent *a)
 {
+	MD_NOCANCEL_SCOPE();	/* unmerge_lock across a join, account_lock across opens */
 	return unmerge(a, NULL, 0, UNMERGE_VMM);
 }
 

@@ -250,7 +250,7 @@ ssize_t md__engine_pagemap(struct md__engine *e, uintptr_t addr, size_t n, uint6
 			fd = again;
 		else
 			close(again);	/* another thread's is in: fd holds it */
-		md__log_once(145, "the VMM closed the agent's /proc/self/pagemap descriptor, or put a file of "
+		md__log_once(146, "the VMM closed the agent's /proc/self/pagemap descriptor, or put a file of "
 			     "its own at its number: opened again");
 	}
 	return md__sys_pread(fd, pm, n * sizeof(uint64_t), (off_t)(addr / MD_EPAGE * sizeof(uint64_t)));
