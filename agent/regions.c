@@ -225,15 +225,20 @@ int md__regions_advise(struct md_agent *a, uintptr_t start, uintptr_t end, unsig
 	int partial = 0;
 	for (size_t i = 0; i < a->nregions; i++) {
 		struct md__region *r = &a->regions[i];
-		int part = 0;
+		int part = 0, was_forked = !(r->advice & MD_ADV_DONTFORK);
 		r->advice = md__advice_after(r->advice, r->start, r->end, start, end, advice, &part);
 		/* The kernel's call that follows reaches the mappings we made
 		 * there: a MADV_DOFORK over part of the region lets a fork copy
-		 * them; a MADV_DONTFORK over all of it, no longer. */
+		 * them; a MADV_DONTFORK over all of it, no longer; over part
+		 * of a region a fork copied, the record takes the bit but the
+		 * rest is still copied. */
+		int whole = start <= r->start && r->end <= end, overlaps = r->start < end && start < r->end;
 		if (part && (advice & MD_ADV_DONTFORK))
 			r->forked_part = 1;
-		else if (!(advice & MD_ADV_UNDO) && (advice & MD_ADV_DONTFORK) && start <= r->start && r->end <= end)
+		else if (!(advice & MD_ADV_UNDO) && (advice & MD_ADV_DONTFORK) && whole)
 			r->forked_part = 0;
+		else if (!(advice & MD_ADV_UNDO) && (advice & MD_ADV_DONTFORK) && overlaps && was_forked)
+			r->forked_part = 1;
 		partial |= part;
 	}
 	regions_publish(a);
