@@ -230,28 +230,45 @@ size_t md__engine_dropped_pages(const struct md__eregion *r)
 static int pagemap_ours(const struct md__engine *e, int fd)
 {
 	struct stat st;
-	return fd >= 0 && fstat(fd, &st) == 0 && st.st_dev == e->pagemap_dev && st.st_ino == e->pagemap_ino;
+	return fd >= 0 && fstat(fd, &st) == 0 && st.st_dev == __atomic_load_n(&e->pagemap_dev, __ATOMIC_ACQUIRE) &&
+	       st.st_ino == __atomic_load_n(&e->pagemap_ino, __ATOMIC_ACQUIRE);
 }
+
+/* Serializes the reopens of md__engine_pagemap; its reads take none. */
+static pthread_mutex_t pagemap_reopen = PTHREAD_MUTEX_INITIALIZER;
 
 ssize_t md__engine_pagemap(struct md__engine *e, uintptr_t addr, size_t n, uint64_t *pm)
 {
 	int fd = __atomic_load_n(&e->pagemap_fd, __ATOMIC_ACQUIRE);
 	if (!pagemap_ours(e, fd)) {
-		/* Not closed: the number is the VMM's now. The same file
-		 * again (its inode is the process's), or none: no read. */
-		int again = md__proc_open("pagemap", 0);
-		if (!pagemap_ours(e, again)) {
-			if (again >= 0)
-				close(again);
-			errno = EBADF;
-			return -1;
-		}
-		if (__atomic_compare_exchange_n(&e->pagemap_fd, &fd, again, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+		/* Not closed: the number is the VMM's now. A fresh open is
+		 * ours by construction (procfs may give it another inode once
+		 * no descriptor held the old one): its identity is recorded
+		 * before its number is published, so a reader that sees the
+		 * number sees it ours. */
+		pthread_mutex_lock(&pagemap_reopen);
+		fd = __atomic_load_n(&e->pagemap_fd, __ATOMIC_ACQUIRE);
+		if (!pagemap_ours(e, fd)) {
+			int again = md__proc_open("pagemap", 0);
+			struct stat st;
+			if (again < 0 || fstat(again, &st) != 0) {
+				int err = errno;
+				if (again >= 0)
+					close(again);
+				pthread_mutex_unlock(&pagemap_reopen);
+				md__log_once(147, "the VMM closed the agent's /proc/self/pagemap descriptor, and it "
+					     "cannot be opened again (%s): no merge until it can", strerror(err));
+				errno = EBADF;
+				return -1;
+			}
+			__atomic_store_n(&e->pagemap_dev, st.st_dev, __ATOMIC_RELEASE);
+			__atomic_store_n(&e->pagemap_ino, st.st_ino, __ATOMIC_RELEASE);
+			__atomic_store_n(&e->pagemap_fd, again, __ATOMIC_RELEASE);
 			fd = again;
-		else
-			close(again);	/* another thread's is in: fd holds it */
-		md__log_once(146, "the VMM closed the agent's /proc/self/pagemap descriptor, or put a file of "
-			     "its own at its number: opened again");
+			md__log_once(146, "the VMM closed the agent's /proc/self/pagemap descriptor, or put a file "
+				     "of its own at its number: opened again");
+		}
+		pthread_mutex_unlock(&pagemap_reopen);
 	}
 	return md__sys_pread(fd, pm, n * sizeof(uint64_t), (off_t)(addr / MD_EPAGE * sizeof(uint64_t)));
 }

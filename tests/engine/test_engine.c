@@ -3,6 +3,7 @@
  * primitive proven by outcomes: frames in /proc/self/pagemap, contents read
  * back, and no write lost while merges run at full speed.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
@@ -1582,10 +1583,42 @@ TEST_IMPL(engine_pagemap_descriptor_replaced)
 	ASSERT(pm[0] & PM_PRESENT);
 	ASSERT(!(pm[1] & PM_PRESENT));
 	ASSERT(e.pagemap_fd != fd);
+	/* And again after every descriptor of it closed (close_range: the
+	 * one kept for a chroot too) and the dentries dropped: procfs then
+	 * gives the file another inode, which is ours all the same (review:
+	 * the reopen was refused for good). */
+	struct stat before, after;
+	ASSERT(stat("/proc/self/pagemap", &before) == 0);
+	int other = victim_file(), second = e.pagemap_fd;
+	ASSERT(dup2(other, second) == second);
+	DIR *d = opendir("/proc/self/fd");
+	ASSERT(d);
+	for (struct dirent *de; (de = readdir(d));) {
+		char path[64], link[256];
+		int n = atoi(de->d_name);
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", n);
+		ssize_t l = readlink(path, link, sizeof(link) - 1);
+		if (l > 0 && n != dirfd(d) && (link[l] = 0, strstr(link, "/pagemap")))
+			close(n);
+	}
+	closedir(d);
+	int drop = open("/proc/sys/vm/drop_caches", O_WRONLY | O_CLOEXEC);	/* dentries and inodes */
+	ASSERT(drop >= 0 && write(drop, "2", 1) == 1);
+	close(drop);
+	ASSERT(stat("/proc/self/pagemap", &after) == 0);
+	if (after.st_ino == before.st_ino)
+		printf("  the pagemap's inode was kept (%llu)\n", (unsigned long long)after.st_ino);
+	memset(pm, 0xff, sizeof(pm));
+	ASSERT_EQ(md__engine_pagemap(&e, (uintptr_t)m, 2, pm), (ssize_t)sizeof(pm));
+	ASSERT(pm[0] & PM_PRESENT);
+	ASSERT(!(pm[1] & PM_PRESENT));
 	md__engine_fini(&e);
 	ASSERT(victim_intact(fd));	/* still open at its number */
+	ASSERT(victim_intact(second));
 	close(fd);
+	close(second);
 	close(victim);
+	close(other);
 	munmap(m, 2 * PG);
 	return 0;
 }
