@@ -231,6 +231,21 @@ int proc_page_is_image(struct proc *p, size_t doff, const char *img, off_t off)
 	return (e & ((1ull << 55) - 1)) == pm.pfn;
 }
 
+long task_syscall_on(pid_t tid, int fd)
+{
+	char path[64], line[256] = "";
+	snprintf(path, sizeof(path), "/proc/self/task/%d/syscall", (int)tid);
+	FILE *f = tid ? fopen(path, "r") : NULL;
+	if (f) {
+		if (!fgets(line, sizeof(line), f))
+			line[0] = '\0';
+		fclose(f);
+	}
+	long nr = -1;
+	unsigned long arg = ~0ul;
+	return sscanf(line, "%ld %lx", &nr, &arg) == 2 && arg == (unsigned long)fd && nr >= 0 ? nr : -1;
+}
+
 int proc_fds_naming(pid_t pid, const char *want, size_t prefix, int not_fd, int *fd)
 {
 	char fds[64], link[320], target[PATH_MAX];

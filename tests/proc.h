@@ -64,6 +64,9 @@ int proc_page_from_file(struct proc *p, size_t doff);
  * (its first prefix bytes; 0: all of it): how many, and the last one in
  * *fd if fd is not NULL. */
 int proc_fds_naming(pid_t pid, const char *want, size_t prefix, int not_fd, int *fd);
+/* The system call thread tid of this process is in, if its first argument
+ * is fd (/proc/self/task/TID/syscall): its number, else -1. */
+long task_syscall_on(pid_t tid, int fd);
 /* Why nobody may open a userfaultfd here, NULL if nobody may not (the tests
  * of that refusal need it refused): run as root, under the sysctl
  * vm.unprivileged_userfaultfd=0, /dev/userfaultfd closed to others. */

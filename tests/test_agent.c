@@ -1774,18 +1774,7 @@ static void *cancelled_io_thread(void *arg)
 static int io_blocked(struct cancelled_io *c)
 {
 	for (int i = 0; i < 200; i++) {
-		pid_t tid = __atomic_load_n(&c->tid, __ATOMIC_ACQUIRE);
-		char path[64], line[256] = "";
-		snprintf(path, sizeof(path), "/proc/self/task/%d/syscall", (int)tid);
-		FILE *f = tid ? fopen(path, "r") : NULL;
-		if (f) {
-			if (!fgets(line, sizeof(line), f))
-				line[0] = '\0';
-			fclose(f);
-		}
-		long nr = -1;
-		unsigned long fd = ~0ul;
-		if (sscanf(line, "%ld %lx", &nr, &fd) == 2 && fd == (unsigned long)c->fd && nr >= 0)
+		if (task_syscall_on(__atomic_load_n(&c->tid, __ATOMIC_ACQUIRE), c->fd) >= 0)
 			return 0;
 		usleep(10000);
 	}

@@ -4369,21 +4369,8 @@ static void *blocked_reader(void *arg)
 static int wait_blocked_read(struct blocked_read *r)
 {
 	for (int i = 0; i < 2000; i++) {
-		pid_t tid = __atomic_load_n(&r->tid, __ATOMIC_ACQUIRE);
-		char path[64], line[256] = "";
-		snprintf(path, sizeof(path), "/proc/self/task/%d/syscall", (int)tid);
-		FILE *f = tid ? fopen(path, "r") : NULL;
-		if (f) {
-			if (!fgets(line, sizeof(line), f))
-				line[0] = '\0';
-			fclose(f);
-		}
-		long nr = -1;
-		unsigned long fd = ~0ul;
-		/* read, pread64, readv, preadv, preadv2 */
-		if (sscanf(line, "%ld %lx", &nr, &fd) == 2 && fd == (unsigned long)r->fd &&
-		    (nr == SYS_read || nr == SYS_pread64 || nr == SYS_readv || nr == SYS_preadv ||
-		     nr == SYS_preadv2))
+		long nr = task_syscall_on(__atomic_load_n(&r->tid, __ATOMIC_ACQUIRE), r->fd);
+		if (nr == SYS_read || nr == SYS_pread64 || nr == SYS_readv || nr == SYS_preadv || nr == SYS_preadv2)
 			return 0;
 		usleep(10000);
 	}
