@@ -92,8 +92,42 @@ static void kill_leaked(const char *dir)
 	closedir(proc);
 }
 
-/* Returns 0 pass, 1 fail, 2 skip. */
-static int run_one(const struct test *t)
+/* Copies the file at path to stdout, and keeps its last lines (at most
+ * sizeof(tail) bytes, from a line's start) in tail. */
+static void show_output(const char *path, char *tail, size_t tail_size)
+{
+	tail[0] = '\0';
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	char buf[65536];
+	size_t kept = 0;
+	fflush(stdout);
+	for (ssize_t n; (n = read(fd, buf, sizeof(buf))) > 0;) {
+		if (write(STDOUT_FILENO, buf, (size_t)n) != n)
+			break;
+		/* The tail is the last tail_size - 1 bytes read. */
+		size_t take = (size_t)n < tail_size - 1 ? (size_t)n : tail_size - 1;
+		if (kept + take > tail_size - 1) {
+			size_t drop = kept + take - (tail_size - 1);
+			memmove(tail, tail + drop, kept - drop);
+			kept -= drop;
+		}
+		memcpy(tail + kept, buf + (size_t)n - take, take);
+		kept += take;
+	}
+	close(fd);
+	tail[kept] = '\0';
+	char *line = strchr(tail, '\n');
+	if (kept == tail_size - 1 && line)
+		memmove(tail, line + 1, strlen(line + 1) + 1);
+}
+
+/* Returns 0 pass, 1 fail, 2 skip. The test's output goes to out (a file
+ * in the runner's directory), shown once the test ended: its tail is
+ * shown again at the end if it failed, where a CI log cut to its last
+ * lines still shows why. */
+static int run_one(const struct test *t, const char *out)
 {
 	/* Made here and removed here: a test that fails (abort) or times
 	 * out never runs its own clean-up. */
@@ -111,6 +145,13 @@ static int run_one(const struct test *t)
 	}
 	if (pid == 0) {
 		setpgid(0, 0);	/* so a timeout kills the test's helpers too */
+		int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
+		if (fd >= 0) {
+			fflush(stdout);
+			dup2(fd, STDOUT_FILENO);
+			dup2(fd, STDERR_FILENO);
+			close(fd);
+		}
 		signal(SIGINT, SIG_DFL);	/* the runner's handler is not the test's */
 		signal(SIGTERM, SIG_DFL);
 		signal(SIGHUP, SIG_DFL);
@@ -129,9 +170,14 @@ static int run_one(const struct test *t)
 		return 0;
 	if (WIFEXITED(status) && WEXITSTATUS(status) == TEST_SKIP_CODE)
 		return 2;
-	if (WIFSIGNALED(status))
-		fprintf(stderr, "  %s: killed by signal %d%s\n", t->name, WTERMSIG(status),
+	if (WIFSIGNALED(status)) {
+		FILE *f = fopen(out, "a");
+		if (f) {
+			fprintf(f, "  %s: killed by signal %d%s\n", t->name, WTERMSIG(status),
 			WTERMSIG(status) == SIGALRM ? " (timeout)" : "");
+			fclose(f);
+		}
+	}
 	return 1;
 }
 
@@ -166,8 +212,9 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	static const char *skipped_names[NTESTS];
-	size_t nskipped = 0;
+	static const char *skipped_names[NTESTS], *failed_names[NTESTS];
+	static char failed_tails[8][2048];
+	size_t nskipped = 0, nfailed = 0;
 	char run_dir[] = "/tmp/memdedup-runner-XXXXXX";
 	if (!mkdtemp(run_dir)) {
 		perror("runner: mkdtemp");
@@ -188,7 +235,11 @@ int main(int argc, char **argv)
 			continue;
 		struct timespec t0, t1;
 		clock_gettime(CLOCK_MONOTONIC, &t0);
-		int r = run_one(&tests[i]);
+		char out[sizeof(run_dir) + 16], tail[sizeof(failed_tails[0])];
+		snprintf(out, sizeof(out), "%s/output", run_dir);
+		int r = run_one(&tests[i], out);
+		show_output(out, tail, sizeof(tail));
+		unlink(out);
 		clock_gettime(CLOCK_MONOTONIC, &t1);
 		double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
 		const char *word = r == 0 ? "ok" : r == 2 ? "skip" : "FAIL";
@@ -198,6 +249,11 @@ int main(int argc, char **argv)
 		skipped += r == 2;
 		if (r == 2)
 			skipped_names[nskipped++] = tests[i].name;
+		if (r == 1) {
+			if (nfailed < sizeof(failed_tails) / sizeof(failed_tails[0]))
+				memcpy(failed_tails[nfailed], tail, sizeof(tail));
+			failed_names[nfailed++] = tests[i].name;
+		}
 	}
 	char rm[sizeof(run_dir) + 16];
 	snprintf(rm, sizeof(rm), "rm -rf %s", run_dir);
@@ -212,6 +268,13 @@ int main(int argc, char **argv)
 	for (size_t i = 0; i < nskipped; i++)
 		printf("%s %s", i ? "," : "skipped:", skipped_names[i]);
 	if (nskipped)
+		printf("\n");
+	for (size_t i = 0; i < nfailed && i < sizeof(failed_tails) / sizeof(failed_tails[0]); i++)
+		printf("--- %s failed; its last lines:\n%s%s", failed_names[i], failed_tails[i],
+		       !*failed_tails[i] || strchr(failed_tails[i], '\0')[-1] == '\n' ? "" : "\n");
+	for (size_t i = 0; i < nfailed; i++)
+		printf("%s %s", i ? "," : "failed:", failed_names[i]);
+	if (nfailed)
 		printf("\n");
 	printf("%d passed, %d failed, %d skipped\n", passed, failed, skipped);
 	return failed ? 1 : 0;
