@@ -92,10 +92,14 @@ static void hang_up(struct md__remote *rm)
 }
 
 /* Before a call (rm->lock held): a pool descriptor found replaced
- * (md__remote_fd_ok) ends the connection, which only a new one mends. */
+ * (md__remote_fd_ok) ends the connection, which only a new one mends. Not
+ * while a reply is late: what it grants goes back only on this connection
+ * (the record a reconnect takes over would keep it), and the client ends
+ * the connection itself once that reply is past its bound. Meanwhile the
+ * calls go on; no merge maps from the replaced number (md__remote_valid). */
 static void fd_lost_hang_up(struct md__remote *rm)
 {
-	if (!rm->c || !__atomic_load_n(&rm->fd_lost, __ATOMIC_RELAXED))
+	if (!rm->c || !__atomic_load_n(&rm->fd_lost, __ATOMIC_RELAXED) || md__client_late(rm->c))
 		return;
 	hang_up(rm);
 	rm->lost++;

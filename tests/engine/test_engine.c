@@ -2823,6 +2823,65 @@ TEST_IMPL(engine_late_grant_not_settled)
 	return 0;
 }
 
+/* A pool descriptor found replaced while a reply is late: the connection
+ * stays until the late reply came and its grant went back (or the client's
+ * bound for late replies passed). Hung up at once, a PUBLISH the daemon
+ * answered meanwhile granted a slot the record our reconnect takes over
+ * kept, pinned until the process exited. */
+TEST_IMPL(engine_late_grant_settled_before_fd_lost_hang_up)
+{
+	struct tdaemon t;
+	struct md__engine e;
+	struct md__remote rm;
+	unsigned char *x = map_ram(1);
+	uint32_t slot;
+	int status;
+	uint64_t ctr = 0;
+
+	engine_up(&e);
+	td_start(&t, 1024);
+	ASSERT_EQ(md__remote_init(&rm, t.sock, "late"), 0);
+	e.remote = &rm;
+	ASSERT_EQ(md__engine_remote_connect(&e), 0);
+	fill(x, 11);
+	uint64_t h = md__page_hash(x), gen = rm.generation;
+	const void *page = x;
+	md__client_set_timeout(rm.c, 100);
+	kill(t.pid, SIGSTOP);
+	int err = md__remote_publish_each(&rm, &h, &page, 1, &slot, &status, gen);
+	int victim = victim_file(), ro = rm.ro_fd;
+	ASSERT(dup2(victim, ro) == ro);
+	ASSERT_EQ(md__remote_fd_ok(&rm), 0);
+	kill(t.pid, SIGCONT);
+	ASSERT_EQ(err, -ETIMEDOUT);
+	usleep(300000);	/* the daemon answers the PUBLISH, granting a slot */
+	/* As the agent's thread does: calls, and a connect once hung up. */
+	for (int i = 0; i < 300 && !(md__remote_connected(&rm) && rm.ro_fd != ro); i++) {
+		md__remote_report(&rm, &ctr, 1);
+		md__engine_send_unrefs(&e);
+		if (!md__remote_connected(&rm))
+			md__engine_remote_connect(&e);
+		usleep(10000);
+	}
+	ASSERT(md__remote_connected(&rm) && rm.ro_fd != ro);
+	for (int i = 0; i < 300 && !md__engine_unrefs_settled(&e); i++) {
+		md__remote_report(&rm, &ctr, 1);
+		md__engine_send_unrefs(&e);
+		usleep(10000);
+	}
+	ASSERT(md__engine_unrefs_settled(&e));
+	ASSERT_EQ(md__remote_report(&rm, &ctr, 1), 0);
+	ASSERT_EQ(td_domains_int(&t, "pool_live_pages"), 0);
+	ASSERT(victim_intact(ro));
+	md__engine_fini(&e);
+	md__remote_fini(&rm);
+	close(ro);
+	close(victim);
+	td_stop(&t);
+	munmap(x, PG);
+	return 0;
+}
+
 /* memdedupd reached through a proxy that holds each chunk the daemon sends
  * for delay_ms (descriptors passed on): a daemon slow to answer, each reply
  * well inside the client's timeout. One connection at a time. */
