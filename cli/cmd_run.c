@@ -332,10 +332,12 @@ static int executable(const char *path)
 
 /* The interpreter a script's #! line names: 1 and its path in out; 0 if
  * path is no script, or cannot be read (execute-only: execve will tell);
- * -ENOENT if the line names none. */
+ * -ENOENT if the line names none, or a path the kernel cuts short. */
 static int script_interpreter(const char *path, char *out, size_t size)
 {
-	char head[256];
+	/* The kernel's view: the file's first 256 bytes (BINPRM_BUF_SIZE),
+	 * zeroes past its end. */
+	char head[256 + 1] = { 0 };
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return 0;
@@ -343,9 +345,13 @@ static int script_interpreter(const char *path, char *out, size_t size)
 	close(fd);
 	if (n < 3 || head[0] != '#' || head[1] != '!')
 		return 0;
-	head[n] = '\0';
 	char *p = head + 2;
 	p += strspn(p, " \t");
+	/* A path that runs to the buffer's end with no newline may be cut
+	 * short: the kernel's exec fails with ENOEXEC (fs/binfmt_script.c),
+	 * as for a "#!" naming nothing. */
+	if (!memchr(head, '\n', sizeof(head) - 1) && !p[strcspn(p, " \t")] && p + strlen(p) == head + 256)
+		return -ENOENT;
 	p[strcspn(p, " \t\n")] = '\0';
 	if (!*p)
 		return -ENOENT;
@@ -953,8 +959,17 @@ int md__cmd_run(int argc, char **argv)
 	/* Scanning in a shared domain needs memdedupd: start it unless one
 	 * answers. Without it the agent merges within its process only. */
 	const char *domain = getenv("MEMDEDUP_DOMAIN");
-	if (agent_scans() && !(domain && strcmp(domain, "private") == 0) &&
-	    !md__daemon_alive(NULL)) {
+	int private_domain = domain && strcmp(domain, "private") == 0;
+	if (agent_scans() && domain && *domain && !private_domain && !valid_text(domain)) {
+		/* From the caller's environment (--domain= is checked): the
+		 * agent refuses the name, and merges within its process. */
+		char shown[256];
+		fprintf(stderr, "memdedup run: note: MEMDEDUP_DOMAIN='%s' is no sharing domain's name "
+			"(1 to 64 of A-Z a-z 0-9 . _ -): the agent merges within its process only\n",
+			md__printable(domain, shown, sizeof(shown)));
+		private_domain = 1;
+	}
+	if (agent_scans() && !private_domain && !md__daemon_alive(NULL)) {
 		/* A named domain is not merged privately: its agent waits. */
 		const char *then = domain && *domain ? "the agent merges nothing until one answers"
 						     : "merging stays within the process";

@@ -419,6 +419,20 @@ TEST_IMPL(cli_run_missing_command_no_daemon)
 	ASSERT_EQ(c9, 126);
 	ASSERT(!alive9 && !pid9);
 	ASSERT(strstr(slurp("err"), "Not a directory"));
+	/* A #! path the kernel's 256 bytes cut short: its exec fails with
+	 * ENOEXEC, and the command runs with /bin/sh, as the shell runs it. */
+	char longer[460];
+	snprintf(longer, sizeof(longer), "%s/longer", test_dir());
+	f = fopen(longer, "w");
+	ASSERT(f && fprintf(f, "#!/%0300d\nexit 7\n", 0) > 0 && fclose(f) == 0);
+	ASSERT(chmod(longer, 0755) == 0);
+	ASSERT_EQ(sh("%s", longer), 7);
+	ASSERT_EQ(sh("MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan --domain=private -- %s", dir, rb, longer), 7);
+	/* A domain's name from the environment the agent refuses: it merges
+	 * within its process, and no daemon is started for it. */
+	ASSERT_EQ(sh("MEMDEDUP_DOMAIN=a/b MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- true", dir, rb), 0);
+	ASSERT(strstr(slurp("err"), "MEMDEDUP_DOMAIN='a/b' is no sharing domain's name"));
+	ASSERT(!md__daemon_alive(sock) && !kill_daemon_of(dir));
 	ASSERT(!alive1 && !alive2 && !alive3 && !alive4 && !alive5 && !alive6 && !alive7 && !alive8);
 	ASSERT(!pid1 && !pid2 && !pid3 && !pid4 && !pid5 && !pid6 && !pid7 && !pid8);
 	ASSERT(strstr(err2, "cannot run 'memdedup-no-such-cmd': command not found"));
