@@ -3573,13 +3573,21 @@ TEST_IMPL(scan_breaks_end_idle_sleep)
 	md_agent *a;
 	const size_t n = 256;
 	char *m = pairs_merged_here(&a, NULL, n);
+	md_stats st;
+	/* Two passes after the merges: the pass that merged (its progress
+	 * counted at its end, which a loaded machine may put after the count
+	 * of pages sharing) no longer ends the idle spell set below. */
+	ASSERT_EQ(md_agent_stats(a, &st), 0);
+	uint64_t passes = st.full_scans;
+	for (int i = 0; i < 2000 && st.full_scans < passes + 2; i++, usleep(10000))
+		md_agent_stats(a, &st);
+	ASSERT(st.full_scans >= passes + 2);
 	/* Idle at a set sleep of a second: the scanner sleeps 32 s once the
 	 * pass under way is over, and a pass is a batch. */
 	__atomic_store_n(&a->scanner.sleep_ms, 1000, __ATOMIC_RELAXED);
 	__atomic_store_n(&a->scanner.idle, MD_SCAN_IDLE_MAX, __ATOMIC_RELAXED);
-	md_stats st;
 	ASSERT_EQ(md_agent_stats(a, &st), 0);
-	uint64_t passes = st.full_scans;
+	passes = st.full_scans;
 	for (int i = 0; i < 2000 && st.full_scans == passes; i++, usleep(10000))
 		md_agent_stats(a, &st);
 	ASSERT(st.full_scans > passes);
