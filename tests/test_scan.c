@@ -2165,6 +2165,18 @@ static double secs_since(const struct timespec *t0)
 	return (double)(t.tv_sec - t0->tv_sec) + (double)(t.tv_nsec - t0->tv_nsec) / 1e9;
 }
 
+/* Waits for k more of the scanner's passes; st holds the stats after. A
+ * pass's progress counts at its end, which a loaded machine may put after
+ * the stats a test waited for (the 64 done that end an idle spell). */
+static void passes_after(md_agent *a, md_stats *st, unsigned k)
+{
+	ASSERT_EQ(md_agent_stats(a, st), 0);
+	uint64_t from = st->full_scans;
+	for (int i = 0; i < 3000 && st->full_scans < from + k; i++, usleep(10000))
+		md_agent_stats(a, st);
+	ASSERT(st->full_scans >= from + k);
+}
+
 /* A scanner slowed down on a quiet host (32 times its sleep) takes up the
  * reads' hints within one sleep at the set rate, not at the end of its
  * long one: the pages reads just filled are the likeliest duplicates. */
@@ -2186,12 +2198,10 @@ TEST_IMPL(scan_hints_end_idle_sleep)
 	int fd = open(path, O_RDWR);
 	ASSERT(fd >= 0);
 	md_stats st;
-	uint64_t passes = 0;
-	for (int i = 0; i < 1000 && passes < 1; i++, usleep(20000)) {
-		md_agent_stats(a, &st);
-		passes = st.full_scans;
-	}
-	ASSERT(passes >= 1);	/* every checksum taken: nothing more to do */
+	/* Every checksum taken, nothing more to do: past the pass that took
+	 * them, whose progress ends an idle spell at its end. */
+	passes_after(a, &st, 2);
+	uint64_t passes = st.full_scans;
 	__atomic_store_n(&a->scanner.idle, MD_SCAN_IDLE_MAX, __ATOMIC_RELAXED);
 	/* One more pass, found quiet: the scanner now sleeps 1 s << 5. */
 	for (int i = 0; i < 2000 && st.full_scans == passes; i++, usleep(10000))
@@ -3577,17 +3587,13 @@ TEST_IMPL(scan_breaks_end_idle_sleep)
 	/* Two passes after the merges: the pass that merged (its progress
 	 * counted at its end, which a loaded machine may put after the count
 	 * of pages sharing) no longer ends the idle spell set below. */
-	ASSERT_EQ(md_agent_stats(a, &st), 0);
-	uint64_t passes = st.full_scans;
-	for (int i = 0; i < 2000 && st.full_scans < passes + 2; i++, usleep(10000))
-		md_agent_stats(a, &st);
-	ASSERT(st.full_scans >= passes + 2);
+	passes_after(a, &st, 2);
 	/* Idle at a set sleep of a second: the scanner sleeps 32 s once the
 	 * pass under way is over, and a pass is a batch. */
 	__atomic_store_n(&a->scanner.sleep_ms, 1000, __ATOMIC_RELAXED);
 	__atomic_store_n(&a->scanner.idle, MD_SCAN_IDLE_MAX, __ATOMIC_RELAXED);
 	ASSERT_EQ(md_agent_stats(a, &st), 0);
-	passes = st.full_scans;
+	uint64_t passes = st.full_scans;
 	for (int i = 0; i < 2000 && st.full_scans == passes; i++, usleep(10000))
 		md_agent_stats(a, &st);
 	ASSERT(st.full_scans > passes);
