@@ -604,10 +604,11 @@ ssize_t md_agent_pread(md_agent *a, int fd, void *buf, size_t len, off_t off)
 	 * read is cut to MAX_RW_COUNT, and one of nothing moves nothing. A
 	 * longer buffer is the kernel's to check whole first, a cut one
 	 * would pass; one past SSIZE_MAX too (process_vm_readv refuses its
-	 * length with EINVAL, not EFAULT, and would seem to take it). */
+	 * length with EINVAL, not EFAULT, and would seem to take it). Its
+	 * end too, at the full length: past the largest file offset, EINVAL. */
 	struct iovec whole = { buf, len };
 	if (!a || !len || (uintptr_t)buf + len < (uintptr_t)buf || len > (size_t)SSIZE_MAX ||
-	    (len > MD_RW_MAX && md__kernel_takes(&whole, 1) != 0))
+	    len > (uint64_t)(LLONG_MAX - off) || (len > MD_RW_MAX && md__kernel_takes(&whole, 1) != 0))
 		return md__vmm_pread(fd, buf, len, off, NULL, NULL);
 	if (len > MD_RW_MAX)
 		len = MD_RW_MAX;
@@ -769,6 +770,14 @@ static ssize_t preadv_errno(md_agent *a, int fd, const struct iovec *iov, int io
 			sum += l;
 		}
 	}
+	/* The kernel also checks the call's end (its offset plus the length
+	 * it will read, cut) before a byte moves: one past the largest file
+	 * offset fails with EINVAL, where the agent's first segment would
+	 * read past the end of the file and return 0. A negative offset
+	 * fails too. */
+	size_t call_len = cut ? MD_RW_MAX : sum;
+	if (off < 0 || (call_len && call_len > (uint64_t)(LLONG_MAX - off)))
+		return md__vmm_preadv2(fd, iov, iovcnt, off, flags, NULL, NULL);
 	/* Every segment, past the cut too, is checked whole by the kernel
 	 * first (md__kernel_takes): a read the agent cuts must not pass one it
 	 * would refuse. */

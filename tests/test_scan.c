@@ -5187,6 +5187,58 @@ TEST_IMPL(read_past_address_space_as_kernel)
 	return 0;
 }
 
+/* The kernel checks a read's end (its offset plus the length it reads:
+ * a preadv's segments together, cut to MAX_RW_COUNT; a pread's whole
+ * length, before the cut) before a byte moves: past the largest file
+ * offset it fails with EINVAL. The agent read segment by segment, and the
+ * first read past the end of the file returned 0 (review). Compared with
+ * the kernel's own reads into a buffer alike, outside guest RAM; an end
+ * right at the largest offset reads (nothing). */
+TEST_IMPL(read_end_past_largest_offset_as_kernel)
+{
+	char img[512];
+	snprintf(img, sizeof(img), "%s/end.img", test_dir());
+	make_image(img, 16 * PG, 9);
+	int fd = open(img, O_RDONLY);
+	ASSERT(fd >= 0);
+	md_agent *a;
+	char *m = reading_agent(&a, 64 * PG);
+	char *u = mmap(NULL, 64 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(u != MAP_FAILED);
+	const off_t near = 0x7ffffffffffe0000ll, far = LLONG_MAX - (2ll << 30);
+	const struct { off_t off; size_t len1, len2; int v; } cases[] = {
+		{ near, 16 * PG, 16 * PG, 1 },		/* one past the largest offset */
+		{ near, 16 * PG, 16 * PG - 1, 1 },	/* at it: read, nothing */
+		{ near, 32 * PG, 0, 0 },
+		{ far, 3ull << 30, 0, 0 },		/* past it; the end of the agent's cut inside */
+		{ far, 64 * PG, (3ull << 30) - 64 * PG, 1 },	/* past it; preadv's cut end inside: reads */
+		{ -2, 16 * PG, 16 * PG, 1 },
+	};
+	for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+		memset(m, 0x5a, 64 * PG);
+		memset(u, 0x5a, 64 * PG);
+		size_t l1 = cases[k].len1, l2 = cases[k].len2;
+		struct iovec iu[2] = { { u, l1 }, { u + l1, l2 } }, im[2] = { { m, l1 }, { m + l1, l2 } };
+		errno = 0;
+		ssize_t plain = cases[k].v ? preadv(fd, iu, 2, cases[k].off) : pread(fd, u, l1, cases[k].off);
+		int plain_err = errno;
+		errno = 0;
+		ssize_t n = cases[k].v ? md_agent_preadv(a, fd, im, 2, cases[k].off, 0)
+				       : md_agent_pread(a, fd, m, l1, cases[k].off);
+		printf("  %s at %#llx, %zu + %zu: kernel %zd (%s), agent %zd\n", cases[k].v ? "preadv" : "pread",
+		       (unsigned long long)cases[k].off, l1, l2, plain, strerror(plain_err), n);
+		ASSERT_EQ(n, plain);
+		if (n < 0)
+			ASSERT_EQ(errno, plain_err);
+		ASSERT(memcmp(m, u, 64 * PG) == 0);
+	}
+	md_agent_free(a);
+	munmap(m, 64 * PG);
+	munmap(u, 64 * PG);
+	close(fd);
+	return 0;
+}
+
 /* A preadv reads MAX_RW_COUNT (0x7ffff000) bytes at most, as a pread: the
  * segments past it are not read, and the count says so (review). The
  * first segment is mapped from a sparse image: no memory is filled. */
