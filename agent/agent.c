@@ -449,7 +449,7 @@ int md_agent_new(md_agent **agentp, const md_agent_options *opts)
 	a->share_min_pages = opts->share_min_pages ? opts->share_min_pages : MD_SHARE_MIN_PAGES_DEFAULT;
 	a->image_idle_s = opts->image_idle_s ? opts->image_idle_s : MD_IMAGE_IDLE_S_DEFAULT;
 	a->lease_signal = SIGRTMAX - 2;
-	a->lease_break_s = md__lease_break_s(a);	/* before the VMM may chroot */
+	a->lease_break_s = md__lease_break_s_now();	/* before the VMM may chroot */
 	/* The VMM's own mappings, before any of ours: the budget counts them
 	 * from the start, not from the thread's first count a second later. */
 	md__set(a, MD_CTR_VMAS, md__vmas_count(&a->vmas));

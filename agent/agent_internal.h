@@ -92,6 +92,7 @@ struct md__image {
 	uintptr_t private_at;      /* while breaking, where the next part of the
 	                            * pages made private begins (regions.c) */
 	int private_err;           /* the first failure of this pass of parts */
+	time_t break_began;        /* while breaking, since when (monotonic s) */
 };
 
 /* A write from the VMM's memory in flight (writes.c), on its caller's stack. */
@@ -242,7 +243,8 @@ struct md_agent {
 
 	int lease_signal;
 	long lease_break_s;	/* /proc/sys/fs/lease-break-time at the start,
-				 * for when /proc is gone (a chroot) */
+				 * for when /proc is gone (a chroot); -1 if it
+				 * could not be read then (0 is the kernel's "never") */
 	pid_t thread_tid;
 	pthread_t thread;
 	int stop;
@@ -430,8 +432,11 @@ int md__image_breaks_retry(struct md_agent *a);
 const unsigned char *md__image_view(struct md_agent *a, struct md__image *img);
 void md__images_free(struct md_agent *a);
 /* The kernel's lease-break-time in seconds: as read now, or at the agent's
- * start where /proc is gone; 45, its default, if never read. */
+ * start where /proc is gone; 45, its default, if never read. 0 (or less):
+ * leases never time out. */
 long md__lease_break_s(const struct md_agent *a);
+/* The same as read now, or -1. */
+long md__lease_break_s_now(void);
 
 /* writes.c */
 /* The number of the last write begun: those up to it are the ones whose

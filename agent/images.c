@@ -526,13 +526,26 @@ static void view_drop(struct md__image *img)
 	img->view = NULL;
 }
 
-long md__lease_break_s(const struct md_agent *a)
+long md__lease_break_s_now(void)
 {
 	char text[32];
 	if (md__read_text("/proc/sys/fs/lease-break-time", text, sizeof(text)) > 0)
 		return strtol(text, NULL, 10);
-	return a->lease_break_s ? a->lease_break_s : 45;
+	return -1;
 }
+
+long md__lease_break_s(const struct md_agent *a)
+{
+	long s = md__lease_break_s_now();
+	if (s >= 0)
+		return s;
+	return a->lease_break_s >= 0 ? a->lease_break_s : 45;
+}
+
+/* A break's deadline where there is none: 0 (or less) seconds of
+ * lease-break-time is no time-out in the kernel (fs/locks.c), whose
+ * writer waits for the lease as long as it takes. */
+#define NO_DEADLINE ((time_t)LONG_MAX)
 
 /* When the kernel lets a writer in whatever we do: lease-break-time seconds
  * after the break began, less a margin for the last try. */
@@ -540,7 +553,10 @@ static void break_deadline(const struct md_agent *a, struct timespec *t)
 {
 	long s = md__lease_break_s(a);
 	clock_gettime(CLOCK_MONOTONIC, t);
-	t->tv_sec += s > 1 ? s - 1 : 0;
+	if (s <= 0)
+		t->tv_sec = NO_DEADLINE;
+	else
+		t->tv_sec += s > 1 ? s - 1 : 0;
 }
 
 /* Makes img's pages private and gives its lease back (agent->lock held).
@@ -569,6 +585,10 @@ static int finish_break(struct md_agent *a, struct md__image *img)
 		img->private_err = 0;
 	}
 	if (err == -ENOMEM || err == -EAGAIN) {
+		if (img->retry_at.tv_sec == NO_DEADLINE && monotonic_s() - img->break_began >= 45)
+			md__log_once(148, "a lease break has waited %ld s for the memory to make an image's "
+				     "pages private: fs.lease-break-time is 0, so its writer waits until "
+				     "there is", (long)(monotonic_s() - img->break_began));
 		if (!time_reached(&img->retry_at))
 			return 0;	/* breaking still */
 	}
@@ -607,6 +627,7 @@ static void start_break(struct md_agent *a, struct md__image *img)
 	img->lease = MD_LEASE_BREAKING;
 	__atomic_store_n(&a->breaking, a->breaking + 1, __ATOMIC_RELAXED);
 	break_deadline(a, &img->retry_at);
+	img->break_began = monotonic_s();
 	img->private_at = 0;
 	img->private_err = 0;
 	/* The first part here; the agent's thread makes the rest at once
@@ -857,6 +878,13 @@ void md__images_uid_change(struct md_agent *a, uid_t fsuid)
 		md__log_once(108, "the VMM gives root up: the leases on images it does not own as its "
 			     "new user are given back, their pages made private");
 		start_break(a, img);
+		/* Where leases never time out, a break left waiting would
+		 * outlast our right to give the lease back: it ends with the
+		 * wait below. */
+		if (img->lease == MD_LEASE_BREAKING && img->retry_at.tv_sec == NO_DEADLINE) {
+			clock_gettime(CLOCK_MONOTONIC, &img->retry_at);
+			img->retry_at.tv_sec += 2;
+		}
 	}
 	md__agent_leave(a);
 	/* A break that waits (a write from guest RAM in flight, memory short)

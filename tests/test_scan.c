@@ -5187,6 +5187,68 @@ TEST_IMPL(read_past_address_space_as_kernel)
 	return 0;
 }
 
+/* fs.lease-break-time 0 is no time-out in the kernel (fs/locks.c): its
+ * writer waits for the lease as long as it takes. The agent took it for a
+ * deadline of now, and a break short of memory gave up at its first try,
+ * letting the writer in with the image's pages still mapped; and where
+ * /proc is gone it took a 0 read at its start for 45 (review). Here the
+ * agent in a chroot without /proc, started as if it read 0 (the host's
+ * value stays) and as if it read nothing (the default then). */
+TEST_IMPL(image_break_without_time_out_waits_for_memory)
+{
+	char root[512], img[512];
+	snprintf(root, sizeof(root), "%s/never-root", test_dir());
+	ASSERT(mkdir(root, 0755) == 0 || errno == EEXIST);
+	snprintf(img, sizeof(img), "%s/never.img", test_dir());
+	const size_t n = 64;
+	make_image(img, n * PG, 23);
+	uint64_t orig = fnv_file(img, 0, n * PG);
+	int go[2], done[2];
+	ASSERT(pipe(go) == 0 && pipe(done) == 0);
+	pid_t pid = fork();
+	ASSERT(pid >= 0);
+	if (pid == 0) {
+		md_agent *a;
+		md_stats s;
+		char c, *m = reading_agent(&a, n * PG), *want = malloc(n * PG);
+		int fd = open(img, O_RDONLY);
+		if (!want || fd < 0 || pread(fd, want, n * PG, 0) != (ssize_t)(n * PG) ||
+		    md_agent_pread(a, fd, m, n * PG, 0) != (ssize_t)(n * PG) || md_agent_stats(a, &s) != 0 ||
+		    s.pages_shared_at_read != n)
+			_exit(2);
+		if (chroot(root) != 0 || chdir("/") != 0)
+			_exit(3);
+		a->lease_break_s = -1;
+		int unread = md__lease_break_s(a) == 45;
+		a->lease_break_s = 0;
+		int never = md__lease_break_s(a) == 0;
+		md__privatize_fail = -ENOMEM;	/* the break's first try finds memory short */
+		if (write(go[1], "g", 1) != 1 || read(done[0], &c, 1) != 1)
+			_exit(4);
+		if (memcmp(m, want, n * PG) != 0)
+			_exit(5);	/* the writer's bytes */
+		_exit(!unread ? 6 : !never ? 7 : 0);
+	}
+	char c;
+	ASSERT_EQ(read(go[0], &c, 1), 1);
+	/* Waits until the agent gives the lease back: its second try, 50 ms
+	 * on (the host's lease-break-time, 45 s, is the test's bound). */
+	int wfd = open(img, O_WRONLY);
+	ASSERT(wfd >= 0);
+	char junk[4096];
+	memset(junk, 0xee, sizeof(junk));
+	for (size_t off = 0; off < n * PG; off += sizeof(junk))
+		ASSERT_EQ(pwrite(wfd, junk, sizeof(junk), (off_t)off), (ssize_t)sizeof(junk));
+	close(wfd);
+	ASSERT(fnv_file(img, 0, n * PG) != orig);
+	ASSERT_EQ(write(done[1], "d", 1), 1);
+	int st = 0;
+	ASSERT_EQ(waitpid(pid, &st, 0), pid);
+	ASSERT(WIFEXITED(st));
+	ASSERT_EQ(WEXITSTATUS(st), 0);
+	return 0;
+}
+
 /* The kernel checks a read's end (its offset plus the length it reads:
  * a preadv's segments together, cut to MAX_RW_COUNT; a pread's whole
  * length, before the cut) before a byte moves: past the largest file
