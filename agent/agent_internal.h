@@ -93,6 +93,10 @@ struct md__image {
 	                            * pages made private begins (regions.c) */
 	int private_err;           /* the first failure of this pass of parts */
 	time_t break_began;        /* while breaking, since when (monotonic s) */
+	int lost;                  /* while breaking, the kernel took the lease back
+	                            * (lease-break-time ran out): the writer is in */
+	uint64_t unchecked;        /* pages made private since a look found it held */
+	uint64_t late;             /* pages made private once it may have been lost */
 };
 
 /* A write from the VMM's memory in flight (writes.c), on its caller's stack. */

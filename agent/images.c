@@ -193,6 +193,36 @@ static int image_fd_ours(const struct md__image *img)
 	return img->fd >= 0 && same_file(img->fd, img->dev, img->ino) && fd_is_ours(img->fd);
 }
 
+/* Whether the kernel still holds our lease on img: 1, 0 once it took it
+ * back (lease-break-time ran out, and the writer is in), -1 where that
+ * cannot be told (no /proc after a chroot, a descriptor no longer ours).
+ * F_GETLEASE cannot tell: F_UNLCK while breaking and after. The locks of
+ * our description in /proc/self/fdinfo can ("lock: ... LEASE ..."), once
+ * seen to show a lease at all (md__image_lease looks when it takes one). */
+static int fdinfo_shows_leases;
+
+static int lease_kept(const struct md__image *img)
+{
+	char name[32], buf[4096];
+	if (!image_fd_ours(img))
+		return -1;
+	snprintf(name, sizeof(name), "fdinfo/%d", img->fd);
+	int fd = md__proc_open(name, 0);
+	if (fd < 0)
+		return -1;
+	ssize_t n = md__sys_pread(fd, buf, sizeof(buf) - 1, 0);
+	close(fd);
+	if (n <= 0)
+		return -1;
+	buf[n] = 0;
+	const char *locks = strstr(buf, "lock:");
+	if (locks && strstr(locks, " LEASE ")) {
+		__atomic_store_n(&fdinfo_shows_leases, 1, __ATOMIC_RELAXED);
+		return 1;
+	}
+	return __atomic_load_n(&fdinfo_shows_leases, __ATOMIC_RELAXED) ? 0 : -1;
+}
+
 /* How many images hold a descriptor of ours (image_fds_room). */
 static size_t image_fds(const struct md_agent *a)
 {
@@ -492,6 +522,10 @@ struct md__image *md__image_lease(struct md_agent *a, int fd, const struct md__f
 		retry_later(img);
 		return NULL;
 	}
+	/* Whether /proc shows leases, for a break that may outlast one
+	 * (break_watch): learnt once, from a lease held. */
+	if (!__atomic_load_n(&fdinfo_shows_leases, __ATOMIC_RELAXED))
+		lease_kept(img);
 	img->size = st.st_size;
 	img->lease = MD_LEASE_HELD;
 	img->used = monotonic_s();
@@ -568,6 +602,22 @@ static void break_deadline(const struct md_agent *a, struct timespec *t)
  * other failure, or the deadline, gives the lease back with pages still
  * the file's, said in the log, once the writes from guest RAM begun before
  * have ended (or at the deadline). */
+/* Looks whether the kernel took img's lease back while it breaks: the
+ * pages made private since the last look that found it held may then
+ * hold the writer's bytes, as may all made after (img->late). */
+static void break_watch(struct md__image *img)
+{
+	if (img->lost)
+		return;
+	int kept = lease_kept(img);
+	if (kept == 0) {
+		img->lost = 1;
+		img->late += img->unchecked;
+	} else if (kept == 1) {
+		img->unchecked = 0;
+	}
+}
+
 static int finish_break(struct md_agent *a, struct md__image *img)
 {
 	/* Once private, nothing maps the image again while it breaks: only
@@ -576,7 +626,11 @@ static int finish_break(struct md_agent *a, struct md__image *img)
 	 * (md__image_fixed). */
 	int err = 0;
 	if (!img->writes_before) {
+		break_watch(img);
+		uint64_t before = __atomic_load_n(&a->ctr[MD_CTR_PRIVATIZED], __ATOMIC_RELAXED);
 		err = md__privatize_from(a, &img->private_at, UINTPTR_MAX, img->id, md__privatize_part_pages);
+		uint64_t made = __atomic_load_n(&a->ctr[MD_CTR_PRIVATIZED], __ATOMIC_RELAXED) - before;
+		*(img->lost ? &img->late : &img->unchecked) += made;
 		img->private_err = img->private_err ? img->private_err : err;
 		if (img->private_at != UINTPTR_MAX)
 			return 1;
@@ -589,7 +643,8 @@ static int finish_break(struct md_agent *a, struct md__image *img)
 			md__log_once(148, "a lease break has waited %ld s for the memory to make an image's "
 				     "pages private: fs.lease-break-time is 0, so its writer waits until "
 				     "there is", (long)(monotonic_s() - img->break_began));
-		if (!time_reached(&img->retry_at))
+		break_watch(img);	/* a writer already in waits for nothing */
+		if (!time_reached(&img->retry_at) && !img->lost)
 			return 0;	/* breaking still */
 	}
 	if (err)
@@ -602,11 +657,15 @@ static int finish_break(struct md_agent *a, struct md__image *img)
 	if (!img->writes_before)
 		img->writes_before = md__writes_mark(a) + 1;
 	if (!md__writes_ended(a, img->writes_before - 1)) {
-		if (!time_reached(&img->retry_at))
+		break_watch(img);
+		if (!time_reached(&img->retry_at) && !img->lost)
 			return 0;
 		md__log_once(97, "an image's writer gets in while a write from guest RAM begun before "
 			     "is still running: that write may carry the writer's bytes");
 	}
+	/* The last look, before the lease is given back: the last part may
+	 * have ended after the kernel let the writer in. */
+	break_watch(img);
 	img->writes_before = 0;
 	view_drop(img);
 	if (image_fd_ours(img))
@@ -615,8 +674,19 @@ static int finish_break(struct md_agent *a, struct md__image *img)
 	__atomic_store_n(&a->breaking, a->breaking - 1, __ATOMIC_RELAXED);
 	retry_later(img);
 	md__count(a, MD_CTR_LEASE_BREAKS, 1);
-	md__log_once(22, "an image's lease was broken (the image opened for writing, or the "
-		     "agent's descriptor lost): its shared pages were made private");
+	if (img->lost) {
+		/* Counted apart, with the copies that failed: no counter of
+		 * the statistics file's says "too late" alone. */
+		md__fallback(a, MD_FB_ERROR, img->late);
+		md__log_once(149, "AN IMAGE'S WRITER GOT IN BEFORE ITS LEASE BREAK WAS DONE: the kernel "
+			     "took the lease back after fs.lease-break-time (%ld s) while the agent was "
+			     "still making the image's pages private; %llu pages made private after "
+			     "that may show the guest the writer's bytes (counted as error fallbacks)",
+			     md__lease_break_s(a), (unsigned long long)img->late);
+	} else if (!err) {
+		md__log_once(22, "an image's lease was broken (the image opened for writing, or the "
+			     "agent's descriptor lost): its shared pages were made private");
+	}
 	return 0;
 }
 
@@ -628,6 +698,8 @@ static void start_break(struct md_agent *a, struct md__image *img)
 	__atomic_store_n(&a->breaking, a->breaking + 1, __ATOMIC_RELAXED);
 	break_deadline(a, &img->retry_at);
 	img->break_began = monotonic_s();
+	img->lost = 0;
+	img->unchecked = img->late = 0;
 	img->private_at = 0;
 	img->private_err = 0;
 	/* The first part here; the agent's thread makes the rest at once

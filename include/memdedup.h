@@ -157,7 +157,9 @@ enum md_fallback {
 	MD_FB_ENOMEM,        /* mmap failed for lack of memory or the map limit */
 	MD_FB_VMA_LIMIT,     /* the agent's own mapping budget is spent */
 	MD_FB_FLAGS,         /* preadv2 flags or offset -1 */
-	MD_FB_ERROR,         /* anything else (an I/O error while mapping, ...) */
+	MD_FB_ERROR,         /* anything else (an I/O error while mapping, ...; and pages a
+	                      * lease break made private after the kernel had let the
+	                      * writer in, lease-break-time run out) */
 	MD_FB_COUNT
 };
 
