@@ -67,6 +67,7 @@ void md__account(struct md_agent *a, int count_vmas)
 	static unsigned char owned_map[PM_CHUNK];
 	uint64_t owned = 0, broken = 0;
 	size_t n;
+	int complete;
 
 	pthread_mutex_lock(&account_lock);
 	if (!at_fork)
@@ -79,6 +80,12 @@ void md__account(struct md_agent *a, int count_vmas)
 		pm = md__proc_open("pagemap", 0);
 		pm_pid = getpid();
 	}
+	/* Pages given an owner from here on are not all seen by the walk:
+	 * the read path's bound counts them on top (md__break_room). */
+	md__agent_enter(a);
+	uint64_t sets = a->owner_sets;
+	md__agent_leave(a);
+	complete = pm >= 0;
 	/* A chunk at a time, and the pagemap read outside agent->lock: a
 	 * walk of all guest RAM takes milliseconds, and every read into guest
 	 * RAM would wait for it (the regions may change between chunks; the
@@ -94,6 +101,8 @@ void md__account(struct md_agent *a, int count_vmas)
 			continue;
 		off_t off = (off_t)((addr / MD_PAGE + first) * sizeof(uint64_t));
 		ssize_t got = md__sys_pread(pm, entries, (last - first) * sizeof(uint64_t), off);
+		if (got < (ssize_t)((last - first) * sizeof(uint64_t)))
+			complete = 0;
 		if (got <= 0)
 			continue;
 		size_t m = (size_t)got / sizeof(uint64_t);
@@ -109,6 +118,11 @@ void md__account(struct md_agent *a, int count_vmas)
 	 * its older counts over a newer walk's. */
 	md__set(a, MD_CTR_SHARED_NOW, owned - broken);
 	md__set(a, MD_CTR_BREAKS, broken);
+	md__agent_enter(a);
+	a->walked = complete;
+	a->walk_unwritten = owned - broken;
+	a->walk_sets = sets;
+	md__agent_leave(a);
 	pthread_mutex_unlock(&account_lock);
 	if (!count_vmas)
 		return;

@@ -120,6 +120,8 @@ static void *agent_thread(void *arg)
 		next.tv_nsec = now.tv_nsec;
 		n++;
 		md__image_lease_broken(a, -1);	/* a lease break whose signal was lost */
+		if (__atomic_load_n(&a->nimages, __ATOMIC_RELAXED))	/* for md__break_room */
+			__atomic_store_n(&a->lease_break_now, md__lease_break_s(a), __ATOMIC_RELAXED);
 		md__images_release_idle(a);
 		md__regions_flush_advice(a);
 		uint64_t reads = __atomic_load_n(&a->ctr[MD_CTR_READS_SEEN], __ATOMIC_RELAXED);
@@ -450,6 +452,7 @@ int md_agent_new(md_agent **agentp, const md_agent_options *opts)
 	a->image_idle_s = opts->image_idle_s ? opts->image_idle_s : MD_IMAGE_IDLE_S_DEFAULT;
 	a->lease_signal = SIGRTMAX - 2;
 	a->lease_break_s = md__lease_break_s_now();	/* before the VMM may chroot */
+	a->lease_break_now = md__lease_break_s(a);
 	/* The VMM's own mappings, before any of ours: the budget counts them
 	 * from the start, not from the thread's first count a second later. */
 	md__set(a, MD_CTR_VMAS, md__vmas_count(&a->vmas));

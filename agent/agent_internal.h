@@ -140,6 +140,14 @@ struct md_agent {
 	struct md__ours ours;         /* see ours.c */
 	struct md__region *regions;   /* sorted by start, disjoint */
 	size_t nregions, regions_cap;
+	/* Pages the owner records name an image for (a lease break makes them
+	 * private), and how many were ever given one (md__owners_set). */
+	uint64_t owned, owner_sets;
+	/* The last complete walk of them (accounting.c): those the guest had
+	 * not written, and owner_sets at its start. Pages a break must copy
+	 * are at most those plus owner_sets since (md__break_room). */
+	int walked;
+	uint64_t walk_unwritten, walk_sets;
 	struct md__image *images;
 	size_t nimages, images_cap;
 	/* When a walk for images to let go, to keep our descriptors under a
@@ -249,6 +257,8 @@ struct md_agent {
 	long lease_break_s;	/* /proc/sys/fs/lease-break-time at the start,
 				 * for when /proc is gone (a chroot); -1 if it
 				 * could not be read then (0 is the kernel's "never") */
+	long lease_break_now;	/* md__lease_break_s, as the agent's thread read it
+				 * last (once a second; atomic) */
 	pid_t thread_tid;
 	pthread_t thread;
 	int stop;
@@ -293,6 +303,9 @@ static inline int md__vma_room(struct md_agent *a)
 
 /* regions.c (all under agent->lock) */
 struct md__region *md__region_find(struct md_agent *a, uintptr_t addr, size_t len);
+/* Names image id (0: none) as what the n pages of r from addr are mapped
+ * from, counted in a->owned and a->owner_sets. */
+void md__owners_set(struct md_agent *a, struct md__region *r, uintptr_t addr, size_t n, uint32_t id);
 int md__regions_add(struct md_agent *a, uintptr_t start, uintptr_t end, unsigned advice);
 int md__regions_remove(struct md_agent *a, uintptr_t start, uintptr_t end);
 /* Tests only: the next this many growths of the region records fail
@@ -441,6 +454,12 @@ void md__images_free(struct md_agent *a);
 long md__lease_break_s(const struct md_agent *a);
 /* The same as read now, or -1. */
 long md__lease_break_s_now(void);
+/* Whether pages more mapped from images (a read's, a merge's) leave few
+ * enough that a lease break can make them all private well within
+ * lease-break-time (a->lease_break_now), at md__break_pages_per_s (tests
+ * lower it); 0 is said once in the log. (agent->lock held) */
+int md__break_room(struct md_agent *a, uint64_t pages);
+extern unsigned long md__break_pages_per_s;
 
 /* writes.c */
 /* The number of the last write begun: those up to it are the ones whose

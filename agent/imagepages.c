@@ -221,7 +221,7 @@ static int merge_run(struct md_agent *a, uintptr_t addr, const uint64_t *cookie,
 	for (size_t i = 0; i < n; i++)
 		if (r->owner[first + i])
 			goto unlock;	/* shared at read time meanwhile */
-	if (!md__vma_room(a))
+	if (!md__vma_room(a) || !md__break_room(a, n))
 		goto unlock;
 	/* Under the lease the file cannot change: this is what the mapping
 	 * will show, and what the guest pages must equal. Named by the
@@ -234,8 +234,7 @@ static int merge_run(struct md_agent *a, uintptr_t addr, const uint64_t *cookie,
 		goto unlock;
 	int got = md__engine_merge_file(a->engine, (void *)addr, n, img->fd, off, file, still_fixed, img);
 	if (got > 0) {
-		for (size_t i = 0; i < n; i++)
-			r->owner[first + i] = img->id;
+		md__owners_set(a, r, addr, n, img->id);
 		merged = got;	/* its mappings counted by the engine (a->vmas) */
 	} else if (got == -EBADF) {
 		/* The VMM closed or replaced our descriptor since the check

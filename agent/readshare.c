@@ -97,17 +97,15 @@ void md__fallback(struct md_agent *a, enum md_fallback why, uint64_t pages)
 	md__count(a, MD_CTR_FALLBACK_TOTAL, pages);
 }
 
-/* The buffer must still be mapped for the copying read. A failed MAP_FIXED
- * leaves the old mapping in place on current kernels; make sure of it. */
 /* Names the image guest RAM [addr, addr+len) of r is mapped from (0: none,
  * anonymous memory), for lease breaks, discards and the counters. */
-static void owners_set(struct md__region *r, uintptr_t addr, size_t len, uint32_t id)
+static void owners_set(struct md_agent *a, struct md__region *r, uintptr_t addr, size_t len, uint32_t id)
 {
-	size_t first = (addr - r->start) / MD_PAGE, n = len / MD_PAGE;
-	for (size_t i = 0; i < n; i++)
-		r->owner[first + i] = id;
+	md__owners_set(a, r, addr, len / MD_PAGE, id);
 }
 
+/* The buffer must still be mapped for the copying read. A failed MAP_FIXED
+ * leaves the old mapping in place on current kernels; make sure of it. */
 static void ensure_mapped(struct md_agent *a, struct md__region *r, uintptr_t addr, size_t len)
 {
 	unsigned char vec;
@@ -117,7 +115,7 @@ static void ensure_mapped(struct md_agent *a, struct md__region *r, uintptr_t ad
 		if (md__sys_mmap((void *)p, MD_PAGE, PROT_READ | PROT_WRITE,
 				 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED) {
 			md__apply_advice(a, r, p, MD_PAGE);
-			owners_set(r, p, MD_PAGE, 0);	/* what an earlier read mapped there went */
+			owners_set(a, r, p, MD_PAGE, 0);	/* what an earlier read mapped there went */
 		} else
 			md__log("guest RAM at %#lx lost its mapping after a failed mmap", (unsigned long)p);
 	}
@@ -220,6 +218,10 @@ static size_t share_locked(struct md_agent *a, struct md__region *r, int fd, con
 		md__count(a, MD_CTR_READ_SMALL, pages_of(len));
 		return 0;
 	}
+	if (!md__break_room(a, plan->map_len / MD_PAGE)) {
+		md__fallback(a, MD_FB_NO_LEASE, pages_of(len));
+		return 0;
+	}
 	if (!md__vma_room(a)) {
 		md__fallback(a, MD_FB_VMA_LIMIT, pages_of(len));
 		md__log_once(30, "the mapping budget (%llu VMAs) is spent: reads are copied",
@@ -243,12 +245,12 @@ static size_t share_locked(struct md_agent *a, struct md__region *r, int fd, con
 	if (m.lost) {	/* not an mmap that failed (EBADF too, for a closed descriptor) */
 		if (m.undone) {
 			md__apply_advice(a, r, dst, plan->map_len);
-			owners_set(r, dst, plan->map_len, 0);
+			owners_set(a, r, dst, plan->map_len, 0);
 		} else {
 			/* Still the file's: the copying read writes its
 			 * copies, and the break below (or a discard) finds
 			 * the pages by their owner. */
-			owners_set(r, dst, plan->map_len, img->id);
+			owners_set(a, r, dst, plan->map_len, img->id);
 			md__log("guest RAM at %#lx kept another file's mapping after a lost lease",
 				(unsigned long)dst);
 		}
@@ -284,13 +286,13 @@ static size_t share_locked(struct md_agent *a, struct md__region *r, int fd, con
 		if (undone)
 			md__apply_advice(a, r, dst, plan->map_len);
 		/* Else still the image's: recorded, so a lease break finds them. */
-		owners_set(r, dst, plan->map_len, undone ? 0 : img->id);
+		owners_set(a, r, dst, plan->map_len, undone ? 0 : img->id);
 		md__fallback(a, MD_FB_ERROR, pages_of(len));
 		md__log_once(32, "faulting in image pages failed (%s): reads are copied", strerror(err));
 		return 0;
 	}
 	size_t n = plan->map_len / MD_PAGE;
-	owners_set(r, dst, plan->map_len, img->id);
+	owners_set(a, r, dst, plan->map_len, img->id);
 	/* Counted as shared by read_segment, once the read did not go
 	 * whole over these pages. */
 	md__imagepages_queue(a, img->id, (uint64_t)map_off / MD_PAGE, n, dst, 0);
@@ -524,7 +526,7 @@ static void forget_overwritten(struct md_agent *a, uintptr_t addr, size_t len)
 			break;
 		for (size_t i = 0; i < n; i++)
 			if (md__pm_private_anon(pm[i]))	/* in memory or swapped, not the file's */
-				owners_set(r, p + i * MD_PAGE, MD_PAGE, 0);
+				owners_set(a, r, p + i * MD_PAGE, MD_PAGE, 0);
 		p += n * MD_PAGE;
 	}
 	if (r)

@@ -110,6 +110,20 @@ static void owners_put(struct md__owners *o)
 		free(o);
 }
 
+void md__owners_set(struct md_agent *a, struct md__region *r, uintptr_t addr, size_t n, uint32_t id)
+{
+	uint32_t *o = &r->owner[(addr - r->start) / MD_PAGE];
+	for (size_t i = 0; i < n; i++) {
+		if (o[i] && !id)
+			a->owned--;
+		else if (!o[i] && id)
+			a->owned++;
+		o[i] = id;
+	}
+	if (id)
+		a->owner_sets += n;
+}
+
 /* The next gap of [*cur, end) that none of the first n regions covers, in
  * [*gs, *ge); 0 when none is left. The regions it passes over get advice
  * too, when add is set. */
@@ -194,6 +208,10 @@ int md__regions_remove(struct md_agent *a, uintptr_t start, uintptr_t end)
 			continue;
 		struct md__region old = *r;
 
+		/* Its pages inside [start, end) leave the records. */
+		uintptr_t lo = old.start > start ? old.start : start, hi = old.end < end ? old.end : end;
+		for (size_t p = (lo - old.start) / MD_PAGE; p < (hi - old.start) / MD_PAGE; p++)
+			a->owned -= old.owner[p] != 0;
 		/* Remove r, then put back what lies outside [start, end),
 		 * with the ranges still to advise (clipped when advised). */
 		a->regions[i] = a->regions[--a->nregions];
@@ -329,6 +347,7 @@ static uint64_t for_each_run(struct md_agent *a, uintptr_t *at, uintptr_t end, u
 				*err = e2;
 			if (!e2) {
 				memset(&r->owner[p], 0, (q - p) * sizeof(*r->owner));
+				a->owned -= q - p;
 				pages += q - p;
 			}
 			p = q;
@@ -727,4 +746,5 @@ void md__regions_free(struct md_agent *a)
 	free(a->regions);
 	a->regions = NULL;
 	a->nregions = a->regions_cap = 0;
+	a->owned = 0;
 }

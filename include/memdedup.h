@@ -153,7 +153,9 @@ enum md_fallback {
 	MD_FB_PARTIAL,       /* no whole page in the read */
 	MD_FB_NOT_FILE,      /* pipe, socket, device: not a regular file */
 	MD_FB_NO_LEASE,      /* file may change: open for writing, or lease refused (or not
-	                      * asked: the agent's descriptors of images at their cap) */
+	                      * asked: the agent's descriptors of images at their cap; or
+	                      * more pages mapped from images than a lease break could
+	                      * make private in half of fs.lease-break-time) */
 	MD_FB_ENOMEM,        /* mmap failed for lack of memory or the map limit */
 	MD_FB_VMA_LIMIT,     /* the agent's own mapping budget is spent */
 	MD_FB_FLAGS,         /* preadv2 flags or offset -1 */
