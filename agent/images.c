@@ -677,9 +677,16 @@ static int finish_break(struct md_agent *a, struct md__image *img)
 		if (!time_reached(&img->retry_at) && !img->lost)
 			return 0;	/* breaking still */
 	}
-	if (err)
-		md__log("an image's writer gets in with some of its pages not made private (%s): "
-			"the guest may see them change", strerror(-err));
+	if (err) {
+		uint64_t left = 0;
+		for (size_t i = 0; i < a->nregions; i++)
+			for (size_t p = 0; p < (a->regions[i].end - a->regions[i].start) / MD_PAGE; p++)
+				left += a->regions[i].owner[p] == img->id;
+		md__fallback(a, MD_FB_ERROR, left);
+		md__log_once(151, "an image's writer gets in with %llu of its pages not made private (%s): "
+			     "the guest may see them change (counted as error fallbacks)",
+			     (unsigned long long)left, strerror(-err));
+	}
 	/* The pages are private now (or as many as could be), but a write
 	 * from guest RAM begun before may still hold the file's (writes.c):
 	 * tried again every 50 ms. A copy that failed is not a reason to let
@@ -698,8 +705,9 @@ static int finish_break(struct md_agent *a, struct md__image *img)
 	break_watch(img);
 	img->writes_before = 0;
 	view_drop(img);
-	if (image_fd_ours(img))
-		fcntl(img->fd, F_SETLEASE, F_UNLCK);
+	if (image_fd_ours(img) && fcntl(img->fd, F_SETLEASE, F_UNLCK) != 0)
+		md__log_once(152, "could not give an image's lease back (%s): its writer waits out "
+			     "fs.lease-break-time", strerror(errno));
 	img->lease = MD_LEASE_NONE;
 	__atomic_store_n(&a->breaking, a->breaking - 1, __ATOMIC_RELAXED);
 	retry_later(img);

@@ -785,6 +785,28 @@ static ssize_t preadv_errno(md_agent *a, int fd, const struct iovec *iov, int io
 	 * would refuse. */
 	if (cut && md__kernel_takes(iov, iovcnt) != 0)
 		return md__vmm_preadv2(fd, iov, iovcnt, off, flags, NULL, NULL);
+	/* Under O_DIRECT the kernel takes or refuses the vector whole, by
+	 * the alignment of all its segments together: a segment off the page
+	 * boundaries could be refused alone where the call is taken (Linux
+	 * 6.18 takes segments off the blocks whose sum is whole), or be
+	 * refused after earlier ones were mapped, where the kernel moves no
+	 * byte. Such a vector is the kernel's, as the VMM made it. */
+	uintptr_t ragged = 0;
+	for (int k = 0; k < cnt; k++)
+		ragged |= (uintptr_t)iov[k].iov_base | iov[k].iov_len;
+	if (ragged & (MD_PAGE - 1)) {
+		int fl = fcntl(fd, F_GETFL);
+		if (fl >= 0 && (fl & O_DIRECT)) {
+			md__log_once(126, "O_DIRECT reads into guest RAM that are not whole pages of an image "
+				     "(its end, or a buffer off the page boundaries) are copied");
+			ssize_t n = tracked_preadv(a, fd, iov, iovcnt, off, flags, 0);
+			int saved = errno;
+			md__fallback(a, MD_FB_PARTIAL, n > 0 ? pages_of((size_t)n) : 0);
+			copied_whole(a, fd, iov, iovcnt, n, off);
+			errno = saved;
+			return n;
+		}
+	}
 	/* Segment by segment, as preadv fills them: stop at a short read. A
 	 * segment that could be mapped is a read of its own; the segments
 	 * between such ones go in one call, as the VMM made it (128 KiB of a

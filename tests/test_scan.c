@@ -4748,6 +4748,36 @@ TEST_IMPL(image_break_failed_copy_waits_for_write)
 	return 0;
 }
 
+/* A lease break whose copies failed lets the writer in with pages still
+ * the image's: those are counted (error fallbacks) and said once, not a
+ * break like any other. */
+TEST_IMPL(image_break_failed_copy_counts_pages_left)
+{
+	char img[512], *m;
+	md_agent *a;
+	md_stats s0, s;
+	int fd = agent_read_image(&a, &m, img, 24);
+	ASSERT_EQ(md_agent_stats(a, &s0), 0);
+	md__privatize_fail = -EFAULT;
+	int wfd = open(img, O_WRONLY);
+	ASSERT(wfd >= 0);
+	ASSERT_EQ(md__privatize_fail, 0);	/* the break tried */
+	size_t left = 0;
+	for (size_t i = 0; i < 16; i++) {
+		(void)*(volatile char *)(m + i * PG);	/* present, to be seen */
+		left += (self_pagemap(m + i * PG) & (1ull << 61)) != 0;	/* the image's page */
+	}
+	ASSERT_EQ(left, 16);
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.lease_breaks, s0.lease_breaks + 1);
+	ASSERT_EQ(s.fallbacks[MD_FB_ERROR] - s0.fallbacks[MD_FB_ERROR], left);
+	md_agent_free(a);
+	close(wfd);
+	close(fd);
+	munmap(m, 16 * PG);
+	return 0;
+}
+
 /* A lease signal the agent's thread takes late, after the break it told
  * of was finished (a read saw it first) and the image leased again: every
  * page shared since was made private, for no writer. Now a signal is

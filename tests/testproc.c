@@ -1394,12 +1394,16 @@ int main(void)
 			size_t half = (size_t)a4 / 2;
 			/* heap: the second half read into the heap; skew: into
 			 * guest RAM a byte past its place (O_DIRECT refuses it);
+			 * ragged: see below;
 			 * pos: preadv2 at the file position, moved to OFF first */
 			char *heap = strcmp(s2, "heap") == 0 ? malloc(half) : NULL;
 			int skew = strcmp(s2, "skew") == 0;
+			/* ragged: the halves' lengths off the blocks by 100
+			 * bytes, their sum whole */
+			size_t rag = strcmp(s2, "ragged") == 0 ? 100 : 0;
 			struct iovec iov[2] = {
-				{ base + a3, half },
-				{ heap ? heap : base + a3 + half + skew, (size_t)a4 - half },
+				{ base + a3, half + rag },
+				{ heap ? heap : base + a3 + half + rag + skew, (size_t)a4 - half - rag },
 			};
 			ssize_t r = strcmp(s2, "pos") != 0 ? preadv((int)a1, iov, 2, (off_t)a2) :
 				    lseek((int)a1, (off_t)a2, SEEK_SET) != (off_t)a2 ? -1 :
