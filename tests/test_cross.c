@@ -932,7 +932,7 @@ TEST_IMPL(cross_leaves_vmm_holes)
 	md_stats s;
 	ASSERT_EQ(proc_stats_wait(&b, &s, 20000, sharing_128), 0);
 	long iters = -1, present = -1;
-	ASSERT_EQ(sscanf(proc_cmd(&a, "holes 0 512 %d", 5000), "%ld %ld", &iters, &present), 2);
+	ASSERT_EQ(sscanf(proc_cmd(&a, "holes 0 512 %d 50", 5000), "%ld %ld", &iters, &present), 2);
 	ASSERT_EQ(proc_stats(&a, &s), 0);
 	fprintf(stderr, "  %ld rounds, %llu merged, %ld pages filled in\n", iters,
 		(unsigned long long)s.merged, present);

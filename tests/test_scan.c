@@ -2165,16 +2165,18 @@ static double secs_since(const struct timespec *t0)
 	return (double)(t.tv_sec - t0->tv_sec) + (double)(t.tv_nsec - t0->tv_nsec) / 1e9;
 }
 
-/* Waits for k more of the scanner's passes; st holds the stats after. A
- * pass's progress counts at its end, which a loaded machine may put after
- * the stats a test waited for (the 64 done that end an idle spell). */
-static void passes_after(md_agent *a, md_stats *st, unsigned k)
+/* Waits (up to 20 s each) until the scanner found a pass quiet by itself
+ * and sleeps: the batch that did the work (first checksums, merges) is
+ * over, and its sleep was sized. full_scans and merges count as they
+ * happen, mid-batch: a store to idle made then was undone by the batch's
+ * end (0: work found), or lengthened the sleep about to be sized to 32
+ * times a second, past the wait for one more pass. */
+static void wait_scanner_asleep_quiet(md_agent *a)
 {
-	ASSERT_EQ(md_agent_stats(a, st), 0);
-	uint64_t from = st->full_scans;
-	for (int i = 0; i < 3000 && st->full_scans < from + k; i++, usleep(10000))
-		md_agent_stats(a, st);
-	ASSERT(st->full_scans >= from + k);
+	for (int i = 0; i < 2000 && !__atomic_load_n(&a->scanner.idle, __ATOMIC_RELAXED); i++)
+		usleep(10000);
+	ASSERT(__atomic_load_n(&a->scanner.idle, __ATOMIC_RELAXED) > 0);
+	ASSERT(thread_blocked_in(getpid(), "md-scan", SYS_ppoll, 20000));
 }
 
 /* A scanner slowed down on a quiet host (32 times its sleep) takes up the
@@ -2198,9 +2200,9 @@ TEST_IMPL(scan_hints_end_idle_sleep)
 	int fd = open(path, O_RDWR);
 	ASSERT(fd >= 0);
 	md_stats st;
-	/* Every checksum taken, nothing more to do: past the pass that took
-	 * them, whose progress ends an idle spell at its end. */
-	passes_after(a, &st, 2);
+	/* Every checksum taken, nothing more to do. */
+	wait_scanner_asleep_quiet(a);
+	ASSERT_EQ(md_agent_stats(a, &st), 0);
 	uint64_t passes = st.full_scans;
 	__atomic_store_n(&a->scanner.idle, MD_SCAN_IDLE_MAX, __ATOMIC_RELAXED);
 	/* One more pass, found quiet: the scanner now sleeps 1 s << 5. */
@@ -3584,10 +3586,12 @@ TEST_IMPL(scan_breaks_end_idle_sleep)
 	const size_t n = 256;
 	char *m = pairs_merged_here(&a, NULL, n);
 	md_stats st;
-	/* Two passes after the merges: the pass that merged (its progress
-	 * counted at its end, which a loaded machine may put after the count
-	 * of pages sharing) no longer ends the idle spell set below. */
-	passes_after(a, &st, 2);
+	/* The merges' batch over (its progress, counted at its end, which a
+	 * loaded machine may put after the count of pages sharing, ended the
+	 * idle spell set below): quiet since, at a set sleep of 1 ms. */
+	for (int i = 0; i < 2000 && __atomic_load_n(&a->scanner.idle, __ATOMIC_RELAXED) != MD_SCAN_IDLE_MAX; i++)
+		usleep(10000);
+	ASSERT_EQ(__atomic_load_n(&a->scanner.idle, __ATOMIC_RELAXED), MD_SCAN_IDLE_MAX);
 	/* Idle at a set sleep of a second: the scanner sleeps 32 s once the
 	 * pass under way is over, and a pass is a batch. */
 	__atomic_store_n(&a->scanner.sleep_ms, 1000, __ATOMIC_RELAXED);
@@ -3677,6 +3681,8 @@ TEST_IMPL(scan_candidates_end_idle_sleep)
 	ASSERT_EQ(__atomic_load_n(&a->scanner.share_cpu, __ATOMIC_RELAXED), 2);
 	ASSERT_EQ(st.candidates, 0);
 	/* Idle after one more pass: asleep for 32 s. */
+	wait_scanner_asleep_quiet(a);
+	ASSERT_EQ(md_agent_stats(a, &st), 0);
 	__atomic_store_n(&a->scanner.idle, MD_SCAN_IDLE_MAX, __ATOMIC_RELAXED);
 	uint64_t passes = st.full_scans;
 	for (int i = 0; i < 2000 && st.full_scans == passes; i++, usleep(10000))
@@ -4133,8 +4139,8 @@ TEST_IMPL(agent_lock_handed_over_between_parts)
 {
 	md_agent *a;
 	char *m = inproc_agent(&a, 1000, 16 * PG);
-	int let_in = 0;
-	for (int k = 0; k < 20; k++) {
+	int let_in = 0, k = 0;
+	for (; k < 100 && let_in < 15; k++) {
 		struct lock_waiter w = { a, 0 };
 		pthread_t t;
 		md__agent_enter(a);
@@ -4147,7 +4153,7 @@ TEST_IMPL(agent_lock_handed_over_between_parts)
 		md__agent_leave(a);
 		pthread_join(t, NULL);
 	}
-	printf("  the waiter got in between parts %d times of 20\n", let_in);
+	printf("  the waiter got in between parts %d times of %d\n", let_in, k);
 	ASSERT(let_in >= 15);
 	md_agent_free(a);
 	munmap(m, 16 * PG);

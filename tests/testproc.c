@@ -395,13 +395,14 @@ static uint64_t now_ms(void)
 
 /* A balloon, or a postcopy destination, discards RAM and expects it to stay
  * a hole until it writes there itself; the scanner must not read it in. */
-static void cmd_holes(size_t doff, size_t npages, int ms)
+static void cmd_holes(size_t doff, size_t npages, int ms, long min_rounds)
 {
 	int pm = open("/proc/self/pagemap", O_RDONLY);
 	uint64_t *e = calloc(npages, sizeof(*e)), end = now_ms() + (uint64_t)ms;
 	long iters = 0, present = 0;
 	unsigned seed = 1;
-	while (pm >= 0 && e && now_ms() < end) {
+	/* MS ms, and at least min_rounds rounds however slow the host. */
+	while (pm >= 0 && e && (now_ms() < end || iters < min_rounds)) {
 		/* Two equal quarters (merged soon after), and a half new in
 		 * every round (visited every pass, never merged). */
 		fill_pages(doff, npages / 4, 3);
@@ -1768,8 +1769,9 @@ int main(void)
 			sscanf(line, "%*s %lld %lld %lld %lld", &a1, &a2, &a3, &a4);
 			printf("%zu\n", unfilled_pages((size_t)a1, (size_t)a2, (uint64_t)a3, (uint64_t)a4));
 		} else if (strcmp(cmd, "holes") == 0) {
-			sscanf(line, "%*s %lld %lld %lld", &a1, &a2, &a3);
-			cmd_holes((size_t)a1, (size_t)a2, (int)a3);
+			a4 = 0;
+			sscanf(line, "%*s %lld %lld %lld %lld", &a1, &a2, &a3, &a4);
+			cmd_holes((size_t)a1, (size_t)a2, (int)a3, (long)a4);
 		} else if (strcmp(cmd, "zero") == 0) {
 			sscanf(line, "%*s %lld %lld", &a1, &a2);
 			memset(base + a1, 1, (size_t)a2 * 4096);

@@ -3006,7 +3006,7 @@ static void let_go(struct md__engine *e, const uint32_t *slots, size_t n)
 /* What a pass may take: its bound, one round trip past it (the client's
  * timeout, on a loaded machine), and a second of slack; without the bound
  * the proxy's 0.3 s per reply made one 19 s. */
-#define PASS_MAX_S ((MD_RT_PASS_MS + MD_CLIENT_TIMEOUT_MS) / 1000.0 + 1)
+#define PASS_MAX_S ((MD_RT_PASS_MS + MD_CLIENT_TIMEOUT_MS) / 1000.0 + 5)
 
 /* As the agent's thread and the scanner do, until memdedupd holds only
  * left references of ours: passes of md__engine_send_unrefs (each within
