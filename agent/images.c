@@ -310,14 +310,13 @@ struct md__image *md__image_leased(struct md_agent *a, const struct stat *st)
 	return img && img->lease == MD_LEASE_HELD ? img : NULL;
 }
 
-#define ZFS_SUPER_MAGIC 0x2fc12fc1	/* not in linux/magic.h */
-
 /* 1 if a filesystem of type f_type is one whose read leases see every
  * writer: a local one, where every write goes through this kernel. FUSE
  * and network filesystems grant leases that a writer on the server (or
  * below the FUSE daemon) never breaks, and overlayfs lets its lower layer
  * change underneath: a mapping of theirs could show a guest what it never
- * read. */
+ * read. Nor ZFS: `zfs rollback` and `zfs receive -F` replace a mounted
+ * dataset's files in place, breaking no lease. */
 static int leases_see_writers(unsigned long f_type)
 {
 	switch (f_type) {
@@ -326,7 +325,6 @@ static int leases_see_writers(unsigned long f_type)
 	case BTRFS_SUPER_MAGIC:
 	case F2FS_SUPER_MAGIC:
 	case TMPFS_MAGIC:
-	case ZFS_SUPER_MAGIC:
 		return 1;
 	default:
 		return 0;
