@@ -424,8 +424,14 @@ TEST_IMPL(daemon_client_control_done_kept_while_late)
 	ASSERT_EQ(ctl.token, 77);
 	ASSERT_EQ(md__client_control_done(c, ctl.token, 0, NULL), 0);	/* kept */
 	ASSERT(write(f.go, "g", 1) == 1);	/* the late reply */
-	for (int i = 0; i < 50; i++) {
+	/* Caught up once the late reply is read (the fake may be slow to
+	 * send it: up to 10 s); then a while more to send what was kept. The
+	 * fake waits 5 s for the CONTROL_DONE after its reply. */
+	for (int i = 0; i < 1000 && md__client_late(c); i++, usleep(10000))
 		md__client_next_control(c, &ctl);	/* catches up, sends what was kept */
+	ASSERT_EQ(md__client_late(c), 0);
+	for (int i = 0; i < 50; i++) {
+		md__client_next_control(c, &ctl);
 		usleep(10000);
 	}
 	ASSERT(write(f.go, "g", 1) == 1);
