@@ -25,6 +25,10 @@
 #define IMG_SIZE (4u << 20)
 #define RAM_PAGES 2048u
 #define MB (1u << 20)
+/* How long to wait for a statistic to show what a test did: the agent's
+ * counters and its once-a-second accounting, on a machine maybe loaded.
+ * Returned as soon as the condition holds. */
+#define STATS_WAIT_MS 10000
 
 /* The path of a test image made from seed (one of four buffers, reused:
  * two images at once have two names). */
@@ -98,7 +102,7 @@ TEST_IMPL(share_two_processes)
 	ASSERT(fgets(line, sizeof(line), a.out) && strncmp(line, "ok", 2) == 0);
 
 	md_stats s;
-	ASSERT_EQ(proc_stats_wait(&a, &s, 3000, has_shared), 0);
+	ASSERT_EQ(proc_stats_wait(&a, &s, STATS_WAIT_MS, has_shared), 0);
 	ASSERT_EQ(s.pages_shared, IMG_SIZE / 4096);
 	ASSERT_EQ(s.pages_shared_at_read, IMG_SIZE / 4096);
 	ASSERT_EQ(s.reads_seen, IMG_SIZE / 131072);
@@ -117,7 +121,7 @@ static int first_mb_shared(struct proc *p, const char *img, uint64_t reads)
 	for (size_t off = 0; off < MB; off += 4096)
 		ASSERT(proc_page_is_image(p, off, img, (off_t)off));
 	md_stats s;
-	ASSERT_EQ(proc_stats_wait(p, &s, 3000, has_shared), 0);
+	ASSERT_EQ(proc_stats_wait(p, &s, STATS_WAIT_MS, has_shared), 0);
 	ASSERT_EQ(s.pages_shared_at_read, MB / 4096);
 	ASSERT_EQ(s.reads_seen, reads);
 	return 0;
@@ -261,7 +265,7 @@ TEST_IMPL(write_is_private)
 	ASSERT(proc_page(&a, 6 * 4096).pfn == proc_page(&b, 6 * 4096).pfn);
 
 	md_stats s;
-	ASSERT_EQ(proc_stats_wait(&a, &s, 3000, has_break), 0);
+	ASSERT_EQ(proc_stats_wait(&a, &s, STATS_WAIT_MS, has_break), 0);
 	ASSERT_EQ(s.breaks, 1);
 	ASSERT_EQ(s.pages_shared, MB / 4096 - 1);
 	proc_stop(&a);
@@ -566,7 +570,7 @@ TEST_IMPL(small_reads_copied)
 	 * (not as fallbacks) and hinted to the scanner; 16 pages are shared. */
 	read_and_check(&a, fd, img, 0, 65536, 32768, 0);
 	md_stats s;
-	ASSERT_EQ(proc_stats_wait(&a, &s, 3000, hints_counted), 0);
+	ASSERT_EQ(proc_stats_wait(&a, &s, STATS_WAIT_MS, hints_counted), 0);
 	ASSERT_EQ(s.read_small_pages, 16);
 	ASSERT_EQ(s.pages_shared_at_read, 0);
 	ASSERT_EQ(s.fallbacks_total, 0);
@@ -957,7 +961,7 @@ TEST_IMPL(tmpfs_image_holes_copied)
 	ASSERT(st.st_blocks * 512 <= 17 * 4096);	/* its 17 pages of data, no hole filled */
 	/* Eight 1 MiB reads, each hinted: seven copied whole (a hole at
 	 * their start), the first's pages after its hole (they were not). */
-	ASSERT_EQ(proc_stats_wait(&a, &s, 5000, eight_hints), 0);
+	ASSERT_EQ(proc_stats_wait(&a, &s, STATS_WAIT_MS, eight_hints), 0);
 	ASSERT_EQ(s.hints_pushed, 8);
 	proc_stop(&a);
 	umount(dir);
@@ -976,7 +980,7 @@ TEST_IMPL(position_reads_hinted)
 	ASSERT_EQ(proc_num(&a, "preadv %d %u 0 %u pos", fd, MB, MB), MB);
 	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", MB), hex(fnv_file(img, MB, MB))) == 0);
 	md_stats s;
-	ASSERT_EQ(proc_stats_wait(&a, &s, 3000, hints_counted), 0);
+	ASSERT_EQ(proc_stats_wait(&a, &s, STATS_WAIT_MS, hints_counted), 0);
 	ASSERT_EQ(s.hints_pushed, 2);	/* its two halves */
 	ASSERT_EQ(s.pages_shared_at_read, 0);
 	ASSERT_EQ(s.fallbacks[MD_FB_FLAGS], MB / 4096);	/* pages, as every other reason counts */
@@ -1020,6 +1024,24 @@ static int read_fresh_image(struct proc *a, char *img, size_t size, const char *
 	return fd;
 }
 
+/* Reads img's first MiB through fd to IMG_SIZE in a's RAM, the file's
+ * content every time, until the read maps the image's pages (the lease
+ * taken again: the agent tries once a second): 1, or 0 if not within
+ * 10 s. */
+static int read_until_leased(struct proc *a, int fd, const char *img)
+{
+	uint64_t want = fnv_file(img, 0, MB);
+	for (int i = 0; i < 50; i++) {
+		if (i)
+			usleep(200000);
+		ASSERT_EQ(proc_num(a, "read %d 0 %u %u 65536", fd, MB, IMG_SIZE), MB);
+		ASSERT(strcmp(proc_cmd(a, "hash %u %u", IMG_SIZE, MB), hex(want)) == 0);
+		if (proc_page_is_image(a, IMG_SIZE, img, 0))
+			return 1;
+	}
+	return 0;
+}
+
 TEST_IMPL(lease_break_keeps_content)
 {
 	char img[512];
@@ -1035,7 +1057,7 @@ TEST_IMPL(lease_break_keeps_content)
 	for (size_t off = 0; off < IMG_SIZE; off += 64 * 4096)
 		ASSERT(!proc_page(&a, off).file);
 	md_stats s;
-	ASSERT_EQ(proc_stats_wait(&a, &s, 3000, has_lease_break), 0);
+	ASSERT_EQ(proc_stats_wait(&a, &s, STATS_WAIT_MS, has_lease_break), 0);
 	ASSERT_EQ(s.lease_breaks, 1);
 	ASSERT_EQ(s.pages_privatized, IMG_SIZE / 4096);
 
@@ -1048,10 +1070,7 @@ TEST_IMPL(lease_break_keeps_content)
 	 * through the agent's same descriptor (the kernel clears its lease
 	 * signal and owner with the lease: it was taken for another's, and
 	 * a new one opened each break). */
-	sleep(2);
-	ASSERT_EQ(proc_num(&a, "read %d 0 %u %u 65536", fd, MB, IMG_SIZE), MB);
-	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", IMG_SIZE, MB), hex(fnv_file(img, 0, MB))) == 0);
-	ASSERT(proc_page_is_image(&a, IMG_SIZE, img, 0));
+	ASSERT(read_until_leased(&a, fd, img));
 	ASSERT_EQ(fds_naming(a.pid, img), 2);	/* the reader's and the agent's */
 	proc_stop(&a);
 	return 0;
@@ -1093,7 +1112,7 @@ TEST_IMPL(lease_break_waits_for_direct_write)
 	ASSERT(fnv_file(out, 0, 4096) == page0);	/* the guest's bytes */
 	ASSERT(fnv_file(img, 0, 4096) != page0);	/* the writer's, in the image */
 	md_stats s;
-	ASSERT_EQ(proc_stats_wait(&a, &s, 3000, has_lease_break), 0);
+	ASSERT_EQ(proc_stats_wait(&a, &s, STATS_WAIT_MS, has_lease_break), 0);
 	ASSERT_EQ(s.lease_breaks, 1);
 	proc_stop(&a);
 	return 0;
@@ -1179,10 +1198,7 @@ TEST_IMPL(lease_gone_with_agent_fd)
 	ASSERT_EQ(proc_num(&a, "open %s", img), afd);
 	image_pages_made_private(&a);
 	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", IMG_SIZE), hex(orig)) == 0);
-	sleep(2);	/* the lease is retried each second */
-	ASSERT_EQ(proc_num(&a, "read %d 0 %u %u 65536", fd, MB, IMG_SIZE), MB);
-	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", IMG_SIZE, MB), hex(fnv_file(img, 0, MB))) == 0);
-	ASSERT(proc_page_is_image(&a, IMG_SIZE, img, 0));
+	ASSERT(read_until_leased(&a, fd, img));	/* the lease is retried each second */
 	char info[64];
 	snprintf(info, sizeof(info), "/proc/%d/fdinfo/%d", (int)a.pid, afd);
 	ASSERT(!strstr(file_text(info), "LEASE"));
@@ -1233,7 +1249,7 @@ TEST_IMPL(lease_fd_reused_for_other_image)
 		 * lease gone), or the agent's thread opened a file first and
 		 * took the number: the case is not made, try again. */
 		md_stats s;
-		ASSERT_EQ(proc_stats_wait(&a, &s, 3000, NULL), 0);
+		ASSERT_EQ(proc_stats_wait(&a, &s, STATS_WAIT_MS, NULL), 0);
 		if (fd_naming(a.pid, other, ofd) != afd || s.lease_breaks) {
 			proc_stop(&a);
 			continue;
@@ -1310,7 +1326,7 @@ TEST_IMPL(lease_break_short_of_memory)
 	for (size_t off = 0; off < IMG_SIZE; off += 16 * 4096)
 		ASSERT(!proc_page(&a, off).file);
 	md_stats s;
-	ASSERT_EQ(proc_stats_wait(&a, &s, 3000, has_lease_break), 0);
+	ASSERT_EQ(proc_stats_wait(&a, &s, STATS_WAIT_MS, has_lease_break), 0);
 	ASSERT_EQ(s.lease_breaks, 1);
 	proc_stop(&a);
 	close(cg.guard);
@@ -1424,7 +1440,7 @@ TEST_IMPL(lease_break_read_only_pages)
 	ASSERT_EQ(proc_num(&a, "protect %u %u ro", IMG_SIZE / 4, IMG_SIZE / 4), 0);
 	int wfd = overwrite_image(img, NULL);
 	md_stats s;
-	ASSERT_EQ(proc_stats_wait(&a, &s, 3000, has_lease_break), 0);
+	ASSERT_EQ(proc_stats_wait(&a, &s, STATS_WAIT_MS, has_lease_break), 0);
 	ASSERT(fnv_file(img, 0, IMG_SIZE) != orig);	/* the writer wrote */
 	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", IMG_SIZE), hex(orig)) == 0);
 	for (size_t off = 0; off < IMG_SIZE; off += 64 * 4096)
@@ -1453,7 +1469,7 @@ TEST_IMPL(lease_break_without_signal)
 	int wfd = overwrite_image(img, &waited);
 	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", IMG_SIZE), hex(orig)) == 0);
 	md_stats s;
-	ASSERT_EQ(proc_stats_wait(&a, &s, 3000, has_lease_break), 0);
+	ASSERT_EQ(proc_stats_wait(&a, &s, STATS_WAIT_MS, has_lease_break), 0);
 	ASSERT_EQ(s.lease_breaks, 1);
 	/* Well before the kernel would have revoked it. */
 	ASSERT(waited < 20);
@@ -2554,7 +2570,7 @@ TEST_IMPL(unmerge_unregisters_beside_images)
 	 * the reads made it look present and anonymous (1 run in 12 in the
 	 * twenty-fifth session, found in the thirtieth). */
 	md_stats s;
-	ASSERT_EQ(proc_stats_wait(&a, &s, 3000, NULL), 0);
+	ASSERT_EQ(proc_stats_wait(&a, &s, STATS_WAIT_MS, NULL), 0);
 	ASSERT_EQ(s.pages_shared_at_read, MB / 4096);
 	ASSERT(proc_page_from_file(&a, MB));
 	ASSERT(uffd_wp_left(a.pid, base, base + RAM_PAGES * 4096));
@@ -2905,7 +2921,7 @@ TEST_IMPL(fork_before_agent_shares)
 	struct proc c = a;
 	c.pid = (pid_t)child;
 	md_stats s;
-	ASSERT_EQ(proc_stats_wait(&c, &s, 3000, has_shared), 0);
+	ASSERT_EQ(proc_stats_wait(&c, &s, STATS_WAIT_MS, has_shared), 0);
 	ASSERT_EQ(s.pages_shared_at_read, 16);
 	proc_stop(&a);
 	return 0;
@@ -2919,7 +2935,7 @@ TEST_IMPL(status_lists_agent)
 	char cmd[600];
 	snprintf(cmd, sizeof(cmd), "MEMDEDUP_RUN_DIR=%s %s/memdedup status --json", test_dir(), build_dir());
 	md_stats s;
-	ASSERT_EQ(proc_stats_wait(&a, &s, 3000, has_shared), 0);
+	ASSERT_EQ(proc_stats_wait(&a, &s, STATS_WAIT_MS, has_shared), 0);
 	FILE *f = popen(cmd, "r");
 	ASSERT(f);
 	char out[8192];
@@ -2974,6 +2990,21 @@ static void vm_flags(struct proc *p, size_t doff, char *out, size_t size)
 
 static int advice_flushed(const md_stats *s) { return s->pages_shared > 0; }
 
+/* The mapping at doff in p's RAM marked MADV_DONTFORK ("dc") within 10 s:
+ * the agent flushes the advice in its once-a-second pass. */
+static int advised_dontfork(struct proc *p, size_t doff)
+{
+	char flags[512];
+	for (int i = 0; i < 100; i++) {
+		if (i)
+			usleep(100000);
+		vm_flags(p, doff, flags, sizeof(flags));
+		if (strstr(flags, " dc"))
+			return 1;
+	}
+	return 0;
+}
+
 TEST_IMPL(advice_reaches_new_mappings)
 {
 	/* QEMU marks guest RAM MADV_DONTFORK; pages mapped at read time get
@@ -2984,12 +3015,9 @@ TEST_IMPL(advice_reaches_new_mappings)
 	ASSERT_EQ(proc_num(&a, "advise 0 %u dontfork", RAM_PAGES * 4096), 0);
 	ASSERT_EQ(proc_num(&a, "read %d 0 65536 %u 65536", fd, MB), 65536);
 	md_stats s;
-	ASSERT_EQ(proc_stats_wait(&a, &s, 3000, advice_flushed), 0);
-	usleep(1200000);	/* one more accounting pass: the flush precedes it */
-	char flags[512];
-	vm_flags(&a, MB, flags, sizeof(flags));
+	ASSERT_EQ(proc_stats_wait(&a, &s, STATS_WAIT_MS, advice_flushed), 0);
+	ASSERT(advised_dontfork(&a, MB));	/* by a later accounting pass */
 	ASSERT(proc_page_from_file(&a, MB));
-	ASSERT(strstr(flags, " dc") != NULL);
 	proc_stop(&a);
 	/* Advised before MADV_MERGEABLE (a memory backend's order): known
 	 * all the same. */
@@ -2999,10 +3027,8 @@ TEST_IMPL(advice_reaches_new_mappings)
 	ASSERT_EQ(proc_num(&a, "advise 0 %u mergeable", RAM_PAGES * 4096), 0);
 	ASSERT_EQ(proc_num(&a, "read %d 0 65536 %u 65536", fd, MB), 65536);
 	ASSERT(proc_page_from_file(&a, MB));
-	ASSERT_EQ(proc_stats_wait(&a, &s, 3000, advice_flushed), 0);
-	usleep(1200000);
-	vm_flags(&a, MB, flags, sizeof(flags));
-	ASSERT(strstr(flags, " dc") != NULL);
+	ASSERT_EQ(proc_stats_wait(&a, &s, STATS_WAIT_MS, advice_flushed), 0);
+	ASSERT(advised_dontfork(&a, MB));
 	/* A fork right after a read (before the once-a-second flush) gets
 	 * the advice first: the child has no copy of the new mapping (a
 	 * copy-on-write view of it, with O_DIRECT reads in flight, could
@@ -3119,7 +3145,7 @@ TEST_IMPL(env_flags_strict)
 	proc_start(&a, env_noscan);
 	proc_cmd(&a, "map 16");
 	ASSERT(strcmp(proc_cmd(&a, "zero 0 16"), "ok") == 0);
-	ASSERT_EQ(proc_stats_wait(&a, &s, 3000, cpu_seen), 0);
+	ASSERT_EQ(proc_stats_wait(&a, &s, STATS_WAIT_MS, cpu_seen), 0);
 	usleep(1500000);	/* more of the agent's seconds */
 	ASSERT_EQ(proc_stats(&a, &s), 0);
 	ASSERT_EQ(s.pages_scanned, 0);
