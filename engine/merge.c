@@ -2415,6 +2415,13 @@ int md__engine_move_copies(struct md__engine *e, const struct md__vma *v, uintpt
 		err = -EBUSY;
 		goto unregister;
 	}
+	/* After the protection, before the copy, as freeze() does: a read
+	 * still writing these pages (O_DIRECT, behind the page tables) would
+	 * land in the old ones, gone with the move. */
+	if (md__inflight_busy(&e->io, lo, len)) {
+		err = -EBUSY;
+		goto unprotect;
+	}
 	md__policy_apply_to((uintptr_t)aside, lo, len);
 	memcpy(aside, (const void *)lo, len);
 	if (md__sys_mprotect(aside, len, v->prot) != 0) {

@@ -458,8 +458,9 @@ int md__engine_unregister_anon(struct md__engine *e, void *addr, size_t len, int
  * memory with its content, v's protection, advice and the VMM's policy,
  * for the same calls as md__engine_unregister_anon; write-protected
  * while copied, so no write is lost. A locked mapping, one a userfaultfd
- * of the VMM's covers, or an unreadable one is left (-EBUSY). 0 or
- * -errno (left as it was). */
+ * of the VMM's covers, an unreadable one, or one a read in flight writes
+ * (md__inflight_busy, as for a merge) is left (-EBUSY). 0 or -errno
+ * (left as it was). */
 struct md__vma;
 /* Reads the pagemap entries of the n pages from addr into pm: bytes read
  * (as pread), or -1. Its descriptor is used by number: a VMM that closed

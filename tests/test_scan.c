@@ -4442,6 +4442,58 @@ TEST_IMPL(scan_leaves_pages_being_read)
 	return 0;
 }
 
+/* 1 if p lies in a mapping of a memdedup pool. */
+static int in_pool_map(const void *p)
+{
+	struct md__file_map *v;
+	size_t n;
+	ASSERT_EQ(md__range_file_maps((uintptr_t)p, (uintptr_t)p + PG, &v, &n), 0);
+	int pool = n == 1 && v[0].pool;
+	free(v);
+	return pool;
+}
+
+/* Copies RAM given up before (MADV_UNMERGEABLE) left in the pool's
+ * mappings are moved into anonymous memory for MADV_WIPEONFORK or mseal
+ * only where no read is writing them: the move copied them with an
+ * O_DIRECT read in flight, whose DMA then landed in the old pages, gone
+ * (review: a 1 MiB read returned whole, 1-4 of its pages without the
+ * file's bytes). The read here blocks on an empty pipe, standing for it:
+ * its mapping stays (-EBUSY) until it returns, then moves. */
+TEST_IMPL(scan_given_up_copies_left_while_read)
+{
+	md_agent *a;
+	const size_t n = 64;
+	char *m = pairs_merged_here(&a, "private", n);
+	ASSERT_EQ(md_agent_unregister(a, m, n * PG), 0);
+	ASSERT(in_pool_map(m + 5 * PG));
+	int p[2];
+	ASSERT_EQ(pipe(p), 0);
+	pthread_t t;
+	struct blocked_read r = { a, p[0], m + 5 * PG, 0, 0 };
+	ASSERT_EQ(pthread_create(&t, NULL, blocked_reader, &r), 0);
+	ASSERT_EQ(wait_blocked_read(&r), 0);
+	ASSERT_EQ(md__agent_give_up_anon(a, (uintptr_t)m, (uintptr_t)m + n * PG, "asks MADV_WIPEONFORK of"), -EBUSY);
+	ASSERT(in_pool_map(m + 5 * PG));
+	char page[PG];
+	memset(page, 0x3c, sizeof(page));
+	ASSERT_EQ(write(p[1], page, PG), (ssize_t)PG);
+	ASSERT_EQ(pthread_join(t, NULL), 0);
+	ASSERT_EQ(r.got, (ssize_t)PG);
+	ASSERT_EQ(md__agent_give_up_anon(a, (uintptr_t)m, (uintptr_t)m + n * PG, "asks MADV_WIPEONFORK of"), 0);
+	for (size_t i = 0; i < n; i++)
+		ASSERT(!in_pool_map(m + i * PG));
+	ASSERT(memcmp(m + 5 * PG, page, PG) == 0);
+	for (size_t i = 0; i < n * PG; i++)
+		if (i / PG != 5)
+			ASSERT(m[i] == (char)((i / PG) % (n / 2) * 31 + i % PG));
+	close(p[0]);
+	close(p[1]);
+	md_agent_free(a);
+	munmap(m, n * PG);
+	return 0;
+}
+
 static int merged_image_256(const md_stats *s) { return s->merged_image >= 256; }
 
 /* Lines of /proc/PID/maps that map the file at path shared, read-only:
