@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -465,15 +466,9 @@ static int is_pool_path(const char *path)
 								   path[20] == '\n');
 }
 
-static void file_id_line(void *arg, char *text)
+/* Adds the mapping [lo, hi) of a file, clipped to the range asked. */
+static void file_id_add(struct file_ids *f, uintptr_t lo, uintptr_t hi, dev_t dev, ino_t ino, int pool)
 {
-	struct file_ids *f = arg;
-	unsigned long lo, hi, off, ino;
-	unsigned maj, mnr;
-	int path = 0;
-	if (f->err || sscanf(text, "%lx-%lx %*4s %lx %x:%x %lu %n", &lo, &hi, &off, &maj, &mnr, &ino, &path) < 6 ||
-	    !ino || lo >= f->end || hi <= f->a)
-		return;
 	if (f->n == f->cap) {
 		size_t cap = f->cap ? 2 * f->cap : 8;
 		struct md__file_map *g = realloc(f->v, cap * sizeof(*g));
@@ -484,14 +479,32 @@ static void file_id_line(void *arg, char *text)
 		f->v = g;
 		f->cap = cap;
 	}
-	f->v[f->n++] = (struct md__file_map){ lo > f->a ? lo : f->a, hi < f->end ? hi : f->end,
-					      makedev(maj, mnr), (ino_t)ino, path && is_pool_path(text + path) };
+	f->v[f->n++] = (struct md__file_map){ lo > f->a ? lo : f->a, hi < f->end ? hi : f->end, dev, ino, pool };
 }
+
+static void file_id_line(void *arg, char *text)
+{
+	struct file_ids *f = arg;
+	unsigned long lo, hi, off, ino;
+	unsigned maj, mnr;
+	int path = 0;
+	if (f->err || sscanf(text, "%lx-%lx %*4s %lx %x:%x %lu %n", &lo, &hi, &off, &maj, &mnr, &ino, &path) < 6 ||
+	    !ino || lo >= f->end || hi <= f->a)
+		return;
+	file_id_add(f, lo, hi, makedev(maj, mnr), (ino_t)ino, path && is_pool_path(text + path));
+}
+
+static int file_maps_queried(struct file_ids *f);
 
 int md__range_file_maps(uintptr_t a, uintptr_t end, struct md__file_map **v, size_t *n)
 {
 	struct file_ids f = { a, end, NULL, 0, 0, 0 };
-	int err = proc_lines("maps", file_id_line, &f);
+	int err = file_maps_queried(&f);
+	if (err) {	/* no query (-ENOTTY), or it failed: every mapping's line */
+		free(f.v);
+		f = (struct file_ids){ a, end, NULL, 0, 0, 0 };
+		err = proc_lines("maps", file_id_line, &f);
+	}
 	err = err ? err : f.err;
 	if (err) {
 		free(f.v);
@@ -656,6 +669,45 @@ static int first_vma_from(uintptr_t a, uintptr_t end, uint64_t filter)
 	if (r != 0)
 		return err == ENOENT ? 0 : -err;	/* ENOENT: none from a on */
 	return q.vma_start < end;
+}
+
+/* md__range_file_maps's mappings through that query, one file mapping
+ * at a time from f->a on: where maps' text is every mapping of the
+ * process, read whole for a range of a page (a discard of one page of
+ * guest RAM: 100 ms at 50,000 mappings). -ENOTTY without it (before
+ * Linux 6.11). Asked inside the VMM's calls, as first_vma_from. */
+static int file_maps_queried(struct file_ids *f)
+{
+	int saved = errno, err = 0;
+	int fd = md__proc_open("maps", 0);
+	if (fd < 0) {
+		err = -errno;
+		errno = saved;
+		return err;
+	}
+	char name[PATH_MAX];	/* a shorter buffer than the path fails the query */
+	for (uintptr_t at = f->a; at < f->end && !f->err;) {
+		struct md__procmap_query q = {
+			.size = sizeof(q),
+			.query_flags = MD_PROCMAP_COVERING_OR_NEXT | MD_PROCMAP_FILE_BACKED,
+			.query_addr = at,
+			.vma_name_addr = (uintptr_t)name,
+			.vma_name_size = sizeof(name),
+		};
+		if (md__sys_ioctl(fd, MD_PROCMAP_QUERY, &q) != 0) {
+			err = errno == ENOENT ? 0 : -errno;	/* ENOENT: none from at on */
+			break;
+		}
+		if (q.vma_start >= f->end || q.vma_end <= at)
+			break;
+		if (q.inode)	/* as maps' lines: those without one are left out */
+			file_id_add(f, q.vma_start, q.vma_end, makedev(q.dev_major, q.dev_minor), (ino_t)q.inode,
+				    q.vma_name_size && is_pool_path(name));
+		at = q.vma_end;
+	}
+	close(fd);
+	errno = saved;
+	return err;
 }
 
 int md__range_no_file_vmas(uintptr_t a, uintptr_t end)

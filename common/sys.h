@@ -124,7 +124,10 @@ int md__range_file_vmas(uintptr_t a, uintptr_t end, struct md__vma **vmas, size_
 int md__range_no_file_vmas(uintptr_t a, uintptr_t end);
 /* The mappings of files (an inode) overlapping [a, end), clipped to it, in
  * address order, with their file and whether it is a memdedup pool (by
- * the memfd's name). *v is malloc'd (the caller frees it). 0 or -errno. */
+ * the memfd's name). *v is malloc'd (the caller frees it). 0 or -errno.
+ * Found one at a time by PROCMAP_QUERY where the kernel has it (Linux
+ * 6.11), at the cost of the file mappings of the range; else every line
+ * of /proc/self/maps is read. */
 struct md__file_map {
 	uintptr_t lo, hi;
 	dev_t dev;
