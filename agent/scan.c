@@ -21,6 +21,13 @@
 
 static void apply_welcome(struct md_agent *a, const struct md__msg_welcome *w);
 
+/* md__engine.agent_file: a disk image's (records stay once let go, and so
+ * do its copies in RAM given up: a discard there must read zeroes). */
+static int image_file(void *arg, dev_t dev, ino_t ino)
+{
+	return md__image_find(arg, dev, ino) != NULL;
+}
+
 void md__scan_init(struct md_agent *a, const md_agent_options *o)
 {
 	if (!(o->flags & MD_OPT_SCAN))
@@ -59,6 +66,8 @@ void md__scan_init(struct md_agent *a, const md_agent_options *o)
 		md__log("content scanning is on: kernel KSM's merging of the whole process "
 			"(prctl PR_SET_MEMORY_MERGE, systemd's MemoryKSM=) is turned off");
 	}
+	e->agent_file = image_file;
+	e->agent_file_arg = a;
 	a->engine = e;
 	a->scanner.batch = o->pages_to_scan ? o->pages_to_scan : 100;
 	a->scanner.sleep_ms = o->sleep_ms ? o->sleep_ms : 20;

@@ -322,22 +322,33 @@ int md__engine_covers(struct md__engine *e, uintptr_t lo, uintptr_t hi, uintptr_
 	return in;
 }
 
+/* Whether a file mapped privately in guest RAM, (dev, ino), is the
+ * VMM's own (a memory backend with share=off): neither a pool's nor one
+ * the agent maps there itself (md__engine.agent_file). */
+static int vmm_file(const struct md__engine *e, int pool, dev_t dev, ino_t ino)
+{
+	return !pool && !(e->agent_file && e->agent_file(e->agent_file_arg, dev, ino));
+}
+
 /* Pages of [a, a+len) in private file mappings when registered (memory
  * made private and forgotten, advised again): a later zero page there must
  * become anonymous memory, as a discard would show the file's page. 0, or
  * -errno when the mappings cannot be read: the region is not registered
  * then (all of it taken for a file's, the freeze would let the compare's
- * read fill the VMM's holes, which only file pages may have). */
-static int mark_file_pages(uintptr_t a, size_t len, uint32_t *ref)
+ * read fill the VMM's holes, which only file pages may have). *vmm_files
+ * set if one is the VMM's own file's. */
+static int mark_file_pages(const struct md__engine *e, uintptr_t a, size_t len, uint32_t *ref, int *vmm_files)
 {
 	struct md__vma *v;
 	size_t n;
 	int err = md__range_file_vmas(a, a + len, &v, &n);
 	if (err)
 		return err;
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; i < n; i++) {
+		*vmm_files |= vmm_file(e, v[i].pool, v[i].dev, v[i].ino);
 		for (uintptr_t p = v[i].lo; p < v[i].hi; p += MD_EPAGE)
 			ref[(p - a) / MD_EPAGE] = MD_REF_FILE;
+	}
 	free(v);
 	return 0;
 }
@@ -400,12 +411,12 @@ static int register_one(struct md__engine *e, uintptr_t a, size_t len, unsigned 
 	e->regions = n;
 	size_t np = len / MD_EPAGE;
 	struct md__eregion r = { a, a + len, advice, calloc(np, sizeof(uint32_t)),
-				 calloc(np, sizeof(uint16_t)), calloc(np, 1), calloc((np + 7) / 8, 1) };
+				 calloc(np, sizeof(uint16_t)), calloc(np, 1), calloc((np + 7) / 8, 1), 0 };
 	if (!r.ref || !r.hash || !r.seen || !r.dropped) {
 		err = -ENOMEM;
 		goto free_arrays;
 	}
-	err = mark_file_pages(a, len, r.ref);
+	err = mark_file_pages(e, a, len, r.ref, &r.vmm_files);
 	if (!err)
 		err = register_wp(e, a, len);
 	if (err)
@@ -740,7 +751,8 @@ static int region_slice(const struct md__eregion *r, size_t from, size_t n, stru
 		return -ENOMEM;
 	*out = (struct md__eregion){ r->start + from * MD_EPAGE, r->start + (from + n) * MD_EPAGE,
 				     r->advice, malloc(n * sizeof(uint32_t)),
-				     malloc(n * sizeof(uint16_t)), malloc(n), calloc((n + 7) / 8, 1) };
+				     malloc(n * sizeof(uint16_t)), malloc(n), calloc((n + 7) / 8, 1),
+				     r->vmm_files };
 	if (!out->ref || !out->hash || !out->seen || !out->dropped) {
 		region_free(out);
 		*out = (struct md__eregion){ 0 };
@@ -754,20 +766,24 @@ static int region_slice(const struct md__eregion *r, size_t from, size_t n, stru
 	return 0;
 }
 
-/* Whether the page at p (MD_REF_FILE alone: a file page without a slot)
- * lies in a mapping of the VMM's own file, no pool's (a memory backend
- * with share=off): the VMM's to keep as it is, never copied. *v holds the
- * maps of [lo, hi), read once (*nv SIZE_MAX: not yet; on a failed read,
- * none: every such page is taken for a pool's, copied as before). */
-static int vmm_file_page(uintptr_t p, uintptr_t lo, uintptr_t hi, struct md__file_map **v, size_t *nv)
+/* Whether the page at p of r (MD_REF_FILE alone: a file page without a
+ * slot) lies in a mapping of the VMM's own file, no pool's nor the
+ * agent's (a memory backend with share=off): the VMM's to keep as it is,
+ * never copied. *v holds the maps of [lo, hi), read once, and only for a
+ * region that had such a mapping (*nv SIZE_MAX: not yet; on a failed
+ * read, none: every such page is taken for a pool's, copied as before). */
+static int vmm_file_page(const struct md__engine *e, const struct md__eregion *r, uintptr_t p, uintptr_t lo,
+			 uintptr_t hi, struct md__file_map **v, size_t *nv)
 {
+	if (!r->vmm_files)
+		return 0;
 	if (*nv == SIZE_MAX && md__range_file_maps(lo, hi, v, nv) != 0) {
 		*v = NULL;
 		*nv = 0;
 	}
 	for (size_t k = 0; k < *nv; k++)
 		if ((*v)[k].lo <= p && p < (*v)[k].hi)
-			return !(*v)[k].pool;
+			return vmm_file(e, (*v)[k].pool, (*v)[k].dev, (*v)[k].ino);
 	return 0;
 }
 
@@ -784,13 +800,13 @@ static void privatize_pages(struct md__engine *e, struct md__eregion *r, size_t 
 	uintptr_t lo = r->start + i * MD_EPAGE, hi = r->start + j * MD_EPAGE;
 	while (i < j) {
 		if (!r->ref[i] || (r->ref[i] == MD_REF_FILE &&
-				   vmm_file_page(r->start + i * MD_EPAGE, lo, hi, &v, &nv))) {
+				   vmm_file_page(e, r, r->start + i * MD_EPAGE, lo, hi, &v, &nv))) {
 			i++;
 			continue;
 		}
 		size_t k = i;
 		while (k < j && r->ref[k] &&
-		       !(r->ref[k] == MD_REF_FILE && vmm_file_page(r->start + k * MD_EPAGE, lo, hi, &v, &nv)))
+		       !(r->ref[k] == MD_REF_FILE && vmm_file_page(e, r, r->start + k * MD_EPAGE, lo, hi, &v, &nv)))
 			k++;
 		if (md__sys_madvise((void *)(r->start + i * MD_EPAGE), (k - i) * MD_EPAGE,
 				    MADV_POPULATE_WRITE) != 0) {
@@ -2027,14 +2043,28 @@ int md__engine_discard(struct md__engine *e, void *addr, size_t len)
 	for (size_t ri = 0; ri < e->nregions; ri++) {
 		struct md__eregion *r = &e->regions[ri];
 		uintptr_t s0 = a > r->start ? a : r->start, s1 = a + len < r->end ? a + len : r->end;
+		struct md__file_map *v = NULL;
+		size_t nv = SIZE_MAX;
 		ours |= s0 < s1;
-		for (uintptr_t p = s0; p < s1; p += MAX_RUN * MD_EPAGE) {
-			size_t n = (s1 - p) / MD_EPAGE < MAX_RUN ? (s1 - p) / MD_EPAGE : MAX_RUN;
+		/* Pages of the VMM's own private file mapping are left to its
+		 * discard, which shows its file again there, as without us:
+		 * zeroes in anonymous memory would not be (privatize_pages). */
+		for (uintptr_t p = s0; p < s1;) {
+			size_t i = (p - r->start) / MD_EPAGE, n = 0;
+			while (p + n * MD_EPAGE < s1 && n < MAX_RUN &&
+			       !(r->ref[i + n] == MD_REF_FILE && vmm_file_page(e, r, p + n * MD_EPAGE, s0, s1, &v, &nv)))
+				n++;
+			if (!n) {
+				p += MD_EPAGE;
+				continue;
+			}
 			int rerr = zero_run(e, r, p, n);
 			err = err ? err : rerr;
 			for (size_t k = 0; k < n && !rerr; k++)	/* the VMM's holes now */
-				dropped_set(r, (p - r->start) / MD_EPAGE + k, 0);
+				dropped_set(r, i + k, 0);
+			p += n * MD_EPAGE;
 		}
+		free(v);
 	}
 	/* The range is holes now (zero_run), before the VMM's own zap: a
 	 * merge after this finds them (freeze), and the scanner's windows

@@ -146,6 +146,12 @@ struct md__eregion {
 	                    * there it counts as a zero page (md__engine_present
 	                    * clears it when the scanner reads it written).
 	                    * Written under the merge lock only, unlike seen[]. */
+	int vmm_files;     /* a private mapping of the VMM's own file (none of
+	                    * a pool's nor the agent's: md__engine.agent_file)
+	                    * was in it when registered (a memory backend with
+	                    * share=off): its MD_REF_FILE pages may be that
+	                    * file's, never else (a mapping the VMM puts over
+	                    * guest RAM later leaves the engine) */
 };
 
 /* Whether page i of r is a dropped zero page (a racy read: a hint, unless
@@ -277,6 +283,13 @@ struct md__engine {
 	int leave_old, leave_failed, leave_copy;
 	uintptr_t leave_at;
 	uint64_t leave_unwritten, leave_last_unwritten, leave_outside;
+	/* Whether the file (dev, ino) is one the agent maps into guest RAM
+	 * itself (a disk image: read-time sharing, and its copies in RAM
+	 * given up and advised again), which a page of the VMM's own file
+	 * is not (vmm_file_page). Called under the agent's lock, which every
+	 * registration, unregister and discard comes with. NULL: none. */
+	int (*agent_file)(void *arg, dev_t dev, ino_t ino);
+	void *agent_file_arg;
 };
 
 /* Tests only: the engine's next this many mmaps over registered pages fail
@@ -418,7 +431,8 @@ int md__engine_publish(struct md__engine *e, void *addr, size_t n, uint32_t *slo
 int64_t md__engine_lookup(struct md__engine *e, const void *page, uint64_t hash);
 /* The VMM discards [addr, addr+len): zeroes from now on, pool or not. The
  * engine's pages there become holes now, under the merge lock (the VMM's
- * own discard follows). */
+ * own discard follows); those of the VMM's own private file mapping are
+ * left to that discard, which shows its file again, as without us. */
 int md__engine_discard(struct md__engine *e, void *addr, size_t len);
 /* 1 if lo lies in a region of e, and *end is where that stops (at most hi);
  * else 0, and *end is where the next region starts (at most hi). */

@@ -360,8 +360,10 @@ MD_API int md_agent_advise(md_agent *agent, void *addr, size_t len, unsigned adv
 /* Tells the agent the VMM is about to discard [addr, addr+len) (MADV_DONTNEED
  * and friends): pages mapped from an image or the pool there are replaced by
  * anonymous memory, so the discard yields zeroes as the VMM expects, not file
- * content. Returns 0, or -errno if some could not be (memory short): the VMM
- * must then not discard, as those pages would read back as file content. */
+ * content (a private mapping of the VMM's own file stays, and its discard
+ * shows that file, as without the agent). Returns 0, or -errno if some could
+ * not be (memory short): the VMM must then not discard, as those pages would
+ * read back as file content. */
 MD_API int md_agent_discard(md_agent *agent, void *addr, size_t len);
 /* md_agent_discard, then the VMM's madvise(addr, len, advice) itself
  * (MADV_DONTNEED, MADV_DONTNEED_LOCKED, MADV_FREE, or MADV_GUARD_INSTALL,

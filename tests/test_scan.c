@@ -669,6 +669,65 @@ TEST_IMPL(scan_wipeonfork_leaves_vmm_file)
 	return 0;
 }
 
+/* A discard of guest RAM in the VMM's own private file mapping (a memory
+ * backend with share=off) shows its file again, as without the agent: the
+ * engine took its pages for file pages of its own, a pool's, and mapped
+ * anonymous zeroes over them (review). Pages the VMM wrote too. */
+TEST_IMPL(scan_discard_leaves_vmm_file)
+{
+	md_agent *a;
+	const size_t n = 16;
+	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .domain = "private",
+			       .pages_to_scan = 1000, .sleep_ms = 1 };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	int fd = memfd_create("vmm-ram", MFD_CLOEXEC);
+	ASSERT(fd >= 0);
+	unsigned char page[PG];
+	for (size_t i = 0; i < n; i++) {	/* no two alike, no fill: nothing to merge */
+		memset(page, 0xab, sizeof(page));
+		page[0] = (unsigned char)i;
+		ASSERT(pwrite(fd, page, PG, (off_t)(i * PG)) == (ssize_t)PG);
+	}
+	unsigned char *m = mmap(NULL, n * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+	ASSERT(m != MAP_FAILED);
+	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
+	m[2 * PG + 100] = 7;	/* a private copy of its own */
+	ASSERT_EQ(md_agent_madvise_discard(a, m + PG, 2 * PG, MADV_DONTNEED), 0);
+	for (size_t i = 0; i < n; i++) {
+		ASSERT(pread(fd, page, PG, (off_t)(i * PG)) == (ssize_t)PG);
+		ASSERT(memcmp(m + i * PG, page, PG) == 0);
+	}
+	md_agent_free(a);
+	munmap(m, n * PG);
+	close(fd);
+	return 0;
+}
+
+/* Guest RAM given up (MADV_UNMERGEABLE) keeps its pages shared from an
+ * image as private copies in the image's mappings; advised again, it is
+ * guest RAM again, and a discard there reads zeroes, as it did before it
+ * was given up, not the image's pages: those mappings are the agent's,
+ * not a file of the VMM's own, which a discard leaves to the kernel. */
+TEST_IMPL(scan_discard_after_advised_again_yields_zeroes)
+{
+	char img[512];
+	snprintf(img, sizeof(img), "%s/again.img", test_dir());
+	make_image(img, 1 << 20, 17);
+	const char *env[] = { fast_scan[0], fast_scan[1], fast_scan[2], "MEMDEDUP_DOMAIN=private", NULL };
+	struct proc a;
+	proc_start(&a, env);
+	proc_cmd(&a, "map 2048");
+	int fd = (int)proc_num(&a, "open %s", img);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 65536", fd, 1u << 20), 1 << 20);
+	ASSERT_EQ(proc_num(&a, "advise 0 %u unmergeable", 2048 * PG), 0);
+	ASSERT_EQ(proc_num(&a, "advise 0 %u mergeable", 2048 * PG), 0);
+	ASSERT_EQ(proc_num(&a, "advise 0 %u dontneed", 16 * PG), 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 16 * PG), hex(fnv_zero(16 * PG))) == 0);
+	proc_stop(&a);
+	return 0;
+}
+
 /* MADV_WIPEONFORK over fresh merged ranges whose twins lie outside them,
  * the scanner kept busy merging elsewhere: the merged pages were moved
  * into anonymous memory with the engine's locks let go before the
