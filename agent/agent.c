@@ -506,7 +506,8 @@ void md_agent_free(md_agent *a)
 		syscall(SYS_tgkill, getpid(), a->thread_tid, a->lease_signal);
 	md__agent_leave(a);
 	pthread_join(a->thread, NULL);
-	/* The engine's pool pages stay mapped, and correct: they never change. */
+	/* Pages mapped from the pool become anonymous memory first: nothing
+	 * steers a discard there from now on (md__scan_free). */
 	md__scan_free(a);
 
 	/* Without the thread nobody would answer a lease break: make every

@@ -1137,12 +1137,42 @@ int md__counters_moved(const struct md_agent *a)
 	return 0;
 }
 
+/* The engine goes, guest RAM stays: pages mapped from a pool, in guest
+ * RAM and where RAM given up left its copies (a->forgotten), are moved
+ * into anonymous memory first (md__engine_leave_pools), or a discard
+ * would show the pool's page, let go and maybe reused since for another
+ * page's content, not zeroes. The preload's agent is never freed (it ends
+ * with the process, whose pages need no copies): this is the API's. */
+static void leave_pools(struct md_agent *a)
+{
+	size_t left = 0;
+	md__agent_enter(a);
+	int err = md__engine_leave_pools(a->engine, &left);
+	int copies = 0;
+	const struct md__rangeset *f = &a->forgotten;
+	if (f->n) {	/* one read of the mappings for all (smaps: costly) */
+		uintptr_t lo = UINTPTR_MAX, hi = 0;
+		for (size_t i = 0; i < f->n; i++) {
+			lo = f->start[i] < lo ? f->start[i] : lo;
+			hi = f->end[i] > hi ? f->end[i] : hi;
+		}
+		copies = md__move_forgotten(a, lo, hi);
+	}
+	md__agent_leave(a);
+	if (err || copies)
+		md__log_once(155, "the agent ends, and pages still map the pool (%zu of guest RAM%s): they could "
+			     "not be moved into anonymous memory (%s); a discard of one shows the pool's page, "
+			     "maybe another's content since, not zeroes", left,
+			     copies ? ", and copies RAM given up left" : "", strerror(-(err ? err : copies)));
+}
+
 void md__scan_free(struct md_agent *a)
 {
 	if (!a->engine)
 		return;
 	md__scanner_stop(&a->scanner);
 	md__scanner_free(&a->scanner);
+	leave_pools(a);
 	/* The daemon keeps our record, and so the pool pages we pinned,
 	 * until the process goes: what was let go since the last send. */
 	md__engine_send_unrefs(a->engine);

@@ -2362,22 +2362,24 @@ size_t md__engine_leave_file(struct md__engine *e, size_t max, int copy_unwritte
  * is mapped. MD_REF_FILE alone says only "a file page": a private mapping
  * of the VMM's own file (a memory backend with share=off) is one too, and
  * is the VMM's to keep, as without us (its advice fails there as it
- * would, and its pages still show the file's later changes). */
-static int anonymize_locked(struct md__engine *e, uintptr_t s, uintptr_t end)
+ * would, and its pages still show the file's later changes). With left
+ * (md__engine_leave_pools), a run that fails does not stop the rest: its
+ * pages are added to *left. */
+static int anonymize_locked(struct md__engine *e, uintptr_t s, uintptr_t end, size_t *left)
 {
 	struct md__file_map *v;
 	size_t nv;
 	int err = md__range_file_maps(s, end, &v, &nv);
 	if (err)
 		return err;
-	for (size_t k = 0; k < nv && !err; k++) {
+	for (size_t k = 0; k < nv && (left || !err); k++) {
 		if (!v[k].pool)
 			continue;
-		for (size_t ri = 0; ri < e->nregions && !err; ri++) {
+		for (size_t ri = 0; ri < e->nregions && (left || !err); ri++) {
 			struct md__eregion *r = &e->regions[ri];
 			uintptr_t lo = v[k].lo > r->start ? v[k].lo : r->start;
 			uintptr_t hi = v[k].hi < r->end ? v[k].hi : r->end;
-			for (uintptr_t a = lo; a < hi && !err;) {
+			for (uintptr_t a = lo; a < hi && (left || !err);) {
 				size_t i = (a - r->start) / MD_EPAGE, n = 0;
 				/* Pool pages (a slot, one forgotten, a fill
 				 * strip's); an image's cannot be frozen, and
@@ -2390,8 +2392,11 @@ static int anonymize_locked(struct md__engine *e, uintptr_t s, uintptr_t end)
 					continue;
 				}
 				int moved = leave_run(e, r, a, n);
-				if (moved < 0)
-					err = moved;
+				if (moved < 0) {
+					err = err ? err : moved;
+					if (left)
+						*left += n;
+				}
 				a += n * MD_EPAGE;
 			}
 		}
@@ -2409,8 +2414,26 @@ int md__engine_unregister_anon(struct md__engine *e, void *addr, size_t len, int
 	 * make private in place, in the pool's mapping still. */
 	pthread_rwlock_wrlock(&e->regions_lock);
 	pthread_mutex_lock(&e->lock);
-	*anon_err = anonymize_locked(e, s, end);
+	*anon_err = anonymize_locked(e, s, end, NULL);
 	int err = unregister_locked(e, s, end, MD_UNREG_MAPPED, NULL, 0);
+	md__engine_unlock(e);
+	pthread_rwlock_unlock(&e->regions_lock);
+	return err;
+}
+
+int md__engine_leave_pools(struct md__engine *e, size_t *left)
+{
+	int err;
+	pthread_rwlock_wrlock(&e->regions_lock);
+	pthread_mutex_lock(&e->lock);
+	/* A run whose protection a zap took while it was copied (-EAGAIN) is
+	 * tried again; other failures would only fail again. */
+	for (int pass = 0; pass < 3; pass++) {
+		*left = 0;
+		err = anonymize_locked(e, 0, UINTPTR_MAX, left);
+		if (err != -EAGAIN)
+			break;
+	}
 	md__engine_unlock(e);
 	pthread_rwlock_unlock(&e->regions_lock);
 	return err;

@@ -467,6 +467,17 @@ size_t md__engine_leave_file(struct md__engine *e, size_t max, int copy_unwritte
  * whose transfers a copy could lose; those pages are made private in
  * place, as by the unregister alone). */
 int md__engine_unregister_anon(struct md__engine *e, void *addr, size_t len, int *anon_err);
+/* The engine goes while guest RAM stays (md_agent_free): nothing would
+ * make a discard of a page mapped from a pool read zeroes any more
+ * (md__engine_discard), and its slot, let go or reused meanwhile, would
+ * show what the page no longer holds, or what another does. Moves every
+ * such page of every region into anonymous memory with its content,
+ * frozen and copied as md__engine_unregister_anon does, its pool
+ * reference dropped (queued for memdedupd). Pages that cannot be (memory
+ * short, the VMA budget, a read in flight, merging stopped for I/O
+ * unseen: -EBUSY) keep their reference and mapping; *left counts them.
+ * 0 or the first run's -errno. */
+int md__engine_leave_pools(struct md__engine *e, size_t *left);
 /* Moves [lo, hi) of v, a pool's private mapping that holds copies of RAM
  * given up before (no region's: MADV_UNMERGEABLE, mlock), into anonymous
  * memory with its content, v's protection, advice and the VMM's policy,

@@ -299,7 +299,14 @@ MD_API int md_agent_new(md_agent **agentp, const md_agent_options *opts);
  * from images (at read time, or merged onto an image by the scanner) are
  * made private copies first; when memory is short for that, the log says so,
  * and a later writer of the image may change what those pages show. Pages
- * merged into the pool stay mapped, and correct: pool pages never change. */
+ * mapped from the pool (merged, or written since: MD_OPT_SCAN) are moved
+ * into anonymous memory with their content first, a copy each (what merging
+ * saved is spent again), so that a later discard reads zeroes: with nothing
+ * left to steer it, it would show the pool's page, which may hold another
+ * page's content by then. Where that cannot be done (memory short, the
+ * mapping limit, merging stopped for I/O the agent does not see), the log
+ * says so once; those pages read as written, but a discard of one shows the
+ * pool's page, not zeroes. An exiting process need not call it. */
 MD_API void md_agent_free(md_agent *agent);
 
 /* Registers [addr, addr+len) as guest RAM that may be shared. addr and len

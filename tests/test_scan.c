@@ -2782,6 +2782,163 @@ TEST_IMPL(scan_free_gives_back_references)
 	return 0;
 }
 
+/* 1 if p lies in a mapping of a memdedup pool. */
+static int in_pool_map(const void *p)
+{
+	struct md__file_map *v;
+	size_t n;
+	ASSERT_EQ(md__range_file_maps((uintptr_t)p, (uintptr_t)p + PG, &v, &n), 0);
+	int pool = n == 1 && v[0].pool;
+	free(v);
+	return pool;
+}
+
+/* The slot + 1 the page at p maps in a's engine, 0 for none. */
+static uint32_t slot_of(md_agent *a, const char *p)
+{
+	struct md__engine *e = a->engine;
+	pthread_mutex_lock(&e->lock);
+	struct md__eregion *r = md__engine_region(e, (uintptr_t)p, PG);
+	uint32_t s = r ? MD_REF_SLOT(r->ref[((uintptr_t)p - r->start) / PG]) : 0;
+	pthread_mutex_unlock(&e->lock);
+	return s;
+}
+
+/* Waits until the pages at p and p + PG map one slot: it (slot + 1). */
+static uint32_t pair_merged(md_agent *a, const char *p)
+{
+	for (int i = 0; i < 400; i++) {
+		uint32_t s = slot_of(a, p);
+		if (s && slot_of(a, p + PG) == s)
+			return s;
+		usleep(20000);
+	}
+	return 0;
+}
+
+/* Whether slot s + 1 of a's own pool was let go and punched (a reap and a
+ * trim come with md_agent_stats), for a publication to take again. */
+static int slot_reusable(md_agent *a, uint32_t s)
+{
+	md_stats st;
+	md_agent_stats(a, &st);
+	pthread_mutex_lock(&a->engine->lock);
+	int free_now = 0;
+	for (size_t i = 0; i < a->engine->pool.nfree; i++)	/* punched slots */
+		free_now |= a->engine->pool.free[i] == s - 1;
+	pthread_mutex_unlock(&a->engine->lock);
+	return free_now;
+}
+
+/* The content of seed: page seed of scan_free_moves_pool_pages's RAM. */
+static void seed_page(char *p, unsigned seed)
+{
+	for (size_t j = 0; j < PG; j++)
+		p[j] = (char)(seed * 31 + j);
+}
+
+static int seeded(const char *p, unsigned seed)
+{
+	for (size_t j = 0; j < PG; j++)
+		if (p[j] != (char)(seed * 31 + j))
+			return 0;
+	return 1;
+}
+
+/* An agent freed while its guest RAM stays mapped: nothing steered a
+ * discard of a page merged into the pool any more, and the kernel's showed
+ * the pool's page again, not zeroes: the page's own content, or after its
+ * slot was let go and taken again, another page's (review: page 0 read
+ * B). Copies RAM given up left in the pool's mappings the same. Every
+ * such page is moved into anonymous memory first. */
+TEST_IMPL(scan_free_moves_pool_pages)
+{
+	md_agent *a;
+	const size_t n = 64;
+	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .domain = "private",
+			       .pages_to_scan = 1000, .sleep_ms = 1 };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	char *m = mmap(NULL, n * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	for (size_t i = 0; i < n; i++)	/* no two alike */
+		seed_page(m + i * PG, (unsigned)i);
+	seed_page(m, 100);	/* A */
+	seed_page(m + PG, 100);
+	seed_page(m + 20 * PG, 101);	/* merged, never written */
+	seed_page(m + 21 * PG, 101);
+	seed_page(m + 30 * PG, 103);	/* to be given up */
+	seed_page(m + 31 * PG, 103);
+	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
+	uint32_t sa = pair_merged(a, m), sd = pair_merged(a, m + 30 * PG);
+	ASSERT(sa && sd && pair_merged(a, m + 20 * PG));
+	/* Both copies of A written: its slot is let go, then B's. */
+	m[0] ^= 1;
+	m[PG] ^= 2;
+	for (int i = 0; i < 100 && !slot_reusable(a, sa); i++)
+		usleep(20000);
+	ASSERT(slot_reusable(a, sa));
+	seed_page(m + 10 * PG, 102);	/* B */
+	seed_page(m + 11 * PG, 102);
+	ASSERT_EQ(pair_merged(a, m + 10 * PG), sa);
+	/* D given up: its copies stay in the pool's mappings, its slot is
+	 * let go, then E's. */
+	ASSERT_EQ(md_agent_unregister(a, m + 30 * PG, 2 * PG), 0);
+	ASSERT(in_pool_map(m + 30 * PG));
+	for (int i = 0; i < 100 && !slot_reusable(a, sd); i++)
+		usleep(20000);
+	ASSERT(slot_reusable(a, sd));
+	seed_page(m + 40 * PG, 104);	/* E */
+	seed_page(m + 41 * PG, 104);
+	ASSERT_EQ(pair_merged(a, m + 40 * PG), sd);
+	md_agent_free(a);
+	for (size_t i = 0; i < n; i++)
+		ASSERT(!in_pool_map(m + i * PG));
+	/* Each as written, and a discard reads zeroes, as without the agent. */
+	static const char zero[PG];
+	const unsigned seeds[][2] = { { 1, 100 }, { 10, 102 }, { 11, 102 }, { 21, 101 }, { 31, 103 }, { 40, 104 },
+				      { 41, 104 }, { 5, 5 } };
+	for (size_t k = 0; k < sizeof(seeds) / sizeof(seeds[0]); k++) {
+		char want[PG];
+		seed_page(want, seeds[k][1]);
+		want[0] ^= (char)(seeds[k][0] == 1 ? 2 : 0);
+		ASSERT(memcmp(m + seeds[k][0] * PG, want, PG) == 0);
+	}
+	const unsigned discarded[] = { 0, 1, 10, 20, 30, 40, 5 };
+	for (size_t k = 0; k < sizeof(discarded) / sizeof(discarded[0]); k++) {
+		ASSERT_EQ(madvise(m + discarded[k] * PG, PG, MADV_DONTNEED), 0);
+		if (memcmp(m + discarded[k] * PG, zero, PG) != 0)
+			fprintf(stderr, "  page %u after a discard: %s\n", discarded[k],
+				seeded(m + discarded[k] * PG, 102) ? "B, another page's" : "not zeroes");
+		ASSERT(memcmp(m + discarded[k] * PG, zero, PG) == 0);
+	}
+	munmap(m, n * PG);
+	return 0;
+}
+
+/* The same once merging stopped for I/O the agent does not see (io_uring,
+ * a device's DMA), whose transfers a copy could lose: the pages stay where
+ * they are, as written, and the log says once that a discard of one shows
+ * the pool's page. */
+TEST_IMPL(scan_free_without_moves_said)
+{
+	md_agent *a;
+	const size_t n = 64;
+	char log[600];
+	snprintf(log, sizeof(log), "%s/free.log", test_dir());
+	unlink(log);
+	char *m = pairs_merged_here(&a, "private", n);
+	ASSERT_EQ(md__log_open(log), 0);
+	md_agent_io_unseen(a, "did I/O in a test");
+	md_agent_free(a);
+	md__log_open(NULL);
+	ASSERT(strstr(file_text(log), "pages still map the pool (64 of guest RAM)"));
+	ASSERT(in_pool_map(m));
+	for (size_t i = 0; i < n * PG; i++)
+		ASSERT(m[i] == (char)((i / PG) % (n / 2) * 31 + i % PG));
+	munmap(m, n * PG);
+	return 0;
+}
+
 /* A record must go with its memory. An unmap inside a region splits its
  * record, into the spare one kept for that; a split that found none (not
  * made again after the last one, memory short) kept the record of memory
@@ -4499,17 +4656,6 @@ TEST_IMPL(scan_leaves_pages_being_read)
 	md_agent_free(a);
 	munmap(m, len);
 	return 0;
-}
-
-/* 1 if p lies in a mapping of a memdedup pool. */
-static int in_pool_map(const void *p)
-{
-	struct md__file_map *v;
-	size_t n;
-	ASSERT_EQ(md__range_file_maps((uintptr_t)p, (uintptr_t)p + PG, &v, &n), 0);
-	int pool = n == 1 && v[0].pool;
-	free(v);
-	return pool;
 }
 
 /* Copies RAM given up before (MADV_UNMERGEABLE) left in the pool's
