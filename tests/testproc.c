@@ -18,12 +18,15 @@
  *   preadv FD OFF DOFF LEN [heap] -> preadv of two halves (one on the heap)
  *   write DOFF BYTE       -> ok   (base[DOFF] = BYTE)
  *   hash DOFF LEN         -> FNV-1a of base[DOFF..+LEN)
- *   writers N MS DOFF LEN [twin] -> threads write and check tagged pages: "ok" or
+ *   writers N MS DOFF LEN [twin|meet] -> threads write and check tagged pages: "ok" or
  *                           "lost K"; twin: each write goes to a page of the first
  *                           half and its twin in the second, with short pauses, so
  *                           pages keep becoming equal (and merged) while written
  *                           (MD_TESTPROC_DROP_WRITE=K in the environment: the
- *                           first writer's K-th write is lost on purpose)
+ *                           first writer's K-th write is lost on purpose); meet:
+ *                           as twin, and a thread more writes the last word of
+ *                           every page (and its twin) it finds frozen by a merge,
+ *                           as pagemap's write-protect bit shows it
  *   writewipe N MS DOFF LEN WMS -> as writers (not twin), with MADV_WIPEONFORK over
  *                           their range after WMS ms: its result, then "ok" or "lost K"
  *   exhaust / release     -> fill the process's mappings up to the limit, undo
@@ -237,6 +240,7 @@ struct writer {
 	uint64_t id;	/* in every value written, so that each is unique */
 	uint64_t drop;	/* this write (1: the first) is not stored in its page */
 	long lost;
+	int meet;	/* the last word of each page is meeter_main's */
 };
 
 static volatile uint64_t *word_at(const struct writer *w, size_t p, size_t twin)
@@ -258,6 +262,65 @@ static long writer_check(const struct writer *w, const uint64_t *last, size_t fr
 				lost++;
 		}
 	return lost;
+}
+
+/* Meeting writes (meet): the last word of page p and of its twin, which
+ * no sweep writes, that do not hold met[p], the value last put there. */
+static long meet_check(const struct writer *w, const uint64_t *met)
+{
+	long lost = 0;
+	for (size_t p = 0; p < w->npages; p++)
+		if (met[p])
+			lost += (word_at(w, p, 0)[511] != met[p]) + (word_at(w, p, w->twin)[511] != met[p]);
+	return lost;
+}
+
+/* The meeting thread (meet): a merge freezes the pages it replaces
+ * (userfaultfd's write-protection) for the tens of microseconds it
+ * compares and maps them, and paced writes over whole pages meet few (a
+ * page written is skipped by the scanner until it stays, and merged once
+ * its writer has left it). This one reads pagemap over all of w's pages
+ * (first half and twins) every few tens of microseconds, and gives each
+ * page it finds frozen, as it is, a unique value in its last word, and
+ * its twin the same, what they held checked first, as every word is. The
+ * write waits for the merge, then lands in the page that replaced it: a
+ * merge that let a writer in between its compare and its mapping loses
+ * it. */
+static void *meeter_main(void *arg)
+{
+	struct writer *w = arg;
+	size_t len = w->npages * sizeof(uint64_t);
+	int pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	uint64_t *met = calloc(w->npages, sizeof(uint64_t)), *ent = malloc(len), n = 0;
+	struct timespec t0, t, pause = { 0, 20000 };
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (;;) {
+		clock_gettime(CLOCK_MONOTONIC, &t);
+		if ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000 >= w->ms)
+			break;
+		for (int half = 0; half < 2; half++) {
+			uintptr_t at = (uintptr_t)word_at(w, 0, half ? w->twin : 0);
+			if (pread(pm, ent, len, (off_t)(at / 4096 * sizeof(uint64_t))) != (ssize_t)len)
+				continue;
+			for (size_t p = 0; p < w->npages; p++) {
+				if (!((ent[p] >> 57) & 1))	/* PM_UFFD_WP */
+					continue;
+				if (met[p])
+					w->lost += (word_at(w, p, 0)[511] != met[p]) +
+						   (word_at(w, p, w->twin)[511] != met[p]);
+				uint64_t v = ++n | w->id << 48;
+				word_at(w, p, half ? w->twin : 0)[511] = v;	/* the frozen one first */
+				word_at(w, p, half ? 0 : w->twin)[511] = v;
+				met[p] = v;
+			}
+		}
+		nanosleep(&pause, NULL);
+	}
+	w->lost += meet_check(w, met);
+	close(pm);
+	free(ent);
+	free(met);
+	return NULL;
 }
 
 static void shuffle(uint32_t *a, size_t n, unsigned *seed)
@@ -282,12 +345,13 @@ static void *writer_main(void *arg)
 	struct writer *w = arg;
 	size_t words = 4096 / 8;
 	uint64_t *last = calloc(w->npages * words, sizeof(uint64_t));
+	size_t swept = w->meet ? words - 1 : words;
 	/* Twin mode: one eighth of the pages at a time, one sweep spread over
 	 * the 200 ms the window stays, so the rest settle, get merged, and
 	 * are written again later (copy-on-write of merged pages, writers
 	 * meeting merges). */
 	size_t win = w->twin && w->npages >= 8 ? w->npages / 8 : w->npages;
-	size_t nw = win * words, done = nw, from = 0;	/* nw: no sweep yet */
+	size_t nw = win * swept, done = nw, from = 0;	/* nw: no sweep yet */
 	uint32_t *order = malloc(nw * sizeof(*order));
 	struct timespec pause = { 0, 200000 };
 	struct timespec t0, t;
@@ -313,7 +377,7 @@ static void *writer_main(void *arg)
 		if (w->twin)	/* paced to end a little before the window moves */
 			upto = (size_t)(ms_now % 200 + 1) * nw / 180;
 		for (; done < upto && done < nw; done++) {
-			size_t p = from + order[done] / words, i = order[done] % words;
+			size_t p = from + order[done] / swept, i = order[done] % swept;
 			uint64_t v = ++n | w->id << 48;
 			if (n != w->drop)
 				word_at(w, p, 0)[i] = v;
@@ -330,10 +394,10 @@ static void *writer_main(void *arg)
 	return NULL;
 }
 
-static void cmd_writers(int n, int ms, size_t doff, size_t len, int twin, int wipe_ms)
+static void cmd_writers(int n, int ms, size_t doff, size_t len, int twin, int meet, int wipe_ms)
 {
-	pthread_t th[16];
-	struct writer w[16];
+	pthread_t th[17];
+	struct writer w[17];
 	if (n > 16)
 		n = 16;
 	size_t half = twin ? len / 4096 / 2 : 0;
@@ -344,8 +408,12 @@ static void cmd_writers(int n, int ms, size_t doff, size_t len, int twin, int wi
 	const char *drop = getenv("MD_TESTPROC_DROP_WRITE");
 	for (int i = 0; i < n; i++) {
 		w[i] = (struct writer){ doff / 4096 + (size_t)i * per, per, half, ms, (unsigned)i + 1,
-					(uint64_t)i + 1, i == 0 && drop ? strtoull(drop, NULL, 10) : 0, 0 };
+					(uint64_t)i + 1, i == 0 && drop ? strtoull(drop, NULL, 10) : 0, 0, meet };
 		pthread_create(&th[i], NULL, writer_main, &w[i]);
+	}
+	if (meet) {	/* the last word of every page of the first half, and its twin */
+		w[n] = (struct writer){ doff / 4096, half, half, ms, 0, (uint64_t)n + 1, 0, 0, 1 };
+		pthread_create(&th[n], NULL, meeter_main, &w[n]);
 	}
 	if (wipe_ms >= 0) {	/* "writewipe": the advice while they write */
 		struct timespec d = { wipe_ms / 1000, (long)(wipe_ms % 1000) * 1000000 };
@@ -353,7 +421,7 @@ static void cmd_writers(int n, int ms, size_t doff, size_t len, int twin, int wi
 		printf("%d ", madvise(base + doff, len, MADV_WIPEONFORK) == 0 ? 0 : -errno);
 	}
 	long lost = 0;
-	for (int i = 0; i < n; i++) {
+	for (int i = 0; i < n + (meet != 0); i++) {
 		pthread_join(th[i], NULL);
 		lost += w[i].lost;
 	}
@@ -1456,10 +1524,11 @@ int main(void)
 			printf("%016llx\n", (unsigned long long)fnv((unsigned char *)base + a1, (size_t)a2));
 		} else if (strcmp(cmd, "writers") == 0) {
 			sscanf(line, "%*s %lld %lld %lld %lld %31s", &a1, &a2, &a3, &a4, s2);
-			cmd_writers((int)a1, (int)a2, (size_t)a3, (size_t)a4, strcmp(s2, "twin") == 0, -1);
+			int meet = strcmp(s2, "meet") == 0;
+			cmd_writers((int)a1, (int)a2, (size_t)a3, (size_t)a4, meet || strcmp(s2, "twin") == 0, meet, -1);
 		} else if (strcmp(cmd, "writewipe") == 0) {
 			sscanf(line, "%*s %lld %lld %lld %lld %lld", &a1, &a2, &a3, &a4, &a5);
-			cmd_writers((int)a1, (int)a2, (size_t)a3, (size_t)a4, 0, (int)a5);
+			cmd_writers((int)a1, (int)a2, (size_t)a3, (size_t)a4, 0, 0, (int)a5);
 		} else if (strcmp(cmd, "exhaust") == 0) {
 			/* One-page mappings of alternating protection never merge. */
 			for (int prot = PROT_READ;; prot ^= PROT_READ | PROT_WRITE) {
