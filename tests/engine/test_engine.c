@@ -2783,29 +2783,41 @@ TEST_IMPL(engine_old_pool_refs_not_sent)
  * life of the VMM. A PUBLISH answered after its caller timed out grants a
  * slot that is given back only when the reply comes: the references were
  * taken for settled before it did. */
+/* An engine connected to a private memdedupd at t, its client's timeout
+ * 100 ms, and a PUBLISH of x sent while the daemon was stopped: its reply
+ * late. Between the PUBLISH and the daemon's SIGCONT, between (if set) is
+ * called. */
+static void late_publish(struct tdaemon *t, struct md__engine *e, struct md__remote *rm,
+			 unsigned char *x, void (*between)(struct md__remote *rm, void *arg), void *arg)
+{
+	uint32_t slot;
+	int status;
+	engine_up(e);
+	td_start(t, 1024);
+	ASSERT_EQ(md__remote_init(rm, t->sock, "late"), 0);
+	e->remote = rm;
+	ASSERT_EQ(md__engine_remote_connect(e), 0);
+	fill(x, 9);
+	uint64_t h = md__page_hash(x);
+	const void *page = x;
+	md__client_set_timeout(rm->c, 100);
+	kill(t->pid, SIGSTOP);
+	int err = md__remote_publish_each(rm, &h, &page, 1, &slot, &status, rm->generation);
+	if (between)
+		between(rm, arg);
+	kill(t->pid, SIGCONT);
+	ASSERT_EQ(err, -ETIMEDOUT);
+}
+
 TEST_IMPL(engine_late_grant_not_settled)
 {
 	struct tdaemon t;
 	struct md__engine e;
 	struct md__remote rm;
 	unsigned char *x = map_ram(1);
-	uint32_t slot;
-	int status;
 	uint64_t ctr = 0;
 
-	engine_up(&e);
-	td_start(&t, 1024);
-	ASSERT_EQ(md__remote_init(&rm, t.sock, "old"), 0);
-	e.remote = &rm;
-	ASSERT_EQ(md__engine_remote_connect(&e), 0);
-	fill(x, 9);
-	uint64_t h = md__page_hash(x);
-	const void *page = x;
-	md__client_set_timeout(rm.c, 100);
-	kill(t.pid, SIGSTOP);
-	int err = md__remote_publish_each(&rm, &h, &page, 1, &slot, &status, rm.generation);
-	kill(t.pid, SIGCONT);
-	ASSERT_EQ(err, -ETIMEDOUT);
+	late_publish(&t, &e, &rm, x, NULL, NULL);
 	ASSERT_EQ(md__engine_unrefs_settled(&e), 0);	/* the grant is owed */
 	/* As the agent's thread does: requests read the late reply and give
 	 * its grant back. */
@@ -2828,32 +2840,25 @@ TEST_IMPL(engine_late_grant_not_settled)
  * bound for late replies passed). Hung up at once, a PUBLISH the daemon
  * answered meanwhile granted a slot the record our reconnect takes over
  * kept, pinned until the process exited. */
+/* late_publish's between: the VMM puts a file of its own at the number
+ * of the pool's descriptor, and the engine finds it so. */
+static void replace_pool_fd(struct md__remote *rm, void *victim)
+{
+	ASSERT(dup2(*(int *)victim, rm->ro_fd) == rm->ro_fd);
+	ASSERT_EQ(md__remote_fd_ok(rm), 0);
+}
+
 TEST_IMPL(engine_late_grant_settled_before_fd_lost_hang_up)
 {
 	struct tdaemon t;
 	struct md__engine e;
 	struct md__remote rm;
 	unsigned char *x = map_ram(1);
-	uint32_t slot;
-	int status;
 	uint64_t ctr = 0;
+	int victim = victim_file();
 
-	engine_up(&e);
-	td_start(&t, 1024);
-	ASSERT_EQ(md__remote_init(&rm, t.sock, "late"), 0);
-	e.remote = &rm;
-	ASSERT_EQ(md__engine_remote_connect(&e), 0);
-	fill(x, 11);
-	uint64_t h = md__page_hash(x), gen = rm.generation;
-	const void *page = x;
-	md__client_set_timeout(rm.c, 100);
-	kill(t.pid, SIGSTOP);
-	int err = md__remote_publish_each(&rm, &h, &page, 1, &slot, &status, gen);
-	int victim = victim_file(), ro = rm.ro_fd;
-	ASSERT(dup2(victim, ro) == ro);
-	ASSERT_EQ(md__remote_fd_ok(&rm), 0);
-	kill(t.pid, SIGCONT);
-	ASSERT_EQ(err, -ETIMEDOUT);
+	late_publish(&t, &e, &rm, x, replace_pool_fd, &victim);
+	int ro = rm.ro_fd;
 	usleep(300000);	/* the daemon answers the PUBLISH, granting a slot */
 	/* As the agent's thread does: calls, and a connect once hung up. */
 	for (int i = 0; i < 300 && !(md__remote_connected(&rm) && rm.ro_fd != ro); i++) {
