@@ -452,7 +452,7 @@ void md__images_free(struct md_agent *a);
  * start where /proc is gone; 45, its default, if never read. 0 (or less):
  * leases never time out. */
 long md__lease_break_s(const struct md_agent *a);
-/* The same as read now, or -1. */
+/* The same as read now (a negative setting as 0), or -1. */
 long md__lease_break_s_now(void);
 /* Whether pages more mapped from images (a read's, a merge's) leave few
  * enough that a lease break can make them all private well within

@@ -561,8 +561,10 @@ static void view_drop(struct md__image *img)
 long md__lease_break_s_now(void)
 {
 	char text[32];
-	if (md__read_text("/proc/sys/fs/lease-break-time", text, sizeof(text)) > 0)
-		return strtol(text, NULL, 10);
+	if (md__read_text("/proc/sys/fs/lease-break-time", text, sizeof(text)) > 0) {
+		long s = strtol(text, NULL, 10);
+		return s < 0 ? 0 : s;	/* the kernel's "never" is any s <= 0 */
+	}
 	return -1;
 }
 

@@ -22,10 +22,13 @@
 static void apply_welcome(struct md_agent *a, const struct md__msg_welcome *w);
 
 /* md__engine.agent_file: a disk image's (records stay once let go, and so
- * do its copies in RAM given up: a discard there must read zeroes). */
+ * do its copies in RAM given up: a discard there must read zeroes). By
+ * inode alone: dev is a mapping's, the superblock's, where the records
+ * hold stat's, a btrfs subvolume's (see MD_ANY_DEV). */
 static int image_file(void *arg, dev_t dev, ino_t ino)
 {
-	return md__image_find(arg, dev, ino) != NULL;
+	(void)dev;
+	return md__image_find(arg, MD_ANY_DEV, ino) != NULL;
 }
 
 void md__scan_init(struct md_agent *a, const md_agent_options *o)

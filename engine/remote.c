@@ -96,7 +96,7 @@ static void hang_up(struct md__remote *rm)
  * while a reply is late: what it grants goes back only on this connection
  * (the record a reconnect takes over would keep it), and the client ends
  * the connection itself once that reply is past its bound. Meanwhile the
- * calls go on; no merge maps from the replaced number (md__remote_valid). */
+ * calls go on; no merge maps from the replaced number (map_pool checks md__remote_fd_ok). */
 static void fd_lost_hang_up(struct md__remote *rm)
 {
 	if (!rm->c || !__atomic_load_n(&rm->fd_lost, __ATOMIC_RELAXED) || md__client_late(rm->c))

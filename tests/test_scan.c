@@ -728,6 +728,39 @@ TEST_IMPL(scan_discard_after_advised_again_yields_zeroes)
 	return 0;
 }
 
+/* The same rule where a mapping's device is not stat's: on btrfs a file
+ * mapped names the superblock's device, stat the subvolume's. An image's
+ * mapping was taken for a file of the VMM's own there, and a discard of
+ * its copies read the image (a review, on a btrfs loop mount). Faked with
+ * another device number. */
+TEST_IMPL(scan_image_file_found_by_inode)
+{
+	char img[512], *m;
+	snprintf(img, sizeof(img), "%s/subvol.img", test_dir());
+	make_image(img, 16 * PG, 18);
+	md_agent *a;
+	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .domain = "private" };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	m = mmap(NULL, 16 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	ASSERT_EQ(md_agent_register(a, m, 16 * PG, 0), 0);
+	int fd = open(img, O_RDONLY | O_CLOEXEC);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(md_agent_pread(a, fd, m, 16 * PG, 0), 16 * PG);
+	struct stat st;
+	ASSERT_EQ(fstat(fd, &st), 0);
+	md__agent_enter(a);
+	int as_stat = a->engine->agent_file(a->engine->agent_file_arg, st.st_dev, st.st_ino);
+	int other_dev = a->engine->agent_file(a->engine->agent_file_arg, st.st_dev + 1, st.st_ino);
+	int other_ino = a->engine->agent_file(a->engine->agent_file_arg, st.st_dev, st.st_ino + 1);
+	md__agent_leave(a);
+	ASSERT(as_stat && other_dev && !other_ino);
+	md_agent_free(a);
+	close(fd);
+	munmap(m, 16 * PG);
+	return 0;
+}
+
 /* MADV_WIPEONFORK over fresh merged ranges whose twins lie outside them,
  * the scanner kept busy merging elsewhere: the merged pages were moved
  * into anonymous memory with the engine's locks let go before the
@@ -5497,6 +5530,19 @@ TEST_IMPL(read_past_address_space_as_kernel)
 	munmap(m, 64 * PG);
 	munmap(u, 64 * PG);
 	close(fd);
+	return 0;
+}
+
+/* Any lease-break-time at or below 0 is the kernel's "never" (fs/locks.c
+ * times a break out only for a positive one): a negative one was taken
+ * for unreadable, and so for 45 s (a review). Set for a moment. */
+TEST_IMPL(lease_break_time_negative_is_never)
+{
+	int guard = set_until_exit("/proc/sys/fs/lease-break-time", "-1");
+	ASSERT(guard >= 0);
+	long s = md__lease_break_s_now();
+	close(guard);
+	ASSERT_EQ(s, 0);
 	return 0;
 }
 

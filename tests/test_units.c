@@ -850,16 +850,23 @@ TEST_IMPL(range_file_maps_of_a_page)
 	for (size_t i = 0; i < MORE; i++)
 		ASSERT(mmap(x + i * pg, pg, i % 2 ? PROT_READ : PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, own,
 			    0) == x + i * pg);
-	double t0 = units_now();
-	ASSERT(md__count_vmas() > MORE);	/* every line of maps */
-	double whole = units_now() - t0;
-	t0 = units_now();
+	/* The least of a few of each: a loaded machine may stop either for
+	 * milliseconds, which the least of them does not see. */
+	double whole = 1e9, page = 1e9;
+	for (int k = 0; k < 3; k++) {
+		double t0 = units_now();
+		ASSERT(md__count_vmas() > MORE);	/* every line of maps */
+		double t = units_now() - t0;
+		whole = t < whole ? t : whole;
+	}
 	for (int k = 0; k < 10; k++) {
+		double t0 = units_now();
 		ASSERT_EQ(md__range_file_maps(b + 5 * pg, b + 6 * pg, &v, &n), 0);
+		double t = units_now() - t0;
+		page = t < page ? t : page;
 		ASSERT(n == 1 && v[0].pool);
 		free(v);
 	}
-	double page = (units_now() - t0) / 10;
 	printf("  all of maps read in %.2f ms, the mappings of a page found in %.3f ms\n", whole * 1e3, page * 1e3);
 	ASSERT(page * 20 < whole);
 	munmap(x, MORE * pg);
