@@ -2674,6 +2674,38 @@ TEST_IMPL(preadv_mixed)
 	return 0;
 }
 
+/* The kernel's own O_DIRECT preadv of img at off into two segments of a
+ * page-aligned buffer, l1 and l2 bytes, gap bytes apart: what a test's
+ * vector should do under the agent. -1 when O_DIRECT cannot be had. */
+static int direct_preadv_plain(const char *img, size_t l1, size_t gap, size_t l2, off_t off,
+			       ssize_t *ret, int *err)
+{
+	int k = open(img, O_RDONLY | O_DIRECT);
+	if (k < 0)
+		return -1;
+	char *buf = aligned_alloc(4096, (l1 + gap + l2 + 4095) / 4096 * 4096);
+	if (!buf) {
+		close(k);
+		return -1;
+	}
+	struct iovec iov[2] = { { buf, l1 }, { buf + l1 + gap, l2 } };
+	errno = 0;
+	*ret = preadv(k, iov, 2, off);
+	*err = errno;
+	free(buf);
+	close(k);
+	return 0;
+}
+
+/* A test process with guest RAM mapped and img open with O_DIRECT: the
+ * descriptor, negative on failure. */
+static int start_direct_reader(struct proc *a, const char *img)
+{
+	proc_start(a, NULL);
+	proc_cmd(a, "map %u", RAM_PAGES);
+	return (int)proc_num(a, "open %s direct", img);
+}
+
 /* A preadv whose later segment fails fails whole, as the kernel's O_DIRECT
  * preadv does (it checks every segment's alignment first), also when an
  * earlier segment was mapped: a short count says end of file, and QEMU
@@ -2682,22 +2714,14 @@ TEST_IMPL(preadv_mixed)
 TEST_IMPL(preadv_error_after_shared_part)
 {
 	const char *img = image(7);
-	struct proc a;
-	int k = open(img, O_RDONLY | O_DIRECT);
-	if (k < 0)
+	ssize_t plain;
+	int plain_err;
+	if (direct_preadv_plain(img, 65536, 4096 + 1, 65536, 8192, &plain, &plain_err) < 0)
 		SKIP("no O_DIRECT on the test directory's filesystem");
-	char *buf = aligned_alloc(4096, 3 * 65536);
-	ASSERT(buf != NULL);
-	struct iovec iov[2] = { { buf, 65536 }, { buf + 65536 + 4096 + 1, 65536 } };
-	ssize_t plain = preadv(k, iov, 2, 8192);
-	int plain_err = errno;
-	free(buf);
-	close(k);
 	if (plain >= 0 || plain_err != EINVAL)
 		SKIP("this filesystem's O_DIRECT takes a buffer off its alignment");
-	proc_start(&a, NULL);
-	proc_cmd(&a, "map %u", RAM_PAGES);
-	int fd = (int)proc_num(&a, "open %s direct", img);
+	struct proc a;
+	int fd = start_direct_reader(&a, img);
 	ASSERT(fd >= 0);
 	ASSERT_EQ(proc_num(&a, "preadv %d 8192 0 131072 skew", fd), -EINVAL);
 	md_stats s;
@@ -2715,21 +2739,14 @@ TEST_IMPL(preadv_error_after_shared_part)
 TEST_IMPL(preadv_direct_ragged_segments_as_kernel)
 {
 	const char *img = image(7);
-	struct proc a;
-	int k = open(img, O_RDONLY | O_DIRECT);
-	if (k < 0)
+	ssize_t plain;
+	int plain_err;
+	if (direct_preadv_plain(img, 65536 + 100, 0, 65536 - 100, 0, &plain, &plain_err) < 0)
 		SKIP("no O_DIRECT on the test directory's filesystem");
-	char *buf = aligned_alloc(4096, 131072);
-	ASSERT(buf != NULL);
-	struct iovec iov[2] = { { buf, 65536 + 100 }, { buf + 65536 + 100, 65536 - 100 } };
-	ssize_t plain = preadv(k, iov, 2, 0);
-	free(buf);
-	close(k);
 	if (plain != 131072)
 		SKIP("this kernel's O_DIRECT refuses segments off the blocks (%zd)", plain);
-	proc_start(&a, NULL);
-	proc_cmd(&a, "map %u", RAM_PAGES);
-	int fd = (int)proc_num(&a, "open %s direct", img);
+	struct proc a;
+	int fd = start_direct_reader(&a, img);
 	ASSERT(fd >= 0);
 	ASSERT_EQ(proc_num(&a, "preadv %d 0 0 131072 ragged", fd), 131072);
 	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 131072), hex(fnv_file(img, 0, 131072))) == 0);

@@ -5481,6 +5481,38 @@ TEST_IMPL(preadv_bad_segment_as_kernel)
 	return 0;
 }
 
+/* Reads fd at off through the agent into m (guest RAM) and through the
+ * kernel into u (alike, outside it), 64 pages each filled with 0x5a
+ * first: as a preadv of two segments, l1 bytes and l2 (or, given end, up
+ * to that address), or (!v) as one pread of their sum. The same count,
+ * errno and bytes, or the test fails. */
+static int read_as_kernel(md_agent *a, int fd, char *m, char *u, size_t l1, size_t l2, uintptr_t end,
+			  off_t off, int v)
+{
+	char *buf[2] = { u, m };
+	ssize_t n[2];
+	int err[2];
+	for (int i = 0; i < 2; i++) {
+		memset(buf[i], 0x5a, 64 * PG);
+		size_t second = end ? end - (uintptr_t)(buf[i] + l1) : l2;
+		struct iovec iov[2] = { { buf[i], l1 }, { buf[i] + l1, second } };
+		errno = 0;
+		if (buf[i] == u)
+			n[i] = v ? preadv(fd, iov, 2, off) : pread(fd, u, l1 + second, off);
+		else
+			n[i] = v ? md_agent_preadv(a, fd, iov, 2, off, 0) : md_agent_pread(a, fd, m, l1 + second, off);
+		err[i] = errno;
+	}
+	printf("  %s at %#llx, %zu + %s%#lx: kernel %zd (%s), agent %zd\n", v ? "preadv" : "pread",
+	       (unsigned long long)off, l1, end ? "to " : "", end ? (unsigned long)end : (unsigned long)l2,
+	       n[0], strerror(err[0]), n[1]);
+	ASSERT_EQ(n[1], n[0]);
+	if (n[1] < 0)
+		ASSERT_EQ(err[1], err[0]);
+	ASSERT(memcmp(m, u, 64 * PG) == 0);
+	return 0;
+}
+
 /* A read longer than MAX_RW_COUNT whose buffer ends past the address space
  * a user may name (not wrapping) fails with EFAULT in the kernel, before a
  * byte moves: it checks the buffer at its full length, then cuts the read.
@@ -5503,26 +5535,9 @@ TEST_IMPL(read_past_address_space_as_kernel)
 	ASSERT(u != MAP_FAILED);
 	const uintptr_t ends[3] = { ((uintptr_t)1 << 47) + PG, (uintptr_t)1 << 62,
 				    ((uintptr_t)1 << 63) + ((uintptr_t)1 << 62) };
-	for (int k = 0; k < 3; k++) {
-		for (int v = 0; v < 2; v++) {
-			memset(m, 0x5a, 64 * PG);
-			memset(u, 0x5a, 64 * PG);
-			struct iovec iu[2] = { { u, 16 * PG }, { u + 16 * PG, ends[k] - (uintptr_t)(u + 16 * PG) } };
-			struct iovec im[2] = { { m, 16 * PG }, { m + 16 * PG, ends[k] - (uintptr_t)(m + 16 * PG) } };
-			errno = 0;
-			ssize_t plain = v ? preadv(fd, iu, 2, 0) : pread(fd, u, ends[k] - (uintptr_t)u, 0);
-			int plain_err = errno;
-			errno = 0;
-			ssize_t n = v ? md_agent_preadv(a, fd, im, 2, 0, 0)
-				      : md_agent_pread(a, fd, m, ends[k] - (uintptr_t)m, 0);
-			printf("  end %#lx, %s: kernel %zd (%s), agent %zd\n", (unsigned long)ends[k],
-			       v ? "preadv" : "pread", plain, strerror(plain_err), n);
-			ASSERT_EQ(n, plain);
-			if (n < 0)
-				ASSERT_EQ(errno, plain_err);
-			ASSERT(memcmp(m, u, 64 * PG) == 0);
-		}
-	}
+	for (int k = 0; k < 3; k++)
+		for (int v = 0; v < 2; v++)
+			ASSERT_EQ(read_as_kernel(a, fd, m, u, 16 * PG, 0, ends[k], 0, v), 0);
 	md_stats s;
 	ASSERT_EQ(md_agent_stats(a, &s), 0);
 	ASSERT_EQ(s.pages_shared_at_read, 0);
@@ -5829,24 +5844,8 @@ TEST_IMPL(read_end_past_largest_offset_as_kernel)
 		{ far, 64 * PG, (3ull << 30) - 64 * PG, 1 },	/* past it; preadv's cut end inside: reads */
 		{ -2, 16 * PG, 16 * PG, 1 },
 	};
-	for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
-		memset(m, 0x5a, 64 * PG);
-		memset(u, 0x5a, 64 * PG);
-		size_t l1 = cases[k].len1, l2 = cases[k].len2;
-		struct iovec iu[2] = { { u, l1 }, { u + l1, l2 } }, im[2] = { { m, l1 }, { m + l1, l2 } };
-		errno = 0;
-		ssize_t plain = cases[k].v ? preadv(fd, iu, 2, cases[k].off) : pread(fd, u, l1, cases[k].off);
-		int plain_err = errno;
-		errno = 0;
-		ssize_t n = cases[k].v ? md_agent_preadv(a, fd, im, 2, cases[k].off, 0)
-				       : md_agent_pread(a, fd, m, l1, cases[k].off);
-		printf("  %s at %#llx, %zu + %zu: kernel %zd (%s), agent %zd\n", cases[k].v ? "preadv" : "pread",
-		       (unsigned long long)cases[k].off, l1, l2, plain, strerror(plain_err), n);
-		ASSERT_EQ(n, plain);
-		if (n < 0)
-			ASSERT_EQ(errno, plain_err);
-		ASSERT(memcmp(m, u, 64 * PG) == 0);
-	}
+	for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++)
+		ASSERT_EQ(read_as_kernel(a, fd, m, u, cases[k].len1, cases[k].len2, 0, cases[k].off, cases[k].v), 0);
 	md_agent_free(a);
 	munmap(m, 64 * PG);
 	munmap(u, 64 * PG);
