@@ -14,7 +14,7 @@ set yrange [0:*]
 # samples.tsv: 1 t, 2 pss_kb, ..., 8 ksmd_cpu_s, 9 agent_cpu_s, 10 alive
 plot for [m in modes] outdir."/".m."/samples.tsv" \
      using 1:($10 == 2 ? $2 / 1024 : 1/0) with lines lw 2 title m
-set ylabel "dedup CPU (s): ksmd + md-agent"
+set ylabel "dedup CPU (s): ksmd + memdedup threads and memdedupd"
 plot for [m in modes] outdir."/".m."/samples.tsv" \
      using 1:($10 == 2 ? $8 + $9 : 1/0) with lines lw 2 title m
 unset multiplot

@@ -21,6 +21,26 @@ cache=$out/cache
 for t in apt-get apt-cache dpkg dpkg-deb depmod cpio gzip; do
   command -v "$t" >/dev/null || die "missing tool '$t' (run scripts/install-deps.sh guest)"
 done
+# A download cut short (Ctrl-C during the first `make check`) left a
+# truncated .deb under its final name, which every later run picked first
+# and failed to unpack: cached packages that dpkg-deb cannot read whole go, and
+# downloads land in the cache only once read whole.
+for f in "$cache"/*.deb; do
+  [ -e "$f" ] || continue
+  dpkg-deb --fsys-tarfile "$f" >/dev/null 2>&1 || { echo "build-kernel.sh: removing unreadable $f" >&2; rm -f "$f"; }
+done
+dl=$(mktemp -d "$cache/.download.XXXXXX")
+tmp=
+trap 'rm -rf "$dl" ${tmp:+"$tmp"}' EXIT
+download() {  # package: into the cache, whole or not at all
+  rm -f "$dl"/*.deb
+  (cd "$dl" && apt-get download -q -o APT::Sandbox::User=root "$1") || return 1
+  local f
+  for f in "$dl"/*.deb; do
+    dpkg-deb --fsys-tarfile "$f" >/dev/null || return 1
+    mv "$f" "$cache/"
+  done
+}
 busybox=$(command -v busybox || true)
 [ -n "$busybox" ] || die "busybox not found (apt-get install busybox-static)"
 if ldd "$busybox" >/dev/null 2>&1; then
@@ -68,20 +88,19 @@ fi
 deb=$(ls "$cache"/"${pkg}"_*.deb 2>/dev/null | sort -V | tail -1 || true)
 if [ -z "$deb" ]; then
   echo "build-kernel.sh: downloading $pkg"
-  (cd "$cache" && apt-get download -q -o APT::Sandbox::User=root "$pkg") || {
+  download "$pkg" || {
     # Stale package lists name an ABI the mirror no longer serves: pick
     # again from fresh ones (a forced package stays what it is).
     apt-get update -qq || true
     pkg=$(pick_pkg)
     [ -n "$pkg" ] || die "no Debian kernel package found after apt-get update"
-    (cd "$cache" && apt-get download -q -o APT::Sandbox::User=root "$pkg") || die "apt-get download $pkg failed"
+    download "$pkg" || die "apt-get download $pkg failed"
   }
   deb=$(ls "$cache"/"${pkg}"_*.deb | sort -V | tail -1)
 fi
 echo "build-kernel.sh: using $deb"
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/memdedup-kernel.XXXXXX")
-trap 'rm -rf "$tmp"' EXIT
 dpkg -x "$deb" "$tmp/pkg"
 vmlinuz=$(ls "$tmp"/pkg/boot/vmlinuz-* 2>/dev/null | head -1 || true)
 [ -n "$vmlinuz" ] || die "no /boot/vmlinuz-* in $deb"

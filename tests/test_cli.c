@@ -161,7 +161,7 @@ TEST_IMPL(cli_bench_bad_arguments)
 {
 	/* The last: a report is of the run's own modes, which run.meta
 	 * set over the list given. */
-	const char *bad[] = { "--scan-rate 0", "--scan-rate 100001", "--scan-rate 12abc", "--hold", "--modes",
+	const char *bad[] = { "--scan-rate 0", "--scan-rate 100001", "--scan-rate 12abc", "--hold", "--hold 9", "--hold-scan 6", "--modes",
 			      "--modes ''", "--modes ' '", "--modes none" };
 	char out[600], err[600], cmd[1600];
 	snprintf(out, sizeof(out), "%s/bench-args", test_dir());
