@@ -120,10 +120,15 @@ struct md__ours {
 };
 
 /* The memory limits of the agent's cgroup and its ancestors, kept from its
- * start for a VMM that chroots where /proc and /sys are not (memroom.c). */
+ * start for a VMM that chroots where /proc and /sys are not (memroom.c):
+ * the nearest MD_MEMROOM_LEVELS levels with a limit (while /proc and /sys
+ * are there, every level is read anew). */
 #define MD_MEMROOM_LEVELS 8
+#define MD_MEMROOM_FILES 5
 struct md__memroom {
-	int fd[MD_MEMROOM_LEVELS][3];	/* limit, usage, memory.stat (-1: none) */
+	int fd[MD_MEMROOM_LEVELS][MD_MEMROOM_FILES];	/* limit, usage, memory.stat, v2's memory.high
+							 * or v1's memsw limit, v1's memsw usage
+							 * (-1: none) */
 	unsigned n;                     /* levels with a limit */
 	unsigned seen;                  /* levels whose limit file opened at all */
 	const char *inactive;           /* memory.stat's key of inactive page cache */
@@ -133,6 +138,9 @@ void md__memroom_close(struct md__memroom *m);
 /* What copies may take: the host's available memory, or less if a cgroup
  * limit leaves less (the cgroup as /proc says now, else as kept). */
 uint64_t md__memroom_available(const struct md__memroom *kept);
+/* Tests only: where memroom.c reads self/cgroup, self/mountinfo and
+ * meminfo ("/proc"). */
+extern const char *md__memroom_proc;
 
 struct md_agent {
 	pthread_mutex_t lock;

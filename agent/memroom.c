@@ -6,7 +6,12 @@
  * have the kernel reclaim or kill the VMM. Usage counts page cache, whose
  * inactive part is reclaimed first (a VMM doing buffered I/O sits near its
  * limit): left out, as the host's MemAvailable leaves it out. cgroup v1's
- * memory controller where it is mounted, else v2's.
+ * memory controller where it is mounted, else v2's, wherever
+ * /proc/self/mountinfo says they are (v1's memory may share its hierarchy
+ * with cpu, a hybrid host mounts v2 at /sys/fs/cgroup/unified). A level's
+ * limit is v2's memory.max or memory.high, the lower (past memory.high the
+ * kernel throttles the VMM and reclaims), v1's memory.limit_in_bytes, or
+ * the room its memory.memsw.limit_in_bytes leaves, the lower.
  *
  * A VMM may chroot where there is no /proc nor /sys (QEMU's -chroot): the
  * limits found when the agent started are then read through descriptors
@@ -25,44 +30,172 @@
 #include "agent_internal.h"
 #include "sys.h"
 
-enum { LIMIT, USAGE, STAT };
+/* The files of a level: LIMIT2 is v2's memory.high or v1's memsw limit,
+ * USAGE2 v1's memsw usage (v2 has none: memory.current for both). */
+enum { LIMIT, USAGE, STAT, LIMIT2, USAGE2 };
 
 struct cg_kind {
-	const char *root, *file[3], *inactive;
+	const char *root, *file[MD_MEMROOM_FILES], *inactive;
 };
 
 static const struct cg_kind v1 = { "/sys/fs/cgroup/memory",
-	{ "memory.limit_in_bytes", "memory.usage_in_bytes", "memory.stat" }, "total_inactive_file" };
+	{ "memory.limit_in_bytes", "memory.usage_in_bytes", "memory.stat", "memory.memsw.limit_in_bytes",
+	  "memory.memsw.usage_in_bytes" }, "total_inactive_file" };
 static const struct cg_kind v2 = { "/sys/fs/cgroup",
-	{ "memory.max", "memory.current", "memory.stat" }, "inactive_file" };
+	{ "memory.max", "memory.current", "memory.stat", "memory.high", NULL }, "inactive_file" };
+
+const char *md__memroom_proc = "/proc";	/* tests only: see agent_internal.h */
+
+/* Where the cgroup of this process lies: its directory, and how long the
+ * path of the hierarchy's mount point is (the walk up stops there). */
+struct cg_where {
+	const struct cg_kind *kind;
+	char dir[PATH_MAX];
+	size_t root;
+};
+
+/* A hierarchy's mount: where, and the cgroup it shows there ("/" but in a
+ * container that sees a part of the hierarchy). */
+struct cg_mount {
+	char at[PATH_MAX], shows[PATH_MAX];
+};
+
+/* mountinfo's octal escapes (\040 for a space) undone, in place. */
+static void unescape(char *s)
+{
+	char *o = s;
+	for (; *s; s++) {
+		if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' && s[2] >= '0' && s[2] <= '7' && s[3] >= '0' &&
+		    s[3] <= '7') {
+			*o++ = (char)((s[1] - '0') << 6 | (s[2] - '0') << 3 | (s[3] - '0'));
+			s += 3;
+		} else {
+			*o++ = *s;
+		}
+	}
+	*o = '\0';
+}
+
+/* 1 if word is one of the comma-separated list's. */
+static int listed(const char *list, const char *word)
+{
+	size_t n = strlen(word);
+	for (const char *p = list; p; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL)
+		if (strncmp(p, word, n) == 0 && (p[n] == ',' || p[n] == '\0'))
+			return 1;
+	return 0;
+}
+
+/* One line of mountinfo ("id parent dev root point options [tags] - type
+ * source superoptions"): the first v1 hierarchy with the memory
+ * controller goes to mem, the first cgroup2 to unified. */
+static void mount_line(char *line, struct cg_mount *mem, struct cg_mount *unified)
+{
+	char *f[5], *save, *dash = strstr(line, " - ");
+	if (!dash)
+		return;
+	*dash = '\0';
+	char *type = strtok_r(dash + 3, " ", &save), *src = type ? strtok_r(NULL, " ", &save) : NULL;
+	char *opts = src ? strtok_r(NULL, " ", &save) : NULL;
+	if (!opts)
+		return;
+	struct cg_mount *m = strcmp(type, "cgroup2") == 0 ? unified :
+			     strcmp(type, "cgroup") == 0 && listed(opts, "memory") ? mem : NULL;
+	if (!m || m->at[0])
+		return;
+	f[0] = strtok_r(line, " ", &save);
+	for (int i = 1; i < 5 && f[i - 1]; i++)
+		f[i] = strtok_r(NULL, " ", &save);
+	if (!f[0] || !f[4])
+		return;
+	unescape(f[3]);
+	unescape(f[4]);
+	if (strlen(f[3]) < sizeof(m->shows) && strlen(f[4]) < sizeof(m->at)) {
+		strcpy(m->shows, f[3]);
+		strcpy(m->at, f[4]);
+	}
+}
+
+/* The mounts of the memory hierarchies, from mountinfo; those not found
+ * left empty. Read a part at a time on the stack: asked before a fork
+ * (regions.c), where malloc may not be called, and a host's mountinfo
+ * may be long. */
+static void cg_mounts(struct cg_mount *mem, struct cg_mount *unified)
+{
+	char path[PATH_MAX], buf[8192];
+	mem->at[0] = unified->at[0] = '\0';
+	snprintf(path, sizeof(path), "%s/self/mountinfo", md__memroom_proc);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	size_t have = 0;
+	for (;;) {
+		ssize_t n = read(fd, buf + have, sizeof(buf) - 1 - have);
+		if (n <= 0)
+			break;
+		have += (size_t)n;
+		buf[have] = '\0';
+		char *line = buf, *nl;
+		while ((nl = strchr(line, '\n'))) {
+			*nl = '\0';
+			mount_line(line, mem, unified);
+			line = nl + 1;
+		}
+		have -= (size_t)(line - buf);
+		if (have == sizeof(buf) - 1)
+			have = 0;	/* a line longer than the buffer: not a cgroup's */
+		memmove(buf, line, have);
+	}
+	close(fd);
+}
+
+/* The directory of cgroup path in the hierarchy mounted as m, or of the
+ * kind's usual mount point when none was found. 0, or -1 if the mount
+ * shows another part of the hierarchy. */
+static int cg_place(struct cg_where *w, const struct cg_kind *kind, const struct cg_mount *m,
+		    const char *path)
+{
+	const char *root = m->at[0] ? m->at : kind->root;
+	if (m->at[0] && strcmp(m->shows, "/") != 0) {
+		size_t n = strlen(m->shows);
+		if (strncmp(path, m->shows, n) != 0 || (path[n] != '/' && path[n] != '\0'))
+			return -1;
+		path += n;
+	}
+	/* The root cgroup is "/": its directory is the root. */
+	w->kind = kind;
+	w->root = strlen(root);
+	snprintf(w->dir, sizeof(w->dir), "%s%s", root, strcmp(path, "/") == 0 ? "" : path);
+	return 0;
+}
 
 /* The directory of this process's memory cgroup, from /proc/self/cgroup
  * (lines id:controllers:path, the controllers comma-separated): v1's
  * memory controller where it is mounted, else v2's. -ENOENT without
- * /proc; 0 and *kind NULL without a memory cgroup. */
-static int cg_dir(char *dir, size_t size, const struct cg_kind **kind)
+ * /proc; 0 and w->kind NULL without a memory cgroup. */
+static int cg_dir(struct cg_where *w)
 {
-	char buf[4096];
-	*kind = NULL;
-	if (md__read_text("/proc/self/cgroup", buf, sizeof(buf)) < 0)
+	char buf[4096], path[PATH_MAX];
+	struct cg_mount mem, unified;
+	w->kind = NULL;
+	snprintf(path, sizeof(path), "%s/self/cgroup", md__memroom_proc);
+	if (md__read_text(path, buf, sizeof(buf)) < 0)
 		return -ENOENT;
+	cg_mounts(&mem, &unified);
 	char *lines, *names;
 	for (char *line = strtok_r(buf, "\n", &lines); line; line = strtok_r(NULL, "\n", &lines)) {
-		char *ctl = strchr(line, ':'), *path = ctl ? strchr(ctl + 1, ':') : NULL;
-		if (!path)
+		char *ctl = strchr(line, ':'), *at = ctl ? strchr(ctl + 1, ':') : NULL;
+		if (!at)
 			continue;
-		*path++ = '\0';
+		*at++ = '\0';
 		ctl++;
 		int memory = 0;
 		for (char *c = strtok_r(ctl, ",", &names); c; c = strtok_r(NULL, ",", &names))
 			memory |= strcmp(c, "memory") == 0;
-		if (memory || (!*ctl && !*kind)) {
-			*kind = memory ? &v1 : &v2;
-			/* The root cgroup is "/": its directory is the root. */
-			snprintf(dir, size, "%s%s", (*kind)->root, strcmp(path, "/") == 0 ? "" : path);
-			if (memory)
-				break;
-		}
+		if (memory && cg_place(w, &v1, &mem, at) == 0)
+			break;
+		if (!memory && !*ctl && !w->kind)
+			cg_place(w, &v2, &unified, at);
 	}
 	return 0;
 }
@@ -72,7 +205,7 @@ static int cg_dir(char *dir, size_t size, const struct cg_kind **kind)
 static uint64_t fd_u64(int fd)
 {
 	char buf[64];
-	ssize_t n = md__sys_pread(fd, buf, sizeof(buf) - 1, 0);
+	ssize_t n = fd >= 0 ? md__sys_pread(fd, buf, sizeof(buf) - 1, 0) : -1;
 	buf[n > 0 ? n : 0] = '\0';
 	if (buf[0] < '0' || buf[0] > '9')
 		return UINT64_MAX;
@@ -102,66 +235,129 @@ static uint64_t fd_stat(int fd, const char *key)
 	return 0;
 }
 
+static void level_close(int *fd)
+{
+	for (int f = 0; f < MD_MEMROOM_FILES; f++)
+		if (fd[f] >= 0)
+			close(fd[f]);
+}
+
+/* Opens the files of the level at dir (-1 for those not there); 1 if
+ * it has a limit, its usage readable. */
+static int level_open(const struct cg_kind *kind, const char *dir, int *fd)
+{
+	char path[PATH_MAX + 32];
+	for (int f = 0; f < MD_MEMROOM_FILES; f++) {
+		fd[f] = -1;
+		if (!kind->file[f])
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", dir, kind->file[f]);
+		fd[f] = open(path, O_RDONLY | O_CLOEXEC);
+	}
+	return fd[USAGE] >= 0 && (fd_limit(fd[LIMIT]) != UINT64_MAX || fd_limit(fd[LIMIT2]) != UINT64_MAX);
+}
+
+/* What limit leaves over usage, the inactive page cache counted free:
+ * UINT64_MAX for no limit. */
+static uint64_t left(uint64_t limit, uint64_t usage, uint64_t cache)
+{
+	if (limit == UINT64_MAX || usage == UINT64_MAX)
+		return UINT64_MAX;
+	usage = usage > cache ? usage - cache : 0;
+	return limit > usage ? limit - usage : 0;
+}
+
+/* What the limits of an open level leave, in bytes: UINT64_MAX if none. */
+static uint64_t level_room(const int *fd, const char *inactive)
+{
+	uint64_t cache = fd_stat(fd[STAT], inactive), use = fd_u64(fd[USAGE]);
+	uint64_t room = left(fd_limit(fd[LIMIT]), use, cache);
+	/* v2's memory.high against memory.current; v1's memsw limit against
+	 * memory and swap used. */
+	uint64_t room2 = left(fd_limit(fd[LIMIT2]), fd[USAGE2] >= 0 ? fd_u64(fd[USAGE2]) : use, cache);
+	return room2 < room ? room2 : room;
+}
+
+enum { KEEP = 1, STOP = 2 };
+
+/* The levels of w from the cgroup up to the root, one at a time: fn
+ * called with each one's files open, closed after it unless it says KEEP;
+ * the walk ends where it says STOP. */
+static void cg_walk(struct cg_where *w, int (*fn)(void *arg, int *fd, int limited), void *arg)
+{
+	while (strlen(w->dir) >= w->root) {
+		int fd[MD_MEMROOM_FILES];
+		int limited = level_open(w->kind, w->dir, fd);
+		int r = fn(arg, fd, limited);
+		if (!(r & KEEP))
+			level_close(fd);
+		char *slash = strrchr(w->dir, '/');
+		if ((r & STOP) || !slash || (size_t)(slash - w->dir) < w->root)
+			break;
+		*slash = '\0';
+	}
+}
+
 void md__memroom_close(struct md__memroom *m)
 {
 	for (unsigned l = 0; l < m->n; l++)
-		for (int f = 0; f < 3; f++)
-			if (m->fd[l][f] >= 0)
-				close(m->fd[l][f]);
+		level_close(m->fd[l]);
 	m->n = 0;
+}
+
+/* Keeps the levels with a limit, up to MD_MEMROOM_LEVELS (descriptors
+ * for after a chroot): one set later where there was none is not seen
+ * after a chroot. */
+static int keep_level(void *arg, int *fd, int limited)
+{
+	struct md__memroom *m = arg;
+	m->seen += fd[LIMIT] >= 0;
+	if (!limited)
+		return 0;
+	memcpy(m->fd[m->n++], fd, sizeof(m->fd[0]));
+	return m->n < MD_MEMROOM_LEVELS ? KEEP : KEEP | STOP;
 }
 
 int md__memroom_open(struct md__memroom *m)
 {
-	char dir[PATH_MAX];
-	const struct cg_kind *kind;
+	struct cg_where w;
 	m->n = m->seen = 0;
-	int err = cg_dir(dir, sizeof(dir), &kind);
-	if (err || !kind)
+	int err = cg_dir(&w);
+	if (err || !w.kind)
 		return err;
-	m->inactive = kind->inactive;
-	size_t root = strlen(kind->root);
-	/* The cgroup and its ancestors up to the root, those with a limit
-	 * only: one set later where there was none is not seen after a
-	 * chroot. */
-	while (strlen(dir) >= root && m->n < MD_MEMROOM_LEVELS) {
-		int *fd = m->fd[m->n];
-		char path[PATH_MAX + 32];
-		for (int f = 0; f < 3; f++) {
-			snprintf(path, sizeof(path), "%s/%s", dir, kind->file[f]);
-			fd[f] = open(path, O_RDONLY | O_CLOEXEC);
-		}
-		m->seen += fd[LIMIT] >= 0;
-		if (fd[LIMIT] >= 0 && fd[USAGE] >= 0 && fd_limit(fd[LIMIT]) != UINT64_MAX) {
-			m->n++;
-		} else {
-			for (int f = 0; f < 3; f++)
-				if (fd[f] >= 0)
-					close(fd[f]);
-		}
-		char *slash = strrchr(dir, '/');
-		if (!slash || (size_t)(slash - dir) < root)
-			break;
-		*slash = '\0';
-	}
+	m->inactive = w.kind->inactive;
+	cg_walk(&w, keep_level, m);
 	return 0;
 }
 
-/* What the limits of m leave (limit - usage, the least of them), in
- * bytes: UINT64_MAX if none. */
+/* What the limits of m leave (the least of them), in bytes: UINT64_MAX
+ * if none. */
 static uint64_t cg_room(const struct md__memroom *m)
 {
 	uint64_t room = UINT64_MAX;
 	for (unsigned l = 0; l < m->n; l++) {
-		uint64_t lim = fd_limit(m->fd[l][LIMIT]), use = fd_u64(m->fd[l][USAGE]);
-		if (lim == UINT64_MAX || use == UINT64_MAX)
-			continue;
-		uint64_t cache = fd_stat(m->fd[l][STAT], m->inactive);
-		use = use > cache ? use - cache : 0;
-		uint64_t left = lim > use ? lim - use : 0;
-		room = left < room ? left : room;
+		uint64_t r = level_room(m->fd[l], m->inactive);
+		room = r < room ? r : room;
 	}
 	return room;
+}
+
+struct room_now {
+	const char *inactive;
+	uint64_t room;
+	unsigned seen;
+};
+
+/* Every level, however many: none is kept open. */
+static int room_level(void *arg, int *fd, int limited)
+{
+	struct room_now *now = arg;
+	now->seen += fd[LIMIT] >= 0;
+	if (limited) {
+		uint64_t r = level_room(fd, now->inactive);
+		now->room = r < now->room ? r : now->room;
+	}
+	return 0;
 }
 
 uint64_t md__memroom_available(const struct md__memroom *kept)
@@ -173,19 +369,22 @@ uint64_t md__memroom_available(const struct md__memroom *kept)
 	 * whose errno stays as found: a cgroup file not there (v2's root has
 	 * no memory.max) is ENOENT. */
 	int saved = errno;
-	struct md__memroom now;
-	int opened = md__memroom_open(&now) == 0;
-	const struct md__memroom *m = opened && (now.seen || !kept->seen) ? &now : kept;
-	uint64_t room = cg_room(m);
-	if (opened)
-		md__memroom_close(&now);
+	struct cg_where w;
+	struct room_now now = { NULL, UINT64_MAX, 0 };
+	int found = cg_dir(&w) == 0;
+	if (found && w.kind) {
+		now.inactive = w.kind->inactive;
+		cg_walk(&w, room_level, &now);
+	}
+	uint64_t room = found && (now.seen || !kept->seen) ? now.room : cg_room(kept);
 	/* Without /proc, the free memory and buffers sysinfo(2) tells, page
 	 * cache left out (read as none, every unmerge was refused, and a VMM
 	 * that gave root up stayed in root's domain). */
-	char buf[4096];
+	char buf[4096], path[PATH_MAX];
 	struct sysinfo si;
 	uint64_t host = 0;
-	char *p = md__read_text("/proc/meminfo", buf, sizeof(buf)) > 0 ? strstr(buf, "MemAvailable:") : NULL;
+	snprintf(path, sizeof(path), "%s/meminfo", md__memroom_proc);
+	char *p = md__read_text(path, buf, sizeof(buf)) > 0 ? strstr(buf, "MemAvailable:") : NULL;
 	if (p)
 		host = strtoull(p + 13, NULL, 10) * 1024;
 	else if (sysinfo(&si) == 0)

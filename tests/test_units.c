@@ -28,6 +28,7 @@
 #include "inflight.h"
 #include "log.h"
 #include "policies.h"
+#include "proc.h"
 #include "protocol.h"
 #include "runner.h"
 #include "stats_file.h"
@@ -1337,6 +1338,177 @@ TEST_IMPL(memroom_limit_above_unlimited_levels)
 	close(cg.guard);
 	ASSERT(room > 0);	/* the child got into the deepest cgroup */
 	ASSERT(room <= limit);
+	return 0;
+}
+
+/* A file of a fake /proc and cgroup tree under the test's directory (rel
+ * under it, its directories made), holding text made from fmt, where "@"
+ * stands for the test's directory. */
+static int fake_put(const char *rel, const char *fmt, ...)
+{
+	char path[1024], text[4096], out[8192];
+	snprintf(path, sizeof(path), "%s/%s", test_dir(), rel);
+	for (char *p = path + strlen(test_dir()) + 1; (p = strchr(p, '/')); p++) {
+		*p = '\0';
+		if (mkdir(path, 0755) != 0 && errno != EEXIST)
+			return -1;
+		*p = '/';
+	}
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(text, sizeof(text), fmt, ap);
+	va_end(ap);
+	size_t o = 0, dl = strlen(test_dir());
+	for (const char *t = text; *t && o + dl < sizeof(out) - 1; t++) {
+		if (*t == '@') {
+			memcpy(out + o, test_dir(), dl);
+			o += dl;
+		} else {
+			out[o++] = *t;
+		}
+	}
+	out[o] = '\0';
+	FILE *f = fopen(path, "w");
+	if (!f)
+		return -1;
+	int ok = fputs(out, f) >= 0;
+	return fclose(f) == 0 && ok ? 0 : -1;
+}
+
+/* A cgroup level of the fake tree: its limit file's text (name, value),
+ * usage, and a second limit (v2's memory.high, v1's memsw limit) if
+ * name2, with v1's memsw usage if usage2. */
+static int fake_level(const char *dir, const char *name, const char *limit, const char *usage_name,
+		      unsigned long long usage, const char *name2, const char *limit2, const char *usage2_name,
+		      unsigned long long usage2)
+{
+	char rel[1024];
+	int err = 0;
+	snprintf(rel, sizeof(rel), "%s/%s", dir, name);
+	err |= fake_put(rel, "%s\n", limit);
+	snprintf(rel, sizeof(rel), "%s/%s", dir, usage_name);
+	err |= fake_put(rel, "%llu\n", usage);
+	snprintf(rel, sizeof(rel), "%s/memory.stat", dir);
+	err |= fake_put(rel, "anon 4096\ninactive_file 0\ntotal_inactive_file 0\n");
+	if (name2) {
+		snprintf(rel, sizeof(rel), "%s/%s", dir, name2);
+		err |= fake_put(rel, "%s\n", limit2);
+	}
+	if (usage2_name) {
+		snprintf(rel, sizeof(rel), "%s/%s", dir, usage2_name);
+		err |= fake_put(rel, "%llu\n", usage2);
+	}
+	return err;
+}
+
+#define MiB (1ull << 20)
+
+/* md__memroom_available through the fake /proc (64 GiB available), and
+ * the levels md__memroom_open kept in *kept if not NULL. */
+static uint64_t fake_room(unsigned *kept)
+{
+	char proc[1024];
+	snprintf(proc, sizeof(proc), "%s/proc", test_dir());
+	if (fake_put("proc/meminfo", "MemTotal: 134217728 kB\nMemAvailable: 67108864 kB\n") != 0)
+		return 0;
+	md__memroom_proc = proc;
+	struct md__memroom m;
+	uint64_t room = 0;
+	if (md__memroom_open(&m) == 0) {
+		room = md__memroom_available(&m);
+		if (kept)
+			*kept = m.n;
+		md__memroom_close(&m);
+	}
+	md__memroom_proc = "/proc";
+	return room;
+}
+
+/* cgroup v2's memory.high is a limit too (past it the kernel throttles
+ * the VMM and reclaims): a parent without memory.max but with
+ * memory.high left the whole host as room. */
+TEST_IMPL(memroom_v2_high_is_a_limit)
+{
+	ASSERT_EQ(fake_put("proc/self/mountinfo",
+			   "31 30 0:28 / @/cpu rw,relatime - cgroup cgroup rw,cpu\n"
+			   "40 30 0:37 / @/unified rw,relatime - cgroup2 cgroup2 rw\n"), 0);
+	ASSERT_EQ(fake_put("proc/self/cgroup", "1:cpu:/\n0::/vm/qemu\n"), 0);
+	ASSERT_EQ(fake_level("unified/vm", "memory.max", "max", "memory.current", 900 * MiB, "memory.high",
+			     "1048576000", NULL, 0), 0);
+	ASSERT_EQ(fake_level("unified/vm/qemu", "memory.max", "max", "memory.current", 800 * MiB,
+			     "memory.high", "max", NULL, 0), 0);
+	ASSERT_EQ(fake_room(NULL), 100 * MiB);
+	/* Past memory.high already: no room. */
+	ASSERT_EQ(fake_put("unified/vm/memory.high", "%llu\n", 500 * MiB), 0);
+	ASSERT_EQ(fake_room(NULL), 0);
+	/* memory.max the lower. */
+	ASSERT_EQ(fake_put("unified/vm/memory.high", "max\n"), 0);
+	ASSERT_EQ(fake_put("unified/vm/qemu/memory.max", "%llu\n", 850 * MiB), 0);
+	ASSERT_EQ(fake_room(NULL), 50 * MiB);
+	return 0;
+}
+
+/* Every level is read, however many have a limit: nine nested levels,
+ * each limited, the tightest at the top, gave the room of the eight
+ * nearest (MD_MEMROOM_LEVELS, the descriptors kept for after a chroot). */
+TEST_IMPL(memroom_reads_every_level)
+{
+	char dir[1024] = "unified", cg[1024] = "";
+	ASSERT_EQ(fake_put("proc/self/mountinfo", "40 30 0:37 / @/unified rw,relatime - cgroup2 cgroup2 rw\n"), 0);
+	for (int l = 1; l <= MD_MEMROOM_LEVELS + 2; l++) {
+		size_t n = strlen(dir), c = strlen(cg);
+		snprintf(dir + n, sizeof(dir) - n, "/l%d", l);
+		snprintf(cg + c, sizeof(cg) - c, "/l%d", l);
+		char limit[32];
+		snprintf(limit, sizeof(limit), "%llu", l == 1 ? 200 * MiB : (10240ull - (unsigned)l) * MiB);
+		ASSERT_EQ(fake_level(dir, "memory.max", limit, "memory.current", 100 * MiB, "memory.high", "max",
+				     NULL, 0), 0);
+	}
+	ASSERT_EQ(fake_put("proc/self/cgroup", "0::%s\n", cg), 0);
+	unsigned kept = 0;
+	ASSERT_EQ(fake_room(&kept), 100 * MiB);
+	ASSERT_EQ(kept, MD_MEMROOM_LEVELS);
+	return 0;
+}
+
+/* The memory controller's hierarchy is found where mountinfo says: v1's
+ * co-mounted with cpu (/sys/fs/cgroup/cpu,memory), one whose mount shows
+ * a part of the hierarchy (a container's), at a path with a space, and
+ * v2 at /sys/fs/cgroup/unified on a hybrid host. Fixed paths found none
+ * of them, and the whole host was the room. v1's memsw limit counts too,
+ * against memory and swap used. */
+TEST_IMPL(memroom_cgroup_mounts_found)
+{
+	/* v1, memory with cpu. */
+	ASSERT_EQ(fake_put("proc/self/mountinfo",
+			   "30 22 0:27 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n"
+			   "31 30 0:28 / @/cpu,memory rw,relatime - cgroup cgroup rw,cpu,memory\n"
+			   "40 30 0:37 / @/unified rw,relatime - cgroup2 cgroup2 rw\n"), 0);
+	ASSERT_EQ(fake_put("proc/self/cgroup", "5:cpu,memory:/vm\n0::/vm\n"), 0);
+	ASSERT_EQ(fake_level("cpu,memory/vm", "memory.limit_in_bytes", "314572800", "memory.usage_in_bytes",
+			     100 * MiB, NULL, NULL, NULL, 0), 0);
+	ASSERT_EQ(fake_level("unified/vm", "memory.max", "max", "memory.current", 0, NULL, NULL, NULL, 0), 0);
+	ASSERT_EQ(fake_room(NULL), 200 * MiB);
+	ASSERT_EQ(fake_level("cpu,memory/vm", "memory.limit_in_bytes", "314572800", "memory.usage_in_bytes",
+			     100 * MiB, "memory.memsw.limit_in_bytes", "262144000", "memory.memsw.usage_in_bytes",
+			     150 * MiB), 0);
+	ASSERT_EQ(fake_room(NULL), 100 * MiB);
+	/* A container's mount of part of the hierarchy, at a path with a
+	 * space (mountinfo's \040). */
+	ASSERT_EQ(fake_put("proc/self/mountinfo",
+			   "34 30 0:31 /lxc/c1 @/mem\\040two rw,relatime - cgroup cgroup rw,memory\n"), 0);
+	ASSERT_EQ(fake_put("proc/self/cgroup", "4:memory:/lxc/c1/vm\n"), 0);
+	ASSERT_EQ(fake_level("mem two/vm", "memory.limit_in_bytes", "52428800", "memory.usage_in_bytes",
+			     10 * MiB, NULL, NULL, NULL, 0), 0);
+	ASSERT_EQ(fake_room(NULL), 40 * MiB);
+	/* Hybrid: no v1 memory hierarchy, v2 at unified. */
+	ASSERT_EQ(fake_put("proc/self/mountinfo",
+			   "31 30 0:28 / @/cpu rw,relatime - cgroup cgroup rw,cpu\n"
+			   "40 30 0:37 / @/unified rw,relatime - cgroup2 cgroup2 rw,nsdelegate\n"), 0);
+	ASSERT_EQ(fake_put("proc/self/cgroup", "1:cpu:/\n0::/vm\n"), 0);
+	ASSERT_EQ(fake_level("unified/vm", "memory.max", "73400320", "memory.current", 20 * MiB, NULL, NULL,
+			     NULL, 0), 0);
+	ASSERT_EQ(fake_room(NULL), 50 * MiB);
 	return 0;
 }
 
