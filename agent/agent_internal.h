@@ -206,6 +206,8 @@ struct md_agent {
 	int merge_any_wanted;
 	int io_unseen;          /* md_agent_io_unseen was called (set under lock) */
 	int io_unseen_done;     /* and its first call had done all it does (atomic) */
+	uint64_t io_unseen_left; /* pages it left shared, memory short (1 if a copy failed;
+	                          * atomic): in merge_fallbacks */
 	int future_locked;      /* mlockall(MCL_FUTURE) in force: nothing more registered */
 	int fork_copies_ram;    /* a region is not MADV_DONTFORK: a fork() copies it (set under
 	                         * lock, read without it before a fork: regions.c) */

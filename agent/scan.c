@@ -268,6 +268,22 @@ int md_agent_pause(md_agent *a, int paused)
 
 unsigned md__io_unseen_delay_us, md__io_unseen_slept;	/* tests only: see agent_internal.h */
 
+static int copy_pool_runs(struct md__engine *e, struct md__eregion *r, size_t *from, size_t *budget,
+			  int slots_only);
+
+/* Copies every page of e mapped from a pool (its slot or not), as an
+ * unmerge does, the engine's locks held: 0 or a negative errno. */
+static int copy_pool_pages(struct md__engine *e)
+{
+	int err = 0;
+	for (size_t i = 0; i < e->nregions; i++) {
+		size_t from = 0, budget = SIZE_MAX;
+		int e2 = copy_pool_runs(e, &e->regions[i], &from, &budget, 0);
+		err = err ? err : e2;
+	}
+	return err;
+}
+
 void md_agent_io_unseen(md_agent *a, const char *what)
 {
 	MD_NOCANCEL_SCOPE();
@@ -286,31 +302,59 @@ void md_agent_io_unseen(md_agent *a, const char *what)
 	 * and none maps after. */
 	md__agent_enter(a);
 	int before = __atomic_load_n(&a->io_unseen, __ATOMIC_SEQ_CST);
-	if (!before && a->engine) {
+	struct md__engine *e = before ? NULL : a->engine;
+	if (e) {
 		/* Merges stop first: none starts once the flag is seen. */
-		md__inflight_block(&a->engine->io);
+		md__inflight_block(&e->io);
 		__atomic_store_n(&a->scanner.paused, 1, __ATOMIC_SEQ_CST);
 	}
 	__atomic_store_n(&a->io_unseen, 1, __ATOMIC_SEQ_CST);
-	/* Pages read-time sharing mapped from images go private too, before
-	 * the call that brought us here: a transfer we do not see (an
-	 * O_DIRECT write through io_uring, a device's DMA) would pin the
-	 * image's page, and a lease break could not wait for it to end. On
-	 * the VMM's thread, once: the copies take as long as an unmerge's,
-	 * and are not made when memory is short (as an unmerge refuses). */
-	uint64_t owned = before ? 0 : md__owned_unwritten_pages(a);
-	int short_of_memory = owned && owned * MD_PAGE + (64u << 20) > md__memroom_available(&a->memroom);
+	/* Every page shared goes private before the call that brought us
+	 * here, as an unmerge makes them, on the VMM's thread, once (the
+	 * copies take as long as an unmerge's). A pool's page: a read-only
+	 * long-term pin (an RDMA registration without write access, a DMA
+	 * map a device only reads) may take the page mapped, and the guest's
+	 * next write then goes to a copy the device never reads. An image's
+	 * page: such a pin, or an O_DIRECT write through io_uring, would hold
+	 * it, and a lease break could not wait for it. Zero pages stay
+	 * dropped: the kernel makes its own zero page the process's before it
+	 * pins it, in the anonymous memory the engine drops them into. The
+	 * engine's locks wait for a merge under way (a merge that passed its
+	 * look at the reads in flight before the block). Not made when
+	 * memory is short (as an unmerge refuses). */
+	if (e) {
+		pthread_rwlock_wrlock(&e->regions_lock);
+		pthread_mutex_lock(&e->lock);
+	}
+	uint64_t owned = before ? 0 : md__owned_unwritten_pages(a), pooled = e ? md__engine_shared_pages(e) : 0;
+	int short_of_memory = (owned || pooled) &&
+			      (owned + pooled) * MD_PAGE + (64u << 20) > md__memroom_available(&a->memroom);
+	int err = pooled && !short_of_memory ? copy_pool_pages(e) : 0;
+	if (e) {
+		md__engine_unlock(e);
+		pthread_rwlock_unlock(&e->regions_lock);
+	}
 	if (owned && !short_of_memory)
 		md__privatize(a, 0, UINTPTR_MAX, 0);
+	if (short_of_memory || err)
+		__atomic_store_n(&a->io_unseen_left, short_of_memory ? owned + pooled : 1, __ATOMIC_RELAXED);
 	if (!before && __atomic_load_n(&md__io_unseen_delay_us, __ATOMIC_RELAXED)) {
 		usleep(md__io_unseen_delay_us);
 		__atomic_add_fetch(&md__io_unseen_slept, 1, __ATOMIC_RELAXED);
 	}
 	__atomic_store_n(&a->io_unseen_done, 1, __ATOMIC_RELEASE);
 	md__agent_leave(a);
+	if (e)
+		md__engine_send_unrefs(e);	/* the pool's slots copied go back */
 	if (short_of_memory)
-		md__log("not enough memory to make the %llu pages shared with images private: a transfer the "
-			"agent does not see may still send an image's page that changes", (unsigned long long)owned);
+		md__log_once(180, "NOT ENOUGH MEMORY to make the %llu pages shared (merged, or shared with "
+			     "images) private as the VMM began I/O the agent does not see: a device or adapter "
+			     "that pins guest RAM read-only may send stale content of those pages once the "
+			     "guest writes them (counted in merge_fallbacks)", (unsigned long long)(owned + pooled));
+	if (err)
+		md__log_once(181, "making merged pages private as the VMM began I/O the agent does not see "
+			     "failed (%s): a device or adapter that pins guest RAM read-only may send stale "
+			     "content of some (counted in merge_fallbacks)", strerror(-err));
 	if (!before) {
 		md__set(a, MD_CTR_IO_UNSEEN, 1);
 		publish_state(a);
@@ -850,7 +894,8 @@ int md__scan_account(struct md_agent *a, int reap)
 	md__set(a, MD_CTR_VOLATILE, ss.volatile_skips);
 	md__set(a, MD_CTR_ABANDONED, st.abandoned);
 	md__set(a, MD_CTR_MERGE_FALLBACKS, st.map_failed + st.budget_refused + st.freeze_failed +
-					       st.image_replaced + st.pool_replaced);
+					       st.image_replaced + st.pool_replaced +
+					       __atomic_load_n(&a->io_unseen_left, __ATOMIC_RELAXED));
 	/* Each way a merge falls back, once: the pages stay as they were. */
 	if (st.map_failed)
 		md__log_once(117, "the kernel refused a mapping the scanner asked for (memory short, "

@@ -261,8 +261,11 @@ typedef struct md_stats {
 	                                  runs the mapping budget refused,
 	                                  and pages equal to an image whose
 	                                  descriptor the VMM closed or replaced
-	                                  meanwhile (each reason said once in the
-	                                  log) */
+	                                  meanwhile; and pages left shared when
+	                                  I/O the agent cannot follow began, the
+	                                  memory for their copies short (1 if a
+	                                  copy failed) (each reason said once in
+	                                  the log) */
 	uint64_t scan_state;           /* now: the scanner's state, MD_SCAN_STATE_*
 	                                  (0: no scanner) */
 	uint64_t fork_shared;          /* fork()s (and daemon()s) of the VMM, with
@@ -419,7 +422,12 @@ MD_API int md_agent_pause(md_agent *agent, int paused);
  * (Linux AIO, io_uring, a device doing DMA): a merge or a read shared at
  * read time could then replace a page a transfer is still using, so from
  * now on reads are copied and content scanning stops merging, for good;
- * said once in the log with `what` ("set up Linux AIO"). The preload
+ * said once in the log with `what` ("set up Linux AIO"). Before it
+ * returns, every page shared (merged, or shared with an image) is made
+ * private, as md_agent_unmerge makes them: a device pinning one read-only
+ * would go on reading it after the guest's write (not done, said and
+ * counted in merge_fallbacks, when memory is short). Call it before the
+ * transfer or the pin. The preload
  * library calls it when QEMU sets up Linux AIO (aio=native), submits
  * io_uring entries that may write memory (aio=io_uring) or registers ring
  * buffers, maps memory for a device's DMA (VFIO, iommufd, vhost-vdpa,

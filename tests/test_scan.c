@@ -521,6 +521,47 @@ static int stops_for_unseen_io(int early, int reads, const char *io, const char 
 	return 0;
 }
 
+/* 32 pairs of guest RAM merged before the VMM begins I/O the agent does
+ * not see (io, answering result): the pairs are private once the call
+ * returns, their content as it was. Left on the pool's page, a read-only
+ * long-term pin (QEMU's RDMA migration registers with no write access, a
+ * DMA map a device only reads) could take that page, and the guest's
+ * next write went to a copy the device never reads: stale content sent. */
+static int unmerged_for_unseen_io(const char *io, const char *result)
+{
+	struct proc a;
+	proc_start(&a, fast_scan);
+	proc_cmd(&a, "map 64");
+	ASSERT(strcmp(proc_cmd(&a, "fill 0 32 6"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 32 6", 32 * PG), "ok") == 0);
+	ASSERT(pairs_merge(&a, 0, 32, 32, 6));
+	ASSERT(strcmp(proc_cmd(&a, "%s", io), result) == 0);
+	for (unsigned i = 0; i < 32; i++) {
+		struct pm x = proc_page(&a, i * PG), y = proc_page(&a, (32 + i) * PG);
+		ASSERT(x.present && y.present && x.pfn != y.pfn);
+	}
+	ASSERT_EQ(proc_num(&a, "unfilled 0 32 6 0"), 0);
+	ASSERT_EQ(proc_num(&a, "unfilled %u 32 6 0", 32 * PG), 0);
+	md_stats s;
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.io_unseen, 1);
+	ASSERT_EQ(s.merge_fallbacks, 0);
+	proc_stop(&a);
+	return 0;
+}
+
+TEST_IMPL(scan_unmerges_for_rdma)
+{
+	char io[700];
+	snprintf(io, sizeof(io), "rdma %s/libibverbs-stub.so ro", build_dir());
+	return unmerged_for_unseen_io(io, "0");
+}
+
+TEST_IMPL(scan_unmerges_for_device_dma)
+{
+	return unmerged_for_unseen_io("vfio", "-9");
+}
+
 /* A line of /proc/meminfo, in kB, or -1. */
 static long meminfo_kb(const char *key)
 {
@@ -4239,6 +4280,34 @@ TEST_IMPL(scan_io_unseen_second_caller_waits)
 	md__io_unseen_delay_us = 0;
 	ASSERT_EQ(slept, 1);	/* the first was done when the second returned */
 	ASSERT(md__inflight_busy(&a->engine->io, (uintptr_t)m, PG));
+	md_agent_free(a);
+	munmap(m, n * PG);
+	return 0;
+}
+
+/* Memory short for the copies when I/O the agent does not see begins:
+ * the merged pages stay merged, which is said (loudly: a read-only pin
+ * may then send stale content) and counted in merge_fallbacks. */
+TEST_IMPL(scan_io_unseen_short_of_memory_counted)
+{
+	md_agent *a;
+	const size_t n = 64;
+	char *m = pairs_merged_here(&a, NULL, n);
+	char proc[600], meminfo[700];
+	snprintf(proc, sizeof(proc), "%s/proc", test_dir());
+	snprintf(meminfo, sizeof(meminfo), "%s/meminfo", proc);
+	ASSERT_EQ(mkdir(proc, 0755), 0);
+	FILE *f = fopen(meminfo, "w");
+	ASSERT(f && fputs("MemAvailable: 1024 kB\n", f) >= 0 && fclose(f) == 0);
+	md__memroom_proc = proc;
+	md_agent_io_unseen(a, "test");
+	md__memroom_proc = "/proc";
+	ASSERT(!pairs_private(m, n));
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT(s.merge_fallbacks >= n / 2);
+	for (size_t i = 0; i < n * PG; i++)
+		ASSERT(m[i] == (char)((i / PG) % (n / 2) * 31 + i % PG));
 	md_agent_free(a);
 	munmap(m, n * PG);
 	return 0;

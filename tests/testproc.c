@@ -614,7 +614,8 @@ static long long cmd_rdma(const char *lib, const char *how)
 	} else {
 		void *(*reg)(void *, void *, size_t, int);
 		*(void **)&reg = dlsym(RTLD_DEFAULT, "ibv_reg_mr");
-		mr = reg ? reg(NULL, base, 4096, 7) : NULL;
+		/* "ro": no write access, as QEMU's RDMA migration registers. */
+		mr = reg ? reg(NULL, base, 4096, strcmp(how, "ro") == 0 ? 0 : 7) : NULL;
 	}
 	return mr ? 0 : -(errno ? errno : ENOSYS);
 }
