@@ -198,14 +198,48 @@ uint64_t md__proc_start_time(int pid)
 	return p ? strtoull(p + 1, NULL, 10) : 0;
 }
 
+/* Whether pid maps a file of inode ino: 1, 0, or -errno when its maps
+ * cannot be read (another user's process, one not dumpable). By inode
+ * alone: a mapping names the superblock's device, which fstat does not
+ * give on btrfs (a subvolume's). */
+static int proc_maps_inode(int pid, ino_t ino)
+{
+	char path[64], *line = NULL;
+	size_t cap = 0;
+	int found = 0;
+
+	snprintf(path, sizeof(path), "/proc/%d/maps", pid);
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return -errno;
+	errno = 0;
+	while (!found && getline(&line, &cap, f) >= 0) {
+		unsigned long long inode;
+		found = sscanf(line, "%*s %*s %*s %*s %llu", &inode) == 1 && inode == (unsigned long long)ino;
+	}
+	int err = !found && ferror(f) ? -(errno ? errno : EIO) : 0;
+	free(line);
+	fclose(f);
+	return err ? err : found;
+}
+
 int md__stats_file_agent(int fd, const struct md__stats_snapshot *s)
 {
 	struct flock l = { .l_type = F_RDLCK, .l_whence = SEEK_SET };
+	struct stat st;
 	uint64_t start;
 
 	if (fcntl(fd, F_SETLK, &l) == 0 || (errno != EAGAIN && errno != EACCES)) {
 		start = md__proc_start_time((int)s->pid);
-		return start != 0 && start == s->start_time ? (int)s->pid : 0;
+		if (start == 0 || start != s->start_time)
+			return 0;
+		/* Its pid and start time survive an exec, which takes the
+		 * agent's lock (the descriptor is close-on-exec) and its
+		 * mapping of the file, held for its life. A process whose maps
+		 * we cannot read goes by its pid. */
+		if (fstat(fd, &st) == 0 && proc_maps_inode((int)s->pid, st.st_ino) == 0)
+			return 0;
+		return (int)s->pid;
 	}
 	/* The holder by its pid here (0: not in our pid namespace), checked
 	 * as the file's pid would be: an agent taking the file over (its

@@ -115,7 +115,10 @@ uint64_t md__proc_start_time(int pid);
  * then: no agent takes the file over meanwhile); or -ESRCH if another
  * holds it: alive, neither shown nor removed (an agent out of sight of our
  * pid namespace, or one taking the file over). A file nobody holds (an
- * older agent's, or on a file system without locks) goes by its pid. */
+ * older agent's, one whose agent exec'd, or on a file system without
+ * locks) goes by its pid, and by that process's mapping of it (an agent
+ * maps its file for life; an exec unmaps it): 0 if its maps, readable,
+ * map no file of its inode. */
 int md__stats_file_agent(int fd, const struct md__stats_snapshot *s);
 /* Removes path if it is still the file open at fd: 0, -ESTALE if another
  * file is there now, or -errno. */

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sched.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -110,7 +111,12 @@ static uint64_t stats_value(uint64_t ctr, int i)
 }
 
 /* Writes a statistics file as an agent would: path, pid, start time,
- * command, and every counter i set to stats_value(ctr, i). */
+ * command, and every counter i set to stats_value(ctr, i). One that names
+ * this process as it is (pid and start time) is held as its agent holds
+ * it, till the process exits: mapped, and write-locked through a
+ * descriptor kept open (status takes a file mapped by no process for
+ * stale). Any other is a file left behind, or a stand-in's
+ * (agent_stand_in). */
 static void write_stats(const char *path, uint32_t pid, uint64_t start, const char *command,
 			uint64_t ctr)
 {
@@ -125,10 +131,16 @@ static void write_stats(const char *path, uint32_t pid, uint64_t start, const ch
 	snprintf(f.command, sizeof(f.command), "%s", command);
 	for (int i = 0; i < MD_CTR_COUNT; i++)
 		f.counters[i] = stats_value(ctr, i);
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
 	ASSERT(fd >= 0);
 	ASSERT(write(fd, &f, sizeof(f)) == (ssize_t)sizeof(f));
-	close(fd);
+	if (pid != (uint32_t)getpid() || start != md__proc_start_time(getpid())) {
+		close(fd);
+		return;
+	}
+	struct flock l = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
+	ASSERT(fcntl(fd, F_SETLK, &l) == 0);
+	ASSERT(mmap(NULL, sizeof(f), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) != MAP_FAILED);
 }
 
 /* Sets counter i of the statistics file at path to v. */
@@ -1220,6 +1232,35 @@ static void make_rd(char *path, size_t size, const char *name)
 	snprintf(path, size, "%s/rd/%s", test_dir(), name);
 }
 
+/* A child standing in for an agent: its statistics file in test_dir()/rd,
+ * as write_stats(command, ctr) makes it for it, held as an agent's until
+ * stop's write end closes. Its pid. */
+static pid_t agent_stand_in(int stop[2], const char *command, uint64_t ctr)
+{
+	int ready[2];
+	char x = 0;
+	ASSERT(pipe(ready) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		char path[512], name[64];
+		close(stop[1]);
+		close(ready[0]);
+		snprintf(name, sizeof(name), "agent-%d.stats", (int)getpid());
+		make_rd(path, sizeof(path), name);
+		write_stats(path, (uint32_t)getpid(), md__proc_start_time(getpid()), command, ctr);
+		if (write(ready[1], &x, 1) != 1)
+			_exit(100);
+		while (read(stop[0], &x, 1) > 0)
+			;
+		_exit(0);
+	}
+	close(ready[1]);
+	ASSERT(read(ready[0], &x, 1) == 1);
+	close(ready[0]);
+	return kid;
+}
+
 /* A kernel KSM counter this kernel does not have (general_profit came in
  * Linux 6.4) is shown as n/a (null in JSON), not as a number. Seen in a
  * mount namespace of its own, where a tmpfs over /sys/kernel/mm/ksm holds
@@ -1560,14 +1601,21 @@ TEST_IMPL(cli_status_long_run_dir)
 TEST_IMPL(cli_status_totals_keep_settings)
 {
 	char path[512], name[64];
-	pid_t pids[2] = { getpid(), getppid() };
+	int stop[2];
+	ASSERT(pipe(stop) == 0);
+	pid_t pids[2] = { getpid(), 0 };
+	pids[1] = agent_stand_in(stop, "vmm", 4);
 	for (int i = 0; i < 2; i++) {
 		snprintf(name, sizeof(name), "agent-%d.stats", (int)pids[i]);
 		make_rd(path, sizeof(path), name);
-		write_stats(path, (uint32_t)pids[i], md__proc_start_time(pids[i]), "vmm", 4);
+		if (i == 0)
+			write_stats(path, (uint32_t)pids[i], md__proc_start_time(pids[i]), "vmm", 4);
 		set_counter(path, MD_CTR_HINT_RATIO, 4);
 	}
 	ASSERT_EQ(status_json(), 0);
+	close(stop[1]);
+	ASSERT_EQ(waitpid(pids[1], NULL, 0), pids[1]);
+	close(stop[0]);
 	json_error_t je;
 	json_t *st = json_loads(slurp("out"), 0, &je);
 	ASSERT(st);
@@ -1982,17 +2030,21 @@ TEST_IMPL(cli_status_counters_shown)
 {
 	const char *b = build_dir();
 	char path[512], name[64], sock[400], head[32];
-	pid_t pids[2] = { getpid(), getppid() };
+	int stop[2];
+	ASSERT(pipe(stop) == 0);
+	pid_t pids[2] = { getpid(), 0 };
 	/* Sizes where MiB and 10^6 bytes differ; bases far apart, so that no
 	 * counter of one is a counter of the other. */
 	const uint64_t base[2] = { 5000000000ull, 7000000000ull };
 	const char *cmd[2] = { "vmm-a", "vmm-b" }, *state[2] = { "paused", "unmerged" };
 	const uint64_t scan_state[2] = { MD_SCAN_STATE_PAUSED, MD_SCAN_STATE_UNMERGED };
 	uint64_t ctr[2][MD_CTR_COUNT], total[MD_CTR_COUNT];
+	pids[1] = agent_stand_in(stop, cmd[1], base[1]);
 	for (int i = 0; i < 2; i++) {
 		snprintf(name, sizeof(name), "agent-%d.stats", (int)pids[i]);
 		make_rd(path, sizeof(path), name);
-		write_stats(path, (uint32_t)pids[i], md__proc_start_time(pids[i]), cmd[i], base[i]);
+		if (i == 0)
+			write_stats(path, (uint32_t)pids[i], md__proc_start_time(pids[i]), cmd[i], base[i]);
 		for (int k = 0; k < MD_CTR_COUNT; k++)
 			ctr[i][k] = stats_value(base[i], k);
 		/* STATE: the agent's own word, not stopped (io_unseen). */
@@ -2016,6 +2068,9 @@ TEST_IMPL(cli_status_counters_shown)
 	int c2 = sh("MEMDEDUP_RUN_DIR=%s/rd MEMDEDUP_SOCKET=%s %s/memdedup status --json", test_dir(), sock, b);
 	kill(kid, SIGKILL);
 	waitpid(kid, NULL, 0);
+	close(stop[1]);
+	ASSERT_EQ(waitpid(pids[1], NULL, 0), pids[1]);
+	close(stop[0]);
 	ASSERT_EQ(c1, 0);
 	ASSERT_EQ(c2, 0);
 
@@ -2124,8 +2179,14 @@ static pid_t refusing_agent(const struct tdaemon *t, int stop[2], unsigned refus
 		struct md__msg_welcome w;
 		struct md__msg_control ctl;
 		int fd;
+		char path[512], name[64];
 		close(stop[1]);
-		if (md__client_open(&c, t->sock, NULL, 0, &w, &fd) != 0 || write(ready[1], &x, 1) != 1)
+		if (md__client_open(&c, t->sock, NULL, 0, &w, &fd) != 0)
+			_exit(100);
+		snprintf(name, sizeof(name), "agent-%d.stats", (int)getpid());
+		make_rd(path, sizeof(path), name);
+		write_stats(path, (uint32_t)getpid(), md__proc_start_time(getpid()), "vmm", 0);
+		if (write(ready[1], &x, 1) != 1)
 			_exit(100);
 		for (;;) {
 			struct pollfd p[2] = { { stop[0], POLLIN, 0 }, { md__client_fd(c), POLLIN, 0 } };
@@ -2144,10 +2205,6 @@ static pid_t refusing_agent(const struct tdaemon *t, int stop[2], unsigned refus
 	close(ready[1]);
 	ASSERT(read(ready[0], &x, 1) == 1);
 	close(ready[0]);
-	char path[512], name[64];
-	snprintf(name, sizeof(name), "agent-%d.stats", (int)kid);
-	make_rd(path, sizeof(path), name);
-	write_stats(path, (uint32_t)kid, md__proc_start_time(kid), "vmm", 0);
 	return kid;
 }
 

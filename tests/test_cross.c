@@ -536,6 +536,41 @@ TEST_IMPL(cross_exec_without_agent_gives_back)
 	return 0;
 }
 
+static const char *status_state(const struct tdaemon *t, pid_t pid);
+
+/* The same exec seen by `memdedup status`: the statistics file's pid and
+ * start time are the process's still, but its agent is gone (the exec
+ * closed the file, and its lock, and unmapped it). status listed the row,
+ * with the old counters, until the process exited, and `pause` exited 1
+ * for it ("memdedupd cannot reach it"). Now the row is gone, the file
+ * removed, and `pause` has no agent to name. */
+TEST_IMPL(cross_exec_without_agent_not_listed)
+{
+	struct tdaemon t;
+	struct proc a;
+	md_stats s;
+	char path[600];
+	td_start(&t, 65536);
+	start_agent(&a, &t, NULL);
+	proc_cmd(&a, "fill 0 %u 9", N);
+	proc_cmd(&a, "fill %u %u 9", N * PG, N);
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, sharing_n), 0);
+	ASSERT_EQ(strcmp(status_state(&t, a.pid), "scanning"), 0);
+	ASSERT(strcmp(proc_cmd(&a, "execsleep 60"), "ok") == 0);
+	ASSERT_EQ(domain_live_becomes_0(&t), 0);	/* memdedupd dropped it */
+	ASSERT_EQ(strcmp(status_state(&t, a.pid), ""), 0);
+	snprintf(path, sizeof(path), "%s/agent-%d.stats", test_dir(), (int)a.pid);
+	ASSERT(access(path, F_OK) != 0);	/* stale: removed */
+	ASSERT_EQ(td_sh("MEMDEDUP_RUN_DIR=%s MEMDEDUP_SOCKET=%s %s/memdedup pause >%s/out 2>&1", test_dir(),
+			t.sock, build_dir(), test_dir()), 0);
+	ASSERT_EQ(kill(a.pid, SIGKILL), 0);
+	ASSERT_EQ(waitpid(a.pid, NULL, 0), a.pid);
+	fclose(a.in);
+	fclose(a.out);
+	td_stop(&t);
+	return 0;
+}
+
 /* A VMM whose guest RAM is not MADV_DONTFORK calls daemon() once pages
  * merged: the parent exits, and its child, plain (no agent) and with no
  * pool reference of its own, goes on as the VMM. memdedupd dropped the
