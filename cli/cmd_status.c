@@ -115,6 +115,20 @@ static int stats_file_pid(const char *name)
 	return pid > 0 && strcmp(p, ".stats") == 0 ? (int)pid : -1;
 }
 
+/* Whether a file that does not parse (f, len bytes read from fd) may be
+ * an agent's still being made (agent.c stats_file_open: created empty,
+ * written with zeroes, then its header): empty, its magic zeroes, or
+ * write-locked by a process. Not malformed, then: a reader in that
+ * window warned of agents just starting. */
+static int stats_file_starting(int fd, const struct md__stats_file *f, ssize_t len)
+{
+	static const char zero[sizeof(f->magic)];
+	if (len == 0 || (len >= (ssize_t)sizeof(f->magic) && memcmp(f->magic, zero, sizeof(zero)) == 0))
+		return 1;
+	struct flock l = { .l_type = F_RDLCK, .l_whence = SEEK_SET };
+	return fcntl(fd, F_GETLK, &l) == 0 && l.l_type == F_WRLCK;
+}
+
 /* Reads the snapshots of live agents in dir (see cli.h). */
 int md__agents_load(const char *cmd, const char *dir, struct md__agent_row **out, size_t *count)
 {
@@ -153,9 +167,11 @@ int md__agents_load(const char *cmd, const char *dir, struct md__agent_row **out
 		}
 		ssize_t len = read(fd, &buf, sizeof(buf));
 		struct md__stats_snapshot s;
-		if (len < 0 || md__stats_parse(&buf, (size_t)len, &s) != 0 || s.pid != (uint32_t)pid) {
+		int bad = len < 0 || md__stats_parse(&buf, (size_t)len, &s) != 0;
+		if (bad || s.pid != (uint32_t)pid) {
+			int quiet = bad && len >= 0 && stats_file_starting(fd, &buf, len);
 			close(fd);
-			if (cmd)
+			if (cmd && !quiet)
 				fprintf(stderr, "memdedup %s: ignoring malformed %s\n", cmd, shown);
 			continue;
 		}
