@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -251,14 +252,39 @@ int md__stats_file_agent(int fd, const struct md__stats_snapshot *s)
 	return start != 0 && start == s->start_time ? l.l_pid : -ESRCH;
 }
 
+void (*md__stats_remove_hook)(const char *path);	/* tests only: see stats_file.h */
+
 int md__stats_file_remove(int fd, const char *path)
 {
-	struct stat open_st, path_st;
-	if (fstat(fd, &open_st) != 0 || lstat(path, &path_st) != 0)
+	const char *slash = strrchr(path, '/');
+	char moved[PATH_MAX + 300];
+	struct stat open_st, moved_st;
+	int err;
+
+	/* Whatever is at path is moved to a name of ours first, and only then
+	 * told apart: between a look at path and an unlink of it, another
+	 * reader could remove our file and a new agent of that pid make its
+	 * own there, which the unlink would remove. A name of this process
+	 * (not an agent's): left behind only if we die in between. */
+	int n = snprintf(moved, sizeof(moved), "%.*s.removing-%d", slash ? (int)(slash - path + 1) : 0, path,
+			 (int)getpid());
+	if (n < 0 || (size_t)n >= sizeof(moved))
+		return -ENAMETOOLONG;
+	if (fstat(fd, &open_st) != 0 || rename(path, moved) != 0)
 		return -errno;
-	if (open_st.st_dev != path_st.st_dev || open_st.st_ino != path_st.st_ino)
-		return -ESTALE;
-	return unlink(path) == 0 ? 0 : -errno;
+	if (md__stats_remove_hook)
+		md__stats_remove_hook(path);
+	if (lstat(moved, &moved_st) == 0 && open_st.st_dev == moved_st.st_dev && open_st.st_ino == moved_st.st_ino)
+		return unlink(moved) == 0 ? 0 : -errno;
+	err = -ESTALE;
+	/* Another file, an agent's perhaps: back under its name, unless a new
+	 * one is there already (its agent, finding its name gone, made
+	 * another: the one we hold is no one's). */
+	if (link(moved, path) == 0 || errno == EEXIST)
+		unlink(moved);
+	else if (rename(moved, path) != 0)
+		err = -errno;
+	return err;
 }
 
 /* The shared /tmp default: anyone can create /tmp/memdedup-UID before us,

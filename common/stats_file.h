@@ -121,8 +121,13 @@ uint64_t md__proc_start_time(int pid);
  * map no file of its inode. */
 int md__stats_file_agent(int fd, const struct md__stats_snapshot *s);
 /* Removes path if it is still the file open at fd: 0, -ESTALE if another
- * file is there now, or -errno. */
+ * file is there now (left there), or -errno. Safe against another reader
+ * removing the same stale file at once and a new agent taking its name:
+ * the file is moved away first, then checked. */
 int md__stats_file_remove(int fd, const char *path);
+/* Tests only: called by md__stats_file_remove once path's file is moved
+ * away and before it is checked. */
+extern void (*md__stats_remove_hook)(const char *path);
 #define MD_HOST_RUN_DIR "/run/memdedup"	/* root's: the host's daemon (memdedupd.service) */
 /* The run directory into buf: opt if not NULL, else $MEMDEDUP_RUN_DIR,
  * /run/memdedup for root, $XDG_RUNTIME_DIR/memdedup, /tmp/memdedup-<uid>.

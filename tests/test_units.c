@@ -662,6 +662,80 @@ TEST_IMPL(proc_start_time)
 	return 0;
 }
 
+/* A new file renamed onto path: its inode. */
+static ino_t new_file_at(const char *path)
+{
+	struct stat st;
+	char tmp[600];
+	snprintf(tmp, sizeof(tmp), "%s.new", path);
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	ASSERT(fd >= 0 && fstat(fd, &st) == 0);
+	close(fd);
+	ASSERT(rename(tmp, path) == 0);
+	return st.st_ino;
+}
+
+static ino_t inode_at(const char *path)
+{
+	struct stat st;
+	return lstat(path, &st) == 0 ? st.st_ino : 0;
+}
+
+static void file_renamed_onto(const char *path)
+{
+	new_file_at(path);
+}
+
+/* md__stats_file_remove removes the file it was given, never one that
+ * took its name: another file there is left (-ESTALE), also one renamed
+ * onto the name while the removal runs (a second `status` removing the
+ * same stale file, then a new agent of that pid making its own). The
+ * removal looked, then unlinked the name: that new agent's file went. */
+TEST_IMPL(stats_file_remove_only_its_file)
+{
+	char path[512], left[600];
+	struct stat st;
+	snprintf(path, sizeof(path), "%s/agent-7.stats", test_dir());
+	snprintf(left, sizeof(left), "%s/.removing-%d", test_dir(), (int)getpid());
+	/* Its file: removed. */
+	new_file_at(path);
+	int fd = open(path, O_RDONLY);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(md__stats_file_remove(fd, path), 0);
+	ASSERT(access(path, F_OK) != 0);
+	ASSERT(fstat(fd, &st) == 0 && st.st_nlink == 0);
+	close(fd);
+	/* Another file there: left where it is. */
+	new_file_at(path);
+	fd = open(path, O_RDONLY);
+	ASSERT(fd >= 0);
+	ino_t other = new_file_at(path);
+	ASSERT_EQ(md__stats_file_remove(fd, path), -ESTALE);
+	ASSERT_EQ(inode_at(path), other);
+	ASSERT(access(left, F_OK) != 0);
+	/* And one more made there meanwhile, the one we moved being no one's
+	 * now: the new one stays. */
+	md__stats_remove_hook = file_renamed_onto;
+	ASSERT_EQ(md__stats_file_remove(fd, path), -ESTALE);
+	ino_t newest = inode_at(path);
+	ASSERT(newest != 0 && newest != other);
+	ASSERT(access(left, F_OK) != 0);
+	close(fd);
+	/* Its file, and another renamed onto the name while it is removed:
+	 * the other stays. */
+	new_file_at(path);
+	fd = open(path, O_RDONLY);
+	ASSERT(fd >= 0);
+	int err = md__stats_file_remove(fd, path);
+	md__stats_remove_hook = NULL;
+	ASSERT_EQ(err, 0);	/* ours, moved away before the new one came */
+	ASSERT(inode_at(path) != 0);	/* the new file survives */
+	ASSERT(fstat(fd, &st) == 0 && st.st_nlink == 0);	/* ours is gone */
+	ASSERT(access(left, F_OK) != 0);
+	close(fd);
+	return 0;
+}
+
 /* The mbind calls policies.c makes, through a stand-in for syscall(2). */
 static struct { unsigned long lo, hi; int mode; } mbinds[16];
 static int nmbinds;
