@@ -372,6 +372,7 @@ static int refs_grow(struct md__agent *a, size_t need)
 	if (!n)
 		return -ENOMEM;
 	memset(n + a->refs_cap, 0, (cap - a->refs_cap) * sizeof(*n));
+	a->dom->refs_table_bytes += (cap - a->refs_cap) * sizeof(*n);
 	a->refs = n;
 	a->refs_cap = cap;
 	return 0;
@@ -558,6 +559,7 @@ void md__agents_drain(struct md__daemon *d)
 			      (int)a->pid, (unsigned long long)a->nrefs, a->dom->id,
 			      (unsigned long long)md__pool_live(&a->dom->pool));
 		a->dom->nexited--;
+		a->dom->refs_table_bytes -= a->refs_cap * sizeof(*a->refs);
 		md__domain_release(d, a->dom);
 		free(a->refs);
 		free(a);

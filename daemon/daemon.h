@@ -152,6 +152,9 @@ struct md__domain {
 	 * references going since it exited, UNREFs its connection left):
 	 * the pool still holds them until md__agents_drain tells it. */
 	uint64_t refs_draining;
+	/* The agents' reference tables (refs_cap slots each), kept until the
+	 * record is freed: the daemon's memory, in general_profit. */
+	size_t refs_table_bytes;
 	uint64_t publish_hits;     /* publications answered with an equal live page */
 	/* First sightings (KSM's unstable tree, lossy): hash -> the agent
 	 * (its number) and address of the page that was looked up and found

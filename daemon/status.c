@@ -31,7 +31,7 @@ static int visible(struct md__daemon *d, uid_t requester, uid_t owner)
 static json_int_t domain_meta(const struct md__domain *dom)
 {
 	return (json_int_t)(dom->pool.end * SLOT_META +
-			    md__index_bytes(&dom->index) +
+			    md__index_bytes(&dom->index) + dom->refs_table_bytes +
 			    dom->seen_cap * sizeof(*dom->seen) + dom->reads_cap * sizeof(struct md__sighting));
 }
 

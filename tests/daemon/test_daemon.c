@@ -165,11 +165,12 @@ TEST_IMPL(daemon_publish_lookup)
 	/* The saving less the bookkeeping: 17 bytes a slot handed out (up to
 	 * the pool's end), the index table as made (3 entries), the
 	 * sightings (16 bytes an entry; the lookup of 12345 made them) and
-	 * read pairs (12) at their size. */
+	 * read pairs (12) at their size, and the agent's reference table (4
+	 * bytes a slot: 1,024, cut to the pool's 64). */
 	struct md__index ix;
 	ASSERT_EQ(md__index_init(&ix, 1024), 0);
 	long long meta = (long long)(first + 3) * 17 + (long long)md__index_bytes(&ix) +
-			 td_int(dom, "sighting_slots") * 16 + td_int(dom, "read_slots") * 12;
+			 td_int(dom, "sighting_slots") * 16 + td_int(dom, "read_slots") * 12 + 64 * 4;
 	md__index_free(&ix);
 	ASSERT(td_int(dom, "sighting_slots") > 0);
 	ASSERT_EQ(td_int(dom, "general_profit"), 1 * PG - meta);
