@@ -43,7 +43,11 @@ const struct md__cmd md__cmd_status_def = {
 	"memdedupd's record of it (null where memdedupd does not know it). An\n"
 	"agent's general_profit, and the totals', is KSM's per-process figure:\n"
 	"each agent counts every page it maps from its domain's pool, so they add\n"
-	"up to more than is saved; the saving is the domain's PROFIT_MB.\n"
+	"up to more than is saved; the saving is the domain's PROFIT_MB. So with\n"
+	"pages_sharing: an agent's scanner.pages_sharing (also given as\n"
+	"pages_mapped_from_pool), and the totals', are guest pages mapped from the\n"
+	"pool (MERGED), not KSM's pages saved: those are a domain's pages_sharing\n"
+	"(daemon.domains[], PAGES_SHARING).\n"
 	"\n"
 	"  --json      machine-readable output\n"
 	"  --agents    the agents' rows and kernel KSM's only: memdedupd is not\n"
@@ -243,6 +247,7 @@ static json_t *stats_json(const md_stats *s)
 		{ "full_scans", s->full_scans }, { "breaks", s->scan_breaks },
 		{ "wp_waits", s->wp_waits }, { "hints_pushed", s->hints_pushed },
 		{ "hints_dropped", s->hints_dropped }, { "pages_sharing", s->pages_sharing },
+		{ "pages_mapped_from_pool", s->pages_sharing },	/* the same, by what it is */
 		{ "pages_shared", s->pool_pages }, { "merge_rate", s->merge_rate },
 		{ "break_rate", s->break_rate }, { "pages_unshared", s->pages_unshared },
 		{ "smart_skips", s->smart_skips }, { "candidates", s->candidates },
@@ -424,11 +429,17 @@ int md__cmd_status(int argc, char **argv)
 		if (doms && json_array_size(doms)) {
 			size_t i;
 			json_t *d;
-			printf("\n%-4s %-16s %6s %7s %11s %13s %15s\n", "DOM", "NAME", "UID", "AGENTS",
+			char shown[MD_DOMAIN_MAX + 1];
+			int width = 16;	/* names whole: two cut alike looked one */
+			json_array_foreach(doms, i, d) {
+				const char *name = json_string_value(json_object_get(d, "name"));
+				int len = name ? (int)strlen(md__printable(name, shown, sizeof(shown))) : 0;
+				width = len > width ? len : width;
+			}
+			printf("\n%-4s %-*s %6s %7s %11s %13s %15s\n", "DOM", width, "NAME", "UID", "AGENTS",
 			       "POOL_PAGES", "PAGES_SHARING", "PROFIT_MB");
 			json_array_foreach(doms, i, d) {
 				const char *name = json_string_value(json_object_get(d, "name"));
-				char shown[17];
 				if (name)
 					name = md__printable(name, shown, sizeof(shown));
 				/* Bookkeeping makes an empty pool's profit a
@@ -436,8 +447,8 @@ int md__cmd_status(int argc, char **argv)
 				char profit[32];
 				snprintf(profit, sizeof(profit), "%.1f",
 					 (double)json_integer_value(json_object_get(d, "general_profit")) / (1 << 20));
-				printf("%-4lld %-16.16s %6lld %7lld %11lld %13lld %15s\n",
-				       (long long)json_integer_value(json_object_get(d, "id")),
+				printf("%-4lld %-*s %6lld %7lld %11lld %13lld %15s\n",
+				       (long long)json_integer_value(json_object_get(d, "id")), width,
 				       name && *name ? name : "(default)",
 				       (long long)json_integer_value(json_object_get(d, "uid")),
 				       (long long)json_integer_value(json_object_get(d, "agents")),

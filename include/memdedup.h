@@ -209,7 +209,10 @@ typedef struct md_stats {
 	uint64_t wp_waits;             /* guest writes that waited for a merge */
 	uint64_t hints_pushed, hints_dropped;
 	uint64_t pages_sharing;        /* now: guest pages mapped from the pool,
-	                                  fill strips included (`status`'s MERGED) */
+	                                  fill strips included (`status`'s MERGED;
+	                                  also pages_mapped_from_pool in its JSON).
+	                                  Not KSM's pages_sharing (pages saved):
+	                                  memdedupd's domains give that */
 	uint64_t pool_pages;           /* now: pages of the process's own pool in use
 	                                  (KSM's pages_shared); with memdedupd only its
 	                                  fill strips: the domain's pool is in
