@@ -314,7 +314,9 @@ void md_agent_io_unseen(md_agent *a, const char *what)
 	 * copies take as long as an unmerge's). A pool's page: a read-only
 	 * long-term pin (an RDMA registration without write access, a DMA
 	 * map a device only reads) may take the page mapped, and the guest's
-	 * next write then goes to a copy the device never reads. An image's
+	 * next write then goes to a copy the device never reads (before
+	 * Linux 6.2, which copies a private file mapping's page itself before
+	 * such a pin: gup_must_unshare). An image's
 	 * page: such a pin, or an O_DIRECT write through io_uring, would hold
 	 * it, and a lease break could not wait for it. Zero pages stay
 	 * dropped: the kernel makes its own zero page the process's before it
