@@ -66,12 +66,24 @@ static void finish(struct md__daemon *d, struct md__pending_control *p)
 		snprintf(n_kept, sizeof(n_kept), "%s%u %s", p->failed ? ", " : "; ", p->kept,
 			 p->kept == 1 ? "keeps its own value" : "keep their own value");
 	cr.u.text.status = p->failed ? p->status : 0;
-	if (p->failed)
-		snprintf(cr.u.text.text, sizeof(cr.u.text.text), "%.64s: %.100s (done by %u of %.20s%.40s)", p->what,
-			 p->why, p->done, n_all, n_kept);
-	else
+	if (p->failed) {
+		/* The reason gets the room the rest leaves, cut at a word if
+		 * it must be: cut at 100 bytes, it ended mid-word. */
+		char tail[96];
+		snprintf(tail, sizeof(tail), " (done by %u of %.20s%.40s)", p->done, n_all, n_kept);
+		int room = (int)sizeof(cr.u.text.text) - 1 - (int)strnlen(p->what, 64) - 2 - (int)strlen(tail);
+		int len = (int)strlen(p->why), cut = len > room;
+		if (cut) {
+			len = room - 3;
+			while (len > room / 2 && p->why[len] != ' ')
+				len--;
+		}
+		snprintf(cr.u.text.text, sizeof(cr.u.text.text), "%.64s: %.*s%s%s", p->what, len, p->why,
+			 cut ? "..." : "", tail);
+	} else {
 		snprintf(cr.u.text.text, sizeof(cr.u.text.text), "%.64s done by %s%s%s", p->what, n_done, n_kept,
 			 p->detached ? "; agents not connected now get it when back" : "");
+	}
 	if (p->cli) {
 		p->cli->awaiting = 0;	/* its next requests may go on: md__conn_send wakes it */
 		md__conn_send(d, p->cli, &cr, -1);

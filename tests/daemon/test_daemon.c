@@ -3375,6 +3375,50 @@ TEST_IMPL(daemon_control_deadline)
 	return 0;
 }
 
+/* An agent's refusal as agents word it, at its longest: it reached the
+ * CLI cut mid-word ("...(64 MiB kept spare); n (done by 0 of 1 agent)"). */
+#define SHORT_OF_MEMORY "not enough memory for the copies: 100 MiB to copy, 120 MiB available (64 MiB kept " \
+			"spare); nothing changed"
+
+/* A refusal's reason reaches the CLI whole when it fits, and cut at a
+ * word, said with "...", when it does not: it was cut at 100 bytes,
+ * mid-word. */
+TEST_IMPL(daemon_refusal_reason_whole)
+{
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	struct md__msg_control ctl;
+	struct control_call k;
+	char want[MD_TEXT_MAX + 1], longer[MD_TEXT_MAX + 1] = "";
+	int fd;
+
+	td_start(&t, 16);
+	struct md__client *agent = td_agent(&t, NULL, &w, &fd);
+	struct md__client *cli = td_connect(&t);
+	control_start(&k, cli, MD_CTL_UNMERGE, getpid(), NULL, NULL);
+	next_control(agent, &ctl);
+	ASSERT_EQ(md__client_control_done(agent, ctl.token, -ENOMEM, SHORT_OF_MEMORY), 0);
+	ASSERT_EQ(control_end(&k), -ENOMEM);
+	snprintf(want, sizeof(want), "unmerge: pid %d: %s (done by 0 of 1 agent)", (int)getpid(), SHORT_OF_MEMORY);
+	if (strcmp(k.text, want) != 0)
+		fprintf(stderr, "  CONTROL_R says '%s'\n", k.text);
+	ASSERT(strcmp(k.text, want) == 0);
+	/* As long as a reason may be: cut after a whole word. */
+	while (strlen(longer) + 8 < MD_TEXT_MAX)
+		strcat(longer, "abcdefg ");
+	control_start(&k, cli, MD_CTL_UNMERGE, getpid(), NULL, NULL);
+	next_control(agent, &ctl);
+	ASSERT_EQ(md__client_control_done(agent, ctl.token, -ENOMEM, longer), 0);
+	ASSERT_EQ(control_end(&k), -ENOMEM);
+	ASSERT(strlen(k.text) <= MD_TEXT_MAX);
+	ASSERT(strstr(k.text, " abcdefg... (done by 0 of 1 agent)"));
+	md__client_free(cli);
+	md__client_free(agent);
+	close(fd);
+	td_stop(&t);
+	return 0;
+}
+
 TEST_IMPL(daemon_late_unmerge_refusal)
 {
 	/* An agent that refuses an UNMERGE after the daemon stopped waiting
