@@ -2,7 +2,8 @@
  * control.c - CONTROL from the CLI: pause, resume, unmerge, set. The daemon
  * checks the request (a SET key and its range) before anything is sent, so
  * a bad value never reaches an agent; then it forwards one CONTROL (seq 0,
- * a token of its own) to each matching agent, and answers CONTROL_R once
+ * a token of its own) to each matching agent (an UNMERGE to one at a time,
+ * each seeing the memory the copies before it took), and answers CONTROL_R once
  * each has said how it went (CONTROL_DONE with that token), has gone away,
  * or MD_CONTROL_WAIT_MS have passed (less if MEMDEDUP_CONTROL_WAIT_MS
  * says). An agent may refuse: unmerge when the host (or its cgroup) lacks
@@ -36,6 +37,11 @@ struct md__pending_control {
 	int status;                /* the first failure's */
 	char why[MD_TEXT_MAX + 1];
 	char what[MD_KEY_MAX + MD_VALUE_MAX + 16];
+	struct md__msg_control ctl; /* as forwarded, but pid and token */
+	int admin, defaults;
+	/* An UNMERGE's agents not sent it yet: queue[qnext..nqueue). */
+	size_t nqueue, qnext;
+	struct md__queued_agent { pid_t pid; unsigned num; } *queue;
 };
 
 static void plural(char *buf, size_t size, unsigned n, const char *one)
@@ -51,6 +57,7 @@ static void drop(struct md__daemon *d, struct md__pending_control *p)
 		pp = &(*pp)->next;
 	if (*pp)
 		*pp = p->next;
+	free(p->queue);
 	free(p->owed);
 	free(p);
 }
@@ -118,6 +125,83 @@ static int settle(struct md__pending_control *p, pid_t pid)
 	return 0;
 }
 
+/* Sends p's CONTROL to agent a and marks what it begins: a then owes p
+ * its answer. Detached, a gets only what changes the defaults (it finds
+ * them in its WELCOME when back) and a RESUME. */
+static void forward(struct md__daemon *d, struct md__pending_control *p, struct md__agent *a)
+{
+	if (!a->conn && (p->defaults || p->op == MD_CTL_RESUME)) {
+		p->detached++;
+		return;
+	}
+	if (!a->conn) {
+		failed(p, -ENOTCONN, "pid %d is not connected to memdedupd now", (int)a->pid);
+		return;
+	}
+	struct md__msg fwd = { .hdr = { .type = MD_MSG_CONTROL, .seq = 0 } };
+	fwd.u.control = p->ctl;
+	fwd.u.control.token = p->token;
+	/* The agent's own pid when the requester named it: a SET then is
+	 * that agent's own value, not a share of the rate of all
+	 * (agent/scan.c). So too a user's SET of all their agents, which
+	 * sets no default: as a share, the agent's next WELCOME put the
+	 * default back. An agent that did not ask for that gets its pid
+	 * always. */
+	fwd.u.control.pid = p->ctl.pid || !a->control_pid || (p->op == MD_CTL_SET && !p->defaults) ? a->pid : 0;
+	if (md__conn_send(d, a->conn, &fwd, -1) != 0) {
+		failed(p, -EIO, "pid %d could not be sent it", (int)a->pid);
+		return;
+	}
+	/* Paused until resumed from the moment it may begin: its answer may
+	 * come too late, or never (a dropped connection), and its next
+	 * WELCOME must say so. A refusal puts back what it found (an earlier
+	 * UNMERGE's pause, and whose it was); one never sent cannot begin. */
+	if (p->op == MD_CTL_UNMERGE) {
+		/* Not while another is owed: its mark is no unmerge yet. */
+		if (!a->unmerge_token) {
+			a->unmerged_was = a->unmerged;
+			a->held_was = a->held_by_admin & MD_HELD_UNMERGE;
+			a->unmerge_first = p->token;
+		}
+		a->unmerged = 1;
+		a->unmerge_token = p->token;
+	}
+	/* Its own pause outlives a reconnect, as the default's does
+	 * (d->paused). */
+	if (p->op == MD_CTL_PAUSE && !p->defaults)
+		a->paused = 1;
+	if (p->admin && p->op == MD_CTL_UNMERGE)
+		a->held_by_admin |= MD_HELD_UNMERGE;
+	if (p->admin && p->op == MD_CTL_PAUSE && !p->defaults)
+		a->held_by_admin |= MD_HELD_PAUSE;
+	/* Which reached it last says whether it scans under the default
+	 * pause (its share). */
+	if (p->op == MD_CTL_PAUSE || p->op == MD_CTL_RESUME)
+		a->resumed_alone = p->op == MD_CTL_RESUME;
+	p->owed[p->nowed++] = a->pid;
+}
+
+/* An UNMERGE goes to one agent at a time, the next once the last answered
+ * (or went): each agent checks the memory its copies need against what is
+ * left, and agents checking at once all found the same memory, all went
+ * on to copy, and the cgroup's OOM killer killed a VMM. 1 if one was sent. */
+static int unmerge_next(struct md__daemon *d, struct md__pending_control *p)
+{
+	int sent = 0;
+	while (!p->nowed && p->qnext < p->nqueue) {
+		struct md__queued_agent q = p->queue[p->qnext++];
+		struct md__agent *a = d->agents;
+		while (a && (a->pid != q.pid || a->num != q.num))
+			a = a->next;
+		/* Exited meanwhile: nothing of its left to copy. */
+		if (a) {
+			forward(d, p, a);
+			sent |= p->nowed != 0;
+		}
+	}
+	return sent;
+}
+
 void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const struct md__msg_control *ctl)
 {
 	struct md__tunables tun = d->tun;
@@ -151,7 +235,8 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 	for (struct md__agent *a = d->agents; a; a = a->next)
 		cap++;
 	p = calloc(1, sizeof(*p));
-	if (!p || !(p->owed = calloc(cap ? cap : 1, sizeof(*p->owed)))) {
+	if (!p || !(p->owed = calloc(cap ? cap : 1, sizeof(*p->owed))) ||
+	    (ctl->op == MD_CTL_UNMERGE && !(p->queue = calloc(cap ? cap : 1, sizeof(*p->queue))))) {
 		cr.u.text.status = -ENOMEM;
 		snprintf(cr.u.text.text, sizeof(cr.u.text.text), "out of memory");
 		goto free_pending;
@@ -160,6 +245,11 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 	p->uid = c->uid;
 	p->seq = seq;
 	p->op = ctl->op;
+	p->ctl = *ctl;
+	p->admin = admin;
+	/* Detached agents get the defaults when back: only what changes the
+	 * defaults reaches them so. */
+	p->defaults = ctl->pid == 0 && admin && ctl->op != MD_CTL_UNMERGE;
 	p->token = ++d->last_token ? d->last_token : ++d->last_token;	/* never 0 */
 	p->deadline_ms = md__now_ms() + d->control_wait_ms;
 	if (ctl->op == MD_CTL_SET)
@@ -184,12 +274,6 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 		snprintf(cr.u.text.text, sizeof(cr.u.text.text), "no agent with pid %d", (int)ctl->pid);
 		goto free_pending;
 	}
-	/* Detached agents get the defaults when back: only what changes the
-	 * defaults reaches them so. */
-	int defaults = ctl->pid == 0 && admin && ctl->op != MD_CTL_UNMERGE;
-	struct md__msg fwd = { .hdr = { .type = MD_MSG_CONTROL, .seq = 0 } };
-	fwd.u.control = *ctl;
-	fwd.u.control.token = p->token;
 	for (struct md__agent *a = d->agents; a; a = a->next) {
 		if (ctl->pid && a->pid != ctl->pid)
 			continue;
@@ -208,56 +292,12 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 			a->unmerged = a->paused = a->held_by_admin = 0;
 			a->unmerge_first = a->unmerge_token = 0;
 		}
-		if (!a->conn && (defaults || ctl->op == MD_CTL_RESUME)) {
-			p->detached++;
-		} else if (!a->conn) {
-			failed(p, -ENOTCONN, "pid %d is not connected to memdedupd now", (int)a->pid);
-		} else {
-			/* The agent's own pid when the requester named
-			 * it: a SET then is that agent's own value, not a
-			 * share of the rate of all (agent/scan.c). So too
-			 * a user's SET of all their agents, which sets no
-			 * default: as a share, the agent's next WELCOME put
-			 * the default back. An agent that did not ask for
-			 * that gets its pid always. */
-			fwd.u.control.pid = ctl->pid || !a->control_pid || (ctl->op == MD_CTL_SET && !defaults) ?
-					    a->pid : 0;
-			if (md__conn_send(d, a->conn, &fwd, -1) == 0) {
-				/* Paused until resumed from the moment it may
-				 * begin: its answer may come too late, or never
-				 * (a dropped connection), and its next WELCOME
-				 * must say so. A refusal puts back what it
-				 * found (an earlier UNMERGE's pause, and whose
-				 * it was); one never sent cannot begin. */
-				if (ctl->op == MD_CTL_UNMERGE) {
-					/* Not while another is owed: its
-					 * mark is no unmerge yet. */
-					if (!a->unmerge_token) {
-						a->unmerged_was = a->unmerged;
-						a->held_was = a->held_by_admin & MD_HELD_UNMERGE;
-						a->unmerge_first = p->token;
-					}
-					a->unmerged = 1;
-					a->unmerge_token = p->token;
-				}
-				/* Its own pause outlives a reconnect, as the
-				 * default's does (d->paused). */
-				if (ctl->op == MD_CTL_PAUSE && !defaults)
-					a->paused = 1;
-				if (admin && ctl->op == MD_CTL_UNMERGE)
-					a->held_by_admin |= MD_HELD_UNMERGE;
-				if (admin && ctl->op == MD_CTL_PAUSE && !defaults)
-					a->held_by_admin |= MD_HELD_PAUSE;
-				/* Which reached it last says whether it scans
-				 * under the default pause (its share). */
-				if (ctl->op == MD_CTL_PAUSE || ctl->op == MD_CTL_RESUME)
-					a->resumed_alone = ctl->op == MD_CTL_RESUME;
-				p->owed[p->nowed++] = a->pid;
-			} else {
-				failed(p, -EIO, "pid %d could not be sent it", (int)a->pid);
-			}
-		}
+		if (ctl->op == MD_CTL_UNMERGE)
+			p->queue[p->nqueue++] = (struct md__queued_agent){ a->pid, a->num };
+		else
+			forward(d, p, a);
 	}
+	unmerge_next(d, p);
 	if (ctl->pid == 0 && admin) {
 		if (ctl->op == MD_CTL_SET)
 			d->tun = tun;
@@ -269,8 +309,12 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 	/* The rate is shared by the agents that scan. */
 	if (ctl->op != MD_CTL_SET)
 		md__reshare(d);
-	md__dlog_peer("pid %d (uid %u): %s sent to %zu agents", (int)c->pid, (unsigned)c->uid, p->what,
-		      p->nowed);
+	if (ctl->op == MD_CTL_UNMERGE)
+		md__dlog_peer("pid %d (uid %u): %s sent to 1 of %zu agents, to the others one at a time",
+			      (int)c->pid, (unsigned)c->uid, p->what, p->nowed + p->nqueue - p->qnext);
+	else
+		md__dlog_peer("pid %d (uid %u): %s sent to %zu agents", (int)c->pid, (unsigned)c->uid, p->what,
+			      p->nowed);
 	if (!p->nowed) {
 		finish(d, p);
 		return;
@@ -281,8 +325,10 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 	return;
 
 free_pending:
-	if (p)
+	if (p) {
+		free(p->queue);
 		free(p->owed);
+	}
 	free(p);
 reply:
 	md__conn_send(d, c, &cr, -1);
@@ -326,6 +372,8 @@ void md__control_done(struct md__daemon *d, struct md__agent *a, const struct md
 		} else {
 			p->done++;
 		}
+		if (unmerge_next(d, p))
+			md__reshare(d);	/* the next one pauses: its part to the others */
 		if (!p->nowed)
 			finish(d, p);
 		break;
@@ -349,10 +397,13 @@ void md__control_gone(struct md__daemon *d, struct md__conn *c, pid_t pid)
 				continue;
 			}
 		}
-		if (pid > 0 && settle(p, pid))
+		if (pid > 0 && settle(p, pid)) {
 			failed(p, -ESRCH, "pid %d went away before it answered", (int)pid);
+			if (unmerge_next(d, p))
+				md__reshare(d);
+		}
 		if (pid < 0)
-			p->nowed = 0;	/* the daemon stops */
+			p->nowed = 0, p->qnext = p->nqueue;	/* the daemon stops */
 		if (!p->nowed)
 			finish(d, p);
 	}
@@ -365,10 +416,19 @@ int md__control_tick(struct md__daemon *d)
 		next = p->next;
 		if (now < p->deadline_ms)
 			continue;
-		failed(p, -ETIMEDOUT, "pid %d did not answer in %.1f s (it may still do it)",
-		       (int)p->owed[0], d->control_wait_ms / 1000.0);
-		p->failed += (unsigned)p->nowed - 1;
+		/* The deadline is the request's, as the CLI waits for one
+		 * answer: an UNMERGE's agents not sent it yet are not sent it
+		 * now, as the one not answering may still be copying. */
+		size_t unsent = p->nqueue - p->qnext;
+		if (unsent)
+			failed(p, -ETIMEDOUT, "pid %d did not answer in %.1f s (it may still do it); %zu "
+			       "more not sent it", (int)p->owed[0], d->control_wait_ms / 1000.0, unsent);
+		else
+			failed(p, -ETIMEDOUT, "pid %d did not answer in %.1f s (it may still do it)",
+			       (int)p->owed[0], d->control_wait_ms / 1000.0);
+		p->failed += (unsigned)(p->nowed - 1 + unsent);
 		p->nowed = 0;
+		p->qnext = p->nqueue;
 		finish(d, p);
 	}
 	return d->controls != NULL;

@@ -1075,6 +1075,66 @@ static int control_cli(const struct tdaemon *t, const char *what, pid_t pid)
 		     test_dir());
 }
 
+#define UNMERGE_ALL_PAGES 25600u	/* 100 MiB a VMM */
+/* All but a few (a page or two of a pass may wait for the next). */
+static int sharing_unmerge_all(const md_stats *s) { return s->pages_sharing >= UNMERGE_ALL_PAGES - 256; }
+
+/* `memdedup unmerge` of two agents in one cgroup, whose copies fit there
+ * one at a time but not together: one is done, the other refuses, the
+ * answer says which, and neither VMM is killed. Sent to both at once,
+ * each checked the memory before either copied, both went on, and the
+ * cgroup's OOM killer killed one. */
+TEST_IMPL(cross_unmerge_all_one_agent_at_a_time)
+{
+	struct test_cgroup cg;
+	if (cgroup_make(&cg) != 0)
+		SKIP("no memory cgroup of our own to be had here");
+	struct tdaemon t;
+	struct proc p[2];
+	md_stats s;
+	char path[600];
+	td_start(&t, 65536);
+	snprintf(sock_env, sizeof(sock_env), "MEMDEDUP_SOCKET=%s", t.sock);
+	const char *env[] = { sock_env, "MEMDEDUP_SCAN=1", "MEMDEDUP_PAGES_TO_SCAN=20000", "MEMDEDUP_SLEEP_MS=1",
+			      NULL };
+	for (int i = 0; i < 2; i++) {
+		proc_start(&p[i], env);
+		proc_cmd(&p[i], "map %u", UNMERGE_ALL_PAGES);
+		proc_cmd(&p[i], "fill 0 %u 7", UNMERGE_ALL_PAGES);	/* the same in both */
+	}
+	for (int i = 0; i < 2; i++)
+		ASSERT_EQ(proc_stats_wait(&p[i], &s, 60000, sharing_unmerge_all), 0);
+	for (int i = 0; i < 2; i++)
+		ASSERT_EQ(cgroup_enter(&cg, p[i].pid), 0);
+	/* Room for one's copies and the 64 MiB kept spare (164 MiB), not
+	 * for both's (200 MiB). */
+	ASSERT_EQ(cgroup_limit(&cg, cgroup_usage(&cg) + (170ull << 20)), 0);
+	ASSERT_EQ(control_cli(&t, "unmerge", 0), 1);
+	snprintf(path, sizeof(path), "%s/out", test_dir());
+	const char *out = file_text(path);
+	fprintf(stderr, "  %s", out);
+	int refused = -1;
+	for (int i = 0; i < 2; i++) {
+		ASSERT_EQ(waitpid(p[i].pid, NULL, WNOHANG), 0);	/* alive */
+		char want[64];
+		snprintf(want, sizeof(want), "pid %d: not enough memory", (int)p[i].pid);
+		if (strstr(out, want))
+			refused = i;
+	}
+	ASSERT(refused >= 0);
+	ASSERT(strstr(out, "(done by 1 of 2 agents)"));
+	/* The one refused still merged, the other private. */
+	ASSERT_EQ(proc_stats_wait(&p[!refused], &s, 20000, sharing_none), 0);
+	ASSERT_EQ(proc_stats(&p[refused], &s), 0);
+	ASSERT(sharing_unmerge_all(&s));
+	ASSERT_EQ(cgroup_limit(&cg, 1ull << 30), 0);
+	for (int i = 0; i < 2; i++)
+		proc_stop(&p[i]);
+	td_stop(&t);
+	close(cg.guard);
+	return 0;
+}
+
 /* The last word of pid's row in `memdedup status` (its STATE), "" if none. */
 static const char *status_state(const struct tdaemon *t, pid_t pid)
 {

@@ -3380,6 +3380,109 @@ TEST_IMPL(daemon_control_deadline)
 #define SHORT_OF_MEMORY "not enough memory for the copies: 100 MiB to copy, 120 MiB available (64 MiB kept " \
 			"spare); nothing changed"
 
+/* UNMERGE of all goes to one agent at a time, the next once the last
+ * answered or went: each agent checks the memory for its copies against
+ * what is left, and two checking at once both found room that was there
+ * for one, copied together, and the OOM killer killed a VMM. */
+TEST_IMPL(daemon_unmerge_one_agent_at_a_time)
+{
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	struct md__msg_control ctl;
+	struct control_call k;
+	int fd, cmd[2], up[2];
+	char b;
+
+	td_start(&t, 16);
+	ASSERT(pipe(cmd) == 0 && pipe(up) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		/* The other agent: says 'g' when an UNMERGE comes, refuses it
+		 * on 'r', goes at EOF (one owed or not). */
+		struct md__msg_welcome kw;
+		struct md__msg_control kc;
+		uint32_t unmerge = 0;
+		int kfd;
+		close(cmd[1]);
+		close(up[0]);
+		if (fcntl(cmd[0], F_SETFL, O_NONBLOCK) < 0)
+			_exit(1);
+		struct md__client *o = td_agent(&t, NULL, &kw, &kfd);
+		if (write(up[1], "r", 1) != 1)
+			_exit(2);
+		for (;;) {
+			if (md__client_next_control(o, &kc) == 0 && kc.op == MD_CTL_UNMERGE) {
+				unmerge = kc.token;
+				if (write(up[1], "g", 1) != 1)
+					_exit(3);
+			}
+			ssize_t r = read(cmd[0], &b, 1);
+			if (r == 0)
+				_exit(0);
+			if (r == 1 && b == 'r' && md__client_control_done(o, unmerge, -ENOMEM, SHORT_OF_MEMORY))
+				_exit(4);
+			usleep(5000);
+		}
+	}
+	close(cmd[0]);
+	close(up[1]);
+	ASSERT_EQ(read(up[0], &b, 1), 1);
+	ASSERT(fcntl(up[0], F_SETFL, O_NONBLOCK) == 0);
+	struct md__client *c = td_agent(&t, NULL, &w, &fd);
+	struct md__client *cli = td_connect(&t);
+	char want[MD_TEXT_MAX + 1];
+	snprintf(want, sizeof(want), "pid %d: %s (done by 1 of 2 agents)", (int)kid, SHORT_OF_MEMORY);
+	for (int round = 0; round < 2; round++) {
+		/* Whichever comes first, the other hears of it only once the
+		 * first answered: the second round's first goes away. */
+		control_start(&k, cli, MD_CTL_UNMERGE, 0, NULL, NULL);
+		usleep(300000);
+		int kid_first = read(up[0], &b, 1) == 1;
+		int mine_first = md__client_next_control(c, &ctl) == 0;
+		ASSERT(kid_first != mine_first);
+		if (mine_first) {
+			ASSERT_EQ(ctl.op, MD_CTL_UNMERGE);
+			usleep(200000);
+			ASSERT(read(up[0], &b, 1) < 0);	/* not yet */
+			ASSERT_EQ(md__client_control_done(c, ctl.token, 0, NULL), 0);
+			for (int i = 0; i < 400 && read(up[0], &b, 1) != 1; i++)
+				usleep(5000);
+			ASSERT_EQ(b, 'g');
+			if (round == 0)
+				ASSERT_EQ(write(cmd[1], "r", 1), 1);
+			else
+				close(cmd[1]);
+		} else {
+			ASSERT_EQ(md__client_next_control(c, &ctl), -EAGAIN);	/* not yet */
+			if (round == 0)
+				ASSERT_EQ(write(cmd[1], "r", 1), 1);
+			else
+				close(cmd[1]);
+			next_control(c, &ctl);
+			ASSERT_EQ(ctl.op, MD_CTL_UNMERGE);
+			ASSERT_EQ(md__client_control_done(c, ctl.token, 0, NULL), 0);
+		}
+		if (round == 0) {
+			ASSERT_EQ(control_end(&k), -ENOMEM);
+			if (!strstr(k.text, want))
+				fprintf(stderr, "  CONTROL_R says '%s'\n", k.text);
+			ASSERT(strstr(k.text, want));
+		} else {
+			ASSERT_EQ(control_end(&k), -ESRCH);
+			ASSERT(strstr(k.text, "went away"));
+			ASSERT(strstr(k.text, "(done by 1 of 2 agents)"));
+		}
+	}
+	ASSERT_EQ(child_exit(kid), 0);
+	close(up[0]);
+	md__client_free(cli);
+	md__client_free(c);
+	close(fd);
+	td_stop(&t);
+	return 0;
+}
+
 /* A refusal's reason reaches the CLI whole when it fits, and cut at a
  * word, said with "...", when it does not: it was cut at 100 bytes,
  * mid-word. */
