@@ -175,9 +175,13 @@ static void forward(struct md__daemon *d, struct md__pending_control *p, struct 
 	if (p->admin && p->op == MD_CTL_PAUSE && !p->defaults)
 		a->held_by_admin |= MD_HELD_PAUSE;
 	/* Which reached it last says whether it scans under the default
-	 * pause (its share). */
-	if (p->op == MD_CTL_PAUSE || p->op == MD_CTL_RESUME)
-		a->resumed_alone = p->op == MD_CTL_RESUME;
+	 * pause (its share). A user's PAUSE of their own agent leaves an
+	 * administrator's RESUME of it standing: that is what lets the user
+	 * resume it again under the administrator's default pause. */
+	if (p->op == MD_CTL_RESUME)
+		a->resumed_alone = 1;
+	else if (p->op == MD_CTL_PAUSE && p->admin)
+		a->resumed_alone = 0;
 	p->owed[p->nowed++] = a->pid;
 }
 
@@ -257,9 +261,11 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 	else
 		snprintf(p->what, sizeof(p->what), "%s", md__control_op_name(ctl->op));
 
-	/* A pause the administrator set is theirs to lift: another user's
-	 * RESUME would run that user's agents again under it. */
-	if (ctl->op == MD_CTL_RESUME && !admin && d->paused) {
+	/* A pause the administrator set on all is theirs to lift: another
+	 * user's RESUME of all would run that user's agents again under it.
+	 * One of an agent by pid is that agent's to judge (below): the
+	 * administrator may have resumed it alone. */
+	if (ctl->op == MD_CTL_RESUME && !admin && d->paused && !ctl->pid) {
 		cr.u.text.status = -EPERM;
 		snprintf(cr.u.text.text, sizeof(cr.u.text.text),
 			 "memdedupd was paused by its administrator: only they resume it");
@@ -283,6 +289,14 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 		    (((a->held_by_admin & MD_HELD_PAUSE) && a->paused) ||
 		     ((a->held_by_admin & MD_HELD_UNMERGE) && a->unmerged))) {
 			failed(p, -EPERM, "pid %d was paused by memdedupd's administrator: only they resume it",
+			       (int)a->pid);
+			continue;
+		}
+		/* Under the administrator's pause of all, only an agent they
+		 * resumed alone is the user's to resume (after the user's own
+		 * pause of it). */
+		if (ctl->op == MD_CTL_RESUME && !admin && d->paused && !a->resumed_alone) {
+			failed(p, -EPERM, "memdedupd was paused by its administrator: only they resume pid %d",
 			       (int)a->pid);
 			continue;
 		}

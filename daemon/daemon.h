@@ -232,9 +232,11 @@ struct md__agent {
 				    * user's own agents), not resumed since: the same */
 	int held_by_admin;         /* MD_HELD_*: that PAUSE or UNMERGE was root's (or
 				    * the daemon's user's): only they resume it */
-	int resumed_alone;         /* of PAUSE and RESUME, a RESUME reached its connection
-				    * last: it scans under the daemon's default pause
-				    * (resume --pid P after pause) until its next WELCOME */
+	int resumed_alone;         /* a RESUME reached its connection after the last
+				    * administrator's PAUSE: it scans under the daemon's
+				    * default pause (resume --pid P after pause) until its
+				    * next WELCOME, and its user may resume it after
+				    * pausing it */
 	int64_t reported_ms;       /* when the last REPORT came; 0 never */
 	uint64_t requests;         /* messages handled after its HELLO */
 	uint64_t hellos;           /* connections it came on (reconnects + 1) */

@@ -4425,6 +4425,85 @@ TEST_IMPL(daemon_user_resume_after_refused_unmerge)
 	return 0;
 }
 
+/* A CONTROL of this user's for its own agent (pid), answered by that
+ * agent: the status of the CONTROL_R. */
+static int own_control_answered(struct tdaemon *t, struct md__client *cli, struct md__client *agent, unsigned op)
+{
+	struct md__msg_control ctl;
+	struct control_call call;
+	control_start(&call, cli, op, getpid(), NULL, NULL);
+	int err = -EAGAIN;
+	for (int i = 0; i < 200 && err == -EAGAIN; i++)
+		if ((err = md__client_next_control(agent, &ctl)) == -EAGAIN)
+			usleep(5000);
+	if (err == 0 && (ctl.op != op || md__client_control_done(agent, ctl.token, 0, NULL) != 0))
+		return -EPROTO;
+	(void)t;
+	return control_end(&call);
+}
+
+/* As nobody: an agent under root's pause of all. Its user's own PAUSE and
+ * RESUME: the RESUME refused, until root resumed the agent alone; then
+ * taken. Exits 0 if all went so. */
+static int own_resume_after_admin_resumed_alone_as_nobody(struct tdaemon *t, int ready)
+{
+	struct md__client *agent;
+	struct md__msg_welcome w;
+	struct md__msg_control ctl;
+	char x = 0, text[MD_TEXT_MAX + 1];
+	int fd;
+	if (setresgid(65534, 65534, 65534) != 0 || setresuid(65534, 65534, 65534) != 0)
+		return 102;
+	if (md__client_open(&agent, t->sock, NULL, 0, &w, &fd) != 0 || write(ready, &x, 1) != 1)
+		return 100;
+	next_control(agent, &ctl);	/* root's PAUSE of all */
+	if (ctl.op != MD_CTL_PAUSE || md__client_control_done(agent, ctl.token, 0, NULL) != 0)
+		return 2;
+	struct md__client *cli = td_connect(t);
+	if (own_control_answered(t, cli, agent, MD_CTL_PAUSE) != 0)
+		return 3;
+	if (control(cli, MD_CTL_RESUME, getpid(), NULL, NULL, text) != -EPERM || !strstr(text, "administrator"))
+		return 4;
+	if (write(ready, &x, 1) != 1)
+		return 101;
+	next_control(agent, &ctl);	/* root's RESUME of this agent */
+	if (ctl.op != MD_CTL_RESUME || md__client_control_done(agent, ctl.token, 0, NULL) != 0)
+		return 5;
+	if (own_control_answered(t, cli, agent, MD_CTL_PAUSE) != 0)
+		return 6;
+	if (own_control_answered(t, cli, agent, MD_CTL_RESUME) != 0)
+		return 7;
+	md__client_free(cli);
+	md__client_free(agent);
+	close(fd);
+	return 0;
+}
+
+/* Root paused all, then resumed one user's agent alone: that user may
+ * pause it and resume it again (every RESUME by pid of a user was refused
+ * while memdedupd was paused). One root did not resume alone stays
+ * root's to resume. */
+TEST_IMPL(daemon_user_resumes_agent_admin_resumed_alone)
+{
+	struct tdaemon t;
+	if (getuid() != 0 || !getpwnam("nobody"))
+		SKIP("needs root and a 'nobody' user");
+	td_start(&t, 16);
+	int ready;
+	pid_t kid = fork_as_nobody(&t, own_resume_after_admin_resumed_alone_as_nobody, &ready);
+	char x, text[MD_TEXT_MAX + 1];
+	ASSERT_EQ(read(ready, &x, 1), 1);
+	struct md__client *cli = td_connect(&t);
+	ASSERT_EQ(control(cli, MD_CTL_PAUSE, 0, NULL, NULL, text), 0);
+	ASSERT_EQ(read(ready, &x, 1), 1);
+	ASSERT_EQ(control(cli, MD_CTL_RESUME, kid, NULL, NULL, text), 0);
+	ASSERT_EQ(child_exit(kid), 0);
+	md__client_free(cli);
+	close(ready);
+	td_stop(&t);
+	return 0;
+}
+
 /* As nobody: an agent root unmerged, whose own user then sends an UNMERGE
  * it refuses, then a RESUME. Exits 0 if that RESUME was refused as root's
  * to give. */
