@@ -250,6 +250,19 @@ static int pause_set(md_agent *a, int paused)
 	return pause_set_kept(a, paused, 0);
 }
 
+/* A pause is answered once no merge is under way: the scanner's step
+ * ends after its visit (it went on through its whole batch, up to 100,000
+ * pages). Bounded: a step may wait for memdedupd's reply, or for a lock
+ * the caller holds. */
+#define PAUSE_WAIT_MS 2000
+
+static void pause_wait(md_agent *a)
+{
+	if (md__scanner_wait_step(&a->scanner, PAUSE_WAIT_MS) != 0)
+		md__log_once(190, "a pause was answered before the scanner's step ended (%u ms waited): "
+			     "the merges of that step's last visit may follow it", PAUSE_WAIT_MS);
+}
+
 int md_agent_pause(md_agent *a, int paused)
 {
 	MD_NOCANCEL_SCOPE();
@@ -263,6 +276,8 @@ int md_agent_pause(md_agent *a, int paused)
 	int err = pause_set(a, paused);
 	if (err)
 		__atomic_store_n(&a->paused_here, was, __ATOMIC_RELAXED);
+	else if (paused)
+		pause_wait(a);
 	return err;
 }
 
@@ -947,6 +962,8 @@ void md__scan_apply_control(struct md_agent *a, const struct md__msg_control *ct
 		if (a->user_moving)
 			a->user_was_paused = 1;
 		err = pause_set(a, 1);
+		if (!err)
+			pause_wait(a);
 		break;
 	case MD_CTL_RESUME:
 		/* The operator's: the VMM's own pause too. While the VMM's

@@ -1093,6 +1093,13 @@ static uint64_t progress(const struct md__scanner *s)
 	       s->st.file_matches + s->st.first_sums + s->st.volatile_skips;
 }
 
+/* Paused or stopped: a step ends after the visit under way, as kernel
+ * KSM's run=0 waits for ksmd's batch only, not for the next. */
+static int halted(const struct md__scanner *s)
+{
+	return __atomic_load_n(&s->paused, __ATOMIC_SEQ_CST) || __atomic_load_n(&s->stop, __ATOMIC_RELAXED);
+}
+
 int md__scanner_step(struct md__scanner *s, size_t npages)
 {
 	int merges = 0;
@@ -1126,7 +1133,7 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 	 * another agent) that found their copy, as KSM merges the
 	 * unstable tree's page in the step that scanned its twin; at
 	 * most a batch of them per batch. */
-	for (size_t c = 0; c < nc; c++) {	/* nfm stays within MD_SCAN_PEND */
+	for (size_t c = 0; c < nc && !halted(s); c++) {	/* nfm stays within MD_SCAN_PEND */
 		int read = 0;
 		s->st.candidates++;
 		if (cand[c] % MD_EPAGE == 0 && cand[c] == (uintptr_t)cand[c])
@@ -1140,7 +1147,8 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 	 * went round it hundreds of times (a quarter of a core, at a test's
 	 * 100,000 pages a batch over 2,048 merged pages). */
 	size_t held = 0;
-	for (; k < npages && examined < 16 * npages && s->nfm < MD_SCAN_PEND && s->st.passes - passes < 2;
+	for (; k < npages && examined < 16 * npages && s->nfm < MD_SCAN_PEND && s->st.passes - passes < 2 &&
+	       !halted(s);
 	     examined++) {
 		uintptr_t a = 0;
 		int hinted = 0, read = 0;
@@ -1188,6 +1196,10 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 		}
 		adapt(s);
 	}
+	/* Paused meanwhile: what the batch found waits for the next visits;
+	 * a pause answered while these merged. */
+	if (halted(s))
+		s->npend = s->nfm = 0;
 	if (s->npend)
 		flush_remote(s);	/* before the pages may go away */
 	pthread_rwlock_unlock(&s->e->regions_lock);
@@ -1328,7 +1340,13 @@ static void *scan_thread(void *arg)
 			batch *= k;
 			sleep_ns *= k;
 		}
-		md__scanner_step(s, batch);
+		/* Marked before paused is looked at, as a pause stores paused
+		 * before it looks at stepping (md__scanner_wait_step): one of
+		 * the two sees the other. */
+		__atomic_store_n(&s->stepping, 1, __ATOMIC_SEQ_CST);
+		if (!__atomic_load_n(&s->paused, __ATOMIC_SEQ_CST))
+			md__scanner_step(s, batch);
+		__atomic_store_n(&s->stepping, 0, __ATOMIC_SEQ_CST);
 		uint64_t cpu = charge(s, &mark);
 		uint64_t wall = clock_ns(CLOCK_MONOTONIC) - wall0;
 		/* The sleep at the set rate, lengthened for the CPU cap: no
@@ -1400,6 +1418,18 @@ void md__scanner_poke(struct md__scanner *s)
 		}
 		errno = saved;
 	}
+}
+
+int md__scanner_wait_step(struct md__scanner *s, unsigned ms)
+{
+	uint64_t until = clock_ns(CLOCK_MONOTONIC) + (uint64_t)ms * 1000000ull;
+	while (__atomic_load_n(&s->stepping, __ATOMIC_SEQ_CST)) {
+		if (clock_ns(CLOCK_MONOTONIC) >= until)
+			return -ETIMEDOUT;
+		struct timespec ts = { 0, 1000000 };
+		nanosleep(&ts, NULL);
+	}
+	return 0;
 }
 
 void md__scanner_hold(struct md__scanner *s)

@@ -123,6 +123,7 @@ struct md__scanner {
 	int running, stop;
 	int wake_fd;            /* eventfd that ends the thread's sleep (stop, poke) */
 	int parked;             /* 1 while the thread, paused, blocks on wake_fd (atomic) */
+	int stepping;           /* 1 while the thread is in md__scanner_step (atomic) */
 };
 
 int md__scanner_init(struct md__scanner *s, struct md__engine *e, struct md__hints *h);
@@ -131,11 +132,15 @@ void md__scanner_free(struct md__scanner *s);
 size_t md__scanner_meta_bytes(const struct md__scanner *s);
 /* Visits up to npages pages; returns the merges made within the process
  * (those onto memdedupd's pool are made as the batch ends, and counted in
- * the stats only). */
+ * the stats only). Paused or stopped meanwhile, it ends after the visit
+ * under way, merging nothing more. */
 int md__scanner_step(struct md__scanner *s, size_t npages);
 /* The sleeping loop on a thread of its own: step(batch), sleep, again. */
 int md__scanner_start(struct md__scanner *s);
 void md__scanner_stop(struct md__scanner *s);
+/* After paused is set: waits up to ms for the thread to be out of its
+ * step, after which it merges nothing until resumed. 0, or -ETIMEDOUT. */
+int md__scanner_wait_step(struct md__scanner *s, unsigned ms);
 /* New hints: a scanner slowed down on a quiet host (idle) takes up the set
  * rate again, within one sleep at that rate; and after paused is cleared,
  * a resume: the paused thread wakes at once. Any thread, lock-free. */

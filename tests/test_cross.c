@@ -1135,6 +1135,61 @@ TEST_IMPL(cross_unmerge_all_one_agent_at_a_time)
 	return 0;
 }
 
+/* Bytes of p's guest RAM (len bytes) mapped from memdedupd's pools:
+ * merges only add to them. */
+static unsigned long long pool_mapped_bytes(const struct proc *p, size_t len)
+{
+	char path[64], line[512];
+	unsigned long long sum = 0;
+	snprintf(path, sizeof(path), "/proc/%d/maps", (int)p->pid);
+	FILE *f = fopen(path, "r");
+	ASSERT(f);
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long long lo, hi;
+		if (strstr(line, "memfd:memdedup-pool") && sscanf(line, "%llx-%llx", &lo, &hi) == 2 &&
+		    lo >= p->base && hi <= p->base + len)
+			sum += hi - lo;
+	}
+	fclose(f);
+	return sum;
+}
+
+/* `memdedup pause` answers once the agent merges no more: the scanner's
+ * step went on through its whole batch (here 100,000 pages) after the
+ * answer, and tens of MiB more were merged, as kernel KSM's run=0 does not
+ * (it waits for ksmd's batch). */
+TEST_IMPL(cross_pause_answered_once_merging_stopped)
+{
+	struct tdaemon t;
+	struct proc a;
+	const unsigned half = 32768;	/* 128 MiB, twice */
+	td_start(&t, 65536);
+	snprintf(sock_env, sizeof(sock_env), "MEMDEDUP_SOCKET=%s", t.sock);
+	const char *env[] = { sock_env, "MEMDEDUP_SCAN=1", "MEMDEDUP_PAGES_TO_SCAN=100000", "MEMDEDUP_SLEEP_MS=1",
+			      NULL };
+	proc_start(&a, env);
+	proc_cmd(&a, "map %u", 2 * half);
+	proc_cmd(&a, "fill 0 %u 9", half);
+	proc_cmd(&a, "fill %u %u 9", half * PG, half);
+	/* Merging has begun, far from done. */
+	for (int i = 0; i < 3000 && pool_mapped_bytes(&a, 2ull * half * PG) < (1ull << 20); i++)
+		usleep(2000);
+	unsigned long long begun = pool_mapped_bytes(&a, 2ull * half * PG);
+	ASSERT(begun >= 1ull << 20);
+	ASSERT_EQ(control_cli(&t, "pause", a.pid), 0);
+	unsigned long long at_answer = pool_mapped_bytes(&a, 2ull * half * PG);
+	ASSERT(at_answer < 2ull * half * PG);	/* else this proves nothing */
+	usleep(1500000);
+	unsigned long long later = pool_mapped_bytes(&a, 2ull * half * PG);
+	fprintf(stderr, "  pool mapped: %llu KiB when paused, %llu KiB 1.5 s later (%llu KiB before)\n",
+		at_answer >> 10, later >> 10, begun >> 10);
+	ASSERT_EQ(later, at_answer);
+	ASSERT_EQ(control_cli(&t, "resume", a.pid), 0);
+	proc_stop(&a);
+	td_stop(&t);
+	return 0;
+}
+
 /* The last word of pid's row in `memdedup status` (its STATE), "" if none. */
 static const char *status_state(const struct tdaemon *t, pid_t pid)
 {
