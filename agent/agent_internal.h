@@ -336,6 +336,11 @@ extern void (*md__overwritten_hook)(struct md_agent *a);
 /* Tests only: the copies around a read's mapped pages fail with this errno
  * (as an I/O error would), and the read goes whole. 0 otherwise. */
 extern int md__edges_fail;
+/* Tests only: the copies of pool pages (an unmerge's runs) fail with this
+ * errno from the one after the first md__copy_fail_after on, copying
+ * nothing. 0 otherwise. */
+extern int md__copy_fail;
+extern unsigned md__copy_fail_after;
 /* Tests only: md_agent_io_unseen's first call sleeps this long (us) before
  * it is done, and then counts md__io_unseen_slept. */
 extern unsigned md__io_unseen_delay_us, md__io_unseen_slept;

@@ -283,8 +283,10 @@ int md_agent_pause(md_agent *a, int paused)
 
 unsigned md__io_unseen_delay_us, md__io_unseen_slept;	/* tests only: see agent_internal.h */
 
+#define COPY_SLOTS_ONLY 1	/* only pages with a slot (copy_pool_runs) */
+#define COPY_GO_ON 2		/* past a run whose copy failed */
 static int copy_pool_runs(struct md__engine *e, struct md__eregion *r, size_t *from, size_t *budget,
-			  int slots_only);
+			  unsigned flags);
 
 /* Copies every page of e mapped from a pool (its slot or not), as an
  * unmerge does, the engine's locks held: 0 or a negative errno. */
@@ -293,7 +295,9 @@ static int copy_pool_pages(struct md__engine *e)
 	int err = 0;
 	for (size_t i = 0; i < e->nregions; i++) {
 		size_t from = 0, budget = SIZE_MAX;
-		int e2 = copy_pool_runs(e, &e->regions[i], &from, &budget, 0);
+		/* Each page left is one a device may read after the guest
+		 * wrote it: all that can be copied is. */
+		int e2 = copy_pool_runs(e, &e->regions[i], &from, &budget, COPY_GO_ON);
 		err = err ? err : e2;
 	}
 	return err;
@@ -463,8 +467,15 @@ static struct md__eregion *region_from(struct md__engine *e, uintptr_t at)
 	return best;
 }
 
+int md__copy_fail;			/* tests only: see agent_internal.h */
+unsigned md__copy_fail_after;
+
 static int copy_run(struct md__engine *e, uintptr_t addr, size_t len)
 {
+	if (md__copy_fail && md__copy_fail_after-- == 0) {
+		md__copy_fail_after = 0;
+		return -md__copy_fail;
+	}
 	/* No merge runs (the engine's lock is held), so no page is frozen on
 	 * purpose; one a failed thaw left protected would make the copy wait
 	 * for the fault thread, which waits for that lock. Lifting it is what
@@ -481,13 +492,15 @@ static int copy_run(struct md__engine *e, uintptr_t addr, size_t len)
  * is left alone), and gives back the slots of the pages copied. Each page
  * looked at spends one of *budget, each copied 9 (a copy costs more than a
  * look); stops once it is spent, after a run (cut to what is left), with
- * *from the page after it (the region's end when done). */
+ * *from the page after it (the region's end when done). A copy that fails
+ * stops it there, *from at that run (memory short: more copies would only
+ * make it shorter), unless COPY_GO_ON; the runs before it are given back. */
 static int copy_pool_runs(struct md__engine *e, struct md__eregion *r, size_t *from, size_t *budget,
-			  int slots_only)
+			  unsigned flags)
 {
-	size_t np = (r->end - r->start) / MD_EPAGE, p0 = *from, p = p0;
+	size_t np = (r->end - r->start) / MD_EPAGE, p0 = *from, p = p0, failed_at = SIZE_MAX;
 	int err = 0;
-#define POOL_PAGE(v) (MD_REF_SLOT(v) || (!slots_only && (v) == MD_REF_FILE))
+#define POOL_PAGE(v) (MD_REF_SLOT(v) || (!(flags & COPY_SLOTS_ONLY) && (v) == MD_REF_FILE))
 	while (p < np && *budget) {
 		size_t q = p, cap = *budget / 9 ? *budget / 9 : 1;
 		while (q < np && q - p < cap && POOL_PAGE(r->ref[q]))
@@ -498,14 +511,20 @@ static int copy_pool_runs(struct md__engine *e, struct md__eregion *r, size_t *f
 			continue;
 		}
 		int e2 = copy_run(e, r->start + p * MD_EPAGE, (q - p) * MD_EPAGE);
-		if (e2 && !err)
+		if (e2 && !err) {
 			err = e2;
+			failed_at = p;
+		}
+		if (e2 && !(flags & COPY_GO_ON))
+			break;
 		*budget -= *budget > 9 * (q - p) ? 9 * (q - p) : *budget;
 		p = q;
 	}
 #undef POOL_PAGE
 	*from = p;
-	for (p = p0; p < *from && !err; p++) {
+	/* From the run that failed on, which pages were copied is not known:
+	 * the reap finds them written, and gives their slots back. */
+	for (p = p0; p < *from && p < failed_at; p++) {
 		if (MD_REF_SLOT(r->ref[p])) {
 			md__engine_release_ref(e, r, p);
 			r->ref[p] = MD_REF_FILE;	/* private now, in a pool mapping */
@@ -687,7 +706,7 @@ static int unmerge_locked(md_agent *a, char *why, size_t size, int by)
 	}
 	for (size_t i = 0; i < e->nregions && !err; i++) {
 		size_t from = 0, budget = SIZE_MAX;
-		err = copy_pool_runs(e, &e->regions[i], &from, &budget, 1);
+		err = copy_pool_runs(e, &e->regions[i], &from, &budget, COPY_SLOTS_ONLY);
 	}
 	md__engine_unlock(e);
 	pthread_rwlock_unlock(&e->regions_lock);

@@ -4364,6 +4364,47 @@ TEST_IMPL(scan_unmerges_at_once)
 	return 0;
 }
 
+/* An unmerge whose copy of a run fails stops there (memory short: more
+ * copies only make it shorter) and gives back the slots of the runs it
+ * copied before. It went on copying, and gave back none of that part's:
+ * the reap found those pages private and counted them as written by the
+ * guest (scan_breaks). */
+TEST_IMPL(scan_unmerge_failed_copy_stops_gives_back)
+{
+	md_agent *a;
+	const size_t n = 4096;	/* runs of 1,820 pages: a part's worth of copies */
+	char *m = pairs_merged_here(&a, NULL, n);
+	md_stats s0, s;
+	for (int i = 0; i < 2000 && md_agent_stats(a, &s0) == 0 && s0.pages_sharing < n; i++)
+		usleep(5000);
+	ASSERT_EQ(s0.pages_sharing, n);	/* one run, all of it */
+	ASSERT_EQ(md_agent_pause(a, 1), 0);
+	/* The first run fails: nothing more copied. */
+	md__copy_fail = EIO;
+	md__copy_fail_after = 0;
+	ASSERT_EQ(md_agent_unmerge(a), -EIO);
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.pages_sharing, s0.pages_sharing);
+	ASSERT_EQ(s.scan_breaks, s0.scan_breaks);
+	/* The second: the first one's slots given back by the unmerge. */
+	md__copy_fail_after = 1;
+	ASSERT_EQ(md_agent_unmerge(a), -EIO);
+	md__copy_fail = 0;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT(s.pages_sharing > 0);
+	ASSERT(s.pages_sharing + 1024 < s0.pages_sharing);
+	ASSERT_EQ(s.scan_breaks, s0.scan_breaks);
+	ASSERT_EQ(md_agent_unmerge(a), 0);
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.pages_sharing, 0);
+	ASSERT(pairs_private(m, n));
+	for (size_t i = 0; i < n * PG; i++)
+		ASSERT(m[i] == (char)((i / PG) % (n / 2) * 31 + i % PG));
+	md_agent_free(a);
+	munmap(m, n * PG);
+	return 0;
+}
+
 /* Between two parts of an unmerge: a read as the VMM's, which takes the
  * agent's lock (a deadlock, and the test's timeout, if the unmerge still
  * held it), counted. */
