@@ -1273,12 +1273,15 @@ int md__daemon_ensure(const char *daemon_exe, void (*place)(pid_t pid))
 	/* Made before the fork: between it and the exec, nothing allocates. */
 	char *envp[32];
 	size_t nenv = 0;
-	for (char **e = environ; e && *e && nenv < sizeof(envp) / sizeof(envp[0]) - 1; e++)
+	for (char **e = environ; e && *e && nenv < sizeof(envp) / sizeof(envp[0]) - 2; e++)
 		for (size_t k = 0; k < sizeof(daemon_env) / sizeof(daemon_env[0]); k++)
 			if (strncmp(*e, daemon_env[k], strlen(daemon_env[k])) == 0) {
 				envp[nenv++] = *e;
 				break;
 			}
+	/* VMMs started together each start one: the losers stay quiet (a
+	 * daemon started by hand still says another holds its place). */
+	envp[nenv++] = (char *)MD_D_ON_DEMAND_ENV "=1";
 	envp[nenv] = NULL;
 	if (place && pipe2(go, O_CLOEXEC) != 0)
 		return -errno;

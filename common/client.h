@@ -164,6 +164,9 @@ int md__daemon_ensure(const char *daemon_exe, void (*place)(pid_t pid));
 /* memdedupd's exit status when another daemon holds its run directory or
  * answers on its socket: that one runs, or is starting. */
 #define MD_D_EXIT_HELD 3
+/* Set in the environment of a memdedupd md__daemon_ensure starts: exit 3
+ * then says nothing (another daemon is what the caller wanted). */
+#define MD_D_ON_DEMAND_ENV "MEMDEDUP_DAEMON_ON_DEMAND"
 /* 1 if a daemon answers at the socket (NULL: default). */
 int md__daemon_alive(const char *socket_path);
 /* 0 if a daemon of root or ours listens at the socket (NULL: default),

@@ -51,6 +51,11 @@ static const char usage_text[] =
 	"Exit status: 0; 1 on a failure; 2 on bad usage; 3 when another daemon holds\n"
 	"the run directory or answers on the socket (it runs: nothing to restart).\n";
 
+/* Started on demand (md__daemon_ensure, by `memdedup run`): another daemon
+ * there (exit 3) is the daemon the caller wanted, and VMMs started together
+ * each start one: the losers say nothing on their user's terminal. */
+static int held_quiet;
+
 /* Creates dir and its missing parents. *made: the length of the shortest
  * prefix of dir this call created (0: none), for rmdir_made(). */
 static int mkdir_p(const char *dir, size_t *made)
@@ -187,9 +192,9 @@ static int lock_pid_file(const char *path)
 		if (pid <= 0)
 			usleep(50000);
 	}
-	if (pid > 0)
+	if (!held_quiet && pid > 0)
 		fprintf(stderr, "memdedupd: another daemon (pid %ld) holds %s\n", pid, path);
-	else
+	else if (!held_quiet)
 		fprintf(stderr, "memdedupd: another daemon holds %s\n", path);
 	close(fd);
 	return -EEXIST;
@@ -209,7 +214,8 @@ static int lock_socket_path(const char *path)
 	}
 	if (locked)
 		return fd;
-	fprintf(stderr, "memdedupd: another daemon holds %s\n", path);
+	if (!held_quiet)
+		fprintf(stderr, "memdedupd: another daemon holds %s\n", path);
 	close(fd);
 	return -EEXIST;
 }
@@ -281,6 +287,7 @@ int main(int argc, char **argv)
 	size_t made = 0;
 	unsigned long long pages = MD_D_POOL_PAGES_DEFAULT;
 
+	held_quiet = getenv(MD_D_ON_DEMAND_ENV) != NULL;
 	opterr = 0;	/* said below, with what a terminal may show */
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
 		char *end;
@@ -429,7 +436,8 @@ int main(int argc, char **argv)
 		goto close_pid;
 	}
 	if (md__daemon_alive(d.socket_path)) {
-		fprintf(stderr, "memdedupd: another daemon answers on %s\n", d.socket_path);
+		if (!held_quiet)
+			fprintf(stderr, "memdedupd: another daemon answers on %s\n", d.socket_path);
 		ret = MD_D_EXIT_HELD;
 		goto unlock_socket;
 	}
