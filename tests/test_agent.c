@@ -11,10 +11,14 @@
 #include <stdlib.h>
 #include <sched.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <linux/userfaultfd.h>
 
 #include "agent_internal.h"	/* the records of reads and writes in flight */
 #include "cgroup.h"
@@ -1855,6 +1859,77 @@ TEST_IMPL(cancel_in_blocked_io_ends_records)
 	close(p[1]);
 	md_agent_free(a);
 	munmap(m, len);
+	return 0;
+}
+
+/* A plain pwrite (the preload sends pwrite and pwrite64 to md_agent_pwrite,
+ * not pwritev) is recorded while in flight as pwritev is: a lease break
+ * waits for it (agent/writes.c). The write here waits on its page, one a
+ * userfaultfd holds back, as an O_DIRECT write from a page of an image
+ * holds that page. Through the library's call, in this process. */
+struct held_pwrite {
+	md_agent *a;
+	int fd;
+	void *buf;
+	ssize_t result;
+};
+
+static void *held_pwrite_thread(void *arg)
+{
+	struct held_pwrite *h = arg;
+	h->result = md_agent_pwrite(h->a, h->fd, h->buf, 4096, 0);
+	return NULL;
+}
+
+TEST_IMPL(lease_break_waits_for_plain_pwrite)
+{
+	md_agent *a;
+	md_agent_options o = { .run_dir = "" };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	int u = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
+	if (u < 0) {
+		int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+		u = dev < 0 ? -1 : ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC);
+		if (dev >= 0)
+			close(dev);
+	}
+	if (u < 0) {
+		md_agent_free(a);
+		SKIP("no userfaultfd here");
+	}
+	struct uffdio_api api = { .api = UFFD_API };
+	char *held = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(held != MAP_FAILED);
+	struct uffdio_register reg = { .range = { (uintptr_t)held, 4096 }, .mode = UFFDIO_REGISTER_MODE_MISSING };
+	ASSERT_EQ(ioctl(u, UFFDIO_API, &api), 0);
+	ASSERT_EQ(ioctl(u, UFFDIO_REGISTER, &reg), 0);
+	char out[512];
+	snprintf(out, sizeof(out), "%s/pwrite-out", test_dir());
+	int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	ASSERT(fd >= 0);
+
+	uint64_t before = md__writes_mark(a);
+	struct held_pwrite h = { a, fd, held, 0 };
+	pthread_t t;
+	ASSERT_EQ(pthread_create(&t, NULL, held_pwrite_thread, &h), 0);
+	struct uffd_msg msg;
+	/* The fault on its page: the write is in the system call. */
+	ASSERT_EQ(read(u, &msg, sizeof(msg)), (ssize_t)sizeof(msg));
+	ASSERT_EQ(msg.event, UFFD_EVENT_PAGEFAULT);
+	ASSERT(md__writes_mark(a) > before);	/* numbered */
+	ASSERT(!md__writes_ended(a, md__writes_mark(a)));	/* a break would wait */
+	usleep(20000);
+	ASSERT(!md__writes_ended(a, md__writes_mark(a)));	/* still */
+
+	struct uffdio_zeropage zero = { .range = { (uintptr_t)held, 4096 } };
+	ASSERT_EQ(ioctl(u, UFFDIO_ZEROPAGE, &zero), 0);
+	ASSERT_EQ(pthread_join(t, NULL), 0);
+	ASSERT_EQ(h.result, 4096);
+	ASSERT(md__writes_ended(a, md__writes_mark(a)));	/* and no longer */
+	close(fd);
+	close(u);
+	munmap(held, 4096);
+	md_agent_free(a);
 	return 0;
 }
 
