@@ -347,6 +347,10 @@ extern unsigned md__io_unseen_delay_us, md__io_unseen_slept;
 /* Tests only: called with our descriptor of an image just before its lease
  * is taken (where the VMM's close and open could come). */
 extern void (*md__image_lease_hook)(int fd);
+/* Tests only: called with our descriptor of an image just before it is
+ * mapped into guest RAM, its lease taken (where the VMM's close, or dup2
+ * over it, could come). */
+extern void (*md__image_map_hook)(int fd);
 /* Advice given [start, end) (MD_ADV_* bits, MD_ADV_UNDO): see
  * md__advice_after; 1 if some taken back stays on a region covered in part. */
 int md__regions_advise(struct md_agent *a, uintptr_t start, uintptr_t end, unsigned advice);

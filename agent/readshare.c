@@ -131,9 +131,13 @@ struct map_args {
 	int undone;	/* and the mapping replaced by anonymous memory */
 };
 
+void (*md__image_map_hook)(int fd);	/* tests only: see agent_internal.h */
+
 static int map_image(void *arg)
 {
 	struct map_args *m = arg;
+	if (md__image_map_hook)
+		md__image_map_hook(m->fd);
 	if (md__sys_mmap(m->dst, m->len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED,
 			 m->fd, m->off) == MAP_FAILED) {
 		m->err = -errno;

@@ -5082,6 +5082,65 @@ TEST_IMPL(image_lease_on_number_vmm_took)
 	return 0;
 }
 
+static int map_swap_from = -1, map_swap_to = -1;
+
+/* The VMM puts another file over the agent's descriptor of the image (a
+ * dup2) once the lease is taken, before the mapping. */
+static void swap_before_map(int fd)
+{
+	map_swap_from = fd;
+	ASSERT_EQ(dup2(map_swap_to, fd), fd);
+}
+
+/* The VMM's dup2 over the agent's descriptor of an image lands between
+ * its lease and its mmap: what was mapped is the VMM's file, with no lease
+ * on it. The mapping goes before anyone reads it (the lease looked at
+ * again after the mmap), and the read is copied from the image. */
+TEST_IMPL(image_fd_replaced_before_map_copied)
+{
+	char img[512], other[512];
+	snprintf(img, sizeof(img), "%s/leased", test_dir());
+	snprintf(other, sizeof(other), "%s/other", test_dir());
+	make_image(img, 16 * PG, 23);
+	make_image(other, 16 * PG, 24);
+	md_agent *a;
+	md_agent_options o = { .run_dir = "", .domain = "private" };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	char *m = mmap(NULL, 16 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	ASSERT_EQ(md_agent_register(a, m, 16 * PG, 0), 0);
+	int fd = open(img, O_RDONLY | O_CLOEXEC);
+	map_swap_to = open(other, O_RDONLY | O_CLOEXEC);
+	ASSERT(fd >= 0 && map_swap_to >= 0);
+	md__image_map_hook = swap_before_map;
+	ssize_t n = md_agent_pread(a, fd, m, 16 * PG, 0);
+	md__image_map_hook = NULL;
+	ASSERT(map_swap_from >= 0);	/* the hook ran: the read got as far as the mmap */
+	ASSERT_EQ(n, 16 * PG);
+	static char want[16 * PG];
+	ASSERT_EQ(pread(fd, want, sizeof(want), 0), (ssize_t)sizeof(want));
+	ASSERT(memcmp(m, want, sizeof(want)) == 0);	/* the image's bytes, not the other file's */
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, 0);
+	ASSERT_EQ(s.fallbacks[MD_FB_NO_LEASE], 16);
+	/* Guest RAM maps no file: a page of it is anonymous memory. */
+	int pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	ASSERT(pm >= 0);
+	for (int i = 0; i < 16; i++) {
+		uint64_t e = 0;
+		ASSERT_EQ(pread(pm, &e, sizeof(e), (off_t)((uintptr_t)(m + i * PG) / PG * 8)), 8);
+		ASSERT(!((e >> 61) & 1));
+	}
+	close(pm);
+	md_agent_free(a);
+	munmap(m, 16 * PG);
+	close(map_swap_from);
+	close(map_swap_to);
+	close(fd);
+	return 0;
+}
+
 /* An in-process agent (domain private) whose 16 pages of RAM (*m) read
  * all of a new 16-page image (img[512], from seed), shared at read time;
  * returns the image's descriptor. */
