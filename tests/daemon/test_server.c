@@ -257,9 +257,9 @@ static unsigned replies_of(int fd, unsigned type)
 	return n;
 }
 
-/* An agent of uid's in domain "fair", pid a waiter: the test's end of its
+/* An agent of uid's in domain dom, pid a waiter: the test's end of its
  * connection, welcomed; the server's record of it in *conn. */
-static int agent_of(struct md__daemon *d, uid_t uid, pid_t pid, struct md__conn **conn)
+static int agent_in(struct md__daemon *d, uid_t uid, pid_t pid, const char *dom, struct md__conn **conn)
 {
 	static struct md__msg m;
 	int sv[2];
@@ -271,12 +271,18 @@ static int agent_of(struct md__daemon *d, uid_t uid, pid_t pid, struct md__conn 
 	ASSERT(c);
 	m = (struct md__msg){ .hdr = { .type = MD_MSG_HELLO, .seq = 1 } };
 	m.u.hello.pid = (uint32_t)pid;
-	strcpy(m.u.hello.domain, "fair");
+	strcpy(m.u.hello.domain, dom);
 	send_msg(sv[0], &m);
 	wake_up(d);
 	ASSERT_EQ(next_reply(sv[0], &m), MD_MSG_WELCOME);
 	*conn = c;
 	return sv[0];
+}
+
+/* An agent of uid's in domain "fair" (see agent_in). */
+static int agent_of(struct md__daemon *d, uid_t uid, pid_t pid, struct md__conn **conn)
+{
+	return agent_in(d, uid, pid, "fair", conn);
 }
 
 /* A request that wakes the server for c (epoll sees the socket, not the
@@ -1189,5 +1195,82 @@ TEST_IMPL(daemon_unrefs_left_drained_per_wakeup)
 	close(fd2);
 	close(other);
 	waiters_gone(gate, &pid, 1);
+	return 0;
+}
+
+/* One LOOKUP of hash at addr from fd, handled: the answer's slot1. */
+static uint32_t lookup_one(struct md__daemon *d, int fd, uint64_t hash, uint64_t addr)
+{
+	static struct md__msg m;
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_LOOKUP, .seq = 7 } };
+	m.u.lookup.n = 1;
+	m.u.lookup.hash[0] = hash;
+	m.u.lookup.addr[0] = addr;
+	send_msg(fd, &m);
+	wake_up(d);
+	for (unsigned t; (t = next_reply(fd, &m));)
+		if (t == MD_MSG_LOOKUP_R)
+			return m.u.lookup_r.slot1[0];
+	ASSERT(!"no LOOKUP_R");
+	return 0;
+}
+
+/* A first sighting names its agent by number, and numbers are given again
+ * once all have been (4095 of them): the agent that now has the number of
+ * a sighting's agent, gone, may be of another domain. The domain's next
+ * publish of that content names the sighted page to the agent with the
+ * number only if it is of the same domain: else an address of one
+ * domain's guest went to another's agent, to visit for nothing. */
+TEST_IMPL(daemon_candidate_not_sent_across_domains)
+{
+	static struct md__msg m;
+	static unsigned char page[MD_MSG_PAGE];
+	struct md__daemon *d = daemon_up();
+	int gate_a[2], gate[2];
+	ASSERT(pipe(gate_a) == 0 && pipe(gate) == 0);
+	pid_t pa = waiter(gate_a), pid[2] = { waiter(gate), waiter(gate) };
+	struct md__conn *ca, *cb, *cc;
+	memset(page, 0x3c, sizeof(page));
+	uint64_t hash = md__page_hash(page);
+
+	/* A, of domain x, sights the page; C joins x. */
+	int fa = agent_in(d, 1000, pa, "x", &ca);
+	struct md__agent *a = ca->agent;
+	unsigned num_a = a->num;
+	struct md__domain *x = a->dom;
+	ASSERT_EQ(lookup_one(d, fa, hash, 0x7f0000001000ull), 0);
+	int fc = agent_in(d, 1000, pid[0], "x", &cc);
+	ASSERT(cc->agent->dom == x);
+	/* A exits; B, of domain y, is given its number (as once 4095 more
+	 * were given). */
+	waiter_exits(gate_a, pa);
+	for (int i = 0; i < 4 && md__agent_find_num(d, num_a); i++)
+		wake_up(d);
+	ASSERT(!md__agent_find_num(d, num_a));
+	d->last_agent_num = num_a - 1;
+	int fb = agent_in(d, 1000, pid[1], "y", &cb);
+	ASSERT_EQ(cb->agent->num, num_a);
+	ASSERT(cb->agent->dom != x);
+	wake_up(d);
+	(void)replies_of(fb, MD_MSG_CANDIDATES);	/* its SHARE */
+
+	/* C's copy: told to publish (A's sighting), and publishes. */
+	ASSERT_EQ(lookup_one(d, fc, hash, 0x7f0000002000ull), MD_LOOKUP_PUBLISH);
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_PUBLISH, .seq = 8 } };
+	m.u.publish.n = 1;
+	m.u.publish.hash[0] = hash;
+	m.u.publish.pages = page;
+	send_msg(fc, &m);
+	wake_up(d);
+	wake_up(d);
+	ASSERT_EQ(replies_of(fc, MD_MSG_PUBLISH_R), 1);
+	/* B, of y, is told nothing of x's page. */
+	ASSERT_EQ(replies_of(fb, MD_MSG_CANDIDATES), 0);
+
+	daemon_down(d);
+	close(fa);
+	close(fb);
+	close(fc);
+	waiters_gone(gate, pid, 2);
 	return 0;
 }
