@@ -5032,14 +5032,57 @@ TEST_IMPL(scan_image_index_bounded)
 	return 0;
 }
 
-static int lease_swap_from = -1, lease_swap_to = -1;
+static int swap_from = -1, swap_to = -1;
 
-/* The VMM closes the agent's descriptor of the image and opens another
- * file, which takes its number. */
-static void swap_before_lease(int fd)
+/* The VMM puts another file over the agent's descriptor of an image (its
+ * open taking the number, or a dup2). */
+static void swap_image_fd(int fd)
 {
-	lease_swap_from = fd;
-	ASSERT_EQ(dup2(lease_swap_to, fd), fd);
+	swap_from = fd;
+	ASSERT_EQ(dup2(swap_to, fd), fd);
+}
+
+/* A read of a 16-page image (seed) into 16 pages of guest RAM while *hook
+ * puts another file over the agent's descriptor of it: the read has the
+ * image's bytes, none shared at read time. The agent, RAM, the descriptor
+ * swapped and the VMM's own are left for the caller's checks. */
+static int read_with_fd_swapped(void (**hook)(int), unsigned seed, md_agent **a, char **m, int *fd)
+{
+	char img[512], other[512];
+	snprintf(img, sizeof(img), "%s/leased", test_dir());
+	snprintf(other, sizeof(other), "%s/other", test_dir());
+	make_image(img, 16 * PG, seed);
+	make_image(other, 16 * PG, seed + 1);
+	md_agent_options o = { .run_dir = "", .domain = "private" };
+	ASSERT_EQ(md_agent_new(a, &o), 0);
+	*m = mmap(NULL, 16 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(*m != MAP_FAILED);
+	ASSERT_EQ(md_agent_register(*a, *m, 16 * PG, 0), 0);
+	*fd = open(img, O_RDONLY | O_CLOEXEC);
+	swap_to = open(other, O_RDONLY | O_CLOEXEC);
+	swap_from = -1;
+	ASSERT(*fd >= 0 && swap_to >= 0);
+	*hook = swap_image_fd;
+	ssize_t n = md_agent_pread(*a, *fd, *m, 16 * PG, 0);
+	*hook = NULL;
+	ASSERT(swap_from >= 0);	/* the hook ran: the read got that far */
+	ASSERT_EQ(n, 16 * PG);
+	static char want[16 * PG];
+	ASSERT_EQ(pread(*fd, want, sizeof(want), 0), (ssize_t)sizeof(want));
+	ASSERT(memcmp(*m, want, sizeof(want)) == 0);	/* the image's bytes, not the other file's */
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(*a, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, 0);
+	return 0;
+}
+
+static void fd_swapped_done(md_agent *a, char *m, int fd)
+{
+	md_agent_free(a);
+	munmap(m, 16 * PG);
+	close(swap_from);
+	close(swap_to);
+	close(fd);
 }
 
 /* The VMM's open takes the number of the agent's descriptor of an image
@@ -5048,48 +5091,13 @@ static void swap_before_lease(int fd)
  * mapped into guest RAM as the image. */
 TEST_IMPL(image_lease_on_number_vmm_took)
 {
-	char img[512], other[512];
-	snprintf(img, sizeof(img), "%s/leased", test_dir());
-	snprintf(other, sizeof(other), "%s/other", test_dir());
-	make_image(img, 16 * PG, 21);
-	make_image(other, 16 * PG, 22);
 	md_agent *a;
-	md_agent_options o = { .run_dir = "", .domain = "private" };
-	ASSERT_EQ(md_agent_new(&a, &o), 0);
-	char *m = mmap(NULL, 16 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	ASSERT(m != MAP_FAILED);
-	ASSERT_EQ(md_agent_register(a, m, 16 * PG, 0), 0);
-	int fd = open(img, O_RDONLY | O_CLOEXEC);
-	lease_swap_to = open(other, O_RDONLY | O_CLOEXEC);
-	ASSERT(fd >= 0 && lease_swap_to >= 0);
-	md__image_lease_hook = swap_before_lease;
-	ssize_t n = md_agent_pread(a, fd, m, 16 * PG, 0);
-	md__image_lease_hook = NULL;
-	ASSERT_EQ(n, 16 * PG);
-	static char want[16 * PG];
-	ASSERT_EQ(pread(fd, want, sizeof(want), 0), (ssize_t)sizeof(want));
-	ASSERT(memcmp(m, want, sizeof(want)) == 0);
-	md_stats s;
-	ASSERT_EQ(md_agent_stats(a, &s), 0);
-	ASSERT_EQ(s.pages_shared_at_read, 0);
-	ASSERT(lease_swap_from >= 0);
-	ASSERT_EQ(fcntl(lease_swap_from, F_GETLEASE), F_UNLCK);	/* the VMM's file holds none */
-	md_agent_free(a);
-	munmap(m, 16 * PG);
-	close(lease_swap_from);
-	close(lease_swap_to);
-	close(fd);
+	char *m;
+	int fd;
+	ASSERT_EQ(read_with_fd_swapped(&md__image_lease_hook, 21, &a, &m, &fd), 0);
+	ASSERT_EQ(fcntl(swap_from, F_GETLEASE), F_UNLCK);	/* the VMM's file holds none */
+	fd_swapped_done(a, m, fd);
 	return 0;
-}
-
-static int map_swap_from = -1, map_swap_to = -1;
-
-/* The VMM puts another file over the agent's descriptor of the image (a
- * dup2) once the lease is taken, before the mapping. */
-static void swap_before_map(int fd)
-{
-	map_swap_from = fd;
-	ASSERT_EQ(dup2(map_swap_to, fd), fd);
 }
 
 /* The VMM's dup2 over the agent's descriptor of an image lands between
@@ -5098,31 +5106,12 @@ static void swap_before_map(int fd)
  * again after the mmap), and the read is copied from the image. */
 TEST_IMPL(image_fd_replaced_before_map_copied)
 {
-	char img[512], other[512];
-	snprintf(img, sizeof(img), "%s/leased", test_dir());
-	snprintf(other, sizeof(other), "%s/other", test_dir());
-	make_image(img, 16 * PG, 23);
-	make_image(other, 16 * PG, 24);
 	md_agent *a;
-	md_agent_options o = { .run_dir = "", .domain = "private" };
-	ASSERT_EQ(md_agent_new(&a, &o), 0);
-	char *m = mmap(NULL, 16 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	ASSERT(m != MAP_FAILED);
-	ASSERT_EQ(md_agent_register(a, m, 16 * PG, 0), 0);
-	int fd = open(img, O_RDONLY | O_CLOEXEC);
-	map_swap_to = open(other, O_RDONLY | O_CLOEXEC);
-	ASSERT(fd >= 0 && map_swap_to >= 0);
-	md__image_map_hook = swap_before_map;
-	ssize_t n = md_agent_pread(a, fd, m, 16 * PG, 0);
-	md__image_map_hook = NULL;
-	ASSERT(map_swap_from >= 0);	/* the hook ran: the read got as far as the mmap */
-	ASSERT_EQ(n, 16 * PG);
-	static char want[16 * PG];
-	ASSERT_EQ(pread(fd, want, sizeof(want), 0), (ssize_t)sizeof(want));
-	ASSERT(memcmp(m, want, sizeof(want)) == 0);	/* the image's bytes, not the other file's */
+	char *m;
+	int fd;
+	ASSERT_EQ(read_with_fd_swapped(&md__image_map_hook, 23, &a, &m, &fd), 0);
 	md_stats s;
 	ASSERT_EQ(md_agent_stats(a, &s), 0);
-	ASSERT_EQ(s.pages_shared_at_read, 0);
 	ASSERT_EQ(s.fallbacks[MD_FB_NO_LEASE], 16);
 	/* Guest RAM maps no file: a page of it is anonymous memory. */
 	int pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
@@ -5133,11 +5122,7 @@ TEST_IMPL(image_fd_replaced_before_map_copied)
 		ASSERT(!((e >> 61) & 1));
 	}
 	close(pm);
-	md_agent_free(a);
-	munmap(m, 16 * PG);
-	close(map_swap_from);
-	close(map_swap_to);
-	close(fd);
+	fd_swapped_done(a, m, fd);
 	return 0;
 }
 
