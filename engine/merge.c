@@ -495,6 +495,8 @@ static int budget_ok(struct md__engine *e, size_t new_vmas);
  * mapping a page not there yet reads the file. Under the
  * lock no discard comes between the check and the compare
  * (md__engine_discard). */
+void (*md__engine_freeze_hook)(uintptr_t a, size_t n);	/* tests only: see merge.h */
+
 static int freeze(struct md__engine *e, const struct md__eregion *r, uintptr_t addr, size_t n, uint64_t *pm)
 {
 	size_t len = n * MD_EPAGE, first = (addr - r->start) / MD_EPAGE;
@@ -551,6 +553,9 @@ static int freeze(struct md__engine *e, const struct md__eregion *r, uintptr_t a
 			e->st.freeze_failed += n;
 		return err;
 	}
+	void (*hook)(uintptr_t, size_t) = __atomic_load_n(&md__engine_freeze_hook, __ATOMIC_RELAXED);
+	if (hook)
+		hook(addr, n);
 	/* After the protection, before the compare: see inflight.h. */
 	if (md__inflight_busy(&e->io, addr, len)) {
 		thaw(e, addr, len);

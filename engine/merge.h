@@ -305,6 +305,10 @@ extern void (*md__engine_count_hook)(void);
  * standing for a raw zap and a write that may come meanwhile. NULL
  * otherwise. */
 extern void (*md__engine_compare_hook)(uintptr_t a, size_t n);
+/* Tests only: called once the n pages at a are write-protected for a
+ * merge, before the check for reads in flight into them, standing for a
+ * read (O_DIRECT, pinning them) that starts meanwhile. NULL otherwise. */
+extern void (*md__engine_freeze_hook)(uintptr_t a, size_t n);
 /* Tests only: the engine's next this many allocations of what is left of a
  * region an unregister splits fail (ENOMEM). 0 otherwise. */
 extern int md__engine_fail_slices;
