@@ -4702,3 +4702,58 @@ TEST_IMPL(engine_idle_scanner_sleeps_long)
 	munmap(d, n * PG);
 	return 0;
 }
+
+/* A run merged onto a file is compared page by page, every byte: guest
+ * pages equal to the image's but one, anywhere in the run (a page after
+ * the first; the last byte of the last page of a run longer than one
+ * compare's pages), are no merge at all. Mapped from the file, that page
+ * would show the guest the image's content, its own write lost. */
+static void merge_file_one_differs(size_t n, size_t at, size_t byte, unsigned seed)
+{
+	struct md__engine e;
+	unsigned char *b = map_ram(n), want[PG];
+
+	engine_up(&e);
+	for (size_t i = 0; i < n; i++)
+		fill(b + i * PG, seed + (unsigned)i);
+	int fd = memfd_create("image", MFD_CLOEXEC);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(write(fd, b, n * PG), (ssize_t)(n * PG));
+	const unsigned char *view = mmap(NULL, n * PG, PROT_READ, MAP_SHARED, fd, 0);
+	ASSERT(view != MAP_FAILED);
+	ASSERT_EQ(md__engine_register(&e, b, n * PG, 0), 0);
+	b[at * PG + byte] ^= 0x5a;
+
+	ASSERT_EQ(md__engine_merge_file(&e, b, n, fd, 0, view, NULL, NULL), 0);
+	struct md__engine_stats st;
+	md__engine_stats(&e, &st);
+	ASSERT_EQ(st.merged_file, 0);
+	ASSERT_EQ(st.abandoned, n);
+	for (size_t i = 0; i < n; i++) {
+		fill(want, seed + (unsigned)i);
+		if (i == at)
+			want[byte] ^= 0x5a;
+		ASSERT(memcmp(b + i * PG, want, PG) == 0);
+		ASSERT(!(pagemap(b + i * PG) & PM_FILE));
+	}
+	ASSERT_EQ(write_did_not_wait(&e, b + at * PG + byte), 0);
+	/* Equal again (the write above undone, the byte put back): the same
+	 * run merges, every page from the file. */
+	b[at * PG + byte] ^= 1 ^ 0x5a;
+	ASSERT(memcmp(b, view, n * PG) == 0);
+	ASSERT_EQ(md__engine_merge_file(&e, b, n, fd, 0, view, NULL, NULL), (int)n);
+	ASSERT(memcmp(b, view, n * PG) == 0);	/* read: there to be looked at */
+	for (size_t i = 0; i < n; i++)
+		ASSERT(pagemap(b + i * PG) & PM_FILE);
+	md__engine_fini(&e);
+	munmap((void *)view, n * PG);
+	close(fd);
+	munmap(b, n * PG);
+}
+
+TEST_IMPL(engine_merge_file_compares_every_page)
+{
+	merge_file_one_differs(4, 2, 100, 160);
+	merge_file_one_differs(MD_COPY_PAGES_MAX + 6, MD_COPY_PAGES_MAX + 5, PG - 1, 170);
+	return 0;
+}
