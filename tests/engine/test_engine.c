@@ -4757,3 +4757,67 @@ TEST_IMPL(engine_merge_file_compares_every_page)
 	merge_file_one_differs(MD_COPY_PAGES_MAX + 6, MD_COPY_PAGES_MAX + 5, PG - 1, 170);
 	return 0;
 }
+
+/* An unregister of merged pages that stay mapped takes them out of
+ * userfaultfd before it makes them private: a protection still there (a
+ * thaw that failed) would make that copy's write fault, and the fault
+ * thread waits for the engine's lock the unregister holds: the VMM's
+ * thread (its munmap, its madvise) would hang. With memory for the
+ * region's remains (the path give_up_whole does not take). */
+struct unreg_call {
+	struct md__engine *e;
+	void *p;
+	size_t len;
+	int err;
+};
+
+static void *unregister_thread(void *arg)
+{
+	struct unreg_call *u = arg;
+	u->err = md__engine_unregister(u->e, u->p, u->len, MD_UNREG_MAPPED);
+	return NULL;
+}
+
+TEST_IMPL(engine_unregister_unprotects_first)
+{
+	struct md__engine e;
+	const size_t n = 8;
+	unsigned char *a, *b, want[PG];
+	uint32_t slot = twins_published(&e, &a, &b, n, 180);
+	ASSERT_EQ(md__engine_merge(&e, b, n, slot), (int)n);
+	/* What a thaw that failed would leave. */
+	ASSERT_EQ(md__uffd_register_wp(&e.uffd, (uintptr_t)b, n * PG), 0);
+	ASSERT_EQ(md__uffd_wp(&e.uffd, (uintptr_t)(b + PG), PG, 1), 0);
+	ASSERT(pagemap(b + PG) & PM_UFFD_WP);
+
+	struct unreg_call u = { &e, b, 4 * PG, 1 };
+	pthread_t t;
+	ASSERT_EQ(pthread_create(&t, NULL, unregister_thread, &u), 0);
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += 10;
+	int joined = pthread_timedjoin_np(t, NULL, &until);
+	if (joined != 0)
+		fprintf(stderr, "the unregister hung: a copy waits for the fault thread\n");
+	ASSERT_EQ(joined, 0);
+	ASSERT_EQ(u.err, 0);
+	ASSERT(!md__engine_touches(&e, (uintptr_t)b, 4 * PG));
+	ASSERT(md__engine_touches(&e, (uintptr_t)b + 4 * PG, 4 * PG));
+	for (size_t i = 0; i < n; i++) {
+		fill(want, 180 + (unsigned)i);
+		ASSERT(memcmp(b + i * PG, want, PG) == 0);
+		if (i < 4) {
+			ASSERT(!(pagemap(b + i * PG) & PM_FILE));	/* private copies */
+			ASSERT(pfn(b + i * PG) != pfn(a + i * PG));
+		} else {
+			ASSERT_EQ(pfn(b + i * PG), pfn(a + i * PG));	/* still merged */
+		}
+	}
+	ASSERT_EQ(write_did_not_wait(&e, b + PG + 9), 0);
+	for (size_t i = 0; i < n; i++)
+		ASSERT_EQ(e.pool.refs[slot + i], i < 4 ? 1 : 2);
+	md__engine_fini(&e);
+	munmap(a, n * PG);
+	munmap(b, n * PG);
+	return 0;
+}
