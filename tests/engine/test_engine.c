@@ -4821,3 +4821,58 @@ TEST_IMPL(engine_unregister_unprotects_first)
 	munmap(b, n * PG);
 	return 0;
 }
+
+/* A slot of the local pool below its end that is not live (freed, its page
+ * still there or punched; reserved for a publication) is never merged
+ * onto, whatever its page holds: its next publication would rewrite the
+ * page under the guest's mapping. */
+static void not_merged_onto(struct md__engine *e, unsigned char *g, uint32_t slot, int state)
+{
+	uint32_t refs = e->pool.refs[slot];
+	unsigned char before[PG];
+	memcpy(before, g, PG);
+	ASSERT_EQ(e->pool.state[slot], state);
+	ASSERT_EQ(md__engine_merge_slots(e, g, 1, &slot, NULL), 0);
+	ASSERT(!(pagemap(g) & PM_FILE));
+	ASSERT(memcmp(g, before, PG) == 0);
+	ASSERT_EQ(e->pool.refs[slot], refs);
+	ASSERT_EQ(e->pool.state[slot], state);
+	ASSERT_EQ(write_did_not_wait(e, g + 11), 0);
+}
+
+TEST_IMPL(engine_merge_only_onto_live_slots)
+{
+	struct md__engine e;
+	unsigned char *a, *b;
+	uint32_t slot = twins_published(&e, &a, &b, 3, 190);
+	ASSERT_EQ(e.pool.refs[slot + 1], 1);
+	/* Slot+1's only reference goes: freed, its page not punched yet
+	 * (freed slots are punched in batches), so it still holds b's. */
+	ASSERT_EQ(md__engine_discard(&e, a + PG, PG), 0);
+	ASSERT_EQ(madvise(a + PG, PG, MADV_DONTNEED), 0);
+	ASSERT_EQ(e.pool.refs[slot + 1], 0);
+	ASSERT(memcmp(md__engine_pool_page(&e, slot + 1), b + PG, PG) == 0);
+	not_merged_onto(&e, b + PG, slot + 1, MD_SLOT_FREE);
+
+	/* Punched: it reads zeroes, as a page of zeroes does. */
+	md__pool_trim(&e.pool);
+	ASSERT(md__page_is_zero(md__engine_pool_page(&e, slot + 1)));
+	memset(b + PG, 0, PG);
+	not_merged_onto(&e, b + PG, slot + 1, MD_SLOT_FREE);
+
+	/* Reserved for a publication (the free slot reused). */
+	uint32_t s;
+	ASSERT_EQ(md__pool_reserve(&e.pool, 1, &s), 0);
+	ASSERT_EQ(s, slot + 1);
+	not_merged_onto(&e, b + PG, slot + 1, MD_SLOT_RESERVED);
+	md__pool_unreserve(&e.pool, s, 1);
+
+	/* The live slots beside it merge as ever. */
+	uint32_t s2 = slot + 2;
+	ASSERT_EQ(md__engine_merge_slots(&e, b + 2 * PG, 1, &s2, NULL), 1);
+	ASSERT_EQ(pfn(b + 2 * PG), pfn(a + 2 * PG));
+	md__engine_fini(&e);
+	munmap(a, 3 * PG);
+	munmap(b, 3 * PG);
+	return 0;
+}
