@@ -4929,3 +4929,53 @@ TEST_IMPL(engine_merge_rechecks_reads_after_protection)
 	munmap(b, n * PG);
 	return 0;
 }
+
+/* Pages merged onto pool slots are compared every byte: guest pages that
+ * differ from their slots' only in their last byte (the first page of a
+ * run, one after it, one in a compare's second batch of pages) stay as
+ * they are, private and writable; the others of the run merge. */
+TEST_IMPL(engine_merge_slots_compares_last_byte)
+{
+	struct md__engine e;
+	const size_t n = MD_COPY_PAGES_MAX + 2;
+	const size_t differ[] = { 0, 1, MD_COPY_PAGES_MAX + 1 };
+	unsigned char *a = map_ram(n), *b = map_ram(n), want[PG];
+	uint32_t slot, rest, slots[MD_COPY_PAGES_MAX + 2];
+	engine_up(&e);
+	for (size_t i = 0; i < n; i++) {
+		fill(a + i * PG, 210 + (unsigned)i);
+		fill(b + i * PG, 210 + (unsigned)i);
+	}
+	ASSERT_EQ(md__engine_register(&e, a, n * PG, 0), 0);
+	ASSERT_EQ(md__engine_register(&e, b, n * PG, 0), 0);
+	/* Published in two parts: one publication takes fewer pages. */
+	ASSERT_EQ(md__engine_publish(&e, a, n - 2, &slot), (int)n - 2);
+	ASSERT_EQ(md__engine_publish(&e, a + (n - 2) * PG, 2, &rest), 2);
+	for (size_t i = 0; i < n; i++)
+		slots[i] = i < n - 2 ? slot + (uint32_t)i : rest + (uint32_t)(i - (n - 2));
+	for (size_t k = 0; k < sizeof(differ) / sizeof(*differ); k++)
+		b[differ[k] * PG + PG - 1] ^= 0x80;
+	ASSERT_EQ(md__engine_merge_slots(&e, b, n, slots, NULL), (int)n - 3);
+	struct md__engine_stats st;
+	md__engine_stats(&e, &st);
+	ASSERT_EQ(st.abandoned, 3);
+	for (size_t i = 0; i < n; i++) {
+		int d = i == differ[0] || i == differ[1] || i == differ[2];
+		fill(want, 210 + (unsigned)i);
+		if (d)
+			want[PG - 1] ^= 0x80;
+		ASSERT(memcmp(b + i * PG, want, PG) == 0);
+		if (d) {
+			ASSERT(pfn(b + i * PG) != pfn(a + i * PG));
+			ASSERT_EQ(e.pool.refs[slots[i]], 1);
+		} else {
+			ASSERT_EQ(pfn(b + i * PG), pfn(a + i * PG));
+			ASSERT_EQ(e.pool.refs[slots[i]], 2);
+		}
+	}
+	ASSERT_EQ(write_did_not_wait(&e, b + PG + PG - 1), 0);
+	md__engine_fini(&e);
+	munmap(a, n * PG);
+	munmap(b, n * PG);
+	return 0;
+}
