@@ -2183,7 +2183,7 @@ TEST_IMPL(cli_status_domain_names_whole)
 	ASSERT(head);
 	static const char *const names[3] = { "tenant-a-production-1", "tenant-a-production-2", long64 };
 	for (int i = 0; i < 3; i++) {
-		char id[8];
+		char id[16];
 		snprintf(id, sizeof(id), "%d", i + 1);
 		ASSERT_EQ(row_words(out, id, buf, sizeof(buf), w, 12), 7);
 		ASSERT_EQ(strcmp(w[1], names[i]), 0);
