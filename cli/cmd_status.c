@@ -121,14 +121,18 @@ static int stats_file_pid(const char *name)
 
 /* Whether a file that does not parse (f, len bytes read from fd) may be
  * an agent's still being made (agent.c stats_file_open: created empty,
- * written with zeroes, then its header): empty, its magic zeroes, or
- * write-locked by a process. Not malformed, then: a reader in that
- * window warned of agents just starting. */
+ * locked, written with zeroes, then its header): empty (also before its
+ * lock), or its magic zeroes while a process write-locks it. Not
+ * malformed, then: a reader in that window warned of agents just
+ * starting. Anything else is said, held or not (another version's agent,
+ * a corrupt file): quiet, it would go unseen for good. */
 static int stats_file_starting(int fd, const struct md__stats_file *f, ssize_t len)
 {
 	static const char zero[sizeof(f->magic)];
-	if (len == 0 || (len >= (ssize_t)sizeof(f->magic) && memcmp(f->magic, zero, sizeof(zero)) == 0))
+	if (len == 0)
 		return 1;
+	if (len < (ssize_t)sizeof(f->magic) || memcmp(f->magic, zero, sizeof(zero)) != 0)
+		return 0;
 	struct flock l = { .l_type = F_RDLCK, .l_whence = SEEK_SET };
 	return fcntl(fd, F_GETLK, &l) == 0 && l.l_type == F_WRLCK;
 }

@@ -1551,12 +1551,14 @@ TEST_IMPL(cli_status_fifo_no_hang)
 
 /* A file an agent is still making (empty, then zeroes, then its header)
  * is not called malformed: 2 of 300 `status` runs warned while 40 agents
- * started. Empty and held, zeroes and not held, garbage and held: quiet;
- * garbage not held warns. */
+ * started. Empty (held or not) and zeroes held: quiet; zeroes not held
+ * (a dead agent's) and garbage, held (another version's agent, a corrupt
+ * file) or not, warn. */
 TEST_IMPL(cli_status_starting_file_quiet)
 {
 	static const struct { const char *end; int fill, held, warns; } files[] = {
-		{ ".stats", -1, 1, 0 }, { ".2.stats", 0, 0, 0 }, { ".3.stats", 'x', 1, 0 }, { ".4.stats", 'x', 0, 1 },
+		{ ".stats", -1, 1, 0 }, { ".2.stats", 0, 0, 1 }, { ".3.stats", 'x', 1, 1 }, { ".4.stats", 'x', 0, 1 },
+		{ ".5.stats", 0, 1, 0 }, { ".6.stats", -1, 0, 0 },
 	};
 	char path[512], name[64];
 	struct md__stats_file f;
