@@ -348,17 +348,22 @@ void md_agent_io_unseen(md_agent *a, const char *what)
 		pthread_mutex_lock(&e->lock);
 	}
 	uint64_t owned = before ? 0 : md__owned_unwritten_pages(a), pooled = e ? md__engine_shared_pages(e) : 0;
-	int short_of_memory = (owned || pooled) &&
-			      (owned + pooled) * MD_PAGE + (64u << 20) > md__memroom_available(&a->memroom);
-	int err = pooled && !short_of_memory ? copy_pool_pages(e) : 0;
+	/* The image pages' copies first (a lease break cannot wait for a pin
+	 * of one), then the pool's with what is left. */
+	uint64_t room = owned || pooled ? md__memroom_available(&a->memroom) : 0;
+	int images_short = owned && owned * MD_PAGE + (64u << 20) > room;
+	int pool_short = pooled && ((images_short ? 0 : owned) + pooled) * MD_PAGE + (64u << 20) > room;
+	int short_of_memory = images_short || pool_short;
+	uint64_t left = (images_short ? owned : 0) + (pool_short ? pooled : 0);
+	int err = pooled && !pool_short ? copy_pool_pages(e) : 0;
 	if (e) {
 		md__engine_unlock(e);
 		pthread_rwlock_unlock(&e->regions_lock);
 	}
-	if (owned && !short_of_memory)
+	if (owned && !images_short)
 		md__privatize(a, 0, UINTPTR_MAX, 0);
 	if (short_of_memory || err)
-		__atomic_store_n(&a->io_unseen_left, short_of_memory ? owned + pooled : 1, __ATOMIC_RELAXED);
+		__atomic_store_n(&a->io_unseen_left, short_of_memory ? left : 1, __ATOMIC_RELAXED);
 	if (!before && __atomic_load_n(&md__io_unseen_delay_us, __ATOMIC_RELAXED)) {
 		usleep(md__io_unseen_delay_us);
 		__atomic_add_fetch(&md__io_unseen_slept, 1, __ATOMIC_RELAXED);
@@ -371,7 +376,7 @@ void md_agent_io_unseen(md_agent *a, const char *what)
 		md__log_once(180, "NOT ENOUGH MEMORY to make the %llu pages shared (merged, or shared with "
 			     "images) private as the VMM began I/O the agent does not see: a device or adapter "
 			     "that pins guest RAM read-only may send stale content of those pages once the "
-			     "guest writes them (counted in merge_fallbacks)", (unsigned long long)(owned + pooled));
+			     "guest writes them (counted in merge_fallbacks)", (unsigned long long)left);
 	if (err)
 		md__log_once(181, "making merged pages private as the VMM began I/O the agent does not see "
 			     "failed (%s): a device or adapter that pins guest RAM read-only may send stale "

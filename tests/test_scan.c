@@ -4322,6 +4322,58 @@ TEST_IMPL(scan_io_unseen_short_of_memory_counted)
 	return 0;
 }
 
+/* With memory for the image pages' copies but not for the pool's too,
+ * the image pages still go private (a pin of one would hold it where a
+ * lease break cannot wait), the pool's stay merged, counted: both were
+ * left when the two together did not fit (review of the change). */
+TEST_IMPL(scan_io_unseen_images_private_first)
+{
+	md_agent *a;
+	const size_t n = 64;
+	char *m = pairs_merged_here(&a, NULL, n);
+	char img[512], proc[600], meminfo[700];
+	snprintf(img, sizeof(img), "%s/first.img", test_dir());
+	make_image(img, 16 * PG, 31);
+	char *r = mmap(NULL, 16 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(r != MAP_FAILED);
+	ASSERT_EQ(md_agent_register(a, r, 16 * PG, 0), 0);
+	int fd = open(img, O_RDONLY | O_CLOEXEC);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(md_agent_pread(a, fd, r, 16 * PG, 0), 16 * PG);
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, 16);
+	snprintf(proc, sizeof(proc), "%s/proc", test_dir());
+	snprintf(meminfo, sizeof(meminfo), "%s/meminfo", proc);
+	ASSERT_EQ(mkdir(proc, 0755), 0);
+	FILE *f = fopen(meminfo, "w");
+	/* 64 MiB kept spare and 24 pages: the image's 16, not the pool's 32 too. */
+	ASSERT(f && fprintf(f, "MemAvailable: %d kB\n", 65536 + 24 * 4) > 0 && fclose(f) == 0);
+	md__memroom_proc = proc;
+	md_agent_io_unseen(a, "test");
+	md__memroom_proc = "/proc";
+	static char want[16 * PG];
+	ASSERT_EQ(pread(fd, want, sizeof(want), 0), (ssize_t)sizeof(want));
+	ASSERT(memcmp(r, want, sizeof(want)) == 0);	/* read: present */
+	int pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	ASSERT(pm >= 0);
+	for (int i = 0; i < 16; i++) {
+		uint64_t e = 0;
+		ASSERT_EQ(pread(pm, &e, sizeof(e), (off_t)((uintptr_t)(r + i * PG) / PG * 8)), 8);
+		ASSERT(e >> 63);
+		ASSERT(!((e >> 61) & 1));	/* not the image's page */
+	}
+	close(pm);
+	ASSERT(!pairs_private(m, n));
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT(s.merge_fallbacks >= n / 2);
+	md_agent_free(a);
+	munmap(m, n * PG);
+	munmap(r, 16 * PG);
+	close(fd);
+	return 0;
+}
+
 /* memdedupd's RESUME while the VMM's user changes (its pages being given
  * back to the old user's pool): kept for after the move. Applied at once,
  * the scanner merged into the old pool again, whose references must all
