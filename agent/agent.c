@@ -441,6 +441,7 @@ int md_agent_new(md_agent **agentp, const md_agent_options *opts)
 	a->lease_uid = (uid_t)-1;
 	pthread_mutex_init(&a->writes_lock, NULL);
 	pthread_mutex_init(&a->unmerge_lock, NULL);
+	pthread_mutex_init(&a->io_unseen_lock, NULL);
 	pthread_mutex_init(&a->pause_lock, NULL);
 	pthread_mutex_init(&a->tunables_lock, NULL);
 	pthread_mutex_init(&a->probe_lock, NULL);
@@ -481,6 +482,7 @@ err_free:
 	stats_file_close(a);
 	md__memroom_close(&a->memroom);
 	pthread_mutex_destroy(&a->unmerge_lock);
+	pthread_mutex_destroy(&a->io_unseen_lock);
 	pthread_mutex_destroy(&a->pause_lock);
 	pthread_mutex_destroy(&a->tunables_lock);
 	pthread_mutex_destroy(&a->probe_lock);
@@ -526,6 +528,7 @@ void md_agent_free(md_agent *a)
 	stats_file_close(a);
 	md__memroom_close(&a->memroom);
 	pthread_mutex_destroy(&a->unmerge_lock);
+	pthread_mutex_destroy(&a->io_unseen_lock);
 	pthread_mutex_destroy(&a->pause_lock);
 	pthread_mutex_destroy(&a->tunables_lock);
 	pthread_mutex_destroy(&a->probe_lock);

@@ -13,7 +13,8 @@
  * agent->lock (the image-page index, agent/imagepages.c) only outside the
  * engine's locks. md__agent_unmap holds all three across the VMM's munmap.
  *
- * unmerge_lock (one unmerge at a time, scan.c) comes before all of them;
+ * unmerge_lock (one unmerge at a time, scan.c) comes before all of them, and
+ * io_unseen_lock (md_agent_io_unseen's work, scan.c) before agent->lock;
  * writes_lock (the VMM's writes in flight, writes.c) after agent->lock, and
  * is held around nothing else.
  */
@@ -236,6 +237,7 @@ struct md_agent {
 	unsigned scan_explicit;	/* MD_SET_*: set by our options or md_agent_set (atomic); the
 				 * daemon's defaults do not override them */
 	pthread_mutex_t unmerge_lock;	/* one unmerge at a time (scan.c); taken before any other */
+	pthread_mutex_t io_unseen_lock;	/* md_agent_io_unseen's work, once (scan.c); before agent->lock */
 	int paused_here;	/* md_agent_pause's (atomic): a welcome does not resume it */
 	struct md__memroom memroom;	/* the cgroup's limits, kept from the start (memroom.c) */
 	pthread_mutex_t pause_lock;	/* pause_set's, and a refused unmerge's restore (scan.c) */
@@ -344,6 +346,9 @@ extern unsigned md__copy_fail_after;
 /* Tests only: md_agent_io_unseen's first call sleeps this long (us) before
  * it is done, and then counts md__io_unseen_slept. */
 extern unsigned md__io_unseen_delay_us, md__io_unseen_slept;
+/* Tests only: how many times md_agent_io_unseen's copies let the agent's
+ * lock go between parts. */
+extern unsigned md__io_unseen_let_in;
 /* Tests only: called with our descriptor of an image just before its lease
  * is taken (where the VMM's close and open could come). */
 extern void (*md__image_lease_hook)(int fd);

@@ -281,23 +281,53 @@ int md_agent_pause(md_agent *a, int paused)
 	return err;
 }
 
-unsigned md__io_unseen_delay_us, md__io_unseen_slept;	/* tests only: see agent_internal.h */
+unsigned md__io_unseen_delay_us, md__io_unseen_slept, md__io_unseen_let_in;	/* tests only: see agent_internal.h */
 
 #define COPY_SLOTS_ONLY 1	/* only pages with a slot (copy_pool_runs) */
 #define COPY_GO_ON 2		/* past a run whose copy failed */
 static int copy_pool_runs(struct md__engine *e, struct md__eregion *r, size_t *from, size_t *budget,
 			  unsigned flags);
 
+/* Pages an unmerge goes through with the locks held, each copied counting
+ * 9 (a look and a copy): about 1,800 copies, a few milliseconds, after
+ * which the VMM's calls waiting get in. */
+#define UNMERGE_PART_PAGES 16384
+static struct md__eregion *region_from(struct md__engine *e, uintptr_t at);
+
 /* Copies every page of e mapped from a pool (its slot or not), as an
- * unmerge does, the engine's locks held: 0 or a negative errno. */
-static int copy_pool_pages(struct md__engine *e)
+ * unmerge does, the agent's and engine's locks held, in parts with the
+ * locks let go between them (as unmerge_locked): a lease break, answered
+ * under the agent's lock, waited for every copy, seconds of a large
+ * guest, and could pass lease-break-time. 0 or a negative errno. */
+static int copy_pool_pages(md_agent *a, struct md__engine *e)
 {
 	int err = 0;
+	uintptr_t at = 0;
+	struct md__eregion *r;
+	for (;;) {
+		size_t budget = UNMERGE_PART_PAGES;
+		while (budget && (r = region_from(e, at))) {
+			size_t from = at > r->start ? (at - r->start) / MD_EPAGE : 0;
+			/* Each page left is one a device may read after the
+			 * guest wrote it: all that can be copied is. */
+			int e2 = copy_pool_runs(e, r, &from, &budget, COPY_GO_ON);
+			err = err ? err : e2;
+			at = r->start + from * MD_EPAGE;
+		}
+		if (budget)
+			break;
+		md__engine_unlock(e);
+		pthread_rwlock_unlock(&e->regions_lock);
+		md__agent_let_in(a);
+		__atomic_add_fetch(&md__io_unseen_let_in, 1, __ATOMIC_RELAXED);
+		pthread_rwlock_wrlock(&e->regions_lock);
+		pthread_mutex_lock(&e->lock);
+	}
+	/* Guest RAM the VMM moved below the cursor meanwhile, by its slots;
+	 * nothing merges meanwhile (merges blocked, the scanner paused). */
 	for (size_t i = 0; i < e->nregions; i++) {
 		size_t from = 0, budget = SIZE_MAX;
-		/* Each page left is one a device may read after the guest
-		 * wrote it: all that can be copied is. */
-		int e2 = copy_pool_runs(e, &e->regions[i], &from, &budget, COPY_GO_ON);
+		int e2 = copy_pool_runs(e, &e->regions[i], &from, &budget, COPY_GO_ON | COPY_SLOTS_ONLY);
 		err = err ? err : e2;
 	}
 	return err;
@@ -316,6 +346,14 @@ void md_agent_io_unseen(md_agent *a, const char *what)
 	/* On the VMM's thread, in a call that may succeed: its errno stays
 	 * as found, whatever our copies and logs meet. */
 	int saved = errno;
+	/* One caller does the work, the others wait for its end here: the
+	 * agent's lock is let go between its parts of copies. */
+	pthread_mutex_lock(&a->io_unseen_lock);
+	if (__atomic_load_n(&a->io_unseen_done, __ATOMIC_ACQUIRE)) {
+		pthread_mutex_unlock(&a->io_unseen_lock);
+		errno = saved;
+		return;
+	}
 	/* Under the lock: a read mapping image pages over guest RAM is done
 	 * before we return (and so before the device pins what it will use),
 	 * and none maps after. */
@@ -355,7 +393,7 @@ void md_agent_io_unseen(md_agent *a, const char *what)
 	int pool_short = pooled && ((images_short ? 0 : owned) + pooled) * MD_PAGE + (64u << 20) > room;
 	int short_of_memory = images_short || pool_short;
 	uint64_t left = (images_short ? owned : 0) + (pool_short ? pooled : 0);
-	int err = pooled && !pool_short ? copy_pool_pages(e) : 0;
+	int err = pooled && !pool_short ? copy_pool_pages(a, e) : 0;
 	if (e) {
 		md__engine_unlock(e);
 		pthread_rwlock_unlock(&e->regions_lock);
@@ -370,6 +408,7 @@ void md_agent_io_unseen(md_agent *a, const char *what)
 	}
 	__atomic_store_n(&a->io_unseen_done, 1, __ATOMIC_RELEASE);
 	md__agent_leave(a);
+	pthread_mutex_unlock(&a->io_unseen_lock);
 	if (e)
 		md__engine_send_unrefs(e);	/* the pool's slots copied go back */
 	if (short_of_memory)
@@ -606,10 +645,6 @@ void md__scan_fork_done(struct md_agent *a)
 
 void (*md__part_hook)(struct md_agent *a);	/* tests only: see agent_internal.h */
 
-/* Pages an unmerge goes through with the locks held, each copied counting
- * 9 (a look and a copy): about 1,800 copies, a few milliseconds, after
- * which the VMM's calls waiting get in. */
-#define UNMERGE_PART_PAGES 16384
 
 /* md_agent_unmerge, and why it refused, for people (why may be NULL).
  * Every page shared goes: pool pages, and image pages (shared at read time

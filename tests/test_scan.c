@@ -4322,6 +4322,27 @@ TEST_IMPL(scan_io_unseen_short_of_memory_counted)
 	return 0;
 }
 
+/* The pool pages' copies at unseen I/O go in parts, the agent's lock let
+ * go between them, as an unmerge's: a lease break (answered under that
+ * lock) waited for all of them, seconds of a large guest, and could pass
+ * lease-break-time (review of the change). 8,192 pages, 4,096 copies:
+ * three parts or more. */
+TEST_IMPL(scan_io_unseen_copies_in_parts)
+{
+	md_agent *a;
+	const size_t n = 8192;
+	char *m = pairs_merged_here(&a, NULL, n);
+	unsigned before = __atomic_load_n(&md__io_unseen_let_in, __ATOMIC_RELAXED);
+	md_agent_io_unseen(a, "test");
+	ASSERT(__atomic_load_n(&md__io_unseen_let_in, __ATOMIC_RELAXED) - before >= 2);
+	ASSERT(pairs_private(m, n));
+	for (size_t i = 0; i < n * PG; i += 997)
+		ASSERT(m[i] == (char)((i / PG) % (n / 2) * 31 + i % PG));
+	md_agent_free(a);
+	munmap(m, n * PG);
+	return 0;
+}
+
 /* With memory for the image pages' copies but not for the pool's too,
  * the image pages still go private (a pin of one would hold it where a
  * lease break cannot wait), the pool's stay merged, counted: both were
