@@ -3,7 +3,8 @@
  * checks the request (a SET key and its range) before anything is sent, so
  * a bad value never reaches an agent; then it forwards one CONTROL (seq 0,
  * a token of its own) to each matching agent (an UNMERGE to one at a time,
- * each seeing the memory the copies before it took), and answers CONTROL_R once
+ * each seeing the memory the copies before it took; one a later PAUSE or
+ * RESUME reached before its turn is not sent it), and answers CONTROL_R once
  * each has said how it went (CONTROL_DONE with that token), has gone away,
  * or MD_CONTROL_WAIT_MS have passed (less if MEMDEDUP_CONTROL_WAIT_MS
  * says). An agent may refuse: unmerge when the host (or its cgroup) lacks
@@ -34,6 +35,7 @@ struct md__pending_control {
 	pid_t *owed;
 	unsigned done, failed, detached;
 	unsigned kept;             /* a SET's agents that keep their own value */
+	unsigned superseded;       /* an UNMERGE's queued agents a later PAUSE or RESUME took */
 	int status;                /* the first failure's */
 	char why[MD_TEXT_MAX + 1];
 	char what[MD_KEY_MAX + MD_VALUE_MAX + 16];
@@ -66,18 +68,20 @@ static void drop(struct md__daemon *d, struct md__pending_control *p)
 static void finish(struct md__daemon *d, struct md__pending_control *p)
 {
 	struct md__msg cr = { .hdr = { .type = MD_MSG_CONTROL_R, .seq = p->seq } };
-	char n_done[32], n_all[32], n_kept[64] = "";
+	char n_done[32], n_all[32], n_kept[64] = "", n_sup[64] = "";
 	plural(n_done, sizeof(n_done), p->done, "agent");
 	plural(n_all, sizeof(n_all), p->done + p->failed + p->kept, "agent");
 	if (p->kept)
 		snprintf(n_kept, sizeof(n_kept), "%s%u %s", p->failed ? ", " : "; ", p->kept,
 			 p->kept == 1 ? "keeps its own value" : "keep their own value");
+	if (p->superseded)
+		snprintf(n_sup, sizeof(n_sup), "; %u not sent it, paused or resumed since", p->superseded);
 	cr.u.text.status = p->failed ? p->status : 0;
 	if (p->failed) {
 		/* The reason gets the room the rest leaves, cut at a word if
 		 * it must be: cut at 100 bytes, it ended mid-word. */
-		char tail[96];
-		snprintf(tail, sizeof(tail), " (done by %u of %.20s%.40s)", p->done, n_all, n_kept);
+		char tail[160];
+		snprintf(tail, sizeof(tail), " (done by %u of %.20s%.40s%.40s)", p->done, n_all, n_kept, n_sup);
 		int room = (int)sizeof(cr.u.text.text) - 1 - (int)strnlen(p->what, 64) - 2 - (int)strlen(tail);
 		int len = (int)strlen(p->why), cut = len > room;
 		if (cut) {
@@ -88,8 +92,8 @@ static void finish(struct md__daemon *d, struct md__pending_control *p)
 		snprintf(cr.u.text.text, sizeof(cr.u.text.text), "%.64s: %.*s%s%s", p->what, len, p->why,
 			 cut ? "..." : "", tail);
 	} else {
-		snprintf(cr.u.text.text, sizeof(cr.u.text.text), "%.64s done by %s%s%s", p->what, n_done, n_kept,
-			 p->detached ? "; agents not connected now get it when back" : "");
+		snprintf(cr.u.text.text, sizeof(cr.u.text.text), "%.64s done by %s%s%s%s", p->what, n_done, n_kept,
+			 n_sup, p->detached ? "; agents not connected now get it when back" : "");
 	}
 	if (p->cli) {
 		p->cli->awaiting = 0;	/* its next requests may go on: md__conn_send wakes it */
@@ -206,6 +210,21 @@ static int unmerge_next(struct md__daemon *d, struct md__pending_control *p)
 	return sent;
 }
 
+/* A PAUSE or RESUME of a reaches it after the UNMERGEs it waits for in
+ * queues: sent after, they undid the later command (resumed, then
+ * unmerged and paused). The later command wins: a leaves those queues. */
+static void unqueue(struct md__daemon *d, const struct md__agent *a)
+{
+	for (struct md__pending_control *p = d->controls; p; p = p->next)
+		for (size_t i = p->qnext; i < p->nqueue; i++)
+			if (p->queue[i].pid == a->pid && p->queue[i].num == a->num) {
+				memmove(&p->queue[i], &p->queue[i + 1], (p->nqueue - i - 1) * sizeof(*p->queue));
+				p->nqueue--;
+				p->superseded++;
+				break;
+			}
+}
+
 void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const struct md__msg_control *ctl)
 {
 	struct md__tunables tun = d->tun;
@@ -306,6 +325,8 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 			a->unmerged = a->paused = a->held_by_admin = 0;
 			a->unmerge_first = a->unmerge_token = 0;
 		}
+		if (ctl->op == MD_CTL_PAUSE || ctl->op == MD_CTL_RESUME)
+			unqueue(d, a);
 		if (ctl->op == MD_CTL_UNMERGE)
 			p->queue[p->nqueue++] = (struct md__queued_agent){ a->pid, a->num };
 		else

@@ -3483,6 +3483,103 @@ TEST_IMPL(daemon_unmerge_one_agent_at_a_time)
 	return 0;
 }
 
+/* A RESUME of all while an UNMERGE's queue runs: the agent still queued
+ * got the RESUME, then the UNMERGE, and ended unmerged and paused, the
+ * opposite of the later command. The later command wins: the queued agent
+ * is not sent the UNMERGE. */
+TEST_IMPL(daemon_resume_supersedes_queued_unmerge)
+{
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	struct md__msg_control ctl;
+	struct control_call k, r;
+	int fd, cmd[2], up[2];
+	char b;
+
+	td_start(&t, 16);
+	ASSERT(pipe(cmd) == 0 && pipe(up) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		/* The other agent: says each CONTROL's op ('U', 'R', 'P'),
+		 * answers all but an UNMERGE at once, that one on 'a'; goes
+		 * at EOF. */
+		struct md__msg_welcome kw;
+		struct md__msg_control kc;
+		uint32_t unmerge = 0;
+		int kfd;
+		close(cmd[1]);
+		close(up[0]);
+		if (fcntl(cmd[0], F_SETFL, O_NONBLOCK) < 0)
+			_exit(1);
+		struct md__client *o = td_agent(&t, NULL, &kw, &kfd);
+		if (write(up[1], "r", 1) != 1)
+			_exit(2);
+		for (;;) {
+			if (md__client_next_control(o, &kc) == 0) {
+				char op = kc.op == MD_CTL_UNMERGE ? 'U' : kc.op == MD_CTL_RESUME ? 'R' : 'P';
+				if (write(up[1], &op, 1) != 1)
+					_exit(3);
+				if (kc.op == MD_CTL_UNMERGE)
+					unmerge = kc.token;
+				else if (md__client_control_done(o, kc.token, 0, NULL))
+					_exit(4);
+			}
+			ssize_t n = read(cmd[0], &b, 1);
+			if (n == 0)
+				_exit(0);
+			if (n == 1 && b == 'a' && md__client_control_done(o, unmerge, 0, NULL))
+				_exit(5);
+			usleep(5000);
+		}
+	}
+	close(cmd[0]);
+	close(up[1]);
+	ASSERT_EQ(read(up[0], &b, 1), 1);
+	ASSERT(fcntl(up[0], F_SETFL, O_NONBLOCK) == 0);
+	struct md__client *c = td_agent(&t, NULL, &w, &fd);
+	struct md__client *cli = td_connect(&t), *cli2 = td_connect(&t);
+	control_start(&k, cli, MD_CTL_UNMERGE, 0, NULL, NULL);
+	usleep(300000);
+	int kid_first = read(up[0], &b, 1) == 1;
+	int mine_first = md__client_next_control(c, &ctl) == 0;
+	ASSERT(kid_first != mine_first);
+	uint32_t unmerge = ctl.token;
+	/* The first holds its answer; a RESUME of all reaches both. */
+	control_start(&r, cli2, MD_CTL_RESUME, 0, NULL, NULL);
+	next_control(c, &ctl);
+	ASSERT_EQ(ctl.op, MD_CTL_RESUME);
+	ASSERT_EQ(md__client_control_done(c, ctl.token, 0, NULL), 0);
+	for (int i = 0; i < 400 && read(up[0], &b, 1) != 1; i++)
+		usleep(5000);
+	ASSERT_EQ(b, 'R');
+	ASSERT_EQ(control_end(&r), 0);
+	ASSERT(strstr(r.text, "done by 2 agents"));
+	/* Now the first answers the UNMERGE: the second is not sent it. */
+	if (mine_first)
+		ASSERT_EQ(md__client_control_done(c, unmerge, 0, NULL), 0);
+	else
+		ASSERT_EQ(write(cmd[1], "a", 1), 1);
+	usleep(300000);
+	if (mine_first)
+		ASSERT(read(up[0], &b, 1) < 0);
+	else
+		ASSERT_EQ(md__client_next_control(c, &ctl), -EAGAIN);
+	ASSERT_EQ(control_end(&k), 0);
+	if (!strstr(k.text, "done by 1 agent; 1 not sent it, paused or resumed since"))
+		fprintf(stderr, "  CONTROL_R says '%s'\n", k.text);
+	ASSERT(strstr(k.text, "done by 1 agent; 1 not sent it, paused or resumed since"));
+	close(cmd[1]);
+	ASSERT_EQ(child_exit(kid), 0);
+	close(up[0]);
+	md__client_free(cli2);
+	md__client_free(cli);
+	md__client_free(c);
+	close(fd);
+	td_stop(&t);
+	return 0;
+}
+
 /* A refusal's reason reaches the CLI whole when it fits, and cut at a
  * word, said with "...", when it does not: it was cut at 100 bytes,
  * mid-word. */
