@@ -92,7 +92,7 @@ static void finish(struct md__daemon *d, struct md__pending_control *p)
 		snprintf(cr.u.text.text, sizeof(cr.u.text.text), "%.64s: %.*s%s%s", p->what, len, p->why,
 			 cut ? "..." : "", tail);
 	} else {
-		snprintf(cr.u.text.text, sizeof(cr.u.text.text), "%.64s done by %s%s%s%s", p->what, n_done, n_kept,
+		snprintf(cr.u.text.text, sizeof(cr.u.text.text), "%.64s done by %.31s%.40s%.52s%s", p->what, n_done, n_kept,
 			 n_sup, p->detached ? "; agents not connected now get it when back" : "");
 	}
 	if (p->cli) {
