@@ -60,32 +60,6 @@ struct cg_mount {
 	char at[PATH_MAX], shows[PATH_MAX];
 };
 
-/* mountinfo's octal escapes (\040 for a space) undone, in place. */
-static void unescape(char *s)
-{
-	char *o = s;
-	for (; *s; s++) {
-		if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' && s[2] >= '0' && s[2] <= '7' && s[3] >= '0' &&
-		    s[3] <= '7') {
-			*o++ = (char)((s[1] - '0') << 6 | (s[2] - '0') << 3 | (s[3] - '0'));
-			s += 3;
-		} else {
-			*o++ = *s;
-		}
-	}
-	*o = '\0';
-}
-
-/* 1 if word is one of the comma-separated list's. */
-static int listed(const char *list, const char *word)
-{
-	size_t n = strlen(word);
-	for (const char *p = list; p; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL)
-		if (strncmp(p, word, n) == 0 && (p[n] == ',' || p[n] == '\0'))
-			return 1;
-	return 0;
-}
-
 /* One line of mountinfo ("id parent dev root point options [tags] - type
  * source superoptions"): the first v1 hierarchy with the memory
  * controller goes to mem, the first cgroup2 to unified. */
@@ -100,7 +74,7 @@ static void mount_line(char *line, struct cg_mount *mem, struct cg_mount *unifie
 	if (!opts)
 		return;
 	struct cg_mount *m = strcmp(type, "cgroup2") == 0 ? unified :
-			     strcmp(type, "cgroup") == 0 && listed(opts, "memory") ? mem : NULL;
+			     strcmp(type, "cgroup") == 0 && md__options_have("memory", opts) ? mem : NULL;
 	if (!m || m->at[0])
 		return;
 	f[0] = strtok_r(line, " ", &save);
@@ -108,8 +82,8 @@ static void mount_line(char *line, struct cg_mount *mem, struct cg_mount *unifie
 		f[i] = strtok_r(NULL, " ", &save);
 	if (!f[0] || !f[4])
 		return;
-	unescape(f[3]);
-	unescape(f[4]);
+	md__mount_unescape(f[3]);
+	md__mount_unescape(f[4]);
 	if (strlen(f[3]) < sizeof(m->shows) && strlen(f[4]) < sizeof(m->at)) {
 		strcpy(m->shows, f[3]);
 		strcpy(m->at, f[4]);

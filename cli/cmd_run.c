@@ -25,6 +25,7 @@
 #include "cli.h"
 #include "client.h"
 #include "memdedup.h"
+#include "sys.h"
 #include "protocol.h"
 #include "uffd.h"
 
@@ -726,40 +727,6 @@ static int find_daemon(const char *lib, char *out, size_t size)
 	return executable(out) ? 0 : -ENOENT;
 }
 
-/* 1 if every name of the comma-separated list names is one of opts. */
-static int options_have(const char *names, const char *opts)
-{
-	for (const char *c = names; *c;) {
-		size_t n = strcspn(c, ",");
-		int found = 0;
-		for (const char *o = opts; *o && !found;) {
-			size_t m = strcspn(o, ",");
-			found = m == n && strncmp(o, c, n) == 0;
-			o += m + (o[m] == ',');
-		}
-		if (!found)
-			return 0;
-		c += n + (c[n] == ',');
-	}
-	return 1;
-}
-
-/* Undoes mountinfo's octal escapes (\040 for a space) in place. */
-static void unescape(char *s)
-{
-	char *d = s;
-	for (; *s; s++, d++) {
-		if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' && s[2] >= '0' && s[2] <= '7' &&
-		    s[3] >= '0' && s[3] <= '7') {
-			*d = (char)((s[1] - '0') * 64 + (s[2] - '0') * 8 + (s[3] - '0'));
-			s += 3;
-		} else {
-			*d = *s;
-		}
-	}
-	*d = '\0';
-}
-
 /* The mount point of the top of a cgroup hierarchy (controllers ctrls of a
  * /proc/self/cgroup line, none for v2) that we see above path: 0 and it in
  * out, or out "" if no mount shows more than path and below (a container's
@@ -777,10 +744,10 @@ static int hierarchy_top(const char *ctrls, const char *path, char *out, size_t 
 		char *dash = strstr(line, " - ");
 		if (!dash || sscanf(line, "%*s %*s %*s %4095s %4095s", root, point) != 2 ||
 		    sscanf(dash + 3, "%63s %*s %1023s", type, opts) != 2 ||
-		    strcmp(type, *ctrls ? "cgroup" : "cgroup2") != 0 || !options_have(ctrls, opts))
+		    strcmp(type, *ctrls ? "cgroup" : "cgroup2") != 0 || !md__options_have(ctrls, opts))
 			continue;
-		unescape(root);
-		unescape(point);
+		md__mount_unescape(root);
+		md__mount_unescape(point);
 		size_t n = strlen(root);
 		err = 0;
 		if (strcmp(root, "/") == 0 || (strncmp(path, root, n) == 0 && path[n] == '/')) {

@@ -943,3 +943,35 @@ void md__advise_new_mapping(void *addr, size_t len, unsigned advice, int kernel_
 }
 
 __thread unsigned md__in_agent;
+
+void md__mount_unescape(char *s)
+{
+	char *d = s;
+	for (; *s; s++, d++) {
+		if (s[0] == '\\' && s[1] >= '0' && s[1] <= '3' && s[2] >= '0' && s[2] <= '7' &&
+		    s[3] >= '0' && s[3] <= '7') {
+			*d = (char)((s[1] - '0') * 64 + (s[2] - '0') * 8 + (s[3] - '0'));
+			s += 3;
+		} else {
+			*d = *s;
+		}
+	}
+	*d = '\0';
+}
+
+int md__options_have(const char *names, const char *opts)
+{
+	for (const char *c = names; *c;) {
+		size_t n = strcspn(c, ",");
+		int found = 0;
+		for (const char *o = opts; *o && !found;) {
+			size_t m = strcspn(o, ",");
+			found = m == n && strncmp(o, c, n) == 0;
+			o += m + (o[m] == ',');
+		}
+		if (!found)
+			return 0;
+		c += n + (c[n] == ',');
+	}
+	return 1;
+}

@@ -231,4 +231,11 @@ static inline void md__cancel_scope_end(int *unused)
 #define MD_NOCANCEL_SCOPE() \
 	int md__nocancel_scope __attribute__((cleanup(md__cancel_scope_end), unused)) = (md__cancel_off(), 0)
 
+/* mountinfo's octal escapes (\040 for a space) undone in s, in place. */
+void md__mount_unescape(char *s);
+
+/* 1 if every name of the comma-separated list names is one of the
+ * comma-separated opts (a mount's options, say). */
+int md__options_have(const char *names, const char *opts);
+
 #endif
