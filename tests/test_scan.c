@@ -2597,6 +2597,22 @@ static char *pairs_merged_here(md_agent **a, const char *domain, size_t n)
 	return m;
 }
 
+/* 1 if the n pages at m of this process are all present and anonymous
+ * memory (no file's page, a pool's or an image's), as pagemap shows. */
+static int pages_anon_present(const char *m, size_t n)
+{
+	int pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	ASSERT(pm >= 0);
+	int ok = 1;
+	for (size_t i = 0; i < n && ok; i++) {
+		uint64_t e = 0;
+		ASSERT_EQ(pread(pm, &e, sizeof(e), (off_t)((uintptr_t)(m + i * PG) / PG * 8)), 8);
+		ok = (e >> 63) && !((e >> 61) & 1);
+	}
+	close(pm);
+	return ok;
+}
+
 /* 1 if pairs_ram's n pages at m are all private after an unmerge, as
  * pagemap shows them whatever the agent counts: each, once read, present
  * and anonymous (not the pool's file page), on another frame than its
@@ -4376,15 +4392,7 @@ TEST_IMPL(scan_io_unseen_images_private_first)
 	static char want[16 * PG];
 	ASSERT_EQ(pread(fd, want, sizeof(want), 0), (ssize_t)sizeof(want));
 	ASSERT(memcmp(r, want, sizeof(want)) == 0);	/* read: present */
-	int pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-	ASSERT(pm >= 0);
-	for (int i = 0; i < 16; i++) {
-		uint64_t e = 0;
-		ASSERT_EQ(pread(pm, &e, sizeof(e), (off_t)((uintptr_t)(r + i * PG) / PG * 8)), 8);
-		ASSERT(e >> 63);
-		ASSERT(!((e >> 61) & 1));	/* not the image's page */
-	}
-	close(pm);
+	ASSERT(pages_anon_present(r, 16));	/* not the image's pages */
 	ASSERT(!pairs_private(m, n));
 	ASSERT_EQ(md_agent_stats(a, &s), 0);
 	ASSERT(s.merge_fallbacks >= n / 2);
@@ -4771,13 +4779,7 @@ TEST_IMPL(scan_unmerge_and_tunables)
 	ASSERT_EQ(s1.pool_pages, 0);
 	for (size_t i = 0; i < len; i += 8)
 		ASSERT(*(uint64_t *)(m + i) == (i % (256 * PG)) * 2654435761u + 1);
-	int pm = open("/proc/self/pagemap", O_RDONLY);
-	for (size_t p = 0; p < 512; p++) {
-		uint64_t e;
-		ASSERT(pread(pm, &e, 8, (off_t)(((uintptr_t)m / PG + p) * 8)) == 8);
-		ASSERT((e >> 63) && !(e & (1ull << 61)));	/* present, anonymous */
-	}
-	close(pm);
+	ASSERT(pages_anon_present(m, 512));
 	/* And it stays paused, as KSM does after run=2: its passes stop,
 	 * and nothing merges again. */
 	ASSERT_EQ(scanner_still(a, &s1, &s2), 0);
@@ -5186,15 +5188,8 @@ TEST_IMPL(image_fd_replaced_before_map_copied)
 	md_stats s;
 	ASSERT_EQ(md_agent_stats(a, &s), 0);
 	ASSERT_EQ(s.fallbacks[MD_FB_NO_LEASE], 16);
-	/* Guest RAM maps no file: a page of it is anonymous memory. */
-	int pm = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
-	ASSERT(pm >= 0);
-	for (int i = 0; i < 16; i++) {
-		uint64_t e = 0;
-		ASSERT_EQ(pread(pm, &e, sizeof(e), (off_t)((uintptr_t)(m + i * PG) / PG * 8)), 8);
-		ASSERT(!((e >> 61) & 1));
-	}
-	close(pm);
+	/* Guest RAM maps no file: its pages (read, so present) are anonymous memory. */
+	ASSERT(pages_anon_present(m, 16));
 	fd_swapped_done(a, m, fd);
 	return 0;
 }
