@@ -346,9 +346,9 @@ extern unsigned md__copy_fail_after;
 /* Tests only: md_agent_io_unseen's first call sleeps this long (us) before
  * it is done, and then counts md__io_unseen_slept. */
 extern unsigned md__io_unseen_delay_us, md__io_unseen_slept;
-/* Tests only: how many times md_agent_io_unseen's copies let the agent's
- * lock go between parts. */
-extern unsigned md__io_unseen_let_in;
+/* Tests only: how many times copies of pool pages (unseen I/O's, an
+ * unmerge's) let the agent's lock go between parts. */
+extern unsigned md__pool_copies_let_in;
 /* Tests only: called with our descriptor of an image just before its lease
  * is taken (where the VMM's close and open could come). */
 extern void (*md__image_lease_hook)(int fd);

@@ -281,7 +281,7 @@ int md_agent_pause(md_agent *a, int paused)
 	return err;
 }
 
-unsigned md__io_unseen_delay_us, md__io_unseen_slept, md__io_unseen_let_in;	/* tests only: see agent_internal.h */
+unsigned md__io_unseen_delay_us, md__io_unseen_slept, md__pool_copies_let_in;	/* tests only: see agent_internal.h */
 
 #define COPY_SLOTS_ONLY 1	/* only pages with a slot (copy_pool_runs) */
 #define COPY_GO_ON 2		/* past a run whose copy failed */
@@ -294,40 +294,42 @@ static int copy_pool_runs(struct md__engine *e, struct md__eregion *r, size_t *f
 #define UNMERGE_PART_PAGES 16384
 static struct md__eregion *region_from(struct md__engine *e, uintptr_t at);
 
-/* Copies every page of e mapped from a pool (its slot or not), as an
- * unmerge does, the agent's and engine's locks held, in parts with the
- * locks let go between them (as unmerge_locked): a lease break, answered
- * under the agent's lock, waited for every copy, seconds of a large
- * guest, and could pass lease-break-time. 0 or a negative errno. */
-static int copy_pool_pages(md_agent *a, struct md__engine *e)
+/* Copies every page of e mapped from a pool (its slot or not), the
+ * agent's and engine's locks held, in parts with the locks let go between
+ * them: the VMM's reads, its guests' write faults and lease breaks
+ * (answered under the agent's lock) wait for a part, not for every copy,
+ * seconds of a large guest (a lease break could pass lease-break-time).
+ * Nothing merges meanwhile (the caller stopped it), so only the VMM's own
+ * changes come between: guest RAM unmapped (its pages gone with it),
+ * mapped (nothing of a pool in it) or moved below the cursor, which a last
+ * pass over every region, the locks held all along, finds by its slots.
+ * Stops at the first copy that fails unless flags has COPY_GO_ON. 0 or
+ * a negative errno (the first). */
+static int copy_pool_pages(md_agent *a, struct md__engine *e, unsigned flags)
 {
-	int err = 0;
+	int err = 0, go_on = (flags & COPY_GO_ON) != 0;
 	uintptr_t at = 0;
 	struct md__eregion *r;
 	for (;;) {
 		size_t budget = UNMERGE_PART_PAGES;
-		while (budget && (r = region_from(e, at))) {
+		while ((go_on || !err) && budget && (r = region_from(e, at))) {
 			size_t from = at > r->start ? (at - r->start) / MD_EPAGE : 0;
-			/* Each page left is one a device may read after the
-			 * guest wrote it: all that can be copied is. */
-			int e2 = copy_pool_runs(e, r, &from, &budget, COPY_GO_ON);
+			int e2 = copy_pool_runs(e, r, &from, &budget, flags);
 			err = err ? err : e2;
 			at = r->start + from * MD_EPAGE;
 		}
-		if (budget)
+		if ((err && !go_on) || budget)
 			break;
 		md__engine_unlock(e);
 		pthread_rwlock_unlock(&e->regions_lock);
 		md__agent_let_in(a);
-		__atomic_add_fetch(&md__io_unseen_let_in, 1, __ATOMIC_RELAXED);
+		__atomic_add_fetch(&md__pool_copies_let_in, 1, __ATOMIC_RELAXED);
 		pthread_rwlock_wrlock(&e->regions_lock);
 		pthread_mutex_lock(&e->lock);
 	}
-	/* Guest RAM the VMM moved below the cursor meanwhile, by its slots;
-	 * nothing merges meanwhile (merges blocked, the scanner paused). */
-	for (size_t i = 0; i < e->nregions; i++) {
+	for (size_t i = 0; i < e->nregions && (go_on || !err); i++) {
 		size_t from = 0, budget = SIZE_MAX;
-		int e2 = copy_pool_runs(e, &e->regions[i], &from, &budget, COPY_GO_ON | COPY_SLOTS_ONLY);
+		int e2 = copy_pool_runs(e, &e->regions[i], &from, &budget, flags | COPY_SLOTS_ONLY);
 		err = err ? err : e2;
 	}
 	return err;
@@ -393,7 +395,9 @@ void md_agent_io_unseen(md_agent *a, const char *what)
 	int pool_short = pooled && ((images_short ? 0 : owned) + pooled) * MD_PAGE + (64u << 20) > room;
 	int short_of_memory = images_short || pool_short;
 	uint64_t left = (images_short ? owned : 0) + (pool_short ? pooled : 0);
-	int err = pooled && !pool_short ? copy_pool_pages(a, e) : 0;
+	/* Each page left is one a device may read after the guest wrote
+	 * it: all that can be copied is. */
+	int err = pooled && !pool_short ? copy_pool_pages(a, e, COPY_GO_ON) : 0;
 	if (e) {
 		md__engine_unlock(e);
 		pthread_rwlock_unlock(&e->regions_lock);
@@ -720,34 +724,7 @@ static int unmerge_locked(md_agent *a, char *why, size_t size, int by)
 			(unsigned long long)pages, (unsigned long long)(avail >> 20));
 		goto unlock;
 	}
-	/* In parts, the locks let go between them: the VMM's reads and its
-	 * guests' write faults wait for a part, not for every copy (seconds
-	 * of a large guest). Nothing merges meanwhile (the scanner is paused
-	 * and stopped), so only the VMM's own changes come between: guest RAM
-	 * unmapped (its pages gone with it), mapped (nothing of a pool in it)
-	 * or moved below the cursor, which a last pass over every region,
-	 * the locks held all along, finds by its slots. */
-	uintptr_t at = 0;
-	struct md__eregion *r;
-	for (;;) {
-		size_t budget = UNMERGE_PART_PAGES;
-		while (!err && budget && (r = region_from(e, at))) {
-			size_t from = at > r->start ? (at - r->start) / MD_EPAGE : 0;
-			err = copy_pool_runs(e, r, &from, &budget, 0);
-			at = r->start + from * MD_EPAGE;
-		}
-		if (err || budget)
-			break;
-		md__engine_unlock(e);
-		pthread_rwlock_unlock(&e->regions_lock);
-		md__agent_let_in(a);
-		pthread_rwlock_wrlock(&e->regions_lock);
-		pthread_mutex_lock(&e->lock);
-	}
-	for (size_t i = 0; i < e->nregions && !err; i++) {
-		size_t from = 0, budget = SIZE_MAX;
-		err = copy_pool_runs(e, &e->regions[i], &from, &budget, COPY_SLOTS_ONLY);
-	}
+	err = copy_pool_pages(a, e, 0);
 	md__engine_unlock(e);
 	pthread_rwlock_unlock(&e->regions_lock);
 	/* Outside the engine's locks: a write to a page a merge left
@@ -760,7 +737,7 @@ static int unmerge_locked(md_agent *a, char *why, size_t size, int by)
 	 * the unmerge would. A part that failed does not stop the rest: the
 	 * first failure is said. */
 	if (!err && by != UNMERGE_USER) {
-		for (at = 0; at != UINTPTR_MAX;) {
+		for (uintptr_t at = 0; at != UINTPTR_MAX;) {
 			int part_err = md__privatize_from(a, &at, UINTPTR_MAX, 0, md__privatize_part_pages);
 			err = err ? err : part_err;
 			if (at != UINTPTR_MAX)

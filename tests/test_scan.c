@@ -4348,9 +4348,9 @@ TEST_IMPL(scan_io_unseen_copies_in_parts)
 	md_agent *a;
 	const size_t n = 8192;
 	char *m = pairs_merged_here(&a, NULL, n);
-	unsigned before = __atomic_load_n(&md__io_unseen_let_in, __ATOMIC_RELAXED);
+	unsigned before = __atomic_load_n(&md__pool_copies_let_in, __ATOMIC_RELAXED);
 	md_agent_io_unseen(a, "test");
-	ASSERT(__atomic_load_n(&md__io_unseen_let_in, __ATOMIC_RELAXED) - before >= 2);
+	ASSERT(__atomic_load_n(&md__pool_copies_let_in, __ATOMIC_RELAXED) - before >= 2);
 	ASSERT(pairs_private(m, n));
 	for (size_t i = 0; i < n * PG; i += 997)
 		ASSERT(m[i] == (char)((i / PG) % (n / 2) * 31 + i % PG));
