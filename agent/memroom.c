@@ -54,88 +54,19 @@ struct cg_where {
 	size_t root;
 };
 
-/* A hierarchy's mount: where, and the cgroup it shows there ("/" but in a
- * container that sees a part of the hierarchy). */
-struct cg_mount {
-	char at[PATH_MAX], shows[PATH_MAX];
-};
-
-/* One line of mountinfo ("id parent dev root point options [tags] - type
- * source superoptions"): the first v1 hierarchy with the memory
- * controller goes to mem, the first cgroup2 to unified. */
-static void mount_line(char *line, struct cg_mount *mem, struct cg_mount *unified)
+/* The directory of cgroup path of the hierarchy of ctrls, through the
+ * mount that shows it, or under the kind's usual mount point when
+ * mountinfo names none. 0, or -1 if no mount shows it. */
+static int cg_place(struct cg_where *w, const struct cg_kind *kind, const char *ctrls, const char *path)
 {
-	char *f[5], *save, *dash = strstr(line, " - ");
-	if (!dash)
-		return;
-	*dash = '\0';
-	char *type = strtok_r(dash + 3, " ", &save), *src = type ? strtok_r(NULL, " ", &save) : NULL;
-	char *opts = src ? strtok_r(NULL, " ", &save) : NULL;
-	if (!opts)
-		return;
-	struct cg_mount *m = strcmp(type, "cgroup2") == 0 ? unified :
-			     strcmp(type, "cgroup") == 0 && md__options_have("memory", opts) ? mem : NULL;
-	if (!m || m->at[0])
-		return;
-	f[0] = strtok_r(line, " ", &save);
-	for (int i = 1; i < 5 && f[i - 1]; i++)
-		f[i] = strtok_r(NULL, " ", &save);
-	if (!f[0] || !f[4])
-		return;
-	md__mount_unescape(f[3]);
-	md__mount_unescape(f[4]);
-	if (strlen(f[3]) < sizeof(m->shows) && strlen(f[4]) < sizeof(m->at)) {
-		strcpy(m->shows, f[3]);
-		strcpy(m->at, f[4]);
-	}
-}
-
-/* The mounts of the memory hierarchies, from mountinfo; those not found
- * left empty. Read a part at a time on the stack: asked before a fork
- * (regions.c), where malloc may not be called, and a host's mountinfo
- * may be long. */
-static void cg_mounts(struct cg_mount *mem, struct cg_mount *unified)
-{
-	char path[PATH_MAX], buf[8192];
-	mem->at[0] = unified->at[0] = '\0';
-	snprintf(path, sizeof(path), "%s/self/mountinfo", md__memroom_proc);
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return;
-	size_t have = 0;
-	for (;;) {
-		ssize_t n = read(fd, buf + have, sizeof(buf) - 1 - have);
-		if (n <= 0)
-			break;
-		have += (size_t)n;
-		buf[have] = '\0';
-		char *line = buf, *nl;
-		while ((nl = strchr(line, '\n'))) {
-			*nl = '\0';
-			mount_line(line, mem, unified);
-			line = nl + 1;
-		}
-		have -= (size_t)(line - buf);
-		if (have == sizeof(buf) - 1)
-			have = 0;	/* a line longer than the buffer: not a cgroup's */
-		memmove(buf, line, have);
-	}
-	close(fd);
-}
-
-/* The directory of cgroup path in the hierarchy mounted as m, or of the
- * kind's usual mount point when none was found. 0, or -1 if the mount
- * shows another part of the hierarchy. */
-static int cg_place(struct cg_where *w, const struct cg_kind *kind, const struct cg_mount *m,
-		    const char *path)
-{
-	const char *root = m->at[0] ? m->at : kind->root;
-	if (m->at[0] && strcmp(m->shows, "/") != 0) {
-		size_t n = strlen(m->shows);
-		if (strncmp(path, m->shows, n) != 0 || (path[n] != '/' && path[n] != '\0'))
-			return -1;
-		path += n;
-	}
+	char mountinfo[PATH_MAX], at[PATH_MAX], shows[PATH_MAX];
+	snprintf(mountinfo, sizeof(mountinfo), "%s/self/mountinfo", md__memroom_proc);
+	int err = md__cgroup_mount(mountinfo, ctrls, path, at, sizeof(at), shows, sizeof(shows));
+	if (err == -ESRCH)
+		return -1;
+	const char *root = err ? kind->root : at;
+	if (!err && strcmp(shows, "/") != 0)
+		path += strlen(shows);
 	/* The root cgroup is "/": its directory is the root. */
 	w->kind = kind;
 	w->root = strlen(root);
@@ -150,26 +81,22 @@ static int cg_place(struct cg_where *w, const struct cg_kind *kind, const struct
 static int cg_dir(struct cg_where *w)
 {
 	char buf[4096], path[PATH_MAX];
-	struct cg_mount mem, unified;
 	w->kind = NULL;
 	snprintf(path, sizeof(path), "%s/self/cgroup", md__memroom_proc);
 	if (md__read_text(path, buf, sizeof(buf)) < 0)
 		return -ENOENT;
-	cg_mounts(&mem, &unified);
-	char *lines, *names;
+	char *lines;
 	for (char *line = strtok_r(buf, "\n", &lines); line; line = strtok_r(NULL, "\n", &lines)) {
 		char *ctl = strchr(line, ':'), *at = ctl ? strchr(ctl + 1, ':') : NULL;
 		if (!at)
 			continue;
 		*at++ = '\0';
 		ctl++;
-		int memory = 0;
-		for (char *c = strtok_r(ctl, ",", &names); c; c = strtok_r(NULL, ",", &names))
-			memory |= strcmp(c, "memory") == 0;
-		if (memory && cg_place(w, &v1, &mem, at) == 0)
+		int memory = md__options_have("memory", ctl);
+		if (memory && cg_place(w, &v1, ctl, at) == 0)
 			break;
 		if (!memory && !*ctl && !w->kind)
-			cg_place(w, &v2, &unified, at);
+			cg_place(w, &v2, "", at);
 	}
 	return 0;
 }

@@ -733,29 +733,10 @@ static int find_daemon(const char *lib, char *out, size_t size)
  * own: nothing to leave); -ENOENT the hierarchy is not mounted. */
 static int hierarchy_top(const char *ctrls, const char *path, char *out, size_t size)
 {
-	char line[4096], root[PATH_MAX], point[PATH_MAX], type[64], opts[1024];
-	int err = -ENOENT;
-	FILE *f = fopen("/proc/self/mountinfo", "re");
-	if (!f)
-		return -errno;
-	out[0] = '\0';
-	while (fgets(line, sizeof(line), f)) {
-		/* id parent dev root point options... - type source super-options */
-		char *dash = strstr(line, " - ");
-		if (!dash || sscanf(line, "%*s %*s %*s %4095s %4095s", root, point) != 2 ||
-		    sscanf(dash + 3, "%63s %*s %1023s", type, opts) != 2 ||
-		    strcmp(type, *ctrls ? "cgroup" : "cgroup2") != 0 || !md__options_have(ctrls, opts))
-			continue;
-		md__mount_unescape(root);
-		md__mount_unescape(point);
-		size_t n = strlen(root);
-		err = 0;
-		if (strcmp(root, "/") == 0 || (strncmp(path, root, n) == 0 && path[n] == '/')) {
-			snprintf(out, size, "%s", point);
-			break;
-		}
-	}
-	fclose(f);
+	char shows[PATH_MAX];
+	int err = md__cgroup_mount("/proc/self/mountinfo", ctrls, path, out, size, shows, sizeof(shows));
+	if (err == -ESRCH || (!err && strcmp(shows, path) == 0))
+		err = 0, out[0] = '\0';
 	return err;
 }
 

@@ -975,3 +975,85 @@ int md__options_have(const char *names, const char *opts)
 	}
 	return 1;
 }
+
+/* One mountinfo line, split in place: -1 if not a mount of the hierarchy
+ * of ctrls, 0 if one that does not show path or shows less of it than one
+ * found before (a root of best characters or more), 1 if it shows more:
+ * its mount point and root copied out. */
+static int cgroup_mount_line(char *line, const char *ctrls, const char *path, size_t best, char *at,
+			     size_t at_size, char *shows, size_t shows_size)
+{
+	char *f[5], *save, *dash = strstr(line, " - ");
+	if (!dash)
+		return -1;
+	*dash = '\0';
+	char *type = strtok_r(dash + 3, " ", &save), *src = type ? strtok_r(NULL, " ", &save) : NULL;
+	char *opts = src ? strtok_r(NULL, " ", &save) : NULL;
+	if (!opts || strcmp(type, *ctrls ? "cgroup" : "cgroup2") != 0 || !md__options_have(ctrls, opts))
+		return -1;
+	f[0] = strtok_r(line, " ", &save);
+	for (int i = 1; i < 5 && f[i - 1]; i++)
+		f[i] = strtok_r(NULL, " ", &save);
+	if (!f[0] || !f[4])
+		return -1;
+	char *root = f[3], *point = f[4];
+	md__mount_unescape(root);
+	md__mount_unescape(point);
+	size_t n = strlen(root);
+	if (strcmp(root, "/") != 0 && (strncmp(path, root, n) != 0 || (path[n] != '/' && path[n] != '\0')))
+		return 0;
+	if (n >= best || n >= shows_size || strlen(point) >= at_size)
+		return 0;
+	strcpy(shows, root);
+	strcpy(at, point);
+	return 1;
+}
+
+int md__cgroup_mount(const char *mountinfo, const char *ctrls, const char *path, char *at, size_t at_size,
+		     char *shows, size_t shows_size)
+{
+	char buf[8192];
+	int fd = open(mountinfo, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	int err = -ENOENT;
+	size_t have = 0;
+	off_t off = 0;
+	int skip = 0;	/* in a line longer than the buffer: not a cgroup's */
+	size_t best = SIZE_MAX;	/* the length of the root shown by the mount found */
+	for (;;) {
+		ssize_t n = md__sys_pread(fd, buf + have, sizeof(buf) - 1 - have, off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		off += n;
+		have += (size_t)n;
+		buf[have] = '\0';
+		char *line = buf, *nl;
+		while ((nl = strchr(line, '\n'))) {
+			*nl = '\0';
+			int found = skip ? -1 :
+				    cgroup_mount_line(line, ctrls, path, best, at, at_size, shows, shows_size);
+			if (found > 0) {
+				err = 0;
+				best = strlen(shows);
+				if (best == 1)
+					goto close_fd;	/* all of it */
+			} else if (found == 0 && err) {
+				err = -ESRCH;
+			}
+			skip = 0;
+			line = nl + 1;
+		}
+		have -= (size_t)(line - buf);
+		if (have == sizeof(buf) - 1) {
+			have = 0;
+			skip = 1;
+		}
+		memmove(buf, line, have);
+	}
+close_fd:
+	close(fd);
+	return err;
+}

@@ -238,4 +238,17 @@ void md__mount_unescape(char *s);
  * comma-separated opts (a mount's options, say). */
 int md__options_have(const char *names, const char *opts);
 
+/* The mount through which this process sees cgroup path of the hierarchy
+ * of controllers ctrls (a /proc/self/cgroup line's, "" for cgroup v2), from
+ * the mountinfo file at mountinfo: of the mounts of the hierarchy that
+ * show path, the one showing the most above it (its root, else the
+ * shortest part: a container's mount, a bind mount of a subtree, may come
+ * before a full mount, and limits above it count). 0 and its mount point in at, the
+ * part of the hierarchy it shows ("/" for all) in shows; -ESRCH if the
+ * hierarchy is mounted but no mount shows path; -ENOENT if it is not
+ * mounted; another negative errno if mountinfo cannot be read. Reads on
+ * the stack, never malloc: the agent asks before a fork. */
+int md__cgroup_mount(const char *mountinfo, const char *ctrls, const char *path, char *at, size_t at_size,
+		     char *shows, size_t shows_size);
+
 #endif

@@ -1583,6 +1583,62 @@ TEST_IMPL(memroom_cgroup_mounts_found)
 	ASSERT_EQ(fake_level("unified/vm", "memory.max", "73400320", "memory.current", 20 * MiB, NULL, NULL,
 			     NULL, 0), 0);
 	ASSERT_EQ(fake_room(NULL), 50 * MiB);
+	/* A bind mount of a subtree (a container's view, or systemd's)
+	 * before the full mount: the full one shows the limit above it. */
+	ASSERT_EQ(fake_put("proc/self/mountinfo",
+			   "35 30 0:31 /lxc @/lxc-only rw,relatime - cgroup cgroup rw,memory\n"
+			   "36 30 0:31 / @/memory rw,relatime - cgroup cgroup rw,memory\n"), 0);
+	ASSERT_EQ(fake_put("proc/self/cgroup", "4:memory:/lxc/vm\n"), 0);
+	ASSERT_EQ(fake_level("memory/lxc", "memory.limit_in_bytes", "104857600", "memory.usage_in_bytes",
+			     30 * MiB, NULL, NULL, NULL, 0), 0);
+	ASSERT_EQ(fake_level("memory/lxc/vm", "memory.limit_in_bytes", "9223372036854771712",
+			     "memory.usage_in_bytes", 20 * MiB, NULL, NULL, NULL, 0), 0);
+	ASSERT_EQ(fake_level("lxc-only/vm", "memory.limit_in_bytes", "9223372036854771712",
+			     "memory.usage_in_bytes", 20 * MiB, NULL, NULL, NULL, 0), 0);
+	ASSERT_EQ(fake_room(NULL), 70 * MiB);
+	return 0;
+}
+
+/* md__cgroup_mount, the mount through which a cgroup is seen (memroom's
+ * walk up its levels, `memdedup run` moving its daemon to the top). */
+TEST_IMPL(cgroup_mount_shows_most)
+{
+	char mi[1024], at[256], shows[256], longline[9000];
+	snprintf(mi, sizeof(mi), "%s/mountinfo", test_dir());
+	ASSERT_EQ(md__cgroup_mount(mi, "memory", "/a", at, sizeof(at), shows, sizeof(shows)), -ENOENT);
+	/* A line longer than the reader's buffer, whose tail looks like a
+	 * cgroup mount, is skipped whole. */
+	memset(longline, 'x', sizeof(longline));
+	memcpy(longline, "20 1 0:1 / /x", 13);
+	snprintf(longline + sizeof(longline) - 64, 64, " 1 0:7 / /tail rw - cgroup cgroup rw,memory");
+	FILE *f = fopen(mi, "w");
+	ASSERT(f != NULL);
+	fprintf(f, "%s\n"
+		"21 1 0:2 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu,cpuacct\n"
+		"22 1 0:3 /a/b /sub rw - cgroup cgroup rw,memory\n"
+		"23 1 0:3 /a /mem\\040a rw - cgroup cgroup rw,memory\n"
+		"24 1 0:4 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n", longline);
+	ASSERT_EQ(fclose(f), 0);
+	/* Of the two that show /a/b/c, the one showing more; mountinfo's
+	 * escapes undone. */
+	ASSERT_EQ(md__cgroup_mount(mi, "memory", "/a/b/c", at, sizeof(at), shows, sizeof(shows)), 0);
+	ASSERT(strcmp(at, "/mem a") == 0);
+	ASSERT(strcmp(shows, "/a") == 0);
+	ASSERT_EQ(md__cgroup_mount(mi, "memory", "/a", at, sizeof(at), shows, sizeof(shows)), 0);
+	ASSERT(strcmp(shows, "/a") == 0);
+	/* /ab is not below /a; the hierarchy is mounted but not there. */
+	ASSERT_EQ(md__cgroup_mount(mi, "memory", "/ab", at, sizeof(at), shows, sizeof(shows)), -ESRCH);
+	/* Every controller of the line, v2 apart from v1. */
+	ASSERT_EQ(md__cgroup_mount(mi, "cpu,cpuacct", "/x", at, sizeof(at), shows, sizeof(shows)), 0);
+	ASSERT(strcmp(at, "/sys/fs/cgroup/cpu") == 0);
+	ASSERT_EQ(md__cgroup_mount(mi, "cpu,io", "/x", at, sizeof(at), shows, sizeof(shows)), -ENOENT);
+	ASSERT_EQ(md__cgroup_mount(mi, "", "/x", at, sizeof(at), shows, sizeof(shows)), 0);
+	ASSERT(strcmp(at, "/sys/fs/cgroup/unified") == 0);
+	ASSERT(strcmp(shows, "/") == 0);
+	/* A mount point that does not fit is not taken. */
+	ASSERT_EQ(md__cgroup_mount(mi, "", "/x", at, 8, shows, sizeof(shows)), -ESRCH);
+	ASSERT_EQ(md__cgroup_mount("/nonexistent/mountinfo", "", "/x", at, sizeof(at), shows, sizeof(shows)),
+		  -ENOENT);
 	return 0;
 }
 
