@@ -153,8 +153,11 @@ int md__agents_load(const char *cmd, const char *dir, struct md__agent_row **out
 		int pid = stats_file_pid(e->d_name);
 		char path[PATH_MAX + 256], shown[512];
 		struct stat st;
-		if (pid <= 0)
+		if (pid <= 0) {
+			if (cmd)
+				md__stats_removal_leftover(dir, e->d_name);
 			continue;
+		}
 		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
 		md__printable(path, shown, sizeof(shown));
 		struct md__stats_file buf;

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -285,6 +286,34 @@ int md__stats_file_remove(int fd, const char *path)
 	else if (rename(moved, path) != 0)
 		err = -errno;
 	return err;
+}
+
+int md__stats_removal_leftover(const char *dir, const char *name)
+{
+	char path[PATH_MAX + 300];
+	const char *p = name + strlen(".removing-");
+	char *end;
+	if (strncmp(name, ".removing-", strlen(".removing-")) != 0 || *p < '1' || *p > '9')
+		return 0;
+	errno = 0;
+	long pid = strtol(p, &end, 10);
+	if (*end || errno || pid > INT_MAX)
+		return 0;
+	/* Its remover lives (or another process took its pid: later, then). */
+	if (kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+		return 0;
+	int n = snprintf(path, sizeof(path), "%s/%s", dir, name);
+	if (n < 0 || (size_t)n >= sizeof(path))
+		return 0;
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW);
+	if (fd < 0)
+		return 0;
+	/* A live agent's file a remover moved away and died before it put it
+	 * back: the agent's lock keeps it (it goes when the agent does). */
+	struct flock l = { .l_type = F_RDLCK, .l_whence = SEEK_SET };
+	int held = fcntl(fd, F_GETLK, &l) != 0 || l.l_type != F_UNLCK;
+	close(fd);
+	return !held && unlink(path) == 0;
 }
 
 /* The shared /tmp default: anyone can create /tmp/memdedup-UID before us,

@@ -125,6 +125,10 @@ int md__stats_file_agent(int fd, const struct md__stats_snapshot *s);
  * removing the same stale file at once and a new agent taking its name:
  * the file is moved away first, then checked. */
 int md__stats_file_remove(int fd, const char *path);
+/* Removes name in dir if it is a file md__stats_file_remove moved away
+ * and its remover (".removing-PID") died before it removed it, unless a
+ * process still locks it: 1 if removed, else 0. */
+int md__stats_removal_leftover(const char *dir, const char *name);
 /* Tests only: called by md__stats_file_remove once path's file is moved
  * away and before it is checked. */
 extern void (*md__stats_remove_hook)(const char *path);

@@ -1287,18 +1287,23 @@ TEST_IMPL(cli_status_ksm_counter_missing)
 }
 
 /* A file whose pid is gone is dropped, also when its start time is 0 (no
- * process has that start time: it is what "no such process" reads as). */
+ * process has that start time: it is what "no such process" reads as);
+ * so is one a `status` that died moved away to remove. */
 TEST_IMPL(cli_status_dead_agent_gone)
 {
-	char path[512], name[64], want[64];
+	char path[512], name[64], want[64], left[512];
 	pid_t dead = dead_pid();
 	snprintf(name, sizeof(name), "agent-%d.stats", (int)dead);
 	make_rd(path, sizeof(path), name);
 	write_stats(path, (uint32_t)dead, 0, "ghost", 1);
+	snprintf(name, sizeof(name), ".removing-%d", (int)dead);
+	make_rd(left, sizeof(left), name);
+	write_stats(left, (uint32_t)dead, 0, "ghost", 1);
 	ASSERT_EQ(status_json(), 0);
 	snprintf(want, sizeof(want), "\"pid\": %d", (int)dead);
 	ASSERT(!strstr(slurp("out"), want));
 	ASSERT(access(path, F_OK) != 0);	/* stale: removed */
+	ASSERT(access(left, F_OK) != 0);
 	return 0;
 }
 

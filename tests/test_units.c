@@ -736,6 +736,60 @@ TEST_IMPL(stats_file_remove_only_its_file)
 	return 0;
 }
 
+/* A file md__stats_file_remove moved away is removed by a later reader
+ * once its remover died (a `status` killed between its rename and its
+ * unlink left it for good), but not while the remover lives, nor while a
+ * process (its agent) locks it. */
+TEST_IMPL(stats_removal_leftover_removed)
+{
+	char name[64], path[600], mine[64], other[600];
+	pid_t dead = fork();
+	ASSERT(dead >= 0);
+	if (dead == 0)
+		_exit(0);
+	ASSERT_EQ(waitpid(dead, NULL, 0), dead);
+	snprintf(name, sizeof(name), ".removing-%d", (int)dead);
+	snprintf(path, sizeof(path), "%s/%s", test_dir(), name);
+	snprintf(mine, sizeof(mine), ".removing-%d", (int)getpid());
+	ASSERT(new_file_at(path) != 0);
+	snprintf(other, sizeof(other), "%s/%s", test_dir(), mine);
+	ASSERT(new_file_at(other) != 0);
+	snprintf(other, sizeof(other), "%s/.removing-12ab", test_dir());
+	ASSERT(new_file_at(other) != 0);
+	ASSERT_EQ(md__stats_removal_leftover(test_dir(), mine), 0);
+	ASSERT_EQ(md__stats_removal_leftover(test_dir(), ".removing-12ab"), 0);
+	ASSERT_EQ(md__stats_removal_leftover(test_dir(), "agent-1.stats"), 0);
+	/* Locked by a live process: kept. */
+	int go[2];
+	ASSERT_EQ(pipe(go), 0);
+	pid_t holder = fork();
+	ASSERT(holder >= 0);
+	if (holder == 0) {
+		int fd = open(path, O_RDWR);
+		struct flock l = { .l_type = F_WRLCK, .l_whence = SEEK_SET };
+		char c = fd >= 0 && fcntl(fd, F_SETLK, &l) == 0;
+		if (write(go[1], &c, 1) != 1)
+			_exit(1);
+		pause();	/* till killed */
+		_exit(0);
+	}
+	char c = 0;
+	ASSERT_EQ(read(go[0], &c, 1), 1);
+	ASSERT_EQ(c, 1);
+	ASSERT_EQ(md__stats_removal_leftover(test_dir(), name), 0);
+	ASSERT_EQ(access(path, F_OK), 0);
+	kill(holder, SIGKILL);
+	ASSERT_EQ(waitpid(holder, NULL, 0), holder);
+	close(go[0]);
+	close(go[1]);
+	ASSERT_EQ(md__stats_removal_leftover(test_dir(), name), 1);
+	ASSERT(access(path, F_OK) != 0);
+	snprintf(path, sizeof(path), "%s/%s", test_dir(), mine);
+	ASSERT_EQ(access(path, F_OK), 0);
+	ASSERT_EQ(access(other, F_OK), 0);
+	return 0;
+}
+
 /* The mbind calls policies.c makes, through a stand-in for syscall(2). */
 static struct { unsigned long lo, hi; int mode; } mbinds[16];
 static int nmbinds;
