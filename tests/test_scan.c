@@ -2251,6 +2251,22 @@ static char *unique_ram_at(md_agent **a, size_t n, const md_agent_options *o)
 	return unique_pages(*a, m, n);
 }
 
+/* The byte at i of n pages in pairs: pages k and k + n / 2 alike, each
+ * page unlike the others (no fill pages). */
+static char pairs_byte(size_t i, size_t n)
+{
+	return (char)((i / PG) % (n / 2) * 31 + i % PG);
+}
+
+/* 1 if the n pages at m still hold pairs_byte's content. */
+static int pairs_intact(const char *m, size_t n)
+{
+	for (size_t i = 0; i < n * PG; i++)
+		if (m[i] != pairs_byte(i, n))
+			return 0;
+	return 1;
+}
+
 /* Without memdedupd (merging within the process), pages checked, stable
  * and without a partner count as KSM's pages_unshared, as with it: they
  * were never aged here, and the counter stayed 0. */
@@ -2261,7 +2277,7 @@ TEST_IMPL(scan_unshared_without_daemon)
 	char *m = inproc_agent(&a, 1000, 2 * n * PG);
 	for (size_t i = 0; i < n * PG; i++) {
 		m[i] = (char)((i / PG) * 7 + i % 251);	/* unique */
-		m[n * PG + i] = (char)((i / PG) % (n / 2) * 31 + i % PG + 3);	/* pairs */
+		m[n * PG + i] = (char)(pairs_byte(i, n) + 3);	/* pairs */
 	}
 	ASSERT_EQ(md_agent_register(a, m, 2 * n * PG, 0), 0);
 	md_stats st = { 0 };
@@ -2538,7 +2554,7 @@ TEST_IMPL(scan_unmap_not_held_by_daemon)
 	for (size_t i = 0; i < nb * PG; i++)
 		b[i] = (char)((i / PG) * 7 + i % 251);
 	for (size_t i = 0; i < n * PG; i++)
-		m[i] = (char)((i / PG) % (n / 2) * 31 + i % PG);
+		m[i] = pairs_byte(i, n);
 	ASSERT_EQ(md_agent_register(a, b, nb * PG, 0), 0);
 	/* Welcomed first: stopped before, the daemon holds back the HELLO,
 	 * and the scanner waits for the welcome, asking nothing. */
@@ -2565,8 +2581,7 @@ TEST_IMPL(scan_unmap_not_held_by_daemon)
 	ASSERT(kill(t.pid, SIGCONT) == 0);
 	/* Merging goes on once it answers again. */
 	ASSERT_EQ(wait_merged(a, n / 2), 0);
-	for (size_t i = 0; i < n * PG; i++)
-		ASSERT(m[i] == (char)((i / PG) % (n / 2) * 31 + i % PG));
+	ASSERT(pairs_intact(m, n));
 	md_agent_free(a);
 	munmap(m, n * PG);
 	td_stop(&t);
@@ -2579,7 +2594,7 @@ static char *pairs_ram(size_t n)
 	char *m = mmap(NULL, n * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	ASSERT(m != MAP_FAILED);
 	for (size_t i = 0; i < n * PG; i++)
-		m[i] = (char)((i / PG) % (n / 2) * 31 + i % PG);
+		m[i] = pairs_byte(i, n);
 	return m;
 }
 
@@ -3052,8 +3067,7 @@ TEST_IMPL(scan_free_without_moves_said)
 	md__log_open(NULL);
 	ASSERT(strstr(file_text(log), "pages still map the pool (64 of guest RAM)"));
 	ASSERT(in_pool_map(m));
-	for (size_t i = 0; i < n * PG; i++)
-		ASSERT(m[i] == (char)((i / PG) % (n / 2) * 31 + i % PG));
+	ASSERT(pairs_intact(m, n));
 	munmap(m, n * PG);
 	return 0;
 }
@@ -4244,8 +4258,7 @@ TEST_IMPL(scan_refused_unmerge_keeps_daemon_pause)
 	md_stats s;
 	ASSERT_EQ(md_agent_stats(a, &s), 0);
 	ASSERT_EQ(s.pages_sharing, n);	/* refused: still merged */
-	for (size_t i = 0; i < n * PG; i++)
-		ASSERT(m[i] == (char)((i / PG) % (n / 2) * 31 + i % PG));
+	ASSERT(pairs_intact(m, n));
 	md_agent_free(a);
 	munmap(m, n * PG);
 	return 0;
@@ -4331,8 +4344,7 @@ TEST_IMPL(scan_io_unseen_short_of_memory_counted)
 	md_stats s;
 	ASSERT_EQ(md_agent_stats(a, &s), 0);
 	ASSERT(s.merge_fallbacks >= n / 2);
-	for (size_t i = 0; i < n * PG; i++)
-		ASSERT(m[i] == (char)((i / PG) % (n / 2) * 31 + i % PG));
+	ASSERT(pairs_intact(m, n));
 	md_agent_free(a);
 	munmap(m, n * PG);
 	return 0;
@@ -4353,7 +4365,7 @@ TEST_IMPL(scan_io_unseen_copies_in_parts)
 	ASSERT(__atomic_load_n(&md__pool_copies_let_in, __ATOMIC_RELAXED) - before >= 2);
 	ASSERT(pairs_private(m, n));
 	for (size_t i = 0; i < n * PG; i += 997)
-		ASSERT(m[i] == (char)((i / PG) % (n / 2) * 31 + i % PG));
+		ASSERT(m[i] == pairs_byte(i, n));
 	md_agent_free(a);
 	munmap(m, n * PG);
 	return 0;
@@ -4447,8 +4459,7 @@ TEST_IMPL(scan_unmerges_at_once)
 	ASSERT(pairs_private(m, n));
 	ASSERT_EQ(md_agent_pause(a, 0), 0);
 	ASSERT_EQ(wait_merged(a, n / 2), 0);
-	for (size_t i = 0; i < n * PG; i++)
-		ASSERT(m[i] == (char)((i / PG) % (n / 2) * 31 + i % PG));
+	ASSERT(pairs_intact(m, n));
 	md_agent_free(a);
 	munmap(m, n * PG);
 	return 0;
@@ -4488,8 +4499,7 @@ TEST_IMPL(scan_unmerge_failed_copy_stops_gives_back)
 	ASSERT_EQ(md_agent_stats(a, &s), 0);
 	ASSERT_EQ(s.pages_sharing, 0);
 	ASSERT(pairs_private(m, n));
-	for (size_t i = 0; i < n * PG; i++)
-		ASSERT(m[i] == (char)((i / PG) % (n / 2) * 31 + i % PG));
+	ASSERT(pairs_intact(m, n));
 	md_agent_free(a);
 	munmap(m, n * PG);
 	return 0;
@@ -4938,7 +4948,7 @@ TEST_IMPL(scan_given_up_copies_left_while_read)
 	ASSERT(memcmp(m + 5 * PG, page, PG) == 0);
 	for (size_t i = 0; i < n * PG; i++)
 		if (i / PG != 5)
-			ASSERT(m[i] == (char)((i / PG) % (n / 2) * 31 + i % PG));
+			ASSERT(m[i] == pairs_byte(i, n));
 	close(p[0]);
 	close(p[1]);
 	md_agent_free(a);
