@@ -377,8 +377,12 @@ static int run_op(const struct md__cmd *cmd, unsigned op, int argc, char **argv)
 		return 1;
 	}
 	/* The daemon answers once the agents have done it (an unmerge copies
-	 * every merged page) or MD_CONTROL_WAIT_MS passed. */
+	 * every merged page) or MD_CONTROL_WAIT_MS passed; an unmerge's
+	 * agents take their turns one at a time, each with that long, and
+	 * each turn is told us (MD_CONTROL_NOTICES): we wait as long as the
+	 * turns keep coming. */
 	md__client_set_timeout(c, MD_CONTROL_WAIT_MS + 5000);
+	ctl.token = MD_CONTROL_NOTICES;
 	int no_agent = 0;
 	if (op != MD_CTL_SET) {
 		ret = send_control(cmd, c, &ctl, &no_agent);

@@ -68,6 +68,7 @@ struct md__client {
 	unsigned chead, clen;      /* ring of CANDIDATES addresses */
 	uint64_t cand[MD_CLIENT_CANDIDATES];
 	uint32_t share;            /* the last SHARE; 0: none came */
+	int renewed;               /* a notice came (CONTROL_R, seq 0): the wait starts again */
 	uint32_t hello_flags;      /* those of the HELLO the daemon welcomed */
 	struct md__rxbuf in;       /* read ahead of what was handled */
 	int in_fd;                 /* a descriptor that came with it, or -1 */
@@ -491,6 +492,9 @@ static int other(struct md__client *c)
 	case MD_MSG_SHARE:
 		c->share = c->msg.u.share.agents;
 		return 0;
+	case MD_MSG_CONTROL_R:	/* MD_CONTROL_NOTICES: an UNMERGE's next agent has its turn */
+		c->renewed = 1;
+		return 0;
 	}
 	return broken(c);
 }
@@ -509,6 +513,10 @@ static int await_reply(struct md__client *c, uint32_t seq, int64_t deadline, int
 		err = other(c);
 		if (err)
 			return err;
+		if (c->renewed) {
+			c->renewed = 0;
+			deadline = now_ms() + c->timeout_ms;
+		}
 		/* A peer that keeps sending other messages never lets a
 		 * receive wait: the deadline is kept here too. */
 		if (now_ms() >= deadline)

@@ -211,11 +211,16 @@ struct md__msg_share {
 	uint32_t agents;                   /* 1..MD_SHARE_MAX */
 };
 
+/* A CLI's CONTROL token: while its UNMERGE waits, each agent's turn is
+ * told it (CONTROL_R -EINPROGRESS, seq 0): each restarts its wait, as each
+ * agent has MD_CONTROL_WAIT_MS from its turn. */
+#define MD_CONTROL_NOTICES 1u
 struct md__msg_control {
 	uint32_t op;                       /* MD_CTL_* */
 	int32_t pid;                       /* 0: every agent */
 	uint32_t token;                    /* d -> agent: answer with CONTROL_DONE
-					    * of this token (0 from the CLI) */
+					    * of this token; from the CLI: 0 or
+					    * MD_CONTROL_NOTICES */
 	char key[MD_KEY_MAX + 1];          /* SET only; NUL-terminated */
 	char value[MD_VALUE_MAX + 1];
 };

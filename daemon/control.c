@@ -2,12 +2,13 @@
  * control.c - CONTROL from the CLI: pause, resume, unmerge, set. The daemon
  * checks the request (a SET key and its range) before anything is sent, so
  * a bad value never reaches an agent; then it forwards one CONTROL (seq 0,
- * a token of its own) to each matching agent (an UNMERGE to one at a time,
- * each seeing the memory the copies before it took; one a later PAUSE or
- * RESUME reached before its turn is not sent it), and answers CONTROL_R once
- * each has said how it went (CONTROL_DONE with that token), has gone away,
- * or MD_CONTROL_WAIT_MS have passed (less if MEMDEDUP_CONTROL_WAIT_MS
- * says). An agent may refuse: unmerge when the host (or its cgroup) lacks
+ * a token of its own) to each matching agent (an UNMERGE to one agent at a
+ * time, daemon-wide, each seeing the memory the copies before it took; one
+ * a later PAUSE or RESUME reached before its turn is not sent it), and
+ * answers CONTROL_R once each has said how it went (CONTROL_DONE with that
+ * token), has gone away, or MD_CONTROL_WAIT_MS have passed (less if
+ * MEMDEDUP_CONTROL_WAIT_MS says; for an UNMERGE, since the agent's turn
+ * came). An agent may refuse: unmerge when the host (or its cgroup) lacks
  * the memory for the copies, resume once it stopped merging for good; the
  * CLI then says which agent and why, and exits 1.
  *
@@ -16,6 +17,7 @@
  * WELCOME hands to new agents (pid 0: every agent, and the defaults).
  */
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,18 +32,21 @@ struct md__pending_control {
 	uid_t uid;                 /* the requester's */
 	uint32_t seq, token;
 	unsigned op;
-	int64_t deadline_ms;
+	int notices;               /* the CLI asked for MD_CONTROL_NOTICES */
+	int64_t deadline_ms;       /* an UNMERGE's: its agent's, set at its turn */
 	size_t nowed;              /* agents that have not answered: owed[0..nowed) */
 	pid_t *owed;
 	unsigned done, failed, detached;
 	unsigned kept;             /* a SET's agents that keep their own value */
 	unsigned superseded;       /* an UNMERGE's queued agents a later PAUSE or RESUME took */
+	unsigned gone;             /* an UNMERGE's queued agents that exited before their turn */
 	int status;                /* the first failure's */
 	char why[MD_TEXT_MAX + 1];
 	char what[MD_KEY_MAX + MD_VALUE_MAX + 16];
 	struct md__msg_control ctl; /* as forwarded, but pid and token */
 	int admin, defaults;
-	/* An UNMERGE's agents not sent it yet: queue[qnext..nqueue). */
+	/* An UNMERGE's agents not sent it yet: queue[qnext..nqueue), sent
+	 * after those of the UNMERGEs before it (d->controls, oldest first). */
 	size_t nqueue, qnext;
 	struct md__queued_agent { pid_t pid; unsigned num; } *queue;
 };
@@ -64,36 +69,45 @@ static void drop(struct md__daemon *d, struct md__pending_control *p)
 	free(p);
 }
 
-/* Answers the CLI and forgets p. */
+/* Appends "; n one" (or many) to buf when n is not 0. */
+static void count_part(char *buf, size_t size, unsigned n, const char *one, const char *many)
+{
+	size_t len = strlen(buf);
+	if (n && len < size)
+		snprintf(buf + len, size - len, "; %u %s", n, n == 1 ? one : many);
+}
+
+/* Answers the CLI and forgets p. Every agent p matched is in one count:
+ * done, failed, kept, detached (these four are "of M"), superseded, gone. */
 static void finish(struct md__daemon *d, struct md__pending_control *p)
 {
 	struct md__msg cr = { .hdr = { .type = MD_MSG_CONTROL_R, .seq = p->seq } };
-	char n_done[32], n_all[32], n_kept[64] = "", n_sup[64] = "";
+	char n_done[32], n_all[32], rest[160] = "";
 	plural(n_done, sizeof(n_done), p->done, "agent");
-	plural(n_all, sizeof(n_all), p->done + p->failed + p->kept, "agent");
-	if (p->kept)
-		snprintf(n_kept, sizeof(n_kept), "%s%u %s", p->failed ? ", " : "; ", p->kept,
-			 p->kept == 1 ? "keeps its own value" : "keep their own value");
-	if (p->superseded)
-		snprintf(n_sup, sizeof(n_sup), "; %u not sent it, paused or resumed since", p->superseded);
+	plural(n_all, sizeof(n_all), p->done + p->failed + p->kept + p->detached, "agent");
+	count_part(rest, sizeof(rest), p->kept, "keeps its own value", "keep their own value");
+	count_part(rest, sizeof(rest), p->superseded, "not sent it, paused or resumed since",
+		   "not sent it, paused or resumed since");
+	count_part(rest, sizeof(rest), p->gone, "exited before its turn", "exited before their turn");
+	count_part(rest, sizeof(rest), p->detached, "not connected now gets it when back",
+		   "not connected now get it when back");
 	cr.u.text.status = p->failed ? p->status : 0;
 	if (p->failed) {
 		/* The reason gets the room the rest leaves, cut at a word if
 		 * it must be: cut at 100 bytes, it ended mid-word. */
 		char tail[160];
-		snprintf(tail, sizeof(tail), " (done by %u of %.20s%.40s%.40s)", p->done, n_all, n_kept, n_sup);
+		snprintf(tail, sizeof(tail), " (done by %u of %.20s%.100s)", p->done, n_all, rest);
 		int room = (int)sizeof(cr.u.text.text) - 1 - (int)strnlen(p->what, 64) - 2 - (int)strlen(tail);
 		int len = (int)strlen(p->why), cut = len > room;
 		if (cut) {
-			len = room - 3;
+			len = room > 3 ? room - 3 : 0;
 			while (len > room / 2 && p->why[len] != ' ')
 				len--;
 		}
 		snprintf(cr.u.text.text, sizeof(cr.u.text.text), "%.64s: %.*s%s%s", p->what, len, p->why,
 			 cut ? "..." : "", tail);
 	} else {
-		snprintf(cr.u.text.text, sizeof(cr.u.text.text), "%.64s done by %.31s%.40s%.52s%s", p->what, n_done, n_kept,
-			 n_sup, p->detached ? "; agents not connected now get it when back" : "");
+		snprintf(cr.u.text.text, sizeof(cr.u.text.text), "%.64s done by %.31s%.150s", p->what, n_done, rest);
 	}
 	if (p->cli) {
 		p->cli->awaiting = 0;	/* its next requests may go on: md__conn_send wakes it */
@@ -161,6 +175,10 @@ static void forward(struct md__daemon *d, struct md__pending_control *p, struct 
 	 * WELCOME must say so. A refusal puts back what it found (an earlier
 	 * UNMERGE's pause, and whose it was); one never sent cannot begin. */
 	if (p->op == MD_CTL_UNMERGE) {
+		/* Its own wait from its turn: the agents before it each had
+		 * theirs, and a request's one deadline left those after many
+		 * large agents unsent. */
+		p->deadline_ms = md__now_ms() + d->control_wait_ms;
 		/* Not while another is owed: its mark is no unmerge yet. */
 		if (!a->unmerge_token) {
 			a->unmerged_was = a->unmerged;
@@ -189,25 +207,81 @@ static void forward(struct md__daemon *d, struct md__pending_control *p, struct 
 	p->owed[p->nowed++] = a->pid;
 }
 
-/* An UNMERGE goes to one agent at a time, the next once the last answered
- * (or went): each agent checks the memory its copies need against what is
- * left, and agents checking at once all found the same memory, all went
- * on to copy, and the cgroup's OOM killer killed a VMM. 1 if one was sent. */
-static int unmerge_next(struct md__daemon *d, struct md__pending_control *p)
+/* p still waits for an agent, sent it or queued. */
+static int waiting(const struct md__pending_control *p)
 {
-	int sent = 0;
-	while (!p->nowed && p->qnext < p->nqueue) {
-		struct md__queued_agent q = p->queue[p->qnext++];
-		struct md__agent *a = d->agents;
-		while (a && (a->pid != q.pid || a->num != q.num))
-			a = a->next;
-		/* Exited meanwhile: nothing of its left to copy. */
-		if (a) {
+	return p->nowed || p->qnext < p->nqueue;
+}
+
+/* Tells the CLIs that asked (MD_CONTROL_NOTICES) and whose UNMERGE still
+ * waits that the queue moved on: each CLI restarts its wait, as each
+ * agent's turn has a deadline of its own (the requests before theirs took
+ * theirs too). */
+static void notify(struct md__daemon *d, pid_t pid)
+{
+	struct md__msg n = { .hdr = { .type = MD_MSG_CONTROL_R, .seq = 0 } };
+	n.u.text.status = -EINPROGRESS;
+	snprintf(n.u.text.text, sizeof(n.u.text.text), "unmerge: pid %d's turn", (int)pid);
+	for (struct md__pending_control *p = d->controls; p; p = p->next)
+		if (p->op == MD_CTL_UNMERGE && p->notices && p->cli && waiting(p))
+			md__conn_send(d, p->cli, &n, -1);
+}
+
+/* An UNMERGE goes to one agent at a time, daemon-wide, the next once the
+ * last answered (or went, or its deadline passed), the oldest request's
+ * agents first: each agent checks the memory its copies need against
+ * what is left, and agents checking at once (of one request, or of two
+ * users' requests) all found the same memory, all went on to copy, and the
+ * cgroup's OOM killer killed a VMM. 1 if one was sent. */
+static int unmerge_next(struct md__daemon *d)
+{
+	for (struct md__pending_control *p = d->controls; p; p = p->next)
+		if (p->op == MD_CTL_UNMERGE && p->nowed)
+			return 0;
+	for (struct md__pending_control *p = d->controls; p; p = p->next) {
+		while (p->op == MD_CTL_UNMERGE && p->qnext < p->nqueue) {
+			struct md__queued_agent q = p->queue[p->qnext++];
+			struct md__agent *a = d->agents;
+			while (a && (a->pid != q.pid || a->num != q.num))
+				a = a->next;
+			if (!a) {
+				p->gone++;	/* exited unseen: nothing of its left to copy */
+				continue;
+			}
 			forward(d, p, a);
-			sent |= p->nowed != 0;
+			if (p->nowed) {
+				notify(d, a->pid);
+				return 1;
+			}
 		}
 	}
-	return sent;
+	return 0;
+}
+
+/* Sends the UNMERGE queue on, and answers what waits for nothing more. */
+static void advance(struct md__daemon *d)
+{
+	if (unmerge_next(d))
+		md__reshare(d);	/* the one sent pauses: its part to the others */
+	for (struct md__pending_control *p = d->controls, *next; p; p = next) {
+		next = p->next;
+		if (!waiting(p))
+			finish(d, p);
+	}
+}
+
+/* The agent of pid exited: out of the UNMERGE queues, counted apart. */
+static void unqueue_exited(struct md__daemon *d, pid_t pid)
+{
+	for (struct md__pending_control *p = d->controls; p; p = p->next)
+		for (size_t i = p->qnext; i < p->nqueue;)
+			if (p->queue[i].pid == pid) {
+				memmove(&p->queue[i], &p->queue[i + 1], (p->nqueue - i - 1) * sizeof(*p->queue));
+				p->nqueue--;
+				p->gone++;
+			} else {
+				i++;
+			}
 }
 
 /* A PAUSE or RESUME of a reaches it after the UNMERGEs it waits for in
@@ -274,7 +348,9 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 	 * defaults reaches them so. */
 	p->defaults = ctl->pid == 0 && admin && ctl->op != MD_CTL_UNMERGE;
 	p->token = ++d->last_token ? d->last_token : ++d->last_token;	/* never 0 */
-	p->deadline_ms = md__now_ms() + d->control_wait_ms;
+	p->notices = ctl->token == MD_CONTROL_NOTICES;
+	if (ctl->op != MD_CTL_UNMERGE)
+		p->deadline_ms = md__now_ms() + d->control_wait_ms;
 	if (ctl->op == MD_CTL_SET)
 		snprintf(p->what, sizeof(p->what), "%s=%s", ctl->key, ctl->value);
 	else
@@ -332,7 +408,6 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 		else
 			forward(d, p, a);
 	}
-	unmerge_next(d, p);
 	if (ctl->pid == 0 && admin) {
 		if (ctl->op == MD_CTL_SET)
 			d->tun = tun;
@@ -341,22 +416,28 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 		else if (ctl->op == MD_CTL_RESUME)
 			d->paused = 0;
 	}
+	if (ctl->op == MD_CTL_UNMERGE) {
+		size_t before = 0;
+		for (struct md__pending_control *o = d->controls; o; o = o->next)
+			before += o->op == MD_CTL_UNMERGE ? o->nowed + o->nqueue - o->qnext : 0;
+		char n_q[32];
+		plural(n_q, sizeof(n_q), (unsigned)p->nqueue, "agent");
+		md__dlog_peer("pid %d (uid %u): %s for %s, sent to one at a time after the %zu queued before",
+			      (int)c->pid, (unsigned)c->uid, p->what, n_q, before);
+	} else {
+		md__dlog_peer("pid %d (uid %u): %s sent to %zu agents", (int)c->pid, (unsigned)c->uid, p->what,
+			      p->nowed);
+	}
+	/* Last in the list: UNMERGE queues go oldest first. */
+	struct md__pending_control **tail = &d->controls;
+	while (*tail)
+		tail = &(*tail)->next;
+	*tail = p;
+	c->awaiting = 1;	/* one at a time: read_conn leaves its next requests (finish lets them go) */
+	advance(d);
 	/* The rate is shared by the agents that scan. */
 	if (ctl->op != MD_CTL_SET)
 		md__reshare(d);
-	if (ctl->op == MD_CTL_UNMERGE)
-		md__dlog_peer("pid %d (uid %u): %s sent to 1 of %zu agents, to the others one at a time",
-			      (int)c->pid, (unsigned)c->uid, p->what, p->nowed + p->nqueue - p->qnext);
-	else
-		md__dlog_peer("pid %d (uid %u): %s sent to %zu agents", (int)c->pid, (unsigned)c->uid, p->what,
-			      p->nowed);
-	if (!p->nowed) {
-		finish(d, p);
-		return;
-	}
-	p->next = d->controls;
-	d->controls = p;
-	c->awaiting = 1;	/* one at a time: read_conn leaves its next requests */
 	return;
 
 free_pending:
@@ -407,16 +488,17 @@ void md__control_done(struct md__daemon *d, struct md__agent *a, const struct md
 		} else {
 			p->done++;
 		}
-		if (unmerge_next(d, p))
-			md__reshare(d);	/* the next one pauses: its part to the others */
-		if (!p->nowed)
-			finish(d, p);
 		break;
 	}
+	advance(d);
 }
 
 void md__control_gone(struct md__daemon *d, struct md__conn *c, pid_t pid)
 {
+	/* Exited (no connection closing: md__agent_exited): its turn in the
+	 * queues will not come. */
+	if (!c && pid > 0)
+		unqueue_exited(d, pid);
 	for (struct md__pending_control *p = d->controls, *next; p; p = next) {
 		next = p->next;
 		if (c && p->cli == c) {
@@ -431,29 +513,32 @@ void md__control_gone(struct md__daemon *d, struct md__conn *c, pid_t pid)
 				drop(d, p);
 				continue;
 			}
+			/* Its agents not sent it yet have nothing to put back:
+			 * left waiting, they held every later UNMERGE's turn. */
+			size_t unsent = p->nqueue - p->qnext;
+			if (unsent) {
+				failed(p, -ECANCELED, "its requester went: %zu not sent it", unsent);
+				p->failed += (unsigned)unsent - 1;
+				p->qnext = p->nqueue;
+			}
 		}
-		if (pid > 0 && settle(p, pid)) {
+		if (pid > 0 && settle(p, pid))
 			failed(p, -ESRCH, "pid %d went away before it answered", (int)pid);
-			if (unmerge_next(d, p))
-				md__reshare(d);
-		}
 		if (pid < 0)
 			p->nowed = 0, p->qnext = p->nqueue;	/* the daemon stops */
-		if (!p->nowed)
-			finish(d, p);
 	}
+	advance(d);
 }
 
 int md__control_tick(struct md__daemon *d)
 {
 	int64_t now = md__now_ms();
-	for (struct md__pending_control *p = d->controls, *next; p; p = next) {
-		next = p->next;
-		if (now < p->deadline_ms)
+	for (struct md__pending_control *p = d->controls; p; p = p->next) {
+		/* An UNMERGE waiting for its turn has no deadline yet. */
+		if (!p->nowed || now < p->deadline_ms)
 			continue;
-		/* The deadline is the request's, as the CLI waits for one
-		 * answer: an UNMERGE's agents not sent it yet are not sent it
-		 * now, as the one not answering may still be copying. */
+		/* An UNMERGE's agents not sent it yet are not sent it now:
+		 * the one not answering may still be copying. */
 		size_t unsent = p->nqueue - p->qnext;
 		if (unsent)
 			failed(p, -ETIMEDOUT, "pid %d did not answer in %.1f s (it may still do it); %zu "
@@ -464,7 +549,20 @@ int md__control_tick(struct md__daemon *d)
 		p->failed += (unsigned)(p->nowed - 1 + unsent);
 		p->nowed = 0;
 		p->qnext = p->nqueue;
-		finish(d, p);
 	}
-	return d->controls != NULL;
+	/* The next UNMERGE's turn comes now: the queue is not held by one
+	 * that does not answer. */
+	advance(d);
+	return md__control_due_in(d);
+}
+
+int md__control_due_in(const struct md__daemon *d)
+{
+	int64_t now = md__now_ms(), first = -1;
+	for (const struct md__pending_control *p = d->controls; p; p = p->next)
+		if (p->nowed && (first < 0 || p->deadline_ms < first))
+			first = p->deadline_ms;
+	if (first < 0)
+		return -1;
+	return first <= now ? 0 : first - now > INT_MAX ? INT_MAX : (int)(first - now);
 }

@@ -502,7 +502,8 @@ int md__status_json(struct md__daemon *d, uid_t uid, uint32_t domain_from, uint3
 
 /* control.c. A CONTROL from c (seq): checked, forwarded to the agents it
  * names, and answered (CONTROL_R) once they all said how it went
- * (CONTROL_DONE), went away, or MD_CONTROL_WAIT_MS passed. */
+ * (CONTROL_DONE), went away, or MD_CONTROL_WAIT_MS passed (an UNMERGE's:
+ * each agent's, from its turn). */
 struct md__pending_control;
 void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const struct md__msg_control *ctl);
 /* What agent a's CONTROL_DONE says (the caller acknowledges it, if its
@@ -513,6 +514,10 @@ void md__control_done(struct md__daemon *d, struct md__agent *a, const struct md
  * went (pid > 0: what it owed counts as failed; -1: all, the daemon
  * stops). */
 void md__control_gone(struct md__daemon *d, struct md__conn *c, pid_t pid);
-/* Answers what waited too long; 1 if some still wait (wake each second). */
+/* Answers what waited too long (sending the UNMERGE queue on); returns
+ * md__control_due_in. */
 int md__control_tick(struct md__daemon *d);
+/* Milliseconds until the next CONTROL deadline (0: passed), -1 if none:
+ * the loop waits no longer, or a deadline is seen up to a second late. */
+int md__control_due_in(const struct md__daemon *d);
 #endif

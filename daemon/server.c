@@ -1341,7 +1341,10 @@ int md__server_run(struct md__daemon *d)
 		int deferred = d->defer[0].head || d->defer[1].head || d->draining;
 		int wait = deferred ? 0 :
 			   md__domains_trim_due(d) || d->accept_paused || d->owing ||
-			   d->controls || d->share_due || md__dlog_peer_flush(0) ? 1000 : -1;
+			   d->share_due || md__dlog_peer_flush(0) ? 1000 : -1;
+		int due = md__control_due_in(d);
+		if (due >= 0 && (wait < 0 || due < wait))
+			wait = due;
 		/* A record's address space to look at again (agent.c). */
 		if (d->look_at) {
 			int64_t in = d->look_at - md__now_ms();
