@@ -68,6 +68,7 @@ struct md__client {
 	unsigned chead, clen;      /* ring of CANDIDATES addresses */
 	uint64_t cand[MD_CLIENT_CANDIDATES];
 	uint32_t share;            /* the last SHARE; 0: none came */
+	int notices;               /* awaiting a CONTROL's answer: notices may come */
 	int renewed;               /* a notice came (CONTROL_R, seq 0): the wait starts again */
 	uint32_t hello_flags;      /* those of the HELLO the daemon welcomed */
 	struct md__rxbuf in;       /* read ahead of what was handled */
@@ -493,6 +494,10 @@ static int other(struct md__client *c)
 		c->share = c->msg.u.share.agents;
 		return 0;
 	case MD_MSG_CONTROL_R:	/* MD_CONTROL_NOTICES: an UNMERGE's next agent has its turn */
+		/* Only to a CLI waiting for its CONTROL's answer: anyone
+		 * else kept waiting by them would wait for good. */
+		if (!c->notices || c->msg.u.text.status != -EINPROGRESS)
+			break;
 		c->renewed = 1;
 		return 0;
 	}
@@ -1200,7 +1205,9 @@ int md__client_request(struct md__client *c, unsigned type, const void *payload,
 	if (len)
 		memcpy(buf + MD_MSG_HDR_SIZE, payload, len);
 	/* A REF's grants are not followed from here: it goes if late. */
+	c->notices = type == MD_MSG_CONTROL;
 	err = transact(c, buf, MD_MSG_HDR_SIZE + (size_t)len, type, seq, NULL, NULL, 0);
+	c->notices = 0;
 free_buf:
 	free(buf);
 	if (err)

@@ -2109,6 +2109,57 @@ TEST_IMPL(daemon_client_late_replies)
 	return 0;
 }
 
+/* An UNMERGE's notices (CONTROL_R, seq 0, -EINPROGRESS) restart only a
+ * CLI's wait for its CONTROL's answer: an agent's LOOKUP a daemon answers
+ * with notices alone is a broken peer, not a wait renewed for good. */
+TEST_IMPL(daemon_client_notices_only_for_control)
+{
+	char dir[] = "/tmp/md-notices-XXXXXX", path[64];
+	ASSERT(mkdtemp(dir) != NULL);
+	snprintf(path, sizeof(path), "%s/sock", dir);
+	int l = listen_at(path);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		static struct md__msg m, n;
+		static unsigned char buf[MD_MSG_HDR_SIZE + 8192];
+		int c = accept(l, NULL, NULL);
+		ASSERT(c >= 0);
+		fake_recv(c, &m, buf);
+		ASSERT_EQ(m.hdr.type, MD_MSG_HELLO);
+		fake_send_welcome(c, m.hdr.seq, test_pool_fd(1, 1));
+		fake_recv(c, &m, buf);
+		ASSERT_EQ(m.hdr.type, MD_MSG_LOOKUP);
+		n.u.text.status = -EINPROGRESS;
+		/* Till the client goes (its write fails) or 10 s. */
+		for (int i = 0; i < 200; i++) {
+			fake_reply(c, &n, MD_MSG_CONTROL_R, 0);
+			usleep(50 * 1000);
+		}
+		_exit(0);
+	}
+	close(l);
+	struct md__client *c;
+	struct md__msg_welcome w;
+	int fd;
+	uint64_t h = 1;
+	uint32_t slot;
+	ASSERT_EQ(md__client_connect(&c, path), 0);
+	ASSERT_EQ(md__client_hello(c, NULL, 0, &w, &fd), 0);
+	close(fd);
+	md__client_set_timeout(c, 500);
+	double t0 = now();
+	int err = md__client_lookup(c, &h, NULL, 1, &slot);
+	ASSERT(err < 0 && err != -ETIMEDOUT);
+	ASSERT(now() - t0 < 3);
+	md__client_free(c);
+	kill(kid, SIGKILL);
+	waitpid(kid, NULL, 0);
+	unlink(path);
+	rmdir(dir);
+	return 0;
+}
+
 /* The client's side of the stream, against a fake daemon: a reply and
  * unasked messages in one write (the descriptor with the reply), and
  * messages cut anywhere, in pieces that come apart in time. */
