@@ -46,7 +46,7 @@ static void fake_recv(int c, struct md__msg *m)
 /* Sends m as type answering seq; with the descriptor pass if >= 0. */
 static void fake_send(int c, struct md__msg *m, unsigned type, uint32_t seq, int pass)
 {
-	static unsigned char buf[512];
+	static unsigned char buf[MD_MSG_HDR_SIZE + MD_MSG_MAX];
 	union {
 		struct cmsghdr h;
 		char b[CMSG_SPACE(sizeof(int))];
@@ -468,6 +468,58 @@ TEST_IMPL(daemon_client_descriptor_lost_said)
 	ASSERT_EQ(err, -EMFILE);
 	ASSERT_EQ(pool, -1);
 	ASSERT(!md__client_alive(c));
+	ASSERT(write(f.go, "g", 1) == 1);
+	fake_wait(&f);
+	fake_end(&f, c);
+	return 0;
+}
+
+/* A CONTROL answered by a STATUS_R of 64 KiB; then a REPORT ACKed. */
+static void control_answered_big(int c, int go)
+{
+	static struct md__msg m, r;
+	static char json[64 << 10];
+	char x;
+	fake_recv(c, &m);
+	ASSERT_EQ(m.hdr.type, MD_MSG_CONTROL);
+	memset(json, 'x', sizeof(json));
+	memset(&r, 0, sizeof(r));
+	r.u.status_r.json = json;
+	r.u.status_r.len = sizeof(json);
+	fake_send(c, &r, MD_MSG_STATUS_R, m.hdr.seq, -1);
+	fake_recv(c, &m);
+	ASSERT_EQ(m.hdr.type, MD_MSG_REPORT);
+	memset(&r, 0, sizeof(r));
+	fake_send(c, &r, MD_MSG_ACK, m.hdr.seq, -1);
+	ASSERT(read(go, &x, 1) == 1);
+}
+
+/* md__client_request copies no more of a reply than the caller has room
+ * for: the CLI's CONTROL reply buffer is on its stack, and a daemon (or
+ * another program at its socket) answering with a large message would
+ * overflow it. The reply is read whole all the same: the stream goes on. */
+TEST_IMPL(daemon_client_request_reply_too_big)
+{
+	/* The caller's room (1 KiB), then as much as the reply would write
+	 * past it: all of it a canary. */
+	static unsigned char reply[1024 + (64 << 10) + 64];
+	unsigned char req[MD_MSG_HDR_SIZE + 256];
+	struct md__msg m = { .hdr.type = MD_MSG_CONTROL };
+	m.u.control.op = MD_CTL_PAUSE;
+	ssize_t n = md__msg_encode(&m, req, sizeof(req));
+	ASSERT(n > MD_MSG_HDR_SIZE);
+	memset(reply, 0xa5, sizeof(reply));
+	struct fake f;
+	struct md__client *c = fake_start(&f, control_answered_big);
+	uint32_t len = 1024;
+	unsigned type;
+	ASSERT_EQ(md__client_request(c, MD_MSG_CONTROL, req + MD_MSG_HDR_SIZE, (uint32_t)n - MD_MSG_HDR_SIZE,
+				     reply, &len, &type), -EMSGSIZE);
+	for (size_t i = 0; i < sizeof(reply); i++)
+		ASSERT_EQ(reply[i], 0xa5);
+	ASSERT_EQ(len, 1024);
+	ASSERT(md__client_alive(c));
+	ASSERT_EQ(md__client_report(c, (uint64_t[]){ 1 }, 1), 0);
 	ASSERT(write(f.go, "g", 1) == 1);
 	fake_wait(&f);
 	fake_end(&f, c);
