@@ -474,6 +474,82 @@ TEST_IMPL(daemon_client_descriptor_lost_said)
 	return 0;
 }
 
+/* A REF, an UNREF, a LOOKUP, a PUBLISH and a PUBLISH_EACH of two pages,
+ * each answered by an ERROR of status 0; then a REPORT ACKed. */
+static void error_status_0(int c, int go)
+{
+	static struct md__msg m, r;
+	static const unsigned types[] = { MD_MSG_REF, MD_MSG_UNREF, MD_MSG_LOOKUP, MD_MSG_PUBLISH,
+					  MD_MSG_PUBLISH, MD_MSG_PUBLISH };
+	char x;
+	for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
+		fake_recv(c, &m);
+		ASSERT_EQ(m.hdr.type, types[i]);
+		memset(&r, 0, sizeof(r));
+		snprintf(r.u.text.text, sizeof(r.u.text.text), "refused");
+		fake_send(c, &r, MD_MSG_ERROR, m.hdr.seq, -1);
+	}
+	fake_recv(c, &m);
+	ASSERT_EQ(m.hdr.type, MD_MSG_REPORT);
+	memset(&r, 0, sizeof(r));
+	fake_send(c, &r, MD_MSG_ACK, m.hdr.seq, -1);
+	ASSERT(read(go, &x, 1) == 1);
+}
+
+/* The daemon refuses the connection (seq 0) with status 0, and goes. */
+static void refuse_status_0(int c, int go)
+{
+	static struct md__msg r;
+	(void)go;
+	memset(&r, 0, sizeof(r));
+	snprintf(r.u.text.text, sizeof(r.u.text.text), "go away");
+	fake_send(c, &r, MD_MSG_ERROR, 0, -1);
+}
+
+/* An ERROR is a refusal whatever its status: one of 0 grants nothing. Taken
+ * as success, a REF so refused was held (the agent would map a slot it has
+ * no reference on, which the daemon may punch or reuse), a PUBLISH_EACH's
+ * page granted a slot it was never told; so for a refusal of the
+ * connection read when a REF could not be sent. The connection stays: the
+ * daemon did answer. */
+TEST_IMPL(daemon_client_error_status_0_refuses)
+{
+	static unsigned char pages[2 * MD_MSG_PAGE];
+	const void *each[2] = { pages, pages + MD_MSG_PAGE };
+	uint64_t hash[2] = { 1, 2 };
+	uint32_t slot = 0xdead, slot1 = 0xdead, slots[2];
+	int status[2];
+	struct fake f;
+
+	struct md__client *c = fake_start(&f, error_status_0);
+	ASSERT_EQ(md__client_ref(c, (uint32_t[]){ 3, 4 }, 2, 1), -EPROTO);
+	ASSERT(md__client_alive(c));
+	ASSERT_EQ(md__client_ref(c, (uint32_t[]){ 3 }, 1, -1), -EPROTO);
+	ASSERT(md__client_alive(c));
+	ASSERT_EQ(md__client_lookup(c, hash, NULL, 1, &slot1), -EPROTO);
+	ASSERT(md__client_alive(c));
+	ASSERT_EQ(slot1, 0xdead);
+	ASSERT_EQ(md__client_publish(c, hash, pages, 1, &slot), -EPROTO);
+	ASSERT(md__client_alive(c));
+	ASSERT_EQ(slot, 0xdead);
+	ASSERT_EQ(md__client_publish_each(c, hash, each, 2, slots, status), 0);
+	ASSERT_EQ(status[0], -EPROTO);
+	ASSERT_EQ(status[1], -EPROTO);
+	ASSERT_EQ(md__client_report(c, (uint64_t[]){ 1 }, 1), 0);
+	assert_back(c, NULL, 0);
+	ASSERT(write(f.go, "g", 1) == 1);
+	fake_wait(&f);
+	fake_end(&f, c);
+
+	c = fake_start(&f, refuse_status_0);
+	fake_wait(&f);
+	ASSERT_EQ(md__client_ref(c, (uint32_t[]){ 3 }, 1, 1), -EPROTO);
+	ASSERT(!md__client_alive(c));
+	ASSERT(strcmp(md__client_refusal(c), "go away") == 0);
+	fake_end(&f, c);
+	return 0;
+}
+
 /* A CONTROL answered by a STATUS_R of 64 KiB; then a REPORT ACKed. */
 static void control_answered_big(int c, int go)
 {
