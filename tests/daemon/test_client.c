@@ -474,6 +474,178 @@ TEST_IMPL(daemon_client_descriptor_lost_said)
 	return 0;
 }
 
+/* After a reply out of protocol the client sends nothing more (above all
+ * no UNREF of slots the bad reply named): the fake reads EOF or a reset
+ * once the test frees the client. Anything else exits 3. */
+static void expect_eof(int c)
+{
+	struct pollfd p = { .fd = c, .events = POLLIN };
+	char x;
+	if (poll(&p, 1, 20000) != 1)
+		_exit(4);
+	_exit(read(c, &x, 1) <= 0 ? 0 : 3);
+}
+
+/* The client freed: the fake must have read nothing from it (expect_eof). */
+static void fake_end_quiet(struct fake *f, struct md__client *c)
+{
+	md__client_free(c);
+	fake_wait(f);
+	fake_end(f, NULL);
+}
+
+/* The client's next call once a late reply came: -ETIMEDOUT while it has
+ * not (up to 10 s: a loaded machine). */
+static int after_late(struct md__client *c)
+{
+	int err = -ETIMEDOUT;
+	for (int i = 0; i < 1000 && err == -ETIMEDOUT; i++)
+		if ((err = md__client_report(c, (uint64_t[]){ 1 }, 1)) == -ETIMEDOUT)
+			usleep(10000);
+	return err;
+}
+
+/* What the next fake says (set before fake_start, which forks it). */
+static struct {
+	uint32_t n;	/* the count of slots a reply gives */
+	int mode;
+} say;
+
+/* The request (a PUBLISH or a LOOKUP) answered in time with say.n slots. */
+static void answer_count(int c, int go)
+{
+	static struct md__msg m, r;
+	(void)go;
+	fake_recv(c, &m);
+	memset(&r, 0, sizeof(r));
+	if (m.hdr.type == MD_MSG_LOOKUP) {
+		r.u.lookup_r.n = say.n;
+		for (uint32_t i = 0; i < say.n; i++)
+			r.u.lookup_r.slot1[i] = 7 + i;
+		fake_send(c, &r, MD_MSG_LOOKUP_R, m.hdr.seq, -1);
+	} else {
+		ASSERT_EQ(m.hdr.type, MD_MSG_PUBLISH);
+		r.u.publish_r.first_slot = 5;
+		r.u.publish_r.n = say.n;
+		fake_send(c, &r, MD_MSG_PUBLISH_R, m.hdr.seq, -1);
+	}
+	expect_eof(c);
+}
+
+/* A PUBLISH read and answered with say.n slots once the test says so:
+ * late. */
+static void late_answer_count(int c, int go)
+{
+	static struct md__msg m, r;
+	char x;
+	fake_recv(c, &m);
+	ASSERT_EQ(m.hdr.type, MD_MSG_PUBLISH);
+	ASSERT(read(go, &x, 1) == 1);
+	memset(&r, 0, sizeof(r));
+	r.u.publish_r.first_slot = 5;
+	r.u.publish_r.n = say.n;
+	fake_send(c, &r, MD_MSG_PUBLISH_R, m.hdr.seq, -1);
+	expect_eof(c);
+}
+
+/* A reply whose count is not its request's is out of protocol: the call
+ * fails, the connection goes, and no slot it names is handed to the caller
+ * or given back. A PUBLISH of two pages answered with fewer slots or more,
+ * in time or late (a late one's grants are given back: they would be
+ * slots the agent may hold for other mappings); a LOOKUP of two answered
+ * with another count (the entries past its own would be stale data). */
+TEST_IMPL(daemon_client_reply_count_checked)
+{
+	static unsigned char pages[2 * MD_MSG_PAGE];
+	static const uint32_t counts[] = { 1, 3 };
+	uint64_t hash[2] = { 1, 2 };
+	for (size_t i = 0; i < sizeof(counts) / sizeof(counts[0]); i++) {
+		struct fake f;
+		struct md__client *c;
+		uint32_t slot = 0xdead, slot1[2] = { 0xdead, 0xdead };
+		say.n = counts[i];
+
+		c = fake_start(&f, answer_count);
+		ASSERT_EQ(md__client_publish(c, hash, pages, 2, &slot), -EPROTO);
+		ASSERT(!md__client_alive(c));
+		ASSERT_EQ(slot, 0xdead);
+		assert_back(c, NULL, 0);
+		fake_end_quiet(&f, c);
+
+		c = fake_start(&f, late_answer_count);
+		md__client_set_timeout(c, 100);
+		ASSERT_EQ(md__client_publish(c, hash, pages, 2, &slot), -ETIMEDOUT);
+		ASSERT(write(f.go, "g", 1) == 1);
+		ASSERT_EQ(after_late(c), -EPROTO);
+		ASSERT(!md__client_alive(c));
+		assert_back(c, NULL, 0);
+		fake_end_quiet(&f, c);
+
+		c = fake_start(&f, answer_count);
+		ASSERT_EQ(md__client_lookup(c, hash, NULL, 2, slot1), -EPROTO);
+		ASSERT(!md__client_alive(c));
+		ASSERT_EQ(slot1[0], 0xdead);
+		ASSERT_EQ(slot1[1], 0xdead);
+		fake_end_quiet(&f, c);
+	}
+	return 0;
+}
+
+enum { REPLY_SWAPPED, REPLY_STALE };
+
+/* A PUBLISH_EACH of two pages read, and answered once the test says so
+ * (late): the second's reply first (REPLY_SWAPPED), or first a reply to
+ * the HELLO's seq, answered long ago (REPLY_STALE), then both in order. */
+static void late_out_of_order(int c, int go)
+{
+	static struct md__msg m, r;
+	uint32_t seq[2];
+	char x;
+	for (int i = 0; i < 2; i++) {
+		fake_recv(c, &m);
+		ASSERT_EQ(m.hdr.type, MD_MSG_PUBLISH);
+		seq[i] = m.hdr.seq;
+	}
+	ASSERT(read(go, &x, 1) == 1);
+	const uint32_t swapped[][2] = { { seq[1], 9 }, { seq[0], 8 } };
+	const uint32_t stale[][2] = { { seq[0] - 1, 9 }, { seq[0], 8 }, { seq[1], 10 } };
+	const uint32_t (*reply)[2] = say.mode == REPLY_SWAPPED ? swapped : stale;
+	size_t n = say.mode == REPLY_SWAPPED ? 2 : 3;
+	for (size_t i = 0; i < n; i++) {
+		memset(&r, 0, sizeof(r));
+		r.u.publish_r.first_slot = reply[i][1];
+		r.u.publish_r.n = 1;
+		fake_send(c, &r, MD_MSG_PUBLISH_R, reply[i][0], -1);
+	}
+	expect_eof(c);
+}
+
+/* Late replies settle the requests owed in order: a reply whose seq is not
+ * the oldest owed is out of protocol (the daemon answers in order), not
+ * taken as that one's, nor what it grants given back for it. */
+TEST_IMPL(daemon_client_reply_out_of_order)
+{
+	static unsigned char pages[2 * MD_MSG_PAGE];
+	const void *each[2] = { pages, pages + MD_MSG_PAGE };
+	uint64_t hash[2] = { 1, 2 };
+	for (int mode = REPLY_SWAPPED; mode <= REPLY_STALE; mode++) {
+		struct fake f;
+		uint32_t slot[2];
+		int status[2];
+		say.mode = mode;
+		struct md__client *c = fake_start(&f, late_out_of_order);
+		md__client_set_timeout(c, 100);
+		ASSERT_EQ(md__client_publish_each(c, hash, each, 2, slot, status), -ETIMEDOUT);
+		ASSERT_EQ(md__client_late(c), 2);
+		ASSERT(write(f.go, "g", 1) == 1);
+		ASSERT_EQ(after_late(c), -EPROTO);
+		ASSERT(!md__client_alive(c));
+		assert_back(c, NULL, 0);
+		fake_end_quiet(&f, c);
+	}
+	return 0;
+}
+
 /* A REF, an UNREF, a LOOKUP, a PUBLISH and a PUBLISH_EACH of two pages,
  * each answered by an ERROR of status 0; then a REPORT ACKed. */
 static void error_status_0(int c, int go)
