@@ -334,6 +334,56 @@ static void dones_kept(const char *dir)
 	save(dir, "dones-kept");
 }
 
+/* Replies that grant the caller nothing, each followed by an UNREF of what
+ * the caller holds: a client that took one as a grant gives back slots
+ * the daemon never granted (the ledger traps). A PUBLISH of two pages
+ * answered in time by one slot; a REF and a PUBLISH_EACH refused by ERRORs
+ * of status 0; LOOKUPs of two answered by three entries and by one (the
+ * harness traps a LOOKUP taken from either); a late PUBLISH_EACH's replies
+ * after a PUBLISH_R of the HELLO's seq, which no request owes; a late
+ * PUBLISH of two pages given one slot. */
+static void not_granted(const char *dir)
+{
+	begin();
+	join(25);
+	publish_r(REL(1), 40, 1);
+	call(FC_PUBLISH, 0, 1, 0);
+	call(FC_REF, 1 | 4, 1, 100);	/* an UNREF of what it holds: none (slots 100, 101 then) */
+	again(25);
+	ack(0, REL(1));	/* the UNREF owed to this connection, sent first */
+	error_msg(0, "refused", REL(2));
+	call(FC_REF, 0, 1, 44);	/* slots 44, 45 */
+	error_msg(0, "refused", REL(1));
+	error_msg(0, "refused", REL(2));
+	call(FC_PUBLISH_EACH, 0, 1, 0);
+	ack(0, REL(1));
+	call(FC_REF, 1 | 4, 1, 100);
+	lookup_r(REL(1), 3, (uint32_t[]){ 1, 2, 3 });
+	call(FC_LOOKUP, 0, 1, 0);
+	again(25);
+	lookup_r(REL(1), 1, (uint32_t[]){ 1 });
+	call(FC_LOOKUP, 0, 1, 0);
+	again(25);
+	call(FC_PUBLISH_EACH, 0, 1, 0);	/* two pages, both late */
+	publish_r(REL(-2), 9, 1);	/* the HELLO's seq */
+	publish_r(REL(-1), 8, 1);
+	publish_r(REL(0), 10, 1);
+	call(FC_REF, 1 | 4, 1, 100);
+	again(25);
+	ack(0, REL(1));
+	ack(0, REL(2));
+	call(FC_REPORT, 0, 0, 0);
+	call(FC_PUBLISH, 0, 1, 0);	/* two pages: late */
+	publish_r(REL(0), 50, 1);	/* given one slot */
+	call(FC_REPORT, 0, 0, 0);
+	call(FC_REF, 1 | 4, 1, 100);
+	again(25);
+	ack(0, REL(1));
+	ack(0, REL(2));
+	call(FC_REPORT, 0, 0, 0);
+	save(dir, "not-granted");
+}
+
 /* Refusals: a REF, a PUBLISH, an UNREF of the engine's, which it sends
  * again a slot at a time. */
 static void refused(const char *dir)
@@ -664,6 +714,7 @@ int main(int argc, char **argv)
 	agent(argv[1]);
 	late(argv[1]);
 	late_refused(argv[1]);
+	not_granted(argv[1]);
 	dones_kept(argv[1]);
 	refused(argv[1]);
 	retry(argv[1]);

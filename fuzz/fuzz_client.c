@@ -111,6 +111,7 @@ struct dside {
 	size_t acct_next;          /* the next gate whose reply is not accounted */
 	struct reply *early;
 	size_t nearly, early_cap;
+	uint32_t lookup_seq, lookup_n; /* the last LOOKUP_R out: its seq, its count */
 };
 
 /* What the daemon says first on the next connections (FC_SEND with none). */
@@ -135,7 +136,8 @@ enum {
 	SEEN_CONNECT, SEEN_RETRY, SEEN_SAME_DAEMON, SEEN_LOOKUP, SEEN_PUBLISHED, SEEN_REF,
 	SEEN_LATE, SEEN_GIVE_BACK, SEEN_SPLIT, SEEN_CONTROL, SEEN_CANDIDATES, SEEN_SHARE,
 	SEEN_REQUEST, SEEN_BROKEN, SEEN_LATE_REF_REFUSED, SEEN_LATE_PUBLISH_BROKEN, SEEN_EACH_BROKEN,
-	SEEN_DONES_KEPT, SEEN_UNREF_UNANSWERED, SEEN_MERGE, SEEN_SCAN_MERGE, SEEN_CANDIDATE_MERGE, SEEN_END
+	SEEN_DONES_KEPT, SEEN_UNREF_UNANSWERED, SEEN_PUBLISH_BROKEN, SEEN_LOOKUP_BROKEN, SEEN_REFUSED_0,
+	SEEN_STRAY_PUBLISH_R, SEEN_MERGE, SEEN_SCAN_MERGE, SEEN_CANDIDATE_MERGE, SEEN_END
 };
 static const char *const seen_name[SEEN_END] = {
 	"a connect", "a connect on the second try (HELLO without its flags)",
@@ -147,6 +149,10 @@ static const char *const seen_name[SEEN_END] = {
 	"a PUBLISH_EACH answered out of protocol",
 	"CONTROL_DONEs kept behind a late reply, sent in order once it came",
 	"an UNREF sent whole, the daemon gone before its ACK",
+	"a PUBLISH answered in time with another count of slots",
+	"a LOOKUP answered with another count of entries",
+	"a REF refused by an ERROR of status 0",
+	"a PUBLISH_R answering a request owed none (a seq answered before)",
 	"a merge with the input's slots", "a scanner's merge", "a merge of a candidate",
 };
 static uint32_t seen;
@@ -260,6 +266,10 @@ static void settle_reply(const struct dside *d, const struct req *q, const struc
 		seen |= 1u << SEEN_LATE_REF_REFUSED;
 	if (r->late && q->type == MD_MSG_PUBLISH && r->type == MD_MSG_PUBLISH_R && r->n != q->n)
 		seen |= 1u << SEEN_LATE_PUBLISH_BROKEN;
+	if (!r->late && q->type == MD_MSG_PUBLISH && r->type == MD_MSG_PUBLISH_R && r->n != q->n)
+		seen |= 1u << SEEN_PUBLISH_BROKEN;
+	if (q->type == MD_MSG_REF && r->type == MD_MSG_ERROR && r->status == 0)
+		seen |= 1u << SEEN_REFUSED_0;
 	if (q->type == MD_MSG_PUBLISH && r->type == MD_MSG_PUBLISH_R && r->n == q->n) {
 		for (uint32_t i = 0; i < r->n; i++)
 			granted(d->gen, r->first + i, 1);
@@ -290,9 +300,16 @@ static void dside_account(struct dside *d)
 			r.first = m.u.publish_r.first_slot, r.n = m.u.publish_r.n;
 		else if (m.hdr.type == MD_MSG_ACK)
 			r.status = m.u.ack.status;
-		else
+		else if (m.hdr.type == MD_MSG_ERROR)
+			r.status = m.u.text.status;	/* grants nothing, whatever it says */
+		else if (m.hdr.type == MD_MSG_LOOKUP_R)
+			d->lookup_seq = g->seq, d->lookup_n = m.u.lookup_r.n;
+		if (m.hdr.type != MD_MSG_PUBLISH_R && m.hdr.type != MD_MSG_ACK && m.hdr.type != MD_MSG_ERROR)
 			continue;
 		const struct req *q = req_of(d, g->seq);
+		if (m.hdr.type == MD_MSG_PUBLISH_R && (!q || q->type != MD_MSG_PUBLISH) &&
+		    (int32_t)(g->seq - d->sent) <= 0)
+			seen |= 1u << SEEN_STRAY_PUBLISH_R;
 		if (q) {
 			settle_reply(d, q, &r);
 		} else if ((int32_t)(g->seq - d->sent) > 0) {
@@ -899,6 +916,17 @@ static long op_call(struct fc *f, unsigned op, unsigned fl, unsigned a, unsigned
 		for (size_t k = 0; k < n; k++)
 			tag[k] = k % 3 == 1 ? md__read_tag(md__read_key(1, 2), k * PG) : 0;
 		r = md__remote_lookup_n(rm, hash, addr, tag, (uint32_t)n, slot);
+		/* Its reply (the last LOOKUP_R out, to the last request read)
+		 * named another count: the entries past it would be stale. */
+		if (f->d.lookup_seq && f->d.lookup_seq == f->d.sent && f->d.lookup_n != n) {
+			if (!r) {
+				fprintf(stderr, "fuzz_client: a LOOKUP of %zu taken from a reply of %u\n", n,
+					f->d.lookup_n);
+				__builtin_trap();
+			}
+			if (r == -EPROTO)
+				seen |= 1u << SEEN_LOOKUP_BROKEN;
+		}
 		if (!r)
 			seen |= 1u << SEEN_LOOKUP;
 		return r;
