@@ -2939,6 +2939,31 @@ TEST_IMPL(fork_child_runs_plain)
 	return 0;
 }
 
+/* A child that shares our memory (CLONE_VM|CLONE_VFORK, as posix_spawn
+ * makes to exec a helper) is no fork: had it taken itself for one and run
+ * plain, the agent's state it let go would be the parent's, which would
+ * copy every read from then on and discard merged pages plainly. By glibc's
+ * clone() and by syscall(2)'s clone and clone3 (review). */
+TEST_IMPL(vm_child_keeps_agent)
+{
+	const char *img = image(8);
+	struct proc a;
+	int fd = start_reader(&a, img, NULL);
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 0 65536", fd), 65536);
+	ASSERT_EQ(proc_num(&a, "vmchild clone"), 0);
+	ASSERT_EQ(proc_num(&a, "vmchild sys"), 0);
+	ASSERT_EQ(proc_num(&a, "vmchild clone3"), 0);
+	ASSERT_EQ(proc_num(&a, "read %d 65536 65536 65536 65536", fd), 65536);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 131072"), hex(fnv_file(img, 0, 131072))) == 0);
+	ASSERT(proc_page_is_image(&a, 65536, img, 65536));
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, STATS_WAIT_MS, has_shared), 0);
+	ASSERT_EQ(s.pages_shared_at_read, 32);
+	ASSERT_EQ(s.fallbacks_total, 0);
+	proc_stop(&a);
+	return 0;
+}
+
 /* A fork() of guest RAM that is not MADV_DONTFORK, with pages shared from
  * an image at read time: the child, plain, mapped the image's page-cache
  * pages and, once the parent let its lease go for a writer (its own pages

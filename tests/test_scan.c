@@ -896,6 +896,28 @@ TEST_IMPL(scan_wipeonfork_over_given_up_ram_keeps_writes)
 
 static int own_pool_empty(const md_stats *s) { return s->pool_pages == 0 && s->pages_sharing == 0; }
 
+/* A child sharing our memory (CLONE_VM|CLONE_VFORK, posix_spawn's) is no
+ * fork: the agent stays the parent's, and a discard of merged pages still
+ * reads zeroes, not their pool slot (vm_child_keeps_agent). */
+TEST_IMPL(scan_vm_child_keeps_agent)
+{
+	const char *env[] = { fast_scan[0], fast_scan[1], fast_scan[2], "MEMDEDUP_DOMAIN=private", NULL };
+	struct proc a;
+	proc_start(&a, env);
+	proc_cmd(&a, "map 64");
+	ASSERT(strcmp(proc_cmd(&a, "fill 0 16 1"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 16 1", 16 * PG), "ok") == 0);
+	ASSERT(pairs_merge(&a, 0, 16, 16, 1));
+	ASSERT_EQ(proc_num(&a, "vmchild clone"), 0);
+	ASSERT_EQ(proc_num(&a, "vmchild sys"), 0);
+	ASSERT_EQ(proc_num(&a, "vmchild clone3"), 0);
+	ASSERT_EQ(proc_num(&a, "advise 0 %u dontneed", 16 * PG), 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 16 * PG), hex(fnv_zero(16 * PG))) == 0);
+	ASSERT_EQ(proc_num(&a, "unfilled %u 16 1 0", 16 * PG), 0);
+	proc_stop(&a);
+	return 0;
+}
+
 /* A fork() of guest RAM that is not MADV_DONTFORK, its pages merged in
  * the process's own pool: the child ran plain, mapping the pool's slots
  * with no reference of its own, and once the parent wrote both copies of

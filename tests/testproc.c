@@ -68,6 +68,9 @@
  *   protect DOFF LEN ro|rw|PROT -> mprotect result (0 or -errno)
  *   nosig PATH            -> how many read leases on PATH (the agent's) were
  *                           made to send no signal when broken (F_SETOWN 0)
+ *   vmchild clone|sys|clone3 -> 0 once a child sharing our memory (CLONE_VM|CLONE_VFORK),
+ *                           made by glibc's clone(), syscall(SYS_clone) or
+ *                           syscall(SYS_clone3), exited 0 (else -errno, or 1)
  *   forkstorm N KIND      -> how many of N children made by KIND (raw: syscall(SYS_fork),
  *                           _Fork, clone) did not exit within 2 s, each unmapping a page
  *                           while a thread of the parent binds the RAM's first page to
@@ -839,6 +842,44 @@ static int clone_fn(void *unused)
 {
 	(void)unused;
 	return fork_child(clone_a1, (int)clone_a2, clone_out);
+}
+
+/* "vmchild": children that share our memory (CLONE_VM|CLONE_VFORK, as
+ * posix_spawn's), made by glibc's clone() (on a stack of their own), or by
+ * syscall(2)'s clone and clone3 on our stack, as vfork's child: that one
+ * returns through the agent's syscall() and must then write nothing to the
+ * stack the parent comes back to, so it exits by the bare system call. */
+static int vm_child_fn(void *unused)
+{
+	(void)unused;
+	return 0;
+}
+
+static __attribute__((noinline)) long vm_child_raw(int three)
+{
+	uint64_t ca[8] = { CLONE_VM | CLONE_VFORK, 0, 0, 0, SIGCHLD };	/* clone3's v0: flags .. exit_signal .. */
+	long r = three ? syscall(SYS_clone3, ca, sizeof(ca))
+		       : syscall(SYS_clone, (long)(CLONE_VM | CLONE_VFORK | SIGCHLD), 0L, 0L, 0L, 0L);
+	if (r == 0) {
+		__asm__ volatile("syscall" : : "a"((long)SYS_exit), "D"(0L) : "rcx", "r11", "memory");
+		__builtin_unreachable();
+	}
+	return r;
+}
+
+/* KIND clone|sys|clone3: 0 once the child exited 0, else -errno or 1. */
+static int vm_child(const char *kind)
+{
+	static char stack[64 << 10] __attribute__((aligned(16)));
+	long pid = strcmp(kind, "clone") == 0 ? clone(vm_child_fn, stack + sizeof(stack),
+						      CLONE_VM | CLONE_VFORK | SIGCHLD, NULL) :
+		   vm_child_raw(strcmp(kind, "clone3") == 0);
+	int st = 0;
+	if (pid < 0)
+		return -errno;
+	if (waitpid((pid_t)pid, &st, 0) != pid)
+		return -errno;
+	return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : 1;
 }
 
 /* "forkstorm": a thread binds the RAM's first page to node 0 over and over
@@ -1756,6 +1797,9 @@ int main(void)
 			int st = 0;
 			waitpid(pid, &st, 0);
 			printf("%s\n", !WIFEXITED(st) ? "error" : WEXITSTATUS(st) ? "unmapped" : "mapped");
+		} else if (strcmp(cmd, "vmchild") == 0) {	/* clone|sys|clone3 */
+			sscanf(line, "%*s %31s", s2);
+			printf("%d\n", vm_child(s2));
 		} else if (strcmp(cmd, "forkstorm") == 0) {	/* N raw|_Fork|clone */
 			sscanf(line, "%*s %lld %31s", &a1, s2);
 			printf("%d\n", fork_storm((int)a1, s2));
