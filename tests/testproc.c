@@ -123,9 +123,10 @@
  *                           PR_GET/SET_MEMORY_MERGE): the state, or the result of
  *                           setting it through the C library or the system call
  *   vfio                  -> -errno of VFIO_IOMMU_MAP_DMA on no descriptor
- *   sgio OFF LEN|heap     -> -errno of SG_IO on no descriptor, reading LEN bytes
- *                            into guest RAM at OFF (through an iovec), or into
- *                            a buffer of the heap
+ *   sgio OFF LEN|heap|many|unreadable [sys] -> -errno of SG_IO on no descriptor, reading
+ *                            LEN bytes into guest RAM at OFF (through an iovec), or into
+ *                            a buffer of the heap; many: 65 iovecs of a page from OFF;
+ *                            unreadable: an iovec array in PROT_NONE memory
  *   vdpa                  -> -errno of VHOST_VDPA_GET_DEVICE_ID on no descriptor
  *   uffd OFF LEN missing|wp|bad -> 0 or -errno of registering the RAM's range with a
  *                           userfaultfd of its own (kept open), as QEMU's postcopy
@@ -1357,9 +1358,22 @@ int main(void)
 			struct sg_iovec v = { base + a1, (size_t)atoll(what) };
 			struct sg_io_hdr h = { .interface_id = 'S', .dxfer_direction = SG_DXFER_FROM_DEV,
 					       .cmd_len = sizeof(cdb), .cmdp = cdb, .timeout = 1000 };
+			static struct sg_iovec many[65];
+			void *none = MAP_FAILED;
 			if (strcmp(what, "heap") == 0) {
 				h.dxferp = heap_buf;
 				h.dxfer_len = sizeof(heap_buf);
+			} else if (strcmp(what, "many") == 0) {	/* more than the agent lists */
+				for (int i = 0; i < 65; i++)
+					many[i] = (struct sg_iovec){ base + a1 + i * 4096, 4096 };
+				h.iovec_count = 65;
+				h.dxferp = many;
+				h.dxfer_len = 65 * 4096;
+			} else if (strcmp(what, "unreadable") == 0) {
+				none = mmap(NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+				h.iovec_count = 1;
+				h.dxferp = none;
+				h.dxfer_len = 4096;
 			} else {
 				h.iovec_count = 1;
 				h.dxferp = &v;
@@ -1369,6 +1383,8 @@ int main(void)
 			 * library's ioctl would. */
 			long r = strcmp(how, "sys") == 0 ? syscall(SYS_ioctl, -1, SG_IO, &h) : ioctl(-1, SG_IO, &h);
 			printf("%d\n", r < 0 ? -errno : 0);
+			if (none != MAP_FAILED)
+				munmap(none, 4096);
 		} else if (strcmp(cmd, "vfio") == 0) {
 			struct vfio_iommu_type1_dma_map m = { .argsz = sizeof(m) };
 			printf("%d\n", ioctl(-1, VFIO_IOMMU_MAP_DMA, &m) < 0 ? -errno : 0);
