@@ -1729,5 +1729,13 @@ TEST_IMPL(sg_io_buffers_found)
 	ASSERT(addr[0] == (uintptr_t)b1 && len[0] == 10);
 	ASSERT(addr[1] == (uintptr_t)v && len[1] == 300);
 	ASSERT(addr[3] == (uintptr_t)b2);
+	/* Out buffers filling all it holds, an in buffer too: cannot tell,
+	 * and nothing written past the arrays (a canary after the third). */
+	struct sg_io_v4 full = { .guard = 'Q', .dout_xferp = (uintptr_t)v, .dout_xfer_len = 300,
+				 .dout_iovec_count = 2, .din_xferp = (uintptr_t)b1, .din_xfer_len = 100 };
+	addr[3] = 0x5a5a;
+	len[3] = 0xa5a5;
+	ASSERT_EQ(md__sg_io_buffers(&full, addr, len, 3), -1);
+	ASSERT(addr[3] == 0x5a5a && len[3] == 0xa5a5);
 	return 0;
 }
