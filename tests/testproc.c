@@ -109,8 +109,9 @@
  *                           on a pipe, a timeout, a no-op) through liburing
  *   uring read|write FD OFF LEN DOFF -> the read's (write's) result, through liburing
  *   uring register        -> io_uring_register_buffers of the RAM's first page
- *   uring dontneed|dontneedlocked 0 0 LEN DOFF -> the result of a MADVISE entry
- *                           discarding LEN bytes at DOFF, through liburing
+ *   uring dontneed|dontneedlocked|dontneed64 0 0 LEN DOFF -> the result of a MADVISE entry
+ *                           discarding LEN bytes at DOFF, through liburing (dontneed64:
+ *                           its length in the 64-bit off, Linux 6.5's, len 0)
  *   rawuring setup|sqpoll|read FD OFF LEN DOFF -> as uring, but through the C
  *                           library's syscall(2) and the kernel's ring layout, as
  *                           Rust's io-uring crate does (setup: a ring set up and
@@ -532,6 +533,10 @@ static long long cmd_uring(const char *kind, int fd, long long off, long long le
 		io_uring_prep_madvise(sqe, base + doff, (off_t)len, MADV_DONTNEED);
 	else if (strcmp(kind, "dontneedlocked") == 0)
 		io_uring_prep_madvise(sqe, base + doff, (off_t)len, MADV_DONTNEED_LOCKED);
+	else if (strcmp(kind, "dontneed64") == 0) {	/* liburing's io_uring_prep_madvise64 */
+		io_uring_prep_madvise(sqe, base + doff, 0, MADV_DONTNEED);
+		sqe->off = (uint64_t)len;
+	}
 	else
 		io_uring_prep_read(sqe, fd, base + doff, (unsigned)len, (uint64_t)off);
 	io_uring_sqe_set_data64(sqe, 42);
