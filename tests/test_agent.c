@@ -14,6 +14,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -144,6 +145,25 @@ TEST_IMPL(fortified_and_raw_reads_shared)
 	ASSERT_EQ(proc_num(&p, "sysread %d %u %u %u", fd, MB / 2, MB / 2, MB / 2), MB / 2);
 	ASSERT_EQ(first_mb_shared(&p, img, 2), 0);
 	proc_stop(&p);
+	return 0;
+}
+
+/* A fortified read longer than the buffer the VMM's compiler knew is the
+ * C library's to abort (its __chk_fail), as without the agent: not a read
+ * that writes past the buffer. */
+TEST_IMPL(fortified_read_overflow_aborts)
+{
+	const char *img = image(1);
+	struct proc p;
+	int fd = start_reader(&p, img, NULL);
+	struct rlimit none = { 0, 0 };
+	ASSERT_EQ(prlimit(p.pid, RLIMIT_CORE, &none, NULL), 0);	/* no core dump */
+	fprintf(p.in, "chkread %d 0 65536 0 4096\n", fd);
+	fclose(p.in);
+	int status;
+	ASSERT(waitpid(p.pid, &status, 0) == p.pid);
+	fclose(p.out);
+	ASSERT(WIFSIGNALED(status) && WTERMSIG(status) == SIGABRT);
 	return 0;
 }
 
