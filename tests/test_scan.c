@@ -1178,6 +1178,42 @@ TEST_IMPL(scan_locked_memory_not_merged)
 	return 0;
 }
 
+/* mlockall(MCL_CURRENT) over RAM merged already (a VMM locking once it is
+ * up): the kernel's locking would make every page a copy behind the
+ * agent's back, its records still naming pool pages. Guest RAM is given
+ * up first, as for mlock: unregistered, private, its content kept
+ * (scan_locked_memory_not_merged tests mlockall before the RAM). */
+TEST_IMPL(scan_lock_all_gives_up_merged)
+{
+	char log[600];
+	struct proc a;
+	if (getenv("MD_TEST_PRELOAD_FIRST"))
+		SKIP("under AddressSanitizer, whose mlock and mlockall lock nothing and never reach the agent");
+	start_scan_logged(&a, "mlockall-current.log", log, sizeof(log));
+	proc_cmd(&a, "map 512");
+	ASSERT(strcmp(proc_cmd(&a, "fill 0 256 1"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 256 1", 256 * PG), "ok") == 0);
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_256_only), 0);
+	ASSERT(pairs_merged(&a, 0, 256, 256, 1));
+	char h[32];
+	snprintf(h, sizeof(h), "%s", proc_cmd(&a, "hash 0 %u", 512 * PG));
+	ASSERT_EQ(proc_num(&a, "mlockall current"), 0);
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.registered_bytes, 0);
+	for (unsigned i = 0; i < 256; i++) {
+		struct pm x = proc_page(&a, i * PG), y = proc_page(&a, (256 + i) * PG);
+		ASSERT(x.present && y.present && !x.file && !y.file && x.pfn != y.pfn);
+	}
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", 512 * PG), h) == 0);
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, nothing_sharing), 0);
+	ASSERT_EQ(proc_num(&a, "vmflag 0 lo"), 1);
+	ASSERT_EQ(proc_num(&a, "munlockall"), 0);
+	proc_stop(&a);
+	ASSERT(strstr(file_text(log), "the VMM locks guest RAM in memory (mlockall"));
+	return 0;
+}
+
 /* Guest RAM the VMM makes read-only (or gives a protection key): the
  * mappings a merge or a discard puts there are read-write, and would make
  * it writable again behind the VMM's back. It is made private and given
