@@ -1385,6 +1385,44 @@ TEST_IMPL(unmergeable_short_of_memory_fails)
 	return 0;
 }
 
+/* The VMM's userfaultfd registered over RAM shared at read time, with no
+ * memory for the copies the handover makes first: the registration fails
+ * with ENOMEM, the pages still tracked (a lease break makes those left the
+ * image's private); had it gone through, the VMM's userfaultfd would hold
+ * memory the agent still maps and tracks. */
+TEST_IMPL(vmm_userfault_short_of_memory_fails)
+{
+	if (getenv("MD_TEST_PRELOAD_FIRST"))
+		SKIP("under AddressSanitizer, whose own allocations wait at the cgroup's limit");
+	struct test_cgroup cg;
+	const char *none = refusing_cgroup(&cg);
+	if (none)
+		SKIP("%s", none);
+	char img[512];
+	uint64_t orig;
+	struct proc a;
+	read_fresh_image(&a, img, sizeof(img), "image-userfault", 19, NULL, &orig);
+	ASSERT_EQ(cgroup_enter(&cg, a.pid), 0);
+	ASSERT_EQ(cgroup_limit(&cg, cgroup_usage(&cg) + IMG_SIZE / 4), 0);
+	ASSERT_EQ(proc_num(&a, "uffd 0 %u missing", IMG_SIZE), -ENOMEM);
+	ASSERT_EQ(cgroup_limit(&cg, 1ull << 30), 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", IMG_SIZE), hex(orig)) == 0);
+	unsigned left = 0;
+	for (size_t off = 0; off < IMG_SIZE; off += 16 * 4096)
+		left += proc_page_is_image(&a, off, img, (off_t)off);
+	ASSERT(left > 0);
+	md_stats s;
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.registered_bytes, (uint64_t)RAM_PAGES * 4096);
+	close(overwrite_image(img, NULL));
+	for (size_t off = 0; off < IMG_SIZE; off += 16 * 4096)
+		ASSERT(!proc_page(&a, off).file);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", IMG_SIZE), hex(orig)) == 0);
+	proc_stop(&a);
+	close(cg.guard);
+	return 0;
+}
+
 /* A MAP_FIXED over guest RAM shared at read time that fails (a bad
  * descriptor: nothing is unmapped), over a hole too, with no memory to
  * make the pages private: they stay tracked, so a lease break still makes
