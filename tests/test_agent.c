@@ -2467,6 +2467,32 @@ TEST_IMPL(discard_after_remap_keeps_vmm_file)
 	return 0;
 }
 
+/* A mapping of the VMM's own put over guest RAM (MAP_FIXED) is no longer
+ * guest RAM: a read into it is copied there, as without the agent, not
+ * mapped from the image over the VMM's mapping. RAM beside it still
+ * shares. */
+TEST_IMPL(read_into_vmm_fixed_map_copied)
+{
+	const char *img = image(6), *other = image(8);
+	struct proc a;
+	int fd = start_reader(&a, img, NULL);
+	int fo = (int)proc_num(&a, "open %s", other);
+	ASSERT(fo >= 0);
+	ASSERT_EQ(proc_num(&a, "mapfile 0 65536 %d", fo), 0);
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 0 65536", fd), 65536);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 65536"), hex(fnv_file(img, 0, 65536))) == 0);
+	for (unsigned i = 0; i < 16; i++)
+		ASSERT(!proc_page(&a, i * 4096).file);
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 65536 65536", fd), 65536);
+	ASSERT(strcmp(proc_cmd(&a, "hash 65536 65536"), hex(fnv_file(img, 0, 65536))) == 0);
+	ASSERT(proc_page_is_image(&a, 65536, img, 0));
+	md_stats s;
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, 16);
+	proc_stop(&a);
+	return 0;
+}
+
 /* A VMM that chroots where there is no /proc (QEMU's -chroot) after its
  * RAM was set up: a discard over forgotten copies still reads zeroes (the
  * mappings are read through /proc/self as found before), not the image. */
