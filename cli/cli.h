@@ -67,8 +67,8 @@ enum {
 	MD_ELF_FOREIGN,	/* 64-bit, another machine's: only an emulator (binfmt_misc)
 			   runs it, and the agent cannot load */
 	MD_ELF_32BIT,	/* 32-bit: the kernel may run it, the agent cannot load */
-	MD_ELF_BROKEN,	/* ELF (not 32-bit), cut short or malformed: the kernel's
-			   loader refuses it (ENOEXEC, EIO) */
+	MD_ELF_BROKEN,	/* ELF cut short or malformed (64-bit of this machine, or
+			   32-bit): the kernel's loader refuses it (ENOEXEC, EIO) */
 };
 int md__elf_exec_kind(int fd);
 /* The interpreter (the dynamic loader) a 64-bit ELF executable of this

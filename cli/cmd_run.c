@@ -610,9 +610,10 @@ static int binfmt_misc_handles(void)
 }
 
 /* Whether the kernel would refuse to run exe, an ELF file, before any
- * daemon is started for it: one cut short or malformed, or a 64-bit one of
- * another machine that no binfmt_misc handler may run. A 32-bit one is left
- * to execve (the kernel may run it). 0, or -ENOEXEC and why in why. */
+ * daemon is started for it: one cut short or malformed (32-bit too), or a
+ * 64-bit one of another machine that no binfmt_misc handler may run. A
+ * well-formed 32-bit one is left to execve (the kernel may run it). 0, or
+ * -ENOEXEC and why in why. */
 static int elf_refused(const char *exe, char *why, size_t size)
 {
 	int fd = open(exe, O_RDONLY | O_CLOEXEC);

@@ -109,42 +109,68 @@ int md__elf_soname_is(int fd, const char *name)
 #define OUR_MACHINE EM_S390
 #endif
 
-/* 1 if the kernel's ELF loader (fs/binfmt_elf.c) refuses the file fd of
- * this machine whose header is h before it maps anything: a type it does
- * not run, program headers it does not take or that the file does not hold
- * whole, or a first PT_INTERP whose path is not NUL-terminated within it
- * (ENOEXEC, EIO). Only its checks: it takes more program headers than
- * read_heads does, and reads no dynamic section. */
-static int kernel_refuses(int fd, const Elf64_Ehdr *h)
+/* 1 if the kernel's ELF loader (fs/binfmt_elf.c, or compat_binfmt_elf.c
+ * for a 32-bit file: the same checks) refuses the file fd, whose header
+ * (of class 64 if is64, else 32) has these fields, before it maps
+ * anything: a type it does not run, program headers it does not take or
+ * that the file does not hold whole, or a first PT_INTERP whose path is
+ * not NUL-terminated within it (ENOEXEC, EIO). Only its checks: it takes
+ * more program headers than read_heads does, and reads no dynamic
+ * section. */
+static int kernel_refuses(int fd, int is64, unsigned type, uint64_t phoff, unsigned phentsize, unsigned phnum)
 {
 	enum { CHUNK = 16, KERNEL_PH_BYTES = 65536, KERNEL_PATH_MAX = 4096 };
-	Elf64_Phdr ph[CHUNK];
+	unsigned char raw[CHUNK * sizeof(Elf64_Phdr)];	/* CHUNK of either class */
+	size_t entsize = is64 ? sizeof(Elf64_Phdr) : sizeof(Elf32_Phdr);
 	int interp_seen = 0;
 
-	if (h->e_type != ET_EXEC && h->e_type != ET_DYN)
+	if (type != ET_EXEC && type != ET_DYN)
 		return 1;
-	if (h->e_phentsize != sizeof(Elf64_Phdr) || h->e_phnum == 0 ||
-	    (size_t)h->e_phnum * sizeof(Elf64_Phdr) > KERNEL_PH_BYTES ||
-	    h->e_phoff > (uint64_t)INT64_MAX - KERNEL_PH_BYTES)
+	if (phentsize != entsize || phnum == 0 || (size_t)phnum * entsize > KERNEL_PH_BYTES ||
+	    phoff > (uint64_t)INT64_MAX - KERNEL_PH_BYTES)
 		return 1;
-	for (size_t i = 0; i < h->e_phnum; i += CHUNK) {
-		size_t n = h->e_phnum - i < CHUNK ? h->e_phnum - i : CHUNK;
-		if (pread(fd, ph, n * sizeof(ph[0]), (off_t)(h->e_phoff + i * sizeof(ph[0]))) !=
-		    (ssize_t)(n * sizeof(ph[0])))
+	for (size_t i = 0; i < phnum; i += CHUNK) {
+		size_t n = phnum - i < CHUNK ? phnum - i : CHUNK;
+		if (pread(fd, raw, n * entsize, (off_t)(phoff + i * entsize)) != (ssize_t)(n * entsize))
 			return 1;
 		for (size_t k = 0; k < n && !interp_seen; k++) {
-			const Elf64_Phdr *p = &ph[k];
+			Elf64_Phdr p64;
+			Elf32_Phdr p32;
+			memcpy(is64 ? (void *)&p64 : (void *)&p32, raw + k * entsize, entsize);
+			uint32_t p_type = is64 ? p64.p_type : p32.p_type;
+			uint64_t offset = is64 ? p64.p_offset : p32.p_offset;
+			uint64_t filesz = is64 ? p64.p_filesz : p32.p_filesz;
 			char last;
-			if (p->p_type != PT_INTERP)
+			if (p_type != PT_INTERP)
 				continue;
 			interp_seen = 1;	/* the kernel takes the first */
-			if (p->p_filesz < 2 || p->p_filesz > KERNEL_PATH_MAX ||
-			    p->p_offset > (uint64_t)INT64_MAX - KERNEL_PATH_MAX ||
-			    pread(fd, &last, 1, (off_t)(p->p_offset + p->p_filesz - 1)) != 1 || last != '\0')
+			if (filesz < 2 || filesz > KERNEL_PATH_MAX || offset > (uint64_t)INT64_MAX - KERNEL_PATH_MAX ||
+			    pread(fd, &last, 1, (off_t)(offset + filesz - 1)) != 1 || last != '\0')
 				return 1;
 		}
 	}
 	return 0;
+}
+
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define OUR_DATA ELFDATA2LSB
+#else
+#define OUR_DATA ELFDATA2MSB
+#endif
+
+/* A 32-bit file: MD_ELF_32BIT (the kernel may run it, compat; ld.so skips
+ * the 64-bit agent), or MD_ELF_BROKEN when it is cut short or malformed,
+ * which no loader runs, whatever its machine. One of the other byte order
+ * is left to execve: its fields would read swapped here, and an emulator
+ * (binfmt_misc) may run it. */
+static int kind32(int fd)
+{
+	Elf32_Ehdr h;
+	if (pread(fd, &h, sizeof(h), 0) != (ssize_t)sizeof(h))
+		return MD_ELF_BROKEN;	/* the kernel reads zeroes past the end: type 0 */
+	if (h.e_ident[EI_DATA] == OUR_DATA && kernel_refuses(fd, 0, h.e_type, h.e_phoff, h.e_phentsize, h.e_phnum))
+		return MD_ELF_BROKEN;
+	return MD_ELF_32BIT;
 }
 
 int md__elf_exec_kind(int fd)
@@ -156,7 +182,7 @@ int md__elf_exec_kind(int fd)
 	if (got < SELFMAG || memcmp(h.e_ident, ELFMAG, SELFMAG) != 0)
 		return MD_ELF_UNKNOWN;
 	if (got > EI_CLASS && h.e_ident[EI_CLASS] == ELFCLASS32)
-		return MD_ELF_32BIT;	/* the kernel may run it (compat), ld.so skips the agent */
+		return kind32(fd);
 	/* The kernel reads any other class as 64-bit. A header cut short has
 	 * no program headers it would take. */
 	if (got != (ssize_t)sizeof(h))
@@ -165,7 +191,7 @@ int md__elf_exec_kind(int fd)
 	if (h.e_machine != OUR_MACHINE)
 		return MD_ELF_FOREIGN;	/* run by an emulator (binfmt_misc), if at all */
 #endif
-	if (kernel_refuses(fd, &h))
+	if (kernel_refuses(fd, 1, h.e_type, h.e_phoff, h.e_phentsize, h.e_phnum))
 		return MD_ELF_BROKEN;
 	if (read_heads(fd, &e) != 0)
 		return MD_ELF_UNKNOWN;

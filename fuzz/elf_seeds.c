@@ -4,7 +4,7 @@
  * table), one of another name, one without a soname, and one whose soname
  * points past the end; programs with an interpreter (PT_INTERP) whose path
  * ends in its NUL, or does not, or does not fit; one cut short; a 32-bit
- * program. The real
+ * program, and 32-bit ones cut short or malformed. The real
  * library is hundreds of KiB, too much for a corpus; these hold every
  * structure the checks read. */
 #include <elf.h>
@@ -138,7 +138,8 @@ static int write_programs(const char *dir)
 }
 
 /* A 32-bit program with an interpreter: foreign to the agent, whatever
- * the machine. */
+ * the machine; cut short in its header, in its program headers, and with
+ * an interpreter's path not NUL-terminated (the kernel refuses those). */
 static int write_elf32(const char *dir)
 {
 	struct {
@@ -161,7 +162,11 @@ static int write_elf32(const char *dir)
 	p.ph[0] = (Elf32_Phdr){ .p_type = PT_INTERP, .p_offset = offsetof(__typeof__(p), interp),
 				.p_filesz = 14, .p_memsz = 14, .p_flags = PF_R };
 	memcpy(p.interp, "/lib/ld.so.1", 13);
-	return write_seed(dir, "elf32", &p, sizeof(p));
+	int bad = write_seed(dir, "elf32", &p, sizeof(p));
+	bad |= write_seed(dir, "elf32-cut-in-header", &p, sizeof(p.h) - 4);
+	bad |= write_seed(dir, "elf32-cut-in-headers", &p, offsetof(__typeof__(p), ph) + 8);
+	p.interp[13] = 'x';	/* its last byte no NUL */
+	return bad | write_seed(dir, "elf32-interp-unterminated", &p, sizeof(p));
 }
 
 int main(int argc, char **argv)

@@ -19,14 +19,15 @@ int md_fuzz_replay_check(void);
 
 /* Inputs the check took for the agent, and others; programs whose
  * interpreter's path was read, and refused; 32-bit programs; programs the
- * kernel would refuse, cut short or malformed (replay only). */
-static unsigned named, not_named, interp_read, interp_refused, elf32, broken;
+ * kernel would refuse, cut short or malformed, and of those the 32-bit
+ * ones (replay only). */
+static unsigned named, not_named, interp_read, interp_refused, elf32, broken, broken32;
 
 /* Called by the replay after the corpus: it must hold the agent's header
  * (`make fuzz-seeds`) as well as files refused, or the parse past the
  * headers goes unreplayed; programs of this machine whose interpreter is
  * read, and refused (x86-64's and AArch64's are in the seeds), and one
- * the kernel would refuse; a 32-bit one. */
+ * the kernel would refuse; a 32-bit one, and one refused. */
 int md_fuzz_replay_check(void)
 {
 	int bad = 0;
@@ -48,6 +49,11 @@ int md_fuzz_replay_check(void)
 #endif
 	if (!elf32) {
 		fprintf(stderr, "fuzz_elf: no input of the corpus is a 32-bit program (run make fuzz-seeds)\n");
+		bad = 1;
+	}
+	if (!broken32) {
+		fprintf(stderr, "fuzz_elf: no 32-bit program of the corpus is cut short or malformed "
+			"(run make fuzz-seeds)\n");
 		bad = 1;
 	}
 	return bad;
@@ -76,11 +82,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		int magic = size >= SELFMAG && memcmp(data, ELFMAG, SELFMAG) == 0;
 		int class32 = magic && size > EI_CLASS && data[EI_CLASS] == ELFCLASS32;
 		/* ld.so loads no 64-bit agent into a 32-bit program, which is
-		 * left to the kernel (it may run it), not refused. */
+		 * left to the kernel (it may run it), not refused, unless it
+		 * is cut short or malformed: no loader runs that one, and its
+		 * whole header at least is needed. */
 		if (class32) {
-			if (kind != MD_ELF_32BIT)
+			if (kind != MD_ELF_32BIT && kind != MD_ELF_BROKEN)
 				__builtin_trap();
-			elf32++;
+			if (size < sizeof(Elf32_Ehdr) && kind != MD_ELF_BROKEN)
+				__builtin_trap();
+			if (kind == MD_ELF_32BIT)
+				elf32++;
+			else
+				broken32++;
 		}
 		/* Only a file with the ELF magic is ELF at all; one whose
 		 * header the file does not hold whole is refused (no program

@@ -719,6 +719,27 @@ static void write_static_exit0(const char *path)
 	ASSERT(fd >= 0 && write(fd, &f, sizeof(f)) == (ssize_t)sizeof(f) && close(fd) == 0);
 }
 
+/* Writes a statically linked i386 program that exits 0. */
+static void write_i386_exit0(const char *path)
+{
+	static const unsigned char code[] = { 0xb8, 1, 0, 0, 0, 0x31, 0xdb, 0xcd, 0x80 };	/* exit(0) */
+	struct {
+		Elf32_Ehdr h;
+		Elf32_Phdr ph;
+		unsigned char code[sizeof(code)];
+	} __attribute__((packed)) f = {
+		.h = { .e_ident = { ELFMAG0, ELFMAG1, ELFMAG2, ELFMAG3, ELFCLASS32, ELFDATA2LSB, EV_CURRENT },
+		       .e_type = ET_EXEC, .e_machine = EM_386, .e_version = EV_CURRENT,
+		       .e_entry = 0x8048000 + offsetof(__typeof__(f), code), .e_phoff = sizeof(Elf32_Ehdr),
+		       .e_ehsize = sizeof(Elf32_Ehdr), .e_phentsize = sizeof(Elf32_Phdr), .e_phnum = 1 },
+		.ph = { .p_type = PT_LOAD, .p_flags = PF_R | PF_X, .p_vaddr = 0x8048000, .p_paddr = 0x8048000,
+			.p_filesz = sizeof(f), .p_memsz = sizeof(f), .p_align = 0x1000 },
+	};
+	memcpy(f.code, code, sizeof(code));
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0755);
+	ASSERT(fd >= 0 && write(fd, &f, sizeof(f)) == (ssize_t)sizeof(f) && close(fd) == 0);
+}
+
 /* ld.so preloads nothing into a statically linked program, and cannot load
  * the agent into a 32-bit one: `run` says so (the command would run
  * without it, unseen), for a script whose interpreter is one too, but runs
@@ -737,13 +758,9 @@ TEST_IMPL(cli_run_static_said)
 	snprintf(path, sizeof(path), "%s/script", d);
 	snprintf(text, sizeof(text), "#!%s/static\n", d);
 	write_exec(path, text, 0755, 0);
-	/* A 32-bit ELF file's identification is enough to tell (it then
-	 * fails to run: no code). */
+	/* A 32-bit program (it runs where the kernel runs i386 programs). */
 	snprintf(path, sizeof(path), "%s/i386", d);
-	Elf32_Ehdr h32 = { .e_ident = { ELFMAG0, ELFMAG1, ELFMAG2, ELFMAG3, ELFCLASS32, ELFDATA2LSB, EV_CURRENT },
-			   .e_type = ET_EXEC, .e_machine = EM_386, .e_version = EV_CURRENT };
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0755);
-	ASSERT(fd >= 0 && write(fd, &h32, sizeof(h32)) == (ssize_t)sizeof(h32) && close(fd) == 0);
+	write_i386_exit0(path);
 
 	const char *cmd[3] = { "static", "script", "i386" };
 	int code[3];
@@ -784,23 +801,50 @@ static int binfmt_misc_enabled(void)
 	return on;
 }
 
+/* /bin/true's copy at path with the last byte of its PT_INTERP's path set
+ * to c: 1, or 0 if it has none. */
+static int patch_interp_last(const char *path, char c)
+{
+	Elf64_Ehdr eh;
+	Elf64_Phdr ph;
+	int fd = open(path, O_RDWR | O_CLOEXEC), found = 0;
+	ASSERT(fd >= 0 && pread(fd, &eh, sizeof(eh), 0) == (ssize_t)sizeof(eh));
+	for (int i = 0; eh.e_ident[EI_CLASS] == ELFCLASS64 && i < eh.e_phnum && !found; i++) {
+		ASSERT(pread(fd, &ph, sizeof(ph), (off_t)(eh.e_phoff + (uint64_t)i * eh.e_phentsize)) ==
+		       (ssize_t)sizeof(ph));
+		if (ph.p_type == PT_INTERP && ph.p_filesz >= 2) {
+			ASSERT(pwrite(fd, &c, 1, (off_t)(ph.p_offset + ph.p_filesz - 1)) == 1);
+			found = 1;
+		}
+	}
+	close(fd);
+	return found;
+}
+
 /* A binary the kernel will not run is refused as the shell refuses it,
  * 126 "cannot execute binary file: Exec format error", before anything is
- * started: an ELF file cut short, a 64-bit program of another machine
- * where binfmt_misc has no handler. execvp gave both to /bin/sh, which
- * read them as commands ("Syntax error", exit 2; "ELF: not found", 127),
- * after memdedupd was started for them. What the kernel refuses only at
- * the exec (a 32-bit header alone, a file with a NUL in its first line) is
- * 126 too; a script without #! still runs with /bin/sh ($0 its path), and
- * a shared object run as a program (ld.so) runs. */
+ * started: an ELF file cut short (64-bit or 32-bit: the kernel's compat
+ * loader makes the same checks, and this one has none), a 32-bit header
+ * alone (no program headers), a program whose PT_INTERP's path does not
+ * end in a NUL, a 64-bit program of another machine where binfmt_misc has
+ * no handler. execvp gave them to /bin/sh, which read them as commands
+ * ("Syntax error", exit 2; "ELF: not found", 127), after memdedupd was
+ * started for them; the 32-bit ones, and the NUL, were refused only by
+ * the exec, after it too. What the kernel refuses only at the exec (a
+ * file with a NUL in its first line) is 126 too; a script without #!
+ * still runs with /bin/sh ($0 its path), and a shared object run as a
+ * program (ld.so) runs. */
 TEST_IMPL(cli_run_exec_format_refused)
 {
 	const char *b = build_dir(), *rb = run_build_dir(), *d = test_dir();
-	char dir[400], sock[450], path[450], want[600], err[4][1024] = { "" };
+	char dir[400], sock[450], path[450], want[600];
+	static char err[6][1024];
 	snprintf(dir, sizeof(dir), "%s/run", d);
 	ASSERT(mkdir(dir, 0700) == 0);
 	snprintf(sock, sizeof(sock), "%s/memdedupd.sock", dir);
-	ASSERT_EQ(sh("cp /bin/true %s/foreign && head -c 200 /bin/true >%s/cut && chmod 755 %s/cut", d, d, d), 0);
+	ASSERT_EQ(sh("cp /bin/true %s/foreign && head -c 200 /bin/true >%s/cut && chmod 755 %s/cut && "
+		     "cp /bin/true %s/unterminated && printf '\\177ELF\\001' >%s/elf32-cut && chmod 755 %s/elf32-cut",
+		     d, d, d, d, d, d), 0);
 	/* /bin/true as another machine's: AArch64's, or x86-64's there. */
 	uint16_t machine;
 	snprintf(path, sizeof(path), "%s/foreign", d);
@@ -808,34 +852,36 @@ TEST_IMPL(cli_run_exec_format_refused)
 	ASSERT(fd >= 0 && pread(fd, &machine, 2, offsetof(Elf64_Ehdr, e_machine)) == 2);
 	machine = machine == EM_X86_64 ? EM_AARCH64 : EM_X86_64;
 	ASSERT(pwrite(fd, &machine, 2, offsetof(Elf64_Ehdr, e_machine)) == 2 && close(fd) == 0);
-	/* With binfmt_misc handlers, an emulator may run another machine's
-	 * program, and a 32-bit one: those are left out. */
-	int no_emulator = !binfmt_misc_enabled();
-	const char *refused[] = { "cut", "foreign" };
-	int code[2] = { 126, 126 }, alive[2] = { 0, 0 }, pid[2] = { 0, 0 };
-	for (int i = 0; i < 1 + no_emulator; i++) {
-		code[i] = sh("MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- %s/%s", dir, b, d, refused[i]);
-		alive[i] = md__daemon_alive(sock);
-		pid[i] = kill_daemon_of(dir);
-		snprintf(err[i], sizeof(err[i]), "%s", slurp("err"));
-	}
-	/* Refused by the kernel at the exec: a 32-bit ELF header alone (no
-	 * program headers), a file with a NUL in its first line. */
+	/* Its dynamic loader's path without its NUL: the kernel refuses it
+	 * (ENOEXEC), whatever the path. */
+	snprintf(path, sizeof(path), "%s/unterminated", d);
+	int unterminated = patch_interp_last(path, 'X');
+	/* A 32-bit ELF header alone (no program headers). */
 	snprintf(path, sizeof(path), "%s/i386", d);
 	Elf32_Ehdr h32 = { .e_ident = { ELFMAG0, ELFMAG1, ELFMAG2, ELFMAG3, ELFCLASS32, ELFDATA2LSB, EV_CURRENT },
 			   .e_type = ET_EXEC, .e_machine = EM_386, .e_version = EV_CURRENT };
 	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0755);
 	ASSERT(fd >= 0 && write(fd, &h32, sizeof(h32)) == (ssize_t)sizeof(h32) && close(fd) == 0);
+	/* With binfmt_misc handlers, an emulator may run another machine's
+	 * program: that one is left out. */
+	int no_emulator = !binfmt_misc_enabled();
+	const char *refused[] = { "cut", "elf32-cut", "i386", "unterminated", "foreign" };
+	int code[5] = { 126, 126, 126, 126, 126 }, alive[5] = { 0 }, pid[5] = { 0 };
+	for (int i = 0; i < 5; i++) {
+		if ((i == 3 && !unterminated) || (i == 4 && !no_emulator))
+			continue;
+		code[i] = sh("MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- %s/%s", dir, b, d, refused[i]);
+		alive[i] = md__daemon_alive(sock);
+		pid[i] = kill_daemon_of(dir);
+		snprintf(err[i], sizeof(err[i]), "%s", slurp("err"));
+	}
+	/* Refused by the kernel at the exec: a file with a NUL in its first
+	 * line. */
 	snprintf(path, sizeof(path), "%s/nul", d);
 	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0755);
 	ASSERT(fd >= 0 && write(fd, "echo hi\0there\n", 15) == 15 && close(fd) == 0);
-	int c32 = 126;
-	if (no_emulator) {
-		c32 = sh("%s/memdedup run -- %s/i386", rb, d);
-		snprintf(err[2], sizeof(err[2]), "%s", slurp("err"));
-	}
 	int cnul = sh("%s/memdedup run -- %s/nul", rb, d);
-	snprintf(err[3], sizeof(err[3]), "%s", slurp("err"));
+	snprintf(err[5], sizeof(err[5]), "%s", slurp("err"));
 	/* Run: a script without #!, by the shell, with its arguments. */
 	snprintf(path, sizeof(path), "%s/script", d);
 	write_exec(path, "test \"$0 $1 $2\" = \"$MD_WANT\" && exit 3\nexit 9\n", 0755, 0);
@@ -843,27 +889,30 @@ TEST_IMPL(cli_run_exec_format_refused)
 	int cld = access("/lib64/ld-linux-x86-64.so.2", X_OK) == 0 ?
 		  sh("%s/memdedup run -- /lib64/ld-linux-x86-64.so.2 /bin/true", rb) : 0;
 
-	for (int i = 0; i < 2; i++) {
+	for (int i = 0; i < 5; i++) {
+		if (code[i] != 126 || alive[i] || pid[i])
+			fprintf(stderr, "%s: exit %d, daemon %s: %s\n", refused[i], code[i],
+				alive[i] || pid[i] ? "started" : "not started", err[i]);
 		ASSERT_EQ(code[i], 126);
 		ASSERT(!alive[i] && !pid[i]);
 	}
-	snprintf(want, sizeof(want), "memdedup run: cannot run '%s/cut': cannot execute binary file: Exec format "
-		 "error (an ELF file cut short or malformed)\n", d);
-	ASSERT_EQ(strcmp(err[0], want), 0);
+	for (int i = 0; i < 4; i++) {
+		if (!err[i][0])
+			continue;	/* not run */
+		snprintf(want, sizeof(want), "memdedup run: cannot run '%s/%s': cannot execute binary file: Exec "
+			 "format error (an ELF file cut short or malformed)\n", d, refused[i]);
+		ASSERT_EQ(strcmp(err[i], want), 0);
+	}
 	if (no_emulator) {
 		snprintf(want, sizeof(want), "memdedup run: cannot run '%s/foreign': cannot execute binary file: "
 			 "Exec format error (a program of another machine, and binfmt_misc has no enabled "
 			 "handler to run it)\n", d);
-		ASSERT_EQ(strcmp(err[1], want), 0);
-		ASSERT_EQ(c32, 126);
-		snprintf(want, sizeof(want), "memdedup run: cannot run '%s/i386': cannot execute binary file: "
-			 "Exec format error\n", d);
-		ASSERT(strstr(err[2], want));	/* after the note: no agent in it */
+		ASSERT_EQ(strcmp(err[4], want), 0);
 	}
 	ASSERT_EQ(cnul, 126);
 	snprintf(want, sizeof(want), "memdedup run: cannot run '%s/nul': cannot execute binary file: Exec format "
 		 "error\n", d);
-	ASSERT_EQ(strcmp(err[3], want), 0);
+	ASSERT_EQ(strcmp(err[5], want), 0);
 	ASSERT_EQ(cscript, 3);
 	ASSERT_EQ(cld, 0);
 	return 0;
