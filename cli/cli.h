@@ -57,6 +57,10 @@ int md__usage_error(const struct md__cmd *cmd, const char *fmt, ...)
  * (at most 255 bytes), else 0 (not ELF, another name, none, a file cut
  * short or malformed). */
 int md__elf_soname_is(int fd, const char *name);
+/* The DT_SONAME of the 64-bit ELF shared object fd: 1 and it in out (size
+ * bytes at most, NUL included); 0 and "" when it has none; -1 when fd is
+ * not such a file, or its soname cannot be read (longer, malformed). */
+int md__elf_soname(int fd, char *out, size_t size);
 /* How the kernel and ld.so would take the executable fd, as far as the
  * agent goes. */
 enum {

@@ -84,10 +84,11 @@ const struct md__cmd md__cmd_run_def = {
 	"found, 126 not executable, a binary the kernel cannot run (an ELF file cut\n"
 	"short or malformed, another machine's with no binfmt_misc handler), or run\n"
 	"by the dynamic loader in secure mode (set-uid, set-gid or file\n"
-	"capabilities: it would ignore the agent), 2 wrong usage or a library\n"
-	"that cannot be preloaded, 1 --scan where no userfaultfd can be opened\n"
-	"(nothing started in these cases, but for a 32-bit binary the kernel\n"
-	"refuses).\n",
+	"capabilities: it would ignore the agent) or by a dynamic loader of\n"
+	"another kind than memdedup's (musl's: it cannot load the agent), 2\n"
+	"wrong usage or a library that cannot be preloaded, 1 --scan where no\n"
+	"userfaultfd can be opened (nothing started in these cases, but for a\n"
+	"32-bit binary the kernel refuses).\n",
 	.run = md__cmd_run,
 };
 
@@ -543,6 +544,51 @@ static int secure_exec(const char *file, int depth, char *why, size_t size)
 	return -EPERM;
 }
 
+/* The soname of the dynamic loader at path (symbolic links followed), as
+ * md__elf_soname's: 1, 0 (none: "" in out) or -1. */
+static int loader_soname(const char *path, char *out, size_t size)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	int got = md__elf_soname(fd, out, size);
+	close(fd);
+	return got;
+}
+
+/* Whether file (as secure_exec's) names a dynamic loader of another kind
+ * than memdedup's own, which the agent is built for: musl's where the
+ * agent is glibc's (ld-linux-x86-64.so.2, whatever path names it). That
+ * loader takes the agent's missing symbols for fatal, and the command
+ * exits 127 before its main, after a daemon was started for it. The kinds
+ * are told by the loaders' sonames: musl's is libc.so, or none (Debian's
+ * musl). Where either loader cannot be read (memdedup static, a loader
+ * that is no shared object), or ours has no soname, nothing is refused:
+ * execve tells. 0, or -ENOEXEC and why in why. */
+static int loader_foreign(const char *file, int depth, char *why, size_t size)
+{
+	char theirs[PATH_MAX], ours[PATH_MAX], their_name[256], our_name[256], shown[256], shown_ld[256];
+	int fd = open(file, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	int got = md__elf_interp(fd, theirs, sizeof(theirs));
+	close(fd);
+	if (!got || (fd = open("/proc/self/exe", O_RDONLY | O_CLOEXEC)) < 0)
+		return 0;
+	got = md__elf_interp(fd, ours, sizeof(ours));
+	close(fd);
+	if (!got || loader_soname(ours, our_name, sizeof(our_name)) != 1 ||
+	    loader_soname(theirs, their_name, sizeof(their_name)) < 0 || strcmp(their_name, our_name) == 0)
+		return 0;
+	snprintf(why, size, "%s%s%s dynamic loader %s (%s%s) is not of the kind the memdedup agent is built for "
+		 "(soname %s): it would fail to load the agent, and the command would not run; run it "
+		 "without memdedup", depth ? "its interpreter " : "its",
+		 depth ? md__printable(file, shown, sizeof(shown)) : "", depth ? "'s" : "",
+		 md__printable(theirs, shown_ld, sizeof(shown_ld)), their_name[0] ? "soname " : "no soname",
+		 their_name, our_name);
+	return -ENOEXEC;
+}
+
 /* Whether ld.so loads the agent into file (as secure_exec's) at all: not into a statically
  * linked program (none runs), nor into a 32-bit or another machine's one
  * (it skips a library of the wrong class with a warning). Unlike secure
@@ -879,11 +925,12 @@ int md__cmd_run(int argc, char **argv)
 	}
 	/* Run in secure mode, CMD would run, and succeed, without the agent
 	 * (ld.so also takes LD_PRELOAD out of what it runs): refused like a
-	 * command that cannot run. Only the file exec'd and
-	 * its interpreter are seen, not what a wrapper (sudo) execs. */
+	 * command that cannot run; so is one whose dynamic loader cannot load
+	 * the agent at all (musl's). Only the file exec'd and its interpreter
+	 * are seen, not what a wrapper (sudo) execs. */
 	char why[PATH_MAX + 512], file[PATH_MAX + 64];
 	int depth = exec_file(exe, file);
-	if (secure_exec(file, depth, why, sizeof(why))) {
+	if (secure_exec(file, depth, why, sizeof(why)) || loader_foreign(file, depth, why, sizeof(why))) {
 		char shown[256];
 		fprintf(stderr, "memdedup run: cannot run '%s' with the agent: %s\n",
 			md__printable(argv[i], shown, sizeof(shown)), why);

@@ -3,7 +3,8 @@
  * a command: whether a file is the ELF shared object of a given soname
  * (how it tells the agent, MEMDEDUP_PRELOAD, from any other library, which
  * ld.so would preload without a word, or, a position-independent
- * executable, refuse with a warning), whether ld.so would load the
+ * executable, refuse with a warning), a shared object's soname (a dynamic
+ * loader's tells its kind: glibc's, musl's), whether ld.so would load the
  * agent into the command at all (not into a static executable, nor into
  * another machine's or a 32-bit one: either way the command would run
  * without the agent), and whether the kernel would run it at all (not an
@@ -95,6 +96,26 @@ int md__elf_soname_is(int fd, const char *name)
 	if (at < 0 || pread(fd, got, len, at) != (ssize_t)len)
 		return 0;
 	return memcmp(got, name, len) == 0;
+}
+
+int md__elf_soname(int fd, char *out, size_t size)
+{
+	struct elf_heads e;
+	int tagged = 0;
+	if (size < 2 || read_heads(fd, &e) != 0 || e.h.e_type != ET_DYN)
+		return -1;
+	for (size_t i = 0; i < e.ndyn && e.dyn[i].d_tag != DT_NULL && !tagged; i++)
+		tagged = e.dyn[i].d_tag == DT_SONAME;
+	if (!tagged) {
+		out[0] = '\0';
+		return 0;
+	}
+	off_t at = soname_offset(&e);
+	ssize_t n = at < 0 ? -1 : pread(fd, out, size, at);
+	/* Its NUL within what was read: a name cut short is no name. */
+	if (n < 2 || !memchr(out, '\0', (size_t)n) || !out[0])
+		return -1;
+	return 1;
 }
 
 #if defined(__x86_64__)

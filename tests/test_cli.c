@@ -2689,6 +2689,119 @@ TEST_IMPL(cli_run_missing_loader_no_daemon)
 	return 0;
 }
 
+/* The copy at path of a dynamic program with its PT_INTERP's path made
+ * interp (NUL-padded within it; no longer than the one there); before, it
+ * was old (size bytes): 1, or 0 if it has none. */
+static int patch_interp(const char *path, const char *interp, char *old, size_t size)
+{
+	Elf64_Ehdr eh;
+	Elf64_Phdr ph;
+	char buf[256];
+	int fd = open(path, O_RDWR | O_CLOEXEC), found = 0;
+	ASSERT(fd >= 0 && pread(fd, &eh, sizeof(eh), 0) == (ssize_t)sizeof(eh));
+	for (int i = 0; eh.e_ident[EI_CLASS] == ELFCLASS64 && i < eh.e_phnum && !found; i++) {
+		ASSERT(pread(fd, &ph, sizeof(ph), (off_t)(eh.e_phoff + (uint64_t)i * eh.e_phentsize)) ==
+		       (ssize_t)sizeof(ph));
+		if (ph.p_type != PT_INTERP || ph.p_filesz > sizeof(buf) || strlen(interp) >= ph.p_filesz)
+			continue;
+		ASSERT(pread(fd, buf, ph.p_filesz, (off_t)ph.p_offset) == (ssize_t)ph.p_filesz);
+		snprintf(old, size, "%.*s", (int)ph.p_filesz, buf);
+		memset(buf, 0, sizeof(buf));
+		memcpy(buf, interp, strlen(interp));
+		ASSERT(pwrite(fd, buf, ph.p_filesz, (off_t)ph.p_offset) == (ssize_t)ph.p_filesz);
+		found = 1;
+	}
+	close(fd);
+	return found;
+}
+
+/* A program whose dynamic loader is of another kind than the one the
+ * agent is built for (musl's, soname libc.so or none, for an agent of glibc's)
+ * fails to load the agent (musl takes its missing symbols for fatal) and
+ * exits 127 before its main, after memdedupd was started for it. Refused
+ * (126, the loader named) before anything is started, as behind a
+ * script's #! line; the kinds are told by the loaders' sonames, so a
+ * program whose loader's path is a symbolic link to memdedup's own loader
+ * runs, with the agent. Here the other kind is glibc's libc.so.6 given
+ * as a loader (musl is not installed), and a library with no soname (as
+ * Debian's musl has none). */
+TEST_IMPL(cli_run_other_loader_refused)
+{
+	char tmp[] = "/tmp/mdld.XXXXXX", link_other[64], link_none[64], link_ours[64], libc[PATH_MAX] = "";
+	char prog[512], prog_none[512], sh_copy[512], script[512], ours[256], dir[450], sock[500], want[1024];
+	char line[PATH_MAX + 128], stub[PATH_MAX];
+	const char *d = test_dir();
+	/* glibc's libc.so.6, as this process maps it. */
+	FILE *f = fopen("/proc/self/maps", "r");
+	ASSERT(f);
+	while (!libc[0] && fgets(line, sizeof(line), f)) {
+		char *p = strchr(line, '/');
+		line[strcspn(line, "\n")] = '\0';
+		if (p && strlen(p) > 10 && strcmp(p + strlen(p) - 10, "/libc.so.6") == 0)
+			snprintf(libc, sizeof(libc), "%s", p);
+	}
+	fclose(f);
+	if (!libc[0])
+		SKIP("no libc.so.6 mapped here (not glibc)");
+	snprintf(prog, sizeof(prog), "%s/other", d);
+	snprintf(prog_none, sizeof(prog_none), "%s/none", d);
+	snprintf(sh_copy, sizeof(sh_copy), "%s/sh", d);
+	ASSERT_EQ(sh("cp /bin/true %s && cp /bin/true %s && cp /bin/sh %s", prog, prog_none, sh_copy), 0);
+	snprintf(line, sizeof(line), "%s/libdeepbind-stub.so", build_dir());
+	ASSERT(realpath(line, stub));	/* no soname, as Debian's musl */
+	/* Short paths, to fit in place of /lib64/ld-linux-x86-64.so.2. */
+	ASSERT(mkdtemp(tmp));
+	snprintf(link_other, sizeof(link_other), "%s/lc", tmp);
+	snprintf(link_none, sizeof(link_none), "%s/ln", tmp);
+	snprintf(link_ours, sizeof(link_ours), "%s/ld", tmp);
+	int patched = patch_interp(prog, link_other, ours, sizeof(ours)) &&
+		      patch_interp(prog_none, link_none, ours, sizeof(ours)) &&
+		      patch_interp(sh_copy, link_ours, ours, sizeof(ours));
+	int linked = patched && symlink(libc, link_other) == 0 && symlink(stub, link_none) == 0 &&
+		     symlink(ours, link_ours) == 0;
+	snprintf(script, sizeof(script), "%s/script", d);
+	snprintf(line, sizeof(line), "#!%s\n", prog);
+	write_exec(script, line, 0755, 0);
+	snprintf(dir, sizeof(dir), "%s/run", d);
+	ASSERT(mkdir(dir, 0700) == 0);
+	snprintf(sock, sizeof(sock), "%s/memdedupd.sock", dir);
+	int c1 = -1, c2 = -1, c3 = -1, c4 = -1, alive = 0, pid = 0;
+	char err1[1024] = "", err2[1024] = "", err4[1024] = "";
+	if (linked) {
+		c1 = sh("MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- %s", dir, build_dir(), prog);
+		alive = md__daemon_alive(sock);
+		pid = kill_daemon_of(dir);
+		snprintf(err1, sizeof(err1), "%s", slurp("err"));
+		c2 = sh("MEMDEDUP_RUN_DIR=%s %s/memdedup run -- %s", dir, build_dir(), script);
+		snprintf(err2, sizeof(err2), "%s", slurp("err"));
+		c3 = sh("%s/memdedup run -- %s " AGENT_IN_SH, run_build_dir(), sh_copy);
+		c4 = sh("%s/memdedup run -- %s", build_dir(), prog_none);
+		snprintf(err4, sizeof(err4), "%s", slurp("err"));
+	}
+	unlink(link_other);
+	unlink(link_none);
+	unlink(link_ours);
+	rmdir(tmp);
+	if (!patched)
+		SKIP("/bin/true or /bin/sh has no PT_INTERP of room for %s", link_other);
+	ASSERT(linked);
+	ASSERT_EQ(c1, 126);
+	ASSERT(!alive && !pid);
+	snprintf(want, sizeof(want), "memdedup run: cannot run '%s' with the agent: its dynamic loader %s (soname "
+		 "libc.so.6) is not of the kind the memdedup agent is built for (soname ", prog, link_other);
+	if (!strstr(err1, want))
+		fprintf(stderr, "said: %s", err1);
+	ASSERT(strstr(err1, want));
+	ASSERT_EQ(c2, 126);
+	snprintf(want, sizeof(want), "its interpreter %s's dynamic loader %s (soname libc.so.6)", prog, link_other);
+	ASSERT(strstr(err2, want));
+	ASSERT_EQ(c3, 0);	/* the agent in it */
+	ASSERT_EQ(c4, 126);
+	snprintf(want, sizeof(want), "its dynamic loader %s (no soname) is not of the kind", link_none);
+	ASSERT(strstr(err4, want));
+	return 0;
+}
+
 /* Past memdedupd's limit of STATUS bytes for a user other than root, the
  * daemon's refusal is said as it is (try again in a second), not as a
  * protocol error. */
