@@ -76,6 +76,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			named++;
 		else
 			not_named++;
+		/* A loader's soname (memdedup run tells musl's from glibc's
+		 * by it): a name found ends in its NUL within out; none is "". */
+		char so[32];
+		memset(so, 'x', sizeof(so));
+		int sr = md__elf_soname(fd, so, sizeof(so));
+		if (sr < -1 || sr > 1 || (sr == 1 && (!memchr(so, '\0', sizeof(so)) || !so[0])) ||
+		    (sr == 0 && so[0]))
+			__builtin_trap();
 		int kind = md__elf_exec_kind(fd);
 		if (kind < MD_ELF_UNKNOWN || kind > MD_ELF_BROKEN)
 			__builtin_trap();
