@@ -942,6 +942,11 @@ int md__cmd_run(int argc, char **argv)
 		fprintf(stderr, "memdedup run: note: '%s': %s\n", md__printable(argv[i], shown, sizeof(shown)),
 			why);
 	}
+	/* The agent reads it and does nothing: said, or the command would
+	 * run as if under memdedup, with no daemon started and nothing shared. */
+	if (env_on("MEMDEDUP_DISABLE"))
+		fprintf(stderr, "memdedup run: note: MEMDEDUP_DISABLE is on in the environment: the agent "
+			"does nothing (no sharing%s)\n", env_on("MEMDEDUP_SCAN") ? ", no scanning" : "");
 	/* Scanning needs a userfaultfd (a merge freezes the page with it):
 	 * without one the agent would only say, once the command runs, that
 	 * it scans nothing, after a daemon was started for it. The command

@@ -395,6 +395,12 @@ TEST_IMPL(cli_run_missing_command_no_daemon)
 	int alive5 = md__daemon_alive(sock), pid5 = kill_daemon_of(dir);
 	int c6 = sh("MEMDEDUP_DISABLE=1 MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- true", dir, rb);
 	int alive6 = md__daemon_alive(sock), pid6 = kill_daemon_of(dir);
+	/* Said: it was a silent no-op. */
+	ASSERT_EQ(strcmp(slurp("err"), "memdedup run: note: MEMDEDUP_DISABLE is on in the environment: the agent "
+			 "does nothing (no sharing, no scanning)\n"), 0);
+	ASSERT_EQ(sh("MEMDEDUP_DISABLE=yes %s/memdedup run -- true", rb), 0);
+	ASSERT(strstr(slurp("err"), "MEMDEDUP_DISABLE is on in the environment: the agent does nothing (no "
+			  "sharing)\n"));
 	/* A script whose interpreter is missing: execve's ENOENT, found
 	 * before the daemon is started for it. */
 	char script[450];
