@@ -37,8 +37,8 @@ static int cmd_set(int argc, char **argv);
 	"started): each such agent with a statistics file in the run directory is\n" \
 	"named on stderr, and left as it is.\n" \
 	"Exit status: 0 done, 1 refused (the text names the agent and why), not\n" \
-	"answered, no daemon, or an agent that scans out of memdedupd's reach; 2\n" \
-	"wrong usage.\n"
+	"answered, no daemon, or an agent that scans out of memdedupd's reach (or\n" \
+	"that may be: memdedupd's status, which tells, not had); 2 wrong usage.\n"
 #define PID_HELP \
 	"Without --pid, from root (or memdedupd's user) it is also the default for\n" \
 	"agents that start later.\n\n" PID_OPTION
@@ -152,15 +152,16 @@ static void say_unreachable(const struct md__cmd *cmd, int pid)
 /* After a command for all agents (c: the connection it went on, NULL
  * when no daemon answered): says each agent of the run directory that
  * scans but that memdedupd does not know, as its STATUS document shows
- * (the agents it holds, connected or not). 1 if one was said, else 0 (also
- * when the daemon's document cannot be had: nothing to tell them by). */
+ * (the agents it holds, connected or not). When the document cannot be
+ * had, each agent that scans is said to be one it cannot tell of: its "done
+ * by N" may have left it out. 1 if one was said, else 0. */
 static int say_unreached(const struct md__cmd *cmd, struct md__client *c)
 {
 	struct md__agent_row *rows;
 	size_t n, scanning = 0;
 	json_t *doc = NULL;
-	char why[MD_TEXT_MAX + 1];
-	int said = 0;
+	char why[MD_TEXT_MAX + 1], shown[MD_TEXT_MAX + 1];
+	int said = 0, err = 0;
 
 	if (run_dir_agents(&rows, &n) != 0)
 		return 0;
@@ -168,16 +169,28 @@ static int say_unreached(const struct md__cmd *cmd, struct md__client *c)
 		scanning += rows[i].s.stats.scan_state != MD_SCAN_STATE_NONE;
 	/* Asked only when an agent could be missing: the document costs
 	 * memdedupd work (and counts against a user's status budget). */
-	if (scanning && c && (!md__client_alive(c) || md__status_daemon_on(c, &doc, why, sizeof(why)) != 0))
-		goto free_rows;
+	why[0] = '\0';
+	if (scanning && c) {
+		err = md__client_alive(c) ? md__status_daemon_on(c, &doc, why, sizeof(why)) : -ENOTCONN;
+		/* Past the user's budget (a `status` just before): memdedupd
+		 * says to try again in a second. Once. */
+		if (err == -EAGAIN && md__client_alive(c)) {
+			usleep(1100 * 1000);
+			err = md__status_daemon_on(c, &doc, why, sizeof(why));
+		}
+	}
 	for (size_t i = 0; i < n; i++) {
-		if (rows[i].s.stats.scan_state == MD_SCAN_STATE_NONE || md__daemon_agent(doc, rows[i].pid))
+		if (rows[i].s.stats.scan_state == MD_SCAN_STATE_NONE || (!err && md__daemon_agent(doc, rows[i].pid)))
 			continue;
-		say_unreachable(cmd, rows[i].pid);
+		if (err)
+			fprintf(stderr, "memdedup %s: cannot tell whether pid %d was reached: memdedupd's status "
+				"cannot be had (%s)\n", cmd->name, rows[i].pid,
+				why[0] ? md__printable(why, shown, sizeof(shown)) : strerror(-err));
+		else
+			say_unreachable(cmd, rows[i].pid);
 		said = 1;
 	}
 	json_decref(doc);
-free_rows:
 	free(rows);
 	return said;
 }

@@ -2430,6 +2430,58 @@ TEST_IMPL(cli_control_names_unreachable_agents)
 	return 0;
 }
 
+/* After a command for all agents, memdedupd's status tells which agents
+ * that scan it did not reach. Past a user's status limit (a `status` just
+ * before) the document was not had, and taken for "none to say": "pause
+ * done by 0 agents", exit 0, with an agent scanning out of its reach. Now
+ * it is asked again a second later (memdedupd says to try then), and when
+ * still not had, each agent that scans is said to be one it cannot tell
+ * of, and the command exits 1. As nobody: root's status is not limited. */
+TEST_IMPL(cli_control_status_limited_cannot_tell)
+{
+	if (geteuid() != 0)
+		SKIP("needs root: the commands run as another user");
+	struct tdaemon t;
+	char rd[450], path[512], want[256], err[2][1024];
+	int code[2];
+	ASSERT_EQ(sh("cp %s/memdedup %s/", run_build_dir(), test_dir()), 0);
+	/* A run directory nobody reads, with an agent (this process) that
+	 * scans within its process. */
+	snprintf(rd, sizeof(rd), "%s/rd", test_dir());
+	ASSERT(mkdir(rd, 0755) == 0);
+	snprintf(path, sizeof(path), "%s/agent-%d.stats", rd, (int)getpid());
+	write_stats(path, (uint32_t)getpid(), md__proc_start_time(getpid()), "private", 0);
+	set_counter(path, MD_CTR_SCAN_STATE, MD_SCAN_STATE_SCANNING);
+	/* 1 KiB a second: a status costs 4 KiB at least, and the next is
+	 * refused for 3 s, the retry a second later too; at 2 KiB a second,
+	 * refused for 1 s, and the retry gets it. */
+	static const char *const rate[] = { "1", "2" };
+	for (int k = 0; k < 2; k++) {
+		setenv("MEMDEDUP_STATUS_KB_PER_S", rate[k], 1);
+		td_start(&t, 16);
+		unsetenv("MEMDEDUP_STATUS_KB_PER_S");
+		code[k] = sh_as(65534, "export MEMDEDUP_RUN_DIR=%s MEMDEDUP_SOCKET=%s && %s/memdedup status >/dev/null "
+				"2>&1; %s/memdedup pause", rd, t.sock, test_dir(), test_dir());
+		snprintf(err[k], sizeof(err[k]), "%s", slurp("err"));
+		td_stop(&t);
+		if (k == 0)
+			ASSERT(strstr(slurp("out"), "pause done by 0 agents"));
+	}
+	snprintf(want, sizeof(want), "memdedup pause: cannot tell whether pid %d was reached: memdedupd's status "
+		 "cannot be had (too many status requests of this user: try again in a second)\n", (int)getpid());
+	if (code[0] != 1 || strcmp(err[0], want) != 0)
+		fprintf(stderr, "exit %d, said: %s", code[0], err[0]);
+	ASSERT_EQ(code[0], 1);
+	ASSERT_EQ(strcmp(err[0], want), 0);
+	snprintf(want, sizeof(want), "pid %d scans within its process", (int)getpid());
+	if (code[1] != 1 || !strstr(err[1], want))
+		fprintf(stderr, "exit %d, said: %s", code[1], err[1]);
+	ASSERT_EQ(code[1], 1);
+	ASSERT(strstr(err[1], want));
+	ASSERT(!strstr(err[1], "cannot tell"));
+	return 0;
+}
+
 /* memdedupd's word on pid's agent in `status --json`'s output st: key of
  * the daemon's record and of the agent's row (which must agree): 1, 0, or
  * -1 for null (the row's, when the daemon does not know it). */
