@@ -343,6 +343,94 @@ TEST_IMPL(privatize_keeps_failed_owners)
 	return 0;
 }
 
+/* The permissions of the mapping at p in /proc/self/maps ("r--p"), "" if
+ * none (one buffer, reused). */
+static const char *self_perms(const void *p)
+{
+	static char perms[8];
+	char line[1024];
+	perms[0] = '\0';
+	FILE *f = fopen("/proc/self/maps", "r");
+	if (!f)
+		return perms;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long lo, hi;
+		char pr[8];
+		if (sscanf(line, "%lx-%lx %7s", &lo, &hi, pr) == 3 && lo <= (uintptr_t)p && (uintptr_t)p < hi) {
+			snprintf(perms, sizeof(perms), "%s", pr);
+			break;
+		}
+	}
+	fclose(f);
+	return perms;
+}
+
+/* A lease break over pages the VMM made read-only itself (a VMM linking
+ * libmemdedup.so, or raw syscalls: no interposer gives the stretch up
+ * first, as the preload's mprotect does): the write fault refuses them,
+ * so they are copied aside and moved into place. The content stays what
+ * the guest read, no page is the file's any more, and the stretch keeps
+ * the VMM's protection (a copy left writable lets the guest write what
+ * the VMM protected). */
+TEST_IMPL(lease_break_read_only_stretch_in_process)
+{
+	enum { PAGES = 64 };
+	const size_t len = PAGES * 4096, ro = 16 * 4096;
+	char img[512];
+	snprintf(img, sizeof(img), "%s/ro-stretch.img", test_dir());
+	make_image(img, len, 23);
+	char *orig = malloc(len);
+	ASSERT(orig);
+	int fd = open(img, O_RDONLY | O_CLOEXEC);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(pread(fd, orig, len, 0), (ssize_t)len);
+	md_agent *a;
+	md_agent_options o = { .run_dir = "" };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	ASSERT_EQ(md_agent_register(a, m, len, 0), 0);
+	ASSERT_EQ(md_agent_pread(a, fd, m, len, 0), (ssize_t)len);
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, PAGES);
+	ASSERT(memcmp(m, orig, len) == 0);	/* read: present, the file's */
+	for (size_t off = 0; off < len; off += 4096)
+		ASSERT(self_pagemap(m + off) & (1ull << 61));
+	ASSERT_EQ(mprotect(m + ro, ro, PROT_READ), 0);
+	ASSERT(strcmp(self_perms(m + ro), "r--p") == 0);
+	pid_t w = fork();
+	ASSERT(w >= 0);
+	if (w == 0) {
+		/* In once the pages are private: then overwrites it all. */
+		int wfd = open(img, O_WRONLY);
+		char junk[4096];
+		memset(junk, 0xee, sizeof(junk));
+		for (size_t off = 0; wfd >= 0 && off < len; off += sizeof(junk))
+			if (pwrite(wfd, junk, sizeof(junk), (off_t)off) != (ssize_t)sizeof(junk))
+				_exit(2);
+		_exit(wfd >= 0 && fsync(wfd) == 0 ? 0 : 1);
+	}
+	int status;
+	ASSERT_EQ(waitpid(w, &status, 0), w);
+	ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.lease_breaks, 1);
+	ASSERT(memcmp(m, orig, len) == 0);
+	for (size_t off = 0; off < len; off += 4096)
+		ASSERT(!(self_pagemap(m + off) & (1ull << 61)));
+	ASSERT(strcmp(self_perms(m + ro), "r--p") == 0);
+	ASSERT(strcmp(self_perms(m + 2 * ro - 4096), "r--p") == 0);
+	ASSERT(strcmp(self_perms(m), "rw-p") == 0);
+	ASSERT(strcmp(self_perms(m + 2 * ro), "rw-p") == 0);
+	ASSERT(strcmp(self_perms(m + len - 4096), "rw-p") == 0);
+	md_agent_free(a);
+	munmap(m, len);
+	close(fd);
+	free(orig);
+	return 0;
+}
+
 static void valid_file(struct md__stats_file *f)
 {
 	memset(f, 0, sizeof(*f));
