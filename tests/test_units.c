@@ -1619,13 +1619,13 @@ static int fake_level(const char *dir, const char *name, const char *limit, cons
 
 #define MiB (1ull << 20)
 
-/* md__memroom_available through the fake /proc (64 GiB available), and
+/* md__memroom_available through the fake /proc (host_kb available), and
  * the levels md__memroom_open kept in *kept if not NULL. */
-static uint64_t fake_room(unsigned *kept)
+static uint64_t fake_room_host(unsigned *kept, unsigned long long host_kb)
 {
 	char proc[1024];
 	snprintf(proc, sizeof(proc), "%s/proc", test_dir());
-	if (fake_put("proc/meminfo", "MemTotal: 134217728 kB\nMemAvailable: 67108864 kB\n") != 0)
+	if (fake_put("proc/meminfo", "MemTotal: 134217728 kB\nMemAvailable: %llu kB\n", host_kb) != 0)
 		return 0;
 	md__memroom_proc = proc;
 	struct md__memroom m;
@@ -1638,6 +1638,31 @@ static uint64_t fake_room(unsigned *kept)
 	}
 	md__memroom_proc = "/proc";
 	return room;
+}
+
+/* The same with 64 GiB available: the cgroup's limits decide. */
+static uint64_t fake_room(unsigned *kept)
+{
+	return fake_room_host(kept, 64ull << 20);
+}
+
+/* The host's MemAvailable bounds the room whatever the cgroup says: with
+ * no limit on any level (most hosts) it is all there is, and taken for
+ * none every unmerge passed the check, the copies left to the kernel's
+ * reclaim or its OOM killer. */
+TEST_IMPL(memroom_host_available_counts)
+{
+	ASSERT_EQ(fake_put("proc/self/mountinfo", "40 30 0:37 / @/unified rw,relatime - cgroup2 cgroup2 rw\n"), 0);
+	ASSERT_EQ(fake_put("proc/self/cgroup", "0::/vm\n"), 0);
+	ASSERT_EQ(fake_level("unified/vm", "memory.max", "max", "memory.current", 900 * MiB, "memory.high", "max",
+			     NULL, 0), 0);
+	ASSERT_EQ(fake_room_host(NULL, 102400), 100 * MiB);
+	/* A limit that leaves more than the host has: the host's. */
+	ASSERT_EQ(fake_put("unified/vm/memory.max", "%llu\n", 2048 * MiB), 0);
+	ASSERT_EQ(fake_room_host(NULL, 102400), 100 * MiB);
+	/* One that leaves less: the limit's. */
+	ASSERT_EQ(fake_room_host(NULL, 4096 * 1024), 1148 * MiB);
+	return 0;
 }
 
 /* cgroup v2's memory.high is a limit too (past it the kernel throttles
