@@ -366,17 +366,43 @@ static const char *self_perms(const void *p)
 	return perms;
 }
 
-/* A lease break over pages the VMM made read-only itself (a VMM linking
- * libmemdedup.so, or raw syscalls: no interposer gives the stretch up
- * first, as the preload's mprotect does): the write fault refuses them,
- * so they are copied aside and moved into place. The content stays what
- * the guest read, no page is the file's any more, and the stretch keeps
- * the VMM's protection (a copy left writable lets the guest write what
- * the VMM protected). */
+/* Whether the mapping at p has the VmFlags flag fl ("dc") in
+ * /proc/self/smaps. */
+static int self_vmflag(const void *p, const char *fl)
+{
+	char line[1024];
+	int in = 0, has = 0;
+	FILE *f = fopen("/proc/self/smaps", "r");
+	if (!f)
+		return 0;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long lo, hi;
+		if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && strchr(line, '-') < strchr(line, ' '))
+			in = lo <= (uintptr_t)p && (uintptr_t)p < hi;
+		else if (in && strncmp(line, "VmFlags:", 8) == 0) {
+			char want[8];
+			snprintf(want, sizeof(want), " %s", fl);
+			for (char *w = strstr(line, want); w && !has; w = strstr(w + 1, want))
+				has = w[strlen(want)] == ' ' || w[strlen(want)] == '\n';
+			break;
+		}
+	}
+	fclose(f);
+	return has;
+}
+
+/* A lease break over pages the VMM made read-only, or not even readable,
+ * itself (a VMM linking libmemdedup.so, or raw syscalls: no interposer
+ * gives the stretch up first, as the preload's mprotect does): the write
+ * fault refuses them, so they are copied aside and moved into place. The
+ * content stays what the guest read, no page is the file's any more, and
+ * each stretch keeps the VMM's protection (a copy left writable lets the
+ * guest write what the VMM protected) and the region's advice (a copy
+ * without MADV_DONTFORK goes to every child). */
 TEST_IMPL(lease_break_read_only_stretch_in_process)
 {
 	enum { PAGES = 64 };
-	const size_t len = PAGES * 4096, ro = 16 * 4096;
+	const size_t len = PAGES * 4096, ro = 16 * 4096, none = 40 * 4096;
 	char img[512];
 	snprintf(img, sizeof(img), "%s/ro-stretch.img", test_dir());
 	make_image(img, len, 23);
@@ -390,8 +416,12 @@ TEST_IMPL(lease_break_read_only_stretch_in_process)
 	ASSERT_EQ(md_agent_new(&a, &o), 0);
 	char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	ASSERT(m != MAP_FAILED);
-	ASSERT_EQ(md_agent_register(a, m, len, 0), 0);
+	ASSERT_EQ(madvise(m, len, MADV_DONTFORK), 0);
+	ASSERT_EQ(md_agent_register(a, m, len, MD_ADV_DONTFORK), 0);
 	ASSERT_EQ(md_agent_pread(a, fd, m, len, 0), (ssize_t)len);
+	/* The advice the agent's thread gives new mappings within a second,
+	 * given now: what the copies have is then theirs alone. */
+	md__regions_flush_advice(a);
 	md_stats s;
 	ASSERT_EQ(md_agent_stats(a, &s), 0);
 	ASSERT_EQ(s.pages_shared_at_read, PAGES);
@@ -399,7 +429,9 @@ TEST_IMPL(lease_break_read_only_stretch_in_process)
 	for (size_t off = 0; off < len; off += 4096)
 		ASSERT(self_pagemap(m + off) & (1ull << 61));
 	ASSERT_EQ(mprotect(m + ro, ro, PROT_READ), 0);
+	ASSERT_EQ(mprotect(m + none, 4 * 4096, PROT_NONE), 0);
 	ASSERT(strcmp(self_perms(m + ro), "r--p") == 0);
+	ASSERT(self_vmflag(m + ro, "dc"));
 	pid_t w = fork();
 	ASSERT(w >= 0);
 	if (w == 0) {
@@ -417,14 +449,29 @@ TEST_IMPL(lease_break_read_only_stretch_in_process)
 	ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 	ASSERT_EQ(md_agent_stats(a, &s), 0);
 	ASSERT_EQ(s.lease_breaks, 1);
-	ASSERT(memcmp(m, orig, len) == 0);
 	for (size_t off = 0; off < len; off += 4096)
 		ASSERT(!(self_pagemap(m + off) & (1ull << 61)));
 	ASSERT(strcmp(self_perms(m + ro), "r--p") == 0);
 	ASSERT(strcmp(self_perms(m + 2 * ro - 4096), "r--p") == 0);
+	ASSERT(strcmp(self_perms(m + none), "---p") == 0);
+	ASSERT(strcmp(self_perms(m + none + 3 * 4096), "---p") == 0);
 	ASSERT(strcmp(self_perms(m), "rw-p") == 0);
 	ASSERT(strcmp(self_perms(m + 2 * ro), "rw-p") == 0);
+	ASSERT(strcmp(self_perms(m + none + 4 * 4096), "rw-p") == 0);
 	ASSERT(strcmp(self_perms(m + len - 4096), "rw-p") == 0);
+	ASSERT(self_vmflag(m + ro, "dc") && self_vmflag(m + none, "dc"));
+	ASSERT_EQ(mprotect(m + none, 4 * 4096, PROT_READ), 0);
+	ASSERT(memcmp(m, orig, len) == 0);
+	/* The copies left in the image's mapping, made read-only since, then
+	 * discarded: zeroes (the kernel's discard would show the file, the
+	 * writer's bytes), read-only still. */
+	const size_t late = 48 * 4096;
+	ASSERT_EQ(mprotect(m + late, 4 * 4096, PROT_READ), 0);
+	ASSERT_EQ(md_agent_madvise_discard(a, m + late, 4 * 4096, MADV_DONTNEED), 0);
+	ASSERT(strcmp(self_perms(m + late), "r--p") == 0);
+	for (size_t off = late; off < late + 4 * 4096; off++)
+		ASSERT_EQ(m[off], 0);
+	ASSERT(memcmp(m + late + 4 * 4096, orig + late + 4 * 4096, len - late - 4 * 4096) == 0);
 	md_agent_free(a);
 	munmap(m, len);
 	close(fd);
