@@ -315,6 +315,74 @@ TEST_IMPL(regions_remove_split)
 	return 0;
 }
 
+/* The count of pages recorded as an image's (what bounds the reads shared
+ * to what a lease break can make private in time) follows the records: a
+ * page set again counts once, one cleared that was not set counts
+ * nothing, and records removed take their pages along. Too high, reads
+ * were copied for good; too low, more were shared than a break makes
+ * private before the kernel lets the writer in. */
+TEST_IMPL(owners_count_follows_records)
+{
+	struct md_agent a;
+	agent_init(&a);
+	ASSERT_EQ(md__regions_add(&a, 0x100000, 0x110000, 0), 0);
+	ASSERT_EQ(md__regions_add(&a, 0x200000, 0x210000, 0), 0);
+	struct md__region *r = md__region_find(&a, 0x100000, 1);
+	md__owners_set(&a, r, 0x100000, 4, 3);
+	md__owners_set(&a, r, 0x100000, 4, 5);
+	ASSERT_EQ(a.owned, 4);
+	md__owners_set(&a, r, 0x100000, 8, 0);
+	ASSERT_EQ(a.owned, 0);
+	md__owners_set(&a, r, 0x102000, 4, 3);
+	r = md__region_find(&a, 0x200000, 1);
+	md__owners_set(&a, r, 0x20f000, 1, 3);
+	ASSERT_EQ(a.owned, 5);
+	/* A removal over more than the records: each takes its own. */
+	ASSERT_EQ(md__regions_remove(&a, 0x80000, 0x180000), 0);
+	ASSERT_EQ(a.owned, 1);
+	ASSERT_EQ(md__regions_remove(&a, 0x1f0000, 0x300000), 0);
+	ASSERT_EQ(a.owned, 0);
+	md__regions_free(&a);
+	return 0;
+}
+
+/* The count of pages mapped from images (what bounds the reads shared to
+ * what a lease break can make private in time) counts a page read again
+ * once: counted twice, it never came back down as pages were let go, and
+ * reads were copied for good (no_lease). */
+TEST_IMPL(image_pages_counted_once_when_read_again)
+{
+	char img[512];
+	snprintf(img, sizeof(img), "%s/again.img", test_dir());
+	make_image(img, 16 * 4096, 29);
+	int fd = open(img, O_RDONLY | O_CLOEXEC);
+	ASSERT(fd >= 0);
+	md_agent *a;
+	md_agent_options o = { .run_dir = "" };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	char *m = mmap(NULL, 32 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	ASSERT_EQ(md_agent_register(a, m, 32 * 4096, 0), 0);
+	for (int k = 0; k < 3; k++)
+		ASSERT_EQ(md_agent_pread(a, fd, m, 16 * 4096, 0), 16 * 4096);
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, 48);
+	md__agent_enter(a);
+	uint64_t owned = a->owned;
+	md__agent_leave(a);
+	ASSERT_EQ(owned, 16);
+	ASSERT_EQ(md_agent_unmap(a, m, 16 * 4096), 0);
+	md__agent_enter(a);
+	owned = a->owned;
+	md__agent_leave(a);
+	ASSERT_EQ(owned, 0);
+	md_agent_free(a);
+	munmap(m, 32 * 4096);
+	close(fd);
+	return 0;
+}
+
 /* Pages that cannot be made private keep their owner (they still show the
  * image); those that could lose it. */
 TEST_IMPL(privatize_keeps_failed_owners)
