@@ -4,7 +4,7 @@
 
 #define TEST_LIST_AGENT(X) \
 	X(log_keeps_errno) X(mapping_query_keeps_errno) X(plan_aligned) X(plan_unaligned) X(plan_eof) X(plan_partial) \
-	X(regions_add_overlap) X(regions_remove_split) X(owners_count_follows_records) X(privatize_keeps_failed_owners) X(lease_break_read_only_stretch_in_process) X(image_pages_counted_once_when_read_again) X(rangeset_covers) X(rangeset_remove) X(ours_set_covers) \
+	X(regions_add_overlap) X(regions_remove_split) X(owners_count_follows_records) X(regions_add_failed_changes_nothing) X(privatize_keeps_failed_owners) X(lease_break_read_only_stretch_in_process) X(image_pages_counted_once_when_read_again) X(rangeset_covers) X(rangeset_remove) X(ours_set_covers) \
 	X(inflight_ranges) X(stats_parse_valid) X(stats_parse_rejects) X(proc_start_time) X(stats_file_remove_only_its_file) X(stats_removal_leftover_removed) X(range_no_file_vmas) X(range_file_maps_of_a_page) X(range_shared_finds_shared_maps) X(policies_follow_ranges) X(copy_own_pages_all_or_nothing) X(cow_break_changes_resident_pages) X(quiet_walks_wait_for_moved_pages) X(uring_entries_judged) X(uring_register_judged) X(range_runs_mapped_and_gone) \
 	X(parse_bool_strict) X(proto_shared_rules) X(memroom_limit_above_unlimited_levels) X(memroom_v2_high_is_a_limit) X(memroom_host_available_counts) X(memroom_reads_every_level) X(memroom_cgroup_mounts_found) X(cgroup_mount_shows_most) X(sg_io_buffers_found) X(index_resists_chosen_tags) X(scan_off_hint_says_what_to_do) \
 	X(cli_usage) X(cli_run_numbers_strict) X(cli_run_checks_preload) X(cli_help_unknown) X(cli_bench_bad_arguments) X(cli_guest_bad_options) X(cli_set_checks_all_first) X(cli_set_sends_every_pair) X(cli_set_bad_value_says_why) \

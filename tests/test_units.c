@@ -383,6 +383,38 @@ TEST_IMPL(image_pages_counted_once_when_read_again)
 	return 0;
 }
 
+/* A registration that cannot have its records changes nothing, the
+ * advice of the records already there included: a MADV_DONTFORK taken
+ * by them though the VMM's madvise failed has a fork leave their pages
+ * shared from an image in the child (they are made private first only
+ * where the child gets a copy). Re-registering what is registered adds
+ * no record. */
+TEST_IMPL(regions_add_failed_changes_nothing)
+{
+	struct md_agent a;
+	agent_init(&a);
+	ASSERT_EQ(md__regions_add(&a, 0x100000, 0x104000, 0), 0);
+	ASSERT_EQ(md__regions_add(&a, 0x100000, 0x104000, 0), 0);
+	ASSERT_EQ(md__regions_add(&a, 0x100000, 0x102000, 0), 0);
+	ASSERT_EQ(a.nregions, 1);
+	ASSERT_EQ(md__regions_add(&a, 0x100000, 0x108000, 0), 0);
+	ASSERT_EQ(a.nregions, 2);
+	/* Records up to the array's room (one kept spare). */
+	while (a.nregions + 2 < a.regions_cap) {
+		uintptr_t at = 0x1000000 + a.nregions * 0x10000;
+		ASSERT_EQ(md__regions_add(&a, at, at + 0x4000, 0), 0);
+	}
+	size_t n = a.nregions;
+	md__regions_fail_reserve = 1;
+	ASSERT_EQ(md__regions_add(&a, 0x100000, 0x2000000, MD_ADV_DONTFORK), -ENOMEM);
+	md__regions_fail_reserve = 0;
+	ASSERT_EQ(a.nregions, n);
+	for (size_t i = 0; i < a.nregions; i++)
+		ASSERT(!(a.regions[i].advice & MD_ADV_DONTFORK));
+	md__regions_free(&a);
+	return 0;
+}
+
 /* Pages that cannot be made private keep their owner (they still show the
  * image); those that could lose it. */
 TEST_IMPL(privatize_keeps_failed_owners)
