@@ -1825,6 +1825,27 @@ TEST_IMPL(memroom_host_available_counts)
 	return 0;
 }
 
+/* Copies (an unmerge's, a fork's) go ahead only with 64 MiB left to the
+ * VMM and the host once they are made: without it, the last copies take
+ * memory the VMM needs and the kernel reclaims or kills it. */
+TEST_IMPL(room_for_copies_leaves_margin)
+{
+	ASSERT_EQ(fake_put("proc/self/mountinfo", "40 30 0:37 / @/unified rw,relatime - cgroup2 cgroup2 rw\n"), 0);
+	ASSERT_EQ(fake_put("proc/self/cgroup", "0::/\n"), 0);
+	char proc[1024];
+	snprintf(proc, sizeof(proc), "%s/proc", test_dir());
+	/* 64 MiB and 100 pages available on the host, no cgroup limit. */
+	ASSERT_EQ(fake_put("proc/meminfo", "MemTotal: 1048576 kB\nMemAvailable: %u kB\n", 65536 + 400), 0);
+	struct md_agent a;
+	agent_init(&a);
+	md__memroom_proc = proc;
+	int fits = md__room_for_copies(&a, 100), over = md__room_for_copies(&a, 101);
+	md__memroom_proc = "/proc";
+	ASSERT(fits);
+	ASSERT(!over);
+	return 0;
+}
+
 /* cgroup v2's memory.high is a limit too (past it the kernel throttles
  * the VMM and reclaims): a parent without memory.max but with
  * memory.high left the whole host as room. */
