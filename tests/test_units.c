@@ -415,6 +415,23 @@ TEST_IMPL(regions_add_failed_changes_nothing)
 	return 0;
 }
 
+/* Whether a fork copies guest RAM (how long it waits for the agent's lock
+ * to make the image pages there private first, and whether it counts
+ * them left shared when it could not) asks every record, not the last
+ * one in address order. */
+TEST_IMPL(fork_copies_ram_asks_every_region)
+{
+	struct md_agent a;
+	agent_init(&a);
+	ASSERT_EQ(md__regions_add(&a, 0x100000, 0x110000, 0), 0);
+	ASSERT_EQ(md__regions_add(&a, 0x200000, 0x210000, MD_ADV_DONTFORK), 0);
+	ASSERT_EQ(a.fork_copies_ram, 1);
+	ASSERT_EQ(md__regions_remove(&a, 0x100000, 0x110000), 0);
+	ASSERT_EQ(a.fork_copies_ram, 0);
+	md__regions_free(&a);
+	return 0;
+}
+
 /* Pages that cannot be made private keep their owner (they still show the
  * image); those that could lose it. */
 TEST_IMPL(privatize_keeps_failed_owners)
