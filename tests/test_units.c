@@ -433,7 +433,7 @@ TEST_IMPL(fork_copies_ram_asks_every_region)
 }
 
 /* Pages that cannot be made private keep their owner (they still show the
- * image); those that could lose it. */
+ * image); those that could lose it, and leave the count of image pages. */
 TEST_IMPL(privatize_keeps_failed_owners)
 {
 	struct md_agent a;
@@ -444,12 +444,11 @@ TEST_IMPL(privatize_keeps_failed_owners)
 	ASSERT(m != MAP_FAILED);
 	ASSERT_EQ(md__regions_add(&a, (uintptr_t)m, (uintptr_t)m + 16 * 4096, 0), 0);
 	struct md__region *r = md__region_find(&a, 0x100000, 1);
-	for (int i = 0; i < 8; i++)
-		r->owner[i] = 3;
+	md__owners_set(&a, r, 0x100000, 8, 3);
 	struct md__region *q = md__region_find(&a, (uintptr_t)m, 1);
-	for (int i = 0; i < 8; i++)
-		q->owner[i] = 3;
+	md__owners_set(&a, q, (uintptr_t)m, 8, 3);
 	ASSERT(md__privatize(&a, 0, UINTPTR_MAX, 3) < 0);
+	ASSERT_EQ(a.owned, 8);
 	r = md__region_find(&a, 0x100000, 1);
 	q = md__region_find(&a, (uintptr_t)m, 1);
 	for (int i = 0; i < 8; i++) {
