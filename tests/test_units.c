@@ -383,6 +383,41 @@ TEST_IMPL(image_pages_counted_once_when_read_again)
 	return 0;
 }
 
+/* The image pages an unmerge or a fork would copy, which the memory check
+ * weighs: those the guest has not written, each read at its own pagemap
+ * entry. Read one page off, a written page beside a run stood for the
+ * run's first, unwritten one: fewer copies than there were, made without
+ * the memory for them. */
+TEST_IMPL(owned_unwritten_pages_counted)
+{
+	char img[512];
+	snprintf(img, sizeof(img), "%s/unwritten.img", test_dir());
+	make_image(img, 16 * 4096, 37);
+	int fd = open(img, O_RDONLY | O_CLOEXEC);
+	ASSERT(fd >= 0);
+	md_agent *a;
+	md_agent_options o = { .run_dir = "" };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	char *m = mmap(NULL, 32 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	ASSERT_EQ(md_agent_register(a, m, 32 * 4096, 0), 0);
+	ASSERT_EQ(md_agent_pread(a, fd, m, 16 * 4096, 0), 16 * 4096);
+	m[16 * 4096] = 1;	/* the guest's own page after the run */
+	md__agent_enter(a);
+	uint64_t before = md__owned_unwritten_pages(a);
+	md__agent_leave(a);
+	m[0] = 1;	/* a page of the run, written: a private copy already */
+	md__agent_enter(a);
+	uint64_t after = md__owned_unwritten_pages(a);
+	md__agent_leave(a);
+	ASSERT_EQ(before, 16);
+	ASSERT_EQ(after, 15);
+	md_agent_free(a);
+	munmap(m, 32 * 4096);
+	close(fd);
+	return 0;
+}
+
 /* A registration that cannot have its records changes nothing, the
  * advice of the records already there included: a MADV_DONTFORK taken
  * by them though the VMM's madvise failed has a fork leave their pages
