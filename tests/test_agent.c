@@ -1320,6 +1320,23 @@ static const char *refusing_cgroup_slow_breaks(struct test_cgroup *cg)
 	return none;
 }
 
+/* An agent's process a that read a fresh image (name, seed: its path in
+ * img, its hash in *orig) in a refusing cgroup cg, with room for a
+ * quarter of the image's copies: NULL, or why it cannot be had here. */
+static const char *image_short_of_memory(struct test_cgroup *cg, struct proc *a, char *img, size_t size,
+					 const char *name, unsigned seed, uint64_t *orig)
+{
+	if (getenv("MD_TEST_PRELOAD_FIRST"))
+		return "under AddressSanitizer, whose own allocations wait at the cgroup's limit";
+	const char *none = refusing_cgroup(cg);
+	if (none)
+		return none;
+	read_fresh_image(a, img, size, name, seed, NULL, orig);
+	ASSERT_EQ(cgroup_enter(cg, a->pid), 0);
+	ASSERT_EQ(cgroup_limit(cg, cgroup_usage(cg) + IMG_SIZE / 4), 0);
+	return NULL;
+}
+
 TEST_IMPL(lease_break_short_of_memory)
 {
 	struct test_cgroup cg;
@@ -1362,18 +1379,13 @@ TEST_IMPL(lease_break_short_of_memory)
  * the memory went on being shared and scanned); with memory, it works. */
 TEST_IMPL(unmergeable_short_of_memory_fails)
 {
-	if (getenv("MD_TEST_PRELOAD_FIRST"))
-		SKIP("under AddressSanitizer, whose own allocations wait at the cgroup's limit");
 	struct test_cgroup cg;
-	const char *none = refusing_cgroup(&cg);
-	if (none)
-		SKIP("%s", none);
 	char img[512];
 	uint64_t orig;
 	struct proc a;
-	read_fresh_image(&a, img, sizeof(img), "image-unmergeable", 16, NULL, &orig);
-	ASSERT_EQ(cgroup_enter(&cg, a.pid), 0);
-	ASSERT_EQ(cgroup_limit(&cg, cgroup_usage(&cg) + IMG_SIZE / 4), 0);
+	const char *none = image_short_of_memory(&cg, &a, img, sizeof(img), "image-unmergeable", 16, &orig);
+	if (none)
+		SKIP("%s", none);
 	ASSERT_EQ(proc_num(&a, "advise 0 %u unmergeable", IMG_SIZE), -ENOMEM);
 	ASSERT_EQ(cgroup_limit(&cg, 1ull << 30), 0);
 	ASSERT_EQ(proc_num(&a, "advise 0 %u unmergeable", IMG_SIZE), 0);
@@ -1392,18 +1404,13 @@ TEST_IMPL(unmergeable_short_of_memory_fails)
  * memory the agent still maps and tracks. */
 TEST_IMPL(vmm_userfault_short_of_memory_fails)
 {
-	if (getenv("MD_TEST_PRELOAD_FIRST"))
-		SKIP("under AddressSanitizer, whose own allocations wait at the cgroup's limit");
 	struct test_cgroup cg;
-	const char *none = refusing_cgroup(&cg);
-	if (none)
-		SKIP("%s", none);
 	char img[512];
 	uint64_t orig;
 	struct proc a;
-	read_fresh_image(&a, img, sizeof(img), "image-userfault", 19, NULL, &orig);
-	ASSERT_EQ(cgroup_enter(&cg, a.pid), 0);
-	ASSERT_EQ(cgroup_limit(&cg, cgroup_usage(&cg) + IMG_SIZE / 4), 0);
+	const char *none = image_short_of_memory(&cg, &a, img, sizeof(img), "image-userfault", 19, &orig);
+	if (none)
+		SKIP("%s", none);
 	ASSERT_EQ(proc_num(&a, "uffd 0 %u missing", IMG_SIZE), -ENOMEM);
 	ASSERT_EQ(cgroup_limit(&cg, 1ull << 30), 0);
 	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", IMG_SIZE), hex(orig)) == 0);
@@ -2781,18 +2788,13 @@ TEST_IMPL(failed_move_keeps_registration)
  * before memory ran out stay so; the rest stay the image's, tracked. */
 TEST_IMPL(move_short_of_memory_fails)
 {
-	if (getenv("MD_TEST_PRELOAD_FIRST"))
-		SKIP("under AddressSanitizer, whose own allocations wait at the cgroup's limit");
 	struct test_cgroup cg;
-	const char *none = refusing_cgroup(&cg);
-	if (none)
-		SKIP("%s", none);
 	char img[512];
 	uint64_t orig;
 	struct proc a;
-	read_fresh_image(&a, img, sizeof(img), "image-move", 18, NULL, &orig);
-	ASSERT_EQ(cgroup_enter(&cg, a.pid), 0);
-	ASSERT_EQ(cgroup_limit(&cg, cgroup_usage(&cg) + IMG_SIZE / 4), 0);
+	const char *none = image_short_of_memory(&cg, &a, img, sizeof(img), "image-move", 18, &orig);
+	if (none)
+		SKIP("%s", none);
 	ASSERT_EQ(proc_num(&a, "move 0 %u", IMG_SIZE / 4096), -ENOMEM);
 	ASSERT_EQ(cgroup_limit(&cg, 1ull << 30), 0);
 	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", IMG_SIZE), hex(orig)) == 0);	/* and present */
