@@ -346,23 +346,33 @@ TEST_IMPL(owners_count_follows_records)
 	return 0;
 }
 
+/* An agent of this process (no daemon, no scanning), 32 pages of RAM
+ * registered, and a 16-page image made as name (seed) open in *fd: the
+ * RAM. */
+static char *image_and_ram(md_agent **a, const char *name, unsigned seed, int *fd)
+{
+	char img[512];
+	snprintf(img, sizeof(img), "%s/%s", test_dir(), name);
+	make_image(img, 16 * 4096, seed);
+	*fd = open(img, O_RDONLY | O_CLOEXEC);
+	ASSERT(*fd >= 0);
+	md_agent_options o = { .run_dir = "" };
+	ASSERT_EQ(md_agent_new(a, &o), 0);
+	char *m = mmap(NULL, 32 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	ASSERT_EQ(md_agent_register(*a, m, 32 * 4096, 0), 0);
+	return m;
+}
+
 /* The count of pages mapped from images (what bounds the reads shared to
  * what a lease break can make private in time) counts a page read again
  * once: counted twice, it never came back down as pages were let go, and
  * reads were copied for good (no_lease). */
 TEST_IMPL(image_pages_counted_once_when_read_again)
 {
-	char img[512];
-	snprintf(img, sizeof(img), "%s/again.img", test_dir());
-	make_image(img, 16 * 4096, 29);
-	int fd = open(img, O_RDONLY | O_CLOEXEC);
-	ASSERT(fd >= 0);
 	md_agent *a;
-	md_agent_options o = { .run_dir = "" };
-	ASSERT_EQ(md_agent_new(&a, &o), 0);
-	char *m = mmap(NULL, 32 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	ASSERT(m != MAP_FAILED);
-	ASSERT_EQ(md_agent_register(a, m, 32 * 4096, 0), 0);
+	int fd;
+	char *m = image_and_ram(&a, "again.img", 29, &fd);
 	for (int k = 0; k < 3; k++)
 		ASSERT_EQ(md_agent_pread(a, fd, m, 16 * 4096, 0), 16 * 4096);
 	md_stats s;
@@ -390,17 +400,9 @@ TEST_IMPL(image_pages_counted_once_when_read_again)
  * the memory for them. */
 TEST_IMPL(owned_unwritten_pages_counted)
 {
-	char img[512];
-	snprintf(img, sizeof(img), "%s/unwritten.img", test_dir());
-	make_image(img, 16 * 4096, 37);
-	int fd = open(img, O_RDONLY | O_CLOEXEC);
-	ASSERT(fd >= 0);
 	md_agent *a;
-	md_agent_options o = { .run_dir = "" };
-	ASSERT_EQ(md_agent_new(&a, &o), 0);
-	char *m = mmap(NULL, 32 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	ASSERT(m != MAP_FAILED);
-	ASSERT_EQ(md_agent_register(a, m, 32 * 4096, 0), 0);
+	int fd;
+	char *m = image_and_ram(&a, "unwritten.img", 37, &fd);
 	ASSERT_EQ(md_agent_pread(a, fd, m, 16 * 4096, 0), 16 * 4096);
 	m[16 * 4096] = 1;	/* the guest's own page after the run */
 	md__agent_enter(a);
