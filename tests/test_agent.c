@@ -1337,6 +1337,29 @@ static const char *image_short_of_memory(struct test_cgroup *cg, struct proc *a,
 	return NULL;
 }
 
+/* After image_short_of_memory's call that was refused for want of memory:
+ * memory given back, the content is the image's still, and the pages left
+ * the image's are still tracked and registered: a lease break makes them
+ * private. Stops a and lets cg go. */
+static void refused_left_tracked(struct test_cgroup *cg, struct proc *a, const char *img, uint64_t orig)
+{
+	ASSERT_EQ(cgroup_limit(cg, 1ull << 30), 0);
+	ASSERT(strcmp(proc_cmd(a, "hash 0 %u", IMG_SIZE), hex(orig)) == 0);	/* and present */
+	unsigned left = 0;
+	for (size_t off = 0; off < IMG_SIZE; off += 16 * 4096)
+		left += proc_page_is_image(a, off, img, (off_t)off);
+	ASSERT(left > 0);
+	md_stats s;
+	ASSERT_EQ(proc_stats(a, &s), 0);
+	ASSERT_EQ(s.registered_bytes, (uint64_t)RAM_PAGES * 4096);
+	close(overwrite_image(img, NULL));
+	for (size_t off = 0; off < IMG_SIZE; off += 16 * 4096)
+		ASSERT(!proc_page(a, off).file);
+	ASSERT(strcmp(proc_cmd(a, "hash 0 %u", IMG_SIZE), hex(orig)) == 0);
+	proc_stop(a);
+	close(cg->guard);
+}
+
 TEST_IMPL(lease_break_short_of_memory)
 {
 	struct test_cgroup cg;
@@ -1412,21 +1435,7 @@ TEST_IMPL(vmm_userfault_short_of_memory_fails)
 	if (none)
 		SKIP("%s", none);
 	ASSERT_EQ(proc_num(&a, "uffd 0 %u missing", IMG_SIZE), -ENOMEM);
-	ASSERT_EQ(cgroup_limit(&cg, 1ull << 30), 0);
-	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", IMG_SIZE), hex(orig)) == 0);
-	unsigned left = 0;
-	for (size_t off = 0; off < IMG_SIZE; off += 16 * 4096)
-		left += proc_page_is_image(&a, off, img, (off_t)off);
-	ASSERT(left > 0);
-	md_stats s;
-	ASSERT_EQ(proc_stats(&a, &s), 0);
-	ASSERT_EQ(s.registered_bytes, (uint64_t)RAM_PAGES * 4096);
-	close(overwrite_image(img, NULL));
-	for (size_t off = 0; off < IMG_SIZE; off += 16 * 4096)
-		ASSERT(!proc_page(&a, off).file);
-	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", IMG_SIZE), hex(orig)) == 0);
-	proc_stop(&a);
-	close(cg.guard);
+	refused_left_tracked(&cg, &a, img, orig);
 	return 0;
 }
 
@@ -2796,21 +2805,7 @@ TEST_IMPL(move_short_of_memory_fails)
 	if (none)
 		SKIP("%s", none);
 	ASSERT_EQ(proc_num(&a, "move 0 %u", IMG_SIZE / 4096), -ENOMEM);
-	ASSERT_EQ(cgroup_limit(&cg, 1ull << 30), 0);
-	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", IMG_SIZE), hex(orig)) == 0);	/* and present */
-	unsigned left = 0;
-	for (size_t off = 0; off < IMG_SIZE; off += 16 * 4096)
-		left += proc_page_is_image(&a, off, img, (off_t)off);
-	ASSERT(left > 0);
-	md_stats s;
-	ASSERT_EQ(proc_stats(&a, &s), 0);
-	ASSERT_EQ(s.registered_bytes, (uint64_t)RAM_PAGES * 4096);
-	close(overwrite_image(img, NULL));
-	for (size_t off = 0; off < IMG_SIZE; off += 16 * 4096)
-		ASSERT(!proc_page(&a, off).file);
-	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", IMG_SIZE), hex(orig)) == 0);
-	proc_stop(&a);
-	close(cg.guard);
+	refused_left_tracked(&cg, &a, img, orig);
 	return 0;
 }
 
