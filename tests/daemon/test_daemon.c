@@ -3749,6 +3749,46 @@ TEST_IMPL(daemon_unmerge_counts_agents_gone)
 	return 0;
 }
 
+/* An agent waiting its turn behind another request's agent that does not
+ * answer (a VMM stopped) exits: its request is answered then ("1 exited
+ * before its turn"), not once the earlier agent's turn is over. */
+TEST_IMPL(daemon_unmerge_queued_agent_exits)
+{
+	struct tdaemon t;
+	struct control_call k1, k2;
+	struct fake_agent o[2];
+
+	setenv("MEMDEDUP_CONTROL_WAIT_MS", "5000", 1);
+	td_start(&t, 16);
+	unsetenv("MEMDEDUP_CONTROL_WAIT_MS");
+	for (int i = 0; i < 2; i++)
+		fake_agent_start(&t, &o[i]);
+	struct md__client *cli1 = td_connect(&t), *cli2 = td_connect(&t);
+	md__client_set_timeout(cli1, 10000);
+	md__client_set_timeout(cli2, 10000);
+	control_start(&k1, cli1, MD_CTL_UNMERGE, o[0].pid, NULL, NULL);
+	ASSERT_EQ(fake_agent_got(&o[0], 2000), 'U');
+	control_start(&k2, cli2, MD_CTL_UNMERGE, o[1].pid, NULL, NULL);
+	usleep(300000);
+	ASSERT_EQ(fake_agent_got(&o[1], 0), 0);	/* queued behind o[0] */
+	double t0 = now();
+	fake_agent_end(&o[1]);
+	ASSERT_EQ(control_end(&k2), 0);
+	if (now() - t0 >= 2)
+		fprintf(stderr, "  answered after %.2f s\n", now() - t0);
+	ASSERT(now() - t0 < 2);
+	if (strcmp(k2.text, "unmerge done by 0 agents; 1 exited before its turn"))
+		fprintf(stderr, "  CONTROL_R says '%s'\n", k2.text);
+	ASSERT(strcmp(k2.text, "unmerge done by 0 agents; 1 exited before its turn") == 0);
+	fake_agent_tell(&o[0], 'a');
+	ASSERT_EQ(control_end(&k1), 0);
+	fake_agent_end(&o[0]);
+	md__client_free(cli2);
+	md__client_free(cli1);
+	td_stop(&t);
+	return 0;
+}
+
 /* A RESUME of all while an UNMERGE's queue runs: the agent still queued
  * got the RESUME, then the UNMERGE, and ended unmerged and paused, the
  * opposite of the later command. The later command wins: the queued agent
