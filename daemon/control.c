@@ -216,12 +216,12 @@ static int waiting(const struct md__pending_control *p)
 /* Tells the CLIs that asked (MD_CONTROL_NOTICES) and whose UNMERGE still
  * waits that the queue moved on: each CLI restarts its wait, as each
  * agent's turn has a deadline of its own (the requests before theirs took
- * theirs too). */
-static void notify(struct md__daemon *d, pid_t pid)
+ * theirs too). The text names no pid: the agent may be another user's. */
+static void notify(struct md__daemon *d, const char *what)
 {
 	struct md__msg n = { .hdr = { .type = MD_MSG_CONTROL_R, .seq = 0 } };
 	n.u.text.status = -EINPROGRESS;
-	snprintf(n.u.text.text, sizeof(n.u.text.text), "unmerge: pid %d's turn", (int)pid);
+	snprintf(n.u.text.text, sizeof(n.u.text.text), "unmerge: %s", what);
 	for (struct md__pending_control *p = d->controls; p; p = p->next)
 		if (p->op == MD_CTL_UNMERGE && p->notices && p->cli && waiting(p))
 			md__conn_send(d, p->cli, &n, -1);
@@ -250,7 +250,7 @@ static int unmerge_next(struct md__daemon *d)
 			}
 			forward(d, p, a);
 			if (p->nowed) {
-				notify(d, a->pid);
+				notify(d, "the next agent's turn");
 				return 1;
 			}
 		}

@@ -3789,6 +3789,40 @@ TEST_IMPL(daemon_unmerge_queued_agent_exits)
 	return 0;
 }
 
+/* The notice of an UNMERGE's turn goes to every CLI waiting with one: it
+ * named the agent's pid, another user's agent too. It names none. */
+TEST_IMPL(daemon_unmerge_notice_names_no_pid)
+{
+	struct tdaemon t;
+	struct fake_agent o;
+	struct md__msg m = { .hdr = { .type = MD_MSG_CONTROL, .seq = 1 } }, r;
+	char pid[32];
+
+	td_start(&t, 16);
+	fake_agent_start(&t, &o);
+	int fd = raw_connect(&t);
+	m.u.control.op = MD_CTL_UNMERGE;
+	m.u.control.pid = o.pid;
+	m.u.control.token = MD_CONTROL_NOTICES;
+	raw_send(fd, &m);
+	ASSERT_EQ(fake_agent_got(&o, 2000), 'U');
+	ASSERT_EQ(raw_next(fd, &r), MD_MSG_CONTROL_R);
+	ASSERT_EQ(r.hdr.seq, 0);
+	ASSERT_EQ(r.u.text.status, -EINPROGRESS);
+	snprintf(pid, sizeof(pid), "%d", (int)o.pid);
+	if (strstr(r.u.text.text, "pid") || strstr(r.u.text.text, pid))
+		fprintf(stderr, "  the notice says '%s'\n", r.u.text.text);
+	ASSERT(!strstr(r.u.text.text, "pid") && !strstr(r.u.text.text, pid));
+	fake_agent_tell(&o, 'a');
+	ASSERT_EQ(raw_next(fd, &r), MD_MSG_CONTROL_R);
+	ASSERT_EQ(r.hdr.seq, 1);
+	ASSERT_EQ(r.u.text.status, 0);
+	close(fd);
+	fake_agent_end(&o);
+	td_stop(&t);
+	return 0;
+}
+
 /* A RESUME of all while an UNMERGE's queue runs: the agent still queued
  * got the RESUME, then the UNMERGE, and ended unmerged and paused, the
  * opposite of the later command. The later command wins: the queued agent
