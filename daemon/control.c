@@ -324,9 +324,9 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 	if (c->uid != 0 && mine >= MD_D_CONTROLS_PER_UID) {
 		cr.u.text.status = -EUSERS;
 		snprintf(cr.u.text.text, sizeof(cr.u.text.text),
-			 "uid %u has %u CONTROLs waiting for their agents (at most %u): try again once "
-			 "they are answered (within %d s)", (unsigned)c->uid, mine, MD_D_CONTROLS_PER_UID,
-			 (d->control_wait_ms + 999) / 1000);
+			 "uid %u has %u CONTROLs waiting for their agents (at most %u): try again once one "
+			 "is answered (unmerges go one agent at a time, all users' in turn, up to %d s each)",
+			 (unsigned)c->uid, mine, MD_D_CONTROLS_PER_UID, (d->control_wait_ms + 999) / 1000);
 		goto reply;
 	}
 	for (struct md__agent *a = d->agents; a; a = a->next)
