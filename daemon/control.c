@@ -8,7 +8,8 @@
  * answers CONTROL_R once each has said how it went (CONTROL_DONE with that
  * token), has gone away, or MD_CONTROL_WAIT_MS have passed (less if
  * MEMDEDUP_CONTROL_WAIT_MS says; for an UNMERGE, since the agent's turn
- * came). An agent may refuse: unmerge when the host (or its cgroup) lacks
+ * came; past it, the queue waits for that agent, which may still be
+ * copying, up to as long again). An agent may refuse: unmerge when the host (or its cgroup) lacks
  * the memory for the copies, resume once it stopped merging for good; the
  * CLI then says which agent and why, and exits 1.
  *
@@ -227,6 +228,29 @@ static void notify(struct md__daemon *d, const char *what)
 			md__conn_send(d, p->cli, &n, -1);
 }
 
+/* The UNMERGE queue goes on: the agent whose turn passed unanswered
+ * answered late, went, or had a second wait. */
+static void unhold(struct md__daemon *d)
+{
+	d->unmerge_late = 0;
+	d->unmerge_late_token = 0;
+	d->unmerge_held_until = 0;
+}
+
+/* An agent's turn passed with no answer: it may still be copying, and the
+ * next one sent it would check its memory beside those copies (the OOM the
+ * queue is there to prevent). No agent is sent an UNMERGE until this one
+ * answers, goes, or a second wait passes. */
+static void hold(struct md__daemon *d, pid_t pid, uint32_t token, int64_t now)
+{
+	d->unmerge_late = pid;
+	d->unmerge_late_token = token;
+	d->unmerge_held_until = now + d->control_wait_ms;
+	md__dlog_peer("unmerge: pid %d did not answer in %.1f s: no agent is sent one for up to %.1f s more, "
+		      "while it may still be copying", (int)pid, d->control_wait_ms / 1000.0,
+		      d->control_wait_ms / 1000.0);
+}
+
 /* An UNMERGE goes to one agent at a time, daemon-wide, the next once the
  * last answered (or went, or its deadline passed), the oldest request's
  * agents first: each agent checks the memory its copies need against
@@ -238,6 +262,9 @@ static int unmerge_next(struct md__daemon *d)
 	for (struct md__pending_control *p = d->controls; p; p = p->next)
 		if (p->op == MD_CTL_UNMERGE && p->nowed)
 			return 0;
+	if (d->unmerge_held_until && md__now_ms() < d->unmerge_held_until)
+		return 0;
+	unhold(d);
 	for (struct md__pending_control *p = d->controls; p; p = p->next) {
 		while (p->op == MD_CTL_UNMERGE && p->qnext < p->nqueue) {
 			struct md__queued_agent q = p->queue[p->qnext++];
@@ -476,6 +503,8 @@ void md__control_done(struct md__daemon *d, struct md__agent *a, const struct md
 	}
 	if (a->unmerged != unmerged)
 		md__reshare(d);	/* it scans again: its part back */
+	if (d->unmerge_held_until && a->pid == d->unmerge_late && done->token == d->unmerge_late_token)
+		unhold(d);	/* done copying, or refused: the next may check its memory */
 	/* Late (answered already, or its CLI went): nothing waits for it. */
 	for (struct md__pending_control *p = d->controls; p; p = p->next) {
 		if (p->token != done->token || !settle(p, a->pid))
@@ -499,6 +528,9 @@ void md__control_gone(struct md__daemon *d, struct md__conn *c, pid_t pid)
 	 * queues will not come. */
 	if (!c && pid > 0)
 		unqueue_exited(d, pid);
+	/* No late answer comes over a connection gone. */
+	if ((pid > 0 && pid == d->unmerge_late) || pid < 0)
+		unhold(d);
 	for (struct md__pending_control *p = d->controls, *next; p; p = next) {
 		next = p->next;
 		if (c && p->cli == c) {
@@ -533,6 +565,7 @@ void md__control_gone(struct md__daemon *d, struct md__conn *c, pid_t pid)
 int md__control_tick(struct md__daemon *d)
 {
 	int64_t now = md__now_ms();
+	int held = 0;
 	for (struct md__pending_control *p = d->controls; p; p = p->next) {
 		/* An UNMERGE waiting for its turn has no deadline yet. */
 		if (!p->nowed || now < p->deadline_ms)
@@ -546,12 +579,19 @@ int md__control_tick(struct md__daemon *d)
 		else
 			failed(p, -ETIMEDOUT, "pid %d did not answer in %.1f s (it may still do it)",
 			       (int)p->owed[0], d->control_wait_ms / 1000.0);
+		if (p->op == MD_CTL_UNMERGE) {
+			hold(d, p->owed[0], p->token, now);
+			held = 1;
+		}
 		p->failed += (unsigned)(p->nowed - 1 + unsent);
 		p->nowed = 0;
 		p->qnext = p->nqueue;
 	}
-	/* The next UNMERGE's turn comes now: the queue is not held by one
-	 * that does not answer. */
+	/* Their CLIs wait their own time again from here: the hold is
+	 * shorter. */
+	if (held)
+		notify(d, "an agent that did not answer in time may still be copying: the next waits for it");
+	/* The next UNMERGE's turn comes once the hold is over. */
 	advance(d);
 	return md__control_due_in(d);
 }
@@ -559,9 +599,16 @@ int md__control_tick(struct md__daemon *d)
 int md__control_due_in(const struct md__daemon *d)
 {
 	int64_t now = md__now_ms(), first = -1;
-	for (const struct md__pending_control *p = d->controls; p; p = p->next)
+	int queued = 0;
+	for (const struct md__pending_control *p = d->controls; p; p = p->next) {
 		if (p->nowed && (first < 0 || p->deadline_ms < first))
 			first = p->deadline_ms;
+		queued |= p->op == MD_CTL_UNMERGE && p->qnext < p->nqueue;
+	}
+	/* A hold's end matters to an UNMERGE waiting its turn: with none,
+	 * the next request's finds it over. */
+	if (queued && d->unmerge_held_until && (first < 0 || d->unmerge_held_until < first))
+		first = d->unmerge_held_until;
 	if (first < 0)
 		return -1;
 	return first <= now ? 0 : first - now > INT_MAX ? INT_MAX : (int)(first - now);

@@ -355,6 +355,12 @@ struct md__daemon {
 	uint64_t last_generation;
 	struct md__tunables tun;   /* what a new agent starts with */
 	struct md__pending_control *controls;	/* CONTROLs whose agents have not all answered */
+	/* The UNMERGE queue (control.c), held after an agent's turn passed
+	 * unanswered (it may still be copying): that agent's pid, its
+	 * UNMERGE's token, and until when (0: not held). */
+	pid_t unmerge_late;
+	uint32_t unmerge_late_token;
+	int64_t unmerge_held_until;
 	uint32_t last_token;
 	int share_due;             /* their number may have changed this pass: SHARE at its end */
 	int paused;

@@ -3823,6 +3823,73 @@ TEST_IMPL(daemon_unmerge_notice_names_no_pid)
 	return 0;
 }
 
+/* Sends an UNMERGE of o[0] (from c0, silent) then one of o[1] (from c1,
+ * queued behind it), and waits for the first to pass its deadline. */
+static void unmerge_times_out_before(struct control_call *k, struct md__client *c0, struct md__client *c1,
+				     uint32_t token1, struct fake_agent *o)
+{
+	control_start(&k[0], c0, MD_CTL_UNMERGE, o[0].pid, NULL, NULL);
+	ASSERT_EQ(fake_agent_got(&o[0], 2000), 'U');
+	control_start_token(&k[1], c1, MD_CTL_UNMERGE, o[1].pid, NULL, NULL, token1);
+	ASSERT_EQ(control_end(&k[0]), -ETIMEDOUT);
+	ASSERT(strstr(k[0].text, "did not answer in 1.0 s"));
+}
+
+/* An agent's turn passed without its answer: it may still be copying, and
+ * the next agent, sent its UNMERGE at once, checked its memory beside those
+ * copies (the OOM killer the queue is there to keep away). The queue waits
+ * until the late one answers, goes, or a second wait (1 s here) passes; a
+ * CLI waiting with notices is told, and waits its own time again. */
+TEST_IMPL(daemon_unmerge_held_after_timeout)
+{
+	struct tdaemon t;
+	struct control_call k[2];
+	struct fake_agent o[2];
+
+	setenv("MEMDEDUP_CONTROL_WAIT_MS", "1000", 1);
+	td_start(&t, 16);
+	unsetenv("MEMDEDUP_CONTROL_WAIT_MS");
+	for (int i = 0; i < 2; i++)
+		fake_agent_start(&t, &o[i]);
+	struct md__client *cli0 = td_connect(&t), *cli1 = td_connect(&t);
+	md__client_set_timeout(cli0, 10000);
+	md__client_set_timeout(cli1, 10000);
+	/* Its late answer lets the next go. */
+	unmerge_times_out_before(k, cli0, cli1, 0, o);
+	ASSERT_EQ(fake_agent_got(&o[1], 300), 0);
+	fake_agent_tell(&o[0], 'a');
+	ASSERT_EQ(fake_agent_got(&o[1], 400), 'U');
+	fake_agent_tell(&o[1], 'a');
+	ASSERT_EQ(control_end(&k[1]), 0);
+	/* Silent, the second wait's end. Within 1.5 s of the first's end,
+	 * the last notice: waiting 2 s for its turn, this CLI is told of the
+	 * hold. */
+	md__client_set_timeout(cli1, 1500);
+	unmerge_times_out_before(k, cli0, cli1, MD_CONTROL_NOTICES, o);
+	double t0 = now();
+	ASSERT_EQ(fake_agent_got(&o[1], 700), 0);
+	ASSERT_EQ(fake_agent_got(&o[1], 2000), 'U');
+	if (now() - t0 < 0.9)
+		fprintf(stderr, "  sent after %.2f s\n", now() - t0);
+	ASSERT(now() - t0 >= 0.9);
+	fake_agent_tell(&o[1], 'a');
+	ASSERT_EQ(control_end(&k[1]), 0);
+	ASSERT(strcmp(k[1].text, "unmerge done by 1 agent") == 0);
+	/* Gone, it answers no more. */
+	md__client_set_timeout(cli1, 10000);
+	unmerge_times_out_before(k, cli0, cli1, 0, o);
+	ASSERT_EQ(fake_agent_got(&o[1], 300), 0);
+	fake_agent_end(&o[0]);
+	ASSERT_EQ(fake_agent_got(&o[1], 400), 'U');
+	fake_agent_tell(&o[1], 'a');
+	ASSERT_EQ(control_end(&k[1]), 0);
+	fake_agent_end(&o[1]);
+	md__client_free(cli1);
+	md__client_free(cli0);
+	td_stop(&t);
+	return 0;
+}
+
 /* A RESUME of all while an UNMERGE's queue runs: the agent still queued
  * got the RESUME, then the UNMERGE, and ended unmerged and paused, the
  * opposite of the later command. The later command wins: the queued agent
