@@ -3,14 +3,15 @@
  * checks the request (a SET key and its range) before anything is sent, so
  * a bad value never reaches an agent; then it forwards one CONTROL (seq 0,
  * a token of its own) to each matching agent (an UNMERGE to one agent at a
- * time, daemon-wide, each seeing the memory the copies before it took; one
- * a later PAUSE or RESUME reached before its turn is not sent it), and
- * answers CONTROL_R once each has said how it went (CONTROL_DONE with that
- * token), has gone away, or MD_CONTROL_WAIT_MS have passed (less if
- * MEMDEDUP_CONTROL_WAIT_MS says; for an UNMERGE, since the agent's turn
- * came; past it, the queue waits for that agent, which may still be
- * copying, up to as long again). An agent may refuse: unmerge when the host (or its cgroup) lacks
- * the memory for the copies, resume once it stopped merging for good; the
+ * time, daemon-wide, the requesters' uids in turn, each agent seeing the
+ * memory the copies before it took; one a later PAUSE or RESUME reached
+ * before its turn is not sent it), and answers CONTROL_R once each has
+ * said how it went (CONTROL_DONE with that token), has gone away, or
+ * MD_CONTROL_WAIT_MS have passed (less if MEMDEDUP_CONTROL_WAIT_MS says;
+ * for an UNMERGE, since the agent's turn came; past it, the queue waits
+ * for that agent, which may still be copying, up to as long again). An
+ * agent may refuse: unmerge when the host (or its cgroup) lacks the
+ * memory for the copies, resume once it stopped merging for good; the
  * CLI then says which agent and why, and exits 1.
  *
  * Who may do what: a user controls the agents of its own uid; root and the
@@ -251,12 +252,35 @@ static void hold(struct md__daemon *d, pid_t pid, uint32_t token, int64_t now)
 		      d->control_wait_ms / 1000.0);
 }
 
+/* The UNMERGE whose next agent has the next turn: the oldest of the uid
+ * after the last turn's, in uid order, round. Oldest first daemon-wide, one
+ * user's requests over agents that never answer (a VMM stopped), each
+ * agent a wait, held every other user's for as many waits. */
+static struct md__pending_control *next_turn(const struct md__daemon *d)
+{
+	struct md__pending_control *oldest = NULL, *lowest = NULL, *after = NULL;
+	for (struct md__pending_control *p = d->controls; p; p = p->next) {
+		if (p->op != MD_CTL_UNMERGE || p->qnext >= p->nqueue)
+			continue;
+		if (!oldest)
+			oldest = p;
+		if (!lowest || p->uid < lowest->uid)
+			lowest = p;
+		if (p->uid > d->unmerge_uid && (!after || p->uid < after->uid))
+			after = p;
+	}
+	if (!d->unmerge_turned)
+		return oldest;
+	return after ? after : lowest;
+}
+
 /* An UNMERGE goes to one agent at a time, daemon-wide, the next once the
- * last answered (or went, or its deadline passed), the oldest request's
- * agents first: each agent checks the memory its copies need against
- * what is left, and agents checking at once (of one request, or of two
- * users' requests) all found the same memory, all went on to copy, and the
- * cgroup's OOM killer killed a VMM. 1 if one was sent. */
+ * last answered (or went, or its deadline passed and the hold after),
+ * each uid's oldest request's agents first, the uids in turn: each agent
+ * checks the memory its copies need against what is left, and agents
+ * checking at once (of one request, or of two users' requests) all found
+ * the same memory, all went on to copy, and the cgroup's OOM killer killed
+ * a VMM. 1 if one was sent. */
 static int unmerge_next(struct md__daemon *d)
 {
 	for (struct md__pending_control *p = d->controls; p; p = p->next)
@@ -265,23 +289,24 @@ static int unmerge_next(struct md__daemon *d)
 	if (d->unmerge_held_until && md__now_ms() < d->unmerge_held_until)
 		return 0;
 	unhold(d);
-	for (struct md__pending_control *p = d->controls; p; p = p->next) {
-		while (p->op == MD_CTL_UNMERGE && p->qnext < p->nqueue) {
-			struct md__queued_agent q = p->queue[p->qnext++];
-			struct md__agent *a = d->agents;
-			while (a && (a->pid != q.pid || a->num != q.num))
-				a = a->next;
-			if (!a) {
-				p->gone++;	/* exited unseen: nothing of its left to copy */
-				continue;
-			}
-			forward(d, p, a);
-			if (p->nowed) {
-				notify(d, "the next agent's turn");
-				return 1;
-			}
+	for (struct md__pending_control *p; (p = next_turn(d));) {
+		struct md__queued_agent q = p->queue[p->qnext++];
+		struct md__agent *a = d->agents;
+		while (a && (a->pid != q.pid || a->num != q.num))
+			a = a->next;
+		if (!a) {
+			p->gone++;	/* exited unseen: nothing of its left to copy */
+			continue;
+		}
+		forward(d, p, a);
+		if (p->nowed) {
+			d->unmerge_uid = p->uid;
+			d->unmerge_turned = 1;
+			notify(d, "the next agent's turn");
+			return 1;
 		}
 	}
+	d->unmerge_turned = 0;	/* none waits: the next request's turn is the first */
 	return 0;
 }
 
@@ -449,8 +474,8 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 			before += o->op == MD_CTL_UNMERGE ? o->nowed + o->nqueue - o->qnext : 0;
 		char n_q[32];
 		plural(n_q, sizeof(n_q), (unsigned)p->nqueue, "agent");
-		md__dlog_peer("pid %d (uid %u): %s for %s, sent to one at a time after the %zu queued before",
-			      (int)c->pid, (unsigned)c->uid, p->what, n_q, before);
+		md__dlog_peer("pid %d (uid %u): %s for %s, sent to one at a time, the uids in turn; %zu agents "
+			      "queued already", (int)c->pid, (unsigned)c->uid, p->what, n_q, before);
 	} else {
 		md__dlog_peer("pid %d (uid %u): %s sent to %zu agents", (int)c->pid, (unsigned)c->uid, p->what,
 			      p->nowed);

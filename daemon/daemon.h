@@ -359,6 +359,10 @@ struct md__daemon {
 	 * unanswered (it may still be copying): that agent's pid, its
 	 * UNMERGE's token, and until when (0: not held). */
 	pid_t unmerge_late;
+	/* The uid whose request had the last turn (unmerge_turned 0: none
+	 * since the queue was last empty): turns go round the uids waiting. */
+	uid_t unmerge_uid;
+	int unmerge_turned;
 	uint32_t unmerge_late_token;
 	int64_t unmerge_held_until;
 	uint32_t last_token;

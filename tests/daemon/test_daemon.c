@@ -3321,8 +3321,8 @@ static void fake_agent_run(const struct tdaemon *t, int cmd, int up)
 static int fake_agent_cmds[8];
 static unsigned fake_agent_n;
 
-/* Starts one, connected once this returns. */
-static void fake_agent_start(const struct tdaemon *t, struct fake_agent *f)
+/* Starts one, connected once this returns, of uid (0: ours). */
+static void fake_agent_start_as(const struct tdaemon *t, struct fake_agent *f, uid_t uid)
 {
 	int cmd[2], up[2];
 	char b;
@@ -3335,6 +3335,8 @@ static void fake_agent_start(const struct tdaemon *t, struct fake_agent *f)
 			close(fake_agent_cmds[i]);
 		close(cmd[1]);
 		close(up[0]);
+		if (uid && (setresgid(uid, uid, uid) || setresuid(uid, uid, uid)))
+			_exit(7);
 		fake_agent_run(t, cmd[0], up[1]);
 	}
 	fake_agent_cmds[fake_agent_n++] = cmd[1];
@@ -3344,6 +3346,11 @@ static void fake_agent_start(const struct tdaemon *t, struct fake_agent *f)
 	f->up = up[0];
 	ASSERT_EQ(read(f->up, &b, 1), 1);
 	ASSERT_EQ(b, 'r');
+}
+
+static void fake_agent_start(const struct tdaemon *t, struct fake_agent *f)
+{
+	fake_agent_start_as(t, f, 0);
 }
 
 /* The next CONTROL's op it said, within ms; 0 if none. */
@@ -3886,6 +3893,72 @@ TEST_IMPL(daemon_unmerge_held_after_timeout)
 	fake_agent_end(&o[1]);
 	md__client_free(cli1);
 	md__client_free(cli0);
+	td_stop(&t);
+	return 0;
+}
+
+/* A connection of uid's (SO_PEERCRED: the effective uid at connect). Its
+ * seteuid is every thread's: made before threads of ours send on it. */
+static struct md__client *connect_as(const struct tdaemon *t, uid_t uid)
+{
+	ASSERT(seteuid(uid) == 0);
+	struct md__client *c = td_connect(t);
+	ASSERT(seteuid(0) == 0);
+	md__client_set_timeout(c, 10000);
+	return c;
+}
+
+/* Turns went to the oldest request first, daemon-wide: one user's requests
+ * over agents that never answer (a VMM stopped) held every other user's
+ * for a wait each (16 requests of as many agents, a minute each). The uids
+ * take turns: after a turn of one, each other uid waiting has one before
+ * its next, in a round (uid 65534's second request after root's and 65533's,
+ * which came later), each uid's requests oldest first. */
+TEST_IMPL(daemon_unmerge_turns_between_users)
+{
+	struct tdaemon t;
+	struct control_call k[4];
+	struct fake_agent o[4];
+	uid_t uid[4] = { 65534, 65534, 0, 65533 };
+	uint32_t token;
+
+	if (getuid() != 0)
+		SKIP("needs root");
+	td_start(&t, 16);
+	struct md__client *cli[4];
+	for (int i = 0; i < 4; i++) {
+		fake_agent_start_as(&t, &o[i], uid[i]);
+		cli[i] = connect_as(&t, uid[i]);
+	}
+	control_start(&k[0], cli[0], MD_CTL_UNMERGE, o[0].pid, NULL, NULL);
+	ASSERT_EQ(fake_agent_got(&o[0], 2000), 'U');
+	for (int i = 1; i < 4; i++) {
+		control_start(&k[i], cli[i], MD_CTL_UNMERGE, o[i].pid, NULL, NULL);
+		usleep(200000);	/* queued in this order */
+	}
+	for (int i = 1; i < 4; i++)
+		ASSERT_EQ(fake_agent_got(&o[i], 0), 0);
+	fake_agent_tell(&o[0], 'a');
+	ASSERT_EQ(control_end(&k[0]), 0);
+	int seen = 0;
+	for (int turn = 0; turn < 3; turn++) {
+		int who = 1 + unmerge_turn(o + 1, 3, NULL, &token);
+		if (turn < 2 && who == 1)
+			fprintf(stderr, "  uid 65534's second request had turn %d\n", turn + 2);
+		ASSERT(turn == 2 || who != 1);
+		ASSERT(!(seen & 1 << who));
+		seen |= 1 << who;
+		usleep(100000);
+		for (int i = 1; i < 4; i++)
+			ASSERT_EQ(fake_agent_got(&o[i], 0), 0);	/* one at a time */
+		fake_agent_tell(&o[who], 'a');
+		ASSERT_EQ(control_end(&k[who]), 0);
+		ASSERT(strcmp(k[who].text, "unmerge done by 1 agent") == 0);
+	}
+	for (int i = 0; i < 4; i++) {
+		fake_agent_end(&o[i]);
+		md__client_free(cli[i]);
+	}
 	td_stop(&t);
 	return 0;
 }
