@@ -1331,17 +1331,26 @@ int md__server_run(struct md__daemon *d)
 		err = md__ep_add(d, d->sigfd, &d->signal_ep, EPOLLIN);
 	if (err)
 		return err;
-	uint64_t swept = now_ms();
+	uint64_t swept = now_ms(), quiet = swept;	/* since the last messages or work handled */
 	while (!d->stop) {
 		/* Freed pool pages not reused are punched once a second
 		 * passes without a message (while busy, 256 at a time).
 		 * Work left (connections deferred, references to give
 		 * back) goes on at once; a SHARE that could not be queued
-		 * is tried again within a second. */
+		 * is tried again within a second. The second is counted
+		 * from the last event, not from this wait: the deadlines
+		 * below shorten it, and an UNMERGE queue of agents that do
+		 * not answer, under a MEMDEDUP_CONTROL_WAIT_MS below a
+		 * second, kept it short until the queue's end. */
 		int deferred = d->defer[0].head || d->defer[1].head || d->draining;
+		int trim = !deferred && md__domains_trim_due(d);
 		int wait = deferred ? 0 :
-			   md__domains_trim_due(d) || d->accept_paused || d->owing ||
+			   trim || d->accept_paused || d->owing ||
 			   d->share_due || md__dlog_peer_flush(0) ? 1000 : -1;
+		if (trim) {
+			int64_t in = (int64_t)(quiet + 1000) - (int64_t)now_ms();
+			wait = in < 0 ? 0 : in < wait ? (int)in : wait;
+		}
 		int due = md__control_due_in(d);
 		if (due >= 0 && (wait < 0 || due < wait))
 			wait = due;
@@ -1358,7 +1367,12 @@ int md__server_run(struct md__daemon *d)
 				continue;
 			return -errno;
 		}
-		if (n == 0 && wait == 1000)	/* a second without a message */
+		/* Not our own sends waiting for a writable socket: the reply
+		 * to a CONTROL at its deadline came each time. */
+		int heard = deferred;
+		for (int i = 0; i < n; i++)
+			heard |= (evs[i].events & ~(uint32_t)EPOLLOUT) != 0;
+		if (!heard && trim && now_ms() - quiet >= 1000)	/* a second without a message */
 			md__domains_trim(d);
 		if (d->controls)
 			md__control_tick(d);
@@ -1379,6 +1393,8 @@ int md__server_run(struct md__daemon *d)
 		if (d->look_at && md__now_ms() >= d->look_at)
 			md__agents_look(d);
 		md__server_events(d);
+		if (heard)
+			quiet = now_ms();
 	}
 	md__dlog_peer_flush(1);
 	return 0;

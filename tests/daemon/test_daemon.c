@@ -3963,6 +3963,56 @@ TEST_IMPL(daemon_unmerge_turns_between_users)
 	return 0;
 }
 
+/* Freed pool pages are punched once memdedupd has had a second without
+ * messages (daemon_pool_trimmed_when_quiet), also beside an UNMERGE queue of an agent that does not answer, under
+ * a MEMDEDUP_CONTROL_WAIT_MS below a second (300 ms): each turn's deadline,
+ * and the hold after it, woke memdedupd before its quiet second was over,
+ * and the pages stayed until the queue's end (8 turns, 4.8 s here). */
+TEST_IMPL(daemon_pool_trimmed_beside_unmerge_queue)
+{
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	static unsigned char pages[8 * PG];
+	uint64_t hash[8];
+	uint32_t slots[8];
+	struct control_call k[8];
+	struct md__client *cli[8];
+	int fd;
+
+	setenv("MEMDEDUP_CONTROL_WAIT_MS", "300", 1);
+	td_start(&t, 64);
+	unsetenv("MEMDEDUP_CONTROL_WAIT_MS");
+	struct md__client *c = td_agent(&t, NULL, &w, &fd);
+	uint32_t first = publish(c, 300, 8, pages, hash);
+	long long full = test_file_blocks(fd);
+	ASSERT(full >= 8 * PG / 512);
+	for (uint32_t i = 0; i < 8; i++)
+		slots[i] = first + i;
+	double t0 = now();
+	for (int i = 0; i < 8; i++) {
+		cli[i] = td_connect(&t);
+		md__client_set_timeout(cli[i], 20000);
+		control_start(&k[i], cli[i], MD_CTL_UNMERGE, getpid(), NULL, NULL);
+	}
+	usleep(100000);
+	ASSERT_EQ(md__client_ref(c, slots, 8, -1), 0);	/* c never answers its UNMERGEs */
+	while (test_file_blocks(fd) > 0 && now() - t0 < 10)
+		usleep(20000);
+	double took = now() - t0;
+	if (took >= 3.5)
+		fprintf(stderr, "  punched after %.2f s\n", took);
+	ASSERT(took < 3.5);
+	ASSERT_EQ(test_file_blocks(fd), 0);
+	for (int i = 0; i < 8; i++) {
+		ASSERT_EQ(control_end(&k[i]), -ETIMEDOUT);
+		md__client_free(cli[i]);
+	}
+	md__client_free(c);
+	close(fd);
+	td_stop(&t);
+	return 0;
+}
+
 /* A RESUME of all while an UNMERGE's queue runs: the agent still queued
  * got the RESUME, then the UNMERGE, and ended unmerged and paused, the
  * opposite of the later command. The later command wins: the queued agent
