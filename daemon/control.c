@@ -253,9 +253,9 @@ static void hold(struct md__daemon *d, pid_t pid, uint32_t token, int64_t now)
 }
 
 /* The UNMERGE whose next agent has the next turn: the oldest of the uid
- * after the last turn's, in uid order, round. Oldest first daemon-wide, one
- * user's requests over agents that never answer (a VMM stopped), each
- * agent a wait, held every other user's for as many waits. */
+ * after the last turn's, in uid order, round. Taken oldest first
+ * daemon-wide, one user's requests over agents that never answer (a VMM
+ * stopped), a wait each, held every other user's for all those waits. */
 static struct md__pending_control *next_turn(const struct md__daemon *d)
 {
 	struct md__pending_control *oldest = NULL, *lowest = NULL, *after = NULL;
