@@ -256,6 +256,76 @@ TEST_IMPL(daemon_publish_lookup)
 	return 0;
 }
 
+
+/* A slot freed by its last UNREF keeps its page until the punch (a second
+ * of quiet later): a REF of it then must be refused, or an agent would map
+ * it and the punch zero it under its guest. Refused again once punched. */
+TEST_IMPL(daemon_ref_of_freed_slot_refused)
+{
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	static unsigned char pages[PG];
+	uint64_t hash[1];
+	int fd;
+
+	td_start(&t, 64);
+	struct md__client *c = td_agent(&t, NULL, &w, &fd);
+	uint32_t s = publish(c, 500, 1, pages, hash);	/* one reference, ours */
+	ASSERT_EQ(md__client_ref(c, &s, 1, -1), 0);
+	ASSERT_EQ(md__client_ref(c, &s, 1, +1), -EINVAL);	/* freed, not punched yet */
+	json_t *st = td_status(&t);
+	json_t *dom = td_domain(st, w.domain_id);
+	ASSERT(dom);
+	ASSERT_EQ(td_int(dom, "references"), 0);
+	ASSERT_EQ(td_int(dom, "pool_live_pages"), 0);
+	json_decref(st);
+	for (double t0 = now(); test_file_blocks(fd) > 0 && now() - t0 < 10;)
+		usleep(20000);
+	ASSERT_EQ(test_file_blocks(fd), 0);	/* punched */
+	ASSERT_EQ(md__client_ref(c, &s, 1, +1), -EINVAL);
+	st = td_status(&t);
+	dom = td_domain(st, w.domain_id);
+	ASSERT_EQ(td_int(dom, "references"), 0);
+	ASSERT_EQ(td_int(dom, "pool_live_pages"), 0);
+	json_decref(st);
+	md__client_free(c);
+	close(fd);
+	td_stop(&t);
+	return 0;
+}
+
+/* A REF naming a slot past the pool's end is refused before the slot's
+ * state is read (out of the table's bounds), and the daemon lives on. */
+TEST_IMPL(daemon_ref_past_pool_refused)
+{
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	static unsigned char pages[PG];
+	uint64_t hash[1];
+	int fd;
+
+	td_start(&t, 64);
+	struct md__client *c = td_agent(&t, NULL, &w, &fd);
+	uint32_t s = publish(c, 510, 1, pages, hash);
+	uint32_t far[] = { 0xfffffff0u, 64, 0x7fffffffu, 1u << 24 };
+	for (unsigned i = 0; i < sizeof(far) / sizeof(far[0]); i++) {
+		ASSERT_EQ(md__client_ref(c, &far[i], 1, +1), -EINVAL);
+		uint32_t two[2] = { s, far[i] };	/* all or none */
+		ASSERT_EQ(md__client_ref(c, two, 2, +1), -EINVAL);
+	}
+	ASSERT(md__daemon_alive(t.sock));
+	json_t *st = td_status(&t);
+	json_t *dom = td_domain(st, w.domain_id);
+	ASSERT(dom);
+	ASSERT_EQ(td_int(dom, "references"), 1);
+	ASSERT_EQ(td_int(dom, "pool_live_pages"), 1);
+	json_decref(st);
+	ASSERT_EQ(md__client_ref(c, &s, 1, -1), 0);	/* the connection still serves */
+	md__client_free(c);
+	close(fd);
+	td_stop(&t);
+	return 0;
+}
 /* A random session against a model of the pool: publishes of a few
  * contents (an equal live page gives its slot), REF and UNREF of live,
  * dead and never-used slots, more than held or not, lookups; every answer
