@@ -2922,6 +2922,74 @@ TEST_IMPL(daemon_hello_again_after_exec)
 	return 0;
 }
 
+
+/* Whether the daemon saw our agent's connection go (its record kept). */
+static int own_record_disconnected(const struct tdaemon *t)
+{
+	for (double end = now() + 20; now() < end; usleep(10000)) {
+		json_t *st = td_status(t);
+		json_t *a = td_find(json_object_get(st, "agents"), "pid", getpid());
+		int gone = a && json_is_false(json_object_get(a, "connected"));
+		json_decref(st);
+		if (gone)
+			return 1;
+	}
+	return 0;
+}
+
+/* A process whose record (disconnected) still holds references in one
+ * domain says HELLO for another domain, or as another uid: refused
+ * (-EBUSY). Joined to the old record, it would cross domains (or users);
+ * given a new one, the old record's references would go while the pages
+ * may still be mapped. */
+TEST_IMPL(daemon_hello_other_domain_while_holding_refused)
+{
+	struct tdaemon t;
+	struct md__msg_welcome w, w2;
+	static unsigned char pages[PG];
+	uint64_t hash[1];
+	struct md__client *c;
+	int fd, fd2 = -1;
+
+	td_start(&t, 64);
+	c = td_agent(&t, "a", &w, &fd);
+	uint32_t s = publish(c, 520, 1, pages, hash);
+	md__client_free(c);
+	close(fd);
+	ASSERT(own_record_disconnected(&t));
+	c = td_connect(&t);
+	ASSERT_EQ(md__client_hello(c, "b", 0, &w2, &fd2), -EBUSY);
+	md__client_free(c);
+	if (geteuid() == 0) {	/* the same pid as another user (seteuid before connect) */
+		ASSERT(seteuid(65534) == 0);
+		c = td_connect(&t);
+		ASSERT(seteuid(0) == 0);
+		ASSERT_EQ(md__client_hello(c, "a", 0, &w2, &fd2), -EBUSY);
+		md__client_free(c);
+	}
+	json_t *st = td_status(&t);
+	json_t *dom = td_domain(st, w.domain_id);
+	ASSERT(dom);
+	ASSERT_EQ(td_int(dom, "references"), 1);
+	ASSERT_EQ(td_int(dom, "pool_live_pages"), 1);
+	ASSERT_EQ(json_array_size(json_object_get(st, "domains")), 1);
+	json_t *agents = json_object_get(st, "agents");
+	ASSERT_EQ(json_array_size(agents), 1);
+	json_t *a = json_array_get(agents, 0);
+	ASSERT_EQ(td_int(a, "domain_id"), w.domain_id);
+	ASSERT_EQ(td_int(a, "uid"), geteuid());
+	ASSERT_EQ(td_int(a, "references"), 1);
+	json_decref(st);
+	/* Back in "a": the record and its reference are ours again. */
+	c = td_agent(&t, "a", &w2, &fd2);
+	ASSERT_EQ(w2.domain_id, w.domain_id);
+	ASSERT_EQ(md__client_ref(c, &s, 1, -1), 0);
+	ASSERT(wait_live(&t, w.domain_id, 0, 20000));
+	md__client_free(c);
+	close(fd2);
+	td_stop(&t);
+	return 0;
+}
 /* Back mapping no pool page (the process exec'd): the record goes with its
  * references, where a plain reconnect keeps them (daemon_reconnect_keeps_refs). */
 TEST_IMPL(daemon_reconnect_without_pool_maps)
