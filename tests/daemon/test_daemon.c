@@ -1769,6 +1769,65 @@ TEST_IMPL(daemon_hello_once)
 	return 0;
 }
 
+
+/* A connection whose opener exited before any HELLO, handed on to another
+ * process (SCM_RIGHTS): a HELLO there naming the opener's pid is refused
+ * (-ESRCH), no record made. Served, with the pid reused it could take a
+ * live agent's record over. */
+TEST_IMPL(daemon_hello_after_opener_exited)
+{
+	struct tdaemon t;
+	static struct md__msg m, r;
+	static unsigned char buf[MD_MSG_HDR_SIZE + MD_MSG_MAX];
+	int sp[2];
+
+	td_start(&t, 16);
+	ASSERT(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		int fd = raw_connect(&t);
+		/* A STATUS answered on a later connection: ours was accepted
+		 * (one queue, in order), its pidfd taken while we live. */
+		json_decref(td_status(&t));
+		send_with_fd(sp[1], "c", 1, fd);
+		_exit(0);
+	}
+	char c;
+	union {
+		struct cmsghdr h;
+		char b[CMSG_SPACE(sizeof(int))];
+	} ctl;
+	struct iovec iov = { &c, 1 };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b,
+			     .msg_controllen = sizeof(ctl.b) };
+	ASSERT(recvmsg(sp[0], &mh, MSG_CMSG_CLOEXEC) == 1);
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+	ASSERT(cm && cm->cmsg_type == SCM_RIGHTS);
+	int held;
+	memcpy(&held, CMSG_DATA(cm), sizeof(held));
+	int st;
+	ASSERT_EQ(waitpid(kid, &st, 0), kid);
+	ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	m.hdr = (struct md__msg_hdr){ .type = MD_MSG_HELLO, .seq = 3 };
+	m.u.hello.pid = (uint32_t)kid;
+	size_t len = encode(&m, buf, sizeof(buf));
+	ASSERT(send(held, buf, len, MSG_NOSIGNAL) == (ssize_t)len);
+	ASSERT_EQ(raw_next(held, &r), MD_MSG_ERROR);
+	ASSERT_EQ(r.hdr.seq, 3);
+	ASSERT_EQ(r.u.text.status, -ESRCH);
+	ASSERT(strstr(r.u.text.text, "has exited"));	/* not a pidfd missing at accept */
+	ASSERT_EQ(raw_next(held, &r), 0);	/* closed */
+	json_t *s = td_status(&t);
+	ASSERT_EQ(json_array_size(json_object_get(s, "agents")), 0);
+	ASSERT_EQ(json_array_size(json_object_get(s, "domains")), 0);
+	json_decref(s);
+	close(held);
+	close(sp[0]);
+	close(sp[1]);
+	td_stop(&t);
+	return 0;
+}
 /* An agent of domain "fz" for one input: HELLO, retried while the daemon
  * has not yet seen the last connection of this process go. */
 static struct md__client *corpus_agent(const struct tdaemon *t)
