@@ -2086,3 +2086,30 @@ TEST_IMPL(sg_io_buffers_found)
 	ASSERT(addr[3] == 0x5a5a && len[3] == 0xa5a5);
 	return 0;
 }
+
+/* memdedupd's check of a slot a REF names: within the pool, live, and
+ * with room for the references one message may add (n of them): a count
+ * that wrapped would free the page while agents still map it. */
+#include "daemon.h"
+TEST_IMPL(domain_slot_ok_bounds)
+{
+	static struct md__domain dom;
+	uint32_t refs[4] = { 1, UINT32_MAX - 1, UINT32_MAX, 0 };
+	uint8_t state[4] = { MD_SLOT_LIVE, MD_SLOT_LIVE, MD_SLOT_LIVE, MD_SLOT_FREE };
+	dom.pool.refs = refs;
+	dom.pool.state = state;
+	dom.pool.end = 4;
+	ASSERT(md__domain_slot_ok(&dom, 0, 1));
+	ASSERT(md__domain_slot_ok(&dom, 0, MD_REF_MAX));
+	ASSERT(md__domain_slot_ok(&dom, 1, 1));		/* to UINT32_MAX */
+	ASSERT(!md__domain_slot_ok(&dom, 1, 2));	/* past it */
+	ASSERT(!md__domain_slot_ok(&dom, 1, MD_REF_MAX));
+	ASSERT(!md__domain_slot_ok(&dom, 2, 1));
+	ASSERT(!md__domain_slot_ok(&dom, 3, 1));	/* freed */
+	state[3] = MD_SLOT_RESERVED;			/* not written yet */
+	ASSERT(!md__domain_slot_ok(&dom, 3, 1));
+	dom.pool.end = 1;				/* past the end */
+	ASSERT(!md__domain_slot_ok(&dom, 1, 1));
+	ASSERT(!md__domain_slot_ok(&dom, 0xfffffff0u, 1));
+	return 0;
+}
