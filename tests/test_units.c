@@ -2113,3 +2113,33 @@ TEST_IMPL(domain_slot_ok_bounds)
 	ASSERT(!md__domain_slot_ok(&dom, 0xfffffff0u, 1));
 	return 0;
 }
+
+/* The sightings' buckets are two entries, at even places: a hash whose
+ * bucket is the table's last must fill its two ways within the table (an
+ * entry past it, a canary here, stays as it was), and meet its sighting
+ * there again. */
+TEST_IMPL(domain_sightings_last_bucket_within_table)
+{
+	static struct md__domain dom;
+	const size_t cap = 1u << 16;	/* the least, for a domain that registered nothing */
+	struct md__seen *seen = calloc(cap + 1, sizeof(*seen));
+	ASSERT(seen);
+	seen[cap] = (struct md__seen){ 0x5a5a5a5a5a5a5a5aull, 0xa5a5a5a5a5a5a5a5ull };
+	ASSERT_EQ(md__index_init(&dom.index, 1024), 0);
+	dom.seen = seen;
+	dom.seen_cap = cap;
+	/* (hash ^ hash >> 29) & (cap - 1) of cap - 1 or cap - 2 (bits from 45 up
+	 * shift away below 16): the last bucket, cap - 2. */
+	const uint64_t hash[3] = { cap - 1, (cap - 1) | 1ull << 50, (cap - 2) | 1ull << 51 };
+	for (int i = 0; i < 3; i++)
+		ASSERT_EQ(md__domain_lookup(&dom, hash[i], 1, 0x1000ull * (i + 1), 0), 0);
+	ASSERT_EQ(dom.seen_cap, cap);	/* not remade: the same table */
+	ASSERT(seen[cap].hash == 0x5a5a5a5a5a5a5a5aull && seen[cap].where == 0xa5a5a5a5a5a5a5a5ull);
+	/* The last two of the bucket, the newest first. */
+	ASSERT(seen[cap - 2].hash == hash[2] && seen[cap - 1].hash == hash[1]);
+	/* Another page of the second content: a second copy. */
+	ASSERT(md__domain_lookup(&dom, hash[1], 1, 0x9000, 0) == MD_LOOKUP_PUBLISH);
+	md__domain_seen_free(&dom);
+	md__index_free(&dom.index);
+	return 0;
+}
