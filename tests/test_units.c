@@ -25,6 +25,7 @@
 
 #include "agent_internal.h"
 #include "cgroup.h"
+#include "daemon.h"
 #include "index.h"
 #include "inflight.h"
 #include "log.h"
@@ -2090,7 +2091,6 @@ TEST_IMPL(sg_io_buffers_found)
 /* memdedupd's check of a slot a REF names: within the pool, live, and
  * with room for the references one message may add (n of them): a count
  * that wrapped would free the page while agents still map it. */
-#include "daemon.h"
 TEST_IMPL(domain_slot_ok_bounds)
 {
 	static struct md__domain dom;
