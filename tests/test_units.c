@@ -647,7 +647,9 @@ static void valid_file(struct md__stats_file *f)
 }
 
 /* Reads in flight: each read's buffers kept apart, more than 16 as one
- * range over them all, more reads than slots: every range busy. */
+ * range over them all (from the lowest buffer, in any order), runs
+ * overlapping either edge busy, more reads than slots or a block: every
+ * range busy. */
 TEST_IMPL(inflight_ranges)
 {
 	static struct md__inflight f;
@@ -668,6 +670,40 @@ TEST_IMPL(inflight_ranges)
 	ASSERT_EQ(md__inflight_busy(&f, 0x101000, 0x1000), 1);	/* a gap, inside the span */
 	ASSERT_EQ(md__inflight_busy(&f, 0x100000 + (MD_IO_RANGES + 1) * 0x2000, 0x1000), 0);
 	md__inflight_end(&f, t);
+
+	/* More than 16 buffers, highest first: the one range starts at the
+	 * lowest buffer, not at the first one given (a merge would replace a
+	 * page an O_DIRECT read still writes). */
+	for (int i = 0; i <= MD_IO_RANGES; i++)
+		many[i] = (struct iovec){ (void *)(uintptr_t)(0x100000 + (MD_IO_RANGES - i) * 0x2000), 0x1000 };
+	t = md__inflight_begin(&f, many, MD_IO_RANGES + 1);
+	ASSERT_EQ(md__inflight_busy(&f, 0x100000, 0x1000), 1);	/* the lowest buffer, given last */
+	ASSERT_EQ(md__inflight_busy(&f, 0x100000 + MD_IO_RANGES * 0x2000, 0x1000), 1);	/* the highest, given first */
+	ASSERT_EQ(md__inflight_busy(&f, 0xff000, 0x1000), 0);
+	md__inflight_end(&f, t);
+
+	/* Runs straddling a read's start, its end, or holding it whole. */
+	struct iovec one = { (void *)0x40000, 0x2000 };
+	t = md__inflight_begin(&f, &one, 1);
+	ASSERT_EQ(md__inflight_busy(&f, 0x3f000, 0x2000), 1);	/* over its start */
+	ASSERT_EQ(md__inflight_busy(&f, 0x41000, 0x2000), 1);	/* over its end */
+	ASSERT_EQ(md__inflight_busy(&f, 0x3f000, 0x4000), 1);	/* over it all */
+	ASSERT_EQ(md__inflight_busy(&f, 0x40800, 0x800), 1);	/* inside it */
+	ASSERT_EQ(md__inflight_busy(&f, 0x42000, 0x1000), 0);	/* just after */
+	ASSERT_EQ(md__inflight_busy(&f, 0x3f000, 0x1000), 0);	/* just before */
+	md__inflight_end(&f, t);
+	ASSERT_EQ(md__inflight_busy(&f, 0x41000, 0x2000), 0);
+
+	/* Blocked (the VMM writes guest RAM unseen): every range busy, for
+	 * good, through reads that begin and end after it. */
+	static struct md__inflight b;
+	ASSERT_EQ(md__inflight_busy(&b, 0x900000, 0x1000), 0);
+	md__inflight_block(&b);
+	ASSERT_EQ(md__inflight_busy(&b, 0x900000, 0x1000), 1);
+	ASSERT_EQ(md__inflight_busy(&b, 0, 1), 1);
+	t = md__inflight_begin(&b, &one, 1);
+	md__inflight_end(&b, t);
+	ASSERT_EQ(md__inflight_busy(&b, 0x900000, 0x1000), 1);
 
 	int tok[MD_IO_SLOTS + 1];
 	for (int i = 0; i <= MD_IO_SLOTS; i++)
