@@ -257,6 +257,23 @@ TEST_IMPL(engine_index_collision)
 	ASSERT(md__page_is_zero(b));
 	b[PG - 1] = 1;
 	ASSERT(!md__page_is_zero(b));
+	/* Every word of a 64-byte block is compared: one nonzero byte in
+	 * word k (0..7) of a block in the middle, at any byte of the word,
+	 * and the page is not zero, nor filled with its other words. */
+	for (unsigned k = 0; k < 8; k++)
+		for (unsigned byte = 0; byte < 8; byte += 7) {
+			memset(b, 0, PG);
+			b[5 * 64 + k * 8 + byte] = 0x10;
+			ASSERT_EQ(md__page_is_zero(b), 0);
+			memset(b, 0xa5, PG);
+			b[5 * 64 + k * 8 + byte] = 0xa4;
+			uint64_t word = 0;
+			ASSERT_EQ(md__page_is_filled(b, 0xa5a5a5a5a5a5a5a5ull), 0);
+			ASSERT_EQ(md__page_fill(b, &word), 0);
+		}
+	memset(b, 0xa5, PG);
+	uint64_t fillw = 0;
+	ASSERT(md__page_fill(b, &fillw) && fillw == 0xa5a5a5a5a5a5a5a5ull);
 	/* The AVX2 build gives the baseline's values (agents on different
 	 * CPUs share one daemon's index); on a CPU without it, the chosen
 	 * one is the baseline. */
