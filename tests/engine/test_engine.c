@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "checksum.h"
+#include "client.h"
 #include "daemon_util.h"
 #include "hints.h"
 #include "index.h"
@@ -2867,6 +2868,72 @@ TEST_IMPL(engine_old_pool_refs_not_sent)
 	ASSERT_EQ(td_domains_int(&t, "pool_live_pages"), 4);
 	ASSERT_EQ(md__remote_ref_n(&rm, slot, 4, +1, old_gen), -ESTALE);
 	ASSERT_EQ(md__remote_publish_each(&rm, h, page, 4, now, status, old_gen), -ESTALE);
+	md__engine_fini(&e);
+	md__remote_fini(&rm);
+	td_stop(&t);
+	munmap(x, 4 * PG);
+	return 0;
+}
+
+/* UNREFs owed to a daemon that died are not given to the next one: its
+ * slots are numbered from 0 again, and an UNREF of an old number would drop
+ * a reference of a page of the new pool still mapped. Owed while no daemon
+ * is there, forgotten at the connect; a late give-back of the old pool's
+ * queues nothing. */
+TEST_IMPL(engine_old_pool_unrefs_not_given_new_daemon)
+{
+	struct tdaemon t;
+	struct md__engine e;
+	struct md__remote rm;
+	unsigned char *x = map_ram(4);
+	uint32_t slot[4], now[4];
+	int status[4];
+	uint64_t h[4], ctr = 0;
+	const void *page[4];
+
+	engine_up(&e);
+	td_start(&t, 1024);
+	ASSERT_EQ(md__remote_init(&rm, t.sock, "owed"), 0);
+	e.remote = &rm;
+	ASSERT_EQ(md__engine_remote_connect(&e), 0);
+	for (size_t i = 0; i < 4; i++) {
+		fill(x + i * PG, (unsigned)(60 + i));
+		h[i] = md__page_hash(x + i * PG);
+		page[i] = x + i * PG;
+	}
+	ASSERT_EQ(md__remote_publish_each(&rm, h, page, 4, slot, status, rm.generation), 0);
+	uint64_t old_gen = rm.generation;
+
+	kill(t.pid, SIGKILL);
+	waitpid(t.pid, NULL, 0);
+	ASSERT_EQ(md__remote_report(&rm, &ctr, 1), -ENOTCONN);
+	ASSERT(!md__remote_connected(&rm));
+	/* No daemon to take them: owed. */
+	ASSERT_EQ(md__engine_unref_n(&e, slot, 2, old_gen), -ENOTCONN);
+	md__remote_give_back(&rm, slot + 2, 2, old_gen);
+	ASSERT_EQ(rm.nowed, 4);
+
+	td_restart(&t);
+	ASSERT_EQ(md__engine_remote_connect(&e), 0);
+	ASSERT(rm.generation != old_gen);
+	ASSERT_EQ(rm.nowed, 0);
+	ASSERT_EQ(md__client_back_slots(rm.c), 0);	/* nothing old to send */
+	md__remote_give_back(&rm, slot, 4, old_gen);
+	ASSERT_EQ(md__client_back_slots(rm.c), 0);
+	ASSERT_EQ(rm.nowed, 0);
+	ASSERT_EQ(md__engine_unref_n(&e, slot, 4, old_gen), 0);	/* dropped */
+	ASSERT_EQ(md__client_back_slots(rm.c), 0);
+
+	for (size_t i = 0; i < 4; i++) {
+		fill(x + i * PG, (unsigned)(80 + i));
+		h[i] = md__page_hash(x + i * PG);
+	}
+	ASSERT_EQ(md__remote_publish_each(&rm, h, page, 4, now, status, rm.generation), 0);
+	ASSERT_EQ(md__remote_report(&rm, &ctr, 1), 0);
+	md__engine_send_unrefs(&e);
+	ASSERT_EQ(md__remote_report(&rm, &ctr, 1), 0);
+	ASSERT_EQ(td_domains_int(&t, "pool_live_pages"), 4);
+	ASSERT_EQ(td_domains_int(&t, "references"), 4);	/* the publications' */
 	md__engine_fini(&e);
 	md__remote_fini(&rm);
 	td_stop(&t);
