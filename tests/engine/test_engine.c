@@ -2941,6 +2941,55 @@ TEST_IMPL(engine_old_pool_unrefs_not_given_new_daemon)
 	return 0;
 }
 
+/* The agent does not trust the daemon's pool beyond what it can read: a
+ * slot past the pool file's size (a compare through the view would raise
+ * SIGBUS in the VMM) or past the view mapped is not valid. */
+TEST_IMPL(engine_remote_valid_within_pool)
+{
+	struct tdaemon t;
+	struct md__engine e;
+	struct md__remote rm;
+	unsigned char *x = map_ram(2);
+	uint32_t slot[2];
+	int status[2];
+	uint64_t h[2];
+	const void *page[2];
+
+	engine_up(&e);
+	td_start(&t, 1024);
+	ASSERT_EQ(md__remote_init(&rm, t.sock, "valid"), 0);
+	e.remote = &rm;
+	ASSERT_EQ(md__engine_remote_connect(&e), 0);
+	ASSERT(rm.view_pages >= 2);
+	ASSERT_EQ(md__remote_valid(&rm, 0, 1), 0);	/* nothing published: an empty file */
+	for (size_t i = 0; i < 2; i++) {
+		fill(x + i * PG, (unsigned)(90 + i));
+		h[i] = md__page_hash(x + i * PG);
+		page[i] = x + i * PG;
+	}
+	ASSERT_EQ(md__remote_publish_each(&rm, h, page, 1, slot, status, rm.generation), 0);
+	ASSERT_EQ(slot[0], 0);
+	ASSERT_EQ(md__remote_valid(&rm, 0, 1), 1);
+	ASSERT_EQ(md__remote_valid(&rm, 1, 1), 0);	/* past the file */
+	ASSERT_EQ(md__remote_valid(&rm, 0, 2), 0);
+	ASSERT_EQ(md__remote_publish_each(&rm, h + 1, page + 1, 1, slot + 1, status, rm.generation), 0);
+	ASSERT_EQ(slot[1], 1);
+	ASSERT_EQ(md__remote_valid(&rm, 0, 2), 1);
+	/* Inside the file, past the view. */
+	size_t view = rm.view_pages;
+	rm.view_pages = 1;
+	ASSERT_EQ(md__remote_valid(&rm, 0, 1), 1);
+	ASSERT_EQ(md__remote_valid(&rm, 1, 1), 0);
+	ASSERT_EQ(md__remote_valid(&rm, 0, 2), 0);
+	rm.view_pages = view;
+	ASSERT_EQ(md__remote_valid(&rm, 1, 1), 1);
+	md__engine_fini(&e);
+	md__remote_fini(&rm);
+	td_stop(&t);
+	munmap(x, 2 * PG);
+	return 0;
+}
+
 /* A user change waits until memdedupd has every reference back, or the
  * old user's record keeps some and refuses the new user's HELLO for the
  * life of the VMM. A PUBLISH answered after its caller timed out grants a
