@@ -3109,10 +3109,12 @@ struct slow_proxy {
 	int delay_ms;
 	pthread_t accepter;
 	int cut;	/* set: the daemon's next chunk is dropped, the connection shut */
+	uint32_t welcome_pages;	/* not 0: the pool_pages a WELCOME passed on says */
 };
 struct relay {
 	int from, to, delay_ms;
 	int *cut;
+	uint32_t *welcome_pages;
 };
 
 static void *relay_run(void *arg)
@@ -3138,6 +3140,13 @@ static void *relay_run(void *arg)
 			shutdown(r->to, SHUT_RDWR);
 			break;
 		}
+		struct md__msg_hdr hd;
+		if (r->welcome_pages && *r->welcome_pages && (size_t)got >= sizeof(hd) + MD_WELCOME_LEN) {
+			memcpy(&hd, buf, sizeof(hd));
+			if (hd.type == MD_MSG_WELCOME)
+				memcpy(buf + sizeof(hd) + offsetof(struct md__msg_welcome, pool_pages),
+				       r->welcome_pages, sizeof(uint32_t));
+		}
 		if (r->delay_ms)
 			usleep((useconds_t)r->delay_ms * 1000);
 		iov.iov_len = (size_t)got;
@@ -3158,12 +3167,12 @@ static void *relay_run(void *arg)
 	return NULL;
 }
 
-static void relay_start(int from, int to, int delay_ms, int *cut)
+static void relay_start(int from, int to, int delay_ms, int *cut, uint32_t *welcome_pages)
 {
 	struct relay *r = malloc(sizeof(*r));
 	pthread_t th;
 	ASSERT(r);
-	*r = (struct relay){ from, to, delay_ms, cut };
+	*r = (struct relay){ from, to, delay_ms, cut, welcome_pages };
 	ASSERT_EQ(pthread_create(&th, NULL, relay_run, r), 0);
 	pthread_detach(th);
 }
@@ -3180,8 +3189,8 @@ static void *proxy_accept(void *arg)
 		snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", p->daemon_sock);
 		if (d < 0 || connect(d, (struct sockaddr *)&sa, sizeof(sa)) != 0)
 			return NULL;
-		relay_start(c, d, 0, NULL);
-		relay_start(d, c, p->delay_ms, &p->cut);
+		relay_start(c, d, 0, NULL, NULL);
+		relay_start(d, c, p->delay_ms, &p->cut, &p->welcome_pages);
 	}
 }
 
@@ -3195,6 +3204,7 @@ static void slow_proxy_start(struct slow_proxy *p, const char *daemon_sock, int 
 	p->daemon_sock = daemon_sock;
 	p->delay_ms = delay_ms;
 	p->cut = 0;
+	p->welcome_pages = 0;
 	p->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	ASSERT(p->listen_fd >= 0);
 	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", p->path);
@@ -3362,6 +3372,33 @@ TEST_IMPL(engine_unrefs_bounded_by_slow_daemon)
 	slow_proxy_stop(&px);
 	td_stop(&t);
 	munmap(x, 2 * PG);
+	return 0;
+}
+
+/* A WELCOME whose pool is larger than a slot number can name is refused:
+ * its slots past MD_REF_SLOTS_MAX would not fit the agent's records. */
+TEST_IMPL(engine_welcome_pool_too_large_refused)
+{
+	struct tdaemon t;
+	struct md__engine e;
+	struct md__remote rm;
+	struct slow_proxy px;
+
+	engine_up(&e);
+	td_start(&t, 1024);
+	slow_proxy_start(&px, t.sock, 0);
+	px.welcome_pages = MD_REF_SLOTS_MAX + 1;
+	ASSERT_EQ(md__remote_init(&rm, px.path, "big"), 0);
+	e.remote = &rm;
+	ASSERT_EQ(md__engine_remote_connect(&e), -EINVAL);
+	ASSERT(!md__remote_connected(&rm));
+	px.welcome_pages = MD_REF_SLOTS_MAX;	/* the largest taken */
+	ASSERT_EQ(md__engine_remote_connect(&e), 0);
+	ASSERT_EQ(rm.view_pages, MD_REF_SLOTS_MAX);
+	md__engine_fini(&e);
+	md__remote_fini(&rm);
+	slow_proxy_stop(&px);
+	td_stop(&t);
 	return 0;
 }
 
