@@ -3375,6 +3375,65 @@ TEST_IMPL(engine_unrefs_bounded_by_slow_daemon)
 	return 0;
 }
 
+/* The VMM closes memdedupd's pool descriptor; the reconnect's new one
+ * comes at the same number: it is the pool now, not closed as the old. */
+TEST_IMPL(engine_pool_fd_at_same_number_kept)
+{
+	struct tdaemon t;
+	struct md__engine e;
+	struct md__remote rm;
+	uint64_t ctr = 0;
+
+	engine_up(&e);
+	td_start(&t, 1024);
+	int spare = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	ASSERT(spare >= 0);
+	ASSERT_EQ(md__remote_init(&rm, t.sock, "same"), 0);
+	e.remote = &rm;
+	ASSERT_EQ(md__engine_remote_connect(&e), 0);
+	/* A page published: the pool stays the same through the reconnect. */
+	unsigned char *x = map_ram(1);
+	uint32_t slot;
+	int status;
+	fill(x, 13);
+	uint64_t h = md__page_hash(x);
+	const void *page = x;
+	ASSERT_EQ(md__remote_publish_each(&rm, &h, &page, 1, &slot, &status, rm.generation), 0);
+	int ro = rm.ro_fd;
+	uint64_t gen = rm.generation;
+	ASSERT(ro > spare);
+	close(ro);	/* the VMM's doing */
+	ASSERT_EQ(md__remote_fd_ok(&rm), 0);
+	ASSERT_EQ(md__remote_report(&rm, &ctr, 1), -ENOTCONN);	/* hung up */
+	ASSERT(!md__remote_connected(&rm));
+	/* Every free number below ro taken but one (the socket's): the pool's
+	 * descriptor comes at ro. */
+	close(spare);
+	int held[1024], n = 0, fd;
+	while ((fd = open("/dev/null", O_RDONLY | O_CLOEXEC)) != ro) {
+		ASSERT(fd >= 0 && fd < ro && n < 1024);
+		held[n++] = fd;
+	}
+	ASSERT(n >= 1);
+	close(fd);
+	close(held[--n]);
+	ASSERT_EQ(md__engine_remote_connect(&e), 0);
+	for (int i = 0; i < n; i++)
+		close(held[i]);
+	ASSERT_EQ(rm.generation, gen);
+	ASSERT_EQ(rm.ro_fd, ro);
+	ASSERT(fcntl(ro, F_GETFD) >= 0);
+	ASSERT_EQ(md__remote_fd_ok(&rm), 1);
+	ASSERT_EQ(md__remote_report(&rm, &ctr, 1), 0);
+	ASSERT(md__remote_connected(&rm));
+	ASSERT_EQ(md__remote_valid(&rm, slot, 1), 1);
+	md__engine_fini(&e);
+	md__remote_fini(&rm);
+	td_stop(&t);
+	munmap(x, PG);
+	return 0;
+}
+
 /* A WELCOME whose pool is larger than a slot number can name is refused:
  * its slots past MD_REF_SLOTS_MAX would not fit the agent's records. */
 TEST_IMPL(engine_welcome_pool_too_large_refused)
