@@ -1650,6 +1650,25 @@ static void send_with_fd(int fd, const void *buf, size_t len, int pass)
 }
 
 /* A socket listening at path, for a fake daemon. */
+/* The descriptor send_with_fd passed with one byte over sock. */
+static int recv_held_fd(int sock)
+{
+	char c;
+	union {
+		struct cmsghdr h;
+		char b[CMSG_SPACE(sizeof(int))];
+	} ctl;
+	struct iovec iov = { &c, 1 };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b,
+			     .msg_controllen = sizeof(ctl.b) };
+	ASSERT(recvmsg(sock, &mh, MSG_CMSG_CLOEXEC) == 1);
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+	ASSERT(cm && cm->cmsg_type == SCM_RIGHTS);
+	int held;
+	memcpy(&held, CMSG_DATA(cm), sizeof(held));
+	return held;
+}
+
 static int listen_at(const char *path)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -1716,19 +1735,7 @@ TEST_IMPL(daemon_hello_once)
 		send_with_fd(sp[1], "c", 1, fd);	/* the connection outlives us */
 		_exit(0);
 	}
-	char c;
-	union {
-		struct cmsghdr h;
-		char b[CMSG_SPACE(sizeof(int))];
-	} ctl;
-	struct iovec iov = { &c, 1 };
-	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b,
-			     .msg_controllen = sizeof(ctl.b) };
-	ASSERT(recvmsg(sp[0], &mh, MSG_CMSG_CLOEXEC) == 1);
-	struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-	ASSERT(cm && cm->cmsg_type == SCM_RIGHTS);
-	int held;
-	memcpy(&held, CMSG_DATA(cm), sizeof(held));
+	int held = recv_held_fd(sp[0]);
 	ASSERT_EQ(waitpid(kid, NULL, 0), kid);
 	/* The daemon saw it exit: its record went, its connection stays. */
 	size_t agents = 1;
@@ -1753,6 +1760,7 @@ TEST_IMPL(daemon_hello_once)
 	ASSERT_EQ(r.hdr.seq, 9);
 	ASSERT_EQ(r.u.text.status, -EPROTO);
 	struct pollfd p = { held, POLLIN, 0 };
+	char c;
 	ASSERT(poll(&p, 1, 3000) == 1);
 	ASSERT(read(held, &c, 1) <= 0);	/* closed */
 	json_t *st = td_status(&t);
@@ -1793,19 +1801,7 @@ TEST_IMPL(daemon_hello_after_opener_exited)
 		send_with_fd(sp[1], "c", 1, fd);
 		_exit(0);
 	}
-	char c;
-	union {
-		struct cmsghdr h;
-		char b[CMSG_SPACE(sizeof(int))];
-	} ctl;
-	struct iovec iov = { &c, 1 };
-	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.b,
-			     .msg_controllen = sizeof(ctl.b) };
-	ASSERT(recvmsg(sp[0], &mh, MSG_CMSG_CLOEXEC) == 1);
-	struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
-	ASSERT(cm && cm->cmsg_type == SCM_RIGHTS);
-	int held;
-	memcpy(&held, CMSG_DATA(cm), sizeof(held));
+	int held = recv_held_fd(sp[0]);
 	int st;
 	ASSERT_EQ(waitpid(kid, &st, 0), kid);
 	ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
