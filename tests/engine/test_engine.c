@@ -126,6 +126,17 @@ static void engine_up(struct md__engine *e)
 	engine_up_with(e, NULL);
 }
 
+/* An engine connected to a test daemon (a pool of 1,024 pages) in the
+ * domain named. */
+static void engine_with_daemon(struct md__engine *e, struct tdaemon *t, struct md__remote *rm, const char *domain)
+{
+	engine_up(e);
+	td_start(t, 1024);
+	ASSERT_EQ(md__remote_init(rm, t->sock, domain), 0);
+	e->remote = rm;
+	ASSERT_EQ(md__engine_remote_connect(e), 0);
+}
+
 TEST_IMPL(engine_hints_stack)
 {
 	struct md__hints h;
@@ -1814,11 +1825,7 @@ TEST_IMPL(engine_remote_pool_descriptor_replaced)
 	uint32_t slot;
 	int status;
 
-	engine_up(&e);
-	td_start(&t, 1024);
-	ASSERT_EQ(md__remote_init(&rm, t.sock, "victim"), 0);
-	e.remote = &rm;
-	ASSERT_EQ(md__engine_remote_connect(&e), 0);
+	engine_with_daemon(&e, &t, &rm, "victim");
 	fill(want, 77);
 	memcpy(m, want, PG);
 	memcpy(m + PG, want, PG);
@@ -2781,11 +2788,7 @@ TEST_IMPL(engine_scanner_runs_split_at_regions)
 	uint32_t slot;
 	int status;
 
-	engine_up(&e);
-	td_start(&t, 1024);
-	ASSERT_EQ(md__remote_init(&rm, t.sock, "split"), 0);
-	e.remote = &rm;
-	ASSERT_EQ(md__engine_remote_connect(&e), 0);
+	engine_with_daemon(&e, &t, &rm, "split");
 	fill(x, 7);
 	for (size_t i = 0; i < 4; i++)
 		fill(m + i * PG, 7);
@@ -2831,11 +2834,7 @@ TEST_IMPL(engine_old_pool_refs_not_sent)
 	uint64_t h[4];
 	const void *page[4];
 
-	engine_up(&e);
-	td_start(&t, 1024);
-	ASSERT_EQ(md__remote_init(&rm, t.sock, "gen"), 0);
-	e.remote = &rm;
-	ASSERT_EQ(md__engine_remote_connect(&e), 0);
+	engine_with_daemon(&e, &t, &rm, "gen");
 	for (size_t i = 0; i < 4; i++) {
 		fill(x + i * PG, (unsigned)(20 + i));
 		h[i] = md__page_hash(x + i * PG);
@@ -2891,11 +2890,7 @@ TEST_IMPL(engine_old_pool_unrefs_not_given_new_daemon)
 	uint64_t h[4], ctr = 0;
 	const void *page[4];
 
-	engine_up(&e);
-	td_start(&t, 1024);
-	ASSERT_EQ(md__remote_init(&rm, t.sock, "owed"), 0);
-	e.remote = &rm;
-	ASSERT_EQ(md__engine_remote_connect(&e), 0);
+	engine_with_daemon(&e, &t, &rm, "owed");
 	for (size_t i = 0; i < 4; i++) {
 		fill(x + i * PG, (unsigned)(60 + i));
 		h[i] = md__page_hash(x + i * PG);
@@ -2955,11 +2950,7 @@ TEST_IMPL(engine_remote_valid_within_pool)
 	uint64_t h[2];
 	const void *page[2];
 
-	engine_up(&e);
-	td_start(&t, 1024);
-	ASSERT_EQ(md__remote_init(&rm, t.sock, "valid"), 0);
-	e.remote = &rm;
-	ASSERT_EQ(md__engine_remote_connect(&e), 0);
+	engine_with_daemon(&e, &t, &rm, "valid");
 	ASSERT(rm.view_pages >= 2);
 	ASSERT_EQ(md__remote_valid(&rm, 0, 1), 0);	/* nothing published: an empty file */
 	for (size_t i = 0; i < 2; i++) {
@@ -3293,11 +3284,7 @@ TEST_IMPL(engine_unrefs_bounded_by_slow_daemon)
 	uint32_t slot, slot2;
 	int status;
 
-	engine_up(&e);
-	td_start(&t, 1024);
-	ASSERT_EQ(md__remote_init(&rm, t.sock, "slow"), 0);
-	e.remote = &rm;
-	ASSERT_EQ(md__engine_remote_connect(&e), 0);
+	engine_with_daemon(&e, &t, &rm, "slow");
 	fill(x, 9);
 	fill(x + PG, 10);
 	uint64_t h[2] = { md__page_hash(x), md__page_hash(x + PG) };
