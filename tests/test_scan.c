@@ -4403,6 +4403,21 @@ TEST_IMPL(scan_io_unseen_second_caller_waits)
 	return 0;
 }
 
+/* md_agent_io_unseen with the host's memory available said to be kb
+ * (a fake /proc/meminfo under the test's directory). */
+static void io_unseen_with_available(md_agent *a, unsigned kb)
+{
+	char proc[600], meminfo[700];
+	snprintf(proc, sizeof(proc), "%s/proc", test_dir());
+	snprintf(meminfo, sizeof(meminfo), "%s/meminfo", proc);
+	ASSERT(mkdir(proc, 0755) == 0 || errno == EEXIST);
+	FILE *f = fopen(meminfo, "w");
+	ASSERT(f && fprintf(f, "MemAvailable: %u kB\n", kb) > 0 && fclose(f) == 0);
+	md__memroom_proc = proc;
+	md_agent_io_unseen(a, "test");
+	md__memroom_proc = "/proc";
+}
+
 /* Memory short for the copies when I/O the agent does not see begins:
  * the merged pages stay merged, which is said (loudly: a read-only pin
  * may then send stale content) and counted in merge_fallbacks. */
@@ -4411,15 +4426,7 @@ TEST_IMPL(scan_io_unseen_short_of_memory_counted)
 	md_agent *a;
 	const size_t n = 64;
 	char *m = pairs_merged_here(&a, NULL, n);
-	char proc[600], meminfo[700];
-	snprintf(proc, sizeof(proc), "%s/proc", test_dir());
-	snprintf(meminfo, sizeof(meminfo), "%s/meminfo", proc);
-	ASSERT_EQ(mkdir(proc, 0755), 0);
-	FILE *f = fopen(meminfo, "w");
-	ASSERT(f && fputs("MemAvailable: 1024 kB\n", f) >= 0 && fclose(f) == 0);
-	md__memroom_proc = proc;
-	md_agent_io_unseen(a, "test");
-	md__memroom_proc = "/proc";
+	io_unseen_with_available(a, 1024);
 	ASSERT(!pairs_private(m, n));
 	md_stats s;
 	ASSERT_EQ(md_agent_stats(a, &s), 0);
@@ -4460,7 +4467,7 @@ TEST_IMPL(scan_io_unseen_images_private_first)
 	md_agent *a;
 	const size_t n = 64;
 	char *m = pairs_merged_here(&a, NULL, n);
-	char img[512], proc[600], meminfo[700];
+	char img[512];
 	snprintf(img, sizeof(img), "%s/first.img", test_dir());
 	make_image(img, 16 * PG, 31);
 	char *r = mmap(NULL, 16 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -4472,15 +4479,8 @@ TEST_IMPL(scan_io_unseen_images_private_first)
 	md_stats s;
 	ASSERT_EQ(md_agent_stats(a, &s), 0);
 	ASSERT_EQ(s.pages_shared_at_read, 16);
-	snprintf(proc, sizeof(proc), "%s/proc", test_dir());
-	snprintf(meminfo, sizeof(meminfo), "%s/meminfo", proc);
-	ASSERT_EQ(mkdir(proc, 0755), 0);
-	FILE *f = fopen(meminfo, "w");
 	/* 64 MiB kept spare and 24 pages: the image's 16, not the pool's 32 too. */
-	ASSERT(f && fprintf(f, "MemAvailable: %d kB\n", 65536 + 24 * 4) > 0 && fclose(f) == 0);
-	md__memroom_proc = proc;
-	md_agent_io_unseen(a, "test");
-	md__memroom_proc = "/proc";
+	io_unseen_with_available(a, 65536 + 24 * 4);
 	static char want[16 * PG];
 	ASSERT_EQ(pread(fd, want, sizeof(want), 0), (ssize_t)sizeof(want));
 	ASSERT(memcmp(r, want, sizeof(want)) == 0);	/* read: present */
