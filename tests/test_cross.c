@@ -1083,7 +1083,10 @@ static int sharing_unmerge_all(const md_stats *s) { return s->pages_sharing >= U
  * one at a time but not together: one is done, the other refuses, the
  * answer says which, and neither VMM is killed. Sent to both at once,
  * each checked the memory before either copied, both went on, and the
- * cgroup's OOM killer killed one. */
+ * cgroup's OOM killer killed one. (The checks come a few milliseconds
+ * apart here, and the first's copies may already count: the test that
+ * fails without memdedupd's turns, holding the copies, is
+ * scan_unmerge_turns_see_copies_made.) */
 TEST_IMPL(cross_unmerge_all_one_agent_at_a_time)
 {
 	struct test_cgroup cg;

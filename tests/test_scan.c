@@ -4308,6 +4308,95 @@ TEST_IMPL(scan_daemon_unmerge_takes_lease_breaks)
 	return 0;
 }
 
+#define TURN_PAGES 38400u	/* 150 MiB an agent */
+
+static void first_part_waits(struct md_agent *a)
+{
+	static int waited;
+	(void)a;
+	if (!waited++)
+		usleep(500000);
+}
+
+/* A child's agent of memdedupd's at sock, TURN_PAGES of one content
+ * merged; then md__part_hook holds its unmerge's copies after their first
+ * part, and a byte on ready says so. Never returns. */
+static void turn_agent(const char *sock, int ready)
+{
+	md_agent *a;
+	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .pages_to_scan = 20000, .sleep_ms = 1,
+			       .daemon_socket = sock };
+	if (md_agent_new(&a, &o) != 0)
+		_exit(2);
+	char *m = mmap(NULL, TURN_PAGES * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (m == MAP_FAILED)
+		_exit(3);
+	memset(m, 7, TURN_PAGES * PG);
+	if (md_agent_register(a, m, TURN_PAGES * PG, 0) != 0 || wait_merged(a, TURN_PAGES - 256) != 0)
+		_exit(4);
+	md__part_hook = first_part_waits;
+	if (write(ready, "r", 1) != 1)
+		_exit(5);
+	for (;;)
+		pause();
+}
+
+/* `memdedup unmerge` of two agents in one cgroup with room for one's
+ * copies (150 MiB and the 64 MiB kept spare) but not both's: each agent
+ * holds its copies half a second after their first part (7 MiB), so an
+ * agent sent the unmerge at the same time checks the memory while the
+ * first's copies are still to come, and goes on too: the cgroup's OOM
+ * killer then killed one. memdedupd sends it one agent at a time: the
+ * second finds the first's copies made, and refuses. (The cross test of
+ * testproc's agents passes without that when the two checks happen a few
+ * milliseconds apart.) */
+TEST_IMPL(scan_unmerge_turns_see_copies_made)
+{
+	struct test_cgroup cg;
+	if (cgroup_make(&cg) != 0)
+		SKIP("no memory cgroup of our own to be had here");
+	struct tdaemon t;
+	td_start(&t, 65536);
+	int ready[2];
+	pid_t kid[2];
+	char c, path[600];
+	ASSERT_EQ(pipe(ready), 0);
+	for (int i = 0; i < 2; i++) {
+		kid[i] = fork();
+		ASSERT(kid[i] >= 0);
+		if (kid[i] == 0)
+			turn_agent(t.sock, ready[1]);
+	}
+	close(ready[1]);	/* a child that fails: the read ends */
+	for (int i = 0; i < 2; i++)
+		ASSERT_EQ(read(ready[0], &c, 1), 1);
+	for (int i = 0; i < 2; i++)
+		ASSERT_EQ(cgroup_enter(&cg, kid[i]), 0);
+	ASSERT_EQ(cgroup_limit(&cg, cgroup_usage(&cg) + (240ull << 20)), 0);
+	snprintf(path, sizeof(path), "%s/out", test_dir());
+	ASSERT_EQ(td_sh("MEMDEDUP_SOCKET=%s %s/memdedup unmerge >%s 2>&1", t.sock, build_dir(), path), 1);
+	const char *out = file_text(path);
+	fprintf(stderr, "  %s", out);
+	int refused = 0;
+	for (int i = 0; i < 2; i++) {
+		ASSERT_EQ(waitpid(kid[i], NULL, WNOHANG), 0);	/* not killed */
+		char want[64];
+		snprintf(want, sizeof(want), "pid %d: not enough memory", (int)kid[i]);
+		refused += strstr(out, want) != NULL;
+	}
+	ASSERT_EQ(refused, 1);
+	ASSERT(strstr(out, "(done by 1 of 2 agents)"));
+	ASSERT_EQ(cgroup_limit(&cg, 1ull << 30), 0);
+	for (int i = 0; i < 2; i++) {
+		kill(kid[i], SIGKILL);
+		waitpid(kid[i], NULL, 0);
+	}
+	close(ready[0]);
+	td_stop(&t);
+	close(cg.guard);
+	return 0;
+}
+
 /* memdedupd's PAUSE, applied by the agent's thread while the VMM's unmerge
  * is refused for want of memory: the refused unmerge put back the pause it
  * had found (none), and the operator's pause was lost. */
