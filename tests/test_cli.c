@@ -1853,32 +1853,98 @@ TEST_IMPL(cli_status_daemon_malformed_doc)
 		"{\"daemon\":{},\"domains\":{\"id\":1},\"agents\":\"x\"}",
 		"{\"daemon\":{},\"domains\":[{\"id\":\"7\",\"name\":5,\"uid\":\"x\",\"agents\":3.5,"
 		"\"pool_live_pages\":1,\"pages_sharing\":1,\"general_profit\":1}],\"agents\":[]}",
+		/* Named properly, one of its numbers not a number. */
+		"{\"daemon\":{},\"domains\":[{\"id\":7,\"name\":\"blue\",\"uid\":0,\"agents\":2,"
+		"\"pool_live_pages\":\"1234\",\"pages_sharing\":5678,\"general_profit\":1048576}],\"agents\":[]}",
 		"{\"daemon\":{},\"domains\":[{\"id\":7,\"name\":\"blue\",\"uid\":0,\"agents\":2,"
 		"\"pool_live_pages\":1234,\"pages_sharing\":5678,\"general_profit\":1048576}],\"agents\":[]}",
 	};
-	int code[3][2];
-	char err[3][1024], out[1024];
-	for (int i = 0; i < 3; i++) {
+	int code[4][2];
+	char err[4][1024], out[1024];
+	for (int i = 0; i < 4; i++) {
 		pid_t kid = doc_server(sock, docs[i], 1);
 		for (int json = 0; json < 2; json++) {
 			code[i][json] = sh("MEMDEDUP_RUN_DIR=%s MEMDEDUP_SOCKET=%s %s/memdedup status%s", test_dir(),
 					   sock, b, json ? " --json" : "");
 			if (!json)
 				snprintf(err[i], sizeof(err[i]), "%s", slurp("err"));
-			if (!json && i == 2)
+			if (!json && i == 3)
 				snprintf(out, sizeof(out), "%s", slurp("out"));
 		}
 		kill(kid, SIGKILL);
 		waitpid(kid, NULL, 0);
 	}
-	for (int i = 0; i < 2; i++) {
+	for (int i = 0; i < 3; i++) {
 		ASSERT_EQ(code[i][0], 1);
 		ASSERT_EQ(code[i][1], 1);
 		ASSERT(strstr(err[i], "did not answer properly"));
 	}
-	ASSERT_EQ(code[2][0], 0);
-	ASSERT_EQ(code[2][1], 0);
+	ASSERT_EQ(code[3][0], 0);
+	ASSERT_EQ(code[3][1], 0);
 	ASSERT(strstr(out, "blue") && strstr(out, "5678"));
+	return 0;
+}
+
+/* A server at path answering each STATUS on a connection with the next of
+ * docs[0..n) (the last again past the end), in a STATUS_R frame: a daemon
+ * whose document comes in pages. Its pid. */
+static pid_t pages_server(const char *path, const char *const *docs, int n)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	ASSERT(strlen(path) < sizeof(sa.sun_path));
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	unlink(path);
+	int ls = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ASSERT(ls >= 0);
+	ASSERT(bind(ls, (struct sockaddr *)&sa, sizeof(sa)) == 0 && listen(ls, 8) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		static unsigned char out[MD_MSG_HDR_SIZE + 4096], in[MD_MSG_HDR_SIZE + 4096];
+		for (;;) {
+			int c = accept(ls, NULL, NULL);
+			if (c < 0)
+				_exit(1);
+			for (int k = 0;; k++) {
+				struct md__msg_hdr h;
+				const char *doc = docs[k < n ? k : n - 1];
+				size_t len = strlen(doc);
+				ssize_t got = read(c, in, sizeof(in));
+				if (got < (ssize_t)MD_MSG_HDR_SIZE || md__msg_hdr_decode(in, (size_t)got, &h) != 0 ||
+				    len > 4096)
+					break;
+				md__msg_hdr_encode(out, MD_MSG_STATUS_R, (uint32_t)len, h.seq);
+				memcpy(out + MD_MSG_HDR_SIZE, doc, len);
+				if (write(c, out, MD_MSG_HDR_SIZE + len) < 0)
+					break;
+			}
+			close(c);
+		}
+	}
+	close(ls);
+	return kid;
+}
+
+/* A page whose "next" does not move on (here: where it started) is no
+ * proper answer: `status` would ask for it again and again, and show its
+ * domains and agents each time. Taken, it showed the page's domain, and
+ * the page after it, the last, ended it well. */
+TEST_IMPL(cli_status_daemon_next_moves_on)
+{
+	char sock[400];
+	snprintf(sock, sizeof(sock), "%s/pages.sock", test_dir());
+	static const char *const docs[] = {
+		"{\"daemon\":{},\"domains\":[{\"id\":7,\"name\":\"blue\",\"uid\":0,\"agents\":2,"
+		"\"pool_live_pages\":1234,\"pages_sharing\":5678,\"general_profit\":1048576}],\"agents\":[],"
+		"\"next\":{\"domain\":0,\"agent\":0}}",
+		"{\"daemon\":{},\"domains\":[],\"agents\":[],\"next\":null}",
+	};
+	pid_t kid = pages_server(sock, docs, 2);
+	int code = sh("MEMDEDUP_RUN_DIR=%s MEMDEDUP_SOCKET=%s %s/memdedup status", test_dir(), sock, build_dir());
+	kill(kid, SIGKILL);
+	waitpid(kid, NULL, 0);
+	ASSERT_EQ(code, 1);
+	ASSERT(strstr(slurp("err"), "did not answer properly"));
 	return 0;
 }
 
