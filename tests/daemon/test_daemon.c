@@ -3902,6 +3902,41 @@ TEST_IMPL(daemon_unmerge_deadline_per_agent)
 	return 0;
 }
 
+/* An UNMERGE whose first agent did not answer in time is answered then,
+ * the agents still queued behind it not sent it: each of those is counted
+ * in the answer too ("done by 0 of 3 agents"), as it was matched and not
+ * done. Counted were only those sent it ("of 1 agent"). */
+TEST_IMPL(daemon_unmerge_timeout_counts_unsent)
+{
+	struct tdaemon t;
+	struct control_call k;
+	struct fake_agent o[3];
+	uint32_t token;
+
+	setenv("MEMDEDUP_CONTROL_WAIT_MS", "600", 1);
+	td_start(&t, 16);
+	unsetenv("MEMDEDUP_CONTROL_WAIT_MS");
+	for (int i = 0; i < 3; i++)
+		fake_agent_start(&t, &o[i]);
+	struct md__client *cli = td_connect(&t);
+	md__client_set_timeout(cli, 5000);
+	control_start(&k, cli, MD_CTL_UNMERGE, 0, NULL, NULL);
+	int first = unmerge_turn(o, 3, NULL, &token);
+	ASSERT_EQ(control_end(&k), -ETIMEDOUT);
+	if (!strstr(k.text, "2 more not sent it") || !strstr(k.text, "(done by 0 of 3 agents)"))
+		fprintf(stderr, "  CONTROL_R says '%s'\n", k.text);
+	ASSERT(strstr(k.text, "2 more not sent it"));
+	ASSERT(strstr(k.text, "(done by 0 of 3 agents)"));
+	for (int i = 0; i < 3; i++)
+		if (i != first)
+			ASSERT_EQ(fake_agent_got(&o[i], 0), 0);
+	for (int i = 0; i < 3; i++)
+		fake_agent_end(&o[i]);
+	md__client_free(cli);
+	td_stop(&t);
+	return 0;
+}
+
 /* Every agent an UNMERGE matched is in the answer: one that exited while
  * it waited its turn was in no count ("done by 1 agent" of 2), and the
  * daemon's log said "sent to 1 of 0 agents" of one it could not send. */
