@@ -5197,6 +5197,20 @@ TEST_IMPL(daemon_user_resume_not_over_admin)
 	ASSERT_EQ(waitpid(kid, &st, 0), kid);
 	ASSERT(WIFEXITED(st));
 	ASSERT_EQ(WEXITSTATUS(st), 0);
+	/* Nor a RESUME of all by a user with no agent (none refuses it, and
+	 * it would be "done by 0 agents"): the pause of all is refused as such. */
+	pid_t none = fork();
+	ASSERT(none >= 0);
+	if (none == 0) {
+		if (setresgid(65534, 65534, 65534) != 0 || setresuid(65534, 65534, 65534) != 0)
+			_exit(102);
+		struct md__client *nc = td_connect(&t);
+		int err = control(nc, MD_CTL_RESUME, 0, NULL, NULL, text);
+		if (err != -EPERM || !strstr(text, "only they resume it"))
+			fprintf(stderr, "  nobody's RESUME of all: %d '%s'\n", err, text);
+		_exit(err == -EPERM && strstr(text, "only they resume it") ? 0 : 1);
+	}
+	ASSERT_EQ(child_exit(none), 0);
 	json_t *status = td_status(&t);
 	ASSERT(json_is_true(json_object_get(json_object_get(status, "daemon"), "paused")));
 	json_decref(status);
