@@ -1887,7 +1887,8 @@ TEST_IMPL(cli_status_daemon_malformed_doc)
 
 /* A server at path answering each STATUS on a connection with the next of
  * docs[0..n) (the last again past the end), in a STATUS_R frame: a daemon
- * whose document comes in pages. Its pid. */
+ * whose document comes in pages. docs NULL: n empty pages, each moving
+ * on, then one that ends. Its pid. */
 static pid_t pages_server(const char *path, const char *const *docs, int n)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -1907,7 +1908,11 @@ static pid_t pages_server(const char *path, const char *const *docs, int n)
 				_exit(1);
 			for (int k = 0;; k++) {
 				struct md__msg_hdr h;
-				const char *doc = docs[k < n ? k : n - 1];
+				char gen[128];
+				if (!docs)
+					snprintf(gen, sizeof(gen), k < n ? "{\"domains\":[],\"agents\":[],\"next\":"
+						 "{\"domain\":0,\"agent\":%d}}" : "{\"domains\":[],\"agents\":[]}", k + 1);
+				const char *doc = docs ? docs[k < n ? k : n - 1] : gen;
 				size_t len = strlen(doc);
 				ssize_t got = read(c, in, sizeof(in));
 				if (got < (ssize_t)MD_MSG_HDR_SIZE || md__msg_hdr_decode(in, (size_t)got, &h) != 0 ||
@@ -1940,6 +1945,22 @@ TEST_IMPL(cli_status_daemon_next_moves_on)
 		"{\"daemon\":{},\"domains\":[],\"agents\":[],\"next\":null}",
 	};
 	pid_t kid = pages_server(sock, docs, 2);
+	int code = sh("MEMDEDUP_RUN_DIR=%s MEMDEDUP_SOCKET=%s %s/memdedup status", test_dir(), sock, build_dir());
+	kill(kid, SIGKILL);
+	waitpid(kid, NULL, 0);
+	ASSERT_EQ(code, 1);
+	ASSERT(strstr(slurp("err"), "did not answer properly"));
+	return 0;
+}
+
+/* Nor does a document without end: past 65,536 pages (each a domain or
+ * an agent at least, more than a daemon can hold), the daemon is one that
+ * does not move on. Without the bound, `status` asked on for ever. */
+TEST_IMPL(cli_status_daemon_pages_bounded)
+{
+	char sock[400];
+	snprintf(sock, sizeof(sock), "%s/pages.sock", test_dir());
+	pid_t kid = pages_server(sock, NULL, 65536);	/* the 65,537th would end it */
 	int code = sh("MEMDEDUP_RUN_DIR=%s MEMDEDUP_SOCKET=%s %s/memdedup status", test_dir(), sock, build_dir());
 	kill(kid, SIGKILL);
 	waitpid(kid, NULL, 0);
