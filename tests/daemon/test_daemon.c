@@ -183,6 +183,28 @@ TEST_IMPL(daemon_publish_lookup)
 	ASSERT_EQ(td_int(tot, "pages_sharing"), 1);
 	ASSERT_EQ(td_int(tot, "general_profit"), 1 * PG - meta);
 	json_decref(st);
+	/* A later page (here from past every domain) lists no domain; its
+	 * totals are still those of all. */
+	struct md__client *sc = td_connect(&t);
+	static char page[MD_MSG_MAX];
+	struct md__msg sm = { .hdr.type = MD_MSG_STATUS, .u.status = { UINT32_MAX, 0 } };
+	unsigned char req[MD_MSG_HDR_SIZE + 8];
+	uint32_t plen = sizeof(page);
+	unsigned type;
+	ssize_t n = md__msg_encode(&sm, req, sizeof(req));
+	ASSERT(n > 0);
+	ASSERT_EQ(md__client_request(sc, MD_MSG_STATUS, req + MD_MSG_HDR_SIZE, (uint32_t)n - MD_MSG_HDR_SIZE,
+				     page, &plen, &type), 0);
+	ASSERT_EQ(type, MD_MSG_STATUS_R);
+	md__client_free(sc);
+	st = json_loadb(page, plen, 0, NULL);
+	ASSERT(st);
+	ASSERT_EQ(json_array_size(json_object_get(st, "domains")), 0);
+	tot = json_object_get(st, "totals");
+	ASSERT_EQ(td_int(tot, "pool_live_pages"), 3);
+	ASSERT_EQ(td_int(tot, "pages_sharing"), 1);
+	ASSERT_EQ(td_int(tot, "general_profit"), 1 * PG - meta);
+	json_decref(st);
 	uint32_t un[2] = { first, first };
 	ASSERT_EQ(md__client_ref(c, un, 2, -1), 0);
 	ASSERT_EQ(md__client_ref(c, un, 1, -1), -EINVAL);	/* no longer held */
