@@ -831,6 +831,35 @@ TEST_IMPL(engine_leaves_vmm_holes)
 	return 0;
 }
 
+/* Zero pages the engine dropped and the VMM then discarded are the VMM's
+ * holes, not dropped pages any more: not counted as zero pages, and a
+ * handover (which puts back the dropped ones still missing) leaves them
+ * missing, as a userfaultfd for missing pages the VMM registers there
+ * expects (a postcopy destination's pages still to come). */
+TEST_IMPL(engine_discard_forgets_dropped)
+{
+	struct md__engine e;
+	const size_t n = 4;
+	unsigned char *r = map_ram(n);
+
+	engine_up(&e);
+	memset(r, 0, n * PG);
+	ASSERT_EQ(md__engine_register(&e, r, n * PG, 0), 0);
+	ASSERT_EQ(md__engine_merge_zero(&e, r, n), (int)n);
+	ASSERT_EQ(md__engine_dropped_pages(&e.regions[0]), n);
+	ASSERT_EQ(md__engine_discard(&e, r, 2 * PG), 0);
+	ASSERT_EQ(madvise(r, 2 * PG, MADV_DONTNEED), 0);	/* the VMM's own */
+	ASSERT_EQ(md__engine_dropped_pages(&e.regions[0]), 2);
+	for (size_t i = 0; i < n; i++)
+		ASSERT_EQ(md__dropped(&e.regions[0], i), i >= 2);
+	ASSERT_EQ(md__engine_unregister(&e, r, n * PG, MD_UNREG_HANDOVER), 0);
+	for (size_t i = 0; i < 2; i++)
+		ASSERT(!(pagemap(r + i * PG) & PM_PRESENT));
+	md__engine_fini(&e);
+	munmap(r, n * PG);
+	return 0;
+}
+
 /* The VmFlags line of the mapping that holds addr, from /proc/self/smaps. */
 static void vm_flags(const void *addr, char *out, size_t size)
 {
@@ -960,6 +989,39 @@ static uint32_t twins_published(struct md__engine *e, unsigned char **a, unsigne
 	ASSERT_EQ(md__engine_register(e, *b, n * PG, 0), 0);
 	ASSERT_EQ(md__engine_publish(e, *a, n, &slot), (int)n);
 	return slot;
+}
+
+/* Merged pages that cannot be made private when they leave (here
+ * read-only: no write populates them) keep their pool references: dropped,
+ * the last other user's going would free and punch the slots they still
+ * map, and the VMM would read zeroes there. */
+TEST_IMPL(engine_unregister_keeps_references_it_cannot_copy)
+{
+	struct md__engine e;
+	const size_t n = 4;
+	unsigned char *a, *b, want[PG];
+	uint32_t slot = twins_published(&e, &a, &b, n, 250);
+	ASSERT_EQ(md__engine_merge(&e, b, n, slot), (int)n);
+	ASSERT_EQ(mprotect(b, n * PG, PROT_READ), 0);
+	ASSERT_EQ(md__engine_unregister(&e, b, n * PG, MD_UNREG_MAPPED), 0);
+	struct md__engine_stats st;
+	md__engine_stats(&e, &st);
+	ASSERT_EQ(st.refs_kept, n);
+	for (size_t i = 0; i < n; i++)
+		ASSERT_EQ(e.pool.refs[slot + i], 2);
+	ASSERT_EQ(md__engine_unregister(&e, a, n * PG, MD_UNREG_MAPPED), 0);
+	md__engine_trim(&e);
+	for (size_t i = 0; i < n; i++) {
+		ASSERT_EQ(e.pool.refs[slot + i], 1);	/* b's, kept */
+		fill(want, 250 + (unsigned)i);
+		ASSERT(memcmp(a + i * PG, want, PG) == 0);
+		ASSERT(memcmp(b + i * PG, want, PG) == 0);
+		ASSERT(pagemap(b + i * PG) & PM_FILE);	/* the pool's page still */
+	}
+	md__engine_fini(&e);
+	munmap(a, n * PG);
+	munmap(b, n * PG);
+	return 0;
 }
 
 /* An unmap whose remains find no memory gives the regions it cut up whole,
@@ -1223,6 +1285,40 @@ TEST_IMPL(engine_merge_page_by_page_before_6_4)
 		ASSERT(i == 3 ? pfn(b + i * PG) != pfn(a + i * PG) : pfn(b + i * PG) == pfn(a + i * PG));
 	}
 	ASSERT_EQ(write_did_not_wait(&e, b + 3 * PG + 5), 0);
+	md__engine_fini(&e);
+	munmap(a, n * PG);
+	munmap(b, n * PG);
+	return 0;
+}
+
+/* A region gone stale (its forgetting failed) may hold shared memory the
+ * VMM mapped over part of it since: the freeze finds that mapping not
+ * registered, and must neither register it nor merge over it (a private
+ * page there would hide the other sharers' writes). The pages before it,
+ * which the protect call reached first, are given back to their writers. */
+TEST_IMPL(engine_merge_refuses_shared_memory_since)
+{
+	struct md__engine e;
+	const size_t n = 4;
+	unsigned char *a, *b, want[PG];
+	uint32_t slot = twins_published(&e, &a, &b, n, 230);
+	unsigned char *s = mmap(b + 2 * PG, PG, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+	ASSERT(s == b + 2 * PG);
+	fill(s, 232);	/* equal to its slot's page */
+	int merged = md__engine_merge(&e, b, n, slot);
+	ASSERT_EQ(merged, -EPERM);
+	struct md__engine_stats st;
+	md__engine_stats(&e, &st);
+	ASSERT_EQ(st.merged, 0);
+	for (size_t i = 0; i < n; i++) {
+		fill(want, 230 + (unsigned)i);
+		ASSERT(memcmp(b + i * PG, want, PG) == 0);
+		ASSERT(pfn(b + i * PG) != pfn(a + i * PG));
+		ASSERT_EQ(e.pool.refs[slot + i], 1);
+	}
+	ASSERT_EQ(write_did_not_wait(&e, b + 5), 0);
+	ASSERT_EQ(write_did_not_wait(&e, b + PG + 5), 0);
+	ASSERT_EQ(write_did_not_wait(&e, b + 2 * PG + 5), 0);
 	md__engine_fini(&e);
 	munmap(a, n * PG);
 	munmap(b, n * PG);
@@ -2149,8 +2245,8 @@ static void zap_and_write(void)
  * count. Three runs of pool pages (0-1, 3-4, 6-7): the second counts,
  * meanwhile the VMM zaps page 7 and writes it; the third fits without a
  * count, and once was mapped over the write. The same for a run of filled
- * pages mapped strip by strip. (A drop of zero pages checks the same way;
- * a count there needs another thread's mappings between its runs.) */
+ * pages mapped strip by strip. (A drop of zero pages checks the same way:
+ * engine_zero_drop_rechecks_protection_after_count.) */
 TEST_IMPL(engine_later_runs_recheck_protection)
 {
 	struct md__engine e;
@@ -2202,6 +2298,47 @@ TEST_IMPL(engine_later_runs_recheck_protection)
 	munmap(c, m * PG);
 	md__engine_fini(&e);
 	munmap(a, n * PG);
+	munmap(b, n * PG);
+	return 0;
+}
+
+/* A drop of zero pages checks the same way: a run of them in a file
+ * mapping counts (the pool's zero page at 0 and 2: each run a mapping of
+ * its own), meanwhile the VMM zaps page 4, anonymous zeroes, and writes
+ * it; dropped after the count without a look, the write was lost. */
+TEST_IMPL(engine_zero_drop_rechecks_protection_after_count)
+{
+	struct md__engine e;
+	const size_t n = 5;
+	unsigned char *b = map_ram(n), written[PG], want[PG];
+	uint32_t slot;
+
+	engine_up(&e);
+	memset(b, 0, n * PG);
+	fill(b + PG, 240);
+	fill(b + 3 * PG, 241);
+	memset(written, 0x55, PG);
+	ASSERT_EQ(md__engine_register(&e, b, n * PG, 0), 0);
+	ASSERT_EQ(md__engine_publish(&e, b, 1, &slot), 1);
+	ASSERT_EQ(md__engine_merge(&e, b + 2 * PG, 1, slot), 1);
+	/* Room for the freeze's registration and the first run's mapping;
+	 * the second run's counts (and fits then). */
+	e.vmas->est = budget_room(&e, 15) + 10;
+	zap_during_count = b + 4 * PG;
+	md__engine_count_hook = zap_and_write;
+	int dropped = md__engine_merge_zero(&e, b, n);
+	md__engine_count_hook = NULL;
+	ASSERT_EQ(e.budget_counts, 1);
+	ASSERT(memcmp(b + 4 * PG, written, PG) == 0);
+	ASSERT_EQ(dropped, 2);
+	for (size_t i = 0; i < 4; i++) {
+		memset(want, 0, PG);
+		if (i == 1 || i == 3)
+			fill(want, i == 1 ? 240 : 241);
+		ASSERT(memcmp(b + i * PG, want, PG) == 0);
+	}
+	ASSERT_EQ(write_did_not_wait(&e, b + 4 * PG + 1), 0);
+	md__engine_fini(&e);
 	munmap(b, n * PG);
 	return 0;
 }
