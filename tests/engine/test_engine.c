@@ -643,6 +643,8 @@ TEST_IMPL(engine_merge_shares)
 	rb->seen[ib] = (uint8_t)MD_SEEN_MAKE(2, 3);
 	ASSERT_EQ(md__engine_reap(&e), 1);
 	ASSERT_EQ(e.pool.refs[slot + 3], 1);
+	md__engine_stats(&e, &st);
+	ASSERT_EQ(st.cow_broken, 1);
 	/* Written: young again, not counted in pages_unshared by its old
 	 * age, and visited at the next pass. */
 	ASSERT_EQ(rb->seen[ib], MD_SEEN);
@@ -1553,6 +1555,29 @@ TEST_IMPL(engine_zero_pages)
 	return 0;
 }
 
+/* A dropped zero page the guest wrote, merged onto a slot before a reap
+ * found it written, is no dropped zero page any more (zero_pages). */
+TEST_IMPL(engine_merge_of_dropped_page_undrops)
+{
+	struct md__engine e;
+	const size_t n = 2;
+	unsigned char *a, *b;
+	uint32_t slot = twins_published(&e, &a, &b, n, 280);
+	memset(b, 0, PG);
+	ASSERT_EQ(md__engine_merge_zero(&e, b, 1), 1);
+	const struct md__eregion *r = md__engine_region(&e, (uintptr_t)b, n * PG);
+	ASSERT(r != NULL);
+	ASSERT_EQ(md__engine_dropped_pages(r), 1);
+	fill(b, 280);	/* written again, as a */
+	ASSERT_EQ(md__engine_merge(&e, b, 1, slot), 1);
+	ASSERT_EQ(pfn(b), pfn(a));
+	ASSERT_EQ(md__engine_dropped_pages(r), 0);
+	md__engine_fini(&e);
+	munmap(a, n * PG);
+	munmap(b, n * PG);
+	return 0;
+}
+
 /* A dropped zero page the guest writes holds memory again: the reap finds
  * it there (it reads pagemap over the runs with dropped pages too, not
  * only the merged ones) and counts it no zero page any more at once, not
@@ -1908,6 +1933,39 @@ TEST_IMPL(engine_pool_descriptor_replaced)
 	return 0;
 }
 
+/* A fill strip made before the pool's read-only descriptor was replaced:
+ * the next fill merge, its first use since, finds the descriptor another
+ * file's before it maps the strip, as merges do. The VMM's file is never
+ * what the guest reads, and the pages are given back to their writers. */
+TEST_IMPL(engine_fill_pool_descriptor_replaced)
+{
+	struct md__engine e;
+	struct md__engine_stats st;
+	const uint64_t word = 0xccccccccccccccccull;
+	unsigned char *m = map_ram(4);
+
+	engine_up(&e);
+	memset(m, 0xcc, 4 * PG);
+	ASSERT_EQ(md__engine_register(&e, m, 4 * PG, 0), 0);
+	ASSERT_EQ(md__engine_merge_fill(&e, m, 2, word), 2);
+	int victim = victim_file(), ro = e.pool.ro_fd;
+	ASSERT(dup2(victim, ro) == ro);
+	ASSERT(md__engine_merge_fill(&e, m + 2 * PG, 2, word) <= 0);
+	for (size_t k = 0; k < 4 * PG; k++)
+		ASSERT_EQ(m[k], 0xcc);
+	ASSERT(!(pagemap(m + 2 * PG) & PM_FILE));	/* left as it was */
+	ASSERT_EQ(write_did_not_wait(&e, m + 3 * PG), 0);
+	md__engine_stats(&e, &st);
+	ASSERT(st.pool_replaced >= 2);
+	ASSERT_EQ(st.filled, 2);
+	md__engine_fini(&e);
+	ASSERT(victim_intact(ro));
+	close(ro);
+	close(victim);
+	munmap(m, 4 * PG);
+	return 0;
+}
+
 /* The same with memdedupd's pool: a merge never maps the file the VMM put
  * at the number of the pool's descriptor; the connection goes at the next
  * call, and the next connect brings a new descriptor to merge from. */
@@ -2151,6 +2209,27 @@ TEST_IMPL(engine_register_unknown_mappings_fails)
 	ASSERT_EQ(md__engine_register(&e, a, n * PG, 0), 0);
 	md__engine_fini(&e);
 	munmap(a, n * PG);
+	return 0;
+}
+
+/* The budget is max_vmas itself: a merge whose two new mappings reach it
+ * exactly goes on, one past it is refused (no count due to look again). */
+TEST_IMPL(engine_vma_budget_reached_exactly)
+{
+	struct md__engine e;
+	const size_t n = 2;
+	unsigned char *a, *b;
+	uint32_t slot = twins_published(&e, &a, &b, n, 270);
+	e.vmas->counted_ns = (uint64_t)(now() * 1e9);
+	e.max_vmas = md__vmas_estimate(e.vmas) + 1;
+	ASSERT_EQ(md__engine_merge(&e, b, 1, slot), -ENOSPC);
+	e.max_vmas = md__vmas_estimate(e.vmas) + 2;
+	ASSERT_EQ(md__engine_merge(&e, b, 1, slot), 1);
+	ASSERT_EQ(e.budget_counts, 0);
+	ASSERT_EQ(pfn(b), pfn(a));
+	md__engine_fini(&e);
+	munmap(a, n * PG);
+	munmap(b, n * PG);
 	return 0;
 }
 
@@ -5255,6 +5334,38 @@ TEST_IMPL(engine_merge_file_compares_every_page)
 {
 	merge_file_one_differs(4, 2, 100, 160);
 	merge_file_one_differs(MD_COPY_PAGES_MAX + 6, MD_COPY_PAGES_MAX + 5, PG - 1, 170);
+	return 0;
+}
+
+/* Pages merged from an image are the image's: the pool references they
+ * held go (their slots freed with their last user), and a merge onto a
+ * slot leaves them alone (the agent's record of the image page). */
+TEST_IMPL(engine_merge_file_releases_pool_pages)
+{
+	struct md__engine e;
+	const size_t n = 4;
+	unsigned char *a, *b;
+	uint32_t slot = twins_published(&e, &a, &b, n, 260);
+	ASSERT_EQ(md__engine_merge(&e, b, n, slot), (int)n);
+	int fd = memfd_create("image", MFD_CLOEXEC);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(write(fd, a, n * PG), (ssize_t)(n * PG));
+	const unsigned char *view = mmap(NULL, n * PG, PROT_READ, MAP_SHARED, fd, 0);
+	ASSERT(view != MAP_FAILED);
+	ASSERT_EQ(md__engine_merge_file(&e, b, n, fd, 0, view, NULL, NULL), (int)n);
+	const struct md__eregion *r = md__engine_region(&e, (uintptr_t)b, n * PG);
+	ASSERT(r != NULL);
+	for (size_t i = 0; i < n; i++) {
+		ASSERT_EQ(e.pool.refs[slot + i], 1);	/* a's only */
+		ASSERT_EQ(r->ref[(uintptr_t)(b + i * PG - r->start) / PG], MD_REF_IMAGE);
+		ASSERT(memcmp(b + i * PG, view + i * PG, PG) == 0);
+	}
+	ASSERT_EQ(md__engine_merge(&e, b, n, slot), -EBUSY);
+	md__engine_fini(&e);
+	munmap((void *)view, n * PG);
+	close(fd);
+	munmap(a, n * PG);
+	munmap(b, n * PG);
 	return 0;
 }
 
