@@ -722,6 +722,61 @@ TEST_IMPL(engine_unregister_keeps_content)
 	return 0;
 }
 
+/* A published page is found by its content (the scanner's look-up without
+ * memdedupd), and no more once its slot is freed: a freed slot found there
+ * was no merge (not live), and its content was never published again. */
+TEST_IMPL(engine_publish_indexes_slot)
+{
+	struct md__engine e;
+	unsigned char *a = map_ram(1), *b = map_ram(1);
+	uint32_t slot;
+
+	engine_up(&e);
+	fill(a, 290);
+	fill(b, 290);
+	ASSERT_EQ(md__engine_register(&e, a, PG, 0), 0);
+	ASSERT_EQ(md__engine_register(&e, b, PG, 0), 0);
+	uint64_t h = md__page_hash(b);
+	ASSERT_EQ(md__engine_lookup(&e, b, h), -1);
+	ASSERT_EQ(md__engine_publish(&e, a, 1, &slot), 1);
+	ASSERT_EQ(md__engine_lookup(&e, b, h), (int64_t)slot);
+	ASSERT_EQ(md__engine_unregister(&e, a, PG, MD_UNREG_MAPPED), 0);
+	ASSERT_EQ(e.pool.refs[slot], 0);
+	ASSERT_EQ(md__engine_lookup(&e, b, h), -1);
+	md__engine_fini(&e);
+	munmap(a, PG);
+	munmap(b, PG);
+	return 0;
+}
+
+/* A handover (the VMM's userfaultfd takes the memory) puts back the zero
+ * pages the engine dropped first; when it cannot, it fails and changes
+ * nothing, the memory still registered: those pages would be missing
+ * ones to the VMM's handler. */
+TEST_IMPL(engine_handover_needs_dropped_pages_back)
+{
+	struct md__engine e;
+	const size_t n = 4;
+	unsigned char *r = map_ram(n);
+
+	engine_up(&e);
+	memset(r, 0, n * PG);
+	ASSERT_EQ(md__engine_register(&e, r, n * PG, 0), 0);
+	ASSERT_EQ(md__engine_merge_zero(&e, r, n), (int)n);
+	ASSERT_EQ(mprotect(r, n * PG, PROT_NONE), 0);	/* no read fills them */
+	ASSERT(md__engine_unregister(&e, r, n * PG, MD_UNREG_HANDOVER) < 0);
+	ASSERT(md__engine_touches(&e, (uintptr_t)r, n * PG));
+	ASSERT_EQ(md__engine_dropped_pages(&e.regions[0]), n);
+	ASSERT_EQ(mprotect(r, n * PG, PROT_READ | PROT_WRITE), 0);
+	ASSERT_EQ(md__engine_unregister(&e, r, n * PG, MD_UNREG_HANDOVER), 0);
+	ASSERT(!md__engine_touches(&e, (uintptr_t)r, n * PG));
+	for (size_t i = 0; i < n; i++)
+		ASSERT(pagemap(r + i * PG) & PM_PRESENT);
+	md__engine_fini(&e);
+	munmap(r, n * PG);
+	return 0;
+}
+
 /* A range advised again, and a larger one around it: only what was not
  * registered becomes new regions (an overlap was refused, and the rest of
  * the larger range never scanned). */
@@ -1019,6 +1074,34 @@ TEST_IMPL(engine_unregister_keeps_references_it_cannot_copy)
 		ASSERT(memcmp(a + i * PG, want, PG) == 0);
 		ASSERT(memcmp(b + i * PG, want, PG) == 0);
 		ASSERT(pagemap(b + i * PG) & PM_FILE);	/* the pool's page still */
+	}
+	md__engine_fini(&e);
+	munmap(a, n * PG);
+	munmap(b, n * PG);
+	return 0;
+}
+
+static int fails_doing_nothing(void *arg)
+{
+	(void)arg;
+	return -EINVAL;
+}
+
+/* A VMM's call that fails and leaves the memory as it was (all of it
+ * still mapped) leaves it registered and merged, as without the call: not
+ * made private and forgotten, never to be merged again. */
+TEST_IMPL(engine_failed_call_keeps_memory_registered)
+{
+	struct md__engine e;
+	const size_t n = 4;
+	unsigned char *a, *b;
+	uint32_t slot = twins_published(&e, &a, &b, n, 310);
+	ASSERT_EQ(md__engine_merge(&e, b, n, slot), (int)n);
+	ASSERT_EQ(md__engine_unmap(&e, b, n * PG, fails_doing_nothing, NULL, 0), -EINVAL);
+	ASSERT(md__engine_touches(&e, (uintptr_t)b, n * PG));
+	for (size_t i = 0; i < n; i++) {
+		ASSERT_EQ(pfn(b + i * PG), pfn(a + i * PG));
+		ASSERT_EQ(e.pool.refs[slot + i], 2);
 	}
 	md__engine_fini(&e);
 	munmap(a, n * PG);
@@ -1551,6 +1634,7 @@ TEST_IMPL(engine_zero_pages)
 	struct md__engine_stats st;
 	md__engine_stats(&e, &st);
 	ASSERT_EQ(st.zero, n);
+	ASSERT_EQ(st.abandoned, 1);	/* page 2, not zero */
 	md__engine_fini(&e);
 	return 0;
 }
@@ -1669,13 +1753,23 @@ TEST_IMPL(engine_fill_strips)
 	ASSERT(pool_mappings(r, r + n * PG) <= 4);
 	for (size_t i = 0; i < n; i++)
 		ASSERT(i == 17 || md__page_is_filled(r + i * PG, cc));
-	/* A write to page 5 leaves page 23, on the same strip page, as it was. */
+	/* A write to page 5 leaves page 23, on the same strip page, as it was;
+	 * the reap gives back page 5's reference to that strip page only
+	 * (counted for each page mapping it: 5, 23 and 39; the strip's own
+	 * stays). */
+	uint32_t s5 = MD_REF_SLOT(e.regions[0].ref[5]) - 1;
+	ASSERT_EQ(MD_REF_SLOT(e.regions[0].ref[23]) - 1, s5);
+	ASSERT_EQ(e.pool.refs[s5], 1 + 3);
 	uint64_t shared = pfn(r + 23 * PG);
 	r[5 * PG + 9] = 7;
 	ASSERT(pfn(r + 5 * PG) != shared);
 	ASSERT_EQ(pfn(r + 23 * PG), shared);
 	ASSERT(md__page_is_filled(r + 23 * PG, cc));
 	ASSERT_EQ(r[5 * PG + 9], 7);
+	ASSERT_EQ(md__engine_reap(&e), 1);
+	ASSERT_EQ(e.pool.refs[s5], 1 + 2);
+	md__engine_trim(&e);
+	ASSERT(md__page_is_filled(r + 23 * PG, cc));
 	/* Three words more fill the engine's four strips; a fifth has none. */
 	for (size_t i = n; i < n + 3; i++) {
 		ASSERT(md__page_fill(r + i * PG, &word));
@@ -1688,6 +1782,7 @@ TEST_IMPL(engine_fill_strips)
 	struct md__engine_stats st;
 	md__engine_stats(&e, &st);
 	ASSERT_EQ(st.filled, n - 1 + 3);
+	ASSERT_EQ(st.abandoned, 1);	/* page 17 */
 	md__engine_fini(&e);
 	return 0;
 }
@@ -3032,6 +3127,46 @@ TEST_IMPL(engine_scanner_runs_split_at_regions)
 	td_stop(&t);
 	munmap(m, 4 * PG);
 	munmap(x, PG);
+	return 0;
+}
+
+/* Fill strips are the engine's own pool's, memdedupd's or not: the
+ * references of pages mapped from one go back to that pool, never to
+ * memdedupd as UNREFs of slots of the same numbers (someone's pages). */
+TEST_IMPL(engine_fill_refs_stay_local_with_daemon)
+{
+	struct tdaemon t;
+	struct md__engine e;
+	struct md__remote rm;
+	const uint64_t cc = 0xccccccccccccccccull;
+	unsigned char *x = map_ram(2), *m = map_ram(2);
+	uint32_t slot[2];
+	int status[2];
+	uint64_t h[2];
+	const void *page[2];
+
+	engine_with_daemon(&e, &t, &rm, "fill");
+	for (size_t i = 0; i < 2; i++) {
+		fill(x + i * PG, (unsigned)(320 + i));
+		h[i] = md__page_hash(x + i * PG);
+		page[i] = x + i * PG;
+	}
+	ASSERT_EQ(md__remote_publish_each(&rm, h, page, 2, slot, status, rm.generation), 0);
+	ASSERT_EQ(td_domains_int(&t, "pool_live_pages"), 2);
+	memset(m, 0xcc, 2 * PG);
+	ASSERT_EQ(md__engine_register(&e, m, 2 * PG, 0), 0);
+	ASSERT_EQ(md__engine_merge_fill(&e, m, 2, cc), 2);
+	uint32_t strip = MD_REF_SLOT(e.regions[0].ref[0]) - 1;
+	ASSERT_EQ(e.pool.refs[strip], 2);
+	ASSERT_EQ(md__engine_unregister(&e, m, 2 * PG, MD_UNREG_MAPPED), 0);
+	ASSERT_EQ(e.pool.refs[strip], 1);	/* the strip's own */
+	md__engine_send_unrefs(&e);
+	ASSERT_EQ(td_domains_int(&t, "pool_live_pages"), 2);
+	md__engine_fini(&e);
+	md__remote_fini(&rm);
+	td_stop(&t);
+	munmap(x, 2 * PG);
+	munmap(m, 2 * PG);
 	return 0;
 }
 
