@@ -1613,6 +1613,8 @@ TEST_IMPL(engine_zero_pages)
 		ASSERT(dropped(r + i * PG));
 		ASSERT(md__page_is_zero(r + i * PG));
 	}
+	ASSERT_EQ(write_did_not_wait(&e, r + 2 * PG + 9), 0);	/* not zero: given back */
+	r[2 * PG + 9] = 1;
 	/* A write after the drop gets a fresh page, the zero page stays zero. */
 	r[0] = 7;
 	ASSERT(!dropped(r));
@@ -1655,6 +1657,19 @@ TEST_IMPL(engine_merge_of_dropped_page_undrops)
 	fill(b, 280);	/* written again, as a */
 	ASSERT_EQ(md__engine_merge(&e, b, 1, slot), 1);
 	ASSERT_EQ(pfn(b), pfn(a));
+	ASSERT_EQ(md__engine_dropped_pages(r), 0);
+	/* The same when the map fails and the page is made again with its
+	 * content (remake_lost). */
+	memset(b + PG, 0, PG);
+	ASSERT_EQ(md__engine_merge_zero(&e, b + PG, 1), 1);
+	ASSERT_EQ(md__engine_dropped_pages(r), 1);
+	fill(b + PG, 281);
+	md__engine_fail_maps = 1;
+	ASSERT(md__engine_merge(&e, b + PG, 1, slot + 1) <= 0);
+	ASSERT_EQ(md__engine_fail_maps, 0);
+	unsigned char want[PG];
+	fill(want, 281);
+	ASSERT(memcmp(b + PG, want, PG) == 0);
 	ASSERT_EQ(md__engine_dropped_pages(r), 0);
 	md__engine_fini(&e);
 	munmap(a, n * PG);
@@ -2626,6 +2641,10 @@ TEST_IMPL(engine_merges_recheck_protection_after_compare)
 	ASSERT_EQ(write_kept(&e, q, ab), 0);
 	fill(want, 141);
 	ASSERT(memcmp(q + PG, want, PG) == 0);
+	/* Its slots written and compared, then given up: freed, not left
+	 * live with no reference (pool memory kept until the process goes). */
+	for (uint32_t k = 0; k < e.pool.end; k++)
+		ASSERT(e.pool.state[k] != MD_SLOT_LIVE || e.pool.refs[k] > 0);
 
 	md__engine_fini(&e);
 	close(fd);
