@@ -1677,6 +1677,28 @@ TEST_IMPL(engine_merge_of_dropped_page_undrops)
 	return 0;
 }
 
+/* A merged page the guest wrote (a private copy in the pool's mapping),
+ * reaped, then zeroed by the guest: dropped, it reads zeroes, not the
+ * pool's page again (MADV_DONTNEED in a private file mapping shows the
+ * file's page: the reap keeps the page marked as one in a file mapping). */
+TEST_IMPL(engine_zero_after_break_not_pool_page)
+{
+	struct md__engine e;
+	unsigned char *a, *b;
+	uint32_t slot = twins_published(&e, &a, &b, 1, 330);
+	ASSERT_EQ(md__engine_merge(&e, b, 1, slot), 1);
+	b[5] ^= 1;
+	ASSERT_EQ(md__engine_reap(&e), 1);
+	memset(b, 0, PG);
+	ASSERT_EQ(md__engine_merge_zero(&e, b, 1), 1);
+	ASSERT(md__page_is_zero(b));
+	ASSERT(!(pagemap(b) & PM_FILE));
+	md__engine_fini(&e);
+	munmap(a, PG);
+	munmap(b, PG);
+	return 0;
+}
+
 /* A dropped zero page the guest writes holds memory again: the reap finds
  * it there (it reads pagemap over the runs with dropped pages too, not
  * only the merged ones) and counts it no zero page any more at once, not
@@ -2291,6 +2313,44 @@ TEST_IMPL(engine_vma_budget_when_uncounted)
 	md__engine_fini(&e);
 	munmap(a, n * PG);
 	munmap(b, n * PG);
+	return 0;
+}
+
+/* Memory none of whose mappings userfaultfd can protect (a private
+ * mapping of a disk file as guest RAM) is refused: registered, every
+ * freeze there failed and the scanner read it for nothing. Where some can
+ * and another fails otherwise (here: the VMM's userfaultfd holds it), the
+ * whole fails, and the mappings registered on the way are let go of: the
+ * VMM's userfaultfd could not take them. */
+TEST_IMPL(engine_register_refuses_unprotectable_memory)
+{
+	struct md__engine e;
+	int fd = victim_file();
+	engine_up(&e);
+	unsigned char *f = mmap(NULL, 2 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+	ASSERT(f != MAP_FAILED);
+	ASSERT_EQ(md__engine_register(&e, f, 2 * PG, 0), -EINVAL);
+	ASSERT(!md__engine_touches(&e, (uintptr_t)f, 2 * PG));
+
+	unsigned char *m = map_ram(3);
+	ASSERT(mmap(m + PG, PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, fd, 0) == m + PG);
+	int vmm = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	if (vmm < 0)
+		SKIP("no second userfaultfd here");
+	struct uffdio_api api = { .api = UFFD_API };
+	struct uffdio_register reg = { .range = { (uintptr_t)m + 2 * PG, PG }, .mode = UFFDIO_REGISTER_MODE_MISSING };
+	ASSERT_EQ(ioctl(vmm, UFFDIO_API, &api), 0);
+	ASSERT_EQ(ioctl(vmm, UFFDIO_REGISTER, &reg), 0);
+	ASSERT(md__engine_register(&e, m, 3 * PG, 0) < 0);
+	ASSERT(!md__engine_touches(&e, (uintptr_t)m, 3 * PG));
+	char fl[512];
+	vm_flags(m, fl, sizeof(fl));
+	ASSERT(strstr(fl, " uw") == NULL);
+	close(vmm);
+	md__engine_fini(&e);
+	munmap(m, 3 * PG);
+	munmap(f, 2 * PG);
+	close(fd);
 	return 0;
 }
 
@@ -5689,6 +5749,55 @@ TEST_IMPL(engine_merge_rechecks_reads_after_protection)
 	ASSERT_EQ(md__engine_merge(&e, b, n, slot), (int)n);
 	for (size_t i = 0; i < n; i++)
 		ASSERT_EQ(pfn(b + i * PG), pfn(a + i * PG));
+	md__engine_fini(&e);
+	munmap(a, n * PG);
+	munmap(b, n * PG);
+	return 0;
+}
+
+/* The check that the pages are still protected after the compare cannot
+ * read pagemap (the VMM put a file at the engine's descriptor's number,
+ * and no descriptor is left to open it again): no proof, no merge; the
+ * pages given back to their writers. */
+static int pm_fds[4096], pm_nfd;
+
+static void pagemap_lost_at_compare(uintptr_t a, size_t n)
+{
+	(void)a;
+	(void)n;
+	md__engine_compare_hook = NULL;
+	int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	dup2(null, freeze_hook_engine->pagemap_fd);
+	close(null);
+	struct rlimit rl = { 256, 256 };
+	setrlimit(RLIMIT_NOFILE, &rl);	/* this test's own process */
+	while (pm_nfd < 4096 && (pm_fds[pm_nfd] = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0)
+		pm_nfd++;
+}
+
+TEST_IMPL(engine_merge_needs_pagemap_after_compare)
+{
+	struct md__engine e;
+	const size_t n = 4;
+	unsigned char *a, *b, want[PG];
+	uint32_t slot = twins_published(&e, &a, &b, n, 340);
+	freeze_hook_engine = &e;
+	md__engine_compare_hook = pagemap_lost_at_compare;
+	int merged = md__engine_merge(&e, b, n, slot);
+	md__engine_compare_hook = NULL;
+	ASSERT(pm_nfd > 0 && pm_nfd < 4096);
+	while (pm_nfd > 0)
+		close(pm_fds[--pm_nfd]);
+	ASSERT_EQ(merged, 0);
+	for (size_t i = 0; i < n; i++) {
+		fill(want, 340 + (unsigned)i);
+		ASSERT(memcmp(b + i * PG, want, PG) == 0);
+		ASSERT(pfn(b + i * PG) != pfn(a + i * PG));
+	}
+	ASSERT_EQ(write_did_not_wait(&e, b + PG + 3), 0);
+	b[PG + 3] ^= 1;	/* as it was */
+	/* A descriptor free again: opened again, and the run merges. */
+	ASSERT_EQ(md__engine_merge(&e, b, n, slot), (int)n);
 	md__engine_fini(&e);
 	munmap(a, n * PG);
 	munmap(b, n * PG);
