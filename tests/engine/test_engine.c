@@ -3693,6 +3693,44 @@ static void give_all_back(struct md__engine *e, struct md__remote *rm, const str
 	}
 }
 
+/* More of memdedupd's references let go of under one hold of the lock
+ * than its batch holds (an unregister of 600 merged pages): the batch
+ * moves to the send queue as it fills, and every one is given back. */
+TEST_IMPL(engine_unrefs_past_batch_under_one_lock)
+{
+	enum { N = MD_REF_BATCH + 88 };
+	struct tdaemon t;
+	struct md__engine e;
+	struct md__remote rm;
+	unsigned char *x = map_ram(1), *m = map_ram(N);
+	uint32_t slot;
+	int status;
+
+	engine_with_daemon(&e, &t, &rm, "batch");
+	fill(x, 350);
+	uint64_t h = md__page_hash(x);
+	const void *page = x;
+	ASSERT_EQ(md__remote_publish_each(&rm, &h, &page, 1, &slot, &status, rm.generation), 0);
+	ASSERT_EQ(status, 0);
+	hold_refs(&rm, slot, N - 1);	/* the publication's is one */
+	ASSERT_EQ(td_domains_int(&t, "references"), N);
+	ASSERT_EQ(md__engine_register(&e, m, N * PG, 0), 0);
+	/* As if each page were merged onto the slot (the references held). */
+	pthread_mutex_lock(&e.lock);
+	for (size_t i = 0; i < N; i++)
+		e.regions[0].ref[i] = MD_REF_FILE | (slot + 1);
+	md__engine_unlock(&e);
+	ASSERT_EQ(md__engine_unregister(&e, m, N * PG, MD_UNREG_GONE), 0);
+	give_all_back(&e, &rm, &t, PASS_MAX_S, 0);
+	ASSERT_EQ(td_domains_int(&t, "pool_live_pages"), 0);
+	md__engine_fini(&e);
+	md__remote_fini(&rm);
+	td_stop(&t);
+	munmap(x, PG);
+	munmap(m, N * PG);
+	return 0;
+}
+
 /* A daemon slow to answer, each reply within the client's 2 s timeout,
  * held the caller of md__engine_send_unrefs (the agent's thread, which
  * alone takes lease breaks, each second) for a round trip per 512
