@@ -5486,6 +5486,240 @@ TEST_IMPL(engine_scanner_adapts_ratio_down)
 	return 0;
 }
 
+/* The ratio moves between 1 and 7 of 8, never to 8 (the cursor would get
+ * no visits while hints last: it could not be measured) nor to 0 (hints
+ * off for good: a ratio of 0 is not adapted). From 7, hints that merge
+ * while the cursor finds nothing keep it at 7; from 1, a cursor that
+ * merges while the hints find nothing keeps it at 1. */
+TEST_IMPL(engine_scanner_ratio_stays_1_to_7)
+{
+	struct md__engine e;
+	struct md__hints h;
+	struct md__scanner s;
+	const size_t dup = 1024, uniq = 2048;
+	unsigned char *d = map_ram(dup), *u = map_ram(uniq);
+
+	/* As engine_scanner_adapts_ratio, from 7. */
+	engine_up(&e);
+	ASSERT_EQ(md__hints_init(&h, 64), 0);
+	for (size_t i = 0; i < dup; i++)
+		fill(d + i * PG, (unsigned)(i % (dup / 2)) + 1);
+	for (size_t i = 0; i < uniq; i++)
+		fill(u + i * PG, (unsigned)(i + 100000));
+	ASSERT_EQ(md__engine_register(&e, u, uniq * PG, 0), 0);
+	ASSERT_EQ(md__engine_register(&e, d, dup * PG, 0), 0);
+	ASSERT_EQ(md__scanner_init(&s, &e, &h), 0);
+	s.ratio = 7;
+	for (size_t i = 0; i < dup; i += 16)
+		md__hints_push(&h, (uintptr_t)(d + i * PG), 16 * PG, 0, 0);
+	for (int i = 0; i < 20 && s.st.hinted + s.st.scanned < 2100; i++) {
+		md__scanner_step(&s, 128);
+		ASSERT_EQ(s.ratio, 7);	/* at 8 for an epoch, then back */
+	}
+	ASSERT(s.st.merged_hint > 0);
+	ASSERT_EQ(s.st.merged_scan, 0);
+	md__scanner_free(&s);
+	md__hints_free(&h);
+	md__engine_fini(&e);
+	munmap(d, dup * PG);
+	munmap(u, uniq * PG);
+
+	/* As engine_scanner_adapts_ratio_down, from 1. */
+	const size_t dup2 = 2048, uniq2 = 1024;
+	d = map_ram(dup2 + uniq2);
+	u = d + dup2 * PG;
+	engine_up(&e);
+	ASSERT_EQ(md__hints_init(&h, 64), 0);
+	for (size_t i = 0; i < dup2; i++)
+		fill(d + i * PG, (unsigned)(i / 2) + 1);
+	for (size_t i = 0; i < uniq2; i++)
+		fill(u + i * PG, (unsigned)(i + 100000));
+	ASSERT_EQ(md__engine_register(&e, d, (dup2 + uniq2) * PG, 0), 0);
+	ASSERT_EQ(md__scanner_init(&s, &e, &h), 0);
+	s.ratio = 1;
+	for (int i = 0; i < 40 && s.st.passes < 1; i++)
+		md__scanner_step(&s, 128);
+	ASSERT_EQ(s.st.passes, 1);
+	for (size_t i = 0; i < uniq2; i += 16)
+		md__hints_push(&h, (uintptr_t)(u + i * PG), 16 * PG, 0, 0);
+	uint64_t from = s.st.hinted + s.st.scanned;
+	for (int i = 0; i < 40 && s.st.hinted + s.st.scanned < from + 2100; i++)
+		md__scanner_step(&s, 128);
+	ASSERT(s.st.hinted > 0);
+	ASSERT_EQ(s.st.merged_hint, 0);
+	ASSERT(s.st.merged_scan > 0);
+	ASSERT_EQ(s.ratio, 1);
+	md__scanner_free(&s);
+	md__hints_free(&h);
+	md__engine_fini(&e);
+	munmap(d, (dup2 + uniq2) * PG);
+	return 0;
+}
+
+/* A hint names pages a read just filled: they are visited whatever the
+ * smart scan says of what was there before (aged unique pages, skipped by
+ * the cursor for passes to come). */
+TEST_IMPL(engine_scanner_hints_visit_aged_pages)
+{
+	struct md__engine e;
+	struct md__hints h;
+	struct md__scanner s;
+	const size_t n = 16;
+	unsigned char *r = map_ram(n);
+
+	engine_up(&e);
+	ASSERT_EQ(md__hints_init(&h, 16), 0);
+	for (size_t i = 0; i < n; i++)
+		fill(r + i * PG, (unsigned)i + 300);
+	ASSERT_EQ(md__engine_register(&e, r, n * PG, 0), 0);
+	struct md__eregion *er = md__engine_region(&e, (uintptr_t)r, n * PG);
+	ASSERT(er);
+	for (size_t i = 0; i < n; i++)
+		er->seen[i] = (uint8_t)MD_SEEN_MAKE(3, 7);	/* unique, skipped for 7 passes */
+	ASSERT_EQ(md__scanner_init(&s, &e, &h), 0);
+	s.ratio = 7;
+	md__hints_push(&h, (uintptr_t)r, n * PG, 0, 0);
+	for (int k = 0; k < 8 && (md__hints_count(&h) || s.cur.len >= PG); k++)
+		md__scanner_step(&s, 8);
+	ASSERT_EQ(md__hints_count(&h), 0);
+	ASSERT_EQ(s.st.hinted, n);	/* every hinted page read */
+	for (size_t i = 0; i < n; i++)
+		ASSERT_EQ(MD_SEEN_SKIP(er->seen[i]), 0);	/* just filled: young again */
+	md__scanner_free(&s);
+	md__hints_free(&h);
+	md__engine_fini(&e);
+	munmap(r, n * PG);
+	return 0;
+}
+
+struct read_in_visit {
+	unsigned char *r;
+	struct md__hints *h;
+	size_t pages;
+	int calls;
+};
+
+/* The agent's image index, asked on the batch's first visit: meanwhile a
+ * read fills pages the cursor's window showed absent, and hints them. */
+static int find_and_read(void *arg, uint64_t hash, const void *page, uint64_t *cookie)
+{
+	struct read_in_visit *v = arg;
+	(void)hash, (void)page, (void)cookie;
+	if (v->calls++ == 0) {
+		for (size_t i = 1; i <= v->pages; i++)
+			fill(v->r + i * PG, (unsigned)i + 900);
+		md__hints_push(v->h, (uintptr_t)(v->r + PG), v->pages * PG, 0, 0);
+	}
+	return 0;
+}
+
+/* A hint read after the batch's pagemap window was: its pages were absent
+ * there, and a visit going by that window took them for absent still and
+ * lost the hint. A hinted run starts a fresh window. */
+TEST_IMPL(engine_scanner_hint_after_window_read)
+{
+	struct md__engine e;
+	struct md__hints h;
+	struct md__scanner s;
+	const size_t n = 256, hinted = 8;
+	unsigned char *r = map_ram(n);
+	ASSERT_EQ(madvise(r, n * PG, MADV_NOHUGEPAGE), 0);	/* one fault, one page */
+
+	engine_up(&e);
+	ASSERT_EQ(md__hints_init(&h, 16), 0);
+	fill(r, 1);	/* the rest never touched yet */
+	ASSERT_EQ(md__engine_register(&e, r, n * PG, 0), 0);
+	ASSERT_EQ(md__scanner_init(&s, &e, &h), 0);
+	s.ratio = 4;
+	struct read_in_visit v = { r, &h, hinted, 0 };
+	s.files = (struct md__file_source){ &v, find_and_read, NULL };
+	/* The cursor's visit of page 0 reads the window (pages 1-8 absent)
+	 * and the read comes in it; the next visits are the hint's. */
+	md__scanner_step(&s, 2 * hinted);
+	ASSERT(v.calls >= 1);
+	for (int k = 0; k < 8 && (md__hints_count(&h) || s.cur.len >= PG); k++)
+		md__scanner_step(&s, 2 * hinted);
+	ASSERT_EQ(md__hints_count(&h), 0);
+	ASSERT_EQ(s.st.hinted, hinted);
+	md__scanner_free(&s);
+	md__hints_free(&h);
+	md__engine_fini(&e);
+	munmap(r, n * PG);
+	return 0;
+}
+
+static size_t pause_fm_merged;
+static int find_and_pause(void *arg, uint64_t hash, const void *page, uint64_t *cookie)
+{
+	(void)hash, (void)page, (void)cookie;
+	__atomic_store_n(&((struct md__scanner *)arg)->paused, 1, __ATOMIC_SEQ_CST);
+	return 1;	/* a file page's copy */
+}
+static void pause_fm_merge(void *arg, const uintptr_t *addr, const uint64_t *cookie, size_t n)
+{
+	(void)arg, (void)addr, (void)cookie;
+	pause_fm_merged += n;
+}
+
+/* Paused during a batch (a pause answered once the step ends, see
+ * md__scanner_wait_step): what the batch found waits for the next visits,
+ * and nothing is merged after the visit under way. */
+TEST_IMPL(engine_scanner_pause_drops_batch)
+{
+	struct md__engine e;
+	struct md__scanner s;
+	const size_t n = 64;
+	unsigned char *r = unique_pages_scanned(&e, &s, n);
+
+	s.files = (struct md__file_source){ &s, find_and_pause, pause_fm_merge };
+	pause_fm_merged = 0;
+	md__scanner_step(&s, n);
+	ASSERT_EQ(s.st.file_matches, 1);	/* the step ended after that visit */
+	ASSERT_EQ(pause_fm_merged, 0);
+	ASSERT_EQ(s.nfm, 0);
+	md__scanner_free(&s);
+	md__engine_fini(&e);
+	munmap(r, n * PG);
+	return 0;
+}
+
+/* Without memdedupd, the unstable table (hash -> page) is emptied at the
+ * end of a pass: its entries go stale, and a table never emptied filled
+ * up with them (it is lossy, 16 probes), until no new page could enter
+ * and twins met no more. Memory rewritten six times, then in pairs: every
+ * pair merges. */
+TEST_IMPL(engine_scanner_unstable_table_emptied)
+{
+	struct md__engine e;
+	struct md__scanner s;
+	const size_t n = 512;	/* a table of 1,024 entries */
+	unsigned char *r = unique_pages_scanned(&e, &s, n);
+	unsigned fell = 0;
+	uint64_t pass = 0;
+
+	for (unsigned k = 1; k <= 6; k++) {
+		for (size_t i = 0; i < n; i++)
+			fill(r + i * PG, k * 100000 + (unsigned)i);
+		pass += 2;	/* the first visit sees a change, the second enters it */
+		step_to_pass(&s, pass, &fell);
+	}
+	ASSERT_EQ(s.st.merged_scan, 0);
+	for (size_t i = 0; i < n; i++)
+		fill(r + i * PG, 900000 + (unsigned)(i / 2));
+	/* Three passes: a batch goes on past a pass's end, and the pages it
+	 * visited before the writes above see them a pass later. */
+	for (int k = 0; k < 100 && s.st.passes < pass + 3; k++)
+		md__scanner_step(&s, 256);
+	ASSERT(s.st.passes >= pass + 3);
+	ASSERT_EQ(s.st.merged_scan, n / 2);
+	for (size_t i = 0; i < n; i += 2)
+		ASSERT_EQ(pfn(r + i * PG), pfn(r + (i + 1) * PG));
+	md__scanner_free(&s);
+	md__engine_fini(&e);
+	munmap(r, n * PG);
+	return 0;
+}
+
 static void poke(void *s)
 {
 	md__scanner_poke(s);
