@@ -4004,6 +4004,139 @@ TEST_IMPL(scan_unmerge_kept_paused_through_welcome)
 	return 0;
 }
 
+/* memdedupd's UNMERGE leaves the scanner paused until memdedupd resumes
+ * it: a new daemon (restarted) knows nothing of it, and its WELCOME (not
+ * paused) leaves the pause; only the daemon that asked may lift it so. */
+TEST_IMPL(scan_daemon_unmerge_kept_over_new_daemon)
+{
+	struct tdaemon t;
+	md_agent *a;
+	const size_t n = 64;
+	char *m = merged_pairs(&t, &a, n);
+	struct md__msg_control um = { .op = MD_CTL_UNMERGE };
+	md__scan_apply_control(a, &um);
+	ASSERT_EQ(__atomic_load_n(&a->unmerged, __ATOMIC_RELAXED), 2);
+	ASSERT_EQ(scanner_paused(a), 1);
+	uint64_t gen = a->engine->remote->generation;
+	kill(t.pid, SIGKILL);
+	waitpid(t.pid, NULL, 0);
+	td_restart(&t);
+	for (int i = 0; i < 500 && (!md__remote_connected(a->engine->remote) || a->engine->remote->generation == gen);
+	     i++)
+		usleep(10000);
+	ASSERT(a->engine->remote->generation != gen);
+	ASSERT(welcome_applied(&t));
+	ASSERT_EQ(scanner_paused(a), 1);
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.pages_sharing, 0);
+	ASSERT(pairs_intact(m, n));
+	md_agent_free(a);
+	td_stop(&t);
+	munmap(m, n * PG);
+	return 0;
+}
+
+/* Pages still in a restarted memdedupd's old pool are moved off it only
+ * while the scanner runs: paused (by the VMM here; an unmerge's, unseen
+ * I/O's), a page replaced could lose a write the agent does not see. Once
+ * resumed, they go. */
+TEST_IMPL(scan_old_pool_kept_while_paused)
+{
+	struct tdaemon t;
+	md_agent *a;
+	const size_t n = 64;
+	char *m = merged_pairs(&t, &a, n);
+	ASSERT_EQ(md_agent_pause(a, 1), 0);
+	uint64_t gen = a->engine->remote->generation;
+	kill(t.pid, SIGKILL);
+	waitpid(t.pid, NULL, 0);
+	td_restart(&t);
+	for (int i = 0; i < 500 && (!md__remote_connected(a->engine->remote) || a->engine->remote->generation == gen);
+	     i++)
+		usleep(10000);
+	ASSERT(a->engine->remote->generation != gen);
+	ASSERT_EQ(__atomic_load_n(&a->engine->leave_old, __ATOMIC_RELAXED), 1);
+	/* Four of the agent's thread's passes (nothing moves while paused:
+	 * no walk resets the count), each of which would move pages off. */
+	for (int i = 0; i < 1000 && __atomic_load_n(&a->walk_age, __ATOMIC_RELAXED) < 4; i++)
+		usleep(20000);
+	ASSERT(__atomic_load_n(&a->walk_age, __ATOMIC_RELAXED) >= 4);
+	ASSERT_EQ(__atomic_load_n(&a->engine->leave_old, __ATOMIC_RELAXED), 1);
+	ASSERT_EQ(md_agent_pause(a, 0), 0);
+	for (int i = 0; i < 500 && __atomic_load_n(&a->engine->leave_old, __ATOMIC_RELAXED); i++)
+		usleep(20000);
+	ASSERT_EQ(__atomic_load_n(&a->engine->leave_old, __ATOMIC_RELAXED), 0);
+	ASSERT(pairs_intact(m, n));
+	md_agent_free(a);
+	td_stop(&t);
+	munmap(m, n * PG);
+	return 0;
+}
+
+struct step_held {
+	int entered, release;
+};
+
+/* The scanner's image index, asked in a visit: holds the visit until let go. */
+static int find_held(void *arg, uint64_t hash, const void *page, uint64_t *cookie)
+{
+	struct step_held *h = arg;
+	(void)hash, (void)page, (void)cookie;
+	__atomic_store_n(&h->entered, 1, __ATOMIC_SEQ_CST);
+	while (!__atomic_load_n(&h->release, __ATOMIC_SEQ_CST))
+		usleep(1000);
+	return 0;
+}
+
+static void *daemon_pauses(void *arg)
+{
+	struct md__msg_control pause = { .op = MD_CTL_PAUSE };
+	md__scan_apply_control(arg, &pause);
+	return NULL;
+}
+
+/* memdedupd's PAUSE is answered once the scanner's step has ended, as
+ * kernel KSM's run=0 waits for ksmd's batch: answered at once, the visit
+ * under way could still merge after `memdedup pause` returned. */
+TEST_IMPL(scan_daemon_pause_waits_for_step)
+{
+	md_agent *a;
+	const size_t n = 16;
+	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN | MD_OPT_NO_SHARING, .domain = "private",
+			       .pages_to_scan = 1000, .sleep_ms = 1 };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	struct step_held h = { 0, 0 };
+	/* No image index (no read-time sharing): the visits ask ours. */
+	ASSERT(a->scanner.files.find == NULL);
+	a->scanner.files = (struct md__file_source){ &h, find_held, NULL };
+	char *m = pairs_ram(n);
+	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
+	for (int i = 0; i < 500 && !__atomic_load_n(&h.entered, __ATOMIC_SEQ_CST); i++)
+		usleep(10000);
+	ASSERT(__atomic_load_n(&h.entered, __ATOMIC_SEQ_CST));
+	pthread_t th;
+	ASSERT_EQ(pthread_create(&th, NULL, daemon_pauses, a), 0);
+	/* Not answered while the visit is held (up to 2 s, PAUSE_WAIT_MS). */
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_nsec += 300000000;
+	if (until.tv_nsec >= 1000000000) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000;
+	}
+	int early = pthread_timedjoin_np(th, NULL, &until) == 0;
+	__atomic_store_n(&h.release, 1, __ATOMIC_SEQ_CST);
+	if (!early)
+		ASSERT_EQ(pthread_join(th, NULL), 0);
+	ASSERT(!early);
+	ASSERT_EQ(scanner_paused(a), 1);
+	ASSERT_EQ(__atomic_load_n(&a->scanner.stepping, __ATOMIC_SEQ_CST), 0);
+	md_agent_free(a);
+	munmap(m, n * PG);
+	return 0;
+}
+
 /* A reap that finds dozens of merged pages written ends an idle scanner's
  * sleep and holds it at its set rate until its cursor has been round past
  * them (md__scanner_hold): they merge again only when it comes by, and an
