@@ -1354,8 +1354,13 @@ static void *scan_thread(void *arg)
 		 * the scanner sleeps 2^idle times the set sleep, and that
 		 * part new hints end (md__scanner_poke): the pages reads just
 		 * filled are the likeliest duplicates, and change soonest. */
-		uint64_t floor = md__scanner_capped(cpu, wall, sleep_ns,
-						    __atomic_load_n(&s->cpu_percent, __ATOMIC_RELAXED), nc);
+		unsigned cap = __atomic_load_n(&s->cpu_percent, __ATOMIC_RELAXED);
+		uint64_t floor = md__scanner_capped(cpu, wall, sleep_ns, cap, nc);
+		/* The CPU cap's part alone, without the set sleep's: what a
+		 * new tunable waits for. Waiting for floor, a sleep_millisecs
+		 * set from 5 s to 1 ms took effect only after the 15 s (5 s
+		 * gathered) sleep under way (engine_scanner_new_sleep_ends_sleep). */
+		uint64_t cap_floor = md__scanner_capped(cpu, wall, 0, cap, nc);
 		unsigned idle = __atomic_load_n(&s->idle, __ATOMIC_RELAXED);
 		uint64_t total = sleep_ns << idle;
 		total = total > floor ? total : floor;
@@ -1389,7 +1394,7 @@ static void *scan_thread(void *arg)
 				break;
 			/* Not before the CPU cap's part: a share that moves
 			 * with every agent that comes or goes would lift it. */
-			if (slept >= floor && tunables_moved(s, sleep_ms, set_batch, nb, nc))
+			if (slept >= cap_floor && tunables_moved(s, sleep_ms, set_batch, nb, nc))
 				break;
 		}
 	}

@@ -5720,6 +5720,44 @@ TEST_IMPL(engine_scanner_unstable_table_emptied)
 	return 0;
 }
 
+/* A new sleep_millisecs (or pages_to_scan, or share of them) counts from
+ * the next slice of the sleep under way once the CPU cap's part of it is
+ * over, not from the old sleep's end: set from 5 s (gathered to 15 s, and
+ * longer idle) to 1 ms, the scanner kept the old sleep. */
+TEST_IMPL(engine_scanner_new_sleep_ends_sleep)
+{
+	struct md__engine e;
+	struct md__scanner s;
+	const size_t n = 16;
+	unsigned char *d = map_ram(n);
+
+	engine_up(&e);
+	for (size_t i = 0; i < n; i++)
+		fill(d + i * PG, (unsigned)i + 1);
+	ASSERT_EQ(md__engine_register(&e, d, n * PG, 0), 0);
+	ASSERT_EQ(md__scanner_init(&s, &e, NULL), 0);
+	s.ratio = 0;
+	s.share_batch = s.share_cpu = 1;
+	s.sleep_ms = 5000;
+	ASSERT_EQ(md__scanner_start(&s), 0);
+	for (int i = 0; i < 500 && __atomic_load_n(&s.st.passes, __ATOMIC_RELAXED) == 0; i++)
+		usleep(10000);
+	ASSERT(__atomic_load_n(&s.st.passes, __ATOMIC_RELAXED) > 0);	/* its first batch: asleep now */
+	uint64_t passes = __atomic_load_n(&s.st.passes, __ATOMIC_RELAXED);
+	__atomic_store_n(&s.sleep_ms, 1, __ATOMIC_RELAXED);
+	double t0 = now();
+	while (__atomic_load_n(&s.st.passes, __ATOMIC_RELAXED) == passes && now() - t0 < 5)
+		usleep(10000);
+	double took = now() - t0;
+	fprintf(stderr, "  a batch %.0f ms after the sleep was set from 5 s to 1 ms\n", took * 1000);
+	ASSERT(took < 3);	/* a slice is a second at most */
+	md__scanner_stop(&s);
+	md__scanner_free(&s);
+	md__engine_fini(&e);
+	munmap(d, n * PG);
+	return 0;
+}
+
 static void poke(void *s)
 {
 	md__scanner_poke(s);
