@@ -2980,6 +2980,65 @@ TEST_IMPL(scan_set_for_one_agent_is_its_own)
 	return 0;
 }
 
+/* A CPU cap the VMM gave this agent itself (`memdedup run --cpu-percent`)
+ * is its own, as its own pages_to_scan is: not shared with memdedupd's
+ * other agents, whose share of the daemon's rate it still takes for the
+ * pages it did not set. */
+TEST_IMPL(scan_own_cpu_cap_not_shared)
+{
+	struct tdaemon t;
+	md_agent *a;
+	td_start(&t, 4096);
+	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .sleep_ms = 1, .cpu_percent = 50,
+			       .daemon_socket = t.sock };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	char *m = pairs_ram(64);
+	ASSERT_EQ(md_agent_register(a, m, 64 * PG, 0), 0);
+	char sock[400];
+	snprintf(sock, sizeof(sock), "MEMDEDUP_SOCKET=%s", t.sock);
+	const char *env[] = { "MEMDEDUP_SCAN=1", sock, NULL };
+	struct proc b;
+	proc_start(&b, env);
+	proc_cmd(&b, "map 64");
+	for (int i = 0; i < 500 && share_of(a) != 2; i++)
+		usleep(20000);
+	ASSERT_EQ(share_of(a), 2);	/* the daemon's rate is for both */
+	ASSERT_EQ(__atomic_load_n(&a->scanner.share_cpu, __ATOMIC_RELAXED), 1);
+	ASSERT_EQ(__atomic_load_n(&a->scanner.cpu_percent, __ATOMIC_RELAXED), 50);
+	proc_stop(&b);
+	md_agent_free(a);
+	munmap(m, 64 * PG);
+	td_stop(&t);
+	return 0;
+}
+
+/* The scanner's state for `memdedup status` is what a pause or resume left
+ * as soon as it returns (memdedupd answers `memdedup pause` then, and a
+ * status right after read the state before it, up to the agent's next
+ * second). Read from the counters, not through md_agent_stats, which
+ * publishes it again. */
+TEST_IMPL(scan_pause_state_shown_at_once)
+{
+	md_agent *a;
+	const size_t n = 16;
+	char *m = inproc_agent(&a, 100, n * PG);
+	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
+	struct md__msg_control pause = { .op = MD_CTL_PAUSE }, resume = { .op = MD_CTL_RESUME };
+	for (int i = 0; i < 50; i++) {
+		ASSERT_EQ(md_agent_pause(a, 1), 0);
+		ASSERT_EQ(__atomic_load_n(&a->ctr[MD_CTR_SCAN_STATE], __ATOMIC_RELAXED), MD_SCAN_STATE_PAUSED);
+		ASSERT_EQ(md_agent_pause(a, 0), 0);
+		ASSERT_EQ(__atomic_load_n(&a->ctr[MD_CTR_SCAN_STATE], __ATOMIC_RELAXED), MD_SCAN_STATE_SCANNING);
+		md__scan_apply_control(a, &pause);
+		ASSERT_EQ(__atomic_load_n(&a->ctr[MD_CTR_SCAN_STATE], __ATOMIC_RELAXED), MD_SCAN_STATE_PAUSED);
+		md__scan_apply_control(a, &resume);
+		ASSERT_EQ(__atomic_load_n(&a->ctr[MD_CTR_SCAN_STATE], __ATOMIC_RELAXED), MD_SCAN_STATE_SCANNING);
+	}
+	md_agent_free(a);
+	munmap(m, n * PG);
+	return 0;
+}
+
 /* An agent freed gives back the references its last unmaps let go of: the
  * daemon keeps its record, and so what it pinned, until the process goes. */
 TEST_IMPL(scan_free_gives_back_references)
