@@ -5758,6 +5758,85 @@ TEST_IMPL(engine_scanner_new_sleep_ends_sleep)
 	return 0;
 }
 
+/* engine_scanner_adapts_ratio with memdedupd's pool: the merges of a
+ * batch's pending pages (merge_pending) count for the source that visited
+ * them, as the merges without it do, or the ratio never moved with a
+ * daemon (every merge of the pool's). */
+TEST_IMPL(engine_scanner_adapts_ratio_with_daemon)
+{
+	struct tdaemon t;
+	struct md__engine e;
+	struct md__remote rm;
+	struct md__hints h;
+	struct md__scanner s;
+	const size_t dup = 1024, uniq = 2048;
+	unsigned char *d = map_ram(dup), *u = map_ram(uniq);
+
+	engine_with_daemon(&e, &t, &rm, "adapt");
+	ASSERT_EQ(md__hints_init(&h, 64), 0);
+	for (size_t i = 0; i < dup; i++)
+		fill(d + i * PG, (unsigned)(i % (dup / 2)) + 1);	/* two copies each */
+	for (size_t i = 0; i < uniq; i++)
+		fill(u + i * PG, (unsigned)(i + 100000));
+	ASSERT_EQ(md__engine_register(&e, u, uniq * PG, 0), 0);
+	ASSERT_EQ(md__engine_register(&e, d, dup * PG, 0), 0);
+	ASSERT_EQ(md__scanner_init(&s, &e, &h), 0);
+	s.ratio = 4;
+	for (size_t i = 0; i < dup; i += 16)
+		md__hints_push(&h, (uintptr_t)(d + i * PG), 16 * PG, 0, 0);
+	for (int i = 0; i < 20 && s.st.hinted + s.st.scanned < 2100; i++)
+		md__scanner_step(&s, 128);
+	ASSERT(s.st.merged_hint > 0);
+	ASSERT_EQ(s.st.merged_scan, 0);
+	ASSERT(s.ratio > 4);
+	md__scanner_free(&s);
+	md__hints_free(&h);
+	md__engine_fini(&e);
+	md__remote_fini(&rm);
+	td_stop(&t);
+	munmap(d, dup * PG);
+	munmap(u, uniq * PG);
+	return 0;
+}
+
+/* A hinted run's sweep of its huge page counts against the batch (a
+ * quarter of a visit per zero page dropped): a batch that swept 496 zero
+ * pages ends there, and does not read as many pages more as it was
+ * given. */
+TEST_IMPL(engine_scanner_sweep_counts_against_batch)
+{
+	struct md__engine e;
+	struct md__hints h;
+	struct md__scanner s;
+	const size_t n = 1024, hp = 512;
+	unsigned char *m = map_ram(n + hp);
+	unsigned char *r = (unsigned char *)(((uintptr_t)m + hp * PG - 1) & ~(uintptr_t)(hp * PG - 1));
+
+	engine_up(&e);
+	ASSERT_EQ(md__hints_init(&h, 16), 0);
+	for (size_t i = 0; i < n; i++) {
+		if (i >= hp + 16)
+			memset(r + i * PG, 0, PG);	/* present, zero */
+		else
+			fill(r + i * PG, (unsigned)i + 1);
+	}
+	ASSERT_EQ(md__engine_register(&e, r, n * PG, 0), 0);
+	ASSERT_EQ(md__scanner_init(&s, &e, &h), 0);
+	s.ratio = 7;
+	md__hints_push(&h, (uintptr_t)(r + hp * PG), 16 * PG, 0, 0);
+	/* 7 hinted visits of 8: the run's 16 pages and 2 of the cursor's in
+	 * the first 18 visits, then the sweep, worth 124 visits. */
+	md__scanner_step(&s, 24);
+	ASSERT_EQ(s.st.hinted, 16);
+	ASSERT_EQ(s.st.zero_swept, 496);
+	ASSERT_EQ(s.st.scanned, 2);
+	md__scanner_free(&s);
+	md__hints_free(&h);
+	md__engine_fini(&e);
+	munmap(m, (n + hp) * PG);
+	return 0;
+}
+
 static void poke(void *s)
 {
 	md__scanner_poke(s);
