@@ -5837,6 +5837,89 @@ TEST_IMPL(engine_scanner_sweep_counts_against_batch)
 	return 0;
 }
 
+/* A hint names whole pages only: a read that begins or ends inside a page
+ * filled only part of it (the rest may be anything, and changing), which
+ * its hint must not visit as just filled. */
+TEST_IMPL(engine_scanner_hints_whole_pages_only)
+{
+	struct md__engine e;
+	struct md__hints h;
+	struct md__scanner s;
+	const size_t n = 8;
+	unsigned char *r = map_ram(n);
+
+	engine_up(&e);
+	ASSERT_EQ(md__hints_init(&h, 16), 0);
+	for (size_t i = 0; i < n; i++)
+		fill(r + i * PG, (unsigned)i + 700);
+	ASSERT_EQ(md__engine_register(&e, r, n * PG, 0), 0);
+	ASSERT_EQ(md__scanner_init(&s, &e, &h), 0);
+	s.ratio = 7;
+	/* From 100 bytes into page 0 to 100 bytes into page 3: pages 1, 2. */
+	md__hints_push(&h, (uintptr_t)(r + 100), 3 * PG, 0, 0);
+	for (int k = 0; k < 8 && (md__hints_count(&h) || s.cur.len >= PG); k++)
+		md__scanner_step(&s, 4);
+	ASSERT_EQ(md__hints_count(&h), 0);
+	ASSERT_EQ(s.st.hinted, 2);
+	md__scanner_free(&s);
+	md__hints_free(&h);
+	md__engine_fini(&e);
+	munmap(r, n * PG);
+	return 0;
+}
+
+/* The agent's image index, asked on the batch's first visit: meanwhile a
+ * read fills pages the cursor's visit copied already with zeroes, and
+ * hints them. */
+static int find_and_zero(void *arg, uint64_t hash, const void *page, uint64_t *cookie)
+{
+	struct read_in_visit *v = arg;
+	(void)hash, (void)page, (void)cookie;
+	if (v->calls++ == 0) {
+		memset(v->r + PG, 0, v->pages * PG);
+		md__hints_push(v->h, (uintptr_t)(v->r + PG), v->pages * PG, 0, 0);
+	}
+	return 0;
+}
+
+/* A hinted page is read anew, never taken from a copy the cursor made
+ * before the read filled it (the cursor copies the pages after its own
+ * with it): that copy is the content the read replaced. Here the read
+ * wrote zeroes, which the hint's visit drops. */
+TEST_IMPL(engine_scanner_hint_not_from_old_copy)
+{
+	struct md__engine e;
+	struct md__hints h;
+	struct md__scanner s;
+	const size_t n = 64, hinted = 8;
+	unsigned char *r = map_ram(n);
+
+	engine_up(&e);
+	ASSERT_EQ(md__hints_init(&h, 16), 0);
+	for (size_t i = 0; i < n; i++)
+		fill(r + i * PG, (unsigned)i + 800);
+	ASSERT_EQ(md__engine_register(&e, r, n * PG, 0), 0);
+	ASSERT_EQ(md__scanner_init(&s, &e, &h), 0);
+	s.ratio = 7;
+	struct read_in_visit v = { r, &h, hinted, 0 };
+	s.files = (struct md__file_source){ &v, find_and_zero, NULL };
+	/* The cursor's visit of page 0 copies pages 0-63; the read comes in
+	 * it; the next 7 visits of 8 are the hint's. */
+	md__scanner_step(&s, 1 + hinted);
+	ASSERT(v.calls >= 1);
+	ASSERT(s.st.hinted >= 6);
+	/* Each hinted page, zero, dropped (the cursor's visits after may
+	 * drop some of the rest). */
+	ASSERT(s.st.zero >= s.st.hinted);
+	for (size_t i = 1; i <= s.st.hinted; i++)
+		ASSERT(dropped(r + i * PG));
+	md__scanner_free(&s);
+	md__hints_free(&h);
+	md__engine_fini(&e);
+	munmap(r, n * PG);
+	return 0;
+}
+
 static void poke(void *s)
 {
 	md__scanner_poke(s);
