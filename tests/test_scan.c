@@ -2898,6 +2898,28 @@ TEST_IMPL(scan_default_domain_waits_for_slow_daemon)
 	return 0;
 }
 
+/* The scanner waits for memdedupd's welcome (the daemon may be paused,
+ * and its rates are the ones to scan at), but not for a daemon that does
+ * not answer: once a HELLO timed out it scans meanwhile, as it was. */
+TEST_IMPL(scan_waits_for_welcome_not_for_stalled_daemon)
+{
+	struct tdaemon t;
+	md_agent *a;
+	td_start(&t, 4096);
+	td_pause(&t);
+	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .daemon_socket = t.sock };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	ASSERT_EQ(__atomic_load_n(&a->scanner.paused, __ATOMIC_SEQ_CST), 1);	/* its HELLO waits (2 s) */
+	for (int i = 0; i < 1000 && __atomic_load_n(&a->scanner.paused, __ATOMIC_SEQ_CST); i++)
+		usleep(10000);
+	ASSERT_EQ(__atomic_load_n(&a->scanner.paused, __ATOMIC_SEQ_CST), 0);
+	ASSERT(kill(t.pid, SIGCONT) == 0);
+	ASSERT(listed_by(&t));
+	md_agent_free(a);
+	td_stop(&t);
+	return 0;
+}
+
 /* What the VMM set itself before memdedupd's welcome came (the agent's
  * thread says HELLO after md_agent_new returns) stays: its pause, and its
  * tunables; the welcome replaced them with the daemon's. */
@@ -4647,6 +4669,55 @@ TEST_IMPL(scan_refused_unmerge_applies_welcome)
 		pthread_join(t, NULL);
 		ASSERT_EQ(scanner_paused(a), 0);
 	}
+	md_agent_free(a);
+	munmap(m, n * PG);
+	return 0;
+}
+
+/* The same with the VMM's own pause: the welcome (not paused) during the
+ * refused unmerge is kept paused for the VMM, and the unmerge, putting
+ * back what the welcome asked, keeps the VMM's pause too. */
+TEST_IMPL(scan_refused_unmerge_keeps_vmm_pause)
+{
+	struct test_cgroup cg;
+	if (cgroup_make(&cg) != 0)
+		SKIP("no memory cgroup of our own to be had here");
+	md_agent *a;
+	const size_t n = 64;
+	char *m = pairs_merged_here(&a, NULL, n);
+	ASSERT_EQ(md_agent_pause(a, 1), 0);
+	ASSERT_EQ(cgroup_enter(&cg, getpid()), 0);
+	ASSERT_EQ(cgroup_limit(&cg, cgroup_usage(&cg) + (32ull << 20)), 0);
+	for (int round = 0; round < 20; round++) {
+		pthread_t t;
+		ASSERT_EQ(pthread_create(&t, NULL, unmerge_refused_often, a), 0);
+		usleep(1000 + 500 * (unsigned)round);
+		md__scan_welcome_pause(a, 0);
+		pthread_join(t, NULL);
+		ASSERT_EQ(scanner_paused(a), 1);
+	}
+	md_agent_free(a);
+	munmap(m, n * PG);
+	return 0;
+}
+
+/* memdedupd's RESUME is the operator's: it lifts the VMM's own pause too,
+ * for good, so that a later welcome (not paused) leaves it resumed. */
+TEST_IMPL(scan_daemon_resume_lifts_vmm_pause)
+{
+	md_agent *a;
+	const size_t n = 16;
+	char *m = inproc_agent(&a, 100, n * PG);
+	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
+	ASSERT_EQ(md_agent_pause(a, 1), 0);
+	md__scan_welcome_pause(a, 0);
+	ASSERT_EQ(scanner_paused(a), 1);	/* the VMM's pause kept */
+	struct md__msg_control resume = { .op = MD_CTL_RESUME };
+	md__scan_apply_control(a, &resume);
+	ASSERT_EQ(scanner_paused(a), 0);
+	md__scan_welcome_pause(a, 1);
+	md__scan_welcome_pause(a, 0);
+	ASSERT_EQ(scanner_paused(a), 0);
 	md_agent_free(a);
 	munmap(m, n * PG);
 	return 0;
