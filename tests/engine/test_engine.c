@@ -4496,6 +4496,31 @@ TEST_IMPL(engine_scanner_keeps_rate_in_band)
 	return 0;
 }
 
+/* The band's top: 64 things done within a window (here 64 zero pages,
+ * apart from each other, in the second pass's second 1,024 pages) bring
+ * the set rate back, which the first window of that pass had slowed. */
+TEST_IMPL(engine_scanner_rate_back_at_64_found)
+{
+	struct md__engine e;
+	struct md__scanner s;
+	const size_t n = 3000;
+	unsigned char *r = unique_pages_scanned(&e, &s, n);
+	unsigned fell = 0;
+
+	step_to_pass(&s, 1, &fell);
+	for (size_t i = 0; i < 64; i++)
+		memset(r + (1100 + 8 * i) * PG, 0, PG);
+	fell = 0;
+	unsigned idle_mid = step_to_pass(&s, 2, &fell);
+	ASSERT_EQ(s.st.zero, 64);
+	ASSERT_EQ(idle_mid, 1);	/* the first window: quiet */
+	ASSERT_EQ(fell, 1);	/* the second: the set rate again */
+	md__scanner_free(&s);
+	md__engine_fini(&e);
+	munmap(r, n * PG);
+	return 0;
+}
+
 /* Steps s a page read at a time (a run of zero pages counts a quarter of
  * each: a batch of 256 went round twice) until it has made pass passes. */
 static void zero_steps_to_pass(struct md__scanner *s, uint64_t pass)
