@@ -6014,6 +6014,45 @@ TEST_IMPL(engine_scanner_failed_merge_gives_pin_back)
 	return 0;
 }
 
+/* A hint's (or candidate's) visit of a zero page between two of the
+ * cursor's keeps the run the cursor stepped over: the cursor goes on after
+ * it. Forgotten, the cursor went back into a run of 0xcc pages it had just
+ * recorded and, finding them "unchanged" a moment later, mapped them from
+ * a fill strip in the same pass, past the filter that waits for a pass. */
+TEST_IMPL(engine_scanner_hint_keeps_cursor_run)
+{
+	struct md__engine e;
+	struct md__hints h;
+	struct md__scanner s;
+	const size_t n = 80;
+	unsigned char *r = map_ram(n);
+
+	engine_up(&e);
+	ASSERT_EQ(md__hints_init(&h, 16), 0);
+	for (size_t i = 0; i < n; i++)
+		fill(r + i * PG, (unsigned)i + 1000);
+	memset(r + 3 * PG, 0xcc, 16 * PG);	/* the cursor's run: pages 3-18 */
+	memset(r + 64 * PG, 0, 8 * PG);		/* the hint's zero pages: 64-71 */
+	ASSERT_EQ(md__engine_register(&e, r, n * PG, 0), 0);
+	ASSERT_EQ(md__scanner_init(&s, &e, &h), 0);
+	s.ratio = 4;
+	md__hints_push(&h, (uintptr_t)(r + 64 * PG), 8 * PG, 0, 0);
+	/* Visits 0-3 hinted, 4-7 the cursor's (pages 0-2, then the run from
+	 * 3), 8-11 hinted, 12 on the cursor's again: page 19. */
+	md__scanner_step(&s, 24);
+	ASSERT_EQ(s.st.hinted, 8);
+	ASSERT_EQ(s.st.filled, 0);	/* recorded at this pass, not mapped */
+	const struct md__eregion *er = md__engine_region(&e, (uintptr_t)r, n * PG);
+	ASSERT(er->seen[19]);
+	for (size_t i = 3; i < 19; i++)
+		ASSERT(!(pagemap(r + i * PG) & PM_FILE));
+	md__scanner_free(&s);
+	md__hints_free(&h);
+	md__engine_fini(&e);
+	munmap(r, n * PG);
+	return 0;
+}
+
 static void poke(void *s)
 {
 	md__scanner_poke(s);
