@@ -2372,6 +2372,50 @@ TEST_IMPL(scan_unshared_without_daemon)
 	return 0;
 }
 
+/* Unique pages found zero since (the guest freed them) are dropped: they
+ * count no more as pages_unshared, and what they save counts in
+ * general_profit, as KSM counts its zero pages. */
+TEST_IMPL(scan_zeroed_unique_pages_counted)
+{
+	md_agent *a;
+	const size_t n = 64, z = 16;
+	char *m = inproc_agent(&a, 1000, n * PG);
+	for (size_t i = 0; i < n * PG; i++)
+		m[i] = (char)((i / PG) * 7 + i % 251 + 1);	/* unique */
+	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
+	md_stats st = { 0 };
+	for (int i = 0; i < 250 && st.pages_unshared != n; i++) {
+		usleep(20000);
+		md_agent_stats(a, &st);
+	}
+	ASSERT_EQ(st.pages_unshared, n);
+	int64_t profit = st.general_profit;
+	memset(m, 0, z * PG);
+	for (int i = 0; i < 250 && st.zero_pages != z; i++) {
+		usleep(20000);
+		md_agent_stats(a, &st);
+	}
+	ASSERT_EQ(st.zero_pages, z);
+	ASSERT_EQ(st.pages_unshared, n - z);
+	fprintf(stderr, "  profit %lld, then %lld\n", (long long)profit, (long long)st.general_profit);
+	ASSERT(st.general_profit - profit >= (int64_t)((z - 1) * PG));
+	/* Found zero again (read back in, on a kernel without a zero page; a
+	 * write of zeroes here), dropped again and aged like a unique page
+	 * (engine_scanner_zero_read_again_quiet): not unshared either. */
+	memset(m, 0, z * PG);
+	uint64_t passes = st.full_scans;
+	for (int i = 0; i < 500 && st.full_scans < passes + 4; i++) {
+		usleep(20000);
+		md_agent_stats(a, &st);
+	}
+	ASSERT(st.full_scans >= passes + 4);
+	ASSERT_EQ(st.zero_pages, z);
+	ASSERT_EQ(st.pages_unshared, n - z);
+	md_agent_free(a);
+	munmap(m, n * PG);
+	return 0;
+}
+
 /* The agent's published pages_sharing, as memdedupd gets it (its thread's
  * walks): md_agent_stats() would walk anew. Waits up to 5 s (the walk is
  * once a second) for it to reach want. */
