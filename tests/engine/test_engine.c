@@ -6053,6 +6053,40 @@ TEST_IMPL(engine_scanner_hint_keeps_cursor_run)
 	return 0;
 }
 
+/* Without memdedupd: a page whose unstable-table partner changed since it
+ * was recorded takes its place there, so that a third copy met later in
+ * the pass merges with it. */
+TEST_IMPL(engine_scanner_unstable_partner_replaced)
+{
+	struct md__engine e;
+	struct md__scanner s;
+	unsigned char *r = map_ram(3), want[PG];
+
+	engine_up(&e);
+	for (size_t i = 0; i < 3; i++)
+		fill(r + i * PG, 5);	/* A, B, C alike */
+	ASSERT_EQ(md__engine_register(&e, r, 3 * PG, 0), 0);
+	ASSERT_EQ(md__scanner_init(&s, &e, NULL), 0);
+	s.ratio = 0;
+	md__scanner_step(&s, 3);	/* their checksums */
+	ASSERT_EQ(s.st.first_sums, 3);
+	md__scanner_step(&s, 1);	/* A, stable: recorded */
+	fill(r, 6);			/* and written since */
+	md__scanner_step(&s, 1);	/* B finds A changed: B is recorded */
+	ASSERT_EQ(s.st.merged_scan, 0);
+	md__scanner_step(&s, 1);	/* C finds B */
+	ASSERT_EQ(s.st.merged_scan, 1);
+	ASSERT_EQ(pfn(r + PG), pfn(r + 2 * PG));
+	fill(want, 5);
+	ASSERT(memcmp(r + 2 * PG, want, PG) == 0);
+	fill(want, 6);
+	ASSERT(memcmp(r, want, PG) == 0);
+	md__scanner_free(&s);
+	md__engine_fini(&e);
+	munmap(r, 3 * PG);
+	return 0;
+}
+
 static void poke(void *s)
 {
 	md__scanner_poke(s);
