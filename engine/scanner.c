@@ -324,8 +324,12 @@ static uintptr_t cursor_next(struct md__scanner *s)
 	if (ri >= e->nregions || a < e->regions[ri].start || a >= e->regions[ri].end) {
 		ri = region_from(e, a);	/* the regions changed */
 		if (ri == e->nregions) {
+			/* Past every region: from the lowest one's start. Left
+			 * where it was, a went on past them all, and its next
+			 * step ended a second pass at once. */
 			pass_ended(s);
-			ri = region_from(e, 0);
+			a = 0;
+			ri = region_from(e, a);
 		}
 		if (a < e->regions[ri].start)
 			a = e->regions[ri].start;

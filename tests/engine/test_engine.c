@@ -4875,6 +4875,38 @@ TEST_IMPL(engine_scanner_cursor_survives_unregister)
 	return 0;
 }
 
+/* The VMM lets go of the rest of the highest region while the linear
+ * cursor is in it: the cursor, past every region now, starts again at the
+ * lowest region's start, and that ends one pass (full_scans). It went on
+ * from where it was instead, past every region: a visit of a page no
+ * longer registered, and a second pass ended at once. */
+TEST_IMPL(engine_scanner_wrap_after_unregister_ends_pass)
+{
+	struct md__engine e;
+	struct md__scanner s;
+	const size_t n = 128;
+	unsigned char *r = map_ram(n);
+
+	engine_up(&e);
+	for (size_t i = 0; i < n; i++)
+		fill(r + i * PG, (unsigned)i + 1);
+	ASSERT_EQ(md__engine_register(&e, r, 64 * PG, 0), 0);
+	ASSERT_EQ(md__engine_register(&e, r + 64 * PG, 64 * PG, 0), 0);
+	ASSERT_EQ(md__scanner_init(&s, &e, NULL), 0);
+	s.ratio = 0;
+	md__scanner_step(&s, 96);	/* pages 0-95: the cursor at 96 */
+	ASSERT_EQ(s.st.passes, 0);
+	ASSERT_EQ(md__engine_unregister(&e, r + 96 * PG, 32 * PG, MD_UNREG_MAPPED), 0);
+	md__scanner_step(&s, 1);	/* page 0 again */
+	ASSERT_EQ(s.st.passes, 1);
+	ASSERT_EQ(s.st.scanned, 97);
+	ASSERT_EQ(s.at, (uintptr_t)(r + PG));
+	md__scanner_free(&s);
+	md__engine_fini(&e);
+	munmap(r, n * PG);
+	return 0;
+}
+
 /* A ratio of 8 gives the cursor no visits while hints last, so the cursor
  * could never be compared: it steps down to 7 at the first epoch. */
 TEST_IMPL(engine_scanner_ratio_leaves_8)
