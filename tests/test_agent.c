@@ -3559,3 +3559,205 @@ TEST_IMPL(stats_dir_too_long)
 	ASSERT_EQ(count_lines(file_text(log)), 1);
 	return 0;
 }
+
+/* The bounds of md_agent_new's options and the other calls' arguments,
+ * beyond agent_api_rejects: each tunable at its maximum is taken (they are
+ * memdedup set's ranges), image_idle_s past its own refused, and NULLs, a
+ * range that wraps past the end of the address space and unknown advice
+ * bits are -EINVAL, not a crash or a call that goes on. */
+TEST_IMPL(agent_api_bounds)
+{
+	md_agent *a;
+	const md_agent_options good[] = {
+		{ .run_dir = "", .domain = "private", .flags = MD_OPT_SCAN, .pages_to_scan = MD_PAGES_TO_SCAN_MAX },
+		{ .run_dir = "", .domain = "private", .flags = MD_OPT_SCAN, .sleep_ms = MD_SLEEP_MS_MAX },
+		{ .run_dir = "", .domain = "private", .flags = MD_OPT_SCAN, .cpu_percent = MD_CPU_PERCENT_MAX },
+		{ .run_dir = "", .domain = "private", .flags = MD_OPT_SCAN, .hint_ratio = MD_HINT_RATIO_MAX },
+		{ .run_dir = "", .image_idle_s = MD_IMAGE_IDLE_S_MAX },
+	};
+	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+		ASSERT_EQ(md_agent_new(&a, &good[i]), 0);
+		md_agent_free(a);
+	}
+	md_agent_options o = { .run_dir = "", .image_idle_s = MD_IMAGE_IDLE_S_MAX + 1 };
+	ASSERT_EQ(md_agent_new(&a, &o), -EINVAL);
+	o.image_idle_s = 0;
+	ASSERT_EQ(md_agent_new(NULL, &o), -EINVAL);
+	ASSERT_EQ(md_agent_new(&a, &o), 0);	/* none of those was left claimed */
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, NULL), -EINVAL);
+	ASSERT_EQ(md_agent_stats(NULL, &s), -EINVAL);
+	char *mem = mmap(NULL, 16 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(mem != MAP_FAILED);
+	ASSERT_EQ(md_agent_register(NULL, mem, 4096, 0), -EINVAL);
+	size_t wraps = (size_t)0 - 4096;	/* page-aligned, mem + wraps < mem */
+	ASSERT_EQ(md_agent_register(a, mem, wraps, 0), -EINVAL);
+	ASSERT_EQ(md_agent_unregister(a, mem, wraps), -EINVAL);
+	ASSERT_EQ(md_agent_forget(a, mem, wraps), -EINVAL);
+	ASSERT_EQ(md_agent_advise(a, mem, wraps, MD_ADV_DONTDUMP), -EINVAL);
+	ASSERT_EQ(md_agent_discard(a, mem, wraps), -EINVAL);
+	ASSERT_EQ(md_agent_register(a, mem, 16 * 4096, 0), 0);
+	ASSERT_EQ(md_agent_advise(a, mem, 4096, 1u << 20), -EINVAL);
+	ASSERT_EQ(md_agent_advise(NULL, mem, 4096, MD_ADV_DONTDUMP), -EINVAL);
+	ASSERT_EQ(md_agent_advise(a, mem, 4096, MD_ADV_DONTDUMP), 0);
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.regions, 1);
+	ASSERT_EQ(s.registered_bytes, 16 * 4096);
+	md_agent_free(a);
+	munmap(mem, 16 * 4096);
+	return 0;
+}
+
+/* An agent of this process with RAM of 96 pages, two regions registered
+ * ([0, 32) and [64, 96): the VMM's own memory between), and a 16-page
+ * image open in *fd, read (shared at read time) into pages 0..15 and
+ * 80..95, with pages 64..79 the guest's own, written. */
+static char *two_regions_read(md_agent **a, int *fd, char *img, size_t size)
+{
+	snprintf(img, size, "%s/two-regions.img", test_dir());
+	make_image(img, 16 * 4096, 41);
+	*fd = open(img, O_RDONLY | O_CLOEXEC);
+	ASSERT(*fd >= 0);
+	md_agent_options o = { .run_dir = "" };
+	ASSERT_EQ(md_agent_new(a, &o), 0);
+	char *m = mmap(NULL, 96 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	ASSERT_EQ(md_agent_register(*a, m, 32 * 4096, 0), 0);
+	ASSERT_EQ(md_agent_register(*a, m + 64 * 4096, 32 * 4096, 0), 0);
+	memset(m + 64 * 4096, 7, 16 * 4096);
+	ASSERT_EQ(md_agent_pread(*a, *fd, m, 16 * 4096, 0), 16 * 4096);
+	ASSERT_EQ(md_agent_pread(*a, *fd, m + 80 * 4096, 16 * 4096, 0), 16 * 4096);
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(*a, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, 32);
+	return m;
+}
+
+/* md_agent_stats refreshes the "now" counters itself (its manual says so),
+ * over every region, each page by its own pagemap entry: a write a moment
+ * before is counted, in the second region too, and the guest's own pages
+ * before the shared ones in a walk's chunk are not taken for breaks. */
+TEST_IMPL(stats_now_counts_every_region)
+{
+	md_agent *a;
+	int fd;
+	char img[512];
+	char *m = two_regions_read(&a, &fd, img, sizeof(img));
+	md_stats s;
+	/* Three times, each write counted at once: not the agent thread's
+	 * walk, a second apart, that happened to fall in between. */
+	for (int k = 1; k <= 3; k++) {
+		m[(80 + 4 * k) * 4096 + 5] = 1;
+		ASSERT_EQ(md_agent_stats(a, &s), 0);
+		ASSERT_EQ(s.breaks, k);
+		ASSERT_EQ(s.pages_shared, 32 - k);
+	}
+	md_agent_free(a);
+	munmap(m, 96 * 4096);
+	close(fd);
+	return 0;
+}
+
+/* md_agent_free makes the pages shared at read time private before it
+ * gives the leases up: a writer of the image after it must not change what
+ * the guest's RAM shows (it did for the pages not touched since the read,
+ * which a private file mapping reads from the page cache). */
+TEST_IMPL(agent_free_keeps_read_content)
+{
+	md_agent *a;
+	int fd;
+	char img[512];
+	char *m = two_regions_read(&a, &fd, img, sizeof(img));
+	static char was[2][4096];
+	ASSERT_EQ(pread(fd, was[0], 4096, 3 * 4096), 4096);
+	ASSERT_EQ(pread(fd, was[1], 4096, 9 * 4096), 4096);
+	md_agent_free(a);
+	int w = open(img, O_WRONLY | O_CLOEXEC);
+	ASSERT(w >= 0);
+	char junk[4096];
+	memset(junk, 0x5a, sizeof(junk));
+	ASSERT_EQ(pwrite(w, junk, sizeof(junk), 3 * 4096), 4096);
+	ASSERT_EQ(pwrite(w, junk, sizeof(junk), 9 * 4096), 4096);
+	close(w);
+	ASSERT_EQ(memcmp(m + 3 * 4096, was[0], 4096), 0);
+	ASSERT_EQ(memcmp(m + 83 * 4096, was[0], 4096), 0);
+	ASSERT_EQ(memcmp(m + 9 * 4096, was[1], 4096), 0);
+	ASSERT_EQ(memcmp(m + 89 * 4096, was[1], 4096), 0);
+	munmap(m, 96 * 4096);
+	close(fd);
+	return 0;
+}
+
+static int ours_has(md_agent *a, uintptr_t p)
+{
+	return !md__ours_none(a, p, p + 4096);
+}
+
+/* The set of ranges calls must take the agent's lock for covers what was
+ * given up to the VMM's userfaultfd (its munmap must reach handed_take) and
+ * the engine's regions (one it could not let go), not only the regions. */
+TEST_IMPL(ours_set_covers_handed_and_engine)
+{
+	md_agent *a = calloc(1, sizeof(*a));
+	ASSERT(a);
+	struct md__handed h = { .start = 0x5000000, .end = 0x5004000 };
+	a->handed = &h;
+	a->nhanded = 1;
+	md__ours_refresh(a);
+	ASSERT(ours_has(a, 0x5000000) && ours_has(a, 0x5003000));
+	ASSERT(!ours_has(a, 0x5004000));
+	struct md__engine *en = calloc(1, sizeof(*en));
+	ASSERT(en);
+	ASSERT_EQ(pthread_rwlock_init(&en->regions_lock, NULL), 0);
+	struct md__eregion r = { .start = 0x6000000, .end = 0x6010000 };
+	en->regions = &r;
+	en->nregions = 1;
+	a->engine = en;
+	md__ours_refresh(a);
+	ASSERT(ours_has(a, 0x6000000) && ours_has(a, 0x600f000) && ours_has(a, 0x5000000));
+	ASSERT(!ours_has(a, 0x6010000));
+	pthread_rwlock_destroy(&en->regions_lock);
+	free(en);
+	free(a);
+	return 0;
+}
+
+struct grow_arg {
+	md_agent *a;
+	uintptr_t s, e;
+	int done;
+};
+
+static void *grow_thread(void *p)
+{
+	struct grow_arg *g = p;
+	md__ours_grow(g->a, g->s, g->e);
+	__atomic_store_n(&g->done, 1, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+/* A call that went to the kernel plainly (the range none of ours when it
+ * looked) is over before md__ours_grow returns: the agent acts on the new
+ * range only then, or an munmap or a discard lands behind its back. */
+TEST_IMPL(ours_grow_waits_for_plain_calls)
+{
+	md_agent *a = calloc(1, sizeof(*a));
+	ASSERT(a);
+	unsigned token;
+	ASSERT(md__ours_begin(&a->ours, 0x7000000, 0x7001000, &token));	/* plain */
+	struct grow_arg g = { a, 0x7000000, 0x7002000, 0 };
+	pthread_t t;
+	ASSERT_EQ(pthread_create(&t, NULL, grow_thread, &g), 0);
+	/* It must wait as long as the call is under way: looked at for
+	 * 200 ms (a grow that does not wait is done in microseconds). */
+	for (int i = 0; i < 100; i++) {
+		ASSERT(!__atomic_load_n(&g.done, __ATOMIC_ACQUIRE));
+		usleep(2000);
+	}
+	md__ours_end(&a->ours, token);
+	ASSERT_EQ(pthread_join(t, NULL), 0);
+	ASSERT(g.done);
+	ASSERT(ours_has(a, 0x7001000));	/* a call now takes the lock */
+	free(a);
+	return 0;
+}
