@@ -2712,6 +2712,70 @@ TEST_IMPL(cli_control_no_daemon_names_scan)
 	return 0;
 }
 
+/* A --pid the process ids cannot hold is wrong usage (2), not cut to
+ * another pid (4294967297 was pid 1, 2147483648 a negative one) nor read
+ * past a sign or a space strtol takes. Checked before the daemon is
+ * looked for. */
+TEST_IMPL(cli_control_pid_out_of_range)
+{
+	const char *b = build_dir();
+	static const char *const bad[] = { "2147483648", "4294967297", "+5", "' 5'", "5x", "0" };
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s/none %s/memdedup pause --pid %s", test_dir(), b, bad[i]), 2);
+		ASSERT(strstr(slurp("err"), "invalid pid"));
+		ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s/none %s/memdedup set --pid=%s pages_to_scan=5", test_dir(), b,
+			     bad[i]), 2);
+		ASSERT(strstr(slurp("err"), "invalid pid"));
+	}
+	/* The largest is taken (no daemon here: 1, said so). */
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s/none %s/memdedup resume --pid 2147483647", test_dir(), b), 1);
+	ASSERT(strstr(slurp("err"), "not running"));
+	return 0;
+}
+
+/* A socket memdedupd left behind (it was killed: nothing listens) is a
+ * daemon not running, said with what starts one, as no socket at all is:
+ * not "cannot reach the daemon: Connection refused". */
+TEST_IMPL(cli_control_stale_socket_not_running)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/stale.sock", test_dir());
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	close(fd);	/* never listened: a connect is refused */
+	static const char *const cmds[] = { "pause", "resume", "unmerge", "set pages_to_scan=5" };
+	for (int i = 0; i < 4; i++) {
+		ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup %s", sa.sun_path, build_dir(), cmds[i]), 1);
+		ASSERT(strstr(slurp("err"), "the daemon is not running"));
+		ASSERT(strstr(slurp("err"), "`memdedup run --scan`"));
+	}
+	return 0;
+}
+
+/* A value of MD_VALUE_MAX bytes, the most a CONTROL holds, is taken and
+ * sent whole (leading zeroes: still a number in range); one byte more is
+ * wrong usage. */
+TEST_IMPL(cli_set_longest_value_taken)
+{
+	struct tdaemon t;
+	const char *b = build_dir();
+	char value[MD_VALUE_MAX + 2];
+	memset(value, '0', MD_VALUE_MAX);
+	memcpy(value + MD_VALUE_MAX - 3, "321", 3);
+	value[MD_VALUE_MAX] = '\0';
+	td_start(&t, 16);
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup set pages_to_scan=%s", t.sock, b, value), 0);
+	json_t *js = td_status(&t);
+	json_t *tun = json_object_get(json_object_get(js, "daemon"), "tunables");
+	ASSERT_EQ(td_int(tun, "pages_to_scan"), 321);
+	json_decref(js);
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup set pages_to_scan=0%s", t.sock, b, value), 2);
+	ASSERT(strstr(slurp("err"), "a value 64"));
+	td_stop(&t);
+	return 0;
+}
+
 /* A caller's LD_PRELOAD of any length follows the agent's whole: cut
  * short, its last library was one ld.so could not find. */
 TEST_IMPL(cli_run_long_ld_preload)
