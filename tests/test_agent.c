@@ -3761,3 +3761,73 @@ TEST_IMPL(ours_grow_waits_for_plain_calls)
 	free(a);
 	return 0;
 }
+
+/* max_vmas 0 takes three quarters of vm.max_map_count: the rest is the
+ * VMM's own, whose mmaps must not fail for our mappings. */
+TEST_IMPL(agent_default_vma_budget_leaves_vmm_a_quarter)
+{
+	char buf[32] = "";
+	int fd = open("/proc/sys/vm/max_map_count", O_RDONLY | O_CLOEXEC);
+	ASSERT(fd >= 0);
+	ASSERT(read(fd, buf, sizeof(buf) - 1) > 0);
+	close(fd);
+	uint64_t max = strtoull(buf, NULL, 10);
+	ASSERT(max > 0);
+	md_agent *a;
+	md_agent_options o = { .run_dir = "" };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	ASSERT_EQ(a->max_vmas, max / 4 * 3);
+	md_agent_free(a);
+	o.max_vmas = 1234;
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	ASSERT_EQ(a->max_vmas, 1234);
+	md_agent_free(a);
+	return 0;
+}
+
+/* A statistics file whose path is PATH_MAX bytes long, its NUL with it,
+ * does not fit: no file (snprintf cut it one byte short, and the agent made
+ * "agent-PID.stat"); one byte shorter fits, and is made. */
+TEST_IMPL(stats_file_path_at_limit)
+{
+	static char dir[PATH_MAX + 64], name[64];
+	char comp[201];
+	int n = snprintf(name, sizeof(name), "/agent-%d.stats", (int)getpid());
+	memset(comp, 'd', 200);
+	comp[200] = '\0';
+	snprintf(dir, sizeof(dir), "%s", test_dir());
+	while (strlen(dir) + 201 + (size_t)n + 20 < PATH_MAX) {
+		snprintf(dir + strlen(dir), sizeof(dir) - strlen(dir), "/%s", comp);
+		ASSERT(mkdir(dir, 0755) == 0);
+	}
+	size_t base = strlen(dir);
+	for (int fits = 0; fits < 2; fits++) {
+		/* The last directory's name: the stats file's path PATH_MAX
+		 * bytes long, then PATH_MAX - 1. */
+		size_t last = PATH_MAX - fits - (size_t)n - base - 1;
+		dir[base] = '/';
+		memset(dir + base + 1, fits ? 'f' : 'e', last);
+		dir[base + 1 + last] = '\0';
+		ASSERT_EQ(strlen(dir) + (size_t)n, (size_t)PATH_MAX - fits);
+		md_agent *a;
+		md_agent_options o = { .run_dir = dir };
+		ASSERT_EQ(md_agent_new(&a, &o), 0);
+		char path[PATH_MAX + 64];
+		snprintf(path, sizeof(path), "%s%s", dir, name);
+		path[PATH_MAX - 1] = '\0';	/* the longest a path can be */
+		int made = access(path, F_OK) == 0;
+		md_agent_free(a);
+		/* Nothing made where it does not fit, not even cut short. */
+		ASSERT_EQ(made, fits);
+		if (!fits) {
+			DIR *d = opendir(dir);
+			if (d) {
+				struct dirent *e;
+				while ((e = readdir(d)))
+					ASSERT(strncmp(e->d_name, "agent-", 6) != 0);
+				closedir(d);
+			}
+		}
+	}
+	return 0;
+}
