@@ -2666,6 +2666,65 @@ TEST_IMPL(cli_status_shows_paused)
 	return 0;
 }
 
+/* A child that is an agent of t's memdedupd and exits when the first
+ * CONTROL comes, without answering it. Its pid. */
+static pid_t vanishing_agent(const struct tdaemon *t)
+{
+	int ready[2];
+	char x = 0;
+	ASSERT(pipe(ready) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		struct md__client *c;
+		struct md__msg_welcome w;
+		struct md__msg_control ctl;
+		int fd;
+		if (md__client_open(&c, t->sock, NULL, 0, &w, &fd) != 0)
+			_exit(100);
+		if (write(ready[1], &x, 1) != 1)
+			_exit(100);
+		for (;;) {
+			struct pollfd p = { md__client_fd(c), POLLIN, 0 };
+			if (poll(&p, 1, 30000) <= 0)
+				_exit(101);
+			if (md__client_next_control(c, &ctl) == 0)
+				_exit(0);
+			if (!md__client_alive(c))
+				_exit(102);
+		}
+	}
+	close(ready[1]);
+	ASSERT(read(ready[0], &x, 1) == 1);
+	close(ready[0]);
+	return kid;
+}
+
+/* A SET for all agents whose first pair an agent did not answer, gone
+ * before it could (memdedupd says ESRCH, "went away"), still sends the
+ * pairs after it: only an ESRCH for --pid (no such agent) is the same for
+ * every pair. The command exits 1 for the pair that failed. */
+TEST_IMPL(cli_set_goes_on_after_agent_went_away)
+{
+	struct tdaemon t;
+	td_start(&t, 16);
+	pid_t p = vanishing_agent(&t);
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup set pages_to_scan=7 order=random", t.sock, build_dir()), 1);
+	char want[128];
+	snprintf(want, sizeof(want), "pid %d went away", (int)p);
+	ASSERT(strstr(slurp("err"), want));
+	int ws;
+	ASSERT(waitpid(p, &ws, 0) == p && WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+	json_t *js = td_status(&t);
+	json_t *tun = json_object_get(json_object_get(js, "daemon"), "tunables");
+	ASSERT_EQ(td_int(tun, "pages_to_scan"), 7);
+	ASSERT(json_string_value(json_object_get(tun, "order")));
+	ASSERT_EQ(strcmp(json_string_value(json_object_get(tun, "order")), "random"), 0);
+	json_decref(js);
+	td_stop(&t);
+	return 0;
+}
+
 /* An agent's refusal is said with the command's name once: the daemon's
  * text starts with what failed ("unmerge: pid P: ..."), which the CLI
  * printed after its own "memdedup unmerge: ". A SET's pair is kept: it
