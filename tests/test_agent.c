@@ -3831,3 +3831,38 @@ TEST_IMPL(stats_file_path_at_limit)
 	}
 	return 0;
 }
+
+/* Memory a userfaultfd of the VMM's registered before it asked for
+ * merging is refused with -EBUSY, as the manual says (the check's own
+ * "foreign" answer is 1: a VMM testing for < 0 would take that for done),
+ * and no region is made there. */
+TEST_IMPL(agent_register_over_vmm_userfault_busy)
+{
+	int u = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
+	if (u < 0) {
+		int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+		u = dev < 0 ? -1 : ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC);
+		if (dev >= 0)
+			close(dev);
+	}
+	if (u < 0)
+		SKIP("no userfaultfd here");
+	struct uffdio_api api = { .api = UFFD_API };
+	ASSERT_EQ(ioctl(u, UFFDIO_API, &api), 0);
+	char *mem = mmap(NULL, 16 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(mem != MAP_FAILED);
+	struct uffdio_register reg = { .range = { (uintptr_t)mem, 8 * 4096 }, .mode = UFFDIO_REGISTER_MODE_MISSING };
+	ASSERT_EQ(ioctl(u, UFFDIO_REGISTER, &reg), 0);
+	md_agent *a;
+	md_agent_options o = { .run_dir = "" };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	ASSERT_EQ(md_agent_register(a, mem, 16 * 4096, 0), -EBUSY);
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.regions, 0);
+	ASSERT_EQ(md_agent_register(a, mem + 8 * 4096, 8 * 4096, 0), 0);	/* beside it: ours */
+	md_agent_free(a);
+	close(u);
+	munmap(mem, 16 * 4096);
+	return 0;
+}
