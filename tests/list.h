@@ -13,7 +13,7 @@
 	X(cli_status_reused_pid_gone) X(cli_status_locked_file_kept) X(cli_status_other_pid_ns) X(cli_status_same_pid_two_ns) X(cli_status_forked_child_not_agent) \
 	X(cli_status_daemon_error) X(cli_status_daemon_malformed_doc) X(cli_pause_not_scanning) X(cli_control_names_unreachable_agents) X(cli_control_status_limited_cannot_tell) X(cli_status_shows_paused) X(cli_daemon_garbage_said_once) X(cli_status_profit_not_negative_zero) X(cli_status_counters_shown) X(cli_status_domain_names_whole) X(cli_refusal_names_command_once) X(cli_control_no_daemon_names_scan) X(cli_status_socket_env_too_long) \
 	X(cli_status_daemon_next_moves_on) X(cli_status_daemon_pages_bounded) \
-	X(cli_control_pid_out_of_range) X(cli_control_stale_socket_not_running) X(cli_set_longest_value_taken) X(cli_set_goes_on_after_agent_went_away) \
+	X(cli_control_pid_out_of_range) X(cli_control_stale_socket_not_running) X(cli_set_longest_value_taken) X(cli_set_goes_on_after_agent_went_away) X(cli_control_wrong_reply_type) \
 	X(cli_run_long_ld_preload) X(cli_run_exe_path_cut_not_used) X(cli_run_missing_loader_no_daemon) X(cli_run_other_loader_refused) X(cli_status_rate_limited) X(cli_status_socket_path_too_long) X(cli_status_daemon_no_domains) X(cli_read_only_commands_make_no_run_dir) \
 	X(agent_api_rejects) X(agent_stats_file_owned) X(agent_unregister_splits_without_memory) X(agent_register_without_memory_changes_nothing) \
 	X(agent_api_bounds) X(stats_now_counts_every_region) X(agent_free_keeps_read_content) X(ours_set_covers_handed_and_engine) X(ours_grow_waits_for_plain_calls) \

@@ -2018,6 +2018,31 @@ TEST_IMPL(cli_daemon_garbage_said_once)
 	return 0;
 }
 
+/* A daemon that answers a CONTROL with a frame of another type (a STATUS
+ * document here) did not answer it: said so, and exit 1, not its frame
+ * read as a CONTROL's answer. */
+TEST_IMPL(cli_control_wrong_reply_type)
+{
+	const char *b = build_dir();
+	char sock[400];
+	static const char *const cmds[] = { "pause", "resume", "unmerge", "set pages_to_scan=5" };
+	snprintf(sock, sizeof(sock), "%s/wrong.sock", test_dir());
+	pid_t kid = doc_server(sock, "{\"version\": 1}", 1);
+	int code[4];
+	char err[4][1024];
+	for (int i = 0; i < 4; i++) {
+		code[i] = sh("MEMDEDUP_RUN_DIR=%s MEMDEDUP_SOCKET=%s %s/memdedup %s", test_dir(), sock, b, cmds[i]);
+		snprintf(err[i], sizeof(err[i]), "%s", slurp("err"));
+	}
+	kill(kid, SIGKILL);
+	waitpid(kid, NULL, 0);
+	for (int i = 0; i < 4; i++) {
+		ASSERT_EQ(code[i], 1);
+		ASSERT(strstr(err[i], "did not answer properly"));
+	}
+	return 0;
+}
+
 /* An empty pool's profit is a little below zero (the daemon's
  * bookkeeping): PROFIT_MB shows 0.0, not -0.0; a real loss stays. */
 TEST_IMPL(cli_status_profit_not_negative_zero)
