@@ -3866,3 +3866,43 @@ TEST_IMPL(agent_register_over_vmm_userfault_busy)
 	munmap(mem, 16 * 4096);
 	return 0;
 }
+
+/* RAM given up to the VMM's userfaultfd and then forgotten (the VMM
+ * unmapped it behind the preload library's back, md_agent_forget) loses
+ * the VMM's hold too: the end of the VMM's registration must not take back
+ * what is mapped there since, memory that never asked for merging. And a
+ * handover of memory none of ours gives nothing up: 0. */
+TEST_IMPL(agent_forget_drops_vmm_hold)
+{
+	md_agent *a;
+	md_agent_options o = { .run_dir = "" };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	const size_t len = 16 * 4096;
+	char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	char *other = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(other != MAP_FAILED);
+	ASSERT_EQ(md_agent_userfault(a, other, len), 0);	/* none of ours */
+	ASSERT_EQ(md_agent_userfault_end(a, other, len), 0);
+	ASSERT_EQ(md_agent_register(a, m, len, 0), 0);
+	ASSERT_EQ(md_agent_userfault(a, m, len), 1);	/* given up: the VMM's now */
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.regions, 0);
+	ASSERT_EQ(md_agent_forget(a, m + 4 * 4096, 4 * 4096), 0);
+	ASSERT(mmap(m + 4 * 4096, 4 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+		    -1, 0) == m + 4 * 4096);	/* the allocator's now */
+	ASSERT_EQ(md_agent_userfault_end(a, m, len), 0);
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.registered_bytes, len - 4 * 4096);	/* the rest taken back */
+	md__agent_enter(a);
+	int taken = md__region_find(a, (uintptr_t)m + 4 * 4096, 4096) != NULL;
+	md__agent_leave(a);
+	ASSERT(!taken);
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.regions, 2);
+	md_agent_free(a);
+	munmap(m, len);
+	munmap(other, len);
+	return 0;
+}
