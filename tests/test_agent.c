@@ -3906,3 +3906,30 @@ TEST_IMPL(agent_forget_drops_vmm_hold)
 	munmap(other, len);
 	return 0;
 }
+
+/* md_agent_stats counts the process's mappings now (vmas is a "now"
+ * counter, and the read path's budget starts from it), not the agent
+ * thread's last count, up to minutes old. */
+TEST_IMPL(stats_now_counts_vmas)
+{
+	md_agent *a;
+	md_agent_options o = { .run_dir = "" };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	uint64_t before = s.vmas;
+	ASSERT(before > 0);
+	/* 64 mappings, apart (each one's second page unmapped). */
+	static char *maps[64];
+	for (int i = 0; i < 64; i++) {
+		maps[i] = mmap(NULL, 2 * 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		ASSERT(maps[i] != MAP_FAILED);
+		ASSERT_EQ(munmap(maps[i] + 4096, 4096), 0);
+	}
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT(s.vmas >= before + 64);
+	for (int i = 0; i < 64; i++)
+		munmap(maps[i], 4096);
+	md_agent_free(a);
+	return 0;
+}
