@@ -3933,3 +3933,40 @@ TEST_IMPL(stats_now_counts_vmas)
 	md_agent_free(a);
 	return 0;
 }
+
+/* The statistics file is claimed safely: a link put at its name is not
+ * followed (the agent would truncate and write its target), and a larger
+ * file left at the name is cut to the agent's size (its tail would stay,
+ * past the counters). */
+TEST_IMPL(stats_file_claim_no_link_no_tail)
+{
+	char dir[512], path[600], target[600];
+	snprintf(dir, sizeof(dir), "%s/claim", test_dir());
+	ASSERT(mkdir(dir, 0700) == 0);
+	snprintf(path, sizeof(path), "%s/agent-%d.stats", dir, (int)getpid());
+	snprintf(target, sizeof(target), "%s/precious", test_dir());
+	int fd = open(target, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	ASSERT(fd >= 0 && write(fd, "precious", 8) == 8);
+	close(fd);
+	ASSERT(symlink(target, path) == 0);
+	md_agent *a;
+	md_agent_options o = { .run_dir = dir };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	md_agent_free(a);
+	struct stat st;
+	ASSERT_EQ(stat(target, &st), 0);
+	ASSERT_EQ(st.st_size, 8);
+	ASSERT_EQ(strcmp(file_text(target), "precious"), 0);
+	ASSERT(unlink(path) == 0);
+	/* A stale file twice the size. */
+	static char junk[2 * sizeof(struct md__stats_file)];
+	memset(junk, 0x77, sizeof(junk));
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	ASSERT(fd >= 0 && write(fd, junk, sizeof(junk)) == (ssize_t)sizeof(junk));
+	close(fd);
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	ASSERT_EQ(stat(path, &st), 0);
+	ASSERT_EQ(st.st_size, (off_t)sizeof(struct md__stats_file));
+	md_agent_free(a);
+	return 0;
+}

@@ -2799,7 +2799,7 @@ TEST_IMPL(cli_control_no_daemon_names_scan)
 /* A --pid the process ids cannot hold is wrong usage (2), not cut to
  * another pid (4294967297 was pid 1, 2147483648 a negative one) nor read
  * past a sign or a space strtol takes. Checked before the daemon is
- * looked for. */
+ * looked for. And what follows "--" is no option, help included. */
 TEST_IMPL(cli_control_pid_out_of_range)
 {
 	const char *b = build_dir();
@@ -2814,6 +2814,12 @@ TEST_IMPL(cli_control_pid_out_of_range)
 	/* The largest is taken (no daemon here: 1, said so). */
 	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s/none %s/memdedup resume --pid 2147483647", test_dir(), b), 1);
 	ASSERT(strstr(slurp("err"), "not running"));
+	/* After "--" every word is a pair, -h and --help too: not help. */
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s/none %s/memdedup set -- --help", test_dir(), b), 2);
+	ASSERT(strstr(slurp("err"), "expected KEY=VALUE"));
+	ASSERT(!strstr(slurp("out"), "usage:"));
+	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s/none %s/memdedup pause -- -h", test_dir(), b), 2);
+	ASSERT(strstr(slurp("err"), "unknown argument '-h'"));
 	return 0;
 }
 
