@@ -3970,3 +3970,33 @@ TEST_IMPL(stats_file_claim_no_link_no_tail)
 	md_agent_free(a);
 	return 0;
 }
+
+/* A region longer than one chunk of the accounting's walk (4,096 pages):
+ * the pages shared past it are counted by their own owners, not the first
+ * chunk's. */
+TEST_IMPL(stats_now_counts_past_first_chunk)
+{
+	char img[512];
+	snprintf(img, sizeof(img), "%s/chunk.img", test_dir());
+	make_image(img, 16 * 4096, 43);
+	int fd = open(img, O_RDONLY | O_CLOEXEC);
+	ASSERT(fd >= 0);
+	md_agent *a;
+	md_agent_options o = { .run_dir = "" };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	const size_t pages = 4096 + 64;
+	char *m = mmap(NULL, pages * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	ASSERT_EQ(md_agent_register(a, m, pages * 4096, 0), 0);
+	ASSERT_EQ(md_agent_pread(a, fd, m + (4096 + 16) * 4096, 16 * 4096, 0), 16 * 4096);
+	m[(4096 + 20) * 4096] = 1;
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, 16);
+	ASSERT_EQ(s.breaks, 1);
+	ASSERT_EQ(s.pages_shared, 15);
+	md_agent_free(a);
+	munmap(m, pages * 4096);
+	close(fd);
+	return 0;
+}
