@@ -3812,7 +3812,7 @@ TEST_IMPL(stats_file_path_at_limit)
 		md_agent *a;
 		md_agent_options o = { .run_dir = dir };
 		ASSERT_EQ(md_agent_new(&a, &o), 0);
-		char path[PATH_MAX + 64];
+		char path[sizeof(dir) + sizeof(name)];
 		snprintf(path, sizeof(path), "%s%s", dir, name);
 		path[PATH_MAX - 1] = '\0';	/* the longest a path can be */
 		int made = access(path, F_OK) == 0;
