@@ -639,6 +639,27 @@ TEST_IMPL(small_reads_copied)
 	return 0;
 }
 
+/* A read cut short by the end of the file to fewer whole pages than the
+ * minimum is copied, counted as small, as a read that asked for that few:
+ * mapping the 4 pages left would cost more than copying them. */
+TEST_IMPL(read_cut_by_end_of_file_copied)
+{
+	const char *img = image(3);
+	struct proc a;
+	int fd = start_reader(&a, img, NULL);
+	ASSERT_EQ(proc_num(&a, "read %d %u 131072 0 131072", fd, IMG_SIZE - 16384), 16384);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 16384"), hex(fnv_file(img, IMG_SIZE - 16384, 16384))) == 0);
+	for (unsigned i = 0; i < 4; i++)
+		ASSERT(!proc_page(&a, i * 4096).file);
+	md_stats s;
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, 0);
+	ASSERT_EQ(s.read_small_pages, 32);	/* the pages asked for, as a small read's */
+	ASSERT_EQ(s.fallbacks_total, 0);
+	proc_stop(&a);
+	return 0;
+}
+
 TEST_IMPL(fallback_pipe)
 {
 	struct proc a;
@@ -987,6 +1008,42 @@ TEST_IMPL(tmpfs_image_holes_copied)
 	 * their start), the first's pages after its hole (they were not). */
 	ASSERT_EQ(proc_stats_wait(&a, &s, STATS_WAIT_MS, eight_hints), 0);
 	ASSERT_EQ(s.hints_pushed, 8);
+	proc_stop(&a);
+	umount(dir);
+	return 0;
+}
+
+/* A tmpfs image with data in its first 4 pages only: a read of 64 pages
+ * would map 4 before the hole, fewer than the minimum (16): copied whole,
+ * counted as partial, as any read that too little of is mapped. */
+TEST_IMPL(tmpfs_image_short_data_copied)
+{
+	char dir[600], img[700];
+	if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
+		SKIP("cannot make a mount namespace here");
+	snprintf(dir, sizeof(dir), "%s/sparse", test_dir());
+	ASSERT(mkdir(dir, 0700) == 0);
+	if (mount("none", dir, "tmpfs", 0, "size=256k,mode=0700") != 0)
+		SKIP("cannot mount a tmpfs here");
+	snprintf(img, sizeof(img), "%s/img", dir);
+	int ifd = open(img, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	ASSERT(ifd >= 0);
+	static char data[16384];
+	for (size_t i = 0; i < sizeof(data); i++)
+		data[i] = (char)(i * 5 + 1);
+	ASSERT(pwrite(ifd, data, sizeof(data), 0) == (ssize_t)sizeof(data));
+	ASSERT(ftruncate(ifd, MB) == 0);
+	close(ifd);
+	struct proc a;
+	int fd = start_reader(&a, img, NULL);
+	ASSERT_EQ(proc_num(&a, "read %d 0 262144 0 262144", fd), 262144);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 262144"), hex(fnv_file(img, 0, 262144))) == 0);
+	for (unsigned i = 0; i < 4; i++)
+		ASSERT(!proc_page(&a, i * 4096).file);
+	md_stats s;
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, 0);
+	ASSERT_EQ(s.fallbacks[MD_FB_PARTIAL], 64);
 	proc_stop(&a);
 	umount(dir);
 	return 0;
@@ -2218,6 +2275,30 @@ TEST_IMPL(discard_counts_in_vma_budget)
 		ASSERT(strcmp(proc_cmd(&a, "hash %u 4096", i * 4096), want) == 0);
 	}
 	ASSERT(strcmp(proc_cmd(&a, "hash %u 65536", MB), hex(fnv_file(img, MB, 65536))) == 0);
+	proc_stop(&a);
+	return 0;
+}
+
+/* Each read that maps counts its mappings in the budget at once (the new
+ * VMA and the split of guest RAM it makes), not at the next count of
+ * /proc/self/maps, a minute away: 16 reads in a row into scattered RAM,
+ * 32 mappings, with room for 16, leave the last ones copied. */
+TEST_IMPL(vma_budget_counts_reads_mapped)
+{
+	const char *img = image(5);
+	struct proc a;
+	char budget[64];
+	int fd = reader_with_room(&a, img, 16, budget, sizeof(budget));
+	for (unsigned i = 0; i < 16; i++)	/* a gap of anonymous memory after each */
+		ASSERT_EQ(proc_num(&a, "read %d %u 65536 %u", fd, i * 65536, i * 131072), 65536);
+	for (unsigned i = 0; i < 16; i++)
+		ASSERT(strcmp(proc_cmd(&a, "hash %u 65536", i * 131072), hex(fnv_file(img, i * 65536, 65536))) == 0);
+	md_stats s;
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	printf("  shared %llu pages, %llu copied past the budget\n", (unsigned long long)s.pages_shared_at_read,
+	       (unsigned long long)s.fallbacks[MD_FB_VMA_LIMIT]);
+	ASSERT(s.pages_shared_at_read > 0);
+	ASSERT(s.fallbacks[MD_FB_VMA_LIMIT] >= 4 * 16);
 	proc_stop(&a);
 	return 0;
 }
