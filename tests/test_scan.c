@@ -5849,6 +5849,42 @@ TEST_IMPL(image_stale_lease_signal_ignored)
 	return 0;
 }
 
+/* The kernel clears a description's lease signal and owner when its lease
+ * goes: taken again after a break, the lease has them set again, or the
+ * next writer's break would be told to no one and wait for the agent's
+ * once-a-second look. */
+TEST_IMPL(image_leased_again_keeps_signal)
+{
+	char img[512], *m;
+	md_agent *a;
+	int fd = agent_read_image(&a, &m, img, 25);
+	ASSERT_EQ(a->nimages, 1);
+	int afd = a->images[0].fd;
+	ASSERT_EQ(fcntl(afd, F_GETSIG), a->lease_signal);
+	pid_t writer = fork();
+	ASSERT(writer >= 0);
+	if (writer == 0)
+		_exit(open(img, O_WRONLY) >= 0 ? 0 : 1);
+	int st;
+	ASSERT_EQ(waitpid(writer, &st, 0), writer);
+	ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	/* Leased again by a read, a second after the break at the latest. */
+	for (int i = 0; i < 100 && fcntl(afd, F_GETLEASE) != F_RDLCK; i++) {
+		ASSERT_EQ(md_agent_pread(a, fd, m, 16 * PG, 0), (ssize_t)(16 * PG));
+		if (fcntl(afd, F_GETLEASE) != F_RDLCK)
+			usleep(20000);
+	}
+	ASSERT_EQ(fcntl(afd, F_GETLEASE), F_RDLCK);
+	ASSERT_EQ(fcntl(afd, F_GETSIG), a->lease_signal);
+	struct f_owner_ex owner;
+	ASSERT_EQ(fcntl(afd, F_GETOWN_EX, &owner), 0);
+	ASSERT(owner.type == F_OWNER_TID && owner.pid == a->thread_tid);
+	md_agent_free(a);
+	munmap(m, 16 * PG);
+	close(fd);
+	return 0;
+}
+
 /* A read that finds its image's lease being broken for a writer (whose
  * open waits, F_GETLEASE saying F_UNLCK) before the agent's thread has
  * answered the signal starts the break itself. It said "an image's lease
@@ -6458,6 +6494,11 @@ TEST_IMPL(image_reads_copied_past_break_bound)
 	ASSERT_EQ(md_agent_stats(a, &st), 0);
 	ASSERT_EQ(st.pages_shared_at_read, 32);
 	ASSERT_EQ(st.fallbacks[MD_FB_NO_LEASE], 16);
+	/* The bound is reached exactly, not a page short of it. */
+	md__agent_enter(a);
+	ASSERT(md__break_room(a, most - 32));
+	ASSERT(!md__break_room(a, most - 32 + 1));
+	md__agent_leave(a);
 	/* The guest writes what it read: those need no copy any more, as the
 	 * walk (md_agent_stats) finds. */
 	for (size_t i = 0; i < 32; i++)
@@ -6479,6 +6520,42 @@ TEST_IMPL(image_reads_copied_past_break_bound)
 	md_agent_free(a);
 	munmap(m, n * PG);
 	free(want);
+	close(fd);
+	return 0;
+}
+
+/* While a root VMM gives root up (md__images_uid_change, before its
+ * setuid call, until md__images_uid_changed after it), a read of an image
+ * the new uid does not own takes no lease: that uid could not give it
+ * back, and the image's writers would wait out fs.lease-break-time. The
+ * read is copied; once the call returned, shared again. */
+TEST_IMPL(image_not_leased_while_giving_root_up)
+{
+	if (geteuid() != 0)
+		SKIP("needs root (a root VMM giving root up)");
+	char img[512];
+	snprintf(img, sizeof(img), "%s/uidgap.img", test_dir());
+	make_image(img, 64 * PG, 33);
+	struct stat st;
+	ASSERT(stat(img, &st) == 0);
+	int fd = open(img, O_RDONLY | O_CLOEXEC);
+	ASSERT(fd >= 0);
+	md_agent *a;
+	char *m = reading_agent(&a, 64 * PG);
+	md__images_uid_change(a, st.st_uid + 1);
+	ASSERT_EQ(md_agent_pread(a, fd, m, 16 * PG, 0), (ssize_t)(16 * PG));
+	ASSERT(!self_page_is_image(m, img, 0));
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, 0);
+	ASSERT_EQ(s.fallbacks[MD_FB_NO_LEASE], 16);
+	md__images_uid_changed(a);
+	ASSERT_EQ(md_agent_pread(a, fd, m + 16 * PG, 16 * PG, 16 * PG), (ssize_t)(16 * PG));
+	ASSERT(self_page_is_image(m + 16 * PG, img, 16 * PG));
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, 16);
+	md_agent_free(a);
+	munmap(m, 64 * PG);
 	close(fd);
 	return 0;
 }
