@@ -464,6 +464,36 @@ TEST_IMPL(image_fds_capped_reads_copied)
 	return 0;
 }
 
+/* Past the cap, one walk of guest RAM lets the images no page maps go
+ * down to three quarters of it, not one image a walk (a walk per read
+ * from there on): the (cap+1)-th file read, each over the last one's
+ * pages, leaves three quarters of the cap and its own. */
+TEST_IMPL(image_fds_capped_let_go_to_three_quarters)
+{
+	char dir[PATH_MAX], prefix[PATH_MAX + 16], path[PATH_MAX + 32];
+	ASSERT(realpath(test_dir(), dir));
+	snprintf(prefix, sizeof(prefix), "%s/quarter-", dir);
+	struct proc p;
+	proc_start(&p, NULL);
+	proc_cmd(&p, "map %u", RAM_PAGES);
+	ASSERT_EQ(proc_num(&p, "nofile %d", NOFILE), 0);
+	for (unsigned i = 0; i <= AGENT_IMAGE_FDS; i++) {
+		snprintf(path, sizeof(path), "%s%u", prefix, i);
+		make_image(path, SMALL_SIZE, 2000 + i);
+		int fd = (int)proc_num(&p, "open %s", path);
+		ASSERT(fd >= 0);
+		ASSERT_EQ(proc_num(&p, "read %d 0 %u 0 %u", fd, SMALL_SIZE, SMALL_SIZE), SMALL_SIZE);
+		ASSERT_EQ(proc_num(&p, "closefd %d", fd), 0);
+		int want = i < AGENT_IMAGE_FDS ? (int)i + 1 : AGENT_IMAGE_FDS - AGENT_IMAGE_FDS / 4 + 1;
+		ASSERT_EQ(proc_fds_naming(p.pid, prefix, strlen(prefix), -1, NULL), want);
+	}
+	md_stats s;
+	ASSERT_EQ(proc_stats(&p, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, (AGENT_IMAGE_FDS + 1) * SMALL_SIZE / 4096);
+	proc_stop(&p);
+	return 0;
+}
+
 TEST_IMPL(fallback_unaligned)
 {
 	check_fallback(512, 65536, 0, MD_FB_UNALIGNED, NULL, "");
