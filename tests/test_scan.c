@@ -5671,6 +5671,14 @@ TEST_IMPL(image_fd_replaced_before_map_copied)
 	char *m;
 	int fd;
 	ASSERT_EQ(read_with_fd_swapped(&md__image_map_hook, 23, &a, &m, &fd), 0);
+	/* The lease went with the descriptor: the image's break starts at
+	 * once (what earlier reads mapped from it is made private now, not
+	 * at the agent thread's next look, up to a second later). */
+	md__agent_enter(a);
+	ASSERT_EQ(a->nimages, 1);
+	int held = a->images[0].lease == MD_LEASE_HELD;
+	md__agent_leave(a);
+	ASSERT(!held);
 	md_stats s;
 	ASSERT_EQ(md_agent_stats(a, &s), 0);
 	ASSERT_EQ(s.fallbacks[MD_FB_NO_LEASE], 16);
