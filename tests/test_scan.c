@@ -5819,6 +5819,54 @@ TEST_IMPL(image_break_failed_copy_counts_pages_left)
 	return 0;
 }
 
+/* A break whose copies failed leaves pages the image's after its lease
+ * went; a writer then cut the file short, and a read of those pages is a
+ * SIGBUS. The scanner's queue of image pages to hash (paused, it keeps
+ * them) holds such a read: it is left out, and the read after it, of an
+ * image still leased, is hashed. Hashed anyway, the scanner's thread took
+ * the SIGBUS and the VMM died (a mutant of the lease check in feed()). */
+TEST_IMPL(scan_image_cut_after_failed_break_not_hashed)
+{
+	char cut[512], kept[512];
+	snprintf(cut, sizeof(cut), "%s/cut-short", test_dir());
+	snprintf(kept, sizeof(kept), "%s/kept", test_dir());
+	make_image(cut, 16 * PG, 71);
+	make_image(kept, 16 * PG, 72);
+	md_agent *a;
+	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .domain = "private", .pages_to_scan = 1000,
+			       .sleep_ms = 1 };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	ASSERT_EQ(md_agent_pause(a, 1), 0);
+	char *m = mmap(NULL, 32 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	ASSERT_EQ(md_agent_register(a, m, 32 * PG, 0), 0);
+	int fd = open(cut, O_RDONLY | O_CLOEXEC), kfd = open(kept, O_RDONLY | O_CLOEXEC);
+	ASSERT(fd >= 0 && kfd >= 0);
+	ASSERT_EQ(md_agent_pread(a, fd, m, 16 * PG, 0), 16 * PG);
+	ASSERT_EQ(md_agent_pread(a, kfd, m + 16 * PG, 16 * PG, 0), 16 * PG);
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, 32);
+	ASSERT_EQ(s.image_pages_indexed, 0);
+
+	md__privatize_fail = -EFAULT;
+	int wfd = open(cut, O_WRONLY | O_TRUNC);
+	ASSERT(wfd >= 0);
+	ASSERT_EQ(md__privatize_fail, 0);	/* the break tried */
+	ASSERT_EQ(md_agent_pause(a, 0), 0);
+	for (int i = 0; i < 400 && (md_agent_stats(a, &s), s.image_pages_indexed < 16); i++)
+		usleep(10000);
+	ASSERT_EQ(s.image_pages_indexed, 16);	/* kept's, in the same feed */
+	/* The file long enough again (zeroes): the agent's free may read it. */
+	ASSERT_EQ(ftruncate(wfd, 16 * PG), 0);
+	md_agent_free(a);
+	close(wfd);
+	close(kfd);
+	close(fd);
+	munmap(m, 32 * PG);
+	return 0;
+}
+
 /* A lease signal the agent's thread takes late, after the break it told
  * of was finished (a read saw it first) and the image leased again: every
  * page shared since was made private, for no writer. Now a signal is
