@@ -5867,6 +5867,67 @@ TEST_IMPL(scan_image_cut_after_failed_break_not_hashed)
 	return 0;
 }
 
+/* Pages hashed from an image, which a writer then cut short (its break
+ * made every page private): read again, the image is leased again at its
+ * new size. The guest's copies of the old tail still find their entries:
+ * they are dropped, not mapped past the end of the file (a SIGBUS in the
+ * scanner's compare, then in the guest: a mutant of merge_run's size
+ * check); the copies of what is left merge onto the image. */
+TEST_IMPL(scan_image_entries_past_new_end_dropped)
+{
+	char img[512];
+	snprintf(img, sizeof(img), "%s/shortened", test_dir());
+	make_image(img, 32 * PG, 73);
+	md_agent *a;
+	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .domain = "private", .pages_to_scan = 1000,
+			       .sleep_ms = 1 };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	char *m = mmap(NULL, 128 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	ASSERT_EQ(md_agent_register(a, m, 128 * PG, 0), 0);
+	int fd = open(img, O_RDONLY | O_CLOEXEC);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(md_agent_pread(a, fd, m, 32 * PG, 0), 32 * PG);
+	md_stats s;
+	for (int i = 0; i < 400 && (md_agent_stats(a, &s), s.image_pages_indexed < 32); i++)
+		usleep(10000);
+	ASSERT_EQ(s.image_pages_indexed, 32);
+	ASSERT_EQ(md_agent_pause(a, 1), 0);
+	memcpy(m + 64 * PG, m, 32 * PG);	/* the guest copies what it read */
+	char *copies = malloc(32 * PG);
+	ASSERT(copies);
+	memcpy(copies, m + 64 * PG, 32 * PG);
+	int wfd = open(img, O_WRONLY);	/* the break makes m's pages private */
+	ASSERT(wfd >= 0);
+	ASSERT_EQ(ftruncate(wfd, 16 * PG), 0);
+	close(wfd);
+	/* Read again until leased again (a second after the break). */
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	uint64_t shared0 = s.pages_shared_at_read;
+	for (int i = 0; i < 500 && s.pages_shared_at_read < shared0 + 16; i++) {
+		ASSERT_EQ(md_agent_pread(a, fd, m + 32 * PG, 16 * PG, 0), 16 * PG);
+		ASSERT_EQ(md_agent_stats(a, &s), 0);
+		if (s.pages_shared_at_read < shared0 + 16)
+			usleep(10000);
+	}
+	ASSERT_EQ(s.pages_shared_at_read, shared0 + 16);
+	uint64_t merged0 = s.merged_image, passes0 = s.full_scans;
+	ASSERT_EQ(md_agent_pause(a, 0), 0);
+	for (int i = 0; i < 1000 && (md_agent_stats(a, &s), s.full_scans < passes0 + 3); i++)
+		usleep(10000);
+	ASSERT(s.full_scans >= passes0 + 3);
+	/* One run of the copies, over the new end: its entries dropped. */
+	ASSERT_EQ(s.merged_image, merged0);
+	for (int i = 64; i < 96; i++)
+		ASSERT(!(self_pagemap(m + i * PG) & (1ull << 61)));
+	ASSERT(memcmp(m + 64 * PG, copies, 32 * PG) == 0);
+	free(copies);
+	md_agent_free(a);
+	close(fd);
+	munmap(m, 128 * PG);
+	return 0;
+}
+
 /* A lease signal the agent's thread takes late, after the break it told
  * of was finished (a read saw it first) and the image leased again: every
  * page shared since was made private, for no writer. Now a signal is
