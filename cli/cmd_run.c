@@ -361,6 +361,9 @@ static int script_interpreter(const char *path, char *out, size_t size)
 	return 1;
 }
 
+/* The most scripts the kernel runs in one exec, the command included. */
+#define MD_EXEC_SCRIPTS 5
+
 /* A script's interpreter (#!) must be there too, and its own if it is a
  * script in turn, and the dynamic loader the ELF file at the end names, or
  * the exec fails after the daemon was started for it: 0, or -ENOENT /
@@ -373,8 +376,10 @@ static int interpreter_runs(const char *path, char *bad, size_t size, int *elf)
 	char file[PATH_MAX + 64], next[PATH_MAX];
 	snprintf(file, sizeof(file), "%s", path);
 	*elf = 0;
-	/* The kernel follows at most 4 interpreters (BINPRM_MAX_RECURSION). */
-	for (int depth = 0; depth <= 4; depth++) {
+	/* The kernel runs at most 5 scripts, the command among them, then
+	 * the file the last names (fs/exec.c exec_binprm: ELOOP past depth
+	 * 5): the fifth's interpreter is checked too. */
+	for (int depth = 0; depth <= MD_EXEC_SCRIPTS; depth++) {
 		int r = script_interpreter(file, next, sizeof(next));
 		if (r < 0)
 			return 0;
@@ -387,7 +392,7 @@ static int interpreter_runs(const char *path, char *bad, size_t size, int *elf)
 			close(fd);
 			if (!*elf)
 				return 0;
-		} else if (depth == 4) {
+		} else if (depth == MD_EXEC_SCRIPTS) {
 			return 0;	/* deeper: execve says ELOOP, after a daemon started (rare) */
 		}
 		snprintf(bad, size, "%s", next);
@@ -452,8 +457,8 @@ static int exec_file(const char *exe, char *file)
 	char next[256];
 	int depth;
 	snprintf(file, PATH_MAX + 64, "%s", exe);
-	/* The kernel follows at most 4 interpreters (BINPRM_MAX_RECURSION). */
-	for (depth = 0; depth < 4 && script_interpreter(file, next, sizeof(next)) == 1; depth++)
+	/* As far as the kernel follows (interpreter_runs). */
+	for (depth = 0; depth < MD_EXEC_SCRIPTS && script_interpreter(file, next, sizeof(next)) == 1; depth++)
 		snprintf(file, PATH_MAX + 64, "%s", next);
 	return depth;
 }

@@ -611,6 +611,80 @@ TEST_IMPL(cli_run_setuid_refused)
 	return 0;
 }
 
+/* The command is found as execvp finds it: an empty PATH entry is the
+ * current directory; a file there that is not executable is the shell's
+ * 126 (Permission denied), not 127, if no executable one comes after it;
+ * no daemon is started for either that cannot run. */
+TEST_IMPL(cli_run_command_found_as_execvp)
+{
+	const char *b = build_dir(), *rb = run_build_dir(), *d = test_dir();
+	char dir[400], sock[450], bin[400], path[450];
+	snprintf(dir, sizeof(dir), "%s/run", d);
+	ASSERT(mkdir(dir, 0700) == 0);
+	snprintf(sock, sizeof(sock), "%s/memdedupd.sock", dir);
+	snprintf(bin, sizeof(bin), "%s/bin", d);
+	ASSERT(mkdir(bin, 0755) == 0);
+	snprintf(path, sizeof(path), "%s/memdedup-test-cmd", bin);
+	write_exec(path, "#!/bin/sh\nexit 9\n", 0644, 0);
+	int c1 = sh("PATH=%s:$PATH MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- memdedup-test-cmd", bin, dir, b);
+	int alive1 = md__daemon_alive(sock), pid1 = kill_daemon_of(dir);
+	ASSERT_EQ(c1, 126);
+	ASSERT(!alive1 && !pid1);
+	ASSERT(strstr(slurp("err"), "cannot run 'memdedup-test-cmd': Permission denied"));
+	/* Executable, and found only through the empty entry. */
+	ASSERT(chmod(path, 0755) == 0);
+	char here[PATH_MAX];
+	ASSERT(realpath(rb, here));
+	ASSERT_EQ(sh("cd %s && PATH=/nonexistent::/nonexistent %s/memdedup run -- memdedup-test-cmd", bin, here), 9);
+	return 0;
+}
+
+/* The kernel runs five scripts in one exec, each the interpreter of the
+ * one before, then the file the fifth names: that file is checked as the
+ * others (missing: 127 with no daemon started; set-uid: refused). Four
+ * were, and the fifth's interpreter went unseen. */
+TEST_IMPL(cli_run_fifth_script_interpreter_checked)
+{
+	const char *b = build_dir(), *rb = run_build_dir(), *d = test_dir();
+	char dir[400], sock[450], path[450], text[500];
+	snprintf(dir, sizeof(dir), "%s/run", d);
+	ASSERT(mkdir(dir, 0700) == 0);
+	snprintf(sock, sizeof(sock), "%s/memdedupd.sock", dir);
+	/* Chains of five: x4 -> ... -> x0 -> what x0 names. */
+	static const char *const first[3] = { "#!/bin/sh\nexit 3\n", "#!/nonexistent/interpreter\n", NULL };
+	const char *name = "omk";
+	for (int k = 0; k < 3; k++, name++) {
+		for (int i = 0; i < 5; i++) {
+			snprintf(path, sizeof(path), "%s/%c%d", d, *name, i);
+			if (i)
+				snprintf(text, sizeof(text), "#!%s/%c%d\n", d, *name, i - 1);
+			else if (first[k])
+				snprintf(text, sizeof(text), "%s", first[k]);
+			else
+				snprintf(text, sizeof(text), "#!%s/uid\n", d);
+			write_exec(path, text, 0755, 0);
+		}
+	}
+	/* The premise: this kernel runs a chain of five. */
+	if (sh("%s/o4", d) != 3)
+		SKIP("this kernel runs fewer than five scripts in one exec");
+	ASSERT_EQ(sh("%s/memdedup run -- %s/o4", rb, d), 3);
+	int c = sh("MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- %s/m4", dir, b, d);
+	int alive = md__daemon_alive(sock), pid = kill_daemon_of(dir);
+	ASSERT_EQ(c, 127);
+	ASSERT(!alive && !pid);
+	ASSERT(strstr(slurp("err"), "its interpreter (#!) /nonexistent/interpreter is missing"));
+	if (geteuid() != 0)
+		return 0;	/* a set-uid file of another user needs root */
+	ASSERT_EQ(sh("cp /bin/sh %s/uid", d), 0);
+	snprintf(path, sizeof(path), "%s/uid", d);
+	ASSERT(chown(path, 65534, (gid_t)-1) == 0 && chmod(path, 04755) == 0);
+	ASSERT_EQ(sh("%s/memdedup run -- %s/k4", rb, d), 126);
+	snprintf(text, sizeof(text), "its interpreter %s/uid is set-uid", d);
+	ASSERT(strstr(slurp("err"), text));
+	return 0;
+}
+
 /* sh() in a user namespace of its own whose uid and gid maps are map (its
  * lines written from here, by root outside it, who may map any ranges of
  * ours); SKIP if none can be made here. */
@@ -924,6 +998,61 @@ TEST_IMPL(cli_run_exec_format_refused)
 	return 0;
 }
 
+/* More ELF files the kernel refuses, refused before anything starts: a
+ * 64-bit header cut short before its machine, no program headers, a
+ * PT_INTERP of one byte (its NUL alone). */
+TEST_IMPL(cli_run_malformed_elf_headers_refused)
+{
+	const char *b = build_dir(), *d = test_dir();
+	char dir[400], sock[450], path[450], want[600];
+	snprintf(dir, sizeof(dir), "%s/run", d);
+	ASSERT(mkdir(dir, 0700) == 0);
+	snprintf(sock, sizeof(sock), "%s/memdedupd.sock", dir);
+	ASSERT_EQ(sh("head -c 17 /bin/true >%s/cut17 && chmod 755 %s/cut17 && cp /bin/true %s/nophdr && "
+		     "cp /bin/true %s/interp1", d, d, d, d), 0);
+	Elf64_Ehdr eh;
+	Elf64_Phdr ph;
+	snprintf(path, sizeof(path), "%s/nophdr", d);
+	int fd = open(path, O_RDWR | O_CLOEXEC);
+	ASSERT(fd >= 0 && pread(fd, &eh, sizeof(eh), 0) == (ssize_t)sizeof(eh));
+	if (eh.e_ident[EI_CLASS] != ELFCLASS64)
+		SKIP("/bin/true is no 64-bit ELF file");
+	uint16_t none = 0;
+	ASSERT(pwrite(fd, &none, 2, offsetof(Elf64_Ehdr, e_phnum)) == 2 && close(fd) == 0);
+	snprintf(path, sizeof(path), "%s/interp1", d);
+	fd = open(path, O_RDWR | O_CLOEXEC);
+	ASSERT(fd >= 0);
+	int found = 0;
+	for (int i = 0; i < eh.e_phnum && !found; i++) {
+		off_t at = (off_t)(eh.e_phoff + (uint64_t)i * eh.e_phentsize);
+		ASSERT(pread(fd, &ph, sizeof(ph), at) == (ssize_t)sizeof(ph));
+		if (ph.p_type != PT_INTERP)
+			continue;
+		found = 1;
+		ph.p_filesz = 1;
+		ASSERT(pwrite(fd, &ph, sizeof(ph), at) == (ssize_t)sizeof(ph));
+		ASSERT(pwrite(fd, "", 1, (off_t)ph.p_offset) == 1);
+	}
+	close(fd);
+	if (!found)
+		SKIP("/bin/true has no dynamic loader");
+	static const char *const files[] = { "cut17", "nophdr", "interp1" };
+	for (int i = 0; i < 3; i++) {
+		ASSERT_EQ(sh("%s/%s", d, files[i]), 126);	/* the premise: the kernel refuses it */
+		int code = sh("MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- %s/%s", dir, b, d, files[i]);
+		int alive = md__daemon_alive(sock), pid = kill_daemon_of(dir);
+		snprintf(want, sizeof(want), "memdedup run: cannot run '%s/%s': cannot execute binary file: Exec "
+			 "format error (an ELF file cut short or malformed)\n", d, files[i]);
+		if (code != 126 || alive || pid || strcmp(slurp("err"), want) != 0)
+			fprintf(stderr, "%s: exit %d, daemon %s: %s\n", files[i], code,
+				alive || pid ? "started" : "not started", slurp("err"));
+		ASSERT_EQ(code, 126);
+		ASSERT(!alive && !pid);
+		ASSERT_EQ(strcmp(slurp("err"), want), 0);
+	}
+	return 0;
+}
+
 /* File capabilities make an exec secure for a user other than root (root's
  * exec gets all capabilities anyway, and is not secure for them): refused
  * for nobody, run for root. */
@@ -1061,6 +1190,44 @@ TEST_IMPL(cli_run_daemon_leaves_cgroup)
 	ASSERT(in[0]);
 	ASSERT(!strstr(in, mine));
 	ASSERT(!strstr(slurp("err"), "memdedupd"));
+	return 0;
+}
+
+/* Where memdedupd cannot leave the command's cgroup (here a read-only
+ * cgroup file system), `run` says so once, naming the cgroup and why, and
+ * the daemon starts anyway. */
+TEST_IMPL(cli_run_daemon_kept_in_cgroup_said)
+{
+	struct test_cgroup cg;
+	if (cgroup_make(&cg))
+		SKIP("no memory cgroup of our own to be had here");
+	const char *rb = run_build_dir(), *d = test_dir();
+	char dir[400], sock[450];
+	snprintf(dir, sizeof(dir), "%s/run", d);
+	ASSERT(mkdir(dir, 0700) == 0);
+	snprintf(sock, sizeof(sock), "%s/memdedupd.sock", dir);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		if (cgroup_enter(&cg, getpid()) != 0)
+			_exit(99);
+		/* Every cgroup mount read-only, in a mount namespace of its own. */
+		_exit(sh("unshare -m --propagation private sh -c 'for m in $(findmnt -rn -t cgroup,cgroup2 -o TARGET); "
+			 "do mount -o remount,bind,ro \"$m\" || exit 98; done; MEMDEDUP_RUN_DIR=%s %s/memdedup run "
+			 "--scan -- true' || exit $?", dir, rb));
+	}
+	int st;
+	ASSERT(waitpid(kid, &st, 0) == kid);
+	int code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+	int alive = md__daemon_alive(sock), pid = kill_daemon_of(dir);
+	if (code == 98 || (code == 1 && !alive && strstr(slurp("err"), "unshare")))
+		SKIP("no mount namespace with read-only cgroup mounts to be had here");
+	ASSERT_EQ(code, 0);
+	ASSERT(alive && pid > 0);
+	const char *err = slurp("err"), *said = "memdedup run: memdedupd stays in this command's cgroup ";
+	ASSERT(strstr(err, said));
+	ASSERT(strstr(err, "Read-only file system"));
+	ASSERT(!strstr(strstr(err, said) + 1, said));	/* once */
 	return 0;
 }
 
@@ -2612,6 +2779,61 @@ static int agent_flag(json_t *st, pid_t pid, const char *key)
 	ASSERT_EQ(json_is_true(json_object_get(rec, key)), json_is_true(v));
 	return json_is_true(v);
 }
+/* One agent that does not scan, as the table and JSON say it: its STATE
+ * "-" and its JSON state null; the totals' row "1 agent". A file named
+ * for another pid than the one it holds is malformed, not listed (it
+ * showed the agent twice). A socket nothing listens on is memdedupd not
+ * running: fine, exit 0. */
+TEST_IMPL(cli_status_one_agent_as_said)
+{
+	const char *b = build_dir();
+	char path[512], other[512], name[64];
+	json_error_t je;
+	snprintf(name, sizeof(name), "agent-%d.stats", (int)getpid());
+	make_rd(path, sizeof(path), name);
+	write_stats(path, (uint32_t)getpid(), md__proc_start_time(getpid()), "vmm-one", 1000);
+	set_counter(path, MD_CTR_IO_UNSEEN, 0);
+	set_counter(path, MD_CTR_SCAN_STATE, 0);
+	snprintf(name, sizeof(name), "agent-%d.stats", (int)dead_pid());
+	make_rd(other, sizeof(other), name);
+	write_stats(other, (uint32_t)getpid(), md__proc_start_time(getpid()), "vmm-other", 1000);
+	/* Bound, never listening: a connect is refused. */
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	const char *sock = sa.sun_path;
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/stale.sock", test_dir());
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	close(fd);
+
+	ASSERT_EQ(sh("MEMDEDUP_RUN_DIR=%s/rd MEMDEDUP_SOCKET=%s %s/memdedup status", test_dir(), sock, b), 0);
+	const char *out = slurp("out");
+	char buf[512], *w[12], head[32];
+	snprintf(head, sizeof(head), "%d", (int)getpid());
+	ASSERT_EQ(row_words(out, head, buf, sizeof(buf), w, 12), 10);
+	ASSERT_EQ(strcmp(w[1], "vmm-one"), 0);
+	ASSERT_EQ(strcmp(w[9], "-"), 0);
+	ASSERT_EQ(row_words(out, "total", buf, sizeof(buf), w, 12), 10);	/* "1 agent": two words */
+	ASSERT(strstr(out, "\ntotal    1 agent "));
+	ASSERT(!strstr(out, "vmm-other"));
+	ASSERT(strstr(out, "memdedupd: not running"));
+	char want[600];
+	snprintf(want, sizeof(want), "ignoring malformed %s\n", other);
+	ASSERT(strstr(slurp("err"), want));
+
+	ASSERT_EQ(sh("MEMDEDUP_RUN_DIR=%s/rd MEMDEDUP_SOCKET=%s %s/memdedup status --json", test_dir(), sock, b), 0);
+	json_t *st = json_loads(slurp("out"), 0, &je);
+	ASSERT(st);
+	json_t *agents = json_object_get(st, "agents"), *a = json_array_get(agents, 0);
+	ASSERT_EQ(json_array_size(agents), 1);
+	ASSERT_EQ(json_integer_value(json_object_get(a, "pid")), getpid());
+	ASSERT(json_is_null(json_object_get(a, "state")));
+	ASSERT(json_is_null(json_object_get(a, "paused")));
+	ASSERT(json_is_null(json_object_get(st, "daemon")));
+	json_decref(st);
+	return 0;
+}
+
 
 /* `status` shows which agents memdedupd holds paused or unmerged: it
  * showed neither (only the daemon's default, daemon.paused), so an agent

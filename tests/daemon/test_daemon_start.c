@@ -267,6 +267,47 @@ TEST_IMPL(daemon_run_dir_too_long)
 	return 0;
 }
 
+/* Bad values are wrong usage (2), said, before anything is made: the
+ * pool's size past its bounds or not plainly a number, an empty path, the
+ * status rate out of its range. The bounds themselves are taken: those
+ * starts go on to fail on a socket path too long (1), making nothing. */
+TEST_IMPL(daemon_bad_values_refused)
+{
+	char run[400], err[400], args[1200], sock[200];
+	snprintf(run, sizeof(run), "%s/never", test_dir());
+	snprintf(err, sizeof(err), "%s/err", test_dir());
+	memset(sock, 'x', 120);
+	sock[120] = '\0';
+	static const struct {
+		const char *env, *args, *said;
+		int code;
+	} cases[] = {
+		{ "", "--pool-pages 67108865", "--pool-pages must be 1..67108864, not '67108865'", 2 },
+		{ "", "--pool-pages +5", "not '+5'", 2 },
+		{ "", "--pool-pages ' 5'", "not ' 5'", 2 },
+		{ "", "--pool-pages 67108864", "at most 107 bytes", 1 },
+		{ "", "--run-dir ''", "--run-dir and --socket need a path", 2 },
+		{ "", "--socket ''", "--run-dir and --socket need a path", 2 },
+		{ "MEMDEDUP_STATUS_KB_PER_S=abc", "", "MEMDEDUP_STATUS_KB_PER_S must be", 2 },
+		{ "MEMDEDUP_STATUS_KB_PER_S=1048577", "", "MEMDEDUP_STATUS_KB_PER_S must be", 2 },
+		{ "MEMDEDUP_STATUS_KB_PER_S=1048576", "", "at most 107 bytes", 1 },
+		{ "MEMDEDUP_CONTROL_WAIT_MS=60001", "", "MEMDEDUP_CONTROL_WAIT_MS must be", 2 },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		/* The run directory and socket first: a value given twice, the
+		 * case's last, takes their place. */
+		snprintf(args, sizeof(args), "--run-dir %s --socket /tmp/%s %s", run, sock, cases[i].args);
+		int code = td_sh("%s timeout 10 %s --foreground %s 2>%s </dev/null", cases[i].env, daemon_exe(), args,
+				 err);
+		if (code != cases[i].code || td_sh("grep -qF -- \"%s\" %s", cases[i].said, err) != 0)
+			fprintf(stderr, "case %zu: exit %d\n", i, code);
+		ASSERT_EQ(code, cases[i].code);
+		ASSERT_EQ(td_sh("grep -qF -- \"%s\" %s", cases[i].said, err), 0);
+		ASSERT(access(run, F_OK) != 0);
+	}
+	return 0;
+}
+
 static pid_t read_pid(const char *path)
 {
 	int pid = 0;
