@@ -16,7 +16,7 @@
 	X(cli_control_pid_out_of_range) X(cli_control_stale_socket_not_running) X(cli_set_longest_value_taken) X(cli_set_goes_on_after_agent_went_away) X(cli_control_wrong_reply_type) \
 	X(cli_run_long_ld_preload) X(cli_run_exe_path_cut_not_used) X(cli_run_missing_loader_no_daemon) X(cli_run_other_loader_refused) X(cli_status_rate_limited) X(cli_status_socket_path_too_long) X(cli_status_daemon_no_domains) X(cli_read_only_commands_make_no_run_dir) \
 	X(cli_run_command_found_as_execvp) X(cli_run_fifth_script_interpreter_checked) X(cli_status_one_agent_as_said) \
-	X(cli_run_daemon_kept_in_cgroup_said) X(cli_run_malformed_elf_headers_refused) \
+	X(cli_run_daemon_kept_in_cgroup_said) X(cli_run_malformed_elf_headers_refused) X(cli_status_totals_saturate) \
 	X(agent_api_rejects) X(agent_stats_file_owned) X(agent_unregister_splits_without_memory) X(agent_register_without_memory_changes_nothing) \
 	X(agent_api_bounds) X(stats_now_counts_every_region) X(agent_free_keeps_read_content) X(ours_set_covers_handed_and_engine) X(ours_grow_waits_for_plain_calls) \
 	X(agent_default_vma_budget_leaves_vmm_a_quarter) X(stats_file_path_at_limit) X(agent_register_over_vmm_userfault_busy) X(agent_forget_drops_vmm_hold) X(stats_now_counts_vmas) X(stats_file_claim_no_link_no_tail) X(stats_now_counts_past_first_chunk) \

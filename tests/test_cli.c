@@ -2496,6 +2496,41 @@ TEST_IMPL(cli_status_counters_shown)
 	return 0;
 }
 
+/* Totals past 2^64 (damaged files) stay at the largest value, in the table
+ * and (as 2^63-1) in JSON: wrapped, they showed a small number. */
+TEST_IMPL(cli_status_totals_saturate)
+{
+	char path[512], name[64];
+	int stop[2];
+	const uint64_t big = 1ull << 63;
+	ASSERT(pipe(stop) == 0);
+	pid_t kid = agent_stand_in(stop, "vmm", big);
+	snprintf(name, sizeof(name), "agent-%d.stats", (int)getpid());
+	make_rd(path, sizeof(path), name);
+	write_stats(path, (uint32_t)getpid(), md__proc_start_time(getpid()), "vmm", big);
+	int c1 = status_json();
+	char out[65536];
+	snprintf(out, sizeof(out), "%s", slurp("out"));
+	int c2 = sh("MEMDEDUP_RUN_DIR=%s/rd MEMDEDUP_SOCKET=%s/none %s/memdedup status --agents", test_dir(),
+		    test_dir(), build_dir());
+	close(stop[1]);
+	ASSERT_EQ(waitpid(kid, NULL, 0), kid);
+	close(stop[0]);
+	ASSERT_EQ(c1, 0);
+	ASSERT_EQ(c2, 0);
+	char buf[512], *w[12];
+	ASSERT_EQ(row_words(slurp("out"), "total", buf, sizeof(buf), w, 12), 9);
+	ASSERT_EQ(strcmp(w[3], "18446744073709551615"), 0);	/* SHARED */
+	json_error_t je;
+	json_t *st = json_loads(out, 0, &je);
+	ASSERT(st);
+	json_t *t = json_object_get(st, "totals");
+	ASSERT_EQ(json_integer_value(json_object_get(t, "bytes_read")), INT64_MAX);
+	ASSERT_EQ(json_integer_value(json_object_get(json_object_get(t, "scanner"), "merged")), INT64_MAX);
+	json_decref(st);
+	return 0;
+}
+
 /* The domain table shows names whole (up to 64 bytes): cut to 16,
  * "tenant-a-production-1" and "-2" printed alike. The columns after stay
  * aligned with the header; a short name keeps the table as it was. And the
