@@ -308,6 +308,34 @@ TEST_IMPL(daemon_bad_values_refused)
 	return 0;
 }
 
+/* A daemon started on demand (by `memdedup run`) that finds another
+ * holding its run directory or socket exits 3 without a word: VMMs started
+ * together each start one, and the losers' words reached their user's
+ * terminal. Started by hand, it says which daemon holds what. */
+TEST_IMPL(daemon_on_demand_loser_quiet)
+{
+	struct tdaemon t;
+	char err[400];
+	snprintf(err, sizeof(err), "%s/err", test_dir());
+	td_start(&t, 16);
+	for (int quiet = 0; quiet < 2; quiet++) {
+		const char *env = quiet ? MD_D_ON_DEMAND_ENV "=1 " : "";
+		/* The run directory's pid file, then the socket's lock. */
+		ASSERT_EQ(td_sh("%stimeout 10 %s --foreground --run-dir %s --socket %s/other 2>%s", env, daemon_exe(),
+				t.dir, t.dir, err), MD_D_EXIT_HELD);
+		ASSERT_EQ(td_sh("test -s %s", err), quiet ? 1 : 0);
+		if (!quiet)
+			ASSERT_EQ(td_sh("grep -q 'another daemon (pid %d) holds %s/memdedupd.pid' %s", (int)t.pid, t.dir,
+					err), 0);
+		ASSERT_EQ(td_sh("mkdir -p %s/x && %stimeout 10 %s --foreground --run-dir %s/x --socket %s 2>%s", t.dir,
+				env, daemon_exe(), t.dir, t.sock, err), MD_D_EXIT_HELD);
+		ASSERT_EQ(td_sh("test -s %s", err), quiet ? 1 : 0);
+	}
+	ASSERT(md__daemon_alive(t.sock));
+	td_stop(&t);
+	return 0;
+}
+
 static pid_t read_pid(const char *path)
 {
 	int pid = 0;
