@@ -1529,6 +1529,27 @@ TEST_IMPL(cli_status_dead_agent_gone)
 	return 0;
 }
 
+/* The control commands read the run directory to name the agents they
+ * cannot reach, and leave its files as they are: a stale one is status's
+ * to remove (md__agents_load without a command's name). */
+TEST_IMPL(cli_control_leaves_stale_files)
+{
+	char path[512], name[64];
+	pid_t dead = dead_pid();
+	snprintf(name, sizeof(name), "agent-%d.stats", (int)dead);
+	make_rd(path, sizeof(path), name);
+	write_stats(path, (uint32_t)dead, 0, "ghost", 1);
+	static const char *const cmds[] = { "pause", "resume", "unmerge", "set pages_to_scan=5" };
+	for (int i = 0; i < 4; i++) {
+		ASSERT_EQ(sh("MEMDEDUP_RUN_DIR=%s/rd MEMDEDUP_SOCKET=%s/none %s/memdedup %s", test_dir(), test_dir(),
+			     build_dir(), cmds[i]), 1);
+		ASSERT(access(path, F_OK) == 0);
+	}
+	ASSERT_EQ(status_json(), 0);
+	ASSERT(access(path, F_OK) != 0);	/* status removes it */
+	return 0;
+}
+
 /* A file that names a live process which started after its agent (its pid
  * reused), with no agent holding its lock, is stale: removed. */
 TEST_IMPL(cli_status_reused_pid_gone)
