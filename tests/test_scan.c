@@ -4199,6 +4199,66 @@ TEST_IMPL(scan_old_pool_kept_while_paused)
 	return 0;
 }
 
+/* The passes that move pages off a restarted memdedupd's old pool
+ * (md__engine_leave_file, called here with the agent paused, as its thread
+ * calls it): pages the guest wrote go at once; unwritten ones, a copy more
+ * each, only in a pass with room for all of them, and counted meanwhile; a
+ * run a read in flight holds is tried again. The old pool is left for good
+ * (leave_old) only once no page is kept on it: else its memory stays in
+ * use for as long as the process lives. */
+TEST_IMPL(scan_old_pool_left_in_passes)
+{
+	struct tdaemon t;
+	md_agent *a;
+	const size_t n = 64, h = n / 2;
+	char *m = merged_pairs(&t, &a, n);
+	/* The second half written: private copies in the pool's mapping,
+	 * their twins in the first half unique from now on. */
+	for (size_t i = h; i < n; i++)
+		m[i * PG + 1] ^= 0x5a;
+	char *want = malloc(n * PG);
+	ASSERT(want);
+	memcpy(want, m, n * PG);
+	ASSERT_EQ(md_agent_pause(a, 1), 0);
+	struct md__engine *e = a->engine;
+	uint64_t gen = e->remote->generation;
+	kill(t.pid, SIGKILL);
+	waitpid(t.pid, NULL, 0);
+	td_restart(&t);
+	for (int i = 0; i < 500 && (!md__remote_connected(e->remote) || e->remote->generation == gen); i++)
+		usleep(10000);
+	ASSERT(e->remote->generation != gen);
+	ASSERT_EQ(__atomic_load_n(&e->leave_old, __ATOMIC_RELAXED), 1);
+
+	/* No room for copies: the written pages move, the unwritten stay,
+	 * counted, and the pool is not left. */
+	ASSERT_EQ(md__engine_leave_file(e, 4 * n, 0), h);
+	ASSERT(pages_anon_present(m + h * PG, h));
+	for (size_t i = 0; i < h; i++)
+		ASSERT(!pages_anon_present(m + i * PG, 1));
+	ASSERT_EQ(e->leave_last_unwritten, h);
+	ASSERT_EQ(__atomic_load_n(&e->leave_old, __ATOMIC_RELAXED), 1);
+
+	/* Room, but a read in flight into the first page holds its run. */
+	struct iovec iov = { m, PG };
+	int token = md__inflight_begin(&e->io, &iov, 1);
+	ASSERT(md__engine_leave_file(e, 4 * n, 1) < h);
+	md__inflight_end(&e->io, token);
+	ASSERT(!pages_anon_present(m, 1));
+	ASSERT_EQ(__atomic_load_n(&e->leave_old, __ATOMIC_RELAXED), 1);
+
+	/* Tried again: every page off the old pool, and left. */
+	md__engine_leave_file(e, 4 * n, 1);
+	ASSERT(pages_anon_present(m, n));
+	ASSERT_EQ(__atomic_load_n(&e->leave_old, __ATOMIC_RELAXED), 0);
+	ASSERT(memcmp(m, want, n * PG) == 0);
+	md_agent_free(a);
+	td_stop(&t);
+	munmap(m, n * PG);
+	free(want);
+	return 0;
+}
+
 struct step_held {
 	int entered, release;
 };
