@@ -2300,6 +2300,8 @@ unlock:
 	return err;
 }
 
+void (*md__engine_leave_hook)(uintptr_t a);	/* tests only: see merge.h */
+
 size_t md__engine_leave_file(struct md__engine *e, size_t max, int copy_unwritten)
 {
 	struct md__file_map *v;
@@ -2327,6 +2329,9 @@ size_t md__engine_leave_file(struct md__engine *e, size_t max, int copy_unwritte
 		while (a < v[i].hi && tried < max) {
 			size_t len;
 			int err = leave_span_run(e, a, v[i].hi, gen, &len);
+			void (*hook)(uintptr_t) = __atomic_load_n(&md__engine_leave_hook, __ATOMIC_RELAXED);
+			if (hook)
+				hook(a);
 			if (err == -ESTALE) {
 				stale = 1;	/* read the spans again next call */
 				break;

@@ -309,6 +309,10 @@ extern void (*md__engine_compare_hook)(uintptr_t a, size_t n);
  * merge, before the check for reads in flight into them, standing for a
  * read (O_DIRECT, pinning them) that starts meanwhile. NULL otherwise. */
 extern void (*md__engine_freeze_hook)(uintptr_t a, size_t n);
+/* Tests only: called by md__engine_leave_file after each run it tried (at
+ * a), no lock held, standing for a VMM's unmap and mapping that may come
+ * between two runs. NULL otherwise. */
+extern void (*md__engine_leave_hook)(uintptr_t a);
 /* Tests only: the engine's next this many allocations of what is left of a
  * region an unregister splits fail (ENOMEM). 0 otherwise. */
 extern int md__engine_fail_slices;

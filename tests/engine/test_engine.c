@@ -3304,6 +3304,91 @@ TEST_IMPL(engine_old_pool_refs_not_sent)
 	return 0;
 }
 
+/* What the leave hook does once, at the first run: the VMM unmaps the
+ * next page of guest RAM and maps its own file there (a memory backend
+ * with share=off), registered again: "a file page" to the engine's
+ * records, as an old pool's page is. */
+static struct md__engine *remap_engine;
+static unsigned char *remap_at;
+static int remap_fd = -1;
+
+static void vmm_file_mapped_between_runs(uintptr_t a)
+{
+	(void)a;
+	md__engine_leave_hook = NULL;
+	ASSERT_EQ(md__engine_unregister(remap_engine, remap_at, PG, MD_UNREG_GONE), 0);
+	ASSERT(mmap(remap_at, PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, remap_fd, 0) == remap_at);
+	ASSERT_EQ(md__engine_register(remap_engine, remap_at, PG, 0), 0);
+}
+
+/* The VMM's mappings change while pages are moved off a pool memdedupd no
+ * longer serves: the spans of the old pool read before are stale, and a
+ * mapping of the VMM's own file put there since is left alone (its pages
+ * are "a file page" to the engine too): the call ends, the next reads the
+ * spans again. Moved, the VMM's private file mapping became anonymous
+ * memory, which no longer shows the file. */
+TEST_IMPL(engine_leave_file_spans_stale_after_unmap)
+{
+	struct tdaemon t;
+	struct md__engine e;
+	struct md__remote rm;
+	struct md__scanner s;
+	const size_t n = 2;
+	unsigned char *x = map_ram(1), *m = map_ram(n), want[PG];
+	uint32_t slot;
+	int status;
+
+	engine_with_daemon(&e, &t, &rm, "stale");
+	fill(x, 43);
+	for (size_t i = 0; i < n; i++)
+		fill(m + i * PG, 43);
+	ASSERT_EQ(md__engine_register(&e, m, n * PG, 0), 0);
+	uint64_t h = md__page_hash(x);
+	const void *page = x;
+	ASSERT_EQ(md__remote_publish_each(&rm, &h, &page, 1, &slot, &status, rm.generation), 0);
+	ASSERT_EQ(status, 0);
+	ASSERT_EQ(md__scanner_init(&s, &e, NULL), 0);
+	md__scanner_step(&s, n);
+	md__scanner_step(&s, n);
+	ASSERT_EQ(s.st.merged_scan, n);
+	md__scanner_free(&s);
+	uint64_t gen = rm.generation;
+	kill(t.pid, SIGKILL);
+	waitpid(t.pid, NULL, 0);
+	td_restart(&t);
+	ASSERT_EQ(md__engine_remote_connect(&e), 0);
+	ASSERT(rm.generation != gen);
+	ASSERT_EQ(__atomic_load_n(&e.leave_old, __ATOMIC_RELAXED), 1);
+
+	remap_fd = memfd_create("vmm-ram", MFD_CLOEXEC);
+	ASSERT(remap_fd >= 0);
+	fill(want, 44);
+	ASSERT_EQ(pwrite(remap_fd, want, PG, 0), PG);
+	remap_engine = &e;
+	remap_at = m + PG;
+	md__engine_leave_hook = vmm_file_mapped_between_runs;
+	ASSERT_EQ(md__engine_leave_file(&e, 64, 1), 1);	/* the first page; the call ends */
+	ASSERT(md__engine_leave_hook == NULL);	/* the remap came */
+	md__engine_leave_file(&e, 64, 1);
+	ASSERT_EQ(__atomic_load_n(&e.leave_old, __ATOMIC_RELAXED), 0);
+	fill(want, 43);
+	ASSERT(memcmp(m, want, PG) == 0);
+	ASSERT(!(pagemap(m) & PM_FILE));
+	/* The VMM's file, still mapped: a change of it shows there. */
+	fill(want, 45);
+	ASSERT_EQ(pwrite(remap_fd, want, PG, 0), PG);
+	ASSERT(memcmp(m + PG, want, PG) == 0);
+	ASSERT(pagemap(m + PG) & PM_FILE);
+	md__engine_fini(&e);
+	md__remote_fini(&rm);
+	td_stop(&t);
+	close(remap_fd);
+	remap_fd = -1;
+	munmap(x, PG);
+	munmap(m, n * PG);
+	return 0;
+}
+
 /* UNREFs owed to a daemon that died are not given to the next one: its
  * slots are numbered from 0 again, and an UNREF of an old number would drop
  * a reference of a page of the new pool still mapped. Owed while no daemon
@@ -3827,6 +3912,84 @@ TEST_IMPL(engine_unrefs_bounded_by_slow_daemon)
 	slow_proxy_stop(&px);
 	td_stop(&t);
 	munmap(x, 2 * PG);
+	return 0;
+}
+
+static void *send_unrefs_thread(void *arg)
+{
+	md__engine_send_unrefs(arg);
+	return NULL;
+}
+
+/* A reconnect to another memdedupd while md__engine_send_unrefs waits for
+ * the old one's answer: the rest of that pass (cut by its time bound) is
+ * the old pool's, and is dropped, not put back in the queue, which holds
+ * the new pool's UNREFs by then: a queue of another generation is emptied
+ * when UNREFs are added (those of the new pool lost, their pages pinned
+ * for the process's life), and a move of the VMM's user waits until the
+ * queue is empty (md__engine_unrefs_settled). */
+TEST_IMPL(engine_unrefs_of_switched_pool_not_queued_again)
+{
+	enum { REFS = 4 * MD_REF_BATCH };
+	struct tdaemon t, t2;
+	struct md__engine e;
+	struct md__remote rm;
+	struct slow_proxy px;
+	unsigned char *x = map_ram(1);
+	static uint32_t q[REFS];
+	uint32_t slot;
+	int status;
+
+	engine_with_daemon(&e, &t, &rm, "mid-pass");
+	fill(x, 12);
+	uint64_t h = md__page_hash(x);
+	const void *page = x;
+	ASSERT_EQ(md__remote_publish_each(&rm, &h, &page, 1, &slot, &status, rm.generation), 0);
+	ASSERT_EQ(status, 0);
+	hold_refs(&rm, slot, REFS - 1);	/* the publication's is one */
+	/* The same daemon, through a proxy whose every reply takes 1 s: a
+	 * pass ends after its first round trip (MD_RT_PASS_MS). */
+	slow_proxy_start(&px, t.sock, 1000);
+	pthread_mutex_lock(&rm.lock);
+	md__client_free(rm.c);
+	rm.c = NULL;
+	snprintf(rm.socket, sizeof(rm.socket), "%s", px.path);
+	pthread_mutex_unlock(&rm.lock);
+	uint64_t gen = rm.generation;
+	ASSERT_EQ(md__engine_remote_connect(&e), 0);
+	ASSERT_EQ(rm.generation, gen);
+	td_start(&t2, 1024);
+
+	for (size_t i = 0; i < REFS; i++)
+		q[i] = slot;
+	let_go(&e, q, REFS);
+	pthread_t th;
+	ASSERT_EQ(pthread_create(&th, NULL, send_unrefs_thread, &e), 0);
+	/* Its first UNREFs sent (the client's lock held for the round
+	 * trip): the next connect is to another daemon, and switches pools
+	 * before the pass ends. Only connects read the socket's path. */
+	int in_flight = 0;
+	for (int i = 0; i < 2000 && !in_flight; i++) {
+		if (pthread_mutex_trylock(&rm.lock) == 0) {
+			pthread_mutex_unlock(&rm.lock);
+			usleep(500);
+		} else {
+			in_flight = 1;
+		}
+	}
+	ASSERT(in_flight);
+	ASSERT(strlen(t2.sock) < sizeof(rm.socket));
+	memcpy(rm.socket, t2.sock, strlen(t2.sock) + 1);
+	ASSERT_EQ(md__engine_remote_connect(&e), 0);
+	ASSERT(rm.generation != gen);
+	ASSERT_EQ(pthread_join(th, NULL), 0);
+	ASSERT(md__engine_unrefs_settled(&e));
+	md__engine_fini(&e);
+	md__remote_fini(&rm);
+	slow_proxy_stop(&px);
+	td_stop(&t2);
+	td_stop(&t);
+	munmap(x, PG);
 	return 0;
 }
 
@@ -6043,6 +6206,59 @@ TEST_IMPL(engine_scanner_failed_merge_gives_pin_back)
 	td_stop(&t);
 	munmap(m, PG);
 	munmap(x, PG);
+	return 0;
+}
+
+/* The VMM unmaps guest RAM while a batch waits for memdedupd's answer to
+ * its lookups (the regions' lock let go), and maps memory of its own
+ * there, with holes: the page memdedupd then says to publish is not read
+ * (a read would fill the new mapping's hole in, behind the VMM's back).
+ * The unregister counts as a discard does (zap_gen), which the read of
+ * the pending pages checks. */
+TEST_IMPL(engine_scanner_unmap_during_lookup_leaves_holes)
+{
+	struct tdaemon t;
+	struct md__engine e;
+	struct md__remote rm;
+	struct md__scanner s;
+	unsigned char *m = map_ram(2);
+
+	engine_with_daemon(&e, &t, &rm, "unmapped");
+	fill(m, 31);
+	fill(m + PG, 31);	/* a second copy: memdedupd says to publish it */
+	ASSERT_EQ(md__engine_register(&e, m, 2 * PG, 0), 0);
+	ASSERT_EQ(md__scanner_init(&s, &e, NULL), 0);
+	s.ratio = 0;
+	md__scanner_step(&s, 2);	/* their checksums */
+	ASSERT_EQ(s.st.first_sums, 2);
+	/* The next visits find them unchanged and look them up; memdedupd
+	 * answers once the VMM has remapped the place. */
+	td_pause(&t);
+	struct step_arg sa = { &s, 2 };
+	pthread_t th;
+	ASSERT_EQ(pthread_create(&th, NULL, step_thread, &sa), 0);
+	for (int i = 0; i < 1000 && __atomic_load_n(&s.st.scanned, __ATOMIC_RELAXED) < 4; i++)
+		usleep(1000);
+	ASSERT_EQ(__atomic_load_n(&s.st.scanned, __ATOMIC_RELAXED), 4);	/* pending */
+	/* Taken once the batch lets go of the regions' lock for its lookup. */
+	ASSERT_EQ(md__engine_unregister(&e, m, 2 * PG, MD_UNREG_GONE), 0);
+	ASSERT_EQ(pthread_tryjoin_np(th, NULL), EBUSY);	/* still waiting for the answer */
+	int fd = memfd_create("vmm-ram", MFD_CLOEXEC);
+	ASSERT(fd >= 0 && ftruncate(fd, 2 * PG) == 0);
+	ASSERT(mmap(m, 2 * PG, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) == m);
+	ASSERT(kill(t.pid, SIGCONT) == 0);
+	ASSERT_EQ(pthread_join(th, NULL), 0);
+	struct stat st;
+	ASSERT(fstat(fd, &st) == 0);
+	ASSERT_EQ(st.st_blocks, 0);
+	ASSERT(!(pagemap(m) & PM_PRESENT));
+	ASSERT(!(pagemap(m + PG) & PM_PRESENT));
+	md__scanner_free(&s);
+	md__engine_fini(&e);
+	md__remote_fini(&rm);
+	td_stop(&t);
+	close(fd);
+	munmap(m, 2 * PG);
 	return 0;
 }
 
