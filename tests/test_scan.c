@@ -4951,6 +4951,36 @@ TEST_IMPL(scan_io_unseen_images_private_first)
 	return 0;
 }
 
+/* A fork copies the pool pages of the guest RAM it copies, and those only:
+ * RAM advised MADV_DONTFORK (QEMU's guest RAM) goes to no child, and stays
+ * merged in the parent. */
+TEST_IMPL(scan_fork_copies_only_forked_ram)
+{
+	md_agent *a;
+	const size_t n = 64;
+	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .pages_to_scan = 1000, .sleep_ms = 1 };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	char *kept = pairs_ram(n), *forked = pairs_ram(n);
+	ASSERT_EQ(md_agent_register(a, kept, n * PG, MD_ADV_DONTFORK), 0);
+	ASSERT_EQ(md_agent_register(a, forked, n * PG, 0), 0);
+	ASSERT_EQ(wait_merged(a, 2 * n - n / 2), 0);	/* all on n / 2 pool pages */
+	ASSERT_EQ(md_agent_pause(a, 1), 0);	/* nothing merged again meanwhile */
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += 10;
+	const char *why = NULL;
+	ASSERT_EQ(md__scan_fork_prepare(a, &until, &why), 1);
+	md__scan_fork_done(a);
+	ASSERT(why == NULL);
+	ASSERT(pairs_private(forked, n));
+	ASSERT(!pairs_private(kept, n));
+	ASSERT(pairs_intact(kept, n) && pairs_intact(forked, n));
+	md_agent_free(a);
+	munmap(kept, n * PG);
+	munmap(forked, n * PG);
+	return 0;
+}
+
 /* memdedupd's RESUME while the VMM's user changes (its pages being given
  * back to the old user's pool): kept for after the move. Applied at once,
  * the scanner merged into the old pool again, whose references must all
