@@ -3254,6 +3254,60 @@ TEST_IMPL(scan_free_moves_pool_pages)
 	return 0;
 }
 
+
+/* The protection of the mapping at p, as /proc/self/maps says ("rw-"). */
+static const char *prot_of(const void *p)
+{
+	static char perms[4];
+	char line[512];
+	FILE *f = fopen("/proc/self/maps", "r");
+	ASSERT(f);
+	perms[0] = 0;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long lo, hi;
+		char pr[5];
+		if (sscanf(line, "%lx-%lx %4s", &lo, &hi, pr) == 3 && lo <= (uintptr_t)p && (uintptr_t)p < hi) {
+			memcpy(perms, pr, 3);
+			perms[3] = 0;
+		}
+	}
+	fclose(f);
+	return perms;
+}
+
+/* Copies RAM given up left in the pool's mappings, moved into anonymous
+ * memory as the agent ends, keep the protection the VMM gave them since:
+ * a read-only page made writable would take a stray write the VMM's
+ * mprotect was there to stop. */
+TEST_IMPL(scan_free_moved_copies_keep_protection)
+{
+	md_agent *a;
+	const size_t n = 8;
+	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .domain = "private",
+			       .pages_to_scan = 1000, .sleep_ms = 1 };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	char *m = mmap(NULL, n * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	for (size_t i = 0; i < n; i++)
+		seed_page(m + i * PG, (unsigned)i);
+	seed_page(m, 100);
+	seed_page(m + PG, 100);
+	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
+	ASSERT(pair_merged(a, m));
+	ASSERT_EQ(md_agent_unregister(a, m, 2 * PG), 0);	/* given up: copies in the pool's mappings */
+	ASSERT(in_pool_map(m) && in_pool_map(m + PG));
+	ASSERT_EQ(mprotect(m, 2 * PG, PROT_READ), 0);
+	md_agent_free(a);
+	char want[PG];
+	seed_page(want, 100);
+	for (size_t i = 0; i < 2; i++) {
+		ASSERT(!in_pool_map(m + i * PG));
+		ASSERT(strcmp(prot_of(m + i * PG), "r--") == 0);
+		ASSERT(memcmp(m + i * PG, want, PG) == 0);
+	}
+	munmap(m, n * PG);
+	return 0;
+}
 /* The same once merging stopped for I/O the agent does not see (io_uring,
  * a device's DMA), whose transfers a copy could lose: the pages stay where
  * they are, as written, and the log says once that a discard of one shows
