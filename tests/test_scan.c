@@ -3308,6 +3308,42 @@ TEST_IMPL(scan_free_moved_copies_keep_protection)
 	munmap(m, n * PG);
 	return 0;
 }
+
+/* The same copies locked by the VMM since (mlock) stay where they are: a
+ * new mapping would have to be locked again, and moved over unlocked, the
+ * VMM's lock was lost without a word. */
+TEST_IMPL(scan_free_locked_copies_left)
+{
+	md_agent *a;
+	const size_t n = 8;
+	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .domain = "private",
+			       .pages_to_scan = 1000, .sleep_ms = 1 };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	char *m = mmap(NULL, n * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	for (size_t i = 0; i < n; i++)
+		seed_page(m + i * PG, (unsigned)i);
+	seed_page(m, 100);
+	seed_page(m + PG, 100);
+	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
+	ASSERT(pair_merged(a, m));
+	ASSERT_EQ(md_agent_unregister(a, m, 2 * PG), 0);
+	ASSERT(in_pool_map(m) && in_pool_map(m + PG));
+	if (mlock(m, 2 * PG) != 0) {
+		md_agent_free(a);
+		munmap(m, n * PG);
+		SKIP("mlock refused (%s)", strerror(errno));
+	}
+	md_agent_free(a);
+	char want[PG];
+	seed_page(want, 100);
+	for (size_t i = 0; i < 2; i++) {
+		ASSERT(in_pool_map(m + i * PG));
+		ASSERT(memcmp(m + i * PG, want, PG) == 0);
+	}
+	munmap(m, n * PG);
+	return 0;
+}
 /* The same once merging stopped for I/O the agent does not see (io_uring,
  * a device's DMA), whose transfers a copy could lose: the pages stay where
  * they are, as written, and the log says once that a discard of one shows
