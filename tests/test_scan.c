@@ -4841,11 +4841,11 @@ TEST_IMPL(scan_refused_unmerge_keeps_daemon_pause)
 	return 0;
 }
 
-/* A reconnect's WELCOME (not paused) while the VMM's unmerge, refused for
- * want of memory, runs: kept paused for the unmerge, then left paused by
- * it (the welcome had set the pause since), though memdedupd said run. The
- * refused unmerge applies what the welcome asked for. */
-TEST_IMPL(scan_refused_unmerge_applies_welcome)
+/* A reconnect's WELCOME (not paused) while the VMM's unmerge, refused
+ * for want of memory, runs, 20 times at moments further apart: with the
+ * VMM's own pause (vmm_paused) or without, the scanner ends as that says:
+ * 0, or the test fails. */
+static int welcome_during_refused_unmerges(int vmm_paused)
 {
 	struct test_cgroup cg;
 	if (cgroup_make(&cg) != 0)
@@ -4853,6 +4853,8 @@ TEST_IMPL(scan_refused_unmerge_applies_welcome)
 	md_agent *a;
 	const size_t n = 64;
 	char *m = pairs_merged_here(&a, NULL, n);
+	if (vmm_paused)
+		ASSERT_EQ(md_agent_pause(a, 1), 0);
 	ASSERT_EQ(cgroup_enter(&cg, getpid()), 0);
 	ASSERT_EQ(cgroup_limit(&cg, cgroup_usage(&cg) + (32ull << 20)), 0);
 	for (int round = 0; round < 20; round++) {
@@ -4861,38 +4863,27 @@ TEST_IMPL(scan_refused_unmerge_applies_welcome)
 		usleep(1000 + 500 * (unsigned)round);
 		md__scan_welcome_pause(a, 0);
 		pthread_join(t, NULL);
-		ASSERT_EQ(scanner_paused(a), 0);
+		ASSERT_EQ(scanner_paused(a), vmm_paused);
 	}
 	md_agent_free(a);
 	munmap(m, n * PG);
 	return 0;
 }
 
-/* The same with the VMM's own pause: the welcome (not paused) during the
- * refused unmerge is kept paused for the VMM, and the unmerge, putting
- * back what the welcome asked, keeps the VMM's pause too. */
+/* Without the VMM's pause: kept paused for the unmerge, then left paused
+ * by it (the welcome had set the pause since), though memdedupd said run.
+ * The refused unmerge applies what the welcome asked for. */
+TEST_IMPL(scan_refused_unmerge_applies_welcome)
+{
+	return welcome_during_refused_unmerges(0);
+}
+
+/* With the VMM's own pause: the welcome (not paused) during the refused
+ * unmerge is kept paused for the VMM, and the unmerge, putting back what
+ * the welcome asked, keeps the VMM's pause too. */
 TEST_IMPL(scan_refused_unmerge_keeps_vmm_pause)
 {
-	struct test_cgroup cg;
-	if (cgroup_make(&cg) != 0)
-		SKIP("no memory cgroup of our own to be had here");
-	md_agent *a;
-	const size_t n = 64;
-	char *m = pairs_merged_here(&a, NULL, n);
-	ASSERT_EQ(md_agent_pause(a, 1), 0);
-	ASSERT_EQ(cgroup_enter(&cg, getpid()), 0);
-	ASSERT_EQ(cgroup_limit(&cg, cgroup_usage(&cg) + (32ull << 20)), 0);
-	for (int round = 0; round < 20; round++) {
-		pthread_t t;
-		ASSERT_EQ(pthread_create(&t, NULL, unmerge_refused_often, a), 0);
-		usleep(1000 + 500 * (unsigned)round);
-		md__scan_welcome_pause(a, 0);
-		pthread_join(t, NULL);
-		ASSERT_EQ(scanner_paused(a), 1);
-	}
-	md_agent_free(a);
-	munmap(m, n * PG);
-	return 0;
+	return welcome_during_refused_unmerges(1);
 }
 
 /* memdedupd's RESUME is the operator's: it lifts the VMM's own pause too,

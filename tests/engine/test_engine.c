@@ -5572,6 +5572,32 @@ TEST_IMPL(engine_scanner_reads_only_present)
 	return 0;
 }
 
+/* 1,024 pages of RAM from a huge page boundary, each of the first 528 of
+ * its own content, the rest zero but page keep (if not 0); registered,
+ * a scanner at 7 hinted visits of 8 and a hint of pages 512-527 (a read
+ * at the start of the second huge page). The RAM's start. */
+static unsigned char *hinted_huge_page(struct md__engine *e, struct md__hints *h, struct md__scanner *s,
+				       size_t keep)
+{
+	const size_t n = 1024, hp = 512;
+	unsigned char *m = map_ram(n + hp);
+	unsigned char *r = (unsigned char *)(((uintptr_t)m + hp * PG - 1) & ~(uintptr_t)(hp * PG - 1));
+
+	engine_up(e);
+	ASSERT_EQ(md__hints_init(h, 16), 0);
+	for (size_t i = 0; i < n; i++) {
+		if (i >= hp + 16 && i != keep)
+			memset(r + i * PG, 0, PG);	/* present, zero */
+		else
+			fill(r + i * PG, (unsigned)i + 1);
+	}
+	ASSERT_EQ(md__engine_register(e, r, n * PG, 0), 0);
+	ASSERT_EQ(md__scanner_init(s, e, h), 0);
+	s->ratio = 7;
+	md__hints_push(h, (uintptr_t)(r + hp * PG), 16 * PG, 0, 0);
+	return r;
+}
+
 TEST_IMPL(engine_scanner_sweeps_near_hints)
 {
 	/* After a hinted run, the scanner drops the zero pages of the huge
@@ -5581,21 +5607,7 @@ TEST_IMPL(engine_scanner_sweeps_near_hints)
 	struct md__hints h;
 	struct md__scanner s;
 	const size_t n = 1024, hp = 512;
-	unsigned char *m = map_ram(n + hp);
-	unsigned char *r = (unsigned char *)(((uintptr_t)m + hp * PG - 1) & ~(uintptr_t)(hp * PG - 1));
-
-	engine_up(&e);
-	ASSERT_EQ(md__hints_init(&h, 16), 0);
-	for (size_t i = 0; i < n; i++) {
-		if (i >= hp + 16 && i != 700)
-			memset(r + i * PG, 0, PG);	/* present, zero */
-		else
-			fill(r + i * PG, (unsigned)i + 1);
-	}
-	ASSERT_EQ(md__engine_register(&e, r, n * PG, 0), 0);
-	ASSERT_EQ(md__scanner_init(&s, &e, &h), 0);
-	s.ratio = 7;
-	md__hints_push(&h, (uintptr_t)(r + hp * PG), 16 * PG, 0, 0);
+	unsigned char *r = hinted_huge_page(&e, &h, &s, 700);
 	/* 7 of the first 8 visits are hinted pages: the run is not done. */
 	md__scanner_step(&s, 8);
 	ASSERT_EQ(s.st.hinted, 7);
@@ -5628,6 +5640,35 @@ TEST_IMPL(engine_scanner_sweeps_near_hints)
 	return 0;
 }
 
+/* Hints of 1,024 pages in pairs and a cursor over 2,048 unique pages, on
+ * e up (with memdedupd or not), the ratio at 4: after two epochs of
+ * visits (the first holds the first copies, no merge yet, LIFO: the
+ * second half first; the second their twins) the hints merged, the
+ * cursor did not, and the hints' share has grown. d and u: the RAM. */
+static void hints_merge_ratio_grows(struct md__engine *e, struct md__hints *h, struct md__scanner *s,
+				    unsigned char **d, unsigned char **u)
+{
+	const size_t dup = 1024, uniq = 2048;
+	*d = map_ram(dup);
+	*u = map_ram(uniq);
+	ASSERT_EQ(md__hints_init(h, 64), 0);
+	for (size_t i = 0; i < dup; i++)
+		fill(*d + i * PG, (unsigned)(i % (dup / 2)) + 1);	/* two copies each */
+	for (size_t i = 0; i < uniq; i++)
+		fill(*u + i * PG, (unsigned)(i + 100000));
+	ASSERT_EQ(md__engine_register(e, *u, uniq * PG, 0), 0);
+	ASSERT_EQ(md__engine_register(e, *d, dup * PG, 0), 0);
+	ASSERT_EQ(md__scanner_init(s, e, h), 0);
+	s->ratio = 4;
+	for (size_t i = 0; i < dup; i += 16)
+		md__hints_push(h, (uintptr_t)(*d + i * PG), 16 * PG, 0, 0);
+	for (int i = 0; i < 20 && s->st.hinted + s->st.scanned < 2100; i++)
+		md__scanner_step(s, 128);
+	ASSERT(s->st.merged_hint > 0);
+	ASSERT_EQ(s->st.merged_scan, 0);
+	ASSERT(s->ratio > 4);
+}
+
 TEST_IMPL(engine_scanner_adapts_ratio)
 {
 	/* Hints that merge and a cursor that finds nothing: after an epoch
@@ -5635,28 +5676,10 @@ TEST_IMPL(engine_scanner_adapts_ratio)
 	struct md__engine e;
 	struct md__hints h;
 	struct md__scanner s;
-	const size_t dup = 1024, uniq = 2048;
-	unsigned char *d = map_ram(dup), *u = map_ram(uniq);
+	unsigned char *d, *u;
 
 	engine_up(&e);
-	ASSERT_EQ(md__hints_init(&h, 64), 0);
-	for (size_t i = 0; i < dup; i++)
-		fill(d + i * PG, (unsigned)(i % (dup / 2)) + 1);	/* two copies each */
-	for (size_t i = 0; i < uniq; i++)
-		fill(u + i * PG, (unsigned)(i + 100000));
-	ASSERT_EQ(md__engine_register(&e, u, uniq * PG, 0), 0);
-	ASSERT_EQ(md__engine_register(&e, d, dup * PG, 0), 0);
-	ASSERT_EQ(md__scanner_init(&s, &e, &h), 0);
-	s.ratio = 4;
-	for (size_t i = 0; i < dup; i += 16)
-		md__hints_push(&h, (uintptr_t)(d + i * PG), 16 * PG, 0, 0);
-	/* The first epoch holds the first copies (no merge yet, LIFO: the
-	 * second half first), the second their twins. */
-	for (int i = 0; i < 20 && s.st.hinted + s.st.scanned < 2100; i++)
-		md__scanner_step(&s, 128);
-	ASSERT(s.st.merged_hint > 0);
-	ASSERT_EQ(s.st.merged_scan, 0);
-	ASSERT(s.ratio > 4);
+	hints_merge_ratio_grows(&e, &h, &s, &d, &u);
 	md__scanner_free(&s);
 	md__hints_free(&h);
 	md__engine_fini(&e);
@@ -5990,25 +6013,10 @@ TEST_IMPL(engine_scanner_adapts_ratio_with_daemon)
 	struct md__hints h;
 	struct md__scanner s;
 	const size_t dup = 1024, uniq = 2048;
-	unsigned char *d = map_ram(dup), *u = map_ram(uniq);
+	unsigned char *d, *u;
 
 	engine_with_daemon(&e, &t, &rm, "adapt");
-	ASSERT_EQ(md__hints_init(&h, 64), 0);
-	for (size_t i = 0; i < dup; i++)
-		fill(d + i * PG, (unsigned)(i % (dup / 2)) + 1);	/* two copies each */
-	for (size_t i = 0; i < uniq; i++)
-		fill(u + i * PG, (unsigned)(i + 100000));
-	ASSERT_EQ(md__engine_register(&e, u, uniq * PG, 0), 0);
-	ASSERT_EQ(md__engine_register(&e, d, dup * PG, 0), 0);
-	ASSERT_EQ(md__scanner_init(&s, &e, &h), 0);
-	s.ratio = 4;
-	for (size_t i = 0; i < dup; i += 16)
-		md__hints_push(&h, (uintptr_t)(d + i * PG), 16 * PG, 0, 0);
-	for (int i = 0; i < 20 && s.st.hinted + s.st.scanned < 2100; i++)
-		md__scanner_step(&s, 128);
-	ASSERT(s.st.merged_hint > 0);
-	ASSERT_EQ(s.st.merged_scan, 0);
-	ASSERT(s.ratio > 4);
+	hints_merge_ratio_grows(&e, &h, &s, &d, &u);
 	md__scanner_free(&s);
 	md__hints_free(&h);
 	md__engine_fini(&e);
@@ -6028,22 +6036,7 @@ TEST_IMPL(engine_scanner_sweep_counts_against_batch)
 	struct md__engine e;
 	struct md__hints h;
 	struct md__scanner s;
-	const size_t n = 1024, hp = 512;
-	unsigned char *m = map_ram(n + hp);
-	unsigned char *r = (unsigned char *)(((uintptr_t)m + hp * PG - 1) & ~(uintptr_t)(hp * PG - 1));
-
-	engine_up(&e);
-	ASSERT_EQ(md__hints_init(&h, 16), 0);
-	for (size_t i = 0; i < n; i++) {
-		if (i >= hp + 16)
-			memset(r + i * PG, 0, PG);	/* present, zero */
-		else
-			fill(r + i * PG, (unsigned)i + 1);
-	}
-	ASSERT_EQ(md__engine_register(&e, r, n * PG, 0), 0);
-	ASSERT_EQ(md__scanner_init(&s, &e, &h), 0);
-	s.ratio = 7;
-	md__hints_push(&h, (uintptr_t)(r + hp * PG), 16 * PG, 0, 0);
+	hinted_huge_page(&e, &h, &s, 0);
 	/* 7 hinted visits of 8: the run's 16 pages and 2 of the cursor's in
 	 * the first 18 visits, then the sweep, worth 124 visits. */
 	md__scanner_step(&s, 24);
@@ -6053,7 +6046,6 @@ TEST_IMPL(engine_scanner_sweep_counts_against_batch)
 	md__scanner_free(&s);
 	md__hints_free(&h);
 	md__engine_fini(&e);
-	munmap(m, (n + hp) * PG);
 	return 0;
 }
 
