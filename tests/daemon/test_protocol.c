@@ -293,6 +293,19 @@ TEST_IMPL(daemon_proto_rejects)
 	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_READS, p, 32), &m), -EBADMSG);
 	put64(p + 12, 0);
 	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_READS, p, 32), &m), 0);
+	/* Each bound as the run's last page meets it: its last byte, not
+	 * its first, must be in user space and its offsets not wrap. */
+	put64(p + 20, (1ull << 47) - 4096);		/* the last page of user space */
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_READS, p, 32), &m), 0);
+	put32(p + 28, 2);				/* its second page past it */
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_READS, p, 32), &m), -EBADMSG);
+	put64(p + 20, 0x1000);
+	put64(p + 12, UINT64_MAX - 8191);		/* two pages: the last offset wraps */
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_READS, p, 32), &m), -EBADMSG);
+	put64(p + 12, UINT64_MAX - 8192);		/* ends at UINT64_MAX */
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_READS, p, 32), &m), 0);
+	put64(p + 12, 0);
+	put32(p + 28, 1);
 	put32(p, MD_READS_MAX + 1);
 	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_READS, p, 32), &m), -EBADMSG);
 	put32(p, 1);		/* one page without its content */
@@ -305,6 +318,10 @@ TEST_IMPL(daemon_proto_rejects)
 	put32(p, 0xffffffffu);	/* PUBLISH_R whose run would wrap */
 	put32(p + 4, 2);
 	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_PUBLISH_R, p, 8), &m), -EBADMSG);
+	put32(p, 0xfffffffeu);	/* the run's end one past: wraps to 0 */
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_PUBLISH_R, p, 8), &m), -EBADMSG);
+	put32(p, 0xfffffffdu);	/* slots 0xfffffffd and 0xfffffffe: the last run that fits */
+	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_PUBLISH_R, p, 8), &m), 0);
 
 	/* HELLO: pid, flags, domain length and characters. */
 	memset(p, 0, 16);
@@ -413,6 +430,12 @@ TEST_IMPL(daemon_proto_rejects)
 	put32(p, 5);
 	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_ERROR, p, 8), &m), -EBADMSG);
 	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_STATUS_R, "{\0}", 3), &m), -EBADMSG);
+	/* A payload read by itself (the CLI's replies) is held to its
+	 * type's largest too: STATUS_R's text has no other bound. */
+	static char doc[MD_MSG_MAX + 1];
+	memset(doc, ' ', sizeof(doc));
+	ASSERT_EQ(md__msg_decode_payload(MD_MSG_STATUS_R, doc, MD_MSG_MAX, &m), 0);
+	ASSERT_EQ(md__msg_decode_payload(MD_MSG_STATUS_R, doc, MD_MSG_MAX + 1, &m), -EBADMSG);
 
 	/* The encoder keeps the same rules. */
 	m = (struct md__msg){ .hdr.type = MD_MSG_LOOKUP };
@@ -442,6 +465,11 @@ TEST_IMPL(daemon_tunables)
 	ASSERT_EQ(md__tunable_set(&t, "sleep_millisecs", "0", msg, sizeof(msg)), 0);
 	ASSERT_EQ(md__tunable_set(&t, "sleep_millisecs", "-1", msg, sizeof(msg)), -EINVAL);
 	ASSERT_EQ(md__tunable_set(&t, "sleep_millisecs", "10x", msg, sizeof(msg)), -EINVAL);
+	/* Digits only: strtoull alone would take a sign or leading blanks. */
+	ASSERT_EQ(md__tunable_set(&t, "sleep_millisecs", "+5", msg, sizeof(msg)), -EINVAL);
+	ASSERT_EQ(md__tunable_set(&t, "sleep_millisecs", " 5", msg, sizeof(msg)), -EINVAL);
+	ASSERT_EQ(md__tunable_set(&t, "sleep_millisecs", "-0", msg, sizeof(msg)), -EINVAL);
+	ASSERT_EQ(md__tunable_set(&t, "sleep_millisecs", "", msg, sizeof(msg)), -EINVAL);
 	ASSERT_EQ(md__tunable_set(&t, "cpu_percent", "101", msg, sizeof(msg)), -EINVAL);
 	ASSERT_EQ(md__tunable_set(&t, "cpu_percent", "1", msg, sizeof(msg)), 0);
 	ASSERT_EQ(md__tunable_set(&t, "hint_ratio", "9", msg, sizeof(msg)), -EINVAL);
