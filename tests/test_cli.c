@@ -1564,6 +1564,28 @@ TEST_IMPL(cli_status_reused_pid_gone)
 	return 0;
 }
 
+/* A file naming a live process that started when its agent did, with no
+ * lock held and not mapped by that process: its agent exec'd a program
+ * without one (pid and start time outlive an exec). Stale: removed. */
+TEST_IMPL(cli_status_exec_agent_gone)
+{
+	char path[512], name[64];
+	uint64_t start = md__proc_start_time(getpid());
+	ASSERT(start != 0);
+	snprintf(name, sizeof(name), "agent-%d.stats", (int)getpid());
+	make_rd(path, sizeof(path), name);
+	write_stats(path, (uint32_t)getpid(), start - 1, "execd", 1);	/* neither locked nor mapped */
+	int fd = open(path, O_WRONLY);
+	ASSERT(fd >= 0);
+	ASSERT(pwrite(fd, &start, sizeof(start), offsetof(struct md__stats_file, start_time)) ==
+	       (ssize_t)sizeof(start));
+	close(fd);
+	ASSERT_EQ(status_json(), 0);
+	ASSERT(!strstr(slurp("out"), "execd"));
+	ASSERT(access(path, F_OK) != 0);
+	return 0;
+}
+
 /* A file whose lock is held lives, whatever its pid says (gone, here): not
  * removed, nor listed by the holder's pid, as the holder did not start when
  * the file's agent did (an agent taking the file over, its header not yet
