@@ -1226,6 +1226,29 @@ TEST_IMPL(policies_follow_ranges)
 	nmbinds = 0;
 	md__policy_apply(b + 16 * 4096, 8 * 4096);
 	ASSERT_EQ(nmbinds, 0);
+	/* Refused as a whole over a policy given before: nothing was bound,
+	 * so that policy is still the one there, and followed. */
+	ASSERT_EQ(md__policy_mbind(fake_syscall, m + 24 * 4096, 4 * 4096, MPOL_PREFERRED, &node0, 2, 0, NULL, 0), 0);
+	ASSERT_EQ(munmap(m + 26 * 4096, 4096), 0);
+	errno = 0;
+	ASSERT_EQ(md__policy_mbind(fake_syscall, m + 24 * 4096, 4 * 4096, MPOL_BIND, &node0, 2, 0, skip, 2), -1);
+	ASSERT_EQ(errno, EFAULT);
+	nmbinds = 0;
+	md__policy_apply(b + 24 * 4096, 4 * 4096);
+	ASSERT_EQ(nmbinds, 1);
+	ASSERT(mbinds[0].lo == b + 24 * 4096 && mbinds[0].hi == b + 28 * 4096 && mbinds[0].mode == MPOL_PREFERRED);
+	/* A private mapping of a tmpfs file (a memfd) takes its policy from
+	 * the file, for every process that maps it: none is set there; on
+	 * another file system it is. */
+	int mfd = memfd_create("policy", MFD_CLOEXEC), pfd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+	ASSERT(mfd >= 0 && pfd >= 0);
+	nmbinds = 0;
+	md__policy_apply_file(b + 24 * 4096, 4 * 4096, mfd);
+	ASSERT_EQ(nmbinds, 0);
+	md__policy_apply_file(b + 24 * 4096, 4 * 4096, pfd);
+	ASSERT_EQ(nmbinds, 1);
+	close(mfd);
+	close(pfd);
 	/* An address inside a page goes to the kernel as it is. */
 	nmbinds = 0;
 	md__policy_mbind(fake_syscall, m + 100, 4096, MPOL_BIND, &node0, 2, 0, skip, 2);
