@@ -1292,6 +1292,64 @@ static double units_now(void)
  * file and whether it is a pool's; at the cost of the mappings there, not
  * of all the process's (a discard of one page of guest RAM read every
  * line of /proc/self/maps: 100 ms at 50,000 mappings). */
+/* syscall(2), but for ioctl: ENOTTY, as a kernel without PROCMAP_QUERY
+ * (before Linux 6.11) answers the query. */
+static long no_query_syscall(long nr, ...)
+{
+	va_list ap;
+	long a[6];
+	va_start(ap, nr);
+	for (int i = 0; i < 6; i++)
+		a[i] = va_arg(ap, long);
+	va_end(ap);
+	if (nr == SYS_ioctl) {
+		errno = ENOTTY;
+		return -1;
+	}
+	return syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
+}
+
+/* md__range_file_maps from the lines of /proc/self/maps, where the kernel
+ * has no query: the same mappings as the query finds, anonymous memory
+ * (inode 0) left out. */
+TEST_IMPL(range_file_maps_from_maps_text)
+{
+	size_t pg = 4096;
+	char *m = mmap(NULL, 16 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	uintptr_t b = (uintptr_t)m;
+	int pool = memfd_create("memdedup-pool", MFD_CLOEXEC), own = memfd_create("t", MFD_CLOEXEC);
+	ASSERT(pool >= 0 && own >= 0);
+	ASSERT_EQ(ftruncate(pool, 4 * pg), 0);
+	ASSERT_EQ(ftruncate(own, 4 * pg), 0);
+	ASSERT(mmap(m + 4 * pg, 4 * pg, PROT_READ, MAP_PRIVATE | MAP_FIXED, pool, 0) == m + 4 * pg);
+	ASSERT(mmap(m + 8 * pg, 4 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, own, 0) == m + 8 * pg);
+	struct stat sp, so;
+	ASSERT(fstat(pool, &sp) == 0 && fstat(own, &so) == 0);
+	struct md__file_map *v;
+	size_t n;
+	md__libc_syscall = no_query_syscall;
+	int r1 = md__range_file_maps(b + 5 * pg, b + 10 * pg, &v, &n);
+	md__libc_syscall = NULL;
+	ASSERT_EQ(r1, 0);
+	ASSERT_EQ(n, 2);
+	ASSERT(v[0].lo == b + 5 * pg && v[0].hi == b + 8 * pg && v[0].pool);
+	ASSERT(v[0].dev == sp.st_dev && v[0].ino == sp.st_ino);
+	ASSERT(v[1].lo == b + 8 * pg && v[1].hi == b + 10 * pg && !v[1].pool);
+	ASSERT(v[1].dev == so.st_dev && v[1].ino == so.st_ino);
+	free(v);
+	md__libc_syscall = no_query_syscall;
+	r1 = md__range_file_maps(b, b + 16 * pg, &v, &n);
+	md__libc_syscall = NULL;
+	ASSERT_EQ(r1, 0);
+	ASSERT_EQ(n, 2);	/* the anonymous pages around them are not a file's */
+	free(v);
+	munmap(m, 16 * pg);
+	close(pool);
+	close(own);
+	return 0;
+}
+
 TEST_IMPL(range_file_maps_of_a_page)
 {
 	size_t pg = 4096;
@@ -2093,6 +2151,11 @@ TEST_IMPL(cgroup_mount_shows_most)
 	ASSERT_EQ(md__cgroup_mount(mi, "cpu,cpuacct", "/x", at, sizeof(at), shows, sizeof(shows)), 0);
 	ASSERT(strcmp(at, "/sys/fs/cgroup/cpu") == 0);
 	ASSERT_EQ(md__cgroup_mount(mi, "cpu,io", "/x", at, sizeof(at), shows, sizeof(shows)), -ENOENT);
+	/* Whole names: cpu is not cpuset's or cpuacct's hierarchy. */
+	ASSERT(!md__options_have("cpu", "rw,cpuset,cpuacct"));
+	ASSERT(!md__options_have("cpuset", "rw,cpu"));
+	ASSERT(md__options_have("cpu", "rw,cpuset,cpu"));
+	ASSERT(md__options_have("cpuacct,cpu", "rw,cpu,cpuacct"));
 	ASSERT_EQ(md__cgroup_mount(mi, "", "/x", at, sizeof(at), shows, sizeof(shows)), 0);
 	ASSERT(strcmp(at, "/sys/fs/cgroup/unified") == 0);
 	ASSERT(strcmp(shows, "/") == 0);
