@@ -2553,6 +2553,25 @@ TEST_IMPL(discard_of_locked_copies_refused)
 	return 0;
 }
 
+/* Locked on fault (mlockall MCL_ONFAULT): the zeroes a discard of the
+ * copies leaves are locked on fault again, not populated and locked whole. */
+TEST_IMPL(discard_of_onfault_locked_copies_stays_onfault)
+{
+	if (getenv("MD_TEST_PRELOAD_FIRST"))
+		SKIP("under AddressSanitizer, whose mlockall locks nothing and never reaches the agent");
+	const char *img = image(5);
+	struct proc a;
+	reader_with_mb(&a, img);
+	ASSERT_EQ(proc_num(&a, "mlockall onfault"), 0);
+	ASSERT_EQ(proc_num(&a, "vmflag 16384 lf"), 1);
+	ASSERT_EQ(proc_num(&a, "advise 16384 4096 dontneedlocked"), 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 16384 4096"), hex(fnv_zero(4096u))) == 0);
+	ASSERT_EQ(proc_num(&a, "vmflag 16384 lo"), 1);
+	ASSERT_EQ(proc_num(&a, "vmflag 16384 lf"), 1);
+	proc_stop(&a);
+	return 0;
+}
+
 /* Guest RAM given up keeps its private copies in the image's mappings,
  * which a discard replaces by zeroes. Once the VMM unmaps or maps over that
  * memory the copies are gone: a private mapping of its own put there must
