@@ -728,15 +728,41 @@ TEST_IMPL(stats_parse_valid)
 	ASSERT_EQ(s.stats.pages_shared, 1234);
 	ASSERT_EQ(s.stats.fallbacks[MD_FB_NO_LEASE], 5);
 	ASSERT(strcmp(s.command, "qemu") == 0);
-	/* An older agent with fewer counters is still read. */
+	/* Every counter as far as the last this version knows. */
+	f.counters[MD_CTR_COUNT - 1] = 77;
+	ASSERT_EQ(MD_CTR_COUNT - 1, MD_CTR_FORK_SHARED);
+	ASSERT_EQ(md__stats_parse(&f, sizeof(f), &s), 0);
+	ASSERT_EQ(s.stats.fork_shared, 77);
+	/* An older agent with fewer counters is still read, as far as it has
+	 * them. */
 	f.ncounters = 3;
+	f.counters[MD_CTR_READS_SEEN] = 9;
+	ASSERT_EQ(MD_CTR_READS_SEEN, 2);
 	ASSERT_EQ(md__stats_parse(&f, f.header_size + 3 * 8, &s), 0);
+	ASSERT_EQ(s.stats.reads_seen, 9);
 	ASSERT_EQ(s.stats.pages_shared, 0);
+	ASSERT_EQ(s.stats.fork_shared, 0);
 	/* A newer agent's file, read as far as this version's struct reaches. */
 	valid_file(&f);
 	f.ncounters = MD_CTR_COUNT + 8;
 	ASSERT_EQ(md__stats_parse(&f, sizeof(f), &s), 0);
 	ASSERT_EQ(s.stats.pages_shared, 1234);
+	return 0;
+}
+
+/* Every counter has a name of its own (memdedupd's status keys them by
+ * it): the fallbacks' from their reasons, the first of them included. */
+TEST_IMPL(stats_counter_names)
+{
+	for (int i = 0; i < MD_CTR_COUNT; i++) {
+		const char *n = md__ctr_name((enum md__ctr)i);
+		ASSERT(n != NULL && *n && strcmp(n, "unknown") != 0);
+		for (int j = 0; j < i; j++)
+			ASSERT(strcmp(n, md__ctr_name((enum md__ctr)j)) != 0);
+	}
+	for (int k = 0; k < MD_FB_COUNT; k++)
+		ASSERT(strcmp(md__ctr_name((enum md__ctr)(MD_CTR_FALLBACK0 + k)), md_fallback_name((enum md_fallback)k)) == 0);
+	ASSERT(strcmp(md__ctr_name(MD_CTR_COUNT), "unknown") == 0);
 	return 0;
 }
 
@@ -1084,6 +1110,13 @@ TEST_IMPL(stats_removal_leftover_removed)
 	ASSERT(new_file_at(other) != 0);
 	ASSERT_EQ(md__stats_removal_leftover(test_dir(), mine), 0);
 	ASSERT_EQ(md__stats_removal_leftover(test_dir(), ".removing-12ab"), 0);
+	/* Not a name a remover gives (its pid, "%d"): a leading zero. */
+	char zero[64], zpath[600];
+	snprintf(zero, sizeof(zero), ".removing-0%d", (int)dead);
+	snprintf(zpath, sizeof(zpath), "%s/%s", test_dir(), zero);
+	ASSERT(new_file_at(zpath) != 0);
+	ASSERT_EQ(md__stats_removal_leftover(test_dir(), zero), 0);
+	ASSERT_EQ(access(zpath, F_OK), 0);
 	ASSERT_EQ(md__stats_removal_leftover(test_dir(), "agent-1.stats"), 0);
 	/* Locked by a live process: kept. */
 	int go[2];
