@@ -1784,6 +1784,11 @@ TEST_IMPL(proto_shared_rules)
 	ASSERT_EQ(decoded_with(&m, -1, 0), 0);
 	m.u.text.text[MD_TEXT_MAX] = 'x';	/* unterminated: a byte too long */
 	ASSERT_EQ(md__msg_encode(&m, b, sizeof(b)), -EINVAL);
+	/* The longest text goes in CONTROL_DONE (behind its token) too. */
+	m = (struct md__msg){ .hdr.type = MD_MSG_CONTROL_DONE };
+	m.u.control_done.token = 1;
+	memset(m.u.control_done.result.text, 'x', MD_TEXT_MAX);
+	ASSERT_EQ(decoded_with(&m, -1, 0), 0);
 
 	/* Domains: the agent's and the CLI's names, copied into a HELLO's
 	 * array of MD_DOMAIN_MAX bytes and its NUL. */
@@ -1792,6 +1797,10 @@ TEST_IMPL(proto_shared_rules)
 	dom[MD_DOMAIN_MAX + 1] = '\0';
 	ASSERT(!md__domain_valid(dom, MD_DOMAIN_MAX + 1));
 	ASSERT(md__domain_valid(dom, MD_DOMAIN_MAX));
+	m = (struct md__msg){ .hdr.type = MD_MSG_HELLO };
+	m.u.hello.pid = 1;
+	memcpy(m.u.hello.domain, dom, MD_DOMAIN_MAX);	/* the longest, sent and taken */
+	ASSERT_EQ(decoded_with(&m, -1, 0), 0);
 	return 0;
 }
 
