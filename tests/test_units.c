@@ -175,6 +175,27 @@ TEST_IMPL(rangeset_covers)
 		ASSERT(covered(&f, block + i * 0x4000, block + i * 0x4000 + 0x1000));
 	ASSERT(covered(&f, other, other + 0x1000));
 	ASSERT(!md__rangeset_overlaps(&f, block + 0x100000, other));
+
+	/* Distances run from a range's end, however long it is: a long range
+	 * and one just past its end are the closest two, not two small ones
+	 * farther apart (measured from its start, the long one looked far). */
+	const uintptr_t big = 0x1000000, small = 0x10000000;
+	for (int before = 0; before < 2; before++) {	/* the near one past its end, then before its start */
+		struct md__rangeset g = { 0 };
+		uintptr_t near = before ? big - 0x11000 : big + 0x110000;
+		md__rangeset_add(&g, big, big + 0x100000);
+		md__rangeset_add(&g, near, near + 0x1000);
+		for (uintptr_t k = 0; k + 2 < MD_RANGESET_MAX; k++)
+			md__rangeset_add(&g, small + k * 0x20000, small + k * 0x20000 + 0x1000);
+		ASSERT_EQ(g.n, MD_RANGESET_MAX);
+		md__rangeset_add(&g, 0x40000000, 0x40001000);
+		ASSERT(covered(&g, big, big + 0x100000) && covered(&g, near, near + 0x1000));
+		ASSERT(covered(&g, 0x40000000, 0x40001000));
+		for (uintptr_t k = 0; k + 2 < MD_RANGESET_MAX; k++) {
+			ASSERT(covered(&g, small + k * 0x20000, small + k * 0x20000 + 0x1000));
+			ASSERT(!md__rangeset_overlaps(&g, small + k * 0x20000 + 0x1000, small + (k + 1) * 0x20000));
+		}
+	}
 	return 0;
 }
 
