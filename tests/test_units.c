@@ -1398,6 +1398,23 @@ TEST_IMPL(range_file_maps_from_maps_text)
 	ASSERT_EQ(r1, 0);
 	ASSERT_EQ(n, 2);	/* the anonymous pages around them are not a file's */
 	free(v);
+	/* Maps' text longer than the reader's buffer, read in many parts:
+	 * every line found. */
+	enum { MORE = 3000 };
+	char *x = mmap(NULL, MORE * pg, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	ASSERT(x != MAP_FAILED);
+	for (size_t i = 0; i < MORE; i++)	/* protections alternating: none joins its neighbour */
+		ASSERT(mmap(x + i * pg, pg, i % 2 ? PROT_READ : PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, own,
+			    0) == x + i * pg);
+	md__libc_syscall = no_query_syscall;
+	r1 = md__range_file_maps((uintptr_t)x, (uintptr_t)x + MORE * pg, &v, &n);
+	md__libc_syscall = NULL;
+	ASSERT_EQ(r1, 0);
+	ASSERT_EQ(n, MORE);
+	for (size_t i = 0; i < MORE; i++)
+		ASSERT(v[i].lo == (uintptr_t)x + i * pg && v[i].hi == v[i].lo + pg && v[i].ino == so.st_ino);
+	free(v);
+	munmap(x, MORE * pg);
 	munmap(m, 16 * pg);
 	close(pool);
 	close(own);
