@@ -2572,6 +2572,24 @@ TEST_IMPL(discard_of_onfault_locked_copies_stays_onfault)
 	return 0;
 }
 
+/* The zeroes a discard leaves in place of forgotten copies keep the
+ * VMM's advice there (MADV_DONTDUMP: guest RAM left out of core dumps). */
+TEST_IMPL(discard_of_forgotten_copies_keeps_dontdump)
+{
+	const char *img = image(5);
+	struct proc a;
+	reader_with_mb(&a, img);
+	ASSERT_EQ(proc_num(&a, "dontdump 16384 8192"), 0);
+	ASSERT_EQ(proc_num(&a, "advise 0 65536 unmergeable"), 0);	/* copies forgotten */
+	ASSERT_EQ(proc_num(&a, "vmflag 16384 dd"), 1);
+	ASSERT_EQ(proc_num(&a, "advise 16384 4096 dontneed"), 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 16384 4096"), hex(fnv_zero(4096u))) == 0);
+	ASSERT_EQ(proc_num(&a, "vmflag 16384 dd"), 1);
+	ASSERT_EQ(proc_num(&a, "vmflag 20480 dd"), 1);
+	proc_stop(&a);
+	return 0;
+}
+
 /* Guest RAM given up keeps its private copies in the image's mappings,
  * which a discard replaces by zeroes. Once the VMM unmaps or maps over that
  * memory the copies are gone: a private mapping of its own put there must
