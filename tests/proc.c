@@ -511,3 +511,16 @@ int wakes_on(const char *name, void (*event)(void *), void *arg)
 		after = thread_switches(name);
 	return after > at;
 }
+
+const char *own_tmpfs(char *at, size_t size, const char *bytes)
+{
+	char opts[64];
+	if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
+		return "cannot make a mount namespace here";
+	snprintf(at, size, "%s/sparse", test_dir());
+	ASSERT(mkdir(at, 0700) == 0);
+	snprintf(opts, sizeof(opts), "size=%s,mode=0700", bytes);
+	if (mount("none", at, "tmpfs", 0, opts) != 0)
+		return "cannot mount a tmpfs here";
+	return NULL;
+}

@@ -47,6 +47,10 @@ const char *status_row_state(const char *out, pid_t pid);
 int set_until_exit(const char *path, const char *text);
 /* This process's /proc/self/pagemap entry for addr. */
 uint64_t self_pagemap(const void *addr);
+/* A tmpfs of the given size ("256k") of this test's own, in a mount
+ * namespace of its own, at test_dir()/sparse (its path into at): NULL, or why
+ * none can be had (for SKIP). */
+const char *own_tmpfs(char *at, size_t size, const char *bytes);
 void proc_stop(struct proc *p);
 
 /* Pagemap of the process for base+doff: PFN (0 if not present) and flags. */

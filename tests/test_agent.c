@@ -999,12 +999,9 @@ static int eight_hints(const md_stats *s) { return s->hints_pushed >= 8; }
 TEST_IMPL(tmpfs_image_holes_copied)
 {
 	char dir[600], img[700];
-	if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
-		SKIP("cannot make a mount namespace here");
-	snprintf(dir, sizeof(dir), "%s/sparse", test_dir());
-	ASSERT(mkdir(dir, 0700) == 0);
-	if (mount("none", dir, "tmpfs", 0, "size=256k,mode=0700") != 0)
-		SKIP("cannot mount a tmpfs here");
+	const char *none = own_tmpfs(dir, sizeof(dir), "256k");
+	if (none)
+		SKIP("%s", none);
 	snprintf(img, sizeof(img), "%s/img", dir);
 	/* 8 MiB: data in pages 0-15 and 40, holes elsewhere. */
 	int ifd = open(img, O_WRONLY | O_CREAT | O_TRUNC, 0600);
@@ -1049,12 +1046,9 @@ TEST_IMPL(tmpfs_image_holes_copied)
 TEST_IMPL(tmpfs_image_short_data_copied)
 {
 	char dir[600], img[700];
-	if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
-		SKIP("cannot make a mount namespace here");
-	snprintf(dir, sizeof(dir), "%s/sparse", test_dir());
-	ASSERT(mkdir(dir, 0700) == 0);
-	if (mount("none", dir, "tmpfs", 0, "size=256k,mode=0700") != 0)
-		SKIP("cannot mount a tmpfs here");
+	const char *none = own_tmpfs(dir, sizeof(dir), "256k");
+	if (none)
+		SKIP("%s", none);
 	snprintf(img, sizeof(img), "%s/img", dir);
 	int ifd = open(img, O_WRONLY | O_CREAT | O_TRUNC, 0600);
 	ASSERT(ifd >= 0);

@@ -7037,12 +7037,9 @@ TEST_IMPL(scan_image_index_prunes_written)
 static int image_hole_entry(int full)
 {
 	char dir[600], img[700];
-	if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
-		SKIP("cannot make a mount namespace here");
-	snprintf(dir, sizeof(dir), "%s/sparse", test_dir());
-	ASSERT(mkdir(dir, 0700) == 0);
-	if (mount("none", dir, "tmpfs", 0, "size=2m,mode=0700") != 0)
-		SKIP("cannot mount a tmpfs here");
+	const char *none = own_tmpfs(dir, sizeof(dir), "2m");
+	if (none)
+		SKIP("%s", none);
 	snprintf(img, sizeof(img), "%s/img", dir);
 	int w = open(img, O_WRONLY | O_CREAT | O_TRUNC, 0600);
 	ASSERT(w >= 0);
