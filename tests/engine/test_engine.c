@@ -474,6 +474,78 @@ TEST_IMPL(engine_pool_write_once)
 	return 0;
 }
 
+/* What a slot's state and references guard: a run is never given a freed
+ * slot (only one), a referenced page is never freed by a caller giving
+ * back what it thinks unused, and a trim punches only freed slots,
+ * whatever an earlier batch left in its array. A page freed wrongly is
+ * punched: every guest mapping it reads zeroes. */
+TEST_IMPL(engine_pool_slot_states_guarded)
+{
+	struct md__pool p;
+	enum { N = 6 };
+	static unsigned char pg[N * PG];
+	uint32_t s, r;
+	for (unsigned i = 0; i < N; i++)
+		fill(pg + i * PG, 40 + i);
+	ASSERT_EQ(md__pool_open(&p, 64), 0);
+	ASSERT_EQ(md__pool_reserve(&p, N, &s), 0);
+	ASSERT_EQ(md__pool_publish(&p, s, pg, N), 0);
+	/* Past the end: refused for its length, not read beyond. */
+	ASSERT_EQ(md__pool_publish(&p, (uint32_t)p.end, pg, 1), -EINVAL);
+	for (uint32_t i = 0; i < N; i++)
+		md__pool_get(&p, i);
+	/* Freed highest first. */
+	for (uint32_t i = 4; i-- > 0;)
+		ASSERT_EQ(md__pool_put(&p, i), 1);
+	ASSERT_EQ(md__pool_trim(&p), 4);
+	ASSERT_EQ(p.nfree, 4);
+	/* A run of two is appended, not laid over a free slot and the live
+	 * one after it. */
+	uint32_t run;
+	ASSERT_EQ(md__pool_reserve(&p, 2, &run), 0);
+	ASSERT_EQ(run, N);
+	ASSERT_EQ(p.nfree, 4);
+	/* Single slots are given back lowest first. */
+	for (uint32_t i = 0; i < 4; i++) {
+		ASSERT_EQ(md__pool_reserve(&p, 1, &r), 0);
+		ASSERT_EQ(r, i);
+	}
+	/* The dirty array still holds 0..3 from the batch before; slot 3 is
+	 * live again when 0..2 are freed. */
+	for (uint32_t i = 0; i < 4; i++) {
+		ASSERT_EQ(md__pool_publish(&p, i, pg + i * PG, 1), 0);
+		md__pool_get(&p, i);
+	}
+	for (uint32_t i = 0; i < 3; i++)
+		ASSERT_EQ(md__pool_put(&p, i), 1);
+	ASSERT_EQ(md__pool_trim(&p), 3);
+	ASSERT(memcmp(md__pool_page(&p, 3), pg + 3 * PG, PG) == 0);
+	/* A put on a page nobody references (a publication not mapped yet)
+	 * frees nothing; nor does giving back as unused one referenced, or
+	 * as unwritten a run holding a live slot. */
+	uint64_t live = md__pool_live(&p);
+	r = run;
+	ASSERT_EQ(md__pool_publish(&p, r, pg, 1), 0);
+	ASSERT_EQ(md__pool_put(&p, r), 0);
+	md__pool_get(&p, r);
+	md__pool_drop_unused(&p, r);
+	md__pool_unreserve(&p, r, 2);
+	ASSERT_EQ(p.state[r], MD_SLOT_LIVE);
+	ASSERT_EQ(p.state[r + 1], MD_SLOT_FREE);
+	ASSERT_EQ(md__pool_live(&p), live + 1);
+	/* Dropping more references than it holds frees it, once. */
+	md__pool_get(&p, r);
+	ASSERT_EQ(md__pool_put_n(&p, r, 5), 1);
+	ASSERT_EQ(p.refs[r], 0);
+	ASSERT_EQ(md__pool_put_n(&p, r, 1), 0);
+	ASSERT_EQ(md__pool_live(&p), live);
+	md__pool_trim(&p);
+	for (uint32_t i = 3; i < N; i++)
+		ASSERT(memcmp(md__pool_page(&p, i), pg + i * PG, PG) == 0);
+	md__pool_close(&p);
+	return 0;
+}
+
 /* A freed slot's page may still be held by the kernel: an O_DIRECT write
  * from guest RAM mapped from it pins the page and sends it later. A slot
  * taken again must get a new page, never its old one rewritten, or that
