@@ -2133,6 +2133,27 @@ TEST_IMPL(engine_pool_descriptor_replaced)
 	ASSERT(victim_intact(rw));
 	close(rw);
 	close(victim);
+
+	/* The writable one replaced with nothing punched since: the next
+	 * publication is the first use to find it, before its write. */
+	engine_up(&e);
+	memcpy(m, want, sizeof(want));
+	ASSERT_EQ(md__engine_register(&e, m, N * PG, 0), 0);
+	victim = victim_file();
+	rw = e.pool.fd;
+	ASSERT(dup2(victim, rw) == rw);
+	ASSERT(md__engine_publish(&e, m, N, &slot) < 0);
+	ASSERT(victim_intact(victim));
+	for (size_t i = 0; i < N; i++)
+		ASSERT(memcmp(m + i * PG, want + i * PG, PG) == 0);
+	m[0] ^= 1;	/* thawed */
+	ASSERT_EQ(m[0], want[0] ^ 1);
+	md__engine_stats(&e, &st);
+	ASSERT(st.pool_replaced >= N);
+	md__engine_fini(&e);
+	ASSERT(victim_intact(rw));
+	close(rw);
+	close(victim);
 	munmap(m, 3 * N * PG);
 	return 0;
 }
