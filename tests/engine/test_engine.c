@@ -296,6 +296,14 @@ TEST_IMPL(engine_index_filter)
 	ASSERT(passed < N / 5);
 	for (uint32_t i = 1; i < N; i += 2)
 		ASSERT(md__index_may_have(&ix, mix64(i)));
+	/* Removed hashes stop at the filter too, once it was made anew: only
+	 * those removed since keep their bits. And it is made anew once per
+	 * quarter of cap removed, not at every removal after the first. */
+	passed = 0;
+	for (uint32_t i = 0; i < N; i += 2)
+		passed += (size_t)md__index_may_have(&ix, mix64(i));
+	ASSERT(passed < N / 5);
+	ASSERT(ix.removed < ix.cap / 4);
 	ASSERT_EQ(md__index_bytes(&ix), ix.cap * 9);
 	md__index_free(&ix);
 	return 0;
@@ -336,6 +344,14 @@ TEST_IMPL(engine_index_collision)
 	ASSERT(md__index_has(&ix, mix64(42)) && md__index_has(&ix, mix64(1000 + 4999)));
 	ASSERT(!md__index_has(&ix, mix64(999)));
 	ASSERT_EQ(md__index_find(&ix, mix64(1000 + 7), idx_pages[2], no_page, NULL), -1);
+	/* The highest slot an entry holds is UINT32_MAX - 2: one more would be
+	 * stored as the tombstone, counted live and never found. */
+	ASSERT_EQ(md__index_insert(&ix, mix64(77), UINT32_MAX - 2), 0);
+	ASSERT_EQ(md__index_find(&ix, mix64(77), NULL, NULL, NULL), (int64_t)UINT32_MAX - 2);
+	size_t live = ix.live;
+	ASSERT_EQ(md__index_insert(&ix, mix64(78), UINT32_MAX - 1), -EINVAL);
+	ASSERT_EQ(md__index_insert(&ix, mix64(78), UINT32_MAX), -EINVAL);
+	ASSERT_EQ(ix.live, live);
 	md__index_free(&ix);
 	/* The checksum sees a one-byte change; zero detection is exact. */
 	static unsigned char a[PG], b[PG];
