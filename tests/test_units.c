@@ -1901,6 +1901,50 @@ TEST_IMPL(index_resists_chosen_tags)
 	return 0;
 }
 
+/* Where index.c puts a tag in a table of cap entries under key (its
+ * place(): splitmix64's finalizer of tag ^ key). */
+static size_t index_bucket_of(uint64_t key, uint32_t tag, size_t cap)
+{
+	uint64_t x = (uint64_t)tag ^ key;
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+	return (size_t)(x ^ (x >> 31)) & (cap - 1);
+}
+
+/* Past half full, a run of MD_INDEX_PROBES made of different tags (many
+ * near one bucket, by chance or chosen against a guessed key) is broken up
+ * by a bigger table: the insert that found no room succeeds, where refusing
+ * it would lose that page's merges for nothing. */
+TEST_IMPL(index_full_run_grows)
+{
+	enum { CAP = 1024, SPREAD = 520, CROWD = 190 };
+	uint64_t *slot_hash = calloc(SPREAD + CROWD, sizeof(*slot_hash));
+	struct md__index ix;
+	ASSERT(slot_hash);
+	ASSERT_EQ(md__index_init(&ix, CAP), 0);
+	ASSERT_EQ(ix.cap, CAP);
+	ix.key = 0x5eed;	/* known, so that tags can be chosen against it */
+	uint32_t n = 0, tag = 1;
+	for (; n < SPREAD; n++, tag++)
+		slot_hash[n] = (uint64_t)(tag * 2654435761u) << 32 | n;
+	/* Different tags, all of one bucket: their run takes in the spread
+	 * entries after it, past MD_INDEX_PROBES well before 70 % use. */
+	for (uint32_t t = 1; n < SPREAD + CROWD; t++)
+		if (index_bucket_of(ix.key, t, CAP) == 7) {
+			slot_hash[n] = (uint64_t)t << 32 | n;
+			n++;
+		}
+	for (uint32_t i = 0; i < n; i++)
+		ASSERT_EQ(md__index_insert(&ix, slot_hash[i], i), 0);
+	ASSERT(n * 10 < CAP * 7);
+	ASSERT_EQ(ix.cap, 2 * CAP);	/* grown for the run, not for its use */
+	for (uint32_t i = 0; i < n; i++)
+		ASSERT_EQ(md__index_find_hash(&ix, slot_hash[i], slot_hash), i);
+	md__index_free(&ix);
+	free(slot_hash);
+	return 0;
+}
+
 TEST_IMPL(scan_off_hint_says_what_to_do)
 {
 	/* Opening /dev/userfaultfd fails with EACCES, the syscall with EPERM:
