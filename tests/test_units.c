@@ -1945,6 +1945,42 @@ TEST_IMPL(index_full_run_grows)
 	return 0;
 }
 
+static const unsigned char *run_page_wanted;
+static const void *run_page(void *arg, uint32_t slot)
+{
+	static const unsigned char other[4096];
+	return slot == *(const uint32_t *)arg ? run_page_wanted : other;
+}
+
+/* A run of one tag is as long as MD_INDEX_PROBES: every lookup and
+ * removal looks at all of it, the last entry too. */
+TEST_IMPL(index_whole_run_searched)
+{
+	enum { P = MD_INDEX_PROBES };
+	uint64_t slot_hash[P + 1];
+	static unsigned char page[4096];
+	struct md__index ix;
+	ASSERT_EQ(md__index_init(&ix, 4096), 0);
+	for (uint32_t i = 0; i <= P; i++) {
+		slot_hash[i] = 0xfeedf00dull << 32 | i;	/* one tag, whole hashes apart */
+		ASSERT_EQ(md__index_insert(&ix, slot_hash[i], i), i < P ? 0 : -ENOSPC);
+	}
+	for (uint32_t i = 0; i < P; i++)
+		ASSERT_EQ(md__index_find_hash(&ix, slot_hash[i], slot_hash), i);
+	ASSERT_EQ(md__index_find_hash(&ix, slot_hash[P], slot_hash), -1);
+	/* Only the last one's bytes are the page's. */
+	uint32_t last = P - 1;
+	memset(page, 0x3c, sizeof(page));
+	run_page_wanted = page;
+	ASSERT_EQ(md__index_find(&ix, slot_hash[0], page, run_page, &last), last);
+	for (uint32_t i = P; i-- > 0;)
+		ASSERT_EQ(md__index_remove(&ix, slot_hash[i], i), 0);
+	ASSERT_EQ(ix.live, 0);
+	ASSERT(!md__index_has(&ix, slot_hash[0]));
+	md__index_free(&ix);
+	return 0;
+}
+
 TEST_IMPL(scan_off_hint_says_what_to_do)
 {
 	/* Opening /dev/userfaultfd fails with EACCES, the syscall with EPERM:
