@@ -1214,6 +1214,32 @@ TEST_IMPL(scan_lock_all_gives_up_merged)
 	return 0;
 }
 
+/* The lock on memory mapped later ends as the kernel's does: with
+ * munlockall, or with an mlockall(MCL_CURRENT) alone. Guest RAM the VMM
+ * maps after either is registered again; a lock kept in the agent's mind
+ * refused it for good. */
+TEST_IMPL(scan_lock_all_ended_registers_later_ram)
+{
+	struct proc a;
+	if (getenv("MD_TEST_PRELOAD_FIRST"))
+		SKIP("under AddressSanitizer, whose mlock and mlockall lock nothing and never reach the agent");
+	proc_start(&a, fast_scan);
+	proc_cmd(&a, "map 16");	/* the agent starts */
+	ASSERT_EQ(proc_num(&a, "mlockall both"), 0);
+	ASSERT_EQ(proc_num(&a, "munlockall"), 0);
+	proc_cmd(&a, "map 64");
+	md_stats s;
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.registered_bytes, (uint64_t)64 * PG);
+	ASSERT_EQ(proc_num(&a, "mlockall current"), 0);	/* gives up the 64 pages */
+	proc_cmd(&a, "map 32");
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.registered_bytes, (uint64_t)32 * PG);
+	ASSERT_EQ(proc_num(&a, "munlockall"), 0);
+	proc_stop(&a);
+	return 0;
+}
+
 /* Guest RAM the VMM makes read-only (or gives a protection key): the
  * mappings a merge or a discard puts there are read-write, and would make
  * it writable again behind the VMM's back. It is made private and given
