@@ -2827,6 +2827,10 @@ TEST_IMPL(chroot_spares_not_kept_for_nothing)
 	snprintf(missing, sizeof(missing), "%s/no-such-root", test_dir());
 	ASSERT_EQ(proc_num(&a, "chroot %s", missing), -ENOENT);
 	ASSERT_EQ(fds_naming(a.pid, img), 1);
+	/* Nor after a chroot that leaves /proc in reach ("/" itself). */
+	long long rooted = proc_num(&a, "chroot /");
+	ASSERT(rooted == 0 || rooted == -EPERM);
+	ASSERT_EQ(fds_naming(a.pid, img), 1);
 	proc_stop(&a);
 	if (reader_chrooted(&a, img, NULL, &fd))
 		SKIP("chroot needs CAP_SYS_CHROOT");
