@@ -1293,6 +1293,12 @@ TEST_IMPL(scan_protected_memory_given_up)
 	merged_want = before + 256;
 	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_enough), 0);
 	ASSERT(pairs_merged(&a, 0, 128, 128, 7));
+	/* Executable as well: the mappings put there would not be. */
+	ASSERT_EQ(proc_num(&a, "protect 0 %u %d", 128 * PG, PROT_READ | PROT_WRITE | PROT_EXEC), 0);
+	for (unsigned i = 0; i < 128; i++)
+		ASSERT(proc_page(&a, i * PG).pfn != proc_page(&a, (128 + i) * PG).pfn);
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.registered_bytes, (uint64_t)896 * PG);
 	proc_stop(&a);
 	ASSERT(strstr(file_text(log), "changes the protection of guest RAM (mprotect)"));
 	ASSERT(strstr(file_text(log), "is not both readable and writable: not merged"));
