@@ -3476,6 +3476,21 @@ TEST_IMPL(advice_taken_back)
 	ASSERT_EQ(proc_num(&a, "read %d 0 65536 %u 65536", fd, 3 * MB), 65536);
 	ASSERT(proc_page_from_file(&a, 3 * MB));
 	ASSERT(strcmp(proc_cmd(&a, "forkmapped %u", 3 * MB), "mapped") == 0);
+	/* MADV_DODUMP after MADV_DONTDUMP likewise (a fork gives the
+	 * advice owed first): a core dump has the pages read after it. */
+	char flags[512];
+	ASSERT_EQ(proc_num(&a, "advise 0 %u dontdump", RAM_PAGES * 4096), 0);
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 %u 65536", fd, 4 * MB), 65536);
+	ASSERT(proc_page_from_file(&a, 4 * MB));
+	ASSERT(strcmp(proc_cmd(&a, "forkmapped %u", 4 * MB), "mapped") == 0);
+	vm_flags(&a, 4 * MB, flags, sizeof(flags));
+	ASSERT(strstr(flags, " dd") != NULL);
+	ASSERT_EQ(proc_num(&a, "advise 0 %u dodump", RAM_PAGES * 4096), 0);
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 %u 65536", fd, 5 * MB), 65536);
+	ASSERT(proc_page_from_file(&a, 5 * MB));
+	ASSERT(strcmp(proc_cmd(&a, "forkmapped %u", 5 * MB), "mapped") == 0);
+	vm_flags(&a, 5 * MB, flags, sizeof(flags));
+	ASSERT(strstr(flags, " dd") == NULL);
 	proc_stop(&a);
 	return 0;
 }

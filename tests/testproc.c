@@ -32,6 +32,7 @@
  *   exhaust / release     -> fill the process's mappings up to the limit, undo
  *   forkmapped DOFF -> mapped|unmapped: whether a child made by fork() maps it
  *   advise DOFF LEN ADVICE [raw] -> madvise result (raw: through syscall(2)) (dontneed, dontneedlocked, dontfork, dofork,
+ *                           dontdump, dodump,
  *                           guardinstall, guardremove, mergeable, unmergeable); a call that succeeds
  *                           and changed errno says "0 errno E"
  *   guarded DOFF N        -> how many of the N pages at DOFF a read through the kernel
@@ -1617,6 +1618,8 @@ int main(void)
 				  strcmp(s2, "dontneedlocked") == 0 ? MADV_DONTNEED_LOCKED :
 				  strcmp(s2, "dontfork") == 0 ? MADV_DONTFORK :
 				  strcmp(s2, "dofork") == 0 ? MADV_DOFORK :
+				  strcmp(s2, "dontdump") == 0 ? MADV_DONTDUMP :
+				  strcmp(s2, "dodump") == 0 ? MADV_DODUMP :
 				  strcmp(s2, "remove") == 0 ? MADV_REMOVE :
 				  strcmp(s2, "guardinstall") == 0 ? MADV_GUARD_INSTALL :
 				  strcmp(s2, "guardremove") == 0 ? MADV_GUARD_REMOVE :
