@@ -1261,17 +1261,17 @@ static void image_pages_made_private(struct proc *a)
  * those on images the new user does not own before the uid changes. Left
  * held, the image's next writer waited the kernel's lease-break-time (45 s
  * by default) for a lease nobody could give back. */
-TEST_IMPL(lease_given_back_before_uid_change)
+static int given_back_before(const char *change, unsigned seed)
 {
 	if (geteuid() != 0)
 		SKIP("needs root: the VMM gives root up");
 	char img[512];
 	uint64_t orig;
 	struct proc a;
-	read_fresh_image(&a, img, sizeof(img), "image-runas", 19, NULL, &orig);
+	read_fresh_image(&a, img, sizeof(img), "image-runas", seed, NULL, &orig);
 	proc_cmd(&a, "hash 0 %u", IMG_SIZE);	/* present: a frame to look at */
 	ASSERT(proc_page_from_file(&a, 0));
-	ASSERT_EQ(proc_num(&a, "setuid 65534"), 0);
+	ASSERT_EQ(proc_num(&a, "%s", change), 0);
 	for (size_t off = 0; off < IMG_SIZE; off += 64 * 4096)
 		ASSERT(!proc_page(&a, off).file);
 	time_t waited;
@@ -1282,6 +1282,18 @@ TEST_IMPL(lease_given_back_before_uid_change)
 	close(wfd);
 	proc_stop(&a);
 	return 0;
+}
+
+TEST_IMPL(lease_given_back_before_uid_change)
+{
+	return given_back_before("setuid 65534", 19);
+}
+
+/* The same through setreuid, the effective uid alone (the real one left,
+ * -1): the new user is the effective one, not the real. */
+TEST_IMPL(lease_given_back_before_reuid_change)
+{
+	return given_back_before("setreuid -1 65534", 20);
 }
 
 /* The VMM closes the agent's own descriptor of an image (close_range, say):

@@ -1267,6 +1267,9 @@ int main(void)
 			int r = setgroups(0, NULL) || setresgid((gid_t)a1, (gid_t)a1, (gid_t)a1) ||
 				setresuid((uid_t)a1, (uid_t)a1, (uid_t)a1) ? -errno : 0;
 			printf("%d\n", r);
+		} else if (strcmp(cmd, "setreuid") == 0) {	/* RUID EUID, -1 for "unchanged" */
+			sscanf(line, "%*s %lld %lld", &a1, &a2);
+			printf("%d\n", setreuid((uid_t)a1, (uid_t)a2) ? -errno : 0);
 		} else if (strcmp(cmd, "seteuid") == 0) {	/* UID: the effective one alone, undone by seteuid 0 */
 			sscanf(line, "%*s %lld", &a1);
 			printf("%d\n", seteuid((uid_t)a1) ? -errno : 0);
