@@ -3043,6 +3043,25 @@ TEST_IMPL(preadv_mixed)
 	return 0;
 }
 
+/* So is pwritev's: pwritev2's -1 ("at the file position") wrote there. */
+TEST_IMPL(pwritev_negative_offset_refused)
+{
+	char scratch[512];
+	struct proc a;
+	snprintf(scratch, sizeof(scratch), "%s/scratch", test_dir());
+	make_image(scratch, 65536, 3);
+	uint64_t h = fnv_file(scratch, 0, 65536);
+	start_reader(&a, image(7), NULL);
+	int wfd = (int)proc_num(&a, "open %s rw", scratch);
+	ASSERT(wfd >= 0);
+	ASSERT_EQ(proc_num(&a, "pwritev %d -1 0 4096", wfd), -EINVAL);
+	ASSERT(fnv_file(scratch, 0, 65536) == h);
+	ASSERT_EQ(proc_num(&a, "pwritev %d 0 0 4096", wfd), 4096);	/* the same call at 0 writes */
+	ASSERT(fnv_file(scratch, 0, 65536) != h);
+	proc_stop(&a);
+	return 0;
+}
+
 /* The kernel's own O_DIRECT preadv of img at off into two segments of a
  * page-aligned buffer, l1 and l2 bytes, gap bytes apart: what a test's
  * vector should do under the agent. -1 when O_DIRECT cannot be had. */

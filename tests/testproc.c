@@ -1525,6 +1525,11 @@ int main(void)
 			if (r == (ssize_t)a3)
 				r = pread((int)a1, base + a4, (size_t)a3, (off_t)off2);
 			printf("%lld\n", r < 0 ? (long long)-errno : (long long)r);
+		} else if (strcmp(cmd, "pwritev") == 0) {	/* FD OFF DOFF LEN: one segment of RAM */
+			sscanf(line, "%*s %lld %lld %lld %lld", &a1, &a2, &a3, &a4);
+			struct iovec iov = { base + a3, (size_t)a4 };
+			ssize_t r = pwritev((int)a1, &iov, 1, (off_t)a2);
+			printf("%zd\n", r < 0 ? (ssize_t)-errno : r);
 		} else if (strcmp(cmd, "preadv") == 0) {
 			sscanf(line, "%*s %lld %lld %lld %lld %31s", &a1, &a2, &a3, &a4, s2);
 			size_t half = (size_t)a4 / 2;
