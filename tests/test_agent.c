@@ -3225,12 +3225,15 @@ TEST_IMPL(fork_child_runs_plain)
 	/* Or glibc's clone() without CLONE_VM, which runs no atfork handler
 	 * either (review). */
 	ASSERT(strcmp(proc_cmd(&a, "fork %u %d clone", MB, fd), expect) == 0);
+	/* Or syscall(2)'s clone3 without CLONE_VM (its flags read from its
+	 * arguments' first word). */
+	ASSERT(strcmp(proc_cmd(&a, "fork %u %d clone3", MB, fd), expect) == 0);
 	proc_stop(&a);
 	/* Each child said so as it asked for merging. */
 	int plain = 0;
 	for (const char *p = file_text(log); (p = strstr(p, "runs without it")); p++)
 		plain++;
-	ASSERT_EQ(plain, 4);
+	ASSERT_EQ(plain, 5);
 	/* The RAM was not MADV_DONTFORK: the fork() with handlers made the
 	 * pages shared there private first (fork_child_keeps_image_pages),
 	 * and had nothing to say. */

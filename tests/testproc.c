@@ -76,10 +76,11 @@
  *                           _Fork, clone) did not exit within 2 s, each unmapping a page
  *                           while a thread of the parent binds the RAM's first page to
  *                           node 0 over and over (mbind)
- *   fork DOFF FD [raw|_Fork] -> the child's read of 16 pages of FD into RAM at DOFF:
+ *   fork DOFF FD [raw|_Fork|clone|clone3] -> the child's read of 16 pages of FD into RAM at DOFF:
  *                           "RESULT HASH FILE" of the first, FILE 1 if it is mapped from
  *                           a file (shared at read time); raw: a child made by
- *                           syscall(SYS_fork), _Fork: by glibc's _Fork(), neither
+ *                           syscall(SYS_fork) (clone3: SYS_clone3, flags 0), _Fork: by
+ *                           glibc's _Fork() (clone: glibc's clone()), none
  *                           running the atfork handlers; the child then advises
  *                           the page MADV_MERGEABLE
  *   closefd FD            -> close result (0 or -errno)
@@ -872,6 +873,13 @@ static __attribute__((noinline)) long vm_child_raw(int three)
 		__builtin_unreachable();
 	}
 	return r;
+}
+
+/* A fork made by syscall(2)'s clone3 (flags 0), as a VMM's own may. */
+static pid_t fork_clone3(void)
+{
+	uint64_t ca[8] = { 0, 0, 0, 0, SIGCHLD };	/* clone3's v0: flags .. exit_signal .. */
+	return (pid_t)syscall(SYS_clone3, ca, sizeof(ca));
 }
 
 /* KIND clone|sys|clone3: 0 once the child exited 0, else -errno or 1. */
@@ -1809,6 +1817,7 @@ int main(void)
 			clone_a1 = a1, clone_a2 = a2, clone_out = p[1];
 			pid_t pid = strcmp(s2, "raw") == 0 ? (pid_t)syscall(SYS_fork) :
 				    strcmp(s2, "_Fork") == 0 ? _Fork() :
+				    strcmp(s2, "clone3") == 0 ? fork_clone3() :
 				    strcmp(s2, "clone") == 0 ? clone(clone_fn, clone_stack + sizeof(clone_stack),
 								     SIGCHLD, NULL) : fork();
 			if (pid == 0)
