@@ -44,12 +44,14 @@
  *   uffdop wp|zero|copy OFF LEN -> 0 or -errno of UFFDIO_WRITEPROTECT (taking the
  *                           protection off), UFFDIO_ZEROPAGE or UFFDIO_COPY (of zeroes)
  *                           on the RAM's range by a userfaultfd that registered nothing
- *   dlopen deep|ns|plain PATH -> 0 once PATH is loaded with RTLD_DEEPBIND, into a
- *                           namespace of its own (dlmopen) or plainly; else "-1 WHY"
+ *   dlopen deep|ns|plain|look PATH -> 0 once PATH is loaded with RTLD_DEEPBIND, into a
+ *                           namespace of its own (dlmopen) or plainly (look: RTLD_DEEPBIND
+ *                           with RTLD_NOLOAD, found loaded already); else "-1 WHY"
  *   deepdiscard DOFF LEN  -> that library's madvise(MADV_DONTNEED) of LEN bytes at DOFF
  *   collapse DOFF LEN     -> madvise(MADV_COLLAPSE) result (0 or -errno)
  *   wipe DOFF LEN         -> madvise(MADV_WIPEONFORK) result (0 or -errno)
- *   seal DOFF LEN         -> mseal's result through syscall(2) (0 or -errno)
+ *   seal DOFF LEN [FLAGS] -> mseal's result through syscall(2) (0 or -errno)
+ *   mlock2 DOFF LEN FLAGS -> mlock2's result (0 or -errno)
  *   collapsewatch DOFF    -> 0 or -errno: a seccomp filter from now on fails with EXDEV
  *                           an madvise(MADV_COLLAPSE) system call starting at DOFF
  *   posixadvise DOFF LEN ADVICE -> posix_madvise's result (an error number, not -1) of
@@ -1868,9 +1870,11 @@ int main(void)
 			if (src != MAP_FAILED)
 				munmap(src, (size_t)a2);
 		} else if (strcmp(cmd, "dlopen") == 0) {
-			/* dlopen deep|ns|plain PATH: 0 if loaded, else -1 (and why) */
+			/* dlopen deep|ns|plain|look PATH: 0 if loaded, else -1 (and why) */
 			sscanf(line, "%*s %31s %2047s", s2, s1);
+			/* look: RTLD_DEEPBIND | RTLD_NOLOAD, only a look for one loaded */
 			void *h = strcmp(s2, "ns") == 0 ? dlmopen(LM_ID_NEWLM, s1, RTLD_NOW) :
+				  strcmp(s2, "look") == 0 ? dlopen(s1, RTLD_NOW | RTLD_DEEPBIND | RTLD_NOLOAD) :
 				  dlopen(s1, RTLD_NOW | (strcmp(s2, "deep") == 0 ? RTLD_DEEPBIND : 0));
 			if (h)
 				deep_discard = (int (*)(void *, size_t))dlsym(h, "deep_discard");
@@ -1885,8 +1889,12 @@ int main(void)
 			sscanf(line, "%*s %lld %lld", &a1, &a2);
 			printf("%d\n", madvise((void *)((uintptr_t)base + (uintptr_t)a1), (size_t)a2, MADV_WIPEONFORK) == 0 ? 0 : -errno);
 		} else if (strcmp(cmd, "seal") == 0) {
-			sscanf(line, "%*s %lld %lld", &a1, &a2);
-			printf("%d\n", syscall(462 /* SYS_mseal */, base + a1, (size_t)a2, 0UL) == 0 ? 0 : -errno);
+			a3 = 0;	/* FLAGS, if given */
+			sscanf(line, "%*s %lld %lld %lld", &a1, &a2, &a3);
+			printf("%d\n", syscall(462 /* SYS_mseal */, base + a1, (size_t)a2, (unsigned long)a3) == 0 ? 0 : -errno);
+		} else if (strcmp(cmd, "mlock2") == 0) {	/* DOFF LEN FLAGS: 0 or -errno */
+			sscanf(line, "%*s %lld %lld %lld", &a1, &a2, &a3);
+			printf("%d\n", mlock2(base + a1, (size_t)a2, (unsigned)a3) == 0 ? 0 : -errno);
 		} else if (strcmp(cmd, "collapsewatch") == 0) {
 			/* collapsewatch DOFF: a seccomp filter under which an
 			 * madvise(MADV_COLLAPSE) starting at DOFF fails with EXDEV:
