@@ -1453,8 +1453,8 @@ TEST_IMPL(scan_stops_for_sqpoll)
 TEST_IMPL(scan_stops_for_rdma)
 {
 	char io[700];
-	const char *how[] = { "", "iova2" };
-	for (int i = 0; i < 2; i++) {
+	const char *how[] = { "", "iova2", "rereg" };	/* rereg: a region moved onto it */
+	for (int i = 0; i < 3; i++) {
 		snprintf(io, sizeof(io), "rdma %s/libibverbs-stub.so %s", build_dir(), how[i]);
 		int r = stops_for_unseen_io(0, 0, io, "0", "registered memory with an RDMA adapter");
 		if (r)

@@ -121,7 +121,7 @@
  *                           Rust's io-uring crate does (setup: a ring set up and
  *                           mapped, nothing submitted; sqpoll: one the kernel's
  *                           thread polls, set up only)
- *   rdma LIB [iova2]      -> 0 if ibv_reg_mr (or ibv_reg_mr_iova2) of the RAM's
+ *   rdma LIB [iova2|rereg] -> 0 if ibv_reg_mr (or ibv_reg_mr_iova2, ibv_rereg_mr) of the RAM's
  *                           first page, looked up by name after LIB is loaded
  *                           (a stand-in for libibverbs), returned a region, or -errno
  *   mergeany get|set N|rawset N -> kernel KSM over the whole process (prctl
@@ -620,6 +620,12 @@ static long long cmd_rdma(const char *lib, const char *how)
 	if (!dlopen(lib, RTLD_NOW | RTLD_GLOBAL))
 		return -ENOENT;
 	void *mr;
+	if (strcmp(how, "rereg") == 0) {	/* a region moved onto the RAM's first page */
+		int (*rereg)(void *, int, void *, void *, size_t, int);
+		*(void **)&rereg = dlsym(RTLD_DEFAULT, "ibv_rereg_mr");
+		static char old_region[4096];
+		return !rereg ? -ENOSYS : rereg(old_region, 1 /* IBV_REREG_MR_CHANGE_TRANSLATION */, NULL, base, 4096, 7);
+	}
 	if (strcmp(how, "iova2") == 0) {
 		void *(*reg)(void *, void *, size_t, uint64_t, unsigned);
 		*(void **)&reg = dlsym(RTLD_DEFAULT, "ibv_reg_mr_iova2");
