@@ -1101,6 +1101,12 @@ TEST_IMPL(scan_gives_ram_to_vmm_userfault_ops)
 	ASSERT_EQ(proc_num(&a, "unfilled 0 64 3 0"), 0);
 	ASSERT_EQ(proc_num(&a, "unfilled %u 64 4 0", 256 * PG), 0);
 	ASSERT(pairs_merged_from(&a, 257, 321, 63, 4, 1));	/* the rest is the scanner's still */
+	/* UFFDIO_MOVE takes its pages from src: that range is given up too,
+	 * its content kept, not only dst's. */
+	ASSERT(proc_num(&a, "uffdop move %u %u %u", 200 * PG, 8 * PG, 340 * PG) < 0);
+	for (unsigned i = 0; i < 8; i++)
+		ASSERT(proc_page(&a, (340 + i) * PG).pfn != proc_page(&a, (276 + i) * PG).pfn);
+	ASSERT_EQ(proc_num(&a, "unfilled %u 8 4 20", 340 * PG), 0);
 	proc_stop(&a);
 	ASSERT(strstr(file_text(log), "acts on guest RAM"));
 	return 0;

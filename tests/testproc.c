@@ -41,9 +41,10 @@
  *                           MADV_GUARD_REMOVE (madvise, process_madvise) with EINVAL,
  *                           as a kernel before Linux 6.13 does: 0 or -errno
  *   unmap DOFF HEXLEN     -> munmap result (0 or -errno)
- *   uffdop wp|zero|copy OFF LEN -> 0 or -errno of UFFDIO_WRITEPROTECT (taking the
+ *   uffdop wp|zero|copy|move OFF LEN [SRCOFF] -> 0 or -errno of UFFDIO_WRITEPROTECT (taking the
  *                           protection off), UFFDIO_ZEROPAGE or UFFDIO_COPY (of zeroes)
  *                           on the RAM's range by a userfaultfd that registered nothing
+ *                           (move: UFFDIO_MOVE of the RAM's pages at SRCOFF there)
  *   dlopen deep|ns|plain|look PATH -> 0 once PATH is loaded with RTLD_DEEPBIND, into a
  *                           namespace of its own (dlmopen) or plainly (look: RTLD_DEEPBIND
  *                           with RTLD_NOLOAD, found loaded already); else "-1 WHY"
@@ -198,6 +199,9 @@
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <linux/userfaultfd.h>
+#ifndef UFFDIO_MOVE
+#define UFFDIO_MOVE _IOC(_IOC_READ | _IOC_WRITE, UFFDIO, 0x05, 40)	/* Linux 6.8's struct uffdio_move */
+#endif
 #include <linux/vfio.h>
 #include <linux/vhost.h>
 #include <linux/mempolicy.h>
@@ -1858,8 +1862,11 @@ int main(void)
 			printf("ok\n");
 		} else if (strcmp(cmd, "uffdop") == 0) {
 			/* uffdop wp|zero|copy OFF LEN: a userfaultfd that registered
-			 * nothing acts on the RAM's range */
-			sscanf(line, "%*s %31s %lld %lld", s2, &a1, &a2);
+			 * nothing acts on the RAM's range; move OFF LEN SRCOFF: moves
+			 * the RAM's pages at SRCOFF there */
+			a3 = 0;
+			sscanf(line, "%*s %31s %lld %lld %lld", s2, &a1, &a2, &a3);
+			uint64_t mv[5] = { (uintptr_t)(base + a1), (uintptr_t)(base + a3), (uint64_t)a2, 0, 0 };
 			struct uffdio_api api = { .api = UFFD_API };
 			struct uffdio_writeprotect wp = { { (uintptr_t)(base + a1), (uint64_t)a2 }, 0 };
 			struct uffdio_zeropage zp = { { (uintptr_t)(base + a1), (uint64_t)a2 }, 0, 0 };
@@ -1869,6 +1876,7 @@ int main(void)
 			int r = src == MAP_FAILED || u < 0 || ioctl(u, UFFDIO_API, &api) < 0 ? -errno :
 				strcmp(s2, "wp") == 0 ? (ioctl(u, UFFDIO_WRITEPROTECT, &wp) < 0 ? -errno : 0) :
 				strcmp(s2, "zero") == 0 ? (ioctl(u, UFFDIO_ZEROPAGE, &zp) < 0 ? -errno : 0) :
+				strcmp(s2, "move") == 0 ? (ioctl(u, UFFDIO_MOVE, mv) < 0 ? -errno : 0) :
 				(ioctl(u, UFFDIO_COPY, &cp) < 0 ? -errno : 0);
 			printf("%d\n", r);
 			if (u >= 0)
