@@ -1524,6 +1524,32 @@ TEST_IMPL(unmergeable_short_of_memory_fails)
 	return 0;
 }
 
+/* mlock over pages shared at read time, with no memory for their copies:
+ * refused with mlock's EAGAIN ("could not be locked"; mlockall, which has
+ * none, ENOMEM); with memory, it works. */
+TEST_IMPL(mlock_short_of_memory_fails)
+{
+	struct test_cgroup cg;
+	char img[512];
+	uint64_t orig;
+	struct proc a;
+	if (getenv("MD_TEST_PRELOAD_FIRST"))
+		SKIP("under AddressSanitizer, whose mlock and mlockall lock nothing and never reach the agent");
+	const char *none = image_short_of_memory(&cg, &a, img, sizeof(img), "image-mlock", 17, &orig);
+	if (none)
+		SKIP("%s", none);
+	ASSERT_EQ(proc_num(&a, "mlock 0 %u", IMG_SIZE), -EAGAIN);
+	ASSERT_EQ(proc_num(&a, "mlockall current"), -ENOMEM);
+	ASSERT_EQ(cgroup_limit(&cg, 1ull << 30), 0);
+	ASSERT_EQ(proc_num(&a, "mlock 0 %u", IMG_SIZE), 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", IMG_SIZE), hex(orig)) == 0);
+	for (size_t off = 0; off < IMG_SIZE; off += 16 * 4096)
+		ASSERT(!proc_page(&a, off).file);
+	proc_stop(&a);
+	close(cg.guard);
+	return 0;
+}
+
 /* The VMM's userfaultfd registered over RAM shared at read time, with no
  * memory for the copies the handover makes first: the registration fails
  * with ENOMEM, the pages still tracked (a lease break makes those left the
