@@ -2701,6 +2701,12 @@ TEST_IMPL(read_into_vmm_fixed_map_copied)
 	md_stats s;
 	ASSERT_EQ(proc_stats(&a, &s), 0);
 	ASSERT_EQ(s.pages_shared_at_read, 16);
+	/* So is one moved there (mremap's MREMAP_FIXED). */
+	ASSERT_EQ(proc_num(&a, "mapfile %u 65536 %d moved", MB, fo), 0);
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 %u 65536", fd, MB), 65536);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u 65536", MB), hex(fnv_file(img, 0, 65536))) == 0);
+	for (unsigned i = 0; i < 16; i++)
+		ASSERT(!proc_page(&a, MB + i * 4096).file);
 	proc_stop(&a);
 	return 0;
 }

@@ -97,8 +97,9 @@
  *   mergehole FD          -> MADV_MERGEABLE's result over a range with a hole,
  *                           and 1 if a read into shared memory mapped there
  *                           later reached the shared memory
- *   mapfile DOFF LEN FD [noreplace] -> 0 or -errno of a private MAP_FIXED
+ *   mapfile DOFF LEN FD [noreplace|moved] -> 0 or -errno of a private MAP_FIXED
  *                            (or MAP_FIXED_NOREPLACE) mapping of FD over guest RAM
+ *                            (moved: made elsewhere, moved there by mremap's MREMAP_FIXED)
  *   grow|shrink DOFF LEN NEWLEN -> where guest RAM resized by mremap is now (an offset
  *                           from the RAM: grow may move it), or -errno
  *   moveram DOFF LEN      -> 0 or -errno of an mremap moving guest RAM away
@@ -1963,13 +1964,21 @@ int main(void)
 			memcpy(base + a2, base + a1, (size_t)a3);
 			printf("ok\n");
 		} else if (strcmp(cmd, "mapfile") == 0) {
-			/* DOFF LEN FD [noreplace]: a private mapping of FD from
+			/* DOFF LEN FD [noreplace|moved]: a private mapping of FD from
 			 * 0 put over guest RAM (MAP_FIXED), or in a hole there
-			 * (MAP_FIXED_NOREPLACE); 0 or -errno. */
+			 * (MAP_FIXED_NOREPLACE), or moved over it (mremap's
+			 * MREMAP_FIXED); 0 or -errno. */
 			char how[16] = "";
 			sscanf(line, "%*s %lld %lld %lld %15s", &a1, &a2, &a3, how);
 			int fl = strcmp(how, "noreplace") == 0 ? MAP_FIXED_NOREPLACE : MAP_FIXED;
-			void *p = mmap(base + a1, (size_t)a2, PROT_READ | PROT_WRITE, MAP_PRIVATE | fl, (int)a3, 0);
+			void *p;
+			if (strcmp(how, "moved") == 0) {	/* mapped elsewhere, moved there (MREMAP_FIXED) */
+				p = mmap(NULL, (size_t)a2, PROT_READ | PROT_WRITE, MAP_PRIVATE, (int)a3, 0);
+				if (p != MAP_FAILED)
+					p = mremap(p, (size_t)a2, (size_t)a2, MREMAP_MAYMOVE | MREMAP_FIXED, base + a1);
+			} else {
+				p = mmap(base + a1, (size_t)a2, PROT_READ | PROT_WRITE, MAP_PRIVATE | fl, (int)a3, 0);
+			}
 			printf("%d\n", p == MAP_FAILED ? -errno : 0);
 		} else if (strcmp(cmd, "grow") == 0 || strcmp(cmd, "shrink") == 0) {
 			/* DOFF LEN NEWLEN: guest RAM resized by mremap, moved
