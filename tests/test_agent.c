@@ -144,6 +144,10 @@ TEST_IMPL(fortified_and_raw_reads_shared)
 	 * wrapper (Rust's libc crate) may read. */
 	ASSERT_EQ(proc_num(&p, "sysread %d %u %u %u", fd, MB / 2, MB / 2, MB / 2), MB / 2);
 	ASSERT_EQ(first_mb_shared(&p, img, 2), 0);
+	/* preadv2's flags (its sixth argument) reach the kernel: one it does
+	 * not know fails the read, as without us. */
+	ASSERT_EQ(proc_num(&p, "sysreadv2 %d 0 %u %u %d", fd, MB / 2, MB, 0x40000000), -EOPNOTSUPP);
+	ASSERT_EQ(proc_num(&p, "sysreadv2 %d 0 %u %u 0", fd, MB / 2, MB), MB / 2);
 	proc_stop(&p);
 	return 0;
 }

@@ -1498,6 +1498,12 @@ int main(void)
 			sscanf(line, "%*s %lld %lld %lld %lld", &a1, &a2, &a3, &a4);
 			long r = syscall(SYS_pread64, (int)a1, base + a4, (size_t)a3, (off_t)a2);
 			printf("%lld\n", r < 0 ? (long long)-errno : (long long)r);
+		} else if (strcmp(cmd, "sysreadv2") == 0) {
+			/* sysreadv2 FD OFF LEN DOFF FLAGS: preadv2 of one segment through syscall(2) */
+			sscanf(line, "%*s %lld %lld %lld %lld %lld", &a1, &a2, &a3, &a4, &a5);
+			struct iovec iov = { base + a4, (size_t)a3 };
+			long r = syscall(SYS_preadv2, (int)a1, &iov, 1, (off_t)a2, 0L, (int)a5);
+			printf("%lld\n", r < 0 ? (long long)-errno : (long long)r);
 		} else if (strcmp(cmd, "chkread") == 0) {
 			/* chkread FD OFF LEN RAMOFF BUFLEN: a fortified pread,
 			 * as _FORTIFY_SOURCE builds call it */
