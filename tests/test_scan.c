@@ -1504,6 +1504,8 @@ TEST_IMPL(scan_stops_for_zerocopy_send)
 	ASSERT_EQ(s.io_unseen, 0);
 	proc_stop(&a);
 	int err = stops_for_unseen_io(0, 0, "zcsend raw", "4096", "sends with MSG_ZEROCOPY");
+	/* sendto's flags are its fourth argument, not sendmsg's third. */
+	err = err ? err : stops_for_unseen_io(0, 0, "zcsend rawto", "4096", "sends with MSG_ZEROCOPY");
 	return err ? err : stops_for_unseen_io(0, 0, "zcsend", "4096", "sends with MSG_ZEROCOPY");
 }
 

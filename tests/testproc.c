@@ -799,10 +799,10 @@ static long long cmd_dwrite(const char *path, size_t doff)
 	return 0;
 }
 
-/* "zcsend [off|raw]": guest RAM's first page sent to ourselves in a UDP
+/* "zcsend [off|raw|rawto]": guest RAM's first page sent to ourselves in a UDP
  * datagram with MSG_ZEROCOPY, the socket set SO_ZEROCOPY unless off (the
  * kernel then ignores the flag), through the C library's sendmsg or
- * syscall(2) (raw): the bytes sent or -errno. */
+ * syscall(2) (raw: sendmsg, rawto: sendto): the bytes sent or -errno. */
 static long long cmd_zcsend(const char *how)
 {
 	struct sockaddr_in sin = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
@@ -817,8 +817,9 @@ static long long cmd_zcsend(const char *how)
 	struct iovec iov = { base, 4096 };
 	struct msghdr m = { .msg_name = &sin, .msg_namelen = sizeof(sin), .msg_iov = &iov, .msg_iovlen = 1 };
 	if (!r) {
-		ssize_t n = strcmp(how, "raw") == 0 ? syscall(SYS_sendmsg, s, &m, MSG_ZEROCOPY)
-						    : sendmsg(s, &m, MSG_ZEROCOPY);
+		ssize_t n = strcmp(how, "raw") == 0 ? syscall(SYS_sendmsg, s, &m, MSG_ZEROCOPY) :
+			    strcmp(how, "rawto") == 0 ? syscall(SYS_sendto, s, base, 4096, MSG_ZEROCOPY, &sin, sl) :
+			    sendmsg(s, &m, MSG_ZEROCOPY);
 		r = n < 0 ? -errno : n;
 	}
 	close(s);
