@@ -65,10 +65,11 @@
  *                           (pidfd_open of this process, the default), self
  *                           (PIDFD_SELF_THREAD_GROUP), thread (this thread's,
  *                           PIDFD_THREAD), parent (another process's)
- *   pmadvbad DOFF         -> "E1 E2 E3 E4 E5": -errno of process_madvise(MADV_DONTNEED) on
+ *   pmadvbad DOFF         -> "E1 E2 E3 E4 E5 E6": -errno of process_madvise(MADV_DONTNEED) on
  *                           this process of the page at DOFF and one the kernel refuses:
  *                           past the address space, of a negative length; with flags;
- *                           with 1025 iovecs; of iovecs that cannot be read
+ *                           with 1025 iovecs; of iovecs that cannot be read; of the page
+ *                           after an empty range off a page's start
  *   protect DOFF LEN ro|rw|PROT -> mprotect result (0 or -errno)
  *   nosig PATH            -> how many read leases on PATH (the agent's) were
  *                           made to send no signal when broken (F_SETOWN 0)
@@ -1732,7 +1733,7 @@ int main(void)
 			for (int i = 0; i < 1025; i++)
 				v[i] = (struct iovec){ base + a1, 4096 };
 			int fd = (int)syscall(SYS_pidfd_open, getpid(), 0);
-			long r[5];
+			long r[6];
 			v[1] = (struct iovec){ (void *)-4096L, 4096 };
 			r[0] = process_madvise(fd, v, 2, MADV_DONTNEED, 0) >= 0 ? 0 : -errno;
 			v[1] = (struct iovec){ base + a1, (size_t)-1 };
@@ -1741,8 +1742,13 @@ int main(void)
 			r[2] = process_madvise(fd, v, 2, MADV_DONTNEED, 1) >= 0 ? 0 : -errno;
 			r[3] = process_madvise(fd, v, 1025, MADV_DONTNEED, 0) >= 0 ? 0 : -errno;
 			r[4] = process_madvise(fd, NULL, 1, MADV_DONTNEED, 0) >= 0 ? 0 : -errno;
+			/* An empty first range is advised all the same (an
+			 * address off a page: refused), later empty ones not. */
+			v[0] = (struct iovec){ base + a1 + 1, 0 };
+			v[1] = (struct iovec){ base + a1, 4096 };
+			r[5] = process_madvise(fd, v, 2, MADV_DONTNEED, 0) >= 0 ? 0 : -errno;
 			close(fd);
-			printf("%ld %ld %ld %ld %ld\n", r[0], r[1], r[2], r[3], r[4]);
+			printf("%ld %ld %ld %ld %ld %ld\n", r[0], r[1], r[2], r[3], r[4], r[5]);
 		} else if (strcmp(cmd, "mlock") == 0) {	/* OFF LEN */
 			sscanf(line, "%*s %lld %lld", &a1, &a2);
 			printf("%d\n", mlock(base + a1, (size_t)a2) == 0 ? 0 : -errno);
