@@ -265,11 +265,12 @@ TEST_IMPL(refused_or_empty_calls_keep_sharing)
 	ASSERT(strcmp(proc_cmd(&p, "hash 0 %u", 64 * 4096), whole) == 0);
 	/* Flags the kernel refuses (mseal's, mlock2's) gave the RAM up too,
 	 * and a look with RTLD_DEEPBIND | RTLD_NOLOAD, which loads nothing,
-	 * stopped sharing for good. */
+	 * or an io_uring_enter that submits nothing stopped sharing for good. */
 	long long sealed = proc_num(&p, "seal 0 %u 1", 16 * 4096);
 	ASSERT(sealed == -EINVAL || sealed == -ENOSYS);
 	ASSERT_EQ(proc_num(&p, "mlock2 0 %u 2", 16 * 4096), -EINVAL);
 	ASSERT(strncmp(proc_cmd(&p, "dlopen look %s/libdeepbind-stub.so", build_dir()), "-1 ", 3) == 0);
+	ASSERT_EQ(proc_num(&p, "uringwait"), -EBADF);
 	ASSERT(proc_page_is_image(&p, 0, img, 0));
 	ASSERT_EQ(proc_num(&p, "read %d 0 %u %u %u", fd, 64 * 4096, 64 * 4096, 64 * 4096), 64 * 4096);
 	ASSERT(strcmp(proc_cmd(&p, "hash %u %u", 64 * 4096, 64 * 4096), whole) == 0);

@@ -53,6 +53,7 @@
  *   wipe DOFF LEN         -> madvise(MADV_WIPEONFORK) result (0 or -errno)
  *   seal DOFF LEN [FLAGS] -> mseal's result through syscall(2) (0 or -errno)
  *   mlock2 DOFF LEN FLAGS -> mlock2's result (0 or -errno)
+ *   uringwait             -> liburing's io_uring_enter submitting nothing (no ring: -EBADF)
  *   collapsewatch DOFF    -> 0 or -errno: a seccomp filter from now on fails with EXDEV
  *                           an madvise(MADV_COLLAPSE) system call starting at DOFF
  *   posixadvise DOFF LEN ADVICE -> posix_madvise's result (an error number, not -1) of
@@ -1920,6 +1921,8 @@ int main(void)
 			a3 = 0;	/* FLAGS, if given */
 			sscanf(line, "%*s %lld %lld %lld", &a1, &a2, &a3);
 			printf("%d\n", syscall(462 /* SYS_mseal */, base + a1, (size_t)a2, (unsigned long)a3) == 0 ? 0 : -errno);
+		} else if (strcmp(cmd, "uringwait") == 0) {	/* liburing's io_uring_enter submitting nothing, on no ring */
+			printf("%d\n", io_uring_enter((unsigned)-1, 0, 0, 0, NULL));
 		} else if (strcmp(cmd, "mlock2") == 0) {	/* DOFF LEN FLAGS: 0 or -errno */
 			sscanf(line, "%*s %lld %lld %lld", &a1, &a2, &a3);
 			printf("%d\n", mlock2(base + a1, (size_t)a2, (unsigned)a3) == 0 ? 0 : -errno);
