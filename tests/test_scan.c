@@ -1837,6 +1837,9 @@ TEST_IMPL(scan_takes_ram_back_from_vmm_userfault)
 	ASSERT_EQ(proc_num(&a, "uffd 0 %u wp", 1024 * PG), 0);
 	for (unsigned i = 0; i < 256; i += 5)
 		ASSERT(proc_page(&a, i * PG).pfn != proc_page(&a, (256 + i) * PG).pfn);
+	/* An unregistration the kernel refuses (a length off the pages)
+	 * lets go of nothing: the RAM stays the VMM's. */
+	ASSERT_EQ(proc_num(&a, "uffdoff 0 %u", 512 * PG + 1), -EINVAL);
 	/* The first half let go of, the second still the VMM's. */
 	ASSERT_EQ(proc_num(&a, "uffdoff 0 %u", 512 * PG), 0);
 	merged_want = s.merged + 256;
