@@ -1501,6 +1501,43 @@ TEST_IMPL(engine_merge_page_by_page_before_6_4)
 	return 0;
 }
 
+/* Un-protecting page by page (a call across mappings failed, as before
+ * Linux 6.4) goes on past a page that fails: a writer of a page after it
+ * would wait for ever. The first failure is what the call returns. */
+TEST_IMPL(engine_unprotect_page_by_page_goes_past_failure)
+{
+	struct md__uffd u;
+	int err = md__uffd_open(&u, 0, 0);
+	if (err && uffd_unavailable())
+		SKIP("userfaultfd unavailable (%s)", strerror(-err));
+	ASSERT_EQ(err, 0);
+	unsigned char *m = map_ram(3);
+	memset(m, 7, 3 * PG);
+	/* Pages 0 and 2 registered, the middle one not: it fails (ENOENT). */
+	ASSERT_EQ(md__uffd_register_wp(&u, (uintptr_t)m, PG), 0);
+	ASSERT_EQ(md__uffd_register_wp(&u, (uintptr_t)(m + 2 * PG), PG), 0);
+	ASSERT_EQ(md__uffd_wp(&u, (uintptr_t)m, PG, 1), 0);
+	ASSERT_EQ(md__uffd_wp(&u, (uintptr_t)(m + 2 * PG), PG, 1), 0);
+	ASSERT(pagemap(m) & PM_UFFD_WP);
+	ASSERT(pagemap(m + 2 * PG) & PM_UFFD_WP);
+	md__uffd_one_page_only = 1;
+	err = md__uffd_wp(&u, (uintptr_t)m, 3 * PG, 0);
+	md__uffd_one_page_only = 0;
+	ASSERT_EQ(err, -ENOENT);
+	ASSERT(!(pagemap(m) & PM_UFFD_WP));
+	ASSERT(!(pagemap(m + 2 * PG) & PM_UFFD_WP));
+	/* Protecting stops at the failure instead (the caller thaws). */
+	md__uffd_one_page_only = 1;
+	err = md__uffd_wp(&u, (uintptr_t)m, 3 * PG, 1);
+	md__uffd_one_page_only = 0;
+	ASSERT_EQ(err, -ENOENT);
+	ASSERT(pagemap(m) & PM_UFFD_WP);
+	ASSERT(!(pagemap(m + 2 * PG) & PM_UFFD_WP));
+	md__uffd_close(&u);
+	munmap(m, 3 * PG);
+	return 0;
+}
+
 /* A region gone stale (its forgetting failed) may hold shared memory the
  * VMM mapped over part of it since: the freeze finds that mapping not
  * registered, and must neither register it nor merge over it (a private
@@ -3242,6 +3279,25 @@ TEST_IMPL(engine_fault_after_handover)
 	md__uffd_close(&vmm);
 	md__engine_fini(&e);
 	munmap(m, 3 * PG);
+	return 0;
+}
+
+/* Features are negotiated: one the kernel lacks (bit 62, which no kernel
+ * has) is left out of those asked for, not a failure, unless needed, which
+ * fails the open and leaves nothing open. */
+TEST_IMPL(engine_uffd_features_negotiated)
+{
+	const uint64_t none = 1ull << 62;
+	struct md__uffd u;
+	int err = md__uffd_open(&u, none | MD_UFFD_FEATURE_WP_UNPOPULATED, 0);
+	if (err && uffd_unavailable())
+		SKIP("userfaultfd unavailable (%s)", strerror(-err));
+	ASSERT_EQ(err, 0);
+	ASSERT(!(u.features & none));
+	md__uffd_close(&u);
+	ASSERT_EQ(md__uffd_open(&u, 0, none), -ENOTSUP);
+	ASSERT_EQ(u.fd, -1);
+	ASSERT_EQ(u.stop_fd, -1);
 	return 0;
 }
 
