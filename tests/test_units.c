@@ -687,6 +687,11 @@ TEST_IMPL(inflight_ranges)
 	struct iovec many[MD_IO_RANGES + 1];
 	for (int i = 0; i <= MD_IO_RANGES; i++)
 		many[i] = (struct iovec){ (void *)(uintptr_t)(0x100000 + i * 0x2000), 0x1000 };
+	/* 16 buffers are still kept apart, the last one too. */
+	t = md__inflight_begin(&f, many, MD_IO_RANGES);
+	ASSERT_EQ(md__inflight_busy(&f, 0x101000, 0x1000), 0);
+	ASSERT_EQ(md__inflight_busy(&f, 0x100000 + (MD_IO_RANGES - 1) * 0x2000, 0x1000), 1);
+	md__inflight_end(&f, t);
 	t = md__inflight_begin(&f, many, MD_IO_RANGES + 1);
 	ASSERT_EQ(md__inflight_busy(&f, 0x101000, 0x1000), 1);	/* a gap, inside the span */
 	ASSERT_EQ(md__inflight_busy(&f, 0x100000 + (MD_IO_RANGES + 1) * 0x2000, 0x1000), 0);

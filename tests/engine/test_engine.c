@@ -141,6 +141,9 @@ TEST_IMPL(engine_hints_stack)
 {
 	struct md__hints h;
 	struct md__hint x;
+	/* No room is refused (a push would index an empty ring). */
+	ASSERT_EQ(md__hints_init(&h, 0), -EINVAL);
+	md__hints_free(&h);
 	ASSERT_EQ(md__hints_init(&h, 4), 0);
 	ASSERT_EQ(md__hints_pop(&h, &x), 0);
 	for (uintptr_t i = 1; i <= 6; i++)
