@@ -3304,6 +3304,66 @@ TEST_IMPL(engine_uffd_features_negotiated)
 	return 0;
 }
 
+/* md__uffd_close waits for a fault being resolved: the engine it resolves
+ * with is freed right after the close. The callback waits a while for the
+ * close to return; one that did not wait for it returns at once. */
+struct close_wait {
+	struct md__uffd u;
+	int in_fn, closed, closed_seen, fn_done;
+	unsigned char *page;
+};
+static void close_wait_fault(void *arg, uintptr_t addr)
+{
+	struct close_wait *w = arg;
+	__atomic_store_n(&w->in_fn, 1, __ATOMIC_RELEASE);
+	/* Nothing to wait for when the close is right: bounded. */
+	for (int i = 0; i < 500 && !__atomic_load_n(&w->closed, __ATOMIC_ACQUIRE); i++)
+		usleep(1000);
+	w->closed_seen = __atomic_load_n(&w->closed, __ATOMIC_ACQUIRE);
+	md__uffd_wp(&w->u, addr, PG, 0);
+	__atomic_store_n(&w->fn_done, 1, __ATOMIC_RELEASE);
+}
+static void *close_wait_write(void *arg)
+{
+	struct close_wait *w = arg;
+	*(volatile unsigned char *)w->page = 1;
+	return NULL;
+}
+static void *close_wait_close(void *arg)
+{
+	struct close_wait *w = arg;
+	md__uffd_close(&w->u);
+	__atomic_store_n(&w->closed, 1, __ATOMIC_RELEASE);
+	return NULL;
+}
+TEST_IMPL(engine_uffd_close_waits_for_fault)
+{
+	static struct close_wait w;
+	int err = md__uffd_open(&w.u, 0, 0);
+	if (err && uffd_unavailable())
+		SKIP("userfaultfd unavailable (%s)", strerror(-err));
+	ASSERT_EQ(err, 0);
+	w.page = map_ram(1);
+	w.page[0] = 7;
+	ASSERT_EQ(md__uffd_register_wp(&w.u, (uintptr_t)w.page, PG), 0);
+	ASSERT_EQ(md__uffd_wp(&w.u, (uintptr_t)w.page, PG, 1), 0);
+	ASSERT_EQ(md__uffd_start(&w.u, close_wait_fault, &w), 0);
+	pthread_t writer, closer;
+	ASSERT_EQ(pthread_create(&writer, NULL, close_wait_write, &w), 0);
+	while (!__atomic_load_n(&w.in_fn, __ATOMIC_ACQUIRE))
+		usleep(1000);
+	ASSERT_EQ(pthread_create(&closer, NULL, close_wait_close, &w), 0);
+	ASSERT_EQ(pthread_join(closer, NULL), 0);
+	ASSERT_EQ(pthread_join(writer, NULL), 0);
+	/* Done before the close returned, if it waited as it must. */
+	while (!__atomic_load_n(&w.fn_done, __ATOMIC_ACQUIRE))
+		usleep(1000);
+	ASSERT_EQ(w.closed_seen, 0);
+	ASSERT_EQ(w.page[0], 1);
+	munmap(w.page, PG);
+	return 0;
+}
+
 /* What a merge costs, and what it does to the number of mappings. */
 TEST_IMPL(engine_merge_cost)
 {
