@@ -1552,6 +1552,9 @@ TEST_IMPL(engine_unprotect_page_by_page_goes_past_failure)
 	ASSERT_EQ(md__uffd_wp(&u, (uintptr_t)(m + 2 * PG), PG, 1), 0);
 	ASSERT(pagemap(m) & PM_UFFD_WP);
 	ASSERT(pagemap(m + 2 * PG) & PM_UFFD_WP);
+	/* Any other failure is said too: a freeze that took it for done
+	 * would compare and map a page its writers can still write. */
+	ASSERT_EQ(md__uffd_wp(&u, (uintptr_t)m + 1, PG, 1), -EINVAL);
 	md__uffd_one_page_only = 1;
 	err = md__uffd_wp(&u, (uintptr_t)m, 3 * PG, 0);
 	md__uffd_one_page_only = 0;
