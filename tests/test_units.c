@@ -315,6 +315,32 @@ TEST_IMPL(regions_add_overlap)
 	return 0;
 }
 
+/* Whether a device transfer (SG_IO's buffers) touches guest RAM: a buffer
+ * ending where a region starts, or starting where one ends, does not (it
+ * stopped read sharing for good); one whose length runs past the end of
+ * the address space does, from its start. With more regions than the set
+ * of the agent's memory keeps apart, the gaps between them lie in it. */
+TEST_IMPL(agent_ram_overlaps_edges)
+{
+	enum { N = 300 };
+	md_agent *a;
+	md_agent_options o = { .run_dir = "" };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	char *m = mmap(NULL, 2 * N * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	for (int i = 0; i < N; i++)
+		ASSERT_EQ(md_agent_register(a, m + (2 * i + 1) * 4096, 4096, 0), 0);
+	for (int i = 0; i < N; i++) {
+		uintptr_t gap = (uintptr_t)m + 2 * i * 4096;
+		ASSERT_EQ(md__agent_ram_overlaps(a, gap, 4096), 0);
+		ASSERT_EQ(md__agent_ram_overlaps(a, gap + 4096 - 1, 2), 1);
+		ASSERT_EQ(md__agent_ram_overlaps(a, gap + 4096, SIZE_MAX), 1);
+	}
+	md_agent_free(a);
+	munmap(m, 2 * N * 4096);
+	return 0;
+}
+
 TEST_IMPL(regions_remove_split)
 {
 	struct md_agent a;
@@ -491,6 +517,36 @@ TEST_IMPL(fork_copies_ram_asks_every_region)
 	return 0;
 }
 
+/* MADV_DONTFORK over a whole region, from its first byte to its last,
+ * keeps fork() from copying it; over part of a region fork copied, the
+ * rest is still copied. Counted as copied, a fork made the region's image
+ * and pool pages private first for nothing (and waited a second for the
+ * agent's lock); counted as not copied, the child kept pages shared that
+ * may change under it. */
+TEST_IMPL(dontfork_advice_follows_regions)
+{
+	struct md_agent a;
+	agent_init(&a);
+	ASSERT_EQ(md__regions_add(&a, 0x100000, 0x110000, 0), 0);
+	ASSERT_EQ(md__regions_add(&a, 0x200000, 0x210000, 0), 0);
+	ASSERT_EQ(a.fork_copies_ram, 1);
+	ASSERT_EQ(md__regions_advise(&a, 0x100000, 0x110000, MD_ADV_DONTFORK), 0);
+	ASSERT(!md__regions_forked(&a, 0x100000, 0x110000));
+	ASSERT(md__regions_forked(&a, 0x200000, 0x210000));
+	ASSERT_EQ(md__regions_advise(&a, 0x200000, 0x208000, MD_ADV_DONTFORK), 0);
+	ASSERT(md__regions_forked(&a, 0x208000, 0x210000));
+	ASSERT_EQ(a.fork_copies_ram, 1);
+	ASSERT_EQ(md__regions_advise(&a, 0x200000, 0x210000, MD_ADV_DONTFORK), 0);
+	ASSERT(!md__regions_forked(&a, 0x200000, 0x210000));
+	ASSERT_EQ(a.fork_copies_ram, 0);
+	/* MADV_DOFORK over part: that part is copied again. */
+	ASSERT_EQ(md__regions_advise(&a, 0x204000, 0x208000, MD_ADV_DONTFORK | MD_ADV_UNDO), 1);
+	ASSERT(md__regions_forked(&a, 0x200000, 0x210000));
+	ASSERT_EQ(a.fork_copies_ram, 1);
+	md__regions_free(&a);
+	return 0;
+}
+
 /* Pages that cannot be made private keep their owner (they still show the
  * image); those that could lose it, and leave the count of image pages. */
 TEST_IMPL(privatize_keeps_failed_owners)
@@ -651,6 +707,42 @@ TEST_IMPL(lease_break_read_only_stretch_in_process)
 	munmap(m, len);
 	close(fd);
 	free(orig);
+	return 0;
+}
+
+/* Pages mapped from an image, then discarded, become anonymous memory
+ * with the region's MADV_HUGEPAGE (the kernel's own discard leaves the
+ * mapping's flags as they were): without it the guest's RAM there lost
+ * its transparent huge pages for good. */
+TEST_IMPL(discard_keeps_hugepage_advice)
+{
+	char img[512];
+	snprintf(img, sizeof(img), "%s/huge.img", test_dir());
+	make_image(img, 16 * 4096, 43);
+	int fd = open(img, O_RDONLY | O_CLOEXEC);
+	ASSERT(fd >= 0);
+	char *m = mmap(NULL, 32 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	if (madvise(m, 32 * 4096, MADV_HUGEPAGE) != 0) {
+		munmap(m, 32 * 4096);
+		close(fd);
+		SKIP("no transparent huge pages: %s", strerror(errno));
+	}
+	md_agent *a;
+	md_agent_options o = { .run_dir = "" };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	ASSERT_EQ(md_agent_register(a, m, 32 * 4096, MD_ADV_HUGEPAGE), 0);
+	ASSERT_EQ(md_agent_pread(a, fd, m, 16 * 4096, 0), 16 * 4096);
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, 16);
+	ASSERT_EQ(md_agent_madvise_discard(a, m + 4 * 4096, 4 * 4096, MADV_DONTNEED), 0);
+	ASSERT(self_vmflag(m + 4 * 4096, "hg"));
+	for (size_t off = 4 * 4096; off < 8 * 4096; off++)
+		ASSERT_EQ(m[off], 0);
+	md_agent_free(a);
+	munmap(m, 32 * 4096);
+	close(fd);
 	return 0;
 }
 
@@ -1738,6 +1830,78 @@ TEST_IMPL(uring_entries_judged)
 	ASSERT(!md__ioctl_maps_dma(VHOST_GET_FEATURES));	/* vhost-net too */
 	ASSERT(!md__ioctl_maps_dma(VHOST_NET_SET_BACKEND));
 	ASSERT(md__ioctl_maps_dma(VHOST_SCSI_SET_ENDPOINT));	/* the target writes pinned frames */
+	ASSERT(md__ioctl_maps_dma(_IO(';', 0x85)));	/* iommufd's IOMMU_IOAS_MAP */
+	return 0;
+}
+
+struct discards {
+	unsigned n;
+	uintptr_t addr[8];
+	size_t len[8];
+	int advice[8];
+};
+
+static void discard_seen(void *arg, void *addr, size_t len, int advice)
+{
+	struct discards *d = arg;
+	if (d->n < 8) {
+		d->addr[d->n] = (uintptr_t)addr;
+		d->len[d->n] = len;
+		d->advice[d->n] = advice;
+	}
+	d->n++;
+}
+
+/* The MADVISE entries of a liburing submit whose discard the agent does
+ * first, as the kernel will: those advising a discard (DONTNEED, its
+ * locked form, FREE, guard pages), with the length the kernel takes (its
+ * 64-bit off before the 32-bit len), whole pages. An entry the kernel
+ * refuses (a buffer index, a file, an unaligned start) discards nothing:
+ * emptied by the agent, the guest's pages there were lost. Other advice
+ * (WILLNEED) and other opcodes (FADVISE) leave RAM as it is. */
+TEST_IMPL(uring_discards_as_kernel)
+{
+	struct io_uring_sqe sqes[8];
+	struct io_uring r;
+	unsigned kmask = 7;
+	memset(&r, 0, sizeof(r));
+	memset(sqes, 0, sizeof(sqes));
+	r.sq.sqes = sqes;
+	r.sq.kring_mask = &kmask;
+	r.sq.ring_entries = 8;
+	r.sq.ring_mask = 7;
+	r.sq.sqe_head = 6;
+	r.sq.sqe_tail = 6 + 8;
+	const int advice[8] = { MADV_DONTNEED, MADV_FREE, MADV_DONTNEED_LOCKED, MADV_WILLNEED,
+				MADV_DONTNEED, MADV_DONTNEED, MADV_DONTNEED, MADV_DONTNEED };
+	for (unsigned i = 0; i < 8; i++) {
+		struct io_uring_sqe *e = &sqes[(6 + i) & 7];
+		e->opcode = IORING_OP_MADVISE;
+		e->addr = 0x100000 + i * 0x10000;
+		e->len = 4096 + 1;	/* rounded up to whole pages */
+		e->fadvise_advice = (unsigned)advice[i];
+	}
+	sqes[(6 + 4) & 7].buf_index = 1;	/* refused by the kernel */
+	sqes[(6 + 5) & 7].splice_fd_in = 3;	/* refused too */
+	sqes[(6 + 6) & 7].addr += 512;		/* not page-aligned: refused */
+	sqes[(6 + 7) & 7].off = 3 * 4096;	/* the 64-bit length */
+	struct discards d = { 0 };
+	md__uring_discards(&r, discard_seen, &d);
+	ASSERT_EQ(d.n, 4);
+	const uintptr_t want_addr[4] = { 0x100000, 0x110000, 0x120000, 0x170000 };
+	const size_t want_len[4] = { 8192, 8192, 8192, 3 * 4096 };
+	const int want_advice[4] = { MADV_DONTNEED, MADV_FREE, MADV_DONTNEED_LOCKED, MADV_DONTNEED };
+	for (unsigned i = 0; i < 4; i++) {
+		ASSERT_EQ(d.addr[i], want_addr[i]);
+		ASSERT_EQ(d.len[i], want_len[i]);
+		ASSERT_EQ(d.advice[i], want_advice[i]);
+	}
+	/* FADVISE carries its advice in the same field: not a discard. */
+	for (unsigned i = 0; i < 8; i++)
+		sqes[i].opcode = IORING_OP_FADVISE;
+	d.n = 0;
+	md__uring_discards(&r, discard_seen, &d);
+	ASSERT_EQ(d.n, 0);
 	return 0;
 }
 
@@ -2182,6 +2346,55 @@ TEST_IMPL(room_for_copies_leaves_margin)
 	return 0;
 }
 
+/* A fork weighs the copies it would make against the memory there is:
+ * those of the image pages in the regions it copies alone (a region
+ * MADV_DONTFORK goes to no child), and with less room than they take
+ * makes none and says so (fork_shared). Weighing every region's, the
+ * fork left the child sharing pages it had the room to make its own;
+ * weighing none, it made copies the VMM's memory had no room for. */
+TEST_IMPL(fork_copies_weighed_for_forked_regions)
+{
+	char img[512], proc[1024];
+	snprintf(img, sizeof(img), "%s/fork-weigh.img", test_dir());
+	make_image(img, 16 * 4096, 41);
+	int fd = open(img, O_RDONLY | O_CLOEXEC);
+	ASSERT(fd >= 0);
+	md_agent *a;
+	md_agent_options o = { .run_dir = "" };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	char *m = mmap(NULL, 64 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	ASSERT_EQ(madvise(m, 32 * 4096, MADV_DONTFORK), 0);
+	ASSERT_EQ(md_agent_register(a, m, 32 * 4096, MD_ADV_DONTFORK), 0);
+	ASSERT_EQ(md_agent_register(a, m + 32 * 4096, 32 * 4096, 0), 0);
+	ASSERT_EQ(md_agent_pread(a, fd, m, 16 * 4096, 0), 16 * 4096);
+	ASSERT_EQ(md_agent_pread(a, fd, m + 32 * 4096, 16 * 4096, 0), 16 * 4096);
+	/* No cgroup in the fake /proc: the host's 64 MiB margin and room
+	 * for 16 pages less one, then for 16. */
+	snprintf(proc, sizeof(proc), "%s/proc", test_dir());
+	md_stats s;
+	for (int k = 0; k < 2; k++) {
+		ASSERT_EQ(fake_put("proc/meminfo", "MemTotal: 1048576 kB\nMemAvailable: %u kB\n",
+				   65536 + (16 - (k == 0)) * 4), 0);
+		md__memroom_proc = proc;
+		int held = md__regions_before_fork(a);
+		md__regions_after_fork(a, held, 0);
+		md__memroom_proc = "/proc";
+		ASSERT_EQ(md_agent_stats(a, &s), 0);
+		ASSERT_EQ(s.fork_shared, 1);
+		ASSERT_EQ(s.pages_privatized, k == 0 ? 0 : 16);
+	}
+	for (int i = 0; i < 16; i++) {
+		ASSERT_EQ(*(volatile char *)(m + i * 4096), *(volatile char *)(m + (32 + i) * 4096));
+		ASSERT(self_pagemap(m + i * 4096) & (1ull << 61));	/* the image's still */
+		ASSERT(!(self_pagemap(m + (32 + i) * 4096) & (1ull << 61)));
+	}
+	md_agent_free(a);
+	munmap(m, 64 * 4096);
+	close(fd);
+	return 0;
+}
+
 /* cgroup v2's memory.high is a limit too (past it the kernel throttles
  * the VMM and reclaims): a parent without memory.max but with
  * memory.high left the whole host as room. */
@@ -2226,6 +2439,39 @@ TEST_IMPL(memroom_reads_every_level)
 	unsigned kept = 0;
 	ASSERT_EQ(fake_room(&kept), 100 * MiB);
 	ASSERT_EQ(kept, MD_MEMROOM_LEVELS);
+	return 0;
+}
+
+/* The room is the cgroup's the VMM is in now, not the one it started in
+ * (kept for after a chroot): moved since to a cgroup with less room, the
+ * copies of an unmerge took memory the new limit did not leave. The page
+ * cache the kernel reclaims first (inactive_file) counts as room. */
+TEST_IMPL(memroom_follows_moved_cgroup)
+{
+	char proc[1024];
+	snprintf(proc, sizeof(proc), "%s/proc", test_dir());
+	ASSERT_EQ(fake_put("proc/self/mountinfo", "40 30 0:37 / @/unified rw,relatime - cgroup2 cgroup2 rw\n"), 0);
+	ASSERT_EQ(fake_put("proc/meminfo", "MemTotal: 134217728 kB\nMemAvailable: %llu kB\n", 64ull << 20), 0);
+	ASSERT_EQ(fake_level("unified/a", "memory.max", "314572800", "memory.current", 100 * MiB, "memory.high",
+			     "max", NULL, 0), 0);
+	ASSERT_EQ(fake_level("unified/b", "memory.max", "157286400", "memory.current", 100 * MiB, "memory.high",
+			     "max", NULL, 0), 0);
+	ASSERT_EQ(fake_put("proc/self/cgroup", "0::/a\n"), 0);
+	md__memroom_proc = proc;
+	struct md__memroom m;
+	uint64_t room[3] = { 0, 0, 0 };
+	if (md__memroom_open(&m) == 0) {
+		room[0] = md__memroom_available(&m);
+		if (fake_put("proc/self/cgroup", "0::/b\n") == 0)
+			room[1] = md__memroom_available(&m);
+		if (fake_put("unified/b/memory.stat", "anon 4096\ninactive_file %llu\n", 30 * MiB) == 0)
+			room[2] = md__memroom_available(&m);
+		md__memroom_close(&m);
+	}
+	md__memroom_proc = "/proc";
+	ASSERT_EQ(room[0], 200 * MiB);
+	ASSERT_EQ(room[1], 50 * MiB);
+	ASSERT_EQ(room[2], 80 * MiB);
 	return 0;
 }
 
@@ -2280,6 +2526,30 @@ TEST_IMPL(memroom_cgroup_mounts_found)
 	ASSERT_EQ(fake_level("lxc-only/vm", "memory.limit_in_bytes", "9223372036854771712",
 			     "memory.usage_in_bytes", 20 * MiB, NULL, NULL, NULL, 0), 0);
 	ASSERT_EQ(fake_room(NULL), 70 * MiB);
+	return 0;
+}
+
+/* The level a mount shows at its root is read too: in a container with a
+ * cgroup namespace (Docker's default on cgroup v2) that is the container's
+ * own cgroup, the one with the limit, and a VMM in a cgroup below it saw
+ * the host's memory as room. Likewise a v1 mount of part of a hierarchy. */
+TEST_IMPL(memroom_limit_at_mount_root)
+{
+	ASSERT_EQ(fake_put("proc/self/mountinfo", "40 30 0:37 / @/unified rw,relatime - cgroup2 cgroup2 rw\n"), 0);
+	ASSERT_EQ(fake_put("proc/self/cgroup", "0::/vm\n"), 0);
+	ASSERT_EQ(fake_level("unified", "memory.max", "157286400", "memory.current", 100 * MiB, "memory.high", "max",
+			     NULL, 0), 0);
+	ASSERT_EQ(fake_level("unified/vm", "memory.max", "max", "memory.current", 90 * MiB, "memory.high", "max",
+			     NULL, 0), 0);
+	ASSERT_EQ(fake_room(NULL), 50 * MiB);
+	ASSERT_EQ(fake_put("proc/self/mountinfo",
+			   "34 30 0:31 /lxc/c1 @/mem rw,relatime - cgroup cgroup rw,memory\n"), 0);
+	ASSERT_EQ(fake_put("proc/self/cgroup", "4:memory:/lxc/c1/vm\n"), 0);
+	ASSERT_EQ(fake_level("mem", "memory.limit_in_bytes", "52428800", "memory.usage_in_bytes", 30 * MiB, NULL,
+			     NULL, NULL, 0), 0);
+	ASSERT_EQ(fake_level("mem/vm", "memory.limit_in_bytes", "9223372036854771712", "memory.usage_in_bytes",
+			     20 * MiB, NULL, NULL, NULL, 0), 0);
+	ASSERT_EQ(fake_room(NULL), 20 * MiB);
 	return 0;
 }
 
@@ -2372,6 +2642,36 @@ TEST_IMPL(sg_io_buffers_found)
 	len[3] = 0xa5a5;
 	ASSERT_EQ(md__sg_io_buffers(&full, addr, len, 3), -1);
 	ASSERT(addr[3] == 0x5a5a && len[3] == 0xa5a5);
+	return 0;
+}
+
+/* An SG_IO request with more iovecs than the interposer reads at once
+ * (16): every one is found, the seventeenth and later ones at their own
+ * place (read again from the first, a buffer in guest RAM past them went
+ * unseen and the device's DMA wrote a merged page). A request with no
+ * data direction transfers nothing, whatever its length says. */
+TEST_IMPL(sg_io_many_iovecs_found)
+{
+	enum { N = 20 };
+	static unsigned char buf[N][64];
+	struct sg_iovec v[N];
+	uintptr_t addr[N];
+	size_t len[N];
+	for (unsigned i = 0; i < N; i++)
+		v[i] = (struct sg_iovec){ buf[i], 10 + i };
+	struct sg_io_hdr h = { .interface_id = 'S', .dxfer_direction = SG_DXFER_FROM_DEV, .dxfer_len = 1000,
+			       .iovec_count = N, .dxferp = v };
+	ASSERT_EQ(md__sg_io_buffers(&h, addr, len, N), N);
+	for (unsigned i = 0; i < N; i++) {
+		ASSERT_EQ(addr[i], (uintptr_t)buf[i]);
+		ASSERT_EQ(len[i], 10 + i);
+	}
+	struct sg_io_v4 q = { .guard = 'Q', .din_xferp = (uintptr_t)v, .din_xfer_len = 1000,
+			      .din_iovec_count = N - 1 };
+	ASSERT_EQ(md__sg_io_buffers(&q, addr, len, N), N);
+	ASSERT_EQ(addr[N - 1], (uintptr_t)buf[N - 2]);
+	h.dxfer_direction = SG_DXFER_NONE;
+	ASSERT_EQ(md__sg_io_buffers(&h, addr, len, N), 0);
 	return 0;
 }
 
