@@ -656,6 +656,21 @@ int md__discard(struct md_agent *a, uintptr_t start, uintptr_t end)
 	return err;
 }
 
+/* MADV_HUGEPAGE over [lo, hi) where a record says the VMM gave it: an
+ * image's mapping made at read time never has it (no advice but the
+ * region's DONTFORK and DONTDUMP reaches it), so anonymous memory taking
+ * the place of copies there took none from it, and the guest's RAM lost
+ * its huge pages for good. */
+static void huge_where_recorded(struct md_agent *a, uintptr_t lo, uintptr_t hi)
+{
+	for (size_t i = 0; i < a->nregions; i++) {
+		const struct md__region *r = &a->regions[i];
+		uintptr_t s = r->start > lo ? r->start : lo, e = r->end < hi ? r->end : hi;
+		if (s < e && (r->advice & MD_ADV_HUGEPAGE))
+			md__sys_madvise((void *)s, e - s, MADV_HUGEPAGE);
+	}
+}
+
 /* Replaces [lo, hi) of the private file mapping v by anonymous memory with
  * v's protection, advice and policy, but for what the engine covers (its
  * discard makes that zeroes). 0 or -errno. */
@@ -672,6 +687,7 @@ static int forget_copies(struct md_agent *a, const struct md__vma *v, uintptr_t 
 		md__policy_apply(lo, hi - lo);
 		if (v->advice & MD_ADV_HUGEPAGE)
 			md__sys_madvise(m, hi - lo, MADV_HUGEPAGE);
+		huge_where_recorded(a, lo, hi);
 		md__vmas_add(&a->vmas, 2);
 		/* Locked as the copies were (MADV_DONTNEED_LOCKED leaves its
 		 * range locked); within the limit, as they were before. */
