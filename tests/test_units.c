@@ -2351,6 +2351,39 @@ TEST_IMPL(memroom_host_available_counts)
 	return 0;
 }
 
+/* The room is asked on the VMM's threads too (an unmerge, a fork), whose
+ * errno stays as it was: a cgroup file not there (v2's root has no
+ * memory.max, no level memory.high) is ENOENT, a /proc not there too. */
+TEST_IMPL(memroom_keeps_errno)
+{
+	char proc[1024];
+	snprintf(proc, sizeof(proc), "%s/proc", test_dir());
+	ASSERT_EQ(fake_put("proc/self/mountinfo", "40 30 0:37 / @/unified rw,relatime - cgroup2 cgroup2 rw\n"), 0);
+	ASSERT_EQ(fake_put("proc/self/cgroup", "0::/vm\n"), 0);
+	ASSERT_EQ(fake_put("proc/meminfo", "MemTotal: 1048576 kB\nMemAvailable: 102400 kB\n"), 0);
+	ASSERT_EQ(fake_level("unified/vm", "memory.max", "157286400", "memory.current", 100 * MiB, NULL, NULL, NULL,
+			     0), 0);
+	struct md__memroom m;
+	md__memroom_proc = proc;
+	int opened = md__memroom_open(&m) == 0;
+	errno = 777;
+	uint64_t room = opened ? md__memroom_available(&m) : 0;
+	int e1 = errno;
+	md__memroom_proc = "/nonexistent-proc";
+	errno = 778;
+	uint64_t bare = opened ? md__memroom_available(&m) : 0;
+	int e2 = errno;
+	md__memroom_proc = "/proc";
+	if (opened)
+		md__memroom_close(&m);
+	ASSERT(opened);
+	ASSERT_EQ(room, 50 * MiB);
+	ASSERT(bare > 0);
+	ASSERT_EQ(e1, 777);
+	ASSERT_EQ(e2, 778);
+	return 0;
+}
+
 /* Copies (an unmerge's, a fork's) go ahead only with 64 MiB left to the
  * VMM and the host once they are made: without it, the last copies take
  * memory the VMM needs and the kernel reclaims or kills it. */
