@@ -363,6 +363,30 @@ TEST_IMPL(regions_remove_split)
 	return 0;
 }
 
+/* A split takes the record spare the last change left: the one after it
+ * needs no memory either (an unmap on a VMM thread short of memory). The
+ * room for the next split is made when the last was done, not when it is
+ * needed. */
+TEST_IMPL(regions_split_room_made_ahead)
+{
+	struct md_agent a;
+	agent_init(&a);
+	for (uintptr_t at = 0x1000000; a.nregions + 1 < 16; at += 0x100000)
+		ASSERT_EQ(md__regions_add(&a, at, at + 0x10000, 0), 0);
+	ASSERT_EQ(a.regions_cap, 16);
+	ASSERT_EQ(md__regions_remove(&a, 0x1004000, 0x1005000), 0);
+	ASSERT_EQ(a.nregions, 16);
+	md__regions_fail_reserve = 1;
+	int err = md__regions_remove(&a, 0x1104000, 0x1105000);
+	md__regions_fail_reserve = 0;
+	ASSERT_EQ(err, 0);
+	ASSERT_EQ(a.nregions, 17);
+	ASSERT(md__region_find(&a, 0x1105000, 0xb000) != NULL);
+	ASSERT(md__region_find(&a, 0x1104000, 1) == NULL);
+	md__regions_free(&a);
+	return 0;
+}
+
 /* The count of pages recorded as an image's (what bounds the reads shared
  * to what a lease break can make private in time) follows the records: a
  * page set again counts once, one cleared that was not set counts
@@ -1928,6 +1952,39 @@ TEST_IMPL(uring_discards_as_kernel)
 	d.n = 0;
 	md__uring_discards(&r, discard_seen, &d);
 	ASSERT_EQ(d.n, 0);
+	return 0;
+}
+
+/* The io_uring operations that let merging go on are these alone: any
+ * other, of those this liburing knows, may write, pin or discard guest
+ * RAM (a read, a receive, statx's buffer, provided buffers, madvise). */
+TEST_IMPL(uring_opcodes_judged_by_list)
+{
+	static const unsigned leave[] = { IORING_OP_NOP, IORING_OP_FSYNC, IORING_OP_SYNC_FILE_RANGE,
+					  IORING_OP_FALLOCATE, IORING_OP_FADVISE, IORING_OP_POLL_ADD,
+					  IORING_OP_POLL_REMOVE, IORING_OP_TIMEOUT, IORING_OP_TIMEOUT_REMOVE,
+					  IORING_OP_LINK_TIMEOUT, IORING_OP_ASYNC_CANCEL, IORING_OP_CLOSE,
+					  IORING_OP_SHUTDOWN, IORING_OP_SEND, IORING_OP_SENDMSG };
+	struct io_uring_sqe sqes[8];
+	struct io_uring r;
+	unsigned kmask = 7;
+	memset(&r, 0, sizeof(r));
+	r.sq.sqes = sqes;
+	r.sq.kring_mask = &kmask;
+	r.sq.ring_entries = 8;
+	r.sq.ring_mask = 7;
+	r.sq.sqe_tail = 1;
+	for (unsigned op = 0; op < IORING_OP_LAST; op++) {
+		int listed = 0;
+		for (size_t k = 0; k < sizeof(leave) / sizeof(leave[0]); k++)
+			listed |= leave[k] == op;
+		memset(sqes, 0, sizeof(sqes));
+		sqes[0].opcode = (uint8_t)op;
+		if (md__uring_submits_writes(&r) != !listed) {
+			printf("  opcode %u judged %s\n", op, listed ? "a write" : "leaving memory alone");
+			ASSERT(0);
+		}
+	}
 	return 0;
 }
 
