@@ -2511,6 +2511,26 @@ TEST_IMPL(fork_copies_weighed_for_forked_regions)
 	return 0;
 }
 
+/* A fork whose copies of image pages failed (memory short, though the
+ * check found room) says so and counts it (fork_shared): the child keeps
+ * pages that change under it after a lease break, and the pages keep
+ * their records. */
+TEST_IMPL(fork_failed_copies_counted)
+{
+	struct md_agent a;
+	agent_init(&a);
+	/* Nothing is mapped at 1 MiB: populating it fails. */
+	ASSERT_EQ(md__regions_add(&a, 0x100000, 0x110000, 0), 0);
+	md__owners_set(&a, md__region_find(&a, 0x100000, 1), 0x100000, 4, 3);
+	int held = md__regions_before_fork(&a);
+	md__regions_after_fork(&a, held, 0);
+	ASSERT_EQ(a.local_ctr[MD_CTR_FORK_SHARED], 1);
+	ASSERT_EQ(a.local_ctr[MD_CTR_PRIVATIZED], 0);
+	ASSERT_EQ(a.owned, 4);
+	md__regions_free(&a);
+	return 0;
+}
+
 /* cgroup v2's memory.high is a limit too (past it the kernel throttles
  * the VMM and reclaims): a parent without memory.max but with
  * memory.high left the whole host as room. */
