@@ -1630,6 +1630,60 @@ TEST_IMPL(range_file_maps_of_a_page)
 	return 0;
 }
 
+/* md__range_file_vmas: only private mappings of files, clipped, with what
+ * a mapping replacing one must have again. A MAP_SHARED mapping taken in
+ * would be copied into anonymous memory (replace_read_only), where the
+ * VMM's writes no longer reach the file; anonymous memory is no file's. */
+TEST_IMPL(range_file_vmas_private_files_only)
+{
+	size_t pg = 4096;
+	char *m = mmap(NULL, 16 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	uintptr_t b = (uintptr_t)m;
+	int pool = memfd_create("memdedup-pool", MFD_CLOEXEC), own = memfd_create("t", MFD_CLOEXEC);
+	ASSERT(pool >= 0 && own >= 0);
+	ASSERT_EQ(ftruncate(pool, 4 * pg), 0);
+	ASSERT_EQ(ftruncate(own, 8 * pg), 0);
+	/* [2, 4) shared, [4, 6) the pool's, read-only, [6, 8) own, read-write
+	 * and advised, [8, 10) own again, PROT_NONE and locked. */
+	ASSERT(mmap(m + 2 * pg, 2 * pg, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, own, 0) == m + 2 * pg);
+	ASSERT(mmap(m + 4 * pg, 2 * pg, PROT_READ, MAP_PRIVATE | MAP_FIXED, pool, 0) == m + 4 * pg);
+	ASSERT(mmap(m + 6 * pg, 2 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, own, 2 * pg) == m + 6 * pg);
+	ASSERT_EQ(madvise(m + 6 * pg, 2 * pg, MADV_DONTDUMP), 0);
+	ASSERT_EQ(madvise(m + 6 * pg, 2 * pg, MADV_DONTFORK), 0);
+	ASSERT_EQ(madvise(m + 6 * pg, 2 * pg, MADV_MERGEABLE), 0);
+	ASSERT(mmap(m + 8 * pg, 2 * pg, PROT_NONE, MAP_PRIVATE | MAP_FIXED, own, 4 * pg) == m + 8 * pg);
+	int locked = mlock2(m + 8 * pg, 2 * pg, MLOCK_ONFAULT) == 0;
+	struct stat sp, so;
+	ASSERT(fstat(pool, &sp) == 0 && fstat(own, &so) == 0);
+	struct md__vma *v;
+	size_t n;
+	ASSERT_EQ(md__range_file_vmas(b + pg, b + 9 * pg, &v, &n), 0);
+	ASSERT_EQ(n, 3);
+	ASSERT(v[0].lo == b + 4 * pg && v[0].hi == b + 6 * pg && v[0].pool && v[0].prot == PROT_READ);
+	ASSERT(v[0].dev == sp.st_dev && v[0].ino == sp.st_ino && !v[0].advice && !v[0].mergeable);
+	ASSERT(v[1].lo == b + 6 * pg && v[1].hi == b + 8 * pg && !v[1].pool);
+	ASSERT(v[1].dev == so.st_dev && v[1].ino == so.st_ino && v[1].prot == (PROT_READ | PROT_WRITE));
+	ASSERT_EQ(v[1].advice, MD_ADV_DONTDUMP | MD_ADV_DONTFORK);
+	ASSERT(v[1].mergeable && !v[1].locked);
+	ASSERT(v[2].lo == b + 8 * pg && v[2].hi == b + 9 * pg && v[2].prot == 0);	/* clipped */
+	ASSERT(!locked || v[2].locked);
+	free(v);
+	/* The shared mapping alone, and the anonymous memory around: none. */
+	ASSERT_EQ(md__range_file_vmas(b, b + 4 * pg, &v, &n), 0);
+	ASSERT_EQ(n, 0);
+	free(v);
+	ASSERT_EQ(md__range_file_vmas(b + 10 * pg, b + 16 * pg, &v, &n), 0);
+	ASSERT_EQ(n, 0);
+	free(v);
+	if (locked)
+		munlock(m + 8 * pg, 2 * pg);
+	munmap(m, 16 * pg);
+	close(pool);
+	close(own);
+	return 0;
+}
+
 /* md__range_shared: a MAP_SHARED mapping anywhere in the range, and only
  * there (MAP_PRIVATE of the same file is not). */
 TEST_IMPL(range_shared_finds_shared_maps)
