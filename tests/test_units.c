@@ -1545,6 +1545,20 @@ TEST_IMPL(range_file_maps_from_maps_text)
 	ASSERT_EQ(r1, 0);
 	ASSERT_EQ(n, 2);	/* the anonymous pages around them are not a file's */
 	free(v);
+	/* A mapping that only touches the range (ends where it begins, or
+	 * begins where it ends) is not in it. */
+	md__libc_syscall = no_query_syscall;
+	int r2 = md__range_file_maps(b + 12 * pg, b + 16 * pg, &v, &n);
+	md__libc_syscall = NULL;
+	ASSERT_EQ(r2, 0);
+	ASSERT_EQ(n, 0);
+	free(v);
+	md__libc_syscall = no_query_syscall;
+	r2 = md__range_file_maps(b, b + 4 * pg, &v, &n);
+	md__libc_syscall = NULL;
+	ASSERT_EQ(r2, 0);
+	ASSERT_EQ(n, 0);
+	free(v);
 	/* Maps' text longer than the reader's buffer, read in many parts:
 	 * every line found. */
 	enum { MORE = 3000 };
@@ -1702,6 +1716,17 @@ TEST_IMPL(range_shared_finds_shared_maps)
 	ASSERT_EQ(md__range_shared(b + 3 * pg, 2 * pg), 1);
 	ASSERT_EQ(md__range_shared(b + 5 * pg, pg), 1);
 	ASSERT_EQ(md__range_shared(b + 6 * pg, 10 * pg), 0);
+	/* The same from maps' lines, where the kernel has no query (before
+	 * Linux 6.11); a range that ends where the shared mapping begins, or
+	 * begins where it ends, does not share. */
+	md__libc_syscall = no_query_syscall;
+	int r[6] = { md__range_shared(b, 4 * pg), md__range_shared(b, 16 * pg), md__range_shared(b + 3 * pg, 2 * pg),
+		     md__range_shared(b + 5 * pg, pg), md__range_shared(b + 6 * pg, 10 * pg),
+		     md__range_shared(b + 2 * pg, 2 * pg) };
+	md__libc_syscall = NULL;
+	static const int want[6] = { 0, 1, 1, 1, 0, 0 };
+	for (int i = 0; i < 6; i++)
+		ASSERT_EQ(r[i], want[i]);
 	close(fd);
 	munmap(m, 16 * pg);
 	return 0;
