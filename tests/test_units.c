@@ -1582,6 +1582,55 @@ TEST_IMPL(range_file_maps_from_maps_text)
 	return 0;
 }
 
+/* syscall(2), but a pread at or past pread_fails_from fails with EIO. */
+static off_t pread_fails_from;
+static long pread_failing_syscall(long nr, ...)
+{
+	va_list ap;
+	long a[6];
+	va_start(ap, nr);
+	for (int i = 0; i < 6; i++)
+		a[i] = va_arg(ap, long);
+	va_end(ap);
+	if (nr == SYS_pread64 && a[3] >= pread_fails_from) {
+		errno = EIO;
+		return -1;
+	}
+	return syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
+}
+
+/* A count of the mappings that cannot read all of maps is no count (0),
+ * not the lines read before the failure; and the estimate stays as it
+ * was: 0, or a part, would open the mapping budget again. */
+TEST_IMPL(vmas_count_failed_keeps_estimate)
+{
+	enum { MORE = 3000 };	/* maps read in many parts */
+	size_t pg = 4096;
+	char *x = mmap(NULL, MORE * pg, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	ASSERT(x != MAP_FAILED);
+	for (size_t i = 0; i < MORE; i += 2)
+		ASSERT_EQ(mprotect(x + i * pg, pg, PROT_READ), 0);
+	uint64_t all = md__count_vmas();
+	ASSERT(all > MORE);
+	pread_fails_from = 1;	/* the first part read, the next fails */
+	md__libc_syscall = pread_failing_syscall;
+	uint64_t part = md__count_vmas();
+	md__libc_syscall = NULL;
+	ASSERT_EQ(part, 0);
+	struct md__vmas v = { 0 };
+	md__vmas_add(&v, 100000);
+	pread_fails_from = 0;
+	md__libc_syscall = pread_failing_syscall;
+	uint64_t n = md__vmas_count(&v);
+	md__libc_syscall = NULL;
+	ASSERT_EQ(n, 0);
+	ASSERT_EQ(md__vmas_estimate(&v), 100000);
+	ASSERT(md__vmas_count(&v) > MORE);
+	ASSERT(md__vmas_estimate(&v) > MORE && md__vmas_estimate(&v) < 100000);
+	munmap(x, MORE * pg);
+	return 0;
+}
+
 TEST_IMPL(range_file_maps_of_a_page)
 {
 	size_t pg = 4096;
