@@ -1747,6 +1747,36 @@ TEST_IMPL(range_file_vmas_private_files_only)
 	return 0;
 }
 
+/* md__range_vmflags: advice that every mapping of the range has (the
+ * agent gives it to all the mappings it makes there: DONTDUMP taken as
+ * all of it's would leave guest RAM out of core dumps), and what any has
+ * that keeps the range from merging; a mapping beside the range is not in
+ * it. */
+TEST_IMPL(range_vmflags_any_and_all)
+{
+	size_t pg = 4096;
+	char *m = mmap(NULL, 12 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	uintptr_t b = (uintptr_t)m;
+	ASSERT_EQ(madvise(m, 8 * pg, MADV_DONTFORK), 0);
+	ASSERT_EQ(madvise(m, 4 * pg, MADV_DONTDUMP), 0);
+	ASSERT_EQ(mprotect(m + 8 * pg, pg, PROT_READ), 0);
+	ASSERT_EQ(mprotect(m + 11 * pg, pg, PROT_WRITE), 0);	/* writable, not readable */
+	int locked = mlock(m + 10 * pg, pg) == 0;
+	ASSERT_EQ(md__range_vmflags(b, 4 * pg), (int)(MD_VMF_DONTFORK | MD_VMF_DONTDUMP));
+	ASSERT_EQ(md__range_vmflags(b, 8 * pg), (int)MD_VMF_DONTFORK);
+	ASSERT_EQ(md__range_vmflags(b + 4 * pg, 4 * pg), (int)MD_VMF_DONTFORK);
+	ASSERT_EQ(md__range_vmflags(b + 2 * pg, 7 * pg), (int)MD_VMF_NOT_RW);
+	ASSERT_EQ(md__range_vmflags(b + 9 * pg, pg), 0);
+	ASSERT_EQ(md__range_vmflags(b + 11 * pg, pg), (int)MD_VMF_NOT_RW);
+	if (locked) {
+		ASSERT_EQ(md__range_vmflags(b + 9 * pg, 2 * pg), (int)MD_VMF_LOCKED);
+		munlock(m + 10 * pg, pg);
+	}
+	munmap(m, 12 * pg);
+	return 0;
+}
+
 /* md__range_shared: a MAP_SHARED mapping anywhere in the range, and only
  * there (MAP_PRIVATE of the same file is not). */
 TEST_IMPL(range_shared_finds_shared_maps)
