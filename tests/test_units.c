@@ -1631,6 +1631,29 @@ TEST_IMPL(vmas_count_failed_keeps_estimate)
 	return 0;
 }
 
+/* md__coredump_file_pages runs inside the VMM's calls: when
+ * coredump_filter cannot be read, it says so (once) and leaves errno and
+ * the filter as they were. */
+TEST_IMPL(coredump_filter_failure_keeps_errno)
+{
+	char text[32];
+	FILE *f = fopen("/proc/self/coredump_filter", "r+");
+	ASSERT(f && fgets(text, sizeof(text), f));
+	unsigned long base = strtoul(text, NULL, 16) & ~MD_COREDUMP_FILE_PRIVATE;
+	rewind(f);
+	ASSERT(fprintf(f, "%#lx", base) > 0 && fclose(f) == 0);
+	pread_fails_from = 0;
+	md__libc_syscall = pread_failing_syscall;
+	errno = 777;
+	md__coredump_file_pages();
+	int err = errno;
+	md__libc_syscall = NULL;
+	ASSERT_EQ(err, 777);
+	ASSERT(md__read_text("/proc/self/coredump_filter", text, sizeof(text)) > 0);
+	ASSERT_EQ(strtoul(text, NULL, 16), base);
+	return 0;
+}
+
 TEST_IMPL(range_file_maps_of_a_page)
 {
 	size_t pg = 4096;
