@@ -1834,6 +1834,73 @@ TEST_IMPL(range_shared_finds_shared_maps)
 	return 0;
 }
 
+/* In the child, after a chroot: 1 if md__range_shared sees the MAP_SHARED
+ * page the child made, 0 if it sees none (another process's maps), or
+ * -errno. own: the child's first md__proc_open is before the chroot. */
+static int chrooted_child_sees(const char *root, int own)
+{
+	if (own) {
+		int fd = md__proc_open("maps", 0);
+		if (fd < 0)
+			return -errno;
+		close(fd);
+	}
+	char *x = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (x == MAP_FAILED || chroot(root) != 0)
+		return -errno;
+	return md__range_shared((uintptr_t)x, 4096);
+}
+
+/* The files of /proc/self kept for after a chroot are the process's own:
+ * a forked child takes its own at its first open, one forked without the
+ * atfork handlers (a raw fork) finds none rather than its parent's, and
+ * a kept number the VMM closed and reused for another file is not read. */
+TEST_IMPL(proc_kept_files_are_own)
+{
+	char root[512];
+	snprintf(root, sizeof(root), "%s/empty-root", test_dir());
+	ASSERT(mkdir(root, 0755) == 0 || errno == EEXIST);
+	int fd = md__proc_open("maps", 0);	/* kept from now on */
+	ASSERT(fd >= 0);
+	close(fd);
+	int want[2] = { 1, -ENOENT };
+	for (int raw = 0; raw < 2; raw++) {
+		pid_t pid = raw ? (pid_t)syscall(SYS_fork) : fork();
+		ASSERT(pid >= 0);
+		if (pid == 0)
+			_exit(chrooted_child_sees(root, !raw) + 100);
+		int status;
+		ASSERT_EQ(waitpid(pid, &status, 0), pid);
+		ASSERT(WIFEXITED(status));
+		if (WEXITSTATUS(status) == 100 - EPERM)
+			SKIP("chroot needs CAP_SYS_CHROOT");
+		ASSERT_EQ(WEXITSTATUS(status) - 100, want[raw]);
+	}
+	/* The kept maps' number, given to another file. */
+	char link[64], want_link[64], path[300];
+	snprintf(want_link, sizeof(want_link), "/proc/%d/maps", (int)getpid());
+	int kept = -1;
+	for (int i = 0; i < 1024 && kept < 0; i++) {
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", i);
+		ssize_t n = readlink(path, link, sizeof(link) - 1);
+		if (n > 0) {
+			link[n] = 0;
+			kept = strcmp(link, want_link) == 0 ? i : -1;
+		}
+	}
+	ASSERT(kept >= 0);
+	int other = memfd_create("not-maps", MFD_CLOEXEC);
+	ASSERT(other >= 0 && dup2(other, kept) == kept);
+	ASSERT_EQ(chroot(root), 0);
+	errno = 0;
+	ASSERT_EQ(md__proc_open("maps", 0), -1);
+	ASSERT_EQ(errno, ENOENT);
+	fd = md__proc_open("smaps", 0);	/* still its own */
+	ASSERT(fd >= 0);
+	close(fd);
+	return 0;
+}
+
 /* md__copy_own_pages: copies in p's order (adjacent pages as one range),
  * file pages as well as anonymous ones, and all or nothing: a page that
  * cannot be read leaves p as it was. */
