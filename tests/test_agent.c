@@ -2222,10 +2222,20 @@ TEST_IMPL(core_dump_keeps_shared_ram)
 	md_stats s;
 	ASSERT_EQ(proc_stats_wait(&d, &s, 20000, merged_some), 0);
 	ASSERT_EQ(coredump_filter(d.pid), base | 4);
+	/* Merged pages in RAM not to be dumped: left alone too. */
+	struct proc e;
+	proc_start(&e, scan);
+	proc_cmd(&e, "map %u", RAM_PAGES);
+	ASSERT_EQ(proc_num(&e, "dontdump 0 %u", RAM_PAGES * 4096), 0);
+	ASSERT(strcmp(proc_cmd(&e, "fill 0 64 1"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&e, "fill %u 64 1", 512 * 4096), "ok") == 0);
+	ASSERT_EQ(proc_stats_wait(&e, &s, 20000, merged_some), 0);
+	ASSERT_EQ(coredump_filter(e.pid), base);
 	proc_stop(&a);
 	proc_stop(&b);
 	proc_stop(&c);
 	proc_stop(&d);
+	proc_stop(&e);
 	return 0;
 }
 
