@@ -1726,7 +1726,8 @@ TEST_IMPL(range_file_vmas_private_files_only)
 	char *m = mmap(NULL, 16 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	ASSERT(m != MAP_FAILED);
 	uintptr_t b = (uintptr_t)m;
-	int pool = memfd_create("memdedup-pool", MFD_CLOEXEC), own = memfd_create("t", MFD_CLOEXEC);
+	/* A name the pool's only begins: not a pool. */
+	int pool = memfd_create("memdedup-pool", MFD_CLOEXEC), own = memfd_create("memdedup-pools", MFD_CLOEXEC);
 	ASSERT(pool >= 0 && own >= 0);
 	ASSERT_EQ(ftruncate(pool, 4 * pg), 0);
 	ASSERT_EQ(ftruncate(own, 8 * pg), 0);
