@@ -1631,6 +1631,34 @@ TEST_IMPL(vmas_count_failed_keeps_estimate)
 	return 0;
 }
 
+/* A read of maps or smaps that fails part way is an error, not the
+ * mappings read before it taken for all of them: a file mapping or a hole
+ * missed would be merged over or registered. */
+TEST_IMPL(proc_read_failure_is_an_error)
+{
+	enum { MORE = 400 };	/* maps read in many parts */
+	size_t pg = 4096;
+	char *x = mmap(NULL, MORE * pg, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	ASSERT(x != MAP_FAILED);
+	for (size_t i = 0; i < MORE; i += 2)
+		ASSERT_EQ(mprotect(x + i * pg, pg, PROT_READ), 0);
+	uintptr_t lo = (uintptr_t)x, hi = lo + MORE * pg;
+	for (off_t from = 0; from < 2; from++) {
+		struct md__vma *v = NULL;
+		struct md__run *run = NULL;
+		size_t n;
+		pread_fails_from = from;
+		md__libc_syscall = pread_failing_syscall;
+		int r[4] = { md__range_file_vmas(0, UINTPTR_MAX, &v, &n), md__range_runs(lo, hi, &run, &n),
+			     md__range_vmflags(lo, hi - lo), md__range_userfault_runs(0, UINTPTR_MAX, &run, &n) };
+		md__libc_syscall = NULL;
+		for (int i = 0; i < 4; i++)
+			ASSERT_EQ(r[i], -EIO);
+	}
+	munmap(x, MORE * pg);
+	return 0;
+}
+
 /* md__coredump_file_pages runs inside the VMM's calls: when
  * coredump_filter cannot be read, it says so (once) and leaves errno and
  * the filter as they were. */
