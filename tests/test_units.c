@@ -1989,6 +1989,10 @@ TEST_IMPL(cow_break_changes_resident_pages)
 	ASSERT(statm >= 0);
 	struct md__resident before, after, later;
 	ASSERT_EQ(md__resident_pages(-1, &before), -EBADF);
+	int cut = memfd_create("statm", MFD_CLOEXEC);	/* a statm of two fields: no reading */
+	ASSERT(cut >= 0 && write(cut, "100 40\n", 7) == 7);
+	ASSERT_EQ(md__resident_pages(cut, &before), -EINVAL);
+	close(cut);
 	/* Once through all of it first: a forked test maps the runner's
 	 * code as it first runs it (file pages too). */
 	for (int round = 0; round < 2; round++) {
