@@ -1469,6 +1469,21 @@ static void refused_left_tracked(struct test_cgroup *cg, struct proc *a, const c
 	close(cg->guard);
 }
 
+/* After image_short_of_memory's call that was refused for want of memory:
+ * with memory, the same call (verb 0 IMG_SIZE then) works, the content is the
+ * image's and no page is the image's any more. Stops a and lets cg go. */
+static void works_with_room(struct test_cgroup *cg, struct proc *a, const char *verb, const char *then,
+			    uint64_t orig)
+{
+	ASSERT_EQ(cgroup_limit(cg, 1ull << 30), 0);
+	ASSERT_EQ(proc_num(a, "%s 0 %u%s", verb, IMG_SIZE, then), 0);
+	ASSERT(strcmp(proc_cmd(a, "hash 0 %u", IMG_SIZE), hex(orig)) == 0);
+	for (size_t off = 0; off < IMG_SIZE; off += 16 * 4096)
+		ASSERT(!proc_page(a, off).file);
+	proc_stop(a);
+	close(cg->guard);
+}
+
 TEST_IMPL(lease_break_short_of_memory)
 {
 	struct test_cgroup cg;
@@ -1519,13 +1534,7 @@ TEST_IMPL(unmergeable_short_of_memory_fails)
 	if (none)
 		SKIP("%s", none);
 	ASSERT_EQ(proc_num(&a, "advise 0 %u unmergeable", IMG_SIZE), -ENOMEM);
-	ASSERT_EQ(cgroup_limit(&cg, 1ull << 30), 0);
-	ASSERT_EQ(proc_num(&a, "advise 0 %u unmergeable", IMG_SIZE), 0);
-	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", IMG_SIZE), hex(orig)) == 0);
-	for (size_t off = 0; off < IMG_SIZE; off += 16 * 4096)
-		ASSERT(!proc_page(&a, off).file);
-	proc_stop(&a);
-	close(cg.guard);
+	works_with_room(&cg, &a, "advise", " unmergeable", orig);
 	return 0;
 }
 
@@ -1545,13 +1554,7 @@ TEST_IMPL(mlock_short_of_memory_fails)
 		SKIP("%s", none);
 	ASSERT_EQ(proc_num(&a, "mlock 0 %u", IMG_SIZE), -EAGAIN);
 	ASSERT_EQ(proc_num(&a, "mlockall current"), -ENOMEM);
-	ASSERT_EQ(cgroup_limit(&cg, 1ull << 30), 0);
-	ASSERT_EQ(proc_num(&a, "mlock 0 %u", IMG_SIZE), 0);
-	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", IMG_SIZE), hex(orig)) == 0);
-	for (size_t off = 0; off < IMG_SIZE; off += 16 * 4096)
-		ASSERT(!proc_page(&a, off).file);
-	proc_stop(&a);
-	close(cg.guard);
+	works_with_room(&cg, &a, "mlock", "", orig);
 	return 0;
 }
 
