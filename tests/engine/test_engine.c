@@ -3748,6 +3748,48 @@ TEST_IMPL(engine_old_pool_unrefs_not_given_new_daemon)
 	return 0;
 }
 
+/* References the client had queued to give back when its connection broke
+ * (memdedupd still up) are kept by the engine and given back on the next
+ * connection to the same daemon, whose record of the agent still counts
+ * them. Dropped with the client, they stayed pinned until the VMM exited. */
+TEST_IMPL(engine_lost_connection_gives_back_queued)
+{
+	struct tdaemon t;
+	struct md__engine e;
+	struct md__remote rm;
+	unsigned char *x = map_ram(2);
+	uint32_t slot[2];
+	int status[2];
+	uint64_t h[2], ctr = 0;
+	const void *page[2];
+
+	engine_with_daemon(&e, &t, &rm, "broken");
+	for (size_t i = 0; i < 2; i++) {
+		fill(x + i * PG, (unsigned)(70 + i));
+		h[i] = md__page_hash(x + i * PG);
+		page[i] = x + i * PG;
+	}
+	ASSERT_EQ(md__remote_publish_each(&rm, h, page, 2, slot, status, rm.generation), 0);
+	ASSERT_EQ(td_domains_int(&t, "references"), 2);
+	uint64_t gen = rm.generation;
+	md__remote_give_back(&rm, slot, 2, gen);	/* queued in the client */
+	ASSERT_EQ(md__client_back_slots(rm.c), 2);
+	ASSERT(shutdown(md__client_fd(rm.c), SHUT_RDWR) == 0);
+	ASSERT_EQ(md__remote_report(&rm, &ctr, 1), -ENOTCONN);	/* its UNREF cannot go */
+	ASSERT(!md__remote_connected(&rm));
+	ASSERT_EQ(rm.nowed, 2);
+	ASSERT_EQ(md__engine_remote_connect(&e), 0);
+	ASSERT_EQ(rm.generation, gen);
+	ASSERT_EQ(md__remote_report(&rm, &ctr, 1), 0);	/* sends what was owed first */
+	ASSERT_EQ(md__remote_report(&rm, &ctr, 1), 0);	/* its ACK read */
+	ASSERT_EQ(td_domains_int(&t, "references"), 0);
+	md__engine_fini(&e);
+	md__remote_fini(&rm);
+	td_stop(&t);
+	munmap(x, 2 * PG);
+	return 0;
+}
+
 /* The agent does not trust the daemon's pool beyond what it can read: a
  * slot past the pool file's size (a compare through the view would raise
  * SIGBUS in the VMM) or past the view mapped is not valid. */
