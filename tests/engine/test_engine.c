@@ -3546,6 +3546,41 @@ TEST_IMPL(engine_fill_refs_stay_local_with_daemon)
 	return 0;
 }
 
+/* Pages mapped from a fill strip keep their references to the engine's own
+ * pool when memdedupd's pool is forgotten (a new daemon): they are not
+ * "pages of the old pool" to move off, and their strip references still
+ * go back as they are let go. */
+TEST_IMPL(engine_fill_refs_kept_across_new_daemon)
+{
+	struct tdaemon t;
+	struct md__engine e;
+	struct md__remote rm;
+	const uint64_t cc = 0xccccccccccccccccull;
+	unsigned char *m = map_ram(2);
+
+	engine_with_daemon(&e, &t, &rm, "fill-gen");
+	memset(m, 0xcc, 2 * PG);
+	ASSERT_EQ(md__engine_register(&e, m, 2 * PG, 0), 0);
+	ASSERT_EQ(md__engine_merge_fill(&e, m, 2, cc), 2);
+	uint32_t ref = e.regions[0].ref[0], strip = MD_REF_SLOT(ref) - 1;
+	ASSERT(ref & MD_REF_FILL);
+	ASSERT_EQ(e.pool.refs[strip], 2);
+	uint64_t gen = rm.generation;
+	kill(t.pid, SIGKILL);
+	waitpid(t.pid, NULL, 0);
+	td_restart(&t);
+	ASSERT_EQ(md__engine_remote_connect(&e), 0);
+	ASSERT(rm.generation != gen);
+	ASSERT_EQ(e.regions[0].ref[0], ref);
+	ASSERT_EQ(md__engine_unregister(&e, m, 2 * PG, MD_UNREG_MAPPED), 0);
+	ASSERT_EQ(e.pool.refs[strip], 1);	/* the strip's own */
+	md__engine_fini(&e);
+	md__remote_fini(&rm);
+	td_stop(&t);
+	munmap(m, 2 * PG);
+	return 0;
+}
+
 /* References of a pool whose daemon went are never sent to the next one:
  * its slots of the same numbers are other pages, which an UNREF would free
  * under whoever maps them. Neither those queued before the reconnection
