@@ -3870,6 +3870,43 @@ TEST_IMPL(engine_remote_valid_within_pool)
 	return 0;
 }
 
+/* A slot past the pool size seen so far is checked against the pool's own
+ * size, never that of a file the VMM put at the descriptor's number: that
+ * one's size says nothing of the pool (a compare through the view of a slot
+ * past the pool's end raises SIGBUS in the VMM), and the descriptor is
+ * taken for lost, for the connection to go. */
+TEST_IMPL(engine_remote_valid_not_by_vmm_file)
+{
+	struct tdaemon t;
+	struct md__engine e;
+	struct md__remote rm;
+	unsigned char *x = map_ram(1);
+	uint32_t slot;
+	int status;
+
+	engine_with_daemon(&e, &t, &rm, "valid-fd");
+	fill(x, 95);
+	uint64_t h = md__page_hash(x);
+	const void *page = x;
+	ASSERT_EQ(md__remote_publish_each(&rm, &h, &page, 1, &slot, &status, rm.generation), 0);
+	ASSERT_EQ(slot, 0);
+	ASSERT_EQ(md__remote_valid(&rm, 0, 1), 1);
+	ASSERT(rm.view_pages >= VICTIM_PAGES);
+	int victim = victim_file(), ro = rm.ro_fd;
+	ASSERT(dup2(victim, ro) == ro);
+	ASSERT_EQ(md__remote_valid(&rm, 1, 1), 0);	/* inside the victim, past the pool */
+	ASSERT_EQ(md__remote_fd_ok(&rm), 0);
+	ASSERT_EQ(md__remote_valid(&rm, 0, 1), 1);	/* the size seen before holds */
+	md__engine_fini(&e);
+	md__remote_fini(&rm);
+	ASSERT(victim_intact(ro));	/* not closed as the pool's */
+	close(ro);
+	close(victim);
+	td_stop(&t);
+	munmap(x, PG);
+	return 0;
+}
+
 /* A user change waits until memdedupd has every reference back, or the
  * old user's record keeps some and refuses the new user's HELLO for the
  * life of the VMM. A PUBLISH answered after its caller timed out grants a
