@@ -646,6 +646,45 @@ TEST_IMPL(daemon_client_reply_out_of_order)
 	return 0;
 }
 
+/* A REF read and refused late (its ACK says -EINVAL once the test says
+ * so); then the next request must be a REPORT, ACKed: no UNREF of the slot
+ * the refused REF named. */
+static void late_ref_refused(int c, int go)
+{
+	static struct md__msg m, r;
+	char x;
+	fake_recv(c, &m);
+	ASSERT_EQ(m.hdr.type, MD_MSG_REF);
+	ASSERT(read(go, &x, 1) == 1);
+	memset(&r, 0, sizeof(r));
+	r.u.ack.status = -EINVAL;
+	fake_send(c, &r, MD_MSG_ACK, m.hdr.seq, -1);
+	fake_recv(c, &m);
+	ASSERT_EQ(m.hdr.type, MD_MSG_REPORT);
+	memset(&r, 0, sizeof(r));
+	fake_send(c, &r, MD_MSG_ACK, m.hdr.seq, -1);
+	ASSERT(read(go, &x, 1) == 1);
+}
+
+/* A late REF's grant is given back only if its ACK grants it: one refused
+ * took no reference, and an UNREF for it would drop one the agent holds
+ * for another page mapped from that slot (freeing the slot under it). */
+TEST_IMPL(daemon_client_late_ref_refused_not_given_back)
+{
+	struct fake f;
+	struct md__client *c = fake_start(&f, late_ref_refused);
+	md__client_set_timeout(c, 100);
+	ASSERT_EQ(md__client_ref(c, (uint32_t[]){ 3 }, 1, 1), -ETIMEDOUT);
+	ASSERT(write(f.go, "g", 1) == 1);
+	ASSERT_EQ(after_late(c), 0);
+	assert_back(c, NULL, 0);
+	ASSERT(md__client_alive(c));
+	ASSERT(write(f.go, "g", 1) == 1);
+	fake_wait(&f);
+	fake_end(&f, c);
+	return 0;
+}
+
 /* A REF, an UNREF, a LOOKUP, a PUBLISH and a PUBLISH_EACH of two pages,
  * each answered by an ERROR of status 0; then a REPORT ACKed. */
 static void error_status_0(int c, int go)
