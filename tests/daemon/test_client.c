@@ -242,6 +242,38 @@ TEST_IMPL(daemon_client_unsent_unrefs_kept)
 	return 0;
 }
 
+/* Reads whatever comes, answers nothing, until the client hangs up. */
+static void read_never_answer(int c, int go)
+{
+	static char buf[1 << 16];
+	(void)go;
+	while (read(c, buf, sizeof(buf)) > 0)
+		;
+}
+
+/* A long queue of references to give back goes a part at a time before a
+ * request, never filling the ring of owed replies: a daemon that is slow
+ * to ACK them leaves room to follow the request if it times out, and the
+ * connection lives on (late) rather than going for a reply it could not
+ * wait for. */
+TEST_IMPL(daemon_client_give_back_leaves_room_for_late)
+{
+	static uint32_t slots[MD_REF_MAX];
+	struct fake f;
+	struct md__client *c = fake_start(&f, read_never_answer);
+	md__client_set_timeout(c, 300);
+	for (size_t i = 0; i < MD_CLIENT_OWED; i++)
+		ASSERT_EQ(md__client_give_back(c, slots, MD_REF_MAX), 0);	/* a batch each */
+	ASSERT_EQ(md__client_report(c, (uint64_t[]){ 1 }, 1), -ETIMEDOUT);
+	ASSERT(md__client_alive(c));
+	ASSERT_EQ(md__client_late(c), 1);
+	ASSERT(md__client_back_slots(c) > 0);	/* the rest waits */
+	md__client_free(c);
+	fake_wait(&f);
+	fake_end(&f, NULL);
+	return 0;
+}
+
 /* Reads the batch's first PUBLISH and grants it slot 5; what then of the
  * second: nothing (the daemon goes), a reply of the wrong type, or the
  * daemon goes before it is read. */
