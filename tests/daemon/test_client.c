@@ -506,6 +506,26 @@ TEST_IMPL(daemon_client_descriptor_lost_said)
 	return 0;
 }
 
+/* The flags of the HELLO the daemon welcomed are kept: the engine learns
+ * from them whether memdedupd names it in a CONTROL only when the CLI
+ * asked for it by pid (MD_HELLO_CONTROL_PID), which makes a SET so named
+ * the agent's own value rather than a share of the daemon's rate. */
+TEST_IMPL(daemon_client_hello_flags_kept)
+{
+	struct fake f;
+	struct md__client *c = fake_connect(&f, hang_up_when_told);
+	struct md__msg_welcome w;
+	int pool = -1;
+	ASSERT_EQ(md__client_hello_flags(c), 0);
+	ASSERT_EQ(md__client_hello(c, NULL, MD_HELLO_CONTROL_PID, &w, &pool), 0);
+	ASSERT_EQ(md__client_hello_flags(c), MD_HELLO_CONTROL_PID);
+	close(pool);
+	ASSERT(write(f.go, "g", 1) == 1);
+	fake_wait(&f);
+	fake_end(&f, c);
+	return 0;
+}
+
 /* After a reply out of protocol the client sends nothing more (above all
  * no UNREF of slots the bad reply named): the fake reads EOF or a reset
  * once the test frees the client. Anything else exits 3. */

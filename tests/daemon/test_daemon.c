@@ -2079,6 +2079,7 @@ TEST_IMPL(daemon_client_hello_to_older_daemon)
 	int fd, st;
 	ASSERT_EQ(md__client_open(&c, path, NULL, MD_HELLO_NO_POOL_MAPS, &w, &fd), 0);
 	ASSERT_EQ(w.domain_id, 5);
+	ASSERT_EQ(md__client_hello_flags(c), 0);	/* welcomed without: CONTROLs name it always */
 	close(fd);
 	md__client_free(c);
 	ASSERT_EQ(waitpid(kid, &st, 0), kid);
