@@ -9,6 +9,6 @@
 	X(daemon_bad_values_refused) X(daemon_on_demand_loser_quiet) \
 	X(daemon_welcome_fd_kept) X(daemon_client_checks_daemon) X(daemon_tmp_run_dir_checked) X(daemon_connection_limits) X(daemon_connections_kept_for_root) X(daemon_agents_per_uid) X(daemon_share_split_per_user) X(daemon_share_leaves_paused_agents) X(daemon_unsent_bounded) \
 	X(daemon_agent_without_pidfd_refused) X(daemon_agent_without_pidfd_refused_at_hello) X(daemon_accept_backs_off) X(daemon_alive_when_backlog_full) \
-	X(daemon_client_unsent_unrefs_kept) X(daemon_client_give_back_leaves_room_for_late) X(daemon_client_publish_each_gives_back) X(daemon_client_peer_error_not_transport) X(daemon_client_control_done_kept_while_late) X(daemon_client_descriptor_lost_said) X(daemon_client_hello_flags_kept) \
+	X(daemon_client_unsent_unrefs_kept) X(daemon_client_give_back_leaves_room_for_late) X(daemon_client_give_back_bounded) X(daemon_client_idle_gives_back) X(daemon_client_publish_each_gives_back) X(daemon_client_publish_each_gives_back_only_granted) X(daemon_client_peer_error_not_transport) X(daemon_client_control_done_kept_while_late) X(daemon_client_descriptor_lost_said) X(daemon_client_lookup_sends_tags) X(daemon_client_hello_flags_kept) \
 	X(daemon_client_request_reply_too_big) X(daemon_client_error_status_0_refuses) X(daemon_client_reply_count_checked) X(daemon_client_reply_out_of_order) X(daemon_client_late_ref_refused_not_given_back) \
 	X(daemon_unmerge_timeout_counts_unsent)

@@ -274,6 +274,60 @@ TEST_IMPL(daemon_client_give_back_leaves_room_for_late)
 	return 0;
 }
 
+/* The queue of references to give back is bounded (MD_CLIENT_BACK_MAX):
+ * past it one is refused (-ENOBUFS, said once), and stays pinned in the
+ * daemon until the process exits, rather than the queue growing without
+ * end while the daemon is away. */
+static void hang_up_when_told(int c, int go);
+
+TEST_IMPL(daemon_client_give_back_bounded)
+{
+	static uint32_t slots[MD_REF_MAX];
+	struct fake f;
+	struct md__client *c = fake_start(&f, hang_up_when_told);
+	for (size_t i = 0; i < MD_CLIENT_BACK_MAX / MD_REF_MAX; i++)
+		ASSERT_EQ(md__client_give_back(c, slots, MD_REF_MAX), 0);
+	ASSERT_EQ(md__client_back_slots(c), MD_CLIENT_BACK_MAX);
+	ASSERT_EQ(md__client_give_back(c, slots, 1), -ENOBUFS);
+	ASSERT_EQ(md__client_back_slots(c), MD_CLIENT_BACK_MAX);
+	ASSERT(write(f.go, "g", 1) == 1);
+	fake_wait(&f);
+	fake_end(&f, c);
+	return 0;
+}
+
+/* An UNREF of slot 9 read and ACKed; then the fake waits. */
+static void ack_unref_9(int c, int go)
+{
+	static struct md__msg m, r;
+	char x;
+	fake_recv(c, &m);
+	ASSERT_EQ(m.hdr.type, MD_MSG_UNREF);
+	ASSERT_EQ(m.u.refs.n, 1);
+	ASSERT_EQ(m.u.refs.slot[0], 9);
+	memset(&r, 0, sizeof(r));
+	fake_send(c, &r, MD_MSG_ACK, m.hdr.seq, -1);
+	ASSERT(read(go, &x, 1) == 1);
+}
+
+/* An agent that sends no request (its scanner paused) still gives back
+ * what it queued, from md__client_next_control, which its thread calls
+ * every second: the daemon would pin those pages meanwhile. */
+TEST_IMPL(daemon_client_idle_gives_back)
+{
+	struct fake f;
+	struct md__msg_control ctl;
+	struct md__client *c = fake_start(&f, ack_unref_9);
+	ASSERT_EQ(md__client_give_back(c, (uint32_t[]){ 9 }, 1), 0);
+	for (int i = 0; i < 100 && md__client_back_slots(c); i++)
+		ASSERT_EQ(md__client_next_control(c, &ctl), -EAGAIN);
+	ASSERT_EQ(md__client_back_slots(c), 0);
+	ASSERT(write(f.go, "g", 1) == 1);
+	fake_wait(&f);
+	fake_end(&f, c);
+	return 0;
+}
+
 /* Reads the batch's first PUBLISH and grants it slot 5; what then of the
  * second: nothing (the daemon goes), a reply of the wrong type, or the
  * daemon goes before it is read. */
@@ -358,6 +412,47 @@ TEST_IMPL(daemon_client_publish_each_gives_back)
 	const char *said = file_text(log), *at = strstr(said, "sent a message out of protocol");
 	ASSERT(at);
 	ASSERT(!strstr(at + strlen("sent a message out of protocol"), "out of protocol"));
+	return 0;
+}
+
+/* The batch's first PUBLISH refused (an ERROR), its second granted slot 5,
+ * then the daemon goes without answering the third. */
+static void refuse_grant_then_hang_up(int c, int go)
+{
+	static struct md__msg m, r;
+	(void)go;
+	fake_recv(c, &m);
+	ASSERT_EQ(m.hdr.type, MD_MSG_PUBLISH);
+	memset(&r, 0, sizeof(r));
+	r.u.text.status = -EINVAL;
+	snprintf(r.u.text.text, sizeof(r.u.text.text), "hash mismatch");
+	fake_send(c, &r, MD_MSG_ERROR, m.hdr.seq, -1);
+	fake_recv(c, &m);
+	ASSERT_EQ(m.hdr.type, MD_MSG_PUBLISH);
+	memset(&r, 0, sizeof(r));
+	r.u.publish_r.first_slot = 5;
+	r.u.publish_r.n = 1;
+	fake_send(c, &r, MD_MSG_PUBLISH_R, m.hdr.seq, -1);
+	fake_recv(c, &m);
+	ASSERT_EQ(m.hdr.type, MD_MSG_PUBLISH);
+}
+
+/* A failed batch gives back only the slots granted: a page the daemon
+ * refused has no slot (whatever its entry of slot[] holds), and an UNREF
+ * of it would drop a reference the agent holds elsewhere. */
+TEST_IMPL(daemon_client_publish_each_gives_back_only_granted)
+{
+	static unsigned char pages[3 * MD_MSG_PAGE];
+	const void *each[3] = { pages, pages + MD_MSG_PAGE, pages + 2 * MD_MSG_PAGE };
+	uint64_t hash[3] = { 1, 2, 3 };
+	uint32_t slot[3] = { 7, 7, 7 };
+	int status[3];
+	struct fake f;
+	struct md__client *c = fake_start(&f, refuse_grant_then_hang_up);
+	ASSERT_EQ(md__client_publish_each(c, hash, each, 3, slot, status), -ENOTCONN);
+	fake_wait(&f);
+	assert_back(c, (uint32_t[]){ 5 }, 1);
+	fake_end(&f, c);
 	return 0;
 }
 
@@ -500,6 +595,40 @@ TEST_IMPL(daemon_client_descriptor_lost_said)
 	ASSERT_EQ(err, -EMFILE);
 	ASSERT_EQ(pool, -1);
 	ASSERT(!md__client_alive(c));
+	ASSERT(write(f.go, "g", 1) == 1);
+	fake_wait(&f);
+	fake_end(&f, c);
+	return 0;
+}
+
+/* A LOOKUP read: exit 0 if it carries the hashes, addresses and tags the
+ * test sent (7 if not); answered, then the fake waits. */
+static void check_lookup_tags(int c, int go)
+{
+	static struct md__msg m, r;
+	char x;
+	fake_recv(c, &m);
+	ASSERT_EQ(m.hdr.type, MD_MSG_LOOKUP);
+	int ok = m.u.lookup.n == 2;
+	for (uint32_t i = 0; ok && i < 2; i++)
+		ok = m.u.lookup.hash[i] == 11 + i && m.u.lookup.addr[i] == 0x1000 * (i + 1) &&
+		     m.u.lookup.tag[i] == 0xabc0 + i;
+	memset(&r, 0, sizeof(r));
+	r.u.lookup_r.n = 2;
+	fake_send(c, &r, MD_MSG_LOOKUP_R, m.hdr.seq, -1);
+	ASSERT(read(go, &x, 1) == 1);
+	_exit(ok ? 0 : 7);
+}
+
+/* A LOOKUP carries each page's tag (the file page a hinted page was read
+ * from): memdedupd pairs two copies of one image page by it on one visit. */
+TEST_IMPL(daemon_client_lookup_sends_tags)
+{
+	struct fake f;
+	uint64_t hash[2] = { 11, 12 }, addr[2] = { 0x1000, 0x2000 }, tag[2] = { 0xabc0, 0xabc1 };
+	uint32_t slot1[2];
+	struct md__client *c = fake_start(&f, check_lookup_tags);
+	ASSERT_EQ(md__client_lookup_tagged(c, hash, addr, tag, 2, slot1), 0);
 	ASSERT(write(f.go, "g", 1) == 1);
 	fake_wait(&f);
 	fake_end(&f, c);
