@@ -3581,6 +3581,45 @@ TEST_IMPL(engine_fill_refs_kept_across_new_daemon)
 	return 0;
 }
 
+/* A HELLO after the agent let go of memdedupd's pool says it maps no pool
+ * page (MD_HELLO_NO_POOL_MAPS), though the engine's own pool stays mapped
+ * (fill strips): that one is no daemon's. memdedupd then drops the old
+ * record's references, which nobody would give back (they were forgotten
+ * with the pool); taken for a pool of memdedupd's, they stayed pinned until
+ * the VMM exited. */
+TEST_IMPL(engine_hello_no_pool_maps_beside_own_pool)
+{
+	struct tdaemon t;
+	struct md__engine e;
+	struct md__remote rm;
+	const uint64_t cc = 0xccccccccccccccccull;
+	unsigned char *x = map_ram(1), *m = map_ram(2);
+	uint32_t slot;
+	int status;
+
+	engine_with_daemon(&e, &t, &rm, "own-pool");
+	fill(x, 350);
+	uint64_t h = md__page_hash(x);
+	const void *page = x;
+	ASSERT_EQ(md__remote_publish_each(&rm, &h, &page, 1, &slot, &status, rm.generation), 0);
+	ASSERT_EQ(td_domains_int(&t, "references"), 1);
+	memset(m, 0xcc, 2 * PG);
+	ASSERT_EQ(md__engine_register(&e, m, 2 * PG, 0), 0);
+	ASSERT_EQ(md__engine_merge_fill(&e, m, 2, cc), 2);	/* the engine's own pool mapped */
+	md__engine_remote_drop(&e);
+	ASSERT_EQ(md__engine_remote_connect(&e), 0);
+	long long refs = -1;
+	for (int i = 0; i < 1000 && (refs = td_domains_int(&t, "references")) != 0; i++)
+		usleep(10000);
+	ASSERT_EQ(refs, 0);
+	md__engine_fini(&e);
+	md__remote_fini(&rm);
+	td_stop(&t);
+	munmap(x, PG);
+	munmap(m, 2 * PG);
+	return 0;
+}
+
 /* References of a pool whose daemon went are never sent to the next one:
  * its slots of the same numbers are other pages, which an UNREF would free
  * under whoever maps them. Neither those queued before the reconnection
