@@ -567,6 +567,64 @@ TEST_IMPL(daemon_client_control_done_kept_while_late)
 	return 0;
 }
 
+/* A LOOKUP read and answered late (once the test says so); then two
+ * CONTROL_DONEs must come, the first ACKed late (500 ms, past the client's
+ * timeout). Exits 5 if the second does not come within 5 s. */
+static void two_dones_first_acked_late(int c, int go)
+{
+	static struct md__msg m, r;
+	char x;
+	fake_recv(c, &m);
+	ASSERT_EQ(m.hdr.type, MD_MSG_LOOKUP);
+	uint32_t lookup = m.hdr.seq;
+	ASSERT(read(go, &x, 1) == 1);
+	memset(&r, 0, sizeof(r));
+	r.u.lookup_r.n = 1;
+	fake_send(c, &r, MD_MSG_LOOKUP_R, lookup, -1);
+	for (uint32_t token = 1; token <= 2; token++) {
+		struct pollfd p = { .fd = c, .events = POLLIN };
+		if (poll(&p, 1, 5000) != 1)
+			_exit(5);
+		fake_recv(c, &m);
+		ASSERT_EQ(m.hdr.type, MD_MSG_CONTROL_DONE);
+		ASSERT_EQ(m.u.control_done.token, token);
+		if (token == 1)
+			usleep(500 * 1000);	/* a slow daemon: the ACK late */
+		memset(&r, 0, sizeof(r));
+		fake_send(c, &r, MD_MSG_ACK, m.hdr.seq, -1);
+	}
+}
+
+/* CONTROL_DONEs kept while a reply was late go one by one once the daemon
+ * caught up; one the daemon is behind again for (the ACK of the one before
+ * it late) stays kept, and goes when the daemon catches up again, not
+ * dropped: its CLI would wait its minute for an outcome the agent had. */
+TEST_IMPL(daemon_client_kept_dones_wait_again)
+{
+	struct fake f;
+	uint64_t h = 1;
+	uint32_t s1;
+	struct md__msg_control ctl;
+	struct md__client *c = fake_start(&f, two_dones_first_acked_late);
+	md__client_set_timeout(c, 100);
+	ASSERT_EQ(md__client_lookup(c, &h, NULL, 1, &s1), -ETIMEDOUT);
+	ASSERT_EQ(md__client_control_done(c, 1, 0, NULL), 0);	/* kept */
+	ASSERT_EQ(md__client_control_done(c, 2, 0, NULL), 0);	/* kept */
+	ASSERT(write(f.go, "g", 1) == 1);	/* the late reply */
+	int st = 0;
+	pid_t done = 0;
+	for (int i = 0; i < 1000 && !done; i++) {
+		md__client_next_control(c, &ctl);
+		if (!(done = waitpid(f.kid, &st, WNOHANG)))
+			usleep(10000);
+	}
+	ASSERT_EQ(done, f.kid);
+	ASSERT(WIFEXITED(st));
+	ASSERT_EQ(WEXITSTATUS(st), 0);
+	fake_end(&f, c);
+	return 0;
+}
+
 static void hang_up_when_told(int c, int go)
 {
 	char x;
