@@ -4502,6 +4502,37 @@ TEST_IMPL(engine_pool_fd_at_same_number_kept)
 	return 0;
 }
 
+/* An agent given no socket path chooses its daemon again at every connect:
+ * one started while the daemon it would use was away (the host's, or its
+ * user's own) finds it once it answers, rather than trying the path it
+ * resolved at start for good. */
+TEST_IMPL(engine_remote_default_socket_chosen_at_connect)
+{
+	struct tdaemon t;
+	struct md__engine e;
+	struct md__remote rm;
+	char away[400], there[400], link[450];
+
+	engine_up(&e);
+	td_start(&t, 1024);
+	snprintf(away, sizeof(away), "%s/away", test_dir());
+	snprintf(there, sizeof(there), "%s/there", test_dir());
+	snprintf(link, sizeof(link), "%s/memdedupd.sock", there);
+	ASSERT(mkdir(away, 0755) == 0 && mkdir(there, 0755) == 0);
+	ASSERT(symlink(t.sock, link) == 0);
+	ASSERT(setenv("MEMDEDUP_RUN_DIR", away, 1) == 0);
+	ASSERT_EQ(md__remote_init(&rm, NULL, "chosen"), 0);
+	e.remote = &rm;
+	ASSERT(md__engine_remote_connect(&e) < 0);	/* nothing answers there */
+	ASSERT(setenv("MEMDEDUP_RUN_DIR", there, 1) == 0);
+	ASSERT_EQ(md__engine_remote_connect(&e), 0);
+	ASSERT(md__remote_connected(&rm));
+	md__engine_fini(&e);
+	md__remote_fini(&rm);
+	td_stop(&t);
+	return 0;
+}
+
 /* A WELCOME whose pool is larger than a slot number can name is refused:
  * its slots past MD_REF_SLOTS_MAX would not fit the agent's records. */
 TEST_IMPL(engine_welcome_pool_too_large_refused)
