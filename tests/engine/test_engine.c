@@ -5113,55 +5113,51 @@ TEST_IMPL(engine_scanner_keeps_rate_when_pages_change)
 	return 0;
 }
 
-TEST_IMPL(engine_scanner_keeps_rate_in_band)
+/* The same 3,000 pages; before the second pass, count pages from first on,
+ * 8 apart, are zeroed: the first window of 1,024 reads of that pass finds
+ * nothing and slows the scanner down (idle 1). *fell: the batches of the
+ * second pass after which the sleep was shorter; returns its idle after. */
+static unsigned zeroes_in_second_pass(size_t first, unsigned count, unsigned *fell)
 {
-	/* The same 3,000 pages; before the second pass, 32 pages of its
-	 * second 1,024 are zeroed, apart from each other: that window finds
-	 * 32 things to do, not fewer than 16 (slow down) nor 64 (the set rate
-	 * again), and the sleep stays as the first window left it. */
 	struct md__engine e;
 	struct md__scanner s;
 	const size_t n = 3000;
 	unsigned char *r = unique_pages_scanned(&e, &s, n);
-	unsigned fell = 0;
 
-	step_to_pass(&s, 1, &fell);
-	for (size_t i = 0; i < 32; i++)
-		memset(r + (1400 + 8 * i) * PG, 0, PG);
-	fell = 0;
-	unsigned idle_mid = step_to_pass(&s, 2, &fell);
-	ASSERT_EQ(s.st.zero, 32);
-	ASSERT_EQ(idle_mid, 1);	/* the first window: quiet; the second kept it */
-	ASSERT_EQ(fell, 0);	/* and did not bring the set rate back */
-	ASSERT_EQ(s.idle, 2);	/* and the pass's end: quiet */
+	step_to_pass(&s, 1, fell);
+	for (size_t i = 0; i < count; i++)
+		memset(r + (first + 8 * i) * PG, 0, PG);
+	*fell = 0;
+	unsigned idle_mid = step_to_pass(&s, 2, fell);
+	ASSERT_EQ(s.st.zero, count);
+	ASSERT_EQ(idle_mid, 1);	/* the first window: quiet */
+	unsigned idle = s.idle;
 	md__scanner_free(&s);
 	md__engine_fini(&e);
 	munmap(r, n * PG);
+	return idle;
+}
+
+/* 32 zero pages in the second 1,024 reads: that window finds 32 things to
+ * do, not fewer than 16 (slow down) nor 64 (the set rate again), and the
+ * sleep stays as the first window left it. */
+TEST_IMPL(engine_scanner_keeps_rate_in_band)
+{
+	unsigned fell = 0;
+	unsigned idle = zeroes_in_second_pass(1400, 32, &fell);
+	ASSERT_EQ(fell, 0);	/* the second window did not bring the set rate back */
+	ASSERT_EQ(idle, 2);	/* and the pass's end: quiet */
 	return 0;
 }
 
-/* The band's top: 64 things done within a window (here 64 zero pages,
- * apart from each other, in the second pass's second 1,024 pages) bring
- * the set rate back, which the first window of that pass had slowed. */
+/* The band's top: 64 things done within a window (64 zero pages in the
+ * second 1,024 reads) bring the set rate back, which the first window of
+ * that pass had slowed. */
 TEST_IMPL(engine_scanner_rate_back_at_64_found)
 {
-	struct md__engine e;
-	struct md__scanner s;
-	const size_t n = 3000;
-	unsigned char *r = unique_pages_scanned(&e, &s, n);
 	unsigned fell = 0;
-
-	step_to_pass(&s, 1, &fell);
-	for (size_t i = 0; i < 64; i++)
-		memset(r + (1100 + 8 * i) * PG, 0, PG);
-	fell = 0;
-	unsigned idle_mid = step_to_pass(&s, 2, &fell);
-	ASSERT_EQ(s.st.zero, 64);
-	ASSERT_EQ(idle_mid, 1);	/* the first window: quiet */
-	ASSERT_EQ(fell, 1);	/* the second: the set rate again */
-	md__scanner_free(&s);
-	md__engine_fini(&e);
-	munmap(r, n * PG);
+	zeroes_in_second_pass(1100, 64, &fell);
+	ASSERT_EQ(fell, 1);	/* the second window: the set rate again */
 	return 0;
 }
 
