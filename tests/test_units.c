@@ -25,6 +25,7 @@
 
 #include "agent_internal.h"
 #include "cgroup.h"
+#include "checksum.h"
 #include "daemon.h"
 #include "index.h"
 #include "inflight.h"
@@ -3143,6 +3144,35 @@ TEST_IMPL(domain_slot_ok_bounds)
 	return 0;
 }
 
+/* A single page published equal to a live one is given that slot, but
+ * not once the slot's count is full: it gets a slot of its own. Given it,
+ * the count wraps, and the next UNREF frees a page agents still map. */
+TEST_IMPL(domain_publish_full_slot_not_shared)
+{
+	static struct md__domain dom;
+	static unsigned char page[4096];
+	ASSERT_EQ(md__pool_open(&dom.pool, 16), 0);
+	ASSERT_EQ(md__index_init(&dom.index, 1024), 0);
+	dom.slot_hash = calloc(16, sizeof(*dom.slot_hash));
+	ASSERT(dom.slot_hash);
+	memset(page, 0x6b, sizeof(page));
+	uint64_t h = md__page_hash(page);
+	uint32_t s, s2;
+	ASSERT_EQ(md__domain_publish(&dom, &h, page, 1, &s, 0), 0);
+	ASSERT_EQ(md__domain_publish(&dom, &h, page, 1, &s2, 0), 0);
+	ASSERT_EQ(s2, s);	/* a copy of a live page: its slot */
+	ASSERT_EQ(dom.pool.refs[s], 2);
+	dom.pool.refs[s] = UINT32_MAX;
+	ASSERT_EQ(md__domain_publish(&dom, &h, page, 1, &s2, 0), 0);
+	ASSERT(s2 != s);
+	ASSERT_EQ(dom.pool.refs[s], UINT32_MAX);
+	ASSERT_EQ(dom.pool.refs[s2], 1);
+	md__index_free(&dom.index);
+	md__pool_close(&dom.pool);
+	free(dom.slot_hash);
+	return 0;
+}
+
 /* The sightings' buckets are two entries, at even places: a hash whose
  * bucket is the table's last must fill its two ways within the table (an
  * entry past it, a canary here, stays as it was), and meet its sighting
@@ -3168,6 +3198,34 @@ TEST_IMPL(domain_sightings_last_bucket_within_table)
 	ASSERT(seen[cap - 2].hash == hash[2] && seen[cap - 1].hash == hash[1]);
 	/* Another page of the second content: a second copy. */
 	ASSERT(md__domain_lookup(&dom, hash[1], 1, 0x9000, 0) == MD_LOOKUP_PUBLISH);
+	md__domain_seen_free(&dom);
+	md__index_free(&dom.index);
+	return 0;
+}
+
+/* A first sighting is named back to its agent (md__domain_published) only
+ * once another copy was told to publish: a page looked up again is no
+ * second copy, unless another was seen meanwhile (then it publishes too,
+ * its twin being there); the page of an agent without a number (all 4095
+ * given) is never a sighting, which nobody could be named back. */
+TEST_IMPL(domain_sightings_asked_named_back)
+{
+	static struct md__domain dom;
+	const uint64_t h = 0x123456789abcdef0ull, h2 = 0x0fedcba987654321ull;
+	unsigned num;
+	uint64_t addr;
+	ASSERT_EQ(md__index_init(&dom.index, 1024), 0);
+	ASSERT_EQ(md__domain_lookup(&dom, h2, 0, 0x1000, 0), 0);
+	ASSERT_EQ(md__domain_lookup(&dom, h2, 2, 0x2000, 0), 0);	/* the first sighting */
+	ASSERT_EQ(md__domain_published(&dom, h2, &num, &addr), 0);	/* nobody asked */
+	ASSERT_EQ(md__domain_lookup(&dom, h, 1, 0x7000, 0), 0);
+	ASSERT_EQ(md__domain_lookup(&dom, h, 1, 0x7000, 0), 0);
+	ASSERT_EQ(md__domain_published(&dom, h, &num, &addr), 0);
+	ASSERT_EQ(md__domain_lookup(&dom, h, 2, 0x9000, 0), MD_LOOKUP_PUBLISH);
+	ASSERT_EQ(md__domain_lookup(&dom, h, 1, 0x7000, 0), MD_LOOKUP_PUBLISH);
+	ASSERT_EQ(md__domain_published(&dom, h, &num, &addr), 1);
+	ASSERT(num == 1 && addr == 0x7000);
+	ASSERT_EQ(md__domain_published(&dom, h, &num, &addr), 0);	/* once */
 	md__domain_seen_free(&dom);
 	md__index_free(&dom.index);
 	return 0;
