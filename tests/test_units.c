@@ -31,6 +31,7 @@
 #include "inflight.h"
 #include "log.h"
 #include "policies.h"
+#include "printable.h"
 #include "proc.h"
 #include "protocol.h"
 #include "runner.h"
@@ -2398,6 +2399,44 @@ TEST_IMPL(proto_shared_rules)
 	m.u.hello.pid = 1;
 	memcpy(m.u.hello.domain, dom, MD_DOMAIN_MAX);	/* the longest, sent and taken */
 	ASSERT_EQ(decoded_with(&m, -1, 0), 0);
+	return 0;
+}
+
+/* md__printable, as its header says: printable UTF-8 kept, one '?' for
+ * each control (C0, DEL, C1), invisible format character (zero widths,
+ * the bidirectional overrides that reorder a line, BOM) and byte that is
+ * not UTF-8 (a continuation byte missing, overlong forms, surrogates);
+ * cut before a character that would not fit, the NUL within size. */
+static int printable_is(const char *in, const char *want)
+{
+	char buf[64];
+	return strcmp(md__printable(in, buf, sizeof(buf)), want) == 0;
+}
+
+TEST_IMPL(printable_text)
+{
+	ASSERT(printable_is("vm-1 caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80", "vm-1 caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80"));
+	ASSERT(printable_is("a\tb\x1b[2J\x7f\xc2\x9b", "a?b?[2J??"));
+	ASSERT(printable_is("\xe2\x80\xae" "exe.txt", "?exe.txt"));		/* U+202E */
+	ASSERT(printable_is("x\xe2\x80\x8by\xef\xbb\xbf\xe2\x81\xa0", "x?y??"));	/* U+200B, BOM, U+2060 */
+	ASSERT(printable_is("\xe2\x80\xafz", "\xe2\x80\xafz"));			/* U+202F: shown */
+	ASSERT(printable_is("\xc3(", "?("));					/* no continuation */
+	ASSERT(printable_is("\xe2\x28\xa1", "?(?"));
+	ASSERT(printable_is("\xc0\xaf\xe0\x80\xaf", "?????"));			/* overlong '/' */
+	ASSERT(printable_is("\xed\xa0\x80", "???"));				/* U+D800 */
+	ASSERT(printable_is("\xf4\x90\x80\x80\xff", "?????"));			/* past U+10FFFF */
+	/* Cut to fit: 5 bytes hold 4 characters and the NUL; the euro sign
+	 * (3 bytes) is left out whole. A canary past size stays. */
+	char buf[8];
+	memset(buf, 'Z', sizeof(buf));
+	ASSERT(strcmp(md__printable("abcdef", buf, 5), "abcd") == 0);
+	ASSERT_EQ(buf[5], 'Z');
+	ASSERT(strcmp(md__printable("ab\xe2\x82\xac", buf, 5), "ab") == 0);
+	ASSERT(strcmp(md__printable("ab\x1b", buf, 4), "ab?") == 0);
+	memset(buf, 'Z', sizeof(buf));
+	ASSERT(strcmp(md__printable("abc\x1b", buf, 4), "abc") == 0);
+	ASSERT_EQ(buf[4], 'Z');
+	ASSERT(strcmp(md__printable("x", buf, 1), "") == 0);
 	return 0;
 }
 
