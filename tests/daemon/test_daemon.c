@@ -279,6 +279,45 @@ TEST_IMPL(daemon_publish_lookup)
 }
 
 
+/* A PUBLISH of several pages is refused whole if any page's hash is not
+ * its own, the last as the first: a false hash in the index names a slot
+ * of other content to every lookup of it. */
+TEST_IMPL(daemon_publish_checks_every_hash)
+{
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	static unsigned char pages[3 * PG];
+	uint64_t hash[3];
+	uint32_t first, slot1[3];
+	int fd;
+
+	td_start(&t, 64);
+	struct md__client *c = td_agent(&t, NULL, &w, &fd);
+	for (uint32_t i = 0; i < 3; i++) {
+		td_fill_page(pages + i * PG, 70 + i);
+		hash[i] = md__page_hash(pages + i * PG);
+	}
+	for (int bad = 0; bad < 3; bad++) {
+		hash[bad] ^= 1;
+		ASSERT_EQ(md__client_publish(c, hash, pages, 3, &first), -EINVAL);
+		hash[bad] ^= 1;
+	}
+	json_t *st = td_status(&t);
+	json_t *dom = td_domain(st, w.domain_id);
+	ASSERT(dom);
+	ASSERT_EQ(td_int(dom, "pool_live_pages"), 0);
+	ASSERT_EQ(td_int(dom, "references"), 0);
+	json_decref(st);
+	ASSERT_EQ(md__client_lookup(c, hash, NULL, 3, slot1), 0);
+	for (int i = 0; i < 3; i++)
+		ASSERT(slot1[i] == 0 || slot1[i] == MD_LOOKUP_PUBLISH);
+	ASSERT_EQ(md__client_publish(c, hash, pages, 3, &first), 0);	/* the connection stays */
+	md__client_free(c);
+	close(fd);
+	td_stop(&t);
+	return 0;
+}
+
 /* A slot freed by its last UNREF keeps its page until the punch (a second
  * of quiet later): a REF of it then must be refused, or an agent would map
  * it and the punch zero it under its guest. Refused again once punched. */
