@@ -812,6 +812,45 @@ TEST_IMPL(daemon_exec_without_agent_gives_back)
 	return 0;
 }
 
+/* As a pause, an unmerge: a process that unmerged (its record says so,
+ * with no pause of its own) and execs a program without the agent gives
+ * its references back, but its record stays, and the next agent's HELLO
+ * is told paused: the unmerge is the process's until a RESUME (QEMU's
+ * cpr-exec goes on with the same guest). */
+TEST_IMPL(daemon_exec_after_unmerge_keeps_record)
+{
+	struct md__daemon *d = daemon_up();
+	d->pool_pages = 1024;
+	int gate[2];
+	ASSERT(pipe(gate) == 0);
+	pid_t pid = execer(gate);
+	struct md__conn *c;
+	struct md__agent *b;
+	uint32_t first;
+	int fd = agent_of(d, 1000, pid, &c);
+	struct md__agent *a = c->agent;
+	struct md__domain *dom = a->dom;
+	ASSERT_EQ(md__agent_publish(a, &publish_64()->u.publish, &first, 0), 0);
+	a->unmerged = 1;
+	execs(gate, pid);
+	close(fd);
+	wake_up(d);
+	ASSERT_EQ(md__agent_find(d, pid), a);
+	ASSERT_EQ(a->nrefs, 0);
+	ASSERT(a->unmerged && !a->paused);
+	drained(d);
+	ASSERT_EQ(md__pool_live(&dom->pool), 0);
+	ASSERT_EQ(hello_of(d, pid, "fair", MD_HELLO_NO_POOL_MAPS, &b), 0);
+	ASSERT(b->unmerged);
+	ASSERT_EQ(md__agent_find(d, pid), b);
+	daemon_down(d);
+	ASSERT_EQ(kill(pid, SIGKILL), 0);
+	ASSERT_EQ(waitpid(pid, NULL, 0), pid);
+	close(gate[0]);
+	close(gate[1]);
+	return 0;
+}
+
 /* The STATUS document, as root sees it. */
 static json_t *status_of(struct md__daemon *d)
 {
@@ -1008,6 +1047,32 @@ TEST_IMPL(daemon_domains_going_bounded)
 	ASSERT_EQ(md__domain_get(d, 1000, "d1", NULL, &got), 0);
 	ASSERT_EQ(got, dom[1]);
 	ASSERT_EQ(md__domain_get(d, 1000, "one more", NULL, &got), 0);
+	daemon_down(d);
+	return 0;
+}
+
+/* A domain is found by its whole name: a name that is another's prefix,
+ * or has it as its own, is a domain of its own, with a pool of its own
+ * (one user's VMs split into domains must never share a frame across
+ * them). */
+TEST_IMPL(daemon_domain_names_whole)
+{
+	struct md__daemon *d = daemon_up();
+	static const char *const names[] = { "vm", "vm2", "v", "vm-a", "VM" };
+	enum { N = sizeof(names) / sizeof(names[0]) };
+	struct md__domain *dom[N], *got;
+	for (int i = 0; i < N; i++) {
+		ASSERT_EQ(md__domain_get(d, 1000, names[i], NULL, &dom[i]), 0);
+		ASSERT_EQ(strcmp(dom[i]->name, names[i]), 0);
+		for (int j = 0; j < i; j++)
+			ASSERT(dom[i] != dom[j] && dom[i]->id != dom[j]->id &&
+			       dom[i]->generation != dom[j]->generation);
+	}
+	for (int i = N - 1; i >= 0; i--) {
+		ASSERT_EQ(md__domain_get(d, 1000, names[i], NULL, &got), 0);
+		ASSERT_EQ(got, dom[i]);
+		md__domain_release(d, got);
+	}
 	daemon_down(d);
 	return 0;
 }
