@@ -583,3 +583,29 @@ TEST_IMPL(daemon_proto_rxbuf)
 	md__rxbuf_free(&b);
 	return 0;
 }
+
+/* md__rxbuf_room shrinks a big buffer back once nothing is kept in it:
+ * the client's has no md__rxbuf_trim, and a STATUS page (1 MiB) would stay
+ * in every agent for its life. A big one that keeps bytes stays big, the
+ * bytes moved to its front. */
+TEST_IMPL(daemon_proto_rxbuf_room_shrinks)
+{
+	struct md__rxbuf b = { 0 };
+	const size_t big = 4 * MD_RXBUF_SIZE;
+	ASSERT_EQ(md__rxbuf_room(&b, big), 0);
+	ASSERT(b.cap >= big);
+	for (size_t i = 0; i < big; i++)
+		b.buf[i] = (unsigned char)i;
+	b.len = big;
+	b.head = big - 10;	/* ten bytes of the next message kept */
+	ASSERT_EQ(md__rxbuf_room(&b, MD_MSG_HDR_SIZE), 0);
+	ASSERT(b.head == 0 && b.len == 10 && b.cap >= big);
+	for (size_t i = 0; i < 10; i++)
+		ASSERT_EQ(b.buf[i], (unsigned char)(big - 10 + i));
+	b.head = b.len;		/* handled: nothing kept */
+	ASSERT_EQ(md__rxbuf_room(&b, MD_MSG_HDR_SIZE), 0);
+	ASSERT_EQ(b.cap, MD_RXBUF_SIZE);
+	ASSERT(b.buf != NULL && b.head == 0 && b.len == 0);
+	md__rxbuf_free(&b);
+	return 0;
+}
