@@ -413,6 +413,48 @@ TEST_IMPL(daemon_relative_paths)
 	return 0;
 }
 
+/* A log there before the daemon (an older memdedupd's, or one logrotate
+ * made with its "create" mode, 0644) is made its owner's alone too, at the
+ * start and at a SIGHUP: it names every user's agents and domains. */
+TEST_IMPL(daemon_old_log_made_private)
+{
+	char dir[300], sock[400], pidf[400], log[400], moved[420];
+	struct stat lst;
+	snprintf(dir, sizeof(dir), "%s/oldlog", test_dir());
+	snprintf(sock, sizeof(sock), "%s/s.sock", dir);
+	snprintf(pidf, sizeof(pidf), "%s/memdedupd.pid", dir);
+	snprintf(log, sizeof(log), "%s/memdedupd.log", dir);
+	snprintf(moved, sizeof(moved), "%s.1", log);
+	ASSERT(mkdir(dir, 0700) == 0);
+	int fd = open(log, O_WRONLY | O_CREAT | O_EXCL, 0644);
+	ASSERT(fd >= 0);
+	ASSERT(fchmod(fd, 0644) == 0);	/* whatever the umask */
+	close(fd);
+	ASSERT_EQ(td_sh("%s --run-dir %s --socket %s 2>%s/err", daemon_exe(), dir, sock, test_dir()), 0);
+	ASSERT(md__daemon_alive(sock));
+	pid_t pid = read_pid(pidf);
+	ASSERT(pid > 0);
+	ASSERT(stat(log, &lst) == 0);
+	ASSERT_EQ(lst.st_mode & 0777, 0600);
+	/* Rotated, and a new one made 0644 before the SIGHUP. */
+	ASSERT(rename(log, moved) == 0);
+	fd = open(log, O_WRONLY | O_CREAT | O_EXCL, 0644);
+	ASSERT(fd >= 0);
+	ASSERT(fchmod(fd, 0644) == 0);
+	close(fd);
+	ASSERT(kill(pid, SIGHUP) == 0);
+	for (int i = 0; i < 2000 && td_sh("grep -q 'log reopened' %s 2>/dev/null", log) != 0; i++)
+		usleep(10000);
+	ASSERT_EQ(td_sh("grep -q 'log reopened' %s", log), 0);
+	ASSERT(stat(log, &lst) == 0);
+	ASSERT_EQ(lst.st_mode & 0777, 0600);
+	ASSERT(kill(pid, SIGTERM) == 0);
+	for (int i = 0; i < 300 && (access(sock, F_OK) == 0 || access(pidf, F_OK) == 0); i++)
+		usleep(10000);
+	ASSERT(access(pidf, F_OK) != 0);
+	return 0;
+}
+
 /* Started with stdin, stdout and stderr closed (a VMM's `memdedup run`
  * with them closed starts it so): the pid file and the socket must not take
  * their numbers, for daemonizing puts /dev/null and the log there. */
