@@ -4676,6 +4676,27 @@ TEST_IMPL(daemon_status_limited_per_user)
 	return 0;
 }
 
+/* The token buckets (STATUS bytes, log lines about peers) earn rate
+ * tokens a second, whole tokens only: the time of a part token counts
+ * toward the next. Taken as spent, a refill 150 ms on at 7 a second
+ * earned 1 and lost 8 ms: polled every 150 ms the rate was 6.7, at 20 a
+ * second every 70 ms, 14. Never past burst, and full it restarts. */
+TEST_IMPL(daemon_bucket_keeps_part_tokens)
+{
+	int64_t start = md__now_ms() - 150;
+	struct md__bucket b = { 0, start };
+	int64_t got = md__bucket_refill(&b, 7, 100);
+	ASSERT(got >= 1 && got < 100);
+	ASSERT_EQ(b.tokens, got);
+	ASSERT_EQ(b.at_ms, start + got * 1000 / 7);
+	b = (struct md__bucket){ 95, md__now_ms() - 36000000 };	/* ten hours on */
+	ASSERT_EQ(md__bucket_refill(&b, 7, 100), 100);
+	ASSERT(md__now_ms() - b.at_ms < 1000);
+	b = (struct md__bucket){ -3, start };
+	ASSERT_EQ(md__bucket_refill(&b, 0, 100), -3);			/* no rate: nothing earned */
+	return 0;
+}
+
 TEST_IMPL(daemon_control)
 {
 	struct tdaemon t;
