@@ -1263,6 +1263,51 @@ TEST_IMPL(daemon_unrefs_left_drained_per_wakeup)
 	return 0;
 }
 
+/* The UNREFs a connection left, drained, are all a live agent gives back:
+ * the references it still holds stay, its pages mapped. (An exited
+ * agent's drain goes on to every reference it held.) */
+TEST_IMPL(daemon_unrefs_left_keep_the_rest)
+{
+	static struct md__msg m;
+	struct md__daemon *d = daemon_up();
+	d->pool_pages = 1024;
+	int gate[2];
+	ASSERT(pipe(gate) == 0);
+	pid_t pid = waiter(gate);
+	struct md__conn *c, *c2;
+	uint32_t first;
+	int fd = agent_of(d, 1000, pid, &c);
+	struct md__agent *a = c->agent;
+	struct md__domain *dom = a->dom;
+	ASSERT_EQ(md__agent_publish(a, &publish_64()->u.publish, &first, 0), 0);
+	/* Its SHARE sent: nothing wakes the server for c, whose UNREF
+	 * would be handled as a request once it is writable. */
+	wake_up(d);
+	ASSERT_EQ(next_reply(fd, &m), MD_MSG_SHARE);
+	ASSERT_EQ(next_reply(fd, &m), 0);
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_UNREF, .seq = 2 } };
+	m.u.refs.n = 16;
+	for (uint32_t i = 0; i < 16; i++)
+		m.u.refs.slot[i] = first + i;
+	queue_in(c, &m, 1);
+	int fd2 = agent_of(d, 1000, pid, &c2);	/* takes the record, the UNREFs left applied */
+	ASSERT_EQ(c2->agent, a);
+	ASSERT_EQ(a->nrefs, MD_PUBLISH_MAX - 16);
+	ASSERT_EQ(dom->refs_total - dom->refs_draining, MD_PUBLISH_MAX - 16);	/* all but its own going */
+	drained(d);
+	ASSERT_EQ(a->nrefs, MD_PUBLISH_MAX - 16);
+	ASSERT_EQ(dom->refs_total, MD_PUBLISH_MAX - 16);
+	ASSERT_EQ(dom->refs_draining, 0);
+	ASSERT_EQ(md__pool_live(&dom->pool), MD_PUBLISH_MAX - 16);
+	for (uint32_t i = 0; i < MD_PUBLISH_MAX; i++)
+		ASSERT_EQ(dom->pool.state[first + i] == MD_SLOT_LIVE, i >= 16);
+	daemon_down(d);
+	close(fd);
+	close(fd2);
+	waiters_gone(gate, &pid, 1);
+	return 0;
+}
+
 /* One LOOKUP of hash at addr from fd, handled: the answer's slot1. */
 static uint32_t lookup_one(struct md__daemon *d, int fd, uint64_t hash, uint64_t addr)
 {
