@@ -2564,6 +2564,15 @@ TEST_IMPL(daemon_refs_bounded)
 			if ((err = md__client_ref(c2, slots, MD_REF_MAX, +1)) == 0)
 				taken += MD_REF_MAX;
 		ASSERT_EQ(err, -EDQUOT);
+		/* One at a time up to the bound; then a PUBLISH, whose page
+		 * comes with a reference, is refused too. */
+		uint32_t first;
+		for (uint32_t k = 0; k <= MD_REF_MAX && (err = md__client_ref(c2, slots, 1, +1)) == 0; k++)
+			taken++;
+		ASSERT_EQ(err, -EDQUOT);
+		td_fill_page(page, 501);
+		hash = md__page_hash(page);
+		ASSERT_EQ(md__client_publish(c2, &hash, page, 1, &first), -EDQUOT);
 		/* Refused near the bound, not before: a real VM's references
 		 * all come in. */
 		ASSERT(taken + MD_REF_MAX > size + MD_D_REFS_OWED);
