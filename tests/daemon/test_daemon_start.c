@@ -914,6 +914,30 @@ TEST_IMPL(daemon_connections_kept_for_root)
 	return 0;
 }
 
+/* Who counts as privileged (the part kept for root, admin controls): root,
+ * and the user memdedupd runs as, whose own daemon it is (a user's
+ * memdedupd, not root's): with root alone, a user's own daemon would keep
+ * an eighth of its connections from that user, its only one. */
+TEST_IMPL(daemon_own_user_privileged)
+{
+	if (geteuid() != 0)
+		SKIP("needs root: the test becomes another user");
+	ASSERT(md__privileged(0));
+	ASSERT(!md__privileged(65534));
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		if (setresgid(65534, 65534, 65534) != 0 || setresuid(65534, 65534, 65534) != 0)
+			_exit(2);
+		_exit(md__privileged(65534) && md__privileged(0) && !md__privileged(1000) ? 0 : 1);
+	}
+	int st;
+	ASSERT_EQ(waitpid(kid, &st, 0), kid);
+	ASSERT(WIFEXITED(st));
+	ASSERT_EQ(WEXITSTATUS(st), 0);
+	return 0;
+}
+
 TEST_IMPL(daemon_connection_limits)
 {
 	struct passwd *pw = nobody();
