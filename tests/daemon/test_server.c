@@ -19,6 +19,7 @@
 #include "daemon.h"
 #include "protocol.h"
 #include "runner.h"
+#include "stats_file.h"
 
 #define FLOODERS 8
 #define ASKS 8	/* STATUS requests each flooder queues */
@@ -1382,5 +1383,42 @@ TEST_IMPL(daemon_candidate_not_sent_across_domains)
 	close(fb);
 	close(fc);
 	waiters_gone(gate, pid, 2);
+	return 0;
+}
+
+/* Agent numbers run 1 to MD_AGENT_NUM_MAX, the last given too, and then
+ * from 1 again: a number 0 is no number (its pages are never first
+ * sightings, and md__agent_find_num finds nobody by it). And an agent
+ * that exits takes back the RAM it said it registered, which sizes its
+ * domain's sightings: counted for good, a domain's table only grew. */
+TEST_IMPL(daemon_agent_numbers_wrap_and_registered_go)
+{
+	static struct md__msg_report r;
+	struct md__daemon *d = daemon_up();
+	int gate[2], gate2[2];
+	ASSERT(pipe(gate) == 0 && pipe(gate2) == 0);
+	pid_t pid = waiter(gate), pid2 = waiter(gate2);
+	struct md__conn *c, *c2;
+	d->last_agent_num = MD_AGENT_NUM_MAX - 1;
+	int fd = agent_in(d, 0, pid, "n", &c);
+	ASSERT_EQ(c->agent->num, MD_AGENT_NUM_MAX);
+	ASSERT_EQ(md__agent_find_num(d, MD_AGENT_NUM_MAX), c->agent);
+	int fd2 = agent_in(d, 0, pid2, "n", &c2);
+	ASSERT_EQ(c2->agent->num, 1);
+	struct md__domain *dom = c->agent->dom;
+	r.n = MD_CTR_COUNT;
+	r.counters[MD_CTR_REGISTERED_BYTES] = 512ull << 20;
+	md__agent_report(c->agent, &r);
+	r.counters[MD_CTR_REGISTERED_BYTES] = 64ull << 20;
+	md__agent_report(c2->agent, &r);
+	ASSERT_EQ(dom->registered_pages, (576ull << 20) / 4096);
+	waiter_exits(gate, pid);
+	wake_up(d);
+	ASSERT(!md__agent_find(d, pid));
+	ASSERT_EQ(dom->registered_pages, (64ull << 20) / 4096);
+	daemon_down(d);
+	close(fd);
+	close(fd2);
+	waiters_gone(gate2, &pid2, 1);
 	return 0;
 }
