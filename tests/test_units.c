@@ -3269,3 +3269,22 @@ TEST_IMPL(domain_sightings_asked_named_back)
 	md__index_free(&dom.index);
 	return 0;
 }
+
+/* The reads table doubles as reads come in, but no further than the
+ * sightings' size (64 Ki entries for a domain that registered nothing):
+ * any agent may send READS of as many pages as it likes, and each
+ * doubling past that was memdedupd's memory, a table per domain. */
+TEST_IMPL(domain_reads_table_bounded)
+{
+	static struct md__domain dom;
+	struct md__read_run run = { .key = 7, .off = 0, .addr = 0x7f0000000000ull, .npages = 1024 };
+	for (int i = 0; i < 1024; i++) {	/* 1 Mi pages read */
+		md__domain_reads(&dom, 1, &run);
+		run.off += 1024 * 4096;
+		run.addr += 1024 * 4096;
+	}
+	ASSERT(dom.reads_cap >= 4096);
+	ASSERT(dom.reads_cap <= 65536);
+	free(dom.reads);
+	return 0;
+}
