@@ -137,6 +137,14 @@ static void engine_with_daemon(struct md__engine *e, struct tdaemon *t, struct m
 	ASSERT_EQ(md__engine_remote_connect(e), 0);
 }
 
+/* Undoes engine_with_daemon: the engine, its link, then memdedupd. */
+static void engine_with_daemon_down(struct md__engine *e, struct md__remote *rm, struct tdaemon *t)
+{
+	md__engine_fini(e);
+	md__remote_fini(rm);
+	td_stop(t);
+}
+
 TEST_IMPL(engine_hints_stack)
 {
 	struct md__hints h;
@@ -3498,9 +3506,7 @@ TEST_IMPL(engine_scanner_runs_split_at_regions)
 	}
 	ASSERT_EQ(s.st.merged_scan, 4);
 	md__scanner_free(&s);
-	md__engine_fini(&e);
-	md__remote_fini(&rm);
-	td_stop(&t);
+	engine_with_daemon_down(&e, &rm, &t);
 	munmap(m, 4 * PG);
 	munmap(x, PG);
 	return 0;
@@ -3538,9 +3544,7 @@ TEST_IMPL(engine_fill_refs_stay_local_with_daemon)
 	ASSERT_EQ(e.pool.refs[strip], 1);	/* the strip's own */
 	md__engine_send_unrefs(&e);
 	ASSERT_EQ(td_domains_int(&t, "pool_live_pages"), 2);
-	md__engine_fini(&e);
-	md__remote_fini(&rm);
-	td_stop(&t);
+	engine_with_daemon_down(&e, &rm, &t);
 	munmap(x, 2 * PG);
 	munmap(m, 2 * PG);
 	return 0;
@@ -3574,9 +3578,7 @@ TEST_IMPL(engine_fill_refs_kept_across_new_daemon)
 	ASSERT_EQ(e.regions[0].ref[0], ref);
 	ASSERT_EQ(md__engine_unregister(&e, m, 2 * PG, MD_UNREG_MAPPED), 0);
 	ASSERT_EQ(e.pool.refs[strip], 1);	/* the strip's own */
-	md__engine_fini(&e);
-	md__remote_fini(&rm);
-	td_stop(&t);
+	engine_with_daemon_down(&e, &rm, &t);
 	munmap(m, 2 * PG);
 	return 0;
 }
@@ -3612,9 +3614,7 @@ TEST_IMPL(engine_hello_no_pool_maps_beside_own_pool)
 	for (int i = 0; i < 1000 && (refs = td_domains_int(&t, "references")) != 0; i++)
 		usleep(10000);
 	ASSERT_EQ(refs, 0);
-	md__engine_fini(&e);
-	md__remote_fini(&rm);
-	td_stop(&t);
+	engine_with_daemon_down(&e, &rm, &t);
 	munmap(x, PG);
 	munmap(m, 2 * PG);
 	return 0;
@@ -3668,9 +3668,7 @@ TEST_IMPL(engine_old_pool_refs_not_sent)
 	ASSERT_EQ(td_domains_int(&t, "pool_live_pages"), 4);
 	ASSERT_EQ(md__remote_ref_n(&rm, slot, 4, +1, old_gen), -ESTALE);
 	ASSERT_EQ(md__remote_publish_each(&rm, h, page, 4, now, status, old_gen), -ESTALE);
-	md__engine_fini(&e);
-	md__remote_fini(&rm);
-	td_stop(&t);
+	engine_with_daemon_down(&e, &rm, &t);
 	munmap(x, 4 * PG);
 	return 0;
 }
@@ -3750,9 +3748,7 @@ TEST_IMPL(engine_leave_file_spans_stale_after_unmap)
 	ASSERT_EQ(pwrite(remap_fd, want, PG, 0), PG);
 	ASSERT(memcmp(m + PG, want, PG) == 0);
 	ASSERT(pagemap(m + PG) & PM_FILE);
-	md__engine_fini(&e);
-	md__remote_fini(&rm);
-	td_stop(&t);
+	engine_with_daemon_down(&e, &rm, &t);
 	close(remap_fd);
 	remap_fd = -1;
 	munmap(x, PG);
@@ -3815,9 +3811,7 @@ TEST_IMPL(engine_old_pool_unrefs_not_given_new_daemon)
 	ASSERT_EQ(md__remote_report(&rm, &ctr, 1), 0);
 	ASSERT_EQ(td_domains_int(&t, "pool_live_pages"), 4);
 	ASSERT_EQ(td_domains_int(&t, "references"), 4);	/* the publications' */
-	md__engine_fini(&e);
-	md__remote_fini(&rm);
-	td_stop(&t);
+	engine_with_daemon_down(&e, &rm, &t);
 	munmap(x, 4 * PG);
 	return 0;
 }
@@ -3857,9 +3851,7 @@ TEST_IMPL(engine_lost_connection_gives_back_queued)
 	ASSERT_EQ(md__remote_report(&rm, &ctr, 1), 0);	/* sends what was owed first */
 	ASSERT_EQ(md__remote_report(&rm, &ctr, 1), 0);	/* its ACK read */
 	ASSERT_EQ(td_domains_int(&t, "references"), 0);
-	md__engine_fini(&e);
-	md__remote_fini(&rm);
-	td_stop(&t);
+	engine_with_daemon_down(&e, &rm, &t);
 	munmap(x, 2 * PG);
 	return 0;
 }
@@ -3902,9 +3894,7 @@ TEST_IMPL(engine_remote_valid_within_pool)
 	ASSERT_EQ(md__remote_valid(&rm, 0, 2), 0);
 	rm.view_pages = view;
 	ASSERT_EQ(md__remote_valid(&rm, 1, 1), 1);
-	md__engine_fini(&e);
-	md__remote_fini(&rm);
-	td_stop(&t);
+	engine_with_daemon_down(&e, &rm, &t);
 	munmap(x, 2 * PG);
 	return 0;
 }
@@ -3996,9 +3986,7 @@ TEST_IMPL(engine_late_grant_not_settled)
 	}
 	ASSERT(md__engine_unrefs_settled(&e));
 	ASSERT_EQ(td_domains_int(&t, "pool_live_pages"), 0);
-	md__engine_fini(&e);
-	md__remote_fini(&rm);
-	td_stop(&t);
+	engine_with_daemon_down(&e, &rm, &t);
 	munmap(x, PG);
 	return 0;
 }
@@ -4258,9 +4246,7 @@ TEST_IMPL(engine_unrefs_past_batch_under_one_lock)
 	ASSERT_EQ(md__engine_unregister(&e, m, N * PG, MD_UNREG_GONE), 0);
 	give_all_back(&e, &rm, &t, PASS_MAX_S, 0);
 	ASSERT_EQ(td_domains_int(&t, "pool_live_pages"), 0);
-	md__engine_fini(&e);
-	md__remote_fini(&rm);
-	td_stop(&t);
+	engine_with_daemon_down(&e, &rm, &t);
 	munmap(x, PG);
 	munmap(m, N * PG);
 	return 0;
@@ -4495,9 +4481,7 @@ TEST_IMPL(engine_pool_fd_at_same_number_kept)
 	ASSERT_EQ(md__remote_report(&rm, &ctr, 1), 0);
 	ASSERT(md__remote_connected(&rm));
 	ASSERT_EQ(md__remote_valid(&rm, slot, 1), 1);
-	md__engine_fini(&e);
-	md__remote_fini(&rm);
-	td_stop(&t);
+	engine_with_daemon_down(&e, &rm, &t);
 	munmap(x, PG);
 	return 0;
 }
@@ -4527,9 +4511,7 @@ TEST_IMPL(engine_remote_default_socket_chosen_at_connect)
 	ASSERT(setenv("MEMDEDUP_RUN_DIR", there, 1) == 0);
 	ASSERT_EQ(md__engine_remote_connect(&e), 0);
 	ASSERT(md__remote_connected(&rm));
-	md__engine_fini(&e);
-	md__remote_fini(&rm);
-	td_stop(&t);
+	engine_with_daemon_down(&e, &rm, &t);
 	return 0;
 }
 
@@ -6496,9 +6478,7 @@ TEST_IMPL(engine_scanner_adapts_ratio_with_daemon)
 	hints_merge_ratio_grows(&e, &h, &s, &d, &u);
 	md__scanner_free(&s);
 	md__hints_free(&h);
-	md__engine_fini(&e);
-	md__remote_fini(&rm);
-	td_stop(&t);
+	engine_with_daemon_down(&e, &rm, &t);
 	munmap(d, dup * PG);
 	munmap(u, uniq * PG);
 	return 0;
@@ -6670,9 +6650,7 @@ TEST_IMPL(engine_scanner_failed_merge_gives_pin_back)
 	}
 	ASSERT_EQ(now_refs, refs);	/* the publisher's alone */
 	md__scanner_free(&s);
-	md__engine_fini(&e);
-	md__remote_fini(&rm);
-	td_stop(&t);
+	engine_with_daemon_down(&e, &rm, &t);
 	munmap(m, PG);
 	munmap(x, PG);
 	return 0;
@@ -6723,9 +6701,7 @@ TEST_IMPL(engine_scanner_unmap_during_lookup_leaves_holes)
 	ASSERT(!(pagemap(m) & PM_PRESENT));
 	ASSERT(!(pagemap(m + PG) & PM_PRESENT));
 	md__scanner_free(&s);
-	md__engine_fini(&e);
-	md__remote_fini(&rm);
-	td_stop(&t);
+	engine_with_daemon_down(&e, &rm, &t);
 	close(fd);
 	munmap(m, 2 * PG);
 	return 0;
