@@ -3318,6 +3318,26 @@ static const char *prot_of(const void *p)
 	return perms;
 }
 
+/* A scanning agent over n pages, the first two alike and merged, then given
+ * up (unregistered): their copies stay in the pool's mappings. */
+static char *given_up_pair(md_agent **ap, size_t n)
+{
+	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .domain = "private",
+			       .pages_to_scan = 1000, .sleep_ms = 1 };
+	ASSERT_EQ(md_agent_new(ap, &o), 0);
+	char *m = mmap(NULL, n * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	for (size_t i = 0; i < n; i++)
+		seed_page(m + i * PG, (unsigned)i);
+	seed_page(m, 100);
+	seed_page(m + PG, 100);
+	ASSERT_EQ(md_agent_register(*ap, m, n * PG, 0), 0);
+	ASSERT(pair_merged(*ap, m));
+	ASSERT_EQ(md_agent_unregister(*ap, m, 2 * PG), 0);
+	ASSERT(in_pool_map(m) && in_pool_map(m + PG));
+	return m;
+}
+
 /* Copies RAM given up left in the pool's mappings, moved into anonymous
  * memory as the agent ends, keep the protection the VMM gave them since:
  * a read-only page made writable would take a stray write the VMM's
@@ -3326,19 +3346,7 @@ TEST_IMPL(scan_free_moved_copies_keep_protection)
 {
 	md_agent *a;
 	const size_t n = 8;
-	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .domain = "private",
-			       .pages_to_scan = 1000, .sleep_ms = 1 };
-	ASSERT_EQ(md_agent_new(&a, &o), 0);
-	char *m = mmap(NULL, n * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	ASSERT(m != MAP_FAILED);
-	for (size_t i = 0; i < n; i++)
-		seed_page(m + i * PG, (unsigned)i);
-	seed_page(m, 100);
-	seed_page(m + PG, 100);
-	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
-	ASSERT(pair_merged(a, m));
-	ASSERT_EQ(md_agent_unregister(a, m, 2 * PG), 0);	/* given up: copies in the pool's mappings */
-	ASSERT(in_pool_map(m) && in_pool_map(m + PG));
+	char *m = given_up_pair(&a, n);
 	ASSERT_EQ(mprotect(m, 2 * PG, PROT_READ), 0);
 	md_agent_free(a);
 	char want[PG];
@@ -3359,19 +3367,7 @@ TEST_IMPL(scan_free_locked_copies_left)
 {
 	md_agent *a;
 	const size_t n = 8;
-	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .domain = "private",
-			       .pages_to_scan = 1000, .sleep_ms = 1 };
-	ASSERT_EQ(md_agent_new(&a, &o), 0);
-	char *m = mmap(NULL, n * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	ASSERT(m != MAP_FAILED);
-	for (size_t i = 0; i < n; i++)
-		seed_page(m + i * PG, (unsigned)i);
-	seed_page(m, 100);
-	seed_page(m + PG, 100);
-	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
-	ASSERT(pair_merged(a, m));
-	ASSERT_EQ(md_agent_unregister(a, m, 2 * PG), 0);
-	ASSERT(in_pool_map(m) && in_pool_map(m + PG));
+	char *m = given_up_pair(&a, n);
 	if (mlock(m, 2 * PG) != 0) {
 		md_agent_free(a);
 		munmap(m, n * PG);
