@@ -1512,34 +1512,56 @@ static long no_query_syscall(long nr, ...)
 	return syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
 }
 
+/* 16 pages of anonymous memory with a memfd named as the pool's mapped
+ * over pages 4-7 (read-only) and one of the VMM's own over 8-11: the
+ * layout the md__range_file_maps tests ask about (fstat of each in *sp,
+ * *so). */
+static char *pool_and_own_maps(int *pool, int *own, struct stat *sp, struct stat *so)
+{
+	size_t pg = 4096;
+	char *m = mmap(NULL, 16 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	*pool = memfd_create("memdedup-pool", MFD_CLOEXEC);
+	*own = memfd_create("t", MFD_CLOEXEC);
+	ASSERT(*pool >= 0 && *own >= 0);
+	ASSERT_EQ(ftruncate(*pool, 4 * pg), 0);
+	ASSERT_EQ(ftruncate(*own, 4 * pg), 0);
+	ASSERT(mmap(m + 4 * pg, 4 * pg, PROT_READ, MAP_PRIVATE | MAP_FIXED, *pool, 0) == m + 4 * pg);
+	ASSERT(mmap(m + 8 * pg, 4 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, *own, 0) == m + 8 * pg);
+	ASSERT(fstat(*pool, sp) == 0 && fstat(*own, so) == 0);
+	return m;
+}
+
+/* What md__range_file_maps says of pages 5-9 of that layout at b: the
+ * pool's part, then the VMM's file. */
+static void pool_then_own(const struct md__file_map *v, size_t n, uintptr_t b, const struct stat *sp,
+			  const struct stat *so)
+{
+	size_t pg = 4096;
+	ASSERT_EQ(n, 2);
+	ASSERT(v[0].lo == b + 5 * pg && v[0].hi == b + 8 * pg && v[0].pool);
+	ASSERT(v[0].dev == sp->st_dev && v[0].ino == sp->st_ino);
+	ASSERT(v[1].lo == b + 8 * pg && v[1].hi == b + 10 * pg && !v[1].pool);
+	ASSERT(v[1].dev == so->st_dev && v[1].ino == so->st_ino);
+}
+
 /* md__range_file_maps from the lines of /proc/self/maps, where the kernel
  * has no query: the same mappings as the query finds, anonymous memory
  * (inode 0) left out. */
 TEST_IMPL(range_file_maps_from_maps_text)
 {
 	size_t pg = 4096;
-	char *m = mmap(NULL, 16 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	ASSERT(m != MAP_FAILED);
-	uintptr_t b = (uintptr_t)m;
-	int pool = memfd_create("memdedup-pool", MFD_CLOEXEC), own = memfd_create("t", MFD_CLOEXEC);
-	ASSERT(pool >= 0 && own >= 0);
-	ASSERT_EQ(ftruncate(pool, 4 * pg), 0);
-	ASSERT_EQ(ftruncate(own, 4 * pg), 0);
-	ASSERT(mmap(m + 4 * pg, 4 * pg, PROT_READ, MAP_PRIVATE | MAP_FIXED, pool, 0) == m + 4 * pg);
-	ASSERT(mmap(m + 8 * pg, 4 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, own, 0) == m + 8 * pg);
+	int pool, own;
 	struct stat sp, so;
-	ASSERT(fstat(pool, &sp) == 0 && fstat(own, &so) == 0);
+	char *m = pool_and_own_maps(&pool, &own, &sp, &so);
+	uintptr_t b = (uintptr_t)m;
 	struct md__file_map *v;
 	size_t n;
 	md__libc_syscall = no_query_syscall;
 	int r1 = md__range_file_maps(b + 5 * pg, b + 10 * pg, &v, &n);
 	md__libc_syscall = NULL;
 	ASSERT_EQ(r1, 0);
-	ASSERT_EQ(n, 2);
-	ASSERT(v[0].lo == b + 5 * pg && v[0].hi == b + 8 * pg && v[0].pool);
-	ASSERT(v[0].dev == sp.st_dev && v[0].ino == sp.st_ino);
-	ASSERT(v[1].lo == b + 8 * pg && v[1].hi == b + 10 * pg && !v[1].pool);
-	ASSERT(v[1].dev == so.st_dev && v[1].ino == so.st_ino);
+	pool_then_own(v, n, b, &sp, &so);
 	free(v);
 	md__libc_syscall = no_query_syscall;
 	r1 = md__range_file_maps(b, b + 16 * pg, &v, &n);
@@ -1712,25 +1734,14 @@ TEST_IMPL(coredump_filter_failure_keeps_errno)
 TEST_IMPL(range_file_maps_of_a_page)
 {
 	size_t pg = 4096;
-	char *m = mmap(NULL, 16 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	ASSERT(m != MAP_FAILED);
-	uintptr_t b = (uintptr_t)m;
-	int pool = memfd_create("memdedup-pool", MFD_CLOEXEC), own = memfd_create("t", MFD_CLOEXEC);
-	ASSERT(pool >= 0 && own >= 0);
-	ASSERT_EQ(ftruncate(pool, 4 * pg), 0);
-	ASSERT_EQ(ftruncate(own, 4 * pg), 0);
-	ASSERT(mmap(m + 4 * pg, 4 * pg, PROT_READ, MAP_PRIVATE | MAP_FIXED, pool, 0) == m + 4 * pg);
-	ASSERT(mmap(m + 8 * pg, 4 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, own, 0) == m + 8 * pg);
+	int pool, own;
 	struct stat sp, so;
-	ASSERT(fstat(pool, &sp) == 0 && fstat(own, &so) == 0);
+	char *m = pool_and_own_maps(&pool, &own, &sp, &so);
+	uintptr_t b = (uintptr_t)m;
 	struct md__file_map *v;
 	size_t n;
 	ASSERT_EQ(md__range_file_maps(b + 5 * pg, b + 10 * pg, &v, &n), 0);
-	ASSERT_EQ(n, 2);
-	ASSERT(v[0].lo == b + 5 * pg && v[0].hi == b + 8 * pg && v[0].pool);
-	ASSERT(v[0].dev == sp.st_dev && v[0].ino == sp.st_ino);
-	ASSERT(v[1].lo == b + 8 * pg && v[1].hi == b + 10 * pg && !v[1].pool);
-	ASSERT(v[1].dev == so.st_dev && v[1].ino == so.st_ino);
+	pool_then_own(v, n, b, &sp, &so);
 	free(v);
 	ASSERT_EQ(md__range_file_maps(b, b + 4 * pg, &v, &n), 0);
 	ASSERT_EQ(n, 0);
