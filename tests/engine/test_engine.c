@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <linux/userfaultfd.h>
 #include <poll.h>
 #include <pthread.h>
@@ -16,6 +17,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/uio.h>
+#include <sys/vfs.h>
 #include <sys/un.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -1481,6 +1483,13 @@ TEST_IMPL(engine_unregister_around_image_mapping)
 	unsigned char *b = map_ram(3);
 	int fd = victim_file();
 	char fl[512];
+	struct statfs fs;
+	ASSERT_EQ(fstatfs(fd, &fs), 0);
+	if (fs.f_type == TMPFS_MAGIC) {
+		close(fd);
+		munmap(b, 3 * PG);
+		SKIP("/tmp is a tmpfs, whose pages a userfaultfd takes: the unregister does not fail");
+	}
 	engine_up(&e);
 	memset(b, 1, 3 * PG);
 	ASSERT_EQ(md__engine_register(&e, b, 3 * PG, 0), 0);
