@@ -14,7 +14,7 @@
 # Why that bar: without the agent both copies of the workload are anonymous
 # guest RAM in two QEMU processes (2 W in the fleet PSS); with it, both guests
 # map the same host page-cache pages, which PSS counts once for the pair (W).
-# The ideal saving is W (154-161 MB of 160 measured here). 0.7 W leaves
+# The ideal saving is W (144-161 MB of 160 measured here). 0.7 W leaves
 # room for pages the agent must copy (metadata reads, partial pages,
 # unaligned buffers) and for the fleets' spread: two fleets of the same
 # guests differ by up to 31 MB (plain) and 23 MB (memdedup) from run to
@@ -22,7 +22,7 @@
 # pages as the host's free memory allows; 12 MB apart with them off). At
 # W = 96 MB the saving ranged 66-115 MB over 18 runs, and one fell under
 # its 67 MB bar with every read shared; at 160 MB the bar is 112 MB,
-# 40 MB under the savings seen. It alone does not catch a third of the
+# 32 MB under the savings seen. It alone does not catch a third of the
 # reads unshared: pages_shared does.
 # Hold: the guests' reads ended up to 8 s apart under load (at 96 MB; at
 # 160 MB, 24 s apart with seven other test jobs on the two cores), and the
