@@ -10,6 +10,7 @@
 #include <linux/userfaultfd.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -545,6 +546,68 @@ TEST_IMPL(engine_pool_write_once)
  * back what it thinks unused, and a trim punches only freed slots,
  * whatever an earlier batch left in its array. A page freed wrongly is
  * punched: every guest mapping it reads zeroes. */
+/* The pool's writes as the test says: an EINTR first, then short ones
+ * (a page and a few bytes at most); or none at all (0), or an error. */
+enum { WRITES_SHORT, WRITES_NONE, WRITES_FAIL };
+static int pool_writes, pool_write_calls;
+
+static long pool_write_syscall(long nr, ...)
+{
+	va_list ap;
+	long a[6];
+	va_start(ap, nr);
+	for (int i = 0; i < 6; i++)
+		a[i] = va_arg(ap, long);
+	va_end(ap);
+	if (nr != SYS_pwrite64)
+		return syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
+	if (pool_writes == WRITES_FAIL || (pool_writes == WRITES_SHORT && !pool_write_calls++)) {
+		errno = pool_writes == WRITES_FAIL ? ENOSPC : EINTR;
+		return -1;
+	}
+	if (pool_writes == WRITES_NONE)
+		return 0;
+	return syscall(nr, a[0], a[1], a[2] < PG + 100 ? a[2] : PG + 100, a[3]);
+}
+
+/* A publish writes its pages whole however the kernel cuts the write
+ * (interrupted, short): each part at its own offset, until all is
+ * written. A write that makes no progress (0) or fails leaves the slots
+ * reserved, never live: a live slot with content not written whole would
+ * be mapped as the page it was to hold. */
+TEST_IMPL(engine_pool_publish_short_writes)
+{
+	struct md__pool p;
+	static unsigned char pg[3 * PG];
+	uint32_t s;
+	ASSERT_EQ(md__pool_open(&p, 64), 0);
+	fill(pg, 1);
+	fill(pg + PG, 2);
+	fill(pg + 2 * PG, 3);
+	ASSERT_EQ(md__pool_reserve(&p, 3, &s), 0);
+	pool_writes = WRITES_SHORT;
+	md__libc_syscall = pool_write_syscall;
+	int r = md__pool_publish(&p, s, pg, 3);
+	md__libc_syscall = NULL;
+	ASSERT_EQ(r, 0);
+	ASSERT_EQ(pool_write_calls, 4);	/* interrupted, then three parts */
+	ASSERT(memcmp(md__pool_page(&p, s), pg, 3 * PG) == 0);
+	ASSERT_EQ(p.published, 3);
+	for (int w = WRITES_NONE; w <= WRITES_FAIL; w++) {
+		ASSERT_EQ(md__pool_reserve(&p, 1, &s), 0);
+		pool_writes = w;
+		md__libc_syscall = pool_write_syscall;
+		r = md__pool_publish(&p, s, pg, 1);
+		md__libc_syscall = NULL;
+		ASSERT_EQ(r, w == WRITES_NONE ? -EIO : -ENOSPC);
+		ASSERT_EQ(p.state[s], MD_SLOT_RESERVED);
+		ASSERT_EQ(p.published, 3);
+		md__pool_unreserve(&p, s, 1);
+	}
+	md__pool_close(&p);
+	return 0;
+}
+
 TEST_IMPL(engine_pool_slot_states_guarded)
 {
 	struct md__pool p;
