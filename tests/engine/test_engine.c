@@ -617,6 +617,8 @@ TEST_IMPL(engine_pool_slot_states_guarded)
 	for (unsigned i = 0; i < N; i++)
 		fill(pg + i * PG, 40 + i);
 	ASSERT_EQ(md__pool_open(&p, 64), 0);
+	/* No slots: refused, as the first it would name is not reserved. */
+	ASSERT_EQ(md__pool_reserve(&p, 0, &s), -EINVAL);
 	ASSERT_EQ(md__pool_reserve(&p, N, &s), 0);
 	ASSERT_EQ(md__pool_publish(&p, s, pg, N), 0);
 	/* Past the end: refused for its length, not read beyond. */
