@@ -6,7 +6,10 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
+#include <linux/filter.h>
 #include <linux/magic.h>
+#include <linux/seccomp.h>
 #include <linux/userfaultfd.h>
 #include <poll.h>
 #include <pthread.h>
@@ -16,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/mman.h>
 #include <sys/uio.h>
 #include <sys/vfs.h>
@@ -3415,6 +3419,77 @@ TEST_IMPL(engine_uffd_features_negotiated)
 	ASSERT_EQ(md__uffd_open(&u, 0, none), -ENOTSUP);
 	ASSERT_EQ(u.fd, -1);
 	ASSERT_EQ(u.stop_fd, -1);
+	return 0;
+}
+
+/* The kernel's answer to UFFDIO_REGISTER, without write-protection among
+ * the ioctls it allows for the range (as for memory a kernel cannot
+ * write-protect). */
+static long register_without_wp_syscall(long nr, ...)
+{
+	va_list ap;
+	long a[6];
+	va_start(ap, nr);
+	for (int i = 0; i < 6; i++)
+		a[i] = va_arg(ap, long);
+	va_end(ap);
+	long r = syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
+	if (nr == SYS_ioctl && (unsigned long)a[1] == UFFDIO_REGISTER && r == 0)
+		((struct uffdio_register *)a[2])->ioctls &= ~(1ull << _UFFDIO_WRITEPROTECT);
+	return r;
+}
+
+/* A range the kernel registers but cannot write-protect is refused
+ * (-ENOTSUP: no merge could freeze its pages) and not left registered to
+ * us: another userfaultfd, the VMM's, can still register it. */
+TEST_IMPL(engine_uffd_register_needs_writeprotect)
+{
+	struct md__uffd u, vmm;
+	int err = md__uffd_open(&u, 0, 0);
+	if (err && uffd_unavailable())
+		SKIP("userfaultfd unavailable (%s)", strerror(-err));
+	ASSERT_EQ(err, 0);
+	ASSERT_EQ(md__uffd_open(&vmm, 0, 0), 0);
+	char *m = mmap(NULL, 4 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	md__libc_syscall = register_without_wp_syscall;
+	err = md__uffd_register_wp(&u, (uintptr_t)m, 4 * PG);
+	md__libc_syscall = NULL;
+	ASSERT_EQ(err, -ENOTSUP);
+	ASSERT_EQ(md__uffd_register_wp(&vmm, (uintptr_t)m, 4 * PG), 0);
+	md__uffd_close(&vmm);
+	md__uffd_close(&u);
+	munmap(m, 4 * PG);
+	return 0;
+}
+
+/* Where the userfaultfd system call is refused (a seccomp filter, or
+ * vm.unprivileged_userfaultfd=0) the device /dev/userfaultfd, whose
+ * permissions the administrator chose, still gives one. */
+TEST_IMPL(engine_uffd_device_when_syscall_refused)
+{
+	if (access("/dev/userfaultfd", R_OK | W_OK) != 0)
+		SKIP("no usable /dev/userfaultfd here (Linux 6.1, or its mode): %s", strerror(errno));
+	struct sock_filter f[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_userfaultfd, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog prog = { .len = sizeof(f) / sizeof(f[0]), .filter = f };
+	ASSERT(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0);
+	ASSERT(prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) == 0);
+	ASSERT(syscall(SYS_userfaultfd, O_CLOEXEC) < 0 && errno == EPERM);
+	ASSERT_EQ(md__uffd_usable(), 0);
+	struct md__uffd u;
+	ASSERT_EQ(md__uffd_open(&u, 0, 0), 0);
+	char *m = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	m[0] = 1;
+	ASSERT_EQ(md__uffd_register_wp(&u, (uintptr_t)m, PG), 0);
+	ASSERT_EQ(md__uffd_wp(&u, (uintptr_t)m, PG, 1), 0);
+	md__uffd_close(&u);
+	munmap(m, PG);
 	return 0;
 }
 
