@@ -3463,6 +3463,61 @@ TEST_IMPL(engine_uffd_register_needs_writeprotect)
 	return 0;
 }
 
+/* UFFDIO_WRITEPROTECT answers EAGAIN the first wp_busy times (the mm
+ * changing under it: mmap_changing), then as the kernel does. */
+static int wp_busy;
+static long wp_busy_syscall(long nr, ...)
+{
+	va_list ap;
+	long a[6];
+	va_start(ap, nr);
+	for (int i = 0; i < 6; i++)
+		a[i] = va_arg(ap, long);
+	va_end(ap);
+	if (nr == SYS_ioctl && (unsigned long)a[1] == UFFDIO_WRITEPROTECT && wp_busy > 0) {
+		wp_busy--;
+		errno = EAGAIN;
+		return -1;
+	}
+	return syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
+}
+
+/* A write-protect the kernel answers EAGAIN (another thread's mmap or
+ * fork under way) is tried again: a freeze that gave up at once would
+ * fail merges for nothing, and a thaw would leave a writer waiting. A
+ * kernel that never stops answering so gets -EAGAIN, after 1,000 tries,
+ * not a thread spinning for ever. */
+TEST_IMPL(engine_uffd_wp_tried_again_while_mm_changes)
+{
+	struct md__uffd u;
+	int err = md__uffd_open(&u, 0, 0);
+	if (err && uffd_unavailable())
+		SKIP("userfaultfd unavailable (%s)", strerror(-err));
+	ASSERT_EQ(err, 0);
+	char *m = mmap(NULL, PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	m[0] = 1;
+	ASSERT_EQ(md__uffd_register_wp(&u, (uintptr_t)m, PG), 0);
+	md__libc_syscall = wp_busy_syscall;
+	wp_busy = 5;
+	int protect = md__uffd_wp(&u, (uintptr_t)m, PG, 1);
+	int left = wp_busy;
+	wp_busy = 999;
+	int thaw = md__uffd_wp(&u, (uintptr_t)m, PG, 0);
+	wp_busy = 1000;
+	int never = md__uffd_wp(&u, (uintptr_t)m, PG, 1);
+	int after = wp_busy;
+	md__libc_syscall = NULL;
+	ASSERT_EQ(protect, 0);
+	ASSERT_EQ(left, 0);
+	ASSERT_EQ(thaw, 0);
+	ASSERT_EQ(never, -EAGAIN);
+	ASSERT_EQ(after, 0);
+	md__uffd_close(&u);
+	munmap(m, PG);
+	return 0;
+}
+
 /* Where the userfaultfd system call is refused (a seccomp filter, or
  * vm.unprivileged_userfaultfd=0) the device /dev/userfaultfd, whose
  * permissions the administrator chose, still gives one. */
