@@ -2,6 +2,7 @@
  * look at it from outside: its answers, its pagemap, its statistics file. */
 #ifndef MD_TEST_PROC_H
 #define MD_TEST_PROC_H
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <sys/types.h>
@@ -88,5 +89,17 @@ long thread_switches(const char *name);
  * waited for that), wakes again within 300 ms of event(arg): what ends its
  * sleep is the event, not its clock, a second or more away then. */
 int wakes_on(const char *name, void (*event)(void *), void *arg);
+
+/* In a syscall(2) stand-in (md__libc_syscall, common/sys.h), declares a
+ * and takes the call's six arguments into it. */
+#define SYSCALL_ARGS(nr, a) \
+	long a[6]; \
+	do { \
+		va_list ap_; \
+		va_start(ap_, nr); \
+		for (int i_ = 0; i_ < 6; i_++) \
+			a[i_] = va_arg(ap_, long); \
+		va_end(ap_); \
+	} while (0)
 
 #endif

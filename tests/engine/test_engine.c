@@ -557,12 +557,7 @@ static int pool_writes, pool_write_calls;
 
 static long pool_write_syscall(long nr, ...)
 {
-	va_list ap;
-	long a[6];
-	va_start(ap, nr);
-	for (int i = 0; i < 6; i++)
-		a[i] = va_arg(ap, long);
-	va_end(ap);
+	SYSCALL_ARGS(nr, a);
 	if (nr != SYS_pwrite64)
 		return syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
 	if (pool_writes == WRITES_FAIL || (pool_writes == WRITES_SHORT && !pool_write_calls++)) {
@@ -3427,12 +3422,7 @@ TEST_IMPL(engine_uffd_features_negotiated)
  * write-protect). */
 static long register_without_wp_syscall(long nr, ...)
 {
-	va_list ap;
-	long a[6];
-	va_start(ap, nr);
-	for (int i = 0; i < 6; i++)
-		a[i] = va_arg(ap, long);
-	va_end(ap);
+	SYSCALL_ARGS(nr, a);
 	long r = syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
 	if (nr == SYS_ioctl && (unsigned long)a[1] == UFFDIO_REGISTER && r == 0)
 		((struct uffdio_register *)a[2])->ioctls &= ~(1ull << _UFFDIO_WRITEPROTECT);
@@ -3468,12 +3458,7 @@ TEST_IMPL(engine_uffd_register_needs_writeprotect)
 static int wp_busy;
 static long wp_busy_syscall(long nr, ...)
 {
-	va_list ap;
-	long a[6];
-	va_start(ap, nr);
-	for (int i = 0; i < 6; i++)
-		a[i] = va_arg(ap, long);
-	va_end(ap);
+	SYSCALL_ARGS(nr, a);
 	if (nr == SYS_ioctl && (unsigned long)a[1] == UFFDIO_WRITEPROTECT && wp_busy > 0) {
 		wp_busy--;
 		errno = EAGAIN;
