@@ -52,7 +52,8 @@ TEST_IMPL(cli_usage)
 	ASSERT_EQ(run("build/memdedup run --share-min-pages=4097 -- true 2>/dev/null"), 2);
 	ASSERT_EQ(run("build/memdedup run --share-min-pages=16x -- true 2>/dev/null"), 2);
 	ASSERT_EQ(run("build/memdedup run --share-min-pages= -- true 2>/dev/null"), 2);
-	ASSERT_EQ(run("build/memdedup run --share-min-pages -- true 2>/dev/null"), 2);
+	ASSERT_EQ(run("build/memdedup run --share-min-pages -- true 2>&1 | "
+		      "grep -q -- '--share-min-pages needs a value (--share-min-pages=...)'"), 0);
 	ASSERT_EQ(run("build/memdedup run --share-min-pages=0 -- true 2>&1 | "
 		      "grep -q 'share-min-pages takes a number from 1 to 4096'"), 0);
 	ASSERT_EQ(run("build/memdedup run --share-min-pages=4096 -- "
@@ -60,6 +61,8 @@ TEST_IMPL(cli_usage)
 	ASSERT_EQ(run("build/memdedup status --bogus 2>/dev/null"), 2);
 	/* run execs the command: its exit code comes through. */
 	ASSERT_EQ(run("build/memdedup run -- sh -c 'exit 7'"), 7);
+	/* Without "--", the command is the first word that is no option. */
+	ASSERT_EQ(run("build/memdedup run --populate sh -c 'exit 7'"), 7);
 	ASSERT_EQ(run("build/memdedup run -- /nonexistent/cmd 2>/dev/null"), 127);
 	ASSERT_EQ(run("build/memdedup run -- sh -c 'case $LD_PRELOAD in *libmemdedup-preload.so*) exit 0;; esac; exit 1'"), 0);
 	return 0;
@@ -375,6 +378,8 @@ TEST_IMPL(cli_run_missing_command_no_daemon)
 	snprintf(sock, sizeof(sock), "%s/memdedupd.sock", dir);
 	int c1 = sh("MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- /nonexistent/cmd", dir, b);
 	int alive1 = md__daemon_alive(sock), pid1 = kill_daemon_of(dir);
+	char err1[1024];
+	snprintf(err1, sizeof(err1), "%s", slurp("err"));
 	int c2 = sh("MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- memdedup-no-such-cmd", dir, b);
 	int alive2 = md__daemon_alive(sock), pid2 = kill_daemon_of(dir);
 	char err2[1024];
@@ -406,7 +411,7 @@ TEST_IMPL(cli_run_missing_command_no_daemon)
 	char script[450];
 	snprintf(script, sizeof(script), "%s/script", test_dir());
 	FILE *f = fopen(script, "w");
-	ASSERT(f && fputs("#!/nonexistent/interpreter\n", f) >= 0 && fclose(f) == 0);
+	ASSERT(f && fputs("#! /nonexistent/interpreter\n", f) >= 0 && fclose(f) == 0);	/* blank after #! */
 	ASSERT(chmod(script, 0755) == 0);
 	int c7 = sh("MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- %s", dir, b, script);
 	int alive7 = md__daemon_alive(sock), pid7 = kill_daemon_of(dir);
@@ -437,6 +442,16 @@ TEST_IMPL(cli_run_missing_command_no_daemon)
 	ASSERT_EQ(c9, 126);
 	ASSERT(!alive9 && !pid9);
 	ASSERT(strstr(slurp("err"), "Not a directory"));
+	/* An interpreter that is there but not executable: execve's EACCES. */
+	char noexec_script[460], want[1024];
+	snprintf(noexec_script, sizeof(noexec_script), "%s/noexec-script", test_dir());
+	f = fopen(noexec_script, "w");
+	ASSERT(f && fprintf(f, "#!%s\n", noexec) > 0 && fclose(f) == 0);
+	ASSERT(chmod(noexec_script, 0755) == 0);
+	ASSERT_EQ(sh("MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- %s", dir, b, noexec_script), 126);
+	ASSERT(!md__daemon_alive(sock) && !kill_daemon_of(dir));
+	snprintf(want, sizeof(want), "its interpreter (#!) %s is not executable", noexec);
+	ASSERT(strstr(slurp("err"), want));
 	/* A #! path the kernel's 256 bytes cut short: its exec fails with
 	 * ENOEXEC, and the command runs with /bin/sh, as the shell runs it. */
 	char longer[460];
@@ -453,6 +468,8 @@ TEST_IMPL(cli_run_missing_command_no_daemon)
 	ASSERT(!md__daemon_alive(sock) && !kill_daemon_of(dir));
 	ASSERT(!alive1 && !alive2 && !alive3 && !alive4 && !alive5 && !alive6 && !alive7 && !alive8);
 	ASSERT(!pid1 && !pid2 && !pid3 && !pid4 && !pid5 && !pid6 && !pid7 && !pid8);
+	/* A path is not looked up in PATH: execve's own error. */
+	ASSERT_EQ(strcmp(err1, "memdedup run: cannot run '/nonexistent/cmd': No such file or directory\n"), 0);
 	ASSERT(strstr(err2, "cannot run 'memdedup-no-such-cmd': command not found"));
 	ASSERT(strstr(err4, "Is a directory"));
 	ASSERT(strstr(err7, "its interpreter (#!) /nonexistent/interpreter is missing"));
@@ -608,6 +625,17 @@ TEST_IMPL(cli_run_setuid_refused)
 	ASSERT_EQ(c4, 0);
 	ASSERT_EQ(c5, 0);
 	ASSERT_EQ(c6, 0);
+	/* On a nosuid mount (bound here in a mount namespace of its own) the
+	 * bits count for nothing: run, with the agent. */
+	snprintf(path, sizeof(path), "%s/nosuid", d);
+	snprintf(text, sizeof(text), "mount --bind %s %s && mount -o remount,bind,nosuid %s && exec %s/memdedup run -- "
+		 "%s/uid " AGENT_IN_SH "\n", d, d, d, rb, d);
+	write_exec(path, text, 0755, 0);
+	ASSERT_EQ(sh("unshare -m --propagation private %s", path), 0);
+	/* memdedup itself with an effective uid other than its real one: every
+	 * exec it makes is secure. */
+	ASSERT_EQ(sh("setpriv --ruid=65534 %s/memdedup run -- /bin/sh " AGENT_IN_SH, b), 126);
+	ASSERT(strstr(slurp("err"), "memdedup runs with an effective user or group id other than its real one"));
 	return 0;
 }
 
@@ -636,8 +664,15 @@ TEST_IMPL(cli_run_command_found_as_execvp)
 	char here[PATH_MAX];
 	ASSERT(realpath(rb, here));
 	ASSERT_EQ(sh("cd %s && PATH=/nonexistent::/nonexistent %s/memdedup run -- memdedup-test-cmd", bin, here), 9);
+	/* One without a #! line, found in PATH: /bin/sh runs the file found,
+	 * by its path. */
+	snprintf(path, sizeof(path), "%s/memdedup-test-sh", bin);
+	write_exec(path, "test \"$0\" = \"$MD_WANT\" && exit 4\nexit 5\n", 0755, 0);
+	ASSERT_EQ(sh("MD_WANT=%s PATH=%s:/usr/bin:/bin %s/memdedup run -- memdedup-test-sh", path, bin, here), 4);
 	return 0;
 }
+
+static int patch_interp(const char *path, const char *interp, char *old, size_t size);
 
 /* The kernel runs five scripts in one exec, each the interpreter of the
  * one before, then the file the fifth names: that file is checked as the
@@ -650,10 +685,11 @@ TEST_IMPL(cli_run_fifth_script_interpreter_checked)
 	snprintf(dir, sizeof(dir), "%s/run", d);
 	ASSERT(mkdir(dir, 0700) == 0);
 	snprintf(sock, sizeof(sock), "%s/memdedupd.sock", dir);
-	/* Chains of five: x4 -> ... -> x0 -> what x0 names. */
-	static const char *const first[3] = { "#!/bin/sh\nexit 3\n", "#!/nonexistent/interpreter\n", NULL };
-	const char *name = "omk";
-	for (int k = 0; k < 3; k++, name++) {
+	/* Chains of five: x4 -> ... -> x0 -> what x0 names (k0: uid, n0:
+	 * noloader). */
+	static const char *const first[4] = { "#!/bin/sh\nexit 3\n", "#!/nonexistent/interpreter\n", NULL, NULL };
+	const char *name = "omkn";
+	for (int k = 0; k < 4; k++, name++) {
 		for (int i = 0; i < 5; i++) {
 			snprintf(path, sizeof(path), "%s/%c%d", d, *name, i);
 			if (i)
@@ -661,7 +697,7 @@ TEST_IMPL(cli_run_fifth_script_interpreter_checked)
 			else if (first[k])
 				snprintf(text, sizeof(text), "%s", first[k]);
 			else
-				snprintf(text, sizeof(text), "#!%s/uid\n", d);
+				snprintf(text, sizeof(text), "#!%s/%s\n", d, k == 2 ? "uid" : "noloader");
 			write_exec(path, text, 0755, 0);
 		}
 	}
@@ -674,6 +710,17 @@ TEST_IMPL(cli_run_fifth_script_interpreter_checked)
 	ASSERT_EQ(c, 127);
 	ASSERT(!alive && !pid);
 	ASSERT(strstr(slurp("err"), "its interpreter (#!) /nonexistent/interpreter is missing"));
+	/* The dynamic loader of the ELF file the fifth names. */
+	char old[256];
+	snprintf(path, sizeof(path), "%s/noloader", d);
+	ASSERT_EQ(sh("cp /bin/true %s", path), 0);
+	if (patch_interp(path, "/nonexistent/ld.so", old, sizeof(old))) {
+		c = sh("MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- %s/n4", dir, b, d);
+		alive = md__daemon_alive(sock), pid = kill_daemon_of(dir);
+		ASSERT_EQ(c, 127);
+		ASSERT(!alive && !pid);
+		ASSERT(strstr(slurp("err"), "its interpreter's dynamic loader /nonexistent/ld.so is missing"));
+	}
 	if (geteuid() != 0)
 		return 0;	/* a set-uid file of another user needs root */
 	ASSERT_EQ(sh("cp /bin/sh %s/uid", d), 0);
@@ -774,6 +821,15 @@ TEST_IMPL(cli_run_setuid_unmapped_owner_runs)
 		ASSERT_EQ(code, f[i].secure ? 126 : 0);
 	}
 	ASSERT(strstr(slurp("err"), "it is set-uid to uid 5: the dynamic loader would ignore"));
+	ASSERT(!strstr(slurp("err"), "no mapping in this user namespace"));	/* 5 is no overflow id */
+	/* A range that ends just below the overflow id (5 to 65533): an owner
+	 * without a mapping (70000) shows as 65534, which is unmapped too. */
+	const char *below = "0 0 1\n5 5 65529\n";
+	snprintf(path, sizeof(path), "%s/past-range", d);
+	ASSERT_EQ(sh("cp /bin/sh %s", path), 0);
+	ASSERT(chown(path, 70000, 0) == 0 && chmod(path, 04755) == 0);
+	ASSERT_EQ(sh_in_userns(below, "LD_PRELOAD=%s/libmemdedup-preload.so %s " AGENT_IN_SH, rb, path), 0);
+	ASSERT_EQ(sh_in_userns(below, "%s/memdedup run -- %s " AGENT_IN_SH, rb, path), 0);
 	return 0;
 }
 
@@ -901,6 +957,17 @@ static int patch_interp_last(const char *path, char c)
 	return found;
 }
 
+/* The ELF file at path made another machine's: AArch64's, or x86-64's
+ * there. */
+static void make_foreign(const char *path)
+{
+	uint16_t machine;
+	int fd = open(path, O_RDWR | O_CLOEXEC);
+	ASSERT(fd >= 0 && pread(fd, &machine, 2, offsetof(Elf64_Ehdr, e_machine)) == 2);
+	machine = machine == EM_X86_64 ? EM_AARCH64 : EM_X86_64;
+	ASSERT(pwrite(fd, &machine, 2, offsetof(Elf64_Ehdr, e_machine)) == 2 && close(fd) == 0);
+}
+
 /* A binary the kernel will not run is refused as the shell refuses it,
  * 126 "cannot execute binary file: Exec format error", before anything is
  * started: an ELF file cut short (64-bit or 32-bit: the kernel's compat
@@ -925,13 +992,9 @@ TEST_IMPL(cli_run_exec_format_refused)
 	ASSERT_EQ(sh("cp /bin/true %s/foreign && head -c 200 /bin/true >%s/cut && chmod 755 %s/cut && "
 		     "cp /bin/true %s/unterminated && printf '\\177ELF\\001' >%s/elf32-cut && chmod 755 %s/elf32-cut",
 		     d, d, d, d, d, d), 0);
-	/* /bin/true as another machine's: AArch64's, or x86-64's there. */
-	uint16_t machine;
+	/* /bin/true as another machine's. */
 	snprintf(path, sizeof(path), "%s/foreign", d);
-	int fd = open(path, O_RDWR | O_CLOEXEC);
-	ASSERT(fd >= 0 && pread(fd, &machine, 2, offsetof(Elf64_Ehdr, e_machine)) == 2);
-	machine = machine == EM_X86_64 ? EM_AARCH64 : EM_X86_64;
-	ASSERT(pwrite(fd, &machine, 2, offsetof(Elf64_Ehdr, e_machine)) == 2 && close(fd) == 0);
+	make_foreign(path);
 	/* Its dynamic loader's path without its NUL: the kernel refuses it
 	 * (ENOEXEC), whatever the path. */
 	snprintf(path, sizeof(path), "%s/unterminated", d);
@@ -940,7 +1003,7 @@ TEST_IMPL(cli_run_exec_format_refused)
 	snprintf(path, sizeof(path), "%s/i386", d);
 	Elf32_Ehdr h32 = { .e_ident = { ELFMAG0, ELFMAG1, ELFMAG2, ELFMAG3, ELFCLASS32, ELFDATA2LSB, EV_CURRENT },
 			   .e_type = ET_EXEC, .e_machine = EM_386, .e_version = EV_CURRENT };
-	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0755);
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0755);
 	ASSERT(fd >= 0 && write(fd, &h32, sizeof(h32)) == (ssize_t)sizeof(h32) && close(fd) == 0);
 	/* With binfmt_misc handlers, an emulator may run another machine's
 	 * program: that one is left out. */
@@ -993,6 +1056,12 @@ TEST_IMPL(cli_run_exec_format_refused)
 	snprintf(want, sizeof(want), "memdedup run: cannot run '%s/nul': cannot execute binary file: Exec format "
 		 "error\n", d);
 	ASSERT_EQ(strcmp(err[5], want), 0);
+	/* Its second line too, after a "#!" naming nothing (ENOEXEC as well). */
+	snprintf(path, sizeof(path), "%s/nul2", d);
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0755);
+	ASSERT(fd >= 0 && write(fd, "#!\necho hi\0there\n", 17) == 17 && close(fd) == 0);
+	ASSERT_EQ(sh("%s/memdedup run -- %s", rb, path), 126);
+	ASSERT(strstr(slurp("err"), "nul2': cannot execute binary file: Exec format error\n"));
 	ASSERT_EQ(cscript, 3);
 	ASSERT_EQ(cld, 0);
 	return 0;
@@ -1098,6 +1167,19 @@ TEST_IMPL(cli_run_file_caps_refused)
 			dir, d, d), 0);
 	/* Without no_new_privs the same file raises nobody's capabilities. */
 	ASSERT_EQ(sh_as(65534, "MEMDEDUP_RUN_DIR=%s %s/memdedup run -- %s/caps " AGENT_IN_SH, dir, d, d), 126);
+	/* setcap cap_net_raw+ei: nothing raised for nobody (its inheritable
+	 * set is empty), but the effective flag makes the exec secure alone;
+	 * setcap cap_syslog+p: a capability of the second word. */
+	struct vfs_cap_data ei = { .magic_etc = htole32(VFS_CAP_REVISION_2 | VFS_CAP_FLAGS_EFFECTIVE) };
+	ei.data[0].inheritable = htole32(1u << CAP_NET_RAW);
+	struct vfs_cap_data high = { .magic_etc = htole32(VFS_CAP_REVISION_2) };
+	high.data[1].permitted = htole32(1u << (CAP_SYSLOG - 32));
+	const struct vfs_cap_data *more[2] = { &ei, &high };
+	for (int i = 0; i < 2; i++) {
+		ASSERT_EQ(setxattr(path, "security.capability", more[i], XATTR_CAPS_SZ_2, 0), 0);
+		ASSERT_EQ(sh_as(65534, "LD_PRELOAD=%s/libmemdedup-preload.so %s/caps " AGENT_IN_SH, d, d), 1);
+		ASSERT_EQ(sh_as(65534, "MEMDEDUP_RUN_DIR=%s %s/memdedup run -- %s/caps " AGENT_IN_SH, dir, d, d), 126);
+	}
 	return 0;
 }
 
@@ -1145,6 +1227,24 @@ TEST_IMPL(cli_run_daemon_environment)
 	return 0;
 }
 
+/* sh() in a child moved into cg first: its exit code (99: not moved). */
+static int sh_in_cgroup(struct test_cgroup *cg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int sh_in_cgroup(struct test_cgroup *cg, const char *fmt, ...)
+{
+	char cmd[2048];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(cmd, sizeof(cmd), fmt, ap);
+	va_end(ap);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0)
+		_exit(cgroup_enter(cg, getpid()) != 0 ? 99 : sh("%s", cmd));
+	int st;
+	ASSERT(waitpid(kid, &st, 0) == kid);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
 /* memdedupd started on demand leaves the cgroup of the command that started
  * it (a VM's unit, which would be charged for its pool and stop it with
  * the VM) for the top of each hierarchy; the command stays. */
@@ -1160,17 +1260,8 @@ TEST_IMPL(cli_run_daemon_leaves_cgroup)
 	snprintf(sock, sizeof(sock), "%s/memdedupd.sock", dir);
 	snprintf(pidfile, sizeof(pidfile), "%s/memdedupd.pid", dir);
 	snprintf(mine, sizeof(mine), "%s\n", strrchr(cg.dir, '/'));	/* "/memdedup-test-N\n" */
-	pid_t kid = fork();
-	ASSERT(kid >= 0);
-	if (kid == 0) {
-		if (cgroup_enter(&cg, getpid()) != 0)
-			_exit(99);
-		_exit(sh("MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- grep -q '%.*s$' /proc/self/cgroup",
-			 dir, rb, (int)strlen(mine) - 1, mine));
-	}
-	int st, code;
-	ASSERT(waitpid(kid, &st, 0) == kid);
-	code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+	int code = sh_in_cgroup(&cg, "MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- grep -q '%.*s$' /proc/self/cgroup",
+				dir, rb, (int)strlen(mine) - 1, mine);
 	int alive = md__daemon_alive(sock), daemon = 0;
 	FILE *f = fopen(pidfile, "r");
 	if (f && fscanf(f, "%d", &daemon) == 1 && daemon > 0) {
@@ -1206,19 +1297,10 @@ TEST_IMPL(cli_run_daemon_kept_in_cgroup_said)
 	snprintf(dir, sizeof(dir), "%s/run", d);
 	ASSERT(mkdir(dir, 0700) == 0);
 	snprintf(sock, sizeof(sock), "%s/memdedupd.sock", dir);
-	pid_t kid = fork();
-	ASSERT(kid >= 0);
-	if (kid == 0) {
-		if (cgroup_enter(&cg, getpid()) != 0)
-			_exit(99);
-		/* Every cgroup mount read-only, in a mount namespace of its own. */
-		_exit(sh("unshare -m --propagation private sh -c 'for m in $(findmnt -rn -t cgroup,cgroup2 -o TARGET); "
-			 "do mount -o remount,bind,ro \"$m\" || exit 98; done; MEMDEDUP_RUN_DIR=%s %s/memdedup run "
-			 "--scan -- true' || exit $?", dir, rb));
-	}
-	int st;
-	ASSERT(waitpid(kid, &st, 0) == kid);
-	int code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+	/* Every cgroup mount read-only, in a mount namespace of its own. */
+	int code = sh_in_cgroup(&cg, "unshare -m --propagation private sh -c 'for m in $(findmnt -rn -t "
+				"cgroup,cgroup2 -o TARGET); do mount -o remount,bind,ro \"$m\" || exit 98; done; "
+				"MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- true' || exit $?", dir, rb);
 	int alive = md__daemon_alive(sock), pid = kill_daemon_of(dir);
 	if (code == 98 || (code == 1 && !alive && strstr(slurp("err"), "unshare")))
 		SKIP("no mount namespace with read-only cgroup mounts to be had here");
@@ -1228,6 +1310,29 @@ TEST_IMPL(cli_run_daemon_kept_in_cgroup_said)
 	ASSERT(strstr(err, said));
 	ASSERT(strstr(err, "Read-only file system"));
 	ASSERT(!strstr(strstr(err, said) + 1, said));	/* once */
+	/* Where the only mount of its hierarchy shows no more than this
+	 * cgroup (a container's own), there is nothing to leave: nothing
+	 * said. Where it has no mount at all, that is said. */
+	char own[450], bind[1200] = "";
+	snprintf(own, sizeof(own), "%s/own", d);
+	ASSERT(mkdir(own, 0700) == 0);
+	for (int bound = 1; bound >= 0; bound--) {
+		if (bound)
+			snprintf(bind, sizeof(bind), "mount --bind %s %s && ", cg.dir, own);
+		else
+			bind[0] = '\0';
+		code = sh_in_cgroup(&cg, "unshare -m --propagation private sh -c '%sfor m in $(findmnt -rn -t "
+				    "cgroup,cgroup2 -o TARGET); do case %s in \"$m\"/*) umount -l \"$m\" || exit 98;; "
+				    "esac; done; MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- true' || exit $?",
+				    bind, cg.dir, dir, rb);
+		alive = md__daemon_alive(sock), pid = kill_daemon_of(dir);
+		ASSERT_EQ(code, 0);
+		ASSERT(alive && pid > 0);
+		if (bound)
+			ASSERT(!strstr(slurp("err"), "memdedupd"));
+		else
+			ASSERT(strstr(slurp("err"), "(its hierarchy is not mounted)"));
+	}
 	return 0;
 }
 
@@ -1263,7 +1368,7 @@ TEST_IMPL(cli_daemon_version)
 
 /* `run --scan` finds memdedupd in PATH when it is not beside the library
  * or the program, nor in the program's ../sbin (as daemon/memdedupd.service
- * installs it). A copy, not a link: the daemon's /proc/PID/exe says that
+ * installs it); beside the library first. A copy, not a link: the daemon's /proc/PID/exe says that
  * this one ran, not one found elsewhere (/usr/local/sbin). */
 TEST_IMPL(cli_run_finds_daemon_in_path)
 {
@@ -1272,28 +1377,33 @@ TEST_IMPL(cli_run_finds_daemon_in_path)
 	snprintf(dir, sizeof(dir), "%s/run", d);
 	snprintf(sock, sizeof(sock), "%s/memdedupd.sock", dir);
 	snprintf(pidfile, sizeof(pidfile), "%s/memdedupd.pid", dir);
-	snprintf(copy, sizeof(copy), "%s/pathdir/memdedupd", d);
 	ASSERT_EQ(sh("mkdir %s/run %s/bin %s/lib %s/pathdir && cp %s/memdedup %s/bin/ && "
 		     "cp %s/libmemdedup-preload.so %s/lib/ && cp %s/memdedupd %s/pathdir/",
 		     d, d, d, d, b, d, b, d, b, d), 0);
-	int code = sh("PATH=%s/pathdir:/usr/bin:/bin MEMDEDUP_RUN_DIR=%s "
-		      "MEMDEDUP_PRELOAD=%s/lib/libmemdedup-preload.so %s/bin/memdedup run --scan -- true",
-		      d, dir, d, d);
-	int alive = md__daemon_alive(sock), daemon = 0;
-	FILE *f = fopen(pidfile, "r");
-	if (f) {
-		if (fscanf(f, "%d", &daemon) != 1)
-			daemon = 0;
-		fclose(f);
+	/* Then one beside the library as well: that one comes first. */
+	for (int beside = 0; beside < 2; beside++) {
+		snprintf(copy, sizeof(copy), "%s/%s/memdedupd", d, beside ? "lib" : "pathdir");
+		if (beside)
+			ASSERT_EQ(sh("cp %s/memdedupd %s", b, copy), 0);
+		int code = sh("PATH=%s/pathdir:/usr/bin:/bin MEMDEDUP_RUN_DIR=%s "
+			      "MEMDEDUP_PRELOAD=%s/lib/libmemdedup-preload.so %s/bin/memdedup run --scan -- true",
+			      d, dir, d, d);
+		int alive = md__daemon_alive(sock), daemon = 0;
+		FILE *f = fopen(pidfile, "r");
+		if (f) {
+			if (fscanf(f, "%d", &daemon) != 1)
+				daemon = 0;
+			fclose(f);
+		}
+		snprintf(link, sizeof(link), "/proc/%d/exe", daemon);
+		ssize_t n = daemon > 0 ? readlink(link, exe, sizeof(exe) - 1) : -1;
+		exe[n > 0 ? n : 0] = '\0';
+		int pid = kill_daemon_of(dir);
+		ASSERT_EQ(code, 0);
+		ASSERT(alive && pid > 0 && pid == daemon);
+		ASSERT(realpath(copy, want) && strcmp(exe, want) == 0);
+		ASSERT(!strstr(slurp("err"), "memdedupd"));
 	}
-	snprintf(link, sizeof(link), "/proc/%d/exe", daemon);
-	ssize_t n = daemon > 0 ? readlink(link, exe, sizeof(exe) - 1) : -1;
-	exe[n > 0 ? n : 0] = '\0';
-	int pid = kill_daemon_of(dir);
-	ASSERT_EQ(code, 0);
-	ASSERT(alive && pid > 0 && pid == daemon);
-	ASSERT(realpath(copy, want) && strcmp(exe, want) == 0);
-	ASSERT(!strstr(slurp("err"), "memdedupd"));
 	return 0;
 }
 
@@ -1316,6 +1426,13 @@ TEST_IMPL(cli_run_without_daemon_says_what_happens)
 		     dir, d), 0);
 	ASSERT(strstr(slurp("err"), "the agent merges nothing until one answers"));
 	ASSERT(!strstr(slurp("err"), "within the process"));
+	/* One that answers is not looked for: nothing to say. */
+	struct tdaemon t;
+	td_start(&t, 16);
+	int code = sh("PATH=/usr/bin:/bin MEMDEDUP_SOCKET=%s %s/bin/memdedup run --scan -- true", t.sock, d);
+	td_stop(&t);
+	ASSERT_EQ(code, 0);
+	ASSERT(!strstr(slurp("err"), "memdedupd"));
 	return 0;
 }
 
@@ -1366,6 +1483,14 @@ TEST_IMPL(cli_run_scan_options_need_scan)
 		ASSERT_EQ(sh("%s/memdedup run %s -- true", b, opts[i]), 2);
 		ASSERT(strstr(slurp("err"), "works only with --scan"));
 	}
+	/* A --scan of the command's own arguments is not memdedup's. */
+	ASSERT_EQ(sh("%s/memdedup run --pages-to-scan=5 -- sh -c : --scan", b), 2);
+	ASSERT(strstr(slurp("err"), "works only with --scan"));
+	ASSERT_EQ(sh("%s/memdedup run --pages-to-scan=5 sh -c : --scan", b), 2);
+	ASSERT(strstr(slurp("err"), "works only with --scan"));
+	/* A domain's name the agent would refuse. */
+	ASSERT_EQ(sh("%s/memdedup run --scan --domain=a/b -- true", b), 2);
+	ASSERT(strstr(slurp("err"), "--domain takes a name of 1 to 64 of A-Z a-z 0-9 . _ -, not 'a/b'"));
 	/* MEMDEDUP_SCAN read as the agent reads it: "false" is off. */
 	ASSERT_EQ(sh("MEMDEDUP_SCAN=false %s/memdedup run --pages-to-scan=5 -- true", b), 2);
 	ASSERT(strstr(slurp("err"), "works only with --scan"));
@@ -1388,6 +1513,10 @@ TEST_IMPL(cli_run_scan_options_need_scan)
 		     "sh -c 'test \"$MEMDEDUP_SLEEP_MS\" = 5'", b), 0);
 	ASSERT_EQ(sh("MEMDEDUP_SCAN=1 %s/memdedup run --domain=private --sleep-ms=5 -- true", b), 0);
 	ASSERT(!kill_daemon_of(dir));	/* refused, or private: none started */
+	/* 'private' is one word, in lower case as the agent reads it:
+	 * 'Private' is a shared domain, served by memdedupd. */
+	ASSERT_EQ(sh("%s/memdedup run --scan --domain=Private -- true", b), 0);
+	ASSERT(kill_daemon_of(dir) > 0);
 	return 0;
 }
 
@@ -1417,6 +1546,8 @@ TEST_IMPL(cli_scan_order_any_case)
 		     "sh -c 'test \"$MEMDEDUP_SCAN_ORDER\" = linear'", b), 0);
 	ASSERT_EQ(sh("%s/memdedup run --scan --scan-order=up -- true", b), 2);
 	ASSERT(strstr(slurp("err"), "--scan-order takes one of linear|random (any case), not 'up'"));
+	ASSERT_EQ(sh("%s/memdedup run --scan --scan-order=linearly -- true", b), 2);
+	ASSERT(strstr(slurp("err"), "--scan-order takes one of linear|random (any case), not 'linearly'"));
 	ASSERT(!kill_daemon_of(dir));	/* refused, or private: none started */
 	ASSERT_EQ(sh("%s/memdedup run --help", b), 0);
 	ASSERT(strstr(slurp("out"), "0, no sleep, only\n                          live: memdedup set sleep_millisecs=0"));
@@ -3188,6 +3319,9 @@ TEST_IMPL(cli_run_long_ld_preload)
 	free(big);
 	ASSERT_EQ(code, 0);
 	ASSERT(!strstr(slurp("err"), "cannot be preloaded"));
+	/* An empty LD_PRELOAD adds no empty entry after ours. */
+	ASSERT_EQ(sh("LD_PRELOAD= %s/memdedup run -- sh -c 'test \"${LD_PRELOAD##*/}\" = libmemdedup-preload.so'",
+		     run_build_dir()), 0);
 	return 0;
 }
 
@@ -3540,7 +3674,9 @@ TEST_IMPL(cli_run_numbers_strict)
 	ASSERT_EQ(run("build/memdedup run --share-min-pages=+4 -- true 2>/dev/null"), 2);
 	ASSERT_EQ(run("build/memdedup run --scan --domain=private --pages-to-scan=+32 -- true 2>&1 | "
 		      "grep -q \"pages-to-scan takes a number from 1 to 100000, not '+32'\""), 0);
-	ASSERT_EQ(run("build/memdedup run --scan --domain=private --pages-to-scan=32 --sleep-ms=1 --cpu-percent=100 -- "
+	/* The options win over what the caller's environment has. */
+	ASSERT_EQ(run("MEMDEDUP_PAGES_TO_SCAN=7 MEMDEDUP_SLEEP_MS=7 MEMDEDUP_CPU_PERCENT=7 "
+		      "build/memdedup run --scan --domain=private --pages-to-scan=32 --sleep-ms=1 --cpu-percent=100 -- "
 		      "sh -c 'test \"$MEMDEDUP_PAGES_TO_SCAN $MEMDEDUP_SLEEP_MS $MEMDEDUP_CPU_PERCENT\" = \"32 1 100\"'"), 0);
 	/* 0 would be the API's "default" (20 ms), not no sleep: refused. */
 	ASSERT_EQ(run("build/memdedup run --scan --domain=private --sleep-ms=0 -- true 2>/dev/null"), 2);
@@ -3573,8 +3709,18 @@ TEST_IMPL(cli_run_checks_preload)
 		ASSERT_EQ(sh("mkdir '%s/%s' && cp build/libmemdedup-preload.so '%s'", test_dir(), odd_name[i],
 			     odd[i]), 0);
 	}
+	/* The agent's copies built for another machine, and as an executable
+	 * (ld.so skips or refuses either): only its soname is right. */
+	char foreign[64], exec[64];
+	snprintf(foreign, sizeof(foreign), "%s/foreign.so", dir);
+	snprintf(exec, sizeof(exec), "%s/exec.so", dir);
+	ASSERT_EQ(sh("cp build/libmemdedup-preload.so %s && cp build/libmemdedup-preload.so %s", foreign, exec), 0);
+	make_foreign(foreign);
+	uint16_t type = ET_EXEC;
+	int fd = open(exec, O_WRONLY | O_CLOEXEC);
+	ASSERT(fd >= 0 && pwrite(fd, &type, 2, offsetof(Elf64_Ehdr, e_type)) == 2 && close(fd) == 0);
 	const char *bad[] = { "/etc/passwd", "/", "/nonexistent/libmemdedup-preload.so", odd[0], odd[1],
-			      "build/libmemdedup.so", "/bin/true", cut[0], cut[1], cut[2], cut[3] };
+			      "build/libmemdedup.so", "/bin/true", cut[0], cut[1], cut[2], cut[3], foreign, exec };
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		snprintf(cmd, sizeof(cmd), "MEMDEDUP_PRELOAD='%s' build/memdedup run -- touch %s/ran 2>/dev/null",
 			 bad[i], dir);
@@ -3583,7 +3729,11 @@ TEST_IMPL(cli_run_checks_preload)
 		ASSERT(run(cmd) != 0);
 	}
 	ASSERT_EQ(run("MEMDEDUP_PRELOAD=/etc/passwd build/memdedup run -- true 2>&1 | grep -q "
-		      "\"MEMDEDUP_PRELOAD='/etc/passwd' cannot be preloaded: not a shared library\""), 0);
+		      "\"MEMDEDUP_PRELOAD='/etc/passwd' cannot be preloaded: not a shared library (no ELF header)\""), 0);
+	ASSERT_EQ(sh("MEMDEDUP_PRELOAD=%s build/memdedup run -- true", exec), 2);
+	ASSERT(strstr(slurp("err"), "cannot be preloaded: not a shared library (ELF type 2)"));
+	ASSERT_EQ(sh("MEMDEDUP_PRELOAD=%s build/memdedup run -- true", foreign), 2);
+	ASSERT(strstr(slurp("err"), "cannot be preloaded: a library for another machine"));
 	ASSERT_EQ(run("MEMDEDUP_PRELOAD=build/libmemdedup.so build/memdedup run -- true 2>&1 | grep -q "
 		      "'not the memdedup agent'"), 0);
 	ASSERT_EQ(run("MEMDEDUP_PRELOAD=/ build/memdedup run -- true 2>&1 | grep -q 'not a regular file'"), 0);
@@ -3594,9 +3744,17 @@ TEST_IMPL(cli_run_checks_preload)
 			 "carry a path with ':' or white space\n", odd[i]);
 		ASSERT(strstr(slurp("err"), want));
 	}
-	/* The real one runs the command. */
+	/* A library beside memdedup is checked as well. */
+	ASSERT_EQ(sh("mkdir %s/bin && cp %s/memdedup %s/bin/ && cp /etc/passwd %s/bin/libmemdedup-preload.so && "
+		     "env -u MEMDEDUP_PRELOAD %s/bin/memdedup run -- touch %s/ran", dir, run_build_dir(), dir, dir,
+		     dir, dir), 2);
+	ASSERT(strstr(slurp("err"), "/bin/libmemdedup-preload.so cannot be preloaded: not a shared library"));
+	snprintf(cmd, sizeof(cmd), "test -e %s/ran", dir);
+	ASSERT(run(cmd) != 0);
+	/* The real one runs the command; an empty MEMDEDUP_PRELOAD is none. */
 	snprintf(cmd, sizeof(cmd), "MEMDEDUP_PRELOAD=build/libmemdedup-preload.so build/memdedup run -- touch %s/ran", dir);
 	ASSERT_EQ(run(cmd), 0);
+	ASSERT_EQ(run("MEMDEDUP_PRELOAD= build/memdedup run -- sh -c 'grep -q libmemdedup-preload.so /proc/$$/maps'"), 0);
 	/* A bare name (ld.so would search the library path for it) and a
 	 * relative path are made absolute: the agent is in the command, and
 	 * in what it runs from another directory. */
