@@ -1665,19 +1665,25 @@ TEST_IMPL(cli_status_dead_agent_gone)
  * to remove (md__agents_load without a command's name). */
 TEST_IMPL(cli_control_leaves_stale_files)
 {
-	char path[512], name[64];
+	char path[512], name[64], left[512];
 	pid_t dead = dead_pid();
 	snprintf(name, sizeof(name), "agent-%d.stats", (int)dead);
 	make_rd(path, sizeof(path), name);
 	write_stats(path, (uint32_t)dead, 0, "ghost", 1);
+	/* Nor what a `status` that died left moving one away. */
+	snprintf(name, sizeof(name), ".removing-%d", (int)dead);
+	make_rd(left, sizeof(left), name);
+	write_stats(left, (uint32_t)dead, 0, "ghost", 1);
 	static const char *const cmds[] = { "pause", "resume", "unmerge", "set pages_to_scan=5" };
 	for (int i = 0; i < 4; i++) {
 		ASSERT_EQ(sh("MEMDEDUP_RUN_DIR=%s/rd MEMDEDUP_SOCKET=%s/none %s/memdedup %s", test_dir(), test_dir(),
 			     build_dir(), cmds[i]), 1);
 		ASSERT(access(path, F_OK) == 0);
+		ASSERT(access(left, F_OK) == 0);
 	}
 	ASSERT_EQ(status_json(), 0);
-	ASSERT(access(path, F_OK) != 0);	/* status removes it */
+	ASSERT(access(path, F_OK) != 0);	/* status removes them */
+	ASSERT(access(left, F_OK) != 0);
 	return 0;
 }
 
@@ -1903,29 +1909,37 @@ TEST_IMPL(cli_status_files_private)
 }
 
 /* Only agent-PID.stats and agent-PID.K.stats (K from 2) with PID
- * 1..INT_MAX are agents' files: others are neither listed nor removed. */
+ * 1..INT_MAX are agents' files: others (also a name that only begins
+ * like one, or a PID past INT_MAX) are neither listed nor removed. */
 TEST_IMPL(cli_status_pid_names)
 {
-	char path[512], name[64], odd[3][512];
+	char path[512], name[64], odd[4][512], big[512], top[512];
 	pid_t dead = dead_pid();
 	make_rd(path, sizeof(path), "agent--5.stats");
 	write_stats(path, (uint32_t)-5, 0, "minus", 1);
-	const char *const ends[3] = { ".1.stats", ".02.stats", "..stats" };
-	for (int i = 0; i < 3; i++) {
+	const char *const ends[4] = { ".1.stats", ".02.stats", "..stats", ".stats.old" };
+	for (int i = 0; i < 4; i++) {
 		snprintf(name, sizeof(name), "agent-%d%s", (int)dead, ends[i]);
 		make_rd(odd[i], sizeof(odd[i]), name);
 		write_stats(odd[i], (uint32_t)dead, 0, "odd", 1);
 	}
+	make_rd(big, sizeof(big), "agent-2147483648.stats");
+	write_stats(big, (uint32_t)INT_MAX + 1, 0, "big", 1);
 	snprintf(name, sizeof(name), "agent-%d.3.stats", (int)dead);
 	char third[512];
 	make_rd(third, sizeof(third), name);
 	write_stats(third, (uint32_t)dead, 0, "third", 1);
+	/* The largest pid named (no process has it): an agent's, stale. */
+	make_rd(top, sizeof(top), "agent-2147483647.stats");
+	write_stats(top, INT_MAX, 0, "top", 1);
 	ASSERT_EQ(status_json(), 0);
 	ASSERT(!strstr(slurp("out"), "4294967291"));
 	ASSERT(access(path, F_OK) == 0);
-	for (int i = 0; i < 3; i++)
+	for (int i = 0; i < 4; i++)
 		ASSERT(access(odd[i], F_OK) == 0);
+	ASSERT(access(big, F_OK) == 0);
 	ASSERT(access(third, F_OK) != 0);	/* an agent's, stale */
+	ASSERT(access(top, F_OK) != 0);
 	return 0;
 }
 
@@ -1946,7 +1960,7 @@ TEST_IMPL(cli_status_fifo_no_hang)
 	ASSERT_EQ(status_json(), 0);
 	snprintf(want, sizeof(want), "\"pid\": %d", (int)getpid());
 	ASSERT(!strstr(slurp("out"), want));
-	ASSERT(strstr(slurp("err"), "symbolic link"));
+	ASSERT(strstr(slurp("err"), ": a symbolic link\n"));	/* not ELOOP's strerror */
 	return 0;
 }
 
@@ -2063,6 +2077,40 @@ TEST_IMPL(cli_status_totals_keep_settings)
 	ASSERT(sc);
 	ASSERT_EQ(json_integer_value(json_object_get(sc, "hint_ratio")), 4);
 	ASSERT_EQ(json_integer_value(json_object_get(sc, "merged")), 2 * stats_value(4, MD_CTR_MERGED));	/* added */
+	json_decref(st);
+	return 0;
+}
+
+/* More agents than status first makes room for (8) are all listed, each
+ * with its own command, and counted in the totals. */
+TEST_IMPL(cli_status_lists_every_agent)
+{
+	enum { N = 20 };
+	char command[N][16];
+	pid_t kids[N];
+	int stop[2];
+	ASSERT(pipe(stop) == 0);
+	for (int i = 0; i < N; i++) {
+		snprintf(command[i], sizeof(command[i]), "vmm-%d", i);
+		kids[i] = agent_stand_in(stop, command[i], 1);
+	}
+	int code = status_json();
+	close(stop[1]);
+	for (int i = 0; i < N; i++)
+		ASSERT_EQ(waitpid(kids[i], NULL, 0), kids[i]);
+	close(stop[0]);
+	ASSERT_EQ(code, 0);
+	json_error_t je;
+	json_t *st = json_loads(slurp("out"), 0, &je);
+	ASSERT(st);
+	ASSERT_EQ(json_array_size(json_object_get(st, "agents")), N);
+	for (int i = 0; i < N; i++) {
+		json_t *a = listed(st, kids[i]);
+		ASSERT(a);
+		ASSERT_EQ(strcmp(json_string_value(json_object_get(a, "command")), command[i]), 0);
+	}
+	ASSERT_EQ(json_integer_value(json_object_get(json_object_get(st, "totals"), "regions")),
+		  N * stats_value(1, MD_CTR_REGIONS));
 	json_decref(st);
 	return 0;
 }
@@ -2682,6 +2730,11 @@ TEST_IMPL(cli_status_totals_saturate)
 	snprintf(name, sizeof(name), "agent-%d.stats", (int)getpid());
 	make_rd(path, sizeof(path), name);
 	write_stats(path, (uint32_t)getpid(), md__proc_start_time(getpid()), "vmm", big);
+	/* general_profit, signed, stays at INT64_MAX too (not wrapped negative). */
+	set_counter(path, MD_CTR_GENERAL_PROFIT, INT64_MAX);
+	snprintf(name, sizeof(name), "agent-%d.stats", (int)kid);
+	make_rd(path, sizeof(path), name);
+	set_counter(path, MD_CTR_GENERAL_PROFIT, INT64_MAX);
 	int c1 = status_json();
 	char out[65536];
 	snprintf(out, sizeof(out), "%s", slurp("out"));
@@ -2701,6 +2754,7 @@ TEST_IMPL(cli_status_totals_saturate)
 	json_t *t = json_object_get(st, "totals");
 	ASSERT_EQ(json_integer_value(json_object_get(t, "bytes_read")), INT64_MAX);
 	ASSERT_EQ(json_integer_value(json_object_get(json_object_get(t, "scanner"), "merged")), INT64_MAX);
+	ASSERT_EQ(json_integer_value(json_object_get(json_object_get(t, "scanner"), "general_profit")), INT64_MAX);
 	json_decref(st);
 	return 0;
 }
@@ -3040,6 +3094,12 @@ TEST_IMPL(cli_status_one_agent_as_said)
 	ASSERT(json_is_null(json_object_get(a, "paused")));
 	ASSERT(json_is_null(json_object_get(st, "daemon")));
 	json_decref(st);
+	/* A state past the last this status knows (a newer agent's, or a
+	 * damaged file): none shown, as for an agent that does not say. */
+	set_counter(path, MD_CTR_SCAN_STATE, MD_SCAN_STATE_STOPPED + 1);
+	ASSERT_EQ(sh("MEMDEDUP_RUN_DIR=%s/rd MEMDEDUP_SOCKET=%s %s/memdedup status", test_dir(), sock, b), 0);
+	ASSERT_EQ(row_words(slurp("out"), head, buf, sizeof(buf), w, 12), 10);
+	ASSERT_EQ(strcmp(w[9], "-"), 0);
 	return 0;
 }
 
@@ -3107,9 +3167,11 @@ TEST_IMPL(cli_status_shows_paused)
 	ASSERT_EQ(sh("%s %s/memdedup status --agents", env, b), 0);
 	ASSERT_EQ(strcmp(status_row_state(slurp("out"), p1), "stopped"), 0);
 	ASSERT_EQ(strcmp(status_row_state(slurp("out"), p2), "-"), 0);
+	ASSERT(!strstr(slurp("out"), "memdedupd:"));	/* not asked: not "not running" */
 	ASSERT_EQ(sh("%s %s/memdedup status --agents --json", env, b), 0);
 	json_t *st = json_loads(slurp("out"), 0, &je);
 	ASSERT(st);
+	ASSERT(!json_object_get(st, "daemon"));	/* not asked: no key, not null */
 	ASSERT_EQ(agent_flag(st, p1, "paused"), -1);
 	ASSERT_EQ(agent_flag(st, p2, "unmerged"), -1);
 	json_decref(st);
@@ -3119,6 +3181,34 @@ TEST_IMPL(cli_status_shows_paused)
 	ASSERT(waitpid(p2, &ws, 0) == p2 && WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
 	close(stop[0]);
 	td_stop(&t);
+	return 0;
+}
+
+/* An agent that does not say its state, and memdedupd's record of it
+ * without "paused" (a memdedupd older than that field): STATE is -, not
+ * "scanning"; a record with it is shown. */
+TEST_IMPL(cli_status_old_daemon_state_unknown)
+{
+	char path[512], name[64], sock[400], doc[256];
+	snprintf(name, sizeof(name), "agent-%d.stats", (int)getpid());
+	make_rd(path, sizeof(path), name);
+	write_stats(path, (uint32_t)getpid(), md__proc_start_time(getpid()), "vmm", 1);
+	set_counter(path, MD_CTR_IO_UNSEEN, 0);
+	set_counter(path, MD_CTR_SCAN_STATE, MD_SCAN_STATE_NONE);
+	snprintf(sock, sizeof(sock), "%s/doc.sock", test_dir());
+	static const char *const records[2] = { "", ",\"paused\":true,\"unmerged\":false" };
+	static const char *const want[2] = { "-", "paused" };
+	for (int i = 0; i < 2; i++) {
+		snprintf(doc, sizeof(doc), "{\"daemon\":{},\"domains\":[],\"agents\":[{\"pid\":%d%s}]}",
+			 (int)getpid(), records[i]);
+		pid_t kid = doc_server(sock, doc, 1);
+		int code = sh("MEMDEDUP_RUN_DIR=%s/rd MEMDEDUP_SOCKET=%s %s/memdedup status", test_dir(), sock,
+			      build_dir());
+		kill(kid, SIGKILL);
+		waitpid(kid, NULL, 0);
+		ASSERT_EQ(code, 0);
+		ASSERT_EQ(strcmp(status_row_state(slurp("out"), getpid()), want[i]), 0);
+	}
 	return 0;
 }
 
@@ -3574,6 +3664,9 @@ TEST_IMPL(cli_status_socket_path_too_long)
 		ASSERT_EQ(sh("env -u MEMDEDUP_SOCKET MEMDEDUP_RUN_DIR=%s %s/memdedup status", dir, build_dir()), 0);
 		ASSERT(strstr(slurp("out"), "memdedupd: not asked: no usable socket path in the run directory"));
 		ASSERT(!strstr(slurp("err"), "did not answer"));
+		/* MEMDEDUP_SOCKET empty is unset: not the one blamed. */
+		ASSERT_EQ(sh("MEMDEDUP_SOCKET= MEMDEDUP_RUN_DIR=%s %s/memdedup status", dir, build_dir()), 0);
+		ASSERT(strstr(slurp("out"), "memdedupd: not asked: no usable socket path in the run directory"));
 		ASSERT_EQ(sh("env -u MEMDEDUP_SOCKET MEMDEDUP_RUN_DIR=%s %s/memdedup status --json", dir, build_dir()), 0);
 		ASSERT(strstr(slurp("out"), "\"daemon\": null"));
 	}
@@ -3607,6 +3700,7 @@ TEST_IMPL(cli_status_daemon_no_domains)
 	td_stop(&t);
 	ASSERT_EQ(code, 0);
 	ASSERT(strstr(slurp("out"), "memdedupd: running, with no domains now"));
+	ASSERT(strstr(slurp("out"), "\ntotal    agents "));	/* none: not "1 agent" */
 	return 0;
 }
 
