@@ -2141,9 +2141,10 @@ TEST_IMPL(cli_status_io_unseen)
 }
 
 /* A server at path answering every connection with doc (len bytes): as
- * it is, unasked (framed 0); in a proper STATUS_R frame once asked (1); as
- * it is once asked, the request read whole (2). Its pid. */
-static pid_t doc_server_len(const char *path, const char *doc, size_t len, int framed)
+ * it is, unasked (framed 0); in a proper frame of type (a reply's seq)
+ * once asked (1); as it is once asked, the request read whole (2). Its
+ * pid. */
+static pid_t doc_server_len(const char *path, const char *doc, size_t len, int framed, unsigned type)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	ASSERT(strlen(path) < sizeof(sa.sun_path));
@@ -2186,7 +2187,7 @@ static pid_t doc_server_len(const char *path, const char *doc, size_t len, int f
 			} else {
 				ssize_t n = read(c, in, sizeof(in));
 				if (n >= (ssize_t)MD_MSG_HDR_SIZE && md__msg_hdr_decode(in, (size_t)n, &h) == 0) {
-					md__msg_hdr_encode(out, MD_MSG_STATUS_R, (uint32_t)len, h.seq);
+					md__msg_hdr_encode(out, type, (uint32_t)len, h.seq);
 					if (write(c, out, MD_MSG_HDR_SIZE + len) < 0)
 						_exit(1);
 				}
@@ -2200,7 +2201,7 @@ static pid_t doc_server_len(const char *path, const char *doc, size_t len, int f
 
 static pid_t doc_server(const char *path, const char *doc, int framed)
 {
-	return doc_server_len(path, doc, strlen(doc), framed);
+	return doc_server_len(path, doc, strlen(doc), framed, MD_MSG_STATUS_R);
 }
 
 /* memdedupd there but answering garbage: said, and exit 1 (none running
@@ -2355,6 +2356,8 @@ TEST_IMPL(cli_status_daemon_pages_bounded)
 	waitpid(kid, NULL, 0);
 	ASSERT_EQ(code, 1);
 	ASSERT(strstr(slurp("err"), "did not answer properly"));
+	/* The pages taken before are dropped, not shown as a daemon. */
+	ASSERT(strstr(slurp("out"), "memdedupd: no proper answer (see the error)"));
 	return 0;
 }
 
@@ -2378,8 +2381,8 @@ TEST_IMPL(cli_daemon_garbage_said_once)
 	ssize_t rlen = md__msg_encode(&m, refusal, sizeof(refusal));
 	ASSERT(rlen > 0);
 	for (int refused = 0; refused < 2; refused++) {
-		pid_t kid = refused ? doc_server_len(sock, (const char *)refusal, (size_t)rlen, 2)
-				    : doc_server_len(sock, junk, 64, 2);
+		pid_t kid = refused ? doc_server_len(sock, (const char *)refusal, (size_t)rlen, 2, 0)
+				    : doc_server_len(sock, junk, 64, 2, 0);
 		int code[4];
 		char err[4][1024];
 		for (int i = 0; i < 4; i++) {
@@ -2428,6 +2431,39 @@ TEST_IMPL(cli_control_wrong_reply_type)
 	for (int i = 0; i < 4; i++) {
 		ASSERT_EQ(code[i], 1);
 		ASSERT(strstr(err[i], "did not answer properly"));
+	}
+	return 0;
+}
+
+/* Nor is a STATUS answered with a frame of another type (a proper
+ * document in it), or with an ERROR that says no error (status 0): no
+ * proper answer, said so, exit 1; not the document shown, nor the ERROR's
+ * text as a refusal. */
+TEST_IMPL(cli_status_wrong_reply_type)
+{
+	char sock[400], err[2][1024];
+	unsigned char error[MD_MSG_HDR_SIZE + 8 + MD_TEXT_MAX];
+	struct md__msg m = { .hdr = { .type = MD_MSG_ERROR } };
+	snprintf(m.u.text.text, sizeof(m.u.text.text), "all is well");
+	ssize_t elen = md__msg_encode(&m, error, sizeof(error));
+	ASSERT(elen > (ssize_t)MD_MSG_HDR_SIZE);
+	snprintf(sock, sizeof(sock), "%s/wrong.sock", test_dir());
+	static const char doc[] = "{\"daemon\":{},\"domains\":[{\"id\":7,\"name\":\"blue\",\"uid\":0,"
+				  "\"agents\":2,\"pool_live_pages\":1234,\"pages_sharing\":5678,"
+				  "\"general_profit\":1048576}],\"agents\":[]}";
+	for (int i = 0; i < 2; i++) {
+		pid_t kid = i ? doc_server_len(sock, (const char *)error + MD_MSG_HDR_SIZE,
+					      (size_t)elen - MD_MSG_HDR_SIZE, 1, MD_MSG_ERROR)
+			      : doc_server_len(sock, doc, strlen(doc), 1, MD_MSG_CONTROL_R);
+		int code = sh("MEMDEDUP_RUN_DIR=%s MEMDEDUP_SOCKET=%s %s/memdedup status", test_dir(), sock,
+			      build_dir());
+		snprintf(err[i], sizeof(err[i]), "%s", slurp("err"));
+		kill(kid, SIGKILL);
+		waitpid(kid, NULL, 0);
+		ASSERT_EQ(code, 1);
+		ASSERT(!strstr(slurp("out"), "5678"));
+		ASSERT(strstr(err[i], "did not answer properly"));
+		ASSERT(!strstr(err[i], "all is well"));
 	}
 	return 0;
 }
