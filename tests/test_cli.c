@@ -3867,6 +3867,24 @@ TEST_IMPL(cli_run_checks_preload)
 	ASSERT_EQ(run("MEMDEDUP_PRELOAD=build/libmemdedup.so build/memdedup run -- true 2>&1 | grep -q "
 		      "'not the memdedup agent'"), 0);
 	ASSERT_EQ(run("MEMDEDUP_PRELOAD=/ build/memdedup run -- true 2>&1 | grep -q 'not a regular file'"), 0);
+	/* A soname the agent's only begins (its NUL made a '1': another
+	 * library's, libmemdedup-preload.so1...) is not the agent's. */
+	char longer[256];
+	snprintf(longer, sizeof(longer), "%s/longer.so", test_dir());
+	ASSERT_EQ(sh("cp build/libmemdedup-preload.so %s", longer), 0);
+	int lfd = open(longer, O_RDWR | O_CLOEXEC);
+	struct stat lst;
+	ASSERT(lfd >= 0 && fstat(lfd, &lst) == 0);
+	char *img = mmap(NULL, (size_t)lst.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, lfd, 0);
+	ASSERT(img != MAP_FAILED);
+	static const char soname[] = "libmemdedup-preload.so";
+	char *at = memmem(img, (size_t)lst.st_size, soname, sizeof(soname));	/* with its NUL */
+	ASSERT(at);
+	at[sizeof(soname) - 1] = '1';
+	munmap(img, (size_t)lst.st_size);
+	close(lfd);
+	ASSERT_EQ(sh("MEMDEDUP_PRELOAD=%s build/memdedup run -- true", longer), 2);
+	ASSERT(strstr(slurp("err"), "not the memdedup agent"));
 	for (size_t i = 0; i < 2; i++) {
 		char want[700];
 		ASSERT_EQ(sh("MEMDEDUP_PRELOAD='%s' build/memdedup run -- true", odd[i]), 2);
