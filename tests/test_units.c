@@ -51,6 +51,34 @@ TEST_IMPL(log_keeps_errno)
 	return 0;
 }
 
+/* A log path of "-" is stderr (log.h), not a file named "-" made in the
+ * VMM's working directory. */
+TEST_IMPL(log_dash_is_stderr)
+{
+	ASSERT_EQ(chdir(test_dir()), 0);
+	ASSERT_EQ(md__log_open("-"), 0);
+	md__log("a line for stderr");
+	ASSERT(access("-", F_OK) != 0);
+	return 0;
+}
+
+/* md__log_once says a key's line once, and keys 64 apart are keys of
+ * their own. */
+TEST_IMPL(log_once_said_once)
+{
+	char path[512];
+	snprintf(path, sizeof(path), "%s/log", test_dir());
+	ASSERT_EQ(md__log_open(path), 0);
+	md__log_once(100, "key 100 first");
+	md__log_once(100, "key 100 again");
+	md__log_once(164, "key 164 first");
+	const char *text = file_text(path);
+	ASSERT(strstr(text, "key 100 first\n"));
+	ASSERT(!strstr(text, "key 100 again"));
+	ASSERT(strstr(text, "key 164 first\n"));
+	return 0;
+}
+
 /* The kernel's query of mappings (PROCMAP_QUERY) says ENOENT for none
  * from an address on: asked inside the VMM's madvise (is the range all
  * anonymous?), it left errno so after the call succeeded. It showed under
