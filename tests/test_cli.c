@@ -2246,31 +2246,35 @@ TEST_IMPL(cli_status_daemon_malformed_doc)
 		/* Named properly, one of its numbers not a number. */
 		"{\"daemon\":{},\"domains\":[{\"id\":7,\"name\":\"blue\",\"uid\":0,\"agents\":2,"
 		"\"pool_live_pages\":\"1234\",\"pages_sharing\":5678,\"general_profit\":1048576}],\"agents\":[]}",
+		/* A key twice: which one is meant cannot be told. */
+		"{\"daemon\":{},\"domains\":[],\"domains\":[{\"id\":7,\"name\":\"blue\",\"uid\":0,\"agents\":2,"
+		"\"pool_live_pages\":1234,\"pages_sharing\":5678,\"general_profit\":1048576}],\"agents\":[]}",
 		"{\"daemon\":{},\"domains\":[{\"id\":7,\"name\":\"blue\",\"uid\":0,\"agents\":2,"
 		"\"pool_live_pages\":1234,\"pages_sharing\":5678,\"general_profit\":1048576}],\"agents\":[]}",
 	};
-	int code[4][2];
-	char err[4][1024], out[1024];
-	for (int i = 0; i < 4; i++) {
+	enum { N = sizeof(docs) / sizeof(docs[0]) };
+	int code[N][2];
+	char err[N][1024], out[1024];
+	for (int i = 0; i < N; i++) {
 		pid_t kid = doc_server(sock, docs[i], 1);
 		for (int json = 0; json < 2; json++) {
 			code[i][json] = sh("MEMDEDUP_RUN_DIR=%s MEMDEDUP_SOCKET=%s %s/memdedup status%s", test_dir(),
 					   sock, b, json ? " --json" : "");
 			if (!json)
 				snprintf(err[i], sizeof(err[i]), "%s", slurp("err"));
-			if (!json && i == 3)
+			if (!json && i == N - 1)
 				snprintf(out, sizeof(out), "%s", slurp("out"));
 		}
 		kill(kid, SIGKILL);
 		waitpid(kid, NULL, 0);
 	}
-	for (int i = 0; i < 3; i++) {
+	for (int i = 0; i < N - 1; i++) {
 		ASSERT_EQ(code[i][0], 1);
 		ASSERT_EQ(code[i][1], 1);
 		ASSERT(strstr(err[i], "did not answer properly"));
 	}
-	ASSERT_EQ(code[3][0], 0);
-	ASSERT_EQ(code[3][1], 0);
+	ASSERT_EQ(code[N - 1][0], 0);
+	ASSERT_EQ(code[N - 1][1], 0);
 	ASSERT(strstr(out, "blue") && strstr(out, "5678"));
 	return 0;
 }
