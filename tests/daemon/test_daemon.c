@@ -4055,6 +4055,45 @@ TEST_IMPL(daemon_unmerge_counts_agents_gone)
 	return 0;
 }
 
+/* An agent whose connection closes while it waits its turn, its record
+ * kept (paused), is not unmerged: the CLI hears at its turn that it is not
+ * connected, not that it exited (which read as all done). */
+TEST_IMPL(daemon_unmerge_agent_detached_before_turn)
+{
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	struct md__msg_control ctl;
+	struct control_call k;
+	struct fake_agent o;
+	uint32_t token;
+	char want[96];
+	int fd;
+
+	td_start(&t, 16);
+	struct md__client *c = td_agent(&t, NULL, &w, &fd);
+	fake_agent_start(&t, &o);	/* the newer record: its turn comes first */
+	struct md__client *cli = td_connect(&t);
+	control_start(&k, cli, MD_CTL_PAUSE, getpid(), NULL, NULL);
+	next_control(c, &ctl);
+	ASSERT_EQ(md__client_control_done(c, ctl.token, 0, NULL), 0);
+	ASSERT_EQ(control_end(&k), 0);
+	control_start(&k, cli, MD_CTL_UNMERGE, 0, NULL, NULL);
+	ASSERT_EQ(unmerge_turn(&o, 1, c, &token), 0);
+	md__client_free(c);
+	close(fd);
+	usleep(300000);	/* the daemon sees it go */
+	fake_agent_tell(&o, 'a');
+	ASSERT_EQ(control_end(&k), -ENOTCONN);
+	snprintf(want, sizeof(want), "pid %d is not connected", (int)getpid());
+	if (!strstr(k.text, want) || !strstr(k.text, "(done by 1 of 2 agents)"))
+		fprintf(stderr, "  CONTROL_R says '%s'\n", k.text);
+	ASSERT(strstr(k.text, want) && strstr(k.text, "(done by 1 of 2 agents)"));
+	fake_agent_end(&o);
+	md__client_free(cli);
+	td_stop(&t);
+	return 0;
+}
+
 /* An agent waiting its turn behind another request's agent that does not
  * answer (a VMM stopped) exits: its request is answered then ("1 exited
  * before its turn"), not once the earlier agent's turn is over. */
@@ -4398,6 +4437,27 @@ TEST_IMPL(daemon_refusal_reason_whole)
 	ASSERT_EQ(control_end(&k), -ENOMEM);
 	ASSERT(strlen(k.text) <= MD_TEXT_MAX);
 	ASSERT(strstr(k.text, " abcdefg... (done by 0 of 1 agent)"));
+	/* At the bound: a reason that just fits is whole, one a byte longer
+	 * is cut, and the count after it stays whole either way. */
+	char head[64], tail[] = " (done by 0 of 1 agent)", reason[MD_TEXT_MAX + 1];
+	snprintf(head, sizeof(head), "unmerge: pid %d: ", (int)getpid());
+	for (size_t over = 0; over < 2; over++) {
+		size_t n = MD_TEXT_MAX - strlen(head) - strlen(tail) + over;
+		snprintf(reason, n + 1, "%s", longer);
+		control_start(&k, cli, MD_CTL_UNMERGE, getpid(), NULL, NULL);
+		next_control(agent, &ctl);
+		ASSERT_EQ(md__client_control_done(agent, ctl.token, -ENOMEM, reason), 0);
+		ASSERT_EQ(control_end(&k), -ENOMEM);
+		size_t len = strlen(k.text);
+		if (over)
+			snprintf(want, sizeof(want), "...%s", tail);
+		else
+			snprintf(want, sizeof(want), "%s%s%s", head, reason, tail);
+		if (len < strlen(want) || strcmp(k.text + len - strlen(want), want) != 0)
+			fprintf(stderr, "  CONTROL_R says '%s'\n", k.text);
+		ASSERT(len >= strlen(want) && strcmp(k.text + len - strlen(want), want) == 0);
+		ASSERT(len <= MD_TEXT_MAX);
+	}
 	md__client_free(cli);
 	md__client_free(agent);
 	close(fd);
@@ -4432,6 +4492,44 @@ TEST_IMPL(daemon_late_unmerge_refusal)
 	usleep(100000);
 	agent = td_agent(&t, NULL, &w, &fd);
 	ASSERT(!(w.state & MD_WELCOME_PAUSED));
+	md__client_free(agent);
+	close(fd);
+	md__client_free(cli);
+	td_stop(&t);
+	return 0;
+}
+
+/* An agent answers an UNMERGE late, done, after a second one was sent it
+ * (once the hold after the first's turn was over), and refuses that one:
+ * the first's copies were made, so it stays unmerged and paused. */
+TEST_IMPL(daemon_late_unmerge_done_outlives_refusal)
+{
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	struct md__msg_control first, second;
+	struct control_call k;
+	int fd;
+
+	setenv("MEMDEDUP_CONTROL_WAIT_MS", "300", 1);
+	td_start(&t, 16);
+	unsetenv("MEMDEDUP_CONTROL_WAIT_MS");
+	struct md__client *agent = td_agent(&t, NULL, &w, &fd);
+	struct md__client *cli = td_connect(&t);
+	control_start(&k, cli, MD_CTL_UNMERGE, getpid(), NULL, NULL);
+	next_control(agent, &first);
+	ASSERT_EQ(control_end(&k), -ETIMEDOUT);
+	control_start(&k, cli, MD_CTL_UNMERGE, getpid(), NULL, NULL);
+	next_control(agent, &second);
+	ASSERT(second.token != first.token);
+	ASSERT_EQ(md__client_control_done(agent, first.token, 0, NULL), 0);
+	ASSERT_EQ(md__client_control_done(agent, second.token, -ENOMEM, "not enough memory"), 0);
+	ASSERT_EQ(control_end(&k), -ENOMEM);
+	json_t *st = td_status(&t);
+	json_t *a = json_array_get(json_object_get(st, "agents"), 0);
+	ASSERT_EQ(td_int(a, "pid"), getpid());
+	ASSERT(json_is_true(json_object_get(a, "unmerged")));
+	ASSERT(json_is_true(json_object_get(a, "paused")));
+	json_decref(st);
 	md__client_free(agent);
 	close(fd);
 	md__client_free(cli);
@@ -4759,6 +4857,13 @@ TEST_IMPL(daemon_control)
 	ASSERT(strstr(k.text, want));
 	ASSERT(strstr(k.text, "done by 0 of 1 agent"));
 	ASSERT(md__client_alive(agent));
+	/* A refusal's errno is EEXIST, a SET's "keeps its own value": of
+	 * another command it is a refusal still, not counted as kept. */
+	control_start(&k, cli, MD_CTL_UNMERGE, getpid(), NULL, NULL);
+	next_control(agent, &ctl);
+	ASSERT_EQ(md__client_control_done(agent, ctl.token, MD_CTL_KEPT_OWN, "exists"), 0);
+	ASSERT_EQ(control_end(&k), MD_CTL_KEPT_OWN);
+	ASSERT(strstr(k.text, "done by 0 of 1 agent"));
 	/* An unmerge done is remembered: the agent's record outlives its
 	 * connection (it holds no reference), and its WELCOME says paused
 	 * until a resume, also one that came while it was away. */
@@ -4841,6 +4946,42 @@ TEST_IMPL(daemon_control)
 	ASSERT_EQ(td_int(tun, "pages_to_scan"), 500);
 	json_decref(js);
 	md__client_free(cli);
+	td_stop(&t);
+	return 0;
+}
+
+/* A CONTROL's agents may answer in any order: the first sent answering
+ * first must not leave the daemon waiting for it still, and the others'
+ * answers unheard (a timeout of agents that had all answered). */
+TEST_IMPL(daemon_control_answers_in_any_order)
+{
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	struct md__msg_control ctl;
+	struct control_call k;
+	struct fake_agent f;
+	int fd;
+
+	setenv("MEMDEDUP_CONTROL_WAIT_MS", "3000", 1);
+	td_start(&t, 16);
+	unsetenv("MEMDEDUP_CONTROL_WAIT_MS");
+	struct md__client *agent = td_agent(&t, NULL, &w, &fd);
+	fake_agent_start(&t, &f);	/* the newest record: sent it first */
+	struct md__client *cli = td_connect(&t);
+	control_start(&k, cli, MD_CTL_PAUSE, 0, NULL, NULL);
+	ASSERT_EQ(fake_agent_got(&f, 5000), 'P');
+	usleep(200000);	/* its answer, sent at once, is in */
+	next_control(agent, &ctl);
+	ASSERT_EQ(ctl.op, MD_CTL_PAUSE);
+	ASSERT_EQ(md__client_control_done(agent, ctl.token, 0, NULL), 0);
+	ASSERT_EQ(control_end(&k), 0);
+	if (strcmp(k.text, "pause done by 2 agents"))
+		fprintf(stderr, "  CONTROL_R says '%s'\n", k.text);
+	ASSERT(strcmp(k.text, "pause done by 2 agents") == 0);
+	fake_agent_end(&f);
+	md__client_free(cli);
+	md__client_free(agent);
+	close(fd);
 	td_stop(&t);
 	return 0;
 }
@@ -5218,6 +5359,22 @@ TEST_IMPL(daemon_controls_per_uid)
 	ASSERT_EQ(waitpid(kid, &st, 0), kid);
 	ASSERT(WIFEXITED(st));
 	ASSERT_EQ(WEXITSTATUS(st), 0);
+	/* Root has no such bound: its UNMERGEs past it all wait their turn. */
+	struct md__msg_welcome w;
+	char why[MD_TEXT_MAX + 1] = "";
+	int fd, n = 0, kept[MD_D_CONTROLS_PER_UID + 1];
+	struct md__client *agent = td_agent(&t, NULL, &w, &fd);
+	ASSERT_EQ(control_and_close(&t, agent, MD_CTL_UNMERGE, why), 1);
+	for (int i = 0; i <= MD_D_CONTROLS_PER_UID; i++)
+		n += control_kept(&t, agent, MD_CTL_UNMERGE, why, &kept[i]);
+	if (n != MD_D_CONTROLS_PER_UID + 1)
+		fprintf(stderr, "  root's refusal says '%s'\n", why);
+	ASSERT_EQ(n, MD_D_CONTROLS_PER_UID + 1);
+	for (int i = 0; i <= MD_D_CONTROLS_PER_UID; i++)
+		if (kept[i] >= 0)
+			close(kept[i]);
+	md__client_free(agent);
+	close(fd);
 	td_stop(&t);
 	return 0;
 }
