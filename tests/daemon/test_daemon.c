@@ -4465,6 +4465,35 @@ TEST_IMPL(daemon_refusal_reason_whole)
 	return 0;
 }
 
+/* Of several failures, the CLI hears the first's reason and status: an
+ * agent's refusal, not the timeout of the one sent it after. */
+TEST_IMPL(daemon_control_first_failure_said)
+{
+	struct tdaemon t;
+	struct control_call k;
+	struct fake_agent o[2];
+
+	setenv("MEMDEDUP_CONTROL_WAIT_MS", "500", 1);
+	td_start(&t, 16);
+	unsetenv("MEMDEDUP_CONTROL_WAIT_MS");
+	for (int i = 0; i < 2; i++)
+		fake_agent_start(&t, &o[i]);
+	struct md__client *cli = td_connect(&t);
+	control_start(&k, cli, MD_CTL_UNMERGE, 0, NULL, NULL);
+	int first = unmerge_turn(o, 2, NULL, NULL);
+	fake_agent_tell(&o[first], 'r');
+	ASSERT_EQ(fake_agent_got(&o[!first], 2000), 'U');	/* never answered */
+	ASSERT_EQ(control_end(&k), -ENOMEM);
+	if (!strstr(k.text, SHORT_OF_MEMORY) || !strstr(k.text, "(done by 0 of 2 agents)"))
+		fprintf(stderr, "  CONTROL_R says '%s'\n", k.text);
+	ASSERT(strstr(k.text, SHORT_OF_MEMORY) && strstr(k.text, "(done by 0 of 2 agents)"));
+	for (int i = 0; i < 2; i++)
+		fake_agent_end(&o[i]);
+	md__client_free(cli);
+	td_stop(&t);
+	return 0;
+}
+
 TEST_IMPL(daemon_late_unmerge_refusal)
 {
 	/* An agent that refuses an UNMERGE after the daemon stopped waiting
