@@ -5997,6 +5997,15 @@ TEST_IMPL(daemon_status_pages)
 	ASSERT(first > 0 && first < PAGED_AGENTS);
 	ASSERT(json_is_object(json_object_get(st, "next")));
 	ASSERT_EQ(td_int(json_object_get(st, "totals"), "agents"), PAGED_AGENTS);
+	/* In the order pages go through them: domains by id, agents by pid. */
+	const char *order[][2] = { { "domains", "id" }, { "agents", "pid" } };
+	for (int o = 0; o < 2; o++) {
+		json_t *list = json_object_get(st, order[o][0]);
+		for (size_t i = 1; i < json_array_size(list); i++)
+			ASSERT(td_int(json_array_get(list, i - 1), order[o][1]) <
+			       td_int(json_array_get(list, i), order[o][1]));
+	}
+	ASSERT_EQ(json_array_size(json_object_get(st, "domains")), 2);
 	json_decref(st);
 
 	/* The CLI puts the pages together: every agent once, whole. */
