@@ -103,9 +103,14 @@ TEST_IMPL(daemon_socket_path_kept)
 	snprintf(args, sizeof(args), "--run-dir %s --socket %s", dir2, path);
 	ASSERT_EQ(run_daemon(args, err), MD_D_EXIT_HELD);
 	ASSERT(md__daemon_alive(path));
+	/* Stopping, it takes away only its own socket: a file put in its
+	 * place since stays. */
+	ASSERT(unlink(path) == 0);
+	ASSERT_EQ(td_sh("echo replaced > %s", path), 0);
 	ASSERT(kill(pid, SIGTERM) == 0);
 	int ws;
 	ASSERT(waitpid(pid, &ws, 0) == pid && WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+	ASSERT_EQ(td_sh("grep -q replaced %s", path), 0);
 	return 0;
 }
 
@@ -292,6 +297,9 @@ TEST_IMPL(daemon_bad_values_refused)
 		{ "MEMDEDUP_STATUS_KB_PER_S=1048577", "", "MEMDEDUP_STATUS_KB_PER_S must be", 2 },
 		{ "MEMDEDUP_STATUS_KB_PER_S=1048576", "", "at most 107 bytes", 1 },
 		{ "MEMDEDUP_CONTROL_WAIT_MS=60001", "", "MEMDEDUP_CONTROL_WAIT_MS must be", 2 },
+		{ "", "--bogus", "unknown option, or one without its value: '--bogus'", 2 },
+		/* In a group, the letter: the argument before it is another's. */
+		{ "", "-qz", "unknown option, or one without its value: '-q'", 2 },
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		/* The run directory and socket first: a value given twice, the
@@ -331,6 +339,10 @@ TEST_IMPL(daemon_on_demand_loser_quiet)
 				env, daemon_exe(), t.dir, t.sock, err), MD_D_EXIT_HELD);
 		ASSERT_EQ(td_sh("test -s %s", err), quiet ? 1 : 0);
 	}
+	/* A holder that never writes its pid: no pid is named (it read 0). */
+	ASSERT_EQ(td_sh("mkdir -p %s/y && (flock -n 9 && timeout 10 %s --foreground --run-dir %s/y 2>%s) "
+			"9>%s/y/memdedupd.pid", t.dir, daemon_exe(), t.dir, err, t.dir), MD_D_EXIT_HELD);
+	ASSERT_EQ(td_sh("grep -qx 'memdedupd: another daemon holds %s/y/memdedupd.pid' %s", t.dir, err), 0);
 	ASSERT(md__daemon_alive(t.sock));
 	td_stop(&t);
 	return 0;
