@@ -1870,6 +1870,28 @@ TEST_IMPL(pread_outside_ram_is_pread)
 	return 0;
 }
 
+/* Likewise a preadv or pwritev at an offset, without flags, is preadv or
+ * pwritev, not their "2" forms, which a filter may refuse. */
+TEST_IMPL(preadv_outside_ram_is_not_preadv2)
+{
+	const char *img = image(4);
+	char scratch[512];
+	struct proc a;
+	snprintf(scratch, sizeof(scratch), "%s/scratch", test_dir());
+	make_image(scratch, 65536, 3);
+	int fd = start_reader(&a, img, NULL);
+	int wfd = (int)proc_num(&a, "open %s rw", scratch);
+	ASSERT(wfd >= 0);
+	ASSERT_EQ(proc_num(&a, "nopreadv v2"), 0);
+	ASSERT_EQ(proc_num(&a, "preadv %d 0 0 131072 pos", fd), -EPERM);	/* the filter is on */
+	ASSERT_EQ(proc_num(&a, "preadv %d 0 0 131072 heaps", fd), 131072);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 131072"), hex(fnv_file(img, 0, 131072))) == 0);
+	ASSERT_EQ(proc_num(&a, "pwritev %d 0 0 4096", wfd), 4096);
+	ASSERT(fnv_file(scratch, 0, 4096) == fnv_file(img, 0, 4096));
+	proc_stop(&a);
+	return 0;
+}
+
 /* A VMM's preadv, userfaultfd ioctl or raw clone3 given a pointer that
  * cannot be read fails with EFAULT, as without us: the agent reads these
  * arguments, and crashed the VMM with SIGSEGV. */
@@ -1974,7 +1996,10 @@ TEST_IMPL(cancel_in_fork_leaves_lock)
 
 /* A VMM thread blocked in a read or a write the agent makes for it (here
  * on a pipe, at the file position) is cancelled as in the C library's: the
- * agent's own system calls were none, and a pthread_cancel never ended it. */
+ * agent's own system calls were none, and a pthread_cancel never ended it.
+ * Also after such a call that returned: it leaves the thread's cancel state
+ * and type as they were (once left disabled, or asynchronous, for the rest
+ * of the VMM's run). */
 TEST_IMPL(cancel_acts_in_blocked_io)
 {
 	const char *const envs[2][5] = { { NULL },
@@ -1985,9 +2010,11 @@ TEST_IMPL(cancel_acts_in_blocked_io)
 		proc_cmd(&a, "map %u", RAM_PAGES);
 		ASSERT(a.base != 0);
 		static const char *const how[] = { "read", "write" }, *const where[] = { "ram", "heap" };
-		for (int i = 0; i < 4; i++) {
-			const char *r = proc_cmd(&a, "cancelblock %s %s", how[i / 2], where[i % 2]);
-			fprintf(stderr, "  %s %s %s: %s\n", k ? "scanning" : "sharing", how[i / 2], where[i % 2], r);
+		for (int i = 0; i < 8; i++) {
+			const char *after = i < 4 ? "" : "after";
+			const char *r = proc_cmd(&a, "cancelblock %s %s %s", how[i / 2 % 2], where[i % 2], after);
+			fprintf(stderr, "  %s %s %s %s: %s\n", k ? "scanning" : "sharing", how[i / 2 % 2], where[i % 2],
+				after, r);
 			ASSERT(strcmp(r, "cancelled") == 0);
 		}
 		proc_stop(&a);
@@ -3119,6 +3146,28 @@ TEST_IMPL(pwritev_negative_offset_refused)
 	ASSERT(fnv_file(scratch, 0, 65536) == h);
 	ASSERT_EQ(proc_num(&a, "pwritev %d 0 0 4096", wfd), 4096);	/* the same call at 0 writes */
 	ASSERT(fnv_file(scratch, 0, 65536) != h);
+	proc_stop(&a);
+	return 0;
+}
+
+/* pwritev2's flags reach the kernel, as without us: one it does not know
+ * fails the write, and RWF_APPEND writes at the end of the file. */
+TEST_IMPL(pwritev2_flags_reach_kernel)
+{
+	char scratch[512];
+	struct proc a;
+	struct stat st;
+	snprintf(scratch, sizeof(scratch), "%s/scratch", test_dir());
+	make_image(scratch, 65536, 3);
+	uint64_t h = fnv_file(scratch, 0, 65536);
+	start_reader(&a, image(7), NULL);
+	int wfd = (int)proc_num(&a, "open %s rw", scratch);
+	ASSERT(wfd >= 0);
+	ASSERT_EQ(proc_num(&a, "pwritev %d 0 0 4096 %d", wfd, 0x40000000), -EOPNOTSUPP);
+	ASSERT(fnv_file(scratch, 0, 65536) == h);
+	ASSERT_EQ(proc_num(&a, "pwritev %d 0 0 4096 %d", wfd, RWF_APPEND), 4096);
+	ASSERT(fnv_file(scratch, 0, 65536) == h);
+	ASSERT(stat(scratch, &st) == 0 && st.st_size == 65536 + 4096);
 	proc_stop(&a);
 	return 0;
 }

@@ -179,11 +179,14 @@
  *                           cancelled|returned|stuck (not joined within 3 s), GOT the
  *                           thread's pread's result (-1000 if none), MAIN this one's;
  *                           a pread that waits for good is killed by SIGALRM in 5 s
- *   cancelblock read|write ram|heap -> cancelled|stuck: a thread's preadv2 (pwritev2)
- *                           at the file position on an empty (full) pipe, into (from)
- *                           a page of RAM or of the heap, cancelled once blocked in
- *                           it; stuck: not ended within 2 s (the pipe then fed or
- *                           drained so that it ends)
+ *   cancelblock read|write ram|heap [after] -> cancelled|stuck|changed: a thread's
+ *                           preadv2 (pwritev2) at the file position on an empty (full)
+ *                           pipe, into (from) a page of RAM or of the heap, cancelled
+ *                           once blocked in it; stuck: not ended within 2 s (the pipe
+ *                           then fed or drained so that it ends); after: the thread
+ *                           first makes the same call of /dev/zero (/dev/null), which
+ *                           returns; changed: its cancel state or type then was not
+ *                           the one it had before (enabled, deferred)
  *   dontdump DOFF LEN     -> madvise(MADV_DONTDUMP) result (0 or -errno)
  *   cancelfork FD DOFF LEN -> "HOW MAIN": a thread with a cancel pending forks (the
  *                           child exits at once), then this thread's pread of LEN bytes
@@ -1131,7 +1134,7 @@ static void cmd_cancelinside(int fd, size_t doff, size_t len)
 }
 
 struct blocked_io {
-	int fd, write;
+	int fd, write, before;	/* before: a /dev/zero or /dev/null of the call made first */
 	void *buf;
 	pid_t tid;
 };
@@ -1140,6 +1143,17 @@ static void *blocked_io_thread(void *arg)
 {
 	struct blocked_io *b = arg;
 	struct iovec io = { b->buf, 4096 };
+	if (b->before >= 0) {
+		int state, type;
+		if (b->write)
+			pwritev2(b->before, &io, 1, -1, 0);
+		else
+			preadv2(b->before, &io, 1, -1, 0);
+		pthread_setcancelstate(PTHREAD_CANCEL_ENABLE, &state);
+		pthread_setcanceltype(PTHREAD_CANCEL_DEFERRED, &type);
+		if (state != PTHREAD_CANCEL_ENABLE || type != PTHREAD_CANCEL_DEFERRED)
+			return (void *)"changed";
+	}
 	__atomic_store_n(&b->tid, gettid(), __ATOMIC_RELEASE);
 	if (b->write)
 		pwritev2(b->fd, &io, 1, -1, 0);
@@ -1148,14 +1162,14 @@ static void *blocked_io_thread(void *arg)
 	return NULL;
 }
 
-static const char *cmd_cancelblock(const char *how, const char *where)
+static const char *cmd_cancelblock(const char *how, const char *where, int after)
 {
 	static char heap_page[4096];
 	int p[2];
 	long arg0 = -1;
 	pthread_t t;
 	void *ret = NULL;
-	struct blocked_io b = { -1, strcmp(how, "write") == 0, strcmp(where, "heap") == 0 ? heap_page : base, 0 };
+	struct blocked_io b = { -1, strcmp(how, "write") == 0, -1, strcmp(where, "heap") == 0 ? heap_page : base, 0 };
 	if (pipe(p) != 0)
 		return "nopipe";
 	if (b.write) {	/* full: the write waits */
@@ -1165,10 +1179,19 @@ static const char *cmd_cancelblock(const char *how, const char *where)
 		fcntl(p[1], F_SETFL, 0);
 	}
 	b.fd = p[b.write];
+	if (after)
+		b.before = open(b.write ? "/dev/null" : "/dev/zero", b.write ? O_WRONLY : O_RDONLY);
 	if (pthread_create(&t, NULL, blocked_io_thread, &b) != 0)
 		return "nothread";
-	while (!__atomic_load_n(&b.tid, __ATOMIC_ACQUIRE))
+	while (!__atomic_load_n(&b.tid, __ATOMIC_ACQUIRE)) {
+		if (pthread_tryjoin_np(t, &ret) == 0) {	/* its cancel state changed */
+			close(b.before);
+			close(p[0]);
+			close(p[1]);
+			return ret;
+		}
 		usleep(1000);
+	}
 	long nr = task_syscall(b.tid, &arg0);
 	const char *r = nr < 0 || arg0 != b.fd ? "notblocked" : "cancelled";
 	pthread_cancel(t);
@@ -1187,6 +1210,8 @@ static const char *cmd_cancelblock(const char *how, const char *where)
 	} else if (ret != PTHREAD_CANCELED) {
 		r = "returned";
 	}
+	if (b.before >= 0)
+		close(b.before);
 	close(p[0]);
 	close(p[1]);
 	return r;
@@ -1516,10 +1541,12 @@ int main(void)
 			printf("%lld\n", r < 0 ? (long long)-errno : (long long)r);
 		} else if (strcmp(cmd, "nopreadv") == 0) {
 			/* A seccomp filter that refuses preadv and preadv2 with
-			 * EPERM, as a VMM's allow-list without them would. */
+			 * EPERM, as a VMM's allow-list without them would;
+			 * "nopreadv v2": preadv2 and pwritev2 only. */
+			int v2 = strstr(line, " v2") != NULL;
 			struct sock_filter f[] = {
 				BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-				BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_preadv, 2, 0),
+				BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, v2 ? __NR_pwritev2 : __NR_preadv, 2, 0),
 				BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_preadv2, 1, 0),
 				BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
 				BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
@@ -1555,25 +1582,30 @@ int main(void)
 			if (r == (ssize_t)a3)
 				r = pread((int)a1, base + a4, (size_t)a3, (off_t)off2);
 			printf("%lld\n", r < 0 ? (long long)-errno : (long long)r);
-		} else if (strcmp(cmd, "pwritev") == 0) {	/* FD OFF DOFF LEN: one segment of RAM */
-			sscanf(line, "%*s %lld %lld %lld %lld", &a1, &a2, &a3, &a4);
+		} else if (strcmp(cmd, "pwritev") == 0) {	/* FD OFF DOFF LEN [FLAGS]: one segment of RAM */
+			/* With FLAGS, pwritev2. */
+			int n = sscanf(line, "%*s %lld %lld %lld %lld %lld", &a1, &a2, &a3, &a4, &a5);
 			struct iovec iov = { base + a3, (size_t)a4 };
-			ssize_t r = pwritev((int)a1, &iov, 1, (off_t)a2);
+			ssize_t r = n == 5 ? pwritev2((int)a1, &iov, 1, (off_t)a2, (int)a5) :
+					     pwritev((int)a1, &iov, 1, (off_t)a2);
 			printf("%zd\n", r < 0 ? (ssize_t)-errno : r);
 		} else if (strcmp(cmd, "preadv") == 0) {
 			sscanf(line, "%*s %lld %lld %lld %lld %31s", &a1, &a2, &a3, &a4, s2);
 			size_t half = (size_t)a4 / 2;
-			/* heap: the second half read into the heap; skew: into
+			/* heap: the second half read into the heap (heaps: both
+			 * halves, copied to RAM after); skew: into
 			 * guest RAM a byte past its place (O_DIRECT refuses it);
 			 * ragged: see below;
 			 * pos: preadv2 at the file position, moved to OFF first */
-			char *heap = strcmp(s2, "heap") == 0 ? malloc(half) : NULL;
+			int heaps = strcmp(s2, "heaps") == 0;
+			char *heap = strcmp(s2, "heap") == 0 || heaps ? malloc(half) : NULL;
+			char *heap1 = heaps ? malloc(half) : NULL;
 			int skew = strcmp(s2, "skew") == 0;
 			/* ragged: the halves' lengths off the blocks by 100
 			 * bytes, their sum whole */
 			size_t rag = strcmp(s2, "ragged") == 0 ? 100 : 0;
 			struct iovec iov[2] = {
-				{ base + a3, half + rag },
+				{ heap1 ? heap1 : base + a3, half + rag },
 				{ heap ? heap : base + a3 + half + rag + skew, (size_t)a4 - half - rag },
 			};
 			ssize_t r = strcmp(s2, "pos") != 0 ? preadv((int)a1, iov, 2, (off_t)a2) :
@@ -1582,6 +1614,10 @@ int main(void)
 			if (heap) {
 				memcpy(base + a3 + half, heap, (size_t)a4 - half);
 				free(heap);
+			}
+			if (heap1) {
+				memcpy(base + a3, heap1, half);
+				free(heap1);
 			}
 			printf("%lld\n", r < 0 ? (long long)-errno : (long long)r);
 		} else if (strcmp(cmd, "perms") == 0) {	/* OFF: its mapping's, as /proc/self/maps says */
@@ -2114,9 +2150,10 @@ int main(void)
 		} else if (strcmp(cmd, "cancelinside") == 0) {	/* FD DOFF LEN */
 			sscanf(line, "%*s %lld %lld %lld", &a1, &a2, &a3);
 			cmd_cancelinside((int)a1, (size_t)a2, (size_t)a3);
-		} else if (strcmp(cmd, "cancelblock") == 0) {	/* read|write ram|heap */
-			sscanf(line, "%*s %31s %31s", s1, s2);
-			printf("%s\n", cmd_cancelblock(s1, s2));
+		} else if (strcmp(cmd, "cancelblock") == 0) {	/* read|write ram|heap [after] */
+			char s3[16] = "";
+			sscanf(line, "%*s %31s %31s %15s", s1, s2, s3);
+			printf("%s\n", cmd_cancelblock(s1, s2, strcmp(s3, "after") == 0));
 		} else if (strcmp(cmd, "dontdump") == 0) {	/* DOFF LEN */
 			sscanf(line, "%*s %lld %lld", &a1, &a2);
 			printf("%d\n", madvise(base + a1, (size_t)a2, MADV_DONTDUMP) == 0 ? 0 : -errno);
