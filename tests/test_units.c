@@ -2017,6 +2017,11 @@ TEST_IMPL(copy_own_pages_all_or_nothing)
 		ASSERT_EQ(((const char *)p[i])[i == 3 ? 0 : 4095], want[i]);
 	}
 	ASSERT_EQ(memcmp(buf + 3 * 4096, "file", 4), 0);
+	const void *most[MD_COPY_PAGES_MAX];	/* as many as it takes */
+	for (int i = 0; i < MD_COPY_PAGES_MAX; i++)
+		most[i] = m + (i % 4) * 4096;
+	ASSERT_EQ(md__copy_own_pages(buf, most, MD_COPY_PAGES_MAX), 0);
+	ASSERT_EQ(((const char *)most[MD_COPY_PAGES_MAX - 1])[4095], 'a' + (MD_COPY_PAGES_MAX - 1) % 4);
 
 	ASSERT_EQ(munmap(m + 4096, 4096), 0);	/* a hole: nothing to read */
 	const void *q[3] = { m, m + 4096, m + 2 * 4096 };
@@ -2026,6 +2031,29 @@ TEST_IMPL(copy_own_pages_all_or_nothing)
 	munmap(m, 4 * 4096);
 	munmap((void *)f, 4096);
 	close(fd);
+	return 0;
+}
+
+/* md__copy_in copies every byte asked or fails with EFAULT, and
+ * md__readable says so beforehand: a VMM's argument that ends in a hole
+ * is the kernel's EFAULT, never a copy of what the stack held. */
+TEST_IMPL(copy_in_all_or_efault)
+{
+	char *m = mmap(NULL, 2 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	char dst[64] = { 0 };
+	ASSERT(m != MAP_FAILED);
+	for (int i = 0; i < 4096; i++)
+		m[i] = (char)(i % 251 + 1);
+	ASSERT_EQ(munmap(m + 4096, 4096), 0);
+	ASSERT_EQ(md__copy_in(dst, m + 4096 - 32, 32), 0);
+	ASSERT_EQ(memcmp(dst, m + 4096 - 32, 32), 0);
+	ASSERT_EQ(md__readable(m + 4096 - 32, 32), 1);
+	memset(dst, 0, sizeof(dst));
+	ASSERT_EQ(md__copy_in(dst, m + 4096 - 16, 32), -EFAULT);	/* its end in the hole */
+	ASSERT_EQ(md__readable(m + 4096 - 16, 32), 0);
+	ASSERT_EQ(md__readable(m + 4096, 8), 0);
+	ASSERT_EQ(md__readable(m, 4096), 1);
+	munmap(m, 4096);
 	return 0;
 }
 
