@@ -1705,6 +1705,22 @@ TEST_IMPL(vmas_count_failed_keeps_estimate)
 	return 0;
 }
 
+/* A count of the mappings is due when none was made, then not again for
+ * a second (each reads all of /proc/self/maps); each count made is counted. */
+TEST_IMPL(vmas_counted_once_a_second)
+{
+	struct md__vmas v = { 0 };
+	ASSERT(md__vmas_count_due(&v));
+	ASSERT(md__vmas_count(&v) > 0);
+	ASSERT_EQ(v.counts, 1);
+	ASSERT(!md__vmas_count_due(&v));
+	usleep(200 * 1000);
+	ASSERT(!md__vmas_count_due(&v));
+	v.counted_ns -= 1000000000ull;	/* as a second later */
+	ASSERT(md__vmas_count_due(&v));
+	return 0;
+}
+
 /* A read of maps or smaps that fails part way is an error, not the
  * mappings read before it taken for all of them: a file mapping or a hole
  * missed would be merged over or registered. */
@@ -2163,6 +2179,52 @@ TEST_IMPL(range_runs_mapped_and_gone)
 	}
 	free(run);
 	munmap(m, 7 * 4096);
+	return 0;
+}
+
+struct mappings_seen {
+	size_t n;
+	uintptr_t lo[8], hi[8];
+};
+
+static void mapping_seen(void *arg, uintptr_t lo, uintptr_t hi)
+{
+	struct mappings_seen *s = arg;
+	if (s->n < 8) {
+		s->lo[s->n] = lo;
+		s->hi[s->n] = hi;
+	}
+	s->n++;
+	/* Merges the mapping with its neighbours: the calls after are
+	 * still the mappings as they were. */
+	mprotect((void *)lo, hi - lo, PROT_READ | PROT_WRITE);
+}
+
+/* md__range_mappings calls its function once for each mapping that
+ * overlaps the range, clipped to it: a registration of a mapping's part
+ * outside the range would take the VMM's neighbouring memory too. */
+TEST_IMPL(range_mappings_clipped)
+{
+	char *m = mmap(NULL, 6 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	uintptr_t a = (uintptr_t)m;
+	ASSERT(mprotect(m + 2 * 4096, 2 * 4096, PROT_READ) == 0);
+	struct mappings_seen s = { 0 };
+	ASSERT_EQ(md__range_mappings(a + 4096, a + 5 * 4096, mapping_seen, &s), 0);
+	ASSERT_EQ(s.n, 3);
+	const uintptr_t want[][2] = { { a + 4096, a + 2 * 4096 }, { a + 2 * 4096, a + 4 * 4096 },
+				      { a + 4 * 4096, a + 5 * 4096 } };
+	for (size_t i = 0; i < 3; i++) {
+		ASSERT_EQ(s.lo[i], want[i][0]);
+		ASSERT_EQ(s.hi[i], want[i][1]);
+	}
+	ASSERT(mprotect(m + 2 * 4096, 2 * 4096, PROT_READ) == 0);
+	s = (struct mappings_seen){ 0 };	/* the one that starts at its end is none of it */
+	ASSERT_EQ(md__range_mappings(a + 2 * 4096, a + 4 * 4096, mapping_seen, &s), 0);
+	ASSERT_EQ(s.n, 1);
+	ASSERT_EQ(s.lo[0], a + 2 * 4096);
+	ASSERT_EQ(s.hi[0], a + 4 * 4096);
+	munmap(m, 6 * 4096);
 	return 0;
 }
 
