@@ -1749,6 +1749,27 @@ TEST_IMPL(proc_read_failure_is_an_error)
 	return 0;
 }
 
+/* md__read_text's text ends where the file's does, whatever the buffer
+ * held before; a file that cannot be opened leaves it empty. */
+TEST_IMPL(read_text_ends_at_file_end)
+{
+	char path[512], buf[64];
+	snprintf(path, sizeof(path), "%s/text", test_dir());
+	FILE *f = fopen(path, "w");
+	ASSERT(f && fputs("12 34\n", f) >= 0 && fclose(f) == 0);
+	memset(buf, 'x', sizeof(buf));
+	ASSERT_EQ(md__read_text(path, buf, sizeof(buf)), 6);
+	ASSERT(strcmp(buf, "12 34\n") == 0);
+	memset(buf, 'x', sizeof(buf));
+	ASSERT_EQ(md__read_text(path, buf, 4), 3);	/* cut to the buffer, still a string */
+	ASSERT(strcmp(buf, "12 ") == 0);
+	memset(buf, 'x', sizeof(buf));
+	snprintf(path, sizeof(path), "%s/no-such-text", test_dir());
+	ASSERT_EQ(md__read_text(path, buf, sizeof(buf)), -ENOENT);
+	ASSERT_EQ(buf[0], 0);
+	return 0;
+}
+
 /* md__coredump_file_pages runs inside the VMM's calls: when
  * coredump_filter cannot be read, it says so (once) and leaves errno and
  * the filter as they were. */
@@ -1964,6 +1985,23 @@ static int chrooted_child_sees(const char *root, int own)
  * a forked child takes its own at its first open, one forked without the
  * atfork handlers (a raw fork) finds none rather than its parent's, and
  * a kept number the VMM closed and reused for another file is not read. */
+/* The descriptor number md__proc_open keeps /proc/self/NAME at, or -1. */
+static int kept_fd(const char *name)
+{
+	char link[64], want_link[64], path[300];
+	snprintf(want_link, sizeof(want_link), "/proc/%d/%s", (int)getpid(), name);
+	for (int i = 0; i < 1024; i++) {
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", i);
+		ssize_t n = readlink(path, link, sizeof(link) - 1);
+		if (n > 0) {
+			link[n] = 0;
+			if (strcmp(link, want_link) == 0)
+				return i;
+		}
+	}
+	return -1;
+}
+
 TEST_IMPL(proc_kept_files_are_own)
 {
 	char root[512];
@@ -1972,10 +2010,15 @@ TEST_IMPL(proc_kept_files_are_own)
 	int fd = md__proc_open("maps", 0);	/* kept from now on */
 	ASSERT(fd >= 0);
 	close(fd);
+	int kept = kept_fd("maps");
+	ASSERT(kept >= 0);
 	int want[2] = { 1, -ENOENT };
 	for (int raw = 0; raw < 2; raw++) {
 		pid_t pid = raw ? (pid_t)syscall(SYS_fork) : fork();
 		ASSERT(pid >= 0);
+		/* A child of fork() has the parent's closed at once (-EBADF). */
+		if (pid == 0 && !raw && fcntl(kept, F_GETFD) >= 0)
+			_exit(100 - EBADF);
 		if (pid == 0)
 			_exit(chrooted_child_sees(root, !raw) + 100);
 		int status;
@@ -1985,28 +2028,23 @@ TEST_IMPL(proc_kept_files_are_own)
 			SKIP("chroot needs CAP_SYS_CHROOT");
 		ASSERT_EQ(WEXITSTATUS(status) - 100, want[raw]);
 	}
-	/* The kept maps' number, given to another file. */
-	char link[64], want_link[64], path[300];
-	snprintf(want_link, sizeof(want_link), "/proc/%d/maps", (int)getpid());
-	int kept = -1;
-	for (int i = 0; i < 1024 && kept < 0; i++) {
-		snprintf(path, sizeof(path), "/proc/self/fd/%d", i);
-		ssize_t n = readlink(path, link, sizeof(link) - 1);
-		if (n > 0) {
-			link[n] = 0;
-			kept = strcmp(link, want_link) == 0 ? i : -1;
-		}
-	}
-	ASSERT(kept >= 0);
+	/* The kept maps' number, given to another file; pagemap's to
+	 * another file of /proc (the same device). */
 	int other = memfd_create("not-maps", MFD_CLOEXEC);
 	ASSERT(other >= 0 && dup2(other, kept) == kept);
+	int pagemap = kept_fd("pagemap"), status = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+	ASSERT(pagemap >= 0 && status >= 0 && dup2(status, pagemap) == pagemap);
 	ASSERT_EQ(chroot(root), 0);
 	errno = 0;
 	ASSERT_EQ(md__proc_open("maps", 0), -1);
 	ASSERT_EQ(errno, ENOENT);
-	fd = md__proc_open("smaps", 0);	/* still its own */
-	ASSERT(fd >= 0);
-	close(fd);
+	ASSERT_EQ(md__proc_open("pagemap", 0), -1);
+	const char *own[] = { "smaps", "statm" };	/* still its own, every one kept */
+	for (int i = 0; i < 2; i++) {
+		fd = md__proc_open(own[i], 0);
+		ASSERT(fd >= 0);
+		close(fd);
+	}
 	return 0;
 }
 
@@ -2177,6 +2215,11 @@ TEST_IMPL(range_runs_mapped_and_gone)
 		ASSERT_EQ(run[i].hi, want[i].hi);
 		ASSERT_EQ(run[i].mapped, want[i].mapped);
 	}
+	free(run);
+	/* From the end of a mapping: nothing of it, not even an empty run. */
+	ASSERT_EQ(md__range_runs(a + 2 * 4096, a + 4 * 4096, &run, &n), 0);
+	ASSERT_EQ(n, 1);
+	ASSERT(run[0].lo == a + 2 * 4096 && run[0].hi == a + 4 * 4096 && !run[0].mapped);
 	free(run);
 	munmap(m, 7 * 4096);
 	return 0;
