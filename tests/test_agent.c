@@ -1694,6 +1694,41 @@ TEST_IMPL(lease_break_without_signal)
 	return 0;
 }
 
+/* The agent's threads (its own, the scanner's, the fault thread) block
+ * every signal: the VMM's signals (a timer's SIGALRM, SIGUSR1, SIGINT) go
+ * to the VMM's threads, whose handlers expect to run there. */
+TEST_IMPL(agent_threads_block_signals)
+{
+	const char *env[] = { "MEMDEDUP_SCAN=1", "MEMDEDUP_DOMAIN=private", NULL };
+	struct proc a;
+	char dir[64], path[400], line[256];
+	int fd = start_reader(&a, image(4), env);
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 0", fd), 65536);
+	snprintf(dir, sizeof(dir), "/proc/%d/task", (int)a.pid);
+	DIR *d = opendir(dir);
+	ASSERT(d);
+	int threads = 0;
+	for (struct dirent *de; (de = readdir(d));) {
+		if (de->d_name[0] == '.' || atoi(de->d_name) == (int)a.pid)
+			continue;	/* the VMM's own */
+		snprintf(path, sizeof(path), "%s/%s/status", dir, de->d_name);
+		FILE *f = fopen(path, "r");
+		unsigned long long blocked = 0;
+		while (f && fgets(line, sizeof(line), f))
+			sscanf(line, "SigBlk: %llx", &blocked);
+		if (f)
+			fclose(f);
+		const int sig[] = { SIGINT, SIGUSR1, SIGALRM, SIGTERM, SIGCHLD, SIGIO };
+		for (size_t i = 0; i < sizeof(sig) / sizeof(sig[0]); i++)
+			ASSERT(blocked & (1ull << (sig[i] - 1)));
+		threads++;
+	}
+	closedir(d);
+	ASSERT(threads >= 2);
+	proc_stop(&a);
+	return 0;
+}
+
 /* Runs start, a call that must change nothing (NULL: none), then stop, a
  * call that must stop read sharing for good (-EBADF from the kernel, as
  * neither has a descriptor): a read before is shared, the next copied. */
