@@ -3168,17 +3168,26 @@ TEST_IMPL(preadv_mixed)
 	return 0;
 }
 
+/* A reader a whose wfd (returned) is scratch (made, 64 KiB) open for
+ * writing; *h: scratch's hash as made. */
+static int scratch_writer(struct proc *a, char *scratch, size_t size, uint64_t *h)
+{
+	snprintf(scratch, size, "%s/scratch", test_dir());
+	make_image(scratch, 65536, 3);
+	*h = fnv_file(scratch, 0, 65536);
+	start_reader(a, image(7), NULL);
+	int wfd = (int)proc_num(a, "open %s rw", scratch);
+	ASSERT(wfd >= 0);
+	return wfd;
+}
+
 /* So is pwritev's: pwritev2's -1 ("at the file position") wrote there. */
 TEST_IMPL(pwritev_negative_offset_refused)
 {
 	char scratch[512];
 	struct proc a;
-	snprintf(scratch, sizeof(scratch), "%s/scratch", test_dir());
-	make_image(scratch, 65536, 3);
-	uint64_t h = fnv_file(scratch, 0, 65536);
-	start_reader(&a, image(7), NULL);
-	int wfd = (int)proc_num(&a, "open %s rw", scratch);
-	ASSERT(wfd >= 0);
+	uint64_t h;
+	int wfd = scratch_writer(&a, scratch, sizeof(scratch), &h);
 	ASSERT_EQ(proc_num(&a, "pwritev %d -1 0 4096", wfd), -EINVAL);
 	ASSERT(fnv_file(scratch, 0, 65536) == h);
 	ASSERT_EQ(proc_num(&a, "pwritev %d 0 0 4096", wfd), 4096);	/* the same call at 0 writes */
@@ -3194,12 +3203,8 @@ TEST_IMPL(pwritev2_flags_reach_kernel)
 	char scratch[512];
 	struct proc a;
 	struct stat st;
-	snprintf(scratch, sizeof(scratch), "%s/scratch", test_dir());
-	make_image(scratch, 65536, 3);
-	uint64_t h = fnv_file(scratch, 0, 65536);
-	start_reader(&a, image(7), NULL);
-	int wfd = (int)proc_num(&a, "open %s rw", scratch);
-	ASSERT(wfd >= 0);
+	uint64_t h;
+	int wfd = scratch_writer(&a, scratch, sizeof(scratch), &h);
 	ASSERT_EQ(proc_num(&a, "pwritev %d 0 0 4096 %d", wfd, 0x40000000), -EOPNOTSUPP);
 	ASSERT(fnv_file(scratch, 0, 65536) == h);
 	ASSERT_EQ(proc_num(&a, "pwritev %d 0 0 4096 %d", wfd, RWF_APPEND), 4096);
