@@ -8,7 +8,9 @@
 #include <liburing.h>
 #include <linux/vfio.h>
 #include <linux/vhost.h>
+#include <linux/filter.h>
 #include <linux/mempolicy.h>
+#include <linux/seccomp.h>
 #include <stdarg.h>
 #include <sys/syscall.h>
 #include <stdio.h>
@@ -2108,6 +2110,26 @@ TEST_IMPL(copy_in_all_or_efault)
 	ASSERT_EQ(md__readable(m + 4096, 8), 0);
 	ASSERT_EQ(md__readable(m, 4096), 1);
 	munmap(m, 4096);
+	/* Where the kernel will not say (a filter refuses process_vm_readv),
+	 * md__readable cannot tell: 1, the VMM's call then gets the kernel's
+	 * answer; md__copy_in says why. In a child: the filter is for good. */
+	pid_t pid = fork();
+	ASSERT(pid >= 0);
+	if (pid == 0) {
+		struct sock_filter f[] = {
+			BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+			BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_process_vm_readv, 0, 1),
+			BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+			BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+		};
+		struct sock_fprog prog = { sizeof(f) / sizeof(f[0]), f };
+		if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog))
+			_exit(2);
+		_exit(md__readable(m + 4096, 8) == 1 && md__copy_in(dst, m + 4096, 8) == -EPERM ? 0 : 1);
+	}
+	int status;
+	ASSERT_EQ(waitpid(pid, &status, 0), pid);
+	ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 	return 0;
 }
 
