@@ -79,24 +79,9 @@ int md__readable(const void *p, size_t len)
 	return got == (ssize_t)len || (got < 0 && errno != EFAULT);
 }
 
-ssize_t md__sys_preadv2(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags)
-{
-	/* The kernel takes the offset as two longs; on 64-bit the high one is 0. */
-	if (flags == 0 && off != -1)
-		return raw()(SYS_preadv, fd, iov, iovcnt, (long)off, 0L);
-	return raw()(SYS_preadv2, fd, iov, iovcnt, (long)off, 0L, flags);
-}
-
 ssize_t md__sys_pwrite(int fd, const void *buf, size_t len, off_t off)
 {
 	return raw()(SYS_pwrite64, fd, buf, len, off);
-}
-
-ssize_t md__sys_pwritev2(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags)
-{
-	if (flags == 0 && off != -1)
-		return raw()(SYS_pwritev, fd, iov, iovcnt, (long)off, 0L);
-	return raw()(SYS_pwritev2, fd, iov, iovcnt, (long)off, 0L, flags);
 }
 
 __thread unsigned md__nocancel;
@@ -162,7 +147,9 @@ ssize_t md__vmm_pread(int fd, void *buf, size_t len, off_t off, void (*undo)(voi
 ssize_t md__vmm_preadv2(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags,
 			void (*undo)(void *), void *arg)
 {
-	/* As md__sys_preadv2: the system call the VMM's would be. */
+	/* The system call the VMM's would be (the C library's preadv2 is
+	 * preadv without flags or the current offset's -1). The kernel takes
+	 * the offset as two longs; on 64-bit the high one is 0. */
 	const long v[6] = { fd, (long)iov, iovcnt, (long)off, 0, flags };
 	return vmm_call(flags == 0 && off != -1 ? SYS_preadv : SYS_preadv2, v, undo, arg);
 }

@@ -16,9 +16,7 @@
 #endif
 
 ssize_t md__sys_pread(int fd, void *buf, size_t len, off_t off);
-ssize_t md__sys_preadv2(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags);
 ssize_t md__sys_pwrite(int fd, const void *buf, size_t len, off_t off);
-ssize_t md__sys_pwritev2(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags);
 /* The same calls made for the VMM (its pread, preadv, pwrite...: the C
  * library's are cancellation points): a cancel pending, or sent while the
  * call blocks, acts in it (asynchronous for the call's duration, as the C
