@@ -490,6 +490,79 @@ TEST_IMPL(daemon_share_failed_told_again)
 	return 0;
 }
 
+/* The last SHARE on fd so far, the other replies passed over; was if none
+ * came. */
+static uint32_t share_told(int fd, uint32_t was)
+{
+	static struct md__msg m;
+	for (unsigned t; (t = next_reply(fd, &m));)
+		if (t == MD_MSG_SHARE)
+			was = m.u.share.agents;
+	return was;
+}
+
+/* An agent memdedupd holds paused is told the part it would have if it
+ * resumed: its user counted among the users that scan even when none of
+ * its agents does. Its user left out, an agent of the only other user
+ * scanning was told the whole rate, and scanned, once resumed, twice its
+ * part until the SHARE that followed. */
+TEST_IMPL(daemon_share_paused_counts_its_user)
+{
+	struct md__daemon *d = daemon_up();
+	int gate[2];
+	ASSERT(pipe(gate) == 0);
+	pid_t pid[2] = { waiter(gate), waiter(gate) };
+	struct md__conn *c[2];
+	int fd[2];
+	fd[0] = agent_of(d, 1000, pid[0], &c[0]);
+	fd[1] = agent_of(d, 2000, pid[1], &c[1]);
+	wake_up(d);
+	ASSERT_EQ(share_told(fd[0], 0), 2);
+	ASSERT_EQ(share_told(fd[1], 0), 2);
+	/* The second held paused, as a PAUSE of its pid leaves it. */
+	c[1]->agent->paused = 1;
+	md__reshare(d);
+	wake_up(d);
+	wake_up(d);
+	ASSERT_EQ(share_told(fd[0], 2), 1);
+	ASSERT_EQ(share_told(fd[1], 2), 2);
+	daemon_down(d);
+	close(fd[0]);
+	close(fd[1]);
+	waiters_gone(gate, pid, 2);
+	return 0;
+}
+
+/* A user's STATUS debt is its own, not its connection's: the user's
+ * record stays while it owes, and a connection opened once the last one
+ * closed is refused as that one would have been. Forgotten with its last
+ * connection, the record gave each new connection a full bucket: a peer
+ * connecting again for each STATUS was never limited. */
+TEST_IMPL(daemon_status_debt_outlives_connection)
+{
+	static struct md__msg m;
+	struct md__daemon *d = daemon_up();
+	d->status_bytes_per_s = 1000;	/* a STATUS costs MD_D_STATUS_MIN at least: seconds of debt */
+	int fd = peer_of(d, 1000, 4000);
+	send_status(fd, 1);
+	send_status(fd, 2);
+	wake_up(d);
+	ASSERT_EQ(next_reply(fd, &m), MD_MSG_STATUS_R);
+	ASSERT_EQ(next_reply(fd, &m), MD_MSG_ERROR);
+	ASSERT_EQ(m.u.text.status, -EAGAIN);
+	close(fd);
+	wake_up(d);	/* its hang-up: the user has no connection left */
+	ASSERT_EQ(d->nconns, 0);
+	fd = peer_of(d, 1000, 4001);
+	send_status(fd, 3);
+	wake_up(d);
+	ASSERT_EQ(next_reply(fd, &m), MD_MSG_ERROR);
+	ASSERT_EQ(m.u.text.status, -EAGAIN);
+	close(fd);
+	daemon_down(d);
+	return 0;
+}
+
 #define DRAIN_SLOTS (MD_D_DRAIN_REFS + MD_D_DRAIN_REFS / 2)	/* the agent that goes holds */
 #define SHARED_SLOTS 64	/* of those, the other agent holds too */
 
