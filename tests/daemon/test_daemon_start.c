@@ -917,6 +917,25 @@ TEST_IMPL(daemon_connections_kept_for_root)
 	struct md__client *c = td_agent(&t, NULL, &w, &fd);
 	md__client_free(c);
 	close(fd);
+	/* Root gets the rest, and no more: 128 in all. */
+	static struct md__client *rs[40];
+	static char buf[MD_MSG_MAX];
+	int root = 0, err = 0;
+	while (root < 40) {
+		uint32_t len = sizeof(buf);
+		unsigned type;
+		ASSERT_EQ(md__client_connect(&rs[root], t.sock), 0);
+		err = md__client_request(rs[root], MD_MSG_STATUS, NULL, 0, buf, &len, &type);
+		if (err) {
+			md__client_free(rs[root]);
+			break;
+		}
+		root++;
+	}
+	ASSERT_EQ(err, -EUSERS);
+	ASSERT_EQ(taken + root, 128);
+	for (int i = 0; i < root; i++)
+		md__client_free(rs[i]);
 	ASSERT(write(sync[1], "x", 1) == 1);
 	int st;
 	ASSERT_EQ(waitpid(k, &st, 0), k);
