@@ -3,6 +3,7 @@
  * wake-up at a time (md__server_events), over socket pairs whose far ends
  * the test holds: what one wake-up does, without timing anything.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
 #include <signal.h>
@@ -11,6 +12,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -560,6 +562,72 @@ TEST_IMPL(daemon_status_debt_outlives_connection)
 	ASSERT_EQ(m.u.text.status, -EAGAIN);
 	close(fd);
 	daemon_down(d);
+	return 0;
+}
+
+/* A connection that closes with replies unsent takes them off its user's
+ * count: counted still, they made the user's other connections look as if
+ * they let replies pile up (MD_D_OUT_UID_MAX), and a user whose CLIs died
+ * mid-reply often enough had its agents' connections dropped. */
+TEST_IMPL(daemon_unsent_forgotten_with_connection)
+{
+	struct md__daemon *d = daemon_up();
+	int keep = peer_of(d, 1000, 4000);
+	int gone = peer_of(d, 1000, 4001);
+	struct md__conn *c = d->conns;	/* gone's: the newest first */
+	int small = 4096;
+	ASSERT_EQ(setsockopt(c->fd, SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
+	for (uint32_t k = 1; k <= 64; k++)
+		send_status(gone, k);
+	for (int i = 0; i < 16 && c->out_len == c->out_head; i++)
+		wake_up(d);
+	ASSERT(c->out_len > c->out_head);	/* replies it does not read */
+	struct md__user *u = c->user;
+	ASSERT_EQ(u->unsent, c->out_len - c->out_head);
+	close(gone);
+	wake_up(d);
+	ASSERT_EQ(d->nconns, 1);
+	ASSERT_EQ(u->unsent, 0);	/* nothing is queued for keep */
+	close(keep);
+	daemon_down(d);
+	return 0;
+}
+
+/* The descriptors of this process open on the file fd is open on. */
+static int fds_on(int fd)
+{
+	struct stat want, st;
+	ASSERT(fstat(fd, &want) == 0);
+	DIR *dir = opendir("/proc/self/fd");
+	ASSERT(dir);
+	int n = 0;
+	for (struct dirent *e; (e = readdir(dir));)
+		n += e->d_name[0] != '.' && fstat(atoi(e->d_name), &st) == 0 &&
+		     st.st_dev == want.st_dev && st.st_ino == want.st_ino;
+	closedir(dir);
+	return n;
+}
+
+/* The pool's copy queued with a WELCOME is closed once sent (the kernel
+ * took its own with the first byte): kept, each agent's HELLO cost
+ * memdedupd a descriptor for as long as it ran. */
+TEST_IMPL(daemon_welcome_copy_closed_once_sent)
+{
+	struct md__daemon *d = daemon_up();
+	int gate[2];
+	ASSERT(pipe(gate) == 0);
+	pid_t pid[2] = { waiter(gate), waiter(gate) };
+	struct md__conn *c;
+	int fd[2];
+	fd[0] = agent_of(d, 1000, pid[0], &c);
+	int pool = c->agent->dom->pool.ro_fd, held = fds_on(pool);
+	fd[1] = agent_of(d, 1000, pid[1], &c);	/* its WELCOME read, the pool's copy closed */
+	ASSERT_EQ(c->out_fd, -1);
+	ASSERT_EQ(fds_on(pool), held);
+	daemon_down(d);
+	close(fd[0]);
+	close(fd[1]);
+	waiters_gone(gate, pid, 2);
 	return 0;
 }
 
