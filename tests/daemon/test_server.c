@@ -374,6 +374,43 @@ TEST_IMPL(daemon_publish_budget_per_wakeup)
 	return 0;
 }
 
+/* A READS costs by its pages, a unit a run of 1024: one of MD_READS_MAX
+ * whole runs is past a connection's budget, and a wake-up handles one of
+ * them for the connection. At 1 each, a wake-up handled 64, eight million
+ * pages put in the domain's table while the other peers waited. */
+TEST_IMPL(daemon_reads_budget_per_wakeup)
+{
+	static struct md__msg m;
+	struct md__daemon *d = daemon_up();
+	int gate[2];
+	ASSERT(pipe(gate) == 0);
+	pid_t pid = waiter(gate);
+	struct md__conn *c;
+	int fd = agent_of(d, 1000, pid, &c);
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_READS, .seq = 100 } };
+	m.u.reads.n = MD_READS_MAX;
+	uint64_t run_bytes = (uint64_t)MD_READ_RUN_PAGES * MD_MSG_PAGE;
+	for (uint32_t i = 0; i < MD_READS_MAX; i++)
+		m.u.reads.run[i] = (struct md__read_run){ .key = 1, .off = i * run_bytes,
+							 .addr = (1ull << 32) + i * run_bytes,
+							 .npages = MD_READ_RUN_PAGES };
+	queue_in(c, &m, 4);
+	nudge(fd);
+	wake_up(d);
+	unsigned total = replies_of(fd, MD_MSG_ACK);
+	ASSERT_EQ(total, 1);
+	/* And all are handled in the end. */
+	for (int round = 0; round < 16 && total < 4; round++) {
+		wake_up(d);
+		total += replies_of(fd, MD_MSG_ACK);
+	}
+	ASSERT_EQ(total, 4);
+	daemon_down(d);
+	close(fd);
+	waiters_gone(gate, &pid, 1);
+	return 0;
+}
+
 
 #define UNREF_SLOTS 128	/* each UNREF's, all freed by it */
 #define UNREFS 36
