@@ -1564,6 +1564,59 @@ TEST_IMPL(daemon_candidate_not_sent_across_domains)
 	return 0;
 }
 
+/* Candidates past a message's worth in one wake-up (two PUBLISHes of
+ * pages another agent sighted first) all reach that agent: a CANDIDATES
+ * goes each time MD_CANDIDATES_MAX are queued, the rest once the wake-up's
+ * messages are handled. Never sent when full, they ran past the agent's
+ * array. */
+TEST_IMPL(daemon_candidates_past_one_message_all_sent)
+{
+	enum { NC = MD_CANDIDATES_MAX + 6 };
+	static struct md__msg m;
+	static unsigned char pages[NC * MD_MSG_PAGE];
+	uint64_t hash[NC], addr[NC];
+	struct md__daemon *d = daemon_up();
+	d->pool_pages = 4 * NC;
+	int gate[2];
+	ASSERT(pipe(gate) == 0);
+	pid_t pid[2] = { waiter(gate), waiter(gate) };
+	struct md__conn *ca, *cb;
+	int fa = agent_of(d, 1000, pid[0], &ca);
+	int fb = agent_of(d, 1000, pid[1], &cb);
+	for (uint32_t i = 0; i < NC; i++) {
+		memset(pages + (size_t)i * MD_MSG_PAGE, (int)i + 1, MD_MSG_PAGE);
+		hash[i] = md__page_hash(pages + (size_t)i * MD_MSG_PAGE);
+		addr[i] = 0x7f0000100000ull + (uint64_t)i * MD_MSG_PAGE;
+		ASSERT_EQ(lookup_one(d, fa, hash[i], addr[i]), 0);	/* A sights each first */
+		ASSERT_EQ(lookup_one(d, fb, hash[i], 0x7f0000900000ull + (uint64_t)i * MD_MSG_PAGE),
+			  MD_LOOKUP_PUBLISH);
+	}
+	for (uint32_t first = 0; first < NC; first += MD_PUBLISH_MAX) {
+		m = (struct md__msg){ .hdr = { .type = MD_MSG_PUBLISH, .seq = 8 + first } };
+		m.u.publish.n = NC - first < MD_PUBLISH_MAX ? NC - first : MD_PUBLISH_MAX;
+		memcpy(m.u.publish.hash, hash + first, m.u.publish.n * sizeof(hash[0]));
+		m.u.publish.pages = pages + (size_t)first * MD_MSG_PAGE;
+		queue_in(cb, &m, 1);
+	}
+	nudge(fb);
+	wake_up(d);	/* both handled */
+	wake_up(d);	/* what was queued for A, sent */
+	ASSERT_EQ(replies_of(fb, MD_MSG_PUBLISH_R), 2);
+	unsigned got = 0;
+	for (unsigned t; (t = next_reply(fa, &m));) {
+		if (t != MD_MSG_CANDIDATES)
+			continue;
+		for (uint32_t i = 0; i < m.u.candidates.n; i++, got++)
+			ASSERT_EQ(m.u.candidates.addr[i], addr[got]);
+	}
+	ASSERT_EQ(got, NC);
+	daemon_down(d);
+	close(fa);
+	close(fb);
+	waiters_gone(gate, pid, 2);
+	return 0;
+}
+
 /* Agent numbers run 1 to MD_AGENT_NUM_MAX, the last given too, and then
  * from 1 again: a number 0 is no number (its pages are never first
  * sightings, and md__agent_find_num finds nobody by it). And an agent
