@@ -529,6 +529,26 @@ TEST_IMPL(daemon_share_failed_told_again)
 	return 0;
 }
 
+/* Two agents in domain "fair", of uid 1000 and of uid2, their processes
+ * waiters on gate: the test's ends in fd, the server's records in c. */
+static void two_agents(struct md__daemon *d, uid_t uid2, int gate[2], pid_t pid[2], struct md__conn *c[2],
+		       int fd[2])
+{
+	ASSERT(pipe(gate) == 0);
+	pid[0] = waiter(gate);
+	pid[1] = waiter(gate);
+	fd[0] = agent_of(d, 1000, pid[0], &c[0]);
+	fd[1] = agent_of(d, uid2, pid[1], &c[1]);
+}
+
+static void two_agents_gone(struct md__daemon *d, int gate[2], const pid_t pid[2], const int fd[2])
+{
+	daemon_down(d);
+	close(fd[0]);
+	close(fd[1]);
+	waiters_gone(gate, pid, 2);
+}
+
 /* The last SHARE on fd so far, the other replies passed over; was if none
  * came. */
 static uint32_t share_told(int fd, uint32_t was)
@@ -548,13 +568,10 @@ static uint32_t share_told(int fd, uint32_t was)
 TEST_IMPL(daemon_share_paused_counts_its_user)
 {
 	struct md__daemon *d = daemon_up();
-	int gate[2];
-	ASSERT(pipe(gate) == 0);
-	pid_t pid[2] = { waiter(gate), waiter(gate) };
+	int gate[2], fd[2];
+	pid_t pid[2];
 	struct md__conn *c[2];
-	int fd[2];
-	fd[0] = agent_of(d, 1000, pid[0], &c[0]);
-	fd[1] = agent_of(d, 2000, pid[1], &c[1]);
+	two_agents(d, 2000, gate, pid, c, fd);
 	wake_up(d);
 	ASSERT_EQ(share_told(fd[0], 0), 2);
 	ASSERT_EQ(share_told(fd[1], 0), 2);
@@ -565,10 +582,7 @@ TEST_IMPL(daemon_share_paused_counts_its_user)
 	wake_up(d);
 	ASSERT_EQ(share_told(fd[0], 2), 1);
 	ASSERT_EQ(share_told(fd[1], 2), 2);
-	daemon_down(d);
-	close(fd[0]);
-	close(fd[1]);
-	waiters_gone(gate, pid, 2);
+	two_agents_gone(d, gate, pid, fd);
 	return 0;
 }
 
@@ -651,20 +665,17 @@ static int fds_on(int fd)
 TEST_IMPL(daemon_welcome_copy_closed_once_sent)
 {
 	struct md__daemon *d = daemon_up();
-	int gate[2];
-	ASSERT(pipe(gate) == 0);
-	pid_t pid[2] = { waiter(gate), waiter(gate) };
-	struct md__conn *c;
-	int fd[2];
-	fd[0] = agent_of(d, 1000, pid[0], &c);
-	int pool = c->agent->dom->pool.ro_fd, held = fds_on(pool);
-	fd[1] = agent_of(d, 1000, pid[1], &c);	/* its WELCOME read, the pool's copy closed */
-	ASSERT_EQ(c->out_fd, -1);
-	ASSERT_EQ(fds_on(pool), held);
-	daemon_down(d);
-	close(fd[0]);
+	int gate[2], fd[2];
+	pid_t pid[2];
+	struct md__conn *c[2];
+	two_agents(d, 1000, gate, pid, c, fd);	/* their WELCOMEs read */
+	int pool = c[0]->agent->dom->pool.ro_fd, held = fds_on(pool);
 	close(fd[1]);
-	waiters_gone(gate, pid, 2);
+	wake_up(d);	/* the second's connection gone, its record kept */
+	fd[1] = agent_of(d, 1000, pid[1], &c[1]);	/* a WELCOME more, the pool's copy closed */
+	ASSERT_EQ(c[1]->out_fd, -1);
+	ASSERT_EQ(fds_on(pool), held);
+	two_agents_gone(d, gate, pid, fd);
 	return 0;
 }
 
@@ -1577,12 +1588,11 @@ TEST_IMPL(daemon_candidates_past_one_message_all_sent)
 	uint64_t hash[NC], addr[NC];
 	struct md__daemon *d = daemon_up();
 	d->pool_pages = 4 * NC;
-	int gate[2];
-	ASSERT(pipe(gate) == 0);
-	pid_t pid[2] = { waiter(gate), waiter(gate) };
-	struct md__conn *ca, *cb;
-	int fa = agent_of(d, 1000, pid[0], &ca);
-	int fb = agent_of(d, 1000, pid[1], &cb);
+	int gate[2], fd[2];
+	pid_t pid[2];
+	struct md__conn *c[2];
+	two_agents(d, 1000, gate, pid, c, fd);
+	int fa = fd[0], fb = fd[1];
 	for (uint32_t i = 0; i < NC; i++) {
 		memset(pages + (size_t)i * MD_MSG_PAGE, (int)i + 1, MD_MSG_PAGE);
 		hash[i] = md__page_hash(pages + (size_t)i * MD_MSG_PAGE);
@@ -1596,7 +1606,7 @@ TEST_IMPL(daemon_candidates_past_one_message_all_sent)
 		m.u.publish.n = NC - first < MD_PUBLISH_MAX ? NC - first : MD_PUBLISH_MAX;
 		memcpy(m.u.publish.hash, hash + first, m.u.publish.n * sizeof(hash[0]));
 		m.u.publish.pages = pages + (size_t)first * MD_MSG_PAGE;
-		queue_in(cb, &m, 1);
+		queue_in(c[1], &m, 1);
 	}
 	nudge(fb);
 	wake_up(d);	/* both handled */
@@ -1610,10 +1620,7 @@ TEST_IMPL(daemon_candidates_past_one_message_all_sent)
 			ASSERT_EQ(m.u.candidates.addr[i], addr[got]);
 	}
 	ASSERT_EQ(got, NC);
-	daemon_down(d);
-	close(fa);
-	close(fb);
-	waiters_gone(gate, pid, 2);
+	two_agents_gone(d, gate, pid, fd);
 	return 0;
 }
 
