@@ -4091,6 +4091,8 @@ TEST_IMPL(ours_grow_waits_for_plain_calls)
 	md_agent *a = calloc(1, sizeof(*a));
 	ASSERT(a);
 	unsigned token;
+	/* A range already in the set, which the grow takes further down. */
+	md__ours_grow(a, 0x7001000, 0x7002000);
 	ASSERT(md__ours_begin(&a->ours, 0x7000000, 0x7001000, &token));	/* plain */
 	struct grow_arg g = { a, 0x7000000, 0x7002000, 0 };
 	pthread_t t;
@@ -4104,7 +4106,38 @@ TEST_IMPL(ours_grow_waits_for_plain_calls)
 	md__ours_end(&a->ours, token);
 	ASSERT_EQ(pthread_join(t, NULL), 0);
 	ASSERT(g.done);
-	ASSERT(ours_has(a, 0x7001000));	/* a call now takes the lock */
+	ASSERT(ours_has(a, 0x7000000));	/* a call now takes the lock */
+
+	/* A call that read the epoch before the last grow flipped it, and
+	 * counted itself only after that grow's wait: the next grow waits
+	 * for it all the same. */
+	unsigned late = (__atomic_load_n(&a->ours.epoch, __ATOMIC_RELAXED) & 1) ^ 1;
+	__atomic_add_fetch(&a->ours.plain[late], 1, __ATOMIC_SEQ_CST);
+	g = (struct grow_arg){ a, 0x7100000, 0x7101000, 0 };
+	ASSERT_EQ(pthread_create(&t, NULL, grow_thread, &g), 0);
+	for (int i = 0; i < 100; i++) {
+		ASSERT(!__atomic_load_n(&g.done, __ATOMIC_ACQUIRE));
+		usleep(2000);
+	}
+	md__ours_end(&a->ours, late);
+	ASSERT_EQ(pthread_join(t, NULL), 0);
+
+	/* A call begun once the grow published its set is not waited for
+	 * (a stream of them would hold the agent's lock for good): the grow
+	 * ends with the call begun before it. */
+	ASSERT(md__ours_begin(&a->ours, 0x7200000, 0x7201000, &token));
+	g = (struct grow_arg){ a, 0x7300000, 0x7301000, 0 };
+	ASSERT_EQ(pthread_create(&t, NULL, grow_thread, &g), 0);
+	for (int i = 0; i < 1000 && (__atomic_load_n(&a->ours.epoch, __ATOMIC_ACQUIRE) & 1) == token; i++)
+		usleep(1000);	/* until it flipped the epoch, which a new call counts in */
+	unsigned later;
+	ASSERT(md__ours_begin(&a->ours, 0x7400000, 0x7401000, &later));
+	md__ours_end(&a->ours, token);
+	for (int i = 0; i < 2000 && !__atomic_load_n(&g.done, __ATOMIC_ACQUIRE); i++)
+		usleep(1000);
+	ASSERT(__atomic_load_n(&g.done, __ATOMIC_ACQUIRE));
+	md__ours_end(&a->ours, later);
+	ASSERT_EQ(pthread_join(t, NULL), 0);
 	free(a);
 	return 0;
 }

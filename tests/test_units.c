@@ -290,6 +290,18 @@ TEST_IMPL(ours_set_covers)
 	ASSERT_EQ(a->ours.n, 2);	/* the regions touch: one range */
 	ASSERT(ours_has(a, 0x7007000) && ours_has(a, 0x9000000));
 	ASSERT(!ours_has(a, lo[0]) && !ours_has(a, 0x7008000));
+	/* A range touching one from below joins it; one that reaches into
+	 * the next takes in all of it; one that fills a gap joins both. */
+	md__ours_grow(a, 0x6fff000, 0x7000000);
+	ASSERT_EQ(a->ours.n, 2);
+	md__ours_grow(a, 0xa000000, 0xa002000);
+	md__ours_grow(a, 0x9001000, 0xa001000);
+	ASSERT_EQ(a->ours.n, 2);
+	ASSERT(ours_has(a, 0xa001000) && !ours_has(a, 0xa002000));
+	md__ours_grow(a, 0x7008000, 0x9000000);
+	ASSERT_EQ(a->ours.n, 1);
+	ASSERT(ours_has(a, 0x6fff000) && ours_has(a, 0x8000000) && ours_has(a, 0xa001000));
+	ASSERT(!ours_has(a, 0x6ffe000) && !ours_has(a, 0xa002000));
 	free(a);
 	return 0;
 }
