@@ -2102,6 +2102,26 @@ static int cancel_blocked(pthread_t t)
 	return ret == PTHREAD_CANCELED ? 0 : -EINVAL;
 }
 
+/* Fills pipe end fd: a write to it then waits. */
+static void fill_pipe(int fd)
+{
+	char page[4096] = { 0 };
+	fcntl(fd, F_SETFL, O_NONBLOCK);
+	while (write(fd, page, sizeof(page)) > 0)
+		;
+	fcntl(fd, F_SETFL, 0);
+}
+
+/* A pwrite whose thread has a cancel pending as it begins: a pipe refuses
+ * a pwrite at once, so none waits, and the cancel acts in the call. */
+static void *cancelled_pwrite_thread(void *arg)
+{
+	struct cancelled_io *c = arg;
+	pthread_cancel(pthread_self());
+	md_agent_pwrite(c->a, c->fd, c->buf, 4096, 0);
+	return NULL;
+}
+
 /* What the agent records for a VMM's read or write while it runs goes
  * with a cancel that ends it there: a read in flight kept the scanner off
  * its pages for good, a write's record (on the stack the thread left) had
@@ -2132,11 +2152,7 @@ TEST_IMPL(cancel_in_blocked_io_ends_records)
 	ASSERT_EQ(cancel_blocked(t), 0);
 	ASSERT(!md__inflight_busy(&a->engine->io, (uintptr_t)m + 5 * 4096, 4096));
 
-	char page[4096] = { 0 };
-	ASSERT_EQ(fcntl(p[1], F_SETFL, O_NONBLOCK), 0);
-	while (write(p[1], page, sizeof(page)) > 0)	/* full: the write waits */
-		;
-	ASSERT_EQ(fcntl(p[1], F_SETFL, 0), 0);
+	fill_pipe(p[1]);	/* full: the write waits */
 	struct cancelled_io wr = { a, p[1], 1, m, 0 };
 	ASSERT_EQ(pthread_create(&t, NULL, cancelled_io_thread, &wr), 0);
 	ASSERT_EQ(io_blocked(&wr), 0);
@@ -2145,8 +2161,59 @@ TEST_IMPL(cancel_in_blocked_io_ends_records)
 	ASSERT(md__writes_ended(a, md__writes_mark(a)));
 	close(p[0]);
 	close(p[1]);
+
+	/* A plain pwrite's record goes as well (md_agent_pwrite). */
+	char out[512];
+	snprintf(out, sizeof(out), "%s/cancelled-out", test_dir());
+	int fd = open(out, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	ASSERT(fd >= 0);
+	uint64_t before = md__writes_mark(a);
+	void *ret = NULL;
+	struct cancelled_io pw = { a, fd, 1, m, 0 };
+	ASSERT_EQ(pthread_create(&t, NULL, cancelled_pwrite_thread, &pw), 0);
+	ASSERT_EQ(pthread_join(t, &ret), 0);
+	ASSERT(ret == PTHREAD_CANCELED);
+	ASSERT(md__writes_mark(a) > before);	/* it was recorded */
+	ASSERT(md__writes_ended(a, md__writes_mark(a)));
+	close(fd);
 	md_agent_free(a);
 	munmap(m, len);
+	return 0;
+}
+
+/* Writes in flight end in any order: a break waits for every one begun
+ * before its mark while any runs, and for none once all ended (the list
+ * of them keeps its links whichever ends). Four writes wait on full pipes
+ * and are cancelled out of order: the oldest, one between, the newest,
+ * the last. */
+TEST_IMPL(writes_end_in_any_order)
+{
+	md_agent *a;
+	md_agent_options o = { .run_dir = "" };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	static char page[4096];
+	static const int order[4] = { 0, 2, 3, 1 };
+	int p[4][2];
+	pthread_t t[4];
+	struct cancelled_io w[4];
+	for (int i = 0; i < 4; i++) {
+		ASSERT_EQ(pipe(p[i]), 0);
+		fill_pipe(p[i][1]);
+		w[i] = (struct cancelled_io){ a, p[i][1], 1, page, 0 };
+		ASSERT_EQ(pthread_create(&t[i], NULL, cancelled_io_thread, &w[i]), 0);
+		ASSERT_EQ(io_blocked(&w[i]), 0);
+	}
+	uint64_t mark = md__writes_mark(a);
+	for (int k = 0; k < 4; k++) {
+		ASSERT(!md__writes_ended(a, mark));
+		ASSERT_EQ(cancel_blocked(t[order[k]]), 0);
+	}
+	ASSERT(md__writes_ended(a, mark));
+	for (int i = 0; i < 4; i++) {
+		close(p[i][0]);
+		close(p[i][1]);
+	}
+	md_agent_free(a);
 	return 0;
 }
 
@@ -2200,6 +2267,9 @@ TEST_IMPL(lease_break_waits_for_plain_pwrite)
 	 * the same (its end had left the list's newest a record gone). */
 	static char plain[4096];
 	ASSERT_EQ(md_agent_pwrite(a, fd, plain, sizeof(plain), 0), 4096);
+	ASSERT(md__writes_ended(a, md__writes_mark(a)));
+	struct iovec io = { plain, sizeof(plain) };
+	ASSERT_EQ(md_agent_pwritev(a, fd, &io, 1, 0, 0), 4096);
 	ASSERT(md__writes_ended(a, md__writes_mark(a)));
 	uint64_t before = md__writes_mark(a);
 	struct held_pwrite h = { a, fd, held, 0 };
