@@ -2642,7 +2642,8 @@ static int child_counts_own_write(const char *img)
 
 /* An agent made anew in a forked child (libmemdedup's VMM, its own agent
  * freed before the fork) counts the child's pages: it read its parent's
- * through the descriptor of pagemap its parent's agent had opened. */
+ * through the descriptor of pagemap its parent's agent had opened. So
+ * does one in a child made by _Fork, which runs no atfork handler. */
 TEST_IMPL(agent_in_forked_child_counts_own_pages)
 {
 	char img[600];
@@ -2654,14 +2655,16 @@ TEST_IMPL(agent_in_forked_child_counts_own_pages)
 	ASSERT_EQ(md_agent_new(&a, &o), 0);
 	md_agent_stats(a, &st);	/* pagemap opened */
 	md_agent_free(a);
-	pid_t pid = fork();
-	ASSERT(pid >= 0);
-	if (pid == 0)
-		_exit(child_counts_own_write(img));
-	int status;
-	ASSERT_EQ(waitpid(pid, &status, 0), pid);
-	ASSERT(WIFEXITED(status));
-	ASSERT_EQ(WEXITSTATUS(status), 0);
+	for (int handlers = 1; handlers >= 0; handlers--) {
+		pid_t pid = handlers ? fork() : _Fork();
+		ASSERT(pid >= 0);
+		if (pid == 0)
+			_exit(child_counts_own_write(img));
+		int status;
+		ASSERT_EQ(waitpid(pid, &status, 0), pid);
+		ASSERT(WIFEXITED(status));
+		ASSERT_EQ(WEXITSTATUS(status), 0);
+	}
 	return 0;
 }
 
