@@ -4153,6 +4153,16 @@ static void *grow_thread(void *p)
 	return NULL;
 }
 
+/* 1 if g's grow has not returned, looked at for 200 ms (a grow that does
+ * not wait is done in microseconds). */
+static int grow_waiting(const struct grow_arg *g)
+{
+	for (int i = 0; i < 100; i++, usleep(2000))
+		if (__atomic_load_n(&g->done, __ATOMIC_ACQUIRE))
+			return 0;
+	return 1;
+}
+
 /* A call that went to the kernel plainly (the range none of ours when it
  * looked) is over before md__ours_grow returns: the agent acts on the new
  * range only then, or an munmap or a discard lands behind its back. */
@@ -4167,12 +4177,7 @@ TEST_IMPL(ours_grow_waits_for_plain_calls)
 	struct grow_arg g = { a, 0x7000000, 0x7002000, 0 };
 	pthread_t t;
 	ASSERT_EQ(pthread_create(&t, NULL, grow_thread, &g), 0);
-	/* It must wait as long as the call is under way: looked at for
-	 * 200 ms (a grow that does not wait is done in microseconds). */
-	for (int i = 0; i < 100; i++) {
-		ASSERT(!__atomic_load_n(&g.done, __ATOMIC_ACQUIRE));
-		usleep(2000);
-	}
+	ASSERT(grow_waiting(&g));	/* as long as the call is under way */
 	md__ours_end(&a->ours, token);
 	ASSERT_EQ(pthread_join(t, NULL), 0);
 	ASSERT(g.done);
@@ -4185,10 +4190,7 @@ TEST_IMPL(ours_grow_waits_for_plain_calls)
 	__atomic_add_fetch(&a->ours.plain[late], 1, __ATOMIC_SEQ_CST);
 	g = (struct grow_arg){ a, 0x7100000, 0x7101000, 0 };
 	ASSERT_EQ(pthread_create(&t, NULL, grow_thread, &g), 0);
-	for (int i = 0; i < 100; i++) {
-		ASSERT(!__atomic_load_n(&g.done, __ATOMIC_ACQUIRE));
-		usleep(2000);
-	}
+	ASSERT(grow_waiting(&g));
 	md__ours_end(&a->ours, late);
 	ASSERT_EQ(pthread_join(t, NULL), 0);
 
