@@ -4466,7 +4466,7 @@ TEST_IMPL(daemon_refusal_reason_whole)
 		if (over)
 			snprintf(want, sizeof(want), "...%s", tail);
 		else
-			snprintf(want, sizeof(want), "%s%s%s", head, reason, tail);
+			ASSERT(snprintf(want, sizeof(want), "%s%s%s", head, reason, tail) < (int)sizeof(want));
 		if (len < strlen(want) || strcmp(k.text + len - strlen(want), want) != 0)
 			fprintf(stderr, "  CONTROL_R says '%s'\n", k.text);
 		ASSERT(len >= strlen(want) && strcmp(k.text + len - strlen(want), want) == 0);
