@@ -4089,6 +4089,7 @@ TEST_IMPL(agent_free_keeps_read_content)
 	ASSERT_EQ(pread(fd, was[0], 4096, 3 * 4096), 4096);
 	ASSERT_EQ(pread(fd, was[1], 4096, 9 * 4096), 4096);
 	md_agent_free(a);
+	ASSERT_EQ(fds_naming(getpid(), img), 1);	/* ours: the agent's went with it, its lease too */
 	int w = open(img, O_WRONLY | O_CLOEXEC);
 	ASSERT(w >= 0);
 	char junk[4096];
@@ -4102,6 +4103,24 @@ TEST_IMPL(agent_free_keeps_read_content)
 	ASSERT_EQ(memcmp(m + 89 * 4096, was[1], 4096), 0);
 	munmap(m, 96 * 4096);
 	close(fd);
+	return 0;
+}
+
+/* md_agent_free wakes the agent's thread, which waits a second between
+ * its passes: the VMM's exit or its unplug of the agent does not wait. */
+TEST_IMPL(agent_free_wakes_thread)
+{
+	md_agent_options o = { .run_dir = "" };
+	md_agent *a;
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	usleep(200000);	/* its first pass over, the thread waits */
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	md_agent_free(a);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+	printf("  freed in %.3f s\n", s);
+	ASSERT(s < 0.4);	/* not the rest of the thread's second */
 	return 0;
 }
 
@@ -4382,6 +4401,22 @@ TEST_IMPL(stats_now_counts_vmas)
 	ASSERT(s.vmas >= before + 64);
 	for (int i = 0; i < 64; i++)
 		munmap(maps[i], 4096);
+	md_agent_free(a);
+	return 0;
+}
+
+/* The statistics file shows the VMM's mappings from the agent's start (the
+ * count md_agent_new made before the file was there), not 0 until the
+ * thread's first count, up to a minute later for a process not reading. */
+TEST_IMPL(stats_file_counts_vmas_from_start)
+{
+	md_agent *a;
+	md_agent_options o = { .run_dir = test_dir() };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	struct proc self = { .pid = getpid() };	/* proc_stats reads its file only */
+	md_stats s;
+	ASSERT_EQ(proc_stats(&self, &s), 0);
+	ASSERT(s.vmas > 0);
 	md_agent_free(a);
 	return 0;
 }

@@ -1140,6 +1140,41 @@ TEST_IMPL(agent_stats_file_owned)
 	return 0;
 }
 
+/* Every name for this pid but the last another user's: the agent takes the
+ * last one (MD_STATS_NAMES of them are tried), and leaves theirs alone. */
+TEST_IMPL(agent_stats_file_takes_last_name)
+{
+	char dir[] = "/tmp/md-stats-XXXXXX", path[MD_STATS_NAMES + 1][64];
+	ASSERT(mkdtemp(dir));
+	for (int k = 1; k <= MD_STATS_NAMES; k++) {
+		if (k == 1)
+			snprintf(path[k], sizeof(path[k]), "%s/agent-%d.stats", dir, (int)getpid());
+		else
+			snprintf(path[k], sizeof(path[k]), "%s/agent-%d.%d.stats", dir, (int)getpid(), k);
+		if (k == MD_STATS_NAMES)
+			break;
+		int fd = open(path[k], O_WRONLY | O_CREAT | O_EXCL, 0644);
+		ASSERT(fd >= 0 && fchown(fd, 65534, 65534) == 0);
+		close(fd);
+	}
+	md_agent *a;
+	md_agent_options o = { .run_dir = dir };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	struct stat st;
+	ASSERT_EQ(stat(path[MD_STATS_NAMES], &st), 0);
+	ASSERT_EQ(st.st_uid, geteuid());
+	ASSERT_EQ(st.st_size, (off_t)sizeof(struct md__stats_file));
+	md_agent_free(a);
+	ASSERT(access(path[MD_STATS_NAMES], F_OK) != 0);
+	for (int k = 1; k < MD_STATS_NAMES; k++) {
+		ASSERT_EQ(stat(path[k], &st), 0);	/* not ours to remove */
+		ASSERT_EQ(st.st_uid, 65534);
+		unlink(path[k]);
+	}
+	rmdir(dir);
+	return 0;
+}
+
 TEST_IMPL(agent_api_rejects)
 {
 	md_agent *a, *b;
