@@ -4338,6 +4338,84 @@ TEST_IMPL(agent_register_over_vmm_userfault_busy)
 	return 0;
 }
 
+/* After mlockall(MCL_FUTURE) (md__agent_lock_future) memory that is not
+ * locked itself is refused too: every mapping the agent would make there
+ * is locked, a private copy at once. Registered again once the VMM gives
+ * the future lock up. */
+TEST_IMPL(agent_register_refused_while_future_locked)
+{
+	md_agent *a;
+	md_agent_options o = { .run_dir = "" };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	const size_t len = 16 * 4096;
+	char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	md__agent_lock_future(a, 1);
+	ASSERT_EQ(md_agent_register(a, m, len, 0), -EPERM);
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.regions, 0);
+	md__agent_lock_future(a, 0);
+	ASSERT_EQ(md_agent_register(a, m, len, 0), 0);
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.registered_bytes, len);
+	md_agent_free(a);
+	munmap(m, len);
+	return 0;
+}
+
+/* RAM given up to the VMM's userfaultfd that the VMM then locks (mlock) or
+ * protects (mprotect) asks for merging no more: the end of the VMM's
+ * registration does not take it back (a mapping of ours there would be a
+ * locked private copy, or writable behind the VMM's back). */
+TEST_IMPL(handed_ram_locked_or_protected_not_taken_back)
+{
+	md_agent *a;
+	md_agent_options o = { .run_dir = "" };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	const size_t len = 16 * 4096;
+	char *m = mmap(NULL, 2 * len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	ASSERT_EQ(md_agent_register(a, m, 2 * len, 0), 0);
+	ASSERT_EQ(md_agent_userfault(a, m, 2 * len), 1);	/* the VMM's now */
+	ASSERT_EQ(md__agent_lock(a, (uintptr_t)m, (uintptr_t)m + len, 0), 0);
+	ASSERT_EQ(md__agent_protect(a, (uintptr_t)m + len, (uintptr_t)m + 2 * len), 0);
+	ASSERT_EQ(md_agent_userfault_end(a, m, 2 * len), 0);
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.regions, 0);
+	ASSERT_EQ(s.registered_bytes, 0);
+	md_agent_free(a);
+	munmap(m, 2 * len);
+	return 0;
+}
+
+/* Advice the VMM gives RAM its userfaultfd holds (MADV_DONTDUMP) is kept
+ * for when that RAM is taken back: the region made again has it. */
+TEST_IMPL(handed_ram_taken_back_with_advice_given_meanwhile)
+{
+	md_agent *a;
+	md_agent_options o = { .run_dir = "" };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	const size_t len = 16 * 4096;
+	char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	ASSERT_EQ(md_agent_register(a, m, len, 0), 0);
+	ASSERT_EQ(md_agent_userfault(a, m, len), 1);
+	ASSERT_EQ(md_agent_advise(a, m, len, MD_ADV_DONTDUMP), 0);
+	ASSERT_EQ(md_agent_userfault_end(a, m, len), 0);
+	struct md__registered *v;
+	size_t n;
+	ASSERT_EQ(md__agent_registered(a, (uintptr_t)m, (uintptr_t)m + len, &v, &n), 0);
+	ASSERT_EQ(n, 1);
+	ASSERT_EQ(v[0].hi - v[0].lo, len);
+	ASSERT(v[0].advice & MD_ADV_DONTDUMP);
+	free(v);
+	md_agent_free(a);
+	munmap(m, len);
+	return 0;
+}
+
 /* RAM given up to the VMM's userfaultfd and then forgotten (the VMM
  * unmapped it behind the preload library's back, md_agent_forget) loses
  * the VMM's hold too: the end of the VMM's registration must not take back
