@@ -4341,18 +4341,26 @@ TEST_IMPL(agent_register_over_vmm_userfault_busy)
 	return 0;
 }
 
+/* A new agent (no statistics file) and len bytes of anonymous memory, not
+ * registered. */
+static char *agent_and_ram(md_agent **a, size_t len)
+{
+	md_agent_options o = { .run_dir = "" };
+	ASSERT_EQ(md_agent_new(a, &o), 0);
+	char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	return m;
+}
+
 /* After mlockall(MCL_FUTURE) (md__agent_lock_future) memory that is not
  * locked itself is refused too: every mapping the agent would make there
  * is locked, a private copy at once. Registered again once the VMM gives
  * the future lock up. */
 TEST_IMPL(agent_register_refused_while_future_locked)
 {
-	md_agent *a;
-	md_agent_options o = { .run_dir = "" };
-	ASSERT_EQ(md_agent_new(&a, &o), 0);
 	const size_t len = 16 * 4096;
-	char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	ASSERT(m != MAP_FAILED);
+	md_agent *a;
+	char *m = agent_and_ram(&a, len);
 	md__agent_lock_future(a, 1);
 	ASSERT_EQ(md_agent_register(a, m, len, 0), -EPERM);
 	md_stats s;
@@ -4373,12 +4381,9 @@ TEST_IMPL(agent_register_refused_while_future_locked)
  * locked private copy, or writable behind the VMM's back). */
 TEST_IMPL(handed_ram_locked_or_protected_not_taken_back)
 {
-	md_agent *a;
-	md_agent_options o = { .run_dir = "" };
-	ASSERT_EQ(md_agent_new(&a, &o), 0);
 	const size_t len = 16 * 4096;
-	char *m = mmap(NULL, 2 * len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	ASSERT(m != MAP_FAILED);
+	md_agent *a;
+	char *m = agent_and_ram(&a, 2 * len);
 	ASSERT_EQ(md_agent_register(a, m, 2 * len, 0), 0);
 	ASSERT_EQ(md_agent_userfault(a, m, 2 * len), 1);	/* the VMM's now */
 	ASSERT_EQ(md__agent_lock(a, (uintptr_t)m, (uintptr_t)m + len, 0), 0);
@@ -4397,12 +4402,9 @@ TEST_IMPL(handed_ram_locked_or_protected_not_taken_back)
  * for when that RAM is taken back: the region made again has it. */
 TEST_IMPL(handed_ram_taken_back_with_advice_given_meanwhile)
 {
-	md_agent *a;
-	md_agent_options o = { .run_dir = "" };
-	ASSERT_EQ(md_agent_new(&a, &o), 0);
 	const size_t len = 16 * 4096;
-	char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	ASSERT(m != MAP_FAILED);
+	md_agent *a;
+	char *m = agent_and_ram(&a, len);
 	ASSERT_EQ(md_agent_register(a, m, len, 0), 0);
 	ASSERT_EQ(md_agent_userfault(a, m, len), 1);
 	ASSERT_EQ(md_agent_advise(a, m, len, MD_ADV_DONTDUMP), 0);
@@ -4444,15 +4446,20 @@ TEST_IMPL(agent_forget_drops_vmm_hold)
 	ASSERT_EQ(md_agent_forget(a, m + 4 * 4096, 4 * 4096), 0);
 	ASSERT(mmap(m + 4 * 4096, 4 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
 		    -1, 0) == m + 4 * 4096);	/* the allocator's now */
+	/* The same for RAM unmapped through the agent (md_agent_unmap). */
+	ASSERT_EQ(md_agent_unmap(a, m + 10 * 4096, 2 * 4096), 0);
+	ASSERT(mmap(m + 10 * 4096, 2 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
+		    -1, 0) == m + 10 * 4096);
 	ASSERT_EQ(md_agent_userfault_end(a, m, len), 0);
 	ASSERT_EQ(md_agent_stats(a, &s), 0);
-	ASSERT_EQ(s.registered_bytes, len - 4 * 4096);	/* the rest taken back */
+	ASSERT_EQ(s.registered_bytes, len - 6 * 4096);	/* the rest taken back */
 	md__agent_enter(a);
-	int taken = md__region_find(a, (uintptr_t)m + 4 * 4096, 4096) != NULL;
+	int taken = md__region_find(a, (uintptr_t)m + 4 * 4096, 4096) != NULL ||
+		    md__region_find(a, (uintptr_t)m + 10 * 4096, 4096) != NULL;
 	md__agent_leave(a);
 	ASSERT(!taken);
 	ASSERT_EQ(md_agent_stats(a, &s), 0);
-	ASSERT_EQ(s.regions, 2);
+	ASSERT_EQ(s.regions, 3);
 	md_agent_free(a);
 	munmap(m, len);
 	munmap(other, len);
