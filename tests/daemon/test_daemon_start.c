@@ -381,6 +381,46 @@ TEST_IMPL(daemon_concurrent_starts)
 	return 0;
 }
 
+/* What /proc/PID/fd/FD (or /proc/PID/NAME) of pid links to, in buf. */
+static const char *proc_link(pid_t pid, const char *name, char *buf, size_t size)
+{
+	char link[64];
+	snprintf(link, sizeof(link), "/proc/%d/%s", (int)pid, name);
+	ssize_t n = readlink(link, buf, size - 1);
+	buf[n > 0 ? n : 0] = '\0';
+	return buf;
+}
+
+/* A daemonized memdedupd is detached from whoever started it: a session of
+ * its own (the terminal's ^C and hang-up are not for it), its directory /
+ * (it keeps no mount busy), stdin /dev/null and stdout and stderr its log
+ * (a caller reading its output, as `$(...)` does, would wait for it), and
+ * no descriptor of the way there left open. */
+static void detached(pid_t pid, const char *log)
+{
+	char want[PATH_MAX], got[PATH_MAX], fds[64];
+	ASSERT(realpath(log, want));
+	ASSERT_EQ(getsid(pid), pid);
+	ASSERT_EQ(strcmp(proc_link(pid, "cwd", got, sizeof(got)), "/"), 0);
+	ASSERT_EQ(strcmp(proc_link(pid, "fd/0", got, sizeof(got)), "/dev/null"), 0);
+	ASSERT_EQ(strcmp(proc_link(pid, "fd/1", got, sizeof(got)), want), 0);
+	ASSERT_EQ(strcmp(proc_link(pid, "fd/2", got, sizeof(got)), want), 0);
+	snprintf(fds, sizeof(fds), "/proc/%d/fd", (int)pid);
+	DIR *dir = opendir(fds);
+	ASSERT(dir);
+	for (struct dirent *e; (e = readdir(dir));) {
+		if (e->d_name[0] == '.' || strtol(e->d_name, NULL, 10) < 3)
+			continue;
+		char name[32];
+		snprintf(name, sizeof(name), "fd/%.20s", e->d_name);
+		proc_link(pid, name, got, sizeof(got));
+		if (strcmp(got, "/dev/null") == 0 || strncmp(got, "pipe:", 5) == 0 || strcmp(got, want) == 0)
+			printf("  stray descriptor %s: %s\n", e->d_name, got);
+		ASSERT(strcmp(got, "/dev/null") != 0 && strncmp(got, "pipe:", 5) != 0 && strcmp(got, want) != 0);
+	}
+	closedir(dir);
+}
+
 TEST_IMPL(daemon_relative_paths)
 {
 	char dir[300], sock[400], pidf[400], log[400];
@@ -389,8 +429,9 @@ TEST_IMPL(daemon_relative_paths)
 	const char *exe = daemon_exe();
 	char abs_exe[300];
 	ASSERT(realpath(exe, abs_exe));
-	/* Daemonized: its directory is / from then on. */
-	ASSERT_EQ(td_sh("cd %s && %s --run-dir run --socket run/s.sock 2>%s/err", dir, abs_exe, dir), 0);
+	/* Daemonized: its directory is / from then on. Its stdin not /dev/null,
+	 * to see it replaced. */
+	ASSERT_EQ(td_sh("cd %s && %s --run-dir run --socket run/s.sock 2>%s/err </dev/zero", dir, abs_exe, dir), 0);
 	snprintf(sock, sizeof(sock), "%s/run/s.sock", dir);
 	snprintf(pidf, sizeof(pidf), "%s/run/memdedupd.pid", dir);
 	snprintf(log, sizeof(log), "%s/run/memdedupd.log", dir);
@@ -398,6 +439,7 @@ TEST_IMPL(daemon_relative_paths)
 	pid_t pid = read_pid(pidf);
 	ASSERT(pid > 0);
 	ASSERT(access(log, F_OK) == 0);
+	detached(pid, log);
 	/* The log names every user's agents: its owner's only. */
 	struct stat lst;
 	ASSERT(stat(log, &lst) == 0);
