@@ -258,6 +258,27 @@ TEST_IMPL(daemon_run_dir_too_long)
 	snprintf(top, sizeof(top), "%s/short", test_dir());
 	ASSERT(access(top, F_OK) != 0);
 
+	/* Relative, one byte too long once the directory is put before it:
+	 * refused too, not cut to the byte that fits. */
+	char cwd[PATH_MAX], rel[300], exe[PATH_MAX];
+	ASSERT(realpath(test_dir(), cwd) && realpath(daemon_exe(), exe));
+	size_t want = MD_D_RUN_DIR_MAX - strlen(cwd) - 1;	/* cwd/rel: MD_D_RUN_DIR_MAX bytes */
+	ASSERT(want > 4 && want < sizeof(rel));
+	memset(rel, 'r', want);
+	rel[want] = '\0';
+	ASSERT_EQ(td_sh("cd %s && timeout 10 %s --foreground --run-dir %s 2>%s </dev/null", cwd, exe, rel, err), 1);
+	ASSERT_EQ(td_sh("grep -q 'the run directory is too long' %s", err), 0);
+	ASSERT_EQ(td_sh("ls -d %s/rrrr* 2>/dev/null", cwd), 2);	/* nor the one cut */
+	want = MD_D_SOCKET_MAX + 1 - strlen(cwd) - 1;	/* cwd/rel: a byte past a Unix address */
+	ASSERT(want > 4 && want < sizeof(rel));
+	memset(rel, 's', want);
+	memcpy(rel, "no/", 3);
+	rel[want] = '\0';
+	ASSERT_EQ(td_sh("cd %s && timeout 10 %s --foreground --run-dir short --socket %s 2>%s </dev/null", cwd, exe,
+			rel, err), 1);
+	ASSERT_EQ(td_sh("grep -q 'at most 107 bytes' %s", err), 0);
+	ASSERT(access(top, F_OK) != 0);
+
 	/* The library's own: an error, never a cut path. */
 	char small[16];
 	ASSERT_EQ(md__run_dir(run, small, sizeof(small)), -ENAMETOOLONG);
