@@ -461,6 +461,15 @@ TEST_IMPL(daemon_relative_paths)
 	ASSERT(pid > 0);
 	ASSERT(access(log, F_OK) == 0);
 	detached(pid, log);
+	/* The pid file is the pid and a newline, as pid files are. */
+	char said[32] = "", want[32];
+	FILE *pf = fopen(pidf, "r");
+	ASSERT(pf);
+	size_t got = fread(said, 1, sizeof(said) - 1, pf);
+	fclose(pf);
+	snprintf(want, sizeof(want), "%d\n", (int)pid);
+	ASSERT_EQ(got, strlen(want));
+	ASSERT_EQ(strcmp(said, want), 0);
 	/* The log names every user's agents: its owner's only. */
 	struct stat lst;
 	ASSERT(stat(log, &lst) == 0);
