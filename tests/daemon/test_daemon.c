@@ -154,6 +154,9 @@ TEST_IMPL(daemon_publish_lookup)
 	uint32_t refs[2] = { first, 63 };
 	ASSERT_EQ(md__client_ref(c, refs, 2, +1), -EINVAL);	/* 63 is not live */
 	ASSERT_EQ(md__client_ref(c, refs, 1, +1), 0);
+	/* A read told: the read pairs' table is made, and counted below. */
+	struct md__read_run run = { md__read_key(1, 2), 0, 0x7f0000010000ull, 1 };
+	ASSERT_EQ(md__client_reads(c, &run, 1), 0);
 	json_t *st = td_status(&t);
 	json_t *dom = td_domain(st, w.domain_id);
 	ASSERT(dom);
@@ -173,6 +176,7 @@ TEST_IMPL(daemon_publish_lookup)
 			 td_int(dom, "sighting_slots") * 16 + td_int(dom, "read_slots") * 12 + 64 * 4;
 	md__index_free(&ix);
 	ASSERT(td_int(dom, "sighting_slots") > 0);
+	ASSERT(td_int(dom, "read_slots") > 0);
 	ASSERT_EQ(td_int(dom, "general_profit"), 1 * PG - meta);
 	/* The totals, of this one domain. */
 	json_t *tot = json_object_get(st, "totals");
