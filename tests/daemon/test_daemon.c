@@ -165,6 +165,8 @@ TEST_IMPL(daemon_publish_lookup)
 	ASSERT_EQ(td_int(dom, "index_entries"), 3);
 	ASSERT_EQ(td_int(dom, "references"), 4);
 	ASSERT_EQ(td_int(json_array_get(json_object_get(st, "agents"), 0), "references"), 4);
+	/* No REPORT yet: no age to say. */
+	ASSERT(json_is_null(json_object_get(json_array_get(json_object_get(st, "agents"), 0), "report_age_seconds")));
 	/* The saving less the bookkeeping: 17 bytes a slot handed out (up to
 	 * the pool's end), the index table as made (3 entries), the
 	 * sightings (16 bytes an entry; the lookup of 12345 made them) and
@@ -260,6 +262,8 @@ TEST_IMPL(daemon_publish_lookup)
 	ASSERT(a);
 	ASSERT_EQ(td_int(a, "pid"), getpid());
 	ASSERT_EQ(json_integer_value(json_array_get(json_object_get(a, "counters"), 2)), 7);
+	double age = json_real_value(json_object_get(a, "report_age_seconds"));
+	ASSERT(json_is_real(json_object_get(a, "report_age_seconds")) && age >= 0 && age < 60);
 	json_decref(st);
 	/* Beyond JSON's integers (a damaged agent's), as the CLI shows its
 	 * own: 2^63 - 1; the general profit signed. They showed negative. */
@@ -273,6 +277,8 @@ TEST_IMPL(daemon_publish_lookup)
 	json_t *named = json_object_get(a, "counters_named");
 	ASSERT_EQ(td_int(named, md__ctr_name(0)), INT64_MAX);
 	ASSERT_EQ(td_int(named, "general_profit"), -4096);
+	ASSERT_EQ(json_object_size(named), MD_CTR_COUNT);	/* every counter sent, named */
+	ASSERT(json_object_get(named, md__ctr_name(MD_CTR_COUNT - 1)));
 	json_decref(st);
 
 	munmap((void *)v, 64 * PG);
@@ -2705,11 +2711,18 @@ TEST_IMPL(daemon_reconnect_keeps_refs)
 	json_t *st = td_status(&t);
 	json_t *a = json_array_get(json_object_get(st, "agents"), 0);
 	ASSERT(a && json_is_false(json_object_get(a, "connected")));
+	ASSERT_EQ(td_int(a, "hellos"), 1);
 	json_decref(st);
-	/* Back: the same pool, our references still ours. */
+	/* Back: the same pool, our references still ours, the record's
+	 * second connection. */
 	c = td_agent(&t, NULL, &w2, &fd2);
 	ASSERT_EQ(w2.domain_id, w.domain_id);
 	ASSERT(w2.generation == w.generation);
+	st = td_status(&t);
+	a = json_array_get(json_object_get(st, "agents"), 0);
+	ASSERT(a && json_is_true(json_object_get(a, "connected")));
+	ASSERT_EQ(td_int(a, "hellos"), 2);
+	json_decref(st);
 	uint32_t un[2] = { first, first + 1 };
 	ASSERT_EQ(md__client_ref(c, un, 2, -1), 0);
 	ASSERT(wait_live(&t, w.domain_id, 0, 20000));
