@@ -3729,6 +3729,31 @@ TEST_IMPL(daemon_share_leaves_paused_agents)
 	ASSERT_EQ(control_end(&k), 0);
 	ASSERT_EQ(lookup_caught_up(c), 0);	/* a SHARE of that pass came before its answer */
 	ASSERT_EQ(md__client_share(c), 2);
+	/* An UNMERGE queued behind another's takes its agent's part when
+	 * its turn comes, not when the request came (nor never). */
+	struct fake_agent o2;
+	struct control_call k2;
+	fake_agent_start(&t, &o2);
+	struct md__client *cli2 = td_connect(&t);
+	POLL_UNTIL(c, md__client_share(c) == 3);
+	while (fake_agent_got(&o, 0))	/* the controls before */
+		;
+	control_start(&k, cli, MD_CTL_UNMERGE, kid, NULL, NULL);
+	ASSERT_EQ(fake_agent_got(&o, 2000), 'U');
+	control_start(&k2, cli2, MD_CTL_UNMERGE, o2.pid, NULL, NULL);
+	POLL_UNTIL(c, md__client_share(c) == 2);
+	ASSERT_EQ(fake_agent_got(&o2, 200), 0);	/* its turn not come */
+	fake_agent_tell(&o, 'a');
+	ASSERT_EQ(control_end(&k), 0);
+	ASSERT_EQ(fake_agent_got(&o2, 2000), 'U');
+	POLL_UNTIL(c, md__client_share(c) == 1);
+	fake_agent_tell(&o2, 'r');
+	ASSERT_EQ(control_end(&k2), -ENOMEM);
+	ASSERT_EQ(control(cli, MD_CTL_RESUME, kid, NULL, NULL, NULL), 0);
+	POLL_UNTIL(c, md__client_share(c) == 3);
+	fake_agent_end(&o2);
+	md__client_free(cli2);
+	POLL_UNTIL(c, md__client_share(c) == 2);
 	/* Stopped for good, as its REPORT says. */
 	fake_agent_tell(&o, 's');
 	POLL_UNTIL(c, md__client_share(c) == 1);
