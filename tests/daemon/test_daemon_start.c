@@ -529,6 +529,12 @@ TEST_IMPL(daemon_relative_paths)
 		usleep(10000);
 	ASSERT(access(sock, F_OK) != 0);
 	ASSERT(access(pidf, F_OK) != 0);
+	/* From a directory removed since, a relative path names nothing: said
+	 * so, and nothing made. */
+	ASSERT_EQ(td_sh("mkdir %s/gone && cd %s/gone && rmdir ../gone && timeout 10 %s --foreground --run-dir run "
+			"--socket %s/g.sock 2>%s/err", dir, dir, abs_exe, dir, dir), 1);
+	ASSERT_EQ(td_sh("grep -q 'no usable run directory: No such file' %s/err", dir), 0);
+	ASSERT_EQ(td_sh("test -e %s/g.sock.lock", dir), 1);
 	return 0;
 }
 
