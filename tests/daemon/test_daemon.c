@@ -3134,6 +3134,8 @@ TEST_IMPL(daemon_hello_other_domain_while_holding_refused)
 	ASSERT_EQ(json_array_size(agents), 1);
 	json_t *a = json_array_get(agents, 0);
 	ASSERT_EQ(td_int(a, "domain_id"), w.domain_id);
+	const char *named = json_string_value(json_object_get(a, "domain"));
+	ASSERT(named && strcmp(named, "a") == 0);	/* not "b" */
 	ASSERT_EQ(td_int(a, "uid"), geteuid());
 	ASSERT_EQ(td_int(a, "references"), 1);
 	json_decref(st);
