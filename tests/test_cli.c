@@ -833,26 +833,76 @@ TEST_IMPL(cli_run_setuid_unmapped_owner_runs)
 	return 0;
 }
 
-/* Writes a statically linked x86-64 program that exits 0: one loaded
- * segment, no interpreter. */
-static void write_static_exit0(const char *path)
+/* What write_exit0 adds to its x86-64 program that exits 0. */
+struct exit0_extra {
+	uint16_t type;		/* ET_DYN (at address 0), else ET_EXEC */
+	int soname;		/* a PT_DYNAMIC naming a soname, within the loaded segment */
+	int soname_unloaded;	/* the loaded segment ending where the soname begins */
+	int no_strtab;		/* DT_SONAME the soname's address, with no DT_STRTAB */
+	size_t interp;		/* a PT_INTERP of this many bytes (a missing path, its NUL last) */
+};
+
+/* Writes an x86-64 program that exits 0: one loaded segment (the headers,
+ * the code, the dynamic section and string table), and what x adds. */
+static void write_exit0(const char *path, const struct exit0_extra *x)
 {
 	static const unsigned char code[] = { 0xb8, 60, 0, 0, 0, 0x31, 0xff, 0x0f, 0x05 };	/* exit(0) */
 	struct {
 		Elf64_Ehdr h;
-		Elf64_Phdr ph;
+		Elf64_Phdr ph[3];
 		unsigned char code[sizeof(code)];
-	} __attribute__((packed)) f = {
-		.h = { .e_ident = { ELFMAG0, ELFMAG1, ELFMAG2, ELFMAG3, ELFCLASS64, ELFDATA2LSB, EV_CURRENT },
-		       .e_type = ET_EXEC, .e_machine = EM_X86_64, .e_version = EV_CURRENT,
-		       .e_entry = 0x400000 + offsetof(__typeof__(f), code), .e_phoff = sizeof(Elf64_Ehdr),
-		       .e_ehsize = sizeof(Elf64_Ehdr), .e_phentsize = sizeof(Elf64_Phdr), .e_phnum = 1 },
-		.ph = { .p_type = PT_LOAD, .p_flags = PF_R | PF_X, .p_vaddr = 0x400000, .p_paddr = 0x400000,
-			.p_filesz = sizeof(f), .p_memsz = sizeof(f), .p_align = 0x1000 },
-	};
+		Elf64_Dyn dyn[3];
+		char str[16];
+	} __attribute__((packed)) f;
+	const uint64_t base = x->type == ET_DYN ? 0 : 0x400000, str = offsetof(__typeof__(f), str);
+	int n = 0;
+
+	memset(&f, 0, sizeof(f));
+	f.h = (Elf64_Ehdr){ .e_ident = { ELFMAG0, ELFMAG1, ELFMAG2, ELFMAG3, ELFCLASS64, ELFDATA2LSB, EV_CURRENT },
+			    .e_type = x->type == ET_DYN ? ET_DYN : ET_EXEC, .e_machine = EM_X86_64,
+			    .e_version = EV_CURRENT, .e_entry = base + offsetof(__typeof__(f), code),
+			    .e_phoff = sizeof(Elf64_Ehdr), .e_ehsize = sizeof(Elf64_Ehdr),
+			    .e_phentsize = sizeof(Elf64_Phdr) };
+	/* The soname at 1 in the string table. */
+	const uint64_t filesz = x->soname_unloaded ? str + 1 : sizeof(f);
+	f.ph[n++] = (Elf64_Phdr){ .p_type = PT_LOAD, .p_flags = PF_R | PF_X, .p_vaddr = base, .p_paddr = base,
+				  .p_filesz = filesz, .p_memsz = filesz, .p_align = 0x1000 };
 	memcpy(f.code, code, sizeof(code));
+	if (x->soname || x->soname_unloaded || x->no_strtab) {
+		const uint64_t at = offsetof(__typeof__(f), dyn);
+		f.ph[n++] = (Elf64_Phdr){ .p_type = PT_DYNAMIC, .p_flags = PF_R, .p_offset = at,
+					  .p_vaddr = base + at, .p_filesz = sizeof(f.dyn),
+					  .p_memsz = sizeof(f.dyn), .p_align = 8 };
+		if (x->no_strtab) {
+			f.dyn[0] = (Elf64_Dyn){ .d_tag = DT_SONAME, .d_un.d_val = base + str + 1 };
+		} else {
+			f.dyn[0] = (Elf64_Dyn){ .d_tag = DT_STRTAB, .d_un.d_ptr = base + str };
+			f.dyn[1] = (Elf64_Dyn){ .d_tag = DT_SONAME, .d_un.d_val = 1 };
+		}
+		memcpy(f.str, "\0libexit0.so", sizeof("\0libexit0.so"));
+	}
+	/* The path after the rest: "/nonexistent-memdedup/aaa.../aaa". */
+	static char interp[8192];
+	ASSERT(x->interp <= sizeof(interp));
+	if (x->interp) {
+		f.ph[n++] = (Elf64_Phdr){ .p_type = PT_INTERP, .p_flags = PF_R, .p_offset = sizeof(f),
+					  .p_filesz = x->interp, .p_memsz = x->interp, .p_align = 1 };
+		int k = snprintf(interp, sizeof(interp), "/nonexistent-memdedup/");
+		for (size_t i = (size_t)k; i + 1 < x->interp; i++)
+			interp[i] = i % 200 == 0 ? '/' : 'a';
+		interp[x->interp - 1] = '\0';
+	}
+	f.h.e_phnum = (uint16_t)n;
 	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0755);
-	ASSERT(fd >= 0 && write(fd, &f, sizeof(f)) == (ssize_t)sizeof(f) && close(fd) == 0);
+	ASSERT(fd >= 0 && write(fd, &f, sizeof(f)) == (ssize_t)sizeof(f));
+	ASSERT(write(fd, interp, x->interp) == (ssize_t)x->interp && close(fd) == 0);
+}
+
+/* Writes a statically linked x86-64 program that exits 0: one loaded
+ * segment, no interpreter. */
+static void write_static_exit0(const char *path)
+{
+	write_exit0(path, &(struct exit0_extra){ .type = ET_EXEC });
 }
 
 /* Writes a statically linked i386 program that exits 0. */
@@ -921,6 +971,42 @@ TEST_IMPL(cli_run_static_said)
 	if (access("/lib64/ld-linux-x86-64.so.2", X_OK) == 0) {
 		ASSERT_EQ(sh("%s/memdedup run -- /lib64/ld-linux-x86-64.so.2 /bin/sh " AGENT_IN_SH, rb), 0);
 		ASSERT(!strstr(slurp("err"), "note:"));
+	}
+	return 0;
+}
+
+/* A program with no interpreter that has a soname is taken for a shared
+ * object run as a program (ld.so: it loads the rest, the agent too), and
+ * nothing is said; but only a shared object's soname, one its string
+ * table holds, in its loaded segment, counts: without either, or in an
+ * executable (ET_EXEC), it is statically linked, said. */
+TEST_IMPL(cli_run_static_soname_must_be_loaded)
+{
+#ifndef __x86_64__
+	SKIP("the programs written here are x86-64's");
+#endif
+	const char *b = build_dir(), *d = test_dir();
+	char path[450];
+	static const struct {
+		const char *name;
+		struct exit0_extra x;
+		int said;
+	} cases[] = {
+		{ "loader", { .type = ET_DYN, .soname = 1 }, 0 },
+		{ "exec-soname", { .type = ET_EXEC, .soname = 1 }, 1 },
+		{ "soname-unloaded", { .type = ET_DYN, .soname_unloaded = 1 }, 1 },
+		{ "no-strtab", { .type = ET_DYN, .no_strtab = 1 }, 1 },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		snprintf(path, sizeof(path), "%s/%s", d, cases[i].name);
+		write_exit0(path, &cases[i].x);
+		ASSERT_EQ(sh("%s", path), 0);	/* the premise: the kernel runs it */
+		int code = sh("%s/memdedup run -- %s", b, path);
+		const char *said = strstr(slurp("err"), "it is statically linked: the dynamic loader does not load");
+		if (code != 0 || !said != !cases[i].said)
+			fprintf(stderr, "%s: exit %d: %s\n", cases[i].name, code, slurp("err"));
+		ASSERT_EQ(code, 0);
+		ASSERT(!said == !cases[i].said);
 	}
 	return 0;
 }
@@ -3554,6 +3640,33 @@ TEST_IMPL(cli_run_missing_loader_no_daemon)
 	ASSERT(f && fputs("#!\necho ran-by-sh\n", f) >= 0 && fclose(f) == 0);
 	ASSERT_EQ(sh("%s/memdedup run -- %s", run_build_dir(), script), 0);
 	ASSERT(strstr(slurp("out"), "ran-by-sh"));
+	return 0;
+}
+
+/* The kernel takes an interpreter's path of up to PATH_MAX bytes, its NUL
+ * included: one that long, missing, is said missing before anything
+ * starts; one a byte longer the kernel refuses (ENOEXEC). */
+TEST_IMPL(cli_run_longest_loader_path_checked)
+{
+#ifndef __x86_64__
+	SKIP("the programs written here are x86-64's");
+#endif
+	const char *d = test_dir();
+	char path[2][450], want[600];
+	for (int i = 0; i < 2; i++) {
+		snprintf(path[i], sizeof(path[i]), "%s/interp%d", d, PATH_MAX + i);
+		write_exit0(path[i], &(struct exit0_extra){ .type = ET_EXEC, .interp = PATH_MAX + (size_t)i });
+	}
+	ASSERT_EQ(sh("%s", path[0]), 127);	/* the premises: ENOENT, */
+	ASSERT_EQ(sh("%s", path[1]), 126);	/* ENOEXEC */
+	ASSERT_EQ(sh("%s/memdedup run -- %s", run_build_dir(), path[0]), 127);
+	snprintf(want, sizeof(want), "cannot run '%s': its ELF interpreter (dynamic loader) /nonexistent-memdedup/",
+		 path[0]);
+	ASSERT(strstr(slurp("err"), want) && strstr(slurp("err"), " is missing\n"));
+	ASSERT_EQ(sh("%s/memdedup run -- %s", run_build_dir(), path[1]), 126);
+	snprintf(want, sizeof(want), "memdedup run: cannot run '%s': cannot execute binary file: Exec format error "
+		 "(an ELF file cut short or malformed)\n", path[1]);
+	ASSERT_EQ(strcmp(slurp("err"), want), 0);
 	return 0;
 }
 
