@@ -65,6 +65,20 @@ TEST_IMPL(cli_usage)
 	ASSERT_EQ(run("build/memdedup run --populate sh -c 'exit 7'"), 7);
 	ASSERT_EQ(run("build/memdedup run -- /nonexistent/cmd 2>/dev/null"), 127);
 	ASSERT_EQ(run("build/memdedup run -- sh -c 'case $LD_PRELOAD in *libmemdedup-preload.so*) exit 0;; esac; exit 1'"), 0);
+	/* Alone, the usage goes to stderr (wrong usage), none to stdout; the
+	 * list names every command with what it does; -h is --help; a
+	 * command's usage error names the command and its help. */
+	ASSERT_EQ(run("test -z \"$(build/memdedup 2>/dev/null)\" && "
+		      "build/memdedup 2>&1 >/dev/null | grep -q '^usage: memdedup '"), 0);
+	static const char *const names[] = { "run", "status", "pause", "resume", "unmerge", "set" };
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		char cmd[200];
+		snprintf(cmd, sizeof(cmd), "build/memdedup --help | grep -q '^  %s  *[a-z]'", names[i]);
+		ASSERT_EQ(run(cmd), 0);
+	}
+	ASSERT_EQ(run("build/memdedup run -h | grep -q '^usage: memdedup run '"), 0);
+	ASSERT_EQ(run("build/memdedup status --bogus 2>&1 >/dev/null | tr '\\n' '|' | grep -qx "
+		      "\"memdedup status: unknown argument '--bogus'|Try 'memdedup status --help'.|\""), 0);
 	return 0;
 }
 
@@ -835,11 +849,18 @@ TEST_IMPL(cli_run_setuid_unmapped_owner_runs)
 
 /* What write_exit0 adds to its x86-64 program that exits 0. */
 struct exit0_extra {
-	uint16_t type;		/* ET_DYN (at address 0), else ET_EXEC */
+	uint16_t type;		/* ET_DYN (at address 0), else ET_EXEC or this one at 0x400000 */
 	int soname;		/* a PT_DYNAMIC naming a soname, within the loaded segment */
 	int soname_unloaded;	/* the loaded segment ending where the soname begins */
 	int no_strtab;		/* DT_SONAME the soname's address, with no DT_STRTAB */
+	int soname_after_null;	/* DT_SONAME after the DT_NULL that ends the section */
+	int strtab_wraps;	/* DT_STRTAB + DT_SONAME wrapping around to the soname */
+	int soname_empty;	/* the soname "" */
+	size_t dyn_bytes;	/* the PT_DYNAMIC this long, zeroes after the entries */
+	unsigned phnum;		/* program headers, PT_NULL after the others */
 	size_t interp;		/* a PT_INTERP of this many bytes (a missing path, its NUL last) */
+	const char *interp_path;	/* or one naming this path */
+	int interp_second_bad;	/* and a second PT_INTERP after it, malformed */
 };
 
 /* Writes an x86-64 program that exits 0: one loaded segment (the headers,
@@ -849,17 +870,21 @@ static void write_exit0(const char *path, const struct exit0_extra *x)
 	static const unsigned char code[] = { 0xb8, 60, 0, 0, 0, 0x31, 0xff, 0x0f, 0x05 };	/* exit(0) */
 	struct {
 		Elf64_Ehdr h;
-		Elf64_Phdr ph[3];
+		Elf64_Phdr ph[64];
 		unsigned char code[sizeof(code)];
 		Elf64_Dyn dyn[3];
 		char str[16];
 	} __attribute__((packed)) f;
 	const uint64_t base = x->type == ET_DYN ? 0 : 0x400000, str = offsetof(__typeof__(f), str);
-	int n = 0;
+	const uint64_t dyn = offsetof(__typeof__(f), dyn);
+	static char interp[8192];
+	size_t ilen = x->interp_path ? strlen(x->interp_path) + 1 : x->interp;
+	unsigned n = 0;
 
+	ASSERT(ilen <= sizeof(interp) && x->phnum <= 64);
 	memset(&f, 0, sizeof(f));
 	f.h = (Elf64_Ehdr){ .e_ident = { ELFMAG0, ELFMAG1, ELFMAG2, ELFMAG3, ELFCLASS64, ELFDATA2LSB, EV_CURRENT },
-			    .e_type = x->type == ET_DYN ? ET_DYN : ET_EXEC, .e_machine = EM_X86_64,
+			    .e_type = x->type ? x->type : ET_EXEC, .e_machine = EM_X86_64,
 			    .e_version = EV_CURRENT, .e_entry = base + offsetof(__typeof__(f), code),
 			    .e_phoff = sizeof(Elf64_Ehdr), .e_ehsize = sizeof(Elf64_Ehdr),
 			    .e_phentsize = sizeof(Elf64_Phdr) };
@@ -868,34 +893,45 @@ static void write_exit0(const char *path, const struct exit0_extra *x)
 	f.ph[n++] = (Elf64_Phdr){ .p_type = PT_LOAD, .p_flags = PF_R | PF_X, .p_vaddr = base, .p_paddr = base,
 				  .p_filesz = filesz, .p_memsz = filesz, .p_align = 0x1000 };
 	memcpy(f.code, code, sizeof(code));
-	if (x->soname || x->soname_unloaded || x->no_strtab) {
-		const uint64_t at = offsetof(__typeof__(f), dyn);
-		f.ph[n++] = (Elf64_Phdr){ .p_type = PT_DYNAMIC, .p_flags = PF_R, .p_offset = at,
-					  .p_vaddr = base + at, .p_filesz = sizeof(f.dyn),
-					  .p_memsz = sizeof(f.dyn), .p_align = 8 };
+	if (x->soname || x->soname_unloaded || x->no_strtab || x->soname_after_null || x->strtab_wraps ||
+	    x->soname_empty) {
+		const uint64_t strtab = x->strtab_wraps ? UINT64_MAX - 0xfff : base + str;
+		f.ph[n++] = (Elf64_Phdr){ .p_type = PT_DYNAMIC, .p_flags = PF_R, .p_offset = dyn,
+					  .p_vaddr = base + dyn,
+					  .p_filesz = x->dyn_bytes ? x->dyn_bytes : sizeof(f.dyn),
+					  .p_memsz = x->dyn_bytes ? x->dyn_bytes : sizeof(f.dyn), .p_align = 8 };
 		if (x->no_strtab) {
 			f.dyn[0] = (Elf64_Dyn){ .d_tag = DT_SONAME, .d_un.d_val = base + str + 1 };
 		} else {
-			f.dyn[0] = (Elf64_Dyn){ .d_tag = DT_STRTAB, .d_un.d_ptr = base + str };
-			f.dyn[1] = (Elf64_Dyn){ .d_tag = DT_SONAME, .d_un.d_val = 1 };
+			f.dyn[0] = (Elf64_Dyn){ .d_tag = DT_STRTAB, .d_un.d_ptr = strtab };
+			f.dyn[x->soname_after_null ? 2 : 1] = (Elf64_Dyn){
+				.d_tag = DT_SONAME, .d_un.d_val = x->soname_empty ? 0 : base + str + 1 - strtab };
 		}
 		memcpy(f.str, "\0libexit0.so", sizeof("\0libexit0.so"));
 	}
 	/* The path after the rest: "/nonexistent-memdedup/aaa.../aaa". */
-	static char interp[8192];
-	ASSERT(x->interp <= sizeof(interp));
-	if (x->interp) {
+	if (ilen) {
 		f.ph[n++] = (Elf64_Phdr){ .p_type = PT_INTERP, .p_flags = PF_R, .p_offset = sizeof(f),
-					  .p_filesz = x->interp, .p_memsz = x->interp, .p_align = 1 };
-		int k = snprintf(interp, sizeof(interp), "/nonexistent-memdedup/");
-		for (size_t i = (size_t)k; i + 1 < x->interp; i++)
-			interp[i] = i % 200 == 0 ? '/' : 'a';
-		interp[x->interp - 1] = '\0';
+					  .p_filesz = ilen, .p_memsz = ilen, .p_align = 1 };
+		if (x->interp_second_bad)
+			f.ph[n++] = (Elf64_Phdr){ .p_type = PT_INTERP, .p_flags = PF_R,
+						  .p_offset = offsetof(__typeof__(f), code), .p_filesz = 1,
+						  .p_memsz = 1, .p_align = 1 };
+		if (x->interp_path) {
+			memcpy(interp, x->interp_path, ilen);
+		} else {
+			int k = snprintf(interp, sizeof(interp), "/nonexistent-memdedup/");
+			for (size_t i = (size_t)k; i + 1 < ilen; i++)
+				interp[i] = i % 200 == 0 ? '/' : 'a';
+			interp[ilen - 1] = '\0';
+		}
 	}
-	f.h.e_phnum = (uint16_t)n;
+	f.h.e_phnum = (uint16_t)(x->phnum > n ? x->phnum : n);
 	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0755);
 	ASSERT(fd >= 0 && write(fd, &f, sizeof(f)) == (ssize_t)sizeof(f));
-	ASSERT(write(fd, interp, x->interp) == (ssize_t)x->interp && close(fd) == 0);
+	ASSERT(write(fd, interp, ilen) == (ssize_t)ilen);
+	ASSERT(!x->dyn_bytes || ftruncate(fd, (off_t)(dyn + x->dyn_bytes)) == 0);
+	ASSERT(close(fd) == 0);
 }
 
 /* Writes a statically linked x86-64 program that exits 0: one loaded
@@ -938,7 +974,7 @@ TEST_IMPL(cli_run_static_said)
 	SKIP("the static program written here is x86-64's");
 #endif
 	const char *b = build_dir(), *rb = run_build_dir(), *d = test_dir();
-	char path[450], text[600], err[3][1024];
+	char path[450], text[600], err[4][1024];
 	snprintf(path, sizeof(path), "%s/static", d);
 	write_static_exit0(path);
 	snprintf(path, sizeof(path), "%s/script", d);
@@ -948,9 +984,27 @@ TEST_IMPL(cli_run_static_said)
 	snprintf(path, sizeof(path), "%s/i386", d);
 	write_i386_exit0(path);
 
-	const char *cmd[3] = { "static", "script", "i386" };
-	int code[3];
-	for (int i = 0; i < 3; i++) {
+	/* A big-endian 32-bit one (PowerPC's): its fields read swapped here,
+	 * it is left to execve (an emulator may run it). */
+	struct {
+		Elf32_Ehdr h;
+		Elf32_Phdr ph;
+	} __attribute__((packed)) be = {
+		.h = { .e_ident = { ELFMAG0, ELFMAG1, ELFMAG2, ELFMAG3, ELFCLASS32, ELFDATA2MSB, EV_CURRENT },
+		       .e_type = htobe16(ET_EXEC), .e_machine = htobe16(EM_PPC), .e_version = htobe32(EV_CURRENT),
+		       .e_entry = htobe32(0x10000000), .e_phoff = htobe32(sizeof(Elf32_Ehdr)),
+		       .e_ehsize = htobe16(sizeof(Elf32_Ehdr)), .e_phentsize = htobe16(sizeof(Elf32_Phdr)),
+		       .e_phnum = htobe16(1) },
+		.ph = { .p_type = htobe32(PT_LOAD), .p_flags = htobe32(PF_R | PF_X), .p_vaddr = htobe32(0x10000000),
+			.p_filesz = htobe32(sizeof(be)), .p_memsz = htobe32(sizeof(be)), .p_align = htobe32(0x1000) },
+	};
+	snprintf(path, sizeof(path), "%s/ppc", d);
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0755);
+	ASSERT(fd >= 0 && write(fd, &be, sizeof(be)) == (ssize_t)sizeof(be) && close(fd) == 0);
+
+	const char *cmd[4] = { "static", "script", "i386", "ppc" };
+	int code[4];
+	for (int i = 0; i < 4; i++) {
 		code[i] = sh("%s/memdedup run -- %s/%s", b, d, cmd[i]);
 		snprintf(err[i], sizeof(err[i]), "%s", slurp("err"));
 	}
@@ -962,6 +1016,7 @@ TEST_IMPL(cli_run_static_said)
 	snprintf(text, sizeof(text), "its interpreter %s/static is statically linked", d);
 	ASSERT(strstr(err[1], text));
 	ASSERT(strstr(err[2], "it is a 32-bit or another machine's program"));
+	ASSERT(strstr(err[3], "it is a 32-bit or another machine's program") && !strstr(err[3], "malformed"));
 	/* A dynamic program a static one runs has the agent (busybox-static,
 	 * which the guest kit installs, as the wrapper). */
 	if (access("/bin/busybox", X_OK) == 0)
@@ -978,8 +1033,9 @@ TEST_IMPL(cli_run_static_said)
 /* A program with no interpreter that has a soname is taken for a shared
  * object run as a program (ld.so: it loads the rest, the agent too), and
  * nothing is said; but only a shared object's soname, one its string
- * table holds, in its loaded segment, counts: without either, or in an
- * executable (ET_EXEC), it is statically linked, said. */
+ * table holds, in its loaded segment, before the end of its dynamic
+ * section, counts: otherwise, or in an executable (ET_EXEC), it is
+ * statically linked, said. */
 TEST_IMPL(cli_run_static_soname_must_be_loaded)
 {
 #ifndef __x86_64__
@@ -996,6 +1052,12 @@ TEST_IMPL(cli_run_static_soname_must_be_loaded)
 		{ "exec-soname", { .type = ET_EXEC, .soname = 1 }, 1 },
 		{ "soname-unloaded", { .type = ET_DYN, .soname_unloaded = 1 }, 1 },
 		{ "no-strtab", { .type = ET_DYN, .no_strtab = 1 }, 1 },
+		{ "soname-after-null", { .type = ET_DYN, .soname_after_null = 1 }, 1 },
+		{ "strtab-wraps", { .type = ET_DYN, .strtab_wraps = 1 }, 1 },
+		/* A dynamic section longer than what is read of it. */
+		{ "loader-big-dynamic", { .type = ET_DYN, .soname = 1, .dyn_bytes = 600 * sizeof(Elf64_Dyn) }, 0 },
+		/* As many program headers as are read. */
+		{ "exec-64-headers", { .type = ET_EXEC, .phnum = 64 }, 1 },
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		snprintf(path, sizeof(path), "%s/%s", d, cases[i].name);
@@ -1155,7 +1217,8 @@ TEST_IMPL(cli_run_exec_format_refused)
 
 /* More ELF files the kernel refuses, refused before anything starts: a
  * 64-bit header cut short before its machine, no program headers, a
- * PT_INTERP of one byte (its NUL alone). */
+ * PT_INTERP of one byte (its NUL alone), an object file, more than 64 KiB
+ * of program headers, an interpreter's path cut short. */
 TEST_IMPL(cli_run_malformed_elf_headers_refused)
 {
 	const char *b = build_dir(), *d = test_dir();
@@ -1191,8 +1254,23 @@ TEST_IMPL(cli_run_malformed_elf_headers_refused)
 	close(fd);
 	if (!found)
 		SKIP("/bin/true has no dynamic loader");
-	static const char *const files[] = { "cut17", "nophdr", "interp1" };
-	for (int i = 0; i < 3; i++) {
+	/* An object file (ET_REL), and program headers past the kernel's
+	 * 64 KiB, all there in the file. */
+	snprintf(path, sizeof(path), "%s/object", d);
+	write_exit0(path, &(struct exit0_extra){ .type = ET_REL });
+	snprintf(path, sizeof(path), "%s/phdrs-over-64k", d);
+	write_static_exit0(path);
+	uint16_t many = 65536 / sizeof(Elf64_Phdr) + 1;
+	fd = open(path, O_RDWR | O_CLOEXEC);
+	ASSERT(fd >= 0 && pwrite(fd, &many, 2, offsetof(Elf64_Ehdr, e_phnum)) == 2);
+	ASSERT(ftruncate(fd, (off_t)(sizeof(Elf64_Ehdr) + many * sizeof(Elf64_Phdr))) == 0 && close(fd) == 0);
+	/* Its interpreter's path past the end of the file (it is last). */
+	snprintf(path, sizeof(path), "%s/interp-cut", d);
+	write_exit0(path, &(struct exit0_extra){ .interp_path = "/lib64/ld-linux-x86-64.so.2" });
+	struct stat st;
+	ASSERT(stat(path, &st) == 0 && truncate(path, st.st_size - 10) == 0);
+	static const char *const files[] = { "cut17", "nophdr", "interp1", "object", "phdrs-over-64k", "interp-cut" };
+	for (int i = 0; i < 6; i++) {
 		ASSERT_EQ(sh("%s/%s", d, files[i]), 126);	/* the premise: the kernel refuses it */
 		int code = sh("MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- %s/%s", dir, b, d, files[i]);
 		int alive = md__daemon_alive(sock), pid = kill_daemon_of(dir);
@@ -3645,28 +3723,61 @@ TEST_IMPL(cli_run_missing_loader_no_daemon)
 
 /* The kernel takes an interpreter's path of up to PATH_MAX bytes, its NUL
  * included: one that long, missing, is said missing before anything
- * starts; one a byte longer the kernel refuses (ENOEXEC). */
-TEST_IMPL(cli_run_longest_loader_path_checked)
+ * starts; there, it runs; a byte longer the kernel refuses (ENOEXEC). It
+ * takes the first PT_INTERP (a second one malformed is not looked at), and
+ * a loader whose soname is empty (none to tell its kind by) is left to
+ * run. The loader here is a shared object that exits 0. */
+TEST_IMPL(cli_run_interp_checked_as_kernel_does)
 {
 #ifndef __x86_64__
 	SKIP("the programs written here are x86-64's");
 #endif
-	const char *d = test_dir();
-	char path[2][450], want[600];
+	const char *d = test_dir(), *rb = run_build_dir();
+	char path[4][450], loader[450], longest[PATH_MAX + 1], want[600];
+	snprintf(loader, sizeof(loader), "%s/ld", d);
+	write_exit0(loader, &(struct exit0_extra){ .type = ET_DYN, .soname_empty = 1 });
+	/* A path of PATH_MAX - 1 bytes to it, components of 200 at most. */
+	snprintf(longest, sizeof(longest), "%s/long", d);
+	while (strlen(longest) < PATH_MAX - 256)
+		snprintf(longest + strlen(longest), sizeof(longest) - strlen(longest), "/%0200d", 0);
+	size_t k = strlen(longest);
+	memset(longest + k, 'x', PATH_MAX - 1 - k);
+	longest[PATH_MAX - 1] = '\0';
+	longest[k] = '/';
+	for (char *slash = longest + strlen(d) + 1; (slash = strchr(slash, '/')); *slash++ = '/') {
+		*slash = '\0';
+		ASSERT(mkdir(longest, 0700) == 0);
+	}
+	ASSERT(strlen(longest) == PATH_MAX - 1 && symlink(loader, longest) == 0);
+
 	for (int i = 0; i < 2; i++) {
 		snprintf(path[i], sizeof(path[i]), "%s/interp%d", d, PATH_MAX + i);
-		write_exit0(path[i], &(struct exit0_extra){ .type = ET_EXEC, .interp = PATH_MAX + (size_t)i });
+		write_exit0(path[i], &(struct exit0_extra){ .interp = PATH_MAX + (size_t)i });
 	}
-	ASSERT_EQ(sh("%s", path[0]), 127);	/* the premises: ENOENT, */
-	ASSERT_EQ(sh("%s", path[1]), 126);	/* ENOEXEC */
-	ASSERT_EQ(sh("%s/memdedup run -- %s", run_build_dir(), path[0]), 127);
+	snprintf(path[2], sizeof(path[2]), "%s/interp-there", d);
+	write_exit0(path[2], &(struct exit0_extra){ .interp_path = longest });
+	snprintf(path[3], sizeof(path[3]), "%s/interp-second-bad", d);
+	write_exit0(path[3], &(struct exit0_extra){ .interp_path = loader, .interp_second_bad = 1 });
+	/* The premises: ENOENT, ENOEXEC, run. */
+	ASSERT_EQ(sh("%s", path[0]), 127);
+	ASSERT_EQ(sh("%s", path[1]), 126);
+	ASSERT_EQ(sh("%s", path[2]), 0);
+	ASSERT_EQ(sh("%s", path[3]), 0);
+
+	ASSERT_EQ(sh("%s/memdedup run -- %s", rb, path[0]), 127);
 	snprintf(want, sizeof(want), "cannot run '%s': its ELF interpreter (dynamic loader) /nonexistent-memdedup/",
 		 path[0]);
 	ASSERT(strstr(slurp("err"), want) && strstr(slurp("err"), " is missing\n"));
-	ASSERT_EQ(sh("%s/memdedup run -- %s", run_build_dir(), path[1]), 126);
+	ASSERT_EQ(sh("%s/memdedup run -- %s", rb, path[1]), 126);
 	snprintf(want, sizeof(want), "memdedup run: cannot run '%s': cannot execute binary file: Exec format error "
 		 "(an ELF file cut short or malformed)\n", path[1]);
 	ASSERT_EQ(strcmp(slurp("err"), want), 0);
+	for (int i = 2; i < 4; i++) {
+		int code = sh("%s/memdedup run -- %s", rb, path[i]);
+		if (code != 0)
+			fprintf(stderr, "%s: exit %d: %s\n", path[i], code, slurp("err"));
+		ASSERT_EQ(code, 0);
+	}
 	return 0;
 }
 
@@ -3971,8 +4082,31 @@ TEST_IMPL(cli_run_checks_preload)
 	uint16_t type = ET_EXEC;
 	int fd = open(exec, O_WRONLY | O_CLOEXEC);
 	ASSERT(fd >= 0 && pwrite(fd, &type, 2, offsetof(Elf64_Ehdr, e_type)) == 2 && close(fd) == 0);
+	/* Cut inside its dynamic section, after its soname's entries. */
+	char cutdyn[64];
+	snprintf(cutdyn, sizeof(cutdyn), "%s/cutdyn.so", dir);
+	ASSERT_EQ(sh("cp build/libmemdedup-preload.so %s", cutdyn), 0);
+	fd = open(cutdyn, O_RDWR | O_CLOEXEC);
+	Elf64_Ehdr eh;
+	Elf64_Phdr ph;
+	Elf64_Dyn dyn;
+	ASSERT(fd >= 0 && pread(fd, &eh, sizeof(eh), 0) == (ssize_t)sizeof(eh));
+	off_t dyn_at = -1, cut_at = -1;
+	for (int i = 0; i < eh.e_phnum && dyn_at < 0; i++) {
+		ASSERT(pread(fd, &ph, sizeof(ph), (off_t)(eh.e_phoff + (uint64_t)i * sizeof(ph))) == (ssize_t)sizeof(ph));
+		dyn_at = ph.p_type == PT_DYNAMIC ? (off_t)ph.p_offset : -1;
+	}
+	for (int i = 0, seen = 0; dyn_at >= 0 && seen < 2; i++) {
+		ASSERT(pread(fd, &dyn, sizeof(dyn), dyn_at + i * (off_t)sizeof(dyn)) == (ssize_t)sizeof(dyn));
+		ASSERT(dyn.d_tag != DT_NULL);
+		seen += dyn.d_tag == DT_STRTAB || dyn.d_tag == DT_SONAME;
+		cut_at = dyn_at + (i + 1) * (off_t)sizeof(dyn);
+	}
+	ASSERT(cut_at > 0 && cut_at < (off_t)(ph.p_offset + ph.p_filesz));
+	ASSERT(ftruncate(fd, cut_at) == 0 && close(fd) == 0);
 	const char *bad[] = { "/etc/passwd", "/", "/nonexistent/libmemdedup-preload.so", odd[0], odd[1],
-			      "build/libmemdedup.so", "/bin/true", cut[0], cut[1], cut[2], cut[3], foreign, exec };
+			      "build/libmemdedup.so", "/bin/true", cut[0], cut[1], cut[2], cut[3], foreign, exec,
+			      cutdyn };
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		snprintf(cmd, sizeof(cmd), "MEMDEDUP_PRELOAD='%s' build/memdedup run -- touch %s/ran 2>/dev/null",
 			 bad[i], dir);
