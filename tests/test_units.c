@@ -61,6 +61,7 @@ TEST_IMPL(log_dash_is_stderr)
 	ASSERT_EQ(md__log_open("-"), 0);
 	md__log("a line for stderr");
 	ASSERT(access("-", F_OK) != 0);
+	ASSERT_EQ(md__log_open(""), 0);	/* MEMDEDUP_LOG= (empty): stderr too */
 	return 0;
 }
 
@@ -78,6 +79,49 @@ TEST_IMPL(log_once_said_once)
 	ASSERT(strstr(text, "key 100 first\n"));
 	ASSERT(!strstr(text, "key 100 again"));
 	ASSERT(strstr(text, "key 164 first\n"));
+	return 0;
+}
+
+/* The log is appended to (a file of earlier runs, or of another process
+ * of the VMM's, is kept), a line at a time: one longer than the agent's
+ * buffer is cut, still a line of its own, with no NUL in it; shorter ones
+ * (the longest that fits) whole. */
+TEST_IMPL(log_appends_whole_lines)
+{
+	char path[512], line[1024], text[4096], head[64];
+	snprintf(path, sizeof(path), "%s/log", test_dir());
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	ASSERT(fd >= 0 && write(fd, "an earlier line\n", 16) == 16 && close(fd) == 0);
+	ASSERT_EQ(md__log_open(path), 0);
+	int h = snprintf(head, sizeof(head), "memdedup[%d]: ", (int)getpid());
+	/* Lines of 'x': too long, then around the longest that fits (the
+	 * 511 and 510 bytes a 512-byte buffer takes, its NUL and newline
+	 * aside). */
+	const int len[] = { 1023, 511 - h, 510 - h, 509 - h };
+	memset(line, 'x', sizeof(line) - 1);
+	for (int i = 0; i < 4; i++)
+		md__log("%.*s", len[i], line);
+	md__log("a short one");
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	ASSERT(fd >= 0);
+	ssize_t n = read(fd, text, sizeof(text) - 1);
+	close(fd);
+	ASSERT(n > 16 && !memchr(text, '\0', (size_t)n));
+	text[n] = '\0';
+	ASSERT(strncmp(text, "an earlier line\n", 16) == 0);
+	char *at = text + 16;
+	int cut = 0;
+	for (int i = 0; i < 4; i++) {
+		char *end = strchr(at, '\n');
+		ASSERT(end && strncmp(at, head, (size_t)h) == 0);
+		int xs = (int)(end - at) - h;
+		ASSERT_EQ(strspn(at + h, "x"), (size_t)xs);
+		cut = i ? cut : xs;	/* the longest, cut */
+		ASSERT(cut > 400 && xs == (len[i] < cut ? len[i] : cut));
+		at = end + 1;
+	}
+	snprintf(line, sizeof(line), "%sa short one\n", head);
+	ASSERT_EQ(strcmp(at, line), 0);
 	return 0;
 }
 
