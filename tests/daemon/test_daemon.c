@@ -509,6 +509,24 @@ TEST_IMPL(daemon_pool_pages_per_uid)
 	int rfd;
 	struct md__client *rc = td_agent(&t, NULL, &rw, &rfd);
 	ASSERT_EQ(md__client_publish(rc, rhash, rpages, 8, &rfirst), 0);
+	/* Root is held to no pool's worth across its domains: a page more in
+	 * another domain of its own is taken. */
+	pid_t rkid = fork();
+	ASSERT(rkid >= 0);
+	if (rkid == 0) {
+		struct md__msg_welcome w;
+		struct md__client *c;
+		int fd;
+		td_fill_page(rpages, 90);
+		rhash[0] = md__page_hash(rpages);
+		if (md__client_connect(&c, t.sock) || md__client_hello(c, "r2", 0, &w, &fd))
+			_exit(1);
+		_exit(md__client_publish(c, rhash, rpages, 1, &rfirst) == 0 ? 0 : 2);
+	}
+	int rst;
+	ASSERT_EQ(waitpid(rkid, &rst, 0), rkid);
+	ASSERT(WIFEXITED(rst));
+	ASSERT_EQ(WEXITSTATUS(rst), 0);
 	pid_t kid = fork();
 	ASSERT(kid >= 0);
 	if (kid == 0) {

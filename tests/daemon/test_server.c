@@ -83,15 +83,21 @@ static void count_replies(int fd, size_t *got)
 	}
 }
 
+/* A wake-up with the events given, as epoll would have reported them. */
+static void wake_up_with(struct md__daemon *d, struct epoll_event *evs, int n)
+{
+	d->evs = evs;
+	d->nev = n;
+	md__server_events(d);
+}
+
 /* One wake-up of the loop: what epoll has, then md__server_events. */
 static void wake_up(struct md__daemon *d)
 {
 	struct epoll_event evs[64];
 	int n = epoll_wait(d->epfd, evs, 64, 0);
 	ASSERT(n >= 0);
-	d->evs = evs;
-	d->nev = n;
-	md__server_events(d);
+	wake_up_with(d, evs, n);
 }
 
 /* One user's many connections, each with requests queued, and another
@@ -154,6 +160,83 @@ TEST_IMPL(daemon_user_budget_per_wakeup)
 	return 0;
 }
 
+/* A connection of uid's with k STATUS requests sent: the server's record
+ * of it (the newest connection) in *conn, the test's end returned. */
+static int asking_peer(struct md__daemon *d, uid_t uid, pid_t pid, uint32_t k, struct md__conn **conn)
+{
+	int fd = peer_of(d, uid, pid);
+	*conn = d->conns;
+	for (uint32_t seq = 1; seq <= k; seq++)
+		send_status(fd, seq);
+	return fd;
+}
+
+/* A deferred connection whose peer hung up is closed by the first loop of
+ * the wake-up (the deferred ones), while epoll reported its hang-up in the
+ * same wake-up: that event is forgotten with it, not handled on the freed
+ * connection (AddressSanitizer: heap-use-after-free in md__server_events
+ * when md__ep_forget left this wake-up's events alone). */
+TEST_IMPL(daemon_deferred_hung_up_event_forgotten)
+{
+	struct md__daemon *d = daemon_up();
+	struct md__conn *c;
+	size_t got = 0;
+	int fd = asking_peer(d, 1000, 4000, 8, &c);
+	wake_up(d);
+	count_replies(fd, &got);
+	ASSERT_EQ(got, 4);	/* a connection's budget: 4 STATUS */
+	ASSERT(d->defer[0].head == c);
+	close(fd);
+	wake_up(d);
+	ASSERT_EQ(d->nconns, 0);
+	ASSERT(!d->defer[0].head && !d->defer[1].head);
+	md__server_close(d);
+	close(d->epfd);
+	free(d);
+	return 0;
+}
+
+/* A deferred connection closed while last in its queue (its peer hung up,
+ * seen in the second loop of the wake-up): one deferred after it is queued
+ * behind the one before, and served in the next wake-ups. Left as the
+ * queue's end, the closed connection's link took it (freed memory), and it
+ * was never served again, its requests waiting in its buffer for good. */
+TEST_IMPL(daemon_deferred_tail_closed_keeps_queue)
+{
+	struct md__daemon *d = daemon_up();
+	struct md__conn *c[3];
+	int fd[3];
+	size_t got[3] = { 0 };
+	fd[0] = asking_peer(d, 1000, 4000, 12, &c[0]);
+	fd[1] = asking_peer(d, 1000, 4001, 12, &c[1]);
+	wake_up(d);
+	/* Both stopped at their budget, in the order they were served. */
+	struct md__conn *first = d->defer[0].head, *last = first ? first->defer_next : NULL;
+	ASSERT(first && last && !last->defer_next);
+	ASSERT(d->defer[0].tail == &last->defer_next);
+	/* The last one's peer hangs up; a third connection's requests come. */
+	fd[2] = asking_peer(d, 1000, 4002, 12, &c[2]);
+	struct epoll_event evs[2] = { { .events = EPOLLHUP, .data.ptr = &last->ep },
+				      { .events = EPOLLIN, .data.ptr = &c[2]->ep } };
+	wake_up_with(d, evs, 2);
+	ASSERT_EQ(d->nconns, 2);
+	ASSERT(d->defer[0].head == first && first->defer_next == c[2]);
+	ASSERT(d->defer[0].tail == &c[2]->defer_next);
+	for (int round = 0; round < 8; round++)
+		wake_up(d);
+	for (int i = 0; i < 3; i++) {
+		count_replies(fd[i], &got[i]);
+		if (&c[i]->ep != &last->ep)
+			ASSERT_EQ(got[i], 12);
+	}
+	md__server_close(d);
+	for (int i = 0; i < 3; i++)
+		close(fd[i]);
+	close(d->epfd);
+	free(d);
+	return 0;
+}
+
 /* The daemon's state gone with it: its connections, agents, domains. */
 static void daemon_down(struct md__daemon *d)
 {
@@ -209,24 +292,33 @@ static void queue_in(struct md__conn *c, const struct md__msg *m, unsigned k)
 	}
 }
 
+/* One read of up to len bytes from fd (non-blocking), descriptors that
+ * come with them closed and counted in *fds. */
+static ssize_t recv_some(int fd, unsigned char *buf, size_t len, unsigned *fds)
+{
+	union {
+		struct cmsghdr h;
+		char buf[CMSG_SPACE(4 * sizeof(int))];
+	} ctl;
+	struct iovec iov = { buf, len };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+			     .msg_control = ctl.buf, .msg_controllen = sizeof(ctl.buf) };
+	ssize_t r = recvmsg(fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+	for (struct cmsghdr *cm = r > 0 ? CMSG_FIRSTHDR(&mh) : NULL; cm; cm = CMSG_NXTHDR(&mh, cm))
+		if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS)
+			for (size_t i = 0; i < (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++, (*fds)++)
+				close(((int *)CMSG_DATA(cm))[i]);
+	return r;
+}
+
 /* len bytes from fd (there already), descriptors that come with them
  * closed. */
 static void recv_all(int fd, unsigned char *buf, size_t len)
 {
+	unsigned fds = 0;
 	for (size_t got = 0; got < len;) {
-		union {
-			struct cmsghdr h;
-			char buf[CMSG_SPACE(4 * sizeof(int))];
-		} ctl;
-		struct iovec iov = { buf + got, len - got };
-		struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
-				     .msg_control = ctl.buf, .msg_controllen = sizeof(ctl.buf) };
-		ssize_t r = recvmsg(fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+		ssize_t r = recv_some(fd, buf + got, len - got, &fds);
 		ASSERT(r > 0);
-		for (struct cmsghdr *cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm))
-			if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS)
-				for (size_t i = 0; i < (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++)
-					close(((int *)CMSG_DATA(cm))[i]);
 		got += (size_t)r;
 	}
 }
@@ -260,26 +352,39 @@ static unsigned replies_of(int fd, unsigned type)
 	return n;
 }
 
-/* An agent of uid's in domain dom, pid a waiter: the test's end of its
- * connection, welcomed; the server's record of it in *conn. */
-static int agent_in(struct md__daemon *d, uid_t uid, pid_t pid, const char *dom, struct md__conn **conn)
+/* A connection of uid's, pid a waiter, before its HELLO: the test's end,
+ * the server's record of it in *conn. */
+static int agent_conn(struct md__daemon *d, uid_t uid, pid_t pid, struct md__conn **conn)
 {
-	static struct md__msg m;
 	int sv[2];
 	ASSERT(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == 0);
 	int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
 	ASSERT(pidfd >= 0);
 	struct ucred cr = { .pid = pid, .uid = uid, .gid = uid };
-	struct md__conn *c = md__conn_new(d, sv[1], &cr, pidfd, 0);
-	ASSERT(c);
+	*conn = md__conn_new(d, sv[1], &cr, pidfd, 0);
+	ASSERT(*conn);
+	return sv[0];
+}
+
+static void send_hello(int fd, pid_t pid, const char *dom)
+{
+	static struct md__msg m;
 	m = (struct md__msg){ .hdr = { .type = MD_MSG_HELLO, .seq = 1 } };
 	m.u.hello.pid = (uint32_t)pid;
 	strcpy(m.u.hello.domain, dom);
-	send_msg(sv[0], &m);
+	send_msg(fd, &m);
+}
+
+/* An agent of uid's in domain dom, pid a waiter: the test's end of its
+ * connection, welcomed; the server's record of it in *conn. */
+static int agent_in(struct md__daemon *d, uid_t uid, pid_t pid, const char *dom, struct md__conn **conn)
+{
+	static struct md__msg m;
+	int fd = agent_conn(d, uid, pid, conn);
+	send_hello(fd, pid, dom);
 	wake_up(d);
-	ASSERT_EQ(next_reply(sv[0], &m), MD_MSG_WELCOME);
-	*conn = c;
-	return sv[0];
+	ASSERT_EQ(next_reply(fd, &m), MD_MSG_WELCOME);
+	return fd;
 }
 
 /* An agent of uid's in domain "fair" (see agent_in). */
@@ -676,6 +781,98 @@ TEST_IMPL(daemon_welcome_copy_closed_once_sent)
 	ASSERT_EQ(c[1]->out_fd, -1);
 	ASSERT_EQ(fds_on(pool), held);
 	two_agents_gone(d, gate, pid, fd);
+	return 0;
+}
+
+/* A STATUS_R of a document of len bytes (of spaces), as filler for a
+ * peer's queue. */
+static const struct md__msg *status_r_of(size_t len)
+{
+	static char json[MD_MSG_MAX];
+	static struct md__msg m;
+	ASSERT(len <= sizeof(json) - 64);
+	memset(json, ' ', len);
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_STATUS_R } };
+	m.u.status_r.json = json;
+	m.u.status_r.len = (uint32_t)len;
+	return &m;
+}
+
+/* What the server sends on fd until it stops (wake-ups in between), read
+ * step bytes at a time into buf: its length; in *fd_at the offset of the
+ * read a descriptor came with (the first byte of the send it went with,
+ * when step is 1), or -1. */
+static size_t read_stream(struct md__daemon *d, int fd, unsigned char *buf, size_t cap, size_t step,
+			  long *fd_at)
+{
+	size_t len = 0;
+	*fd_at = -1;
+	for (int idle = 0; idle < 4 && len < cap;) {
+		wake_up(d);
+		idle++;
+		for (ssize_t r; len < cap;) {
+			unsigned fds = 0;
+			r = recv_some(fd, buf + len, step < cap - len ? step : cap - len, &fds);
+			if (r <= 0)
+				break;
+			if (fds && *fd_at < 0)
+				*fd_at = (long)len;
+			len += (size_t)r;
+			idle = 0;
+		}
+	}
+	return len;
+}
+
+/* The offset of the first message of type in the stream buf[0..len), or
+ * -1; in *n how many there are. */
+static long msg_at(const unsigned char *buf, size_t len, unsigned type, unsigned *n)
+{
+	long at = -1;
+	*n = 0;
+	for (size_t off = 0; off + MD_MSG_HDR_SIZE <= len;) {
+		struct md__msg_hdr h;
+		ASSERT_EQ(md__msg_hdr_decode(buf + off, MD_MSG_HDR_SIZE, &h), 0);
+		if (h.type == type && !(*n)++)
+			at = (long)off;
+		off += MD_MSG_HDR_SIZE + h.length;
+	}
+	return at;
+}
+
+/* A WELCOME's descriptor goes with the WELCOME's first byte though the
+ * queue was compacted while it waited (its peer slow to read): the offset
+ * it is sent at moves with the bytes. Left where it was, it came with
+ * bytes of a later message, one the agent looks for no descriptor on. */
+TEST_IMPL(daemon_welcome_fd_follows_compacted_queue)
+{
+	static unsigned char buf[1 << 20];
+	struct md__daemon *d = daemon_up();
+	int gate[2];
+	ASSERT(pipe(gate) == 0);
+	pid_t pid = waiter(gate);
+	struct md__conn *c;
+	int fd = agent_conn(d, 1000, pid, &c);
+	int small = 4096;
+	ASSERT(setsockopt(c->fd, SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)) == 0);
+	ASSERT_EQ(md__conn_send(d, c, status_r_of(16 << 10), -1), 0);
+	send_hello(fd, pid, "fair");
+	wake_up(d);	/* part of the queue sent; the WELCOME and its descriptor behind the rest */
+	ASSERT(c->out_fd >= 0);
+	ASSERT(c->out_head > 0);
+	ASSERT_EQ(md__conn_send(d, c, status_r_of(c->out_cap), -1), 0);	/* compacts the queue */
+	ASSERT_EQ(c->out_head, 0);
+	long fd_at;
+	size_t len = read_stream(d, fd, buf, sizeof(buf), 1, &fd_at);
+	unsigned n;
+	ASSERT(fd_at >= 0);
+	ASSERT_EQ(msg_at(buf, len, MD_MSG_WELCOME, &n), fd_at);
+	ASSERT_EQ(n, 1);
+	ASSERT_EQ(msg_at(buf, len, MD_MSG_STATUS_R, &n), 0);
+	ASSERT_EQ(n, 2);
+	daemon_down(d);
+	close(fd);
+	waiters_gone(gate, &pid, 1);
 	return 0;
 }
 
@@ -1464,7 +1661,7 @@ TEST_IMPL(daemon_unrefs_left_keep_the_rest)
 	int gate[2];
 	ASSERT(pipe(gate) == 0);
 	pid_t pid = waiter(gate);
-	struct md__conn *c, *c2;
+	struct md__conn *c, *c2, *c3;
 	uint32_t first;
 	int fd = agent_of(d, 1000, pid, &c);
 	struct md__agent *a = c->agent;
@@ -1484,6 +1681,23 @@ TEST_IMPL(daemon_unrefs_left_keep_the_rest)
 	ASSERT_EQ(c2->agent, a);
 	ASSERT_EQ(a->nrefs, MD_PUBLISH_MAX - 16);
 	ASSERT_EQ(dom->refs_total - dom->refs_draining, MD_PUBLISH_MAX - 16);	/* all but its own going */
+	/* Not past a request refused at its header (a second HELLO): what
+	 * follows it is no request of the agent's. */
+	wake_up(d);
+	while (next_reply(fd2, &m))
+		;
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_HELLO, .seq = 3 } };
+	m.u.hello.pid = (uint32_t)pid;
+	strcpy(m.u.hello.domain, "fair");
+	queue_in(c2, &m, 1);
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_UNREF, .seq = 4 } };
+	m.u.refs.n = 16;
+	for (uint32_t i = 0; i < 16; i++)
+		m.u.refs.slot[i] = first + 16 + i;
+	queue_in(c2, &m, 1);
+	int fd3 = agent_of(d, 1000, pid, &c3);
+	ASSERT_EQ(c3->agent, a);
+	ASSERT_EQ(a->nrefs, MD_PUBLISH_MAX - 16);
 	drained(d);
 	ASSERT_EQ(a->nrefs, MD_PUBLISH_MAX - 16);
 	ASSERT_EQ(dom->refs_total, MD_PUBLISH_MAX - 16);
@@ -1494,6 +1708,7 @@ TEST_IMPL(daemon_unrefs_left_keep_the_rest)
 	daemon_down(d);
 	close(fd);
 	close(fd2);
+	close(fd3);
 	waiters_gone(gate, &pid, 1);
 	return 0;
 }
@@ -1620,6 +1835,43 @@ TEST_IMPL(daemon_candidates_past_one_message_all_sent)
 			ASSERT_EQ(m.u.candidates.addr[i], addr[got]);
 	}
 	ASSERT_EQ(got, NC);
+	two_agents_gone(d, gate, pid, fd);
+	return 0;
+}
+
+/* No CANDIDATES are queued to an agent with MD_D_OUT_PAUSE unsent: they
+ * only save it a wait, and to one that does not read they would pile up
+ * (what is sent unasked is bounded by MD_D_OUT_MAX alone). */
+TEST_IMPL(daemon_candidates_dropped_past_pause)
+{
+	static unsigned char stream[3 << 20], page[MD_MSG_PAGE];
+	static struct md__msg m;
+	struct md__daemon *d = daemon_up();
+	int gate[2], fd[2];
+	pid_t pid[2];
+	struct md__conn *c[2];
+	two_agents(d, 1000, gate, pid, c, fd);
+	memset(page, 0x3c, sizeof(page));
+	uint64_t hash = md__page_hash(page);
+	ASSERT_EQ(lookup_one(d, fd[0], hash, 0x7f0000001000ull), 0);	/* A sights it first */
+	ASSERT_EQ(lookup_one(d, fd[1], hash, 0x7f0000002000ull), MD_LOOKUP_PUBLISH);
+	for (int i = 0; i < 2; i++)
+		ASSERT_EQ(md__conn_send(d, c[0], status_r_of(MD_MSG_MAX - 64), -1), 0);
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_PUBLISH, .seq = 8 } };
+	m.u.publish.n = 1;
+	m.u.publish.hash[0] = hash;
+	m.u.publish.pages = page;
+	send_msg(fd[1], &m);
+	wake_up(d);
+	ASSERT(c[0]->out_len - c[0]->out_head >= MD_D_OUT_PAUSE);
+	ASSERT_EQ(replies_of(fd[1], MD_MSG_PUBLISH_R), 1);
+	long fd_at;
+	size_t len = read_stream(d, fd[0], stream, sizeof(stream), 64 << 10, &fd_at);
+	unsigned n;
+	ASSERT_EQ(msg_at(stream, len, MD_MSG_STATUS_R, &n), 0);
+	ASSERT_EQ(n, 2);	/* all read */
+	msg_at(stream, len, MD_MSG_CANDIDATES, &n);
+	ASSERT_EQ(n, 0);
 	two_agents_gone(d, gate, pid, fd);
 	return 0;
 }
