@@ -721,6 +721,20 @@ TEST_IMPL(daemon_status_debt_outlives_connection)
 	return 0;
 }
 
+/* A STATUS_R of a document of len bytes (of spaces), as filler for a
+ * peer's queue. */
+static const struct md__msg *status_r_of(size_t len)
+{
+	static char json[MD_MSG_MAX];
+	static struct md__msg m;
+	ASSERT(len <= sizeof(json) - 64);
+	memset(json, ' ', len);
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_STATUS_R } };
+	m.u.status_r.json = json;
+	m.u.status_r.len = (uint32_t)len;
+	return &m;
+}
+
 /* A connection that closes with replies unsent takes them off its user's
  * count: counted still, they made the user's other connections look as if
  * they let replies pile up (MD_D_OUT_UID_MAX), and a user whose CLIs died
@@ -744,6 +758,15 @@ TEST_IMPL(daemon_unsent_forgotten_with_connection)
 	wake_up(d);
 	ASSERT_EQ(d->nconns, 1);
 	ASSERT_EQ(u->unsent, 0);	/* nothing is queued for keep */
+	/* Nor does a queue dropped count (past MD_D_OUT_MAX: its peer does
+	 * not read), its connection closing. */
+	c = d->conns;
+	int err = 0;
+	for (int i = 0; i < 8 && !err; i++)
+		err = md__conn_send(d, c, status_r_of(MD_MSG_MAX - 64), -1);
+	ASSERT_EQ(err, -ENOBUFS);
+	ASSERT(c->closing);
+	ASSERT_EQ(u->unsent, 0);
 	close(keep);
 	daemon_down(d);
 	return 0;
@@ -782,20 +805,6 @@ TEST_IMPL(daemon_welcome_copy_closed_once_sent)
 	ASSERT_EQ(fds_on(pool), held);
 	two_agents_gone(d, gate, pid, fd);
 	return 0;
-}
-
-/* A STATUS_R of a document of len bytes (of spaces), as filler for a
- * peer's queue. */
-static const struct md__msg *status_r_of(size_t len)
-{
-	static char json[MD_MSG_MAX];
-	static struct md__msg m;
-	ASSERT(len <= sizeof(json) - 64);
-	memset(json, ' ', len);
-	m = (struct md__msg){ .hdr = { .type = MD_MSG_STATUS_R } };
-	m.u.status_r.json = json;
-	m.u.status_r.len = (uint32_t)len;
-	return &m;
 }
 
 /* What the server sends on fd until it stops (wake-ups in between), read
@@ -1588,6 +1597,54 @@ TEST_IMPL(daemon_half_closed_peer_answered)
 	return 0;
 }
 
+/* A CONTROL waiting for its agents, a request behind it buffered: its
+ * connection does not wake the loop meanwhile (armed for writing, it woke
+ * it at once and again until the agents answered), and once the CONTROL
+ * is answered, so is the request behind it. */
+TEST_IMPL(daemon_control_waiting_not_woken)
+{
+	static struct md__msg m;
+	struct md__daemon *d = daemon_up();
+	d->control_wait_ms = 60000;
+	int gate[2];
+	ASSERT(pipe(gate) == 0);
+	pid_t pid = waiter(gate);
+	struct md__conn *c;
+	int fd = agent_of(d, 1000, pid, &c);
+	int cli = peer_of(d, 1000, 5001);
+	struct md__conn *cc = d->conns;
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_CONTROL, .seq = 4 } };
+	m.u.control.op = MD_CTL_PAUSE;
+	send_msg(cli, &m);
+	send_status(cli, 5);
+	wake_up(d);
+	wake_up(d);
+	unsigned t;
+	while ((t = next_reply(fd, &m)) == MD_MSG_SHARE)
+		;
+	ASSERT_EQ(t, MD_MSG_CONTROL);
+	uint32_t token = m.u.control.token;
+	ASSERT(cc->awaiting);
+	struct epoll_event evs[64];
+	int n = epoll_wait(d->epfd, evs, 64, 0);
+	for (int i = 0; i < n; i++)
+		ASSERT(evs[i].data.ptr != &cc->ep);
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_CONTROL_DONE, .seq = 2 } };
+	m.u.control_done.token = token;
+	send_msg(fd, &m);
+	for (int i = 0; i < 3; i++)
+		wake_up(d);
+	ASSERT_EQ(next_reply(cli, &m), MD_MSG_CONTROL_R);
+	ASSERT_EQ(m.hdr.seq, 4);
+	ASSERT_EQ(next_reply(cli, &m), MD_MSG_STATUS_R);
+	ASSERT_EQ(m.hdr.seq, 5);
+	daemon_down(d);
+	close(fd);
+	close(cli);
+	waiters_gone(gate, &pid, 1);
+	return 0;
+}
+
 /* A connection taken over with UNREFs of DRAIN_SLOTS slots left in its
  * buffer: the agent's counts drop at once, the pool's over the wake-ups,
  * at most MD_D_DRAIN_REFS in each, and another user's request is answered
@@ -1873,6 +1930,41 @@ TEST_IMPL(daemon_candidates_dropped_past_pause)
 	msg_at(stream, len, MD_MSG_CANDIDATES, &n);
 	ASSERT_EQ(n, 0);
 	two_agents_gone(d, gate, pid, fd);
+	return 0;
+}
+
+/* A PUBLISH past its user's pool's worth (across the user's domains) is
+ * refused with -ENOSPC, the ERROR naming the uid, and counted among the
+ * agent's requests; the connection stays: only the request failed, and
+ * the next one is answered. */
+TEST_IMPL(daemon_publish_past_pool_worth_said)
+{
+	static struct md__msg m;
+	struct md__daemon *d = daemon_up();
+	int gate[2];
+	ASSERT(pipe(gate) == 0);
+	pid_t pid = waiter(gate);
+	struct md__conn *c;
+	int fd = agent_of(d, 1000, pid, &c);
+	ASSERT(d->pool_pages < MD_PUBLISH_MAX);
+	queue_in(c, publish_64(), 1);
+	nudge(fd);
+	wake_up(d);
+	unsigned t;
+	while ((t = next_reply(fd, &m)) == MD_MSG_SHARE)
+		;
+	ASSERT_EQ(t, MD_MSG_ERROR);
+	ASSERT_EQ(m.hdr.seq, publish_64()->hdr.seq);
+	ASSERT_EQ(m.u.text.status, -ENOSPC);
+	ASSERT(strstr(m.u.text.text, "uid 1000 has a pool's worth"));
+	ASSERT_EQ(next_reply(fd, &m), MD_MSG_LOOKUP_R);	/* the nudge's: still served */
+	ASSERT(!c->closing);
+	json_t *st = status_of(d);
+	ASSERT_EQ(status_int(st, "agents", pid, "requests"), 2);
+	json_decref(st);
+	daemon_down(d);
+	close(fd);
+	waiters_gone(gate, &pid, 1);
 	return 0;
 }
 
