@@ -767,6 +767,8 @@ TEST_IMPL(daemon_unsent_forgotten_with_connection)
 	ASSERT_EQ(err, -ENOBUFS);
 	ASSERT(c->closing);
 	ASSERT_EQ(u->unsent, 0);
+	ASSERT_EQ(md__conn_send(d, c, status_r_of(64), -1), -ENOBUFS);	/* nothing more goes to it */
+	ASSERT_EQ(u->unsent, 0);
 	close(keep);
 	daemon_down(d);
 	return 0;
