@@ -789,9 +789,23 @@ static int fds_on(int fd)
 	return n;
 }
 
+/* An agent of uid 1000's in domain "fair" (pid a waiter) whose WELCOME,
+ * and the pool's copy with it, waits behind 16 KiB its peer has not read
+ * (part of them sent): the test's end, the server's record in *conn. */
+static int welcome_waiting(struct md__daemon *d, pid_t pid, struct md__conn **conn)
+{
+	int fd = agent_conn(d, 1000, pid, conn), small = 4096;
+	ASSERT(setsockopt((*conn)->fd, SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)) == 0);
+	ASSERT_EQ(md__conn_send(d, *conn, status_r_of(16 << 10), -1), 0);
+	send_hello(fd, pid, "fair");
+	wake_up(d);
+	ASSERT((*conn)->out_fd >= 0);
+	return fd;
+}
+
 /* The pool's copy queued with a WELCOME is closed once sent (the kernel
- * took its own with the first byte): kept, each agent's HELLO cost
- * memdedupd a descriptor for as long as it ran. */
+ * took its own with the first byte), or with its connection: kept, each
+ * agent's HELLO cost memdedupd a descriptor for as long as it ran. */
 TEST_IMPL(daemon_welcome_copy_closed_once_sent)
 {
 	struct md__daemon *d = daemon_up();
@@ -805,6 +819,17 @@ TEST_IMPL(daemon_welcome_copy_closed_once_sent)
 	fd[1] = agent_of(d, 1000, pid[1], &c[1]);	/* a WELCOME more, the pool's copy closed */
 	ASSERT_EQ(c[1]->out_fd, -1);
 	ASSERT_EQ(fds_on(pool), held);
+	/* Or with its connection, closed before the WELCOME was sent. */
+	int gate3[2];
+	ASSERT(pipe(gate3) == 0);
+	pid_t pid3 = waiter(gate3);
+	struct md__conn *c3;
+	int fd3 = welcome_waiting(d, pid3, &c3);
+	ASSERT_EQ(fds_on(pool), held + 1);
+	close(fd3);
+	wake_up(d);
+	ASSERT_EQ(fds_on(pool), held);
+	waiters_gone(gate3, &pid3, 1);
 	two_agents_gone(d, gate, pid, fd);
 	return 0;
 }
@@ -863,13 +888,7 @@ TEST_IMPL(daemon_welcome_fd_follows_compacted_queue)
 	ASSERT(pipe(gate) == 0);
 	pid_t pid = waiter(gate);
 	struct md__conn *c;
-	int fd = agent_conn(d, 1000, pid, &c);
-	int small = 4096;
-	ASSERT(setsockopt(c->fd, SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)) == 0);
-	ASSERT_EQ(md__conn_send(d, c, status_r_of(16 << 10), -1), 0);
-	send_hello(fd, pid, "fair");
-	wake_up(d);	/* part of the queue sent; the WELCOME and its descriptor behind the rest */
-	ASSERT(c->out_fd >= 0);
+	int fd = welcome_waiting(d, pid, &c);
 	ASSERT(c->out_head > 0);
 	ASSERT_EQ(md__conn_send(d, c, status_r_of(c->out_cap), -1), 0);	/* compacts the queue */
 	ASSERT_EQ(c->out_head, 0);
@@ -1599,10 +1618,11 @@ TEST_IMPL(daemon_half_closed_peer_answered)
 	return 0;
 }
 
-/* A CONTROL waiting for its agents, a request behind it buffered: its
- * connection does not wake the loop meanwhile (armed for writing, it woke
- * it at once and again until the agents answered), and once the CONTROL
- * is answered, so is the request behind it. */
+/* A CONTROL waiting for its agents, a request behind it buffered and
+ * another in the socket: its connection does not wake the loop meanwhile
+ * (armed for writing or reading, it woke it at once and again until the
+ * agents answered), and once the CONTROL is answered, so are the requests
+ * behind it. */
 TEST_IMPL(daemon_control_waiting_not_woken)
 {
 	static struct md__msg m;
@@ -1627,6 +1647,7 @@ TEST_IMPL(daemon_control_waiting_not_woken)
 	ASSERT_EQ(t, MD_MSG_CONTROL);
 	uint32_t token = m.u.control.token;
 	ASSERT(cc->awaiting);
+	send_status(cli, 6);	/* left in the socket: not read meanwhile either */
 	struct epoll_event evs[64];
 	int n = epoll_wait(d->epfd, evs, 64, 0);
 	for (int i = 0; i < n; i++)
@@ -1640,6 +1661,8 @@ TEST_IMPL(daemon_control_waiting_not_woken)
 	ASSERT_EQ(m.hdr.seq, 4);
 	ASSERT_EQ(next_reply(cli, &m), MD_MSG_STATUS_R);
 	ASSERT_EQ(m.hdr.seq, 5);
+	ASSERT_EQ(next_reply(cli, &m), MD_MSG_STATUS_R);
+	ASSERT_EQ(m.hdr.seq, 6);
 	daemon_down(d);
 	close(fd);
 	close(cli);
