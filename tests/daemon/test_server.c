@@ -393,6 +393,15 @@ static int agent_of(struct md__daemon *d, uid_t uid, pid_t pid, struct md__conn 
 	return agent_in(d, uid, pid, "fair", conn);
 }
 
+/* An agent of uid 1000's in domain "fair", its process a waiter on a gate
+ * of its own (see agent_in). */
+static int lone_agent(struct md__daemon *d, int gate[2], pid_t *pid, struct md__conn **conn)
+{
+	ASSERT(pipe(gate) == 0);
+	*pid = waiter(gate);
+	return agent_of(d, 1000, *pid, conn);
+}
+
 /* A request that wakes the server for c (epoll sees the socket, not the
  * buffer queue_in filled), handled after what was queued. */
 static void nudge(int fd)
@@ -1629,10 +1638,9 @@ TEST_IMPL(daemon_control_waiting_not_woken)
 	struct md__daemon *d = daemon_up();
 	d->control_wait_ms = 60000;
 	int gate[2];
-	ASSERT(pipe(gate) == 0);
-	pid_t pid = waiter(gate);
+	pid_t pid;
 	struct md__conn *c;
-	int fd = agent_of(d, 1000, pid, &c);
+	int fd = lone_agent(d, gate, &pid, &c);
 	int cli = peer_of(d, 1000, 5001);
 	struct md__conn *cc = d->conns;
 	m = (struct md__msg){ .hdr = { .type = MD_MSG_CONTROL, .seq = 4 } };
@@ -1967,10 +1975,9 @@ TEST_IMPL(daemon_publish_past_pool_worth_said)
 	static struct md__msg m;
 	struct md__daemon *d = daemon_up();
 	int gate[2];
-	ASSERT(pipe(gate) == 0);
-	pid_t pid = waiter(gate);
+	pid_t pid;
 	struct md__conn *c;
-	int fd = agent_of(d, 1000, pid, &c);
+	int fd = lone_agent(d, gate, &pid, &c);
 	ASSERT(d->pool_pages < MD_PUBLISH_MAX);
 	queue_in(c, publish_64(), 1);
 	nudge(fd);
