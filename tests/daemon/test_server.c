@@ -1550,6 +1550,20 @@ static int closed_by_daemon(int fd)
 	return recv(fd, &b, 1, MSG_DONTWAIT) == 0;
 }
 
+/* The token of the CONTROL the agent at fd is sent (its SHAREs passed
+ * over) in the next two wake-ups. */
+static uint32_t control_token(struct md__daemon *d, int fd)
+{
+	static struct md__msg m;
+	unsigned t;
+	wake_up(d);
+	wake_up(d);
+	while ((t = next_reply(fd, &m)) == MD_MSG_SHARE)
+		;
+	ASSERT_EQ(t, MD_MSG_CONTROL);
+	return m.u.control.token;
+}
+
 /* Peers that shut down only their writing, their requests sent: each is
  * answered, then closed (docs/protocol.md). The EOF read with the requests
  * closed the connection at once, their replies dropped: a CLI's STATUS
@@ -1583,13 +1597,8 @@ TEST_IMPL(daemon_half_closed_peer_answered)
 	m.u.control.op = MD_CTL_PAUSE;
 	send_msg(cli, &m);
 	ASSERT(shutdown(cli, SHUT_WR) == 0);
-	wake_up(d);
-	wake_up(d);
+	uint32_t token = control_token(d, fd);
 	unsigned t;
-	while ((t = next_reply(fd, &m)) == MD_MSG_SHARE)
-		;
-	ASSERT_EQ(t, MD_MSG_CONTROL);
-	uint32_t token = m.u.control.token;
 	ASSERT_EQ(next_reply(cli, &m), 0);	/* it waits for the agent */
 	ASSERT(!closed_by_daemon(cli));
 	m = (struct md__msg){ .hdr = { .type = MD_MSG_CONTROL_DONE, .seq = 2 } };
@@ -1647,13 +1656,7 @@ TEST_IMPL(daemon_control_waiting_not_woken)
 	m.u.control.op = MD_CTL_PAUSE;
 	send_msg(cli, &m);
 	send_status(cli, 5);
-	wake_up(d);
-	wake_up(d);
-	unsigned t;
-	while ((t = next_reply(fd, &m)) == MD_MSG_SHARE)
-		;
-	ASSERT_EQ(t, MD_MSG_CONTROL);
-	uint32_t token = m.u.control.token;
+	uint32_t token = control_token(d, fd);
 	ASSERT(cc->awaiting);
 	send_status(cli, 6);	/* left in the socket: not read meanwhile either */
 	struct epoll_event evs[64];
