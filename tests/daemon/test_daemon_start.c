@@ -1157,6 +1157,28 @@ TEST_IMPL(daemon_connection_limits)
 	ASSERT(waitpid(k, &ws, 0) == k && WIFEXITED(ws));
 	ASSERT_EQ(WEXITSTATUS(ws), 0);
 	ASSERT_EQ(td_sh("grep -q 'refused: 256 connections of that uid' %s/log", t.dir), 0);
+	/* Root past MD_D_CONNS_PER_UID: each taken (refused only while nobody's
+	 * connections, closed, still count). */
+	static struct md__client *rs[MD_D_CONNS_PER_UID + 1];
+	static char buf[MD_MSG_MAX];
+	for (int i = 0; i <= MD_D_CONNS_PER_UID; i++) {
+		int err = -EUSERS;
+		for (int tries = 0; err == -EUSERS && tries < 100; tries++) {
+			uint32_t len = sizeof(buf);
+			unsigned type;
+			if (tries)
+				usleep(50000);
+			ASSERT_EQ(md__client_connect(&rs[i], t.sock), 0);
+			err = md__client_request(rs[i], MD_MSG_STATUS, NULL, 0, buf, &len, &type);
+			if (err)
+				md__client_free(rs[i]);
+			else
+				ASSERT_EQ(type, MD_MSG_STATUS_R);
+		}
+		ASSERT_EQ(err, 0);
+	}
+	for (int i = 0; i <= MD_D_CONNS_PER_UID; i++)
+		md__client_free(rs[i]);
 	td_stop(&t);
 	return 0;
 }

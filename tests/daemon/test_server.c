@@ -14,11 +14,13 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "checksum.h"
 #include "daemon.h"
+#include "proc.h"
 #include "protocol.h"
 #include "runner.h"
 #include "stats_file.h"
@@ -2037,5 +2039,38 @@ TEST_IMPL(daemon_agent_numbers_wrap_and_registered_go)
 	close(fd);
 	close(fd2);
 	waiters_gone(gate2, &pid2, 1);
+	return 0;
+}
+
+/* A socket whose listener's backlog is full (a busy daemon's: a connect
+ * says EAGAIN) is held, not stale: md__server_listen leaves it and says
+ * -EADDRINUSE, another daemon answers. main.c probes just before, but the
+ * backlog can fill in between. */
+TEST_IMPL(daemon_listen_busy_socket_held)
+{
+	struct md__daemon *d = daemon_up();
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	snprintf(d->socket_path, sizeof(d->socket_path), "%s/busy.sock", test_dir());
+	ASSERT(strlen(d->socket_path) < sizeof(sa.sun_path));
+	memcpy(sa.sun_path, d->socket_path, strlen(d->socket_path));
+	int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), cfd[8], n = 0, err = 0;
+	ASSERT(lfd >= 0);
+	ASSERT(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) == 0 && listen(lfd, 0) == 0);
+	while (n < 8 && err != EAGAIN) {
+		cfd[n] = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		ASSERT(cfd[n] >= 0);
+		err = connect(cfd[n++], (struct sockaddr *)&sa, sizeof(sa)) == 0 ? 0 : errno;
+	}
+	ASSERT_EQ(err, EAGAIN);
+	struct stat st, again;
+	ASSERT(lstat(d->socket_path, &st) == 0);
+	ASSERT_EQ(md__server_listen(d), -EADDRINUSE);
+	ASSERT(lstat(d->socket_path, &again) == 0);
+	ASSERT(again.st_ino == st.st_ino && S_ISSOCK(again.st_mode));
+	ASSERT_EQ(d->lfd, -1);
+	while (n)
+		close(cfd[--n]);
+	close(lfd);
+	daemon_down(d);
 	return 0;
 }
