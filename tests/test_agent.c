@@ -1608,6 +1608,30 @@ TEST_IMPL(failed_map_short_of_memory_keeps_tracking)
 	return 0;
 }
 
+/* A MAP_FIXED over guest RAM shared at read time that fails (a bad
+ * descriptor) and finds no hole there unmapped nothing: the pages stay the
+ * image's frames, shared. Over a hole (perhaps the failed call's own) the
+ * pages are made private and forgotten, in the image's mapping still: a
+ * discard there reads zeroes, as of the anonymous memory they stand for,
+ * not the image again. */
+TEST_IMPL(failed_map_keeps_sharing_unless_holed)
+{
+	const char *img = image(6);
+	struct proc a;
+	reader_with_mb(&a, img);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 131072"), hex(fnv_file(img, 0, 131072))) == 0);	/* present */
+	ASSERT(proc_page_is_image(&a, 4096, img, 4096));
+	ASSERT_EQ(proc_num(&a, "mapfile 0 65536 999"), -EBADF);
+	ASSERT(proc_page_is_image(&a, 4096, img, 4096));
+	ASSERT_EQ(proc_num(&a, "unmap 65536 1000"), 0);
+	ASSERT_EQ(proc_num(&a, "mapfile 0 131072 999"), -EBADF);
+	ASSERT(!proc_page_is_image(&a, 4096, img, 4096));
+	ASSERT_EQ(proc_num(&a, "advise 0 65536 dontneed"), 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 65536"), hex(fnv_zero(65536))) == 0);
+	proc_stop(&a);
+	return 0;
+}
+
 /* After a lease break the pages are private copies inside the image's
  * mapping, which no record tracks any more: a discard there (a balloon,
  * free page reporting) must read back zeroes, not the writer's new data
@@ -2830,6 +2854,37 @@ TEST_IMPL(discard_after_remap_keeps_vmm_file)
 	ASSERT_EQ(proc_num(&a, "advise %u 131072 dontneed", MB - 65536), 0);
 	ASSERT(strcmp(proc_cmd(&a, "hash %u 65536", MB - 65536), hex(fnv_zero(65536))) == 0);
 	ASSERT(strcmp(proc_cmd(&a, "hash %u 65536", MB), hex(fnv_file(other, 0, 65536))) == 0);
+	proc_stop(&a);
+	return 0;
+}
+
+/* As above, where the file the VMM maps there is the image itself (one the
+ * agent has met, whose private mappings a discard of forgotten copies
+ * replaces by anonymous memory): over guest RAM given up (MAP_FIXED),
+ * over RAM registered again, into the holes a move and a shrink left. Its
+ * private copy discarded, each reads the image again, not zeroes. */
+TEST_IMPL(discard_after_remap_keeps_vmm_image_map)
+{
+	const char *img = image(6);
+	struct proc a;
+	reader_with_mb(&a, img);
+	const unsigned ram = RAM_PAGES * 4096, part = 65536;
+	ASSERT_EQ(proc_num(&a, "advise 0 %u unmergeable", ram), 0);	/* copies forgotten */
+	ASSERT_EQ(proc_num(&a, "advise %u %u mergeable", 2 * part, part), 0);	/* registered again */
+	int fi = (int)proc_num(&a, "open %s", img);
+	ASSERT(fi >= 0);
+	ASSERT_EQ(proc_num(&a, "mapfile 0 %u %d", part, fi), 0);
+	ASSERT_EQ(proc_num(&a, "mapfile %u %u %d", 2 * part, part, fi), 0);
+	ASSERT_EQ(proc_num(&a, "moveram %u %u", 4 * part, part), 0);
+	ASSERT_EQ(proc_num(&a, "mapfile %u %u %d noreplace", 4 * part, part, fi), 0);
+	ASSERT_EQ(proc_num(&a, "shrink %u %u %u", 5 * part, ram - 5 * part, ram - 6 * part), 5 * part);
+	ASSERT_EQ(proc_num(&a, "mapfile %u %u %d noreplace", ram - part, part, fi), 0);
+	const unsigned at[] = { 0, 2 * part, 4 * part, ram - part };
+	for (size_t i = 0; i < sizeof(at) / sizeof(at[0]); i++) {
+		ASSERT(strcmp(proc_cmd(&a, "write %u 7", at[i] + 100), "ok") == 0);	/* a private copy */
+		ASSERT_EQ(proc_num(&a, "advise %u %u dontneed", at[i], part), 0);
+		ASSERT(strcmp(proc_cmd(&a, "hash %u %u", at[i], part), hex(fnv_file(img, 0, part))) == 0);
+	}
 	proc_stop(&a);
 	return 0;
 }
@@ -4259,6 +4314,24 @@ TEST_IMPL(agent_default_vma_budget_leaves_vmm_a_quarter)
 	return 0;
 }
 
+/* Where vm.max_map_count cannot be read (here /dev/null over it, in a
+ * mount namespace of the test's own) the budget is still three quarters
+ * of a map count, the kernel's default (65530, about 64 Ki): not 0, which
+ * would leave the agent no mapping of its own, nor all of it. */
+TEST_IMPL(agent_default_vma_budget_without_max_map_count)
+{
+	if (unshare(CLONE_NEWNS) != 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
+		SKIP("cannot make a mount namespace here");
+	if (mount("/dev/null", "/proc/sys/vm/max_map_count", NULL, MS_BIND, NULL) != 0)
+		SKIP("cannot mount over /proc/sys/vm/max_map_count here");
+	md_agent *a;
+	md_agent_options o = { .run_dir = "" };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	ASSERT_EQ(a->max_vmas, 65536 / 4 * 3);
+	md_agent_free(a);
+	return 0;
+}
+
 /* A statistics file whose path is PATH_MAX bytes long, its NUL with it,
  * does not fit: no file (snprintf cut it one byte short, and the agent made
  * "agent-PID.stat"); one byte shorter fits, and is made. */
@@ -4463,6 +4536,30 @@ TEST_IMPL(agent_forget_drops_vmm_hold)
 	md_agent_free(a);
 	munmap(m, len);
 	munmap(other, len);
+	return 0;
+}
+
+/* A handover the agent cannot make (its copies refused, here with EINVAL)
+ * fails the VMM's registration with EIO, not EINVAL: the preload library
+ * takes -EINVAL for arguments only the kernel judges and lets the VMM's
+ * call go on, over RAM still the agent's. That RAM stays registered, and
+ * nothing is the VMM's to let go. */
+TEST_IMPL(agent_userfault_failed_not_einval)
+{
+	const size_t len = 16 * 4096;
+	md_agent *a;
+	char *m = agent_and_ram(&a, len);
+	ASSERT_EQ(md_agent_register(a, m, len, 0), 0);
+	md__privatize_fail = -EINVAL;
+	int r = md_agent_userfault(a, m, len);
+	md__privatize_fail = 0;
+	ASSERT_EQ(r, -EIO);
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.registered_bytes, len);
+	ASSERT_EQ(a->nhanded, 0);
+	md_agent_free(a);
+	munmap(m, len);
 	return 0;
 }
 
