@@ -2475,30 +2475,33 @@ static uint64_t sharing_published(md_agent *a, uint64_t want)
 }
 
 /* pages_sharing (and with it general_profit) follows guest RAM the VMM
- * unmaps, unregisters or discards: the walk that counts it was done again
- * only when merges or writes moved, and stayed at the pages merged before
- * an unmap of all of them for half a minute (review, memdedup status). */
+ * unmaps, unregisters, discards or forgets: the walk that counts it was
+ * done again only when merges or writes moved, and stayed at the pages
+ * merged before an unmap of all of them for half a minute (review,
+ * memdedup status). */
 TEST_IMPL(scan_sharing_follows_unmap)
 {
 	md_agent *a;
-	const size_t k = 16;	/* three parts, few pages: no reap is due for them */
-	char *m = inproc_agent(&a, 1000, 3 * k * PG);
-	for (size_t i = 0; i < 3 * k; i++)
+	const size_t k = 16;	/* four parts, few pages: no reap is due for them */
+	char *m = inproc_agent(&a, 1000, 4 * k * PG);
+	for (size_t i = 0; i < 4 * k; i++)
 		memset(m + i * PG, (int)(i % 4) + 1, PG);	/* four contents */
-	ASSERT_EQ(md_agent_register(a, m, 3 * k * PG, 0), 0);
-	ASSERT_EQ(wait_merged(a, 3 * k), 0);
-	ASSERT_EQ(sharing_published(a, 3 * k), 3 * k);
+	ASSERT_EQ(md_agent_register(a, m, 4 * k * PG, 0), 0);
+	ASSERT_EQ(wait_merged(a, 4 * k), 0);
+	ASSERT_EQ(sharing_published(a, 4 * k), 4 * k);
 	ASSERT_EQ(md_agent_pause(a, 1), 0);	/* no merges move the walk */
 
 	ASSERT_EQ(md_agent_unmap(a, m, k * PG), 0);
-	ASSERT_EQ(sharing_published(a, 2 * k), 2 * k);
+	ASSERT_EQ(sharing_published(a, 3 * k), 3 * k);
 	ASSERT_EQ(md_agent_unregister(a, m + k * PG, k * PG), 0);	/* MADV_UNMERGEABLE */
-	ASSERT_EQ(sharing_published(a, k), k);
+	ASSERT_EQ(sharing_published(a, 2 * k), 2 * k);
 	ASSERT_EQ(md_agent_discard(a, m + 2 * k * PG, k * PG), 0);
 	ASSERT_EQ(madvise(m + 2 * k * PG, k * PG, MADV_DONTNEED), 0);
+	ASSERT_EQ(sharing_published(a, k), k);
+	ASSERT_EQ(md_agent_forget(a, m + 3 * k * PG, k * PG), 0);	/* about to be unmapped */
 	ASSERT_EQ(sharing_published(a, 0), 0);
 	md_agent_free(a);
-	munmap(m + k * PG, 2 * k * PG);
+	munmap(m + k * PG, 3 * k * PG);
 	return 0;
 }
 

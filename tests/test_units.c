@@ -1105,6 +1105,23 @@ TEST_IMPL(agent_unregister_splits_without_memory)
 	ASSERT_EQ(md_agent_stats(a, &s), 0);
 	ASSERT_EQ(s.regions, 3);
 	ASSERT_EQ(s.registered_bytes, len - 8192);
+	/* The records' array full but for the one spare, no room for another
+	 * (the first split takes the spare one) nor memory to give the
+	 * region's rest up (its pages made private): the record stays, and
+	 * md_agent_forget says so. */
+	for (char *at = mem + len / 2; a->nregions + 1 < a->regions_cap; at += 8192)
+		ASSERT_EQ(md_agent_unregister(a, at, 4096), 0);
+	size_t nr = a->nregions;
+	md__regions_fail_reserve = 1000;
+	int forgot1 = md_agent_forget(a, mem + len / 4, 4096);
+	md__privatize_fail = -ENOMEM;
+	int forgot2 = md_agent_forget(a, mem + len / 8, 4096);
+	md__privatize_fail = 0;
+	md__regions_fail_reserve = 0;
+	ASSERT_EQ(forgot1, 0);
+	ASSERT_EQ(forgot2, -ENOMEM);
+	ASSERT_EQ(a->nregions, nr + 1);
+	ASSERT(md__region_find(a, (uintptr_t)mem + len / 8, 4096) != NULL);
 	md_agent_free(a);
 	munmap(mem, len);
 	return 0;
