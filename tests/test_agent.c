@@ -4494,6 +4494,27 @@ TEST_IMPL(handed_ram_taken_back_with_advice_given_meanwhile)
 	return 0;
 }
 
+/* The VMM's registration refused (md__agent_userfault_undo) after another
+ * of its threads made the RAM unmergeable meanwhile: that RAM is not
+ * registered again, as a merged page would be where the VMM asked for
+ * none. */
+TEST_IMPL(handed_ram_refused_after_unmergeable_stays_unregistered)
+{
+	const size_t len = 16 * 4096;
+	md_agent *a;
+	char *m = agent_and_ram(&a, len);
+	ASSERT_EQ(md_agent_register(a, m, len, 0), 0);
+	ASSERT_EQ(md_agent_userfault(a, m, len), 1);
+	ASSERT_EQ(md_agent_unregister(a, m, len), 0);	/* MADV_UNMERGEABLE */
+	md__agent_userfault_undo(a, EBUSY);
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.registered_bytes, 0);
+	md_agent_free(a);
+	munmap(m, len);
+	return 0;
+}
+
 /* RAM given up to the VMM's userfaultfd and then forgotten (the VMM
  * unmapped it behind the preload library's back, md_agent_forget) loses
  * the VMM's hold too: the end of the VMM's registration must not take back

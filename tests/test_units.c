@@ -1127,6 +1127,52 @@ TEST_IMPL(agent_unregister_splits_without_memory)
 	return 0;
 }
 
+/* syscall(2), but munmap fails with ENOMEM (a split of a mapping the
+ * kernel has no memory for). */
+static long munmap_failing_syscall(long nr, ...)
+{
+	SYSCALL_ARGS(nr, a);
+	if (nr == SYS_munmap) {
+		errno = ENOMEM;
+		return -1;
+	}
+	return syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
+}
+
+/* md_agent_unmap whose munmap fails says munmap's error and changes
+ * nothing: the RAM, still mapped, stays registered, shared and merged.
+ * Over a hole (memory gone some other way) the record of the hole goes
+ * all the same: what is mapped there later is not guest RAM. */
+TEST_IMPL(agent_unmap_failed_changes_nothing)
+{
+	const size_t len = 16 * 4096;
+	md_agent *a;
+	md_agent_options o = { .run_dir = "" };
+	md_stats s;
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	char *m = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	ASSERT_EQ(md_agent_register(a, m, len, 0), 0);
+	md__libc_syscall = munmap_failing_syscall;
+	int r1 = md_agent_unmap(a, m + 4 * 4096, 4 * 4096);
+	md__libc_syscall = NULL;
+	ASSERT_EQ(r1, -ENOMEM);
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.regions, 1);
+	ASSERT_EQ(s.registered_bytes, len);
+	ASSERT_EQ(syscall(SYS_munmap, m + 8 * 4096, 4096), 0);
+	md__libc_syscall = munmap_failing_syscall;
+	int r2 = md_agent_unmap(a, m + 4 * 4096, 8 * 4096);
+	md__libc_syscall = NULL;
+	ASSERT_EQ(r2, -ENOMEM);
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.regions, 2);
+	ASSERT_EQ(s.registered_bytes, len - 4096);
+	md_agent_free(a);
+	munmap(m, len);
+	return 0;
+}
+
 /* A registration whose records cannot all be had (an owner array of 8 MiB
  * for the last gap, the address space limited) changes nothing: the gap
  * before it was registered, the VMM's madvise failing all the same. */
