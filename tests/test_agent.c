@@ -4515,6 +4515,29 @@ TEST_IMPL(handed_ram_refused_after_unmergeable_stays_unregistered)
 	return 0;
 }
 
+/* The VMM's userfaultfd registered over the second half of a region: only
+ * that half is its. The first, made unmergeable and then mergeable again
+ * meanwhile, is registered at once, not kept for the VMM's hold to end. */
+TEST_IMPL(handed_ram_only_what_vmm_registered)
+{
+	const size_t len = 16 * 4096;
+	md_agent *a;
+	char *m = agent_and_ram(&a, len);
+	ASSERT_EQ(md_agent_register(a, m, len, 0), 0);
+	ASSERT_EQ(md_agent_userfault(a, m + len / 2, len / 2), 1);
+	ASSERT_EQ(md_agent_unregister(a, m, len / 2), 0);
+	ASSERT_EQ(md_agent_register(a, m, len / 2, 0), 0);
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.registered_bytes, len / 2);
+	ASSERT_EQ(md_agent_userfault_end(a, m + len / 2, len / 2), 0);
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.registered_bytes, len);
+	md_agent_free(a);
+	munmap(m, len);
+	return 0;
+}
+
 /* RAM given up to the VMM's userfaultfd and then forgotten (the VMM
  * unmapped it behind the preload library's back, md_agent_forget) loses
  * the VMM's hold too: the end of the VMM's registration must not take back
