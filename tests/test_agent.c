@@ -4425,6 +4425,14 @@ static char *agent_and_ram(md_agent **a, size_t len)
 	return m;
 }
 
+/* The bytes a has registered now (md_agent_stats). */
+static uint64_t registered_bytes(md_agent *a)
+{
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	return s.registered_bytes;
+}
+
 /* After mlockall(MCL_FUTURE) (md__agent_lock_future) memory that is not
  * locked itself is refused too: every mapping the agent would make there
  * is locked, a private copy at once. Registered again once the VMM gives
@@ -4507,9 +4515,7 @@ TEST_IMPL(handed_ram_refused_after_unmergeable_stays_unregistered)
 	ASSERT_EQ(md_agent_userfault(a, m, len), 1);
 	ASSERT_EQ(md_agent_unregister(a, m, len), 0);	/* MADV_UNMERGEABLE */
 	md__agent_userfault_undo(a, EBUSY);
-	md_stats s;
-	ASSERT_EQ(md_agent_stats(a, &s), 0);
-	ASSERT_EQ(s.registered_bytes, 0);
+	ASSERT_EQ(registered_bytes(a), 0);
 	md_agent_free(a);
 	munmap(m, len);
 	return 0;
@@ -4527,12 +4533,9 @@ TEST_IMPL(handed_ram_only_what_vmm_registered)
 	ASSERT_EQ(md_agent_userfault(a, m + len / 2, len / 2), 1);
 	ASSERT_EQ(md_agent_unregister(a, m, len / 2), 0);
 	ASSERT_EQ(md_agent_register(a, m, len / 2, 0), 0);
-	md_stats s;
-	ASSERT_EQ(md_agent_stats(a, &s), 0);
-	ASSERT_EQ(s.registered_bytes, len / 2);
+	ASSERT_EQ(registered_bytes(a), len / 2);
 	ASSERT_EQ(md_agent_userfault_end(a, m + len / 2, len / 2), 0);
-	ASSERT_EQ(md_agent_stats(a, &s), 0);
-	ASSERT_EQ(s.registered_bytes, len);
+	ASSERT_EQ(registered_bytes(a), len);
 	md_agent_free(a);
 	munmap(m, len);
 	return 0;
@@ -4598,9 +4601,7 @@ TEST_IMPL(agent_userfault_failed_not_einval)
 	int r = md_agent_userfault(a, m, len);
 	md__privatize_fail = 0;
 	ASSERT_EQ(r, -EIO);
-	md_stats s;
-	ASSERT_EQ(md_agent_stats(a, &s), 0);
-	ASSERT_EQ(s.registered_bytes, len);
+	ASSERT_EQ(registered_bytes(a), len);
 	ASSERT_EQ(a->nhanded, 0);
 	md_agent_free(a);
 	munmap(m, len);
