@@ -4542,10 +4542,11 @@ TEST_IMPL(handed_ram_only_what_vmm_registered)
 }
 
 /* RAM given up to the VMM's userfaultfd and then forgotten (the VMM
- * unmapped it behind the preload library's back, md_agent_forget) loses
- * the VMM's hold too: the end of the VMM's registration must not take back
- * what is mapped there since, memory that never asked for merging. And a
- * handover of memory none of ours gives nothing up: 0. */
+ * unmapped it behind the preload library's back, md_agent_forget),
+ * unmapped or cut off by a shrink loses the VMM's hold too: the end of the
+ * VMM's registration must not take back what is mapped there since,
+ * memory that never asked for merging. And a handover of memory none of
+ * ours gives nothing up: 0. */
 TEST_IMPL(agent_forget_drops_vmm_hold)
 {
 	md_agent *a;
@@ -4570,12 +4571,18 @@ TEST_IMPL(agent_forget_drops_vmm_hold)
 	ASSERT_EQ(md_agent_unmap(a, m + 10 * 4096, 2 * 4096), 0);
 	ASSERT(mmap(m + 10 * 4096, 2 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED,
 		    -1, 0) == m + 10 * 4096);
+	/* And for RAM cut off by a shrink in place (mremap, md__agent_moved). */
+	ASSERT(mremap(m, len, len - 2 * 4096, 0) == m);
+	md__agent_moved(a, m, len, m, len - 2 * 4096, 0);
+	ASSERT(mmap(m + 14 * 4096, 2 * 4096, PROT_READ | PROT_WRITE,
+		    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0) == m + 14 * 4096);
 	ASSERT_EQ(md_agent_userfault_end(a, m, len), 0);
 	ASSERT_EQ(md_agent_stats(a, &s), 0);
-	ASSERT_EQ(s.registered_bytes, len - 6 * 4096);	/* the rest taken back */
+	ASSERT_EQ(s.registered_bytes, len - 8 * 4096);	/* the rest taken back */
 	md__agent_enter(a);
 	int taken = md__region_find(a, (uintptr_t)m + 4 * 4096, 4096) != NULL ||
-		    md__region_find(a, (uintptr_t)m + 10 * 4096, 4096) != NULL;
+		    md__region_find(a, (uintptr_t)m + 10 * 4096, 4096) != NULL ||
+		    md__region_find(a, (uintptr_t)m + 14 * 4096, 4096) != NULL;
 	md__agent_leave(a);
 	ASSERT(!taken);
 	ASSERT_EQ(md_agent_stats(a, &s), 0);
