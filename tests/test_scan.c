@@ -5772,6 +5772,118 @@ TEST_IMPL(scan_image_index_remapped)
 	return 0;
 }
 
+/* An agent in this process, paused: the test feeds the index of image
+ * pages and hands it matches itself, as the scanner's thread would after
+ * a batch. len bytes of RAM registered (0x5a), and an image of `pages`
+ * pages (seed) at img[512] under name, open for reading in *fd. */
+static char *paused_on_image(md_agent **a, size_t len, char *img, const char *name, size_t pages,
+			     unsigned seed, int *fd)
+{
+	snprintf(img, 512, "%s/%s", test_dir(), name);
+	make_image(img, pages * PG, seed);
+	char *m = inproc_agent(a, 2000, len);
+	memset(m, 0x5a, len);
+	ASSERT_EQ(md_agent_register(*a, m, len, 0), 0);
+	ASSERT_EQ(md_agent_pause(*a, 1), 0);
+	*fd = open(img, O_RDONLY | O_CLOEXEC);
+	ASSERT(*fd >= 0);
+	return m;
+}
+
+/* The scanner's thread after a batch with no match: what reads queued is
+ * indexed (up to one feed's worth). */
+static void feed_image_index(md_agent *a)
+{
+	a->scanner.files.merge(a->scanner.files.arg, NULL, NULL, 0);
+}
+
+/* 1 if the index of image pages has an entry for page's content (at
+ * *cookie). */
+static int image_entry(md_agent *a, const void *page, uint64_t *cookie)
+{
+	return a->scanner.files.find(a->scanner.files.arg, md__page_hash(page), page, cookie);
+}
+
+/* The scanner's match of the n pages at p with entries cookie[0..n):
+ * merged onto the image; returns how many (merged_image's growth). */
+static uint64_t merge_onto_image(md_agent *a, char *p, const uint64_t *cookie, size_t n)
+{
+	md_stats s;
+	uintptr_t addr[64];
+	ASSERT(n <= 64);
+	for (size_t i = 0; i < n; i++)
+		addr[i] = (uintptr_t)(p + i * PG);
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	uint64_t before = s.merged_image;
+	a->scanner.files.merge(a->scanner.files.arg, addr, cookie, n);
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	return s.merged_image - before;
+}
+
+/* Two reads map different pages of an image at the same RAM before one
+ * feed of the index: the first read's pages, remapped whole, are left
+ * out, and the entries name what RAM shows, the second read's pages. Filed
+ * as the first's (the same content, so the second's were skipped), a copy
+ * matched file pages it is not: its compare failed, and it never merged. */
+TEST_IMPL(scan_image_index_skips_remapped_in_one_feed)
+{
+	char img[512];
+	md_agent *a;
+	int fd;
+	char *m = paused_on_image(&a, 64 * PG, img, "remapped-once", 32, 74, &fd);
+	ASSERT_EQ(md_agent_pread(a, fd, m, 16 * PG, 0), 16 * PG);
+	ASSERT_EQ(md_agent_pread(a, fd, m, 16 * PG, 16 * PG), 16 * PG);
+	feed_image_index(a);
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.image_pages_indexed, 16);
+	memcpy(m + 40 * PG, m + 5 * PG, 3 * PG);
+	uint64_t cookie[3];
+	for (int i = 0; i < 3; i++)
+		ASSERT(image_entry(a, m + (40 + i) * PG, &cookie[i]));
+	ASSERT_EQ(merge_onto_image(a, m + 40 * PG, cookie, 3), 3);
+	ASSERT(memcmp(m + 40 * PG, m + 5 * PG, 3 * PG) == 0);	/* faults both in */
+	for (int i = 0; i < 3; i++)
+		ASSERT_EQ(self_pagemap(m + (40 + i) * PG), self_pagemap(m + (5 + i) * PG));
+	ASSERT(self_pagemap(m + 40 * PG) & (1ull << 61));	/* the image's page */
+	md_agent_free(a);
+	munmap(m, 64 * PG);
+	close(fd);
+	return 0;
+}
+
+/* The same with the second read still queued when the first is fed (one
+ * feed takes 2,048 pages at most): the first's pages it remapped (the head
+ * of its first run) are left out then, and indexed as the second's by the
+ * next feed. */
+TEST_IMPL(scan_image_index_skips_remapped_still_queued)
+{
+	char img[512];
+	md_agent *a;
+	int fd;
+	const size_t ram = 2100;
+	char *m = paused_on_image(&a, ram * PG, img, "remapped-queued", 2064, 75, &fd);
+	ASSERT_EQ(md_agent_pread(a, fd, m, 2048 * PG, 0), 2048 * PG);
+	ASSERT_EQ(md_agent_pread(a, fd, m, 16 * PG, 2048 * PG), 16 * PG);
+	feed_image_index(a);
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.image_pages_indexed, 2048 - 16);
+	feed_image_index(a);
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.image_pages_indexed, 2048);
+	memcpy(m + 2080 * PG, m + 3 * PG, PG);
+	uint64_t cookie;
+	ASSERT(image_entry(a, m + 2080 * PG, &cookie));
+	ASSERT_EQ(merge_onto_image(a, m + 2080 * PG, &cookie, 1), 1);
+	ASSERT(memcmp(m + 2080 * PG, m + 3 * PG, PG) == 0);	/* faults both in */
+	ASSERT_EQ(self_pagemap(m + 2080 * PG), self_pagemap(m + 3 * PG));
+	md_agent_free(a);
+	munmap(m, ram * PG);
+	close(fd);
+	return 0;
+}
+
 TEST_IMPL(scan_image_index_bounded)
 {
 	/* The index of image pages holds no more entries than guest RAM has
@@ -5806,6 +5918,36 @@ TEST_IMPL(scan_image_index_bounded)
 	proc_cmd(&a, "hash %u %u", 290 * PG, PG);	/* a mapping not touched shows no frame */
 	ASSERT(!proc_page(&a, 290 * PG).file);
 	proc_stop(&a);
+	return 0;
+}
+
+/* The index holds as many entries as guest RAM has pages (32 here), no
+ * more: filled exactly, it keeps them all; one feed past that starts it
+ * over with what that feed reads. */
+TEST_IMPL(scan_image_index_starts_over_past_ram)
+{
+	char img[512];
+	md_agent *a;
+	int fd;
+	uint64_t cookie;
+	md_stats s;
+	char *m = paused_on_image(&a, 32 * PG, img, "starts-over", 48, 76, &fd);
+	ASSERT_EQ(md_agent_pread(a, fd, m, 16 * PG, 0), 16 * PG);
+	feed_image_index(a);
+	ASSERT_EQ(md_agent_pread(a, fd, m + 16 * PG, 16 * PG, 16 * PG), 16 * PG);
+	feed_image_index(a);
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.image_pages_indexed, 32);
+	ASSERT(image_entry(a, m, &cookie) && image_entry(a, m + 16 * PG, &cookie));
+	ASSERT_EQ(md_agent_pread(a, fd, m, 16 * PG, 32 * PG), 16 * PG);
+	feed_image_index(a);
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.image_pages_indexed, 48);
+	ASSERT(image_entry(a, m, &cookie));
+	ASSERT(!image_entry(a, m + 16 * PG, &cookie));	/* indexed before the start over */
+	md_agent_free(a);
+	munmap(m, 32 * PG);
+	close(fd);
 	return 0;
 }
 
@@ -6141,6 +6283,116 @@ TEST_IMPL(scan_image_entries_past_new_end_dropped)
 	md_agent_free(a);
 	close(fd);
 	munmap(m, 128 * PG);
+	return 0;
+}
+
+/* An indexed image whose lease a writer broke, not read again since: a
+ * copy's match drops its entry, unmerged (the file may have changed).
+ * Kept, it would keep the copy from the pool on every pass. */
+TEST_IMPL(scan_image_entries_of_broken_lease_dropped)
+{
+	char img[512];
+	md_agent *a;
+	int fd;
+	char *m = paused_on_image(&a, 64 * PG, img, "broken", 16, 77, &fd);
+	ASSERT_EQ(md_agent_pread(a, fd, m, 16 * PG, 0), 16 * PG);
+	feed_image_index(a);
+	memcpy(m + 40 * PG, m + 3 * PG, PG);
+	char want[PG];
+	memcpy(want, m + 3 * PG, PG);
+	uint64_t cookie;
+	ASSERT(image_entry(a, m + 40 * PG, &cookie));
+	int wfd = open(img, O_WRONLY);	/* the break makes m's pages private */
+	ASSERT(wfd >= 0);
+	close(wfd);
+	ASSERT_EQ(merge_onto_image(a, m + 40 * PG, &cookie, 1), 0);
+	ASSERT(!image_entry(a, m + 40 * PG, &cookie));
+	ASSERT(memcmp(m + 40 * PG, want, PG) == 0);
+	ASSERT(!(self_pagemap(m + 40 * PG) & (1ull << 61)));
+	md_agent_free(a);
+	munmap(m, 64 * PG);
+	close(fd);
+	return 0;
+}
+
+/* A copy the scanner matched, then a read mapped the image over it (the
+ * same page) before the batch's merges: it is the image's already, left
+ * as the read mapped it, not merged (counted) again. */
+TEST_IMPL(scan_image_merge_leaves_pages_shared_meanwhile)
+{
+	char img[512];
+	md_agent *a;
+	int fd;
+	char *m = paused_on_image(&a, 64 * PG, img, "meanwhile", 16, 78, &fd);
+	ASSERT_EQ(md_agent_pread(a, fd, m, 16 * PG, 0), 16 * PG);
+	feed_image_index(a);
+	memcpy(m + 35 * PG, m + 3 * PG, PG);
+	uint64_t cookie;
+	ASSERT(image_entry(a, m + 35 * PG, &cookie));
+	ASSERT_EQ(md_agent_pread(a, fd, m + 32 * PG, 16 * PG, 0), 16 * PG);
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, 32);
+	uint64_t vmas = __atomic_load_n(&a->vmas.adds, __ATOMIC_SEQ_CST);
+	ASSERT_EQ(merge_onto_image(a, m + 35 * PG, &cookie, 1), 0);
+	ASSERT_EQ(__atomic_load_n(&a->vmas.adds, __ATOMIC_SEQ_CST), vmas);
+	ASSERT_EQ(self_pagemap(m + 35 * PG), self_pagemap(m + 3 * PG));
+	md_agent_free(a);
+	munmap(m, 64 * PG);
+	close(fd);
+	return 0;
+}
+
+static int lost_fd = -1, lost_to = -1;
+
+/* The VMM puts another file over the agent's descriptor of an image in
+ * the middle of a merge onto it. */
+static void lose_image_fd(uintptr_t addr, size_t n)
+{
+	(void)addr;
+	(void)n;
+	ASSERT_EQ(dup2(lost_to, lost_fd), lost_fd);
+}
+
+/* A merge onto an image whose descriptor the VMM replaced meanwhile fails
+ * (-EBADF from the engine): the lease goes at once, as a break's, its
+ * pages made private, not at the once-a-second look. */
+TEST_IMPL(scan_image_merge_lost_fd_lets_lease_go)
+{
+	char img[512], other[512];
+	md_agent *a;
+	int fd;
+	char *m = paused_on_image(&a, 64 * PG, img, "lost-fd", 16, 79, &fd);
+	snprintf(other, sizeof(other), "%s/lost-fd-other", test_dir());
+	make_image(other, 16 * PG, 80);
+	lost_to = open(other, O_RDONLY | O_CLOEXEC);
+	ASSERT(lost_to >= 0);
+	ASSERT_EQ(md_agent_pread(a, fd, m, 16 * PG, 0), 16 * PG);
+	feed_image_index(a);
+	memcpy(m + 40 * PG, m + 3 * PG, PG);
+	char want[PG];
+	memcpy(want, m + 3 * PG, PG);
+	uint64_t cookie;
+	ASSERT(image_entry(a, m + 40 * PG, &cookie));
+	md__agent_enter(a);
+	ASSERT_EQ(a->nimages, 1);
+	ASSERT_EQ(a->images[0].lease, MD_LEASE_HELD);
+	lost_fd = a->images[0].fd;
+	md__agent_leave(a);
+	md__engine_compare_hook = lose_image_fd;
+	uint64_t merged = merge_onto_image(a, m + 40 * PG, &cookie, 1);
+	md__engine_compare_hook = NULL;
+	ASSERT_EQ(merged, 0);
+	md__agent_enter(a);
+	int lease = a->images[0].lease;
+	md__agent_leave(a);
+	ASSERT(lease != MD_LEASE_HELD);
+	ASSERT(memcmp(m + 40 * PG, want, PG) == 0);
+	ASSERT(!(self_pagemap(m + 40 * PG) & (1ull << 61)));
+	md_agent_free(a);
+	munmap(m, 64 * PG);
+	close(fd);
+	close(lost_to);
 	return 0;
 }
 
@@ -7345,5 +7597,58 @@ TEST_IMPL(scan_image_copied_read_merges)
 	for (unsigned i = 0; i < 4; i++)
 		ASSERT(proc_page(&a, (400 + i) * PG).file);
 	proc_stop(&a);
+	return 0;
+}
+
+/* A copied read's page the VMM discarded before the index was fed is left
+ * out: hashing it where the read copied it would fill its hole in. */
+TEST_IMPL(scan_image_copied_read_discarded_left_out)
+{
+	char img[512];
+	md_agent *a;
+	int fd;
+	char *m = paused_on_image(&a, 128 * PG, img, "copied-discarded", 32, 81, &fd);
+	ASSERT_EQ(md_agent_pread(a, fd, m, 16 * PG, 0), 16 * PG);	/* leased, mapped */
+	ASSERT_EQ(md_agent_pread(a, fd, m + 100 * PG, 4 * PG, 16 * PG), 4 * PG);	/* copied */
+	ASSERT_EQ(md_agent_madvise_discard(a, m + 101 * PG, PG, MADV_DONTNEED), 0);
+	ASSERT(!(self_pagemap(m + 101 * PG) & (1ull << 63)));
+	feed_image_index(a);
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.image_pages_indexed, 16 + 3);
+	ASSERT(!(self_pagemap(m + 101 * PG) & (1ull << 63)));	/* still a hole */
+	uint64_t cookie;
+	ASSERT(image_entry(a, m + 102 * PG, &cookie));
+	md_agent_free(a);
+	munmap(m, 128 * PG);
+	close(fd);
+	return 0;
+}
+
+/* Reads come while the scanner is paused: the queue of runs to index
+ * takes 4,096, and leaves those after out (the guest's copies of them
+ * merge through the pool), the runs queued kept whole. */
+TEST_IMPL(scan_image_queue_full_leaves_later_reads_out)
+{
+	char img[512];
+	md_agent *a;
+	int fd;
+	const size_t ram = 4200, pages = 16 + 4096;
+	char *m = paused_on_image(&a, ram * PG, img, "queue-full", pages, 82, &fd);
+	ASSERT_EQ(md_agent_pread(a, fd, m, 16 * PG, 0), 16 * PG);	/* leased, mapped */
+	for (size_t i = 16; i < pages; i++)	/* copied, one run each */
+		ASSERT_EQ(md_agent_pread(a, fd, m + i * PG, PG, (off_t)(i * PG)), PG);
+	md_stats s;
+	for (int i = 0; i < 100; i++)
+		feed_image_index(a);
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.image_pages_indexed, pages - 1);
+	uint64_t cookie;
+	ASSERT(image_entry(a, m, &cookie) && image_entry(a, m + 15 * PG, &cookie));
+	ASSERT(image_entry(a, m + (pages - 2) * PG, &cookie));
+	ASSERT(!image_entry(a, m + (pages - 1) * PG, &cookie));
+	md_agent_free(a);
+	munmap(m, ram * PG);
+	close(fd);
 	return 0;
 }
