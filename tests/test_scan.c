@@ -5820,34 +5820,51 @@ static uint64_t merge_onto_image(md_agent *a, char *p, const uint64_t *cookie, s
 	return s.merged_image - before;
 }
 
-/* Two reads map different pages of an image at the same RAM before one
- * feed of the index: the first read's pages, remapped whole, are left
- * out, and the entries name what RAM shows, the second read's pages. Filed
- * as the first's (the same content, so the second's were skipped), a copy
- * matched file pages it is not: its compare failed, and it never merged. */
+/* Reads map pages of an image over RAM that earlier reads mapped, before
+ * one feed of the index: what they remapped of the earlier runs is left
+ * out (a run remapped whole, its tail, or its middle: all of that run),
+ * and the entries name what RAM shows. Filed as the earlier run's (the
+ * same content, so the later's were skipped), a copy matched file pages
+ * it is not: its compare failed, and it never merged. */
 TEST_IMPL(scan_image_index_skips_remapped_in_one_feed)
 {
 	char img[512];
 	md_agent *a;
 	int fd;
-	char *m = paused_on_image(&a, 64 * PG, img, "remapped-once", 32, 74, &fd);
+	char *m = paused_on_image(&a, 160 * PG, img, "remapped-once", 128, 74, &fd);
 	ASSERT_EQ(md_agent_pread(a, fd, m, 16 * PG, 0), 16 * PG);
-	ASSERT_EQ(md_agent_pread(a, fd, m, 16 * PG, 16 * PG), 16 * PG);
+	ASSERT_EQ(md_agent_pread(a, fd, m, 16 * PG, 16 * PG), 16 * PG);	/* whole */
+	ASSERT_EQ(md_agent_pread(a, fd, m + 64 * PG, 32 * PG, 32 * PG), 32 * PG);
+	ASSERT_EQ(md_agent_pread(a, fd, m + 80 * PG, 16 * PG, 0), 16 * PG);	/* its tail */
+	ASSERT_EQ(md_agent_pread(a, fd, m + 100 * PG, 32 * PG, 64 * PG), 32 * PG);
+	ASSERT_EQ(md_agent_pread(a, fd, m + 108 * PG, 16 * PG, 96 * PG), 16 * PG);	/* its middle */
 	feed_image_index(a);
 	md_stats s;
 	ASSERT_EQ(md_agent_stats(a, &s), 0);
-	ASSERT_EQ(s.image_pages_indexed, 16);
-	memcpy(m + 40 * PG, m + 5 * PG, 3 * PG);
+	ASSERT_EQ(s.image_pages_indexed, 4 * 16);
+	/* Copies of what each run left shows: three pages of the first
+	 * remapping, then one of each other run. */
+	memcpy(m + 140 * PG, m + 5 * PG, 3 * PG);
+	const unsigned from[] = { 70, 85, 110 };
+	for (int k = 0; k < 3; k++)
+		memcpy(m + (144 + k) * PG, m + from[k] * PG, PG);
 	uint64_t cookie[3];
 	for (int i = 0; i < 3; i++)
-		ASSERT(image_entry(a, m + (40 + i) * PG, &cookie[i]));
-	ASSERT_EQ(merge_onto_image(a, m + 40 * PG, cookie, 3), 3);
-	ASSERT(memcmp(m + 40 * PG, m + 5 * PG, 3 * PG) == 0);	/* faults both in */
+		ASSERT(image_entry(a, m + (140 + i) * PG, &cookie[i]));
+	ASSERT_EQ(merge_onto_image(a, m + 140 * PG, cookie, 3), 3);
+	ASSERT(memcmp(m + 140 * PG, m + 5 * PG, 3 * PG) == 0);	/* faults both in */
 	for (int i = 0; i < 3; i++)
-		ASSERT_EQ(self_pagemap(m + (40 + i) * PG), self_pagemap(m + (5 + i) * PG));
-	ASSERT(self_pagemap(m + 40 * PG) & (1ull << 61));	/* the image's page */
+		ASSERT_EQ(self_pagemap(m + (140 + i) * PG), self_pagemap(m + (5 + i) * PG));
+	ASSERT(self_pagemap(m + 140 * PG) & (1ull << 61));	/* the image's page */
+	for (int k = 0; k < 3; k++) {
+		char *p = m + (144 + k) * PG;
+		ASSERT(image_entry(a, p, &cookie[0]));
+		ASSERT_EQ(merge_onto_image(a, p, cookie, 1), 1);
+		ASSERT(memcmp(p, m + from[k] * PG, PG) == 0);
+		ASSERT_EQ(self_pagemap(p), self_pagemap(m + from[k] * PG));
+	}
 	md_agent_free(a);
-	munmap(m, 64 * PG);
+	munmap(m, 160 * PG);
 	close(fd);
 	return 0;
 }
@@ -5872,12 +5889,15 @@ TEST_IMPL(scan_image_index_skips_remapped_still_queued)
 	feed_image_index(a);
 	ASSERT_EQ(md_agent_stats(a, &s), 0);
 	ASSERT_EQ(s.image_pages_indexed, 2048);
-	memcpy(m + 2080 * PG, m + 3 * PG, PG);
 	uint64_t cookie;
-	ASSERT(image_entry(a, m + 2080 * PG, &cookie));
-	ASSERT_EQ(merge_onto_image(a, m + 2080 * PG, &cookie, 1), 1);
-	ASSERT(memcmp(m + 2080 * PG, m + 3 * PG, PG) == 0);	/* faults both in */
-	ASSERT_EQ(self_pagemap(m + 2080 * PG), self_pagemap(m + 3 * PG));
+	for (int k = 0; k < 2; k++) {	/* the second read's page, and the first's past it */
+		char *p = m + (2080 + k) * PG, *from = m + (3 + 17 * k) * PG;
+		memcpy(p, from, PG);
+		ASSERT(image_entry(a, p, &cookie));
+		ASSERT_EQ(merge_onto_image(a, p, &cookie, 1), 1);
+		ASSERT(memcmp(p, from, PG) == 0);	/* faults both in */
+		ASSERT_EQ(self_pagemap(p), self_pagemap(from));
+	}
 	md_agent_free(a);
 	munmap(m, ram * PG);
 	close(fd);
@@ -7600,9 +7620,10 @@ TEST_IMPL(scan_image_copied_read_merges)
 	return 0;
 }
 
-/* A copied read's page the VMM discarded before the index was fed is left
- * out: hashing it where the read copied it would fill its hole in. */
-TEST_IMPL(scan_image_copied_read_discarded_left_out)
+/* A page the VMM discarded before the index was fed, of a copied read or
+ * of a mapped one, is left out: hashing it where the read put it would
+ * fill its hole in. */
+TEST_IMPL(scan_image_discarded_pages_left_out)
 {
 	char img[512];
 	md_agent *a;
@@ -7610,13 +7631,19 @@ TEST_IMPL(scan_image_copied_read_discarded_left_out)
 	char *m = paused_on_image(&a, 128 * PG, img, "copied-discarded", 32, 81, &fd);
 	ASSERT_EQ(md_agent_pread(a, fd, m, 16 * PG, 0), 16 * PG);	/* leased, mapped */
 	ASSERT_EQ(md_agent_pread(a, fd, m + 100 * PG, 4 * PG, 16 * PG), 4 * PG);	/* copied */
-	ASSERT_EQ(md_agent_madvise_discard(a, m + 101 * PG, PG, MADV_DONTNEED), 0);
-	ASSERT(!(self_pagemap(m + 101 * PG) & (1ull << 63)));
+	/* Discarded: a page of each, the mapped one then no longer the
+	 * image's (its owner record cleared). */
+	for (int k = 0; k < 2; k++) {
+		char *p = m + (k ? 101 : 5) * PG;
+		ASSERT_EQ(md_agent_madvise_discard(a, p, PG, MADV_DONTNEED), 0);
+		ASSERT(!(self_pagemap(p) & (1ull << 63)));
+	}
 	feed_image_index(a);
 	md_stats s;
 	ASSERT_EQ(md_agent_stats(a, &s), 0);
-	ASSERT_EQ(s.image_pages_indexed, 16 + 3);
-	ASSERT(!(self_pagemap(m + 101 * PG) & (1ull << 63)));	/* still a hole */
+	ASSERT_EQ(s.image_pages_indexed, 15 + 3);
+	ASSERT(!(self_pagemap(m + 5 * PG) & (1ull << 63)));	/* still holes */
+	ASSERT(!(self_pagemap(m + 101 * PG) & (1ull << 63)));
 	uint64_t cookie;
 	ASSERT(image_entry(a, m + 102 * PG, &cookie));
 	md_agent_free(a);
