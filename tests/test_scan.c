@@ -7477,6 +7477,51 @@ TEST_IMPL(scan_image_merge_counted_once)
 	return 0;
 }
 
+/* One batch's matches merge in runs: guest pages side by side, equal to
+ * pages side by side in one image. Pages of a batch that are not (the
+ * file pages apart, another image's, the guest pages apart) each merge
+ * on their own: taken as one run, a run's compare with the wrong file
+ * pages failed, and none of it merged. */
+TEST_IMPL(scan_image_merge_runs_only_adjacent)
+{
+	char img[512], other[512];
+	md_agent *a;
+	int fd;
+	char *m = paused_on_image(&a, 64 * PG, img, "runs", 16, 83, &fd);
+	snprintf(other, sizeof(other), "%s/runs-other", test_dir());
+	make_image(other, 16 * PG, 84);
+	int ofd = open(other, O_RDONLY | O_CLOEXEC);
+	ASSERT(ofd >= 0);
+	ASSERT_EQ(md_agent_pread(a, fd, m, 16 * PG, 0), 16 * PG);
+	ASSERT_EQ(md_agent_pread(a, ofd, m + 16 * PG, 16 * PG, 0), 16 * PG);
+	feed_image_index(a);
+	/* Copies at 40.. of: pages 5 and 9 (apart in the file), 3 and the
+	 * other image's 4, 6 and 7 (apart in RAM). */
+	const unsigned at[] = { 40, 41, 44, 45, 48, 50 }, from[] = { 5, 9, 3, 16 + 4, 6, 7 };
+	uintptr_t addr[6];
+	uint64_t cookie[6];
+	for (int i = 0; i < 6; i++) {
+		memcpy(m + at[i] * PG, m + from[i] * PG, PG);
+		ASSERT(image_entry(a, m + at[i] * PG, &cookie[i]));
+		addr[i] = (uintptr_t)(m + at[i] * PG);
+	}
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	uint64_t merged0 = s.merged_image;
+	a->scanner.files.merge(a->scanner.files.arg, addr, cookie, 6);
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.merged_image - merged0, 6);
+	for (int i = 0; i < 6; i++) {
+		ASSERT(memcmp(m + at[i] * PG, m + from[i] * PG, PG) == 0);	/* faults both in */
+		ASSERT_EQ(self_pagemap(m + at[i] * PG), self_pagemap(m + from[i] * PG));
+	}
+	md_agent_free(a);
+	munmap(m, 64 * PG);
+	close(fd);
+	close(ofd);
+	return 0;
+}
+
 /* Two image pages whose hashes share the high half, all the index of
  * image pages keeps (found by trying counters: pages of 0xa5 starting with
  * 23,196 and 25,837). The second was never indexed ("the same content"),
