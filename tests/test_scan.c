@@ -5965,6 +5965,11 @@ TEST_IMPL(scan_image_index_starts_over_past_ram)
 	ASSERT_EQ(s.image_pages_indexed, 48);
 	ASSERT(image_entry(a, m, &cookie));
 	ASSERT(!image_entry(a, m + 16 * PG, &cookie));	/* indexed before the start over */
+	/* 16 entries, and 17 pages more: one past RAM's pages. */
+	ASSERT_EQ(md_agent_pread(a, fd, m + 15 * PG, 17 * PG, 0), 17 * PG);
+	feed_image_index(a);
+	ASSERT(!image_entry(a, m, &cookie));
+	ASSERT(image_entry(a, m + 15 * PG, &cookie));
 	md_agent_free(a);
 	munmap(m, 32 * PG);
 	close(fd);
@@ -7341,6 +7346,34 @@ TEST_IMPL(scan_image_index_prunes_written)
 	return 0;
 }
 
+/* The same by hand: a page written before the feed, its copy matched, the
+ * merge's compare fails; the entry goes at once, and the copy stays the
+ * guest's (no owner record names the image for it). */
+TEST_IMPL(scan_image_failed_merge_drops_written_entry)
+{
+	char img[512];
+	md_agent *a;
+	int fd;
+	char *m = paused_on_image(&a, 64 * PG, img, "written-by-hand", 16, 85, &fd);
+	ASSERT_EQ(md_agent_pread(a, fd, m, 16 * PG, 0), 16 * PG);
+	memset(m + 3 * PG + 100, 0x77, 64);
+	feed_image_index(a);
+	memcpy(m + 40 * PG, m + 3 * PG, PG);
+	uint64_t cookie;
+	ASSERT(image_entry(a, m + 40 * PG, &cookie));
+	ASSERT_EQ(merge_onto_image(a, m + 40 * PG, &cookie, 1), 0);
+	ASSERT(!image_entry(a, m + 40 * PG, &cookie));
+	ASSERT(memcmp(m + 40 * PG, m + 3 * PG, PG) == 0);
+	md__agent_enter(a);
+	struct md__region *r = md__region_find(a, (uintptr_t)(m + 40 * PG), PG);
+	ASSERT(r && !r->owner[((uintptr_t)m - r->start) / PG + 40]);
+	md__agent_leave(a);
+	md_agent_free(a);
+	munmap(m, 64 * PG);
+	close(fd);
+	return 0;
+}
+
 /* A sparse image on tmpfs (its first MiB data, its second a hole), read by
  * a guest: the first MiB shared, then 4 pages of the hole copied (a small
  * read), which the guest overwrites before the scanner indexes them. The
@@ -7438,6 +7471,48 @@ TEST_IMPL(scan_tmpfs_image_hole_not_read)
 TEST_IMPL(scan_full_tmpfs_image_hole_not_read)
 {
 	return image_hole_entry(1);
+}
+
+/* The same by hand, on a run of a copied page of data and the hole's
+ * pages after it: the hole's entries go, the data page's stays, and the
+ * page merges on its own. */
+TEST_IMPL(scan_tmpfs_image_hole_entries_dropped_alone)
+{
+	char dir[600], img[700];
+	const char *none = own_tmpfs(dir, sizeof(dir), "1m");
+	if (none)
+		SKIP("%s", none);
+	snprintf(img, sizeof(img), "%s/img", dir);
+	make_image(img, 16 * PG, 86);
+	ASSERT(truncate(img, 32 * PG) == 0);
+	md_agent *a;
+	char *m = inproc_agent(&a, 2000, 128 * PG);
+	memset(m, 0x5a, 128 * PG);
+	ASSERT_EQ(md_agent_register(a, m, 128 * PG, 0), 0);
+	ASSERT_EQ(md_agent_pause(a, 1), 0);
+	int fd = open(img, O_RDONLY | O_CLOEXEC);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(md_agent_pread(a, fd, m, 16 * PG, 0), 16 * PG);
+	ASSERT_EQ(md_agent_pread(a, fd, m + 100 * PG, 4 * PG, 16 * PG), 4 * PG);	/* copied */
+	for (size_t i = 0; i < 4 * PG; i++)	/* the guest reuses the buffer */
+		m[100 * PG + i] = (char)(i * 13 + i / PG + 1);
+	memcpy(m + 99 * PG, m + 15 * PG, PG);
+	feed_image_index(a);
+	uint64_t cookie[5];
+	for (int i = 0; i < 5; i++)
+		ASSERT(image_entry(a, m + (99 + i) * PG, &cookie[i]));
+	ASSERT_EQ(merge_onto_image(a, m + 99 * PG, cookie, 5), 0);
+	for (int i = 1; i < 5; i++)
+		ASSERT(!image_entry(a, m + (99 + i) * PG, &cookie[i]));
+	ASSERT(image_entry(a, m + 99 * PG, &cookie[0]));
+	ASSERT_EQ(merge_onto_image(a, m + 99 * PG, cookie, 1), 1);
+	ASSERT(memcmp(m + 99 * PG, m + 15 * PG, PG) == 0);	/* faults both in */
+	ASSERT_EQ(self_pagemap(m + 99 * PG), self_pagemap(m + 15 * PG));
+	md_agent_free(a);
+	munmap(m, 128 * PG);
+	close(fd);
+	umount2(dir, MNT_DETACH);
+	return 0;
 }
 
 /* A copy of an image page merged onto the image: its mappings counted
@@ -7674,6 +7749,10 @@ TEST_IMPL(scan_image_discarded_pages_left_out)
 	md_agent *a;
 	int fd;
 	char *m = paused_on_image(&a, 128 * PG, img, "copied-discarded", 32, 81, &fd);
+	static const char zero[PG];
+	int w = open(img, O_WRONLY);	/* page 7 zeroes: left out, as zero pages are */
+	ASSERT(w >= 0 && pwrite(w, zero, PG, 7 * PG) == PG);
+	close(w);
 	ASSERT_EQ(md_agent_pread(a, fd, m, 16 * PG, 0), 16 * PG);	/* leased, mapped */
 	ASSERT_EQ(md_agent_pread(a, fd, m + 100 * PG, 4 * PG, 16 * PG), 4 * PG);	/* copied */
 	/* Discarded: a page of each, the mapped one then no longer the
@@ -7686,7 +7765,7 @@ TEST_IMPL(scan_image_discarded_pages_left_out)
 	feed_image_index(a);
 	md_stats s;
 	ASSERT_EQ(md_agent_stats(a, &s), 0);
-	ASSERT_EQ(s.image_pages_indexed, 15 + 3);
+	ASSERT_EQ(s.image_pages_indexed, 14 + 3);
 	ASSERT(!(self_pagemap(m + 5 * PG) & (1ull << 63)));	/* still holes */
 	ASSERT(!(self_pagemap(m + 101 * PG) & (1ull << 63)));
 	uint64_t cookie;
