@@ -546,6 +546,16 @@ TEST_IMPL(read_across_region_records)
 	ASSERT_EQ(proc_stats(&a, &s), 0);
 	ASSERT_EQ(s.reads_seen - s0.reads_seen, 2);
 	ASSERT_EQ(s.pages_shared_at_read - s0.pages_shared_at_read, 64);
+	/* A first part cut short by the end of the file ends the read, as
+	 * pread's caller expects: the part after it is no read of its own. */
+	ASSERT_EQ(proc_stats(&a, &s0), 0);
+	ASSERT_EQ(proc_num(&a, "read %d %u %u %u %u", fd, IMG_SIZE - 8 * 4096, 64 * 4096, 48 * 4096, 64 * 4096),
+		  8 * 4096);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 48 * 4096, 8 * 4096),
+		      hex(fnv_file(img, IMG_SIZE - 8 * 4096, 8 * 4096))) == 0);
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.reads_seen - s0.reads_seen, 1);
+	ASSERT_EQ(s.fallbacks_total, s0.fallbacks_total);
 	proc_stop(&a);
 	return 0;
 }
@@ -628,6 +638,7 @@ static void read_and_check(struct proc *a, int fd, const char *img, size_t doff,
 }
 
 static int hints_counted(const md_stats *s) { return s->hints_pushed >= 2; }
+static int six_hints(const md_stats *s) { return s->hints_pushed >= 6; }
 
 TEST_IMPL(small_reads_copied)
 {
@@ -659,6 +670,13 @@ TEST_IMPL(small_reads_copied)
 	ASSERT_EQ(s.reads_page, 4);
 	ASSERT(s.read_page_ns > 0 && s.read_page_ns + s.read_shared_ns < s.read_ns);
 	ASSERT_EQ(s.read_shared_bytes, 65536);
+	/* One cut short by the end of the file is no 4 KiB read. */
+	ASSERT_EQ(proc_num(&a, "read %d %u 4096 %u 4096", fd, IMG_SIZE - 100, 3 * MB), 100);
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.reads_page, 4);
+	/* Each 4 KiB read copied is hinted to the scanner (that one is not). */
+	ASSERT_EQ(proc_stats_wait(&a, &s, STATS_WAIT_MS, six_hints), 0);
+	ASSERT_EQ(s.hints_pushed, 6);
 	proc_stop(&a);
 
 	/* A smaller minimum shares smaller reads; unaligned reads are still
@@ -685,6 +703,26 @@ TEST_IMPL(small_reads_copied)
 	return 0;
 }
 
+/* MEMDEDUP_NO_SHARING (the baseline of comparisons): a read that would be
+ * shared is copied, counted as seen and as read, neither shared nor a
+ * fallback. */
+TEST_IMPL(no_sharing_copies_reads)
+{
+	const char *img = image(3);
+	const char *env[] = { "MEMDEDUP_NO_SHARING=1", NULL };
+	struct proc a;
+	int fd = start_reader(&a, img, env);
+	read_and_check(&a, fd, img, 0, 65536, 65536, 0);
+	md_stats s;
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.reads_seen, 1);
+	ASSERT_EQ(s.bytes_read, 65536);
+	ASSERT_EQ(s.pages_shared_at_read, 0);
+	ASSERT_EQ(s.fallbacks_total, 0);
+	proc_stop(&a);
+	return 0;
+}
+
 /* A read cut short by the end of the file to fewer whole pages than the
  * minimum is copied, counted as small, as a read that asked for that few:
  * mapping the 4 pages left would cost more than copying them. */
@@ -701,6 +739,27 @@ TEST_IMPL(read_cut_by_end_of_file_copied)
 	ASSERT_EQ(proc_stats(&a, &s), 0);
 	ASSERT_EQ(s.pages_shared_at_read, 0);
 	ASSERT_EQ(s.read_small_pages, 32);	/* the pages asked for, as a small read's */
+	ASSERT_EQ(s.fallbacks_total, 0);
+	proc_stop(&a);
+	return 0;
+}
+
+/* MEMDEDUP_POPULATE: the pages a read maps are faulted in at the read, the
+ * image's frames present before the guest touches them (without it they
+ * come at the guest's first touch, each a fault). */
+TEST_IMPL(populate_maps_image_frames_at_read)
+{
+	const char *img = image(3);
+	const char *env[] = { "MEMDEDUP_POPULATE=1", NULL };
+	struct proc a;
+	int fd = start_reader(&a, img, env);
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 0 65536", fd), 65536);
+	for (unsigned i = 0; i < 16; i++)	/* before any hash touches them */
+		ASSERT(proc_page_is_image(&a, i * 4096, img, i * 4096));
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 65536"), hex(fnv_file(img, 0, 65536))) == 0);
+	md_stats s;
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, 16);
 	ASSERT_EQ(s.fallbacks_total, 0);
 	proc_stop(&a);
 	return 0;
@@ -1007,6 +1066,7 @@ TEST_IMPL(stats_dir_full)
 }
 
 static int eight_hints(const md_stats *s) { return s->hints_pushed >= 8; }
+static int nine_hints(const md_stats *s) { return s->hints_pushed >= 9; }
 
 /* A sparse image on tmpfs: the holes are copied, not mapped. A fault on a
  * hole of a tmpfs file allocates a page in the file (a pread of it does
@@ -1051,6 +1111,11 @@ TEST_IMPL(tmpfs_image_holes_copied)
 	 * their start), the first's pages after its hole (they were not). */
 	ASSERT_EQ(proc_stats_wait(&a, &s, STATS_WAIT_MS, eight_hints), 0);
 	ASSERT_EQ(s.hints_pushed, 8);
+	/* A hole of exactly one page after the mapped data is hinted too. */
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 %u", fd, 17 * 4096, 17 * 4096), 17 * 4096);
+	ASSERT_EQ(proc_stats_wait(&a, &s, STATS_WAIT_MS, nine_hints), 0);
+	ASSERT_EQ(s.hints_pushed, 9);
+	ASSERT_EQ(s.pages_shared_at_read, 32);
 	proc_stop(&a);
 	umount(dir);
 	return 0;
@@ -1058,7 +1123,8 @@ TEST_IMPL(tmpfs_image_holes_copied)
 
 /* A tmpfs image with data in its first 4 pages only: a read of 64 pages
  * would map 4 before the hole, fewer than the minimum (16): copied whole,
- * counted as partial, as any read that too little of is mapped. */
+ * counted as partial, as any read that too little of is mapped. Exactly
+ * the minimum before a hole (pages 128-143) is mapped. */
 TEST_IMPL(tmpfs_image_short_data_copied)
 {
 	char dir[600], img[700];
@@ -1072,6 +1138,8 @@ TEST_IMPL(tmpfs_image_short_data_copied)
 	for (size_t i = 0; i < sizeof(data); i++)
 		data[i] = (char)(i * 5 + 1);
 	ASSERT(pwrite(ifd, data, sizeof(data), 0) == (ssize_t)sizeof(data));
+	for (unsigned i = 0; i < 4; i++)
+		ASSERT(pwrite(ifd, data, sizeof(data), (128 + 4 * i) * 4096) == (ssize_t)sizeof(data));
 	ASSERT(ftruncate(ifd, MB) == 0);
 	close(ifd);
 	struct proc a;
@@ -1084,6 +1152,11 @@ TEST_IMPL(tmpfs_image_short_data_copied)
 	ASSERT_EQ(proc_stats(&a, &s), 0);
 	ASSERT_EQ(s.pages_shared_at_read, 0);
 	ASSERT_EQ(s.fallbacks[MD_FB_PARTIAL], 64);
+	ASSERT_EQ(proc_num(&a, "read %d 524288 262144 524288 262144", fd), 262144);
+	ASSERT(strcmp(proc_cmd(&a, "hash 524288 262144"), hex(fnv_file(img, 524288, 262144))) == 0);
+	ASSERT(proc_page_is_image(&a, 143 * 4096, img, 143 * 4096) && !proc_page(&a, 144 * 4096).file);
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, 16);
 	proc_stop(&a);
 	umount(dir);
 	return 0;
@@ -3449,6 +3522,7 @@ TEST_IMPL(preadv_scattered_one_call)
 	ASSERT_EQ(r, 4096);
 	ASSERT_EQ(proc_stats(&a, &s), 0);
 	ASSERT_EQ(s.reads_seen, 32 + 2);
+	ASSERT_EQ(s.reads_page, 32 + 1);	/* only the one that read its 4 KiB */
 	proc_stop(&a);
 	return 0;
 }

@@ -6007,7 +6007,9 @@ static int read_with_fd_swapped(void (**hook)(int), unsigned seed, md_agent **a,
 	ASSERT_EQ(md_agent_new(a, &o), 0);
 	*m = mmap(NULL, 16 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	ASSERT(*m != MAP_FAILED);
-	ASSERT_EQ(md_agent_register(*a, *m, 16 * PG, 0), 0);
+	/* Advised as QEMU's guest RAM: what replaces a mapping keeps it. */
+	ASSERT_EQ(madvise(*m, 16 * PG, MADV_DONTFORK), 0);
+	ASSERT_EQ(md_agent_register(*a, *m, 16 * PG, MD_ADV_DONTFORK), 0);
 	*fd = open(img, O_RDONLY | O_CLOEXEC);
 	swap_to = open(other, O_RDONLY | O_CLOEXEC);
 	swap_from = -1;
@@ -6071,8 +6073,10 @@ TEST_IMPL(image_fd_replaced_before_map_copied)
 	md_stats s;
 	ASSERT_EQ(md_agent_stats(a, &s), 0);
 	ASSERT_EQ(s.fallbacks[MD_FB_NO_LEASE], 16);
-	/* Guest RAM maps no file: its pages (read, so present) are anonymous memory. */
+	/* Guest RAM maps no file: its pages (read, so present) are anonymous
+	 * memory, with the region's advice. */
 	ASSERT(pages_anon_present(m, 16));
+	ASSERT(vm_flag(getpid(), (unsigned long)m, "dc"));
 	fd_swapped_done(a, m, fd);
 	return 0;
 }
@@ -6817,6 +6821,42 @@ TEST_IMPL(read_gone_whole_not_counted_shared)
 	return 0;
 }
 
+/* A read gone whole that ends on a page boundary (a head, no tail) forgets
+ * its mapped pages as the image's too: private copies now, which would
+ * stay in the bound of what a break must copy (md__break_room) and keep
+ * later reads from being shared; a discard of them reads zeroes. */
+TEST_IMPL(read_gone_whole_to_page_end_forgets_pages)
+{
+	char img[512];
+	snprintf(img, sizeof(img), "%s/whole-end.img", test_dir());
+	make_image(img, 32 * PG, 9);
+	int fd = open(img, O_RDONLY);
+	ASSERT(fd >= 0);
+	md_agent *a;
+	char *m = reading_agent(&a, 64 * PG);
+	static char want[16 * PG + 100];
+	ASSERT_EQ(pread(fd, want, sizeof(want), 16 * PG - 100), (ssize_t)sizeof(want));
+	md__edges_fail = EIO;
+	ssize_t n = md_agent_pread(a, fd, m + PG - 100, sizeof(want), 16 * PG - 100);
+	md__edges_fail = 0;
+	ASSERT_EQ(n, (ssize_t)sizeof(want));
+	ASSERT(memcmp(m + PG - 100, want, sizeof(want)) == 0);
+	ASSERT(pages_anon_present(m + PG, 16));
+	md__agent_enter(a);
+	uint64_t owned = a->owned;
+	md__agent_leave(a);
+	ASSERT_EQ(owned, 0);
+	/* Copies in the image's mapping still: a discard reads zeroes, not
+	 * the image again. */
+	ASSERT_EQ(md_agent_madvise_discard(a, m + PG, 16 * PG, MADV_DONTNEED), 0);
+	for (size_t i = 0; i < 16 * PG; i++)
+		ASSERT_EQ(m[PG + i], 0);
+	md_agent_free(a);
+	munmap(m, 64 * PG);
+	close(fd);
+	return 0;
+}
+
 /* The kernel checks every segment of a preadv before it reads a byte: one
  * of a negative length (as ssize_t) fails the call with EINVAL, nothing
  * read. The agent read the segments before it first (review). */
@@ -6841,6 +6881,38 @@ TEST_IMPL(preadv_bad_segment_as_kernel)
 	ASSERT_EQ(s.pages_shared_at_read, 0);
 	md_agent_free(a);
 	munmap(m, 64 * PG);
+	close(fd);
+	return 0;
+}
+
+/* A preadv2 into guest RAM with flags is the kernel's, flags and all: one
+ * it does not know fails (EOPNOTSUPP), nothing read; one it knows reads a
+ * copy, counted as such, nothing mapped. */
+TEST_IMPL(preadv_flags_reach_kernel)
+{
+	char img[512];
+	snprintf(img, sizeof(img), "%s/flags.img", test_dir());
+	make_image(img, 16 * PG, 5);
+	int fd = open(img, O_RDONLY);
+	ASSERT(fd >= 0);
+	md_agent *a;
+	char *m = reading_agent(&a, 16 * PG);
+	struct iovec iov = { m, 16 * PG };
+	errno = 0;
+	ASSERT_EQ(md_agent_preadv(a, fd, &iov, 1, 0, 0x40000000), -1);
+	ASSERT_EQ(errno, EOPNOTSUPP);
+	ASSERT_EQ(m[0], 0x5a);
+	static char want[16 * PG];
+	ASSERT_EQ(pread(fd, want, sizeof(want), 0), (ssize_t)sizeof(want));
+	ASSERT_EQ(md_agent_preadv(a, fd, &iov, 1, 0, RWF_DSYNC), (ssize_t)(16 * PG));
+	ASSERT(memcmp(m, want, sizeof(want)) == 0);
+	ASSERT(pages_anon_present(m, 16));
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.pages_shared_at_read, 0);
+	ASSERT_EQ(s.fallbacks[MD_FB_FLAGS], 16);
+	md_agent_free(a);
+	munmap(m, 16 * PG);
 	close(fd);
 	return 0;
 }
@@ -7277,6 +7349,13 @@ TEST_IMPL(preadv_cut_at_max_rw_count)
 	/* The first segment stops a page short of the cap: the second is
 	 * cut to one page, the third not read. */
 	struct iovec iov[3] = { { m, max - PG }, { m + max - PG, 16 * PG }, { m + max + 15 * PG, 16 * PG } };
+	/* A segment past the cut that the kernel refuses (its end past the
+	 * address space) fails the call whole, before a byte moves. */
+	struct iovec bad[3] = { iov[0], iov[1], { (void *)(((uintptr_t)1 << 62) - 16 * PG), 16 * PG } };
+	errno = 0;
+	ASSERT_EQ(md_agent_preadv(a, fd, bad, 3, 0, 0), -1);
+	ASSERT_EQ(errno, EFAULT);
+	ASSERT_EQ((unsigned char)m[0], 0x5a);
 	ASSERT_EQ(md_agent_preadv(a, fd, iov, 3, 0, 0), (ssize_t)max);
 	for (size_t i = max - PG; i < max; i++)
 		ASSERT_EQ(m[i], 0);
