@@ -1635,6 +1635,14 @@ TEST_IMPL(engine_unregister_around_image_mapping)
 		vm_flags(b + i * PG, fl, sizeof(fl));
 		ASSERT(strstr(fl, " uw") == NULL);
 	}
+	/* Advised again, around the image mapping, which no userfaultfd can
+	 * cover: the others are registered, a mapping at a time. */
+	ASSERT_EQ(md__engine_register(&e, b, 3 * PG, 0), 0);
+	ASSERT(md__engine_touches(&e, (uintptr_t)b, 3 * PG));
+	for (size_t i = 0; i < 3; i += 2) {
+		vm_flags(b + i * PG, fl, sizeof(fl));
+		ASSERT(strstr(fl, " uw") != NULL);
+	}
 	md__engine_fini(&e);
 	close(fd);
 	munmap(b, 3 * PG);
