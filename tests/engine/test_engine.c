@@ -959,12 +959,14 @@ TEST_IMPL(engine_handover_needs_dropped_pages_back)
 {
 	struct md__engine e;
 	const size_t n = 4;
-	unsigned char *r = map_ram(n);
+	unsigned char *r = map_ram(n + 1);
 
 	engine_up(&e);
-	memset(r, 0, n * PG);
-	ASSERT_EQ(md__engine_register(&e, r, n * PG, 0), 0);
-	ASSERT_EQ(md__engine_merge_zero(&e, r, n), (int)n);
+	memset(r, 0, (n + 1) * PG);
+	ASSERT_EQ(md__engine_register(&e, r, (n + 1) * PG, 0), 0);
+	ASSERT_EQ(md__engine_merge_zero(&e, r, n + 1), (int)n + 1);
+	/* What is left of a region cut keeps its marks. */
+	ASSERT_EQ(md__engine_unregister(&e, r + n * PG, PG, MD_UNREG_GONE), 0);
 	ASSERT_EQ(mprotect(r, n * PG, PROT_NONE), 0);	/* no read fills them */
 	/* The kernel's EINVAL (PROT_NONE) is not said: the VMM would take
 	 * it for userfaultfd unsupported there, not for a failure. */
@@ -978,7 +980,7 @@ TEST_IMPL(engine_handover_needs_dropped_pages_back)
 	for (size_t i = 0; i < n; i++)
 		ASSERT(pagemap(r + i * PG) & PM_PRESENT);
 	md__engine_fini(&e);
-	munmap(r, n * PG);
+	munmap(r, (n + 1) * PG);
 	return 0;
 }
 
