@@ -1397,6 +1397,13 @@ static int unmap_then_fail(void *arg)
 	return -ENOMEM;
 }
 
+static int unmap_then_short(void *arg)
+{
+	struct unmap_arg *u = arg;
+	md__engine_fail_slices = 2;	/* after the remains were prepared */
+	return munmap(u->p, u->len) == 0 ? 0 : -errno;
+}
+
 TEST_IMPL(engine_failed_map_short_of_memory_forgets_gone)
 {
 	struct md__engine e;
@@ -1416,6 +1423,15 @@ TEST_IMPL(engine_failed_map_short_of_memory_forgets_gone)
 		fill(want, (unsigned)i + 50);
 		ASSERT(memcmp(b + i * PG, want, PG) == 0);
 	}
+	/* An unmap that succeeds, memory short once the remains were
+	 * prepared: it cuts the region with them, the rest still merged. */
+	ASSERT_EQ(md__engine_register(&e, b + 4 * PG, 4 * PG, 0), 0);
+	u = (struct unmap_arg){ b + 5 * PG, PG };
+	ASSERT_EQ(md__engine_unmap(&e, u.p, u.len, unmap_then_short, &u, 0), 0);
+	md__engine_fail_slices = 0;
+	ASSERT(!md__engine_touches(&e, (uintptr_t)(b + 5 * PG), PG));
+	ASSERT(md__engine_region(&e, (uintptr_t)(b + 4 * PG), PG) != NULL);
+	ASSERT(md__engine_region(&e, (uintptr_t)(b + 6 * PG), 2 * PG) != NULL);
 	md__engine_fini(&e);
 	munmap(b, 2 * PG);
 	munmap(b + 4 * PG, 4 * PG);
