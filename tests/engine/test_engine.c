@@ -951,6 +951,18 @@ TEST_IMPL(engine_publish_indexes_slot)
 	return 0;
 }
 
+/* n pages of zeroes, registered, each dropped by the engine (started
+ * here): their address. */
+static unsigned char *dropped_ram(struct md__engine *e, size_t n)
+{
+	unsigned char *r = map_ram(n);
+	engine_up(e);
+	memset(r, 0, n * PG);
+	ASSERT_EQ(md__engine_register(e, r, n * PG, 0), 0);
+	ASSERT_EQ(md__engine_merge_zero(e, r, n), (int)n);
+	return r;
+}
+
 /* A handover (the VMM's userfaultfd takes the memory) puts back the zero
  * pages the engine dropped first; when it cannot, it fails and changes
  * nothing, the memory still registered: those pages would be missing
@@ -959,12 +971,8 @@ TEST_IMPL(engine_handover_needs_dropped_pages_back)
 {
 	struct md__engine e;
 	const size_t n = 4;
-	unsigned char *r = map_ram(n + 1);
+	unsigned char *r = dropped_ram(&e, n + 1);
 
-	engine_up(&e);
-	memset(r, 0, (n + 1) * PG);
-	ASSERT_EQ(md__engine_register(&e, r, (n + 1) * PG, 0), 0);
-	ASSERT_EQ(md__engine_merge_zero(&e, r, n + 1), (int)n + 1);
 	/* What is left of a region cut keeps its marks. */
 	ASSERT_EQ(md__engine_unregister(&e, r + n * PG, PG, MD_UNREG_GONE), 0);
 	ASSERT_EQ(mprotect(r, n * PG, PROT_NONE), 0);	/* no read fills them */
@@ -1104,12 +1112,8 @@ TEST_IMPL(engine_discard_forgets_dropped)
 {
 	struct md__engine e;
 	const size_t n = 4;
-	unsigned char *r = map_ram(n);
+	unsigned char *r = dropped_ram(&e, n);
 
-	engine_up(&e);
-	memset(r, 0, n * PG);
-	ASSERT_EQ(md__engine_register(&e, r, n * PG, 0), 0);
-	ASSERT_EQ(md__engine_merge_zero(&e, r, n), (int)n);
 	ASSERT_EQ(md__engine_dropped_pages(&e.regions[0]), n);
 	ASSERT_EQ(md__engine_discard(&e, r, 2 * PG), 0);
 	ASSERT_EQ(madvise(r, 2 * PG, MADV_DONTNEED), 0);	/* the VMM's own */
@@ -1362,12 +1366,8 @@ TEST_IMPL(engine_unmap_short_of_memory_fills_dropped)
 {
 	struct md__engine e;
 	const size_t n = 8;
-	unsigned char *b = map_ram(n);
+	unsigned char *b = dropped_ram(&e, n);
 
-	engine_up(&e);
-	memset(b, 0, n * PG);
-	ASSERT_EQ(md__engine_register(&e, b, n * PG, 0), 0);
-	ASSERT_EQ(md__engine_merge_zero(&e, b, n), (int)n);
 	md__engine_fail_slices = 2;
 	struct unmap_arg u = { b + 3 * PG, 2 * PG };
 	ASSERT_EQ(md__engine_unmap(&e, u.p, u.len, munmap_op, &u, 0), 0);
@@ -1596,12 +1596,8 @@ TEST_IMPL(engine_exclude_clears_dropped_marks)
 {
 	struct md__engine e;
 	const size_t n = 4;
-	unsigned char *b = map_ram(n);
+	unsigned char *b = dropped_ram(&e, n);
 
-	engine_up(&e);
-	memset(b, 0, n * PG);
-	ASSERT_EQ(md__engine_register(&e, b, n * PG, 0), 0);
-	ASSERT_EQ(md__engine_merge_zero(&e, b, n), (int)n);
 	struct md__eregion *r = md__engine_region(&e, (uintptr_t)b, n * PG);
 	ASSERT(r != NULL);
 	ASSERT_EQ(md__engine_dropped_pages(r), n);
