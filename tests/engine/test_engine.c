@@ -5605,6 +5605,56 @@ TEST_IMPL(engine_scanner_fill_runs)
 	return 0;
 }
 
+/* A run of a word no fill strip is left for: when its first page changed
+ * since the last visit and the rest did not, the rest waits for the next
+ * pass (the cursor steps over it), and then the run merges through the
+ * pool as any pages do. Given up at once, the changed page went on as a
+ * page like any other and merged with the next, past the volatility
+ * filter. */
+TEST_IMPL(engine_scanner_fill_without_strip_waits)
+{
+	struct md__engine e;
+	struct md__scanner s;
+	const size_t n = 16;
+	unsigned char *r = map_ram(n);
+	uint64_t word;
+
+	engine_up(&e);
+	for (size_t i = 0; i < 4; i++)
+		memset(r + i * PG, 0x11 * (int)(i + 1), PG);	/* one word per strip */
+	fill(r + 4 * PG, 1);
+	memset(r + 5 * PG, 0x55, 3 * PG);
+	for (size_t i = 8; i < n; i++)
+		fill(r + i * PG, (unsigned)i);
+	ASSERT_EQ(md__engine_register(&e, r, n * PG, 0), 0);
+	for (size_t i = 0; i < 4; i++) {
+		ASSERT(md__page_fill(r + i * PG, &word));
+		ASSERT_EQ(md__engine_merge_fill(&e, r + i * PG, 1, word), 1);
+	}
+	ASSERT_EQ(md__scanner_init(&s, &e, NULL), 0);
+	s.ratio = 0;
+	while (s.st.passes < 1)
+		md__scanner_step(&s, 1);
+	memset(r + 4 * PG, 0x55, PG);	/* the run now starts a page earlier */
+	while (s.st.passes < 2)
+		md__scanner_step(&s, 1);
+	ASSERT_EQ(s.st.volatile_skips, 1);
+	ASSERT_EQ(s.st.merged_scan, 0);
+	ASSERT_EQ(s.st.filled, 0);
+	while (s.st.passes < 3)
+		md__scanner_step(&s, 1);
+	ASSERT_EQ(s.st.merged_scan, 3);
+	ASSERT_EQ(s.st.published, 1);
+	for (size_t i = 4; i < 8; i++) {
+		ASSERT_EQ(pfn(r + i * PG), pfn(r + 4 * PG));
+		ASSERT(md__page_is_filled(r + i * PG, 0x5555555555555555ull));
+	}
+	md__scanner_free(&s);
+	md__engine_fini(&e);
+	munmap(r, n * PG);
+	return 0;
+}
+
 /* A page the scanner dropped as zero that the guest wrote with a fill
  * word since (its allocator's poison, a different one at each visit) is no
  * dropped page any more: counted as one it made zero_pages and the profit
@@ -6744,6 +6794,45 @@ TEST_IMPL(engine_scanner_unstable_table_emptied)
 	for (size_t i = 0; i < n; i += 2)
 		ASSERT_EQ(pfn(r + i * PG), pfn(r + (i + 1) * PG));
 	md__scanner_free(&s);
+	md__engine_fini(&e);
+	munmap(r, n * PG);
+	return 0;
+}
+
+/* The unstable table is emptied at a pass's end only once a quarter of its
+ * size in pages was read since it last was: over memory the VMM has mostly
+ * discarded, a pass reads two pages, and a hinted copy of a page the last
+ * pass recorded must find it at once. A mutant that never counted the
+ * reads from zero again emptied the table at every pass's end. */
+TEST_IMPL(engine_scanner_unstable_kept_over_sparse_passes)
+{
+	struct md__engine e;
+	struct md__hints h;
+	struct md__scanner s;
+	const size_t n = 512;	/* a table of 1,024 entries: emptied after 256 reads */
+	unsigned char *r = unique_pages_scanned(&e, &s, n), want[PG];
+	unsigned fell = 0;
+
+	ASSERT_EQ(md__hints_init(&h, 16), 0);
+	s.hints = &h;
+	step_to_pass(&s, 2, &fell);	/* checksums, then every page recorded: emptied */
+	ASSERT_EQ(madvise(r + PG, (n - 2) * PG, MADV_DONTNEED), 0);
+	while (s.st.passes < 3)	/* the first and last pages, recorded again */
+		md__scanner_step(&s, 1);
+	ASSERT_EQ(s.st.scanned, 2 * n + 2);
+	/* The last page now as the first (a read): the pass ended before
+	 * the last page's visit, so the first page is the one the table
+	 * must still hold. */
+	fill(r + (n - 1) * PG, 1);
+	md__hints_push(&h, (uintptr_t)(r + (n - 1) * PG), PG, 0, 0);
+	s.ratio = 7;
+	md__scanner_step(&s, 1);
+	ASSERT_EQ(s.st.merged_hint, 1);
+	ASSERT_EQ(pfn(r), pfn(r + (n - 1) * PG));
+	fill(want, 1);
+	ASSERT(memcmp(r + (n - 1) * PG, want, PG) == 0);
+	md__scanner_free(&s);
+	md__hints_free(&h);
 	md__engine_fini(&e);
 	munmap(r, n * PG);
 	return 0;
