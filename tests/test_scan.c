@@ -5040,6 +5040,36 @@ TEST_IMPL(scan_io_unseen_copies_in_parts)
 	return 0;
 }
 
+/* As the VMM begins unseen I/O, with a copy that fails (and the ones after
+ * it: the hook fails all from the second on): the runs copied before it
+ * give their slots back; those from the one that failed on keep theirs
+ * (which of their pages were copied is not known): a page still mapping
+ * the pool's, its slot given back, could be freed and reused for another
+ * content under it. */
+TEST_IMPL(scan_io_unseen_failed_copy_keeps_slots)
+{
+	md_agent *a;
+	const size_t n = 4096;	/* runs of 1,820 pages: a part's worth of copies */
+	char *m = pairs_merged_here(&a, NULL, n);
+	md_stats s0, s;
+	for (int i = 0; i < 2000 && md_agent_stats(a, &s0) == 0 && s0.pages_sharing < n; i++)
+		usleep(5000);
+	ASSERT_EQ(s0.pages_sharing, n);
+	md__copy_fail = EIO;
+	md__copy_fail_after = 1;	/* the second run, and all after it */
+	md_agent_io_unseen(a, "test");
+	md__copy_fail = 0;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT(s.pages_sharing > 0);	/* from the second run on */
+	ASSERT(s.pages_sharing + 1024 < n);	/* the first run's given back */
+	ASSERT(s.merge_fallbacks > s0.merge_fallbacks);
+	ASSERT(!pairs_private(m, n));
+	ASSERT(pairs_intact(m, n));
+	md_agent_free(a);
+	munmap(m, n * PG);
+	return 0;
+}
+
 /* With memory for the image pages' copies but not for the pool's too,
  * the image pages still go private (a pin of one would hold it where a
  * lease break cannot wait), the pool's stay merged, counted: both were
