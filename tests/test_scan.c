@@ -4985,17 +4985,25 @@ TEST_IMPL(scan_io_unseen_second_caller_waits)
 	return 0;
 }
 
-/* md_agent_io_unseen with the host's memory available said to be kb
- * (a fake /proc/meminfo under the test's directory). */
-static void io_unseen_with_available(md_agent *a, unsigned kb)
+/* The host's memory available said to be kb from now on (a fake
+ * /proc/meminfo under the test's directory), until md__memroom_proc is
+ * "/proc" again. */
+static void fake_available(unsigned kb)
 {
-	char proc[600], meminfo[700];
+	static char proc[600];
+	char meminfo[700];
 	snprintf(proc, sizeof(proc), "%s/proc", test_dir());
 	snprintf(meminfo, sizeof(meminfo), "%s/meminfo", proc);
 	ASSERT(mkdir(proc, 0755) == 0 || errno == EEXIST);
 	FILE *f = fopen(meminfo, "w");
 	ASSERT(f && fprintf(f, "MemAvailable: %u kB\n", kb) > 0 && fclose(f) == 0);
 	md__memroom_proc = proc;
+}
+
+/* md_agent_io_unseen with the host's memory available said to be kb. */
+static void io_unseen_with_available(md_agent *a, unsigned kb)
+{
+	fake_available(kb);
 	md_agent_io_unseen(a, "test");
 	md__memroom_proc = "/proc";
 }
@@ -5150,6 +5158,15 @@ TEST_IMPL(scan_fork_copies_only_forked_ram)
 	ASSERT(why == NULL);
 	ASSERT(pairs_private(forked, n));
 	ASSERT(!pairs_private(kept, n));
+	/* Once the copies' slots are back (the reap), nothing to copy: no
+	 * memory needed, whatever the RAM a fork does not copy holds. */
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	fake_available(1024);
+	ASSERT_EQ(md__scan_fork_prepare(a, &until, &why), 1);
+	md__scan_fork_done(a);
+	md__memroom_proc = "/proc";
+	ASSERT(why == NULL);
 	ASSERT(pairs_intact(kept, n) && pairs_intact(forked, n));
 	md_agent_free(a);
 	munmap(kept, n * PG);
