@@ -5191,6 +5191,11 @@ TEST_IMPL(scan_resume_waits_for_user_move)
 	ASSERT_EQ(scanner_paused(a), 1);
 	ASSERT_EQ(a->user_was_paused, 0);	/* resumed once in the new domain */
 	ASSERT_EQ(__atomic_load_n(&a->paused_here, __ATOMIC_RELAXED), 0);
+	/* A PAUSE then is kept for after the move too, not lost at its end. */
+	struct md__msg_control pause = { .op = MD_CTL_PAUSE };
+	md__scan_apply_control(a, &pause);
+	ASSERT_EQ(scanner_paused(a), 1);
+	ASSERT_EQ(a->user_was_paused, 1);
 	a->user_moving = 0;
 	md_agent_free(a);
 	munmap(m, n * PG);
