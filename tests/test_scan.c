@@ -5278,6 +5278,27 @@ TEST_IMPL(scan_unmerge_failed_copy_stops_gives_back)
 	return 0;
 }
 
+/* An unmerge over a merged page a failed thaw left write-protected: the
+ * copy lifts the protection first, or its write fault waited for the fault
+ * thread, which waited for the engine's lock the unmerge holds (a hang). */
+TEST_IMPL(scan_unmerge_lifts_protection_left)
+{
+	md_agent *a;
+	const size_t n = 64;
+	char *m = pairs_merged_here(&a, NULL, n);
+	ASSERT_EQ(md_agent_pause(a, 1), 0);
+	/* What a thaw that failed would leave (kernels whose WRITEPROTECT
+	 * stops at a mapping's end). */
+	ASSERT_EQ(md__uffd_register_wp(&a->engine->uffd, (uintptr_t)m, n * PG), 0);
+	ASSERT_EQ(md__uffd_wp(&a->engine->uffd, (uintptr_t)(m + PG), PG, 1), 0);
+	ASSERT_EQ(md_agent_unmerge(a), 0);
+	ASSERT(pairs_private(m, n));
+	ASSERT(pairs_intact(m, n));
+	md_agent_free(a);
+	munmap(m, n * PG);
+	return 0;
+}
+
 /* Between two parts of an unmerge: a read as the VMM's, which takes the
  * agent's lock (a deadlock, and the test's timeout, if the unmerge still
  * held it), counted. */
