@@ -5048,6 +5048,18 @@ TEST_IMPL(scan_io_unseen_copies_in_parts)
 	return 0;
 }
 
+/* pairs_merged_here's n pages (4096: runs of 1,820 pages, a part's worth of
+ * copies), once all of them are counted sharing (one run, all of it), with
+ * the stats that say so in *s0. */
+static char *pairs_all_merged_here(md_agent **a, size_t n, md_stats *s0)
+{
+	char *m = pairs_merged_here(a, NULL, n);
+	for (int i = 0; i < 2000 && md_agent_stats(*a, s0) == 0 && s0->pages_sharing < n; i++)
+		usleep(5000);
+	ASSERT_EQ(s0->pages_sharing, n);
+	return m;
+}
+
 /* As the VMM begins unseen I/O, with a copy that fails (and the ones after
  * it: the hook fails all from the second on): the runs copied before it
  * give their slots back; those from the one that failed on keep theirs
@@ -5057,12 +5069,9 @@ TEST_IMPL(scan_io_unseen_copies_in_parts)
 TEST_IMPL(scan_io_unseen_failed_copy_keeps_slots)
 {
 	md_agent *a;
-	const size_t n = 4096;	/* runs of 1,820 pages: a part's worth of copies */
-	char *m = pairs_merged_here(&a, NULL, n);
+	const size_t n = 4096;
 	md_stats s0, s;
-	for (int i = 0; i < 2000 && md_agent_stats(a, &s0) == 0 && s0.pages_sharing < n; i++)
-		usleep(5000);
-	ASSERT_EQ(s0.pages_sharing, n);
+	char *m = pairs_all_merged_here(&a, n, &s0);
 	md__copy_fail = EIO;
 	md__copy_fail_after = 1;	/* the second run, and all after it */
 	md_agent_io_unseen(a, "test");
@@ -5237,12 +5246,9 @@ TEST_IMPL(scan_unmerges_at_once)
 TEST_IMPL(scan_unmerge_failed_copy_stops_gives_back)
 {
 	md_agent *a;
-	const size_t n = 4096;	/* runs of 1,820 pages: a part's worth of copies */
-	char *m = pairs_merged_here(&a, NULL, n);
+	const size_t n = 4096;
 	md_stats s0, s;
-	for (int i = 0; i < 2000 && md_agent_stats(a, &s0) == 0 && s0.pages_sharing < n; i++)
-		usleep(5000);
-	ASSERT_EQ(s0.pages_sharing, n);	/* one run, all of it */
+	char *m = pairs_all_merged_here(&a, n, &s0);
 	ASSERT_EQ(md_agent_pause(a, 1), 0);
 	/* The first run fails: nothing more copied. */
 	md__copy_fail = EIO;
