@@ -221,11 +221,14 @@ static int lock_socket_path(const char *path)
 	return -EEXIST;
 }
 
+/* Written, then cut to its length: daemonize()'s parent and the daemon both
+ * write the same pid, the daemon possibly after the parent returned, and a
+ * truncation first would show a caller of ours an empty file meanwhile. */
 static void write_pid(int fd, pid_t pid)
 {
 	char buf[32];
 	int n = snprintf(buf, sizeof(buf), "%d\n", (int)pid);
-	if (ftruncate(fd, 0) < 0 || pwrite(fd, buf, (size_t)n, 0) != n)
+	if (pwrite(fd, buf, (size_t)n, 0) != n || ftruncate(fd, n) < 0)
 		md__dlog("cannot write the pid file: %s", strerror(errno));
 }
 

@@ -21,6 +21,10 @@ $(B)/libibverbs-stub.so: $(B)/tests/stub_ibverbs.o
 $(B)/libnopeerpidfd-stub.so: $(B)/tests/stub_nopeerpidfd.o
 	$(CC) -shared -o $@ $^ $(LDFLAGS) -ldl
 
+# Preloaded into a test's memdedupd: its pid file's races, every time.
+$(B)/libpidfile-stub.so: $(B)/tests/stub_pidfile.o
+	$(CC) -shared -o $@ $^ $(LDFLAGS) -ldl
+
 # Preloaded before the agent: a copy of it from before it knew of others.
 $(B)/liboldagent-stub.so: $(B)/tests/stub_oldagent.o
 	$(CC) -shared -o $@ $^ $(LDFLAGS) -ldl
@@ -29,7 +33,7 @@ $(B)/liboldagent-stub.so: $(B)/tests/stub_oldagent.o
 $(B)/libdeepbind-stub.so: $(B)/tests/stub_deepbind.o
 	$(CC) -shared -o $@ $^ $(LDFLAGS)
 
-tests-build: $(B)/runner $(B)/testproc $(B)/libibverbs-stub.so $(B)/libnopeerpidfd-stub.so \
+tests-build: $(B)/runner $(B)/testproc $(B)/libibverbs-stub.so $(B)/libnopeerpidfd-stub.so $(B)/libpidfile-stub.so \
              $(B)/liboldagent-stub.so $(B)/libdeepbind-stub.so $(B)/fuzz-replay \
              $(B)/fuzz-replay-elf $(B)/fuzz-replay-status
 

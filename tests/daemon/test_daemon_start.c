@@ -402,6 +402,49 @@ TEST_IMPL(daemon_concurrent_starts)
 	return 0;
 }
 
+/* The pid file, once memdedupd returns (daemonized), names the daemon and
+ * is locked by it, whatever races there were: here (preloaded,
+ * libpidfile-stub.so) the file is replaced between its open and its lock,
+ * as a daemon going away unlinks its own, so the lock taken is on a file
+ * no later daemon finds; and the daemon writes its pid late, after the
+ * parent wrote it and returned. A second daemon of the run directory then
+ * started beside it. */
+TEST_IMPL(daemon_pid_file_named_and_locked_on_return)
+{
+	char dir[300], pidf[400], preload[600], args[900], err[400];
+	snprintf(dir, sizeof(dir), "%s/racy", test_dir());
+	snprintf(pidf, sizeof(pidf), "%s/memdedupd.pid", dir);
+	snprintf(err, sizeof(err), "%s/err", test_dir());
+	ASSERT(mkdir(dir, 0755) == 0);
+	const char *first = getenv("MD_TEST_PRELOAD_FIRST");	/* libasan */
+	snprintf(preload, sizeof(preload), "%s%s%s/libpidfile-stub.so", first ? first : "", first ? ":" : "",
+		 build_dir());
+	ASSERT_EQ(td_sh("LD_PRELOAD=%s MD_STUB_REPLACE_LOCK=%s MD_STUB_SLOW_PID=1 %s --run-dir %s --socket %s/s.sock "
+			"2>%s", preload, pidf, daemon_exe(), dir, dir, err), 0);
+	pid_t pid = read_pid(pidf);
+	ASSERT(pid > 0);	/* written by the parent, before it returned */
+	/* And never empty since, while the daemon's own late write of it is
+	 * under way (a truncation before that write left it empty for the
+	 * stub's half second). */
+	for (int i = 0; i < 100; i++) {
+		ASSERT_EQ(read_pid(pidf), pid);
+		usleep(10000);
+	}
+	int fd = open(pidf, O_RDONLY | O_CLOEXEC);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(flock(fd, LOCK_EX | LOCK_NB), -1);	/* the daemon's, on the file there now */
+	ASSERT_EQ(errno, EWOULDBLOCK);
+	close(fd);
+	ASSERT_EQ(td_sh("ls -l /proc/%d/fd | grep -q 'memdedupd.pid (deleted)'", (int)pid), 1);	/* let go */
+	snprintf(args, sizeof(args), "--run-dir %s --socket %s/other.sock", dir, dir);
+	ASSERT_EQ(run_daemon(args, err), MD_D_EXIT_HELD);
+	ASSERT(kill(pid, SIGTERM) == 0);
+	for (int i = 0; i < 300 && access(pidf, F_OK) == 0; i++)
+		usleep(10000);
+	ASSERT(access(pidf, F_OK) != 0);
+	return 0;
+}
+
 /* What /proc/PID/fd/FD (or /proc/PID/NAME) of pid links to, in buf. */
 static const char *proc_link(pid_t pid, const char *name, char *buf, size_t size)
 {
