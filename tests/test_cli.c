@@ -305,9 +305,7 @@ TEST_IMPL(cli_set_sends_every_pair)
 	struct tdaemon t;
 	struct md__msg_welcome w;
 	int fd;
-	setenv("MEMDEDUP_CONTROL_WAIT_MS", "200", 1);
-	td_start(&t, 16);
-	unsetenv("MEMDEDUP_CONTROL_WAIT_MS");
+	td_start_waiting(&t, 16, 200);
 	struct md__client *agent = td_agent(&t, NULL, &w, &fd);	/* never answers */
 	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup set pages_to_scan=500 order=random", t.sock,
 		     build_dir()), 1);

@@ -30,6 +30,15 @@ void td_start(struct tdaemon *t, unsigned pool_pages)
 	td_restart(t);
 }
 
+void td_start_waiting(struct tdaemon *t, unsigned pool_pages, unsigned wait_ms)
+{
+	char ms[16];
+	snprintf(ms, sizeof(ms), "%u", wait_ms);
+	setenv("MEMDEDUP_CONTROL_WAIT_MS", ms, 1);
+	td_start(t, pool_pages);
+	unsetenv("MEMDEDUP_CONTROL_WAIT_MS");
+}
+
 void td_restart(struct tdaemon *t)
 {
 	char exe[300], pages[32], log[400];

@@ -17,6 +17,9 @@ struct tdaemon {
 /* Starts build/memdedupd --foreground on a socket in a fresh directory
  * (mode 0755, so other uids reach it) and waits until it answers. */
 void td_start(struct tdaemon *t, unsigned pool_pages);
+/* td_start, memdedupd waiting at most wait_ms for an agent's answer to a
+ * control (MEMDEDUP_CONTROL_WAIT_MS) instead of its default. */
+void td_start_waiting(struct tdaemon *t, unsigned pool_pages, unsigned wait_ms);
 /* A new memdedupd on t's socket and run dir (the last one was killed),
  * and waits until it answers. */
 void td_restart(struct tdaemon *t);

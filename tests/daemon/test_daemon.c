@@ -3799,9 +3799,7 @@ TEST_IMPL(daemon_control_deadline)
 	ASSERT_EQ(td_sh("MEMDEDUP_CONTROL_WAIT_MS=99 %s/memdedupd --foreground --run-dir %s/bad 2>%s/bad.err",
 			build_dir(), test_dir(), test_dir()), 2);
 	ASSERT_EQ(td_sh("grep -q 'MEMDEDUP_CONTROL_WAIT_MS must be' %s/bad.err", test_dir()), 0);
-	setenv("MEMDEDUP_CONTROL_WAIT_MS", "600", 1);
-	td_start(&t, 16);
-	unsetenv("MEMDEDUP_CONTROL_WAIT_MS");
+	td_start_waiting(&t, 16, 600);
 	struct md__client *agent = td_agent(&t, NULL, &w, &fd);
 	struct md__client *cli = td_connect(&t);
 	struct timespec t0, t1;
@@ -4018,9 +4016,7 @@ TEST_IMPL(daemon_unmerge_deadline_per_agent)
 	struct fake_agent o[2];
 	int fd;
 
-	setenv("MEMDEDUP_CONTROL_WAIT_MS", "600", 1);
-	td_start(&t, 16);
-	unsetenv("MEMDEDUP_CONTROL_WAIT_MS");
+	td_start_waiting(&t, 16, 600);
 	for (int i = 0; i < 2; i++)
 		fake_agent_start(&t, &o[i]);
 	struct md__client *c = td_agent(&t, NULL, &w, &fd);
@@ -4060,9 +4056,7 @@ TEST_IMPL(daemon_unmerge_timeout_counts_unsent)
 	struct fake_agent o[3];
 	uint32_t token;
 
-	setenv("MEMDEDUP_CONTROL_WAIT_MS", "600", 1);
-	td_start(&t, 16);
-	unsetenv("MEMDEDUP_CONTROL_WAIT_MS");
+	td_start_waiting(&t, 16, 600);
 	for (int i = 0; i < 3; i++)
 		fake_agent_start(&t, &o[i]);
 	struct md__client *cli = td_connect(&t);
@@ -4179,9 +4173,7 @@ TEST_IMPL(daemon_unmerge_queued_agent_exits)
 	struct control_call k1, k2;
 	struct fake_agent o[2];
 
-	setenv("MEMDEDUP_CONTROL_WAIT_MS", "5000", 1);
-	td_start(&t, 16);
-	unsetenv("MEMDEDUP_CONTROL_WAIT_MS");
+	td_start_waiting(&t, 16, 5000);
 	for (int i = 0; i < 2; i++)
 		fake_agent_start(&t, &o[i]);
 	struct md__client *cli1 = td_connect(&t), *cli2 = td_connect(&t);
@@ -4267,9 +4259,7 @@ TEST_IMPL(daemon_unmerge_held_after_timeout)
 	struct control_call k[2];
 	struct fake_agent o[2];
 
-	setenv("MEMDEDUP_CONTROL_WAIT_MS", "1000", 1);
-	td_start(&t, 16);
-	unsetenv("MEMDEDUP_CONTROL_WAIT_MS");
+	td_start_waiting(&t, 16, 1000);
 	for (int i = 0; i < 2; i++)
 		fake_agent_start(&t, &o[i]);
 	struct md__client *cli0 = td_connect(&t), *cli1 = td_connect(&t);
@@ -4393,9 +4383,7 @@ TEST_IMPL(daemon_pool_trimmed_beside_unmerge_queue)
 	struct md__client *cli[8];
 	int fd;
 
-	setenv("MEMDEDUP_CONTROL_WAIT_MS", "300", 1);
-	td_start(&t, 64);
-	unsetenv("MEMDEDUP_CONTROL_WAIT_MS");
+	td_start_waiting(&t, 64, 300);
 	struct md__client *c = td_agent(&t, NULL, &w, &fd);
 	uint32_t first = publish(c, 300, 8, pages, hash);
 	long long full = test_file_blocks(fd);
@@ -4549,9 +4537,7 @@ TEST_IMPL(daemon_control_first_failure_said)
 	struct control_call k;
 	struct fake_agent o[2];
 
-	setenv("MEMDEDUP_CONTROL_WAIT_MS", "500", 1);
-	td_start(&t, 16);
-	unsetenv("MEMDEDUP_CONTROL_WAIT_MS");
+	td_start_waiting(&t, 16, 500);
 	for (int i = 0; i < 2; i++)
 		fake_agent_start(&t, &o[i]);
 	struct md__client *cli = td_connect(&t);
@@ -4580,9 +4566,7 @@ TEST_IMPL(daemon_late_unmerge_refusal)
 	struct control_call k;
 	int fd;
 
-	setenv("MEMDEDUP_CONTROL_WAIT_MS", "300", 1);
-	td_start(&t, 16);
-	unsetenv("MEMDEDUP_CONTROL_WAIT_MS");
+	td_start_waiting(&t, 16, 300);
 	struct md__client *agent = td_agent(&t, NULL, &w, &fd);
 	ASSERT(!(w.state & MD_WELCOME_PAUSED));
 	struct md__client *cli = td_connect(&t);
@@ -4615,9 +4599,7 @@ TEST_IMPL(daemon_late_unmerge_done_outlives_refusal)
 	struct control_call k;
 	int fd;
 
-	setenv("MEMDEDUP_CONTROL_WAIT_MS", "300", 1);
-	td_start(&t, 16);
-	unsetenv("MEMDEDUP_CONTROL_WAIT_MS");
+	td_start_waiting(&t, 16, 300);
 	struct md__client *agent = td_agent(&t, NULL, &w, &fd);
 	struct md__client *cli = td_connect(&t);
 	control_start(&k, cli, MD_CTL_UNMERGE, getpid(), NULL, NULL);
@@ -4742,9 +4724,7 @@ TEST_IMPL(daemon_unmerge_refusals_put_back_only_theirs)
 	struct control_call k1, k2, k3;
 	int fd;
 
-	setenv("MEMDEDUP_CONTROL_WAIT_MS", "500", 1);
-	td_start(&t, 16);
-	unsetenv("MEMDEDUP_CONTROL_WAIT_MS");
+	td_start_waiting(&t, 16, 500);
 	struct md__client *agent = td_agent(&t, NULL, &w, &fd);
 	struct md__client *cli1 = td_connect(&t), *cli2 = td_connect(&t);
 	control_start(&k1, cli1, MD_CTL_UNMERGE, getpid(), NULL, NULL);
@@ -5067,9 +5047,7 @@ TEST_IMPL(daemon_control_answers_in_any_order)
 	struct fake_agent f;
 	int fd;
 
-	setenv("MEMDEDUP_CONTROL_WAIT_MS", "3000", 1);
-	td_start(&t, 16);
-	unsetenv("MEMDEDUP_CONTROL_WAIT_MS");
+	td_start_waiting(&t, 16, 3000);
 	struct md__client *agent = td_agent(&t, NULL, &w, &fd);
 	fake_agent_start(&t, &f);	/* the newest record: sent it first */
 	struct md__client *cli = td_connect(&t);
@@ -5899,9 +5877,7 @@ TEST_IMPL(daemon_user_all_is_own_agents)
 	if (getuid() != 0 || !getpwnam("nobody"))
 		SKIP("needs root and a 'nobody' user");
 	/* Not a minute: a CONTROL sent to root's silent agent would end. */
-	setenv("MEMDEDUP_CONTROL_WAIT_MS", "3000", 1);
-	td_start(&t, 16);
-	unsetenv("MEMDEDUP_CONTROL_WAIT_MS");
+	td_start_waiting(&t, 16, 3000);
 	struct md__msg_welcome w;
 	struct md__msg_control ctl;
 	struct control_call call;
