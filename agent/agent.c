@@ -76,7 +76,8 @@ static void *agent_thread(void *arg)
 	 * signal).
 	 * What walks /proc/self/pagemap over every page shared at read time
 	 * (copy-on-write breaks) runs when reads begin and when they stop (at
-	 * most every 2 s), every 30 s while reads or merges by the dozen go
+	 * most every 2 s), 3 s after the scanner's merges onto images stop,
+	 * every 30 s while reads or merges by the dozen go
 	 * on, and else every 60 s at most, when the pages the process maps
 	 * moved (below): on scanner bursts too, as it was, it was
 	 * two thirds of this thread's time while guests converged (27 walks
@@ -86,7 +87,8 @@ static void *agent_thread(void *arg)
 	 * mapped something, or every 10 minutes. Every 3 s, as it was,
 	 * pagemap walks were the largest part of this thread's time while
 	 * guests converged (about 40 % of its perf samples). */
-	uint64_t last_reads = 0, last_merges = 0, reap_merges = 0;
+	uint64_t last_reads = 0, last_merges = 0, reap_merges = 0, last_img = 0, walked_img = 0;
+	unsigned img_quiet = 0;
 	unsigned last_full = 0, last_vmas = 0, last_reap = 0, reap_every = 3, last_report = 0, looked = 0;
 	struct md__resident full_at = { 0 }, reap_at = { 0 };
 	int was_reading = 0, edge_due = 0;
@@ -132,6 +134,16 @@ static void *agent_thread(void *arg)
 		 * 2 s (reads may come and go by the second): an edge too
 		 * close to the last walk waits for the next one. */
 		edge_due |= reading != was_reading;
+		/* Pages the scanner mapped from images count as shared only
+		 * once a walk sees them: a burst of such merges over for 3 s
+		 * is walked too (status showed a quarter of a converged
+		 * guest's sharing missing for up to a minute). Not each
+		 * second's end: bursts pause and resume while guests converge,
+		 * and walks were most of this thread's time then (above). */
+		uint64_t img = __atomic_load_n(&a->ctr[MD_CTR_MERGED_IMAGE], __ATOMIC_RELAXED);
+		img_quiet = img == last_img ? img_quiet + 1 : 0;
+		last_img = img;
+		edge_due |= img_quiet == 3 && img != walked_img;
 		int edge = edge_due && (!last_full || n - last_full >= 2);
 		/* A copy-on-write break of a page shared at read time or
 		 * merged moves the pages the process maps by one (a file page
@@ -187,6 +199,7 @@ static void *agent_thread(void *arg)
 			int vmas = !last_vmas || n - last_vmas >= 600 ||
 				   (since && (n - last_vmas >= 60 || (est * 2 > a->max_vmas && since >= 128)));
 			md__account(a, vmas);
+			walked_img = img;
 			full_at = now_res;
 			if (vmas)
 				last_vmas = n;

@@ -5831,6 +5831,42 @@ TEST_IMPL(scan_merges_onto_image)
 	return 0;
 }
 
+static int shared_512(const md_stats *s) { return s->pages_shared == 512; }
+static int merged_image_512(const md_stats *s) { return s->merged_image >= 512; }
+static int shared_768(const md_stats *s) { return s->pages_shared == 768; }
+
+/* Pages the scanner maps from an image count as shared (pages_shared, a
+ * pagemap walk's) seconds after its merges stop, not at the next walk due
+ * by time (up to a minute on). A first copy settles the counts; a second,
+ * with no read to walk at, must show within 15 s. */
+TEST_IMPL(scan_image_merges_counted_when_over)
+{
+	char img[512];
+	snprintf(img, sizeof(img), "%s/counted", test_dir());
+	make_image(img, 1 << 20, 13);
+	struct proc a;
+	proc_start(&a, fast_scan);
+	proc_cmd(&a, "map 4096");
+	int fd = (int)proc_num(&a, "open %s", img);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 0", fd, 1u << 20), 1 << 20);
+	ASSERT(strcmp(proc_cmd(&a, "copy 0 %u %u", 1024 * PG, 1u << 20), "ok") == 0);
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 90000, shared_512), 0);	/* the read, the copy */
+	ASSERT_EQ(s.merged_image, 256);
+	sleep(4);	/* the walks of the read's start and end are over */
+	ASSERT(strcmp(proc_cmd(&a, "copy 0 %u %u", 2048 * PG, 1u << 20), "ok") == 0);
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_image_512), 0);
+	ASSERT_EQ(proc_stats_wait(&a, &s, 15000, shared_768), 0);
+	char want[32];
+	snprintf(want, sizeof(want), "%016llx", (unsigned long long)fnv_file(img, 0, 1 << 20));
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 2048 * PG, 1u << 20), want) == 0);	/* maps them */
+	for (unsigned i = 0; i < 256; i += 51)
+		ASSERT_EQ(proc_page(&a, (2048 + i) * PG).pfn, proc_page(&a, i * PG).pfn);
+	proc_stop(&a);
+	return 0;
+}
+
 static int indexed_256(const md_stats *s) { return s->image_pages_indexed >= 256; }
 static int indexed_512(const md_stats *s) { return s->image_pages_indexed >= 512; }
 static int merged_image_32(const md_stats *s) { return s->merged_image >= 32; }
