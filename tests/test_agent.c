@@ -269,7 +269,8 @@ TEST_IMPL(refused_or_empty_calls_keep_sharing)
 	long long sealed = proc_num(&p, "seal 0 %u 1", 16 * 4096);
 	ASSERT(sealed == -EINVAL || sealed == -ENOSYS);
 	ASSERT_EQ(proc_num(&p, "mlock2 0 %u 2", 16 * 4096), -EINVAL);
-	ASSERT(strncmp(proc_cmd(&p, "dlopen look %s/libdeepbind-stub.so", build_dir()), "-1 ", 3) == 0);
+	if (!getenv("MD_TEST_PRELOAD_FIRST"))	/* AddressSanitizer aborts at RTLD_DEEPBIND (google/sanitizers#611) */
+		ASSERT(strncmp(proc_cmd(&p, "dlopen look %s/libdeepbind-stub.so", build_dir()), "-1 ", 3) == 0);
 	ASSERT_EQ(proc_num(&p, "uringwait"), -EBADF);
 	ASSERT(proc_page_is_image(&p, 0, img, 0));
 	ASSERT_EQ(proc_num(&p, "read %d 0 %u %u %u", fd, 64 * 4096, 64 * 4096, 64 * 4096), 64 * 4096);
@@ -2607,6 +2608,10 @@ TEST_IMPL(discard_counts_in_vma_budget)
  * 32 mappings, with room for 16, leave the last ones copied. */
 TEST_IMPL(vma_budget_counts_reads_mapped)
 {
+	/* Its allocator maps about 20 times after the agent counted (110 then
+	 * 130): the 16 left are spent before the agent's count says so. */
+	if (getenv("MD_TEST_PRELOAD_FIRST"))
+		SKIP("under AddressSanitizer, whose own mappings spend the budget's room unseen");
 	const char *img = image(5);
 	struct proc a;
 	char budget[64];
