@@ -1861,6 +1861,28 @@ TEST_IMPL(vmas_count_failed_keeps_estimate)
 	return 0;
 }
 
+/* An agent's count of its mappings that fails (/proc/self/maps unreadable)
+ * leaves the counter as the last count made, not 0. */
+TEST_IMPL(agent_vmas_counter_kept_when_count_fails)
+{
+	md_agent *a;
+	int fd;
+	char *m = image_and_ram(&a, "vmas.img", 41, &fd);
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT(s.vmas > 0);
+	pread_fails_from = 0;	/* every pread: maps and pagemap alike */
+	md__libc_syscall = pread_failing_syscall;
+	int err = md_agent_stats(a, &s);
+	md__libc_syscall = NULL;
+	ASSERT_EQ(err, 0);
+	ASSERT(s.vmas > 0);
+	md_agent_free(a);
+	munmap(m, 32 * 4096);
+	close(fd);
+	return 0;
+}
+
 /* A count of the mappings is due when none was made, then not again for
  * a second (each reads all of /proc/self/maps); each count made is counted. */
 TEST_IMPL(vmas_counted_once_a_second)
