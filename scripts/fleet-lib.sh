@@ -144,8 +144,19 @@ fleet_stop_daemon() {
 
 fleet_stop_sampler() {
   if [ -n "$FLEET_SAMPLER_PID" ]; then
-    kill "$FLEET_SAMPLER_PID" 2>/dev/null || true
-    wait "$FLEET_SAMPLER_PID" 2>/dev/null || true
+    local p=$FLEET_SAMPLER_PID st _ i
+    kill "$p" 2>/dev/null || true
+    # Its TERM trap ends it after the sample being written; but bash 5.2
+    # can lose a trap run while it parses a command substitution ("trap:
+    # line 2: unexpected EOF", seen once in CI: the sampler sampled on
+    # and this wait hung). KILL after 5 s (a zombie has exited).
+    for i in $(seq 50); do
+      read -r _ _ st _ 2>/dev/null < "/proc/$p/stat" || break
+      [ "$st" != Z ] || break
+      sleep 0.1
+    done
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
     FLEET_SAMPLER_PID=""
   fi
 }
