@@ -1420,20 +1420,51 @@ static int pool_lost(struct md__engine *e, int remote, size_t n)
 	return lost ? -EBADF : 0;
 }
 
+void (*md__engine_pool_checked_hook)(int fd);	/* tests only: see merge.h */
+
+/* Maps n pages of the pool at fd from slot over the frozen pages at addr:
+ * mapped aside, then the descriptor checked (pool_fd_ok), then moved over
+ * them, as md__engine_merge_file does. fd is a number: checked first and
+ * mapped straight over the guest's pages after, a file the VMM put at it
+ * in between (another thread's dup2) would be what the guest reads. 0, or
+ * -EBADF (that pool's descriptor replaced, counted) or another negative
+ * errno (counted as map_failed) with the pages as they were (or made
+ * again: remake_lost). */
+static int map_pool_moved(struct md__engine *e, struct md__eregion *r, uintptr_t addr, size_t n, int fd,
+			  uint32_t slot, int remote)
+{
+	size_t len = n * MD_EPAGE;
+	void *aside = md__sys_mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, (off_t)slot * MD_EPAGE);
+	if (aside == MAP_FAILED) {
+		int err = -errno;
+		e->st.map_failed += n;
+		return err;
+	}
+	if (!pool_fd_ok(e, remote, n)) {
+		md__sys_munmap(aside, len);
+		return -EBADF;
+	}
+	void (*hook)(int) = __atomic_load_n(&md__engine_pool_checked_hook, __ATOMIC_RELAXED);
+	if (hook)
+		hook(fd);
+	if (map_fixed_moved(aside, addr, len) == MAP_FAILED) {
+		int err = -errno;
+		md__sys_munmap(aside, len);
+		e->st.map_failed += n;
+		remake_lost(e, r, addr, n, remote ? md__engine_pool_page(e, slot) : md__pool_page(&e->pool, slot));
+		return err;
+	}
+	return 0;
+}
+
 /* Maps n pool slots from slot over the frozen pages at addr. */
 static int map_pool(struct md__engine *e, struct md__eregion *r, uintptr_t addr,
 		    size_t n, uint32_t slot)
 {
 	int fd = e->remote ? e->remote->ro_fd : e->pool.ro_fd;
-	if (!pool_fd_ok(e, e->remote != NULL, n))
-		return -EBADF;
-	void *m = map_fixed(addr, n * MD_EPAGE, MAP_PRIVATE, fd, (off_t)slot * MD_EPAGE);
-	if (m == MAP_FAILED) {
-		int err = -errno;
-		e->st.map_failed += n;
-		remake_lost(e, r, addr, n, md__engine_pool_page(e, slot));
+	int err = map_pool_moved(e, r, addr, n, fd, slot, e->remote != NULL);
+	if (err)
 		return err;
-	}
 	/* Not registered with userfaultfd here: freeze() registers a mapping
 	 * the first time it must freeze it again (after a copy-on-write
 	 * break, rare). Not advised here either: the caller advises the
@@ -1875,13 +1906,11 @@ static int map_fill(struct md__engine *e, struct md__eregion *r, uintptr_t addr,
 			thaw(e, a, (n - done) * MD_EPAGE);
 			return (int)done;
 		}
-		if (!pool_fd_ok(e, 0, n - done)) {
-			thaw(e, a, (n - done) * MD_EPAGE);
-			return (int)done;
-		}
-		if (map_fixed(a, k * MD_EPAGE, MAP_PRIVATE, e->pool.ro_fd, (off_t)slot * MD_EPAGE) == MAP_FAILED) {
-			e->st.map_failed += k;
-			remake_lost(e, r, a, k, md__pool_page(&e->pool, slot));
+		int err = map_pool_moved(e, r, a, k, e->pool.ro_fd, slot, 0);
+		if (err) {
+			/* The rest of the run is left too: counted as a
+			 * replaced pool's pages, as these k were. */
+			e->st.pool_replaced += err == -EBADF ? n - done - k : 0;
 			thaw(e, a, (n - done) * MD_EPAGE);
 			return (int)done;
 		}

@@ -313,6 +313,11 @@ extern void (*md__engine_freeze_hook)(uintptr_t a, size_t n);
  * a), no lock held, standing for a VMM's unmap and mapping that may come
  * between two runs. NULL otherwise. */
 extern void (*md__engine_leave_hook)(uintptr_t a);
+/* Tests only: called once a merge found the pool's descriptor fd still the
+ * pool's, before what it mapped from it replaces guest pages, standing for
+ * a VMM thread that puts a file of its own at that number meanwhile (dup2).
+ * NULL otherwise. */
+extern void (*md__engine_pool_checked_hook)(int fd);
 /* Tests only: the engine's next this many allocations of what is left of a
  * region an unregister splits fail (ENOMEM). 0 otherwise. */
 extern int md__engine_fail_slices;

@@ -2505,6 +2505,84 @@ TEST_IMPL(engine_fill_pool_descriptor_replaced)
 	return 0;
 }
 
+/* The pool's descriptor replaced between the check that it is still the
+ * pool's and the mapping that replaces guest pages (another VMM thread's
+ * dup2, here at the hook in between): what the guest reads is the pool's
+ * page, never the VMM's file. Mapped by number after the check, the
+ * guest's pages showed the file (a review's test, racing a thread's dup2,
+ * saw it within 0.15 s). The next merge finds the descriptor replaced. */
+static int checked_victim = -1;
+static void dup2_victim_once(int fd)
+{
+	if (checked_victim >= 0 && dup2(checked_victim, fd) == fd)
+		checked_victim = -1;
+}
+
+TEST_IMPL(engine_pool_descriptor_replaced_after_check)
+{
+	enum { N = 4 };
+	const uint64_t word = 0xccccccccccccccccull;
+	struct md__engine e;
+	struct md__engine_stats st;
+	unsigned char *m = map_ram(3 * N), want[N * PG];
+	uint32_t slot;
+
+	/* A merge onto published pages. */
+	engine_up(&e);
+	for (size_t i = 0; i < N; i++)
+		fill(want + i * PG, (unsigned)(500 + i));
+	memcpy(m, want, sizeof(want));
+	memcpy(m + N * PG, want, sizeof(want));
+	memcpy(m + 2 * N * PG, want, sizeof(want));
+	ASSERT_EQ(md__engine_register(&e, m, 3 * N * PG, 0), 0);
+	ASSERT_EQ(md__engine_publish(&e, m, N, &slot), N);
+	int victim = victim_file(), ro = e.pool.ro_fd;
+	checked_victim = victim;
+	md__engine_pool_checked_hook = dup2_victim_once;
+	int merged = md__engine_merge(&e, m + N * PG, N, slot);
+	md__engine_pool_checked_hook = NULL;
+	ASSERT_EQ(checked_victim, -1);	/* the hook ran: the number is the victim's */
+	ASSERT_EQ(merged, N);	/* mapped before the number changed: the pool's pages */
+	for (size_t i = 0; i < N; i++) {
+		ASSERT(!shows_victim(m + (N + i) * PG));
+		ASSERT(memcmp(m + (N + i) * PG, want + i * PG, PG) == 0);
+		ASSERT_EQ(pfn(m + (N + i) * PG), pfn(m + i * PG));
+	}
+	ASSERT(md__engine_merge(&e, m + 2 * N * PG, N, slot) <= 0);	/* found replaced */
+	ASSERT(memcmp(m + 2 * N * PG, want, sizeof(want)) == 0);
+	ASSERT(!(pagemap(m + 2 * N * PG) & PM_FILE));
+	md__engine_stats(&e, &st);
+	ASSERT(st.pool_replaced >= N);
+	ASSERT_EQ(st.merged, N);
+	md__engine_fini(&e);
+	ASSERT(victim_intact(ro));	/* the VMM's file, at its number, never closed */
+	close(ro);
+	ASSERT(victim_intact(victim));
+	close(victim);
+
+	/* A fill merge (fill strips are mapped from the pool too). */
+	engine_up(&e);
+	memset(m, 0xcc, 2 * PG);
+	ASSERT_EQ(md__engine_register(&e, m, 2 * PG, 0), 0);
+	victim = victim_file();
+	ro = e.pool.ro_fd;
+	checked_victim = victim;
+	md__engine_pool_checked_hook = dup2_victim_once;
+	merged = md__engine_merge_fill(&e, m, 2, word);
+	md__engine_pool_checked_hook = NULL;
+	ASSERT_EQ(checked_victim, -1);
+	ASSERT_EQ(merged, 2);
+	for (size_t k = 0; k < 2 * PG; k++)
+		ASSERT_EQ(m[k], 0xcc);
+	ASSERT(pagemap(m) & PM_FILE);
+	md__engine_fini(&e);
+	ASSERT(victim_intact(ro));
+	close(ro);
+	close(victim);
+	munmap(m, 3 * N * PG);
+	return 0;
+}
+
 /* The same with memdedupd's pool: a merge never maps the file the VMM put
  * at the number of the pool's descriptor; the connection goes at the next
  * call, and the next connect brings a new descriptor to merge from. */
