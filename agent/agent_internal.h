@@ -356,6 +356,10 @@ extern void (*md__image_lease_hook)(int fd);
  * mapped into guest RAM, its lease taken (where the VMM's close, or dup2
  * over it, could come). */
 extern void (*md__image_map_hook)(int fd);
+/* Tests only: called with our descriptor of an image just before
+ * md__image_seek looks for data or holes through it (where the VMM's close,
+ * or dup2 over it, could come). */
+extern void (*md__image_seek_hook)(int fd);
 /* Advice given [start, end) (MD_ADV_* bits, MD_ADV_UNDO): see
  * md__advice_after; 1 if some taken back stays on a region covered in part. */
 int md__regions_advise(struct md_agent *a, uintptr_t start, uintptr_t end, unsigned advice);
@@ -468,6 +472,9 @@ void md__images_spares_drop(struct md_agent *a);
  * short; gives their leases back once done, or when time is up. Returns
  * how many still wait (agent->breaking). */
 int md__image_breaks_retry(struct md_agent *a);
+/* lseek(img->fd, off, whence) for SEEK_DATA or SEEK_HOLE (a tmpfs image's
+ * holes), with the description's position put back after: see images.c. */
+off_t md__image_seek(const struct md__image *img, off_t off, int whence);
 /* A read-only view of all of img while its lease is held (mapped on first
  * use; gone with the lease), or NULL. */
 const unsigned char *md__image_view(struct md_agent *a, struct md__image *img);

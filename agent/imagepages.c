@@ -173,9 +173,9 @@ static int still_fixed(void *img)
 /* 1 if the n pages of the image from off are all data, none a hole. */
 static int all_data(const struct md__image *img, off_t off, size_t n)
 {
-	if (lseek(img->fd, off, SEEK_DATA) != off)
+	if (md__image_seek(img, off, SEEK_DATA) != off)
 		return 0;
-	off_t hole = lseek(img->fd, off, SEEK_HOLE);
+	off_t hole = md__image_seek(img, off, SEEK_HOLE);
 	return hole >= off + (off_t)(n * MD_PAGE);
 }
 
@@ -210,7 +210,7 @@ static int merge_run(struct md_agent *a, uintptr_t addr, const uint64_t *cookie,
 		 * are. */
 		for (size_t i = 0; i < n; i++) {
 			off_t p = off + (off_t)(i * MD_PAGE);
-			if (lseek(img->fd, p, SEEK_DATA) != p)
+			if (md__image_seek(img, p, SEEK_DATA) != p)
 				md__index_remove(&ip->ix, ip->pages[cookie[i]].hash, (uint32_t)cookie[i]);
 		}
 		goto unlock;

@@ -536,6 +536,28 @@ static size_t view_len(const struct md__image *img)
 	return ((size_t)img->size + MD_PAGE - 1) / MD_PAGE * MD_PAGE;
 }
 
+void (*md__image_seek_hook)(int fd);	/* tests only: see agent_internal.h */
+
+off_t md__image_seek(const struct md__image *img, off_t off, int whence)
+{
+	/* Unlike a pread or an mmap, lseek changes the open file at that
+	 * number: ours, whose position no read uses (they are preads), or a
+	 * file the VMM put at the number since the lease was looked at (its
+	 * close and open, or a dup2), whose position its next read or write
+	 * would use. Put back at once: the VMM's file is where it was but
+	 * for these few microseconds. */
+	if (md__image_seek_hook)
+		md__image_seek_hook(img->fd);
+	int saved = errno;
+	off_t pos = lseek(img->fd, 0, SEEK_CUR);
+	off_t at = lseek(img->fd, off, whence);
+	int err = errno;
+	if (pos >= 0)
+		lseek(img->fd, pos, SEEK_SET);
+	errno = at < 0 ? err : saved;
+	return at;
+}
+
 const unsigned char *md__image_view(struct md_agent *a, struct md__image *img)
 {
 	if (img->view || img->lease != MD_LEASE_HELD || img->size <= 0 || !md__vma_room(a))

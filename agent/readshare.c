@@ -169,8 +169,8 @@ static int data_only(struct md_agent *a, const struct md__image *img, off_t map_
 		     struct md__read_plan *plan)
 {
 	off_t end = map_off + (off_t)plan->map_len;
-	off_t data = lseek(img->fd, map_off, SEEK_DATA);
-	off_t hole = data == map_off ? lseek(img->fd, map_off, SEEK_HOLE) : map_off;
+	off_t data = md__image_seek(img, map_off, SEEK_DATA);
+	off_t hole = data == map_off ? md__image_seek(img, map_off, SEEK_HOLE) : map_off;
 	if (hole < 0)
 		hole = map_off;
 	if (hole >= end)

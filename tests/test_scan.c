@@ -7739,6 +7739,86 @@ TEST_IMPL(scan_tmpfs_image_hole_entries_dropped_alone)
 	return 0;
 }
 
+/* A tmpfs image's holes are found with lseek(SEEK_DATA / SEEK_HOLE) on
+ * the agent's descriptor, which moves the position of the open file at
+ * that number: the VMM's own, once it has put a file of its own there
+ * (close and open, dup2) since the lease was looked at. Its next read or
+ * write would have used the position the agent's seek left (the image's
+ * next hole: a review's test saw 262144). Put back now, for a read and
+ * for a scanner's merge onto the image; the read gets the image's bytes,
+ * the merge maps nothing of the VMM's file. */
+TEST_IMPL(image_seek_leaves_vmm_file_position)
+{
+	char dir[600], img[700], other[512];
+	const char *none = own_tmpfs(dir, sizeof(dir), "1m");
+	if (none)
+		SKIP("%s", none);
+	snprintf(img, sizeof(img), "%s/img", dir);
+	snprintf(other, sizeof(other), "%s/other", test_dir());
+	make_image(img, 16 * PG, 91);
+	ASSERT(truncate(img, 32 * PG) == 0);	/* a hole after the data */
+	make_image(other, 16 * PG, 92);
+	const off_t vmm_at = 3 * PG + 5;	/* where the VMM's file was */
+	md_agent *a;
+	char *m = inproc_agent(&a, 2000, 128 * PG);
+	memset(m, 0x5a, 128 * PG);
+	ASSERT_EQ(md_agent_register(a, m, 128 * PG, 0), 0);
+	ASSERT_EQ(md_agent_pause(a, 1), 0);
+	int fd = open(img, O_RDONLY | O_CLOEXEC);
+	ASSERT(fd >= 0);
+	static char want[16 * PG];
+	ASSERT_EQ(pread(fd, want, sizeof(want), 0), (ssize_t)sizeof(want));
+
+	/* A read (the leased image, then the number swapped at the seek). */
+	ASSERT_EQ(md_agent_pread(a, fd, m, 16 * PG, 0), 16 * PG);	/* leased, shared */
+	swap_to = open(other, O_RDONLY | O_CLOEXEC);
+	ASSERT(swap_to >= 0);
+	ASSERT_EQ(lseek(swap_to, vmm_at, SEEK_SET), vmm_at);
+	swap_from = -1;
+	int vmm_fd = dup(fd);	/* the image, for the VMM's later reads below */
+	ASSERT(vmm_fd >= 0);
+	md__image_seek_hook = swap_image_fd;
+	ssize_t n = md_agent_pread(a, vmm_fd, m + 32 * PG, 16 * PG, 0);
+	md__image_seek_hook = NULL;
+	ASSERT(swap_from >= 0);	/* the hook ran: the read looked for holes */
+	ASSERT_EQ(n, 16 * PG);
+	ASSERT(memcmp(m + 32 * PG, want, sizeof(want)) == 0);
+	ASSERT_EQ(lseek(swap_from, 0, SEEK_CUR), vmm_at);	/* the VMM's file where it was */
+	close(swap_to);
+	md_agent_free(a);
+	close(swap_from);	/* the VMM's file at the agent's old number */
+
+	/* A merge onto the image by the scanner: the number swapped after
+	 * the lease was looked at, at the look for holes. */
+	m = inproc_agent(&a, 2000, 128 * PG);
+	memset(m, 0x5a, 128 * PG);
+	ASSERT_EQ(md_agent_register(a, m, 128 * PG, 0), 0);
+	ASSERT_EQ(md_agent_pause(a, 1), 0);
+	ASSERT_EQ(md_agent_pread(a, vmm_fd, m, 16 * PG, 0), 16 * PG);
+	memcpy(m + 99 * PG, m + 15 * PG, PG);
+	feed_image_index(a);
+	uint64_t cookie;
+	ASSERT(image_entry(a, m + 99 * PG, &cookie));
+	swap_to = open(other, O_RDONLY | O_CLOEXEC);
+	ASSERT(swap_to >= 0);
+	ASSERT_EQ(lseek(swap_to, vmm_at, SEEK_SET), vmm_at);
+	swap_from = -1;
+	md__image_seek_hook = swap_image_fd;
+	uint64_t merged = merge_onto_image(a, m + 99 * PG, &cookie, 1);
+	md__image_seek_hook = NULL;
+	ASSERT(swap_from >= 0);
+	ASSERT_EQ(merged, 0);	/* the number is not the image's any more */
+	ASSERT(memcmp(m + 99 * PG, want + 15 * PG, PG) == 0);
+	ASSERT_EQ(lseek(swap_from, 0, SEEK_CUR), vmm_at);
+	md_agent_free(a);
+	munmap(m, 128 * PG);
+	close(swap_to);
+	close(swap_from);
+	close(vmm_fd);
+	umount2(dir, MNT_DETACH);
+	return 0;
+}
+
 /* A copy of an image page merged onto the image: its mappings counted
  * once in the VMA estimate the agent shares with its engine. Both counted
  * them, and the budget ran out at half what the kernel allows: reads
