@@ -336,13 +336,25 @@ static void unqueue_exited(struct md__daemon *d, pid_t pid)
 			}
 }
 
+/* 1 if a waits its turn in an UNMERGE the administrator asked. */
+static int queued_by_admin(const struct md__daemon *d, const struct md__agent *a)
+{
+	for (const struct md__pending_control *p = d->controls; p; p = p->next)
+		for (size_t i = p->qnext; p->admin && i < p->nqueue; i++)
+			if (p->queue[i].pid == a->pid && p->queue[i].num == a->num)
+				return 1;
+	return 0;
+}
+
 /* A PAUSE or RESUME of a reaches it after the UNMERGEs it waits for in
  * queues: sent after, they undid the later command (resumed, then
- * unmerged and paused). The later command wins: a leaves those queues. */
-static void unqueue(struct md__daemon *d, const struct md__agent *a)
+ * unmerged and paused). The later command wins: a leaves those queues,
+ * but for the administrator's when a user sent it (a user's RESUME of
+ * it is refused then, as once the UNMERGE is sent: MD_HELD_UNMERGE). */
+static void unqueue(struct md__daemon *d, const struct md__agent *a, int admin)
 {
 	for (struct md__pending_control *p = d->controls; p; p = p->next)
-		for (size_t i = p->qnext; i < p->nqueue; i++)
+		for (size_t i = p->qnext; (admin || !p->admin) && i < p->nqueue; i++)
 			if (p->queue[i].pid == a->pid && p->queue[i].num == a->num) {
 				memmove(&p->queue[i], &p->queue[i + 1], (p->nqueue - i - 1) * sizeof(*p->queue));
 				p->nqueue--;
@@ -434,7 +446,7 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 			continue;	/* another user's agent: as if absent */
 		if (ctl->op == MD_CTL_RESUME && !admin &&
 		    (((a->held_by_admin & MD_HELD_PAUSE) && a->paused) ||
-		     ((a->held_by_admin & MD_HELD_UNMERGE) && a->unmerged))) {
+		     ((a->held_by_admin & MD_HELD_UNMERGE) && a->unmerged) || queued_by_admin(d, a))) {
 			failed(p, -EPERM, "pid %d was paused by memdedupd's administrator: only they resume it",
 			       (int)a->pid);
 			continue;
@@ -453,12 +465,16 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 			a->unmerged = a->paused = a->held_by_admin = 0;
 			a->unmerge_first = a->unmerge_token = 0;
 		}
-		if (ctl->op == MD_CTL_PAUSE || ctl->op == MD_CTL_RESUME)
-			unqueue(d, a);
-		if (ctl->op == MD_CTL_UNMERGE)
+		if (ctl->op == MD_CTL_UNMERGE) {
 			p->queue[p->nqueue++] = (struct md__queued_agent){ a->pid, a->num };
-		else
-			forward(d, p, a);
+			continue;
+		}
+		unsigned failures = p->failed;
+		forward(d, p, a);
+		/* Only once it reached the agent (or waits for its WELCOME): a
+		 * PAUSE refused changes no queue. */
+		if ((ctl->op == MD_CTL_PAUSE || ctl->op == MD_CTL_RESUME) && p->failed == failures)
+			unqueue(d, a, admin);
 	}
 	if (ctl->pid == 0 && admin) {
 		if (ctl->op == MD_CTL_SET)

@@ -6530,3 +6530,65 @@ TEST_IMPL(daemon_sightings_table)
 	td_stop(&t);
 	return 0;
 }
+
+/* The administrator's UNMERGE of all, a user's agent still waiting its
+ * turn (root's own agent first): the user's RESUME of it took it out of
+ * the queue, and the administrator was told the unmerge went well, its
+ * pages never copied. Sent, the same RESUME was refused: now it is while
+ * queued too, and the user's PAUSE of it (allowed) leaves the
+ * administrator's unmerge to come. */
+TEST_IMPL(daemon_user_keeps_admin_unmerge_queued)
+{
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	struct md__msg_control ctl;
+	struct control_call k;
+	struct fake_agent o;
+	int fd;
+	if (getuid() != 0 || !getpwnam("nobody"))
+		SKIP("needs root and a 'nobody' user (65534)");
+	td_start(&t, 16);
+	fake_agent_start_as(&t, &o, 65534);
+	struct md__client *c = td_agent(&t, NULL, &w, &fd);	/* newest: first in the queue */
+	struct md__client *cli = td_connect(&t);
+	control_start(&k, cli, MD_CTL_UNMERGE, 0, NULL, NULL);
+	next_control(c, &ctl);
+	ASSERT_EQ(ctl.op, MD_CTL_UNMERGE);
+	uint32_t unmerge = ctl.token;
+	ASSERT_EQ(fake_agent_got(&o, 300), 0);	/* nobody's agent waits its turn */
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		char text[MD_TEXT_MAX + 1];
+		if (setresgid(65534, 65534, 65534) != 0 || setresuid(65534, 65534, 65534) != 0)
+			_exit(10);
+		struct md__client *nc = td_connect(&t);
+		int err = control(nc, MD_CTL_RESUME, o.pid, NULL, NULL, text);
+		if (err != -EPERM || !strstr(text, "administrator")) {
+			fprintf(stderr, "  nobody's RESUME of its queued agent: %d '%s'\n", err, text);
+			_exit(11);
+		}
+		err = control(nc, MD_CTL_PAUSE, o.pid, NULL, NULL, text);
+		if (err != 0) {
+			fprintf(stderr, "  nobody's PAUSE of its queued agent: %d '%s'\n", err, text);
+			_exit(12);
+		}
+		_exit(0);
+	}
+	int st;
+	ASSERT_EQ(waitpid(kid, &st, 0), kid);
+	ASSERT(WIFEXITED(st));
+	ASSERT_EQ(WEXITSTATUS(st), 0);
+	ASSERT_EQ(fake_agent_got(&o, 2000), 'P');
+	ASSERT_EQ(md__client_control_done(c, unmerge, 0, NULL), 0);
+	ASSERT_EQ(fake_agent_got(&o, 5000), 'U');	/* its turn came */
+	fake_agent_tell(&o, 'a');
+	ASSERT_EQ(control_end(&k), 0);
+	ASSERT(strstr(k.text, "2 agent") != NULL);
+	fake_agent_end(&o);
+	md__client_free(cli);
+	md__client_free(c);
+	close(fd);
+	td_stop(&t);
+	return 0;
+}
