@@ -203,7 +203,9 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 	 * agent could tell: the references it gets here must not go with the
 	 * old ones' when that is seen at a hang-up. */
 	int execd = a && ((h->flags & MD_HELLO_NO_POOL_MAPS) || mm_gone(a));
+	int taken_over = 0;
 	if (a && a->conn && (execd || (a->uid == c->uid && strcmp(a->dom->name, h->domain) == 0))) {
+		taken_over = 1;
 		struct md__conn *old = a->conn;
 		md__conn_apply_left(d, old);	/* its CONTROL_DONEs first: the CLI hears them */
 		md__control_gone(d, old, a->pid);
@@ -272,12 +274,14 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 		else
 			snprintf(why, size, "too many agents of uid %u (at most %u)", (unsigned)c->uid,
 				 MD_D_AGENTS_PER_UID);
-		return -EUSERS;
+		err = -EUSERS;
+		goto refused;
 	}
 	a = calloc(1, sizeof(*a));
 	if (!a) {
 		snprintf(why, size, "out of memory");
-		return -ENOMEM;
+		err = -ENOMEM;
+		goto refused;
 	}
 	a->ep.kind = MD_EP_PIDFD;
 	a->mm_fd = -1;
@@ -321,6 +325,13 @@ release_domain:
 	md__domain_release(d, a->dom);
 free_agent:
 	free(a);
+refused:
+	/* A record whose connection this HELLO took over is left as its
+	 * close would have left it (its close no longer does: it is no
+	 * agent's now): looked at for the exec, its references shed then,
+	 * its pause kept for the next try. */
+	if (gone && taken_over)
+		md__agent_detach(d, gone);
 	return err;
 }
 

@@ -6592,3 +6592,82 @@ TEST_IMPL(daemon_user_keeps_admin_unmerge_queued)
 	td_stop(&t);
 	return 0;
 }
+
+/* A process whose agent holds a pool page exec's (QEMU's cpr-exec) while
+ * a child it forked keeps the old connection open, and its new agent's
+ * HELLO, which takes that connection's record over, is refused (a domain
+ * too many for its user). The record was left as no close would leave it:
+ * never looked at again, its references (pages nobody maps since the
+ * exec) kept until the process exited. Now it is left as the old
+ * connection's close would have: the exec is seen, the references go. */
+TEST_IMPL(daemon_refused_takeover_sheds_references)
+{
+	struct tdaemon t;
+	pid_t held[MD_D_DOMAINS_PER_UID];
+	int in[2], ready[2], go[2];
+	td_start(&t, 16);
+	hold_domains(&t, held, MD_D_DOMAINS_PER_UID);	/* as many as root may have */
+	ASSERT(pipe(in) == 0 && pipe(ready) == 0 && pipe(go) == 0);
+	pid_t p = fork();
+	ASSERT(p >= 0);
+	if (p == 0) {
+		struct md__client *c;
+		struct md__msg_welcome w;
+		static unsigned char page[PG];
+		uint64_t hash;
+		uint32_t slot;
+		int fd;
+		char x;
+		close(in[1]), close(ready[0]), close(go[1]);
+		if (md__client_open(&c, t.sock, "held0", 0, &w, &fd) != 0)
+			_exit(100);
+		td_fill_page(page, 41);
+		hash = md__page_hash(page);
+		if (md__client_publish(c, &hash, page, 1, &slot) != 0)
+			_exit(101);
+		pid_t q = fork();	/* keeps the connection open past the exec */
+		if (q == 0) {
+			for (;;)
+				pause();
+		}
+		if (q < 0 || write(ready[1], &q, sizeof(q)) != sizeof(q) || read(go[0], &x, 1) != 1)
+			_exit(102);
+		if (dup2(in[0], 0) != 0)
+			_exit(103);
+		const char *first = getenv("MD_TEST_PRELOAD_FIRST");	/* libasan */
+		char preload[1024], exe[1024];
+		snprintf(preload, sizeof(preload), "%s%s%s/libmemdedup-preload.so", first ? first : "",
+			 first ? ":" : "", build_dir());
+		snprintf(exe, sizeof(exe), "%s/testproc", build_dir());
+		setenv("LD_PRELOAD", preload, 1);
+		setenv("MEMDEDUP_SOCKET", t.sock, 1);
+		setenv("MEMDEDUP_SCAN", "1", 1);
+		setenv("MEMDEDUP_DOMAIN", "new", 1);
+		setenv("MEMDEDUP_KERNEL_KSM", "0", 1);
+		execl(exe, "testproc", (char *)NULL);
+		_exit(127);
+	}
+	close(in[0]), close(ready[1]), close(go[0]);
+	pid_t q;
+	ASSERT_EQ(read(ready[0], &q, sizeof(q)), (ssize_t)sizeof(q));
+	ASSERT_EQ(td_domains_int(&t, "references"), 1);	/* the page it published */
+	ASSERT_EQ(write(go[1], "x", 1), 1);
+	ASSERT_EQ(write(in[1], "map 64\n", 7), 7);	/* its agent joins memdedupd */
+	long long refs = 1;
+	for (int i = 0; i < 500 && refs; i++) {
+		usleep(10000);
+		refs = td_domains_int(&t, "references");
+	}
+	ASSERT_EQ(td_sh("grep -q 'too many domains' %s/log", t.dir), 0);	/* refused */
+	close(in[1]);	/* testproc ends */
+	int st;
+	ASSERT_EQ(waitpid(p, &st, 0), p);
+	kill(q, SIGKILL);
+	for (int i = 0; i < MD_D_DOMAINS_PER_UID; i++) {
+		kill(held[i], SIGKILL);
+		waitpid(held[i], NULL, 0);
+	}
+	ASSERT_EQ(refs, 0);
+	td_stop(&t);
+	return 0;
+}
