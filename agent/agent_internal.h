@@ -356,6 +356,9 @@ extern void (*md__image_lease_hook)(int fd);
  * mapped into guest RAM, its lease taken (where the VMM's close, or dup2
  * over it, could come). */
 extern void (*md__image_map_hook)(int fd);
+/* Tests only: called once a read's image pages for the buffer [dst,
+ * dst+len) are mapped (aside), before the lease is looked at again. */
+extern void (*md__image_mapped_hook)(void *dst, size_t len);
 /* Tests only: called with our descriptor of an image just before
  * md__image_seek looks for data or holes through it (where the VMM's close,
  * or dup2 over it, could come). */

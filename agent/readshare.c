@@ -127,36 +127,44 @@ struct map_args {
 	int fd;
 	off_t off;
 	int err;
-	int lost;	/* mapped, then the lease found gone (err -EBADF) */
-	int undone;	/* and the mapping replaced by anonymous memory */
+	int lost;	/* mapped aside, then the lease found gone (err -EBADF) */
 };
 
 void (*md__image_map_hook)(int fd);	/* tests only: see agent_internal.h */
+void (*md__image_mapped_hook)(void *dst, size_t len);	/* tests only: see agent_internal.h */
 
 static int map_image(void *arg)
 {
 	struct map_args *m = arg;
 	if (md__image_map_hook)
 		md__image_map_hook(m->fd);
-	if (md__sys_mmap(m->dst, m->len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED,
-			 m->fd, m->off) == MAP_FAILED) {
-		m->err = -errno;
-		return m->err;
-	}
 	/* The lease was looked at before the engine's locks were taken: the
 	 * VMM may have closed the descriptor's number, or put another file
 	 * there, since. Our description, once closed, cannot hold a lease
-	 * again: held now, the mapping is of the image. Else it goes before
-	 * anyone reads it, and the read is copied. */
-	if (fcntl(m->fd, F_GETLEASE) != F_RDLCK) {
-		m->err = -EBADF;
-		m->lost = 1;
-		m->undone = md__sys_mmap(m->dst, m->len, PROT_READ | PROT_WRITE,
-					 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != MAP_FAILED;
-		/* For md__engine_exclude: anonymous memory now, or still
-		 * a file's mapping (the other file's). */
-		return m->undone ? 1 : 0;
+	 * again: held once mapped, the mapping is of the image. So it is
+	 * mapped aside, the lease looked at, and only then moved over the
+	 * buffer: mapped straight over it, another file's bytes were in guest
+	 * RAM until undone, for a guest that reads its buffer in flight. */
+	void *aside = md__sys_mmap(NULL, m->len, PROT_READ | PROT_WRITE, MAP_PRIVATE, m->fd, m->off);
+	if (aside == MAP_FAILED) {
+		m->err = -errno;
+		return m->err;
 	}
+	if (md__image_mapped_hook)
+		md__image_mapped_hook(m->dst, m->len);
+	if (fcntl(m->fd, F_GETLEASE) == F_RDLCK) {
+		if (md__sys_mremap(aside, m->len, m->len, MREMAP_MAYMOVE | MREMAP_FIXED, m->dst) != MAP_FAILED)
+			return 0;
+		/* The buffer may be unmapped now (the caller makes it
+		 * again: ensure_mapped). */
+		m->err = -errno;
+		md__sys_munmap(aside, m->len);
+		return m->err;
+	}
+	/* Else the buffer is as it was, and the read is copied. */
+	md__sys_munmap(aside, m->len);
+	m->err = -EBADF;
+	m->lost = 1;
 	return m->err;
 }
 
@@ -237,7 +245,7 @@ static size_t share_locked(struct md_agent *a, struct md__region *r, int fd, con
 	off_t map_off = off + (off_t)plan->head;
 	if (img->shmem && !data_only(a, img, map_off, plan))
 		return 0;
-	struct map_args m = { (void *)dst, plan->map_len, img->fd, map_off, 0, 0, 0 };
+	struct map_args m = { (void *)dst, plan->map_len, img->fd, map_off, 0, 0 };
 	if (a->engine)
 		/* With no merge in flight on these pages, and kept out of the
 		 * scanner's reach afterwards: whatever part of them the engine
@@ -247,17 +255,6 @@ static size_t share_locked(struct md_agent *a, struct md__region *r, int fd, con
 	else
 		map_image(&m);
 	if (m.lost) {	/* not an mmap that failed (EBADF too, for a closed descriptor) */
-		if (m.undone) {
-			md__apply_advice(a, r, dst, plan->map_len);
-			owners_set(a, r, dst, plan->map_len, 0);
-		} else {
-			/* Still the file's: the copying read writes its
-			 * copies, and the break below (or a discard) finds
-			 * the pages by their owner. */
-			owners_set(a, r, dst, plan->map_len, img->id);
-			md__log("guest RAM at %#lx kept another file's mapping after a lost lease",
-				(unsigned long)dst);
-		}
 		md__image_held(a, img);	/* gives the lease up, as on a break */
 		md__fallback(a, MD_FB_NO_LEASE, pages_of(len));
 		return 0;

@@ -6227,6 +6227,39 @@ TEST_IMPL(image_fd_replaced_before_map_copied)
 	return 0;
 }
 
+/* The same swap seen from guest RAM: the read's buffer never shows the
+ * other file's bytes, not even between the mapping and the look at the
+ * lease that undoes it. Mapped straight over the buffer, they were there
+ * for a guest reading its buffer in flight (the VMM's file, in guest RAM). */
+static int mapped_seen, mapped_showed_other;
+static void look_at_buffer(void *dst, size_t len)
+{
+	static char other[PG];
+	mapped_seen++;
+	ASSERT_EQ(pread(swap_to, other, PG, 0), PG);
+	for (size_t k = 0; k < len; k += PG)
+		mapped_showed_other |= memcmp((char *)dst + k, other, PG) == 0;
+}
+
+TEST_IMPL(image_fd_replaced_never_in_guest_ram)
+{
+	md_agent *a;
+	char *m;
+	int fd;
+	mapped_seen = mapped_showed_other = 0;
+	md__image_mapped_hook = look_at_buffer;
+	ASSERT_EQ(read_with_fd_swapped(&md__image_map_hook, 25, &a, &m, &fd), 0);
+	md__image_mapped_hook = NULL;
+	ASSERT_EQ(mapped_seen, 1);
+	ASSERT(!mapped_showed_other);
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.fallbacks[MD_FB_NO_LEASE], 16);
+	ASSERT(pages_anon_present(m, 16));
+	fd_swapped_done(a, m, fd);
+	return 0;
+}
+
 /* An in-process agent (domain private) whose 16 pages of RAM (*m) read
  * all of a new 16-page image (img[512], from seed), shared at read time;
  * returns the image's descriptor. */
