@@ -223,6 +223,10 @@ static int send_control(const struct md__cmd *cmd, struct md__client *c,
 		err = md__msg_decode_payload(rtype, reply, rlen, &m);
 	else if (!err)
 		err = -EPROTO;
+	/* An ERROR says what failed: one that says nothing did is no
+	 * answer (as for status: status_daemon.c). */
+	if (!err && rtype == MD_MSG_ERROR && m.u.text.status >= 0)
+		err = -EPROTO;
 	if (err) {
 		char why[MD_TEXT_MAX + 1];
 		if (*md__client_refusal(c))

@@ -13,7 +13,7 @@
 	X(cli_status_reused_pid_gone) X(cli_status_exec_agent_gone) X(cli_status_locked_file_kept) X(cli_status_other_pid_ns) X(cli_status_same_pid_two_ns) X(cli_status_forked_child_not_agent) \
 	X(cli_status_daemon_error) X(cli_status_daemon_malformed_doc) X(cli_pause_not_scanning) X(cli_control_names_unreachable_agents) X(cli_control_status_limited_cannot_tell) X(cli_status_shows_paused) X(cli_status_old_daemon_state_unknown) X(cli_daemon_garbage_said_once) X(cli_status_profit_not_negative_zero) X(cli_status_counters_shown) X(cli_status_domain_names_whole) X(cli_refusal_names_command_once) X(cli_control_no_daemon_names_scan) X(cli_status_socket_env_too_long) \
 	X(cli_status_daemon_next_moves_on) X(cli_status_daemon_pages_bounded) \
-	X(cli_control_pid_out_of_range) X(cli_control_stale_socket_not_running) X(cli_set_longest_value_taken) X(cli_set_goes_on_after_agent_went_away) X(cli_control_wrong_reply_type) X(cli_status_wrong_reply_type) \
+	X(cli_control_pid_out_of_range) X(cli_control_stale_socket_not_running) X(cli_set_longest_value_taken) X(cli_set_goes_on_after_agent_went_away) X(cli_control_wrong_reply_type) X(cli_status_wrong_reply_type) X(cli_control_error_status_zero) \
 	X(cli_run_long_ld_preload) X(cli_run_exe_path_cut_not_used) X(cli_run_missing_loader_no_daemon) X(cli_run_interp_checked_as_kernel_does) X(cli_run_other_loader_refused) X(cli_status_rate_limited) X(cli_status_socket_path_too_long) X(cli_status_daemon_no_domains) X(cli_read_only_commands_make_no_run_dir) \
 	X(cli_run_command_found_as_execvp) X(cli_run_fifth_script_interpreter_checked) X(cli_status_one_agent_as_said) \
 	X(cli_run_daemon_kept_in_cgroup_said) X(cli_run_malformed_elf_headers_refused) X(cli_status_totals_saturate) \

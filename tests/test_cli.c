@@ -2634,6 +2634,32 @@ TEST_IMPL(cli_status_wrong_reply_type)
 	return 0;
 }
 
+/* The same ERROR saying nothing failed, as the answer to a control
+ * command: it exited 0, "all is well" on its output. */
+TEST_IMPL(cli_control_error_status_zero)
+{
+	char sock[400];
+	unsigned char error[MD_MSG_HDR_SIZE + 8 + MD_TEXT_MAX];
+	struct md__msg m = { .hdr = { .type = MD_MSG_ERROR } };
+	snprintf(m.u.text.text, sizeof(m.u.text.text), "all is well");
+	ssize_t elen = md__msg_encode(&m, error, sizeof(error));
+	ASSERT(elen > (ssize_t)MD_MSG_HDR_SIZE);
+	snprintf(sock, sizeof(sock), "%s/wrong.sock", test_dir());
+	static const char *const cmd[] = { "pause", "resume", "unmerge", "set pages_to_scan=5" };
+	for (size_t i = 0; i < sizeof(cmd) / sizeof(*cmd); i++) {
+		pid_t kid = doc_server_len(sock, (const char *)error + MD_MSG_HDR_SIZE,
+					   (size_t)elen - MD_MSG_HDR_SIZE, 1, MD_MSG_ERROR);
+		int code = sh("MEMDEDUP_RUN_DIR=%s MEMDEDUP_SOCKET=%s %s/memdedup %s", test_dir(), sock,
+			      build_dir(), cmd[i]);
+		kill(kid, SIGKILL);
+		waitpid(kid, NULL, 0);
+		ASSERT_EQ(code, 1);
+		ASSERT(!strstr(slurp("out"), "all is well"));
+		ASSERT(strstr(slurp("err"), "did not answer properly"));
+	}
+	return 0;
+}
+
 /* An empty pool's profit is a little below zero (the daemon's
  * bookkeeping): PROFIT_MB shows 0.0, not -0.0; a real loss stays. */
 TEST_IMPL(cli_status_profit_not_negative_zero)
