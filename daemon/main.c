@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,7 @@
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -272,6 +274,31 @@ static int daemonize(const char *log_path, int pid_fd)
 	return 0;
 }
 
+/* Started on demand by a VMM's `memdedup run` or agent, memdedupd
+ * inherited what confines that VMM besides its cgroups (which the caller
+ * placed it out of): its CPUs (taskset, libvirt's vCPU placement), a
+ * real-time policy (chrt), a NUMA policy (numactl --membind: every
+ * domain's pool would be allocated there), a lower priority. It serves
+ * every VM of the host: those go, as far as the kernel lets it (the CPUs
+ * within its cpuset; a nice value lowered only with the privilege). */
+static void unconfine(void)
+{
+	cpu_set_t all;
+	CPU_ZERO(&all);
+	for (int cpu = 0; cpu < CPU_SETSIZE; cpu++)
+		CPU_SET(cpu, &all);
+	(void)sched_setaffinity(0, sizeof(all), &all);
+	int policy = sched_getscheduler(0) & ~SCHED_RESET_ON_FORK;
+	if (policy != SCHED_OTHER && policy != SCHED_BATCH && policy != SCHED_IDLE) {
+		struct sched_param none = { 0 };
+		(void)sched_setscheduler(0, SCHED_OTHER, &none);
+	}
+	(void)syscall(SYS_set_mempolicy, 0 /* MPOL_DEFAULT */, NULL, 0UL);
+	errno = 0;
+	if (getpriority(PRIO_PROCESS, 0) > 0 && errno == 0)
+		(void)setpriority(PRIO_PROCESS, 0, 0);
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -352,6 +379,8 @@ int main(int argc, char **argv)
 		    open("/dev/null", fd ? O_WRONLY : O_RDONLY) != fd)
 			return 1;
 	}
+	if (held_quiet)
+		unconfine();
 	d.pool_pages = (size_t)pages;
 	const char *wait = getenv("MEMDEDUP_CONTROL_WAIT_MS");
 	uint32_t wait_ms = MD_CONTROL_WAIT_MS;

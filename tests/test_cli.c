@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sched.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -378,6 +379,66 @@ static int kill_daemon_of(const char *dir)
 	if (access(path, F_OK) == 0)
 		kill(pid, SIGKILL);
 	return pid;
+}
+
+/* memdedupd started on demand by a VMM's `memdedup run` serves every VM
+ * of the host: it kept the first VMM's CPUs (taskset, libvirt's vCPU
+ * placement), its real-time policy (chrt) and its nice value. */
+TEST_IMPL(cli_run_daemon_not_confined)
+{
+	cpu_set_t mine, got;
+	ASSERT_EQ(sched_getaffinity(0, sizeof(mine), &mine), 0);
+	if (CPU_COUNT(&mine) < 2)
+		SKIP("needs two CPUs to pin the VMM to one");
+	if (geteuid() != 0)
+		SKIP("needs root: a real-time policy");
+	char dir[400], path[450];
+	snprintf(dir, sizeof(dir), "%s/run", test_dir());
+	ASSERT(mkdir(dir, 0700) == 0);
+	int first = 0;
+	while (!CPU_ISSET(first, &mine))
+		first++;
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		cpu_set_t one;
+		CPU_ZERO(&one);
+		CPU_SET(first, &one);
+		struct sched_param fifo = { .sched_priority = 1 };
+		if (sched_setaffinity(0, sizeof(one), &one) || sched_setscheduler(0, SCHED_FIFO, &fifo) ||
+		    setpriority(PRIO_PROCESS, 0, 5))
+			_exit(100);
+		char cmd[1200];
+		snprintf(cmd, sizeof(cmd), "MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- true >/dev/null 2>&1",
+			 dir, build_dir());
+		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
+		_exit(127);
+	}
+	int st;
+	ASSERT_EQ(waitpid(kid, &st, 0), kid);
+	ASSERT(WIFEXITED(st));
+	ASSERT_EQ(WEXITSTATUS(st), 0);
+	snprintf(path, sizeof(path), "%s/memdedupd.pid", dir);
+	int pid = 0;
+	for (int i = 0; i < 200 && pid <= 0; i++) {
+		FILE *f = fopen(path, "r");
+		if (!f || fscanf(f, "%d", &pid) != 1)
+			pid = 0;
+		if (f)
+			fclose(f);
+		if (pid <= 0)
+			usleep(10000);
+	}
+	ASSERT(pid > 0);
+	ASSERT_EQ(sched_getaffinity(pid, sizeof(got), &got), 0);
+	int cpus = CPU_COUNT(&got), policy = sched_getscheduler(pid);
+	errno = 0;
+	int nice = getpriority(PRIO_PROCESS, (id_t)pid);
+	ASSERT_EQ(kill_daemon_of(dir), pid);
+	ASSERT_EQ(cpus, CPU_COUNT(&mine));
+	ASSERT_EQ(policy, SCHED_OTHER);
+	ASSERT_EQ(nice, 0);
+	return 0;
 }
 
 /* `run --scan` with a command that cannot run: 127 (126), and no daemon. */
