@@ -876,6 +876,13 @@ static void images_mapped(const struct md_agent *a, unsigned char *state, size_t
  * Returns 1 if the descriptor went. */
 static int image_let_go(struct md_agent *a, struct md__image *img, int reopen)
 {
+	/* Not while a write from guest RAM begun before is running: its
+	 * pages may still be this image's page cache (made private since: an
+	 * unmerge, a discard, MADV_UNMERGEABLE, which leave no page mapped
+	 * from it), and a writer let in would put its bytes into that write,
+	 * as a break waits for (writes.c). Let go at a later look. */
+	if (img->lease == MD_LEASE_HELD && !md__writes_ended(a, md__writes_mark(a)))
+		return 0;
 	view_drop(img);
 	int ours = image_fd_ours(img);
 	if (ours && img->lease == MD_LEASE_HELD)

@@ -1321,6 +1321,42 @@ static int fd_naming(pid_t pid, const char *path, int not_fd)
 	return fd;
 }
 
+/* The same write, the image idle meanwhile: the VMM took its RAM out of
+ * merging (MADV_UNMERGEABLE: the pages made private, none mapped from the
+ * image), and the image was let go at the next look for idle ones, its
+ * lease with it, while the write still held its page: a writer let in then
+ * put its bytes on the output disk (a review's find). Now it is kept until
+ * the write ends, and let go after. */
+TEST_IMPL(image_idle_kept_while_written_from)
+{
+	char img[512], out[512];
+	struct proc a;
+	const char *env[] = { "MEMDEDUP_IMAGE_IDLE_S=1", NULL };
+	int rfd = read_fresh_image(&a, img, sizeof(img), "image-idle-written-from", 12, env, NULL);
+	uint64_t page0 = fnv_file(img, 0, 4096);
+	snprintf(out, sizeof(out), "%s/direct-out", test_dir());
+	long long r = proc_num(&a, "dwrite %s 0", out);
+	if (r == -EINVAL) {
+		proc_stop(&a);
+		SKIP("no O_DIRECT on the test directory's filesystem");
+	}
+	ASSERT_EQ(r, 0);	/* the write holds the image's page, and waits */
+	ASSERT_EQ(proc_num(&a, "advise 0 %u unmergeable", RAM_PAGES * 4096), 0);
+	ASSERT(!proc_page(&a, 0).file);	/* made private */
+	sleep(3);	/* idle past its second, looked at every second */
+	ASSERT(fd_naming(a.pid, img, rfd) >= 0);	/* kept, with its lease */
+	ASSERT_EQ(proc_num(&a, "dwritego"), 2 * 4096);
+	ASSERT(fnv_file(out, 0, 4096) == page0);
+	int gone = 0;
+	for (int i = 0; i < 100 && !gone; i++) {
+		usleep(100000);
+		gone = fd_naming(a.pid, img, rfd) < 0;
+	}
+	ASSERT(gone);	/* let go once the write ended */
+	proc_stop(&a);
+	return 0;
+}
+
 /* The image read into a's RAM is shared: closes the agent's own descriptor
  * of it (fd is the reader's) and returns its number. */
 static int close_agent_fd(struct proc *a, const char *img, int fd)
