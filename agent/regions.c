@@ -125,17 +125,14 @@ void md__owners_set(struct md_agent *a, struct md__region *r, uintptr_t addr, si
 }
 
 /* The next gap of [*cur, end) that none of the first n regions covers, in
- * [*gs, *ge); 0 when none is left. The regions it passes over get advice
- * too, when add is set. */
-static int next_gap(struct md_agent *a, size_t n, size_t *i, uintptr_t *cur, uintptr_t end, unsigned advice,
-		    int add, uintptr_t *gs, uintptr_t *ge)
+ * [*gs, *ge); 0 when none is left. */
+static int next_gap(struct md_agent *a, size_t n, size_t *i, uintptr_t *cur, uintptr_t end, uintptr_t *gs,
+		    uintptr_t *ge)
 {
 	for (; *i < n && *cur < end; ++*i) {
 		struct md__region *r = &a->regions[*i];
 		if (r->end <= *cur || r->start >= end)
 			continue;
-		if (add)
-			r->advice |= advice;
 		uintptr_t s = *cur;
 		*cur = r->end;
 		if (r->start > s) {
@@ -160,12 +157,12 @@ int md__regions_add(struct md_agent *a, uintptr_t start, uintptr_t end, unsigned
 	 * and no part of it shares at read time). */
 	size_t n = a->nregions, ngaps = 0, i = 0;
 	uintptr_t cur = start, gs, ge;
-	while (next_gap(a, n, &i, &cur, end, advice, 0, &gs, &ge))
+	while (next_gap(a, n, &i, &cur, end, &gs, &ge))
 		ngaps++;
 	struct md__owners **o = calloc(ngaps + 1, sizeof(*o));
 	int err = !o || regions_reserve(a, ngaps) ? -ENOMEM : 0;
 	size_t g = 0;
-	for (i = 0, cur = start; !err && next_gap(a, n, &i, &cur, end, advice, 0, &gs, &ge); g++)
+	for (i = 0, cur = start; !err && next_gap(a, n, &i, &cur, end, &gs, &ge); g++)
 		if (!(o[g] = calloc(1, sizeof(**o) + (ge - gs) / MD_PAGE * sizeof(o[g]->id[0]))))
 			err = -ENOMEM;
 	if (err) {
@@ -174,8 +171,20 @@ int md__regions_add(struct md_agent *a, uintptr_t start, uintptr_t end, unsigned
 		free(o);
 		return err;
 	}
+	/* The regions it overlaps take the advice too. One a fork copied,
+	 * DONTFORK over part of it: the rest is still copied (as
+	 * md__regions_advise says; without it, a fork left its pages shared
+	 * with images, for a lease break to change under the child). */
+	for (i = 0; i < n; i++) {
+		struct md__region *r = &a->regions[i];
+		if (r->end <= start || r->start >= end)
+			continue;
+		if ((advice & MD_ADV_DONTFORK) && !(r->advice & MD_ADV_DONTFORK) && (r->start < start || r->end > end))
+			r->forked_part = 1;
+		r->advice |= advice;
+	}
 	/* The array has room: pushing moves nothing the loop looks at. */
-	for (i = 0, cur = start, g = 0; next_gap(a, n, &i, &cur, end, advice, 1, &gs, &ge); g++) {
+	for (i = 0, cur = start, g = 0; next_gap(a, n, &i, &cur, end, &gs, &ge); g++) {
 		o[g]->refs = 1;
 		a->regions[a->nregions++] = (struct md__region){ .start = gs, .end = ge, .advice = advice,
 								 .owner = o[g]->id, .owners = o[g] };

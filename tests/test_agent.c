@@ -4839,3 +4839,41 @@ TEST_IMPL(stats_now_counts_past_first_chunk)
 	close(fd);
 	return 0;
 }
+
+/* Guest RAM registered in two overlapping parts, the second all DONTFORK
+ * (advice the agent did not see: given before the agent was there): the
+ * first part's region took DONTFORK whole, and a fork (with the atfork
+ * handlers) left its image pages shared, which the kernel still copied to
+ * the child: after a lease break, the child read the writer's bytes (a
+ * review's find). The region is marked copied in part now, as a DONTFORK
+ * over part of it marks it, and the child reads what it had. */
+TEST_IMPL(fork_after_overlapping_registration_keeps_image_pages)
+{
+	const char *img = image(13);
+	char h[20];
+	snprintf(h, sizeof(h), "%s", hex(fnv_file(img, 0, 65536)));
+	struct proc a;
+	int fd = start_reader(&a, img, NULL);
+	ASSERT_EQ(proc_num(&a, "advise 0 %u unmergeable", 8 * MB), 0);
+	ASSERT_EQ(proc_num(&a, "advise %u %u dontfork", 4 * MB, 4 * MB), 0);
+	ASSERT_EQ(proc_num(&a, "advise 0 %u mergeable", 6 * MB), 0);
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 0 65536", fd), 65536);
+	ASSERT(proc_page_from_file(&a, 0));
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, STATS_WAIT_MS, advice_flushed), 0);
+	ASSERT_EQ(proc_num(&a, "advise %u %u mergeable", 4 * MB, 4 * MB), 0);	/* all DONTFORK */
+	ASSERT(proc_num(&a, "forkkeep") > 0);
+	ASSERT(strcmp(proc_cmd(&a, "kid hash 0 65536"), h) == 0);
+	int w = open(img, O_WRONLY);
+	ASSERT(w >= 0);
+	char junk[65536];
+	memset(junk, 0xa5, sizeof(junk));
+	ASSERT(pwrite(w, junk, sizeof(junk), 0) == (ssize_t)sizeof(junk));
+	close(w);
+	ASSERT(strcmp(hex(fnv_file(img, 0, 65536)), h) != 0);
+	ASSERT(strcmp(proc_cmd(&a, "kid hash 0 65536"), h) == 0);
+	ASSERT(strcmp(proc_cmd(&a, "kid quit"), "0") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 65536"), h) == 0);
+	proc_stop(&a);
+	return 0;
+}
