@@ -12,9 +12,11 @@
 #include <fcntl.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "agent_internal.h"
+#include "log.h"
 #include "sys.h"
 
 #define PM_CHUNK 4096
@@ -47,6 +49,17 @@ static size_t snapshot_chunk(struct md_agent *a, uintptr_t *addr, unsigned char 
 static pthread_mutex_t account_lock = PTHREAD_MUTEX_INITIALIZER;
 static int pm = -1;        /* /proc/self/pagemap, kept */
 static pid_t pm_pid;       /* the process it shows */
+static dev_t pm_dev;       /* its file, to tell it from one the VMM put at its number */
+static ino_t pm_ino;
+
+/* Whether pm is still our pagemap: the VMM may have closed the number and
+ * put a file of its own there (dup2), whose bytes would be taken for
+ * page-table entries (the engine's own descriptor is checked likewise). */
+static int pm_ours(void)
+{
+	struct stat st;
+	return pm >= 0 && fstat(pm, &st) == 0 && st.st_dev == pm_dev && st.st_ino == pm_ino;
+}
 
 /* A forked child (libmemdedup's VMM making an agent anew there) must not
  * read its parent's pages: the descriptor is closed while its number is
@@ -76,9 +89,23 @@ void md__account(struct md_agent *a, int count_vmas)
 	 * number may be one of its own files by now, so only forgotten. */
 	if (pm >= 0 && pm_pid != getpid())
 		pm = -1;
+	if (pm >= 0 && !pm_ours()) {
+		pm = -1;	/* not closed: the number is the VMM's now */
+		md__log_once(153, "the VMM closed the agent's /proc/self/pagemap descriptor (its counters'), "
+			     "or put a file of its own at its number: opened again");
+	}
 	if (pm < 0) {
+		struct stat st;
 		pm = md__proc_open("pagemap", 0);
 		pm_pid = getpid();
+		if (pm >= 0 && fstat(pm, &st) != 0) {
+			close(pm);
+			pm = -1;
+		}
+		if (pm >= 0) {
+			pm_dev = st.st_dev;
+			pm_ino = st.st_ino;
+		}
 	}
 	/* Pages given an owner from here on are not all seen by the walk:
 	 * the read path's bound counts them on top (md__break_room). */
@@ -100,6 +127,10 @@ void md__account(struct md_agent *a, int count_vmas)
 		if (first == last)
 			continue;
 		off_t off = (off_t)((addr / MD_PAGE + first) * sizeof(uint64_t));
+		if (!pm_ours()) {	/* replaced during the walk: counted anew next time */
+			complete = 0;
+			break;
+		}
 		ssize_t got = md__sys_pread(pm, entries, (last - first) * sizeof(uint64_t), off);
 		if (got < (ssize_t)((last - first) * sizeof(uint64_t)))
 			complete = 0;

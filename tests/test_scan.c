@@ -8134,3 +8134,55 @@ TEST_IMPL(scan_image_queue_full_leaves_later_reads_out)
 	paused_on_image_done(a, m, ram * PG, fd);
 	return 0;
 }
+
+/* The counters' walk reads /proc/self/pagemap through a descriptor it
+ * keeps: the VMM closing that number and putting a file of its own there
+ * (dup2) had the file's bytes taken for page-table entries (here: words
+ * that read as written pages), and pages_shared read 0. Checked before
+ * each read now, and opened again, as the engine's own. */
+TEST_IMPL(agent_counts_with_pagemap_replaced)
+{
+	char img[600], fake[600];
+	snprintf(img, sizeof(img), "%s/img", test_dir());
+	snprintf(fake, sizeof(fake), "%s/fake", test_dir());
+	make_image(img, 64 * PG, 3);
+	int ff = open(fake, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	ASSERT(ff >= 0);
+	static uint64_t words[8 * 4096];
+	for (size_t i = 0; i < sizeof(words) / sizeof(*words); i++)
+		words[i] = 1ull << 63;	/* present, anonymous and private: written */
+	ASSERT_EQ(write(ff, words, sizeof(words)), (ssize_t)sizeof(words));
+	md_agent_options o = { .run_dir = "" };
+	md_agent *a;
+	md_stats st;
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	char *m = mmap(NULL, 64 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	int fd = open(img, O_RDONLY | O_CLOEXEC);
+	ASSERT(m != MAP_FAILED && fd >= 0);
+	ASSERT_EQ(md_agent_register(a, m, 64 * PG, 0), 0);
+	ASSERT_EQ(md_agent_pread(a, fd, m, 64 * PG, 0), (ssize_t)(64 * PG));
+	ASSERT_EQ(md_agent_stats(a, &st), 0);
+	ASSERT_EQ(st.pages_shared, 64);
+	char self[64], link[256];
+	snprintf(self, sizeof(self), "/proc/%d/pagemap", (int)getpid());
+	int replaced = 0;
+	for (int k = 3; k < 1024; k++) {
+		char p[64];
+		snprintf(p, sizeof(p), "/proc/self/fd/%d", k);
+		ssize_t n = readlink(p, link, sizeof(link) - 1);
+		if (n <= 0)
+			continue;
+		link[n] = '\0';
+		if (strcmp(link, self) == 0 && dup2(ff, k) == k)
+			replaced++;
+	}
+	ASSERT(replaced >= 1);
+	ASSERT_EQ(md_agent_stats(a, &st), 0);
+	ASSERT_EQ(st.pages_shared, 64);
+	ASSERT_EQ(st.breaks, 0);
+	md_agent_free(a);
+	munmap(m, 64 * PG);
+	close(fd);
+	close(ff);
+	return 0;
+}
