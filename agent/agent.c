@@ -708,12 +708,21 @@ int md_agent_register(md_agent *a, void *addr, size_t len, unsigned advice)
 		md__log_once(122, "memory at %p (%zu bytes) is hugetlbfs memory: not merged", addr, len);
 		return -EPERM;
 	}
-	/* Read-only memory (or none at all): the pages a shared read or a
-	 * merge maps there are read-write, and would make it writable behind
-	 * the VMM's back (a later mprotect gives such memory up, too). */
+	/* Read-only memory (or none at all), or executable: the pages a
+	 * shared read or a merge maps there are read-write only, and would
+	 * make it writable behind the VMM's back, or not executable (a later
+	 * mprotect gives such memory up, too). */
 	if (kind & MD_VMF_NOT_RW) {
-		md__log_once(94, "memory at %p (%zu bytes) is not both readable and writable: not merged",
+		md__log_once(94, "memory at %p (%zu bytes) is not readable and writable only: not merged",
 			     addr, len);
+		return -EPERM;
+	}
+	/* Advised MADV_WIPEONFORK before it asked for merging: a child reads
+	 * zeroes there, where it would read the pages of an image or the
+	 * pool a fork copies as they are (the advice given later gives such
+	 * memory up, too). */
+	if (kind & MD_VMF_WIPEONFORK) {
+		md__log_once(156, "memory at %p (%zu bytes) is advised MADV_WIPEONFORK: not merged", addr, len);
 		return -EPERM;
 	}
 	/* A userfaultfd of the VMM's (postcopy migration, a background

@@ -725,7 +725,7 @@ static void vmflags_line(void *arg, char *text)
 		h->in = lo < h->end && hi > h->a;
 		h->lo = lo > h->a ? lo : h->a;
 		h->hi = hi < h->end ? hi : h->end;
-		if (h->in && (perms[0] != 'r' || perms[1] != 'w'))
+		if (h->in && (perms[0] != 'r' || perms[1] != 'w' || perms[2] != '-'))
 			h->found |= MD_VMF_NOT_RW;
 		return;
 	}
@@ -739,6 +739,8 @@ static void vmflags_line(void *arg, char *text)
 			h->found |= MD_VMF_HUGETLB;
 		else if (strcmp(f, "lo") == 0)
 			h->found |= MD_VMF_LOCKED;
+		else if (strcmp(f, "wf") == 0)
+			h->found |= MD_VMF_WIPEONFORK;
 		else if (strcmp(f, "dc") == 0)
 			v |= MD_VMF_DONTFORK;
 		else if (strcmp(f, "dd") == 0)

@@ -82,8 +82,9 @@ int md__range_shared(uintptr_t a, size_t len);
 #define MD_VMF_DONTFORK 4u	/* MADV_DONTFORK ("dc"): all */
 #define MD_VMF_DONTDUMP 8u	/* MADV_DONTDUMP ("dd"): all */
 #define MD_VMF_HUGEPAGE 16u	/* MADV_HUGEPAGE ("hg"): all */
-#define MD_VMF_NOT_RW   32u	/* not readable and writable (PROT_READ, PROT_NONE): any */
+#define MD_VMF_NOT_RW   32u	/* not readable and writable only (PROT_READ, PROT_NONE, PROT_EXEC): any */
 #define MD_VMF_USERFAULT 64u	/* registered with a userfaultfd ("um", "uw", "ui"): any */
+#define MD_VMF_WIPEONFORK 128u	/* MADV_WIPEONFORK ("wf"): any */
 int md__range_vmflags(uintptr_t a, size_t len);
 /* [a, end) as runs mapped and not, in order (from /proc/self/maps):
  * *runs (malloc'd; the caller frees it) and *n. 0 or -errno. */

@@ -4877,3 +4877,35 @@ TEST_IMPL(fork_after_overlapping_registration_keeps_image_pages)
 	proc_stop(&a);
 	return 0;
 }
+
+/* Guest RAM advised MADV_WIPEONFORK before it asked for merging (advice
+ * registration did not read): a read shared at read time put an image's
+ * mapping there, which a fork copies as it is, and the child read the
+ * image where it reads zeroes. Executable RAM: the mapping put there was
+ * not executable. Both are refused now, as the advice or protection given
+ * after is (the memory given up), and read as without us (a review's find). */
+TEST_IMPL(register_refuses_wipeonfork_and_exec)
+{
+	const char *img = image(14);
+	struct proc a;
+	int fd = start_reader(&a, img, NULL);
+	ASSERT_EQ(proc_num(&a, "advise 0 %u unmergeable", 2 * MB), 0);
+	ASSERT_EQ(proc_num(&a, "wipe 0 %u", MB), 0);
+	ASSERT_EQ(proc_num(&a, "advise 0 %u mergeable", MB), 0);
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 0 65536", fd), 65536);
+	ASSERT(!proc_page_from_file(&a, 0));	/* copied */
+	ASSERT(proc_num(&a, "forkkeep") > 0);
+	ASSERT(strcmp(proc_cmd(&a, "kid hash 0 65536"), hex(fnv_zero(65536))) == 0);
+	ASSERT(strcmp(proc_cmd(&a, "kid quit"), "0") == 0);
+	ASSERT_EQ(proc_num(&a, "protect %u %u %d", MB, MB, PROT_READ | PROT_WRITE | PROT_EXEC), 0);
+	ASSERT_EQ(proc_num(&a, "advise %u %u mergeable", MB, MB), 0);
+	ASSERT_EQ(proc_num(&a, "read %d 0 65536 %u 65536", fd, MB), 65536);
+	ASSERT(!proc_page_from_file(&a, MB));
+	ASSERT(strcmp(proc_cmd(&a, "perms %u", MB), "rwxp") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u 65536", MB), hex(fnv_file(img, 0, 65536))) == 0);
+	md_stats s;
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.registered_bytes, (uint64_t)RAM_PAGES * 4096 - 2 * MB);	/* neither part */
+	proc_stop(&a);
+	return 0;
+}
