@@ -60,6 +60,8 @@ struct batch {
 
 struct md__client {
 	int fd;
+	dev_t dev;                 /* fd's socket, to tell it from a file the VMM puts */
+	ino_t ino;                 /* at the number (sock_ours) */
 	int dead;                  /* the stream is unusable: -ENOTCONN from now on */
 	int timeout_ms;
 	uint32_t seq;
@@ -88,6 +90,7 @@ struct md__client {
 	struct md__msg_control_done done[MD_CLIENT_DONE_MAX];
 	unsigned ndone;
 	int quiet;                 /* the CLI's: no log lines (md__client_set_quiet) */
+	int fd_lost;               /* fd is not our socket any more: never closed */
 	char refusal[MD_TEXT_MAX + 1]; /* why the daemon refused the connection; "" */
 };
 
@@ -150,6 +153,29 @@ static int broken(struct md__client *c)
 	return kill_conn(c, -EPROTO);
 }
 
+/* Whether c->fd is still our socket. The agent's client lives in the
+ * VMM, which may close the number and put a file or socket of its own
+ * there (its open taking the lowest number, a dup2): our requests (pages
+ * of guest RAM among them) would go into it, and we would take its bytes
+ * and descriptors. Looked at before each send and receive; found
+ * replaced, the connection is over, and the number is never closed as
+ * ours (md__client_free). */
+static int sock_ours(const struct md__client *c)
+{
+	struct stat st;
+	return fstat(c->fd, &st) == 0 && st.st_dev == c->dev && st.st_ino == c->ino;
+}
+
+static int replaced(struct md__client *c)
+{
+	if (!c->dead && !c->quiet)
+		md__log("the VMM closed the agent's connection to memdedupd, or put a file of its own at its "
+			"number: made again");
+	c->dead = 1;
+	c->fd_lost = 1;
+	return -ENOTCONN;
+}
+
 static int conn_errno(int e)
 {
 	return e == EPIPE || e == ECONNRESET || e == ENOTCONN || e == ECONNABORTED ? -ENOTCONN : -e;
@@ -174,6 +200,8 @@ static int wait_fd(struct md__client *c, short events, int64_t deadline)
 /* Sends the iovecs whole (advancing them over partial sends). */
 static int send_iov(struct md__client *c, struct iovec *iov, size_t cnt, int64_t deadline)
 {
+	if (cnt && !sock_ours(c))
+		return replaced(c);
 	while (cnt) {
 		if (!iov->iov_len) {
 			iov++;
@@ -221,6 +249,8 @@ static int fill(struct md__client *c, size_t need, int64_t deadline, int wait)
 	/* The last message's decoding was used up before this receive. */
 	if (md__rxbuf_room(&c->in, need) != 0)
 		return kill_conn(c, -ENOMEM);
+	if (!sock_ours(c))
+		return replaced(c);
 	for (;;) {
 		union {
 			struct cmsghdr h;
@@ -766,8 +796,13 @@ int md__client_connect(struct md__client **cp, const char *socket_path)
 		goto close_fd;
 	}
 	err = check_daemon(c->fd, path);
+	struct stat st;
+	if (!err && fstat(c->fd, &st) != 0)
+		err = -errno;
 	if (err)
 		goto close_fd;
+	c->dev = st.st_dev;
+	c->ino = st.st_ino;
 	*cp = c;
 	return 0;
 
@@ -786,8 +821,10 @@ void md__client_free(struct md__client *c)
 	 * exec holds keeps the socket open, and memdedupd would go on
 	 * serving what was left in it, granting references nobody learns
 	 * of. Shut down, it sees the hang-up (daemon/server.c). */
-	shutdown(c->fd, SHUT_RDWR);
-	close(c->fd);
+	if (!c->fd_lost && sock_ours(c)) {
+		shutdown(c->fd, SHUT_RDWR);
+		close(c->fd);
+	}
 	if (c->in_fd >= 0)
 		close(c->in_fd);
 	md__rxbuf_free(&c->in);

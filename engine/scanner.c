@@ -91,6 +91,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -183,7 +184,43 @@ int md__scanner_init(struct md__scanner *s, struct md__engine *e, struct md__hin
 	 * thread may come at any time, and a descriptor closed at a stop
 	 * could be another file's by then. */
 	s->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	return s->wake_fd < 0 ? -errno : 0;
+	struct stat st;
+	if (s->wake_fd < 0 || fstat(s->wake_fd, &st) != 0) {
+		int err = -errno;
+		if (s->wake_fd >= 0)
+			close(s->wake_fd);
+		s->wake_fd = -1;
+		return err;
+	}
+	s->wake_dev = st.st_dev;
+	s->wake_ino = st.st_ino;
+	return 0;
+}
+
+/* Whether wake_fd is still our eventfd, looked at before each use: the
+ * VMM may close the number and put a file of its own there (its open
+ * taking the lowest number, a dup2), whose bytes a poke would write over
+ * and a sleep read (a regular file is always readable: it would spin).
+ * Found replaced, it is never used or closed again, and the scanner
+ * sleeps out its time. (Another eventfd of the VMM's shows the same
+ * file: at worst, one wake-up more or less.) */
+static int wake_fd_ok(struct md__scanner *s)
+{
+	struct stat st;
+	if (__atomic_load_n(&s->wake_lost, __ATOMIC_RELAXED))
+		return 0;
+	if (s->wake_fd >= 0 && fstat(s->wake_fd, &st) == 0 && st.st_dev == s->wake_dev && st.st_ino == s->wake_ino)
+		return 1;
+	__atomic_store_n(&s->wake_lost, 1, __ATOMIC_RELAXED);
+	md__log_once(157, "the VMM closed the scanner's eventfd, or put a file of its own at its number: "
+		     "the scanner wakes only at the end of its sleeps from now on");
+	return 0;
+}
+
+/* The descriptor a sleep polls: none (-1, ignored by ppoll) once lost. */
+static int wake_poll_fd(struct md__scanner *s)
+{
+	return __atomic_load_n(&s->wake_lost, __ATOMIC_RELAXED) ? -1 : s->wake_fd;
 }
 
 /* Takes back what wake-ups were written, so the next sleep is whole. On
@@ -193,6 +230,10 @@ static void drain_wakes(struct md__scanner *s)
 {
 	int saved = errno;
 	uint64_t v;
+	if (!wake_fd_ok(s)) {
+		errno = saved;
+		return;
+	}
 	if (read(s->wake_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
 		md__log_once(133, "cannot read the scanner's wake-ups (%s): it may sleep less", strerror(errno));
 	errno = saved;
@@ -215,7 +256,7 @@ size_t md__scanner_meta_bytes(const struct md__scanner *s)
 
 void md__scanner_free(struct md__scanner *s)
 {
-	if (s->wake_fd >= 0)
+	if (s->wake_fd >= 0 && wake_fd_ok(s))
 		close(s->wake_fd);
 	s->wake_fd = -1;
 	free_unstable(s);
@@ -1307,7 +1348,7 @@ static void park(struct md__scanner *s)
 	__atomic_store_n(&s->parked, 1, __ATOMIC_SEQ_CST);
 	if (__atomic_load_n(&s->paused, __ATOMIC_SEQ_CST) && !__atomic_load_n(&s->stop, __ATOMIC_RELAXED)) {
 		struct timespec ts = { 1, 0 };
-		struct pollfd pfd = { .fd = s->wake_fd, .events = POLLIN };
+		struct pollfd pfd = { .fd = wake_poll_fd(s), .events = POLLIN };
 		if (ppoll(&pfd, 1, &ts, NULL) > 0 && (pfd.revents & POLLIN))
 			drain_wakes(s);
 	}
@@ -1389,7 +1430,7 @@ static void *scan_thread(void *arg)
 			if (idle && !__atomic_load_n(&s->idle, __ATOMIC_RELAXED) && floor - slept < d)
 				d = floor - slept;
 			struct timespec ts = { (time_t)(d / 1000000000ull), (long)(d % 1000000000ull) };
-			struct pollfd pfd = { .fd = s->wake_fd, .events = POLLIN };
+			struct pollfd pfd = { .fd = wake_poll_fd(s), .events = POLLIN };
 			if (ppoll(&pfd, 1, &ts, NULL) > 0 && (pfd.revents & POLLIN))
 				drain_wakes(s);
 			/* The time slept, not asked: a wake-up comes early. */
@@ -1421,7 +1462,7 @@ void md__scanner_poke(struct md__scanner *s)
 	if (wake && s->wake_fd >= 0) {
 		int saved = errno;
 		uint64_t one = 1;
-		if (write(s->wake_fd, &one, sizeof(one)) < 0) {
+		if (wake_fd_ok(s) && write(s->wake_fd, &one, sizeof(one)) < 0) {
 			/* Full (a counter near 2^64), or gone: the sleep
 			 * still ends at its next second. */
 		}
@@ -1468,7 +1509,9 @@ void md__scanner_stop(struct md__scanner *s)
 		return;
 	__atomic_store_n(&s->stop, 1, __ATOMIC_RELAXED);
 	uint64_t one = 1;
-	if (write(s->wake_fd, &one, sizeof(one)) != (ssize_t)sizeof(one))
+	if (!wake_fd_ok(s))
+		md__log("cannot wake the scanner (its eventfd is gone): it stops after its sleep");
+	else if (write(s->wake_fd, &one, sizeof(one)) != (ssize_t)sizeof(one))
 		md__log("cannot wake the scanner (%s): it stops after its sleep", strerror(errno));
 	pthread_join(s->thread, NULL);
 	__atomic_store_n(&s->running, 0, __ATOMIC_SEQ_CST);

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -77,12 +78,21 @@ int md__uffd_open(struct md__uffd *u, uint64_t want, uint64_t need)
 	if (err)
 		goto close_fd;
 	u->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (u->stop_fd < 0) {
+	struct stat st, sst;
+	if (u->stop_fd < 0 || fstat(u->fd, &st) != 0 || fstat(u->stop_fd, &sst) != 0) {
 		err = -errno;
-		goto close_fd;
+		goto close_stop;
 	}
+	u->dev = st.st_dev;
+	u->ino = st.st_ino;
+	u->stop_dev = sst.st_dev;
+	u->stop_ino = sst.st_ino;
 	return 0;
 
+close_stop:
+	if (u->stop_fd >= 0)
+		close(u->stop_fd);
+	u->stop_fd = -1;
 close_fd:
 	close(u->fd);
 	u->fd = -1;
@@ -116,8 +126,35 @@ const char *md__uffd_hint(int err)
 	}
 }
 
+/* Whether fd is still the file (dev, ino) it was opened as. The engine
+ * lives in the VMM, which may close one of our numbers and put a file of
+ * its own there: a read of it would take the VMM's bytes, an ioctl act on
+ * it (its own userfaultfd, say), a close close it. With ours closed, the
+ * kernel has dropped our registrations and woken every writer waiting. */
+static int same_file(int fd, dev_t dev, ino_t ino)
+{
+	struct stat st;
+	return fd >= 0 && fstat(fd, &st) == 0 && st.st_dev == dev && st.st_ino == ino;
+}
+
+/* Before each protect and registration (what a merge relies on): the
+ * others, on a file of the VMM's, fail or wake nobody of ours. */
+static int uffd_ok(struct md__uffd *u)
+{
+	if (__atomic_load_n(&u->lost, __ATOMIC_RELAXED))
+		return 0;
+	if (same_file(u->fd, u->dev, u->ino))
+		return 1;
+	__atomic_store_n(&u->lost, 1, __ATOMIC_RELAXED);
+	md__log_once(158, "the VMM closed the engine's userfaultfd, or put a file of its own at its number: "
+		     "no more merging in this process (pages merged stay)");
+	return 0;
+}
+
 int md__uffd_register_wp(struct md__uffd *u, uintptr_t addr, size_t len)
 {
+	if (!uffd_ok(u))
+		return -EBADF;
 	struct uffdio_register reg = {
 		.range = { .start = addr, .len = len },
 		.mode = UFFDIO_REGISTER_MODE_WP,
@@ -151,6 +188,8 @@ static int wp_call(struct md__uffd *u, uintptr_t addr, size_t len, int protect)
 	};
 	if (len > WP_PAGE && __atomic_load_n(&md__uffd_one_page_only, __ATOMIC_RELAXED))
 		return -ENOENT;
+	if (protect && !uffd_ok(u))
+		return -EBADF;
 	/* EAGAIN: the mm is changing under us (mmap_changing); try again. */
 	for (int tries = 0; tries < 1000; tries++) {
 		if (md__sys_ioctl(u->fd, UFFDIO_WRITEPROTECT, &wp) == 0)
@@ -212,19 +251,31 @@ static void *fault_thread(void *arg)
 	for (;;) {
 		/* This thread must not end while pages may be frozen: a writer
 		 * of one would wait for ever. An unexpected error (ENOMEM) is
-		 * said once and tried again a millisecond later. */
-		if (poll(pfd, 2, -1) < 0) {
+		 * said once and tried again a millisecond later. Without the
+		 * stop eventfd (the VMM's now, below) it looks at the stop
+		 * flag every 100 ms. */
+		if (poll(pfd, 2, pfd[1].fd < 0 ? 100 : -1) < 0) {
 			int err = errno;	/* the read below sets its own */
 			uint64_t stop;
-			if (read(u->stop_fd, &stop, sizeof(stop)) == (ssize_t)sizeof(stop))
+			if (__atomic_load_n(&u->stopping, __ATOMIC_SEQ_CST) ||
+			    (pfd[1].fd >= 0 && read(u->stop_fd, &stop, sizeof(stop)) == (ssize_t)sizeof(stop)))
 				return NULL;	/* md__uffd_close, which poll could not tell */
 			errno = err;
 			if (err != EINTR && err != EAGAIN)
 				uffd_retry_later("poll", &said);
 			continue;
 		}
-		if (pfd[1].revents)
+		if (__atomic_load_n(&u->stopping, __ATOMIC_SEQ_CST))
 			return NULL;
+		/* Readable, or gone: ours, or a file of the VMM's at the
+		 * number, never read (nor polled again). A stop eventfd lost
+		 * is no stop: the thread lives on, as writers may wait. */
+		if (pfd[1].revents && !same_file(u->stop_fd, u->stop_dev, u->stop_ino))
+			pfd[1].fd = -1;
+		if (pfd[0].revents && !uffd_ok(u))
+			pfd[0].fd = -1;
+		if (!pfd[0].revents || pfd[0].fd < 0)
+			continue;
 		ssize_t n = read(u->fd, msgs, sizeof(msgs));
 		if (n < 0) {
 			if (errno != EAGAIN && errno != EINTR)
@@ -261,14 +312,17 @@ void md__uffd_close(struct md__uffd *u)
 		 * more is readable already, and the thread stops at that all
 		 * the same; not joined, it ran on over an engine freed. */
 		uint64_t one = 1;
-		while (write(u->stop_fd, &one, sizeof(one)) < 0 && errno == EINTR)
+		__atomic_store_n(&u->stopping, 1, __ATOMIC_SEQ_CST);
+		while (same_file(u->stop_fd, u->stop_dev, u->stop_ino) && write(u->stop_fd, &one, sizeof(one)) < 0 &&
+		       errno == EINTR)
 			;
 		pthread_join(u->thread, NULL);
 		u->thread_started = 0;
 	}
-	if (u->stop_fd >= 0)
+	/* Never a number the VMM has put a file of its own at. */
+	if (same_file(u->stop_fd, u->stop_dev, u->stop_ino))
 		close(u->stop_fd);
-	if (u->fd >= 0)
+	if (same_file(u->fd, u->dev, u->ino))
 		close(u->fd);
 	u->fd = u->stop_fd = -1;
 }

@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 /* Feature bits newer than the installed 6.1 UAPI headers. */
 #define MD_UFFD_FEATURE_WP_HUGETLBFS_SHMEM (1ull << 12)
@@ -23,6 +24,10 @@ struct md__uffd {
 	int fd;
 	uint64_t features;   /* what UFFDIO_API granted */
 	int stop_fd;         /* eventfd that ends the fault thread */
+	dev_t dev, stop_dev; /* their files, to tell them from files the VMM */
+	ino_t ino, stop_ino; /* puts at their numbers (close, then open; dup2) */
+	int lost;            /* fd found replaced: no protect or registration any more */
+	int stopping;        /* md__uffd_close asked the thread to end (atomic) */
 	pthread_t thread;
 	int thread_started;
 	md__uffd_fault_fn fn;

@@ -2644,6 +2644,70 @@ TEST_IMPL(engine_remote_pool_descriptor_replaced)
 	return 0;
 }
 
+/* The connection to memdedupd is used by number too: the VMM putting a
+ * socket of its own there (dup2), our next request went into it, the
+ * VMM's bytes were taken as memdedupd's, and the hang-up shut down and
+ * closed the VMM's socket (a review's test saw all three). Now the
+ * number is looked at before each send and receive: found replaced, the
+ * connection is over, nothing is sent or taken, and the number is left to
+ * the VMM; the next connect makes a new one. */
+TEST_IMPL(engine_remote_socket_replaced)
+{
+	struct tdaemon t;
+	struct md__engine e;
+	struct md__remote rm;
+	char buf[64];
+	int sv[2];
+	engine_with_daemon(&e, &t, &rm, "sock");
+	ASSERT(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+	int cfd = md__client_fd(rm.c);
+	ASSERT_EQ(dup2(sv[0], cfd), cfd);
+	ASSERT_EQ(write(sv[1], "VMM-PEER-DATA", 13), 13);	/* for the VMM to read */
+	uint64_t ctr[4] = { 1, 2, 3, 4 };
+	ASSERT(md__remote_report(&rm, ctr, 4) < 0);
+	ASSERT_EQ(fcntl(sv[1], F_SETFL, O_NONBLOCK), 0);
+	ASSERT_EQ(read(sv[1], buf, sizeof(buf)), -1);	/* nothing of ours reached the VMM's peer */
+	ASSERT_EQ(errno, EAGAIN);
+	ASSERT_EQ(md__engine_remote_connect(&e), 0);	/* a new connection */
+	ASSERT(md__client_fd(rm.c) != cfd);
+	ASSERT_EQ(md__remote_report(&rm, ctr, 4), 0);
+	ASSERT_EQ(fcntl(cfd, F_SETFL, O_NONBLOCK), 0);
+	ASSERT_EQ(read(cfd, buf, sizeof(buf)), 13);	/* the VMM's bytes, still its own */
+	engine_with_daemon_down(&e, &rm, &t);
+	ASSERT(fcntl(cfd, F_GETFD) >= 0);	/* not closed as ours */
+	ASSERT_EQ(write(sv[1], "x", 1), 1);	/* nor shut down */
+	close(cfd);
+	close(sv[0]);
+	close(sv[1]);
+	return 0;
+}
+
+/* The scanner's wake-up eventfd is used by number: a file the VMM put at
+ * it had 8 bytes written over its start by the next poke (and its
+ * position moved), a sleep read it (a regular file is always readable:
+ * the sleep would spin), and the scanner's free closed it. Looked at
+ * before each use now: the VMM's file is left as it was. */
+TEST_IMPL(engine_scanner_wake_fd_replaced)
+{
+	struct md__engine e;
+	struct md__scanner s;
+	engine_up(&e);
+	ASSERT_EQ(md__scanner_init(&s, &e, NULL), 0);
+	int victim = victim_file(), w = s.wake_fd;
+	ASSERT_EQ(dup2(victim, w), w);
+	__atomic_store_n(&s.idle, 1, __ATOMIC_RELAXED);	/* the poke wakes a sleep */
+	md__scanner_poke(&s);
+	ASSERT(victim_intact(w));
+	ASSERT_EQ(lseek(w, 0, SEEK_CUR), 0);
+	md__scanner_free(&s);
+	ASSERT(fcntl(w, F_GETFD) >= 0);	/* not closed as ours */
+	ASSERT(victim_intact(w));
+	md__engine_fini(&e);
+	close(w);
+	close(victim);
+	return 0;
+}
+
 /* A discard whose map fails in one run of pages goes on with the next:
  * the VMM is told it failed, with as much done as could be, each failed
  * map counted. A pool page the discard left showed the pool's content,
@@ -3806,6 +3870,69 @@ TEST_IMPL(engine_uffd_close_waits_for_fault)
 	ASSERT_EQ(w.closed_seen, 0);
 	ASSERT_EQ(w.page[0], 1);
 	munmap(w.page, PG);
+	return 0;
+}
+
+/* The userfaultfd and the eventfd that stops its thread are used by
+ * number: the VMM putting a file of its own at the eventfd's, the thread
+ * found it readable and ended, and a writer of a page frozen after waited
+ * for ever (a guest's vCPU); at the userfaultfd's, the thread read the
+ * file (its bytes gone, its position moved). Each is looked at before it
+ * is read now, and neither number is closed as ours. */
+static void unprotect_fault(void *arg, uintptr_t addr)
+{
+	md__uffd_wp(arg, addr, PG, 0);
+}
+
+static void *write_page(void *arg)
+{
+	*(volatile unsigned char *)arg = 9;
+	return NULL;
+}
+
+TEST_IMPL(engine_uffd_descriptors_replaced)
+{
+	static struct md__uffd u;
+	int err = md__uffd_open(&u, 0, 0);
+	if (err && uffd_unavailable())
+		SKIP("userfaultfd unavailable (%s)", strerror(-err));
+	ASSERT_EQ(err, 0);
+	unsigned char *page = map_ram(1);
+	page[0] = 7;
+	ASSERT_EQ(md__uffd_register_wp(&u, (uintptr_t)page, PG), 0);
+	ASSERT_EQ(md__uffd_start(&u, unprotect_fault, &u), 0);
+	int victim = victim_file(), sfd = u.stop_fd;
+	ASSERT_EQ(dup2(victim, sfd), sfd);
+	usleep(100000);	/* the thread looks at it */
+	ASSERT_EQ(md__uffd_wp(&u, (uintptr_t)page, PG, 1), 0);
+	pthread_t writer;
+	ASSERT_EQ(pthread_create(&writer, NULL, write_page, page), 0);
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += 5;
+	ASSERT_EQ(pthread_timedjoin_np(writer, NULL, &until), 0);	/* the fault was resolved */
+	ASSERT_EQ(page[0], 9);
+	md__uffd_close(&u);
+	ASSERT(fcntl(sfd, F_GETFD) >= 0);	/* not closed as ours */
+	ASSERT(victim_intact(sfd));
+	close(sfd);
+
+	ASSERT_EQ(md__uffd_open(&u, 0, 0), 0);
+	ASSERT_EQ(md__uffd_register_wp(&u, (uintptr_t)page, PG), 0);
+	ASSERT_EQ(md__uffd_start(&u, unprotect_fault, &u), 0);
+	int ufd = u.fd;
+	ASSERT_EQ(dup2(victim, ufd), ufd);	/* ours closed: the kernel drops its registration */
+	ASSERT_EQ(lseek(ufd, 0, SEEK_SET), 0);
+	usleep(100000);
+	ASSERT_EQ(md__uffd_wp(&u, (uintptr_t)page, PG, 1), -EBADF);	/* no freeze: no merge */
+	ASSERT_EQ(lseek(ufd, 0, SEEK_CUR), 0);	/* never read */
+	md__uffd_close(&u);
+	ASSERT(fcntl(ufd, F_GETFD) >= 0);
+	ASSERT(victim_intact(ufd));
+	page[0] = 3;	/* nothing frozen */
+	close(ufd);
+	close(victim);
+	munmap(page, PG);
 	return 0;
 }
 
