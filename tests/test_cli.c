@@ -410,7 +410,7 @@ TEST_IMPL(cli_run_daemon_not_confined)
 			_exit(100);
 		char cmd[1200];
 		snprintf(cmd, sizeof(cmd), "MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- true >/dev/null 2>&1",
-			 dir, build_dir());
+			 dir, run_build_dir());
 		execl("/bin/sh", "sh", "-c", cmd, (char *)NULL);
 		_exit(127);
 	}
