@@ -665,7 +665,7 @@ enum { UNMERGE_VMM = 1, UNMERGE_DAEMON = 2, UNMERGE_USER = 3 };
 
 /* One unmerge at a time: each stops and starts the scanner's thread, and two
  * (the VMM's and memdedupd's, on the agent's thread) joined one thread twice
- * and closed its eventfd twice. Those of the agent's thread wait for none:
+ * and freed it twice. Those of the agent's thread wait for none:
  * it also answers lease breaks. */
 static int unmerge(md_agent *a, char *why, size_t size, int by)
 {
@@ -773,7 +773,7 @@ paused:
 		pthread_mutex_unlock(&a->pause_lock);
 		if (keep || __atomic_load_n(&a->io_unseen, __ATOMIC_SEQ_CST))
 			__atomic_store_n(&a->scanner.paused, 1, __ATOMIC_SEQ_CST);
-		/* Resumed: a paused scanner waits on its eventfd, not a clock. */
+		/* Resumed: a paused scanner waits to be woken, not a clock. */
 		md__scanner_poke(&a->scanner);
 	} else {
 		/* 2 if memdedupd asked (it will say when resumed), and only

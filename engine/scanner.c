@@ -87,11 +87,11 @@
  * share (share_batch, share_cpu).
  */
 #include <errno.h>
-#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
-#include <sys/stat.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -180,63 +180,37 @@ int md__scanner_init(struct md__scanner *s, struct md__engine *e, struct md__hin
 	s->sleep_ms = 20;
 	s->ratio = 4;
 	s->rng = 0x2545f4914f6cdd1dull;
-	/* For the scanner's life, not a start's: a poke from a reading
-	 * thread may come at any time, and a descriptor closed at a stop
-	 * could be another file's by then. */
-	s->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	struct stat st;
-	if (s->wake_fd < 0 || fstat(s->wake_fd, &st) != 0) {
-		int err = -errno;
-		if (s->wake_fd >= 0)
-			close(s->wake_fd);
-		s->wake_fd = -1;
-		return err;
-	}
-	s->wake_dev = st.st_dev;
-	s->wake_ino = st.st_ino;
 	return 0;
 }
 
-/* Whether wake_fd is still our eventfd, looked at before each use: the
- * VMM may close the number and put a file of its own there (its open
- * taking the lowest number, a dup2), whose bytes a poke would write over
- * and a sleep read (a regular file is always readable: it would spin).
- * Found replaced, it is never used or closed again, and the scanner
- * sleeps out its time. (Another eventfd of the VMM's shows the same
- * file: at worst, one wake-up more or less.) */
-static int wake_fd_ok(struct md__scanner *s)
+/* The thread's sleeps end early at a wake-up (a stop, a poke, a resume):
+ * a count other threads add to, and a futex on it. No descriptor: one in
+ * the VMM's table could be closed by the VMM, and its number given to an
+ * eventfd or file of the VMM's, which a wake-up would write and a sleep
+ * read (its events taken), or poll found always ready (a sleep that
+ * spins). A wake-up before a sleep began ends it, as it came after the
+ * last one was taken (wakes_seen). */
+static void wake_up(struct md__scanner *s)
 {
-	struct stat st;
-	if (__atomic_load_n(&s->wake_lost, __ATOMIC_RELAXED))
-		return 0;
-	if (s->wake_fd >= 0 && fstat(s->wake_fd, &st) == 0 && st.st_dev == s->wake_dev && st.st_ino == s->wake_ino)
-		return 1;
-	__atomic_store_n(&s->wake_lost, 1, __ATOMIC_RELAXED);
-	md__log_once(157, "the VMM closed the scanner's eventfd, or put a file of its own at its number: "
-		     "the scanner wakes only at the end of its sleeps from now on");
-	return 0;
+	int saved = errno;	/* on a reading thread of the VMM */
+	__atomic_fetch_add(&s->wakes, 1, __ATOMIC_SEQ_CST);
+	syscall(SYS_futex, &s->wakes, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+	errno = saved;
 }
 
-/* The descriptor a sleep polls: none (-1, ignored by ppoll) once lost. */
-static int wake_poll_fd(struct md__scanner *s)
+/* Sleeps for *ts at most: 1 if a wake-up ended it (or came before). */
+static int sleep_until_woken(struct md__scanner *s, const struct timespec *ts)
 {
-	return __atomic_load_n(&s->wake_lost, __ATOMIC_RELAXED) ? -1 : s->wake_fd;
+	uint32_t seen = s->wakes_seen;
+	if (__atomic_load_n(&s->wakes, __ATOMIC_SEQ_CST) == seen)
+		syscall(SYS_futex, &s->wakes, FUTEX_WAIT_PRIVATE, seen, ts, NULL, 0);
+	return __atomic_load_n(&s->wakes, __ATOMIC_SEQ_CST) != seen;
 }
 
-/* Takes back what wake-ups were written, so the next sleep is whole. On
- * the VMM's thread too (a start at its first registration), whose errno
- * stays as its call leaves it: none written is EAGAIN. */
+/* Takes the wake-ups that came, so the next sleep is whole. */
 static void drain_wakes(struct md__scanner *s)
 {
-	int saved = errno;
-	uint64_t v;
-	if (!wake_fd_ok(s)) {
-		errno = saved;
-		return;
-	}
-	if (read(s->wake_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
-		md__log_once(133, "cannot read the scanner's wake-ups (%s): it may sleep less", strerror(errno));
-	errno = saved;
+	s->wakes_seen = __atomic_load_n(&s->wakes, __ATOMIC_SEQ_CST);
 }
 
 static void free_unstable(struct md__scanner *s)
@@ -256,9 +230,6 @@ size_t md__scanner_meta_bytes(const struct md__scanner *s)
 
 void md__scanner_free(struct md__scanner *s)
 {
-	if (s->wake_fd >= 0 && wake_fd_ok(s))
-		close(s->wake_fd);
-	s->wake_fd = -1;
 	free_unstable(s);
 	free(s->copy);
 	s->copy = NULL;
@@ -1328,7 +1299,7 @@ static int tunables_moved(const struct md__scanner *s, unsigned sleep_ms, size_t
  * is its own and the sleep's before it: the wake-ups of the sleep count
  * against the cap too. Counted inside the batch alone, the cap did not
  * hold: at sleep_millisecs=1 and a 5 % cap, two agents' scanners used
- * 11.5 % of a core, their wake-ups (a ppoll, clock reads) uncounted. */
+ * 11.5 % of a core, their wake-ups (a sleep's system call, clock reads) uncounted. */
 static uint64_t charge(struct md__scanner *s, uint64_t *mark)
 {
 	uint64_t now = clock_ns(CLOCK_THREAD_CPUTIME_ID), cpu = now - *mark;
@@ -1337,8 +1308,8 @@ static uint64_t charge(struct md__scanner *s, uint64_t *mark)
 	return cpu;
 }
 
-/* Paused: blocks on the wake-up eventfd, a second at a time at most,
- * which a resume writes (md__scanner_poke sees parked), as a stop does.
+/* Paused: sleeps until woken, a second at a time at most,
+ * which a resume wakes (md__scanner_poke sees parked), as a stop does.
  * Woken every set sleep to look, a paused scanner cost 4 % of a core at
  * sleep_millisecs=1. parked is set before paused is looked at, and a
  * resume clears paused before it looks at parked: one of the two sees
@@ -1348,8 +1319,7 @@ static void park(struct md__scanner *s)
 	__atomic_store_n(&s->parked, 1, __ATOMIC_SEQ_CST);
 	if (__atomic_load_n(&s->paused, __ATOMIC_SEQ_CST) && !__atomic_load_n(&s->stop, __ATOMIC_RELAXED)) {
 		struct timespec ts = { 1, 0 };
-		struct pollfd pfd = { .fd = wake_poll_fd(s), .events = POLLIN };
-		if (ppoll(&pfd, 1, &ts, NULL) > 0 && (pfd.revents & POLLIN))
+		if (sleep_until_woken(s, &ts))
 			drain_wakes(s);
 	}
 	__atomic_store_n(&s->parked, 0, __ATOMIC_SEQ_CST);
@@ -1411,8 +1381,7 @@ static void *scan_thread(void *arg)
 		total = total > floor ? total : floor;
 		total = total > 1000000 ? total : 1000000;	/* always yield a little */
 		/* Slept in slices of the set sleep, 100 ms to a second: a stop
-		 * and a poke (new hints, a resume) end it at once through the
-		 * eventfd (at a quiet host's 32x, or a long sleep_millisecs, it
+		 * and a poke (new hints, a resume) end it at once (wake_up) (at a quiet host's 32x, or a long sleep_millisecs, it
 		 * lasts minutes, and the agent's thread, which stops us for an
 		 * unmerge, answers no lease break while it waits); a new
 		 * tunable, or share of them, counts from the cap's part's end,
@@ -1430,8 +1399,7 @@ static void *scan_thread(void *arg)
 			if (idle && !__atomic_load_n(&s->idle, __ATOMIC_RELAXED) && floor - slept < d)
 				d = floor - slept;
 			struct timespec ts = { (time_t)(d / 1000000000ull), (long)(d % 1000000000ull) };
-			struct pollfd pfd = { .fd = wake_poll_fd(s), .events = POLLIN };
-			if (ppoll(&pfd, 1, &ts, NULL) > 0 && (pfd.revents & POLLIN))
+			if (sleep_until_woken(s, &ts))
 				drain_wakes(s);
 			/* The time slept, not asked: a wake-up comes early. */
 			slept = clock_ns(CLOCK_MONOTONIC) - start;
@@ -1454,20 +1422,13 @@ void md__scanner_poke(struct md__scanner *s)
 	 * The one that ends a spell wakes the sleep; on a reading thread of
 	 * the VMM, whose errno stays as the read left it. */
 	int wake = __atomic_load_n(&s->idle, __ATOMIC_RELAXED) && __atomic_exchange_n(&s->idle, 0, __ATOMIC_RELAXED);
-	/* A resume (paused cleared before): the thread blocks on the
-	 * eventfd while paused (park). */
+	/* A resume (paused cleared before): the thread sleeps until woken
+	 * while paused (park). */
 	if (__atomic_load_n(&s->parked, __ATOMIC_SEQ_CST) && !__atomic_load_n(&s->paused, __ATOMIC_SEQ_CST) &&
 	    __atomic_exchange_n(&s->parked, 0, __ATOMIC_SEQ_CST))
 		wake = 1;
-	if (wake && s->wake_fd >= 0) {
-		int saved = errno;
-		uint64_t one = 1;
-		if (wake_fd_ok(s) && write(s->wake_fd, &one, sizeof(one)) < 0) {
-			/* Full (a counter near 2^64), or gone: the sleep
-			 * still ends at its next second. */
-		}
-		errno = saved;
-	}
+	if (wake)
+		wake_up(s);
 }
 
 int md__scanner_wait_step(struct md__scanner *s, unsigned ms)
@@ -1508,11 +1469,7 @@ void md__scanner_stop(struct md__scanner *s)
 	if (!__atomic_load_n(&s->running, __ATOMIC_SEQ_CST))
 		return;
 	__atomic_store_n(&s->stop, 1, __ATOMIC_RELAXED);
-	uint64_t one = 1;
-	if (!wake_fd_ok(s))
-		md__log("cannot wake the scanner (its eventfd is gone): it stops after its sleep");
-	else if (write(s->wake_fd, &one, sizeof(one)) != (ssize_t)sizeof(one))
-		md__log("cannot wake the scanner (%s): it stops after its sleep", strerror(errno));
+	wake_up(s);
 	pthread_join(s->thread, NULL);
 	__atomic_store_n(&s->running, 0, __ATOMIC_SEQ_CST);
 }

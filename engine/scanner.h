@@ -8,7 +8,6 @@
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <sys/types.h>
 
 #include "hints.h"
 #include "merge.h"
@@ -122,11 +121,9 @@ struct md__scanner {
 	struct md__scanner_stats st;
 	pthread_t thread;
 	int running, stop;
-	int wake_fd;            /* eventfd that ends the thread's sleep (stop, poke) */
-	dev_t wake_dev;         /* its file, to tell it from one the VMM put at */
-	ino_t wake_ino;         /* its number (wake_fd_ok) */
-	int wake_lost;          /* found replaced: never used or closed again (atomic) */
-	int parked;             /* 1 while the thread, paused, blocks on wake_fd (atomic) */
+	uint32_t wakes;         /* wake-ups that end the thread's sleep (stop, poke): a futex */
+	uint32_t wakes_seen;    /* the thread's: those it took (drain_wakes) */
+	int parked;             /* 1 while the thread, paused, sleeps until woken (atomic) */
 	int stepping;           /* 1 while the thread is in md__scanner_step (atomic) */
 };
 

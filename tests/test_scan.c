@@ -2524,7 +2524,7 @@ static void wait_scanner_asleep_quiet(md_agent *a)
 	for (int i = 0; i < 2000 && !__atomic_load_n(&a->scanner.idle, __ATOMIC_RELAXED); i++)
 		usleep(10000);
 	ASSERT(__atomic_load_n(&a->scanner.idle, __ATOMIC_RELAXED) > 0);
-	ASSERT(thread_blocked_in(getpid(), "md-scan", SYS_ppoll, 20000));
+	ASSERT(thread_blocked_in(getpid(), "md-scan", SYS_futex, 20000));
 }
 
 /* A scanner slowed down on a quiet host (32 times its sleep) takes up the
@@ -3660,7 +3660,7 @@ static pid_t task_named(const char *comm)
 	return tid;
 }
 
-/* Watches the scanner's thread (tid) for a wait in its sleep's ppoll,
+/* Watches the scanner's thread (tid) for a wait in its sleep's futex,
  * seen twice 20 ms apart, while the thread that stops it (stopper) waits
  * in pthread_join (a futex), until done. The stop's wake-up is written
  * before the join: seen then, the sleep goes on regardless of the stop. */
@@ -3675,9 +3675,9 @@ static void *watch_stopped_sleep(void *p)
 	struct stop_watch *w = p;
 	while (!__atomic_load_n(&w->done, __ATOMIC_ACQUIRE) && !w->seen) {
 		if (__atomic_load_n(&w->s->stop, __ATOMIC_RELAXED) && task_syscall(w->stopper) == SYS_futex &&
-		    task_syscall(w->tid) == SYS_ppoll) {
+		    task_syscall(w->tid) == SYS_futex) {
 			usleep(20000);
-			w->seen = task_syscall(w->tid) == SYS_ppoll;
+			w->seen = task_syscall(w->tid) == SYS_futex;
 		} else {
 			usleep(1000);
 		}
@@ -3709,7 +3709,7 @@ TEST_IMPL(scan_stop_ends_sleep)
 	 * sleep is slept a second at a time); without that either, 30 s. */
 	pid_t tid = task_named("md-scan");
 	ASSERT(tid > 0);
-	ASSERT(thread_blocked_in(getpid(), "md-scan", SYS_ppoll, 5000));
+	ASSERT(thread_blocked_in(getpid(), "md-scan", SYS_futex, 5000));
 	struct stop_watch w = { .s = &a->scanner, .tid = tid, .stopper = (pid_t)syscall(SYS_gettid) };
 	pthread_t watcher;
 	ASSERT_EQ(pthread_create(&watcher, NULL, watch_stopped_sleep, &w), 0);
