@@ -10,7 +10,7 @@
 #include <linux/userfaultfd.h>
 #include <poll.h>
 #include <string.h>
-#include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -55,7 +55,7 @@ int md__uffd_open(struct md__uffd *u, uint64_t want, uint64_t need)
 	int err;
 
 	memset(u, 0, sizeof(*u));
-	u->fd = u->stop_fd = -1;
+	u->fd = u->stop_fd = u->stop_wfd = -1;
 	want |= need;
 	/* UFFDIO_API fails for a feature it does not know and may be called
 	 * once per descriptor: ask what exists on a throw-away one first. */
@@ -77,9 +77,18 @@ int md__uffd_open(struct md__uffd *u, uint64_t want, uint64_t need)
 	err = uffd_api(u->fd, want & have, &u->features);
 	if (err)
 		goto close_fd;
-	u->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	struct stat st, sst;
-	if (u->stop_fd < 0 || fstat(u->fd, &st) != 0 || fstat(u->stop_fd, &sst) != 0) {
+	/* Not an eventfd: every eventfd shows one file, so one of the VMM's
+	 * put at its number could not be told from ours. Each socket is a
+	 * file of its own. */
+	int sv[2];
+	struct stat st, sst, wst;
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) != 0) {
+		err = -errno;
+		goto close_fd;
+	}
+	u->stop_fd = sv[0];
+	u->stop_wfd = sv[1];
+	if (fstat(u->fd, &st) != 0 || fstat(u->stop_fd, &sst) != 0 || fstat(u->stop_wfd, &wst) != 0) {
 		err = -errno;
 		goto close_stop;
 	}
@@ -87,12 +96,13 @@ int md__uffd_open(struct md__uffd *u, uint64_t want, uint64_t need)
 	u->ino = st.st_ino;
 	u->stop_dev = sst.st_dev;
 	u->stop_ino = sst.st_ino;
+	u->stop_wino = wst.st_ino;
 	return 0;
 
 close_stop:
-	if (u->stop_fd >= 0)
-		close(u->stop_fd);
-	u->stop_fd = -1;
+	close(u->stop_fd);
+	close(u->stop_wfd);
+	u->stop_fd = u->stop_wfd = -1;
 close_fd:
 	close(u->fd);
 	u->fd = -1;
@@ -251,26 +261,22 @@ static void *fault_thread(void *arg)
 	for (;;) {
 		/* This thread must not end while pages may be frozen: a writer
 		 * of one would wait for ever. An unexpected error (ENOMEM) is
-		 * said once and tried again a millisecond later. Without the
-		 * stop eventfd (the VMM's now, below) it looks at the stop
-		 * flag every 100 ms. */
-		if (poll(pfd, 2, pfd[1].fd < 0 ? 100 : -1) < 0) {
-			int err = errno;	/* the read below sets its own */
-			uint64_t stop;
-			if (__atomic_load_n(&u->stopping, __ATOMIC_SEQ_CST) ||
-			    (pfd[1].fd >= 0 && read(u->stop_fd, &stop, sizeof(stop)) == (ssize_t)sizeof(stop)))
-				return NULL;	/* md__uffd_close, which poll could not tell */
-			errno = err;
-			if (err != EINTR && err != EAGAIN)
+		 * said once and tried again a millisecond later. A second at a
+		 * time at most: a stop is also seen by its flag, for a stop
+		 * socket whose number the VMM took (quiet, it may never be
+		 * readable). */
+		int r = poll(pfd, 2, 1000);
+		if (__atomic_load_n(&u->stopping, __ATOMIC_SEQ_CST))
+			return NULL;	/* md__uffd_close */
+		if (r < 0) {
+			if (errno != EINTR && errno != EAGAIN)
 				uffd_retry_later("poll", &said);
 			continue;
 		}
-		if (__atomic_load_n(&u->stopping, __ATOMIC_SEQ_CST))
-			return NULL;
-		/* Readable, or gone: ours, or a file of the VMM's at the
-		 * number, never read (nor polled again). A stop eventfd lost
-		 * is no stop: the thread lives on, as writers may wait. */
-		if (pfd[1].revents && !same_file(u->stop_fd, u->stop_dev, u->stop_ino))
+		/* The stop socket ready with no stop asked: a file of the
+		 * VMM's at its number, or its other end gone; never read, nor
+		 * polled again. The uffd's: read only if still ours. */
+		if (pfd[1].revents)
 			pfd[1].fd = -1;
 		if (pfd[0].revents && !uffd_ok(u))
 			pfd[0].fd = -1;
@@ -308,13 +314,14 @@ int md__uffd_start(struct md__uffd *u, md__uffd_fault_fn fn, void *arg)
 void md__uffd_close(struct md__uffd *u)
 {
 	if (u->thread_started) {
-		/* Joined whatever the write says: an eventfd that refuses one
-		 * more is readable already, and the thread stops at that all
-		 * the same; not joined, it ran on over an engine freed. */
-		uint64_t one = 1;
+		/* Joined whatever the send says: a socket that refuses one
+		 * more byte is readable already, and the thread sees the flag
+		 * within a second anyway; not joined, it ran on over an engine
+		 * freed. */
+		char one = 1;
 		__atomic_store_n(&u->stopping, 1, __ATOMIC_SEQ_CST);
-		while (same_file(u->stop_fd, u->stop_dev, u->stop_ino) && write(u->stop_fd, &one, sizeof(one)) < 0 &&
-		       errno == EINTR)
+		while (same_file(u->stop_wfd, u->stop_dev, u->stop_wino) &&
+		       send(u->stop_wfd, &one, 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0 && errno == EINTR)
 			;
 		pthread_join(u->thread, NULL);
 		u->thread_started = 0;
@@ -322,7 +329,9 @@ void md__uffd_close(struct md__uffd *u)
 	/* Never a number the VMM has put a file of its own at. */
 	if (same_file(u->stop_fd, u->stop_dev, u->stop_ino))
 		close(u->stop_fd);
+	if (same_file(u->stop_wfd, u->stop_dev, u->stop_wino))
+		close(u->stop_wfd);
 	if (same_file(u->fd, u->dev, u->ino))
 		close(u->fd);
-	u->fd = u->stop_fd = -1;
+	u->fd = u->stop_fd = u->stop_wfd = -1;
 }

@@ -23,9 +23,10 @@ typedef void (*md__uffd_fault_fn)(void *arg, uintptr_t addr);
 struct md__uffd {
 	int fd;
 	uint64_t features;   /* what UFFDIO_API granted */
-	int stop_fd;         /* eventfd that ends the fault thread */
-	dev_t dev, stop_dev; /* their files, to tell them from files the VMM */
-	ino_t ino, stop_ino; /* puts at their numbers (close, then open; dup2) */
+	int stop_fd;         /* a socket the fault thread polls, ended by a byte */
+	int stop_wfd;        /* from its other end (a socketpair's: no SIGPIPE) */
+	dev_t dev, stop_dev; /* their files, to tell them from files the VMM puts */
+	ino_t ino, stop_ino, stop_wino; /* at their numbers (close then open, dup2) */
 	int lost;            /* fd found replaced: no protect or registration any more */
 	int stopping;        /* md__uffd_close asked the thread to end (atomic) */
 	pthread_t thread;

@@ -4,6 +4,7 @@
  * back, and no write lost while merges run at full speed.
  */
 #include <dirent.h>
+#include <sys/eventfd.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stddef.h>
@@ -3898,6 +3899,12 @@ static void unprotect_fault(void *arg, uintptr_t addr)
 	md__uffd_wp(arg, addr, PG, 0);
 }
 
+static void *close_uffd(void *arg)
+{
+	md__uffd_close(arg);
+	return NULL;
+}
+
 static void *write_page(void *arg)
 {
 	*(volatile unsigned char *)arg = 9;
@@ -3945,6 +3952,44 @@ TEST_IMPL(engine_uffd_descriptors_replaced)
 	ASSERT(victim_intact(ufd));
 	page[0] = 3;	/* nothing frozen */
 	close(ufd);
+
+	/* An eventfd of the VMM's at the stop's number (every eventfd shows
+	 * one file: with an eventfd of ours, it passed for ours), and a
+	 * socket that stays quiet: a fault is still resolved, the close
+	 * returns, and neither is read or closed. */
+	for (int quiet = 0; quiet < 2; quiet++) {
+		int other[2] = { -1, -1 };
+		if (quiet)
+			ASSERT(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, other) == 0);
+		else
+			ASSERT((other[0] = eventfd(1, EFD_CLOEXEC)) >= 0);	/* one event of the VMM's */
+		ASSERT_EQ(md__uffd_open(&u, 0, 0), 0);
+		ASSERT_EQ(md__uffd_register_wp(&u, (uintptr_t)page, PG), 0);
+		ASSERT_EQ(md__uffd_start(&u, unprotect_fault, &u), 0);
+		sfd = u.stop_fd;
+		ASSERT_EQ(dup2(other[0], sfd), sfd);
+		usleep(100000);
+		ASSERT_EQ(md__uffd_wp(&u, (uintptr_t)page, PG, 1), 0);
+		ASSERT_EQ(pthread_create(&writer, NULL, write_page, page), 0);
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_sec += 5;
+		ASSERT_EQ(pthread_timedjoin_np(writer, NULL, &until), 0);
+		pthread_t closer;
+		ASSERT_EQ(pthread_create(&closer, NULL, close_uffd, &u), 0);
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_sec += 5;
+		ASSERT_EQ(pthread_timedjoin_np(closer, NULL, &until), 0);	/* no hang */
+		ASSERT(fcntl(sfd, F_GETFD) >= 0);
+		if (!quiet) {
+			uint64_t v = 0;
+			ASSERT_EQ(read(sfd, &v, sizeof(v)), (ssize_t)sizeof(v));
+			ASSERT_EQ(v, 1);	/* the VMM's event, still there */
+		}
+		close(sfd);
+		close(other[0]);
+		if (other[1] >= 0)
+			close(other[1]);
+	}
 	close(victim);
 	munmap(page, PG);
 	return 0;
