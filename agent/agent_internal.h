@@ -86,6 +86,9 @@ struct md__image {
 	time_t used;               /* when a read last shared from it (monotonic s) */
 	struct timespec retry_at;  /* next lease attempt when not held; while
 	                            * breaking, when the writer gets in anyway */
+	uint64_t idle_writes;      /* once let go when idle: 1 + the writes begun by
+	                            * then (md__writes_mark), taken when used was idle_used */
+	time_t idle_used;
 	uint64_t writes_before;    /* while breaking, once its pages are private:
 	                            * writes from guest RAM begun before then
 	                            * (writes.c) must end before the writer gets

@@ -880,9 +880,19 @@ static int image_let_go(struct md_agent *a, struct md__image *img, int reopen)
 	 * pages may still be this image's page cache (made private since: an
 	 * unmerge, a discard, MADV_UNMERGEABLE, which leave no page mapped
 	 * from it), and a writer let in would put its bytes into that write,
-	 * as a break waits for (writes.c). Let go at a later look. */
-	if (img->lease == MD_LEASE_HELD && !md__writes_ended(a, md__writes_mark(a)))
-		return 0;
+	 * as a break waits for (writes.c). Let go at a later look, once the
+	 * writes begun by the first look have ended (not all writes: under a
+	 * steady stream of them, some are always running); a read from the
+	 * image since then takes the mark anew. */
+	if (img->lease == MD_LEASE_HELD) {
+		if (!img->idle_writes || img->idle_used != img->used) {
+			img->idle_writes = md__writes_mark(a) + 1;
+			img->idle_used = img->used;
+		}
+		if (!md__writes_ended(a, img->idle_writes - 1))
+			return 0;
+	}
+	img->idle_writes = 0;
 	view_drop(img);
 	int ours = image_fd_ours(img);
 	if (ours && img->lease == MD_LEASE_HELD)

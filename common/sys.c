@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/personality.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
@@ -710,6 +711,7 @@ struct vmflags_vmas {
 	int seen;
 	uintptr_t lo, hi;	/* the mapping whose lines are read, clipped */
 	int record;		/* md__range_userfault_runs: where MD_VMF_USERFAULT, in uffd */
+	int read_exec;		/* the process's personality has READ_IMPLIES_EXEC */
 	struct md__run *uffd;
 	size_t nuffd, uffd_cap;
 	int err;
@@ -725,7 +727,9 @@ static void vmflags_line(void *arg, char *text)
 		h->in = lo < h->end && hi > h->a;
 		h->lo = lo > h->a ? lo : h->a;
 		h->hi = hi < h->end ? hi : h->end;
-		if (h->in && (perms[0] != 'r' || perms[1] != 'w' || perms[2] != '-'))
+		/* Executable too under READ_IMPLIES_EXEC (setarch -X), where
+		 * the mappings put there are as well. */
+		if (h->in && (perms[0] != 'r' || perms[1] != 'w' || (perms[2] != '-' && !h->read_exec)))
 			h->found |= MD_VMF_NOT_RW;
 		return;
 	}
@@ -761,7 +765,8 @@ static void vmflags_line(void *arg, char *text)
 
 int md__range_vmflags(uintptr_t a, size_t len)
 {
-	struct vmflags_vmas h = { .a = a, .end = a + len };
+	int persona = personality(0xffffffff);
+	struct vmflags_vmas h = { .a = a, .end = a + len, .read_exec = persona != -1 && (persona & READ_IMPLIES_EXEC) };
 	int err = proc_lines("smaps", vmflags_line, &h);
 	return err ? err : h.found | (int)h.all;
 }

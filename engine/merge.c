@@ -1437,6 +1437,10 @@ static int map_pool_moved(struct md__engine *e, struct md__eregion *r, uintptr_t
 	void *aside = md__sys_mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, (off_t)slot * MD_EPAGE);
 	if (aside == MAP_FAILED) {
 		int err = -errno;
+		/* A number closed since the caller looked (EBADF) or given
+		 * to a file that cannot be mapped so: counted as replaced. */
+		if (!pool_fd_ok(e, remote, n))
+			return -EBADF;
 		e->st.map_failed += n;
 		return err;
 	}

@@ -18,6 +18,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/personality.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <sys/syscall.h>
@@ -8184,5 +8185,34 @@ TEST_IMPL(agent_counts_with_pagemap_replaced)
 	munmap(m, 64 * PG);
 	close(fd);
 	close(ff);
+	return 0;
+}
+
+/* Under the READ_IMPLIES_EXEC personality (setarch -X, old 32-bit
+ * programs) every readable mapping is executable, guest RAM included, and
+ * so are the mappings the agent puts there: such RAM is not refused as
+ * executable memory is (a review's find). */
+TEST_IMPL(register_under_read_implies_exec)
+{
+	ASSERT(personality(READ_IMPLIES_EXEC) != -1);
+	char img[512];
+	snprintf(img, sizeof(img), "%s/rie", test_dir());
+	make_image(img, 16 * PG, 31);
+	md_agent *a;
+	md_agent_options o = { .run_dir = "", .domain = "private" };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	char *m = mmap(NULL, 16 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(m != MAP_FAILED);
+	ASSERT_EQ(md_agent_register(a, m, 16 * PG, 0), 0);
+	int fd = open(img, O_RDONLY | O_CLOEXEC);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(md_agent_pread(a, fd, m, 16 * PG, 0), 16 * PG);
+	md_stats s;
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT_EQ(s.registered_bytes, 16 * PG);
+	ASSERT_EQ(s.pages_shared_at_read, 16);
+	md_agent_free(a);
+	munmap(m, 16 * PG);
+	close(fd);
 	return 0;
 }
