@@ -402,10 +402,17 @@ void md_agent_io_unseen(md_agent *a, const char *what)
 		md__engine_unlock(e);
 		pthread_rwlock_unlock(&e->regions_lock);
 	}
-	if (owned && !images_short)
-		md__privatize(a, 0, UINTPTR_MAX, 0);
+	/* The image pages' copies failing (memory gone since the look, an
+	 * I/O error reading the image) leave pages shared as memory short
+	 * does: counted, and said. */
+	int img_err = owned && !images_short ? md__privatize(a, 0, UINTPTR_MAX, 0) : 0;
+	if (img_err) {
+		uint64_t still = md__owned_unwritten_pages(a);
+		left += still ? still : 1;
+		err = err ? err : img_err;
+	}
 	if (short_of_memory || err)
-		__atomic_store_n(&a->io_unseen_left, short_of_memory ? left : 1, __ATOMIC_RELAXED);
+		__atomic_store_n(&a->io_unseen_left, short_of_memory || img_err ? left : 1, __ATOMIC_RELAXED);
 	if (!before && __atomic_load_n(&md__io_unseen_delay_us, __ATOMIC_RELAXED)) {
 		usleep(md__io_unseen_delay_us);
 		__atomic_add_fetch(&md__io_unseen_slept, 1, __ATOMIC_RELAXED);
@@ -421,9 +428,10 @@ void md_agent_io_unseen(md_agent *a, const char *what)
 			     "that pins guest RAM read-only may send stale content of those pages once the "
 			     "guest writes them (counted in merge_fallbacks)", (unsigned long long)left);
 	if (err)
-		md__log_once(181, "making merged pages private as the VMM began I/O the agent does not see "
-			     "failed (%s): a device or adapter that pins guest RAM read-only may send stale "
-			     "content of some (counted in merge_fallbacks)", strerror(-err));
+		md__log_once(181, "making merged pages, or pages shared with images, private as the VMM began "
+			     "I/O the agent does not see failed (%s): a device or adapter that pins guest RAM "
+			     "read-only may send stale content of some (counted in merge_fallbacks)",
+			     strerror(-err));
 	if (!before) {
 		md__set(a, MD_CTR_IO_UNSEEN, 1);
 		publish_state(a);

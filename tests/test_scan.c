@@ -8216,3 +8216,37 @@ TEST_IMPL(register_under_read_implies_exec)
 	close(fd);
 	return 0;
 }
+
+/* Unseen I/O begins, memory enough, and the image pages' copies fail
+ * (memory gone since the look, an I/O error reading the image): the pages
+ * left shared were neither counted nor said, the failure thrown away. Now
+ * in merge_fallbacks, as those a short memory leaves, and said. */
+TEST_IMPL(scan_io_unseen_failed_image_copies_counted)
+{
+	md_agent *a;
+	const size_t n = 64, ip = 16;
+	char *m = pairs_merged_here(&a, NULL, n);
+	char img[512];
+	snprintf(img, sizeof(img), "%s/first.img", test_dir());
+	make_image(img, ip * PG, 31);
+	char *r = mmap(NULL, ip * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(r != MAP_FAILED);
+	ASSERT_EQ(md_agent_register(a, r, ip * PG, 0), 0);
+	int fd = open(img, O_RDONLY | O_CLOEXEC);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(md_agent_pread(a, fd, r, ip * PG, 0), (ssize_t)(ip * PG));
+	md_stats s0, s;
+	ASSERT_EQ(md_agent_stats(a, &s0), 0);
+	md__privatize_fail = -ENOMEM;
+	md_agent_io_unseen(a, "test");
+	md__privatize_fail = 0;
+	ASSERT_EQ(pages_anon_present(r, ip), 0);	/* left shared */
+	ASSERT(pairs_private(m, n));	/* the pool's copies made */
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	ASSERT(s.merge_fallbacks >= s0.merge_fallbacks + ip);
+	md_agent_free(a);
+	munmap(m, n * PG);
+	munmap(r, ip * PG);
+	close(fd);
+	return 0;
+}
