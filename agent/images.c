@@ -715,12 +715,17 @@ static int finish_break(struct md_agent *a, struct md__image *img)
 	 * the writer's bytes into such a write. */
 	if (!img->writes_before)
 		img->writes_before = md__writes_mark(a) + 1;
-	if (!md__writes_ended(a, img->writes_before - 1)) {
+	int write_running = !md__writes_ended(a, img->writes_before - 1);
+	if (write_running) {
 		break_watch(img);
 		if (!time_reached(&img->retry_at) && !img->lost)
 			return 0;
+		/* A page or more of the write's: counted, as pages let go
+		 * unprivatized are. */
+		md__fallback(a, MD_FB_ERROR, 1);
 		md__log_once(97, "an image's writer gets in while a write from guest RAM begun before "
-			     "is still running: that write may carry the writer's bytes");
+			     "is still running: that write may carry the writer's bytes (counted as an "
+			     "error fallback)");
 	}
 	/* The last look, before the lease is given back: the last part may
 	 * have ended after the kernel let the writer in. */
@@ -743,7 +748,7 @@ static int finish_break(struct md_agent *a, struct md__image *img)
 			     "still making the image's pages private; %llu pages made private after "
 			     "that may show the guest the writer's bytes (counted as error fallbacks)",
 			     md__lease_break_s(a), (unsigned long long)img->late);
-	} else if (!err) {
+	} else if (!err && !write_running) {
 		md__log_once(22, "an image's lease was broken (the image opened for writing, or the "
 			     "agent's descriptor lost): its shared pages were made private");
 	}
