@@ -900,8 +900,11 @@ static int image_let_go(struct md_agent *a, struct md__image *img, int reopen)
 	img->idle_writes = 0;
 	view_drop(img);
 	int ours = image_fd_ours(img);
-	if (ours && img->lease == MD_LEASE_HELD)
-		fcntl(img->fd, F_SETLEASE, F_UNLCK);
+	/* Refused (the file handed to another owner since: EACCES), the
+	 * lease outlives the close while a mapping of the file does. */
+	if (ours && img->lease == MD_LEASE_HELD && fcntl(img->fd, F_SETLEASE, F_UNLCK) != 0)
+		md__log_once(159, "could not give back the lease of an image let go (%s): a writer of it may "
+			     "wait out fs.lease-break-time", strerror(errno));
 	img->lease = MD_LEASE_NONE;
 	img->retry_at = (struct timespec){ 0, 0 };
 	if (ours && !reopen)
