@@ -57,8 +57,7 @@ static ino_t pm_ino;
  * page-table entries (the engine's own descriptor is checked likewise). */
 static int pm_ours(void)
 {
-	struct stat st;
-	return pm >= 0 && fstat(pm, &st) == 0 && st.st_dev == pm_dev && st.st_ino == pm_ino;
+	return md__same_file(pm, pm_dev, pm_ino);
 }
 
 /* A forked child (libmemdedup's VMM making an agent anew there) must not
@@ -95,17 +94,10 @@ void md__account(struct md_agent *a, int count_vmas)
 			     "or put a file of its own at its number: opened again");
 	}
 	if (pm < 0) {
-		struct stat st;
 		pm = md__proc_open("pagemap", 0);
 		pm_pid = getpid();
-		if (pm >= 0 && fstat(pm, &st) != 0) {
-			close(pm);
+		if (md__fd_note(pm, &pm_dev, &pm_ino) != 0)
 			pm = -1;
-		}
-		if (pm >= 0) {
-			pm_dev = st.st_dev;
-			pm_ino = st.st_ino;
-		}
 	}
 	/* Pages given an owner from here on are not all seen by the walk:
 	 * the read path's bound counts them on top (md__break_room). */

@@ -94,9 +94,15 @@ static void *agent_thread(void *arg)
 	int was_reading = 0, edge_due = 0;
 	struct timespec next;
 	int statm_fd = md__proc_open("statm", 0);
+	dev_t statm_dev = 0;
+	ino_t statm_ino = 0;
+	if (md__fd_note(statm_fd, &statm_dev, &statm_ino) != 0)
+		statm_fd = -1;
 	clock_gettime(CLOCK_MONOTONIC, &next);
 	for (unsigned n = 1; !__atomic_load_n(&a->stop, __ATOMIC_ACQUIRE);) {
 		struct timespec now, wait;
+		if (statm_fd >= 0 && !md__same_file(statm_fd, statm_dev, statm_ino))
+			statm_fd = -1;	/* the VMM's file now: never read, nor closed */
 		/* Lease breaks short of memory: tried again every 50 ms. */
 		int breaking = __atomic_load_n(&a->breaking, __ATOMIC_RELAXED) ? md__image_breaks_retry(a) : 0;
 		clock_gettime(CLOCK_MONOTONIC, &now);
@@ -225,8 +231,7 @@ static void *agent_thread(void *arg)
 			last_report = n;
 		md__scan_daemon(a, report);
 	}
-	if (statm_fd >= 0)
-		close(statm_fd);
+	md__close_if_same(statm_fd, statm_dev, statm_ino);
 	/* Under the lock: who wakes this thread (start_break) holds it, and
 	 * a thread id let go may be another thread's soon. */
 	md__agent_enter(a);
@@ -317,7 +322,9 @@ static void stats_file_close(struct md_agent *a)
 	unlink(a->stats_path);
 	md__sys_munmap(a->stats_map, sizeof(*a->stats_map));
 	a->stats_map = NULL;
-	close(a->stats_fd);	/* after the unlink: nobody takes the name meanwhile */
+	/* After the unlink: nobody takes the name meanwhile. Not a number
+	 * the VMM has put a file of its own at. */
+	md__close_if_same(a->stats_fd, a->stats_dev, a->stats_ino);
 	a->stats_fd = -1;
 }
 
@@ -393,6 +400,8 @@ static void stats_file_open(struct md_agent *a, const char *opt_dir)
 	memcpy(f->counters, a->local_ctr, sizeof(a->local_ctr));
 	a->stats_map = f;
 	a->stats_fd = fd;	/* open for the lock */
+	if (md__fd_note(fd, &a->stats_dev, &a->stats_ino) != 0)
+		a->stats_fd = -1;	/* closed: the lock goes, the mapping stays */
 	a->ctr = f->counters;
 	return;
 

@@ -133,6 +133,8 @@ struct md__memroom {
 	int fd[MD_MEMROOM_LEVELS][MD_MEMROOM_FILES];	/* limit, usage, memory.stat, v2's memory.high
 							 * or v1's memsw limit, v1's memsw usage
 							 * (-1: none) */
+	dev_t dev[MD_MEMROOM_LEVELS][MD_MEMROOM_FILES];	/* their files, to tell them from one the */
+	ino_t ino[MD_MEMROOM_LEVELS][MD_MEMROOM_FILES];	/* VMM put at a number (md__same_file) */
 	unsigned n;                     /* levels with a limit */
 	unsigned seen;                  /* levels whose limit file opened at all */
 	const char *inactive;           /* memory.stat's key of inactive page cache */
@@ -229,6 +231,8 @@ struct md_agent {
 	uint64_t reported[MD_CTR_COUNT]; /* as last sent to memdedupd */
 	struct md__stats_file *stats_map;
 	int stats_fd;                 /* holds the file's lock while stats_map is there */
+	dev_t stats_dev;              /* its file (md__same_file) */
+	ino_t stats_ino;
 	char stats_path[PATH_MAX];
 
 	/* The content scanner; engine is NULL when it is off or failed. */

@@ -93,18 +93,11 @@ static int fd_is_ours(int fd)
 	return fl >= 0 && (fl & O_ACCMODE) == O_RDONLY && (fl & O_APPEND);
 }
 
-/* Whether fd is a description of the file (dev, ino). */
-static int same_file(int fd, dev_t dev, ino_t ino)
-{
-	struct stat own;
-	return fstat(fd, &own) == 0 && own.st_dev == dev && own.st_ino == ino;
-}
-
 /* Closes a spare, if its number is still ours (the VMM may have closed it
  * and put a file of its own there). */
 static void spare_close(struct md__spare *sp)
 {
-	if (sp->fd >= 0 && fd_is_ours(sp->fd) && same_file(sp->fd, sp->dev, sp->ino))
+	if (sp->fd >= 0 && fd_is_ours(sp->fd) && md__same_file(sp->fd, sp->dev, sp->ino))
 		close(sp->fd);
 	sp->fd = -1;
 }
@@ -120,7 +113,7 @@ static int spare_take(struct md_agent *a, const struct stat *st)
 			continue;
 		int fd = sp->fd;
 		sp->fd = -1;
-		if (fd_is_ours(fd) && same_file(fd, st->st_dev, st->st_ino))
+		if (fd_is_ours(fd) && md__same_file(fd, st->st_dev, st->st_ino))
 			return fd;
 	}
 	return -1;
@@ -138,7 +131,7 @@ static int proc_open_own(int fd, const struct stat *st)
 	 * delegation, a Samba oplock) makes the open fail at once, not wait
 	 * for its break with agent->lock held; reads of a file ignore it. */
 	int own_fd = md__proc_open(path, O_APPEND | O_NONBLOCK);
-	if (own_fd >= 0 && !same_file(own_fd, st->st_dev, st->st_ino)) {
+	if (own_fd >= 0 && !md__same_file(own_fd, st->st_dev, st->st_ino)) {
 		/* Not the file: the VMM may have closed this number and opened
 		 * another file at it since, its own, not ours to close. */
 		if (fd_is_ours(own_fd))
@@ -190,7 +183,7 @@ static int image_open_own(struct md_agent *a, int fd, const struct stat *st)
  * when a lease goes. */
 static int image_fd_ours(const struct md__image *img)
 {
-	return img->fd >= 0 && same_file(img->fd, img->dev, img->ino) && fd_is_ours(img->fd);
+	return img->fd >= 0 && md__same_file(img->fd, img->dev, img->ino) && fd_is_ours(img->fd);
 }
 
 /* Whether the kernel still holds our lease on img: 1, 0 once it took it
@@ -850,7 +843,7 @@ static void spares_unheld_close(struct md_agent *a)
 {
 	for (size_t i = 0; i < a->nspares; i++) {
 		struct md__spare *sp = &a->spares[i];
-		if (sp->fd >= 0 && !same_file(sp->vmm_fd, sp->dev, sp->ino))
+		if (sp->fd >= 0 && !md__same_file(sp->vmm_fd, sp->dev, sp->ino))
 			spare_close(sp);
 	}
 }

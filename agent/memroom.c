@@ -201,8 +201,10 @@ static void cg_walk(struct cg_where *w, int (*fn)(void *arg, int *fd, int limite
 
 void md__memroom_close(struct md__memroom *m)
 {
+	/* Never a number the VMM has put a file of its own at since. */
 	for (unsigned l = 0; l < m->n; l++)
-		level_close(m->fd[l]);
+		for (int f = 0; f < MD_MEMROOM_FILES; f++)
+			md__close_if_same(m->fd[l][f], m->dev[l][f], m->ino[l][f]);
 	m->n = 0;
 }
 
@@ -215,6 +217,9 @@ static int keep_level(void *arg, int *fd, int limited)
 	m->seen += fd[LIMIT] >= 0;
 	if (!limited)
 		return 0;
+	for (int f = 0; f < MD_MEMROOM_FILES; f++)
+		if (fd[f] >= 0 && md__fd_note(fd[f], &m->dev[m->n][f], &m->ino[m->n][f]) != 0)
+			fd[f] = -1;
 	memcpy(m->fd[m->n++], fd, sizeof(m->fd[0]));
 	return m->n < MD_MEMROOM_LEVELS ? KEEP : KEEP | STOP;
 }
@@ -237,7 +242,12 @@ static uint64_t cg_room(const struct md__memroom *m)
 {
 	uint64_t room = UINT64_MAX;
 	for (unsigned l = 0; l < m->n; l++) {
-		uint64_t r = level_room(m->fd[l], m->inactive);
+		/* A file the VMM put at a kept number is not read for ours
+		 * (the host's available memory still bounds the copies). */
+		int fd[MD_MEMROOM_FILES];
+		for (int f = 0; f < MD_MEMROOM_FILES; f++)
+			fd[f] = md__same_file(m->fd[l][f], m->dev[l][f], m->ino[l][f]) ? m->fd[l][f] : -1;
+		uint64_t r = level_room(fd, m->inactive);
 		room = r < room ? r : room;
 	}
 	return room;

@@ -39,6 +39,7 @@
 #include "log.h"
 #include "rxbuf.h"
 #include "stats_file.h"
+#include "sys.h"
 
 /* A request sent whose reply is not read yet. */
 struct owed {
@@ -162,8 +163,7 @@ static int broken(struct md__client *c)
  * ours (md__client_free). */
 static int sock_ours(const struct md__client *c)
 {
-	struct stat st;
-	return fstat(c->fd, &st) == 0 && st.st_dev == c->dev && st.st_ino == c->ino;
+	return md__same_file(c->fd, c->dev, c->ino);
 }
 
 static int replaced(struct md__client *c)

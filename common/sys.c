@@ -290,6 +290,33 @@ static int proc_reopen(const char *name)
 	return fd;
 }
 
+int md__same_file(int fd, dev_t dev, ino_t ino)
+{
+	struct stat st;
+	return fd >= 0 && fstat(fd, &st) == 0 && st.st_dev == dev && st.st_ino == ino;
+}
+
+void md__close_if_same(int fd, dev_t dev, ino_t ino)
+{
+	if (md__same_file(fd, dev, ino))
+		close(fd);
+}
+
+int md__fd_note(int fd, dev_t *dev, ino_t *ino)
+{
+	struct stat st;
+	if (fd < 0)
+		return -EBADF;
+	if (fstat(fd, &st) != 0) {
+		int err = -errno;
+		close(fd);
+		return err;
+	}
+	*dev = st.st_dev;
+	*ino = st.st_ino;
+	return 0;
+}
+
 int md__proc_open(const char *name, int flags)
 {
 	char path[64];

@@ -140,6 +140,15 @@ int md__range_file_maps(uintptr_t a, uintptr_t end, struct md__file_map **v, siz
  * and statm (without flags) come from descriptors kept at the first open
  * that worked, shared with other threads: read them with pread. */
 int md__proc_open(const char *name, int flags);
+/* Whether descriptor fd is still the file (dev, ino) it was opened as. The
+ * agent's descriptors live in the VMM's table: the VMM may close one and
+ * put a file of its own at the number (its open taking the lowest number,
+ * a dup2); such a number is never used, nor closed, as ours. */
+int md__same_file(int fd, dev_t dev, ino_t ino);
+/* Closes fd if it is still (dev, ino): md__same_file. */
+void md__close_if_same(int fd, dev_t dev, ino_t ino);
+/* Notes fd's (dev, ino): 0, or -errno (fd closed then). */
+int md__fd_note(int fd, dev_t *dev, ino_t *ino);
 /* Lines of /proc/self/maps: the process's mappings (VMAs) now. */
 uint64_t md__count_vmas(void);
 /* The process's mappings as the agent and its engine both reckon them:

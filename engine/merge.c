@@ -229,9 +229,8 @@ size_t md__engine_dropped_pages(const struct md__eregion *r)
 
 static int pagemap_ours(const struct md__engine *e, int fd)
 {
-	struct stat st;
-	return fd >= 0 && fstat(fd, &st) == 0 && st.st_dev == __atomic_load_n(&e->pagemap_dev, __ATOMIC_ACQUIRE) &&
-	       st.st_ino == __atomic_load_n(&e->pagemap_ino, __ATOMIC_ACQUIRE);
+	return md__same_file(fd, __atomic_load_n(&e->pagemap_dev, __ATOMIC_ACQUIRE),
+			     __atomic_load_n(&e->pagemap_ino, __ATOMIC_ACQUIRE));
 }
 
 /* Serializes the reopens of md__engine_pagemap; its reads take none. */

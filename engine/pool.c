@@ -113,8 +113,7 @@ close_fd:
 /* Whether fd is a descriptor of the pool's file. */
 static int same_file(const struct md__pool *p, int fd)
 {
-	struct stat st;
-	return fd >= 0 && fstat(fd, &st) == 0 && st.st_dev == p->dev && st.st_ino == p->ino;
+	return md__same_file(fd, p->dev, p->ino);
 }
 
 int md__pool_fd_ok(struct md__pool *p, int fd)

@@ -49,17 +49,12 @@ static void owe(struct md__remote *rm, const uint32_t *slots, size_t n)
 }
 
 /* Whether fd is a descriptor of the file (dev, ino). */
-static int same_file(int fd, dev_t dev, ino_t ino)
-{
-	struct stat st;
-	return fd >= 0 && fstat(fd, &st) == 0 && st.st_dev == dev && st.st_ino == ino;
-}
 
 /* Closes the pool's descriptor fd of (dev, ino) unless the VMM put a file
  * of its own at its number since: that one is not ours to close. */
 static void close_pool_fd(int fd, dev_t dev, ino_t ino)
 {
-	if (same_file(fd, dev, ino))
+	if (md__same_file(fd, dev, ino))
 		close(fd);
 }
 
@@ -315,7 +310,7 @@ int md__remote_fd_ok(struct md__remote *rm)
 {
 	if (__atomic_load_n(&rm->fd_lost, __ATOMIC_RELAXED))
 		return 0;
-	if (same_file(rm->ro_fd, rm->dev, rm->ino))
+	if (md__same_file(rm->ro_fd, rm->dev, rm->ino))
 		return 1;
 	__atomic_store_n(&rm->fd_lost, 1, __ATOMIC_RELAXED);
 	return 0;

@@ -136,24 +136,13 @@ const char *md__uffd_hint(int err)
 	}
 }
 
-/* Whether fd is still the file (dev, ino) it was opened as. The engine
- * lives in the VMM, which may close one of our numbers and put a file of
- * its own there: a read of it would take the VMM's bytes, an ioctl act on
- * it (its own userfaultfd, say), a close close it. With ours closed, the
- * kernel has dropped our registrations and woken every writer waiting. */
-static int same_file(int fd, dev_t dev, ino_t ino)
-{
-	struct stat st;
-	return fd >= 0 && fstat(fd, &st) == 0 && st.st_dev == dev && st.st_ino == ino;
-}
-
 /* Before each protect and registration (what a merge relies on): the
  * others, on a file of the VMM's, fail or wake nobody of ours. */
 static int uffd_ok(struct md__uffd *u)
 {
 	if (__atomic_load_n(&u->lost, __ATOMIC_RELAXED))
 		return 0;
-	if (same_file(u->fd, u->dev, u->ino))
+	if (md__same_file(u->fd, u->dev, u->ino))
 		return 1;
 	__atomic_store_n(&u->lost, 1, __ATOMIC_RELAXED);
 	md__log_once(158, "the VMM closed the engine's userfaultfd, or put a file of its own at its number: "
@@ -320,18 +309,18 @@ void md__uffd_close(struct md__uffd *u)
 		 * freed. */
 		char one = 1;
 		__atomic_store_n(&u->stopping, 1, __ATOMIC_SEQ_CST);
-		while (same_file(u->stop_wfd, u->stop_dev, u->stop_wino) &&
+		while (md__same_file(u->stop_wfd, u->stop_dev, u->stop_wino) &&
 		       send(u->stop_wfd, &one, 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0 && errno == EINTR)
 			;
 		pthread_join(u->thread, NULL);
 		u->thread_started = 0;
 	}
 	/* Never a number the VMM has put a file of its own at. */
-	if (same_file(u->stop_fd, u->stop_dev, u->stop_ino))
+	if (md__same_file(u->stop_fd, u->stop_dev, u->stop_ino))
 		close(u->stop_fd);
-	if (same_file(u->stop_wfd, u->stop_dev, u->stop_wino))
+	if (md__same_file(u->stop_wfd, u->stop_dev, u->stop_wino))
 		close(u->stop_wfd);
-	if (same_file(u->fd, u->dev, u->ino))
+	if (md__same_file(u->fd, u->dev, u->ino))
 		close(u->fd);
 	u->fd = u->stop_fd = u->stop_wfd = -1;
 }

@@ -3656,3 +3656,67 @@ TEST_IMPL(domain_reads_table_bounded)
 	free(dom.reads);
 	return 0;
 }
+
+/* The descriptors an agent keeps (its statistics file's, the thread's
+ * statm, the cgroup files kept for after a chroot) are closed at its end
+ * only if the VMM did not put a file of its own at their numbers since:
+ * md_agent_free closed the VMM's files (a review's find). */
+static int fds_naming(const char *suffix, int *fds, int max)
+{
+	int n = 0;
+	size_t sl = strlen(suffix);
+	for (int fd = 3; fd < 1024 && n < max; fd++) {
+		char l[64], t[PATH_MAX];
+		snprintf(l, sizeof(l), "/proc/self/fd/%d", fd);
+		ssize_t len = readlink(l, t, sizeof(t) - 1);
+		if (len <= 0)
+			continue;
+		t[len] = '\0';
+		if ((size_t)len >= sl && strcmp(t + len - sl, suffix) == 0)
+			fds[n++] = fd;
+	}
+	return n;
+}
+
+TEST_IMPL(agent_free_leaves_vmm_files_at_its_numbers)
+{
+	char dir[600], victim[600], proc[1024];
+	snprintf(dir, sizeof(dir), "%s/run", test_dir());
+	ASSERT(mkdir(dir, 0700) == 0);
+	snprintf(victim, sizeof(victim), "%s/vmm-file", test_dir());
+	int v = open(victim, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	ASSERT(v >= 0);
+	md_agent *a;
+	md_agent_options o = { .run_dir = dir };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	usleep(100000);	/* its thread runs */
+	int fds[16], n = fds_naming(".stats", fds, 1);
+	ASSERT_EQ(n, 1);
+	n += fds_naming("/statm", fds + n, 15);
+	ASSERT(n >= 2);
+	for (int i = 0; i < n; i++)
+		ASSERT_EQ(dup2(v, fds[i]), fds[i]);	/* the VMM's file at the agent's numbers */
+	md_agent_free(a);
+	for (int i = 0; i < n; i++)
+		ASSERT(fcntl(fds[i], F_GETFD) >= 0);
+	snprintf(proc, sizeof(proc), "%s/proc", test_dir());
+	ASSERT_EQ(fake_put("proc/self/mountinfo", "40 30 0:37 / @/unified rw,relatime - cgroup2 cgroup2 rw\n"), 0);
+	ASSERT_EQ(fake_put("proc/self/cgroup", "0::/vm\n"), 0);
+	ASSERT_EQ(fake_level("unified/vm", "memory.max", "157286400", "memory.current", 100 * MiB, NULL, NULL, NULL,
+			     0), 0);
+	struct md__memroom m;
+	md__memroom_proc = proc;
+	ASSERT_EQ(md__memroom_open(&m), 0);
+	md__memroom_proc = "/proc";
+	ASSERT_EQ(m.n, 1u);
+	int lim = m.fd[0][0];
+	ASSERT(lim >= 0);
+	ASSERT_EQ(dup2(v, lim), lim);
+	md__memroom_close(&m);
+	ASSERT(fcntl(lim, F_GETFD) >= 0);
+	for (int i = 0; i < n; i++)
+		close(fds[i]);
+	close(lim);
+	close(v);
+	return 0;
+}
