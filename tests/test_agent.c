@@ -1271,6 +1271,21 @@ TEST_IMPL(lease_break_keeps_content)
 	return 0;
 }
 
+/* Starts a's O_DIRECT write of its first page of RAM (shared with an
+ * image) to out (test_dir()/direct-out), held in flight until "dwritego":
+ * 0, or -EINVAL (a stopped) where the file system takes no O_DIRECT. */
+static int direct_write_held(struct proc *a, char *out, size_t size)
+{
+	snprintf(out, size, "%s/direct-out", test_dir());
+	long long r = proc_num(a, "dwrite %s 0", out);
+	if (r == -EINVAL) {
+		proc_stop(a);
+		return -EINVAL;
+	}
+	ASSERT_EQ(r, 0);	/* the write holds the image's page, and waits */
+	return 0;
+}
+
 /* A write with O_DIRECT (QEMU's cache=none) from a page shared with an
  * image holds the image's page cache page while it runs. If the lease went
  * back while such a write was in flight, the writer's bytes in that page
@@ -1281,13 +1296,8 @@ TEST_IMPL(lease_break_waits_for_direct_write)
 	struct proc a;
 	read_fresh_image(&a, img, sizeof(img), "image-written-from", 11, NULL, NULL);
 	uint64_t page0 = fnv_file(img, 0, 4096);
-	snprintf(out, sizeof(out), "%s/direct-out", test_dir());
-	long long r = proc_num(&a, "dwrite %s 0", out);
-	if (r == -EINVAL) {
-		proc_stop(&a);
+	if (direct_write_held(&a, out, sizeof(out)) != 0)
 		SKIP("no O_DIRECT on the test directory's filesystem");
-	}
-	ASSERT_EQ(r, 0);	/* the write holds the image's page, and waits */
 
 	pid_t writer = fork();
 	ASSERT(writer >= 0);
@@ -1334,13 +1344,8 @@ TEST_IMPL(image_idle_kept_while_written_from)
 	const char *env[] = { "MEMDEDUP_IMAGE_IDLE_S=1", NULL };
 	int rfd = read_fresh_image(&a, img, sizeof(img), "image-idle-written-from", 12, env, NULL);
 	uint64_t page0 = fnv_file(img, 0, 4096);
-	snprintf(out, sizeof(out), "%s/direct-out", test_dir());
-	long long r = proc_num(&a, "dwrite %s 0", out);
-	if (r == -EINVAL) {
-		proc_stop(&a);
+	if (direct_write_held(&a, out, sizeof(out)) != 0)
 		SKIP("no O_DIRECT on the test directory's filesystem");
-	}
-	ASSERT_EQ(r, 0);	/* the write holds the image's page, and waits */
 	ASSERT_EQ(proc_num(&a, "advise 0 %u unmergeable", RAM_PAGES * 4096), 0);
 	ASSERT(!proc_page(&a, 0).file);	/* made private */
 	sleep(3);	/* idle past its second, looked at every second */
@@ -3675,6 +3680,28 @@ TEST_IMPL(vm_child_keeps_agent)
 	return 0;
 }
 
+/* a forks a child (with the atfork handlers) whose first 64 KiB of RAM
+ * hash to h, img's first 64 KiB; then a writer changes img: the child
+ * and a still read h (their pages private, not the writer's). The child
+ * is gone after. */
+static void forked_then_image_written(struct proc *a, const char *img, const char *h)
+{
+	ASSERT(proc_num(a, "forkkeep") > 0);
+	ASSERT(strcmp(proc_cmd(a, "kid hash 0 65536"), h) == 0);
+	/* A writer: the parent's lease goes (it has nothing left to make
+	 * private), and the file changes. */
+	int w = open(img, O_WRONLY);
+	ASSERT(w >= 0);
+	char junk[65536];
+	memset(junk, 0xa5, sizeof(junk));
+	ASSERT(pwrite(w, junk, sizeof(junk), 0) == (ssize_t)sizeof(junk));
+	close(w);
+	ASSERT(strcmp(hex(fnv_file(img, 0, 65536)), h) != 0);
+	ASSERT(strcmp(proc_cmd(a, "kid hash 0 65536"), h) == 0);
+	ASSERT(strcmp(proc_cmd(a, "kid quit"), "0") == 0);
+	ASSERT(strcmp(proc_cmd(a, "hash 0 65536"), h) == 0);
+}
+
 /* A fork() of guest RAM that is not MADV_DONTFORK, with pages shared from
  * an image at read time: the child, plain, mapped the image's page-cache
  * pages and, once the parent let its lease go for a writer (its own pages
@@ -3691,20 +3718,7 @@ TEST_IMPL(fork_child_keeps_image_pages)
 	int fd = start_reader(&a, img, NULL);
 	ASSERT_EQ(proc_num(&a, "read %d 0 65536 0 65536", fd), 65536);
 	ASSERT(proc_page_from_file(&a, 0));
-	ASSERT(proc_num(&a, "forkkeep") > 0);
-	ASSERT(strcmp(proc_cmd(&a, "kid hash 0 65536"), h) == 0);
-	/* A writer: the parent's lease goes (it has nothing left to make
-	 * private), and the file changes. */
-	int w = open(img, O_WRONLY);
-	ASSERT(w >= 0);
-	char junk[65536];
-	memset(junk, 0xa5, sizeof(junk));
-	ASSERT(pwrite(w, junk, sizeof(junk), 0) == (ssize_t)sizeof(junk));
-	close(w);
-	ASSERT(strcmp(hex(fnv_file(img, 0, 65536)), h) != 0);
-	ASSERT(strcmp(proc_cmd(&a, "kid hash 0 65536"), h) == 0);
-	ASSERT(strcmp(proc_cmd(&a, "kid quit"), "0") == 0);
-	ASSERT(strcmp(proc_cmd(&a, "hash 0 65536"), h) == 0);
+	forked_then_image_written(&a, img, h);
 	ASSERT(!proc_page_from_file(&a, 0));
 	md_stats s;
 	ASSERT_EQ(proc_stats(&a, &s), 0);
@@ -4862,18 +4876,7 @@ TEST_IMPL(fork_after_overlapping_registration_keeps_image_pages)
 	md_stats s;
 	ASSERT_EQ(proc_stats_wait(&a, &s, STATS_WAIT_MS, advice_flushed), 0);
 	ASSERT_EQ(proc_num(&a, "advise %u %u mergeable", 4 * MB, 4 * MB), 0);	/* all DONTFORK */
-	ASSERT(proc_num(&a, "forkkeep") > 0);
-	ASSERT(strcmp(proc_cmd(&a, "kid hash 0 65536"), h) == 0);
-	int w = open(img, O_WRONLY);
-	ASSERT(w >= 0);
-	char junk[65536];
-	memset(junk, 0xa5, sizeof(junk));
-	ASSERT(pwrite(w, junk, sizeof(junk), 0) == (ssize_t)sizeof(junk));
-	close(w);
-	ASSERT(strcmp(hex(fnv_file(img, 0, 65536)), h) != 0);
-	ASSERT(strcmp(proc_cmd(&a, "kid hash 0 65536"), h) == 0);
-	ASSERT(strcmp(proc_cmd(&a, "kid quit"), "0") == 0);
-	ASSERT(strcmp(proc_cmd(&a, "hash 0 65536"), h) == 0);
+	forked_then_image_written(&a, img, h);
 	proc_stop(&a);
 	return 0;
 }
@@ -4922,13 +4925,8 @@ TEST_IMPL(lease_break_deadline_with_write_counted)
 	char img[512], out[512];
 	struct proc a;
 	read_fresh_image(&a, img, sizeof(img), "image-deadline-written-from", 13, NULL, NULL);
-	snprintf(out, sizeof(out), "%s/direct-out", test_dir());
-	long long r = proc_num(&a, "dwrite %s 0", out);
-	if (r == -EINVAL) {
-		proc_stop(&a);
+	if (direct_write_held(&a, out, sizeof(out)) != 0)
 		SKIP("no O_DIRECT on the test directory's filesystem");
-	}
-	ASSERT_EQ(r, 0);	/* the write holds the image's page, and waits */
 	md_stats s0, s;
 	ASSERT_EQ(proc_stats(&a, &s0), 0);
 	int guard = set_until_exit("/proc/sys/fs/lease-break-time", "3");

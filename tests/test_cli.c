@@ -2662,6 +2662,18 @@ TEST_IMPL(cli_control_wrong_reply_type)
 	return 0;
 }
 
+/* An ERROR message saying "all is well" with status 0 (nothing failed)
+ * into error (its length), and the socket path its server takes. */
+static ssize_t error_saying_nothing(unsigned char *error, size_t size, char *sock, size_t sock_size)
+{
+	struct md__msg m = { .hdr = { .type = MD_MSG_ERROR } };
+	snprintf(m.u.text.text, sizeof(m.u.text.text), "all is well");
+	ssize_t elen = md__msg_encode(&m, error, size);
+	ASSERT(elen > (ssize_t)MD_MSG_HDR_SIZE);
+	snprintf(sock, sock_size, "%s/wrong.sock", test_dir());
+	return elen;
+}
+
 /* Nor is a STATUS answered with a frame of another type (a proper
  * document in it), or with an ERROR that says no error (status 0): no
  * proper answer, said so, exit 1; not the document shown, nor the ERROR's
@@ -2670,11 +2682,7 @@ TEST_IMPL(cli_status_wrong_reply_type)
 {
 	char sock[400], err[2][1024];
 	unsigned char error[MD_MSG_HDR_SIZE + 8 + MD_TEXT_MAX];
-	struct md__msg m = { .hdr = { .type = MD_MSG_ERROR } };
-	snprintf(m.u.text.text, sizeof(m.u.text.text), "all is well");
-	ssize_t elen = md__msg_encode(&m, error, sizeof(error));
-	ASSERT(elen > (ssize_t)MD_MSG_HDR_SIZE);
-	snprintf(sock, sizeof(sock), "%s/wrong.sock", test_dir());
+	ssize_t elen = error_saying_nothing(error, sizeof(error), sock, sizeof(sock));
 	static const char doc[] = "{\"daemon\":{},\"domains\":[{\"id\":7,\"name\":\"blue\",\"uid\":0,"
 				  "\"agents\":2,\"pool_live_pages\":1234,\"pages_sharing\":5678,"
 				  "\"general_profit\":1048576}],\"agents\":[]}";
@@ -2701,11 +2709,7 @@ TEST_IMPL(cli_control_error_status_zero)
 {
 	char sock[400];
 	unsigned char error[MD_MSG_HDR_SIZE + 8 + MD_TEXT_MAX];
-	struct md__msg m = { .hdr = { .type = MD_MSG_ERROR } };
-	snprintf(m.u.text.text, sizeof(m.u.text.text), "all is well");
-	ssize_t elen = md__msg_encode(&m, error, sizeof(error));
-	ASSERT(elen > (ssize_t)MD_MSG_HDR_SIZE);
-	snprintf(sock, sizeof(sock), "%s/wrong.sock", test_dir());
+	ssize_t elen = error_saying_nothing(error, sizeof(error), sock, sizeof(sock));
 	static const char *const cmd[] = { "pause", "resume", "unmerge", "set pages_to_scan=5" };
 	for (size_t i = 0; i < sizeof(cmd) / sizeof(*cmd); i++) {
 		pid_t kid = doc_server_len(sock, (const char *)error + MD_MSG_HDR_SIZE,
