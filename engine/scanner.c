@@ -1381,7 +1381,8 @@ static void *scan_thread(void *arg)
 		total = total > floor ? total : floor;
 		total = total > 1000000 ? total : 1000000;	/* always yield a little */
 		/* Slept in slices of the set sleep, 100 ms to a second: a stop
-		 * and a poke (new hints, a resume) end it at once (wake_up) (at a quiet host's 32x, or a long sleep_millisecs, it
+		 * and a poke (new hints, a resume) end it at once (wake_up;
+		 * at a quiet host's 32x, or a long sleep_millisecs, it
 		 * lasts minutes, and the agent's thread, which stops us for an
 		 * unmerge, answers no lease break while it waits); a new
 		 * tunable, or share of them, counts from the cap's part's end,

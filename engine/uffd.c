@@ -187,8 +187,6 @@ static int wp_call(struct md__uffd *u, uintptr_t addr, size_t len, int protect)
 	};
 	if (len > WP_PAGE && __atomic_load_n(&md__uffd_one_page_only, __ATOMIC_RELAXED))
 		return -ENOENT;
-	if (protect && !uffd_ok(u))
-		return -EBADF;
 	/* EAGAIN: the mm is changing under us (mmap_changing); try again. */
 	for (int tries = 0; tries < 1000; tries++) {
 		if (md__sys_ioctl(u->fd, UFFDIO_WRITEPROTECT, &wp) == 0)
@@ -201,6 +199,9 @@ static int wp_call(struct md__uffd *u, uintptr_t addr, size_t len, int protect)
 
 int md__uffd_wp(struct md__uffd *u, uintptr_t addr, size_t len, int protect)
 {
+	/* Looked at once, not for each page of the fallback below. */
+	if (protect && !uffd_ok(u))
+		return -EBADF;
 	int err = wp_call(u, addr, len, protect);
 	if (err != -ENOENT || len <= WP_PAGE)
 		return err;
