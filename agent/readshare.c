@@ -133,38 +133,30 @@ struct map_args {
 void (*md__image_map_hook)(int fd);	/* tests only: see agent_internal.h */
 void (*md__image_mapped_hook)(void *dst, size_t len);	/* tests only: see agent_internal.h */
 
+/* The look of map_image: whether the descriptor still holds the image's
+ * lease. The VMM may have closed its number, or put another file there,
+ * since it was looked at before the engine's locks were taken; our
+ * description, once closed, cannot hold a lease again, so held once
+ * mapped aside, the mapping is of the image. */
+static int lease_held(void *arg)
+{
+	struct map_args *m = arg;
+	if (md__image_mapped_hook)
+		md__image_mapped_hook(m->dst, m->len);
+	return fcntl(m->fd, F_GETLEASE) == F_RDLCK;
+}
+
+/* Maps the image over the buffer. Failed, the buffer is as it was and the
+ * read copied, or, the move failed, may be unmapped (the caller makes it
+ * again: ensure_mapped). */
 static int map_image(void *arg)
 {
 	struct map_args *m = arg;
+	enum md__map_step step;
 	if (md__image_map_hook)
 		md__image_map_hook(m->fd);
-	/* The lease was looked at before the engine's locks were taken: the
-	 * VMM may have closed the descriptor's number, or put another file
-	 * there, since. Our description, once closed, cannot hold a lease
-	 * again: held once mapped, the mapping is of the image. So it is
-	 * mapped aside, the lease looked at, and only then moved over the
-	 * buffer: mapped straight over it, another file's bytes were in guest
-	 * RAM until undone, for a guest that reads its buffer in flight. */
-	void *aside = md__sys_mmap(NULL, m->len, PROT_READ | PROT_WRITE, MAP_PRIVATE, m->fd, m->off);
-	if (aside == MAP_FAILED) {
-		m->err = -errno;
-		return m->err;
-	}
-	if (md__image_mapped_hook)
-		md__image_mapped_hook(m->dst, m->len);
-	if (fcntl(m->fd, F_GETLEASE) == F_RDLCK) {
-		if (md__sys_mremap(aside, m->len, m->len, MREMAP_MAYMOVE | MREMAP_FIXED, m->dst) != MAP_FAILED)
-			return 0;
-		/* The buffer may be unmapped now (the caller makes it
-		 * again: ensure_mapped). */
-		m->err = -errno;
-		md__sys_munmap(aside, m->len);
-		return m->err;
-	}
-	/* Else the buffer is as it was, and the read is copied. */
-	md__sys_munmap(aside, m->len);
-	m->err = -EBADF;
-	m->lost = 1;
+	m->err = md__engine_map_moved(m->dst, m->len, m->fd, m->off, lease_held, m, &step);
+	m->lost = m->err && step == MD_MAP_LOOK;
 	return m->err;
 }
 

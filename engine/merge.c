@@ -1421,43 +1421,68 @@ static int pool_lost(struct md__engine *e, int remote, size_t n)
 
 void (*md__engine_pool_checked_hook)(int fd);	/* tests only: see merge.h */
 
-/* Maps n pages of the pool at fd from slot over the frozen pages at addr:
- * mapped aside, then the descriptor checked (pool_fd_ok), then moved over
- * them, as md__engine_merge_file does. fd is a number: checked first and
- * mapped straight over the guest's pages after, a file the VMM put at it
- * in between (another thread's dup2) would be what the guest reads. 0, or
- * -EBADF (that pool's descriptor replaced, counted) or another negative
- * errno (counted as map_failed) with the pages as they were (or made
- * again: remake_lost). */
+int md__engine_map_moved(void *dst, size_t len, int fd, off_t off, int (*look)(void *arg), void *arg,
+			 enum md__map_step *failed)
+{
+	int err;
+	void *aside = md__sys_mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, off);
+	if (aside == MAP_FAILED) {
+		*failed = MD_MAP_ASIDE;
+		return -errno;
+	}
+	if (look && !look(arg)) {
+		*failed = MD_MAP_LOOK;
+		err = -EBADF;
+		goto unmap_aside;
+	}
+	if (map_fixed_moved(aside, (uintptr_t)dst, len) != MAP_FAILED)
+		return 0;
+	*failed = MD_MAP_MOVE;
+	err = -errno;
+unmap_aside:
+	md__sys_munmap(aside, len);
+	return err;
+}
+
+struct pool_look {
+	struct md__engine *e;
+	int remote, fd;
+	size_t n;
+};
+
+static int pool_looked(void *arg)
+{
+	struct pool_look *l = arg;
+	if (!pool_fd_ok(l->e, l->remote, l->n))
+		return 0;
+	void (*hook)(int) = __atomic_load_n(&md__engine_pool_checked_hook, __ATOMIC_RELAXED);
+	if (hook)
+		hook(l->fd);
+	return 1;
+}
+
+/* Maps n pages of the pool at fd from slot over the frozen pages at addr,
+ * through md__engine_map_moved with pool_fd_ok as the look. 0, or -EBADF
+ * (that pool's descriptor replaced, counted) or another negative errno
+ * (counted as map_failed) with the pages as they were (or made again:
+ * remake_lost). */
 static int map_pool_moved(struct md__engine *e, struct md__eregion *r, uintptr_t addr, size_t n, int fd,
 			  uint32_t slot, int remote)
 {
-	size_t len = n * MD_EPAGE;
-	void *aside = md__sys_mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, (off_t)slot * MD_EPAGE);
-	if (aside == MAP_FAILED) {
-		int err = -errno;
-		/* A number closed since the caller looked (EBADF) or given
-		 * to a file that cannot be mapped so: counted as replaced. */
-		if (!pool_fd_ok(e, remote, n))
-			return -EBADF;
-		e->st.map_failed += n;
+	struct pool_look l = { .e = e, .remote = remote, .fd = fd, .n = n };
+	enum md__map_step step;
+	int err = md__engine_map_moved((void *)addr, n * MD_EPAGE, fd, (off_t)slot * MD_EPAGE, pool_looked, &l,
+				       &step);
+	if (!err || step == MD_MAP_LOOK)	/* counted by pool_looked */
 		return err;
-	}
-	if (!pool_fd_ok(e, remote, n)) {
-		md__sys_munmap(aside, len);
+	/* A number closed since the caller looked (EBADF) or given to a
+	 * file that cannot be mapped so: counted as replaced. */
+	if (step == MD_MAP_ASIDE && !pool_fd_ok(e, remote, n))
 		return -EBADF;
-	}
-	void (*hook)(int) = __atomic_load_n(&md__engine_pool_checked_hook, __ATOMIC_RELAXED);
-	if (hook)
-		hook(fd);
-	if (map_fixed_moved(aside, addr, len) == MAP_FAILED) {
-		int err = -errno;
-		md__sys_munmap(aside, len);
-		e->st.map_failed += n;
+	e->st.map_failed += n;
+	if (step == MD_MAP_MOVE)
 		remake_lost(e, r, addr, n, remote ? md__engine_pool_page(e, slot) : md__pool_page(&e->pool, slot));
-		return err;
-	}
-	return 0;
+	return err;
 }
 
 /* Maps n pool slots from slot over the frozen pages at addr. */
@@ -1704,27 +1729,16 @@ int md__engine_merge_file(struct md__engine *e, void *addr, size_t n, int fd, of
 		goto thaw_pages;
 	}
 	/* Mapped aside first and moved over the frozen pages once the caller
-	 * has seen the descriptor is still what holds the file fixed: fd is
-	 * a number, which another thread of the VMM could have closed or put
-	 * another file at since the caller looked, and mapped straight over
-	 * the guest's pages that file would be what the guest reads. */
-	void *aside = md__sys_mmap(NULL, n * MD_EPAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, off);
-	if (aside == MAP_FAILED) {
-		err = -errno;
-		e->st.map_failed += n;
-		goto thaw_pages;
-	}
-	if (still_fixed && !still_fixed(arg)) {
-		md__sys_munmap(aside, n * MD_EPAGE);
-		e->st.image_replaced += n;	/* equal, not mapped: a fallback */
-		err = -EBADF;
-		goto thaw_pages;
-	}
-	if (map_fixed_moved(aside, a, n * MD_EPAGE) == MAP_FAILED) {
-		err = -errno;
-		md__sys_munmap(aside, n * MD_EPAGE);
-		e->st.map_failed += n;
-		remake_lost(e, r, a, n, content);
+	 * has seen the descriptor is still what holds the file fixed. */
+	enum md__map_step step;
+	err = md__engine_map_moved(addr, n * MD_EPAGE, fd, off, still_fixed, arg, &step);
+	if (err) {
+		if (step == MD_MAP_LOOK)
+			e->st.image_replaced += n;	/* equal, not mapped: a fallback */
+		else
+			e->st.map_failed += n;
+		if (step == MD_MAP_MOVE)
+			remake_lost(e, r, a, n, content);
 		goto thaw_pages;
 	}
 	/* Not registered with userfaultfd (file pages other than shmem cannot

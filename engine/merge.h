@@ -413,6 +413,20 @@ int md__engine_merge_slots(struct md__engine *e, void *addr, size_t n, const uin
  * -errno. */
 int md__engine_merge_file(struct md__engine *e, void *addr, size_t n, int fd, off_t off,
 			  const void *content, int (*still_fixed)(void *arg), void *arg);
+/* The step of md__engine_map_moved that failed. */
+enum md__map_step { MD_MAP_ASIDE = 1, MD_MAP_LOOK, MD_MAP_MOVE };
+/* Maps len bytes of fd from off, MAP_PRIVATE and read-write, over
+ * [dst, dst+len) so that no other file is ever what dst shows: mapped
+ * aside first, look(arg) (if not NULL) then asked whether fd is still the
+ * file meant, and only then moved over dst. fd is a number, which another
+ * thread of the VMM may close or put a file of its own at (dup2) between
+ * a caller's check and its use: mapped straight over guest RAM, that file
+ * would be what the guest reads. 0, or a negative errno with *failed the
+ * step: MD_MAP_LOOK (-EBADF: look said no) and MD_MAP_ASIDE leave dst as
+ * it was; after MD_MAP_MOVE dst may be unmapped (Linux up to 6.6), for the
+ * caller to make again. Honours md__engine_fail_maps at the move. */
+int md__engine_map_moved(void *dst, size_t len, int fd, off_t off, int (*look)(void *arg), void *arg,
+			 enum md__map_step *failed);
 /* Page i of r holds something other than zeroes (the scanner read it): a
  * page dropped as zero before and written since is no longer a dropped one. */
 void md__engine_present(struct md__engine *e, struct md__eregion *r, size_t i);
