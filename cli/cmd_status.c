@@ -443,24 +443,27 @@ int md__cmd_status(int argc, char **argv)
 				int len = name ? (int)strlen(md__printable(name, shown, sizeof(shown))) : 0;
 				width = len > width ? len : width;
 			}
-			printf("\n%-4s %-*s %6s %7s %11s %13s %15s\n", "DOM", width, "NAME", "UID", "AGENTS",
-			       "POOL_PAGES", "PAGES_SHARING", "PROFIT_MB");
+			printf("\n%-4s %-*s %6s %7s %11s %13s %11s %15s\n", "DOM", width, "NAME", "UID", "AGENTS",
+			       "POOL_PAGES", "PAGES_SHARING", "ZERO_PAGES", "PROFIT_MB");
 			json_array_foreach(doms, i, d) {
 				const char *name = json_string_value(json_object_get(d, "name"));
 				if (name)
 					name = md__printable(name, shown, sizeof(shown));
 				/* Bookkeeping makes an empty pool's profit a
 				 * little below zero: not "-0.0". */
-				char profit[32];
+				char profit[32], zero[24] = "-";	/* "-": a daemon before zero_pages */
+				json_t *z = json_object_get(d, "zero_pages");
+				if (json_is_integer(z))
+					snprintf(zero, sizeof(zero), "%lld", (long long)json_integer_value(z));
 				snprintf(profit, sizeof(profit), "%.1f",
 					 (double)json_integer_value(json_object_get(d, "general_profit")) / (1 << 20));
-				printf("%-4lld %-*s %6lld %7lld %11lld %13lld %15s\n",
+				printf("%-4lld %-*s %6lld %7lld %11lld %13lld %11s %15s\n",
 				       (long long)json_integer_value(json_object_get(d, "id")), width,
 				       name && *name ? name : "(default)",
 				       (long long)json_integer_value(json_object_get(d, "uid")),
 				       (long long)json_integer_value(json_object_get(d, "agents")),
 				       (long long)json_integer_value(json_object_get(d, "pool_live_pages")),
-				       (long long)json_integer_value(json_object_get(d, "pages_sharing")),
+				       (long long)json_integer_value(json_object_get(d, "pages_sharing")), zero,
 				       strcmp(profit, "-0.0") == 0 ? "0.0" : profit);
 			}
 		} else if (daemon) {

@@ -64,13 +64,58 @@ static json_int_t domain_sharing(const struct md__domain *dom)
 	return held > live ? held - live : 0;
 }
 
-/* KSM's general_profit: the memory saved less the bookkeeping. */
-static json_int_t domain_profit(const struct md__domain *dom)
+/* The agents' counters a domain shows added up, as their last reports
+ * say them: KSM's figures of the scanner (the pages of a domain are its
+ * agents', which report these each second). */
+static const enum md__ctr domain_ctrs[] = {
+	MD_CTR_ZERO_PAGES, MD_CTR_PAGES_UNSHARED, MD_CTR_VOLATILE, MD_CTR_FULL_SCANS,
+	MD_CTR_MERGE_RATE, MD_CTR_BREAK_RATE, MD_CTR_SCAN_CPU_NS,
+};
+#define NDOMAIN_CTRS (sizeof(domain_ctrs) / sizeof(domain_ctrs[0]))
+
+/* Counter c of the live agents of dom added up,
+ * saturating at JSON's largest integer (a damaged agent's counters are
+ * as it sent them). Exited agents are out of d->agents. */
+static json_int_t agents_sum(const struct md__daemon *d, const struct md__domain *dom, enum md__ctr c)
 {
-	return domain_sharing(dom) * MD_MSG_PAGE - domain_meta(dom);
+	uint64_t sum = 0;
+	for (const struct md__agent *a = d->agents; a; a = a->next) {
+		if (a->dom != dom || a->ncounters <= (uint32_t)c)
+			continue;
+		uint64_t v = a->counters[c];
+		sum = v > (uint64_t)INT64_MAX - sum ? (uint64_t)INT64_MAX : sum + v;	/* sum <= INT64_MAX */
+	}
+	return (json_int_t)sum;
 }
 
-static json_t *domain_json(const struct md__domain *dom)
+/* KSM's general_profit: the memory saved (the pages sharing a pool page
+ * and the zero pages dropped, as KSM counts the zero pages it places)
+ * less the daemon's bookkeeping. */
+static json_int_t domain_profit(const struct md__daemon *d, const struct md__domain *dom)
+{
+	json_int_t zero = agents_sum(d, dom, MD_CTR_ZERO_PAGES);
+	zero = zero > INT64_MAX / MD_MSG_PAGE / 2 ? INT64_MAX / MD_MSG_PAGE / 2 : zero;
+	return (domain_sharing(dom) + zero) * MD_MSG_PAGE - domain_meta(dom);
+}
+
+static json_int_t add_sat(json_int_t x, json_int_t y)
+{
+	return x > INT64_MAX - y ? INT64_MAX : x + y;
+}
+
+/* The agents' counters of domain_ctrs in the n domains of dv added up, into
+ * o under their names. */
+static void sums_json(json_t *o, const struct md__daemon *d, const struct md__domain *const *dv, size_t n)
+{
+	for (size_t i = 0; i < NDOMAIN_CTRS; i++) {
+		json_int_t sum = 0;
+		for (size_t j = 0; j < n; j++)
+			sum = add_sat(sum, agents_sum(d, dv[j], domain_ctrs[i]));
+		json_object_set_new(o, md__ctr_name(domain_ctrs[i]), json_integer(sum));
+	}
+}
+
+static json_t *domain_json(const struct md__daemon *d, const struct md__domain *dom)
 {
 	json_t *o = json_object();
 	json_int_t live = (json_int_t)md__pool_live(&dom->pool);
@@ -94,7 +139,8 @@ static json_t *domain_json(const struct md__domain *dom)
 	json_object_set_new(o, "read_yields", json_integer((json_int_t)dom->read_yields));
 	json_object_set_new(o, "pages_shared", json_integer(live));
 	json_object_set_new(o, "pages_sharing", json_integer(domain_sharing(dom)));
-	json_object_set_new(o, "general_profit", json_integer(domain_profit(dom)));
+	json_object_set_new(o, "general_profit", json_integer(domain_profit(d, dom)));
+	sums_json(o, d, &dom, 1);
 	json_object_set_new(o, "references", json_integer((json_int_t)(dom->refs_total - dom->refs_draining)));
 	json_object_set_new(o, "references_draining", json_integer((json_int_t)dom->refs_draining));
 	/* Records of processes that live: those gone only wait for their
@@ -227,12 +273,12 @@ int md__status_json(struct md__daemon *d, uid_t uid, uint32_t domain_from, uint3
 	for (size_t i = 0; i < ndom; i++) {
 		t_live += (json_int_t)md__pool_live(&dv[i]->pool);
 		t_sharing += domain_sharing(dv[i]);
-		t_profit += domain_profit(dv[i]);
+		t_profit += domain_profit(d, dv[i]);
 	}
 	for (size_t i = 0; i < ndom && !next; i++) {
 		if (dv[i]->id < domain_from)
 			continue;
-		json_t *o = domain_json(dv[i]);
+		json_t *o = domain_json(d, dv[i]);
 		if (!o)
 			goto free_vectors;
 		int fit = page_append(domains, o, &used, &items);
@@ -259,6 +305,7 @@ int md__status_json(struct md__daemon *d, uid_t uid, uint32_t domain_from, uint3
 	json_object_set_new(totals, "pages_shared", json_integer(t_live));
 	json_object_set_new(totals, "pages_sharing", json_integer(t_sharing));
 	json_object_set_new(totals, "general_profit", json_integer(t_profit));
+	sums_json(totals, d, (const struct md__domain *const *)dv, ndom);
 	*json = json_dumps(root, JSON_COMPACT);
 	if (*json) {
 		*len = strlen(*json);

@@ -2953,8 +2953,8 @@ TEST_IMPL(cli_status_counters_shown)
 	/* memdedupd's document: one domain, every number its own. */
 	snprintf(sock, sizeof(sock), "%s/doc.sock", test_dir());
 	const char *doc = "{\"daemon\":{},\"domains\":[{\"id\":3,\"name\":\"blue\",\"uid\":1234,\"agents\":5,"
-			  "\"pool_live_pages\":1111,\"pages_sharing\":2222,\"general_profit\":3670016}],"
-			  "\"agents\":[]}";
+			  "\"pool_live_pages\":1111,\"pages_sharing\":2222,\"zero_pages\":4444,"
+			  "\"general_profit\":3670016}],\"agents\":[]}";
 	pid_t kid = doc_server(sock, doc, 1);
 	int c1 = sh("MEMDEDUP_RUN_DIR=%s/rd MEMDEDUP_SOCKET=%s %s/memdedup status", test_dir(), sock, b);
 	char out[8192];
@@ -2982,13 +2982,13 @@ TEST_IMPL(cli_status_counters_shown)
 	check_row(out, "total", "agents", total, NULL);
 	/* The domains: header and row. */
 	static const char *const dcols[] = { "DOM", "NAME", "UID", "AGENTS", "POOL_PAGES", "PAGES_SHARING",
-					     "PROFIT_MB" };
-	static const char *const drow[] = { "3", "blue", "1234", "5", "1111", "2222", "3.5" };
-	ASSERT_EQ(row_words(out, "DOM", buf, sizeof(buf), w, 12), 7);
-	for (int i = 0; i < 7; i++)
+					     "ZERO_PAGES", "PROFIT_MB" };
+	static const char *const drow[] = { "3", "blue", "1234", "5", "1111", "2222", "4444", "3.5" };
+	ASSERT_EQ(row_words(out, "DOM", buf, sizeof(buf), w, 12), 8);
+	for (int i = 0; i < 8; i++)
 		ASSERT_EQ(strcmp(w[i], dcols[i]), 0);
-	ASSERT_EQ(row_words(out, "3", buf, sizeof(buf), w, 12), 7);
-	for (int i = 0; i < 7; i++) {
+	ASSERT_EQ(row_words(out, "3", buf, sizeof(buf), w, 12), 8);
+	for (int i = 0; i < 8; i++) {
 		if (strcmp(w[i], drow[i]) != 0)
 			fprintf(stderr, "domain row, column %s: %s, not %s\n", dcols[i], w[i], drow[i]);
 		ASSERT_EQ(strcmp(w[i], drow[i]), 0);

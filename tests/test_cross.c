@@ -1734,3 +1734,48 @@ TEST_IMPL(cross_set_all_says_kept_own)
 	td_stop(&t);
 	return 0;
 }
+
+/* Zero pages an agent dropped are memory saved, as KSM counts the zero
+ * pages it places: the domain's general_profit (PROFIT_MB, the real
+ * saving) counts them, and the domain and the totals show the agents'
+ * KSM-like counters (zero pages, full scans, the scanner's CPU) added up. */
+static int zero_512(const md_stats *s)
+{
+	return s->zero_pages >= 512 && s->full_scans >= 1;
+}
+
+TEST_IMPL(cross_domain_counts_zero_pages)
+{
+	struct tdaemon t;
+	struct proc a;
+	md_stats s;
+	json_t *st = NULL, *dom = NULL, *tot;
+	td_start(&t, 65536);
+	start_agent(&a, &t, NULL);
+	proc_cmd(&a, "zero 0 512");
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, zero_512), 0);
+	/* The daemon knows what the agent reported last (each second). */
+	for (int i = 0; i < 100; i++) {
+		json_decref(st);
+		st = td_status(&t);
+		dom = json_array_get(json_object_get(st, "domains"), 0);
+		if (dom && td_int(dom, "zero_pages") >= 512 && td_int(dom, "full_scans") >= 1)
+			break;
+		usleep(100000);
+	}
+	ASSERT(dom);
+	tot = json_object_get(st, "totals");
+	ASSERT(td_int(dom, "zero_pages") >= 512);
+	ASSERT(td_int(dom, "full_scans") >= 1);
+	ASSERT(td_int(dom, "scan_cpu_ns") > 0);
+	ASSERT_EQ(td_int(dom, "pages_sharing"), 0);
+	/* 2 MiB saved, less the daemon's bookkeeping (well under 1 MiB). */
+	ASSERT(td_int(dom, "general_profit") >= 512LL * 4096 - (1 << 20));
+	ASSERT_EQ(td_int(tot, "general_profit"), td_int(dom, "general_profit"));
+	ASSERT_EQ(td_int(tot, "zero_pages"), td_int(dom, "zero_pages"));
+	ASSERT_EQ(td_int(tot, "full_scans"), td_int(dom, "full_scans"));
+	json_decref(st);
+	proc_stop(&a);
+	td_stop(&t);
+	return 0;
+}
