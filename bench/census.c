@@ -318,7 +318,7 @@ int main(int argc, char **argv)
 	       ", \"pss_guest_ram_kb\": %" PRIu64
 	       ", \"pss_outside_kb\": %" PRIu64 "}\n",
 	       c.pages, c.present, c.on_zero_pfn, frames, ideal, frames - ideal,
-	       (double)(frames - ideal) * PAGE / 1e6, zero_frames, left_one, left_cross,
+	       (double)(frames - ideal) * PAGE / (1 << 20), zero_frames, left_one, left_cross,
 	       left_image, c.pss_in_kb, c.pss_out_kb);
 	free(c.e);
 	free(img);

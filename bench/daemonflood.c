@@ -173,6 +173,7 @@ int main(int argc, char **argv)
 	}
 	pid_t *kids = calloc((size_t)k + 1, sizeof(*kids));
 	long nkids = 0;
+	pid_t parent = getpid();
 	for (long i = 0; i < k; i++) {
 		pid_t p = fork();
 		if (p < 0) {
@@ -181,9 +182,13 @@ int main(int argc, char **argv)
 		}
 		kids[nkids++] = p;
 		if (p == 0) {
-			prctl(PR_SET_PDEATHSIG, SIGTERM);
+			/* Asked after the credentials change, which clears it;
+			 * a parent gone before then is seen by getppid. */
 			if (setgid(65534) != 0 || setuid(65534) != 0)
 				_exit(1);
+			prctl(PR_SET_PDEATHSIG, SIGTERM);
+			if (getppid() != parent)
+				_exit(0);
 			flood();
 		}
 	}

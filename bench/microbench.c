@@ -345,9 +345,13 @@ int main(int argc, char **argv)
 	fsync(fd);
 	close(fd);
 	fd = open(path, O_RDONLY);
+	int open_err = errno;
+	/* Gone from /tmp at once: an exit(1) below, or a Ctrl-C, left the
+	 * image (IMAGE_MB of it, in a tmpfs perhaps) behind. */
+	unlink(path);
 	if (fd < 0) {
+		errno = open_err;
 		perror(path);
-		unlink(path);
 		return 1;
 	}
 
@@ -359,7 +363,6 @@ int main(int argc, char **argv)
 	if (md_agent_new(&agent, &o) != 0) {
 		fprintf(stderr, "microbench: no agent\n");
 		close(fd);
-		unlink(path);
 		return 1;
 	}
 	const char *only = getenv("MICROBENCH_ONLY");	/* "base" or "guest" */
@@ -369,6 +372,5 @@ int main(int argc, char **argv)
 		guest_conditions(agent, fd, len, (int)rounds);
 	md_agent_free(agent);
 	close(fd);
-	unlink(path);
 	return 0;
 }

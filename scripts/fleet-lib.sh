@@ -56,6 +56,11 @@
 # QEMU's, and `memdedup run` execs too), and is killed with its group on exit,
 # failure or signal. Callers add their own cleanup to FLEET_EXIT_HOOKS.
 
+# Numbers are written and read with a decimal point (awk's printf and input,
+# bash's `times`): a locale with a decimal comma (de_DE.UTF-8) made the
+# samples' CPU columns "0,52", truncated "12.30" to 12, and results.json invalid.
+export LC_ALL=C
+
 FLEET_ROOT=${FLEET_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 FLEET_KERNEL=${FLEET_KERNEL:-$FLEET_ROOT/build/guest/vmlinuz}
 FLEET_INITRD=${FLEET_INITRD:-$FLEET_ROOT/build/guest/initramfs.cpio.gz}
