@@ -4,7 +4,7 @@
 set -euo pipefail
 want=${1:-all}
 pkgs_build="gcc make pkg-config libjansson-dev libxxhash-dev liburing-dev"
-pkgs_guest="qemu-system-x86 busybox-static cpio kmod e2fsprogs zstd xz-utils jq strace procps"
+pkgs_guest="qemu-system-x86 busybox-static cpio kmod e2fsprogs zstd xz-utils jq strace procps locales"
 pkgs_plot="gnuplot-nox"
 case "$want" in
   build) pkgs="$pkgs_build" ;;

@@ -207,6 +207,26 @@ TEST_IMPL(cli_bench_bad_arguments)
 	return 0;
 }
 
+/* The bench's and guest tests' numbers (hold windows, means of samples,
+ * results.json) are read and written with a decimal point whatever the
+ * caller's locale: under de_DE.UTF-8 (a German install's root) awk read
+ * "12.30" as 12 and printed "14,00", and results.json was invalid. */
+TEST_IMPL(bench_numbers_any_locale)
+{
+	char loc[512];
+	snprintf(loc, sizeof(loc), "%s/loc", test_dir());
+	ASSERT_EQ(sh("mkdir -p %s && localedef -i de_DE -f UTF-8 %s/de_DE.UTF-8", loc, loc), 0);
+	/* The locale takes: awk says a decimal comma. */
+	ASSERT_EQ(sh("LOCPATH=%s LC_ALL=de_DE.UTF-8 awk 'BEGIN { printf \"%%.2f\", 1.5 }'", loc), 0);
+	ASSERT_EQ(strcmp(slurp("out"), "1,50"), 0);
+	/* A guest read until 12.30 s, exited at 60.30 s, no hold. */
+	ASSERT_EQ(sh("printf 'g1\\tx\\t12.30\\t60.30\\tx\\tx\\tx\\tNA\\n' > %s/guests.tsv", test_dir()), 0);
+	ASSERT_EQ(sh("LOCPATH=%s LC_ALL=de_DE.UTF-8 bash -c '. scripts/fleet-lib.sh; fleet_hold_window %s'", loc,
+		     test_dir()), 0);
+	ASSERT_EQ(strcmp(slurp("out"), "14.30 59.30\n"), 0);
+	return 0;
+}
+
 /* The guest kit refuses bad options before its log is made or a guest
  * started: a --timeout that is not a number of seconds (the watchdog never
  * fired, the guest ran on), a --wrapper or --qemu-opt that is no list of
