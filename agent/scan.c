@@ -554,12 +554,16 @@ static int copy_run(struct md__engine *e, uintptr_t addr, size_t len)
 static int copy_pool_runs(struct md__engine *e, struct md__eregion *r, size_t *from, size_t *budget,
 			  unsigned flags)
 {
-	size_t np = (r->end - r->start) / MD_EPAGE, p0 = *from, p = p0, failed_at = SIZE_MAX;
+	size_t np = (r->end - r->start) / MD_EPAGE, p0 = *from, p = p0, failed_at = SIZE_MAX, nv = SIZE_MAX;
+	struct md__file_map *v = NULL;
 	int err = 0;
-#define POOL_PAGE(v) (MD_REF_SLOT(v) || (!(flags & COPY_SLOTS_ONLY) && (v) == MD_REF_FILE))
+	/* The VMM's own file's pages (share=off) are no pool's: left as the
+	 * VMM's, as a copy would stop them showing the file's changes. */
+#define POOL_PAGE(q) (MD_REF_SLOT(r->ref[q]) || (!(flags & COPY_SLOTS_ONLY) && r->ref[q] == MD_REF_FILE && \
+						 !md__engine_vmm_file_at(e, r, q, &v, &nv)))
 	while (p < np && *budget) {
 		size_t q = p, cap = *budget / 9 ? *budget / 9 : 1;
-		while (q < np && q - p < cap && POOL_PAGE(r->ref[q]))
+		while (q < np && q - p < cap && POOL_PAGE(q))
 			q++;
 		if (q == p) {
 			p++;
@@ -577,6 +581,7 @@ static int copy_pool_runs(struct md__engine *e, struct md__eregion *r, size_t *f
 		p = q;
 	}
 #undef POOL_PAGE
+	free(v);
 	*from = p;
 	/* From the run that failed on, which pages were copied is not known:
 	 * the reap finds them written, and gives their slots back. */

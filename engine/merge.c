@@ -791,6 +791,12 @@ static int vmm_file_page(const struct md__engine *e, const struct md__eregion *r
 	return 0;
 }
 
+int md__engine_vmm_file_at(const struct md__engine *e, const struct md__eregion *r, size_t i,
+			   struct md__file_map **v, size_t *nv)
+{
+	return r->ref[i] == MD_REF_FILE && vmm_file_page(e, r, r->start + i * MD_EPAGE, r->start, r->end, v, nv);
+}
+
 /* Pages [i, j) of r stay mapped but leave the engine: each one mapped from
  * a file (pool or image) becomes a private copy, a run at a time; the
  * VMM's own file's pages stay its file's (vmm_file_page). Pages that
@@ -2569,7 +2575,8 @@ uint64_t md__engine_shared_pages(struct md__engine *e)
 	uint64_t pm[MAX_RUN], n_shared = 0;
 	for (size_t ri = 0; ri < e->nregions; ri++) {
 		struct md__eregion *r = &e->regions[ri];
-		size_t np = (r->end - r->start) / MD_EPAGE;
+		struct md__file_map *v = NULL;
+		size_t np = (r->end - r->start) / MD_EPAGE, nv = SIZE_MAX;
 		for (size_t base = 0; base < np; base += MAX_RUN) {
 			size_t n = np - base < MAX_RUN ? np - base : MAX_RUN, stale = 0;
 			for (size_t i = 0; i < n; i++) {
@@ -2577,13 +2584,16 @@ uint64_t md__engine_shared_pages(struct md__engine *e)
 				stale += r->ref[base + i] == MD_REF_FILE;
 			}
 			/* A pool page whose slot was forgotten (memdedupd
-			 * restarted) is shared until written: pagemap tells. */
+			 * restarted) is shared until written: pagemap tells.
+			 * The VMM's own file's pages are not pool pages. */
 			if (!stale)
 				continue;
 			int known = pagemap_read(e, r->start + base * MD_EPAGE, n, pm) == 0;
 			for (size_t i = 0; i < n; i++)
-				n_shared += r->ref[base + i] == MD_REF_FILE && (!known || !md__pm_private_anon(pm[i]));
+				n_shared += r->ref[base + i] == MD_REF_FILE && (!known || !md__pm_private_anon(pm[i])) &&
+					    !md__engine_vmm_file_at(e, r, base + i, &v, &nv);
 		}
+		free(v);
 	}
 	return n_shared;
 }

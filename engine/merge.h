@@ -472,6 +472,13 @@ int md__engine_reap(struct md__engine *e);
  * new daemon's pool replaced the old one, which they still map) unless
  * pagemap shows them written since. What an unmerge copies. */
 uint64_t md__engine_shared_pages(struct md__engine *e);
+/* Whether page i of r, a file page without a slot (MD_REF_FILE alone),
+ * lies in a mapping of the VMM's own file (a memory backend with
+ * share=off): the VMM's to keep as it is, never copied nor counted shared.
+ * *v and *nv hold the region's maps, read once: NULL and SIZE_MAX at first,
+ * *v freed by the caller. */
+int md__engine_vmm_file_at(const struct md__engine *e, const struct md__eregion *r, size_t i,
+			   struct md__file_map **v, size_t *nv);
 /* Moves up to max pages of guest RAM still mapped from an old pool's file
  * (memdedupd restarted, or the domain changed: their slots are forgotten)
  * into anonymous memory with their content, write-protected and copied as

@@ -711,28 +711,38 @@ TEST_IMPL(scan_wipeonfork_leaves_vmm_file)
 	return 0;
 }
 
-/* A discard of guest RAM in the VMM's own private file mapping (a memory
- * backend with share=off) shows its file again, as without the agent: the
- * engine took its pages for file pages of its own, a pool's, and mapped
- * anonymous zeroes over them (review). Pages the VMM wrote too. */
+/* n pages of guest RAM in the VMM's own private file mapping (a memory
+ * backend with share=off: a memfd, no two pages alike, nothing to merge),
+ * registered with a scanning agent of its own. */
+static unsigned char *vmm_file_ram(md_agent **a, int *fd, size_t n)
+{
+	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .domain = "private",
+			       .pages_to_scan = 1000, .sleep_ms = 1 };
+	ASSERT_EQ(md_agent_new(a, &o), 0);
+	*fd = memfd_create("vmm-ram", MFD_CLOEXEC);
+	ASSERT(*fd >= 0);
+	unsigned char page[PG];
+	for (size_t i = 0; i < n; i++) {
+		memset(page, 0xab, sizeof(page));
+		page[0] = (unsigned char)i;
+		ASSERT(pwrite(*fd, page, PG, (off_t)(i * PG)) == (ssize_t)PG);
+	}
+	unsigned char *m = mmap(NULL, n * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE, *fd, 0);
+	ASSERT(m != MAP_FAILED);
+	ASSERT_EQ(md_agent_register(*a, m, n * PG, 0), 0);
+	return m;
+}
+
+/* A discard of guest RAM in the VMM's own private file mapping shows its
+ * file again, as without the agent: the engine took its pages for file
+ * pages of its own, a pool's, and mapped anonymous zeroes over them
+ * (review). Pages the VMM wrote too. */
 TEST_IMPL(scan_discard_leaves_vmm_file)
 {
 	md_agent *a;
 	const size_t n = 16;
-	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .domain = "private",
-			       .pages_to_scan = 1000, .sleep_ms = 1 };
-	ASSERT_EQ(md_agent_new(&a, &o), 0);
-	int fd = memfd_create("vmm-ram", MFD_CLOEXEC);
-	ASSERT(fd >= 0);
-	unsigned char page[PG];
-	for (size_t i = 0; i < n; i++) {	/* no two alike, no fill: nothing to merge */
-		memset(page, 0xab, sizeof(page));
-		page[0] = (unsigned char)i;
-		ASSERT(pwrite(fd, page, PG, (off_t)(i * PG)) == (ssize_t)PG);
-	}
-	unsigned char *m = mmap(NULL, n * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
-	ASSERT(m != MAP_FAILED);
-	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
+	int fd;
+	unsigned char page[PG], *m = vmm_file_ram(&a, &fd, n);
 	m[2 * PG + 100] = 7;	/* a private copy of its own */
 	ASSERT_EQ(md_agent_madvise_discard(a, m + PG, 2 * PG, MADV_DONTNEED), 0);
 	for (size_t i = 0; i < n; i++) {
@@ -742,6 +752,37 @@ TEST_IMPL(scan_discard_leaves_vmm_file)
 	md_agent_free(a);
 	munmap(m, n * PG);
 	close(fd);
+	return 0;
+}
+
+/* An unmerge, and I/O the agent cannot follow, make the pages that map a
+ * pool's private copies: the VMM's own file's pages are no pool's, and
+ * stay its file's (a change to the file shows in guest RAM, as without the
+ * agent), not copied nor counted as shared (review). */
+static void vmm_file_left_by(int io_unseen)
+{
+	md_agent *a;
+	const size_t n = 16;
+	int fd;
+	unsigned char page[PG], *m = vmm_file_ram(&a, &fd, n);
+	(void)*(volatile unsigned char *)(m + 3 * PG);	/* read: the file's page, mapped */
+	if (io_unseen)
+		md_agent_io_unseen(a, "test: io_uring reads");
+	else
+		ASSERT_EQ(md_agent_unmerge(a), 0);
+	ASSERT(self_pagemap(m + 3 * PG) & (1ull << 61));	/* still the file's page */
+	memset(page, 0x77, sizeof(page));
+	ASSERT(pwrite(fd, page, PG, 3 * PG) == (ssize_t)PG);	/* the file changes */
+	ASSERT(memcmp(m + 3 * PG, page, PG) == 0);
+	md_agent_free(a);
+	munmap(m, n * PG);
+	close(fd);
+}
+
+TEST_IMPL(scan_unmerge_leaves_vmm_file)
+{
+	vmm_file_left_by(0);
+	vmm_file_left_by(1);
 	return 0;
 }
 
