@@ -248,7 +248,6 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 		a->conn = c;	/* a reconnect: same pool, same references */
 		a->look_ms = 0;
 		agent_open_mm(a);
-		a->resumed_alone = 0;	/* its WELCOME says the default pause */
 		a->control_pid = (h->flags & MD_HELLO_CONTROL_PID) != 0;
 		a->share_sent = 0;	/* a new connection was told nothing */
 		a->hellos++;
@@ -697,8 +696,9 @@ void md__agent_detach(struct md__daemon *d, struct md__agent *a)
 	 * still maps those pages), or until it lives on without them;
 	 * without, nothing is left to keep, and a process that connects and
 	 * goes away cannot pile up records, each holding a number and a
-	 * pidfd. */
-	if (!a->nrefs && !a->unmerged && !a->paused) {
+	 * pidfd. A resume of it alone under the default pause is kept too:
+	 * its WELCOME says so when back. */
+	if (!a->nrefs && !a->unmerged && !a->paused && !(a->resumed_alone && d->paused)) {
 		md__dlog_peer("agent %d left holding no references", (int)a->pid);
 		md__agent_exited(d, a);
 		return;

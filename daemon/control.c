@@ -151,6 +151,10 @@ static int settle(struct md__pending_control *p, pid_t pid)
 static void forward(struct md__daemon *d, struct md__pending_control *p, struct md__agent *a)
 {
 	if (!a->conn && (p->defaults || p->op == MD_CTL_RESUME)) {
+		if (p->op == MD_CTL_RESUME)
+			a->resumed_alone = 1;	/* its WELCOME says so when back */
+		else if (p->op == MD_CTL_PAUSE && p->admin)
+			a->resumed_alone = 0;
 		p->detached++;
 		return;
 	}

@@ -234,9 +234,10 @@ struct md__agent {
 				    * the daemon's user's): only they resume it */
 	int resumed_alone;         /* a RESUME reached its connection after the last
 				    * administrator's PAUSE: it scans under the daemon's
-				    * default pause (resume --pid P after pause) until its
-				    * next WELCOME, and its user may resume it after
-				    * pausing it */
+				    * default pause (resume --pid P after pause), across
+				    * its reconnects (its WELCOME says so), and its user
+				    * may resume it after pausing it; a RESUME while it
+				    * is away sets it too */
 	int64_t reported_ms;       /* when the last REPORT came; 0 never */
 	uint64_t requests;         /* messages handled after its HELLO */
 	uint64_t hellos;           /* connections it came on (reconnects + 1) */

@@ -991,7 +991,7 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
 		w.u.welcome.pool_pages = (uint32_t)dom->pool.max_pages;
 		w.u.welcome.generation = dom->generation;
 		w.u.welcome.tun = d->tun;
-		w.u.welcome.state = d->paused || c->agent->unmerged || c->agent->paused ? MD_WELCOME_PAUSED : 0;
+		w.u.welcome.state = (d->paused && !c->agent->resumed_alone) || c->agent->unmerged || c->agent->paused ? MD_WELCOME_PAUSED : 0;
 		md__conn_send(d, c, &w, dom->pool.ro_fd);
 		md__reshare(d);
 		return;

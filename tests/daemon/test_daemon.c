@@ -5140,23 +5140,32 @@ static int control_kept(const struct tdaemon *t, struct md__client *agent, unsig
 /* In a child: an agent of t's memdedupd in domain (NULL: the default;
  * ready said once it is), sent a CONTROL op, which it answers done, then
  * gone from the daemon. Exits 100 or 101 if a step fails. */
-static void agent_answers_then_goes(const struct tdaemon *t, const char *domain, unsigned op, int ready)
+static void agent_answers_ops_then_goes(const struct tdaemon *t, const char *domain, const unsigned *ops, int n,
+					int ready)
 {
 	struct md__client *agent;
 	struct md__msg_welcome w;
 	struct md__msg_control ctl;
-	int fd = -1, err = -EAGAIN;
+	int fd = -1;
 	char x = 0;
 	if (md__client_open(&agent, t->sock, domain, 0, &w, &fd) != 0 || write(ready, &x, 1) != 1)
 		_exit(100);
-	for (int i = 0; i < 400 && err == -EAGAIN; i++)
-		if ((err = md__client_next_control(agent, &ctl)) == -EAGAIN)
-			usleep(5000);
-	if (err || ctl.op != op || md__client_control_done(agent, ctl.token, 0, NULL) != 0)
-		_exit(101);
+	for (int k = 0; k < n; k++) {
+		int err = -EAGAIN;
+		for (int i = 0; i < 400 && err == -EAGAIN; i++)
+			if ((err = md__client_next_control(agent, &ctl)) == -EAGAIN)
+				usleep(5000);
+		if (err || ctl.op != ops[k] || md__client_control_done(agent, ctl.token, 0, NULL) != 0)
+			_exit(101);
+	}
 	md__client_free(agent);
 	close(fd);
 	usleep(200000);	/* the daemon sees it go */
+}
+
+static void agent_answers_then_goes(const struct tdaemon *t, const char *domain, unsigned op, int ready)
+{
+	agent_answers_ops_then_goes(t, domain, &op, 1, ready);
 }
 
 /* Forks a child agent of t's memdedupd (in domain, NULL: the default)
@@ -6669,5 +6678,64 @@ TEST_IMPL(daemon_refused_takeover_sheds_references)
 	}
 	ASSERT_EQ(refs, 0);
 	td_stop(&t);
+	return 0;
+}
+
+/* Under root's pause of all, root's RESUME --pid of an agent scans it
+ * alone, and outlives its reconnect, as its own pause does: the record
+ * forgot it at the HELLO, and the WELCOME said the default pause (a
+ * connection lost, a stalled daemon, undid the operator's resume). So
+ * too a RESUME of an agent that is away ("gets it when back"), which was
+ * lost (review). */
+static void resumed_then_rejoins(int away)
+{
+	struct tdaemon t;
+	td_start(&t, 16);
+	int ready[2], go[2];
+	ASSERT(pipe(ready) == 0 && pipe(go) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		/* Away: its own pause answered before it goes; else the
+		 * default pause and the resume. */
+		static const unsigned away_ops[] = { MD_CTL_PAUSE }, here_ops[] = { MD_CTL_PAUSE, MD_CTL_RESUME };
+		char x = 0;
+		close(ready[0]);
+		close(go[1]);
+		agent_answers_ops_then_goes(&t, NULL, away ? away_ops : here_ops, away ? 1 : 2, ready[1]);
+		if (write(ready[1], &x, 1) != 1 || read(go[0], &x, 1) != 1)
+			_exit(103);
+		_exit(rejoin_paused(&t, 0) == 1 ? 0 : 2);	/* 0: it scans */
+	}
+	close(ready[1]);
+	close(go[0]);
+	char x, text[MD_TEXT_MAX + 1];
+	ASSERT_EQ(read(ready[0], &x, 1), 1);
+	struct md__client *cli = td_connect(&t);
+	if (away) {
+		ASSERT_EQ(control(cli, MD_CTL_PAUSE, kid, NULL, NULL, text), 0);
+		ASSERT_EQ(read(ready[0], &x, 1), 1);	/* gone, its record kept paused */
+	}
+	ASSERT_EQ(control(cli, MD_CTL_PAUSE, 0, NULL, NULL, text), 0);	/* root: the default */
+	ASSERT_EQ(control(cli, MD_CTL_RESUME, kid, NULL, NULL, text), 0);
+	if (away)
+		ASSERT(strstr(text, "when back"));
+	else
+		ASSERT_EQ(read(ready[0], &x, 1), 1);	/* gone after both */
+	ASSERT_EQ(write(go[1], "g", 1), 1);
+	int st;
+	ASSERT_EQ(waitpid(kid, &st, 0), kid);
+	ASSERT(WIFEXITED(st));
+	ASSERT_EQ(WEXITSTATUS(st), 0);
+	/* The default pause of all again: its resume is over. */
+	md__client_free(cli);
+	close(ready[0]), close(go[1]);
+	td_stop(&t);
+}
+
+TEST_IMPL(daemon_resume_by_pid_outlives_reconnect)
+{
+	resumed_then_rejoins(0);
+	resumed_then_rejoins(1);
 	return 0;
 }
