@@ -299,6 +299,9 @@ static long long domain_live_becomes_0(const struct tdaemon *t)
 	return v;
 }
 
+static uint64_t scans_want;
+static int scans_done(const md_stats *s) { return s->full_scans >= scans_want; }
+
 /* A VMM that drops root once its guest RAM is made (QEMU's -runas) leaves
  * root's domain for its new user's: its pages stop sharing with root's VMs,
  * keep their content, and share with the new user's. */
@@ -323,6 +326,15 @@ TEST_IMPL(cross_user_change_moves_domain)
 	}
 	ASSERT_EQ(shared, 0);
 	ASSERT_EQ(agent_field_becomes(&t, a.pid, "uid", 65534), 65534);
+	/* Settled in the new user's domain: passes of both scanners since
+	 * (each looks every page up again) find nothing to share across. */
+	md_stats sa, sb;
+	ASSERT_EQ(proc_stats(&a, &sa), 0);
+	ASSERT_EQ(proc_stats(&b, &sb), 0);
+	scans_want = (sa.full_scans > sb.full_scans ? sa.full_scans : sb.full_scans) + 3;
+	ASSERT_EQ(proc_stats_wait(&a, &sa, 20000, scans_done), 0);
+	ASSERT_EQ(proc_stats_wait(&b, &sb, 20000, scans_done), 0);
+	ASSERT_EQ(same_frames(&a, &b, 0, N), 0);
 	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", N * PG), h) == 0);
 	ASSERT(strcmp(proc_cmd(&b, "hash 0 %u", N * PG), h) == 0);
 	/* b follows: together again, in the new user's domain. */
@@ -1776,6 +1788,45 @@ TEST_IMPL(cross_domain_counts_zero_pages)
 	ASSERT_EQ(td_int(tot, "full_scans"), td_int(dom, "full_scans"));
 	json_decref(st);
 	proc_stop(&a);
+	td_stop(&t);
+	return 0;
+}
+
+/* --domain=private with a memdedupd up: each process merges its own
+ * duplicates through a pool of its own, and shares not one frame with
+ * another private process; the daemon never hears of either (README:
+ * "--domain=private merges only within the process"). */
+static int sharing_private(const md_stats *s) { return s->pages_sharing >= N / 2; }
+TEST_IMPL(cross_private_domain_never_shares)
+{
+	struct tdaemon t;
+	struct proc a, b;
+	md_stats s;
+	td_start(&t, 65536);
+	start_agent(&a, &t, "MEMDEDUP_DOMAIN=private");
+	start_agent(&b, &t, "MEMDEDUP_DOMAIN=private");
+	struct proc *p[2] = { &a, &b };
+	for (int k = 0; k < 2; k++) {
+		proc_cmd(p[k], "fill 0 %u 6", N / 2);
+		proc_cmd(p[k], "fill %u %u 6", N / 2 * PG, N / 2);
+	}
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, sharing_private), 0);
+	ASSERT_EQ(proc_stats_wait(&b, &s, 20000, sharing_private), 0);
+	/* Merged within each process: both copies on one frame. */
+	for (int k = 0; k < 2; k++) {
+		proc_cmd(p[k], "hash 0 %u", N * PG);
+		int same = 0;
+		for (unsigned i = 0; i < N / 2; i++)
+			same += proc_page(p[k], i * PG).pfn == proc_page(p[k], (N / 2 + i) * PG).pfn;
+		ASSERT_EQ(same, N / 2);
+	}
+	/* Not one frame across, and nothing in the daemon. */
+	ASSERT_EQ(same_frames(&a, &b, 0, N), 0);
+	ASSERT_EQ(agent_field(&t, a.pid, "pid"), -1);
+	ASSERT_EQ(agent_field(&t, b.pid, "pid"), -1);
+	ASSERT_EQ(domain_live(&t), 0);
+	proc_stop(&a);
+	proc_stop(&b);
 	td_stop(&t);
 	return 0;
 }

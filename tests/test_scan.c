@@ -8291,3 +8291,37 @@ TEST_IMPL(scan_io_unseen_failed_image_copies_counted)
 	close(fd);
 	return 0;
 }
+
+/* general_profit's pages: what merging saves is every page mapped from
+ * the pool and every zero page dropped, less the pool's own pages (KSM's
+ * general_profit: pages_sharing... less what it costs). What is left once
+ * those are taken out is the metadata: more than nothing, and far less
+ * than the pages (scan_profit_counts_metadata: some bytes a page). */
+static int merged_512_zero_512(const md_stats *s) { return s->merged >= 512 && s->zero_pages >= 512; }
+TEST_IMPL(scan_profit_counts_pages)
+{
+	const char *env[] = { fast_scan[0], fast_scan[1], fast_scan[2], "MEMDEDUP_DOMAIN=private", NULL };
+	struct proc a;
+	proc_start(&a, env);
+	proc_cmd(&a, "map 4096");
+	ASSERT(strcmp(proc_cmd(&a, "fill 0 512 1"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 512 1", 512 * PG), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "zero %u 512", 1024 * PG), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 2560 2", 1536 * PG), "ok") == 0);	/* unique */
+	md_stats s;
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, merged_512_zero_512), 0);
+	passes_want = s.full_scans + 2;	/* settled: the same report's counts */
+	ASSERT_EQ(proc_stats_wait(&a, &s, 20000, passes_done), 0);
+	long long meta = ((long long)s.pages_sharing + (long long)s.zero_pages - (long long)s.pool_pages) * PG -
+			 s.general_profit;
+	fprintf(stderr, "  sharing %llu, zero %llu, pool %llu, profit %lld: metadata %lld bytes\n",
+		(unsigned long long)s.pages_sharing, (unsigned long long)s.zero_pages,
+		(unsigned long long)s.pool_pages, (long long)s.general_profit, meta);
+	ASSERT_EQ(s.pages_sharing, 1024);
+	ASSERT_EQ(s.pool_pages, 512);
+	ASSERT_EQ(s.zero_pages, 512);
+	ASSERT(meta > 0);
+	ASSERT(meta < 256 * PG);	/* 1 MiB: a quarter of the pages saved */
+	proc_stop(&a);
+	return 0;
+}

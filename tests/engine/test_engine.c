@@ -7898,3 +7898,52 @@ TEST_IMPL(engine_merge_slots_compares_last_byte)
 	munmap(b, n * PG);
 	return 0;
 }
+
+/* Merges onto image pages (the file source, found before the volatility
+ * filter) count for the source that visited them in the ratio's
+ * adaptation, as merges through the pool do: hints over an image's
+ * copies and a cursor that finds nothing give the hints a larger share. */
+static int fm_find_marked(void *arg, uint64_t hash, const void *page, uint64_t *cookie)
+{
+	(void)arg, (void)hash;
+	memcpy(cookie, page, sizeof(*cookie));
+	return ((const unsigned char *)page)[8] == 0xf1;	/* the image's copies */
+}
+TEST_IMPL(engine_scanner_adapts_ratio_to_file_matches)
+{
+	struct md__engine e;
+	struct md__hints h;
+	struct md__scanner s;
+	const size_t uniq = 2048, img = 1024;
+	unsigned char *u = map_ram(uniq + img), *d = u + uniq * PG;
+
+	engine_up(&e);
+	ASSERT_EQ(md__hints_init(&h, 64), 0);
+	for (size_t i = 0; i < uniq; i++) {
+		fill(u + i * PG, (unsigned)(i + 100000));
+		u[i * PG + 8] = 0;
+	}
+	for (size_t i = 0; i < img; i++) {
+		fill(d + i * PG, (unsigned)i + 1);
+		d[i * PG + 8] = 0xf1;
+	}
+	ASSERT_EQ(md__engine_register(&e, u, (uniq + img) * PG, 0), 0);
+	ASSERT_EQ(md__scanner_init(&s, &e, &h), 0);
+	s.files = (struct md__file_source){ NULL, fm_find_marked, fm_merge };
+	fm_merged = 0;
+	s.ratio = 4;
+	for (size_t i = 0; i < img; i += 16)
+		md__hints_push(&h, (uintptr_t)(d + i * PG), 16 * PG, 0, 0);
+	/* The cursor walks the unique pages from the region's start: it
+	 * never reaches the image's copies within these visits. */
+	for (int i = 0; i < 20 && s.st.hinted + s.st.scanned < 1100; i++)
+		md__scanner_step(&s, 128);
+	ASSERT(s.st.file_matches > 0);
+	ASSERT_EQ(s.st.merged_scan, 0);
+	ASSERT(s.ratio > 4);
+	md__scanner_free(&s);
+	md__hints_free(&h);
+	md__engine_fini(&e);
+	munmap(u, (uniq + img) * PG);
+	return 0;
+}
