@@ -480,13 +480,18 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 		if ((ctl->op == MD_CTL_PAUSE || ctl->op == MD_CTL_RESUME) && p->failed == failures)
 			unqueue(d, a, admin);
 	}
-	if (ctl->pid == 0 && admin) {
+	if (ctl->pid == 0 && admin && ctl->op != MD_CTL_UNMERGE) {
 		if (ctl->op == MD_CTL_SET)
 			d->tun = tun;
 		else if (ctl->op == MD_CTL_PAUSE)
 			d->paused = 1;
 		else if (ctl->op == MD_CTL_RESUME)
 			d->paused = 0;
+		/* Kept for a memdedupd started again (state.c). */
+		int e2 = md__state_save(d);
+		if (e2)
+			md__dlog_peer("cannot keep the pause and tunables in %s (%s): a memdedupd started again "
+				      "takes the built-in ones", d->state_path, strerror(-e2));
 	}
 	if (ctl->op == MD_CTL_UNMERGE) {
 		size_t before = 0;

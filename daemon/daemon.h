@@ -338,6 +338,7 @@ struct md__daemon {
 	char socket_path[MD_D_SOCKET_MAX + 1];
 	char pid_path[MD_D_RUN_DIR_MAX + 32];
 	char log_path[MD_D_RUN_DIR_MAX + 32];	/* daemonized: reopened on SIGHUP */
+	char state_path[MD_D_RUN_DIR_MAX + 32];	/* the pause of all and tunables kept (state.c); "": none */
 	size_t pool_pages;
 	int control_wait_ms;	/* a CONTROL's deadline: MD_CONTROL_WAIT_MS or less */
 	int64_t status_bytes_per_s;	/* MD_D_STATUS_BYTES_PER_S or as set; 0: no limit */
@@ -378,6 +379,11 @@ struct md__daemon {
 };
 
 /* dlog.c */
+/* state.c: the pause of all and the tunables, from and to d->state_path.
+ * Load takes them if the file is whole and ours (else says why in the log
+ * and changes nothing); save returns 0 or -errno. */
+void md__state_load(struct md__daemon *d);
+int md__state_save(struct md__daemon *d);
 void md__dlog(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* The same, for what peers cause (connections, agents, their errors):
  * limited in rate. */

@@ -6,7 +6,7 @@
 # pool, index and checksum, and jansson for its status document.
 # DAEMON_CLI_SRC joins CLI_SRC (memdedup pause/resume/unmerge/set, status).
 DAEMON_SRC := daemon/main.c daemon/dlog.c daemon/server.c daemon/domain.c daemon/agent.c \
-              daemon/status.c daemon/control.c
+              daemon/status.c daemon/control.c daemon/state.c
 COMMON_DAEMON_SRC := common/protocol.c common/client.c common/rxbuf.c common/printable.c
 DAEMON_CLI_SRC := cli/cmd_control.c cli/status_daemon.c
 DAEMON_TEST_SRC := tests/daemon/test_protocol.c tests/daemon/test_daemon.c tests/daemon/test_daemon_start.c \

@@ -438,7 +438,9 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	if ((size_t)snprintf(d.pid_path, sizeof(d.pid_path), "%s/memdedupd.pid", run_dir) >= sizeof(d.pid_path) ||
-	    (size_t)snprintf(log_path, sizeof(log_path), "%s/memdedupd.log", run_dir) >= sizeof(log_path)) {
+	    (size_t)snprintf(log_path, sizeof(log_path), "%s/memdedupd.log", run_dir) >= sizeof(log_path) ||
+	    (size_t)snprintf(d.state_path, sizeof(d.state_path), "%s/memdedupd.state", run_dir) >=
+		    sizeof(d.state_path)) {
 		fprintf(stderr, "memdedupd: the run directory is too long\n");
 		return 1;
 	}
@@ -513,6 +515,7 @@ int main(int argc, char **argv)
 	}
 	d.start_ms = md__now_ms();
 	md__dlog("listening on %s, %zu slots per pool", d.socket_path, d.pool_pages);
+	md__state_load(&d);	/* ours alone: the pid file is locked */
 	err = md__server_run(&d);
 	if (err)
 		md__dlog("loop failed: %s", strerror(-err));

@@ -1830,3 +1830,28 @@ TEST_IMPL(cross_private_domain_never_shares)
 	td_stop(&t);
 	return 0;
 }
+
+/* root's pause of all outlives memdedupd (memdedupd.state): its agents,
+ * back on a memdedupd started again, stay paused, and merge nothing new
+ * until resumed. They scanned again at once (review). */
+TEST_IMPL(cross_pause_survives_daemon_restart)
+{
+	struct tdaemon t;
+	struct proc a, b;
+	char h[32];
+	td_start(&t, 65536);
+	start_sharing_pair(&t, &a, &b, 31, h);
+	ASSERT_EQ(control_cli(&t, "pause", 0), 0);
+	daemon_killed_restarted(&t);
+	ASSERT_EQ(agents_back(&t, a.pid, b.pid), 0);
+	proc_cmd(&a, "fill %u %u 8", 512 * PG, N);
+	proc_cmd(&b, "fill %u %u 8", 512 * PG, N);
+	usleep(2000000);	/* what a scanning pair merges in well under this */
+	ASSERT_EQ(same_frames(&a, &b, 512 * PG, N), 0);
+	ASSERT_EQ(strcmp(status_state(&t, a.pid), "paused"), 0);
+	ASSERT_EQ(strcmp(status_state(&t, b.pid), "paused"), 0);
+	ASSERT_EQ(control_cli(&t, "resume", 0), 0);
+	ASSERT_EQ(wait_same_frames(&a, &b, 512 * PG, N), N);
+	stop_pair(&t, &a, &b);
+	return 0;
+}

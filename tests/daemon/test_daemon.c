@@ -6739,3 +6739,91 @@ TEST_IMPL(daemon_resume_by_pid_outlives_reconnect)
 	resumed_then_rejoins(1);
 	return 0;
 }
+
+/* Whether t's memdedupd is paused with pages_to_scan pts (its status),
+ * and a new agent's WELCOME says the same. */
+static void daemon_holds(const struct tdaemon *t, int paused, long long pts)
+{
+	json_t *st = td_status(t), *dm = json_object_get(st, "daemon");
+	ASSERT_EQ(json_is_true(json_object_get(dm, "paused")), paused);
+	ASSERT_EQ(td_int(json_object_get(dm, "tunables"), "pages_to_scan"), pts);
+	json_decref(st);
+	struct md__msg_welcome w;
+	int fd;
+	struct md__client *agent = td_agent(t, NULL, &w, &fd);
+	ASSERT_EQ(!!(w.state & MD_WELCOME_PAUSED), paused);
+	ASSERT_EQ(w.tun.pages_to_scan, pts);
+	md__client_free(agent);
+	close(fd);
+}
+
+/* root's pause of all and tunables outlive memdedupd: one started again in
+ * its run directory (after a SIGKILL, as an OOM kill or a crash) holds
+ * them, and its agents find them in their WELCOME. They scanned again,
+ * with the built-in tunables, and nothing said so (review). */
+TEST_IMPL(daemon_pause_and_tunables_outlive_restart)
+{
+	struct tdaemon t;
+	char text[MD_TEXT_MAX + 1];
+	struct md__msg_welcome w;
+	td_start(&t, 16);
+	md__tunables_default(&w.tun);
+	ASSERT(w.tun.pages_to_scan != 777);
+	struct md__client *cli = td_connect(&t);
+	ASSERT_EQ(control(cli, MD_CTL_PAUSE, 0, NULL, NULL, text), 0);
+	ASSERT_EQ(control(cli, MD_CTL_SET, 0, "pages_to_scan", "777", text), 0);
+	md__client_free(cli);
+	kill(t.pid, SIGKILL);
+	waitpid(t.pid, NULL, 0);
+	td_restart(&t);
+	daemon_holds(&t, 1, 777);
+	ASSERT_EQ(td_sh("grep -q 'memdedupd.state: paused, pages_to_scan=777' %s/log", t.dir), 0);
+	/* Resumed, and stopped plainly: started again, not paused. */
+	cli = td_connect(&t);
+	ASSERT_EQ(control(cli, MD_CTL_RESUME, 0, NULL, NULL, text), 0);
+	md__client_free(cli);
+	td_stop(&t);
+	td_restart(&t);
+	daemon_holds(&t, 0, 777);
+	td_stop(&t);
+	return 0;
+}
+
+/* A state file that is not whole and ours is said in the log and taken
+ * for nothing: the built-in defaults, the daemon up. */
+TEST_IMPL(daemon_state_file_malformed_ignored)
+{
+	static const struct {
+		const char *text, *said;
+		int mode;
+		size_t len;	/* 0: strlen(text) */
+	} bad[] = {
+		{ "paused=1\npages_to_scan=777\nbogus=1\n", "line 3: unknown key", 0600, 0 },
+		{ "paused=1\npages_to_scan=0\n", "line 2: pages_to_scan must be", 0600, 0 },
+		{ "paused=2\n", "line 1: paused must be 0 or 1", 0600, 0 },
+		{ "paused=1\npages_to_scan=777", "line 2 is not ended", 0600, 0 },
+		{ "paused\n", "line 1 is no KEY=VALUE", 0600, 0 },
+		{ "paused=1\n\0", "a NUL byte", 0600, 10 },
+		{ "paused=1\n", "only we may write", 0666, 0 },
+	};
+	struct tdaemon t;
+	struct md__tunables def;
+	md__tunables_default(&def);
+	td_start(&t, 16);
+	td_stop(&t);
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char path[400];
+		snprintf(path, sizeof(path), "%s/memdedupd.state", t.dir);
+		FILE *f = fopen(path, "w");
+		size_t len = bad[i].len ? bad[i].len : strlen(bad[i].text);
+		ASSERT(f && fwrite(bad[i].text, 1, len, f) == len && fclose(f) == 0);
+		ASSERT_EQ(chmod(path, (mode_t)bad[i].mode), 0);
+		ASSERT_EQ(td_sh(": > %s/log", t.dir), 0);
+		td_restart(&t);
+		daemon_holds(&t, 0, def.pages_to_scan);
+		ASSERT_EQ(td_sh("grep -q 'memdedupd.state: .*%s.*the built-in defaults taken' %s/log", bad[i].said,
+				t.dir), 0);
+		td_stop(&t);
+	}
+	return 0;
+}
