@@ -262,7 +262,8 @@ else
       scan-noread-linear) ksm_set 0 100 20; hold=$hold_scan
                     wrapper="env MEMDEDUP_NO_SHARING=1 $mdq run --kernel-ksm=off --scan --hints=off --" ;;
     esac
-    fleet_stop_daemon   # each scan mode gets a fresh daemon
+    fleet_stop_daemon   # each scan mode gets a fresh daemon, with the built-in tunables
+    rm -f "$MEMDEDUP_RUN_DIR/memdedupd.state"
     case "$m" in
       scan*)  # the rate is the daemon's, for both agents together, as KSM's is for the host
         "$root/build/memdedupd" || fleet_die "mode $m: memdedupd did not start"
