@@ -384,9 +384,15 @@ void md__conn_apply_left(struct md__daemon *d, struct md__conn *c)
 		if (got) {
 			int ok = (h.type == MD_MSG_UNREF || h.type == MD_MSG_CONTROL_DONE) &&
 				 md__msg_decode(c->in.buf + c->in.head, need, &m) == 0;
-			if (ok && h.type == MD_MSG_UNREF)
-				md__agent_unref_later(d, c->agent, m.u.refs.slot, m.u.refs.n);
-			else if (ok)
+			/* Refused whole when one slot is not held (a client may
+			 * send one it lost track of): a live connection's ACK
+			 * has the client send each alone; here no one hears, so
+			 * each goes alone now. */
+			if (ok && h.type == MD_MSG_UNREF &&
+			    md__agent_unref_later(d, c->agent, m.u.refs.slot, m.u.refs.n) != 0 && m.u.refs.n > 1)
+				for (uint32_t i = 0; i < m.u.refs.n; i++)
+					md__agent_unref_later(d, c->agent, &m.u.refs.slot[i], 1);
+			else if (ok && h.type == MD_MSG_CONTROL_DONE)
 				md__control_done(d, c->agent, &m.u.control_done);
 			c->in.head += need;
 			continue;
