@@ -270,7 +270,8 @@ static uint64_t feistel(const struct md__scanner *s, uint64_t x)
  * every page too, but one stride apart in turn. Pages drawn from all
  * regions at once, not a region first: a region drawn first gave each
  * page of a ROM as many visits as all of RAM's together. Regions that
- * change mid-pass get a new permutation for the rest of it. */
+ * change mid-pass (their pages' count) start it again with a new
+ * permutation. */
 static uintptr_t random_next(struct md__scanner *s)
 {
 	struct md__engine *e = s->e;
@@ -285,8 +286,11 @@ static uintptr_t random_next(struct md__scanner *s)
 		s->perm.half = (bits + 1) / 2;
 		for (int i = 0; i < 4; i++)
 			s->perm.key[i] = next_rand(s);
-		if (s->perm.done >= total)
-			s->perm.done = 0;
+		/* Changed mid-pass, the pass starts again, uncounted: the
+		 * rest of a new permutation is not the pages the old one had
+		 * not reached, and a pass counted in full_scans left a
+		 * quarter of them unvisited. */
+		s->perm.done = 0;
 	}
 	/* Cycle walking: from an index below total, the network's orbit
 	 * comes back below total, and distinct indexes reach distinct pages. */
@@ -851,6 +855,32 @@ static int fill_visit(struct md__scanner *s, struct md__eregion *r, uintptr_t a,
 	return 0;
 }
 
+/* sweep_zero's part in region r of the huge page at blk: the zero pages
+ * dropped; *checked counts the other pages read. */
+static size_t sweep_region(struct md__scanner *s, struct md__eregion *r, uintptr_t blk, size_t *checked)
+{
+	uintptr_t a = blk > r->start ? blk : r->start;
+	uintptr_t end = blk + HPAGE < r->end ? blk + HPAGE : r->end;
+	size_t dropped = 0;
+	s->pm_n = 0;
+	for (uintptr_t pg = a; pg < end;) {
+		if (!in_window(s, pg) && !read_window(s, pg, end))
+			break;
+		size_t run = fills_at(s, r, pg, (end - pg) / MD_EPAGE, 0);
+		if (run) {
+			int z = md__engine_merge_zero(s->e, (void *)pg, run);
+			dropped += z > 0 ? (size_t)z : 0;
+			pg += run * MD_EPAGE;
+			continue;
+		}
+		/* Still in the window, unless a read found it stale. */
+		if (in_window(s, pg))
+			*checked += worth_reading(s->e, s->pm[(pg - s->pm_base) / MD_EPAGE]);
+		pg += MD_EPAGE;
+	}
+	return dropped;
+}
+
 /* After a hinted run, its 2 MiB page (KSM++'s hints, extended to zero
  * pages). QEMU backs guest RAM with transparent huge pages: a read lands in
  * a huge page whose untouched rest is zero, and no read names those pages.
@@ -862,37 +892,18 @@ static size_t sweep_zero(struct md__scanner *s)
 {
 	struct md__engine *e = s->e;
 	uintptr_t blk = s->sweep, *seen = &s->swept[(blk / HPAGE) % 256];
-	struct md__eregion *r = NULL;
 	size_t dropped = 0, checked = 0;
 
 	s->sweep = 0;
 	if (*seen == blk)
 		return 0;
 	*seen = blk;
-	for (size_t ri = 0; ri < e->nregions && !r; ri++)
-		if (e->regions[ri].start < blk + HPAGE && e->regions[ri].end > blk)
-			r = &e->regions[ri];
-	if (!r)
-		return 0;
-	uintptr_t a = blk > r->start ? blk : r->start;
-	uintptr_t end = blk + HPAGE < r->end ? blk + HPAGE : r->end;
 	s->pm_fresh = 0;	/* the windows below are not the hinted run's */
-	s->pm_n = 0;
-	for (uintptr_t pg = a; pg < end;) {
-		if (!in_window(s, pg) && !read_window(s, pg, end))
-			break;
-		size_t run = fills_at(s, r, pg, (end - pg) / MD_EPAGE, 0);
-		if (run) {
-			int z = md__engine_merge_zero(e, (void *)pg, run);
-			dropped += z > 0 ? (size_t)z : 0;
-			pg += run * MD_EPAGE;
-			continue;
-		}
-		/* Still in the window, unless a read found it stale. */
-		if (in_window(s, pg))
-			checked += worth_reading(e, s->pm[(pg - s->pm_base) / MD_EPAGE]);
-		pg += MD_EPAGE;
-	}
+	/* Every region in it: guest RAM registered in parts may meet there
+	 * (the first alone was swept, the hinted page's maybe not). */
+	for (size_t ri = 0; ri < e->nregions; ri++)
+		if (e->regions[ri].start < blk + HPAGE && e->regions[ri].end > blk)
+			dropped += sweep_region(s, &e->regions[ri], blk, &checked);
 	s->pm_n = 0;
 	s->st.zero += dropped;
 	s->st.zero_swept += dropped;
@@ -1274,6 +1285,23 @@ size_t md__scanner_share(size_t batch, unsigned nb, uint64_t *sleep_ns)
 	return mine;
 }
 
+size_t md__scanner_gather(size_t batch, uint64_t *sleep_ns)
+{
+	/* A small share (KSM's 100 pages split among agents) is gathered
+	 * over a few sleeps into one wake-up of about 256 pages: the pages
+	 * per second stay those set, and each wake-up, and each round trip
+	 * to the daemon, is worth more (they were a third of this thread's
+	 * time). Not without a sleep to gather: at sleep_millisecs=0 the
+	 * 1 ms yield stays, and a gathered batch scanned up to 8 times the
+	 * pages a second of a larger pages_to_scan that needs none. */
+	if (!batch || batch >= GATHER || !*sleep_ns)
+		return batch;
+	size_t k = (GATHER + batch - 1) / batch;
+	k = k < 8 ? k : 8;
+	*sleep_ns *= k;
+	return batch * k;
+}
+
 uint64_t md__scanner_capped(uint64_t cpu_ns, uint64_t wall_ns, uint64_t sleep_ns, unsigned cap, unsigned nc)
 {
 	/* The cap is of one core, shared by nc agents: a share is cap / nc
@@ -1343,18 +1371,7 @@ static void *scan_thread(void *arg)
 		uint64_t wall0 = clock_ns(CLOCK_MONOTONIC);
 		unsigned nb = __atomic_load_n(&s->share_batch, __ATOMIC_RELAXED);
 		unsigned nc = __atomic_load_n(&s->share_cpu, __ATOMIC_RELAXED);
-		size_t batch = md__scanner_share(set_batch, nb, &sleep_ns);
-		/* A small share (KSM's 100 pages split among agents) is
-		 * gathered over a few sleeps into one wake-up of about 256
-		 * pages: the pages per second stay those set, and each
-		 * wake-up, and each round trip to the daemon, is worth more
-		 * (they were a third of this thread's time). */
-		if (batch && batch < GATHER) {
-			size_t k = (GATHER + batch - 1) / batch;
-			k = k < 8 ? k : 8;
-			batch *= k;
-			sleep_ns *= k;
-		}
+		size_t batch = md__scanner_gather(md__scanner_share(set_batch, nb, &sleep_ns), &sleep_ns);
 		/* Marked before paused is looked at, as a pause stores paused
 		 * before it looks at stepping (md__scanner_wait_step): one of
 		 * the two sees the other. */
@@ -1407,8 +1424,13 @@ static void *scan_thread(void *arg)
 			if (idle && !__atomic_load_n(&s->idle, __ATOMIC_RELAXED) && slept >= floor)
 				break;
 			/* Not before the CPU cap's part: a share that moves
-			 * with every agent that comes or goes would lift it. */
-			if (slept >= cap_floor && tunables_moved(s, sleep_ms, set_batch, nb, nc))
+			 * with every agent that comes or goes would lift it.
+			 * A new cap is that part's own measure. */
+			unsigned cap_now = __atomic_load_n(&s->cpu_percent, __ATOMIC_RELAXED);
+			int cap_moved = cap_now != cap;
+			if (cap_moved)
+				cap_floor = md__scanner_capped(cpu, wall, 0, cap_now, nc);
+			if (slept >= cap_floor && (cap_moved || tunables_moved(s, sleep_ms, set_batch, nb, nc)))
 				break;
 		}
 	}

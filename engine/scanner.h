@@ -153,6 +153,9 @@ void md__scanner_hold(struct md__scanner *s);
 /* This agent's pages per wake-up, of batch shared by nb agents; a share
  * below a page lengthens *sleep_ns instead. */
 size_t md__scanner_share(size_t batch, unsigned nb, uint64_t *sleep_ns);
+/* A wake-up's pages for a batch (a share) that small, gathered over up to
+ * 8 sleeps (*sleep_ns lengthened to match); as it is with no sleep. */
+size_t md__scanner_gather(size_t batch, uint64_t *sleep_ns);
 /* The sleep after a batch that took wall_ns, charged cpu_ns of CPU (its
  * own and the sleep's before it), so that the nc agents together use at
  * most cap percent of a core (0: no cap). */

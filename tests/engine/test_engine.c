@@ -7947,3 +7947,154 @@ TEST_IMPL(engine_scanner_adapts_ratio_to_file_matches)
 	munmap(u, (uniq + img) * PG);
 	return 0;
 }
+
+/* in random order a pass that counts as full (full_scans)
+ * must have visited every page, as the linear cursor's does
+ * (engine_scanner_cursor_survives_unregister). A region registered in
+ * the middle of a pass draws a new permutation for "the rest" of it:
+ * pages the old permutation had not reached yet are left unvisited. */
+TEST_IMPL(engine_scanner_random_pass_after_register_visits_all)
+{
+	struct md__engine e;
+	struct md__scanner s;
+	const size_t n = 2048, nb = 16;
+	unsigned char *big = map_ram(n), *more = map_ram(nb);
+
+	engine_up(&e);
+	for (size_t i = 0; i < n; i++)
+		fill(big + i * PG, (unsigned)(i + 10));
+	for (size_t i = 0; i < nb; i++)
+		fill(more + i * PG, (unsigned)(i + 90000));
+	ASSERT_EQ(md__engine_register(&e, big, n * PG, 0), 0);
+	ASSERT_EQ(md__scanner_init(&s, &e, NULL), 0);
+	s.ratio = 0;
+	s.random_order = 1;
+	md__scanner_step(&s, n / 2);	/* half a pass */
+	ASSERT_EQ(s.st.passes, 0);
+	ASSERT_EQ(md__engine_register(&e, more, nb * PG, 0), 0);	/* the VMM maps a little more */
+	for (int k = 0; k < 10000 && s.st.passes == 0; k++)
+		md__scanner_step(&s, 1);
+	ASSERT_EQ(s.st.passes, 1);
+	struct md__eregion *r = md__engine_region(&e, (uintptr_t)big, PG);
+	ASSERT(r);
+	size_t unseen = 0;
+	for (size_t i = 0; i < n; i++)
+		unseen += !r->seen[i];
+	printf("  %zu of %zu pages never visited in a pass counted as full\n", unseen, n);
+	ASSERT_EQ(unseen, 0);
+	md__scanner_free(&s);
+	md__engine_fini(&e);
+	munmap(big, n * PG);
+	munmap(more, nb * PG);
+	return 0;
+}
+
+/* `memdedup set cpu_percent=...` is live: raising the cap
+ * (here from 1 % to none) takes effect within a slice, as a new
+ * sleep_millisecs does (engine_scanner_new_sleep_ends_sleep). */
+TEST_IMPL(engine_scanner_new_cpu_cap_ends_sleep)
+{
+	struct md__engine e;
+	struct md__scanner s;
+	const size_t n = 16384;
+	unsigned char *d = map_ram(n);
+
+	engine_up(&e);
+	for (size_t i = 0; i < n; i++)
+		fill(d + i * PG, (unsigned)i + 1);
+	ASSERT_EQ(md__engine_register(&e, d, n * PG, 0), 0);
+	ASSERT_EQ(md__scanner_init(&s, &e, NULL), 0);
+	s.ratio = 0;
+	s.batch = n;
+	s.sleep_ms = 1;
+	s.cpu_percent = 1;
+	s.share_batch = s.share_cpu = 1;
+	ASSERT_EQ(md__scanner_start(&s), 0);
+	/* The first batch done and charged: asleep for the cap's part. */
+	for (int i = 0; i < 10000 && (__atomic_load_n(&s.st.passes, __ATOMIC_RELAXED) == 0 ||
+				      __atomic_load_n(&s.st.cpu_ns, __ATOMIC_RELAXED) == 0); i++)
+		usleep(1000);
+	ASSERT(__atomic_load_n(&s.st.passes, __ATOMIC_RELAXED) > 0);	/* first batch done: asleep */
+	uint64_t passes = __atomic_load_n(&s.st.passes, __ATOMIC_RELAXED);
+	uint64_t cpu = __atomic_load_n(&s.st.cpu_ns, __ATOMIC_RELAXED);
+	__atomic_store_n(&s.cpu_percent, 100, __ATOMIC_RELAXED);	/* the cap lifted */
+	double t0 = now();
+	while (__atomic_load_n(&s.st.passes, __ATOMIC_RELAXED) == passes && now() - t0 < 30)
+		usleep(1000);
+	double took = now() - t0;
+	fprintf(stderr, "  first batch %.1f ms CPU; next batch %.0f ms after the cap was lifted\n",
+		cpu / 1e6, took * 1000);
+	md__scanner_stop(&s);
+	/* The old cap's sleep: the batch's CPU a hundred times over. */
+	double capped = (double)cpu * 100 / 1e9;
+	ASSERT(capped > 0.4);
+	ASSERT(took < capped / 2);	/* a slice (100 ms at a 1 ms sleep) and the batch */
+	md__scanner_free(&s);
+	md__engine_fini(&e);
+	munmap(d, n * PG);
+	return 0;
+}
+
+/* A small share is gathered over a few sleeps into a wake-up of about 256
+ * pages; with no sleep (sleep_millisecs=0) there is none to gather: a
+ * pages_to_scan of 255 scanned 510 a wake-up, of 256 256, and of 32 256,
+ * so a larger one scanned fewer pages a second (review). */
+TEST_IMPL(engine_scanner_sleep0_rate_follows_batch)
+{
+	uint64_t sleep = 20000000;
+	ASSERT_EQ(md__scanner_gather(100, &sleep), 300);
+	ASSERT_EQ(sleep, 60000000);
+	sleep = 20000000;
+	ASSERT_EQ(md__scanner_gather(16, &sleep), 128);	/* at most 8 sleeps */
+	ASSERT_EQ(sleep, 160000000);
+	sleep = 20000000;
+	ASSERT_EQ(md__scanner_gather(256, &sleep), 256);
+	ASSERT_EQ(sleep, 20000000);
+	for (size_t b = 1; b < 600; b++) {
+		sleep = 0;
+		ASSERT_EQ(md__scanner_gather(b, &sleep), b);
+		ASSERT_EQ(sleep, 0);
+	}
+	sleep = 20000000;
+	ASSERT_EQ(md__scanner_gather(0, &sleep), 0);
+	return 0;
+}
+
+/* the sweep after a hinted run is of the huge page the
+ * read landed in, in the read's region: with guest RAM registered in two
+ * parts that meet inside that huge page, it swept the other part (the
+ * first region in the table that overlaps the huge page), found no zero
+ * page there, and marked the huge page swept. */
+TEST_IMPL(engine_scanner_sweeps_hinted_region)
+{
+	struct md__engine e;
+	struct md__hints h;
+	struct md__scanner s;
+	const size_t hp = 512;
+	unsigned char *m = map_ram(3 * hp);
+	unsigned char *b = (unsigned char *)(((uintptr_t)m + hp * PG - 1) & ~(uintptr_t)(hp * PG - 1));
+
+	engine_up(&e);
+	ASSERT_EQ(md__hints_init(&h, 16), 0);
+	for (size_t i = 0; i < hp; i++) {
+		if (i >= 256 + 16)
+			memset(b + i * PG, 0, PG);	/* present, zero: the rest of the read's huge page */
+		else
+			fill(b + i * PG, (unsigned)i + 1);
+	}
+	ASSERT_EQ(md__engine_register(&e, b, 256 * PG, 0), 0);		/* first half */
+	ASSERT_EQ(md__engine_register(&e, b + 256 * PG, 256 * PG, 0), 0);	/* second half */
+	ASSERT_EQ(md__scanner_init(&s, &e, &h), 0);
+	s.ratio = 7;
+	md__hints_push(&h, (uintptr_t)(b + 256 * PG), 16 * PG, 0, 0);	/* a read into the second half */
+	for (int k = 0; k < 10 && s.st.hinted < 16; k++)
+		md__scanner_step(&s, 8);
+	ASSERT_EQ(s.st.hinted, 16);
+	printf("  zero pages swept near the hint: %llu (240 there)\n", (unsigned long long)s.st.zero_swept);
+	ASSERT_EQ(s.st.zero_swept, 240);
+	md__scanner_free(&s);
+	md__hints_free(&h);
+	md__engine_fini(&e);
+	munmap(m, 3 * hp * PG);
+	return 0;
+}
