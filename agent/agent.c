@@ -1494,7 +1494,7 @@ int md_agent_advise(md_agent *a, void *addr, size_t len, unsigned advice)
 		partial |= md__engine_advise(a->engine, addr, len, advice);
 	md__agent_leave(a);
 	if (partial)
-		md__log_once(112, "advice taken back (MADV_DOFORK, MADV_DODUMP or MADV_NOHUGEPAGE) from part "
+		md__log_once(112, "advice taken back (MADV_DODUMP or MADV_NOHUGEPAGE) from part "
 			     "of a region of guest RAM: the pages the agent maps there keep it");
 	return 0;
 }

@@ -179,9 +179,10 @@ int md__regions_add(struct md_agent *a, uintptr_t start, uintptr_t end, unsigned
 		struct md__region *r = &a->regions[i];
 		if (r->end <= start || r->start >= end)
 			continue;
-		if ((advice & MD_ADV_DONTFORK) && !(r->advice & MD_ADV_DONTFORK) && (r->start < start || r->end > end))
+		int part = r->start < start || r->end > end;
+		if ((advice & MD_ADV_DONTFORK) && !(r->advice & MD_ADV_DONTFORK) && part)
 			r->forked_part = 1;
-		r->advice |= advice;
+		r->advice |= part ? advice & ~MD_ADV_DONTFORK : advice;	/* md__advice_after */
 	}
 	/* The array has room: pushing moves nothing the loop looks at. */
 	for (i = 0, cur = start, g = 0; next_gap(a, n, &i, &cur, end, &gs, &ge); g++) {

@@ -77,20 +77,25 @@ static inline int md__pm_has_page(uint64_t pm)
 
 /* What a record of [rs, re) with advice have holds after advice (MD_EADV_*
  * bits) given [s, e): bits added wherever the range overlaps it, taken back
- * (MD_EADV_UNDO) only where it covers it whole. A record covered in part
- * keeps them (*partial set): one record holds one advice, and its new
- * mappings keep the more careful one (not dumped, not forked). */
+ * (MD_EADV_UNDO) only where it covers it whole. One record holds one
+ * advice: covered in part, its new mappings keep the more careful one (not
+ * dumped, not huge; *partial set where that is kept against an undo), but
+ * for DONTFORK, which a record has only where all its memory has it: a
+ * fork copies the rest, and the mappings we make there must be copied too
+ * (made DONTFORK, the child found holes in guest RAM its VMM never kept
+ * from it, and died of SIGSEGV there). */
 static inline unsigned md__advice_after(unsigned have, uintptr_t rs, uintptr_t re, uintptr_t s, uintptr_t e,
 					unsigned advice, int *partial)
 {
+	int whole = s <= rs && re <= e;
 	if (rs >= e || re <= s)
 		return have;
 	if (!(advice & MD_EADV_UNDO))
-		return have | advice;
-	if (s <= rs && re <= e)
+		return have | (whole ? advice : advice & ~MD_EADV_DONTFORK);
+	if (whole)
 		return have & ~advice;
-	*partial |= (have & advice) != 0;
-	return have;
+	*partial |= (have & advice & ~(MD_EADV_DONTFORK | MD_EADV_UNDO)) != 0;
+	return have & ~(advice & MD_EADV_DONTFORK);
 }
 
 /* ref[] of a page: bit 31 set when the page lies in a mapping of the pool

@@ -1529,9 +1529,11 @@ TEST_IMPL(engine_exclude_failed_map)
 	return 0;
 }
 
-/* Advice taken back (MADV_DOFORK...) from a region covered whole: merges
+/* Advice taken back (MADV_DODUMP...) from a region covered whole: merges
  * there no longer give it to their mappings. Covered in part, the region
- * keeps it, and says so. */
+ * keeps it, and says so; but DONTFORK, which a region keeps only where all
+ * of it has it (a fork must copy our mappings where it copies the rest),
+ * given or taken back over part of it, it holds no more. */
 TEST_IMPL(engine_advice_taken_back)
 {
 	struct md__engine e;
@@ -1540,7 +1542,13 @@ TEST_IMPL(engine_advice_taken_back)
 	ASSERT_EQ(md__engine_register(&e, b, 4 * PG, MD_EADV_DONTFORK | MD_EADV_DONTDUMP), 0);
 	struct md__eregion *r = md__engine_region(&e, (uintptr_t)b, 4 * PG);
 	ASSERT(r != NULL);
-	ASSERT_EQ(md__engine_advise(&e, b, 2 * PG, MD_EADV_DONTFORK | MD_EADV_UNDO), 1);
+	ASSERT_EQ(md__engine_advise(&e, b, 2 * PG, MD_EADV_DONTDUMP | MD_EADV_UNDO), 1);
+	ASSERT_EQ(r->advice, MD_EADV_DONTFORK | MD_EADV_DONTDUMP);
+	ASSERT_EQ(md__engine_advise(&e, b, 2 * PG, MD_EADV_DONTFORK | MD_EADV_UNDO), 0);
+	ASSERT_EQ(r->advice, MD_EADV_DONTDUMP);
+	ASSERT_EQ(md__engine_advise(&e, b, 2 * PG, MD_EADV_DONTFORK), 0);
+	ASSERT_EQ(r->advice, MD_EADV_DONTDUMP);
+	ASSERT_EQ(md__engine_advise(&e, b, 4 * PG, MD_EADV_DONTFORK), 0);
 	ASSERT_EQ(r->advice, MD_EADV_DONTFORK | MD_EADV_DONTDUMP);
 	ASSERT_EQ(md__engine_advise(&e, b, 4 * PG, MD_EADV_DONTFORK | MD_EADV_UNDO), 0);
 	ASSERT_EQ(r->advice, MD_EADV_DONTDUMP);
