@@ -966,11 +966,21 @@ static int remains_prepare(struct md__engine *e, uintptr_t a, uintptr_t end, str
 	return 0;
 }
 
+/* n pages the VMM let go stay registered: no memory to split their region. */
+static void unreg_failed(struct md__engine *e, size_t n, int err)
+{
+	e->st.unreg_failed += n;
+	md__log_once(67, "guest RAM the VMM let go stays registered for merging: no memory "
+		     "to split its region (%s)", strerror(-err));
+}
+
 /* md__engine_unregister with both locks held. A region whose remains
  * cannot be allocated (memory short) stays as it was, registered, with its
  * references: done first, its forgetting would leave pages private and
  * references dropped in a region the scanner still visits. The others
- * still go; -ENOMEM then, said once, and counted in unreg_failed. With
+ * still go; -ENOMEM then, said once, and counted in unreg_failed (the
+ * VMM's unregisters prepare every region's remains first, so that none
+ * goes: the agent's records stay as they were then too). With
  * pre, the remains come from there (remains_prepare for the same range,
  * its entries taken: freed by the caller empty). */
 static int unregister_locked(struct md__engine *e, uintptr_t a, uintptr_t end, int how,
@@ -1014,9 +1024,7 @@ static int unregister_locked(struct md__engine *e, uintptr_t a, uintptr_t end, i
 			rerr = region_remains(e, &r, s0, s1, &left, &right);
 		}
 		if (rerr) {
-			e->st.unreg_failed += (s1 - s0) / MD_EPAGE;
-			md__log_once(67, "guest RAM the VMM let go stays registered for merging: no memory "
-				     "to split its region (%s)", strerror(-rerr));
+			unreg_failed(e, (s1 - s0) / MD_EPAGE, rerr);
 			err = err ? err : rerr;
 			ri++;
 			continue;
@@ -1051,7 +1059,16 @@ int md__engine_unregister(struct md__engine *e, void *addr, size_t len, int how)
 {
 	pthread_rwlock_wrlock(&e->regions_lock);
 	pthread_mutex_lock(&e->lock);
-	int err = unregister_locked(e, (uintptr_t)addr, (uintptr_t)addr + len, how, NULL, 0);
+	/* Every region's remains first: short of memory for one, none goes. */
+	struct remains *pre;
+	size_t npre;
+	int err = remains_prepare(e, (uintptr_t)addr, (uintptr_t)addr + len, &pre, &npre);
+	if (err) {
+		unreg_failed(e, len / MD_EPAGE, err);
+	} else {
+		err = unregister_locked(e, (uintptr_t)addr, (uintptr_t)addr + len, how, pre, npre);
+		remains_free(pre, npre);
+	}
 	md__engine_unlock(e);
 	pthread_rwlock_unlock(&e->regions_lock);
 	return err;
@@ -2476,8 +2493,19 @@ int md__engine_unregister_anon(struct md__engine *e, void *addr, size_t len, int
 	 * make private in place, in the pool's mapping still. */
 	pthread_rwlock_wrlock(&e->regions_lock);
 	pthread_mutex_lock(&e->lock);
-	*anon_err = anonymize_locked(e, s, end, NULL);
-	int err = unregister_locked(e, s, end, MD_UNREG_MAPPED, NULL, 0);
+	/* Every region's remains first: short of memory for one, none goes
+	 * (the agent's records stay as they were too). */
+	struct remains *pre;
+	size_t npre;
+	int err = remains_prepare(e, s, end, &pre, &npre);
+	*anon_err = 0;
+	if (err) {
+		unreg_failed(e, len / MD_EPAGE, err);
+	} else {
+		*anon_err = anonymize_locked(e, s, end, NULL);
+		err = unregister_locked(e, s, end, MD_UNREG_MAPPED, pre, npre);
+		remains_free(pre, npre);
+	}
 	md__engine_unlock(e);
 	pthread_rwlock_unlock(&e->regions_lock);
 	return err;

@@ -3644,6 +3644,40 @@ TEST_IMPL(scan_failed_map_over_handed_ram_forgets_hold)
 	return 0;
 }
 
+/* The same over two regions, the first to be cut: the call fails with
+ * ENOMEM and changes nothing in either, as the agent's records say. The
+ * engine had given up the second already (made private, its references
+ * dropped, out of the scan) while the agent kept it registered (review). */
+TEST_IMPL(scan_unregister_two_regions_short_of_memory)
+{
+	md_agent *a;
+	const size_t n = 64;
+	char *m = inproc_agent(&a, 10000, 2 * n * PG);
+	for (size_t i = 0; i < 2 * n; i++)
+		memset(m + i * PG, (int)(i % 8) + 1, PG);
+	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
+	ASSERT_EQ(md_agent_register(a, m + n * PG, n * PG, 0), 0);
+	ASSERT_EQ(wait_merged(a, 2 * n - 8), 0);
+	md_stats s0, s1;
+	md_agent_stats(a, &s0);
+	md__engine_fail_slices = 1;
+	ASSERT_EQ(md_agent_unregister(a, m + n / 2 * PG, (n / 2 + n) * PG), -ENOMEM);
+	md__engine_fail_slices = 0;
+	md_agent_stats(a, &s1);
+	pthread_rwlock_rdlock(&a->engine->regions_lock);
+	int b_in_engine = md__engine_region(a->engine, (uintptr_t)m + n * PG, PG) != NULL;
+	pthread_rwlock_unlock(&a->engine->regions_lock);
+	md__agent_enter(a);
+	int b_in_agent = md__region_find(a, (uintptr_t)m + n * PG, PG) != NULL;
+	md__agent_leave(a);
+	ASSERT(b_in_agent);
+	ASSERT(b_in_engine);
+	ASSERT_EQ(s1.regions, s0.regions);
+	ASSERT(s1.pages_sharing >= s0.pages_sharing);
+	md_agent_free(a);
+	return 0;
+}
+
 /* No memory to cut a merged page out of its region. The VMM's unregister
  * (MADV_UNMERGEABLE, mprotect, mremap) fails with ENOMEM and changes
  * nothing, as the kernel's calls may; it reported success while the engine
