@@ -670,6 +670,41 @@ ssize_t md__msg_encode(const struct md__msg *m, void *buf, size_t size)
 	return (ssize_t)(MD_MSG_HDR_SIZE + len);
 }
 
+int md__state_parse(char *text, int *paused, struct md__tunables *tun, char *why, size_t size)
+{
+	struct md__tunables t = *tun;
+	int p = *paused, line = 0;
+	char msg[MD_TEXT_MAX + 1];
+	for (char *s = text, *nl; *s; s = nl + 1) {
+		line++;
+		nl = strchr(s, '\n');
+		if (!nl) {
+			snprintf(why, size, "line %d is not ended", line);
+			return -EINVAL;
+		}
+		*nl = 0;
+		char *eq = strchr(s, '=');
+		if (!eq) {
+			snprintf(why, size, "line %d is no KEY=VALUE", line);
+			return -EINVAL;
+		}
+		*eq = 0;
+		if (strcmp(s, "paused") == 0) {
+			if (strcmp(eq + 1, "0") != 0 && strcmp(eq + 1, "1") != 0) {
+				snprintf(why, size, "line %d: paused must be 0 or 1", line);
+				return -EINVAL;
+			}
+			p = eq[1] == '1';
+		} else if (md__tunable_set(&t, s, eq + 1, msg, sizeof(msg)) != 0) {
+			snprintf(why, size, "line %d: %s", line, msg);
+			return -EINVAL;
+		}
+	}
+	*paused = p;
+	*tun = t;
+	return 0;
+}
+
 void md__tunables_default(struct md__tunables *t)
 {
 	/* The scanner's own defaults (engine/scanner.c), and no CPU cap. */

@@ -311,5 +311,9 @@ int md__tunable_set(struct md__tunables *t, const char *key, const char *value,
 		    char *msg, size_t size);
 /* The built-in tunables. */
 void md__tunables_default(struct md__tunables *t);
+/* memdedupd's kept state (daemon/state.c): text (NUL-terminated, changed)
+ * of lines "paused=0|1" and "KEY=VALUE" as md__tunable_set takes them,
+ * into *paused and *t, all or nothing: 0, or -EINVAL with why. */
+int md__state_parse(char *text, int *paused, struct md__tunables *t, char *why, size_t size);
 const char *md__control_op_name(unsigned op);
 #endif

@@ -24,43 +24,6 @@
 
 #define STATE_MAX 1024	/* the file is well under this */
 
-/* Parses text (NUL-terminated) into *paused and *tun, all or nothing:
- * 0, or -EINVAL with why. */
-static int state_parse(char *text, int *paused, struct md__tunables *tun, char *why, size_t size)
-{
-	struct md__tunables t = *tun;
-	int p = *paused, line = 0;
-	char msg[MD_TEXT_MAX + 1];
-	for (char *s = text, *nl; *s; s = nl + 1) {
-		line++;
-		nl = strchr(s, '\n');
-		if (!nl) {
-			snprintf(why, size, "line %d is not ended", line);
-			return -EINVAL;
-		}
-		*nl = 0;
-		char *eq = strchr(s, '=');
-		if (!eq) {
-			snprintf(why, size, "line %d is no KEY=VALUE", line);
-			return -EINVAL;
-		}
-		*eq = 0;
-		if (strcmp(s, "paused") == 0) {
-			if (strcmp(eq + 1, "0") != 0 && strcmp(eq + 1, "1") != 0) {
-				snprintf(why, size, "line %d: paused must be 0 or 1", line);
-				return -EINVAL;
-			}
-			p = eq[1] == '1';
-		} else if (md__tunable_set(&t, s, eq + 1, msg, sizeof(msg)) != 0) {
-			snprintf(why, size, "line %d: %s", line, msg);
-			return -EINVAL;
-		}
-	}
-	*paused = p;
-	*tun = t;
-	return 0;
-}
-
 void md__state_load(struct md__daemon *d)
 {
 	char text[STATE_MAX + 1], why[MD_TEXT_MAX + 64];
@@ -90,7 +53,7 @@ void md__state_load(struct md__daemon *d)
 	text[n] = 0;
 	if (memchr(text, 0, (size_t)n))
 		snprintf(why, sizeof(why), "a NUL byte");
-	if (memchr(text, 0, (size_t)n) || state_parse(text, &d->paused, &d->tun, why, sizeof(why)) != 0) {
+	if (memchr(text, 0, (size_t)n) || md__state_parse(text, &d->paused, &d->tun, why, sizeof(why)) != 0) {
 		md__dlog("%s: %s: the built-in defaults taken", d->state_path, why);
 		return;
 	}

@@ -35,9 +35,13 @@ $(B)/libdeepbind-stub.so: $(B)/tests/stub_deepbind.o
 
 tests-build: $(B)/runner $(B)/testproc $(B)/libibverbs-stub.so $(B)/libnopeerpidfd-stub.so $(B)/libpidfile-stub.so \
              $(B)/liboldagent-stub.so $(B)/libdeepbind-stub.so $(B)/fuzz-replay \
-             $(B)/fuzz-replay-elf $(B)/fuzz-replay-status
+             $(B)/fuzz-replay-elf $(B)/fuzz-replay-status $(B)/fuzz-replay-state
 
 $(B)/fuzz-replay: fuzz/replay.c fuzz/fuzz_stats_file.c $(B)/libmemdedup.a
+	$(CC) $(MD_CFLAGS) $(CFLAGS) -o $@ $^ $(LDFLAGS)
+
+# memdedupd's kept state (daemon/state.c), read at its start.
+$(B)/fuzz-replay-state: fuzz/replay.c fuzz/fuzz_state.c $(B)/libmemdedup.a
 	$(CC) $(MD_CFLAGS) $(CFLAGS) -o $@ $^ $(LDFLAGS)
 
 # memdedup run's check of MEMDEDUP_PRELOAD, a file of the operator's.
@@ -63,16 +67,19 @@ check-unit: all
 ASAN_BUILD = $(MAKE) B=build-asan OPT="-O1 -g -fno-omit-frame-pointer" SAN="-fsanitize=address,undefined"
 
 check-fuzz: $(B)/fuzz-replay $(B)/fuzz-replay-protocol $(B)/fuzz-replay-daemon $(B)/fuzz-replay-client \
-            $(B)/fuzz-replay-elf $(B)/fuzz-replay-status
+            $(B)/fuzz-replay-elf $(B)/fuzz-replay-status $(B)/fuzz-replay-state
 	$(B)/fuzz-replay fuzz/corpus/stats_file
+	$(B)/fuzz-replay-state fuzz/corpus/state
 	$(B)/fuzz-replay-elf fuzz/corpus/elf
 	$(B)/fuzz-replay-protocol fuzz/corpus/protocol
 	$(B)/fuzz-replay-daemon fuzz/corpus/daemon
 	$(B)/fuzz-replay-client fuzz/corpus/client
 	$(B)/fuzz-replay-status fuzz/corpus/status
 	$(ASAN_BUILD) build-asan/fuzz-replay build-asan/fuzz-replay-protocol build-asan/fuzz-replay-daemon \
-	  build-asan/fuzz-replay-client build-asan/fuzz-replay-elf build-asan/fuzz-replay-status
+	  build-asan/fuzz-replay-client build-asan/fuzz-replay-elf build-asan/fuzz-replay-status \
+	  build-asan/fuzz-replay-state
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay fuzz/corpus/stats_file
+	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-state fuzz/corpus/state
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-elf fuzz/corpus/elf
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-protocol fuzz/corpus/protocol
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-daemon fuzz/corpus/daemon
@@ -106,6 +113,9 @@ fuzz: $(AGENT_SRC) fuzz/fuzz_stats_file.c
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -Iinclude -Icommon -Icli \
 	  -o $(B)/fuzz-elf fuzz/fuzz_elf.c cli/elfcheck.c
 	$(B)/fuzz-elf -max_total_time=60 -max_len=4096 fuzz/corpus/elf
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -Iinclude -Icommon \
+	  -o $(B)/fuzz-state fuzz/fuzz_state.c common/protocol.c
+	$(B)/fuzz-state -max_total_time=60 -max_len=1024 fuzz/corpus/state
 	$(MAKE) fuzz-protocol
 	$(MAKE) fuzz-daemon
 	$(MAKE) fuzz-client
@@ -141,6 +151,7 @@ check-sanitize:
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-client fuzz/corpus/client
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-elf fuzz/corpus/elf
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-status fuzz/corpus/status
+	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-state fuzz/corpus/state
 	MD_BUILD_DIR=build-asan MD_TEST_PRELOAD_FIRST=$$($(CC) -print-file-name=libasan.so) \
 	  ASAN_OPTIONS=detect_leaks=0 build-asan/runner
 
