@@ -1793,7 +1793,7 @@ TEST_IMPL(cli_scan_order_any_case)
 	ASSERT(strstr(slurp("err"), "--scan-order takes one of linear|random (any case), not 'linearly'"));
 	ASSERT(!kill_daemon_of(dir));	/* refused, or private: none started */
 	ASSERT_EQ(sh("%s/memdedup run --help", b), 0);
-	ASSERT(strstr(slurp("out"), "0, no sleep, only\n                          live: memdedup set sleep_millisecs=0"));
+	ASSERT(strstr(slurp("out"), "0, a 1 ms yield,\n                          only live: memdedup set sleep_millisecs=0"));
 	/* Unset, the sleep is memdedupd's (its welcome), as the batch and the
 	 * CPU cap are: the help said "default 20". */
 	ASSERT(strstr(slurp("out"), "--sleep-ms=N            sleep between batches, 1..10000 ms, for this VMM\n"
