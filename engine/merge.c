@@ -966,6 +966,18 @@ static int remains_prepare(struct md__engine *e, uintptr_t a, uintptr_t end, str
 	return 0;
 }
 
+/* The registered pages of [a, end). */
+static size_t registered_pages(const struct md__engine *e, uintptr_t a, uintptr_t end)
+{
+	size_t n = 0;
+	for (size_t ri = 0; ri < e->nregions; ri++) {
+		const struct md__eregion *r = &e->regions[ri];
+		uintptr_t s0 = a > r->start ? a : r->start, s1 = end < r->end ? end : r->end;
+		n += s0 < s1 ? (s1 - s0) / MD_EPAGE : 0;
+	}
+	return n;
+}
+
 /* n pages the VMM let go stay registered: no memory to split their region. */
 static void unreg_failed(struct md__engine *e, size_t n, int err)
 {
@@ -1055,24 +1067,6 @@ static int unregister_locked(struct md__engine *e, uintptr_t a, uintptr_t end, i
 	return err;
 }
 
-int md__engine_unregister(struct md__engine *e, void *addr, size_t len, int how)
-{
-	pthread_rwlock_wrlock(&e->regions_lock);
-	pthread_mutex_lock(&e->lock);
-	/* Every region's remains first: short of memory for one, none goes. */
-	struct remains *pre;
-	size_t npre;
-	int err = remains_prepare(e, (uintptr_t)addr, (uintptr_t)addr + len, &pre, &npre);
-	if (err) {
-		unreg_failed(e, len / MD_EPAGE, err);
-	} else {
-		err = unregister_locked(e, (uintptr_t)addr, (uintptr_t)addr + len, how, pre, npre);
-		remains_free(pre, npre);
-	}
-	md__engine_unlock(e);
-	pthread_rwlock_unlock(&e->regions_lock);
-	return err;
-}
 
 int md__engine_touches(struct md__engine *e, uintptr_t addr, size_t len)
 {
@@ -1122,6 +1116,32 @@ static void give_up_whole(struct md__engine *e, uintptr_t a, uintptr_t end)
 	}
 	md__log_once(69, "guest RAM beside what the VMM unmapped is merged no more: no memory to "
 		     "split its region");
+}
+
+int md__engine_unregister(struct md__engine *e, void *addr, size_t len, int how)
+{
+	pthread_rwlock_wrlock(&e->regions_lock);
+	pthread_mutex_lock(&e->lock);
+	/* Every region's remains first: short of memory for one, none goes.
+	 * Memory already gone cannot stay registered (the scanner would
+	 * visit what is mapped there next): the regions it cuts are given
+	 * up whole then, as after an unmap. */
+	uintptr_t a = (uintptr_t)addr, end = a + len;
+	struct remains *pre;
+	size_t npre;
+	int err = remains_prepare(e, a, end, &pre, &npre);
+	if (err && how == MD_UNREG_GONE) {
+		give_up_whole(e, a, end);
+		err = 0;	/* forgotten all the same */
+	} else if (err) {
+		unreg_failed(e, registered_pages(e, a, end), err);
+	} else {
+		err = unregister_locked(e, a, end, how, pre, npre);
+		remains_free(pre, npre);
+	}
+	md__engine_unlock(e);
+	pthread_rwlock_unlock(&e->regions_lock);
+	return err;
 }
 
 /* Both locks are held across op, so the scanner cannot read the memory
@@ -2500,7 +2520,7 @@ int md__engine_unregister_anon(struct md__engine *e, void *addr, size_t len, int
 	int err = remains_prepare(e, s, end, &pre, &npre);
 	*anon_err = 0;
 	if (err) {
-		unreg_failed(e, len / MD_EPAGE, err);
+		unreg_failed(e, registered_pages(e, s, end), err);
 	} else {
 		*anon_err = anonymize_locked(e, s, end, NULL);
 		err = unregister_locked(e, s, end, MD_UNREG_MAPPED, pre, npre);

@@ -1781,8 +1781,11 @@ TEST_IMPL(cross_domain_counts_zero_pages)
 	ASSERT(td_int(dom, "full_scans") >= 1);
 	ASSERT(td_int(dom, "scan_cpu_ns") > 0);
 	ASSERT_EQ(td_int(dom, "pages_sharing"), 0);
-	/* 2 MiB saved, less the daemon's bookkeeping (well under 1 MiB). */
-	ASSERT(td_int(dom, "general_profit") >= 512LL * 4096 - (1 << 20));
+	/* 2 MiB saved, less the daemon's bookkeeping: its sightings table
+	 * (1 MiB at least once a page was looked up: the scanner may see
+	 * the pages the testproc writes before the zeroes) and well under
+	 * 1 MiB more. */
+	ASSERT(td_int(dom, "general_profit") + td_int(dom, "sighting_slots") * 16 >= 512LL * 4096 - (1 << 20));
 	ASSERT_EQ(td_int(tot, "general_profit"), td_int(dom, "general_profit"));
 	ASSERT_EQ(td_int(tot, "zero_pages"), td_int(dom, "zero_pages"));
 	ASSERT_EQ(td_int(tot, "full_scans"), td_int(dom, "full_scans"));
