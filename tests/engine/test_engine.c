@@ -7991,7 +7991,7 @@ TEST_IMPL(engine_scanner_adapts_ratio_to_file_matches)
 	return 0;
 }
 
-/* in random order a pass that counts as full (full_scans)
+/* In random order a pass that counts as full (full_scans)
  * must have visited every page, as the linear cursor's does
  * (engine_scanner_cursor_survives_unregister). A region registered in
  * the middle of a pass draws a new permutation for "the rest" of it:
@@ -8103,7 +8103,7 @@ TEST_IMPL(engine_scanner_sleep0_rate_follows_batch)
 	return 0;
 }
 
-/* the sweep after a hinted run is of the huge page the
+/* The sweep after a hinted run is of the huge page the
  * read landed in, in the read's region: with guest RAM registered in two
  * parts that meet inside that huge page, it swept the other part (the
  * first region in the table that overlaps the huge page), found no zero
