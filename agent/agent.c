@@ -1298,8 +1298,18 @@ int md_agent_forget(md_agent *a, void *addr, size_t len)
 	md__agent_enter(a);
 	err = forget_records(a, (uintptr_t)addr, (uintptr_t)addr + len);
 	handed_take(a, (uintptr_t)addr, (uintptr_t)addr + len, 0);
-	if (a->engine)
+	if (a->engine) {
+		uintptr_t s = (uintptr_t)addr, e = s + len;
 		md__engine_unregister(a->engine, addr, len, MD_UNREG_GONE);
+		/* As md__agent_unmap: copies the engine made beside it,
+		 * giving up a region it had no memory to split. */
+		if (a->engine->gave_up_end > a->engine->gave_up_start) {
+			if (a->engine->gave_up_start < s)
+				md__rangeset_add(&a->forgotten, a->engine->gave_up_start, s);
+			if (a->engine->gave_up_end > e)
+				md__rangeset_add(&a->forgotten, e, a->engine->gave_up_end);
+		}
+	}
 	md__agent_leave(a);
 	return err;
 }

@@ -177,7 +177,7 @@ static json_t *agent_json(const struct md__daemon *d, const struct md__agent *a)
 	json_object_set_new(o, "connected", json_boolean(a->conn != NULL));
 	/* As its WELCOME says it (server.c): the daemon's pause, its own, or
 	 * an unmerge, each held until a RESUME reaches it. */
-	json_object_set_new(o, "paused", json_boolean(d->paused || a->paused || a->unmerged));
+	json_object_set_new(o, "paused", json_boolean((d->paused && !a->resumed_alone) || a->paused || a->unmerged));
 	json_object_set_new(o, "unmerged", json_boolean(a->unmerged));
 	json_object_set_new(o, "references", json_integer((json_int_t)a->nrefs));
 	json_object_set_new(o, "requests", json_integer((json_int_t)a->requests));

@@ -421,6 +421,7 @@ static int register_one(struct md__engine *e, uintptr_t a, size_t len, unsigned 
 	if (err)
 		goto free_arrays;
 	e->regions[e->nregions++] = r;
+	e->layout_gen++;
 	md__engine_unlock(e);
 	pthread_rwlock_unlock(&e->regions_lock);
 	return 0;
@@ -989,10 +990,10 @@ static void unreg_failed(struct md__engine *e, size_t n, int err)
 /* md__engine_unregister with both locks held. A region whose remains
  * cannot be allocated (memory short) stays as it was, registered, with its
  * references: done first, its forgetting would leave pages private and
- * references dropped in a region the scanner still visits. The others
- * still go; -ENOMEM then, said once, and counted in unreg_failed (the
- * VMM's unregisters prepare every region's remains first, so that none
- * goes: the agent's records stay as they were then too). With
+ * references dropped in a region the scanner still visits. Without pre,
+ * the others still go; -ENOMEM then, said once, and counted in
+ * unreg_failed (md__engine_unregister prepares every region's remains
+ * first, so that none goes: the agent's records stay as they were). With
  * pre, the remains come from there (remains_prepare for the same range,
  * its entries taken: freed by the caller empty). */
 static int unregister_locked(struct md__engine *e, uintptr_t a, uintptr_t end, int how,
@@ -1059,6 +1060,7 @@ static int unregister_locked(struct md__engine *e, uintptr_t a, uintptr_t end, i
 		 * moves to ri. */
 		memmove(&e->regions[ri], &e->regions[ri + 1], (e->nregions - ri - 1) * sizeof(r));
 		e->nregions--;
+		e->layout_gen++;
 		if (left.ref)
 			e->regions[e->nregions++] = left;
 		if (right.ref)
@@ -1130,6 +1132,7 @@ int md__engine_unregister(struct md__engine *e, void *addr, size_t len, int how)
 	struct remains *pre;
 	size_t npre;
 	int err = remains_prepare(e, a, end, &pre, &npre);
+	e->gave_up_start = e->gave_up_end = 0;
 	if (err && how == MD_UNREG_GONE) {
 		give_up_whole(e, a, end);
 		err = 0;	/* forgotten all the same */

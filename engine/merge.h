@@ -249,6 +249,7 @@ struct md__engine {
 	uint64_t budget_counts; /* counts of every mapping budget_ok made (merge lock) */
 	uint64_t zero_pfn;      /* the kernel's zero page in pagemap, 0: unknown or none */
 	uint16_t zero_hash;     /* a zero page's checksum, as hash[] keeps it */
+	uint64_t layout_gen;    /* region table changes (the random pass's) */
 	uint64_t zap_gen;       /* VMM discards done (md__engine_discard), counted
 				 * under the lock once the range is holes,
 				 * unregisters begun and pools forgotten (atomic) */
@@ -362,10 +363,13 @@ const unsigned char *md__engine_pool_page(struct md__engine *e, uint32_t slot);
 /* As MD_UNREG_MAPPED, for the VMM's own userfaultfd (postcopy migration):
  * it takes a page that is not there for one not received yet, and waits for
  * it forever. Both put back the zero pages the engine dropped first; here,
- * if that fails, -errno and nothing is forgotten. A region that cannot be
- * split (memory short) stays registered as it was, the others go: -ENOMEM,
- * said once in the log and counted in unreg_failed, so callers that cannot
- * do better may ignore it. */
+ * if that fails, -errno and nothing is forgotten. Short of memory to split
+ * a region the range cuts, no region goes: -ENOMEM, said once in the log,
+ * the registered pages of the range counted in unreg_failed (the agent's
+ * records stay as they were for the call that fails); with MD_UNREG_GONE
+ * (the memory is gone already) the regions it cuts are given up whole
+ * instead (their rest made private copies, [gave_up_start, gave_up_end)),
+ * and 0. */
 #define MD_UNREG_HANDOVER 2
 int md__engine_unregister(struct md__engine *e, void *addr, size_t len, int how);
 /* Whether [addr, addr+len) overlaps a registered region (taken under the

@@ -278,8 +278,9 @@ static uintptr_t random_next(struct md__scanner *s)
 	uint64_t total = 0;
 	for (size_t i = 0; i < e->nregions; i++)
 		total += (e->regions[i].end - e->regions[i].start) / MD_EPAGE;
-	if (total != s->perm.total) {	/* a new pass, or the regions changed */
+	if (total != s->perm.total || e->layout_gen != s->perm.gen) {	/* a new pass, or the regions changed */
 		s->perm.total = total;
+		s->perm.gen = e->layout_gen;
 		unsigned bits = 0;
 		while (bits < 64 && (total - 1) >> bits)
 			bits++;

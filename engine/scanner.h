@@ -75,7 +75,7 @@ struct md__scanner {
 	size_t region;          /* the region it was in last (a guess) */
 	size_t zero_ahead;      /* pages after it dropped as zero: stepped over */
 	struct {                /* the random order's permutation of this pass */
-		uint64_t total, done;
+		uint64_t total, done, gen;
 		uint64_t key[4];        /* its Feistel rounds' keys */
 		unsigned half;          /* bits of each half of the domain */
 	} perm;

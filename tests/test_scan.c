@@ -8393,3 +8393,31 @@ TEST_IMPL(scan_profit_counts_pages)
 	proc_stop(&a);
 	return 0;
 }
+
+/* md_agent_forget short of memory: the engine gives the region up whole,
+ * the rest made private copies in the pool's mappings, which the agent now
+ * counts among the copies a discard must empty (as after md__agent_unmap):
+ * a discard there read the pool page again, not zeroes (review). A second
+ * region of the same content keeps the slots referenced. */
+TEST_IMPL(scan_forget_short_of_memory_discard_reads_zeroes)
+{
+	md_agent *a;
+	const size_t n = 64;
+	char *m = inproc_agent(&a, 10000, 2 * n * PG);
+	for (size_t i = 0; i < 2 * n; i++)
+		memset(m + i * PG, (int)(i % 8) + 1, PG);
+	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
+	ASSERT_EQ(md_agent_register(a, m + n * PG, n * PG, 0), 0);
+	ASSERT_EQ(wait_merged(a, 2 * n - 8), 0);
+	md__engine_fail_slices = 1;
+	ASSERT_EQ(md_agent_forget(a, m + 10 * PG, PG), 0);
+	md__engine_fail_slices = 0;
+	ASSERT_EQ(munmap(m + 10 * PG, PG), 0);
+	ASSERT_EQ(m[20 * PG + 100], (char)(20 % 8) + 1);
+	ASSERT_EQ(md_agent_discard(a, m + 20 * PG, PG), 0);
+	ASSERT_EQ(madvise(m + 20 * PG, PG, MADV_DONTNEED), 0);
+	for (size_t i = 0; i < PG; i++)
+		ASSERT_EQ(m[20 * PG + i], 0);
+	md_agent_free(a);
+	return 0;
+}
