@@ -6740,7 +6740,6 @@ static void resumed_then_rejoins(int away)
 	ASSERT_EQ(waitpid(kid, &st, 0), kid);
 	ASSERT(WIFEXITED(st));
 	ASSERT_EQ(WEXITSTATUS(st), 0);
-	/* The default pause of all again: its resume is over. */
 	md__client_free(cli);
 	close(ready[0]), close(go[1]);
 	td_stop(&t);
