@@ -30,8 +30,9 @@ static int cmd_set(int argc, char **argv);
 	"  -h, --help  this text\n" \
 	"\n" \
 	"Needs memdedupd running (`memdedup run --scan` starts it: only agents that\n" \
-	"scan use it); answers once the agents have done it (at most a minute, for\n" \
-	"set a minute for each KEY=VALUE).\n" \
+	"scan use it); answers once the agents have done it (pause, resume: at most\n" \
+	"a minute; unmerge: a minute for each agent, one at a time; set: a minute\n" \
+	"for each KEY=VALUE).\n" \
 	"memdedupd cannot reach an agent that scans within its process (run with\n" \
 	"--domain=private, or of the default domain and found no memdedupd when it\n" \
 	"started): each such agent with a statistics file in the run directory is\n" \

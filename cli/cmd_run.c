@@ -258,7 +258,7 @@ static int apply_option(const struct md__cmd *cmd, const char *arg, const struct
 		int takes_value = o->name[n - 1] == '=';
 		if (!takes_value ? strcmp(arg, o->name) != 0 : strncmp(arg, o->name, n) != 0) {
 			if (takes_value && strncmp(arg, o->name, n - 1) == 0 && arg[n - 1] == '\0')
-				return md__usage_error(cmd, "%s needs a value (%s...)", arg, o->name);
+				return md__usage_error(cmd, "%s needs a value after '=' (%s...)", arg, o->name);
 			continue;
 		}
 		*matched = o;

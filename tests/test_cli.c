@@ -54,7 +54,7 @@ TEST_IMPL(cli_usage)
 	ASSERT_EQ(run("build/memdedup run --share-min-pages=16x -- true 2>/dev/null"), 2);
 	ASSERT_EQ(run("build/memdedup run --share-min-pages= -- true 2>/dev/null"), 2);
 	ASSERT_EQ(run("build/memdedup run --share-min-pages -- true 2>&1 | "
-		      "grep -q -- '--share-min-pages needs a value (--share-min-pages=...)'"), 0);
+		      "grep -q -- \"--share-min-pages needs a value after '=' (--share-min-pages=...)\""), 0);
 	ASSERT_EQ(run("build/memdedup run --share-min-pages=0 -- true 2>&1 | "
 		      "grep -q 'share-min-pages takes a number from 1 to 4096'"), 0);
 	ASSERT_EQ(run("build/memdedup run --share-min-pages=4096 -- "
