@@ -1289,6 +1289,20 @@ int md_agent_userfault_end(md_agent *a, void *addr, size_t len)
 	return err;
 }
 
+/* After [s, e) went from the engine: the copies it made beside it, giving
+ * up a region it had no memory to split, a discard must zero. agent->lock
+ * held. */
+static void copies_beside_gone(md_agent *a, uintptr_t s, uintptr_t e)
+{
+	struct md__engine *en = a->engine;
+	if (!en || en->gave_up_end <= en->gave_up_start)
+		return;
+	if (en->gave_up_start < s)
+		md__rangeset_add(&a->forgotten, en->gave_up_start, s);
+	if (en->gave_up_end > e)
+		md__rangeset_add(&a->forgotten, e, en->gave_up_end);
+}
+
 int md_agent_forget(md_agent *a, void *addr, size_t len)
 {
 	MD_NOCANCEL_SCOPE();
@@ -1299,16 +1313,8 @@ int md_agent_forget(md_agent *a, void *addr, size_t len)
 	err = forget_records(a, (uintptr_t)addr, (uintptr_t)addr + len);
 	handed_take(a, (uintptr_t)addr, (uintptr_t)addr + len, 0);
 	if (a->engine) {
-		uintptr_t s = (uintptr_t)addr, e = s + len;
 		md__engine_unregister(a->engine, addr, len, MD_UNREG_GONE);
-		/* As md__agent_unmap: copies the engine made beside it,
-		 * giving up a region it had no memory to split. */
-		if (a->engine->gave_up_end > a->engine->gave_up_start) {
-			if (a->engine->gave_up_start < s)
-				md__rangeset_add(&a->forgotten, a->engine->gave_up_start, s);
-			if (a->engine->gave_up_end > e)
-				md__rangeset_add(&a->forgotten, e, a->engine->gave_up_end);
-		}
+		copies_beside_gone(a, (uintptr_t)addr, (uintptr_t)addr + len);
 	}
 	md__agent_leave(a);
 	return err;
@@ -1357,14 +1363,7 @@ int md__agent_unmap(md_agent *a, void *addr, size_t len, int (*op)(void *arg), v
 		forget_records(a, s, e);
 		handed_take(a, s, e, 0);	/* the memory is gone, the VMM's hold with it */
 		md__rangeset_remove(&a->forgotten, s, e);	/* and our copies there */
-		/* Copies the engine made beside it, giving up a region it
-		 * had no memory to split: a discard must zero them. */
-		if (a->engine && a->engine->gave_up_end > a->engine->gave_up_start) {
-			if (a->engine->gave_up_start < s)
-				md__rangeset_add(&a->forgotten, a->engine->gave_up_start, s);
-			if (a->engine->gave_up_end > e)
-				md__rangeset_add(&a->forgotten, e, a->engine->gave_up_end);
-		}
+		copies_beside_gone(a, s, e);
 	} else if (md__range_runs(s, e, &run, &n) == 0) {
 		/* As the engine does (md__engine_unmap): image pages of what
 		 * is mapped and not kept are made private before they are

@@ -1120,28 +1120,41 @@ static void give_up_whole(struct md__engine *e, uintptr_t a, uintptr_t end)
 		     "split its region");
 }
 
-int md__engine_unregister(struct md__engine *e, void *addr, size_t len, int how)
+static int anonymize_locked(struct md__engine *e, uintptr_t s, uintptr_t end, size_t *left);
+
+/* md__engine_unregister's body, both locks held, its pages first moved
+ * into anonymous memory if anon_err (md__engine_unregister_anon). Every
+ * region's remains are allocated first: short of memory for one, none goes
+ * (the agent's records stay as they were for the call that fails). Memory
+ * already gone cannot stay registered (the scanner would visit what is
+ * mapped there next): the regions it cuts are given up whole then, as
+ * after an unmap. */
+static int unregister_prepared(struct md__engine *e, uintptr_t a, uintptr_t end, int how, int *anon_err)
 {
-	pthread_rwlock_wrlock(&e->regions_lock);
-	pthread_mutex_lock(&e->lock);
-	/* Every region's remains first: short of memory for one, none goes.
-	 * Memory already gone cannot stay registered (the scanner would
-	 * visit what is mapped there next): the regions it cuts are given
-	 * up whole then, as after an unmap. */
-	uintptr_t a = (uintptr_t)addr, end = a + len;
 	struct remains *pre;
 	size_t npre;
 	int err = remains_prepare(e, a, end, &pre, &npre);
 	e->gave_up_start = e->gave_up_end = 0;
 	if (err && how == MD_UNREG_GONE) {
 		give_up_whole(e, a, end);
-		err = 0;	/* forgotten all the same */
-	} else if (err) {
-		unreg_failed(e, registered_pages(e, a, end), err);
-	} else {
-		err = unregister_locked(e, a, end, how, pre, npre);
-		remains_free(pre, npre);
+		return 0;	/* forgotten all the same */
 	}
+	if (err) {
+		unreg_failed(e, registered_pages(e, a, end), err);
+		return err;
+	}
+	if (anon_err)
+		*anon_err = anonymize_locked(e, a, end, NULL);
+	err = unregister_locked(e, a, end, how, pre, npre);
+	remains_free(pre, npre);
+	return err;
+}
+
+int md__engine_unregister(struct md__engine *e, void *addr, size_t len, int how)
+{
+	pthread_rwlock_wrlock(&e->regions_lock);
+	pthread_mutex_lock(&e->lock);
+	int err = unregister_prepared(e, (uintptr_t)addr, (uintptr_t)addr + len, how, NULL);
 	md__engine_unlock(e);
 	pthread_rwlock_unlock(&e->regions_lock);
 	return err;
@@ -2516,19 +2529,8 @@ int md__engine_unregister_anon(struct md__engine *e, void *addr, size_t len, int
 	 * make private in place, in the pool's mapping still. */
 	pthread_rwlock_wrlock(&e->regions_lock);
 	pthread_mutex_lock(&e->lock);
-	/* Every region's remains first: short of memory for one, none goes
-	 * (the agent's records stay as they were too). */
-	struct remains *pre;
-	size_t npre;
-	int err = remains_prepare(e, s, end, &pre, &npre);
 	*anon_err = 0;
-	if (err) {
-		unreg_failed(e, registered_pages(e, s, end), err);
-	} else {
-		*anon_err = anonymize_locked(e, s, end, NULL);
-		err = unregister_locked(e, s, end, MD_UNREG_MAPPED, pre, npre);
-		remains_free(pre, npre);
-	}
+	int err = unregister_prepared(e, s, end, MD_UNREG_MAPPED, anon_err);
 	md__engine_unlock(e);
 	pthread_rwlock_unlock(&e->regions_lock);
 	return err;

@@ -269,16 +269,18 @@ static uint64_t feistel(const struct md__scanner *s, uint64_t x)
  * (under 4 steps on average): k -> first + k * stride mod total visited
  * every page too, but one stride apart in turn. Pages drawn from all
  * regions at once, not a region first: a region drawn first gave each
- * page of a ROM as many visits as all of RAM's together. Regions that
- * change mid-pass (their pages' count) start it again with a new
+ * page of a ROM as many visits as all of RAM's together. A region table
+ * that changes mid-pass (layout_gen) starts it again with a new
  * permutation. */
 static uintptr_t random_next(struct md__scanner *s)
 {
 	struct md__engine *e = s->e;
-	uint64_t total = 0;
-	for (size_t i = 0; i < e->nregions; i++)
-		total += (e->regions[i].end - e->regions[i].start) / MD_EPAGE;
-	if (total != s->perm.total || e->layout_gen != s->perm.gen) {	/* a new pass, or the regions changed */
+	/* A new pass (total 0), or the region table changed: counted again,
+	 * not at every visit. */
+	if (!s->perm.total || e->layout_gen != s->perm.gen) {
+		uint64_t total = 0;
+		for (size_t i = 0; i < e->nregions; i++)
+			total += (e->regions[i].end - e->regions[i].start) / MD_EPAGE;
 		s->perm.total = total;
 		s->perm.gen = e->layout_gen;
 		unsigned bits = 0;
@@ -295,7 +297,7 @@ static uintptr_t random_next(struct md__scanner *s)
 	}
 	/* Cycle walking: from an index below total, the network's orbit
 	 * comes back below total, and distinct indexes reach distinct pages. */
-	uint64_t k = s->perm.done;
+	uint64_t total = s->perm.total, k = s->perm.done;
 	do
 		k = feistel(s, k);
 	while (k >= total);
