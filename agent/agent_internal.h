@@ -58,9 +58,6 @@ struct md__owners {
 struct md__region {
 	uintptr_t start, end;
 	unsigned advice;
-	int forked_part;                    /* MADV_DOFORK taken back over part of it (advice
-	                                     * keeps MD_ADV_DONTFORK): the mappings of ours made
-	                                     * before are copied by a fork */
 	struct md__rangeset advice_pending; /* mapped by reads, not advised yet */
 	uint32_t *owner;                    /* into owners->id */
 	struct md__owners *owners;

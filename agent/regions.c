@@ -25,10 +25,11 @@ static int region_cmp(const void *x, const void *y)
 	return a->start < b->start ? -1 : a->start > b->start;
 }
 
-/* Whether fork() copies some of region r into the child. */
+/* Whether fork() copies some of region r into the child: a record keeps
+ * DONTFORK only where all its memory has it (md__advice_after). */
 static int forked(const struct md__region *r)
 {
-	return !(r->advice & MD_ADV_DONTFORK) || r->forked_part;
+	return !(r->advice & MD_ADV_DONTFORK);
 }
 
 int md__regions_forked(struct md_agent *a, uintptr_t start, uintptr_t end)
@@ -171,18 +172,14 @@ int md__regions_add(struct md_agent *a, uintptr_t start, uintptr_t end, unsigned
 		free(o);
 		return err;
 	}
-	/* The regions it overlaps take the advice too. One a fork copied,
-	 * DONTFORK over part of it: the rest is still copied (as
-	 * md__regions_advise says; without it, a fork left its pages shared
-	 * with images, for a lease break to change under the child). */
+	/* The regions it overlaps take the advice too, as md__advice_after
+	 * gives it: DONTFORK over part of one a fork copies leaves it copied
+	 * (without it, a fork left its pages shared with images, for a lease
+	 * break to change under the child). */
 	for (i = 0; i < n; i++) {
 		struct md__region *r = &a->regions[i];
-		if (r->end <= start || r->start >= end)
-			continue;
-		int part = r->start < start || r->end > end;
-		if ((advice & MD_ADV_DONTFORK) && !(r->advice & MD_ADV_DONTFORK) && part)
-			r->forked_part = 1;
-		r->advice |= part ? advice & ~MD_ADV_DONTFORK : advice;	/* md__advice_after */
+		int part = 0;
+		r->advice = md__advice_after(r->advice, r->start, r->end, start, end, advice, &part);
 	}
 	/* The array has room: pushing moves nothing the loop looks at. */
 	for (i = 0, cur = start, g = 0; next_gap(a, n, &i, &cur, end, &gs, &ge); g++) {
@@ -253,20 +250,12 @@ int md__regions_advise(struct md_agent *a, uintptr_t start, uintptr_t end, unsig
 	int partial = 0;
 	for (size_t i = 0; i < a->nregions; i++) {
 		struct md__region *r = &a->regions[i];
-		int part = 0, was_forked = !(r->advice & MD_ADV_DONTFORK);
-		r->advice = md__advice_after(r->advice, r->start, r->end, start, end, advice, &part);
+		int part = 0;
 		/* The kernel's call that follows reaches the mappings we made
-		 * there: a MADV_DOFORK over part of the region lets a fork copy
-		 * them; a MADV_DONTFORK over all of it, no longer; over part
-		 * of a region a fork copied, the record takes the bit but the
-		 * rest is still copied. */
-		int whole = start <= r->start && r->end <= end, overlaps = r->start < end && start < r->end;
-		if (part && (advice & MD_ADV_DONTFORK))
-			r->forked_part = 1;
-		else if (!(advice & MD_ADV_UNDO) && (advice & MD_ADV_DONTFORK) && whole)
-			r->forked_part = 0;
-		else if (!(advice & MD_ADV_UNDO) && (advice & MD_ADV_DONTFORK) && overlaps && was_forked)
-			r->forked_part = 1;
+		 * there; the record keeps DONTFORK only where all of it has it,
+		 * so a fork copies the region's mappings wherever it copies
+		 * some of its memory (md__advice_after). */
+		r->advice = md__advice_after(r->advice, r->start, r->end, start, end, advice, &part);
 		partial |= part;
 	}
 	regions_publish(a);
