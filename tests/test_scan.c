@@ -3644,6 +3644,19 @@ TEST_IMPL(scan_failed_map_over_handed_ram_forgets_hold)
 	return 0;
 }
 
+/* An in-process agent's two regions of n pages side by side, eight
+ * contents eight copies each in both, merged. */
+static char *two_regions_merged(md_agent **a, size_t n)
+{
+	char *m = inproc_agent(a, 10000, 2 * n * PG);
+	for (size_t i = 0; i < 2 * n; i++)
+		memset(m + i * PG, (int)(i % 8) + 1, PG);
+	ASSERT_EQ(md_agent_register(*a, m, n * PG, 0), 0);
+	ASSERT_EQ(md_agent_register(*a, m + n * PG, n * PG, 0), 0);
+	ASSERT_EQ(wait_merged(*a, 2 * n - 8), 0);
+	return m;
+}
+
 /* The same over two regions, the first to be cut: the call fails with
  * ENOMEM and changes nothing in either, as the agent's records say. The
  * engine had given up the second already (made private, its references
@@ -3652,12 +3665,7 @@ TEST_IMPL(scan_unregister_two_regions_short_of_memory)
 {
 	md_agent *a;
 	const size_t n = 64;
-	char *m = inproc_agent(&a, 10000, 2 * n * PG);
-	for (size_t i = 0; i < 2 * n; i++)
-		memset(m + i * PG, (int)(i % 8) + 1, PG);
-	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
-	ASSERT_EQ(md_agent_register(a, m + n * PG, n * PG, 0), 0);
-	ASSERT_EQ(wait_merged(a, 2 * n - 8), 0);
+	char *m = two_regions_merged(&a, n);
 	md_stats s0, s1;
 	md_agent_stats(a, &s0);
 	md__engine_fail_slices = 1;
@@ -8403,12 +8411,7 @@ TEST_IMPL(scan_forget_short_of_memory_discard_reads_zeroes)
 {
 	md_agent *a;
 	const size_t n = 64;
-	char *m = inproc_agent(&a, 10000, 2 * n * PG);
-	for (size_t i = 0; i < 2 * n; i++)
-		memset(m + i * PG, (int)(i % 8) + 1, PG);
-	ASSERT_EQ(md_agent_register(a, m, n * PG, 0), 0);
-	ASSERT_EQ(md_agent_register(a, m + n * PG, n * PG, 0), 0);
-	ASSERT_EQ(wait_merged(a, 2 * n - 8), 0);
+	char *m = two_regions_merged(&a, n);
 	md__engine_fail_slices = 1;
 	ASSERT_EQ(md_agent_forget(a, m + 10 * PG, PG), 0);
 	md__engine_fail_slices = 0;
