@@ -259,6 +259,9 @@ static int apply_option(const struct md__cmd *cmd, const char *arg, const struct
 		if (!takes_value ? strcmp(arg, o->name) != 0 : strncmp(arg, o->name, n) != 0) {
 			if (takes_value && strncmp(arg, o->name, n - 1) == 0 && arg[n - 1] == '\0')
 				return md__usage_error(cmd, "%s needs a value after '=' (%s...)", arg, o->name);
+			if (!takes_value && strncmp(arg, o->name, n) == 0 && arg[n] == '=')
+				return md__usage_error(cmd, "%s takes no value (give it as %s alone)", o->name,
+						       o->name);
 			continue;
 		}
 		*matched = o;

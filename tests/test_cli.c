@@ -57,6 +57,9 @@ TEST_IMPL(cli_usage)
 		      "grep -q -- \"--share-min-pages needs a value after '=' (--share-min-pages=...)\""), 0);
 	ASSERT_EQ(run("build/memdedup run --share-min-pages=0 -- true 2>&1 | "
 		      "grep -q 'share-min-pages takes a number from 1 to 4096'"), 0);
+	/* A flag that takes no value, given one, is named as such. */
+	ASSERT_EQ(run("build/memdedup run --scan=1 -- true 2>&1 | "
+		      "grep -q -- '--scan takes no value (give it as --scan alone)'"), 0);
 	ASSERT_EQ(run("build/memdedup run --share-min-pages=4096 -- "
 		      "sh -c 'test \"$MEMDEDUP_SHARE_MIN_PAGES\" = 4096'"), 0);
 	ASSERT_EQ(run("build/memdedup status --bogus 2>/dev/null"), 2);
