@@ -199,8 +199,9 @@ struct md__engine_stats {
 	uint64_t wp_faults;     /* writers that waited on a merge */
 	uint64_t refs_kept;     /* references kept for pages left mapped that
 				 * could not be made private (unregister) */
-	uint64_t unreg_failed;  /* pages an unregister left registered: no
-				 * memory to split their region */
+	uint64_t unreg_failed;  /* pages an unregister left registered, or,
+				 * the memory gone, gave up beside its range:
+				 * no memory to split their region */
 	uint64_t io_busy;       /* runs left alone: a read was writing them,
 				 * or had mapped an image over one */
 	uint64_t holes;         /* pages of runs left alone: one was a hole (the
