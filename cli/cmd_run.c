@@ -396,7 +396,10 @@ static int interpreter_runs(const char *path, char *bad, size_t size, int *elf)
 			if (!*elf)
 				return 0;
 		} else if (depth == MD_EXEC_SCRIPTS) {
-			return 0;	/* deeper: execve says ELOOP, after a daemon started (rare) */
+			size_t l = strnlen(file, size - 1);
+			memcpy(bad, file, l);
+			bad[l] = '\0';
+			return -ELOOP;	/* deeper: execve says ELOOP */
 		}
 		snprintf(bad, size, "%s", next);
 		if (access(next, F_OK) != 0)
@@ -663,18 +666,31 @@ static int binfmt_misc_handles(void)
 	return found;
 }
 
-/* Whether the kernel would refuse to run exe, an ELF file, before any
- * daemon is started for it: one cut short or malformed (32-bit too), or a
- * 64-bit one of another machine that no binfmt_misc handler may run. A
- * well-formed 32-bit one is left to execve (the kernel may run it). 0, or
- * -ENOEXEC and why in why. */
+static int runs_as_script(const char *path);
+
+/* Whether the kernel would refuse to run exe before any daemon is started
+ * for it: an ELF file cut short or malformed (32-bit too), a 64-bit one of
+ * another machine that no binfmt_misc handler may run, or no ELF file nor
+ * script at all (a binary file the shell refuses too). A well-formed
+ * 32-bit one is left to execve (the kernel may run it). 0, or -ENOEXEC
+ * and why in why (empty: the shell's words say it all). */
 static int elf_refused(const char *exe, char *why, size_t size)
 {
+	char interp[PATH_MAX], magic[SELFMAG];
 	int fd = open(exe, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return 0;	/* execute-only: execve will tell */
 	int kind = md__elf_exec_kind(fd);
+	int elf = pread(fd, magic, sizeof(magic), 0) == SELFMAG && memcmp(magic, ELFMAG, SELFMAG) == 0;
 	close(fd);
+	/* No ELF file, no script the kernel runs (#! naming an interpreter),
+	 * and a binary to the shell (runs_as_script): the exec fails with
+	 * ENOEXEC and nothing runs it, unless a binfmt_misc handler does. */
+	if (!elf && script_interpreter(exe, interp, sizeof(interp)) != 1 && !runs_as_script(exe) &&
+	    !binfmt_misc_handles()) {
+		why[0] = '\0';	/* the shell's words alone, as execve's ENOEXEC below */
+		return -ENOEXEC;
+	}
 	if (kind == MD_ELF_BROKEN)
 		snprintf(why, size, "an ELF file cut short or malformed");
 	else if (kind == MD_ELF_FOREIGN && !binfmt_misc_handles())
@@ -918,7 +934,8 @@ int md__cmd_run(int argc, char **argv)
 			 elf == 1 ? "ELF interpreter (dynamic loader)" :
 			 elf ? "interpreter's dynamic loader" : "interpreter (#!)",
 			 md__printable(bad, shown_bad, sizeof(shown_bad)),
-			 err == -ENOENT ? "missing" : "not executable");
+			 err == -ENOENT ? "missing" : err == -ELOOP ? "a script too, one more than the kernel "
+			 "follows (Too many levels of symbolic links)" : "not executable");
 	if (err) {
 		char shown[256];
 		struct stat st;

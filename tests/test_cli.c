@@ -4283,3 +4283,42 @@ TEST_IMPL(cli_run_checks_preload)
 	ASSERT_EQ(run(cmd), 0);
 	return 0;
 }
+
+/* A binary the kernel refuses at the exec (no ELF magic, a NUL in its
+ * first line: what bash calls a binary file, exit 126) and a chain of six
+ * scripts (ELOOP) are refused before memdedupd is started for them, as
+ * run --help says: "nothing started in these cases, but for a 32-bit
+ * binary the kernel refuses". The second names the script one too deep. */
+TEST_IMPL(cli_run_binary_file_no_daemon)
+{
+	const char *b = build_dir(), *d = test_dir();
+	char dir[400], sock[450], path[450], text[500];
+	snprintf(dir, sizeof(dir), "%s/run", d);
+	ASSERT(mkdir(dir, 0700) == 0);
+	snprintf(sock, sizeof(sock), "%s/memdedupd.sock", dir);
+	snprintf(path, sizeof(path), "%s/nul", d);
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0755);
+	ASSERT(fd >= 0 && write(fd, "ab\0cd\n", 6) == 6 && close(fd) == 0);
+	int c1 = sh("MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- %s", dir, b, path);
+	int alive1 = md__daemon_alive(sock), pid1 = kill_daemon_of(dir);
+	/* s5 -> s4 -> ... -> s0 -> /bin/true: six scripts, one too many. */
+	for (int i = 0; i < 6; i++) {
+		snprintf(path, sizeof(path), "%s/s%d", d, i);
+		if (i)
+			snprintf(text, sizeof(text), "#!%s/s%d\n", d, i - 1);
+		else
+			snprintf(text, sizeof(text), "#!/bin/true\n");
+		write_exec(path, text, 0755, 0);
+	}
+	int c2 = sh("MEMDEDUP_RUN_DIR=%s %s/memdedup run --scan -- %s/s5", dir, b, d);
+	int alive2 = md__daemon_alive(sock), pid2 = kill_daemon_of(dir);
+	fprintf(stderr, "nul: exit %d, daemon %s; 6 scripts: exit %d, daemon %s\n", c1,
+		alive1 || pid1 ? "started" : "not started", c2, alive2 || pid2 ? "started" : "not started");
+	ASSERT_EQ(c1, 126);
+	ASSERT(!alive1 && !pid1);
+	ASSERT_EQ(c2, 126);
+	ASSERT(!alive2 && !pid2);
+	ASSERT_EQ(sh("%s/memdedup run --scan -- %s/s5 2>&1 | grep -q 's0 is a script too, one more than the kernel'",
+		     b, d), 0);
+	return 0;
+}
