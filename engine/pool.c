@@ -149,6 +149,44 @@ void md__pool_close(struct md__pool *p)
 	p->fd = p->ro_fd = -1;
 }
 
+static int by_slot(const void *x, const void *y);
+
+/* A run of n punched slots from the free list, for a pool with no room at
+ * its end: a pool that once reached its end would refuse every run for
+ * good, however much of it was freed since. Taken only then: sorting the
+ * list costs a pass over it. */
+static int reserve_freed_run(struct md__pool *p, size_t n, uint32_t *first)
+{
+	if (p->ndirty)
+		md__pool_trim(p);
+	if (n > p->nfree)
+		return -ENOSPC;
+	/* Ascending, then searched from the low end: the list stays sorted
+	 * highest first, so its lowest slots are reused first, as trim
+	 * leaves it. */
+	qsort(p->free, p->nfree, sizeof(*p->free), by_slot);
+	size_t at = SIZE_MAX;
+	for (size_t i = 0, run = 1; i + n <= p->nfree && at == SIZE_MAX; i += run) {
+		for (run = 1; run < n && p->free[i + run] == p->free[i] + run; run++)
+			;
+		if (run == n)
+			at = i;
+	}
+	if (at != SIZE_MAX) {
+		*first = p->free[at];
+		memmove(p->free + at, p->free + at + n, (p->nfree - at - n) * sizeof(*p->free));
+		p->nfree -= n;
+		memset(p->state + *first, MD_SLOT_RESERVED, n);
+		p->reused += n;
+	}
+	for (size_t i = 0, j = p->nfree; i < j / 2; i++) {	/* highest first again */
+		uint32_t t = p->free[i];
+		p->free[i] = p->free[j - 1 - i];
+		p->free[j - 1 - i] = t;
+	}
+	return at != SIZE_MAX ? 0 : -ENOSPC;
+}
+
 int md__pool_reserve(struct md__pool *p, size_t n, uint32_t *first)
 {
 	if (n == 0)
@@ -169,7 +207,7 @@ int md__pool_reserve(struct md__pool *p, size_t n, uint32_t *first)
 		return 0;
 	}
 	if (p->end + n > p->max_pages)
-		return -ENOSPC;
+		return reserve_freed_run(p, n, first);
 	*first = (uint32_t)p->end;
 	memset(p->state + p->end, MD_SLOT_RESERVED, n);
 	p->end += n;

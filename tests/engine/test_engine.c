@@ -677,6 +677,53 @@ TEST_IMPL(engine_pool_slot_states_guarded)
 	return 0;
 }
 
+/* A pool that has reached its end takes a run into punched freed slots
+ * (a fill strip, a PUBLISH of several pages): it was refused as full for
+ * good, however much was freed. Never over a live slot, nor one whose page
+ * is not punched yet (trimmed first), and the single slots left are still
+ * given lowest first. */
+TEST_IMPL(engine_pool_full_run_reuses_freed)
+{
+	struct md__pool p;
+	enum { N = 8 };
+	static unsigned char pg[N * PG];
+	uint32_t s, r;
+	for (unsigned i = 0; i < N; i++)
+		fill(pg + i * PG, 60 + i);
+	ASSERT_EQ(md__pool_open(&p, N), 0);
+	ASSERT_EQ(md__pool_reserve(&p, N, &s), 0);
+	ASSERT_EQ(md__pool_publish(&p, s, pg, N), 0);
+	for (uint32_t i = 0; i < N; i++)
+		md__pool_get(&p, i);
+	ASSERT_EQ(md__pool_reserve(&p, 1, &r), -ENOSPC);
+	/* Free 1, 2, 4, 5, 6: not punched yet, in the dirty batch. */
+	static const uint32_t freed[] = { 5, 1, 6, 2, 4 };
+	for (size_t i = 0; i < sizeof(freed) / sizeof(freed[0]); i++)
+		ASSERT_EQ(md__pool_put(&p, freed[i]), 1);
+	ASSERT_EQ(md__pool_reserve(&p, 4, &r), -ENOSPC);	/* no four in a row */
+	ASSERT_EQ(md__pool_reserve(&p, 3, &r), 0);
+	ASSERT_EQ(r, 4);
+	for (uint32_t i = 4; i < 7; i++) {
+		ASSERT_EQ(p.state[i], MD_SLOT_RESERVED);
+		ASSERT(md__page_is_zero(md__pool_page(&p, i)));	/* punched before */
+	}
+	ASSERT_EQ(md__pool_publish(&p, r, pg + 4 * PG, 3), 0);
+	ASSERT_EQ(md__pool_reserve(&p, 2, &r), 0);
+	ASSERT_EQ(r, 1);
+	md__pool_unreserve(&p, r, 2);
+	md__pool_trim(&p);
+	ASSERT_EQ(md__pool_reserve(&p, 1, &r), 0);
+	ASSERT_EQ(r, 1);
+	ASSERT_EQ(md__pool_reserve(&p, 1, &r), 0);
+	ASSERT_EQ(r, 2);
+	ASSERT_EQ(md__pool_reserve(&p, 1, &r), -ENOSPC);
+	for (uint32_t i = 0; i < N; i++)
+		if (i != 1 && i != 2)
+			ASSERT(memcmp(md__pool_page(&p, i), pg + i * PG, PG) == 0);
+	md__pool_close(&p);
+	return 0;
+}
+
 /* A freed slot's page may still be held by the kernel: an O_DIRECT write
  * from guest RAM mapped from it pins the page and sends it later. A slot
  * taken again must get a new page, never its old one rewritten, or that
