@@ -960,7 +960,7 @@ int md__scan_account(struct md_agent *a, int reap)
 	md__set(a, MD_CTR_VOLATILE, ss.volatile_skips);
 	md__set(a, MD_CTR_ABANDONED, st.abandoned);
 	md__set(a, MD_CTR_MERGE_FALLBACKS, st.map_failed + st.budget_refused + st.freeze_failed +
-					       st.image_replaced + st.pool_replaced +
+					       st.image_replaced + st.pool_replaced + ss.pool_full +
 					       __atomic_load_n(&a->io_unseen_left, __ATOMIC_RELAXED));
 	/* Each way a merge falls back, once: the pages stay as they were. */
 	if (st.map_failed)
@@ -972,6 +972,10 @@ int md__scan_account(struct md_agent *a, int reap)
 	if (st.image_replaced)
 		md__log_once(131, "the VMM closed or replaced an image's descriptor while the scanner "
 			     "merged pages onto it: those pages stay as they were (merge_fallbacks)");
+	if (ss.pool_full)
+		md__log_once(182, "memdedupd's pool has no room (full, or this user's share of pools spent): "
+			     "pages whose content is not in it yet are not merged until pages are freed "
+			     "(merge_fallbacks)");
 	if (st.freeze_failed)
 		md__log_once(119, "the scanner could not write-protect or read pages it froze (or the "
 			     "pages they must equal): they stay as they were (merge_fallbacks)");

@@ -156,6 +156,8 @@ struct md__domain {
 	 * record is freed: the daemon's memory, in general_profit. */
 	size_t refs_table_bytes;
 	uint64_t publish_hits;     /* publications answered with an equal live page */
+	uint64_t publish_full;     /* pages of publications refused for room (the
+				    * pool full, or its user's share of pools) */
 	/* First sightings (KSM's unstable tree, lossy): hash -> the agent
 	 * (its number) and address of the page that was looked up and found
 	 * nothing. Another page asking for the same hash is told to publish:

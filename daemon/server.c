@@ -1025,6 +1025,15 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
 		 * live one takes no new slot, and is still given it. */
 		int full = c->uid != 0 && uid_live_pages(d, c->uid) + m->u.publish.n > d->pool_pages;
 		err = md__agent_publish(c->agent, &m->u.publish, &first, full);
+		if (err == -ENOSPC) {
+			struct md__domain *dom = c->agent->dom;
+			if (!dom->publish_full)
+				md__dlog("domain %u (uid %u): %s; publications are refused until pages are "
+					 "freed (\"publish_full\" in status)", (unsigned)dom->id, (unsigned)dom->uid,
+					 full ? "its user has a pool's worth of pages in its domains" :
+					 "the pool is full");
+			dom->publish_full += m->u.publish.n;
+		}
 		if (err == -ENOSPC && full) {
 			snprintf(why, sizeof(why), "uid %u has a pool's worth of pages in its domains",
 				 (unsigned)c->uid);

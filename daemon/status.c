@@ -149,6 +149,7 @@ static json_t *domain_json(const struct md__daemon *d, const struct md__domain *
 	json_object_set_new(o, "published", json_integer((json_int_t)dom->pool.published));
 	json_object_set_new(o, "freed", json_integer((json_int_t)dom->pool.freed));
 	json_object_set_new(o, "unpunched", json_integer((json_int_t)dom->pool.unpunched));
+	json_object_set_new(o, "publish_full", json_integer((json_int_t)dom->publish_full));
 	return o;
 }
 

@@ -665,6 +665,13 @@ static void flush_remote(struct md__scanner *s)
 		if (err)
 			break;
 		for (size_t j = c; j < c + m; j++) {
+			/* No room in the pool: aged as a unique page, not sent
+			 * again at every pass (4 KiB each, refused each time)
+			 * while the pool stays full. */
+			if (pub_status[j] == -ENOSPC || pub_status[j] == -EDQUOT) {
+				s->st.pool_full++;
+				page_aged(s->e, s->pend_addr[pub_of[j]]);
+			}
 			if (pub_status[j])
 				continue;
 			s->st.published++;

@@ -264,7 +264,9 @@ typedef struct md_stats {
 	                                  runs the mapping budget refused,
 	                                  and pages equal to an image whose
 	                                  descriptor the VMM closed or replaced
-	                                  meanwhile; and pages left shared when
+	                                  meanwhile; pages memdedupd's pool had
+	                                  no room for (full, or the user's share
+	                                  of pools spent); and pages left shared when
 	                                  I/O the agent cannot follow began, the
 	                                  memory for their copies short (1 if a
 	                                  copy failed) (each reason said once in

@@ -1858,3 +1858,42 @@ TEST_IMPL(cross_pause_survives_daemon_restart)
 	stop_pair(&t, &a, &b);
 	return 0;
 }
+
+/* A full pool (N/4 slots, two agents of N equal pages): what it cannot
+ * take is said once in memdedupd's log, counted in its domain's
+ * publish_full and the agents' merge_fallbacks, and those pages age as
+ * unique ones. They were sent again at every pass (a 4 KiB PUBLISH each,
+ * hashed and refused), never skipped, and nothing said why merging
+ * stopped at a quarter. */
+static int sharing_quarter(const md_stats *s)
+{
+	return s->pages_sharing >= N / 4;
+}
+
+TEST_IMPL(cross_full_pool_said_and_aged)
+{
+	struct tdaemon t;
+	struct proc a, b;
+	md_stats s1, s2;
+	td_start(&t, N / 4);
+	start_agent_at(&a, &t, NULL, "MEMDEDUP_PAGES_TO_SCAN=256", "MEMDEDUP_SLEEP_MS=20");
+	start_agent_at(&b, &t, NULL, "MEMDEDUP_PAGES_TO_SCAN=256", "MEMDEDUP_SLEEP_MS=20");
+	proc_cmd(&a, "fill 0 %u 5", N);
+	proc_cmd(&b, "fill 0 %u 5", N);
+	ASSERT_EQ(proc_stats_wait(&a, &s1, 20000, sharing_quarter), 0);
+	sleep(3);
+	ASSERT_EQ(proc_stats(&a, &s1), 0);
+	sleep(3);
+	ASSERT_EQ(proc_stats(&a, &s2), 0);
+	long long full = td_domains_int(&t, "publish_full");
+	printf("  live %lld of %u slots; publish_full %lld; a: merge_fallbacks %llu, smart_skips +%llu\n",
+	       domain_live(&t), N / 4, full, (unsigned long long)s2.merge_fallbacks,
+	       (unsigned long long)(s2.smart_skips - s1.smart_skips));
+	ASSERT_EQ(domain_live(&t), N / 4);
+	ASSERT(full > 0);
+	ASSERT(s2.merge_fallbacks > 0);
+	ASSERT(s2.smart_skips > s1.smart_skips);
+	ASSERT_EQ(td_sh("test $(grep -c 'the pool is full; publications are refused' %s/log) = 1", t.dir), 0);
+	stop_pair(&t, &a, &b);
+	return 0;
+}
