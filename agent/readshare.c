@@ -441,6 +441,14 @@ static ssize_t read_segment(struct md_agent *a, int fd, void *buf, size_t len, o
 		struct md__region *first = md__region_find(a, (uintptr_t)buf, 1);
 		size_t head = first ? first->end - (uintptr_t)buf : 0;
 		md__agent_leave(a);
+		/* Under O_DIRECT the kernel takes or refuses the read whole
+		 * (its alignment): a part mapped before the other is refused
+		 * would leave image pages in a buffer the kernel never wrote. */
+		int fl = head && (((uintptr_t)buf | len) & (MD_PAGE - 1)) ? fcntl(fd, F_GETFL) : 0;
+		if (fl > 0 && (fl & O_DIRECT)) {
+			struct iovec io = { buf, len };
+			return tracked_preadv(a, fd, &io, 1, off, 0, 1);
+		}
 		if (head) {
 			/* Across region records (RAM registered in parts, which
 			 * meet at a page boundary): each part as a read of its
@@ -484,7 +492,7 @@ static ssize_t read_segment(struct md_agent *a, int fd, void *buf, size_t len, o
 		 * are private copies, counted as a fallback (read_copied). */
 		md__count(a, MD_CTR_SHARED_AT_READ, mapped / MD_PAGE);
 		if (plan.head || plan.tail)
-			md__fallback(a, MD_FB_PARTIAL, (plan.head != 0) + (plan.tail != 0));
+			md__fallback(a, MD_FB_PARTIAL, (plan.head != 0) + pages_of(plan.tail));
 		md__count(a, MD_CTR_READ_SHARED_NS, ns);
 		md__count(a, MD_CTR_READ_SHARED_BYTES, n > 0 ? (uint64_t)n : 0);
 	} else if (!mapped && len == MD_PAGE && n == (ssize_t)MD_PAGE) {

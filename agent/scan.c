@@ -970,8 +970,9 @@ int md__scan_account(struct md_agent *a, int reap)
 		md__log_once(118, "merges wait: the mapping budget (vm.max_map_count less the VMM's "
 			     "room) is spent; those pages stay as they were (merge_fallbacks)");
 	if (st.image_replaced)
-		md__log_once(131, "the VMM closed or replaced an image's descriptor while the scanner "
-			     "merged pages onto it: those pages stay as they were (merge_fallbacks)");
+		md__log_once(131, "the VMM closed or replaced an image's descriptor, or the image's lease "
+			     "was being broken, while the scanner merged pages onto it: those pages stay as "
+			     "they were (merge_fallbacks)");
 	if (ss.pool_full)
 		md__log_once(182, "memdedupd's pool has no room (full, or this user's share of pools spent): "
 			     "pages whose content is not in it yet are not merged until pages are freed "

@@ -263,7 +263,8 @@ typedef struct md_stats {
 	                                  read (or the image pages they must equal),
 	                                  runs the mapping budget refused,
 	                                  and pages equal to an image whose
-	                                  descriptor the VMM closed or replaced
+	                                  descriptor the VMM closed or replaced,
+	                                  or whose lease was being broken,
 	                                  meanwhile; pages memdedupd's pool had
 	                                  no room for (full, or the user's share
 	                                  of pools spent); and pages left shared when

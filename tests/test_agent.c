@@ -4951,3 +4951,71 @@ TEST_IMPL(lease_break_deadline_with_write_counted)
 	proc_stop(&a);
 	return 0;
 }
+
+/* An O_DIRECT pread across two region records (RAM registered in parts)
+ * that the kernel refuses whole (a length off the device's blocks: EINVAL
+ * before a byte moves) leaves no image page of the first part in guest
+ * RAM, as share_locked and the O_DIRECT preadv promise for one record. */
+TEST_IMPL(read_direct_across_records_refused_moves_nothing)
+{
+	const char *img = image(7);
+	int k = open(img, O_RDONLY | O_DIRECT);
+	if (k < 0)
+		SKIP("no O_DIRECT on the test directory's filesystem");
+	char *buf = aligned_alloc(4096, 65 * 4096);
+	errno = 0;
+	ssize_t plain = pread(k, buf, 64 * 4096 + 100, 0);
+	int plain_err = errno;
+	free(buf);
+	close(k);
+	if (plain >= 0 || plain_err != EINVAL)
+		SKIP("this filesystem's O_DIRECT takes a length off its blocks (%zd)", plain);
+	struct proc a;
+	int fd = start_direct_reader(&a, img);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(proc_num(&a, "advise %u %u unmergeable", 64 * 4096, 64 * 4096), 0);
+	ASSERT_EQ(proc_num(&a, "advise %u %u mergeable", 64 * 4096, 64 * 4096), 0);
+	char before[64];
+	snprintf(before, sizeof(before), "%s", proc_cmd(&a, "hash %u %u", 32 * 4096, 32 * 4096));
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u %u", fd, 64 * 4096 + 100, 32 * 4096), -EINVAL);
+	md_stats s;
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	printf("  pages_shared_at_read %llu\n", (unsigned long long)s.pages_shared_at_read);
+	ASSERT(strcmp(proc_cmd(&a, "hash %u %u", 32 * 4096, 32 * 4096), before) == 0);
+	ASSERT_EQ(s.pages_shared_at_read, 0);
+	proc_stop(&a);
+	return 0;
+}
+
+/* The whole pages after a tmpfs image's hole, copied in a read whose pages
+ * before it were mapped (data_only), are counted a fallback each, not as
+ * the one partial page of a read's edge. */
+TEST_IMPL(tmpfs_image_hole_tail_pages_counted)
+{
+	char dir[600], img[700];
+	const char *none = own_tmpfs(dir, sizeof(dir), "256k");
+	if (none)
+		SKIP("%s", none);
+	snprintf(img, sizeof(img), "%s/img", dir);
+	int ifd = open(img, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	ASSERT(ifd >= 0);
+	static char data[65536];
+	for (size_t i = 0; i < sizeof(data); i++)
+		data[i] = (char)(i * 7 + 3);
+	ASSERT(pwrite(ifd, data, sizeof(data), 0) == (ssize_t)sizeof(data));
+	ASSERT(ftruncate(ifd, MB) == 0);
+	close(ifd);
+	const char *env[] = { "MEMDEDUP_SHARE_MIN_PAGES=1", NULL };
+	struct proc a;
+	int fd = start_reader(&a, img, env);
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u 0 %u", fd, MB, MB), MB);
+	md_stats s;
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	printf("  shared %llu, fallbacks %llu (partial %llu)\n", (unsigned long long)s.pages_shared_at_read,
+	       (unsigned long long)s.fallbacks_total, (unsigned long long)s.fallbacks[MD_FB_PARTIAL]);
+	ASSERT_EQ(s.pages_shared_at_read, 16);
+	ASSERT_EQ(s.fallbacks_total, 256 - 16);
+	proc_stop(&a);
+	umount(dir);
+	return 0;
+}
