@@ -589,6 +589,8 @@ static int copy_pool_runs(struct md__engine *e, struct md__eregion *r, size_t *f
 		if (MD_REF_SLOT(r->ref[p])) {
 			md__engine_release_ref(e, r, p);
 			r->ref[p] = MD_REF_FILE;	/* private now, in a pool mapping */
+			if (r->seen[p])
+				r->seen[p] = MD_SEEN;	/* young again, as a reap's written page */
 		}
 	}
 	return err;
@@ -667,7 +669,7 @@ void (*md__part_hook)(struct md_agent *a);	/* tests only: see agent_internal.h *
  * Every page shared goes: pool pages, and image pages (shared at read time
  * or merged onto the image by the scanner). Zero pages stay dropped: they
  * read as the zeroes the guest wrote, and a copy would only cost memory. */
-static int unmerge_locked(md_agent *a, char *why, size_t size, int by);
+static int unmerge_locked(md_agent *a, char *why, size_t size, int by, int *part);
 
 /* Who asks an unmerge: the VMM (md_agent_unmerge), memdedupd (a->unmerged's
  * value for it), or the agent's thread when the VMM's user changed: that
@@ -680,7 +682,9 @@ enum { UNMERGE_VMM = 1, UNMERGE_DAEMON = 2, UNMERGE_USER = 3 };
  * (the VMM's and memdedupd's, on the agent's thread) joined one thread twice
  * and freed it twice. Those of the agent's thread wait for none:
  * it also answers lease breaks. */
-static int unmerge(md_agent *a, char *why, size_t size, int by)
+/* part, if not NULL: set when the copies failed part of the way (the
+ * agent stays unmerged, paused), not refused up front. */
+static int unmerge(md_agent *a, char *why, size_t size, int by, int *part)
 {
 	if (!a || !a->engine)
 		return -EINVAL;
@@ -691,8 +695,11 @@ static int unmerge(md_agent *a, char *why, size_t size, int by)
 			snprintf(why, size, "an unmerge is already running in this process");
 		return -EBUSY;
 	}
-	int err = unmerge_locked(a, why, size, by);
+	int part_done = 0;
+	int err = unmerge_locked(a, why, size, by, &part_done);
 	pthread_mutex_unlock(&a->unmerge_lock);
+	if (part)
+		*part = part_done;
 	/* What is shared now, counted before the answer: `memdedup status`
 	 * right after it showed the pages shared before for up to a minute
 	 * (the walks of a quiet process wait for pages to move). */
@@ -703,7 +710,7 @@ static int unmerge(md_agent *a, char *why, size_t size, int by)
 	return err;
 }
 
-static int unmerge_locked(md_agent *a, char *why, size_t size, int by)
+static int unmerge_locked(md_agent *a, char *why, size_t size, int by, int *part)
 {
 	struct md__engine *e = a->engine;
 	/* Paused first: a first registration on another thread may start
@@ -725,8 +732,8 @@ static int unmerge_locked(md_agent *a, char *why, size_t size, int by)
 	/* Copies need memory: refuse, changing nothing, when the host lacks
 	 * it (with a margin of 64 MiB for everything else). */
 	int err = 0, refused = 0;
-	uint64_t avail = md__memroom_available(&a->memroom);
-	if (pages * MD_EPAGE + (64u << 20) > avail) {
+	uint64_t avail = pages ? md__memroom_available(&a->memroom) : 0;
+	if (pages && pages * MD_EPAGE + (64u << 20) > avail) {
 		err = -ENOMEM;
 		refused = 1;
 		if (why)
@@ -811,15 +818,17 @@ paused:
 	    md__scanner_start(&a->scanner) != 0)
 		a->scanner_started = 0;
 	md__agent_leave(a);
+	*part = err && !refused;
 	if (err && why && !*why)
-		snprintf(why, size, "%s", strerror(-err));
+		snprintf(why, size, refused ? "%s" : "copies failed part of the way (%s): those made stay "
+			 "private, the rest stay merged; paused until resumed", strerror(-err));
 	return err;
 }
 
 int md_agent_unmerge(md_agent *a)
 {
 	MD_NOCANCEL_SCOPE();	/* unmerge_lock across a join, account_lock across opens */
-	return unmerge(a, NULL, 0, UNMERGE_VMM);
+	return unmerge(a, NULL, 0, UNMERGE_VMM, NULL);
 }
 
 /* Pages moved off an old pool a second: 16 MiB, a GiB's pool in a minute
@@ -1037,8 +1046,12 @@ void md__scan_apply_control(struct md_agent *a, const struct md__msg_control *ct
 				 "cannot follow");
 		break;
 	case MD_CTL_UNMERGE:
-		err = unmerge(a, why, sizeof(why), UNMERGE_DAEMON);
+	{
+		int part;
+		err = unmerge(a, why, sizeof(why), UNMERGE_DAEMON, &part);
+		err = err && part ? MD_CTL_PART_DONE : err;
 		break;
+	}
 	case MD_CTL_SET:
 		/* Named by pid (memdedup set --pid): this agent's own value,
 		 * as md_agent_set's, not a share of the daemon's rate. For
@@ -1125,7 +1138,7 @@ static void user_changed(struct md_agent *a, uid_t now)
 	uid_t was = a->joined_uid;
 	if (!a->user_moving) {
 		int was_paused = __atomic_load_n(&a->scanner.paused, __ATOMIC_RELAXED);
-		int err = unmerge(a, why, sizeof(why), UNMERGE_USER);
+		int err = unmerge(a, why, sizeof(why), UNMERGE_USER, NULL);
 		if (err == -EBUSY)
 			return;	/* the VMM's unmerge runs: tried again in a second */
 		if (err && !md__remote_connected(a->engine->remote)) {

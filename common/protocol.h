@@ -234,6 +234,10 @@ struct md__msg_text {                  /* CONTROL_R and ERROR */
 /* Its status for a SET of all agents that left the agent's own value of
  * the key (memdedup run's option, or set --pid): done, counted apart. */
 #define MD_CTL_KEPT_OWN (-EEXIST)
+/* Its status for an UNMERGE whose copies failed part of the way: failed,
+ * but not a refusal that changed nothing; the agent stays unmerged, paused
+ * until resumed, as after one that went through. */
+#define MD_CTL_PART_DONE (-ECANCELED)
 struct md__msg_control_done {
 	uint32_t token;
 	struct md__msg_text result;        /* why, if it failed */

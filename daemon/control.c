@@ -534,17 +534,19 @@ void md__control_done(struct md__daemon *d, struct md__agent *a, const struct md
 	 * earlier one that went through still holds it, and held by whoever
 	 * sent that one. */
 	int unmerged = a->unmerged;
+	/* Copies that failed part of the way left the agent unmerged too. */
+	int went = !done->result.status || done->result.status == MD_CTL_PART_DONE;
 	uint32_t since_first = done->token - a->unmerge_first;	/* tokens rise, and wrap */
 	if (a->unmerge_token && done->token && since_first <= a->unmerge_token - a->unmerge_first) {
 		/* One sent meanwhile went through (an UNMERGE, or another
 		 * CONTROL: kept paused, the safe side): a refusal later puts
 		 * that back. */
-		if (!done->result.status) {
+		if (went) {
 			a->unmerged_was = 1;
 			a->held_was = a->held_by_admin & MD_HELD_UNMERGE;
 		}
 		if (done->token == a->unmerge_token) {
-			if (done->result.status) {
+			if (!went) {
 				a->unmerged = a->unmerged_was;
 				a->held_by_admin = (a->held_by_admin & ~MD_HELD_UNMERGE) | a->held_was;
 			}

@@ -2631,20 +2631,23 @@ uint64_t md__engine_shared_pages(struct md__engine *e)
 		struct md__file_map *v = NULL;
 		size_t np = (r->end - r->start) / MD_EPAGE, nv = SIZE_MAX;
 		for (size_t base = 0; base < np; base += MAX_RUN) {
-			size_t n = np - base < MAX_RUN ? np - base : MAX_RUN, stale = 0;
-			for (size_t i = 0; i < n; i++) {
-				n_shared += MD_REF_SLOT(r->ref[base + i]) != 0;
-				stale += r->ref[base + i] == MD_REF_FILE;
-			}
-			/* A pool page whose slot was forgotten (memdedupd
-			 * restarted) is shared until written: pagemap tells.
-			 * The VMM's own file's pages are not pool pages. */
-			if (!stale)
-				continue;
-			int known = pagemap_read(e, r->start + base * MD_EPAGE, n, pm) == 0;
+			size_t n = np - base < MAX_RUN ? np - base : MAX_RUN, some = 0;
 			for (size_t i = 0; i < n; i++)
-				n_shared += r->ref[base + i] == MD_REF_FILE && (!known || !md__pm_private_anon(pm[i])) &&
-					    !md__engine_vmm_file_at(e, r, base + i, &v, &nv);
+				some += MD_REF_SLOT(r->ref[base + i]) != 0 || r->ref[base + i] == MD_REF_FILE;
+			if (!some)
+				continue;
+			/* A page the guest wrote since its merge (not reaped
+			 * yet) is a private copy already: pagemap tells. So is
+			 * one whose slot was forgotten (memdedupd restarted).
+			 * The VMM's own file's pages are not pool pages. */
+			int known = pagemap_read(e, r->start + base * MD_EPAGE, n, pm) == 0;
+			for (size_t i = 0; i < n; i++) {
+				int unwritten = !known || !md__pm_private_anon(pm[i]);
+				if (MD_REF_SLOT(r->ref[base + i]))
+					n_shared += unwritten;
+				else if (r->ref[base + i] == MD_REF_FILE)
+					n_shared += unwritten && !md__engine_vmm_file_at(e, r, base + i, &v, &nv);
+			}
 		}
 		free(v);
 	}

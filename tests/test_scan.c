@@ -8424,3 +8424,137 @@ TEST_IMPL(scan_forget_short_of_memory_discard_reads_zeroes)
 	md_agent_free(a);
 	return 0;
 }
+
+/* Merged pages the guest wrote since their merge (not reaped yet) are
+ * private copies already: an unmerge needs no memory for them, as for
+ * image pages (scan_unmerge_counts_only_unwritten_pages). It was refused,
+ * "16 MiB to copy", when memory was short, the time it is asked for. */
+TEST_IMPL(scan_unmerge_counts_only_unwritten_pool_pages)
+{
+	md_agent *a;
+	const size_t n = 4096;	/* 16 MiB merged */
+	md_stats s0;
+	char *m = pairs_all_merged_here(&a, n, &s0);
+	ASSERT_EQ(md_agent_pause(a, 1), 0);
+	for (size_t i = 0; i < n; i++)
+		m[i * PG] ^= 1;	/* every merged page written: private copies */
+	fake_available(65536 + 4096);	/* 4 MiB past the 64 MiB margin */
+	int err = md_agent_unmerge(a);
+	md__memroom_proc = "/proc";
+	fprintf(stderr, "unmerge with every page written: %d\n", err);
+	ASSERT_EQ(err, 0);
+	md_agent_free(a);
+	munmap(m, n * PG);
+	return 0;
+}
+
+/* An unmerge's copies are no unique pages: pages that had aged (unique
+ * for passes) before a partner came and they merged counted in
+ * pages_unshared after the unmerge; they are young again, as a reap makes
+ * the written ones. */
+TEST_IMPL(scan_unmerged_pages_not_counted_unshared)
+{
+	md_agent *a;
+	const size_t n = 64;
+	char *m = inproc_agent(&a, 1000, 2 * n * PG);
+	for (size_t i = 0; i < 2 * n * PG; i++)
+		m[i] = (char)((i / PG) * 7 + i % 251);	/* unique */
+	ASSERT_EQ(md_agent_register(a, m, 2 * n * PG, 0), 0);
+	md_stats st = { 0 };
+	for (int i = 0; i < 250 && st.pages_unshared != 2 * n; i++) {
+		usleep(20000);
+		md_agent_stats(a, &st);
+	}
+	ASSERT_EQ(st.pages_unshared, 2 * n);
+	memcpy(m + n * PG, m, n * PG);	/* the second half as the first: pairs */
+	for (int i = 0; i < 500 && st.pages_sharing != 2 * n; i++) {
+		usleep(20000);
+		md_agent_stats(a, &st);
+	}
+	ASSERT_EQ(st.pages_sharing, 2 * n);
+	fprintf(stderr, "merged: sharing %llu unshared %llu\n", (unsigned long long)st.pages_sharing,
+		(unsigned long long)st.pages_unshared);
+	ASSERT_EQ(md_agent_pause(a, 1), 0);
+	ASSERT_EQ(md_agent_unmerge(a), 0);
+	ASSERT_EQ(md_agent_stats(a, &st), 0);
+	fprintf(stderr, "unmerged: sharing %llu unshared %llu\n", (unsigned long long)st.pages_sharing,
+		(unsigned long long)st.pages_unshared);
+	ASSERT_EQ(st.pages_sharing, 0);
+	ASSERT_EQ(st.pages_unshared, 0);
+	md_agent_free(a);
+	munmap(m, 2 * n * PG);
+	return 0;
+}
+
+/* An unmerge with nothing to copy needs no memory: it was refused
+ * (-ENOMEM, "0 MiB to copy") whenever less than the 64 MiB margin was
+ * available, as in a VMM's cgroup near its limit, also a second unmerge
+ * right after one that went through. */
+TEST_IMPL(scan_unmerge_nothing_to_copy_not_refused)
+{
+	md_agent *a;
+	const size_t n = 64;
+	char *m = inproc_agent(&a, 1000, n * PG);
+	unique_pages(a, m, n);
+	ASSERT_EQ(md_agent_pause(a, 1), 0);
+	fake_available(16 * 1024);	/* 16 MiB available */
+	int err = md_agent_unmerge(a);
+	md__memroom_proc = "/proc";
+	fprintf(stderr, "unmerge with no page merged, 16 MiB available: %d\n", err);
+	ASSERT_EQ(err, 0);
+	md_agent_free(a);
+	munmap(m, n * PG);
+	return 0;
+}
+
+/* `memdedup unmerge` whose copies fail part of the way (memory gone since
+ * the check): the CLI says so and that the agent stays paused, and
+ * memdedupd records it unmerged. It was told a plain failure, read as a
+ * refusal that changed nothing, and memdedupd counted the agent as
+ * scanning (its share of the rate, its status, the admin's hold). */
+TEST_IMPL(scan_unmerge_part_done_said_and_recorded)
+{
+	struct tdaemon t;
+	md_agent *a;
+	const size_t n = 512;	/* two regions of 256 pages in pairs */
+	td_start(&t, 4096);
+	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .pages_to_scan = 10000, .sleep_ms = 1,
+			       .domain = "held", .daemon_socket = t.sock };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	char *m = pairs_ram(n / 2), *m2 = pairs_ram(n / 2);
+	ASSERT_EQ(md_agent_register(a, m, n / 2 * PG, 0), 0);
+	ASSERT_EQ(md_agent_register(a, m2, n / 2 * PG, 0), 0);
+	ASSERT(welcome_applied(&t));
+	md_stats s0, s;
+	for (int i = 0; i < 200 && md_agent_stats(a, &s0) == 0 && s0.pages_sharing < n; i++)
+		usleep(10000);
+	md__copy_fail = ENOMEM;
+	md__copy_fail_after = 1;	/* the first run copied, the rest fail */
+	char path[600];
+	snprintf(path, sizeof(path), "%s/out", test_dir());
+	int rc = td_sh("MEMDEDUP_SOCKET=%s %s/memdedup unmerge >%s 2>&1", t.sock, build_dir(), path);
+	md__copy_fail = 0;
+	const char *out = file_text(path);
+	fprintf(stderr, "  exit %d: %s", rc, out);
+	ASSERT_EQ(md_agent_stats(a, &s), 0);
+	fprintf(stderr, "  pages_sharing %llu -> %llu, agent paused %d unmerged %d\n",
+		(unsigned long long)s0.pages_sharing, (unsigned long long)s.pages_sharing, scanner_paused(a),
+		__atomic_load_n(&a->unmerged, __ATOMIC_RELAXED));
+	json_t *st = td_status(&t);
+	json_t *me = td_find(json_object_get(st, "agents"), "pid", getpid());
+	int daemon_paused = json_is_true(json_object_get(me, "paused"));
+	int daemon_unmerged = json_is_true(json_object_get(me, "unmerged"));
+	fprintf(stderr, "  memdedupd: paused %d unmerged %d\n", daemon_paused, daemon_unmerged);
+	json_decref(st);
+	ASSERT(s.pages_sharing > 0 && s.pages_sharing < s0.pages_sharing);	/* part done */
+	ASSERT_EQ(scanner_paused(a), 1);	/* paused until resumed */
+	ASSERT_EQ(rc, 1);
+	ASSERT(strstr(out, "copies failed part of the way"));
+	ASSERT(strstr(out, "paused until resumed"));
+	ASSERT(daemon_paused && daemon_unmerged);
+	md_agent_free(a);
+	td_stop(&t);
+	munmap(m, n / 2 * PG);
+	munmap(m2, n / 2 * PG);
+	return 0;
+}
