@@ -265,7 +265,7 @@ struct md_agent {
 	struct timespec break_at;
 	uint64_t rate_merged, rate_broken;
 	/* md__scan_account's last walk of the pages' state, and when. */
-	uint64_t walk_sharing, walk_unshared, walk_zero, walk_activity;
+	uint64_t walk_sharing, walk_fill, walk_unshared, walk_zero, walk_activity;
 	size_t walk_meta;	/* the engine's metadata bytes */
 	unsigned walk_age;
 

@@ -905,7 +905,7 @@ int md__scan_account(struct md_agent *a, int reap)
 	uint64_t changed = md__scan_activity(a) + st.cow_broken + st.undropped + st.filled +
 			   __atomic_load_n(&e->zap_gen, __ATOMIC_ACQUIRE);
 	if (reap || changed != a->walk_activity || ++a->walk_age >= 30) {
-		uint64_t sharing = 0, unshared = 0, zero = 0;
+		uint64_t sharing = 0, unshared = 0, zero = 0, fill = 0;
 		pthread_rwlock_rdlock(&e->regions_lock);
 		pthread_mutex_lock(&e->lock);
 		for (size_t i = 0; i < e->nregions; i++) {
@@ -914,6 +914,7 @@ int md__scan_account(struct md_agent *a, int reap)
 			zero += md__engine_dropped_pages(r);
 			for (size_t p = 0; p < np; p++) {
 				sharing += MD_REF_SLOT(r->ref[p]) != 0;
+				fill += MD_REF_SLOT(r->ref[p]) != 0 && (r->ref[p] & MD_REF_FILL);
 				/* KSM's pages_unshared: found stable and unique,
 				 * and there (not dropped as a zero page since). */
 				unshared += !MD_REF_BUSY(r->ref[p]) && MD_SEEN_AGE(r->seen[p]) > 0 &&
@@ -924,6 +925,7 @@ int md__scan_account(struct md_agent *a, int reap)
 		pthread_mutex_unlock(&e->lock);
 		pthread_rwlock_unlock(&e->regions_lock);
 		a->walk_sharing = sharing;
+		a->walk_fill = fill;
 		a->walk_unshared = unshared;
 		a->walk_zero = zero;
 		a->walk_activity = changed;
@@ -995,6 +997,7 @@ int md__scan_account(struct md_agent *a, int reap)
 	md__set(a, MD_CTR_HINTS_PUSHED, __atomic_load_n(&a->hints.pushed, __ATOMIC_RELAXED));
 	md__set(a, MD_CTR_HINTS_DROPPED, __atomic_load_n(&a->hints.dropped, __ATOMIC_RELAXED));
 	md__set(a, MD_CTR_PAGES_SHARING, sharing);
+	md__set(a, MD_CTR_FILL_MAPPED, a->walk_fill);
 	md__set(a, MD_CTR_POOL_PAGES, pool);
 	md__set(a, MD_CTR_SCAN_CPU_NS, ss.cpu_ns);
 	md__set(a, MD_CTR_PAGES_UNSHARED, unshared);

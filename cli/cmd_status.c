@@ -263,6 +263,7 @@ static json_t *stats_json(const md_stats *s)
 		{ "merged_image", s->merged_image }, { "image_pages_indexed", s->image_pages_indexed },
 		{ "zero_pages_near_hints", s->zero_pages_near_hints },
 		{ "hint_ratio", s->hint_ratio }, { "filled_pages", s->filled_pages },
+		{ "fill_mapped", s->fill_mapped },
 		{ "merge_fallbacks", s->merge_fallbacks },
 	};
 	for (size_t i = 0; i < sizeof(scan) / sizeof(scan[0]); i++)

@@ -81,6 +81,7 @@ const char *md__ctr_name(enum md__ctr c)
 		[MD_CTR_MERGE_FALLBACKS] = "merge_fallbacks",
 		[MD_CTR_SCAN_STATE] = "scan_state",
 		[MD_CTR_FORK_SHARED] = "fork_shared",
+		[MD_CTR_FILL_MAPPED] = "fill_mapped",
 	};
 	if ((unsigned)c >= MD_CTR_COUNT)
 		return "unknown";
@@ -144,6 +145,7 @@ void md__stats_from_counters(const uint64_t *ctr, md_stats *out)
 	out->merge_fallbacks = ctr[MD_CTR_MERGE_FALLBACKS];
 	out->scan_state = ctr[MD_CTR_SCAN_STATE];
 	out->fork_shared = ctr[MD_CTR_FORK_SHARED];
+	out->fill_mapped = ctr[MD_CTR_FILL_MAPPED];
 }
 
 int md__stats_parse(const void *buf, size_t len, struct md__stats_snapshot *out)
@@ -197,7 +199,25 @@ uint64_t md__proc_start_time(int pid)
 	p++;
 	for (int field = 3; field < 22 && p; field++)
 		p = strchr(p + 1, ' ');
-	return p ? strtoull(p + 1, NULL, 10) : 0;
+	if (!p)
+		return 0;
+	uint64_t start = strtoull(p + 1, NULL, 10);
+	/* Shown shifted by the reader's time namespace's boottime offset
+	 * (Linux 5.6): an agent in one (a container, a CRIU restore) and the
+	 * CLI outside read different numbers for the same process, and the
+	 * agent was never listed. Taken back off, every reader agrees (to a
+	 * tick, for an offset that is not a whole number of them). */
+	char line[128];
+	long long sec;
+	unsigned long nsec;
+	long tick = sysconf(_SC_CLK_TCK);
+	FILE *f = tick > 0 ? fopen("/proc/self/timens_offsets", "re") : NULL;
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "boottime %lld %lu", &sec, &nsec) == 2)
+			start -= (uint64_t)(sec * tick + (long long)(nsec / (1000000000ul / (unsigned long)tick)));
+	if (f)
+		fclose(f);
+	return start;
 }
 
 /* Whether pid maps a file of inode ino: 1, 0, or -errno when its maps

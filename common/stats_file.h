@@ -74,6 +74,7 @@ enum md__ctr {
 	MD_CTR_MERGE_FALLBACKS,    /* pages of merges that fell back, left as they were */
 	MD_CTR_SCAN_STATE,         /* now: enum md_scan_state */
 	MD_CTR_FORK_SHARED,        /* forks whose child got guest RAM still shared */
+	MD_CTR_FILL_MAPPED,        /* now: of PAGES_SHARING, pages mapped from fill strips */
 	MD_CTR_COUNT
 };
 

@@ -88,14 +88,32 @@ static json_int_t agents_sum(const struct md__daemon *d, const struct md__domain
 	return (json_int_t)sum;
 }
 
-/* KSM's general_profit: the memory saved (the pages sharing a pool page
- * and the zero pages dropped, as KSM counts the zero pages it places)
- * less the daemon's bookkeeping. */
+/* The pages the domain's agents map from their own fill strips, less the
+ * strips' pages (with memdedupd, an agent's own pool holds only those). */
+static json_int_t agents_fill_saved(const struct md__daemon *d, const struct md__domain *dom)
+{
+	uint64_t sum = 0;
+	for (const struct md__agent *a = d->agents; a; a = a->next) {
+		if (a->dom != dom || a->ncounters <= (uint32_t)MD_CTR_FILL_MAPPED)
+			continue;
+		uint64_t mapped = a->counters[MD_CTR_FILL_MAPPED], strips = a->counters[MD_CTR_POOL_PAGES];
+		uint64_t v = mapped > strips ? mapped - strips : 0;
+		sum = v > (uint64_t)INT64_MAX - sum ? (uint64_t)INT64_MAX : sum + v;
+	}
+	return (json_int_t)sum;
+}
+
+/* KSM's general_profit: the memory saved (the pages sharing a pool page,
+ * the zero pages dropped, as KSM counts the zero pages it places, and the
+ * pages mapped from the agents' fill strips beyond the strips) less the
+ * daemon's bookkeeping. Each term is bounded so that their sum cannot
+ * overflow: the agents' counters are their word. */
 static json_int_t domain_profit(const struct md__daemon *d, const struct md__domain *dom)
 {
-	json_int_t zero = agents_sum(d, dom, MD_CTR_ZERO_PAGES);
-	zero = zero > INT64_MAX / MD_MSG_PAGE / 2 ? INT64_MAX / MD_MSG_PAGE / 2 : zero;
-	return (domain_sharing(dom) + zero) * MD_MSG_PAGE - domain_meta(dom);
+	json_int_t zero = agents_sum(d, dom, MD_CTR_ZERO_PAGES), fill = agents_fill_saved(d, dom);
+	zero = zero > INT64_MAX / MD_MSG_PAGE / 4 ? INT64_MAX / MD_MSG_PAGE / 4 : zero;
+	fill = fill > INT64_MAX / MD_MSG_PAGE / 4 ? INT64_MAX / MD_MSG_PAGE / 4 : fill;
+	return (domain_sharing(dom) + zero + fill) * MD_MSG_PAGE - domain_meta(dom);
 }
 
 static json_int_t add_sat(json_int_t x, json_int_t y)
@@ -274,7 +292,10 @@ int md__status_json(struct md__daemon *d, uid_t uid, uint32_t domain_from, uint3
 	for (size_t i = 0; i < ndom; i++) {
 		t_live += (json_int_t)md__pool_live(&dv[i]->pool);
 		t_sharing += domain_sharing(dv[i]);
-		t_profit += domain_profit(d, dv[i]);
+		/* Saturated either way: agents' counters are their word. */
+		json_int_t dp = domain_profit(d, dv[i]);
+		if (__builtin_add_overflow(t_profit, dp, &t_profit))
+			t_profit = dp < 0 ? INT64_MIN : INT64_MAX;
 	}
 	for (size_t i = 0; i < ndom && !next; i++) {
 		if (dv[i]->id < domain_from)

@@ -281,6 +281,10 @@ typedef struct md_stats {
 	                                  their copies, made first, could not all be
 	                                  made (memory short, the agent's locks
 	                                  taken for a second; said once in the log) */
+	uint64_t fill_mapped;          /* now: of pages_sharing, those mapped from
+	                                  the process's own fill strips (with
+	                                  memdedupd, its domain's saving counts
+	                                  them less the strips: pool_pages) */
 } md_stats;
 
 /* md_stats.scan_state: what the scanner does now, whoever asked. */

@@ -105,8 +105,12 @@ uint64_t fnv_zero(size_t n)
 	return h;
 }
 
-static void start(struct proc *p, const char *const *env, int own_pid_ns)
+#define OWN_PID_NS 1
+#define OWN_TIME_NS 2
+
+static void start(struct proc *p, const char *const *env, int own)
 {
+	int own_pid_ns = own == OWN_PID_NS;
 	int in[2], out[2];
 	test_dir();	/* made before the fork, so both sides agree */
 	ASSERT(pipe(in) == 0 && pipe(out) == 0);
@@ -118,6 +122,15 @@ static void start(struct proc *p, const char *const *env, int own_pid_ns)
 		if (own_pid_ns && (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0 ||
 				   mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0))
 			_exit(126);
+		/* A time namespace whose boot was 100,000 s earlier (a
+		 * container's, a CRIU restore's), entered at the exec. */
+		if (own == OWN_TIME_NS) {
+			static const char offsets[] = "boottime 100000 0\n";
+			int fd = unshare(CLONE_NEWTIME) == 0 ? open("/proc/self/timens_offsets", O_WRONLY) : -1;
+			if (fd < 0 || write(fd, offsets, sizeof(offsets) - 1) != (ssize_t)sizeof(offsets) - 1)
+				_exit(126);
+			close(fd);
+		}
 		dup2(in[0], 0);
 		dup2(out[1], 1);
 		close(in[1]);
@@ -150,7 +163,12 @@ void proc_start(struct proc *p, const char *const *env)
 
 void proc_start_pid_ns(struct proc *p, const char *const *env)
 {
-	start(p, env, 1);
+	start(p, env, OWN_PID_NS);
+}
+
+void proc_start_time_ns(struct proc *p, const char *const *env)
+{
+	start(p, env, OWN_TIME_NS);
 }
 
 static const char *vcmd(struct proc *p, const char *fmt, va_list ap)

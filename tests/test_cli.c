@@ -2056,6 +2056,33 @@ TEST_IMPL(cli_status_other_pid_ns)
 	return 0;
 }
 
+/* An agent in a time namespace of its own (a container's, a CRIU
+ * restore's) is listed, and its file kept: /proc shows a process's start
+ * time shifted by the reader's boottime offset, so the agent's own record
+ * and the CLI's reading differed, and the agent was never listed (or its
+ * file, unlocked, taken for a dead process's). */
+TEST_IMPL(cli_status_agent_in_time_ns)
+{
+	if (access("/proc/self/timens_offsets", F_OK) != 0)
+		SKIP("no time namespaces in this kernel (CONFIG_TIME_NS)");
+	struct proc a;
+	char path[512];
+	proc_start_time_ns(&a, NULL);
+	proc_cmd(&a, "map 16");
+	snprintf(path, sizeof(path), "%s/agent-%d.stats", test_dir(), (int)a.pid);
+	ASSERT_EQ(access(path, F_OK), 0);
+	json_t *st = status_of(test_dir());
+	json_t *o = listed(st, a.pid);
+	ASSERT(o);
+	ASSERT_EQ(json_integer_value(json_object_get(o, "registered_bytes")), 16 * 4096);
+	json_decref(st);
+	ASSERT_EQ(access(path, F_OK), 0);
+	proc_stop(&a);
+	json_decref(status_of(test_dir()));
+	ASSERT(access(path, F_OK) != 0);	/* gone with it */
+	return 0;
+}
+
 /* Two containerised agents of one pid (1) in one run directory: the second
  * does not take the first's file (cutting short the file the first has
  * mapped), but the next name; status lists both, each with its counters. */
@@ -2832,6 +2859,7 @@ static const struct shown_key scanner_keys[] = {
 	{ "zero_pages_near_hints", MD_CTR_ZERO_NEAR_HINTS, SHOW_COUNT },
 	{ "hint_ratio", MD_CTR_HINT_RATIO, SHOW_COUNT },
 	{ "filled_pages", MD_CTR_FILLED_PAGES, SHOW_COUNT },
+	{ "fill_mapped", MD_CTR_FILL_MAPPED, SHOW_COUNT },
 	{ "merge_fallbacks", MD_CTR_MERGE_FALLBACKS, SHOW_COUNT },
 	{ "general_profit", MD_CTR_GENERAL_PROFIT, SHOW_COUNT },
 	{ "cpu_seconds", MD_CTR_SCAN_CPU_NS, SHOW_SECONDS },

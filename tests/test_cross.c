@@ -1897,3 +1897,40 @@ TEST_IMPL(cross_full_pool_said_and_aged)
 	stop_pair(&t, &a, &b);
 	return 0;
 }
+
+/* With memdedupd, pages mapped from the agent's fill strips are saved
+ * memory: the domain's general_profit (status's PROFIT_MB, "the saving")
+ * counts them, less the strips' own pages. It left them out. */
+static int filled_2000(const md_stats *s)
+{
+	return s->filled_pages >= 2000;
+}
+
+TEST_IMPL(cross_domain_profit_counts_fill_pages)
+{
+	struct tdaemon t;
+	struct proc a;
+	md_stats s;
+	td_start(&t, 65536);
+	start_agent(&a, &t, NULL);
+	proc_cmd(&a, "map 4096");
+	ASSERT(strcmp(proc_cmd(&a, "poison %u 4000 204", 0u), "ok") == 0);
+	ASSERT_EQ(proc_stats_wait(&a, &s, 30000, filled_2000), 0);
+	usleep(2500000);	/* the agent reports each second */
+	ASSERT_EQ(proc_stats_wait(&a, &s, 30000, filled_2000), 0);
+	json_t *st = td_status(&t);
+	json_t *dom = json_array_get(json_object_get(st, "domains"), 0);
+	ASSERT(dom);
+	fprintf(stderr, "  agent: filled %llu sharing %llu pool %llu profit %lld; domain: sharing %lld profit %lld "
+		"zero %lld\n", (unsigned long long)s.filled_pages, (unsigned long long)s.pages_sharing,
+		(unsigned long long)s.pool_pages, (long long)s.general_profit, td_int(dom, "pages_sharing"),
+		td_int(dom, "general_profit"), td_int(dom, "zero_pages"));
+	/* What the fill strips saved: their mapped pages less the strips'. */
+	long long fill_saved = ((long long)s.fill_mapped - (long long)s.pool_pages) * 4096;
+	ASSERT(s.fill_mapped >= 2000 && s.fill_mapped == s.pages_sharing);	/* nothing else merged */
+	ASSERT(td_int(dom, "general_profit") >= fill_saved - (2 << 20));
+	json_decref(st);
+	proc_stop(&a);
+	td_stop(&t);
+	return 0;
+}

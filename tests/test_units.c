@@ -999,9 +999,9 @@ TEST_IMPL(stats_parse_valid)
 	ASSERT(strcmp(s.command, "qemu") == 0);
 	/* Every counter as far as the last this version knows. */
 	f.counters[MD_CTR_COUNT - 1] = 77;
-	ASSERT_EQ(MD_CTR_COUNT - 1, MD_CTR_FORK_SHARED);
+	ASSERT_EQ(MD_CTR_COUNT - 1, MD_CTR_FILL_MAPPED);
 	ASSERT_EQ(md__stats_parse(&f, sizeof(f), &s), 0);
-	ASSERT_EQ(s.stats.fork_shared, 77);
+	ASSERT_EQ(s.stats.fill_mapped, 77);
 	/* An older agent with fewer counters is still read, as far as it has
 	 * them. */
 	f.ncounters = 3;

@@ -6839,3 +6839,51 @@ TEST_IMPL(daemon_state_file_malformed_ignored)
 	}
 	return 0;
 }
+
+/* The totals' general_profit saturates: five domains whose agents report
+ * absurd zero pages (a damaged or lying agent's word) wrapped it negative,
+ * an overflow of a signed integer. */
+TEST_IMPL(daemon_totals_profit_saturates)
+{
+	struct tdaemon t;
+	const char *names[5] = { "ra", "rb", "rc", "rd", "re" };
+	int ready[2], stop[2];
+	pid_t kid[5];
+	char x;
+	td_start(&t, 64);
+	ASSERT(pipe(ready) == 0 && pipe(stop) == 0);
+	for (int i = 0; i < 5; i++) {
+		kid[i] = fork();
+		ASSERT(kid[i] >= 0);
+		if (kid[i] == 0) {
+			struct md__msg_welcome w;
+			int fd;
+			close(stop[1]);
+			uint64_t ctr[MD_CTR_COUNT] = { 0 };
+			ctr[MD_CTR_ZERO_PAGES] = (uint64_t)1 << 62;	/* a damaged or lying agent's */
+			struct md__client *c = td_agent(&t, names[i], &w, &fd);
+			if (md__client_report(c, ctr, MD_CTR_COUNT) != 0)
+				_exit(1);
+			if (write(ready[1], "x", 1) != 1)
+				_exit(2);
+			while (read(stop[0], &x, 1) > 0)
+				;
+			_exit(0);
+		}
+	}
+	close(stop[0]);
+	for (int i = 0; i < 5; i++)
+		ASSERT(read(ready[0], &x, 1) == 1);
+	json_t *st = td_status(&t);
+	json_t *tot = json_object_get(st, "totals");
+	long long p = td_int(tot, "general_profit");
+	fprintf(stderr, "  domains %lld, totals general_profit %lld\n", td_int(tot, "domains"), p);
+	close(stop[1]);
+	for (int i = 0; i < 5; i++)
+		waitpid(kid[i], NULL, 0);
+	ASSERT_EQ(td_int(tot, "domains"), 5);
+	ASSERT_EQ(p, INT64_MAX);	/* each domain's at most a quarter of it */
+	json_decref(st);
+	td_stop(&t);
+	return 0;
+}
