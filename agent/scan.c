@@ -596,6 +596,11 @@ static int copy_pool_runs(struct md__engine *e, struct md__eregion *r, size_t *f
 	return err;
 }
 
+static int forked_region(void *a, uintptr_t start, uintptr_t end)
+{
+	return md__regions_forked(a, start, end);
+}
+
 int md__scan_fork_prepare(struct md_agent *a, const struct timespec *until, const char **why)
 {
 	struct md__engine *e = a->engine;
@@ -610,14 +615,8 @@ int md__scan_fork_prepare(struct md_agent *a, const struct timespec *until, cons
 	 * no fault thread. */
 	/* Which regions a fork copies, as the agent's records say (they know
 	 * of a MADV_DOFORK over part of one). */
-	uint64_t pages = 0;
-	for (size_t i = 0; i < e->nregions; i++) {
-		const struct md__eregion *r = &e->regions[i];
-		size_t np = (r->end - r->start) / MD_EPAGE;
-		if (md__regions_forked(a, r->start, r->end))
-			for (size_t p = 0; p < np; p++)
-				pages += MD_REF_SLOT(r->ref[p]) != 0;
-	}
+	/* Pages written since their merge are private already: no copy. */
+	uint64_t pages = md__engine_shared_pages_in(e, forked_region, a, 1);
 	if (!pages)
 		return 1;
 	if (!md__room_for_copies(a, pages)) {

@@ -2625,15 +2625,24 @@ unlock:
 
 uint64_t md__engine_shared_pages(struct md__engine *e)
 {
+	return md__engine_shared_pages_in(e, NULL, NULL, 0);
+}
+
+uint64_t md__engine_shared_pages_in(struct md__engine *e, int (*in)(void *arg, uintptr_t s, uintptr_t end),
+				    void *arg, int slots_only)
+{
 	uint64_t pm[MAX_RUN], n_shared = 0;
 	for (size_t ri = 0; ri < e->nregions; ri++) {
 		struct md__eregion *r = &e->regions[ri];
 		struct md__file_map *v = NULL;
 		size_t np = (r->end - r->start) / MD_EPAGE, nv = SIZE_MAX;
+		if (in && !in(arg, r->start, r->end))
+			continue;
 		for (size_t base = 0; base < np; base += MAX_RUN) {
 			size_t n = np - base < MAX_RUN ? np - base : MAX_RUN, some = 0;
 			for (size_t i = 0; i < n; i++)
-				some += MD_REF_SLOT(r->ref[base + i]) != 0 || r->ref[base + i] == MD_REF_FILE;
+				some += MD_REF_SLOT(r->ref[base + i]) != 0 ||
+					(!slots_only && r->ref[base + i] == MD_REF_FILE);
 			if (!some)
 				continue;
 			/* A page the guest wrote since its merge (not reaped
@@ -2645,7 +2654,7 @@ uint64_t md__engine_shared_pages(struct md__engine *e)
 				int unwritten = !known || !md__pm_private_anon(pm[i]);
 				if (MD_REF_SLOT(r->ref[base + i]))
 					n_shared += unwritten;
-				else if (r->ref[base + i] == MD_REF_FILE)
+				else if (!slots_only && r->ref[base + i] == MD_REF_FILE)
 					n_shared += unwritten && !md__engine_vmm_file_at(e, r, base + i, &v, &nv);
 			}
 		}

@@ -482,6 +482,12 @@ int md__engine_reap(struct md__engine *e);
  * new daemon's pool replaced the old one, which they still map) unless
  * pagemap shows them written since. What an unmerge copies. */
 uint64_t md__engine_shared_pages(struct md__engine *e);
+/* The same in the regions that in(arg, start, end) takes (all if in is
+ * NULL); with slots_only, only pages with a slot: then it allocates
+ * nothing (a fork's prepare handler may run with an allocator's locks
+ * held). */
+uint64_t md__engine_shared_pages_in(struct md__engine *e, int (*in)(void *arg, uintptr_t s, uintptr_t end),
+				    void *arg, int slots_only);
 /* Whether page i of r, a file page without a slot (MD_REF_FILE alone),
  * lies in a mapping of the VMM's own file (a memory backend with
  * share=off): the VMM's to keep as it is, never copied nor counted shared.

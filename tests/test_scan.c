@@ -5287,8 +5287,16 @@ TEST_IMPL(scan_fork_copies_only_forked_ram)
 	ASSERT(why == NULL);
 	ASSERT(pairs_private(forked, n));
 	ASSERT(!pairs_private(kept, n));
-	/* Once the copies' slots are back (the reap), nothing to copy: no
-	 * memory needed, whatever the RAM a fork does not copy holds. */
+	/* The copies are private already, their slots not back yet (no
+	 * reap): nothing to copy, no memory needed. They were counted, and
+	 * the next fork short of memory left its child sharing them. */
+	fake_available(1024);
+	ASSERT_EQ(md__scan_fork_prepare(a, &until, &why), 1);
+	md__scan_fork_done(a);
+	md__memroom_proc = "/proc";
+	ASSERT(why == NULL);
+	/* Nor once their slots are back (the reap), whatever the RAM a fork
+	 * does not copy holds. */
 	md_stats s;
 	ASSERT_EQ(md_agent_stats(a, &s), 0);
 	fake_available(1024);
