@@ -2356,6 +2356,45 @@ TEST_IMPL(writes_end_in_any_order)
 	return 0;
 }
 
+/* A write begun after a break's mark does not end the wait for an older
+ * one still in flight: the break waits for the oldest write up to the
+ * mark, whatever began since (agent/writes.c). Given back while the
+ * older O_DIRECT write still held the image's page, its bytes would reach
+ * the disk. */
+TEST_IMPL(writes_begun_after_mark_keep_older_waited_for)
+{
+	md_agent *a;
+	md_agent_options o = { .run_dir = "" };
+	ASSERT_EQ(md_agent_new(&a, &o), 0);
+	static char page[4096];
+	int p[2][2];
+	pthread_t t[2];
+	struct cancelled_io w[2];
+	uint64_t mark = 0;
+	for (int i = 0; i < 2; i++) {
+		ASSERT_EQ(pipe(p[i]), 0);
+		fill_pipe(p[i][1]);
+		w[i] = (struct cancelled_io){ a, p[i][1], 1, page, 0 };
+		ASSERT_EQ(pthread_create(&t[i], NULL, cancelled_io_thread, &w[i]), 0);
+		ASSERT_EQ(io_blocked(&w[i]), 0);
+		if (i == 0)
+			mark = md__writes_mark(a);	/* the break: the first write in flight */
+	}
+	ASSERT(md__writes_mark(a) > mark);	/* the second began after it */
+	ASSERT(!md__writes_ended(a, mark));	/* the first still runs */
+	ASSERT_EQ(cancel_blocked(t[0]), 0);
+	ASSERT(md__writes_ended(a, mark));	/* the second is not waited for */
+	ASSERT(!md__writes_ended(a, md__writes_mark(a)));
+	ASSERT_EQ(cancel_blocked(t[1]), 0);
+	ASSERT(md__writes_ended(a, md__writes_mark(a)));
+	for (int i = 0; i < 2; i++) {
+		close(p[i][0]);
+		close(p[i][1]);
+	}
+	md_agent_free(a);
+	return 0;
+}
+
 /* A plain pwrite (the preload sends pwrite and pwrite64 to md_agent_pwrite,
  * not pwritev) is recorded while in flight as pwritev is: a lease break
  * waits for it (agent/writes.c). The write here waits on its page, one a

@@ -8234,3 +8234,127 @@ TEST_IMPL(engine_scanner_random_pass_after_same_size_move_visits_all)
 	munmap(y, nb * PG);
 	return 0;
 }
+
+/* A pool write that says it wrote the page whole but wrote it wrong (its
+ * last byte changed): a bug, a bad write. */
+static long pool_bad_write_syscall(long nr, ...)
+{
+	SYSCALL_ARGS(nr, a);
+	if (nr != SYS_pwrite64)
+		return syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
+	static unsigned char bad[4 * PG];
+	size_t len = (size_t)a[2] < sizeof(bad) ? (size_t)a[2] : sizeof(bad);
+	memcpy(bad, (const void *)a[1], len);
+	bad[len - 1] ^= 1;
+	return syscall(nr, a[0], bad, len, a[3]);
+}
+
+/* A publish compares the pool page it wrote with the frozen copy before it
+ * maps it over the guest page: a pool page not equal to what the guest
+ * wrote is never shown to it, nor indexed. The page stays as it was,
+ * given back to its writers. */
+TEST_IMPL(engine_publish_compares_pool_page)
+{
+	struct md__engine e;
+	unsigned char *a = map_ram(1), want[PG];
+	uint32_t slot = UINT32_MAX;
+
+	engine_up(&e);
+	fill(a, 291);
+	memcpy(want, a, PG);
+	uint64_t before = pfn(a);
+	ASSERT_EQ(md__engine_register(&e, a, PG, 0), 0);
+	md__libc_syscall = pool_bad_write_syscall;
+	int r = md__engine_publish(&e, a, 1, &slot);
+	md__libc_syscall = NULL;
+	ASSERT_EQ(r, -EAGAIN);
+	ASSERT_EQ(slot, UINT32_MAX);
+	ASSERT_EQ(e.st.abandoned, 1);
+	ASSERT(memcmp(a, want, PG) == 0);
+	ASSERT_EQ(pfn(a), before);	/* not the pool's page */
+	ASSERT_EQ(md__engine_lookup(&e, want, md__page_hash(want)), -1);
+	a[0] ^= 1;	/* thawed: no writer waits */
+	md__engine_fini(&e);
+	munmap(a, PG);
+	return 0;
+}
+
+/* Guest RAM in the VMM's own private file mapping (a memory backend with
+ * share=off): pages it has not written are its file's pages (pagemap's
+ * file bit), which the scanner never reads nor merges, alike or not - the
+ * file's changes show in them as without us (step 0 of a visit). */
+TEST_IMPL(engine_scanner_leaves_vmm_file_pages)
+{
+	struct md__engine e;
+	struct md__scanner s;
+	const size_t n = 4;
+	unsigned char page[PG];
+	int fd = memfd_create("vmm-ram", MFD_CLOEXEC);
+	ASSERT(fd >= 0);
+	fill(page, 300);
+	for (size_t i = 0; i < n; i++)	/* all alike */
+		ASSERT(pwrite(fd, page, PG, (off_t)(i * PG)) == (ssize_t)PG);
+	unsigned char *m = mmap(NULL, n * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0);
+	ASSERT(m != MAP_FAILED);
+	for (size_t i = 0; i < n; i++)
+		(void)*(volatile unsigned char *)(m + i * PG);	/* the file's pages, mapped */
+	engine_up(&e);
+	ASSERT_EQ(md__engine_register(&e, m, n * PG, 0), 0);
+	ASSERT_EQ(md__scanner_init(&s, &e, NULL), 0);
+	s.ratio = 0;
+	for (int i = 0; i < 6; i++)
+		md__scanner_step(&s, 16);
+	ASSERT(s.st.passes >= 2);
+	ASSERT_EQ(s.st.scanned, 0);
+	ASSERT_EQ(s.st.published + s.st.merged_scan, 0);
+	for (size_t i = 0; i < n; i++)
+		ASSERT(self_pagemap(m + i * PG) & PM_FILE);
+	memset(page, 0x77, sizeof(page));
+	ASSERT(pwrite(fd, page, PG, PG) == (ssize_t)PG);	/* the file changes */
+	ASSERT(memcmp(m + PG, page, PG) == 0);
+	md__scanner_free(&s);
+	md__engine_fini(&e);
+	munmap(m, n * PG);
+	close(fd);
+	return 0;
+}
+
+/* The ratio moves one step an epoch (1,024 visits read), not at every
+ * visit after the first epoch: each epoch's merges and visits are its
+ * own. Set as in engine_scanner_adapts_ratio_down: about 1,100 visits
+ * after the first pass cross one epoch's end, two at most. */
+TEST_IMPL(engine_scanner_ratio_one_step_an_epoch)
+{
+	struct md__engine e;
+	struct md__hints h;
+	struct md__scanner s;
+	const size_t dup = 2048, uniq = 1024;
+	unsigned char *d = map_ram(dup + uniq), *u = d + dup * PG;
+
+	engine_up(&e);
+	ASSERT_EQ(md__hints_init(&h, 64), 0);
+	for (size_t i = 0; i < dup; i++)
+		fill(d + i * PG, (unsigned)(i / 2) + 1);
+	for (size_t i = 0; i < uniq; i++)
+		fill(u + i * PG, (unsigned)(i + 100000));
+	ASSERT_EQ(md__engine_register(&e, d, (dup + uniq) * PG, 0), 0);
+	ASSERT_EQ(md__scanner_init(&s, &e, &h), 0);
+	s.ratio = 4;
+	for (int i = 0; i < 40 && s.st.passes < 1; i++)
+		md__scanner_step(&s, 128);
+	ASSERT_EQ(s.st.passes, 1);
+	for (size_t i = 0; i < uniq; i += 16)
+		md__hints_push(&h, (uintptr_t)(u + i * PG), 16 * PG, 0, 0);
+	uint64_t from = s.st.hinted + s.st.scanned;
+	for (int i = 0; i < 20 && s.st.hinted + s.st.scanned < from + 1100; i++)
+		md__scanner_step(&s, 128);
+	ASSERT(s.st.hinted + s.st.scanned < from + 2048);
+	ASSERT(s.st.merged_scan > 0);
+	ASSERT(s.ratio < 4);
+	ASSERT(s.ratio >= 2);	/* one step, two at most: not one a visit */
+	md__scanner_free(&s);
+	md__hints_free(&h);
+	md__engine_fini(&e);
+	munmap(d, (dup + uniq) * PG);
+	return 0;
+}
