@@ -447,7 +447,14 @@ static ssize_t read_segment(struct md_agent *a, int fd, void *buf, size_t len, o
 		int fl = head && (((uintptr_t)buf | len) & (MD_PAGE - 1)) ? fcntl(fd, F_GETFL) : 0;
 		if (fl > 0 && (fl & O_DIRECT)) {
 			struct iovec io = { buf, len };
-			return tracked_preadv(a, fd, &io, 1, off, 0, 1);
+			md__count(a, MD_CTR_READS_SEEN, 1);
+			ssize_t n = tracked_preadv(a, fd, &io, 1, off, 0, 1);
+			if (n > 0)
+				md__count(a, MD_CTR_BYTES_READ, (uint64_t)n);
+			if (a->engine && n >= (ssize_t)MD_PAGE)
+				copied_read(a, fd, (uintptr_t)buf, (size_t)n, off, 0);
+			md__count(a, MD_CTR_READ_NS, now_ns() - t0);
+			return n;
 		}
 		if (head) {
 			/* Across region records (RAM registered in parts, which

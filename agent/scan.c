@@ -420,8 +420,9 @@ void md_agent_io_unseen(md_agent *a, const char *what)
 	__atomic_store_n(&a->io_unseen_done, 1, __ATOMIC_RELEASE);
 	md__agent_leave(a);
 	pthread_mutex_unlock(&a->io_unseen_lock);
-	if (e)
-		md__engine_send_unrefs(e);	/* the pool's slots copied go back */
+	/* The pool's slots copied go back from the agent's thread
+	 * (md__scan_daemon, within a second): on the VMM's thread here (its
+	 * io_setup, a VFIO set-up), a stopped memdedupd held it 2 s. */
 	if (short_of_memory)
 		md__log_once(180, "NOT ENOUGH MEMORY to make the %llu pages shared (merged, or shared with "
 			     "images) private as the VMM began I/O the agent does not see: a device or adapter "
@@ -795,15 +796,17 @@ paused:
 		/* Resumed: a paused scanner waits to be woken, not a clock. */
 		md__scanner_poke(&a->scanner);
 	} else {
-		/* 2 if memdedupd asked (it will say when resumed), and only
-		 * if it all went. Paused again with it, under the lock: a
+		/* 2 if memdedupd asked (it will say when resumed), and it
+		 * went, all of it or the copies failing part of the way (it
+		 * then records the agent unmerged too: MD_CTL_PART_DONE).
+		 * Paused again with it, under the lock: a
 		 * resume between the parts (a welcome's says its daemon's
 		 * state) is the unmerge's to end. A change of user's pause is
 		 * user_changed's. */
 		pthread_mutex_lock(&a->pause_lock);
 		a->unmerging = 0;
 		if (by != UNMERGE_USER) {
-			__atomic_store_n(&a->unmerged, by == UNMERGE_DAEMON && !err ? 2 : 1, __ATOMIC_RELAXED);
+			__atomic_store_n(&a->unmerged, by == UNMERGE_DAEMON ? 2 : 1, __ATOMIC_RELAXED);
 			a->pause_gen++;
 			__atomic_store_n(&a->scanner.paused, 1, __ATOMIC_SEQ_CST);
 		}

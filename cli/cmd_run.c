@@ -701,11 +701,12 @@ static int elf_refused(const char *exe, char *why, size_t size)
 	return -ENOEXEC;
 }
 
-/* Whether a file execve refused with ENOEXEC runs as a shell script, as
- * glibc's execvp gives it to /bin/sh: not one that starts with the ELF
+/* Whether a file execve refused with ENOEXEC runs as a shell script, as a
+ * shell running it as a command decides: not one that starts with the ELF
  * magic, nor one with a NUL in its first line (first two, after "#!") of
  * its first 80 bytes, bash's test of a binary file, which bash and dash
- * refuse (126). One that cannot be read goes to the shell, as execvp's. */
+ * both refuse (126; glibc's execvp, as env's, gives even that one to
+ * /bin/sh). One that cannot be read goes to the shell. */
 static int runs_as_script(const char *path)
 {
 	char head[80];

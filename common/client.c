@@ -744,7 +744,7 @@ static int check_daemon(int fd, const char *path)
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) < 0)
 		return -errno;
 	if (cr.uid != 0 && cr.uid != geteuid()) {
-		md__log("the daemon at %s runs as uid %u, neither root nor us (uid %u): not using it",
+		md__log_once(183, "the daemon at %s runs as uid %u, neither root nor us (uid %u): not using it",
 			path, (unsigned)cr.uid, (unsigned)geteuid());
 		return -EPERM;
 	}

@@ -245,6 +245,13 @@ static int proc_maps_inode(int pid, ino_t ino)
 	return err ? err : found;
 }
 
+/* Start times as two readers in different time namespaces see them
+ * agree to a tick (an offset that is not a whole number of them). */
+static int same_start(uint64_t a, uint64_t b)
+{
+	return a != 0 && (a > b ? a - b : b - a) <= 1;
+}
+
 int md__stats_file_agent(int fd, const struct md__stats_snapshot *s)
 {
 	struct flock l = { .l_type = F_RDLCK, .l_whence = SEEK_SET };
@@ -253,7 +260,7 @@ int md__stats_file_agent(int fd, const struct md__stats_snapshot *s)
 
 	if (fcntl(fd, F_SETLK, &l) == 0 || (errno != EAGAIN && errno != EACCES)) {
 		start = md__proc_start_time((int)s->pid);
-		if (start == 0 || start != s->start_time)
+		if (!same_start(start, s->start_time))
 			return 0;
 		/* Its pid and start time survive an exec, which takes the
 		 * agent's lock (the descriptor is close-on-exec) and its
@@ -270,7 +277,7 @@ int md__stats_file_agent(int fd, const struct md__stats_snapshot *s)
 	if (fcntl(fd, F_GETLK, &l) != 0 || l.l_type == F_UNLCK || l.l_pid <= 0)
 		return -ESRCH;
 	start = md__proc_start_time(l.l_pid);
-	return start != 0 && start == s->start_time ? l.l_pid : -ESRCH;
+	return same_start(start, s->start_time) ? l.l_pid : -ESRCH;
 }
 
 void (*md__stats_remove_hook)(const char *path);	/* tests only: see stats_file.h */

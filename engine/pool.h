@@ -64,8 +64,10 @@ extern int md__pool_fail_punches;
 int md__pool_open(struct md__pool *p, size_t max_pages);
 void md__pool_close(struct md__pool *p);
 /* Reserves n slots with consecutive offsets; *first gets the first. One slot
- * comes from the free list (punched slots) when it can; runs are appended so that adjacent
- * guest pages get adjacent pool offsets. -ENOSPC: the pool is full. */
+ * comes from the free list (punched slots) when it can; runs are appended so
+ * that adjacent guest pages get adjacent pool offsets, or, once the pool's
+ * end is reached, taken from n punched free slots in a row. -ENOSPC: no
+ * room for them. */
 int md__pool_reserve(struct md__pool *p, size_t n, uint32_t *first);
 /* Gives reserved, unwritten slots back. */
 void md__pool_unreserve(struct md__pool *p, uint32_t first, size_t n);

@@ -668,7 +668,7 @@ static void flush_remote(struct md__scanner *s)
 			/* No room in the pool: aged as a unique page, not sent
 			 * again at every pass (4 KiB each, refused each time)
 			 * while the pool stays full. */
-			if (pub_status[j] == -ENOSPC || pub_status[j] == -EDQUOT) {
+			if (pub_status[j] == -ENOSPC) {
 				s->st.pool_full++;
 				page_aged(s->e, s->pend_addr[pub_of[j]]);
 			}

@@ -28,8 +28,8 @@ struct md__scanner_stats {
 	uint64_t candidates, merged_candidate; /* pages the daemon named, merged */
 	uint64_t file_matches;             /* pages found equal to a file page */
 	uint64_t pool_full;                /* pages memdedupd had no room for in the
-					    * pool (its PUBLISH refused: full, or the
-					    * user's share of pools spent) */
+					    * pool (its PUBLISH refused, -ENOSPC: full,
+					    * or the user's share of pools spent) */
 	uint64_t cpu_ns;                   /* the scanning thread's CPU time, all of it
 					    * (its sleeps' and pauses' wake-ups too) */
 	unsigned ratio;                    /* now: hinted pages per 8 */

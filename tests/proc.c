@@ -105,6 +105,7 @@ uint64_t fnv_zero(size_t n)
 	return h;
 }
 
+const char *proc_timens_offsets = "boottime 100000 0\n";
 #define OWN_PID_NS 1
 #define OWN_TIME_NS 2
 
@@ -125,9 +126,9 @@ static void start(struct proc *p, const char *const *env, int own)
 		/* A time namespace whose boot was 100,000 s earlier (a
 		 * container's, a CRIU restore's), entered at the exec. */
 		if (own == OWN_TIME_NS) {
-			static const char offsets[] = "boottime 100000 0\n";
+			const char *offsets = proc_timens_offsets;
 			int fd = unshare(CLONE_NEWTIME) == 0 ? open("/proc/self/timens_offsets", O_WRONLY) : -1;
-			if (fd < 0 || write(fd, offsets, sizeof(offsets) - 1) != (ssize_t)sizeof(offsets) - 1)
+			if (fd < 0 || write(fd, offsets, strlen(offsets)) != (ssize_t)strlen(offsets))
 				_exit(126);
 			close(fd);
 		}

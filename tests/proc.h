@@ -34,6 +34,7 @@ void proc_start(struct proc *p, const char *const *env);
 void proc_start_pid_ns(struct proc *p, const char *const *env);
 /* In a time namespace of its own, booted 100,000 s earlier. */
 void proc_start_time_ns(struct proc *p, const char *const *env);
+extern const char *proc_timens_offsets;
 /* Sends a command line, returns the answer line (static buffer). */
 const char *proc_cmd(struct proc *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 long long proc_num(struct proc *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

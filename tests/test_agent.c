@@ -5058,3 +5058,41 @@ TEST_IMPL(tmpfs_image_hole_tail_pages_counted)
 	umount(dir);
 	return 0;
 }
+
+/* An O_DIRECT read across two region records that the kernel takes (a
+ * length of whole 512-byte blocks, not of pages), which goes whole to the
+ * kernel, is counted in reads_seen and bytes_read as any read is. */
+TEST_IMPL(read_direct_across_records_counted)
+{
+	const char *img = image(7);
+	int k = open(img, O_RDONLY | O_DIRECT);
+	if (k < 0)
+		SKIP("no O_DIRECT on the test directory's filesystem");
+	char *buf = aligned_alloc(4096, 65 * 4096);
+	ssize_t plain = pread(k, buf, 64 * 4096 + 512, 0);
+	free(buf);
+	close(k);
+	if (plain != 64 * 4096 + 512)
+		SKIP("this filesystem's O_DIRECT refuses 512-byte blocks (%zd)", plain);
+	struct proc a;
+	int fd = start_direct_reader(&a, img);
+	ASSERT(fd >= 0);
+	ASSERT_EQ(proc_num(&a, "advise %u %u unmergeable", 64 * 4096, 64 * 4096), 0);
+	ASSERT_EQ(proc_num(&a, "advise %u %u mergeable", 64 * 4096, 64 * 4096), 0);
+	md_stats s0, s1, s2;
+	ASSERT_EQ(proc_stats(&a, &s0), 0);
+	/* Within one record: counted. */
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u %u", fd, 16 * 4096 + 512, 0), 16 * 4096 + 512);
+	ASSERT_EQ(proc_stats(&a, &s1), 0);
+	/* Across the records at 64 pages: */
+	ASSERT_EQ(proc_num(&a, "read %d 0 %u %u", fd, 64 * 4096 + 512, 32 * 4096), 64 * 4096 + 512);
+	ASSERT_EQ(proc_stats(&a, &s2), 0);
+	printf("  one record: reads_seen +%llu bytes_read +%llu; across: reads_seen +%llu bytes_read +%llu\n",
+	       (unsigned long long)(s1.reads_seen - s0.reads_seen), (unsigned long long)(s1.bytes_read - s0.bytes_read),
+	       (unsigned long long)(s2.reads_seen - s1.reads_seen), (unsigned long long)(s2.bytes_read - s1.bytes_read));
+	ASSERT_EQ(s1.bytes_read - s0.bytes_read, 16 * 4096 + 512);
+	ASSERT_EQ(s2.bytes_read - s1.bytes_read, 64 * 4096 + 512);
+	ASSERT(s2.reads_seen > s1.reads_seen);
+	proc_stop(&a);
+	return 0;
+}

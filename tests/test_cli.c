@@ -4350,3 +4350,25 @@ TEST_IMPL(cli_run_binary_file_no_daemon)
 		     b, d), 0);
 	return 0;
 }
+
+/* The same with an offset that is not a whole number of clock ticks (CRIU
+ * restores nanosecond offsets): the agent's corrected start time may be a
+ * tick off the CLI's reading, which is taken as the same. */
+TEST_IMPL(cli_status_agent_in_time_ns_fraction)
+{
+	if (access("/proc/self/timens_offsets", F_OK) != 0)
+		SKIP("no time namespaces in this kernel (CONFIG_TIME_NS)");
+	struct proc a;
+	char path[512];
+	proc_timens_offsets = "boottime 100000 9999999\n";	/* just under a tick at 100 Hz */
+	proc_start_time_ns(&a, NULL);
+	proc_cmd(&a, "map 16");
+	snprintf(path, sizeof(path), "%s/agent-%d.stats", test_dir(), (int)a.pid);
+	ASSERT_EQ(access(path, F_OK), 0);
+	json_t *st = status_of(test_dir());
+	json_t *o = listed(st, a.pid);
+	ASSERT(o);
+	json_decref(st);
+	proc_stop(&a);
+	return 0;
+}

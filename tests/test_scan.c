@@ -8556,6 +8556,8 @@ TEST_IMPL(scan_unmerge_part_done_said_and_recorded)
 	json_decref(st);
 	ASSERT(s.pages_sharing > 0 && s.pages_sharing < s0.pages_sharing);	/* part done */
 	ASSERT_EQ(scanner_paused(a), 1);	/* paused until resumed */
+	/* As memdedupd's record: a WELCOME saying resumed ends it. */
+	ASSERT_EQ(__atomic_load_n(&a->unmerged, __ATOMIC_RELAXED), 2);
 	ASSERT_EQ(rc, 1);
 	ASSERT(strstr(out, "copies failed part of the way"));
 	ASSERT(strstr(out, "paused until resumed"));
