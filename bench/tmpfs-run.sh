@@ -13,9 +13,10 @@
 # this guest writes a token of its own into the first page of every copy
 # (the shifted ones too), waits, and reads them back: a write lost, or one
 # that reached the other guest's pages (merged with these across guests)
-# while both guests' rechecks overlap (in a fleet they start together: one
-# image, one hold), prints WRITE-LOST as the last line, which the guest's
-# init takes for data changed.
+# while both guests' rechecks overlap (each starts at its own guest's end
+# of the hold, as far apart as their DONEs), prints WRITE-LOST as the last
+# line, and a page whose bytes past the token are not the image's any more
+# WRITE-CHANGED, which the guest's init takes for data changed.
 set -e
 shifted=0
 checksum() { sed 's|^|/tmp/copy/|' /tmp/files | xargs cat | md5sum | cut -d' ' -f1; }
@@ -58,6 +59,14 @@ if [ "${1:-}" = --recheck ]; then
     echo "WRITE-LOST $lost"
     exit 0
   fi
+  # The rest of each written page is the image's still: the write broke
+  # the merge, and its private copy must hold the page, not zeroes or
+  # another page (the token alone would read back from either).
+  while read -r f; do
+    cmp -s "/tmp/copy/$f" "/mnt/$f" 16 16 || { echo "WRITE-CHANGED $f"; exit 0; }
+    [ "$shifted" = 1 ] || continue
+    cmp -s "/tmp/copy/.shifted/$f" "/mnt/$f" 17 16 || { echo "WRITE-CHANGED .shifted/$f"; exit 0; }
+  done < /tmp/files
   echo "$sum"
   exit 0
 fi
