@@ -1227,9 +1227,15 @@ int md_agent_userfault(md_agent *a, void *addr, size_t len)
 	md__agent_leave(a);
 	if (err == -EINVAL)
 		err = -EIO;	/* -EINVAL is for bad arguments: the VMM would go on */
-	md__log_once(76, "the VMM registers guest RAM with its own userfaultfd (postcopy migration, "
-		     "a background snapshot): that memory is no longer shared or merged%s",
-		     err ? "; it could not all be given back as it was: the registration fails" : "");
+	/* A failure said apart from the success: QEMU hands over each RAM
+	 * block alone, and a failure at the second went unsaid. */
+	if (err)
+		md__log_once(184, "the VMM registers guest RAM with its own userfaultfd (postcopy migration, "
+			     "a background snapshot), which could not all be given back as it was: the "
+			     "registration fails");
+	else
+		md__log_once(76, "the VMM registers guest RAM with its own userfaultfd (postcopy migration, "
+			     "a background snapshot): that memory is no longer shared or merged");
 	return err ? err : 1;
 }
 
@@ -1283,9 +1289,11 @@ int md_agent_userfault_end(md_agent *a, void *addr, size_t len)
 	 * coming meanwhile finds the RAM ours and is given it properly. */
 	int err = had ? handed_take(a, s, e, 1) : 0;
 	md__agent_leave(a);
-	if (had)
-		md__log_once(78, "the VMM's userfaultfd let go of guest RAM: it is merged again%s%s",
-			     err ? "; not all of it: " : "", err ? strerror(-err) : "");
+	if (had && err)
+		md__log_once(185, "the VMM's userfaultfd let go of guest RAM: it is merged again; not all of "
+			     "it: %s", strerror(-err));
+	else if (had)
+		md__log_once(78, "the VMM's userfaultfd let go of guest RAM: it is merged again");
 	return err;
 }
 
