@@ -110,7 +110,9 @@ void md__imagepages_free(struct md__imagepages *ip)
 
 uint64_t md__imagepages_bytes(const struct md__imagepages *ip)
 {
-	return ip ? md__index_bytes(&ip->ix) + ip->cap * sizeof(*ip->pages) : 0;
+	/* The ring and the read buffer too: fixed, but ours all the same. */
+	return ip ? sizeof(*ip) + (size_t)RUN_MAX * MD_PAGE + md__index_bytes(&ip->ix) +
+			    ip->cap * sizeof(*ip->pages) : 0;
 }
 
 void md__imagepages_queue(struct md_agent *a, uint32_t img, uint64_t pgoff, size_t n, uintptr_t addr,
@@ -296,7 +298,7 @@ static void feed(struct md_agent *a)
 		if (ip->npages && ip->npages + todo[t].n > limit) {
 			struct md__index fresh;
 			if (md__index_init(&fresh, 1024) != 0)
-				return;
+				goto count;	/* the rest left: a pass reads them again */
 			md__index_free(&ip->ix);
 			ip->ix = fresh;
 			ip->npages = 0;
@@ -360,18 +362,19 @@ static void feed(struct md_agent *a)
 				size_t cap = ip->cap ? ip->cap * 2 : 1024;
 				struct file_page *np = realloc(ip->pages, cap * sizeof(*np));
 				if (!np)
-					return;
+					goto count;
 				ip->pages = np;
 				ip->cap = cap;
 			}
 			if (md__index_insert(&ip->ix, h, (uint32_t)ip->npages) != 0)
-				return;
+				goto count;
 			ip->pages[ip->npages++] = (struct file_page){ h, todo[t].img,
 								  (uint32_t)(todo[t].pgoff + i) };
 			indexed++;
 		}
 	}
-	md__count(a, MD_CTR_IMAGE_INDEXED, indexed);
+count:
+	md__count(a, MD_CTR_IMAGE_INDEXED, indexed);	/* those in, also when memory ran out */
 }
 
 /* After every batch, on the scanner's thread with no engine lock held. */

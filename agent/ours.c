@@ -11,8 +11,8 @@
  *
  * The set covers at least every region, every range given up to the VMM's
  * userfaultfd, every place of forgotten copies and every engine region
- * (more when they are more ranges than fit: a range grows to take in its
- * nearest). It is written under the agent's lock (md__ours_refresh, as the
+ * (more when they are more ranges than fit: the two closest ranges are
+ * joined, or the new one joins its nearest, whichever covers less). It is written under the agent's lock (md__ours_refresh, as the
  * lock is let go) and read under a sequence count.
  *
  * Growing is the dangerous direction: a call that read the old set and goes
