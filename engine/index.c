@@ -168,11 +168,15 @@ int md__index_insert(struct md__index *ix, uint64_t hash, uint32_t slot)
 			return err;
 	}
 	int err = put(ix, tag_of(hash), slot + 1);
+	ix->changes++;
 	/* Past 50 % use a run of MD_INDEX_PROBES is unlikely but not unheard
 	 * of, and a bigger table breaks it up. Entries of one tag stay in one
 	 * bucket however big the table: refused, and below 50 % without a
 	 * rebuild, so that they cannot make it grow without end. */
-	if (err == -ENOSPC && ix->used * 2 >= ix->cap) {
+	/* And no more often than once per quarter of cap changes: a run
+	 * of one tag that no rebuild breaks up made every refused insert
+	 * past 50 % (tombstones counted) rebuild the whole table. */
+	if (err == -ENOSPC && ix->used * 2 >= ix->cap && ix->changes >= ix->cap / 4) {
 		err = grow(ix);
 		if (!err)
 			err = put(ix, tag_of(hash), slot + 1);
@@ -200,6 +204,7 @@ int md__index_remove(struct md__index *ix, uint64_t hash, uint32_t slot)
 		if (ix->e[i].tag == tag && ix->e[i].slot == slot + 1) {
 			ix->e[i].slot = DELETED;
 			ix->live--;
+			ix->changes++;
 			if (++ix->removed >= ix->cap / 4)
 				refilter(ix);
 			return 0;

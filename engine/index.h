@@ -34,6 +34,7 @@ struct md__index {
 	 * whose entries all pile up in one run. */
 	uint64_t key;
 	uint64_t probes;   /* entries looked at, for the tests */
+	size_t changes;    /* inserts and removals since the table was made */
 };
 
 /* No entry is further than this from its bucket: an insert that finds no

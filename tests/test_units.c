@@ -3721,3 +3721,39 @@ TEST_IMPL(agent_free_leaves_vmm_files_at_its_numbers)
 	close(v);
 	return 0;
 }
+
+/* A run of MD_INDEX_PROBES entries of one tag (one page published again
+ * and again: a PUBLISH of n > 1 pages does not look for equal live pages)
+ * makes every further insert of that tag fail with -ENOSPC; past 50 % use,
+ * tombstones counted, that failure rebuilt the whole table at the same
+ * size, and with live entries just under half of cap one insert and one
+ * removal brought it back: a rebuild, O(cap), every few operations in
+ * memdedupd's only thread. Now at most one per cap/4 changes. */
+TEST_IMPL(index_refused_tag_rebuilds_bounded)
+{
+	enum { CAP = 1024, ROUNDS = 100 };
+	struct md__index ix;
+	ASSERT_EQ(md__index_init(&ix, CAP), 0);
+	const uint64_t same = 0x0badcafe00000000ull;
+	uint32_t slot = 0;
+	for (; slot < MD_INDEX_PROBES; slot++)
+		ASSERT_EQ(md__index_insert(&ix, same | slot, slot), 0);
+	uint64_t k = 1;
+	unsigned rebuilds = 0;
+	for (uint32_t r = 0; r < ROUNDS; r++) {
+		/* Other live pages up to just under half of cap. */
+		for (; ix.live < CAP / 2 - 2; k++, slot++)
+			(void)md__index_insert(&ix, k * 0x9e3779b97f4a7c15ull, slot);
+		uint64_t other = (uint64_t)(r + 1) * 0xc2b2ae3d27d4eb4full;
+		if (md__index_insert(&ix, other, 100000 + r) == 0)
+			ASSERT_EQ(md__index_remove(&ix, other, 100000 + r), 0);
+		uint64_t key = ix.key;
+		(void)md__index_insert(&ix, same | (200000 + r), 200000 + r);
+		rebuilds += ix.key != key;
+	}
+	md__index_free(&ix);
+	fprintf(stderr, "%u whole-table rebuilds in %u rounds\n", rebuilds, (unsigned)ROUNDS);
+	/* Amortized, one per quarter of cap inserts and removals would do. */
+	ASSERT(rebuilds <= 3);
+	return 0;
+}
