@@ -24,7 +24,7 @@
 #      to skip merges: merging nothing (zero pages only) 96 MB, onto the
 #      image only 269 MB, through the pool only (a pool page beside each
 #      page-cache page) 304 MB.
-# Part of make check-all. Env: TEST_IMAGE_MB (default 96), TEST_HOLD (s,
+# Part of make check (with TEST_HOLD=35). Env: TEST_IMAGE_MB (default 96), TEST_HOLD (s,
 # default 25), MEMDEDUP_BIN. Runtime here: ~3.5 min.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
