@@ -6912,6 +6912,11 @@ TEST_IMPL(engine_scanner_adapts_ratio_down)
 	ASSERT_EQ(s.st.merged_hint, 0);
 	ASSERT(s.st.merged_scan > 0);
 	ASSERT(s.ratio < 4);
+	/* One step an epoch (1,024 visits read), two at most in fewer than
+	 * 2,048 visits: each epoch's merges and visits are its own, not
+	 * summed since the first (a step at every visit after it). */
+	ASSERT(s.st.hinted + s.st.scanned < from + 2048);
+	ASSERT(s.ratio >= 2);
 	md__scanner_free(&s);
 	md__hints_free(&h);
 	md__engine_fini(&e);
@@ -8319,42 +8324,3 @@ TEST_IMPL(engine_scanner_leaves_vmm_file_pages)
 	return 0;
 }
 
-/* The ratio moves one step an epoch (1,024 visits read), not at every
- * visit after the first epoch: each epoch's merges and visits are its
- * own. Set as in engine_scanner_adapts_ratio_down: about 1,100 visits
- * after the first pass cross one epoch's end, two at most. */
-TEST_IMPL(engine_scanner_ratio_one_step_an_epoch)
-{
-	struct md__engine e;
-	struct md__hints h;
-	struct md__scanner s;
-	const size_t dup = 2048, uniq = 1024;
-	unsigned char *d = map_ram(dup + uniq), *u = d + dup * PG;
-
-	engine_up(&e);
-	ASSERT_EQ(md__hints_init(&h, 64), 0);
-	for (size_t i = 0; i < dup; i++)
-		fill(d + i * PG, (unsigned)(i / 2) + 1);
-	for (size_t i = 0; i < uniq; i++)
-		fill(u + i * PG, (unsigned)(i + 100000));
-	ASSERT_EQ(md__engine_register(&e, d, (dup + uniq) * PG, 0), 0);
-	ASSERT_EQ(md__scanner_init(&s, &e, &h), 0);
-	s.ratio = 4;
-	for (int i = 0; i < 40 && s.st.passes < 1; i++)
-		md__scanner_step(&s, 128);
-	ASSERT_EQ(s.st.passes, 1);
-	for (size_t i = 0; i < uniq; i += 16)
-		md__hints_push(&h, (uintptr_t)(u + i * PG), 16 * PG, 0, 0);
-	uint64_t from = s.st.hinted + s.st.scanned;
-	for (int i = 0; i < 20 && s.st.hinted + s.st.scanned < from + 1100; i++)
-		md__scanner_step(&s, 128);
-	ASSERT(s.st.hinted + s.st.scanned < from + 2048);
-	ASSERT(s.st.merged_scan > 0);
-	ASSERT(s.ratio < 4);
-	ASSERT(s.ratio >= 2);	/* one step, two at most: not one a visit */
-	md__scanner_free(&s);
-	md__hints_free(&h);
-	md__engine_fini(&e);
-	munmap(d, (dup + uniq) * PG);
-	return 0;
-}
