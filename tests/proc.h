@@ -32,7 +32,8 @@ void proc_start(struct proc *p, const char *const *env);
 /* The same as pid 1 of a pid namespace of its own (as root), as in a
  * container; p->pid is its pid here. */
 void proc_start_pid_ns(struct proc *p, const char *const *env);
-/* In a time namespace of its own, booted 100,000 s earlier. */
+/* In a time namespace of its own, with proc_timens_offsets written to its
+ * /proc/self/timens_offsets (default: booted 100,000 s earlier). */
 void proc_start_time_ns(struct proc *p, const char *const *env);
 extern const char *proc_timens_offsets;
 /* Sends a command line, returns the answer line (static buffer). */
