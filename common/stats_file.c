@@ -245,11 +245,28 @@ static int proc_maps_inode(int pid, ino_t ino)
 	return err ? err : found;
 }
 
-/* Start times as two readers in different time namespaces see them
- * agree to a tick (an offset that is not a whole number of them). */
-static int same_start(uint64_t a, uint64_t b)
+/* Whether pid is in another time namespace than ours (0 when that cannot
+ * be told: another user's process). */
+static int other_time_ns(int pid)
 {
-	return a != 0 && (a > b ? a - b : b - a) <= 1;
+	char path[64];
+	struct stat theirs, ours;
+	snprintf(path, sizeof(path), "/proc/%d/ns/time", pid);
+	return stat(path, &theirs) == 0 && stat("/proc/self/ns/time", &ours) == 0 &&
+	       (theirs.st_ino != ours.st_ino || theirs.st_dev != ours.st_dev);
+}
+
+/* Whether start, pid's start time as we read it, is the one recorded. In
+ * another time namespace than ours they may be a tick apart (an offset that
+ * is not a whole number of ticks); in ours they are equal, and a tick apart
+ * is another process (one that started right after: an agent taking the
+ * file over). */
+static int same_start(int pid, uint64_t start, uint64_t recorded)
+{
+	if (start == 0)
+		return 0;
+	return start == recorded ||
+	       ((start > recorded ? start - recorded : recorded - start) == 1 && other_time_ns(pid));
 }
 
 int md__stats_file_agent(int fd, const struct md__stats_snapshot *s)
@@ -260,7 +277,7 @@ int md__stats_file_agent(int fd, const struct md__stats_snapshot *s)
 
 	if (fcntl(fd, F_SETLK, &l) == 0 || (errno != EAGAIN && errno != EACCES)) {
 		start = md__proc_start_time((int)s->pid);
-		if (!same_start(start, s->start_time))
+		if (!same_start((int)s->pid, start, s->start_time))
 			return 0;
 		/* Its pid and start time survive an exec, which takes the
 		 * agent's lock (the descriptor is close-on-exec) and its
@@ -277,7 +294,7 @@ int md__stats_file_agent(int fd, const struct md__stats_snapshot *s)
 	if (fcntl(fd, F_GETLK, &l) != 0 || l.l_type == F_UNLCK || l.l_pid <= 0)
 		return -ESRCH;
 	start = md__proc_start_time(l.l_pid);
-	return same_start(start, s->start_time) ? l.l_pid : -ESRCH;
+	return same_start(l.l_pid, start, s->start_time) ? l.l_pid : -ESRCH;
 }
 
 void (*md__stats_remove_hook)(const char *path);	/* tests only: see stats_file.h */
