@@ -5393,15 +5393,15 @@ TEST_IMPL(scan_unmerge_failed_copy_stops_gives_back)
 	ASSERT(s.pages_sharing > 0);
 	ASSERT(s.pages_sharing + 1024 < s0.pages_sharing);
 	ASSERT_EQ(s.scan_breaks, s0.scan_breaks);
-	/* memdedupd's, failed the same way: unmerged for the VMM's sake (1),
-	 * not memdedupd's (2), which its welcome would resume though pages
-	 * are still merged. */
+	/* memdedupd's, failed the same way: memdedupd records the agent
+	 * unmerged on its MD_CTL_PART_DONE, so the agent is unmerged for
+	 * memdedupd (2): its WELCOME says paused until it is resumed. */
 	md__copy_fail = EIO;
 	md__copy_fail_after = 0;
 	struct md__msg_control unm = { .op = MD_CTL_UNMERGE };
 	md__scan_apply_control(a, &unm);
 	md__copy_fail = 0;
-	ASSERT_EQ(__atomic_load_n(&a->unmerged, __ATOMIC_RELAXED), 1);
+	ASSERT_EQ(__atomic_load_n(&a->unmerged, __ATOMIC_RELAXED), 2);
 	ASSERT_EQ(md_agent_unmerge(a), 0);
 	ASSERT_EQ(md_agent_stats(a, &s), 0);
 	ASSERT_EQ(s.pages_sharing, 0);

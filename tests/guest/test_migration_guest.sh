@@ -145,7 +145,10 @@ fi
 # Taken only while the snapshot still runs: after it, the RAM may be back.
 status="" deadline=$((SECONDS + 180)) handed=""
 while :; do
+  # The counters the agent writes about once a second: read after the
+  # next write, so that merges just before the handover are in.
   if [ -z "$handed" ] && grep -q 'registers guest RAM with its own userfaultfd' "$out/agent.log" 2>/dev/null; then
+    sleep 1.5
     m=$(agent_counter merged)
     [ "$(migration_status)" = active ] && handed=$m
   fi
