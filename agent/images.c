@@ -9,7 +9,10 @@
  * the agent's thread with a signal (F_SETSIG, F_SETOWN_EX to that thread); the
  * thread then makes every page still mapped from the file private and only
  * then releases the lease. A writer can therefore never change what a guest
- * has read.
+ * has read by writing the file; a change that moves or removes file offsets
+ * (truncate, O_TRUNC, fallocate's collapse and insert ranges) still reaches
+ * the private copies left in the image's mapping (docs/ARCHITECTURE.md,
+ * "shrinking an image").
  *
  * We chose leases over copying reads into a sealed content pool because they
  * cost nothing per read (the page cache is the pool) and keep sharing with the

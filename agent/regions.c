@@ -473,8 +473,8 @@ int md__privatize_from(struct md_agent *a, uintptr_t *at, uintptr_t end, uint32_
 	uint64_t pages = for_each_run(a, at, end, id, budget, privatize_run, &err);
 	md__count(a, MD_CTR_PRIVATIZED, pages);
 	if (err)
-		md__log_once(24, "making shared pages private failed (%s); a lease break short of "
-			     "memory tries again", strerror(-err));
+		md__log_once(24, "making shared pages private failed (%s)%s", strerror(-err),
+			     err == -ENOMEM || err == -EAGAIN ? "; a lease break tries again" : "");
 	return err;
 }
 
