@@ -322,6 +322,8 @@ struct md__conn {
 	 * 2 starved. */
 	int deferred;
 	uint64_t deferred_round;
+	uint64_t spent_round;       /* the wake-up whose work spent counts */
+	unsigned spent;
 	struct md__conn *defer_next, **defer_pprev;
 };
 

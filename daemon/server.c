@@ -285,6 +285,13 @@ static void flush_share(struct md__daemon *d)
 		/* Not queued (short of memory): told again in the next
 		 * wake-up. A connection dropped meanwhile (-ENOBUFS) goes. */
 		if (a->share_sent != m.u.share.agents) {
+			/* A SHARE is a state: while one is unsent (or anything
+			 * else), the next waits, told once the peer caught up,
+			 * not one more a pass for another user's churn. */
+			if (a->conn->out_len > a->conn->out_head) {
+				d->share_due = 1;
+				continue;
+			}
 			int err = md__conn_send(d, a->conn, &m, -1);
 			if (!err)
 				a->share_sent = m.u.share.agents;
@@ -1110,7 +1117,13 @@ static unsigned msg_cost(const struct md__msg *m)
 static int read_conn(struct md__daemon *d, struct md__conn *c)
 {
 	int handled = 0, backed_up = 0;
-	unsigned spent = 0;
+	/* Its work in this wake-up, whichever loop serves it: a connection
+	 * deferred is served first, then maybe again on its own events. */
+	if (c->spent_round != d->round) {
+		c->spent_round = d->round;
+		c->spent = 0;
+	}
+	unsigned spent = c->spent;
 	while (!c->closing && !c->eof) {
 		struct md__msg_hdr h;
 		size_t need;
@@ -1221,6 +1234,7 @@ static int read_conn(struct md__daemon *d, struct md__conn *c)
 		d->owing = 1;
 	}
 	md__rxbuf_trim(&c->in);	/* a big buffer is not kept for one message */
+	c->spent = spent;
 	return 0;
 }
 

@@ -2074,3 +2074,74 @@ TEST_IMPL(daemon_listen_busy_socket_held)
 	daemon_down(d);
 	return 0;
 }
+
+/* A connection stopped at its budget is served first in the next wake-up
+ * (the deferred loop), and not again on its own events in the same one:
+ * it did twice the documented work a wake-up (64, 128, 128, 80). */
+TEST_IMPL(daemon_deferred_served_once_per_wakeup)
+{
+	static struct md__msg m;
+	struct md__daemon *d = daemon_up();
+	int gate[2];
+	ASSERT(pipe(gate) == 0);
+	pid_t pid = waiter(gate);
+	struct md__conn *c;
+	int fd = agent_of(d, 1000, pid, &c);
+	m = (struct md__msg){ .hdr = { .type = MD_MSG_LOOKUP, .seq = 100 } };
+	m.u.lookup.n = 1;
+	m.u.lookup.hash[0] = 7;
+	queue_in(c, &m, 400);
+	nudge(fd);
+	unsigned per[6], total = 0;
+	for (int w = 0; w < 6; w++) {
+		wake_up(d);
+		per[w] = replies_of(fd, MD_MSG_LOOKUP_R);
+		total += per[w];
+	}
+	for (int w = 0; w < 6; w++)
+		ASSERT(per[w] <= MD_D_BUDGET);
+	ASSERT_EQ(total, 6 * MD_D_BUDGET);	/* and a full budget each */
+	daemon_down(d);
+	close(fd);
+	waiters_gone(gate, &pid, 1);
+	return 0;
+}
+
+/* One user's agent alternating its REPORTed scan_state flips the number of
+ * users scanning at every wake-up: a SHARE was queued to every other
+ * user's agent each time, outside any budget, and one that did not read
+ * for a while (a frozen VMM) was dropped at MD_D_OUT_MAX, grants queued
+ * with it lost. A SHARE is a state: one at a time is queued. */
+TEST_IMPL(daemon_share_flood_from_other_user)
+{
+	static struct md__msg m, r;
+	struct md__daemon *d = daemon_up();
+	int gate[2];
+	ASSERT(pipe(gate) == 0);
+	pid_t pid[2] = { waiter(gate), waiter(gate) };
+	struct md__conn *ca, *cb;
+	int fa = agent_of(d, 1000, pid[0], &ca);
+	int fb = agent_of(d, 2000, pid[1], &cb);
+	wake_up(d);
+	while (next_reply(fb, &r))
+		;
+	unsigned rounds = 0;
+	for (; rounds < 250000 && !cb->closing; rounds++) {	/* dropped after ~210,000 before */
+		m = (struct md__msg){ .hdr = { .type = MD_MSG_REPORT, .seq = 1 + rounds } };
+		m.u.report.n = MD_CTR_SCAN_STATE + 1;
+		m.u.report.counters[MD_CTR_SCAN_STATE] = rounds % 2 ? MD_SCAN_STATE_SCANNING : MD_SCAN_STATE_STOPPED;
+		send_msg(fa, &m);
+		wake_up(d);
+		while (next_reply(fa, &r))	/* A reads everything: ACK, its own SHAREs */
+			;
+	}
+	printf("  B %s after %u of A's REPORTs, %zu bytes queued to it\n", cb->closing ? "dropped" : "open",
+	       rounds, cb->closing ? (size_t)0 : cb->out_len - cb->out_head);
+	ASSERT(!cb->closing);
+	ASSERT(cb->out_len - cb->out_head < MD_D_OUT_PAUSE);
+	daemon_down(d);
+	close(fa);
+	close(fb);
+	waiters_gone(gate, pid, 2);
+	return 0;
+}
