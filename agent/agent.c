@@ -430,6 +430,22 @@ static uint64_t default_max_vmas(void)
 	return max ? max / 4 * 3 : 49152;
 }
 
+/* What md_agent_new made before its thread, undone (the thread joined,
+ * the scanner freed). */
+static void agent_release(md_agent *a)
+{
+	stats_file_close(a);
+	md__memroom_close(&a->memroom);
+	pthread_mutex_destroy(&a->unmerge_lock);
+	pthread_mutex_destroy(&a->io_unseen_lock);
+	pthread_mutex_destroy(&a->pause_lock);
+	pthread_mutex_destroy(&a->tunables_lock);
+	pthread_mutex_destroy(&a->probe_lock);
+	pthread_mutex_destroy(&a->writes_lock);
+	pthread_mutex_destroy(&a->lock);
+	free(a);
+}
+
 int md_agent_new(md_agent **agentp, const md_agent_options *opts)
 {
 	MD_NOCANCEL_SCOPE();
@@ -501,16 +517,7 @@ int md_agent_new(md_agent **agentp, const md_agent_options *opts)
 err_free:
 	sem_destroy(&start.ready);
 	md__scan_free(a);
-	stats_file_close(a);
-	md__memroom_close(&a->memroom);
-	pthread_mutex_destroy(&a->unmerge_lock);
-	pthread_mutex_destroy(&a->io_unseen_lock);
-	pthread_mutex_destroy(&a->pause_lock);
-	pthread_mutex_destroy(&a->tunables_lock);
-	pthread_mutex_destroy(&a->probe_lock);
-	pthread_mutex_destroy(&a->writes_lock);
-	pthread_mutex_destroy(&a->lock);
-	free(a);
+	agent_release(a);
 err_unclaim:
 	__atomic_store_n(&agent_exists, 0, __ATOMIC_RELEASE);
 	return err;
@@ -547,16 +554,7 @@ void md_agent_free(md_agent *a)
 	a->nhanded = 0;
 	md__agent_leave(a);
 
-	stats_file_close(a);
-	md__memroom_close(&a->memroom);
-	pthread_mutex_destroy(&a->unmerge_lock);
-	pthread_mutex_destroy(&a->io_unseen_lock);
-	pthread_mutex_destroy(&a->pause_lock);
-	pthread_mutex_destroy(&a->tunables_lock);
-	pthread_mutex_destroy(&a->probe_lock);
-	pthread_mutex_destroy(&a->writes_lock);
-	pthread_mutex_destroy(&a->lock);
-	free(a);
+	agent_release(a);
 	__atomic_store_n(&agent_exists, 0, __ATOMIC_RELEASE);
 }
 
