@@ -145,11 +145,13 @@ static int kill_conn(struct md__client *c, int err)
 }
 
 /* The same for a message from memdedupd that breaks the protocol (a
- * reply of the wrong kind or size): said, once a connection. */
+ * reply of the wrong kind or size): said once, as the agent's thread
+ * connects again every second (a daemon of another version left on the
+ * socket would fill the log). */
 static int broken(struct md__client *c)
 {
 	if (!c->dead && !c->quiet)
-		md__log("memdedupd sent a message out of protocol (another version?): the connection "
+		md__log_once(187, "memdedupd sent a message out of protocol (another version?): the connection "
 			"is dropped, and made again");
 	return kill_conn(c, -EPROTO);
 }
@@ -512,7 +514,8 @@ static int other(struct md__client *c)
 	case MD_MSG_ERROR:
 		snprintf(c->refusal, sizeof(c->refusal), "%s", c->msg.u.text.text);
 		if (!c->quiet)
-			md__log("memdedupd refused the connection: %s", c->msg.u.text.text);
+			md__log_once(186, "memdedupd refused the connection: %s (tried again every second; "
+				     "later refusals not said)", c->msg.u.text.text);
 		return kill_conn(c, peer_error(c->msg.u.text.status));	/* said above */
 	case MD_MSG_CONTROL:
 		queue_control(c, &c->msg.u.control);
