@@ -904,8 +904,9 @@ int md__scan_account(struct md_agent *a, int reap)
 	 * unregisters and discards of guest RAM change it too (zap_gen), or
 	 * pages unmapped stayed counted as sharing until the next reap or
 	 * the 30th pass (memdedup status, 16 s and more after the unmap). */
-	uint64_t changed = md__scan_activity(a) + st.cow_broken + st.undropped + st.filled +
-			   __atomic_load_n(&e->zap_gen, __ATOMIC_ACQUIRE);
+	uint64_t changed = md__scan_activity(a) + st.cow_broken + st.filled +
+			   __atomic_load_n(&e->zap_gen, __ATOMIC_ACQUIRE) +
+			   __atomic_load_n(&e->dropped_gen, __ATOMIC_ACQUIRE);
 	if (reap || changed != a->walk_activity || ++a->walk_age >= 30) {
 		uint64_t sharing = 0, unshared = 0, zero = 0, fill = 0;
 		pthread_rwlock_rdlock(&e->regions_lock);

@@ -185,12 +185,23 @@ static void region_free(struct md__eregion *r)
 	free(r->dropped);
 }
 
-static void dropped_set(struct md__eregion *r, size_t i, int on)
+static void dropped_bit(struct md__eregion *r, size_t i, int on)
 {
 	if (on)
 		r->dropped[i / 8] |= (uint8_t)(1u << (i % 8));
 	else
 		r->dropped[i / 8] &= (uint8_t)~(1u << (i % 8));
+}
+
+/* Every change counted: the agent counts zero pages again only when one
+ * was (a page dropped again after a reap found it held moves no other
+ * counter, and zero_pages stayed short until the 30-second recount). */
+static void dropped_set(struct md__engine *e, struct md__eregion *r, size_t i, int on)
+{
+	if (md__dropped(r, i) == !!on)
+		return;
+	dropped_bit(r, i, on);
+	__atomic_add_fetch(&e->dropped_gen, 1, __ATOMIC_RELEASE);
 }
 
 void md__engine_present(struct md__engine *e, struct md__eregion *r, size_t i)
@@ -199,7 +210,7 @@ void md__engine_present(struct md__engine *e, struct md__eregion *r, size_t i)
 		return;	/* the common case: no lock */
 	pthread_mutex_lock(&e->lock);
 	if (md__dropped(r, i)) {
-		dropped_set(r, i, 0);
+		dropped_set(e, r, i, 0);
 		e->st.undropped++;	/* the agent's walk counts again */
 	}
 	pthread_mutex_unlock(&e->lock);
@@ -767,7 +778,7 @@ static int region_slice(const struct md__eregion *r, size_t from, size_t n, stru
 	memcpy(out->hash, r->hash + from, n * sizeof(uint16_t));
 	memcpy(out->seen, r->seen + from, n);
 	for (size_t i = 0; i < n; i++)
-		dropped_set(out, i, md__dropped(r, from + i));
+		dropped_bit(out, i, md__dropped(r, from + i));
 	return 0;
 }
 
@@ -1230,7 +1241,7 @@ static void set_image(struct md__engine *e, struct md__eregion *r, size_t i)
 {
 	release_ref(e, r, i);
 	r->ref[i] = MD_REF_IMAGE;
-	dropped_set(r, i, 0);	/* a zero page dropped before shows the image now */
+	dropped_set(e, r, i, 0);	/* a zero page dropped before shows the image now */
 }
 
 static void remake_lost(struct md__engine *e, struct md__eregion *r, uintptr_t addr, size_t n,
@@ -1255,7 +1266,7 @@ int md__engine_exclude(struct md__engine *e, void *addr, size_t len,
 			set_image(e, r, i);
 		} else if (err == 1) {	/* fresh anonymous memory: nothing of ours */
 			release_ref(e, r, i);
-			dropped_set(r, i, 0);
+			dropped_set(e, r, i, 0);
 		} else {
 			/* The old mapping stays, unless the kernel unmapped it
 			 * before failing (see remake_lost): zeroes then, which
@@ -1415,7 +1426,7 @@ static int remake_run(struct md__engine *e, struct md__eregion *r, uintptr_t a, 
 	size_t first = (a - r->start) / MD_EPAGE;
 	for (size_t i = 0; i < n; i++) {
 		release_ref(e, r, first + i);	/* in anonymous memory now */
-		dropped_set(r, first + i, 0);
+		dropped_set(e, r, first + i, 0);
 	}
 	e->st.map_remade += n;
 	return 0;
@@ -1572,7 +1583,7 @@ static int map_pool(struct md__engine *e, struct md__eregion *r, uintptr_t addr,
 		md__pool_get(&e->pool, slot + (uint32_t)i);
 	for (size_t i = 0; i < n; i++) {
 		release_ref(e, r, first + i);
-		dropped_set(r, first + i, 0);	/* no longer a dropped zero page */
+		dropped_set(e, r, first + i, 0);	/* no longer a dropped zero page */
 		r->ref[first + i] = MD_REF_FILE | (slot + (uint32_t)i + 1);
 	}
 	return 0;
@@ -1908,7 +1919,7 @@ int md__engine_merge_zero(struct md__engine *e, void *addr, size_t n)
 					r->seen[p] = MD_SEEN;
 				}
 				if (had_content(e, pm[k]))
-					dropped_set(r, p, 1);
+					dropped_set(e, r, p, 1);
 			}
 			/* The zap took the protection with the page. */
 			md__uffd_wake(&e->uffd, ra, rlen);
@@ -1996,7 +2007,7 @@ static int map_fill(struct md__engine *e, struct md__eregion *r, uintptr_t addr,
 			release_ref(e, r, first + i);
 			md__pool_get(&e->pool, slot + (uint32_t)i);
 			r->ref[first + i] = MD_REF_FILE | MD_REF_FILL | (slot + (uint32_t)i + 1);
-			dropped_set(r, first + i, 0);
+			dropped_set(e, r, first + i, 0);
 		}
 		done += k;
 	}
@@ -2171,7 +2182,7 @@ int md__engine_discard(struct md__engine *e, void *addr, size_t len)
 			int rerr = zero_run(e, r, p, n);
 			err = err ? err : rerr;
 			for (size_t k = 0; k < n && !rerr; k++)	/* the VMM's holes now */
-				dropped_set(r, i + k, 0);
+				dropped_set(e, r, i + k, 0);
 			p += n * MD_EPAGE;
 		}
 		free(v);
@@ -2228,7 +2239,7 @@ int md__engine_reap(struct md__engine *e)
 				int held = (p & MD_PM_PRESENT) ? !(p & MD_PM_FILE) && (p & MD_PM_EXCLUSIVE)
 							       : md__pm_private_anon(p);
 				if (held && md__dropped(r, base + i)) {
-					dropped_set(r, base + i, 0);
+					dropped_set(e, r, base + i, 0);
 					e->st.undropped++;
 				}
 			}

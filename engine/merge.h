@@ -254,6 +254,7 @@ struct md__engine {
 	uint64_t zap_gen;       /* VMM discards done (md__engine_discard), counted
 				 * under the lock once the range is holes,
 				 * unregisters begun and pools forgotten (atomic) */
+	uint64_t dropped_gen;   /* changes of regions' dropped bits (atomic) */
 	uint64_t max_vmas;
 	struct md__vmas *vmas;  /* upper bound since the last count (options) */
 	struct md__vmas own_vmas;
