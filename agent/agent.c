@@ -1403,31 +1403,46 @@ int md__agent_unmap(md_agent *a, void *addr, size_t len, int (*op)(void *arg), v
 	return r;
 }
 
+/* Appends [lo, hi) of [start, end) to *v, if any of it. */
+static int registered_add(struct md__registered **v, size_t *n, uintptr_t start, uintptr_t end,
+			  uintptr_t lo, uintptr_t hi, unsigned advice)
+{
+	lo = lo > start ? lo : start;
+	hi = hi < end ? hi : end;
+	if (lo >= hi)
+		return 0;
+	struct md__registered *m = realloc(*v, (*n + 1) * sizeof(*m));
+	if (!m)
+		return -ENOMEM;
+	*v = m;
+	m[(*n)++] = (struct md__registered){ lo, hi, advice & (MD_ADV_DONTFORK | MD_ADV_DONTDUMP | MD_ADV_HUGEPAGE) };
+	return 0;
+}
+
 int md__agent_registered(md_agent *a, uintptr_t start, uintptr_t end, struct md__registered **v, size_t *n)
 {
 	MD_NOCANCEL_SCOPE();
+	int err = 0;
 	*v = NULL;
 	*n = 0;
 	md__agent_enter(a);
-	for (size_t i = 0; i < a->nregions; i++) {
-		uintptr_t lo = a->regions[i].start > start ? a->regions[i].start : start;
-		uintptr_t hi = a->regions[i].end < end ? a->regions[i].end : end;
-		if (lo >= hi)
-			continue;
-		struct md__registered *m = realloc(*v, (*n + 1) * sizeof(*m));
-		if (!m) {
-			md__agent_leave(a);
-			free(*v);
-			*v = NULL;
-			*n = 0;
-			return -ENOMEM;
-		}
-		*v = m;
-		m[(*n)++] = (struct md__registered){ lo, hi, a->regions[i].advice &
-							   (MD_ADV_DONTFORK | MD_ADV_DONTDUMP | MD_ADV_HUGEPAGE) };
-	}
+	for (size_t i = 0; i < a->nregions && !err; i++)
+		err = registered_add(v, n, start, end, a->regions[i].start, a->regions[i].end, a->regions[i].advice);
+	/* And what the VMM's userfaultfd holds that still asks for merging:
+	 * md_agent_unregister marks it opted out, which a refused move must
+	 * undo (registered again there: refused -EBUSY, the hold kept and
+	 * opted in again), and a move carries to where it went. */
+	for (size_t i = 0; i < a->nhanded && !err; i++)
+		if (!a->handed[i].opted_out)
+			err = registered_add(v, n, start, end, a->handed[i].start, a->handed[i].end,
+					     a->handed[i].advice);
 	md__agent_leave(a);
-	return 0;
+	if (err) {
+		free(*v);
+		*v = NULL;
+		*n = 0;
+	}
+	return err;
 }
 
 void md__agent_moved(md_agent *a, void *old, size_t old_len, void *now, size_t now_len, int old_stays)

@@ -343,6 +343,8 @@ EXPORT int madvise(void *addr, size_t len, int advice)
 	switch (advice) {
 	case MADV_MERGEABLE: {
 		int saved = errno;	/* a call that succeeds leaves it */
+		if ((uintptr_t)addr + plen < (uintptr_t)addr)
+			return md__sys_madvise(addr, len, advice);	/* the kernel's EINVAL */
 		a = agent_get();
 		int err = a ? md_agent_register(a, addr, plen, 0) : 0;
 		if (err && err != -ENOMEM)
@@ -879,9 +881,17 @@ EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 		new_addr = va_arg(ap, void *);
 		va_end(ap);
 	}
+	/* Flags, lengths or addresses the kernel refuses before it looks at
+	 * any mapping: refused as they are, guest RAM left shared (it was
+	 * all made private for them, and refused ENOMEM, not EINVAL, when
+	 * memory was short). Flags unknown here go the long way: a move the
+	 * kernel takes must never skip the agent. */
+	if (((flags & (MREMAP_FIXED | MREMAP_DONTUNMAP)) && !(flags & MREMAP_MAYMOVE)) ||
+	    ((flags & MREMAP_DONTUNMAP) && page_len(old_len) != page_len(new_len)) ||
+	    (uintptr_t)old % MD_PAGE_SIZE || ((flags & MREMAP_FIXED) && (uintptr_t)new_addr % MD_PAGE_SIZE))
+		return md__sys_mremap(old, old_len, new_len, flags, new_addr);
 	/* A call that moves nothing, or that the kernel refuses before it
-	 * looks (no length), changes nothing here either: all of guest RAM
-	 * was made private for it, and refused when memory was short. */
+	 * looks (no length), changes nothing here either. */
 	if (!(flags & (MREMAP_FIXED | MREMAP_DONTUNMAP)) &&
 	    (!new_len || page_len(new_len) == page_len(old_len)))
 		return md__sys_mremap(old, old_len, new_len, flags, NULL);

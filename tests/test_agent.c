@@ -3354,7 +3354,7 @@ TEST_IMPL(failed_move_keeps_registration)
 	const char *img = image(6);
 	struct proc a;
 	int fd = reader_with_mb(&a, img);
-	ASSERT_EQ(proc_num(&a, "badmove 0 %u", RAM_PAGES), -EINVAL);
+	ASSERT_EQ(proc_num(&a, "overmove 0 %u", RAM_PAGES), -EINVAL);
 	md_stats s;
 	ASSERT_EQ(proc_stats(&a, &s), 0);
 	ASSERT_EQ(s.registered_bytes, (uint64_t)RAM_PAGES * 4096);
@@ -5063,6 +5063,27 @@ TEST_IMPL(read_direct_across_records_counted)
 	ASSERT_EQ(s1.bytes_read - s0.bytes_read, 16 * 4096 + 512);
 	ASSERT_EQ(s2.bytes_read - s1.bytes_read, 64 * 4096 + 512);
 	ASSERT(s2.reads_seen > s1.reads_seen);
+	proc_stop(&a);
+	return 0;
+}
+
+/* An mremap the kernel refuses before it looks at any mapping
+ * (MREMAP_FIXED without MREMAP_MAYMOVE: EINVAL) changes nothing: its
+ * pages were all made private for it first (review). */
+TEST_IMPL(refused_move_keeps_image_pages)
+{
+	const char *img = image(6);
+	struct proc a;
+	reader_with_mb(&a, img);
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", MB), hex(fnv_file(img, 0, MB))) == 0);	/* faulted in */
+	ASSERT(proc_page_is_image(&a, 0, img, 0));
+	md_stats s0, s;
+	ASSERT_EQ(proc_stats(&a, &s0), 0);
+	ASSERT_EQ(proc_num(&a, "badmove 0 %u", RAM_PAGES), -EINVAL);
+	ASSERT_EQ(proc_stats(&a, &s), 0);
+	ASSERT_EQ(s.pages_privatized, s0.pages_privatized);
+	ASSERT(proc_page_is_image(&a, 0, img, 0));	/* still shared, not a copy */
+	ASSERT(strcmp(proc_cmd(&a, "hash 0 %u", MB), hex(fnv_file(img, 0, MB))) == 0);
 	proc_stop(&a);
 	return 0;
 }

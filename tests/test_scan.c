@@ -1995,6 +1995,38 @@ TEST_IMPL(scan_forgets_vmm_hold_on_moved_ram)
 	return 0;
 }
 
+/* RAM the VMM's userfaultfd holds, whose move the kernel refuses, still
+ * asks for merging: merged again once the VMM lets go (review: the
+ * refused move had marked the hold opted out for good). */
+TEST_IMPL(scan_refused_move_keeps_vmm_hold_mergeable)
+{
+	struct proc a;
+	proc_start(&a, fast_scan);
+	proc_cmd(&a, "map 1024");
+	ASSERT(strcmp(proc_cmd(&a, "fill 0 256 3"), "ok") == 0);
+	ASSERT(strcmp(proc_cmd(&a, "fill %u 256 3", 256 * PG), "ok") == 0);
+	ASSERT(pairs_merge(&a, 0, 256, 256, 3));
+	ASSERT_EQ(proc_num(&a, "uffd 0 %u wp", 1024 * PG), 0);	/* handed to the VMM */
+	ASSERT(!pairs_merged(&a, 0, 256, 256, 3));
+	ASSERT_EQ(proc_num(&a, "overmove 0 1024"), -EINVAL);
+	ASSERT_EQ(proc_num(&a, "uffdoff 0 %u", 1024 * PG), 0);	/* let go: taken back */
+	ASSERT(pairs_merge(&a, 0, 256, 256, 3));
+	proc_stop(&a);
+	return 0;
+}
+
+/* MADV_MERGEABLE over a range that wraps is the kernel's EINVAL, not a
+ * success with nothing registered (review). */
+TEST_IMPL(scan_mergeable_wrapping_range_refused)
+{
+	struct proc a;
+	proc_start(&a, fast_scan);
+	proc_cmd(&a, "map 64");
+	ASSERT_EQ(proc_num(&a, "advise 0 %lld mergeable", (long long)(UINTPTR_MAX - a.base + 8193)), -EINVAL);
+	proc_stop(&a);
+	return 0;
+}
+
 static int registered_all(const md_stats *s) { return s->registered_bytes == 1024 * PG; }
 
 /* Guest RAM the VMM moves (mremap) keeps its advice where it goes, and

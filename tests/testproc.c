@@ -1841,6 +1841,12 @@ int main(void)
 			printf("%d\n", got == MAP_FAILED ? -errno : 0);
 			if (to != MAP_FAILED)
 				munmap(to, len);
+		} else if (strcmp(cmd, "overmove") == 0) {	/* OFF PAGES: a move onto itself a page on (EINVAL),
+							 * refused by the kernel, not by the agent's checks */
+			sscanf(line, "%*s %lld %lld", &a1, &a2);
+			size_t len = (size_t)a2 * 4096;
+			void *got = mremap(base + a1, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, base + a1 + 4096);
+			printf("%d\n", got == MAP_FAILED ? -errno : 0);
 		} else if (strcmp(cmd, "remap") == 0) {	/* OFF PAGES: fresh memory in a hole there, mergeable */
 			sscanf(line, "%*s %lld %lld", &a1, &a2);
 			size_t len = (size_t)a2 * 4096;
