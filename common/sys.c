@@ -1004,7 +1004,7 @@ int md__options_have(const char *names, const char *opts)
 static int cgroup_mount_line(char *line, const char *ctrls, const char *path, size_t best, char *at,
 			     size_t at_size, char *shows, size_t shows_size)
 {
-	char *f[5], *save, *dash = strstr(line, " - ");
+	char *f[5] = { 0 }, *save, *dash = strstr(line, " - ");
 	if (!dash)
 		return -1;
 	*dash = '\0';

@@ -3404,6 +3404,31 @@ TEST_IMPL(memroom_limit_at_mount_root)
 	return 0;
 }
 
+/* A mountinfo line with fewer than five fields before " - " is no mount:
+ * its missing fields are not taken from whatever the stack held (the
+ * stack is sprayed with a pointer to a path that would be taken). */
+static char cgroup_spray_str[] = "/sprayed";
+__attribute__((noinline)) static void cgroup_spray(void)
+{
+	char *volatile v[8192];
+	for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++)
+		v[i] = cgroup_spray_str;
+}
+
+TEST_IMPL(cgroup_mount_short_line_no_mount)
+{
+	char mi[1024], at[256], shows[256];
+	snprintf(mi, sizeof(mi), "%s/mountinfo", test_dir());
+	FILE *f = fopen(mi, "w");
+	ASSERT(f != NULL);
+	fprintf(f, "1 2 - cgroup2 cgroup2 rw\n");
+	ASSERT_EQ(fclose(f), 0);
+	at[0] = shows[0] = 0;
+	cgroup_spray();
+	ASSERT_EQ(md__cgroup_mount(mi, "", "/sprayed/x", at, sizeof(at), shows, sizeof(shows)), -ENOENT);
+	return 0;
+}
+
 /* md__cgroup_mount, the mount through which a cgroup is seen (memroom's
  * walk up its levels, `memdedup run` moving its daemon to the top). */
 TEST_IMPL(cgroup_mount_shows_most)

@@ -37,13 +37,18 @@ $(B)/libdeepbind-stub.so: $(B)/tests/stub_deepbind.o
 
 tests-build: $(B)/runner $(B)/testproc $(B)/libibverbs-stub.so $(B)/libnopeerpidfd-stub.so $(B)/libpidfile-stub.so \
              $(B)/liboldagent-stub.so $(B)/libdeepbind-stub.so $(B)/fuzz-replay \
-             $(B)/fuzz-replay-elf $(B)/fuzz-replay-status $(B)/fuzz-replay-state
+             $(B)/fuzz-replay-elf $(B)/fuzz-replay-status $(B)/fuzz-replay-state $(B)/fuzz-replay-mountinfo
 
 $(B)/fuzz-replay: fuzz/replay.c fuzz/fuzz_stats_file.c $(B)/libmemdedup.a
 	$(CC) $(MD_CFLAGS) $(CFLAGS) -o $@ $^ $(LDFLAGS)
 
 # memdedupd's kept state (daemon/state.c), read at its start.
 $(B)/fuzz-replay-state: fuzz/replay.c fuzz/fuzz_state.c $(B)/libmemdedup.a
+	$(CC) $(MD_CFLAGS) $(CFLAGS) -o $@ $^ $(LDFLAGS)
+
+# The search of mountinfo for a cgroup's mount (the agent's memory limits,
+# memdedup run's move of memdedupd out of the VMM's cgroup).
+$(B)/fuzz-replay-mountinfo: fuzz/replay.c fuzz/fuzz_mountinfo.c $(B)/libmemdedup.a
 	$(CC) $(MD_CFLAGS) $(CFLAGS) -o $@ $^ $(LDFLAGS)
 
 # memdedup run's check of MEMDEDUP_PRELOAD, a file of the operator's.
@@ -69,8 +74,9 @@ check-unit: all
 ASAN_BUILD = $(MAKE) B=build-asan OPT="-O1 -g -fno-omit-frame-pointer" SAN="-fsanitize=address,undefined"
 
 check-fuzz: $(B)/fuzz-replay $(B)/fuzz-replay-protocol $(B)/fuzz-replay-daemon $(B)/fuzz-replay-client \
-            $(B)/fuzz-replay-elf $(B)/fuzz-replay-status $(B)/fuzz-replay-state
+            $(B)/fuzz-replay-elf $(B)/fuzz-replay-status $(B)/fuzz-replay-state $(B)/fuzz-replay-mountinfo
 	$(B)/fuzz-replay fuzz/corpus/stats_file
+	$(B)/fuzz-replay-mountinfo fuzz/corpus/mountinfo
 	$(B)/fuzz-replay-state fuzz/corpus/state
 	$(B)/fuzz-replay-elf fuzz/corpus/elf
 	$(B)/fuzz-replay-protocol fuzz/corpus/protocol
@@ -79,9 +85,10 @@ check-fuzz: $(B)/fuzz-replay $(B)/fuzz-replay-protocol $(B)/fuzz-replay-daemon $
 	$(B)/fuzz-replay-status fuzz/corpus/status
 	$(ASAN_BUILD) build-asan/fuzz-replay build-asan/fuzz-replay-protocol build-asan/fuzz-replay-daemon \
 	  build-asan/fuzz-replay-client build-asan/fuzz-replay-elf build-asan/fuzz-replay-status \
-	  build-asan/fuzz-replay-state
+	  build-asan/fuzz-replay-state build-asan/fuzz-replay-mountinfo
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay fuzz/corpus/stats_file
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-state fuzz/corpus/state
+	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-mountinfo fuzz/corpus/mountinfo
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-elf fuzz/corpus/elf
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-protocol fuzz/corpus/protocol
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-daemon fuzz/corpus/daemon
@@ -119,6 +126,9 @@ fuzz: $(AGENT_SRC) fuzz/fuzz_stats_file.c
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -Iinclude -Icommon \
 	  -o $(B)/fuzz-state fuzz/fuzz_state.c common/protocol.c
 	$(B)/fuzz-state -max_total_time=60 -max_len=1024 fuzz/corpus/state
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -Iinclude -Icommon \
+	  -o $(B)/fuzz-mountinfo fuzz/fuzz_mountinfo.c common/sys.c common/log.c -pthread
+	$(B)/fuzz-mountinfo -max_total_time=60 -max_len=4096 fuzz/corpus/mountinfo
 	$(MAKE) fuzz-protocol
 	$(MAKE) fuzz-daemon
 	$(MAKE) fuzz-client
