@@ -250,6 +250,9 @@ struct md_agent {
 	unsigned pause_gen;	/* pause_set's calls (pause_lock): a refused unmerge restores the
 				 * pause it found only if no one set it meanwhile */
 	int welcome_due;	/* paused until the agent thread's first HELLO is answered or fails */
+	int daemon_paused;	/* memdedupd's PAUSE not followed by its RESUME (agent thread): a
+				 * new memdedupd knows only root's pause of all, and its WELCOME
+				 * would resume one by pid or a user's own (scan.c) */
 	uid_t joined_uid;	/* the effective uid memdedupd saw at the last connect (agent thread) */
 	int user_moving, user_was_paused;	/* user_changed's state (agent thread) */
 	int unmerged;		/* paused by an unmerge, until resumed (1; 2: one memdedupd asked, which

@@ -1031,8 +1031,10 @@ void md__scan_apply_control(struct md_agent *a, const struct md__msg_control *ct
 		if (a->user_moving)
 			a->user_was_paused = 1;
 		err = pause_set(a, 1);
-		if (!err)
+		if (!err) {
+			a->daemon_paused = 1;
 			pause_wait(a);
+		}
 		break;
 	case MD_CTL_RESUME:
 		/* The operator's: the VMM's own pause too. While the VMM's
@@ -1041,12 +1043,15 @@ void md__scan_apply_control(struct md_agent *a, const struct md__msg_control *ct
 		if (a->user_moving && !__atomic_load_n(&a->io_unseen, __ATOMIC_SEQ_CST)) {
 			pthread_mutex_lock(&a->pause_lock);
 			a->user_was_paused = 0;
+			a->daemon_paused = 0;
 			__atomic_store_n(&a->paused_here, 0, __ATOMIC_RELAXED);
 			__atomic_store_n(&a->unmerged, 0, __ATOMIC_RELAXED);
 			pthread_mutex_unlock(&a->pause_lock);
 			break;
 		}
 		err = a->user_moving ? -EPERM : pause_set_kept(a, 0, PAUSE_CLEAR_HERE);
+		if (!err)
+			a->daemon_paused = 0;
 		if (err == -EPERM)
 			snprintf(why, sizeof(why), "merging stopped for good: the VMM does I/O the agent "
 				 "cannot follow");
@@ -1121,6 +1126,14 @@ static void apply_welcome(struct md_agent *a, const struct md__msg_welcome *w)
 	int paused = (w->state & MD_WELCOME_PAUSED) != 0;
 	if (a->engine->remote->same_daemon && !paused && __atomic_load_n(&a->unmerged, __ATOMIC_RELAXED) == 2)
 		__atomic_store_n(&a->unmerged, 0, __ATOMIC_RELAXED);
+	/* Paused by memdedupd: the one that paused it knows (a RESUME may
+	 * have come while we were away); a new one knows only root's pause
+	 * of all, which it keeps in its state file, and would resume a pause
+	 * by pid or a user's own, which nobody lifted. */
+	if (a->engine->remote->same_daemon)
+		a->daemon_paused = paused && a->daemon_paused;
+	else
+		paused |= a->daemon_paused;
 	md__scan_welcome_pause(a, paused);
 }
 

@@ -310,6 +310,7 @@ int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__m
 		a->unmerged = gone->unmerged;
 		a->paused = gone->paused;
 		a->held_by_admin = gone->held_by_admin;
+		a->resumed_alone = gone->resumed_alone;
 		md__agent_exited(d, gone);
 	}
 	a->control_pid = (h->flags & MD_HELLO_CONTROL_PID) != 0;
@@ -661,7 +662,7 @@ static void look(struct md__daemon *d, struct md__agent *a)
 	}
 	md__dlog_peer("agent %d lives on without the address space it joined with (exec): "
 		      "its %llu references go", (int)a->pid, (unsigned long long)a->nrefs);
-	if (!a->paused && !a->unmerged) {
+	if (!a->paused && !a->unmerged && !(a->resumed_alone && d->paused)) {
 		md__agent_exited(d, a);
 		return;
 	}

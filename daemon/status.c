@@ -7,8 +7,9 @@
  * (every live slot is referenced: the last reference frees it),
  * pages_sharing the references to them beyond the first of each (the
  * pages saved: N guest pages showing one pool page save N - 1), and
- * general_profit those pages' bytes minus what the daemon spends to keep
- * track of them.
+ * general_profit those pages' bytes, with the zero pages dropped and the
+ * pages mapped from agents' fill strips, minus what the daemon spends to
+ * keep track of them.
  */
 #include <errno.h>
 #include <jansson.h>

@@ -1970,3 +1970,34 @@ TEST_IMPL(cross_io_unseen_daemon_stopped_no_wait)
 	ASSERT(took < 1000);	/* not the client's 2 s wait for an answer */
 	return 0;
 }
+
+/* An operator's pause of one VMM (`memdedup pause --pid P`, and a non-root
+ * user's `memdedup pause` of all theirs) outlives memdedupd: a new one
+ * knows only root's pause of all, and its WELCOME resumed the agent,
+ * which merged again though nobody resumed it (review). A RESUME then
+ * lifts it. */
+TEST_IMPL(cross_pause_by_pid_survives_daemon_restart)
+{
+	struct tdaemon t;
+	struct proc a, b;
+	char h[32];
+	td_start(&t, 65536);
+	start_sharing_pair(&t, &a, &b, 33, h);
+	ASSERT_EQ(control_cli(&t, "pause", a.pid), 0);
+	ASSERT_EQ(control_cli(&t, "pause", b.pid), 0);
+	daemon_killed_restarted(&t);
+	ASSERT_EQ(agents_back(&t, a.pid, b.pid), 0);
+	proc_cmd(&a, "fill %u %u 8", 512 * PG, N);
+	proc_cmd(&b, "fill %u %u 8", 512 * PG, N);
+	usleep(2000000);
+	ASSERT_EQ(same_frames(&a, &b, 512 * PG, N), 0);
+	ASSERT_EQ(strcmp(status_state(&t, a.pid), "paused"), 0);
+	ASSERT_EQ(control_cli(&t, "resume", a.pid), 0);
+	ASSERT_EQ(control_cli(&t, "resume", b.pid), 0);
+	int same = 0;
+	for (int i = 0; i < 200 && same < (int)N; i++, usleep(100000))
+		same = same_frames(&a, &b, 512 * PG, N);
+	ASSERT_EQ(same, (int)N);
+	stop_pair(&t, &a, &b);
+	return 0;
+}

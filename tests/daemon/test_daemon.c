@@ -6887,3 +6887,49 @@ TEST_IMPL(daemon_totals_profit_saturates)
 	td_stop(&t);
 	return 0;
 }
+
+/* Under root's pause of all, root's RESUME --pid of an agent is the
+ * process's as its PAUSE --pid is: an exec that keeps the guest (QEMU's
+ * cpr-exec: a new agent says HELLO with MD_HELLO_NO_POOL_MAPS) kept a
+ * PAUSE --pid, but lost the RESUME --pid (review). */
+TEST_IMPL(daemon_resume_by_pid_outlives_exec)
+{
+	struct tdaemon t;
+	td_start(&t, 16);
+	int ready[2], go[2];
+	ASSERT(pipe(ready) == 0 && pipe(go) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		static const unsigned ops[] = { MD_CTL_PAUSE, MD_CTL_RESUME };
+		char x = 0;
+		close(ready[0]);
+		close(go[1]);
+		agent_answers_ops_then_goes(&t, NULL, ops, 2, ready[1]);
+		if (write(ready[1], &x, 1) != 1 || read(go[0], &x, 1) != 1)
+			_exit(103);
+		_exit(rejoin_paused(&t, MD_HELLO_NO_POOL_MAPS) == 1 ? 0 : 2);	/* 0: it scans */
+	}
+	close(ready[1]);
+	close(go[0]);
+	char x, text[MD_TEXT_MAX + 1];
+	ASSERT_EQ(read(ready[0], &x, 1), 1);
+	struct md__client *cli = td_connect(&t);
+	ASSERT_EQ(control(cli, MD_CTL_PAUSE, 0, NULL, NULL, text), 0);	/* root: the default */
+	ASSERT_EQ(control(cli, MD_CTL_RESUME, kid, NULL, NULL, text), 0);
+	ASSERT_EQ(read(ready[0], &x, 1), 1);	/* gone after both */
+	json_t *st = td_status(&t);
+	json_t *a = td_find(json_object_get(st, "agents"), "pid", kid);
+	ASSERT(a);
+	ASSERT(json_is_false(json_object_get(a, "paused")));	/* before the exec: scans */
+	json_decref(st);
+	ASSERT_EQ(write(go[1], "g", 1), 1);
+	int wst;
+	ASSERT_EQ(waitpid(kid, &wst, 0), kid);
+	ASSERT(WIFEXITED(wst));
+	ASSERT_EQ(WEXITSTATUS(wst), 0);
+	md__client_free(cli);
+	close(ready[0]), close(go[1]);
+	td_stop(&t);
+	return 0;
+}
