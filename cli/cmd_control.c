@@ -240,7 +240,8 @@ static int send_control(const struct md__cmd *cmd, struct md__client *c,
 			fprintf(stderr, "memdedup %s: no answer from the daemon: %s\n", cmd->name, strerror(-err));
 		return 1;
 	}
-	*no_agent = m.u.text.status == -ESRCH && ctl->pid;
+	*no_agent = m.u.text.status == -ESRCH && ctl->pid &&
+		    strncmp(m.u.text.text, MD_NO_AGENT_TEXT, strlen(MD_NO_AGENT_TEXT)) == 0;
 	/* memdedupd knows only the agents that scan through it (they connect
 	 * to it); `memdedup status` lists every agent by its stats file, and
 	 * says whether it scans. */

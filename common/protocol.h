@@ -39,6 +39,10 @@
 #define MD_KEY_MAX 32u             /* CONTROL SET key */
 #define MD_VALUE_MAX 64u           /* CONTROL SET value */
 #define MD_TEXT_MAX 256u           /* message of CONTROL_R / ERROR */
+/* A CONTROL_R's text, with -ESRCH, when no agent of the pid asked for is
+ * known (the CLI tells it from "went away before it answered", also
+ * -ESRCH: that agent was known, and may only have lost its connection). */
+#define MD_NO_AGENT_TEXT "no agent with pid"
 #define MD_CONTROL_WAIT_MS 60000   /* a CONTROL_R comes at the latest after this */
 /* The scanner's tunables: the most each may be (SET, the agent's options,
  * the CLI's and the preload library's). */

@@ -440,7 +440,7 @@ void md__control(struct md__daemon *d, struct md__conn *c, uint32_t seq, const s
 		matched |= a->pid == ctl->pid && (admin || a->uid == c->uid);
 	if (ctl->pid && !matched) {
 		cr.u.text.status = -ESRCH;
-		snprintf(cr.u.text.text, sizeof(cr.u.text.text), "no agent with pid %d", (int)ctl->pid);
+		snprintf(cr.u.text.text, sizeof(cr.u.text.text), MD_NO_AGENT_TEXT " %d", (int)ctl->pid);
 		goto free_pending;
 	}
 	for (struct md__agent *a = d->agents; a; a = a->next) {

@@ -3628,6 +3628,75 @@ TEST_IMPL(cli_set_goes_on_after_agent_went_away)
 	return 0;
 }
 
+/* An agent of t's memdedupd that hangs up when the first CONTROL comes,
+ * without answering it, and lives on until stop is closed. Its pid. */
+static pid_t hanging_up_agent(const struct tdaemon *t, int stop[2])
+{
+	int ready[2];
+	char x = 0;
+	ASSERT(pipe(ready) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		struct md__client *c;
+		struct md__msg_welcome w;
+		struct md__msg_control ctl;
+		int fd;
+		close(stop[1]);
+		if (md__client_open(&c, t->sock, NULL, 0, &w, &fd) != 0)
+			_exit(100);
+		if (write(ready[1], &x, 1) != 1)
+			_exit(100);
+		for (;;) {
+			struct pollfd p = { md__client_fd(c), POLLIN, 0 };
+			if (poll(&p, 1, 30000) <= 0)
+				_exit(101);
+			if (md__client_next_control(c, &ctl) == 0)
+				break;
+			if (!md__client_alive(c))
+				_exit(102);
+		}
+		md__client_free(c);
+		_exit(read(stop[0], &x, 1) == 0 ? 0 : 103);
+	}
+	close(ready[1]);
+	ASSERT(read(ready[0], &x, 1) == 1);
+	close(ready[0]);
+	return kid;
+}
+
+/* An agent that lost its connection before it answered (memdedupd says
+ * ESRCH, "went away") is not one memdedupd never knew: the CLI said it
+ * "scans within its process" from its stats file and hid the daemon's
+ * answer (review). */
+TEST_IMPL(cli_control_agent_hung_up_said_as_daemon_says)
+{
+	struct tdaemon t;
+	int stop[2];
+	char path[512], name[64], want[64];
+	td_start(&t, 16);
+	ASSERT(pipe(stop) == 0);
+	pid_t p = hanging_up_agent(&t, stop);
+	snprintf(name, sizeof(name), "agent-%d.stats", (int)p);
+	make_rd(path, sizeof(path), name);
+	write_stats(path, (uint32_t)p, md__proc_start_time(p), "qemu", 0);
+	set_counter(path, MD_CTR_SCAN_STATE, MD_SCAN_STATE_SCANNING);
+	ASSERT_EQ(sh("MEMDEDUP_RUN_DIR=%s/rd MEMDEDUP_SOCKET=%s %s/memdedup pause --pid %d", test_dir(), t.sock,
+		     build_dir(), (int)p), 1);
+	const char *err = slurp("err");
+	snprintf(want, sizeof(want), "pid %d went away", (int)p);
+	if (!strstr(err, want))
+		fprintf(stderr, "memdedup pause said: %s\n", err);
+	ASSERT(strstr(err, want));
+	ASSERT(!strstr(err, "scans within its process"));
+	close(stop[1]);
+	int ws;
+	ASSERT(waitpid(p, &ws, 0) == p && WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+	close(stop[0]);
+	td_stop(&t);
+	return 0;
+}
+
 /* An agent's refusal is said with the command's name once: the daemon's
  * text starts with what failed ("unmerge: pid P: ..."), which the CLI
  * printed after its own "memdedup unmerge: ". A SET's pair is kept: it
