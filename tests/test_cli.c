@@ -3641,8 +3641,14 @@ static pid_t hanging_up_agent(const struct tdaemon *t, int stop[2])
 		struct md__client *c;
 		struct md__msg_welcome w;
 		struct md__msg_control ctl;
+		char path[512], name[64];
 		int fd;
 		close(stop[1]);
+		/* Its statistics file says it scans, held as an agent's. */
+		snprintf(name, sizeof(name), "agent-%d.stats", (int)getpid());
+		make_rd(path, sizeof(path), name);
+		write_stats(path, (uint32_t)getpid(), md__proc_start_time(getpid()), "qemu", 0);
+		set_counter(path, MD_CTR_SCAN_STATE, MD_SCAN_STATE_SCANNING);
 		if (md__client_open(&c, t->sock, NULL, 0, &w, &fd) != 0)
 			_exit(100);
 		if (write(ready[1], &x, 1) != 1)
@@ -3673,14 +3679,10 @@ TEST_IMPL(cli_control_agent_hung_up_said_as_daemon_says)
 {
 	struct tdaemon t;
 	int stop[2];
-	char path[512], name[64], want[64];
+	char want[64];
 	td_start(&t, 16);
 	ASSERT(pipe(stop) == 0);
 	pid_t p = hanging_up_agent(&t, stop);
-	snprintf(name, sizeof(name), "agent-%d.stats", (int)p);
-	make_rd(path, sizeof(path), name);
-	write_stats(path, (uint32_t)p, md__proc_start_time(p), "qemu", 0);
-	set_counter(path, MD_CTR_SCAN_STATE, MD_SCAN_STATE_SCANNING);
 	ASSERT_EQ(sh("MEMDEDUP_RUN_DIR=%s/rd MEMDEDUP_SOCKET=%s %s/memdedup pause --pid %d", test_dir(), t.sock,
 		     build_dir(), (int)p), 1);
 	const char *err = slurp("err");
