@@ -138,9 +138,11 @@ else
     || fleet_die "another bench/run-bench.sh runs (it holds $lockdir/memdedup-bench.lock): wait for it to end"
   # Stopping KSM (run=2) unmerges every process's pages on the host, also
   # those merged before run went to 0 (which keeps them merged).
-  if [ "$force" = 0 ] && [ "$(cat $ksm/pages_sharing)" != 0 ]; then
-    echo "run-bench.sh: kernel KSM has merged other processes' pages ($(cat $ksm/pages_sharing) pages_sharing):" \
-         "the bench would unmerge them all; stop those or pass --force" >&2
+  # Zero pages KSM placed (use_zero_pages=1) are not in pages_sharing.
+  ksm_zero=$(cat $ksm/ksm_zero_pages 2>/dev/null || echo 0)
+  if [ "$force" = 0 ] && { [ "$(cat $ksm/pages_sharing)" != 0 ] || [ "$ksm_zero" != 0 ]; }; then
+    echo "run-bench.sh: kernel KSM has merged other processes' pages ($(cat $ksm/pages_sharing) pages_sharing," \
+         "$ksm_zero ksm_zero_pages): the bench would unmerge them all; stop those or pass --force" >&2
     exit 2
   fi
   for m in $modes; do

@@ -77,18 +77,27 @@ int cgroup_make(struct test_cgroup *cg)
 		rmdir(cg->dir);
 		return -ENOTSUP;	/* v2 without the memory controller below us */
 	}
-	int p[2];
+	int p[2], ready[2];
 	/* Close-on-exec: the agents and daemons started later must not keep
 	 * the guard waiting. */
 	if (pipe2(p, O_CLOEXEC) != 0) {
 		rmdir(cg->dir);
 		return -errno;
 	}
+	if (pipe2(ready, O_CLOEXEC) != 0) {
+		int err = -errno;
+		close(p[0]);
+		close(p[1]);
+		rmdir(cg->dir);
+		return err;
+	}
 	pid_t guard = fork();
 	if (guard == 0) {
 		char c;
 		setsid();	/* out of the test's process group, which the runner kills */
 		close(p[1]);
+		close(ready[0]);
+		close(ready[1]);	/* the test goes on once it sees this */
 		while (read(p[0], &c, 1) > 0)
 			;
 		/* The test is over: what is still in the cgroup goes back. */
@@ -107,9 +116,23 @@ int cgroup_make(struct test_cgroup *cg)
 		}
 		_exit(0);
 	}
+	int err = guard > 0 ? 0 : -errno;
 	close(p[0]);
+	close(ready[1]);
+	/* Not before the guard left our process group: a test that ends at
+	 * once (an assertion just after) had it killed with the group, and
+	 * the cgroup stayed on the host (a review: 8 of 60). */
+	char c;
+	while (guard > 0 && read(ready[0], &c, 1) < 0 && errno == EINTR)
+		;
+	close(ready[0]);
+	if (guard < 0) {
+		close(p[1]);
+		rmdir(cg->dir);
+		return err;
+	}
 	cg->guard = p[1];
-	return guard > 0 ? 0 : -errno;
+	return 0;
 }
 
 int cgroup_limit(struct test_cgroup *cg, unsigned long long bytes)
