@@ -3569,9 +3569,11 @@ TEST_IMPL(cli_status_old_daemon_state_unknown)
 	return 0;
 }
 
-/* A child that is an agent of t's memdedupd and exits when the first
- * CONTROL comes, without answering it. Its pid. */
-static pid_t vanishing_agent(const struct tdaemon *t)
+/* A child that is an agent of t's memdedupd and, when the first CONTROL
+ * comes, exits without answering it (stop NULL), or hangs up without
+ * answering and lives on until stop's write end closes, its statistics
+ * file saying it scans, held as an agent's. Its pid. */
+static pid_t unanswering_agent(const struct tdaemon *t, int *stop)
 {
 	int ready[2];
 	char x = 0;
@@ -3583,6 +3585,14 @@ static pid_t vanishing_agent(const struct tdaemon *t)
 		struct md__msg_welcome w;
 		struct md__msg_control ctl;
 		int fd;
+		if (stop) {
+			char path[512], name[64];
+			close(stop[1]);
+			snprintf(name, sizeof(name), "agent-%d.stats", (int)getpid());
+			make_rd(path, sizeof(path), name);
+			write_stats(path, (uint32_t)getpid(), md__proc_start_time(getpid()), "qemu", 0);
+			set_counter(path, MD_CTR_SCAN_STATE, MD_SCAN_STATE_SCANNING);
+		}
 		if (md__client_open(&c, t->sock, NULL, 0, &w, &fd) != 0)
 			_exit(100);
 		if (write(ready[1], &x, 1) != 1)
@@ -3592,10 +3602,14 @@ static pid_t vanishing_agent(const struct tdaemon *t)
 			if (poll(&p, 1, 30000) <= 0)
 				_exit(101);
 			if (md__client_next_control(c, &ctl) == 0)
-				_exit(0);
+				break;
 			if (!md__client_alive(c))
 				_exit(102);
 		}
+		if (!stop)
+			_exit(0);
+		md__client_free(c);
+		_exit(read(stop[0], &x, 1) == 0 ? 0 : 103);
 	}
 	close(ready[1]);
 	ASSERT(read(ready[0], &x, 1) == 1);
@@ -3611,7 +3625,7 @@ TEST_IMPL(cli_set_goes_on_after_agent_went_away)
 {
 	struct tdaemon t;
 	td_start(&t, 16);
-	pid_t p = vanishing_agent(&t);
+	pid_t p = unanswering_agent(&t, NULL);
 	ASSERT_EQ(sh("MEMDEDUP_SOCKET=%s %s/memdedup set pages_to_scan=7 order=random", t.sock, build_dir()), 1);
 	char want[128];
 	snprintf(want, sizeof(want), "pid %d went away", (int)p);
@@ -3628,49 +3642,6 @@ TEST_IMPL(cli_set_goes_on_after_agent_went_away)
 	return 0;
 }
 
-/* An agent of t's memdedupd that hangs up when the first CONTROL comes,
- * without answering it, and lives on until stop is closed. Its pid. */
-static pid_t hanging_up_agent(const struct tdaemon *t, int stop[2])
-{
-	int ready[2];
-	char x = 0;
-	ASSERT(pipe(ready) == 0);
-	pid_t kid = fork();
-	ASSERT(kid >= 0);
-	if (kid == 0) {
-		struct md__client *c;
-		struct md__msg_welcome w;
-		struct md__msg_control ctl;
-		char path[512], name[64];
-		int fd;
-		close(stop[1]);
-		/* Its statistics file says it scans, held as an agent's. */
-		snprintf(name, sizeof(name), "agent-%d.stats", (int)getpid());
-		make_rd(path, sizeof(path), name);
-		write_stats(path, (uint32_t)getpid(), md__proc_start_time(getpid()), "qemu", 0);
-		set_counter(path, MD_CTR_SCAN_STATE, MD_SCAN_STATE_SCANNING);
-		if (md__client_open(&c, t->sock, NULL, 0, &w, &fd) != 0)
-			_exit(100);
-		if (write(ready[1], &x, 1) != 1)
-			_exit(100);
-		for (;;) {
-			struct pollfd p = { md__client_fd(c), POLLIN, 0 };
-			if (poll(&p, 1, 30000) <= 0)
-				_exit(101);
-			if (md__client_next_control(c, &ctl) == 0)
-				break;
-			if (!md__client_alive(c))
-				_exit(102);
-		}
-		md__client_free(c);
-		_exit(read(stop[0], &x, 1) == 0 ? 0 : 103);
-	}
-	close(ready[1]);
-	ASSERT(read(ready[0], &x, 1) == 1);
-	close(ready[0]);
-	return kid;
-}
-
 /* An agent that lost its connection before it answered (memdedupd says
  * ESRCH, "went away") is not one memdedupd never knew: the CLI said it
  * "scans within its process" from its stats file and hid the daemon's
@@ -3682,7 +3653,7 @@ TEST_IMPL(cli_control_agent_hung_up_said_as_daemon_says)
 	char want[64];
 	td_start(&t, 16);
 	ASSERT(pipe(stop) == 0);
-	pid_t p = hanging_up_agent(&t, stop);
+	pid_t p = unanswering_agent(&t, stop);
 	ASSERT_EQ(sh("MEMDEDUP_RUN_DIR=%s/rd MEMDEDUP_SOCKET=%s %s/memdedup pause --pid %d", test_dir(), t.sock,
 		     build_dir(), (int)p), 1);
 	const char *err = slurp("err");
