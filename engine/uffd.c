@@ -136,8 +136,11 @@ const char *md__uffd_hint(int err)
 	}
 }
 
-/* Before each protect and registration (what a merge relies on): the
- * others, on a file of the VMM's, fail or wake nobody of ours. */
+/* Before every call on the descriptor: at our number the VMM may have
+ * put a userfaultfd of its own (a snapshot's), whose registrations and
+ * protections an unregister, un-protect or wake of ours would undo (a
+ * review). Once ours is gone, the kernel's release of it lifted our
+ * protections and woke our waiters: nothing is left to do there. */
 static int uffd_ok(struct md__uffd *u)
 {
 	if (__atomic_load_n(&u->lost, __ATOMIC_RELAXED))
@@ -171,6 +174,8 @@ int md__uffd_register_wp(struct md__uffd *u, uintptr_t addr, size_t len)
 
 int md__uffd_unregister(struct md__uffd *u, uintptr_t addr, size_t len)
 {
+	if (!uffd_ok(u))	/* never the VMM's own userfaultfd's registrations */
+		return -EBADF;
 	struct uffdio_range r = { .start = addr, .len = len };
 	return md__sys_ioctl(u->fd, UFFDIO_UNREGISTER, &r) < 0 ? -errno : 0;
 }
@@ -200,7 +205,7 @@ static int wp_call(struct md__uffd *u, uintptr_t addr, size_t len, int protect)
 int md__uffd_wp(struct md__uffd *u, uintptr_t addr, size_t len, int protect)
 {
 	/* Looked at once, not for each page of the fallback below. */
-	if (protect && !uffd_ok(u))
+	if (!uffd_ok(u))	/* un-protecting too: never the VMM's pages */
 		return -EBADF;
 	int err = wp_call(u, addr, len, protect);
 	if (err != -ENOENT || len <= WP_PAGE)
@@ -222,6 +227,8 @@ int md__uffd_wp(struct md__uffd *u, uintptr_t addr, size_t len, int protect)
 
 int md__uffd_wake(struct md__uffd *u, uintptr_t addr, size_t len)
 {
+	if (!uffd_ok(u))
+		return -EBADF;
 	struct uffdio_range r = { .start = addr, .len = len };
 	return md__sys_ioctl(u->fd, UFFDIO_WAKE, &r) < 0 ? -errno : 0;
 }

@@ -149,7 +149,7 @@ fuzz-status: $(B)/libmemdedup.a
 check-all: check
 	$(MAKE) check-sanitize
 	MD_STRESS_MS=600000 MD_TEST_TIMEOUT=900 $(B)/runner scan_stress_no_lost_write \
-	  cross_stress_no_lost_write
+	  cross_stress_no_lost_write engine_stress_no_lost_write engine_stress_kernel_writes_no_lost_write
 
 # The whole suite under AddressSanitizer and UBSan: the runner, the testproc
 # and the preloaded agent (libasan must come first in LD_PRELOAD).
@@ -163,6 +163,7 @@ check-sanitize:
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-elf fuzz/corpus/elf
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-status fuzz/corpus/status
 	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-state fuzz/corpus/state
+	UBSAN_OPTIONS=halt_on_error=1 build-asan/fuzz-replay-mountinfo fuzz/corpus/mountinfo
 	MD_BUILD_DIR=build-asan MD_TEST_PRELOAD_FIRST=$$($(CC) -print-file-name=libasan.so) \
 	  ASAN_OPTIONS=detect_leaks=0 build-asan/runner
 

@@ -5293,10 +5293,37 @@ static unsigned char *s_ram, *s_shadow, *s_tmpl;
 static volatile int s_stop;
 static uint64_t s_writes[S_WRITERS], s_lost[S_WRITERS];
 
+/* Writer 1 stores through the kernel when s_kernel is set: each of its
+ * writes is a read(2) from a pipe into the page (copy_to_user, a kernel-mode
+ * write fault on a frozen page), as a VMM's I/O thread's pread would be. */
+static int s_kernel;
+static int s_kerr[S_WRITERS];
+
+static void store(unsigned id, int *p, unsigned char *dst, const void *src, size_t len)
+{
+	if (!s_kernel || id != 1) {
+		memcpy(dst, src, len);
+		return;
+	}
+	static __thread unsigned char drain[PG];
+	if (write(p[1], src, len) != (ssize_t)len) {
+		s_kerr[id]++;
+	} else if (read(p[0], dst, len) != (ssize_t)len) {
+		s_kerr[id]++;	/* EFAULT: the bytes stay in the pipe */
+		if (read(p[0], drain, len) < 0)
+			s_kerr[id]++;
+		memcpy(dst, src, len);	/* a failed I/O retried by hand */
+	}
+}
+
 static void *stress_writer(void *arg)
 {
 	unsigned id = (unsigned)(uintptr_t)arg;
 	uint64_t x = 0x9e3779b97f4a7c15ull * (id + 1), n = 0, lost = 0;
+	static unsigned char zeroes[PG];
+	int pp[2] = { -1, -1 };
+	if (s_kernel && id == 1 && pipe(pp) != 0)
+		s_kerr[id]++;
 	while (!__atomic_load_n(&s_stop, __ATOMIC_RELAXED)) {
 		x ^= x << 13, x ^= x >> 7, x ^= x << 17;
 		/* Writer id owns the pages p with p % S_WRITERS == id. */
@@ -5307,11 +5334,11 @@ static void *stress_writer(void *arg)
 		if ((x >> 20) % 4 == 0) {
 			const unsigned char *t = s_tmpl + ((x >> 24) % S_TEMPLATES) * PG;
 			lost += memcmp(g, s, PG) != 0;
-			memcpy(g, t, PG);
+			store(id, pp, g, t, PG);
 			memcpy(s, t, PG);
 		} else if ((x >> 20) % 8 == 1) {
 			lost += memcmp(g, s, PG) != 0;
-			memset(g, 0, PG);
+			store(id, pp, g, zeroes, PG);
 			memset(s, 0, PG);
 		} else {
 			size_t off = (size_t)(x >> 32) % PG;
@@ -5319,17 +5346,39 @@ static void *stress_writer(void *arg)
 			if ((x >> 28) % 2)	/* half the writes put back the template byte */
 				v = s_tmpl[((x >> 24) % S_TEMPLATES) * PG + off];
 			lost += g[off] != s[off];
-			g[off] = v;
+			store(id, pp, g + off, &v, 1);
 			s[off] = v;
 		}
 		n++;
+	}
+	if (pp[0] >= 0) {
+		close(pp[0]);
+		close(pp[1]);
 	}
 	s_writes[id] = n;
 	s_lost[id] = lost;
 	return NULL;
 }
 
+static int stress_run(void);
+
 TEST_IMPL(engine_stress_no_lost_write)
+{
+	return stress_run();
+}
+
+/* The same with one writer's stores made by the kernel (read(2) into the
+ * pages): none may fail, none be lost. */
+TEST_IMPL(engine_stress_kernel_writes_no_lost_write)
+{
+	s_kernel = 1;
+	int r = stress_run();
+	printf("  kernel stores that failed: %d\n", s_kerr[1]);
+	ASSERT_EQ(s_kerr[1], 0);
+	return r;
+}
+
+static int stress_run(void)
 {
 	struct md__engine e;
 	pthread_t t[S_WRITERS];
@@ -5352,7 +5401,9 @@ TEST_IMPL(engine_stress_no_lost_write)
 		ASSERT_EQ(pthread_create(&t[i], NULL, stress_writer, (void *)(uintptr_t)i), 0);
 
 	uint64_t x = 88172645463325252ull, attempts = 0, merged = 0, zero = 0;
-	double end = now() + 6.0;
+	/* 6 s in make check; check-all's MD_STRESS_MS (10 minutes). */
+	const char *ms = getenv("MD_STRESS_MS");
+	double end = now() + (ms && atoi(ms) > 0 ? atoi(ms) / 1000.0 : 6.0);
 	while (now() < end) {
 		for (int k = 0; k < 64; k++) {
 			x ^= x << 13, x ^= x >> 7, x ^= x << 17;
@@ -8324,3 +8375,125 @@ TEST_IMPL(engine_scanner_leaves_vmm_file_pages)
 	return 0;
 }
 
+
+/* A write the kernel makes on the process's behalf (read(2) from a pipe
+ * into guest RAM, as a VMM's I/O thread does) into a page a merge froze
+ * waits for the merge as a CPU store does, and lands in the page that
+ * replaced it: the read neither fails (EFAULT: a userfaultfd opened with
+ * UFFD_USER_MODE_ONLY) nor loses its bytes. */
+struct kread {
+	int fd;
+	unsigned char *p;
+	size_t len;
+	ssize_t got;
+	int err, done;
+};
+
+static void *kernel_reader(void *arg)
+{
+	struct kread *k = arg;
+	k->got = read(k->fd, k->p, k->len);
+	k->err = k->got < 0 ? errno : 0;
+	__atomic_store_n(&k->done, 1, __ATOMIC_SEQ_CST);
+	return NULL;
+}
+
+static struct md__engine *kw_engine;
+static struct kread kw;
+static pthread_t kw_thread;
+static int kw_started, kw_met;
+
+/* At the compare (pages frozen): the read starts, and the merge goes on
+ * once it waits on the frozen page (its fault reported) or has ended. */
+static void kernel_write_at_compare(uintptr_t a, size_t n)
+{
+	(void)a, (void)n;
+	if (kw_started)
+		return;
+	uint64_t f0 = __atomic_load_n(&kw_engine->uffd.faults, __ATOMIC_RELAXED);
+	kw_started = pthread_create(&kw_thread, NULL, kernel_reader, &kw) == 0;
+	for (int i = 0; i < 2000 && kw_started && !__atomic_load_n(&kw.done, __ATOMIC_SEQ_CST); i++) {
+		if (__atomic_load_n(&kw_engine->uffd.faults, __ATOMIC_RELAXED) != f0) {
+			kw_met = 1;
+			break;
+		}
+		usleep(1000);
+	}
+}
+
+TEST_IMPL(engine_kernel_write_waits_for_merge)
+{
+	struct md__engine e;
+	unsigned char *a, *b, want[PG], bytes[64];
+	uint32_t slot = twins_published(&e, &a, &b, 1, 330);
+	int p[2];
+	ASSERT_EQ(pipe(p), 0);
+	memset(bytes, 0xa5, sizeof(bytes));
+	ASSERT_EQ(write(p[1], bytes, sizeof(bytes)), (ssize_t)sizeof(bytes));
+	kw_engine = &e;
+	kw = (struct kread){ p[0], b + 100, sizeof(bytes), 0, 0, 0 };
+	md__engine_compare_hook = kernel_write_at_compare;
+	int merged = md__engine_merge(&e, b, 1, slot);
+	md__engine_compare_hook = NULL;
+	ASSERT(kw_started);
+	pthread_join(kw_thread, NULL);
+	printf("  merged %d, read %zd (%s), waited on the frozen page: %d\n", merged, kw.got,
+	       kw.err ? strerror(kw.err) : "ok", kw_met);
+	ASSERT_EQ(kw.err, 0);
+	ASSERT_EQ(kw.got, (ssize_t)sizeof(bytes));
+	ASSERT(kw_met);		/* it met the freeze */
+	ASSERT_EQ(merged, 1);	/* and the merge went on */
+	fill(want, 330);
+	memcpy(want + 100, bytes, sizeof(bytes));
+	ASSERT(memcmp(b, want, PG) == 0);
+	ASSERT(!(pagemap(b) & PM_FILE));	/* its own copy now */
+	md__engine_fini(&e);
+	close(p[0]);
+	close(p[1]);
+	munmap(a, PG);
+	munmap(b, PG);
+	return 0;
+}
+
+/* The VMM closed the engine's userfaultfd and put one of its own at that
+ * number (a background snapshot's), registered over the same RAM, whose
+ * pages it write-protects: the engine, told of the memory leaving it
+ * later (MADV_UNMERGEABLE), must not unregister or un-protect through the
+ * VMM's descriptor (its snapshot would miss the guest's writes). */
+TEST_IMPL(engine_unregister_leaves_vmm_uffd_at_our_number)
+{
+	struct md__engine e;
+	engine_up(&e);
+	unsigned char *b = map_ram(4);
+	memset(b, 1, 4 * PG);
+	ASSERT_EQ(md__engine_register(&e, b, 4 * PG, 0), 0);
+	int num = e.uffd.fd;
+	int vmm = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	ASSERT(vmm >= 0);
+	ASSERT_EQ(dup2(vmm, num), num);	/* ours closed: its registration gone */
+	close(vmm);
+	struct uffdio_api api = { .api = UFFD_API, .features = 0 };
+	ASSERT_EQ(ioctl(num, UFFDIO_API, &api), 0);
+	struct uffdio_register reg = { .range = { (uintptr_t)b, 4 * PG }, .mode = UFFDIO_REGISTER_MODE_WP };
+	/* Once the fault thread's poll lets go of ours (within a second). */
+	int r = -1;
+	for (int i = 0; i < 300 && (r = ioctl(num, UFFDIO_REGISTER, &reg)) != 0 && errno == EBUSY; i++)
+		usleep(10000);
+	ASSERT_EQ(r, 0);
+	struct uffdio_writeprotect wp = { .range = { (uintptr_t)b, 4 * PG }, .mode = UFFDIO_WRITEPROTECT_MODE_WP };
+	ASSERT_EQ(ioctl(num, UFFDIO_WRITEPROTECT, &wp), 0);
+	ASSERT(pagemap(b) & PM_UFFD_WP);
+
+	int err = md__engine_unregister(&e, b, 4 * PG, MD_UNREG_MAPPED);
+	printf("  md__engine_unregister: %d; the VMM's page still protected: %d\n", err,
+	       !!(pagemap(b) & PM_UFFD_WP));
+	/* The VMM's registration and protection are still there. */
+	ASSERT(pagemap(b) & PM_UFFD_WP);
+	wp.mode = 0;
+	ASSERT_EQ(ioctl(num, UFFDIO_WRITEPROTECT, &wp), 0);	/* still registered: the VMM un-protects */
+	md__engine_fini(&e);
+	ASSERT(fcntl(num, F_GETFD) >= 0);	/* not closed as ours */
+	close(num);
+	munmap(b, 4 * PG);
+	return 0;
+}
