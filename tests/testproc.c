@@ -425,13 +425,18 @@ static void cmd_writers(int n, int ms, size_t doff, size_t len, int twin, int me
 	 * MD_TESTPROC_DROP_WRITE is not stored (in twin mode, the twin's is),
 	 * a lost write the answer must report. */
 	const char *drop = getenv("MD_TESTPROC_DROP_WRITE");
+	/* Values and orders of this process's own: two processes' writers
+	 * alike would write the same values, and a page shown another
+	 * process's content would pass the check (review). */
+	uint64_t salt = ((uint64_t)getpid() & 0x7ff) << 5;
 	for (int i = 0; i < n; i++) {
-		w[i] = (struct writer){ doff / 4096 + (size_t)i * per, per, half, ms, (unsigned)i + 1,
-					(uint64_t)i + 1, i == 0 && drop ? strtoull(drop, NULL, 10) : 0, 0, meet };
+		w[i] = (struct writer){ doff / 4096 + (size_t)i * per, per, half, ms,
+					((unsigned)i + 1) ^ (unsigned)getpid() * 2654435761u,
+					(uint64_t)i + 1 + salt, i == 0 && drop ? strtoull(drop, NULL, 10) : 0, 0, meet };
 		pthread_create(&th[i], NULL, writer_main, &w[i]);
 	}
 	if (meet) {	/* the last word of every page of the first half, and its twin */
-		w[n] = (struct writer){ doff / 4096, half, half, ms, 0, (uint64_t)n + 1, 0, 0, 1 };
+		w[n] = (struct writer){ doff / 4096, half, half, ms, 0, (uint64_t)n + 1 + salt, 0, 0, 1 };
 		pthread_create(&th[n], NULL, meeter_main, &w[n]);
 	}
 	if (wipe_ms >= 0) {	/* "writewipe": the advice while they write */
