@@ -1,11 +1,13 @@
 /* replay.c - runs a fuzz target over every file of the corpus directories
  * given, so `make check` exercises what the fuzzer found without clang. */
 #include <dirent.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "protocol.h"
 
@@ -49,8 +51,26 @@ fail:
 	return 1;
 }
 
+/* An input that hangs fails the replay, named, rather than hanging make
+ * check: far longer than any input takes, under ASan too. */
+#define REPLAY_INPUT_S 60
+#define TEXT(x) #x
+#define NUMBER_TEXT(x) TEXT(x)
+static const char *replaying;
+
+static void input_hung(int sig)
+{
+	(void)sig;
+	static const char say[] = "replay: an input runs past " NUMBER_TEXT(REPLAY_INPUT_S) " s: ";
+	if (write(2, say, sizeof(say) - 1) < 0 || write(2, replaying, strlen(replaying)) < 0 ||
+	    write(2, "\n", 1) < 0)
+		_exit(1);
+	_exit(1);
+}
+
 int main(int argc, char **argv)
 {
+	signal(SIGALRM, input_hung);
 	int files = 0;
 	for (int i = 1; i < argc; i++) {
 		DIR *d = opendir(argv[i]);
@@ -70,7 +90,10 @@ int main(int argc, char **argv)
 				closedir(d);
 				return 1;
 			}
+			replaying = path;
+			alarm(REPLAY_INPUT_S);
 			LLVMFuzzerTestOneInput(data, size);
+			alarm(0);
 			free(data);
 			files++;
 		}
