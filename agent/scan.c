@@ -1032,7 +1032,11 @@ void md__scan_apply_control(struct md_agent *a, const struct md__msg_control *ct
 			a->user_was_paused = 1;
 		err = pause_set(a, 1);
 		if (!err) {
-			a->daemon_paused = 1;
+			/* Not the pause of all, which memdedupd keeps in its
+			 * state file: a new one started from the defaults (the
+			 * file removed) resumes as documented. */
+			if (ctl->pid && a->engine->remote->control_pid)
+				a->daemon_paused = 1;
 			pause_wait(a);
 		}
 		break;

@@ -169,9 +169,12 @@ static void forward(struct md__daemon *d, struct md__pending_control *p, struct 
 	 * that agent's own value, not a share of the rate of all
 	 * (agent/scan.c). So too a user's SET of all their agents, which
 	 * sets no default: as a share, the agent's next WELCOME put the
-	 * default back. An agent that did not ask for that gets its pid
-	 * always. */
-	fwd.u.control.pid = p->ctl.pid || !a->control_pid || (p->op == MD_CTL_SET && !p->defaults) ? a->pid : 0;
+	 * default back. And a PAUSE that sets no default (by pid, or a
+	 * user's of all theirs): the agent keeps it over a new memdedupd,
+	 * which knows only the default. An agent that did not ask for that
+	 * gets its pid always. */
+	fwd.u.control.pid = p->ctl.pid || !a->control_pid ||
+			    ((p->op == MD_CTL_SET || p->op == MD_CTL_PAUSE) && !p->defaults) ? a->pid : 0;
 	if (md__conn_send(d, a->conn, &fwd, -1) != 0) {
 		failed(p, -EIO, "pid %d could not be sent it", (int)a->pid);
 		return;

@@ -1860,6 +1860,31 @@ TEST_IMPL(cross_pause_survives_daemon_restart)
 	return 0;
 }
 
+/* root's pause of all is memdedupd's default, not the agents': a new
+ * memdedupd started from the defaults (its state file removed, as the
+ * README says to) resumes them. They stayed paused for good, counted as
+ * scanning in its SHARE (review). */
+TEST_IMPL(cross_pause_of_all_ends_with_state_removed)
+{
+	struct tdaemon t;
+	struct proc a, b;
+	char h[32], state[320];
+	td_start(&t, 65536);
+	start_sharing_pair(&t, &a, &b, 35, h);
+	ASSERT_EQ(control_cli(&t, "pause", 0), 0);
+	kill(t.pid, SIGKILL);
+	waitpid(t.pid, NULL, 0);
+	snprintf(state, sizeof(state), "%s/memdedupd.state", t.dir);
+	ASSERT_EQ(unlink(state), 0);
+	td_restart(&t);
+	ASSERT_EQ(agents_back(&t, a.pid, b.pid), 0);
+	proc_cmd(&a, "fill %u %u 8", 512 * PG, N);
+	proc_cmd(&b, "fill %u %u 8", 512 * PG, N);
+	ASSERT_EQ(wait_same_frames(&a, &b, 512 * PG, N), N);
+	stop_pair(&t, &a, &b);
+	return 0;
+}
+
 /* A full pool (N/4 slots, two agents of N equal pages): what it cannot
  * take is said once in memdedupd's log, counted in its domain's
  * publish_full and the agents' merge_fallbacks, and those pages age as
