@@ -48,6 +48,11 @@ if [ "${1:-}" = --recheck ]; then
     done < /tmp/files
     sed 's|^|/tmp/copy/.shifted/|' /tmp/files > /tmp/shifted
   fi
+  # The image's own bytes where the tokens go, before and after: a write
+  # to a copy's page merged onto an image page must not reach the image's
+  # (the page cache's) page, which the checksum of the copies never reads.
+  heads() { while read -r f; do head -c 17 "/mnt/$f"; done < /tmp/files | md5sum; }
+  image_heads=$(heads)
   # After its "x", in a shifted copy: it stays the copy one byte in.
   token=$(head -c 16 /dev/urandom | md5sum | cut -c1-16)
   put /tmp/copies "$token"
@@ -57,6 +62,10 @@ if [ "${1:-}" = --recheck ]; then
   [ -n "$lost" ] || lost=$(check /tmp/shifted "x$token")
   if [ -n "$lost" ]; then
     echo "WRITE-LOST $lost"
+    exit 0
+  fi
+  if [ "$(heads)" != "$image_heads" ]; then
+    echo "WRITE-LEAKED into the image's pages"
     exit 0
   fi
   # The rest of each written page is the image's still: the write broke

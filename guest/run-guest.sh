@@ -100,6 +100,15 @@ if grep -q '^MEMDEDUP-GUEST: FAIL' "$log"; then
   exit 1
 fi
 done_line=$(grep -m1 "^MEMDEDUP-GUEST: $want" "$log" | tr -d '\r' || true)
+# With a hold the guest checks its data again after it, and only then
+# powers off: a guest gone without its RECHECK (a kernel panic reboots, and
+# -no-reboot makes that a clean exit of QEMU) did not finish.
+if [ -n "$done_line" ] && [ "$want" = DONE ] && [ "$hold" -gt 0 ] &&
+   ! grep -q '^MEMDEDUP-GUEST: RECHECK' "$log"; then
+  echo "run-guest.sh: guest ended without RECHECK after its ${hold}s hold (QEMU exit $rc); last log lines:" >&2
+  tail -n 5 "$log" "$log.qemu" >&2 || true
+  exit 1
+fi
 if [ -z "$done_line" ]; then
   echo "run-guest.sh: guest ended without $want (QEMU exit $rc); last log lines:" >&2
   tail -n 5 "$log" "$log.qemu" >&2 || true

@@ -44,6 +44,13 @@ declare -A PSS
 row() {  # mode dir pages-column
   local mode=$1 dir=$2 col=$3 w p a f s c
   w=$(fleet_hold_window "$dir")
+  # Guests whose reads ended further apart than the hold never held
+  # together: no window to average, said rather than a row of NA.
+  # shellcheck disable=SC2086
+  set -- $w
+  if [ "$1" = NA ] || awk -v a="$1" -v b="$2" 'BEGIN { exit !(a > b) }'; then
+    fleet_die "the $mode run's guests did not hold together (hold window ${w}): their reads ended too far apart; raise DEMO_HOLD (now $hold s)"
+  fi
   # shellcheck disable=SC2086
   p=$(fleet_window_avg "$dir" pss_kb $w)
   # shellcheck disable=SC2086
@@ -85,10 +92,10 @@ set xlabel "seconds since start"
 set ylabel "MB"
 set key below
 set grid
-# rows with no guest alive (after the run) are left out
-plot "$out/none/samples.tsv" using 1:(\$10 > 0 ? \$2/1024 : 1/0) with lines lw 2 title "plain QEMU: fleet PSS", \
-     "$out/memdedup/samples.tsv" using 1:(\$10 > 0 ? \$2/1024 : 1/0) with lines lw 2 title "memdedup: fleet PSS", \
-     "$out/memdedup/samples.tsv" using 1:(\$10 > 0 ? \$4/1024 : 1/0) with lines dt 2 title "memdedup: file-backed PSS (shared image pages)"
+# only rows with both guests alive: one gone halves the "fleet" PSS
+plot "$out/none/samples.tsv" using 1:(\$10 == 2 ? \$2/1024 : 1/0) with lines lw 2 title "plain QEMU: fleet PSS", \
+     "$out/memdedup/samples.tsv" using 1:(\$10 == 2 ? \$2/1024 : 1/0) with lines lw 2 title "memdedup: fleet PSS", \
+     "$out/memdedup/samples.tsv" using 1:(\$10 == 2 ? \$4/1024 : 1/0) with lines dt 2 title "memdedup: file-backed PSS (shared image pages)"
 GP
   [ -f "$out/memory.png" ] && echo "Plot: $out/memory.png"
 fi
