@@ -31,7 +31,8 @@
 #   4 pss_file_kb  sum of Pss_File + Pss_Shmem
 #   5 anon_kb      host AnonPages (/proc/meminfo)
 #   6 ksm_sharing  /sys/kernel/mm/ksm/pages_sharing
-#   7 md_shared    memdedup pages_shared of the fleet's agents (status --json; 0 without jq)
+#   7 md_shared    memdedup pages_shared plus the scanner's pages_sharing of the fleet's agents
+#                  (status --json; 0 without jq)
 #   8 ksmd_cpu_s   ksmd CPU seconds (utime+stime) since the fleet started
 #   9 agent_cpu_s  CPU seconds of memdedup's own threads in the fleet (md-agent,
 #                  md-scan, md-uffd) and of memdedupd
