@@ -344,6 +344,10 @@ static void copied_read(struct md_agent *a, int fd, uintptr_t buf, size_t n, off
 					     (end - first) / MD_PAGE, first, 1);
 		md__agent_leave(a);
 	}
+	/* Hints off (hint_ratio=0): nothing is pushed, nor the scanner woken
+	 * for it. */
+	if (!__atomic_load_n(&a->scanner.ratio, __ATOMIC_RELAXED))
+		return;
 	uint64_t key = file && tell ? md__read_key((uint64_t)st.st_dev, (uint64_t)st.st_ino) : 0;
 	md__hints_push(&a->hints, buf, n, key, (uint64_t)off);
 	md__scanner_poke(&a->scanner);
@@ -364,6 +368,30 @@ static void inflight_undo(void *p)
 
 static ssize_t read_copied(struct md_agent *a, int fd, void *buf, size_t len, off_t off, int small,
 			   size_t mapped, const struct md__read_plan *plan, struct inflight_read *r, int *whole);
+
+/* The parts of a copied read [buf, buf+n) that lie in guest RAM, each
+ * hinted as a read of its own: a read across regions that meet, or
+ * reaching into RAM from memory that is not (md__region_find finds
+ * neither). */
+static void copied_parts(struct md_agent *a, int fd, uintptr_t buf, size_t n, off_t off)
+{
+	uintptr_t ps[16], pe[16];
+	size_t np = 0;
+	if (md__ours_none(a, buf, buf + n))	/* most reads outside RAM: no lock */
+		return;
+	md__agent_enter(a);
+	for (size_t k = 0; k < a->nregions && np < 16; k++) {
+		const struct md__region *r = &a->regions[k];
+		uintptr_t s = r->start > buf ? r->start : buf, e = r->end < buf + n ? r->end : buf + n;
+		if (e > s && e - s >= MD_PAGE) {
+			ps[np] = s;
+			pe[np++] = e;
+		}
+	}
+	md__agent_leave(a);
+	for (size_t k = 0; k < np; k++)
+		copied_read(a, fd, ps[k], pe[k] - ps[k], off < 0 ? -1 : off + (off_t)(ps[k] - buf), 0);
+}
 
 /* A plain read, recorded while in flight when the scanner runs: the
  * system call the VMM made, preadv or pread (one), since a seccomp filter
@@ -470,7 +498,10 @@ static ssize_t read_segment(struct md_agent *a, int fd, void *buf, size_t len, o
 		}
 		/* Not in a region; its end may still overlap scanned RAM. */
 		struct iovec io = { buf, len };
-		return tracked_preadv(a, fd, &io, 1, off, 0, 1);
+		ssize_t n = tracked_preadv(a, fd, &io, 1, off, 0, 1);
+		if (a->engine && n >= (ssize_t)MD_PAGE)
+			copied_parts(a, fd, (uintptr_t)buf, (size_t)n, off);
+		return n;
 	}
 	int small = 0;
 	if (may_share(a, buf, len, off, 1, &small))
@@ -708,12 +739,8 @@ static void copied_whole(struct md_agent *a, int fd, const struct iovec *iov, in
 	size_t done = 0;
 	for (int i = 0; i < iovcnt && done < (size_t)n; done += iov[i++].iov_len) {
 		size_t len = iov[i].iov_len < (size_t)n - done ? iov[i].iov_len : (size_t)n - done;
-		uintptr_t at = (uintptr_t)iov[i].iov_base;
-		md__agent_enter(a);
-		int in = len >= MD_PAGE && md__region_find(a, at, len) != NULL;
-		md__agent_leave(a);
-		if (in)
-			copied_read(a, fd, at, len, off == -1 ? -1 : off + (off_t)done, 0);
+		if (len >= MD_PAGE)
+			copied_parts(a, fd, (uintptr_t)iov[i].iov_base, len, off == -1 ? -1 : off + (off_t)done);
 	}
 }
 
@@ -749,8 +776,14 @@ static ssize_t preadv_errno(md_agent *a, int fd, const struct iovec *iov, int io
 	 * our SIGSEGV reading it. */
 	if (!a || iovcnt <= 0 || iovcnt > IOV_MAX || !md__readable(iov, (size_t)iovcnt * sizeof(*iov)))
 		return md__vmm_preadv2(fd, iov, iovcnt, off, flags, NULL, NULL);
-	if (!any_in_ram(a, iov, iovcnt))
-		return tracked_preadv(a, fd, iov, iovcnt, off, flags, 0);
+	if (!any_in_ram(a, iov, iovcnt)) {
+		/* A segment may still reach into RAM from below it. */
+		ssize_t n = tracked_preadv(a, fd, iov, iovcnt, off, flags, 0);
+		int saved = errno;
+		copied_whole(a, fd, iov, iovcnt, n, off);
+		errno = saved;
+		return n;
+	}
 	if (off == -1 || flags != 0) {
 		md__log_once(91, "reads into guest RAM with preadv2 flags or at the file position "
 			     "are copied");

@@ -969,7 +969,7 @@ int md__scan_account(struct md_agent *a, int reap)
 	md__set(a, MD_CTR_ZERO_PAGES, zero);
 	md__set(a, MD_CTR_FILLED_PAGES, st.filled);
 	md__set(a, MD_CTR_ZERO_NEAR_HINTS, ss.zero_swept);
-	md__set(a, MD_CTR_HINT_RATIO, ss.ratio);
+	md__set(a, MD_CTR_HINT_RATIO, __atomic_load_n(&a->scanner.ratio, __ATOMIC_RELAXED));
 	md__set(a, MD_CTR_PUBLISHED, ss.published);
 	md__set(a, MD_CTR_VOLATILE, ss.volatile_skips);
 	md__set(a, MD_CTR_ABANDONED, st.abandoned);

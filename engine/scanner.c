@@ -1206,7 +1206,7 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 		/* The interleave counts visits, not pages read: the cursor's
 		 * visits over memory it does not read (absent, merged) once
 		 * held the hints off until the cursor read a page again. */
-		if (examined % 8 < __atomic_load_n(&s->ratio, __ATOMIC_RELAXED) && (a = hint_next(s)) != 0)
+		if (s->interleave++ % 8 < __atomic_load_n(&s->ratio, __ATOMIC_RELAXED) && (a = hint_next(s)) != 0)
 			hinted = 1;
 		else
 			a = cursor_next(s);

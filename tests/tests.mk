@@ -3,7 +3,7 @@
 # two guests whose duplicates only scanning finds (a longer hold than its
 # default: guests under load finish reading further apart).
 # `make check-all` adds the slow tier.
-TEST_SRC := tests/runner.c tests/proc.c tests/cgroup.c tests/test_units.c tests/test_agent.c tests/test_cli.c tests/test_scan.c tests/test_cross.c \
+TEST_SRC := tests/runner.c tests/proc.c tests/cgroup.c tests/test_units.c tests/test_agent.c tests/test_cli.c tests/test_scan.c tests/test_cross.c tests/test_hints.c \
             $(ENGINE_TEST_SRC) $(DAEMON_TEST_SRC)
 TEST_OBJ := $(TEST_SRC:%.c=$(B)/%.o)
 $(TEST_OBJ): CFLAGS += -Iagent -Iengine -Idaemon -Itests -Itests/daemon
