@@ -1,8 +1,12 @@
 /*
- * accounting.c - the counters that describe the present, refreshed by the
- * agent's thread about once a second: how many pages mapped from images are
- * still shared, how many the guest has written since (copy-on-write breaks),
- * and how many mappings the process has.
+ * accounting.c - the counters that describe the present: how many pages
+ * mapped from images are still shared, how many the guest has written since
+ * (copy-on-write breaks), and how many mappings the process has. Walked by
+ * the agent's thread when they may have moved, not every second (a walk of
+ * all guest RAM costs milliseconds): as guest reads start or stop, 3 s after
+ * a burst of merges onto images, every 30 s while reads go on, else once
+ * the resident counts show pages moved (agent.c's loop). So they lag reads
+ * in progress by up to 30 s.
  *
  * /proc/self/pagemap tells a page still backed by the file (bit 61, "file
  * page or shared anonymous") from one the guest has written (a private
