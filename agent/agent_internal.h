@@ -253,6 +253,8 @@ struct md_agent {
 	int daemon_paused;	/* memdedupd's PAUSE not followed by its RESUME (agent thread): a
 				 * new memdedupd knows only root's pause of all, and its WELCOME
 				 * would resume one by pid or a user's own (scan.c) */
+	uint64_t daemon_paused_gen;	/* the pool generation of the memdedupd that paused it: only
+					 * its WELCOME may say it was resumed meanwhile */
 	uid_t joined_uid;	/* the effective uid memdedupd saw at the last connect (agent thread) */
 	int user_moving, user_was_paused;	/* user_changed's state (agent thread) */
 	int unmerged;		/* paused by an unmerge, until resumed (1; 2: one memdedupd asked, which

@@ -1035,8 +1035,10 @@ void md__scan_apply_control(struct md_agent *a, const struct md__msg_control *ct
 			/* Not the pause of all, which memdedupd keeps in its
 			 * state file: a new one started from the defaults (the
 			 * file removed) resumes as documented. */
-			if (ctl->pid && a->engine->remote->control_pid)
+			if (ctl->pid && a->engine->remote->control_pid) {
 				a->daemon_paused = 1;
+				a->daemon_paused_gen = a->engine->remote->generation;
+			}
 			pause_wait(a);
 		}
 		break;
@@ -1131,10 +1133,13 @@ static void apply_welcome(struct md_agent *a, const struct md__msg_welcome *w)
 	if (a->engine->remote->same_daemon && !paused && __atomic_load_n(&a->unmerged, __ATOMIC_RELAXED) == 2)
 		__atomic_store_n(&a->unmerged, 0, __ATOMIC_RELAXED);
 	/* Paused by memdedupd: the one that paused it knows (a RESUME may
-	 * have come while we were away); a new one knows only root's pause
-	 * of all, which it keeps in its state file, and would resume a pause
-	 * by pid or a user's own, which nobody lifted. */
-	if (a->engine->remote->same_daemon)
+	 * have come while we were away); another knows only root's pause of
+	 * all, which it keeps in its state file, and would resume a pause by
+	 * pid or a user's own, which nobody lifted. Told by the pool's
+	 * generation, not by the last connection's: a reconnect to the new
+	 * daemon is to the same one as the last time, and it still never
+	 * heard of the pause (review). */
+	if (a->engine->remote->generation == a->daemon_paused_gen)
 		a->daemon_paused = paused && a->daemon_paused;
 	else
 		paused |= a->daemon_paused;

@@ -23,6 +23,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -500,6 +501,24 @@ static int ack_status(const struct md__client *c)
 	return c->msg.u.ack.status ? peer_error(c->msg.u.ack.status) : 0;
 }
 
+/* A refusal is said when it says something new: the agent's thread
+ * connects again every second, and a daemon at its connection limit
+ * refused each try with the same words; another reason later (a user
+ * change, a limit reached weeks on) is still said. */
+static void refusal_said(const char *why)
+{
+	static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+	static char last[MD_TEXT_MAX + 1];
+	pthread_mutex_lock(&lock);
+	int said = strcmp(last, why) == 0;
+	if (!said)
+		snprintf(last, sizeof(last), "%s", why);
+	pthread_mutex_unlock(&lock);
+	if (!said)
+		md__log("memdedupd refused the connection: %s (tried again every second; said again "
+			"only for another reason)", why);
+}
+
 /* A message that is not the reply awaited: an owed one, settled; else
  * only CONTROL, CANDIDATES and SHARE with seq 0 may come so, and an ERROR
  * when the daemon refused the connection (too many) before any request. */
@@ -514,8 +533,7 @@ static int other(struct md__client *c)
 	case MD_MSG_ERROR:
 		snprintf(c->refusal, sizeof(c->refusal), "%s", c->msg.u.text.text);
 		if (!c->quiet)
-			md__log_once(186, "memdedupd refused the connection: %s (tried again every second; "
-				     "later refusals not said)", c->msg.u.text.text);
+			refusal_said(c->msg.u.text.text);
 		return kill_conn(c, peer_error(c->msg.u.text.status));	/* said above */
 	case MD_MSG_CONTROL:
 		queue_control(c, &c->msg.u.control);

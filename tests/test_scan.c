@@ -8659,3 +8659,72 @@ TEST_IMPL(scan_zero_again_published)
 	munmap(m, n * PG);
 	return 0;
 }
+
+/* A pause by pid kept over a new memdedupd outlives the agent's next
+ * connection to that new daemon too (the VMM replaced the pool's
+ * descriptor): the same daemon as the last connection, but not the one
+ * that paused it, it never heard of the pause, and its WELCOME resumed the
+ * agent (review). Another VMM of the domain keeps its pool, and so its
+ * generation. */
+TEST_IMPL(scan_kept_pause_outlives_reconnect_to_new_daemon)
+{
+	struct tdaemon t;
+	md_agent *a;
+	const size_t n = 64;
+	char *m = merged_pairs(&t, &a, n);
+	ASSERT_EQ(td_sh("MEMDEDUP_SOCKET=%s %s/memdedup pause --pid %d >/dev/null", t.sock, build_dir(),
+			(int)getpid()), 0);
+	ASSERT_EQ(scanner_paused(a), 1);
+	struct md__remote *rm = a->engine->remote;
+	uint64_t gen = rm->generation;
+	kill(t.pid, SIGKILL);
+	waitpid(t.pid, NULL, 0);
+	td_restart(&t);
+	for (int i = 0; i < 500 && (!md__remote_connected(rm) || rm->generation == gen); i++)
+		usleep(10000);
+	ASSERT(rm->generation != gen);
+	ASSERT(welcome_applied(&t));
+	usleep(300000);
+	ASSERT_EQ(scanner_paused(a), 1);	/* kept over the new daemon: as designed */
+	/* Another VMM of the domain (a second agent) keeps B's pool. */
+	int ready[2];
+	ASSERT(pipe(ready) == 0);
+	pid_t other = fork();
+	ASSERT(other >= 0);
+	if (other == 0) {
+		struct md__client *c;
+		struct md__msg_welcome w;
+		int pfd = -1;
+		if (md__client_open(&c, t.sock, "held", MD_HELLO_CONTROL_PID, &w, &pfd) != 0)
+			_exit(3);
+		char x = 1;
+		if (write(ready[1], &x, 1) != 1)
+			_exit(4);
+		for (;;)
+			pause();
+	}
+	char x;
+	ASSERT_EQ(read(ready[0], &x, 1), 1);
+	/* The same daemon again. */
+	gen = rm->generation;
+	uint64_t connects = __atomic_load_n(&rm->connects, __ATOMIC_RELAXED);
+	int victim = open("/dev/null", O_RDONLY);
+	ASSERT(victim >= 0);
+	ASSERT(dup2(victim, rm->ro_fd) == rm->ro_fd);
+	ASSERT_EQ(md__remote_fd_ok(rm), 0);	/* as the scanner's next map would find */
+	for (int i = 0; i < 500 && (!md__remote_connected(rm) ||
+				    __atomic_load_n(&rm->connects, __ATOMIC_RELAXED) == connects); i++)
+		usleep(10000);
+	ASSERT(__atomic_load_n(&rm->connects, __ATOMIC_RELAXED) != connects);
+	ASSERT_EQ(rm->generation, gen);	/* the same daemon */
+	usleep(500000);	/* its WELCOME applied */
+	fprintf(stderr, "scanner paused after reconnect to the same new daemon: %d\n", scanner_paused(a));
+	ASSERT_EQ(scanner_paused(a), 1);	/* nobody resumed it */
+	kill(other, SIGKILL);
+	waitpid(other, NULL, 0);
+	md_agent_free(a);
+	td_stop(&t);
+	close(victim);
+	munmap(m, n * PG);
+	return 0;
+}

@@ -1132,8 +1132,9 @@ static int lines_for_five_tries(int old_version, const char *text)
 				hdr[4] = 3;
 				ASSERT(write(c, hdr, sizeof(hdr)) == (ssize_t)sizeof(hdr));
 			} else {
-				m.u.text.status = -EUSERS;
-				snprintf(m.u.text.text, sizeof(m.u.text.text), "too many connections (7)");
+				m.u.text.status = -EUSERS;	/* the last for another reason */
+				snprintf(m.u.text.text, sizeof(m.u.text.text), i < 4 ? "too many connections (7)" :
+					 "too many connections of uid 0 (at most 256)");
 				fake_send(c, &m, MD_MSG_ERROR, 0, -1);
 			}
 			close(c);
@@ -1162,10 +1163,11 @@ static int lines_for_five_tries(int old_version, const char *text)
 	return said;
 }
 
-/* A daemon at its connection limit refuses every try: said once. */
+/* A daemon at its connection limit refuses every try: said once, and
+ * again only for another reason. */
 TEST_IMPL(daemon_client_refusal_said_once)
 {
-	ASSERT_EQ(lines_for_five_tries(0, "refused the connection"), 1);
+	ASSERT_EQ(lines_for_five_tries(0, "refused the connection"), 2);
 	return 0;
 }
 
