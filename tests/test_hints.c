@@ -1,7 +1,7 @@
 /*
  * test_hints.c - the KSM++ hints: which reads into guest RAM push which
- * hints (agent/readshare.c), and the scanner's interleave of them with its
- * cursor (engine/scanner.c), in this process.
+ * hints (agent/readshare.c), and how the agent shows their ratio, in this
+ * process (the scanner's side: tests/engine/test_engine.c).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -12,8 +12,6 @@
 #include <unistd.h>
 #include "agent_internal.h"
 #include "hints.h"
-#include "merge.h"
-#include "scanner.h"
 #include "proc.h"
 #include "runner.h"
 
@@ -42,6 +40,28 @@ static size_t pop_all(md_agent *a, struct md__hint *out, size_t max)
 	return n;
 }
 
+/* An image of 64 pages (seed), open at *fd, and 64 pages of memory at *m
+ * beside a paused_agent(flags), none of it registered yet. */
+static md_agent *reader(const char *name, unsigned seed, unsigned flags, char **m, int *fd)
+{
+	char img[512];
+	snprintf(img, sizeof(img), "%s/%s.img", test_dir(), name);
+	make_image(img, 64 * PG, seed);
+	*fd = open(img, O_RDONLY | O_CLOEXEC);
+	ASSERT(*fd >= 0);
+	md_agent *a = paused_agent(flags);
+	*m = mmap(NULL, 64 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(*m != MAP_FAILED);
+	return a;
+}
+
+static void reader_done(md_agent *a, char *m, int fd)
+{
+	md_agent_free(a);
+	munmap(m, 64 * PG);
+	close(fd);
+}
+
 /* Bytes of [lo, hi) the hints cover (they do not overlap here). */
 static size_t covered(const struct md__hint *h, size_t n, uintptr_t lo, uintptr_t hi)
 {
@@ -59,14 +79,9 @@ static size_t covered(const struct md__hint *h, size_t n, uintptr_t lo, uintptr_
  * pread's does (read_segment splits it). It hinted none (review). */
 TEST_IMPL(hints_position_read_across_regions)
 {
-	char img[512];
-	snprintf(img, sizeof(img), "%s/hints-across.img", test_dir());
-	make_image(img, 64 * PG, 7);
-	int fd = open(img, O_RDONLY | O_CLOEXEC);
-	ASSERT(fd >= 0);
-	md_agent *a = paused_agent(0);
-	char *m = mmap(NULL, 64 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	ASSERT(m != MAP_FAILED);
+	char *m;
+	int fd;
+	md_agent *a = reader("hints-across", 7, 0, &m, &fd);
 	ASSERT_EQ(md_agent_register(a, m, 32 * PG, 0), 0);
 	ASSERT_EQ(md_agent_register(a, m + 32 * PG, 32 * PG, 0), 0);
 	ASSERT_EQ(md_agent_pause(a, 1), 0);
@@ -89,9 +104,7 @@ TEST_IMPL(hints_position_read_across_regions)
 	printf("  preadv2 at the file position across the parts: %zu hints, %zu bytes covered\n", n,
 	       covered(h, n, (uintptr_t)m, (uintptr_t)m + 64 * PG));
 	ASSERT_EQ(covered(h, n, (uintptr_t)m, (uintptr_t)m + 64 * PG), 32 * PG);
-	md_agent_free(a);
-	munmap(m, 64 * PG);
-	close(fd);
+	reader_done(a, m, fd);
 	return 0;
 }
 
@@ -100,14 +113,9 @@ TEST_IMPL(hints_position_read_across_regions)
  * shared. It hinted nothing (review). */
 TEST_IMPL(hints_read_into_ram_from_below)
 {
-	char img[512];
-	snprintf(img, sizeof(img), "%s/hints-below.img", test_dir());
-	make_image(img, 64 * PG, 8);
-	int fd = open(img, O_RDONLY | O_CLOEXEC);
-	ASSERT(fd >= 0);
-	md_agent *a = paused_agent(0);
-	char *m = mmap(NULL, 64 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	ASSERT(m != MAP_FAILED);
+	char *m;
+	int fd;
+	md_agent *a = reader("hints-below", 8, 0, &m, &fd);
 	ASSERT_EQ(md_agent_register(a, m + 16 * PG, 48 * PG, 0), 0);
 	ASSERT_EQ(md_agent_pause(a, 1), 0);
 	struct md__hint h[64];
@@ -124,9 +132,7 @@ TEST_IMPL(hints_read_into_ram_from_below)
 	in_ram = covered(h, n, (uintptr_t)m + 16 * PG, (uintptr_t)m + 64 * PG);
 	printf("  preadv from below RAM into it: %zu hints, %zu bytes of RAM covered\n", n, in_ram);
 	ASSERT_EQ(in_ram, 16 * PG);
-	md_agent_free(a);
-	munmap(m, 64 * PG);
-	close(fd);
+	reader_done(a, m, fd);
 	return 0;
 }
 
@@ -135,15 +141,10 @@ TEST_IMPL(hints_read_into_ram_from_below)
  * scanner from the idle sleep its quiet passes set (review). */
 TEST_IMPL(hints_off_reads_push_nothing)
 {
-	char img[512];
-	snprintf(img, sizeof(img), "%s/hints-off.img", test_dir());
-	make_image(img, 64 * PG, 9);
-	int fd = open(img, O_RDONLY | O_CLOEXEC);
-	ASSERT(fd >= 0);
-	md_agent *a = paused_agent(MD_OPT_NO_HINTS);
+	char *m;
+	int fd;
+	md_agent *a = reader("hints-off", 9, MD_OPT_NO_HINTS, &m, &fd);
 	ASSERT_EQ(a->scanner.ratio, 0);
-	char *m = mmap(NULL, 64 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	ASSERT(m != MAP_FAILED);
 	ASSERT_EQ(md_agent_register(a, m, 64 * PG, 0), 0);
 	ASSERT_EQ(md_agent_pause(a, 1), 0);
 	__atomic_store_n(&a->scanner.idle, 5, __ATOMIC_RELAXED);	/* as a quiet pass leaves it */
@@ -155,55 +156,7 @@ TEST_IMPL(hints_off_reads_push_nothing)
 	ASSERT_EQ(a->hints.pushed - pushed, 0);
 	ASSERT_EQ(md__hints_count(&a->hints), 0);
 	ASSERT_EQ(__atomic_load_n(&a->scanner.idle, __ATOMIC_RELAXED), 5);
-	md_agent_free(a);
-	munmap(m, 64 * PG);
-	close(fd);
-	return 0;
-}
-
-static void fill_seed(unsigned char *p, unsigned seed)
-{
-	uint32_t x = seed * 2654435761u + 1;
-	for (unsigned i = 0; i < PG; i += 4) {
-		x = x * 1103515245u + 12345u;
-		memcpy(p + i, &x, 4);
-	}
-}
-
-/* "Of every 8 pages, ratio come from hints, the rest from the cursor":
- * counted over batches, not from 0 in each. A batch of fewer than 8 pages
- * (sleep_millisecs=0, a small share of pages_to_scan) gave every visit to
- * hints while reads kept coming, and with no cursor visits the ratio could
- * never adapt down (review). */
-TEST_IMPL(hints_small_batches_leave_cursor_its_part)
-{
-	struct md__engine e;
-	struct md__hints h;
-	struct md__scanner s;
-	const size_t n = 512;
-	unsigned char *r = mmap(NULL, n * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	ASSERT(r != MAP_FAILED);
-	if (md__engine_init(&e, NULL) != 0)
-		SKIP("no engine here (userfaultfd)");
-	for (size_t i = 0; i < n; i++)
-		fill_seed(r + i * PG, (unsigned)i + 7000);
-	ASSERT_EQ(md__engine_register(&e, r, n * PG, 0), 0);
-	ASSERT_EQ(md__hints_init(&h, 64), 0);
-	ASSERT_EQ(md__scanner_init(&s, &e, &h), 0);
-	s.ratio = 1;
-	/* A guest reading all along: a hint of 4 pages before each batch. */
-	for (int i = 0; i < 400; i++) {
-		md__hints_push(&h, (uintptr_t)(r + (size_t)(i % 128) * 4 * PG), 4 * PG, 0, 0);
-		md__scanner_step(&s, 1);
-	}
-	printf("  ratio 1, batches of 1 page: hinted %llu, scanned %llu, ratio now %u\n",
-	       (unsigned long long)s.st.hinted, (unsigned long long)s.st.scanned, s.ratio);
-	/* At most 1 of 8 visits read from hints, give or take a batch. */
-	ASSERT(s.st.scanned >= 6 * s.st.hinted);
-	md__scanner_free(&s);
-	md__hints_free(&h);
-	md__engine_fini(&e);
-	munmap(r, n * PG);
+	reader_done(a, m, fd);
 	return 0;
 }
 

@@ -7045,6 +7045,41 @@ TEST_IMPL(engine_scanner_ratio_stays_1_to_7)
 	return 0;
 }
 
+/* "Of every 8 pages, ratio come from hints, the rest from the cursor":
+ * counted over batches, not from 0 in each. A batch of fewer than 8 pages
+ * (sleep_millisecs=0, a small share of pages_to_scan) gave every visit to
+ * hints while reads kept coming, and with no cursor visits the ratio could
+ * never adapt down (review). */
+TEST_IMPL(engine_scanner_small_batches_leave_cursor_its_part)
+{
+	struct md__engine e;
+	struct md__hints h;
+	struct md__scanner s;
+	const size_t n = 512;
+	unsigned char *r = map_ram(n);
+	engine_up(&e);
+	for (size_t i = 0; i < n; i++)
+		fill(r + i * PG, (unsigned)i + 7000);
+	ASSERT_EQ(md__engine_register(&e, r, n * PG, 0), 0);
+	ASSERT_EQ(md__hints_init(&h, 64), 0);
+	ASSERT_EQ(md__scanner_init(&s, &e, &h), 0);
+	s.ratio = 1;
+	/* A guest reading all along: a hint of 4 pages before each batch. */
+	for (int i = 0; i < 400; i++) {
+		md__hints_push(&h, (uintptr_t)(r + (size_t)(i % 128) * 4 * PG), 4 * PG, 0, 0);
+		md__scanner_step(&s, 1);
+	}
+	printf("  ratio 1, batches of 1 page: hinted %llu, scanned %llu, ratio now %u\n",
+	       (unsigned long long)s.st.hinted, (unsigned long long)s.st.scanned, s.ratio);
+	/* At most 1 of 8 visits read from hints, give or take a batch. */
+	ASSERT(s.st.scanned >= 6 * s.st.hinted);
+	md__scanner_free(&s);
+	md__hints_free(&h);
+	md__engine_fini(&e);
+	munmap(r, n * PG);
+	return 0;
+}
+
 /* A hint names pages a read just filled: they are visited whatever the
  * smart scan says of what was there before (aged unique pages, skipped by
  * the cursor for passes to come). */
