@@ -1271,10 +1271,10 @@ void md__scan_daemon(struct md_agent *a, int report)
 	 * value given to this agent itself (memdedup run --pages-to-scan) is
 	 * this agent's alone. */
 	unsigned share = md__remote_share(rm);
-	share = share ? share : 1;
+	share = share ? share : MD_SCAN_PART_ALL;
 	unsigned set = __atomic_load_n(&a->scan_explicit, __ATOMIC_RELAXED);
-	__atomic_store_n(&a->scanner.share_batch, set & MD_SET_PAGES ? 1 : share, __ATOMIC_RELAXED);
-	__atomic_store_n(&a->scanner.share_cpu, set & MD_SET_CPU ? 1 : share, __ATOMIC_RELAXED);
+	__atomic_store_n(&a->scanner.share_batch, set & MD_SET_PAGES ? MD_SCAN_PART_ALL : share, __ATOMIC_RELAXED);
+	__atomic_store_n(&a->scanner.share_cpu, set & MD_SET_CPU ? MD_SCAN_PART_ALL : share, __ATOMIC_RELAXED);
 	if (report) {
 		uint64_t snap[MD_CTR_COUNT];
 		for (int i = 0; i < MD_CTR_COUNT; i++)

@@ -401,6 +401,10 @@ int md__cmd_status(int argc, char **argv)
 							    : json_null());
 			json_object_set_new(o, "unmerged", da ? json_boolean(json_is_true(json_object_get(da,
 							    "unmerged"))) : json_null());
+			/* Its part of the daemon's rate (0 to 1), null where none. */
+			json_t *part = da ? json_object_get(da, "rate_part") : NULL;
+			json_object_set_new(o, "rate_part", json_is_real(part) ? json_real(json_real_value(part))
+									 : json_null());
 			json_array_append_new(list, o);
 		}
 		for (size_t k = 0; k < NKSM; k++) {

@@ -542,7 +542,7 @@ static int other(struct md__client *c)
 		queue_candidates(c, &c->msg.u.candidates);
 		return 0;
 	case MD_MSG_SHARE:
-		c->share = c->msg.u.share.agents;
+		c->share = c->msg.u.share.part;
 		return 0;
 	case MD_MSG_CONTROL_R:	/* MD_CONTROL_NOTICES: an UNMERGE's next agent has its turn */
 		/* Only to a CLI waiting for its CONTROL's answer: anyone

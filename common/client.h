@@ -153,7 +153,7 @@ int md__client_next_control(struct md__client *c, struct md__msg_control *ctl);
 size_t md__client_take_candidates(struct md__client *c, uint64_t *addr, size_t max);
 /* How many CANDIDATES addresses are queued (what was read so far). */
 size_t md__client_candidates(const struct md__client *c);
-/* The agents the daemon last said its tunables are split among; 0: none. */
+/* The part of the daemon's tunables it last gave this agent, in 65536ths; 0: none. */
 uint32_t md__client_share(const struct md__client *c);
 
 /* Starts memdedupd (daemon_exe) unless a daemon answers on the default

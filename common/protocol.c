@@ -385,9 +385,9 @@ static int decode_payload(const unsigned char *p, uint32_t len, struct md__msg *
 			m->u.candidates.addr[i] = get64(p + 4 + 8 * i);
 		return 0;
 	case MD_MSG_SHARE:
-		if (len != 4 || (n = get32(p)) == 0 || n > MD_SHARE_MAX)
+		if (len != 4 || (n = get32(p)) == 0 || n > MD_SHARE_ALL)
 			return -EBADMSG;
-		m->u.share.agents = n;
+		m->u.share.part = n;
 		return 0;
 	case MD_MSG_READS:
 		if (!array_count(p, len, MD_READS_MAX, READ_RUN_LEN, &n))
@@ -505,7 +505,7 @@ static uint64_t payload_len(const struct md__msg *m, int *ok)
 			break;
 		return 4 + 8ull * n;
 	case MD_MSG_SHARE:
-		if (m->u.share.agents == 0 || m->u.share.agents > MD_SHARE_MAX)
+		if (m->u.share.part == 0 || m->u.share.part > MD_SHARE_ALL)
 			break;
 		return 4;
 	case MD_MSG_READS:
@@ -654,7 +654,7 @@ ssize_t md__msg_encode(const struct md__msg *m, void *buf, size_t size)
 			p = put64(p, m->u.candidates.addr[i]);
 		break;
 	case MD_MSG_SHARE:
-		put32(p, m->u.share.agents);
+		put32(p, m->u.share.part);
 		break;
 	case MD_MSG_READS:
 		p = put32(p, m->u.reads.n);

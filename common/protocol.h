@@ -3,7 +3,7 @@
  *
  * Every message is a fixed 16-byte header followed by `length` payload bytes:
  *
- *     u32 magic ("MDD1" on the wire)  u16 version (4)  u16 type
+ *     u32 magic ("MDD1" on the wire)  u16 version (5)  u16 type
  *     u32 length (payload bytes)      u32 seq
  *
  * All fields are little-endian and fixed-size; a payload is a fixed part
@@ -21,7 +21,7 @@
 #include <sys/types.h>
 
 #define MD_MSG_MAGIC 0x3144444du   /* "MDD1" read as a little-endian u32 */
-#define MD_MSG_VERSION 4u
+#define MD_MSG_VERSION 5u
 #define MD_MSG_HDR_SIZE 16u
 /* The largest payload of any message: a STATUS_R document. */
 #define MD_MSG_MAX (1u << 20)
@@ -30,7 +30,7 @@
 #define MD_DOMAIN_MAX 64u          /* bytes of a domain name */
 #define MD_LOOKUP_MAX 512u         /* hashes in a LOOKUP */
 #define MD_CANDIDATES_MAX 64u      /* addresses in a CANDIDATES */
-#define MD_SHARE_MAX 65535u        /* agents a SHARE splits the rate among */
+#define MD_SHARE_ALL 65536u        /* a SHARE's part of the rate: all of it */
 #define MD_PUBLISH_MAX 64u         /* pages in a PUBLISH */
 #define MD_REF_MAX 1024u           /* slots in a REF / UNREF */
 #define MD_REPORT_MAX 256u         /* counters in a REPORT */
@@ -212,7 +212,7 @@ struct md__msg_reads {
 /* SHARE: the scanning agents the daemon's tunables are split among (the
  * rate and the CPU cap are for all of them together). */
 struct md__msg_share {
-	uint32_t agents;                   /* 1..MD_SHARE_MAX */
+	uint32_t part;                     /* of the rate, in 65536ths: 1..MD_SHARE_ALL */
 };
 
 /* A CLI's CONTROL token: while its UNMERGE waits, each agent's turn is

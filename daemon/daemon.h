@@ -214,6 +214,10 @@ struct md__agent {
 	struct md__domain *dom;
 	struct md__conn *conn;     /* NULL: detached, refs kept until exit */
 	uint32_t share_sent;       /* the SHARE its connection was told; 0: none */
+	/* Its LOOKUPs' hashes answered PUBLISH since the last weighing, and
+	 * the decayed sum of those counts (halved every MD_WEIGH_MS): its
+	 * user's part of the rate follows them (flush_share). */
+	uint64_t found, found_recent;
 	uint32_t *refs;            /* references per slot, refs_cap slots */
 	size_t refs_cap;
 	uint64_t nrefs;
@@ -372,7 +376,9 @@ struct md__daemon {
 	uint32_t unmerge_late_token;
 	int64_t unmerge_held_until;
 	uint32_t last_token;
-	int share_due;             /* their number may have changed this pass: SHARE at its end */
+	int share_due;             /* their parts may have changed this pass: SHARE at its end */
+	int64_t weighed_ms;        /* the agents' found counts last decayed (md__now_ms) */
+	int weighing;              /* some found_recent is not 0: weighed again every MD_WEIGH_MS */
 	int paused;
 	int64_t start_ms;          /* monotonic */
 	int stop;
@@ -408,6 +414,12 @@ int md__server_run(struct md__daemon *d);
  * was paused, resumed, unmerged, or said it stopped): each is told its own
  * (SHARE) once the wake-up's messages are handled. */
 void md__reshare(struct md__daemon *d);
+/* Every MD_WEIGH_MS while agents' lookups find pairs: their recent counts
+ * halve and the next SHARE follows them (now: md__now_ms). A second's
+ * halving moved the rate to the other of two guests 5 s after the first
+ * had visited all its hints. */
+#define MD_WEIGH_MS 500
+void md__reweigh(struct md__daemon *d, int64_t now);
 /* Handles one wake-up's events, d->evs[0..d->nev) (whatever epoll_wait on
  * d->epfd returned): the connections deferred before first, then those
  * read and answered, agents gone, and the SHAREs and candidates due. The loop's

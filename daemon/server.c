@@ -224,27 +224,77 @@ static int agent_scans(const struct md__daemon *d, const struct md__agent *a)
 	       !md__agent_stopped(a);
 }
 
-static int uid_cmp(const void *a, const void *b)
+/* A scanning agent's user and found_recent, sorted by user; sum: the
+ * found_recent of the entries before it (a prefix sum). */
+struct scanning {
+	uid_t uid;
+	uint64_t found, sum;
+};
+
+static int scanning_cmp(const void *a, const void *b)
 {
-	uid_t x = *(const uid_t *)a, y = *(const uid_t *)b;
+	uid_t x = ((const struct scanning *)a)->uid, y = ((const struct scanning *)b)->uid;
 	return x < y ? -1 : x > y;
 }
 
-/* The number of entries of the sorted u[0..n) equal to uid. */
-static uint32_t uid_count(const uid_t *u, size_t n, uid_t uid)
+/* The entries of the sorted s[0..n) of user uid: [*lo, return). */
+static size_t uid_run(const struct scanning *s, size_t n, uid_t uid, size_t *lo)
 {
-	size_t lo = 0, hi = n;
-	while (lo < hi) {	/* the first entry not below uid */
-		size_t mid = lo + (hi - lo) / 2;
-		if (u[mid] < uid)
-			lo = mid + 1;
+	size_t l = 0, hi = n;
+	while (l < hi) {	/* the first entry not below uid */
+		size_t mid = l + (hi - l) / 2;
+		if (s[mid].uid < uid)
+			l = mid + 1;
 		else
 			hi = mid;
 	}
-	size_t k = lo;
-	while (k < n && u[k] == uid)
+	size_t k = l;
+	while (k < n && s[k].uid == uid)
 		k++;
-	return (uint32_t)(k - lo);
+	*lo = l;
+	return k;
+}
+
+/* Units of an agent's equal part: a quarter of them it keeps whatever it
+ * finds, the other three quarters go by what the agents of its user found
+ * lately, once they found FOUND_MIN. */
+#define PART_UNITS 64u
+#define FOUND_MIN 256u
+
+/* The part of the rate (in MD_SHARE_ALL) of an agent whose user is one of
+ * users, with m scanning agents that found total lately, it found of them.
+ * KSM's pages_to_scan is for the host, spent wherever ksmd's walk is; an
+ * equal cut left the rate with an agent whose lookups find nothing (a
+ * guest reading an image ahead of another: its pages' twins are not there
+ * yet) while its peer, whose reads pair with those, fell behind its own
+ * reads (docs/benchmarks.md, fifty-seventh session). The parts of a user's
+ * agents never add up to more than the user's. */
+static uint32_t share_part(uint64_t users, uint64_t m, uint64_t found, uint64_t total)
+{
+	uint64_t units = PART_UNITS;
+	if (m > 1 && total >= FOUND_MIN)
+		units = PART_UNITS / 4 +
+			(uint64_t)((unsigned __int128)(PART_UNITS - PART_UNITS / 4) * m * found / total);
+	uint64_t p = (uint64_t)((unsigned __int128)MD_SHARE_ALL * units / ((unsigned __int128)users * m * PART_UNITS));
+	return p ? (uint32_t)p : 1;
+}
+
+void md__reweigh(struct md__daemon *d, int64_t now)
+{
+	int64_t steps = (now - d->weighed_ms) / MD_WEIGH_MS;
+	if (steps < 1)
+		return;
+	d->weighed_ms = now;
+	int any = 0;
+	for (struct md__agent *a = d->agents; a; a = a->next) {
+		uint64_t was = a->found_recent;
+		a->found_recent = (steps < 64 ? a->found_recent >> steps : 0) + a->found;
+		a->found = 0;
+		any |= a->found_recent != 0;
+		if (a->found_recent != was)
+			md__reshare(d);
+	}
+	d->weighing = any;
 }
 
 static void flush_share(struct md__daemon *d)
@@ -255,17 +305,20 @@ static void flush_share(struct md__daemon *d)
 	for (struct md__agent *a = d->agents; a; a = a->next)
 		n += agent_scans(d, a);
 	d->share_due = 0;
-	/* Out of memory: every agent one part of all (no user's then more
-	 * than its agents' share), told now rather than at some later wake. */
-	uid_t *u = n ? malloc(n * sizeof(*u)) : NULL;
+	/* Out of memory: every agent an equal part of all (no user's then
+	 * more than its agents' share), told now rather than at some later
+	 * wake. */
+	struct scanning *u = n ? malloc(n * sizeof(*u)) : NULL;
 	size_t k = 0, users = 0;
 	for (struct md__agent *a = d->agents; a && u; a = a->next)
 		if (agent_scans(d, a))
-			u[k++] = a->uid;
+			u[k++] = (struct scanning){ a->uid, a->found_recent, 0 };
 	if (u)
-		qsort(u, n, sizeof(*u), uid_cmp);
-	for (size_t i = 0; i < n && u; i++)
-		users += i == 0 || u[i] != u[i - 1];
+		qsort(u, n, sizeof(*u), scanning_cmp);
+	for (size_t i = 0; i < n && u; i++) {
+		users += i == 0 || u[i].uid != u[i - 1].uid;
+		u[i].sum = i ? u[i - 1].sum + u[i - 1].found : 0;
+	}
 	/* Each agent whose connection was told another number (or none):
 	 * by a count alone, one agent leaving and another coming in the
 	 * same pass told the newcomer nothing, and it scanned at the rate
@@ -274,17 +327,21 @@ static void flush_share(struct md__daemon *d)
 	for (struct md__agent *a = d->agents; a; a = a->next) {
 		if (!a->conn)
 			continue;
-		uint64_t mine = u ? uid_count(u, n, a->uid) : 0;
-		uint64_t share = u ? (uint64_t)users * mine : n;
-		/* One not scanning is told the part it would have if it
+		size_t lo = 0, hi = u ? uid_run(u, n, a->uid, &lo) : 0;
+		uint64_t mine = hi - lo, part;
+		/* One not scanning is told the equal part it would have if it
 		 * resumed alone: the RESUME reaches it before the others'
 		 * SHAREs, and it does not scan the whole rate meanwhile. */
 		if (!agent_scans(d, a))
-			share = u ? (uint64_t)(users + !mine) * (mine + 1) : n + 1;
-		m.u.share.agents = share > MD_SHARE_MAX ? MD_SHARE_MAX : (uint32_t)share;
+			part = u ? share_part(users + !mine, mine + 1, 0, 0) : share_part(n + 1, 1, 0, 0);
+		else if (u)
+			part = share_part(users, mine, a->found_recent, u[hi - 1].sum + u[hi - 1].found - u[lo].sum);
+		else
+			part = share_part(n, 1, 0, 0);
+		m.u.share.part = (uint32_t)part;
 		/* Not queued (short of memory): told again in the next
 		 * wake-up. A connection dropped meanwhile (-ENOBUFS) goes. */
-		if (a->share_sent != m.u.share.agents) {
+		if (a->share_sent != m.u.share.part) {
 			/* A SHARE is a state: while one is unsent (or anything
 			 * else), the next waits, told once the peer caught up,
 			 * not one more a pass for another user's churn. */
@@ -294,7 +351,7 @@ static void flush_share(struct md__daemon *d)
 			}
 			int err = md__conn_send(d, a->conn, &m, -1);
 			if (!err)
-				a->share_sent = m.u.share.agents;
+				a->share_sent = m.u.share.part;
 			else if (err != -ENOBUFS)
 				d->share_due = 1;
 		}
@@ -1017,10 +1074,22 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
 		}
 		r->hdr = (struct md__msg_hdr){ .type = MD_MSG_LOOKUP_R, .seq = seq };
 		r->u.lookup_r.n = m->u.lookup.n;
-		for (uint32_t i = 0; i < m->u.lookup.n; i++)
+		uint32_t found = 0;
+		for (uint32_t i = 0; i < m->u.lookup.n; i++) {
 			r->u.lookup_r.slot1[i] = md__domain_lookup(c->agent->dom, m->u.lookup.hash[i],
 								   c->agent->num, m->u.lookup.addr[i],
 								   m->u.lookup.tag[i]);
+			/* A twin not in the pool yet, found by this agent's
+			 * visit. A page in the pool may be one another
+			 * agent's visit named (CANDIDATES), which its agent
+			 * looks up outside its rate. */
+			found += r->u.lookup_r.slot1[i] == MD_LOOKUP_PUBLISH;
+		}
+		c->agent->found += found;
+		if (found && !d->weighing) {	/* weighed from MD_WEIGH_MS on */
+			d->weighing = 1;
+			d->weighed_ms = md__now_ms();
+		}
 		md__conn_send(d, c, r, -1);
 		free(r);
 		return;
@@ -1343,6 +1412,8 @@ void md__server_events(struct md__daemon *d)
 	}
 	d->nev = 0;
 	md__agents_drain(d);
+	if (d->weighing)
+		md__reweigh(d, md__now_ms());
 	flush_share(d);
 	for (struct md__agent *a = d->agents; a; a = a->next)
 		flush_candidates(d, a);
@@ -1383,6 +1454,13 @@ int md__server_run(struct md__daemon *d)
 		int due = md__control_due_in(d);
 		if (due >= 0 && (wait < 0 || due < wait))
 			wait = due;
+		/* The agents' recent finds decay (md__reweigh). */
+		if (d->weighing) {
+			int64_t in = d->weighed_ms + MD_WEIGH_MS - md__now_ms();
+			in = in < 0 ? 0 : in;
+			if (wait < 0 || in < wait)
+				wait = (int)in;
+		}
 		/* A record's address space to look at again (agent.c). */
 		if (d->look_at) {
 			int64_t in = d->look_at - md__now_ms();

@@ -202,6 +202,12 @@ static json_t *agent_json(const struct md__daemon *d, const struct md__agent *a)
 	json_object_set_new(o, "references", json_integer((json_int_t)a->nrefs));
 	json_object_set_new(o, "requests", json_integer((json_int_t)a->requests));
 	json_object_set_new(o, "hellos", json_integer((json_int_t)a->hellos));
+	/* Its part of the tunables as last told (SHARE; null: none yet), and
+	 * what its lookups found lately, which the part follows. */
+	json_object_set_new(o, "rate_part", a->share_sent ? json_real((double)a->share_sent / MD_SHARE_ALL) :
+			    json_null());
+	json_object_set_new(o, "found_recent", json_integer(a->found_recent > INT64_MAX ? INT64_MAX :
+							  (json_int_t)a->found_recent));
 	for (uint32_t i = 0; i < a->ncounters; i++) {
 		json_array_append_new(ctr, counter_json(i, a->counters[i]));
 		/* The stats-file layout, where the agent sent it: names too. */

@@ -13,7 +13,11 @@
 #include "log.h"
 #include "merge.h"
 #include "remote.h"
+#include "scanner.h"
 #include "sys.h"
+
+/* A SHARE's part is the scanner's, unconverted. */
+_Static_assert(MD_SHARE_ALL == MD_SCAN_PART_ALL, "a SHARE's whole is the scanner's");
 
 int md__remote_init(struct md__remote *rm, const char *socket, const char *domain)
 {

@@ -123,6 +123,6 @@ int md__remote_control_done(struct md__remote *rm, uint32_t token, int status, c
 size_t md__remote_take_candidates(struct md__remote *rm, uint64_t *addr, size_t max);
 /* Whether candidates came and wait for the scanner's next batch. */
 int md__remote_candidates_waiting(struct md__remote *rm);
-/* The scanning agents the daemon's tunables are split among (0: not said). */
+/* This agent's part of the daemon's tunables, in 65536ths (0: not said). */
 uint32_t md__remote_share(struct md__remote *rm);
 #endif

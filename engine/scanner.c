@@ -1153,9 +1153,8 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 		report_reads(s);
 	/* Taken before the lock too: the agent's thread may hold the
 	 * connection for a round trip. */
-	uint64_t cand[MD_SCAN_PEND];
-	size_t nc = s->e->remote ? md__remote_take_candidates(s->e->remote, cand,
-			npages < MD_SCAN_PEND ? npages : MD_SCAN_PEND) : 0;
+	uint64_t cand[MD_SCAN_CANDIDATES];
+	size_t nc = s->e->remote ? md__remote_take_candidates(s->e->remote, cand, MD_SCAN_CANDIDATES) : 0;
 	pthread_rwlock_rdlock(&s->e->regions_lock);
 	s->pm_n = 0;	/* the window is as old as the batch at most */
 	s->copy_have = 0;	/* and so are the copies */
@@ -1169,7 +1168,12 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 	 * do not count against the rate: they finish the visit (of
 	 * another agent) that found their copy, as KSM merges the
 	 * unstable tree's page in the step that scanned its twin; at
-	 * most a batch of them per batch. */
+	 * most MD_SCAN_CANDIDATES a batch, whatever this agent's own
+	 * part of the rate. Bound by that part (a batch of them a batch),
+	 * an agent whose visits found nothing, its part cut to an eighth,
+	 * merged the copies its peer's visits found at 650 a second
+	 * while the peer published 2,600 (docs/benchmarks.md,
+	 * fifty-seventh session). */
 	for (size_t c = 0; c < nc && !halted(s); c++) {	/* nfm stays within MD_SCAN_PEND */
 		int read = 0;
 		s->st.candidates++;
@@ -1282,16 +1286,16 @@ static uint64_t clock_ns(clockid_t c)
 	return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
 }
 
-size_t md__scanner_share(size_t batch, unsigned nb, uint64_t *sleep_ns)
+size_t md__scanner_share(size_t batch, unsigned part, uint64_t *sleep_ns)
 {
 	/* All agents together keep the set rate: a share rounded up to whole
 	 * pages sleeps longer in proportion (rounded up alone, 400 agents
 	 * under KSM's 100 pages scanned 400 a sleep; rounded down, 100 under
 	 * 199 scanned 100). */
-	if (nb <= 1 || !batch)
+	if (!part || part >= MD_SCAN_PART_ALL || !batch)
 		return batch;
-	size_t mine = (batch + nb - 1) / nb;
-	*sleep_ns = (uint64_t)((unsigned __int128)*sleep_ns * mine * nb / batch);
+	size_t mine = (size_t)(((unsigned __int128)batch * part + MD_SCAN_PART_ALL - 1) / MD_SCAN_PART_ALL);
+	*sleep_ns = (uint64_t)((unsigned __int128)*sleep_ns * mine * MD_SCAN_PART_ALL / ((unsigned __int128)batch * part));
 	return mine;
 }
 
@@ -1312,14 +1316,17 @@ size_t md__scanner_gather(size_t batch, uint64_t *sleep_ns)
 	return batch * k;
 }
 
-uint64_t md__scanner_capped(uint64_t cpu_ns, uint64_t wall_ns, uint64_t sleep_ns, unsigned cap, unsigned nc)
+uint64_t md__scanner_capped(uint64_t cpu_ns, uint64_t wall_ns, uint64_t sleep_ns, unsigned cap, unsigned part)
 {
-	/* The cap is of one core, shared by nc agents: a share is cap / nc
-	 * percent, not rounded (16 agents under a 10 % cap took 1 % each,
-	 * 16 % in all). */
-	uint64_t share = nc > 1 ? nc : 1;
-	if (cap && (cap < 100 || share > 1) && cpu_ns * 100 * share / cap > wall_ns + sleep_ns)
-		return cpu_ns * 100 * share / cap - wall_ns;
+	/* The cap is of one core, shared among agents: a part of it is
+	 * cap * part percent, not rounded (16 agents under a 10 % cap took
+	 * 1 % each, 16 % in all). */
+	uint64_t p = part && part < MD_SCAN_PART_ALL ? part : MD_SCAN_PART_ALL;
+	if (!cap || (cap >= 100 && p == MD_SCAN_PART_ALL))
+		return sleep_ns;
+	unsigned __int128 need = (unsigned __int128)cpu_ns * 100 * MD_SCAN_PART_ALL / ((unsigned __int128)cap * p);
+	if (need > wall_ns + sleep_ns)
+		return need - wall_ns > UINT64_MAX ? UINT64_MAX : (uint64_t)(need - wall_ns);
 	return sleep_ns;
 }
 

@@ -59,6 +59,11 @@ struct md__unstable {                      /* hash -> guest page, about a pass *
  * this many (GATHER in scanner.c), so a batch costs one round trip of each
  * kind. */
 #define MD_SCAN_PEND 256
+/* Candidates (pages another agent's visit found the twin of) a batch
+ * merges at most, outside the rate. */
+#define MD_SCAN_CANDIDATES 1024
+/* A part of the tunables (share_batch, share_cpu): the whole of them. */
+#define MD_SCAN_PART_ALL 65536u
 #define MD_SCAN_COPY 64
 
 struct md__scanner {
@@ -69,7 +74,8 @@ struct md__scanner {
 	unsigned sleep_ms;
 	unsigned cpu_percent;   /* cap of one core, 0: none */
 	/* The daemon's tunables are for all its agents together: this agent
-	 * takes batch / share_batch pages and cpu_percent / share_cpu (1: all). */
+	 * takes the part share_batch of batch pages and share_cpu of
+	 * cpu_percent, in 65536ths (MD_SCAN_PART_ALL: all; 0 as all). */
 	unsigned share_batch, share_cpu;
 	int paused;
 	int random_order;
@@ -154,14 +160,14 @@ void md__scanner_poke(struct md__scanner *s);
  * until the cursor has been round once more, as it merges them again only
  * when it comes by. Any thread, lock-free. */
 void md__scanner_hold(struct md__scanner *s);
-/* This agent's pages per wake-up, of batch shared by nb agents; a share
- * below a page lengthens *sleep_ns instead. */
-size_t md__scanner_share(size_t batch, unsigned nb, uint64_t *sleep_ns);
+/* This agent's pages per wake-up: the part (in 65536ths, 0 as all) of
+ * batch; one that rounds up to whole pages lengthens *sleep_ns to match. */
+size_t md__scanner_share(size_t batch, unsigned part, uint64_t *sleep_ns);
 /* A wake-up's pages for a batch (a share) that small, gathered over up to
  * 8 sleeps (*sleep_ns lengthened to match); as it is with no sleep. */
 size_t md__scanner_gather(size_t batch, uint64_t *sleep_ns);
 /* The sleep after a batch that took wall_ns, charged cpu_ns of CPU (its
- * own and the sleep's before it), so that the nc agents together use at
- * most cap percent of a core (0: no cap). */
-uint64_t md__scanner_capped(uint64_t cpu_ns, uint64_t wall_ns, uint64_t sleep_ns, unsigned cap, unsigned nc);
+ * own and the sleep's before it), so that this agent uses at most its
+ * part (in 65536ths, 0 as all) of cap percent of a core (0: no cap). */
+uint64_t md__scanner_capped(uint64_t cpu_ns, uint64_t wall_ns, uint64_t sleep_ns, unsigned cap, unsigned part);
 #endif

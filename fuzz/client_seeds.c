@@ -177,9 +177,9 @@ static void candidates(unsigned first, unsigned n)
 	msg(MD_MSG_CANDIDATES, 0);
 }
 
-static void share(uint32_t agents)
+static void share(uint32_t part)
 {
-	m.u.share.agents = agents;
+	m.u.share.part = part;
 	msg(MD_MSG_SHARE, 0);
 }
 
@@ -208,7 +208,7 @@ static void agent(const char *dir)
 	control(MD_CTL_SET, 0, 9);
 	control(MD_CTL_PAUSE, 0, 10);
 	candidates(0, 3);
-	share(3);
+	share(MD_SHARE_ALL / 3);
 	op0(FC_NEXT_CONTROL);
 	ack(0, REL(1));
 	call(FC_CONTROL_DONE, 0, 9, 0);
@@ -624,7 +624,7 @@ static void queues(const char *dir)
 		control(MD_CTL_RESUME, 0, i);
 	for (unsigned i = 0; i < 70; i++)
 		candidates(i, MD_CANDIDATES_MAX);
-	share(MD_SHARE_MAX);
+	share(MD_SHARE_ALL);
 	op0(FC_NEXT_CONTROL);
 	call(FC_CANDIDATES, 0, 255, 0);
 	call(FC_CANDIDATES, 0, 255, 0);

@@ -370,7 +370,7 @@ int main(int argc, char **argv)
 			m.u.candidates.addr[0] = 0x7f0000002000;
 			break;
 		case MD_MSG_SHARE:
-			m.u.share.agents = 2;
+			m.u.share.part = MD_SHARE_ALL / 2;
 			break;
 		case MD_MSG_READS:
 			m.u.reads.n = 1;

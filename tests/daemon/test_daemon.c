@@ -743,7 +743,7 @@ static int shares_before_reply(int fd, uint32_t *last)
 	while ((type = raw_next(fd, &m)) != MD_MSG_LOOKUP_R) {
 		ASSERT(type != 0 && type != MD_MSG_ERROR);
 		if (type == MD_MSG_SHARE) {
-			*last = m.u.share.agents;
+			*last = m.u.share.part;
 			n++;
 		}
 	}
@@ -843,7 +843,7 @@ TEST_IMPL(daemon_share_coalesced)
 	raw_hello(v, "share");
 	ASSERT_EQ(raw_next(v, &m), MD_MSG_WELCOME);
 	ASSERT_EQ(shares_before_reply(v, &last), 1);
-	ASSERT_EQ(last, 1);
+	ASSERT_EQ(last, MD_SHARE_ALL);
 
 	/* K HELLOs waiting in their sockets when the daemon resumes. */
 	ASSERT(pipe(ready) == 0 && pipe(release) == 0);
@@ -868,7 +868,7 @@ TEST_IMPL(daemon_share_coalesced)
 		usleep(10000);
 	ASSERT_EQ(agents_connected(&t), K + 1);
 	ASSERT(shares_before_reply(v, &last) <= 2);
-	ASSERT_EQ(last, K + 1);
+	ASSERT_EQ(last, MD_SHARE_ALL / (K + 1));
 
 	/* And all gone while it is stopped. */
 	td_pause(&t);
@@ -883,7 +883,7 @@ TEST_IMPL(daemon_share_coalesced)
 		usleep(10000);
 	ASSERT_EQ(agents_connected(&t), 1);
 	ASSERT(shares_before_reply(v, &last) <= 2);
-	ASSERT_EQ(last, 1);
+	ASSERT_EQ(last, MD_SHARE_ALL);
 	close(ready[0]);
 	close(ready[1]);
 	close(v);
@@ -1025,7 +1025,7 @@ TEST_IMPL(daemon_candidates_and_share)
 
 	td_start(&t, 64);
 	struct md__client *c = td_agent(&t, "cand", &w, &fd);
-	POLL_UNTIL(c, md__client_share(c) == 1);
+	POLL_UNTIL(c, md__client_share(c) == MD_SHARE_ALL / 1);
 
 	/* In one process: the same page looked up again is no duplicate, a
 	 * second page with its content is, and once it is published the
@@ -1073,13 +1073,13 @@ TEST_IMPL(daemon_candidates_and_share)
 			_exit(3);
 		_exit(0);
 	}
-	POLL_UNTIL(c, md__client_share(c) == 2);
+	POLL_UNTIL(c, md__client_share(c) == MD_SHARE_ALL / 2);
 	ncand = 0;
 	POLL_UNTIL(c, (ncand += md__client_take_candidates(c, got, 8)) >= 1);
 	ASSERT_EQ(ncand, 1);
 	ASSERT_EQ(got[0], a3);
 	child_release(kid, sync);
-	POLL_UNTIL(c, md__client_share(c) == 1);
+	POLL_UNTIL(c, md__client_share(c) == MD_SHARE_ALL / 1);
 
 	/* An agent that exits while another process keeps its connection
 	 * open (a child it forked): it no longer shares the rate. */
@@ -1109,11 +1109,11 @@ TEST_IMPL(daemon_candidates_and_share)
 	close(go[0]);
 	char b;
 	ASSERT_EQ(read(up[0], &b, 1), 1);
-	POLL_UNTIL(c, md__client_share(c) == 2);
+	POLL_UNTIL(c, md__client_share(c) == MD_SHARE_ALL / 2);
 	ASSERT_EQ(write(go[1], "x", 1), 1);
 	int kst;
 	ASSERT_EQ(waitpid(kid, &kst, 0), kid);
-	POLL_UNTIL(c, md__client_share(c) == 1);
+	POLL_UNTIL(c, md__client_share(c) == MD_SHARE_ALL / 1);
 	close(hold[1]);
 	close(go[1]);
 	close(up[0]);
@@ -1177,7 +1177,7 @@ TEST_IMPL(daemon_share_told_to_newcomer)
 	ASSERT_EQ(pthread_create(&th, NULL, resume_after_hello, &ra), 0);
 	ASSERT_EQ(md__client_hello(c, "share", 0, &w, &fd), 0);
 	ASSERT_EQ(pthread_join(th, NULL), 0);
-	POLL_UNTIL(c, md__client_share(c) == 1);
+	POLL_UNTIL(c, md__client_share(c) == MD_SHARE_ALL / 1);
 	close(fd);
 	md__client_free(c);
 	close(up[0]);
@@ -2420,7 +2420,7 @@ TEST_IMPL(daemon_client_framing)
 		len += encode(&m, buf + len, sizeof(buf) - len);
 		memset(&m, 0, sizeof(m));
 		m.hdr.type = MD_MSG_SHARE;
-		m.u.share.agents = 3;
+		m.u.share.part = MD_SHARE_ALL / 3;
 		len += encode(&m, buf + len, sizeof(buf) - len);
 		memset(&m, 0, sizeof(m));
 		m.hdr.type = MD_MSG_CANDIDATES;
@@ -2477,7 +2477,7 @@ TEST_IMPL(daemon_client_framing)
 	ASSERT_EQ(md__client_take_candidates(c, got, 4), 2);
 	ASSERT_EQ(got[0], 0x1000);
 	ASSERT_EQ(got[1], 0x2000);
-	ASSERT_EQ(md__client_share(c), 3);
+	ASSERT_EQ(md__client_share(c), MD_SHARE_ALL / 3);
 
 	uint64_t h = 42;
 	uint32_t slot1 = 0;
@@ -3731,65 +3731,65 @@ TEST_IMPL(daemon_share_leaves_paused_agents)
 	pid_t kid = o.pid;
 	struct md__client *c = td_agent(&t, NULL, &w, &fd);
 	struct md__client *cli = td_connect(&t);
-	POLL_UNTIL(c, md__client_share(c) == 2);
+	POLL_UNTIL(c, md__client_share(c) == MD_SHARE_ALL / 2);
 	/* Paused by pid, then resumed. */
 	ASSERT_EQ(control(cli, MD_CTL_PAUSE, kid, NULL, NULL, NULL), 0);
-	POLL_UNTIL(c, md__client_share(c) == 1);
+	POLL_UNTIL(c, md__client_share(c) == MD_SHARE_ALL / 1);
 	ASSERT_EQ(control(cli, MD_CTL_RESUME, kid, NULL, NULL, NULL), 0);
-	POLL_UNTIL(c, md__client_share(c) == 2);
+	POLL_UNTIL(c, md__client_share(c) == MD_SHARE_ALL / 2);
 	/* Unmerging, then refused: it scans again. */
 	control_start(&k, cli, MD_CTL_UNMERGE, kid, NULL, NULL);
-	POLL_UNTIL(c, md__client_share(c) == 1);
+	POLL_UNTIL(c, md__client_share(c) == MD_SHARE_ALL / 1);
 	fake_agent_tell(&o, 'r');
 	ASSERT_EQ(control_end(&k), -ENOMEM);
-	POLL_UNTIL(c, md__client_share(c) == 2);
+	POLL_UNTIL(c, md__client_share(c) == MD_SHARE_ALL / 2);
 	/* The default pause (this agent answers too): each is told the part
 	 * it would have alone, and each resumed by pid scans its part. */
 	control_start(&k, cli, MD_CTL_PAUSE, 0, NULL, NULL);
 	next_control(c, &ctl);
 	ASSERT_EQ(md__client_control_done(c, ctl.token, 0, NULL), 0);
 	ASSERT_EQ(control_end(&k), 0);
-	POLL_UNTIL(c, md__client_share(c) == 1);
+	POLL_UNTIL(c, md__client_share(c) == MD_SHARE_ALL / 1);
 	control_start(&k, cli, MD_CTL_RESUME, getpid(), NULL, NULL);
 	next_control(c, &ctl);
 	ASSERT_EQ(md__client_control_done(c, ctl.token, 0, NULL), 0);
 	ASSERT_EQ(control_end(&k), 0);
 	ASSERT_EQ(control(cli, MD_CTL_RESUME, kid, NULL, NULL, NULL), 0);
-	POLL_UNTIL(c, md__client_share(c) == 2);
+	POLL_UNTIL(c, md__client_share(c) == MD_SHARE_ALL / 2);
 	control_start(&k, cli, MD_CTL_RESUME, 0, NULL, NULL);
 	next_control(c, &ctl);
 	ASSERT_EQ(md__client_control_done(c, ctl.token, 0, NULL), 0);
 	ASSERT_EQ(control_end(&k), 0);
 	ASSERT_EQ(lookup_caught_up(c), 0);	/* a SHARE of that pass came before its answer */
-	ASSERT_EQ(md__client_share(c), 2);
+	ASSERT_EQ(md__client_share(c), MD_SHARE_ALL / 2);
 	/* An UNMERGE queued behind another's takes its agent's part when
 	 * its turn comes, not when the request came (nor never). */
 	struct fake_agent o2;
 	struct control_call k2;
 	fake_agent_start(&t, &o2);
 	struct md__client *cli2 = td_connect(&t);
-	POLL_UNTIL(c, md__client_share(c) == 3);
+	POLL_UNTIL(c, md__client_share(c) == MD_SHARE_ALL / 3);
 	while (fake_agent_got(&o, 0))	/* the controls before */
 		;
 	control_start(&k, cli, MD_CTL_UNMERGE, kid, NULL, NULL);
 	ASSERT_EQ(fake_agent_got(&o, 2000), 'U');
 	control_start(&k2, cli2, MD_CTL_UNMERGE, o2.pid, NULL, NULL);
-	POLL_UNTIL(c, md__client_share(c) == 2);
+	POLL_UNTIL(c, md__client_share(c) == MD_SHARE_ALL / 2);
 	ASSERT_EQ(fake_agent_got(&o2, 200), 0);	/* its turn not come */
 	fake_agent_tell(&o, 'a');
 	ASSERT_EQ(control_end(&k), 0);
 	ASSERT_EQ(fake_agent_got(&o2, 2000), 'U');
-	POLL_UNTIL(c, md__client_share(c) == 1);
+	POLL_UNTIL(c, md__client_share(c) == MD_SHARE_ALL / 1);
 	fake_agent_tell(&o2, 'r');
 	ASSERT_EQ(control_end(&k2), -ENOMEM);
 	ASSERT_EQ(control(cli, MD_CTL_RESUME, kid, NULL, NULL, NULL), 0);
-	POLL_UNTIL(c, md__client_share(c) == 3);
+	POLL_UNTIL(c, md__client_share(c) == MD_SHARE_ALL / 3);
 	fake_agent_end(&o2);
 	md__client_free(cli2);
-	POLL_UNTIL(c, md__client_share(c) == 2);
+	POLL_UNTIL(c, md__client_share(c) == MD_SHARE_ALL / 2);
 	/* Stopped for good, as its REPORT says. */
 	fake_agent_tell(&o, 's');
-	POLL_UNTIL(c, md__client_share(c) == 1);
+	POLL_UNTIL(c, md__client_share(c) == MD_SHARE_ALL / 1);
 	fake_agent_end(&o);
 	md__client_free(cli);
 	md__client_free(c);

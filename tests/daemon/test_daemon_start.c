@@ -1269,16 +1269,16 @@ static void agents_of(const struct tdaemon *t, uid_t uid, int *all, int *connect
  * one that leaves holding no references goes at once; one user other than
  * root keeps at most 256 (holding references, disconnected), the next
  * HELLO is refused saying why, and another user is still served. */
-/* Waits up to 2 s for c's share to be want (the daemon's SHARE comes
- * unasked): 1 if it came. */
-static int share_becomes(struct md__client *c, uint32_t want)
+/* Waits up to 2 s for c's share to be an equal cut among n agents (the
+ * daemon's SHARE comes unasked): 1 if it came. */
+static int share_becomes(struct md__client *c, uint32_t n)
 {
 	struct md__msg_control ctl;
-	for (int i = 0; i < 200 && md__client_share(c) != want; i++) {
+	for (int i = 0; i < 200 && md__client_share(c) != MD_SHARE_ALL / n; i++) {
 		md__client_next_control(c, &ctl);
 		usleep(10000);
 	}
-	return md__client_share(c) == want;
+	return md__client_share(c) == MD_SHARE_ALL / n;
 }
 
 /* The rate is split among users first, then among each user's agents: two

@@ -91,9 +91,9 @@ TEST_IMPL(daemon_proto_round_trip)
 	ASSERT_EQ(memcmp(o.u.candidates.addr, m.u.candidates.addr, sizeof(m.u.candidates.addr)), 0);
 
 	m = (struct md__msg){ .hdr = { .type = MD_MSG_SHARE } };
-	m.u.share.agents = 7;
+	m.u.share.part = 7;
 	ASSERT_EQ(round_trip(&m, &o), MD_MSG_HDR_SIZE + 4);
-	ASSERT_EQ(o.u.share.agents, 7);
+	ASSERT_EQ(o.u.share.part, 7);
 
 	m = (struct md__msg){ .hdr = { .type = MD_MSG_LOOKUP_R, .seq = 3 } };
 	m.u.lookup_r.n = 2;
@@ -259,11 +259,11 @@ TEST_IMPL(daemon_proto_rejects)
 	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_CANDIDATES, p, 20), &m), -EBADMSG);
 	put32(p, 0);		/* SHARE among no agent */
 	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_SHARE, p, 4), &m), -EBADMSG);
-	put32(p, MD_SHARE_MAX + 1);
+	put32(p, MD_SHARE_ALL + 1);
 	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_SHARE, p, 4), &m), -EBADMSG);
 	put32(p, 3);
 	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_SHARE, p, 4), &m), 0);
-	ASSERT_EQ(m.u.share.agents, 3);
+	ASSERT_EQ(m.u.share.part, 3);
 	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_SHARE, p, 3), &m), -EBADMSG);
 	put32(p, MD_REF_MAX + 1);
 	ASSERT_EQ(md__msg_decode(buf, raw(MD_MSG_REF, p, 4 + 4 * 10), &m), -EBADMSG);

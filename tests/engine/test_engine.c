@@ -6349,29 +6349,36 @@ TEST_IMPL(engine_scanner_ratio_leaves_8)
  * 1 % each, 16 % in all). */
 TEST_IMPL(engine_scanner_shares_keep_rate)
 {
+	const unsigned all = MD_SCAN_PART_ALL;
 	uint64_t sleep = 20000000;
-	ASSERT_EQ(md__scanner_share(100, 1, &sleep), 100);
+	ASSERT_EQ(md__scanner_share(100, all, &sleep), 100);
 	ASSERT_EQ(sleep, 20000000);
-	ASSERT_EQ(md__scanner_share(100, 2, &sleep), 50);
+	ASSERT_EQ(md__scanner_share(100, 0, &sleep), 100);	/* none said: all */
 	ASSERT_EQ(sleep, 20000000);
-	ASSERT_EQ(md__scanner_share(100, 3, &sleep), 34);
-	ASSERT_EQ(sleep, 20400000);	/* 3 x 34 pages per 20.4 ms: 100 per 20 ms */
-	sleep = 20000000;
-	ASSERT_EQ(md__scanner_share(100, 400, &sleep), 1);
-	ASSERT_EQ(sleep, 80000000);	/* 400 pages per 80 ms */
-	sleep = 20000000;
-	ASSERT_EQ(md__scanner_share(199, 100, &sleep), 2);
-	ASSERT_EQ(sleep, 20100502);	/* 200 pages per 20.1 ms */
-	sleep = 20000000;
-	ASSERT_EQ(md__scanner_share(0, 4, &sleep), 0);
+	ASSERT_EQ(md__scanner_share(100, all / 2, &sleep), 50);
 	ASSERT_EQ(sleep, 20000000);
-	/* 1 ms of CPU in 1 ms: at 10 % of a core shared by 16, 160 ms. */
-	ASSERT_EQ(md__scanner_capped(1000000, 1000000, 20000000, 10, 16), 159000000);
-	ASSERT_EQ(md__scanner_capped(1000000, 1000000, 20000000, 10, 1), 20000000);	/* 10 ms < 21 */
-	ASSERT_EQ(md__scanner_capped(1000000, 1000000, 20000000, 100, 4), 20000000);	/* 4 ms < 21 */
-	ASSERT_EQ(md__scanner_capped(10000000, 1000000, 20000000, 100, 4), 39000000);	/* 25 % each */
-	ASSERT_EQ(md__scanner_capped(1000000, 1000000, 2000000, 100, 1), 2000000);	/* no cap at 100 */
-	ASSERT_EQ(md__scanner_capped(9000000, 1000000, 2000000, 0, 8), 2000000);	/* none */
+	ASSERT_EQ(md__scanner_share(100, all / 3, &sleep), 34);
+	ASSERT_EQ(sleep, 20400311);	/* 34 pages per 20.4 ms: a third of 100 per 20 ms */
+	sleep = 20000000;
+	ASSERT_EQ(md__scanner_share(100, all / 400, &sleep), 1);
+	ASSERT_EQ(sleep, 80412269);	/* 1 page per 80.4 ms (the part is 163/65536, not 1/400) */
+	sleep = 20000000;
+	ASSERT_EQ(md__scanner_share(199, all / 100, &sleep), 2);
+	ASSERT_EQ(sleep, 20111550);	/* 2 pages per 20.1 ms */
+	sleep = 20000000;
+	ASSERT_EQ(md__scanner_share(100, all / 8 * 7, &sleep), 88);	/* an uneven part */
+	ASSERT_EQ(sleep, 20114285);	/* 87.5 pages per 20 ms */
+	sleep = 20000000;
+	ASSERT_EQ(md__scanner_share(0, all / 4, &sleep), 0);
+	ASSERT_EQ(sleep, 20000000);
+	/* 1 ms of CPU in 1 ms: at a sixteenth of 10 % of a core, 160 ms. */
+	ASSERT_EQ(md__scanner_capped(1000000, 1000000, 20000000, 10, all / 16), 159000000);
+	ASSERT_EQ(md__scanner_capped(1000000, 1000000, 20000000, 10, all), 20000000);	/* 10 ms < 21 */
+	ASSERT_EQ(md__scanner_capped(1000000, 1000000, 20000000, 100, all / 4), 20000000);	/* 4 ms < 21 */
+	ASSERT_EQ(md__scanner_capped(10000000, 1000000, 20000000, 100, all / 4), 39000000);	/* 25 % */
+	ASSERT_EQ(md__scanner_capped(7000000, 1000000, 2000000, 100, all / 8 * 7), 7000000);	/* 87.5 %: 8 ms */
+	ASSERT_EQ(md__scanner_capped(1000000, 1000000, 2000000, 100, all), 2000000);	/* no cap at 100 */
+	ASSERT_EQ(md__scanner_capped(9000000, 1000000, 2000000, 0, all / 8), 2000000);	/* none */
 	return 0;
 }
 
@@ -6477,7 +6484,7 @@ static double cap_kept_share(int poke)
 	s.batch = 100000;
 	s.sleep_ms = 1;
 	s.cpu_percent = 10;
-	s.share_batch = s.share_cpu = 1;
+	s.share_batch = s.share_cpu = MD_SCAN_PART_ALL;
 	ASSERT_EQ(md__scanner_start(&s), 0);
 	/* Quiet after its first pass: idle. */
 	for (int i = 0; i < 300 && __atomic_load_n(&s.idle, __ATOMIC_RELAXED) == 0; i++)
@@ -6575,7 +6582,7 @@ TEST_IMPL(engine_scanner_cap_holds_real_cpu)
 	s.batch = 4096;
 	s.sleep_ms = 1;
 	s.cpu_percent = 1;
-	s.share_batch = s.share_cpu = 1;
+	s.share_batch = s.share_cpu = MD_SCAN_PART_ALL;
 	ASSERT_EQ(md__scanner_start(&s), 0);
 	usleep(500000);
 	uint64_t real0 = thread_cpu_ns(s.thread), counted0 = __atomic_load_n(&s.st.cpu_ns, __ATOMIC_RELAXED);
@@ -6618,7 +6625,7 @@ TEST_IMPL(engine_paused_scanner_sleeps)
 	ASSERT_EQ(md__engine_register(&e, d, n * PG, 0), 0);
 	ASSERT_EQ(md__scanner_init(&s, &e, NULL), 0);
 	s.sleep_ms = 1;
-	s.share_batch = s.share_cpu = 1;
+	s.share_batch = s.share_cpu = MD_SCAN_PART_ALL;
 	s.paused = 1;
 	ASSERT_EQ(md__scanner_start(&s), 0);
 	usleep(100000);
@@ -7300,7 +7307,7 @@ TEST_IMPL(engine_scanner_new_sleep_ends_sleep)
 	ASSERT_EQ(md__engine_register(&e, d, n * PG, 0), 0);
 	ASSERT_EQ(md__scanner_init(&s, &e, NULL), 0);
 	s.ratio = 0;
-	s.share_batch = s.share_cpu = 1;
+	s.share_batch = s.share_cpu = MD_SCAN_PART_ALL;
 	s.sleep_ms = 5000;
 	/* A start runs on the VMM's thread (its first registration): the
 	 * empty read of the wake-ups leaves that thread's errno alone. */
@@ -7696,7 +7703,7 @@ TEST_IMPL(engine_idle_scanner_sleeps_long)
 		fill(d + i * PG, (unsigned)i + 1);
 	ASSERT_EQ(md__engine_register(&e, d, n * PG, 0), 0);
 	ASSERT_EQ(md__scanner_init(&s, &e, &h), 0);
-	s.share_batch = s.share_cpu = 1;
+	s.share_batch = s.share_cpu = MD_SCAN_PART_ALL;
 	s.sleep_ms = 50;	/* 100 pages every 50 ms, gathered: 300 every 150 */
 	__atomic_store_n(&s.idle, MD_SCAN_IDLE_MAX, __ATOMIC_RELAXED);
 	ASSERT_EQ(md__scanner_start(&s), 0);
@@ -8189,7 +8196,7 @@ TEST_IMPL(engine_scanner_new_cpu_cap_ends_sleep)
 	s.batch = n;
 	s.sleep_ms = 1;
 	s.cpu_percent = 1;
-	s.share_batch = s.share_cpu = 1;
+	s.share_batch = s.share_cpu = MD_SCAN_PART_ALL;
 	ASSERT_EQ(md__scanner_start(&s), 0);
 	/* The first batch done and charged: asleep for the cap's part. */
 	for (int i = 0; i < 10000 && (__atomic_load_n(&s.st.passes, __ATOMIC_RELAXED) == 0 ||
