@@ -4705,17 +4705,44 @@ static pid_t cand_publisher(struct tdaemon *t, md_agent *a, const char *m, size_
 	return kid;
 }
 
-static void cand_publisher_gone(pid_t kid, int go[2], int done[2])
+/* A daemon, an agent of domain "cand" scanning n unique pages at
+ * pages_to_scan every sleep_ms, and its publisher (cand_publisher). */
+struct cand_run {
+	struct tdaemon t;
+	md_agent *a;
+	char *m;
+	size_t n;
+	int go[2], done[2];
+	pid_t kid;
+};
+
+static void cand_up(struct cand_run *r, size_t n, unsigned pages_to_scan, unsigned sleep_ms)
+{
+	r->n = n;
+	td_start(&r->t, 4096);
+	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .pages_to_scan = pages_to_scan,
+			       .sleep_ms = sleep_ms, .domain = "cand", .daemon_socket = r->t.sock };
+	ASSERT_EQ(md_agent_new(&r->a, &o), 0);
+	r->m = mmap(NULL, n * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT(r->m != MAP_FAILED);
+	unique_pages(r->a, r->m, n);
+	r->kid = cand_publisher(&r->t, r->a, r->m, n, r->go, r->done);
+}
+
+static void cand_down(struct cand_run *r)
 {
 	char b = 1;
-	ASSERT_EQ(write(go[1], &b, 1), 1);
+	ASSERT_EQ(write(r->go[1], &b, 1), 1);
 	int status;
-	ASSERT_EQ(waitpid(kid, &status, 0), kid);
+	ASSERT_EQ(waitpid(r->kid, &status, 0), r->kid);
 	ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-	close(go[0]);
-	close(go[1]);
-	close(done[0]);
-	close(done[1]);
+	close(r->go[0]);
+	close(r->go[1]);
+	close(r->done[0]);
+	close(r->done[1]);
+	md_agent_free(r->a);
+	td_stop(&r->t);
+	munmap(r->m, r->n * PG);
 }
 
 /* Candidates (memdedupd names a page this agent looked up whose content
@@ -4724,19 +4751,12 @@ static void cand_publisher_gone(pid_t kid, int go[2], int done[2])
  * set sleep of a second). */
 TEST_IMPL(scan_candidates_end_idle_sleep)
 {
-	struct tdaemon t;
-	md_agent *a;
+	struct cand_run r;
 	const size_t n = 16;
-	td_start(&t, 4096);
-	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .pages_to_scan = 300, .sleep_ms = 1000,
-			       .domain = "cand", .daemon_socket = t.sock };
-	ASSERT_EQ(md_agent_new(&a, &o), 0);
-	char *m = mmap(NULL, n * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	ASSERT(m != MAP_FAILED);
-	unique_pages(a, m, n);
-	int go[2], done[2];
+	cand_up(&r, n, 300, 1000);
+	md_agent *a = r.a;
+	int *go = r.go, *done = r.done;
 	char b = 1;
-	pid_t kid = cand_publisher(&t, a, m, n, go, done);
 	md_stats st = { 0 };
 	/* Idle after one more pass: asleep for 32 s. */
 	wait_scanner_asleep_quiet(a);
@@ -4759,10 +4779,7 @@ TEST_IMPL(scan_candidates_end_idle_sleep)
 	printf("  candidates merged %.3f s after they were published, the idle sleep being 32 s\n",
 	       secs_since(&t0));
 	ASSERT(st.merged_from_candidates > 0);
-	cand_publisher_gone(kid, go, done);
-	md_agent_free(a);
-	td_stop(&t);
-	munmap(m, n * PG);
+	cand_down(&r);
 	return 0;
 }
 
@@ -4774,19 +4791,11 @@ TEST_IMPL(scan_candidates_end_idle_sleep)
  * pace (docs/benchmarks.md, fifty-seventh session). */
 TEST_IMPL(scan_candidates_outside_own_rate)
 {
-	struct tdaemon t;
-	md_agent *a;
+	struct cand_run r;
 	const size_t n = 512;
-	td_start(&t, 4096);
-	md_agent_options o = { .run_dir = "", .flags = MD_OPT_SCAN, .pages_to_scan = 2000, .sleep_ms = 20,
-			       .domain = "cand", .daemon_socket = t.sock };
-	ASSERT_EQ(md_agent_new(&a, &o), 0);
-	char *m = mmap(NULL, n * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	ASSERT(m != MAP_FAILED);
-	unique_pages(a, m, n);
-	int go[2], done[2];
+	cand_up(&r, n, 2000, 20);
+	md_agent *a = r.a;
 	char b = 1;
-	pid_t kid = cand_publisher(&t, a, m, n, go, done);
 	/* Now 2 pages (1 of them its part) every 0.5 s: gathered, 8 pages a
 	 * wake-up every 4 s. */
 	__atomic_store_n(&a->scanner.batch, 2, __ATOMIC_RELAXED);
@@ -4795,8 +4804,8 @@ TEST_IMPL(scan_candidates_outside_own_rate)
 	 * it), and the batch after it sleeps at the new one. */
 	usleep(1500000);
 	md_stats st = { 0 };
-	ASSERT_EQ(write(go[1], &b, 1), 1);
-	ASSERT_EQ(read(done[0], &b, 1), 1);
+	ASSERT_EQ(write(r.go[1], &b, 1), 1);
+	ASSERT_EQ(read(r.done[0], &b, 1), 1);
 	struct timespec t0;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	while (st.merged_from_candidates < n && secs_since(&t0) < 40) {
@@ -4806,10 +4815,7 @@ TEST_IMPL(scan_candidates_outside_own_rate)
 	printf("  %llu of %zu candidates merged in %.1f s, at a rate of 8 pages a wake-up every 4 s\n",
 	       (unsigned long long)st.merged_from_candidates, n, secs_since(&t0));
 	ASSERT_EQ(st.merged_from_candidates, n);
-	cand_publisher_gone(kid, go, done);
-	md_agent_free(a);
-	td_stop(&t);
-	munmap(m, n * PG);
+	cand_down(&r);
 	return 0;
 }
 
