@@ -2916,7 +2916,7 @@ static void check_keys(json_t *o, const struct shown_key *keys, size_t n, const 
 static void check_agent_json(json_t *a, const uint64_t *ctr, int row)
 {
 	static const char *const row_keys[] = { "fallbacks", "scanner", "pid", "ns_pid", "command", "state",
-						"paused", "unmerged", NULL };
+						"paused", "unmerged", "rate_part", NULL };
 	static const char *const nested[] = { "fallbacks", "scanner", NULL };
 	check_keys(a, agent_keys, sizeof(agent_keys) / sizeof(agent_keys[0]), ctr, row ? row_keys : nested);
 	check_keys(json_object_get(a, "scanner"), scanner_keys, sizeof(scanner_keys) / sizeof(scanner_keys[0]),
@@ -3508,6 +3508,11 @@ TEST_IMPL(cli_status_shows_paused)
 		ASSERT_EQ(agent_flag(st, p1, "unmerged"), steps[i].unmerged1);
 		ASSERT_EQ(agent_flag(st, p2, "paused"), steps[i].paused2);
 		ASSERT_EQ(agent_flag(st, p2, "unmerged"), steps[i].unmerged2);
+		/* Its part of the rate, as memdedupd's record says it. */
+		json_t *part = json_object_get(listed(st, p1), "rate_part");
+		json_t *rec = td_find(json_object_get(json_object_get(st, "daemon"), "agents"), "pid", p1);
+		ASSERT(json_is_real(part) && json_real_value(part) > 0 && json_real_value(part) <= 1);
+		ASSERT(rec && json_real_value(json_object_get(rec, "rate_part")) == json_real_value(part));
 		json_decref(st);
 	}
 	/* An agent that stopped changing guest RAM for good (io_unseen, in
@@ -3531,6 +3536,7 @@ TEST_IMPL(cli_status_shows_paused)
 	ASSERT(!json_object_get(st, "daemon"));	/* not asked: no key, not null */
 	ASSERT_EQ(agent_flag(st, p1, "paused"), -1);
 	ASSERT_EQ(agent_flag(st, p2, "unmerged"), -1);
+	ASSERT(json_is_null(json_object_get(listed(st, p1), "rate_part")));
 	json_decref(st);
 	close(stop[1]);
 	int ws;
