@@ -4755,7 +4755,6 @@ TEST_IMPL(scan_candidates_end_idle_sleep)
 	const size_t n = 16;
 	cand_up(&r, n, 300, 1000);
 	md_agent *a = r.a;
-	int *go = r.go, *done = r.done;
 	char b = 1;
 	md_stats st = { 0 };
 	/* Idle after one more pass: asleep for 32 s. */
@@ -4767,8 +4766,8 @@ TEST_IMPL(scan_candidates_end_idle_sleep)
 		md_agent_stats(a, &st);
 	ASSERT(st.full_scans > passes);
 	ASSERT_EQ(__atomic_load_n(&a->scanner.idle, __ATOMIC_RELAXED), MD_SCAN_IDLE_MAX);
-	ASSERT_EQ(write(go[1], &b, 1), 1);
-	ASSERT_EQ(read(done[0], &b, 1), 1);
+	ASSERT_EQ(write(r.go[1], &b, 1), 1);
+	ASSERT_EQ(read(r.done[0], &b, 1), 1);
 	struct timespec t0;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	/* Visited within 12 s: about 2 s with the poke, 32 s without. */
