@@ -178,6 +178,9 @@ struct md__domain {
 	 * publisher) numbers, 12 bits each; lossy, by the pair. */
 	uint64_t pair_publisher[MD_PAIR_PUBLISHERS];
 	uint64_t read_yields;      /* lookups left to the pair's publisher */
+	uint64_t read_named;       /* pages named to their agents because the
+				    * other copy of their file page was looked
+				    * up (READS after it, or a pool hit) */
 	uint64_t registered_pages; /* of its agents, as they last reported */
 	size_t nagents;            /* agent records (connected or not) in it */
 	size_t nexited;            /* of those, exited ones whose references still go:
@@ -468,11 +471,15 @@ int md__domain_get(struct md__daemon *d, uid_t uid, const char *name, const stru
 		   struct md__domain **out);
 void md__domain_release(struct md__daemon *d, struct md__domain *dom);
 /* asker: the agent's number; tag: md__read_tag of the file page the
- * asker's read put at addr, or 0. */
+ * asker's read put at addr, or 0. *name: where (MD_WHERE_BITS) a page is
+ * that its agent should visit now (its lookup will publish), or 0. */
 uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash, unsigned asker, uint64_t addr,
-			   uint64_t tag);
-/* Records a READS run of the agent numbered num. */
-void md__domain_reads(struct md__domain *dom, unsigned num, const struct md__read_run *run);
+			   uint64_t tag, uint64_t *name);
+/* Records a READS run of the agent numbered num; returns how many of its
+ * pages (their addresses in named, room for run->npages) that agent should
+ * visit now: another page read from the same file page waits as a first
+ * sighting, so their lookups will pair. */
+size_t md__domain_reads(struct md__domain *dom, unsigned num, const struct md__read_run *run, uint64_t *named);
 /* Frees the first-sighting table (it comes back on the next lookup). */
 void md__domain_seen_free(struct md__domain *dom);
 /* Content with this hash was just published: if a first sighting waits for

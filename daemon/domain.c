@@ -230,26 +230,59 @@ static uint32_t read_tag32(uint64_t tag)
 	return (uint32_t)(tag >> 32);
 }
 
+/* Entries a bucket of the reads table. The two copies of a file page two
+ * guests read fill two: with two ways, any later read of another file page
+ * into that bucket dropped the older copy, and the copies whose pairing
+ * waited longest (the hints taken last, newest first) had lost their
+ * entries: a third of the hinted lookups of a bench of two guests found
+ * their own gone (bench-dbg-h3). */
+#define READ_WAYS 4
+
 static size_t read_bucket(size_t cap, uint32_t t)
 {
-	return (size_t)(t * 2654435761u) & (cap - 2);
+	return (size_t)(t * 2654435761u) & (cap - READ_WAYS);
 }
 
+/* A reads entry whose page was looked up with its tag and not paired by
+ * reads (its content in the pool, on its way there, or a first sighting):
+ * a page read from the same file page after that is named to its agent at
+ * once (md__domain_reads). */
+#define READ_LOOKED (1ull << 63)
+
+static uint64_t read_where(const struct md__sighting *e)
+{
+	return MD_SIGHT_WHERE(where_get(e));
+}
+
+/* Newest first in its bucket; full, the oldest goes. w may carry
+ * READ_LOOKED (the table growing). */
 static void read_put(struct md__sighting *tab, size_t cap, uint32_t t, uint64_t w)
 {
 	struct md__sighting *b = &tab[read_bucket(cap, t)];
-	if (b[0].tag == t && where_get(&b[0]) == w)
-		return;	/* the same page read again */
-	b[1] = b[0];
+	int last = READ_WAYS - 1;
+	for (int way = 0; way < READ_WAYS; way++) {
+		if (b[way].tag == t && read_where(&b[way]) == MD_SIGHT_WHERE(w))
+			return;	/* the same page read again */
+		if (!where_get(&b[way]) && way < last)
+			last = way;	/* the entries above it move down */
+	}
+	memmove(&b[1], &b[0], (size_t)last * sizeof(*b));
 	b[0].tag = t;
 	where_set(&b[0], w);
+}
+
+/* Takes entry way of bucket b out; the ones after it move up (the empty
+ * ways are a bucket's last). */
+static void read_take(struct md__sighting *b, int way)
+{
+	memmove(&b[way], &b[way + 1], (size_t)(READ_WAYS - 1 - way) * sizeof(*b));
+	b[READ_WAYS - 1] = (struct md__sighting){ 0 };
 }
 
 /* Made on the first READS, small: with read-time sharing on, few reads are
  * told, and a few hundred entries spread over a large table would touch
  * every page of it (memory that counts against what is saved). It doubles
- * whenever half as many entries were added as it has (two ways a bucket
- * lose a tenth of them by then, a quarter when as many), as guests reading
+ * whenever half as many entries were added as it has, as guests reading
  * an image unshared fill it, up to the sightings' size (one entry per page
  * the domain registered, rounded down): capped at 65,536 entries, the hints
  * of two guests reading 160 MiB lost their pairs before their visits came,
@@ -265,9 +298,9 @@ static int reads_room(struct md__domain *dom)
 	struct md__sighting *t = calloc(cap, sizeof(*t));
 	if (!t)
 		return dom->reads_cap ? 0 : -ENOMEM;	/* the old one goes on */
-	/* Oldest first, so each bucket keeps its newest two. */
-	for (size_t i = 0; i < dom->reads_cap; i += 2)
-		for (int way = 1; way >= 0; way--) {
+	/* Oldest first, so each bucket keeps its newest. */
+	for (size_t i = 0; i < dom->reads_cap; i += READ_WAYS)
+		for (int way = READ_WAYS - 1; way >= 0; way--) {
 			const struct md__sighting *e = &dom->reads[i + (size_t)way];
 			if (where_get(e))
 				read_put(t, cap, e->tag, where_get(e));
@@ -279,16 +312,63 @@ static int reads_room(struct md__domain *dom)
 	return 0;
 }
 
-void md__domain_reads(struct md__domain *dom, unsigned num, const struct md__read_run *run)
+/* Whether a page other than w, read from the same file page (t), was
+ * looked up already (READ_LOOKED): then w's lookup will find its content,
+ * and w's agent is told to make it now (once an entry). */
+static int read_met(struct md__domain *dom, uint32_t t, uint64_t w)
 {
+	struct md__sighting *b = &dom->reads[read_bucket(dom->reads_cap, t)];
+	for (int way = 0; way < READ_WAYS; way++) {
+		uint64_t o = where_get(&b[way]);
+		if (b[way].tag == t && (o & READ_LOOKED) && MD_SIGHT_WHERE(o) != w) {
+			read_take(b, way);
+			return 1;
+		}
+	}
+	return 0;
+}
+
+size_t md__domain_reads(struct md__domain *dom, unsigned num, const struct md__read_run *run, uint64_t *named)
+{
+	size_t n = 0;
 	for (uint32_t i = 0; i < run->npages; i++) {
-		uint64_t w = where_of(num, run->addr + (uint64_t)i * 4096);
+		uint64_t a = run->addr + (uint64_t)i * 4096, w = where_of(num, a);
 		if (!w || reads_room(dom))
 			continue;	/* no pairing by reads: sightings still pair */
-		read_put(dom->reads, dom->reads_cap,
-			 read_tag32(md__read_tag(run->key, run->off + (uint64_t)i * 4096)), w);
+		uint32_t t = read_tag32(md__read_tag(run->key, run->off + (uint64_t)i * 4096));
+		/* Named, this page needs no entry: its lookup will find the
+		 * other copy's content, by hash. */
+		if (read_met(dom, t, w)) {
+			named[n++] = a;
+			dom->read_named++;
+			continue;
+		}
+		read_put(dom->reads, dom->reads_cap, t, w);
 		dom->reads_added++;
 	}
+	return n;
+}
+
+/* The asker's page w, read from the file page tag, was looked up. Paired
+ * by reads, its entry goes: the pair's other page is named or published,
+ * and the table is lossy (two ways a bucket): entries kept after their
+ * pairs lost a third of the hinted lookups' own entries in a bench of two
+ * guests (bench-dbg-h2), and with them their pairs. Not paired, its entry
+ * says so (read_met). */
+static void read_looked(struct md__domain *dom, uint64_t tag, uint64_t w, int paired)
+{
+	if (!dom->reads_cap)
+		return;
+	uint32_t t = read_tag32(tag);
+	struct md__sighting *b = &dom->reads[read_bucket(dom->reads_cap, t)];
+	for (int way = 0; way < READ_WAYS; way++)
+		if (b[way].tag == t && read_where(&b[way]) == w) {
+			if (paired)
+				read_take(b, way);
+			else
+				where_set(&b[way], w | READ_LOOKED);
+			return;
+		}
 }
 
 /* Whether agent num publishes the read pairs it shares with agent other:
@@ -311,27 +391,27 @@ static int pair_publishes(struct md__domain *dom, unsigned num, unsigned other)
 
 /* Another page (not w) that a read filled with the file page tag, taken
  * from the table; 0 if none, or if that page's agent publishes the pairs
- * of the two (*yield set: the asker's page is left to it). */
-static uint64_t read_partner(struct md__domain *dom, uint64_t tag, uint64_t w, int *yield)
+ * of the two (*yield_to set to that page, taken too: the asker's is left
+ * to it; with any_agent, for content in the pool already, no publication
+ * to order, never). */
+static uint64_t read_partner(struct md__domain *dom, uint64_t tag, uint64_t w, int any_agent,
+			     uint64_t *yield_to)
 {
-	*yield = 0;
+	*yield_to = 0;
 	if (!dom->reads_cap)
 		return 0;
 	uint32_t t = read_tag32(tag);
 	struct md__sighting *b = &dom->reads[read_bucket(dom->reads_cap, t)];
-	for (int way = 0; way < 2; way++) {
-		uint64_t o = where_get(&b[way]);
+	for (int way = 0; way < READ_WAYS; way++) {
+		uint64_t o = read_where(&b[way]);
 		if (o && o != w && b[way].tag == t) {
-			if (!pair_publishes(dom, (unsigned)(w >> MD_WHERE_PAGE_BITS),
-					    (unsigned)(o >> MD_WHERE_PAGE_BITS))) {
-				*yield = 1;
+			int yield = !any_agent && !pair_publishes(dom, (unsigned)(w >> MD_WHERE_PAGE_BITS),
+								  (unsigned)(o >> MD_WHERE_PAGE_BITS));
+			read_take(b, way);
+			if (yield) {
+				*yield_to = o;
 				return 0;
 			}
-			/* The second way moves up: an insert shifts the first
-			 * into it, and would drop it over an empty first. */
-			if (way == 0)
-				b[0] = b[1];
-			b[1] = (struct md__sighting){ 0 };
 			return o;
 		}
 	}
@@ -345,15 +425,28 @@ void md__domain_seen_free(struct md__domain *dom)
 	dom->seen_cap = 0;
 }
 
-uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash, unsigned asker, uint64_t addr,
-			   uint64_t tag)
+/* *name: see md__domain_lookup; *paired: this page's read was paired
+ * (its entry taken or left to the pair's publisher). */
+static uint32_t lookup(struct md__domain *dom, uint64_t hash, unsigned asker, uint64_t addr, uint64_t tag,
+		       uint64_t *name, int *paired)
 {
+	uint64_t yield_to = 0;
 	/* The first candidate with the whole hash (the index keeps its high
 	 * half): the daemon answers hash lookups only, and the agent compares
 	 * bytes itself under write-protect. */
 	int64_t s = md__index_find_hash(&dom->index, hash, dom->slot_hash);
-	if (s >= 0)
+	if (s >= 0) {
+		/* In the pool already (a third copy, or content the image
+		 * holds at other offsets too): another guest's read of the
+		 * same file page will find it as well. Named now: no
+		 * publication would name it, and it waited for its own
+		 * agent's hint (bench-scan-image123). */
+		uint64_t w = tag ? where_of(asker, addr) : 0;
+		*name = w ? read_partner(dom, tag, w, 1, &yield_to) : 0;
+		*paired = *name != 0;
+		dom->read_named += *name != 0;
 		return (uint32_t)s + 1;
+	}
 	/* Remade (empty: it is lossy anyway) when the agents registered
 	 * twice the RAM it was made for, or a quarter of it. */
 	size_t want = seen_want(dom);
@@ -390,11 +483,15 @@ uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash, unsigned asker
 	 * (another guest reading the same image): that page is this one's
 	 * first sighting, as if looked up already. This one is published
 	 * now and that one named to its agent: one visit merges both. */
-	int yield = 0;
-	uint64_t other = fits && tag ? read_partner(dom, tag, w, &yield) : 0;
+	uint64_t other = fits && tag ? read_partner(dom, tag, w, 0, &yield_to) : 0;
 	/* Left to the other agent: a sighting, which its lookup of the same
-	 * content finds (publish, and this page named back). */
-	dom->read_yields += (uint64_t)yield;
+	 * content finds (publish, and this page named back). That page is
+	 * named to its agent now: waiting for that agent's own visit, the
+	 * pair waited for its hints, newest first, and for its part of the
+	 * rate. */
+	dom->read_yields += yield_to != 0;
+	*name = yield_to;
+	*paired = other || yield_to;
 	if (other) {
 		b[1] = b[0];
 		b[0] = (struct md__seen){ hash, other | MD_SIGHT_ASKED };
@@ -406,6 +503,22 @@ uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash, unsigned asker
 		b[0] = (struct md__seen){ hash, w };
 	}
 	return 0;
+}
+
+uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash, unsigned asker, uint64_t addr,
+			   uint64_t tag, uint64_t *name)
+{
+	int paired = 0;
+	*name = 0;
+	uint32_t r = lookup(dom, hash, asker, addr, tag, name, &paired);
+	/* Not paired by reads, this page's content is in the pool, on its
+	 * way there or a first sighting now: a page read from the same file
+	 * page after this is named to its agent as its READS comes in
+	 * (md__domain_reads), to find it. */
+	uint64_t w = where_of(asker, addr);
+	if (tag && w)
+		read_looked(dom, tag, w, paired);
+	return r;
 }
 
 int md__domain_published(struct md__domain *dom, uint64_t hash, unsigned *num, uint64_t *addr)
@@ -420,7 +533,7 @@ int md__domain_published(struct md__domain *dom, uint64_t hash, unsigned *num, u
 			continue;
 		*num = (unsigned)(w >> MD_WHERE_PAGE_BITS);
 		*addr = (w & ((1ull << MD_WHERE_PAGE_BITS) - 1)) << 12;
-		if (way == 0)	/* as in read_partner: the second moves up */
+		if (way == 0)	/* as in read_take: the second moves up */
 			b[0] = b[1];
 		b[1] = (struct md__seen){ 0 };
 		return *addr != 0;

@@ -948,18 +948,30 @@ static void flush_candidates(struct md__daemon *d, struct md__agent *a)
 /* Tells the agent whose page was the first sighting of content just
  * published where that page is: it can merge it at once, not a pass later.
  * Queued: they go out together once this wake-up's messages are handled. */
-static void send_candidate(struct md__daemon *d, struct md__domain *dom, uint64_t hash)
+static void name_page(struct md__daemon *d, struct md__agent *a, const struct md__domain *dom, uint64_t addr)
 {
-	unsigned num;
-	uint64_t addr;
-	if (!md__domain_published(dom, hash, &num, &addr))
-		return;
-	struct md__agent *a = md__agent_find_num(d, num);
 	if (!a || a->dom != dom || !a->conn)
 		return;	/* gone meanwhile: its next pass finds the page */
 	a->cand[a->ncand++] = addr;
 	if (a->ncand == MD_CANDIDATES_MAX)
 		flush_candidates(d, a);
+}
+
+static void send_candidate(struct md__daemon *d, struct md__domain *dom, uint64_t hash)
+{
+	unsigned num;
+	uint64_t addr;
+	if (md__domain_published(dom, hash, &num, &addr))
+		name_page(d, md__agent_find_num(d, num), dom, addr);
+}
+
+/* A page (where, MD_WHERE_BITS) whose lookup will find its content (a
+ * first sighting of it, or the pool's page), named to its agent to visit
+ * now. */
+static void send_lookup_due(struct md__daemon *d, struct md__domain *dom, uint64_t where)
+{
+	name_page(d, md__agent_find_num(d, (unsigned)(where >> MD_WHERE_PAGE_BITS)), dom,
+		  (where & ((1ull << MD_WHERE_PAGE_BITS) - 1)) << 12);
 }
 
 /* The live pool pages of all the domains of uid. */
@@ -1076,9 +1088,12 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
 		r->u.lookup_r.n = m->u.lookup.n;
 		uint32_t found = 0;
 		for (uint32_t i = 0; i < m->u.lookup.n; i++) {
+			uint64_t name;
 			r->u.lookup_r.slot1[i] = md__domain_lookup(c->agent->dom, m->u.lookup.hash[i],
 								   c->agent->num, m->u.lookup.addr[i],
-								   m->u.lookup.tag[i]);
+								   m->u.lookup.tag[i], &name);
+			if (name)
+				send_lookup_due(d, c->agent->dom, name);
 			/* A twin not in the pool yet, found by this agent's
 			 * visit. A page in the pool may be one another
 			 * agent's visit named (CANDIDATES), which its agent
@@ -1145,8 +1160,12 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
 		return;
 	}
 	case MD_MSG_READS:
-		for (uint32_t i = 0; i < m->u.reads.n; i++)
-			md__domain_reads(c->agent->dom, c->agent->num, &m->u.reads.run[i]);
+		for (uint32_t i = 0; i < m->u.reads.n; i++) {
+			uint64_t named[MD_READ_RUN_PAGES];
+			size_t n = md__domain_reads(c->agent->dom, c->agent->num, &m->u.reads.run[i], named);
+			for (size_t k = 0; k < n; k++)
+				name_page(d, c->agent, c->agent->dom, named[k]);
+		}
 		reply_ack(d, c, seq, 0);
 		return;
 	case MD_MSG_STATUS:

@@ -156,6 +156,7 @@ static json_t *domain_json(const struct md__daemon *d, const struct md__domain *
 	json_object_set_new(o, "read_slots", json_integer((json_int_t)dom->reads_cap));
 	json_object_set_new(o, "read_pairs", json_integer((json_int_t)dom->read_pairs));
 	json_object_set_new(o, "read_yields", json_integer((json_int_t)dom->read_yields));
+	json_object_set_new(o, "read_named", json_integer((json_int_t)dom->read_named));
 	json_object_set_new(o, "pages_shared", json_integer(live));
 	json_object_set_new(o, "pages_sharing", json_integer(domain_sharing(dom)));
 	json_object_set_new(o, "general_profit", json_integer(domain_profit(d, dom)));

@@ -105,6 +105,10 @@
  * share only after the reads had ended. */
 #define EPOCH 1024
 #define HPAGE ((uintptr_t)2 << 20)	/* a transparent huge page on x86-64 */
+/* The cursor's visits in one of the 8 turns of the interleave when they
+ * read nothing: as many as a batch allows for each page it reads (see
+ * md__scanner_step), so the hints still get their turns within it. */
+#define CURSOR_TURN 16
 #define GATHER MD_SCAN_PEND	/* pages a wake-up visits at least, when the rate allows */
 /* Pages read with fewer than QUIET_FOUND found (1.6 %): slow down. Over
  * 4,096 pages, the five steps down to the slowest rate once guests had
@@ -1207,16 +1211,24 @@ int md__scanner_step(struct md__scanner *s, size_t npages)
 			if (regions_again(s, gen))
 				s->npend = 0;
 		}
-		/* The interleave counts visits, not pages read: the cursor's
-		 * visits over memory it does not read (absent, merged) once
-		 * held the hints off until the cursor read a page again. */
-		if (s->interleave++ % 8 < __atomic_load_n(&s->ratio, __ATOMIC_RELAXED) && (a = hint_next(s)) != 0)
+		/* The interleave counts hints' visits and the cursor's turns:
+		 * a turn ends at a page read or after CURSOR_TURN visits of
+		 * memory it does not read (absent, merged, skipped). Counting
+		 * pages read, the cursor's visits over such memory held the
+		 * hints off until it read a page again; counting visits, the
+		 * cursor crossed it at a visit in 8 and read nothing for 19 s
+		 * while hints came (bench-scan-image122). */
+		if (s->interleave % 8 < __atomic_load_n(&s->ratio, __ATOMIC_RELAXED) && (a = hint_next(s)) != 0)
 			hinted = 1;
 		else
 			a = cursor_next(s);
 		if (!a)
 			break;
 		int m = visit(s, a, hinted, &read);
+		if (hinted || read || ++s->cursor_dry >= CURSOR_TURN) {
+			s->interleave++;
+			s->cursor_dry = 0;
+		}
 		if (hinted && s->sweep && s->cur.len < MD_EPAGE)
 			k += sweep_zero(s);
 		if (!read)

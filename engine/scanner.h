@@ -80,7 +80,9 @@ struct md__scanner {
 	int paused;
 	int random_order;
 	unsigned ratio;         /* of every 8 pages, how many come from hints */
-	uint64_t interleave;    /* visits ever: which of 8 the next one is, across batches */
+	uint64_t interleave;    /* hints' visits and cursor's turns ever: which of 8
+				 * the next one is, across batches */
+	unsigned cursor_dry;    /* the cursor's visits this turn that read nothing */
 	uintptr_t at;           /* the linear cursor: the next page to visit */
 	size_t region;          /* the region it was in last (a guess) */
 	size_t zero_ahead;      /* pages after it dropped as zero: stepped over */

@@ -3613,6 +3613,7 @@ TEST_IMPL(domain_publish_full_slot_not_shared)
 TEST_IMPL(domain_sightings_last_bucket_within_table)
 {
 	static struct md__domain dom;
+	uint64_t nm;
 	const size_t cap = 1u << 16;	/* the least, for a domain that registered nothing */
 	struct md__seen *seen = calloc(cap + 1, sizeof(*seen));
 	ASSERT(seen);
@@ -3624,13 +3625,13 @@ TEST_IMPL(domain_sightings_last_bucket_within_table)
 	 * shift away below 16): the last bucket, cap - 2. */
 	const uint64_t hash[3] = { cap - 1, (cap - 1) | 1ull << 50, (cap - 2) | 1ull << 51 };
 	for (int i = 0; i < 3; i++)
-		ASSERT_EQ(md__domain_lookup(&dom, hash[i], 1, 0x1000ull * (i + 1), 0), 0);
+		ASSERT_EQ(md__domain_lookup(&dom, hash[i], 1, 0x1000ull * (i + 1), 0, &nm), 0);
 	ASSERT_EQ(dom.seen_cap, cap);	/* not remade: the same table */
 	ASSERT(seen[cap].hash == 0x5a5a5a5a5a5a5a5aull && seen[cap].where == 0xa5a5a5a5a5a5a5a5ull);
 	/* The last two of the bucket, the newest first. */
 	ASSERT(seen[cap - 2].hash == hash[2] && seen[cap - 1].hash == hash[1]);
 	/* Another page of the second content: a second copy. */
-	ASSERT(md__domain_lookup(&dom, hash[1], 1, 0x9000, 0) == MD_LOOKUP_PUBLISH);
+	ASSERT(md__domain_lookup(&dom, hash[1], 1, 0x9000, 0, &nm) == MD_LOOKUP_PUBLISH);
 	md__domain_seen_free(&dom);
 	md__index_free(&dom.index);
 	return 0;
@@ -3646,16 +3647,16 @@ TEST_IMPL(domain_sightings_asked_named_back)
 	static struct md__domain dom;
 	const uint64_t h = 0x123456789abcdef0ull, h2 = 0x0fedcba987654321ull;
 	unsigned num;
-	uint64_t addr;
+	uint64_t addr, nm;
 	ASSERT_EQ(md__index_init(&dom.index, 1024), 0);
-	ASSERT_EQ(md__domain_lookup(&dom, h2, 0, 0x1000, 0), 0);
-	ASSERT_EQ(md__domain_lookup(&dom, h2, 2, 0x2000, 0), 0);	/* the first sighting */
+	ASSERT_EQ(md__domain_lookup(&dom, h2, 0, 0x1000, 0, &nm), 0);
+	ASSERT_EQ(md__domain_lookup(&dom, h2, 2, 0x2000, 0, &nm), 0);	/* the first sighting */
 	ASSERT_EQ(md__domain_published(&dom, h2, &num, &addr), 0);	/* nobody asked */
-	ASSERT_EQ(md__domain_lookup(&dom, h, 1, 0x7000, 0), 0);
-	ASSERT_EQ(md__domain_lookup(&dom, h, 1, 0x7000, 0), 0);
+	ASSERT_EQ(md__domain_lookup(&dom, h, 1, 0x7000, 0, &nm), 0);
+	ASSERT_EQ(md__domain_lookup(&dom, h, 1, 0x7000, 0, &nm), 0);
 	ASSERT_EQ(md__domain_published(&dom, h, &num, &addr), 0);
-	ASSERT_EQ(md__domain_lookup(&dom, h, 2, 0x9000, 0), MD_LOOKUP_PUBLISH);
-	ASSERT_EQ(md__domain_lookup(&dom, h, 1, 0x7000, 0), MD_LOOKUP_PUBLISH);
+	ASSERT_EQ(md__domain_lookup(&dom, h, 2, 0x9000, 0, &nm), MD_LOOKUP_PUBLISH);
+	ASSERT_EQ(md__domain_lookup(&dom, h, 1, 0x7000, 0, &nm), MD_LOOKUP_PUBLISH);
 	ASSERT_EQ(md__domain_published(&dom, h, &num, &addr), 1);
 	ASSERT(num == 1 && addr == 0x7000);
 	ASSERT_EQ(md__domain_published(&dom, h, &num, &addr), 0);	/* once */
@@ -3671,14 +3672,104 @@ TEST_IMPL(domain_sightings_asked_named_back)
 TEST_IMPL(domain_reads_table_bounded)
 {
 	static struct md__domain dom;
+	static uint64_t named[MD_READ_RUN_PAGES];
 	struct md__read_run run = { .key = 7, .off = 0, .addr = 0x7f0000000000ull, .npages = 1024 };
 	for (int i = 0; i < 1024; i++) {	/* 1 Mi pages read */
-		md__domain_reads(&dom, 1, &run);
+		ASSERT_EQ(md__domain_reads(&dom, 1, &run, named), 0);
 		run.off += 1024 * 4096;
 		run.addr += 1024 * 4096;
 	}
 	ASSERT(dom.reads_cap >= 4096);
 	ASSERT(dom.reads_cap <= 65536);
+	free(dom.reads);
+	return 0;
+}
+
+/* Two guests read one file page. When the first to read looked its copy
+ * up (a first sighting, paired with nothing, its twin not read yet), the
+ * second's READS names the second's copy to its agent at once, once: its
+ * lookup pairs then, not when that agent's hint comes up. A lookup left to
+ * the pair's publisher (a yield) names the publisher's copy the same way. */
+TEST_IMPL(domain_reads_name_looked_up_twin)
+{
+	static struct md__domain dom;
+	const uint64_t key = md__read_key(8, 77), h[3] = { 0x1111, 0x2222, 0x3333 };
+	const uint64_t at1 = 0x10000, at2 = 0x20000;
+	uint64_t nm, named[3];
+	unsigned num;
+	uint64_t addr;
+	ASSERT_EQ(md__index_init(&dom.index, 1024), 0);
+	struct md__read_run r2 = { key, 0, at2, 3 }, r1 = { key, 0, at1, 3 };
+	ASSERT_EQ(md__domain_reads(&dom, 2, &r2, named), 0);
+	ASSERT_EQ(md__domain_lookup(&dom, h[0], 2, at2, md__read_tag(key, 0), &nm), 0);
+	ASSERT_EQ(nm, 0);
+	/* File page 0 only: agent 2 looked the others up not yet. */
+	ASSERT_EQ(md__domain_reads(&dom, 1, &r1, named), 1);
+	ASSERT_EQ(named[0], at1);
+	ASSERT_EQ(dom.read_named, 1);
+	/* Named pages come as candidates, untagged: the sighting pairs. */
+	ASSERT_EQ(md__domain_lookup(&dom, h[0], 1, at1, 0, &nm), MD_LOOKUP_PUBLISH);
+	ASSERT_EQ(nm, 0);
+	ASSERT_EQ(md__domain_published(&dom, h[0], &num, &addr), 1);
+	ASSERT(num == 2 && addr == at2);
+	/* Read again: named once. */
+	ASSERT_EQ(md__domain_reads(&dom, 1, &r1, named), 0);
+	/* File page 1 pairs by reads: agent 2 publishes the pairs of the two. */
+	ASSERT_EQ(md__domain_lookup(&dom, h[1], 2, at2 + 4096, md__read_tag(key, 4096), &nm),
+		  MD_LOOKUP_PUBLISH);
+	ASSERT_EQ(nm, 0);
+	ASSERT_EQ(dom.read_pairs, 1);
+	/* File page 2, looked up by agent 1 first: left to agent 2, whose
+	 * copy is named (where: its number and page). */
+	ASSERT_EQ(md__domain_lookup(&dom, h[2], 1, at1 + 8192, md__read_tag(key, 8192), &nm), 0);
+	ASSERT_EQ(dom.read_yields, 1);
+	ASSERT_EQ(nm, (uint64_t)2 << MD_WHERE_PAGE_BITS | (at2 + 8192) >> 12);
+	ASSERT_EQ(md__domain_lookup(&dom, h[2], 2, at2 + 8192, 0, &nm), MD_LOOKUP_PUBLISH);
+	ASSERT_EQ(md__domain_published(&dom, h[2], &num, &addr), 1);
+	ASSERT(num == 1 && addr == at1 + 8192);
+	/* A page looked up again is no reason to name anything. */
+	ASSERT_EQ(md__domain_reads(&dom, 2, &r2, named), 0);
+	md__domain_seen_free(&dom);
+	md__index_free(&dom.index);
+	free(dom.reads);
+	return 0;
+}
+
+/* Two copies of a file page (two guests' reads) keep their entries while
+ * two reads of other file pages land in their bucket: with two entries a
+ * bucket, the older copy's went, and its pair with it (a third of a
+ * bench's hinted lookups, bench-dbg-h3). The table's bucket of a tag, as
+ * domain.c computes it, for a table of 4,096 entries (its first). */
+static size_t reads_bucket_4096(uint64_t tag)
+{
+	return (size_t)((uint32_t)(tag >> 32) * 2654435761u) & (4096 - 4);
+}
+
+TEST_IMPL(domain_reads_pair_outlives_bucket_mates)
+{
+	static struct md__domain dom;
+	const uint64_t key = md__read_key(8, 78), h = 0x4444;
+	uint64_t nm, named[1];
+	ASSERT_EQ(md__index_init(&dom.index, 1024), 0);
+	struct md__read_run r2 = { key, 0, 0x20000, 1 }, r1 = { key, 0, 0x10000, 1 };
+	ASSERT_EQ(md__domain_reads(&dom, 2, &r2, named), 0);
+	ASSERT_EQ(md__domain_reads(&dom, 1, &r1, named), 0);
+	ASSERT_EQ(dom.reads_cap, 4096);
+	size_t want = reads_bucket_4096(md__read_tag(key, 0)), found = 0;
+	for (uint64_t off = 4096; found < 2 && off < (1ull << 32); off += 4096) {
+		if (reads_bucket_4096(md__read_tag(key, off)) != want ||
+		    (uint32_t)(md__read_tag(key, off) >> 32) == (uint32_t)(md__read_tag(key, 0) >> 32))
+			continue;
+		struct md__read_run r3 = { key, off, 0x30000 + found * 4096, 1 };
+		ASSERT_EQ(md__domain_reads(&dom, 3, &r3, named), 0);
+		found++;
+	}
+	ASSERT_EQ(found, 2);
+	ASSERT_EQ(dom.reads_cap, 4096);	/* not grown: the same buckets */
+	ASSERT_EQ(md__domain_lookup(&dom, h, 1, 0x10000, md__read_tag(key, 0), &nm), MD_LOOKUP_PUBLISH);
+	ASSERT_EQ(dom.read_pairs, 1);
+	md__domain_seen_free(&dom);
+	md__index_free(&dom.index);
 	free(dom.reads);
 	return 0;
 }

@@ -1477,8 +1477,14 @@ TEST_IMPL(daemon_reads_pair_publisher)
 	ASSERT_EQ(md__client_publish(c, &h[0], page, 1, &first), 0);
 	ASSERT(write(go[1], "1", 1) == 1);
 	ASSERT(read(ready[0], &b, 1) == 1 && b == '2');
+	/* The child's lookup left to us named our copy, to visit now: the
+	 * pair need not wait for this agent's own hint of it. */
+	uint64_t x1 = x + PG, got[8];
+	size_t ncand = 0;
+	POLL_UNTIL(c, (ncand += md__client_take_candidates(c, got + ncand, 8 - ncand)) >= 1);
+	ASSERT_EQ(ncand, 1);
+	ASSERT_EQ(got[0], x1);
 	/* The second: the child left it, its sighting says publish. */
-	uint64_t x1 = x + PG;
 	ASSERT_EQ(md__client_lookup_tagged(c, &h[1], &x1, &tag[1], 1, &s1), 0);
 	ASSERT_EQ(s1, MD_LOOKUP_PUBLISH);
 	td_fill_page(page, 41);
@@ -1488,6 +1494,101 @@ TEST_IMPL(daemon_reads_pair_publisher)
 	json_t *st = td_status(&t), *dom = td_domain(st, w.domain_id);
 	ASSERT_EQ(td_int(dom, "read_pairs"), 1);
 	ASSERT_EQ(td_int(dom, "read_yields"), 1);
+	json_decref(st);
+	child_release(kid, go);
+	close(ready[0]);
+	close(fd);
+	md__client_free(c);
+	td_stop(&t);
+	return 0;
+}
+
+TEST_IMPL(daemon_reads_name_looked_up_twin)
+{
+	/* The child reads two file pages and looks the first up (a first
+	 * sighting: nobody else read it yet). Our READS of the same pages
+	 * then names our copy of the first (not of the second, which the
+	 * child did not look up) as a candidate: its lookup publishes, and
+	 * the child's copy comes back to it. A lookup the pool answered
+	 * names the pages read after it the same way. Before, the pair waited for
+	 * our own visit of that hint, which the rate split and the hints'
+	 * newest-first order put off by seconds in a bench of two guests. */
+	struct tdaemon t;
+	struct md__msg_welcome w;
+	unsigned char page[PG];
+	uint64_t key = md__read_key(9, 8765), x = 0x7f0000140000ull, y = 0x7f0000180000ull, got[8];
+	uint32_t s1, first;
+	int fd, ready[2], go[2];
+	char b;
+
+	td_fill_page(page, 60);
+	uint64_t h = md__page_hash(page);
+	td_start(&t, 64);
+	struct md__client *c = td_agent(&t, "named", &w, &fd);
+	ASSERT(pipe(ready) == 0 && pipe(go) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		struct md__msg_welcome w2;
+		int fd2;
+		uint32_t k1;
+		struct md__client *c2 = td_agent(&t, "named", &w2, &fd2);
+		struct md__read_run r2 = { key, 0, y, 3 };
+		uint64_t tag = md__read_tag(key, 0);
+		if (md__client_reads(c2, &r2, 1) || md__client_lookup_tagged(c2, &h, &y, &tag, 1, &k1) || k1 != 0)
+			_exit(1);	/* nobody else read it: a first sighting */
+		if (write(ready[1], "1", 1) != 1 || read(go[0], &b, 1) != 1)
+			_exit(2);
+		if (!child_candidates(c2, y, y))
+			_exit(3);
+		/* The second and third file pages hold that content too: the
+		 * pool has it. */
+		for (unsigned i = 1; i < 3; i++) {
+			uint64_t yi = y + i * PG, tagi = md__read_tag(key, i * PG);
+			if (md__client_lookup_tagged(c2, &h, &yi, &tagi, 1, &k1) || k1 == 0 ||
+			    k1 == MD_LOOKUP_PUBLISH)
+				_exit(4);
+		}
+		_exit(write(ready[1], "2", 1) == 1 && read(go[0], &b, 1) == 1 ? 0 : 5);
+	}
+	close(ready[1]);	/* a child that failed is an end of file */
+	ASSERT(read(ready[0], &b, 1) == 1 && b == '1');
+	struct md__read_run run = { key, 0, x, 2 };
+	ASSERT_EQ(md__client_reads(c, &run, 1), 0);
+	size_t ncand = 0;
+	POLL_UNTIL(c, (ncand += md__client_take_candidates(c, got + ncand, 8 - ncand)) >= 1);
+	usleep(50000);	/* a second would have come with the first */
+	ncand += md__client_take_candidates(c, got + ncand, 8 - ncand);
+	ASSERT_EQ(ncand, 1);
+	ASSERT_EQ(got[0], x);
+	/* Visited as a candidate (untagged): the child's sighting pairs. */
+	ASSERT_EQ(md__client_lookup(c, &h, &x, 1, &s1), 0);
+	ASSERT_EQ(s1, MD_LOOKUP_PUBLISH);
+	ASSERT_EQ(md__client_publish(c, &h, page, 1, &first), 0);
+	ASSERT(write(go[1], "1", 1) == 1);
+	ASSERT(read(ready[0], &b, 1) == 1 && b == '2');
+	/* The child's lookups of its second and third pages found the
+	 * pool's page. We read the second already: our copy is named by
+	 * that lookup (no publication would name it). */
+	ncand = 0;
+	POLL_UNTIL(c, (ncand += md__client_take_candidates(c, got + ncand, 8 - ncand)) >= 1);
+	ASSERT_EQ(ncand, 1);
+	ASSERT_EQ(got[0], x + PG);
+	/* The third we read now: named as the READS comes in. */
+	struct md__read_run run2 = { key, 2 * PG, x + 2 * PG, 1 };
+	ASSERT_EQ(md__client_reads(c, &run2, 1), 0);
+	ncand = 0;
+	POLL_UNTIL(c, (ncand += md__client_take_candidates(c, got + ncand, 8 - ncand)) >= 1);
+	ASSERT_EQ(ncand, 1);
+	ASSERT_EQ(got[0], x + 2 * PG);
+	/* Both read again: each was named once. */
+	struct md__read_run again = { key, 0, x, 3 };
+	ASSERT_EQ(md__client_reads(c, &again, 1), 0);
+	usleep(50000);
+	ASSERT_EQ(md__client_take_candidates(c, got, 8), 0);
+	json_t *st = td_status(&t), *dom = td_domain(st, w.domain_id);
+	ASSERT_EQ(td_int(dom, "read_named"), 3);
+	ASSERT_EQ(td_int(dom, "read_pairs"), 0);	/* paired by the sighting */
 	json_decref(st);
 	child_release(kid, go);
 	close(ready[0]);
