@@ -1422,6 +1422,21 @@ static int child_candidates(struct md__client *c, uint64_t a, uint64_t b)
 	return seen_a && seen_b;
 }
 
+/* Pipes ready and go, and a child connected as another agent of the
+ * domain (*c2, in the child only; 0 returned there). */
+static pid_t fork_peer(struct tdaemon *t, const char *domain, int ready[2], int go[2], struct md__client **c2)
+{
+	ASSERT(pipe(ready) == 0 && pipe(go) == 0);
+	pid_t kid = fork();
+	ASSERT(kid >= 0);
+	if (kid == 0) {
+		struct md__msg_welcome w2;
+		int fd2;
+		*c2 = td_agent(t, domain, &w2, &fd2);
+	}
+	return kid;
+}
+
 TEST_IMPL(daemon_reads_pair_publisher)
 {
 	/* Two agents read the same file pages (READS). The parent pairs one
@@ -1448,14 +1463,10 @@ TEST_IMPL(daemon_reads_pair_publisher)
 	struct md__client *c = td_agent(&t, "pairs", &w, &fd);
 	struct md__read_run run = { key, 0, x, 4 };
 	ASSERT_EQ(md__client_reads(c, &run, 1), 0);
-	ASSERT(pipe(ready) == 0 && pipe(go) == 0);
-	pid_t kid = fork();
-	ASSERT(kid >= 0);
+	struct md__client *c2;
+	pid_t kid = fork_peer(&t, "pairs", ready, go, &c2);
 	if (kid == 0) {
-		struct md__msg_welcome w2;
-		int fd2;
 		uint32_t k1;
-		struct md__client *c2 = td_agent(&t, "pairs", &w2, &fd2);
 		struct md__read_run r2 = { key, 0, y, 4 };
 		if (md__client_reads(c2, &r2, 1) || write(ready[1], "r", 1) != 1 || read(go[0], &b, 1) != 1)
 			_exit(1);
@@ -1525,14 +1536,10 @@ TEST_IMPL(daemon_reads_name_looked_up_twin)
 	uint64_t h = md__page_hash(page);
 	td_start(&t, 64);
 	struct md__client *c = td_agent(&t, "named", &w, &fd);
-	ASSERT(pipe(ready) == 0 && pipe(go) == 0);
-	pid_t kid = fork();
-	ASSERT(kid >= 0);
+	struct md__client *c2;
+	pid_t kid = fork_peer(&t, "named", ready, go, &c2);
 	if (kid == 0) {
-		struct md__msg_welcome w2;
-		int fd2;
 		uint32_t k1;
-		struct md__client *c2 = td_agent(&t, "named", &w2, &fd2);
 		struct md__read_run r2 = { key, 0, y, 3 };
 		uint64_t tag = md__read_tag(key, 0);
 		if (md__client_reads(c2, &r2, 1) || md__client_lookup_tagged(c2, &h, &y, &tag, 1, &k1) || k1 != 0)
