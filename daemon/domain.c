@@ -351,10 +351,10 @@ size_t md__domain_reads(struct md__domain *dom, unsigned num, const struct md__r
 
 /* The asker's page w, read from the file page tag, was looked up. Paired
  * by reads, its entry goes: the pair's other page is named or published,
- * and the table is lossy (two ways a bucket): entries kept after their
- * pairs lost a third of the hinted lookups' own entries in a bench of two
- * guests (bench-dbg-h2), and with them their pairs. Not paired, its entry
- * says so (read_met). */
+ * and the table is lossy: entries kept after their pairs filled its
+ * buckets, and a third of a bench's hinted lookups no longer found their
+ * own (bench-dbg-h2), nor their pairs. Not paired, its entry says so
+ * (read_met). */
 static void read_looked(struct md__domain *dom, uint64_t tag, uint64_t w, int paired)
 {
 	if (!dom->reads_cap)
