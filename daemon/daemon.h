@@ -121,6 +121,14 @@ struct md__sighting {
 	uint32_t where[2];         /* where the page is (MD_WHERE_BITS) */
 };
 
+/* Two pages read from one file page, neither looked up yet: the one
+ * named to its agent, and its partner, named back once it is published
+ * (both MD_WHERE_BITS). */
+struct md__pending {
+	uint64_t named, partner;
+};
+#define MD_PENDING_PAIRS 16384u    /* a domain's table of them: 256 KiB */
+
 /* A first sighting, 16 bytes: the page's whole hash, and where the page is
  * (MD_WHERE_BITS) with MD_SIGHT_ASKED; where 0: empty. With 16 bits of the
  * hash beside the bucket's (8 bytes an entry), a lookup of other content
@@ -167,20 +175,21 @@ struct md__domain {
 	struct md__seen *seen;
 	size_t seen_cap;           /* power of two; 0: no table */
 	/* Pages reads just filled, by file page (READS; lossy, 12-byte
-	 * entries, tag the read tag's high half; sized by use):
-	 * a LOOKUP of the same file page elsewhere (its tag) is told to
-	 * publish, and this page waits for it as a first sighting would. */
+	 * entries, tag the read tag's high half; sized by use): a READS of
+	 * the same file page elsewhere pairs with it and takes it. */
 	struct md__sighting *reads;
 	size_t reads_cap;          /* power of two; 0: no table (no READS yet) */
 	size_t reads_added;        /* entries added since it last grew */
-	uint64_t read_pairs;       /* lookups paired with another's read */
+	/* READS that met an earlier read of the same file page whose page
+	 * was not looked up: MD_PENDING_PAIRS, or NULL until the first. */
+	struct md__pending *pending;
+	uint64_t read_pairs;       /* lookups of a named page paired with its
+				    * twin (published, the twin named back) */
 	/* Which agent publishes the read pairs of two agents: (lower, higher,
 	 * publisher) numbers, 12 bits each; lossy, by the pair. */
 	uint64_t pair_publisher[MD_PAIR_PUBLISHERS];
-	uint64_t read_yields;      /* lookups left to the pair's publisher */
-	uint64_t read_named;       /* pages named to their agents because the
-				    * other copy of their file page was looked
-				    * up (READS after it, or a pool hit) */
+	uint64_t read_named;       /* READS that met the other copy of their
+				    * file page: a page named to its agent */
 	uint64_t registered_pages; /* of its agents, as they last reported */
 	size_t nagents;            /* agent records (connected or not) in it */
 	size_t nexited;            /* of those, exited ones whose references still go:
@@ -472,13 +481,13 @@ int md__domain_get(struct md__daemon *d, uid_t uid, const char *name, const stru
 void md__domain_release(struct md__daemon *d, struct md__domain *dom);
 /* asker: the agent's number; tag: md__read_tag of the file page the
  * asker's read put at addr, or 0. *name: where (MD_WHERE_BITS) a page is
- * that its agent should visit now (its lookup will publish), or 0. */
+ * that its agent should visit now (its lookup will find this content), or 0. */
 uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash, unsigned asker, uint64_t addr,
 			   uint64_t tag, uint64_t *name);
-/* Records a READS run of the agent numbered num; returns how many of its
- * pages (their addresses in named, room for run->npages) that agent should
- * visit now: another page read from the same file page waits as a first
- * sighting, so their lookups will pair. */
+/* Records a READS run of the agent numbered num; returns how many pages
+ * (where, MD_WHERE_BITS, in named: room for run->npages) their agents
+ * should visit now: pages of the run, or the pages an earlier read put
+ * the same file pages in, whose lookups will pair the two. */
 size_t md__domain_reads(struct md__domain *dom, unsigned num, const struct md__read_run *run, uint64_t *named);
 /* Frees the first-sighting table (it comes back on the next lookup). */
 void md__domain_seen_free(struct md__domain *dom);

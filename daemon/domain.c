@@ -133,6 +133,7 @@ int md__domain_get(struct md__daemon *d, uid_t uid, const char *name, const stru
 static void domain_free(struct md__domain *dom)
 {
 	md__domain_seen_free(dom);
+	free(dom->pending);
 	free(dom->reads);
 	free(dom->slot_hash);
 	md__index_free(&dom->index);
@@ -243,10 +244,9 @@ static size_t read_bucket(size_t cap, uint32_t t)
 	return (size_t)(t * 2654435761u) & (cap - READ_WAYS);
 }
 
-/* A reads entry whose page was looked up with its tag and not paired by
- * reads (its content in the pool, on its way there, or a first sighting):
- * a page read from the same file page after that is named to its agent at
- * once (md__domain_reads). */
+/* A reads entry whose page was looked up with its tag before its twin was
+ * read (its content in the pool, on its way there, or a first sighting):
+ * the twin's lookup finds that content (read_met). */
 #define READ_LOOKED (1ull << 63)
 
 static uint64_t read_where(const struct md__sighting *e)
@@ -312,67 +312,8 @@ static int reads_room(struct md__domain *dom)
 	return 0;
 }
 
-/* Whether a page other than w, read from the same file page (t), was
- * looked up already (READ_LOOKED): then w's lookup will find its content,
- * and w's agent is told to make it now (once an entry). */
-static int read_met(struct md__domain *dom, uint32_t t, uint64_t w)
-{
-	struct md__sighting *b = &dom->reads[read_bucket(dom->reads_cap, t)];
-	for (int way = 0; way < READ_WAYS; way++) {
-		uint64_t o = where_get(&b[way]);
-		if (b[way].tag == t && (o & READ_LOOKED) && MD_SIGHT_WHERE(o) != w) {
-			read_take(b, way);
-			return 1;
-		}
-	}
-	return 0;
-}
-
-size_t md__domain_reads(struct md__domain *dom, unsigned num, const struct md__read_run *run, uint64_t *named)
-{
-	size_t n = 0;
-	for (uint32_t i = 0; i < run->npages; i++) {
-		uint64_t a = run->addr + (uint64_t)i * 4096, w = where_of(num, a);
-		if (!w || reads_room(dom))
-			continue;	/* no pairing by reads: sightings still pair */
-		uint32_t t = read_tag32(md__read_tag(run->key, run->off + (uint64_t)i * 4096));
-		/* Named, this page needs no entry: its lookup will find the
-		 * other copy's content, by hash. */
-		if (read_met(dom, t, w)) {
-			named[n++] = a;
-			dom->read_named++;
-			continue;
-		}
-		read_put(dom->reads, dom->reads_cap, t, w);
-		dom->reads_added++;
-	}
-	return n;
-}
-
-/* The asker's page w, read from the file page tag, was looked up. Paired
- * by reads, its entry goes: the pair's other page is named or published,
- * and the table is lossy: entries kept after their pairs filled its
- * buckets, and a third of a bench's hinted lookups no longer found their
- * own (bench-dbg-h2), nor their pairs. Not paired, its entry says so
- * (read_met). */
-static void read_looked(struct md__domain *dom, uint64_t tag, uint64_t w, int paired)
-{
-	if (!dom->reads_cap)
-		return;
-	uint32_t t = read_tag32(tag);
-	struct md__sighting *b = &dom->reads[read_bucket(dom->reads_cap, t)];
-	for (int way = 0; way < READ_WAYS; way++)
-		if (b[way].tag == t && read_where(&b[way]) == w) {
-			if (paired)
-				read_take(b, way);
-			else
-				where_set(&b[way], w | READ_LOOKED);
-			return;
-		}
-}
-
 /* Whether agent num publishes the read pairs it shares with agent other:
- * the first of the two to pair one does, from then on. Of two guests
+ * the first of the two whose read met the other's does, from then on. Of two guests
  * reading an image in step, whichever looked first published each pair,
  * the two agents took turns within a run, and each guest's runs mapped
  * slots from both agents' publications: 12,000-15,000 mappings a guest,
@@ -389,33 +330,98 @@ static int pair_publishes(struct md__domain *dom, unsigned num, unsigned other)
 	return (*e & 0xfff) == num;
 }
 
-/* Another page (not w) that a read filled with the file page tag, taken
- * from the table; 0 if none, or if that page's agent publishes the pairs
- * of the two (*yield_to set to that page, taken too: the asker's is left
- * to it; with any_agent, for content in the pool already, no publication
- * to order, never). */
-static uint64_t read_partner(struct md__domain *dom, uint64_t tag, uint64_t w, int any_agent,
-			     uint64_t *yield_to)
+/* Pairs of pages read from one file page, neither looked up yet: the
+ * page named to its agent -> its partner, until the named page's lookup
+ * (lossy, direct-mapped: a pair whose entry went waits for the partner's
+ * own visit, as before there was the table). Made on first use. */
+static size_t pending_slot(uint64_t w)
 {
-	*yield_to = 0;
-	if (!dom->reads_cap)
+	return (size_t)((w * 0x9e3779b97f4a7c15ull) >> 50) & (MD_PENDING_PAIRS - 1);
+}
+
+static void pending_put(struct md__domain *dom, uint64_t named, uint64_t partner)
+{
+	if (!dom->pending && !(dom->pending = calloc(MD_PENDING_PAIRS, sizeof(*dom->pending))))
+		return;	/* without: the partner waits for its own visit */
+	dom->pending[pending_slot(named)] = (struct md__pending){ named, partner };
+}
+
+static uint64_t pending_take(struct md__domain *dom, uint64_t w)
+{
+	if (!dom->pending || !w)
 		return 0;
-	uint32_t t = read_tag32(tag);
+	struct md__pending *e = &dom->pending[pending_slot(w)];
+	if (e->named != w)
+		return 0;
+	uint64_t p = e->partner;
+	*e = (struct md__pending){ 0 };
+	return p;
+}
+
+/* Whether another page than w was read from the same file page (t): its
+ * entry goes, and one of the two is to be visited now (*visit, where). If
+ * the other was looked up (READ_LOOKED), w's lookup finds its content.
+ * If not, the copy of the pair's publisher is named, and its lookup
+ * publishes it and names the other back (pending_put). Left to the
+ * lookups' tags, a pair whose first copy the cursor had looked up
+ * (untagged) waited for the second copy's hint: its agent's part of
+ * the rate was an eighth, and the hints' t90 was 8-15 s after the reads
+ * (bench-dbg-h6, bench-dbg-h7); with the pairs made at the second read,
+ * 3.3 s (bench-dbg-h8). */
+static int read_met(struct md__domain *dom, uint32_t t, uint64_t w, uint64_t *visit)
+{
 	struct md__sighting *b = &dom->reads[read_bucket(dom->reads_cap, t)];
 	for (int way = 0; way < READ_WAYS; way++) {
-		uint64_t o = read_where(&b[way]);
-		if (o && o != w && b[way].tag == t) {
-			int yield = !any_agent && !pair_publishes(dom, (unsigned)(w >> MD_WHERE_PAGE_BITS),
-								  (unsigned)(o >> MD_WHERE_PAGE_BITS));
-			read_take(b, way);
-			if (yield) {
-				*yield_to = o;
-				return 0;
-			}
-			return o;
+		uint64_t o = where_get(&b[way]), ow = MD_SIGHT_WHERE(o);
+		if (b[way].tag != t || !o || ow == w)
+			continue;
+		read_take(b, way);
+		if (o & READ_LOOKED) {
+			*visit = w;
+			return 1;
 		}
+		int mine = pair_publishes(dom, (unsigned)(w >> MD_WHERE_PAGE_BITS), (unsigned)(ow >> MD_WHERE_PAGE_BITS));
+		*visit = mine ? w : ow;
+		pending_put(dom, *visit, mine ? ow : w);
+		return 1;
 	}
 	return 0;
+}
+
+size_t md__domain_reads(struct md__domain *dom, unsigned num, const struct md__read_run *run, uint64_t *named)
+{
+	size_t n = 0;
+	for (uint32_t i = 0; i < run->npages; i++) {
+		uint64_t a = run->addr + (uint64_t)i * 4096, w = where_of(num, a);
+		if (!w || reads_room(dom))
+			continue;	/* no pairing by reads: sightings still pair */
+		uint32_t t = read_tag32(md__read_tag(run->key, run->off + (uint64_t)i * 4096));
+		/* Named, this page needs no entry: its lookup will find the
+		 * other copy's content, by hash, or pair with it. */
+		if (read_met(dom, t, w, &named[n])) {
+			n++;
+			dom->read_named++;
+			continue;
+		}
+		read_put(dom->reads, dom->reads_cap, t, w);
+		dom->reads_added++;
+	}
+	return n;
+}
+
+/* The asker's page w, read from the file page tag, was looked up, its
+ * twin not read yet: its entry says so (read_met). */
+static void read_looked(struct md__domain *dom, uint64_t tag, uint64_t w)
+{
+	if (!dom->reads_cap)
+		return;
+	uint32_t t = read_tag32(tag);
+	struct md__sighting *b = &dom->reads[read_bucket(dom->reads_cap, t)];
+	for (int way = 0; way < READ_WAYS; way++)
+		if (b[way].tag == t && read_where(&b[way]) == w) {
+			where_set(&b[way], w | READ_LOOKED);
+			return;
+		}
 }
 
 void md__domain_seen_free(struct md__domain *dom)
@@ -425,26 +431,25 @@ void md__domain_seen_free(struct md__domain *dom)
 	dom->seen_cap = 0;
 }
 
-/* *name: see md__domain_lookup; *paired: this page's read was paired
- * (its entry taken or left to the pair's publisher). */
-static uint32_t lookup(struct md__domain *dom, uint64_t hash, unsigned asker, uint64_t addr, uint64_t tag,
-		       uint64_t *name, int *paired)
+/* *name: see md__domain_lookup. */
+static uint32_t lookup(struct md__domain *dom, uint64_t hash, unsigned asker, uint64_t addr, uint64_t *name)
 {
-	uint64_t yield_to = 0;
+	/* A page past what an entry holds (above 2^47, or of an agent
+	 * without a number) can meet a sighting, but never be one. */
+	uint64_t w = where_of(asker, addr);
+	int fits = w != 0;
+	/* Named by its pair's reads (read_met): its partner waits for this
+	 * lookup, untagged or not. */
+	uint64_t partner = pending_take(dom, w);
 	/* The first candidate with the whole hash (the index keeps its high
 	 * half): the daemon answers hash lookups only, and the agent compares
 	 * bytes itself under write-protect. */
 	int64_t s = md__index_find_hash(&dom->index, hash, dom->slot_hash);
 	if (s >= 0) {
 		/* In the pool already (a third copy, or content the image
-		 * holds at other offsets too): another guest's read of the
-		 * same file page will find it as well. Named now: no
-		 * publication would name it, and it waited for its own
-		 * agent's hint (bench-scan-image123). */
-		uint64_t w = tag ? where_of(asker, addr) : 0;
-		*name = w ? read_partner(dom, tag, w, 1, &yield_to) : 0;
-		*paired = *name != 0;
-		dom->read_named += *name != 0;
+		 * holds at other offsets too): the partner finds it too. */
+		*name = partner;
+		dom->read_pairs += partner != 0;
 		return (uint32_t)s + 1;
 	}
 	/* Remade (empty: it is lossy anyway) when the agents registered
@@ -459,10 +464,6 @@ static uint32_t lookup(struct md__domain *dom, uint64_t hash, unsigned asker, ui
 			return 0;	/* without the table: never told to publish */
 		dom->seen_cap = want;
 	}
-	/* A page past what an entry holds (above 2^47, or of an agent
-	 * without a number) can meet a sighting, but never be one. */
-	uint64_t w = where_of(asker, addr);
-	int fits = w != 0;
 	/* Lossy, like a cache: a third sighting in a bucket forgets the
 	 * older one, which costs a merge found one pass later. */
 	struct md__seen *b = &dom->seen[seen_bucket(dom, hash)];
@@ -475,26 +476,27 @@ static uint32_t lookup(struct md__domain *dom, uint64_t hash, unsigned asker, ui
 		int same = MD_SIGHT_WHERE(e->where) == w;
 		if ((e->where & MD_SIGHT_ASKED) || !same) {
 			e->where |= MD_SIGHT_ASKED;
+			/* The sighting is named back once this is published;
+			 * the partner is named now, and finds either. */
+			*name = partner != MD_SIGHT_WHERE(e->where) ? partner : 0;
+			dom->read_pairs += partner != 0;
 			return MD_LOOKUP_PUBLISH;
 		}
-		return 0;
+		if (!partner)
+			return 0;
+		/* Its own sighting (the cursor's, before its twin was
+		 * read): the partner is named back once this is published. */
+		e->where = partner | MD_SIGHT_ASKED;
+		dom->read_pairs++;
+		return MD_LOOKUP_PUBLISH;
 	}
-	/* Seen first here, but a read put the same file page elsewhere
-	 * (another guest reading the same image): that page is this one's
-	 * first sighting, as if looked up already. This one is published
-	 * now and that one named to its agent: one visit merges both. */
-	uint64_t other = fits && tag ? read_partner(dom, tag, w, 0, &yield_to) : 0;
-	/* Left to the other agent: a sighting, which its lookup of the same
-	 * content finds (publish, and this page named back). That page is
-	 * named to its agent now: waiting for that agent's own visit, the
-	 * pair waited for its hints, newest first, and for its part of the
-	 * rate. */
-	dom->read_yields += yield_to != 0;
-	*name = yield_to;
-	*paired = other || yield_to;
-	if (other) {
+	/* Seen first here, but its twin was read (another guest reading the
+	 * same image): that page is this one's first sighting, as if looked
+	 * up already. This one is published now and that one named back:
+	 * one visit merges both. */
+	if (partner) {
 		b[1] = b[0];
-		b[0] = (struct md__seen){ hash, other | MD_SIGHT_ASKED };
+		b[0] = (struct md__seen){ hash, partner | MD_SIGHT_ASKED };
 		dom->read_pairs++;
 		return MD_LOOKUP_PUBLISH;
 	}
@@ -508,16 +510,14 @@ static uint32_t lookup(struct md__domain *dom, uint64_t hash, unsigned asker, ui
 uint32_t md__domain_lookup(struct md__domain *dom, uint64_t hash, unsigned asker, uint64_t addr,
 			   uint64_t tag, uint64_t *name)
 {
-	int paired = 0;
 	*name = 0;
-	uint32_t r = lookup(dom, hash, asker, addr, tag, name, &paired);
-	/* Not paired by reads, this page's content is in the pool, on its
-	 * way there or a first sighting now: a page read from the same file
-	 * page after this is named to its agent as its READS comes in
-	 * (md__domain_reads), to find it. */
+	uint32_t r = lookup(dom, hash, asker, addr, name);
+	/* Its content is in the pool now, on its way there, or a first
+	 * sighting: a page read from the same file page after this is named
+	 * to its agent as its READS comes in (md__domain_reads), to find it. */
 	uint64_t w = where_of(asker, addr);
 	if (tag && w)
-		read_looked(dom, tag, w, paired);
+		read_looked(dom, tag, w);
 	return r;
 }
 

@@ -1164,7 +1164,7 @@ static void dispatch(struct md__daemon *d, struct md__conn *c)
 			uint64_t named[MD_READ_RUN_PAGES];
 			size_t n = md__domain_reads(c->agent->dom, c->agent->num, &m->u.reads.run[i], named);
 			for (size_t k = 0; k < n; k++)
-				name_page(d, c->agent, c->agent->dom, named[k]);
+				send_lookup_due(d, c->agent->dom, named[k]);
 		}
 		reply_ack(d, c, seq, 0);
 		return;

@@ -33,7 +33,8 @@ static json_int_t domain_meta(const struct md__domain *dom)
 {
 	return (json_int_t)(dom->pool.end * SLOT_META +
 			    md__index_bytes(&dom->index) + dom->refs_table_bytes +
-			    dom->seen_cap * sizeof(*dom->seen) + dom->reads_cap * sizeof(struct md__sighting));
+			    dom->seen_cap * sizeof(*dom->seen) + dom->reads_cap * sizeof(struct md__sighting) +
+			    (dom->pending ? MD_PENDING_PAIRS * sizeof(*dom->pending) : 0));
 }
 
 /* Room a page's domains and agents may take: the rest of the document
@@ -155,7 +156,6 @@ static json_t *domain_json(const struct md__daemon *d, const struct md__domain *
 	json_object_set_new(o, "sighting_slots", json_integer((json_int_t)dom->seen_cap));
 	json_object_set_new(o, "read_slots", json_integer((json_int_t)dom->reads_cap));
 	json_object_set_new(o, "read_pairs", json_integer((json_int_t)dom->read_pairs));
-	json_object_set_new(o, "read_yields", json_integer((json_int_t)dom->read_yields));
 	json_object_set_new(o, "read_named", json_integer((json_int_t)dom->read_named));
 	json_object_set_new(o, "pages_shared", json_integer(live));
 	json_object_set_new(o, "pages_sharing", json_integer(domain_sharing(dom)));
