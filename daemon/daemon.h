@@ -180,8 +180,8 @@ struct md__domain {
 	struct md__sighting *reads;
 	size_t reads_cap;          /* power of two; 0: no table (no READS yet) */
 	size_t reads_added;        /* entries added since it last grew */
-	/* READS that met an earlier read of the same file page whose page
-	 * was not looked up: MD_PENDING_PAIRS, or NULL until the first. */
+	/* The pairs READS made of two pages neither of which was looked up
+	 * (MD_PENDING_PAIRS entries, see domain.c; NULL until the first). */
 	struct md__pending *pending;
 	uint64_t read_pairs;       /* lookups of a named page paired with its
 				    * twin (published, the twin named back) */
