@@ -128,6 +128,7 @@ struct md__pending {
 	uint64_t named, partner;
 };
 #define MD_PENDING_PAIRS 16384u    /* a domain's table of them: 256 KiB */
+#define MD_PENDING_WAYS 4u         /* entries a bucket of it */
 
 /* A first sighting, 16 bytes: the page's whole hash, and where the page is
  * (MD_WHERE_BITS) with MD_SIGHT_ASKED; where 0: empty. With 16 bits of the
@@ -179,7 +180,7 @@ struct md__domain {
 	 * the same file page elsewhere pairs with it and takes it. */
 	struct md__sighting *reads;
 	size_t reads_cap;          /* power of two; 0: no table (no READS yet) */
-	size_t reads_added;        /* entries added since it last grew */
+	size_t reads_live;         /* entries in it */
 	/* The pairs READS made of two pages neither of which was looked up
 	 * (MD_PENDING_PAIRS entries, see domain.c; NULL until the first). */
 	struct md__pending *pending;

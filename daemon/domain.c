@@ -255,20 +255,23 @@ static uint64_t read_where(const struct md__sighting *e)
 }
 
 /* Newest first in its bucket; full, the oldest goes. w may carry
- * READ_LOOKED (the table growing). */
-static void read_put(struct md__sighting *tab, size_t cap, uint32_t t, uint64_t w)
+ * READ_LOOKED (the table growing). Returns 1 if the table holds one entry
+ * more (an empty way taken), else 0 (the same page, or the oldest out). */
+static int read_put(struct md__sighting *tab, size_t cap, uint32_t t, uint64_t w)
 {
 	struct md__sighting *b = &tab[read_bucket(cap, t)];
 	int last = READ_WAYS - 1;
 	for (int way = 0; way < READ_WAYS; way++) {
 		if (b[way].tag == t && read_where(&b[way]) == MD_SIGHT_WHERE(w))
-			return;	/* the same page read again */
+			return 0;	/* the same page read again */
 		if (!where_get(&b[way]) && way < last)
 			last = way;	/* the entries above it move down */
 	}
+	int more = !where_get(&b[last]);
 	memmove(&b[1], &b[0], (size_t)last * sizeof(*b));
 	b[0].tag = t;
 	where_set(&b[0], w);
+	return more;
 }
 
 /* Takes entry way of bucket b out; the ones after it move up (the empty
@@ -282,33 +285,39 @@ static void read_take(struct md__sighting *b, int way)
 /* Made on the first READS, small: with read-time sharing on, few reads are
  * told, and a few hundred entries spread over a large table would touch
  * every page of it (memory that counts against what is saved). It doubles
- * whenever half as many entries were added as it has, as guests reading
- * an image unshared fill it, up to the sightings' size (one entry per page
- * the domain registered, rounded down): capped at 65,536 entries, the hints
- * of two guests reading 160 MiB lost their pairs before their visits came,
- * and t50 went from 4.9 to 8.5 s (docs/benchmarks.md, image28). */
+ * whenever a quarter of it is in use, as guests reading an image unshared
+ * fill it, up to the sightings' size (one entry per page the domain
+ * registered, rounded down): capped at 65,536 entries, the hints of two
+ * guests reading 160 MiB lost their pairs before their visits came, and
+ * t50 went from 4.9 to 8.5 s (docs/benchmarks.md, image28). Doubling when
+ * half as many entries were added as it had, entries of a guest reading
+ * ahead of the other (met only by its reads, later) filled it nearly up
+ * before each doubling: 7,267 of 41,013 pages lost their entries to
+ * newer ones in full buckets, and 5,800 pages went unnamed (bench-dbg-p5);
+ * at a quarter, a bucket of 4 is full for about 2 % of the entries put. */
 #define READS_MIN 4096u
 
 static int reads_room(struct md__domain *dom)
 {
 	size_t max = seen_want(dom) > READS_MIN ? seen_want(dom) : READS_MIN;
-	if (dom->reads_cap && (dom->reads_added * 2 < dom->reads_cap || dom->reads_cap >= max))
+	if (dom->reads_cap && (dom->reads_live * 8 < dom->reads_cap || dom->reads_cap >= max))
 		return 0;
 	size_t cap = dom->reads_cap ? dom->reads_cap * 2 : READS_MIN;
 	struct md__sighting *t = calloc(cap, sizeof(*t));
 	if (!t)
 		return dom->reads_cap ? 0 : -ENOMEM;	/* the old one goes on */
 	/* Oldest first, so each bucket keeps its newest. */
+	size_t live = 0;
 	for (size_t i = 0; i < dom->reads_cap; i += READ_WAYS)
 		for (int way = READ_WAYS - 1; way >= 0; way--) {
 			const struct md__sighting *e = &dom->reads[i + (size_t)way];
 			if (where_get(e))
-				read_put(t, cap, e->tag, where_get(e));
+				live += (size_t)read_put(t, cap, e->tag, where_get(e));
 		}
 	free(dom->reads);
 	dom->reads = t;
 	dom->reads_cap = cap;
-	dom->reads_added = 0;
+	dom->reads_live = live;
 	return 0;
 }
 
@@ -332,30 +341,46 @@ static int pair_publishes(struct md__domain *dom, unsigned num, unsigned other)
 
 /* Pairs of pages read from one file page, neither looked up yet: the
  * page named to its agent -> its partner, until the named page's lookup
- * (lossy, direct-mapped: a pair whose entry went waits for the partner's
- * own visit, as before there was the table). Made on first use. */
-static size_t pending_slot(uint64_t w)
+ * (lossy: a pair whose entry went waits for the partner's own visit, as
+ * before there was the table). MD_PENDING_WAYS a bucket, newest first,
+ * the oldest out when full: direct-mapped, a pair put took the slot of
+ * another still waiting, and 1,015-2,023 pairs of 33,000-36,000 were lost
+ * so (bench-dbg-p4, p5), whose partners waited for their agent's cursor.
+ * Made on first use. */
+static struct md__pending *pending_bucket(struct md__domain *dom, uint64_t w)
 {
-	return (size_t)((w * 0x9e3779b97f4a7c15ull) >> 50) & (MD_PENDING_PAIRS - 1);
+	size_t i = (size_t)((w * 0x9e3779b97f4a7c15ull) >> 40) & (MD_PENDING_PAIRS - MD_PENDING_WAYS);
+	return &dom->pending[i];
 }
 
 static void pending_put(struct md__domain *dom, uint64_t named, uint64_t partner)
 {
 	if (!dom->pending && !(dom->pending = calloc(MD_PENDING_PAIRS, sizeof(*dom->pending))))
 		return;	/* without: the partner waits for its own visit */
-	dom->pending[pending_slot(named)] = (struct md__pending){ named, partner };
+	struct md__pending *b = pending_bucket(dom, named);
+	unsigned last = MD_PENDING_WAYS - 1;
+	for (unsigned way = 0; way < last; way++)
+		if (b[way].named == named || !b[way].named) {
+			last = way;	/* its own entry (named again), or the first empty */
+			break;
+		}
+	memmove(&b[1], &b[0], last * sizeof(*b));
+	b[0] = (struct md__pending){ named, partner };
 }
 
 static uint64_t pending_take(struct md__domain *dom, uint64_t w)
 {
 	if (!dom->pending || !w)
 		return 0;
-	struct md__pending *e = &dom->pending[pending_slot(w)];
-	if (e->named != w)
-		return 0;
-	uint64_t p = e->partner;
-	*e = (struct md__pending){ 0 };
-	return p;
+	struct md__pending *b = pending_bucket(dom, w);
+	for (unsigned way = 0; way < MD_PENDING_WAYS; way++)
+		if (b[way].named == w) {
+			uint64_t p = b[way].partner;
+			memmove(&b[way], &b[way + 1], (MD_PENDING_WAYS - 1 - way) * sizeof(*b));
+			b[MD_PENDING_WAYS - 1] = (struct md__pending){ 0 };
+			return p;
+		}
+	return 0;
 }
 
 /* Whether another page than w was read from the same file page (t): its
@@ -376,6 +401,7 @@ static int read_met(struct md__domain *dom, uint32_t t, uint64_t w, uint64_t *vi
 		if (b[way].tag != t || !o || ow == w)
 			continue;
 		read_take(b, way);
+		dom->reads_live--;
 		if (o & READ_LOOKED) {
 			*visit = w;
 			return 1;
@@ -403,8 +429,7 @@ size_t md__domain_reads(struct md__domain *dom, unsigned num, const struct md__r
 			dom->read_named++;
 			continue;
 		}
-		read_put(dom->reads, dom->reads_cap, t, w);
-		dom->reads_added++;
+		dom->reads_live += (size_t)read_put(dom->reads, dom->reads_cap, t, w);
 	}
 	return n;
 }
