@@ -3804,6 +3804,24 @@ TEST_IMPL(domain_reads_pair_outlives_bucket_mates)
 	return 0;
 }
 
+/* Agent num reads file pages [0, n) of key into base on, in runs of step
+ * pages: how many were named; each named page's where goes to all (if
+ * given). */
+static size_t read_file_pages(struct md__domain *dom, unsigned num, uint64_t key, uint64_t base, uint32_t n,
+			      uint32_t step, uint64_t *all)
+{
+	static uint64_t named[MD_READ_RUN_PAGES];
+	size_t met = 0;
+	for (uint32_t i = 0; i < n; i += step) {
+		struct md__read_run r = { key, (uint64_t)i * 4096, base + (uint64_t)i * 4096, step };
+		size_t got = md__domain_reads(dom, num, &r, named);
+		if (all)
+			memcpy(all + met, named, got * sizeof(*named));
+		met += got;
+	}
+	return met;
+}
+
 /* A guest reading an image ahead of another: its reads' entries wait in
  * the table until the other's reads of the same file pages meet them.
  * Grown only when half as many entries were added as it had, the table
@@ -3812,19 +3830,11 @@ TEST_IMPL(domain_reads_pair_outlives_bucket_mates)
 TEST_IMPL(domain_reads_lagging_guest_pairs)
 {
 	static struct md__domain dom;
-	static uint64_t named[MD_READ_RUN_PAGES];
 	const uint64_t key = md__read_key(8, 79);
-	const uint32_t n = 30000, step = 250;
+	const uint32_t n = 30000;
 	dom.registered_pages = 1u << 18;	/* two guests of 512 MiB */
-	for (uint32_t i = 0; i < n; i += step) {
-		struct md__read_run r = { key, (uint64_t)i * 4096, 0x100000000ull + (uint64_t)i * 4096, step };
-		ASSERT_EQ(md__domain_reads(&dom, 2, &r, named), 0);
-	}
-	size_t met = 0;
-	for (uint32_t i = 0; i < n; i += step) {
-		struct md__read_run r = { key, (uint64_t)i * 4096, 0x200000000ull + (uint64_t)i * 4096, step };
-		met += md__domain_reads(&dom, 1, &r, named);
-	}
+	ASSERT_EQ(read_file_pages(&dom, 2, key, 0x100000000ull, n, 250, NULL), 0);
+	size_t met = read_file_pages(&dom, 1, key, 0x200000000ull, n, 250, NULL);
 	ASSERT(met >= n - n / 200);	/* a bucket of 4 is full for about 0.2 % of those put */
 	ASSERT(dom.reads_cap <= dom.registered_pages);
 	free(dom.reads);
@@ -3840,35 +3850,22 @@ TEST_IMPL(domain_reads_lagging_guest_pairs)
 TEST_IMPL(domain_reads_pending_pairs_kept)
 {
 	static struct md__domain dom;
-	static uint64_t named[MD_READ_RUN_PAGES];
+	static uint64_t all[4000];
 	const uint64_t key = md__read_key(8, 80);
-	uint32_t n = 4000;
-	const uint32_t step = 200;
+	const uint32_t n = 4000;
 	uint64_t nm;
 	ASSERT_EQ(md__index_init(&dom.index, 1024), 0);
-	for (uint32_t i = 0; i < n; i += step) {
-		struct md__read_run r = { key, (uint64_t)i * 4096, 0x100000000ull + (uint64_t)i * 4096, step };
-		ASSERT_EQ(md__domain_reads(&dom, 1, &r, named), 0);
-	}
-	static uint64_t all[4000];
-	size_t nn = 0, paired = 0;
-	for (uint32_t i = 0; i < n; i += step) {
-		/* Agent 2's reads met agent 1's: agent 2 publishes, its copies named. */
-		struct md__read_run r = { key, (uint64_t)i * 4096, 0x200000000ull + (uint64_t)i * 4096, step };
-		size_t got = md__domain_reads(&dom, 2, &r, named);
-		for (size_t k = 0; k < got; k++) {
-			ASSERT_EQ(named[k] >> MD_WHERE_PAGE_BITS, 2);
-			all[nn++] = named[k];
-		}
-	}
+	ASSERT_EQ(read_file_pages(&dom, 1, key, 0x100000000ull, n, 200, NULL), 0);
+	/* Agent 2's reads met agent 1's: agent 2 publishes, its copies named. */
+	size_t nn = read_file_pages(&dom, 2, key, 0x200000000ull, n, 200, all), paired = 0;
 	ASSERT(nn >= n - n / 200);
 	for (size_t k = 0; k < nn; k++) {
+		ASSERT_EQ(all[k] >> MD_WHERE_PAGE_BITS, 2);
 		uint64_t at = (all[k] & ((1ull << MD_WHERE_PAGE_BITS) - 1)) << 12;
 		paired += md__domain_lookup(&dom, 0x5151000000000000ull + k * 0x10001ull, 2, at, 0, &nm) ==
 			  MD_LOOKUP_PUBLISH;
 	}
-	n = (uint32_t)nn;
-	ASSERT(paired >= n - n / 100);	/* about 0.4 % lost in full buckets */
+	ASSERT(paired >= nn - nn / 100);	/* about 0.4 % lost in full buckets */
 	ASSERT_EQ(dom.read_pairs, paired);
 	md__domain_seen_free(&dom);
 	md__index_free(&dom.index);
