@@ -181,6 +181,8 @@ struct md__domain {
 	struct md__sighting *reads;
 	size_t reads_cap;          /* power of two; 0: no table (no READS yet) */
 	size_t reads_live;         /* entries in it */
+	size_t reads_shrunk;       /* its size after the last shrink (not again at it) */
+	int64_t reads_ms;          /* md__now_ms of the last READS */
 	/* The pairs READS made of two pages neither of which was looked up
 	 * (MD_PENDING_PAIRS entries, see domain.c; NULL until the first). */
 	struct md__pending *pending;
@@ -510,6 +512,10 @@ void md__domain_free_all(struct md__daemon *d);
 /* 1 if a pool holds freed pages not punched yet; md__domains_trim punches them. */
 int md__domains_trim_due(const struct md__daemon *d);
 void md__domains_trim(struct md__daemon *d);
+/* Makes the reads tables that no READS came into for MD_READS_QUIET_MS
+ * before now (md__now_ms), and that are mostly empty, smaller (domain.c). */
+#define MD_READS_QUIET_MS 5000
+void md__domains_shrink(struct md__daemon *d, int64_t now);
 
 /* agent.c */
 int md__agent_hello(struct md__daemon *d, struct md__conn *c, const struct md__msg_hello *h,

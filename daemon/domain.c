@@ -298,15 +298,13 @@ static void read_take(struct md__sighting *b, int way)
  * (domain_reads_lagging_guest_pairs). */
 #define READS_MIN 4096u
 
-static int reads_room(struct md__domain *dom)
+/* The reads table made anew with cap entries, holding what it held, or
+ * (whole) -ENOSPC with the old one kept if a full bucket would lose one. */
+static int reads_remake(struct md__domain *dom, size_t cap, int whole)
 {
-	size_t max = seen_want(dom) > READS_MIN ? seen_want(dom) : READS_MIN;
-	if (dom->reads_cap && (dom->reads_live * 8 < dom->reads_cap || dom->reads_cap >= max))
-		return 0;
-	size_t cap = dom->reads_cap ? dom->reads_cap * 2 : READS_MIN;
 	struct md__sighting *t = calloc(cap, sizeof(*t));
 	if (!t)
-		return dom->reads_cap ? 0 : -ENOMEM;	/* the old one goes on */
+		return -ENOMEM;
 	/* Oldest first, so each bucket keeps its newest. */
 	size_t live = 0;
 	for (size_t i = 0; i < dom->reads_cap; i += READ_WAYS)
@@ -315,11 +313,58 @@ static int reads_room(struct md__domain *dom)
 			if (where_get(e))
 				live += (size_t)read_put(t, cap, e->tag, where_get(e));
 		}
+	if (whole && live < dom->reads_live) {
+		free(t);
+		return -ENOSPC;
+	}
 	free(dom->reads);
 	dom->reads = t;
 	dom->reads_cap = cap;
 	dom->reads_live = live;
 	return 0;
+}
+
+static int reads_room(struct md__domain *dom)
+{
+	size_t max = seen_want(dom) > READS_MIN ? seen_want(dom) : READS_MIN;
+	if (dom->reads_cap && (dom->reads_live * 8 < dom->reads_cap || dom->reads_cap >= max))
+		return 0;
+	int err = reads_remake(dom, dom->reads_cap ? dom->reads_cap * 2 : READS_MIN, 0);
+	return (err && dom->reads_cap) ? 0 : err;	/* the old one goes on */
+}
+
+/* Grown while a guest read ahead of another, the table holds few entries
+ * once their reads paired, and its pages count against what is saved
+ * (262,144 entries, 3 MiB, for two guests of 512 MiB): remade as small as
+ * the growth rule allows once no READS came for MD_READS_QUIET_MS and
+ * under a 64th of it is in use (memdedupd's quiet seconds, when freed pool
+ * pages are punched, never came while agents scanned and reported: it
+ * stayed at 131,072 entries for 80 s after the reads, bench-dbg-p6), but
+ * not so small that a bucket loses an entry still waiting
+ * (the entries left are those of crowded buckets, and keep their
+ * bucket's low bits: 1 of 49 went in domain_reads_table_shrinks_after_reads). */
+static int reads_shrink_due(const struct md__domain *dom)
+{
+	return dom->reads_cap > READS_MIN && dom->reads_live * 64 < dom->reads_cap &&
+	       dom->reads_cap != dom->reads_shrunk;
+}
+
+static void reads_shrink(struct md__domain *dom)
+{
+	size_t cap = READS_MIN;
+	while (dom->reads_live * 8 >= cap)
+		cap *= 2;
+	/* Without memory, the large one goes on. */
+	while (cap < dom->reads_cap && reads_remake(dom, cap, 1) == -ENOSPC)
+		cap *= 2;
+	dom->reads_shrunk = dom->reads_cap;	/* tried: not again until it grows */
+}
+
+void md__domains_shrink(struct md__daemon *d, int64_t now)
+{
+	for (struct md__domain *dom = d->domains; dom; dom = dom->next)
+		if (reads_shrink_due(dom) && now - dom->reads_ms >= MD_READS_QUIET_MS)
+			reads_shrink(dom);
 }
 
 /* Whether agent num publishes the read pairs it shares with agent other:
@@ -418,6 +463,7 @@ static int read_met(struct md__domain *dom, uint32_t t, uint64_t w, uint64_t *vi
 size_t md__domain_reads(struct md__domain *dom, unsigned num, const struct md__read_run *run, uint64_t *named)
 {
 	size_t n = 0;
+	dom->reads_ms = md__now_ms();
 	for (uint32_t i = 0; i < run->npages; i++) {
 		uint64_t a = run->addr + (uint64_t)i * 4096, w = where_of(num, a);
 		if (!w || reads_room(dom))

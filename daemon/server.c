@@ -1514,6 +1514,7 @@ int md__server_run(struct md__daemon *d)
 			d->owing = 0;
 			int owing = drop_stalled(d);
 			d->owing |= owing;
+			md__domains_shrink(d, md__now_ms());
 			swept = now_ms();
 		}
 		if (d->look_at && md__now_ms() >= d->look_at)

@@ -3842,6 +3842,43 @@ TEST_IMPL(domain_reads_lagging_guest_pairs)
 	return 0;
 }
 
+/* Once the lagging guest's reads met the other's, the table grown for them
+ * is nearly empty: MD_READS_QUIET_MS after the last READS it is made small
+ * again (not sooner), keeping the entries still waiting, and not again
+ * at that size. */
+TEST_IMPL(domain_reads_table_shrinks_after_reads)
+{
+	static struct md__domain dom;
+	static struct md__daemon d;
+	const uint64_t key = md__read_key(8, 81);
+	dom.registered_pages = 1u << 18;
+	d.domains = &dom;
+	ASSERT_EQ(read_file_pages(&dom, 2, key, 0x100000000ull, 30000, 250, NULL), 0);
+	size_t grown = dom.reads_cap;
+	ASSERT(grown >= 30000 * 8);
+	md__domains_shrink(&d, dom.reads_ms + MD_READS_QUIET_MS);
+	ASSERT_EQ(dom.reads_cap, grown);	/* every entry still waits */
+	ASSERT(read_file_pages(&dom, 1, key, 0x200000000ull, 30000, 250, NULL) >= 30000 - 150);
+	/* Ten more pages agent 2 read, waiting for agent 1's reads. */
+	struct md__read_run more = { key, 30000ull * 4096, 0x300000000ull, 10 };
+	static uint64_t named[MD_READ_RUN_PAGES];
+	ASSERT_EQ(md__domain_reads(&dom, 2, &more, named), 0);
+	md__domains_shrink(&d, dom.reads_ms + MD_READS_QUIET_MS - 1);
+	ASSERT_EQ(dom.reads_cap, grown);	/* reads came just now */
+	md__domains_shrink(&d, dom.reads_ms + MD_READS_QUIET_MS);
+	size_t small = dom.reads_cap;
+	ASSERT(small * 8 <= grown);
+	ASSERT(small >= dom.reads_live * 8);
+	md__domains_shrink(&d, dom.reads_ms + 10 * MD_READS_QUIET_MS);
+	ASSERT_EQ(dom.reads_cap, small);	/* as small as it could be */
+	/* The waiting entries were kept: agent 1's reads of the ten meet them. */
+	more.addr = 0x400000000ull;
+	ASSERT_EQ(md__domain_reads(&dom, 1, &more, named), 10);
+	free(dom.reads);
+	free(dom.pending);
+	return 0;
+}
+
 /* Pairs whose named pages are not looked up yet wait side by side: each
  * named page's lookup finds its partner (told to publish, the partner
  * named back) while thousands of others wait. Direct-mapped, a pair put
